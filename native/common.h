@@ -1,0 +1,64 @@
+// Errors and small helpers shared by every native file. No N-API here: kernels and launchers
+// throw lc::Error, and only the binding layer (addon.cc, ops/) turns it into a JS exception.
+#pragma once
+#include <cstdint>
+#include <cstdio>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace lc {
+
+// Codes mirror lib/errors.ts; the JS side maps each to a LongcatError subclass.
+#define LC_ERROR_CODES(X) \
+  X(E_SHAPE)              \
+  X(E_DTYPE)              \
+  X(E_DEVICE)             \
+  X(E_OOM)                \
+  X(E_CUDA)               \
+  X(E_DISPOSED)           \
+  X(E_ARGUMENT)           \
+  X(E_INTERNAL)
+
+enum class Code {
+#define LCX_ENUM(name) name,
+  LC_ERROR_CODES(LCX_ENUM)
+#undef LCX_ENUM
+};
+
+inline const char* code_name(Code c) {
+  switch (c) {
+#define LCX_NAME(name) \
+  case Code::name:    \
+    return #name;
+    LC_ERROR_CODES(LCX_NAME)
+#undef LCX_NAME
+  }
+  return "E_INTERNAL";
+}
+
+struct Error : std::runtime_error {
+  Code code;
+  Error(Code c, const std::string& msg) : std::runtime_error(msg), code(c) {}
+};
+
+template <typename... Args>
+std::string format(const char* fmt, Args... args) {
+  int n = std::snprintf(nullptr, 0, fmt, args...);
+  std::string s(n > 0 ? n : 0, '\0');
+  std::snprintf(s.data(), s.size() + 1, fmt, args...);
+  return s;
+}
+
+template <typename... Args>
+[[noreturn]] void fail(Code c, const char* fmt, Args... args) {
+  throw Error(c, format(fmt, args...));
+}
+
+inline std::string shape_str(const std::vector<int64_t>& s) {
+  std::string r = "[";
+  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
+  return r + "]";
+}
+
+}  // namespace lc

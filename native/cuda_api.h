@@ -1,0 +1,46 @@
+// The CUDA runtime as the rest of native/ sees it: plain C++, no CUDA headers, so the CPU-only
+// node-gyp build compiles the same files. Implemented by cuda/runtime.cu when the addon is built
+// with nvcc (LONGCAT_WITH_CUDA), and by native/cuda_absent.cc otherwise. Every function reports
+// failure by throwing lc::Error (E_CUDA, E_OOM, E_DEVICE), never by aborting.
+#pragma once
+#include <cstddef>
+#include <string>
+
+namespace lc::cuda {
+
+struct DeviceProps {
+  std::string name;
+  size_t total_bytes = 0, free_bytes = 0;
+  int cc_major = 0, cc_minor = 0, sm_count = 0;
+};
+
+bool compiled();           // built with nvcc
+std::string archs();       // the SM architectures compiled in, e.g. "90a"
+int device_count();        // 0 without a driver or device; never throws
+std::string unavailable_reason();  // why device_count() is 0 ("" when it is not)
+DeviceProps props(int dev);
+
+void* malloc(int dev, size_t bytes);  // throws E_OOM naming the size
+void free(int dev, void* p);
+void memcpy_h2d(int dev, void* dst, const void* src, size_t bytes);
+void memcpy_d2h(int dev, void* dst, const void* src, size_t bytes);
+void memcpy_d2d(int dev, void* dst, const void* src, size_t bytes, void* stream);
+void memset_async(int dev, void* p, int value, size_t bytes, void* stream);
+void device_synchronize(int dev);
+
+void* stream_create(int dev);
+void stream_destroy(int dev, void* s);
+void stream_synchronize(int dev, void* s);
+void* event_create(int dev);
+void event_destroy(int dev, void* e);
+void event_record(int dev, void* e, void* s);
+void stream_wait_event(int dev, void* s, void* e);
+void event_synchronize(int dev, void* e);
+bool event_query(int dev, void* e);
+// Milliseconds between two recorded events (both complete).
+float event_elapsed_ms(int dev, void* start, void* end);
+
+// Throws E_CUDA if the last kernel launch on this thread failed (bad configuration, etc.).
+void check_launch(const char* what);
+
+}  // namespace lc::cuda

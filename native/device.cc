@@ -1,0 +1,367 @@
+#include "device.h"
+
+#include <chrono>
+#include <cstdlib>
+#include <set>
+
+#include "cuda_api.h"
+
+namespace lc {
+
+Device Device::parse(const std::string& s) {
+  Device d;
+  if (s == "cpu") return d;
+  if (s == "cuda" || s.rfind("cuda:", 0) == 0) {
+    d.kind = CUDA;
+    if (s.size() > 5) {
+      char* end = nullptr;
+      long v = std::strtol(s.c_str() + 5, &end, 10);
+      if (*end != '\0' || v < 0) fail(Code::E_DEVICE, "bad device '%s': expected 'cpu' or 'cuda:N'", s.c_str());
+      d.index = static_cast<int>(v);
+    }
+    int n = cuda::device_count();
+    if (n == 0)
+      fail(Code::E_DEVICE, "device '%s' requested but CUDA is unavailable: %s", s.c_str(),
+           cuda::unavailable_reason().c_str());
+    if (d.index >= n) fail(Code::E_DEVICE, "device '%s' does not exist: %d CUDA device(s) present", s.c_str(), n);
+    return d;
+  }
+  fail(Code::E_DEVICE, "bad device '%s': expected 'cpu', 'cuda' or 'cuda:N'", s.c_str());
+}
+
+// ---- memory -----------------------------------------------------------------------------
+
+static size_t round_size(size_t n) {
+  if (n == 0) n = 1;
+  const size_t q = n < (1u << 20) ? 512 : (1u << 16);
+  return (n + q - 1) / q * q;
+}
+
+Storage::~Storage() {
+  if (pool)
+    pool->give_back(ptr, bytes);
+  else if (release)
+    release();
+}
+
+void* Pool::raw_alloc(size_t bytes) {
+  if (device_.is_cpu()) {
+    void* p = std::aligned_alloc(64, bytes);  // bytes is a multiple of 512
+    if (!p) fail(Code::E_OOM, "out of host memory allocating %zu bytes", bytes);
+    return p;
+  }
+  return cuda::malloc(device_.index, bytes);
+}
+
+void Pool::raw_free(void* p) {
+  if (device_.is_cpu())
+    std::free(p);
+  else
+    cuda::free(device_.index, p);
+}
+
+std::shared_ptr<Storage> Pool::alloc(size_t bytes) {
+  size_t r = round_size(bytes);
+  void* p = nullptr;
+  {
+    std::lock_guard<std::mutex> lk(m_);
+    // Reuse a cached block of the same rounded size, or one at most 25% larger.
+    auto it = free_.lower_bound(r);
+    if (it != free_.end() && it->first <= r + r / 4) {
+      r = it->first;
+      p = it->second;
+      free_.erase(it);
+      stats_.cached_bytes -= static_cast<int64_t>(r);
+    }
+  }
+  if (!p) {
+    try {
+      p = raw_alloc(r);
+    } catch (const Error& e) {
+      if (e.code != Code::E_OOM) throw;
+      trim();
+      p = raw_alloc(r);
+    }
+  }
+  {
+    std::lock_guard<std::mutex> lk(m_);
+    stats_.live_bytes += static_cast<int64_t>(r);
+    stats_.live_blocks += 1;
+    if (stats_.live_bytes > stats_.peak_bytes) stats_.peak_bytes = stats_.live_bytes;
+  }
+  auto s = std::make_shared<Storage>();
+  s->device = device_;
+  s->ptr = p;
+  s->bytes = r;
+  s->pool = this;
+  return s;
+}
+
+void Pool::give_back(void* p, size_t rounded) {
+  std::lock_guard<std::mutex> lk(m_);
+  stats_.live_bytes -= static_cast<int64_t>(rounded);
+  stats_.live_blocks -= 1;
+  // Huge host blocks go straight back to the OS; the cache is for activations.
+  if (device_.is_cpu() && rounded > (size_t{256} << 20)) {
+    std::free(p);
+    return;
+  }
+  free_.emplace(rounded, p);
+  stats_.cached_bytes += static_cast<int64_t>(rounded);
+}
+
+void Pool::trim() {
+  std::multimap<size_t, void*> blocks;
+  {
+    std::lock_guard<std::mutex> lk(m_);
+    blocks.swap(free_);
+    stats_.cached_bytes = 0;
+  }
+  for (auto& [size, p] : blocks) raw_free(p);
+}
+
+PoolStats Pool::stats() {
+  std::lock_guard<std::mutex> lk(m_);
+  return stats_;
+}
+
+std::shared_ptr<Storage> external_storage(Device d, void* ptr, size_t bytes, std::function<void()> release) {
+  auto s = std::make_shared<Storage>();
+  s->device = d;
+  s->ptr = ptr;
+  s->bytes = bytes;
+  s->release = std::move(release);
+  return s;
+}
+
+// ---- registry ---------------------------------------------------------------------------
+
+namespace {
+struct Registry {
+  std::mutex m;
+  std::map<std::pair<int, int>, std::unique_ptr<Pool>> pools;
+  std::map<std::pair<int, int>, std::unique_ptr<Stream>> defaults;
+  std::set<Stream*> cpu_streams;
+};
+Registry& registry() {
+  static Registry* r = new Registry();  // leaked: outlives every static user
+  return *r;
+}
+}  // namespace
+
+Pool& device_pool(Device d) {
+  Registry& r = registry();
+  std::lock_guard<std::mutex> lk(r.m);
+  auto& p = r.pools[{d.kind, d.index}];
+  if (!p) p = std::make_unique<Pool>(d);
+  return *p;
+}
+
+Stream& default_stream(Device d) {
+  Registry& r = registry();
+  {
+    std::lock_guard<std::mutex> lk(r.m);
+    auto it = r.defaults.find({d.kind, d.index});
+    if (it != r.defaults.end()) return *it->second;
+  }
+  auto s = std::make_unique<Stream>(d);  // registers itself; must not hold r.m
+  std::lock_guard<std::mutex> lk(r.m);
+  auto& slot = r.defaults[{d.kind, d.index}];
+  if (!slot) slot = std::move(s);
+  return *slot;
+}
+
+void device_synchronize(Device d) {
+  if (!d.is_cpu()) {
+    cuda::device_synchronize(d.index);
+    return;
+  }
+  std::vector<Stream*> streams;
+  {
+    std::lock_guard<std::mutex> lk(registry().m);
+    streams.assign(registry().cpu_streams.begin(), registry().cpu_streams.end());
+  }
+  // Synchronizing a stream that is destroyed meanwhile is impossible: streams are destroyed
+  // only on the JS thread, which is the thread running this.
+  for (Stream* s : streams) s->synchronize();
+}
+
+// ---- streams ----------------------------------------------------------------------------
+
+Stream::Stream(Device d) : device_(d) {
+  if (!d.is_cpu()) {
+    cuda_ = cuda::stream_create(d.index);
+    return;
+  }
+  thread_ = std::thread([this] { run(); });
+  std::lock_guard<std::mutex> lk(registry().m);
+  registry().cpu_streams.insert(this);
+}
+
+Stream::~Stream() {
+  if (!device_.is_cpu()) {
+    try {
+      cuda::stream_destroy(device_.index, cuda_);
+    } catch (...) {
+    }
+    return;
+  }
+  {
+    std::lock_guard<std::mutex> lk(registry().m);
+    registry().cpu_streams.erase(this);
+  }
+  {
+    std::lock_guard<std::mutex> lk(m_);
+    stopping_ = true;  // the worker drains the queue before it exits
+  }
+  cv_.notify_all();
+  thread_.join();
+}
+
+void Stream::enqueue(std::function<void()> fn) {
+  {
+    std::lock_guard<std::mutex> lk(m_);
+    queue_.push_back(std::move(fn));
+  }
+  cv_.notify_one();
+}
+
+void Stream::run() {
+  for (;;) {
+    std::function<void()> fn;
+    {
+      std::unique_lock<std::mutex> lk(m_);
+      cv_.wait(lk, [this] { return stopping_ || !queue_.empty(); });
+      if (queue_.empty()) return;  // stopping and drained
+      fn = std::move(queue_.front());
+      queue_.pop_front();
+      busy_ = true;
+    }
+    std::string err;
+    Code code = Code::E_INTERNAL;
+    try {
+      fn();
+    } catch (const Error& e) {
+      err = e.what();
+      code = e.code;
+    } catch (const std::bad_alloc&) {
+      err = "out of host memory in a queued kernel";
+      code = Code::E_OOM;
+    } catch (const std::exception& e) {
+      err = e.what();
+    }
+    fn = nullptr;  // drop captured tensors before reporting idle
+    {
+      std::lock_guard<std::mutex> lk(m_);
+      if (!err.empty() && error_.empty()) {
+        error_ = err;
+        error_code_ = code;
+      }
+      busy_ = false;
+      if (queue_.empty()) idle_cv_.notify_all();
+    }
+  }
+}
+
+void Stream::synchronize() {
+  if (!device_.is_cpu()) {
+    cuda::stream_synchronize(device_.index, cuda_);
+    return;
+  }
+  std::unique_lock<std::mutex> lk(m_);
+  idle_cv_.wait(lk, [this] { return queue_.empty() && !busy_; });
+  if (!error_.empty()) {
+    std::string e;
+    e.swap(error_);
+    throw Error(error_code_, e);
+  }
+}
+
+// ---- events -----------------------------------------------------------------------------
+
+Event::Event(Device d) : device_(d) {
+  if (!d.is_cpu()) cuda_ = cuda::event_create(d.index);
+}
+
+Event::~Event() {
+  if (cuda_) {
+    try {
+      cuda::event_destroy(device_.index, cuda_);
+    } catch (...) {
+    }
+  }
+}
+
+void Event::record(Stream& s) {
+  if (s.device() != device_)
+    fail(Code::E_DEVICE, "event on %s recorded on a stream of %s", device_.str().c_str(), s.device().str().c_str());
+  if (cuda_) {
+    cuda::event_record(device_.index, cuda_, s.cuda_handle());
+    return;
+  }
+  uint64_t gen;
+  {
+    std::lock_guard<std::mutex> lk(state_->m);
+    gen = ++state_->recorded;
+  }
+  auto st = state_;
+  s.enqueue([st, gen] {
+    std::lock_guard<std::mutex> lk(st->m);
+    if (st->completed < gen) {
+      st->completed = gen;
+      st->when = std::chrono::steady_clock::now();
+    }
+    st->cv.notify_all();
+  });
+}
+
+void Event::wait_on(Stream& s) {
+  if (s.device() != device_)
+    fail(Code::E_DEVICE, "stream on %s cannot wait for an event on %s", s.device().str().c_str(), device_.str().c_str());
+  if (cuda_) {
+    cuda::stream_wait_event(device_.index, s.cuda_handle(), cuda_);
+    return;
+  }
+  uint64_t gen;
+  {
+    std::lock_guard<std::mutex> lk(state_->m);
+    gen = state_->recorded;
+  }
+  if (gen == 0) return;  // never recorded: nothing to wait for (CUDA semantics)
+  auto st = state_;
+  s.enqueue([st, gen] {
+    std::unique_lock<std::mutex> lk(st->m);
+    st->cv.wait(lk, [&] { return st->completed >= gen; });
+  });
+}
+
+void Event::synchronize() {
+  if (cuda_) {
+    cuda::event_synchronize(device_.index, cuda_);
+    return;
+  }
+  std::unique_lock<std::mutex> lk(state_->m);
+  uint64_t gen = state_->recorded;
+  state_->cv.wait(lk, [&] { return state_->completed >= gen; });
+}
+
+bool Event::query() {
+  if (cuda_) return cuda::event_query(device_.index, cuda_);
+  std::lock_guard<std::mutex> lk(state_->m);
+  return state_->completed >= state_->recorded;
+}
+
+double Event::elapsed_ms(Event& end) {
+  if (end.device_ != device_) fail(Code::E_DEVICE, "events on different devices");
+  if (&end == this) return 0.0;
+  if (cuda_) return cuda::event_elapsed_ms(device_.index, cuda_, end.cuda_);
+  synchronize();
+  end.synchronize();
+  std::lock_guard<std::mutex> lk(state_->m);
+  std::lock_guard<std::mutex> lk2(end.state_->m);
+  if (state_->completed == 0 || end.state_->completed == 0)
+    fail(Code::E_ARGUMENT, "elapsed time asked of an event that was never recorded");
+  return std::chrono::duration<double, std::milli>(end.state_->when - state_->when).count();
+}
+
+}  // namespace lc

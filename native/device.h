@@ -1,0 +1,124 @@
+// Devices, their memory pools, streams and events. A Device is a value ({kind, index});
+// its pool and default stream live in a process-wide registry.
+#pragma once
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "common.h"
+
+namespace lc {
+
+struct Device {
+  enum Kind { CPU = 0, CUDA = 1 } kind = CPU;
+  int index = 0;
+  bool is_cpu() const { return kind == CPU; }
+  bool operator==(const Device& o) const { return kind == o.kind && index == o.index; }
+  bool operator!=(const Device& o) const { return !(*this == o); }
+  std::string str() const { return is_cpu() ? "cpu" : "cuda:" + std::to_string(index); }
+  // "cpu", "cuda" (= cuda:0) or "cuda:N"; throws E_DEVICE for anything else or a missing GPU.
+  static Device parse(const std::string& s);
+};
+
+class Pool;
+
+// A block of device memory. Owned through shared_ptr by tensors and by queued work, so memory
+// is returned to the pool only when the last kernel that uses it has run.
+struct Storage {
+  Device device;
+  void* ptr = nullptr;
+  size_t bytes = 0;
+  Pool* pool = nullptr;                 // null for external memory (mmap'd weights)
+  std::function<void()> release;        // external memory only
+  ~Storage();
+};
+
+struct PoolStats {
+  int64_t live_bytes = 0, cached_bytes = 0, peak_bytes = 0, live_blocks = 0;
+};
+
+// A caching allocator: freed blocks are kept by rounded size and reused. On CUDA an allocation
+// that fails empties the cache and retries before throwing E_OOM.
+class Pool {
+ public:
+  explicit Pool(Device d) : device_(d) {}
+  std::shared_ptr<Storage> alloc(size_t bytes);
+  void give_back(void* p, size_t rounded);
+  void trim();  // frees every cached block
+  PoolStats stats();
+
+ private:
+  void* raw_alloc(size_t bytes);
+  void raw_free(void* p);
+  Device device_;
+  std::mutex m_;
+  std::multimap<size_t, void*> free_;
+  PoolStats stats_;
+};
+
+// Wraps memory the pool does not own; `release` runs when the last user is gone.
+std::shared_ptr<Storage> external_storage(Device d, void* ptr, size_t bytes,
+                                          std::function<void()> release);
+
+// An ordered queue of work. On CPU it is a worker thread of its own, so two streams overlap;
+// on CUDA it is a cudaStream_t. Errors thrown by CPU work are kept and rethrown by synchronize().
+class Stream {
+ public:
+  explicit Stream(Device d);
+  ~Stream();
+  Device device() const { return device_; }
+  void* cuda_handle() const { return cuda_; }
+  void enqueue(std::function<void()> fn);  // CPU streams only
+  void synchronize();
+
+ private:
+  void run();
+  Device device_;
+  void* cuda_ = nullptr;
+  std::thread thread_;
+  std::mutex m_;
+  std::condition_variable cv_, idle_cv_;
+  std::deque<std::function<void()>> queue_;
+  bool busy_ = false, stopping_ = false;
+  std::string error_;
+  Code error_code_ = Code::E_INTERNAL;
+};
+
+// A marker in a stream. record() places it, Stream-side wait() makes another stream wait for it.
+class Event {
+ public:
+  explicit Event(Device d);
+  ~Event();
+  Device device() const { return device_; }
+  void record(Stream& s);
+  void wait_on(Stream& s);  // s waits until this event (as last recorded) completes
+  void synchronize();
+  bool query();
+  double elapsed_ms(Event& end);  // time between this and a later event
+
+ private:
+  struct State {
+    std::mutex m;
+    std::condition_variable cv;
+    uint64_t recorded = 0, completed = 0;
+    std::chrono::steady_clock::time_point when;
+  };
+  Device device_;
+  void* cuda_ = nullptr;
+  std::shared_ptr<State> state_ = std::make_shared<State>();
+};
+
+Pool& device_pool(Device d);
+Stream& default_stream(Device d);
+// Waits for every stream created on the device (CPU) / the whole device (CUDA).
+void device_synchronize(Device d);
+
+}  // namespace lc

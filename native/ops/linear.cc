@@ -1,0 +1,66 @@
+// linear(stream, y, x, weight, scale?): y[.., n] = x[.., k] @ weight[n, k]^T
+#include "../binding.h"
+#include "../cpu/linear.h"
+#ifdef LONGCAT_WITH_CUDA
+#include "../../cuda/kernels.h"
+#endif
+
+namespace lc {
+
+// Checks a weight and its scale (fp8 block scales or int8 per-row scales) and describes them.
+cpu::WeightRef weight_ref(const char* op, const Tensor& w, const std::optional<Tensor>& scale) {
+  expect_dtype(op, "weight", w, {DType::F32, DType::BF16, DType::FP8_E4M3, DType::I8});
+  expect_ndim(op, "weight", w, 2);
+  cpu::WeightRef r;
+  r.dtype = w.dtype;
+  r.data = w.data();
+  r.n = w.dim(0);
+  r.k = w.dim(1);
+  if (w.dtype == DType::FP8_E4M3 || w.dtype == DType::I8) {
+    if (!scale) fail(Code::E_ARGUMENT, "%s: a %s weight needs its scale tensor", op, dtype_name(w.dtype));
+    expect_dtype(op, "scale", *scale, {DType::F32});
+    expect_device(op, "scale", *scale, w.device());
+    if (w.dtype == DType::FP8_E4M3)
+      expect_shape(op, "scale (weight_scale_inv)", *scale, {(r.n + 127) / 128, (r.k + 127) / 128});
+    else
+      expect_shape(op, "scale", *scale, {r.n});
+    r.scale = scale->ptr<float>();
+  } else if (scale) {
+    fail(Code::E_ARGUMENT, "%s: a %s weight takes no scale", op, dtype_name(w.dtype));
+  }
+  return r;
+}
+
+static Napi::Value Linear(const Napi::CallbackInfo& info) {
+  const char* op = "linear";
+  OpArgs a(info, op);
+  Tensor y = a.tensor(1, "y"), x = a.tensor(2, "x"), w = a.tensor(3, "weight");
+  std::optional<Tensor> scale = a.opt_tensor(4, "scale");
+  Device d = x.device();
+  expect_device(op, "y", y, d);
+  expect_device(op, "weight", w, d);
+  expect_dtype(op, "x", x, {DType::F32, DType::BF16});
+  expect_dtype(op, "y", y, {DType::F32, DType::BF16});
+  cpu::WeightRef wr = weight_ref(op, w, scale);
+  if (x.ndim() < 1 || x.dim(-1) != wr.k)
+    fail(Code::E_SHAPE, "linear: 'x' has shape %s, its last dimension must be k = %lld (weight %s)", shape_str(x.shape).c_str(),
+         static_cast<long long>(wr.k), shape_str(w.shape).c_str());
+  std::vector<int64_t> ys = x.shape;
+  ys.back() = wr.n;
+  if (y.shape != ys) fail(Code::E_SHAPE, "linear: 'y' has shape %s, expected %s", shape_str(y.shape).c_str(), shape_str(ys).c_str());
+  int64_t t = x.rows();
+  Stream& s = a.stream(0, d);
+  std::optional<Tensor> keep = scale;
+  launch(op, s, [=] { cpu::linear(t, x.data(), x.dtype, wr, y.data(), y.dtype); (void)w; (void)keep; },
+#ifdef LONGCAT_WITH_CUDA
+         [=](void* st) { gpu::linear(t, x.data(), x.dtype, wr, y.data(), y.dtype, st); }
+#else
+         nullptr
+#endif
+  );
+  return info.Env().Undefined();
+}
+
+LC_REGISTER_OP("linear", Linear);
+
+}  // namespace lc

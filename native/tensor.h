@@ -1,0 +1,40 @@
+// A tensor: a dense, row-major (contiguous) view of a Storage. Copying a Tensor shares storage.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "common.h"
+#include "device.h"
+#include "dtype.h"
+
+namespace lc {
+
+struct Tensor {
+  std::shared_ptr<Storage> storage;
+  int64_t offset = 0;  // bytes from storage->ptr
+  DType dtype = DType::F32;
+  std::vector<int64_t> shape;
+
+  Device device() const { return storage->device; }
+  int64_t numel() const {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    return n;
+  }
+  int64_t nbytes() const { return numel() * dtype_size(dtype); }
+  int ndim() const { return static_cast<int>(shape.size()); }
+  int64_t dim(int i) const { return shape[i < 0 ? shape.size() + i : i]; }
+  void* data() const { return static_cast<char*>(storage->ptr) + offset; }
+  template <typename T>
+  T* ptr() const {
+    return static_cast<T*>(data());
+  }
+  // Rows of the last dimension: numel / dim(-1).
+  int64_t rows() const { return shape.empty() ? 1 : numel() / shape.back(); }
+};
+
+// A new pool-backed tensor (contents undefined).
+Tensor empty_tensor(Device d, DType t, const std::vector<int64_t>& shape);
+
+}  // namespace lc

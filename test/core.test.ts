@@ -1,0 +1,148 @@
+import { describe, expect, it } from 'vitest';
+import {
+  Event, LongcatError, Stream, Tensor, buildInfo, cpuFeatures, devices, empty, memoryStats, native,
+  tensor, toArray,
+} from '../lib/index.js';
+import { cudaAvailable, rng } from './helpers.js';
+
+const dtypes = ['f32', 'bf16', 'f16', 'fp8_e4m3', 'int8', 'int32', 'int64'] as const;
+const sizes: Record<string, number> = { f32: 4, bf16: 2, f16: 2, fp8_e4m3: 1, int8: 1, int32: 4, int64: 8 };
+
+function expectCode(fn: () => unknown, code: string, message?: RegExp) {
+  try {
+    fn();
+  } catch (e) {
+    expect(e).toBeInstanceOf(LongcatError);
+    expect((e as LongcatError).code).toBe(code);
+    if (message) expect((e as Error).message).toMatch(message);
+    return;
+  }
+  expect.fail(`expected a ${code} error`);
+}
+
+describe('build and devices', () => {
+  it('reports build facts and CPU features', () => {
+    const b = buildInfo();
+    expect(typeof b.cuda).toBe('boolean');
+    expect(b.napiVersion).toBeGreaterThanOrEqual(8);
+    const f = cpuFeatures();
+    expect(['scalar', 'avx2', 'avx512']).toContain(f.isa);
+    if (f.isa === 'avx512') expect(f.avx512f).toBe(true);
+    const d = devices();
+    expect(d[0]).toMatchObject({ id: 'cpu', kind: 'cpu' });
+    expect(d[0]!.kind === 'cpu' && d[0]!.threads).toBeGreaterThanOrEqual(1);
+  });
+
+  it('reports CUDA unavailable without throwing, and a cuda tensor gives E_DEVICE', () => {
+    const s = native.cudaStatus();
+    expect(s.available).toBe(cudaAvailable);
+    if (!s.available) {
+      expect(s.reason.length).toBeGreaterThan(0);
+      expectCode(() => new Tensor('f32', [2], 'cuda:0'), 'E_DEVICE', /CUDA is unavailable/);
+    }
+    expectCode(() => new Tensor('f32', [2], 'tpu'), 'E_DEVICE', /bad device 'tpu'/);
+  });
+});
+
+describe('tensors', () => {
+  it.each(dtypes)('round-trips random bytes exactly for %s', (dtype) => {
+    const r = rng(dtype.length * 7919);
+    for (const shape of [[1], [7], [3, 17], [2, 3, 5], [0, 4]]) {
+      const n = shape.reduce((a, b) => a * b, 1) * sizes[dtype]!;
+      const bytes = Uint8Array.from({ length: n }, () => r.int(256));
+      const t = new Tensor(dtype, shape, 'cpu', bytes);
+      expect(t.dtype).toBe(dtype);
+      expect(t.shape).toEqual(shape);
+      expect(t.nbytes).toBe(n);
+      expect(t.toBytes()).toEqual(bytes);
+      t.dispose();
+    }
+  });
+
+  it('encodes numbers into each dtype and decodes them back', () => {
+    const vals = [0, 1, -2.5, 3.75, 104, -0.125]; // all exact in fp8_e4m3
+    for (const dtype of ['f32', 'bf16', 'f16', 'fp8_e4m3', 'int8', 'int32'] as const) {
+      const t = tensor(vals, [2, 3], { dtype });
+      expect(Array.from(toArray(t))).toEqual(vals);
+      t.dispose();
+    }
+  });
+
+  it('views and narrows share storage', () => {
+    const t = tensor([0, 1, 2, 3, 4, 5], [3, 2]);
+    const v = t.view([-1]);
+    expect(v.shape).toEqual([6]);
+    const n = t.narrow(1, 2);
+    expect(Array.from(toArray(n))).toEqual([2, 3, 4, 5]);
+    expectCode(() => t.view([4, 2]), 'E_SHAPE', /has 8 elements/);
+    expectCode(() => t.narrow(2, 2), 'E_SHAPE', /out of range/);
+    for (const x of [t, v, n]) x.dispose();
+  });
+
+  it('dispose is idempotent, Symbol.dispose works, and disposed tensors give E_DISPOSED', () => {
+    const t = tensor([1, 2, 3], [3]);
+    t.dispose();
+    t.dispose();
+    expect(t.disposed).toBe(true);
+    expectCode(() => t.toBytes(), 'E_DISPOSED');
+    expectCode(() => t.shape, 'E_DISPOSED');
+    {
+      using u = tensor([1], [1]);
+      expect(u.disposed).toBe(false);
+    }
+  });
+
+  it('rejects bad shapes, dtypes and byte counts with typed errors', () => {
+    expectCode(() => new Tensor('f64' as never, [2]), 'E_DTYPE', /unknown dtype 'f64'/);
+    expectCode(() => new Tensor('f32', [2, -1]), 'E_SHAPE');
+    expectCode(() => new Tensor('f32', [2.5]), 'E_SHAPE');
+    expectCode(() => new Tensor('f32', [3], 'cpu', new Float32Array(2)), 'E_SHAPE', /has 8 bytes but f32 \[3\] needs 12/);
+    expectCode(() => tensor([1, 2], [3]), 'E_SHAPE');
+  });
+
+  it('returns every byte to the pool after 10,000 tensors are created and disposed', () => {
+    native.synchronize('cpu');
+    const before = memoryStats().liveBytes;
+    for (let i = 0; i < 10_000; i++) {
+      const t = empty([1 + (i % 97), 3], { dtype: i % 2 ? 'bf16' : 'f32' });
+      t.dispose();
+    }
+    native.synchronize('cpu');
+    expect(memoryStats().liveBytes).toBe(before);
+  });
+});
+
+describe('streams and events', () => {
+  it('orders work across two streams with an event', () => {
+    const s1 = new Stream('cpu'), s2 = new Stream('cpu');
+    const n = 257;
+    const r = rng(5);
+    const x = tensor(r.array(64 * n), [64, n]);
+    const w = tensor(r.array(n * n), [n, n]);
+    const y = empty([64, n]), z = empty([64, n]);
+    native.linear(s1, y, x, w);
+    const e = new Event('cpu');
+    e.record(s1);
+    s2.waitEvent(e);
+    native.linear(s2, z, y, w); // reads y: must run after s1's linear
+    s2.synchronize();
+    expect(e.query()).toBe(true);
+    // The same two products on the default stream give identical bits.
+    const y2 = empty([64, n]), z2 = empty([64, n]);
+    native.linear(null, y2, x, w);
+    native.linear(null, z2, y2, w);
+    expect(z.toBytes()).toEqual(z2.toBytes());
+    for (const t of [x, w, y, z, y2, z2]) t.dispose();
+    s1.dispose();
+    s2.dispose();
+  });
+
+  it('measures elapsed time between events', () => {
+    const s = new Stream('cpu');
+    const a = new Event('cpu'), b = new Event('cpu');
+    a.record(s);
+    b.record(s);
+    expect(a.elapsedMs(b)).toBeGreaterThanOrEqual(0);
+    s.dispose();
+  });
+});

@@ -1,0 +1,102 @@
+// The contract between lib/ and the native addon (native/addon.cc, native/ops/*.cc).
+// Every op takes the stream first (null = the device's default stream), then its outputs, then
+// its inputs, then scalars. Ops are asynchronous on their stream; toBytes() waits for the device.
+
+export type DType = 'f32' | 'bf16' | 'f16' | 'fp8_e4m3' | 'int8' | 'int32' | 'int64';
+export type DeviceId = 'cpu' | `cuda:${number}` | 'cuda';
+
+export declare class Tensor {
+  constructor(dtype: DType, shape: readonly number[], device?: DeviceId | string, bytes?: ArrayBufferView);
+  readonly dtype: DType;
+  readonly shape: number[];
+  readonly device: string;
+  readonly nbytes: number;
+  readonly disposed: boolean;
+  /** Waits for all work on the tensor's device, then copies the bytes out. */
+  toBytes(): Uint8Array;
+  copyFromBytes(bytes: ArrayBufferView): void;
+  /** Reshape sharing storage; one dimension may be -1. */
+  view(shape: readonly number[]): Tensor;
+  /** Rows [start, start + length) of the first dimension, sharing storage. */
+  narrow(start: number, length: number): Tensor;
+  to(device: DeviceId | string): Tensor;
+  /** Idempotent. The memory returns to the pool once queued work using it has run. */
+  dispose(): void;
+}
+
+export declare class Stream {
+  constructor(device?: DeviceId | string);
+  readonly device: string;
+  synchronize(): void;
+  waitEvent(event: Event): void;
+  dispose(): void;
+}
+
+export declare class Event {
+  constructor(device?: DeviceId | string);
+  record(stream?: Stream | null): void;
+  synchronize(): void;
+  query(): boolean;
+  elapsedMs(end: Event): number;
+}
+
+export interface BuildInfo {
+  cuda: boolean;
+  cudaArchs: string;
+  napiVersion: number;
+  compiler: string;
+  buildSystem: 'cmake' | 'gyp' | 'unknown';
+  debug: boolean;
+}
+
+export interface CpuFeatures {
+  avx2: boolean; fma: boolean; f16c: boolean;
+  avx512f: boolean; avx512bw: boolean; avx512vl: boolean; avx512dq: boolean;
+  avx512bf16: boolean; avx512vnni: boolean; avxvnni: boolean;
+  /** The ISA the kernels dispatch on now. */
+  isa: 'scalar' | 'avx2' | 'avx512';
+}
+
+export interface CpuDeviceInfo { id: 'cpu'; kind: 'cpu'; index: 0; threads: number }
+export interface CudaDeviceInfo {
+  id: string; kind: 'cuda'; index: number; name: string;
+  totalBytes: number; freeBytes: number; computeCapability: string; multiprocessors: number;
+}
+export type DeviceInfo = CpuDeviceInfo | CudaDeviceInfo;
+
+export interface CudaStatus { compiled: boolean; available: boolean; deviceCount: number; reason: string }
+export interface MemoryStats { liveBytes: number; cachedBytes: number; peakBytes: number; liveBlocks: number }
+
+export interface CoreApi {
+  Tensor: typeof Tensor;
+  Stream: typeof Stream;
+  Event: typeof Event;
+  buildInfo(): BuildInfo;
+  cpuFeatures(): CpuFeatures;
+  devices(): DeviceInfo[];
+  cudaStatus(): CudaStatus;
+  setThreads(n: number): void;
+  threads(): number;
+  /** Caps the CPU kernels' ISA (for tests); returns the ISA now in effect. */
+  setIsa(isa: 'scalar' | 'avx2' | 'avx512'): string;
+  memoryStats(device?: string): MemoryStats;
+  trimPool(device?: string): void;
+  synchronize(device?: string): void;
+  setErrorFactory(make: (code: string, message: string) => Error): void;
+}
+
+type S = Stream | null | undefined;
+
+/** Norms and linear layers. */
+export interface LinearOps {
+  /** h = x (+ add); hOut = h; y = weight * h / rms(h). x, add, hOut f32; weight f32|bf16; y f32|bf16. */
+  rmsnorm(stream: S, y: Tensor, x: Tensor, weight: Tensor, eps: number, add?: Tensor | null, hOut?: Tensor | null): void;
+  /** y[.., n] = x[.., k] @ weight[n, k]^T. weight f32|bf16|fp8_e4m3 (+ block scale)|int8 (+ row scale). */
+  linear(stream: S, y: Tensor, x: Tensor, weight: Tensor, scale?: Tensor | null): void;
+}
+
+import type { SmallOps } from './ops-small.js';
+import type { AttentionOps } from './ops-attention.js';
+import type { MoeOps } from './ops-moe.js';
+
+export interface Native extends CoreApi, LinearOps, SmallOps, AttentionOps, MoeOps {}

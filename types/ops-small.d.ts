@@ -1,0 +1,3 @@
+import type { Tensor, Stream } from './native.js';
+
+export interface SmallOps {}

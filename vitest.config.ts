@@ -1,0 +1,11 @@
+import { defineConfig } from 'vitest/config';
+
+export default defineConfig({
+  test: {
+    include: ['test/**/*.test.ts'],
+    // Native kernels use every core already; running files in parallel only adds noise.
+    fileParallelism: false,
+    testTimeout: 60_000,
+    pool: 'forks',
+  },
+});
