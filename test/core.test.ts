@@ -61,9 +61,11 @@ describe('tensors', () => {
 
   it('encodes numbers into each dtype and decodes them back', () => {
     const vals = [0, 1, -2.5, 3.75, 104, -0.125]; // all exact in fp8_e4m3
-    for (const dtype of ['f32', 'bf16', 'f16', 'fp8_e4m3', 'int8', 'int32'] as const) {
-      const t = tensor(vals, [2, 3], { dtype });
-      expect(Array.from(toArray(t))).toEqual(vals);
+    const ints = [0, 1, -2, 3, 104, -128];
+    for (const dtype of ['f32', 'bf16', 'f16', 'fp8_e4m3', 'int8', 'int32', 'int64'] as const) {
+      const want = dtype.startsWith('int') ? ints : vals;
+      const t = tensor(want, [2, 3], { dtype });
+      expect(Array.from(toArray(t))).toEqual(want);
       t.dispose();
     }
   });
