@@ -66,6 +66,20 @@ std::optional<Tensor> OpArgs::opt_tensor(size_t i, const char* name) const {
   return tensor(i, name);
 }
 
+std::vector<Tensor> OpArgs::tensor_list(size_t i, const char* name) const {
+  if (!present(i) || !info_[i].IsArray()) fail(Code::E_ARGUMENT, "%s: argument '%s' must be an array of Tensors", op_, name);
+  Napi::Array arr = info_[i].As<Napi::Array>();
+  std::vector<Tensor> r;
+  r.reserve(arr.Length());
+  for (uint32_t j = 0; j < arr.Length(); ++j) {
+    Napi::Value v = arr.Get(j);
+    std::string what = std::string(op_) + " argument '" + name + "[" + std::to_string(j) + "]'";
+    if (!TensorWrap::IsTensor(env(), v)) fail(Code::E_ARGUMENT, "%s is not a Tensor", what.c_str());
+    r.push_back(TensorWrap::Unwrap(v.As<Napi::Object>())->get(what.c_str()));
+  }
+  return r;
+}
+
 Stream& OpArgs::stream(size_t i, Device d) const {
   if (!present(i)) return default_stream(d);
   if (!StreamWrap::IsStream(env(), info_[i])) fail(Code::E_ARGUMENT, "%s: 'stream' is not a Stream", op_);

@@ -85,6 +85,8 @@ class OpArgs {
   bool present(size_t i) const { return i < info_.Length() && !info_[i].IsNull() && !info_[i].IsUndefined(); }
   Tensor tensor(size_t i, const char* name) const;
   std::optional<Tensor> opt_tensor(size_t i, const char* name) const;
+  // A JS array of Tensors (e.g. one weight per expert).
+  std::vector<Tensor> tensor_list(size_t i, const char* name) const;
   // The stream at i, or the default stream of `d` when null/undefined; checks its device.
   Stream& stream(size_t i, Device d) const;
   double number(size_t i, const char* name) const;
