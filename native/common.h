@@ -18,7 +18,8 @@ namespace lc {
   X(E_CUDA)               \
   X(E_DISPOSED)           \
   X(E_ARGUMENT)           \
-  X(E_INTERNAL)
+  X(E_INTERNAL)           \
+  X(E_CHECKPOINT)
 
 enum class Code {
 #define LCX_ENUM(name) name,

@@ -1,0 +1,158 @@
+// lc::cuda (native/cuda_api.h) over the CUDA runtime, linked statically. A machine without a
+// driver makes device_count() return 0 with the reason kept, never an exception at load.
+#include <mutex>
+#include <string>
+
+#include "../native/cuda_api.h"
+#include "common.cuh"
+
+namespace lc::cuda {
+
+using gpu::check;
+
+namespace {
+struct Probe {
+  int count = 0;
+  std::string reason;
+};
+const Probe& probe() {
+  static Probe p = [] {
+    Probe r;
+    cudaError_t e = cudaGetDeviceCount(&r.count);
+    if (e != cudaSuccess) {
+      r.count = 0;
+      r.reason = std::string(cudaGetErrorName(e)) + ": " + cudaGetErrorString(e);
+      cudaGetLastError();
+    } else if (r.count == 0) {
+      r.reason = "no CUDA device found";
+    }
+    return r;
+  }();
+  return p;
+}
+
+// Every entry point selects its device first: JS may touch several GPUs from one thread.
+void use(int dev) { check(cudaSetDevice(dev), "cudaSetDevice"); }
+}  // namespace
+
+bool compiled() { return true; }
+std::string archs() {
+#ifdef LONGCAT_CUDA_ARCHS
+  return LONGCAT_CUDA_ARCHS;
+#else
+  return "";
+#endif
+}
+int device_count() { return probe().count; }
+std::string unavailable_reason() { return probe().reason; }
+
+DeviceProps props(int dev) {
+  use(dev);
+  cudaDeviceProp p;
+  check(cudaGetDeviceProperties(&p, dev), "cudaGetDeviceProperties");
+  DeviceProps r;
+  r.name = p.name;
+  r.cc_major = p.major;
+  r.cc_minor = p.minor;
+  r.sm_count = p.multiProcessorCount;
+  check(cudaMemGetInfo(&r.free_bytes, &r.total_bytes), "cudaMemGetInfo");
+  return r;
+}
+
+void* malloc(int dev, size_t bytes) {
+  use(dev);
+  void* p = nullptr;
+  cudaError_t e = cudaMalloc(&p, bytes);
+  if (e == cudaErrorMemoryAllocation) {
+    cudaGetLastError();
+    size_t free_b = 0, total_b = 0;
+    cudaMemGetInfo(&free_b, &total_b);
+    fail(Code::E_OOM, "CUDA out of memory on cuda:%d allocating %zu bytes (%zu of %zu bytes free)", dev, bytes, free_b,
+         total_b);
+  }
+  check(e, "cudaMalloc");
+  return p;
+}
+
+void free(int dev, void* p) {
+  use(dev);
+  check(cudaFree(p), "cudaFree");
+}
+
+void memcpy_h2d(int dev, void* dst, const void* src, size_t bytes) {
+  use(dev);
+  check(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice), "cudaMemcpy host->device");
+}
+void memcpy_d2h(int dev, void* dst, const void* src, size_t bytes) {
+  use(dev);
+  check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), "cudaMemcpy device->host");
+}
+void memcpy_d2d(int dev, void* dst, const void* src, size_t bytes, void* stream) {
+  use(dev);
+  check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, static_cast<cudaStream_t>(stream)),
+        "cudaMemcpyAsync device->device");
+}
+void memset_async(int dev, void* p, int value, size_t bytes, void* stream) {
+  use(dev);
+  check(cudaMemsetAsync(p, value, bytes, static_cast<cudaStream_t>(stream)), "cudaMemsetAsync");
+}
+void device_synchronize(int dev) {
+  use(dev);
+  check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+}
+
+void* stream_create(int dev) {
+  use(dev);
+  cudaStream_t s;
+  check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreate");
+  return s;
+}
+void stream_destroy(int dev, void* s) {
+  use(dev);
+  check(cudaStreamDestroy(static_cast<cudaStream_t>(s)), "cudaStreamDestroy");
+}
+void stream_synchronize(int dev, void* s) {
+  use(dev);
+  check(cudaStreamSynchronize(static_cast<cudaStream_t>(s)), "cudaStreamSynchronize");
+}
+void* event_create(int dev) {
+  use(dev);
+  cudaEvent_t e;
+  check(cudaEventCreate(&e), "cudaEventCreate");
+  return e;
+}
+void event_destroy(int dev, void* e) {
+  use(dev);
+  check(cudaEventDestroy(static_cast<cudaEvent_t>(e)), "cudaEventDestroy");
+}
+void event_record(int dev, void* e, void* s) {
+  use(dev);
+  check(cudaEventRecord(static_cast<cudaEvent_t>(e), static_cast<cudaStream_t>(s)), "cudaEventRecord");
+}
+void stream_wait_event(int dev, void* s, void* e) {
+  use(dev);
+  check(cudaStreamWaitEvent(static_cast<cudaStream_t>(s), static_cast<cudaEvent_t>(e), 0), "cudaStreamWaitEvent");
+}
+void event_synchronize(int dev, void* e) {
+  use(dev);
+  check(cudaEventSynchronize(static_cast<cudaEvent_t>(e)), "cudaEventSynchronize");
+}
+bool event_query(int dev, void* e) {
+  use(dev);
+  cudaError_t r = cudaEventQuery(static_cast<cudaEvent_t>(e));
+  if (r == cudaErrorNotReady) {
+    cudaGetLastError();
+    return false;
+  }
+  check(r, "cudaEventQuery");
+  return true;
+}
+float event_elapsed_ms(int dev, void* a, void* b) {
+  use(dev);
+  float ms = 0;
+  check(cudaEventElapsedTime(&ms, static_cast<cudaEvent_t>(a), static_cast<cudaEvent_t>(b)), "cudaEventElapsedTime");
+  return ms;
+}
+void check_launch(const char* what) { check(cudaGetLastError(), what); }
+
+}  // namespace lc::cuda

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Runs the GPU parity checks and timings on a machine that has only the NVIDIA driver, given
+# an addon and dist/ built elsewhere:  scripts/gpu-check.sh [path/to/node]
+# Uses LONGCAT_ADDON (default build/Release/longcat.node).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+NODE="${1:-node}"
+export LONGCAT_ADDON="${LONGCAT_ADDON:-build/Release/longcat.node}"
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+echo "commit: $(git rev-parse --short HEAD 2>/dev/null || cat .device/commit 2>/dev/null || echo unknown)"
+"$NODE" scripts/gpu-check.mjs
