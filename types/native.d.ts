@@ -93,10 +93,24 @@ export interface LinearOps {
   rmsnorm(stream: S, y: Tensor, x: Tensor, weight: Tensor, eps: number, add?: Tensor | null, hOut?: Tensor | null): void;
   /** y[.., n] = x[.., k] @ weight[n, k]^T. weight f32|bf16|fp8_e4m3 (+ block scale)|int8 (+ row scale). */
   linear(stream: S, y: Tensor, x: Tensor, weight: Tensor, scale?: Tensor | null): void;
+  /**
+   * Symmetric per-row int8 weights for `linear`: scale[r] = max|w[r, :]| / 127 (0 for a zero row),
+   * q = round_half_even(w / scale[r]) clamped to [-127, 127]. q int8 [n, k], scale f32 [n], w f32|bf16 [n, k].
+   */
+  quantizeInt8Rows(stream: S, q: Tensor, scale: Tensor, w: Tensor): void;
+  /** Benchmark: median read bandwidth (GB/s) of `bytes` of memory summed by every pool thread. Synchronous. */
+  benchReadBandwidth(bytes: number, passes: number): { gbps: number; samples: number[]; checksum: number };
+  /**
+   * Benchmark: times `linear(y, x, weights[i], scales?.[i])` natively (steady clock), rotating through the
+   * weight copies; `warmup` untimed calls, then `iters` timed ones. Synchronous; CPU tensors, x [t, k].
+   */
+  benchLinear(y: Tensor, x: Tensor, weights: Tensor[], scales: Tensor[] | null, warmup: number, iters: number):
+    { medianMs: number; minMs: number; samples: number[] };
 }
 
 import type { SmallOps } from './ops-small.js';
 import type { AttentionOps } from './ops-attention.js';
 import type { MoeOps } from './ops-moe.js';
+import type { MmapOps } from './ops-mmap.js';
 
-export interface Native extends CoreApi, LinearOps, SmallOps, AttentionOps, MoeOps {}
+export interface Native extends CoreApi, LinearOps, SmallOps, AttentionOps, MoeOps, MmapOps {}

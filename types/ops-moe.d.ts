@@ -1,3 +1,31 @@
 import type { Tensor, Stream } from './native.js';
 
-export interface MoeOps {}
+type S = Stream | null | undefined;
+
+/** Router and grouped-expert MoE with zero-computation experts (SPEC 4). CPU only for now. */
+export interface MoeOps {
+  /**
+   * Per token: p = softmax(logits[t]) in fp32 over all E = routed + zero experts; picks the k
+   * largest p + bias (descending; ties go to the lower expert index); weights = p[idx] * scale
+   * (unbiased, not renormalised, zero experts scaled too); nFfn[t] = #chosen with idx < nRouted.
+   * idx int32 [T, k], weights f32 [T, k], nFfn int32 [T] (may be null), logits f32 [T, E],
+   * bias f32 [E]; 1 <= k <= E, 0 <= nRouted <= E.
+   */
+  routerTopk(stream: S, idx: Tensor, weights: Tensor, nFfn: Tensor | null, logits: Tensor, bias: Tensor,
+             nRouted: number, scale: number): void;
+
+  /**
+   * out[t] = sum over chosen routed experts (idx < nRouted) of w * down(silu(gate(u)) * up(u))
+   *        + (sum of w over chosen zero experts, idx >= nRouted) * u[t],
+   * fp32 accumulation in a fixed order (ascending expert id, zero-expert term last) that does not
+   * depend on the thread count. out, u f32 [T, H] (must not overlap); idx int32 [T, k];
+   * weights f32 [T, k]. gate[e], up[e]: [I, H]; down[e]: [H, I]; one per routed expert, f32 | bf16 |
+   * fp8_e4m3 (scale = weight_scale_inv [ceil(rows/128), ceil(cols/128)]) | int8 (scale [rows]).
+   * A scale list is null unless its weights are fp8/int8. nExperts (optional, = routed + zero)
+   * bounds idx; a bad idx is found while running and surfaces as E_ARGUMENT at synchronize.
+   */
+  moe(stream: S, out: Tensor, u: Tensor, idx: Tensor, weights: Tensor, nRouted: number,
+      gate: readonly Tensor[], up: readonly Tensor[], down: readonly Tensor[],
+      gateScale?: readonly Tensor[] | null, upScale?: readonly Tensor[] | null, downScale?: readonly Tensor[] | null,
+      nExperts?: number | null): void;
+}

@@ -1,41 +1,148 @@
+// Linear layer dispatch, the scalar fallback, int8 row quantization and per-thread scratch.
+// The vector paths live in linear_avx2.cc and linear_avx512.cc.
 #include "linear.h"
 
-#include <vector>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
 
+#include "features.h"
+#include "linear_kernels.h"
 #include "numeric.h"
 #include "threadpool.h"
 
 namespace lc::cpu {
 
-static float weight_at(const WeightRef& w, int64_t r, int64_t c) {
+namespace linear_detail {
+
+namespace {
+struct ScratchBuf {
+  void* p = nullptr;
+  size_t size = 0;
+  ~ScratchBuf() { std::free(p); }
+};
+}  // namespace
+
+void* scratch(ScratchSlot slot, size_t bytes) {
+  thread_local ScratchBuf bufs[kScratchSlots];
+  ScratchBuf& b = bufs[slot];
+  if (bytes > b.size) {
+    std::free(b.p);
+    size_t sz = (bytes + 4095) & ~size_t{4095};  // aligned_alloc wants a multiple of the alignment
+    b.p = std::aligned_alloc(64, sz);
+    b.size = b.p ? sz : 0;
+  }
+  return b.p;
+}
+
+}  // namespace linear_detail
+
+using namespace linear_detail;
+
+// ---------------------------------------------------------------------------------------------
+// Scalar path (any t). Each weight row is decoded to f32 once into per-thread scratch, then dotted
+// with every x row; the int8 row scale is applied to the finished dot product like the SIMD paths.
+
+static void decode_row_scalar(const WeightRef& w, int64_t r, float* out) {
+  const int64_t k = w.k;
   switch (w.dtype) {
-    case DType::F32: return static_cast<const float*>(w.data)[r * w.k + c];
-    case DType::BF16: return bf16_to_f32(static_cast<const uint16_t*>(w.data)[r * w.k + c]);
-    case DType::FP8_E4M3: {
-      int64_t kb = (w.k + 127) / 128;
-      return fp8e4m3_to_f32(static_cast<const uint8_t*>(w.data)[r * w.k + c]) * w.scale[(r / 128) * kb + c / 128];
+    case DType::F32: std::memcpy(out, static_cast<const float*>(w.data) + r * k, k * sizeof(float)); break;
+    case DType::BF16: {
+      const uint16_t* p = static_cast<const uint16_t*>(w.data) + r * k;
+      for (int64_t c = 0; c < k; ++c) out[c] = bf16_to_f32(p[c]);
+      break;
     }
-    case DType::I8: return static_cast<const int8_t*>(w.data)[r * w.k + c] * w.scale[r];
-    default: return 0.0f;
+    case DType::FP8_E4M3: {
+      const uint8_t* p = static_cast<const uint8_t*>(w.data) + r * k;
+      for (int64_t c = 0; c < k; ++c) out[c] = fp8e4m3_to_f32(p[c]) * fp8_block_scale(w, r, c / 128);
+      break;
+    }
+    case DType::I8: {
+      const int8_t* p = static_cast<const int8_t*>(w.data) + r * k;
+      for (int64_t c = 0; c < k; ++c) out[c] = static_cast<float>(p[c]);
+      break;
+    }
+    default: break;
   }
 }
 
-void linear(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType yt) {
-  const int64_t k = w.k, n = w.n;
-  std::vector<float> xf(static_cast<size_t>(t * k));
-  for (int64_t i = 0; i < t * k; ++i)
-    xf[i] = xt == DType::BF16 ? bf16_to_f32(static_cast<const uint16_t*>(x)[i]) : static_cast<const float*>(x)[i];
-  parallel_for(n, 16, [&](int64_t n0, int64_t n1) {
-    for (int64_t r = n0; r < n1; ++r)
+static void linear_scalar(int64_t t, const float* xf, const WeightRef& w, void* y, DType yt) {
+  const int64_t n = w.n, k = w.k;
+  parallel_for(n, gemv_grain_rows(w), [&](int64_t r0, int64_t r1) {
+    float* wr = static_cast<float*>(scratch(kScratchPanel, k * sizeof(float)));
+    for (int64_t r = r0; r < r1; ++r) {
+      decode_row_scalar(w, r, wr);
+      const float rs = w.dtype == DType::I8 ? w.scale[r] : 1.0f;
       for (int64_t i = 0; i < t; ++i) {
+        const float* xr = xf + i * k;
         float acc = 0;
-        for (int64_t c = 0; c < k; ++c) acc += xf[i * k + c] * weight_at(w, r, c);
-        if (yt == DType::BF16)
-          static_cast<uint16_t*>(y)[i * n + r] = f32_to_bf16(acc);
-        else
-          static_cast<float*>(y)[i * n + r] = acc;
+        for (int64_t c = 0; c < k; ++c) acc += xr[c] * wr[c];
+        store_y(y, yt, i * n + r, acc * rs);
       }
+    }
   });
+}
+
+void linear(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType yt) {
+  if (t <= 0 || w.n <= 0) return;
+  if (w.k <= 0) {  // an empty sum
+    for (int64_t i = 0; i < t * w.n; ++i) store_y(y, yt, i, 0.0f);
+    return;
+  }
+  switch (isa()) {
+    case Isa::Avx512: linear_avx512(t, x, xt, w, y, yt, features().avx512_bf16); return;
+    case Isa::Avx2: linear_avx2(t, x, xt, w, y, yt); return;
+    case Isa::Scalar: break;
+  }
+  const float* xf = static_cast<const float*>(x);
+  if (xt == DType::BF16) {
+    float* buf = static_cast<float*>(scratch(kScratchX, t * w.k * sizeof(float)));
+    const uint16_t* xb = static_cast<const uint16_t*>(x);
+    for (int64_t i = 0; i < t * w.k; ++i) buf[i] = bf16_to_f32(xb[i]);
+    xf = buf;
+  }
+  linear_scalar(t, xf, w, y, yt);
+}
+
+// ---------------------------------------------------------------------------------------------
+
+void quantize_int8_rows(int64_t n, int64_t k, const void* w, DType wt, int8_t* q, float* scale) {
+  parallel_for(n, gemv_grain_rows(WeightRef{wt, w, nullptr, n, k}), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      auto at = [&](int64_t c) {
+        return wt == DType::BF16 ? bf16_to_f32(static_cast<const uint16_t*>(w)[r * k + c])
+                                 : static_cast<const float*>(w)[r * k + c];
+      };
+      float amax = 0;
+      for (int64_t c = 0; c < k; ++c) amax = std::fmax(amax, std::fabs(at(c)));
+      const float s = amax / 127.0f;
+      scale[r] = s;
+      for (int64_t c = 0; c < k; ++c) {
+        // Division (not multiplication by 127/amax) keeps q exact for values on the grid.
+        float v = s > 0 ? std::nearbyint(at(c) / s) : 0.0f;  // default rounding: half to even
+        q[r * k + c] = static_cast<int8_t>(std::fmin(127.0f, std::fmax(-127.0f, v)));
+      }
+    }
+  });
+}
+
+double read_sum(const void* p, int64_t bytes) {
+  switch (isa()) {
+    case Isa::Avx512: return read_sum_avx512(p, bytes);
+    case Isa::Avx2: return read_sum_avx2(p, bytes);
+    case Isa::Scalar: break;
+  }
+  const int64_t n = bytes / 8;
+  const uint64_t* u = static_cast<const uint64_t*>(p);
+  std::atomic<uint64_t> total{0};
+  parallel_for(n, 1 << 16, [&](int64_t b, int64_t e) {
+    uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    int64_t i = b;
+    for (; i + 4 <= e; i += 4) s0 += u[i], s1 += u[i + 1], s2 += u[i + 2], s3 += u[i + 3];
+    for (; i < e; ++i) s0 += u[i];
+    total += s0 + s1 + s2 + s3;
+  });
+  return static_cast<double>(total.load());
 }
 
 }  // namespace lc::cpu

@@ -1,9 +1,18 @@
 #include "norm.h"
 
+#include <immintrin.h>
+// GCC 12 reports false "uninitialized" warnings from inside the AVX-512 mask/reduce intrinsics.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+
 #include <cmath>
 
+#include "features.h"
 #include "numeric.h"
 #include "threadpool.h"
+
+#define LC_NORM_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
+#define LC_NORM_AVX2 __attribute__((target("avx2,fma,f16c")))
 
 namespace lc::cpu {
 
@@ -32,11 +41,134 @@ static void rmsnorm_rows(int64_t r0, int64_t r1, int64_t dim, const float* x, co
   }
 }
 
+
+// ---- SIMD variants: same math as rmsnorm_rows (double sum of squares, y = (h * inv) * w, bf16
+// by round-to-nearest-even with NaN kept), vectorised. ------------------------------------------
+static inline __mmask16 norm_tail(int64_t n) { return static_cast<__mmask16>((1u << n) - 1u); }
+
+LC_NORM_AVX512 static inline __m256i norm_bf16_16(__m512 x) {
+  __m512i u = _mm512_castps_si512(x);
+  __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))));
+  r = _mm512_srli_epi32(r, 16);
+  __mmask16 nan = _mm512_cmp_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)), _mm512_set1_epi32(0x7f800000), _MM_CMPINT_NLE);
+  r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40)));
+  return _mm512_cvtepi32_epi16(r);
+}
+
+template <bool WB, bool YB>
+LC_NORM_AVX512 static void rmsnorm_rows_avx512(int64_t r0, int64_t r1, int64_t dim, const float* x, const float* add,
+                                               float* h_out, const void* w, float eps, void* y) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* xr = x + r * dim;
+    const float* ar = add ? add + r * dim : nullptr;
+    float* hr = h_out ? h_out + r * dim : nullptr;
+    __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
+    for (int64_t i = 0; i < dim; i += 16) {
+      __mmask16 k = dim - i >= 16 ? static_cast<__mmask16>(0xffff) : norm_tail(dim - i);
+      __m512 h = _mm512_maskz_loadu_ps(k, xr + i);
+      if (ar) h = _mm512_add_ps(h, _mm512_maskz_loadu_ps(k, ar + i));
+      if (hr) _mm512_mask_storeu_ps(hr + i, k, h);
+      __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(h));
+      __m512d hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(h), 1)));
+      s0 = _mm512_fmadd_pd(lo, lo, s0);
+      s1 = _mm512_fmadd_pd(hi, hi, s1);
+    }
+    const double ss = _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
+    const __m512 inv = _mm512_set1_ps(static_cast<float>(1.0 / std::sqrt(ss / dim + eps)));
+    for (int64_t i = 0; i < dim; i += 16) {
+      __mmask16 k = dim - i >= 16 ? static_cast<__mmask16>(0xffff) : norm_tail(dim - i);
+      __m512 h;
+      if (hr) {
+        h = _mm512_maskz_loadu_ps(k, hr + i);
+      } else {
+        h = _mm512_maskz_loadu_ps(k, xr + i);
+        if (ar) h = _mm512_add_ps(h, _mm512_maskz_loadu_ps(k, ar + i));
+      }
+      __m512 wv;
+      if constexpr (WB)
+        wv = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, static_cast<const uint16_t*>(w) + i)), 16));
+      else
+        wv = _mm512_maskz_loadu_ps(k, static_cast<const float*>(w) + i);
+      __m512 v = _mm512_mul_ps(_mm512_mul_ps(h, inv), wv);
+      if constexpr (YB)
+        _mm256_mask_storeu_epi16(static_cast<uint16_t*>(y) + r * dim + i, k, norm_bf16_16(v));
+      else
+        _mm512_mask_storeu_ps(static_cast<float*>(y) + r * dim + i, k, v);
+    }
+  }
+}
+
+template <bool WB, bool YB>
+LC_NORM_AVX2 static void rmsnorm_rows_avx2(int64_t r0, int64_t r1, int64_t dim, const float* x, const float* add,
+                                           float* h_out, const void* w, float eps, void* y) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* xr = x + r * dim;
+    const float* ar = add ? add + r * dim : nullptr;
+    float* hr = h_out ? h_out + r * dim : nullptr;
+    __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
+    int64_t i = 0;
+    for (; i + 8 <= dim; i += 8) {
+      __m256 h = _mm256_loadu_ps(xr + i);
+      if (ar) h = _mm256_add_ps(h, _mm256_loadu_ps(ar + i));
+      if (hr) _mm256_storeu_ps(hr + i, h);
+      __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(h)), hi = _mm256_cvtps_pd(_mm256_extractf128_ps(h, 1));
+      s0 = _mm256_fmadd_pd(lo, lo, s0);
+      s1 = _mm256_fmadd_pd(hi, hi, s1);
+    }
+    alignas(32) double t[4];
+    _mm256_store_pd(t, _mm256_add_pd(s0, s1));
+    double ss = (t[0] + t[1]) + (t[2] + t[3]);
+    for (int64_t j = i; j < dim; ++j) {
+      float h = ar ? xr[j] + ar[j] : xr[j];
+      if (hr) hr[j] = h;
+      ss += static_cast<double>(h) * h;
+    }
+    const float invf = static_cast<float>(1.0 / std::sqrt(ss / dim + eps));
+    const __m256 inv = _mm256_set1_ps(invf);
+    for (i = 0; i + 8 <= dim; i += 8) {
+      __m256 h;
+      if (hr) {
+        h = _mm256_loadu_ps(hr + i);
+      } else {
+        h = _mm256_loadu_ps(xr + i);
+        if (ar) h = _mm256_add_ps(h, _mm256_loadu_ps(ar + i));
+      }
+      __m256 wv;
+      if constexpr (WB)
+        wv = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(w) + i))), 16));
+      else
+        wv = _mm256_loadu_ps(static_cast<const float*>(w) + i);
+      __m256 v = _mm256_mul_ps(_mm256_mul_ps(h, inv), wv);
+      if constexpr (YB) {
+        __m256i u = _mm256_castps_si256(v);
+        __m256i rr = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1)))), 16);
+        __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)), _mm256_set1_epi32(0x7f800000));
+        rr = _mm256_blendv_epi8(rr, _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40)), nan);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(static_cast<uint16_t*>(y) + r * dim + i),
+                         _mm_packus_epi32(_mm256_castsi256_si128(rr), _mm256_extracti128_si256(rr, 1)));
+      } else {
+        _mm256_storeu_ps(static_cast<float*>(y) + r * dim + i, v);
+      }
+    }
+    for (; i < dim; ++i) {
+      float h = hr ? hr[i] : (ar ? xr[i] + ar[i] : xr[i]);
+      float wi;
+      if constexpr (WB) wi = bf16_to_f32(static_cast<const uint16_t*>(w)[i]); else wi = static_cast<const float*>(w)[i];
+      float v = h * invf * wi;
+      if constexpr (YB) static_cast<uint16_t*>(y)[r * dim + i] = f32_to_bf16(v); else static_cast<float*>(y)[r * dim + i] = v;
+    }
+  }
+}
+
 template <typename WT, typename YT>
 static void rmsnorm_t(int64_t rows, int64_t dim, const float* x, const float* add, float* h_out, const void* w,
                       float eps, void* y) {
+  constexpr bool WB = sizeof(WT) == 2, YB = sizeof(YT) == 2;
+  const Isa is = isa();
   parallel_for(rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(dim, 1)), [&](int64_t b, int64_t e) {
-    rmsnorm_rows<WT, YT>(b, e, dim, x, add, h_out, static_cast<const WT*>(w), eps, static_cast<YT*>(y));
+    if (is == Isa::Avx512) rmsnorm_rows_avx512<WB, YB>(b, e, dim, x, add, h_out, w, eps, y);
+    else if (is == Isa::Avx2) rmsnorm_rows_avx2<WB, YB>(b, e, dim, x, add, h_out, w, eps, y);
+    else rmsnorm_rows<WT, YT>(b, e, dim, x, add, h_out, static_cast<const WT*>(w), eps, static_cast<YT*>(y));
   });
 }
 

@@ -1,4 +1,5 @@
 // linear(stream, y, x, weight, scale?): y[.., n] = x[.., k] @ weight[n, k]^T
+// quantizeInt8Rows(stream, q, scale, w): symmetric per-row int8 weights for linear
 #include "../binding.h"
 #include "../cpu/linear.h"
 #ifdef LONGCAT_WITH_CUDA
@@ -48,7 +49,8 @@ static Napi::Value Linear(const Napi::CallbackInfo& info) {
   std::vector<int64_t> ys = x.shape;
   ys.back() = wr.n;
   if (y.shape != ys) fail(Code::E_SHAPE, "linear: 'y' has shape %s, expected %s", shape_str(y.shape).c_str(), shape_str(ys).c_str());
-  int64_t t = x.rows();
+  int64_t t = 1;  // rows of x (not x.rows(): k may be 0)
+  for (int i = 0; i + 1 < x.ndim(); ++i) t *= x.dim(i);
   Stream& s = a.stream(0, d);
   std::optional<Tensor> keep = scale;
   launch(op, s, [=] { cpu::linear(t, x.data(), x.dtype, wr, y.data(), y.dtype); (void)w; (void)keep; },
@@ -62,5 +64,26 @@ static Napi::Value Linear(const Napi::CallbackInfo& info) {
 }
 
 LC_REGISTER_OP("linear", Linear);
+
+static Napi::Value QuantizeInt8Rows(const Napi::CallbackInfo& info) {
+  const char* op = "quantizeInt8Rows";
+  OpArgs a(info, op);
+  Tensor q = a.tensor(1, "q"), scale = a.tensor(2, "scale"), w = a.tensor(3, "w");
+  Device d = w.device();
+  expect_dtype(op, "w", w, {DType::F32, DType::BF16});
+  expect_dtype(op, "q", q, {DType::I8});
+  expect_dtype(op, "scale", scale, {DType::F32});
+  expect_ndim(op, "w", w, 2);
+  const int64_t n = w.dim(0), k = w.dim(1);
+  expect_shape(op, "q", q, {n, k});
+  expect_shape(op, "scale", scale, {n});
+  expect_device(op, "q", q, d);
+  expect_device(op, "scale", scale, d);
+  Stream& s = a.stream(0, d);
+  launch(op, s, [=] { cpu::quantize_int8_rows(n, k, w.data(), w.dtype, q.ptr<int8_t>(), scale.ptr<float>()); }, nullptr);
+  return info.Env().Undefined();
+}
+
+LC_REGISTER_OP("quantizeInt8Rows", QuantizeInt8Rows);
 
 }  // namespace lc

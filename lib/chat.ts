@@ -1,0 +1,206 @@
+// Chat prompts: the checkpoint's Jinja chat template (via @huggingface/jinja), or the built-in
+// LongCat format of SPEC 8.2 when the checkpoint has none.
+//
+//   first turn, no system:  [Round 0] USER:{query} ASSISTANT:
+//   first turn, system:     SYSTEM:{system} [Round 0] USER:{query} ASSISTANT:
+//   multi-turn:             SYSTEM:{sys} [Round 0] USER:{q0} ASSISTANT:{r0}</longcat_s> [Round 1] USER:{q1} ASSISTANT:
+//
+// No BOS is emitted; every finished assistant turn ends with </longcat_s>; one space precedes
+// every [Round k] that follows a system prompt or an EOS; no space after USER: / ASSISTANT:.
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { Template } from '@huggingface/jinja';
+import { ArgumentError, CheckpointError } from './errors.js';
+
+export type ChatRole = 'system' | 'user' | 'assistant';
+
+export interface ChatMessage {
+  role: ChatRole | (string & {});
+  content: string;
+}
+
+export interface ChatTemplateOptions {
+  /** End with the assistant prompt (` ASSISTANT:`) so the model answers. Default true. */
+  addGenerationPrompt?: boolean;
+  /** Extra variables for the Jinja template (tools, ...). */
+  context?: Record<string, unknown>;
+  /** An already parsed tokenizer_config.json: used instead of reading the directory's. */
+  tokenizerConfig?: TokenizerConfig;
+}
+
+export const LONGCAT_EOS = '</longcat_s>';
+
+/**
+ * The LongCat chat template (SPEC 8.2) as Jinja, written by `init-random` into
+ * tokenizer_config.json. It renders exactly what formatLongcatChat() returns.
+ */
+export const LONGCAT_CHAT_TEMPLATE =
+  "{%- set ns = namespace(round=0, started=false) -%}" +
+  "{%- for message in messages -%}" +
+  "{%- if message['role'] == 'system' -%}" +
+  "{{- 'SYSTEM:' + message['content'] -}}" +
+  "{%- set ns.started = true -%}" +
+  "{%- elif message['role'] == 'user' -%}" +
+  "{%- if ns.started -%}{{- ' ' -}}{%- endif -%}" +
+  "{{- '[Round ' + (ns.round | string) + '] USER:' + message['content'] -}}" +
+  "{%- set ns.started = true -%}" +
+  "{%- elif message['role'] == 'assistant' -%}" +
+  "{{- ' ASSISTANT:' + message['content'] + '</longcat_s>' -}}" +
+  "{%- set ns.round = ns.round + 1 -%}" +
+  "{%- set ns.started = true -%}" +
+  "{%- endif -%}" +
+  "{%- endfor -%}" +
+  "{%- if add_generation_prompt -%}{{- ' ASSISTANT:' -}}{%- endif -%}";
+
+function checkMessages(messages: readonly ChatMessage[]) {
+  if (!Array.isArray(messages)) throw new ArgumentError('E_ARGUMENT', 'chat: messages must be an array of { role, content }');
+  messages.forEach((m, i) => {
+    if (typeof m !== 'object' || m === null || typeof m.role !== 'string' || typeof m.content !== 'string')
+      throw new ArgumentError('E_ARGUMENT', `chat: messages[${i}] must be { role: string, content: string }`);
+  });
+}
+
+/** The built-in LongCat format (SPEC 8.2). Roles other than system/user/assistant are rejected. */
+export function formatLongcatChat(messages: readonly ChatMessage[], opts: ChatTemplateOptions = {}): string {
+  checkMessages(messages);
+  let out = '';
+  let round = 0;
+  let started = false;
+  messages.forEach((m, i) => {
+    switch (m.role) {
+      case 'system':
+        out += `SYSTEM:${m.content}`;
+        break;
+      case 'user':
+        out += `${started ? ' ' : ''}[Round ${round}] USER:${m.content}`;
+        break;
+      case 'assistant':
+        out += ` ASSISTANT:${m.content}${LONGCAT_EOS}`;
+        round++;
+        break;
+      default:
+        throw new ArgumentError('E_ARGUMENT', `chat: messages[${i}] has role '${m.role}', expected system, user or assistant`);
+    }
+    started = true;
+  });
+  if (opts.addGenerationPrompt ?? true) out += ' ASSISTANT:';
+  return out;
+}
+
+/** Renders a Jinja chat template (HF semantics: messages, add_generation_prompt, special tokens). */
+export function renderChatTemplate(
+  template: string,
+  messages: readonly ChatMessage[],
+  opts: ChatTemplateOptions & { specialTokens?: Record<string, string> } = {},
+): string {
+  checkMessages(messages);
+  let t: Template;
+  try {
+    t = new Template(template);
+  } catch (e) {
+    throw new CheckpointError('E_CHECKPOINT', `chat template does not parse: ${(e as Error).message}`, { cause: e });
+  }
+  try {
+    return t.render({
+      bos_token: '<longcat_s>',
+      eos_token: LONGCAT_EOS,
+      ...opts.specialTokens,
+      ...opts.context,
+      messages: messages.map((m) => ({ ...m })),
+      add_generation_prompt: opts.addGenerationPrompt ?? true,
+    });
+  } catch (e) {
+    throw new CheckpointError('E_CHECKPOINT', `chat template failed to render: ${(e as Error).message}`, { cause: e });
+  }
+}
+
+/** The parts of tokenizer_config.json the chat template uses. */
+export interface TokenizerConfig {
+  chat_template?: string | { name: string; template: string }[] | null;
+  bos_token?: string | { content: string } | null;
+  eos_token?: string | { content: string } | null;
+  pad_token?: string | { content: string } | null;
+  unk_token?: string | { content: string } | null;
+  [key: string]: unknown;
+}
+
+function tokenText(t: TokenizerConfig[keyof TokenizerConfig]): string | undefined {
+  if (typeof t === 'string') return t;
+  if (t && typeof t === 'object' && 'content' in t && typeof (t as { content: unknown }).content === 'string') return (t as { content: string }).content;
+  return undefined;
+}
+
+/** The default chat template of a tokenizer config (a string, or the entry named 'default'), or null. */
+export function chatTemplateOf(cfg: TokenizerConfig): string | null {
+  const ct = cfg.chat_template;
+  if (typeof ct === 'string' && ct.length) return ct;
+  if (Array.isArray(ct)) return ct.find((x) => x?.name === 'default')?.template ?? ct[0]?.template ?? null;
+  return null;
+}
+
+function readText(file: string): string | null {
+  try {
+    return readFileSync(file, 'utf8');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw new CheckpointError('E_CHECKPOINT', `${file}: cannot read (${(e as NodeJS.ErrnoException).code ?? 'error'})`, { cause: e });
+  }
+}
+
+function parseJson(text: string, file: string): TokenizerConfig {
+  try {
+    const v = JSON.parse(text) as unknown;
+    if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new Error('not a JSON object');
+    return v as TokenizerConfig;
+  } catch (e) {
+    throw new CheckpointError('E_CHECKPOINT', `${file}: ${(e as Error).message}`, { cause: e });
+  }
+}
+
+/**
+ * Reads the chat template of a checkpoint directory: tokenizer_config.json's chat_template, else
+ * chat_template.jinja, else chat_template.json; `template` is null when there is none.
+ */
+export function loadChatTemplate(dir: string): { template: string | null; config: TokenizerConfig } {
+  const cfgFile = path.join(dir, 'tokenizer_config.json');
+  const cfgText = readText(cfgFile);
+  const config = cfgText === null ? {} : parseJson(cfgText, cfgFile);
+  let template = chatTemplateOf(config);
+  if (!template) template = readText(path.join(dir, 'chat_template.jinja'));
+  if (!template) {
+    const f = path.join(dir, 'chat_template.json');
+    const t = readText(f);
+    template = t === null ? null : chatTemplateOf(parseJson(t, f));
+  }
+  return { template, config };
+}
+
+/**
+ * The prompt text for `messages`: the checkpoint's chat template (from a directory, or a parsed
+ * tokenizer_config.json given as `source` or `opts.tokenizerConfig`), or formatLongcatChat()
+ * (SPEC 8.2) when there is none. Synchronous (reads at most two small files).
+ */
+export function applyChatTemplate(
+  source: string | TokenizerConfig,
+  messages: readonly ChatMessage[],
+  opts: ChatTemplateOptions = {},
+): string {
+  let template: string | null;
+  let config: TokenizerConfig;
+  if (opts.tokenizerConfig) {
+    config = opts.tokenizerConfig;
+    template = chatTemplateOf(config) ?? (typeof source === 'string' ? loadChatTemplate(source).template : null);
+  } else if (typeof source === 'string') {
+    ({ template, config } = loadChatTemplate(source));
+  } else {
+    config = source;
+    template = chatTemplateOf(source);
+  }
+  if (!template) return formatLongcatChat(messages, opts);
+  const specialTokens: Record<string, string> = {};
+  for (const k of ['bos_token', 'eos_token', 'pad_token', 'unk_token'] as const) {
+    const v = tokenText(config[k]);
+    if (v !== undefined) specialTokens[k] = v;
+  }
+  return renderChatTemplate(template, messages, { ...opts, specialTokens });
+}

@@ -1,0 +1,479 @@
+// `longcat init-random`: writes a random LongCat-Flash checkpoint in the ORIGINAL Meituan layout
+// (SPEC 2.1/2.2/7.1): config.json, generation_config.json, two safetensors shards +
+// model.safetensors.index.json, a small byte-level BPE tokenizer.json, tokenizer_config.json with
+// the LongCat chat template (SPEC 8.2). Deterministic for a seed; tensors are generated in chunks
+// (never whole in memory), so the medium preset (~1.6 GB) streams to disk.
+//
+// Weights: normal(0, 1/sqrt(fan_in)) (embedding: normal(0, 1); RMSNorm weights 1 + 0.05 normal),
+// so activations stay O(1). The router classifier is normal(0, 1/sqrt(hidden)) and the correction
+// bias small, so routing is close to uniform over FFN + zero experts: zero experts take about
+// zero/(routed + zero) of the slots (1/3 in every preset).
+import { mkdir, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { type LongcatConfig, parseConfig, requiredTensors } from './config.js';
+import { type TensorToWrite, writeSafetensors, SAFETENSORS_DTYPE_SIZE, type SafetensorsDType } from './safetensors.js';
+import { LONGCAT_CHAT_TEMPLATE } from './chat.js';
+import { f32ToBf16, f32ToFp8e4m3 } from './numeric.js';
+import { ArgumentError } from './errors.js';
+
+export type Preset = 'tiny' | 'small' | 'medium';
+
+export interface InitRandomOptions {
+  preset: Preset;
+  /** Output directory (created). */
+  out: string;
+  /** Block-wise FP8 linears + weight_scale_inv (SPEC 7.1) and quantization_config. */
+  fp8?: boolean;
+  /** Add the MTP module (SPEC 2.2). */
+  mtp?: boolean;
+  seed?: number;
+  /** Overrides of config fields (tests: a different vocab, layer count, ...). */
+  overrides?: Partial<Record<keyof LongcatConfig, unknown>>;
+  onProgress?: (p: { file: string; bytes: number; totalBytes: number }) => void;
+}
+
+export interface InitRandomResult {
+  dir: string;
+  config: LongcatConfig;
+  files: string[];
+  tensorCount: number;
+  totalBytes: number;
+}
+
+/** Config fields of each preset (everything else: the LongCat-Flash-Chat values). */
+export const PRESETS: Readonly<Record<Preset, Record<string, number>>> = {
+  tiny: {
+    hidden_size: 64, num_layers: 2, num_attention_heads: 4, q_lora_rank: 48, kv_lora_rank: 32,
+    qk_nope_head_dim: 16, qk_rope_head_dim: 8, v_head_dim: 16, ffn_hidden_size: 128, expert_ffn_hidden_size: 32,
+    n_routed_experts: 8, zero_expert_num: 4, moe_topk: 3, vocab_size: 512, max_position_embeddings: 4096,
+  },
+  small: {
+    hidden_size: 512, num_layers: 4, num_attention_heads: 8, q_lora_rank: 256, kv_lora_rank: 128,
+    qk_nope_head_dim: 32, qk_rope_head_dim: 16, v_head_dim: 32, ffn_hidden_size: 1024, expert_ffn_hidden_size: 256,
+    n_routed_experts: 32, zero_expert_num: 16, moe_topk: 6, vocab_size: 4096, max_position_embeddings: 8192,
+  },
+  medium: {
+    hidden_size: 1024, num_layers: 8, num_attention_heads: 16, q_lora_rank: 384, kv_lora_rank: 256,
+    qk_nope_head_dim: 64, qk_rope_head_dim: 32, v_head_dim: 64, ffn_hidden_size: 2048, expert_ffn_hidden_size: 512,
+    n_routed_experts: 48, zero_expert_num: 24, moe_topk: 8, vocab_size: 32768, max_position_embeddings: 32768,
+  },
+};
+
+/** The config.json an init-random preset writes (before overrides). */
+export function presetConfigJson(preset: Preset, opts: { fp8?: boolean; mtp?: boolean } = {}): Record<string, unknown> {
+  const p = PRESETS[preset];
+  if (!p) throw new ArgumentError('E_ARGUMENT', `init-random: unknown preset '${preset}' (tiny, small or medium)`);
+  const j: Record<string, unknown> = {
+    architectures: ['LongcatFlashForCausalLM'],
+    model_type: 'longcat_flash',
+    auto_map: {
+      AutoConfig: 'configuration_longcat_flash.LongcatFlashConfig',
+      AutoModel: 'modeling_longcat_flash.LongcatFlashModel',
+      AutoModelForCausalLM: 'modeling_longcat_flash.LongcatFlashForCausalLM',
+    },
+    vocab_size: p.vocab_size,
+    hidden_size: p.hidden_size,
+    num_layers: p.num_layers,
+    num_attention_heads: p.num_attention_heads,
+    q_lora_rank: p.q_lora_rank,
+    kv_lora_rank: p.kv_lora_rank,
+    qk_nope_head_dim: p.qk_nope_head_dim,
+    qk_rope_head_dim: p.qk_rope_head_dim,
+    v_head_dim: p.v_head_dim,
+    ffn_hidden_size: p.ffn_hidden_size,
+    expert_ffn_hidden_size: p.expert_ffn_hidden_size,
+    n_routed_experts: p.n_routed_experts,
+    zero_expert_num: p.zero_expert_num,
+    zero_expert_type: 'identity',
+    moe_topk: p.moe_topk,
+    routed_scaling_factor: 6.0,
+    mla_scale_q_lora: true,
+    mla_scale_kv_lora: true,
+    attention_method: 'MLA',
+    attention_bias: false,
+    attention_dropout: 0.0,
+    rms_norm_eps: 1e-5,
+    rope_theta: 10000000.0,
+    max_position_embeddings: p.max_position_embeddings,
+    bos_token_id: 1,
+    eos_token_id: 2,
+    use_cache: true,
+    torch_dtype: 'bfloat16',
+  };
+  if (opts.mtp) j.num_nextn_predict_layers = 1;
+  if (opts.fp8)
+    j.quantization_config = { quant_method: 'fp8', fmt: 'e4m3', activation_scheme: 'dynamic', weight_block_size: [128, 128] };
+  return j;
+}
+
+// ---- deterministic random numbers -----------------------------------------------------------
+
+/** FNV-1a of a string. */
+function hash32(s: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 0x01000193);
+  return h >>> 0;
+}
+
+/** xoshiro128** seeded through splitmix32; returns uint32. */
+function rng32(seed: number): () => number {
+  let x = seed >>> 0;
+  const sm = () => {
+    x = (x + 0x9e3779b9) >>> 0;
+    let z = x;
+    z = Math.imul(z ^ (z >>> 16), 0x85ebca6b);
+    z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35);
+    return (z ^ (z >>> 16)) >>> 0;
+  };
+  let a = sm(), b = sm(), c = sm(), d = sm();
+  if ((a | b | c | d) === 0) a = 1;
+  return () => {
+    const r = Math.imul(rotl(Math.imul(b, 5), 7), 9) >>> 0;
+    const t = b << 9;
+    c ^= a;
+    d ^= b;
+    b ^= c;
+    a ^= d;
+    c ^= t;
+    d = rotl(d, 11);
+    return r;
+  };
+}
+function rotl(v: number, k: number) {
+  return (v << k) | (v >>> (32 - k));
+}
+
+/** Inverse normal CDF (Acklam; |rel err| < 1.2e-9). */
+function normInv(p: number): number {
+  const a = [-3.969683028665376e1, 2.209460984245205e2, -2.759285104469687e2, 1.38357751867269e2, -3.066479806614716e1, 2.506628277459239];
+  const b = [-5.447609879822406e1, 1.615858368580409e2, -1.556989798598866e2, 6.680131188771972e1, -1.328068155288572e1];
+  const c = [-7.784894002430293e-3, -3.223964580411365e-1, -2.400758277161838, -2.549732539343734, 4.374664141464968, 2.938163982698783];
+  const d = [7.784695709041462e-3, 3.224671290700398e-1, 2.445134137142996, 3.754408661907416];
+  const lo = 0.02425;
+  if (p < lo) {
+    const q = Math.sqrt(-2 * Math.log(p));
+    return (((((c[0]! * q + c[1]!) * q + c[2]!) * q + c[3]!) * q + c[4]!) * q + c[5]!) / ((((d[0]! * q + d[1]!) * q + d[2]!) * q + d[3]!) * q + 1);
+  }
+  if (p > 1 - lo) return -normInv(1 - p);
+  const q = p - 0.5, r = q * q;
+  return ((((((a[0]! * r + a[1]!) * r + a[2]!) * r + a[3]!) * r + a[4]!) * r + a[5]!) * q) /
+    (((((b[0]! * r + b[1]!) * r + b[2]!) * r + b[3]!) * r + b[4]!) * r + 1);
+}
+
+/** 65536 equiprobable normal quantiles: a 16-bit random index gives a normal(0, 1) sample. */
+let QUANTILES: Float64Array | null = null;
+function quantiles(): Float64Array {
+  if (!QUANTILES) {
+    QUANTILES = new Float64Array(65536);
+    for (let i = 0; i < 65536; i++) QUANTILES[i] = normInv((i + 0.5) / 65536);
+  }
+  return QUANTILES;
+}
+
+// Per-(kind, scale) lookup tables: 16-bit random index -> encoded value.
+const tables = new Map<string, Uint16Array | Uint8Array | Float32Array>();
+function table(kind: 'bf16' | 'f32' | 'fp8', mean: number, std: number): Uint16Array | Uint8Array | Float32Array {
+  const key = `${kind}:${mean}:${std}`;
+  let t = tables.get(key);
+  if (!t) {
+    const q = quantiles();
+    if (kind === 'bf16') {
+      const u = new Uint16Array(65536);
+      for (let i = 0; i < 65536; i++) u[i] = f32ToBf16(mean + std * q[i]!);
+      t = u;
+    } else if (kind === 'f32') {
+      t = Float32Array.from(q, (v) => mean + std * v);
+    } else {
+      // FP8: values scaled so the largest quantile maps to 448; the block scale restores std.
+      const u = new Uint8Array(65536);
+      const top = q[65535]!;
+      for (let i = 0; i < 65536; i++) u[i] = f32ToFp8e4m3((q[i]! * 448) / top);
+      t = u;
+    }
+    tables.set(key, t);
+  }
+  return t;
+}
+
+const CHUNK_ELEMS = 1 << 20;
+
+/** Chunks of `n` elements drawn from a 65536-entry table (2 elements per 32-bit random). */
+function* fromTable(n: number, tab: Uint16Array | Uint8Array | Float32Array, next: () => number): Generator<Uint8Array> {
+  const Ctor = tab.constructor as Uint16ArrayConstructor | Uint8ArrayConstructor | Float32ArrayConstructor;
+  for (let done = 0; done < n; ) {
+    const m = Math.min(CHUNK_ELEMS, n - done);
+    const out = new Ctor(m);
+    let i = 0;
+    for (; i + 1 < m; i += 2) {
+      const r = next();
+      out[i] = tab[r & 0xffff]!;
+      out[i + 1] = tab[r >>> 16]!;
+    }
+    if (i < m) out[i] = tab[next() & 0xffff]!;
+    done += m;
+    yield new Uint8Array(out.buffer, out.byteOffset, out.byteLength);
+  }
+}
+
+// ---- tokenizer ------------------------------------------------------------------------------
+
+const CORPUS = `The quick brown fox jumps over the lazy dog. A language model reads a sequence of tokens and predicts the next one.
+LongCat-Flash is a mixture-of-experts model: every layer has two attention blocks, two dense feed-forward blocks and one
+shortcut-connected mixture of experts. Some experts are zero-computation experts that return their input unchanged, so the
+number of activated parameters changes from token to token. The router picks the experts for each token; the weights of the
+chosen experts are multiplied by the routed scaling factor. Attention uses multi-head latent attention with a compressed
+key-value cache, which keeps long contexts cheap. This is a small random checkpoint for tests: its weights are noise, its
+outputs are meaningless, but its shapes, names and formats are those of the real model.
+Once upon a time there was a little town by the sea. In the morning the fishermen went out on their boats, and in the evening
+they came back with their nets full of fish. The children played on the beach, the old people sat in the sun and told
+stories, and the cats waited by the harbour for their share of the catch. One day a stranger arrived with a box of books.
+"What is in the box?" asked a girl. "Everything," said the stranger, "that people have learned and written down." She opened
+the first book and started to read, and she did not stop until the sun went down. Then she asked for another one.
+Questions and answers: What is the capital of France? Paris is the capital of France. How many days are there in a week?
+There are seven days in a week. What is two plus two? Two plus two is four. Which is larger, 1000 or 999? 1000 is larger.
+The year 2025 has 365 days; the numbers 0 1 2 3 4 5 6 7 8 9 are digits. Water boils at 100 degrees Celsius at sea level.
+The system said: you are a helpful assistant. The user asked a question, and the assistant answered it politely and clearly.
+Programming: function add(a, b) { return a + b; } const list = [1, 2, 3]; for (let i = 0; i < list.length; i++) print(list[i]);
+If the weather is good tomorrow, we will walk in the park; if it rains, we will stay at home and read.
+`;
+
+/** GPT-2 bytes_to_unicode: byte -> printable character. */
+export function byteToUnicode(): string[] {
+  const bs: number[] = [];
+  for (let b = 33; b <= 126; b++) bs.push(b);
+  for (let b = 161; b <= 172; b++) bs.push(b);
+  for (let b = 174; b <= 255; b++) bs.push(b);
+  const map: string[] = new Array(256);
+  for (const b of bs) map[b] = String.fromCharCode(b);
+  let n = 0;
+  for (let b = 0; b < 256; b++) if (map[b] === undefined) map[b] = String.fromCharCode(256 + n++);
+  return map;
+}
+
+/** The pre-tokenizer split (Qwen2-style, as LongCat-Flash-Lite's) in Oniguruma and JS syntax. */
+const SPLIT_REGEX =
+  "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+const SPLIT_REGEX_JS = /'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD]|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+/gu;
+
+export const SPECIAL_TOKENS = ['<longcat_unk>', '<longcat_s>', '</longcat_s>', '<longcat_pad>'] as const;
+export const EXTRA_SPECIAL_TOKENS = ['<longcat_tool_call>', '</longcat_tool_call>', '<longcat_think>', '</longcat_think>'] as const;
+
+/** Learns `maxMerges` BPE merges over the byte-level pieces of `text` (deterministic). */
+function learnMerges(text: string, maxMerges: number): [string, string][] {
+  const b2u = byteToUnicode();
+  const enc = new TextEncoder();
+  const counts = new Map<string, number>();
+  for (const m of text.matchAll(SPLIT_REGEX_JS)) {
+    const w = Array.from(enc.encode(m[0]), (b) => b2u[b]!).join('\u0000');
+    counts.set(w, (counts.get(w) ?? 0) + 1);
+  }
+  const words = [...counts.entries()].sort((a, b) => (a[0] < b[0] ? -1 : 1)).map(([w, c]) => ({ syms: w.split('\u0000'), c }));
+  const merges: [string, string][] = [];
+  while (merges.length < maxMerges) {
+    const pairs = new Map<string, number>();
+    for (const { syms, c } of words)
+      for (let i = 0; i + 1 < syms.length; i++) {
+        const k = syms[i]! + '\u0000' + syms[i + 1]!;
+        pairs.set(k, (pairs.get(k) ?? 0) + c);
+      }
+    let best = '', bestC = 1;
+    for (const [k, c] of pairs) if (c > bestC || (c === bestC && best !== '' && k < best)) [best, bestC] = [k, c];
+    if (!best) break;
+    const [a, b] = best.split('\u0000') as [string, string];
+    merges.push([a, b]);
+    const ab = a + b;
+    for (const w of words) {
+      const s = w.syms;
+      const r: string[] = [];
+      for (let i = 0; i < s.length; i++) {
+        if (i + 1 < s.length && s[i] === a && s[i + 1] === b) {
+          r.push(ab);
+          i++;
+        } else r.push(s[i]!);
+      }
+      w.syms = r;
+    }
+  }
+  return merges;
+}
+
+/** A byte-level BPE tokenizer.json with at most `maxTokens` tokens (>= 268). */
+export function buildTokenizerJson(maxTokens: number): Record<string, unknown> {
+  const reserved = SPECIAL_TOKENS.length + 256 + EXTRA_SPECIAL_TOKENS.length;
+  if (maxTokens < reserved) throw new ArgumentError('E_ARGUMENT', `init-random: vocab_size must be at least ${reserved} for the tokenizer, got ${maxTokens}`);
+  const merges = learnMerges(CORPUS, Math.min(maxTokens - reserved, 2000));
+  const vocab: Record<string, number> = {};
+  let id = 0;
+  for (const t of SPECIAL_TOKENS) vocab[t] = id++;
+  for (const ch of byteToUnicode()) vocab[ch] = id++;
+  for (const [a, b] of merges) if (!(a + b in vocab)) vocab[a + b] = id++;
+  const added = [...SPECIAL_TOKENS.map((t, i) => [t, i] as const), ...EXTRA_SPECIAL_TOKENS.map((t) => [t, id++] as const)].map(([content, i]) => ({
+    id: i, content, single_word: false, lstrip: false, rstrip: false, normalized: false, special: true,
+  }));
+  return {
+    version: '1.0',
+    truncation: null,
+    padding: null,
+    added_tokens: added,
+    normalizer: null,
+    pre_tokenizer: {
+      type: 'Sequence',
+      pretokenizers: [
+        { type: 'Split', pattern: { Regex: SPLIT_REGEX }, behavior: 'Isolated', invert: false },
+        { type: 'ByteLevel', add_prefix_space: false, trim_offsets: false, use_regex: false },
+      ],
+    },
+    post_processor: { type: 'ByteLevel', add_prefix_space: false, trim_offsets: false, use_regex: false },
+    decoder: { type: 'ByteLevel', add_prefix_space: false, trim_offsets: false, use_regex: false },
+    model: {
+      type: 'BPE', dropout: null, unk_token: null, continuing_subword_prefix: null, end_of_word_suffix: null,
+      fuse_unk: false, byte_fallback: false, ignore_merges: false,
+      vocab,
+      merges: merges.map(([a, b]) => `${a} ${b}`),
+    },
+  };
+}
+
+export function buildTokenizerConfig(tokenizerJson: Record<string, unknown>, maxLength: number): Record<string, unknown> {
+  const decoder: Record<string, unknown> = {};
+  for (const t of tokenizerJson.added_tokens as { id: number; content: string }[]) decoder[String(t.id)] = { ...t };
+  return {
+    add_bos_token: false,
+    add_eos_token: false,
+    added_tokens_decoder: decoder,
+    bos_token: '<longcat_s>',
+    eos_token: '</longcat_s>',
+    pad_token: '<longcat_pad>',
+    unk_token: '<longcat_unk>',
+    additional_special_tokens: [...EXTRA_SPECIAL_TOKENS],
+    clean_up_tokenization_spaces: false,
+    model_max_length: maxLength,
+    tokenizer_class: 'PreTrainedTokenizerFast',
+    chat_template: LONGCAT_CHAT_TEMPLATE,
+  };
+}
+
+// ---- weights --------------------------------------------------------------------------------
+
+interface PlannedTensor {
+  name: string;
+  dtype: SafetensorsDType;
+  shape: number[];
+  nbytes: number;
+  make: () => Iterable<Uint8Array>;
+}
+
+function plan(config: LongcatConfig, opts: { fp8: boolean; mtp: boolean; seed: number }): PlannedTensor[] {
+  const req = requiredTensors(config, { fp8: opts.fp8, mtp: opts.mtp });
+  const out: PlannedTensor[] = [];
+  const H = config.hidden_size;
+  const width = config.n_routed_experts + config.zero_expert_num;
+  for (const [name, spec] of req) {
+    const seed = (hash32(name) ^ Math.imul(opts.seed >>> 0, 0x9e3779b1)) >>> 0;
+    const shape = spec.shape;
+    const n = shape.reduce((a, b) => a * b, 1);
+    let dtype: SafetensorsDType;
+    let make: () => Iterable<Uint8Array>;
+    const gen = (tab: Uint16Array | Uint8Array | Float32Array) => () => fromTable(n, tab, rng32(seed));
+    switch (spec.role) {
+      case 'embedding':
+        dtype = 'BF16';
+        make = gen(table('bf16', 0, name.includes('lm_head') ? 1 / Math.sqrt(H) : 1));
+        break;
+      case 'norm':
+        dtype = 'BF16';
+        make = gen(table('bf16', 1, 0.05));
+        break;
+      case 'router':
+        dtype = 'F32';
+        make = gen(table('f32', 0, 1 / Math.sqrt(H)));
+        break;
+      case 'bias':
+        dtype = 'F32';
+        make = gen(table('f32', 0, 0.1 / width));
+        break;
+      case 'linear':
+        if (spec.quantized) {
+          dtype = 'F8_E4M3';
+          make = gen(table('fp8', 0, 1));
+        } else {
+          dtype = 'BF16';
+          make = gen(table('bf16', 0, 1 / Math.sqrt(shape[1]!)));
+        }
+        break;
+      case 'scale': {
+        // scale_inv = std * top / 448 (undoes the fp8 table), times a per-block jitter in [0.75, 1.25).
+        dtype = 'F32';
+        const w = req.get(spec.scaleOf!)!;
+        const base = (1 / Math.sqrt(w.shape[1]!)) * (quantiles()[65535]! / 448);
+        make = () => {
+          const next = rng32(seed);
+          const f = new Float32Array(n);
+          for (let i = 0; i < n; i++) f[i] = base * (0.75 + 0.5 * (next() / 4294967296));
+          return [new Uint8Array(f.buffer)];
+        };
+        break;
+      }
+    }
+    out.push({ name, dtype, shape, nbytes: n * SAFETENSORS_DTYPE_SIZE[dtype], make });
+  }
+  return out;
+}
+
+/**
+ * Writes a random checkpoint. Layout: model-00001-of-00002.safetensors holds the embedding and
+ * the first half of the bytes in canonical order, model-00002-of-00002.safetensors the rest
+ * (lm_head, final norm, MTP), plus model.safetensors.index.json.
+ */
+export async function initRandom(opts: InitRandomOptions): Promise<InitRandomResult> {
+  const fp8 = opts.fp8 ?? false;
+  const mtp = opts.mtp ?? false;
+  const seed = opts.seed ?? 0;
+  if (!Number.isInteger(seed)) throw new ArgumentError('E_ARGUMENT', `init-random: seed must be an integer, got ${seed}`);
+  const json = { ...presetConfigJson(opts.preset, { fp8, mtp }), ...(opts.overrides ?? {}) };
+  const dir = path.resolve(opts.out);
+  const config = parseConfig(json, path.join(dir, 'config.json'));
+
+  await mkdir(dir, { recursive: true });
+  const tokJson = buildTokenizerJson(Math.min(config.vocab_size, 4096));
+  await writeFile(path.join(dir, 'config.json'), JSON.stringify(json, null, 2) + '\n');
+  await writeFile(
+    path.join(dir, 'generation_config.json'),
+    JSON.stringify({ _from_model_config: true, bos_token_id: 1, eos_token_id: 2, pad_token_id: 3, transformers_version: '4.55.0' }, null, 2) + '\n',
+  );
+  await writeFile(path.join(dir, 'tokenizer.json'), JSON.stringify(tokJson));
+  await writeFile(path.join(dir, 'tokenizer_config.json'), JSON.stringify(buildTokenizerConfig(tokJson, config.max_position_embeddings), null, 2) + '\n');
+  await writeFile(
+    path.join(dir, 'special_tokens_map.json'),
+    JSON.stringify({ bos_token: '<longcat_s>', eos_token: '</longcat_s>', pad_token: '<longcat_pad>', unk_token: '<longcat_unk>' }, null, 2) + '\n',
+  );
+
+  const tensors = plan(config, { fp8, mtp, seed });
+  const totalBytes = tensors.reduce((a, t) => a + t.nbytes, 0);
+  const shards: PlannedTensor[][] = [[], []];
+  let acc = 0;
+  for (const t of tensors) {
+    // Keep a weight and its scale together; lm_head / final norm / MTP always go to shard 2.
+    const late = t.name === 'lm_head.weight' || t.name === 'model.norm.weight' || t.name.startsWith('model.mtp.');
+    const second = late || (acc >= totalBytes / 2 && !t.name.endsWith('_scale_inv')) || (shards[1]!.length > 0);
+    shards[second ? 1 : 0]!.push(t);
+    acc += t.nbytes;
+  }
+  const names = ['model-00001-of-00002.safetensors', 'model-00002-of-00002.safetensors'];
+  const weightMap: Record<string, string> = {};
+  let written = 0;
+  for (const [i, shard] of shards.entries()) {
+    const file = path.join(dir, names[i]!);
+    const items: TensorToWrite[] = shard.map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape, data: t.make }));
+    await writeSafetensors(file, items, { format: 'pt' });
+    for (const t of shard) weightMap[t.name] = names[i]!;
+    written += shard.reduce((a, t) => a + t.nbytes, 0);
+    opts.onProgress?.({ file, bytes: written, totalBytes });
+  }
+  await writeFile(
+    path.join(dir, 'model.safetensors.index.json'),
+    JSON.stringify({ metadata: { total_size: totalBytes }, weight_map: weightMap }, null, 2) + '\n',
+  );
+  return { dir, config, files: names.map((n) => path.join(dir, n)), tensorCount: tensors.length, totalBytes };
+}
+

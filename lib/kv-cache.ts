@@ -1,0 +1,193 @@
+// Paged latent KV cache bookkeeping (SPEC 5.1, DESIGN "The KV cache is paged").
+//
+// The cache memory itself is native: one tensor [numBlocks, blockSize, kvLora + rope] per attention
+// sub-layer (2 per logical layer, +1 for MTP). All of them share one block numbering, so a single
+// allocator and one block table per sequence serve every sub-layer. Native ops address a token by
+// its slot `block * blockSize + row` (int32) and read a batch through int32 block tables
+// [B, maxBlocks] plus per-sequence lengths. This file only does the bookkeeping.
+
+import { ArgumentError, ContextLengthError, OutOfMemoryError } from './errors.js';
+
+function checkCount(what: string, v: number, min: number): void {
+  if (!Number.isInteger(v) || v < min) throw new ArgumentError('E_ARGUMENT', `${what} must be an integer >= ${min}, got ${v}`);
+}
+
+/** Hands out block ids 0..numBlocks-1. Freed blocks are reused first (LIFO). */
+export class BlockAllocator {
+  readonly numBlocks: number;
+  private readonly freeList: number[];
+  private readonly used: Uint8Array;
+
+  constructor(numBlocks: number) {
+    checkCount('BlockAllocator: numBlocks', numBlocks, 1);
+    if (numBlocks > 0x7fffffff) throw new ArgumentError('E_ARGUMENT', `BlockAllocator: numBlocks ${numBlocks} does not fit int32`);
+    this.numBlocks = numBlocks;
+    this.used = new Uint8Array(numBlocks);
+    // popped from the end: the first allocations return 0, 1, 2, ...
+    this.freeList = Array.from({ length: numBlocks }, (_, i) => numBlocks - 1 - i);
+  }
+
+  /** Number of free blocks. */
+  get available(): number {
+    return this.freeList.length;
+  }
+
+  /** Number of blocks in use. */
+  get inUse(): number {
+    return this.numBlocks - this.freeList.length;
+  }
+
+  /** One free block id; OutOfMemoryError (E_OOM) when none is left. */
+  alloc(): number {
+    const id = this.freeList.pop();
+    if (id === undefined) {
+      throw new OutOfMemoryError('E_OOM', `KV cache: all ${this.numBlocks} blocks are in use (raise the cache size or release sequences)`);
+    }
+    this.used[id] = 1;
+    return id;
+  }
+
+  /** Returns blocks to the pool. Unknown or already-free ids are an ArgumentError (nothing is freed then). */
+  free(ids: number | Iterable<number>): void {
+    const list = typeof ids === 'number' ? [ids] : Array.from(ids);
+    const seen = new Set<number>();
+    for (const id of list) {
+      if (!Number.isInteger(id) || id < 0 || id >= this.numBlocks) {
+        throw new ArgumentError('E_ARGUMENT', `BlockAllocator.free: block id ${id} is outside [0, ${this.numBlocks})`);
+      }
+      if (!this.used[id] || seen.has(id)) throw new ArgumentError('E_ARGUMENT', `BlockAllocator.free: block ${id} is not allocated (double free)`);
+      seen.add(id);
+    }
+    // release in reverse so that a sequence's blocks come back in their original order
+    for (let i = list.length - 1; i >= 0; i--) {
+      const id = list[i]!;
+      this.used[id] = 0;
+      this.freeList.push(id);
+    }
+  }
+}
+
+/** The blocks and length of one sequence in the paged cache. */
+export class SequenceCache {
+  readonly allocator: BlockAllocator;
+  readonly blockSize: number;
+  readonly maxContext: number;
+  private blocks: number[] = [];
+  private len = 0;
+  private released = false;
+
+  constructor(allocator: BlockAllocator, blockSize: number, maxContext: number) {
+    checkCount('SequenceCache: blockSize', blockSize, 1);
+    checkCount('SequenceCache: maxContext', maxContext, 1);
+    if (allocator.numBlocks * blockSize > 0x7fffffff) {
+      throw new ArgumentError('E_ARGUMENT', `SequenceCache: ${allocator.numBlocks} blocks x ${blockSize} slots do not fit int32 slot ids`);
+    }
+    this.allocator = allocator;
+    this.blockSize = blockSize;
+    this.maxContext = maxContext;
+  }
+
+  /** Tokens currently held (cached positions 0..length-1). */
+  get length(): number {
+    return this.len;
+  }
+
+  /** Number of blocks held. */
+  get numBlocks(): number {
+    return this.blocks.length;
+  }
+
+  /** Slots still free in the last block (usable without allocating). */
+  get spare(): number {
+    return this.blocks.length * this.blockSize - this.len;
+  }
+
+  /**
+   * Makes room for `nNew` tokens at positions length..length+nNew-1 and returns their slots
+   * (block * blockSize + row). Atomic: on error nothing changes. Errors: ContextLengthError
+   * (E_CONTEXT) past maxContext, OutOfMemoryError (E_OOM) when the allocator cannot supply the blocks.
+   */
+  reserve(nNew: number): Int32Array {
+    this.checkLive('reserve');
+    checkCount('SequenceCache.reserve: nNew', nNew, 0);
+    const newLen = this.len + nNew;
+    if (newLen > this.maxContext) {
+      throw new ContextLengthError('E_CONTEXT', `context length exceeded: ${this.len} cached + ${nNew} new tokens = ${newLen} > maxContext ${this.maxContext}`);
+    }
+    const needBlocks = Math.ceil(newLen / this.blockSize) - this.blocks.length;
+    if (needBlocks > this.allocator.available) {
+      throw new OutOfMemoryError('E_OOM', `KV cache out of blocks: ${needBlocks} more needed for ${nNew} tokens, ${this.allocator.available} of ${this.allocator.numBlocks} free`);
+    }
+    for (let i = 0; i < needBlocks; i++) this.blocks.push(this.allocator.alloc());
+    const slots = new Int32Array(nNew);
+    for (let i = 0; i < nNew; i++) {
+      const pos = this.len + i;
+      slots[i] = this.blocks[Math.floor(pos / this.blockSize)]! * this.blockSize + (pos % this.blockSize);
+    }
+    this.len = newLen;
+    return slots;
+  }
+
+  /** Slots of the already-cached positions [from, to) (default: all). */
+  slots(from = 0, to = this.len): Int32Array {
+    if (!Number.isInteger(from) || !Number.isInteger(to) || from < 0 || to > this.len || from > to) {
+      throw new ArgumentError('E_ARGUMENT', `SequenceCache.slots: range [${from}, ${to}) is outside [0, ${this.len})`);
+    }
+    const out = new Int32Array(to - from);
+    for (let p = from; p < to; p++) out[p - from] = this.blocks[Math.floor(p / this.blockSize)]! * this.blockSize + (p % this.blockSize);
+    return out;
+  }
+
+  /** Drops tokens at positions >= len (speculative rejection), freeing blocks no longer needed. */
+  truncate(len: number): void {
+    this.checkLive('truncate');
+    if (!Number.isInteger(len) || len < 0 || len > this.len) {
+      throw new ArgumentError('E_ARGUMENT', `SequenceCache.truncate: length ${len} is outside [0, ${this.len}]`);
+    }
+    const keep = Math.ceil(len / this.blockSize);
+    if (keep < this.blocks.length) this.allocator.free(this.blocks.splice(keep));
+    this.len = len;
+  }
+
+  /** Block ids in position order: position p lives in block blockTable()[p / blockSize]. */
+  blockTable(): Int32Array {
+    return Int32Array.from(this.blocks);
+  }
+
+  /** Frees every block; the sequence becomes empty and unusable (idempotent). */
+  release(): void {
+    if (this.released) return;
+    if (this.blocks.length) this.allocator.free(this.blocks);
+    this.blocks = [];
+    this.len = 0;
+    this.released = true;
+  }
+
+  [Symbol.dispose](): void {
+    this.release();
+  }
+
+  private checkLive(op: string): void {
+    if (this.released) throw new ArgumentError('E_ARGUMENT', `SequenceCache.${op}: the sequence was released`);
+  }
+}
+
+/**
+ * Packs the block tables of a batch into int32 [B, maxBlocks] (row b = sequence b, unused
+ * entries padded with 0 so that a kernel reading past seqLen stays inside the cache), plus
+ * seqLens [B]. maxBlocks defaults to the largest table in the batch (at least 1); a smaller
+ * explicit value than some sequence needs is an ArgumentError.
+ */
+export function batchTables(seqs: readonly SequenceCache[], maxBlocks?: number): { table: Int32Array; maxBlocks: number; seqLens: Int32Array } {
+  const need = seqs.reduce((m, s) => Math.max(m, s.numBlocks), 0);
+  const mb = maxBlocks ?? Math.max(1, need);
+  checkCount('batchTables: maxBlocks', mb, 1);
+  if (mb < need) throw new ArgumentError('E_ARGUMENT', `batchTables: maxBlocks ${mb} < ${need} blocks held by a sequence of the batch`);
+  const table = new Int32Array(seqs.length * mb);
+  const seqLens = new Int32Array(seqs.length);
+  seqs.forEach((s, b) => {
+    table.set(s.blockTable(), b * mb);
+    seqLens[b] = s.length;
+  });
+  return { table, maxBlocks: mb, seqLens };
+}

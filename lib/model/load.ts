@@ -1,0 +1,62 @@
+// loadModel: a checkpoint directory in, a ready Model out.
+import { openCheckpoint, type Checkpoint, type LoadProgress } from '../checkpoint.js';
+import { native } from '../native.js';
+import { DeviceError } from '../errors.js';
+import { setThreads } from '../device.js';
+import { modelDims } from './dims.js';
+import { loadWeights } from './weights.js';
+import { LongcatModel } from './model.js';
+
+export type Backend = 'auto' | 'cpu' | 'cuda';
+
+export interface LoadModelOptions {
+  /** 'auto' (default, or $LONGCAT_BACKEND): CUDA when available, else CPU. */
+  backend?: Backend;
+  /** CUDA device index (default 0). */
+  deviceIndex?: number;
+  /** CPU kernel threads (default: the cores this process may use). */
+  threads?: number;
+  signal?: AbortSignal;
+  onProgress?: (p: LoadProgress) => void;
+  /** Longest sequence a session may reach (default: the config's max_position_embeddings, capped at 8192). */
+  maxContext?: number;
+  /** KV-cache blocks shared by all sessions (default: 4 full-length sequences). */
+  cacheBlocks?: number;
+  cacheDtype?: 'f32' | 'bf16';
+}
+
+export function resolveDevice(backend: Backend = (process.env.LONGCAT_BACKEND as Backend) || 'auto', index = 0): string {
+  const cuda = native.cudaStatus();
+  if (backend === 'cpu') return 'cpu';
+  if (backend === 'cuda') {
+    if (!cuda.available) throw new DeviceError('E_DEVICE', `backend 'cuda' requested but CUDA is unavailable: ${cuda.reason}`);
+    return `cuda:${index}`;
+  }
+  if (backend !== 'auto') throw new DeviceError('E_DEVICE', `unknown backend '${backend}' (expected 'auto', 'cpu' or 'cuda')`);
+  return cuda.available ? `cuda:${index}` : 'cpu';
+}
+
+export interface LoadedModel {
+  checkpoint: Checkpoint;
+  model: LongcatModel;
+}
+
+export async function loadCheckpointModel(dir: string, opts: LoadModelOptions = {}): Promise<LoadedModel> {
+  const device = resolveDevice(opts.backend, opts.deviceIndex);
+  if (opts.threads) setThreads(opts.threads);
+  const checkpoint = await openCheckpoint(dir, { onProgress: opts.onProgress, signal: opts.signal });
+  try {
+    const dims = modelDims(checkpoint.config);
+    const weights = loadWeights(checkpoint, dims, device);
+    const model = new LongcatModel(dims, weights, {
+      device,
+      maxContext: opts.maxContext ?? Math.min(dims.maxContext, 8192),
+      numBlocks: opts.cacheBlocks,
+      cacheDtype: opts.cacheDtype,
+    });
+    return { checkpoint, model };
+  } catch (e) {
+    checkpoint.close();
+    throw e;
+  }
+}

@@ -1,0 +1,160 @@
+// The model's weights as the forward pass uses them, taken from a checkpoint (memory-mapped on
+// the CPU, uploaded once for CUDA). Only small tensors are transformed at load: norm weights get
+// the MLA scales folded in (SPEC 3.5), the router classifier and bias become f32, and an FP8
+// kv_b_proj is dequantized for the absorbed attention (as SGLang and vLLM do).
+import { native } from '../native.js';
+import { Tensor, empty, tensor, toArray } from '../tensor.js';
+import { CheckpointError } from '../errors.js';
+import type { ModelDims } from './dims.js';
+
+/** A linear layer's weight [out, in] and, for fp8 / int8 weights, its scale. */
+export interface Linear {
+  weight: Tensor;
+  scale: Tensor | null;
+}
+
+export interface MlaWeights {
+  qA: Linear;
+  qNorm: Tensor; // q_a_layernorm * mla_scale_q (f32)
+  qB: Linear;
+  kvLatent: Linear; // kv_a_proj_with_mqa rows 0..kvLora-1: the latent c_kv
+  kvRope: Linear; // the remaining rows: the rope key shared by all heads
+  kvNorm: Tensor; // kv_a_layernorm * mla_scale_kv (f32)
+  kvB: Tensor; // f32 or bf16 [nh * (nope + v), kvLora]; also the W_UK / W_UV of the absorbed form
+  kvBLinear: Linear; // kv_b_proj as stored, for the expanded (prefill) form
+  o: Linear;
+}
+
+export interface MlpWeights {
+  gate: Linear;
+  up: Linear;
+  down: Linear;
+}
+
+export interface MoeWeights {
+  classifier: Tensor; // f32 [nRouted + nZero, hidden]
+  bias: Tensor; // f32 [nRouted + nZero]
+  gate: Tensor[];
+  up: Tensor[];
+  down: Tensor[];
+  gateScale: Tensor[] | null;
+  upScale: Tensor[] | null;
+  downScale: Tensor[] | null;
+}
+
+export interface LayerWeights {
+  inputNorm: [Tensor, Tensor];
+  postAttnNorm: [Tensor, Tensor];
+  attn: [MlaWeights, MlaWeights];
+  mlp: [MlpWeights, MlpWeights];
+  moe: MoeWeights;
+}
+
+export interface ModelWeights {
+  embed: Tensor;
+  layers: LayerWeights[];
+  norm: Tensor;
+  lmHead: Linear;
+  /** Every tensor this object created (not the checkpoint's own), to dispose with the model. */
+  owned: Tensor[];
+}
+
+/** What the loader needs from a checkpoint: tensors by their original names. */
+export interface TensorSource {
+  get(name: string): Tensor;
+  has(name: string): boolean;
+  expertWeights(layer: number, expert: number): { gate: Tensor; up: Tensor; down: Tensor; gateScale?: Tensor | null; upScale?: Tensor | null; downScale?: Tensor | null };
+}
+
+export function loadWeights(src: TensorSource, dims: ModelDims, device: string): ModelWeights {
+  const owned: Tensor[] = [];
+  const own = (t: Tensor) => (owned.push(t), t);
+  // Checkpoint tensors are mmapped on the CPU; on another device each is copied once.
+  const place = (t: Tensor) => (t.device === device ? t : own(t.to(device)));
+  const get = (name: string) => place(src.get(name));
+  const linear = (name: string): Linear => ({
+    weight: get(`${name}.weight`),
+    scale: src.has(`${name}.weight_scale_inv`) ? get(`${name}.weight_scale_inv`) : null,
+  });
+  const f32 = (t: Tensor) => (t.dtype === 'f32' ? t : own(converted(t, 'f32')));
+  const scaledNorm = (name: string, s: number) => {
+    const w = toArray(src.get(name));
+    return own(tensor(Float32Array.from(w, (v) => v * s), [w.length], { device }));
+  };
+  const dequantized = (l: Linear): Tensor => {
+    if (!l.scale) return l.weight;
+    const w = own(empty(l.weight.shape, { dtype: 'bf16', device }));
+    native.dequantizeFp8Blocks(null, w, l.weight, l.scale);
+    return w;
+  };
+  // Row views of one weight; FP8 block scales split with it when the cut is on a block edge.
+  const splitRows = (l: Linear, at: number): [Linear, Linear] => {
+    const n = l.weight.shape[0]!;
+    if (l.scale && at % 128 !== 0) l = { weight: dequantized(l), scale: null };
+    const rows = (t: Tensor, a: number, len: number) => own(t.narrow(a, len));
+    const sb = at / 128, sn = l.scale ? l.scale.shape[0]! : 0;
+    return [
+      { weight: rows(l.weight, 0, at), scale: l.scale ? rows(l.scale, 0, sb) : null },
+      { weight: rows(l.weight, at, n - at), scale: l.scale ? rows(l.scale, sb, sn - sb) : null },
+    ];
+  };
+
+  const mla = (p: string): MlaWeights => {
+    const kvBLinear = linear(`${p}.kv_b_proj`);
+    const [kvLatent, kvRope] = splitRows(linear(`${p}.kv_a_proj_with_mqa`), dims.kvLora);
+    return {
+      qA: linear(`${p}.q_a_proj`),
+      qNorm: scaledNorm(`${p}.q_a_layernorm.weight`, dims.scaleQ),
+      qB: linear(`${p}.q_b_proj`),
+      kvLatent,
+      kvRope,
+      kvNorm: scaledNorm(`${p}.kv_a_layernorm.weight`, dims.scaleKV),
+      // The absorbed form needs kv_b_proj as plain floats: FP8 is dequantized once here.
+      kvB: dequantized(kvBLinear),
+      kvBLinear,
+      o: linear(`${p}.o_proj`),
+    };
+  };
+  const mlp = (p: string): MlpWeights => ({ gate: linear(`${p}.gate_proj`), up: linear(`${p}.up_proj`), down: linear(`${p}.down_proj`) });
+
+  const layers: LayerWeights[] = [];
+  for (let l = 0; l < dims.layers; l++) {
+    const p = `model.layers.${l}`;
+    const experts = Array.from({ length: dims.nRouted }, (_, e) => src.expertWeights(l, e));
+    const scales = (k: 'gateScale' | 'upScale' | 'downScale') =>
+      experts[0]?.[k] ? experts.map((x, e) => {
+        const s = x[k];
+        if (!s) throw new CheckpointError('E_CHECKPOINT', `expert ${e} of layer ${l} has no ${k} while expert 0 has one`);
+        return place(s);
+      }) : null;
+    layers.push({
+      inputNorm: [get(`${p}.input_layernorm.0.weight`), get(`${p}.input_layernorm.1.weight`)],
+      postAttnNorm: [get(`${p}.post_attention_layernorm.0.weight`), get(`${p}.post_attention_layernorm.1.weight`)],
+      attn: [mla(`${p}.self_attn.0`), mla(`${p}.self_attn.1`)],
+      mlp: [mlp(`${p}.mlps.0`), mlp(`${p}.mlps.1`)],
+      moe: {
+        classifier: f32(get(`${p}.mlp.router.classifier.weight`)),
+        bias: f32(get(`${p}.mlp.router.e_score_correction_bias`)),
+        gate: experts.map((x) => place(x.gate)),
+        up: experts.map((x) => place(x.up)),
+        down: experts.map((x) => place(x.down)),
+        gateScale: scales('gateScale'),
+        upScale: scales('upScale'),
+        downScale: scales('downScale'),
+      },
+    });
+  }
+  return {
+    embed: get('model.embed_tokens.weight'),
+    layers,
+    norm: get('model.norm.weight'),
+    lmHead: linear('lm_head'),
+    owned,
+  };
+}
+
+function converted(t: Tensor, dtype: 'f32'): Tensor {
+  const r = empty(t.shape, { dtype, device: t.device });
+  native.convert(null, r, t);
+  return r;
+}

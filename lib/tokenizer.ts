@@ -1,0 +1,174 @@
+// The checkpoint's tokenizer (tokenizer.json, HF format) through @huggingface/tokenizers, with a
+// streaming decoder that never emits half a UTF-8 character.
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { Tokenizer as HfTokenizer } from '@huggingface/tokenizers';
+import { ArgumentError, CheckpointError } from './errors.js';
+import { type TokenizerConfig, chatTemplateOf } from './chat.js';
+
+export interface EncodeOptions {
+  /** Let the tokenizer's post-processor add its special tokens (BOS...). Default false. */
+  addSpecial?: boolean;
+}
+
+export interface DecodeOptions {
+  /** Drop special tokens (BOS, EOS, PAD, ...). Default false. */
+  skipSpecial?: boolean;
+}
+
+/** Turns token ids into text incrementally; holds back incomplete multi-byte sequences. */
+export interface StreamDecoder {
+  /** Adds token ids; returns the text that is now complete (possibly ''). */
+  push(ids: number | readonly number[]): string;
+  /** Returns whatever is still held back (an incomplete sequence becomes U+FFFD), and resets. */
+  flush(): string;
+}
+
+export interface LongcatTokenizer {
+  encode(text: string, opts?: EncodeOptions): number[];
+  decode(ids: readonly number[], opts?: DecodeOptions): string;
+  decoder(opts?: DecodeOptions): StreamDecoder;
+  /** Ids that end generation (generation_config.json eos_token_id, else the tokenizer's eos_token). */
+  readonly eosIds: readonly number[];
+  readonly bosId: number | null;
+  readonly padId: number | null;
+  /** 1 + the largest token id (model vocabulary + added tokens). */
+  readonly vocabSize: number;
+  /** Ids of the special added tokens. */
+  readonly specialIds: readonly number[];
+  tokenToId(token: string): number | undefined;
+  idToToken(id: number): string | undefined;
+  /** The tokenizer_config.json it was loaded with ({} when absent). */
+  readonly config: TokenizerConfig;
+  readonly chatTemplate: string | null;
+}
+
+/** Alias of LongcatTokenizer. */
+export type Tokenizer = LongcatTokenizer;
+
+function tokenContent(t: unknown): string | undefined {
+  if (typeof t === 'string') return t;
+  if (t && typeof t === 'object' && typeof (t as { content?: unknown }).content === 'string') return (t as { content: string }).content;
+  return undefined;
+}
+
+async function readJsonFile(file: string, optional: boolean): Promise<unknown> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (e) {
+    if (optional && (e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw new CheckpointError('E_CHECKPOINT', `${file}: cannot read (${(e as NodeJS.ErrnoException).code ?? 'error'})`, { cause: e });
+  }
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    throw new CheckpointError('E_CHECKPOINT', `${file}: not valid JSON (${(e as Error).message})`, { cause: e });
+  }
+}
+
+/** Builds a tokenizer from parsed tokenizer.json / tokenizer_config.json / generation_config.json. */
+export function createTokenizer(
+  tokenizerJson: unknown,
+  config: TokenizerConfig = {},
+  generationConfig: { eos_token_id?: number | number[]; bos_token_id?: number; pad_token_id?: number } | null = null,
+  file = 'tokenizer.json',
+): LongcatTokenizer {
+  let tok: HfTokenizer;
+  try {
+    // Decoding must round-trip: never "clean up" spaces unless the config asks for it.
+    tok = new HfTokenizer(tokenizerJson as object, { clean_up_tokenization_spaces: false, ...config } as object);
+  } catch (e) {
+    throw new CheckpointError('E_CHECKPOINT', `${file}: not a tokenizer this engine can load (${(e as Error).message})`, { cause: e });
+  }
+  const vocab = tok.get_vocab(true);
+  let vocabSize = 0;
+  for (const id of vocab.values()) vocabSize = Math.max(vocabSize, id + 1);
+  const added = tok.get_added_tokens_decoder();
+  const specialIds = [...added.entries()].filter(([, t]) => t.special).map(([id]) => id).sort((a, b) => a - b);
+
+  const idOf = (t: unknown): number | null => {
+    const s = tokenContent(t);
+    return s === undefined ? null : tok.token_to_id(s) ?? null;
+  };
+  const asList = (v: unknown): number[] | null =>
+    typeof v === 'number' ? [v] : Array.isArray(v) && v.every((x) => typeof x === 'number') ? (v as number[]) : null;
+  const eosFromTok = idOf(config.eos_token);
+  const eosIds = asList(generationConfig?.eos_token_id) ?? (eosFromTok !== null ? [eosFromTok] : []);
+  const bosId = generationConfig?.bos_token_id ?? idOf(config.bos_token);
+  const padId = generationConfig?.pad_token_id ?? idOf(config.pad_token);
+
+  const checkIds = (ids: readonly number[], what: string) => {
+    if (!Array.isArray(ids)) throw new ArgumentError('E_ARGUMENT', `${what}: ids must be an array of token ids`);
+    for (const id of ids)
+      if (!Number.isInteger(id) || id < 0 || id >= vocabSize)
+        throw new ArgumentError('E_ARGUMENT', `${what}: token id ${id} is not in [0, ${vocabSize})`);
+  };
+  const decode = (ids: readonly number[], opts: DecodeOptions = {}): string => {
+    checkIds(ids, 'decode');
+    if (ids.length === 0) return '';
+    return tok.decode(ids as number[], { skip_special_tokens: opts.skipSpecial ?? false });
+  };
+
+  return {
+    encode(text: string, opts: EncodeOptions = {}): number[] {
+      if (typeof text !== 'string') throw new ArgumentError('E_ARGUMENT', 'encode: text must be a string');
+      if (text.length === 0 && !opts.addSpecial) return [];
+      return tok.encode(text, { add_special_tokens: opts.addSpecial ?? false }).ids;
+    },
+    decode,
+    decoder(opts: DecodeOptions = {}): StreamDecoder {
+      // Offsets scheme of text-generation-inference: decode a short window twice (with and
+      // without the newest tokens) and emit the difference once it no longer ends in U+FFFD.
+      let ids: number[] = [];
+      let prefix = 0; // start of the window
+      let read = 0; // tokens already turned into emitted text
+      return {
+        push(next: number | readonly number[]): string {
+          const add = typeof next === 'number' ? [next] : [...next];
+          checkIds(add, 'decoder.push');
+          ids.push(...add);
+          const prefixText = decode(ids.slice(prefix, read), opts);
+          const newText = decode(ids.slice(prefix), opts);
+          if (newText.length > prefixText.length && !newText.endsWith('\uFFFD') && newText.startsWith(prefixText)) {
+            const out = newText.slice(prefixText.length);
+            prefix = read;
+            read = ids.length;
+            if (prefix > 0) {
+              ids = ids.slice(prefix);
+              read -= prefix;
+              prefix = 0;
+            }
+            return out;
+          }
+          return '';
+        },
+        flush(): string {
+          const prefixText = decode(ids.slice(prefix, read), opts);
+          const newText = decode(ids.slice(prefix), opts);
+          ids = [];
+          prefix = read = 0;
+          return newText.startsWith(prefixText) ? newText.slice(prefixText.length) : newText;
+        },
+      };
+    },
+    eosIds,
+    bosId,
+    padId,
+    vocabSize,
+    specialIds,
+    tokenToId: (t) => tok.token_to_id(t),
+    idToToken: (id) => tok.id_to_token(id),
+    config,
+    chatTemplate: chatTemplateOf(config),
+  };
+}
+
+/** Loads tokenizer.json (+ tokenizer_config.json, generation_config.json when present) from `dir`. */
+export async function loadTokenizer(dir: string): Promise<LongcatTokenizer> {
+  const file = path.join(dir, 'tokenizer.json');
+  const json = await readJsonFile(file, false);
+  const config = ((await readJsonFile(path.join(dir, 'tokenizer_config.json'), true)) ?? {}) as TokenizerConfig;
+  const gen = (await readJsonFile(path.join(dir, 'generation_config.json'), true)) as Parameters<typeof createTokenizer>[2] | undefined;
+  return createTokenizer(json, config, gen ?? null, file);
+}

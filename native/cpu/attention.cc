@@ -1,0 +1,677 @@
+// MLA attention kernels (see attention.h). Structure:
+//   - two micro-kernels, written once per ISA (scalar, AVX2, AVX-512) and per key/value element
+//     type (f32, bf16 raw bits):
+//       scores: out[i][j] = (qa_i . ka_j + qb_i . kb_j) * scale   for up to 4 query rows i and a
+//               tile of key rows j given by pointers (paged cache rows, strided weights...)
+//       pv:     acc_i += sum_j p[i][j] * v_j                       for up to 4 accumulator rows
+//   - the attention algorithms (flash-style online softmax in fp32, running max) built on them.
+// Dispatch happens once per kernel call on lc::cpu::isa().
+#include "attention.h"
+
+// GCC 12 reports its own _mm512_cvtepu16_epi32 (an "undefined" pass-through operand) as uninitialised.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define LC_ATTN_X86 1
+#endif
+
+#include "features.h"
+#include "numeric.h"
+#include "threadpool.h"
+
+namespace lc::cpu {
+namespace {
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+constexpr int kMaxQ = 4;    // query / accumulator rows per micro-kernel call
+constexpr int kTile = 16;   // keys per tile (decode: one tile of cache rows stays in L1/L2 for all heads)
+constexpr int kPTile = 32;  // keys per tile in prefill
+
+inline float ld(const float* p, int64_t i) { return p[i]; }
+inline float ld(const uint16_t* p, int64_t i) { return bf16_to_f32(p[i]); }
+
+template <typename KT>
+using ScoresFn = void (*)(int nq, const float* qa, int64_t qas, const float* qb, int64_t qbs, int nt, const KT* const* ka,
+                          const KT* const* kb, int64_t da, int64_t db, float scale, float* out, int64_t os);
+template <typename VT>
+using PvFn = void (*)(int nq, float* acc, int64_t as, const float* p, int64_t ps, int nt, const VT* const* v, int64_t dv);
+
+// ---------------------------------------------------------------------------------------------
+// Scalar micro-kernels (the fallback and the reference for the SIMD ones).
+
+template <typename KT>
+void scores_scalar(int nq, const float* qa, int64_t qas, const float* qb, int64_t qbs, int nt, const KT* const* ka,
+                   const KT* const* kb, int64_t da, int64_t db, float scale, float* out, int64_t os) {
+  for (int j = 0; j < nt; ++j)
+    for (int i = 0; i < nq; ++i) {
+      const float* a = qa + i * qas;
+      float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+      int64_t c = 0;
+      for (; c + 4 <= da; c += 4) {
+        s0 += a[c] * ld(ka[j], c);
+        s1 += a[c + 1] * ld(ka[j], c + 1);
+        s2 += a[c + 2] * ld(ka[j], c + 2);
+        s3 += a[c + 3] * ld(ka[j], c + 3);
+      }
+      for (; c < da; ++c) s0 += a[c] * ld(ka[j], c);
+      if (db > 0) {
+        const float* b = qb + i * qbs;
+        for (c = 0; c < db; ++c) s1 += b[c] * ld(kb[j], c);
+      }
+      out[i * os + j] = ((s0 + s1) + (s2 + s3)) * scale;
+    }
+}
+
+template <typename VT>
+void pv_scalar(int nq, float* acc, int64_t as, const float* p, int64_t ps, int nt, const VT* const* v, int64_t dv) {
+  for (int i = 0; i < nq; ++i) {
+    float* a = acc + i * as;
+    for (int j = 0; j < nt; ++j) {
+      const float w = p[i * ps + j];
+      if (w == 0.0f) continue;
+      for (int64_t c = 0; c < dv; ++c) a[c] += w * ld(v[j], c);
+    }
+  }
+}
+
+#ifdef LC_ATTN_X86
+// ---------------------------------------------------------------------------------------------
+// AVX-512
+#define LC_T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
+
+LC_T512 inline __m512 ld16(const float* p) { return _mm512_loadu_ps(p); }
+LC_T512 inline __m512 ld16(const uint16_t* p) {
+  __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+LC_T512 inline __m512 ld16m(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
+LC_T512 inline __m512 ld16m(const uint16_t* p, __mmask16 m) {
+  __m256i h = _mm256_maskz_loadu_epi16(m, p);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+// acc[i][k] += q_i[0:n] * key_k[0:n] (lane-wise)
+template <int NQ, int NK, typename KT>
+LC_T512 inline void dot512(__m512 (&acc)[NQ][NK], const float* q, int64_t qs, const KT* const* k, int64_t n) {
+  int64_t c = 0;
+  for (; c + 16 <= n; c += 16) {
+    __m512 kv[NK];
+    for (int t = 0; t < NK; ++t) kv[t] = ld16(k[t] + c);
+    for (int i = 0; i < NQ; ++i) {
+      __m512 qv = _mm512_loadu_ps(q + i * qs + c);
+      for (int t = 0; t < NK; ++t) acc[i][t] = _mm512_fmadd_ps(qv, kv[t], acc[i][t]);
+    }
+  }
+  if (c < n) {
+    __mmask16 m = static_cast<__mmask16>((1u << (n - c)) - 1);
+    __m512 kv[NK];
+    for (int t = 0; t < NK; ++t) kv[t] = ld16m(k[t] + c, m);
+    for (int i = 0; i < NQ; ++i) {
+      __m512 qv = _mm512_maskz_loadu_ps(m, q + i * qs + c);
+      for (int t = 0; t < NK; ++t) acc[i][t] = _mm512_fmadd_ps(qv, kv[t], acc[i][t]);
+    }
+  }
+}
+
+template <int NQ, typename KT>
+LC_T512 void scores512_n(const float* qa, int64_t qas, const float* qb, int64_t qbs, int nt, const KT* const* ka,
+                         const KT* const* kb, int64_t da, int64_t db, float scale, float* out, int64_t os) {
+  int j = 0;
+  for (; j + 2 <= nt; j += 2) {
+    __m512 acc[NQ][2];
+    for (int i = 0; i < NQ; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+    dot512<NQ, 2>(acc, qa, qas, ka + j, da);
+    if (db > 0) dot512<NQ, 2>(acc, qb, qbs, kb + j, db);
+    for (int i = 0; i < NQ; ++i) {
+      out[i * os + j] = _mm512_reduce_add_ps(acc[i][0]) * scale;
+      out[i * os + j + 1] = _mm512_reduce_add_ps(acc[i][1]) * scale;
+    }
+  }
+  if (j < nt) {
+    __m512 acc[NQ][1];
+    for (int i = 0; i < NQ; ++i) acc[i][0] = _mm512_setzero_ps();
+    dot512<NQ, 1>(acc, qa, qas, ka + j, da);
+    if (db > 0) dot512<NQ, 1>(acc, qb, qbs, kb + j, db);
+    for (int i = 0; i < NQ; ++i) out[i * os + j] = _mm512_reduce_add_ps(acc[i][0]) * scale;
+  }
+}
+
+template <typename KT>
+LC_T512 void scores_avx512(int nq, const float* qa, int64_t qas, const float* qb, int64_t qbs, int nt, const KT* const* ka,
+                           const KT* const* kb, int64_t da, int64_t db, float scale, float* out, int64_t os) {
+  switch (nq) {
+    case 1: scores512_n<1>(qa, qas, qb, qbs, nt, ka, kb, da, db, scale, out, os); break;
+    case 2: scores512_n<2>(qa, qas, qb, qbs, nt, ka, kb, da, db, scale, out, os); break;
+    case 3: scores512_n<3>(qa, qas, qb, qbs, nt, ka, kb, da, db, scale, out, os); break;
+    default: scores512_n<4>(qa, qas, qb, qbs, nt, ka, kb, da, db, scale, out, os); break;
+  }
+}
+
+// NC vectors of 16 columns at a time, every accumulator row kept in registers over the whole tile.
+template <int NQ, int NC, typename VT>
+LC_T512 inline void pv512_cols(float* acc, int64_t as, const float* p, int64_t ps, int nt, const VT* const* v, int64_t c,
+                               __mmask16 m) {
+  __m512 a[NQ][NC];
+  for (int i = 0; i < NQ; ++i)
+    for (int u = 0; u < NC; ++u)
+      a[i][u] = NC == 1 ? _mm512_maskz_loadu_ps(m, acc + i * as + c) : _mm512_loadu_ps(acc + i * as + c + 16 * u);
+  for (int j = 0; j < nt; ++j) {
+    __m512 vv[NC];
+    for (int u = 0; u < NC; ++u) vv[u] = NC == 1 ? ld16m(v[j] + c, m) : ld16(v[j] + c + 16 * u);
+    for (int i = 0; i < NQ; ++i) {
+      __m512 w = _mm512_set1_ps(p[i * ps + j]);
+      for (int u = 0; u < NC; ++u) a[i][u] = _mm512_fmadd_ps(w, vv[u], a[i][u]);
+    }
+  }
+  for (int i = 0; i < NQ; ++i)
+    for (int u = 0; u < NC; ++u) {
+      if (NC == 1)
+        _mm512_mask_storeu_ps(acc + i * as + c, m, a[i][u]);
+      else
+        _mm512_storeu_ps(acc + i * as + c + 16 * u, a[i][u]);
+    }
+}
+
+template <int NQ, typename VT>
+LC_T512 void pv512_n(float* acc, int64_t as, const float* p, int64_t ps, int nt, const VT* const* v, int64_t dv) {
+  int64_t c = 0;
+  for (; c + 64 <= dv; c += 64) pv512_cols<NQ, 4>(acc, as, p, ps, nt, v, c, 0xffff);
+  for (; c < dv; c += 16) {
+    int64_t r = std::min<int64_t>(16, dv - c);
+    pv512_cols<NQ, 1>(acc, as, p, ps, nt, v, c, static_cast<__mmask16>((1u << r) - 1));
+  }
+}
+
+template <typename VT>
+LC_T512 void pv_avx512(int nq, float* acc, int64_t as, const float* p, int64_t ps, int nt, const VT* const* v, int64_t dv) {
+  switch (nq) {
+    case 1: pv512_n<1>(acc, as, p, ps, nt, v, dv); break;
+    case 2: pv512_n<2>(acc, as, p, ps, nt, v, dv); break;
+    case 3: pv512_n<3>(acc, as, p, ps, nt, v, dv); break;
+    default: pv512_n<4>(acc, as, p, ps, nt, v, dv); break;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// AVX2 (+FMA). Tails shorter than a vector are done in scalar code.
+#define LC_T256 __attribute__((target("avx2,fma")))
+
+LC_T256 inline __m256 ld8(const float* p) { return _mm256_loadu_ps(p); }
+LC_T256 inline __m256 ld8(const uint16_t* p) {
+  __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+LC_T256 inline float hsum8(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+template <int NQ, int NK, typename KT>
+LC_T256 inline void dot256(float (&out)[NQ][NK], const float* q, int64_t qs, const KT* const* k, int64_t n) {
+  __m256 acc[NQ][NK];
+  for (int i = 0; i < NQ; ++i)
+    for (int t = 0; t < NK; ++t) acc[i][t] = _mm256_setzero_ps();
+  int64_t c = 0;
+  for (; c + 8 <= n; c += 8) {
+    __m256 kv[NK];
+    for (int t = 0; t < NK; ++t) kv[t] = ld8(k[t] + c);
+    for (int i = 0; i < NQ; ++i) {
+      __m256 qv = _mm256_loadu_ps(q + i * qs + c);
+      for (int t = 0; t < NK; ++t) acc[i][t] = _mm256_fmadd_ps(qv, kv[t], acc[i][t]);
+    }
+  }
+  for (int i = 0; i < NQ; ++i)
+    for (int t = 0; t < NK; ++t) {
+      float s = hsum8(acc[i][t]);
+      for (int64_t cc = c; cc < n; ++cc) s += q[i * qs + cc] * ld(k[t], cc);
+      out[i][t] += s;
+    }
+}
+
+template <int NQ, typename KT>
+LC_T256 void scores256_n(const float* qa, int64_t qas, const float* qb, int64_t qbs, int nt, const KT* const* ka,
+                         const KT* const* kb, int64_t da, int64_t db, float scale, float* out, int64_t os) {
+  int j = 0;
+  for (; j + 2 <= nt; j += 2) {
+    float s[NQ][2] = {};
+    dot256<NQ, 2>(s, qa, qas, ka + j, da);
+    if (db > 0) dot256<NQ, 2>(s, qb, qbs, kb + j, db);
+    for (int i = 0; i < NQ; ++i) {
+      out[i * os + j] = s[i][0] * scale;
+      out[i * os + j + 1] = s[i][1] * scale;
+    }
+  }
+  if (j < nt) {
+    float s[NQ][1] = {};
+    dot256<NQ, 1>(s, qa, qas, ka + j, da);
+    if (db > 0) dot256<NQ, 1>(s, qb, qbs, kb + j, db);
+    for (int i = 0; i < NQ; ++i) out[i * os + j] = s[i][0] * scale;
+  }
+}
+
+template <typename KT>
+LC_T256 void scores_avx2(int nq, const float* qa, int64_t qas, const float* qb, int64_t qbs, int nt, const KT* const* ka,
+                         const KT* const* kb, int64_t da, int64_t db, float scale, float* out, int64_t os) {
+  switch (nq) {
+    case 1: scores256_n<1>(qa, qas, qb, qbs, nt, ka, kb, da, db, scale, out, os); break;
+    case 2: scores256_n<2>(qa, qas, qb, qbs, nt, ka, kb, da, db, scale, out, os); break;
+    case 3: scores256_n<3>(qa, qas, qb, qbs, nt, ka, kb, da, db, scale, out, os); break;
+    default: scores256_n<4>(qa, qas, qb, qbs, nt, ka, kb, da, db, scale, out, os); break;
+  }
+}
+
+template <int NQ, int NC, typename VT>
+LC_T256 inline void pv256_cols(float* acc, int64_t as, const float* p, int64_t ps, int nt, const VT* const* v, int64_t c) {
+  __m256 a[NQ][NC];
+  for (int i = 0; i < NQ; ++i)
+    for (int u = 0; u < NC; ++u) a[i][u] = _mm256_loadu_ps(acc + i * as + c + 8 * u);
+  for (int j = 0; j < nt; ++j) {
+    __m256 vv[NC];
+    for (int u = 0; u < NC; ++u) vv[u] = ld8(v[j] + c + 8 * u);
+    for (int i = 0; i < NQ; ++i) {
+      __m256 w = _mm256_set1_ps(p[i * ps + j]);
+      for (int u = 0; u < NC; ++u) a[i][u] = _mm256_fmadd_ps(w, vv[u], a[i][u]);
+    }
+  }
+  for (int i = 0; i < NQ; ++i)
+    for (int u = 0; u < NC; ++u) _mm256_storeu_ps(acc + i * as + c + 8 * u, a[i][u]);
+}
+
+template <int NQ, typename VT>
+LC_T256 void pv256_n(float* acc, int64_t as, const float* p, int64_t ps, int nt, const VT* const* v, int64_t dv) {
+  int64_t c = 0;
+  for (; c + 24 <= dv; c += 24) pv256_cols<NQ, 3>(acc, as, p, ps, nt, v, c);
+  for (; c + 8 <= dv; c += 8) pv256_cols<NQ, 1>(acc, as, p, ps, nt, v, c);
+  if (c < dv)
+    for (int i = 0; i < NQ; ++i)
+      for (int j = 0; j < nt; ++j) {
+        const float w = p[i * ps + j];
+        for (int64_t cc = c; cc < dv; ++cc) acc[i * as + cc] += w * ld(v[j], cc);
+      }
+}
+
+template <typename VT>
+LC_T256 void pv_avx2(int nq, float* acc, int64_t as, const float* p, int64_t ps, int nt, const VT* const* v, int64_t dv) {
+  switch (nq) {
+    case 1: pv256_n<1>(acc, as, p, ps, nt, v, dv); break;
+    case 2: pv256_n<2>(acc, as, p, ps, nt, v, dv); break;
+    case 3: pv256_n<3>(acc, as, p, ps, nt, v, dv); break;
+    default: pv256_n<4>(acc, as, p, ps, nt, v, dv); break;
+  }
+}
+#endif  // LC_ATTN_X86
+
+template <typename T>
+struct Kernels {
+  ScoresFn<T> scores;
+  PvFn<T> pv;
+};
+
+template <typename T>
+Kernels<T> pick() {
+#ifdef LC_ATTN_X86
+  switch (isa()) {
+    case Isa::Avx512: return {scores_avx512<T>, pv_avx512<T>};
+    case Isa::Avx2: return {scores_avx2<T>, pv_avx2<T>};
+    default: break;
+  }
+#endif
+  return {scores_scalar<T>, pv_scalar<T>};
+}
+
+// One row of an online softmax: folds the scores s[0:n] (overwritten with exp(s - m_new)) into the
+// running max m and sum l; returns the factor the row's accumulator must be multiplied by.
+inline float softmax_step(float* s, int n, float& m, float& l) {
+  float mx = m;
+  for (int j = 0; j < n; ++j) mx = s[j] > mx ? s[j] : mx;
+  if (mx == kNegInf) {  // every key masked so far: nothing to add
+    for (int j = 0; j < n; ++j) s[j] = 0.0f;
+    return 1.0f;
+  }
+  const float corr = m == kNegInf ? 0.0f : std::exp(m - mx);
+  float sum = 0.0f;
+  for (int j = 0; j < n; ++j) {
+    const float e = std::exp(s[j] - mx);
+    s[j] = e;
+    sum += e;
+  }
+  l = l * corr + sum;
+  m = mx;
+  return corr;
+}
+
+inline void scale_row(float* a, int64_t n, float f) {
+  if (f == 1.0f) return;
+  if (f == 0.0f) {
+    std::memset(a, 0, sizeof(float) * n);
+    return;
+  }
+  for (int64_t c = 0; c < n; ++c) a[c] *= f;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Prefill (expanded form).
+
+constexpr int kQBlock = 16;  // queries per work unit
+
+void prefill_impl(const MlaDims& d, int64_t batch, float* o, const float* q, const float* kvb, const float* kpe,
+                  const int32_t* q_start, const int32_t* kv_start, float scale) {
+  const Kernels<float> K = pick<float>();
+  const int64_t nh = d.nh, dn = d.dn, dr = d.dr, dv = d.dv, dk = dn + dr, dkv = dn + dv;
+  int64_t blocks = 0;
+  for (int64_t b = 0; b < batch; ++b) blocks += (q_start[b + 1] - q_start[b] + kQBlock - 1) / kQBlock;
+  const int64_t units = blocks * nh;
+  parallel_for(units, 1, [&](int64_t u0, int64_t u1) {
+    // Find the sequence of the first unit, then walk forward.
+    int64_t b = 0, first_block = 0;  // first_block: global block index of sequence b's block 0
+    auto nblk = [&](int64_t bb) { return (q_start[bb + 1] - q_start[bb] + kQBlock - 1) / kQBlock; };
+    int64_t g0 = u0 / nh;
+    while (b < batch && first_block + nblk(b) <= g0) first_block += nblk(b++);
+    float sc[kMaxQ][kPTile];
+    float m[kQBlock], l[kQBlock];
+    const float* ka[kPTile];
+    const float* kb[kPTile];
+    const float* vp[kPTile];
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t g = u / nh, h = u % nh;
+      while (first_block + nblk(b) <= g) first_block += nblk(b++);
+      const int64_t q0 = q_start[b], qlen = q_start[b + 1] - q0;
+      const int64_t k0 = kv_start[b], klen = kv_start[b + 1] - k0;
+      const int64_t j0 = (g - first_block) * kQBlock, nq = std::min<int64_t>(kQBlock, qlen - j0);
+      const int64_t pos0 = klen - qlen + j0;  // position of the block's first query
+      for (int64_t i = 0; i < nq; ++i) {
+        m[i] = kNegInf;
+        l[i] = 0.0f;
+        std::memset(o + ((q0 + j0 + i) * nh + h) * dv, 0, sizeof(float) * dv);
+      }
+      const int64_t kend = pos0 + nq;  // keys [0, kend) are visible to some query of the block
+      for (int64_t t0 = 0; t0 < kend; t0 += kPTile) {
+        const int nt = static_cast<int>(std::min<int64_t>(kPTile, kend - t0));
+        for (int j = 0; j < nt; ++j) {
+          const int64_t s = k0 + t0 + j;
+          ka[j] = kvb + (s * nh + h) * dkv;
+          kb[j] = kpe + s * dr;
+          vp[j] = ka[j] + dn;
+        }
+        for (int64_t i0 = 0; i0 < nq; i0 += kMaxQ) {
+          const int gq = static_cast<int>(std::min<int64_t>(kMaxQ, nq - i0));
+          const int64_t gmax = pos0 + i0 + gq - 1;  // last position in this group
+          if (gmax < t0) continue;  // later groups sit at later positions
+          const int gnt = static_cast<int>(std::min<int64_t>(nt, gmax - t0 + 1));
+          const float* qrow = q + ((q0 + j0 + i0) * nh + h) * dk;
+          K.scores(gq, qrow, nh * dk, qrow + dn, nh * dk, gnt, ka, kb, dn, dr, scale, &sc[0][0], kPTile);
+          for (int i = 0; i < gq; ++i) {
+            const int64_t pos = pos0 + i0 + i;
+            for (int j = 0; j < gnt; ++j)
+              if (t0 + j > pos) sc[i][j] = kNegInf;
+            float corr = softmax_step(sc[i], gnt, m[i0 + i], l[i0 + i]);
+            scale_row(o + ((q0 + j0 + i0 + i) * nh + h) * dv, dv, corr);
+          }
+          K.pv(gq, o + ((q0 + j0 + i0) * nh + h) * dv, nh * dv, &sc[0][0], kPTile, gnt, vp, dv);
+        }
+      }
+      for (int64_t i = 0; i < nq; ++i) {
+        float* orow = o + ((q0 + j0 + i) * nh + h) * dv;
+        const float inv = l[i] > 0 ? 1.0f / l[i] : 0.0f;
+        for (int64_t c = 0; c < dv; ++c) orow[c] *= inv;
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Absorbed decode over the paged latent cache.
+
+constexpr int64_t kMinSplit = 64;  // fewest tokens worth a split of their own
+
+struct DecodeLayout {
+  int32_t* unit_prefix;  // [B + 1]
+  int32_t* slot_prefix;  // [B + 1] partial-accumulator slots (sequences with more than one split)
+  float* ml;             // [max_units, nh, 2] running max and sum per unit and head
+  float* acc;            // [2 * units, nh, dl] partial accumulators
+};
+
+DecodeLayout decode_layout(const MlaDims& d, int64_t batch, int64_t units, float* ws) {
+  DecodeLayout L;
+  const int64_t ints = (2 * (batch + 1) + 15) / 16 * 16;
+  L.unit_prefix = reinterpret_cast<int32_t*>(ws);
+  L.slot_prefix = L.unit_prefix + (batch + 1);
+  L.ml = ws + ints;
+  L.acc = L.ml + (batch + units) * d.nh * 2;
+  return L;
+}
+
+template <typename CT>
+void decode_impl(const MlaDims& d, int64_t batch, float* o_lat, const float* q_lat, const float* q, const CT* cache,
+                 int64_t block_size, const int32_t* block_table, int64_t max_blocks, const int32_t* seq_lens,
+                 float scale, float* ws, int64_t units) {
+  const Kernels<CT> K = pick<CT>();
+  const int64_t nh = d.nh, dl = d.dl, dr = d.dr, dk = d.dn + d.dr, row = dl + dr;
+  DecodeLayout L = decode_layout(d, batch, units, ws);
+  // Schedule: every sequence gets ceil(len / chunk) splits of (nearly) equal length.
+  int64_t total = 0;
+  for (int64_t b = 0; b < batch; ++b) total += seq_lens[b];
+  const int64_t chunk = std::max<int64_t>(kMinSplit, (total + units - 1) / std::max<int64_t>(units, 1));
+  L.unit_prefix[0] = L.slot_prefix[0] = 0;
+  for (int64_t b = 0; b < batch; ++b) {
+    const int64_t splits = std::max<int64_t>(1, (seq_lens[b] + chunk - 1) / chunk);
+    L.unit_prefix[b + 1] = static_cast<int32_t>(L.unit_prefix[b] + splits);
+    L.slot_prefix[b + 1] = static_cast<int32_t>(L.slot_prefix[b] + (splits > 1 ? splits : 0));
+  }
+  const int64_t nunits = L.unit_prefix[batch];
+
+  parallel_for(nunits, 1, [&](int64_t u0, int64_t u1) {
+    int64_t b = 0;
+    while (L.unit_prefix[b + 1] <= u0) ++b;
+    const CT* ka[kTile];
+    const CT* kb[kTile];
+    float sc[kMaxQ][kTile];
+    for (int64_t u = u0; u < u1; ++u) {
+      while (L.unit_prefix[b + 1] <= u) ++b;
+      const int64_t splits = L.unit_prefix[b + 1] - L.unit_prefix[b], k = u - L.unit_prefix[b];
+      const int64_t len = seq_lens[b], per = (len + splits - 1) / splits;
+      const int64_t s0 = std::min(len, k * per), s1 = std::min(len, s0 + per);
+      float* acc = splits > 1 ? L.acc + (L.slot_prefix[b] + k) * nh * dl : o_lat + b * nh * dl;
+      float* ml = L.ml + u * nh * 2;
+      std::memset(acc, 0, sizeof(float) * nh * dl);
+      for (int64_t h = 0; h < nh; ++h) {
+        ml[2 * h] = kNegInf;
+        ml[2 * h + 1] = 0.0f;
+      }
+      const int32_t* bt = block_table + b * max_blocks;
+      const float* qlb = q_lat + b * nh * dl;
+      const float* qpb = q + b * nh * dk + d.dn;
+      for (int64_t t0 = s0; t0 < s1; t0 += kTile) {
+        const int nt = static_cast<int>(std::min<int64_t>(kTile, s1 - t0));
+        for (int j = 0; j < nt; ++j) {
+          const int64_t s = t0 + j;
+          ka[j] = cache + (static_cast<int64_t>(bt[s / block_size]) * block_size + s % block_size) * row;
+          kb[j] = ka[j] + dl;
+        }
+        for (int64_t h0 = 0; h0 < nh; h0 += kMaxQ) {
+          const int gq = static_cast<int>(std::min<int64_t>(kMaxQ, nh - h0));
+          K.scores(gq, qlb + h0 * dl, dl, qpb + h0 * dk, dk, nt, ka, kb, dl, dr, scale, &sc[0][0], kTile);
+          for (int i = 0; i < gq; ++i) {
+            float* mh = ml + 2 * (h0 + i);
+            float corr = softmax_step(sc[i], nt, mh[0], mh[1]);
+            scale_row(acc + (h0 + i) * dl, dl, corr);
+          }
+          K.pv(gq, acc + h0 * dl, dl, &sc[0][0], kTile, nt, ka, dl);
+        }
+      }
+      if (splits == 1) {
+        for (int64_t h = 0; h < nh; ++h) {
+          const float lh = ml[2 * h + 1];
+          const float inv = lh > 0 ? 1.0f / lh : 0.0f;
+          float* a = acc + h * dl;
+          for (int64_t c = 0; c < dl; ++c) a[c] *= inv;
+        }
+      }
+    }
+  });
+
+  // Merge the splits of long sequences: o = sum_k e^(m_k - M) acc_k / sum_k e^(m_k - M) l_k.
+  parallel_for(batch * nh, std::max<int64_t>(1, 4096 / std::max<int64_t>(dl, 1)), [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t b = p / nh, h = p % nh;
+      const int64_t su = L.unit_prefix[b], splits = L.unit_prefix[b + 1] - su;
+      if (splits <= 1) continue;
+      float mx = kNegInf;
+      for (int64_t k = 0; k < splits; ++k) mx = std::max(mx, L.ml[((su + k) * nh + h) * 2]);
+      float* out = o_lat + (b * nh + h) * dl;
+      std::memset(out, 0, sizeof(float) * dl);
+      float lsum = 0.0f;
+      for (int64_t k = 0; k < splits; ++k) {
+        const float mk = L.ml[((su + k) * nh + h) * 2], lk = L.ml[((su + k) * nh + h) * 2 + 1];
+        if (mk == kNegInf) continue;  // empty split
+        const float w = std::exp(mk - mx);
+        lsum += w * lk;
+        const float* a = L.acc + ((L.slot_prefix[b] + k) * nh + h) * dl;
+        for (int64_t c = 0; c < dl; ++c) out[c] += w * a[c];
+      }
+      const float inv = lsum > 0 ? 1.0f / lsum : 0.0f;
+      for (int64_t c = 0; c < dl; ++c) out[c] *= inv;
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Weight absorption: q_lat = W_UK^T q_nope, o = W_UV o_lat.
+
+constexpr int64_t kColBlock = 128;  // latent columns per absorb_q work unit
+constexpr int64_t kRowBlock = 32;   // W_UV rows per output work unit
+
+template <typename WT>
+void absorb_q_impl(const MlaDims& d, int64_t t, float* q_lat, const float* q, const WT* w) {
+  const Kernels<WT> K = pick<WT>();
+  const int64_t nh = d.nh, dn = d.dn, dl = d.dl, dk = d.dn + d.dr, dkv = d.dn + d.dv;
+  const int64_t cblocks = (dl + kColBlock - 1) / kColBlock;
+  parallel_for(nh * cblocks, 1, [&](int64_t u0, int64_t u1) {
+    const WT* rows[kTile];
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t h = u / cblocks, c0 = (u % cblocks) * kColBlock, cw = std::min(kColBlock, dl - c0);
+      for (int64_t i0 = 0; i0 < t; i0 += kMaxQ) {
+        const int gq = static_cast<int>(std::min<int64_t>(kMaxQ, t - i0));
+        float* acc = q_lat + (i0 * nh + h) * dl + c0;
+        for (int i = 0; i < gq; ++i) std::memset(acc + i * nh * dl, 0, sizeof(float) * cw);
+        for (int64_t r0 = 0; r0 < dn; r0 += kTile) {
+          const int nt = static_cast<int>(std::min<int64_t>(kTile, dn - r0));
+          for (int j = 0; j < nt; ++j) rows[j] = w + (h * dkv + r0 + j) * dl + c0;
+          K.pv(gq, acc, nh * dl, q + (i0 * nh + h) * dk + r0, nh * dk, nt, rows, cw);
+        }
+      }
+    }
+  });
+}
+
+template <typename WT>
+void output_impl(const MlaDims& d, int64_t t, float* o, const float* o_lat, const WT* w) {
+  const Kernels<WT> K = pick<WT>();
+  const int64_t nh = d.nh, dn = d.dn, dv = d.dv, dl = d.dl, dkv = d.dn + d.dv;
+  const int64_t rblocks = (dv + kRowBlock - 1) / kRowBlock;
+  parallel_for(nh * rblocks, 1, [&](int64_t u0, int64_t u1) {
+    const WT* rows[kRowBlock];
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t h = u / rblocks, r0 = (u % rblocks) * kRowBlock;
+      const int nt = static_cast<int>(std::min(kRowBlock, dv - r0));
+      for (int j = 0; j < nt; ++j) rows[j] = w + (h * dkv + dn + r0 + j) * dl;
+      for (int64_t i0 = 0; i0 < t; i0 += kMaxQ) {
+        const int gq = static_cast<int>(std::min<int64_t>(kMaxQ, t - i0));
+        K.scores(gq, o_lat + (i0 * nh + h) * dl, nh * dl, nullptr, 0, nt, rows, nullptr, dl, 0, 1.0f,
+                 o + (i0 * nh + h) * dv + r0, nh * dv);
+      }
+    }
+  });
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+
+void mla_prefill(const MlaDims& d, int64_t batch, float* o, const float* q, const float* kvb, const float* kpe,
+                 const int32_t* q_start, const int32_t* kv_start, float scale) {
+  prefill_impl(d, batch, o, q, kvb, kpe, q_start, kv_start, scale);
+}
+
+void mla_cache_write(const MlaDims& d, int64_t t, void* cache, bool cache_bf16, int64_t block_size, const float* ckv,
+                     const float* kpe, const int32_t* slots) {
+  const int64_t dl = d.dl, dr = d.dr, row = dl + dr;
+  (void)block_size;  // slot s is row s of the flattened [num_blocks * block_size, row] cache
+  parallel_for(t, std::max<int64_t>(1, 8192 / std::max<int64_t>(row, 1)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t s = slots[r];
+      if (cache_bf16) {
+        uint16_t* dst = static_cast<uint16_t*>(cache) + s * row;
+        for (int64_t c = 0; c < dl; ++c) dst[c] = f32_to_bf16(ckv[r * dl + c]);
+        for (int64_t c = 0; c < dr; ++c) dst[dl + c] = f32_to_bf16(kpe[r * dr + c]);
+      } else {
+        float* dst = static_cast<float*>(cache) + s * row;
+        std::memcpy(dst, ckv + r * dl, sizeof(float) * dl);
+        std::memcpy(dst + dl, kpe + r * dr, sizeof(float) * dr);
+      }
+    }
+  });
+}
+
+void mla_cache_gather(const MlaDims& d, float* ckv, float* kpe, const void* cache, bool cache_bf16, int64_t block_size,
+                      const int32_t* block_table, int64_t start, int64_t length) {
+  const int64_t dl = d.dl, dr = d.dr, row = dl + dr;
+  parallel_for(length, std::max<int64_t>(1, 8192 / std::max<int64_t>(row, 1)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t s = start + r;
+      const int64_t src = static_cast<int64_t>(block_table[s / block_size]) * block_size + s % block_size;
+      if (cache_bf16) {
+        const uint16_t* p = static_cast<const uint16_t*>(cache) + src * row;
+        for (int64_t c = 0; c < dl; ++c) ckv[r * dl + c] = bf16_to_f32(p[c]);
+        for (int64_t c = 0; c < dr; ++c) kpe[r * dr + c] = bf16_to_f32(p[dl + c]);
+      } else {
+        const float* p = static_cast<const float*>(cache) + src * row;
+        std::memcpy(ckv + r * dl, p, sizeof(float) * dl);
+        std::memcpy(kpe + r * dr, p + dl, sizeof(float) * dr);
+      }
+    }
+  });
+}
+
+void mla_absorb_q(const MlaDims& d, int64_t t, float* q_lat, const float* q, const void* wkvb, bool w_bf16) {
+  if (w_bf16)
+    absorb_q_impl(d, t, q_lat, q, static_cast<const uint16_t*>(wkvb));
+  else
+    absorb_q_impl(d, t, q_lat, q, static_cast<const float*>(wkvb));
+}
+
+void mla_output(const MlaDims& d, int64_t t, float* o, const float* o_lat, const void* wkvb, bool w_bf16) {
+  if (w_bf16)
+    output_impl(d, t, o, o_lat, static_cast<const uint16_t*>(wkvb));
+  else
+    output_impl(d, t, o, o_lat, static_cast<const float*>(wkvb));
+}
+
+int64_t mla_decode_workspace_floats(const MlaDims& d, int64_t batch, int64_t units) {
+  units = std::max<int64_t>(units, 1);
+  const int64_t ints = (2 * (batch + 1) + 15) / 16 * 16;
+  return ints + (batch + units) * d.nh * 2 + 2 * units * d.nh * d.dl;
+}
+
+void mla_decode_absorbed(const MlaDims& d, int64_t batch, float* o_lat, const float* q_lat, const float* q,
+                         const void* cache, bool cache_bf16, int64_t block_size, const int32_t* block_table,
+                         int64_t max_blocks, const int32_t* seq_lens, float scale, float* workspace, int64_t units) {
+  units = std::max<int64_t>(units, 1);
+  if (cache_bf16)
+    decode_impl(d, batch, o_lat, q_lat, q, static_cast<const uint16_t*>(cache), block_size, block_table, max_blocks,
+                seq_lens, scale, workspace, units);
+  else
+    decode_impl(d, batch, o_lat, q_lat, q, static_cast<const float*>(cache), block_size, block_table, max_blocks,
+                seq_lens, scale, workspace, units);
+}
+
+}  // namespace lc::cpu

@@ -1,0 +1,59 @@
+// Multi-head latent attention (MLA) kernels, SPEC 3.5 (expanded form) and 5.2 (absorbed form over
+// a paged latent cache). Plain C++: raw pointers and sizes, no allocation, never throws; the
+// binding layer (ops/attention.cc) validates shapes and index tensors first.
+//
+// Dimensions (generic): nh heads, dn = qk_nope_head_dim, dr = qk_rope_head_dim, dv = v_head_dim,
+// dl = kv_lora_rank. Activations are f32; the latent cache and kv_b_proj weight may be f32 or bf16
+// (`bf16` flags below; bf16 values are raw bits, converted on the fly).
+#pragma once
+#include <cstdint>
+
+namespace lc::cpu {
+
+struct MlaDims {
+  int64_t nh = 0, dn = 0, dr = 0, dv = 0, dl = 0;
+};
+
+// Expanded causal attention over a variable-length batch.
+//   o   [T, nh, dv]        output
+//   q   [T, nh, dn + dr]   (rope part already rotated)
+//   kvb [S, nh, dn + dv]   kv_b_proj output: per head k_nope | v
+//   kpe [S, dr]            rotated shared rope key
+//   q_start, kv_start [B + 1]: sequence b owns queries q_start[b]..q_start[b+1] and keys
+//   kv_start[b]..kv_start[b+1]; query j sits at position kv_len - q_len + j and attends keys at
+//   positions <= its own. Requires kv_len >= q_len for every b (checked by the caller).
+void mla_prefill(const MlaDims& d, int64_t batch, float* o, const float* q, const float* kvb, const float* kpe,
+                 const int32_t* q_start, const int32_t* kv_start, float scale);
+
+// Paged latent cache [num_blocks, block_size, dl + dr]: token slot s lives in block s / block_size,
+// row s % block_size. Slots must be in range (checked by the caller).
+void mla_cache_write(const MlaDims& d, int64_t t, void* cache, bool cache_bf16, int64_t block_size,
+                     const float* ckv, const float* kpe, const int32_t* slots);
+
+// Copies rows [start, start + length) of one sequence (block_table [max_blocks]) into
+// ckv [length, dl] and kpe [length, dr]. Block ids must be in range (checked by the caller).
+void mla_cache_gather(const MlaDims& d, float* ckv, float* kpe, const void* cache, bool cache_bf16,
+                      int64_t block_size, const int32_t* block_table, int64_t start, int64_t length);
+
+// q_lat[t, h, :] = W_UK[h]^T q_nope[t, h], W_UK[h] = rows h*(dn+dv) .. h*(dn+dv)+dn of
+// wkvb [nh*(dn+dv), dl].
+void mla_absorb_q(const MlaDims& d, int64_t t, float* q_lat, const float* q, const void* wkvb, bool w_bf16);
+
+// o[t, h, :] = W_UV[h] o_lat[t, h], W_UV[h] = rows h*(dn+dv)+dn .. +dv of wkvb.
+void mla_output(const MlaDims& d, int64_t t, float* o, const float* o_lat, const void* wkvb, bool w_bf16);
+
+// Workspace (in floats) mla_decode_absorbed needs for `batch` sequences and a split target of
+// `units` work items (typically 2-4 x the thread count).
+int64_t mla_decode_workspace_floats(const MlaDims& d, int64_t batch, int64_t units);
+
+// Absorbed decode (MQA over the latent cache), FlashMLA style:
+//   score[h, s] = (q_lat[b,h] . ckv[s] + q_pe[b,h] . kpe[s]) * scale, s < seq_lens[b]
+//   o_lat[b, h] = softmax_s(score) @ ckv
+// q_lat [B, nh, dl], q [B, nh, dn + dr] (only its rope part is read), block_table [B, max_blocks],
+// seq_lens [B]. Long sequences are split over threads (split-K) and merged in a second pass using
+// `workspace` (mla_decode_workspace_floats(d, B, units) floats). A sequence of length 0 gives zeros.
+void mla_decode_absorbed(const MlaDims& d, int64_t batch, float* o_lat, const float* q_lat, const float* q,
+                         const void* cache, bool cache_bf16, int64_t block_size, const int32_t* block_table,
+                         int64_t max_blocks, const int32_t* seq_lens, float scale, float* workspace, int64_t units);
+
+}  // namespace lc::cpu

@@ -1,0 +1,369 @@
+// AVX-512 linear layers: GEMV (t <= 8) with fp32 FMA, GEMM (t > 8) with fp32 FMA or, for bf16
+// weights on CPUs with AVX512-BF16, vdpbf16ps. Compiled for AVX-512 through the target pragma
+// below (the build itself uses baseline x86-64 flags); linear.cc calls in only after checking isa().
+#include <immintrin.h>
+
+#include <cstring>
+#include <cstdlib>
+
+#include "linear_kernels.h"
+#include "threadpool.h"
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")
+// GCC 12 reports its own _mm512_undefined_ps() inside the intrinsic headers as uninitialized.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+
+#ifndef LC_PF_HINT
+#define LC_PF_HINT _MM_HINT_T0
+#endif
+namespace lc::cpu::linear_detail {
+namespace {  // internal linkage: nothing compiled for AVX-512 may be shared with other files
+
+// ---------------------------------------------------------------------------------------------
+// Weight decoders: 16 stored weights -> 16 f32 lanes; tail variants load only the lanes in `m`.
+// fp8 and int8 decode to the code's value without its scale (see kScaleMul / the row scale).
+
+struct DecF32 {
+  using E = float;
+  static constexpr float kScaleMul = 0;  // no block scale
+  static __m512 load(const float* p) { return _mm512_loadu_ps(p); }
+  static __m512 load_tail(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
+};
+
+struct DecBF16 {
+  using E = uint16_t;
+  static constexpr float kScaleMul = 0;
+  static __m512 widen(__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
+  static __m512 load(const uint16_t* p) { return widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+  static __m512 load_tail(const uint16_t* p, __mmask16 m) { return widen(_mm256_maskz_loadu_epi16(m, p)); }
+};
+
+struct DecI8 {  // q; the row scale multiplies the finished dot product
+  using E = int8_t;
+  static constexpr float kScaleMul = 0;
+  static __m512 widen(__m128i b) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b)); }
+  static __m512 load(const int8_t* p) { return widen(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+  static __m512 load_tail(const int8_t* p, __mmask16 m) { return widen(_mm_maskz_loadu_epi8(m, p)); }
+};
+
+// fp8 e4m3 -> f16 is a bit move: sign-extending the byte to 16 bits and shifting left by 7 puts
+// eeee.mmm in the f16 exponent/mantissa fields (exponent bias 15 instead of 7), so the f16 value
+// is exactly the fp8 value / 256, subnormals included; vcvtph2ps then widens it exactly. The 256
+// is folded into the block scale (kScaleMul). The NaN codes would decode to +-1.875 / 256, so they
+// are patched to an f16 NaN.
+struct DecFP8 {
+  using E = uint8_t;
+  static constexpr float kScaleMul = 256.0f;
+  static __m512 widen(__m128i b) {
+    __m256i h = _mm256_slli_epi16(_mm256_cvtepi8_epi16(b), 7);  // bits 15,14 = sign; 13..7 = eeeemmm
+    h = _mm256_and_si256(h, _mm256_set1_epi16(static_cast<short>(0xbfff)));
+    __mmask16 nan = _mm256_cmpeq_epi16_mask(_mm256_and_si256(h, _mm256_set1_epi16(0x7fff)), _mm256_set1_epi16(0x3f80));
+    h = _mm256_mask_mov_epi16(h, nan, _mm256_set1_epi16(0x7e00));
+    return _mm512_cvtph_ps(h);
+  }
+  static __m512 load(const uint8_t* p) { return widen(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+  static __m512 load_tail(const uint8_t* p, __mmask16 m) { return widen(_mm_maskz_loadu_epi8(m, p)); }
+};
+
+inline __mmask16 tail_mask16(int64_t n) { return static_cast<__mmask16>((1u << n) - 1); }
+
+// Sums of four vectors: returns [sum(a0), sum(a1), sum(a2), sum(a3)].
+inline __m128 hsum4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
+  __m512 t0 = _mm512_add_ps(_mm512_unpacklo_ps(a0, a1), _mm512_unpackhi_ps(a0, a1));  // a0 a1 a0 a1 per lane
+  __m512 t1 = _mm512_add_ps(_mm512_unpacklo_ps(a2, a3), _mm512_unpackhi_ps(a2, a3));
+  __m512 u = _mm512_add_ps(_mm512_shuffle_ps(t0, t1, _MM_SHUFFLE(1, 0, 1, 0)),
+                           _mm512_shuffle_ps(t0, t1, _MM_SHUFFLE(3, 2, 3, 2)));  // a0 a1 a2 a3 per lane
+  u = _mm512_add_ps(u, _mm512_shuffle_f32x4(u, u, _MM_SHUFFLE(1, 0, 3, 2)));  // fold the four lanes
+  u = _mm512_add_ps(u, _mm512_shuffle_f32x4(u, u, _MM_SHUFFLE(2, 3, 0, 1)));
+  return _mm512_castps512_ps128(u);
+}
+
+// ---------------------------------------------------------------------------------------------
+// GEMV: rows [r0, r0 + R) of W against all T rows of x (f32, row stride k). T*R accumulators
+// stay in registers; each 16-weight vector is decoded once and used for all T rows. k runs in
+// blocks of 128 (the fp8 scale block), prefetching a few blocks ahead on every row stream.
+
+static const int64_t kPrefetchBytes = getenv("LC_PF") ? atoi(getenv("LC_PF")) : 1024;  // TMP
+
+// Software prefetch of the 128-column block kPrefetchBytes ahead on each of the R row streams
+// (hardware prefetchers stop at 4 KiB pages). Past the end of its row, a stream continues into the
+// row R further on: the same stream in the next group, so groups start warm.
+template <int R, class E>
+inline void prefetch_ahead(const E* const* wr, int64_t k0, int64_t K) {
+  const int64_t p = k0 + kPrefetchBytes / static_cast<int64_t>(sizeof(E));
+  const int64_t skip = p >= K ? (R - 1) * K : 0;
+  for (int r = 0; r < R; ++r)
+    for (int64_t off = 0; off < 128 * static_cast<int64_t>(sizeof(E)); off += 64)
+      _mm_prefetch(reinterpret_cast<const char*>(wr[r] + p + skip) + off, LC_PF_HINT);
+}
+
+template <int T, int R, class D>
+void gemv_rows(const float* x, const WeightRef& w, int64_t r0, void* y, DType yt) {
+  using E = typename D::E;
+  const int64_t K = w.k, N = w.n;
+  const E* wr[R];
+  for (int r = 0; r < R; ++r) wr[r] = static_cast<const E*>(w.data) + (r0 + r) * K;
+  __m512 acc[T][R];
+  for (int t = 0; t < T; ++t)
+    for (int r = 0; r < R; ++r) acc[t][r] = _mm512_setzero_ps();
+
+  auto step = [&](int64_t k, const __m512* bs, bool tail, __mmask16 m) __attribute__((always_inline)) {
+    __m512 wv[R];
+    for (int r = 0; r < R; ++r) {
+      wv[r] = tail ? D::load_tail(wr[r] + k, m) : D::load(wr[r] + k);
+      if constexpr (D::kScaleMul != 0) wv[r] = _mm512_mul_ps(wv[r], bs[r]);
+    }
+    for (int t = 0; t < T; ++t) {
+      __m512 xv = tail ? _mm512_maskz_loadu_ps(m, x + t * K + k) : _mm512_loadu_ps(x + t * K + k);
+      for (int r = 0; r < R; ++r) acc[t][r] = _mm512_fmadd_ps(xv, wv[r], acc[t][r]);
+    }
+  };
+
+  for (int64_t k0 = 0; k0 < K; k0 += 128) {
+    const int64_t kend = K - k0 < 128 ? K : k0 + 128;
+    __m512 bs[R];
+    if constexpr (D::kScaleMul != 0)
+      for (int r = 0; r < R; ++r) bs[r] = _mm512_set1_ps(fp8_block_scale(w, r0 + r, k0 / 128) * D::kScaleMul);
+    prefetch_ahead<R>(wr, k0, K);
+    int64_t k = k0;
+#pragma GCC unroll 8
+    for (; k + 16 <= kend; k += 16) step(k, bs, false, 0xffff);
+    if (k < kend) step(k, bs, true, tail_mask16(kend - k));
+  }
+
+  for (int t = 0; t < T; ++t)
+    for (int r = 0; r < R; ++r) {
+      float v = _mm512_reduce_add_ps(acc[t][r]);
+      if (w.dtype == DType::I8) v *= w.scale[r0 + r];
+      store_y(y, yt, t * N + r0 + r, v);
+    }
+}
+
+// R output rows per pass: enough independent streams and FMA chains, T*R + R registers <= 32.
+template <int T, class D>
+void gemv_t(const float* x, const WeightRef& w, void* y, DType yt) {
+  constexpr int R = T <= 4 ? 4 : 2;
+  gemv_split<R>(w, [&](int64_t r) { gemv_rows<T, R, D>(x, w, r, y, yt); },
+                [&](int64_t r) { gemv_rows<T, 1, D>(x, w, r, y, yt); });
+}
+
+template <class D>
+void gemv(int64_t t, const float* x, const WeightRef& w, void* y, DType yt) {
+  switch (t) {
+    case 1: gemv_t<1, D>(x, w, y, yt); break;
+    case 2: gemv_t<2, D>(x, w, y, yt); break;
+    case 3: gemv_t<3, D>(x, w, y, yt); break;
+    case 4: gemv_t<4, D>(x, w, y, yt); break;
+    case 5: gemv_t<5, D>(x, w, y, yt); break;
+    case 6: gemv_t<6, D>(x, w, y, yt); break;
+    case 7: gemv_t<7, D>(x, w, y, yt); break;
+    case 8: gemv_t<8, D>(x, w, y, yt); break;
+  }
+}
+
+void bf16_to_f32_rows(const uint16_t* src, int64_t n, float* dst) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, DecBF16::load(src + i));
+  if (i < n) _mm512_mask_storeu_ps(dst + i, tail_mask16(n - i), DecBF16::load_tail(src + i, tail_mask16(n - i)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// GEMM, fp32 FMA path: x packed as f32, the weight panel dequantized to f32. 6 x rows times 4
+// weight rows = 24 accumulators; per 16-k step that is 10 loads for 24 FMAs.
+
+template <class D>
+void pack_panel_f32(const WeightRef& w, int64_t n0, int64_t nlen, int64_t nrows, int64_t k0, int64_t klen,
+                    int64_t kcp, float* p) {
+  using E = typename D::E;
+  for (int64_t j = 0; j < nrows; ++j) {
+    float* dst = p + j * kcp;
+    if (j >= nlen) {
+      std::memset(dst, 0, kcp * sizeof(float));
+      continue;
+    }
+    const E* src = static_cast<const E*>(w.data) + (n0 + j) * w.k + k0;
+    for (int64_t c = 0; c < kcp; c += 16) {
+      __m512 v = c + 16 <= klen ? D::load(src + c) : D::load_tail(src + c, tail_mask16(c < klen ? klen - c : 0));
+      if constexpr (D::kScaleMul != 0)
+        v = _mm512_mul_ps(v, _mm512_set1_ps(fp8_block_scale(w, n0 + j, (k0 + c) / 128) * D::kScaleMul));
+      _mm512_storeu_ps(dst + c, v);
+    }
+  }
+}
+
+struct GemmF32 {
+  using XE = float;
+  using WE = float;
+  static constexpr int64_t kMR = 6, kStep = 16, kKC = 512;
+
+  static void pack_x(const void* x, DType xt, int64_t t, int64_t r0, int64_t r1, int64_t k, int64_t kp, float* xp) {
+    for (int64_t r = r0; r < r1; ++r) {
+      float* dst = xp + r * kp;
+      std::memset(dst, 0, kp * sizeof(float));
+      if (r >= t) continue;
+      if (xt == DType::BF16)
+        bf16_to_f32_rows(static_cast<const uint16_t*>(x) + r * k, k, dst);
+      else
+        std::memcpy(dst, static_cast<const float*>(x) + r * k, k * sizeof(float));
+    }
+  }
+
+  static void pack_panel(const WeightRef& w, int64_t n0, int64_t nlen, int64_t nrows, int64_t k0, int64_t klen,
+                         int64_t kcp, float* p) {
+    switch (w.dtype) {
+      case DType::F32: pack_panel_f32<DecF32>(w, n0, nlen, nrows, k0, klen, kcp, p); break;
+      case DType::BF16: pack_panel_f32<DecBF16>(w, n0, nlen, nrows, k0, klen, kcp, p); break;
+      case DType::FP8_E4M3: pack_panel_f32<DecFP8>(w, n0, nlen, nrows, k0, klen, kcp, p); break;
+      case DType::I8: pack_panel_f32<DecI8>(w, n0, nlen, nrows, k0, klen, kcp, p); break;
+      default: break;
+    }
+  }
+
+  static void micro(const float* x, int64_t ldx, const float* p, int64_t ldp, int64_t kc, float* c, int64_t ldc,
+                    bool accumulate) {
+    __m512 acc[kMR][4];
+    for (int m = 0; m < kMR; ++m)
+      for (int j = 0; j < 4; ++j) acc[m][j] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < kc; k += 16) {
+      __m512 w0 = _mm512_loadu_ps(p + k), w1 = _mm512_loadu_ps(p + ldp + k);
+      __m512 w2 = _mm512_loadu_ps(p + 2 * ldp + k), w3 = _mm512_loadu_ps(p + 3 * ldp + k);
+      for (int m = 0; m < kMR; ++m) {
+        __m512 xv = _mm512_loadu_ps(x + m * ldx + k);
+        acc[m][0] = _mm512_fmadd_ps(xv, w0, acc[m][0]);
+        acc[m][1] = _mm512_fmadd_ps(xv, w1, acc[m][1]);
+        acc[m][2] = _mm512_fmadd_ps(xv, w2, acc[m][2]);
+        acc[m][3] = _mm512_fmadd_ps(xv, w3, acc[m][3]);
+      }
+    }
+    for (int m = 0; m < kMR; ++m) {
+      __m128 s = hsum4(acc[m][0], acc[m][1], acc[m][2], acc[m][3]);
+      if (accumulate) s = _mm_add_ps(s, _mm_loadu_ps(c + m * ldc));
+      _mm_storeu_ps(c + m * ldc, s);
+    }
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// GEMM, AVX512-BF16 path (bf16 weights): x rounded to bf16 (nearest even) when packed, the panel
+// is a zero-padded copy of W. vdpbf16ps multiplies bf16 pairs exactly and adds them into fp32
+// lanes, so one instruction does 32 multiply-adds: twice the fp32 FMA rate, half the bytes.
+
+#pragma GCC push_options
+#pragma GCC target("avx512bf16")
+
+struct GemmBF16 {
+  using XE = uint16_t;
+  using WE = uint16_t;
+  static constexpr int64_t kMR = 6, kStep = 32, kKC = 1024;
+
+  static void pack_x(const void* x, DType xt, int64_t t, int64_t r0, int64_t r1, int64_t k, int64_t kp, uint16_t* xp) {
+    for (int64_t r = r0; r < r1; ++r) {
+      uint16_t* dst = xp + r * kp;
+      std::memset(dst, 0, kp * sizeof(uint16_t));
+      if (r >= t) continue;
+      if (xt == DType::BF16) {
+        std::memcpy(dst, static_cast<const uint16_t*>(x) + r * k, k * sizeof(uint16_t));
+        continue;
+      }
+      const float* src = static_cast<const float*>(x) + r * k;
+      int64_t c = 0;
+      for (; c + 16 <= k; c += 16)
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + c), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(src + c)));
+      if (c < k) {
+        __mmask16 m = tail_mask16(k - c);
+        _mm256_mask_storeu_epi16(dst + c, m, (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, src + c)));
+      }
+    }
+  }
+
+  static void pack_panel(const WeightRef& w, int64_t n0, int64_t nlen, int64_t nrows, int64_t k0, int64_t klen,
+                         int64_t kcp, uint16_t* p) {
+    for (int64_t j = 0; j < nrows; ++j) {
+      uint16_t* dst = p + j * kcp;
+      int64_t copied = 0;
+      if (j < nlen) {
+        std::memcpy(dst, static_cast<const uint16_t*>(w.data) + (n0 + j) * w.k + k0, klen * sizeof(uint16_t));
+        copied = klen;
+      }
+      std::memset(dst + copied, 0, (kcp - copied) * sizeof(uint16_t));
+    }
+  }
+
+  static void micro(const uint16_t* x, int64_t ldx, const uint16_t* p, int64_t ldp, int64_t kc, float* c,
+                    int64_t ldc, bool accumulate) {
+    __m512 acc[kMR][4];
+    for (int m = 0; m < kMR; ++m)
+      for (int j = 0; j < 4; ++j) acc[m][j] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < kc; k += 32) {
+      __m512bh w0 = (__m512bh)_mm512_loadu_si512(p + k), w1 = (__m512bh)_mm512_loadu_si512(p + ldp + k);
+      __m512bh w2 = (__m512bh)_mm512_loadu_si512(p + 2 * ldp + k), w3 = (__m512bh)_mm512_loadu_si512(p + 3 * ldp + k);
+      for (int m = 0; m < kMR; ++m) {
+        __m512bh xv = (__m512bh)_mm512_loadu_si512(x + m * ldx + k);
+        acc[m][0] = _mm512_dpbf16_ps(acc[m][0], xv, w0);
+        acc[m][1] = _mm512_dpbf16_ps(acc[m][1], xv, w1);
+        acc[m][2] = _mm512_dpbf16_ps(acc[m][2], xv, w2);
+        acc[m][3] = _mm512_dpbf16_ps(acc[m][3], xv, w3);
+      }
+    }
+    for (int m = 0; m < kMR; ++m) {
+      __m128 s = hsum4(acc[m][0], acc[m][1], acc[m][2], acc[m][3]);
+      if (accumulate) s = _mm_add_ps(s, _mm_loadu_ps(c + m * ldc));
+      _mm_storeu_ps(c + m * ldc, s);
+    }
+  }
+};
+
+#pragma GCC pop_options  // avx512bf16
+
+}  // namespace
+
+void linear_avx512(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType yt, bool bf16_dot) {
+  if (t > kGemvMaxRows) {
+    if (bf16_dot && w.dtype == DType::BF16)
+      gemm<GemmBF16>(t, x, xt, w, y, yt);
+    else
+      gemm<GemmF32>(t, x, xt, w, y, yt);
+    return;
+  }
+  const float* xf = static_cast<const float*>(x);
+  if (xt == DType::BF16) {
+    float* buf = static_cast<float*>(scratch(kScratchX, t * w.k * sizeof(float)));
+    bf16_to_f32_rows(static_cast<const uint16_t*>(x), t * w.k, buf);
+    xf = buf;
+  }
+  switch (w.dtype) {
+    case DType::F32: gemv<DecF32>(t, xf, w, y, yt); break;
+    case DType::BF16: gemv<DecBF16>(t, xf, w, y, yt); break;
+    case DType::FP8_E4M3: gemv<DecFP8>(t, xf, w, y, yt); break;
+    case DType::I8: gemv<DecI8>(t, xf, w, y, yt); break;
+    default: break;
+  }
+}
+
+double read_sum_avx512(const void* p, int64_t bytes) {
+  const int64_t lines = bytes / 64;
+  const char* base = static_cast<const char*>(p);
+  std::atomic<uint64_t> total{0};
+  parallel_for(lines, 1 << 14, [&](int64_t b, int64_t e) {
+    __m512i s0 = _mm512_setzero_si512(), s1 = s0, s2 = s0, s3 = s0;
+    int64_t i = b;
+    for (; i + 4 <= e; i += 4) {
+      s0 = _mm512_add_epi64(s0, _mm512_loadu_si512(base + i * 64));
+      s1 = _mm512_add_epi64(s1, _mm512_loadu_si512(base + i * 64 + 64));
+      s2 = _mm512_add_epi64(s2, _mm512_loadu_si512(base + i * 64 + 128));
+      s3 = _mm512_add_epi64(s3, _mm512_loadu_si512(base + i * 64 + 192));
+    }
+    for (; i < e; ++i) s0 = _mm512_add_epi64(s0, _mm512_loadu_si512(base + i * 64));
+    s0 = _mm512_add_epi64(_mm512_add_epi64(s0, s1), _mm512_add_epi64(s2, s3));
+    total += static_cast<uint64_t>(_mm512_reduce_add_epi64(s0));
+  });
+  return static_cast<double>(total.load());
+}
+
+}  // namespace lc::cpu::linear_detail
+
+#pragma GCC diagnostic pop
+#pragma GCC pop_options

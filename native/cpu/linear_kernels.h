@@ -1,0 +1,126 @@
+// Internals shared by linear.cc and its per-ISA files (linear_avx2.cc, linear_avx512.cc).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "linear.h"
+#include "numeric.h"
+#include "threadpool.h"
+
+namespace lc::cpu::linear_detail {
+
+// T <= kGemvMaxRows uses the GEMV path (weights streamed once for all rows).
+constexpr int64_t kGemvMaxRows = 8;
+
+// Per-thread scratch memory, 64-byte aligned. A slot grows to the largest size asked for and is
+// then reused, so steady-state calls allocate nothing. A slot's memory is valid until the same
+// thread asks for that slot again.
+enum ScratchSlot { kScratchX = 0, kScratchPanel = 1, kScratchC = 2, kScratchSlots = 3 };
+void* scratch(ScratchSlot slot, size_t bytes);
+
+// The fp8 block scale for weight row r at 128-column block kb (see WeightRef).
+inline float fp8_block_scale(const WeightRef& w, int64_t r, int64_t kb) {
+  return w.scale[(r / 128) * ((w.k + 127) / 128) + kb];
+}
+
+inline void store_y(void* y, DType yt, int64_t i, float v) {
+  if (yt == DType::BF16)
+    static_cast<uint16_t*>(y)[i] = f32_to_bf16(v);
+  else
+    static_cast<float*>(y)[i] = v;
+}
+
+// Rows per GEMV chunk: enough weight bytes (~64 KiB) per task that scheduling costs nothing.
+inline int64_t gemv_grain_rows(const WeightRef& w) {
+  int64_t row_bytes = w.k * dtype_size(w.dtype);
+  int64_t g = (64 * 1024) / (row_bytes > 0 ? row_bytes : 1);
+  return g < 1 ? 1 : g;
+}
+
+inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+inline int64_t ceil_div(int64_t v, int64_t m) { return (v + m - 1) / m; }
+
+// ---------------------------------------------------------------------------------------------
+// GEMV driver (t <= 8). Output rows are split over the pool in groups of R; group(r) computes rows
+// [r, r + R) for every x row and one(r) a single leftover row. Each weight row is read once.
+template <int R, class Group, class One>
+void gemv_split(const WeightRef& w, Group group, One one) {
+  const int64_t n = w.n, ngroups = ceil_div(n, R);
+  int64_t grain = gemv_grain_rows(w) / R;
+  parallel_for(ngroups, grain < 1 ? 1 : grain, [&](int64_t g0, int64_t g1) {
+    int64_t r = g0 * R, end = g1 * R < n ? g1 * R : n;
+    for (; r + R <= end; r += R) group(r);
+    for (; r < end; ++r) one(r);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// GEMM driver (t > 8), shared by the ISA variants; Tr supplies the ISA-specific pieces:
+//   XE, WE       element types of the packed x and the packed weight panel (float or bf16 bits)
+//   kMR          x rows per microkernel call (the microkernel always computes 4 output columns)
+//   kStep        k elements per vector step: packed rows are zero-padded to a multiple of it
+//   kKC          k block (multiple of 128 so fp8 scale blocks never straddle a panel)
+//   pack_x(x, xt, t, r0, r1, k, kp, xp)                rows [r0, r1) of x into xp[.][kp], zero padded
+//   pack_panel(w, n0, nlen, nrows, k0, klen, kcp, p)  W[n0 .. n0+nlen, k0 .. k0+klen) into p[nrows][kcp]
+//                                                     (dequantized), rows >= nlen and cols >= klen zero
+//   micro(x, ldx, p, ldp, kc, c, ldc, accumulate)      c[m][j] (+)= sum_k x[m][k] p[j][k], m < kMR, j < 4
+//
+// Blocking, outermost first:
+//   job = (one panel of NC output rows) x (one chunk of MC x rows), spread over the pool;
+//   k blocks of KC: the W panel NC x KC (~128 KiB) is packed once and stays in L2 while
+//   every MR-row strip of x (MR x KC, ~12 KiB) sweeps across it from L1;
+//   the microkernel keeps MR x 4 accumulators in registers over the whole k block and reduces
+//   them horizontally once per block into the job's f32 C tile (MC x NC, per-thread scratch).
+template <class Tr>
+void gemm(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType yt) {
+  using XE = typename Tr::XE;
+  using WE = typename Tr::WE;
+  constexpr int64_t MR = Tr::kMR, NR = 4;
+  const int64_t N = w.n, K = w.k;
+  const int64_t Kp = round_up(K, Tr::kStep), Tp = round_up(t, MR);
+  const int nthreads = ThreadPool::global().threads();
+
+  // x is converted and padded once per call (by the calling thread's scratch, read by all).
+  XE* xp = static_cast<XE*>(scratch(kScratchX, Tp * Kp * sizeof(XE)));
+  parallel_for(Tp, 1 + 16384 / Kp, [&](int64_t r0, int64_t r1) { Tr::pack_x(x, xt, t, r0, r1, K, Kp, xp); });
+
+  // Even k blocks, each a multiple of 128 and at most about kKC.
+  const int64_t kblocks = ceil_div(K, Tr::kKC);
+  const int64_t KB = round_up(ceil_div(K, kblocks), 128);
+
+  // Jobs: NC output rows x MC x rows. Shrink the tiles until every thread has a couple of jobs.
+  int64_t NC = 64, MC = MR * (256 / MR);
+  while (NC > 16 && ceil_div(N, NC) * ceil_div(t, MC) < 2 * nthreads) NC /= 2;
+  while (MC > MR && ceil_div(N, NC) * ceil_div(t, MC) < 2 * nthreads) MC = round_up(MC / 2, MR);
+  const int64_t npanels = ceil_div(N, NC), mchunks = ceil_div(t, MC);
+
+  parallel_for(npanels * mchunks, 1, [&](int64_t j0, int64_t j1) {
+    for (int64_t job = j0; job < j1; ++job) {
+      const int64_t n0 = (job / mchunks) * NC, nlen = N - n0 < NC ? N - n0 : NC, ncp = round_up(nlen, NR);
+      const int64_t m0 = (job % mchunks) * MC, mlen = t - m0 < MC ? t - m0 : MC, mlenp = round_up(mlen, MR);
+      float* c = static_cast<float*>(scratch(kScratchC, mlenp * NC * sizeof(float)));
+      WE* panel = static_cast<WE*>(scratch(kScratchPanel, NC * KB * sizeof(WE)));
+      for (int64_t k0 = 0; k0 < K; k0 += KB) {
+        const int64_t klen = K - k0 < KB ? K - k0 : KB, kcp = round_up(klen, Tr::kStep);
+        Tr::pack_panel(w, n0, nlen, ncp, k0, klen, kcp, panel);
+        for (int64_t m = 0; m < mlenp; m += MR)
+          for (int64_t j = 0; j < ncp; j += NR)
+            Tr::micro(xp + (m0 + m) * Kp + k0, Kp, panel + j * kcp, kcp, kcp, c + m * NC + j, NC, k0 > 0);
+      }
+      for (int64_t m = 0; m < mlen; ++m)
+        for (int64_t j = 0; j < nlen; ++j) {
+          float v = c[m * NC + j];
+          if (w.dtype == DType::I8) v *= w.scale[n0 + j];
+          store_y(y, yt, (m0 + m) * N + n0 + j, v);
+        }
+    }
+  });
+}
+
+// Per-ISA entry points; each handles both the GEMV and the GEMM path.
+void linear_avx2(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType yt);
+void linear_avx512(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType yt, bool bf16_dot);
+double read_sum_avx2(const void* p, int64_t bytes);
+double read_sum_avx512(const void* p, int64_t bytes);
+
+}  // namespace lc::cpu::linear_detail

@@ -1,0 +1,233 @@
+#include "moe.h"
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+
+#include "threadpool.h"
+
+namespace lc::cpu {
+
+// ---- router -------------------------------------------------------------------------------------
+
+void router_topk(int64_t t, int64_t e, int64_t k, const float* logits, const float* bias, int64_t n_routed,
+                 float scale, int32_t* idx, float* w, int32_t* nffn) {
+  if (k <= 0 || e <= 0) {
+    if (nffn)
+      for (int64_t i = 0; i < t; ++i) nffn[i] = 0;
+    return;
+  }
+  parallel_for(t, 8, [&](int64_t t0, int64_t t1) {
+    for (int64_t i = t0; i < t1; ++i) {
+      const float* l = logits + i * e;
+      int32_t* ix = idx + i * k;
+      float* sc = w + i * k;  // holds the biased scores until the end
+      float m = -std::numeric_limits<float>::infinity();
+      for (int64_t j = 0; j < e; ++j)
+        if (l[j] > m) m = l[j];
+      double sum = 0;
+      for (int64_t j = 0; j < e; ++j) sum += static_cast<double>(std::exp(l[j] - m));
+      const float denom = static_cast<float>(sum);
+      // Insertion into a descending list of at most k entries. Experts arrive in ascending order,
+      // so an equal score never displaces an earlier (lower) index: ties go to the lower index.
+      int64_t n = 0;
+      for (int64_t j = 0; j < e; ++j) {
+        float s = std::exp(l[j] - m) / denom + bias[j];
+        if (s != s) s = -std::numeric_limits<float>::infinity();
+        if (n == k && !(s > sc[k - 1])) continue;
+        int64_t pos = n < k ? n++ : k - 1;
+        while (pos > 0 && s > sc[pos - 1]) {
+          sc[pos] = sc[pos - 1];
+          ix[pos] = ix[pos - 1];
+          --pos;
+        }
+        sc[pos] = s;
+        ix[pos] = static_cast<int32_t>(j);
+      }
+      // k <= e, so n == k here.
+      int32_t f = 0;
+      for (int64_t j = 0; j < k; ++j) {
+        const int32_t x = ix[j];
+        sc[j] = std::exp(l[x] - m) / denom * scale;
+        f += x < n_routed;
+      }
+      if (nffn) nffn[i] = f;
+    }
+  });
+}
+
+// ---- grouped experts ----------------------------------------------------------------------------
+
+namespace {
+
+constexpr int64_t kMaxWaveRows = 1024;
+
+size_t align64(size_t b) { return (b + 63) & ~static_cast<size_t>(63); }
+
+struct Layout {
+  size_t off_offsets, off_active, off_sorted, off_f32, total;
+};
+
+Layout layout(int64_t t, int64_t k, int64_t h, int64_t inter, int64_t n_routed) {
+  Layout L;
+  L.off_offsets = 0;
+  L.off_active = align64(L.off_offsets + sizeof(int64_t) * static_cast<size_t>(n_routed + 1));
+  L.off_sorted = align64(L.off_active + sizeof(int32_t) * static_cast<size_t>(n_routed));
+  L.off_f32 = align64(L.off_sorted + sizeof(int32_t) * static_cast<size_t>(t * k));
+  const int64_t rows = n_routed > 0 ? moe_wave_rows(t, k) : 0;
+  L.total = align64(L.off_f32 + sizeof(float) * static_cast<size_t>(rows * (h + 2 * inter)));
+  return L;
+}
+
+// Scheduling of the expert GEMMs inside one wave. LONGCAT_MOE_SCHED=experts|linear overrides the
+// automatic choice; read on every call so bench/cpu-moe.mjs can interleave the schedules.
+enum class Sched { Auto, Experts, Linear };
+Sched sched_override() {
+  const char* v = std::getenv("LONGCAT_MOE_SCHED");
+  if (v && std::strcmp(v, "experts") == 0) return Sched::Experts;
+  if (v && std::strcmp(v, "linear") == 0) return Sched::Linear;
+  return Sched::Auto;
+}
+
+// g[i] = silu(g[i]) * u[i]
+void swiglu(float* g, const float* u, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float z = g[i];
+    g[i] = z / (1.0f + std::exp(-z)) * u[i];
+  }
+}
+
+}  // namespace
+
+int64_t moe_wave_rows(int64_t t, int64_t k) {
+  const int64_t n = t * k;
+  return n < kMaxWaveRows ? n : kMaxWaveRows;
+}
+
+size_t moe_workspace_bytes(int64_t t, int64_t k, int64_t h, int64_t inter, int64_t n_routed) {
+  return layout(t, k, h, inter, n_routed).total;
+}
+
+int64_t moe(int64_t t, int64_t k, int64_t h, const float* u, const int32_t* idx, const float* w,
+            const MoeExperts& ex, int64_t n_experts, float* out, void* workspace, size_t workspace_bytes) {
+  const int64_t nr = ex.n_routed, inter = ex.inter, ns = t * k;
+  const Layout L = layout(t, k, h, inter, nr);
+  if (workspace_bytes < L.total) return -2;  // the binding sizes it; never expected
+  char* ws = static_cast<char*>(workspace);
+  int64_t* off = reinterpret_cast<int64_t*>(ws + L.off_offsets);
+  int32_t* active = reinterpret_cast<int32_t*>(ws + L.off_active);
+  int32_t* sorted = reinterpret_cast<int32_t*>(ws + L.off_sorted);
+  float* fbuf = reinterpret_cast<float*>(ws + L.off_f32);
+
+  // 1. Validate and count tokens per routed expert.
+  for (int64_t e = 0; e <= nr; ++e) off[e] = 0;
+  for (int64_t s = 0; s < ns; ++s) {
+    const int64_t e = idx[s];
+    if (e < 0 || e >= n_experts) return s;
+    if (e < nr) ++off[e + 1];
+  }
+  // 2. Offsets, the permutation (ascending expert, then ascending slot) and the active experts.
+  int64_t nactive = 0;
+  for (int64_t e = 0; e < nr; ++e) {
+    if (off[e + 1]) active[nactive++] = static_cast<int32_t>(e);
+    off[e + 1] += off[e];
+  }
+  const int64_t nrows = nr ? off[nr] : 0;
+  for (int64_t s = 0; s < ns; ++s) {
+    const int64_t e = idx[s];
+    if (e < nr) sorted[off[e]++] = static_cast<int32_t>(s);
+  }
+  for (int64_t e = nr; e > 0; --e) off[e] = off[e - 1];
+  off[0] = 0;
+
+  // 3. out = 0.
+  parallel_for(t, 64, [&](int64_t t0, int64_t t1) {
+    std::memset(out + t0 * h, 0, sizeof(float) * static_cast<size_t>((t1 - t0) * h));
+  });
+
+  // 4. Waves of at most R consecutive rows of the permutation.
+  const int64_t R = nr ? moe_wave_rows(t, k) : 0;
+  float* xbuf = fbuf;                // [R, h]: gathered tokens, then the down outputs
+  float* gbuf = xbuf + R * h;        // [R, inter]: gate, then silu(gate) * up
+  float* ubuf = gbuf + R * inter;    // [R, inter]: up
+  int64_t a_first = 0;               // first active expert that still has rows
+  for (int64_t r0 = 0; r0 < nrows; r0 += R) {
+    const int64_t r1 = r0 + R < nrows ? r0 + R : nrows;
+    while (off[active[a_first] + 1] <= r0) ++a_first;
+    int64_t a_end = a_first;
+    while (a_end < nactive && off[active[a_end]] < r1) ++a_end;
+    const int64_t nseg = a_end - a_first;
+
+    auto run_segment = [&](int64_t a) {
+      const int64_t e = active[a];
+      const int64_t b0 = off[e] > r0 ? off[e] : r0, b1 = off[e + 1] < r1 ? off[e + 1] : r1;
+      const int64_t m = b1 - b0;
+      float* x = xbuf + (b0 - r0) * h;
+      float* g = gbuf + (b0 - r0) * inter;
+      float* uu = ubuf + (b0 - r0) * inter;
+      for (int64_t r = 0; r < m; ++r)
+        std::memcpy(x + r * h, u + static_cast<int64_t>(sorted[b0 + r] / k) * h, sizeof(float) * static_cast<size_t>(h));
+      linear(m, x, DType::F32, ex.gate[e], g, DType::F32);
+      linear(m, x, DType::F32, ex.up[e], uu, DType::F32);
+      swiglu(g, uu, m * inter);
+      linear(m, g, DType::F32, ex.down[e], x, DType::F32);  // x is dead after gate/up
+    };
+
+    // Few rows per expert (decode): each expert is a GEMV, spread whole experts over threads
+    // (linear's own parallel_for nests). Many rows: experts in turn, linear parallelises inside.
+    Sched sc = sched_override();
+    if (sc == Sched::Auto) sc = (nseg > 1 && (r1 - r0) <= 4 * nseg) ? Sched::Experts : Sched::Linear;
+    if (sc == Sched::Experts) {
+      parallel_for(nseg, 1, [&](int64_t s0, int64_t s1) {
+        for (int64_t s = s0; s < s1; ++s) run_segment(a_first + s);
+      });
+    } else {
+      for (int64_t s = 0; s < nseg; ++s) run_segment(a_first + s);
+    }
+
+    // Combine: columns split over threads, rows in permutation order, so each out[t, c] receives
+    // its experts in ascending id order whatever the thread count.
+    parallel_for(h, 64, [&](int64_t c0, int64_t c1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t s = sorted[r];
+        const float wt = w[s];
+        const float* y = xbuf + (r - r0) * h;
+        float* o = out + (s / k) * h;
+        for (int64_t c = c0; c < c1; ++c) o[c] += wt * y[c];
+      }
+    });
+  }
+
+  // 5. Zero experts last: out[t] += (sum of their weights, ascending expert id) * u[t].
+  parallel_for(t, 16, [&](int64_t t0, int64_t t1) {
+    for (int64_t i = t0; i < t1; ++i) {
+      const int32_t* ix = idx + i * k;
+      const float* wi = w + i * k;
+      float z = 0;
+      bool any = false;
+      int64_t prev_e = -1, prev_j = -1;
+      for (;;) {  // next zero slot in (expert, slot) order; k is small
+        int64_t bj = -1;
+        for (int64_t j = 0; j < k; ++j) {
+          const int64_t e = ix[j];
+          if (e < nr) continue;
+          if (e < prev_e || (e == prev_e && j <= prev_j)) continue;
+          if (bj < 0 || e < ix[bj]) bj = j;
+        }
+        if (bj < 0) break;
+        z += wi[bj];
+        any = true;
+        prev_e = ix[bj];
+        prev_j = bj;
+      }
+      if (!any) continue;
+      const float* ui = u + i * h;
+      float* o = out + i * h;
+      for (int64_t c = 0; c < h; ++c) o[c] += z * ui[c];
+    }
+  });
+  return -1;
+}
+
+}  // namespace lc::cpu

@@ -1,0 +1,395 @@
+#include "quant.h"
+
+#include <immintrin.h>
+// GCC 12 reports false "uninitialized" warnings from inside the AVX-512 mask/reduce intrinsics.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "features.h"
+#include "numeric.h"
+#include "threadpool.h"
+
+#define LC_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
+#define LC_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+namespace lc::cpu {
+
+namespace {
+
+struct Fp8Lut {
+  alignas(64) float v[256];
+  Fp8Lut() {
+    for (int i = 0; i < 256; ++i) v[i] = fp8e4m3_to_f32(static_cast<uint8_t>(i));
+  }
+};
+const float* fp8_lut() {
+  static const Fp8Lut lut;
+  return lut.v;
+}
+
+inline __mmask16 tail_mask(int64_t n) { return static_cast<__mmask16>((1u << n) - 1u); }
+
+// ---- scalar -----------------------------------------------------------------------------------
+void decode_scalar(const void* src, DType st, int64_t n, float* out) {
+  switch (st) {
+    case DType::F32: std::memcpy(out, src, static_cast<size_t>(n) * 4); break;
+    case DType::BF16:
+      for (int64_t i = 0; i < n; ++i) out[i] = bf16_to_f32(static_cast<const uint16_t*>(src)[i]);
+      break;
+    case DType::F16:
+      for (int64_t i = 0; i < n; ++i) out[i] = f16_to_f32(static_cast<const uint16_t*>(src)[i]);
+      break;
+    case DType::FP8_E4M3: {
+      const float* lut = fp8_lut();
+      for (int64_t i = 0; i < n; ++i) out[i] = lut[static_cast<const uint8_t*>(src)[i]];
+      break;
+    }
+    default: break;
+  }
+}
+// fp8 values are encoded from in[i] / div (div = 1 for plain conversion: an exact division).
+void encode_scalar(const float* in, int64_t n, void* dst, DType dt, float div) {
+  switch (dt) {
+    case DType::F32: std::memcpy(dst, in, static_cast<size_t>(n) * 4); break;
+    case DType::BF16:
+      for (int64_t i = 0; i < n; ++i) static_cast<uint16_t*>(dst)[i] = f32_to_bf16(in[i]);
+      break;
+    case DType::F16:
+      for (int64_t i = 0; i < n; ++i) static_cast<uint16_t*>(dst)[i] = f32_to_f16(in[i]);
+      break;
+    case DType::FP8_E4M3:
+      for (int64_t i = 0; i < n; ++i) static_cast<uint8_t*>(dst)[i] = f32_to_fp8e4m3(in[i] / div);
+      break;
+    default: break;
+  }
+}
+float amax_scalar(const float* x, int64_t n, float m) {
+  for (int64_t i = 0; i < n; ++i) {
+    float a = std::fabs(x[i]);
+    m = a > m ? a : m;
+  }
+  return m;
+}
+
+// ---- AVX-512 ----------------------------------------------------------------------------------
+LC_AVX512 inline __m256i bf16_encode16(__m512 x) {
+  __m512i u = _mm512_castps_si512(x);
+  __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))));
+  r = _mm512_srli_epi32(r, 16);
+  __mmask16 nan = _mm512_cmp_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)), _mm512_set1_epi32(0x7f800000), _MM_CMPINT_NLE);
+  r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40)));
+  return _mm512_cvtepi32_epi16(r);
+}
+LC_AVX512 inline __m128i fp8_encode16(__m512 x) {
+  __m512i u = _mm512_castps_si512(x);
+  __m512i sign = _mm512_srli_epi32(_mm512_and_si512(u, _mm512_set1_epi32(static_cast<int>(0x80000000u))), 24);
+  __m512i ua = _mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff));
+  __m512 a = _mm512_castsi512_ps(ua);
+  // normal range: round the mantissa to 3 bits (RNE), rebias the exponent 127 -> 7
+  __m512i r = _mm512_add_epi32(ua, _mm512_add_epi32(_mm512_set1_epi32(0x7ffff), _mm512_and_si512(_mm512_srli_epi32(ua, 20), _mm512_set1_epi32(1))));
+  __m512i e = _mm512_sub_epi32(_mm512_srli_epi32(r, 23), _mm512_set1_epi32(120));
+  __m512i res = _mm512_or_si512(_mm512_slli_epi32(e, 3), _mm512_and_si512(_mm512_srli_epi32(r, 20), _mm512_set1_epi32(7)));
+  res = _mm512_min_epi32(res, _mm512_set1_epi32(0x7e));
+  // below 2^-6: subnormal, step 2^-9 (a * 512 is exact; round half to even)
+  __mmask16 sub = _mm512_cmp_ps_mask(a, _mm512_set1_ps(0.015625f), _CMP_LT_OQ);
+  __m512i m = _mm512_cvttps_epi32(_mm512_roundscale_ps(_mm512_mul_ps(a, _mm512_set1_ps(512.0f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  res = _mm512_mask_mov_epi32(res, sub, m);
+  res = _mm512_mask_mov_epi32(res, _mm512_cmp_ps_mask(a, _mm512_set1_ps(448.0f), _CMP_GE_OQ), _mm512_set1_epi32(0x7e));
+  res = _mm512_mask_mov_epi32(res, _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q), _mm512_set1_epi32(0x7f));
+  return _mm512_cvtepi32_epi8(_mm512_or_si512(res, sign));
+}
+LC_AVX512 void decode_avx512(const void* src, DType st, int64_t n, float* out) {
+  if (st == DType::F32) {
+    std::memcpy(out, src, static_cast<size_t>(n) * 4);
+    return;
+  }
+  if (st == DType::BF16) {
+    const uint16_t* s = static_cast<const uint16_t*>(src);
+    for (int64_t i = 0; i < n; i += 16) {
+      __mmask16 k = n - i >= 16 ? static_cast<__mmask16>(0xffff) : tail_mask(n - i);
+      __m256i h = _mm256_maskz_loadu_epi16(k, s + i);
+      _mm512_mask_storeu_ps(out + i, k, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
+    }
+    return;
+  }
+  if (st == DType::F16) {
+    const uint16_t* s = static_cast<const uint16_t*>(src);
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+      __m512 v = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i)));
+      if (_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q)) {  // hardware quiets NaNs; keep the reference bits
+        decode_scalar(s + i, st, 16, out + i);
+        continue;
+      }
+      _mm512_storeu_ps(out + i, v);
+    }
+    decode_scalar(s + i, st, n - i, out + i);
+    return;
+  }
+  // fp8: gather from the 256-entry table
+  const float* lut = fp8_lut();
+  const uint8_t* s = static_cast<const uint8_t*>(src);
+  for (int64_t i = 0; i < n; i += 16) {
+    __mmask16 k = n - i >= 16 ? static_cast<__mmask16>(0xffff) : tail_mask(n - i);
+    __m512i idx = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(k, s + i));
+    _mm512_mask_storeu_ps(out + i, k, _mm512_i32gather_ps(idx, lut, 4));
+  }
+}
+LC_AVX512 void encode_avx512(const float* in, int64_t n, void* dst, DType dt, float div) {
+  if (dt == DType::F32) {
+    std::memcpy(dst, in, static_cast<size_t>(n) * 4);
+    return;
+  }
+  if (dt == DType::BF16) {
+    uint16_t* d = static_cast<uint16_t*>(dst);
+    for (int64_t i = 0; i < n; i += 16) {
+      __mmask16 k = n - i >= 16 ? static_cast<__mmask16>(0xffff) : tail_mask(n - i);
+      _mm256_mask_storeu_epi16(d + i, k, bf16_encode16(_mm512_maskz_loadu_ps(k, in + i)));
+    }
+    return;
+  }
+  if (dt == DType::F16) {
+    uint16_t* d = static_cast<uint16_t*>(dst);
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+      __m512 v = _mm512_loadu_ps(in + i);
+      if (_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q)) {  // NaN payloads: use the reference encoding
+        encode_scalar(in + i, 16, d + i, dt, 1.0f);
+        continue;
+      }
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i), _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    }
+    encode_scalar(in + i, n - i, d + i, dt, 1.0f);
+    return;
+  }
+  uint8_t* d = static_cast<uint8_t*>(dst);
+  const __m512 dv = _mm512_set1_ps(div);
+  for (int64_t i = 0; i < n; i += 16) {
+    __mmask16 k = n - i >= 16 ? static_cast<__mmask16>(0xffff) : tail_mask(n - i);
+    _mm_mask_storeu_epi8(d + i, k, fp8_encode16(_mm512_div_ps(_mm512_maskz_loadu_ps(k, in + i), dv)));
+  }
+}
+LC_AVX512 float amax_avx512(const float* x, int64_t n, float m0) {
+  __m512 m = _mm512_set1_ps(m0);
+  for (int64_t i = 0; i < n; i += 16) {
+    __mmask16 k = n - i >= 16 ? static_cast<__mmask16>(0xffff) : tail_mask(n - i);
+    m = _mm512_max_ps(_mm512_abs_ps(_mm512_maskz_loadu_ps(k, x + i)), m);
+  }
+  return _mm512_reduce_max_ps(m);
+}
+
+// ---- AVX2 -------------------------------------------------------------------------------------
+LC_AVX2 inline __m128i bf16_encode8(__m256 x) {
+  __m256i u = _mm256_castps_si256(x);
+  __m256i r = _mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1))));
+  r = _mm256_srli_epi32(r, 16);
+  __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)), _mm256_set1_epi32(0x7f800000));
+  r = _mm256_blendv_epi8(r, _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40)), nan);
+  return _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+}
+LC_AVX2 inline uint64_t fp8_encode8(__m256 x) {
+  __m256i u = _mm256_castps_si256(x);
+  __m256i sign = _mm256_srli_epi32(_mm256_and_si256(u, _mm256_set1_epi32(static_cast<int>(0x80000000u))), 24);
+  __m256i ua = _mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff));
+  __m256 a = _mm256_castsi256_ps(ua);
+  __m256i r = _mm256_add_epi32(ua, _mm256_add_epi32(_mm256_set1_epi32(0x7ffff), _mm256_and_si256(_mm256_srli_epi32(ua, 20), _mm256_set1_epi32(1))));
+  __m256i e = _mm256_sub_epi32(_mm256_srli_epi32(r, 23), _mm256_set1_epi32(120));
+  __m256i res = _mm256_or_si256(_mm256_slli_epi32(e, 3), _mm256_and_si256(_mm256_srli_epi32(r, 20), _mm256_set1_epi32(7)));
+  res = _mm256_min_epi32(res, _mm256_set1_epi32(0x7e));
+  __m256 sub = _mm256_cmp_ps(a, _mm256_set1_ps(0.015625f), _CMP_LT_OQ);
+  __m256i m = _mm256_cvttps_epi32(_mm256_round_ps(_mm256_mul_ps(a, _mm256_set1_ps(512.0f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  res = _mm256_blendv_epi8(res, m, _mm256_castps_si256(sub));
+  res = _mm256_blendv_epi8(res, _mm256_set1_epi32(0x7e), _mm256_castps_si256(_mm256_cmp_ps(a, _mm256_set1_ps(448.0f), _CMP_GE_OQ)));
+  res = _mm256_blendv_epi8(res, _mm256_set1_epi32(0x7f), _mm256_castps_si256(_mm256_cmp_ps(a, a, _CMP_UNORD_Q)));
+  res = _mm256_or_si256(res, sign);
+  const __m256i pick = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+                                        0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+  res = _mm256_shuffle_epi8(res, pick);
+  uint64_t lo = static_cast<uint32_t>(_mm_cvtsi128_si32(_mm256_castsi256_si128(res)));
+  uint64_t hi = static_cast<uint32_t>(_mm_cvtsi128_si32(_mm256_extracti128_si256(res, 1)));
+  return lo | (hi << 32);
+}
+LC_AVX2 void decode_avx2(const void* src, DType st, int64_t n, float* out) {
+  int64_t i = 0;
+  if (st == DType::BF16) {
+    const uint16_t* s = static_cast<const uint16_t*>(src);
+    for (; i + 8 <= n; i += 8)
+      _mm256_storeu_ps(out + i, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i))), 16)));
+    decode_scalar(s + i, st, n - i, out + i);
+  } else if (st == DType::F16) {
+    const uint16_t* s = static_cast<const uint16_t*>(src);
+    for (; i + 8 <= n; i += 8) {
+      __m256 v = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i)));
+      if (_mm256_movemask_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q))) decode_scalar(s + i, st, 8, out + i);
+      else _mm256_storeu_ps(out + i, v);
+    }
+    decode_scalar(s + i, st, n - i, out + i);
+  } else if (st == DType::FP8_E4M3) {
+    const float* lut = fp8_lut();
+    const uint8_t* s = static_cast<const uint8_t*>(src);
+    for (; i + 8 <= n; i += 8) {
+      __m256i idx = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(s + i)));
+      _mm256_storeu_ps(out + i, _mm256_i32gather_ps(lut, idx, 4));
+    }
+    decode_scalar(s + i, st, n - i, out + i);
+  } else {
+    decode_scalar(src, st, n, out);
+  }
+}
+LC_AVX2 void encode_avx2(const float* in, int64_t n, void* dst, DType dt, float div) {
+  int64_t i = 0;
+  if (dt == DType::BF16) {
+    uint16_t* d = static_cast<uint16_t*>(dst);
+    for (; i + 8 <= n; i += 8) _mm_storeu_si128(reinterpret_cast<__m128i*>(d + i), bf16_encode8(_mm256_loadu_ps(in + i)));
+    encode_scalar(in + i, n - i, d + i, dt, div);
+  } else if (dt == DType::F16) {
+    uint16_t* d = static_cast<uint16_t*>(dst);
+    for (; i + 8 <= n; i += 8) {
+      __m256 v = _mm256_loadu_ps(in + i);
+      if (_mm256_movemask_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q))) encode_scalar(in + i, 8, d + i, dt, 1.0f);
+      else _mm_storeu_si128(reinterpret_cast<__m128i*>(d + i), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    }
+    encode_scalar(in + i, n - i, d + i, dt, div);
+  } else if (dt == DType::FP8_E4M3) {
+    uint8_t* d = static_cast<uint8_t*>(dst);
+    const __m256 dv = _mm256_set1_ps(div);
+    for (; i + 8 <= n; i += 8) {
+      uint64_t b = fp8_encode8(_mm256_div_ps(_mm256_loadu_ps(in + i), dv));
+      std::memcpy(d + i, &b, 8);
+    }
+    encode_scalar(in + i, n - i, d + i, dt, div);
+  } else {
+    encode_scalar(in, n, dst, dt, div);
+  }
+}
+LC_AVX2 float amax_avx2(const float* x, int64_t n, float m0) {
+  __m256 m = _mm256_set1_ps(m0);
+  const __m256 abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) m = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(x + i), abs), m);
+  alignas(32) float t[8];
+  _mm256_store_ps(t, m);
+  float r = m0;
+  for (float v : t) r = v > r ? v : r;
+  return amax_scalar(x + i, n - i, r);
+}
+
+// ---- dispatch ---------------------------------------------------------------------------------
+inline void decode(Isa is, const void* src, DType st, int64_t n, float* out) {
+  if (is == Isa::Avx512) decode_avx512(src, st, n, out);
+  else if (is == Isa::Avx2) decode_avx2(src, st, n, out);
+  else decode_scalar(src, st, n, out);
+}
+inline void encode(Isa is, const float* in, int64_t n, void* dst, DType dt, float div) {
+  if (is == Isa::Avx512) encode_avx512(in, n, dst, dt, div);
+  else if (is == Isa::Avx2) encode_avx2(in, n, dst, dt, div);
+  else encode_scalar(in, n, dst, dt, div);
+}
+inline float amax(Isa is, const float* x, int64_t n, float m0) {
+  if (is == Isa::Avx512) return amax_avx512(x, n, m0);
+  if (is == Isa::Avx2) return amax_avx2(x, n, m0);
+  return amax_scalar(x, n, m0);
+}
+
+}  // namespace
+
+void convert(int64_t n, const void* src, DType st, void* dst, DType dt) {
+  const int64_t ss = dtype_size(st), ds = dtype_size(dt);
+  if (st == dt) {
+    parallel_for(n, 1 << 18, [&](int64_t b, int64_t e) {
+      std::memcpy(static_cast<char*>(dst) + b * ds, static_cast<const char*>(src) + b * ss, static_cast<size_t>((e - b) * ds));
+    });
+    return;
+  }
+  const Isa is = isa();
+  parallel_for(n, 1 << 15, [&](int64_t b, int64_t e) {
+    const char* s = static_cast<const char*>(src) + b * ss;
+    char* d = static_cast<char*>(dst) + b * ds;
+    if (dt == DType::F32) {
+      decode(is, s, st, e - b, reinterpret_cast<float*>(d));
+    } else if (st == DType::F32) {
+      encode(is, reinterpret_cast<const float*>(s), e - b, d, dt, 1.0f);
+    } else {
+      alignas(64) float buf[1024];
+      for (int64_t i = 0; i < e - b; i += 1024) {
+        int64_t m = std::min<int64_t>(1024, e - b - i);
+        decode(is, s + i * ss, st, m, buf);
+        encode(is, buf, m, d + i * ds, dt, 1.0f);
+      }
+    }
+  });
+}
+
+void quantize_fp8_act(int64_t T, int64_t K, const float* x, uint8_t* q, float* scale) {
+  const Isa is = isa();
+  const int64_t G = (K + kFp8Block - 1) / kFp8Block;
+  parallel_for(T * G, 64, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const int64_t t = i / G, g = i % G, k0 = g * kFp8Block, n = std::min(kFp8Block, K - k0);
+      const float* xs = x + t * K + k0;
+      const float sx = std::max(amax(is, xs, n, 0.0f), kFp8Tiny) / 448.0f;
+      scale[i] = sx;
+      encode(is, xs, n, q + t * K + k0, DType::FP8_E4M3, sx);
+    }
+  });
+}
+
+void quantize_fp8_blocks(int64_t N, int64_t K, const void* w, DType wt, uint8_t* q, float* scale_inv) {
+  const Isa is = isa();
+  const int64_t BN = (N + kFp8Block - 1) / kFp8Block, BK = (K + kFp8Block - 1) / kFp8Block;
+  const int64_t es = dtype_size(wt);
+  parallel_for(BN * BK, 1, [&](int64_t b, int64_t e) {
+    alignas(64) float buf[kFp8Block];
+    for (int64_t blk = b; blk < e; ++blk) {
+      const int64_t bn = blk / BK, bk = blk % BK;
+      const int64_t r0 = bn * kFp8Block, r1 = std::min(N, r0 + kFp8Block);
+      const int64_t c0 = bk * kFp8Block, nc = std::min(kFp8Block, K - c0);
+      float m = 0.0f;
+      for (int64_t r = r0; r < r1; ++r) {
+        const char* src = static_cast<const char*>(w) + (r * K + c0) * es;
+        if (wt == DType::F32) {
+          m = amax(is, reinterpret_cast<const float*>(src), nc, m);
+        } else {
+          decode(is, src, wt, nc, buf);
+          m = amax(is, buf, nc, m);
+        }
+      }
+      const float s = std::max(m, kFp8Tiny) / 448.0f;
+      scale_inv[blk] = s;
+      for (int64_t r = r0; r < r1; ++r) {
+        const char* src = static_cast<const char*>(w) + (r * K + c0) * es;
+        const float* xs = reinterpret_cast<const float*>(src);
+        if (wt != DType::F32) {
+          decode(is, src, wt, nc, buf);
+          xs = buf;
+        }
+        encode(is, xs, nc, q + r * K + c0, DType::FP8_E4M3, s);
+      }
+    }
+  });
+}
+
+void dequantize_fp8_blocks(int64_t N, int64_t K, const uint8_t* q, const float* scale_inv, void* w, DType wt) {
+  const Isa is = isa();
+  const int64_t BK = (K + kFp8Block - 1) / kFp8Block;
+  const int64_t es = dtype_size(wt);
+  parallel_for(N, std::max<int64_t>(1, 32768 / std::max<int64_t>(K, 1)), [&](int64_t b, int64_t e) {
+    alignas(64) float buf[kFp8Block];
+    for (int64_t r = b; r < e; ++r) {
+      const float* srow = scale_inv + (r / kFp8Block) * BK;
+      for (int64_t bk = 0; bk < BK; ++bk) {
+        const int64_t c0 = bk * kFp8Block, nc = std::min(kFp8Block, K - c0);
+        decode(is, q + r * K + c0, DType::FP8_E4M3, nc, buf);
+        const float s = srow[bk];
+        for (int64_t i = 0; i < nc; ++i) buf[i] *= s;
+        encode(is, buf, nc, static_cast<char*>(w) + (r * K + c0) * es, wt, 1.0f);
+      }
+    }
+  });
+}
+
+}  // namespace lc::cpu

@@ -1,0 +1,195 @@
+// Sampling, per row, in this exact order:
+//   0. temperature <= 0: greedy, argmax of the logits (ties -> lowest index, NaN never wins).
+//   1. z = logits / temperature (NaN -> -inf). The distribution is p = softmax(z).
+//   2. top-k (k > 0 and k < V): keep the k largest z; ties broken towards the lower token id.
+//   3. min-p (minP > 0): drop tokens with p < minP * pmax, i.e. exp(z - zmax) < minP.
+//   4. top-p (topP < 1): on the survivors, renormalised, sort by probability (descending, ties
+//      by lower id) and keep the smallest prefix whose mass is >= topP (at least one token).
+//   5. renormalise the survivors and draw one with u = uniform(seed, step, row) in [0, 1):
+//      walk the survivors in their current order and take the first whose cumulative weight
+//      exceeds u * total.
+// Every filter works on the survivors of the previous one. u comes from a counter-based RNG
+// (splitmix64 of seed, step, row), so a row's token is a pure function of its logits, the
+// parameters, seed, step and row index: reproducible across runs, thread counts and ISAs (the
+// sampler uses no ISA-specific arithmetic). Weights are exp(z - zmax) in f32, sums in f64.
+// Cost: top-k uses a bounded heap (O(V log k)) for k <= 4096, nth_element otherwise; top-p
+// finds the nucleus boundary by a mass-guided quickselect (expected O(V)), never a full sort.
+#include "sampling.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "threadpool.h"
+
+namespace lc::cpu {
+
+namespace {
+
+struct Cand {
+  float w;  // z, then exp(z - zmax)
+  int32_t i;
+};
+// Strict "comes before": larger weight first, then lower token id.
+inline bool better(const Cand& a, const Cand& b) { return a.w > b.w || (a.w == b.w && a.i < b.i); }
+
+inline uint64_t splitmix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+int32_t argmax_row(const float* x, int64_t V) {
+  float best = -std::numeric_limits<float>::infinity();
+  int32_t idx = 0;
+  for (int64_t j = 0; j < V; ++j)
+    if (x[j] > best) {
+      best = x[j];
+      idx = static_cast<int32_t>(j);
+    }
+  return idx;
+}
+
+int32_t sample_row(const float* l, int64_t V, const SampleParams& p, uint64_t row, Cand* c) {
+  if (!(p.temperature > 0.0f)) return argmax_row(l, V);
+  const double T = p.temperature;
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  auto zval = [&](int64_t j) {
+    float v = l[j];
+    return std::isnan(v) ? kNegInf : static_cast<float>(v / T);
+  };
+  // 1-2: candidates (z, id), top-k when asked.
+  int64_t n;
+  if (p.top_k > 0 && p.top_k < V && p.top_k <= 4096) {
+    const int64_t k = p.top_k;
+    for (int64_t j = 0; j < k; ++j) c[j] = {zval(j), static_cast<int32_t>(j)};
+    std::make_heap(c, c + k, better);  // top = the worst kept candidate
+    for (int64_t j = k; j < V; ++j) {
+      float z = zval(j);
+      if (z > c[0].w) {  // ids grow, so an equal z never beats a kept candidate
+        std::pop_heap(c, c + k, better);
+        c[k - 1] = {z, static_cast<int32_t>(j)};
+        std::push_heap(c, c + k, better);
+      }
+    }
+    n = k;
+  } else {
+    for (int64_t j = 0; j < V; ++j) c[j] = {zval(j), static_cast<int32_t>(j)};
+    n = V;
+    if (p.top_k > 0 && p.top_k < V) {
+      std::nth_element(c, c + p.top_k, c + V, better);
+      n = p.top_k;
+    }
+  }
+  float zmax = kNegInf;
+  int32_t imax = 0;
+  for (int64_t j = 0; j < n; ++j)
+    if (c[j].w > zmax || (c[j].w == zmax && c[j].i < imax)) {
+      zmax = c[j].w;
+      imax = c[j].i;
+    }
+  if (!(zmax > kNegInf) || std::isinf(zmax)) return imax;  // all -inf, or +inf logits: greedy
+  for (int64_t j = 0; j < n; ++j) c[j].w = std::exp(c[j].w - zmax);
+  // 3: min-p relative to the most likely token.
+  if (p.min_p > 0.0f) {
+    int64_t m = 0;
+    for (int64_t j = 0; j < n; ++j)
+      if (!(c[j].w < p.min_p)) c[m++] = c[j];
+    n = m;  // the max token has weight 1 >= min_p (min_p <= 1 is checked by the op), so n >= 1
+  }
+  // 4: top-p nucleus: the smallest prefix of the (weight desc, id asc) order with mass >= need,
+  // found by a mass-guided quickselect (expected O(n), no full sort): [0, lo) is known to be in
+  // the nucleus with mass `acc`, the boundary lies in [lo, hi).
+  if (p.top_p < 1.0f && n > 1) {
+    double total = 0;
+    for (int64_t j = 0; j < n; ++j) total += c[j].w;
+    const double need = static_cast<double>(p.top_p) * total;
+    int64_t lo = 0, hi = n, keep = n;
+    double acc = 0;
+    while (hi - lo > 32) {
+      // median of three (deterministic) as the pivot, moved to the end of the range
+      Cand* a = c + lo;
+      Cand* m = c + lo + (hi - lo) / 2;
+      Cand* b = c + hi - 1;
+      if (better(*m, *a)) std::swap(*m, *a);
+      if (better(*b, *a)) std::swap(*b, *a);
+      if (better(*b, *m)) std::swap(*b, *m);  // now a, m, b in order: m is the median
+      std::swap(*m, *b);
+      const Cand piv = *b;
+      Cand* mid = std::partition(c + lo, c + hi - 1, [&](const Cand& x) { return better(x, piv); });
+      std::swap(*mid, c[hi - 1]);  // pivot in its final place
+      const int64_t pi = mid - c;
+      double left = 0;
+      for (int64_t j = lo; j < pi; ++j) left += c[j].w;
+      if (acc + left >= need) {
+        hi = pi;
+      } else if (acc + left + piv.w >= need) {
+        keep = pi + 1;
+        lo = hi = -1;
+        break;
+      } else {
+        acc += left + piv.w;
+        lo = pi + 1;
+      }
+    }
+    if (lo >= 0) {  // small remainder: sort it and scan
+      std::sort(c + lo, c + hi, better);
+      keep = hi;  // rounding fallback: the whole remaining range
+      for (int64_t j = lo; j < hi; ++j) {
+        acc += c[j].w;
+        if (acc >= need) {
+          keep = j + 1;
+          break;
+        }
+      }
+    }
+    n = std::max<int64_t>(1, keep);
+  }
+  // 5: draw.
+  double total = 0;
+  for (int64_t j = 0; j < n; ++j) total += c[j].w;
+  const double target = sample_uniform(p.seed, p.step, row) * total;
+  double cum = 0;
+  int64_t last = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    if (c[j].w > 0) last = j;
+    cum += c[j].w;
+    if (cum > target && c[j].w > 0) return c[j].i;
+  }
+  return c[last].i;
+}
+
+constexpr int64_t kMaxSlots = 16;
+
+}  // namespace
+
+double sample_uniform(uint64_t seed, uint64_t step, uint64_t row) {
+  uint64_t x = splitmix64(splitmix64(splitmix64(seed) ^ step) ^ row);
+  return static_cast<double>(x >> 11) * (1.0 / 9007199254740992.0);
+}
+
+int64_t sample_workspace_bytes(int64_t rows, int64_t V) {
+  return std::min(rows, kMaxSlots) * V * static_cast<int64_t>(sizeof(Cand));
+}
+
+void sample(int64_t rows, int64_t V, const float* logits, const SampleParams& p, int32_t* ids, void* workspace) {
+  if (!(p.temperature > 0.0f)) {
+    parallel_for(rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(V, 1)), [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) ids[r] = argmax_row(logits + r * V, V);
+    });
+    return;
+  }
+  // Rows are split over at most kMaxSlots workspace slots; each row's result is independent of
+  // the split, so the output does not depend on the thread count.
+  const int64_t slots = std::min(rows, kMaxSlots);
+  parallel_for(slots, 1, [&](int64_t b, int64_t e) {
+    for (int64_t s = b; s < e; ++s) {
+      Cand* c = static_cast<Cand*>(workspace) + s * V;
+      for (int64_t r = rows * s / slots; r < rows * (s + 1) / slots; ++r)
+        ids[r] = sample_row(logits + r * V, V, p, static_cast<uint64_t>(r), c);
+    }
+  });
+}
+
+}  // namespace lc::cpu

@@ -1,0 +1,105 @@
+#include "mmap.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "common.h"
+
+namespace lc {
+
+const char* errno_name(int err) {
+  switch (err) {
+    case ENOENT: return "ENOENT";
+    case EACCES: return "EACCES";
+    case EPERM: return "EPERM";
+    case EISDIR: return "EISDIR";
+    case ENOTDIR: return "ENOTDIR";
+    case ENOMEM: return "ENOMEM";
+    case EMFILE: return "EMFILE";
+    case ENFILE: return "ENFILE";
+    case ENODEV: return "ENODEV";
+    case EINVAL: return "EINVAL";
+    case ELOOP: return "ELOOP";
+    case ENAMETOOLONG: return "ENAMETOOLONG";
+    case EOVERFLOW: return "EOVERFLOW";
+    case EIO: return "EIO";
+    default: return "E?";
+  }
+}
+
+namespace {
+[[noreturn]] void sys_fail(const std::string& path, const char* what, int err) {
+  fail(Code::E_CHECKPOINT, "cannot %s '%s': %s (%s)", what, path.c_str(), std::strerror(err), errno_name(err));
+}
+}  // namespace
+
+std::shared_ptr<MappedFile> MappedFile::open(const std::string& path, Options opts) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) sys_fail(path, "open", errno);
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    int e = errno;
+    ::close(fd);
+    sys_fail(path, "stat", e);
+  }
+  if (S_ISDIR(st.st_mode)) {
+    ::close(fd);
+    sys_fail(path, "map", EISDIR);
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    fail(Code::E_CHECKPOINT, "cannot map '%s': not a regular file", path.c_str());
+  }
+  std::shared_ptr<MappedFile> m(new MappedFile());
+  m->path_ = path;
+  m->size_ = static_cast<size_t>(st.st_size);
+  m->shared_ = opts.shared;
+  if (m->size_ > 0) {
+    int prot = opts.shared ? PROT_READ : (PROT_READ | PROT_WRITE);
+    int flags = opts.shared ? MAP_SHARED : MAP_PRIVATE;
+#ifdef MAP_POPULATE
+    if (opts.populate) flags |= MAP_POPULATE;
+#endif
+    void* p = ::mmap(nullptr, m->size_, prot, flags, fd, 0);
+    if (p == MAP_FAILED) {
+      int e = errno;
+      ::close(fd);
+      m->size_ = 0;
+      sys_fail(path, "mmap", e);
+    }
+    m->base_ = p;
+  }
+  ::close(fd);  // the mapping keeps its own reference to the file
+  return m;
+}
+
+MappedFile::~MappedFile() {
+  if (base_) ::munmap(base_, size_);
+}
+
+void MappedFile::advise(size_t offset, size_t length, Advice a) const {
+  if (!base_ || offset >= size_) return;
+  if (length > size_ - offset) length = size_ - offset;
+  size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  size_t start = offset / page * page;
+  size_t end = offset + length;
+  int adv = MADV_NORMAL;
+  switch (a) {
+    case Advice::Normal: adv = MADV_NORMAL; break;
+    case Advice::Random: adv = MADV_RANDOM; break;
+    case Advice::Sequential: adv = MADV_SEQUENTIAL; break;
+    case Advice::WillNeed: adv = MADV_WILLNEED; break;
+    case Advice::DontNeed: adv = MADV_DONTNEED; break;
+  }
+  // MADV_DONTNEED on a private mapping drops private (written) copies too; that is what a caller
+  // asking for it wants only when it never wrote, so it is limited to shared mappings.
+  if (a == Advice::DontNeed && !shared_) return;
+  ::madvise(static_cast<char*>(base_) + start, end - start, adv);
+}
+
+}  // namespace lc

@@ -1,0 +1,49 @@
+// Read-only views of whole files through mmap (plain C++, no N-API). A MappedFile is held by
+// shared_ptr: every tensor created over it keeps a reference, so the file stays mapped while any
+// tensor uses it, whatever the JS side does with its handle.
+//
+// The mapping is MAP_PRIVATE with PROT_READ | PROT_WRITE on a read-only descriptor: pages are
+// shared with the page cache until written, and a write (a kernel that folds a scale into a
+// weight in place, Tensor.copyFromBytes) makes a private copy of that page instead of touching the
+// file or faulting. MAP_SHARED is offered for callers that only read (a write would SIGSEGV).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace lc {
+
+class MappedFile {
+ public:
+  enum class Advice { Normal, Random, Sequential, WillNeed, DontNeed };
+  struct Options {
+    bool shared = false;    // MAP_SHARED + PROT_READ (read-only pages) instead of MAP_PRIVATE
+    bool populate = false;  // MAP_POPULATE: fault every page in now
+  };
+
+  // Throws lc::Error(E_CHECKPOINT) naming the path and the system error (ENOENT, EACCES, ...).
+  static std::shared_ptr<MappedFile> open(const std::string& path, Options opts);
+  ~MappedFile();
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+
+  uint8_t* data() const { return static_cast<uint8_t*>(base_); }  // null for an empty file
+  size_t size() const { return size_; }
+  const std::string& path() const { return path_; }
+  bool writable() const { return !shared_; }
+  // Page-rounded madvise over [offset, offset + length) clipped to the file; advisory, never fails.
+  void advise(size_t offset, size_t length, Advice a) const;
+
+ private:
+  MappedFile() = default;
+  std::string path_;
+  void* base_ = nullptr;
+  size_t size_ = 0;
+  bool shared_ = false;
+};
+
+// "ENOENT", "EACCES", ... for an errno value ("E<number>" when unknown).
+const char* errno_name(int err);
+
+}  // namespace lc

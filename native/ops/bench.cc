@@ -1,0 +1,116 @@
+// Native timing for the CPU benchmarks (bench/cpu-linear.mjs). Both ops run synchronously on the
+// calling thread (plus the pool) and time with steady_clock, so no JS or stream overhead is timed.
+//   benchReadBandwidth(bytes, passes) -> { gbps, samples }            read bandwidth, all pool threads
+//   benchLinear(y, x, weights[], scales[] | null, warmup, iters) -> { medianMs, minMs, samples }
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+
+#include "../binding.h"
+#include "../cpu/linear.h"
+#include "../cpu/threadpool.h"
+
+namespace lc {
+
+cpu::WeightRef weight_ref(const char* op, const Tensor& w, const std::optional<Tensor>& scale);  // ops/linear.cc
+
+static double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+static double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  size_t n = v.size();
+  return n == 0 ? 0 : (n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]));
+}
+
+static Napi::Array to_array(Napi::Env env, const std::vector<double>& v) {
+  Napi::Array a = Napi::Array::New(env, v.size());
+  for (uint32_t i = 0; i < v.size(); ++i) a.Set(i, v[i]);
+  return a;
+}
+
+static Napi::Value BenchReadBandwidth(const Napi::CallbackInfo& info) {
+  const char* op = "benchReadBandwidth";
+  OpArgs a(info, op);
+  int64_t bytes = a.integer(0, "bytes"), passes = a.integer(1, "passes");
+  if (bytes < (1 << 20) || passes < 1)
+    fail(Code::E_ARGUMENT, "%s: need bytes >= 1 MiB and passes >= 1, got %lld and %lld", op, static_cast<long long>(bytes),
+         static_cast<long long>(passes));
+  bytes = bytes / 4096 * 4096;
+  void* p = std::aligned_alloc(4096, bytes);
+  if (!p) fail(Code::E_OOM, "%s: could not allocate %lld bytes", op, static_cast<long long>(bytes));
+  // First touch from the pool threads that will read it (page placement), with non-zero data.
+  cpu::parallel_for(bytes / 4096, 64, [&](int64_t b, int64_t e) {
+    std::memset(static_cast<char*>(p) + b * 4096, 1, (e - b) * 4096);
+  });
+  double sink = cpu::read_sum(p, bytes);  // warm-up pass
+  std::vector<double> gbps;
+  for (int64_t i = 0; i < passes; ++i) {
+    double t0 = now_s();
+    sink += cpu::read_sum(p, bytes);
+    gbps.push_back(static_cast<double>(bytes) / (now_s() - t0) / 1e9);
+  }
+  std::free(p);
+  Napi::Object r = Napi::Object::New(info.Env());
+  r.Set("gbps", median(gbps));
+  r.Set("samples", to_array(info.Env(), gbps));
+  r.Set("checksum", sink);
+  return r;
+}
+
+LC_REGISTER_OP("benchReadBandwidth", BenchReadBandwidth);
+
+static Napi::Value BenchLinear(const Napi::CallbackInfo& info) {
+  const char* op = "benchLinear";
+  OpArgs a(info, op);
+  Tensor y = a.tensor(0, "y"), x = a.tensor(1, "x");
+  std::vector<Tensor> ws = a.tensor_list(2, "weights");
+  std::vector<std::optional<Tensor>> scales(ws.size());
+  if (a.present(3)) {
+    std::vector<Tensor> s = a.tensor_list(3, "scales");
+    if (s.size() != ws.size())
+      fail(Code::E_ARGUMENT, "%s: %zu scales for %zu weights", op, s.size(), ws.size());
+    for (size_t i = 0; i < s.size(); ++i) scales[i] = s[i];
+  }
+  int64_t warmup = a.integer(4, "warmup"), iters = a.integer(5, "iters");
+  if (ws.empty() || iters < 1 || warmup < 0) fail(Code::E_ARGUMENT, "%s: need >= 1 weight, iters >= 1, warmup >= 0", op);
+  for (const Tensor* t : {&x, &y})
+    if (!t->device().is_cpu()) fail(Code::E_DEVICE, "%s: CPU tensors only", op);
+  expect_dtype(op, "x", x, {DType::F32, DType::BF16});
+  expect_dtype(op, "y", y, {DType::F32, DType::BF16});
+  std::vector<cpu::WeightRef> refs;
+  for (size_t i = 0; i < ws.size(); ++i) {
+    refs.push_back(weight_ref(op, ws[i], scales[i]));
+    if (refs[i].n != refs[0].n || refs[i].k != refs[0].k || refs[i].dtype != refs[0].dtype)
+      fail(Code::E_SHAPE, "%s: all weights must have the same shape and dtype", op);
+  }
+  const int64_t k = refs[0].k, n = refs[0].n;
+  expect_ndim(op, "x", x, 2);
+  expect_shape(op, "x", x, {x.dim(0), k});
+  expect_shape(op, "y", y, {x.dim(0), n});
+  device_synchronize(x.device());  // the inputs' producers (if any) have finished
+  const int64_t t = x.dim(0);
+  size_t next = 0;
+  auto run = [&] {
+    cpu::linear(t, x.data(), x.dtype, refs[next], y.data(), y.dtype);
+    next = (next + 1) % refs.size();  // rotate copies so a small weight is not timed from cache
+  };
+  for (int64_t i = 0; i < warmup; ++i) run();
+  std::vector<double> ms;
+  for (int64_t i = 0; i < iters; ++i) {
+    double t0 = now_s();
+    run();
+    ms.push_back((now_s() - t0) * 1e3);
+  }
+  Napi::Object r = Napi::Object::New(info.Env());
+  r.Set("medianMs", median(ms));
+  r.Set("minMs", *std::min_element(ms.begin(), ms.end()));
+  r.Set("samples", to_array(info.Env(), ms));
+  return r;
+}
+
+LC_REGISTER_OP("benchLinear", BenchLinear);
+
+}  // namespace lc

@@ -1,0 +1,451 @@
+// MLA attention ops vs float64 references written from SPEC 3.5 (expanded) and 5.2 (absorbed).
+import { afterAll, describe, expect, it } from 'vitest';
+import { LongcatError, full, native, roundBf16, tensor, toArray, type Tensor } from '../lib/index.js';
+import { expectClose, rng } from './helpers.js';
+
+const startIsa = native.cpuFeatures().isa;
+const startThreads = native.threads();
+afterAll(() => {
+  native.setIsa(startIsa);
+  native.setThreads(startThreads);
+});
+const isas = ['scalar', 'avx2', 'avx512'] as const;
+const i32 = (v: number[]) => tensor(v, [v.length], { dtype: 'int32' });
+
+function expectCode(fn: () => unknown, code: string, message?: RegExp) {
+  try {
+    fn();
+  } catch (e) {
+    expect(e).toBeInstanceOf(LongcatError);
+    expect((e as LongcatError).code).toBe(code);
+    if (message) expect((e as Error).message).toMatch(message);
+    return;
+  }
+  expect.fail(`expected a ${code} error`);
+}
+
+interface Dims { nh: number; dn: number; dr: number; dv: number; dl: number }
+type Arr = ArrayLike<number>;
+
+// ---- float64 references ---------------------------------------------------------------------------
+
+/**
+ * One query token (q [nh, dn + dr]) against keys 0..n-1 of kvb [S, nh, dn + dv] / kpe [S, dr] starting at
+ * row `off`: per head softmax((q_nope.k_nope + q_pe.k_pe) * scale) @ v. Returns [nh, dv] and the
+ * probabilities [nh, n].
+ */
+function attendOne(d: Dims, q: Arr, qOff: number, kvb: Arr, kpe: Arr, off: number, n: number, scale: number) {
+  const dk = d.dn + d.dr, dkv = d.dn + d.dv;
+  const o = new Float64Array(d.nh * d.dv);
+  const probs: Float64Array[] = [];
+  for (let h = 0; h < d.nh; h++) {
+    const s = new Float64Array(n);
+    let mx = -Infinity;
+    for (let j = 0; j < n; j++) {
+      let acc = 0;
+      const kb = ((off + j) * d.nh + h) * dkv, qb = qOff + h * dk;
+      for (let c = 0; c < d.dn; c++) acc += q[qb + c]! * kvb[kb + c]!;
+      for (let c = 0; c < d.dr; c++) acc += q[qb + d.dn + c]! * kpe[(off + j) * d.dr + c]!;
+      s[j] = acc * scale;
+      mx = Math.max(mx, s[j]!);
+    }
+    let sum = 0;
+    for (let j = 0; j < n; j++) sum += (s[j] = Math.exp(s[j]! - mx));
+    for (let j = 0; j < n; j++) {
+      s[j]! /= sum;
+      const kb = ((off + j) * d.nh + h) * dkv + d.dn;
+      for (let c = 0; c < d.dv; c++) o[h * d.dv + c]! += s[j]! * kvb[kb + c]!;
+    }
+    probs.push(s);
+  }
+  return { o, probs };
+}
+
+function prefillRef(d: Dims, q: Arr, kvb: Arr, kpe: Arr, qStart: number[], kvStart: number[], scale: number, T: number) {
+  const out = new Float64Array(T * d.nh * d.dv).fill(NaN);
+  for (let b = 0; b + 1 < qStart.length; b++) {
+    const qLen = qStart[b + 1]! - qStart[b]!, kLen = kvStart[b + 1]! - kvStart[b]!;
+    for (let j = 0; j < qLen; j++) {
+      const pos = kLen - qLen + j;
+      const { o } = attendOne(d, q, (qStart[b]! + j) * d.nh * (d.dn + d.dr), kvb, kpe, kvStart[b]!, pos + 1, scale);
+      out.set(o, (qStart[b]! + j) * d.nh * d.dv);
+    }
+  }
+  return out;
+}
+
+/** kv_b_proj in float64: kvb[s, :] = W ckv[s] (W [nh*(dn+dv), dl]). */
+function expandKvb(d: Dims, ckv: Arr, S: number, w: Arr) {
+  const rows = d.nh * (d.dn + d.dv);
+  const kvb = new Float64Array(S * rows);
+  for (let s = 0; s < S; s++)
+    for (let r = 0; r < rows; r++) {
+      let acc = 0;
+      for (let c = 0; c < d.dl; c++) acc += w[r * d.dl + c]! * ckv[s * d.dl + c]!;
+      kvb[s * rows + r] = acc;
+    }
+  return kvb;
+}
+
+const rounded = (a: Arr, bf16: boolean) => Float64Array.from(a as ArrayLike<number>, (v) => (bf16 ? roundBf16(v) : v));
+
+// ---- Prefill ----------------------------------------------------------------------------------------
+
+describe('mlaPrefill', () => {
+  const configs: [string, Dims, [number, number][]][] = [
+    // name, dims, per-sequence [qLen, kvLen] (kvLen - qLen = cached prefix)
+    ['small odd dims, no prefix', { nh: 3, dn: 16, dr: 8, dv: 12, dl: 0 }, [[5, 5], [17, 17], [1, 1]]],
+    ['small odd dims, cached prefixes', { nh: 3, dn: 16, dr: 8, dv: 12, dl: 0 }, [[4, 9], [17, 40], [1, 33], [0, 6]]],
+    ['odd widths, long sequence across tiles', { nh: 2, dn: 33, dr: 6, dv: 70, dl: 0 }, [[70, 130], [3, 3], [35, 35]]],
+    ['real head widths', { nh: 2, dn: 128, dr: 64, dv: 128, dl: 0 }, [[9, 20], [18, 18]]],
+  ];
+  it.each(configs)('equals the naive causal softmax: %s, on every ISA', (_name, d, seqs) => {
+    const r = rng(seqs.length * 31 + d.dn);
+    const qStart = [0], kvStart = [0];
+    for (const [ql, kl] of seqs) {
+      qStart.push(qStart.at(-1)! + ql);
+      kvStart.push(kvStart.at(-1)! + kl);
+    }
+    const T = qStart.at(-1)!, S = kvStart.at(-1)!, dk = d.dn + d.dr;
+    const q = r.array(T * d.nh * dk), kvb = r.array(S * d.nh * (d.dn + d.dv)), kpe = r.array(S * d.dr);
+    const scale = 1 / Math.sqrt(dk);
+    const want = prefillRef(d, q, kvb, kpe, qStart, kvStart, scale, T);
+    for (const isa of isas) {
+      native.setIsa(isa);
+      const o = full([T, d.nh, d.dv], NaN);
+      native.mlaPrefill(null, o, tensor(q, [T, d.nh, dk]), tensor(kvb, [S, d.nh, d.dn + d.dv]), tensor(kpe, [S, d.dr]),
+        i32(qStart), i32(kvStart), scale);
+      expectClose(toArray(o), want, 2e-6, 2e-5, `prefill o (${isa})`);
+      o.dispose();
+    }
+  });
+
+  it('stays finite and exact with scores around 1e3 (running max, no overflow)', () => {
+    const d: Dims = { nh: 2, dn: 16, dr: 8, dv: 12, dl: 0 };
+    const r = rng(5);
+    const T = 40, S = 40, dk = 24;
+    const q = r.array(T * d.nh * dk, -30, 30), kvb = r.array(S * d.nh * 28, -30, 30), kpe = r.array(S * 8, -30, 30);
+    const scale = 0.3; // |score| up to ~1e3 .. 1e4
+    const want = prefillRef(d, q, kvb, kpe, [0, T], [0, S], scale, T);
+    for (const isa of isas) {
+      native.setIsa(isa);
+      const o = full([T, d.nh, d.dv], NaN);
+      native.mlaPrefill(null, o, tensor(q, [T, d.nh, dk]), tensor(kvb, [S, d.nh, 28]), tensor(kpe, [S, 8]), i32([0, T]), i32([0, S]), scale);
+      expectClose(toArray(o), want, 1e-3, 1e-3, `large scores (${isa})`);
+    }
+  });
+
+  it('rejects bad arguments with typed errors', () => {
+    const q = full([4, 2, 24], 0), kvb = full([6, 2, 28], 0), kpe = full([6, 8], 0), o = full([4, 2, 12], NaN);
+    const qs = i32([0, 4]), ks = i32([0, 6]);
+    expectCode(() => native.mlaPrefill(null, full([4, 2, 13], 0), q, kvb, kpe, qs, ks, 0.2), 'E_SHAPE', /'o'/);
+    expectCode(() => native.mlaPrefill(null, o, q, full([6, 3, 28], 0), kpe, qs, ks, 0.2), 'E_SHAPE', /kvb/);
+    expectCode(() => native.mlaPrefill(null, o, q, kvb, full([5, 8], 0), qs, ks, 0.2), 'E_SHAPE', /kpe/);
+    expectCode(() => native.mlaPrefill(null, o, q, kvb, kpe, tensor([0, 4], [2]), ks, 0.2), 'E_DTYPE', /qStart/);
+    expectCode(() => native.mlaPrefill(null, o, q, kvb, kpe, qs, i32([0, 3, 6]), 0.2), 'E_SHAPE', /kvStart/);
+    expectCode(() => native.mlaPrefill(null, o, full([4, 2, 24], 0, { dtype: 'bf16' }), kvb, kpe, qs, ks, 0.2), 'E_DTYPE', /'q'/);
+    expectCode(() => native.mlaPrefill(null, o, q, kvb, kpe, qs, ks, Infinity), 'E_ARGUMENT', /softmaxScale/);
+    // Index values are checked when the op runs: the error comes back at the next synchronize.
+    native.mlaPrefill(null, o, q, kvb, kpe, qs, i32([0, 3]), 0.2);
+    expectCode(() => native.synchronize(), 'E_ARGUMENT', /4 queries but only 3 keys/);
+    native.mlaPrefill(null, o, q, kvb, kpe, i32([0, 5]), i32([0, 6]), 0.2);
+    expectCode(() => native.synchronize(), 'E_ARGUMENT', /exceed/);
+    native.mlaPrefill(null, o, q, kvb, kpe, i32([2, 1]), i32([0, 6]), 0.2);
+    expectCode(() => native.synchronize(), 'E_ARGUMENT', /non-decreasing/);
+  });
+});
+
+// ---- Paged cache + absorbed decode ---------------------------------------------------------------------
+
+interface Scenario {
+  d: Dims;
+  lens: number[];
+  blockSize: number;
+  numBlocks: number;
+  maxBlocks: number;
+  tables: number[][];
+  ckv: Float32Array[]; // per sequence [len, dl]
+  kpe: Float32Array[]; // per sequence [len, dr]
+  q: Float32Array; // [B, nh, dn + dr]
+  w: Float32Array; // [nh * (dn + dv), dl]
+  scale: number;
+}
+
+function scenario(seed: number, d: Dims, lens: number[], blockSize: number, opts: { qAmp?: number; kvAmp?: number } = {}): Scenario {
+  const r = rng(seed);
+  const maxBlocks = Math.max(1, ...lens.map((l) => Math.ceil(l / blockSize))) + 1;
+  const numBlocks = lens.reduce((a, l) => a + Math.ceil(l / blockSize), 0) + 5;
+  // Shuffled, non-contiguous block ids shared out between the sequences.
+  const ids = Array.from({ length: numBlocks }, (_, i) => i);
+  for (let i = ids.length - 1; i > 0; i--) {
+    const j = r.int(i + 1);
+    [ids[i], ids[j]] = [ids[j]!, ids[i]!];
+  }
+  let next = 0;
+  const tables = lens.map((l) => {
+    const t = Array.from({ length: maxBlocks }, () => -1); // unused entries are invalid on purpose
+    for (let k = 0; k < Math.ceil(l / blockSize); k++) t[k] = ids[next++]!;
+    return t;
+  });
+  const kvAmp = opts.kvAmp ?? 1, qAmp = opts.qAmp ?? 1;
+  return {
+    d, lens, blockSize, numBlocks, maxBlocks, tables,
+    ckv: lens.map((l) => r.array(l * d.dl, -kvAmp, kvAmp)),
+    kpe: lens.map((l) => r.array(l * d.dr, -kvAmp, kvAmp)),
+    q: r.array(lens.length * d.nh * (d.dn + d.dr), -qAmp, qAmp),
+    w: r.array(d.nh * (d.dn + d.dv) * d.dl, -0.5, 0.5),
+    scale: 1 / Math.sqrt(d.dn + d.dr),
+  };
+}
+
+/** Expanded attention (SPEC 3.5) of each sequence's last token over its whole history, float64. */
+function decodeRef(sc: Scenario, cacheBf16: boolean, wBf16: boolean) {
+  const { d } = sc;
+  const w = rounded(sc.w, wBf16);
+  const o = new Float64Array(sc.lens.length * d.nh * d.dv);
+  const oLat = new Float64Array(sc.lens.length * d.nh * d.dl);
+  sc.lens.forEach((len, b) => {
+    const ckv = rounded(sc.ckv[b]!, cacheBf16), kpe = rounded(sc.kpe[b]!, cacheBf16);
+    const kvb = expandKvb(d, ckv, len, w);
+    const r = attendOne(d, sc.q, b * d.nh * (d.dn + d.dr), kvb, kpe, 0, len, sc.scale);
+    o.set(r.o, b * d.nh * d.dv);
+    for (let h = 0; h < d.nh; h++)
+      for (let j = 0; j < len; j++)
+        for (let c = 0; c < d.dl; c++) oLat[(b * d.nh + h) * d.dl + c]! += r.probs[h]![j]! * ckv[j * d.dl + c]!;
+  });
+  return { o, oLat };
+}
+
+/** Writes every sequence into a poisoned cache (one mlaCacheWrite for all tokens). */
+function buildCache(sc: Scenario, dtype: 'f32' | 'bf16'): Tensor {
+  const { d } = sc;
+  const cache = full([sc.numBlocks, sc.blockSize, d.dl + d.dr], NaN, { dtype });
+  const total = sc.lens.reduce((a, b) => a + b, 0);
+  const ckv = new Float32Array(total * d.dl), kpe = new Float32Array(total * d.dr), slots: number[] = [];
+  let t = 0;
+  sc.lens.forEach((len, b) => {
+    ckv.set(sc.ckv[b]!, t * d.dl);
+    kpe.set(sc.kpe[b]!, t * d.dr);
+    for (let s = 0; s < len; s++) slots.push(sc.tables[b]![Math.floor(s / sc.blockSize)]! * sc.blockSize + (s % sc.blockSize));
+    t += len;
+  });
+  native.mlaCacheWrite(null, cache, tensor(ckv, [total, d.dl]), tensor(kpe, [total, d.dr]), i32(slots));
+  return cache;
+}
+
+function runDecode(sc: Scenario, cache: Tensor, wt: Tensor) {
+  const { d } = sc, B = sc.lens.length, dk = d.dn + d.dr;
+  const q = tensor(sc.q, [B, d.nh, dk]);
+  const qLat = full([B, d.nh, d.dl], NaN), oLat = full([B, d.nh, d.dl], NaN), o = full([B, d.nh, d.dv], NaN);
+  native.mlaAbsorbQ(null, qLat, q, wt, d.dn);
+  native.mlaDecodeAbsorbed(null, oLat, qLat, q, cache, tensor(sc.tables.flat(), [B, sc.maxBlocks], { dtype: 'int32' }), i32(sc.lens), sc.scale);
+  native.mlaOutput(null, o, oLat, wt);
+  return { o: toArray(o), oLat: toArray(oLat), qLat: toArray(qLat) };
+}
+
+describe('absorbed decode over the paged latent cache', () => {
+  const small: Dims = { nh: 3, dn: 16, dr: 8, dv: 12, dl: 20 };
+  const cases: [string, Dims, number[], number][] = [
+    ['lengths 1, 17, 130, block 16', small, [1, 17, 130], 16],
+    ['one long sequence (split-K)', small, [1000], 16],
+    ['odd block size, many short sequences', { nh: 5, dn: 7, dr: 6, dv: 9, dl: 37 }, [3, 1, 40, 16, 17, 2, 65], 7],
+    ['real latent widths', { nh: 6, dn: 128, dr: 64, dv: 128, dl: 512 }, [33, 1, 70], 16],
+  ];
+  for (const [name, d, lens, bs] of cases)
+    for (const cacheType of ['f32', 'bf16'] as const)
+      for (const wType of ['f32', 'bf16'] as const)
+        it(`absorbQ + cacheWrite + decodeAbsorbed + mlaOutput equal expanded attention: ${name}, ${cacheType} cache, ${wType} kv_b_proj, every ISA`, () => {
+          const sc = scenario(lens.length * 17 + d.dl + (cacheType === 'bf16' ? 1 : 0), d, lens, bs);
+          const want = decodeRef(sc, cacheType === 'bf16', wType === 'bf16');
+          const cache = buildCache(sc, cacheType);
+          const wt = tensor(sc.w, [d.nh * (d.dn + d.dv), d.dl], { dtype: wType });
+          // Rounding in f32 over dot products of ~dl terms; the bf16 roundings are in the reference too.
+          const atol = 2e-5 * Math.sqrt(d.dl), rtol = 2e-4;
+          for (const isa of isas) {
+            native.setIsa(isa);
+            const got = runDecode(sc, cache, wt);
+            expectClose(got.oLat, want.oLat, atol, rtol, `oLat (${isa})`);
+            expectClose(got.o, want.o, atol, rtol, `o (${isa})`);
+          }
+          // bf16 cache vs the unrounded math: off by the cache's rounding only (~2^-8 relative).
+          if (cacheType === 'bf16') {
+            const exact = decodeRef(sc, false, wType === 'bf16');
+            const got = runDecode(sc, cache, wt);
+            expectClose(got.o, exact.o, 0.02 * Math.sqrt(d.dl) / 4, 2 ** -6, 'o vs unrounded cache');
+          }
+          cache.dispose();
+        });
+
+  it('splits one long sequence over any thread count and merges exactly', () => {
+    const d = small;
+    const sc = scenario(99, d, [777, 5, 300], 16);
+    const want = decodeRef(sc, false, false);
+    const cache = buildCache(sc, 'f32');
+    const wt = tensor(sc.w, [d.nh * (d.dn + d.dv), d.dl]);
+    for (const n of [1, 3, 8]) {
+      native.setThreads(n);
+      for (const isa of isas) {
+        native.setIsa(isa);
+        const got = runDecode(sc, cache, wt);
+        expectClose(got.o, want.o, 2e-4, 2e-4, `o (${n} threads, ${isa})`);
+      }
+    }
+    native.setThreads(startThreads);
+  });
+
+  it('stays finite and correct with scores around 1e3', () => {
+    const d = small;
+    const sc = scenario(7, d, [50, 130], 16, { qAmp: 8, kvAmp: 8 });
+    sc.scale = 4; // |score| ~ 1e3
+    const want = decodeRef(sc, false, false);
+    const cache = buildCache(sc, 'f32');
+    const wt = tensor(sc.w, [d.nh * (d.dn + d.dv), d.dl]);
+    for (const isa of isas) {
+      native.setIsa(isa);
+      const got = runDecode(sc, cache, wt);
+      let maxScore = 0;
+      const qLatRef = new Float64Array(got.qLat.length);
+      qLatRef.set(got.qLat);
+      for (let j = 0; j < 50; j++) {
+        let s = 0;
+        for (let c = 0; c < d.dl; c++) s += qLatRef[c]! * sc.ckv[0]![j * d.dl + c]!;
+        maxScore = Math.max(maxScore, Math.abs(s * sc.scale));
+      }
+      expect(maxScore).toBeGreaterThan(700);
+      expectClose(got.o, want.o, 1e-2, 1e-3, `o (${isa})`);
+    }
+  });
+
+  it('gives zeros for an empty sequence and ignores the unused block-table entries', () => {
+    const d = small;
+    const sc = scenario(3, d, [0, 9], 4);
+    const cache = buildCache(sc, 'f32');
+    const wt = tensor(sc.w, [d.nh * (d.dn + d.dv), d.dl]);
+    const got = runDecode(sc, cache, wt);
+    expect(Array.from(got.oLat.slice(0, d.nh * d.dl))).toEqual(new Array(d.nh * d.dl).fill(0));
+    expectClose(got.o.slice(d.nh * d.dv), decodeRef(sc, false, false).o.slice(d.nh * d.dv), 1e-4, 1e-4, 'o of the second sequence');
+  });
+
+  it('the absorbed projections equal their definitions (absorbQ, mlaOutput) for several token counts', () => {
+    const d: Dims = { nh: 3, dn: 16, dr: 8, dv: 12, dl: 150 };
+    const r = rng(11);
+    for (const T of [1, 2, 5, 9]) {
+      const q = r.array(T * d.nh * 24), oLat = r.array(T * d.nh * d.dl), w = r.array(d.nh * 28 * d.dl);
+      const wantQ = new Float64Array(T * d.nh * d.dl), wantO = new Float64Array(T * d.nh * d.dv);
+      for (let t = 0; t < T; t++)
+        for (let h = 0; h < d.nh; h++) {
+          for (let c = 0; c < d.dl; c++)
+            for (let k = 0; k < d.dn; k++) wantQ[(t * d.nh + h) * d.dl + c]! += w[(h * 28 + k) * d.dl + c]! * q[(t * d.nh + h) * 24 + k]!;
+          for (let k = 0; k < d.dv; k++)
+            for (let c = 0; c < d.dl; c++) wantO[(t * d.nh + h) * d.dv + k]! += w[(h * 28 + d.dn + k) * d.dl + c]! * oLat[(t * d.nh + h) * d.dl + c]!;
+        }
+      for (const isa of isas) {
+        native.setIsa(isa);
+        const ql = full([T, d.nh, d.dl], NaN), o = full([T, d.nh, d.dv], NaN), wt = tensor(w, [d.nh * 28, d.dl]);
+        native.mlaAbsorbQ(null, ql, tensor(q, [T, d.nh, 24]), wt, d.dn);
+        native.mlaOutput(null, o, tensor(oLat, [T, d.nh, d.dl]), wt);
+        expectClose(toArray(ql), wantQ, 1e-5, 1e-5, `qLat T=${T} ${isa}`);
+        expectClose(toArray(o), wantO, 1e-5, 1e-5, `o T=${T} ${isa}`);
+      }
+    }
+  });
+});
+
+describe('cache write and gather', () => {
+  it('round-trips rows through shuffled blocks (f32 exact, bf16 rounded)', () => {
+    const d: Dims = { nh: 1, dn: 0, dr: 6, dv: 0, dl: 13 };
+    for (const dtype of ['f32', 'bf16'] as const) {
+      const sc = scenario(21, d, [37, 5], 8);
+      const cache = buildCache(sc, dtype);
+      for (const [start, length] of [[0, 37], [3, 20], [36, 1], [10, 0]] as const) {
+        const ckv = full([length, d.dl], NaN), kpe = full([length, d.dr], NaN);
+        native.mlaCacheGather(null, ckv, kpe, cache, i32(sc.tables[0]!), start, length);
+        const wantC = rounded(sc.ckv[0]!.slice(start * d.dl, (start + length) * d.dl), dtype === 'bf16');
+        const wantK = rounded(sc.kpe[0]!.slice(start * d.dr, (start + length) * d.dr), dtype === 'bf16');
+        expect(Array.from(toArray(ckv))).toEqual(Array.from(wantC));
+        expect(Array.from(toArray(kpe))).toEqual(Array.from(wantK));
+      }
+      // Rows of other sequences and never-written rows are where they should be: the raw cache view.
+      const raw = toArray(cache);
+      const b1 = sc.tables[1]![0]!;
+      for (let s = 0; s < 5; s++)
+        for (let c = 0; c < d.dl; c++) expect(raw[(b1 * 8 + s) * 19 + c]).toBe(rounded([sc.ckv[1]![s * d.dl + c]!], dtype === 'bf16')[0]);
+      const used = new Set(sc.tables.flat());
+      const spare = Array.from({ length: sc.numBlocks }, (_, i) => i).find((i) => !used.has(i))!;
+      expect(Number.isNaN(raw[spare * 8 * 19])).toBe(true);
+    }
+  });
+
+  it('feeds mlaPrefill with a cached prefix: gather + new tokens equal the one-shot prefill', () => {
+    const d: Dims = { nh: 3, dn: 16, dr: 8, dv: 12, dl: 20 };
+    const r = rng(8);
+    const prefix = 23, fresh = 6, S = prefix + fresh;
+    const sc = scenario(8, d, [S], 16);
+    const cache = buildCache(sc, 'f32');
+    const ckvAll = full([S, d.dl], NaN), kpeAll = full([S, d.dr], NaN);
+    native.mlaCacheGather(null, ckvAll, kpeAll, cache, i32(sc.tables[0]!), 0, S);
+    expect(Array.from(toArray(ckvAll))).toEqual(Array.from(sc.ckv[0]!));
+    const kvb = expandKvb(d, sc.ckv[0]!, S, sc.w);
+    const q = r.array(fresh * d.nh * 24);
+    const want = prefillRef(d, q, kvb, sc.kpe[0]!, [0, fresh], [0, S], sc.scale, fresh);
+    const o = full([fresh, d.nh, d.dv], NaN);
+    native.mlaPrefill(null, o, tensor(q, [fresh, d.nh, 24]), tensor(kvb, [S, d.nh, 28]), kpeAll, i32([0, fresh]), i32([0, S]), sc.scale);
+    expectClose(toArray(o), want, 1e-5, 1e-5, 'prefill with prefix');
+  });
+});
+
+describe('bad arguments', () => {
+  const d: Dims = { nh: 2, dn: 4, dr: 2, dv: 3, dl: 5 };
+  const cache = full([3, 4, 7], 0);
+  const ckv = full([2, 5], 1), kpe = full([2, 2], 1);
+  const q = full([2, 2, 6], 0), qLat = full([2, 2, 5], 0), oLat = full([2, 2, 5], 0), w = full([14, 5], 0);
+  const bt = tensor([0, 1, 2, 0], [2, 2], { dtype: 'int32' });
+
+  it('cache write: shapes, dtypes, and out-of-range slots', () => {
+    expectCode(() => native.mlaCacheWrite(null, cache, ckv, full([2, 3], 0), i32([0, 1])), 'E_SHAPE', /kpe/);
+    expectCode(() => native.mlaCacheWrite(null, cache, ckv, kpe, i32([0])), 'E_SHAPE', /slots/);
+    expectCode(() => native.mlaCacheWrite(null, full([3, 4, 7], 0, { dtype: 'f16' }), ckv, kpe, i32([0, 1])), 'E_DTYPE', /cache/);
+    expectCode(() => native.mlaCacheWrite(null, full([12, 7], 0), ckv, kpe, i32([0, 1])), 'E_SHAPE', /cache/);
+    expectCode(() => native.mlaCacheWrite(null, full([3, 4, 4], 0), ckv, full([2, 0], 0), i32([0, 1])), 'E_SHAPE');
+    native.mlaCacheWrite(null, cache, ckv, kpe, i32([3, 12]));
+    expectCode(() => native.synchronize(), 'E_ARGUMENT', /slots\[1\] = 12 is outside the cache/);
+    native.mlaCacheWrite(null, cache, ckv, kpe, i32([-1, 0]));
+    expectCode(() => native.synchronize(), 'E_ARGUMENT', /slots\[0\] = -1/);
+  });
+
+  it('gather: rows beyond the block table and bad block ids', () => {
+    const c = full([5, 5], 0), k = full([5, 2], 0);
+    expectCode(() => native.mlaCacheGather(null, c, k, cache, i32([0, 1]), 4, 5), 'E_ARGUMENT', /outside the block table/);
+    expectCode(() => native.mlaCacheGather(null, c, k, cache, i32([0, 1]), 0, 4), 'E_SHAPE', /ckv/);
+    native.mlaCacheGather(null, c, k, cache, i32([0, 7]), 0, 5);
+    expectCode(() => native.synchronize(), 'E_ARGUMENT', /blockTable\[0\]\[1\] = 7/);
+  });
+
+  it('absorb / output: shapes and nopeDim', () => {
+    expectCode(() => native.mlaAbsorbQ(null, qLat, q, full([13, 5], 0), d.dn), 'E_SHAPE', /wkvb/);
+    expectCode(() => native.mlaAbsorbQ(null, qLat, q, full([14, 6], 0), d.dn), 'E_SHAPE', /wkvb/);
+    expectCode(() => native.mlaAbsorbQ(null, full([2, 2, 6], 0), q, w, d.dn), 'E_SHAPE', /wkvb/);
+    expectCode(() => native.mlaAbsorbQ(null, full([1, 2, 5], 0), q, w, d.dn), 'E_SHAPE', /qLat/);
+    expectCode(() => native.mlaAbsorbQ(null, qLat, q, w, 7), 'E_SHAPE', /nopeDim/);
+    expectCode(() => native.mlaAbsorbQ(null, qLat, q, full([14, 5], 0, { dtype: 'fp8_e4m3' }), d.dn), 'E_DTYPE', /wkvb/);
+    expectCode(() => native.mlaOutput(null, full([2, 2, 8], 0), oLat, w), 'E_SHAPE', /v_head_dim/);
+    expectCode(() => native.mlaOutput(null, full([2, 3, 3], 0), oLat, w), 'E_SHAPE', /'o'/);
+  });
+
+  it('decode: shapes, dtypes, seqLen beyond the block table, bad block ids', () => {
+    const o = full([2, 2, 5], NaN);
+    expectCode(() => native.mlaDecodeAbsorbed(null, o, qLat, full([2, 2, 1], 0), cache, bt, i32([1, 1]), 0.3), 'E_SHAPE');
+    expectCode(() => native.mlaDecodeAbsorbed(null, full([2, 2, 4], 0), qLat, q, cache, bt, i32([1, 1]), 0.3), 'E_SHAPE', /oLat/);
+    expectCode(() => native.mlaDecodeAbsorbed(null, o, qLat, q, cache, tensor([0, 1, 2], [3, 1], { dtype: 'int32' }), i32([1, 1]), 0.3), 'E_SHAPE', /blockTable/);
+    expectCode(() => native.mlaDecodeAbsorbed(null, o, qLat, q, cache, bt, i32([1]), 0.3), 'E_SHAPE', /seqLens/);
+    expectCode(() => native.mlaDecodeAbsorbed(null, o, qLat, q, cache, bt, tensor([1, 1], [2]), 0.3), 'E_DTYPE', /seqLens/);
+    expectCode(() => native.mlaDecodeAbsorbed(null, o, qLat, q, full([3, 4, 7], 0, { dtype: 'int32' }), bt, i32([1, 1]), 0.3), 'E_DTYPE', /cache/);
+    native.mlaDecodeAbsorbed(null, o, qLat, q, cache, bt, i32([1, 9]), 0.3);
+    expectCode(() => native.synchronize(), 'E_ARGUMENT', /seqLens\[1\] = 9 is beyond the block table/);
+    native.mlaDecodeAbsorbed(null, o, qLat, q, cache, tensor([0, 3, 2, 0], [2, 2], { dtype: 'int32' }), i32([5, 1]), 0.3);
+    expectCode(() => native.synchronize(), 'E_ARGUMENT', /blockTable\[0\]\[1\] = 3/);
+    // A valid call still works after the errors.
+    native.mlaDecodeAbsorbed(null, o, qLat, q, cache, bt, i32([5, 8]), 0.3);
+    expect(toArray(o).every((v) => v === 0)).toBe(true);
+  });
+});

@@ -1,0 +1,308 @@
+// linear (y = x @ W^T for f32 / bf16 / fp8 block-scaled / int8 row-scaled weights) and
+// quantizeInt8Rows against float64 references, on every ISA path, with error-bound tolerances.
+import { afterAll, describe, expect, it } from 'vitest';
+import { LongcatError, Tensor, cpuFeatures, full, native, tensor, toArray } from '../lib/index.js';
+import { bf16ToF32, f32ToBf16, fp8e4m3ToF32, roundHalfEven } from '../lib/numeric.js';
+import { rng } from './helpers.js';
+
+type WDtype = 'f32' | 'bf16' | 'fp8_e4m3' | 'int8';
+type FDtype = 'f32' | 'bf16';
+type Rng = ReturnType<typeof rng>;
+
+const U32 = 2 ** -24; // f32 unit roundoff
+const U16 = 2 ** -8; // bf16 unit roundoff
+
+const isaNames = ['scalar', 'avx2', 'avx512'] as const;
+const startIsa = cpuFeatures().isa;
+/** The ISA paths this CPU can run (setIsa clamps to what it supports). */
+const isas = [...new Set(isaNames.map((i) => native.setIsa(i)))];
+native.setIsa(startIsa);
+afterAll(() => {
+  native.setIsa(startIsa);
+});
+
+function expectCode(fn: () => unknown, code: string, message?: RegExp) {
+  try {
+    fn();
+  } catch (e) {
+    expect(e).toBeInstanceOf(LongcatError);
+    expect((e as LongcatError).code).toBe(code);
+    if (message) expect((e as Error).message).toMatch(message);
+    return;
+  }
+  expect.fail(`expected a ${code} error`);
+}
+
+interface Weight {
+  w: Tensor;
+  scale: Tensor | null;
+  /** Dequantized W [n * k] in float64 (exact: products of f32 values). */
+  ref: Float64Array;
+  dispose(): void;
+}
+
+/** A random weight in `dtype`: fp8 from random codes (no NaN codes) with random block scales, int8 from random ints. */
+function makeWeight(r: Rng, dtype: WDtype, n: number, k: number): Weight {
+  const ref = new Float64Array(n * k);
+  let w: Tensor;
+  let scale: Tensor | null = null;
+  if (dtype === 'f32') {
+    const v = r.array(n * k);
+    ref.set(v);
+    w = new Tensor('f32', [n, k], 'cpu', v);
+  } else if (dtype === 'bf16') {
+    const bits = Uint16Array.from({ length: n * k }, () => f32ToBf16(r.uniform()));
+    for (let i = 0; i < n * k; i++) ref[i] = bf16ToF32(bits[i]!);
+    w = new Tensor('bf16', [n, k], 'cpu', bits);
+  } else if (dtype === 'fp8_e4m3') {
+    const kb = Math.ceil(k / 128), nb = Math.ceil(n / 128);
+    const s = Float32Array.from({ length: nb * kb }, () => r.uniform(0.25, 2) / 64);
+    const codes = Uint8Array.from({ length: n * k }, () => {
+      const c = r.int(254); // 0..253, skipping the NaN codes 0x7f and 0xff
+      return c >= 0x7f ? c + 1 : c;
+    });
+    for (let i = 0; i < n; i++)
+      for (let j = 0; j < k; j++)
+        ref[i * k + j] = fp8e4m3ToF32(codes[i * k + j]!) * s[Math.floor(i / 128) * kb + Math.floor(j / 128)]!;
+    w = new Tensor('fp8_e4m3', [n, k], 'cpu', codes);
+    scale = new Tensor('f32', [nb, kb], 'cpu', s);
+  } else {
+    const s = Float32Array.from({ length: n }, () => r.uniform(0.5, 2) / 127);
+    const q = Int8Array.from({ length: n * k }, () => r.int(255) - 127);
+    for (let i = 0; i < n; i++) for (let j = 0; j < k; j++) ref[i * k + j] = q[i * k + j]! * s[i]!;
+    w = new Tensor('int8', [n, k], 'cpu', q);
+    scale = new Tensor('f32', [n], 'cpu', s);
+  }
+  return { w, scale, ref, dispose: () => { w.dispose(); scale?.dispose(); } };
+}
+
+/** x [t, k] in `dtype` and its exact values. */
+function makeX(r: Rng, dtype: FDtype, t: number, k: number): { x: Tensor; ref: Float64Array } {
+  const v = r.array(t * k);
+  const ref = new Float64Array(t * k);
+  if (dtype === 'bf16') for (let i = 0; i < v.length; i++) v[i] = bf16ToF32(f32ToBf16(v[i]!));
+  ref.set(v);
+  return { x: tensor(v, [t, k], { dtype }), ref };
+}
+
+/** y = x W^T in float64 and the error scale S = sum_k |x_k w_k| per output. */
+function reference(x: Float64Array, w: Float64Array, t: number, n: number, k: number) {
+  const y = new Float64Array(t * n), s = new Float64Array(t * n);
+  for (let i = 0; i < t; i++)
+    for (let j = 0; j < n; j++) {
+      let acc = 0, abs = 0;
+      for (let c = 0; c < k; c++) {
+        const p = x[i * k + c]! * w[j * k + c]!;
+        acc += p;
+        abs += Math.abs(p);
+      }
+      y[i * n + j] = acc;
+      s[i * n + j] = abs;
+    }
+  return { y, s };
+}
+
+/**
+ * Checks |got - y| <= e + bf16 rounding of the output, where e = rel * S bounds the kernel's error:
+ * any fp32 summation order of k products (+ a few roundings for dequantization, lane reductions,
+ * k blocks and the int8 scale) stays within gamma_(k+8) * S; the vdpbf16ps path also rounds an f32
+ * x to bf16 (relative error <= 2^-8).
+ */
+function check(got: ArrayLike<number>, want: { y: Float64Array; s: Float64Array }, k: number, rel: number,
+  yt: FDtype, what: string) {
+  const gamma = ((k + 8) * U32) / (1 - (k + 8) * U32);
+  for (let i = 0; i < want.y.length; i++) {
+    const e = (gamma + rel) * want.s[i]!;
+    const tol = e + (yt === 'bf16' ? U16 * (Math.abs(want.y[i]!) + e) : 0) + 1e-30;
+    const err = Math.abs(got[i]! - want.y[i]!);
+    if (!(err <= tol)) expect.fail(`${what}: y[${i}] = ${got[i]} but expected ${want.y[i]} (tolerance ${tol})`);
+  }
+}
+
+/** Whether linear takes the AVX512-BF16 path (x rounded to bf16) for these arguments. */
+function usesBf16Dot(isa: string, wdtype: WDtype, t: number) {
+  return isa === 'avx512' && cpuFeatures().avx512bf16 && wdtype === 'bf16' && t > 8;
+}
+
+function runLinear(x: Tensor, w: Weight, t: number, n: number, yt: FDtype) {
+  const y = full([t, n], NaN, { dtype: yt }); // poisoned: every element must be written
+  native.linear(null, y, x, w.w, w.scale);
+  const out = toArray(y);
+  y.dispose();
+  return out;
+}
+
+const wdtypes: WDtype[] = ['f32', 'bf16', 'fp8_e4m3', 'int8'];
+const fdtypes: FDtype[] = ['f32', 'bf16'];
+const cases = wdtypes.flatMap((wd) => fdtypes.map((xd) => [wd, xd] as const));
+
+describe('linear', () => {
+  it.each(cases)('weight %s, x %s: every shape, ISA and output dtype', (wdtype, xdtype) => {
+    const r = rng(wdtype.length * 131 + xdtype.length * 7);
+    let checked = 0;
+    for (const k of [1, 7, 127, 129, 1000])
+      for (const n of [1, 5, 33, 130]) {
+        const w = makeWeight(r, wdtype, n, k);
+        for (const t of [1, 3, 8, 9, 17, 65]) {
+          const x = makeX(r, xdtype, t, k);
+          const want = reference(x.ref, w.ref, t, n, k);
+          for (const isa of isas) {
+            native.setIsa(isa);
+            const rel = usesBf16Dot(isa, wdtype, t) && xdtype === 'f32' ? U16 : 0;
+            for (const yt of fdtypes) {
+              check(runLinear(x.x, w, t, n, yt), want, k, rel, yt, `${isa} t=${t} k=${k} n=${n} y ${yt}`);
+              checked++;
+            }
+          }
+          native.setIsa(startIsa);
+          x.x.dispose();
+        }
+        w.dispose();
+      }
+    expect(checked).toBe(5 * 4 * 6 * isas.length * 2);
+  });
+
+  it('several k blocks, x chunks and thread counts (t=300, k=2100, n=70)', () => {
+    const r = rng(4242);
+    const [t, k, n] = [300, 2100, 70];
+    const threads = native.threads();
+    const x = makeX(r, 'f32', t, k);
+    try {
+      for (const wdtype of wdtypes) {
+        const w = makeWeight(r, wdtype, n, k);
+        const want = reference(x.ref, w.ref, t, n, k);
+        for (const isa of isas) {
+          native.setIsa(isa);
+          for (const nt of [1, 3]) {
+            native.setThreads(nt);
+            const rel = usesBf16Dot(isa, wdtype, t) ? U16 : 0;
+            check(runLinear(x.x, w, t, n, 'f32'), want, k, rel, 'f32', `${wdtype} ${isa} threads=${nt}`);
+          }
+        }
+        w.dispose();
+      }
+    } finally {
+      native.setThreads(threads);
+      native.setIsa(startIsa);
+      x.x.dispose();
+    }
+  });
+
+  it('accepts x with leading batch dimensions', () => {
+    const r = rng(77);
+    const w = makeWeight(r, 'bf16', 6, 40);
+    const x = makeX(r, 'f32', 6, 40);
+    const want = reference(x.ref, w.ref, 6, 6, 40);
+    const y = full([2, 3, 6], NaN);
+    native.linear(null, y, x.x.view([2, 3, 40]), w.w);
+    check(toArray(y), want, 40, 0, 'f32', 'batched');
+    y.dispose();
+    x.x.dispose();
+    w.dispose();
+  });
+
+  it('propagates NaN weight codes (fp8 0x7f / 0xff) like the scalar reference', () => {
+    for (const isa of isas) {
+      native.setIsa(isa);
+      for (const t of [1, 12]) {
+        const k = 40;
+        const codes = new Uint8Array(2 * k).fill(0x38); // 1.0
+        codes[17] = 0x7f;
+        codes[k + 33] = 0xff;
+        const w = new Tensor('fp8_e4m3', [2, k], 'cpu', codes);
+        const s = tensor([1], [1, 1]);
+        const x = full([t, k], 1);
+        const y = full([t, 2], 0);
+        native.linear(null, y, x, w, s);
+        expect(Array.from(toArray(y)).every(Number.isNaN), `${isa} t=${t}`).toBe(true);
+        for (const v of [w, s, x, y]) v.dispose();
+      }
+    }
+    native.setIsa(startIsa);
+  });
+
+  it('rejects bad arguments with typed errors', () => {
+    const x = full([2, 4], 1), w = full([3, 4], 1), y = full([2, 3], 0);
+    const q8 = new Tensor('fp8_e4m3', [3, 4], 'cpu', new Uint8Array(12));
+    const i8 = new Tensor('int8', [3, 4], 'cpu', new Int8Array(12));
+    const s8 = full([1, 1], 1), srow = full([3], 1);
+    expectCode(() => native.linear(null, y, full([2, 5], 1), w), 'E_SHAPE', /last dimension must be k = 4/);
+    expectCode(() => native.linear(null, full([2, 4], 0), x, w), 'E_SHAPE', /'y' has shape \[2, 4\], expected \[2, 3\]/);
+    expectCode(() => native.linear(null, y, x, q8), 'E_ARGUMENT', /needs its scale/);
+    expectCode(() => native.linear(null, y, x, i8), 'E_ARGUMENT', /needs its scale/);
+    expectCode(() => native.linear(null, y, x, q8, full([2, 1], 1)), 'E_SHAPE', /scale/);
+    expectCode(() => native.linear(null, y, x, i8, full([1, 3], 1)), 'E_SHAPE', /scale/);
+    expectCode(() => native.linear(null, y, x, w, srow), 'E_ARGUMENT', /takes no scale/);
+    expectCode(() => native.linear(null, y, x, q8, tensor([1], [1, 1], { dtype: 'bf16' })), 'E_DTYPE', /scale/);
+    expectCode(() => native.linear(null, y, tensor([1, 2, 3, 4, 5, 6, 7, 8], [2, 4], { dtype: 'int32' }), w), 'E_DTYPE', /'x'/);
+    expectCode(() => native.linear(null, full([2, 3], 0, { dtype: 'f16' }), x, w), 'E_DTYPE', /'y'/);
+    expectCode(() => native.linear(null, y, x, full([3, 4], 0, { dtype: 'f16' })), 'E_DTYPE', /weight/);
+    expectCode(() => native.linear(null, y, x, full([12], 1)), 'E_SHAPE', /weight/);
+    const gone = full([3, 4], 1);
+    gone.dispose();
+    expectCode(() => native.linear(null, y, x, gone), 'E_DISPOSED');
+    expectCode(() => native.linear(null, y, x), 'E_ARGUMENT', /weight/);
+    // Still usable after all that: a good call works.
+    native.linear(null, y, x, i8, srow);
+    expect(Array.from(toArray(y))).toEqual([0, 0, 0, 0, 0, 0]);
+    for (const t of [x, w, y, q8, i8, s8, srow]) t.dispose();
+  });
+});
+
+describe('quantizeInt8Rows', () => {
+  /** The op's definition with f32 arithmetic emulated by Math.fround. */
+  function quantRef(w: Float32Array, n: number, k: number) {
+    const q = new Int8Array(n * k), s = new Float32Array(n);
+    for (let i = 0; i < n; i++) {
+      let amax = 0;
+      for (let c = 0; c < k; c++) amax = Math.max(amax, Math.abs(w[i * k + c]!));
+      const sc = Math.fround(amax / 127);
+      s[i] = sc;
+      for (let c = 0; c < k; c++)
+        q[i * k + c] = sc > 0 ? Math.max(-127, Math.min(127, roundHalfEven(Math.fround(w[i * k + c]! / sc)))) : 0;
+    }
+    return { q, s };
+  }
+
+  it.each(fdtypes)('matches the reference bit for bit (w %s) and linear on the result stays within half a step', (wd) => {
+    const r = rng(wd === 'f32' ? 11 : 12);
+    for (const [n, k] of [[1, 1], [5, 7], [33, 129], [7, 1000]] as const) {
+      const v = r.array(n * k, -3, 3);
+      if (n > 2) v.fill(0, k, 2 * k); // an all-zero row
+      if (wd === 'bf16') for (let i = 0; i < v.length; i++) v[i] = bf16ToF32(f32ToBf16(v[i]!));
+      const w = tensor(v, [n, k], { dtype: wd });
+      const q = new Tensor('int8', [n, k], 'cpu', new Int8Array(n * k).fill(99));
+      const s = full([n], NaN);
+      native.quantizeInt8Rows(null, q, s, w);
+      const want = quantRef(v, n, k);
+      expect(Array.from(toArray(s)), `scale ${n}x${k}`).toEqual(Array.from(want.s));
+      expect(Array.from(toArray(q)), `q ${n}x${k}`).toEqual(Array.from(want.q));
+
+      // y_int8 - y_exact = x (q*s - w): at most sum_k |x_k| * s / 2 per output, plus fp32 rounding.
+      const t = 3;
+      const x = makeX(r, 'f32', t, k);
+      const exact = reference(x.ref, Float64Array.from(v), t, n, k);
+      const y = full([t, n], NaN);
+      native.linear(null, y, x.x, q, s);
+      const got = toArray(y);
+      for (let i = 0; i < t; i++)
+        for (let j = 0; j < n; j++) {
+          let sx = 0;
+          for (let c = 0; c < k; c++) sx += Math.abs(x.ref[i * k + c]!);
+          const tol = (sx * want.s[j]!) / 2 + (k + 8) * U32 * 2 * exact.s[i * n + j]! + 1e-30;
+          expect(Math.abs(got[i * n + j]! - exact.y[i * n + j]!)).toBeLessThanOrEqual(tol);
+        }
+      for (const tt of [w, q, s, x.x, y]) tt.dispose();
+    }
+  });
+
+  it('rejects bad arguments', () => {
+    const w = full([3, 4], 1), q = new Tensor('int8', [3, 4]), s = full([3], 0);
+    expectCode(() => native.quantizeInt8Rows(null, full([3, 4], 0), s, w), 'E_DTYPE', /'q'/);
+    expectCode(() => native.quantizeInt8Rows(null, q, full([4], 0), w), 'E_SHAPE', /scale/);
+    expectCode(() => native.quantizeInt8Rows(null, new Tensor('int8', [4, 3]), s, w), 'E_SHAPE', /'q'/);
+    expectCode(() => native.quantizeInt8Rows(null, q, s, tensor([1, 2], [2], { dtype: 'bf16' })), 'E_SHAPE');
+    expectCode(() => native.quantizeInt8Rows(null, q, s, new Tensor('int8', [3, 4])), 'E_DTYPE', /'w'/);
+    for (const t of [w, q, s]) t.dispose();
+  });
+});

@@ -1,0 +1,365 @@
+// moe: grouped SwiGLU experts plus zero-computation (identity) experts, vs a per-token float64 loop.
+import { afterAll, describe, expect, it } from 'vitest';
+import { LongcatError, Stream, memoryStats, native, tensor, toArray, type Tensor } from '../lib/index.js';
+import { bf16ToF32, f32ToBf16, f32ToFp8e4m3, fp8e4m3ToF32 } from '../lib/numeric.js';
+import { expectClose, rng } from './helpers.js';
+
+type WDtype = 'f32' | 'bf16' | 'fp8_e4m3' | 'int8';
+type Rng = ReturnType<typeof rng>;
+
+function expectCode(fn: () => unknown, code: string, message?: RegExp) {
+  try {
+    fn();
+  } catch (e) {
+    expect(e).toBeInstanceOf(LongcatError);
+    expect((e as LongcatError).code).toBe(code);
+    if (message) expect((e as Error).message).toMatch(message);
+    return;
+  }
+  expect.fail(`expected a ${code} error`);
+}
+
+/** A weight [rows, cols] stored as `dtype`, with the exact float64 values it represents. */
+interface W { t: Tensor; scale: Tensor | null; v: Float64Array; rows: number; cols: number }
+
+function makeWeight(r: Rng, rows: number, cols: number, dtype: WDtype): W {
+  const amp = 1 / Math.sqrt(cols);
+  const v = new Float64Array(rows * cols);
+  if (dtype === 'f32' || dtype === 'bf16') {
+    const raw = Float32Array.from({ length: rows * cols }, () => amp * r.uniform(-1.7, 1.7));
+    for (let i = 0; i < raw.length; i++) v[i] = dtype === 'bf16' ? bf16ToF32(f32ToBf16(raw[i]!)) : raw[i]!;
+    return { t: tensor(raw, [rows, cols], { dtype }), scale: null, v, rows, cols };
+  }
+  if (dtype === 'fp8_e4m3') {
+    const br = Math.ceil(rows / 128), bc = Math.ceil(cols / 128);
+    const sc = Float32Array.from({ length: br * bc }, () => (amp / 200) * r.uniform(0.5, 1.5));
+    const q = Uint8Array.from({ length: rows * cols }, () => f32ToFp8e4m3(r.uniform(-440, 440)));
+    for (let i = 0; i < rows; i++)
+      for (let j = 0; j < cols; j++)
+        v[i * cols + j] = fp8e4m3ToF32(q[i * cols + j]!) * sc[Math.floor(i / 128) * bc + Math.floor(j / 128)]!;
+    return { t: new native.Tensor('fp8_e4m3', [rows, cols], 'cpu', q), scale: tensor(sc, [br, bc]), v, rows, cols };
+  }
+  const sc = Float32Array.from({ length: rows }, () => (amp / 100) * r.uniform(0.5, 1.5));
+  const q = Int8Array.from({ length: rows * cols }, () => r.int(255) - 127);
+  for (let i = 0; i < rows; i++)
+    for (let j = 0; j < cols; j++) v[i * cols + j] = q[i * cols + j]! * sc[i]!;
+  return { t: new native.Tensor('int8', [rows, cols], 'cpu', q), scale: tensor(sc, [rows]), v, rows, cols };
+}
+
+interface Experts { gate: W[]; up: W[]; down: W[]; h: number; inter: number }
+
+function makeExperts(r: Rng, n: number, h: number, inter: number, dtype: WDtype): Experts {
+  const gate: W[] = [], up: W[] = [], down: W[] = [];
+  for (let e = 0; e < n; e++) {
+    gate.push(makeWeight(r, inter, h, dtype));
+    up.push(makeWeight(r, inter, h, dtype));
+    down.push(makeWeight(r, h, inter, dtype));
+  }
+  return { gate, up, down, h, inter };
+}
+
+function disposeExperts(x: Experts) {
+  for (const w of [...x.gate, ...x.up, ...x.down]) {
+    w.t.dispose();
+    w.scale?.dispose();
+  }
+}
+
+/**
+ * float64: y = down(silu(gate x) * up x), and mag, a bound on sum |terms| at every step (gate/up
+ * products, their propagation through SwiGLU, the down products) that scales the rounding error
+ * of any fp32 / bf16-input dot product path.
+ */
+function refExpert(x: Experts, e: number, u: ArrayLike<number>, off: number) {
+  const { h, inter } = x;
+  const g = x.gate[e]!.v, up = x.up[e]!.v, dn = x.down[e]!.v;
+  const a = new Float64Array(inter), aMag = new Float64Array(inter);
+  for (let i = 0; i < inter; i++) {
+    let sg = 0, su = 0, mg = 0, mu = 0;
+    for (let c = 0; c < h; c++) {
+      sg += g[i * h + c]! * u[off + c]!;
+      su += up[i * h + c]! * u[off + c]!;
+      mg += Math.abs(g[i * h + c]! * u[off + c]!);
+      mu += Math.abs(up[i * h + c]! * u[off + c]!);
+    }
+    const silu = sg / (1 + Math.exp(-sg));
+    a[i] = silu * su;
+    // First order: |da| <= |silu'(g)| |dg| |up| + |silu(g)| |dup|, |silu'| <= 1.1, |dg| <~ eps mg,
+    // |dup| <~ eps mu; plus a's own rounding before the down product.
+    aMag[i] = 1.1 * mg * Math.abs(su) + Math.abs(silu) * mu + Math.abs(a[i]!);
+  }
+  const y = new Float64Array(h), mag = new Float64Array(h);
+  for (let o = 0; o < h; o++) {
+    let s = 0, m = 0;
+    for (let i = 0; i < inter; i++) {
+      s += dn[o * inter + i]! * a[i]!;
+      m += Math.abs(dn[o * inter + i]!) * aMag[i]!;
+    }
+    y[o] = s;
+    mag[o] = m;
+  }
+  return { y, mag };
+}
+
+/** SPEC 4.2, token by token: y += w * Expert_e(u) for routed experts, y += w * u for zero experts. */
+function refMoe(x: Experts, nRouted: number, u: ArrayLike<number>, idx: ArrayLike<number>, w: ArrayLike<number>, t: number, k: number) {
+  const h = x.h;
+  const out = new Float64Array(t * h), mag = new Float64Array(t * h);
+  for (let i = 0; i < t; i++)
+    for (let j = 0; j < k; j++) {
+      const e = idx[i * k + j]!, wt = w[i * k + j]!;
+      if (e < nRouted) {
+        const r = refExpert(x, e, u, i * h);
+        for (let c = 0; c < h; c++) {
+          out[i * h + c]! += wt * r.y[c]!;
+          mag[i * h + c]! += Math.abs(wt) * r.mag[c]!;
+        }
+      } else {
+        for (let c = 0; c < h; c++) {
+          out[i * h + c]! += wt * u[i * h + c]!;
+          mag[i * h + c]! += Math.abs(wt * u[i * h + c]!);
+        }
+      }
+    }
+  return { out, mag };
+}
+
+/**
+ * |got - want| <= 1e-5 + eps * mag elementwise. mag is a worst-case (all errors aligned) bound,
+ * real rounding errors add up like a random walk, so eps sits below the per-product error:
+ * 1e-6 for fp32 products (seen: <= 1.3e-7), 2^-10 for bf16 weights, where linear may round the
+ * f32 activations to bf16 (AVX512-BF16 dot-product path, 2^-9 per product; seen: <= 2.8e-4).
+ */
+function expectMoe(got: ArrayLike<number>, ref: { out: Float64Array; mag: Float64Array }, dtype: WDtype, what: string) {
+  const eps = dtype === 'bf16' ? 2 ** -10 : 1e-6;
+  expect(got.length, `${what}: length`).toBe(ref.out.length);
+  for (let i = 0; i < ref.out.length; i++) {
+    const tol = 1e-5 + eps * ref.mag[i]!;
+    const err = Math.abs(got[i]! - ref.out[i]!);
+    if (!(err <= tol)) expect.fail(`${what}[${i}] = ${got[i]} but expected ${ref.out[i]} (tolerance ${tol})`);
+  }
+}
+
+/**
+ * Routing with the awkward cases: every 5th token (from token 1) picks only zero experts (when
+ * there are any), expert `pop` is picked by every other token, expert 1 (when nRouted >= 3) by
+ * none, the slot order is shuffled. Distinct experts per token while enough exist.
+ */
+function makeRouting(r: Rng, t: number, k: number, nRouted: number, nZero: number) {
+  const idx = new Int32Array(t * k), w = new Float32Array(t * k);
+  const pop = nRouted - 1;
+  const unused = nRouted >= 3 ? 1 : -1;
+  for (let i = 0; i < t; i++) {
+    const chosen: number[] = [];
+    const pick = (pool: number[]) => {
+      const free = pool.filter((e) => !chosen.includes(e));
+      const from = free.length ? free : pool;
+      chosen.push(from[r.int(from.length)]!);
+    };
+    const zeros = Array.from({ length: nZero }, (_, z) => nRouted + z);
+    if (nZero > 0 && i % 5 === 1) {
+      while (chosen.length < k) pick(zeros);
+    } else {
+      chosen.push(pop);
+      const pool = [...Array.from({ length: nRouted }, (_, e) => e).filter((e) => e !== unused), ...zeros];
+      while (chosen.length < k) pick(pool);
+    }
+    for (let j = k - 1; j > 0; j--) {
+      const s = r.int(j + 1);
+      [chosen[j], chosen[s]] = [chosen[s]!, chosen[j]!];
+    }
+    for (let j = 0; j < k; j++) {
+      idx[i * k + j] = chosen[j]!;
+      w[i * k + j] = 6 * r.uniform(0.01, 0.3);
+    }
+  }
+  return { idx, w };
+}
+
+function runMoe(x: Experts, nRouted: number, u: Float32Array, idx: Int32Array, w: Float32Array, t: number, k: number,
+                opts: { stream?: Stream | null; nExperts?: number } = {}): Float32Array {
+  const ut = tensor(u, [t, x.h]), it_ = tensor(idx, [t, k], { dtype: 'int32' }), wt = tensor(w, [t, k]);
+  const out = tensor(new Float32Array(t * x.h).fill(NaN), [t, x.h]);
+  const q = x.gate[0]?.scale != null;
+  native.moe(opts.stream ?? null, out, ut, it_, wt, nRouted, x.gate.map((g) => g.t), x.up.map((g) => g.t), x.down.map((g) => g.t),
+    q ? x.gate.map((g) => g.scale!) : null, q ? x.up.map((g) => g.scale!) : null, q ? x.down.map((g) => g.scale!) : null,
+    opts.nExperts ?? null);
+  const res = toArray(out) as Float32Array;
+  for (const z of [ut, it_, wt, out]) z.dispose();
+  return res;
+}
+
+const originalIsa = native.cpuFeatures().isa;
+const originalThreads = native.threads();
+afterAll(() => {
+  native.setIsa(originalIsa);
+  native.setThreads(originalThreads);
+});
+
+describe('moe', () => {
+  // [T, H, I, nRouted, nZero, k, weight dtype]
+  const cases: Array<[number, number, number, number, number, number, WDtype]> = [
+    [1, 37, 23, 1, 0, 1, 'f32'],
+    [1, 129, 65, 8, 4, 6, 'bf16'],
+    [3, 37, 23, 5, 2, 3, 'f32'],
+    [3, 129, 65, 8, 1, 4, 'fp8_e4m3'],
+    [17, 37, 23, 8, 3, 5, 'bf16'],
+    [17, 129, 65, 5, 0, 2, 'int8'],
+    [17, 37, 23, 1, 4, 6, 'fp8_e4m3'],
+    [64, 129, 65, 8, 4, 6, 'f32'],
+    [64, 37, 23, 5, 1, 1, 'bf16'],
+    [64, 37, 23, 8, 2, 4, 'int8'],
+  ];
+  it.each(cases)('matches a per-token float64 loop: T=%i H=%i I=%i, %i routed + %i zero, k=%i, %s weights',
+    (t, h, inter, nRouted, nZero, k, dtype) => {
+      const r = rng(t * 7919 + h * 31 + nRouted * 5 + nZero + k * 101);
+      const x = makeExperts(r, nRouted, h, inter, dtype);
+      const isas = t <= 17 ? (['scalar', 'avx2', 'avx512'] as const) : ([originalIsa] as const);
+      for (const isa of isas) {
+        native.setIsa(isa);
+        const u = r.array(t * h, -1.5, 1.5);
+        const { idx, w } = makeRouting(r, t, k, nRouted, nZero);
+        const got = runMoe(x, nRouted, u, idx, w, t, k, { nExperts: nRouted + nZero });
+        expectMoe(got, refMoe(x, nRouted, u, idx, w, t, k), dtype, `moe (${isa})`);
+      }
+      disposeExperts(x);
+    });
+
+  it('handles tokens that pick only zero experts, and a batch with no routed work at all', () => {
+    const r = rng(11);
+    const t = 6, h = 37, inter = 23, nRouted = 4, k = 3;
+    const x = makeExperts(r, nRouted, h, inter, 'f32');
+    const u = r.array(t * h);
+    // Only zero experts (ids 4..6) everywhere: out = (sum of w) * u, no GEMM at all.
+    const idx = Int32Array.from({ length: t * k }, (_, s) => 4 + (s % 3));
+    const w = Float32Array.from({ length: t * k }, () => r.uniform(0, 2));
+    const got = runMoe(x, nRouted, u, idx, w, t, k);
+    const want = new Float64Array(t * h);
+    for (let i = 0; i < t; i++)
+      for (let c = 0; c < h; c++) want[i * h + c] = (w[i * k]! + w[i * k + 1]! + w[i * k + 2]!) * u[i * h + c]!;
+    expectClose(got, want, 1e-6, 1e-6, 'zero-only');
+    // nRouted = 0: every id is a zero expert, the expert lists are empty.
+    const none: Experts = { gate: [], up: [], down: [], h, inter: 0 };
+    expectClose(runMoe(none, 0, u, idx, w, t, k), want, 1e-6, 1e-6, 'nRouted = 0');
+    disposeExperts(x);
+  });
+
+  it('adds repeated experts in one token once per slot', () => {
+    const r = rng(12);
+    const t = 3, h = 37, inter = 23, nRouted = 3, k = 4;
+    const x = makeExperts(r, nRouted, h, inter, 'bf16');
+    const u = r.array(t * h);
+    const idx = Int32Array.from([2, 2, 0, 5, 1, 1, 1, 1, 4, 0, 4, 2]);
+    const w = Float32Array.from({ length: t * k }, () => r.uniform(0.1, 1));
+    expectMoe(runMoe(x, nRouted, u, idx, w, t, k), refMoe(x, nRouted, u, idx, w, t, k), 'bf16', 'duplicates');
+    disposeExperts(x);
+  });
+
+  it('spans several workspace waves in a long prefill (T*k > 1024 rows), splitting an expert', () => {
+    const r = rng(13);
+    const t = 330, h = 37, inter = 23, nRouted = 5, nZero = 1, k = 6;
+    const x = makeExperts(r, nRouted, h, inter, 'bf16');
+    const u = r.array(t * h);
+    const { idx, w } = makeRouting(r, t, k, nRouted, nZero);
+    expect(idx.filter((e) => e < nRouted).length).toBeGreaterThan(1024 + 200); // routed rows: two waves
+    expectMoe(runMoe(x, nRouted, u, idx, w, t, k), refMoe(x, nRouted, u, idx, w, t, k), 'bf16', 'waves');
+    disposeExperts(x);
+  });
+
+  it('gives bitwise identical results with 1 and 2 threads (decode and prefill shapes)', () => {
+    const r = rng(14);
+    for (const [t, h, inter, nRouted, nZero, k] of [[1, 129, 65, 8, 4, 6], [5, 129, 65, 8, 2, 6], [64, 129, 65, 8, 4, 6], [330, 37, 23, 5, 1, 6]]) {
+      const x = makeExperts(r, nRouted!, h!, inter!, 'bf16');
+      const u = r.array(t! * h!);
+      const { idx, w } = makeRouting(r, t!, k!, nRouted!, nZero!);
+      try {
+        native.setThreads(1);
+        const a = runMoe(x, nRouted!, u, idx, w, t!, k!);
+        native.setThreads(2);
+        const s = new Stream('cpu');
+        const b = runMoe(x, nRouted!, u, idx, w, t!, k!, { stream: s });
+        s.dispose();
+        native.setThreads(3);
+        const c = runMoe(x, nRouted!, u, idx, w, t!, k!);
+        expect(a.some((v) => Number.isNaN(v))).toBe(false);
+        expect(new Uint32Array(b.buffer), `T=${t}: 2 threads`).toEqual(new Uint32Array(a.buffer));
+        expect(new Uint32Array(c.buffer), `T=${t}: 3 threads`).toEqual(new Uint32Array(a.buffer));
+      } finally {
+        native.setThreads(originalThreads);
+        disposeExperts(x);
+      }
+    }
+  });
+
+  it('returns its workspace to the pool', () => {
+    const r = rng(15);
+    const x = makeExperts(r, 4, 37, 23, 'f32');
+    const u = r.array(9 * 37);
+    const { idx, w } = makeRouting(r, 9, 3, 4, 2);
+    runMoe(x, 4, u, idx, w, 9, 3); // warm the pool
+    native.synchronize('cpu');
+    const before = memoryStats().liveBytes;
+    runMoe(x, 4, u, idx, w, 9, 3);
+    native.synchronize('cpu');
+    expect(memoryStats().liveBytes).toBe(before);
+    disposeExperts(x);
+  });
+
+  it('rejects bad arguments with typed errors naming the expert and tensor', () => {
+    const r = rng(16);
+    const t = 3, h = 37, inter = 23, n = 4, k = 2;
+    const x = makeExperts(r, n, h, inter, 'f32');
+    const q = makeExperts(r, n, h, inter, 'fp8_e4m3');
+    const G = x.gate.map((g) => g.t), U = x.up.map((g) => g.t), D = x.down.map((g) => g.t);
+    const QG = q.gate.map((g) => g.t), QU = q.up.map((g) => g.t), QD = q.down.map((g) => g.t);
+    const QGs = q.gate.map((g) => g.scale!), QUs = q.up.map((g) => g.scale!), QDs = q.down.map((g) => g.scale!);
+    const all: Tensor[] = [];
+    const mk = (shape: number[], dtype: 'f32' | 'int32' | 'bf16' = 'f32', fill = 0) => {
+      const z = tensor(new Array(shape.reduce((a, b) => a * b, 1)).fill(fill), shape, { dtype });
+      all.push(z);
+      return z;
+    };
+    const out = mk([t, h]), u = mk([t, h]), idx = mk([t, k], 'int32'), w = mk([t, k]);
+    const m = (o: Partial<Record<'out' | 'u' | 'idx' | 'w', Tensor>>, nR: number, g: Tensor[], up: Tensor[], d: Tensor[],
+               gs: Tensor[] | null = null, us: Tensor[] | null = null, ds: Tensor[] | null = null, nE: number | null = null) =>
+      native.moe(null, o.out ?? out, o.u ?? u, o.idx ?? idx, o.w ?? w, nR, g, up, d, gs, us, ds, nE);
+    // A valid call first.
+    m({}, n, G, U, D);
+    native.synchronize('cpu');
+    expectCode(() => m({}, n, G.slice(1), U, D), 'E_ARGUMENT', /moe: 'gate' has 3 tensors, expected nRouted = 4/);
+    expectCode(() => m({}, n, G, U, D.slice(0, 2)), 'E_ARGUMENT', /'down' has 2 tensors/);
+    expectCode(() => m({}, -1, [], [], []), 'E_ARGUMENT', /nRouted must be >= 0/);
+    expectCode(() => m({}, n, G, [U[0]!, U[1]!, U[2]!, mk([inter + 1, h])], D), 'E_SHAPE', /'up\[3\]' has shape \[24, 37\], expected \[23, 37\]/);
+    expectCode(() => m({}, n, G, U, [D[0]!, mk([h, inter], 'int32'), D[2]!, D[3]!]), 'E_DTYPE', /'down\[1\]' has dtype int32/);
+    expectCode(() => m({}, n, [mk([inter, h + 1]), ...G.slice(1)], U, D), 'E_SHAPE', /'gate\[0\]'/);
+    expectCode(() => m({}, n, QG, QU, QD), 'E_ARGUMENT', /'gate\[0\]' is fp8_e4m3 and needs its scale, but 'gateScale' is null/);
+    expectCode(() => m({}, n, QG, QU, QD, QGs, QUs, null), 'E_ARGUMENT', /'down\[0\]' is fp8_e4m3.*'downScale' is null/);
+    expectCode(() => m({}, n, G, U, D, QGs), 'E_ARGUMENT', /'gate\[0\]' is f32 and takes no scale/);
+    expectCode(() => m({}, n, QG, QU, QD, QGs, [QUs[0]!, QUs[1]!, mk([2, 2]), QUs[3]!], QDs), 'E_SHAPE', /'upScale\[2\] \(weight_scale_inv\)'/);
+    expectCode(() => m({}, n, QG, QU, QD, QGs.slice(1), QUs, QDs), 'E_ARGUMENT', /'gateScale' has 3 tensors/);
+    expectCode(() => m({ out: mk([t, h + 1]) }, n, G, U, D), 'E_SHAPE', /'out'/);
+    expectCode(() => m({ u: mk([t, h], 'bf16') }, n, G, U, D), 'E_DTYPE', /'u' has dtype bf16/);
+    expectCode(() => m({ idx: mk([t, k]) }, n, G, U, D), 'E_DTYPE', /'idx'/);
+    expectCode(() => m({ w: mk([t, k + 1]) }, n, G, U, D), 'E_SHAPE', /'weights'/);
+    expectCode(() => m({ out: u }, n, G, U, D), 'E_ARGUMENT', /'out' overlaps 'u'/);
+    expectCode(() => m({}, n, G, U, D, null, null, null, 3), 'E_ARGUMENT', /nExperts/);
+    expectCode(() => native.moe(null, out, u, idx, w, n, 'x' as never, U, D), 'E_ARGUMENT', /'gate' must be an array/);
+    expectCode(() => native.moe(null, out, u, idx, w, n, [G[0]!, {} as Tensor, G[2]!, G[3]!], U, D), 'E_ARGUMENT', /'gate\[1\]' is not a Tensor/);
+
+    // Data-dependent: a bad id is found while the op runs, surfaces at synchronize, writes nothing.
+    for (const [bad, nE, re] of [[-1, null, /idx\[1\]\[0\] = -1 is negative/], [6, 6, /idx\[1\]\[0\] = 6 is out of range 0..5/]] as const) {
+      const s = new Stream('cpu');
+      const o = mk([t, h], 'f32', NaN);
+      const bi = mk([t, k], 'int32');
+      bi.copyFromBytes(Int32Array.from([0, 5, bad, 1, 2, 3]));
+      native.moe(s, o, u, bi, w, n, G, U, D, null, null, null, nE);
+      expectCode(() => s.synchronize(), 'E_ARGUMENT', re);
+      expect(Array.from(toArray(o)).every((v) => Number.isNaN(v))).toBe(true);
+      s.synchronize(); // the error was reported once
+      s.dispose();
+    }
+    for (const z of all) z.dispose();
+    disposeExperts(x);
+    disposeExperts(q);
+  });
+});
