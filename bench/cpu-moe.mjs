@@ -1,117 +1,158 @@
-// CPU MoE benchmark: the grouped-expert op at LongCat-Flash expert shapes (H 6144, I 2048, bf16)
-// against the machine's read bandwidth (decode: weights streamed once) and against the same GEMMs
-// as plain linear calls (prefill). The in-wave schedules (LONGCAT_MOE_SCHED = auto | experts |
-// linear, read by the kernel on every call) are interleaved iteration by iteration, so load from
-// other processes hits them alike.
-//   LONGCAT_ADDON=build-moe/Release/longcat.node node bench/cpu-moe.mjs [--quick] [--json]
-import { createRequire } from 'node:module';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+// CPU MoE benchmark: the grouped-expert op (native.moe with a prepared moeExperts set, as the model
+// calls it) at LongCat-Flash expert shapes (hidden 6144, expert intermediate 2048, bf16: 75.5 MB per
+// expert) for decode (T = 1..8 tokens) and prefill shapes. Each token picks 8 distinct FFN experts
+// + 4 zero experts (k = 12, LongCat's average of ~8 FFN experts per token), drawn at random from a
+// pool larger than the last-level cache and redrawn every call, so weights are streamed.
+//
+// Rooflines, measured in this run:
+//   bandwidth: benchReadBandwidth (1 GiB, all pool threads), before and after; the higher is used.
+//              Decode figure: bytes of the DISTINCT experts a call touches / time, as % of it.
+//   GEMM:      the same expert GEMM through the linear kernel (benchLinear, [rows, 6144] x
+//              [2048, 6144]^T bf16, rows = average tokens per touched expert); prefill figure:
+//              MoE GFLOP/s as % of it.
+// The kernel's in-wave schedule can be forced with LONGCAT_MOE_SCHED (auto | experts | linear).
+//
+//   LONGCAT_ADDON=build-bench/Release/longcat.node node bench/cpu-moe.mjs [--quick] [--out f.json]
+import { writeFileSync } from 'node:fs';
+import { native } from '../dist/index.js';
 
-const require = createRequire(import.meta.url);
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-const addonPath = process.env.LONGCAT_ADDON ? path.resolve(process.env.LONGCAT_ADDON) : path.join(root, 'build/Release/longcat.node');
-const quick = process.argv.includes('--quick');
-const H = 6144, I = 2048;
+const args = process.argv.slice(2);
+const quick = args.includes('--quick');
+const outPath = args.includes('--out') ? args[args.indexOf('--out') + 1] : null;
 
-function now() {
-  return Number(process.hrtime.bigint()) / 1e6;
-}
-function median(v) {
+const H = 6144, I = 2048, K = 12, NF = 8;
+const BYTES_PER_EXPERT = 3 * I * H * 2;
+
+const now = () => Number(process.hrtime.bigint()) / 1e6;
+const median = (v) => {
   const s = [...v].sort((a, b) => a - b);
   return s.length % 2 ? s[(s.length - 1) / 2] : 0.5 * (s[s.length / 2 - 1] + s[s.length / 2]);
-}
+};
+const readBandwidth = () => native.benchReadBandwidth(1 << 30, 3).gbps;
 
-/** Random bf16 bits with exponent 2^-7..2^-4 (no inf / NaN). */
-function bf16Weight(native, rows, cols, seed) {
-  const n = rows * cols;
+/** xorshift32 bf16 bits, magnitude 2^-7..2^-4, random sign (finite, never zero). */
+function randomBf16(n, seed) {
   const bits = new Uint16Array(n);
   let s = seed >>> 0 || 1;
   for (let i = 0; i < n; i++) {
     s ^= s << 13; s >>>= 0; s ^= s >>> 17; s ^= s << 5; s >>>= 0;
     bits[i] = (s & 0x807f) | ((120 + ((s >>> 8) & 3)) << 7);
   }
-  return new native.Tensor('bf16', [rows, cols], 'cpu', bits);
+  return bits;
 }
+function rng(seed) {
+  let s = seed >>> 0 || 1;
+  return () => {
+    s ^= s << 13; s >>>= 0; s ^= s >>> 17; s ^= s << 5; s >>>= 0;
+    return s / 4294967296;
+  };
+}
+const f32 = (shape, fill) => new native.Tensor('f32', shape, 'cpu', new Float32Array(shape.reduce((a, b) => a * b, 1)).fill(fill));
 
 function main() {
-  const native = require(addonPath);
-  const scheds = ['auto', 'experts', 'linear'];
-  const out = [];
-  const nRouted = quick ? 12 : 24;
+  const t00 = now();
+  const nRouted = quick ? 16 : 32; // 16 x 75.5 MB = 1.2 GB: far above any cache
+  // Every expert has its own memory; contents repeat across experts (irrelevant to bandwidth).
+  const gu = randomBf16(I * H, 1), dn = randomBf16(H * I, 2);
   const gate = [], up = [], down = [];
   for (let e = 0; e < nRouted; e++) {
-    gate.push(bf16Weight(native, I, H, 3 * e + 1));
-    up.push(bf16Weight(native, I, H, 3 * e + 2));
-    down.push(bf16Weight(native, H, I, 3 * e + 3));
+    gate.push(new native.Tensor('bf16', [I, H], 'cpu', gu));
+    up.push(new native.Tensor('bf16', [I, H], 'cpu', gu));
+    down.push(new native.Tensor('bf16', [H, I], 'cpu', dn));
   }
-  const bytesPerExpert = 3 * I * H * 2;
-  const f32 = (shape, fill) => new native.Tensor('f32', shape, 'cpu', new Float32Array(shape.reduce((a, b) => a * b, 1)).fill(fill));
-  const bw0 = native.benchReadBandwidth(1 << 30, 5).gbps;
-  // [label, T, k, FFN experts per token, iterations]
-  const cases = [
-    ['decode T=1, 12 of 12 slots FFN', 1, 12, 12, quick ? 5 : 10],
-    ['decode T=1, 8 FFN + 4 zero', 1, 12, 8, quick ? 5 : 10],
-    ['decode T=4, 8 FFN + 4 zero', 4, 12, 8, quick ? 3 : 6],
-    ['prefill T=64, 12 FFN', 64, 12, 12, quick ? 2 : 3],
-  ];
-  for (const [label, T, k, nf, iters] of cases) {
+  const experts = native.moeExperts(gate, up, down);
+  const bw0 = readBandwidth();
+
+  const rand = rng(12345);
+  const decodeT = quick ? [1, 4] : [1, 2, 4, 8];
+  const prefillT = quick ? [64] : [64, 256];
+  const rows = [];
+  for (const T of [...decodeT, ...prefillT]) {
+    const phase = T <= 8 ? 'decode' : 'prefill';
     const u = f32([T, H], 0.01), o = f32([T, H], 0);
-    const idx = new Int32Array(T * k), w = new Float32Array(T * k).fill(0.5);
-    let rot = 0;
+    const idx = new Int32Array(T * K), w = new Float32Array(T * K).fill(0.5);
+    const it = new native.Tensor('int32', [T, K], 'cpu', idx), wt = new native.Tensor('f32', [T, K], 'cpu', w);
     const route = () => {
-      // Each token: nf distinct FFN experts (rotating through all nRouted, so successive calls
-      // read different weights), then zero experts.
-      for (let t = 0; t < T; t++)
-        for (let j = 0; j < k; j++) idx[t * k + j] = j < nf ? (rot + t * 5 + j) % nRouted : nRouted + j;
-      rot += nf;
-    };
-    const it = new native.Tensor('int32', [T, k], 'cpu', idx), wt = new native.Tensor('f32', [T, k], 'cpu', w);
-    const ms = Object.fromEntries(scheds.map((s) => [s, []]));
-    let active = 0;
-    for (let i = 0; i < iters + 1; i++)
-      for (const sched of scheds) {
-        process.env.LONGCAT_MOE_SCHED = sched;
-        route();
-        active = new Set(Array.from(idx).filter((e) => e < nRouted)).size;
-        it.copyFromBytes(idx);
-        native.synchronize('cpu');
-        const t0 = now();
-        native.moe(null, o, u, it, wt, nRouted, gate, up, down, null, null, null, nRouted + k);
-        native.synchronize('cpu');
-        if (i > 0) ms[sched].push(now() - t0);
+      // Per token: NF distinct random FFN experts, then K - NF distinct zero experts.
+      const touched = new Set();
+      for (let t = 0; t < T; t++) {
+        const pick = new Set();
+        while (pick.size < NF) pick.add(Math.floor(rand() * nRouted));
+        let j = 0;
+        for (const e of pick) { idx[t * K + j++] = e; touched.add(e); }
+        for (; j < K; j++) idx[t * K + j] = nRouted + j - NF;
       }
-    delete process.env.LONGCAT_MOE_SCHED;
-    const bytes = active * bytesPerExpert, flops = 2 * 3 * T * nf * H * I;
-    for (const sched of scheds) {
-      const m = median(ms[sched]);
-      out.push({ label, sched, T, k, nf, activeExperts: active, medianMs: m, gbps: bytes / m / 1e6, gflops: flops / m / 1e6 });
+      it.copyFromBytes(idx);
+      return touched.size;
+    };
+    const ms = [], touchedCounts = [];
+    const budget = phase === 'decode' ? (quick ? 300 : 800) : (quick ? 800 : 2500);
+    const t0 = now();
+    for (let i = 0; ; i++) {
+      const touched = route();
+      native.synchronize('cpu');
+      const a = now();
+      native.moe(null, o, u, it, wt, nRouted, experts, null, null, null, null, null, nRouted + K);
+      native.synchronize('cpu');
+      if (i > 0) { ms.push(now() - a); touchedCounts.push(touched); } // first call: warm-up
+      if (ms.length >= 2 && (ms.length >= 9 || now() - t0 > budget)) break;
     }
+    const out = new Float32Array(o.toBytes().buffer);
+    if (!Number.isFinite(out[0]) || out[0] === 0) throw new Error(`moe produced ${out[0]} at T=${T}`);
+    const m = median(ms);
+    const touched = touchedCounts.reduce((a, b) => a + b, 0) / touchedCounts.length;
+    const bytes = touched * BYTES_PER_EXPERT, flops = 2 * 3 * T * NF * H * I;
+    rows.push({
+      phase, T, k: K, ffnPerToken: NF, iters: ms.length, medianMs: m, touchedExperts: touched,
+      tokensPerExpert: (T * NF) / touched, weightBytes: bytes,
+      gbps: bytes / m / 1e6, gflops: flops / m / 1e6, tokensPerSecond: T / (m / 1e3),
+    });
     for (const x of [u, o, it, wt]) x.dispose();
   }
-  // Reference: the same expert GEMM shapes through plain linear (benchLinear, native timing),
-  // rotating over the experts' gate weights so they are not timed from cache.
-  const lin = [];
-  for (const rows of [1, 32]) {
-    const x = f32([rows, H], 0.01), y = f32([rows, I], 0);
-    const r = native.benchLinear(y, x, gate, null, 2, quick ? 6 : 12);
-    lin.push({ rows, medianMs: r.medianMs, gbps: (I * H * 2) / r.medianMs / 1e6, gflops: (2 * rows * I * H) / r.medianMs / 1e6 });
+
+  // GEMM reference: the expert's gate GEMM through the linear kernel, rotating over the experts.
+  const gemmRows = [...new Set(rows.map((r) => Math.max(1, Math.round(r.tokensPerExpert))))];
+  const gemm = {};
+  for (const r of gemmRows) {
+    const x = f32([r, H], 0.01), y = f32([r, I], 0);
+    const b = native.benchLinear(y, x, gate, null, 1, r >= 32 ? 3 : 6);
+    gemm[r] = { rows: r, medianMs: b.medianMs, gbps: (I * H * 2) / b.medianMs / 1e6, gflops: (2 * r * I * H) / b.medianMs / 1e6 };
     x.dispose();
     y.dispose();
   }
-  const bw1 = native.benchReadBandwidth(1 << 30, 5).gbps;
-  const res = { threads: native.threads(), isa: native.cpuFeatures().isa, readGbps: [bw0, bw1], cases: out, linear: lin };
-  if (process.argv.includes('--json')) {
-    console.log(JSON.stringify(res, null, 2));
-    return;
-  }
+  experts.dispose();
+  for (const t of [...gate, ...up, ...down]) t.dispose();
+  const bw1 = readBandwidth();
   const bw = Math.max(bw0, bw1);
-  console.log(`threads ${res.threads}, isa ${res.isa}, read bandwidth ${bw0.toFixed(1)} / ${bw1.toFixed(1)} GB/s (before / after; % below uses the higher)`);
-  console.log('case | sched | ms | weight GB/s | % of read bw | GFLOP/s');
-  for (const c of out)
-    console.log(`${c.label} | ${c.sched} | ${c.medianMs.toFixed(2)} | ${c.gbps.toFixed(1)} | ${((100 * c.gbps) / bw).toFixed(0)}% | ${c.gflops.toFixed(1)}`);
-  for (const l of lin)
-    console.log(`linear [${l.rows}, ${H}] x [${I}, ${H}]^T bf16 | ${l.medianMs.toFixed(2)} ms | ${l.gbps.toFixed(1)} GB/s | ${l.gflops.toFixed(1)} GFLOP/s`);
+  for (const r of rows) {
+    const g = gemm[Math.max(1, Math.round(r.tokensPerExpert))];
+    r.fracBandwidth = r.gbps / bw;
+    r.linearGflops = g.gflops;
+    r.fracLinear = r.gflops / g.gflops;
+  }
+  for (const g of Object.values(gemm)) g.fracBandwidth = g.gbps / bw;
+  const res = {
+    bench: 'cpu-moe',
+    date: new Date().toISOString(),
+    threads: native.threads(),
+    isa: native.cpuFeatures().isa,
+    sched: process.env.LONGCAT_MOE_SCHED ?? 'auto',
+    shapes: { hidden: H, intermediate: I, dtype: 'bf16', nRoutedPool: nRouted, k: K, ffnPerToken: NF, bytesPerExpert: BYTES_PER_EXPERT },
+    rooflines: { readGbps: [bw0, bw1], readGbpsUsed: bw, linear: Object.values(gemm) },
+    rows,
+    seconds: (now() - t00) / 1000,
+  };
+  if (outPath) writeFileSync(outPath, JSON.stringify(res, null, 2) + '\n');
+  console.log(`## cpu-moe: moe(), hidden ${H}, expert ffn ${I}, bf16 (${(BYTES_PER_EXPERT / 1e6).toFixed(1)} MB/expert), ` +
+    `${NF} FFN + ${K - NF} zero experts per token from a pool of ${nRouted}`);
+  console.log(`threads ${res.threads}, isa ${res.isa}, sched ${res.sched}; read bandwidth ${bw0.toFixed(1)} / ${bw1.toFixed(1)} GB/s (before / after, using ${bw.toFixed(1)})`);
+  console.log('| phase | T | experts touched | tok/expert | ms | tokens/s | weight GB/s | % read bw | GFLOP/s | % linear GEMM |');
+  console.log('| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |');
+  for (const r of rows)
+    console.log(`| ${r.phase} | ${r.T} | ${r.touchedExperts.toFixed(1)} | ${r.tokensPerExpert.toFixed(1)} | ${r.medianMs.toFixed(2)} | ` +
+      `${r.tokensPerSecond.toFixed(1)} | ${r.gbps.toFixed(1)} | ${(100 * r.fracBandwidth).toFixed(0)}% | ${r.gflops.toFixed(1)} | ${(100 * r.fracLinear).toFixed(0)}% |`);
+  console.log(`linear kernel reference ([rows, ${H}] x [${I}, ${H}]^T bf16): ` +
+    Object.values(gemm).map((g) => `rows ${g.rows}: ${g.gflops.toFixed(1)} GFLOP/s, ${g.gbps.toFixed(1)} GB/s (${(100 * g.fracBandwidth).toFixed(0)}% bw)`).join('; '));
 }
 
 main();

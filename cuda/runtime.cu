@@ -153,6 +153,28 @@ float event_elapsed_ms(int dev, void* a, void* b) {
   check(cudaEventElapsedTime(&ms, static_cast<cudaEvent_t>(a), static_cast<cudaEvent_t>(b)), "cudaEventElapsedTime");
   return ms;
 }
+void stream_begin_capture(int dev, void* s) {
+  use(dev);
+  check(cudaStreamBeginCapture(static_cast<cudaStream_t>(s), cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
+}
+void* stream_end_capture(int dev, void* s) {
+  use(dev);
+  cudaGraph_t graph = nullptr;
+  check(cudaStreamEndCapture(static_cast<cudaStream_t>(s), &graph), "cudaStreamEndCapture");
+  cudaGraphExec_t exec = nullptr;
+  cudaError_t e = cudaGraphInstantiate(&exec, graph, 0);
+  cudaGraphDestroy(graph);
+  check(e, "cudaGraphInstantiate");
+  return exec;
+}
+void graph_launch(int dev, void* exec, void* s) {
+  use(dev);
+  check(cudaGraphLaunch(static_cast<cudaGraphExec_t>(exec), static_cast<cudaStream_t>(s)), "cudaGraphLaunch");
+}
+void graph_destroy(int dev, void* exec) {
+  use(dev);
+  check(cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(exec)), "cudaGraphExecDestroy");
+}
 void check_launch(const char* what) { check(cudaGetLastError(), what); }
 
 }  // namespace lc::cuda

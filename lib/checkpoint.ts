@@ -9,9 +9,7 @@ import {
 } from './config.js';
 import { type SafetensorsDType, type SafetensorsHeader, readSafetensorsHeader } from './safetensors.js';
 import type { DType, Tensor } from '../types/native.js';
-import type { MappedFile, MmapOps, MmapAdvice } from '../types/ops-mmap.js';
-
-const mm = native as unknown as MmapOps;
+import type { MappedFile, MmapAdvice } from '../types/ops-mmap.js';
 
 export interface GenerationConfig {
   bos_token_id?: number;
@@ -258,7 +256,7 @@ export async function openCheckpoint(dir: string, opts: OpenCheckpointOptions = 
   try {
     for (const [i, h] of headers.entries()) {
       checkAbort();
-      mappings.set(h.file, mm.mapFile(h.file, opts.advice ? { advice: opts.advice } : undefined));
+      mappings.set(h.file, native.mapFile(h.file, opts.advice ? { advice: opts.advice } : undefined));
       bytes += h.fileSize;
       opts.onProgress?.({ file: h.file, filesDone: i + 1, files: headers.length, bytes, totalBytes });
       // Let an abort signalled from a progress callback or a timer be seen between files.
@@ -311,7 +309,7 @@ class CheckpointImpl implements Checkpoint {
     if (!t) throw ckptError(`checkpoint ${this.dir}: no tensor '${name}'`);
     if (!t.nativeDtype) throw ckptError(`${path.basename(t.file)}: tensor '${name}' has dtype ${t.dtype}, which this engine does not support`);
     const m = this.mappings.get(t.file)!;
-    const tensor = mm.tensorFromMapping(m, t.offset, t.nativeDtype, t.shape);
+    const tensor = native.tensorFromMapping(m, t.offset, t.nativeDtype, t.shape);
     this.cache.set(name, tensor);
     return tensor;
   }

@@ -1,13 +1,30 @@
 #!/usr/bin/env node
-// The `longcat` command.
+// The `longcat` command: info, generate, chat, inspect, init-random.
 import { parseArgs } from 'node:util';
+import { existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import readline from 'node:readline';
 import { buildInfo, cpuFeatures, devices, native, threads } from './index.js';
 import { LongcatError } from './errors.js';
+import { loadModel, type GenerateOptions, type Model } from './generate.js';
+import { initRandom, type Preset } from './init-random.js';
+import { openCheckpoint, type LoadProgress } from './checkpoint.js';
+import { activeParams } from './config.js';
+import type { ChatMessage } from './chat.js';
+import type { Backend } from './model/load.js';
 
 const USAGE = `usage: longcat <command> [options]
 
 commands:
-  info                      backends, devices, CPU features and build flags
+  generate [--model DIR] --prompt TEXT   stream a completion (no --model: a generated tiny model)
+           [--chat] [--max-tokens N] [--temperature T] [--top-k K] [--top-p P] [--min-p P]
+           [--seed S] [--stop STR] [--backend auto|cpu|cuda] [--threads N]
+  chat --model DIR                       interactive chat (Ctrl+C stops an answer; twice quits)
+  inspect DIR                            config, tensors, bytes, active parameters per token
+  init-random --preset tiny|small|medium --out DIR [--fp8] [--mtp] [--seed S]
+                                         write a random LongCat-Flash checkpoint (original layout)
+  info [--json]                          backends, devices, CPU features and build flags
 `;
 
 function formatBytes(n: number): string {
@@ -17,11 +34,14 @@ function formatBytes(n: number): string {
   return `${n.toFixed(i ? 1 : 0)} ${u[i]}`;
 }
 
+function formatCount(n: number): string {
+  return n >= 1e9 ? `${(n / 1e9).toFixed(2)} B` : n >= 1e6 ? `${(n / 1e6).toFixed(2)} M` : `${n}`;
+}
+
 function info(json: boolean) {
   const b = buildInfo(), f = cpuFeatures(), c = native.cudaStatus();
-  const facts = { build: b, cpu: f, threads: threads(), cuda: c, devices: devices() };
   if (json) {
-    console.log(JSON.stringify(facts, null, 2));
+    console.log(JSON.stringify({ build: b, cpu: f, threads: threads(), cuda: c, devices: devices() }, null, 2));
     return;
   }
   const isa = Object.entries(f).filter(([k, v]) => k !== 'isa' && v === true).map(([k]) => k).join(' ');
@@ -35,14 +55,179 @@ function info(json: boolean) {
   }
 }
 
+/** A one-line progress bar on stderr (only when stderr is a terminal). */
+function progressBar(label: string) {
+  const tty = process.stderr.isTTY;
+  return {
+    update(p: LoadProgress) {
+      if (!tty) return;
+      const frac = p.totalBytes ? p.bytes / p.totalBytes : 1;
+      const bar = '#'.repeat(Math.round(frac * 30)).padEnd(30, '.');
+      process.stderr.write(`\r${label} [${bar}] ${formatBytes(p.bytes)} / ${formatBytes(p.totalBytes)}`);
+    },
+    done() {
+      if (tty) process.stderr.write('\n');
+    },
+  };
+}
+
+/** The tiny model `generate` uses when no --model is given: generated once, then reused. */
+async function defaultModelDir(): Promise<string> {
+  const dir = path.join(tmpdir(), 'longcat-flash-tiny-v1');
+  if (!existsSync(path.join(dir, 'model.safetensors.index.json'))) {
+    process.stderr.write(`longcat: no --model given; writing a random tiny LongCat-Flash checkpoint to ${dir}\n`);
+    await initRandom({ preset: 'tiny', out: dir, seed: 0 });
+  }
+  return dir;
+}
+
+const modelOptions = {
+  model: { type: 'string' },
+  backend: { type: 'string' },
+  threads: { type: 'string' },
+  'max-context': { type: 'string' },
+} as const;
+
+const samplingOptions = {
+  'max-tokens': { type: 'string' },
+  temperature: { type: 'string' },
+  'top-k': { type: 'string' },
+  'top-p': { type: 'string' },
+  'min-p': { type: 'string' },
+  seed: { type: 'string' },
+  stop: { type: 'string', multiple: true },
+} as const;
+
+function num(v: string | undefined, name: string): number | undefined {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (!Number.isFinite(n)) throw new LongcatError('E_ARGUMENT', `--${name} must be a number, got '${v}'`);
+  return n;
+}
+
+async function openModel(v: { model?: string; backend?: string; threads?: string; 'max-context'?: string }): Promise<Model> {
+  const dir = v.model ?? (await defaultModelDir());
+  const bar = progressBar('loading');
+  const model = await loadModel(dir, {
+    backend: v.backend as Backend | undefined,
+    threads: num(v.threads, 'threads'),
+    maxContext: num(v['max-context'], 'max-context'),
+    onProgress: (p) => bar.update(p),
+  });
+  bar.done();
+  process.stderr.write(`longcat: ${path.basename(path.resolve(dir))} on ${model.device}\n`);
+  return model;
+}
+
+function sampling(v: Record<string, string | string[] | boolean | undefined>): GenerateOptions {
+  return {
+    maxTokens: num(v['max-tokens'] as string | undefined, 'max-tokens'),
+    temperature: num(v.temperature as string | undefined, 'temperature'),
+    topK: num(v['top-k'] as string | undefined, 'top-k'),
+    topP: num(v['top-p'] as string | undefined, 'top-p'),
+    minP: num(v['min-p'] as string | undefined, 'min-p'),
+    seed: num(v.seed as string | undefined, 'seed'),
+    stop: v.stop as string[] | undefined,
+  };
+}
+
+async function generate(args: string[]) {
+  const { values: v } = parseArgs({ args, options: { ...modelOptions, ...samplingOptions, prompt: { type: 'string' }, chat: { type: 'boolean' } } });
+  if (v.prompt === undefined) throw new LongcatError('E_ARGUMENT', 'generate: --prompt TEXT is required');
+  using model = await openModel(v);
+  using session = model.createSession();
+  const ac = new AbortController();
+  const onSigint = () => ac.abort();
+  process.on('SIGINT', onSigint);
+  try {
+    const g = session.generate(v.chat ? [{ role: 'user', content: v.prompt }] : v.prompt, { ...sampling(v), signal: ac.signal });
+    for await (const chunk of g) process.stdout.write(chunk);
+    const r = await g;
+    process.stdout.write('\n');
+    process.stderr.write(
+      `[${r.stopReason}] prompt ${r.promptTokens} tokens (${r.prefillTokensPerSecond.toFixed(1)} tok/s), ` +
+        `generated ${r.completionTokens} tokens (${r.tokensPerSecond.toFixed(1)} tok/s), first token ${r.timeToFirstTokenMs.toFixed(0)} ms, ` +
+        `${r.avgFfnExpertsPerToken.toFixed(2)} FFN experts/token/layer\n`,
+    );
+  } finally {
+    process.off('SIGINT', onSigint);
+  }
+}
+
+async function chat(args: string[]) {
+  const { values: v } = parseArgs({ args, options: { ...modelOptions, ...samplingOptions, system: { type: 'string' } } });
+  using model = await openModel(v);
+  using session = model.createSession();
+  const messages: ChatMessage[] = v.system ? [{ role: 'system', content: v.system }] : [];
+  const rl = readline.createInterface({ input: process.stdin, output: process.stdout, prompt: '> ' });
+  let answering: AbortController | null = null;
+  rl.on('SIGINT', () => {
+    if (answering) answering.abort();
+    else rl.close();
+  });
+  rl.prompt();
+  for await (const line of rl) {
+    if (!line.trim()) {
+      rl.prompt();
+      continue;
+    }
+    messages.push({ role: 'user', content: line });
+    answering = new AbortController();
+    const g = session.generate(messages, { maxTokens: 512, ...sampling(v), signal: answering.signal });
+    for await (const chunk of g) process.stdout.write(chunk);
+    const r = await g;
+    answering = null;
+    process.stdout.write(r.stopReason === 'abort' ? ' [stopped]\n' : '\n');
+    messages.push({ role: 'assistant', content: r.text });
+    rl.prompt();
+  }
+}
+
+async function inspect(args: string[]) {
+  const { positionals } = parseArgs({ args, allowPositionals: true, options: {} });
+  const dir = positionals[0];
+  if (!dir) throw new LongcatError('E_ARGUMENT', 'inspect: a checkpoint directory is required');
+  using ck = await openCheckpoint(dir);
+  const c = ck.config;
+  const typical = Math.min(8, c.moe_topk, c.n_routed_experts); // ~8 FFN experts per token in LongCat-Flash (SPEC 1.2)
+  const p = activeParams(c, { expectedFfnExperts: typical, mtp: ck.hasMtp });
+  const dtypes = new Map<string, number>();
+  for (const t of ck.tensors.values()) dtypes.set(t.dtype, (dtypes.get(t.dtype) ?? 0) + 1);
+  console.log(`checkpoint:   ${path.resolve(dir)}`);
+  console.log(`files:        ${ck.files.length} safetensors shard(s), ${formatBytes(ck.totalBytes)}`);
+  console.log(`tensors:      ${ck.tensors.size} (${[...dtypes].map(([d, n]) => `${n} ${d}`).join(', ')})${ck.unexpected.length ? `, ${ck.unexpected.length} unexpected` : ''}`);
+  console.log(`format:       ${ck.fp8 ? 'block FP8 (e4m3, 128x128 scales)' : 'unquantized'}, experts ${[...new Set(ck.expertLayouts)].join('/')}, MTP ${ck.hasMtp ? 'present' : 'absent'}`);
+  console.log(`architecture: ${c.num_layers} layers x (2 MLA + 2 dense FFN + MoE), hidden ${c.hidden_size}, ${c.num_attention_heads} heads, vocab ${c.vocab_size}`);
+  console.log(`MoE:          ${c.n_routed_experts} FFN experts (${c.expert_ffn_hidden_size} wide) + ${c.zero_expert_num} zero experts, top-${c.moe_topk}, scale ${c.routed_scaling_factor}`);
+  console.log(`RoPE:         theta ${c.rope_theta}${c.rope_scaling ? `, YaRN x${c.rope_scaling.factor}` : ''}, context ${c.max_position_embeddings}`);
+  console.log(`parameters:   ${formatCount(p.total)} total${p.mtp ? ` (+${formatCount(p.mtp)} MTP)` : ''}`);
+  console.log(`active/token: ${formatCount(p.activeMin)} (0 FFN experts) .. ${formatCount(p.activeMax)} (${Math.min(c.moe_topk, c.n_routed_experts)}), ${formatCount(p.activeExpected!)} at ${typical}`);
+}
+
+async function initRandomCmd(args: string[]) {
+  const { values: v } = parseArgs({ args, options: { preset: { type: 'string' }, out: { type: 'string' }, fp8: { type: 'boolean' }, mtp: { type: 'boolean' }, seed: { type: 'string' } } });
+  if (!v.out) throw new LongcatError('E_ARGUMENT', 'init-random: --out DIR is required');
+  const preset = (v.preset ?? 'tiny') as Preset;
+  if (!['tiny', 'small', 'medium'].includes(preset)) throw new LongcatError('E_ARGUMENT', `init-random: unknown preset '${preset}' (tiny, small or medium)`);
+  const r = await initRandom({ preset, out: v.out, fp8: v.fp8, mtp: v.mtp, seed: num(v.seed, 'seed') });
+  console.log(`wrote ${r.tensorCount} tensors, ${formatBytes(r.totalBytes)} in ${r.files.length} files to ${r.dir}`);
+}
+
 async function main(argv: string[]) {
   const [cmd, ...rest] = argv;
   switch (cmd) {
     case 'info': {
       const { values } = parseArgs({ args: rest, options: { json: { type: 'boolean' } } });
-      info(!!values.json);
-      return;
+      return info(!!values.json);
     }
+    case 'generate':
+      return generate(rest);
+    case 'chat':
+      return chat(rest);
+    case 'inspect':
+      return inspect(rest);
+    case 'init-random':
+      return initRandomCmd(rest);
     case undefined:
     case '-h':
     case '--help':
@@ -55,10 +240,8 @@ async function main(argv: string[]) {
 }
 
 main(process.argv.slice(2)).catch((err: unknown) => {
-  if (err instanceof LongcatError) {
-    process.stderr.write(`longcat: ${err.message} [${err.code}]\n`);
-  } else {
-    process.stderr.write(`longcat: ${(err as Error)?.stack ?? String(err)}\n`);
-  }
+  if (err instanceof LongcatError) process.stderr.write(`longcat: ${err.message} [${err.code}]\n`);
+  else if ((err as { code?: string })?.code?.startsWith('ERR_PARSE_ARGS')) process.stderr.write(`longcat: ${(err as Error).message}\n${USAGE}`);
+  else process.stderr.write(`longcat: ${(err as Error)?.stack ?? String(err)}\n`);
   process.exitCode = 1;
 });

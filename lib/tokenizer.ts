@@ -125,8 +125,13 @@ export function createTokenizer(
       let read = 0; // tokens already turned into emitted text
       return {
         push(next: number | readonly number[]): string {
-          const add = typeof next === 'number' ? [next] : [...next];
-          checkIds(add, 'decoder.push');
+          const all = typeof next === 'number' ? [next] : [...next];
+          for (const id of all)
+            if (!Number.isInteger(id) || id < 0) throw new ArgumentError('E_ARGUMENT', `decoder.push: token id ${id} is not a non-negative integer`);
+          // Model vocabularies are padded past the tokenizer's (131072 rows for LongCat-Flash):
+          // a sampled padding id has no text.
+          const add = all.filter((id) => id < vocabSize);
+          if (add.length === 0) return '';
           ids.push(...add);
           const prefixText = decode(ids.slice(prefix, read), opts);
           const newText = decode(ids.slice(prefix), opts);

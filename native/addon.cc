@@ -12,7 +12,7 @@ namespace lc {
 namespace {
 
 struct AddonData {
-  Napi::FunctionReference tensor_ctor, stream_ctor, event_ctor, make_error;
+  Napi::FunctionReference tensor_ctor, stream_ctor, event_ctor, graph_ctor, make_error;
 };
 
 AddonData& data(Napi::Env env) { return *env.GetInstanceData<AddonData>(); }
@@ -420,11 +420,20 @@ Napi::Function StreamWrap::Init(Napi::Env env) {
 }
 
 StreamWrap::StreamWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<StreamWrap>(info) {
+  if (info.Length() == 1 && info[0].IsExternal()) {
+    s_ = info[0].As<Napi::External<Stream>>().Data();
+    return;
+  }
   try {
-    s_ = std::make_unique<Stream>(device_arg(info, 0));
+    owned_ = std::make_unique<Stream>(device_arg(info, 0));
+    s_ = owned_.get();
   } catch (...) {
     rethrow_as_js(info.Env());
   }
+}
+
+Napi::Object StreamWrap::WrapDefault(Napi::Env env, Device d) {
+  return data(env).stream_ctor.New({Napi::External<Stream>::New(env, &default_stream(d))});
 }
 
 bool StreamWrap::IsStream(Napi::Env env, Napi::Value v) {
@@ -456,7 +465,8 @@ Napi::Value StreamWrap::Dispose(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     if (s_) {
       s_->synchronize();  // runs what is queued; errors surface here
-      s_.reset();
+      owned_.reset();
+      s_ = nullptr;
     }
     return info.Env().Undefined();
   });
@@ -641,6 +651,68 @@ static Napi::Value TrimPool(const Napi::CallbackInfo& info) {
   });
 }
 
+// ---- graphs ------------------------------------------------------------------------------
+
+class GraphWrap : public Napi::ObjectWrap<GraphWrap> {
+ public:
+  static Napi::Function Init(Napi::Env env) {
+    return DefineClass(env, "Graph", {InstanceMethod<&GraphWrap::Replay>("replay"), InstanceMethod<&GraphWrap::Dispose>("dispose")});
+  }
+  explicit GraphWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<GraphWrap>(info) {
+    if (info.Length() == 1 && info[0].IsExternal()) g_.reset(info[0].As<Napi::External<Graph>>().Data());
+  }
+
+ private:
+  Napi::Value Replay(const Napi::CallbackInfo& info) {
+    return guarded(info, [&]() -> Napi::Value {
+      if (!g_) fail(Code::E_DISPOSED, "graph was disposed");
+      g_->replay();
+      return info.Env().Undefined();
+    });
+  }
+  Napi::Value Dispose(const Napi::CallbackInfo& info) {
+    g_.reset();
+    return info.Env().Undefined();
+  }
+  std::unique_ptr<Graph> g_;
+};
+
+// captureGraph(streams, fn): runs fn() with every op queued on `streams` captured instead of run;
+// returns a Graph whose replay() queues all of it again (one call per step instead of one per op).
+static Napi::Value CaptureGraph(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::vector<Stream*> streams;
+  try {
+    if (info.Length() < 2 || !info[0].IsArray() || !info[1].IsFunction())
+      fail(Code::E_ARGUMENT, "captureGraph(streams, fn): expected an array of Streams and a function");
+    Napi::Array a = info[0].As<Napi::Array>();
+    for (uint32_t i = 0; i < a.Length(); ++i) {
+      if (!StreamWrap::IsStream(env, a.Get(i))) fail(Code::E_ARGUMENT, "captureGraph: streams[%u] is not a Stream", i);
+      streams.push_back(&StreamWrap::Unwrap(a.Get(i).As<Napi::Object>())->get());
+    }
+    Capture::begin(streams);
+  } catch (...) {
+    rethrow_as_js(env);
+  }
+  try {
+    info[1].As<Napi::Function>().Call({});
+  } catch (...) {
+    Capture::abort(streams);
+    throw;
+  }
+  try {
+    std::unique_ptr<Graph> g = Capture::end(streams);
+    return data(env).graph_ctor.New({Napi::External<Graph>::New(env, g.release())});
+  } catch (...) {
+    rethrow_as_js(env);
+  }
+}
+
+// The stream ops use when given null: one per device, ordered with every null-stream op.
+static Napi::Value DefaultStream(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value { return StreamWrap::WrapDefault(info.Env(), device_arg(info, 0)); });
+}
+
 static Napi::Value Synchronize(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     device_synchronize(device_arg(info, 0));
@@ -675,6 +747,11 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("memoryStats", Napi::Function::New(env, MemoryStats));
   exports.Set("trimPool", Napi::Function::New(env, TrimPool));
   exports.Set("synchronize", Napi::Function::New(env, Synchronize));
+  exports.Set("defaultStream", Napi::Function::New(env, DefaultStream));
+  Napi::Function graph = GraphWrap::Init(env);
+  d->graph_ctor = Napi::Persistent(graph);
+  exports.Set("Graph", graph);
+  exports.Set("captureGraph", Napi::Function::New(env, CaptureGraph));
   exports.Set("setErrorFactory", Napi::Function::New(env, SetErrorFactory));
   for (auto& [name, fn] : op_table()) {
     OpFn f = fn;

@@ -47,6 +47,7 @@ class StreamWrap : public Napi::ObjectWrap<StreamWrap> {
  public:
   static Napi::Function Init(Napi::Env env);
   static bool IsStream(Napi::Env env, Napi::Value v);
+  static Napi::Object WrapDefault(Napi::Env env, Device d);
   explicit StreamWrap(const Napi::CallbackInfo& info);
   Stream& get() const;
 
@@ -55,7 +56,8 @@ class StreamWrap : public Napi::ObjectWrap<StreamWrap> {
   Napi::Value Synchronize(const Napi::CallbackInfo&);
   Napi::Value WaitEvent(const Napi::CallbackInfo&);
   Napi::Value Dispose(const Napi::CallbackInfo&);
-  std::unique_ptr<Stream> s_;
+  Stream* s_ = nullptr;
+  std::unique_ptr<Stream> owned_;  // null for a device's default stream, which is only borrowed
 };
 
 class EventWrap : public Napi::ObjectWrap<EventWrap> {

@@ -31,6 +31,10 @@ void stream_wait_event(int, void*, void*) { absent(); }
 void event_synchronize(int, void*) {}
 bool event_query(int, void*) { return true; }
 float event_elapsed_ms(int, void*, void*) { absent(); }
+void stream_begin_capture(int, void*) { absent(); }
+void* stream_end_capture(int, void*) { absent(); }
+void graph_launch(int, void*, void*) { absent(); }
+void graph_destroy(int, void*) {}
 void check_launch(const char*) {}
 
 }  // namespace lc::cuda

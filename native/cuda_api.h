@@ -40,6 +40,12 @@ bool event_query(int dev, void* e);
 // Milliseconds between two recorded events (both complete).
 float event_elapsed_ms(int dev, void* start, void* end);
 
+// Stream capture into an executable CUDA graph (cudaGraphExec_t), replayed with graph_launch.
+void stream_begin_capture(int dev, void* s);
+void* stream_end_capture(int dev, void* s);
+void graph_launch(int dev, void* exec, void* s);
+void graph_destroy(int dev, void* exec);
+
 // Throws E_CUDA if the last kernel launch on this thread failed (bad configuration, etc.).
 void check_launch(const char* what);
 

@@ -221,6 +221,10 @@ Stream::~Stream() {
 void Stream::enqueue(std::function<void()> fn) {
   {
     std::lock_guard<std::mutex> lk(m_);
+    if (captured_) {
+      captured_->push_back(std::move(fn));
+      return;
+    }
     queue_.push_back(std::move(fn));
   }
   cv_.notify_one();
@@ -264,6 +268,7 @@ void Stream::run() {
 }
 
 void Stream::synchronize() {
+  if (capturing()) fail(Code::E_ARGUMENT, "synchronize() on a stream that is being captured into a graph");
   if (!device_.is_cpu()) {
     cuda::stream_synchronize(device_.index, cuda_);
     return;
@@ -299,19 +304,13 @@ void Event::record(Stream& s) {
     cuda::event_record(device_.index, cuda_, s.cuda_handle());
     return;
   }
-  uint64_t gen;
-  {
-    std::lock_guard<std::mutex> lk(state_->m);
-    gen = ++state_->recorded;
-  }
-  auto st = state_;
-  s.enqueue([st, gen] {
-    std::lock_guard<std::mutex> lk(st->m);
-    if (st->completed < gen) {
-      st->completed = gen;
-      st->when = std::chrono::steady_clock::now();
-    }
-    st->cv.notify_all();
+  auto sig = std::make_shared<Signal>();
+  last_ = sig;
+  s.enqueue([sig] {
+    std::lock_guard<std::mutex> lk(sig->m);
+    sig->raised++;
+    sig->when = std::chrono::steady_clock::now();
+    sig->cv.notify_all();
   });
 }
 
@@ -322,16 +321,13 @@ void Event::wait_on(Stream& s) {
     cuda::stream_wait_event(device_.index, s.cuda_handle(), cuda_);
     return;
   }
-  uint64_t gen;
-  {
-    std::lock_guard<std::mutex> lk(state_->m);
-    gen = state_->recorded;
-  }
-  if (gen == 0) return;  // never recorded: nothing to wait for (CUDA semantics)
-  auto st = state_;
-  s.enqueue([st, gen] {
-    std::unique_lock<std::mutex> lk(st->m);
-    st->cv.wait(lk, [&] { return st->completed >= gen; });
+  if (!last_) return;  // never recorded: nothing to wait for (CUDA semantics)
+  auto sig = last_;
+  auto runs = std::make_shared<uint64_t>(0);  // the n-th run of this wait pairs with the n-th raise
+  s.enqueue([sig, runs] {
+    uint64_t n = ++*runs;
+    std::unique_lock<std::mutex> lk(sig->m);
+    sig->cv.wait(lk, [&] { return sig->raised >= n; });
   });
 }
 
@@ -340,28 +336,101 @@ void Event::synchronize() {
     cuda::event_synchronize(device_.index, cuda_);
     return;
   }
-  std::unique_lock<std::mutex> lk(state_->m);
-  uint64_t gen = state_->recorded;
-  state_->cv.wait(lk, [&] { return state_->completed >= gen; });
+  if (!last_) return;
+  std::unique_lock<std::mutex> lk(last_->m);
+  last_->cv.wait(lk, [&] { return last_->raised >= 1; });
 }
 
 bool Event::query() {
   if (cuda_) return cuda::event_query(device_.index, cuda_);
-  std::lock_guard<std::mutex> lk(state_->m);
-  return state_->completed >= state_->recorded;
+  if (!last_) return true;
+  std::lock_guard<std::mutex> lk(last_->m);
+  return last_->raised >= 1;
 }
 
 double Event::elapsed_ms(Event& end) {
   if (end.device_ != device_) fail(Code::E_DEVICE, "events on different devices");
   if (&end == this) return 0.0;
   if (cuda_) return cuda::event_elapsed_ms(device_.index, cuda_, end.cuda_);
+  if (!last_ || !end.last_) fail(Code::E_ARGUMENT, "elapsed time asked of an event that was never recorded");
   synchronize();
   end.synchronize();
-  std::lock_guard<std::mutex> lk(state_->m);
-  std::lock_guard<std::mutex> lk2(end.state_->m);
-  if (state_->completed == 0 || end.state_->completed == 0)
-    fail(Code::E_ARGUMENT, "elapsed time asked of an event that was never recorded");
-  return std::chrono::duration<double, std::milli>(end.state_->when - state_->when).count();
+  std::lock_guard<std::mutex> lk(last_->m);
+  std::lock_guard<std::mutex> lk2(end.last_->m);
+  return std::chrono::duration<double, std::milli>(end.last_->when - last_->when).count();
+}
+
+// ---- graphs -----------------------------------------------------------------------------
+
+void Capture::begin(const std::vector<Stream*>& streams) {
+  if (streams.empty()) fail(Code::E_ARGUMENT, "captureGraph: no streams given");
+  Device d = streams[0]->device();
+  for (Stream* s : streams) {
+    if (s->device() != d) fail(Code::E_DEVICE, "captureGraph: streams on %s and %s", d.str().c_str(), s->device().str().c_str());
+    if (s->capturing()) fail(Code::E_ARGUMENT, "captureGraph: a stream is already being captured");
+  }
+  if (!d.is_cpu()) {
+    cuda::stream_begin_capture(d.index, streams[0]->cuda_handle());
+    return;
+  }
+  for (Stream* s : streams) {
+    s->synchronize();  // what was queued before the capture runs before it
+    std::lock_guard<std::mutex> lk(s->m_);
+    s->captured_ = std::make_unique<std::vector<std::function<void()>>>();
+  }
+}
+
+std::unique_ptr<Graph> Capture::end(const std::vector<Stream*>& streams) {
+  auto g = std::make_unique<Graph>();
+  Device d = streams[0]->device();
+  g->device_ = d;
+  g->origin_ = streams[0];
+  if (!d.is_cpu()) {
+    g->exec_ = cuda::stream_end_capture(d.index, streams[0]->cuda_handle());
+    return g;
+  }
+  for (Stream* s : streams) {
+    std::lock_guard<std::mutex> lk(s->m_);
+    g->parts_.emplace_back(s, std::shared_ptr<std::vector<std::function<void()>>>(std::move(s->captured_)));
+  }
+  return g;
+}
+
+void Capture::abort(const std::vector<Stream*>& streams) noexcept {
+  if (streams.empty()) return;
+  if (!streams[0]->device().is_cpu()) {
+    try {
+      cuda::graph_destroy(streams[0]->device().index, cuda::stream_end_capture(streams[0]->device().index, streams[0]->cuda_handle()));
+    } catch (...) {
+    }
+    return;
+  }
+  for (Stream* s : streams) {
+    std::lock_guard<std::mutex> lk(s->m_);
+    s->captured_.reset();
+  }
+}
+
+void Graph::replay() {
+  if (exec_) {
+    cuda::graph_launch(device_.index, exec_, origin_->cuda_handle());
+    return;
+  }
+  for (auto& [stream, ops] : parts_) {
+    auto list = ops;
+    stream->enqueue([list] {
+      for (auto& f : *list) f();
+    });
+  }
+}
+
+Graph::~Graph() {
+  if (exec_) {
+    try {
+      cuda::graph_destroy(device_.index, exec_);
+    } catch (...) {
+    }
+  }
 }
 
 }  // namespace lc

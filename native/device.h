@@ -78,6 +78,7 @@ class Stream {
   void* cuda_handle() const { return cuda_; }
   void enqueue(std::function<void()> fn);  // CPU streams only
   void synchronize();
+  bool capturing() const { return captured_ != nullptr; }
 
  private:
   void run();
@@ -90,9 +91,15 @@ class Stream {
   bool busy_ = false, stopping_ = false;
   std::string error_;
   Code error_code_ = Code::E_INTERNAL;
+  std::unique_ptr<std::vector<std::function<void()>>> captured_;  // non-null while capturing (CPU)
+  friend struct Capture;
 };
 
-// A marker in a stream. record() places it, Stream-side wait() makes another stream wait for it.
+// A marker in a stream. record() places it, wait_on() makes another stream wait for it.
+// On CPU each record() creates a fresh Signal that the recording stream raises when it gets
+// there, and a wait waits for the signal of the record() before it. A signal counts how often
+// it was raised and each wait counts how often it ran, so a captured record/wait pair stays
+// paired when a Graph replays it many times.
 class Event {
  public:
   explicit Event(Device d);
@@ -105,15 +112,39 @@ class Event {
   double elapsed_ms(Event& end);  // time between this and a later event
 
  private:
-  struct State {
+  struct Signal {
     std::mutex m;
     std::condition_variable cv;
-    uint64_t recorded = 0, completed = 0;
+    uint64_t raised = 0;
     std::chrono::steady_clock::time_point when;
   };
   Device device_;
   void* cuda_ = nullptr;
-  std::shared_ptr<State> state_ = std::make_shared<State>();
+  std::shared_ptr<Signal> last_;  // of the latest record(); null before the first
+};
+
+// Work captured from streams, replayed as one queued job per stream (CPU) or one CUDA graph
+// launch. Captured work keeps its tensors alive: a graph is a fixed memory plan whose inputs are
+// updated in place between replays.
+class Graph {
+ public:
+  ~Graph();
+  void replay();
+
+ private:
+  friend struct Capture;
+  Device device_;
+  std::vector<std::pair<Stream*, std::shared_ptr<std::vector<std::function<void()>>>>> parts_;  // CPU
+  void* exec_ = nullptr;                                                                       // CUDA
+  Stream* origin_ = nullptr;
+};
+
+// Captures every op queued on `streams` between begin() and end(). On CUDA the first stream is
+// the origin: the others must join it through events recorded inside the capture.
+struct Capture {
+  static void begin(const std::vector<Stream*>& streams);
+  static std::unique_ptr<Graph> end(const std::vector<Stream*>& streams);
+  static void abort(const std::vector<Stream*>& streams) noexcept;
 };
 
 Pool& device_pool(Device d);

@@ -61,11 +61,18 @@ std::shared_ptr<MappedFile> MappedFile::open(const std::string& path, Options op
   m->shared_ = opts.shared;
   if (m->size_ > 0) {
     int prot = opts.shared ? PROT_READ : (PROT_READ | PROT_WRITE);
-    int flags = opts.shared ? MAP_SHARED : MAP_PRIVATE;
+    // NORESERVE: a private writable mapping is otherwise charged in full against the commit limit
+    // although pages are only copied when written (rare: weights are read).
+    int flags = opts.shared ? MAP_SHARED : (MAP_PRIVATE | MAP_NORESERVE);
 #ifdef MAP_POPULATE
     if (opts.populate) flags |= MAP_POPULATE;
 #endif
     void* p = ::mmap(nullptr, m->size_, prot, flags, fd, 0);
+    if (p == MAP_FAILED && errno == ENOMEM && !opts.shared) {
+      // Strict overcommit (vm.overcommit_memory=2) ignores NORESERVE: fall back to read-only pages.
+      p = ::mmap(nullptr, m->size_, PROT_READ, MAP_SHARED | (flags & ~(MAP_PRIVATE | MAP_NORESERVE)), fd, 0);
+      if (p != MAP_FAILED) m->shared_ = true;
+    }
     if (p == MAP_FAILED) {
       int e = errno;
       ::close(fd);

@@ -5,7 +5,10 @@
 // The mapping is MAP_PRIVATE with PROT_READ | PROT_WRITE on a read-only descriptor: pages are
 // shared with the page cache until written, and a write (a kernel that folds a scale into a
 // weight in place, Tensor.copyFromBytes) makes a private copy of that page instead of touching the
-// file or faulting. MAP_SHARED is offered for callers that only read (a write would SIGSEGV).
+// file or faulting (MAP_NORESERVE, so the mapping is not charged against the commit limit). Under
+// strict overcommit, where that fails with ENOMEM, it falls back to MAP_SHARED + PROT_READ
+// (writable() is then false). MAP_SHARED is also offered for callers that only read (a write to
+// read-only pages would SIGSEGV).
 #pragma once
 #include <cstddef>
 #include <cstdint>

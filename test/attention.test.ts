@@ -316,6 +316,21 @@ describe('absorbed decode over the paged latent cache', () => {
     }
   });
 
+  it('propagates a NaN query to its own sequence only', () => {
+    const d = small;
+    const sc = scenario(4, d, [20, 35], 16);
+    sc.q[3] = NaN; // sequence 0, head 0, a nope channel
+    const cache = buildCache(sc, 'bf16');
+    const wt = tensor(sc.w, [d.nh * (d.dn + d.dv), d.dl]);
+    const want = decodeRef(sc, true, false);
+    for (const isa of isas) {
+      native.setIsa(isa);
+      const got = runDecode(sc, cache, wt);
+      for (let c = 0; c < d.dv; c++) expect(Number.isNaN(got.o[c]!), `${isa} o[0][0][${c}]`).toBe(true);
+      expectClose(got.o.slice(d.nh * d.dv), want.o.slice(d.nh * d.dv), 1e-4, 1e-4, `second sequence (${isa})`);
+    }
+  });
+
   it('gives zeros for an empty sequence and ignores the unused block-table entries', () => {
     const d = small;
     const sc = scenario(3, d, [0, 9], 4);

@@ -97,7 +97,7 @@ describe('init-random + openCheckpoint', () => {
       expect(() => ck.get('nope')).toThrow(expect.objectContaining({ code: 'E_CHECKPOINT', message: expect.stringContaining("'nope'") }));
 
       // Statistics: 1/sqrt(fan_in) weights, ~1 norms, N(0,1) embedding.
-      const w = toArray(t);
+      const w = Array.from(toArray(t));
       const std = Math.sqrt(w.reduce((a, v) => a + v * v, 0) / w.length);
       expect(std).toBeGreaterThan(0.8 / Math.sqrt(48));
       expect(std).toBeLessThan(1.2 / Math.sqrt(48));

@@ -3,7 +3,7 @@ import {
   Event, LongcatError, Stream, Tensor, buildInfo, cpuFeatures, devices, empty, memoryStats, native,
   tensor, toArray,
 } from '../lib/index.js';
-import { cudaAvailable, rng } from './helpers.js';
+import { cudaAvailable, expectClose, rng } from './helpers.js';
 
 const dtypes = ['f32', 'bf16', 'f16', 'fp8_e4m3', 'int8', 'int32', 'int64'] as const;
 const sizes: Record<string, number> = { f32: 4, bf16: 2, f16: 2, fp8_e4m3: 1, int8: 1, int32: 4, int64: 8 };
@@ -135,6 +135,45 @@ describe('streams and events', () => {
     native.linear(null, z2, y2, w);
     expect(z.toBytes()).toEqual(z2.toBytes());
     for (const t of [x, w, y, z, y2, z2]) t.dispose();
+    s1.dispose();
+    s2.dispose();
+  });
+
+  it('captures two streams joined by events into a graph and replays it with new inputs', () => {
+    const s1 = new Stream('cpu'), s2 = new Stream('cpu');
+    const r = rng(9);
+    const [t, k, n] = [5, 33, 17];
+    const x = tensor(r.array(t * k), [t, k]);
+    const w = tensor(r.array(n * k), [n, k]);
+    const y = empty([t, n]), z = empty([t, n]);
+    const e1 = new Event('cpu'), e2 = new Event('cpu');
+    const graph = native.captureGraph([s1, s2], () => {
+      native.linear(s1, y, x, w);
+      e1.record(s1);
+      s2.waitEvent(e1);
+      native.add(s2, z, y, y, 0.5); // z = 1.5 y, on the second stream
+      e2.record(s2);
+      s1.waitEvent(e2);
+      native.add(s1, y, y, z); // y = 2.5 x w^T, after the second stream's add
+    });
+    const wv = toArray(w);
+    for (let step = 0; step < 4; step++) {
+      const xs = r.array(t * k);
+      x.copyFromBytes(xs);
+      graph.replay();
+      s1.synchronize();
+      s2.synchronize();
+      const want = new Float64Array(t * n);
+      for (let i = 0; i < t; i++)
+        for (let j = 0; j < n; j++) {
+          let acc = 0;
+          for (let c = 0; c < k; c++) acc += xs[i * k + c]! * wv[j * k + c]!;
+          want[i * n + j] = 2.5 * acc;
+        }
+      expectClose(toArray(y), want, 1e-4, 1e-5, `replay ${step}`);
+    }
+    graph.dispose();
+    for (const u of [x, w, y, z]) u.dispose();
     s1.dispose();
     s2.dispose();
   });

@@ -15,7 +15,7 @@ const U16 = 2 ** -8; // bf16 unit roundoff
 const isaNames = ['scalar', 'avx2', 'avx512'] as const;
 const startIsa = cpuFeatures().isa;
 /** The ISA paths this CPU can run (setIsa clamps to what it supports). */
-const isas = [...new Set(isaNames.map((i) => native.setIsa(i)))];
+const isas = [...new Set(isaNames.map((i) => native.setIsa(i) as (typeof isaNames)[number]))];
 native.setIsa(startIsa);
 afterAll(() => {
   native.setIsa(startIsa);
@@ -188,6 +188,25 @@ describe('linear', () => {
     }
   });
 
+  it('GEMV over several k chunks and row groups (t = 1, 2, 4; k = 4200, n = 300)', () => {
+    const r = rng(909);
+    const [k, n] = [4200, 300];
+    for (const wdtype of wdtypes) {
+      const w = makeWeight(r, wdtype, n, k);
+      for (const t of [1, 2, 4]) {
+        const x = makeX(r, 'bf16', t, k);
+        const want = reference(x.ref, w.ref, t, n, k);
+        for (const isa of isas) {
+          native.setIsa(isa);
+          check(runLinear(x.x, w, t, n, 'f32'), want, k, 0, 'f32', `${wdtype} ${isa} t=${t}`);
+        }
+        native.setIsa(startIsa);
+        x.x.dispose();
+      }
+      w.dispose();
+    }
+  });
+
   it('accepts x with leading batch dimensions', () => {
     const r = rng(77);
     const w = makeWeight(r, 'bf16', 6, 40);
@@ -241,7 +260,7 @@ describe('linear', () => {
     const gone = full([3, 4], 1);
     gone.dispose();
     expectCode(() => native.linear(null, y, x, gone), 'E_DISPOSED');
-    expectCode(() => native.linear(null, y, x), 'E_ARGUMENT', /weight/);
+    expectCode(() => (native.linear as (...a: unknown[]) => void)(null, y, x), 'E_ARGUMENT', /weight/);
     // Still usable after all that: a good call works.
     native.linear(null, y, x, i8, srow);
     expect(Array.from(toArray(y))).toEqual([0, 0, 0, 0, 0, 0]);

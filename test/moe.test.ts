@@ -219,6 +219,13 @@ describe('moe', () => {
         native.setIsa(isa);
         const u = r.array(t * h, -1.5, 1.5);
         const { idx, w } = makeRouting(r, t, k, nRouted, nZero);
+        // The routing has the awkward cases it claims: an expert every token with routed work
+        // uses, an expert nobody uses, tokens with no routed expert at all.
+        const tokensOf = (e: number) => new Set(Array.from(idx.keys()).filter((s) => idx[s] === e).map((s) => Math.floor(s / k))).size;
+        const onlyZero = Array.from({ length: t }, (_, i) => idx.subarray(i * k, i * k + k).every((e) => e >= nRouted)).filter(Boolean).length;
+        expect(tokensOf(nRouted - 1)).toBe(t - onlyZero);
+        if (nRouted >= 3) expect(tokensOf(1)).toBe(0);
+        if (nZero > 0 && t > 1) expect(onlyZero).toBeGreaterThan(0);
         const got = runMoe(x, nRouted, u, idx, w, t, k, { nExperts: nRouted + nZero });
         expectMoe(got, refMoe(x, nRouted, u, idx, w, t, k), dtype, `moe (${isa})`);
       }
@@ -289,6 +296,77 @@ describe('moe', () => {
         disposeExperts(x);
       }
     }
+  });
+
+  it('gives the same bits with either in-wave schedule (experts spread over threads, or one by one)', () => {
+    const r = rng(17);
+    for (const [t, h, inter, nRouted, nZero, k] of [[1, 129, 65, 8, 4, 6], [9, 37, 23, 8, 2, 3], [64, 37, 23, 5, 1, 4]]) {
+      const x = makeExperts(r, nRouted!, h!, inter!, 'bf16');
+      const u = r.array(t! * h!);
+      const { idx, w } = makeRouting(r, t!, k!, nRouted!, nZero!);
+      const res: Float32Array[] = [];
+      try {
+        // The kernel reads LONGCAT_MOE_SCHED on every call; nothing is in flight while it changes.
+        for (const sched of ['experts', 'linear', 'auto']) {
+          process.env.LONGCAT_MOE_SCHED = sched;
+          res.push(runMoe(x, nRouted!, u, idx, w, t!, k!));
+        }
+      } finally {
+        delete process.env.LONGCAT_MOE_SCHED;
+        disposeExperts(x);
+      }
+      expectMoe(res[0]!, refMoe(x, nRouted!, u, idx, w, t!, k!), 'bf16', `T=${t} experts schedule`);
+      expect(new Uint32Array(res[1]!.buffer), `T=${t}: linear vs experts`).toEqual(new Uint32Array(res[0]!.buffer));
+      expect(new Uint32Array(res[2]!.buffer), `T=${t}: auto vs experts`).toEqual(new Uint32Array(res[0]!.buffer));
+    }
+  });
+
+  it('takes a prepared MoeExpertSet with the same results, keeps its weights alive, and checks it', () => {
+    const r = rng(19);
+    for (const dtype of ['bf16', 'fp8_e4m3'] as const) {
+      const t = 17, h = 37, inter = 23, nRouted = 5, nZero = 2, k = 4;
+      const x = makeExperts(r, nRouted, h, inter, dtype);
+      const u = r.array(t * h);
+      const { idx, w } = makeRouting(r, t, k, nRouted, nZero);
+      const want = runMoe(x, nRouted, u, idx, w, t, k);
+      const q = dtype === 'fp8_e4m3';
+      const set = native.moeExperts(x.gate.map((g) => g.t), x.up.map((g) => g.t), x.down.map((g) => g.t),
+        q ? x.gate.map((g) => g.scale!) : null, q ? x.up.map((g) => g.scale!) : null, q ? x.down.map((g) => g.scale!) : null);
+      expect([set.nRouted, set.hidden, set.intermediate, set.device]).toEqual([nRouted, h, inter, 'cpu']);
+      disposeExperts(x); // the set still holds the weights
+      const ut = tensor(u, [t, h]), it_ = tensor(idx, [t, k], { dtype: 'int32' }), wt = tensor(w, [t, k]);
+      const out = tensor(new Float32Array(t * h).fill(NaN), [t, h]);
+      native.moe(null, out, ut, it_, wt, nRouted, set, null, null, null, null, null, nRouted + nZero);
+      const got = toArray(out) as Float32Array;
+      expect(new Uint32Array(got.buffer)).toEqual(new Uint32Array(want.buffer));
+      expectMoe(got, refMoe(x, nRouted, u, idx, w, t, k), dtype, `${dtype} set`);
+      expectCode(() => native.moe(null, out, ut, it_, wt, nRouted + 1, set), 'E_ARGUMENT', /holds 5 experts, expected nRouted = 6/);
+      expectCode(() => native.moe(null, out, ut, it_, wt, nRouted, set, [] as never), 'E_ARGUMENT', /must be null/);
+      const u2 = tensor(new Float32Array(t * (h + 1)), [t, h + 1]), o2 = tensor(new Float32Array(t * (h + 1)), [t, h + 1]);
+      expectCode(() => native.moe(null, o2, u2, it_, wt, nRouted, set), 'E_SHAPE', /take H = 37/);
+      set.dispose();
+      set.dispose();
+      expectCode(() => native.moe(null, out, ut, it_, wt, nRouted, set), 'E_DISPOSED', /MoeExpertSet was disposed/);
+      // A look-alike object is not a set.
+      expectCode(() => native.moe(null, out, ut, it_, wt, nRouted, { _handle: {} } as never), 'E_ARGUMENT', /'gate' must be an array/);
+      for (const z of [ut, it_, wt, out, u2, o2]) z.dispose();
+    }
+    const r2 = rng(20);
+    const x = makeExperts(r2, 2, 37, 23, 'f32');
+    expectCode(() => native.moeExperts(x.gate.map((g) => g.t), x.up.map((g) => g.t), x.down.slice(1).map((g) => g.t)), 'E_ARGUMENT',
+      /moeExperts: 'down' has 1 tensors, expected nRouted = 2/);
+    expectCode(() => native.moeExperts(x.gate.map((g) => g.t), x.down.map((g) => g.t), x.down.map((g) => g.t)), 'E_SHAPE', /moeExperts: 'up\[0\]'/);
+    disposeExperts(x);
+    const empty = native.moeExperts([], [], []);
+    expect(empty.nRouted).toBe(0);
+    empty.dispose();
+  });
+
+  it('accepts an empty batch (T = 0)', () => {
+    const r = rng(18);
+    const x = makeExperts(r, 2, 37, 23, 'f32');
+    expect(runMoe(x, 2, new Float32Array(0), new Int32Array(0), new Float32Array(0), 0, 3).length).toBe(0);
+    disposeExperts(x);
   });
 
   it('returns its workspace to the pool', () => {

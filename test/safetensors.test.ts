@@ -7,10 +7,9 @@ import {
   buildSafetensorsHeader, parseSafetensors, readSafetensorsHeader, writeSafetensors, SAFETENSORS_DTYPE_SIZE, type SafetensorsDType,
 } from '../lib/safetensors.js';
 import { CheckpointError, LongcatError } from '../lib/errors.js';
-import type { MmapOps } from '../types/ops-mmap.js';
 import { rng } from './helpers.js';
 
-const mm = native as unknown as MmapOps;
+const mm = native;
 const dir = mkdtempSync(path.join(tmpdir(), 'lc-st-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
@@ -179,6 +178,7 @@ describe('native mmap', () => {
     expect(m.path).toBe(file);
     expect(m.byteLength).toBe(4099);
     expect(m.closed).toBe(false);
+    expect(m.writable).toBe(true);
     m.advise('random');
     m.advise('sequential', 100, 50);
     const t = mm.tensorFromMapping(m, 8, 'bf16', [3, 5]);

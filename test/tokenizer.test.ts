@@ -73,8 +73,14 @@ describe('tokenizer', () => {
   it('rejects bad ids with E_ARGUMENT', () => {
     for (const bad of [[-1], [1.5], [tok.vocabSize], [NaN]]) {
       expect(() => tok.decode(bad)).toThrow(expect.objectContaining({ code: 'E_ARGUMENT' }));
+    }
+    for (const bad of [[-1], [1.5], [NaN]]) {
       expect(() => tok.decoder().push(bad)).toThrow(expect.objectContaining({ code: 'E_ARGUMENT' }));
     }
+    // Ids past the tokenizer (the model's padded vocabulary rows) have no text while streaming.
+    const d = tok.decoder();
+    expect(d.push([tok.vocabSize, tok.vocabSize + 7])).toBe('');
+    expect(d.push(tok.encode('ok'))).toBe('ok');
     expect(() => tok.encode(3 as never)).toThrow(expect.objectContaining({ code: 'E_ARGUMENT' }));
   });
 

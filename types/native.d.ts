@@ -40,6 +40,13 @@ export declare class Event {
   elapsedMs(end: Event): number;
 }
 
+/** Work captured from streams by captureGraph(), queued again by replay(). */
+export declare class Graph {
+  private constructor();
+  replay(): void;
+  dispose(): void;
+}
+
 export interface BuildInfo {
   cuda: boolean;
   cudaArchs: string;
@@ -82,6 +89,16 @@ export interface CoreApi {
   memoryStats(device?: string): MemoryStats;
   trimPool(device?: string): void;
   synchronize(device?: string): void;
+  /** The device's default stream (what ops use when given null). dispose() on it only synchronizes. */
+  defaultStream(device?: string): Stream;
+  Graph: typeof Graph;
+  /**
+   * Runs fn() while every op queued on `streams` is captured instead of run, and returns a Graph
+   * that queues all of it again on replay() (CPU: one job per stream; CUDA: a CUDA graph whose
+   * origin is streams[0], the others joining through events). Captured ops keep their tensors:
+   * update inputs in place between replays.
+   */
+  captureGraph(streams: readonly Stream[], fn: () => void): Graph;
   setErrorFactory(make: (code: string, message: string) => Error): void;
 }
 

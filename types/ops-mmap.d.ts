@@ -10,6 +10,11 @@ export type MmapAdvice = 'normal' | 'random' | 'sequential' | 'willneed' | 'dont
 export interface MappedFile {
   readonly path: string;
   readonly byteLength: number;
+  /**
+   * True for the usual private copy-on-write mapping. False only when the system refused it
+   * (strict overcommit) and the file was mapped read-only: tensors over it must not be written.
+   */
+  readonly writable: boolean;
   /** True after close(). */
   readonly closed: boolean;
   /**

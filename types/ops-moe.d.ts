@@ -2,6 +2,20 @@ import type { Tensor, Stream } from './native.js';
 
 type S = Stream | null | undefined;
 
+/**
+ * The routed experts of one MoE layer, checked once by moeExperts() and passed to moe() in place of
+ * the gate/up/down lists (saves unwrapping 3 x nRouted tensors per call). Holds the weights'
+ * memory until disposed (queued calls keep what they use alive).
+ */
+export interface MoeExpertSet {
+  readonly nRouted: number;
+  readonly hidden: number;
+  readonly intermediate: number;
+  readonly device: string;
+  /** Releases the set's references to the weights. Idempotent. */
+  dispose(): void;
+}
+
 /** Router and grouped-expert MoE with zero-computation experts (SPEC 4). CPU only for now. */
 export interface MoeOps {
   /**
@@ -28,4 +42,15 @@ export interface MoeOps {
       gate: readonly Tensor[], up: readonly Tensor[], down: readonly Tensor[],
       gateScale?: readonly Tensor[] | null, upScale?: readonly Tensor[] | null, downScale?: readonly Tensor[] | null,
       nExperts?: number | null): void;
+  /** The same with a prepared expert set (its nRouted must match; up .. downScale null). */
+  moe(stream: S, out: Tensor, u: Tensor, idx: Tensor, weights: Tensor, nRouted: number, experts: MoeExpertSet,
+      up?: null, down?: null, gateScale?: null, upScale?: null, downScale?: null, nExperts?: number | null): void;
+
+  /**
+   * Checks and packs one layer's routed experts (same rules as moe's lists: gate[e], up[e] [I, H],
+   * down[e] [H, I], scale lists only for fp8 / int8 weights) for reuse across moe() calls.
+   */
+  moeExperts(gate: readonly Tensor[], up: readonly Tensor[], down: readonly Tensor[],
+             gateScale?: readonly Tensor[] | null, upScale?: readonly Tensor[] | null,
+             downScale?: readonly Tensor[] | null): MoeExpertSet;
 }

@@ -7,6 +7,7 @@ import { Event, Stream } from '../device.js';
 import { BlockAllocator, SequenceCache, batchTables } from '../kv-cache.js';
 import { ArgumentError } from '../errors.js';
 import type { ModelDims } from './dims.js';
+import type { Graph } from '../../types/native.js';
 import type { Linear, LayerWeights, MlaWeights, MlpWeights, MoeWeights, ModelWeights } from './weights.js';
 
 /** Temporaries of one stage: disposed together once the ops that use them are queued. */
@@ -36,6 +37,8 @@ class Arena {
 interface BatchInfo {
   mode: 'prefill' | 'decode';
   T: number;
+  ids: Tensor; // int32 [T]
+  lastRow?: Tensor; // int32 [B]: prefill rows whose logits are wanted (all rows when absent)
   positions: Tensor; // int32 [T]
   slots: Tensor; // int32 [T]
   // decode: one new token per sequence
@@ -56,6 +59,8 @@ export interface ModelOptions {
   numBlocks?: number;
   cacheDtype?: 'f32' | 'bf16';
   maxContext?: number;
+  /** Replay decode steps from captured graphs (default true). */
+  graphs?: boolean;
 }
 
 export interface ForwardResult {
@@ -77,6 +82,9 @@ export class LongcatModel {
   private readonly moeStream: Stream;
   private readonly events: Event[][];
   private readonly invFreq: Tensor;
+  private readonly maxBlocks: number;
+  private readonly useGraphs: boolean;
+  private readonly decodeGraphs = new Map<number, { graph: Graph; info: BatchInfo; out: ForwardResult }>();
   private disposed = false;
 
   constructor(dims: ModelDims, weights: ModelWeights, opts: ModelOptions) {
@@ -86,12 +94,16 @@ export class LongcatModel {
     this.blockSize = opts.blockSize ?? 64;
     this.maxContext = Math.min(opts.maxContext ?? dims.maxContext, dims.maxContext);
     const blocksPerSeq = Math.ceil(this.maxContext / this.blockSize);
+    this.maxBlocks = blocksPerSeq;
+    this.useGraphs = opts.graphs ?? true;
     const numBlocks = opts.numBlocks ?? Math.min(4 * blocksPerSeq, 4096);
     this.allocator = new BlockAllocator(numBlocks);
     const width = dims.kvLora + dims.rope;
     this.caches = Array.from({ length: 2 * dims.layers }, () =>
       empty([numBlocks, this.blockSize, width], { dtype: opts.cacheDtype ?? 'bf16', device: this.device }));
-    this.main = new Stream(this.device);
+    // The dense branch runs on the default stream, so that null-stream ops on the results
+    // (sampling, reading logits) are ordered after the forward pass.
+    this.main = native.defaultStream(this.device);
     this.moeStream = new Stream(this.device);
     this.events = Array.from({ length: dims.layers }, () => [new Event(this.device), new Event(this.device)]);
     this.invFreq = tensor(dims.invFreq, [dims.invFreq.length], { device: this.device });
@@ -122,10 +134,11 @@ export class LongcatModel {
     if (mode === 'decode' && !tokens.every((t) => t.length === 1))
       throw new ArgumentError('E_ARGUMENT', 'forward: decode mode takes exactly one new token per sequence');
 
-    const step = new Arena(this.device);
+    this.moeStream.synchronize(); // the previous step's MoE work is done; this surfaces its errors
     const pastLens = seqs.map((s) => s.length);
     const slotLists = seqs.map((s, b) => s.reserve(tokens[b]!.length)); // throws E_CONTEXT / E_OOM before any work
     const T = tokens.reduce((a, t) => a + t.length, 0);
+    const ids = Int32Array.from(tokens.flat());
     const positions = new Int32Array(T);
     const slots = new Int32Array(T);
     const lastRow = new Int32Array(seqs.length);
@@ -137,7 +150,13 @@ export class LongcatModel {
       }
       lastRow[b] = r - 1;
     }
-    const info: BatchInfo = { mode, T, positions: step.ints(positions), slots: step.ints(slots) };
+    if (mode === 'decode' && !opts.allLogits && this.useGraphs) {
+      const bt = batchTables(seqs, this.maxBlocks);
+      return this.replayDecode({ ids, positions, slots, blockTable: bt.table, seqLens: bt.seqLens }, !!opts.collectRouting);
+    }
+
+    const step = new Arena(this.device);
+    const info: BatchInfo = { mode, T, ids: step.ints(ids), positions: step.ints(positions), slots: step.ints(slots) };
     if (mode === 'decode') {
       const bt = batchTables(seqs);
       info.blockTable = step.ints(bt.table, [seqs.length, bt.maxBlocks]);
@@ -154,26 +173,63 @@ export class LongcatModel {
       info.kvStart = step.ints(kvStart);
       info.kvTotal = kvStart[seqs.length]!;
     }
+    if (!opts.allLogits && mode === 'prefill') info.lastRow = step.ints(lastRow);
+    const result = this.run(info, !!opts.collectRouting);
+    step.dispose();
+    return result;
+  }
 
-    const s = this.main;
-    const h = step.f32([T, d.hidden]);
-    native.embedding(s, h, this.w.embed, step.ints(tokens.flat()));
+  /** Queues the whole forward pass for the batch described by `b`. */
+  private run(b: BatchInfo, collectRouting: boolean): ForwardResult {
+    const d = this.dims, s = this.main, a = new Arena(this.device);
+    const h = a.f32([b.T, d.hidden]);
+    native.embedding(s, h, this.w.embed, b.ids);
     const nFfn: Tensor[] = [];
-    for (let l = 0; l < d.layers; l++) this.layer(l, h, info, opts.collectRouting ? nFfn : null);
-    this.moeStream.synchronize(); // surfaces MoE-stream errors; the main stream already waited on it
-
-    const rows = opts.allLogits ? T : seqs.length;
+    for (let l = 0; l < d.layers; l++) this.layer(l, h, b, collectRouting ? nFfn : null);
     let hl = h;
-    if (!opts.allLogits) {
-      hl = step.f32([rows, d.hidden]);
-      native.embedding(s, hl, h, step.ints(lastRow));
+    if (b.lastRow) {
+      hl = a.f32([b.lastRow.shape[0]!, d.hidden]);
+      native.embedding(s, hl, h, b.lastRow); // each sequence's last row
     }
-    const hf = step.f32([rows, d.hidden]);
+    const rows = hl.shape[0]!;
+    const hf = a.f32([rows, d.hidden]);
     native.rmsnorm(s, hf, hl, this.w.norm, d.eps);
     const logits = empty([rows, d.vocab], { device: this.device });
     linear(s, logits, hf, this.w.lmHead);
-    step.dispose();
+    a.dispose();
     return { logits, nFfn };
+  }
+
+  /**
+   * A decode step of B sequences as one graph replay: the step is captured once per batch size
+   * with inputs in fixed tensors, then each step only writes those inputs and replays
+   * (DESIGN rule 5: no per-op crossing into native code on the hot path).
+   */
+  private replayDecode(host: { ids: Int32Array; positions: Int32Array; slots: Int32Array; blockTable: Int32Array; seqLens: Int32Array }, collectRouting: boolean): ForwardResult {
+    const B = host.ids.length;
+    let g = this.decodeGraphs.get(B);
+    if (!g) {
+      const i32 = (shape: number[]) => empty(shape, { dtype: 'int32', device: this.device });
+      const info: BatchInfo = {
+        mode: 'decode', T: B, ids: i32([B]), positions: i32([B]), slots: i32([B]),
+        blockTable: i32([B, this.maxBlocks]), seqLens: i32([B]),
+      };
+      let out: ForwardResult | null = null;
+      const graph = native.captureGraph([this.main, this.moeStream], () => {
+        out = this.run(info, true);
+      });
+      g = { graph, info, out: out! };
+      this.decodeGraphs.set(B, g);
+    }
+    const { info, out } = g;
+    info.ids.copyFromBytes(host.ids);
+    info.positions.copyFromBytes(host.positions);
+    info.slots.copyFromBytes(host.slots);
+    info.blockTable!.copyFromBytes(host.blockTable);
+    info.seqLens!.copyFromBytes(host.seqLens);
+    g.graph.replay();
+    // Fresh handles over the graph's buffers: the caller disposes them, the graph keeps the memory.
+    return { logits: out.logits.view(out.logits.shape), nFfn: collectRouting ? out.nFfn.map((t) => t.view(t.shape)) : [] };
   }
 
   private layer(l: number, h: Tensor, b: BatchInfo, nFfn: Tensor[] | null) {
@@ -266,7 +322,7 @@ export class LongcatModel {
     else a.keep(count);
     native.routerTopk(s, idx, weights, count, logits, w.bias, d.nRouted, d.routedScale);
     const out = a.f32([T, d.hidden]);
-    native.moe(s, out, u, idx, weights, d.nRouted, w.gate, w.up, w.down, w.gateScale, w.upScale, w.downScale, E);
+    native.moe(s, out, u, idx, weights, d.nRouted, w.experts, null, null, null, null, null, E);
     return out;
   }
 
@@ -276,8 +332,13 @@ export class LongcatModel {
     this.disposed = true;
     this.main.synchronize();
     this.moeStream.synchronize();
+    for (const g of this.decodeGraphs.values()) {
+      g.graph.dispose();
+      const i = g.info;
+      for (const t of [i.ids, i.positions, i.slots, i.blockTable!, i.seqLens!, g.out.logits, ...g.out.nFfn]) t.dispose();
+    }
+    this.decodeGraphs.clear();
     for (const t of [...this.caches, this.invFreq, ...this.w.owned]) t.dispose();
-    this.main.dispose();
     this.moeStream.dispose();
   }
 }

@@ -6,6 +6,7 @@ import { native } from '../native.js';
 import { Tensor, empty, tensor, toArray } from '../tensor.js';
 import { CheckpointError } from '../errors.js';
 import type { ModelDims } from './dims.js';
+import type { MoeExpertSet } from '../../types/ops-moe.js';
 
 /** A linear layer's weight [out, in] and, for fp8 / int8 weights, its scale. */
 export interface Linear {
@@ -34,12 +35,8 @@ export interface MlpWeights {
 export interface MoeWeights {
   classifier: Tensor; // f32 [nRouted + nZero, hidden]
   bias: Tensor; // f32 [nRouted + nZero]
-  gate: Tensor[];
-  up: Tensor[];
-  down: Tensor[];
-  gateScale: Tensor[] | null;
-  upScale: Tensor[] | null;
-  downScale: Tensor[] | null;
+  /** The routed experts, checked and packed once (a decode step then passes one handle, not 3 x 512 tensors). */
+  experts: MoeExpertSet;
 }
 
 export interface LayerWeights {
@@ -55,8 +52,8 @@ export interface ModelWeights {
   layers: LayerWeights[];
   norm: Tensor;
   lmHead: Linear;
-  /** Every tensor this object created (not the checkpoint's own), to dispose with the model. */
-  owned: Tensor[];
+  /** Everything this object created (not the checkpoint's own tensors), to dispose with the model. */
+  owned: { dispose(): void }[];
 }
 
 /** What the loader needs from a checkpoint: tensors by their original names. */
@@ -67,8 +64,8 @@ export interface TensorSource {
 }
 
 export function loadWeights(src: TensorSource, dims: ModelDims, device: string): ModelWeights {
-  const owned: Tensor[] = [];
-  const own = (t: Tensor) => (owned.push(t), t);
+  const owned: { dispose(): void }[] = [];
+  const own = <T extends { dispose(): void }>(t: T) => (owned.push(t), t);
   // Checkpoint tensors are mmapped on the CPU; on another device each is copied once.
   const place = (t: Tensor) => (t.device === device ? t : own(t.to(device)));
   const get = (name: string) => place(src.get(name));
@@ -81,16 +78,16 @@ export function loadWeights(src: TensorSource, dims: ModelDims, device: string):
     const w = toArray(src.get(name));
     return own(tensor(Float32Array.from(w, (v) => v * s), [w.length], { device }));
   };
-  const dequantized = (l: Linear): Tensor => {
+  const dequantized = (l: Linear, dtype: 'f32' | 'bf16'): Tensor => {
     if (!l.scale) return l.weight;
-    const w = own(empty(l.weight.shape, { dtype: 'bf16', device }));
+    const w = own(empty(l.weight.shape, { dtype, device }));
     native.dequantizeFp8Blocks(null, w, l.weight, l.scale);
     return w;
   };
   // Row views of one weight; FP8 block scales split with it when the cut is on a block edge.
   const splitRows = (l: Linear, at: number): [Linear, Linear] => {
     const n = l.weight.shape[0]!;
-    if (l.scale && at % 128 !== 0) l = { weight: dequantized(l), scale: null };
+    if (l.scale && at % 128 !== 0) l = { weight: dequantized(l, 'f32'), scale: null }; // only reduced-size models
     const rows = (t: Tensor, a: number, len: number) => own(t.narrow(a, len));
     const sb = at / 128, sn = l.scale ? l.scale.shape[0]! : 0;
     return [
@@ -110,7 +107,7 @@ export function loadWeights(src: TensorSource, dims: ModelDims, device: string):
       kvRope,
       kvNorm: scaledNorm(`${p}.kv_a_layernorm.weight`, dims.scaleKV),
       // The absorbed form needs kv_b_proj as plain floats: FP8 is dequantized once here.
-      kvB: dequantized(kvBLinear),
+      kvB: dequantized(kvBLinear, 'bf16'),
       kvBLinear,
       o: linear(`${p}.o_proj`),
     };
@@ -135,12 +132,8 @@ export function loadWeights(src: TensorSource, dims: ModelDims, device: string):
       moe: {
         classifier: f32(get(`${p}.mlp.router.classifier.weight`)),
         bias: f32(get(`${p}.mlp.router.e_score_correction_bias`)),
-        gate: experts.map((x) => place(x.gate)),
-        up: experts.map((x) => place(x.up)),
-        down: experts.map((x) => place(x.down)),
-        gateScale: scales('gateScale'),
-        upScale: scales('upScale'),
-        downScale: scales('downScale'),
+        experts: own(native.moeExperts(experts.map((x) => place(x.gate)), experts.map((x) => place(x.up)),
+          experts.map((x) => place(x.down)), scales('gateScale'), scales('upScale'), scales('downScale'))),
       },
     });
   }

@@ -37,11 +37,40 @@ constexpr int kPTile = 32;  // keys per tile in prefill
 inline float ld(const float* p, int64_t i) { return p[i]; }
 inline float ld(const uint16_t* p, int64_t i) { return bf16_to_f32(p[i]); }
 
+float softmax_scalar(float* s, int n, float& m, float& l) {
+  float mx = m;
+  bool nan = false;
+  for (int j = 0; j < n; ++j) {
+    mx = s[j] > mx ? s[j] : mx;
+    nan |= s[j] != s[j];
+  }
+  if (nan) mx = std::numeric_limits<float>::quiet_NaN();  // a NaN score poisons the row, never vanishes
+  if (mx == kNegInf) {  // every key masked so far: nothing to add
+    for (int j = 0; j < n; ++j) s[j] = 0.0f;
+    return 1.0f;
+  }
+  const float corr = m == kNegInf ? 0.0f : std::exp(m - mx);
+  float sum = 0.0f;
+  for (int j = 0; j < n; ++j) {
+    const float e = std::exp(s[j] - mx);
+    s[j] = e;
+    sum += e;
+  }
+  l = l * corr + sum;
+  m = mx;
+  return corr;
+}
+
 template <typename KT>
 using ScoresFn = void (*)(int nq, const float* qa, int64_t qas, const float* qb, int64_t qbs, int nt, const KT* const* ka,
                           const KT* const* kb, int64_t da, int64_t db, float scale, float* out, int64_t os);
+// acc rows are first multiplied by corr[i] (when corr is not null): the online-softmax rescale.
 template <typename VT>
-using PvFn = void (*)(int nq, float* acc, int64_t as, const float* p, int64_t ps, int nt, const VT* const* v, int64_t dv);
+using PvFn = void (*)(int nq, float* acc, int64_t as, const float* corr, const float* p, int64_t ps, int nt, const VT* const* v,
+                      int64_t dv);
+// One row of an online softmax: folds the scores s[0:n] (overwritten with exp(s - m_new)) into the
+// running max m and sum l; returns the factor the row's accumulator must be multiplied by.
+using SoftmaxFn = float (*)(float* s, int n, float& m, float& l);
 
 // ---------------------------------------------------------------------------------------------
 // Scalar micro-kernels (the fallback and the reference for the SIMD ones).
@@ -70,9 +99,12 @@ void scores_scalar(int nq, const float* qa, int64_t qas, const float* qb, int64_
 }
 
 template <typename VT>
-void pv_scalar(int nq, float* acc, int64_t as, const float* p, int64_t ps, int nt, const VT* const* v, int64_t dv) {
+void pv_scalar(int nq, float* acc, int64_t as, const float* corr, const float* p, int64_t ps, int nt, const VT* const* v,
+               int64_t dv) {
   for (int i = 0; i < nq; ++i) {
     float* a = acc + i * as;
+    if (corr && corr[i] != 1.0f)
+      for (int64_t c = 0; c < dv; ++c) a[c] *= corr[i];
     for (int j = 0; j < nt; ++j) {
       const float w = p[i * ps + j];
       if (w == 0.0f) continue;
@@ -120,21 +152,28 @@ LC_T512 inline void dot512(__m512 (&acc)[NQ][NK], const float* q, int64_t qs, co
   }
 }
 
+// Sums of four accumulators (each over its 16 lanes) as one 4-lane vector.
+LC_T512 inline __m128 reduce4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
+  __m512 t0 = _mm512_add_ps(_mm512_unpacklo_ps(a0, a1), _mm512_unpackhi_ps(a0, a1));
+  __m512 t1 = _mm512_add_ps(_mm512_unpacklo_ps(a2, a3), _mm512_unpackhi_ps(a2, a3));
+  __m512 u = _mm512_add_ps(_mm512_shuffle_ps(t0, t1, _MM_SHUFFLE(1, 0, 1, 0)), _mm512_shuffle_ps(t0, t1, _MM_SHUFFLE(3, 2, 3, 2)));
+  __m256 h = _mm256_add_ps(_mm512_castps512_ps256(u), _mm512_extractf32x8_ps(u, 1));
+  return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+
 template <int NQ, typename KT>
 LC_T512 void scores512_n(const float* qa, int64_t qas, const float* qb, int64_t qbs, int nt, const KT* const* ka,
                          const KT* const* kb, int64_t da, int64_t db, float scale, float* out, int64_t os) {
   int j = 0;
-  for (; j + 2 <= nt; j += 2) {
-    __m512 acc[NQ][2];
-    for (int i = 0; i < NQ; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
-    dot512<NQ, 2>(acc, qa, qas, ka + j, da);
-    if (db > 0) dot512<NQ, 2>(acc, qb, qbs, kb + j, db);
-    for (int i = 0; i < NQ; ++i) {
-      out[i * os + j] = _mm512_reduce_add_ps(acc[i][0]) * scale;
-      out[i * os + j + 1] = _mm512_reduce_add_ps(acc[i][1]) * scale;
-    }
+  const __m128 vs = _mm_set1_ps(scale);
+  for (; j + 4 <= nt; j += 4) {  // 4 queries x 4 keys in registers
+    __m512 acc[NQ][4];
+    for (int i = 0; i < NQ; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = _mm512_setzero_ps();
+    dot512<NQ, 4>(acc, qa, qas, ka + j, da);
+    if (db > 0) dot512<NQ, 4>(acc, qb, qbs, kb + j, db);
+    for (int i = 0; i < NQ; ++i) _mm_storeu_ps(out + i * os + j, _mm_mul_ps(reduce4(acc[i][0], acc[i][1], acc[i][2], acc[i][3]), vs));
   }
-  if (j < nt) {
+  for (; j < nt; ++j) {
     __m512 acc[NQ][1];
     for (int i = 0; i < NQ; ++i) acc[i][0] = _mm512_setzero_ps();
     dot512<NQ, 1>(acc, qa, qas, ka + j, da);
@@ -156,12 +195,14 @@ LC_T512 void scores_avx512(int nq, const float* qa, int64_t qas, const float* qb
 
 // NC vectors of 16 columns at a time, every accumulator row kept in registers over the whole tile.
 template <int NQ, int NC, typename VT>
-LC_T512 inline void pv512_cols(float* acc, int64_t as, const float* p, int64_t ps, int nt, const VT* const* v, int64_t c,
-                               __mmask16 m) {
+LC_T512 inline void pv512_cols(float* acc, int64_t as, const float* corr, const float* p, int64_t ps, int nt, const VT* const* v,
+                               int64_t c, __mmask16 m) {
   __m512 a[NQ][NC];
   for (int i = 0; i < NQ; ++i)
-    for (int u = 0; u < NC; ++u)
+    for (int u = 0; u < NC; ++u) {
       a[i][u] = NC == 1 ? _mm512_maskz_loadu_ps(m, acc + i * as + c) : _mm512_loadu_ps(acc + i * as + c + 16 * u);
+      if (corr) a[i][u] = _mm512_mul_ps(a[i][u], _mm512_set1_ps(corr[i]));
+    }
   for (int j = 0; j < nt; ++j) {
     __m512 vv[NC];
     for (int u = 0; u < NC; ++u) vv[u] = NC == 1 ? ld16m(v[j] + c, m) : ld16(v[j] + c + 16 * u);
@@ -180,23 +221,73 @@ LC_T512 inline void pv512_cols(float* acc, int64_t as, const float* p, int64_t p
 }
 
 template <int NQ, typename VT>
-LC_T512 void pv512_n(float* acc, int64_t as, const float* p, int64_t ps, int nt, const VT* const* v, int64_t dv) {
+LC_T512 void pv512_n(float* acc, int64_t as, const float* corr, const float* p, int64_t ps, int nt, const VT* const* v, int64_t dv) {
   int64_t c = 0;
-  for (; c + 64 <= dv; c += 64) pv512_cols<NQ, 4>(acc, as, p, ps, nt, v, c, 0xffff);
+  for (; c + 64 <= dv; c += 64) pv512_cols<NQ, 4>(acc, as, corr, p, ps, nt, v, c, 0xffff);
   for (; c < dv; c += 16) {
     int64_t r = std::min<int64_t>(16, dv - c);
-    pv512_cols<NQ, 1>(acc, as, p, ps, nt, v, c, static_cast<__mmask16>((1u << r) - 1));
+    pv512_cols<NQ, 1>(acc, as, corr, p, ps, nt, v, c, static_cast<__mmask16>((1u << r) - 1));
   }
 }
 
 template <typename VT>
-LC_T512 void pv_avx512(int nq, float* acc, int64_t as, const float* p, int64_t ps, int nt, const VT* const* v, int64_t dv) {
+LC_T512 void pv_avx512(int nq, float* acc, int64_t as, const float* corr, const float* p, int64_t ps, int nt, const VT* const* v,
+                       int64_t dv) {
   switch (nq) {
-    case 1: pv512_n<1>(acc, as, p, ps, nt, v, dv); break;
-    case 2: pv512_n<2>(acc, as, p, ps, nt, v, dv); break;
-    case 3: pv512_n<3>(acc, as, p, ps, nt, v, dv); break;
-    default: pv512_n<4>(acc, as, p, ps, nt, v, dv); break;
+    case 1: pv512_n<1>(acc, as, corr, p, ps, nt, v, dv); break;
+    case 2: pv512_n<2>(acc, as, corr, p, ps, nt, v, dv); break;
+    case 3: pv512_n<3>(acc, as, corr, p, ps, nt, v, dv); break;
+    default: pv512_n<4>(acc, as, corr, p, ps, nt, v, dv); break;
   }
+}
+
+// exp(x) for x <= 0 (Cephes expf polynomial, ~1 ulp); lanes below -103 (including -inf) give 0.
+LC_T512 inline __m512 exp512(__m512 x) {
+  const __mmask16 tiny = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-103.0f), _CMP_LT_OQ);
+  x = _mm512_max_ps(_mm512_set1_ps(-103.0f), x);  // operand order keeps NaN (max returns the 2nd on NaN)
+  __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 y = _mm512_set1_ps(1.9875691500e-4f);
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.3981999507e-3f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894e-2f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
+  y = _mm512_fmadd_ps(_mm512_mul_ps(y, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_maskz_mov_ps(static_cast<__mmask16>(~tiny), _mm512_scalef_ps(y, k));
+}
+
+LC_T512 float softmax_avx512(float* s, int n, float& m, float& l) {
+  const __m512 ninf = _mm512_set1_ps(kNegInf);
+  __m512 vmax = ninf;
+  for (int j = 0; j < n; j += 16) {
+    const __mmask16 mk = static_cast<__mmask16>(n - j >= 16 ? 0xffff : (1u << (n - j)) - 1);
+    vmax = _mm512_max_ps(vmax, _mm512_mask_loadu_ps(ninf, mk, s + j));
+  }
+  __mmask16 nan = 0;
+  for (int j = 0; j < n; j += 16) {
+    const __mmask16 mk = static_cast<__mmask16>(n - j >= 16 ? 0xffff : (1u << (n - j)) - 1);
+    const __m512 v = _mm512_maskz_loadu_ps(mk, s + j);
+    nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+  }
+  float mx = nan ? std::numeric_limits<float>::quiet_NaN() : std::max(m, _mm512_reduce_max_ps(vmax));
+  if (mx == kNegInf) {
+    for (int j = 0; j < n; ++j) s[j] = 0.0f;
+    return 1.0f;
+  }
+  const float corr = m == kNegInf ? 0.0f : std::exp(m - mx);
+  const __m512 vm = _mm512_set1_ps(mx);
+  __m512 vsum = _mm512_setzero_ps();
+  for (int j = 0; j < n; j += 16) {
+    const __mmask16 mk = static_cast<__mmask16>(n - j >= 16 ? 0xffff : (1u << (n - j)) - 1);
+    __m512 e = _mm512_maskz_mov_ps(mk, exp512(_mm512_sub_ps(_mm512_mask_loadu_ps(ninf, mk, s + j), vm)));
+    _mm512_mask_storeu_ps(s + j, mk, e);
+    vsum = _mm512_add_ps(vsum, e);
+  }
+  l = l * corr + _mm512_reduce_add_ps(vsum);
+  m = mx;
+  return corr;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -270,10 +361,14 @@ LC_T256 void scores_avx2(int nq, const float* qa, int64_t qas, const float* qb, 
 }
 
 template <int NQ, int NC, typename VT>
-LC_T256 inline void pv256_cols(float* acc, int64_t as, const float* p, int64_t ps, int nt, const VT* const* v, int64_t c) {
+LC_T256 inline void pv256_cols(float* acc, int64_t as, const float* corr, const float* p, int64_t ps, int nt, const VT* const* v,
+                               int64_t c) {
   __m256 a[NQ][NC];
   for (int i = 0; i < NQ; ++i)
-    for (int u = 0; u < NC; ++u) a[i][u] = _mm256_loadu_ps(acc + i * as + c + 8 * u);
+    for (int u = 0; u < NC; ++u) {
+      a[i][u] = _mm256_loadu_ps(acc + i * as + c + 8 * u);
+      if (corr) a[i][u] = _mm256_mul_ps(a[i][u], _mm256_set1_ps(corr[i]));
+    }
   for (int j = 0; j < nt; ++j) {
     __m256 vv[NC];
     for (int u = 0; u < NC; ++u) vv[u] = ld8(v[j] + c + 8 * u);
@@ -287,26 +382,76 @@ LC_T256 inline void pv256_cols(float* acc, int64_t as, const float* p, int64_t p
 }
 
 template <int NQ, typename VT>
-LC_T256 void pv256_n(float* acc, int64_t as, const float* p, int64_t ps, int nt, const VT* const* v, int64_t dv) {
+LC_T256 void pv256_n(float* acc, int64_t as, const float* corr, const float* p, int64_t ps, int nt, const VT* const* v, int64_t dv) {
   int64_t c = 0;
-  for (; c + 24 <= dv; c += 24) pv256_cols<NQ, 3>(acc, as, p, ps, nt, v, c);
-  for (; c + 8 <= dv; c += 8) pv256_cols<NQ, 1>(acc, as, p, ps, nt, v, c);
+  for (; c + 24 <= dv; c += 24) pv256_cols<NQ, 3>(acc, as, corr, p, ps, nt, v, c);
+  for (; c + 8 <= dv; c += 8) pv256_cols<NQ, 1>(acc, as, corr, p, ps, nt, v, c);
   if (c < dv)
-    for (int i = 0; i < NQ; ++i)
+    for (int i = 0; i < NQ; ++i) {
+      if (corr)
+        for (int64_t cc = c; cc < dv; ++cc) acc[i * as + cc] *= corr[i];
       for (int j = 0; j < nt; ++j) {
         const float w = p[i * ps + j];
         for (int64_t cc = c; cc < dv; ++cc) acc[i * as + cc] += w * ld(v[j], cc);
       }
+    }
 }
 
 template <typename VT>
-LC_T256 void pv_avx2(int nq, float* acc, int64_t as, const float* p, int64_t ps, int nt, const VT* const* v, int64_t dv) {
+LC_T256 void pv_avx2(int nq, float* acc, int64_t as, const float* corr, const float* p, int64_t ps, int nt, const VT* const* v,
+                     int64_t dv) {
   switch (nq) {
-    case 1: pv256_n<1>(acc, as, p, ps, nt, v, dv); break;
-    case 2: pv256_n<2>(acc, as, p, ps, nt, v, dv); break;
-    case 3: pv256_n<3>(acc, as, p, ps, nt, v, dv); break;
-    default: pv256_n<4>(acc, as, p, ps, nt, v, dv); break;
+    case 1: pv256_n<1>(acc, as, corr, p, ps, nt, v, dv); break;
+    case 2: pv256_n<2>(acc, as, corr, p, ps, nt, v, dv); break;
+    case 3: pv256_n<3>(acc, as, corr, p, ps, nt, v, dv); break;
+    default: pv256_n<4>(acc, as, corr, p, ps, nt, v, dv); break;
   }
+}
+
+// exp(x) for x <= 0 (Cephes expf polynomial); lanes below -87 (including -inf) give 0.
+LC_T256 inline __m256 exp256(__m256 x) {
+  const __m256 tiny = _mm256_cmp_ps(x, _mm256_set1_ps(-87.0f), _CMP_LT_OQ);
+  x = _mm256_max_ps(_mm256_set1_ps(-87.0f), x);  // operand order keeps NaN
+  __m256 k = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(k, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507e-3f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073e-3f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894e-2f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
+  y = _mm256_fmadd_ps(_mm256_mul_ps(y, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+  return _mm256_andnot_ps(tiny, _mm256_mul_ps(y, _mm256_castsi256_ps(e)));
+}
+
+LC_T256 float softmax_avx2(float* s, int n, float& m, float& l) {
+  float mx = m;
+  bool nan = false;
+  for (int j = 0; j < n; ++j) {
+    mx = s[j] > mx ? s[j] : mx;
+    nan |= s[j] != s[j];
+  }
+  if (nan) mx = std::numeric_limits<float>::quiet_NaN();
+  if (mx == kNegInf) {
+    for (int j = 0; j < n; ++j) s[j] = 0.0f;
+    return 1.0f;
+  }
+  const float corr = m == kNegInf ? 0.0f : std::exp(m - mx);
+  const __m256 vm = _mm256_set1_ps(mx);
+  __m256 vsum = _mm256_setzero_ps();
+  int j = 0;
+  for (; j + 8 <= n; j += 8) {
+    __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(s + j), vm));
+    _mm256_storeu_ps(s + j, e);
+    vsum = _mm256_add_ps(vsum, e);
+  }
+  float sum = hsum8(vsum);
+  for (; j < n; ++j) sum += (s[j] = std::exp(s[j] - mx));
+  l = l * corr + sum;
+  m = mx;
+  return corr;
 }
 #endif  // LC_ATTN_X86
 
@@ -314,48 +459,19 @@ template <typename T>
 struct Kernels {
   ScoresFn<T> scores;
   PvFn<T> pv;
+  SoftmaxFn softmax;
 };
 
 template <typename T>
 Kernels<T> pick() {
 #ifdef LC_ATTN_X86
   switch (isa()) {
-    case Isa::Avx512: return {scores_avx512<T>, pv_avx512<T>};
-    case Isa::Avx2: return {scores_avx2<T>, pv_avx2<T>};
+    case Isa::Avx512: return {scores_avx512<T>, pv_avx512<T>, softmax_avx512};
+    case Isa::Avx2: return {scores_avx2<T>, pv_avx2<T>, softmax_avx2};
     default: break;
   }
 #endif
-  return {scores_scalar<T>, pv_scalar<T>};
-}
-
-// One row of an online softmax: folds the scores s[0:n] (overwritten with exp(s - m_new)) into the
-// running max m and sum l; returns the factor the row's accumulator must be multiplied by.
-inline float softmax_step(float* s, int n, float& m, float& l) {
-  float mx = m;
-  for (int j = 0; j < n; ++j) mx = s[j] > mx ? s[j] : mx;
-  if (mx == kNegInf) {  // every key masked so far: nothing to add
-    for (int j = 0; j < n; ++j) s[j] = 0.0f;
-    return 1.0f;
-  }
-  const float corr = m == kNegInf ? 0.0f : std::exp(m - mx);
-  float sum = 0.0f;
-  for (int j = 0; j < n; ++j) {
-    const float e = std::exp(s[j] - mx);
-    s[j] = e;
-    sum += e;
-  }
-  l = l * corr + sum;
-  m = mx;
-  return corr;
-}
-
-inline void scale_row(float* a, int64_t n, float f) {
-  if (f == 1.0f) return;
-  if (f == 0.0f) {
-    std::memset(a, 0, sizeof(float) * n);
-    return;
-  }
-  for (int64_t c = 0; c < n; ++c) a[c] *= f;
+  return {scores_scalar<T>, pv_scalar<T>, softmax_scalar};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -409,14 +525,16 @@ void prefill_impl(const MlaDims& d, int64_t batch, float* o, const float* q, con
           const int gnt = static_cast<int>(std::min<int64_t>(nt, gmax - t0 + 1));
           const float* qrow = q + ((q0 + j0 + i0) * nh + h) * dk;
           K.scores(gq, qrow, nh * dk, qrow + dn, nh * dk, gnt, ka, kb, dn, dr, scale, &sc[0][0], kPTile);
+          float corr[kMaxQ];
+          bool rescale = false;
           for (int i = 0; i < gq; ++i) {
             const int64_t pos = pos0 + i0 + i;
             for (int j = 0; j < gnt; ++j)
               if (t0 + j > pos) sc[i][j] = kNegInf;
-            float corr = softmax_step(sc[i], gnt, m[i0 + i], l[i0 + i]);
-            scale_row(o + ((q0 + j0 + i0 + i) * nh + h) * dv, dv, corr);
+            corr[i] = K.softmax(sc[i], gnt, m[i0 + i], l[i0 + i]);
+            rescale |= corr[i] != 1.0f;
           }
-          K.pv(gq, o + ((q0 + j0 + i0) * nh + h) * dv, nh * dv, &sc[0][0], kPTile, gnt, vp, dv);
+          K.pv(gq, o + ((q0 + j0 + i0) * nh + h) * dv, nh * dv, rescale ? corr : nullptr, &sc[0][0], kPTile, gnt, vp, dv);
         }
       }
       for (int64_t i = 0; i < nq; ++i) {
@@ -500,12 +618,14 @@ void decode_impl(const MlaDims& d, int64_t batch, float* o_lat, const float* q_l
         for (int64_t h0 = 0; h0 < nh; h0 += kMaxQ) {
           const int gq = static_cast<int>(std::min<int64_t>(kMaxQ, nh - h0));
           K.scores(gq, qlb + h0 * dl, dl, qpb + h0 * dk, dk, nt, ka, kb, dl, dr, scale, &sc[0][0], kTile);
+          float corr[kMaxQ];
+          bool rescale = false;
           for (int i = 0; i < gq; ++i) {
             float* mh = ml + 2 * (h0 + i);
-            float corr = softmax_step(sc[i], nt, mh[0], mh[1]);
-            scale_row(acc + (h0 + i) * dl, dl, corr);
+            corr[i] = K.softmax(sc[i], nt, mh[0], mh[1]);
+            rescale |= corr[i] != 1.0f;
           }
-          K.pv(gq, acc + h0 * dl, dl, &sc[0][0], kTile, nt, ka, dl);
+          K.pv(gq, acc + h0 * dl, dl, rescale ? corr : nullptr, &sc[0][0], kTile, nt, ka, dl);
         }
       }
       if (splits == 1) {
@@ -559,14 +679,14 @@ void absorb_q_impl(const MlaDims& d, int64_t t, float* q_lat, const float* q, co
     const WT* rows[kTile];
     for (int64_t u = u0; u < u1; ++u) {
       const int64_t h = u / cblocks, c0 = (u % cblocks) * kColBlock, cw = std::min(kColBlock, dl - c0);
-      for (int64_t i0 = 0; i0 < t; i0 += kMaxQ) {
-        const int gq = static_cast<int>(std::min<int64_t>(kMaxQ, t - i0));
-        float* acc = q_lat + (i0 * nh + h) * dl + c0;
-        for (int i = 0; i < gq; ++i) std::memset(acc + i * nh * dl, 0, sizeof(float) * cw);
-        for (int64_t r0 = 0; r0 < dn; r0 += kTile) {
-          const int nt = static_cast<int>(std::min<int64_t>(kTile, dn - r0));
-          for (int j = 0; j < nt; ++j) rows[j] = w + (h * dkv + r0 + j) * dl + c0;
-          K.pv(gq, acc, nh * dl, q + (i0 * nh + h) * dk + r0, nh * dk, nt, rows, cw);
+      for (int64_t i = 0; i < t; ++i) std::memset(q_lat + (i * nh + h) * dl + c0, 0, sizeof(float) * cw);
+      // Each tile of W_UK rows is used by every token while it is in L1.
+      for (int64_t r0 = 0; r0 < dn; r0 += kTile) {
+        const int nt = static_cast<int>(std::min<int64_t>(kTile, dn - r0));
+        for (int j = 0; j < nt; ++j) rows[j] = w + (h * dkv + r0 + j) * dl + c0;
+        for (int64_t i0 = 0; i0 < t; i0 += kMaxQ) {
+          const int gq = static_cast<int>(std::min<int64_t>(kMaxQ, t - i0));
+          K.pv(gq, q_lat + (i0 * nh + h) * dl + c0, nh * dl, nullptr, q + (i0 * nh + h) * dk + r0, nh * dk, nt, rows, cw);
         }
       }
     }

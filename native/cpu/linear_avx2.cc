@@ -1,9 +1,11 @@
 // AVX2 + FMA + F16C linear layers: GEMV (t <= 8) and GEMM (t > 8), fp32 multiply-add throughout.
-// Same structure as linear_avx512.cc with 8-lane vectors and 16 registers.
+// Same GEMM as linear_avx512.cc with 8-lane vectors and 16 registers. The GEMV keeps the simpler
+// R-rows-per-pass shape for every t (AVX2 is the fallback path; the AVX-512 GEMV's single-stream
+// k-chunked variant for t <= 2 was tuned on the AVX-512 dev machine only).
 #include <immintrin.h>
 
+#include <cmath>
 #include <cstring>
-#include <cstdlib>
 
 #include "linear_kernels.h"
 #include "threadpool.h"
@@ -11,9 +13,6 @@
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")
 
-#ifndef LC_PF_HINT
-#define LC_PF_HINT _MM_HINT_T0
-#endif
 namespace lc::cpu::linear_detail {
 namespace {  // internal linkage: nothing compiled for AVX2 may be shared with other files
 
@@ -22,6 +21,7 @@ namespace {  // internal linkage: nothing compiled for AVX2 may be shared with o
 // linear_avx512.cc for the fp8 bit trick). scalar(p, i) decodes one element for k tails.
 
 struct DecF32 {
+  static constexpr bool kNanCodes = false;
   using E = float;
   static constexpr float kScaleMul = 0;
   static __m256 load(const float* p) { return _mm256_loadu_ps(p); }
@@ -29,6 +29,7 @@ struct DecF32 {
 };
 
 struct DecBF16 {
+  static constexpr bool kNanCodes = false;
   using E = uint16_t;
   static constexpr float kScaleMul = 0;
   static __m256 load(const uint16_t* p) {
@@ -39,6 +40,7 @@ struct DecBF16 {
 };
 
 struct DecI8 {
+  static constexpr bool kNanCodes = false;
   using E = int8_t;
   static constexpr float kScaleMul = 0;
   static __m256 load(const int8_t* p) {
@@ -47,17 +49,27 @@ struct DecI8 {
   static float scalar(const int8_t* p) { return static_cast<float>(*p); }
 };
 
-struct DecFP8 {
+struct DecFP8 {  // f16 bit move as in linear_avx512.cc: decodes to value / 256; NaN codes checked apart
   using E = uint8_t;
   static constexpr float kScaleMul = 256.0f;
+  static constexpr bool kNanCodes = true;
   static __m256 load(const uint8_t* p) {
     __m128i h = _mm_slli_epi16(_mm_cvtepi8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))), 7);
-    h = _mm_and_si128(h, _mm_set1_epi16(static_cast<short>(0xbfff)));  // f16 bits of value / 256
-    __m128i nan = _mm_cmpeq_epi16(_mm_and_si128(h, _mm_set1_epi16(0x7fff)), _mm_set1_epi16(0x3f80));
-    h = _mm_blendv_epi8(h, _mm_set1_epi16(0x7e00), nan);
-    return _mm256_cvtph_ps(h);
+    return _mm256_cvtph_ps(_mm_and_si128(h, _mm_set1_epi16(static_cast<short>(0xbfff))));
   }
   static float scalar(const uint8_t* p) { return fp8e4m3_to_f32(*p) / 256.0f; }
+  static bool is_nan(uint8_t b) { return (b & 0x7f) == 0x7f; }
+  // Whether the n codes at p hold a NaN code: (b | 0x80) == 0xff.
+  static bool has_nan(const uint8_t* p, int64_t n) {
+    int64_t i = 0;
+    int any = 0;
+    for (; i + 32 <= n; i += 32) {
+      __m256i v = _mm256_or_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i)), _mm256_set1_epi8(static_cast<char>(0x80)));
+      any |= _mm256_movemask_epi8(_mm256_cmpeq_epi8(v, _mm256_set1_epi8(-1)));
+    }
+    for (; i < n; ++i) any |= is_nan(p[i]);
+    return any != 0;
+  }
 };
 
 // Sums of four vectors: returns [sum(a0), sum(a1), sum(a2), sum(a3)].
@@ -77,7 +89,7 @@ inline float hsum(__m256 a) {
 // GEMV: rows [r0, r0 + R) of W against all T rows of x; k in 128-blocks (fp8 scale blocks),
 // 8 lanes per step, a scalar loop for the last k % 8 columns.
 
-static const int64_t kPrefetchBytes = getenv("LC_PF") ? atoi(getenv("LC_PF")) : 1024;  // TMP
+constexpr int64_t kPrefetchBytes = 1024;
 
 // Software prefetch of the 128-column block kPrefetchBytes ahead on each of the R row streams
 // (hardware prefetchers stop at 4 KiB pages). Past the end of its row, a stream continues into the
@@ -88,7 +100,7 @@ inline void prefetch_ahead(const E* const* wr, int64_t k0, int64_t K) {
   const int64_t skip = p >= K ? (R - 1) * K : 0;
   for (int r = 0; r < R; ++r)
     for (int64_t off = 0; off < 128 * static_cast<int64_t>(sizeof(E)); off += 64)
-      _mm_prefetch(reinterpret_cast<const char*>(wr[r] + p + skip) + off, LC_PF_HINT);
+      _mm_prefetch(reinterpret_cast<const char*>(wr[r] + p + skip) + off, _MM_HINT_T0);
 }
 
 template <int T, int R, class D>
@@ -102,8 +114,11 @@ void gemv_rows(const float* x, const WeightRef& w, int64_t r0, void* y, DType yt
   for (int t = 0; t < T; ++t)
     for (int r = 0; r < R; ++r) acc[t][r] = _mm256_setzero_ps();
 
+  bool nan[R] = {};  // a NaN weight code makes the row's dot products NaN
   for (int64_t k0 = 0; k0 < K; k0 += 128) {
     const int64_t kend = K - k0 < 128 ? K : k0 + 128;
+    if constexpr (D::kNanCodes)
+      for (int r = 0; r < R; ++r) nan[r] |= D::has_nan(wr[r] + k0, kend - k0);
     __m256 bs[R];
     float bss[R];
     if constexpr (D::kScaleMul != 0)
@@ -135,7 +150,7 @@ void gemv_rows(const float* x, const WeightRef& w, int64_t r0, void* y, DType yt
 
   for (int t = 0; t < T; ++t)
     for (int r = 0; r < R; ++r) {
-      float v = hsum(acc[t][r]) + tail[t][r];
+      float v = nan[r] ? NAN : hsum(acc[t][r]) + tail[t][r];
       if (w.dtype == DType::I8) v *= w.scale[r0 + r];
       store_y(y, yt, t * N + r0 + r, v);
     }
@@ -197,6 +212,9 @@ void pack_panel_f32(const WeightRef& w, int64_t n0, int64_t nlen, int64_t nrows,
       dst[c] = v;
     }
     for (; c < kcp; ++c) dst[c] = 0;
+    if constexpr (D::kNanCodes)
+      for (c = 0; c < klen; ++c)
+        if (D::is_nan(src[c])) dst[c] = NAN;
   }
 }
 

@@ -3,8 +3,8 @@
 // below (the build itself uses baseline x86-64 flags); linear.cc calls in only after checking isa().
 #include <immintrin.h>
 
+#include <cmath>
 #include <cstring>
-#include <cstdlib>
 
 #include "linear_kernels.h"
 #include "threadpool.h"
@@ -16,9 +16,6 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
 
-#ifndef LC_PF_HINT
-#define LC_PF_HINT _MM_HINT_T0
-#endif
 namespace lc::cpu::linear_detail {
 namespace {  // internal linkage: nothing compiled for AVX-512 may be shared with other files
 
@@ -27,6 +24,7 @@ namespace {  // internal linkage: nothing compiled for AVX-512 may be shared wit
 // fp8 and int8 decode to the code's value without its scale (see kScaleMul / the row scale).
 
 struct DecF32 {
+  static constexpr bool kNanCodes = false;
   using E = float;
   static constexpr float kScaleMul = 0;  // no block scale
   static __m512 load(const float* p) { return _mm512_loadu_ps(p); }
@@ -34,6 +32,7 @@ struct DecF32 {
 };
 
 struct DecBF16 {
+  static constexpr bool kNanCodes = false;
   using E = uint16_t;
   static constexpr float kScaleMul = 0;
   static __m512 widen(__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
@@ -42,6 +41,7 @@ struct DecBF16 {
 };
 
 struct DecI8 {  // q; the row scale multiplies the finished dot product
+  static constexpr bool kNanCodes = false;
   using E = int8_t;
   static constexpr float kScaleMul = 0;
   static __m512 widen(__m128i b) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b)); }
@@ -52,20 +52,31 @@ struct DecI8 {  // q; the row scale multiplies the finished dot product
 // fp8 e4m3 -> f16 is a bit move: sign-extending the byte to 16 bits and shifting left by 7 puts
 // eeee.mmm in the f16 exponent/mantissa fields (exponent bias 15 instead of 7), so the f16 value
 // is exactly the fp8 value / 256, subnormals included; vcvtph2ps then widens it exactly. The 256
-// is folded into the block scale (kScaleMul). The NaN codes would decode to +-1.875 / 256, so they
-// are patched to an f16 NaN.
+// is folded into the block scale (kScaleMul). The NaN codes 0x7f / 0xff would decode to
+// +-480 / 256; rather than patching every vector, GEMV checks each 128-code block once (has_nan:
+// one NaN weight makes the whole dot product NaN) and the GEMM panel patches lanes (nan_lanes).
 struct DecFP8 {
   using E = uint8_t;
   static constexpr float kScaleMul = 256.0f;
+  static constexpr bool kNanCodes = true;
   static __m512 widen(__m128i b) {
     __m256i h = _mm256_slli_epi16(_mm256_cvtepi8_epi16(b), 7);  // bits 15,14 = sign; 13..7 = eeeemmm
-    h = _mm256_and_si256(h, _mm256_set1_epi16(static_cast<short>(0xbfff)));
-    __mmask16 nan = _mm256_cmpeq_epi16_mask(_mm256_and_si256(h, _mm256_set1_epi16(0x7fff)), _mm256_set1_epi16(0x3f80));
-    h = _mm256_mask_mov_epi16(h, nan, _mm256_set1_epi16(0x7e00));
-    return _mm512_cvtph_ps(h);
+    return _mm512_cvtph_ps(_mm256_and_si256(h, _mm256_set1_epi16(static_cast<short>(0xbfff))));
   }
   static __m512 load(const uint8_t* p) { return widen(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
   static __m512 load_tail(const uint8_t* p, __mmask16 m) { return widen(_mm_maskz_loadu_epi8(m, p)); }
+  // Lanes holding a NaN code: (b | 0x80) == 0xff.
+  static __mmask16 nan_lanes(__m128i b) {
+    return _mm_cmpeq_epi8_mask(_mm_or_si128(b, _mm_set1_epi8(static_cast<char>(0x80))), _mm_set1_epi8(-1));
+  }
+  // Whether the n <= 128 codes at p hold a NaN code (masked-off bytes load as 0: never NaN).
+  static bool has_nan(const uint8_t* p, int64_t n) {
+    const __m512i sign = _mm512_set1_epi8(static_cast<char>(0x80)), ones = _mm512_set1_epi8(-1);
+    const __mmask64 m0 = n >= 64 ? ~0ull : (1ull << n) - 1;
+    const __mmask64 m1 = n >= 128 ? ~0ull : n > 64 ? (1ull << (n - 64)) - 1 : 0;
+    __m512i a = _mm512_maskz_loadu_epi8(m0, p), b = _mm512_maskz_loadu_epi8(m1, p + 64);
+    return (_mm512_cmpeq_epi8_mask(_mm512_or_si512(a, sign), ones) | _mm512_cmpeq_epi8_mask(_mm512_or_si512(b, sign), ones)) != 0;
+  }
 };
 
 inline __mmask16 tail_mask16(int64_t n) { return static_cast<__mmask16>((1u << n) - 1); }
@@ -82,72 +93,108 @@ inline __m128 hsum4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// GEMV: rows [r0, r0 + R) of W against all T rows of x (f32, row stride k). T*R accumulators
-// stay in registers; each 16-weight vector is decoded once and used for all T rows. k runs in
-// blocks of 128 (the fp8 scale block), prefetching a few blocks ahead on every row stream.
+// GEMV (t <= 8) is bandwidth bound, so its shape is about how memory is read and how much work
+// each weight vector carries:
+//  * T <= 2: one weight row at a time, front to back: a single sequential stream per thread
+//    (on the dev machine, Zen 5, four concurrent row streams per thread lost 25-40% of the
+//    bandwidth here). k is cut into chunks whose slice of x (T x KC f32, 16 KiB) stays in L1
+//    while a group of up to 256 rows streams past it; partial sums wait in a stack array. S
+//    accumulator sets along k keep T*S = 4..8 independent FMA chains.
+//  * T >= 3: the FMAs dominate, so R rows per pass share every x load (T*R + R registers),
+//    reading x from L2 over the full k.
+//  * k runs in 128-column blocks: the fp8 scale block, the NaN-code check, and a software
+//    prefetch a fixed distance ahead on each row stream (continuing past the end of the chunk
+//    into the row the stream reads next, because hardware prefetchers stop at 4 KiB pages).
 
-static const int64_t kPrefetchBytes = getenv("LC_PF") ? atoi(getenv("LC_PF")) : 1024;  // TMP
+constexpr int64_t kGemvGroupRows = 256;
+constexpr int64_t kPrefetchBytes = 1024;
 
-// Software prefetch of the 128-column block kPrefetchBytes ahead on each of the R row streams
-// (hardware prefetchers stop at 4 KiB pages). Past the end of its row, a stream continues into the
-// row R further on: the same stream in the next group, so groups start warm.
-template <int R, class E>
-inline void prefetch_ahead(const E* const* wr, int64_t k0, int64_t K) {
-  const int64_t p = k0 + kPrefetchBytes / static_cast<int64_t>(sizeof(E));
-  const int64_t skip = p >= K ? (R - 1) * K : 0;
-  for (int r = 0; r < R; ++r)
-    for (int64_t off = 0; off < 128 * static_cast<int64_t>(sizeof(E)); off += 64)
-      _mm_prefetch(reinterpret_cast<const char*>(wr[r] + p + skip) + off, LC_PF_HINT);
-}
+template <int T>
+struct GemvShape {
+  static constexpr int R = T <= 2 ? 1 : T <= 4 ? 4 : 2;  // rows per pass
+  static constexpr int S = T <= 2 ? 4 : 1;               // accumulator sets along k
+  static constexpr int64_t kChunk = T <= 2 ? 16384 / (4 * T) : 0;  // k per x chunk (0: all of k)
+};
 
-template <int T, int R, class D>
-void gemv_rows(const float* x, const WeightRef& w, int64_t r0, void* y, DType yt) {
+// part[t * ldp + i] += sum over k in [k0, k1) of x[t, k] * W[r + i, k], for t < T, i < R.
+template <int T, int R, int S, class D>
+void gemv_rows(const float* x, const WeightRef& w, int64_t r, int64_t k0, int64_t k1, float* part, int64_t ldp) {
   using E = typename D::E;
-  const int64_t K = w.k, N = w.n;
+  const int64_t K = w.k;
   const E* wr[R];
-  for (int r = 0; r < R; ++r) wr[r] = static_cast<const E*>(w.data) + (r0 + r) * K;
-  __m512 acc[T][R];
-  for (int t = 0; t < T; ++t)
-    for (int r = 0; r < R; ++r) acc[t][r] = _mm512_setzero_ps();
+  for (int i = 0; i < R; ++i) wr[i] = static_cast<const E*>(w.data) + (r + i) * K;
+  __m512 acc[S][T][R];
+  for (int s = 0; s < S; ++s)
+    for (int t = 0; t < T; ++t)
+      for (int i = 0; i < R; ++i) acc[s][t][i] = _mm512_setzero_ps();
 
-  auto step = [&](int64_t k, const __m512* bs, bool tail, __mmask16 m) __attribute__((always_inline)) {
+  auto step = [&](int64_t k, const __m512* bs, __m512 (&a)[T][R], bool tail, __mmask16 m) __attribute__((always_inline)) {
     __m512 wv[R];
-    for (int r = 0; r < R; ++r) {
-      wv[r] = tail ? D::load_tail(wr[r] + k, m) : D::load(wr[r] + k);
-      if constexpr (D::kScaleMul != 0) wv[r] = _mm512_mul_ps(wv[r], bs[r]);
+    for (int i = 0; i < R; ++i) {
+      wv[i] = tail ? D::load_tail(wr[i] + k, m) : D::load(wr[i] + k);
+      if constexpr (D::kScaleMul != 0) wv[i] = _mm512_mul_ps(wv[i], bs[i]);
     }
     for (int t = 0; t < T; ++t) {
       __m512 xv = tail ? _mm512_maskz_loadu_ps(m, x + t * K + k) : _mm512_loadu_ps(x + t * K + k);
-      for (int r = 0; r < R; ++r) acc[t][r] = _mm512_fmadd_ps(xv, wv[r], acc[t][r]);
+      for (int i = 0; i < R; ++i) a[t][i] = _mm512_fmadd_ps(xv, wv[i], a[t][i]);
     }
   };
 
-  for (int64_t k0 = 0; k0 < K; k0 += 128) {
-    const int64_t kend = K - k0 < 128 ? K : k0 + 128;
+  bool nan[R] = {};
+  for (int64_t b0 = k0; b0 < k1; b0 += 128) {
+    const int64_t bend = k1 - b0 < 128 ? k1 : b0 + 128;
+    const int64_t p = b0 + kPrefetchBytes / static_cast<int64_t>(sizeof(E));
+    for (int i = 0; i < R; ++i) {
+      const char* pa = reinterpret_cast<const char*>(p < k1 ? wr[i] + p : wr[i] + R * K + k0 + (p - k1));
+      for (int64_t off = 0; off < 128 * static_cast<int64_t>(sizeof(E)); off += 64) _mm_prefetch(pa + off, _MM_HINT_T0);
+    }
     __m512 bs[R];
-    if constexpr (D::kScaleMul != 0)
-      for (int r = 0; r < R; ++r) bs[r] = _mm512_set1_ps(fp8_block_scale(w, r0 + r, k0 / 128) * D::kScaleMul);
-    prefetch_ahead<R>(wr, k0, K);
-    int64_t k = k0;
-#pragma GCC unroll 8
-    for (; k + 16 <= kend; k += 16) step(k, bs, false, 0xffff);
-    if (k < kend) step(k, bs, true, tail_mask16(kend - k));
+    for (int i = 0; i < R; ++i) {
+      if constexpr (D::kNanCodes) nan[i] |= D::has_nan(wr[i] + b0, bend - b0);
+      if constexpr (D::kScaleMul != 0) bs[i] = _mm512_set1_ps(fp8_block_scale(w, r + i, b0 / 128) * D::kScaleMul);
+    }
+    int64_t k = b0;
+    for (; k + 16 * S <= bend; k += 16 * S)
+      for (int s = 0; s < S; ++s) step(k + 16 * s, bs, acc[s], false, 0xffff);
+    for (; k + 16 <= bend; k += 16) step(k, bs, acc[0], false, 0xffff);
+    if (k < bend) step(k, bs, acc[0], true, tail_mask16(bend - k));
   }
-
   for (int t = 0; t < T; ++t)
-    for (int r = 0; r < R; ++r) {
-      float v = _mm512_reduce_add_ps(acc[t][r]);
-      if (w.dtype == DType::I8) v *= w.scale[r0 + r];
-      store_y(y, yt, t * N + r0 + r, v);
+    for (int i = 0; i < R; ++i) {
+      for (int s = 1; s < S; ++s) acc[0][t][i] = _mm512_add_ps(acc[0][t][i], acc[s][t][i]);
+      part[t * ldp + i] += nan[i] ? NAN : _mm512_reduce_add_ps(acc[0][t][i]);
     }
 }
 
-// R output rows per pass: enough independent streams and FMA chains, T*R + R registers <= 32.
+// Rows [n0, n1) of y for all T rows of x.
+template <int T, class D>
+void gemv_range(const float* x, const WeightRef& w, int64_t n0, int64_t n1, void* y, DType yt) {
+  using G = GemvShape<T>;
+  const int64_t K = w.k, N = w.n;
+  const int64_t kc = G::kChunk > 0 ? G::kChunk : K;
+  float part[T][kGemvGroupRows];
+  for (int64_t g0 = n0; g0 < n1; g0 += kGemvGroupRows) {
+    const int64_t g1 = n1 - g0 < kGemvGroupRows ? n1 : g0 + kGemvGroupRows;
+    for (int t = 0; t < T; ++t)
+      for (int64_t r = g0; r < g1; ++r) part[t][r - g0] = 0;
+    for (int64_t k0 = 0; k0 < K; k0 += kc) {
+      const int64_t k1 = K - k0 < kc ? K : k0 + kc;
+      int64_t r = g0;
+      for (; r + G::R <= g1; r += G::R) gemv_rows<T, G::R, G::S, D>(x, w, r, k0, k1, &part[0][r - g0], kGemvGroupRows);
+      for (; r < g1; ++r) gemv_rows<T, 1, G::S, D>(x, w, r, k0, k1, &part[0][r - g0], kGemvGroupRows);
+    }
+    for (int t = 0; t < T; ++t)
+      for (int64_t r = g0; r < g1; ++r) {
+        float v = part[t][r - g0];
+        if (w.dtype == DType::I8) v *= w.scale[r];
+        store_y(y, yt, t * N + r, v);
+      }
+  }
+}
+
 template <int T, class D>
 void gemv_t(const float* x, const WeightRef& w, void* y, DType yt) {
-  constexpr int R = T <= 4 ? 4 : 2;
-  gemv_split<R>(w, [&](int64_t r) { gemv_rows<T, R, D>(x, w, r, y, yt); },
-                [&](int64_t r) { gemv_rows<T, 1, D>(x, w, r, y, yt); });
+  parallel_for(w.n, gemv_grain_rows(w), [&](int64_t n0, int64_t n1) { gemv_range<T, D>(x, w, n0, n1, y, yt); });
 }
 
 template <class D>
@@ -186,9 +233,12 @@ void pack_panel_f32(const WeightRef& w, int64_t n0, int64_t nlen, int64_t nrows,
     }
     const E* src = static_cast<const E*>(w.data) + (n0 + j) * w.k + k0;
     for (int64_t c = 0; c < kcp; c += 16) {
-      __m512 v = c + 16 <= klen ? D::load(src + c) : D::load_tail(src + c, tail_mask16(c < klen ? klen - c : 0));
+      const __mmask16 m = c + 16 <= klen ? 0xffff : tail_mask16(c < klen ? klen - c : 0);
+      __m512 v = m == 0xffff ? D::load(src + c) : D::load_tail(src + c, m);
       if constexpr (D::kScaleMul != 0)
         v = _mm512_mul_ps(v, _mm512_set1_ps(fp8_block_scale(w, n0 + j, (k0 + c) / 128) * D::kScaleMul));
+      if constexpr (D::kNanCodes)
+        v = _mm512_mask_mov_ps(v, D::nan_lanes(_mm_maskz_loadu_epi8(m, src + c)), _mm512_set1_ps(NAN));
       _mm512_storeu_ps(dst + c, v);
     }
   }

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <limits>
 
+#include "elementwise.h"
 #include "threadpool.h"
 
 namespace lc::cpu {
@@ -90,14 +91,6 @@ Sched sched_override() {
   return Sched::Auto;
 }
 
-// g[i] = silu(g[i]) * u[i]
-void swiglu(float* g, const float* u, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) {
-    const float z = g[i];
-    g[i] = z / (1.0f + std::exp(-z)) * u[i];
-  }
-}
-
 }  // namespace
 
 int64_t moe_wave_rows(int64_t t, int64_t k) {
@@ -170,7 +163,7 @@ int64_t moe(int64_t t, int64_t k, int64_t h, const float* u, const int32_t* idx,
         std::memcpy(x + r * h, u + static_cast<int64_t>(sorted[b0 + r] / k) * h, sizeof(float) * static_cast<size_t>(h));
       linear(m, x, DType::F32, ex.gate[e], g, DType::F32);
       linear(m, x, DType::F32, ex.up[e], uu, DType::F32);
-      swiglu(g, uu, m * inter);
+      silu_mul(m * inter, g, uu, g);  // elementwise, so g may be the output
       linear(m, g, DType::F32, ex.down[e], x, DType::F32);  // x is dead after gate/up
     };
 

@@ -114,6 +114,7 @@ Napi::Value MapFile(const Napi::CallbackInfo& info) {
       Napi::PropertyDescriptor::Value("_handle", ext, napi_default),
       Napi::PropertyDescriptor::Value("path", Napi::String::New(env, path), napi_enumerable),
       Napi::PropertyDescriptor::Value("byteLength", Napi::Number::New(env, static_cast<double>(file->size())), napi_enumerable),
+      Napi::PropertyDescriptor::Value("writable", Napi::Boolean::New(env, file->writable()), napi_enumerable),
       Napi::PropertyDescriptor::Accessor(env, obj, "closed", Closed, napi_enumerable),
       Napi::PropertyDescriptor::Function(env, obj, "close", Close, napi_default),
       Napi::PropertyDescriptor::Function(env, obj, "advise", Advise, napi_default),

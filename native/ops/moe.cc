@@ -61,59 +61,176 @@ namespace {
 
 bool needs_scale(DType t) { return t == DType::FP8_E4M3 || t == DType::I8; }
 
-// Checks one expert weight list (and its optional scale list) and describes it as WeightRefs.
-std::vector<cpu::WeightRef> expert_refs(const char* op, const char* name, const std::vector<Tensor>& ws,
-                                        const std::vector<Tensor>* scales, const char* scale_name, int64_t rows,
-                                        int64_t cols, Device d) {
-  std::vector<cpu::WeightRef> refs;
+// A JS array of Tensors, as pointers to the wrapped tensors (alive for the duration of the call).
+// Unlike OpArgs::tensor_list nothing is copied and error text is only built on failure: with 512
+// experts x 3 lists this runs ~1,500 times per MoE layer call.
+std::vector<const Tensor*> list_arg(const Napi::CallbackInfo& info, size_t i, const char* op, const char* name) {
+  if (i >= info.Length() || !info[i].IsArray()) fail(Code::E_ARGUMENT, "%s: argument '%s' must be an array of Tensors", op, name);
+  Napi::Array arr = info[i].As<Napi::Array>();
+  const uint32_t n = arr.Length();
+  std::vector<const Tensor*> r(n);
+  for (uint32_t j = 0; j < n; ++j) {
+    Napi::Value v = arr.Get(j);
+    if (!TensorWrap::IsTensor(info.Env(), v)) fail(Code::E_ARGUMENT, "%s argument '%s[%u]' is not a Tensor", op, name, j);
+    const TensorWrap* w = TensorWrap::Unwrap(v.As<Napi::Object>());
+    try {
+      r[j] = &w->get(name);
+    } catch (const Error&) {
+      fail(Code::E_DISPOSED, "%s argument '%s[%u]': tensor was disposed", op, name, j);
+    }
+  }
+  return r;
+}
+
+// The routed experts of one MoE layer, checked once: what a queued moe call reads (WeightRefs)
+// and owns (every storage they point into). Built per call from Tensor arrays, or once by
+// moeExperts() and reused (with 512 experts that saves ~1,500 tensor unwraps per call).
+struct ExpertSet {
+  int64_t n_routed = 0, h = 0, inter = 0;
+  Device device;
+  std::vector<cpu::WeightRef> gate, up, down;
+  std::vector<std::shared_ptr<Storage>> keep;
+};
+
+struct ExpertSetHandle {
+  std::shared_ptr<const ExpertSet> set;  // reset by dispose()
+};
+
+const napi_type_tag kExpertSetTag = {0x6c6f6e6763617466ULL, 0x6d6f652d73657431ULL};
+
+// The handle inside a MoeExpertSet object, or null when `v` is not one.
+ExpertSetHandle* expert_set_of(Napi::Value v) {
+  if (!v.IsObject() || v.IsArray()) return nullptr;
+  Napi::Value h = v.As<Napi::Object>().Get("_handle");
+  if (!h.IsExternal() || !h.As<Napi::External<ExpertSetHandle>>().CheckTypeTag(&kExpertSetTag)) return nullptr;
+  return h.As<Napi::External<ExpertSetHandle>>().Data();
+}
+
+// Checks one expert weight list (and its optional scale list) and appends WeightRefs to `refs`.
+void expert_refs(const char* op, const char* name, const std::vector<const Tensor*>& ws, const std::vector<const Tensor*>* scales,
+                 const char* scale_name, int64_t rows, int64_t cols, Device d, std::vector<cpu::WeightRef>& refs,
+                 std::vector<std::shared_ptr<Storage>>& keep) {
   refs.reserve(ws.size());
   for (size_t e = 0; e < ws.size(); ++e) {
-    const Tensor& w = ws[e];
-    const std::string wn = std::string(name) + "[" + std::to_string(e) + "]";
-    const std::string sn = std::string(scale_name) + "[" + std::to_string(e) + "]";
-    expect_dtype(op, wn.c_str(), w, {DType::F32, DType::BF16, DType::FP8_E4M3, DType::I8});
-    expect_device(op, wn.c_str(), w, d);
+    const Tensor& w = *ws[e];
+    auto wn = [&] { return std::string(name) + "[" + std::to_string(e) + "]"; };
+    auto sn = [&] { return std::string(scale_name) + "[" + std::to_string(e) + "]"; };
+    if (w.dtype != DType::F32 && w.dtype != DType::BF16 && !needs_scale(w.dtype))
+      expect_dtype(op, wn().c_str(), w, {DType::F32, DType::BF16, DType::FP8_E4M3, DType::I8});
+    if (w.device() != d) expect_device(op, wn().c_str(), w, d);
     if (w.ndim() != 2 || w.dim(0) != rows || w.dim(1) != cols)
-      fail(Code::E_SHAPE, "%s: '%s' has shape %s, expected [%lld, %lld] (every expert's %s must have the same shape)", op, wn.c_str(),
+      fail(Code::E_SHAPE, "%s: '%s' has shape %s, expected [%lld, %lld] (every expert's %s must have the same shape)", op, wn().c_str(),
            shape_str(w.shape).c_str(), static_cast<long long>(rows), static_cast<long long>(cols), name);
     cpu::WeightRef r;
     r.dtype = w.dtype;
     r.data = w.data();
     r.n = rows;
     r.k = cols;
+    keep.push_back(w.storage);
     if (needs_scale(w.dtype)) {
       if (!scales)
-        fail(Code::E_ARGUMENT, "%s: '%s' is %s and needs its scale, but '%s' is null", op, wn.c_str(), dtype_name(w.dtype), scale_name);
-      const Tensor& sc = (*scales)[e];
-      expect_dtype(op, sn.c_str(), sc, {DType::F32});
-      expect_device(op, sn.c_str(), sc, d);
-      if (w.dtype == DType::FP8_E4M3)
-        expect_shape(op, (sn + " (weight_scale_inv)").c_str(), sc, {(rows + 127) / 128, (cols + 127) / 128});
-      else
-        expect_shape(op, sn.c_str(), sc, {rows});
+        fail(Code::E_ARGUMENT, "%s: '%s' is %s and needs its scale, but '%s' is null", op, wn().c_str(), dtype_name(w.dtype), scale_name);
+      const Tensor& sc = *(*scales)[e];
+      if (sc.dtype != DType::F32) expect_dtype(op, sn().c_str(), sc, {DType::F32});
+      if (sc.device() != d) expect_device(op, sn().c_str(), sc, d);
+      if (w.dtype == DType::FP8_E4M3) {
+        const int64_t br = (rows + 127) / 128, bc = (cols + 127) / 128;
+        if (sc.ndim() != 2 || sc.dim(0) != br || sc.dim(1) != bc) expect_shape(op, (sn() + " (weight_scale_inv)").c_str(), sc, {br, bc});
+      } else if (sc.ndim() != 1 || sc.dim(0) != rows) {
+        expect_shape(op, sn().c_str(), sc, {rows});
+      }
       r.scale = sc.ptr<float>();
+      keep.push_back(sc.storage);
     } else if (scales) {
-      fail(Code::E_ARGUMENT, "%s: '%s' is %s and takes no scale; pass null for '%s'", op, wn.c_str(), dtype_name(w.dtype), scale_name);
+      fail(Code::E_ARGUMENT, "%s: '%s' is %s and takes no scale; pass null for '%s'", op, wn().c_str(), dtype_name(w.dtype), scale_name);
     }
     refs.push_back(r);
   }
-  return refs;
+}
+
+
+// Reads gate/up/down (+ scale) lists at info[i0 .. i0+5] into an ExpertSet. `h` < 0: take H from
+// gate[0]; else gate[0] must have H columns. `n_routed` < 0: any count (the gate list's length).
+std::shared_ptr<ExpertSet> read_experts(const Napi::CallbackInfo& info, size_t i0, const char* op, int64_t n_routed, int64_t h,
+                                        Device d) {
+  auto present = [&](size_t i) { return i < info.Length() && !info[i].IsNull() && !info[i].IsUndefined(); };
+  std::vector<const Tensor*> gate = list_arg(info, i0, op, "gate"), up = list_arg(info, i0 + 1, op, "up"),
+                             down = list_arg(info, i0 + 2, op, "down");
+  std::optional<std::vector<const Tensor*>> gs, us, ds;
+  if (present(i0 + 3)) gs = list_arg(info, i0 + 3, op, "gateScale");
+  if (present(i0 + 4)) us = list_arg(info, i0 + 4, op, "upScale");
+  if (present(i0 + 5)) ds = list_arg(info, i0 + 5, op, "downScale");
+  if (n_routed < 0) n_routed = static_cast<int64_t>(gate.size());
+  const struct {
+    const char* name;
+    const std::vector<const Tensor*>* list;
+  } lists[] = {{"gate", &gate}, {"up", &up}, {"down", &down}, {"gateScale", gs ? &*gs : nullptr},
+               {"upScale", us ? &*us : nullptr}, {"downScale", ds ? &*ds : nullptr}};
+  for (const auto& l : lists)
+    if (l.list && static_cast<int64_t>(l.list->size()) != n_routed)
+      fail(Code::E_ARGUMENT, "%s: '%s' has %zu tensors, expected nRouted = %lld (one per routed expert)", op, l.name, l.list->size(),
+           static_cast<long long>(n_routed));
+  auto set = std::make_shared<ExpertSet>();
+  set->n_routed = n_routed;
+  set->device = d;
+  if (n_routed > 0) {
+    const Tensor& g0 = *gate[0];
+    if (h < 0) {
+      if (g0.ndim() != 2) fail(Code::E_SHAPE, "%s: 'gate[0]' has shape %s, expected [I, H]", op, shape_str(g0.shape).c_str());
+      h = g0.dim(1);
+      set->device = d = g0.device();
+    }
+    if (g0.ndim() != 2 || g0.dim(1) != h)
+      fail(Code::E_SHAPE, "%s: 'gate[0]' has shape %s, expected [I, %lld] (H = u.shape[1])", op, shape_str(g0.shape).c_str(),
+           static_cast<long long>(h));
+    set->inter = g0.dim(0);
+    if (set->inter < 1 || h < 1)
+      fail(Code::E_SHAPE, "%s: 'gate[0]' has shape %s, H and I must be >= 1", op, shape_str(g0.shape).c_str());
+  }
+  set->h = h;
+  set->keep.reserve(6 * static_cast<size_t>(n_routed));
+  expert_refs(op, "gate", gate, gs ? &*gs : nullptr, "gateScale", set->inter, h, d, set->gate, set->keep);
+  expert_refs(op, "up", up, us ? &*us : nullptr, "upScale", set->inter, h, d, set->up, set->keep);
+  expert_refs(op, "down", down, ds ? &*ds : nullptr, "downScale", h, set->inter, d, set->down, set->keep);
+  return set;
+}
+
+Napi::Value ExpertSetDispose(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    if (ExpertSetHandle* hd = expert_set_of(info.This())) hd->set.reset();
+    return info.Env().Undefined();
+  });
 }
 
 }  // namespace
+
+// moeExperts(gate[], up[], down[], gateScale[]?, upScale[]?, downScale[]?) -> MoeExpertSet
+static Napi::Value MoeExperts(const Napi::CallbackInfo& info) {
+  const char* op = "moeExperts";
+  std::shared_ptr<ExpertSet> set = read_experts(info, 0, op, -1, -1, Device{});
+  Napi::Env env = info.Env();
+  Napi::Object obj = Napi::Object::New(env);
+  auto ext = Napi::External<ExpertSetHandle>::New(env, new ExpertSetHandle{set}, [](Napi::Env, ExpertSetHandle* p) { delete p; });
+  ext.TypeTag(&kExpertSetTag);
+  obj.DefineProperties({
+      Napi::PropertyDescriptor::Value("_handle", ext, napi_default),
+      Napi::PropertyDescriptor::Value("nRouted", Napi::Number::New(env, static_cast<double>(set->n_routed)), napi_enumerable),
+      Napi::PropertyDescriptor::Value("hidden", Napi::Number::New(env, static_cast<double>(set->h)), napi_enumerable),
+      Napi::PropertyDescriptor::Value("intermediate", Napi::Number::New(env, static_cast<double>(set->inter)), napi_enumerable),
+      Napi::PropertyDescriptor::Value("device", Napi::String::New(env, set->device.str()), napi_enumerable),
+      Napi::PropertyDescriptor::Function(env, obj, "dispose", ExpertSetDispose, napi_default),
+  });
+  return obj;
+}
 
 static Napi::Value Moe(const Napi::CallbackInfo& info) {
   const char* op = "moe";
   OpArgs a(info, op);
   Tensor out = a.tensor(1, "out"), u = a.tensor(2, "u"), idx = a.tensor(3, "idx"), w = a.tensor(4, "weights");
   const int64_t n_routed = a.integer(5, "nRouted");
-  std::vector<Tensor> gate = a.tensor_list(6, "gate"), up = a.tensor_list(7, "up"), down = a.tensor_list(8, "down");
-  std::optional<std::vector<Tensor>> gs, us, ds;
-  if (a.present(9)) gs = a.tensor_list(9, "gateScale");
-  if (a.present(10)) us = a.tensor_list(10, "upScale");
-  if (a.present(11)) ds = a.tensor_list(11, "downScale");
+  const bool has_n_experts = a.present(12);
   int64_t n_experts = std::numeric_limits<int64_t>::max();
-  if (a.present(12)) n_experts = a.integer(12, "nExperts");
+  if (has_n_experts) n_experts = a.integer(12, "nExperts");
 
   Device d = u.device();
   expect_dtype(op, "u", u, {DType::F32});
@@ -133,51 +250,48 @@ static Napi::Value Moe(const Napi::CallbackInfo& info) {
   expect_device(op, "idx", idx, d);
   expect_device(op, "weights", w, d);
   if (k < 1) fail(Code::E_SHAPE, "moe: 'idx' has shape %s, k (its last dimension) must be >= 1", shape_str(idx.shape).c_str());
+  if (t * k > std::numeric_limits<int32_t>::max())
+    fail(Code::E_SHAPE, "moe: 'idx' has shape %s, T * k must be < 2^31", shape_str(idx.shape).c_str());
   if (n_routed < 0) fail(Code::E_ARGUMENT, "moe: nRouted must be >= 0, got %lld", static_cast<long long>(n_routed));
-  if (a.present(12) && (n_experts < n_routed || n_experts > std::numeric_limits<int32_t>::max()))
+  if (has_n_experts && (n_experts < n_routed || n_experts > std::numeric_limits<int32_t>::max()))
     fail(Code::E_ARGUMENT, "moe: nExperts must be in nRouted (%lld)..2^31-1, got %lld", static_cast<long long>(n_routed),
          static_cast<long long>(n_experts));
-  const struct {
-    const char* name;
-    const std::vector<Tensor>* list;
-  } lists[] = {{"gate", &gate}, {"up", &up}, {"down", &down}, {"gateScale", gs ? &*gs : nullptr},
-               {"upScale", us ? &*us : nullptr}, {"downScale", ds ? &*ds : nullptr}};
-  for (const auto& l : lists)
-    if (l.list && static_cast<int64_t>(l.list->size()) != n_routed)
-      fail(Code::E_ARGUMENT, "moe: '%s' has %zu tensors, expected nRouted = %lld (one per routed expert)", l.name, l.list->size(),
+
+  std::shared_ptr<const ExpertSet> set;
+  if (ExpertSetHandle* hd = a.present(6) ? expert_set_of(info[6]) : nullptr) {
+    for (size_t i = 7; i <= 11; ++i)
+      if (a.present(i)) fail(Code::E_ARGUMENT, "moe: with a MoeExpertSet in place of 'gate', arguments 7..11 (up .. downScale) must be null");
+    if (!hd->set) fail(Code::E_DISPOSED, "moe: the MoeExpertSet was disposed");
+    set = hd->set;
+    if (set->n_routed != n_routed)
+      fail(Code::E_ARGUMENT, "moe: the MoeExpertSet holds %lld experts, expected nRouted = %lld", static_cast<long long>(set->n_routed),
            static_cast<long long>(n_routed));
-  int64_t inter = 0;
-  if (n_routed > 0) {
-    if (gate[0].ndim() != 2 || gate[0].dim(1) != h)
-      fail(Code::E_SHAPE, "moe: 'gate[0]' has shape %s, expected [I, %lld] (H = u.shape[1])", shape_str(gate[0].shape).c_str(),
-           static_cast<long long>(h));
-    inter = gate[0].dim(0);
-    if (inter < 1) fail(Code::E_SHAPE, "moe: 'gate[0]' has shape %s, the intermediate size must be >= 1", shape_str(gate[0].shape).c_str());
+    if (n_routed > 0 && set->h != h)
+      fail(Code::E_SHAPE, "moe: the MoeExpertSet's experts take H = %lld, but u has shape %s", static_cast<long long>(set->h),
+           shape_str(u.shape).c_str());
+    if (n_routed > 0 && set->device != d)
+      fail(Code::E_DEVICE, "moe: the MoeExpertSet is on %s but u is on %s", set->device.str().c_str(), d.str().c_str());
+  } else {
+    set = read_experts(info, 6, op, n_routed, h, d);
   }
-  std::vector<cpu::WeightRef> gr = expert_refs(op, "gate", gate, gs ? &*gs : nullptr, "gateScale", inter, h, d);
-  std::vector<cpu::WeightRef> ur = expert_refs(op, "up", up, us ? &*us : nullptr, "upScale", inter, h, d);
-  std::vector<cpu::WeightRef> dr = expert_refs(op, "down", down, ds ? &*ds : nullptr, "downScale", h, inter, d);
 
   Stream& s = a.stream(0, d);
   if (!d.is_cpu()) fail(Code::E_DEVICE, "moe has no CUDA kernel in this build");
+  const int64_t inter = set->inter;
   const size_t ws_bytes = cpu::moe_workspace_bytes(t, k, h, inter, n_routed);
   Tensor ws = empty_tensor(d, DType::I8, {static_cast<int64_t>(ws_bytes)});
-  // The lambda owns every tensor it touches (weights and scales included) until it has run.
-  std::vector<Tensor> keep;
-  for (const auto& l : lists)
-    if (l.list) keep.insert(keep.end(), l.list->begin(), l.list->end());
-  const bool has_n_experts = a.present(12);
+  // The lambda owns every tensor it touches (out, u, idx, w, ws by value; weights and scales
+  // through the expert set) until it has run.
   launch(op, s,
          [=] {
            cpu::MoeExperts ex;
-           ex.gate = gr.data();
-           ex.up = ur.data();
-           ex.down = dr.data();
+           ex.gate = set->gate.data();
+           ex.up = set->up.data();
+           ex.down = set->down.data();
            ex.n_routed = n_routed;
            ex.inter = inter;
            int64_t bad = cpu::moe(t, k, h, u.ptr<float>(), idx.ptr<int32_t>(), w.ptr<float>(), ex, n_experts, out.ptr<float>(),
                                   ws.data(), ws_bytes);
-           (void)keep;
            if (bad == -2) fail(Code::E_INTERNAL, "moe: workspace too small");
            if (bad >= 0) {
              const int v = idx.ptr<int32_t>()[bad];
@@ -192,6 +306,7 @@ static Napi::Value Moe(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+LC_REGISTER_OP("moeExperts", MoeExperts);
 LC_REGISTER_OP("routerTopk", RouterTopk);
 LC_REGISTER_OP("moe", Moe);
 

@@ -1,0 +1,164 @@
+#!/usr/bin/env node
+// CPU linear-layer benchmarks (run: node bench/cpu-linear.mjs; LONGCAT_ADDON=path picks the addon).
+//   1. read bandwidth: every pool thread summing a buffer >= 4x the LLC (median of passes);
+//   2. GEMV (decode, t = 1 and 4) on >= 64 MiB bf16 / int8 / fp8 weights: GB/s of weight read and
+//      the fraction of (1) (target >= 80%);
+//   3. GEMM (prefill, t = 128 and 512, n = k = 2048) with bf16 weights: GFLOP/s against OpenBLAS
+//      cblas_sgemm on the same shapes in the same run (target >= 1.0x).
+// Kernels are timed natively (benchLinear: steady_clock, warm-up, median), rotating weight copies
+// so that a weight smaller than 4x the LLC is never timed from cache. Prints a table and writes
+// bench/out/cpu-linear.json.
+import { execFileSync } from 'node:child_process';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const require = createRequire(import.meta.url);
+const native = process.env.LONGCAT_ADDON
+  ? require(path.resolve(process.env.LONGCAT_ADDON))
+  : require('node-gyp-build')(root);
+native.setErrorFactory((code, message) => Object.assign(new Error(message), { code }));
+
+const outDir = path.join(root, 'bench', 'out');
+fs.mkdirSync(outDir, { recursive: true });
+const threads = native.threads();
+
+function llcBytes() {
+  try {
+    const dir = '/sys/devices/system/cpu/cpu0/cache';
+    let best = 0;
+    for (const idx of fs.readdirSync(dir).filter((d) => d.startsWith('index'))) {
+      const s = fs.readFileSync(path.join(dir, idx, 'size'), 'utf8').trim();
+      const v = parseInt(s, 10) * (s.endsWith('M') ? 1 << 20 : s.endsWith('K') ? 1 << 10 : 1);
+      best = Math.max(best, v);
+    }
+    if (best > 0) return best;
+  } catch {}
+  return 32 << 20;
+}
+
+function randomBytes(n) {
+  const b = new Uint8Array(n);
+  for (let o = 0; o < n; o += 65536) crypto.randomFillSync(b.subarray(o, Math.min(n, o + 65536)));
+  return b;
+}
+
+/** A weight with realistic, never-zero contents (no NaN / Inf / subnormal codes). */
+function makeWeight(dtype, n, k) {
+  if (dtype === 'bf16') {
+    const u = new Uint16Array(randomBytes(n * k * 2).buffer);
+    for (let i = 0; i < u.length; i++) u[i] = (u[i] & 0x807f) | 0x3c00; // +-[2^-7, 2^-6)
+    return { w: new native.Tensor('bf16', [n, k], 'cpu', u), scale: null };
+  }
+  if (dtype === 'int8') {
+    const s = new Float32Array(n).fill(0.01);
+    return { w: new native.Tensor('int8', [n, k], 'cpu', randomBytes(n * k)), scale: new native.Tensor('f32', [n], 'cpu', s) };
+  }
+  const b = randomBytes(n * k);
+  for (let i = 0; i < b.length; i++) if ((b[i] & 0x7f) === 0x7f) b[i] ^= 1; // no NaN codes
+  const nb = Math.ceil(n / 128), kb = Math.ceil(k / 128);
+  return {
+    w: new native.Tensor('fp8_e4m3', [n, k], 'cpu', b),
+    scale: new native.Tensor('f32', [nb, kb], 'cpu', new Float32Array(nb * kb).fill(1e-3)),
+  };
+}
+
+function makeX(t, k) {
+  const f = new Float32Array(t * k);
+  for (let i = 0; i < f.length; i++) f[i] = Math.random() - 0.5;
+  return new native.Tensor('f32', [t, k], 'cpu', f);
+}
+
+const esize = { bf16: 2, int8: 1, fp8_e4m3: 1 };
+const llc = llcBytes();
+
+/** Times linear on `copies` weight copies (enough to cover 4x the LLC). */
+function timeLinear(dtype, t, n, k, warmup, iters) {
+  const bytes = n * k * esize[dtype];
+  const copies = Math.max(1, Math.ceil((4 * llc) / bytes));
+  const ws = Array.from({ length: copies }, () => makeWeight(dtype, n, k));
+  const x = makeX(t, k), y = new native.Tensor('f32', [t, n]);
+  const r = native.benchLinear(y, x, ws.map((w) => w.w), ws[0].scale ? ws.map((w) => w.scale) : null, warmup, iters);
+  for (const w of ws) { w.w.dispose(); w.scale?.dispose(); }
+  x.dispose(); y.dispose();
+  return { ...r, copies, bytes };
+}
+
+// ---- OpenBLAS reference ------------------------------------------------------------------------
+function sgemmRef() {
+  const src = path.join(root, 'bench', 'native', 'sgemm_ref.c');
+  const exe = path.join(outDir, 'sgemm_ref');
+  const compile = () => execFileSync('gcc', ['-O2', src, '-o', exe, '-lopenblas'], { stdio: 'pipe' });
+  try {
+    compile();
+  } catch {
+    console.log('OpenBLAS missing: apt-get install -y libopenblas-dev');
+    try {
+      execFileSync('apt-get', ['install', '-y', 'libopenblas-dev'], { stdio: 'ignore' });
+    } catch {
+      execFileSync('apt-get', ['update'], { stdio: 'ignore' });
+      execFileSync('apt-get', ['install', '-y', 'libopenblas-dev'], { stdio: 'ignore' });
+    }
+    compile();
+  }
+  // This environment pins OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE for old numpy builds; they would
+  // slow a current OpenBLAS down, so the reference runs without them (its detected core is reported).
+  const env = { ...process.env, OPENBLAS_NUM_THREADS: String(threads) };
+  delete env.OPENBLAS_CORETYPE;
+  delete env.OPENBLAS_L2_SIZE;
+  return (m, n, k, iters) => JSON.parse(execFileSync(exe, [m, n, k, iters].map(String), { env, encoding: 'utf8' }));
+}
+
+// ---- run -----------------------------------------------------------------------------------------
+const f = native.cpuFeatures();
+const conditions = {
+  date: new Date().toISOString(),
+  cpu: os.cpus()[0]?.model ?? 'unknown',
+  logicalCpus: os.cpus().length,
+  threads,
+  isa: f.isa,
+  avx512bf16: f.avx512bf16,
+  llcBytes: llc,
+  loadavgBefore: os.loadavg(),
+};
+
+const bwBytes = Math.max(1 << 30, 4 * llc);
+const bw = native.benchReadBandwidth(bwBytes, 7);
+console.log(`read bandwidth: ${bw.gbps.toFixed(1)} GB/s (median of 7 passes over ${(bwBytes / 2 ** 20).toFixed(0)} MiB, ${threads} threads)`);
+
+const gemv = [];
+for (const [dtype, n, k] of [['bf16', 8192, 4096], ['int8', 16384, 4096], ['fp8_e4m3', 16384, 4096]]) {
+  for (const t of [1, 4]) {
+    const r = timeLinear(dtype, t, n, k, 3, 21);
+    const gbps = r.bytes / r.medianMs / 1e6;
+    gemv.push({ dtype, t, n, k, weightMiB: r.bytes / 2 ** 20, copies: r.copies, medianMs: r.medianMs, minMs: r.minMs, gbps, fractionOfReadBw: gbps / bw.gbps });
+  }
+}
+
+const ref = sgemmRef();
+const gemm = [];
+for (const t of [128, 512]) {
+  const [n, k] = [2048, 2048];
+  const r = timeLinear('bf16', t, n, k, 3, 15);
+  const gflops = (2 * t * n * k) / r.medianMs / 1e6;
+  const blas = ref(t, n, k, 15);
+  gemm.push({ weight: 'bf16', t, n, k, medianMs: r.medianMs, gflops, openblasGflops: blas.gflops, openblasCore: blas.core,
+    openblasThreads: blas.threads, ratio: gflops / blas.gflops });
+}
+conditions.loadavgAfter = os.loadavg();
+
+console.log('\nGEMV (decode): x f32 [t, k], y f32; weight bytes / median time');
+console.table(gemv.map((g) => ({ weight: g.dtype, t: g.t, shape: `${g.n}x${g.k}`, MiB: g.weightMiB, 'ms': +g.medianMs.toFixed(3),
+  'GB/s': +g.gbps.toFixed(1), '% of read bw': +(100 * g.fractionOfReadBw).toFixed(0) })));
+console.log('GEMM (prefill): bf16 weight, x/y f32; 2*t*n*k / median time vs OpenBLAS sgemm (same threads)');
+console.table(gemm.map((g) => ({ t: g.t, shape: `${g.n}x${g.k}`, 'GFLOP/s': +g.gflops.toFixed(1),
+  'OpenBLAS GFLOP/s': +g.openblasGflops.toFixed(1), ratio: +g.ratio.toFixed(2), 'OpenBLAS core': g.openblasCore })));
+console.log(`load average before/after: ${conditions.loadavgBefore.map((v) => v.toFixed(2)).join(' ')} / ${conditions.loadavgAfter.map((v) => v.toFixed(2)).join(' ')}`);
+
+const out = path.join(outDir, 'cpu-linear.json');
+fs.writeFileSync(out, JSON.stringify({ conditions, readBandwidth: { gbps: bw.gbps, samples: bw.samples, bytes: bwBytes }, gemv, gemm }, null, 2));
+console.log(`wrote ${path.relative(root, out)}`);
