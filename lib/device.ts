@@ -34,3 +34,12 @@ export function memoryStats(device = 'cpu'): MemoryStats {
 export function synchronize(device = 'cpu'): void {
   native.synchronize(device);
 }
+
+/**
+ * CPU matmul precision, process-wide: 'bf16' (default) lets bf16-weight GEMMs round activations
+ * to bf16 (twice the FLOP rate where AVX512-BF16 exists); 'highest' keeps every product in fp32.
+ * Returns the previous setting.
+ */
+export function setMatmulPrecision(p: 'bf16' | 'highest'): 'bf16' | 'highest' {
+  return native.setMatmulPrecision(p);
+}

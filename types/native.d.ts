@@ -111,6 +111,12 @@ export interface LinearOps {
   /** y[.., n] = x[.., k] @ weight[n, k]^T. weight f32|bf16|fp8_e4m3 (+ block scale)|int8 (+ row scale). */
   linear(stream: S, y: Tensor, x: Tensor, weight: Tensor, scale?: Tensor | null): void;
   /**
+   * 'bf16' (default): with a bf16 weight and AVX512-BF16, the CPU GEMM path (more than 8 rows)
+   * rounds f32 activations to bf16 and runs vdpbf16ps (about 2^-9 relative error of sum|x w|);
+   * 'highest': every product in fp32. Process-wide; returns the previous setting.
+   */
+  setMatmulPrecision(precision: 'bf16' | 'highest'): 'bf16' | 'highest';
+  /**
    * Symmetric per-row int8 weights for `linear`: scale[r] = max|w[r, :]| / 127 (0 for a zero row),
    * q = round_half_even(w / scale[r]) clamped to [-127, 127]. q int8 [n, k], scale f32 [n], w f32|bf16 [n, k].
    */

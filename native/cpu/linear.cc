@@ -2,6 +2,8 @@
 // The vector paths live in linear_avx2.cc and linear_avx512.cc.
 #include "linear.h"
 
+#include <atomic>
+
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -83,6 +85,10 @@ static void linear_scalar(int64_t t, const float* xf, const WeightRef& w, void* 
   });
 }
 
+static std::atomic<bool> g_bf16_activations{true};
+void set_bf16_activations(bool allowed) { g_bf16_activations.store(allowed); }
+bool bf16_activations() { return g_bf16_activations.load(); }
+
 void linear(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType yt) {
   if (t <= 0 || w.n <= 0) return;
   if (w.k <= 0) {  // an empty sum
@@ -90,7 +96,7 @@ void linear(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DTy
     return;
   }
   switch (isa()) {
-    case Isa::Avx512: linear_avx512(t, x, xt, w, y, yt, features().avx512_bf16); return;
+    case Isa::Avx512: linear_avx512(t, x, xt, w, y, yt, features().avx512_bf16 && (xt == DType::BF16 || bf16_activations())); return;
     case Isa::Avx2: linear_avx2(t, x, xt, w, y, yt); return;
     case Isa::Scalar: break;
   }

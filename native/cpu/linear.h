@@ -31,6 +31,12 @@ struct WeightRef {
 // fp8 codes 0x7f / 0xff (NaN) give NaN like the scalar reference.
 void linear(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType yt);
 
+// Whether the bf16 GEMM path may round f32 activations to bf16 (the default, and what bf16
+// engines do: twice the FLOP rate). `false` keeps every product in fp32, e.g. for tests that
+// compare against a float64 reference or need prefill and decode to agree bit-closely.
+void set_bf16_activations(bool allowed);
+bool bf16_activations();
+
 // Symmetric per-row int8 quantization: scale[r] = max|w[r, :]| / 127 (0 for an all-zero row),
 // q[r, c] = round_half_even(w[r, c] / scale[r]) clamped to [-127, 127]. w: f32 or bf16 [n, k].
 void quantize_int8_rows(int64_t n, int64_t k, const void* w, DType wt, int8_t* q, float* scale);

@@ -65,6 +65,17 @@ static Napi::Value Linear(const Napi::CallbackInfo& info) {
 
 LC_REGISTER_OP("linear", Linear);
 
+// setMatmulPrecision('bf16' | 'highest'): see cpu::set_bf16_activations. Returns the previous one.
+static Napi::Value SetMatmulPrecision(const Napi::CallbackInfo& info) {
+  OpArgs a(info, "setMatmulPrecision");
+  std::string p = a.string(0, "precision");
+  if (p != "bf16" && p != "highest") fail(Code::E_ARGUMENT, "setMatmulPrecision: expected 'bf16' or 'highest', got '%s'", p.c_str());
+  bool before = cpu::bf16_activations();
+  cpu::set_bf16_activations(p == "bf16");
+  return Napi::String::New(info.Env(), before ? "bf16" : "highest");
+}
+LC_REGISTER_OP("setMatmulPrecision", SetMatmulPrecision);
+
 static Napi::Value QuantizeInt8Rows(const Napi::CallbackInfo& info) {
   const char* op = "quantizeInt8Rows";
   OpArgs a(info, op);

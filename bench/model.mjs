@@ -1,0 +1,386 @@
+// End-to-end CPU benchmark, llama-bench style: `pp512` (prefill of 512 tokens into an empty
+// sequence, tokens/s) and `tg128` (128 single-token decode steps from an empty sequence, tokens/s),
+// mean +- stddev over repeats, on random checkpoints of the small and medium presets (written once
+// to bench/out/ckpt-<preset>/ by initRandom).
+//
+// Rooflines, measured in this run:
+//   decode:  weight streaming. tokens/s roofline = read bandwidth (benchReadBandwidth, 1 GiB, all pool
+//            threads; the higher of before / after) / active weight bytes per token, where active
+//            bytes = every non-expert weight a decode step reads (attention projections, kv_b, dense
+//            MLPs, router, norms, final norm, lm_head; not the embedding table, of which one row is
+//            read) + (FFN experts chosen per token, summed over layers, measured from the run's own
+//            routing via collectRouting) x bytes of one expert.
+//   prefill: compute. FLOPs of the pass (linears incl. the experts actually routed, causal attention,
+//            lm_head of the last token) / the GEMM rate of the linear kernel at 512 rows on the
+//            model's own dense-MLP weight (benchLinear).
+// Also: host overhead of a decode step (time until forward() returns: it only queues work or
+// replays the captured step; vs time until the logits are read), the same with the captured-graph
+// path switched off (engine.useGraphs = false) when the engine has it, and the ScMoE overlap (one
+// decode step vs its branches timed alone: attention 0, dense branch, MoE branch, lm_head).
+//
+//   LONGCAT_ADDON=build-bench/Release/longcat.node node bench/model.mjs [--quick] [--presets small,medium] [--out f.json]
+import { existsSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { native } from '../dist/index.js';
+import { loadModel } from '../dist/generate.js';
+import { initRandom } from '../dist/init-random.js';
+import { batchTables } from '../dist/kv-cache.js';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const args = process.argv.slice(2);
+const quick = args.includes('--quick');
+const arg = (name, dflt) => (args.includes(name) ? args[args.indexOf(name) + 1] : dflt);
+const outPath = arg('--out', null);
+const presets = arg('--presets', quick ? 'small' : 'small,medium').split(',');
+const PP = Number(arg('--pp', 512)), TG = Number(arg('--tg', 128));
+
+const now = () => Number(process.hrtime.bigint()) / 1e6;
+const mean = (v) => v.reduce((a, b) => a + b, 0) / v.length;
+const sd = (v) => (v.length < 2 ? 0 : Math.sqrt(v.reduce((a, b) => a + (b - mean(v)) ** 2, 0) / (v.length - 1)));
+const median = (v) => {
+  const s = [...v].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : 0.5 * (s[s.length / 2 - 1] + s[s.length / 2]);
+};
+const readBandwidth = () => native.benchReadBandwidth(1 << 30, 3).gbps;
+function rng(seed) {
+  let s = seed >>> 0 || 1;
+  return () => {
+    s ^= s << 13; s >>>= 0; s ^= s >>> 17; s ^= s << 5; s >>>= 0;
+    return s / 4294967296;
+  };
+}
+const numel = (t) => t.shape.reduce((a, b) => a * b, 1);
+const linBytes = (l) => l.weight.nbytes + (l.scale ? l.scale.nbytes : 0);
+const linParams = (l) => numel(l.weight);
+
+/** Weight bytes a decode step reads and linear FLOPs per prefill token, from the engine's weights. */
+function accounting(model) {
+  const e = model.engine, d = e.dims, w = e.w;
+  let denseBytes = 0, denseParams = 0; // denseParams: per-token linear MACs in the prefill (expanded) form
+  for (const L of w.layers) {
+    for (const a of L.attn) {
+      for (const l of [a.qA, a.qB, a.kvLatent, a.kvRope, a.o]) { denseBytes += linBytes(l); denseParams += linParams(l); }
+      denseBytes += a.kvB.nbytes + a.qNorm.nbytes + a.kvNorm.nbytes; // decode: absorbed W_UK / W_UV
+      denseParams += linParams(a.kvBLinear); // prefill: kv_b_proj on every cached token
+    }
+    for (const m of L.mlp) for (const l of [m.gate, m.up, m.down]) { denseBytes += linBytes(l); denseParams += linParams(l); }
+    denseBytes += L.moe.classifier.nbytes + L.moe.bias.nbytes;
+    denseParams += numel(L.moe.classifier);
+    for (const n of [...L.inputNorm, ...L.postAttnNorm]) denseBytes += n.nbytes;
+  }
+  const headBytes = w.norm.nbytes + linBytes(w.lmHead);
+  const x = model.checkpoint.expertWeights(0, 0);
+  const expertBytes = [x.gate, x.up, x.down, x.gateScale, x.upScale, x.downScale].reduce((a, t) => a + (t ? t.nbytes : 0), 0);
+  const expertParams = numel(x.gate) + numel(x.up) + numel(x.down);
+  return { denseBytes, headBytes, nonExpertBytes: denseBytes + headBytes, expertBytes, expertParams, denseParams, headParams: linParams(w.lmHead),
+    weightDtype: w.layers[0].mlp[0].gate.weight.dtype, embedBytes: w.embed.nbytes };
+}
+
+const sumCounts = (nFfn) => {
+  let s = 0;
+  for (const t of nFfn) {
+    const v = new Int32Array(t.toBytes().buffer);
+    for (const c of v) s += c;
+    t.dispose();
+  }
+  return s;
+};
+
+function prefill(engine, tokens) {
+  const seq = engine.newSequence();
+  try {
+    native.synchronize('cpu');
+    const t0 = now();
+    const { logits, nFfn } = engine.forward([seq], [tokens], { collectRouting: true });
+    logits.toBytes();
+    const ms = now() - t0;
+    logits.dispose();
+    return { ms, ffnPairs: sumCounts(nFfn) };
+  } finally {
+    seq.release();
+  }
+}
+
+/** n decode steps from an empty sequence; per step: issue time (forward() returned) and total. */
+function decode(engine, n, rand, vocab, keep = false) {
+  const seq = engine.newSequence();
+  const issue = [], total = [];
+  let ffn = 0;
+  native.synchronize('cpu');
+  for (let i = 0; i < n; i++) {
+    const tok = Math.floor(rand() * vocab);
+    const t0 = now();
+    const { logits, nFfn } = engine.forward([seq], [[tok]], { collectRouting: true });
+    const t1 = now();
+    logits.toBytes();
+    const t2 = now();
+    issue.push(t1 - t0);
+    total.push(t2 - t0);
+    logits.dispose();
+    ffn += sumCounts(nFfn); // after the step's timing
+  }
+  if (!keep) seq.release();
+  return { ms: total.reduce((a, b) => a + b, 0), issue, total, ffnPerToken: ffn / n, seq };
+}
+
+/** Minimal stand-in for the engine's per-stage Arena (used to call its branch methods alone). */
+class Arena {
+  held = [];
+  f32(shape) { return this.keep(new native.Tensor('f32', shape, 'cpu')); }
+  i32(shape) { return this.keep(new native.Tensor('int32', shape, 'cpu')); }
+  ints(values, shape = [values.length]) { return this.keep(new native.Tensor('int32', shape, 'cpu', Int32Array.from(values))); }
+  keep(t) { this.held.push(t); return t; }
+  dispose() { for (const t of this.held) t.dispose(); this.held = []; }
+}
+
+/**
+ * ScMoE overlap at decode: one whole step vs its parts timed alone (each over all layers, ending
+ * with a sync): attention 0 (+ its norm), the dense branch (MLP 0, attention 1, MLP 1 + norms),
+ * the MoE branch (router + experts, on the MoE stream) and the head (final norm + lm_head).
+ * The overlapped region of a step ~ step - attention 0 - head, to compare with max(dense, MoE).
+ * Uses the engine's internal methods: returns null when they are not there.
+ */
+function overlap(engine, seq, reps, rand) {
+  const e = engine, d = e.dims, w = e.w;
+  if (typeof e.mla !== 'function' || typeof e.mlp !== 'function' || typeof e.moe !== 'function' || !e.caches) return null;
+  const s = native.defaultStream('cpu');
+  const H = d.hidden;
+  const fill = (t) => {
+    const a = new Float32Array(numel(t));
+    for (let i = 0; i < a.length; i++) a[i] = (rand() - 0.5) * 0.2;
+    t.copyFromBytes(a);
+    return t;
+  };
+  const outer = new Arena();
+  const h = fill(outer.f32([1, H])), u = fill(outer.f32([1, H]));
+  const bt = batchTables([seq], e.maxBlocks);
+  const len = seq.length;
+  const info = {
+    mode: 'decode', T: 1,
+    ids: outer.ints([1]), positions: outer.ints([len - 1]), slots: outer.ints([seq.slots(len - 1, len)[0]]),
+    blockTable: outer.ints(bt.table, [1, bt.table.length]), seqLens: outer.ints(bt.seqLens),
+  };
+  const time = (fn) => {
+    native.synchronize('cpu');
+    const t0 = now();
+    fn();
+    native.synchronize('cpu');
+    return now() - t0;
+  };
+  const parts = {
+    attention0: () => {
+      for (let l = 0; l < d.layers; l++) {
+        const a = new Arena();
+        const n0 = a.f32([1, H]);
+        native.rmsnorm(s, n0, h, w.layers[l].inputNorm[0], d.eps);
+        e.mla(a, w.layers[l].attn[0], n0, e.caches[2 * l], info);
+        a.dispose();
+      }
+    },
+    dense: () => {
+      for (let l = 0; l < d.layers; l++) {
+        const a = new Arena(), L = w.layers[l];
+        const x = a.f32([1, H]);
+        const m0 = e.mlp(a, L.mlp[0], u);
+        native.rmsnorm(s, x, m0, L.inputNorm[1], d.eps);
+        const at = e.mla(a, L.attn[1], x, e.caches[2 * l + 1], info);
+        native.rmsnorm(s, x, at, L.postAttnNorm[1], d.eps);
+        const m1 = e.mlp(a, L.mlp[1], x);
+        native.add(s, x, m1, m0);
+        a.dispose();
+      }
+    },
+    moe: () => {
+      for (let l = 0; l < d.layers; l++) {
+        const a = new Arena();
+        e.moe(a, w.layers[l].moe, u, null);
+        a.dispose();
+      }
+    },
+    head: () => {
+      const a = new Arena();
+      const hf = a.f32([1, H]), logits = a.f32([1, d.vocab]);
+      native.rmsnorm(s, hf, h, w.norm, d.eps);
+      native.linear(s, logits, hf, w.lmHead.weight, w.lmHead.scale);
+      a.dispose();
+    },
+    step: () => {
+      const { logits, nFfn } = e.forward([seq], [[Math.floor(rand() * d.vocab)]]);
+      logits.toBytes();
+      logits.dispose();
+      for (const t of nFfn) t.dispose();
+    },
+  };
+  const ms = Object.fromEntries(Object.keys(parts).map((k) => [k, []]));
+  try {
+    for (let r = 0; r < reps + 1; r++)
+      for (const [k, fn] of Object.entries(parts)) {
+        const t = time(fn);
+        if (r > 0) ms[k].push(t); // first round: warm-up
+      }
+  } catch (err) {
+    outer.dispose();
+    return { error: String(err?.message ?? err) };
+  }
+  outer.dispose();
+  const m = Object.fromEntries(Object.entries(ms).map(([k, v]) => [k, median(v)]));
+  const region = m.step - m.attention0 - m.head;
+  const mx = Math.max(m.dense, m.moe);
+  return {
+    medianMs: m,
+    overlappedRegionMs: region,
+    regionOverMax: region / mx, // PERF target <= 1.1
+    sumOverMax: (m.dense + m.moe) / mx, // what running the branches one after the other would give
+    stepOverParts: m.step / (m.attention0 + m.dense + m.moe + m.head),
+  };
+}
+
+async function benchPreset(preset, bw0) {
+  const dir = path.join(here, 'out', `ckpt-${preset}`);
+  let genSeconds = 0;
+  if (!existsSync(path.join(dir, 'model.safetensors.index.json'))) {
+    const t0 = now();
+    await initRandom({ preset, out: dir, seed: 1 });
+    genSeconds = (now() - t0) / 1000;
+  }
+  const model = await loadModel(dir, { backend: 'cpu', maxContext: Math.max(1024, PP + TG + 64) });
+  const engine = model.engine, d = engine.dims;
+  const acc = accounting(model);
+  const rand = rng(42);
+  const toks = (n) => Array.from({ length: n }, () => Math.floor(rand() * d.vocab));
+  const reps = quick ? 2 : preset === 'medium' ? 3 : 5;
+
+  // Warm-up: pages the mmapped weights in, captures the decode graph.
+  prefill(engine, toks(32));
+  decode(engine, 4, rand, d.vocab);
+
+  const pp = [];
+  for (let r = 0; r < reps; r++) pp.push(prefill(engine, toks(PP)));
+  const hasGraphs = typeof engine.useGraphs === 'boolean';
+  const tg = [];
+  let last = null;
+  for (let r = 0; r < reps; r++) {
+    const keep = r === reps - 1;
+    const res = decode(engine, TG, rand, d.vocab, keep);
+    if (keep) last = res.seq;
+    tg.push(res);
+  }
+  // Decode without the captured graph (one JS -> native crossing per op), fewer steps.
+  let eager = null;
+  if (hasGraphs) {
+    engine.useGraphs = false;
+    try {
+      const n = quick ? 16 : 32;
+      decode(engine, 2, rand, d.vocab);
+      const rs = [decode(engine, n, rand, d.vocab), decode(engine, n, rand, d.vocab)];
+      const tps = rs.map((r) => n / (r.ms / 1e3));
+      eager = { steps: n, tokensPerSecond: mean(tps), issueMsPerStep: mean(rs.flatMap((r) => r.issue)),
+        stepMs: mean(rs.flatMap((r) => r.total)) };
+      eager.hostFraction = eager.issueMsPerStep / eager.stepMs;
+    } finally {
+      engine.useGraphs = true;
+    }
+  }
+  const ov = overlap(engine, last, quick ? 3 : 5, rand);
+  last.release();
+
+  // Prefill roofline: GEMM rate of the linear kernel at PP rows on the dense MLP gate weight.
+  const g = engine.w.layers[0].mlp[0].gate;
+  const gx = new native.Tensor('f32', [PP, d.hidden], 'cpu', new Float32Array(PP * d.hidden).fill(0.01));
+  const gy = new native.Tensor('f32', [PP, g.weight.shape[0]], 'cpu');
+  const gb = native.benchLinear(gy, gx, [g.weight], g.scale ? [g.scale] : null, 1, 5);
+  const gemmGflops = (2 * PP * g.weight.shape[0] * d.hidden) / gb.medianMs / 1e6;
+  gx.dispose();
+  gy.dispose();
+  model.dispose();
+
+  // Prefill FLOPs: linears per token + routed expert pairs + causal attention + last-token lm_head.
+  const attnFlops = 2 * d.layers * (PP * (PP + 1) / 2) * d.heads * (2 * (d.nope + d.rope) + 2 * d.v);
+  const ppFlops = (r) => 2 * PP * acc.denseParams + 2 * r.ffnPairs * acc.expertParams + attnFlops + 2 * acc.headParams;
+  const ppTps = pp.map((r) => PP / (r.ms / 1e3));
+  const ppGflops = pp.map((r) => ppFlops(r) / r.ms / 1e6);
+  const tgTps = tg.map((r) => TG / (r.ms / 1e3));
+  const ffnPerToken = mean(tg.map((r) => r.ffnPerToken));
+  const activeBytes = acc.nonExpertBytes + ffnPerToken * acc.expertBytes;
+  const allIssue = tg.flatMap((r) => r.issue), allTotal = tg.flatMap((r) => r.total);
+  return {
+    preset, dir, generatedSeconds: genSeconds,
+    dims: { hidden: d.hidden, layers: d.layers, heads: d.heads, nRouted: d.nRouted, nZero: d.nZero, topk: d.topk, expertFfn: d.expertFfn, ffn: d.ffn, vocab: d.vocab },
+    weights: { ...acc, ffnExpertsPerToken: ffnPerToken, ffnExpertsPerTokenPerLayer: ffnPerToken / d.layers, activeBytesPerToken: activeBytes },
+    repeats: reps,
+    pp: { tokens: PP, tokensPerSecond: { mean: mean(ppTps), sd: sd(ppTps) }, gflops: { mean: mean(ppGflops), sd: sd(ppGflops) },
+      gemmGflops, fracGemm: mean(ppGflops) / gemmGflops, ffnPairs: mean(pp.map((r) => r.ffnPairs)) },
+    tg: { tokens: TG, tokensPerSecond: { mean: mean(tgTps), sd: sd(tgTps) },
+      weightGbps: (mean(tgTps) * activeBytes) / 1e9,
+      rooflineTokensPerSecond: (bw0 * 1e9) / activeBytes,
+      fracRoofline: mean(tgTps) / ((bw0 * 1e9) / activeBytes),
+      stepMs: { median: median(allTotal), mean: mean(allTotal) },
+      issueMs: { median: median(allIssue), mean: mean(allIssue) },
+      hostFraction: mean(allIssue) / mean(allTotal),
+      graphs: hasGraphs },
+    eager,
+    overlap: ov,
+  };
+}
+
+function fmtPm(m, s, digits = 1) {
+  return `${m.toFixed(digits)} ± ${s.toFixed(digits)}`;
+}
+
+async function main() {
+  const t00 = now();
+  const bwA = readBandwidth();
+  const results = [];
+  for (const p of presets) results.push(await benchPreset(p, bwA));
+  const bwB = readBandwidth();
+  const bw = Math.max(bwA, bwB);
+  // Re-base the decode ratios on the higher of the two bandwidth samples.
+  for (const r of results) {
+    r.tg.rooflineTokensPerSecond = (bw * 1e9) / r.weights.activeBytesPerToken;
+    r.tg.fracRoofline = r.tg.tokensPerSecond.mean / r.tg.rooflineTokensPerSecond;
+    r.tg.fracBandwidth = r.tg.weightGbps / bw;
+  }
+  const res = { bench: 'model', date: new Date().toISOString(), threads: native.threads(), isa: native.cpuFeatures().isa,
+    rooflines: { readGbps: [bwA, bwB], readGbpsUsed: bw }, results, seconds: (now() - t00) / 1000 };
+  if (outPath) writeFileSync(outPath, JSON.stringify(res, null, 2) + '\n');
+
+  console.log(`## model: end to end on random checkpoints (bf16), CPU, ${res.threads} threads, isa ${res.isa}`);
+  console.log(`read bandwidth ${bwA.toFixed(1)} / ${bwB.toFixed(1)} GB/s (before / after, using ${bw.toFixed(1)})`);
+  console.log('| model | weights GB | active MB/token | FFN experts/token/layer | test | t/s | roofline t/s | % roofline | GFLOP/s | % GEMM |');
+  console.log('| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |');
+  for (const r of results) {
+    const wgb = ((r.weights.nonExpertBytes + r.weights.embedBytes + r.dims.layers * r.dims.nRouted * r.weights.expertBytes) / 1e9).toFixed(2);
+    const am = (r.weights.activeBytesPerToken / 1e6).toFixed(1);
+    const fe = r.weights.ffnExpertsPerTokenPerLayer.toFixed(2);
+    console.log(`| ${r.preset} | ${wgb} | ${am} | ${fe} | pp${r.pp.tokens} | ${fmtPm(r.pp.tokensPerSecond.mean, r.pp.tokensPerSecond.sd)} | - | - | ` +
+      `${r.pp.gflops.mean.toFixed(1)} | ${(100 * r.pp.fracGemm).toFixed(0)}% of ${r.pp.gemmGflops.toFixed(0)} |`);
+    console.log(`| ${r.preset} | ${wgb} | ${am} | ${fe} | tg${r.tg.tokens} | ${fmtPm(r.tg.tokensPerSecond.mean, r.tg.tokensPerSecond.sd)} | ` +
+      `${r.tg.rooflineTokensPerSecond.toFixed(1)} | ${(100 * r.tg.fracRoofline).toFixed(0)}% | - | - |`);
+  }
+  console.log('');
+  console.log('| model | decode path | step ms | forward() returns after (ms) | host share of step | t/s |');
+  console.log('| --- | --- | ---: | ---: | ---: | ---: |');
+  for (const r of results) {
+    console.log(`| ${r.preset} | ${r.tg.graphs ? 'captured graph' : 'eager'} | ${r.tg.stepMs.mean.toFixed(3)} | ${r.tg.issueMs.mean.toFixed(3)} | ` +
+      `${(100 * r.tg.hostFraction).toFixed(1)}% | ${r.tg.tokensPerSecond.mean.toFixed(1)} |`);
+    if (r.eager)
+      console.log(`| ${r.preset} | eager (useGraphs = false) | ${r.eager.stepMs.toFixed(3)} | ${r.eager.issueMsPerStep.toFixed(3)} | ` +
+        `${(100 * r.eager.hostFraction).toFixed(1)}% | ${r.eager.tokensPerSecond.toFixed(1)} |`);
+  }
+  console.log('');
+  console.log('| model | step ms | attention 0 | dense branch | MoE branch | head | step - attn0 - head | / max(dense, MoE) | (dense + MoE) / max |');
+  console.log('| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |');
+  for (const r of results) {
+    const o = r.overlap;
+    if (!o || o.error) {
+      console.log(`| ${r.preset} | n/a: ${o ? o.error : 'engine internals not found'} |||||||`);
+      continue;
+    }
+    const m = o.medianMs;
+    console.log(`| ${r.preset} | ${m.step.toFixed(2)} | ${m.attention0.toFixed(2)} | ${m.dense.toFixed(2)} | ${m.moe.toFixed(2)} | ${m.head.toFixed(2)} | ` +
+      `${o.overlappedRegionMs.toFixed(2)} | ${o.regionOverMax.toFixed(2)}x | ${o.sumOverMax.toFixed(2)}x |`);
+  }
+}
+
+await main();
