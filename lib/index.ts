@@ -6,3 +6,23 @@ export type { DType, DeviceId, TensorOptions } from './tensor.js';
 export { bf16ToF32, f32ToBf16, f16ToF32, f32ToF16, fp8e4m3ToF32, f32ToFp8e4m3, roundBf16 } from './numeric.js';
 export { Stream, Event, devices, cudaAvailable, buildInfo, cpuFeatures, setThreads, threads, memoryStats, synchronize, setMatmulPrecision } from './device.js';
 export type { BuildInfo, CpuFeatures, DeviceInfo, MemoryStats, CudaStatus } from '../types/native.js';
+
+// The model SDK.
+export { loadModel, Model, Session, Generation } from './generate.js';
+export type { GenerateOptions, GenerateResult, StopReason } from './generate.js';
+export type { LoadModelOptions, Backend } from './model/load.js';
+export { LongcatModel } from './model/model.js';
+export type { ForwardResult, ModelOptions } from './model/model.js';
+export { BlockAllocator, SequenceCache } from './kv-cache.js';
+export { parseConfig, deriveConstants, requiredTensors, activeParams } from './config.js';
+export type { LongcatConfig, RopeScaling, QuantizationConfig } from './config.js';
+export { openCheckpoint } from './checkpoint.js';
+export type { Checkpoint, LoadProgress } from './checkpoint.js';
+export { readSafetensorsHeader, writeSafetensors } from './safetensors.js';
+export { loadTokenizer } from './tokenizer.js';
+export type { Tokenizer, StreamDecoder } from './tokenizer.js';
+export { applyChatTemplate, formatLongcatChat } from './chat.js';
+export type { ChatMessage } from './chat.js';
+export { initRandom, PRESETS } from './init-random.js';
+export type { Preset, InitRandomOptions } from './init-random.js';
+export { ropeTables } from './rope.js';

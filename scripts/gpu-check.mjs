@@ -1,7 +1,11 @@
 // GPU parity check and quick timing of every op that has a CUDA kernel, against its CPU twin
 // (the oracle). Needs only: node, dist/ and a CUDA build of longcat.node (LONGCAT_ADDON).
 // Prints a table; exits 1 if any case fails, 2 if no GPU is usable.
-import { Event, Stream, native, tensor, toArray, empty, numel, roundBf16 } from '../dist/index.js';
+// Only the core modules: a GPU machine may have dist/ and the addon but no node_modules.
+import { native } from '../dist/native.js';
+import { Event, Stream } from '../dist/device.js';
+import { tensor, toArray, empty, numel } from '../dist/tensor.js';
+import { roundBf16 } from '../dist/numeric.js';
 
 const status = native.cudaStatus();
 if (!status.available) {
