@@ -7,5 +7,7 @@ export default defineConfig({
     fileParallelism: false,
     testTimeout: 60_000,
     pool: 'forks',
+    // test/core.test.ts checks that the GC finalizer releases undisposed tensors.
+    execArgv: ['--expose-gc'],
   },
 });

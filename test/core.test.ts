@@ -102,6 +102,26 @@ describe('tensors', () => {
     expectCode(() => tensor([1, 2], [3]), 'E_SHAPE');
   });
 
+  it('turns a failed allocation into E_OOM naming the size', () => {
+    expectCode(() => new Tensor('f32', [2 ** 40]), 'E_OOM', /4398046511104 bytes/);
+  });
+
+  it('releases tensors nobody disposed once they are garbage collected', async () => {
+    const gc = (globalThis as { gc?: () => void }).gc;
+    expect(gc, 'vitest runs with --expose-gc (vitest.config.ts)').toBeTypeOf('function');
+    native.synchronize('cpu');
+    const before = memoryStats().liveBytes;
+    (() => {
+      for (let i = 0; i < 100; i++) empty([1024, 16]); // 64 KiB each, never disposed
+    })();
+    expect(memoryStats().liveBytes).toBeGreaterThan(before);
+    for (let i = 0; i < 20 && memoryStats().liveBytes > before; i++) {
+      gc!();
+      await new Promise((r) => setTimeout(r, 10)); // finalizers run after the collection
+    }
+    expect(memoryStats().liveBytes).toBe(before);
+  });
+
   it('returns every byte to the pool after 10,000 tensors are created and disposed', () => {
     native.synchronize('cpu');
     const before = memoryStats().liveBytes;
