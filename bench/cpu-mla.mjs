@@ -67,14 +67,14 @@ function main() {
   }
 
   const bw0 = readBandwidth();
-  // Compute roofline: one sequence's score product as a GEMM, [64, 576] f32 x [N, 576]^T bf16.
+  // Compute roofline: one sequence's score product as a GEMM, [64, 576] f32 x [N, 576]^T bf16;
+  // the fastest of the calls, best of two samples (before and after the cases).
   const gN = 8192;
   const gw = [new native.Tensor('bf16', [gN, W], 'cpu', randomBf16(gN * W, 3))];
   const gx = new native.Tensor('f32', [NH, W], 'cpu', randomF32(NH * W, 4));
   const gy = new native.Tensor('f32', [NH, gN], 'cpu');
-  const g = native.benchLinear(gy, gx, gw, null, 2, quick ? 5 : 9);
-  const gemmGflops = (2 * NH * gN * W) / g.medianMs / 1e6;
-  for (const t of [...gw, gx, gy]) t.dispose();
+  const gemmRate = () => (2 * NH * gN * W) / native.benchLinear(gy, gx, gw, null, 2, quick ? 7 : 15).minMs / 1e6;
+  const gemm0 = gemmRate();
 
   const rows = [];
   let rot = 0;
@@ -112,6 +112,9 @@ function main() {
     for (const t of [qLat, q, oLat, seqLens, bt]) t.dispose();
   }
   cache.dispose();
+  const gemm1 = gemmRate();
+  const gemmGflops = Math.max(gemm0, gemm1);
+  for (const t of [...gw, gx, gy]) t.dispose();
   const bw1 = readBandwidth();
   const bw = Math.max(bw0, bw1);
   for (const r of rows) {
@@ -127,7 +130,7 @@ function main() {
     threads: native.threads(),
     isa: native.cpuFeatures().isa,
     shapes: { heads: NH, kvLora: DL, rope: DR, blockSize: BS, cacheDtype: 'bf16' },
-    rooflines: { readGbps: [bw0, bw1], readGbpsUsed: bw, gemmGflops, gemmShape: `[${NH}, ${W}] f32 x [${gN}, ${W}]^T bf16` },
+    rooflines: { readGbps: [bw0, bw1], readGbpsUsed: bw, gemmGflops, gemmGflopsSamples: [gemm0, gemm1], gemmShape: `[${NH}, ${W}] f32 x [${gN}, ${W}]^T bf16` },
     rows,
     seconds: (now() - t00) / 1000,
   };

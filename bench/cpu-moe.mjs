@@ -5,11 +5,12 @@
 // pool larger than the last-level cache and redrawn every call, so weights are streamed.
 //
 // Rooflines, measured in this run:
-//   bandwidth: benchReadBandwidth (1 GiB, all pool threads), before and after; the higher is used.
+//   bandwidth: benchReadBandwidth (all pool threads): 1 GiB before and after, 512 MiB before each
+//              case; the highest sample is used.
 //              Decode figure: bytes of the DISTINCT experts a call touches / time, as % of it.
-//   GEMM:      the same expert GEMM through the linear kernel (benchLinear, [rows, 6144] x
-//              [2048, 6144]^T bf16, rows = average tokens per touched expert); prefill figure:
-//              MoE GFLOP/s as % of it.
+//   GEMM peer: the same expert GEMM through the linear kernel (benchLinear, [rows, 6144] x
+//              [2048, 6144]^T bf16, rows = tokens per expert), timed after every MoE call;
+//              MoE GFLOP/s as % of it (the prefill figure).
 // The kernel's in-wave schedule can be forced with LONGCAT_MOE_SCHED (auto | experts | linear).
 //
 //   LONGCAT_ADDON=build-bench/Release/longcat.node node bench/cpu-moe.mjs [--quick] [--out f.json]
@@ -51,7 +52,7 @@ const f32 = (shape, fill) => new native.Tensor('f32', shape, 'cpu', new Float32A
 
 function main() {
   const t00 = now();
-  const nRouted = quick ? 16 : 32; // 16 x 75.5 MB = 1.2 GB: far above any cache
+  const nRouted = quick ? 16 : 24; // 16 x 75.5 MB = 1.2 GB: far above any cache
   // Every expert has its own memory; contents repeat across experts (irrelevant to bandwidth).
   const gu = randomBf16(I * H, 1), dn = randomBf16(H * I, 2);
   const gate = [], up = [], down = [];
@@ -62,6 +63,7 @@ function main() {
   }
   const experts = native.moeExperts(gate, up, down);
   const bw0 = readBandwidth();
+  const bwSamples = [bw0]; // + one 512 MiB sample before each case; the roofline is the highest
 
   const rand = rng(12345);
   const decodeT = quick ? [1, 4] : [1, 2, 4, 8];
@@ -85,8 +87,14 @@ function main() {
       it.copyFromBytes(idx);
       return touched.size;
     };
+    // Peer: the same expert GEMM through the linear kernel, [rows, H] x [I, H]^T with rows = this
+    // case's tokens per expert, timed natively right after every MoE call (same load on the machine).
+    const peerRows = Math.max(1, Math.round((T * NF) / Math.min(nRouted, T * NF)));
+    const px = f32([peerRows, H], 0.01), py = f32([peerRows, I], 0);
+    const peer = [];
+    bwSamples.push(native.benchReadBandwidth(1 << 29, 2).gbps);
     const ms = [], touchedCounts = [];
-    const budget = phase === 'decode' ? (quick ? 300 : 800) : (quick ? 800 : 2500);
+    const budget = phase === 'decode' ? (quick ? 300 : 1500) : (quick ? 800 : 2500);
     const t0 = now();
     for (let i = 0; ; i++) {
       const touched = route();
@@ -95,42 +103,36 @@ function main() {
       native.moe(null, o, u, it, wt, nRouted, experts, null, null, null, null, null, nRouted + K);
       native.synchronize('cpu');
       if (i > 0) { ms.push(now() - a); touchedCounts.push(touched); } // first call: warm-up
-      if (ms.length >= 2 && (ms.length >= 9 || now() - t0 > budget)) break;
+      peer.push(native.benchLinear(py, px, [gate[(5 * i + T) % nRouted]], null, 0, 1).medianMs); // a different weight each time
+      if (ms.length >= 2 && (ms.length >= 15 || now() - t0 > budget)) break;
     }
     const out = new Float32Array(o.toBytes().buffer);
     if (!Number.isFinite(out[0]) || out[0] === 0) throw new Error(`moe produced ${out[0]} at T=${T}`);
     const m = median(ms);
     const touched = touchedCounts.reduce((a, b) => a + b, 0) / touchedCounts.length;
     const bytes = touched * BYTES_PER_EXPERT, flops = 2 * 3 * T * NF * H * I;
+    const pm = median(peer);
+    px.dispose();
+    py.dispose();
     rows.push({
       phase, T, k: K, ffnPerToken: NF, iters: ms.length, medianMs: m, touchedExperts: touched,
+      linearRows: peerRows, linearMs: pm, linearGflops: (2 * peerRows * I * H) / pm / 1e6, linearGbps: (I * H * 2) / pm / 1e6,
       tokensPerExpert: (T * NF) / touched, weightBytes: bytes,
       gbps: bytes / m / 1e6, gflops: flops / m / 1e6, tokensPerSecond: T / (m / 1e3),
     });
     for (const x of [u, o, it, wt]) x.dispose();
   }
 
-  // GEMM reference: the expert's gate GEMM through the linear kernel, rotating over the experts.
-  const gemmRows = [...new Set(rows.map((r) => Math.max(1, Math.round(r.tokensPerExpert))))];
-  const gemm = {};
-  for (const r of gemmRows) {
-    const x = f32([r, H], 0.01), y = f32([r, I], 0);
-    const b = native.benchLinear(y, x, gate, null, 1, r >= 32 ? 3 : 6);
-    gemm[r] = { rows: r, medianMs: b.medianMs, gbps: (I * H * 2) / b.medianMs / 1e6, gflops: (2 * r * I * H) / b.medianMs / 1e6 };
-    x.dispose();
-    y.dispose();
-  }
   experts.dispose();
   for (const t of [...gate, ...up, ...down]) t.dispose();
   const bw1 = readBandwidth();
-  const bw = Math.max(bw0, bw1);
+  bwSamples.push(bw1);
+  const bw = Math.max(...bwSamples);
   for (const r of rows) {
-    const g = gemm[Math.max(1, Math.round(r.tokensPerExpert))];
     r.fracBandwidth = r.gbps / bw;
-    r.linearGflops = g.gflops;
-    r.fracLinear = r.gflops / g.gflops;
+    r.fracLinear = r.gflops / r.linearGflops;
+    r.linearFracBandwidth = r.linearGbps / bw;
   }
-  for (const g of Object.values(gemm)) g.fracBandwidth = g.gbps / bw;
   const res = {
     bench: 'cpu-moe',
     date: new Date().toISOString(),
@@ -138,21 +140,20 @@ function main() {
     isa: native.cpuFeatures().isa,
     sched: process.env.LONGCAT_MOE_SCHED ?? 'auto',
     shapes: { hidden: H, intermediate: I, dtype: 'bf16', nRoutedPool: nRouted, k: K, ffnPerToken: NF, bytesPerExpert: BYTES_PER_EXPERT },
-    rooflines: { readGbps: [bw0, bw1], readGbpsUsed: bw, linear: Object.values(gemm) },
+    rooflines: { readGbps: bwSamples, readGbpsUsed: bw },
     rows,
     seconds: (now() - t00) / 1000,
   };
   if (outPath) writeFileSync(outPath, JSON.stringify(res, null, 2) + '\n');
   console.log(`## cpu-moe: moe(), hidden ${H}, expert ffn ${I}, bf16 (${(BYTES_PER_EXPERT / 1e6).toFixed(1)} MB/expert), ` +
     `${NF} FFN + ${K - NF} zero experts per token from a pool of ${nRouted}`);
-  console.log(`threads ${res.threads}, isa ${res.isa}, sched ${res.sched}; read bandwidth ${bw0.toFixed(1)} / ${bw1.toFixed(1)} GB/s (before / after, using ${bw.toFixed(1)})`);
-  console.log('| phase | T | experts touched | tok/expert | ms | tokens/s | weight GB/s | % read bw | GFLOP/s | % linear GEMM |');
-  console.log('| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |');
+  console.log(`threads ${res.threads}, isa ${res.isa}, sched ${res.sched}; read bandwidth ${bwSamples.map((b) => b.toFixed(1)).join(' / ')} GB/s (before, each case, after; using ${bw.toFixed(1)})`);
+  console.log('| phase | T | experts touched | tok/expert | ms | tokens/s | weight GB/s | % read bw | GFLOP/s | linear GEMM peer | % of peer |');
+  console.log('| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |');
   for (const r of rows)
     console.log(`| ${r.phase} | ${r.T} | ${r.touchedExperts.toFixed(1)} | ${r.tokensPerExpert.toFixed(1)} | ${r.medianMs.toFixed(2)} | ` +
-      `${r.tokensPerSecond.toFixed(1)} | ${r.gbps.toFixed(1)} | ${(100 * r.fracBandwidth).toFixed(0)}% | ${r.gflops.toFixed(1)} | ${(100 * r.fracLinear).toFixed(0)}% |`);
-  console.log(`linear kernel reference ([rows, ${H}] x [${I}, ${H}]^T bf16): ` +
-    Object.values(gemm).map((g) => `rows ${g.rows}: ${g.gflops.toFixed(1)} GFLOP/s, ${g.gbps.toFixed(1)} GB/s (${(100 * g.fracBandwidth).toFixed(0)}% bw)`).join('; '));
+      `${r.tokensPerSecond.toFixed(1)} | ${r.gbps.toFixed(1)} | ${(100 * r.fracBandwidth).toFixed(0)}% | ${r.gflops.toFixed(1)} | ` +
+      `${r.linearRows} rows: ${r.linearGflops.toFixed(1)} GFLOP/s, ${(100 * r.linearFracBandwidth).toFixed(0)}% bw | ${(100 * r.fracLinear).toFixed(0)}% |`);
 }
 
 main();
