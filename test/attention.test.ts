@@ -1,7 +1,7 @@
 // MLA attention ops vs float64 references written from SPEC 3.5 (expanded) and 5.2 (absorbed).
 import { afterAll, describe, expect, it } from 'vitest';
 import { LongcatError, full, native, roundBf16, tensor, toArray, type Tensor } from '../lib/index.js';
-import { expectClose, rng } from './helpers.js';
+import { expectClose, rng, expectCode } from './helpers.js';
 
 const startIsa = native.cpuFeatures().isa;
 const startThreads = native.threads();
@@ -12,17 +12,6 @@ afterAll(() => {
 const isas = ['scalar', 'avx2', 'avx512'] as const;
 const i32 = (v: number[]) => tensor(v, [v.length], { dtype: 'int32' });
 
-function expectCode(fn: () => unknown, code: string, message?: RegExp) {
-  try {
-    fn();
-  } catch (e) {
-    expect(e).toBeInstanceOf(LongcatError);
-    expect((e as LongcatError).code).toBe(code);
-    if (message) expect((e as Error).message).toMatch(message);
-    return;
-  }
-  expect.fail(`expected a ${code} error`);
-}
 
 interface Dims { nh: number; dn: number; dr: number; dv: number; dl: number }
 type Arr = ArrayLike<number>;

@@ -3,22 +3,11 @@ import {
   Event, LongcatError, Stream, Tensor, buildInfo, cpuFeatures, devices, empty, memoryStats, native,
   tensor, toArray,
 } from '../lib/index.js';
-import { cudaAvailable, expectClose, rng } from './helpers.js';
+import { cudaAvailable, expectClose, rng, expectCode } from './helpers.js';
 
 const dtypes = ['f32', 'bf16', 'f16', 'fp8_e4m3', 'int8', 'int32', 'int64'] as const;
 const sizes: Record<string, number> = { f32: 4, bf16: 2, f16: 2, fp8_e4m3: 1, int8: 1, int32: 4, int64: 8 };
 
-function expectCode(fn: () => unknown, code: string, message?: RegExp) {
-  try {
-    fn();
-  } catch (e) {
-    expect(e).toBeInstanceOf(LongcatError);
-    expect((e as LongcatError).code).toBe(code);
-    if (message) expect((e as Error).message).toMatch(message);
-    return;
-  }
-  expect.fail(`expected a ${code} error`);
-}
 
 describe('build and devices', () => {
   it('reports build facts and CPU features', () => {

@@ -1,6 +1,7 @@
 // Shared test utilities: a seeded RNG, float64 references, and closeness checks.
 import { expect } from 'vitest';
 import { native } from '../lib/native.js';
+import { LongcatError } from '../lib/errors.js';
 
 /** xorshift128+ style generator: deterministic per seed, fresh per test via the seed. */
 export function rng(seed: number) {
@@ -47,3 +48,16 @@ export function expectClose(got: ArrayLike<number>, want: ArrayLike<number>, ato
 export const cudaAvailable = native.cudaStatus().available;
 /** Backends to run an op test on: always CPU, CUDA when present. */
 export const backends: string[] = cudaAvailable ? ['cpu', 'cuda:0'] : ['cpu'];
+
+/** Asserts that fn throws a LongcatError with this code (and a message matching `message`). */
+export function expectCode(fn: () => unknown, code: string, message?: RegExp) {
+  try {
+    fn();
+  } catch (e) {
+    expect(e).toBeInstanceOf(LongcatError);
+    expect((e as LongcatError).code).toBe(code);
+    if (message) expect((e as Error).message).toMatch(message);
+    return;
+  }
+  expect.fail(`expected a ${code} error`);
+}

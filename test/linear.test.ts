@@ -3,7 +3,7 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { LongcatError, Tensor, cpuFeatures, full, native, tensor, toArray } from '../lib/index.js';
 import { bf16ToF32, f32ToBf16, fp8e4m3ToF32, roundHalfEven } from '../lib/numeric.js';
-import { rng } from './helpers.js';
+import { rng, expectCode } from './helpers.js';
 
 type WDtype = 'f32' | 'bf16' | 'fp8_e4m3' | 'int8';
 type FDtype = 'f32' | 'bf16';
@@ -21,17 +21,6 @@ afterAll(() => {
   native.setIsa(startIsa);
 });
 
-function expectCode(fn: () => unknown, code: string, message?: RegExp) {
-  try {
-    fn();
-  } catch (e) {
-    expect(e).toBeInstanceOf(LongcatError);
-    expect((e as LongcatError).code).toBe(code);
-    if (message) expect((e as Error).message).toMatch(message);
-    return;
-  }
-  expect.fail(`expected a ${code} error`);
-}
 
 interface Weight {
   w: Tensor;

@@ -2,22 +2,11 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { LongcatError, Stream, memoryStats, native, tensor, toArray, type Tensor } from '../lib/index.js';
 import { bf16ToF32, f32ToBf16, f32ToFp8e4m3, fp8e4m3ToF32 } from '../lib/numeric.js';
-import { expectClose, rng } from './helpers.js';
+import { expectClose, rng, expectCode } from './helpers.js';
 
 type WDtype = 'f32' | 'bf16' | 'fp8_e4m3' | 'int8';
 type Rng = ReturnType<typeof rng>;
 
-function expectCode(fn: () => unknown, code: string, message?: RegExp) {
-  try {
-    fn();
-  } catch (e) {
-    expect(e).toBeInstanceOf(LongcatError);
-    expect((e as LongcatError).code).toBe(code);
-    if (message) expect((e as Error).message).toMatch(message);
-    return;
-  }
-  expect.fail(`expected a ${code} error`);
-}
 
 /** A weight [rows, cols] stored as `dtype`, with the exact float64 values it represents. */
 interface W { t: Tensor; scale: Tensor | null; v: Float64Array; rows: number; cols: number }

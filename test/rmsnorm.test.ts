@@ -3,7 +3,7 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { LongcatError, full, native, tensor, toArray } from '../lib/index.js';
 import { roundBf16 } from '../lib/numeric.js';
-import { expectClose, rng } from './helpers.js';
+import { expectClose, rng, expectCode } from './helpers.js';
 
 type Isa = 'scalar' | 'avx2' | 'avx512';
 const originalIsa = native.cpuFeatures().isa;
@@ -14,16 +14,6 @@ const isas: Isa[] = (['scalar', 'avx2', 'avx512'] as Isa[]).filter((i) => {
 });
 afterAll(() => native.setIsa(originalIsa));
 
-function expectCode(fn: () => unknown, code: string) {
-  try {
-    fn();
-  } catch (e) {
-    expect(e).toBeInstanceOf(LongcatError);
-    expect((e as LongcatError).code).toBe(code);
-    return;
-  }
-  expect.fail(`expected a ${code} error`);
-}
 
 describe('rmsnorm', () => {
   it('matches float64 with and without the fused add, f32/bf16 weights and outputs', () => {

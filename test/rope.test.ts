@@ -1,7 +1,7 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { LongcatError, full, native, tensor, toArray } from '../lib/index.js';
 import { ropeTables } from '../lib/rope.js';
-import { expectClose, rng } from './helpers.js';
+import { expectClose, rng, expectCode } from './helpers.js';
 
 const startIsa = native.cpuFeatures().isa;
 afterAll(() => {
@@ -9,17 +9,6 @@ afterAll(() => {
 });
 const isas = ['scalar', 'avx2', 'avx512'] as const;
 
-function expectCode(fn: () => unknown, code: string, message?: RegExp) {
-  try {
-    fn();
-  } catch (e) {
-    expect(e).toBeInstanceOf(LongcatError);
-    expect((e as LongcatError).code).toBe(code);
-    if (message) expect((e as Error).message).toMatch(message);
-    return;
-  }
-  expect.fail(`expected a ${code} error`);
-}
 
 // ---- An independent float64 re-derivation of transformers' formulas -----------------------------
 // (modeling_rope_utils._compute_yarn_parameters, transformers 4.5x; DeepseekV3/LongcatFlash attention scaling)

@@ -1,19 +1,8 @@
 // routerTopk: softmax over routed + zero experts, top-k on the biased scores, unbiased weights x scale.
 import { afterAll, describe, expect, it } from 'vitest';
 import { LongcatError, Stream, native, tensor, toArray, type Tensor } from '../lib/index.js';
-import { expectClose, rng } from './helpers.js';
+import { expectClose, rng, expectCode } from './helpers.js';
 
-function expectCode(fn: () => unknown, code: string, message?: RegExp) {
-  try {
-    fn();
-  } catch (e) {
-    expect(e).toBeInstanceOf(LongcatError);
-    expect((e as LongcatError).code).toBe(code);
-    if (message) expect((e as Error).message).toMatch(message);
-    return;
-  }
-  expect.fail(`expected a ${code} error`);
-}
 
 /** float64 reference: p = softmax(l), order by (p + b desc, index asc). */
 function refRouter(logits: ArrayLike<number>, bias: ArrayLike<number>, t: number, e: number) {

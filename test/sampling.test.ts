@@ -3,7 +3,7 @@
 // match the filtered distribution (chi-square, fixed seed: deterministic).
 import { afterAll, describe, expect, it } from 'vitest';
 import { LongcatError, native, tensor, toArray } from '../lib/index.js';
-import { rng } from './helpers.js';
+import { rng, expectCode } from './helpers.js';
 
 type Isa = 'scalar' | 'avx2' | 'avx512';
 const originalIsa = native.cpuFeatures().isa;
@@ -13,17 +13,6 @@ afterAll(() => {
   native.setThreads(originalThreads);
 });
 
-function expectCode(fn: () => unknown, code: string, message?: RegExp) {
-  try {
-    fn();
-  } catch (e) {
-    expect(e).toBeInstanceOf(LongcatError);
-    expect((e as LongcatError).code).toBe(code);
-    if (message) expect((e as Error).message).toMatch(message);
-    return;
-  }
-  expect.fail(`expected a ${code} error`);
-}
 
 interface P { temperature: number; topK: number; topP: number; minP: number }
 const P0: P = { temperature: 1, topK: 0, topP: 1, minP: 0 };

@@ -3,7 +3,7 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { LongcatError, Stream, Tensor, full, native, tensor, toArray } from '../lib/index.js';
 import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16, f32ToFp8e4m3, fp8e4m3ToF32 } from '../lib/numeric.js';
-import { expectClose, rng } from './helpers.js';
+import { expectClose, rng, expectCode } from './helpers.js';
 
 type Isa = 'scalar' | 'avx2' | 'avx512';
 const originalIsa = native.cpuFeatures().isa;
@@ -26,17 +26,6 @@ function eachIsa(fn: (isa: Isa) => void) {
   }
 }
 
-function expectCode(fn: () => unknown, code: string, message?: RegExp) {
-  try {
-    fn();
-  } catch (e) {
-    expect(e).toBeInstanceOf(LongcatError);
-    expect((e as LongcatError).code).toBe(code);
-    if (message) expect((e as Error).message).toMatch(message);
-    return;
-  }
-  expect.fail(`expected a ${code} error`);
-}
 
 const Ts = [1, 3, 17];
 const dims = [1, 7, 127, 129, 1000];
