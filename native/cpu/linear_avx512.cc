@@ -211,6 +211,172 @@ void gemv(int64_t t, const float* x, const WeightRef& w, void* y, DType yt) {
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// fp8 GEMV. Decoding is the cost here (one byte per weight), so the inner loop is cut to the bit
+// move and the FMAs:
+//  * 64 codes per 64-byte load. Seen as 32 words (code 2j in the low byte of word j, 2j + 1 in
+//    the high byte), the f16 bits sign << 15 | (code & 0x7f) << 7 (see DecFP8) of the odd codes
+//    are (word >>arith 1) & 0xbf80 and of the even codes ((word << 8) >>arith 1) & 0xbf80: five
+//    integer ops for 64 codes, then four vcvtph2ps. The converted vectors hold the codes
+//    [0, 2, .., 30], [32, .., 62], [1, 3, .., 31], [33, .., 63] of the 64, so x is stored in that
+//    order.
+//  * No per-vector scale: every output row of a 128-row block shares the block scales of a column
+//    block, so x is pre-multiplied by scale * 256 (per 128 columns) into a per-thread copy, once per
+//    128 output rows (and per k chunk). Products are then x * scale * 256 * (code / 256) rather
+//    than x * (code * scale): the same value up to fp32 rounding.
+//  * NaN codes: running unsigned and signed byte maxima of the codes; a row chunk's maximum is
+//    0xff (unsigned) or 0x7f (signed) exactly when it holds 0xff or 0x7f. On a hit the rows of the
+//    pass are checked one by one and the hit rows give NaN.
+// Shapes as in the generic GEMV: T <= 2 one row at a time with x chunks in L1 and 8 accumulator
+// chains per x row; T >= 3 R rows per pass sharing each x load, one chain per (x row, W row).
+
+template <int T>
+struct Fp8Shape {
+  static constexpr int R = T <= 2 ? 1 : T <= 4 ? 4 : 2;
+  static constexpr int NA = T <= 2 ? 8 : 1;  // accumulator chains per (x row, W row)
+  static constexpr int64_t kChunk = T <= 2 ? 16384 / (4 * T) : 0;  // k per x chunk (0: all of k)
+};
+
+inline __mmask64 tail_mask64(int64_t n) { return n >= 64 ? ~0ull : (1ull << n) - 1; }
+
+// xs[t * ldx + j] for t < T, j < round_up(k1 - k0, 64): x[t, k0 ..k1) times scale * 256 of its
+// column block (srow: the block row of weight_scale_inv), in the fp8 decode order, zero padded.
+template <int T>
+void fp8_prep_x(const float* x, int64_t K, const float* srow, int64_t k0, int64_t k1, float* xs, int64_t ldx) {
+  const __m512i ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i io = _mm512_add_epi32(ie, _mm512_set1_epi32(1));
+  for (int t = 0; t < T; ++t)
+    for (int64_t k = k0; k < k1; k += 64) {
+      const float* src = x + t * K + k;
+      __m512 v[4];
+      for (int q = 0; q < 4; ++q) {
+        const int64_t left = k1 - k - 16 * q;
+        v[q] = left >= 16 ? _mm512_loadu_ps(src + 16 * q)
+                          : _mm512_maskz_loadu_ps(tail_mask16(left > 0 ? left : 0), src + 16 * q);
+      }
+      const __m512 s = _mm512_set1_ps(srow[k / 128] * DecFP8::kScaleMul);
+      float* dst = xs + t * ldx + (k - k0);
+      _mm512_storeu_ps(dst, _mm512_mul_ps(_mm512_permutex2var_ps(v[0], ie, v[1]), s));
+      _mm512_storeu_ps(dst + 16, _mm512_mul_ps(_mm512_permutex2var_ps(v[2], ie, v[3]), s));
+      _mm512_storeu_ps(dst + 32, _mm512_mul_ps(_mm512_permutex2var_ps(v[0], io, v[1]), s));
+      _mm512_storeu_ps(dst + 48, _mm512_mul_ps(_mm512_permutex2var_ps(v[2], io, v[3]), s));
+    }
+}
+
+// part[t * ldp + i] += sum over k in [k0, k1) of xs[t, k - k0] * code(W[r + i, k]) for t < T,
+// i < R (NaN for a row with a NaN code).
+template <int T, int R, int NA>
+void fp8_rows(const float* xs, int64_t ldx, const WeightRef& w, int64_t r, int64_t k0, int64_t k1, float* part,
+              int64_t ldp) {
+  const int64_t K = w.k;
+  const uint8_t* wr[R];
+  for (int i = 0; i < R; ++i) wr[i] = static_cast<const uint8_t*>(w.data) + (r + i) * K;
+  __m512 acc[NA][T][R];
+  for (int a = 0; a < NA; ++a)
+    for (int t = 0; t < T; ++t)
+      for (int i = 0; i < R; ++i) acc[a][t][i] = _mm512_setzero_ps();
+  __m512i maxu = _mm512_setzero_si512(), maxs = _mm512_setzero_si512();
+  const __m512i fmask = _mm512_set1_epi16(static_cast<short>(0xbf80));
+
+  // 64 codes at k of every row; u picks the accumulator chains (NA = 8: two sets of four).
+  auto unit = [&](int64_t k, int u, __mmask64 m) __attribute__((always_inline)) {
+    const float* xk = xs + (k - k0);
+    __m512i he[R], ho[R];
+    for (int i = 0; i < R; ++i) {
+      __m512i v = m == ~0ull ? _mm512_loadu_si512(wr[i] + k) : _mm512_maskz_loadu_epi8(m, wr[i] + k);
+      maxu = _mm512_max_epu8(maxu, v);
+      maxs = _mm512_max_epi8(maxs, v);
+      he[i] = _mm512_and_si512(_mm512_srai_epi16(_mm512_slli_epi16(v, 8), 1), fmask);
+      ho[i] = _mm512_and_si512(_mm512_srai_epi16(v, 1), fmask);
+    }
+    for (int s = 0; s < 4; ++s) {
+      __m512 wv[R];
+      for (int i = 0; i < R; ++i) {
+        const __m512i h = s < 2 ? he[i] : ho[i];
+        wv[i] = _mm512_cvtph_ps(s % 2 == 0 ? _mm512_castsi512_si256(h) : _mm512_extracti64x4_epi64(h, 1));
+      }
+      const int a = (u * 4 + s) % NA;
+      for (int t = 0; t < T; ++t) {
+        const __m512 xv = _mm512_loadu_ps(xk + t * ldx + 16 * s);
+        for (int i = 0; i < R; ++i) acc[a][t][i] = _mm512_fmadd_ps(xv, wv[i], acc[a][t][i]);
+      }
+    }
+  };
+
+  int64_t k = k0;
+  for (; k < k1; k += 128) {
+    const int64_t p = k + kPrefetchBytes;
+    for (int i = 0; i < R; ++i) {
+      const char* pa = reinterpret_cast<const char*>(p < k1 ? wr[i] + p : wr[i] + R * K + k0 + (p - k1));
+      _mm_prefetch(pa, _MM_HINT_T0);
+      _mm_prefetch(pa + 64, _MM_HINT_T0);
+    }
+    if (k + 128 > k1) break;
+    unit(k, 0, ~0ull);
+    unit(k + 64, 1, ~0ull);
+  }
+  if (k < k1) {  // the last 1..127 columns
+    unit(k, 0, tail_mask64(k1 - k));
+    if (k + 64 < k1) unit(k + 64, 1, tail_mask64(k1 - k - 64));
+  }
+
+  bool nan[R] = {};
+  const bool any_nan = (_mm512_cmpeq_epi8_mask(maxu, _mm512_set1_epi8(-1)) |
+                        _mm512_cmpeq_epi8_mask(maxs, _mm512_set1_epi8(0x7f))) != 0;
+  if (any_nan)
+    for (int i = 0; i < R; ++i)
+      for (int64_t b = k0; b < k1 && !nan[i]; b += 128) nan[i] = DecFP8::has_nan(wr[i] + b, k1 - b < 128 ? k1 - b : 128);
+  for (int t = 0; t < T; ++t)
+    for (int i = 0; i < R; ++i) {
+      for (int a = 1; a < NA; ++a) acc[0][t][i] = _mm512_add_ps(acc[0][t][i], acc[a][t][i]);
+      part[t * ldp + i] += nan[i] ? NAN : _mm512_reduce_add_ps(acc[0][t][i]);
+    }
+}
+
+// Rows [n0, n1) of y for all T rows of x, in groups that never cross a 128-row scale block.
+template <int T>
+void gemv_fp8_range(const float* x, const WeightRef& w, int64_t n0, int64_t n1, void* y, DType yt) {
+  using G = Fp8Shape<T>;
+  const int64_t K = w.k, N = w.n, kblocks = ceil_div(K, 128);
+  const int64_t kc = G::kChunk > 0 && G::kChunk < K ? G::kChunk : K;
+  const int64_t ldx = round_up(kc, 64);
+  float* xs = static_cast<float*>(scratch(kScratchPanel, T * ldx * sizeof(float)));
+  float part[T][128];
+  for (int64_t g0 = n0, g1; g0 < n1; g0 = g1) {
+    g1 = (g0 / 128 + 1) * 128 < n1 ? (g0 / 128 + 1) * 128 : n1;
+    const float* srow = w.scale + (g0 / 128) * kblocks;
+    for (int t = 0; t < T; ++t)
+      for (int64_t r = g0; r < g1; ++r) part[t][r - g0] = 0;
+    for (int64_t k0 = 0; k0 < K; k0 += kc) {
+      const int64_t k1 = K - k0 < kc ? K : k0 + kc;
+      fp8_prep_x<T>(x, K, srow, k0, k1, xs, ldx);
+      int64_t r = g0;
+      for (; r + G::R <= g1; r += G::R) fp8_rows<T, G::R, G::NA>(xs, ldx, w, r, k0, k1, &part[0][r - g0], 128);
+      for (; r < g1; ++r) fp8_rows<T, 1, G::NA>(xs, ldx, w, r, k0, k1, &part[0][r - g0], 128);
+    }
+    for (int t = 0; t < T; ++t)
+      for (int64_t r = g0; r < g1; ++r) store_y(y, yt, t * N + r, part[t][r - g0]);
+  }
+}
+
+template <int T>
+void gemv_fp8_t(const float* x, const WeightRef& w, void* y, DType yt) {
+  parallel_for(w.n, gemv_grain_rows(w), [&](int64_t n0, int64_t n1) { gemv_fp8_range<T>(x, w, n0, n1, y, yt); });
+}
+
+void gemv_fp8(int64_t t, const float* x, const WeightRef& w, void* y, DType yt) {
+  switch (t) {
+    case 1: gemv_fp8_t<1>(x, w, y, yt); break;
+    case 2: gemv_fp8_t<2>(x, w, y, yt); break;
+    case 3: gemv_fp8_t<3>(x, w, y, yt); break;
+    case 4: gemv_fp8_t<4>(x, w, y, yt); break;
+    case 5: gemv_fp8_t<5>(x, w, y, yt); break;
+    case 6: gemv_fp8_t<6>(x, w, y, yt); break;
+    case 7: gemv_fp8_t<7>(x, w, y, yt); break;
+    case 8: gemv_fp8_t<8>(x, w, y, yt); break;
+  }
+}
+
 void bf16_to_f32_rows(const uint16_t* src, int64_t n, float* dst) {
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, DecBF16::load(src + i));
@@ -387,7 +553,7 @@ void linear_avx512(int64_t t, const void* x, DType xt, const WeightRef& w, void*
   switch (w.dtype) {
     case DType::F32: gemv<DecF32>(t, xf, w, y, yt); break;
     case DType::BF16: gemv<DecBF16>(t, xf, w, y, yt); break;
-    case DType::FP8_E4M3: gemv<DecFP8>(t, xf, w, y, yt); break;
+    case DType::FP8_E4M3: gemv_fp8(t, xf, w, y, yt); break;
     case DType::I8: gemv<DecI8>(t, xf, w, y, yt); break;
     default: break;
   }

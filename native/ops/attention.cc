@@ -14,6 +14,13 @@
 #include "../cpu/attention.h"
 #include "../cpu/rope.h"
 #include "../cpu/threadpool.h"
+#ifdef LONGCAT_WITH_CUDA
+#include "../../cuda/mla.h"
+#endif
+#ifdef LONGCAT_WITH_CUDA  // rope / latent-cache kernels
+#include "../../cuda/cache.h"
+#include "../../cuda/rope.h"
+#endif
 
 namespace lc {
 
@@ -61,7 +68,13 @@ static Napi::Value Rope(const Napi::CallbackInfo& info) {
   expect_finite(op, "attentionFactor", factor);
   Stream& s = a.stream(0, d);
   const float af = static_cast<float>(factor);
-  launch(op, s, [=] { cpu::rope(t, heads, hd, x.ptr<float>(), pos.ptr<int32_t>(), offset, rd, inv.ptr<float>(), af); }, nullptr);
+  launch(op, s, [=] { cpu::rope(t, heads, hd, x.ptr<float>(), pos.ptr<int32_t>(), offset, rd, inv.ptr<float>(), af); },
+#ifdef LONGCAT_WITH_CUDA
+         [=](void* st) { gpu::rope(t, heads, hd, x.ptr<float>(), pos.ptr<int32_t>(), offset, rd, inv.ptr<float>(), af, st); }
+#else
+         nullptr
+#endif
+  );
   return info.Env().Undefined();
 }
 
@@ -112,7 +125,17 @@ static Napi::Value MlaPrefill(const Napi::CallbackInfo& info) {
     if (qp[B] > T || kp[B] > S)
       fail(Code::E_ARGUMENT, "mlaPrefill: qStart[B] = %d / kvStart[B] = %d exceed the %lld queries / %lld keys", qp[B], kp[B], ll(T), ll(S));
     cpu::mla_prefill(md, B, o.ptr<float>(), q.ptr<float>(), kvb.ptr<float>(), kpe.ptr<float>(), qp, kp, sc);
-  }, nullptr);
+  },
+#ifdef LONGCAT_WITH_CUDA
+  [=](void* st) {  // qStart / kvStart are validated on the device (invalid: o untouched)
+    Tensor ws = empty_tensor(d, DType::I32, {gpu::mla_prefill_workspace_ints(T, B)});
+    gpu::mla_prefill(md, B, T, S, o.ptr<float>(), q.ptr<float>(), kvb.ptr<float>(), kpe.ptr<float>(), qs.ptr<int32_t>(),
+                     ks.ptr<int32_t>(), sc, ws.ptr<int32_t>(), st);
+  }
+#else
+  nullptr
+#endif
+  );
   return info.Env().Undefined();
 }
 
@@ -150,7 +173,13 @@ static Napi::Value MlaCacheWrite(const Napi::CallbackInfo& info) {
         fail(Code::E_ARGUMENT, "mlaCacheWrite: slots[%lld] = %d is outside the cache (%lld blocks x %lld = %lld slots)", ll(i), sp[i],
              ll(nb), ll(bs), ll(nslots));
     cpu::mla_cache_write(md, T, cache.data(), bf, bs, ckv.ptr<float>(), kpe.ptr<float>(), sp);
-  }, nullptr);
+  },
+#ifdef LONGCAT_WITH_CUDA  // out-of-range slots are skipped on the GPU (no error from a kernel)
+  [=](void* st) { gpu::mla_cache_write(T, dl, dr, cache.data(), bf, nslots, ckv.ptr<float>(), kpe.ptr<float>(), slots.ptr<int32_t>(), st); }
+#else
+  nullptr
+#endif
+  );
   return info.Env().Undefined();
 }
 
@@ -183,7 +212,13 @@ static Napi::Value MlaCacheGather(const Napi::CallbackInfo& info) {
     const int32_t* bp = bt.ptr<int32_t>();
     if (length > 0) check_blocks(op, bp, 0, start / bs, (start + length - 1) / bs + 1, nb);
     cpu::mla_cache_gather(md, ckv.ptr<float>(), kpe.ptr<float>(), cache.data(), bf, bs, bp, start, length);
-  }, nullptr);
+  },
+#ifdef LONGCAT_WITH_CUDA  // rows of out-of-range block ids are zero-filled on the GPU
+  [=](void* st) { gpu::mla_cache_gather(dl, dr, ckv.ptr<float>(), kpe.ptr<float>(), cache.data(), bf, bs, nb, bt.ptr<int32_t>(), start, length, st); }
+#else
+  nullptr
+#endif
+  );
   return info.Env().Undefined();
 }
 
@@ -219,7 +254,13 @@ static Napi::Value MlaAbsorbQ(const Napi::CallbackInfo& info) {
          ll(w.dim(0) / nh));
   const bool bf = w.dtype == DType::BF16;
   Stream& s = a.stream(0, d);
-  launch(op, s, [=] { cpu::mla_absorb_q(md, T, ql.ptr<float>(), q.ptr<float>(), w.data(), bf); }, nullptr);
+  launch(op, s, [=] { cpu::mla_absorb_q(md, T, ql.ptr<float>(), q.ptr<float>(), w.data(), bf); },
+#ifdef LONGCAT_WITH_CUDA
+         [=](void* st) { gpu::mla_absorb_q(md, T, ql.ptr<float>(), q.ptr<float>(), w.data(), bf, st); }
+#else
+         nullptr
+#endif
+  );
   return info.Env().Undefined();
 }
 
@@ -245,7 +286,13 @@ static Napi::Value MlaOutput(const Napi::CallbackInfo& info) {
     fail(Code::E_SHAPE, "mlaOutput: v_head_dim %lld (from o) does not fit wkvb's %lld rows per head", ll(dv), ll(w.dim(0) / nh));
   const bool bf = w.dtype == DType::BF16;
   Stream& s = a.stream(0, d);
-  launch(op, s, [=] { cpu::mla_output(md, T, o.ptr<float>(), ol.ptr<float>(), w.data(), bf); }, nullptr);
+  launch(op, s, [=] { cpu::mla_output(md, T, o.ptr<float>(), ol.ptr<float>(), w.data(), bf); },
+#ifdef LONGCAT_WITH_CUDA
+         [=](void* st) { gpu::mla_output(md, T, o.ptr<float>(), ol.ptr<float>(), w.data(), bf, st); }
+#else
+         nullptr
+#endif
+  );
   return info.Env().Undefined();
 }
 
@@ -283,7 +330,7 @@ static Napi::Value MlaDecodeAbsorbed(const Napi::CallbackInfo& info) {
   const int64_t nb = cache.dim(0), bs = cache.dim(1), mb = bt.dim(1);
   const bool bf = cache.dtype == DType::BF16;
   const int64_t units = 2 * static_cast<int64_t>(cpu::ThreadPool::global().threads());
-  Tensor ws = empty_tensor(d, DType::F32, {cpu::mla_decode_workspace_floats(md, B, units)});
+  Tensor ws = empty_tensor(d, DType::F32, {d.is_cpu() ? cpu::mla_decode_workspace_floats(md, B, units) : 1});
   const float sc = static_cast<float>(scale);
   Stream& s = a.stream(0, d);
   launch(op, s, [=] {
@@ -297,7 +344,19 @@ static Napi::Value MlaDecodeAbsorbed(const Napi::CallbackInfo& info) {
     }
     cpu::mla_decode_absorbed(md, B, ol.ptr<float>(), ql.ptr<float>(), q.ptr<float>(), cache.data(), bf, bs, bp, mb, lp, sc,
                              ws.ptr<float>(), units);
-  }, nullptr);
+  },
+#ifdef LONGCAT_WITH_CUDA
+  [=](void* st) {  // seqLens / block ids are clamped on the device (see cuda/mla.h)
+    const int64_t splits = gpu::mla_decode_splits(md, B, mb * bs);
+    const int64_t wsf = gpu::mla_decode_workspace_floats(md, B, splits);
+    Tensor gws = empty_tensor(d, DType::F32, {wsf > 0 ? wsf : 1});
+    gpu::mla_decode_absorbed(md, B, ol.ptr<float>(), ql.ptr<float>(), q.ptr<float>(), cache.data(), bf, nb, bs, bt.ptr<int32_t>(), mb,
+                             lens.ptr<int32_t>(), sc, gws.ptr<float>(), splits, st);
+  }
+#else
+  nullptr
+#endif
+  );
   return info.Env().Undefined();
 }
 

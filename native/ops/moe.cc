@@ -5,6 +5,13 @@
 
 #include "../binding.h"
 #include "../cpu/moe.h"
+#ifdef LONGCAT_WITH_CUDA  // moe kernel
+#include "../../cuda/moe.h"
+#include "../cuda_api.h"
+#endif
+#ifdef LONGCAT_WITH_CUDA  // routerTopk kernel
+#include "../../cuda/router.h"
+#endif
 
 namespace lc {
 
@@ -53,7 +60,15 @@ static Napi::Value RouterTopk(const Napi::CallbackInfo& info) {
            cpu::router_topk(t, e, k, logits.ptr<float>(), bias.ptr<float>(), n_routed, sc, idx.ptr<int32_t>(), w.ptr<float>(), nffnp);
            (void)keep;
          },
-         nullptr);
+#ifdef LONGCAT_WITH_CUDA
+         [=](void* st) {
+           gpu::router_topk(t, e, k, logits.ptr<float>(), bias.ptr<float>(), n_routed, sc, idx.ptr<int32_t>(), w.ptr<float>(), nffnp, st);
+           (void)keep;
+         }
+#else
+         nullptr
+#endif
+);
   return info.Env().Undefined();
 }
 
@@ -90,6 +105,7 @@ struct ExpertSet {
   Device device;
   std::vector<cpu::WeightRef> gate, up, down;
   std::vector<std::shared_ptr<Storage>> keep;
+  std::shared_ptr<Storage> dev_table;  // CUDA: gpu::MoeWeight [3 * n_routed] (gate, up, down), uploaded once
 };
 
 struct ExpertSetHandle {
@@ -192,6 +208,18 @@ std::shared_ptr<ExpertSet> read_experts(const Napi::CallbackInfo& info, size_t i
   expert_refs(op, "gate", gate, gs ? &*gs : nullptr, "gateScale", set->inter, h, d, set->gate, set->keep);
   expert_refs(op, "up", up, us ? &*us : nullptr, "upScale", set->inter, h, d, set->up, set->keep);
   expert_refs(op, "down", down, ds ? &*ds : nullptr, "downScale", h, set->inter, d, set->down, set->keep);
+#ifdef LONGCAT_WITH_CUDA
+  if (!set->device.is_cpu() && n_routed > 0) {  // the device-side pointer table the moe kernels read (synchronous copy)
+    std::vector<gpu::MoeWeight> tab(3 * static_cast<size_t>(n_routed));
+    for (int64_t e = 0; e < n_routed; ++e) {
+      const cpu::WeightRef* src[3] = {&set->gate[e], &set->up[e], &set->down[e]};
+      for (int64_t m = 0; m < 3; ++m) tab[m * n_routed + e] = gpu::MoeWeight{src[m]->data, src[m]->scale, src[m]->dtype};
+    }
+    const size_t bytes = sizeof(gpu::MoeWeight) * tab.size();
+    set->dev_table = device_pool(set->device).alloc(bytes);
+    cuda::memcpy_h2d(set->device.index, set->dev_table->ptr, tab.data(), bytes);
+  }
+#endif
   return set;
 }
 
@@ -276,9 +304,15 @@ static Napi::Value Moe(const Napi::CallbackInfo& info) {
   }
 
   Stream& s = a.stream(0, d);
+#ifdef LONGCAT_WITH_CUDA
+  const int64_t inter = set->inter;
+  const size_t ws_bytes =
+      d.is_cpu() ? cpu::moe_workspace_bytes(t, k, h, inter, n_routed) : gpu::moe_workspace_bytes(t, k, h, inter, n_routed);
+#else
   if (!d.is_cpu()) fail(Code::E_DEVICE, "moe has no CUDA kernel in this build");
   const int64_t inter = set->inter;
   const size_t ws_bytes = cpu::moe_workspace_bytes(t, k, h, inter, n_routed);
+#endif
   Tensor ws = empty_tensor(d, DType::I8, {static_cast<int64_t>(ws_bytes)});
   // The lambda owns every tensor it touches (out, u, idx, w, ws by value; weights and scales
   // through the expert set) until it has run.
@@ -302,7 +336,16 @@ static Napi::Value Moe(const Napi::CallbackInfo& info) {
                   static_cast<long long>(bad / k), static_cast<long long>(bad % k), v, static_cast<long long>(n_routed));
            }
          },
-         nullptr);
+#ifdef LONGCAT_WITH_CUDA
+         [=](void* st) {  // a bad idx makes the call a no-op on the GPU (out untouched, no error: see cuda/moe.h)
+           const auto* table = set->dev_table ? static_cast<const gpu::MoeWeight*>(set->dev_table->ptr) : nullptr;
+           gpu::moe(t, k, h, inter, u.ptr<float>(), idx.ptr<int32_t>(), w.ptr<float>(), table, n_routed, n_experts, out.ptr<float>(),
+                    ws.data(), ws_bytes, st);
+         }
+#else
+         nullptr
+#endif
+  );
   return info.Env().Undefined();
 }
 

@@ -6,6 +6,18 @@
 #include "../cpu/elementwise.h"
 #include "../cpu/quant.h"
 #include "../cpu/sampling.h"
+#ifdef LONGCAT_WITH_CUDA
+#include "../../cuda/quant.h"
+#include "../../cuda/small.h"
+#define LC_GPU(...) [=](void* st) { __VA_ARGS__; }
+#else
+#define LC_GPU(...) nullptr
+#endif
+#ifdef LONGCAT_WITH_CUDA
+#define GPU_SAMPLE_WS(rows, V) gpu::sample_workspace_bytes(rows, V)
+#else
+#define GPU_SAMPLE_WS(rows, V) cpu::sample_workspace_bytes(rows, V)
+#endif
 
 namespace lc {
 
@@ -57,7 +69,7 @@ Napi::Value Embedding(const Napi::CallbackInfo& info) {
              fail(Code::E_ARGUMENT, "embedding: ids[%lld] = %d is out of range for a table of V = %lld rows",
                   static_cast<long long>(bad), ids.ptr<int32_t>()[bad], static_cast<long long>(V));
          },
-         nullptr);
+         LC_GPU(gpu::embedding(T, H, table.data(), table.dtype, V, ids.ptr<int32_t>(), y.ptr<float>(), st)));
   return info.Env().Undefined();
 }
 
@@ -76,7 +88,8 @@ Napi::Value SiluMul(const Napi::CallbackInfo& info) {
   expect_device(op, "up", u, d);
   Stream& s = a.stream(0, d);
   const int64_t n = g.numel();
-  launch(op, s, [=] { cpu::silu_mul(n, g.ptr<float>(), u.ptr<float>(), y.ptr<float>()); }, nullptr);
+  launch(op, s, [=] { cpu::silu_mul(n, g.ptr<float>(), u.ptr<float>(), y.ptr<float>()); },
+         LC_GPU(gpu::silu_mul(n, g.ptr<float>(), u.ptr<float>(), y.ptr<float>(), st)));
   return info.Env().Undefined();
 }
 
@@ -96,7 +109,8 @@ Napi::Value Add(const Napi::CallbackInfo& info) {
   expect_device(op, "b", b, d);
   Stream& s = a.stream(0, d);
   const int64_t n = x.numel();
-  launch(op, s, [=] { cpu::add(n, x.ptr<float>(), b.ptr<float>(), alpha, y.ptr<float>()); }, nullptr);
+  launch(op, s, [=] { cpu::add(n, x.ptr<float>(), b.ptr<float>(), alpha, y.ptr<float>()); },
+         LC_GPU(gpu::add(n, x.ptr<float>(), b.ptr<float>(), alpha, y.ptr<float>(), st)));
   return info.Env().Undefined();
 }
 
@@ -113,7 +127,8 @@ Napi::Value Scale(const Napi::CallbackInfo& info) {
   expect_device(op, "y", y, d);
   Stream& s = a.stream(0, d);
   const int64_t n = x.numel();
-  launch(op, s, [=] { cpu::scale(n, x.ptr<float>(), alpha, y.ptr<float>()); }, nullptr);
+  launch(op, s, [=] { cpu::scale(n, x.ptr<float>(), alpha, y.ptr<float>()); },
+         LC_GPU(gpu::scale(n, x.ptr<float>(), alpha, y.ptr<float>(), st)));
   return info.Env().Undefined();
 }
 
@@ -129,7 +144,8 @@ Napi::Value Convert(const Napi::CallbackInfo& info) {
   expect_device(op, "y", y, d);
   Stream& s = a.stream(0, d);
   const int64_t n = x.numel();
-  launch(op, s, [=] { cpu::convert(n, x.data(), x.dtype, y.data(), y.dtype); }, nullptr);
+  launch(op, s, [=] { cpu::convert(n, x.data(), x.dtype, y.data(), y.dtype); },
+         LC_GPU(gpu::convert(n, x.data(), x.dtype, y.data(), y.dtype, st)));
   return info.Env().Undefined();
 }
 
@@ -151,7 +167,8 @@ Napi::Value QuantizeFp8Act(const Napi::CallbackInfo& info) {
   expect_device(op, "q", q, d);
   expect_device(op, "scale", sc, d);
   Stream& s = a.stream(0, d);
-  launch(op, s, [=] { cpu::quantize_fp8_act(T, K, x.ptr<float>(), q.ptr<uint8_t>(), sc.ptr<float>()); }, nullptr);
+  launch(op, s, [=] { cpu::quantize_fp8_act(T, K, x.ptr<float>(), q.ptr<uint8_t>(), sc.ptr<float>()); },
+         LC_GPU(gpu::quantize_fp8_act(T, K, x.ptr<float>(), q.ptr<uint8_t>(), sc.ptr<float>(), st)));
   return info.Env().Undefined();
 }
 
@@ -175,7 +192,8 @@ Napi::Value QuantizeFp8Blocks(const Napi::CallbackInfo& info) {
   check_fp8_weight(op, q, sc, w);
   Stream& s = a.stream(0, w.device());
   const int64_t N = w.dim(0), K = w.dim(1);
-  launch(op, s, [=] { cpu::quantize_fp8_blocks(N, K, w.data(), w.dtype, q.ptr<uint8_t>(), sc.ptr<float>()); }, nullptr);
+  launch(op, s, [=] { cpu::quantize_fp8_blocks(N, K, w.data(), w.dtype, q.ptr<uint8_t>(), sc.ptr<float>()); },
+         LC_GPU(gpu::quantize_fp8_blocks(N, K, w.data(), w.dtype, q.ptr<uint8_t>(), sc.ptr<float>(), st)));
   return info.Env().Undefined();
 }
 
@@ -187,7 +205,8 @@ Napi::Value DequantizeFp8Blocks(const Napi::CallbackInfo& info) {
   check_fp8_weight(op, q, sc, w);
   Stream& s = a.stream(0, w.device());
   const int64_t N = w.dim(0), K = w.dim(1);
-  launch(op, s, [=] { cpu::dequantize_fp8_blocks(N, K, q.ptr<uint8_t>(), sc.ptr<float>(), w.data(), w.dtype); }, nullptr);
+  launch(op, s, [=] { cpu::dequantize_fp8_blocks(N, K, q.ptr<uint8_t>(), sc.ptr<float>(), w.data(), w.dtype); },
+         LC_GPU(gpu::dequantize_fp8_blocks(N, K, q.ptr<uint8_t>(), sc.ptr<float>(), w.data(), w.dtype, st)));
   return info.Env().Undefined();
 }
 
@@ -205,7 +224,8 @@ Napi::Value Argmax(const Napi::CallbackInfo& info) {
   expect_device(op, "idx", idx, d);
   Stream& s = a.stream(0, d);
   const int64_t rows = x.rows(), V = x.dim(-1);
-  launch(op, s, [=] { cpu::argmax(rows, V, x.ptr<float>(), idx.ptr<int32_t>()); }, nullptr);
+  launch(op, s, [=] { cpu::argmax(rows, V, x.ptr<float>(), idx.ptr<int32_t>()); },
+         LC_GPU(gpu::argmax(rows, V, x.ptr<float>(), idx.ptr<int32_t>(), st)));
   return info.Env().Undefined();
 }
 
@@ -220,7 +240,8 @@ Napi::Value SoftmaxImpl(const Napi::CallbackInfo& info, const char* op, bool log
   expect_device(op, "y", y, d);
   Stream& s = a.stream(0, d);
   const int64_t rows = x.rows(), V = x.dim(-1);
-  launch(op, s, [=] { cpu::softmax(rows, V, x.ptr<float>(), y.ptr<float>(), log); }, nullptr);
+  launch(op, s, [=] { cpu::softmax(rows, V, x.ptr<float>(), y.ptr<float>(), log); },
+         LC_GPU(gpu::softmax(rows, V, x.ptr<float>(), y.ptr<float>(), log, st)));
   return info.Env().Undefined();
 }
 Napi::Value Softmax(const Napi::CallbackInfo& info) { return SoftmaxImpl(info, "softmax", false); }
@@ -260,14 +281,16 @@ Napi::Value Sample(const Napi::CallbackInfo& info) {
   Stream& s = a.stream(0, d);
   std::optional<Tensor> ws;
   if (p.temperature > 0.0f && rows > 0)
-    ws = empty_tensor(d, DType::I8, {cpu::sample_workspace_bytes(rows, V)});
+    ws = empty_tensor(d, DType::I8, {d.is_cpu() ? cpu::sample_workspace_bytes(rows, V) : GPU_SAMPLE_WS(rows, V)});
   void* wsp = ws ? ws->data() : nullptr;
+  const int64_t ws_bytes = ws ? ws->numel() : 0;
+  (void)ws_bytes;
   launch(op, s,
          [=] {
            cpu::sample(rows, V, x.ptr<float>(), p, ids.ptr<int32_t>(), wsp);
            (void)ws;
          },
-         nullptr);
+         LC_GPU(gpu::sample(rows, V, x.ptr<float>(), p, ids.ptr<int32_t>(), wsp, ws_bytes, st); (void)ws));
   return info.Env().Undefined();
 }
 

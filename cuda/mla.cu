@@ -1,0 +1,693 @@
+// MLA attention on CUDA (contracts: native/cpu/attention.h, launchers: mla.h). Activations f32;
+// the latent cache and kv_b_proj weight f32 or bf16 (raw bits). fp32 accumulation everywhere.
+//
+//   mla_absorb_q   per-head small GEMM q_lat[t,h,:] = W_UK[h]^T q_nope[t,h]: one CTA per (token
+//                  chunk, head, 128-column tile); each thread owns 2 latent columns and streams the
+//                  head's dn weight rows once per token chunk (tokens in registers, q in smem).
+//   mla_output     per-head GEMV o[t,h,v] = W_UV[h][v,:] . o_lat[t,h,:]: one warp per output row
+//                  (16-byte weight loads), up to kT tokens' dot products in registers.
+//   mla_decode     FlashMLA-style split-KV MQA decode over the paged latent cache: one CTA per
+//                  (sequence, group of <= 16 heads, split of the sequence's tokens). The group's
+//                  queries (q_lat | q_pe, 576 floats per head) sit in shared memory; cache rows are
+//                  streamed 16 tokens at a time (16-byte loads, one read per head group) into shared
+//                  memory as f32; scores fp32 (one warp per (head, token) dot), online softmax with
+//                  a running max per head, the oLat accumulator in shared memory (each thread owns
+//                  fixed columns). Splits write (m, l, acc) partials; a second kernel merges them with
+//                  the CPU's log-sum-exp merge. CUDA cores only (no tensor cores) in this first
+//                  version: the score tile [heads x tokens] = Q[heads, 576] K[tokens, 576]^T and the
+//                  PV tile are the two products a wgmma version (64 heads per warpgroup) replaces.
+//   mla_prefill    causal varlen flash attention (expanded form): a device-side schedule kernel
+//                  turns qStart / kvStart into (sequence, 32-query tile) work items; one CTA per
+//                  (tile, head), 32 x 32 score tiles in shared memory, online softmax in fp32,
+//                  scalar FMA inner loops. The FA3-style wgmma/TMA kernel is future work.
+#include <algorithm>
+#include <cmath>
+
+#include "common.cuh"
+#include "mla.h"
+
+namespace lc::gpu {
+namespace {
+
+using cpu::MlaDims;
+
+__host__ __device__ __forceinline__ int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+__host__ __device__ __forceinline__ int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
+
+__device__ __forceinline__ float ldv(const float* p, int64_t i) { return p[i]; }
+__device__ __forceinline__ float ldv(const uint16_t* p, int64_t i) { return bf16_bits_to_f32(p[i]); }
+
+// Max that propagates a NaN from either side (the CPU: a NaN score poisons its row).
+__device__ __forceinline__ float max_nan(float a, float b) { return (a > b || a != a) ? a : b; }
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max_nan(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = max_nan(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// One online-softmax step for one row, done by a whole warp: lane j holds score s (-inf when
+// masked / beyond the tile). Mirrors cpu softmax_scalar: returns p = exp(s - m_new) in `s`,
+// updates m and l (lane-uniform) and gives the accumulator rescale factor.
+__device__ __forceinline__ float online_softmax_warp(float& s, float& m, float& l) {
+  const float mx = max_nan(m, warp_max_nan(s));
+  if (mx == -INFINITY) {  // every key masked so far: nothing to add
+    s = 0.0f;
+    return 1.0f;
+  }
+  const float corr = m == -INFINITY ? 0.0f : expf(m - mx);
+  s = expf(s - mx);  // exp(-inf) = 0 for masked lanes
+  l = l * corr + warp_sum(s);
+  m = mx;
+  return corr;
+}
+
+void set_smem(const void* fn, size_t bytes) {
+  if (bytes > 48 * 1024)
+    check(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)),
+          "cudaFuncSetAttribute(max dynamic shared memory)");
+}
+
+struct DevAttrs {
+  int sms = 1;
+  size_t smem_optin = 48 * 1024;
+};
+DevAttrs dev_attrs() {
+  int dev = 0, sms = 0, smem = 0;
+  check(cudaGetDevice(&dev), "cudaGetDevice");
+  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute(SM count)");
+  check(cudaDeviceGetAttribute(&smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev), "cudaDeviceGetAttribute(smem)");
+  DevAttrs a;
+  a.sms = sms > 0 ? sms : 1;
+  a.smem_optin = smem > 0 ? static_cast<size_t>(smem) : a.smem_optin;
+  return a;
+}
+
+void check_grid(const char* op, int64_t blocks) {
+  if (blocks > 0x7fffffffLL)
+    fail(Code::E_SHAPE, "%s (CUDA): %lld thread blocks exceed the grid limit", op, static_cast<long long>(blocks));
+}
+
+// ---------------------------------------------------------------------------------------------
+// q_lat = W_UK^T q_nope
+
+constexpr int kAbsThreads = 64;               // 2 latent columns per thread
+constexpr int kAbsCols = 2 * kAbsThreads;     // columns per CTA
+constexpr int kAbsSlab = 32;                  // W_UK rows per shared-memory q slab
+
+template <typename WT, int kT>
+__global__ void __launch_bounds__(kAbsThreads) absorb_q_kernel(MlaDims d, int64_t t, float* __restrict__ q_lat,
+                                                               const float* __restrict__ q, const WT* __restrict__ w,
+                                                               int64_t ctiles) {
+  __shared__ float qs[kT][kAbsSlab];
+  int64_t bid = blockIdx.x;
+  const int64_t ct = bid % ctiles;
+  bid /= ctiles;
+  const int64_t h = bid % d.nh, t0 = (bid / d.nh) * kT;
+  const int nt = static_cast<int>(imin(kT, t - t0));
+  const int64_t dl = d.dl, dn = d.dn, dk = d.dn + d.dr, dkv = d.dn + d.dv;
+  const int64_t c = ct * kAbsCols + 2 * threadIdx.x;
+  const bool c0ok = c < dl, c1ok = c + 1 < dl;
+  const WT* wh = w + h * dkv * dl;
+  float acc[kT][2];
+#pragma unroll
+  for (int i = 0; i < kT; ++i) acc[i][0] = acc[i][1] = 0.0f;
+  for (int64_t r0 = 0; r0 < dn; r0 += kAbsSlab) {
+    const int nr = static_cast<int>(imin(kAbsSlab, dn - r0));
+    __syncthreads();  // the previous slab is consumed
+    for (int i = threadIdx.x; i < kT * kAbsSlab; i += kAbsThreads) {
+      const int ti = i / kAbsSlab, rr = i % kAbsSlab;
+      qs[ti][rr] = (ti < nt && rr < nr) ? q[((t0 + ti) * d.nh + h) * dk + r0 + rr] : 0.0f;
+    }
+    __syncthreads();
+#pragma unroll 4
+    for (int rr = 0; rr < nr; ++rr) {
+      const WT* wr = wh + (r0 + rr) * dl;
+      const float w0 = c0ok ? ldv(wr, c) : 0.0f, w1 = c1ok ? ldv(wr, c + 1) : 0.0f;
+#pragma unroll
+      for (int i = 0; i < kT; ++i) {
+        acc[i][0] += w0 * qs[i][rr];
+        acc[i][1] += w1 * qs[i][rr];
+      }
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < kT; ++i) {
+    if (i >= nt) break;
+    float* out = q_lat + ((t0 + i) * d.nh + h) * dl;
+    if (c0ok) out[c] = acc[i][0];
+    if (c1ok) out[c + 1] = acc[i][1];
+  }
+}
+
+template <typename WT, int kT>
+void absorb_q_launch(const MlaDims& d, int64_t t, float* q_lat, const float* q, const WT* w, cudaStream_t s) {
+  const int64_t ctiles = ceil_div(d.dl, kAbsCols), blocks = ceil_div(t, kT) * d.nh * ctiles;
+  check_grid("mlaAbsorbQ", blocks);
+  absorb_q_kernel<WT, kT><<<static_cast<unsigned>(blocks), kAbsThreads, 0, s>>>(d, t, q_lat, q, w, ctiles);
+}
+
+template <typename WT>
+void absorb_q_dispatch(const MlaDims& d, int64_t t, float* q_lat, const float* q, const WT* w, cudaStream_t s) {
+  if (t <= 1) absorb_q_launch<WT, 1>(d, t, q_lat, q, w, s);
+  else if (t <= 4) absorb_q_launch<WT, 4>(d, t, q_lat, q, w, s);
+  else absorb_q_launch<WT, 16>(d, t, q_lat, q, w, s);
+}
+
+// ---------------------------------------------------------------------------------------------
+// o = W_UV o_lat
+
+constexpr int kOutWarps = 8;
+
+__device__ __forceinline__ void load8(const float* p, float (&v)[8]) {
+  const float4 a = reinterpret_cast<const float4*>(p)[0], b = reinterpret_cast<const float4*>(p)[1];
+  v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+}
+__device__ __forceinline__ void load8(const uint16_t* p, float (&v)[8]) {
+  const uint4 r = *reinterpret_cast<const uint4*>(p);
+  const uint32_t u[4] = {r.x, r.y, r.z, r.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    v[2 * i] = __uint_as_float(u[i] << 16);
+    v[2 * i + 1] = __uint_as_float(u[i] & 0xffff0000u);
+  }
+}
+
+// kVec: dl % 8 == 0 and 16-byte aligned bases (checked by the launcher).
+template <typename WT, int kT, bool kVec>
+__global__ void __launch_bounds__(kOutWarps * 32) output_kernel(MlaDims d, int64_t t, float* __restrict__ o,
+                                                                const float* __restrict__ o_lat,
+                                                                const WT* __restrict__ w, int64_t rtiles) {
+  int64_t bid = blockIdx.x;
+  const int64_t rt = bid % rtiles;
+  bid /= rtiles;
+  const int64_t h = bid % d.nh, t0 = (bid / d.nh) * kT;
+  const int64_t v = rt * kOutWarps + threadIdx.x / 32;
+  const int lane = threadIdx.x & 31;
+  if (v >= d.dv) return;  // no block-level synchronization in this kernel
+  const int nt = static_cast<int>(imin(kT, t - t0));
+  const int64_t dl = d.dl, dkv = d.dn + d.dv;
+  const WT* wr = w + (h * dkv + d.dn + v) * dl;
+  const float* xb = o_lat + (t0 * d.nh + h) * dl;  // token i at xb + i * nh * dl
+  const int64_t xs = d.nh * dl;
+  float acc[kT];
+#pragma unroll
+  for (int i = 0; i < kT; ++i) acc[i] = 0.0f;
+  if (kVec) {
+    for (int64_t c = 8 * lane; c < dl; c += 256) {
+      float wv[8];
+      load8(wr + c, wv);
+#pragma unroll
+      for (int i = 0; i < kT; ++i) {
+        if (i < nt) {
+          float xv[8];
+          load8(xb + i * xs + c, xv);
+#pragma unroll
+          for (int e = 0; e < 8; ++e) acc[i] += wv[e] * xv[e];
+        }
+      }
+    }
+  } else {
+    for (int64_t c = lane; c < dl; c += 32) {
+      const float wv = ldv(wr, c);
+#pragma unroll
+      for (int i = 0; i < kT; ++i)
+        if (i < nt) acc[i] += wv * xb[i * xs + c];
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < kT; ++i) {
+    const float r = warp_sum(acc[i]);
+    if (lane == 0 && i < nt) o[((t0 + i) * d.nh + h) * d.dv + v] = r;
+  }
+}
+
+template <typename WT, int kT>
+void output_launch(const MlaDims& d, int64_t t, float* o, const float* o_lat, const WT* w, cudaStream_t s) {
+  const int64_t rtiles = ceil_div(d.dv, kOutWarps), blocks = ceil_div(t, kT) * d.nh * rtiles;
+  check_grid("mlaOutput", blocks);
+  const bool vec = d.dl % 8 == 0 && reinterpret_cast<uintptr_t>(w) % 16 == 0 && reinterpret_cast<uintptr_t>(o_lat) % 16 == 0;
+  if (vec)
+    output_kernel<WT, kT, true><<<static_cast<unsigned>(blocks), kOutWarps * 32, 0, s>>>(d, t, o, o_lat, w, rtiles);
+  else
+    output_kernel<WT, kT, false><<<static_cast<unsigned>(blocks), kOutWarps * 32, 0, s>>>(d, t, o, o_lat, w, rtiles);
+}
+
+template <typename WT>
+void output_dispatch(const MlaDims& d, int64_t t, float* o, const float* o_lat, const WT* w, cudaStream_t s) {
+  if (t <= 1) output_launch<WT, 1>(d, t, o, o_lat, w, s);
+  else if (t <= 4) output_launch<WT, 4>(d, t, o, o_lat, w, s);
+  else output_launch<WT, 8>(d, t, o, o_lat, w, s);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Absorbed decode
+
+constexpr int kDecThreads = 256, kDecWarps = kDecThreads / 32;
+constexpr int kMaxHG = 16;     // heads per CTA (register accumulators in the PV loop)
+constexpr int kMaxTK = 16;     // cache rows per tile
+constexpr int64_t kMinSplitTokens = 64;
+constexpr int64_t kMaxSplits = 64;
+
+struct DecodeCfg {
+  int hg = 1, tk = 1;
+  size_t smem = 0;
+};
+
+size_t decode_smem(const MlaDims& d, int hg, int tk) {
+  const int64_t row = d.dl + d.dr;
+  return sizeof(float) * static_cast<size_t>(hg * row + tk * row + hg * d.dl + hg * tk + 3 * hg) + sizeof(int64_t) * kMaxTK;
+}
+
+DecodeCfg decode_cfg(const MlaDims& d, size_t smem_optin) {
+  const int hg0 = static_cast<int>(std::min<int64_t>(kMaxHG, std::max<int64_t>(d.nh, 1)));
+  const size_t budget = std::min<size_t>(smem_optin, 112 * 1024);  // two CTAs per SM when it fits
+  for (size_t limit : {budget, smem_optin})
+    for (int tk : {kMaxTK, 8, 4, 1})
+      for (int hg = hg0; hg >= 1; hg = hg > 1 ? (hg + 1) / 2 : 0) {
+        const size_t b = decode_smem(d, hg, tk);
+        if (b <= limit) return DecodeCfg{hg, tk, b};
+        if (hg == 1) break;
+      }
+  fail(Code::E_SHAPE, "mlaDecodeAbsorbed (CUDA): cache rows of %lld values do not fit in shared memory",
+       static_cast<long long>(d.dl + d.dr));
+}
+
+struct DecodeParams {
+  int64_t nh, dl, dr, dn, dk, row;
+  int64_t splits, ngroups, hg, tk;
+  const float* q_lat;
+  const float* q;
+  const void* cache;
+  int64_t num_blocks, block_size, max_blocks;
+  const int32_t* block_table;
+  const int32_t* seq_lens;
+  float scale;
+  float* o_lat;
+  float* part_acc;  // [B, splits, nh, dl]
+  float* part_ml;   // [B, splits, nh, 2]
+  bool vec;         // 16-byte loads of cache rows
+};
+
+template <typename CT>
+__global__ void __launch_bounds__(kDecThreads) decode_kernel(DecodeParams p) {
+  extern __shared__ float4 smem_f4[];
+  float* smem = reinterpret_cast<float*>(smem_f4);
+  const int hg = static_cast<int>(p.hg), tk = static_cast<int>(p.tk);
+  const int64_t row = p.row, dl = p.dl;
+  int64_t* rbase = reinterpret_cast<int64_t*>(smem);  // [kMaxTK] cache element offset of each tile row (-1: invalid)
+  float* qs = smem + 2 * kMaxTK;                       // [hg][row]: q_lat | q_pe
+  float* kv = qs + hg * row;                           // [tk][row]: cache rows as f32
+  float* acc = kv + tk * row;                          // [hg][dl]
+  float* sc = acc + hg * dl;                           // [hg][tk]: scores, then probabilities
+  float* ms = sc + hg * tk;                            // [hg] running max
+  float* ls = ms + hg;                                 // [hg] running sum
+  float* cs = ls + hg;                                 // [hg] rescale of this tile
+
+  int64_t bid = blockIdx.x;
+  const int64_t split = bid % p.splits;
+  bid /= p.splits;
+  const int64_t g = bid % p.ngroups, b = bid / p.ngroups;
+  const int64_t h0 = g * hg;
+  const int nhg = static_cast<int>(imin(hg, p.nh - h0));
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid & 31;
+
+  // This split's tokens [s0, s1) of the sequence (length clamped to the block table).
+  const int64_t len = imin(imax(p.seq_lens[b], 0), p.max_blocks * p.block_size);
+  int64_t per = (len + p.splits - 1) / p.splits;
+  per = (per + tk - 1) / tk * tk;
+  const int64_t s0 = imin(len, split * per), s1 = imin(len, s0 + per);
+
+  for (int64_t i = tid; i < nhg * row; i += kDecThreads) {
+    const int64_t hi = i / row, c = i % row, hh = b * p.nh + h0 + hi;
+    qs[i] = c < dl ? p.q_lat[hh * dl + c] : p.q[hh * p.dk + p.dn + (c - dl)];
+  }
+  for (int64_t c = tid; c < dl; c += kDecThreads)
+    for (int i = 0; i < nhg; ++i) acc[i * dl + c] = 0.0f;
+  if (tid < nhg) {
+    ms[tid] = -INFINITY;
+    ls[tid] = 0.0f;
+  }
+  const int32_t* bt = p.block_table + b * p.max_blocks;
+  const CT* cache = static_cast<const CT*>(p.cache);
+
+  for (int64_t t0 = s0; t0 < s1; t0 += tk) {
+    const int nt = static_cast<int>(imin(tk, s1 - t0));
+    __syncthreads();  // previous tile consumed (and the initialisation above done)
+    if (tid < nt) {
+      const int64_t s = t0 + tid;  // < len <= max_blocks * block_size
+      const int64_t blk = bt[s / p.block_size];
+      rbase[tid] = (blk >= 0 && blk < p.num_blocks) ? (blk * p.block_size + s % p.block_size) * row : -1;
+    }
+    __syncthreads();
+    if (p.vec) {  // 8 elements per 16-byte load (bf16) or two 16-byte loads (f32)
+      const int64_t row8 = row / 8;
+      for (int64_t i = tid; i < nt * row8; i += kDecThreads) {
+        const int64_t j = i / row8, c = (i % row8) * 8;
+        float v[8];
+        if (rbase[j] >= 0) {
+          load8(cache + rbase[j] + c, v);
+        } else {
+#pragma unroll
+          for (int e = 0; e < 8; ++e) v[e] = 0.0f;
+        }
+#pragma unroll
+        for (int e = 0; e < 8; ++e) kv[j * row + c + e] = v[e];
+      }
+    } else {
+      for (int64_t i = tid; i < nt * row; i += kDecThreads) {
+        const int64_t j = i / row, c = i % row;
+        kv[i] = rbase[j] >= 0 ? ldv(cache, rbase[j] + c) : 0.0f;
+      }
+    }
+    __syncthreads();
+    // Scores: one warp per (head, token) dot product over the full row (latent | rope).
+    for (int pr = warp; pr < nhg * nt; pr += kDecWarps) {
+      const int i = pr / nt, j = pr % nt;
+      const float* a = qs + i * row;
+      const float* k = kv + j * row;
+      float sum = 0.0f;
+      for (int64_t c = lane; c < row; c += 32) sum += a[c] * k[c];
+      sum = warp_sum(sum);
+      if (lane == 0) sc[i * tk + j] = sum * p.scale;
+    }
+    __syncthreads();
+    // Online softmax: one warp per head, lane j = token j of the tile (tk <= 32).
+    for (int i = warp; i < nhg; i += kDecWarps) {
+      float s = lane < nt ? sc[i * tk + lane] : -INFINITY;
+      float m = ms[i], l = ls[i];
+      const float corr = online_softmax_warp(s, m, l);
+      if (lane < nt) sc[i * tk + lane] = s;
+      if (lane == 0) {
+        ms[i] = m;
+        ls[i] = l;
+        cs[i] = corr;
+      }
+    }
+    __syncthreads();
+    // acc[i, c] = acc[i, c] * corr[i] + sum_j p[i, j] * ckv[j, c]; each thread owns columns c.
+    for (int64_t c = tid; c < dl; c += kDecThreads) {
+      float a[kMaxHG];
+#pragma unroll
+      for (int i = 0; i < kMaxHG; ++i)
+        if (i < nhg) a[i] = acc[i * dl + c] * cs[i];
+      for (int j = 0; j < nt; ++j) {
+        const float v = kv[j * row + c];
+#pragma unroll
+        for (int i = 0; i < kMaxHG; ++i)
+          if (i < nhg) a[i] += sc[i * tk + j] * v;
+      }
+#pragma unroll
+      for (int i = 0; i < kMaxHG; ++i)
+        if (i < nhg) acc[i * dl + c] = a[i];
+    }
+  }
+  __syncthreads();  // ms / ls final (also covers a split without tokens)
+  if (p.splits == 1) {
+    for (int64_t c = tid; c < dl; c += kDecThreads)
+      for (int i = 0; i < nhg; ++i) {
+        const float l = ls[i];
+        p.o_lat[(b * p.nh + h0 + i) * dl + c] = acc[i * dl + c] * (l > 0 ? 1.0f / l : 0.0f);
+      }
+  } else {
+    const int64_t base = (b * p.splits + split) * p.nh + h0;
+    for (int64_t c = tid; c < dl; c += kDecThreads)
+      for (int i = 0; i < nhg; ++i) p.part_acc[(base + i) * dl + c] = acc[i * dl + c];
+    if (tid < nhg) {
+      p.part_ml[(base + tid) * 2] = ms[tid];
+      p.part_ml[(base + tid) * 2 + 1] = ls[tid];
+    }
+  }
+}
+
+// o = sum_k e^(m_k - M) acc_k / sum_k e^(m_k - M) l_k, exactly the CPU merge. One CTA per (b, h).
+__global__ void decode_combine_kernel(int64_t nh, int64_t dl, int64_t splits, float* __restrict__ o_lat,
+                                      const float* __restrict__ part_acc, const float* __restrict__ part_ml) {
+  const int64_t b = blockIdx.x / nh, h = blockIdx.x % nh;
+  float mx = -INFINITY;
+  for (int64_t k = 0; k < splits; ++k) mx = fmaxf(mx, part_ml[((b * splits + k) * nh + h) * 2]);  // NaN ignored, like std::max
+  float lsum = 0.0f;
+  for (int64_t k = 0; k < splits; ++k) {
+    const float mk = part_ml[((b * splits + k) * nh + h) * 2], lk = part_ml[((b * splits + k) * nh + h) * 2 + 1];
+    if (mk == -INFINITY) continue;
+    lsum += expf(mk - mx) * lk;
+  }
+  const float inv = lsum > 0 ? 1.0f / lsum : 0.0f;
+  for (int64_t c = threadIdx.x; c < dl; c += blockDim.x) {
+    float out = 0.0f;
+    for (int64_t k = 0; k < splits; ++k) {
+      const float mk = part_ml[((b * splits + k) * nh + h) * 2];
+      if (mk == -INFINITY) continue;  // empty split
+      out += expf(mk - mx) * part_acc[((b * splits + k) * nh + h) * dl + c];
+    }
+    o_lat[(b * nh + h) * dl + c] = out * inv;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Prefill (expanded form)
+
+constexpr int kPB = 32;  // queries and keys per tile
+constexpr int kPThreads = 128;
+
+struct PrefillLayout {
+  int64_t ldq, ldo;
+  size_t smem;
+};
+
+PrefillLayout prefill_layout(const MlaDims& d) {
+  PrefillLayout L;
+  const int64_t dk = d.dn + d.dr;
+  L.ldq = dk % 2 ? dk : dk + 1;           // odd stride: the 8 key rows a warp reads hit distinct banks
+  L.ldo = (d.dv + 31) / 32 * 32 + 8;      // stride = 8 mod 32: rows ty x columns tx conflict-free
+  L.smem = sizeof(float) * static_cast<size_t>(2 * kPB * L.ldq + kPB * d.dv + kPB * (kPB + 1) + kPB * L.ldo + 3 * kPB);
+  return L;
+}
+
+// Validates qStart / kvStart exactly like the CPU binding and lists (sequence, first query) tiles.
+// ws[0] = tile count (0 when the starts are invalid), then (b, j0) pairs.
+__global__ void prefill_schedule_kernel(int64_t batch, int64_t t, int64_t s, const int32_t* __restrict__ qs,
+                                        const int32_t* __restrict__ ks, int32_t* __restrict__ ws, int64_t cap) {
+  if (threadIdx.x != 0 || blockIdx.x != 0) return;
+  bool ok = qs[0] >= 0 && ks[0] >= 0 && qs[batch] <= t && ks[batch] <= s;
+  for (int64_t b = 0; ok && b < batch; ++b)
+    ok = qs[b + 1] >= qs[b] && ks[b + 1] >= ks[b] && ks[b + 1] - ks[b] >= qs[b + 1] - qs[b];
+  int64_t n = 0;
+  if (ok)
+    for (int64_t b = 0; b < batch; ++b)
+      for (int64_t j0 = 0; j0 < qs[b + 1] - qs[b] && n < cap; j0 += kPB, ++n) {
+        ws[1 + 2 * n] = static_cast<int32_t>(b);
+        ws[2 + 2 * n] = static_cast<int32_t>(j0);
+      }
+  ws[0] = static_cast<int32_t>(n);
+}
+
+__global__ void __launch_bounds__(kPThreads) prefill_kernel(MlaDims d, int64_t ldq, int64_t ldo, float* __restrict__ o,
+                                                             const float* __restrict__ q, const float* __restrict__ kvb,
+                                                             const float* __restrict__ kpe, const int32_t* __restrict__ qst,
+                                                             const int32_t* __restrict__ kst,
+                                                             const int32_t* __restrict__ sched, float scale) {
+  extern __shared__ float4 smem_f4[];
+  float* Qs = reinterpret_cast<float*>(smem_f4);  // [kPB][ldq]
+  float* Ks = Qs + kPB * ldq;                     // [kPB][ldq]: k_nope | k_pe
+  float* Vs = Ks + kPB * ldq;                     // [kPB][dv]
+  float* Ss = Vs + kPB * d.dv;                    // [kPB][kPB + 1]
+  float* Os = Ss + kPB * (kPB + 1);               // [kPB][ldo]
+  float* ms = Os + kPB * ldo;
+  float* ls = ms + kPB;
+  float* cs = ls + kPB;
+
+  const int64_t nh = d.nh, dn = d.dn, dr = d.dr, dv = d.dv, dk = dn + dr, dkv = dn + dv;
+  const int64_t tile = blockIdx.x / nh, h = blockIdx.x % nh;
+  if (tile >= sched[0]) return;  // uniform over the block
+  const int64_t b = sched[1 + 2 * tile], j0 = sched[2 + 2 * tile];
+  const int64_t q0 = qst[b], qlen = qst[b + 1] - q0, k0 = kst[b], klen = kst[b + 1] - k0;
+  const int nq = static_cast<int>(imin(kPB, qlen - j0));
+  const int64_t pos0 = klen - qlen + j0;  // position of the tile's first query
+  const int64_t kend = pos0 + nq;          // keys [0, kend) are visible to some query of the tile
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid & 31;
+  const int ty = tid / 8, tx = tid % 8;  // 16 x 8 threads: rows ty, ty + 16; columns tx + 8 jj
+
+  for (int64_t i = tid; i < kPB * dk; i += kPThreads) {
+    const int64_t r = i / dk, c = i % dk;
+    Qs[r * ldq + c] = r < nq ? q[((q0 + j0 + r) * nh + h) * dk + c] : 0.0f;
+  }
+  for (int64_t i = tid; i < kPB * ldo; i += kPThreads) Os[i] = 0.0f;
+  if (tid < kPB) {
+    ms[tid] = -INFINITY;
+    ls[tid] = 0.0f;
+  }
+
+  for (int64_t t0 = 0; t0 < kend; t0 += kPB) {
+    const int nt = static_cast<int>(imin(kPB, kend - t0));
+    __syncthreads();  // previous tile consumed (and the initialisation done)
+    for (int64_t i = tid; i < kPB * dk; i += kPThreads) {
+      const int64_t j = i / dk, c = i % dk, sk = k0 + t0 + j;
+      Ks[j * ldq + c] = j < nt ? (c < dn ? kvb[(sk * nh + h) * dkv + c] : kpe[sk * dr + (c - dn)]) : 0.0f;
+    }
+    for (int64_t i = tid; i < kPB * dv; i += kPThreads) {
+      const int64_t j = i / dv, c = i % dv;
+      Vs[i] = j < nt ? kvb[((k0 + t0 + j) * nh + h) * dkv + dn + c] : 0.0f;
+    }
+    __syncthreads();
+    {
+      float a[2][4] = {};
+      for (int64_t c = 0; c < dk; ++c) {
+        const float qa = Qs[ty * ldq + c], qb = Qs[(ty + 16) * ldq + c];
+#pragma unroll
+        for (int jj = 0; jj < 4; ++jj) {
+          const float kk = Ks[(tx + 8 * jj) * ldq + c];
+          a[0][jj] += qa * kk;
+          a[1][jj] += qb * kk;
+        }
+      }
+#pragma unroll
+      for (int ii = 0; ii < 2; ++ii)
+#pragma unroll
+        for (int jj = 0; jj < 4; ++jj) {
+          const int i = ty + 16 * ii, j = tx + 8 * jj;
+          const bool vis = i < nq && j < nt && t0 + j <= pos0 + i;
+          Ss[i * (kPB + 1) + j] = vis ? a[ii][jj] * scale : -INFINITY;
+        }
+    }
+    __syncthreads();
+    for (int i = warp; i < kPB; i += kPThreads / 32) {  // lane = key j (kPB == 32)
+      float sv = Ss[i * (kPB + 1) + lane];
+      float m = ms[i], l = ls[i];
+      const float corr = online_softmax_warp(sv, m, l);
+      Ss[i * (kPB + 1) + lane] = sv;
+      if (lane == 0) {
+        ms[i] = m;
+        ls[i] = l;
+        cs[i] = corr;
+      }
+    }
+    __syncthreads();
+    for (int64_t c = tx; c < dv; c += 8) {
+      float a0 = Os[ty * ldo + c] * cs[ty], a1 = Os[(ty + 16) * ldo + c] * cs[ty + 16];
+      for (int j = 0; j < nt; ++j) {
+        const float v = Vs[j * dv + c];
+        a0 += Ss[ty * (kPB + 1) + j] * v;
+        a1 += Ss[(ty + 16) * (kPB + 1) + j] * v;
+      }
+      Os[ty * ldo + c] = a0;
+      Os[(ty + 16) * ldo + c] = a1;
+    }
+  }
+  __syncthreads();
+  for (int64_t i = tid; i < nq * dv; i += kPThreads) {
+    const int64_t r = i / dv, c = i % dv;
+    const float l = ls[r];
+    o[((q0 + j0 + r) * nh + h) * dv + c] = Os[r * ldo + c] * (l > 0 ? 1.0f / l : 0.0f);
+  }
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+
+void mla_absorb_q(const MlaDims& d, int64_t t, float* q_lat, const float* q, const void* wkvb, bool w_bf16, void* stream) {
+  if (t <= 0 || d.nh <= 0 || d.dl <= 0) return;
+  auto s = static_cast<cudaStream_t>(stream);
+  if (w_bf16) absorb_q_dispatch(d, t, q_lat, q, static_cast<const uint16_t*>(wkvb), s);
+  else absorb_q_dispatch(d, t, q_lat, q, static_cast<const float*>(wkvb), s);
+}
+
+void mla_output(const MlaDims& d, int64_t t, float* o, const float* o_lat, const void* wkvb, bool w_bf16, void* stream) {
+  if (t <= 0 || d.nh <= 0 || d.dv <= 0) return;
+  auto s = static_cast<cudaStream_t>(stream);
+  if (w_bf16) output_dispatch(d, t, o, o_lat, static_cast<const uint16_t*>(wkvb), s);
+  else output_dispatch(d, t, o, o_lat, static_cast<const float*>(wkvb), s);
+}
+
+int64_t mla_prefill_workspace_ints(int64_t t, int64_t batch) { return 1 + 2 * ((t + kPB - 1) / kPB + batch); }
+
+void mla_prefill(const MlaDims& d, int64_t batch, int64_t t, int64_t s, float* o, const float* q, const float* kvb,
+                 const float* kpe, const int32_t* q_start, const int32_t* kv_start, float scale, int32_t* workspace,
+                 void* stream) {
+  auto st = static_cast<cudaStream_t>(stream);
+  const int64_t cap = (t + kPB - 1) / kPB + batch;
+  if (cap > 0x3fffffffLL) fail(Code::E_SHAPE, "mlaPrefill (CUDA): too many query tiles (%lld)", static_cast<long long>(cap));
+  prefill_schedule_kernel<<<1, 32, 0, st>>>(batch, t, s, q_start, kv_start, workspace, cap);
+  if (cap == 0 || d.nh <= 0 || d.dv <= 0) return;
+  const PrefillLayout L = prefill_layout(d);
+  const DevAttrs a = dev_attrs();
+  if (L.smem > a.smem_optin)
+    fail(Code::E_SHAPE, "mlaPrefill (CUDA): head dims %lld + %lld need %zu bytes of shared memory (max %zu)",
+         static_cast<long long>(d.dn + d.dr), static_cast<long long>(d.dv), L.smem, a.smem_optin);
+  const int64_t blocks = cap * d.nh;
+  check_grid("mlaPrefill", blocks);
+  set_smem(reinterpret_cast<const void*>(prefill_kernel), L.smem);
+  prefill_kernel<<<static_cast<unsigned>(blocks), kPThreads, L.smem, st>>>(d, L.ldq, L.ldo, o, q, kvb, kpe, q_start, kv_start,
+                                                                           workspace, scale);
+}
+
+int64_t mla_decode_splits(const MlaDims& d, int64_t batch, int64_t max_len) {
+  if (batch <= 0 || d.nh <= 0) return 1;
+  const DevAttrs a = dev_attrs();
+  const DecodeCfg cfg = decode_cfg(d, a.smem_optin);
+  const int64_t groups = (d.nh + cfg.hg - 1) / cfg.hg;
+  const int64_t target = 2 * static_cast<int64_t>(a.sms);  // about two waves of CTAs
+  int64_t splits = (target + batch * groups - 1) / (batch * groups);
+  const int64_t cap = std::max<int64_t>(1, std::min<int64_t>(kMaxSplits, (max_len + kMinSplitTokens - 1) / kMinSplitTokens));
+  return std::max<int64_t>(1, std::min(splits, cap));
+}
+
+int64_t mla_decode_workspace_floats(const MlaDims& d, int64_t batch, int64_t splits) {
+  return splits > 1 ? batch * splits * d.nh * (d.dl + 2) : 0;
+}
+
+void mla_decode_absorbed(const MlaDims& d, int64_t batch, float* o_lat, const float* q_lat, const float* q, const void* cache,
+                         bool cache_bf16, int64_t num_blocks, int64_t block_size, const int32_t* block_table,
+                         int64_t max_blocks, const int32_t* seq_lens, float scale, float* workspace, int64_t splits,
+                         void* stream) {
+  if (batch <= 0 || d.nh <= 0 || d.dl <= 0) return;
+  auto st = static_cast<cudaStream_t>(stream);
+  const DevAttrs a = dev_attrs();
+  const DecodeCfg cfg = decode_cfg(d, a.smem_optin);
+  splits = std::max<int64_t>(1, splits);
+  DecodeParams p;
+  p.nh = d.nh;
+  p.dl = d.dl;
+  p.dr = d.dr;
+  p.dn = d.dn;
+  p.dk = d.dn + d.dr;
+  p.row = d.dl + d.dr;
+  p.splits = splits;
+  p.hg = cfg.hg;
+  p.tk = cfg.tk;
+  p.ngroups = (d.nh + cfg.hg - 1) / cfg.hg;
+  p.q_lat = q_lat;
+  p.q = q;
+  p.cache = cache;
+  p.num_blocks = num_blocks;
+  p.block_size = block_size;
+  p.max_blocks = max_blocks;
+  p.block_table = block_table;
+  p.seq_lens = seq_lens;
+  p.scale = scale;
+  p.o_lat = o_lat;
+  p.part_acc = workspace;
+  p.part_ml = splits > 1 ? workspace + batch * splits * d.nh * d.dl : nullptr;
+  p.vec = p.row % 8 == 0 && reinterpret_cast<uintptr_t>(cache) % 16 == 0;
+  const int64_t blocks = batch * p.ngroups * splits;
+  check_grid("mlaDecodeAbsorbed", blocks);
+  if (cache_bf16) {
+    set_smem(reinterpret_cast<const void*>(decode_kernel<uint16_t>), cfg.smem);
+    decode_kernel<uint16_t><<<static_cast<unsigned>(blocks), kDecThreads, cfg.smem, st>>>(p);
+  } else {
+    set_smem(reinterpret_cast<const void*>(decode_kernel<float>), cfg.smem);
+    decode_kernel<float><<<static_cast<unsigned>(blocks), kDecThreads, cfg.smem, st>>>(p);
+  }
+  if (splits > 1) {
+    check_grid("mlaDecodeAbsorbed", batch * d.nh);
+    decode_combine_kernel<<<static_cast<unsigned>(batch * d.nh), 128, 0, st>>>(d.nh, d.dl, splits, o_lat, p.part_acc, p.part_ml);
+  }
+}
+
+}  // namespace lc::gpu

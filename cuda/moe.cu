@@ -1,0 +1,510 @@
+// Grouped-expert MoE with zero experts on CUDA (contract: native/cpu/moe.h moe(); launcher: moe.h).
+// Everything runs on the device, in stream order, without a host round trip:
+//   1. init      ctrl = {bad slot = INT_MAX, tiles = 0}, counts = 0
+//   2. count     one thread per slot (t * k): validates idx (atomicMin of the first bad slot),
+//                counts routed slots per expert (integer atomics: the counts do not depend on order)
+//   3. schedule  one block: exclusive scans of the counts (row offsets of each expert in the
+//                sorted order) and of the per-expert tile counts; writes the tile list
+//                (expert, first row, rows) of the contiguous expert layout (DeepGEMM "contiguous")
+//   4. place     one block per routed expert: a stable block-wide ballot scan over the slots gives
+//                each of the expert's slots its rank, so sorted = slots in (expert, slot) order
+//                whatever the scheduling (no atomics-order dependence)
+//   5. gate/up   GEMM over the tiles: x rows gathered on the fly (u[slot / k]), gate and up of the
+//                same output columns in one pass, SwiGLU epilogue -> act [rows, inter] f32
+//   6. down      GEMM over the same tiles: act -> y [rows, h] f32
+//   7. combine   one block per token: its valid slots ranked by (expert, slot); out = sum over routed
+//                slots of w * y in that order, then + (sum of zero-expert weights in that order) * u,
+//                with explicitly rounded fp32 mul/add (no FMA contraction), like the CPU.
+// GEMM paths (host choice from shapes only): "skinny" (decode: tiles of <= 8 rows; one warp per
+// output feature streams the weight row once for the tile's rows, 16-byte loads) and "tiled"
+// (prefill: 64-row tiles x 64 columns, 32-wide K slabs in shared memory as f32, 4x4 register
+// blocking). Both are CUDA-core fp32-FMA kernels; the wgmma/TMA grouped GEMM replaces them later.
+// A bad idx sets ctrl[0]; every later stage then does nothing (out untouched).
+#include <algorithm>
+#include <climits>
+
+#include "common.cuh"
+#include "moe.h"
+
+namespace lc::gpu {
+namespace {
+
+constexpr int kSkinnyRows = 8;  // rows per tile, skinny path
+constexpr int kSkinnyWarps = 8;  // output features per block, skinny path
+constexpr int kTiled = 64;       // rows and columns per tile, tiled path
+constexpr int kSlab = 32;        // K slab, tiled path
+
+size_t align256(size_t b) { return (b + 255) & ~static_cast<size_t>(255); }
+
+struct Layout {
+  size_t ctrl, counts, offsets, pos, sorted, tiles, act, y, total;
+  int64_t tile_cap;
+};
+
+Layout layout(int64_t t, int64_t k, int64_t h, int64_t inter, int64_t nr) {
+  const int64_t ns = t * k;
+  Layout L;
+  L.tile_cap = nr > 0 ? (ns + kSkinnyRows - 1) / kSkinnyRows + std::min(nr, ns) : 0;  // >= the tiled path's count too
+  const size_t rows = nr > 0 ? static_cast<size_t>(ns) : 0;
+  L.ctrl = 0;
+  L.counts = align256(4 * sizeof(int32_t));
+  L.offsets = L.counts + align256(sizeof(int32_t) * static_cast<size_t>(nr));
+  L.pos = L.offsets + align256(sizeof(int32_t) * static_cast<size_t>(nr + 1));
+  L.sorted = L.pos + align256(sizeof(int32_t) * static_cast<size_t>(ns));
+  L.tiles = L.sorted + align256(sizeof(int32_t) * static_cast<size_t>(ns));
+  L.act = L.tiles + align256(3 * sizeof(int32_t) * static_cast<size_t>(L.tile_cap));
+  L.y = L.act + align256(sizeof(float) * rows * static_cast<size_t>(inter));
+  L.total = L.y + align256(sizeof(float) * rows * static_cast<size_t>(h));
+  return L;
+}
+
+// ---- weights ---------------------------------------------------------------------------------
+
+struct WView {
+  const void* data;
+  const float* scale;
+  DType dtype;
+  int64_t k, kb;  // row length; kb = ceil(k / 128), the fp8 scale row length
+
+  __device__ __forceinline__ float at(int64_t r, int64_t c) const {
+    switch (dtype) {
+      case DType::F32: return static_cast<const float*>(data)[r * k + c];
+      case DType::BF16: return bf16_bits_to_f32(static_cast<const uint16_t*>(data)[r * k + c]);
+      case DType::FP8_E4M3:
+        return fp8e4m3_to_f32(static_cast<const uint8_t*>(data)[r * k + c]) * scale[(r / 128) * kb + c / 128];
+      case DType::I8: return static_cast<const int8_t*>(data)[r * k + c] * scale[r];
+      default: return 0.f;
+    }
+  }
+  // Weights [r, c .. c + 8); requires k % 8 == 0, c % 8 == 0 and a 16-byte aligned `data`.
+  __device__ __forceinline__ void at8(int64_t r, int64_t c, float (&v)[8]) const {
+    const int64_t i = r * k + c;
+    switch (dtype) {
+      case DType::F32: {
+        const float4 a = *reinterpret_cast<const float4*>(static_cast<const float*>(data) + i);
+        const float4 b = *reinterpret_cast<const float4*>(static_cast<const float*>(data) + i + 4);
+        v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+        break;
+      }
+      case DType::BF16: {
+        const uint4 p = *reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(data) + i);
+        const uint32_t u[4] = {p.x, p.y, p.z, p.w};
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          v[2 * j] = __uint_as_float(u[j] << 16);
+          v[2 * j + 1] = __uint_as_float(u[j] & 0xffff0000u);
+        }
+        break;
+      }
+      case DType::FP8_E4M3: {
+        const uint2 p = *reinterpret_cast<const uint2*>(static_cast<const uint8_t*>(data) + i);
+        const float s = scale[(r / 128) * kb + c / 128];  // 8 | 128: one scale block
+#pragma unroll
+        for (int j = 0; j < 8; ++j) v[j] = fp8e4m3_to_f32(static_cast<uint8_t>(((j < 4 ? p.x : p.y) >> (8 * (j & 3))) & 0xffu)) * s;
+        break;
+      }
+      case DType::I8: {
+        const uint2 p = *reinterpret_cast<const uint2*>(static_cast<const int8_t*>(data) + i);
+        const float s = scale[r];
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+          v[j] = static_cast<float>(static_cast<int8_t>(((j < 4 ? p.x : p.y) >> (8 * (j & 3))) & 0xffu)) * s;
+        break;
+      }
+      default:
+#pragma unroll
+        for (int j = 0; j < 8; ++j) v[j] = 0.f;
+    }
+  }
+};
+
+__device__ __forceinline__ WView view(const MoeWeight& m, int64_t k) { return WView{m.data, m.scale, m.dtype, k, (k + 127) / 128}; }
+
+__device__ __forceinline__ float silu_mul(float g, float u) { return g / (1.0f + expf(-g)) * u; }
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// ---- routing stages -----------------------------------------------------------------------------
+
+__global__ void init_kernel(int32_t* ctrl, int32_t* counts, int64_t nr) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i == 0) {
+    ctrl[0] = INT_MAX;  // first bad slot
+    ctrl[1] = 0;        // tiles
+  }
+  if (i < nr) counts[i] = 0;
+}
+
+__global__ void count_kernel(int64_t ns, const int32_t* __restrict__ idx, int64_t nr, int64_t n_experts, int32_t* ctrl,
+                             int32_t* counts, int32_t* __restrict__ pos) {
+  const int64_t s = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (s >= ns) return;
+  const int64_t e = idx[s];
+  pos[s] = -1;
+  if (e < 0 || e >= n_experts) atomicMin(&ctrl[0], static_cast<int32_t>(s));
+  else if (e < nr) atomicAdd(&counts[e], 1);
+}
+
+// Exclusive scan of one value per thread over the block (blockDim.x a multiple of 32); `total`
+// gets the block sum. `sh` holds >= 32 ints. Must be called by every thread.
+__device__ int block_scan(int v, int& total, int* sh) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  int x = v;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const int y = __shfl_up_sync(0xffffffffu, x, o);
+    if (lane >= o) x += y;
+  }
+  if (lane == 31) sh[warp] = x;
+  __syncthreads();
+  if (warp == 0) {
+    int s = lane < nw ? sh[lane] : 0;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const int y = __shfl_up_sync(0xffffffffu, s, o);
+      if (lane >= o) s += y;
+    }
+    sh[lane] = s;  // inclusive warp totals
+  }
+  __syncthreads();
+  const int before = warp > 0 ? sh[warp - 1] : 0;
+  total = sh[nw - 1];
+  __syncthreads();  // sh is reused by the next call
+  return before + x - v;
+}
+
+constexpr int kScanThreads = 1024;
+
+__global__ void __launch_bounds__(kScanThreads) schedule_kernel(int64_t nr, int bm, const int32_t* __restrict__ counts,
+                                                                int32_t* __restrict__ offsets, int32_t* __restrict__ tiles,
+                                                                int32_t* ctrl, int64_t cap) {
+  __shared__ int sh[32];
+  if (ctrl[0] != INT_MAX) {  // bad idx: no tiles (uniform: every thread reads the same value)
+    if (threadIdx.x == 0) ctrl[1] = 0;
+    return;
+  }
+  int64_t rows = 0, ntiles = 0;
+  for (int64_t base = 0; base < nr; base += kScanThreads) {
+    const int64_t e = base + threadIdx.x;
+    const int cnt = e < nr ? counts[e] : 0, nt = (cnt + bm - 1) / bm;
+    int trows, ttiles;
+    const int rx = block_scan(cnt, trows, sh);
+    const int tx = block_scan(nt, ttiles, sh);
+    if (e < nr) {
+      const int64_t off = rows + rx;
+      offsets[e] = static_cast<int32_t>(off);
+      for (int q = 0; q < nt; ++q) {
+        const int64_t ti = ntiles + tx + q;
+        if (ti >= cap) break;  // cannot happen (cap bounds every schedule); keeps writes in bounds
+        tiles[3 * ti] = static_cast<int32_t>(e);
+        tiles[3 * ti + 1] = static_cast<int32_t>(off + static_cast<int64_t>(q) * bm);
+        tiles[3 * ti + 2] = min(bm, cnt - q * bm);
+      }
+    }
+    rows += trows;
+    ntiles += ttiles;
+  }
+  if (threadIdx.x == 0) {
+    offsets[nr] = static_cast<int32_t>(rows);
+    ctrl[1] = static_cast<int32_t>(ntiles < cap ? ntiles : cap);
+  }
+}
+
+constexpr int kPlaceThreads = 256;
+
+__global__ void __launch_bounds__(kPlaceThreads) place_kernel(int64_t ns, const int32_t* __restrict__ idx,
+                                                              const int32_t* __restrict__ counts,
+                                                              const int32_t* __restrict__ offsets, const int32_t* ctrl,
+                                                              int32_t* __restrict__ sorted, int32_t* __restrict__ pos) {
+  __shared__ int wc[kPlaceThreads / 32];
+  const int e = blockIdx.x;
+  if (ctrl[0] != INT_MAX || counts[e] == 0) return;  // uniform over the block
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  int64_t run = offsets[e];
+  for (int64_t s0 = 0; s0 < ns; s0 += kPlaceThreads) {
+    const int64_t s = s0 + threadIdx.x;
+    const bool f = s < ns && idx[s] == e;
+    const unsigned ball = __ballot_sync(0xffffffffu, f);
+    if (lane == 0) wc[warp] = __popc(ball);
+    __syncthreads();
+    int before = 0, total = 0;
+#pragma unroll
+    for (int w = 0; w < kPlaceThreads / 32; ++w) {
+      before += w < warp ? wc[w] : 0;
+      total += wc[w];
+    }
+    if (f) {
+      const int64_t p = run + before + __popc(ball & ((1u << lane) - 1u));
+      sorted[p] = static_cast<int32_t>(s);
+      pos[s] = static_cast<int32_t>(p);
+    }
+    run += total;
+    __syncthreads();  // wc is rewritten next round
+  }
+}
+
+// ---- expert GEMMs -------------------------------------------------------------------------------
+
+struct GemmArgs {
+  int64_t k;          // slots per token
+  int64_t h, inter;
+  int64_t nr;
+  const float* u;
+  const int32_t* sorted;
+  const int32_t* tiles;
+  const int32_t* ctrl;
+  const MoeWeight* table;
+  float* act;  // [rows, inter]
+  float* y;    // [rows, h]
+  bool xvec;   // x rows 16-byte aligned with K % 8 == 0
+};
+
+// Skinny: block = (tile, 8 output features); warp = one feature n; the tile's <= 8 rows' dot
+// products stay in registers while the weight row(s) stream once.
+template <bool kGateUp>
+__global__ void __launch_bounds__(kSkinnyWarps * 32) skinny_kernel(GemmArgs a, int64_t nblk) {
+  const int64_t tile = blockIdx.x / nblk, nb = blockIdx.x % nblk;
+  if (tile >= a.ctrl[1]) return;
+  const int64_t N = kGateUp ? a.inter : a.h, K = kGateUp ? a.h : a.inter;
+  const int64_t n = nb * kSkinnyWarps + threadIdx.x / 32;
+  if (n >= N) return;  // no block-level synchronization below
+  const int lane = threadIdx.x & 31;
+  const int64_t e = a.tiles[3 * tile], r0 = a.tiles[3 * tile + 1];
+  const int m = a.tiles[3 * tile + 2];
+  const float* xr[kSkinnyRows];
+#pragma unroll
+  for (int i = 0; i < kSkinnyRows; ++i)
+    xr[i] = i < m ? (kGateUp ? a.u + static_cast<int64_t>(a.sorted[r0 + i] / a.k) * a.h : a.act + (r0 + i) * a.inter) : nullptr;
+  const WView w0 = view(a.table[(kGateUp ? 0 : 2) * a.nr + e], K);
+  const WView w1 = view(a.table[a.nr + e], K);  // up (gate/up only)
+  float acc0[kSkinnyRows], acc1[kSkinnyRows];
+#pragma unroll
+  for (int i = 0; i < kSkinnyRows; ++i) acc0[i] = acc1[i] = 0.f;
+  const bool vec = a.xvec && K % 8 == 0 && reinterpret_cast<uintptr_t>(w0.data) % 16 == 0 &&
+                   (!kGateUp || reinterpret_cast<uintptr_t>(w1.data) % 16 == 0);
+  if (vec) {
+    for (int64_t c = 8 * lane; c < K; c += 256) {
+      float g[8], v[8];
+      w0.at8(n, c, g);
+      if (kGateUp) w1.at8(n, c, v);
+#pragma unroll
+      for (int i = 0; i < kSkinnyRows; ++i) {
+        if (i < m) {
+          const float4 xa = *reinterpret_cast<const float4*>(xr[i] + c), xb = *reinterpret_cast<const float4*>(xr[i] + c + 4);
+          const float x[8] = {xa.x, xa.y, xa.z, xa.w, xb.x, xb.y, xb.z, xb.w};
+#pragma unroll
+          for (int j = 0; j < 8; ++j) {
+            acc0[i] += g[j] * x[j];
+            if (kGateUp) acc1[i] += v[j] * x[j];
+          }
+        }
+      }
+    }
+  } else {
+    for (int64_t c = lane; c < K; c += 32) {
+      const float g = w0.at(n, c), v = kGateUp ? w1.at(n, c) : 0.f;
+#pragma unroll
+      for (int i = 0; i < kSkinnyRows; ++i) {
+        if (i < m) {
+          const float x = xr[i][c];
+          acc0[i] += g * x;
+          if (kGateUp) acc1[i] += v * x;
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < kSkinnyRows; ++i) {
+    const float g = warp_sum(acc0[i]);
+    const float v = kGateUp ? warp_sum(acc1[i]) : 0.f;
+    if (lane == 0 && i < m) {
+      if (kGateUp) a.act[(r0 + i) * a.inter + n] = silu_mul(g, v);
+      else a.y[(r0 + i) * a.h + n] = g;
+    }
+  }
+}
+
+// Tiled: block = (tile of <= 64 rows, 64 output columns), 256 threads with 4 x 4 outputs each.
+template <bool kGateUp>
+__global__ void __launch_bounds__(256) tiled_kernel(GemmArgs a, int64_t nblk) {
+  __shared__ float xs[kSlab][kTiled + 1];
+  __shared__ float ws0[kSlab][kTiled + 1];
+  __shared__ float ws1[kGateUp ? kSlab : 1][kTiled + 1];
+  __shared__ const float* xrow[kTiled];
+  const int64_t tile = blockIdx.x / nblk, nb = blockIdx.x % nblk;
+  if (tile >= a.ctrl[1]) return;  // uniform over the block
+  const int64_t N = kGateUp ? a.inter : a.h, K = kGateUp ? a.h : a.inter;
+  const int64_t e = a.tiles[3 * tile], r0 = a.tiles[3 * tile + 1], n0 = nb * kTiled;
+  const int m = a.tiles[3 * tile + 2];
+  if (threadIdx.x < kTiled) {
+    const int i = threadIdx.x;
+    xrow[i] = i < m ? (kGateUp ? a.u + static_cast<int64_t>(a.sorted[r0 + i] / a.k) * a.h : a.act + (r0 + i) * a.inter) : nullptr;
+  }
+  const WView w0 = view(a.table[(kGateUp ? 0 : 2) * a.nr + e], K);
+  const WView w1 = view(a.table[a.nr + e], K);
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+  float acc0[4][4] = {}, acc1[4][4] = {};
+  __syncthreads();
+  for (int64_t k0 = 0; k0 < K; k0 += kSlab) {
+    for (int i = threadIdx.x; i < kSlab * kTiled; i += 256) {
+      const int kk = i % kSlab, r = i / kSlab;
+      const int64_t c = k0 + kk;
+      const bool cin = c < K;
+      xs[kk][r] = (r < m && cin) ? xrow[r][c] : 0.f;
+      ws0[kk][r] = (n0 + r < N && cin) ? w0.at(n0 + r, c) : 0.f;
+      if (kGateUp) ws1[kk][r] = (n0 + r < N && cin) ? w1.at(n0 + r, c) : 0.f;
+    }
+    __syncthreads();
+#pragma unroll 8
+    for (int kk = 0; kk < kSlab; ++kk) {
+      float xv[4], b0[4], b1[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        xv[i] = xs[kk][ty * 4 + i];
+        b0[i] = ws0[kk][tx * 4 + i];
+        if (kGateUp) b1[i] = ws1[kk][tx * 4 + i];
+      }
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          acc0[i][j] += xv[i] * b0[j];
+          if (kGateUp) acc1[i][j] += xv[i] * b1[j];
+        }
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int r = ty * 4 + i;
+      const int64_t n = n0 + tx * 4 + j;
+      if (r < m && n < N) {
+        if (kGateUp) a.act[(r0 + r) * a.inter + n] = silu_mul(acc0[i][j], acc1[i][j]);
+        else a.y[(r0 + r) * a.h + n] = acc0[i][j];
+      }
+    }
+}
+
+// ---- combine ------------------------------------------------------------------------------------
+
+constexpr int kCombineThreads = 256;
+constexpr int64_t kMaxK = 8192;
+
+__global__ void __launch_bounds__(kCombineThreads) combine_kernel(int64_t k, int64_t h, int64_t nr, const float* __restrict__ u,
+                                                                  const int32_t* __restrict__ idx, const float* __restrict__ w,
+                                                                  const int32_t* __restrict__ pos, const float* __restrict__ y,
+                                                                  const int32_t* ctrl, float* __restrict__ out) {
+  extern __shared__ int32_t order[];  // [k]: the token's slots j in (expert, slot) order
+  if (ctrl[0] != INT_MAX) return;     // bad idx somewhere: out untouched (uniform)
+  const int64_t tok = blockIdx.x;
+  const int32_t* ix = idx + tok * k;
+  for (int64_t j = threadIdx.x; j < k; j += kCombineThreads) {
+    const int32_t e = ix[j];
+    int64_t r = 0;
+    for (int64_t q = 0; q < k; ++q) r += (ix[q] < e || (ix[q] == e && q < j)) ? 1 : 0;
+    order[r] = static_cast<int32_t>(j);
+  }
+  __syncthreads();
+  const float* ur = u + tok * h;
+  const float* wr = w + tok * k;
+  const int32_t* pr = pos + tok * k;
+  for (int64_t c = threadIdx.x; c < h; c += kCombineThreads) {
+    float o = 0.0f, z = 0.0f;
+    bool any = false;
+    for (int64_t q = 0; q < k; ++q) {
+      const int64_t j = order[q];
+      if (ix[j] < nr) {
+        const int64_t p = pr[j];  // >= 0 for every routed slot once place_kernel ran
+        if (p >= 0) o = __fadd_rn(o, __fmul_rn(wr[j], y[p * h + c]));
+      } else {
+        z = __fadd_rn(z, wr[j]);
+        any = true;
+      }
+    }
+    if (any) o = __fadd_rn(o, __fmul_rn(z, ur[c]));
+    out[tok * h + c] = o;
+  }
+}
+
+void check_grid(int64_t blocks) {
+  if (blocks > 0x7fffffffLL) fail(Code::E_SHAPE, "moe (CUDA): %lld thread blocks exceed the grid limit", static_cast<long long>(blocks));
+}
+
+}  // namespace
+
+size_t moe_workspace_bytes(int64_t t, int64_t k, int64_t h, int64_t inter, int64_t n_routed) {
+  return layout(t, k, h, inter, n_routed).total;
+}
+
+void moe(int64_t t, int64_t k, int64_t h, int64_t inter, const float* u, const int32_t* idx, const float* w,
+         const MoeWeight* table, int64_t n_routed, int64_t n_experts, float* out, void* workspace, size_t workspace_bytes,
+         void* stream) {
+  const int64_t ns = t * k, nr = n_routed;
+  if (ns <= 0 || h <= 0) return;
+  if (k > kMaxK) fail(Code::E_SHAPE, "moe (CUDA): k = %lld slots per token exceeds %lld", static_cast<long long>(k),
+                      static_cast<long long>(kMaxK));
+  const Layout L = layout(t, k, h, inter, nr);
+  if (workspace_bytes < L.total) fail(Code::E_INTERNAL, "moe (CUDA): workspace too small");
+  auto s = static_cast<cudaStream_t>(stream);
+  char* ws = static_cast<char*>(workspace);
+  int32_t* ctrl = reinterpret_cast<int32_t*>(ws + L.ctrl);
+  int32_t* counts = reinterpret_cast<int32_t*>(ws + L.counts);
+  int32_t* offsets = reinterpret_cast<int32_t*>(ws + L.offsets);
+  int32_t* pos = reinterpret_cast<int32_t*>(ws + L.pos);
+  int32_t* sorted = reinterpret_cast<int32_t*>(ws + L.sorted);
+  int32_t* tiles = reinterpret_cast<int32_t*>(ws + L.tiles);
+  float* act = reinterpret_cast<float*>(ws + L.act);
+  float* y = reinterpret_cast<float*>(ws + L.y);
+
+  check_grid(ceil_div(std::max<int64_t>(nr, 1), 256));
+  init_kernel<<<ceil_div(std::max<int64_t>(nr, 1), 256), 256, 0, s>>>(ctrl, counts, nr);
+  check_grid(ceil_div(ns, 256));
+  count_kernel<<<ceil_div(ns, 256), 256, 0, s>>>(ns, idx, nr, n_experts, ctrl, counts, pos);
+
+  if (nr > 0 && inter > 0) {
+    // Skinny tiles while experts average <= 16 rows (decode); 64-row tiles beyond (prefill).
+    const bool skinny = ns <= 16 * nr;
+    const int bm = skinny ? kSkinnyRows : kTiled;
+    schedule_kernel<<<1, kScanThreads, 0, s>>>(nr, bm, counts, offsets, tiles, ctrl, L.tile_cap);
+    check_grid(nr);
+    place_kernel<<<static_cast<unsigned>(nr), kPlaceThreads, 0, s>>>(ns, idx, counts, offsets, ctrl, sorted, pos);
+    GemmArgs a;
+    a.k = k;
+    a.h = h;
+    a.inter = inter;
+    a.nr = nr;
+    a.u = u;
+    a.sorted = sorted;
+    a.tiles = tiles;
+    a.ctrl = ctrl;
+    a.table = table;
+    a.act = act;
+    a.y = y;
+    const int64_t cap = skinny ? L.tile_cap : (ns + kTiled - 1) / kTiled + std::min(nr, ns);
+    if (skinny) {
+      const int64_t nb_gu = ceil_div(inter, kSkinnyWarps), nb_d = ceil_div(h, kSkinnyWarps);
+      check_grid(cap * std::max(nb_gu, nb_d));
+      a.xvec = h % 8 == 0 && reinterpret_cast<uintptr_t>(u) % 16 == 0;
+      skinny_kernel<true><<<static_cast<unsigned>(cap * nb_gu), kSkinnyWarps * 32, 0, s>>>(a, nb_gu);
+      a.xvec = inter % 8 == 0;  // act rows: 256-aligned base, inter floats apart
+      skinny_kernel<false><<<static_cast<unsigned>(cap * nb_d), kSkinnyWarps * 32, 0, s>>>(a, nb_d);
+    } else {
+      const int64_t nb_gu = ceil_div(inter, kTiled), nb_d = ceil_div(h, kTiled);
+      check_grid(cap * std::max(nb_gu, nb_d));
+      a.xvec = false;
+      tiled_kernel<true><<<static_cast<unsigned>(cap * nb_gu), 256, 0, s>>>(a, nb_gu);
+      tiled_kernel<false><<<static_cast<unsigned>(cap * nb_d), 256, 0, s>>>(a, nb_d);
+    }
+  }
+  check_grid(t);
+  combine_kernel<<<static_cast<unsigned>(t), kCombineThreads, sizeof(int32_t) * static_cast<size_t>(k), s>>>(
+      k, h, nr, u, idx, w, pos, y, ctrl, out);
+}
+
+}  // namespace lc::gpu

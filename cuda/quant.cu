@@ -1,0 +1,125 @@
+// FP8 (e4m3fn) quantization on the GPU, bit-exact twins of native/cpu/quant.cc:
+//   amax = max |x| (NaN ignored, like the CPU's max), s = max(amax, 1e-10f) / 448.0f (IEEE f32
+//   division), q = f32_to_fp8(x / s) (IEEE f32 division, then the integer RNE/saturating encoder
+//   ported from numeric.h), w = fp8_to_f32(q) * s rounded to bf16 by RNE when asked.
+#include "quant.h"
+#include "small_util.cuh"
+
+namespace lc::gpu {
+
+namespace {
+
+constexpr int64_t kBlock = 128;
+constexpr float kTiny = 1e-10f;  // cpu::kFp8Tiny
+
+// x86 NaN semantics for the two f32 operations the CPU does, so that NaN signs (and thus the fp8 /
+// bf16 NaN encodings) match: a NaN operand propagates itself (first operand first), an invalid
+// operation (inf / inf, 0 * inf) gives the x86 default NaN 0xffc00000; CUDA would give 0x7fffffff.
+__device__ __forceinline__ float x86_div(float a, float b) {
+  if (isnan(a)) return __uint_as_float(__float_as_uint(a) | 0x00400000u);
+  if (isnan(b)) return __uint_as_float(__float_as_uint(b) | 0x00400000u);
+  const float r = a / b;
+  return isnan(r) ? __uint_as_float(0xffc00000u) : r;
+}
+__device__ __forceinline__ float x86_mul(float a, float b) {
+  if (isnan(a)) return __uint_as_float(__float_as_uint(a) | 0x00400000u);
+  if (isnan(b)) return __uint_as_float(__float_as_uint(b) | 0x00400000u);
+  const float r = __fmul_rn(a, b);
+  return isnan(r) ? __uint_as_float(0xffc00000u) : r;
+}
+
+// One warp per (token, 128-group); a lane handles elements lane, lane + 32, ... (coalesced).
+__global__ void quant_act_kernel(int64_t groups, int64_t G, int64_t K, const float* __restrict__ x, uint8_t* __restrict__ q,
+                                 float* __restrict__ scale) {
+  const int64_t gi = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + (threadIdx.x >> 5);
+  if (gi >= groups) return;  // whole warps exit together
+  const int lane = threadIdx.x & 31;
+  const int64_t t = gi / G, g = gi % G, k0 = g * kBlock;
+  const int64_t n = K - k0 < kBlock ? K - k0 : kBlock;
+  const float* xs = x + t * K + k0;
+  float v[4];
+  float m = 0.0f;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int64_t c = lane + 32 * i;
+    v[i] = c < n ? xs[c] : 0.0f;
+    m = fmaxf(m, fabsf(v[i]));
+  }
+  for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+  const float s = fmaxf(m, kTiny) / 448.0f;
+  if (lane == 0) scale[gi] = s;
+  uint8_t* qs = q + t * K + k0;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int64_t c = lane + 32 * i;
+    if (c < n) qs[c] = util::f32_to_fp8_bits(x86_div(v[i], s));
+  }
+}
+
+template <bool kBf16>
+__device__ __forceinline__ float load_w(const void* w, int64_t i) {
+  return kBf16 ? bf16_bits_to_f32(static_cast<const uint16_t*>(w)[i]) : static_cast<const float*>(w)[i];
+}
+
+// One block (256 threads) per 128 x 128 tile: thread -> column tid % 128, rows tid / 128 + 2 i.
+template <bool kBf16>
+__global__ void quant_blocks_kernel(int64_t N, int64_t K, int64_t BK, const void* __restrict__ w, uint8_t* __restrict__ q,
+                                    float* __restrict__ scale_inv) {
+  __shared__ float sh[32];
+  const int64_t blk = blockIdx.x, bn = blk / BK, bk = blk % BK;
+  const int64_t r0 = bn * kBlock, c0 = bk * kBlock;
+  const int64_t nr = N - r0 < kBlock ? N - r0 : kBlock, nc = K - c0 < kBlock ? K - c0 : kBlock;
+  const int64_t col = threadIdx.x % kBlock, rstep = blockDim.x / kBlock;
+  float m = 0.0f;
+  if (col < nc)
+    for (int64_t r = threadIdx.x / kBlock; r < nr; r += rstep) m = fmaxf(m, fabsf(load_w<kBf16>(w, (r0 + r) * K + c0 + col)));
+  m = util::block_allreduce(m, util::MaxIgnoreNan(), sh);
+  const float s = fmaxf(m, kTiny) / 448.0f;
+  if (threadIdx.x == 0) scale_inv[blk] = s;
+  if (col < nc)
+    for (int64_t r = threadIdx.x / kBlock; r < nr; r += rstep) {
+      const int64_t i = (r0 + r) * K + c0 + col;
+      q[i] = util::f32_to_fp8_bits(x86_div(load_w<kBf16>(w, i), s));
+    }
+}
+
+template <bool kBf16>
+__global__ void dequant_blocks_kernel(int64_t K, int64_t BK, const uint8_t* __restrict__ q, const float* __restrict__ scale_inv,
+                                      void* __restrict__ w) {
+  const int64_t r = blockIdx.x;
+  const float* srow = scale_inv + (r / kBlock) * BK;
+  for (int64_t c = threadIdx.x; c < K; c += blockDim.x) {
+    const float v = x86_mul(util::fp8_bits_to_f32(q[r * K + c]), srow[c / kBlock]);
+    if (kBf16) static_cast<uint16_t*>(w)[r * K + c] = f32_to_bf16_bits(v);
+    else static_cast<float*>(w)[r * K + c] = v;
+  }
+}
+
+}  // namespace
+
+void quantize_fp8_act(int64_t T, int64_t K, const float* x, uint8_t* q, float* scale, void* stream) {
+  if (T <= 0 || K <= 0) return;
+  const int64_t G = (K + kBlock - 1) / kBlock, groups = T * G;
+  constexpr int kThreads = 256, kWarps = kThreads / 32;
+  quant_act_kernel<<<static_cast<unsigned>((groups + kWarps - 1) / kWarps), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+      groups, G, K, x, q, scale);
+}
+
+void quantize_fp8_blocks(int64_t N, int64_t K, const void* w, DType wt, uint8_t* q, float* scale_inv, void* stream) {
+  if (N <= 0 || K <= 0) return;
+  const int64_t BN = (N + kBlock - 1) / kBlock, BK = (K + kBlock - 1) / kBlock;
+  auto s = static_cast<cudaStream_t>(stream);
+  if (wt == DType::BF16) quant_blocks_kernel<true><<<static_cast<unsigned>(BN * BK), 256, 0, s>>>(N, K, BK, w, q, scale_inv);
+  else quant_blocks_kernel<false><<<static_cast<unsigned>(BN * BK), 256, 0, s>>>(N, K, BK, w, q, scale_inv);
+}
+
+void dequantize_fp8_blocks(int64_t N, int64_t K, const uint8_t* q, const float* scale_inv, void* w, DType wt, void* stream) {
+  if (N <= 0 || K <= 0) return;
+  const int64_t BK = (K + kBlock - 1) / kBlock;
+  const int threads = K >= 1024 ? 256 : 128;
+  auto s = static_cast<cudaStream_t>(stream);
+  if (wt == DType::BF16) dequant_blocks_kernel<true><<<static_cast<unsigned>(N), threads, 0, s>>>(K, BK, q, scale_inv, w);
+  else dequant_blocks_kernel<false><<<static_cast<unsigned>(N), threads, 0, s>>>(K, BK, q, scale_inv, w);
+}
+
+}  // namespace lc::gpu

@@ -1,0 +1,476 @@
+// Small ops on the GPU: embedding gather, SwiGLU, add, scale, convert, argmax, (log-)softmax and
+// the sampler. Contracts: native/cpu/elementwise.h, quant.h (convert), sampling.h.
+//
+// Element-wise kernels are grid-stride loops with 16-byte vector accesses when every pointer is
+// 16-byte aligned (scalar tail); row kernels (argmax, softmax, sample) use one block per row.
+// Bit-exactness with the CPU: embedding, add, scale, convert, argmax are bit-exact; silu_mul and
+// softmax differ by the expf implementation (CUDA expf <= 2 ulp vs glibc / the CPU's polynomial)
+// and softmax also by the summation order of its (double) row sum.
+#include <algorithm>
+#include <cmath>
+
+#include "small.h"
+#include "small_util.cuh"
+
+namespace lc::gpu {
+
+using util::ArgBest;
+
+namespace {
+
+inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+// ---- embedding --------------------------------------------------------------------------------
+// One block per token. Rows of out-of-range ids are zero-filled (a kernel cannot raise E_ARGUMENT).
+template <bool kBf16>
+__global__ void embedding_kernel(int64_t H, const void* __restrict__ table, int64_t V, const int32_t* __restrict__ ids,
+                                 float* __restrict__ y, bool vec) {
+  const int64_t t = blockIdx.x;
+  const int64_t id = ids[t];
+  float* dst = y + t * H;
+  if (id < 0 || id >= V) {
+    for (int64_t i = threadIdx.x; i < H; i += blockDim.x) dst[i] = 0.0f;
+    return;
+  }
+  if (kBf16) {
+    const uint16_t* src = static_cast<const uint16_t*>(table) + id * H;
+    if (vec) {  // H % 8 == 0, 16-byte aligned rows: 8 bf16 in, 2 x float4 out
+      for (int64_t i = threadIdx.x; i < H / 8; i += blockDim.x) {
+        const uint4 p = reinterpret_cast<const uint4*>(src)[i];
+        float4 a, b;
+        a.x = __uint_as_float(p.x << 16), a.y = __uint_as_float(p.x & 0xffff0000u);
+        a.z = __uint_as_float(p.y << 16), a.w = __uint_as_float(p.y & 0xffff0000u);
+        b.x = __uint_as_float(p.z << 16), b.y = __uint_as_float(p.z & 0xffff0000u);
+        b.z = __uint_as_float(p.w << 16), b.w = __uint_as_float(p.w & 0xffff0000u);
+        reinterpret_cast<float4*>(dst)[2 * i] = a;
+        reinterpret_cast<float4*>(dst)[2 * i + 1] = b;
+      }
+    } else {
+      for (int64_t i = threadIdx.x; i < H; i += blockDim.x) dst[i] = bf16_bits_to_f32(src[i]);
+    }
+  } else {
+    const float* src = static_cast<const float*>(table) + id * H;
+    if (vec) {
+      for (int64_t i = threadIdx.x; i < H / 4; i += blockDim.x)
+        reinterpret_cast<float4*>(dst)[i] = reinterpret_cast<const float4*>(src)[i];
+    } else {
+      for (int64_t i = threadIdx.x; i < H; i += blockDim.x) dst[i] = src[i];
+    }
+  }
+}
+
+// ---- element-wise -------------------------------------------------------------------------------
+// F(const float* in[kIn], i) -> value for element i; vector path over float4 groups, then the tail.
+struct SiluMulOp {
+  __device__ __forceinline__ float operator()(float g, float u, float) const { return g / (1.0f + expf(-g)) * u; }
+};
+struct AddOp {
+  __device__ __forceinline__ float operator()(float a, float b, float alpha) const { return fmaf(alpha, b, a); }
+};
+struct ScaleOp {
+  __device__ __forceinline__ float operator()(float x, float, float alpha) const { return __fmul_rn(alpha, x); }
+};
+
+template <typename Op>
+__global__ void binary_kernel(int64_t n, const float* __restrict__ a, const float* __restrict__ b, float alpha, float* y,
+                              bool vec, Op op) {
+  // `y` may alias `a` or `b` (same index read then written by one thread): no __restrict__ on y.
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const int64_t i0 = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  int64_t done = 0;
+  if (vec) {
+    const int64_t n4 = n / 4;
+    for (int64_t i = i0; i < n4; i += stride) {
+      const float4 x = reinterpret_cast<const float4*>(a)[i];
+      const float4 z = b ? reinterpret_cast<const float4*>(b)[i] : make_float4(0, 0, 0, 0);
+      float4 r;
+      r.x = op(x.x, z.x, alpha), r.y = op(x.y, z.y, alpha), r.z = op(x.z, z.z, alpha), r.w = op(x.w, z.w, alpha);
+      reinterpret_cast<float4*>(y)[i] = r;
+    }
+    done = n4 * 4;
+  }
+  for (int64_t i = done + i0; i < n; i += stride) y[i] = op(a[i], b ? b[i] : 0.0f, alpha);
+}
+
+template <typename Op>
+void launch_binary(int64_t n, const float* a, const float* b, float alpha, float* y, void* stream, Op op) {
+  if (n <= 0) return;
+  constexpr int kThreads = 256;
+  const bool vec = aligned16(a) && (!b || aligned16(b)) && aligned16(y);
+  binary_kernel<<<util::grid_for(vec ? (n + 3) / 4 : n, kThreads), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+      n, a, b, alpha, y, vec, op);
+}
+
+// ---- convert ------------------------------------------------------------------------------------
+enum : int { kF32 = 0, kBf16 = 1, kF16 = 2, kFp8 = 3 };
+inline int code_of(DType t) {
+  switch (t) {
+    case DType::BF16: return kBf16;
+    case DType::F16: return kF16;
+    case DType::FP8_E4M3: return kFp8;
+    default: return kF32;
+  }
+}
+template <int S>
+__device__ __forceinline__ float load_as_f32(const void* p, int64_t i) {
+  if (S == kF32) return static_cast<const float*>(p)[i];
+  if (S == kBf16) return bf16_bits_to_f32(static_cast<const uint16_t*>(p)[i]);
+  if (S == kF16) return util::f16_bits_to_f32(static_cast<const uint16_t*>(p)[i]);
+  return util::fp8_bits_to_f32(static_cast<const uint8_t*>(p)[i]);
+}
+template <int D>
+__device__ __forceinline__ void store_from_f32(void* p, int64_t i, float v) {
+  if (D == kF32) static_cast<float*>(p)[i] = v;
+  else if (D == kBf16) static_cast<uint16_t*>(p)[i] = f32_to_bf16_bits(v);
+  else if (D == kF16) static_cast<uint16_t*>(p)[i] = util::f32_to_f16_bits(v);
+  else static_cast<uint8_t*>(p)[i] = util::f32_to_fp8_bits(v);
+}
+template <int S, int D>
+__global__ void convert_kernel(int64_t n, const void* __restrict__ src, void* __restrict__ dst) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
+    store_from_f32<D>(dst, i, load_as_f32<S>(src, i));
+}
+template <int S>
+void launch_convert_from(int d, int64_t n, const void* src, void* dst, cudaStream_t s) {
+  constexpr int kThreads = 256;
+  const unsigned g = util::grid_for(n, kThreads * 4);
+  switch (d) {
+    case kF32: convert_kernel<S, kF32><<<g, kThreads, 0, s>>>(n, src, dst); break;
+    case kBf16: convert_kernel<S, kBf16><<<g, kThreads, 0, s>>>(n, src, dst); break;
+    case kF16: convert_kernel<S, kF16><<<g, kThreads, 0, s>>>(n, src, dst); break;
+    default: convert_kernel<S, kFp8><<<g, kThreads, 0, s>>>(n, src, dst); break;
+  }
+}
+
+// ---- argmax -------------------------------------------------------------------------------------
+// One block per row. Each thread keeps the first strict maximum of its (ascending) indices; the
+// block reduction prefers the lower index among equal values, so the result is the first
+// occurrence of the maximum. NaN never compares greater; a row of only -inf / NaN gives 0.
+__device__ __forceinline__ int32_t row_argmax(const float* __restrict__ x, int64_t V, ArgBest* sh) {
+  ArgBest b{-INFINITY, INT32_MAX};
+  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
+    const float v = x[j];
+    if (v > b.v) b = {v, static_cast<int32_t>(j)};
+  }
+  b = util::block_argbest(b, sh);
+  return b.v > -INFINITY ? b.i : 0;
+}
+__global__ void argmax_kernel(int64_t V, const float* __restrict__ x, int32_t* __restrict__ idx) {
+  __shared__ ArgBest sh[32];
+  const int32_t r = row_argmax(x + static_cast<int64_t>(blockIdx.x) * V, V, sh);
+  if (threadIdx.x == 0) idx[blockIdx.x] = r;
+}
+
+// ---- softmax ------------------------------------------------------------------------------------
+// One block per row: max (NaN ignored), e = expf(x - m) written to y (softmax) and summed in f64,
+// then y *= float(1 / s) or y = (x - m) - float(log s). y may alias x: every element is read and
+// written by the same thread, and the passes are separated by the reductions' barriers.
+template <bool kLog>
+__global__ void softmax_kernel(int64_t V, const float* x, float* y) {
+  __shared__ float shf[32];
+  __shared__ double shd[32];
+  const float* xr = x + static_cast<int64_t>(blockIdx.x) * V;
+  float* yr = y + static_cast<int64_t>(blockIdx.x) * V;
+  float m = -INFINITY;
+  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) m = fmaxf(m, xr[j]);
+  m = util::block_allreduce(m, util::MaxIgnoreNan(), shf);
+  double s = 0;
+  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
+    const float e = expf(xr[j] - m);
+    if (!kLog) yr[j] = e;
+    s += e;
+  }
+  s = util::block_allreduce(s, util::Sum(), shd);
+  if (kLog) {
+    const float ls = static_cast<float>(log(s));
+    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) yr[j] = (xr[j] - m) - ls;
+  } else {
+    const float inv = static_cast<float>(1.0 / s);
+    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) yr[j] = __fmul_rn(yr[j], inv);
+  }
+}
+
+// ---- sample -------------------------------------------------------------------------------------
+// One block per row (rows beyond the workspace's slots are taken in turn by the same blocks).
+// The filters of cpu::sample are expressed as thresholds instead of candidate lists:
+//   A. z = float(logit / T) (NaN -> -inf, -0 -> +0) into the workspace, block argmax of z (zmax,
+//      imax). zmax = -inf or +inf: the answer is imax (as on the CPU).
+//   B. top-k: the k-th largest z by an 8-bit radix descent over order-preserving keys with counts
+//      (kept: key > tau, or key == tau with id <= the cutoff id that keeps exactly k, lower ids
+//      first among equal z).
+//   C. w = expf(z - zmax) for kept tokens, min-p drops w < minP; the workspace now holds w for
+//      survivors and -1 for the others.
+//   D. top-p: masses are integers W = rint(w * 2^S) with V * 2^S < 2^63 (exact, order-free sums
+//      and histogram atomics, hence deterministic); the nucleus boundary (the smallest prefix of
+//      the (w desc, id asc) order with mass >= ceil(topP * total)) is found by a radix descent on
+//      the bits of w with mass histograms, then a cutoff id among the boundary weight's ties.
+//   E. draw: target = floor(u * total) with the CPU's u(seed, step, row); the token is the first
+//      survivor in ascending id order whose cumulative mass exceeds the target.
+// Differences from the CPU (documented contract): expf may differ by <= 2 ulp, so w (and tokens
+// right at a min-p / top-p boundary) can differ; masses are quantised to 2^-S of the top token's
+// weight instead of summed in f64; and the draw walks survivors in ascending id order where the
+// CPU walks them in its (heap / partition) order. Greedy (T = 0) and anything that leaves a single
+// survivor (topK = 1) are exact; given the seed, GPU results are reproducible run to run.
+constexpr int kSampleThreads = 512;
+
+__device__ __forceinline__ uint64_t splitmix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+__device__ __forceinline__ double sample_uniform_dev(uint64_t seed, uint64_t step, uint64_t row) {
+  const uint64_t x = splitmix64(splitmix64(splitmix64(seed) ^ step) ^ row);
+  return static_cast<double>(x >> 11) * (1.0 / 9007199254740992.0);
+}
+__device__ __forceinline__ uint32_t order_key(float z) {
+  const uint32_t u = __float_as_uint(z);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+struct SampleShared {
+  unsigned long long hist[256];
+  unsigned long long scan[33];
+  unsigned long long sv[2];
+  ArgBest ab[32];
+  long long found;
+};
+
+// The largest key t such that the mass of {j : get(j) and key(j) >= t} is >= need (0 < need <=
+// total mass); *above = the mass with key > t. get(j, key&, mass&) -> whether j takes part.
+template <typename Get>
+__device__ uint32_t radix_boundary(int64_t V, unsigned long long need, Get get, SampleShared& sh, unsigned long long* above_out) {
+  uint32_t prefix = 0, mask = 0;
+  unsigned long long above = 0;
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    for (int b = threadIdx.x; b < 256; b += blockDim.x) sh.hist[b] = 0;
+    __syncthreads();
+    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
+      uint32_t key;
+      unsigned long long m;
+      if (get(j, key, m) && m && (key & mask) == prefix) atomicAdd(&sh.hist[(key >> shift) & 255u], m);
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      int d = 0;
+      for (int b = 255; b >= 0; --b) {
+        if (above + sh.hist[b] >= need) {
+          d = b;
+          break;
+        }
+        above += sh.hist[b];
+      }
+      sh.sv[0] = static_cast<unsigned long long>(d);
+      sh.sv[1] = above;
+    }
+    __syncthreads();
+    prefix |= static_cast<uint32_t>(sh.sv[0]) << shift;
+    mask |= 255u << shift;
+    above = sh.sv[1];
+    __syncthreads();
+  }
+  *above_out = above;
+  return prefix;
+}
+
+// The lowest j such that sum_{i <= j} weight(i) > target, or `fallback` when the total does not
+// exceed target. Threads own contiguous index ranges; an exact integer scan finds the owner.
+template <typename Weight>
+__device__ int64_t find_cum_exceeding(int64_t V, unsigned long long target, Weight weight, int64_t fallback, SampleShared& sh) {
+  if (threadIdx.x == 0) sh.found = fallback;
+  const int64_t seg = (V + blockDim.x - 1) / blockDim.x;
+  const int64_t b0 = seg * static_cast<int64_t>(threadIdx.x), b = b0 < V ? b0 : V, e = b + seg < V ? b + seg : V;
+  unsigned long long s = 0;
+  for (int64_t j = b; j < e; ++j) s += weight(j);
+  unsigned long long total;
+  const unsigned long long excl = util::block_exclusive_scan(s, sh.scan, &total);  // barriers order `found`
+  if (s > 0 && excl <= target && target - excl < s) {
+    unsigned long long cum = excl;
+    for (int64_t j = b; j < e; ++j) {
+      cum += weight(j);
+      if (cum > target) {
+        sh.found = j;
+        break;
+      }
+    }
+  }
+  __syncthreads();
+  const int64_t r = sh.found;
+  __syncthreads();
+  return r;
+}
+
+__global__ void __launch_bounds__(kSampleThreads) sample_kernel(int64_t rows, int64_t V, const float* __restrict__ logits,
+                                                                double temp, int64_t top_k, float top_p, float min_p,
+                                                                uint64_t seed, uint64_t step, int mass_shift,
+                                                                int32_t* __restrict__ ids, float* __restrict__ ws) {
+  __shared__ SampleShared sh;
+  float* zw = ws + static_cast<int64_t>(blockIdx.x) * V;
+  const double wscale = ldexp(1.0, mass_shift);
+  auto mass = [&](float w) -> unsigned long long { return w >= 0.0f ? __double2ull_rn(static_cast<double>(w) * wscale) : 0ull; };
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const float* l = logits + r * V;
+    // A. z and its argmax.
+    ArgBest best{-INFINITY, INT32_MAX};
+    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
+      const float v = l[j];
+      float z = isnan(v) ? -INFINITY : static_cast<float>(static_cast<double>(v) / temp);
+      if (z == 0.0f) z = 0.0f;  // -0 and +0 are one value for the ordering
+      zw[j] = z;
+      if (z > best.v) best = {z, static_cast<int32_t>(j)};
+    }
+    best = util::block_argbest(best, sh.ab);  // its barriers also publish zw
+    const float zmax = best.v;
+    if (!(zmax > -INFINITY) || isinf(zmax)) {
+      if (threadIdx.x == 0) ids[r] = zmax > -INFINITY ? best.i : 0;
+      __syncthreads();
+      continue;
+    }
+    // B. top-k threshold.
+    uint32_t tau = 0;
+    int64_t idcut = V;
+    if (top_k > 0 && top_k < V) {
+      unsigned long long above;
+      tau = radix_boundary(
+          V, static_cast<unsigned long long>(top_k),
+          [&](int64_t j, uint32_t& key, unsigned long long& m) {
+            key = order_key(zw[j]);
+            m = 1;
+            return true;
+          },
+          sh, &above);
+      const unsigned long long need_eq = static_cast<unsigned long long>(top_k) - above;  // >= 1
+      idcut = find_cum_exceeding(V, need_eq - 1, [&](int64_t j) -> unsigned long long { return order_key(zw[j]) == tau; }, V, sh);
+    }
+    // C. weights, min-p. Each thread rewrites only its own indices (read before write).
+    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
+      const float z = zw[j];
+      const uint32_t key = order_key(z);
+      float w = -1.0f;
+      if (key > tau || (key == tau && j <= idcut)) {
+        w = expf(z - zmax);
+        if (min_p > 0.0f && w < min_p) w = -1.0f;
+      }
+      zw[j] = w;
+    }
+    __syncthreads();
+    // D. top-p nucleus.
+    if (top_p < 1.0f) {
+      unsigned long long s = 0;
+      for (int64_t j = threadIdx.x; j < V; j += blockDim.x) s += mass(zw[j]);
+      const unsigned long long total = util::block_allreduce(s, util::Sum(), sh.scan);
+      unsigned long long need = static_cast<unsigned long long>(ceil(static_cast<double>(top_p) * static_cast<double>(total)));
+      if (need > total) need = total;
+      if (need < 1) need = 1;
+      unsigned long long above;
+      const uint32_t wb = radix_boundary(
+          V, need,
+          [&](int64_t j, uint32_t& key, unsigned long long& m) {
+            const float w = zw[j];
+            key = __float_as_uint(w);
+            m = mass(w);
+            return w >= 0.0f;
+          },
+          sh, &above);
+      const unsigned long long wbm = mass(__uint_as_float(wb));
+      const unsigned long long c = wbm > 0 ? (need - above + wbm - 1) / wbm : 1ull;  // wbm > 0 by construction
+      const int64_t pcut = find_cum_exceeding(
+          V, c - 1, [&](int64_t j) -> unsigned long long { const float w = zw[j]; return w >= 0.0f && __float_as_uint(w) == wb; }, V, sh);
+      for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
+        const float w = zw[j];
+        if (w >= 0.0f) {
+          const uint32_t u = __float_as_uint(w);
+          if (!(u > wb || (u == wb && j <= pcut))) zw[j] = -1.0f;
+        }
+      }
+      __syncthreads();
+    }
+    // E. draw.
+    unsigned long long s = 0;
+    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) s += mass(zw[j]);
+    const unsigned long long total = util::block_allreduce(s, util::Sum(), sh.scan);  // >= mass(1) > 0
+    const double u = sample_uniform_dev(seed, step, static_cast<uint64_t>(r));
+    unsigned long long target = static_cast<unsigned long long>(u * static_cast<double>(total));
+    if (target >= total) target = total - 1;
+    const int64_t tok = find_cum_exceeding(V, target, [&](int64_t j) { return mass(zw[j]); }, best.i, sh);
+    if (threadIdx.x == 0) ids[r] = static_cast<int32_t>(tok);
+    __syncthreads();  // the next row rewrites zw
+  }
+}
+
+constexpr int64_t kSampleMaxSlots = 64;
+
+}  // namespace
+
+void embedding(int64_t T, int64_t H, const void* table, DType tt, int64_t V, const int32_t* ids, float* y, void* stream) {
+  if (T <= 0 || H <= 0) return;
+  auto s = static_cast<cudaStream_t>(stream);
+  const bool bf = tt == DType::BF16;
+  const bool vec = aligned16(table) && aligned16(y) && H % (bf ? 8 : 4) == 0;
+  const int threads = static_cast<int>(std::min<int64_t>(256, std::max<int64_t>(32, ((vec ? H / (bf ? 8 : 4) : H) + 31) / 32 * 32)));
+  if (bf) embedding_kernel<true><<<static_cast<unsigned>(T), threads, 0, s>>>(H, table, V, ids, y, vec);
+  else embedding_kernel<false><<<static_cast<unsigned>(T), threads, 0, s>>>(H, table, V, ids, y, vec);
+}
+
+void silu_mul(int64_t n, const float* gate, const float* up, float* y, void* stream) {
+  launch_binary(n, gate, up, 0.0f, y, stream, SiluMulOp());
+}
+void add(int64_t n, const float* a, const float* b, float alpha, float* y, void* stream) {
+  launch_binary(n, a, b, alpha, y, stream, AddOp());
+}
+void scale(int64_t n, const float* x, float alpha, float* y, void* stream) {
+  launch_binary(n, x, nullptr, alpha, y, stream, ScaleOp());
+}
+
+void convert(int64_t n, const void* src, DType st, void* dst, DType dt, void* stream) {
+  if (n <= 0) return;
+  auto s = static_cast<cudaStream_t>(stream);
+  if (st == dt) {
+    check(cudaMemcpyAsync(dst, src, static_cast<size_t>(n * dtype_size(st)), cudaMemcpyDeviceToDevice, s), "convert");
+    return;
+  }
+  const int d = code_of(dt);
+  switch (code_of(st)) {
+    case kF32: launch_convert_from<kF32>(d, n, src, dst, s); break;
+    case kBf16: launch_convert_from<kBf16>(d, n, src, dst, s); break;
+    case kF16: launch_convert_from<kF16>(d, n, src, dst, s); break;
+    default: launch_convert_from<kFp8>(d, n, src, dst, s); break;
+  }
+}
+
+void argmax(int64_t rows, int64_t V, const float* x, int32_t* idx, void* stream) {
+  if (rows <= 0) return;
+  argmax_kernel<<<static_cast<unsigned>(rows), 512, 0, static_cast<cudaStream_t>(stream)>>>(V, x, idx);
+}
+
+void softmax(int64_t rows, int64_t V, const float* x, float* y, bool log, void* stream) {
+  if (rows <= 0) return;
+  auto s = static_cast<cudaStream_t>(stream);
+  const int threads = V >= 8192 ? 1024 : V >= 1024 ? 256 : 128;
+  if (log) softmax_kernel<true><<<static_cast<unsigned>(rows), threads, 0, s>>>(V, x, y);
+  else softmax_kernel<false><<<static_cast<unsigned>(rows), threads, 0, s>>>(V, x, y);
+}
+
+int64_t sample_workspace_bytes(int64_t rows, int64_t V) { return std::min(rows, kSampleMaxSlots) * V * 4; }
+
+void sample(int64_t rows, int64_t V, const float* logits, const cpu::SampleParams& p, int32_t* ids, void* workspace,
+            int64_t workspace_bytes, void* stream) {
+  if (rows <= 0) return;
+  auto s = static_cast<cudaStream_t>(stream);
+  if (!(p.temperature > 0.0f)) {
+    argmax_kernel<<<static_cast<unsigned>(rows), 512, 0, s>>>(V, logits, ids);
+    return;
+  }
+  const int64_t slots = std::min(rows, workspace_bytes / (4 * V));
+  if (slots < 1) fail(Code::E_ARGUMENT, "sample: the CUDA workspace (%lld bytes) cannot hold one row of %lld logits",
+                      static_cast<long long>(workspace_bytes), static_cast<long long>(V));
+  int bits = 0;
+  while (bits < 63 && (int64_t{1} << bits) <= V) ++bits;  // V < 2^bits
+  const int shift = 63 - bits;                            // V * 2^shift < 2^63
+  sample_kernel<<<static_cast<unsigned>(slots), kSampleThreads, 0, s>>>(rows, V, logits, static_cast<double>(p.temperature),
+                                                                       p.top_k, p.top_p, p.min_p, p.seed, p.step, shift, ids,
+                                                                       static_cast<float*>(workspace));
+}
+
+}  // namespace lc::gpu

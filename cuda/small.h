@@ -1,0 +1,32 @@
+// CUDA launchers of the small ops (contracts: native/cpu/elementwise.h, quant.h convert,
+// sampling.h). Device pointers, `stream` is a cudaStream_t; launchers never allocate or sync.
+#pragma once
+#include <cstdint>
+
+#include "../native/cpu/sampling.h"
+#include "../native/dtype.h"
+
+namespace lc::gpu {
+
+// cpu::embedding, except that ids outside [0, V) cannot raise an error from a kernel: their rows
+// of y are written as zeros (the model validates ids on the host before they are uploaded).
+void embedding(int64_t T, int64_t H, const void* table, DType tt, int64_t V, const int32_t* ids, float* y, void* stream);
+
+void silu_mul(int64_t n, const float* gate, const float* up, float* y, void* stream);
+// y = fma(alpha, b, a) (exact a + b when alpha == 1), as the CPU's AVX paths compute it.
+void add(int64_t n, const float* a, const float* b, float alpha, float* y, void* stream);
+void scale(int64_t n, const float* x, float alpha, float* y, void* stream);
+// cpu::convert, bit-exact (same dtype: a device-to-device copy).
+void convert(int64_t n, const void* src, DType st, void* dst, DType dt, void* stream);
+void argmax(int64_t rows, int64_t V, const float* x, int32_t* idx, void* stream);
+void softmax(int64_t rows, int64_t V, const float* x, float* y, bool log, void* stream);
+
+// Bytes of workspace gpu::sample needs to run all rows in parallel (it runs with less: rows are
+// then processed `workspace_bytes / (4 V)` at a time, at least one row needs 4 V bytes).
+int64_t sample_workspace_bytes(int64_t rows, int64_t V);
+// cpu::sample's filters and RNG on the GPU, one block per row; see small.cu for where the draw
+// can differ from the CPU's. Needs workspace_bytes >= 4 * V when temperature > 0.
+void sample(int64_t rows, int64_t V, const float* logits, const cpu::SampleParams& p, int32_t* ids, void* workspace,
+            int64_t workspace_bytes, void* stream);
+
+}  // namespace lc::gpu
