@@ -8,7 +8,9 @@ type S = Stream | null | undefined;
  * Activations are f32. The paged latent cache is f32 or bf16, shaped [numBlocks, blockSize, dl + dr]
  * (c_kv | k_pe per token); token slot s lives in block s / blockSize, row s % blockSize.
  * Index tensors are int32 and are read when the op runs: bad values (slots, block ids, lengths)
- * raise typed errors (E_ARGUMENT) at the next synchronize of the stream / toBytes().
+ * raise typed errors (E_ARGUMENT) at the next synchronize of the stream / toBytes() on the CPU.
+ * The CUDA twins (cuda/rope.cu, cache.cu, mla.cu; not yet run on a GPU) cannot raise from the
+ * device: they never read or write out of bounds, skip bad slots and read bad blocks as zeros.
  */
 export interface AttentionOps {
   /**

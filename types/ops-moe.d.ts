@@ -16,7 +16,12 @@ export interface MoeExpertSet {
   dispose(): void;
 }
 
-/** Router and grouped-expert MoE with zero-computation experts (SPEC 4). CPU only for now. */
+/**
+ * Router and grouped-expert MoE with zero-computation experts (SPEC 4). CPU kernels in
+ * native/cpu/moe.cc; CUDA twins in cuda/router.cu and cuda/moe.cu (not yet run on a GPU). Index
+ * errors surface as E_ARGUMENT on the CPU; on CUDA the indices never leave the device, so a bad id
+ * leaves `out` untouched instead.
+ */
 export interface MoeOps {
   /**
    * Per token: p = softmax(logits[t]) in fp32 over all E = routed + zero experts; picks the k

@@ -3,7 +3,9 @@ import type { Tensor, Stream } from './native.js';
 type S = Stream | null | undefined;
 
 /**
- * Small ops of the forward pass (CPU kernels in native/cpu/{elementwise,quant,sampling}.cc).
+ * Small ops of the forward pass (CPU kernels in native/cpu/{elementwise,quant,sampling}.cc, CUDA
+ * twins in cuda/{small,quant}.cu: on CUDA an out-of-range embedding id gives a zero row, and a
+ * sampled draw at temperature > 0 follows the same distribution but not the same token as the CPU).
  * Stream first, then outputs, inputs, scalars. Activations are f32 unless stated.
  */
 export interface SmallOps {
