@@ -99,6 +99,10 @@ std::shared_ptr<Storage> Pool::alloc(size_t bytes) {
 
 void Pool::give_back(void* p, size_t rounded) {
   std::lock_guard<std::mutex> lk(m_);
+  if (parking_) {
+    parked_.emplace_back(p, rounded);  // still counted live: the graph owns it now
+    return;
+  }
   stats_.live_bytes -= static_cast<int64_t>(rounded);
   stats_.live_blocks -= 1;
   // Huge host blocks go straight back to the OS; the cache is for activations.
@@ -108,6 +112,23 @@ void Pool::give_back(void* p, size_t rounded) {
   }
   free_.emplace(rounded, p);
   stats_.cached_bytes += static_cast<int64_t>(rounded);
+}
+
+void Pool::begin_parking() {
+  std::lock_guard<std::mutex> lk(m_);
+  parking_ = true;
+}
+
+Pool::Parked Pool::end_parking() {
+  std::lock_guard<std::mutex> lk(m_);
+  parking_ = false;
+  Parked r;
+  r.swap(parked_);
+  return r;
+}
+
+void Pool::unpark(const Parked& blocks) {
+  for (auto& [p, size] : blocks) give_back(p, size);
 }
 
 void Pool::trim() {
@@ -371,6 +392,7 @@ void Capture::begin(const std::vector<Stream*>& streams) {
   }
   if (!d.is_cpu()) {
     cuda::stream_begin_capture(d.index, streams[0]->cuda_handle());
+    device_pool(d).begin_parking();
     return;
   }
   for (Stream* s : streams) {
@@ -386,6 +408,7 @@ std::unique_ptr<Graph> Capture::end(const std::vector<Stream*>& streams) {
   g->device_ = d;
   g->origin_ = streams[0];
   if (!d.is_cpu()) {
+    g->parked_ = device_pool(d).end_parking();
     g->exec_ = cuda::stream_end_capture(d.index, streams[0]->cuda_handle());
     return g;
   }
@@ -399,6 +422,7 @@ std::unique_ptr<Graph> Capture::end(const std::vector<Stream*>& streams) {
 void Capture::abort(const std::vector<Stream*>& streams) noexcept {
   if (streams.empty()) return;
   if (!streams[0]->device().is_cpu()) {
+    device_pool(streams[0]->device()).unpark(device_pool(streams[0]->device()).end_parking());
     try {
       cuda::graph_destroy(streams[0]->device().index, cuda::stream_end_capture(streams[0]->device().index, streams[0]->cuda_handle()));
     } catch (...) {
@@ -427,9 +451,11 @@ void Graph::replay() {
 Graph::~Graph() {
   if (exec_) {
     try {
+      cuda::stream_synchronize(device_.index, origin_->cuda_handle());  // no replay still reads the parked blocks
       cuda::graph_destroy(device_.index, exec_);
     } catch (...) {
     }
+    device_pool(device_).unpark(parked_);
   }
 }
 

@@ -55,6 +55,14 @@ class Pool {
   void trim();  // frees every cached block
   PoolStats stats();
 
+  // While a CUDA graph is captured, blocks freed by their last user (the graph's temporaries,
+  // whose addresses are baked into the graph) are parked instead of reused; the graph hands them
+  // back when it is destroyed.
+  using Parked = std::vector<std::pair<void*, size_t>>;
+  void begin_parking();
+  Parked end_parking();
+  void unpark(const Parked& blocks);
+
  private:
   void* raw_alloc(size_t bytes);
   void raw_free(void* p);
@@ -62,6 +70,8 @@ class Pool {
   std::mutex m_;
   std::multimap<size_t, void*> free_;
   PoolStats stats_;
+  bool parking_ = false;
+  Parked parked_;
 };
 
 // Wraps memory the pool does not own; `release` runs when the last user is gone.
@@ -137,6 +147,7 @@ class Graph {
   std::vector<std::pair<Stream*, std::shared_ptr<std::vector<std::function<void()>>>>> parts_;  // CPU
   void* exec_ = nullptr;                                                                       // CUDA
   Stream* origin_ = nullptr;
+  Pool::Parked parked_;  // CUDA: temporaries the graph's kernels address
 };
 
 // Captures every op queued on `streams` between begin() and end(). On CUDA the first stream is

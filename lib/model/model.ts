@@ -104,7 +104,10 @@ export class LongcatModel {
     // The dense branch runs on the default stream, so that null-stream ops on the results
     // (sampling, reading logits) are ordered after the forward pass.
     this.main = native.defaultStream(this.device);
-    this.moeStream = new Stream(this.device);
+    // The shortcut MoE gets its own stream on the CPU. On CUDA it shares the main stream for now:
+    // the device pool is not stream-aware yet, so a temporary freed on one stream could be reused
+    // by the other while a kernel still reads it.
+    this.moeStream = this.device === 'cpu' ? new Stream(this.device) : this.main;
     this.events = Array.from({ length: dims.layers }, () => [new Event(this.device), new Event(this.device)]);
     this.invFreq = tensor(dims.invFreq, [dims.invFreq.length], { device: this.device });
   }
@@ -215,7 +218,8 @@ export class LongcatModel {
         blockTable: i32([B, this.maxBlocks]), seqLens: i32([B]),
       };
       let out: ForwardResult | null = null;
-      const graph = native.captureGraph([this.main, this.moeStream], () => {
+      const streams = this.moeStream === this.main ? [this.main] : [this.main, this.moeStream];
+      const graph = native.captureGraph(streams, () => {
         out = this.run(info, true);
       });
       g = { graph, info, out: out! };
@@ -339,7 +343,7 @@ export class LongcatModel {
     }
     this.decodeGraphs.clear();
     for (const t of [...this.caches, this.invFreq, ...this.w.owned]) t.dispose();
-    this.moeStream.dispose();
+    if (this.moeStream !== this.main) this.moeStream.dispose();
   }
 }
 
