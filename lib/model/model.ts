@@ -84,7 +84,7 @@ export class LongcatModel {
   private readonly invFreq: Tensor;
   private readonly maxBlocks: number;
   private readonly useGraphs: boolean;
-  private readonly decodeGraphs = new Map<number, { graph: Graph; info: BatchInfo; out: ForwardResult }>();
+  private readonly decodeGraphs = new Map<number, { graph: Graph; inputs: Tensor; info: BatchInfo; out: ForwardResult; host: Int32Array }>();
   private disposed = false;
 
   constructor(dims: ModelDims, weights: ModelWeights, opts: ModelOptions) {
@@ -210,27 +210,31 @@ export class LongcatModel {
    */
   private replayDecode(host: { ids: Int32Array; positions: Int32Array; slots: Int32Array; blockTable: Int32Array; seqLens: Int32Array }, collectRouting: boolean): ForwardResult {
     const B = host.ids.length;
+    const tableLen = B * this.maxBlocks;
     let g = this.decodeGraphs.get(B);
     if (!g) {
-      const i32 = (shape: number[]) => empty(shape, { dtype: 'int32', device: this.device });
+      // All inputs live in one int32 buffer, so a step uploads them with one copy.
+      const inputs = empty([4 * B + tableLen], { dtype: 'int32', device: this.device });
+      const part = (i: number, n: number) => inputs.narrow(i, n);
       const info: BatchInfo = {
-        mode: 'decode', T: B, ids: i32([B]), positions: i32([B]), slots: i32([B]),
-        blockTable: i32([B, this.maxBlocks]), seqLens: i32([B]),
+        mode: 'decode', T: B, ids: part(0, B), positions: part(B, B), slots: part(2 * B, B), seqLens: part(3 * B, B),
+        blockTable: part(4 * B, tableLen).view([B, this.maxBlocks]),
       };
       let out: ForwardResult | null = null;
       const streams = this.moeStream === this.main ? [this.main] : [this.main, this.moeStream];
       const graph = native.captureGraph(streams, () => {
         out = this.run(info, true);
       });
-      g = { graph, info, out: out! };
+      g = { graph, inputs, info, out: out!, host: new Int32Array(4 * B + tableLen) };
       this.decodeGraphs.set(B, g);
     }
-    const { info, out } = g;
-    info.ids.copyFromBytes(host.ids);
-    info.positions.copyFromBytes(host.positions);
-    info.slots.copyFromBytes(host.slots);
-    info.blockTable!.copyFromBytes(host.blockTable);
-    info.seqLens!.copyFromBytes(host.seqLens);
+    const { out, host: buf } = g;
+    buf.set(host.ids, 0);
+    buf.set(host.positions, B);
+    buf.set(host.slots, 2 * B);
+    buf.set(host.seqLens, 3 * B);
+    buf.set(host.blockTable, 4 * B);
+    g.inputs.copyFromBytes(buf);
     g.graph.replay();
     // Fresh handles over the graph's buffers: the caller disposes them, the graph keeps the memory.
     return { logits: out.logits.view(out.logits.shape), nFfn: collectRouting ? out.nFfn.map((t) => t.view(t.shape)) : [] };
@@ -339,7 +343,7 @@ export class LongcatModel {
     for (const g of this.decodeGraphs.values()) {
       g.graph.dispose();
       const i = g.info;
-      for (const t of [i.ids, i.positions, i.slots, i.blockTable!, i.seqLens!, g.out.logits, ...g.out.nFfn]) t.dispose();
+      for (const t of [g.inputs, i.ids, i.positions, i.slots, i.blockTable!, i.seqLens!, g.out.logits, ...g.out.nFfn]) t.dispose();
     }
     this.decodeGraphs.clear();
     for (const t of [...this.caches, this.invFreq, ...this.w.owned]) t.dispose();
