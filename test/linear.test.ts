@@ -229,6 +229,69 @@ describe('linear', () => {
     native.setIsa(startIsa);
   });
 
+  it('fp8 GEMV: every non-NaN code (many subnormals), t = 1..8, ragged k, rows across scale blocks, NaN rows', () => {
+    const r = rng(8088);
+    const n = 300;
+    const threads = native.threads();
+    // Codes: all 254 non-NaN codes in random order, then random ones with subnormals (exponent
+    // field 0) three times in ten; scales spread over 2^-8 .. 2^8 so the x pre-scaling is exercised.
+    const nonNan = Array.from({ length: 256 }, (_, c) => c).filter((c) => (c & 0x7f) !== 0x7f);
+    const code = (i: number) => {
+      if (i < nonNan.length) return nonNan[i]!;
+      if (r.uniform() < 0.3) return (r.int(2) << 7) | r.int(8); // +-subnormal or zero
+      return nonNan[r.int(nonNan.length)]!;
+    };
+    try {
+      for (const k of [95, 200, 1000]) {
+        const kb = Math.ceil(k / 128), nb = Math.ceil(n / 128);
+        const s = Float32Array.from({ length: nb * kb }, () => r.uniform(0.5, 2) * 2 ** (r.int(17) - 8));
+        const perm = Array.from({ length: n * k }, (_, i) => i);
+        for (let i = perm.length - 1; i > 0; i--) {
+          const j = r.int(i + 1);
+          [perm[i], perm[j]] = [perm[j]!, perm[i]!];
+        }
+        const codes = new Uint8Array(n * k);
+        for (let i = 0; i < n * k; i++) codes[perm[i]!] = code(i);
+        // NaN codes in the first / last column, both lane halves, the k tail and around the row block edge.
+        const nanAt: [number, number, number][] = [[0, 0, 0x7f], [5, k - 1, 0xff], [127, 63 % k, 0x7f],
+          [128, 64 % k, 0xff], [130, Math.min(129, k - 1), 0x7f], [299, k - 2, 0xff]];
+        const nanRows = new Set(nanAt.map(([row]) => row));
+        for (const [row, col, c] of nanAt) codes[row * k + col] = c;
+        const ref = new Float64Array(n * k);
+        for (let i = 0; i < n; i++)
+          for (let j = 0; j < k; j++)
+            ref[i * k + j] = nanRows.has(i) ? 0 : fp8e4m3ToF32(codes[i * k + j]!) * s[Math.floor(i / 128) * kb + Math.floor(j / 128)]!;
+        const w: Weight = { w: new Tensor('fp8_e4m3', [n, k], 'cpu', codes), scale: new Tensor('f32', [nb, kb], 'cpu', s), ref,
+          dispose: () => { w.w.dispose(); w.scale!.dispose(); } };
+        for (let t = 1; t <= 8; t++) {
+          const x = makeX(r, t % 2 ? 'f32' : 'bf16', t, k);
+          const want = reference(x.ref, ref, t, n, k);
+          for (const isa of isas) {
+            native.setIsa(isa);
+            for (const nt of [1, 3]) {
+              native.setThreads(nt);
+              const got = Array.from(runLinear(x.x, w, t, n, 'f32'));
+              const what = `${isa} k=${k} t=${t} threads=${nt}`;
+              for (let i = 0; i < t; i++)
+                for (const row of nanRows) {
+                  expect(Number.isNaN(got[i * n + row]!), `${what}: y[${i}, ${row}] = ${got[i * n + row]} (NaN code)`).toBe(true);
+                  got[i * n + row] = want.y[i * n + row]!;
+                }
+              check(got, want, k, 0, 'f32', what);
+            }
+          }
+          native.setIsa(startIsa);
+          native.setThreads(threads);
+          x.x.dispose();
+        }
+        w.dispose();
+      }
+    } finally {
+      native.setThreads(threads);
+      native.setIsa(startIsa);
+    }
+  });
+
   it('rejects bad arguments with typed errors', () => {
     const x = full([2, 4], 1), w = full([3, 4], 1), y = full([2, 3], 0);
     const q8 = new Tensor('fp8_e4m3', [3, 4], 'cpu', new Uint8Array(12));

@@ -178,6 +178,175 @@ void gemv(int64_t t, const float* x, const WeightRef& w, void* y, DType yt) {
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// fp8 GEMV: the AVX-512 file's scheme with 32 codes per 32-byte load (see linear_avx512.cc):
+// the f16 bits of the odd codes are (word >>arith 1) & 0xbf80, of the even codes
+// ((word << 8) >>arith 1) & 0xbf80, and four F16C conversions give the codes [0, 2, .., 14],
+// [16, .., 30], [1, .., 15], [17, .., 31] of the 32; x is pre-multiplied by the block scale * 256
+// (once per 128 output rows) into that order; NaN codes are caught by running byte maxima.
+
+template <int T>
+struct Fp8Shape {
+  static constexpr int R = T <= 2 ? 1 : T <= 4 ? 2 : 1;  // rows per pass (16 registers)
+  static constexpr int NA = T <= 2 ? 4 : 1;              // accumulator chains per (x row, W row)
+  static constexpr int64_t kChunk = T <= 2 ? 16384 / (4 * T) : 0;  // k per x chunk (0: all of k)
+};
+
+constexpr int64_t kFp8PrefetchBytes = 1536;  // see linear_avx512.cc
+
+// xs[t * ldx + j] for t < T, j < round_up(k1 - k0, 32): x[t, k0 .. k1) times scale * 256 of its
+// column block, in the decode order, zero padded.
+template <int T>
+void fp8_prep_x(const float* x, int64_t K, const float* srow, int64_t k0, int64_t k1, float* xs, int64_t ldx) {
+  for (int t = 0; t < T; ++t)
+    for (int64_t k = k0; k < k1; k += 32) {
+      const float* src = x + t * K + k;
+      const float s = srow[k / 128] * DecFP8::kScaleMul;
+      float* dst = xs + t * ldx + (k - k0);
+      if (k + 32 <= k1) {
+        const __m256 a = _mm256_loadu_ps(src), b = _mm256_loadu_ps(src + 8);
+        const __m256 c = _mm256_loadu_ps(src + 16), d = _mm256_loadu_ps(src + 24), vs = _mm256_set1_ps(s);
+        auto pick = [&](__m256 lo, __m256 hi, int odd) {  // even or odd lanes of lo:hi, in order
+          __m256 v = odd ? _mm256_shuffle_ps(lo, hi, 0xdd) : _mm256_shuffle_ps(lo, hi, 0x88);
+          return _mm256_mul_ps(_mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(v), 0xd8)), vs);
+        };
+        _mm256_storeu_ps(dst, pick(a, b, 0));
+        _mm256_storeu_ps(dst + 8, pick(c, d, 0));
+        _mm256_storeu_ps(dst + 16, pick(a, b, 1));
+        _mm256_storeu_ps(dst + 24, pick(c, d, 1));
+      } else {
+        for (int j = 0; j < 32; ++j) {
+          const int q = j / 8, i = j % 8;
+          const int64_t c = (q & 1) * 16 + 2 * i + (q >> 1);
+          dst[j] = k + c < k1 ? src[c] * s : 0.0f;
+        }
+      }
+    }
+}
+
+// part[t * ldp + i] += sum over k in [k0, k1) of xs[t, k - k0] * code(W[r + i, k]) (NaN for a row
+// with a NaN code).
+template <int T, int R, int NA>
+void fp8_rows(const float* xs, int64_t ldx, const WeightRef& w, int64_t r, int64_t k0, int64_t k1, float* part,
+              int64_t ldp) {
+  const int64_t K = w.k;
+  const uint8_t* wr[R];
+  for (int i = 0; i < R; ++i) wr[i] = static_cast<const uint8_t*>(w.data) + (r + i) * K;
+  __m256 acc[NA][T][R];
+  for (int a = 0; a < NA; ++a)
+    for (int t = 0; t < T; ++t)
+      for (int i = 0; i < R; ++i) acc[a][t][i] = _mm256_setzero_ps();
+  __m256i maxu = _mm256_setzero_si256(), maxs = _mm256_setzero_si256();
+  const __m256i fmask = _mm256_set1_epi16(static_cast<short>(0xbf80));
+
+  // 32 codes at k of every row (p[i]: where row i's codes are).
+  auto unit = [&](int64_t k, const uint8_t* const* p) __attribute__((always_inline)) {
+    const float* xk = xs + (k - k0);
+    for (int half = 0; half < 2; ++half) {  // even codes, then odd codes
+      __m256i h[R];
+      for (int i = 0; i < R; ++i) {
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p[i]));
+        if (half == 0) {
+          maxu = _mm256_max_epu8(maxu, v);
+          maxs = _mm256_max_epi8(maxs, v);
+          h[i] = _mm256_and_si256(_mm256_srai_epi16(_mm256_slli_epi16(v, 8), 1), fmask);
+        } else {
+          h[i] = _mm256_and_si256(_mm256_srai_epi16(v, 1), fmask);
+        }
+      }
+      for (int q = 0; q < 2; ++q) {
+        const int s = 2 * half + q;
+        __m256 wv[R];
+        for (int i = 0; i < R; ++i)
+          wv[i] = _mm256_cvtph_ps(q == 0 ? _mm256_castsi256_si128(h[i]) : _mm256_extracti128_si256(h[i], 1));
+        for (int t = 0; t < T; ++t) {
+          const __m256 xv = _mm256_loadu_ps(xk + t * ldx + 8 * s);
+          for (int i = 0; i < R; ++i) acc[s % NA][t][i] = _mm256_fmadd_ps(xv, wv[i], acc[s % NA][t][i]);
+        }
+      }
+    }
+  };
+
+  int64_t k = k0;
+  for (; k + 32 <= k1; k += 32) {
+    if ((k - k0) % 128 == 0) {
+      const int64_t pf = k + kFp8PrefetchBytes;
+      for (int i = 0; i < R; ++i) {
+        const char* pa = reinterpret_cast<const char*>(pf < k1 ? wr[i] + pf : wr[i] + R * K + k0 + (pf - k1));
+        _mm_prefetch(pa, _MM_HINT_T0);
+        _mm_prefetch(pa + 64, _MM_HINT_T0);
+      }
+    }
+    const uint8_t* p[R];
+    for (int i = 0; i < R; ++i) p[i] = wr[i] + k;
+    unit(k, p);
+  }
+  if (k < k1) {  // the last 1..31 columns, from zero-padded copies
+    alignas(32) uint8_t buf[R][32] = {};
+    const uint8_t* p[R];
+    for (int i = 0; i < R; ++i) {
+      std::memcpy(buf[i], wr[i] + k, k1 - k);
+      p[i] = buf[i];
+    }
+    unit(k, p);
+  }
+
+  bool nan[R] = {};
+  const bool any_nan = (_mm256_movemask_epi8(_mm256_cmpeq_epi8(maxu, _mm256_set1_epi8(-1))) |
+                        _mm256_movemask_epi8(_mm256_cmpeq_epi8(maxs, _mm256_set1_epi8(0x7f)))) != 0;
+  if (any_nan)
+    for (int i = 0; i < R; ++i) nan[i] = DecFP8::has_nan(wr[i] + k0, k1 - k0);
+  for (int t = 0; t < T; ++t)
+    for (int i = 0; i < R; ++i) {
+      for (int a = 1; a < NA; ++a) acc[0][t][i] = _mm256_add_ps(acc[0][t][i], acc[a][t][i]);
+      part[t * ldp + i] += nan[i] ? NAN : hsum(acc[0][t][i]);
+    }
+}
+
+// Rows [n0, n1) of y for all T rows of x, in groups that never cross a 128-row scale block.
+template <int T>
+void gemv_fp8_range(const float* x, const WeightRef& w, int64_t n0, int64_t n1, void* y, DType yt) {
+  using G = Fp8Shape<T>;
+  const int64_t K = w.k, N = w.n, kblocks = ceil_div(K, 128);
+  const int64_t kc = G::kChunk > 0 && G::kChunk < K ? G::kChunk : K;
+  const int64_t ldx = round_up(kc, 32);
+  float* xs = static_cast<float*>(scratch(kScratchPanel, T * ldx * sizeof(float)));
+  float part[T][128];
+  for (int64_t g0 = n0, g1; g0 < n1; g0 = g1) {
+    g1 = (g0 / 128 + 1) * 128 < n1 ? (g0 / 128 + 1) * 128 : n1;
+    const float* srow = w.scale + (g0 / 128) * kblocks;
+    for (int t = 0; t < T; ++t)
+      for (int64_t r = g0; r < g1; ++r) part[t][r - g0] = 0;
+    for (int64_t k0 = 0; k0 < K; k0 += kc) {
+      const int64_t k1 = K - k0 < kc ? K : k0 + kc;
+      fp8_prep_x<T>(x, K, srow, k0, k1, xs, ldx);
+      int64_t r = g0;
+      for (; r + G::R <= g1; r += G::R) fp8_rows<T, G::R, G::NA>(xs, ldx, w, r, k0, k1, &part[0][r - g0], 128);
+      for (; r < g1; ++r) fp8_rows<T, 1, G::NA>(xs, ldx, w, r, k0, k1, &part[0][r - g0], 128);
+    }
+    for (int t = 0; t < T; ++t)
+      for (int64_t r = g0; r < g1; ++r) store_y(y, yt, t * N + r, part[t][r - g0]);
+  }
+}
+
+template <int T>
+void gemv_fp8_t(const float* x, const WeightRef& w, void* y, DType yt) {
+  parallel_for(w.n, gemv_grain_rows(w), [&](int64_t n0, int64_t n1) { gemv_fp8_range<T>(x, w, n0, n1, y, yt); });
+}
+
+void gemv_fp8(int64_t t, const float* x, const WeightRef& w, void* y, DType yt) {
+  switch (t) {
+    case 1: gemv_fp8_t<1>(x, w, y, yt); break;
+    case 2: gemv_fp8_t<2>(x, w, y, yt); break;
+    case 3: gemv_fp8_t<3>(x, w, y, yt); break;
+    case 4: gemv_fp8_t<4>(x, w, y, yt); break;
+    case 5: gemv_fp8_t<5>(x, w, y, yt); break;
+    case 6: gemv_fp8_t<6>(x, w, y, yt); break;
+    case 7: gemv_fp8_t<7>(x, w, y, yt); break;
+    case 8: gemv_fp8_t<8>(x, w, y, yt); break;
+  }
+}
+
 void bf16_to_f32_rows(const uint16_t* src, int64_t n, float* dst) {
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, DecBF16::load(src + i));
@@ -283,7 +452,7 @@ void linear_avx2(int64_t t, const void* x, DType xt, const WeightRef& w, void* y
   switch (w.dtype) {
     case DType::F32: gemv<DecF32>(t, xf, w, y, yt); break;
     case DType::BF16: gemv<DecBF16>(t, xf, w, y, yt); break;
-    case DType::FP8_E4M3: gemv<DecFP8>(t, xf, w, y, yt); break;
+    case DType::FP8_E4M3: gemv_fp8(t, xf, w, y, yt); break;
     case DType::I8: gemv<DecI8>(t, xf, w, y, yt); break;
     default: break;
   }
