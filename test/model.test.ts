@@ -215,6 +215,12 @@ describe('decode loop', () => {
       expect((err as LongcatError).code).toBe('E_CONTEXT');
     }
     expect(s.length).toBe(0);
+    // A batch in which one sequence overflows leaves every sequence as it was.
+    const ok = e.newSequence(8);
+    expect(() => e.forward([ok, s], [[1, 2], Array.from({ length: 9 }, (_, i) => i)])).toThrow(LongcatError);
+    expect(ok.length).toBe(0);
+    expect(s.length).toBe(0);
+    ok.release();
     s.release();
   });
 });

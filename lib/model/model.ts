@@ -139,7 +139,20 @@ export class LongcatModel {
 
     this.moeStream.synchronize(); // the previous step's MoE work is done; this surfaces its errors
     const pastLens = seqs.map((s) => s.length);
-    const slotLists = seqs.map((s, b) => s.reserve(tokens[b]!.length)); // throws E_CONTEXT / E_OOM before any work
+    // Reserve cache slots for every sequence first (E_CONTEXT / E_OOM before any work); if
+    // anything fails, the sequences are rolled back to their previous lengths.
+    const slotLists: Int32Array[] = [];
+    try {
+      for (const [b, seq] of seqs.entries()) slotLists.push(seq.reserve(tokens[b]!.length));
+      return this.forwardReserved(seqs, tokens, pastLens, slotLists, mode, opts);
+    } catch (e) {
+      seqs.forEach((seq, b) => b < slotLists.length && seq.truncate(pastLens[b]!));
+      throw e;
+    }
+  }
+
+  private forwardReserved(seqs: SequenceCache[], tokens: number[][], pastLens: number[], slotLists: Int32Array[],
+    mode: 'prefill' | 'decode', opts: { allLogits?: boolean; collectRouting?: boolean }): ForwardResult {
     const T = tokens.reduce((a, t) => a + t.length, 0);
     const ids = Int32Array.from(tokens.flat());
     const positions = new Int32Array(T);
@@ -218,8 +231,10 @@ export class LongcatModel {
       const part = (i: number, n: number) => inputs.narrow(i, n);
       const info: BatchInfo = {
         mode: 'decode', T: B, ids: part(0, B), positions: part(B, B), slots: part(2 * B, B), seqLens: part(3 * B, B),
-        blockTable: part(4 * B, tableLen).view([B, this.maxBlocks]),
       };
+      const table = part(4 * B, tableLen);
+      info.blockTable = table.view([B, this.maxBlocks]);
+      table.dispose();
       let out: ForwardResult | null = null;
       const streams = this.moeStream === this.main ? [this.main] : [this.main, this.moeStream];
       const graph = native.captureGraph(streams, () => {
