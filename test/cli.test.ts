@@ -1,0 +1,52 @@
+// The `longcat` command as a user runs it (dist/cli.js, built by `npm install`'s prepare step).
+import { describe, expect, it } from 'vitest';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+
+const cli = path.resolve(__dirname, '../dist/cli.js');
+const run = (...args: string[]) => spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', timeout: 60_000 });
+
+describe('longcat CLI', () => {
+  it('is built (dist/cli.js; `npm install` or `npm run build:ts` makes it)', () => {
+    expect(existsSync(cli)).toBe(true);
+  });
+
+  it('info --json reports the build, the CPU and the devices', () => {
+    const facts = JSON.parse(execFileSync(process.execPath, [cli, 'info', '--json'], { encoding: 'utf8' }));
+    expect(facts.devices[0].id).toBe('cpu');
+    expect(['scalar', 'avx2', 'avx512']).toContain(facts.cpu.isa);
+    expect(typeof facts.build.cuda).toBe('boolean');
+  });
+
+  it('init-random, inspect and generate work on a fresh tiny checkpoint', () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'longcat-cli-'));
+    try {
+      const made = run('init-random', '--preset', 'tiny', '--out', dir, '--seed', '3');
+      expect(made.status, made.stderr).toBe(0);
+      expect(made.stdout).toMatch(/wrote 103 tensors/);
+      const info = run('inspect', dir);
+      expect(info.status, info.stderr).toBe(0);
+      expect(info.stdout).toMatch(/tensors:\s+103/);
+      expect(info.stdout).toMatch(/8 FFN experts .* \+ 4 zero experts, top-3/);
+      const gen = run('generate', '--model', dir, '--prompt', 'Hello', '--max-tokens', '6');
+      expect(gen.status, gen.stderr).toBe(0);
+      expect(gen.stderr).toMatch(/generated \d+ tokens/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('generate without --model runs a generated tiny model (the README main command)', () => {
+    const gen = run('generate', '--prompt', 'The capital of France is', '--max-tokens', '4');
+    expect(gen.status, gen.stderr).toBe(0);
+    expect(gen.stderr).toMatch(/tiny/);
+  });
+
+  it('reports a missing checkpoint as a typed error and exits 1', () => {
+    const r = run('generate', '--model', '/nonexistent/longcat', '--prompt', 'x');
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/\/nonexistent\/longcat.*\[E_(CHECKPOINT|CONFIG)\]/s);
+  });
+});
