@@ -165,7 +165,9 @@ export class Session {
     let pending: number[] = ids.slice(common);
     try {
       for (let step = 0; ; step++) {
-        if (out.length >= maxTokens) break;
+        // The context limit ends a generation like maxTokens does (a prompt that does not fit
+        // at all still fails with E_CONTEXT below).
+        if (out.length >= maxTokens || (step > 0 && this.seq.length + pending.length > this.seq.maxContext)) break;
         if (o.signal?.aborted) {
           stopReason = 'abort';
           break;

@@ -193,6 +193,21 @@ describe('decode loop', () => {
     expect(second.prefillTokens).toBeLessThan(second.promptTokens);
   });
 
+  it('stops with stopReason length at the context limit, and rejects a prompt that cannot fit', async () => {
+    const small = await loadModel(dir, { backend: 'cpu', maxContext: 16 });
+    try {
+      using s = small.createSession();
+      const r = await s.generate('abc', { maxTokens: 100 });
+      expect(r.stopReason === 'length' || r.stopReason === 'eos').toBe(true);
+      expect(r.promptTokens + r.completionTokens).toBeLessThanOrEqual(17);
+      if (r.stopReason === 'length') expect(s.length).toBe(16);
+      using t = small.createSession();
+      await expect(t.generate('x'.repeat(200), { maxTokens: 1 })).rejects.toMatchObject({ code: 'E_CONTEXT' });
+    } finally {
+      small.dispose();
+    }
+  });
+
   it('an AbortSignal stops generation within one step', async () => {
     using s = model.createSession();
     const ac = new AbortController();
