@@ -232,6 +232,63 @@ function runDecode(sc: Scenario, cache: Tensor, wt: Tensor) {
   return { o: toArray(o), oLat: toArray(oLat), qLat: toArray(qLat) };
 }
 
+/**
+ * The AVX512-BF16 decode path over a bf16 cache (precision 'bf16', the default) rounds q (q_lat ++ q_pe)
+ * and p = exp(s - m) to bf16 and sums in fp32. Checks it against a float64 absorbed reference that
+ * rounds q the same way (q_lat from the kernel's own absorbQ, tested on its own) with an elementwise
+ * bound: p rounding (relative error <= u = 2^-8) moves oLat[h][c] by at most u * sum_j p_j |v_j[c]|
+ * (l sums the unrounded p), and o = W_UV oLat by at most sum_c |W_UV[h][., c]| times that; plus the
+ * fp32 summation tolerance of the exact path. Only sequences from `first` on are compared.
+ */
+function checkBf16Decode(sc: Scenario, got: { o: Arr; oLat: Arr; qLat: Arr }, wBf16: boolean, what: string, first = 0) {
+  const { d } = sc, dk = d.dn + d.dr, u = 2 ** -8, atol = 2e-5 * Math.sqrt(d.dl), rtol = 2e-4;
+  const w = rounded(sc.w, wBf16);
+  let worst = 0, where = '';
+  const check = (g: number, want: number, bound: number, name: string) => {
+    const r = Math.abs(g - want) / (u * bound + atol + rtol * Math.abs(want));
+    if (!(r <= worst) && (r > worst || Number.isNaN(r))) {
+      worst = Number.isNaN(r) ? Infinity : r;
+      where = `${name} = ${g}, want ${want} (bound ${u * bound + atol + rtol * Math.abs(want)})`;
+    }
+  };
+  sc.lens.forEach((len, b) => {
+    if (b < first) return;
+    const ckv = rounded(sc.ckv[b]!, true), kpe = rounded(sc.kpe[b]!, true);
+    for (let h = 0; h < d.nh; h++) {
+      const ql = rounded(Array.from(got.qLat).slice((b * d.nh + h) * d.dl, (b * d.nh + h + 1) * d.dl), true);
+      const qp = rounded(Array.from(sc.q).slice((b * d.nh + h) * dk + d.dn, (b * d.nh + h + 1) * dk), true);
+      const s = new Float64Array(len);
+      let mx = -Infinity, sum = 0;
+      for (let j = 0; j < len; j++) {
+        let a = 0;
+        for (let c = 0; c < d.dl; c++) a += ql[c]! * ckv[j * d.dl + c]!;
+        for (let c = 0; c < d.dr; c++) a += qp[c]! * kpe[j * d.dr + c]!;
+        mx = Math.max(mx, (s[j] = a * sc.scale));
+      }
+      for (let j = 0; j < len; j++) sum += (s[j] = Math.exp(s[j]! - mx));
+      const ol = new Float64Array(d.dl), ob = new Float64Array(d.dl);
+      for (let j = 0; j < len; j++)
+        for (let c = 0; c < d.dl; c++) {
+          ol[c]! += (s[j]! / sum) * ckv[j * d.dl + c]!;
+          ob[c]! += (s[j]! / sum) * Math.abs(ckv[j * d.dl + c]!);
+        }
+      for (let c = 0; c < d.dl; c++) check(got.oLat[(b * d.nh + h) * d.dl + c]!, ol[c]!, ob[c]!, `${what} oLat[${b}][${h}][${c}]`);
+      for (let c = 0; c < d.dv; c++) {
+        const r = (h * (d.dn + d.dv) + d.dn + c) * d.dl;
+        let o = 0, bound = 0;
+        for (let l = 0; l < d.dl; l++) {
+          o += w[r + l]! * ol[l]!;
+          bound += Math.abs(w[r + l]!) * ob[l]!;
+        }
+        check(got.o[(b * d.nh + h) * d.dv + c]!, o, bound, `${what} o[${b}][${h}][${c}]`);
+      }
+    }
+  });
+  expect(worst, where).toBeLessThanOrEqual(1);
+}
+/** Whether decode over a bf16 cache at ISA `isa` takes the vdpbf16ps path (precision 'bf16'). */
+const bf16DecodePath = (isa: string) => isa === 'avx512' && native.cpuFeatures().avx512bf16;
+
 describe('absorbed decode over the paged latent cache', () => {
   const small: Dims = { nh: 3, dn: 16, dr: 8, dv: 12, dl: 20 };
   const cases: [string, Dims, number[], number][] = [
@@ -253,6 +310,10 @@ describe('absorbed decode over the paged latent cache', () => {
           for (const isa of isas) {
             native.setIsa(isa);
             const got = runDecode(sc, cache, wt);
+            if (cacheType === 'bf16' && bf16DecodePath(isa)) {
+              checkBf16Decode(sc, got, wType === 'bf16', isa);
+              continue;
+            }
             expectClose(got.oLat, want.oLat, atol, rtol, `oLat (${isa})`);
             expectClose(got.o, want.o, atol, rtol, `o (${isa})`);
           }
@@ -264,6 +325,37 @@ describe('absorbed decode over the paged latent cache', () => {
           }
           cache.dispose();
         });
+
+  it("precision 'highest' keeps the fp32 decode path for a bf16 cache (only the cache is rounded), on every ISA", () => {
+    const d: Dims = { nh: 6, dn: 128, dr: 64, dv: 128, dl: 512 };
+    const sc = scenario(2024, d, [45, 1, 100], 16);
+    const want = decodeRef(sc, true, false);
+    const cache = buildCache(sc, 'bf16');
+    const wt = tensor(sc.w, [d.nh * (d.dn + d.dv), d.dl]);
+    const atol = 2e-5 * Math.sqrt(d.dl), rtol = 2e-4;
+    const before = native.setMatmulPrecision('highest');
+    try {
+      for (const isa of isas) {
+        native.setIsa(isa);
+        const got = runDecode(sc, cache, wt);
+        expectClose(got.oLat, want.oLat, atol, rtol, `oLat highest (${isa})`);
+        expectClose(got.o, want.o, atol, rtol, `o highest (${isa})`);
+      }
+      // The bf16 path really is a different computation where the CPU has it.
+      native.setIsa('avx512');
+      const exact = runDecode(sc, cache, wt);
+      native.setMatmulPrecision('bf16');
+      const fast = runDecode(sc, cache, wt);
+      if (bf16DecodePath(native.cpuFeatures().isa)) {
+        expect(Array.from(fast.oLat)).not.toEqual(Array.from(exact.oLat));
+        checkBf16Decode(sc, fast, false, 'bf16 precision');
+      } else expect(Array.from(fast.oLat)).toEqual(Array.from(exact.oLat));
+    } finally {
+      native.setMatmulPrecision(before);
+      native.setIsa(startIsa);
+    }
+    cache.dispose();
+  });
 
   it('splits one long sequence over any thread count and merges exactly', () => {
     const d = small;
@@ -279,6 +371,18 @@ describe('absorbed decode over the paged latent cache', () => {
         expectClose(got.o, want.o, 2e-4, 2e-4, `o (${n} threads, ${isa})`);
       }
     }
+    // The same over a bf16 cache (the vdpbf16ps path where the CPU has it).
+    const cacheBf = buildCache(sc, 'bf16'), wantBf = decodeRef(sc, true, false);
+    for (const n of [1, 3, 8]) {
+      native.setThreads(n);
+      for (const isa of isas) {
+        native.setIsa(isa);
+        const got = runDecode(sc, cacheBf, wt);
+        if (bf16DecodePath(isa)) checkBf16Decode(sc, got, false, `bf16 cache, ${n} threads`);
+        else expectClose(got.o, wantBf.o, 2e-4, 2e-4, `o (bf16 cache, ${n} threads, ${isa})`);
+      }
+    }
+    cacheBf.dispose();
     native.setThreads(startThreads);
   });
 
@@ -316,7 +420,8 @@ describe('absorbed decode over the paged latent cache', () => {
       native.setIsa(isa);
       const got = runDecode(sc, cache, wt);
       for (let c = 0; c < d.dv; c++) expect(Number.isNaN(got.o[c]!), `${isa} o[0][0][${c}]`).toBe(true);
-      expectClose(got.o.slice(d.nh * d.dv), want.o.slice(d.nh * d.dv), 1e-4, 1e-4, `second sequence (${isa})`);
+      if (bf16DecodePath(isa)) checkBf16Decode(sc, got, false, `second sequence (${isa})`, 1);
+      else expectClose(got.o.slice(d.nh * d.dv), want.o.slice(d.nh * d.dv), 1e-4, 1e-4, `second sequence (${isa})`);
     }
   });
 

@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
@@ -23,6 +24,7 @@
 #endif
 
 #include "features.h"
+#include "linear.h"
 #include "numeric.h"
 #include "threadpool.h"
 
@@ -288,6 +290,165 @@ LC_T512 float softmax_avx512(float* s, int n, float& m, float& l) {
   l = l * corr + _mm512_reduce_add_ps(vsum);
   m = mx;
   return corr;
+}
+
+// ---------------------------------------------------------------------------------------------
+// AVX512-BF16 absorbed decode over a bf16 cache (decode_unit_bf16). For one tile of cache rows,
+// every head of the sequence reads the same rows, so the tile is two small GEMMs:
+//   S[heads, rows] = Q[heads, dl + dr] x K[rows, dl + dr]^T     (vdpbf16ps, dot-product form)
+//   acc[heads, dl] = corr * acc + P[heads, rows] x V[rows, dl]  (vdpbf16ps, V packed in row pairs)
+// Numerics: q (q_lat ++ q_pe) and p = exp(s - m) are rounded to bf16 (round to nearest even),
+// every product is exact and sums are fp32; the running max m, the sum l (of the unrounded fp32 p)
+// and the rescale stay fp32, like FlashMLA on GPUs. Relative error per term is about 2^-9 on each
+// of the score and p, against 2^-24 in the fp32 path.
+#define LC_TBF __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma")))
+
+constexpr int kBfTile = 32;              // cache rows per tile
+constexpr int kBfPairs = kBfTile / 2;    // row pairs per tile
+constexpr int64_t kBfMaxQ = 64 * 1024;   // bf16 query elements (heads x padded row) kept on the stack
+constexpr int64_t kBfMaxDl = 1024;       // latent width limit of the packed value tile
+constexpr int64_t kBfMaxHeads = 256;
+
+// s[h * ss + j] = (q_h . k_j) * scale for HB heads (bf16 rows, stride rp, zero-padded to rp) and JB keys.
+template <int HB, int JB>
+LC_TBF void scores_bf(const uint16_t* q, int64_t rp, const uint16_t* const* k, int64_t n, float scale, float* s, int64_t ss) {
+  __m512 acc[HB][JB];
+  for (int h = 0; h < HB; ++h)
+    for (int j = 0; j < JB; ++j) acc[h][j] = _mm512_setzero_ps();
+  int64_t c = 0;
+  for (; c + 32 <= n; c += 32) {
+    __m512bh qv[HB];
+    for (int h = 0; h < HB; ++h) qv[h] = (__m512bh)_mm512_loadu_si512(q + h * rp + c);
+    for (int j = 0; j < JB; ++j) {
+      const __m512bh kv = (__m512bh)_mm512_loadu_si512(k[j] + c);
+      for (int h = 0; h < HB; ++h) acc[h][j] = _mm512_dpbf16_ps(acc[h][j], qv[h], kv);
+    }
+  }
+  if (c < n) {
+    const __mmask32 m = static_cast<__mmask32>((1ull << (n - c)) - 1);
+    __m512bh qv[HB];
+    for (int h = 0; h < HB; ++h) qv[h] = (__m512bh)_mm512_loadu_si512(q + h * rp + c);
+    for (int j = 0; j < JB; ++j) {
+      const __m512bh kv = (__m512bh)_mm512_maskz_loadu_epi16(m, k[j] + c);
+      for (int h = 0; h < HB; ++h) acc[h][j] = _mm512_dpbf16_ps(acc[h][j], qv[h], kv);
+    }
+  }
+  if constexpr (JB == 4) {
+    const __m128 vs = _mm_set1_ps(scale);
+    for (int h = 0; h < HB; ++h) _mm_storeu_ps(s + h * ss, _mm_mul_ps(reduce4(acc[h][0], acc[h][1], acc[h][2], acc[h][3]), vs));
+  } else {
+    for (int h = 0; h < HB; ++h)
+      for (int j = 0; j < JB; ++j) s[h * ss + j] = _mm512_reduce_add_ps(acc[h][j]) * scale;
+  }
+}
+
+// acc[h][c] = acc[h][c] * corr[h] + sum_jp p[h][jp] . vp[u][jp] for HB heads and CB vectors of 16
+// latent columns (the last one masked by mlast). p: bf16 pairs (p_2jp, p_2jp+1) as uint32;
+// vp[u][jp]: 16 columns of rows 2jp and 2jp+1 interleaved, vs elements between consecutive u.
+template <int HB, int CB>
+LC_TBF void pv_bf(float* acc, int64_t as, const float* corr, const uint32_t* p, int64_t ps, int np, const uint16_t* vp,
+                  int64_t vs, __mmask16 mlast) {
+  __m512 a[HB][CB];
+  for (int h = 0; h < HB; ++h) {
+    const __m512 cr = _mm512_set1_ps(corr[h]);
+    for (int u = 0; u < CB; ++u)
+      a[h][u] = _mm512_mul_ps(u == CB - 1 ? _mm512_maskz_loadu_ps(mlast, acc + h * as + 16 * u) : _mm512_loadu_ps(acc + h * as + 16 * u), cr);
+  }
+  for (int jp = 0; jp < np; ++jp) {
+    __m512bh vv[CB];
+    for (int u = 0; u < CB; ++u) vv[u] = (__m512bh)_mm512_load_si512(vp + u * vs + jp * 32);
+    for (int h = 0; h < HB; ++h) {
+      const __m512bh pw = (__m512bh)_mm512_set1_epi32(static_cast<int>(p[h * ps + jp]));
+      for (int u = 0; u < CB; ++u) a[h][u] = _mm512_dpbf16_ps(a[h][u], pw, vv[u]);
+    }
+  }
+  for (int h = 0; h < HB; ++h)
+    for (int u = 0; u < CB; ++u) {
+      if (u == CB - 1)
+        _mm512_mask_storeu_ps(acc + h * as + 16 * u, mlast, a[h][u]);
+      else
+        _mm512_storeu_ps(acc + h * as + 16 * u, a[h][u]);
+    }
+}
+
+using ScoresBfFn = void (*)(const uint16_t*, int64_t, const uint16_t* const*, int64_t, float, float*, int64_t);
+using PvBfFn = void (*)(float*, int64_t, const float*, const uint32_t*, int64_t, int, const uint16_t*, int64_t, __mmask16);
+#define LC_BF_ROW(F, H) {F<H, 1>, F<H, 2>, F<H, 3>, F<H, 4>}
+const ScoresBfFn kScoresBf[4][4] = {LC_BF_ROW(scores_bf, 1), LC_BF_ROW(scores_bf, 2), LC_BF_ROW(scores_bf, 3), LC_BF_ROW(scores_bf, 4)};
+const PvBfFn kPvBf[4][4] = {LC_BF_ROW(pv_bf, 1), LC_BF_ROW(pv_bf, 2), LC_BF_ROW(pv_bf, 3), LC_BF_ROW(pv_bf, 4)};
+#undef LC_BF_ROW
+
+// f32 [n] -> bf16 (round to nearest even) at dst.
+LC_TBF inline void to_bf16(uint16_t* dst, const float* src, int64_t n) {
+  for (int64_t c = 0; c < n; c += 16) {
+    const __mmask16 m = static_cast<__mmask16>(n - c >= 16 ? 0xffff : (1u << (n - c)) - 1);
+    _mm256_mask_storeu_epi16(dst + c, m, (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, src + c)));
+  }
+}
+
+bool decode_bf16_fits(const MlaDims& d) {
+  const int64_t rp = (d.dl + d.dr + 31) / 32 * 32;
+  return d.dl <= kBfMaxDl && d.nh <= kBfMaxHeads && d.nh * rp <= kBfMaxQ;
+}
+
+// One split [s0, s1) of one sequence: folds its cache rows into acc [nh, dl] and ml [nh, 2].
+// qlb: q_lat [nh, dl]; qpb: q_pe of head 0, heads qps apart.
+LC_TBF void decode_unit_bf16(const MlaDims& d, const float* qlb, const float* qpb, int64_t qps, const uint16_t* cache,
+                             const int32_t* bt, int64_t block_size, int64_t s0, int64_t s1, float scale, float* acc, float* ml) {
+  const int64_t nh = d.nh, dl = d.dl, dr = d.dr, row = dl + dr, rp = (row + 31) / 32 * 32, ncb = (dl + 15) / 16;
+  alignas(64) uint16_t qb[kBfMaxQ];
+  alignas(64) uint16_t vp[kBfMaxDl / 16 * kBfPairs * 32];
+  alignas(64) float sc[kBfMaxHeads * kBfTile];
+  alignas(64) uint32_t pb[kBfMaxHeads * kBfPairs];
+  float corr[kBfMaxHeads];
+  const uint16_t* ka[kBfTile];
+  for (int64_t h = 0; h < nh; ++h) {
+    uint16_t* qh = qb + h * rp;
+    to_bf16(qh, qlb + h * dl, dl);
+    to_bf16(qh + dl, qpb + h * qps, dr);
+    for (int64_t c = row; c < rp; ++c) qh[c] = 0;
+  }
+  const __mmask16 mlast = static_cast<__mmask16>(dl % 16 == 0 ? 0xffff : (1u << (dl % 16)) - 1);
+  for (int64_t t0 = s0; t0 < s1; t0 += kBfTile) {
+    const int nt = static_cast<int>(std::min<int64_t>(kBfTile, s1 - t0)), np = (nt + 1) / 2;
+    for (int j = 0; j < nt; ++j) {
+      const int64_t s = t0 + j;
+      ka[j] = cache + (static_cast<int64_t>(bt[s / block_size]) * block_size + s % block_size) * row;
+    }
+    // Scores, then the online softmax of every head; p rounded to bf16 pairs (zero beyond nt).
+    for (int64_t h0 = 0; h0 < nh; h0 += 4) {
+      const int hb = static_cast<int>(std::min<int64_t>(4, nh - h0));
+      for (int j0 = 0; j0 < nt; j0 += 4)
+        kScoresBf[hb - 1][std::min(4, nt - j0) - 1](qb + h0 * rp, rp, ka + j0, row, scale, sc + h0 * kBfTile + j0, kBfTile);
+    }
+    const __mmask32 mt = static_cast<__mmask32>(nt >= 32 ? 0xffffffffu : (1u << nt) - 1);
+    for (int64_t h = 0; h < nh; ++h) {
+      float* s = sc + h * kBfTile;
+      corr[h] = softmax_avx512(s, nt, ml[2 * h], ml[2 * h + 1]);
+      const __m512 lo = _mm512_maskz_loadu_ps(static_cast<__mmask16>(mt), s);
+      const __m512 hi = _mm512_maskz_loadu_ps(static_cast<__mmask16>(mt >> 16), s + 16);
+      _mm512_store_si512(pb + h * kBfPairs, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+    }
+    // Values: 16-column groups of row pairs interleaved (a missing odd row reads as zero).
+    for (int64_t cb = 0; cb < ncb; ++cb) {
+      const int64_t c = cb * 16;
+      const __mmask16 m = cb == ncb - 1 ? mlast : static_cast<__mmask16>(0xffff);
+      uint16_t* dst = vp + cb * kBfPairs * 32;
+      for (int jp = 0; jp < np; ++jp) {
+        const __m256i lo = _mm256_maskz_loadu_epi16(m, ka[2 * jp] + c);
+        const __m256i hi = 2 * jp + 1 < nt ? _mm256_maskz_loadu_epi16(m, ka[2 * jp + 1] + c) : _mm256_setzero_si256();
+        _mm512_store_si512(dst + jp * 32, _mm512_or_si512(_mm512_cvtepu16_epi32(lo), _mm512_slli_epi32(_mm512_cvtepu16_epi32(hi), 16)));
+      }
+    }
+    for (int64_t h0 = 0; h0 < nh; h0 += 4) {
+      const int hb = static_cast<int>(std::min<int64_t>(4, nh - h0));
+      for (int64_t cb0 = 0; cb0 < ncb; cb0 += 4) {
+        const int cbn = static_cast<int>(std::min<int64_t>(4, ncb - cb0));
+        kPvBf[hb - 1][cbn - 1](acc + h0 * dl + cb0 * 16, dl, corr + h0, pb + h0 * kBfPairs, kBfPairs, np,
+                               vp + cb0 * kBfPairs * 32, kBfPairs * 32, cb0 + cbn == ncb ? mlast : static_cast<__mmask16>(0xffff));
+      }
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -574,6 +735,12 @@ void decode_impl(const MlaDims& d, int64_t batch, float* o_lat, const float* q_l
                  float scale, float* ws, int64_t units) {
   const Kernels<CT> K = pick<CT>();
   const int64_t nh = d.nh, dl = d.dl, dr = d.dr, dk = d.dn + d.dr, row = dl + dr;
+  // bf16 cache on an AVX512-BF16 CPU: vdpbf16ps with q and p rounded to bf16 (see decode_unit_bf16),
+  // unless bf16 activations are turned off (setMatmulPrecision('highest')): then the fp32 path.
+#ifdef LC_ATTN_X86
+  const bool use_bf16 = std::is_same_v<CT, uint16_t> && isa() == Isa::Avx512 && features().avx512_bf16 &&
+                        bf16_activations() && decode_bf16_fits(d);
+#endif
   DecodeLayout L = decode_layout(d, batch, units, ws);
   // Schedule: every sequence gets ceil(len / chunk) splits of (nearly) equal length.
   int64_t total = 0;
@@ -597,7 +764,8 @@ void decode_impl(const MlaDims& d, int64_t batch, float* o_lat, const float* q_l
       while (L.unit_prefix[b + 1] <= u) ++b;
       const int64_t splits = L.unit_prefix[b + 1] - L.unit_prefix[b], k = u - L.unit_prefix[b];
       const int64_t len = seq_lens[b], per = (len + splits - 1) / splits;
-      const int64_t s0 = std::min(len, k * per), s1 = std::min(len, s0 + per);
+      const int64_t s0 = std::min(len, k * per);
+      int64_t s1 = std::min(len, s0 + per);
       float* acc = splits > 1 ? L.acc + (L.slot_prefix[b] + k) * nh * dl : o_lat + b * nh * dl;
       float* ml = L.ml + u * nh * 2;
       std::memset(acc, 0, sizeof(float) * nh * dl);
@@ -608,6 +776,14 @@ void decode_impl(const MlaDims& d, int64_t batch, float* o_lat, const float* q_l
       const int32_t* bt = block_table + b * max_blocks;
       const float* qlb = q_lat + b * nh * dl;
       const float* qpb = q + b * nh * dk + d.dn;
+#ifdef LC_ATTN_X86
+      if constexpr (std::is_same_v<CT, uint16_t>) {
+        if (use_bf16) {
+          decode_unit_bf16(d, qlb, qpb, dk, cache, bt, block_size, s0, s1, scale, acc, ml);
+          s1 = s0;  // done: skip the generic tile loop
+        }
+      }
+#endif
       for (int64_t t0 = s0; t0 < s1; t0 += kTile) {
         const int nt = static_cast<int>(std::min<int64_t>(kTile, s1 - t0));
         for (int j = 0; j < nt; ++j) {
