@@ -1,0 +1,35 @@
+// CUDA kernels against their CPU twins (scripts/gpu-cases.mjs, shared with scripts/gpu-check.mjs).
+// Runs only where a GPU and a CUDA build are present; everywhere else the suite is skipped.
+import { describe, expect, it } from 'vitest';
+import { cudaAvailable } from './helpers.js';
+// @ts-expect-error plain ESM script without types
+import { cases, checkCase, dev } from '../scripts/gpu-cases.mjs';
+import { Stream } from '../dist/device.js';
+
+type Case = { name: string };
+
+describe.skipIf(!cudaAvailable)('CUDA kernels match the CPU', () => {
+  const stream = cudaAvailable ? new Stream(dev) : null;
+  it.each((cases as Case[]).map((c) => [c.name, c] as const))('%s', (_name, c) => {
+    const r = checkCase(c, stream);
+    expect(r.err, `max relative error ${r.err} > ${r.tol}`).toBeLessThanOrEqual(r.tol);
+  });
+});
+
+// Everywhere: the first parity case of every op builds and runs on the CPU, so the GPU check
+// that a GPU session runs first is known to work up to the device. (All of them would take ~30 s:
+// encoding the large random inputs in JS dominates.)
+describe('GPU parity cases', () => {
+  it('build and run on the CPU, one per op', async () => {
+    const { native } = await import('../dist/native.js');
+    const seen = new Set<string>();
+    for (const c of cases as { name: string; gpuOnly?: boolean; make(d: string): { run(s: null): void } }[]) {
+      const op = c.name.split(' ')[0]!;
+      if (c.gpuOnly || seen.has(op)) continue;
+      seen.add(op);
+      c.make('cpu').run(null);
+      native.synchronize('cpu');
+    }
+    expect(seen.size).toBeGreaterThanOrEqual(20);
+  });
+});
