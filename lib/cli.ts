@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // The `longcat` command: info, generate, chat, inspect, init-random.
 import { parseArgs } from 'node:util';
-import { existsSync } from 'node:fs';
+import { existsSync, renameSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import readline from 'node:readline';
@@ -76,7 +76,15 @@ async function defaultModelDir(): Promise<string> {
   const dir = path.join(tmpdir(), 'longcat-flash-tiny-v1');
   if (!existsSync(path.join(dir, 'model.safetensors.index.json'))) {
     process.stderr.write(`longcat: no --model given; writing a random tiny LongCat-Flash checkpoint to ${dir}\n`);
-    await initRandom({ preset: 'tiny', out: dir, seed: 0 });
+    // Written aside and renamed into place, so an interrupted run never leaves half a checkpoint.
+    const tmp = `${dir}.tmp-${process.pid}`;
+    await initRandom({ preset: 'tiny', out: tmp, seed: 0 });
+    rmSync(dir, { recursive: true, force: true });
+    try {
+      renameSync(tmp, dir);
+    } catch {
+      rmSync(tmp, { recursive: true, force: true }); // another process won the race: use its copy
+    }
   }
   return dir;
 }
