@@ -1,6 +1,6 @@
 // The user-facing model: loadModel -> Model -> Session.generate(), streamed or awaited.
 import { native } from './native.js';
-import { empty, toArray, type Tensor } from './tensor.js';
+import { empty, toArray } from './tensor.js';
 import { AbortError, ArgumentError } from './errors.js';
 import { loadTokenizer, type Tokenizer } from './tokenizer.js';
 import { applyChatTemplate, type ChatMessage } from './chat.js';
@@ -300,4 +300,3 @@ export async function loadModel(dir: string, opts: LoadModelOptions = {}): Promi
     throw e;
   }
 }
-export type { Tensor };
