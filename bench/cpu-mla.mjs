@@ -13,6 +13,7 @@
 //   LONGCAT_ADDON=build-bench/Release/longcat.node node bench/cpu-mla.mjs [--quick] [--out f.json]
 import { writeFileSync } from 'node:fs';
 import { native } from '../dist/index.js';
+import { now, median, readBandwidth, randomBf16, randomF32 } from './common.mjs';
 
 const args = process.argv.slice(2);
 const quick = args.includes('--quick');
@@ -22,32 +23,7 @@ const NH = 64, DL = 512, DR = 64, DN = 128, W = DL + DR, BS = 64;
 const FLOP_PER_TOKEN_HEAD = 2 * (DL + DR) + 2 * DL; // score dot (latent + rope) + value accumulate
 const BYTES_PER_TOKEN = W * 2; // bf16 cache row
 
-const now = () => Number(process.hrtime.bigint()) / 1e6;
-const median = (v) => {
-  const s = [...v].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : 0.5 * (s[s.length / 2 - 1] + s[s.length / 2]);
-};
-const readBandwidth = () => native.benchReadBandwidth(1 << 30, 3).gbps;
 
-/** xorshift32 bf16 bits, magnitude 2^-4..2^-1, random sign (finite, never zero). */
-function randomBf16(n, seed) {
-  const bits = new Uint16Array(n);
-  let s = seed >>> 0 || 1;
-  for (let i = 0; i < n; i++) {
-    s ^= s << 13; s >>>= 0; s ^= s >>> 17; s ^= s << 5; s >>>= 0;
-    bits[i] = (s & 0x807f) | ((123 + ((s >>> 8) & 3)) << 7);
-  }
-  return bits;
-}
-function randomF32(n, seed, scale = 0.05) {
-  const a = new Float32Array(n);
-  let s = seed >>> 0 || 1;
-  for (let i = 0; i < n; i++) {
-    s ^= s << 13; s >>>= 0; s ^= s >>> 17; s ^= s << 5; s >>>= 0;
-    a[i] = ((s / 4294967296) * 2 - 1) * scale;
-  }
-  return a;
-}
 
 function main() {
   const t00 = now();
@@ -59,7 +35,7 @@ function main() {
   // Pool: at least 512 MiB so rotation streams from memory; all of the largest case.
   const poolBlocks = Math.ceil(Math.max(maxTokens, (512 << 20) / BYTES_PER_TOKEN) / BS / 64) * 64;
   const cache = new native.Tensor('bf16', [poolBlocks, BS, W], 'cpu');
-  const chunk = randomBf16(64 * BS * W, 7);
+  const chunk = randomBf16(64 * BS * W, 7, 123);
   for (let b = 0; b < poolBlocks; b += 64) {
     const v = cache.narrow(b, 64);
     v.copyFromBytes(chunk);
@@ -70,7 +46,7 @@ function main() {
   // Compute roofline: one sequence's score product as a GEMM, [64, 576] f32 x [N, 576]^T bf16;
   // the fastest of the calls, best of two samples (before and after the cases).
   const gN = 8192;
-  const gw = [new native.Tensor('bf16', [gN, W], 'cpu', randomBf16(gN * W, 3))];
+  const gw = [new native.Tensor('bf16', [gN, W], 'cpu', randomBf16(gN * W, 3, 123))];
   const gx = new native.Tensor('f32', [NH, W], 'cpu', randomF32(NH * W, 4));
   const gy = new native.Tensor('f32', [NH, gN], 'cpu');
   const gemmRate = () => (2 * NH * gN * W) / native.benchLinear(gy, gx, gw, null, 2, quick ? 7 : 15).minMs / 1e6;

@@ -16,6 +16,7 @@
 //   LONGCAT_ADDON=build-bench/Release/longcat.node node bench/cpu-moe.mjs [--quick] [--out f.json]
 import { writeFileSync } from 'node:fs';
 import { native } from '../dist/index.js';
+import { now, median, readBandwidth, randomBf16, rng } from './common.mjs';
 
 const args = process.argv.slice(2);
 const quick = args.includes('--quick');
@@ -24,37 +25,14 @@ const outPath = args.includes('--out') ? args[args.indexOf('--out') + 1] : null;
 const H = 6144, I = 2048, K = 12, NF = 8;
 const BYTES_PER_EXPERT = 3 * I * H * 2;
 
-const now = () => Number(process.hrtime.bigint()) / 1e6;
-const median = (v) => {
-  const s = [...v].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : 0.5 * (s[s.length / 2 - 1] + s[s.length / 2]);
-};
-const readBandwidth = () => native.benchReadBandwidth(1 << 30, 3).gbps;
 
-/** xorshift32 bf16 bits, magnitude 2^-7..2^-4, random sign (finite, never zero). */
-function randomBf16(n, seed) {
-  const bits = new Uint16Array(n);
-  let s = seed >>> 0 || 1;
-  for (let i = 0; i < n; i++) {
-    s ^= s << 13; s >>>= 0; s ^= s >>> 17; s ^= s << 5; s >>>= 0;
-    bits[i] = (s & 0x807f) | ((120 + ((s >>> 8) & 3)) << 7);
-  }
-  return bits;
-}
-function rng(seed) {
-  let s = seed >>> 0 || 1;
-  return () => {
-    s ^= s << 13; s >>>= 0; s ^= s >>> 17; s ^= s << 5; s >>>= 0;
-    return s / 4294967296;
-  };
-}
 const f32 = (shape, fill) => new native.Tensor('f32', shape, 'cpu', new Float32Array(shape.reduce((a, b) => a * b, 1)).fill(fill));
 
 function main() {
   const t00 = now();
   const nRouted = quick ? 16 : 24; // 16 x 75.5 MB = 1.2 GB: far above any cache
   // Every expert has its own memory; contents repeat across experts (irrelevant to bandwidth).
-  const gu = randomBf16(I * H, 1), dn = randomBf16(H * I, 2);
+  const gu = randomBf16(I * H, 1, 120), dn = randomBf16(H * I, 2, 120);
   const gate = [], up = [], down = [];
   for (let e = 0; e < nRouted; e++) {
     gate.push(new native.Tensor('bf16', [I, H], 'cpu', gu));

@@ -23,6 +23,7 @@ import { existsSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { native } from '../dist/index.js';
+import { now, median, readBandwidth, rng } from './common.mjs';
 import { loadModel } from '../dist/generate.js';
 import { initRandom } from '../dist/init-random.js';
 import { batchTables } from '../dist/kv-cache.js';
@@ -35,21 +36,8 @@ const outPath = arg('--out', null);
 const presets = arg('--presets', quick ? 'small' : 'small,medium').split(',');
 const PP = Number(arg('--pp', 512)), TG = Number(arg('--tg', 128));
 
-const now = () => Number(process.hrtime.bigint()) / 1e6;
 const mean = (v) => v.reduce((a, b) => a + b, 0) / v.length;
 const sd = (v) => (v.length < 2 ? 0 : Math.sqrt(v.reduce((a, b) => a + (b - mean(v)) ** 2, 0) / (v.length - 1)));
-const median = (v) => {
-  const s = [...v].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : 0.5 * (s[s.length / 2 - 1] + s[s.length / 2]);
-};
-const readBandwidth = () => native.benchReadBandwidth(1 << 30, 3).gbps;
-function rng(seed) {
-  let s = seed >>> 0 || 1;
-  return () => {
-    s ^= s << 13; s >>>= 0; s ^= s >>> 17; s ^= s << 5; s >>>= 0;
-    return s / 4294967296;
-  };
-}
 const numel = (t) => t.shape.reduce((a, b) => a * b, 1);
 const linBytes = (l) => l.weight.nbytes + (l.scale ? l.scale.nbytes : 0);
 const linParams = (l) => numel(l.weight);
