@@ -25,6 +25,10 @@
 
 #include "common.cuh"
 #include "moe.h"
+#include "../native/cpu/linear.h"
+#include "quant.h"
+#include "tile_gemm.cuh"
+#include "weights.cuh"
 
 namespace lc::gpu {
 namespace {
@@ -33,15 +37,16 @@ constexpr int kSkinnyRows = 8;  // rows per tile, skinny path
 constexpr int kSkinnyWarps = 8;  // output features per block, skinny path
 constexpr int kTiled = 64;       // rows and columns per tile, tiled path
 constexpr int kSlab = 32;        // K slab, tiled path
+static_assert(kTiled == tile::kBM, "the 64-row tile schedule feeds the tensor-core GEMM too");
 
 size_t align256(size_t b) { return (b + 255) & ~static_cast<size_t>(255); }
 
 struct Layout {
-  size_t ctrl, counts, offsets, pos, sorted, tiles, act, y, total;
+  size_t ctrl, counts, offsets, pos, sorted, tiles, act, y, uq, us, aq, as, total;
   int64_t tile_cap;
 };
 
-Layout layout(int64_t t, int64_t k, int64_t h, int64_t inter, int64_t nr) {
+Layout layout(int64_t t, int64_t k, int64_t h, int64_t inter, int64_t nr, bool fp8) {
   const int64_t ns = t * k;
   Layout L;
   L.tile_cap = nr > 0 ? (ns + kSkinnyRows - 1) / kSkinnyRows + std::min(nr, ns) : 0;  // >= the tiled path's count too
@@ -54,73 +59,17 @@ Layout layout(int64_t t, int64_t k, int64_t h, int64_t inter, int64_t nr) {
   L.tiles = L.sorted + align256(sizeof(int32_t) * static_cast<size_t>(ns));
   L.act = L.tiles + align256(3 * sizeof(int32_t) * static_cast<size_t>(L.tile_cap));
   L.y = L.act + align256(sizeof(float) * rows * static_cast<size_t>(inter));
-  L.total = L.y + align256(sizeof(float) * rows * static_cast<size_t>(h));
+  L.uq = L.y + align256(sizeof(float) * rows * static_cast<size_t>(h));
+  // fp8: u and act quantized to e4m3 with 1x128 group scales
+  const size_t tq = fp8 ? static_cast<size_t>(t) : 0, rq = fp8 ? rows : 0;
+  L.us = L.uq + align256(tq * static_cast<size_t>(h));
+  L.aq = L.us + align256(sizeof(float) * tq * static_cast<size_t>((h + 127) / 128));
+  L.as = L.aq + align256(rq * static_cast<size_t>(inter));
+  L.total = L.as + align256(sizeof(float) * rq * static_cast<size_t>((inter + 127) / 128));
   return L;
 }
 
-// ---- weights ---------------------------------------------------------------------------------
-
-struct WView {
-  const void* data;
-  const float* scale;
-  DType dtype;
-  int64_t k, kb;  // row length; kb = ceil(k / 128), the fp8 scale row length
-
-  __device__ __forceinline__ float at(int64_t r, int64_t c) const {
-    switch (dtype) {
-      case DType::F32: return static_cast<const float*>(data)[r * k + c];
-      case DType::BF16: return bf16_bits_to_f32(static_cast<const uint16_t*>(data)[r * k + c]);
-      case DType::FP8_E4M3:
-        return fp8e4m3_to_f32(static_cast<const uint8_t*>(data)[r * k + c]) * scale[(r / 128) * kb + c / 128];
-      case DType::I8: return static_cast<const int8_t*>(data)[r * k + c] * scale[r];
-      default: return 0.f;
-    }
-  }
-  // Weights [r, c .. c + 8); requires k % 8 == 0, c % 8 == 0 and a 16-byte aligned `data`.
-  __device__ __forceinline__ void at8(int64_t r, int64_t c, float (&v)[8]) const {
-    const int64_t i = r * k + c;
-    switch (dtype) {
-      case DType::F32: {
-        const float4 a = *reinterpret_cast<const float4*>(static_cast<const float*>(data) + i);
-        const float4 b = *reinterpret_cast<const float4*>(static_cast<const float*>(data) + i + 4);
-        v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
-        break;
-      }
-      case DType::BF16: {
-        const uint4 p = *reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(data) + i);
-        const uint32_t u[4] = {p.x, p.y, p.z, p.w};
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          v[2 * j] = __uint_as_float(u[j] << 16);
-          v[2 * j + 1] = __uint_as_float(u[j] & 0xffff0000u);
-        }
-        break;
-      }
-      case DType::FP8_E4M3: {
-        const uint2 p = *reinterpret_cast<const uint2*>(static_cast<const uint8_t*>(data) + i);
-        const float s = scale[(r / 128) * kb + c / 128];  // 8 | 128: one scale block
-#pragma unroll
-        for (int j = 0; j < 8; ++j) v[j] = fp8e4m3_to_f32(static_cast<uint8_t>(((j < 4 ? p.x : p.y) >> (8 * (j & 3))) & 0xffu)) * s;
-        break;
-      }
-      case DType::I8: {
-        const uint2 p = *reinterpret_cast<const uint2*>(static_cast<const int8_t*>(data) + i);
-        const float s = scale[r];
-#pragma unroll
-        for (int j = 0; j < 8; ++j)
-          v[j] = static_cast<float>(static_cast<int8_t>(((j < 4 ? p.x : p.y) >> (8 * (j & 3))) & 0xffu)) * s;
-        break;
-      }
-      default:
-#pragma unroll
-        for (int j = 0; j < 8; ++j) v[j] = 0.f;
-    }
-  }
-};
-
 __device__ __forceinline__ WView view(const MoeWeight& m, int64_t k) { return WView{m.data, m.scale, m.dtype, k, (k + 127) / 128}; }
-
-__device__ __forceinline__ float silu_mul(float g, float u) { return g / (1.0f + expf(-g)) * u; }
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
@@ -322,7 +271,7 @@ __global__ void __launch_bounds__(kSkinnyWarps * 32) skinny_kernel(GemmArgs a, i
     const float g = warp_sum(acc0[i]);
     const float v = kGateUp ? warp_sum(acc1[i]) : 0.f;
     if (lane == 0 && i < m) {
-      if (kGateUp) a.act[(r0 + i) * a.inter + n] = silu_mul(g, v);
+      if (kGateUp) a.act[(r0 + i) * a.inter + n] = tile::silu_mul(g, v);
       else a.y[(r0 + i) * a.h + n] = g;
     }
   }
@@ -385,11 +334,62 @@ __global__ void __launch_bounds__(256) tiled_kernel(GemmArgs a, int64_t nblk) {
       const int r = ty * 4 + i;
       const int64_t n = n0 + tx * 4 + j;
       if (r < m && n < N) {
-        if (kGateUp) a.act[(r0 + r) * a.inter + n] = silu_mul(acc0[i][j], acc1[i][j]);
+        if (kGateUp) a.act[(r0 + r) * a.inter + n] = tile::silu_mul(acc0[i][j], acc1[i][j]);
         else a.y[(r0 + r) * a.h + n] = acc0[i][j];
       }
     }
 }
+
+// Tensor-core path (tile_gemm.cuh) over the same 64-row tile schedule: gate/up pairs with the
+// SwiGLU epilogue (x rows gathered from u by slot), then down. bf16 mode reads the f32 u / act and
+// the experts' stored weights; fp8 mode reads their e4m3 quantizations and fp8 experts.
+template <bool kGU>
+struct MoeTileGemm {
+  static constexpr bool kGateUp = kGU;
+  struct Tile {
+    int64_t e, r0, n0;
+    int m;
+  };
+  int64_t nblk;           // column blocks per tile
+  const int32_t* tiles;   // (expert, first row, rows)
+  const int32_t* ctrl;    // ctrl[1]: tiles scheduled
+  const int32_t* sorted;  // gate/up: sorted row -> slot
+  int64_t slots;          // top-k slots per token
+  int64_t k, kb, nout;    // this GEMM's K, ceil(K / 128), N
+  DType a_dtype, b_dtype;
+  const void* a;          // gate/up: u [t, h]; down: act [rows, inter] (f32, or e4m3 codes in fp8 mode)
+  const float* a_scale;   // fp8 mode: their 1x128 group scales
+  const MoeWeight* table;
+  int64_t nr;
+  float* out;  // gate/up: act; down: y
+
+  __device__ bool tile(Tile& tl) const {
+    const int64_t ti = blockIdx.x / nblk;
+    if (ti >= ctrl[1]) return false;
+    tl.e = tiles[3 * ti], tl.r0 = tiles[3 * ti + 1], tl.m = tiles[3 * ti + 2];
+    tl.n0 = (blockIdx.x % nblk) * (kGU ? tile::kBN / 2 : tile::kBN);
+    return true;
+  }
+  __device__ tile::Row a_row(const Tile& tl, int r) const {
+    if (r >= tl.m) return {};
+    const int64_t row = kGU ? sorted[tl.r0 + r] / slots : tl.r0 + r;
+    const int64_t es = a_dtype == DType::F32 ? 4 : 1;
+    return {static_cast<const char*>(a) + row * k * es, a_scale ? a_scale + row * kb : nullptr};
+  }
+  __device__ const MoeWeight& weight(const Tile& tl, int which) const { return table[(kGU ? which : 2) * nr + tl.e]; }
+  __device__ tile::Row b_row(const Tile& tl, int r) const {
+    const int64_t n = tl.n0 + (kGU ? r % (tile::kBN / 2) : r);
+    if (n >= nout) return {};
+    const MoeWeight& w = weight(tl, kGU ? r / (tile::kBN / 2) : 0);
+    const int64_t es = w.dtype == DType::F32 ? 4 : w.dtype == DType::BF16 ? 2 : 1;
+    const float* sc = w.dtype == DType::FP8_E4M3 ? w.scale + (n / 128) * kb : w.dtype == DType::I8 ? w.scale + n : nullptr;
+    return {static_cast<const char*>(w.data) + n * k * es, sc};
+  }
+  __device__ const float* b_scales(const Tile& tl, int which) const { return weight(tl, which).scale + (tl.n0 / 128) * kb; }
+  __device__ void store(const Tile& tl, int r, int c, float v) const {
+    if (r < tl.m && tl.n0 + c < nout) out[(tl.r0 + r) * nout + tl.n0 + c] = v;
+  }
+};
 
 // ---- combine ------------------------------------------------------------------------------------
 
@@ -438,18 +438,18 @@ void check_grid(int64_t blocks) {
 
 }  // namespace
 
-size_t moe_workspace_bytes(int64_t t, int64_t k, int64_t h, int64_t inter, int64_t n_routed) {
-  return layout(t, k, h, inter, n_routed).total;
+size_t moe_workspace_bytes(int64_t t, int64_t k, int64_t h, int64_t inter, int64_t n_routed, bool fp8) {
+  return layout(t, k, h, inter, n_routed, fp8).total;
 }
 
 void moe(int64_t t, int64_t k, int64_t h, int64_t inter, const float* u, const int32_t* idx, const float* w,
-         const MoeWeight* table, int64_t n_routed, int64_t n_experts, float* out, void* workspace, size_t workspace_bytes,
-         void* stream) {
+         const MoeWeight* table, int64_t n_routed, int64_t n_experts, float* out, bool fp8, void* workspace,
+         size_t workspace_bytes, void* stream) {
   const int64_t ns = t * k, nr = n_routed;
   if (ns <= 0 || h <= 0) return;
   if (k > kMaxK) fail(Code::E_SHAPE, "moe (CUDA): k = %lld slots per token exceeds %lld", static_cast<long long>(k),
                       static_cast<long long>(kMaxK));
-  const Layout L = layout(t, k, h, inter, nr);
+  const Layout L = layout(t, k, h, inter, nr, fp8);
   if (workspace_bytes < L.total) fail(Code::E_INTERNAL, "moe (CUDA): workspace too small");
   auto s = static_cast<cudaStream_t>(stream);
   char* ws = static_cast<char*>(workspace);
@@ -494,12 +494,42 @@ void moe(int64_t t, int64_t k, int64_t h, int64_t inter, const float* u, const i
       skinny_kernel<true><<<static_cast<unsigned>(cap * nb_gu), kSkinnyWarps * 32, 0, s>>>(a, nb_gu);
       a.xvec = inter % 8 == 0;  // act rows: 256-aligned base, inter floats apart
       skinny_kernel<false><<<static_cast<unsigned>(cap * nb_d), kSkinnyWarps * 32, 0, s>>>(a, nb_d);
-    } else {
+    } else if (cpu::matmul_precision() == cpu::MatmulPrecision::Highest) {
       const int64_t nb_gu = ceil_div(inter, kTiled), nb_d = ceil_div(h, kTiled);
       check_grid(cap * std::max(nb_gu, nb_d));
       a.xvec = false;
       tiled_kernel<true><<<static_cast<unsigned>(cap * nb_gu), 256, 0, s>>>(a, nb_gu);
       tiled_kernel<false><<<static_cast<unsigned>(cap * nb_d), 256, 0, s>>>(a, nb_d);
+    } else {
+      MoeTileGemm<true> gu{};
+      gu.nblk = ceil_div(inter, tile::kBN / 2);
+      gu.tiles = tiles, gu.ctrl = ctrl, gu.sorted = sorted, gu.slots = k;
+      gu.k = h, gu.kb = (h + 127) / 128, gu.nout = inter;
+      gu.table = table, gu.nr = nr, gu.out = act;
+      MoeTileGemm<false> dn{};
+      dn.nblk = ceil_div(h, tile::kBN);
+      dn.tiles = tiles, dn.ctrl = ctrl, dn.slots = k;
+      dn.k = inter, dn.kb = (inter + 127) / 128, dn.nout = h;
+      dn.table = table, dn.nr = nr, dn.out = y;
+      check_grid(cap * std::max(gu.nblk, dn.nblk));
+      const unsigned gu_blocks = static_cast<unsigned>(cap * gu.nblk), dn_blocks = static_cast<unsigned>(cap * dn.nblk);
+      if (fp8) {
+        uint8_t* uq = reinterpret_cast<uint8_t*>(ws + L.uq);
+        float* us = reinterpret_cast<float*>(ws + L.us);
+        uint8_t* aq = reinterpret_cast<uint8_t*>(ws + L.aq);
+        float* as = reinterpret_cast<float*>(ws + L.as);
+        quantize_fp8_act(t, h, u, DType::F32, uq, us, s);
+        gu.a = uq, gu.a_scale = us, gu.a_dtype = gu.b_dtype = DType::FP8_E4M3;
+        tile::gemm_kernel<MoeTileGemm<true>, true><<<gu_blocks, tile::kThreads, 0, s>>>(gu);
+        quantize_fp8_act(ns, inter, act, DType::F32, aq, as, s);  // rows past the routed ones are never read
+        dn.a = aq, dn.a_scale = as, dn.a_dtype = dn.b_dtype = DType::FP8_E4M3;
+        tile::gemm_kernel<MoeTileGemm<false>, true><<<dn_blocks, tile::kThreads, 0, s>>>(dn);
+      } else {
+        gu.a = u, gu.a_dtype = DType::F32;
+        tile::gemm_kernel<MoeTileGemm<true>, false><<<gu_blocks, tile::kThreads, 0, s>>>(gu);
+        dn.a = act, dn.a_dtype = DType::F32;
+        tile::gemm_kernel<MoeTileGemm<false>, false><<<dn_blocks, tile::kThreads, 0, s>>>(dn);
+      }
     }
   }
   check_grid(t);

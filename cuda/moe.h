@@ -19,19 +19,24 @@ struct MoeWeight {
 };
 
 // Bytes of device workspace moe() needs (256-byte aligned pointer expected, e.g. a pool block).
-size_t moe_workspace_bytes(int64_t t, int64_t k, int64_t h, int64_t inter, int64_t n_routed);
+size_t moe_workspace_bytes(int64_t t, int64_t k, int64_t h, int64_t inter, int64_t n_routed, bool fp8);
 
 // cpu::moe on the GPU, entirely on the device (no host round trip): count slots per expert
 // (atomics), exclusive scan to offsets, stable placement of slots in (expert, slot) order,
 // gate/up GEMM with the SwiGLU epilogue and the down GEMM over the contiguous expert rows (each
 // tile's expert read from the tile schedule, its weights from `table`), then a per-token combine in
 // ascending (expert, slot) order with the zero-expert term last, fp32, deterministic.
+// GEMM paths: decode-sized batches (at most 16 slots per routed expert on average) use 8-row tiles
+// on CUDA cores, streaming each expert's weights once; larger ones 64-row tiles on tensor cores
+// (bf16; fp32 CUDA cores at matmul precision 'highest'; with `fp8` -- every expert fp8, precision
+// 'fp8', sm_89+ -- u and the SwiGLU output are quantized to e4m3 1x128 groups and the e4m3 tensor
+// cores run with per-128-K-block promotion).
 // u, out: f32 [t, h]; idx int32 / w f32 [t, k]; table: device [3 * n_routed] (may be null when
 // n_routed == 0). An idx outside [0, n_experts) makes the whole call a no-op on the device (out left
 // untouched, like the CPU kernel; the CPU binding also raises E_ARGUMENT, the GPU cannot without a
 // synchronization). Throws E_SHAPE for k > 8192 (combine's shared-memory order list).
 void moe(int64_t t, int64_t k, int64_t h, int64_t inter, const float* u, const int32_t* idx, const float* w,
-         const MoeWeight* table, int64_t n_routed, int64_t n_experts, float* out, void* workspace, size_t workspace_bytes,
-         void* stream);
+         const MoeWeight* table, int64_t n_routed, int64_t n_experts, float* out, bool fp8, void* workspace,
+         size_t workspace_bytes, void* stream);
 
 }  // namespace lc::gpu

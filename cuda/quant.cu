@@ -28,21 +28,27 @@ __device__ __forceinline__ float x86_mul(float a, float b) {
   return isnan(r) ? __uint_as_float(0xffc00000u) : r;
 }
 
+template <bool kBf16>
+__device__ __forceinline__ float load_w(const void* w, int64_t i) {
+  return kBf16 ? bf16_bits_to_f32(static_cast<const uint16_t*>(w)[i]) : static_cast<const float*>(w)[i];
+}
+
 // One warp per (token, 128-group); a lane handles elements lane, lane + 32, ... (coalesced).
-__global__ void quant_act_kernel(int64_t groups, int64_t G, int64_t K, const float* __restrict__ x, uint8_t* __restrict__ q,
+template <bool kBf16>
+__global__ void quant_act_kernel(int64_t groups, int64_t G, int64_t K, const void* __restrict__ x, uint8_t* __restrict__ q,
                                  float* __restrict__ scale) {
   const int64_t gi = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + (threadIdx.x >> 5);
   if (gi >= groups) return;  // whole warps exit together
   const int lane = threadIdx.x & 31;
   const int64_t t = gi / G, g = gi % G, k0 = g * kBlock;
   const int64_t n = K - k0 < kBlock ? K - k0 : kBlock;
-  const float* xs = x + t * K + k0;
+  const int64_t x0 = t * K + k0;
   float v[4];
   float m = 0.0f;
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     const int64_t c = lane + 32 * i;
-    v[i] = c < n ? xs[c] : 0.0f;
+    v[i] = c < n ? load_w<kBf16>(x, x0 + c) : 0.0f;
     m = fmaxf(m, fabsf(v[i]));
   }
   for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
@@ -54,11 +60,6 @@ __global__ void quant_act_kernel(int64_t groups, int64_t G, int64_t K, const flo
     const int64_t c = lane + 32 * i;
     if (c < n) qs[c] = util::f32_to_fp8_bits(x86_div(v[i], s));
   }
-}
-
-template <bool kBf16>
-__device__ __forceinline__ float load_w(const void* w, int64_t i) {
-  return kBf16 ? bf16_bits_to_f32(static_cast<const uint16_t*>(w)[i]) : static_cast<const float*>(w)[i];
 }
 
 // One block (256 threads) per 128 x 128 tile: thread -> column tid % 128, rows tid / 128 + 2 i.
@@ -97,12 +98,14 @@ __global__ void dequant_blocks_kernel(int64_t K, int64_t BK, const uint8_t* __re
 
 }  // namespace
 
-void quantize_fp8_act(int64_t T, int64_t K, const float* x, uint8_t* q, float* scale, void* stream) {
+void quantize_fp8_act(int64_t T, int64_t K, const void* x, DType xt, uint8_t* q, float* scale, void* stream) {
   if (T <= 0 || K <= 0) return;
   const int64_t G = (K + kBlock - 1) / kBlock, groups = T * G;
   constexpr int kThreads = 256, kWarps = kThreads / 32;
-  quant_act_kernel<<<static_cast<unsigned>((groups + kWarps - 1) / kWarps), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
-      groups, G, K, x, q, scale);
+  const unsigned blocks = static_cast<unsigned>((groups + kWarps - 1) / kWarps);
+  auto s = static_cast<cudaStream_t>(stream);
+  if (xt == DType::BF16) quant_act_kernel<true><<<blocks, kThreads, 0, s>>>(groups, G, K, x, q, scale);
+  else quant_act_kernel<false><<<blocks, kThreads, 0, s>>>(groups, G, K, x, q, scale);
 }
 
 void quantize_fp8_blocks(int64_t N, int64_t K, const void* w, DType wt, uint8_t* q, float* scale_inv, void* stream) {

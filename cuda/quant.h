@@ -8,7 +8,8 @@
 namespace lc::gpu {
 
 // cpu::quantize_fp8_act: x f32 [T, K] -> q fp8 [T, K], scale f32 [T, ceil(K/128)]. One warp per group.
-void quantize_fp8_act(int64_t T, int64_t K, const float* x, uint8_t* q, float* scale, void* stream);
+// x may also be bf16 (read as its exact f32 value).
+void quantize_fp8_act(int64_t T, int64_t K, const void* x, DType xt, uint8_t* q, float* scale, void* stream);
 // cpu::quantize_fp8_blocks: one block per 128 x 128 tile.
 void quantize_fp8_blocks(int64_t N, int64_t K, const void* w, DType wt, uint8_t* q, float* scale_inv, void* stream);
 // cpu::dequantize_fp8_blocks: one block per row.

@@ -35,11 +35,15 @@ export function synchronize(device = 'cpu'): void {
   native.synchronize(device);
 }
 
+export type MatmulPrecision = 'bf16' | 'highest' | 'fp8';
+
 /**
- * CPU matmul precision, process-wide: 'bf16' (default) lets bf16-weight GEMMs round activations
- * to bf16 (twice the FLOP rate where AVX512-BF16 exists); 'highest' keeps every product in fp32.
- * Returns the previous setting.
+ * Matmul precision of GEMMs (more rows than a decode GEMV), process-wide, CPU and CUDA alike:
+ * 'bf16' (default) lets them round activations to bf16 (AVX512-BF16, CUDA tensor cores: twice the
+ * FLOP rate or more); 'highest' keeps every product in fp32; 'fp8' is 'bf16' plus e4m3 activations
+ * (1x128 groups) for fp8 weights at 17 rows or more: the e4m3 tensor cores on sm_89+ (the CPU
+ * emulates the quantization). Returns the previous setting.
  */
-export function setMatmulPrecision(p: 'bf16' | 'highest'): 'bf16' | 'highest' {
+export function setMatmulPrecision(p: MatmulPrecision): MatmulPrecision {
   return native.setMatmulPrecision(p);
 }

@@ -2,7 +2,7 @@
 // quantizeInt8Rows against float64 references, on every ISA path, with error-bound tolerances.
 import { afterAll, describe, expect, it } from 'vitest';
 import { LongcatError, Tensor, cpuFeatures, full, native, tensor, toArray } from '../lib/index.js';
-import { bf16ToF32, f32ToBf16, fp8e4m3ToF32, roundHalfEven } from '../lib/numeric.js';
+import { bf16ToF32, f32ToBf16, f32ToFp8e4m3, fp8e4m3ToF32, roundHalfEven } from '../lib/numeric.js';
 import { rng, expectCode } from './helpers.js';
 
 type WDtype = 'f32' | 'bf16' | 'fp8_e4m3' | 'int8';
@@ -194,6 +194,60 @@ describe('linear', () => {
       }
       w.dispose();
     }
+  });
+
+  it("precision 'fp8': fp8 weights times >= 17 rows take e4m3 activations (1x128 groups); the rest is unchanged", () => {
+    const r = rng(1717);
+    const before = native.setMatmulPrecision('fp8');
+    try {
+      for (const [t, k, n] of [[17, 300, 37], [40, 129, 130], [16, 300, 37]] as const) {
+        for (const xdtype of fdtypes) {
+          const x = makeX(r, xdtype, t, k);
+          // the activations the GPU's e4m3 GEMM sees: quantized in Math.fround arithmetic, exactly dequantized
+          const G = Math.ceil(k / 128), xq = new Float64Array(t * k);
+          for (let i = 0; i < t; i++)
+            for (let g = 0; g < G; g++) {
+              let amax = 0;
+              for (let c = g * 128; c < Math.min(k, g * 128 + 128); c++) amax = Math.max(amax, Math.abs(x.ref[i * k + c]!));
+              const s = Math.fround(Math.max(amax, 1e-10) / 448);
+              for (let c = g * 128; c < Math.min(k, g * 128 + 128); c++)
+                xq[i * k + c] = fp8e4m3ToF32(f32ToFp8e4m3(Math.fround(x.ref[i * k + c]! / s))) * s;
+            }
+          for (const wdtype of wdtypes) {
+            const w = makeWeight(r, wdtype, n, k);
+            const quantized = wdtype === 'fp8_e4m3' && t >= 17;
+            const want = reference(quantized ? xq : x.ref, w.ref, t, n, k);
+            for (const isa of isas) {
+              native.setIsa(isa);
+              const rel = (usesBf16Dot(isa, wdtype, t) && xdtype === 'f32' ? U16 : 0) + (quantized ? 2 * U32 : 0);
+              check(runLinear(x.x, w, t, n, 'f32'), want, k, rel, 'f32', `fp8 precision ${wdtype} x ${xdtype} ${isa} t=${t}`);
+            }
+            native.setIsa(startIsa);
+            w.dispose();
+          }
+          x.x.dispose();
+        }
+      }
+      // and the quantization is visible: the same fp8 GEMM differs from precision 'highest'
+      const x = makeX(r, 'f32', 20, 256), w = makeWeight(r, 'fp8_e4m3', 8, 256);
+      const a = runLinear(x.x, w, 20, 8, 'f32');
+      native.setMatmulPrecision('highest');
+      const b = runLinear(x.x, w, 20, 8, 'f32');
+      expect(a.some((v, i) => v !== b[i])).toBe(true);
+      x.x.dispose();
+      w.dispose();
+    } finally {
+      native.setMatmulPrecision(before);
+      native.setIsa(startIsa);
+    }
+  });
+
+  it('setMatmulPrecision returns the previous setting and rejects unknown names', () => {
+    const before = native.setMatmulPrecision('highest');
+    expect(native.setMatmulPrecision('fp8')).toBe('highest');
+    expect(native.setMatmulPrecision('bf16')).toBe('fp8');
+    expectCode(() => native.setMatmulPrecision('fp16' as 'bf16'), 'E_ARGUMENT');
+    expect(native.setMatmulPrecision(before)).toBe('bf16');
   });
 
   it('accepts x with leading batch dimensions', () => {

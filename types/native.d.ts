@@ -111,11 +111,13 @@ export interface LinearOps {
   /** y[.., n] = x[.., k] @ weight[n, k]^T. weight f32|bf16|fp8_e4m3 (+ block scale)|int8 (+ row scale). */
   linear(stream: S, y: Tensor, x: Tensor, weight: Tensor, scale?: Tensor | null): void;
   /**
-   * 'bf16' (default): with a bf16 weight and AVX512-BF16, the CPU GEMM path (more than 8 rows)
-   * rounds f32 activations to bf16 and runs vdpbf16ps (about 2^-9 relative error of sum|x w|);
-   * 'highest': every product in fp32. Process-wide; returns the previous setting.
+   * 'bf16' (default): GEMMs may round f32 activations to bf16 (CPU: bf16 weights with AVX512-BF16,
+   * more than 8 rows; CUDA: tensor cores beyond 16 rows), about 2^-9 relative error of sum|x w|;
+   * 'highest': every product in fp32; 'fp8': 'bf16', and fp8 weights times >= 17 rows quantize the
+   * activations to e4m3 in 1x128 groups (CUDA sm_89+: e4m3 tensor cores; CPU: emulated).
+   * Process-wide; returns the previous setting.
    */
-  setMatmulPrecision(precision: 'bf16' | 'highest'): 'bf16' | 'highest';
+  setMatmulPrecision(precision: 'bf16' | 'highest' | 'fp8'): 'bf16' | 'highest' | 'fp8';
   /**
    * Symmetric per-row int8 weights for `linear`: scale[r] = max|w[r, :]| / 127 (0 for a zero row),
    * q = round_half_even(w / scale[r]) clamped to [-127, 127]. q int8 [n, k], scale f32 [n], w f32|bf16 [n, k].

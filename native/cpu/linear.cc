@@ -7,10 +7,12 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 
 #include "features.h"
 #include "linear_kernels.h"
 #include "numeric.h"
+#include "quant.h"
 #include "threadpool.h"
 
 namespace lc::cpu {
@@ -85,11 +87,34 @@ static void linear_scalar(int64_t t, const float* xf, const WeightRef& w, void* 
   });
 }
 
-static std::atomic<bool> g_bf16_activations{true};
-void set_bf16_activations(bool allowed) { g_bf16_activations.store(allowed); }
-bool bf16_activations() { return g_bf16_activations.load(); }
+static std::atomic<MatmulPrecision> g_precision{MatmulPrecision::BF16};
+void set_matmul_precision(MatmulPrecision p) { g_precision.store(p); }
+MatmulPrecision matmul_precision() { return g_precision.load(); }
+bool bf16_activations() { return matmul_precision() != MatmulPrecision::Highest; }
+
+static void linear_dispatch(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType yt);
+
+// Precision 'fp8' on the CPU: activations go through the e4m3 1x128 quantization the GPU applies
+// (quantize, then dequantize exactly), and the products are taken in fp32 from there.
+static void linear_fp8_activations(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType yt) {
+  const int64_t k = w.k, groups = (k + 127) / 128;
+  std::vector<float> xf(static_cast<size_t>(t * k)), scale(static_cast<size_t>(t * groups));
+  std::vector<uint8_t> q(static_cast<size_t>(t * k));
+  for (int64_t i = 0; i < t * k; ++i)
+    xf[i] = xt == DType::BF16 ? bf16_to_f32(static_cast<const uint16_t*>(x)[i]) : static_cast<const float*>(x)[i];
+  quantize_fp8_act(t, k, xf.data(), q.data(), scale.data());
+  for (int64_t r = 0; r < t; ++r)
+    for (int64_t c = 0; c < k; ++c) xf[r * k + c] = fp8e4m3_to_f32(q[r * k + c]) * scale[r * groups + c / 128];
+  linear_dispatch(t, xf.data(), DType::F32, w, y, yt);
+}
 
 void linear(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType yt) {
+  if (t >= kFp8ActivationMinRows && w.k > 0 && w.dtype == DType::FP8_E4M3 && matmul_precision() == MatmulPrecision::FP8)
+    return linear_fp8_activations(t, x, xt, w, y, yt);
+  linear_dispatch(t, x, xt, w, y, yt);
+}
+
+static void linear_dispatch(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType yt) {
   if (t <= 0 || w.n <= 0) return;
   if (w.k <= 0) {  // an empty sum
     for (int64_t i = 0; i < t * w.n; ++i) store_y(y, yt, i, 0.0f);

@@ -31,11 +31,19 @@ struct WeightRef {
 // fp8 codes 0x7f / 0xff (NaN) give NaN like the scalar reference.
 void linear(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType yt);
 
-// Whether the bf16 GEMM path may round f32 activations to bf16 (the default, and what bf16
-// engines do: twice the FLOP rate). `false` keeps every product in fp32, e.g. for tests that
-// compare against a float64 reference or need prefill and decode to agree bit-closely.
-void set_bf16_activations(bool allowed);
-bool bf16_activations();
+// How GEMMs (more rows than a decode GEMV) may treat activations, process-wide:
+//   BF16 (default): round f32 activations to bf16 where the hardware multiplies bf16 (AVX512-BF16
+//        with bf16 weights, CUDA tensor cores); what bf16 engines do, twice the FLOP rate.
+//   Highest: every product in fp32, e.g. for tests against a float64 reference.
+//   FP8: like BF16, and an fp8 weight times t >= kFp8ActivationMinRows rows quantizes the
+//        activations to e4m3 in 1x128 groups first (the DeepSeek-V3 inference recipe; the CUDA
+//        e4m3 tensor-core GEMM). The CPU quantizes and dequantizes, then multiplies in fp32.
+enum class MatmulPrecision { Highest, BF16, FP8 };
+void set_matmul_precision(MatmulPrecision p);
+MatmulPrecision matmul_precision();
+bool bf16_activations();  // matmul_precision() != Highest
+// Decode-sized batches stay weight-only in every precision: they are bandwidth-bound.
+constexpr int64_t kFp8ActivationMinRows = 17;
 
 // Symmetric per-row int8 quantization: scale[r] = max|w[r, :]| / 127 (0 for an all-zero row),
 // q[r, c] = round_half_even(w[r, c] / scale[r]) clamped to [-127, 127]. w: f32 or bf16 [n, k].

@@ -53,9 +53,19 @@ static Napi::Value Linear(const Napi::CallbackInfo& info) {
   for (int i = 0; i + 1 < x.ndim(); ++i) t *= x.dim(i);
   Stream& s = a.stream(0, d);
   std::optional<Tensor> keep = scale;
+#ifdef LONGCAT_WITH_CUDA
+  // fp8 activations on the e4m3 tensor cores (sm_89+); below that the bf16 path serves.
+  std::optional<Tensor> ws;
+  if (!d.is_cpu() && wr.dtype == DType::FP8_E4M3 && t >= cpu::kFp8ActivationMinRows &&
+      cpu::matmul_precision() == cpu::MatmulPrecision::FP8 && gpu::compute_capability() >= 89)
+    ws = empty_tensor(d, DType::I8, {static_cast<int64_t>(gpu::linear_fp8_workspace_bytes(t, wr.k))});
+#endif
   launch(op, s, [=] { cpu::linear(t, x.data(), x.dtype, wr, y.data(), y.dtype); (void)w; (void)keep; },
 #ifdef LONGCAT_WITH_CUDA
-         [=](void* st) { gpu::linear(t, x.data(), x.dtype, wr, y.data(), y.dtype, st); }
+         [=](void* st) {
+           if (ws) gpu::linear_fp8(t, x.data(), x.dtype, wr, y.data(), y.dtype, ws->data(), st);
+           else gpu::linear(t, x.data(), x.dtype, wr, y.data(), y.dtype, st);
+         }
 #else
          nullptr
 #endif
@@ -65,14 +75,20 @@ static Napi::Value Linear(const Napi::CallbackInfo& info) {
 
 LC_REGISTER_OP("linear", Linear);
 
-// setMatmulPrecision('bf16' | 'highest'): see cpu::set_bf16_activations. Returns the previous one.
+// setMatmulPrecision('bf16' | 'highest' | 'fp8'): see cpu::MatmulPrecision. Returns the previous one.
 static Napi::Value SetMatmulPrecision(const Napi::CallbackInfo& info) {
   OpArgs a(info, "setMatmulPrecision");
-  std::string p = a.string(0, "precision");
-  if (p != "bf16" && p != "highest") fail(Code::E_ARGUMENT, "setMatmulPrecision: expected 'bf16' or 'highest', got '%s'", p.c_str());
-  bool before = cpu::bf16_activations();
-  cpu::set_bf16_activations(p == "bf16");
-  return Napi::String::New(info.Env(), before ? "bf16" : "highest");
+  const std::string p = a.string(0, "precision");
+  using P = cpu::MatmulPrecision;
+  static const std::pair<const char*, P> kNames[] = {{"bf16", P::BF16}, {"highest", P::Highest}, {"fp8", P::FP8}};
+  const P before = cpu::matmul_precision();
+  bool found = false;
+  for (const auto& [name, v] : kNames)
+    if (p == name) cpu::set_matmul_precision(v), found = true;
+  if (!found) fail(Code::E_ARGUMENT, "setMatmulPrecision: expected 'bf16', 'highest' or 'fp8', got '%s'", p.c_str());
+  for (const auto& [name, v] : kNames)
+    if (v == before) return Napi::String::New(info.Env(), name);
+  return info.Env().Undefined();
 }
 LC_REGISTER_OP("setMatmulPrecision", SetMatmulPrecision);
 

@@ -6,6 +6,7 @@
 #include "../binding.h"
 #include "../cpu/moe.h"
 #ifdef LONGCAT_WITH_CUDA  // moe kernel
+#include "../../cuda/kernels.h"
 #include "../../cuda/moe.h"
 #include "../cuda_api.h"
 #endif
@@ -306,8 +307,12 @@ static Napi::Value Moe(const Napi::CallbackInfo& info) {
   Stream& s = a.stream(0, d);
 #ifdef LONGCAT_WITH_CUDA
   const int64_t inter = set->inter;
+  bool fp8 = !d.is_cpu() && n_routed > 0 && cpu::matmul_precision() == cpu::MatmulPrecision::FP8;
+  for (int64_t e = 0; fp8 && e < n_routed; ++e)
+    fp8 = set->gate[e].dtype == DType::FP8_E4M3 && set->up[e].dtype == DType::FP8_E4M3 && set->down[e].dtype == DType::FP8_E4M3;
+  fp8 = fp8 && gpu::compute_capability() >= 89;
   const size_t ws_bytes =
-      d.is_cpu() ? cpu::moe_workspace_bytes(t, k, h, inter, n_routed) : gpu::moe_workspace_bytes(t, k, h, inter, n_routed);
+      d.is_cpu() ? cpu::moe_workspace_bytes(t, k, h, inter, n_routed) : gpu::moe_workspace_bytes(t, k, h, inter, n_routed, fp8);
 #else
   if (!d.is_cpu()) fail(Code::E_DEVICE, "moe has no CUDA kernel in this build");
   const int64_t inter = set->inter;
@@ -340,7 +345,7 @@ static Napi::Value Moe(const Napi::CallbackInfo& info) {
          [=](void* st) {  // a bad idx makes the call a no-op on the GPU (out untouched, no error: see cuda/moe.h)
            const auto* table = set->dev_table ? static_cast<const gpu::MoeWeight*>(set->dev_table->ptr) : nullptr;
            gpu::moe(t, k, h, inter, u.ptr<float>(), idx.ptr<int32_t>(), w.ptr<float>(), table, n_routed, n_experts, out.ptr<float>(),
-                    ws.data(), ws_bytes, st);
+                    fp8, ws.data(), ws_bytes, st);
          }
 #else
          nullptr

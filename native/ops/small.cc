@@ -168,7 +168,7 @@ Napi::Value QuantizeFp8Act(const Napi::CallbackInfo& info) {
   expect_device(op, "scale", sc, d);
   Stream& s = a.stream(0, d);
   launch(op, s, [=] { cpu::quantize_fp8_act(T, K, x.ptr<float>(), q.ptr<uint8_t>(), sc.ptr<float>()); },
-         LC_GPU(gpu::quantize_fp8_act(T, K, x.ptr<float>(), q.ptr<uint8_t>(), sc.ptr<float>(), st)));
+         LC_GPU(gpu::quantize_fp8_act(T, K, x.data(), DType::F32, q.ptr<uint8_t>(), sc.ptr<float>(), st)));
   return info.Env().Undefined();
 }
 
