@@ -39,21 +39,30 @@ function timeMs(stream, fn, iters = 20) {
   return times[times.length >> 1];
 }
 
+// Every case runs CPU and GPU under one matmul precision (`precision`, default 'highest'): 'bf16' lets
+// the GPU's tensor cores round activations (and dequantized weights) to bf16, so it gets a bf16
+// tolerance; 'fp8' quantizes activations identically on both sides (bit-exact quantizers).
+const TOL = { highest: 1e-4, bf16: 5e-3, fp8: 1e-4 };
 const cases = [];
-for (const [t, k, n] of [[1, 129, 67], [3, 1000, 130], [17, 127, 333], [129, 515, 257], [8, 6144, 4096], [512, 6144, 4096]]) {
+for (const [t, k, n] of [[1, 129, 67], [3, 1000, 130], [16, 1001, 130], [17, 127, 333], [129, 515, 257], [8, 6144, 4096], [512, 6144, 4096]]) {
   for (const wdt of ['f32', 'bf16', 'fp8_e4m3', 'int8']) {
-    cases.push({
-      name: `linear t=${t} k=${k} n=${n} w=${wdt}`,
-      make(device) {
-        const x = tensor(randArr(t * k), [t, k], { device });
-        const w = wdt === 'int8' ? tensor(Array.from({ length: n * k }, () => Math.round(rand() * 127)), [n, k], { dtype: 'int8', device })
-          : tensor(randArr(n * k, 0.1), [n, k], { dtype: wdt, device });
-        const scale = wdt === 'fp8_e4m3' ? tensor(randArr(Math.ceil(n / 128) * Math.ceil(k / 128)).map(Math.abs), [Math.ceil(n / 128), Math.ceil(k / 128)], { device })
-          : wdt === 'int8' ? tensor(randArr(n).map((v) => Math.abs(v) * 0.01), [n], { device }) : null;
-        const y = empty([t, n], { device });
-        return { out: y, run: (s) => native.linear(s, y, x, w, scale), bytes: w.nbytes, flops: 2 * t * n * k, tol: 1e-4 };
-      },
-    });
+    // the skinny path (t <= 16) multiplies in fp32 whatever the precision
+    const precisions = t <= 16 ? ['highest'] : ['highest', 'bf16', ...(wdt === 'fp8_e4m3' ? ['fp8'] : [])];
+    for (const precision of precisions) {
+      cases.push({
+        name: `linear t=${t} k=${k} n=${n} w=${wdt} ${precision}`,
+        precision,
+        make(device) {
+          const x = tensor(randArr(t * k), [t, k], { device });
+          const w = wdt === 'int8' ? tensor(Array.from({ length: n * k }, () => Math.round(rand() * 127)), [n, k], { dtype: 'int8', device })
+            : tensor(randArr(n * k, 0.1), [n, k], { dtype: wdt, device });
+          const scale = wdt === 'fp8_e4m3' ? tensor(randArr(Math.ceil(n / 128) * Math.ceil(k / 128)).map(Math.abs), [Math.ceil(n / 128), Math.ceil(k / 128)], { device })
+            : wdt === 'int8' ? tensor(randArr(n).map((v) => Math.abs(v) * 0.01), [n], { device }) : null;
+          const y = empty([t, n], { device });
+          return { out: y, run: (s) => native.linear(s, y, x, w, scale), bytes: w.nbytes, flops: 2 * t * n * k, tol: TOL[precision] };
+        },
+      });
+    }
   }
 }
 for (const [rows, dim] of [[1, 7], [3, 129], [17, 1000], [64, 6144]]) {
@@ -279,13 +288,17 @@ for (const [rows, dim] of [[1, 7], [3, 129], [17, 1000], [64, 6144]]) {
         bytes: q.nbytes + kvb.nbytes + o.nbytes, flops, tol: 1e-4 };
     } });
   }
-  // MoE with zero experts: [T, H, I, nRouted, nZero, k, weight dtype, distinct ids per token].
-  // The CPU twin runs with setMatmulPrecision('highest') (no bf16 rounding of activations).
-  for (const [T, H, I, nr, nz, k, wdt, distinct] of [[1, 64, 32, 8, 2, 3, 'bf16', true], [5, 129, 67, 6, 3, 4, 'f32', false],
+  // MoE with zero experts: [T, H, I, nRouted, nZero, k, weight dtype, distinct ids per token, precision].
+  // Decode-sized batches take the CUDA-core skinny path (fp32 products) in every precision; prefill
+  // takes fp32 tiles ('highest'), bf16 tensor cores ('bf16') or e4m3 tensor cores ('fp8': every
+  // routed expert here gets >= 17 rows, so the CPU quantizes the same activations per expert).
+  for (const [T, H, I, nr, nz, k, wdt, distinct, precision = 'highest'] of [[1, 64, 32, 8, 2, 3, 'bf16', true], [5, 129, 67, 6, 3, 4, 'f32', false],
     [3, 72, 48, 5, 2, 4, 'int8', true], [40, 72, 48, 4, 2, 4, 'fp8_e4m3', true], [40, 136, 80, 4, 3, 5, 'bf16', false],
+    [40, 136, 80, 4, 3, 5, 'bf16', false, 'bf16'], [100, 200, 96, 3, 1, 2, 'int8', true, 'bf16'], [60, 250, 130, 3, 2, 3, 'fp8_e4m3', true, 'bf16'],
     [9, 256, 128, 16, 0, 6, 'fp8_e4m3', true], [1, 1024, 512, 16, 8, 12, 'bf16', true], [8, 1024, 512, 16, 8, 12, 'bf16', true],
-    [256, 1024, 512, 16, 8, 12, 'bf16', true], [4, 1024, 512, 16, 8, 12, 'fp8_e4m3', true], [64, 1024, 512, 0, 4, 2, 'bf16', true]]) {
-    cases.push({ name: `moe T=${T} H=${H} I=${I} routed=${nr} zero=${nz} k=${k} w=${wdt}${distinct ? '' : ' (repeated ids)'}`, make(device) {
+    [256, 1024, 512, 16, 8, 12, 'bf16', true], [256, 1024, 512, 16, 8, 12, 'bf16', true, 'bf16'], [4, 1024, 512, 16, 8, 12, 'fp8_e4m3', true],
+    [256, 520, 392, 4, 2, 4, 'fp8_e4m3', true, 'fp8'], [64, 1024, 512, 0, 4, 2, 'bf16', true]]) {
+    cases.push({ name: `moe T=${T} H=${H} I=${I} routed=${nr} zero=${nz} k=${k} w=${wdt}${distinct ? '' : ' (repeated ids)'} ${precision}`, precision, make(device) {
       const E = nr + nz;
       const wt = (rows, cols) => (wdt === 'int8'
         ? tensor(Array.from({ length: rows * cols }, () => Math.round(rand() * 127)), [rows, cols], { dtype: 'int8', device })
@@ -314,10 +327,9 @@ for (const [rows, dim] of [[1, 7], [3, 129], [17, 1000], [64, 6144]]) {
       const out = empty([T, H], { device });
       const used = new Set(ids.filter((e) => e < nr)).size;
       const wbytes = nr ? gate[0].nbytes * 3 : 0;
-      const run = device === 'cpu'
-        ? () => { const prev = native.setMatmulPrecision('highest'); native.moe(null, out, u, idx, w, nr, set, null, null, null, null, null, E); native.synchronize('cpu'); native.setMatmulPrecision(prev); }
-        : (s) => native.moe(s, out, u, idx, w, nr, set, null, null, null, null, null, E);
-      return { out, run, bytes: used * wbytes, flops: 6 * ids.filter((e) => e < nr).length * H * I, tol: 1e-4 };
+      const run = (s) => native.moe(s, out, u, idx, w, nr, set, null, null, null, null, null, E);
+      return { out, run, bytes: used * wbytes, flops: 6 * ids.filter((e) => e < nr).length * H * I,
+        tol: precision === 'fp8' ? 2e-2 : TOL[precision] }; // fp8: an act element may round to a neighbouring e4m3 code
     } });
   }
 }
@@ -325,15 +337,30 @@ for (const [rows, dim] of [[1, 7], [3, 129], [17, 1000], [64, 6144]]) {
 
 export { cases, timeMs };
 
+/** `made.run` under the case's matmul precision (read at launch on CUDA, when the queued work runs on the CPU). */
+export function withPrecision(c, made, device) {
+  const run = made.run;
+  made.run = (s) => {
+    const prev = native.setMatmulPrecision(c.precision ?? 'highest');
+    try {
+      run(s);
+      if (device === 'cpu') native.synchronize('cpu');
+    } finally {
+      native.setMatmulPrecision(prev);
+    }
+  };
+  return made;
+}
+
 /** Runs case `c` on the CPU and on the GPU (same seed, so the same inputs); returns its error and tolerance. */
 export function checkCase(c, stream) {
   const s0 = seed;
   const outsOf = (o) => (o.outs ?? [o.out]).map((t) => toArray(t));
-  const cpu = c.gpuOnly ? null : c.make('cpu');
+  const cpu = c.gpuOnly ? null : withPrecision(c, c.make('cpu'), 'cpu');
   if (cpu) cpu.run(null);
   const want = cpu ? outsOf(cpu) : null;
   seed = s0; // identical inputs on the GPU
-  const g = c.make(dev);
+  const g = withPrecision(c, c.make(dev), dev);
   g.run(stream);
   stream.synchronize();
   const err = c.gpuOnly ? g.check(stream) : Math.max(...outsOf(g).map((got, i) => maxRelErr(got, want[i])));

@@ -3,7 +3,7 @@
 import { describe, expect, it } from 'vitest';
 import { cudaAvailable } from './helpers.js';
 // @ts-expect-error plain ESM script without types
-import { cases, checkCase, dev } from '../scripts/gpu-cases.mjs';
+import { cases, checkCase, dev, withPrecision } from '../scripts/gpu-cases.mjs';
 import { Stream } from '../dist/device.js';
 
 type Case = { name: string };
@@ -27,7 +27,7 @@ describe('GPU parity cases', () => {
       const op = c.name.split(' ')[0]!;
       if (c.gpuOnly || seen.has(op)) continue;
       seen.add(op);
-      c.make('cpu').run(null);
+      withPrecision(c, c.make('cpu'), 'cpu').run(null);
       native.synchronize('cpu');
     }
     expect(seen.size).toBeGreaterThanOrEqual(20);
