@@ -8,4 +8,11 @@ NODE="${1:-node}"
 export LONGCAT_ADDON="${LONGCAT_ADDON:-build/Release/longcat.node}"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
 echo "commit: $(git rev-parse --short HEAD 2>/dev/null || cat .device/commit 2>/dev/null || echo unknown)"
-"$NODE" scripts/gpu-check.mjs
+status=0
+if [ -x build/Release/longcat_native_test ]; then
+  echo "== C++ GEMM harness (test/native)"
+  build/Release/longcat_native_test || status=1
+fi
+echo "== CUDA vs CPU parity and timings (scripts/gpu-check.mjs)"
+"$NODE" scripts/gpu-check.mjs || status=1
+exit $status

@@ -1,0 +1,18 @@
+// npm run test:native: builds and runs the C++ GEMM harness (test/native/gemm_harness.cc) in the
+// cmake build the install made (build/). It links the same kernel objects as the addon, needs no
+// Node at run time, and runs its CUDA half where a GPU is present.
+import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+
+const dir = process.env.LONGCAT_BUILD_DIR || 'build';
+if (!existsSync(`${dir}/CMakeCache.txt`)) {
+  console.error(`test:native: ${dir}/ is not a cmake build (the install fell back to node-gyp, or build:gyp replaced it). ` +
+    'Run `npm run build:native` first.');
+  process.exit(1);
+}
+const run = (cmd, args) => {
+  const r = spawnSync(cmd, args, { stdio: 'inherit' });
+  if (r.status !== 0) process.exit(r.status ?? 1);
+};
+run('cmake', ['--build', dir, '--target', 'longcat_native_test']);
+run(`${dir}/Release/longcat_native_test`, []);
