@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the GPU parity checks and timings on a machine that has only the NVIDIA driver, given
+# Runs the GPU parity checks, the C++ harness and the CUDA benchmarks on a machine that has only the NVIDIA driver, given
 # an addon and dist/ built elsewhere:  scripts/gpu-check.sh [path/to/node]
 # Uses LONGCAT_ADDON (default build/Release/longcat.node).
 set -uo pipefail
@@ -15,4 +15,6 @@ if [ -x build/Release/longcat_native_test ]; then
 fi
 echo "== CUDA vs CPU parity and timings (scripts/gpu-check.mjs)"
 "$NODE" scripts/gpu-check.mjs || status=1
+echo "== CUDA microbenchmarks (bench/gpu.mjs)"
+"$NODE" bench/gpu.mjs --out "${OUT:-bench/out}/gpu.json" || status=1
 exit $status
