@@ -1,5 +1,6 @@
 #include "device.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <set>
@@ -60,11 +61,36 @@ void Pool::raw_free(void* p) {
     cuda::free(device_.index, p);
 }
 
+void Pool::add_stream(void* cuda_stream) {
+  std::lock_guard<std::mutex> lk(m_);
+  streams_.push_back(cuda_stream);
+}
+
+void Pool::remove_stream(void* cuda_stream) {
+  std::lock_guard<std::mutex> lk(m_);
+  streams_.erase(std::remove(streams_.begin(), streams_.end(), cuda_stream), streams_.end());
+}
+
+void Pool::reclaim_locked() {
+  for (auto it = fenced_.begin(); it != fenced_.end();) {
+    bool done = true;
+    for (void* e : it->events) done = done && cuda::event_query(device_.index, e);
+    if (!done) {
+      ++it;
+      continue;
+    }
+    for (void* e : it->events) spare_events_.push_back(e);
+    free_.emplace(it->size, it->p);
+    it = fenced_.erase(it);
+  }
+}
+
 std::shared_ptr<Storage> Pool::alloc(size_t bytes) {
   size_t r = round_size(bytes);
   void* p = nullptr;
   {
     std::lock_guard<std::mutex> lk(m_);
+    if (!fenced_.empty()) reclaim_locked();
     // Reuse a cached block of the same rounded size, or one at most 25% larger.
     auto it = free_.lower_bound(r);
     if (it != free_.end() && it->first <= r + r / 4) {
@@ -110,8 +136,24 @@ void Pool::give_back(void* p, size_t rounded) {
     std::free(p);
     return;
   }
-  free_.emplace(rounded, p);
   stats_.cached_bytes += static_cast<int64_t>(rounded);
+  if (!device_.is_cpu() && streams_.size() > 1) {
+    Fenced f{p, rounded, {}};
+    for (void* st : streams_) {
+      void* e = nullptr;
+      if (!spare_events_.empty()) {
+        e = spare_events_.back();
+        spare_events_.pop_back();
+      } else {
+        e = cuda::event_create(device_.index);
+      }
+      cuda::event_record(device_.index, e, st);
+      f.events.push_back(e);
+    }
+    fenced_.push_back(std::move(f));
+    return;
+  }
+  free_.emplace(rounded, p);
 }
 
 void Pool::begin_parking() {
@@ -135,6 +177,14 @@ void Pool::trim() {
   std::multimap<size_t, void*> blocks;
   {
     std::lock_guard<std::mutex> lk(m_);
+    for (auto& f : fenced_) {
+      for (void* e : f.events) {
+        cuda::event_synchronize(device_.index, e);
+        spare_events_.push_back(e);
+      }
+      free_.emplace(f.size, f.p);
+    }
+    fenced_.clear();
     blocks.swap(free_);
     stats_.cached_bytes = 0;
   }
@@ -212,6 +262,7 @@ void device_synchronize(Device d) {
 Stream::Stream(Device d) : device_(d) {
   if (!d.is_cpu()) {
     cuda_ = cuda::stream_create(d.index);
+    device_pool(d).add_stream(cuda_);
     return;
   }
   thread_ = std::thread([this] { run(); });
@@ -221,6 +272,7 @@ Stream::Stream(Device d) : device_(d) {
 
 Stream::~Stream() {
   if (!device_.is_cpu()) {
+    device_pool(device_).remove_stream(cuda_);
     try {
       cuda::stream_destroy(device_.index, cuda_);
     } catch (...) {

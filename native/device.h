@@ -12,6 +12,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "common.h"
 
@@ -47,13 +48,21 @@ struct PoolStats {
 
 // A caching allocator: freed blocks are kept by rounded size and reused. On CUDA an allocation
 // that fails empties the cache and retries before throwing E_OOM.
+//
+// Stream safety on CUDA: a block is freed when its last tensor is dropped, which may happen while
+// kernels that use it are still queued, on any stream. With one stream on the device, reuse is
+// ordered behind them by that stream. With several, a freed block is fenced: an event is recorded on
+// every stream of the device, and the block is reused only once all of them have completed (no
+// kernel queued before the free can still touch it), whichever stream the next user runs on.
 class Pool {
  public:
-  explicit Pool(Device d) : device_(d) {}
+  explicit Pool(Device d) : device_(d) {}  // pools live as long as the process
   std::shared_ptr<Storage> alloc(size_t bytes);
   void give_back(void* p, size_t rounded);
-  void trim();  // frees every cached block
+  void trim();  // frees every cached block (waiting for fenced ones)
   PoolStats stats();
+  void add_stream(void* cuda_stream);
+  void remove_stream(void* cuda_stream);
 
   // While a CUDA graph is captured, blocks freed by their last user (the graph's temporaries,
   // whose addresses are baked into the graph) are parked instead of reused; the graph hands them
@@ -66,9 +75,18 @@ class Pool {
  private:
   void* raw_alloc(size_t bytes);
   void raw_free(void* p);
+  void reclaim_locked();  // fenced blocks whose events completed -> free_
+  struct Fenced {
+    void* p;
+    size_t size;
+    std::vector<void*> events;
+  };
   Device device_;
   std::mutex m_;
   std::multimap<size_t, void*> free_;
+  std::vector<void*> streams_;      // CUDA streams of this device
+  std::deque<Fenced> fenced_;       // freed, maybe still in use by queued kernels
+  std::vector<void*> spare_events_;
   PoolStats stats_;
   bool parking_ = false;
   Parked parked_;

@@ -104,10 +104,9 @@ export class LongcatModel {
     // The dense branch runs on the default stream, so that null-stream ops on the results
     // (sampling, reading logits) are ordered after the forward pass.
     this.main = native.defaultStream(this.device);
-    // The shortcut MoE gets its own stream on the CPU. On CUDA it shares the main stream for now:
-    // the device pool is not stream-aware yet, so a temporary freed on one stream could be reused
-    // by the other while a kernel still reads it.
-    this.moeStream = this.device === 'cpu' ? new Stream(this.device) : this.main;
+    // The shortcut MoE gets its own stream (the device pool fences blocks freed while several
+    // streams run, so a temporary of one branch is never reused under the other's kernels).
+    this.moeStream = new Stream(this.device);
     this.events = Array.from({ length: dims.layers }, () => [new Event(this.device), new Event(this.device)]);
     this.invFreq = tensor(dims.invFreq, [dims.invFreq.length], { device: this.device });
   }
@@ -236,7 +235,7 @@ export class LongcatModel {
       info.blockTable = table.view([B, this.maxBlocks]);
       table.dispose();
       let out: ForwardResult | null = null;
-      const streams = this.moeStream === this.main ? [this.main] : [this.main, this.moeStream];
+      const streams = [this.main, this.moeStream];
       const graph = native.captureGraph(streams, () => {
         out = this.run(info, true);
       });
@@ -362,7 +361,7 @@ export class LongcatModel {
     }
     this.decodeGraphs.clear();
     for (const t of [...this.caches, this.invFreq, ...this.w.owned]) t.dispose();
-    if (this.moeStream !== this.main) this.moeStream.dispose();
+    this.moeStream.dispose();
   }
 }
 
