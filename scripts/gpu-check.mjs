@@ -4,6 +4,7 @@
 import { native } from '../dist/native.js';
 import { Stream } from '../dist/device.js';
 import { cases, checkCase, dev, timeMs } from './gpu-cases.mjs';
+import { modelChecks } from './gpu-model-cases.mjs';
 
 const status = native.cudaStatus();
 if (!status.available) {
@@ -32,5 +33,22 @@ for (const c of cases) {
     'GB/s': bytes ? (bytes / ms / 1e6).toFixed(0) : '', 'TFLOP/s': flops ? (flops / ms / 1e9).toFixed(2) : '' });
 }
 console.table(rows);
+const opRows = rows.length;
+console.log(`ops: ${opRows - failed} passed, ${failed} failed`);
+
+// The whole model on the GPU against the CPU (tiny, tiny fp8, small checkpoints).
+for (const precision of ['highest', 'bf16']) {
+  try {
+    const checks = await modelChecks({ device: dev, precision });
+    console.table(checks.map((c) => ({ check: c.name, ok: c.ok ? 'ok' : 'FAIL', err: c.err.toExponential(2), tol: c.tol })));
+    for (const c of checks) {
+      rows.push(c);
+      if (!c.ok) failed++;
+    }
+  } catch (e) {
+    failed++;
+    console.error(`model checks (${precision}): ${e.stack || e.message}`);
+  }
+}
 console.log(`${rows.length - failed} passed, ${failed} failed`);
 process.exit(failed ? 1 : 0);

@@ -4,6 +4,8 @@ import { describe, expect, it } from 'vitest';
 import { cudaAvailable } from './helpers.js';
 // @ts-expect-error plain ESM script without types
 import { cases, checkCase, dev, withPrecision } from '../scripts/gpu-cases.mjs';
+// @ts-expect-error plain ESM script without types
+import { modelChecks } from '../scripts/gpu-model-cases.mjs';
 import { Stream } from '../dist/device.js';
 
 type Case = { name: string };
@@ -14,6 +16,24 @@ describe.skipIf(!cudaAvailable)('CUDA kernels match the CPU', () => {
     const r = checkCase(c, stream);
     expect(r.err, `max relative error ${r.err} > ${r.tol}`).toBeLessThanOrEqual(r.tol);
   });
+});
+
+type ModelCheck = { name: string; err: number; tol: number; ok: boolean };
+const expectAllOk = (rows: ModelCheck[]) => {
+  expect(rows.length).toBeGreaterThan(0);
+  for (const r of rows) expect(r.err, `${r.name}: ${r.err} > ${r.tol}`).toBeLessThanOrEqual(r.tol);
+};
+
+describe.skipIf(!cudaAvailable)('the whole model on CUDA matches the CPU', () => {
+  it.each(['highest', 'bf16'])('tiny, tiny fp8 and small checkpoints at precision %s', async (precision) => {
+    expectAllOk(await modelChecks({ device: dev, precision }));
+  }, 120_000);
+});
+
+// Everywhere: the model checks run CPU against CPU (which checks the checks, and that the fp8
+// checkpoint's absorbed decode agrees with its expanded prefill).
+it('whole-model checks, CPU against CPU', async () => {
+  expectAllOk(await modelChecks({ device: 'cpu', presets: ['tiny', 'tiny-fp8'] }));
 });
 
 // Everywhere: the first parity case of every op builds and runs on the CPU, so the GPU check

@@ -15,7 +15,7 @@ import { dequantFp8Block, referenceForward, type RefConfig } from './reference/l
 const root = mkdtempSync(path.join(tmpdir(), 'longcat-model-'));
 // fp32 products everywhere, so that the fast path can be held to 1e-4 of the float64 reference;
 // the default precision gets its own test below.
-let savedPrecision: 'bf16' | 'highest';
+let savedPrecision: ReturnType<typeof native.setMatmulPrecision>;
 beforeAll(() => {
   savedPrecision = native.setMatmulPrecision('highest');
 });

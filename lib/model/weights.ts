@@ -1,7 +1,7 @@
 // The model's weights as the forward pass uses them, taken from a checkpoint (memory-mapped on
 // the CPU, uploaded once for CUDA). Only small tensors are transformed at load: norm weights get
 // the MLA scales folded in (SPEC 3.5), the router classifier and bias become f32, and an FP8
-// kv_b_proj is dequantized for the absorbed attention (as SGLang and vLLM do).
+// kv_b_proj is dequantized (exactly, to f32) for the absorbed attention.
 import { native } from '../native.js';
 import { Tensor, empty, tensor, toArray } from '../tensor.js';
 import { CheckpointError } from '../errors.js';
@@ -106,8 +106,10 @@ export function loadWeights(src: TensorSource, dims: ModelDims, device: string):
       kvLatent,
       kvRope,
       kvNorm: scaledNorm(`${p}.kv_a_layernorm.weight`, dims.scaleKV),
-      // The absorbed form needs kv_b_proj as plain floats: FP8 is dequantized once here.
-      kvB: dequantized(kvBLinear, 'bf16'),
+      // The absorbed form needs kv_b_proj as plain floats: FP8 is dequantized once here, to f32 so
+      // that decode (absorbed) and prefill (expanded, reading the fp8 weight) see the same weights:
+      // bf16 would round them by 2^-9 and make the two forms disagree by ~3e-3 of the logits.
+      kvB: dequantized(kvBLinear, 'f32'),
       kvBLinear,
       o: linear(`${p}.o_proj`),
     };

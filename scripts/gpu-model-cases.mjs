@@ -1,0 +1,123 @@
+// Whole-model checks of one device against another (CUDA against the CPU oracle on a GPU machine;
+// CPU against CPU everywhere else, which checks the checks): on random checkpoints, the prefill
+// logits agree, greedy decoding picks the same tokens (up to near-ties), prefill + decode steps
+// equal one full forward on the device under test, and the captured-graph decode step equals the
+// eager one. Used by scripts/gpu-check.mjs (the GPU machine has only node, dist/ and the addon)
+// and by test/cuda.test.ts. Imports only dist/ and core modules.
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { initRandom } from '../dist/init-random.js';
+import { loadModel } from '../dist/generate.js';
+import { toArray } from '../dist/tensor.js';
+import { native } from '../dist/native.js';
+
+const prompt = [5, 17, 300, 2, 99, 41, 7, 260, 1, 3, 511, 64, 8, 200, 33, 12, 90];
+
+function maxRelErr(got, want) {
+  let scale = 1e-30, worst = 0;
+  for (let i = 0; i < want.length; i++) scale = Math.max(scale, Math.abs(want[i]));
+  for (let i = 0; i < want.length; i++) {
+    const e = Math.abs(got[i] - want[i]);
+    worst = Number.isNaN(e) ? Infinity : Math.max(worst, e);
+  }
+  return worst / scale;
+}
+
+const read = (r) => {
+  const v = toArray(r.logits);
+  r.logits.dispose();
+  return v;
+};
+
+function argmax(v, off, n) {
+  let best = 0;
+  for (let i = 1; i < n; i++) if (v[off + i] > v[off + best]) best = i;
+  return best;
+}
+
+/**
+ * The checks of `device` against `oracle` for each model variant. Returns [{ name, err, tol, ok }].
+ * precision: the matmul precision both sides run at ('highest': fp32 products, tight tolerances).
+ */
+export async function modelChecks({ device, oracle = 'cpu', presets = ['tiny', 'tiny-fp8', 'small'], precision = 'highest', steps = 12 }) {
+  const root = mkdtempSync(path.join(tmpdir(), 'longcat-model-check-'));
+  const prev = native.setMatmulPrecision(precision);
+  const out = [];
+  const tight = precision === 'highest';
+  try {
+    for (const variant of presets) {
+      const [preset, fp8] = [variant.replace(/-fp8$/, ''), variant.endsWith('-fp8')];
+      const dir = path.join(root, variant);
+      await initRandom({ preset, out: dir, seed: 11, fp8 });
+      const ref = await loadModel(dir, { backend: oracle === 'cpu' ? 'cpu' : 'cuda', maxContext: 256 });
+      const dut = await loadModel(dir, { backend: device === 'cpu' ? 'cpu' : 'cuda', maxContext: 256 });
+      const check = (what, err, tol) => out.push({ name: `${variant} ${precision}: ${what}`, err, tol, ok: err <= tol });
+      try {
+        const V = ref.engine.dims.vocab;
+        // 1. prefill logits, every position
+        const sr = ref.engine.newSequence(), sd = dut.engine.newSequence();
+        const lr = read(ref.engine.forward([sr], [prompt], { allLogits: true }));
+        const ld = read(dut.engine.forward([sd], [prompt], { allLogits: true }));
+        check(`prefill logits on ${device} vs ${oracle}`, maxRelErr(ld, lr), tight ? 1e-3 : 3e-2);
+        // 2. greedy decode: the same tokens until a near-tie (the oracle's top two within tolerance)
+        let tr = argmax(lr, (prompt.length - 1) * V, V), td = argmax(ld, (prompt.length - 1) * V, V);
+        let diverged = 0, stepsOk = 0;
+        for (let i = 0; i < steps && !diverged; i++) {
+          if (tr !== td) {
+            diverged = 1;
+            break;
+          }
+          stepsOk++;
+          const a = read(ref.engine.forward([sr], [[tr]])), b = read(dut.engine.forward([sd], [[td]]));
+          tr = argmax(a, 0, V);
+          td = argmax(b, 0, V);
+          if (tr !== td) {
+            let scale = 0;
+            for (const v of a) scale = Math.max(scale, Math.abs(v));
+            const gap = Math.abs(a[tr] - a[td]) / scale; // how far from a tie the oracle was
+            diverged = gap > (tight ? 1e-3 : 3e-2) ? 1 : 0;
+            if (!diverged) break; // a near-tie: both choices are right
+          }
+        }
+        check(`greedy tokens on ${device} vs ${oracle} (${stepsOk} steps agreed)`, diverged, 0);
+        sr.release();
+        sd.release();
+        // 3. prefill + decode steps == one full forward, on the device under test
+        const e = dut.engine;
+        const full = e.newSequence();
+        const all = read(e.forward([full], [prompt], { allLogits: true }));
+        full.release();
+        const seq = e.newSequence();
+        const split = 5;
+        const parts = [read(e.forward([seq], [prompt.slice(0, split)], { allLogits: true }))];
+        for (let i = split; i < prompt.length; i++) parts.push(read(e.forward([seq], [[prompt[i]]])));
+        seq.release();
+        const joined = new Float32Array(all.length);
+        let off = 0;
+        for (const p of parts) joined.set(p, off), (off += p.length);
+        check(`prefill + decode == full forward on ${device}`, maxRelErr(joined, all), tight ? 2e-4 : 3e-2);
+        // 4. the captured decode step (graph replay) == the eager one (allLogits forces eager)
+        const s1 = e.newSequence(), s2 = e.newSequence();
+        read(e.forward([s1], [prompt]));
+        read(e.forward([s2], [prompt]));
+        let worst = 0;
+        for (const tok of [7, 300, 2]) {
+          const g = read(e.forward([s1], [[tok]]));
+          const eager = read(e.forward([s2], [[tok]], { allLogits: true }));
+          worst = Math.max(worst, maxRelErr(g, eager));
+        }
+        s1.release();
+        s2.release();
+        check(`graph-replayed decode == eager decode on ${device}`, worst, 1e-5);
+      } finally {
+        ref.dispose();
+        dut.dispose();
+      }
+    }
+  } finally {
+    native.setMatmulPrecision(prev);
+    rmSync(root, { recursive: true, force: true });
+  }
+  return out;
+}
