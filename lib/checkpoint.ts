@@ -48,6 +48,7 @@ export interface LinearWeights {
 }
 
 export interface LoadProgress {
+  phase: 'map';
   /** The shard just mapped. */
   file: string;
   filesDone: number;
@@ -258,7 +259,7 @@ export async function openCheckpoint(dir: string, opts: OpenCheckpointOptions = 
       checkAbort();
       mappings.set(h.file, native.mapFile(h.file, opts.advice ? { advice: opts.advice } : undefined));
       bytes += h.fileSize;
-      opts.onProgress?.({ file: h.file, filesDone: i + 1, files: headers.length, bytes, totalBytes });
+      opts.onProgress?.({ phase: 'map', file: h.file, filesDone: i + 1, files: headers.length, bytes, totalBytes });
       // Let an abort signalled from a progress callback or a timer be seen between files.
       if (opts.signal) await new Promise<void>((r) => setImmediate(r));
     }

@@ -10,6 +10,7 @@ import { LongcatError } from './errors.js';
 import { loadModel, type GenerateOptions, type Model } from './generate.js';
 import { initRandom, type Preset } from './init-random.js';
 import { openCheckpoint, type LoadProgress } from './checkpoint.js';
+import type { UploadProgress } from './model/weights.js';
 import { activeParams } from './config.js';
 import type { ChatMessage } from './chat.js';
 import type { Backend } from './model/load.js';
@@ -59,11 +60,12 @@ function info(json: boolean) {
 function progressBar(label: string) {
   const tty = process.stderr.isTTY;
   return {
-    update(p: LoadProgress) {
+    update(p: LoadProgress | UploadProgress) {
       if (!tty) return;
       const frac = p.totalBytes ? p.bytes / p.totalBytes : 1;
       const bar = '#'.repeat(Math.round(frac * 30)).padEnd(30, '.');
-      process.stderr.write(`\r${label} [${bar}] ${formatBytes(p.bytes)} / ${formatBytes(p.totalBytes)}`);
+      const what = p.phase === 'upload' ? `uploading to ${p.device}` : label;
+      process.stderr.write(`\r${what} [${bar}] ${formatBytes(p.bytes)} / ${formatBytes(p.totalBytes)}`);
     },
     done() {
       if (tty) process.stderr.write('\n');

@@ -15,7 +15,8 @@ function checkCount(what: string, v: number, min: number): void {
 /** Hands out block ids 0..numBlocks-1. Freed blocks are reused first (LIFO). */
 export class BlockAllocator {
   readonly numBlocks: number;
-  private readonly freeList: number[];
+  private readonly freeList: number[] = []; // released blocks, reused first (last released first)
+  private fresh = 0; // blocks fresh..numBlocks-1 were never handed out
   private readonly used: Uint8Array;
 
   constructor(numBlocks: number) {
@@ -23,23 +24,21 @@ export class BlockAllocator {
     if (numBlocks > 0x7fffffff) throw new ArgumentError('E_ARGUMENT', `BlockAllocator: numBlocks ${numBlocks} does not fit int32`);
     this.numBlocks = numBlocks;
     this.used = new Uint8Array(numBlocks);
-    // popped from the end: the first allocations return 0, 1, 2, ...
-    this.freeList = Array.from({ length: numBlocks }, (_, i) => numBlocks - 1 - i);
   }
 
   /** Number of free blocks. */
   get available(): number {
-    return this.freeList.length;
+    return this.freeList.length + this.numBlocks - this.fresh;
   }
 
   /** Number of blocks in use. */
   get inUse(): number {
-    return this.numBlocks - this.freeList.length;
+    return this.numBlocks - this.available;
   }
 
   /** One free block id; OutOfMemoryError (E_OOM) when none is left. */
   alloc(): number {
-    const id = this.freeList.pop();
+    const id = this.freeList.pop() ?? (this.fresh < this.numBlocks ? this.fresh++ : undefined);
     if (id === undefined) {
       throw new OutOfMemoryError('E_OOM', `KV cache: all ${this.numBlocks} blocks are in use (raise the cache size or release sequences)`);
     }

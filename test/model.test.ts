@@ -219,6 +219,16 @@ describe('decode loop', () => {
     expect(r.completionTokens).toBe(1);
   });
 
+  it('a KV cache that does not fit gives E_OOM naming its size and the options to change', async () => {
+    const before = native.memoryStats('cpu').liveBytes;
+    // 2^26 blocks x 64 x 40 f32 per latent cache: 640 GiB each, far past this machine's memory
+    const err = await loadModel(dir, { backend: 'cpu', cacheBlocks: 2 ** 26, cacheDtype: 'f32' }).then(() => null, (e: unknown) => e);
+    expect(err).toBeInstanceOf(LongcatError);
+    expect((err as LongcatError).code).toBe('E_OOM');
+    expect((err as Error).message).toMatch(/KV cache does not fit on cpu: 4 latent caches of 67108864 blocks x 64 x 40 f32 = [\d.]+ GiB.*cacheBlocks/);
+    expect(native.memoryStats('cpu').liveBytes).toBe(before); // nothing half-built is left behind
+  });
+
   it('gives typed errors for bad token ids and exceeded context', () => {
     const e = model.engine;
     const s = e.newSequence(8);

@@ -4,7 +4,7 @@ import { native } from '../native.js';
 import { DeviceError } from '../errors.js';
 import { setThreads } from '../device.js';
 import { modelDims } from './dims.js';
-import { loadWeights } from './weights.js';
+import { loadWeights, type UploadProgress } from './weights.js';
 import { LongcatModel } from './model.js';
 
 export type Backend = 'auto' | 'cpu' | 'cuda';
@@ -17,7 +17,8 @@ export interface LoadModelOptions {
   /** CPU kernel threads (default: the cores this process may use). */
   threads?: number;
   signal?: AbortSignal;
-  onProgress?: (p: LoadProgress) => void;
+  /** Mapping the shards (phase 'map'), then, on a GPU, copying the weights (phase 'upload'). */
+  onProgress?: (p: LoadProgress | UploadProgress) => void;
   /** Longest sequence a session may reach (default: the config's max_position_embeddings, capped at 8192). */
   maxContext?: number;
   /** KV-cache blocks shared by all sessions (default: 4 full-length sequences). */
@@ -47,14 +48,20 @@ export async function loadCheckpointModel(dir: string, opts: LoadModelOptions = 
   const checkpoint = await openCheckpoint(dir, { onProgress: opts.onProgress, signal: opts.signal });
   try {
     const dims = modelDims(checkpoint.config);
-    const weights = loadWeights(checkpoint, dims, device);
-    const model = new LongcatModel(dims, weights, {
-      device,
-      maxContext: opts.maxContext ?? Math.min(dims.maxContext, 8192),
-      numBlocks: opts.cacheBlocks,
-      cacheDtype: opts.cacheDtype,
-    });
-    return { checkpoint, model };
+    const totalBytes = [...checkpoint.tensors.values()].filter((t) => !t.name.startsWith('model.mtp.')).reduce((a, t) => a + t.nbytes, 0);
+    const weights = loadWeights(checkpoint, dims, device, { onProgress: opts.onProgress, totalBytes });
+    try {
+      const model = new LongcatModel(dims, weights, {
+        device,
+        maxContext: opts.maxContext ?? Math.min(dims.maxContext, 8192),
+        numBlocks: opts.cacheBlocks,
+        cacheDtype: opts.cacheDtype,
+      });
+      return { checkpoint, model };
+    } catch (e) {
+      for (const t of weights.owned) t.dispose();
+      throw e;
+    }
   } catch (e) {
     checkpoint.close();
     throw e;

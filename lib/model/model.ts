@@ -5,7 +5,7 @@ import { native } from '../native.js';
 import { Tensor, empty, tensor } from '../tensor.js';
 import { Event, Stream } from '../device.js';
 import { BlockAllocator, SequenceCache, batchTables } from '../kv-cache.js';
-import { ArgumentError } from '../errors.js';
+import { ArgumentError, LongcatError, OutOfMemoryError } from '../errors.js';
 import type { ModelDims } from './dims.js';
 import type { Graph } from '../../types/native.js';
 import type { Linear, LayerWeights, MlaWeights, MlpWeights, MoeWeights, ModelWeights } from './weights.js';
@@ -98,9 +98,18 @@ export class LongcatModel {
     this.useGraphs = opts.graphs ?? true;
     const numBlocks = opts.numBlocks ?? Math.min(4 * blocksPerSeq, 4096);
     this.allocator = new BlockAllocator(numBlocks);
-    const width = dims.kvLora + dims.rope;
-    this.caches = Array.from({ length: 2 * dims.layers }, () =>
-      empty([numBlocks, this.blockSize, width], { dtype: opts.cacheDtype ?? 'bf16', device: this.device }));
+    const width = dims.kvLora + dims.rope, cacheDtype = opts.cacheDtype ?? 'bf16';
+    this.caches = [];
+    try {
+      for (let i = 0; i < 2 * dims.layers; i++) this.caches.push(empty([numBlocks, this.blockSize, width], { dtype: cacheDtype, device: this.device }));
+    } catch (e) {
+      for (const c of this.caches) c.dispose();
+      if (!(e instanceof LongcatError) || e.code !== 'E_OOM') throw e;
+      const bytes = 2 * dims.layers * numBlocks * this.blockSize * width * (cacheDtype === 'bf16' ? 2 : 4);
+      throw new OutOfMemoryError('E_OOM', `the KV cache does not fit on ${this.device}: ${2 * dims.layers} latent caches of ` +
+        `${numBlocks} blocks x ${this.blockSize} x ${width} ${cacheDtype} = ${(bytes / 2 ** 30).toFixed(2)} GiB. ` +
+        'Pass a smaller cacheBlocks or maxContext (or cacheDtype \'bf16\').', { cause: e });
+    }
     // The dense branch runs on the default stream, so that null-stream ops on the results
     // (sampling, reading logits) are ordered after the forward pass.
     this.main = native.defaultStream(this.device);

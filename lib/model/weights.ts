@@ -4,7 +4,7 @@
 // kv_b_proj is dequantized (exactly, to f32) for the absorbed attention.
 import { native } from '../native.js';
 import { Tensor, empty, tensor, toArray } from '../tensor.js';
-import { CheckpointError } from '../errors.js';
+import { CheckpointError, LongcatError, OutOfMemoryError } from '../errors.js';
 import type { ModelDims } from './dims.js';
 import type { MoeExpertSet } from '../../types/ops-moe.js';
 
@@ -63,12 +63,58 @@ export interface TensorSource {
   expertWeights(layer: number, expert: number): { gate: Tensor; up: Tensor; down: Tensor; gateScale?: Tensor | null; upScale?: Tensor | null; downScale?: Tensor | null };
 }
 
-export function loadWeights(src: TensorSource, dims: ModelDims, device: string): ModelWeights {
+/** Progress of the weight upload to a GPU (one event per tensor copied). */
+export interface UploadProgress {
+  phase: 'upload';
+  device: string;
+  tensor: string;
+  /** Bytes copied so far / the checkpoint's bytes (an upper bound: MTP tensors are not copied). */
+  bytes: number;
+  totalBytes: number;
+}
+
+export interface LoadWeightsOptions {
+  onProgress?: (p: UploadProgress) => void;
+  /** Bytes the upload will copy at most (for progress and error messages). */
+  totalBytes?: number;
+}
+
+const gb = (b: number) => `${(b / 2 ** 30).toFixed(2)} GiB`;
+
+export function loadWeights(src: TensorSource, dims: ModelDims, device: string, opts: LoadWeightsOptions = {}): ModelWeights {
   const owned: { dispose(): void }[] = [];
+  try {
+    return buildWeights(src, dims, device, opts, owned);
+  } catch (e) {
+    for (const t of owned) t.dispose(); // what was uploaded before the failure
+    throw e;
+  }
+}
+
+function buildWeights(src: TensorSource, dims: ModelDims, device: string, opts: LoadWeightsOptions, owned: { dispose(): void }[]): ModelWeights {
   const own = <T extends { dispose(): void }>(t: T) => (owned.push(t), t);
+  const totalBytes = opts.totalBytes ?? 0;
+  let uploaded = 0;
   // Checkpoint tensors are mmapped on the CPU; on another device each is copied once.
-  const place = (t: Tensor) => (t.device === device ? t : own(t.to(device)));
-  const get = (name: string) => place(src.get(name));
+  const place = (t: Tensor, name: string) => {
+    if (t.device === device) return t;
+    let copy: Tensor;
+    try {
+      copy = t.to(device);
+    } catch (e) {
+      if (!(e instanceof LongcatError) || e.code !== 'E_OOM') throw e;
+      const dev = native.devices().find((d) => d.id === device && 'totalBytes' in d) as { totalBytes: number } | undefined;
+      throw new OutOfMemoryError('E_OOM',
+        `loading the weights onto ${device}: out of memory at '${name}' ([${t.shape.join(', ')}] ${t.dtype}, ${gb(t.nbytes)}) ` +
+        `after ${gb(uploaded)}${totalBytes ? ` of about ${gb(totalBytes)}` : ''} were uploaded` +
+        `${dev ? ` (the device has ${gb(dev.totalBytes)})` : ''}. The weights do not fit: use a device with more memory, ` +
+        `an FP8 checkpoint, or backend 'cpu'.`, { cause: e });
+    }
+    uploaded += t.nbytes;
+    opts.onProgress?.({ phase: 'upload', device, tensor: name, bytes: uploaded, totalBytes: Math.max(totalBytes, uploaded) });
+    return own(copy);
+  };
+  const get = (name: string) => place(src.get(name), name);
   const linear = (name: string): Linear => ({
     weight: get(`${name}.weight`),
     scale: src.has(`${name}.weight_scale_inv`) ? get(`${name}.weight_scale_inv`) : null,
@@ -120,11 +166,12 @@ export function loadWeights(src: TensorSource, dims: ModelDims, device: string):
   for (let l = 0; l < dims.layers; l++) {
     const p = `model.layers.${l}`;
     const experts = Array.from({ length: dims.nRouted }, (_, e) => src.expertWeights(l, e));
+    const expertName = (e: number, m: string) => `${p}.mlp.experts.${e}.${m}`;
     const scales = (k: 'gateScale' | 'upScale' | 'downScale') =>
       experts[0]?.[k] ? experts.map((x, e) => {
         const s = x[k];
         if (!s) throw new CheckpointError('E_CHECKPOINT', `expert ${e} of layer ${l} has no ${k} while expert 0 has one`);
-        return place(s);
+        return place(s, expertName(e, `${k.replace('Scale', '_proj')}.weight_scale_inv`));
       }) : null;
     layers.push({
       inputNorm: [get(`${p}.input_layernorm.0.weight`), get(`${p}.input_layernorm.1.weight`)],
@@ -134,8 +181,9 @@ export function loadWeights(src: TensorSource, dims: ModelDims, device: string):
       moe: {
         classifier: f32(get(`${p}.mlp.router.classifier.weight`)),
         bias: f32(get(`${p}.mlp.router.e_score_correction_bias`)),
-        experts: own(native.moeExperts(experts.map((x) => place(x.gate)), experts.map((x) => place(x.up)),
-          experts.map((x) => place(x.down)), scales('gateScale'), scales('upScale'), scales('downScale'))),
+        experts: own(native.moeExperts(experts.map((x, e) => place(x.gate, expertName(e, 'gate_proj.weight'))),
+          experts.map((x, e) => place(x.up, expertName(e, 'up_proj.weight'))), experts.map((x, e) => place(x.down, expertName(e, 'down_proj.weight'))),
+          scales('gateScale'), scales('upScale'), scales('downScale'))),
       },
     });
   }
