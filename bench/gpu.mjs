@@ -6,6 +6,7 @@
 // reference, not a measurement of this run.
 //
 //   node bench/gpu.mjs [--quick] [--only copy,gemm,moe,mla] [--out bench/out/gpu.json]
+//   --smoke: tiny shapes on the CPU, so that the script is exercised without a GPU.
 //
 // Sections:
 //   gemm  linear at the LongCat-Flash shapes (expert gate+up N=4096 K=6144, down N=6144 K=2048,
@@ -29,16 +30,20 @@ const quick = args.includes('--quick');
 const only = args.includes('--only') ? args[args.indexOf('--only') + 1].split(',') : null;
 const outFile = args.includes('--out') ? args[args.indexOf('--out') + 1] : null;
 const want = (s) => !only || only.includes(s);
+const smoke = args.includes('--smoke');
 
 const status = native.cudaStatus();
-if (!status.available) {
+if (!smoke && !status.available) {
   console.error(`bench/gpu: CUDA unavailable: ${status.reason || 'not compiled in'}`);
   process.exit(2);
 }
-const dev = 'cuda:0';
-const card = native.devices().find((d) => d.id === dev);
+const dev = smoke ? 'cpu' : 'cuda:0';
+const card = smoke ? { name: 'cpu (smoke)', computeCapability: '0.0', multiprocessors: 0 } : native.devices().find((d) => d.id === dev);
 const stream = new Stream(dev);
 console.log(`bench/gpu on ${card.name} (sm_${card.computeCapability.replace('.', '')}, ${card.multiprocessors} SMs)`);
+// LongCat-Flash sizes; --smoke divides widths by 24 and counts by 8
+const Z = smoke ? { w: 24, n: 8 } : { w: 1, n: 1 };
+const wd = (x) => Math.max(1, Math.round(x / Z.w));
 const results = { card: card.name, computeCapability: card.computeCapability };
 
 /** Median milliseconds of `fn` on the stream, timed with CUDA events. */
@@ -68,7 +73,7 @@ function withPrecision(p, fn) {
 
 // Random device tensors: one random chunk per dtype is uploaded once, then copied on the device
 // into every tensor (distinct addresses: no cache reuse across weights).
-const CHUNK = 1 << 23;
+const CHUNK = smoke ? 1 << 14 : 1 << 23;
 const chunks = new Map();
 function randomDevice(shape, dtype, scale = 0.05) {
   const key = `${dtype}:${scale}`;
@@ -99,7 +104,7 @@ const table = (name, r) => {
 // ---- copy bandwidth ------------------------------------------------------------------------------
 let copyGBs = 0;
 {
-  const n = 1 << 30; // bf16 elements: 2 GiB each way
+  const n = smoke ? 1 << 20 : 1 << 30; // bf16 elements: 2 GiB each way
   const a = randomDevice([n], 'bf16'), b = empty([n], { dtype: 'bf16', device: dev });
   const ms = timeMs(() => native.convert(stream, b, a), 5);
   copyGBs = (2 * 2 * n) / ms / 1e6;
@@ -112,8 +117,9 @@ let copyGBs = 0;
 // ---- dense GEMMs ---------------------------------------------------------------------------------
 if (want('gemm')) {
   const shapes = [['expert gate+up', 4096, 6144], ['expert down', 6144, 2048], ['dense FFN gate+up', 24576, 6144],
-    ['attn q_a', 1536, 6144], ['attn q_b', 12288, 1536], ['attn kv_a', 576, 6144], ['attn o_proj', 6144, 8192]];
-  const Ts = quick ? [1, 64, 4096] : [1, 8, 64, 512, 4096];
+    ['attn q_a', 1536, 6144], ['attn q_b', 12288, 1536], ['attn kv_a', 576, 6144], ['attn o_proj', 6144, 8192]]
+    .map(([name, n, k]) => [name, wd(n), wd(k)]);
+  const Ts = (quick ? [1, 64, 4096] : [1, 8, 64, 512, 4096]).map((t) => (smoke ? Math.ceil(t / 64) : t));
   const out = [];
   for (const [name, n, k] of shapes) {
     const wb = randomDevice([n, k], 'bf16');
@@ -143,7 +149,7 @@ if (want('gemm')) {
 
 // ---- grouped-expert MoE --------------------------------------------------------------------------
 if (want('moe')) {
-  const H = 6144, I = 2048, NR = 64, K = 8;
+  const H = wd(6144), I = wd(2048), NR = 64 / Z.n, K = 8 / Z.n;
   const out = [];
   for (const [wdt, precision] of [['bf16', 'bf16'], ['fp8_e4m3', 'fp8']]) {
     const fp8 = wdt === 'fp8_e4m3';
@@ -158,7 +164,7 @@ if (want('moe')) {
     // the dense peer: one gate+up and one down weight at the same rows
     const wgu = randomDevice([2 * I, H], wdt, fp8 ? 200 : 0.05), wd = randomDevice([H, I], wdt, fp8 ? 200 : 0.05);
     const sgu = fp8 ? fp8Scales(2 * I, H) : null, sd = fp8 ? fp8Scales(H, I) : null;
-    for (const perExpert of quick ? [8, 256] : [8, 64, 256, 1024]) {
+    for (const perExpert of (quick ? [8, 256] : [8, 64, 256, 1024]).map((r) => r / Z.n)) {
       const T = (perExpert * NR) / K;
       const ids = new Int32Array(T * K);
       for (let t = 0; t < T; t++) for (let j = 0; j < K; j++) ids[t * K + j] = (t * 7 + j * 8 + (t >> 3)) % NR; // balanced, distinct per token
@@ -190,8 +196,8 @@ if (want('moe')) {
 
 // ---- MLA decode ----------------------------------------------------------------------------------
 if (want('mla')) {
-  const NH = 64, DL = 512, DR = 64, BS = 64, ROW = DL + DR;
-  const Bs = quick ? [1, 64] : [1, 8, 32, 64], ctxs = quick ? [1024, 32768] : [1024, 4096, 16384, 32768];
+  const NH = 64 / Z.n, DL = 512, DR = 64, BS = 64, ROW = DL + DR;
+  const Bs = (quick ? [1, 64] : [1, 8, 32, 64]).map((b) => Math.ceil(b / Z.n)), ctxs = (quick ? [1024, 32768] : [1024, 4096, 16384, 32768]).map((c) => c / (Z.w > 1 ? 16 : 1));
   const maxBlocks = Math.max(...Bs) * (Math.max(...ctxs) / BS);
   const cache = randomDevice([maxBlocks, BS, ROW], 'bf16', 1);
   const out = [];

@@ -17,4 +17,6 @@ echo "== CUDA vs CPU parity and timings (scripts/gpu-check.mjs)"
 "$NODE" scripts/gpu-check.mjs || status=1
 echo "== CUDA microbenchmarks (bench/gpu.mjs)"
 "$NODE" bench/gpu.mjs --out "${OUT:-bench/out}/gpu.json" || status=1
+echo "== end-to-end decode, LongCat-Flash width (bench/gpu-model.mjs)"
+"$NODE" bench/gpu-model.mjs --out "${OUT:-bench/out}/gpu-model.json" || status=1
 exit $status

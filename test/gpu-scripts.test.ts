@@ -1,0 +1,25 @@
+// The GPU session's scripts (bench/gpu.mjs, bench/gpu-model.mjs) only measure on a GPU, which most
+// sessions lack; their --smoke mode runs every section on the CPU at tiny sizes so that they keep
+// working between GPU sessions.
+import { spawnSync } from 'node:child_process';
+import { describe, expect, it } from 'vitest';
+
+function smoke(script: string, args: string[] = []) {
+  const r = spawnSync(process.execPath, [script, '--smoke', ...args], { encoding: 'utf8', env: process.env, timeout: 120_000 });
+  expect(r.stderr).toBe('');
+  expect(r.status).toBe(0);
+  return r.stdout;
+}
+
+describe('GPU benchmark scripts (smoke mode on the CPU)', () => {
+  it('bench/gpu.mjs runs its copy, GEMM, grouped-MoE and MLA sections', () => {
+    const out = smoke('bench/gpu.mjs');
+    for (const title of ['device copy:', '== linear', '== grouped MoE', '== MLA decode']) expect(out).toContain(title);
+    expect(out).not.toMatch(/NaN|Infinity/);
+  });
+  it('bench/gpu-model.mjs builds a model from device-made weights and times decode and prefill', () => {
+    const out = smoke('bench/gpu-model.mjs', ['--steps', '6']);
+    for (const row of ['decode (graph)', 'decode (eager)', 'prefill 64']) expect(out).toContain(row);
+    expect(out).not.toMatch(/NaN|Infinity/);
+  });
+});
