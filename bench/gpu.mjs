@@ -11,8 +11,8 @@
 // Sections:
 //   gemm  linear at the LongCat-Flash shapes (expert gate+up N=4096 K=6144, down N=6144 K=2048,
 //         dense FFN gate+up N=24576 K=6144, attention q_a / q_b / kv_a / o_proj) x T = 1..4096, bf16
-//         weights at precision 'bf16' and fp8 weights at precision 'fp8': TFLOP/s, GB/s, % of copy
-//         bandwidth (decode) and the fp8 / bf16 speedup.
+//         weights at precision 'bf16' (mma.sync tiles, and the opt-in TMA + wgmma kernel) and fp8
+//         weights at precision 'fp8': TFLOP/s, GB/s, % of copy bandwidth (decode), fp8 / bf16 speedup.
 //   moe   the grouped-expert MoE (64 experts of LongCat width, top-8) at 8..1024 rows per expert,
 //         bf16 and fp8: TFLOP/s vs the dense linear pair (gate+up, down) at the same rows, and GB/s of
 //         the expert weights touched vs copy bandwidth at decode sizes.
@@ -130,10 +130,21 @@ if (want('gemm')) {
       const flops = 2 * t * n * k;
       const ms16 = withPrecision('bf16', () => timeMs(() => native.linear(stream, y, x, wb, null)));
       const ms8 = withPrecision('fp8', () => timeMs(() => native.linear(stream, y, x, w8, s8)));
+      // the opt-in sm_90a TMA + wgmma kernel on the same bf16 problem (GEMM shapes only)
+      let msWg = NaN;
+      if (!smoke && t > 16) {
+        const prev = native.setCudaGemm('wgmma');
+        try {
+          msWg = withPrecision('bf16', () => timeMs(() => native.linear(stream, y, x, wb, null)));
+        } finally {
+          native.setCudaGemm(prev);
+        }
+      }
       const bytes16 = 2 * n * k + 2 * t * (k + n), bytes8 = n * k + 2 * t * (k + n);
       out.push({ shape: name, N: n, K: k, T: t,
         'bf16 us': (ms16 * 1e3).toFixed(1), 'bf16 TFLOP/s': (flops / ms16 / 1e9).toFixed(1),
         'bf16 %copyBW': ((bytes16 / ms16 / 1e6 / copyGBs) * 100).toFixed(0),
+        'wgmma TFLOP/s': Number.isNaN(msWg) ? '' : (flops / msWg / 1e9).toFixed(1), 'wgmma/mma': Number.isNaN(msWg) ? '' : (ms16 / msWg).toFixed(2),
         'fp8 us': (ms8 * 1e3).toFixed(1), 'fp8 TFLOP/s': (flops / ms8 / 1e9).toFixed(1),
         'fp8 %copyBW': ((bytes8 / ms8 / 1e6 / copyGBs) * 100).toFixed(0), 'fp8/bf16': (ms16 / ms8).toFixed(2) });
       x.dispose();

@@ -19,6 +19,14 @@ constexpr int64_t kSkinnyMaxRows = 16;
 // it uses tensor cores (activations rounded to bf16) unless the matmul precision is 'highest'.
 void linear(int64_t t, const void* x, DType xt, const cpu::WeightRef& w, void* y, DType yt, void* stream);
 
+// The sm_90a wgmma + TMA GEMM (wgmma_gemm.cu) for bf16 x times a bf16 weight with K % 8 == 0 on an
+// sm_90 device; returns false (nothing launched) when the arguments or the device do not qualify.
+// linear() tries it first when wgmma_enabled() (initially LONGCAT_WGMMA=1): opt-in until it has run
+// on a card.
+bool linear_wgmma(int64_t t, const void* x, DType xt, const cpu::WeightRef& w, void* y, DType yt, void* stream);
+bool wgmma_enabled();
+void set_wgmma_enabled(bool on);
+
 // Compute capability (10 * major + minor) of the current device. The e4m3 tensor-core path
 // (linear_fp8, the fp8 MoE) needs 89 or more.
 int compute_capability();

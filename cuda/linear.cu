@@ -204,7 +204,7 @@ void linear(int64_t t, const void* x, DType xt, const cpu::WeightRef& wr, void* 
     if (ceil_div(t, kTile) > 65535) fail(Code::E_SHAPE, "linear (CUDA): %lld rows exceed one launch", static_cast<long long>(t));
     dim3 grid(ceil_div(wr.n, kTile), ceil_div(t, kTile));
     linear_tiled_f32<<<grid, 256, 0, s>>>(t, x, xb, w, wr.n, y, yb);
-  } else {
+  } else if (!(wgmma_enabled() && linear_wgmma(t, x, xt, wr, y, yt, stream))) {
     DenseGemm p = dense_problem(t, wr, y, yt);
     p.a = x, p.a_dtype = xt;
     tile::gemm_kernel<DenseGemm, false><<<dense_grid(t, wr.n), tile::kThreads, 0, s>>>(p);

@@ -65,6 +65,21 @@ for (const [t, k, n] of [[1, 129, 67], [3, 1000, 130], [16, 1001, 130], [17, 127
     }
   }
 }
+// The sm_90a TMA + wgmma GEMM (opt-in: setCudaGemm('wgmma')): bf16 x and weights, K % 8 == 0 (the
+// last shape has K % 8 != 0 and checks the fall back to the mma.sync tiles).
+for (const [t, k, n] of [[17, 136, 77], [129, 520, 257], [300, 1000, 333], [512, 6144, 4096], [40, 127, 77]]) {
+  cases.push({
+    name: `linear wgmma t=${t} k=${k} n=${n} x=bf16 w=bf16`,
+    precision: 'bf16',
+    gemm: 'wgmma',
+    make(device) {
+      const x = tensor(randArr(t * k), [t, k], { dtype: 'bf16', device });
+      const w = tensor(randArr(n * k, 0.1), [n, k], { dtype: 'bf16', device });
+      const y = empty([t, n], { device });
+      return { out: y, run: (s) => native.linear(s, y, x, w, null), bytes: w.nbytes, flops: 2 * t * n * k, tol: TOL.bf16 };
+    },
+  });
+}
 for (const [rows, dim] of [[1, 7], [3, 129], [17, 1000], [64, 6144]]) {
   cases.push({
     name: `rmsnorm rows=${rows} dim=${dim} (+add, bf16 w)`,
@@ -337,16 +352,22 @@ for (const [rows, dim] of [[1, 7], [3, 129], [17, 1000], [64, 6144]]) {
 
 export { cases, timeMs };
 
-/** `made.run` under the case's matmul precision (read at launch on CUDA, when the queued work runs on the CPU). */
+/**
+ * `made.run` under the case's matmul precision (read at launch on CUDA, when the queued work runs on
+ * the CPU) and, on the GPU, its CUDA GEMM kernel (`gemm`).
+ */
 export function withPrecision(c, made, device) {
   const run = made.run;
+  const gpuGemm = c.gemm && device !== 'cpu'; // the CUDA GEMM kernel the case targets
   made.run = (s) => {
     const prev = native.setMatmulPrecision(c.precision ?? 'highest');
+    const prevGemm = gpuGemm ? native.setCudaGemm(c.gemm) : null;
     try {
       run(s);
       if (device === 'cpu') native.synchronize('cpu');
     } finally {
       native.setMatmulPrecision(prev);
+      if (prevGemm) native.setCudaGemm(prevGemm);
     }
   };
   return made;

@@ -119,6 +119,13 @@ export interface LinearOps {
    */
   setMatmulPrecision(precision: 'bf16' | 'highest' | 'fp8'): 'bf16' | 'highest' | 'fp8';
   /**
+   * The tensor-core kernel of bf16 x bf16 CUDA GEMMs (x and weight bf16, K % 8 == 0) on sm_90:
+   * 'mma' (mma.sync tiles, the default) or 'wgmma' (TMA + wgmma, opt-in until it has run on a card;
+   * also LONGCAT_WGMMA=1). Process-wide; returns the previous setting. E_DEVICE for 'wgmma' in a
+   * build without CUDA.
+   */
+  setCudaGemm(kernel: 'mma' | 'wgmma'): 'mma' | 'wgmma';
+  /**
    * Symmetric per-row int8 weights for `linear`: scale[r] = max|w[r, :]| / 127 (0 for a zero row),
    * q = round_half_even(w / scale[r]) clamped to [-127, 127]. q int8 [n, k], scale f32 [n], w f32|bf16 [n, k].
    */

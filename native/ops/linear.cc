@@ -92,6 +92,23 @@ static Napi::Value SetMatmulPrecision(const Napi::CallbackInfo& info) {
 }
 LC_REGISTER_OP("setMatmulPrecision", SetMatmulPrecision);
 
+// setCudaGemm('mma' | 'wgmma'): the tensor-core kernel of bf16 x bf16 CUDA GEMMs on sm_90 (see
+// gpu::linear_wgmma; 'wgmma' is opt-in until it has run on a card). Returns the previous one.
+static Napi::Value SetCudaGemm(const Napi::CallbackInfo& info) {
+  OpArgs a(info, "setCudaGemm");
+  const std::string k = a.string(0, "kernel");
+  if (k != "mma" && k != "wgmma") fail(Code::E_ARGUMENT, "setCudaGemm: expected 'mma' or 'wgmma', got '%s'", k.c_str());
+#ifdef LONGCAT_WITH_CUDA
+  const bool before = gpu::wgmma_enabled();
+  gpu::set_wgmma_enabled(k == "wgmma");
+  return Napi::String::New(info.Env(), before ? "wgmma" : "mma");
+#else
+  if (k == "wgmma") fail(Code::E_DEVICE, "setCudaGemm: this build has no CUDA backend");
+  return Napi::String::New(info.Env(), "mma");
+#endif
+}
+LC_REGISTER_OP("setCudaGemm", SetCudaGemm);
+
 static Napi::Value QuantizeInt8Rows(const Napi::CallbackInfo& info) {
   const char* op = "quantizeInt8Rows";
   OpArgs a(info, op);

@@ -142,10 +142,11 @@ std::vector<double> fp8_activations(const std::vector<float>& x, int64_t t, int6
   return r;
 }
 
-void linear_case(int64_t t, int64_t n, int64_t k, DType wdt, MatmulPrecision prec) {
+// wgmma: run the GPU half through the opt-in sm_90a TMA + wgmma kernel (x passed as bf16).
+void linear_case(int64_t t, int64_t n, int64_t k, DType wdt, MatmulPrecision prec, bool wgmma = false) {
   const Weight w = make_weight(wdt, n, k);
   std::vector<float> x(static_cast<size_t>(t * k));
-  for (auto& v : x) v = uniform();
+  for (auto& v : x) v = wgmma ? cpu::bf16_to_f32(cpu::f32_to_bf16(uniform())) : uniform();
   cpu::set_matmul_precision(prec);
   const bool fp8_act = prec == MatmulPrecision::FP8 && wdt == DType::FP8_E4M3 && t >= cpu::kFp8ActivationMinRows;
   const std::vector<double> xe = fp8_act ? fp8_activations(x, t, k) : std::vector<double>(x.begin(), x.end());
@@ -165,8 +166,8 @@ void linear_case(int64_t t, int64_t n, int64_t k, DType wdt, MatmulPrecision pre
   const bool rounded = prec != MatmulPrecision::Highest && t > 8;
   const double rel = gamma + (rounded ? std::ldexp(1.0, -7) : 0.0);
   char name[160];
-  std::snprintf(name, sizeof name, "linear t=%lld n=%lld k=%lld w=%s %s", static_cast<long long>(t), static_cast<long long>(n),
-                static_cast<long long>(k), dtype_name(wdt), precision_name(prec));
+  std::snprintf(name, sizeof name, "linear t=%lld n=%lld k=%lld w=%s %s%s", static_cast<long long>(t), static_cast<long long>(n),
+                static_cast<long long>(k), dtype_name(wdt), precision_name(prec), wgmma ? " (x bf16, wgmma)" : "");
   auto check = [&](const std::vector<float>& y, const char* side) {
     double worst = 0, worst_tol = 0;
     bool ok = true;
@@ -194,6 +195,16 @@ void linear_case(int64_t t, int64_t n, int64_t k, DType wdt, MatmulPrecision pre
     cuda::check_launch(name);
     cuda::device_synchronize(0);
     check(dy.get<float>(y.size()), "cuda (e4m3 tensor cores)");
+  } else if (wgmma) {
+    std::vector<uint16_t> xb(x.size());
+    for (size_t i = 0; i < x.size(); ++i) xb[i] = cpu::f32_to_bf16(x[i]);
+    DeviceBuffer dxb(xb.data(), xb.size() * 2);
+    gpu::set_wgmma_enabled(true);
+    gpu::linear(t, dxb.p, DType::BF16, wr, dy.p, DType::F32, nullptr);
+    gpu::set_wgmma_enabled(false);
+    cuda::check_launch(name);
+    cuda::device_synchronize(0);
+    check(dy.get<float>(y.size()), gpu::compute_capability() == 90 ? "cuda (wgmma)" : "cuda (not sm_90: mma.sync)");
   } else {
     gpu::linear(t, dx.p, DType::F32, wr, dy.p, DType::F32, nullptr);
     cuda::check_launch(name);
@@ -319,6 +330,8 @@ int main() {
             if (p == MatmulPrecision::FP8 && wdt != DType::FP8_E4M3) continue;
             linear_case(t, n, k, wdt, p);
           }
+    for (const auto& [n, k] : std::vector<std::pair<int64_t, int64_t>>{{77, 136}, {257, 520}, {333, 1000}})
+      for (const int64_t t : {17, 129, 300}) linear_case(t, n, k, DType::BF16, MatmulPrecision::BF16, true);
     for (const auto& [t, k] : std::vector<std::pair<int64_t, int64_t>>{{1, 7}, {3, 1000}, {17, 7168}}) quant_case(t, k);
     moe_case(1, 64, 32, 8, 2, 3, DType::BF16, MatmulPrecision::Highest);        // decode: skinny tiles
     moe_case(5, 129, 67, 6, 3, 4, DType::FP8_E4M3, MatmulPrecision::BF16);      // decode, fp8 experts
