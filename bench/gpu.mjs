@@ -17,7 +17,8 @@
 //         bf16 and fp8: TFLOP/s vs the dense linear pair (gate+up, down) at the same rows, and GB/s of
 //         the expert weights touched vs copy bandwidth at decode sizes.
 //   mla   absorbed MLA decode (64 heads, 512 + 64, bf16 paged cache) at batch 1..64 x context 1k..32k:
-//         GB/s of the cache read vs copy bandwidth, TFLOP/s.
+//         GB/s of the cache read vs copy bandwidth, TFLOP/s; tensor cores (precision 'bf16') and,
+//         for reference, the fp32 CUDA-core kernel (precision 'highest').
 import { writeFileSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { native } from '../dist/native.js';
@@ -219,10 +220,13 @@ if (want('mla')) {
       const sl = tensor(new Int32Array(B).fill(ctx), [B], { dtype: 'int32', device: dev });
       const ql = randomDevice([B, NH, DL], 'f32', 0.3), q = randomDevice([B, NH, 7 + DR], 'f32', 0.3);
       const ol = empty([B, NH, DL], { device: dev });
-      const ms = timeMs(() => native.mlaDecodeAbsorbed(stream, ol, ql, q, cache, bt, sl, 1 / Math.sqrt(192)));
+      const run = () => native.mlaDecodeAbsorbed(stream, ol, ql, q, cache, bt, sl, 1 / Math.sqrt(192));
+      const ms = withPrecision('bf16', () => timeMs(run)); // tensor cores (q, p in bf16)
+      const ms32 = withPrecision('highest', () => timeMs(run, quick ? 3 : 5)); // fp32 CUDA cores
       const bytes = B * ctx * ROW * 2, flops = 2 * B * ctx * NH * (ROW + DL);
       out.push({ batch: B, context: ctx, us: (ms * 1e3).toFixed(1), 'GB/s': (bytes / ms / 1e6).toFixed(0),
-        '%copyBW': ((bytes / ms / 1e6 / copyGBs) * 100).toFixed(0), 'TFLOP/s': (flops / ms / 1e9).toFixed(1) });
+        '%copyBW': ((bytes / ms / 1e6 / copyGBs) * 100).toFixed(0), 'TFLOP/s': (flops / ms / 1e9).toFixed(1),
+        'fp32-core %copyBW': ((bytes / ms32 / 1e6 / copyGBs) * 100).toFixed(0) });
       for (const t of [bt, sl, ql, q, ol]) t.dispose();
     }
   cache.dispose();

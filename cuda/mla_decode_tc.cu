@@ -1,0 +1,266 @@
+// Absorbed MLA decode on tensor cores (mma.sync bf16, sm_80+) for the DeepSeek / LongCat latent
+// width: 512 latent + 64 rope dims per cache row, bf16 paged cache. Same contract and split-KV
+// partials as decode_kernel in mla.cu (which handles every other case); numerics of the CPU's
+// AVX512-BF16 decode: q (q_lat ++ q_pe) and p = exp(s - m) rounded to bf16, fp32 accumulation.
+//
+// Tiling, written out: one CTA (8 warps) per (sequence, 64 heads, split). Q [64 heads x 576] sits
+// in shared memory as bf16 for the whole split; cache rows stream through a double-buffered
+// [32 tokens x 576] tile by cp.async (16-byte chunks; rows of invalid blocks and past the split are
+// zero-filled, so 0 * garbage never reaches the accumulator). Per tile:
+//   S = Q K^T      warp (m = warp % 4, n = warp / 4): 16 heads x 16 tokens, 36 k16 steps
+//   softmax        warp w: heads 8w .. 8w + 7, lane = token; running max / sum per head in smem;
+//                  P = exp(s - m) as bf16 in shared memory, the rescale of each head's row kept
+//   O = O c + P V  warp w: all 64 heads x latent columns 64w .. 64w + 63 (4 x 8 mma tiles in
+//                  registers), V read from the same tile with ldmatrix.trans
+// Shared rows are padded to 1168 bytes (Q, K) and 80 bytes (P), so the 8 rows an ldmatrix reads
+// fall in distinct 16-byte bank groups. Per tile, 4.5 MFLOP per 36 KB of cache: 121 FLOP/byte.
+#include "common.cuh"
+#include "mla_tc.h"
+#include "mma.cuh"
+
+namespace lc::gpu {
+namespace {
+
+constexpr int kDL = 512, kDR = 64, kRow = kDL + kDR;
+constexpr int kHeads = static_cast<int>(kMlaTcHeads), kTok = 32, kThreads = 256, kWarps = kThreads / 32;
+constexpr int kPitch = kRow * 2 + 16;     // bytes per Q / K row
+constexpr int kPPitch = (kTok + 8) * 2;   // bytes per P row
+constexpr int kSPitch = kTok + 1;         // floats per score row
+constexpr int kChunks = kRow * 2 / 16;    // 16-byte chunks per cache row (72)
+constexpr size_t kQBytes = size_t{kHeads} * kPitch, kKBytes = size_t{2} * kTok * kPitch;
+constexpr size_t kSBytes = sizeof(float) * kHeads * kSPitch, kPBytes = size_t{kHeads} * kPPitch;
+constexpr size_t kSmem = kQBytes + kKBytes + kSBytes + kPBytes + 3 * sizeof(float) * kHeads;
+static_assert(kDL == kWarps * 64, "each warp owns 64 latent columns");
+
+struct Params {
+  int64_t nh, dn, dk;
+  int64_t splits, ngroups;
+  const float* q_lat;
+  const float* q;
+  const uint16_t* cache;
+  int64_t num_blocks, block_size, max_blocks;
+  const int32_t* block_table;
+  const int32_t* seq_lens;
+  float scale;
+  float* o_lat;
+  float* part_acc;  // [B, splits, nh, 512]
+  float* part_ml;   // [B, splits, nh, 2]
+};
+
+__device__ __forceinline__ float max_nan(float a, float b) { return (a > b || a != a) ? a : b; }
+
+__global__ void __launch_bounds__(kThreads, 1) decode_tc_kernel(const Params p) {
+  extern __shared__ __align__(16) uint8_t smem[];
+  uint8_t* qs = smem;                                          // [64][kPitch] bf16
+  uint8_t* ks = qs + kQBytes;                                  // [2][32][kPitch] bf16
+  float* ss = reinterpret_cast<float*>(ks + kKBytes);          // [64][kSPitch] scores
+  uint8_t* ps = reinterpret_cast<uint8_t*>(ss) + kSBytes;      // [64][kPPitch] bf16 probabilities
+  float* ms = reinterpret_cast<float*>(ps + kPBytes);          // [64] running max
+  float* ls = ms + kHeads;                                     // [64] running sum
+  float* cs = ls + kHeads;                                     // [64] rescale of this tile
+
+  int64_t bid = blockIdx.x;
+  const int64_t split = bid % p.splits;
+  bid /= p.splits;
+  const int64_t g = bid % p.ngroups, b = bid / p.ngroups;
+  const int64_t h0 = g * kHeads;
+  const int nhg = static_cast<int>(p.nh - h0 < kHeads ? p.nh - h0 : kHeads);
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+
+  // This split's tokens [s0, s1), as in decode_kernel but in whole 32-token tiles.
+  int64_t len = p.seq_lens[b];
+  len = len < 0 ? 0 : len > p.max_blocks * p.block_size ? p.max_blocks * p.block_size : len;
+  int64_t per = (len + p.splits - 1) / p.splits;
+  per = (per + kTok - 1) / kTok * kTok;
+  const int64_t s0 = split * per < len ? split * per : len, s1 = s0 + per < len ? s0 + per : len;
+  const int32_t* bt = p.block_table + b * p.max_blocks;
+
+  // Q (q_lat | q_pe) as bf16; heads past nh are zero rows.
+  for (int i = tid; i < kHeads * (kRow / 2); i += kThreads) {
+    const int h = i / (kRow / 2), c = 2 * (i % (kRow / 2));
+    float v0 = 0.f, v1 = 0.f;
+    if (h < nhg) {
+      const int64_t hh = b * p.nh + h0 + h;
+      v0 = c < kDL ? p.q_lat[hh * kDL + c] : p.q[hh * p.dk + p.dn + (c - kDL)];
+      v1 = c + 1 < kDL ? p.q_lat[hh * kDL + c + 1] : p.q[hh * p.dk + p.dn + (c + 1 - kDL)];
+    }
+    *reinterpret_cast<uint32_t*>(qs + h * kPitch + 2 * c) =
+        static_cast<uint32_t>(f32_to_bf16_bits(v0)) | (static_cast<uint32_t>(f32_to_bf16_bits(v1)) << 16);
+  }
+  if (tid < kHeads) ms[tid] = -INFINITY, ls[tid] = 0.f;
+
+  auto load_tile = [&](int buf, int64_t t0) {
+    const int64_t nt = s1 - t0 < kTok ? s1 - t0 : kTok;
+    for (int ch = tid; ch < kTok * kChunks; ch += kThreads) {
+      const int r = ch / kChunks, c = ch % kChunks;
+      uint8_t* dst = ks + (static_cast<size_t>(buf) * kTok + r) * kPitch + c * 16;
+      int64_t blk = -1;
+      if (r < nt) blk = bt[(t0 + r) / p.block_size];
+      if (blk >= 0 && blk < p.num_blocks)
+        mma::cp_async16(dst, p.cache + (blk * p.block_size + (t0 + r) % p.block_size) * kRow + c * 8);
+      else
+        *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
+    }
+    mma::cp_async_commit();
+  };
+
+  float acc[4][8][4];
+#pragma unroll
+  for (int mi = 0; mi < 4; ++mi)
+#pragma unroll
+    for (int nj = 0; nj < 8; ++nj)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) acc[mi][nj][r] = 0.f;
+
+  const int ntiles = s1 > s0 ? static_cast<int>((s1 - s0 + kTok - 1) / kTok) : 0;
+  if (ntiles > 0) load_tile(0, s0);
+  for (int it = 0; it < ntiles; ++it) {
+    const int buf = it & 1;
+    const int64_t t0 = s0 + static_cast<int64_t>(it) * kTok;
+    const int nt = static_cast<int>(s1 - t0 < kTok ? s1 - t0 : kTok);
+    if (it + 1 < ntiles) {
+      load_tile(buf ^ 1, t0 + kTok);  // its buffer's last readers passed the barrier ending it - 1
+      mma::cp_async_wait<1>();
+    } else {
+      mma::cp_async_wait<0>();
+    }
+    __syncthreads();  // tile `it` (and Q, on the first pass) visible to every warp
+    const uint8_t* kt = ks + static_cast<size_t>(buf) * kTok * kPitch;
+
+    // S = Q K^T: heads 16 (warp % 4) .., tokens 16 (warp / 4) ..
+    {
+      const int mi = warp & 3, nh16 = warp >> 2;
+      float sf[2][4] = {};
+#pragma unroll 4
+      for (int k16 = 0; k16 < kRow / 16; ++k16) {
+        uint32_t a[4], bb[4];
+        mma::ldmatrix_x4(a, qs + (16 * mi + (lane & 15)) * kPitch + k16 * 32 + (lane >> 4) * 16);
+        mma::ldmatrix_x4(bb, kt + (16 * nh16 + (lane & 7) + ((lane >> 4) << 3)) * kPitch + k16 * 32 + ((lane >> 3) & 1) * 16);
+        mma::bf16_m16n8k16(sf[0], a, bb[0], bb[1]);
+        mma::bf16_m16n8k16(sf[1], a, bb[2], bb[3]);
+      }
+#pragma unroll
+      for (int j = 0; j < 2; ++j)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+          const int head = 16 * mi + (lane >> 2) + 8 * (r >> 1), tok = 16 * nh16 + 8 * j + 2 * (lane & 3) + (r & 1);
+          ss[head * kSPitch + tok] = tok < nt ? sf[j][r] * p.scale : -INFINITY;
+        }
+    }
+    __syncthreads();
+
+    // Online softmax (mirrors online_softmax_warp in mla.cu): warp w takes heads 8w .. 8w + 7.
+#pragma unroll
+    for (int hh = 0; hh < kHeads / kWarps; ++hh) {
+      const int head = warp * (kHeads / kWarps) + hh;
+      float s = ss[head * kSPitch + lane];
+      float mx = s;
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) mx = max_nan(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+      const float m_old = ms[head];
+      mx = max_nan(m_old, mx);
+      float corr = 1.f;
+      if (mx == -INFINITY) {
+        s = 0.f;
+      } else {
+        corr = m_old == -INFINITY ? 0.f : expf(m_old - mx);
+        s = expf(s - mx);
+      }
+      float sum = s;
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+      *reinterpret_cast<uint16_t*>(ps + head * kPPitch + 2 * lane) = f32_to_bf16_bits(s);
+      __syncwarp();
+      if (lane == 0) {
+        if (mx != -INFINITY) ls[head] = ls[head] * corr + sum, ms[head] = mx;
+        cs[head] = corr;
+      }
+    }
+    __syncthreads();
+
+    // O = O * corr + P V: all heads x latent columns 64 warp .. 64 warp + 63.
+#pragma unroll
+    for (int mi = 0; mi < 4; ++mi)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const float c = cs[16 * mi + (lane >> 2) + 8 * h];
+#pragma unroll
+        for (int nj = 0; nj < 8; ++nj) acc[mi][nj][2 * h] *= c, acc[mi][nj][2 * h + 1] *= c;
+      }
+#pragma unroll
+    for (int k16 = 0; k16 < kTok / 16; ++k16) {
+      uint32_t pa[4][4];
+#pragma unroll
+      for (int mi = 0; mi < 4; ++mi) mma::ldmatrix_x4(pa[mi], ps + (16 * mi + (lane & 15)) * kPPitch + k16 * 32 + (lane >> 4) * 16);
+#pragma unroll
+      for (int np = 0; np < 4; ++np) {
+        uint32_t vb[4];
+        mma::ldmatrix_x4_trans(vb, kt + (16 * k16 + (lane & 15)) * kPitch + (64 * warp + 16 * np + (lane >> 4) * 8) * 2);
+#pragma unroll
+        for (int mi = 0; mi < 4; ++mi) {
+          mma::bf16_m16n8k16(acc[mi][2 * np], pa[mi], vb[0], vb[1]);
+          mma::bf16_m16n8k16(acc[mi][2 * np + 1], pa[mi], vb[2], vb[3]);
+        }
+      }
+    }
+    __syncthreads();  // ss, ps, cs and this K buffer are rewritten next
+  }
+  __syncthreads();  // ms / ls final, also for a split without tokens
+
+#pragma unroll
+  for (int mi = 0; mi < 4; ++mi)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int head = 16 * mi + (lane >> 2) + 8 * h;
+      if (head >= nhg) continue;
+      const float l = ls[head], inv = l > 0 ? 1.f / l : 0.f;
+#pragma unroll
+      for (int nj = 0; nj < 8; ++nj)
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int64_t col = 64 * warp + 8 * nj + 2 * (lane & 3) + j;
+          const float v = acc[mi][nj][2 * h + j];
+          if (p.splits == 1)
+            p.o_lat[(b * p.nh + h0 + head) * kDL + col] = v * inv;
+          else
+            p.part_acc[(((b * p.splits + split) * p.nh) + h0 + head) * kDL + col] = v;
+        }
+    }
+  if (p.splits > 1 && tid < nhg) {
+    const int64_t base = (b * p.splits + split) * p.nh + h0 + tid;
+    p.part_ml[base * 2] = ms[tid];
+    p.part_ml[base * 2 + 1] = ls[tid];
+  }
+}
+
+int smem_optin() {
+  int dev = 0, v = 0;
+  check(cudaGetDevice(&dev), "cudaGetDevice");
+  check(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev), "cudaDeviceGetAttribute(smem)");
+  return v;
+}
+
+}  // namespace
+
+bool mla_decode_tc_supported(const cpu::MlaDims& d, bool cache_bf16) {
+  return cache_bf16 && d.dl == kDL && d.dr == kDR && d.nh > 0 && static_cast<size_t>(smem_optin()) >= kSmem;
+}
+
+void mla_decode_tc(const cpu::MlaDims& d, int64_t batch, float* o_lat, float* part_acc, float* part_ml, const float* q_lat,
+                   const float* q, const void* cache, int64_t num_blocks, int64_t block_size, const int32_t* block_table,
+                   int64_t max_blocks, const int32_t* seq_lens, float scale, int64_t splits, void* stream) {
+  Params p;
+  p.nh = d.nh, p.dn = d.dn, p.dk = d.dn + d.dr;
+  p.splits = splits, p.ngroups = (d.nh + kHeads - 1) / kHeads;
+  p.q_lat = q_lat, p.q = q, p.cache = static_cast<const uint16_t*>(cache);
+  p.num_blocks = num_blocks, p.block_size = block_size, p.max_blocks = max_blocks;
+  p.block_table = block_table, p.seq_lens = seq_lens, p.scale = scale;
+  p.o_lat = o_lat, p.part_acc = part_acc, p.part_ml = part_ml;
+  const int64_t blocks = batch * p.ngroups * splits;
+  if (blocks > 0x7fffffffLL) fail(Code::E_SHAPE, "mlaDecodeAbsorbed (CUDA): %lld thread blocks exceed the grid limit", static_cast<long long>(blocks));
+  check(cudaFuncSetAttribute(decode_tc_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmem)),
+        "cudaFuncSetAttribute (MLA decode)");
+  decode_tc_kernel<<<static_cast<unsigned>(blocks), kThreads, kSmem, static_cast<cudaStream_t>(stream)>>>(p);
+}
+
+}  // namespace lc::gpu
