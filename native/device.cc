@@ -138,20 +138,26 @@ void Pool::give_back(void* p, size_t rounded) {
   }
   stats_.cached_bytes += static_cast<int64_t>(rounded);
   if (!device_.is_cpu() && streams_.size() > 1) {
+    // Runs in destructors: a CUDA failure here (a broken context) must not escape. The block is
+    // then cached unfenced: nothing more can run on that context anyway.
     Fenced f{p, rounded, {}};
-    for (void* st : streams_) {
-      void* e = nullptr;
-      if (!spare_events_.empty()) {
-        e = spare_events_.back();
-        spare_events_.pop_back();
-      } else {
-        e = cuda::event_create(device_.index);
+    try {
+      for (void* st : streams_) {
+        void* e = nullptr;
+        if (!spare_events_.empty()) {
+          e = spare_events_.back();
+          spare_events_.pop_back();
+        } else {
+          e = cuda::event_create(device_.index);
+        }
+        f.events.push_back(e);
+        cuda::event_record(device_.index, e, st);
       }
-      cuda::event_record(device_.index, e, st);
-      f.events.push_back(e);
+      fenced_.push_back(std::move(f));
+      return;
+    } catch (...) {
+      for (void* e : f.events) spare_events_.push_back(e);
     }
-    fenced_.push_back(std::move(f));
-    return;
   }
   free_.emplace(rounded, p);
 }
@@ -474,11 +480,13 @@ std::unique_ptr<Graph> Capture::end(const std::vector<Stream*>& streams) {
 void Capture::abort(const std::vector<Stream*>& streams) noexcept {
   if (streams.empty()) return;
   if (!streams[0]->device().is_cpu()) {
-    device_pool(streams[0]->device()).unpark(device_pool(streams[0]->device()).end_parking());
-    try {
+    Pool& pool = device_pool(streams[0]->device());
+    const Pool::Parked parked = pool.end_parking();
+    try {  // end the capture first: the unparked blocks' fences must not be recorded into it
       cuda::graph_destroy(streams[0]->device().index, cuda::stream_end_capture(streams[0]->device().index, streams[0]->cuda_handle()));
     } catch (...) {
     }
+    pool.unpark(parked);
     return;
   }
   for (Stream* s : streams) {
