@@ -15,11 +15,13 @@
 //                  fixed columns). Splits write (m, l, acc) partials; a second kernel merges them with
 //                  the CPU's log-sum-exp merge. CUDA cores only (no tensor cores) in this first
 //                  version: the score tile [heads x tokens] = Q[heads, 576] K[tokens, 576]^T and the
-//                  PV tile are the two products a wgmma version (64 heads per warpgroup) replaces.
+//                  PV tile are the two products; at matmul precision 'bf16' with the 512 + 64 width
+//                  and a bf16 cache, mla_decode_tc.cu does them on tensor cores instead.
 //   mla_prefill    causal varlen flash attention (expanded form): a device-side schedule kernel
-//                  turns qStart / kvStart into (sequence, 32-query tile) work items; one CTA per
-//                  (tile, head), 32 x 32 score tiles in shared memory, online softmax in fp32,
-//                  scalar FMA inner loops. The FA3-style wgmma/TMA kernel is future work.
+//                  turns qStart / kvStart into (sequence, query tile) work items. At matmul
+//                  precision 'bf16' with the DeepSeek / LongCat head dims: the mma.sync kernel of
+//                  mla_prefill_tc.cu (64-query tiles); otherwise one CTA per (32-query tile, head),
+//                  32 x 32 score tiles in shared memory, online softmax and scalar FMA in fp32.
 #include <algorithm>
 #include <cmath>
 
@@ -471,10 +473,11 @@ PrefillLayout prefill_layout(const MlaDims& d) {
   return L;
 }
 
-// Validates qStart / kvStart exactly like the CPU binding and lists (sequence, first query) tiles.
+// Validates qStart / kvStart exactly like the CPU binding and lists (sequence, first query) tiles
+// of `rows` queries.
 // ws[0] = tile count (0 when the starts are invalid), then (b, j0) pairs.
 __global__ void prefill_schedule_kernel(int64_t batch, int64_t t, int64_t s, const int32_t* __restrict__ qs,
-                                        const int32_t* __restrict__ ks, int32_t* __restrict__ ws, int64_t cap) {
+                                        const int32_t* __restrict__ ks, int32_t* __restrict__ ws, int64_t cap, int rows) {
   if (threadIdx.x != 0 || blockIdx.x != 0) return;
   bool ok = qs[0] >= 0 && ks[0] >= 0 && qs[batch] <= t && ks[batch] <= s;
   for (int64_t b = 0; ok && b < batch; ++b)
@@ -482,7 +485,7 @@ __global__ void prefill_schedule_kernel(int64_t batch, int64_t t, int64_t s, con
   int64_t n = 0;
   if (ok)
     for (int64_t b = 0; b < batch; ++b)
-      for (int64_t j0 = 0; j0 < qs[b + 1] - qs[b] && n < cap; j0 += kPB, ++n) {
+      for (int64_t j0 = 0; j0 < qs[b + 1] - qs[b] && n < cap; j0 += rows, ++n) {
         ws[1 + 2 * n] = static_cast<int32_t>(b);
         ws[2 + 2 * n] = static_cast<int32_t>(j0);
       }
@@ -613,10 +616,16 @@ void mla_prefill(const MlaDims& d, int64_t batch, int64_t t, int64_t s, float* o
                  const float* kpe, const int32_t* q_start, const int32_t* kv_start, float scale, int32_t* workspace,
                  void* stream) {
   auto st = static_cast<cudaStream_t>(stream);
-  const int64_t cap = (t + kPB - 1) / kPB + batch;
+  const bool tc = cpu::bf16_activations() && mla_prefill_tc_supported(d);
+  const int rows = tc ? static_cast<int>(kMlaTcPrefillRows) : kPB;
+  const int64_t cap = (t + rows - 1) / rows + batch;  // <= the workspace's 32-row tile count
   if (cap > 0x3fffffffLL) fail(Code::E_SHAPE, "mlaPrefill (CUDA): too many query tiles (%lld)", static_cast<long long>(cap));
-  prefill_schedule_kernel<<<1, 32, 0, st>>>(batch, t, s, q_start, kv_start, workspace, cap);
+  prefill_schedule_kernel<<<1, 32, 0, st>>>(batch, t, s, q_start, kv_start, workspace, cap, rows);
   if (cap == 0 || d.nh <= 0 || d.dv <= 0) return;
+  if (tc) {
+    mla_prefill_tc(d, cap, o, q, kvb, kpe, q_start, kv_start, workspace, scale, stream);
+    return;
+  }
   const PrefillLayout L = prefill_layout(d);
   const DevAttrs a = dev_attrs();
   if (L.smem > a.smem_optin)

@@ -1,5 +1,6 @@
-// The tensor-core absorbed MLA decode (mla_decode_tc.cu), used by mla_decode_absorbed (mla.cu)
-// for the 512 + 64 latent width with a bf16 cache at matmul precision 'bf16' / 'fp8'.
+// The tensor-core MLA kernels, used by mla.cu's launchers at matmul precision 'bf16' / 'fp8' for
+// the DeepSeek / LongCat dims: the absorbed decode (mla_decode_tc.cu: 512 + 64 latent width, bf16
+// cache) and the expanded prefill (mla_prefill_tc.cu: q / k 128 + 64, v 128).
 #pragma once
 #include <cstdint>
 
@@ -17,5 +18,15 @@ bool mla_decode_tc_supported(const cpu::MlaDims& d, bool cache_bf16);
 void mla_decode_tc(const cpu::MlaDims& d, int64_t batch, float* o_lat, float* part_acc, float* part_ml, const float* q_lat,
                    const float* q, const void* cache, int64_t num_blocks, int64_t block_size, const int32_t* block_table,
                    int64_t max_blocks, const int32_t* seq_lens, float scale, int64_t splits, void* stream);
+
+constexpr int64_t kMlaTcPrefillRows = 64;  // queries per prefill tile
+
+// dn 128, dr 64, dv 128, and the device's shared memory holds the kernel's tiles.
+bool mla_prefill_tc_supported(const cpu::MlaDims& d);
+
+// prefill_kernel's contract (mla.cu) over `schedule` (prefill_schedule_kernel's output for
+// kMlaTcPrefillRows-row tiles, at most tiles_cap of them).
+void mla_prefill_tc(const cpu::MlaDims& d, int64_t tiles_cap, float* o, const float* q, const float* kvb, const float* kpe,
+                    const int32_t* q_start, const int32_t* kv_start, const int32_t* schedule, float scale, void* stream);
 
 }  // namespace lc::gpu

@@ -288,8 +288,10 @@ for (const [rows, dim] of [[1, 7], [3, 129], [17, 1000], [64, 6144]]) {
   }
   // Prefill (expanded form): [nh, dn, dr, dv, [[qLen, kvLen], ...]] with a gap row between sequences.
   for (const [nh, dn, dr, dv, seqs] of [[3, 5, 3, 4, [[1, 1], [7, 10], [33, 33]]], [2, 16, 8, 16, [[0, 5], [65, 100], [1, 40]]],
-    [64, 128, 64, 128, [[256, 256], [64, 320]]], [16, 128, 64, 128, [[1000, 1000]]]]) {
-    cases.push({ name: `mlaPrefill nh=${nh} dn=${dn} dr=${dr} dv=${dv} seqs=${seqs.map((x) => x.join('/')).join(',')}`, make(device) {
+    [64, 128, 64, 128, [[256, 256], [64, 320]]], [16, 128, 64, 128, [[1000, 1000]]], [8, 128, 64, 128, [[1, 1], [70, 133], [0, 9], [129, 129]]]]) {
+   // precision 'bf16' with dn 128 / dr 64 / dv 128: the tensor-core prefill (q, k, v, p in bf16)
+   for (const precision of dn === 128 && dr === 64 && dv === 128 ? ['highest', 'bf16'] : ['highest']) {
+    cases.push({ name: `mlaPrefill nh=${nh} dn=${dn} dr=${dr} dv=${dv} seqs=${seqs.map((x) => x.join('/')).join(',')} ${precision}`, precision, make(device) {
       const qs = [0], ks = [0];
       for (const [ql, kl] of seqs) { qs.push(qs[qs.length - 1] + ql); ks.push(ks[ks.length - 1] + kl); }
       const T = qs[qs.length - 1] + 1, S = ks[ks.length - 1] + 2;  // trailing rows outside every sequence stay untouched
@@ -301,8 +303,9 @@ for (const [rows, dim] of [[1, 7], [3, 129], [17, 1000], [64, 6144]]) {
       for (const [ql, kl] of seqs) flops += 2 * nh * ql * (kl - ql / 2) * (dn + dr + dv);
       const qst = i32(qs, [qs.length], device), kst = i32(ks, [ks.length], device);
       return { out: o, run: (s) => native.mlaPrefill(s, o, q, kvb, kpe, qst, kst, 1 / Math.sqrt(dn + dr)),
-        bytes: q.nbytes + kvb.nbytes + o.nbytes, flops, tol: 1e-4 };
+        bytes: q.nbytes + kvb.nbytes + o.nbytes, flops, tol: TOL[precision] };
     } });
+   }
   }
   // MoE with zero experts: [T, H, I, nRouted, nZero, k, weight dtype, distinct ids per token, precision].
   // Decode-sized batches take the CUDA-core skinny path (fp32 products) in every precision; prefill

@@ -1,0 +1,202 @@
+// Causal varlen MLA prefill (expanded form) on tensor cores, FlashAttention-2 style with mma.sync
+// bf16 (sm_80+), for the DeepSeek / LongCat head dims: q / k = 128 nope + 64 rope, v = 128. Same
+// contract as prefill_kernel in mla.cu (which handles every other case and precision 'highest');
+// q, k, v and p = exp(s - m) are rounded to bf16, scores, softmax and the output accumulate in fp32.
+//
+// Tiling, written out: one CTA (4 warps) per (64-query tile of one sequence, head); warp w owns
+// queries 16w .. 16w + 15 and keeps their Q fragments (12 k16 steps) in registers. Key tiles of 64
+// rows are converted from the f32 kv_b output (k_nope | v per head) and the shared k_pe into shared
+// memory as bf16, only up to the last key the tile's queries can see. Per key tile and warp:
+//   S = Q K^T    16 x 64 scores = 8 n8 tiles, 12 k16 steps, K fragments by ldmatrix
+//   softmax      rows g and g + 8 of each fragment; max / sum over the 4 lanes sharing a row
+//                (shuffles), running max per row in registers, per-lane partial sums
+//   O = O c + P V  P re-packed from the score fragments straight into A fragments (no shared
+//                memory), V by ldmatrix.trans; O = 16 x 128 = 16 n8 tiles in registers
+// Rows are padded to 400 (K) / 272 (V) bytes: 8 consecutive rows hit distinct 16-byte bank groups.
+#include "common.cuh"
+#include "mla_tc.h"
+#include "mma.cuh"
+
+namespace lc::gpu {
+namespace {
+
+constexpr int kDN = 128, kDR = 64, kDK = kDN + kDR, kDV = 128;
+constexpr int kQ = static_cast<int>(kMlaTcPrefillRows), kKeys = 64, kThreads = 128;
+constexpr int kKPitch = kDK * 2 + 16, kVPitch = kDV * 2 + 16;  // bytes
+constexpr size_t kSmem = size_t{kQ} * kKPitch + size_t{kKeys} * kKPitch + size_t{kKeys} * kVPitch;
+
+__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+  return static_cast<uint32_t>(f32_to_bf16_bits(lo)) | (static_cast<uint32_t>(f32_to_bf16_bits(hi)) << 16);
+}
+__device__ __forceinline__ float max_nan(float a, float b) { return (a > b || a != a) ? a : b; }
+
+__global__ void __launch_bounds__(kThreads) prefill_tc_kernel(int64_t nh, float* __restrict__ o, const float* __restrict__ q,
+                                                              const float* __restrict__ kvb, const float* __restrict__ kpe,
+                                                              const int32_t* __restrict__ qst, const int32_t* __restrict__ kst,
+                                                              const int32_t* __restrict__ sched, float scale) {
+  extern __shared__ __align__(16) uint8_t smem[];
+  uint8_t* qs = smem;                            // [64 queries][kKPitch]
+  uint8_t* ks = qs + size_t{kQ} * kKPitch;       // [64 keys][kKPitch]: k_nope | k_pe
+  uint8_t* vs = ks + size_t{kKeys} * kKPitch;    // [64 keys][kVPitch]
+
+  const int64_t tile = blockIdx.x / nh, h = blockIdx.x % nh;
+  if (tile >= sched[0]) return;  // uniform over the block
+  const int64_t b = sched[1 + 2 * tile], j0 = sched[2 + 2 * tile];
+  const int64_t q0 = qst[b], qlen = qst[b + 1] - q0, k0 = kst[b], klen = kst[b + 1] - k0;
+  const int nq = static_cast<int>(qlen - j0 < kQ ? qlen - j0 : kQ);
+  const int64_t pos0 = klen - qlen + j0;  // position of the tile's first query
+  const int64_t kend = pos0 + nq;          // keys [0, kend) are visible to some query of the tile
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  constexpr int64_t kKV = kDN + kDV;       // kv_b row per head: k_nope | v
+
+  // Q tile as bf16 (rows past the sequence are zeros), then each warp's fragments into registers.
+  for (int i = tid; i < kQ * (kDK / 2); i += kThreads) {
+    const int r = i / (kDK / 2), c = 2 * (i % (kDK / 2));
+    float v0 = 0.f, v1 = 0.f;
+    if (r < nq) {
+      const float* src = q + ((q0 + j0 + r) * nh + h) * kDK + c;
+      v0 = src[0], v1 = src[1];
+    }
+    *reinterpret_cast<uint32_t*>(qs + r * kKPitch + 2 * c) = pack2(v0, v1);
+  }
+  __syncthreads();
+  uint32_t qf[kDK / 16][4];
+#pragma unroll
+  for (int k16 = 0; k16 < kDK / 16; ++k16) mma::ldmatrix_x4(qf[k16], qs + (16 * warp + (lane & 15)) * kKPitch + k16 * 32 + (lane >> 4) * 16);
+
+  float acc[kDV / 8][4];
+#pragma unroll
+  for (int nj = 0; nj < kDV / 8; ++nj)
+#pragma unroll
+    for (int r = 0; r < 4; ++r) acc[nj][r] = 0.f;
+  float mrow[2] = {-INFINITY, -INFINITY}, lpart[2] = {0.f, 0.f};  // rows g, g + 8 of this warp
+  const int g = lane >> 2, qd = lane & 3;
+  const int64_t qpos[2] = {pos0 + 16 * warp + g, pos0 + 16 * warp + g + 8};
+
+  for (int64_t t0 = 0; t0 < kend; t0 += kKeys) {
+    const int nt = static_cast<int>(kend - t0 < kKeys ? kend - t0 : kKeys);
+    __syncthreads();  // the previous tile's K / V are consumed
+    for (int i = tid; i < kKeys * (kDK / 2); i += kThreads) {
+      const int j = i / (kDK / 2), c = 2 * (i % (kDK / 2));
+      float v0 = 0.f, v1 = 0.f;
+      if (j < nt) {
+        const int64_t sk = k0 + t0 + j;
+        const float* src = c < kDN ? kvb + (sk * nh + h) * kKV + c : kpe + sk * kDR + (c - kDN);
+        v0 = src[0], v1 = src[1];
+      }
+      *reinterpret_cast<uint32_t*>(ks + j * kKPitch + 2 * c) = pack2(v0, v1);
+    }
+    for (int i = tid; i < kKeys * (kDV / 2); i += kThreads) {
+      const int j = i / (kDV / 2), c = 2 * (i % (kDV / 2));
+      float v0 = 0.f, v1 = 0.f;
+      if (j < nt) {
+        const float* src = kvb + ((k0 + t0 + j) * nh + h) * kKV + kDN + c;
+        v0 = src[0], v1 = src[1];
+      }
+      *reinterpret_cast<uint32_t*>(vs + j * kVPitch + 2 * c) = pack2(v0, v1);
+    }
+    __syncthreads();
+
+    // S = Q K^T for this warp's 16 queries x 64 keys
+    float sf[kKeys / 8][4];
+#pragma unroll
+    for (int nj = 0; nj < kKeys / 8; ++nj)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) sf[nj][r] = 0.f;
+#pragma unroll
+    for (int k16 = 0; k16 < kDK / 16; ++k16)
+#pragma unroll
+      for (int np = 0; np < kKeys / 16; ++np) {
+        uint32_t bb[4];
+        mma::ldmatrix_x4(bb, ks + (16 * np + (lane & 7) + ((lane >> 4) << 3)) * kKPitch + k16 * 32 + ((lane >> 3) & 1) * 16);
+        mma::bf16_m16n8k16(sf[2 * np], qf[k16], bb[0], bb[1]);
+        mma::bf16_m16n8k16(sf[2 * np + 1], qf[k16], bb[2], bb[3]);
+      }
+    // scale + causal mask, then the online softmax of rows g (regs 0, 1) and g + 8 (regs 2, 3)
+    float corr[2];
+#pragma unroll
+    for (int hr = 0; hr < 2; ++hr) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int nj = 0; nj < kKeys / 8; ++nj)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int j = 8 * nj + 2 * qd + e;
+          float& s = sf[nj][2 * hr + e];
+          s = (j < nt && t0 + j <= qpos[hr]) ? s * scale : -INFINITY;
+          mx = max_nan(mx, s);
+        }
+      mx = max_nan(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = max_nan(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float m_new = max_nan(mrow[hr], mx);
+      corr[hr] = (m_new == -INFINITY || mrow[hr] == -INFINITY) ? (m_new == -INFINITY ? 1.f : 0.f) : expf(mrow[hr] - m_new);
+      float sum = 0.f;
+#pragma unroll
+      for (int nj = 0; nj < kKeys / 8; ++nj)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float& s = sf[nj][2 * hr + e];
+          s = m_new == -INFINITY ? 0.f : expf(s - m_new);
+          sum += s;
+        }
+      lpart[hr] = lpart[hr] * corr[hr] + sum;
+      mrow[hr] = m_new;
+    }
+#pragma unroll
+    for (int nj = 0; nj < kDV / 8; ++nj) {
+      acc[nj][0] *= corr[0], acc[nj][1] *= corr[0];
+      acc[nj][2] *= corr[1], acc[nj][3] *= corr[1];
+    }
+    // O += P V: the score fragments of keys 16 kk .. 16 kk + 15 are the A fragment of step kk
+#pragma unroll
+    for (int kk = 0; kk < kKeys / 16; ++kk) {
+      const uint32_t pa[4] = {pack2(sf[2 * kk][0], sf[2 * kk][1]), pack2(sf[2 * kk][2], sf[2 * kk][3]),
+                              pack2(sf[2 * kk + 1][0], sf[2 * kk + 1][1]), pack2(sf[2 * kk + 1][2], sf[2 * kk + 1][3])};
+#pragma unroll
+      for (int np = 0; np < kDV / 16; ++np) {
+        uint32_t vb[4];
+        mma::ldmatrix_x4_trans(vb, vs + (16 * kk + (lane & 15)) * kVPitch + (16 * np + (lane >> 4) * 8) * 2);
+        mma::bf16_m16n8k16(acc[2 * np], pa, vb[0], vb[1]);
+        mma::bf16_m16n8k16(acc[2 * np + 1], pa, vb[2], vb[3]);
+      }
+    }
+  }
+
+  // l = sum over the 4 lanes of a row; o = O / l
+#pragma unroll
+  for (int hr = 0; hr < 2; ++hr) {
+    float l = lpart[hr];
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    const int r = 16 * warp + g + 8 * hr;
+    if (r >= nq) continue;
+    const float inv = l > 0 ? 1.f / l : 0.f;
+    float* dst = o + ((q0 + j0 + r) * nh + h) * kDV;
+#pragma unroll
+    for (int nj = 0; nj < kDV / 8; ++nj) {
+      dst[8 * nj + 2 * qd] = acc[nj][2 * hr] * inv;
+      dst[8 * nj + 2 * qd + 1] = acc[nj][2 * hr + 1] * inv;
+    }
+  }
+}
+
+}  // namespace
+
+bool mla_prefill_tc_supported(const cpu::MlaDims& d) {
+  int dev = 0, v = 0;
+  check(cudaGetDevice(&dev), "cudaGetDevice");
+  check(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev), "cudaDeviceGetAttribute(smem)");
+  return d.dn == kDN && d.dr == kDR && d.dv == kDV && d.nh > 0 && static_cast<size_t>(v) >= kSmem;
+}
+
+void mla_prefill_tc(const cpu::MlaDims& d, int64_t tiles_cap, float* o, const float* q, const float* kvb, const float* kpe,
+                    const int32_t* q_start, const int32_t* kv_start, const int32_t* schedule, float scale, void* stream) {
+  const int64_t blocks = tiles_cap * d.nh;
+  if (blocks > 0x7fffffffLL) fail(Code::E_SHAPE, "mlaPrefill (CUDA): %lld thread blocks exceed the grid limit", static_cast<long long>(blocks));
+  check(cudaFuncSetAttribute(prefill_tc_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmem)),
+        "cudaFuncSetAttribute (MLA prefill)");
+  prefill_tc_kernel<<<static_cast<unsigned>(blocks), kThreads, kSmem, static_cast<cudaStream_t>(stream)>>>(
+      d.nh, o, q, kvb, kpe, q_start, kv_start, schedule, scale);
+}
+
+}  // namespace lc::gpu
