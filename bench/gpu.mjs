@@ -5,7 +5,7 @@
 // compute peak quoted per card (PERF.md: H100 ~800, H200 ~790 TFLOP/s bf16 dense, fp8 twice) is a
 // reference, not a measurement of this run.
 //
-//   node bench/gpu.mjs [--quick] [--only copy,gemm,moe,mla] [--out bench/out/gpu.json]
+//   node bench/gpu.mjs [--quick] [--only gemm,moe,mla,wgmma] [--out bench/out/gpu.json]
 //   --smoke: tiny shapes on the CPU, so that the script is exercised without a GPU.
 //
 // Sections:
@@ -16,6 +16,8 @@
 //   moe   the grouped-expert MoE (64 experts of LongCat width, top-8) at 8..1024 rows per expert,
 //         bf16 and fp8: TFLOP/s vs the dense linear pair (gate+up, down) at the same rows, and GB/s of
 //         the expert weights touched vs copy bandwidth at decode sizes.
+//   wgmma the opt-in TMA + wgmma GEMM against the mma.sync tiles on the GEMM shapes (and how far
+//         their outputs differ), bf16 x and W.
 //   mla   absorbed MLA decode (64 heads, 512 + 64, bf16 paged cache) at batch 1..64 x context 1k..32k:
 //         GB/s of the cache read vs copy bandwidth, TFLOP/s; tensor cores (precision 'bf16') and,
 //         for reference, the fp32 CUDA-core kernel (precision 'highest').
@@ -23,7 +25,7 @@ import { writeFileSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { native } from '../dist/native.js';
 import { Event, Stream } from '../dist/device.js';
-import { tensor, empty, numel } from '../dist/tensor.js';
+import { tensor, empty, numel, toArray } from '../dist/tensor.js';
 import { median, randomF32 } from './common.mjs';
 
 const args = process.argv.slice(2);
@@ -116,10 +118,10 @@ let copyGBs = 0;
 }
 
 // ---- dense GEMMs ---------------------------------------------------------------------------------
+const shapes = [['expert gate+up', 4096, 6144], ['expert down', 6144, 2048], ['dense FFN gate+up', 24576, 6144],
+  ['attn q_a', 1536, 6144], ['attn q_b', 12288, 1536], ['attn kv_a', 576, 6144], ['attn o_proj', 6144, 8192]]
+  .map(([name, n, k]) => [name, wd(n), wd(k)]);
 if (want('gemm')) {
-  const shapes = [['expert gate+up', 4096, 6144], ['expert down', 6144, 2048], ['dense FFN gate+up', 24576, 6144],
-    ['attn q_a', 1536, 6144], ['attn q_b', 12288, 1536], ['attn kv_a', 576, 6144], ['attn o_proj', 6144, 8192]]
-    .map(([name, n, k]) => [name, wd(n), wd(k)]);
   const Ts = (quick ? [1, 64, 4096] : [1, 8, 64, 512, 4096]).map((t) => (smoke ? Math.ceil(t / 64) : t));
   const out = [];
   for (const [name, n, k] of shapes) {
@@ -131,21 +133,11 @@ if (want('gemm')) {
       const flops = 2 * t * n * k;
       const ms16 = withPrecision('bf16', () => timeMs(() => native.linear(stream, y, x, wb, null)));
       const ms8 = withPrecision('fp8', () => timeMs(() => native.linear(stream, y, x, w8, s8)));
-      // the opt-in sm_90a TMA + wgmma kernel on the same bf16 problem (GEMM shapes only)
-      let msWg = NaN;
-      if (!smoke && t > 16) {
-        const prev = native.setCudaGemm('wgmma');
-        try {
-          msWg = withPrecision('bf16', () => timeMs(() => native.linear(stream, y, x, wb, null)));
-        } finally {
-          native.setCudaGemm(prev);
-        }
-      }
+
       const bytes16 = 2 * n * k + 2 * t * (k + n), bytes8 = n * k + 2 * t * (k + n);
       out.push({ shape: name, N: n, K: k, T: t,
         'bf16 us': (ms16 * 1e3).toFixed(1), 'bf16 TFLOP/s': (flops / ms16 / 1e9).toFixed(1),
         'bf16 %copyBW': ((bytes16 / ms16 / 1e6 / copyGBs) * 100).toFixed(0),
-        'wgmma TFLOP/s': Number.isNaN(msWg) ? '' : (flops / msWg / 1e9).toFixed(1), 'wgmma/mma': Number.isNaN(msWg) ? '' : (ms16 / msWg).toFixed(2),
         'fp8 us': (ms8 * 1e3).toFixed(1), 'fp8 TFLOP/s': (flops / ms8 / 1e9).toFixed(1),
         'fp8 %copyBW': ((bytes8 / ms8 / 1e6 / copyGBs) * 100).toFixed(0), 'fp8/bf16': (ms16 / ms8).toFixed(2) });
       x.dispose();
@@ -232,6 +224,36 @@ if (want('mla')) {
   cache.dispose();
   table('MLA decode (absorbed, 64 heads, bf16 paged cache, block 64)', out);
   results.mla = out;
+}
+
+// ---- the opt-in TMA + wgmma GEMM (never run on a card before: last, and checked against mma) ----
+if (want('wgmma') && !smoke) {
+  const out = [];
+  for (const [name, n, k] of shapes) {
+    const wb = randomDevice([n, k], 'bf16');
+    for (const t of quick ? [512] : [64, 512, 4096]) {
+      const x = randomDevice([t, k], 'bf16', 1), y0 = empty([t, n], { device: dev }), y1 = empty([t, n], { device: dev });
+      const flops = 2 * t * n * k;
+      const msMma = withPrecision('bf16', () => timeMs(() => native.linear(stream, y0, x, wb, null)));
+      const prev = native.setCudaGemm('wgmma');
+      let msWg;
+      try {
+        msWg = withPrecision('bf16', () => timeMs(() => native.linear(stream, y1, x, wb, null)));
+      } finally {
+        native.setCudaGemm(prev);
+      }
+      const a = toArray(y0), b = toArray(y1);
+      let scale = 1e-30, worst = 0;
+      for (let i = 0; i < a.length; i++) scale = Math.max(scale, Math.abs(a[i]));
+      for (let i = 0; i < a.length; i++) worst = Math.max(worst, Number.isNaN(b[i]) ? Infinity : Math.abs(a[i] - b[i]));
+      out.push({ shape: name, N: n, K: k, T: t, 'mma TFLOP/s': (flops / msMma / 1e9).toFixed(1), 'wgmma TFLOP/s': (flops / msWg / 1e9).toFixed(1),
+        'wgmma/mma': (msMma / msWg).toFixed(2), 'max |wgmma - mma| / max |y|': (worst / scale).toExponential(1) });
+      for (const v of [x, y0, y1]) v.dispose();
+    }
+    wb.dispose();
+  }
+  table('bf16 GEMM: mma.sync tiles vs the TMA + wgmma kernel (setCudaGemm), x and W bf16', out);
+  results.wgmma = out;
 }
 
 if (outFile) {
