@@ -1,7 +1,7 @@
 // y[t, n] = x[t, :] . W[n, :] for every weight format (contract: lc::cpu::linear). Paths, chosen on
 // the host from the shape and the matmul precision (lc::cpu::matmul_precision):
-//   * skinny (t <= 16, decode): one warp per output feature streams its weight row once (8 weights
-//     per load: 16 bytes of bf16, 8 of fp8 / int8) and keeps all t dot products in registers;
+//   * skinny (t <= 16, decode): one warp per output feature streams its weight row once with 16-byte
+//     loads (8 bf16 or 16 fp8 / int8 weights) and keeps all t dot products in registers;
 //     bandwidth-bound, so every format is dequantized on the fly and multiplied in fp32.
 //   * tensor cores (t > 16): tile_gemm.cuh in bf16 mode, or, for fp8 weights at precision 'fp8',
 //     activations quantized to e4m3 (1x128 groups) and the fp8 mode (linear_fp8).
@@ -54,7 +54,22 @@ __global__ void __launch_bounds__(kSkinnyWarps * 32)
   float acc[kMaxT];
 #pragma unroll
   for (int i = 0; i < kMaxT; ++i) acc[i] = 0.f;
-  if (vec) {  // a warp covers 256 consecutive weights per step
+  if (vec && w.vec16()) {  // fp8 / int8: 16 weights per 16-byte load, 512 per warp and step
+    for (int64_t c = 16 * lane; c < w.k; c += 512) {
+      float wv[16];
+      w.at16(row, c, wv);
+#pragma unroll
+      for (int i = 0; i < kMaxT; ++i) {
+        if (i < t) {
+          float x0[8], x1[8];
+          load_x8(x, xb, i * w.k + c, x0);
+          load_x8(x, xb, i * w.k + c + 8, x1);
+#pragma unroll
+          for (int j = 0; j < 8; ++j) acc[i] += wv[j] * x0[j] + wv[8 + j] * x1[j];
+        }
+      }
+    }
+  } else if (vec) {  // a warp covers 256 consecutive weights per step
     for (int64_t c = 8 * lane; c < w.k; c += 256) {
       float wv[8];
       w.at8(row, c, wv);

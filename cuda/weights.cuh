@@ -63,6 +63,22 @@ struct WView {
         for (int j = 0; j < 8; ++j) v[j] = 0.f;
     }
   }
+  // Whether at16() may be used: a one-byte format (fp8, int8), k % 16 == 0, 16-byte aligned data.
+  __host__ __device__ bool vec16() const {
+    return (dtype == DType::FP8_E4M3 || dtype == DType::I8) && k % 16 == 0 && (reinterpret_cast<uintptr_t>(data) & 15) == 0;
+  }
+  // Weights [r, c .. c + 16) of a one-byte format with one 16-byte load; requires vec16(), c % 16 == 0.
+  __device__ __forceinline__ void at16(int64_t r, int64_t c, float (&v)[16]) const {
+    const uint4 p = *reinterpret_cast<const uint4*>(static_cast<const uint8_t*>(data) + r * k + c);
+    const uint32_t u[4] = {p.x, p.y, p.z, p.w};
+    const bool fp8 = dtype == DType::FP8_E4M3;
+    const float s = fp8 ? scale[(r / 128) * kb + c / 128] : scale[r];  // 16 | 128: one scale block
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+      const uint32_t b = (u[j >> 2] >> (8 * (j & 3))) & 0xffu;
+      v[j] = (fp8 ? fp8e4m3_to_f32(static_cast<uint8_t>(b)) : static_cast<float>(static_cast<int8_t>(b))) * s;
+    }
+  }
 };
 
 }  // namespace lc::gpu
