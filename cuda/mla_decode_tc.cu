@@ -15,6 +15,7 @@
 // Shared rows are padded to 1168 bytes (Q, K) and 80 bytes (P), so the 8 rows an ldmatrix reads
 // fall in distinct 16-byte bank groups. Per tile, 4.5 MFLOP per 36 KB of cache: 121 FLOP/byte.
 #include "common.cuh"
+#include "fragments.h"
 #include "mla_tc.h"
 #include "mma.cuh"
 
@@ -129,13 +130,13 @@ __global__ void __launch_bounds__(kThreads, 1) decode_tc_kernel(const Params p) 
 
     // S = Q K^T: heads 16 (warp % 4) .., tokens 16 (warp / 4) ..
     {
-      const int mi = warp & 3, nh16 = warp >> 2;
+      const int mi = frag::dec_s_mi(warp), nh16 = frag::dec_s_n16(warp);
       float sf[2][4] = {};
 #pragma unroll 4
       for (int k16 = 0; k16 < kRow / 16; ++k16) {
         uint32_t a[4], bb[4];
-        mma::ldmatrix_x4(a, qs + (16 * mi + (lane & 15)) * kPitch + k16 * 32 + (lane >> 4) * 16);
-        mma::ldmatrix_x4(bb, kt + (16 * nh16 + (lane & 7) + ((lane >> 4) << 3)) * kPitch + k16 * 32 + ((lane >> 3) & 1) * 16);
+        mma::ldmatrix_x4(a, qs + (16 * mi + frag::a_row(lane)) * kPitch + k16 * 32 + frag::a_col16(lane) * 16);
+        mma::ldmatrix_x4(bb, kt + (16 * nh16 + frag::b_row(lane)) * kPitch + k16 * 32 + frag::b_col16(lane) * 16);
         mma::bf16_m16n8k16(sf[0], a, bb[0], bb[1]);
         mma::bf16_m16n8k16(sf[1], a, bb[2], bb[3]);
       }
@@ -143,7 +144,7 @@ __global__ void __launch_bounds__(kThreads, 1) decode_tc_kernel(const Params p) 
       for (int j = 0; j < 2; ++j)
 #pragma unroll
         for (int r = 0; r < 4; ++r) {
-          const int head = 16 * mi + (lane >> 2) + 8 * (r >> 1), tok = 16 * nh16 + 8 * j + 2 * (lane & 3) + (r & 1);
+          const int head = 16 * mi + frag::c_row(lane, r), tok = 16 * nh16 + 8 * j + frag::c_col(lane, r);
           ss[head * kSPitch + tok] = tok < nt ? sf[j][r] * p.scale : -INFINITY;
         }
     }
@@ -183,7 +184,7 @@ __global__ void __launch_bounds__(kThreads, 1) decode_tc_kernel(const Params p) 
     for (int mi = 0; mi < 4; ++mi)
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const float c = cs[16 * mi + (lane >> 2) + 8 * h];
+        const float c = cs[16 * mi + frag::c_row(lane, 2 * h)];
 #pragma unroll
         for (int nj = 0; nj < 8; ++nj) acc[mi][nj][2 * h] *= c, acc[mi][nj][2 * h + 1] *= c;
       }
@@ -191,11 +192,11 @@ __global__ void __launch_bounds__(kThreads, 1) decode_tc_kernel(const Params p) 
     for (int k16 = 0; k16 < kTok / 16; ++k16) {
       uint32_t pa[4][4];
 #pragma unroll
-      for (int mi = 0; mi < 4; ++mi) mma::ldmatrix_x4(pa[mi], ps + (16 * mi + (lane & 15)) * kPPitch + k16 * 32 + (lane >> 4) * 16);
+      for (int mi = 0; mi < 4; ++mi) mma::ldmatrix_x4(pa[mi], ps + (16 * mi + frag::a_row(lane)) * kPPitch + k16 * 32 + frag::a_col16(lane) * 16);
 #pragma unroll
       for (int np = 0; np < 4; ++np) {
         uint32_t vb[4];
-        mma::ldmatrix_x4_trans(vb, kt + (16 * k16 + (lane & 15)) * kPitch + (64 * warp + 16 * np + (lane >> 4) * 8) * 2);
+        mma::ldmatrix_x4_trans(vb, kt + (16 * k16 + frag::bt_row(lane)) * kPitch + frag::dec_v_col(warp, np, lane) * 2);
 #pragma unroll
         for (int mi = 0; mi < 4; ++mi) {
           mma::bf16_m16n8k16(acc[mi][2 * np], pa[mi], vb[0], vb[1]);
@@ -211,14 +212,14 @@ __global__ void __launch_bounds__(kThreads, 1) decode_tc_kernel(const Params p) 
   for (int mi = 0; mi < 4; ++mi)
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      const int head = 16 * mi + (lane >> 2) + 8 * h;
+      const int head = 16 * mi + frag::c_row(lane, 2 * h);
       if (head >= nhg) continue;
       const float l = ls[head], inv = l > 0 ? 1.f / l : 0.f;
 #pragma unroll
       for (int nj = 0; nj < 8; ++nj)
 #pragma unroll
         for (int j = 0; j < 2; ++j) {
-          const int64_t col = 64 * warp + 8 * nj + 2 * (lane & 3) + j;
+          const int64_t col = frag::dec_o_col(warp, nj, lane, j);
           const float v = acc[mi][nj][2 * h + j];
           if (p.splits == 1)
             p.o_lat[(b * p.nh + h0 + head) * kDL + col] = v * inv;

@@ -14,6 +14,7 @@
 //                memory), V by ldmatrix.trans; O = 16 x 128 = 16 n8 tiles in registers
 // Rows are padded to 400 (K) / 272 (V) bytes: 8 consecutive rows hit distinct 16-byte bank groups.
 #include "common.cuh"
+#include "fragments.h"
 #include "mla_tc.h"
 #include "mma.cuh"
 
@@ -62,7 +63,8 @@ __global__ void __launch_bounds__(kThreads) prefill_tc_kernel(int64_t nh, float*
   __syncthreads();
   uint32_t qf[kDK / 16][4];
 #pragma unroll
-  for (int k16 = 0; k16 < kDK / 16; ++k16) mma::ldmatrix_x4(qf[k16], qs + (16 * warp + (lane & 15)) * kKPitch + k16 * 32 + (lane >> 4) * 16);
+  for (int k16 = 0; k16 < kDK / 16; ++k16)
+    mma::ldmatrix_x4(qf[k16], qs + (16 * warp + frag::a_row(lane)) * kKPitch + k16 * 32 + frag::a_col16(lane) * 16);
 
   float acc[kDV / 8][4];
 #pragma unroll
@@ -70,8 +72,7 @@ __global__ void __launch_bounds__(kThreads) prefill_tc_kernel(int64_t nh, float*
 #pragma unroll
     for (int r = 0; r < 4; ++r) acc[nj][r] = 0.f;
   float mrow[2] = {-INFINITY, -INFINITY}, lpart[2] = {0.f, 0.f};  // rows g, g + 8 of this warp
-  const int g = lane >> 2, qd = lane & 3;
-  const int64_t qpos[2] = {pos0 + 16 * warp + g, pos0 + 16 * warp + g + 8};
+  const int64_t qpos[2] = {pos0 + 16 * warp + frag::c_row(lane, 0), pos0 + 16 * warp + frag::c_row(lane, 2)};
 
   for (int64_t t0 = 0; t0 < kend; t0 += kKeys) {
     const int nt = static_cast<int>(kend - t0 < kKeys ? kend - t0 : kKeys);
@@ -108,7 +109,7 @@ __global__ void __launch_bounds__(kThreads) prefill_tc_kernel(int64_t nh, float*
 #pragma unroll
       for (int np = 0; np < kKeys / 16; ++np) {
         uint32_t bb[4];
-        mma::ldmatrix_x4(bb, ks + (16 * np + (lane & 7) + ((lane >> 4) << 3)) * kKPitch + k16 * 32 + ((lane >> 3) & 1) * 16);
+        mma::ldmatrix_x4(bb, ks + (16 * np + frag::b_row(lane)) * kKPitch + k16 * 32 + frag::b_col16(lane) * 16);
         mma::bf16_m16n8k16(sf[2 * np], qf[k16], bb[0], bb[1]);
         mma::bf16_m16n8k16(sf[2 * np + 1], qf[k16], bb[2], bb[3]);
       }
@@ -121,7 +122,7 @@ __global__ void __launch_bounds__(kThreads) prefill_tc_kernel(int64_t nh, float*
       for (int nj = 0; nj < kKeys / 8; ++nj)
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
-          const int j = 8 * nj + 2 * qd + e;
+          const int j = 8 * nj + frag::c_col(lane, e);
           float& s = sf[nj][2 * hr + e];
           s = (j < nt && t0 + j <= qpos[hr]) ? s * scale : -INFINITY;
           mx = max_nan(mx, s);
@@ -150,12 +151,14 @@ __global__ void __launch_bounds__(kThreads) prefill_tc_kernel(int64_t nh, float*
     // O += P V: the score fragments of keys 16 kk .. 16 kk + 15 are the A fragment of step kk
 #pragma unroll
     for (int kk = 0; kk < kKeys / 16; ++kk) {
-      const uint32_t pa[4] = {pack2(sf[2 * kk][0], sf[2 * kk][1]), pack2(sf[2 * kk][2], sf[2 * kk][3]),
-                              pack2(sf[2 * kk + 1][0], sf[2 * kk + 1][1]), pack2(sf[2 * kk + 1][2], sf[2 * kk + 1][3])};
+      uint32_t pa[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+        pa[i] = pack2(sf[2 * kk + frag::pre_tile(i)][frag::pre_elem(i)], sf[2 * kk + frag::pre_tile(i)][frag::pre_elem(i) + 1]);
 #pragma unroll
       for (int np = 0; np < kDV / 16; ++np) {
         uint32_t vb[4];
-        mma::ldmatrix_x4_trans(vb, vs + (16 * kk + (lane & 15)) * kVPitch + (16 * np + (lane >> 4) * 8) * 2);
+        mma::ldmatrix_x4_trans(vb, vs + (16 * kk + frag::bt_row(lane)) * kVPitch + (16 * np + 8 * frag::bt_col8(lane)) * 2);
         mma::bf16_m16n8k16(acc[2 * np], pa, vb[0], vb[1]);
         mma::bf16_m16n8k16(acc[2 * np + 1], pa, vb[2], vb[3]);
       }
@@ -168,14 +171,14 @@ __global__ void __launch_bounds__(kThreads) prefill_tc_kernel(int64_t nh, float*
     float l = lpart[hr];
     l += __shfl_xor_sync(0xffffffffu, l, 1);
     l += __shfl_xor_sync(0xffffffffu, l, 2);
-    const int r = 16 * warp + g + 8 * hr;
+    const int r = 16 * warp + frag::c_row(lane, 2 * hr);
     if (r >= nq) continue;
     const float inv = l > 0 ? 1.f / l : 0.f;
     float* dst = o + ((q0 + j0 + r) * nh + h) * kDV;
 #pragma unroll
     for (int nj = 0; nj < kDV / 8; ++nj) {
-      dst[8 * nj + 2 * qd] = acc[nj][2 * hr] * inv;
-      dst[8 * nj + 2 * qd + 1] = acc[nj][2 * hr + 1] * inv;
+      dst[8 * nj + frag::c_col(lane, 0)] = acc[nj][2 * hr] * inv;
+      dst[8 * nj + frag::c_col(lane, 1)] = acc[nj][2 * hr + 1] * inv;
     }
   }
 }

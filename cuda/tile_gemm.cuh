@@ -24,6 +24,7 @@
 #include <cstdint>
 
 #include "common.cuh"
+#include "fragments.h"
 #include "mma.cuh"
 
 namespace lc::gpu::tile {
@@ -119,11 +120,11 @@ __global__ void __launch_bounds__(kThreads) gemm_kernel(const P p) {
   if (!p.tile(tl)) return;  // block-uniform
   constexpr int kElems = kFp8 ? 16 : 8;  // elements per 16-byte chunk
   constexpr int kStage = 4 * kElems;     // elements per stage
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wm = warp & 1, wn = warp >> 1;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wm = frag::gemm_wm(warp), wn = frag::gemm_wn(warp);
   const int64_t K = p.k;
 
   // This thread stages 16-byte chunk `part` of A rows r0 + 32 i (i < 2) and B rows r0 + 32 i (i < 4).
-  const int part = tid & 3, r0 = tid >> 2;
+  const int part = frag::stage_part(tid), r0 = frag::stage_row(tid);
   Row ar[2], br[4];
 #pragma unroll
   for (int i = 0; i < 2; ++i) ar[i] = p.a_row(tl, r0 + 32 * i);
@@ -149,7 +150,7 @@ __global__ void __launch_bounds__(kThreads) gemm_kernel(const P p) {
   // B rows of this warp's n8 tile pairs (2 np, 2 np + 1).
   int brow[4];
 #pragma unroll
-  for (int np = 0; np < 4; ++np) brow[np] = P::kGateUp ? (np >> 1) * 64 + wn * 32 + (np & 1) * 16 : wn * 64 + np * 16;
+  for (int np = 0; np < 4; ++np) brow[np] = frag::gemm_brow(np, wn, P::kGateUp);
 
   float acc[2][8][4];
   float blk[kFp8 ? 2 : 1][8][4];  // fp8: this K block's partial sums
@@ -173,7 +174,7 @@ __global__ void __launch_bounds__(kThreads) gemm_kernel(const P p) {
 #pragma unroll
     for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
-      for (int h = 0; h < 2; ++h) ascale[mi][h] = p.a_row(tl, wm * 32 + mi * 16 + (lane >> 2) + 8 * h).scale;
+      for (int h = 0; h < 2; ++h) ascale[mi][h] = p.a_row(tl, frag::gemm_acc_row(wm, mi, lane, 2 * h)).scale;
   }
 
   const int stages = static_cast<int>((K + kStage - 1) / kStage);
@@ -187,11 +188,11 @@ __global__ void __launch_bounds__(kThreads) gemm_kernel(const P p) {
     for (int ks = 0; ks < 2; ++ks) {  // two 32-byte MMA k steps per stage
       uint32_t af[2][4];
 #pragma unroll
-      for (int mi = 0; mi < 2; ++mi) mma::ldmatrix_x4(af[mi], &sa[buf][wm * 32 + mi * 16 + (lane & 15)][ks * 32 + (lane >> 4) * 16]);
+      for (int mi = 0; mi < 2; ++mi) mma::ldmatrix_x4(af[mi], &sa[buf][frag::gemm_a_ldm_row(wm, mi, lane)][ks * 32 + frag::a_col16(lane) * 16]);
 #pragma unroll
       for (int np = 0; np < 4; ++np) {
         uint32_t bf[4];
-        mma::ldmatrix_x4(bf, &sb[buf][brow[np] + (lane & 7) + ((lane >> 4) << 3)][ks * 32 + ((lane >> 3) & 1) * 16]);
+        mma::ldmatrix_x4(bf, &sb[buf][brow[np] + frag::b_row(lane)][ks * 32 + frag::b_col16(lane) * 16]);
 #pragma unroll
         for (int mi = 0; mi < 2; ++mi) {
           if constexpr (kFp8) {
@@ -233,12 +234,12 @@ __global__ void __launch_bounds__(kThreads) gemm_kernel(const P p) {
   for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      const int r = wm * 32 + mi * 16 + (lane >> 2) + 8 * h;
+      const int r = frag::gemm_acc_row(wm, mi, lane, 2 * h);
 #pragma unroll
       for (int ni = 0; ni < (P::kGateUp ? 4 : 8); ++ni)
 #pragma unroll
         for (int j = 0; j < 2; ++j) {
-          const int c = (P::kGateUp ? wn * 32 : wn * 64) + ni * 8 + 2 * (lane & 3) + j;
+          const int c = frag::gemm_acc_col(wn, ni, lane, j, P::kGateUp);
           const float v = P::kGateUp ? silu_mul(acc[mi][ni][2 * h + j], acc[mi][ni + 4][2 * h + j]) : acc[mi][ni][2 * h + j];
           p.store(tl, r, c, v);
         }

@@ -1,5 +1,6 @@
 // The GEMM family without Node: linear (every weight format and matmul precision, decode and
-// prefill shapes), fp8 activation quantization and the grouped-expert MoE, on random odd shapes.
+// prefill shapes), fp8 activation quantization and the grouped-expert MoE, on random odd shapes;
+// first, fragment_sim.cc runs the tensor-core kernels' index math on the CPU.
 //   * CPU (always): linear against a float64 reference with a rigorous error bound per output
 //     (the oracle the GPU is held to is itself checked here).
 //   * CUDA (when compiled in and a device is present): each kernel against the CPU on identical
@@ -316,12 +317,15 @@ void moe_case(int64_t t, int64_t h, int64_t inter, int64_t nr, int64_t nz, int64
 
 }  // namespace
 
+int run_fragment_simulations(int& passed);  // fragment_sim.cc
+
 int main() {
   const int devices = cuda::device_count();
   g_gpu = cuda::compiled() && devices > 0;
   std::printf("longcat native GEMM harness: CUDA %s%s\n", cuda::compiled() ? "compiled in" : "not compiled in",
               g_gpu ? (", device: " + cuda::props(0).name).c_str()
                     : cuda::compiled() ? (", no device (" + cuda::unavailable_reason() + "): CUDA half skipped").c_str() : "");
+  g_failed += run_fragment_simulations(g_passed);
   try {
     for (const DType wdt : {DType::F32, DType::BF16, DType::FP8_E4M3, DType::I8})
       for (const auto& [n, k] : std::vector<std::pair<int64_t, int64_t>>{{67, 129}, {333, 127}, {130, 1000}, {257, 515}})
