@@ -1,4 +1,5 @@
 // FP8 (e4m3fn) quantization on the GPU, bit-exact twins of native/cpu/quant.cc:
+// Also the per-row int8 weight quantization (cpu::quantize_int8_rows).
 //   amax = max |x| (NaN ignored, like the CPU's max), s = max(amax, 1e-10f) / 448.0f (IEEE f32
 //   division), q = f32_to_fp8(x / s) (IEEE f32 division, then the integer RNE/saturating encoder
 //   ported from numeric.h), w = fp8_to_f32(q) * s rounded to bf16 by RNE when asked.
@@ -96,7 +97,31 @@ __global__ void dequant_blocks_kernel(int64_t K, int64_t BK, const uint8_t* __re
   }
 }
 
+// cpu::quantize_int8_rows: one block per row; amax ignores NaN (fmax), scale = amax / 127 (IEEE),
+// q = rint(w / scale) (half to even) clamped to +-127 (NaN -> -127, as fmin(127, fmax(-127, NaN))).
+template <bool kBf16>
+__global__ void quant_int8_rows_kernel(int64_t K, const void* __restrict__ w, int8_t* __restrict__ q, float* __restrict__ scale) {
+  __shared__ float sh[32];
+  const int64_t r = blockIdx.x;
+  float m = 0.0f;
+  for (int64_t c = threadIdx.x; c < K; c += blockDim.x) m = fmaxf(m, fabsf(load_w<kBf16>(w, r * K + c)));
+  m = util::block_allreduce(m, util::MaxIgnoreNan(), sh);
+  const float s = m / 127.0f;
+  if (threadIdx.x == 0) scale[r] = s;
+  for (int64_t c = threadIdx.x; c < K; c += blockDim.x) {
+    const float v = s > 0 ? rintf(load_w<kBf16>(w, r * K + c) / s) : 0.0f;
+    q[r * K + c] = static_cast<int8_t>(fminf(127.0f, fmaxf(-127.0f, v)));
+  }
+}
+
 }  // namespace
+
+void quantize_int8_rows(int64_t N, int64_t K, const void* w, DType wt, int8_t* q, float* scale, void* stream) {
+  if (N <= 0) return;
+  auto s = static_cast<cudaStream_t>(stream);
+  if (wt == DType::BF16) quant_int8_rows_kernel<true><<<static_cast<unsigned>(N), 256, 0, s>>>(K, w, q, scale);
+  else quant_int8_rows_kernel<false><<<static_cast<unsigned>(N), 256, 0, s>>>(K, w, q, scale);
+}
 
 void quantize_fp8_act(int64_t T, int64_t K, const void* x, DType xt, uint8_t* q, float* scale, void* stream) {
   if (T <= 0 || K <= 0) return;

@@ -15,4 +15,7 @@ void quantize_fp8_blocks(int64_t N, int64_t K, const void* w, DType wt, uint8_t*
 // cpu::dequantize_fp8_blocks: one block per row.
 void dequantize_fp8_blocks(int64_t N, int64_t K, const uint8_t* q, const float* scale_inv, void* w, DType wt, void* stream);
 
+// cpu::quantize_int8_rows: w f32 / bf16 [N, K] -> q int8 [N, K], scale f32 [N]. One block per row.
+void quantize_int8_rows(int64_t N, int64_t K, const void* w, DType wt, int8_t* q, float* scale, void* stream);
+
 }  // namespace lc::gpu

@@ -140,8 +140,13 @@ for (const [rows, dim] of [[1, 7], [3, 129], [17, 1000], [64, 6144]]) {
       return { outs: [q, sc], run: (s) => native.quantizeFp8Act(s, q, sc, x), bytes: 5 * T * K, tol: 0 };
     } });
   }
-  for (const [N, K] of [[257, 300], [1024, 7168]]) {
+  for (const [N, K] of [[5, 1], [257, 300], [1024, 7168]]) {
     for (const dt of ['f32', 'bf16']) {
+      cases.push({ name: `quantizeInt8Rows ${N}x${K} ${dt}`, make(device) {
+        const w = tensor(randArr(N * K, 3).map((v, i) => (i % 97 === 0 ? 0 : v)), [N, K], { dtype: dt, device });
+        const q = empty([N, K], { dtype: 'int8', device }), sc = empty([N], { device });
+        return { outs: [q, sc], run: (s) => native.quantizeInt8Rows(s, q, sc, w), bytes: 5 * N * K, tol: 0 };
+      } });
       cases.push({ name: `quantizeFp8Blocks ${N}x${K} ${dt}`, make(device) {
         const w = tensor(randArr(N * K, 3), [N, K], { dtype: dt, device });
         const q = empty([N, K], { dtype: 'fp8_e4m3', device }), sc = empty([Math.ceil(N / 128), Math.ceil(K / 128)], { device });

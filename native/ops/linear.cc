@@ -4,6 +4,7 @@
 #include "../cpu/linear.h"
 #ifdef LONGCAT_WITH_CUDA
 #include "../../cuda/kernels.h"
+#include "../../cuda/quant.h"
 #endif
 
 namespace lc {
@@ -124,7 +125,13 @@ static Napi::Value QuantizeInt8Rows(const Napi::CallbackInfo& info) {
   expect_device(op, "q", q, d);
   expect_device(op, "scale", scale, d);
   Stream& s = a.stream(0, d);
-  launch(op, s, [=] { cpu::quantize_int8_rows(n, k, w.data(), w.dtype, q.ptr<int8_t>(), scale.ptr<float>()); }, nullptr);
+  launch(op, s, [=] { cpu::quantize_int8_rows(n, k, w.data(), w.dtype, q.ptr<int8_t>(), scale.ptr<float>()); },
+#ifdef LONGCAT_WITH_CUDA
+         [=](void* st) { gpu::quantize_int8_rows(n, k, w.data(), w.dtype, q.ptr<int8_t>(), scale.ptr<float>(), st); }
+#else
+         nullptr
+#endif
+  );
   return info.Env().Undefined();
 }
 
