@@ -15,10 +15,13 @@
 //   7. combine   one block per token: its valid slots ranked by (expert, slot); out = sum over routed
 //                slots of w * y in that order, then + (sum of zero-expert weights in that order) * u,
 //                with explicitly rounded fp32 mul/add (no FMA contraction), like the CPU.
-// GEMM paths (host choice from shapes only): "skinny" (decode: tiles of <= 8 rows; one warp per
-// output feature streams the weight row once for the tile's rows, 16-byte loads) and "tiled"
-// (prefill: 64-row tiles x 64 columns, 32-wide K slabs in shared memory as f32, 4x4 register
-// blocking). Both are CUDA-core fp32-FMA kernels; the wgmma/TMA grouped GEMM replaces them later.
+// GEMM paths (host choice from shapes and the matmul precision): "skinny" (decode, at most 16 slots
+// per routed expert on average: tiles of <= 8 rows; one warp per output feature streams the weight
+// row once for the tile's rows, 16-byte loads, fp32 FMA; the device-built tile list plays the role
+// of DeepGEMM's "masked" layout: a fixed launch that graph capture can replay, each expert's real
+// row count read on the device), and 64-row tiles for prefill: tile_gemm.cuh on tensor cores (bf16,
+// or e4m3 with fp8 activations when `fp8`), or fp32 CUDA-core tiles at precision 'highest'
+// (64 columns, 32-wide K slabs in shared memory, 4x4 register blocking).
 // A bad idx sets ctrl[0]; every later stage then does nothing (out untouched).
 #include <algorithm>
 #include <climits>
