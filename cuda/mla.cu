@@ -640,12 +640,14 @@ void mla_prefill(const MlaDims& d, int64_t batch, int64_t t, int64_t s, float* o
 
 // The tensor-core decode (mla_decode_tc.cu) takes the LongCat / DeepSeek width with a bf16 cache
 // unless the matmul precision is 'highest' (then every product stays fp32, as on the CPU).
-static bool use_tc_decode(const MlaDims& d, bool cache_bf16) { return cpu::bf16_activations() && mla_decode_tc_supported(d, cache_bf16); }
+static bool use_tc_decode(const MlaDims& d, bool cache_bf16, const void* cache) {
+  return cpu::bf16_activations() && mla_decode_tc_supported(d, cache_bf16, cache);
+}
 
-int64_t mla_decode_splits(const MlaDims& d, int64_t batch, int64_t max_len, bool cache_bf16) {
+int64_t mla_decode_splits(const MlaDims& d, int64_t batch, int64_t max_len, bool cache_bf16, const void* cache) {
   if (batch <= 0 || d.nh <= 0) return 1;
   const DevAttrs a = dev_attrs();
-  const int64_t hg = use_tc_decode(d, cache_bf16) ? kMlaTcHeads : decode_cfg(d, a.smem_optin).hg;
+  const int64_t hg = use_tc_decode(d, cache_bf16, cache) ? kMlaTcHeads : decode_cfg(d, a.smem_optin).hg;
   const int64_t groups = (d.nh + hg - 1) / hg;
   const int64_t target = 2 * static_cast<int64_t>(a.sms);  // about two waves of CTAs
   int64_t splits = (target + batch * groups - 1) / (batch * groups);
@@ -664,7 +666,7 @@ void mla_decode_absorbed(const MlaDims& d, int64_t batch, float* o_lat, const fl
   if (batch <= 0 || d.nh <= 0 || d.dl <= 0) return;
   auto st = static_cast<cudaStream_t>(stream);
   splits = std::max<int64_t>(1, splits);
-  if (use_tc_decode(d, cache_bf16)) {
+  if (use_tc_decode(d, cache_bf16, cache)) {
     float* part_ml = splits > 1 ? workspace + batch * splits * d.nh * d.dl : nullptr;
     mla_decode_tc(d, batch, o_lat, workspace, part_ml, q_lat, q, cache, num_blocks, block_size, block_table, max_blocks, seq_lens,
                   scale, splits, stream);

@@ -35,9 +35,9 @@ void mla_prefill(const cpu::MlaDims& d, int64_t batch, int64_t t, int64_t s, flo
 
 // Number of splits per sequence the decode kernel uses for `batch` sequences of at most
 // max_len = max_blocks * block_size tokens on the current device (host-side: depends only on
-// shapes, the cache dtype and the matmul precision, so a captured graph stays valid as the
+// shapes, the cache (dtype, alignment) and the matmul precision, so a captured graph stays valid as the
 // sequences grow up to max_len).
-int64_t mla_decode_splits(const cpu::MlaDims& d, int64_t batch, int64_t max_len, bool cache_bf16);
+int64_t mla_decode_splits(const cpu::MlaDims& d, int64_t batch, int64_t max_len, bool cache_bf16, const void* cache);
 // Floats of workspace mla_decode_absorbed needs with `splits` (0 when splits == 1).
 int64_t mla_decode_workspace_floats(const cpu::MlaDims& d, int64_t batch, int64_t splits);
 
@@ -46,7 +46,7 @@ int64_t mla_decode_workspace_floats(const cpu::MlaDims& d, int64_t batch, int64_
 // else on CUDA cores in fp32. num_blocks bounds the
 // block ids: a sequence length is clamped to [0, max_blocks * block_size] and a cache row whose
 // block id is outside [0, num_blocks) reads as zeros (the CPU path raises E_ARGUMENT instead).
-// `splits` must be the value of mla_decode_splits(d, batch, max_blocks * block_size, cache_bf16) the workspace
+// `splits` must be the value of mla_decode_splits(d, batch, max_blocks * block_size, cache_bf16, cache) the workspace
 // was sized with.
 void mla_decode_absorbed(const cpu::MlaDims& d, int64_t batch, float* o_lat, const float* q_lat, const float* q,
                          const void* cache, bool cache_bf16, int64_t num_blocks, int64_t block_size,

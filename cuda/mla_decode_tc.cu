@@ -243,8 +243,9 @@ int smem_optin() {
 
 }  // namespace
 
-bool mla_decode_tc_supported(const cpu::MlaDims& d, bool cache_bf16) {
-  return cache_bf16 && d.dl == kDL && d.dr == kDR && d.nh > 0 && static_cast<size_t>(smem_optin()) >= kSmem;
+bool mla_decode_tc_supported(const cpu::MlaDims& d, bool cache_bf16, const void* cache) {
+  return cache_bf16 && d.dl == kDL && d.dr == kDR && d.nh > 0 && (reinterpret_cast<uintptr_t>(cache) & 15) == 0 &&
+         static_cast<size_t>(smem_optin()) >= kSmem;
 }
 
 void mla_decode_tc(const cpu::MlaDims& d, int64_t batch, float* o_lat, float* part_acc, float* part_ml, const float* q_lat,

@@ -10,8 +10,9 @@ namespace lc::gpu {
 
 constexpr int64_t kMlaTcHeads = 64;  // heads per CTA
 
-// dl == 512, dr == 64, a bf16 cache, and the device's shared memory holds the kernel's tiles.
-bool mla_decode_tc_supported(const cpu::MlaDims& d, bool cache_bf16);
+// dl == 512, dr == 64, a 16-byte aligned bf16 cache (cp.async), and the device's shared memory holds
+// the kernel's tiles.
+bool mla_decode_tc_supported(const cpu::MlaDims& d, bool cache_bf16, const void* cache);
 
 // decode_kernel's contract (mla.cu): writes o_lat when splits == 1, else the partials part_acc
 // [B, splits, nh, 512] / part_ml [B, splits, nh, 2] that mla.cu's combine kernel merges.

@@ -347,7 +347,7 @@ static Napi::Value MlaDecodeAbsorbed(const Napi::CallbackInfo& info) {
   },
 #ifdef LONGCAT_WITH_CUDA
   [=](void* st) {  // seqLens / block ids are clamped on the device (see cuda/mla.h)
-    const int64_t splits = gpu::mla_decode_splits(md, B, mb * bs, bf);
+    const int64_t splits = gpu::mla_decode_splits(md, B, mb * bs, bf, cache.data());
     const int64_t wsf = gpu::mla_decode_workspace_floats(md, B, splits);
     Tensor gws = empty_tensor(d, DType::F32, {wsf > 0 ? wsf : 1});
     gpu::mla_decode_absorbed(md, B, ol.ptr<float>(), ql.ptr<float>(), q.ptr<float>(), cache.data(), bf, nb, bs, bt.ptr<int32_t>(), mb,
