@@ -423,6 +423,26 @@ void scale(int64_t n, const float* x, float alpha, float* y, void* stream) {
   launch_binary(n, x, nullptr, alpha, y, stream, ScaleOp());
 }
 
+namespace {
+__global__ void scale_groups_kernel(int64_t n, int64_t cols, const float* x, const float* __restrict__ scales, int64_t r,
+                                    int64_t group, int64_t g, float* y) {  // y may alias x
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const int64_t row = i / cols, c = i % cols;
+    y[i] = __fmul_rn(x[i], scales[(row % r) * g + c / group]);
+  }
+}
+}  // namespace
+
+void scale_groups(int64_t rows, int64_t cols, const float* x, const float* scales, int64_t r, int64_t group, float* y,
+                  void* stream) {
+  const int64_t n = rows * cols;
+  if (n <= 0) return;
+  constexpr int kThreads = 256;
+  scale_groups_kernel<<<util::grid_for(n, kThreads), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+      n, cols, x, scales, r, group, (cols + group - 1) / group, y);
+}
+
 void convert(int64_t n, const void* src, DType st, void* dst, DType dt, void* stream) {
   if (n <= 0) return;
   auto s = static_cast<cudaStream_t>(stream);

@@ -16,6 +16,9 @@ void silu_mul(int64_t n, const float* gate, const float* up, float* y, void* str
 // y = fma(alpha, b, a) (exact a + b when alpha == 1), as the CPU's AVX paths compute it.
 void add(int64_t n, const float* a, const float* b, float alpha, float* y, void* stream);
 void scale(int64_t n, const float* x, float alpha, float* y, void* stream);
+// cpu::scale_groups (bit-exact: one IEEE multiply per element).
+void scale_groups(int64_t rows, int64_t cols, const float* x, const float* scales, int64_t r, int64_t group, float* y,
+                  void* stream);
 // cpu::convert, bit-exact (same dtype: a device-to-device copy).
 void convert(int64_t n, const void* src, DType st, void* dst, DType dt, void* stream);
 void argmax(int64_t rows, int64_t V, const float* x, int32_t* idx, void* stream);

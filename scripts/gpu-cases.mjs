@@ -120,6 +120,11 @@ for (const [rows, dim] of [[1, 7], [3, 129], [17, 1000], [64, 6144]]) {
         return { out: y, run: (s) => native.add(s, y, a, b, alpha), bytes: 12 * n, tol: alpha === 1 ? 0 : 1e-7 };
       } });
     }
+    cases.push({ name: `scaleGroups n=${n}`, make(device) {
+      const cols = n % 512 === 0 ? 512 : n, rows = n / cols, R = rows % 4 === 0 ? 4 : 1, G = Math.ceil(cols / 128);
+      const x = tensor(randArr(n), [rows, cols], { device }), sc = tensor(randArr(R * G).map(Math.abs), [R, G], { device }), y = empty([rows, cols], { device });
+      return { out: y, run: (s) => native.scaleGroups(s, y, x, sc, 128), bytes: 8 * n, tol: 0 };
+    } });
     cases.push({ name: `scale n=${n}`, make(device) {
       const x = tensor(randArr(n), [n], { device }), y = empty([n], { device });
       return { out: y, run: (s) => native.scale(s, y, x, 0.3), bytes: 8 * n, tol: 0 };

@@ -40,16 +40,24 @@ function argmax(v, off, n) {
  * The checks of `device` against `oracle` for each model variant. Returns [{ name, err, tol, ok }].
  * precision: the matmul precision both sides run at ('highest': fp32 products, tight tolerances).
  */
-export async function modelChecks({ device, oracle = 'cpu', presets = ['tiny', 'tiny-fp8', 'small'], precision = 'highest', steps = 12 }) {
+// The checkpoints: name -> initRandom options (tiny-fp8-h128: 128-wide nope / v heads, so the
+// absorbed attention runs on kv_b codes with per-head block scales).
+const VARIANTS = {
+  tiny: { preset: 'tiny' },
+  'tiny-fp8': { preset: 'tiny', fp8: true },
+  'tiny-fp8-h128': { preset: 'tiny', fp8: true, overrides: { qk_nope_head_dim: 128, v_head_dim: 128 } },
+  small: { preset: 'small' },
+};
+
+export async function modelChecks({ device, oracle = 'cpu', presets = ['tiny', 'tiny-fp8', 'tiny-fp8-h128', 'small'], precision = 'highest', steps = 12 }) {
   const root = mkdtempSync(path.join(tmpdir(), 'longcat-model-check-'));
   const prev = native.setMatmulPrecision(precision);
   const out = [];
   const tight = precision === 'highest';
   try {
     for (const variant of presets) {
-      const [preset, fp8] = [variant.replace(/-fp8$/, ''), variant.endsWith('-fp8')];
       const dir = path.join(root, variant);
-      await initRandom({ preset, out: dir, seed: 11, fp8 });
+      await initRandom({ ...VARIANTS[variant], out: dir, seed: 11 });
       const ref = await loadModel(dir, { backend: oracle === 'cpu' ? 'cpu' : 'cuda', maxContext: 256 });
       const dut = await loadModel(dir, { backend: device === 'cpu' ? 'cpu' : 'cuda', maxContext: 256 });
       const check = (what, err, tol) => out.push({ name: `${variant} ${precision}: ${what}`, err, tol, ok: err <= tol });

@@ -25,7 +25,7 @@ const expectAllOk = (rows: ModelCheck[]) => {
 };
 
 describe.skipIf(!cudaAvailable)('the whole model on CUDA matches the CPU', () => {
-  it.each(['highest', 'bf16'])('tiny, tiny fp8 and small checkpoints at precision %s', async (precision) => {
+  it.each(['highest', 'bf16'])('tiny, tiny fp8 (two head widths) and small checkpoints at precision %s', async (precision) => {
     expectAllOk(await modelChecks({ device: dev, precision }));
   }, 120_000);
 });
@@ -33,7 +33,7 @@ describe.skipIf(!cudaAvailable)('the whole model on CUDA matches the CPU', () =>
 // Everywhere: the model checks run CPU against CPU (which checks the checks, and that the fp8
 // checkpoint's absorbed decode agrees with its expanded prefill).
 it('whole-model checks, CPU against CPU', async () => {
-  expectAllOk(await modelChecks({ device: 'cpu', presets: ['tiny', 'tiny-fp8'] }));
+  expectAllOk(await modelChecks({ device: 'cpu', presets: ['tiny', 'tiny-fp8', 'tiny-fp8-h128'] }));
 });
 
 // Everywhere: the first parity case of every op builds and runs on the CPU, so the GPU check

@@ -71,6 +71,8 @@ describe('forward pass vs the float64 reference', () => {
     // takes the factor from that ratio, SPEC 3.6 from `factor`: consistent configs agree)
     ['YaRN rope scaling', { max_position_embeddings: 1024, rope_scaling: { type: 'yarn', factor: 4, original_max_position_embeddings: 256, beta_fast: 32, beta_slow: 1, mscale: 1, mscale_all_dim: 1 } }, false],
     ['fp8 block-quantized linears', {}, true],
+    // 128-wide heads: the absorbed form keeps kv_b as e4m3 codes in bf16 + per-head block scales
+    ['fp8 linears, 128-wide nope / v heads', { qk_nope_head_dim: 128, v_head_dim: 128 }, true],
   ];
   it.each(cases)('%s', async (name, overrides, fp8) => {
     const dir = await makeCheckpoint(name.replace(/\W+/g, '-'), overrides, fp8);
@@ -119,6 +121,25 @@ describe('decode loop', () => {
     seq.release();
     const V = e.dims.vocab;
     const joined = new Float32Array(prompt.length * V);
+    let off = 0;
+    for (const p of parts) joined.set(p, off), (off += p.length);
+    expectLogitsClose(joined, all, 1e-4);
+  });
+
+  it('with an fp8 kv_b over 128-wide heads (codes + block scales), prefill + decode equal one full forward', async () => {
+    const d128 = await makeCheckpoint('fp8-heads128', { qk_nope_head_dim: 128, v_head_dim: 128 }, true);
+    using m = await loadModel(d128, { backend: 'cpu', maxContext: 256 });
+    const e = m.engine;
+    expect(e.w.layers[0]!.attn[0].kvBScales).not.toBeNull();
+    expect(e.w.layers[0]!.attn[0].kvB.dtype).toBe('bf16');
+    const full = e.newSequence();
+    const all = readLogits(e.forward([full], [prompt], { allLogits: true }));
+    full.release();
+    const seq = e.newSequence();
+    const parts = [readLogits(e.forward([seq], [prompt.slice(0, 3)], { allLogits: true }))];
+    for (let i = 3; i < prompt.length; i++) parts.push(readLogits(e.forward([seq], [[prompt[i]!]])));
+    seq.release();
+    const joined = new Float32Array(all.length);
     let off = 0;
     for (const p of parts) joined.set(p, off), (off += p.length);
     expectLogitsClose(joined, all, 1e-4);

@@ -119,6 +119,25 @@ describe('siluMul, add, scale', () => {
     });
   });
 
+  it('scaleGroups: per-block factors, rows cycling through the scale rows, in place', () => {
+    const r = rng(404);
+    for (const [rows, cols, R, group] of [[1, 1, 1, 1], [6, 130, 3, 128], [8, 512, 4, 128], [10, 7, 5, 3], [4, 300, 1, 64]] as const) {
+      const xv = r.array(rows * cols, -5, 5), sv = r.array(R * Math.ceil(cols / group), 0.1, 2);
+      const want = Float64Array.from(xv, (v, i) => f32r(v * sv[(Math.floor(i / cols) % R) * Math.ceil(cols / group) + Math.floor((i % cols) / group)]!));
+      const y = full([rows, cols], NaN);
+      const sc = tensor(sv, [R, Math.ceil(cols / group)]);
+      native.scaleGroups(null, y, tensor(xv, [rows, cols]), sc, group);
+      expectClose(toArray(y), want, 0, 0, `scaleGroups [${rows}, ${cols}] R=${R} group=${group}`);
+      const x = tensor(xv, [rows / R, R, cols]); // leading dims flatten into rows; in place
+      native.scaleGroups(null, x, x, sc, group);
+      expectClose(toArray(x), want, 0, 0, 'scaleGroups in place');
+    }
+    const x = full([6, 130], 1);
+    expectCode(() => native.scaleGroups(null, x, x, full([3, 1], 1), 128), 'E_SHAPE', /expected 2 columns/);
+    expectCode(() => native.scaleGroups(null, x, x, full([4, 2], 1), 128), 'E_SHAPE', /4 rows, which must divide the 6 rows/);
+    expectCode(() => native.scaleGroups(null, x, x, full([3, 2], 1), 0), 'E_ARGUMENT', /group must be >= 1/);
+  });
+
   it('rejects bad shapes and dtypes', () => {
     const a = full([3, 4], 0), b = full([3, 5], 0), h = full([3, 4], 0, { dtype: 'bf16' });
     expectCode(() => native.siluMul(null, full([3, 4], 0), a, b), 'E_SHAPE', /siluMul: 'up' has shape \[3, 5\]/);

@@ -18,6 +18,10 @@ export interface SmallOps {
   add(stream: S, y: Tensor, a: Tensor, b: Tensor, alpha?: number): void;
   /** y = alpha * x. f32. */
   scale(stream: S, y: Tensor, x: Tensor, alpha: number): void;
+  /** y[n, c] = x[n, c] * scales[n % R, floor(c / group)] with x, y f32 viewed as [rows, last dim]
+   *  (y may alias x) and scales f32 [R, ceil(last dim / group)], R dividing rows: block scales
+   *  applied outside a GEMM (the absorbed MLA over fp8 kv_b). */
+  scaleGroups(stream: S, y: Tensor, x: Tensor, scales: Tensor, group: number): void;
   /** Element-wise conversion between f32, bf16, f16, fp8_e4m3 (any pair, same shape): round to
    *  nearest even, fp8 saturating to +-448, NaN -> NaN; bit-exact with lib/numeric.ts. */
   convert(stream: S, y: Tensor, x: Tensor): void;

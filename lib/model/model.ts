@@ -76,7 +76,8 @@ export class LongcatModel {
   readonly blockSize: number;
   readonly maxContext: number;
   readonly allocator: BlockAllocator;
-  private readonly w: ModelWeights;
+  /** The weights as the forward pass uses them (read-only; benchmarks and tests inspect them). */
+  readonly w: ModelWeights;
   private readonly caches: Tensor[];
   private readonly main: Stream;
   private readonly moeStream: Stream;
@@ -314,8 +315,10 @@ export class LongcatModel {
     if (b.mode === 'decode') {
       const qLat = a.f32([T, nh, d.kvLora]);
       native.mlaAbsorbQ(s, qLat, q, w.kvB, d.nope);
+      if (w.kvBScales) native.scaleGroups(s, qLat, qLat, w.kvBScales.uk, 128); // W_UK = codes x block scale
       const oLat = a.f32([T, nh, d.kvLora]);
       native.mlaDecodeAbsorbed(s, oLat, qLat, q, cache, b.blockTable!, b.seqLens!, d.softmaxScale);
+      if (w.kvBScales) native.scaleGroups(s, oLat, oLat, w.kvBScales.uv, 128); // W_UV's scales, folded into o_lat
       native.mlaOutput(s, o, oLat, w.kvB);
     } else {
       // Expanded form over every sequence's whole cached latent (prefix + the tokens just written).

@@ -1,7 +1,7 @@
 // The model's weights as the forward pass uses them, taken from a checkpoint (memory-mapped on
 // the CPU, uploaded once for CUDA). Only small tensors are transformed at load: norm weights get
 // the MLA scales folded in (SPEC 3.5), the router classifier and bias become f32, and an FP8
-// kv_b_proj is dequantized (exactly, to f32) for the absorbed attention.
+// an FP8 kv_b_proj is kept exact for the absorbed attention (codes + block scales, or f32).
 import { native } from '../native.js';
 import { Tensor, empty, tensor, toArray } from '../tensor.js';
 import { CheckpointError, LongcatError, OutOfMemoryError } from '../errors.js';
@@ -21,7 +21,12 @@ export interface MlaWeights {
   kvLatent: Linear; // kv_a_proj_with_mqa rows 0..kvLora-1: the latent c_kv
   kvRope: Linear; // the remaining rows: the rope key shared by all heads
   kvNorm: Tensor; // kv_a_layernorm * mla_scale_kv (f32)
-  kvB: Tensor; // f32 or bf16 [nh * (nope + v), kvLora]; also the W_UK / W_UV of the absorbed form
+  /** kv_b_proj as plain floats for the absorbed form (W_UK / W_UV): the stored bf16 / f32 weight; for
+   *  an FP8 kv_b with 128-wide heads its e4m3 codes as bf16 (exact) and the block scales in
+   *  kvBScales (applied to q_lat / o_lat by scaleGroups); for other FP8 shapes dequantized to f32. */
+  kvB: Tensor;
+  /** Per head: the 128x128 block scales of its W_UK rows (uk) and W_UV rows (uv), [nh, ceil(kvLora / 128)]. */
+  kvBScales: { uk: Tensor; uv: Tensor } | null;
   kvBLinear: Linear; // kv_b_proj as stored, for the expanded (prefill) form
   o: Linear;
 }
@@ -142,6 +147,24 @@ function buildWeights(src: TensorSource, dims: ModelDims, device: string, opts: 
     ];
   };
 
+  // The absorbed form's kv_b (see MlaWeights.kvB). With 128-row heads (DeepSeek / LongCat: nope = v = 128)
+  // every head's W_UK and W_UV is one row of 128x128 scale blocks, so the codes (exact in bf16) can be
+  // multiplied as they are and each head's column-block scales applied to q_lat / o_lat.
+  const absorbedKvB = (p: string, kvBLinear: Linear): Pick<MlaWeights, 'kvB' | 'kvBScales'> => {
+    if (!kvBLinear.scale) return { kvB: kvBLinear.weight, kvBScales: null };
+    if (dims.nope !== 128 || dims.v !== 128) return { kvB: dequantized(kvBLinear, 'f32'), kvBScales: null };
+    const codes = own(empty(kvBLinear.weight.shape, { dtype: 'bf16', device }));
+    native.convert(null, codes, kvBLinear.weight);
+    const s = toArray(src.get(`${p}.kv_b_proj.weight_scale_inv`)), G = Math.ceil(dims.kvLora / 128);
+    const rowsOf = (first: (h: number) => number) => {
+      const out = new Float32Array(dims.heads * G);
+      for (let h = 0; h < dims.heads; h++) out.set(s.subarray((first(h) / 128) * G, (first(h) / 128 + 1) * G), h * G);
+      return own(tensor(out, [dims.heads, G], { device }));
+    };
+    const stride = dims.nope + dims.v;
+    return { kvB: codes, kvBScales: { uk: rowsOf((h) => h * stride), uv: rowsOf((h) => h * stride + dims.nope) } };
+  };
+
   const mla = (p: string): MlaWeights => {
     const kvBLinear = linear(`${p}.kv_b_proj`);
     const [kvLatent, kvRope] = splitRows(linear(`${p}.kv_a_proj_with_mqa`), dims.kvLora);
@@ -152,10 +175,10 @@ function buildWeights(src: TensorSource, dims: ModelDims, device: string, opts: 
       kvLatent,
       kvRope,
       kvNorm: scaledNorm(`${p}.kv_a_layernorm.weight`, dims.scaleKV),
-      // The absorbed form needs kv_b_proj as plain floats: FP8 is dequantized once here, to f32 so
-      // that decode (absorbed) and prefill (expanded, reading the fp8 weight) see the same weights:
-      // bf16 would round them by 2^-9 and make the two forms disagree by ~3e-3 of the logits.
-      kvB: dequantized(kvBLinear, 'f32'),
+      // Exact in every case, so that decode (absorbed) and prefill (expanded, reading the fp8 weight)
+      // see the same weights: dequantizing to bf16 would round them by 2^-9 and make the two forms
+      // disagree by ~3e-3 of the logits.
+      ...absorbedKvB(p, kvBLinear),
       kvBLinear,
       o: linear(`${p}.o_proj`),
     };

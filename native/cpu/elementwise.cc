@@ -346,6 +346,16 @@ void scale(int64_t n, const float* x, float alpha, float* y) {
   });
 }
 
+void scale_groups(int64_t rows, int64_t cols, const float* x, const float* scales, int64_t r, int64_t group, float* y) {
+  const int64_t g = (cols + group - 1) / group;
+  parallel_for(rows, std::max<int64_t>(1, kGrain / std::max<int64_t>(cols, 1)), [&](int64_t r0, int64_t r1) {
+    for (int64_t i = r0; i < r1; ++i) {
+      const float* sr = scales + (i % r) * g;
+      for (int64_t c = 0; c < cols; ++c) y[i * cols + c] = x[i * cols + c] * sr[c / group];
+    }
+  });
+}
+
 void argmax(int64_t rows, int64_t V, const float* x, int32_t* idx) {
   const Isa is = isa();
   parallel_for(rows, std::max<int64_t>(1, kGrain / std::max<int64_t>(V, 1)), [&](int64_t b, int64_t e) {

@@ -21,6 +21,10 @@ void add(int64_t n, const float* a, const float* b, float alpha, float* y);
 // y = alpha * x (y may alias x).
 void scale(int64_t n, const float* x, float alpha, float* y);
 
+// y[n, c] = x[n, c] * scales[n % r, c / group] for x, y [rows, cols] (y may alias x) and scales
+// [r, ceil(cols / group)]: per-block factors, e.g. FP8 block scales applied outside a GEMM.
+void scale_groups(int64_t rows, int64_t cols, const float* x, const float* scales, int64_t r, int64_t group, float* y);
+
 // idx[r] = argmax_j x[r, j]; ties -> lowest index; NaN never wins; a row of only -inf/NaN -> 0.
 void argmax(int64_t rows, int64_t V, const float* x, int32_t* idx);
 

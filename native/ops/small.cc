@@ -132,6 +132,37 @@ Napi::Value Scale(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// scaleGroups(stream, y, x, scales, group): y[n, c] = x[n, c] * scales[n % R, c / group], x and y
+// viewed as [rows, last dim], scales [R, ceil(last dim / group)] with rows % R == 0.
+Napi::Value ScaleGroups(const Napi::CallbackInfo& info) {
+  const char* op = "scaleGroups";
+  OpArgs a(info, op);
+  Tensor y = a.tensor(1, "y"), x = a.tensor(2, "x"), sc = a.tensor(3, "scales");
+  const int64_t group = a.integer(4, "group");
+  Device d = x.device();
+  expect_dtype(op, "y", y, {DType::F32});
+  expect_dtype(op, "x", x, {DType::F32});
+  expect_dtype(op, "scales", sc, {DType::F32});
+  expect_same_shape(op, "y", y, "x", x);
+  expect_device(op, "y", y, d);
+  expect_device(op, "scales", sc, d);
+  expect_ndim(op, "scales", sc, 2);
+  if (x.ndim() < 1) fail(Code::E_SHAPE, "scaleGroups: 'x' must have at least one dimension");
+  if (group < 1) fail(Code::E_ARGUMENT, "scaleGroups: group must be >= 1, got %lld", static_cast<long long>(group));
+  const int64_t cols = x.dim(-1), rows = cols > 0 ? x.numel() / cols : 0, r = sc.dim(0);
+  if (sc.dim(1) != (cols + group - 1) / group)
+    fail(Code::E_SHAPE, "scaleGroups: 'scales' has shape %s: expected %lld columns (ceil(%lld / %lld)) for 'x' of shape %s",
+         shape_str(sc.shape).c_str(), static_cast<long long>((cols + group - 1) / group), static_cast<long long>(cols),
+         static_cast<long long>(group), shape_str(x.shape).c_str());
+  if (r < 1 || rows % r != 0)
+    fail(Code::E_SHAPE, "scaleGroups: 'scales' has %lld rows, which must divide the %lld rows of 'x' (shape %s)", static_cast<long long>(r),
+         static_cast<long long>(rows), shape_str(x.shape).c_str());
+  Stream& s = a.stream(0, d);
+  launch(op, s, [=] { cpu::scale_groups(rows, cols, x.ptr<float>(), sc.ptr<float>(), r, group, y.ptr<float>()); },
+         LC_GPU(gpu::scale_groups(rows, cols, x.ptr<float>(), sc.ptr<float>(), r, group, y.ptr<float>(), st)));
+  return info.Env().Undefined();
+}
+
 // convert(stream, y, x): any pair of f32, bf16, f16, fp8_e4m3, same shape
 Napi::Value Convert(const Napi::CallbackInfo& info) {
   const char* op = "convert";
@@ -300,6 +331,7 @@ LC_REGISTER_OP("embedding", Embedding);
 LC_REGISTER_OP("siluMul", SiluMul);
 LC_REGISTER_OP("add", Add);
 LC_REGISTER_OP("scale", Scale);
+LC_REGISTER_OP("scaleGroups", ScaleGroups);
 LC_REGISTER_OP("convert", Convert);
 LC_REGISTER_OP("quantizeFp8Act", QuantizeFp8Act);
 LC_REGISTER_OP("quantizeFp8Blocks", QuantizeFp8Blocks);
