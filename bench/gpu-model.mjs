@@ -132,7 +132,9 @@ const bw = copyGBs();
 const expertBytes = ['gate_proj', 'up_proj', 'down_proj'].reduce((a, m) =>
   a + specBytes(specs.get(`${expertPrefix(0, 0)}.${m}.weight`), 'w') + specBytes(specs.get(`${expertPrefix(0, 0)}.${m}.weight_scale_inv`), 'weight_scale_inv'), 0);
 const nonExpertBytes = [...specs].filter(([n]) => !n.includes('.mlp.experts.') && n !== 'model.embed_tokens.weight')
-  .reduce((a, [n, s]) => a + specBytes(s, n), 0) + layers * 2 * 3 * W.heads * (W.nope + W.v) * W.kvLora; // kv_b: f32 (4 bytes, not 1) in the absorbed form
+  .reduce((a, [n, s]) => a + specBytes(s, n), 0)
+  // the absorbed form reads kv_b as bf16 codes (128-wide heads) or f32, not as the stored fp8
+  + layers * 2 * (W.nope === 128 && W.v === 128 ? 1 : 3) * W.heads * (W.nope + W.v) * W.kvLora;
 const sumCounts = (nFfn) => {
   let s = 0;
   for (const t of nFfn) {
