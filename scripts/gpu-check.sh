@@ -15,7 +15,11 @@ step() {
   local limit=$1 title=$2
   shift 2
   echo "== $title"
-  timeout --kill-after=5 "$limit" "$@" || { echo "== $title: exit $?"; status=1; }
+  if command -v timeout >/dev/null; then
+    timeout --kill-after=5 "$limit" "$@" || { echo "== $title: exit $? (124: over its ${limit} s)"; status=1; }
+  else
+    "$@" || { echo "== $title: exit $?"; status=1; }
+  fi
 }
 OUTDIR="${OUT:-bench/out}"
 mkdir -p "$OUTDIR"
