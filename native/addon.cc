@@ -182,11 +182,16 @@ static Napi::Array shape_array(Napi::Env env, const std::vector<int64_t>& s) {
   return a;
 }
 
+// The block a new tensor got may have been freed while kernels that read it were still queued (the
+// pool orders reuse for kernels, not for host copies, which run outside every stream): a device
+// tensor is filled only once the device is idle.
 static void copy_to_device(const Tensor& t, const void* src) {
-  if (t.device().is_cpu())
+  if (t.device().is_cpu()) {
     std::memcpy(t.data(), src, t.nbytes());
-  else
+  } else {
+    cuda::device_synchronize(t.device().index);
     cuda::memcpy_h2d(t.device().index, t.data(), src, t.nbytes());
+  }
 }
 
 Napi::Function TensorWrap::Init(Napi::Env env) {
@@ -382,7 +387,7 @@ Napi::Value TensorWrap::To(const Napi::CallbackInfo& info) {
       if (t.device().is_cpu() && d.is_cpu())
         std::memcpy(r.data(), t.data(), t.nbytes());
       else if (t.device().is_cpu())
-        cuda::memcpy_h2d(d.index, r.data(), t.data(), t.nbytes());
+        copy_to_device(r, t.data());
       else if (d.is_cpu())
         cuda::memcpy_d2h(t.device().index, r.data(), t.data(), t.nbytes());
       else if (d == t.device()) {
@@ -391,7 +396,7 @@ Napi::Value TensorWrap::To(const Napi::CallbackInfo& info) {
       } else {
         std::vector<uint8_t> host(t.nbytes());
         cuda::memcpy_d2h(t.device().index, host.data(), t.data(), t.nbytes());
-        cuda::memcpy_h2d(d.index, r.data(), host.data(), t.nbytes());
+        copy_to_device(r, host.data());
       }
     }
     return Wrap(info.Env(), r);

@@ -218,6 +218,7 @@ std::shared_ptr<ExpertSet> read_experts(const Napi::CallbackInfo& info, size_t i
     }
     const size_t bytes = sizeof(gpu::MoeWeight) * tab.size();
     set->dev_table = device_pool(set->device).alloc(bytes);
+    cuda::device_synchronize(set->device.index);  // the pool block may still be read by queued kernels
     cuda::memcpy_h2d(set->device.index, set->dev_table->ptr, tab.data(), bytes);
   }
 #endif
