@@ -7,6 +7,8 @@
 //     picked, counted per step from the routing);
 //   * host overhead per step: time until forward() returns / step time, with graph replay and
 //     with the captured graph switched off (one launch per op);
+//   * the ScMoE overlap: the decode step with the shortcut MoE on its own stream vs in order on the
+//     main stream (a second engine over the same weights, overlapMoe: false);
 //   * prefill tokens/s of 512 tokens.
 //   node bench/gpu-model.mjs [--layers N] [--steps 64] [--out bench/out/gpu-model.json]
 //   --smoke: a reduced-width model on the CPU, so that the script is exercised without a GPU.
@@ -175,6 +177,26 @@ const stepMs = median(g.total), eagerMs = median(e.total);
 const bytesPerStep = nonExpertBytes + g.ffnPerToken * expertBytes;
 const roofline = bw / (bytesPerStep / 1e9);
 
+// ---- the MoE overlap: the same decode with the shortcut MoE in order on the main stream ---------------
+const serial = new LongcatModel(dims, weights, { device: dev, maxContext: 4096, numBlocks: 256, overlapMoe: false });
+const decodeOn = (e, n) => {
+  const seq = e.newSequence();
+  e.forward([seq], [Array.from({ length: 64 }, tok)]).logits.dispose();
+  const total = [];
+  for (let i = 0; i < n; i++) {
+    const a = now();
+    const { logits } = e.forward([seq], [[tok()]]);
+    logits.toBytes();
+    total.push(now() - a);
+    logits.dispose();
+  }
+  seq.release();
+  return median(total);
+};
+decodeOn(serial, 4);
+const serialMs = decodeOn(serial, Math.max(8, STEPS >> 2));
+const overlapMs = decodeOn(engine, Math.max(8, STEPS >> 2));
+
 // ---- prefill --------------------------------------------------------------------------------------
 const pp = [];
 for (let r = 0; r < 3; r++) {
@@ -194,18 +216,23 @@ const res = {
     gbPerStep: bytesPerStep / 1e9, hostFraction: median(g.issue) / stepMs },
   eager: { stepMs: eagerMs, tokensPerSecond: 1e3 / eagerMs, hostFraction: median(e.issue) / eagerMs },
   prefill512: { ms: median(pp), tokensPerSecond: (smoke ? 64 : 512) / (median(pp) / 1e3) },
+  moeOverlap: { overlappedStepMs: overlapMs, serialStepMs: serialMs, serialOverOverlapped: serialMs / overlapMs },
 };
 console.table({
   'decode (graph)': { 'tok/s': res.decode.tokensPerSecond.toFixed(1), 'step ms': stepMs.toFixed(2), 'host %': (res.decode.hostFraction * 100).toFixed(1),
     'roofline tok/s': roofline.toFixed(1), '% of roofline': (res.decode.ofRoofline * 100).toFixed(0) },
   'decode (eager)': { 'tok/s': res.eager.tokensPerSecond.toFixed(1), 'step ms': eagerMs.toFixed(2), 'host %': (res.eager.hostFraction * 100).toFixed(1) },
+  'decode, MoE in order on the main stream': { 'tok/s': (1e3 / serialMs).toFixed(1), 'step ms': serialMs.toFixed(2) },
   [`prefill ${smoke ? 64 : 512}`]: { 'tok/s': res.prefill512.tokensPerSecond.toFixed(0), 'step ms': res.prefill512.ms.toFixed(1) },
 });
+console.log(`ScMoE overlap: step ${overlapMs.toFixed(2)} ms with the MoE on its own stream vs ${serialMs.toFixed(2)} ms in order ` +
+  `(${((serialMs / overlapMs - 1) * 100).toFixed(0)}% longer without the overlap; same run, interleaved measurements)`);
 console.log(`copy bandwidth ${bw.toFixed(0)} GB/s; a decode step reads ${res.decode.gbPerStep.toFixed(2)} GB ` +
   `(${(g.ffnPerToken / layers).toFixed(2)} FFN experts per token and layer)`);
 if (outFile) {
   mkdirSync(path.dirname(outFile), { recursive: true });
   writeFileSync(outFile, JSON.stringify(res, null, 2));
 }
+serial.dispose();
 engine.dispose(); // and the tensors loadWeights made
 for (const t of [...made.values(), ...chunks.values()]) t.dispose();

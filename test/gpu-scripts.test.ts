@@ -19,7 +19,7 @@ describe('GPU benchmark scripts (smoke mode on the CPU)', () => {
   });
   it('bench/gpu-model.mjs builds a model from device-made weights and times decode and prefill', () => {
     const out = smoke('bench/gpu-model.mjs', ['--steps', '6']);
-    for (const row of ['decode (graph)', 'decode (eager)', 'prefill 64']) expect(out).toContain(row);
+    for (const row of ['decode (graph)', 'decode (eager)', 'MoE in order on the main stream', 'prefill 64', 'ScMoE overlap:']) expect(out).toContain(row);
     expect(out).not.toMatch(/NaN|Infinity/);
   });
 });

@@ -61,6 +61,9 @@ export interface ModelOptions {
   maxContext?: number;
   /** Replay decode steps from captured graphs (default true). */
   graphs?: boolean;
+  /** Run the shortcut MoE on its own stream, overlapping the dense branch (default true; false runs
+   *  it in order on the main stream, e.g. to measure what the overlap buys). */
+  overlapMoe?: boolean;
 }
 
 export interface ForwardResult {
@@ -116,7 +119,7 @@ export class LongcatModel {
     this.main = native.defaultStream(this.device);
     // The shortcut MoE gets its own stream (the device pool fences blocks freed while several
     // streams run, so a temporary of one branch is never reused under the other's kernels).
-    this.moeStream = new Stream(this.device);
+    this.moeStream = opts.overlapMoe === false ? this.main : new Stream(this.device);
     this.events = Array.from({ length: dims.layers }, () => [new Event(this.device), new Event(this.device)]);
     this.invFreq = tensor(dims.invFreq, [dims.invFreq.length], { device: this.device });
   }
@@ -245,7 +248,7 @@ export class LongcatModel {
       info.blockTable = table.view([B, this.maxBlocks]);
       table.dispose();
       let out: ForwardResult | null = null;
-      const streams = [this.main, this.moeStream];
+      const streams = this.moeStream === this.main ? [this.main] : [this.main, this.moeStream];
       const graph = native.captureGraph(streams, () => {
         out = this.run(info, true);
       });
@@ -373,7 +376,7 @@ export class LongcatModel {
     }
     this.decodeGraphs.clear();
     for (const t of [...this.caches, this.invFreq, ...this.w.owned]) t.dispose();
-    this.moeStream.dispose();
+    if (this.moeStream !== this.main) this.moeStream.dispose();
   }
 }
 
