@@ -226,7 +226,7 @@ console.table({
   [`prefill ${smoke ? 64 : 512}`]: { 'tok/s': res.prefill512.tokensPerSecond.toFixed(0), 'step ms': res.prefill512.ms.toFixed(1) },
 });
 console.log(`ScMoE overlap: step ${overlapMs.toFixed(2)} ms with the MoE on its own stream vs ${serialMs.toFixed(2)} ms in order ` +
-  `(${((serialMs / overlapMs - 1) * 100).toFixed(0)}% longer without the overlap; same run, interleaved measurements)`);
+  `(${((serialMs / overlapMs - 1) * 100).toFixed(0)}% longer without the overlap, same run)`);
 console.log(`copy bandwidth ${bw.toFixed(0)} GB/s; a decode step reads ${res.decode.gbPerStep.toFixed(2)} GB ` +
   `(${(g.ffnPerToken / layers).toFixed(2)} FFN experts per token and layer)`);
 if (outFile) {

@@ -145,6 +145,21 @@ describe('decode loop', () => {
     expectLogitsClose(joined, all, 1e-4);
   });
 
+  it('the MoE in order on the main stream (overlapMoe: false) computes the same logits', async () => {
+    const { LongcatModel } = await import('../lib/model/model.js');
+    const e = model.engine;
+    const serial = new LongcatModel(e.dims, e.w, { device: 'cpu', maxContext: 256, overlapMoe: false });
+    const run = (m: typeof e) => {
+      const seq = m.newSequence();
+      const out = [readLogits(m.forward([seq], [prompt], { allLogits: true })), readLogits(m.forward([seq], [[7]]))];
+      seq.release();
+      return out;
+    };
+    const [a, b] = [run(e), run(serial)];
+    expect(Array.from(b[0]!)).toEqual(Array.from(a[0]!));
+    expect(Array.from(b[1]!)).toEqual(Array.from(a[1]!));
+  });
+
   it('a prefill that extends a cached prefix equals one full forward', () => {
     const e = model.engine;
     const full = e.newSequence();
