@@ -16,8 +16,8 @@ __device__ float block_sum(float v) {
 }
 
 template <int kThreads, bool kBf16W, bool kBf16Y>
-__global__ void rmsnorm_kernel(int64_t dim, const float* __restrict__ x, const float* __restrict__ add,
-                               float* __restrict__ h_out, const void* __restrict__ w, float eps, void* __restrict__ y) {
+__global__ void rmsnorm_kernel(int64_t dim, const float* x, const float* add, float* h_out, const void* __restrict__ w,
+                               float eps, void* y) {  // x, add, h_out and y may alias (no __restrict__)
   const int64_t row = blockIdx.x;
   const float* xr = x + row * dim;
   const float* ar = add ? add + row * dim : nullptr;
