@@ -1,8 +1,13 @@
 // Shared CUDA helpers: error checks that throw lc::Error (never abort), bf16 and fp8 loads.
 #pragma once
+#ifdef LC_CUDA_EMU  // the CPU emulator of test/emu (native test harness only)
+#include "../test/emu/cuda_emu.h"
+#include "../native/cpu/numeric.h"
+#else
 #include <cuda_bf16.h>
 #include <cuda_fp8.h>
 #include <cuda_runtime.h>
+#endif
 
 #include "../native/common.h"
 
@@ -26,9 +31,13 @@ __device__ __forceinline__ uint16_t f32_to_bf16_bits(float f) {
 }
 
 __device__ __forceinline__ float fp8e4m3_to_f32(uint8_t b) {
+#ifdef LC_CUDA_EMU
+  return cpu::fp8e4m3_to_f32(b);
+#else
   __nv_fp8_e4m3 v;
   v.__x = b;
   return static_cast<float>(v);
+#endif
 }
 
 inline int ceil_div(int64_t a, int64_t b) { return static_cast<int>((a + b - 1) / b); }

@@ -168,7 +168,7 @@ struct DenseGemm {
     if (row >= n) return {};
     const int64_t es = b_dtype == DType::F32 ? 4 : b_dtype == DType::BF16 ? 2 : 1;
     const float* s = b_dtype == DType::FP8_E4M3 ? w_scale + (row / 128) * kb : b_dtype == DType::I8 ? w_scale + row : nullptr;
-    return {static_cast<const char*>(w) + row * k * es, s};
+    return {static_cast<const char*>(w) + row * k * es, s, b_dtype};
   }
   __device__ const float* b_scales(const Tile& tl, int) const { return w_scale + (tl.n0 / 128) * kb; }
   __device__ void store(const Tile& tl, int r, int c, float v) const {

@@ -12,6 +12,10 @@
 #pragma once
 #include <cstdint>
 
+#ifdef LC_CUDA_EMU  // the CPU emulator of test/emu runs the kernels: warp-wide exchanges instead of PTX
+#include "../test/emu/mma_emu.h"
+#else
+
 namespace lc::gpu::mma {
 
 __device__ __forceinline__ uint32_t smem_addr(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
@@ -60,3 +64,5 @@ __device__ __forceinline__ void e4m3_m16n8k32(float (&d)[4], const uint32_t (&a)
 }
 
 }  // namespace lc::gpu::mma
+
+#endif  // LC_CUDA_EMU

@@ -359,7 +359,7 @@ struct MoeTileGemm {
   const int32_t* sorted;  // gate/up: sorted row -> slot
   int64_t slots;          // top-k slots per token
   int64_t k, kb, nout;    // this GEMM's K, ceil(K / 128), N
-  DType a_dtype, b_dtype;
+  DType a_dtype;
   const void* a;          // gate/up: u [t, h]; down: act [rows, inter] (f32, or e4m3 codes in fp8 mode)
   const float* a_scale;   // fp8 mode: their 1x128 group scales
   const MoeWeight* table;
@@ -386,7 +386,7 @@ struct MoeTileGemm {
     const MoeWeight& w = weight(tl, kGU ? r / (tile::kBN / 2) : 0);
     const int64_t es = w.dtype == DType::F32 ? 4 : w.dtype == DType::BF16 ? 2 : 1;
     const float* sc = w.dtype == DType::FP8_E4M3 ? w.scale + (n / 128) * kb : w.dtype == DType::I8 ? w.scale + n : nullptr;
-    return {static_cast<const char*>(w.data) + n * k * es, sc};
+    return {static_cast<const char*>(w.data) + n * k * es, sc, w.dtype};
   }
   __device__ const float* b_scales(const Tile& tl, int which) const { return weight(tl, which).scale + (tl.n0 / 128) * kb; }
   __device__ void store(const Tile& tl, int r, int c, float v) const {
@@ -522,10 +522,10 @@ void moe(int64_t t, int64_t k, int64_t h, int64_t inter, const float* u, const i
         uint8_t* aq = reinterpret_cast<uint8_t*>(ws + L.aq);
         float* as = reinterpret_cast<float*>(ws + L.as);
         quantize_fp8_act(t, h, u, DType::F32, uq, us, s);
-        gu.a = uq, gu.a_scale = us, gu.a_dtype = gu.b_dtype = DType::FP8_E4M3;
+        gu.a = uq, gu.a_scale = us, gu.a_dtype = DType::FP8_E4M3;
         tile::gemm_kernel<MoeTileGemm<true>, true><<<gu_blocks, tile::kThreads, 0, s>>>(gu);
         quantize_fp8_act(ns, inter, act, DType::F32, aq, as, s);  // rows past the routed ones are never read
-        dn.a = aq, dn.a_scale = as, dn.a_dtype = dn.b_dtype = DType::FP8_E4M3;
+        dn.a = aq, dn.a_scale = as, dn.a_dtype = DType::FP8_E4M3;
         tile::gemm_kernel<MoeTileGemm<false>, true><<<dn_blocks, tile::kThreads, 0, s>>>(dn);
       } else {
         gu.a = u, gu.a_dtype = DType::F32;

@@ -97,7 +97,7 @@ void launch_binary(int64_t n, const float* a, const float* b, float alpha, float
   if (n <= 0) return;
   constexpr int kThreads = 256;
   const bool vec = aligned16(a) && (!b || aligned16(b)) && aligned16(y);
-  binary_kernel<<<util::grid_for(vec ? (n + 3) / 4 : n, kThreads), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+  binary_kernel<Op><<<util::grid_for(vec ? (n + 3) / 4 : n, kThreads), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
       n, a, b, alpha, y, vec, op);
 }
 

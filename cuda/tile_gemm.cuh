@@ -38,6 +38,7 @@ constexpr int kStageBytes = 64, kPitch = 80;
 struct Row {
   const void* p = nullptr;
   const float* scale = nullptr;
+  DType dt = DType::F32;  // B rows: the weight's stored format (A rows: unused, P::a_dtype)
 };
 
 __device__ __forceinline__ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
@@ -105,17 +106,22 @@ __device__ __forceinline__ float silu_mul(float g, float u) { return g / (1.0f +
 // P provides:
 //   static constexpr bool kGateUp;
 //   struct Tile;  __device__ bool tile(Tile&) const;   from blockIdx; false = nothing to do
-//   int64_t k;  DType a_dtype, b_dtype;                 (fp8 mode: both FP8_E4M3)
+//   int64_t k;  DType a_dtype;                          (fp8 mode: FP8_E4M3)
 //   __device__ Row a_row(const Tile&, int r) const;     r in [0, 64)
-//   __device__ Row b_row(const Tile&, int r) const;     r in [0, 128)
+//   __device__ Row b_row(const Tile&, int r) const;     r in [0, 128), with the weight's dtype
 //   __device__ const float* b_scales(const Tile&, int which) const;   fp8: block-scale row of
 //                                                       the tile's columns (which: 0 dense/gate, 1 up)
 //   __device__ void store(const Tile&, int r, int c, float v) const;  c < 128 (64 for kGateUp);
 //                                                       must ignore r / c past the problem
 template <class P, bool kFp8>
 __global__ void __launch_bounds__(kThreads) gemm_kernel(const P p) {
-  __shared__ alignas(16) uint8_t sa[2][kBM][kPitch];
-  __shared__ alignas(16) uint8_t sb[2][kBN][kPitch];
+  struct alignas(16) Tiles {
+    uint8_t a[2][kBM][kPitch];
+    uint8_t b[2][kBN][kPitch];
+  };
+  __shared__ Tiles smem;
+  auto& sa = smem.a;
+  auto& sb = smem.b;
   typename P::Tile tl;
   if (!p.tile(tl)) return;  // block-uniform
   constexpr int kElems = kFp8 ? 16 : 8;  // elements per 16-byte chunk
@@ -138,7 +144,7 @@ __global__ void __launch_bounds__(kThreads) gemm_kernel(const P p) {
       ra[i] = !ar[i].p ? make_uint4(0, 0, 0, 0) : kFp8 ? load16_bytes(ar[i].p, c, K) : load8_bf16(ar[i].p, p.a_dtype, c, K);
 #pragma unroll
     for (int i = 0; i < 4; ++i)
-      rb[i] = !br[i].p ? make_uint4(0, 0, 0, 0) : kFp8 ? load16_bytes(br[i].p, c, K) : load8_weight_bf16(br[i], p.b_dtype, c, K);
+      rb[i] = !br[i].p ? make_uint4(0, 0, 0, 0) : kFp8 ? load16_bytes(br[i].p, c, K) : load8_weight_bf16(br[i], br[i].dt, c, K);
   };
   auto put = [&](int buf) {
 #pragma unroll

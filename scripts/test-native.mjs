@@ -1,6 +1,7 @@
-// npm run test:native: builds and runs the C++ GEMM harness (test/native/gemm_harness.cc) in the
-// cmake build the install made (build/). It links the same kernel objects as the addon, needs no
-// Node at run time, and runs its CUDA half where a GPU is present.
+// npm run test:native: builds and runs the C++ harnesses in the cmake build the install made
+// (build/): test/native/gemm_harness.cc (+ the fragment simulator; the same kernel objects as the
+// addon, its CUDA half where a GPU is present) and test/native/emu_harness.cc (the CUDA kernels'
+// sources under the CPU emulator of test/emu, against the CPU kernels). No Node at run time.
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 
@@ -14,5 +15,6 @@ const run = (cmd, args) => {
   const r = spawnSync(cmd, args, { stdio: 'inherit' });
   if (r.status !== 0) process.exit(r.status ?? 1);
 };
-run('cmake', ['--build', dir, '--target', 'longcat_native_test']);
+run('cmake', ['--build', dir, '--target', 'longcat_native_test', 'longcat_emu_test']);
 run(`${dir}/Release/longcat_native_test`, []);
+run(`${dir}/Release/longcat_emu_test`, []);

@@ -1,0 +1,306 @@
+// A CUDA emulator for the kernels in cuda/: just enough of the language and runtime for the kernel
+// sources (after scripts/cuda-emu-sources.mjs rewrote their `<<<...>>>` launches and dynamic shared
+// arrays) to compile as host C++ and run, one fiber per CUDA thread, so that test/native's
+// emulation harness can hold them to the CPU oracle without a GPU. A launch runs synchronously:
+// the blocks one after another (so `__shared__` arrays can be function statics), the threads of a
+// block as cooperatively scheduled fibers; __syncthreads and the warp intrinsics are barriers;
+// exited threads drop out of them like on the hardware. ldmatrix / mma (cuda/mma.cuh) exchange
+// fragments across the warp per the PTX definitions (test/emu/mma_emu.h).
+//
+// What it cannot tell: anything about timing, memory ordering beyond the barriers, occupancy,
+// register or shared memory limits, or the PTX instructions themselves.
+#pragma once
+#include <atomic>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <ucontext.h>
+#include <vector>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __noinline__
+#define __launch_bounds__(...)
+#define __restrict__ __restrict
+#define __shared__ static
+#define __align__(n) alignas(n)
+#define __grid_constant__
+
+struct dim3 {
+  unsigned x = 1, y = 1, z = 1;
+  constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+struct alignas(16) float4 {
+  float x, y, z, w;
+};
+struct alignas(16) uint4 {
+  unsigned x, y, z, w;
+};
+struct alignas(8) uint2 {
+  unsigned x, y;
+};
+inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return uint4{x, y, z, w}; }
+inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
+
+// ---- runtime: what the launchers call ----------------------------------------------------------------
+using cudaStream_t = void*;
+enum cudaError_t { cudaSuccess = 0, cudaErrorMemoryAllocation = 2, cudaErrorInvalidValue = 1 };
+enum cudaMemcpyKind { cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost, cudaMemcpyDeviceToDevice };
+enum cudaDeviceAttr {
+  cudaDevAttrMaxSharedMemoryPerBlockOptin,
+  cudaDevAttrMultiProcessorCount,
+  cudaDevAttrComputeCapabilityMajor,
+  cudaDevAttrComputeCapabilityMinor
+};
+enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize };
+inline cudaError_t cudaGetDevice(int* d) { return *d = 0, cudaSuccess; }
+inline cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr a, int) {  // an H100 SXM
+  switch (a) {
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *v = 232448; break;
+    case cudaDevAttrMultiProcessorCount: *v = 132; break;
+    case cudaDevAttrComputeCapabilityMajor: *v = 9; break;
+    case cudaDevAttrComputeCapabilityMinor: *v = 0; break;
+  }
+  return cudaSuccess;
+}
+template <class F>
+cudaError_t cudaFuncSetAttribute(F, cudaFuncAttribute, int) { return cudaSuccess; }
+inline cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, cudaMemcpyKind, cudaStream_t) {
+  std::memmove(d, s, n);
+  return cudaSuccess;
+}
+inline cudaError_t cudaGetLastError() { return cudaSuccess; }
+inline const char* cudaGetErrorString(cudaError_t) { return "emulated"; }
+inline const char* cudaGetErrorName(cudaError_t) { return "cudaEmulated"; }
+
+// ---- threads, blocks, barriers -------------------------------------------------------------------------
+// A block's CUDA threads are fibers (ucontext) on the calling OS thread: a barrier parks the fiber
+// until every participant arrived, the scheduler then resumes the others in thread order. Cheap
+// (no OS threads, no futexes) and deterministic.
+namespace lc_emu {
+
+struct Fiber {
+  ucontext_t ctx;
+  std::vector<char> stack;
+  bool done = false, waiting = false;
+};
+
+inline ucontext_t g_sched;
+inline std::vector<Fiber>* g_fibers = nullptr;
+inline int g_cur = 0;
+inline dim3 t_idx, b_idx, b_dim, g_dim;
+inline int t_lane = 0, t_warp = 0;
+inline std::function<void()> g_body;
+
+inline void yield() { swapcontext(&(*g_fibers)[g_cur].ctx, &g_sched); }
+
+// A barrier whose participants can leave (a returned CUDA thread no longer holds a barrier back).
+class Barrier {
+ public:
+  void reset(int n) { expected_ = n, arrived_.clear(); }
+  void arrive_and_wait() {
+    if (static_cast<int>(arrived_.size()) + 1 >= expected_) {
+      release();
+      return;
+    }
+    arrived_.push_back(g_cur);
+    (*g_fibers)[g_cur].waiting = true;
+    yield();
+  }
+  void drop() {
+    --expected_;
+    if (!arrived_.empty() && static_cast<int>(arrived_.size()) >= expected_) release();
+  }
+
+ private:
+  void release() {
+    for (int f : arrived_) (*g_fibers)[f].waiting = false;
+    arrived_.clear();
+  }
+  int expected_ = 0;
+  std::vector<int> arrived_;
+};
+
+struct Warp {
+  Barrier bar;
+  uint64_t slot[32][12];  // per-lane payloads exchanged by the warp intrinsics
+};
+
+struct Block {
+  Barrier bar;
+  std::vector<Warp> warps;
+};
+
+inline Block* g_block = nullptr;
+
+alignas(1024) inline uint8_t g_dyn_smem[256 * 1024];
+inline void* dynamic_smem() { return g_dyn_smem; }
+
+inline Warp& warp() { return g_block->warps[t_warp]; }
+
+// The calling thread's lane publishes `n` words, the warp meets, `read` runs, the warp meets again.
+template <class Read>
+void exchange(const uint64_t* mine, int n, Read read) {
+  Warp& w = warp();
+  for (int i = 0; i < n; ++i) w.slot[t_lane][i] = mine[i];
+  w.bar.arrive_and_wait();
+  read(w.slot);
+  w.bar.arrive_and_wait();
+}
+
+template <class T>
+uint64_t bits(T v) {
+  uint64_t b = 0;
+  std::memcpy(&b, &v, sizeof(T));
+  return b;
+}
+template <class T>
+T from_bits(uint64_t b) {
+  T v;
+  std::memcpy(&v, &b, sizeof(T));
+  return v;
+}
+
+inline void fiber_entry() {
+  g_body();
+  g_block->bar.drop();
+  warp().bar.drop();
+  (*g_fibers)[g_cur].done = true;
+}
+
+inline void select(int f) {
+  const int x = static_cast<int>(b_dim.x), y = static_cast<int>(b_dim.y);
+  g_cur = f;
+  t_idx = dim3(f % x, (f / x) % y, f / (x * y));
+  t_lane = f % 32, t_warp = f / 32;
+}
+
+// kernel<<<grid, block, smem, stream>>>(args...) -> launcher(kernel, grid, block, smem, stream)(args...)
+template <class K>
+struct Launcher {
+  K kernel;
+  dim3 grid, block;
+  template <class... A>
+  void operator()(A... args) const {
+    const int nt = static_cast<int>(block.x * block.y * block.z);
+    const int64_t nb = static_cast<int64_t>(grid.x) * grid.y * grid.z;
+    if (nt <= 0 || nb <= 0) return;
+    Block blk;
+    blk.warps = std::vector<Warp>((nt + 31) / 32);
+    std::vector<Fiber> fibers(nt);
+    for (auto& f : fibers) f.stack.resize(64 * 1024);
+    g_block = &blk, g_fibers = &fibers, b_dim = block, g_dim = grid;
+    g_body = [&] { kernel(args...); };
+    for (int64_t b = 0; b < nb; ++b) {
+      b_idx = dim3(static_cast<unsigned>(b % grid.x), static_cast<unsigned>((b / grid.x) % grid.y),
+                   static_cast<unsigned>(b / (static_cast<int64_t>(grid.x) * grid.y)));
+      blk.bar.reset(nt);
+      for (int w = 0; w < static_cast<int>(blk.warps.size()); ++w) blk.warps[w].bar.reset(std::min(32, nt - 32 * w));
+      std::memset(g_dyn_smem, 0xff, sizeof g_dyn_smem);  // uninitialized shared memory reads as NaN
+      for (auto& f : fibers) {
+        f.done = f.waiting = false;
+        getcontext(&f.ctx);
+        f.ctx.uc_stack.ss_sp = f.stack.data();
+        f.ctx.uc_stack.ss_size = f.stack.size();
+        f.ctx.uc_link = &g_sched;
+        makecontext(&f.ctx, fiber_entry, 0);
+      }
+      for (int left = nt; left > 0;) {
+        bool ran = false;
+        for (int i = 0; i < nt; ++i) {
+          if (fibers[i].done || fibers[i].waiting) continue;
+          select(i);
+          swapcontext(&g_sched, &fibers[i].ctx);
+          ran = true;
+          if (fibers[i].done) --left;
+        }
+        if (!ran && left > 0) {
+          std::fprintf(stderr, "cuda emulator: deadlock in block %lld (%d threads wait on a barrier)\n", static_cast<long long>(b), left);
+          std::abort();
+        }
+      }
+    }
+    g_block = nullptr, g_fibers = nullptr;
+  }
+};
+
+template <class K>
+Launcher<K> launcher(K kernel, dim3 grid, dim3 block, size_t = 0, cudaStream_t = nullptr) {
+  return Launcher<K>{kernel, grid, block};
+}
+
+}  // namespace lc_emu
+
+#define threadIdx (lc_emu::t_idx)
+#define blockIdx (lc_emu::b_idx)
+#define blockDim (lc_emu::b_dim)
+#define gridDim (lc_emu::g_dim)
+
+inline void __syncthreads() { lc_emu::g_block->bar.arrive_and_wait(); }
+inline void __syncwarp(unsigned = 0xffffffffu) { lc_emu::warp().bar.arrive_and_wait(); }
+
+template <class T>
+T __shfl_xor_sync(unsigned, T v, int mask) {
+  const uint64_t b = lc_emu::bits(v);
+  T r{};
+  lc_emu::exchange(&b, 1, [&](const uint64_t (*s)[12]) { r = lc_emu::from_bits<T>(s[lc_emu::t_lane ^ mask][0]); });
+  return r;
+}
+template <class T>
+T __shfl_up_sync(unsigned, T v, unsigned delta) {
+  const uint64_t b = lc_emu::bits(v);
+  T r = v;
+  lc_emu::exchange(&b, 1, [&](const uint64_t (*s)[12]) {
+    if (lc_emu::t_lane >= static_cast<int>(delta)) r = lc_emu::from_bits<T>(s[lc_emu::t_lane - delta][0]);
+  });
+  return r;
+}
+inline unsigned __ballot_sync(unsigned, int pred) {
+  const uint64_t b = pred ? 1 : 0;
+  unsigned r = 0;
+  lc_emu::exchange(&b, 1, [&](const uint64_t (*s)[12]) {
+    for (int l = 0; l < 32; ++l)
+      if (s[l][0]) r |= 1u << l;
+  });
+  return r;
+}
+inline int __popc(unsigned v) { return __builtin_popcount(v); }
+
+template <class T>
+T atomicAdd(T* p, T v) {
+  return std::atomic_ref<T>(*p).fetch_add(v);
+}
+inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) {
+  return std::atomic_ref<unsigned long long>(*p).fetch_add(v);
+}
+inline int atomicMin(int* p, int v) {
+  std::atomic_ref<int> a(*p);
+  int cur = a.load();
+  while (v < cur && !a.compare_exchange_weak(cur, v)) {
+  }
+  return cur;
+}
+
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __uint_as_float(unsigned u) { return lc_emu::from_bits<float>(u); }
+inline unsigned __float_as_uint(float f) { return static_cast<unsigned>(lc_emu::bits(f)); }
+inline unsigned long long __double2ull_rn(double d) { return static_cast<unsigned long long>(std::nearbyint(d)); }
+inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+using std::isinf;
+using std::isnan;
+// CUDA's min / max overloads of device code
+template <class T>
+T min(T a, T b) {
+  return b < a ? b : a;
+}
+template <class T>
+T max(T a, T b) {
+  return a < b ? b : a;
+}
