@@ -387,15 +387,22 @@ export function withPrecision(c, made, device) {
   return made;
 }
 
-/** Runs case `c` on the CPU and on the GPU (same seed, so the same inputs); returns its error and tolerance. */
-export function checkCase(c, stream) {
+/**
+ * Runs case `c` on the CPU and on the GPU (same seed, so the same inputs); returns its error and
+ * tolerance. With `limits` ({ flops, bytes }: the emulated device of test/emu is slow) a larger
+ * case is not run on the GPU and comes back as { skipped: true }.
+ */
+export function checkCase(c, stream, limits = null) {
   const s0 = seed;
   const outsOf = (o) => (o.outs ?? [o.out]).map((t) => toArray(t));
+  const tooBig = (m) => limits && ((m.flops ?? 0) > limits.flops || (m.bytes ?? 0) > limits.bytes);
   const cpu = c.gpuOnly ? null : withPrecision(c, c.make('cpu'), 'cpu');
+  if (cpu && tooBig(cpu)) return { skipped: true };
   if (cpu) cpu.run(null);
   const want = cpu ? outsOf(cpu) : null;
   seed = s0; // identical inputs on the GPU
   const g = withPrecision(c, c.make(dev), dev);
+  if (tooBig(g)) return { skipped: true };
   g.run(stream);
   stream.synchronize();
   const err = c.gpuOnly ? g.check(stream) : Math.max(...outsOf(g).map((got, i) => maxRelErr(got, want[i])));

@@ -17,6 +17,8 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <memory>
+#include <csetjmp>
 #include <ucontext.h>
 #include <vector>
 
@@ -70,8 +72,14 @@ inline cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr a, int) {  // a
 }
 template <class F>
 cudaError_t cudaFuncSetAttribute(F, cudaFuncAttribute, int) { return cudaSuccess; }
+namespace lc_emu {
+// While a stream capture is being recorded (test/emu/runtime_emu.cc), launches and device copies
+// are handed to it instead of running.
+inline std::function<void(std::function<void()>)> g_record;
+}  // namespace lc_emu
 inline cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, cudaMemcpyKind, cudaStream_t) {
-  std::memmove(d, s, n);
+  if (lc_emu::g_record) lc_emu::g_record([=] { std::memmove(d, s, n); });
+  else std::memmove(d, s, n);
   return cudaSuccess;
 }
 inline cudaError_t cudaGetLastError() { return cudaSuccess; }
@@ -85,19 +93,33 @@ inline const char* cudaGetErrorName(cudaError_t) { return "cudaEmulated"; }
 namespace lc_emu {
 
 struct Fiber {
-  ucontext_t ctx;
-  std::vector<char> stack;
-  bool done = false, waiting = false;
+  ucontext_t uc;       // the first entry only (it sets up the stack)
+  jmp_buf env;         // every later switch: _setjmp / _longjmp, no signal-mask syscalls
+  char* stack = nullptr;
+  bool started = false, waiting = false, parked = false;  // parked: done with the current block
 };
 
-inline ucontext_t g_sched;
+constexpr size_t kStack = 64 * 1024;
+// Fiber stacks, allocated once (uninitialized) and reused by every launch.
+inline char* fiber_stack(int i) {
+  static std::vector<std::unique_ptr<char[]>> stacks;
+  while (static_cast<int>(stacks.size()) <= i) stacks.emplace_back(new char[kStack]);
+  return stacks[i].get();
+}
+
+inline jmp_buf g_sched_env;
+inline ucontext_t g_sched_uc;
 inline std::vector<Fiber>* g_fibers = nullptr;
 inline int g_cur = 0;
+inline int64_t g_blocks = 0;
 inline dim3 t_idx, b_idx, b_dim, g_dim;
 inline int t_lane = 0, t_warp = 0;
 inline std::function<void()> g_body;
 
-inline void yield() { swapcontext(&(*g_fibers)[g_cur].ctx, &g_sched); }
+// Back to the scheduler; returns when the scheduler resumes this fiber.
+inline void yield() {
+  if (!_setjmp((*g_fibers)[g_cur].env)) _longjmp(g_sched_env, 1);
+}
 
 // A barrier whose participants can leave (a returned CUDA thread no longer holds a barrier back).
 class Barrier {
@@ -166,11 +188,16 @@ T from_bits(uint64_t b) {
   return v;
 }
 
+// A fiber runs its CUDA thread in every block of the launch, parking between blocks.
 inline void fiber_entry() {
-  g_body();
-  g_block->bar.drop();
-  warp().bar.drop();
-  (*g_fibers)[g_cur].done = true;
+  for (int64_t b = 0; b < g_blocks; ++b) {
+    g_body();
+    g_block->bar.drop();
+    warp().bar.drop();
+    (*g_fibers)[g_cur].parked = true;
+    yield();
+  }
+  _longjmp(g_sched_env, 1);
 }
 
 inline void select(int f) {
@@ -180,58 +207,79 @@ inline void select(int f) {
   t_lane = f % 32, t_warp = f / 32;
 }
 
+inline void resume(int f) {
+  select(f);
+  Fiber& fb = (*g_fibers)[f];
+  if (_setjmp(g_sched_env)) return;
+  if (fb.started) _longjmp(fb.env, 1);
+  fb.started = true;
+  getcontext(&fb.uc);
+  fb.uc.uc_stack.ss_sp = fb.stack;
+  fb.uc.uc_stack.ss_size = kStack;
+  fb.uc.uc_link = nullptr;
+  makecontext(&fb.uc, fiber_entry, 0);
+  swapcontext(&g_sched_uc, &fb.uc);
+}
+
 // kernel<<<grid, block, smem, stream>>>(args...) -> launcher(kernel, grid, block, smem, stream)(args...)
 template <class K>
 struct Launcher {
   K kernel;
   dim3 grid, block;
+  size_t smem = 0;  // dynamic shared memory bytes
   template <class... A>
   void operator()(A... args) const {
+    if (g_record) {
+      const Launcher self = *this;
+      g_record([self, args...] { self.run(args...); });
+    } else {
+      run(args...);
+    }
+  }
+  template <class... A>
+  void run(A... args) const {
     const int nt = static_cast<int>(block.x * block.y * block.z);
     const int64_t nb = static_cast<int64_t>(grid.x) * grid.y * grid.z;
     if (nt <= 0 || nb <= 0) return;
     Block blk;
     blk.warps = std::vector<Warp>((nt + 31) / 32);
     std::vector<Fiber> fibers(nt);
-    for (auto& f : fibers) f.stack.resize(64 * 1024);
-    g_block = &blk, g_fibers = &fibers, b_dim = block, g_dim = grid;
+    for (int i = 0; i < nt; ++i) fibers[i].stack = fiber_stack(i);
+    g_block = &blk, g_fibers = &fibers, b_dim = block, g_dim = grid, g_blocks = nb;
     g_body = [&] { kernel(args...); };
     for (int64_t b = 0; b < nb; ++b) {
       b_idx = dim3(static_cast<unsigned>(b % grid.x), static_cast<unsigned>((b / grid.x) % grid.y),
                    static_cast<unsigned>(b / (static_cast<int64_t>(grid.x) * grid.y)));
       blk.bar.reset(nt);
       for (int w = 0; w < static_cast<int>(blk.warps.size()); ++w) blk.warps[w].bar.reset(std::min(32, nt - 32 * w));
-      std::memset(g_dyn_smem, 0xff, sizeof g_dyn_smem);  // uninitialized shared memory reads as NaN
-      for (auto& f : fibers) {
-        f.done = f.waiting = false;
-        getcontext(&f.ctx);
-        f.ctx.uc_stack.ss_sp = f.stack.data();
-        f.ctx.uc_stack.ss_size = f.stack.size();
-        f.ctx.uc_link = &g_sched;
-        makecontext(&f.ctx, fiber_entry, 0);
-      }
+      std::memset(g_dyn_smem, 0xff, std::min(smem, sizeof g_dyn_smem));  // uninitialized shared memory reads as NaN
+      for (auto& f : fibers) f.parked = f.waiting = false;
       for (int left = nt; left > 0;) {
         bool ran = false;
         for (int i = 0; i < nt; ++i) {
-          if (fibers[i].done || fibers[i].waiting) continue;
-          select(i);
-          swapcontext(&g_sched, &fibers[i].ctx);
+          if (fibers[i].parked || fibers[i].waiting) continue;
+          resume(i);
           ran = true;
-          if (fibers[i].done) --left;
+          if (fibers[i].parked) --left;
         }
-        if (!ran && left > 0) {
+        if (!ran) {
           std::fprintf(stderr, "cuda emulator: deadlock in block %lld (%d threads wait on a barrier)\n", static_cast<long long>(b), left);
           std::abort();
         }
       }
     }
+    for (int i = 0; i < nt; ++i) resume(i);  // each fiber leaves its loop and returns to the scheduler
     g_block = nullptr, g_fibers = nullptr;
   }
 };
 
 template <class K>
-Launcher<K> launcher(K kernel, dim3 grid, dim3 block, size_t = 0, cudaStream_t = nullptr) {
-  return Launcher<K>{kernel, grid, block};
+Launcher<K> launcher(K kernel, dim3 grid, dim3 block, size_t smem = 0, cudaStream_t = nullptr) {
+  if (smem > sizeof g_dyn_smem) {
+    std::fprintf(stderr, "cuda emulator: %zu bytes of dynamic shared memory requested\n", smem);
+    std::abort();
+  }
+  return Launcher<K>{kernel, grid, block, smem};
 }
 
 }  // namespace lc_emu
