@@ -16,12 +16,6 @@
 #include "../../native/cuda_api.h"
 #include "cuda_emu.h"
 
-namespace lc::gpu {  // the TMA + wgmma GEMM has no emulation: the opt-in path reports "not used"
-bool wgmma_enabled() { return false; }
-void set_wgmma_enabled(bool) {}
-bool linear_wgmma(int64_t, const void*, DType, const cpu::WeightRef&, void*, DType, void*) { return false; }
-}  // namespace lc::gpu
-
 namespace lc::cuda {
 
 namespace {

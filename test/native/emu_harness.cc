@@ -4,6 +4,7 @@
 // real control flow, indexing, shared-memory staging, barriers and warp collectives without a GPU;
 // timing, the memory model and the PTX instructions themselves still need a card. Outputs are
 // poisoned with NaN first. Built by `npm run test:native` (target longcat_emu_test).
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -30,13 +31,6 @@
 #include "cpu/quant.h"
 #include "cpu/rope.h"
 #include "cpu/sampling.h"
-
-// wgmma_gemm.cu (TMA + wgmma) has no emulation: the opt-in path reports "not used".
-namespace lc::gpu {
-bool wgmma_enabled() { return false; }
-void set_wgmma_enabled(bool) {}
-bool linear_wgmma(int64_t, const void*, DType, const cpu::WeightRef&, void*, DType, void*) { return false; }
-}  // namespace lc::gpu
 
 namespace {
 
@@ -140,7 +134,21 @@ void linear_cases() {
           expect_close(got, want, tol_of(p),
                        "linear t=" + std::to_string(t) + " n=" + std::to_string(n) + " k=" + std::to_string(k) + " w=" + dtype_name(dt) + " " + name_of(p));
         }
+  // the TMA + wgmma kernel (opt-in on a card): bf16 x and weight, K % 8 == 0, tails in M and N
   cpu::set_matmul_precision(MatmulPrecision::BF16);
+  gpu::set_wgmma_enabled(true);
+  for (const auto& [t, n, k] : std::vector<std::array<int64_t, 3>>{{17, 77, 136}, {130, 129, 200}, {40, 260, 64}}) {
+    const W w = weight(DType::BF16, n, k);
+    std::vector<uint16_t> xb(t * k);
+    std::vector<float> xf(t * k);
+    for (int64_t i = 0; i < t * k; ++i) xf[i] = cpu::bf16_to_f32(xb[i] = cpu::f32_to_bf16(uni()));
+    std::vector<float> want(t * n), got = poison<float>(t * n);
+    cpu::linear(t, xf.data(), DType::F32, w.ref(n, k), want.data(), DType::F32);
+    const bool used = gpu::linear_wgmma(t, xb.data(), DType::BF16, w.ref(n, k), got.data(), DType::F32, nullptr);
+    expect_close(got, want, used ? tol_of(MatmulPrecision::BF16) : -1,
+                 "linear_wgmma t=" + std::to_string(t) + " n=" + std::to_string(n) + " k=" + std::to_string(k) + (used ? "" : " (not taken)"));
+  }
+  gpu::set_wgmma_enabled(false);
 }
 
 void small_cases() {
