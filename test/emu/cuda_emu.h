@@ -89,7 +89,7 @@ inline const char* cudaGetErrorName(cudaError_t) { return "cudaEmulated"; }
 // ---- threads, blocks, barriers -------------------------------------------------------------------------
 // A block's CUDA threads are fibers (ucontext) on the calling OS thread: a barrier parks the fiber
 // until every participant arrived, the scheduler then resumes the others in thread order. Cheap
-// (no OS threads, no futexes) and deterministic.
+// (no OS threads, no futexes) and deterministic; the order alternates (see run) to expose races.
 namespace lc_emu {
 
 struct Fiber {
@@ -254,9 +254,13 @@ struct Launcher {
       for (int w = 0; w < static_cast<int>(blk.warps.size()); ++w) blk.warps[w].bar.reset(std::min(32, nt - 32 * w));
       std::memset(g_dyn_smem, 0xff, std::min(smem, sizeof g_dyn_smem));  // uninitialized shared memory reads as NaN
       for (auto& f : fibers) f.parked = f.waiting = false;
-      for (int left = nt; left > 0;) {
+      // Alternate the order threads run in (forward, then backward) from round to round and block to
+      // block, so that a missing barrier shows up as a wrong result whichever side of a race is first.
+      for (int left = nt, round = 0; left > 0; ++round) {
         bool ran = false;
-        for (int i = 0; i < nt; ++i) {
+        const bool backward = ((b + round) & 1) != 0;
+        for (int j = 0; j < nt; ++j) {
+          const int i = backward ? nt - 1 - j : j;
           if (fibers[i].parked || fibers[i].waiting) continue;
           resume(i);
           ran = true;
