@@ -11,7 +11,8 @@
 //     main stream (a second engine over the same weights, overlapMoe: false);
 //   * prefill tokens/s of 512 tokens.
 //   node bench/gpu-model.mjs [--layers N] [--steps 64] [--out bench/out/gpu-model.json]
-//   --smoke: a reduced-width model on the CPU, so that the script is exercised without a GPU.
+//   --smoke [--device D]: a reduced-width model on the CPU (or D, e.g. the emulated cuda:0 of
+//   test/emu), so that the script is exercised without a GPU.
 import { writeFileSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { native } from '../dist/native.js';
@@ -33,8 +34,8 @@ if (!smoke && !native.cudaStatus().available) {
   console.error(`bench/gpu-model: CUDA unavailable: ${native.cudaStatus().reason}`);
   process.exit(2);
 }
-const dev = smoke ? 'cpu' : 'cuda:0';
-const card = smoke ? { name: 'cpu (smoke)', freeBytes: 0 } : native.devices().find((d) => d.id === dev);
+const dev = smoke ? (args.includes('--device') ? args[args.indexOf('--device') + 1] : 'cpu') : 'cuda:0';
+const card = smoke ? { name: `${dev} (smoke)`, freeBytes: 0 } : native.devices().find((d) => d.id === dev);
 const stream = new Stream(dev);
 
 // LongCat-Flash-Chat (SPEC 1.1); --smoke shrinks every width
@@ -63,7 +64,7 @@ console.log(`bench/gpu-model on ${card.name}: ${smoke ? 'reduced' : 'LongCat-Fla
   `${((outside + layers * perLayer) / 2 ** 30).toFixed(1)} GiB of weights (fp8 linears) made on the device`);
 
 // ---- weights on the device ---------------------------------------------------------------------
-const CHUNK = smoke ? 1 << 16 : 1 << 24;
+const CHUNK = smoke ? 1 << 12 : 1 << 24;
 const chunks = new Map();
 function randomDevice(shape, dtype, scale) {
   const key = `${dtype}:${scale}`;
@@ -114,9 +115,9 @@ console.log(`weights ready in ${((now() - t0) / 1e3).toFixed(1)} s`);
 
 // ---- copy bandwidth (the roofline) --------------------------------------------------------------
 function copyGBs() {
-  const n = smoke ? 1 << 22 : 1 << 30, a = randomDevice([n], 'bf16', 1), b = empty([n], { dtype: 'bf16', device: dev });
+  const n = smoke ? 1 << 16 : 1 << 30, a = randomDevice([n], 'bf16', 1), b = empty([n], { dtype: 'bf16', device: dev });
   const times = [];
-  for (let i = 0; i < 5; i++) {
+  for (let i = 0; i < (smoke ? 1 : 5); i++) {
     const e0 = new Event(dev), e1 = new Event(dev);
     e0.record(stream);
     native.convert(stream, b, a);
@@ -168,10 +169,11 @@ function decode(n) {
   return { issue, total, ffnPerToken: ffn / n };
 }
 
-decode(4); // captures the decode graph
+decode(smoke ? 1 : 4); // captures the decode graph
 const g = decode(STEPS);
 engine.useGraphs = false;
-const e = decode(Math.max(8, STEPS >> 2));
+const few = smoke ? STEPS : Math.max(8, STEPS >> 2);
+const e = decode(few);
 engine.useGraphs = true;
 const stepMs = median(g.total), eagerMs = median(e.total);
 const bytesPerStep = nonExpertBytes + g.ffnPerToken * expertBytes;
@@ -193,13 +195,13 @@ const decodeOn = (e, n) => {
   seq.release();
   return median(total);
 };
-decodeOn(serial, 4);
-const serialMs = decodeOn(serial, Math.max(8, STEPS >> 2));
-const overlapMs = decodeOn(engine, Math.max(8, STEPS >> 2));
+decodeOn(serial, smoke ? 1 : 4);
+const serialMs = decodeOn(serial, few);
+const overlapMs = decodeOn(engine, few);
 
 // ---- prefill --------------------------------------------------------------------------------------
 const pp = [];
-for (let r = 0; r < 3; r++) {
+for (let r = 0; r < (smoke ? 1 : 3); r++) {
   const seq = engine.newSequence();
   native.synchronize(dev);
   t0 = now();

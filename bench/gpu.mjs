@@ -6,7 +6,8 @@
 // reference, not a measurement of this run.
 //
 //   node bench/gpu.mjs [--quick] [--only gemm,moe,mla,wgmma] [--out bench/out/gpu.json]
-//   --smoke: tiny shapes on the CPU, so that the script is exercised without a GPU.
+//   --smoke [--device D]: tiny shapes on the CPU (or D, e.g. the emulated cuda:0 of test/emu), so
+//   that the script is exercised without a GPU.
 //
 // Sections:
 //   gemm  linear at the LongCat-Flash shapes (expert gate+up N=4096 K=6144, down N=6144 K=2048,
@@ -40,8 +41,8 @@ if (!smoke && !status.available) {
   console.error(`bench/gpu: CUDA unavailable: ${status.reason || 'not compiled in'}`);
   process.exit(2);
 }
-const dev = smoke ? 'cpu' : 'cuda:0';
-const card = smoke ? { name: 'cpu (smoke)', computeCapability: '0.0', multiprocessors: 0 } : native.devices().find((d) => d.id === dev);
+const dev = smoke ? (args.includes('--device') ? args[args.indexOf('--device') + 1] : 'cpu') : 'cuda:0';
+const card = dev === 'cpu' ? { name: 'cpu (smoke)', computeCapability: '0.0', multiprocessors: 0 } : native.devices().find((d) => d.id === dev);
 const stream = new Stream(dev);
 console.log(`bench/gpu on ${card.name} (sm_${card.computeCapability.replace('.', '')}, ${card.multiprocessors} SMs)`);
 // LongCat-Flash sizes; --smoke divides widths by 24 and counts by 8
@@ -49,10 +50,10 @@ const Z = smoke ? { w: 24, n: 8 } : { w: 1, n: 1 };
 const wd = (x) => Math.max(1, Math.round(x / Z.w));
 const results = { card: card.name, computeCapability: card.computeCapability };
 
-/** Median milliseconds of `fn` on the stream, timed with CUDA events. */
+/** Median milliseconds of `fn` on the stream, timed with CUDA events (--smoke: one untimed-quality run). */
 function timeMs(fn, iters = quick ? 5 : 12) {
-  fn();
-  fn();
+  if (smoke) iters = 1;
+  else fn(), fn();
   const times = [];
   for (let i = 0; i < iters; i++) {
     const a = new Event(dev), b = new Event(dev);
@@ -76,7 +77,7 @@ function withPrecision(p, fn) {
 
 // Random device tensors: one random chunk per dtype is uploaded once, then copied on the device
 // into every tensor (distinct addresses: no cache reuse across weights).
-const CHUNK = smoke ? 1 << 14 : 1 << 23;
+const CHUNK = smoke ? 1 << 12 : 1 << 23;
 const chunks = new Map();
 function randomDevice(shape, dtype, scale = 0.05) {
   const key = `${dtype}:${scale}`;
@@ -107,7 +108,7 @@ const table = (name, r) => {
 // ---- copy bandwidth ------------------------------------------------------------------------------
 let copyGBs = 0;
 {
-  const n = smoke ? 1 << 20 : 1 << 30; // bf16 elements: 2 GiB each way
+  const n = smoke ? 1 << 16 : 1 << 30; // bf16 elements: 2 GiB each way
   const a = randomDevice([n], 'bf16'), b = empty([n], { dtype: 'bf16', device: dev });
   const ms = timeMs(() => native.convert(stream, b, a), 5);
   copyGBs = (2 * 2 * n) / ms / 1e6;
@@ -227,11 +228,11 @@ if (want('mla')) {
 }
 
 // ---- the opt-in TMA + wgmma GEMM (never run on a card before: last, and checked against mma) ----
-if (want('wgmma') && !smoke) {
+if (want('wgmma') && dev !== 'cpu') {
   const out = [];
   for (const [name, n, k] of shapes) {
     const wb = randomDevice([n, k], 'bf16');
-    for (const t of quick ? [512] : [64, 512, 4096]) {
+    for (const t of (quick ? [512] : [64, 512, 4096]).map((v) => (smoke ? Math.ceil(v / 64) + 16 : v))) {
       const x = randomDevice([t, k], 'bf16', 1), y0 = empty([t, n], { device: dev }), y1 = empty([t, n], { device: dev });
       const flops = 2 * t * n * k;
       const msMma = withPrecision('bf16', () => timeMs(() => native.linear(stream, y0, x, wb, null)));

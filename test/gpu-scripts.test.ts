@@ -3,18 +3,25 @@
 // working between GPU sessions.
 import { spawnSync } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
+import { native } from '../lib/native.js';
+
+// On a build whose CUDA device is the CPU emulator of test/emu, the smoke runs use it: the scripts'
+// CUDA paths (events, setCudaGemm, device-made weights) then run before any GPU session does.
+const emulated = native.buildInfo().cudaArchs === 'emulated';
+const device = emulated ? ['--device', 'cuda:0'] : [];
 
 function smoke(script: string, args: string[] = []) {
-  const r = spawnSync(process.execPath, [script, '--smoke', ...args], { encoding: 'utf8', env: process.env, timeout: 120_000 });
+  const r = spawnSync(process.execPath, [script, '--smoke', ...device, ...args], { encoding: 'utf8', env: process.env, timeout: 240_000 });
   expect(r.stderr).toBe('');
   expect(r.status).toBe(0);
   return r.stdout;
 }
 
 describe('GPU benchmark scripts (smoke mode on the CPU)', () => {
-  it('bench/gpu.mjs runs its copy, GEMM, grouped-MoE and MLA sections', () => {
+  it(`bench/gpu.mjs runs its copy, GEMM, grouped-MoE and MLA sections${emulated ? ' (and wgmma) on the emulated cuda:0' : ''}`, () => {
     const out = smoke('bench/gpu.mjs');
-    for (const title of ['device copy:', '== linear', '== grouped MoE', '== MLA decode']) expect(out).toContain(title);
+    for (const title of ['device copy:', '== linear', '== grouped MoE', '== MLA decode', ...(emulated ? ['== bf16 GEMM: mma.sync tiles vs the TMA + wgmma'] : [])])
+      expect(out).toContain(title);
     expect(out).not.toMatch(/NaN|Infinity/);
   });
   it('bench/gpu-model.mjs builds a model from device-made weights and times decode and prefill', () => {
