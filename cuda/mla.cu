@@ -396,7 +396,7 @@ __global__ void __launch_bounds__(kDecThreads) decode_kernel(DecodeParams p) {
     __syncthreads();
     // acc[i, c] = acc[i, c] * corr[i] + sum_j p[i, j] * ckv[j, c]; each thread owns columns c.
     for (int64_t c = tid; c < dl; c += kDecThreads) {
-      float a[kMaxHG];
+      float a[kMaxHG] = {};  // (entries past nhg stay unused)
 #pragma unroll
       for (int i = 0; i < kMaxHG; ++i)
         if (i < nhg) a[i] = acc[i * dl + c] * cs[i];
