@@ -90,7 +90,8 @@ std::shared_ptr<Storage> Pool::alloc(size_t bytes) {
   void* p = nullptr;
   {
     std::lock_guard<std::mutex> lk(m_);
-    if (!fenced_.empty()) reclaim_locked();
+    // (not while a graph is captured: its event queries would touch streams in capture mode)
+    if (!fenced_.empty() && !parking_) reclaim_locked();
     // Reuse a cached block of the same rounded size, or one at most 25% larger.
     auto it = free_.lower_bound(r);
     if (it != free_.end() && it->first <= r + r / 4) {
