@@ -1,6 +1,7 @@
 // Helpers shared by the benchmark scripts: a monotonic clock, medians, the read-bandwidth probe
 // and deterministic random inputs (xorshift32, so every run times the same data).
 import { native } from '../dist/native.js';
+import { tensor, empty, numel } from '../dist/tensor.js';
 
 export const now = () => Number(process.hrtime.bigint()) / 1e6;
 
@@ -43,4 +44,32 @@ export function randomF32(n, seed, scale = 0.05) {
   const a = new Float32Array(n);
   for (let i = 0; i < n; i++) a[i] = ((next() / 4294967296) * 2 - 1) * scale;
   return a;
+}
+
+/**
+ * Random tensors made on `device` (the GPU benches): one random chunk of `chunk` elements per
+ * (dtype, scale) is uploaded once, then copied on the device into every tensor, so that tensors have
+ * distinct addresses (no cache reuse across weights) without uploading gigabytes.
+ * Returns make(shape, dtype, scale) and dispose() (the chunks).
+ */
+export function deviceRandom(device, stream, chunk) {
+  const chunks = new Map();
+  const make = (shape, dtype, scale = 0.05) => {
+    const key = `${dtype}:${scale}`;
+    if (!chunks.has(key)) {
+      const f = tensor(randomF32(chunk, chunks.size + 1, scale), [chunk], { device });
+      const c = empty([chunk], { dtype, device });
+      native.convert(stream, c, f);
+      f.dispose();
+      chunks.set(key, c);
+    }
+    const src = chunks.get(key), t = empty(shape, { dtype, device });
+    const n = numel(shape), flat = t.view([n]);
+    for (let o = 0; o < n; o += chunk) {
+      const len = Math.min(chunk, n - o);
+      native.convert(stream, flat.narrow(o, len), len === chunk ? src : src.narrow(0, len));
+    }
+    return t;
+  };
+  return { make, dispose: () => chunks.forEach((c) => c.dispose()) };
 }

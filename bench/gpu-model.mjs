@@ -22,7 +22,7 @@ import { parseConfig, requiredTensors, expertPrefix } from '../dist/config.js';
 import { modelDims } from '../dist/model/dims.js';
 import { loadWeights } from '../dist/model/weights.js';
 import { LongcatModel } from '../dist/model/model.js';
-import { median, now, randomF32, rng } from './common.mjs';
+import { deviceRandom, median, now, randomF32, rng } from './common.mjs';
 
 const args = process.argv.slice(2);
 const arg = (name, dflt) => (args.includes(name) ? Number(args[args.indexOf(name) + 1]) : dflt);
@@ -64,24 +64,8 @@ console.log(`bench/gpu-model on ${card.name}: ${smoke ? 'reduced' : 'LongCat-Fla
   `${((outside + layers * perLayer) / 2 ** 30).toFixed(1)} GiB of weights (fp8 linears) made on the device`);
 
 // ---- weights on the device ---------------------------------------------------------------------
-const CHUNK = smoke ? 1 << 12 : 1 << 24;
-const chunks = new Map();
-function randomDevice(shape, dtype, scale) {
-  const key = `${dtype}:${scale}`;
-  if (!chunks.has(key)) {
-    const f = tensor(randomF32(CHUNK, chunks.size + 1, scale), [CHUNK], { device: dev });
-    const c = empty([CHUNK], { dtype, device: dev });
-    native.convert(stream, c, f);
-    chunks.set(key, c);
-  }
-  const src = chunks.get(key), t = empty(shape, { dtype, device: dev });
-  const n = numel(shape), flat = t.view([n]);
-  for (let o = 0; o < n; o += CHUNK) {
-    const len = Math.min(CHUNK, n - o);
-    native.convert(stream, flat.narrow(o, len), len === CHUNK ? src : src.narrow(0, len));
-  }
-  return t;
-}
+const random = deviceRandom(dev, stream, smoke ? 1 << 12 : 1 << 24);
+const randomDevice = random.make;
 const made = new Map();
 function make(name) {
   const s = specs.get(name);
@@ -237,4 +221,5 @@ if (outFile) {
 }
 serial.dispose();
 engine.dispose(); // and the tensors loadWeights made
-for (const t of [...made.values(), ...chunks.values()]) t.dispose();
+for (const t of made.values()) t.dispose();
+random.dispose();

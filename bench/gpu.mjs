@@ -26,8 +26,8 @@ import { writeFileSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { native } from '../dist/native.js';
 import { Event, Stream } from '../dist/device.js';
-import { tensor, empty, numel, toArray } from '../dist/tensor.js';
-import { median, randomF32 } from './common.mjs';
+import { tensor, empty, toArray } from '../dist/tensor.js';
+import { deviceRandom, median, randomF32 } from './common.mjs';
 
 const args = process.argv.slice(2);
 const quick = args.includes('--quick');
@@ -77,25 +77,8 @@ function withPrecision(p, fn) {
 
 // Random device tensors: one random chunk per dtype is uploaded once, then copied on the device
 // into every tensor (distinct addresses: no cache reuse across weights).
-const CHUNK = smoke ? 1 << 12 : 1 << 23;
-const chunks = new Map();
-function randomDevice(shape, dtype, scale = 0.05) {
-  const key = `${dtype}:${scale}`;
-  if (!chunks.has(key)) {
-    const f = tensor(randomF32(CHUNK, chunks.size + 1, scale), [CHUNK], { device: dev });
-    const c = empty([CHUNK], { dtype, device: dev });
-    native.convert(stream, c, f);
-    chunks.set(key, c);
-  }
-  const src = chunks.get(key);
-  const t = empty(shape, { dtype, device: dev });
-  const n = numel(shape), flat = t.view([n]);
-  for (let o = 0; o < n; o += CHUNK) {
-    const len = Math.min(CHUNK, n - o);
-    native.convert(stream, flat.narrow(o, len), len === CHUNK ? src : src.narrow(0, len));
-  }
-  return t;
-}
+const random = deviceRandom(dev, stream, smoke ? 1 << 12 : 1 << 23);
+const randomDevice = random.make;
 const fp8Scales = (n, k) => tensor(randomF32(Math.ceil(n / 128) * Math.ceil(k / 128), 7, 1).map((v) => 0.01 + Math.abs(v) * 0.02),
   [Math.ceil(n / 128), Math.ceil(k / 128)], { device: dev });
 
@@ -257,6 +240,7 @@ if (want('wgmma') && dev !== 'cpu') {
   results.wgmma = out;
 }
 
+random.dispose();
 if (outFile) {
   mkdirSync(path.dirname(outFile), { recursive: true });
   writeFileSync(outFile, JSON.stringify(results, null, 2));

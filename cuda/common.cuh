@@ -42,4 +42,12 @@ __device__ __forceinline__ float fp8e4m3_to_f32(uint8_t b) {
 
 inline int ceil_div(int64_t a, int64_t b) { return static_cast<int>((a + b - 1) / b); }
 
+// An attribute of the current device (SM count, shared memory opt-in, compute capability, ...).
+inline int device_attr(cudaDeviceAttr a) {
+  int dev = 0, v = 0;
+  check(cudaGetDevice(&dev), "cudaGetDevice");
+  check(cudaDeviceGetAttribute(&v, a, dev), "cudaDeviceGetAttribute");
+  return v;
+}
+
 }  // namespace lc::gpu

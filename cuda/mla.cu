@@ -28,6 +28,7 @@
 #include "common.cuh"
 #include "mla.h"
 #include "mla_tc.h"
+#include "warp.cuh"
 #include "../native/cpu/linear.h"
 
 namespace lc::gpu {
@@ -41,36 +42,6 @@ __host__ __device__ __forceinline__ int64_t imax(int64_t a, int64_t b) { return 
 __device__ __forceinline__ float ldv(const float* p, int64_t i) { return p[i]; }
 __device__ __forceinline__ float ldv(const uint16_t* p, int64_t i) { return bf16_bits_to_f32(p[i]); }
 
-// Max that propagates a NaN from either side (the CPU: a NaN score poisons its row).
-__device__ __forceinline__ float max_nan(float a, float b) { return (a > b || a != a) ? a : b; }
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-__device__ __forceinline__ float warp_max_nan(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = max_nan(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-
-// One online-softmax step for one row, done by a whole warp: lane j holds score s (-inf when
-// masked / beyond the tile). Mirrors cpu softmax_scalar: returns p = exp(s - m_new) in `s`,
-// updates m and l (lane-uniform) and gives the accumulator rescale factor.
-__device__ __forceinline__ float online_softmax_warp(float& s, float& m, float& l) {
-  const float mx = max_nan(m, warp_max_nan(s));
-  if (mx == -INFINITY) {  // every key masked so far: nothing to add
-    s = 0.0f;
-    return 1.0f;
-  }
-  const float corr = m == -INFINITY ? 0.0f : expf(m - mx);
-  s = expf(s - mx);  // exp(-inf) = 0 for masked lanes
-  l = l * corr + warp_sum(s);
-  m = mx;
-  return corr;
-}
-
 void set_smem(const void* fn, size_t bytes) {
   if (bytes > 48 * 1024)
     check(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)),
@@ -82,10 +53,7 @@ struct DevAttrs {
   size_t smem_optin = 48 * 1024;
 };
 DevAttrs dev_attrs() {
-  int dev = 0, sms = 0, smem = 0;
-  check(cudaGetDevice(&dev), "cudaGetDevice");
-  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute(SM count)");
-  check(cudaDeviceGetAttribute(&smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev), "cudaDeviceGetAttribute(smem)");
+  const int sms = device_attr(cudaDevAttrMultiProcessorCount), smem = device_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin);
   DevAttrs a;
   a.sms = sms > 0 ? sms : 1;
   a.smem_optin = smem > 0 ? static_cast<size_t>(smem) : a.smem_optin;

@@ -18,6 +18,7 @@
 #include "fragments.h"
 #include "mla_tc.h"
 #include "mma.cuh"
+#include "warp.cuh"
 
 namespace lc::gpu {
 namespace {
@@ -47,8 +48,6 @@ struct Params {
   float* part_acc;  // [B, splits, nh, 512]
   float* part_ml;   // [B, splits, nh, 2]
 };
-
-__device__ __forceinline__ float max_nan(float a, float b) { return (a > b || a != a) ? a : b; }
 
 __global__ void __launch_bounds__(kThreads, 1) decode_tc_kernel(const Params p) {
   extern __shared__ __align__(16) uint8_t smem[];
@@ -150,32 +149,15 @@ __global__ void __launch_bounds__(kThreads, 1) decode_tc_kernel(const Params p) 
     }
     __syncthreads();
 
-    // Online softmax (mirrors online_softmax_warp in mla.cu): warp w takes heads 8w .. 8w + 7.
+    // Online softmax: warp w takes heads 8w .. 8w + 7, lane = token.
 #pragma unroll
     for (int hh = 0; hh < kHeads / kWarps; ++hh) {
       const int head = warp * (kHeads / kWarps) + hh;
-      float s = ss[head * kSPitch + lane];
-      float mx = s;
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1) mx = max_nan(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-      const float m_old = ms[head];
-      mx = max_nan(m_old, mx);
-      float corr = 1.f;
-      if (mx == -INFINITY) {
-        s = 0.f;
-      } else {
-        corr = m_old == -INFINITY ? 0.f : expf(m_old - mx);
-        s = expf(s - mx);
-      }
-      float sum = s;
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+      float s = ss[head * kSPitch + lane], m = ms[head], l = ls[head];
+      const float corr = online_softmax_warp(s, m, l);
       *reinterpret_cast<uint16_t*>(ps + head * kPPitch + 2 * lane) = f32_to_bf16_bits(s);
-      __syncwarp();
-      if (lane == 0) {
-        if (mx != -INFINITY) ls[head] = ls[head] * corr + sum, ms[head] = mx;
-        cs[head] = corr;
-      }
+      __syncwarp();  // every lane read ms / ls before lane 0 rewrites them
+      if (lane == 0) ms[head] = m, ls[head] = l, cs[head] = corr;
     }
     __syncthreads();
 
@@ -234,18 +216,11 @@ __global__ void __launch_bounds__(kThreads, 1) decode_tc_kernel(const Params p) 
   }
 }
 
-int smem_optin() {
-  int dev = 0, v = 0;
-  check(cudaGetDevice(&dev), "cudaGetDevice");
-  check(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev), "cudaDeviceGetAttribute(smem)");
-  return v;
-}
-
 }  // namespace
 
 bool mla_decode_tc_supported(const cpu::MlaDims& d, bool cache_bf16, const void* cache) {
   return cache_bf16 && d.dl == kDL && d.dr == kDR && d.nh > 0 && (reinterpret_cast<uintptr_t>(cache) & 15) == 0 &&
-         static_cast<size_t>(smem_optin()) >= kSmem;
+         static_cast<size_t>(device_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin)) >= kSmem;
 }
 
 void mla_decode_tc(const cpu::MlaDims& d, int64_t batch, float* o_lat, float* part_acc, float* part_ml, const float* q_lat,

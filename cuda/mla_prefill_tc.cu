@@ -17,6 +17,7 @@
 #include "fragments.h"
 #include "mla_tc.h"
 #include "mma.cuh"
+#include "warp.cuh"
 
 namespace lc::gpu {
 namespace {
@@ -29,7 +30,6 @@ constexpr size_t kSmem = size_t{kQ} * kKPitch + size_t{kKeys} * kKPitch + size_t
 __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
   return static_cast<uint32_t>(f32_to_bf16_bits(lo)) | (static_cast<uint32_t>(f32_to_bf16_bits(hi)) << 16);
 }
-__device__ __forceinline__ float max_nan(float a, float b) { return (a > b || a != a) ? a : b; }
 
 __global__ void __launch_bounds__(kThreads) prefill_tc_kernel(int64_t nh, float* __restrict__ o, const float* __restrict__ q,
                                                               const float* __restrict__ kvb, const float* __restrict__ kpe,
@@ -186,10 +186,8 @@ __global__ void __launch_bounds__(kThreads) prefill_tc_kernel(int64_t nh, float*
 }  // namespace
 
 bool mla_prefill_tc_supported(const cpu::MlaDims& d) {
-  int dev = 0, v = 0;
-  check(cudaGetDevice(&dev), "cudaGetDevice");
-  check(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev), "cudaDeviceGetAttribute(smem)");
-  return d.dn == kDN && d.dr == kDR && d.dv == kDV && d.nh > 0 && static_cast<size_t>(v) >= kSmem;
+  return d.dn == kDN && d.dr == kDR && d.dv == kDV && d.nh > 0 &&
+         static_cast<size_t>(device_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin)) >= kSmem;
 }
 
 void mla_prefill_tc(const cpu::MlaDims& d, int64_t tiles_cap, float* o, const float* q, const float* kvb, const float* kpe,

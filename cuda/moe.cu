@@ -31,6 +31,7 @@
 #include "../native/cpu/linear.h"
 #include "quant.h"
 #include "tile_gemm.cuh"
+#include "warp.cuh"
 #include "weights.cuh"
 
 namespace lc::gpu {
@@ -73,12 +74,6 @@ Layout layout(int64_t t, int64_t k, int64_t h, int64_t inter, int64_t nr, bool f
 }
 
 __device__ __forceinline__ WView view(const MoeWeight& m, int64_t k) { return WView{m.data, m.scale, m.dtype, k, (k + 127) / 128}; }
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
 
 // ---- routing stages -----------------------------------------------------------------------------
 
