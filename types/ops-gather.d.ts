@@ -1,3 +1,4 @@
+// The row-gather op of the native addon (binding: native/ops/gather.cc).
 import type { Tensor, Stream } from './native.js';
 
 type S = Stream | null | undefined;
