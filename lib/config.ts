@@ -1,9 +1,13 @@
 // config.json of the LongCat-Flash family (SPEC 1): parsing with validation, derived constants,
 // the tensors a checkpoint must hold (SPEC 2.1, 2.2, 7.1) and parameter counts.
 import { ConfigError } from './errors.js';
+import { yarnGetMscale } from './rope.js';
 import type { SafetensorsDType } from './safetensors.js';
 
-/** YaRN RoPE scaling (Thinking-2601, Lite). SPEC 3.6. */
+/**
+ * YaRN RoPE scaling (Thinking-2601, Lite; SPEC 3.6) as parseConfig returns it, transformers' defaults
+ * filled in. ropeTables (rope.ts) reads it, or a raw config.json object of the same fields.
+ */
 export interface RopeScaling {
   type: 'yarn';
   factor: number;
@@ -12,6 +16,10 @@ export interface RopeScaling {
   beta_slow: number;
   mscale: number;
   mscale_all_dim: number;
+  /** transformers' overrides of the cos/sin factor and of rounding the correction range outward;
+   *  no LongCat config sets them, and parseConfig does not read them. */
+  attention_factor?: number;
+  truncate?: boolean;
 }
 
 /** Block-wise FP8 (SPEC 7.1). */
@@ -330,9 +338,8 @@ export function configToJson(c: LongcatConfig): Record<string, unknown> {
 
 export function deriveConstants(c: LongcatConfig): DerivedConstants {
   const qkHeadDim = c.qk_nope_head_dim + c.qk_rope_head_dim;
-  let yarnMscale = 1;
   const rs = c.rope_scaling;
-  if (rs && rs.factor > 1 && rs.mscale_all_dim) yarnMscale = 0.1 * rs.mscale_all_dim * Math.log(rs.factor) + 1;
+  const yarnMscale = rs ? yarnGetMscale(rs.factor, rs.mscale_all_dim) : 1;
   return {
     qkHeadDim,
     qProjDim: c.num_attention_heads * qkHeadDim,

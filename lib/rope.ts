@@ -3,20 +3,11 @@
 // `_compute_yarn_parameters`, float32 tensor arithmetic emulated with Math.fround) and the
 // LongCat / DeepSeek attention (`scaling = qk_head_dim^-0.5 * yarn_get_mscale(factor, mscale_all_dim)^2`).
 import { ConfigError } from './errors.js';
+import type { RopeScaling } from './config.js';
 
-/** The `rope_scaling` object of a Hugging Face config (only YaRN is supported). */
-export interface RopeScaling {
-  rope_type?: string;
-  type?: string;
-  factor?: number;
-  original_max_position_embeddings?: number;
-  beta_fast?: number;
-  beta_slow?: number;
-  mscale?: number;
-  mscale_all_dim?: number;
-  attention_factor?: number;
-  truncate?: boolean;
-}
+/** A `rope_scaling` object as a Hugging Face config.json writes it: RopeScaling's fields, any of them
+ *  absent (transformers' defaults apply), the kind under `rope_type` or `type` (only YaRN is supported). */
+export type RopeScalingInput = Partial<Omit<RopeScaling, 'type'>> & { rope_type?: string; type?: string };
 
 /** The config fields RoPE depends on (Hugging Face names). */
 export interface RopeConfig {
@@ -24,7 +15,7 @@ export interface RopeConfig {
   qk_rope_head_dim: number;
   qk_nope_head_dim: number;
   max_position_embeddings?: number;
-  rope_scaling?: RopeScaling | null;
+  rope_scaling?: RopeScalingInput | null;
 }
 
 export interface RopeTables {

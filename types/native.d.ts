@@ -144,5 +144,6 @@ import type { SmallOps } from './ops-small.js';
 import type { AttentionOps } from './ops-attention.js';
 import type { MoeOps } from './ops-moe.js';
 import type { MmapOps } from './ops-mmap.js';
+import type { GatherOps } from './ops-gather.js';
 
-export interface Native extends CoreApi, LinearOps, SmallOps, AttentionOps, MoeOps, MmapOps {}
+export interface Native extends CoreApi, LinearOps, SmallOps, AttentionOps, MoeOps, MmapOps, GatherOps {}

@@ -1,0 +1,134 @@
+// The LongCat-Flash architecture (SPEC 3, 4, 5.2) as native ops over the model's dims and weights:
+// embedding, the ScMoE decoder layer (two MLA sub-layers, two dense MLPs, the shortcut MoE on its
+// own stream), the final norm and the LM head. Where it runs -- streams, the batch's positions and
+// cache slots, the latent caches, how the routed experts are computed -- comes in through the Step
+// the runner (model.ts) builds. Prefill runs the expanded MLA over each sequence's cached latents;
+// decode runs the absorbed MLA against the paged latent cache.
+import { native } from '../native.js';
+import { Tensor, empty } from '../tensor.js';
+import type { Stream } from '../device.js';
+import { Arena, type Step } from './step.js';
+import type { Linear, LayerWeights, MlaWeights, MlpWeights, MoeWeights, ModelWeights } from './weights.js';
+
+/** The whole model: logits f32 [rows, vocab] (rows = batch.lastRow's, else every token's). */
+export function forward(c: Step, w: ModelWeights): Tensor {
+  const d = c.dims, s = c.main, b = c.batch, a = new Arena(c.device);
+  const h = a.f32([b.T, d.hidden]);
+  native.embedding(s, h, w.embed, b.ids);
+  for (let l = 0; l < d.layers; l++) decoderLayer(c, l, w.layers[l]!, h);
+  let hl = h;
+  if (b.lastRow) {
+    hl = a.f32([b.lastRow.shape[0]!, d.hidden]);
+    native.gatherRows(s, hl, h, b.lastRow);
+  }
+  const rows = hl.shape[0]!;
+  const hf = a.f32([rows, d.hidden]);
+  native.rmsnorm(s, hf, hl, w.norm, d.eps);
+  const logits = empty([rows, d.vocab], { device: c.device });
+  linear(s, logits, hf, w.lmHead);
+  a.dispose();
+  return logits;
+}
+
+/** SPEC 3.3, in place on the residual stream h [T, hidden]. */
+export function decoderLayer(c: Step, l: number, w: LayerWeights, h: Tensor) {
+  const d = c.dims, s = c.main, a = new Arena(c.device), T = c.batch.T;
+  const [uReady, moeReady] = c.moeEvents[l]!;
+  // sub-block A: attention 0
+  const n0 = a.f32([T, d.hidden]);
+  native.rmsnorm(s, n0, h, w.inputNorm[0], d.eps);
+  const attn0 = mla(c, a, w.attn[0], n0, c.caches[2 * l]!);
+  // sub-block B: u = rmsnorm(h + attn0) feeds both dense MLP 0 and the shortcut MoE (on its own stream)
+  const u = a.f32([T, d.hidden]);
+  native.rmsnorm(s, u, h, w.postAttnNorm[0], d.eps, attn0, h);
+  uReady.record(s);
+  c.moeStream.waitEvent(uReady);
+  const shortcut = moe(c, a, w.moe, u);
+  moeReady.record(c.moeStream);
+  const mlp0 = mlp(c, a, w.mlp[0], u);
+  // sub-block C: attention 1 on rmsnorm(h + mlp0)
+  const n1 = a.f32([T, d.hidden]);
+  native.rmsnorm(s, n1, h, w.inputNorm[1], d.eps, mlp0, h);
+  const attn1 = mla(c, a, w.attn[1], n1, c.caches[2 * l + 1]!);
+  // sub-block D: dense MLP 1, then the MoE joins: h = (h + mlp1) + moe
+  const v = a.f32([T, d.hidden]);
+  native.rmsnorm(s, v, h, w.postAttnNorm[1], d.eps, attn1, h);
+  const mlp1 = mlp(c, a, w.mlp[1], v);
+  native.add(s, h, h, mlp1);
+  s.waitEvent(moeReady);
+  native.add(s, h, h, shortcut);
+  a.dispose();
+}
+
+/** Multi-head latent attention (SPEC 3.5; decode: the absorbed form, SPEC 5.2). Writes the batch's
+ *  latents into `cache`; returns o_proj's output [T, hidden]. */
+export function mla(c: Step, a: Arena, w: MlaWeights, x: Tensor, cache: Tensor): Tensor {
+  const d = c.dims, s = c.main, b = c.batch, T = b.T, nh = d.heads;
+  const cq = a.f32([T, d.qLora]);
+  linear(s, cq, x, w.qA);
+  native.rmsnorm(s, cq, cq, w.qNorm, d.latentEps);
+  const q = a.f32([T, nh, d.nope + d.rope]);
+  linear(s, q.view([T, nh * (d.nope + d.rope)]), cq, w.qB);
+  native.rope(s, q, b.positions, d.nope, c.invFreq, d.ropeAttentionFactor);
+  const ckv = a.f32([T, d.kvLora]);
+  linear(s, ckv, x, w.kvLatent);
+  native.rmsnorm(s, ckv, ckv, w.kvNorm, d.latentEps);
+  const kpe = a.f32([T, 1, d.rope]);
+  linear(s, kpe.view([T, d.rope]), x, w.kvRope);
+  native.rope(s, kpe, b.positions, 0, c.invFreq, d.ropeAttentionFactor);
+  native.mlaCacheWrite(s, cache, ckv, kpe.view([T, d.rope]), b.slots);
+
+  const o = a.f32([T, nh, d.v]);
+  if (b.mode === 'decode') {
+    const qLat = a.f32([T, nh, d.kvLora]);
+    native.mlaAbsorbQ(s, qLat, q, w.kvB, d.nope);
+    if (w.kvBScales) native.scaleGroups(s, qLat, qLat, w.kvBScales.uk, 128); // W_UK = codes x block scale
+    const oLat = a.f32([T, nh, d.kvLora]);
+    native.mlaDecodeAbsorbed(s, oLat, qLat, q, cache, b.blockTable!, b.seqLens!, d.softmaxScale);
+    if (w.kvBScales) native.scaleGroups(s, oLat, oLat, w.kvBScales.uv, 128); // W_UV's scales, folded into o_lat
+    native.mlaOutput(s, o, oLat, w.kvB);
+  } else {
+    // Expanded form over every sequence's whole cached latent (prefix + the tokens just written).
+    const S = b.kvTotal!;
+    const ckvAll = a.f32([S, d.kvLora]), kpeAll = a.f32([S, d.rope]);
+    for (const g of b.gathers!)
+      native.mlaCacheGather(s, a.keep(ckvAll.narrow(g.start, g.length)), a.keep(kpeAll.narrow(g.start, g.length)), cache, g.table, 0, g.length);
+    const kvb = a.f32([S, nh, d.nope + d.v]);
+    linear(s, kvb.view([S, nh * (d.nope + d.v)]), ckvAll, w.kvBLinear);
+    native.mlaPrefill(s, o, q, kvb, kpeAll, b.qStart!, b.kvStart!, d.softmaxScale);
+  }
+  const out = a.f32([T, d.hidden]);
+  linear(s, out, o.view([T, nh * d.v]), w.o);
+  return out;
+}
+
+/** Dense SwiGLU MLP (SPEC 3.4): down(silu(gate(x)) * up(x)). */
+export function mlp(c: Step, a: Arena, w: MlpWeights, x: Tensor): Tensor {
+  const d = c.dims, s = c.main, T = x.shape[0]!;
+  const gate = a.f32([T, d.ffn]), up = a.f32([T, d.ffn]);
+  linear(s, gate, x, w.gate);
+  linear(s, up, x, w.up);
+  native.siluMul(s, gate, gate, up);
+  const out = a.f32([T, d.hidden]);
+  linear(s, out, gate, w.down);
+  return out;
+}
+
+/** The shortcut MoE (SPEC 4) on the MoE stream: router top-k over FFN and zero experts, then the experts. */
+export function moe(c: Step, a: Arena, w: MoeWeights, u: Tensor): Tensor {
+  const d = c.dims, s = c.moeStream, T = u.shape[0]!, E = d.nRouted + d.nZero;
+  const logits = a.f32([T, E]);
+  native.linear(s, logits, u, w.classifier);
+  const idx = a.i32([T, d.topk]), weights = a.f32([T, d.topk]);
+  const nFfn = empty([T], { dtype: 'int32', device: c.device });
+  if (c.routing) c.routing.push(nFfn);
+  else a.keep(nFfn);
+  native.routerTopk(s, idx, weights, nFfn, logits, w.bias, d.nRouted, d.routedScale);
+  const out = a.f32([T, d.hidden]);
+  c.experts(s, out, u, idx, weights, w.experts, E);
+  return out;
+}
+
+function linear(s: Stream, y: Tensor, x: Tensor, w: Linear) {
+  native.linear(s, y, x, w.weight, w.scale);
+}
