@@ -3,7 +3,7 @@ import { native } from './native.js';
 import { empty, toArray } from './tensor.js';
 import { AbortError, ArgumentError } from './errors.js';
 import { loadTokenizer, type Tokenizer } from './tokenizer.js';
-import { applyChatTemplate, type ChatMessage } from './chat.js';
+import { renderChatPrompt, type ChatMessage } from './chat.js';
 import { loadCheckpointModel, type LoadModelOptions } from './model/load.js';
 import type { LongcatModel } from './model/model.js';
 import type { Checkpoint } from './checkpoint.js';
@@ -22,6 +22,12 @@ export interface GenerateOptions {
   /** Stop when the text contains one of these (the stop string is not returned). */
   stop?: string[];
   signal?: AbortSignal;
+  /**
+   * Chat prompts: parse special-token text inside user and tool messages as special tokens
+   * (default false: it stays text, so user content cannot end its turn and write the assistant's).
+   * A string prompt is raw and always parsed.
+   */
+  parseSpecialTokens?: boolean;
 }
 
 export type StopReason = 'eos' | 'stop' | 'length' | 'abort';
@@ -145,8 +151,7 @@ export class Session {
     if (!(temperature >= 0)) throw new ArgumentError('E_ARGUMENT', `generate: temperature must be >= 0, got ${temperature}`);
     if (o.signal?.aborted) throw new AbortError('E_ABORTED', 'generate: aborted before it started', { cause: o.signal.reason });
 
-    const text = typeof prompt === 'string' ? prompt : applyChatTemplate(this.owner.checkpoint.dir, prompt, { addGenerationPrompt: true, tokenizerConfig: this.owner.tokenizer.config });
-    const ids = tokenizer.encode(text);
+    const ids = this.encodePrompt(prompt, o.parseSpecialTokens ?? false);
     if (ids.length === 0) throw new ArgumentError('E_ARGUMENT', 'generate: the prompt encodes to no tokens');
 
     // Reuse the longest cached prefix; at least the last prompt token is recomputed for its logits.
@@ -228,6 +233,21 @@ export class Session {
       tokensPerSecond: decodeSteps > 0 && t1 > tFirst ? decodeSteps / ((t1 - tFirst) / 1000) : 0,
       avgFfnExpertsPerToken: ffnCount ? ffnSum / ffnCount : 0,
     };
+  }
+
+  private encodePrompt(prompt: string | ChatMessage[], parseSpecial: boolean): number[] {
+    const { tokenizer } = this.owner;
+    if (typeof prompt === 'string') return tokenizer.encode(prompt);
+    const chat = renderChatPrompt(this.owner.checkpoint.dir, prompt, { addGenerationPrompt: true, tokenizerConfig: tokenizer.config });
+    if (parseSpecial) return tokenizer.encode(chat.text);
+    if (chat.literal === null) {
+      const i = prompt.findIndex((m) => (m.role === 'user' || m.role === 'tool') && tokenizer.encode(m.content).some((id) => tokenizer.specialIds.includes(id)));
+      if (i >= 0)
+        throw new ArgumentError('E_ARGUMENT', `generate: messages[${i}] (${prompt[i]!.role}) contains special-token text, and this chat template changes message contents, ` +
+          'so it cannot be kept as plain text; remove it, or pass parseSpecialTokens: true to let it act as special tokens');
+      return tokenizer.encode(chat.text);
+    }
+    return tokenizer.encode(chat.text, { literal: chat.literal });
   }
 
   /** Frees the session's KV-cache blocks. */
