@@ -144,11 +144,7 @@ export class Session {
 
   private async loop(prompt: string | ChatMessage[], o: GenerateOptions, emit: (c: string) => void): Promise<GenerateResult> {
     const { engine, tokenizer } = this.owner;
-    const maxTokens = o.maxTokens ?? 256;
-    const temperature = o.temperature ?? 0;
-    const stops = (o.stop ?? []).filter((s) => s.length > 0);
-    if (!(maxTokens >= 0) || !Number.isInteger(maxTokens)) throw new ArgumentError('E_ARGUMENT', `generate: maxTokens must be a non-negative integer, got ${maxTokens}`);
-    if (!(temperature >= 0)) throw new ArgumentError('E_ARGUMENT', `generate: temperature must be >= 0, got ${temperature}`);
+    const { maxTokens, temperature, stops } = checkGenerateOptions(o);
     if (o.signal?.aborted) throw new AbortError('E_ABORTED', 'generate: aborted before it started', { cause: o.signal.reason });
 
     const ids = this.encodePrompt(prompt, o.parseSpecialTokens ?? false);
@@ -258,6 +254,25 @@ export class Session {
   [Symbol.dispose]() {
     this.dispose();
   }
+}
+
+/** Every option checked before any work, with a typed error naming it. */
+function checkGenerateOptions(o: GenerateOptions) {
+  if (typeof o !== 'object' || o === null) throw new ArgumentError('E_ARGUMENT', 'generate: options must be an object');
+  const bad = (name: string, want: string, got: unknown) => new ArgumentError('E_ARGUMENT', `generate: ${name} must be ${want}, got ${typeof got === 'string' ? `'${got}'` : typeof got === 'object' ? JSON.stringify(got) : String(got)}`);
+  const num = (name: keyof GenerateOptions, fallback: number, want: string, ok: (x: number) => boolean) => {
+    const v = o[name] ?? fallback;
+    if (typeof v !== 'number' || !ok(v)) throw bad(name, want, v);
+    return v;
+  };
+  const maxTokens = num('maxTokens', 256, 'a non-negative integer', (x) => Number.isInteger(x) && x >= 0);
+  const temperature = num('temperature', 0, 'a finite number >= 0', (x) => Number.isFinite(x) && x >= 0);
+  num('topK', 0, 'a non-negative integer', (x) => Number.isInteger(x) && x >= 0);
+  num('topP', 1, 'a number in [0, 1]', (x) => x >= 0 && x <= 1);
+  num('minP', 0, 'a number in [0, 1]', (x) => x >= 0 && x <= 1);
+  num('seed', 0, 'an integer in [0, 2^53)', (x) => Number.isSafeInteger(x) && x >= 0);
+  if (o.stop !== undefined && (!Array.isArray(o.stop) || !o.stop.every((s) => typeof s === 'string'))) throw bad('stop', 'an array of strings', o.stop);
+  return { maxTokens, temperature, stops: (o.stop ?? []).filter((s) => s.length > 0) };
 }
 
 function firstStop(text: string, stops: string[]): number {

@@ -150,3 +150,23 @@ describe('decode graphs across batch sizes and growing block tables', () => {
     }
   });
 });
+
+describe('generate options', () => {
+  const bad: [Record<string, unknown>, RegExp][] = [
+    [{ stop: [null] }, /stop must be an array of strings, got \[null\]/],
+    [{ stop: 'abc' }, /stop must be an array of strings, got 'abc'/],
+    [{ maxTokens: 1.5 }, /maxTokens must be a non-negative integer, got 1.5/],
+    [{ temperature: Infinity }, /temperature must be a finite number >= 0/],
+    [{ topK: -1 }, /topK must be a non-negative integer/],
+    [{ topP: 1.5 }, /topP must be a number in \[0, 1\]/],
+    [{ minP: NaN }, /minP must be a number in \[0, 1\], got NaN/],
+    [{ seed: '7' }, /seed must be an integer in \[0, 2\^53\), got '7'/],
+  ];
+  it.each(bad)('%j is a typed E_ARGUMENT before any token is computed', async (opts, message) => {
+    using s = model.createSession();
+    const err = await s.generate(prompt, opts as never).then(() => null, (e: unknown) => e);
+    expect((err as { code?: string })?.code).toBe('E_ARGUMENT');
+    expect((err as Error).message).toMatch(message);
+    expect(s.length, 'nothing was prefilled').toBe(0);
+  });
+});
