@@ -185,6 +185,48 @@ export function applyChatTemplate(
   messages: readonly ChatMessage[],
   opts: ChatTemplateOptions = {},
 ): string {
+  return chatRenderer(source, opts)(messages);
+}
+
+/** A rendered chat prompt and where the text of untrusted messages sits in it. */
+export interface ChatPrompt {
+  text: string;
+  /**
+   * [start, end) of every user and tool message's content in `text`: special-token text there must
+   * stay text when the prompt is encoded (see Tokenizer.encode's `literal`). null when the template
+   * changes message contents (trims, escapes, ...), so their place in the text is unknown.
+   */
+  literal: [number, number][] | null;
+}
+
+/** Roles whose content comes from outside the application: it may not inject special tokens. */
+const LITERAL_ROLES = new Set(['user', 'tool']);
+
+/**
+ * applyChatTemplate(), plus the spans of user and tool content. Found by rendering once more with
+ * each such content replaced by a private-use marker and checking that putting the contents back
+ * gives the same text (so a template that edits contents yields `literal: null`, never wrong spans).
+ */
+export function renderChatPrompt(source: string | TokenizerConfig, messages: readonly ChatMessage[], opts: ChatTemplateOptions = {}): ChatPrompt {
+  const render = chatRenderer(source, opts);
+  const text = render(messages);
+  const marked = messages.map((m, i) => (LITERAL_ROLES.has(m.role) && m.content.length > 0 ? `\uE000${i}\uE001` : null));
+  if (marked.every((m) => m === null)) return { text, literal: [] };
+  const withMarks = render(messages.map((m, i) => (marked[i] === null ? m : { ...m, content: marked[i]! })));
+  let rebuilt = '', pos = 0;
+  const literal: [number, number][] = [];
+  for (const hit of withMarks.matchAll(/\uE000(\d+)\uE001/g)) {
+    const content = messages[Number(hit[1])]!.content;
+    rebuilt += withMarks.slice(pos, hit.index);
+    literal.push([rebuilt.length, rebuilt.length + content.length]);
+    rebuilt += content;
+    pos = hit.index + hit[0].length;
+  }
+  rebuilt += withMarks.slice(pos);
+  return rebuilt === text ? { text, literal } : { text, literal: null };
+}
+
+function chatRenderer(source: string | TokenizerConfig, opts: ChatTemplateOptions): (messages: readonly ChatMessage[]) => string {
   let template: string | null;
   let config: TokenizerConfig;
   if (opts.tokenizerConfig) {
@@ -196,11 +238,12 @@ export function applyChatTemplate(
     config = source;
     template = chatTemplateOf(source);
   }
-  if (!template) return formatLongcatChat(messages, opts);
+  if (!template) return (messages) => formatLongcatChat(messages, opts);
   const specialTokens: Record<string, string> = {};
   for (const k of ['bos_token', 'eos_token', 'pad_token', 'unk_token'] as const) {
     const v = tokenText(config[k]);
     if (v !== undefined) specialTokens[k] = v;
   }
-  return renderChatTemplate(template, messages, { ...opts, specialTokens });
+  const t = template;
+  return (messages) => renderChatTemplate(t, messages, { ...opts, specialTokens });
 }

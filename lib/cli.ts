@@ -108,49 +108,79 @@ const samplingOptions = {
   stop: { type: 'string', multiple: true },
 } as const;
 
-function num(v: string | undefined, name: string): number | undefined {
+/** A command-line mistake: reported with the usage text, exit code 2. */
+class UsageError extends LongcatError {
+  constructor(message: string) {
+    super('E_ARGUMENT', message);
+  }
+}
+
+interface NumRule {
+  integer?: boolean;
+  min?: number;
+  max?: number;
+}
+
+function num(v: string | undefined, name: string, rule: NumRule = {}): number | undefined {
   if (v === undefined) return undefined;
-  const n = Number(v);
-  if (!Number.isFinite(n)) throw new LongcatError('E_ARGUMENT', `--${name} must be a number, got '${v}'`);
+  const n = v.trim() === '' ? NaN : Number(v);
+  const kind = rule.integer ? 'an integer' : 'a number';
+  const range = rule.min !== undefined && rule.max !== undefined ? ` in [${rule.min}, ${rule.max}]` : rule.min !== undefined ? ` >= ${rule.min}` : '';
+  if (!Number.isFinite(n) || (rule.integer && !Number.isInteger(n)) || (rule.min !== undefined && n < rule.min) || (rule.max !== undefined && n > rule.max))
+    throw new UsageError(`--${name} must be ${kind}${range}, got '${v}'`);
   return n;
 }
 
-async function openModel(v: { model?: string; backend?: string; threads?: string; 'max-context'?: string }): Promise<Model> {
+/** Only the options given: an absent one must not override a command's default. */
+function defined<T extends object>(o: T): Partial<T> {
+  return Object.fromEntries(Object.entries(o).filter(([, x]) => x !== undefined)) as Partial<T>;
+}
+
+interface ModelArgs {
+  model?: string;
+  backend?: string;
+  threads?: string;
+  'max-context'?: string;
+}
+
+/** Checks the model options before anything is loaded. */
+function modelArgs(v: ModelArgs) {
+  if (v.backend !== undefined && !['auto', 'cpu', 'cuda'].includes(v.backend)) throw new UsageError(`--backend must be auto, cpu or cuda, got '${v.backend}'`);
+  return { backend: v.backend as Backend | undefined, threads: num(v.threads, 'threads', { integer: true, min: 1 }), maxContext: num(v['max-context'], 'max-context', { integer: true, min: 1 }) };
+}
+
+async function openModel(v: ModelArgs, opts: ReturnType<typeof modelArgs>): Promise<Model> {
   const dir = v.model ?? (await defaultModelDir());
   const bar = progressBar('loading');
-  const model = await loadModel(dir, {
-    backend: v.backend as Backend | undefined,
-    threads: num(v.threads, 'threads'),
-    maxContext: num(v['max-context'], 'max-context'),
-    onProgress: (p) => bar.update(p),
-  });
+  const model = await loadModel(dir, { ...opts, onProgress: (p) => bar.update(p) });
   bar.done();
   process.stderr.write(`longcat: ${path.basename(path.resolve(dir))} on ${model.device}\n`);
   return model;
 }
 
 function sampling(v: Record<string, string | string[] | boolean | undefined>): GenerateOptions {
-  return {
-    maxTokens: num(v['max-tokens'] as string | undefined, 'max-tokens'),
-    temperature: num(v.temperature as string | undefined, 'temperature'),
-    topK: num(v['top-k'] as string | undefined, 'top-k'),
-    topP: num(v['top-p'] as string | undefined, 'top-p'),
-    minP: num(v['min-p'] as string | undefined, 'min-p'),
-    seed: num(v.seed as string | undefined, 'seed'),
+  return defined({
+    maxTokens: num(v['max-tokens'] as string | undefined, 'max-tokens', { integer: true, min: 0 }),
+    temperature: num(v.temperature as string | undefined, 'temperature', { min: 0 }),
+    topK: num(v['top-k'] as string | undefined, 'top-k', { integer: true, min: 0 }),
+    topP: num(v['top-p'] as string | undefined, 'top-p', { min: 0, max: 1 }),
+    minP: num(v['min-p'] as string | undefined, 'min-p', { min: 0, max: 1 }),
+    seed: num(v.seed as string | undefined, 'seed', { integer: true, min: 0 }),
     stop: v.stop as string[] | undefined,
-  };
+  });
 }
 
 async function generate(args: string[]) {
   const { values: v } = parseArgs({ args, options: { ...modelOptions, ...samplingOptions, prompt: { type: 'string' }, chat: { type: 'boolean' } } });
-  if (v.prompt === undefined) throw new LongcatError('E_ARGUMENT', 'generate: --prompt TEXT is required');
-  using model = await openModel(v);
+  if (v.prompt === undefined) throw new UsageError('generate: --prompt TEXT is required');
+  const opts = sampling(v);
+  using model = await openModel(v, modelArgs(v));
   using session = model.createSession();
   const ac = new AbortController();
   const onSigint = () => ac.abort();
   process.on('SIGINT', onSigint);
   try {
-    const g = session.generate(v.chat ? [{ role: 'user', content: v.prompt }] : v.prompt, { ...sampling(v), signal: ac.signal });
+    const g = session.generate(v.chat ? [{ role: 'user', content: v.prompt }] : v.prompt, { ...opts, signal: ac.signal });
     for await (const chunk of g) process.stdout.write(chunk);
     const r = await g;
     process.stdout.write('\n');
@@ -166,7 +196,8 @@ async function generate(args: string[]) {
 
 async function chat(args: string[]) {
   const { values: v } = parseArgs({ args, options: { ...modelOptions, ...samplingOptions, system: { type: 'string' } } });
-  using model = await openModel(v);
+  const opts: GenerateOptions = { maxTokens: 512, ...sampling(v) };
+  using model = await openModel(v, modelArgs(v));
   using session = model.createSession();
   const messages: ChatMessage[] = v.system ? [{ role: 'system', content: v.system }] : [];
   const rl = readline.createInterface({ input: process.stdin, output: process.stdout, prompt: '> ' });
@@ -183,7 +214,7 @@ async function chat(args: string[]) {
     }
     messages.push({ role: 'user', content: line });
     answering = new AbortController();
-    const g = session.generate(messages, { maxTokens: 512, ...sampling(v), signal: answering.signal });
+    const g = session.generate(messages, { ...opts, signal: answering.signal });
     for await (const chunk of g) process.stdout.write(chunk);
     const r = await g;
     answering = null;
@@ -196,7 +227,7 @@ async function chat(args: string[]) {
 async function inspect(args: string[]) {
   const { positionals } = parseArgs({ args, allowPositionals: true, options: {} });
   const dir = positionals[0];
-  if (!dir) throw new LongcatError('E_ARGUMENT', 'inspect: a checkpoint directory is required');
+  if (!dir) throw new UsageError('inspect: a checkpoint directory is required');
   using ck = await openCheckpoint(dir);
   const c = ck.config;
   const typical = Math.min(8, c.moe_topk, c.n_routed_experts); // ~8 FFN experts per token in LongCat-Flash (SPEC 1.2)
@@ -216,10 +247,10 @@ async function inspect(args: string[]) {
 
 async function initRandomCmd(args: string[]) {
   const { values: v } = parseArgs({ args, options: { preset: { type: 'string' }, out: { type: 'string' }, fp8: { type: 'boolean' }, mtp: { type: 'boolean' }, seed: { type: 'string' } } });
-  if (!v.out) throw new LongcatError('E_ARGUMENT', 'init-random: --out DIR is required');
+  if (!v.out) throw new UsageError('init-random: --out DIR is required');
   const preset = (v.preset ?? 'tiny') as Preset;
-  if (!['tiny', 'small', 'medium'].includes(preset)) throw new LongcatError('E_ARGUMENT', `init-random: unknown preset '${preset}' (tiny, small or medium)`);
-  const r = await initRandom({ preset, out: v.out, fp8: v.fp8, mtp: v.mtp, seed: num(v.seed, 'seed') });
+  if (!['tiny', 'small', 'medium'].includes(preset)) throw new UsageError(`init-random: unknown preset '${preset}' (tiny, small or medium)`);
+  const r = await initRandom({ preset, out: v.out, fp8: v.fp8, mtp: v.mtp, seed: num(v.seed, 'seed', { integer: true, min: 0 }) });
   console.log(`wrote ${r.tensorCount} tensors, ${formatBytes(r.totalBytes)} in ${r.files.length} files to ${r.dir}`);
 }
 
@@ -249,9 +280,15 @@ async function main(argv: string[]) {
   }
 }
 
+// Exit codes: 0 done, 1 a runtime error, 2 a command-line mistake (printed with the usage).
 main(process.argv.slice(2)).catch((err: unknown) => {
+  const parseError = (err as { code?: string })?.code?.startsWith('ERR_PARSE_ARGS');
+  if (err instanceof UsageError || parseError) {
+    process.stderr.write(`longcat: ${(err as Error).message}${err instanceof LongcatError ? ` [${err.code}]` : ''}\n${USAGE}`);
+    process.exitCode = 2;
+    return;
+  }
   if (err instanceof LongcatError) process.stderr.write(`longcat: ${err.message} [${err.code}]\n`);
-  else if ((err as { code?: string })?.code?.startsWith('ERR_PARSE_ARGS')) process.stderr.write(`longcat: ${(err as Error).message}\n${USAGE}`);
   else process.stderr.write(`longcat: ${(err as Error)?.stack ?? String(err)}\n`);
   process.exitCode = 1;
 });

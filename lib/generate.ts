@@ -3,7 +3,7 @@ import { native } from './native.js';
 import { empty, toArray } from './tensor.js';
 import { AbortError, ArgumentError } from './errors.js';
 import { loadTokenizer, type Tokenizer } from './tokenizer.js';
-import { applyChatTemplate, type ChatMessage } from './chat.js';
+import { renderChatPrompt, type ChatMessage } from './chat.js';
 import { loadCheckpointModel, type LoadModelOptions } from './model/load.js';
 import type { LongcatModel } from './model/model.js';
 import type { Checkpoint } from './checkpoint.js';
@@ -22,6 +22,12 @@ export interface GenerateOptions {
   /** Stop when the text contains one of these (the stop string is not returned). */
   stop?: string[];
   signal?: AbortSignal;
+  /**
+   * Chat prompts: parse special-token text inside user and tool messages as special tokens
+   * (default false: it stays text, so user content cannot end its turn and write the assistant's).
+   * A string prompt is raw and always parsed.
+   */
+  parseSpecialTokens?: boolean;
 }
 
 export type StopReason = 'eos' | 'stop' | 'length' | 'abort';
@@ -138,15 +144,10 @@ export class Session {
 
   private async loop(prompt: string | ChatMessage[], o: GenerateOptions, emit: (c: string) => void): Promise<GenerateResult> {
     const { engine, tokenizer } = this.owner;
-    const maxTokens = o.maxTokens ?? 256;
-    const temperature = o.temperature ?? 0;
-    const stops = (o.stop ?? []).filter((s) => s.length > 0);
-    if (!(maxTokens >= 0) || !Number.isInteger(maxTokens)) throw new ArgumentError('E_ARGUMENT', `generate: maxTokens must be a non-negative integer, got ${maxTokens}`);
-    if (!(temperature >= 0)) throw new ArgumentError('E_ARGUMENT', `generate: temperature must be >= 0, got ${temperature}`);
+    const { maxTokens, temperature, stops } = checkGenerateOptions(o);
     if (o.signal?.aborted) throw new AbortError('E_ABORTED', 'generate: aborted before it started', { cause: o.signal.reason });
 
-    const text = typeof prompt === 'string' ? prompt : applyChatTemplate(this.owner.checkpoint.dir, prompt, { addGenerationPrompt: true, tokenizerConfig: this.owner.tokenizer.config });
-    const ids = tokenizer.encode(text);
+    const ids = this.encodePrompt(prompt, o.parseSpecialTokens ?? false);
     if (ids.length === 0) throw new ArgumentError('E_ARGUMENT', 'generate: the prompt encodes to no tokens');
 
     // Reuse the longest cached prefix; at least the last prompt token is recomputed for its logits.
@@ -230,6 +231,21 @@ export class Session {
     };
   }
 
+  private encodePrompt(prompt: string | ChatMessage[], parseSpecial: boolean): number[] {
+    const { tokenizer } = this.owner;
+    if (typeof prompt === 'string') return tokenizer.encode(prompt);
+    const chat = renderChatPrompt(this.owner.checkpoint.dir, prompt, { addGenerationPrompt: true, tokenizerConfig: tokenizer.config });
+    if (parseSpecial) return tokenizer.encode(chat.text);
+    if (chat.literal === null) {
+      const i = prompt.findIndex((m) => (m.role === 'user' || m.role === 'tool') && tokenizer.encode(m.content).some((id) => tokenizer.specialIds.includes(id)));
+      if (i >= 0)
+        throw new ArgumentError('E_ARGUMENT', `generate: messages[${i}] (${prompt[i]!.role}) contains special-token text, and this chat template changes message contents, ` +
+          'so it cannot be kept as plain text; remove it, or pass parseSpecialTokens: true to let it act as special tokens');
+      return tokenizer.encode(chat.text);
+    }
+    return tokenizer.encode(chat.text, { literal: chat.literal });
+  }
+
   /** Frees the session's KV-cache blocks. */
   dispose() {
     this.seq.release();
@@ -238,6 +254,25 @@ export class Session {
   [Symbol.dispose]() {
     this.dispose();
   }
+}
+
+/** Every option checked before any work, with a typed error naming it. */
+function checkGenerateOptions(o: GenerateOptions) {
+  if (typeof o !== 'object' || o === null) throw new ArgumentError('E_ARGUMENT', 'generate: options must be an object');
+  const bad = (name: string, want: string, got: unknown) => new ArgumentError('E_ARGUMENT', `generate: ${name} must be ${want}, got ${typeof got === 'string' ? `'${got}'` : typeof got === 'object' ? JSON.stringify(got) : String(got)}`);
+  const num = (name: keyof GenerateOptions, fallback: number, want: string, ok: (x: number) => boolean) => {
+    const v = o[name] ?? fallback;
+    if (typeof v !== 'number' || !ok(v)) throw bad(name, want, v);
+    return v;
+  };
+  const maxTokens = num('maxTokens', 256, 'a non-negative integer', (x) => Number.isInteger(x) && x >= 0);
+  const temperature = num('temperature', 0, 'a finite number >= 0', (x) => Number.isFinite(x) && x >= 0);
+  num('topK', 0, 'a non-negative integer', (x) => Number.isInteger(x) && x >= 0);
+  num('topP', 1, 'a number in [0, 1]', (x) => x >= 0 && x <= 1);
+  num('minP', 0, 'a number in [0, 1]', (x) => x >= 0 && x <= 1);
+  num('seed', 0, 'an integer in [0, 2^53)', (x) => Number.isSafeInteger(x) && x >= 0);
+  if (o.stop !== undefined && (!Array.isArray(o.stop) || !o.stop.every((s) => typeof s === 'string'))) throw bad('stop', 'an array of strings', o.stop);
+  return { maxTokens, temperature, stops: (o.stop ?? []).filter((s) => s.length > 0) };
 }
 
 function firstStop(text: string, stops: string[]): number {

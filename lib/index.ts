@@ -21,7 +21,7 @@ export type { Checkpoint, LoadProgress } from './checkpoint.js';
 export { readSafetensorsHeader, writeSafetensors } from './safetensors.js';
 export { loadTokenizer } from './tokenizer.js';
 export type { Tokenizer, StreamDecoder } from './tokenizer.js';
-export { applyChatTemplate, formatLongcatChat } from './chat.js';
+export { applyChatTemplate, formatLongcatChat, renderChatPrompt } from './chat.js';
 export type { ChatMessage } from './chat.js';
 export { initRandom, PRESETS } from './init-random.js';
 export type { Preset, InitRandomOptions } from './init-random.js';

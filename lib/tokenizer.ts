@@ -9,6 +9,12 @@ import { type TokenizerConfig, chatTemplateOf } from './chat.js';
 export interface EncodeOptions {
   /** Let the tokenizer's post-processor add its special tokens (BOS...). Default false. */
   addSpecial?: boolean;
+  /**
+   * [start, end) spans of `text` whose special-token text stays text: encoded by the model's own
+   * vocabulary like any other characters, never as the special token's id (user content that
+   * writes an end-of-turn marker must not end its turn). Outside them special tokens are parsed.
+   */
+  literal?: readonly (readonly [number, number])[];
 }
 
 export interface DecodeOptions {
@@ -104,6 +110,47 @@ export function createTokenizer(
       if (!Number.isInteger(id) || id < 0 || id >= vocabSize)
         throw new ArgumentError('E_ARGUMENT', `${what}: token id ${id} is not in [0, ${vocabSize})`);
   };
+  // Special-token texts, longest first so that a token containing another is matched whole.
+  const specialTexts = specialIds.map((id) => tok.id_to_token(id)!).filter((s) => s.length > 0).sort((a, b) => b.length - a.length);
+  /** The characters of `piece` through normalizer, pre-tokenizer and model: no added-token matching. */
+  const encodeAsText = (piece: string): number[] => {
+    const t = tok as unknown as {
+      normalizer: ((s: string) => string) | null;
+      pre_tokenizer: ((s: string, o: { section_index: number }) => string[]) | null;
+      model: (pieces: string[]) => string[];
+    };
+    const norm = t.normalizer ? t.normalizer(piece) : piece;
+    const words = t.pre_tokenizer ? t.pre_tokenizer(norm, { section_index: 0 }) : [norm];
+    return t.model(words).map((s) => {
+      const id = tok.token_to_id(s);
+      if (id === undefined) throw new CheckpointError('E_CHECKPOINT', `${file}: the tokenizer model produced '${s}', which has no id`);
+      return id;
+    });
+  };
+  /** Splits at special tokens outside the literal spans; pieces holding special text go through encodeAsText. */
+  const encodeWithLiterals = (text: string, literal: readonly (readonly [number, number])[]): number[] => {
+    const inLiteral = (a: number, b: number) => literal.some(([s, e]) => a < e && b > s);
+    const ids: number[] = [];
+    const flush = (piece: string) => {
+      if (piece.length === 0) return;
+      if (specialTexts.some((s) => piece.includes(s))) ids.push(...encodeAsText(piece));
+      else ids.push(...tok.encode(piece, { add_special_tokens: false }).ids);
+    };
+    let start = 0;
+    for (let i = 0; i < text.length; ) {
+      const hit = specialTexts.find((s) => text.startsWith(s, i) && !inLiteral(i, i + s.length));
+      if (hit === undefined) {
+        i++;
+        continue;
+      }
+      flush(text.slice(start, i));
+      ids.push(tok.token_to_id(hit)!);
+      i += hit.length;
+      start = i;
+    }
+    flush(text.slice(start));
+    return ids;
+  };
   const decode = (ids: readonly number[], opts: DecodeOptions = {}): string => {
     checkIds(ids, 'decode');
     if (ids.length === 0) return '';
@@ -114,7 +161,11 @@ export function createTokenizer(
     encode(text: string, opts: EncodeOptions = {}): number[] {
       if (typeof text !== 'string') throw new ArgumentError('E_ARGUMENT', 'encode: text must be a string');
       if (text.length === 0 && !opts.addSpecial) return [];
-      return tok.encode(text, { add_special_tokens: opts.addSpecial ?? false }).ids;
+      const literal = opts.literal ?? [];
+      const injected = literal.some(([a, b]) => specialTexts.some((s) => text.slice(a, b).includes(s)));
+      if (!injected) return tok.encode(text, { add_special_tokens: opts.addSpecial ?? false }).ids;
+      if (opts.addSpecial) throw new ArgumentError('E_ARGUMENT', 'encode: addSpecial and literal spans cannot be combined');
+      return encodeWithLiterals(text, literal);
     },
     decode,
     decoder(opts: DecodeOptions = {}): StreamDecoder {

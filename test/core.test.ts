@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import {
-  Event, LongcatError, Stream, Tensor, buildInfo, cpuFeatures, devices, empty, memoryStats, native,
+  Event, LongcatError, Stream, Tensor, buildInfo, cpuFeatures, devices, empty, full, memoryStats, native,
   tensor, toArray,
 } from '../lib/index.js';
 import { cudaAvailable, expectClose, rng, expectCode } from './helpers.js';
@@ -187,12 +187,18 @@ describe('streams and events', () => {
     s2.dispose();
   });
 
-  it('measures elapsed time between events', () => {
+  it('measures elapsed time between events around real work, antisymmetric', () => {
     const s = new Stream('cpu');
     const a = new Event('cpu'), b = new Event('cpu');
+    const x = full([64, 512], 1), w = full([512, 512], 1), y = full([64, 512], 0);
     a.record(s);
+    native.linear(s, y, x, w); // 16.8 MFLOP: never zero time on a monotonic nanosecond clock
     b.record(s);
-    expect(a.elapsedMs(b)).toBeGreaterThanOrEqual(0);
+    const ms = a.elapsedMs(b);
+    expect(ms).toBeGreaterThan(0);
+    expect(b.elapsedMs(a)).toBeCloseTo(-ms, 9);
+    expect(toArray(y)[0]).toBe(512);
+    for (const t of [x, w, y]) t.dispose();
     s.dispose();
   });
 });

@@ -319,10 +319,15 @@ describe('reference MLA (SPEC 3.5 / 5.2)', () => {
       for (let j = 0; j < R; j++) ss += rows![t * (R + dr) + j]! ** 2;
       expect(Math.sqrt(ss / R)).toBeCloseTo(Math.sqrt(H / R), 12);
     }
-    // a single token attends only to itself: the output is o_proj(v) whatever the query
-    const r2 = referenceMla(cfg, W, 'model.layers.0.self_attn.0', randomVec(73, H), 1, [0]);
-    const r3 = referenceMla(cfg, W, 'model.layers.0.self_attn.0', randomVec(73, H), 1, [0], { latentEps: 1e-6 });
-    expectClose(r2, r3, 0, 0, 'deterministic');
+    // a single token attends only to itself: the output is o_proj(v) whatever the query, so changing
+    // the query projection changes nothing at T = 1 and something at T = 2
+    const p = 'model.layers.0.self_attn.0';
+    const x1 = randomVec(73, H), x2 = randomVec(74, 2 * H);
+    const [r1, r2] = [referenceMla(cfg, W, p, x1, 1, [0]), referenceMla(cfg, W, p, x2, 2, [0, 1])];
+    const qb = store.get(`${p}.q_b_proj.weight`)!.data;
+    for (let i = 0; i < qb.length; i++) qb[i] = qb[i]! * (1 + 0.5 * Math.sin(i));
+    expectClose(referenceMla(cfg, W, p, x1, 1, [0]), r1, 1e-12, 1e-12, 'T = 1: independent of the query');
+    expect(maxAbsDiff(referenceMla(cfg, W, p, x2, 2, [0, 1]).subarray(H), r2.subarray(H))).toBeGreaterThan(1e-6);
   });
 });
 

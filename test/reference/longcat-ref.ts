@@ -7,7 +7,6 @@
 // Precision: all math in float64. The only deliberate float32 roundings are the ones the spec
 // pins as float32 constants: RoPE inv_freq (SPEC 3.6) and fp8 dequantization (SPEC 7.2).
 
-import { fp8e4m3ToF32 } from '../../lib/numeric.js';
 
 export interface RefTensor {
   shape: number[];
@@ -576,6 +575,13 @@ export function referenceMtp(cfg: RefConfig, W: RefWeights, hiddenPrev: Float64A
 // FP8 block dequantization (SPEC 7.2)
 // ---------------------------------------------------------------------------------------------
 
+/** e4m3fn per SPEC 7.2, byte `s eeee mmm`: bias 7, e = 0 subnormal, `s 1111 111` NaN, no infinities. */
+function e4m3fn(byte: number): number {
+  const s = byte & 0x80 ? -1 : 1, e = (byte >> 3) & 15, m = byte & 7;
+  if (e === 15 && m === 7) return NaN;
+  return e === 0 ? s * 2 ** -6 * (m / 8) : s * 2 ** (e - 7) * (1 + m / 8);
+}
+
 /**
  * W[r, c] = float32(fp8(Q[r, c]) * scale_inv[r / 128, c / 128]) for a [n, k] e4m3fn weight with
  * [ceil(n/128), ceil(k/128)] float32 scales. The product is rounded to float32 like torch.
@@ -587,7 +593,7 @@ export function dequantFp8Block(q: Uint8Array, scaleInv: Float32Array, n: number
   const out = new Float64Array(n * k);
   for (let r = 0; r < n; r++) {
     for (let c = 0; c < k; c++) {
-      out[r * k + c] = Math.fround(fp8e4m3ToF32(q[r * k + c]!) * scaleInv[Math.floor(r / 128) * kb + Math.floor(c / 128)]!);
+      out[r * k + c] = Math.fround(e4m3fn(q[r * k + c]!) * scaleInv[Math.floor(r / 128) * kb + Math.floor(c / 128)]!);
     }
   }
   return out;

@@ -1,0 +1,81 @@
+// The CLI's error paths and the interactive chat: usage mistakes exit 2 with the usage text and are
+// caught before any model is loaded; runtime errors exit 1; `chat` answers lines read from stdin.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { initRandom } from '../lib/init-random.js';
+
+const cli = path.resolve(__dirname, '../dist/cli.js');
+// Generous limits: a loaded CI machine may be slow; nothing here measures time.
+const run = (args: string[], input?: string) => spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', input, timeout: 240_000 });
+const missing = '/nonexistent/longcat-model';
+
+describe('longcat CLI error paths', () => {
+  it('an unknown command exits 2 and prints the usage', () => {
+    const r = run(['frobnicate']);
+    expect(r.status).toBe(2);
+    expect(r.stderr).toMatch(/unknown command 'frobnicate'/);
+    expect(r.stderr).toMatch(/usage: longcat <command>/);
+  });
+
+  it('an unknown option exits 2 and names it', () => {
+    const r = run(['generate', '--prompt', 'x', '--frobnicate']);
+    expect(r.status).toBe(2);
+    expect(r.stderr).toMatch(/--frobnicate/);
+    expect(r.stderr).toMatch(/usage: longcat/);
+  });
+
+  const bad: [string[], RegExp][] = [
+    [['--max-tokens', 'abc'], /--max-tokens must be an integer >= 0, got 'abc'/],
+    [['--max-tokens=-1'], /--max-tokens must be an integer >= 0, got '-1'/],
+    [['--max-tokens', '-1'], /--max-tokens.*ambiguous/], // node:util parseArgs: a value that looks like an option
+    [['--max-tokens', '1.5'], /--max-tokens must be an integer/],
+    [['--temperature=-0.5'], /--temperature must be a number >= 0/],
+    [['--top-p', '2'], /--top-p must be a number in \[0, 1\]/],
+    [['--min-p', 'nan'], /--min-p must be a number in \[0, 1\]/],
+    [['--top-k', ''], /--top-k must be an integer >= 0, got ''/],
+    [['--seed=-3'], /--seed must be an integer >= 0/],
+    [['--threads', '0'], /--threads must be an integer >= 1/],
+    [['--max-context', '1e400'], /--max-context must be an integer >= 1/],
+    [['--backend', 'gpu'], /--backend must be auto, cpu or cuda, got 'gpu'/],
+  ];
+  it.each(bad)('generate %j: exits 2 naming the option, before touching the model', (args, message) => {
+    const r = run(['generate', '--model', missing, '--prompt', 'x', ...args]);
+    expect(r.status, r.stderr).toBe(2);
+    expect(r.stderr).toMatch(message);
+    expect(r.stderr).not.toMatch(/nonexistent/); // validated before the checkpoint is opened
+  });
+
+  it('missing required arguments exit 2', () => {
+    expect(run(['generate', '--model', missing]).stderr).toMatch(/--prompt TEXT is required/);
+    expect(run(['generate', '--model', missing]).status).toBe(2);
+    expect(run(['inspect']).status).toBe(2);
+    expect(run(['init-random', '--preset', 'huge', '--out', path.join(tmpdir(), 'never-written')]).stderr).toMatch(/unknown preset 'huge'/);
+    expect(run(['chat', '--model', missing, '--top-k', 'x']).status).toBe(2);
+  });
+
+  it('a runtime error (a missing checkpoint) exits 1', () => {
+    const r = run(['chat', '--model', missing]);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/nonexistent.*\[E_(CHECKPOINT|CONFIG)\]/s);
+  });
+});
+
+describe('longcat chat', () => {
+  let dir: string;
+  beforeAll(async () => {
+    dir = mkdtempSync(path.join(tmpdir(), 'longcat-chat-'));
+    await initRandom({ preset: 'tiny', out: dir, seed: 4 });
+  });
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('answers each non-empty line from stdin and exits 0 at its end', () => {
+    const r = run(['chat', '--model', dir, '--max-tokens', '3', '--system', 'Be brief.'], 'Hello\n\nHow are you?\n');
+    expect(r.status, r.stderr).toBe(0);
+    // One prompt per line read (the empty one re-prompts) plus the last one before end of input.
+    expect(r.stdout.split('> ').length - 1).toBe(4);
+    expect(r.stderr).toMatch(/on cpu/);
+  });
+});
