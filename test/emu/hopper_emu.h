@@ -8,13 +8,20 @@
 //     mode 1 = 128B): element (row, k) of an operand sits at start + (row / 8) * SBO + (row % 8) *
 //     128 + 2 k, with address bits 4-6 XORed with bits 7-9; thread t of the warpgroup holds
 //     accumulator j at row 16 (t / 32) + (t % 32) / 4 + 8 ((j % 4) / 2), column 8 (j / 4) +
-//     2 (t % 4) + j % 2. Each thread computes its own accumulators (the emulation is synchronous).
+//     2 (t % 4) + j % 2. Each thread computes its own accumulators;
+//   * wgmma is asynchronous: an issued wgmma.mma_async only joins the thread's open batch; commit
+//     closes the batch into a group, and wait_group(N) runs the oldest groups until N are left, reading
+//     the shared-memory operands and updating the accumulators then. A kernel that releases a stage
+//     (an mbarrier arrival the producer's TMA waits on) before the wait that retires its wgmmas gets
+//     the overwritten tile here, as it could on the card.
 #pragma once
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <unordered_map>
+#include <vector>
 
 #include "../../native/cpu/numeric.h"
 #include "cuda_emu.h"
@@ -66,6 +73,12 @@ inline void mbar_expect_tx(uint64_t* bar, uint32_t bytes) {
   --b.pending;
   mbar_check(b);
 }
+inline void mbar_arrive(uint64_t* bar) {
+  MBar& b = mbars().at(bar);
+  --b.pending;
+  mbar_check(b);
+  lc_emu::yield();  // a waiter (the producer) may run at once, before this thread's next instruction
+}
 inline void mbar_wait(uint64_t* bar, uint32_t parity) {
   for (int spins = 0; ((mbars().at(bar).completed & 1) == parity); ++spins) {
     if (spins > 1000000) {
@@ -92,9 +105,7 @@ inline void tma_load_2d(void* dst, const CUtensorMap* map, int32_t c0, int32_t c
 }
 
 inline void wgmma_fence() {}
-inline void wgmma_commit() {}
-inline void wgmma_wait_all() {}
-inline void fence_operands(float (&)[2][64]) {}
+inline void fence_operands(float (&)[64]) {}
 
 // bf16 element (row, k) of a K-major, 128B-swizzled operand described by `desc`
 inline float operand(uint64_t desc, int row, int k) {
@@ -109,13 +120,44 @@ inline float operand(uint64_t desc, int row, int k) {
   return cpu::bf16_to_f32(v);
 }
 
-inline void wgmma_m64n128k16(float (&d)[64], uint64_t a, uint64_t b) {
+// d (this thread's 64 accumulators of the m64n128 tile) += A (desc) * B (desc)^T, computed now.
+inline void wgmma_m64n128k16_now(float* d, uint64_t a, uint64_t b) {
   const int t = lc_emu::t_warp % 4 * 32 + lc_emu::t_lane;
   for (int j = 0; j < 64; ++j) {
     const int row = 16 * (t / 32) + (t % 32) / 4 + 8 * ((j % 4) / 2), col = 8 * (j / 4) + 2 * (t % 4) + j % 2;
     float acc = d[j];
     for (int k = 0; k < 16; ++k) acc += operand(a, row, k) * operand(b, col, k);
     d[j] = acc;
+  }
+}
+
+// Each CUDA thread's wgmmas not yet retired: the open batch and the committed groups, oldest first.
+struct WgmmaOp {
+  float* d;
+  uint64_t a, b;
+};
+struct WgmmaQueue {
+  std::vector<WgmmaOp> open;
+  std::deque<std::vector<WgmmaOp>> groups;
+};
+inline WgmmaQueue& wgmma_queue() {
+  static std::vector<WgmmaQueue> queues;  // by thread of the block (blocks run one after another)
+  if (static_cast<int>(queues.size()) <= lc_emu::g_cur) queues.resize(lc_emu::g_cur + 1);
+  return queues[lc_emu::g_cur];
+}
+
+inline void wgmma_m64n128k16(float (&d)[64], uint64_t a, uint64_t b) { wgmma_queue().open.push_back({d, a, b}); }
+inline void wgmma_commit() {
+  WgmmaQueue& q = wgmma_queue();
+  q.groups.push_back(std::move(q.open));
+  q.open.clear();
+}
+template <int kPending>
+inline void wgmma_wait() {
+  WgmmaQueue& q = wgmma_queue();
+  while (static_cast<int>(q.groups.size()) > kPending) {
+    for (const WgmmaOp& op : q.groups.front()) wgmma_m64n128k16_now(op.d, op.a, op.b);
+    q.groups.pop_front();
   }
 }
 

@@ -134,10 +134,12 @@ void linear_cases() {
           expect_close(got, want, tol_of(p),
                        "linear t=" + std::to_string(t) + " n=" + std::to_string(n) + " k=" + std::to_string(k) + " w=" + dtype_name(dt) + " " + name_of(p));
         }
-  // the TMA + wgmma kernel (opt-in on a card): bf16 x and weight, K % 8 == 0, tails in M and N
+  // the TMA + wgmma kernel (opt-in on a card): bf16 x and weight, K % 8 == 0, tails in M and N; 16
+  // K stages wrap the 6-stage ring, and 134 tiles on 132 SMs give two CTAs a second tile whose
+  // stages continue the ring (8 stages each)
   cpu::set_matmul_precision(MatmulPrecision::BF16);
   gpu::set_wgmma_enabled(true);
-  for (const auto& [t, n, k] : std::vector<std::array<int64_t, 3>>{{17, 77, 136}, {130, 129, 200}, {40, 260, 64}}) {
+  for (const auto& [t, n, k] : std::vector<std::array<int64_t, 3>>{{17, 77, 136}, {130, 129, 200}, {40, 260, 64}, {17, 77, 1000}, {130, 8449, 200}}) {
     const W w = weight(DType::BF16, n, k);
     std::vector<uint16_t> xb(t * k);
     std::vector<float> xf(t * k);
