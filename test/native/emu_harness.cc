@@ -149,6 +149,13 @@ void linear_cases() {
     const bool used = gpu::linear_wgmma(t, xb.data(), DType::BF16, w.ref(n, k), got.data(), DType::F32, nullptr);
     expect_close(got, want, used ? tol_of(MatmulPrecision::BF16) : -1,
                  "linear_wgmma t=" + std::to_string(t) + " n=" + std::to_string(n) + " k=" + std::to_string(k) + (used ? "" : " (not taken)"));
+    // bf16 output: column pairs stored as one 32-bit word when n is even, one by one when odd
+    std::vector<uint16_t> gotb(t * n, 0xffff);
+    const bool used_b = gpu::linear_wgmma(t, xb.data(), DType::BF16, w.ref(n, k), gotb.data(), DType::BF16, nullptr);
+    std::vector<float> gotbf(t * n);
+    for (int64_t i = 0; i < t * n; ++i) gotbf[i] = cpu::bf16_to_f32(gotb[i]);
+    expect_close(gotbf, want, used_b ? tol_of(MatmulPrecision::BF16) : -1,
+                 "linear_wgmma bf16 out t=" + std::to_string(t) + " n=" + std::to_string(n) + " k=" + std::to_string(k) + (used_b ? "" : " (not taken)"));
   }
   gpu::set_wgmma_enabled(false);
 }
