@@ -157,7 +157,8 @@ __global__ void __launch_bounds__(kThreads, 1) decode_tc_kernel(const Params p) 
       const int mh = frag::dec_s_mh(warp), kq = frag::dec_s_kq(warp);
       float sf[2][4][4] = {};
 #pragma unroll
-      for (int k16 = kq * (kRow / 16 / kKSplit); k16 < (kq + 1) * (kRow / 16 / kKSplit); ++k16) {
+      for (int step = 0; step < kRow / 16 / kKSplit; ++step) {
+        const int k16 = kq * (kRow / 16 / kKSplit) + step;
         uint32_t a[2][4], bb[2][4];
 #pragma unroll
         for (int mi = 0; mi < 2; ++mi)
