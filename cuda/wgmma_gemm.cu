@@ -4,12 +4,12 @@
 //
 // Tiling, written out: warp-specialised and persistent. A CTA is 3 warpgroups (384 threads) and
 // walks the 128 x 128 output tiles blockIdx.x, blockIdx.x + gridDim.x, ... (grid = min(tiles, SMs);
-// consecutive tiles share W's 128 rows across the M tiles). Warpgroup 2 is the producer: one thread
+// consecutive tiles share W's 128 rows across the M tiles). Warpgroup 0 is the producer: one thread
 // walks the same (tile, 64-element K stage) sequence, waits for the stage's `empty` barrier (all 8
 // consumer warps released its previous use), arms its `full` barrier with the bytes to expect and
 // issues the two TMA loads (A box 64 x 128 rows of x, B box 64 x 128 rows of W; out-of-bounds rows /
 // columns arrive as zeros, so any t, n and K % 8 == 0 work); the other producer threads exit.
-// Warpgroups 0 and 1 are the consumers, rows 64 wg .. 64 wg + 63 of the tile each: per stage they
+// Warpgroups 1 and 2 are the consumers wg = 0, 1, rows 64 wg .. 64 wg + 63 of the tile: per stage they
 // wait on `full` (phase = use count & 1), issue 4 (k16 steps) wgmmas on descriptors into the
 // swizzled tiles, commit, and wait_group 1: the previous stage's group is then complete, so each
 // warp's lane 0 releases that stage while this stage's group keeps the tensor cores busy. No block
@@ -39,7 +39,7 @@ namespace lc::gpu {
 namespace {
 
 constexpr int kBM = 128, kBN = 128, kBK = 64, kStages = 6;
-constexpr int kConsumers = 2, kThreads = 128 * (kConsumers + 1);  // consumer warpgroups 0, 1; producer 2
+constexpr int kConsumers = 2, kThreads = 128 * (kConsumers + 1);  // producer warpgroup 0; consumers 1, 2
 constexpr int kABytes = kBM * kBK * 2, kBBytes = kBN * kBK * 2;  // per stage
 constexpr size_t kSmemBytes = kStages * (kABytes + kBBytes) + 1024 /* alignment slack */ + 2 * kStages * 8 /* barriers */;
 static_assert(kBM == 64 * kConsumers, "each consumer warpgroup owns 64 rows of the tile");
@@ -54,7 +54,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   uint8_t* sb = smem + kStages * kABytes;    // [stages][128 rows][128 bytes], swizzled
   uint64_t* full = reinterpret_cast<uint64_t*>(sb + kStages * kBBytes);  // TMA bytes landed
   uint64_t* empty = full + kStages;                                       // consumers done reading
-  const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
+  const int tid = threadIdx.x, wg = (tid >> 7) - 1, warp = (tid >> 5) & 3, lane = tid & 31;  // wg: consumer index, -1 producer
   const int64_t m_tiles = (t + kBM - 1) / kBM, tiles = m_tiles * ((n + kBN - 1) / kBN);
   const int steps = static_cast<int>((k + kBK - 1) / kBK);
 
@@ -64,8 +64,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   __syncthreads();
 
-  if (wg == kConsumers) {  // producer
-    if (tid != 128 * kConsumers) return;
+  if (wg < 0) {  // producer
+    if (tid != 0) return;
     int it = 0;  // stages issued so far: ring slot it % kStages, its use it / kStages
     for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
       const int32_t m0 = static_cast<int32_t>(tile % m_tiles) * kBM, n0 = static_cast<int32_t>(tile / m_tiles) * kBN;

@@ -119,6 +119,7 @@ inline int64_t g_blocks = 0;
 inline dim3 t_idx, b_idx, b_dim, g_dim;
 inline int t_lane = 0, t_warp = 0;
 inline std::function<void()> g_body;
+inline int g_wake = -1;  // a thread to resume before the scheduler's next one (set by test/emu/hopper_emu.h)
 
 // Back to the scheduler; returns when the scheduler resumes this fiber.
 inline void yield() {
@@ -258,6 +259,7 @@ struct Launcher {
       for (int w = 0; w < static_cast<int>(blk.warps.size()); ++w) blk.warps[w].bar.reset(std::min(32, nt - 32 * w));
       std::memset(g_dyn_smem, 0xff, std::min(smem, sizeof g_dyn_smem));  // uninitialized shared memory reads as NaN
       for (auto& f : fibers) f.parked = f.waiting = false;
+      g_wake = -1;
       // Alternate the order threads run in (forward, then backward) from round to round and block to
       // block, so that a missing barrier shows up as a wrong result whichever side of a race is first.
       for (int left = nt, round = 0; left > 0; ++round) {
@@ -269,6 +271,12 @@ struct Launcher {
           resume(i);
           ran = true;
           if (fibers[i].parked) --left;
+          for (int w; (w = g_wake) >= 0;) {
+            g_wake = -1;
+            if (fibers[w].parked || fibers[w].waiting) continue;
+            resume(w);
+            if (fibers[w].parked) --left;
+          }
         }
         if (!ran) {
           std::fprintf(stderr, "cuda emulator: deadlock in block %lld (%d threads wait on a barrier)\n", static_cast<long long>(b), left);

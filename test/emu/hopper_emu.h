@@ -3,7 +3,9 @@
 //     shared memory with the 128-byte swizzle (16-byte chunk c of 128-byte line r lands at chunk
 //     c ^ (r % 8)), zero-filling out-of-bounds elements, then completes its bytes on the mbarrier;
 //   * mbarrier: an arrival count and a transaction count per phase; a phase completes when both
-//     reach zero; try_wait.parity(p) succeeds once the phase of parity p completed;
+//     reach zero; try_wait.parity(p) succeeds once the phase of parity p completed. A thread waiting
+//     on it runs right after the arrival that completes a phase, and an arriving thread yields, so a
+//     stage released too early is refilled before its readers are done, as it could be on the card;
 //   * wgmma m64nNk16 with K-major shared-memory descriptors (start >> 4, LBO, SBO >> 4, swizzle
 //     mode 1 = 128B): element (row, k) of an operand sits at start + (row / 8) * SBO + (row % 8) *
 //     128 + 2 k, with address bits 4-6 XORed with bits 7-9; thread t of the warpgroup holds
@@ -50,6 +52,7 @@ struct MBar {
   int expected = 0, pending = 0;
   int64_t tx = 0;
   uint64_t completed = 0;  // phases completed
+  int waiter = -1;         // the thread that last waited on it (woken first when a phase completes)
 };
 inline std::unordered_map<const uint64_t*, MBar>& mbars() {
   static std::unordered_map<const uint64_t*, MBar> m;
@@ -59,6 +62,7 @@ inline void mbar_check(MBar& b) {
   if (b.pending == 0 && b.tx == 0) {
     ++b.completed;
     b.pending = b.expected;
+    lc_emu::g_wake = b.waiter;  // the scheduler runs it next: the earliest a waiter could go on the card
   }
 }
 inline void mbar_init(uint64_t* bar, uint32_t count) {
@@ -77,14 +81,16 @@ inline void mbar_arrive(uint64_t* bar) {
   MBar& b = mbars().at(bar);
   --b.pending;
   mbar_check(b);
-  lc_emu::yield();  // a waiter (the producer) may run at once, before this thread's next instruction
+  lc_emu::yield();  // a waiter (the producer) runs before this thread's next instruction
 }
 inline void mbar_wait(uint64_t* bar, uint32_t parity) {
   for (int spins = 0; ((mbars().at(bar).completed & 1) == parity); ++spins) {
     if (spins > 1000000) {
-      std::fprintf(stderr, "cuda emulator: an mbarrier wait never completes\n");
+      std::fprintf(stderr, "cuda emulator: an mbarrier wait never completes (thread %d, parity %u, %llu phases completed)\n", lc_emu::g_cur,
+                   parity, static_cast<unsigned long long>(mbars().at(bar).completed));
       std::abort();
     }
+    mbars().at(bar).waiter = lc_emu::g_cur;
     lc_emu::yield();  // let the other threads run (the producer may not have issued the copy yet)
   }
 }
@@ -159,6 +165,7 @@ inline void wgmma_wait() {
     for (const WgmmaOp& op : q.groups.front()) wgmma_m64n128k16_now(op.d, op.a, op.b);
     q.groups.pop_front();
   }
+  __syncwarp();  // .sync: no lane goes on (to release a stage, say) before every lane of its warp retired
 }
 
 inline CUtensorMap tensor_map_bf16(const void* base, int64_t rows, int64_t k, uint32_t box_k, uint32_t box_rows) {
