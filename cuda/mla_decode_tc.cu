@@ -106,8 +106,8 @@ __global__ void __launch_bounds__(kThreads, 1) decode_tc_kernel(const Params p) 
   if (tid < kHeads) ms[tid] = -INFINITY, ls[tid] = 0.f;
 
   // This thread's cache row of every tile: row `lrow`, token s0 + lrow + kTok it, kept as (entry of
-  // the block table, offset in the block) and advanced by kTok per tile; the division only runs
-  // again when a tile crosses more than one block (block_size < kTok).
+  // the block table, offset in the block) and advanced by kTok per tile; past the first tile the
+  // 64-bit division only runs for blocks of at most kTok tokens.
   const int lrow = tid / kRowThreads, lpart = tid % kRowThreads;
   int64_t lblk = (s0 + lrow) / p.block_size, loff = (s0 + lrow) % p.block_size, lpos = s0 + lrow;
   auto load_tile = [&](int buf) {
