@@ -48,9 +48,9 @@ LC_HD int gemm_acc_row(int wm, int mi, int lane, int r) { return wm * 32 + mi * 
 LC_HD int gemm_acc_col(int wn, int ni, int lane, int r, bool gate_up) { return (gate_up ? wn * 32 : wn * 64) + ni * 8 + c_col(lane, r); }
 
 // ---- mla_decode_tc.cu: 8 warps, 64 heads, 32-token tiles --------------------------------------------
-// S = Q K^T: warp -> heads 16 (warp % 4) .., tokens 16 (warp / 4) ..
-LC_HD int dec_s_mi(int warp) { return warp & 3; }
-LC_HD int dec_s_n16(int warp) { return warp >> 2; }
+// S = Q K^T: warp -> heads 32 (warp % 2) .., all 32 tokens, K quarter warp / 2 (k16 steps 9 kq ..)
+LC_HD int dec_s_mh(int warp) { return warp & 1; }
+LC_HD int dec_s_kq(int warp) { return warp >> 1; }
 // O += P V: warp -> latent columns 64 warp ..
 LC_HD int dec_o_col(int warp, int nj, int lane, int r) { return 64 * warp + 8 * nj + c_col(lane, r); }
 LC_HD int dec_v_col(int warp, int np, int lane) { return 64 * warp + 16 * np + 8 * bt_col8(lane); }

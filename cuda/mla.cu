@@ -224,7 +224,11 @@ constexpr int kDecThreads = 256, kDecWarps = kDecThreads / 32;
 constexpr int kMaxHG = 16;     // heads per CTA (register accumulators in the PV loop)
 constexpr int kMaxTK = 16;     // cache rows per tile
 constexpr int64_t kMinSplitTokens = 64;
-constexpr int64_t kMaxSplits = 64;
+// What one more split costs a CTA besides its tokens, in cache rows (1152 bytes each in bf16 at
+// the 512 + 64 width): its partial (heads x 512 fp32, 128 KB for 64 heads), written and read back by
+// the combine, about 224 rows' worth, and staging Q (147 KB, from L2). An estimate from byte counts,
+// not a measurement: to be tuned on a card.
+constexpr int64_t kSplitOverheadTokens = 256;
 
 struct DecodeCfg {
   int hg = 1, tk = 1;
@@ -612,15 +616,25 @@ static bool use_tc_decode(const MlaDims& d, bool cache_bf16, const void* cache) 
   return cpu::bf16_activations() && mla_decode_tc_supported(d, cache_bf16, cache);
 }
 
+// Splits sized to the device: CTAs run in waves of `slots` (SMs x resident CTAs per SM), so the split
+// count s minimises waves(s) x (tokens per split + kSplitOverheadTokens), waves(s) = ceil(B G s /
+// slots), over 1 <= s <= min(slots, max_len / kMinSplitTokens), the fewest splits on a tie: at batch
+// 1 a long context gets one split per SM. Chosen from shapes and the device only, never from
+// seq_lens (a captured CUDA graph replays it for any lengths up to max_len).
 int64_t mla_decode_splits(const MlaDims& d, int64_t batch, int64_t max_len, bool cache_bf16, const void* cache) {
-  if (batch <= 0 || d.nh <= 0) return 1;
+  if (batch <= 0 || d.nh <= 0 || max_len <= 0) return 1;
   const DevAttrs a = dev_attrs();
-  const int64_t hg = use_tc_decode(d, cache_bf16, cache) ? kMlaTcHeads : decode_cfg(d, a.smem_optin).hg;
-  const int64_t groups = (d.nh + hg - 1) / hg;
-  const int64_t target = 2 * static_cast<int64_t>(a.sms);  // about two waves of CTAs
-  int64_t splits = (target + batch * groups - 1) / (batch * groups);
-  const int64_t cap = std::max<int64_t>(1, std::min<int64_t>(kMaxSplits, (max_len + kMinSplitTokens - 1) / kMinSplitTokens));
-  return std::max<int64_t>(1, std::min(splits, cap));
+  const bool tc = use_tc_decode(d, cache_bf16, cache);
+  const int64_t hg = tc ? kMlaTcHeads : decode_cfg(d, a.smem_optin).hg;
+  const int64_t ctas = batch * ((d.nh + hg - 1) / hg);
+  const int64_t slots = static_cast<int64_t>(a.sms) * (tc ? 1 : 2);  // the tensor-core CTA fills an SM's shared memory
+  const int64_t cap = std::max<int64_t>(1, std::min<int64_t>(slots, (max_len + kMinSplitTokens - 1) / kMinSplitTokens));
+  int64_t best = 1, best_cost = 0;
+  for (int64_t s = 1; s <= cap; ++s) {
+    const int64_t cost = (ctas * s + slots - 1) / slots * ((max_len + s - 1) / s + kSplitOverheadTokens);
+    if (s == 1 || cost < best_cost) best = s, best_cost = cost;
+  }
+  return best;
 }
 
 int64_t mla_decode_workspace_floats(const MlaDims& d, int64_t batch, int64_t splits) {

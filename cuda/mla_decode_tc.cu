@@ -5,15 +5,25 @@
 //
 // Tiling, written out: one CTA (8 warps) per (sequence, 64 heads, split). Q [64 heads x 576] sits
 // in shared memory as bf16 for the whole split; cache rows stream through a double-buffered
-// [32 tokens x 576] tile by cp.async (16-byte chunks; rows of invalid blocks and past the split are
-// zero-filled, so 0 * garbage never reaches the accumulator). Per tile:
-//   S = Q K^T      warp (m = warp % 4, n = warp / 4): 16 heads x 16 tokens, 36 k16 steps
-//   softmax        warp w: heads 8w .. 8w + 7, lane = token; running max / sum per head in smem;
-//                  P = exp(s - m) as bf16 in shared memory, the rescale of each head's row kept
+// [32 tokens x 576] tile by cp.async (16-byte chunks: thread t copies chunks t % 8 + 8 i of row t / 8,
+// so the paged-cache lookup (one block-table read, no 64-bit division in the steady state) is done
+// once per row and tile, not per chunk; rows of invalid blocks and past the split are zero-filled,
+// so 0 * garbage never reaches the accumulator). Per tile:
+//   S = Q K^T      warp (m = warp % 2, kq = warp / 2): 32 heads x all 32 tokens over a quarter of the
+//                  576 dims (9 k16 steps); per step 2 A + 2 B ldmatrix.x4 feed 8 MMAs (each Q
+//                  fragment serves 32 tokens). The four K-quarter partials go to shared memory
+//   softmax        warp w: heads 8w .. 8w + 7, lane = token: s = (S0 + S1) + (S2 + S3) in that fixed
+//                  order; running max / sum per head in smem; P = exp(s - m) as bf16 in shared
+//                  memory, the rescale of each head's row kept
 //   O = O c + P V  warp w: all 64 heads x latent columns 64w .. 64w + 63 (4 x 8 mma tiles in
 //                  registers), V read from the same tile with ldmatrix.trans
-// Shared rows are padded to 1168 bytes (Q, K) and 80 bytes (P), so the 8 rows an ldmatrix reads
-// fall in distinct 16-byte bank groups. Per tile, 4.5 MFLOP per 36 KB of cache: 121 FLOP/byte.
+// Shared-memory traffic of the score phase per tile: 8 warps x 9 steps x 4 ldmatrix x 512 B = 144 KB
+// plus 32 + 32 KB of partials written and read, against 288 KB when every warp took 16 heads x 16
+// tokens over all 576 dims (one A + one B ldmatrix per two MMAs); 16 instead of 8 FLOP per
+// ldmatrix byte. (FlashMLA's way, wgmma with Q in shared memory, would go further; not done.)
+// Shared rows are padded to 1168 bytes (Q, K), 80 bytes (P) and 40 floats (partials), so the 8
+// rows an ldmatrix reads fall in distinct 16-byte bank groups and a half-warp's float2 stores of a
+// fragment hit 32 distinct banks. Per tile, 4.5 MFLOP per 36 KB of cache: 121 FLOP/byte.
 #include "common.cuh"
 #include "fragments.h"
 #include "mla_tc.h"
@@ -27,12 +37,16 @@ constexpr int kDL = 512, kDR = 64, kRow = kDL + kDR;
 constexpr int kHeads = static_cast<int>(kMlaTcHeads), kTok = 32, kThreads = 256, kWarps = kThreads / 32;
 constexpr int kPitch = kRow * 2 + 16;     // bytes per Q / K row
 constexpr int kPPitch = (kTok + 8) * 2;   // bytes per P row
-constexpr int kSPitch = kTok + 1;         // floats per score row
+constexpr int kSPitch = kTok + 8;         // floats per partial-score row
+constexpr int kKSplit = 4;                // K quarters of the score phase
 constexpr int kChunks = kRow * 2 / 16;    // 16-byte chunks per cache row (72)
+constexpr int kRowThreads = kThreads / kTok, kRowChunks = kChunks / kRowThreads;  // 8 threads x 9 chunks a row
 constexpr size_t kQBytes = size_t{kHeads} * kPitch, kKBytes = size_t{2} * kTok * kPitch;
-constexpr size_t kSBytes = sizeof(float) * kHeads * kSPitch, kPBytes = size_t{kHeads} * kPPitch;
+constexpr size_t kSBytes = sizeof(float) * kKSplit * kHeads * kSPitch, kPBytes = size_t{kHeads} * kPPitch;
 constexpr size_t kSmem = kQBytes + kKBytes + kSBytes + kPBytes + 3 * sizeof(float) * kHeads;
 static_assert(kDL == kWarps * 64, "each warp owns 64 latent columns");
+static_assert(kWarps == 2 * kKSplit && (kRow / 16) % kKSplit == 0, "score warps: 2 head halves x kKSplit K parts");
+static_assert(kRowThreads * kTok == kThreads && kRowThreads * kRowChunks == kChunks, "cache tile rows split evenly over threads");
 
 struct Params {
   int64_t nh, dn, dk;
@@ -53,7 +67,7 @@ __global__ void __launch_bounds__(kThreads, 1) decode_tc_kernel(const Params p) 
   extern __shared__ __align__(16) uint8_t smem[];
   uint8_t* qs = smem;                                          // [64][kPitch] bf16
   uint8_t* ks = qs + kQBytes;                                  // [2][32][kPitch] bf16
-  float* ss = reinterpret_cast<float*>(ks + kKBytes);          // [64][kSPitch] scores
+  float* ss = reinterpret_cast<float*>(ks + kKBytes);          // [kKSplit][64][kSPitch] partial scores
   uint8_t* ps = reinterpret_cast<uint8_t*>(ss) + kSBytes;      // [64][kPPitch] bf16 probabilities
   float* ms = reinterpret_cast<float*>(ps + kPBytes);          // [64] running max
   float* ls = ms + kHeads;                                     // [64] running sum
@@ -75,8 +89,10 @@ __global__ void __launch_bounds__(kThreads, 1) decode_tc_kernel(const Params p) 
   const int64_t s0 = split * per < len ? split * per : len, s1 = s0 + per < len ? s0 + per : len;
   const int32_t* bt = p.block_table + b * p.max_blocks;
 
-  // Q (q_lat | q_pe) as bf16; heads past nh are zero rows.
-  for (int i = tid; i < kHeads * (kRow / 2); i += kThreads) {
+  const int ntiles = s1 > s0 ? static_cast<int>((s1 - s0 + kTok - 1) / kTok) : 0;
+
+  // Q (q_lat | q_pe) as bf16; heads past nh are zero rows. A split without tokens skips it.
+  for (int i = tid; ntiles > 0 && i < kHeads * (kRow / 2); i += kThreads) {
     const int h = i / (kRow / 2), c = 2 * (i % (kRow / 2));
     float v0 = 0.f, v1 = 0.f;
     if (h < nhg) {
@@ -89,19 +105,29 @@ __global__ void __launch_bounds__(kThreads, 1) decode_tc_kernel(const Params p) 
   }
   if (tid < kHeads) ms[tid] = -INFINITY, ls[tid] = 0.f;
 
-  auto load_tile = [&](int buf, int64_t t0) {
-    const int64_t nt = s1 - t0 < kTok ? s1 - t0 : kTok;
-    for (int ch = tid; ch < kTok * kChunks; ch += kThreads) {
-      const int r = ch / kChunks, c = ch % kChunks;
-      uint8_t* dst = ks + (static_cast<size_t>(buf) * kTok + r) * kPitch + c * 16;
-      int64_t blk = -1;
-      if (r < nt) blk = bt[(t0 + r) / p.block_size];
-      if (blk >= 0 && blk < p.num_blocks)
-        mma::cp_async16(dst, p.cache + (blk * p.block_size + (t0 + r) % p.block_size) * kRow + c * 8);
-      else
-        *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
+  // This thread's cache row of every tile: row `lrow`, token s0 + lrow + kTok it, kept as (entry of
+  // the block table, offset in the block) and advanced by kTok per tile; past the first tile the
+  // 64-bit division only runs for blocks of at most kTok tokens.
+  const int lrow = tid / kRowThreads, lpart = tid % kRowThreads;
+  int64_t lblk = (s0 + lrow) / p.block_size, loff = (s0 + lrow) % p.block_size, lpos = s0 + lrow;
+  auto load_tile = [&](int buf) {
+    uint8_t* dst = ks + (static_cast<size_t>(buf) * kTok + lrow) * kPitch + lpart * 16;
+    int64_t blk = -1;
+    if (lpos < s1) blk = bt[lblk];
+    if (blk >= 0 && blk < p.num_blocks) {
+      const uint16_t* src = p.cache + (blk * p.block_size + loff) * kRow + lpart * 8;
+#pragma unroll
+      for (int j = 0; j < kRowChunks; ++j) mma::cp_async16(dst + j * kRowThreads * 16, src + j * kRowThreads * 8);
+    } else {
+#pragma unroll
+      for (int j = 0; j < kRowChunks; ++j) *reinterpret_cast<uint4*>(dst + j * kRowThreads * 16) = make_uint4(0, 0, 0, 0);
     }
     mma::cp_async_commit();
+    lpos += kTok, loff += kTok;
+    if (loff >= p.block_size) {
+      if (loff - p.block_size < p.block_size) loff -= p.block_size, ++lblk;
+      else lblk += loff / p.block_size, loff %= p.block_size;
+    }
   };
 
   float acc[4][8][4];
@@ -112,14 +138,13 @@ __global__ void __launch_bounds__(kThreads, 1) decode_tc_kernel(const Params p) 
 #pragma unroll
       for (int r = 0; r < 4; ++r) acc[mi][nj][r] = 0.f;
 
-  const int ntiles = s1 > s0 ? static_cast<int>((s1 - s0 + kTok - 1) / kTok) : 0;
-  if (ntiles > 0) load_tile(0, s0);
+  if (ntiles > 0) load_tile(0);
   for (int it = 0; it < ntiles; ++it) {
     const int buf = it & 1;
     const int64_t t0 = s0 + static_cast<int64_t>(it) * kTok;
     const int nt = static_cast<int>(s1 - t0 < kTok ? s1 - t0 : kTok);
     if (it + 1 < ntiles) {
-      load_tile(buf ^ 1, t0 + kTok);  // its buffer's last readers passed the barrier ending it - 1
+      load_tile(buf ^ 1);  // its buffer's last readers passed the barrier ending it - 1
       mma::cp_async_wait<1>();
     } else {
       mma::cp_async_wait<0>();
@@ -127,25 +152,38 @@ __global__ void __launch_bounds__(kThreads, 1) decode_tc_kernel(const Params p) 
     __syncthreads();  // tile `it` (and Q, on the first pass) visible to every warp
     const uint8_t* kt = ks + static_cast<size_t>(buf) * kTok * kPitch;
 
-    // S = Q K^T: heads 16 (warp % 4) .., tokens 16 (warp / 4) ..
+    // S = Q K^T: heads 32 (warp % 2) .. + 31, all 32 tokens, k16 steps 9 (warp / 2) .. + 8
     {
-      const int mi = frag::dec_s_mi(warp), nh16 = frag::dec_s_n16(warp);
-      float sf[2][4] = {};
-#pragma unroll 4
-      for (int k16 = 0; k16 < kRow / 16; ++k16) {
-        uint32_t a[4], bb[4];
-        mma::ldmatrix_x4(a, qs + (16 * mi + frag::a_row(lane)) * kPitch + k16 * 32 + frag::a_col16(lane) * 16);
-        mma::ldmatrix_x4(bb, kt + (16 * nh16 + frag::b_row(lane)) * kPitch + k16 * 32 + frag::b_col16(lane) * 16);
-        mma::bf16_m16n8k16(sf[0], a, bb[0], bb[1]);
-        mma::bf16_m16n8k16(sf[1], a, bb[2], bb[3]);
+      const int mh = frag::dec_s_mh(warp), kq = frag::dec_s_kq(warp);
+      float sf[2][4][4] = {};
+#pragma unroll
+      for (int step = 0; step < kRow / 16 / kKSplit; ++step) {
+        const int k16 = kq * (kRow / 16 / kKSplit) + step;
+        uint32_t a[2][4], bb[2][4];
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi)
+          mma::ldmatrix_x4(a[mi], qs + (32 * mh + 16 * mi + frag::a_row(lane)) * kPitch + k16 * 32 + frag::a_col16(lane) * 16);
+#pragma unroll
+        for (int n16 = 0; n16 < 2; ++n16)
+          mma::ldmatrix_x4(bb[n16], kt + (16 * n16 + frag::b_row(lane)) * kPitch + k16 * 32 + frag::b_col16(lane) * 16);
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+          for (int n16 = 0; n16 < 2; ++n16) {
+            mma::bf16_m16n8k16(sf[mi][2 * n16], a[mi], bb[n16][0], bb[n16][1]);
+            mma::bf16_m16n8k16(sf[mi][2 * n16 + 1], a[mi], bb[n16][2], bb[n16][3]);
+          }
       }
+      float* part = ss + kq * kHeads * kSPitch;
 #pragma unroll
-      for (int j = 0; j < 2; ++j)
+      for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
-        for (int r = 0; r < 4; ++r) {
-          const int head = 16 * mi + frag::c_row(lane, r), tok = 16 * nh16 + 8 * j + frag::c_col(lane, r);
-          ss[head * kSPitch + tok] = tok < nt ? sf[j][r] * p.scale : -INFINITY;
-        }
+        for (int nj = 0; nj < 4; ++nj)
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int head = 32 * mh + 16 * mi + frag::c_row(lane, 2 * h), tok = 8 * nj + frag::c_col(lane, 0);
+            *reinterpret_cast<float2*>(part + head * kSPitch + tok) = make_float2(sf[mi][nj][2 * h], sf[mi][nj][2 * h + 1]);
+          }
     }
     __syncthreads();
 
@@ -153,7 +191,9 @@ __global__ void __launch_bounds__(kThreads, 1) decode_tc_kernel(const Params p) 
 #pragma unroll
     for (int hh = 0; hh < kHeads / kWarps; ++hh) {
       const int head = warp * (kHeads / kWarps) + hh;
-      float s = ss[head * kSPitch + lane], m = ms[head], l = ls[head];
+      const float* sh = ss + head * kSPitch + lane;
+      const float dot = (sh[0] + sh[kHeads * kSPitch]) + (sh[2 * kHeads * kSPitch] + sh[3 * kHeads * kSPitch]);
+      float s = lane < nt ? dot * p.scale : -INFINITY, m = ms[head], l = ls[head];
       const float corr = online_softmax_warp(s, m, l);
       *reinterpret_cast<uint16_t*>(ps + head * kPPitch + 2 * lane) = f32_to_bf16_bits(s);
       __syncwarp();  // every lane read ms / ls before lane 0 rewrites them

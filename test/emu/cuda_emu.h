@@ -46,6 +46,10 @@ struct alignas(16) uint4 {
 struct alignas(8) uint2 {
   unsigned x, y;
 };
+struct alignas(8) float2 {
+  float x, y;
+};
+inline float2 make_float2(float x, float y) { return float2{x, y}; }
 inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return uint4{x, y, z, w}; }
 inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
 
@@ -115,6 +119,7 @@ inline int64_t g_blocks = 0;
 inline dim3 t_idx, b_idx, b_dim, g_dim;
 inline int t_lane = 0, t_warp = 0;
 inline std::function<void()> g_body;
+inline int g_wake = -1;  // a thread to resume before the scheduler's next one (set by test/emu/hopper_emu.h)
 
 // Back to the scheduler; returns when the scheduler resumes this fiber.
 inline void yield() {
@@ -254,6 +259,7 @@ struct Launcher {
       for (int w = 0; w < static_cast<int>(blk.warps.size()); ++w) blk.warps[w].bar.reset(std::min(32, nt - 32 * w));
       std::memset(g_dyn_smem, 0xff, std::min(smem, sizeof g_dyn_smem));  // uninitialized shared memory reads as NaN
       for (auto& f : fibers) f.parked = f.waiting = false;
+      g_wake = -1;
       // Alternate the order threads run in (forward, then backward) from round to round and block to
       // block, so that a missing barrier shows up as a wrong result whichever side of a race is first.
       for (int left = nt, round = 0; left > 0; ++round) {
@@ -265,6 +271,12 @@ struct Launcher {
           resume(i);
           ran = true;
           if (fibers[i].parked) --left;
+          for (int w; (w = g_wake) >= 0;) {
+            g_wake = -1;
+            if (fibers[w].parked || fibers[w].waiting) continue;
+            resume(w);
+            if (fibers[w].parked) --left;
+          }
         }
         if (!ran) {
           std::fprintf(stderr, "cuda emulator: deadlock in block %lld (%d threads wait on a barrier)\n", static_cast<long long>(b), left);

@@ -134,10 +134,12 @@ void linear_cases() {
           expect_close(got, want, tol_of(p),
                        "linear t=" + std::to_string(t) + " n=" + std::to_string(n) + " k=" + std::to_string(k) + " w=" + dtype_name(dt) + " " + name_of(p));
         }
-  // the TMA + wgmma kernel (opt-in on a card): bf16 x and weight, K % 8 == 0, tails in M and N
+  // the TMA + wgmma kernel (opt-in on a card): bf16 x and weight, K % 8 == 0, tails in M and N; 16
+  // K stages wrap the 6-stage ring, and 134 tiles on 132 SMs give two CTAs a second tile whose
+  // stages continue the ring (8 stages each)
   cpu::set_matmul_precision(MatmulPrecision::BF16);
   gpu::set_wgmma_enabled(true);
-  for (const auto& [t, n, k] : std::vector<std::array<int64_t, 3>>{{17, 77, 136}, {130, 129, 200}, {40, 260, 64}}) {
+  for (const auto& [t, n, k] : std::vector<std::array<int64_t, 3>>{{17, 77, 136}, {130, 129, 200}, {40, 260, 64}, {17, 77, 1000}, {130, 8449, 200}}) {
     const W w = weight(DType::BF16, n, k);
     std::vector<uint16_t> xb(t * k);
     std::vector<float> xf(t * k);
@@ -147,6 +149,13 @@ void linear_cases() {
     const bool used = gpu::linear_wgmma(t, xb.data(), DType::BF16, w.ref(n, k), got.data(), DType::F32, nullptr);
     expect_close(got, want, used ? tol_of(MatmulPrecision::BF16) : -1,
                  "linear_wgmma t=" + std::to_string(t) + " n=" + std::to_string(n) + " k=" + std::to_string(k) + (used ? "" : " (not taken)"));
+    // bf16 output: column pairs stored as one 32-bit word when n is even, one by one when odd
+    std::vector<uint16_t> gotb(t * n, 0xffff);
+    const bool used_b = gpu::linear_wgmma(t, xb.data(), DType::BF16, w.ref(n, k), gotb.data(), DType::BF16, nullptr);
+    std::vector<float> gotbf(t * n);
+    for (int64_t i = 0; i < t * n; ++i) gotbf[i] = cpu::bf16_to_f32(gotb[i]);
+    expect_close(gotbf, want, used_b ? tol_of(MatmulPrecision::BF16) : -1,
+                 "linear_wgmma bf16 out t=" + std::to_string(t) + " n=" + std::to_string(n) + " k=" + std::to_string(k) + (used_b ? "" : " (not taken)"));
   }
   gpu::set_wgmma_enabled(false);
 }
@@ -274,8 +283,8 @@ void moe_case(int64_t t, int64_t h, int64_t inter, int64_t nr, int64_t nz, int64
 }
 
 // Absorbed decode over a shuffled paged cache (bf16), CUDA cores (highest) or tensor cores (bf16 with
-// the 512 + 64 width).
-void mla_decode_case(int64_t nh, int64_t dl, int64_t dr, int64_t bs, std::vector<int32_t> lens, MatmulPrecision p) {
+// the 512 + 64 width); `splits` > 0 overrides mla_decode_splits' choice (any count must combine right).
+void mla_decode_case(int64_t nh, int64_t dl, int64_t dr, int64_t bs, std::vector<int32_t> lens, MatmulPrecision p, int64_t splits = 0) {
   cpu::set_matmul_precision(p);
   cpu::MlaDims d;
   d.nh = nh, d.dn = 7, d.dr = dr, d.dv = 5, d.dl = dl;
@@ -295,7 +304,7 @@ void mla_decode_case(int64_t nh, int64_t dl, int64_t dr, int64_t bs, std::vector
   std::vector<float> want(B * nh * dl), got = poison<float>(B * nh * dl);
   std::vector<float> cws(cpu::mla_decode_workspace_floats(d, B, 4));
   cpu::mla_decode_absorbed(d, B, want.data(), ql.data(), q.data(), cache.data(), true, bs, bt.data(), mb, lens.data(), scale, cws.data(), 4);
-  const int64_t splits = gpu::mla_decode_splits(d, B, mb * bs, true, cache.data());
+  if (splits <= 0) splits = gpu::mla_decode_splits(d, B, mb * bs, true, cache.data());
   std::vector<float> gws(std::max<int64_t>(1, gpu::mla_decode_workspace_floats(d, B, splits)));
   gpu::mla_decode_absorbed(d, B, got.data(), ql.data(), q.data(), cache.data(), true, nb, bs, bt.data(), mb, lens.data(), scale, gws.data(),
                            splits, nullptr);
@@ -304,6 +313,27 @@ void mla_decode_case(int64_t nh, int64_t dl, int64_t dr, int64_t bs, std::vector
   expect_close(got, want, tol_of(p), "mla_decode_absorbed nh=" + std::to_string(nh) + " dl=" + std::to_string(dl) + " lens=" + ls +
                                          " splits=" + std::to_string(splits) + " " + name_of(p));
   cpu::set_matmul_precision(MatmulPrecision::BF16);
+}
+
+// mla_decode_splits against the emulated device (132 SMs): one split per SM for a long context at batch
+// 1, whole waves as the batch grows, one split once the CTAs fill the device, the 64-token floor.
+void decode_split_choice() {
+  cpu::set_matmul_precision(MatmulPrecision::BF16);
+  cpu::MlaDims d;
+  d.nh = 64, d.dn = 128, d.dr = 64, d.dv = 128, d.dl = 512;
+  std::vector<uint16_t> cache(16);
+  const auto splits = [&](int64_t nh, int64_t batch, int64_t max_len) {
+    d.nh = nh;
+    return gpu::mla_decode_splits(d, batch, max_len, true, cache.data());
+  };
+  const int64_t got[6] = {splits(64, 1, 65536), splits(128, 1, 65536), splits(64, 64, 65536), splits(64, 132, 65536),
+                          splits(64, 1, 640), splits(64, 5, 65536)};
+  const int64_t want[6] = {132, 66, 2, 1, 10, 26};
+  bool ok = true;
+  std::string seen;
+  for (int i = 0; i < 6; ++i) ok = ok && got[i] == want[i], seen += std::to_string(got[i]) + " ";
+  ok ? ++g_passed : ++g_failed;
+  if (!ok) std::printf("FAIL mla_decode_splits on 132 SMs: %s(want 132 66 2 1 10 26)\n", seen.c_str());
 }
 
 void mla_prefill_case(int64_t nh, int64_t dn, int64_t dr, int64_t dv, std::vector<std::pair<int32_t, int32_t>> seqs, MatmulPrecision p) {
@@ -347,6 +377,15 @@ int main() {
     mla_decode_case(17, 512, 64, 64, {0, 1, 100}, MatmulPrecision::Highest);
     mla_decode_case(17, 512, 64, 64, {0, 1, 100}, MatmulPrecision::BF16);      // tensor cores, heads past 16
     mla_decode_case(3, 512, 64, 16, {33, 300}, MatmulPrecision::BF16);
+    // split counts at the boundaries: one split over many tiles (300 = 9 x 32 + 12), one per emulated
+    // SM (132: most splits empty), more splits than 32-token tiles, and 130 heads (3 head groups, more
+    // CTAs than splits) over block sizes that do not divide the 32-token tile
+    mla_decode_case(64, 512, 64, 64, {300}, MatmulPrecision::BF16, 1);
+    mla_decode_case(64, 512, 64, 64, {1000}, MatmulPrecision::BF16, 132);
+    mla_decode_case(5, 512, 64, 7, {77, 40, 1}, MatmulPrecision::BF16, 5);
+    mla_decode_case(130, 512, 64, 48, {95, 129}, MatmulPrecision::BF16, 3);
+    mla_decode_case(17, 512, 64, 1, {33}, MatmulPrecision::Highest, 132);  // CUDA cores, 132 splits
+    decode_split_choice();
     lap("mla decode");
     mla_prefill_case(3, 5, 3, 4, {{1, 1}, {7, 10}, {33, 33}}, MatmulPrecision::Highest);
     mla_prefill_case(2, 128, 64, 128, {{1, 1}, {70, 133}, {0, 9}}, MatmulPrecision::Highest);

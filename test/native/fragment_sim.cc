@@ -231,24 +231,42 @@ void sim_mla_decode(Report& rep) {
   auto k = [&](int t, int c) { return bf(ld16(&ks[t * kPitch + 2 * c])); };
   auto p = [&](int h, int t) { return bf(ld16(&ps[h * kPPitch + 2 * t])); };
 
-  std::vector<double> S(kHeads * kTok, NAN);
+  // Each warp's K-quarter partial, then the kernel's fixed-order sum (S0 + S1) + (S2 + S3).
+  std::vector<double> Sq(4 * kHeads * kTok, NAN);
   for (int warp = 0; warp < 8; ++warp) {
-    const int mi = frag::dec_s_mi(warp), n16 = frag::dec_s_n16(warp);
-    Acc sf[2] = {zero_acc(), zero_acc()};
-    for (int k16 = 0; k16 < kRow / 16; ++k16) {
-      std::vector<size_t> aa(32), ba(32);
-      for (int l = 0; l < 32; ++l) {
-        aa[l] = (16 * mi + frag::a_row(l)) * kPitch + k16 * 32 + frag::a_col16(l) * 16;
-        ba[l] = (16 * n16 + frag::b_row(l)) * kPitch + k16 * 32 + frag::b_col16(l) * 16;
+    const int mh = frag::dec_s_mh(warp), kq = frag::dec_s_kq(warp);
+    Acc sf[2][4];
+    for (auto& row : sf)
+      for (auto& a : row) a = zero_acc();
+    for (int k16 = 9 * kq; k16 < 9 * kq + 9; ++k16) {
+      Regs a[2], b[2];
+      for (int mi = 0; mi < 2; ++mi) {
+        std::vector<size_t> aa(32);
+        for (int l = 0; l < 32; ++l) aa[l] = (32 * mh + 16 * mi + frag::a_row(l)) * kPitch + k16 * 32 + frag::a_col16(l) * 16;
+        a[mi] = ldmatrix_x4(qs, aa, false);
       }
-      const Regs a = ldmatrix_x4(qs, aa, false), b = ldmatrix_x4(ks, ba, false);
-      mma_bf16(sf[0], a, b, 0, 1);
-      mma_bf16(sf[1], a, b, 2, 3);
+      for (int n16 = 0; n16 < 2; ++n16) {
+        std::vector<size_t> ba(32);
+        for (int l = 0; l < 32; ++l) ba[l] = (16 * n16 + frag::b_row(l)) * kPitch + k16 * 32 + frag::b_col16(l) * 16;
+        b[n16] = ldmatrix_x4(ks, ba, false);
+      }
+      for (int mi = 0; mi < 2; ++mi)
+        for (int n16 = 0; n16 < 2; ++n16) {
+          mma_bf16(sf[mi][2 * n16], a[mi], b[n16], 0, 1);
+          mma_bf16(sf[mi][2 * n16 + 1], a[mi], b[n16], 2, 3);
+        }
     }
     for (int l = 0; l < 32; ++l)
-      for (int j = 0; j < 2; ++j)
-        for (int r = 0; r < 4; ++r) S[(16 * mi + frag::c_row(l, r)) * kTok + 16 * n16 + 8 * j + frag::c_col(l, r)] = sf[j][l][r];
+      for (int mi = 0; mi < 2; ++mi)
+        for (int nj = 0; nj < 4; ++nj)
+          for (int r = 0; r < 4; ++r) {
+            double& slot = Sq[(kq * kHeads + 32 * mh + 16 * mi + frag::c_row(l, r)) * kTok + 8 * nj + frag::c_col(l, r)];
+            if (!std::isnan(slot)) slot = INFINITY;  // written twice: a mapping bug
+            else slot = sf[mi][nj][l][r];
+          }
   }
+  std::vector<double> S(kHeads * kTok);
+  for (int i = 0; i < kHeads * kTok; ++i) S[i] = (Sq[i] + Sq[kHeads * kTok + i]) + (Sq[2 * kHeads * kTok + i] + Sq[3 * kHeads * kTok + i]);
   double worst = 0;
   for (int h = 0; h < kHeads; ++h)
     for (int t = 0; t < kTok; ++t) {
