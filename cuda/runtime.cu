@@ -59,6 +59,8 @@ DeviceProps props(int dev) {
   return r;
 }
 
+void set_device(int dev) { use(dev); }
+
 void* malloc(int dev, size_t bytes) {
   use(dev);
   void* p = nullptr;
