@@ -11,10 +11,12 @@ if (!existsSync(`${dir}/CMakeCache.txt`)) {
     'Run `npm run build:native` first.');
   process.exit(1);
 }
-const run = (cmd, args) => {
-  const r = spawnSync(cmd, args, { stdio: 'inherit' });
+const run = (cmd, args, env = {}) => {
+  const r = spawnSync(cmd, args, { stdio: 'inherit', env: { ...process.env, ...env } });
   if (r.status !== 0) process.exit(r.status ?? 1);
 };
-run('cmake', ['--build', dir, '--target', 'longcat_native_test', 'longcat_emu_test']);
+run('cmake', ['--build', dir, '--target', 'longcat_native_test', 'longcat_emu_test', 'longcat_emu_race_test']);
 run(`${dir}/Release/longcat_native_test`, []);
 run(`${dir}/Release/longcat_emu_test`, []);
+// a data race report fails the run
+run(`${dir}/Release/longcat_emu_race_test`, [], { TSAN_OPTIONS: 'halt_on_error=1 exitcode=66' });
