@@ -199,6 +199,7 @@ void device_synchronize(int dev) {
 
 void* stream_create(int dev) {
   use(dev);
+  gpu::kernel_image(dev);  // E_DEVICE when the emulated build has no image for the device
   std::lock_guard<std::recursive_mutex> lk(g_m);
   auto s = std::make_shared<Stream>();
   s->dev = dev;
