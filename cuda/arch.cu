@@ -9,6 +9,7 @@
 
 #include "../native/cuda_api.h"
 #include "common.cuh"
+#include "per_device.cuh"
 #include "kernels.h"
 
 namespace lc::gpu {
@@ -35,6 +36,7 @@ const KernelImage& kernel_image(int dev) {
     const lc_emu::Image e = lc_emu::machine().image;
     im.arch = e.arch, im.specific = e.specific;
     const cudaError_t r = e.arch == 0 ? cudaErrorNoKernelImageForDevice : cudaSuccess;
+    const std::string built = lc_emu::machine().archs_text;
 #else
     int prev = 0;
     check(cudaGetDevice(&prev), "cudaGetDevice");
@@ -46,13 +48,14 @@ const KernelImage& kernel_image(int dev) {
     cudaGetLastError();
     cudaSetDevice(prev);
     im.arch = id / 10, im.specific = id % 10 == 1;
+    const std::string built = cuda::archs();
 #endif
     if (r != cudaSuccess || im.arch == 0) {
       int major = 0, minor = 0;
       cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, d);
       cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, d);
       fail(Code::E_DEVICE, "cuda:%d (compute capability %d.%d) cannot run this build's kernels, built for sm %s (%s); rebuild "
-           "with LONGCAT_CUDA_ARCHS including %d%d", d, major, minor, cuda::archs().c_str(), cudaGetErrorName(r), major, minor);
+           "with LONGCAT_CUDA_ARCHS including %d%d", d, major, minor, built.c_str(), cudaGetErrorName(r), major, minor);
     }
     return im;
   });

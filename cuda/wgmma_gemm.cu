@@ -21,6 +21,7 @@
 #include <cstdlib>
 
 #include "common.cuh"
+#include "per_device.cuh"
 #include "hopper.cuh"
 #include "kernels.h"
 

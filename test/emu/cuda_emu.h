@@ -91,6 +91,7 @@ struct Image {
 };
 struct Machine {
   int devices = 1, cc = 90;
+  std::string archs_text;  // as given
   std::vector<Image> archs;
   Image image;  // what every device (all alike) runs
 };
@@ -107,6 +108,7 @@ inline const Machine& machine() {
     if (const char* v = std::getenv("LONGCAT_EMU_CC")) r.cc = std::atoi(v);
     const char* archs = std::getenv("LONGCAT_EMU_ARCHS");
     std::string list = archs ? archs : "90a", cur;
+    r.archs_text = list;
     for (char c : list + ";") {
       if (c == ';' || c == ',') {
         if (!cur.empty()) r.archs.push_back(parse_arch(cur));
