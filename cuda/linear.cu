@@ -195,10 +195,6 @@ size_t align256(size_t b) { return (b + 255) & ~static_cast<size_t>(255); }
 
 }  // namespace
 
-int compute_capability() {
-  return 10 * device_attr(cudaDevAttrComputeCapabilityMajor) + device_attr(cudaDevAttrComputeCapabilityMinor);
-}
-
 void linear(int64_t t, const void* x, DType xt, const cpu::WeightRef& wr, void* y, DType yt, void* stream) {
   if (t == 0 || wr.n == 0) return;
   auto s = static_cast<cudaStream_t>(stream);

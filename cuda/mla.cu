@@ -359,6 +359,7 @@ __global__ void __launch_bounds__(kDecThreads) decode_kernel(DecodeParams p) {
       float m = ms[i], l = ls[i];
       const float corr = online_softmax_warp(s, m, l);
       if (lane < nt) sc[i * tk + lane] = s;
+      __syncwarp();  // every lane read ms / ls (shuffles do not order memory) before lane 0 rewrites them
       if (lane == 0) {
         ms[i] = m;
         ls[i] = l;
@@ -538,6 +539,7 @@ __global__ void __launch_bounds__(kPThreads) prefill_kernel(MlaDims d, int64_t l
       float m = ms[i], l = ls[i];
       const float corr = online_softmax_warp(sv, m, l);
       Ss[i * (kPB + 1) + lane] = sv;
+      __syncwarp();  // every lane read ms / ls (shuffles do not order memory) before lane 0 rewrites them
       if (lane == 0) {
         ms[i] = m;
         ls[i] = l;

@@ -5,6 +5,7 @@
 
 #include "../native/cuda_api.h"
 #include "common.cuh"
+#include "kernels.h"
 
 namespace lc::cuda {
 
@@ -59,6 +60,8 @@ DeviceProps props(int dev) {
   return r;
 }
 
+void set_device(int dev) { use(dev); }
+
 void* malloc(int dev, size_t bytes) {
   use(dev);
   void* p = nullptr;
@@ -103,6 +106,7 @@ void device_synchronize(int dev) {
 
 void* stream_create(int dev) {
   use(dev);
+  gpu::kernel_image(dev);  // E_DEVICE now, naming the built archs, when none of this build's kernels runs here
   cudaStream_t s;
   check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreate");
   return s;

@@ -26,12 +26,12 @@
 // advances the start address by 32 bytes, as the swizzle is applied by the hardware on the address.
 //
 // Opt-in until it has run on a card (LONGCAT_WGMMA=1 or setCudaGemm('wgmma')): linear() then uses it
-// for bf16 x bf16 on sm_90.
+// for bf16 x bf16 where the device runs this build's sm_90a image.
 #include <atomic>
 #include <cstdlib>
-#include <mutex>
 
 #include "common.cuh"
+#include "per_device.cuh"
 #include "hopper.cuh"
 #include "kernels.h"
 
@@ -170,11 +170,14 @@ void set_wgmma_enabled(bool on) { g_wgmma.store(on); }
 bool linear_wgmma(int64_t t, const void* x, DType xt, const cpu::WeightRef& w, void* y, DType yt, void* stream) {
   const auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
   if (xt != DType::BF16 || w.dtype != DType::BF16 || w.k % 8 != 0 || w.k == 0 || !aligned(x) || !aligned(w.data)) return false;
-  if (compute_capability() != 90 || t > 65535LL * kBM) return false;
-  static std::once_flag attr;
-  std::call_once(attr, [] {
+  const int dev = current_device();  // the device the launch goes to
+  if (!kernel_image(dev).wgmma() || t > 65535LL * kBM) return false;  // an sm_90 (not 90a) image: body compiled out
+  // The shared-memory opt-in belongs to the device: set it once on each.
+  static PerDevice<bool> smem_optin;
+  smem_optin.get(dev, [](int) {
     check(cudaFuncSetAttribute(wgmma_linear_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmemBytes)),
           "cudaFuncSetAttribute (wgmma linear)");
+    return true;
   });
   const CUtensorMap ta = hopper::tensor_map_bf16(x, t, w.k, kBK, kBM), tb = hopper::tensor_map_bf16(w.data, w.n, w.k, kBK, kBN);
   const int64_t tiles = ceil_div(w.n, kBN) * ceil_div(t, kBM);

@@ -147,6 +147,7 @@ void launch(const char* op, Stream& s, std::function<void()> cpu, std::function<
     return;
   }
   if (!gpu) fail(Code::E_DEVICE, "%s has no CUDA kernel in this build", op);
+  cuda::set_device(s.device().index);  // the kernels launch on the current device: the stream's
   gpu(s.cuda_handle());
   cuda::check_launch(op);
 }

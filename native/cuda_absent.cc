@@ -14,6 +14,7 @@ std::string archs() { return ""; }
 int device_count() { return 0; }
 std::string unavailable_reason() { return "the addon was built without nvcc"; }
 DeviceProps props(int) { absent(); }
+void set_device(int) { absent(); }
 void* malloc(int, size_t) { absent(); }
 void free(int, void*) {}
 void memcpy_h2d(int, void*, const void*, size_t) { absent(); }

@@ -20,6 +20,10 @@ int device_count();        // 0 without a driver or device; never throws
 std::string unavailable_reason();  // why device_count() is 0 ("" when it is not)
 DeviceProps props(int dev);
 
+// Makes `dev` the calling thread's current device: kernels launch on the current device, so a
+// launch into a stream of `dev` selects it first.
+void set_device(int dev);
+
 void* malloc(int dev, size_t bytes);  // throws E_OOM naming the size
 void free(int dev, void* p);
 void memcpy_h2d(int dev, void* dst, const void* src, size_t bytes);

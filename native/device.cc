@@ -61,14 +61,62 @@ void Pool::raw_free(void* p) {
     cuda::free(device_.index, p);
 }
 
+void* Pool::take_event_locked() {
+  if (spare_events_.empty()) return cuda::event_create(device_.index);
+  void* e = spare_events_.back();
+  spare_events_.pop_back();
+  return e;
+}
+
+void Pool::follow_locked(void* stream, void* leader) {
+  void* e = take_event_locked();
+  try {
+    cuda::event_record(device_.index, e, leader);
+    cuda::stream_wait_event(device_.index, stream, e);
+  } catch (...) {
+    spare_events_.push_back(e);
+    throw;
+  }
+  spare_events_.push_back(e);  // a wait takes the event's state when issued: it can be recorded again
+}
+
 void Pool::add_stream(void* cuda_stream) {
   std::lock_guard<std::mutex> lk(m_);
+  if (parking_)
+    fail(Code::E_ARGUMENT, "a stream cannot be created on %s while a graph is being captured there", device_.str().c_str());
+  // Blocks freed while one stream was alone went to the cache unfenced, and blocks handed out since
+  // may still be touched by that stream's earlier work. The new stream starts behind all work queued
+  // on the device so far, so whatever block it is given was last used by work ordered before it.
+  for (void* s : streams_) follow_locked(cuda_stream, s);
+  for (void* e : orphans_) {
+    cuda::stream_wait_event(device_.index, cuda_stream, e);
+    spare_events_.push_back(e);
+  }
+  orphans_.clear();
   streams_.push_back(cuda_stream);
 }
 
-void Pool::remove_stream(void* cuda_stream) {
+void Pool::remove_stream(void* cuda_stream) noexcept {
   std::lock_guard<std::mutex> lk(m_);
   streams_.erase(std::remove(streams_.begin(), streams_.end(), cuda_stream), streams_.end());
+  // Its queued work still runs after it is destroyed. The remaining streams continue behind it, so a
+  // block freed later (unfenced once one stream is left) is not reused under that work; with no
+  // stream left, the next stream created waits for it. Runs in destructors: a CUDA failure (a
+  // broken context, nothing more can run on it) must not escape.
+  try {
+    if (parking_) {  // no cross-stream waits into a capture: let the stream finish instead
+      cuda::stream_synchronize(device_.index, cuda_stream);
+      return;
+    }
+    if (!streams_.empty()) {
+      for (void* s : streams_) follow_locked(s, cuda_stream);
+    } else {
+      void* e = take_event_locked();
+      orphans_.push_back(e);
+      cuda::event_record(device_.index, e, cuda_stream);
+    }
+  } catch (...) {
+  }
 }
 
 void Pool::reclaim_locked() {
@@ -144,13 +192,7 @@ void Pool::give_back(void* p, size_t rounded) {
     Fenced f{p, rounded, {}};
     try {
       for (void* st : streams_) {
-        void* e = nullptr;
-        if (!spare_events_.empty()) {
-          e = spare_events_.back();
-          spare_events_.pop_back();
-        } else {
-          e = cuda::event_create(device_.index);
-        }
+        void* e = take_event_locked();
         f.events.push_back(e);
         cuda::event_record(device_.index, e, st);
       }
@@ -269,7 +311,12 @@ void device_synchronize(Device d) {
 Stream::Stream(Device d) : device_(d) {
   if (!d.is_cpu()) {
     cuda_ = cuda::stream_create(d.index);
-    device_pool(d).add_stream(cuda_);
+    try {
+      device_pool(d).add_stream(cuda_);
+    } catch (...) {
+      cuda::stream_destroy(d.index, cuda_);
+      throw;
+    }
     return;
   }
   thread_ = std::thread([this] { run(); });
@@ -431,7 +478,11 @@ bool Event::query() {
 double Event::elapsed_ms(Event& end) {
   if (end.device_ != device_) fail(Code::E_DEVICE, "events on different devices");
   if (&end == this) return 0.0;
-  if (cuda_) return cuda::event_elapsed_ms(device_.index, cuda_, end.cuda_);
+  if (cuda_) {  // cudaEventElapsedTime fails (not ready) unless both records completed
+    cuda::event_synchronize(device_.index, cuda_);
+    cuda::event_synchronize(device_.index, end.cuda_);
+    return cuda::event_elapsed_ms(device_.index, cuda_, end.cuda_);
+  }
   if (!last_ || !end.last_) fail(Code::E_ARGUMENT, "elapsed time asked of an event that was never recorded");
   synchronize();
   end.synchronize();

@@ -54,6 +54,10 @@ struct PoolStats {
 // ordered behind them by that stream. With several, a freed block is fenced: an event is recorded on
 // every stream of the device, and the block is reused only once all of them have completed (no
 // kernel queued before the free can still touch it), whichever stream the next user runs on.
+// Streams may appear and disappear at any time: a new stream starts behind all work queued on the
+// device's streams (so blocks cached or handed out unfenced while one stream was alone are safe on
+// it), and the streams left continue behind a destroyed stream's queued work (add_stream /
+// remove_stream).
 class Pool {
  public:
   explicit Pool(Device d) : device_(d) {}  // pools live as long as the process
@@ -61,8 +65,8 @@ class Pool {
   void give_back(void* p, size_t rounded);
   void trim();  // frees every cached block (waiting for fenced ones)
   PoolStats stats();
-  void add_stream(void* cuda_stream);
-  void remove_stream(void* cuda_stream);
+  void add_stream(void* cuda_stream);             // E_ARGUMENT while a graph is being captured
+  void remove_stream(void* cuda_stream) noexcept;
 
   // While a CUDA graph is captured, blocks freed by their last user (the graph's temporaries,
   // whose addresses are baked into the graph) are parked instead of reused; the graph hands them
@@ -76,6 +80,8 @@ class Pool {
   void* raw_alloc(size_t bytes);
   void raw_free(void* p);
   void reclaim_locked();  // fenced blocks whose events completed -> free_
+  void* take_event_locked();
+  void follow_locked(void* stream, void* leader);  // `stream` waits for all work queued on `leader` so far
   struct Fenced {
     void* p;
     size_t size;
@@ -87,6 +93,7 @@ class Pool {
   std::vector<void*> streams_;      // CUDA streams of this device
   std::deque<Fenced> fenced_;       // freed, maybe still in use by queued kernels
   std::vector<void*> spare_events_;
+  std::vector<void*> orphans_;      // recorded on destroyed streams when no stream was left
   PoolStats stats_;
   bool parking_ = false;
   Parked parked_;

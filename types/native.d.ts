@@ -121,7 +121,7 @@ export interface LinearOps {
   /**
    * The tensor-core kernel of bf16 x bf16 CUDA GEMMs (x and weight bf16, K % 8 == 0) on sm_90:
    * 'mma' (mma.sync tiles, the default) or 'wgmma' (TMA + wgmma, opt-in until it has run on a card;
-   * also LONGCAT_WGMMA=1). Process-wide; returns the previous setting. E_DEVICE for 'wgmma' in a
+   * also LONGCAT_WGMMA=1; used where the device runs the build's sm_90a image, else 'mma' serves). Process-wide; returns the previous setting. E_DEVICE for 'wgmma' in a
    * build without CUDA.
    */
   setCudaGemm(kernel: 'mma' | 'wgmma'): 'mma' | 'wgmma';

@@ -55,10 +55,10 @@ static Napi::Value Linear(const Napi::CallbackInfo& info) {
   Stream& s = a.stream(0, d);
   std::optional<Tensor> keep = scale;
 #ifdef LONGCAT_WITH_CUDA
-  // fp8 activations on the e4m3 tensor cores (sm_89+); below that the bf16 path serves.
+  // fp8 activations on the e4m3 tensor cores (an sm_89+ kernel image); otherwise the bf16 path serves.
   std::optional<Tensor> ws;
   if (!d.is_cpu() && wr.dtype == DType::FP8_E4M3 && t >= cpu::kFp8ActivationMinRows &&
-      cpu::matmul_precision() == cpu::MatmulPrecision::FP8 && gpu::compute_capability() >= 89)
+      cpu::matmul_precision() == cpu::MatmulPrecision::FP8 && gpu::kernel_image(d.index).fp8_mma())
     ws = empty_tensor(d, DType::I8, {static_cast<int64_t>(gpu::linear_fp8_workspace_bytes(t, wr.k))});
 #endif
   launch(op, s, [=] { cpu::linear(t, x.data(), x.dtype, wr, y.data(), y.dtype); (void)w; (void)keep; },

@@ -311,7 +311,7 @@ static Napi::Value Moe(const Napi::CallbackInfo& info) {
   bool fp8 = !d.is_cpu() && n_routed > 0 && cpu::matmul_precision() == cpu::MatmulPrecision::FP8;
   for (int64_t e = 0; fp8 && e < n_routed; ++e)
     fp8 = set->gate[e].dtype == DType::FP8_E4M3 && set->up[e].dtype == DType::FP8_E4M3 && set->down[e].dtype == DType::FP8_E4M3;
-  fp8 = fp8 && gpu::compute_capability() >= 89;
+  fp8 = fp8 && gpu::kernel_image(d.index).fp8_mma();
   const size_t ws_bytes =
       d.is_cpu() ? cpu::moe_workspace_bytes(t, k, h, inter, n_routed) : gpu::moe_workspace_bytes(t, k, h, inter, n_routed, fp8);
 #else

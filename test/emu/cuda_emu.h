@@ -1,14 +1,18 @@
 // A CUDA emulator for the kernels in cuda/: just enough of the language and runtime for the kernel
 // sources (after scripts/cuda-emu-sources.mjs rewrote their `<<<...>>>` launches and dynamic shared
 // arrays) to compile as host C++ and run, one fiber per CUDA thread, so that test/native's
-// emulation harness can hold them to the CPU oracle without a GPU. A launch runs synchronously:
-// the blocks one after another (so `__shared__` arrays can be function statics), the threads of a
-// block as cooperatively scheduled fibers; __syncthreads and the warp intrinsics are barriers;
-// exited threads drop out of them like on the hardware. ldmatrix / mma (cuda/mma.cuh) exchange
-// fragments across the warp per the PTX definitions (test/emu/mma_emu.h).
+// emulation harness can hold them to the CPU oracle without a GPU. A launch is checked when issued
+// (kernel image, dynamic shared memory opt-in of the current device), then queued on its stream
+// by the addon's emulated runtime (test/emu/runtime_emu.cc: streams really defer work) or run at
+// once (the native harness). A kernel runs its blocks one after another (so `__shared__` arrays
+// can be function statics), the threads of a block as cooperatively scheduled fibers;
+// __syncthreads and the warp intrinsics are barriers; exited threads drop out of them like on the
+// hardware. ldmatrix / mma (cuda/mma.cuh) exchange fragments across the warp per the PTX
+// definitions (test/emu/mma_emu.h). The machine (device count, compute capability, the archs the
+// "binary" holds) comes from LONGCAT_EMU_DEVICES / LONGCAT_EMU_CC / LONGCAT_EMU_ARCHS (machine()).
 //
 // What it cannot tell: anything about timing, memory ordering beyond the barriers, occupancy,
-// register or shared memory limits, or the PTX instructions themselves.
+// register limits, or the PTX instructions themselves.
 #pragma once
 #include <atomic>
 #include <cmath>
@@ -16,7 +20,11 @@
 #include <cstdlib>
 #include <cstdint>
 #include <cstring>
+#include <algorithm>
 #include <functional>
+#include <map>
+#include <mutex>
+#include <string>
 #include <memory>
 #include <csetjmp>
 #include <ucontext.h>
@@ -55,7 +63,15 @@ inline float4 make_float4(float x, float y, float z, float w) { return float4{x,
 
 // ---- runtime: what the launchers call ----------------------------------------------------------------
 using cudaStream_t = void*;
-enum cudaError_t { cudaSuccess = 0, cudaErrorMemoryAllocation = 2, cudaErrorInvalidValue = 1 };
+enum cudaError_t {
+  cudaSuccess = 0,
+  cudaErrorInvalidValue = 1,
+  cudaErrorMemoryAllocation = 2,
+  cudaErrorInvalidDevice = 101,
+  cudaErrorNoKernelImageForDevice = 209,
+  cudaErrorInvalidResourceHandle = 400,
+  cudaErrorNotReady = 600
+};
 enum cudaMemcpyKind { cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost, cudaMemcpyDeviceToDevice };
 enum cudaDeviceAttr {
   cudaDevAttrMaxSharedMemoryPerBlockOptin,
@@ -64,46 +80,184 @@ enum cudaDeviceAttr {
   cudaDevAttrComputeCapabilityMinor
 };
 enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize };
-inline cudaError_t cudaGetDevice(int* d) { return *d = 0, cudaSuccess; }
-inline cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr a, int) {  // an H100 SXM
+
+namespace lc_emu {
+
+// The emulated machine, from the environment (read once): LONGCAT_EMU_DEVICES devices (default 1)
+// of compute capability LONGCAT_EMU_CC (default 90: an H100 SXM), and a "binary" whose kernels were
+// built for LONGCAT_EMU_ARCHS (default 90a; the syntax of LONGCAT_CUDA_ARCHS, ';' or ','
+// separated). The image a device runs is picked like the driver picks among -gencode sm_XX
+// targets (no PTX embedded): the highest arch of the device's major version not above its compute
+// capability, an arch-specific "a" target only on exactly its compute capability.
+struct Image {
+  int arch = 0;           // 0: the binary has no image for the device
+  bool specific = false;  // an sm_XXa image
+};
+struct Machine {
+  int devices = 1, cc = 90;
+  std::string archs_text;  // as given
+  std::vector<Image> archs;
+  Image image;  // what every device (all alike) runs
+};
+inline Image parse_arch(const std::string& a) {
+  Image im;
+  im.arch = std::atoi(a.c_str());
+  im.specific = !a.empty() && a.back() == 'a';
+  return im;
+}
+inline const Machine& machine() {
+  static const Machine m = [] {
+    Machine r;
+    if (const char* v = std::getenv("LONGCAT_EMU_DEVICES")) r.devices = std::max(1, std::atoi(v));
+    if (const char* v = std::getenv("LONGCAT_EMU_CC")) r.cc = std::atoi(v);
+    const char* archs = std::getenv("LONGCAT_EMU_ARCHS");
+    std::string list = archs ? archs : "90a", cur;
+    r.archs_text = list;
+    for (char c : list + ";") {
+      if (c == ';' || c == ',') {
+        if (!cur.empty()) r.archs.push_back(parse_arch(cur));
+        cur.clear();
+      } else if (c != ' ') {
+        cur += c;
+      }
+    }
+    for (const Image& im : r.archs) {
+      const bool runs = im.arch / 10 == r.cc / 10 && im.arch <= r.cc && (!im.specific || im.arch == r.cc);
+      const bool better = im.arch > r.image.arch || (im.arch == r.image.arch && im.specific);
+      if (runs && better) r.image = im;
+    }
+    return r;
+  }();
+  return m;
+}
+
+// The current device and the sticky-free launch error of the calling thread, like the runtime's.
+inline thread_local int t_device = 0;
+inline thread_local cudaError_t t_last_error = cudaSuccess;
+// The image the kernel being run was launched for (the emulated arch-specific instructions read it).
+inline Image g_exec_image;
+
+// Dynamic shared memory above 48 KB needs cudaFuncSetAttribute, per device and kernel (checked at
+// launch, like the hardware).
+constexpr int kDefaultDynSmem = 48 * 1024, kOptinDynSmem = 232448;
+inline std::mutex g_attr_m;
+inline std::map<std::pair<int, const void*>, int> g_dyn_smem_optin;
+
+// Where launches and asynchronous copies go: test/emu/runtime_emu.cc (the addon's emulated runtime)
+// queues them on their stream; without it (the native harness) they run at once.
+inline void (*g_submit)(cudaStream_t, std::function<void()>) = nullptr;
+inline void submit(cudaStream_t s, std::function<void()> fn) {
+  if (g_submit) g_submit(s, std::move(fn));
+  else fn();
+}
+
+}  // namespace lc_emu
+
+inline cudaError_t cudaGetDevice(int* d) { return *d = lc_emu::t_device, cudaSuccess; }
+inline cudaError_t cudaSetDevice(int d) {
+  if (d < 0 || d >= lc_emu::machine().devices) return cudaErrorInvalidDevice;
+  lc_emu::t_device = d;
+  return cudaSuccess;
+}
+inline cudaError_t cudaGetDeviceCount(int* n) { return *n = lc_emu::machine().devices, cudaSuccess; }
+inline cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr a, int) {  // an H100 SXM, of LONGCAT_EMU_CC
   switch (a) {
-    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *v = 232448; break;
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *v = lc_emu::kOptinDynSmem; break;
     case cudaDevAttrMultiProcessorCount: *v = 132; break;
-    case cudaDevAttrComputeCapabilityMajor: *v = 9; break;
-    case cudaDevAttrComputeCapabilityMinor: *v = 0; break;
+    case cudaDevAttrComputeCapabilityMajor: *v = lc_emu::machine().cc / 10; break;
+    case cudaDevAttrComputeCapabilityMinor: *v = lc_emu::machine().cc % 10; break;
   }
   return cudaSuccess;
 }
 template <class F>
-cudaError_t cudaFuncSetAttribute(F, cudaFuncAttribute, int) { return cudaSuccess; }
-namespace lc_emu {
-// While a stream capture is being recorded (test/emu/runtime_emu.cc), launches and device copies
-// are handed to it instead of running.
-inline std::function<void(std::function<void()>)> g_record;
-}  // namespace lc_emu
-inline cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, cudaMemcpyKind, cudaStream_t) {
-  if (lc_emu::g_record) lc_emu::g_record([=] { std::memmove(d, s, n); });
-  else std::memmove(d, s, n);
+cudaError_t cudaFuncSetAttribute(F fn, cudaFuncAttribute, int bytes) {
+  if (bytes < 0 || bytes > lc_emu::kOptinDynSmem) return cudaErrorInvalidValue;
+  std::lock_guard<std::mutex> lk(lc_emu::g_attr_m);
+  lc_emu::g_dyn_smem_optin[{lc_emu::t_device, reinterpret_cast<const void*>(fn)}] = bytes;
   return cudaSuccess;
 }
-inline cudaError_t cudaGetLastError() { return cudaSuccess; }
-inline const char* cudaGetErrorString(cudaError_t) { return "emulated"; }
-inline const char* cudaGetErrorName(cudaError_t) { return "cudaEmulated"; }
+inline cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, cudaMemcpyKind, cudaStream_t st) {
+  lc_emu::submit(st, [=] { std::memmove(d, s, n); });
+  return cudaSuccess;
+}
+inline cudaError_t cudaGetLastError() {
+  const cudaError_t e = lc_emu::t_last_error;
+  lc_emu::t_last_error = cudaSuccess;
+  return e;
+}
+inline const char* cudaGetErrorName(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess: return "cudaSuccess";
+    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
+    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
+    case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
+    case cudaErrorNoKernelImageForDevice: return "cudaErrorNoKernelImageForDevice";
+    case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
+    case cudaErrorNotReady: return "cudaErrorNotReady";
+  }
+  return "cudaErrorUnknown";
+}
+inline const char* cudaGetErrorString(cudaError_t e) {
+  switch (e) {
+    case cudaErrorInvalidValue: return "invalid argument (emulated)";
+    case cudaErrorNoKernelImageForDevice: return "no kernel image is available for execution on the device (emulated)";
+    case cudaErrorInvalidResourceHandle: return "invalid resource handle (emulated)";
+    case cudaErrorNotReady: return "device not ready (emulated)";
+    default: return "emulated";
+  }
+}
 
 // ---- threads, blocks, barriers -------------------------------------------------------------------------
 // A block's CUDA threads are fibers (ucontext) on the calling OS thread: a barrier parks the fiber
 // until every participant arrived, the scheduler then resumes the others in thread order. Cheap
 // (no OS threads, no futexes) and deterministic; the order alternates (see run) to expose races.
+//
+// Built with -fsanitize=thread (the race harness, test/native/emu_race.cc), every CUDA thread is
+// also a ThreadSanitizer fiber and the CUDA memory model's ordering is annotated: __syncthreads and
+// __syncwarp order memory among their participants (release / acquire), the warp intrinsics
+// (shuffles, ballots, ldmatrix / mma fragment exchanges) exchange values without ordering memory,
+// as the CUDA programming guide specifies; blocks are ordered one after another and with the host.
+// A shared-memory access of one lane that another lane's conflicting access is not ordered with --
+// e.g. lane 0 rewriting a value the other lanes read, with only shuffles between -- is then
+// reported as a data race, whichever order the fibers happened to run in. The emulator's own
+// bookkeeping is hidden from the sanitizer.
+#if defined(__SANITIZE_THREAD__)
+#define LC_EMU_TSAN 1
+#include <sanitizer/tsan_interface.h>
+extern "C" void AnnotateIgnoreReadsBegin(const char*, int);
+extern "C" void AnnotateIgnoreReadsEnd(const char*, int);
+extern "C" void AnnotateIgnoreWritesBegin(const char*, int);
+extern "C" void AnnotateIgnoreWritesEnd(const char*, int);
+#endif
 namespace lc_emu {
+#ifdef LC_EMU_TSAN
+inline char g_block_order;  // the sync object ordering blocks, launches and the host
+inline void* g_sched_tsan = nullptr;
+// The emulator's bookkeeping while alive: not memory the CUDA program shares.
+struct Internal {
+  Internal() { AnnotateIgnoreReadsBegin(__FILE__, __LINE__), AnnotateIgnoreWritesBegin(__FILE__, __LINE__); }
+  ~Internal() { AnnotateIgnoreWritesEnd(__FILE__, __LINE__), AnnotateIgnoreReadsEnd(__FILE__, __LINE__); }
+};
+#define LC_EMU_INTERNAL const lc_emu::Internal lc_emu_internal_
+#else
+#define LC_EMU_INTERNAL (void)0
+#endif
 
 struct Fiber {
-  ucontext_t uc;       // the first entry only (it sets up the stack)
+  ucontext_t uc;       // the first entry only (it sets up the stack); every switch under the sanitizer
   jmp_buf env;         // every later switch: _setjmp / _longjmp, no signal-mask syscalls
   char* stack = nullptr;
   bool started = false, waiting = false, parked = false;  // parked: done with the current block
+#ifdef LC_EMU_TSAN
+  void* tsan = nullptr;
+#endif
 };
 
+#ifdef LC_EMU_TSAN
+constexpr size_t kStack = 256 * 1024;  // instrumented frames are larger
+#else
 constexpr size_t kStack = 64 * 1024;
+#endif
 // Fiber stacks, allocated once (uninitialized) and reused by every launch.
 inline char* fiber_stack(int i) {
   static std::vector<std::unique_ptr<char[]>> stacks;
@@ -123,21 +277,35 @@ inline int g_wake = -1;  // a thread to resume before the scheduler's next one (
 
 // Back to the scheduler; returns when the scheduler resumes this fiber.
 inline void yield() {
+#ifdef LC_EMU_TSAN
+  __tsan_switch_to_fiber(g_sched_tsan, __tsan_switch_to_fiber_no_sync);
+  swapcontext(&(*g_fibers)[g_cur].uc, &g_sched_uc);
+#else
   if (!_setjmp((*g_fibers)[g_cur].env)) _longjmp(g_sched_env, 1);
+#endif
 }
 
 // A barrier whose participants can leave (a returned CUDA thread no longer holds a barrier back).
+// `orders_memory`: __syncthreads / __syncwarp (not the warp intrinsics' exchanges).
 class Barrier {
  public:
   void reset(int n) { expected_ = n, arrived_.clear(); }
-  void arrive_and_wait() {
+  void arrive_and_wait(bool orders_memory) {
+    LC_EMU_INTERNAL;
+#ifdef LC_EMU_TSAN
+    if (orders_memory) __tsan_release(this);
+#endif
     if (static_cast<int>(arrived_.size()) + 1 >= expected_) {
       release();
-      return;
+    } else {
+      arrived_.push_back(g_cur);
+      (*g_fibers)[g_cur].waiting = true;
+      yield();
     }
-    arrived_.push_back(g_cur);
-    (*g_fibers)[g_cur].waiting = true;
-    yield();
+#ifdef LC_EMU_TSAN
+    if (orders_memory) __tsan_acquire(this);
+#endif
+    (void)orders_memory;
   }
   void drop() {
     --expected_;
@@ -171,13 +339,15 @@ inline void* dynamic_smem() { return g_dyn_smem; }
 inline Warp& warp() { return g_block->warps[t_warp]; }
 
 // The calling thread's lane publishes `n` words, the warp meets, `read` runs, the warp meets again.
+// No memory ordering (the values travel outside memory on the hardware).
 template <class Read>
 void exchange(const uint64_t* mine, int n, Read read) {
+  LC_EMU_INTERNAL;
   Warp& w = warp();
   for (int i = 0; i < n; ++i) w.slot[t_lane][i] = mine[i];
-  w.bar.arrive_and_wait();
+  w.bar.arrive_and_wait(false);
   read(w.slot);
-  w.bar.arrive_and_wait();
+  w.bar.arrive_and_wait(false);
 }
 
 template <class T>
@@ -196,13 +366,26 @@ T from_bits(uint64_t b) {
 // A fiber runs its CUDA thread in every block of the launch, parking between blocks.
 inline void fiber_entry() {
   for (int64_t b = 0; b < g_blocks; ++b) {
+#ifdef LC_EMU_TSAN
+    __tsan_acquire(&g_block_order);  // after the previous blocks and what the host did before the launch
+#endif
     g_body();
-    g_block->bar.drop();
-    warp().bar.drop();
-    (*g_fibers)[g_cur].parked = true;
+    {
+      LC_EMU_INTERNAL;
+#ifdef LC_EMU_TSAN
+      __tsan_release(&g_block_order);
+#endif
+      g_block->bar.drop();
+      warp().bar.drop();
+      (*g_fibers)[g_cur].parked = true;
+    }
     yield();
   }
+#ifdef LC_EMU_TSAN
+  for (;;) yield();  // the launch is over: never resumed again
+#else
   _longjmp(g_sched_env, 1);
+#endif
 }
 
 inline void select(int f) {
@@ -215,6 +398,18 @@ inline void select(int f) {
 inline void resume(int f) {
   select(f);
   Fiber& fb = (*g_fibers)[f];
+#ifdef LC_EMU_TSAN
+  if (!fb.started) {
+    fb.started = true;
+    getcontext(&fb.uc);
+    fb.uc.uc_stack.ss_sp = fb.stack;
+    fb.uc.uc_stack.ss_size = kStack;
+    fb.uc.uc_link = nullptr;
+    makecontext(&fb.uc, fiber_entry, 0);
+  }
+  __tsan_switch_to_fiber(fb.tsan, __tsan_switch_to_fiber_no_sync);
+  swapcontext(&g_sched_uc, &fb.uc);
+#else
   if (_setjmp(g_sched_env)) return;
   if (fb.started) _longjmp(fb.env, 1);
   fb.started = true;
@@ -224,6 +419,7 @@ inline void resume(int f) {
   fb.uc.uc_link = nullptr;
   makecontext(&fb.uc, fiber_entry, 0);
   swapcontext(&g_sched_uc, &fb.uc);
+#endif
 }
 
 // kernel<<<grid, block, smem, stream>>>(args...) -> launcher(kernel, grid, block, smem, stream)(args...)
@@ -232,24 +428,40 @@ struct Launcher {
   K kernel;
   dim3 grid, block;
   size_t smem = 0;  // dynamic shared memory bytes
+  cudaStream_t stream = nullptr;
+  // Checked when issued, like a launch: a failure is the thread's last error and nothing runs.
   template <class... A>
   void operator()(A... args) const {
-    if (g_record) {
-      const Launcher self = *this;
-      g_record([self, args...] { self.run(args...); });
-    } else {
-      run(args...);
+    if (machine().image.arch == 0) {
+      t_last_error = cudaErrorNoKernelImageForDevice;
+      return;
     }
+    if (smem > static_cast<size_t>(kDefaultDynSmem)) {
+      std::lock_guard<std::mutex> lk(g_attr_m);
+      auto it = g_dyn_smem_optin.find({t_device, reinterpret_cast<const void*>(kernel)});
+      if (it == g_dyn_smem_optin.end() || static_cast<size_t>(it->second) < smem) {
+        t_last_error = cudaErrorInvalidValue;  // what the hardware reports for too much dynamic shared memory
+        return;
+      }
+    }
+    const Launcher self = *this;
+    submit(stream, [self, args...] { self.run(args...); });
   }
   template <class... A>
   void run(A... args) const {
     const int nt = static_cast<int>(block.x * block.y * block.z);
     const int64_t nb = static_cast<int64_t>(grid.x) * grid.y * grid.z;
     if (nt <= 0 || nb <= 0) return;
+    LC_EMU_INTERNAL;
+    g_exec_image = machine().image;
     Block blk;
     blk.warps = std::vector<Warp>((nt + 31) / 32);
     std::vector<Fiber> fibers(nt);
     for (int i = 0; i < nt; ++i) fibers[i].stack = fiber_stack(i);
+#ifdef LC_EMU_TSAN
+    g_sched_tsan = __tsan_get_current_fiber();
+    for (auto& f : fibers) f.tsan = __tsan_create_fiber(0);
+#endif
     g_block = &blk, g_fibers = &fibers, b_dim = block, g_dim = grid, g_blocks = nb;
     g_body = [&] { kernel(args...); };
     for (int64_t b = 0; b < nb; ++b) {
@@ -257,7 +469,13 @@ struct Launcher {
                    static_cast<unsigned>(b / (static_cast<int64_t>(grid.x) * grid.y)));
       blk.bar.reset(nt);
       for (int w = 0; w < static_cast<int>(blk.warps.size()); ++w) blk.warps[w].bar.reset(std::min(32, nt - 32 * w));
+#ifdef LC_EMU_TSAN
+      __tsan_acquire(&g_block_order);
+#endif
       std::memset(g_dyn_smem, 0xff, std::min(smem, sizeof g_dyn_smem));  // uninitialized shared memory reads as NaN
+#ifdef LC_EMU_TSAN
+      __tsan_release(&g_block_order);
+#endif
       for (auto& f : fibers) f.parked = f.waiting = false;
       g_wake = -1;
       // Alternate the order threads run in (forward, then backward) from round to round and block to
@@ -284,18 +502,23 @@ struct Launcher {
         }
       }
     }
+#ifdef LC_EMU_TSAN
+    __tsan_acquire(&g_block_order);  // the host reads what the blocks wrote
+    for (auto& f : fibers) __tsan_destroy_fiber(f.tsan);
+#else
     for (int i = 0; i < nt; ++i) resume(i);  // each fiber leaves its loop and returns to the scheduler
+#endif
     g_block = nullptr, g_fibers = nullptr;
   }
 };
 
 template <class K>
-Launcher<K> launcher(K kernel, dim3 grid, dim3 block, size_t smem = 0, cudaStream_t = nullptr) {
+Launcher<K> launcher(K kernel, dim3 grid, dim3 block, size_t smem = 0, cudaStream_t stream = nullptr) {
   if (smem > sizeof g_dyn_smem) {
     std::fprintf(stderr, "cuda emulator: %zu bytes of dynamic shared memory requested\n", smem);
     std::abort();
   }
-  return Launcher<K>{kernel, grid, block, smem};
+  return Launcher<K>{kernel, grid, block, smem, stream};
 }
 
 }  // namespace lc_emu
@@ -305,8 +528,8 @@ Launcher<K> launcher(K kernel, dim3 grid, dim3 block, size_t smem = 0, cudaStrea
 #define blockDim (lc_emu::b_dim)
 #define gridDim (lc_emu::g_dim)
 
-inline void __syncthreads() { lc_emu::g_block->bar.arrive_and_wait(); }
-inline void __syncwarp(unsigned = 0xffffffffu) { lc_emu::warp().bar.arrive_and_wait(); }
+inline void __syncthreads() { lc_emu::g_block->bar.arrive_and_wait(true); }
+inline void __syncwarp(unsigned = 0xffffffffu) { lc_emu::warp().bar.arrive_and_wait(true); }
 
 template <class T>
 T __shfl_xor_sync(unsigned, T v, int mask) {

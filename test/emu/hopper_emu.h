@@ -127,7 +127,10 @@ inline float operand(uint64_t desc, int row, int k) {
 }
 
 // d (this thread's 64 accumulators of the m64n128 tile) += A (desc) * B (desc)^T, computed now.
+// An image without the sm_90a feature set has no wgmma (the kernel body is compiled out there):
+// nothing is accumulated.
 inline void wgmma_m64n128k16_now(float* d, uint64_t a, uint64_t b) {
+  if (!(lc_emu::g_exec_image.arch == 90 && lc_emu::g_exec_image.specific)) return;
   const int t = lc_emu::t_warp % 4 * 32 + lc_emu::t_lane;
   for (int j = 0; j < 64; ++j) {
     const int row = 16 * (t / 32) + (t % 32) / 4 + 8 * ((j % 4) / 2), col = 8 * (j / 4) + 2 * (t % 4) + j % 2;

@@ -1,13 +1,24 @@
 // native/cuda_api.h for the emulated CUDA device of test/emu (the addon built with
-// -DLONGCAT_CUDA_EMU=ON, for tests only): "device" memory is host memory, every launch runs when it
-// is issued (so streams, events and device synchronization have nothing to wait for), and a stream
-// capture records the launches and device copies issued during it, which a graph launch replays in
-// order. This runs the whole CUDA backend -- the op bindings' CUDA paths, the device pool with its
-// stream fences and graph parking, the model's two streams and captured decode steps -- on the CPU.
+// -DLONGCAT_CUDA_EMU=ON, for tests only): "device" memory is host memory, and streams really defer
+// work, so that ordering bugs show as wrong results instead of passing by luck. Every launch, async
+// copy, memset, event record, event wait and graph launch is queued on its stream; a stream's queue
+// runs, in order, only when the host waits for it: stream / event / device synchronization, or an
+// event wait queued on another stream when that one runs (it first runs the waited-for stream up to
+// the event). An event query never runs anything: an event is pending until its stream reached it
+// (the adversarial GPU: always slower than the host). Blocking host copies (cudaMemcpy) wait for the
+// legacy default stream only, like with the cudaStreamNonBlocking streams of cuda/runtime.cu. A
+// destroyed stream's queued work still runs (at the next device synchronization or event wait that
+// reaches it). A stream capture records the launches and device copies issued during it, which a
+// graph launch queues as one item. This runs the whole CUDA backend -- the op bindings' CUDA paths,
+// the device pool with its stream fences and graph parking, the model's two streams and captured
+// decode steps -- on the CPU. Several devices: LONGCAT_EMU_DEVICES (test/emu/cuda_emu.h).
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -19,76 +30,274 @@
 namespace lc::cuda {
 
 namespace {
-struct Graph {
-  std::vector<std::function<void()>> work;
+
+struct Stream {
+  int dev = 0;
+  std::deque<std::function<void()>> queue;
+  uint64_t queued = 0, done = 0;  // items ever queued / run (the n-th queued item is number n)
+  bool running = false;           // an item of this stream is running now
+  bool destroyed = false;
 };
+using StreamPtr = std::shared_ptr<Stream>;
+
+// An event's latest record: the stream and its item number; complete once the stream ran it.
 struct Event {
-  std::chrono::steady_clock::time_point when;
+  StreamPtr stream;
+  uint64_t seq = 0;
+  std::shared_ptr<std::chrono::steady_clock::time_point> when;
 };
-std::unique_ptr<Graph> g_capturing;  // the graph being captured, or null
+
+struct Graph {
+  std::shared_ptr<std::vector<std::function<void()>>> work = std::make_shared<std::vector<std::function<void()>>>();
+};
+
+// One host thread drives the device (the JS thread), but a Storage may be released elsewhere:
+// every queue operation holds this (recursively: an item may run another stream's items).
+std::recursive_mutex g_m;
+std::vector<StreamPtr> g_streams;      // every live stream, and destroyed ones with work left
+std::vector<StreamPtr> g_legacy;       // per device: the legacy default stream (stream handle null)
+std::unique_ptr<Graph> g_capturing;    // the graph being captured, or null
+
+[[noreturn]] void fail_cuda(cudaError_t e, const char* what) {
+  fail(e == cudaErrorMemoryAllocation ? Code::E_OOM : Code::E_CUDA, "%s: %s (%s)", what, cudaGetErrorString(e), cudaGetErrorName(e));
+}
+
+void use(int dev) {
+  const cudaError_t e = cudaSetDevice(dev);
+  if (e != cudaSuccess) fail_cuda(e, "cudaSetDevice");
+}
+
+const StreamPtr& legacy(int dev) {
+  while (static_cast<int>(g_legacy.size()) <= dev) {
+    g_legacy.push_back(std::make_shared<Stream>());
+    g_legacy.back()->dev = static_cast<int>(g_legacy.size()) - 1;
+  }
+  return g_legacy[dev];
+}
+
+StreamPtr find(int dev, void* s) {
+  if (!s) return legacy(dev);
+  for (const StreamPtr& p : g_streams)
+    if (p.get() == s && !p->destroyed) return p;
+  fail_cuda(cudaErrorInvalidResourceHandle, "stream (emulated): not a live stream");
+}
+
+void forget_if_finished(const StreamPtr& s) {
+  if (s->destroyed && s->queue.empty() && !s->running)
+    g_streams.erase(std::remove(g_streams.begin(), g_streams.end(), s), g_streams.end());
+}
+
+// Runs the stream's items in order until its item `upto` has run.
+void run_until(const StreamPtr& s, uint64_t upto) {
+  std::lock_guard<std::recursive_mutex> lk(g_m);
+  while (s->done < upto && !s->queue.empty()) {
+    if (s->running) {  // an item of this stream waits for a later item of it: a cycle of waits
+      std::fprintf(stderr, "cuda emulator: a stream waits for its own later work (cyclic event waits)\n");
+      std::abort();
+    }
+    std::function<void()> fn = std::move(s->queue.front());
+    s->queue.pop_front();
+    s->running = true;
+    fn();
+    s->running = false;
+    ++s->done;
+  }
+  forget_if_finished(s);
+}
+void run_all(const StreamPtr& s) { run_until(s, s->queued); }
+
+void enqueue(const StreamPtr& s, std::function<void()> fn) {
+  std::lock_guard<std::recursive_mutex> lk(g_m);
+  s->queue.push_back(std::move(fn));
+  ++s->queued;
+}
+
+// Launches and async copies (cuda_emu.h's submit hook): into the graph being captured, or onto the
+// stream, which must belong to the current device like on the hardware.
+void submit(cudaStream_t st, std::function<void()> fn) {
+  std::lock_guard<std::recursive_mutex> lk(g_m);
+  if (g_capturing) {
+    g_capturing->work.get()->push_back(std::move(fn));
+    return;
+  }
+  StreamPtr s;
+  if (!st) {
+    s = legacy(lc_emu::t_device);
+  } else {
+    for (const StreamPtr& p : g_streams)
+      if (p.get() == st && !p->destroyed) s = p;
+  }
+  if (!s || s->dev != lc_emu::t_device) {
+    lc_emu::t_last_error = cudaErrorInvalidResourceHandle;
+    return;
+  }
+  enqueue(s, std::move(fn));
+}
+const bool g_installed = (lc_emu::g_submit = submit, true);
+
 }  // namespace
 
 bool compiled() { return true; }
 std::string archs() { return "emulated"; }
-int device_count() { return 1; }
+int device_count() { return (void)g_installed, lc_emu::machine().devices; }
 std::string unavailable_reason() { return ""; }
 
-DeviceProps props(int) {
+DeviceProps props(int dev) {
+  use(dev);
   DeviceProps p;
   p.name = "CUDA emulator (CPU, test/emu)";
-  p.cc_major = 9, p.cc_minor = 0, p.sm_count = 132;
+  p.cc_major = lc_emu::machine().cc / 10, p.cc_minor = lc_emu::machine().cc % 10, p.sm_count = 132;
   p.total_bytes = size_t{16} << 30, p.free_bytes = size_t{16} << 30;
   return p;
 }
 
+void set_device(int dev) { use(dev); }
+
 void* malloc(int dev, size_t bytes) {
+  use(dev);
   void* p = std::aligned_alloc(256, (bytes + 255) / 256 * 256);
   if (!p) fail(Code::E_OOM, "CUDA out of memory on cuda:%d allocating %zu bytes (emulated)", dev, bytes);
   return p;
 }
-void free(int, void* p) { std::free(p); }
-
-// Copies issued while a stream is captured become graph nodes, like cudaMemcpyAsync.
-static void run_or_record(std::function<void()> fn) {
-  if (g_capturing) g_capturing->work.push_back(std::move(fn));
-  else fn();
-}
-void memcpy_h2d(int, void* dst, const void* src, size_t bytes) { std::memcpy(dst, src, bytes); }
-void memcpy_d2h(int, void* dst, const void* src, size_t bytes) { std::memcpy(dst, src, bytes); }
-void memcpy_d2d(int, void* dst, const void* src, size_t bytes, void*) {
-  run_or_record([=] { std::memmove(dst, src, bytes); });
-}
-void memset_async(int, void* p, int value, size_t bytes, void*) {
-  run_or_record([=] { std::memset(p, value, bytes); });
-}
-void device_synchronize(int) {}
-
-void* stream_create(int) { return new int(0); }
-void stream_destroy(int, void* s) { delete static_cast<int*>(s); }
-void stream_synchronize(int, void*) {}
-void* event_create(int) { return new Event(); }
-void event_destroy(int, void* e) { delete static_cast<Event*>(e); }
-void event_record(int, void* e, void*) { static_cast<Event*>(e)->when = std::chrono::steady_clock::now(); }
-void stream_wait_event(int, void*, void*) {}
-void event_synchronize(int, void*) {}
-bool event_query(int, void*) { return true; }
-float event_elapsed_ms(int, void* a, void* b) {
-  return std::chrono::duration<float, std::milli>(static_cast<Event*>(b)->when - static_cast<Event*>(a)->when).count();
+void free(int dev, void* p) {
+  use(dev);
+  std::free(p);
 }
 
-void stream_begin_capture(int, void*) {
+// cudaMemcpy: after the legacy default stream's work, not the other (non-blocking) streams'.
+void memcpy_h2d(int dev, void* dst, const void* src, size_t bytes) {
+  use(dev);
+  run_all(legacy(dev));
+  std::memcpy(dst, src, bytes);
+}
+void memcpy_d2h(int dev, void* dst, const void* src, size_t bytes) {
+  use(dev);
+  run_all(legacy(dev));
+  std::memcpy(dst, src, bytes);
+}
+void memcpy_d2d(int dev, void* dst, const void* src, size_t bytes, void* stream) {
+  use(dev);
+  if (cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream) != cudaSuccess || lc_emu::t_last_error != cudaSuccess)
+    fail_cuda(cudaGetLastError(), "cudaMemcpyAsync device->device");
+}
+void memset_async(int dev, void* p, int value, size_t bytes, void* stream) {
+  use(dev);
+  submit(stream, [=] { std::memset(p, value, bytes); });
+  if (lc_emu::t_last_error != cudaSuccess) fail_cuda(cudaGetLastError(), "cudaMemsetAsync");
+}
+void device_synchronize(int dev) {
+  use(dev);
+  std::lock_guard<std::recursive_mutex> lk(g_m);
+  for (bool again = true; again;) {  // an item may queue more (a graph launch does not, but stay general)
+    again = false;
+    std::vector<StreamPtr> all = g_streams;
+    all.push_back(legacy(dev));
+    for (const StreamPtr& s : all)
+      if (s->dev == dev && !s->queue.empty()) run_all(s), again = true;
+  }
+}
+
+void* stream_create(int dev) {
+  use(dev);
+  gpu::kernel_image(dev);  // E_DEVICE when the emulated build has no image for the device
+  std::lock_guard<std::recursive_mutex> lk(g_m);
+  auto s = std::make_shared<Stream>();
+  s->dev = dev;
+  g_streams.push_back(s);
+  return s.get();
+}
+// Like cudaStreamDestroy: returns at once; the stream's queued work still runs.
+void stream_destroy(int dev, void* st) {
+  use(dev);
+  std::lock_guard<std::recursive_mutex> lk(g_m);
+  StreamPtr s = find(dev, st);
+  s->destroyed = true;
+  forget_if_finished(s);
+}
+void stream_synchronize(int dev, void* st) {
+  use(dev);
+  std::lock_guard<std::recursive_mutex> lk(g_m);
+  run_all(find(dev, st));
+}
+void* event_create(int dev) {
+  use(dev);
+  return new Event();
+}
+void event_destroy(int dev, void* e) {
+  use(dev);
+  std::lock_guard<std::recursive_mutex> lk(g_m);
+  delete static_cast<Event*>(e);
+}
+void event_record(int dev, void* e, void* st) {
+  use(dev);
+  std::lock_guard<std::recursive_mutex> lk(g_m);
+  if (g_capturing) return;  // a captured record orders graph nodes; the graph runs its work in order anyway
+  auto* ev = static_cast<Event*>(e);
+  ev->stream = find(dev, st);
+  auto when = std::make_shared<std::chrono::steady_clock::time_point>();
+  ev->when = when;
+  enqueue(ev->stream, [when] { *when = std::chrono::steady_clock::now(); });
+  ev->seq = ev->stream->queued;
+}
+// The wait refers to the event's latest record at the time of the call, like cudaStreamWaitEvent.
+void stream_wait_event(int dev, void* st, void* e) {
+  use(dev);
+  std::lock_guard<std::recursive_mutex> lk(g_m);
+  if (g_capturing) return;
+  const auto* ev = static_cast<Event*>(e);
+  StreamPtr s = find(dev, st);
+  if (!ev->stream) return;  // never recorded: nothing to wait for
+  StreamPtr other = ev->stream;
+  const uint64_t seq = ev->seq;
+  enqueue(s, [other, seq] { run_until(other, seq); });
+}
+void event_synchronize(int dev, void* e) {
+  use(dev);
+  std::lock_guard<std::recursive_mutex> lk(g_m);
+  const auto* ev = static_cast<Event*>(e);
+  if (ev->stream) run_until(ev->stream, ev->seq);
+}
+bool event_query(int dev, void* e) {
+  use(dev);
+  std::lock_guard<std::recursive_mutex> lk(g_m);
+  const auto* ev = static_cast<Event*>(e);
+  return !ev->stream || ev->stream->done >= ev->seq;
+}
+float event_elapsed_ms(int dev, void* a, void* b) {
+  use(dev);
+  std::lock_guard<std::recursive_mutex> lk(g_m);
+  const auto *ea = static_cast<Event*>(a), *eb = static_cast<Event*>(b);
+  if (!ea->stream || !eb->stream) fail_cuda(cudaErrorInvalidResourceHandle, "cudaEventElapsedTime (an event never recorded)");
+  if (ea->stream->done < ea->seq || eb->stream->done < eb->seq) fail_cuda(cudaErrorNotReady, "cudaEventElapsedTime");
+  return std::chrono::duration<float, std::milli>(*eb->when - *ea->when).count();
+}
+
+void stream_begin_capture(int dev, void*) {
+  use(dev);
+  std::lock_guard<std::recursive_mutex> lk(g_m);
   if (g_capturing) fail(Code::E_CUDA, "stream capture: already capturing (emulated)");
   g_capturing = std::make_unique<Graph>();
-  lc_emu::g_record = [](std::function<void()> fn) { g_capturing->work.push_back(std::move(fn)); };
 }
-void* stream_end_capture(int, void*) {
-  lc_emu::g_record = nullptr;
+void* stream_end_capture(int dev, void*) {
+  use(dev);
+  std::lock_guard<std::recursive_mutex> lk(g_m);
   return g_capturing.release();
 }
-void graph_launch(int, void* exec, void*) {
-  for (auto& fn : static_cast<Graph*>(exec)->work) fn();
+void graph_launch(int dev, void* exec, void* st) {
+  use(dev);
+  std::lock_guard<std::recursive_mutex> lk(g_m);
+  auto work = static_cast<Graph*>(exec)->work;
+  enqueue(find(dev, st), [work] {
+    for (auto& fn : *work) fn();
+  });
 }
-void graph_destroy(int, void* exec) { delete static_cast<Graph*>(exec); }
-void check_launch(const char*) {}
+void graph_destroy(int dev, void* exec) {
+  use(dev);
+  delete static_cast<Graph*>(exec);
+}
+void check_launch(const char* what) {
+  const cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) fail_cuda(e, what);
+}
 
 }  // namespace lc::cuda

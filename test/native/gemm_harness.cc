@@ -190,7 +190,7 @@ void linear_case(int64_t t, int64_t n, int64_t k, DType wdt, MatmulPrecision pre
   DeviceBuffer dy(y.size() * 4);
   cuda::memset_async(0, dy.p, 0xff, dy.bytes, nullptr);  // NaN poison
   const cpu::WeightRef wr = w.at(dw.p, static_cast<const float*>(ds.p));
-  if (fp8_act && gpu::compute_capability() >= 89) {
+  if (fp8_act && gpu::kernel_image(0).fp8_mma()) {
     DeviceBuffer ws(gpu::linear_fp8_workspace_bytes(t, k));
     gpu::linear_fp8(t, dx.p, DType::F32, wr, dy.p, DType::F32, ws.p, nullptr);
     cuda::check_launch(name);
@@ -201,7 +201,7 @@ void linear_case(int64_t t, int64_t n, int64_t k, DType wdt, MatmulPrecision pre
     for (size_t i = 0; i < x.size(); ++i) xb[i] = cpu::f32_to_bf16(x[i]);
     DeviceBuffer dxb(xb.data(), xb.size() * 2);
     gpu::set_wgmma_enabled(true);
-    const bool used = gpu::wgmma_enabled() && gpu::compute_capability() == 90;  // the emulator has no wgmma
+    const bool used = gpu::wgmma_enabled() && gpu::kernel_image(0).wgmma();
     gpu::linear(t, dxb.p, DType::BF16, wr, dy.p, DType::F32, nullptr);
     gpu::set_wgmma_enabled(false);
     cuda::check_launch(name);
@@ -294,7 +294,7 @@ void moe_case(int64_t t, int64_t h, int64_t inter, int64_t nr, int64_t nz, int64
     keep.push_back(std::make_unique<DeviceBuffer>(w.scale.data(), w.scale.size() * 4));
     table.push_back(gpu::MoeWeight{d, static_cast<const float*>(keep.back()->p), w.dtype});
   }
-  const bool fp8 = prec == MatmulPrecision::FP8 && wdt == DType::FP8_E4M3 && gpu::compute_capability() >= 89;
+  const bool fp8 = prec == MatmulPrecision::FP8 && wdt == DType::FP8_E4M3 && gpu::kernel_image(0).fp8_mma();
   DeviceBuffer dtab(table.data(), table.size() * sizeof(gpu::MoeWeight)), du(u.data(), u.size() * 4),
       didx(idx.data(), idx.size() * 4), dw(wt.data(), wt.size() * 4), dout(out.size() * 4),
       dws(gpu::moe_workspace_bytes(t, k, h, inter, nr, fp8));

@@ -1,0 +1,110 @@
+// Warp-level data races in the attention kernels, found by ThreadSanitizer on the CPU emulator:
+// built with -fsanitize=thread, test/emu/cuda_emu.h makes every CUDA thread a sanitizer fiber and
+// annotates the CUDA memory model (__syncthreads / __syncwarp order memory, shuffles do not), so a
+// lane rewriting shared memory that other lanes of its warp read with only shuffles between them is
+// reported (TSAN_OPTIONS=halt_on_error=1: the run fails). Covers the split-KV online-softmax update
+// of both CUDA-core decode kernels (f32 and bf16 cache), the tensor-core decode and the CUDA-core
+// prefill, each also held to the CPU oracle. Built and run by `npm run test:native` (target
+// longcat_emu_race_test).
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "../../cuda/mla.h"
+#include "common.h"
+#include "cpu/attention.h"
+#include "cpu/linear.h"
+#include "cpu/numeric.h"
+
+namespace {
+
+using namespace lc;
+using cpu::MatmulPrecision;
+
+int g_passed = 0, g_failed = 0;
+std::mt19937_64 g_rng(2026);
+float uni() { return std::uniform_real_distribution<float>(-1, 1)(g_rng); }
+
+void expect_close(const std::vector<float>& got, const std::vector<float>& want, double tol, const std::string& what) {
+  double scale = 1e-30, worst = 0;
+  for (float w : want) scale = std::max(scale, static_cast<double>(std::fabs(w)));
+  for (size_t i = 0; i < want.size(); ++i) {
+    const double e = std::fabs(static_cast<double>(got[i]) - want[i]);
+    worst = std::isnan(e) ? INFINITY : std::max(worst, e);
+  }
+  const bool ok = worst / scale <= tol;
+  ok ? ++g_passed : ++g_failed;
+  std::printf("%s %s: max relative error %.3g (tolerance %.3g)\n", ok ? "ok  " : "FAIL", what.c_str(), worst / scale, tol);
+}
+
+// Absorbed decode over a paged cache with several splits per sequence (the combine of partial
+// softmax states runs in every tile).
+void decode_case(int64_t nh, int64_t dl, int64_t dr, int64_t bs, std::vector<int32_t> lens, bool bf16, MatmulPrecision p) {
+  cpu::set_matmul_precision(p);
+  cpu::MlaDims d;
+  d.nh = nh, d.dn = 7, d.dr = dr, d.dv = 5, d.dl = dl;
+  const int64_t B = static_cast<int64_t>(lens.size()), row = dl + dr;
+  int64_t mb = 1;
+  for (int32_t l : lens) mb = std::max<int64_t>(mb, (l + bs - 1) / bs);
+  const int64_t nb = B * mb;
+  std::vector<int32_t> bt(B * mb);
+  for (int64_t i = 0; i < B * mb; ++i) bt[i] = static_cast<int32_t>(B * mb - 1 - i);
+  std::vector<float> cf(nb * bs * row);
+  std::vector<uint16_t> cb(cf.size());
+  for (size_t i = 0; i < cf.size(); ++i) cb[i] = cpu::f32_to_bf16(uni()), cf[i] = cpu::bf16_to_f32(cb[i]);
+  const void* cache = bf16 ? static_cast<const void*>(cb.data()) : static_cast<const void*>(cf.data());
+  std::vector<float> ql(B * nh * dl), q(B * nh * (d.dn + dr));
+  for (auto& v : ql) v = 0.3f * uni();
+  for (auto& v : q) v = 0.3f * uni();
+  const float scale = 1.0f / std::sqrt(192.0f);
+  std::vector<float> want(B * nh * dl), got(B * nh * dl, NAN);
+  std::vector<float> cws(cpu::mla_decode_workspace_floats(d, B, 3));
+  cpu::mla_decode_absorbed(d, B, want.data(), ql.data(), q.data(), cache, bf16, bs, bt.data(), mb, lens.data(), scale, cws.data(), 3);
+  const int64_t splits = gpu::mla_decode_splits(d, B, mb * bs, bf16, cache);
+  std::vector<float> gws(std::max<int64_t>(1, gpu::mla_decode_workspace_floats(d, B, splits)));
+  gpu::mla_decode_absorbed(d, B, got.data(), ql.data(), q.data(), cache, bf16, nb, bs, bt.data(), mb, lens.data(), scale, gws.data(),
+                           splits, nullptr);
+  expect_close(got, want, p == MatmulPrecision::Highest ? 1e-4 : 5e-3,
+               std::string("mla decode ") + (bf16 ? "bf16" : "f32") + " cache, nh=" + std::to_string(nh) + " dl=" + std::to_string(dl) +
+                   " splits=" + std::to_string(splits));
+  cpu::set_matmul_precision(MatmulPrecision::BF16);
+}
+
+void prefill_case(int64_t nh, int64_t dn, int64_t dr, int64_t dv, std::vector<std::pair<int32_t, int32_t>> seqs) {
+  cpu::set_matmul_precision(MatmulPrecision::Highest);
+  cpu::MlaDims d;
+  d.nh = nh, d.dn = dn, d.dr = dr, d.dv = dv, d.dl = 16;
+  std::vector<int32_t> qs{0}, ks{0};
+  for (auto [ql, kl] : seqs) qs.push_back(qs.back() + ql), ks.push_back(ks.back() + kl);
+  const int64_t T = qs.back(), S = ks.back(), B = static_cast<int64_t>(seqs.size());
+  std::vector<float> q(T * nh * (dn + dr)), kvb(S * nh * (dn + dv)), kpe(S * dr);
+  for (auto* v : {&q, &kvb, &kpe})
+    for (auto& x : *v) x = uni();
+  const float scale = 1.0f / std::sqrt(static_cast<float>(dn + dr));
+  std::vector<float> want(T * nh * dv), got(T * nh * dv, NAN);
+  cpu::mla_prefill(d, B, want.data(), q.data(), kvb.data(), kpe.data(), qs.data(), ks.data(), scale);
+  std::vector<int32_t> ws(gpu::mla_prefill_workspace_ints(T, B));
+  gpu::mla_prefill(d, B, T, S, got.data(), q.data(), kvb.data(), kpe.data(), qs.data(), ks.data(), scale, ws.data(), nullptr);
+  expect_close(got, want, 1e-4, "mla prefill (CUDA cores) nh=" + std::to_string(nh) + " dv=" + std::to_string(dv));
+  cpu::set_matmul_precision(MatmulPrecision::BF16);
+}
+
+}  // namespace
+
+int main() {
+  std::printf("longcat attention kernels under the emulator with ThreadSanitizer (warp-level races)\n");
+  try {
+    decode_case(3, 40, 8, 7, {70, 3}, false, MatmulPrecision::Highest);  // CUDA cores, f32 cache
+    decode_case(3, 40, 8, 7, {70, 3}, true, MatmulPrecision::Highest);   // CUDA cores, bf16 cache
+    decode_case(2, 512, 64, 16, {40}, true, MatmulPrecision::BF16);      // tensor cores
+    prefill_case(2, 5, 3, 4, {{3, 3}, {9, 40}});
+  } catch (const lc::Error& e) {
+    std::printf("FAIL: %s\n", e.what());
+    ++g_failed;
+  }
+  std::printf("%d passed, %d failed\n", g_passed, g_failed);
+  return g_failed ? 1 : 0;
+}
