@@ -1,4 +1,4 @@
-// Element-wise and row-wise ops of the forward pass (kernels: cpu/elementwise.cc, cuda/small.cu).
+// Element-wise and row-wise ops of the forward pass (kernels: cpu/elementwise.cc, cuda/elementwise.cu).
 // Stream first, then outputs, inputs, scalars (see types/ops-small.d.ts):
 //   embedding(stream, y f32 [.., H], table f32|bf16 [V, H], ids int32 [..])
 //   siluMul(stream, y, gate, up): y = silu(gate) * up

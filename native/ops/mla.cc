@@ -1,4 +1,4 @@
-// MLA attention ops (kernels: cpu/attention.cc, cuda/mla.cu, cuda/cache.cu):
+// MLA attention ops (kernels: cpu/mla.cc, cuda/mla.cu, cuda/mla_cache.cu):
 //   mlaPrefill(stream, o, q, kvb, kpe, qStart, kvStart, softmaxScale)
 //   mlaCacheWrite(stream, cache, ckv, kpe, slots)
 //   mlaCacheGather(stream, ckv, kpe, cache, blockTable, start, length)
@@ -7,7 +7,7 @@
 //   mlaOutput(stream, o, oLat, wkvb)
 // Index tensors (starts, slots, block tables, lengths) are read when the op runs on its stream, so
 // their bad values surface as typed errors at the stream's synchronize() (CPU); CUDA kernels clamp
-// or skip them instead (see cuda/mla.h, cuda/cache.h).
+// or skip them instead (see cuda/mla.h, cuda/mla_cache.h).
 #include "../binding.h"
 #include "../cpu/attention.h"
 #include "../cpu/threadpool.h"

@@ -1,4 +1,4 @@
-// The MoE ops (kernels: cpu/moe.cc, cuda/moe.cu, cuda/router.cu):
+// The MoE ops (kernels: cpu/moe.cc, cuda/moe.cu, cuda/moe_router.cu):
 //   routerTopk(stream, idx, weights, nFfn, logits, bias, nRouted, scale)
 //   moeExperts(gate[], up[], down[], gateScale[]?, upScale[]?, downScale[]?) -> MoeExpertSet
 //   moe(stream, out, u, idx, weights, nRouted, gate[] | MoeExpertSet, up[], down[], gateScale[]?, upScale[]?,

@@ -1,5 +1,5 @@
 // sample(stream, ids int32 [..], logits f32 [.., V], temperature, topK, topP, minP, seed, step): one
-// token per row (kernels: cpu/sampling.cc, cuda/small.cu).
+// token per row (kernels: cpu/sampling.cc, cuda/elementwise.cu).
 #include <cmath>
 
 #include "../binding.h"
