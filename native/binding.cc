@@ -172,10 +172,6 @@ void expect_row_shape(const char* op, const char* name, const Tensor& t, const T
        shape_str(want).c_str());
 }
 
-void same_device(const char* op, Device d, std::initializer_list<std::pair<const char*, const Tensor*>> ts) {
-  for (auto& [name, t] : ts) expect_device(op, name, *t, d);
-}
-
 void expect_finite(const char* op, const char* name, double v) {
   if (!std::isfinite(v)) fail(Code::E_ARGUMENT, "%s: '%s' must be a finite number, got %g", op, name, v);
 }

@@ -147,8 +147,6 @@ void expect_same_shape(const char* op, const char* name, const Tensor& t, const 
 void expect_rows(const char* op, const char* name, const Tensor& t);
 // A per-row output of x ([.., V] -> [..]); a 1-D x gives one row, shape [1] or [] (E_SHAPE).
 void expect_row_shape(const char* op, const char* name, const Tensor& t, const Tensor& x);
-// Every named tensor is on `d`: same_device(op, d, {{"q", &q}, {"kvb", &kvb}}).
-void same_device(const char* op, Device d, std::initializer_list<std::pair<const char*, const Tensor*>> ts);
 void expect_finite(const char* op, const char* name, double v);  // E_ARGUMENT for NaN / infinities
 
 // Rank N = the number of `sizes` pointers, checked (E_SHAPE); writes the N sizes:
