@@ -1,5 +1,31 @@
-// The N-API side. Only binding code (addon.cc, ops/*.cc) includes this header: it turns JS values
-// into checked C++ arguments, lc::Error into LongcatError exceptions, and hands work to streams.
+// The N-API side. Only binding code (addon.cc, binding.cc, js_*.cc, ops/*.cc) includes this header:
+// it turns JS values into checked C++ arguments, lc::Error into LongcatError exceptions, and hands
+// work to streams. Binding code checks and dispatches; it never computes (kernels do).
+//
+// How an op reads (embedding in ops/elementwise.cc, shortened):
+//
+//   static Napi::Value Embedding(const Napi::CallbackInfo& info) {
+//     const char* op = "embedding";
+//     OpArgs a(info, op);                                            // errors say "embedding: ..."
+//     Tensor y = a.tensor(1, "y"), table = a.tensor(2, "table"), ids = a.tensor(3, "ids");
+//     const Device d = table.device();                               // the op runs where its input is
+//     int64_t V, H;
+//     a.dims(table, "table", {DType::F32, DType::BF16}, d, &V, &H);  // dtype, rank 2, device; V, H = sizes
+//     a.expect(ids, "ids", {DType::I32}, d);                         // dtype and device
+//     a.expect(y, "y", {DType::F32}, d, {ids.numel(), H});           // ... and the exact shape (-1: any)
+//     Stream& s = a.stream(0, d);
+//     launch(op, s, [=] { cpu::embedding(..., y.ptr<float>()); },    // CPU: queued on the stream's worker
+//            LC_GPU(gpu::embedding(..., y.ptr<float>(), stream)));  // CUDA: launched now on `stream`
+//     return info.Env().Undefined();
+//   }
+//   LC_REGISTER_OP("embedding", Embedding);                          // exported as native.embedding
+//
+// From the older spelling: expect_dtype + expect_device (+ expect_shape) on one tensor is a.expect;
+// expect_dtype + expect_ndim + reading t.dim(i) is a.dims; the `#ifdef LONGCAT_WITH_CUDA
+// [=](void* st) {...} #else nullptr #endif` argument of launch is LC_GPU(...); `(void)keep;` in a
+// lambda is hold(keep), or opt_ptr<T>(keep) where the kernel takes the optional's pointer.
+// Every check throws lc::Error with a code of lib/errors.ts (E_DTYPE, E_SHAPE, E_DEVICE, ...) and a
+// message "<op>: '<argument>' ..."; the op table turns it into a LongcatError.
 #pragma once
 #include <napi.h>
 
@@ -7,6 +33,7 @@
 #include <initializer_list>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common.h"
@@ -14,6 +41,8 @@
 #include "tensor.h"
 
 namespace lc {
+
+// ---- JS classes (one file each: js_tensor.cc, js_stream.cc, js_event.cc, js_graph.cc) -----------
 
 // JS wrapper of a Tensor. Holds no tensor once disposed.
 class TensorWrap : public Napi::ObjectWrap<TensorWrap> {
@@ -75,10 +104,64 @@ class EventWrap : public Napi::ObjectWrap<EventWrap> {
   std::unique_ptr<Event> e_;
 };
 
+// A captured graph; only captureGraph makes one.
+class GraphWrap : public Napi::ObjectWrap<GraphWrap> {
+ public:
+  static Napi::Function Init(Napi::Env env);
+  explicit GraphWrap(const Napi::CallbackInfo& info);
+
+ private:
+  Napi::Value Replay(const Napi::CallbackInfo&);
+  Napi::Value Dispose(const Napi::CallbackInfo&);
+  std::unique_ptr<Graph> g_;
+};
+
+// Per-environment state (a worker thread loads its own copy of the addon): the JS constructors
+// of the classes above and the SDK's error factory. Set up by addon.cc.
+struct AddonData {
+  Napi::FunctionReference tensor_ctor, stream_ctor, event_ctor, graph_ctor, make_error;
+};
+AddonData& addon_data(Napi::Env env);
+
 // Converts the C++ exception in flight into the JS exception the SDK expects.
 [[noreturn]] void rethrow_as_js(Napi::Env env);
 
-// Positional argument access with typed errors that name the op and the argument.
+// The device named by info[i] ('cpu', 'cuda:N'); the CPU when it is null or undefined.
+Device device_arg(const Napi::CallbackInfo& info, size_t i);
+
+// An int64_t as the `long long` that "%lld" formats: fail(..., "k = %lld", ll(k)).
+inline long long ll(int64_t v) { return static_cast<long long>(v); }
+
+// ---- argument checks ----------------------------------------------------------------------------
+
+using DTypes = std::initializer_list<DType>;
+
+// Each fails with a typed error "<op>: '<name>' ..." (`want` uses -1 for "any size").
+void expect_dtype(const char* op, const char* name, const Tensor& t, DTypes ok);                  // E_DTYPE
+void expect_shape(const char* op, const char* name, const Tensor& t, const std::vector<int64_t>& want);  // E_SHAPE
+void expect_ndim(const char* op, const char* name, const Tensor& t, int ndim);                   // E_SHAPE
+void expect_device(const char* op, const char* name, const Tensor& t, Device d);                 // E_DEVICE
+// t has the shape of `ref` (named ref_name in the message).
+void expect_same_shape(const char* op, const char* name, const Tensor& t, const char* ref_name, const Tensor& ref);
+// Rows of a last dimension: at least one dimension and a non-zero last one (E_SHAPE).
+void expect_rows(const char* op, const char* name, const Tensor& t);
+// A per-row output of x ([.., V] -> [..]); a 1-D x gives one row, shape [1] or [] (E_SHAPE).
+void expect_row_shape(const char* op, const char* name, const Tensor& t, const Tensor& x);
+void expect_finite(const char* op, const char* name, double v);  // E_ARGUMENT for NaN / infinities
+
+// Rank N = the number of `sizes` pointers, checked (E_SHAPE); writes the N sizes:
+//   int64_t n, k;
+//   expect_dims(op, "weight", w, &n, &k);
+// (Plain variables rather than a structured binding: C++17 lambdas cannot capture those.)
+template <typename... Size>
+void expect_dims(const char* op, const char* name, const Tensor& t, Size*... sizes) {
+  expect_ndim(op, name, t, static_cast<int>(sizeof...(Size)));
+  int i = 0;
+  ((*sizes = t.shape[i++]), ...);
+}
+
+// Positional argument access with typed errors that name the op and the argument, and the checks
+// above bound to the op's name.
 class OpArgs {
  public:
   OpArgs(const Napi::CallbackInfo& info, const char* op) : info_(info), op_(op) {}
@@ -96,27 +179,71 @@ class OpArgs {
   bool boolean(size_t i, const char* name) const;
   std::string string(size_t i, const char* name) const;
 
+  // dtype one of `ok` and on device `d`; the second form also checks the exact shape (-1: any size).
+  void expect(const Tensor& t, const char* name, DTypes ok, Device d) const;
+  void expect(const Tensor& t, const char* name, DTypes ok, Device d, const std::vector<int64_t>& shape) const;
+  // The same for an optional argument, when it was given.
+  void expect(const std::optional<Tensor>& t, const char* name, DTypes ok, Device d, const std::vector<int64_t>& shape) const {
+    if (t) expect(*t, name, ok, d, shape);
+  }
+  // dtype, rank and device in one call, writing the sizes (DeepGEMM's get_shape<N>):
+  //   int64_t t, e;
+  //   a.dims(logits, "logits", {DType::F32}, d, &t, &e);   // f32, rank 2, on d; t, e = its sizes
+  template <typename... Size>
+  void dims(const Tensor& t, const char* name, DTypes ok, Device d, Size*... sizes) const {
+    expect_dtype(op_, name, t, ok);
+    expect_dims(op_, name, t, sizes...);
+    expect_device(op_, name, t, d);
+  }
+
  private:
   const Napi::CallbackInfo& info_;
   const char* op_;
 };
 
-// Argument checks shared by every op. `want` uses -1 for "any size".
-void expect_dtype(const char* op, const char* name, const Tensor& t, std::initializer_list<DType> ok);
-void expect_shape(const char* op, const char* name, const Tensor& t, const std::vector<int64_t>& want);
-void expect_ndim(const char* op, const char* name, const Tensor& t, int ndim);
-void expect_device(const char* op, const char* name, const Tensor& t, Device d);
+// A raw pointer into an optional tensor, null when it is absent. A launch lambda that uses it
+// must also capture the optional itself (e.g. through this call inside the lambda), which keeps
+// the memory alive until the work has run.
+template <typename T>
+T* opt_ptr(const std::optional<Tensor>& t) {
+  return t ? t->ptr<T>() : nullptr;
+}
 
-// Runs an op: on CPU `cpu` is queued on the stream's worker (it must capture the tensors it
-// uses by value, which keeps their memory alive); on CUDA `gpu(cudaStream)` is called now.
-// A null `gpu` means the op has no CUDA kernel in this build.
+// Mentioned in a launch lambda, makes [=] capture (and so keep alive until the work has run)
+// tensors the work reaches only through raw pointers, e.g. a cpu::WeightRef: [=] { hold(w, scale); ... }.
+template <typename... T>
+void hold(const T&...) {}
+
+// ---- dispatch ----------------------------------------------------------------------------------
+
+// Runs an op on the stream's device: on the CPU `cpu()` is queued on the stream's worker (capture
+// tensors by value: that keeps their memory alive until it has run); on CUDA `gpu(cudaStream)` is
+// called now and the launch checked. A null `gpu` means the op has no CUDA kernel in this build.
 void launch(const char* op, Stream& s, std::function<void()> cpu, std::function<void(void*)> gpu);
 
-// Op registration: each ops/*.cc file registers its functions; addon.cc exports them all.
+// The CUDA half of launch(): LC_GPU(gpu::kernel(args..., stream)) is a lambda capturing by value
+// whose parameter `stream` is the cudaStream_t; statements may be chained with ';'. In a build
+// without the CUDA backend it is nullptr (the gpu:: launchers are not even declared there), so an
+// op needs no #ifdef around its launch. LC_IF_CUDA(expr, otherwise) is the same switch for a
+// value computed outside the launch (e.g. a workspace size): `otherwise` without the backend.
+// The gpu:: declarations come from cuda/*.h, included under #ifdef LONGCAT_WITH_CUDA.
+#ifdef LONGCAT_WITH_CUDA
+#define LC_GPU(...) [=](void* stream) { __VA_ARGS__; }
+#define LC_IF_CUDA(expr, otherwise) (expr)
+#else
+#define LC_GPU(...) nullptr
+#define LC_IF_CUDA(expr, otherwise) (otherwise)
+#endif
+
+// ---- registration ------------------------------------------------------------------------------
+
+// Each ops/*.cc and js_*.cc file registers its module functions; addon.cc exports them all, each
+// wrapped in guarded() so an lc::Error becomes a LongcatError.
 using OpFn = Napi::Value (*)(const Napi::CallbackInfo&);
 struct OpRegistrar {
   OpRegistrar(const char* name, OpFn fn);
 };
+const std::vector<std::pair<const char*, OpFn>>& registered_ops();
 #define LC_CONCAT_(a, b) a##b
 #define LC_CONCAT(a, b) LC_CONCAT_(a, b)
 #define LC_REGISTER_OP(name, fn) static ::lc::OpRegistrar LC_CONCAT(lc_op_registrar_, __LINE__)(name, fn)

@@ -1,4 +1,4 @@
-// The contract between lib/ and the native addon (native/addon.cc, native/ops/*.cc).
+// The contract between lib/ and the native addon (native/js_*.cc: the classes, native/ops/*.cc: the ops).
 // Every op takes the stream first (null = the device's default stream), then its outputs, then
 // its inputs, then scalars. Ops are asynchronous on their stream; toBytes() waits for the device.
 

@@ -78,7 +78,8 @@ static Napi::Value BenchLinear(const Napi::CallbackInfo& info) {
   if (ws.empty() || iters < 1 || warmup < 0) fail(Code::E_ARGUMENT, "%s: need >= 1 weight, iters >= 1, warmup >= 0", op);
   for (const Tensor* t : {&x, &y})
     if (!t->device().is_cpu()) fail(Code::E_DEVICE, "%s: CPU tensors only", op);
-  expect_dtype(op, "x", x, {DType::F32, DType::BF16});
+  int64_t t, k_x;
+  a.dims(x, "x", {DType::F32, DType::BF16}, Device{}, &t, &k_x);
   expect_dtype(op, "y", y, {DType::F32, DType::BF16});
   std::vector<cpu::WeightRef> refs;
   for (size_t i = 0; i < ws.size(); ++i) {
@@ -86,12 +87,9 @@ static Napi::Value BenchLinear(const Napi::CallbackInfo& info) {
     if (refs[i].n != refs[0].n || refs[i].k != refs[0].k || refs[i].dtype != refs[0].dtype)
       fail(Code::E_SHAPE, "%s: all weights must have the same shape and dtype", op);
   }
-  const int64_t k = refs[0].k, n = refs[0].n;
-  expect_ndim(op, "x", x, 2);
-  expect_shape(op, "x", x, {x.dim(0), k});
-  expect_shape(op, "y", y, {x.dim(0), n});
+  expect_shape(op, "x", x, {t, refs[0].k});
+  expect_shape(op, "y", y, {t, refs[0].n});
   device_synchronize(x.device());  // the inputs' producers (if any) have finished
-  const int64_t t = x.dim(0);
   size_t next = 0;
   auto run = [&] {
     cpu::linear(t, x.data(), x.dtype, refs[next], y.data(), y.dtype);

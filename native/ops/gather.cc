@@ -16,7 +16,7 @@ Napi::Value GatherRows(const Napi::CallbackInfo& info) {
   OpArgs a(info, op);
   Tensor out = a.tensor(1, "out"), src = a.tensor(2, "src"), idx = a.tensor(3, "idx");
   Device d = src.device();
-  expect_dtype(op, "idx", idx, {DType::I32});
+  a.expect(idx, "idx", {DType::I32}, d);
   if (out.dtype != src.dtype)
     fail(Code::E_DTYPE, "gatherRows: 'out' has dtype %s, expected %s (the dtype of 'src')", dtype_name(out.dtype), dtype_name(src.dtype));
   if (src.ndim() < 1) fail(Code::E_SHAPE, "gatherRows: 'src' has shape %s, expected at least one dimension (its rows)", shape_str(src.shape).c_str());
@@ -25,8 +25,7 @@ Napi::Value GatherRows(const Napi::CallbackInfo& info) {
   if (out.shape != want)
     fail(Code::E_SHAPE, "gatherRows: 'out' has shape %s, expected %s (idx's shape, then src's shape without its first dimension)",
          shape_str(out.shape).c_str(), shape_str(want).c_str());
-  expect_device(op, "out", out, d);
-  expect_device(op, "idx", idx, d);
+  a.expect(out, "out", {src.dtype}, d);
   if (out.storage == src.storage && out.offset < src.offset + src.nbytes() && src.offset < out.offset + out.nbytes())
     fail(Code::E_ARGUMENT, "gatherRows: 'out' overlaps 'src'");
   int64_t row_bytes = dtype_size(src.dtype);
@@ -40,12 +39,7 @@ Napi::Value GatherRows(const Napi::CallbackInfo& info) {
              fail(Code::E_ARGUMENT, "gatherRows: idx[%lld] = %d is out of range for 'src' of %lld rows", static_cast<long long>(bad),
                   idx.ptr<int32_t>()[bad], static_cast<long long>(rows));
          },
-#ifdef LONGCAT_WITH_CUDA
-         [=](void* st) { gpu::gather_rows(n, row_bytes, src.data(), rows, idx.ptr<int32_t>(), out.data(), st); }
-#else
-         nullptr
-#endif
-  );
+         LC_GPU(gpu::gather_rows(n, row_bytes, src.data(), rows, idx.ptr<int32_t>(), out.data(), stream)));
   return info.Env().Undefined();
 }
 

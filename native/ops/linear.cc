@@ -1,10 +1,9 @@
 // linear(stream, y, x, weight, scale?): y[.., n] = x[.., k] @ weight[n, k]^T
-// quantizeInt8Rows(stream, q, scale, w): symmetric per-row int8 weights for linear
+// setMatmulPrecision(precision), setCudaGemm(kernel): process-wide GEMM switches
 #include "../binding.h"
 #include "../cpu/linear.h"
 #ifdef LONGCAT_WITH_CUDA
 #include "../../cuda/kernels.h"
-#include "../../cuda/quant.h"
 #endif
 
 namespace lc {
@@ -12,20 +11,21 @@ namespace lc {
 // Checks a weight and its scale (fp8 block scales or int8 per-row scales) and describes them.
 cpu::WeightRef weight_ref(const char* op, const Tensor& w, const std::optional<Tensor>& scale) {
   expect_dtype(op, "weight", w, {DType::F32, DType::BF16, DType::FP8_E4M3, DType::I8});
-  expect_ndim(op, "weight", w, 2);
+  int64_t n, k;
+  expect_dims(op, "weight", w, &n, &k);
   cpu::WeightRef r;
   r.dtype = w.dtype;
   r.data = w.data();
-  r.n = w.dim(0);
-  r.k = w.dim(1);
+  r.n = n;
+  r.k = k;
   if (w.dtype == DType::FP8_E4M3 || w.dtype == DType::I8) {
     if (!scale) fail(Code::E_ARGUMENT, "%s: a %s weight needs its scale tensor", op, dtype_name(w.dtype));
     expect_dtype(op, "scale", *scale, {DType::F32});
     expect_device(op, "scale", *scale, w.device());
     if (w.dtype == DType::FP8_E4M3)
-      expect_shape(op, "scale (weight_scale_inv)", *scale, {(r.n + 127) / 128, (r.k + 127) / 128});
+      expect_shape(op, "scale (weight_scale_inv)", *scale, {(n + 127) / 128, (k + 127) / 128});
     else
-      expect_shape(op, "scale", *scale, {r.n});
+      expect_shape(op, "scale", *scale, {n});
     r.scale = scale->ptr<float>();
   } else if (scale) {
     fail(Code::E_ARGUMENT, "%s: a %s weight takes no scale", op, dtype_name(w.dtype));
@@ -38,39 +38,32 @@ static Napi::Value Linear(const Napi::CallbackInfo& info) {
   OpArgs a(info, op);
   Tensor y = a.tensor(1, "y"), x = a.tensor(2, "x"), w = a.tensor(3, "weight");
   std::optional<Tensor> scale = a.opt_tensor(4, "scale");
-  Device d = x.device();
-  expect_device(op, "y", y, d);
+  const Device d = x.device();
   expect_device(op, "weight", w, d);
-  expect_dtype(op, "x", x, {DType::F32, DType::BF16});
-  expect_dtype(op, "y", y, {DType::F32, DType::BF16});
-  cpu::WeightRef wr = weight_ref(op, w, scale);
+  a.expect(x, "x", {DType::F32, DType::BF16}, d);
+  a.expect(y, "y", {DType::F32, DType::BF16}, d);
+  const cpu::WeightRef wr = weight_ref(op, w, scale);
   if (x.ndim() < 1 || x.dim(-1) != wr.k)
     fail(Code::E_SHAPE, "linear: 'x' has shape %s, its last dimension must be k = %lld (weight %s)", shape_str(x.shape).c_str(),
          static_cast<long long>(wr.k), shape_str(w.shape).c_str());
   std::vector<int64_t> ys = x.shape;
   ys.back() = wr.n;
-  if (y.shape != ys) fail(Code::E_SHAPE, "linear: 'y' has shape %s, expected %s", shape_str(y.shape).c_str(), shape_str(ys).c_str());
+  expect_shape(op, "y", y, ys);
   int64_t t = 1;  // rows of x (not x.rows(): k may be 0)
   for (int i = 0; i + 1 < x.ndim(); ++i) t *= x.dim(i);
   Stream& s = a.stream(0, d);
-  std::optional<Tensor> keep = scale;
-#ifdef LONGCAT_WITH_CUDA
   // fp8 activations on the e4m3 tensor cores (an sm_89+ kernel image); otherwise the bf16 path serves.
+  const bool fp8_act = !d.is_cpu() && wr.dtype == DType::FP8_E4M3 && t >= cpu::kFp8ActivationMinRows &&
+                       cpu::matmul_precision() == cpu::MatmulPrecision::FP8 && LC_IF_CUDA(gpu::kernel_image(d.index).fp8_mma(), false);
   std::optional<Tensor> ws;
-  if (!d.is_cpu() && wr.dtype == DType::FP8_E4M3 && t >= cpu::kFp8ActivationMinRows &&
-      cpu::matmul_precision() == cpu::MatmulPrecision::FP8 && gpu::kernel_image(d.index).fp8_mma())
-    ws = empty_tensor(d, DType::I8, {static_cast<int64_t>(gpu::linear_fp8_workspace_bytes(t, wr.k))});
-#endif
-  launch(op, s, [=] { cpu::linear(t, x.data(), x.dtype, wr, y.data(), y.dtype); (void)w; (void)keep; },
-#ifdef LONGCAT_WITH_CUDA
-         [=](void* st) {
-           if (ws) gpu::linear_fp8(t, x.data(), x.dtype, wr, y.data(), y.dtype, ws->data(), st);
-           else gpu::linear(t, x.data(), x.dtype, wr, y.data(), y.dtype, st);
-         }
-#else
-         nullptr
-#endif
-  );
+  if (fp8_act) ws = empty_tensor(d, DType::I8, {LC_IF_CUDA(static_cast<int64_t>(gpu::linear_fp8_workspace_bytes(t, wr.k)), 0)});
+  launch(op, s,
+         [=] {
+           hold(w, scale);
+           cpu::linear(t, x.data(), x.dtype, wr, y.data(), y.dtype);
+         },
+         LC_GPU(if (ws) gpu::linear_fp8(t, x.data(), x.dtype, wr, y.data(), y.dtype, ws->data(), stream);
+                else gpu::linear(t, x.data(), x.dtype, wr, y.data(), y.dtype, stream)));
   return info.Env().Undefined();
 }
 
@@ -109,32 +102,5 @@ static Napi::Value SetCudaGemm(const Napi::CallbackInfo& info) {
 #endif
 }
 LC_REGISTER_OP("setCudaGemm", SetCudaGemm);
-
-static Napi::Value QuantizeInt8Rows(const Napi::CallbackInfo& info) {
-  const char* op = "quantizeInt8Rows";
-  OpArgs a(info, op);
-  Tensor q = a.tensor(1, "q"), scale = a.tensor(2, "scale"), w = a.tensor(3, "w");
-  Device d = w.device();
-  expect_dtype(op, "w", w, {DType::F32, DType::BF16});
-  expect_dtype(op, "q", q, {DType::I8});
-  expect_dtype(op, "scale", scale, {DType::F32});
-  expect_ndim(op, "w", w, 2);
-  const int64_t n = w.dim(0), k = w.dim(1);
-  expect_shape(op, "q", q, {n, k});
-  expect_shape(op, "scale", scale, {n});
-  expect_device(op, "q", q, d);
-  expect_device(op, "scale", scale, d);
-  Stream& s = a.stream(0, d);
-  launch(op, s, [=] { cpu::quantize_int8_rows(n, k, w.data(), w.dtype, q.ptr<int8_t>(), scale.ptr<float>()); },
-#ifdef LONGCAT_WITH_CUDA
-         [=](void* st) { gpu::quantize_int8_rows(n, k, w.data(), w.dtype, q.ptr<int8_t>(), scale.ptr<float>(), st); }
-#else
-         nullptr
-#endif
-  );
-  return info.Env().Undefined();
-}
-
-LC_REGISTER_OP("quantizeInt8Rows", QuantizeInt8Rows);
 
 }  // namespace lc

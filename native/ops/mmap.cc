@@ -27,7 +27,7 @@ struct MapHandle {
 // Marks the External that carries a MapHandle, so a forged object is rejected.
 const napi_type_tag kMapTag = {0x6c6f6e6763617466ULL, 0x6d6d61702d763031ULL};
 
-MapHandle* handle_of(Napi::Env env, Napi::Value v, const char* op) {
+MapHandle* handle_of(Napi::Value v, const char* op) {
   if (!v.IsObject()) fail(Code::E_ARGUMENT, "%s: 'mapping' must be a MappedFile from mapFile()", op);
   Napi::Value h = v.As<Napi::Object>().Get("_handle");
   if (!h.IsExternal() || !h.As<Napi::External<MapHandle>>().CheckTypeTag(&kMapTag))
@@ -53,14 +53,14 @@ int64_t nonneg_integer(Napi::Value v, const char* op, const char* name) {
 
 Napi::Value Closed(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
-    MapHandle* h = handle_of(info.Env(), info.This(), "MappedFile.closed");
+    MapHandle* h = handle_of(info.This(), "MappedFile.closed");
     return Napi::Boolean::New(info.Env(), !h->file);
   });
 }
 
 Napi::Value Close(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
-    handle_of(info.Env(), info.This(), "MappedFile.close")->file.reset();
+    handle_of(info.This(), "MappedFile.close")->file.reset();
     return info.Env().Undefined();
   });
 }
@@ -69,7 +69,7 @@ Napi::Value Close(const Napi::CallbackInfo& info) {
 Napi::Value Advise(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     const char* op = "MappedFile.advise";
-    MapHandle* h = handle_of(info.Env(), info.This(), op);
+    MapHandle* h = handle_of(info.This(), op);
     if (!h->file) fail(Code::E_DISPOSED, "%s: mapping was closed", op);
     OpArgs a(info, op);
     MappedFile::Advice adv = parse_advice(a.string(0, "advice"), op);
@@ -125,7 +125,7 @@ Napi::Value MapFile(const Napi::CallbackInfo& info) {
 Napi::Value TensorFromMapping(const Napi::CallbackInfo& info) {
   const char* op = "tensorFromMapping";
   OpArgs a(info, op);
-  MapHandle* h = handle_of(info.Env(), a.present(0) ? info[0] : info.Env().Undefined(), op);
+  MapHandle* h = handle_of(a.present(0) ? info[0] : info.Env().Undefined(), op);
   if (!h->file) fail(Code::E_DISPOSED, "%s: mapping was closed", op);
   std::shared_ptr<MappedFile> file = h->file;
   if (!a.present(1)) fail(Code::E_ARGUMENT, "%s: argument 'byteOffset' is missing", op);

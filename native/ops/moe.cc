@@ -1,17 +1,18 @@
-// routerTopk(stream, idx, weights, nFfn, logits, bias, nRouted, scale)
-// moe(stream, out, u, idx, weights, nRouted, gate[], up[], down[], gateScale[]?, upScale[]?, downScale[]?, nExperts?)
+// The MoE ops (kernels: cpu/moe.cc, cuda/moe.cu, cuda/moe_router.cu):
+//   routerTopk(stream, idx, weights, nFfn, logits, bias, nRouted, scale)
+//   moeExperts(gate[], up[], down[], gateScale[]?, upScale[]?, downScale[]?) -> MoeExpertSet
+//   moe(stream, out, u, idx, weights, nRouted, gate[] | MoeExpertSet, up[], down[], gateScale[]?, upScale[]?,
+//       downScale[]?, nExperts?)
 #include <cmath>
 #include <limits>
 
 #include "../binding.h"
 #include "../cpu/moe.h"
-#ifdef LONGCAT_WITH_CUDA  // moe kernel
+#ifdef LONGCAT_WITH_CUDA
 #include "../../cuda/kernels.h"
 #include "../../cuda/moe.h"
-#include "../cuda_api.h"
-#endif
-#ifdef LONGCAT_WITH_CUDA  // routerTopk kernel
 #include "../../cuda/router.h"
+#include "../cuda_api.h"
 #endif
 
 namespace lc {
@@ -22,28 +23,16 @@ static Napi::Value RouterTopk(const Napi::CallbackInfo& info) {
   Tensor idx = a.tensor(1, "idx"), w = a.tensor(2, "weights");
   std::optional<Tensor> nffn = a.opt_tensor(3, "nFfn");
   Tensor logits = a.tensor(4, "logits"), bias = a.tensor(5, "bias");
-  int64_t n_routed = a.integer(6, "nRouted");
-  double scale = a.number(7, "scale");
-  Device d = logits.device();
-  expect_dtype(op, "logits", logits, {DType::F32});
-  expect_ndim(op, "logits", logits, 2);
-  const int64_t t = logits.dim(0), e = logits.dim(1);
-  expect_dtype(op, "bias", bias, {DType::F32});
-  expect_shape(op, "bias", bias, {e});
-  expect_dtype(op, "idx", idx, {DType::I32});
-  expect_ndim(op, "idx", idx, 2);
+  const int64_t n_routed = a.integer(6, "nRouted");
+  const double scale = a.number(7, "scale");
+  const Device d = logits.device();
+  int64_t t, e;
+  a.dims(logits, "logits", {DType::F32}, d, &t, &e);
+  a.expect(bias, "bias", {DType::F32}, d, {e});
+  a.expect(idx, "idx", {DType::I32}, d, {t, -1});
   const int64_t k = idx.dim(1);
-  expect_shape(op, "idx", idx, {t, k});
-  expect_dtype(op, "weights", w, {DType::F32});
-  expect_shape(op, "weights", w, {t, k});
-  if (nffn) {
-    expect_dtype(op, "nFfn", *nffn, {DType::I32});
-    expect_shape(op, "nFfn", *nffn, {t});
-    expect_device(op, "nFfn", *nffn, d);
-  }
-  expect_device(op, "idx", idx, d);
-  expect_device(op, "weights", w, d);
-  expect_device(op, "bias", bias, d);
+  a.expect(w, "weights", {DType::F32}, d, {t, k});
+  a.expect(nffn, "nFfn", {DType::I32}, d, {t});
   if (k < 1 || k > e)
     fail(Code::E_SHAPE, "routerTopk: k = %lld (idx.shape[1]) must be in 1..%lld (the number of experts, logits.shape[1])",
          static_cast<long long>(k), static_cast<long long>(e));
@@ -51,25 +40,16 @@ static Napi::Value RouterTopk(const Napi::CallbackInfo& info) {
   if (n_routed < 0 || n_routed > e)
     fail(Code::E_ARGUMENT, "routerTopk: nRouted must be in 0..%lld (the number of experts), got %lld", static_cast<long long>(e),
          static_cast<long long>(n_routed));
-  if (!std::isfinite(scale)) fail(Code::E_ARGUMENT, "routerTopk: scale must be finite, got %g", scale);
+  expect_finite(op, "scale", scale);
   Stream& s = a.stream(0, d);
   const float sc = static_cast<float>(scale);
-  int32_t* nffnp = nffn ? nffn->ptr<int32_t>() : nullptr;
-  std::optional<Tensor> keep = nffn;
   launch(op, s,
          [=] {
-           cpu::router_topk(t, e, k, logits.ptr<float>(), bias.ptr<float>(), n_routed, sc, idx.ptr<int32_t>(), w.ptr<float>(), nffnp);
-           (void)keep;
+           cpu::router_topk(t, e, k, logits.ptr<float>(), bias.ptr<float>(), n_routed, sc, idx.ptr<int32_t>(), w.ptr<float>(),
+                            opt_ptr<int32_t>(nffn));
          },
-#ifdef LONGCAT_WITH_CUDA
-         [=](void* st) {
-           gpu::router_topk(t, e, k, logits.ptr<float>(), bias.ptr<float>(), n_routed, sc, idx.ptr<int32_t>(), w.ptr<float>(), nffnp, st);
-           (void)keep;
-         }
-#else
-         nullptr
-#endif
-);
+         LC_GPU(gpu::router_topk(t, e, k, logits.ptr<float>(), bias.ptr<float>(), n_routed, sc, idx.ptr<int32_t>(), w.ptr<float>(),
+                                 opt_ptr<int32_t>(nffn), stream)));
   return info.Env().Undefined();
 }
 
@@ -262,23 +242,15 @@ static Napi::Value Moe(const Napi::CallbackInfo& info) {
   int64_t n_experts = std::numeric_limits<int64_t>::max();
   if (has_n_experts) n_experts = a.integer(12, "nExperts");
 
-  Device d = u.device();
-  expect_dtype(op, "u", u, {DType::F32});
-  expect_ndim(op, "u", u, 2);
-  const int64_t t = u.dim(0), h = u.dim(1);
-  expect_dtype(op, "out", out, {DType::F32});
-  expect_shape(op, "out", out, {t, h});
-  expect_dtype(op, "idx", idx, {DType::I32});
-  expect_ndim(op, "idx", idx, 2);
+  const Device d = u.device();
+  int64_t t, h;
+  a.dims(u, "u", {DType::F32}, d, &t, &h);
+  a.expect(out, "out", {DType::F32}, d, {t, h});
+  a.expect(idx, "idx", {DType::I32}, d, {t, -1});
   const int64_t k = idx.dim(1);
-  expect_shape(op, "idx", idx, {t, k});
-  expect_dtype(op, "weights", w, {DType::F32});
-  expect_shape(op, "weights", w, {t, k});
-  expect_device(op, "out", out, d);
+  a.expect(w, "weights", {DType::F32}, d, {t, k});
   if (out.storage == u.storage && out.offset < u.offset + u.nbytes() && u.offset < out.offset + out.nbytes())
     fail(Code::E_ARGUMENT, "moe: 'out' overlaps 'u' (the zero experts read u after out is written)");
-  expect_device(op, "idx", idx, d);
-  expect_device(op, "weights", w, d);
   if (k < 1) fail(Code::E_SHAPE, "moe: 'idx' has shape %s, k (its last dimension) must be >= 1", shape_str(idx.shape).c_str());
   if (t * k > std::numeric_limits<int32_t>::max())
     fail(Code::E_SHAPE, "moe: 'idx' has shape %s, T * k must be < 2^31", shape_str(idx.shape).c_str());
@@ -306,19 +278,14 @@ static Napi::Value Moe(const Napi::CallbackInfo& info) {
   }
 
   Stream& s = a.stream(0, d);
-#ifdef LONGCAT_WITH_CUDA
   const int64_t inter = set->inter;
+  // fp8 experts on the e4m3 tensor cores (an sm_89+ kernel image) at precision 'fp8' when every expert is fp8
   bool fp8 = !d.is_cpu() && n_routed > 0 && cpu::matmul_precision() == cpu::MatmulPrecision::FP8;
   for (int64_t e = 0; fp8 && e < n_routed; ++e)
     fp8 = set->gate[e].dtype == DType::FP8_E4M3 && set->up[e].dtype == DType::FP8_E4M3 && set->down[e].dtype == DType::FP8_E4M3;
-  fp8 = fp8 && gpu::kernel_image(d.index).fp8_mma();
-  const size_t ws_bytes =
-      d.is_cpu() ? cpu::moe_workspace_bytes(t, k, h, inter, n_routed) : gpu::moe_workspace_bytes(t, k, h, inter, n_routed, fp8);
-#else
-  if (!d.is_cpu()) fail(Code::E_DEVICE, "moe has no CUDA kernel in this build");
-  const int64_t inter = set->inter;
-  const size_t ws_bytes = cpu::moe_workspace_bytes(t, k, h, inter, n_routed);
-#endif
+  fp8 = fp8 && LC_IF_CUDA(gpu::kernel_image(d.index).fp8_mma(), false);
+  const size_t ws_bytes = d.is_cpu() ? cpu::moe_workspace_bytes(t, k, h, inter, n_routed)
+                                     : LC_IF_CUDA(gpu::moe_workspace_bytes(t, k, h, inter, n_routed, fp8), 0);
   Tensor ws = empty_tensor(d, DType::I8, {static_cast<int64_t>(ws_bytes)});
   // The lambda owns every tensor it touches (out, u, idx, w, ws by value; weights and scales
   // through the expert set) until it has run.
@@ -342,16 +309,10 @@ static Napi::Value Moe(const Napi::CallbackInfo& info) {
                   static_cast<long long>(bad / k), static_cast<long long>(bad % k), v, static_cast<long long>(n_routed));
            }
          },
-#ifdef LONGCAT_WITH_CUDA
-         [=](void* st) {  // a bad idx makes the call a no-op on the GPU (out untouched, no error: see cuda/moe.h)
-           const auto* table = set->dev_table ? static_cast<const gpu::MoeWeight*>(set->dev_table->ptr) : nullptr;
-           gpu::moe(t, k, h, inter, u.ptr<float>(), idx.ptr<int32_t>(), w.ptr<float>(), table, n_routed, n_experts, out.ptr<float>(),
-                    fp8, ws.data(), ws_bytes, st);
-         }
-#else
-         nullptr
-#endif
-  );
+         // a bad idx makes the call a no-op on the GPU (out untouched, no error: see cuda/moe.h)
+         LC_GPU(const auto* table = set->dev_table ? static_cast<const gpu::MoeWeight*>(set->dev_table->ptr) : nullptr;
+                gpu::moe(t, k, h, inter, u.ptr<float>(), idx.ptr<int32_t>(), w.ptr<float>(), table, n_routed, n_experts,
+                         out.ptr<float>(), fp8, ws.data(), ws_bytes, stream)));
   return info.Env().Undefined();
 }
 

@@ -1,0 +1,60 @@
+// The JS Graph class (GraphWrap) and native.captureGraph(streams, fn), which records the ops fn()
+// queues on `streams` into a graph that replay() queues again as one unit.
+#include "binding.h"
+
+namespace lc {
+
+Napi::Function GraphWrap::Init(Napi::Env env) {
+  return DefineClass(env, "Graph", {InstanceMethod<&GraphWrap::Replay>("replay"), InstanceMethod<&GraphWrap::Dispose>("dispose")});
+}
+
+GraphWrap::GraphWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<GraphWrap>(info) {
+  if (info.Length() == 1 && info[0].IsExternal()) g_.reset(info[0].As<Napi::External<Graph>>().Data());
+}
+
+Napi::Value GraphWrap::Replay(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    if (!g_) fail(Code::E_DISPOSED, "graph was disposed");
+    g_->replay();
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value GraphWrap::Dispose(const Napi::CallbackInfo& info) {
+  g_.reset();
+  return info.Env().Undefined();
+}
+
+// captureGraph(streams, fn): runs fn() with every op queued on `streams` captured instead of run;
+// returns a Graph whose replay() queues all of it again (one call per step instead of one per op).
+static Napi::Value CaptureGraph(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::vector<Stream*> streams;
+  try {
+    if (info.Length() < 2 || !info[0].IsArray() || !info[1].IsFunction())
+      fail(Code::E_ARGUMENT, "captureGraph(streams, fn): expected an array of Streams and a function");
+    Napi::Array a = info[0].As<Napi::Array>();
+    for (uint32_t i = 0; i < a.Length(); ++i) {
+      if (!StreamWrap::IsStream(env, a.Get(i))) fail(Code::E_ARGUMENT, "captureGraph: streams[%u] is not a Stream", i);
+      streams.push_back(&StreamWrap::Unwrap(a.Get(i).As<Napi::Object>())->get());
+    }
+    Capture::begin(streams);
+  } catch (...) {
+    rethrow_as_js(env);
+  }
+  try {
+    info[1].As<Napi::Function>().Call({});
+  } catch (...) {
+    Capture::abort(streams);
+    throw;
+  }
+  try {
+    std::unique_ptr<Graph> g = Capture::end(streams);
+    return addon_data(env).graph_ctor.New({Napi::External<Graph>::New(env, g.release())});
+  } catch (...) {
+    rethrow_as_js(env);
+  }
+}
+LC_REGISTER_OP("captureGraph", CaptureGraph);
+
+}  // namespace lc

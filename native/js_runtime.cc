@@ -1,0 +1,144 @@
+// Module functions about the runtime rather than tensors: build facts, CPU features, devices and
+// CUDA status, the kernel thread pool, the CPU ISA cap, memory pool statistics, device synchronize.
+#include "binding.h"
+#include "cpu/features.h"
+#include "cpu/threadpool.h"
+#include "cuda_api.h"
+
+namespace lc {
+
+static Napi::Value BuildInfo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("cuda", Napi::Boolean::New(env, cuda::compiled()));
+  o.Set("cudaArchs", Napi::String::New(env, cuda::archs()));
+  o.Set("napiVersion", Napi::Number::New(env, NAPI_VERSION));
+#if defined(__clang__)
+  o.Set("compiler", Napi::String::New(env, std::string("clang ") + __clang_version__));
+#elif defined(__GNUC__)
+  o.Set("compiler", Napi::String::New(env, std::string("gcc ") + __VERSION__));
+#endif
+#ifdef LONGCAT_BUILD_SYSTEM
+  o.Set("buildSystem", Napi::String::New(env, LONGCAT_BUILD_SYSTEM));
+#else
+  o.Set("buildSystem", Napi::String::New(env, "unknown"));
+#endif
+  o.Set("debug", Napi::Boolean::New(env,
+#ifdef NDEBUG
+                                    false
+#else
+                                    true
+#endif
+                                    ));
+  return o;
+}
+
+static Napi::Value CpuFeatures(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const cpu::Features& f = cpu::features();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("avx2", f.avx2);
+  o.Set("fma", f.fma);
+  o.Set("f16c", f.f16c);
+  o.Set("avx512f", f.avx512f);
+  o.Set("avx512bw", f.avx512bw);
+  o.Set("avx512vl", f.avx512vl);
+  o.Set("avx512dq", f.avx512dq);
+  o.Set("avx512bf16", f.avx512_bf16);
+  o.Set("avx512vnni", f.avx512_vnni);
+  o.Set("avxvnni", f.avx_vnni);
+  o.Set("isa", cpu::isa_name(cpu::isa()));
+  return o;
+}
+
+static Napi::Value Devices(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Array a = Napi::Array::New(env);
+  Napi::Object c = Napi::Object::New(env);
+  c.Set("id", "cpu");
+  c.Set("kind", "cpu");
+  c.Set("index", 0);
+  c.Set("threads", cpu::ThreadPool::global().threads());
+  a.Set(0u, c);
+  int n = cuda::device_count();
+  for (int i = 0; i < n; ++i) {
+    cuda::DeviceProps p = cuda::props(i);
+    Napi::Object g = Napi::Object::New(env);
+    g.Set("id", "cuda:" + std::to_string(i));
+    g.Set("kind", "cuda");
+    g.Set("index", i);
+    g.Set("name", p.name);
+    g.Set("totalBytes", static_cast<double>(p.total_bytes));
+    g.Set("freeBytes", static_cast<double>(p.free_bytes));
+    g.Set("computeCapability", std::to_string(p.cc_major) + "." + std::to_string(p.cc_minor));
+    g.Set("multiprocessors", p.sm_count);
+    a.Set(static_cast<uint32_t>(i + 1), g);
+  }
+  return a;
+}
+
+static Napi::Value CudaStatus(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object o = Napi::Object::New(env);
+  int n = cuda::device_count();
+  o.Set("compiled", cuda::compiled());
+  o.Set("available", n > 0);
+  o.Set("deviceCount", n);
+  o.Set("reason", cuda::unavailable_reason());
+  return o;
+}
+
+static Napi::Value SetThreads(const Napi::CallbackInfo& info) {
+  OpArgs a(info, "setThreads");
+  int64_t n = a.integer(0, "threads");
+  if (n < 1 || n > 1024) fail(Code::E_ARGUMENT, "setThreads: thread count must be in 1..1024, got %lld", static_cast<long long>(n));
+  cpu::ThreadPool::global().set_threads(static_cast<int>(n));
+  return info.Env().Undefined();
+}
+
+static Napi::Value Threads(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), cpu::ThreadPool::global().threads());
+}
+
+static Napi::Value SetIsa(const Napi::CallbackInfo& info) {
+  OpArgs a(info, "setIsa");
+  cpu::Isa i;
+  std::string s = a.string(0, "isa");
+  if (!cpu::isa_from_name(s, &i)) fail(Code::E_ARGUMENT, "setIsa: unknown ISA '%s' (scalar, avx2 or avx512)", s.c_str());
+  cpu::set_isa(i);
+  return Napi::String::New(info.Env(), cpu::isa_name(cpu::isa()));
+}
+
+static Napi::Value MemoryStats(const Napi::CallbackInfo& info) {
+  Device d = device_arg(info, 0);
+  PoolStats s = device_pool(d).stats();
+  Napi::Object o = Napi::Object::New(info.Env());
+  o.Set("liveBytes", static_cast<double>(s.live_bytes));
+  o.Set("cachedBytes", static_cast<double>(s.cached_bytes));
+  o.Set("peakBytes", static_cast<double>(s.peak_bytes));
+  o.Set("liveBlocks", static_cast<double>(s.live_blocks));
+  return o;
+}
+
+static Napi::Value TrimPool(const Napi::CallbackInfo& info) {
+  device_pool(device_arg(info, 0)).trim();
+  return info.Env().Undefined();
+}
+
+static Napi::Value Synchronize(const Napi::CallbackInfo& info) {
+  device_synchronize(device_arg(info, 0));
+  return info.Env().Undefined();
+}
+
+LC_REGISTER_OP("buildInfo", BuildInfo);
+LC_REGISTER_OP("cpuFeatures", CpuFeatures);
+LC_REGISTER_OP("devices", Devices);
+LC_REGISTER_OP("cudaStatus", CudaStatus);
+LC_REGISTER_OP("setThreads", SetThreads);
+LC_REGISTER_OP("threads", Threads);
+LC_REGISTER_OP("setIsa", SetIsa);
+LC_REGISTER_OP("memoryStats", MemoryStats);
+LC_REGISTER_OP("trimPool", TrimPool);
+LC_REGISTER_OP("synchronize", Synchronize);
+
+}  // namespace lc

@@ -1,0 +1,73 @@
+// The JS Stream class (StreamWrap): an ordered queue of work on one device (a worker thread on the
+// CPU, a cudaStream_t on CUDA), and native.defaultStream(device), the stream ops use given null.
+#include "binding.h"
+
+namespace lc {
+
+Napi::Function StreamWrap::Init(Napi::Env env) {
+  return DefineClass(env, "Stream",
+                     {InstanceAccessor<&StreamWrap::DeviceName>("device"),
+                      InstanceMethod<&StreamWrap::Synchronize>("synchronize"),
+                      InstanceMethod<&StreamWrap::WaitEvent>("waitEvent"),
+                      InstanceMethod<&StreamWrap::Dispose>("dispose")});
+}
+
+StreamWrap::StreamWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<StreamWrap>(info) {
+  if (info.Length() == 1 && info[0].IsExternal()) {
+    s_ = info[0].As<Napi::External<Stream>>().Data();
+    return;
+  }
+  try {
+    owned_ = std::make_unique<Stream>(device_arg(info, 0));
+    s_ = owned_.get();
+  } catch (...) {
+    rethrow_as_js(info.Env());
+  }
+}
+
+Napi::Object StreamWrap::WrapDefault(Napi::Env env, Device d) {
+  return addon_data(env).stream_ctor.New({Napi::External<Stream>::New(env, &default_stream(d))});
+}
+
+bool StreamWrap::IsStream(Napi::Env env, Napi::Value v) {
+  return v.IsObject() && v.As<Napi::Object>().InstanceOf(addon_data(env).stream_ctor.Value());
+}
+
+Stream& StreamWrap::get() const {
+  if (!s_) fail(Code::E_DISPOSED, "stream was disposed");
+  return *s_;
+}
+
+Napi::Value StreamWrap::DeviceName(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value { return Napi::String::New(info.Env(), get().device().str()); });
+}
+Napi::Value StreamWrap::Synchronize(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    get().synchronize();
+    return info.Env().Undefined();
+  });
+}
+Napi::Value StreamWrap::WaitEvent(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    if (info.Length() < 1 || !EventWrap::IsEvent(info.Env(), info[0])) fail(Code::E_ARGUMENT, "waitEvent(event): expected an Event");
+    EventWrap::Unwrap(info[0].As<Napi::Object>())->get().wait_on(get());
+    return info.Env().Undefined();
+  });
+}
+Napi::Value StreamWrap::Dispose(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    if (s_) {
+      s_->synchronize();  // runs what is queued; errors surface here
+      owned_.reset();
+      s_ = nullptr;
+    }
+    return info.Env().Undefined();
+  });
+}
+// The stream ops use when given null: one per device, ordered with every null-stream op.
+static Napi::Value DefaultStream(const Napi::CallbackInfo& info) {
+  return StreamWrap::WrapDefault(info.Env(), device_arg(info, 0));
+}
+LC_REGISTER_OP("defaultStream", DefaultStream);
+
+}  // namespace lc

@@ -1,0 +1,263 @@
+// The JS Tensor class (TensorWrap): construction from bytes, accessors, toBytes / copyFromBytes,
+// view / narrow (sharing storage), to(device), dispose. Undisposed tensors are released by the GC.
+#include <cstring>
+
+#include "binding.h"
+#include "cuda_api.h"
+
+namespace lc {
+
+static DType parse_dtype(const std::string& s) {
+  DType t;
+  if (!dtype_from_name(s.c_str(), &t))
+    fail(Code::E_DTYPE, "unknown dtype '%s' (expected f32, bf16, f16, fp8_e4m3, int8, int32 or int64)", s.c_str());
+  return t;
+}
+
+static std::vector<int64_t> parse_shape(Napi::Value v) {
+  if (!v.IsArray()) fail(Code::E_SHAPE, "shape must be an array of non-negative integers");
+  Napi::Array a = v.As<Napi::Array>();
+  std::vector<int64_t> s;
+  for (uint32_t i = 0; i < a.Length(); ++i) {
+    Napi::Value e = a.Get(i);
+    double d = e.IsNumber() ? e.As<Napi::Number>().DoubleValue() : -1;
+    if (!(d >= 0) || d != static_cast<double>(static_cast<int64_t>(d)))
+      fail(Code::E_SHAPE, "shape must be an array of non-negative integers, element %u is not", i);
+    s.push_back(static_cast<int64_t>(d));
+  }
+  return s;
+}
+
+static Napi::Array shape_array(Napi::Env env, const std::vector<int64_t>& s) {
+  Napi::Array a = Napi::Array::New(env, s.size());
+  for (size_t i = 0; i < s.size(); ++i) a.Set(static_cast<uint32_t>(i), Napi::Number::New(env, static_cast<double>(s[i])));
+  return a;
+}
+
+// The block a new tensor got may have been freed while kernels that read it were still queued (the
+// pool orders reuse for kernels, not for host copies, which run outside every stream): a device
+// tensor is filled only once the device is idle.
+static void copy_to_device(const Tensor& t, const void* src) {
+  if (t.device().is_cpu()) {
+    std::memcpy(t.data(), src, t.nbytes());
+  } else {
+    cuda::device_synchronize(t.device().index);
+    cuda::memcpy_h2d(t.device().index, t.data(), src, t.nbytes());
+  }
+}
+
+Napi::Function TensorWrap::Init(Napi::Env env) {
+  return DefineClass(env, "Tensor",
+                     {InstanceAccessor<&TensorWrap::Dtype>("dtype"),
+                      InstanceAccessor<&TensorWrap::Shape>("shape"),
+                      InstanceAccessor<&TensorWrap::DeviceName>("device"),
+                      InstanceAccessor<&TensorWrap::Nbytes>("nbytes"),
+                      InstanceAccessor<&TensorWrap::Disposed>("disposed"),
+                      InstanceMethod<&TensorWrap::ToBytes>("toBytes"),
+                      InstanceMethod<&TensorWrap::CopyFromBytes>("copyFromBytes"),
+                      InstanceMethod<&TensorWrap::View>("view"),
+                      InstanceMethod<&TensorWrap::Narrow>("narrow"),
+                      InstanceMethod<&TensorWrap::To>("to"),
+                      InstanceMethod<&TensorWrap::Dispose>("dispose")});
+}
+
+// new Tensor(dtype, shape, device = 'cpu', bytes?) allocates from the device pool and, when
+// `bytes` (an ArrayBufferView of exactly nbytes) is given, uploads it. Internal construction
+// passes an External instead.
+TensorWrap::TensorWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<TensorWrap>(info) {
+  if (info.Length() == 1 && info[0].IsExternal()) {
+    set(info.Env(), *info[0].As<Napi::External<Tensor>>().Data());
+    return;
+  }
+  try {
+    if (info.Length() < 2 || !info[0].IsString())
+      fail(Code::E_ARGUMENT, "new Tensor(dtype, shape, device?, bytes?): dtype must be a string");
+    DType dt = parse_dtype(info[0].As<Napi::String>().Utf8Value());
+    std::vector<int64_t> shape = parse_shape(info[1]);
+    Device dev;
+    if (info.Length() > 2 && !info[2].IsUndefined() && !info[2].IsNull()) {
+      if (!info[2].IsString()) fail(Code::E_DEVICE, "device must be a string such as 'cpu' or 'cuda:0'");
+      dev = Device::parse(info[2].As<Napi::String>().Utf8Value());
+    }
+    Tensor t = empty_tensor(dev, dt, shape);
+    if (info.Length() > 3 && !info[3].IsUndefined() && !info[3].IsNull()) {
+      if (!info[3].IsTypedArray() && !info[3].IsDataView())
+        fail(Code::E_ARGUMENT, "Tensor bytes must be a TypedArray or DataView");
+      Napi::TypedArray ta = info[3].As<Napi::TypedArray>();
+      size_t len = info[3].IsDataView() ? info[3].As<Napi::DataView>().ByteLength() : ta.ByteLength();
+      const uint8_t* src = info[3].IsDataView()
+                               ? static_cast<const uint8_t*>(info[3].As<Napi::DataView>().Data())
+                               : static_cast<const uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
+      if (static_cast<int64_t>(len) != t.nbytes())
+        fail(Code::E_SHAPE, "Tensor data has %zu bytes but %s %s needs %lld", len, dtype_name(dt),
+             shape_str(shape).c_str(), static_cast<long long>(t.nbytes()));
+      copy_to_device(t, src);
+    }
+    set(info.Env(), std::move(t));
+  } catch (...) {
+    rethrow_as_js(info.Env());
+  }
+}
+
+TensorWrap::~TensorWrap() {
+  // Runs from the GC finalizer: the backstop for tensors nobody disposed.
+  t_.reset();
+}
+
+void TensorWrap::set(Napi::Env env, Tensor t) {
+  t_ = std::move(t);
+  if (t_->device().is_cpu() && t_->storage->pool) {
+    external_ = t_->nbytes();
+    Napi::MemoryManagement::AdjustExternalMemory(env, external_);
+  }
+}
+
+void TensorWrap::drop(Napi::Env env) {
+  if (external_) Napi::MemoryManagement::AdjustExternalMemory(env, -external_);
+  external_ = 0;
+  t_.reset();
+}
+
+Napi::Object TensorWrap::Wrap(Napi::Env env, Tensor t) {
+  return addon_data(env).tensor_ctor.New({Napi::External<Tensor>::New(env, &t)});
+}
+
+bool TensorWrap::IsTensor(Napi::Env env, Napi::Value v) {
+  return v.IsObject() && v.As<Napi::Object>().InstanceOf(addon_data(env).tensor_ctor.Value());
+}
+
+const Tensor& TensorWrap::get(const char* what) const {
+  if (!t_) fail(Code::E_DISPOSED, "%s: tensor was disposed", what);
+  return *t_;
+}
+
+Napi::Value TensorWrap::Dtype(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value { return Napi::String::New(info.Env(), dtype_name(get("dtype").dtype)); });
+}
+Napi::Value TensorWrap::Shape(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value { return shape_array(info.Env(), get("shape").shape); });
+}
+Napi::Value TensorWrap::DeviceName(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value { return Napi::String::New(info.Env(), get("device").device().str()); });
+}
+Napi::Value TensorWrap::Nbytes(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value { return Napi::Number::New(info.Env(), static_cast<double>(get("nbytes").nbytes())); });
+}
+Napi::Value TensorWrap::Disposed(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), !t_); }
+
+// Waits for all work on the tensor's device, then copies its bytes into a new Uint8Array.
+Napi::Value TensorWrap::ToBytes(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    const Tensor& t = get("toBytes");
+    device_synchronize(t.device());
+    Napi::ArrayBuffer buf = Napi::ArrayBuffer::New(info.Env(), static_cast<size_t>(t.nbytes()));
+    if (t.nbytes() > 0) {
+      if (t.device().is_cpu())
+        std::memcpy(buf.Data(), t.data(), t.nbytes());
+      else
+        cuda::memcpy_d2h(t.device().index, buf.Data(), t.data(), t.nbytes());
+    }
+    return Napi::Uint8Array::New(info.Env(), static_cast<size_t>(t.nbytes()), buf, 0);
+  });
+}
+
+Napi::Value TensorWrap::CopyFromBytes(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    const Tensor& t = get("copyFromBytes");
+    if (info.Length() < 1 || !info[0].IsTypedArray()) fail(Code::E_ARGUMENT, "copyFromBytes(bytes): expected a TypedArray");
+    Napi::TypedArray ta = info[0].As<Napi::TypedArray>();
+    if (static_cast<int64_t>(ta.ByteLength()) != t.nbytes())
+      fail(Code::E_SHAPE, "copyFromBytes: got %zu bytes, tensor %s %s has %lld", ta.ByteLength(), dtype_name(t.dtype),
+           shape_str(t.shape).c_str(), static_cast<long long>(t.nbytes()));
+    device_synchronize(t.device());
+    copy_to_device(t, static_cast<const uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset());
+    return info.Env().Undefined();
+  });
+}
+
+// A reshaped view sharing storage; one dimension may be -1.
+Napi::Value TensorWrap::View(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    Tensor t = get("view");
+    if (info.Length() < 1 || !info[0].IsArray()) fail(Code::E_SHAPE, "view(shape): shape must be an array");
+    Napi::Array a = info[0].As<Napi::Array>();
+    std::vector<int64_t> s;
+    int infer = -1;
+    int64_t known = 1;
+    for (uint32_t i = 0; i < a.Length(); ++i) {
+      double d = a.Get(i).IsNumber() ? a.Get(i).As<Napi::Number>().DoubleValue() : -2;
+      if (d == -1 && infer < 0) {
+        infer = static_cast<int>(i);
+        s.push_back(1);
+        continue;
+      }
+      if (!(d >= 0) || d != static_cast<double>(static_cast<int64_t>(d)))
+        fail(Code::E_SHAPE, "view: element %u of the shape is not a non-negative integer (or a single -1)", i);
+      s.push_back(static_cast<int64_t>(d));
+      known *= s.back();
+    }
+    if (infer >= 0) {
+      if (known == 0 || t.numel() % known != 0)
+        fail(Code::E_SHAPE, "view: cannot infer -1 in %s for %lld elements", shape_str(s).c_str(), static_cast<long long>(t.numel()));
+      s[infer] = t.numel() / known;
+    }
+    Tensor v = t;
+    v.shape = s;
+    if (v.numel() != t.numel())
+      fail(Code::E_SHAPE, "view: shape %s has %lld elements, tensor %s has %lld", shape_str(s).c_str(),
+           static_cast<long long>(v.numel()), shape_str(t.shape).c_str(), static_cast<long long>(t.numel()));
+    return Wrap(info.Env(), v);
+  });
+}
+
+// narrow(start, length): rows [start, start + length) of the first dimension, sharing storage.
+Napi::Value TensorWrap::Narrow(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    OpArgs a(info, "narrow");
+    Tensor t = get("narrow");
+    if (t.ndim() < 1) fail(Code::E_SHAPE, "narrow: tensor is a scalar");
+    int64_t start = a.integer(0, "start"), len = a.integer(1, "length");
+    if (start < 0 || len < 0 || start + len > t.shape[0])
+      fail(Code::E_SHAPE, "narrow: rows [%lld, %lld) out of range for first dimension %lld", static_cast<long long>(start),
+           static_cast<long long>(start + len), static_cast<long long>(t.shape[0]));
+    Tensor v = t;
+    v.shape[0] = len;
+    v.offset += start * (t.shape[0] ? t.nbytes() / t.shape[0] : 0);
+    return Wrap(info.Env(), v);
+  });
+}
+
+// to(device): a copy on another device (or the same device: a fresh copy).
+Napi::Value TensorWrap::To(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    OpArgs a(info, "to");
+    const Tensor& t = get("to");
+    Device d = Device::parse(a.string(0, "device"));
+    Tensor r = empty_tensor(d, t.dtype, t.shape);
+    device_synchronize(t.device());
+    if (t.nbytes() > 0) {
+      if (t.device().is_cpu() && d.is_cpu())
+        std::memcpy(r.data(), t.data(), t.nbytes());
+      else if (t.device().is_cpu())
+        copy_to_device(r, t.data());
+      else if (d.is_cpu())
+        cuda::memcpy_d2h(t.device().index, r.data(), t.data(), t.nbytes());
+      else if (d == t.device()) {
+        cuda::memcpy_d2d(d.index, r.data(), t.data(), t.nbytes(), nullptr);
+        cuda::device_synchronize(d.index);
+      } else {
+        std::vector<uint8_t> host(t.nbytes());
+        cuda::memcpy_d2h(t.device().index, host.data(), t.data(), t.nbytes());
+        copy_to_device(r, host.data());
+      }
+    }
+    return Wrap(info.Env(), r);
+  });
+}
+
+Napi::Value TensorWrap::Dispose(const Napi::CallbackInfo& info) {
+  drop(info.Env());
+  return info.Env().Undefined();
+}
+
+}  // namespace lc

@@ -1,0 +1,282 @@
+// MLA attention ops (kernels: cpu/mla.cc, cuda/mla.cu, cuda/mla_cache.cu):
+//   mlaPrefill(stream, o, q, kvb, kpe, qStart, kvStart, softmaxScale)
+//   mlaCacheWrite(stream, cache, ckv, kpe, slots)
+//   mlaCacheGather(stream, ckv, kpe, cache, blockTable, start, length)
+//   mlaAbsorbQ(stream, qLat, q, wkvb, nopeDim)
+//   mlaDecodeAbsorbed(stream, oLat, qLat, q, cache, blockTable, seqLens, softmaxScale)
+//   mlaOutput(stream, o, oLat, wkvb)
+// Index tensors (starts, slots, block tables, lengths) are read when the op runs on its stream, so
+// their bad values surface as typed errors at the stream's synchronize() (CPU); CUDA kernels clamp
+// or skip them instead (see cuda/mla.h, cuda/mla_cache.h).
+#include "../binding.h"
+#include "../cpu/attention.h"
+#include "../cpu/threadpool.h"
+#ifdef LONGCAT_WITH_CUDA
+#include "../../cuda/cache.h"
+#include "../../cuda/mla.h"
+#endif
+
+namespace lc {
+
+namespace {
+
+// Checks block ids blockTable[row, first .. last) against the cache (run time).
+void check_blocks(const char* op, const int32_t* bt, int64_t row, int64_t first, int64_t last, int64_t num_blocks) {
+  for (int64_t i = first; i < last; ++i)
+    if (bt[i] < 0 || bt[i] >= num_blocks)
+      fail(Code::E_ARGUMENT, "%s: blockTable[%lld][%lld] = %d is not a block of the cache (%lld blocks)", op, ll(row), ll(i),
+           bt[i], ll(num_blocks));
+}
+
+// The paged latent cache [num_blocks, block_size, row] (f32 or bf16, row = dl + dr).
+void expect_cache(const OpArgs& a, const Tensor& cache, Device d, int64_t* num_blocks, int64_t* block_size, int64_t* row) {
+  a.dims(cache, "cache", {DType::F32, DType::BF16}, d, num_blocks, block_size, row);
+  if (*block_size < 1)
+    fail(Code::E_SHAPE, "%s: the cache block size (dim 1 of %s) must be >= 1", a.op(), shape_str(cache.shape).c_str());
+}
+
+// kv_b_proj's weight [nh x (nope + v), dl], f32 or bf16.
+void expect_wkvb(const OpArgs& a, const Tensor& w, Device d, int64_t nh, int64_t dl) {
+  int64_t rows, cols;
+  a.dims(w, "wkvb", {DType::F32, DType::BF16}, d, &rows, &cols);
+  if (cols != dl || nh < 1 || rows % nh != 0)
+    fail(Code::E_SHAPE, "%s: 'wkvb' has shape %s, expected [%lld x (nope + v), %lld]", a.op(), shape_str(w.shape).c_str(), ll(nh),
+         ll(dl));
+}
+
+Napi::Value MlaPrefill(const Napi::CallbackInfo& info) {
+  const char* op = "mlaPrefill";
+  OpArgs a(info, op);
+  Tensor o = a.tensor(1, "o"), q = a.tensor(2, "q"), kvb = a.tensor(3, "kvb"), kpe = a.tensor(4, "kpe");
+  Tensor qs = a.tensor(5, "qStart"), ks = a.tensor(6, "kvStart");
+  const double scale = a.number(7, "softmaxScale");
+  const Device d = q.device();
+  int64_t T, nh, dk, S, kvb_heads, kvb_dim, kpe_rows, dr, starts;
+  a.expect(o, "o", {DType::F32}, d);
+  a.dims(q, "q", {DType::F32}, d, &T, &nh, &dk);
+  a.dims(kvb, "kvb", {DType::F32}, d, &S, &kvb_heads, &kvb_dim);
+  a.dims(kpe, "kpe", {DType::F32}, d, &kpe_rows, &dr);
+  a.dims(qs, "qStart", {DType::I32}, d, &starts);
+  a.expect(ks, "kvStart", {DType::I32}, d);
+  if (dr > dk) fail(Code::E_SHAPE, "mlaPrefill: kpe's rope dim %lld exceeds q's head dim %lld", ll(dr), ll(dk));
+  cpu::MlaDims md;
+  md.nh = nh;
+  md.dr = dr;
+  md.dn = dk - dr;
+  md.dv = kvb_dim - md.dn;
+  if (kvb_heads != nh || md.dv < 1)
+    fail(Code::E_SHAPE, "mlaPrefill: 'kvb' has shape %s, expected [S, %lld, %lld + v_head_dim] (nope dim %lld from q %s and kpe %s)",
+         shape_str(kvb.shape).c_str(), ll(nh), ll(md.dn), ll(md.dn), shape_str(q.shape).c_str(), shape_str(kpe.shape).c_str());
+  expect_shape(op, "kpe", kpe, {S, dr});
+  expect_shape(op, "o", o, {T, nh, md.dv});
+  const int64_t B = starts - 1;
+  if (B < 0) fail(Code::E_SHAPE, "mlaPrefill: 'qStart' must have B + 1 >= 1 entries");
+  expect_shape(op, "kvStart", ks, {B + 1});
+  expect_finite(op, "softmaxScale", scale);
+  Stream& s = a.stream(0, d);
+  const float sc = static_cast<float>(scale);
+  launch(op, s,
+         [=] {
+           const int32_t* qp = qs.ptr<int32_t>();
+           const int32_t* kp = ks.ptr<int32_t>();
+           if (qp[0] < 0 || kp[0] < 0)
+             fail(Code::E_ARGUMENT, "mlaPrefill: qStart[0] = %d and kvStart[0] = %d must be >= 0", qp[0], kp[0]);
+           for (int64_t b = 0; b < B; ++b) {
+             if (qp[b + 1] < qp[b] || kp[b + 1] < kp[b])
+               fail(Code::E_ARGUMENT, "mlaPrefill: qStart / kvStart must be non-decreasing (sequence %lld)", ll(b));
+             if (kp[b + 1] - kp[b] < qp[b + 1] - qp[b])
+               fail(Code::E_ARGUMENT, "mlaPrefill: sequence %lld has %d queries but only %d keys (keys = cached prefix + new tokens)",
+                    ll(b), qp[b + 1] - qp[b], kp[b + 1] - kp[b]);
+           }
+           if (qp[B] > T || kp[B] > S)
+             fail(Code::E_ARGUMENT, "mlaPrefill: qStart[B] = %d / kvStart[B] = %d exceed the %lld queries / %lld keys", qp[B], kp[B],
+                  ll(T), ll(S));
+           cpu::mla_prefill(md, B, o.ptr<float>(), q.ptr<float>(), kvb.ptr<float>(), kpe.ptr<float>(), qp, kp, sc);
+         },
+         // qStart / kvStart are validated on the device (invalid: o untouched)
+         LC_GPU(Tensor ws = empty_tensor(d, DType::I32, {gpu::mla_prefill_workspace_ints(T, B)});
+                gpu::mla_prefill(md, B, T, S, o.ptr<float>(), q.ptr<float>(), kvb.ptr<float>(), kpe.ptr<float>(), qs.ptr<int32_t>(),
+                                 ks.ptr<int32_t>(), sc, ws.ptr<int32_t>(), stream)));
+  return info.Env().Undefined();
+}
+
+Napi::Value MlaCacheWrite(const Napi::CallbackInfo& info) {
+  const char* op = "mlaCacheWrite";
+  OpArgs a(info, op);
+  Tensor cache = a.tensor(1, "cache"), ckv = a.tensor(2, "ckv"), kpe = a.tensor(3, "kpe"), slots = a.tensor(4, "slots");
+  const Device d = cache.device();
+  int64_t nb, bs, row, T, dl;
+  expect_cache(a, cache, d, &nb, &bs, &row);
+  a.dims(ckv, "ckv", {DType::F32}, d, &T, &dl);
+  const int64_t dr = row - dl, nslots = nb * bs;
+  if (dr < 0) fail(Code::E_SHAPE, "mlaCacheWrite: cache rows of %lld values cannot hold a latent of %lld", ll(row), ll(dl));
+  a.expect(kpe, "kpe", {DType::F32}, d, {T, dr});
+  a.expect(slots, "slots", {DType::I32}, d, {T});
+  cpu::MlaDims md;
+  md.dl = dl;
+  md.dr = dr;
+  const bool bf = cache.dtype == DType::BF16;
+  Stream& s = a.stream(0, d);
+  launch(op, s,
+         [=] {
+           const int32_t* sp = slots.ptr<int32_t>();
+           for (int64_t i = 0; i < T; ++i)
+             if (sp[i] < 0 || sp[i] >= nslots)
+               fail(Code::E_ARGUMENT, "mlaCacheWrite: slots[%lld] = %d is outside the cache (%lld blocks x %lld = %lld slots)", ll(i),
+                    sp[i], ll(nb), ll(bs), ll(nslots));
+           cpu::mla_cache_write(md, T, cache.data(), bf, bs, ckv.ptr<float>(), kpe.ptr<float>(), sp);
+         },
+         // out-of-range slots are skipped on the GPU (no error from a kernel)
+         LC_GPU(gpu::mla_cache_write(T, dl, dr, cache.data(), bf, nslots, ckv.ptr<float>(), kpe.ptr<float>(), slots.ptr<int32_t>(),
+                                     stream)));
+  return info.Env().Undefined();
+}
+
+Napi::Value MlaCacheGather(const Napi::CallbackInfo& info) {
+  const char* op = "mlaCacheGather";
+  OpArgs a(info, op);
+  Tensor ckv = a.tensor(1, "ckv"), kpe = a.tensor(2, "kpe"), cache = a.tensor(3, "cache"), bt = a.tensor(4, "blockTable");
+  const int64_t start = a.integer(5, "start"), length = a.integer(6, "length");
+  const Device d = cache.device();
+  int64_t nb, bs, row, ckv_rows, dl, mb;
+  expect_cache(a, cache, d, &nb, &bs, &row);
+  a.dims(ckv, "ckv", {DType::F32}, d, &ckv_rows, &dl);
+  a.expect(kpe, "kpe", {DType::F32}, d);
+  a.dims(bt, "blockTable", {DType::I32}, d, &mb);
+  const int64_t dr = row - dl;
+  if (dr < 0) fail(Code::E_SHAPE, "mlaCacheGather: cache rows of %lld values cannot hold a latent of %lld", ll(row), ll(dl));
+  if (start < 0 || length < 0 || start + length > mb * bs)
+    fail(Code::E_ARGUMENT, "mlaCacheGather: rows [%lld, %lld) are outside the block table (%lld blocks x %lld rows)", ll(start),
+         ll(start + length), ll(mb), ll(bs));
+  expect_shape(op, "ckv", ckv, {length, dl});
+  expect_shape(op, "kpe", kpe, {length, dr});
+  cpu::MlaDims md;
+  md.dl = dl;
+  md.dr = dr;
+  const bool bf = cache.dtype == DType::BF16;
+  Stream& s = a.stream(0, d);
+  launch(op, s,
+         [=] {
+           const int32_t* bp = bt.ptr<int32_t>();
+           if (length > 0) check_blocks(op, bp, 0, start / bs, (start + length - 1) / bs + 1, nb);
+           cpu::mla_cache_gather(md, ckv.ptr<float>(), kpe.ptr<float>(), cache.data(), bf, bs, bp, start, length);
+         },
+         // rows of out-of-range block ids are zero-filled on the GPU
+         LC_GPU(gpu::mla_cache_gather(dl, dr, ckv.ptr<float>(), kpe.ptr<float>(), cache.data(), bf, bs, nb, bt.ptr<int32_t>(), start,
+                                      length, stream)));
+  return info.Env().Undefined();
+}
+
+Napi::Value MlaAbsorbQ(const Napi::CallbackInfo& info) {
+  const char* op = "mlaAbsorbQ";
+  OpArgs a(info, op);
+  Tensor ql = a.tensor(1, "qLat"), q = a.tensor(2, "q"), w = a.tensor(3, "wkvb");
+  const int64_t dn = a.integer(4, "nopeDim");
+  const Device d = q.device();
+  int64_t T, nh, dk;
+  a.dims(q, "q", {DType::F32}, d, &T, &nh, &dk);
+  a.expect(ql, "qLat", {DType::F32}, d, {T, nh, -1});
+  const int64_t dl = ql.dim(2);
+  expect_wkvb(a, w, d, nh, dl);
+  cpu::MlaDims md;
+  md.nh = nh;
+  md.dn = dn;
+  md.dr = dk - dn;
+  md.dv = w.dim(0) / nh - dn;
+  md.dl = dl;
+  if (dn < 1 || md.dr < 0 || md.dv < 0)
+    fail(Code::E_SHAPE, "mlaAbsorbQ: nopeDim %lld does not fit q's head dim %lld and wkvb's %lld rows per head", ll(dn), ll(dk),
+         ll(w.dim(0) / nh));
+  const bool bf = w.dtype == DType::BF16;
+  Stream& s = a.stream(0, d);
+  launch(op, s, [=] { cpu::mla_absorb_q(md, T, ql.ptr<float>(), q.ptr<float>(), w.data(), bf); },
+         LC_GPU(gpu::mla_absorb_q(md, T, ql.ptr<float>(), q.ptr<float>(), w.data(), bf, stream)));
+  return info.Env().Undefined();
+}
+
+Napi::Value MlaOutput(const Napi::CallbackInfo& info) {
+  const char* op = "mlaOutput";
+  OpArgs a(info, op);
+  Tensor o = a.tensor(1, "o"), ol = a.tensor(2, "oLat"), w = a.tensor(3, "wkvb");
+  const Device d = ol.device();
+  int64_t T, nh, dl;
+  a.dims(ol, "oLat", {DType::F32}, d, &T, &nh, &dl);
+  a.expect(o, "o", {DType::F32}, d, {T, nh, -1});
+  const int64_t dv = o.dim(2);
+  expect_wkvb(a, w, d, nh, dl);
+  cpu::MlaDims md;
+  md.nh = nh;
+  md.dv = dv;
+  md.dl = dl;
+  md.dn = w.dim(0) / nh - dv;
+  if (dv < 1 || md.dn < 0)
+    fail(Code::E_SHAPE, "mlaOutput: v_head_dim %lld (from o) does not fit wkvb's %lld rows per head", ll(dv), ll(w.dim(0) / nh));
+  const bool bf = w.dtype == DType::BF16;
+  Stream& s = a.stream(0, d);
+  launch(op, s, [=] { cpu::mla_output(md, T, o.ptr<float>(), ol.ptr<float>(), w.data(), bf); },
+         LC_GPU(gpu::mla_output(md, T, o.ptr<float>(), ol.ptr<float>(), w.data(), bf, stream)));
+  return info.Env().Undefined();
+}
+
+Napi::Value MlaDecodeAbsorbed(const Napi::CallbackInfo& info) {
+  const char* op = "mlaDecodeAbsorbed";
+  OpArgs a(info, op);
+  Tensor ol = a.tensor(1, "oLat"), ql = a.tensor(2, "qLat"), q = a.tensor(3, "q"), cache = a.tensor(4, "cache");
+  Tensor bt = a.tensor(5, "blockTable"), lens = a.tensor(6, "seqLens");
+  const double scale = a.number(7, "softmaxScale");
+  const Device d = q.device();
+  int64_t B, nh, dl, nb, bs, row;
+  a.dims(ql, "qLat", {DType::F32}, d, &B, &nh, &dl);
+  a.expect(q, "q", {DType::F32}, d, {B, nh, -1});
+  a.expect(ol, "oLat", {DType::F32}, d, {B, nh, dl});
+  expect_cache(a, cache, d, &nb, &bs, &row);
+  a.expect(bt, "blockTable", {DType::I32}, d, {B, -1});
+  a.expect(lens, "seqLens", {DType::I32}, d, {B});
+  const int64_t dr = row - dl, dk = q.dim(2), mb = bt.dim(1);
+  if (dr < 0 || dr > dk)
+    fail(Code::E_SHAPE,
+         "mlaDecodeAbsorbed: cache rows of %lld values do not split into the latent %lld (from qLat) + a rope key that fits q's head dim %lld",
+         ll(row), ll(dl), ll(dk));
+  expect_finite(op, "softmaxScale", scale);
+  cpu::MlaDims md;
+  md.nh = nh;
+  md.dl = dl;
+  md.dr = dr;
+  md.dn = dk - dr;
+  const bool bf = cache.dtype == DType::BF16;
+  const int64_t units = 2 * static_cast<int64_t>(cpu::ThreadPool::global().threads());
+  Tensor ws = empty_tensor(d, DType::F32, {d.is_cpu() ? cpu::mla_decode_workspace_floats(md, B, units) : 1});
+  const float sc = static_cast<float>(scale);
+  Stream& s = a.stream(0, d);
+  launch(op, s,
+         [=] {
+           const int32_t* lp = lens.ptr<int32_t>();
+           const int32_t* bp = bt.ptr<int32_t>();
+           for (int64_t b = 0; b < B; ++b) {
+             if (lp[b] < 0 || lp[b] > mb * bs)
+               fail(Code::E_ARGUMENT, "mlaDecodeAbsorbed: seqLens[%lld] = %d is beyond the block table (%lld blocks x %lld rows)", ll(b),
+                    lp[b], ll(mb), ll(bs));
+             check_blocks(op, bp + b * mb, b, 0, (lp[b] + bs - 1) / bs, nb);
+           }
+           cpu::mla_decode_absorbed(md, B, ol.ptr<float>(), ql.ptr<float>(), q.ptr<float>(), cache.data(), bf, bs, bp, mb, lp, sc,
+                                    ws.ptr<float>(), units);
+         },
+         // seqLens / block ids are clamped on the device (see cuda/mla.h)
+         LC_GPU(const int64_t splits = gpu::mla_decode_splits(md, B, mb * bs, bf, cache.data());
+                const int64_t wsf = gpu::mla_decode_workspace_floats(md, B, splits);
+                Tensor gws = empty_tensor(d, DType::F32, {wsf > 0 ? wsf : 1});
+                gpu::mla_decode_absorbed(md, B, ol.ptr<float>(), ql.ptr<float>(), q.ptr<float>(), cache.data(), bf, nb, bs,
+                                         bt.ptr<int32_t>(), mb, lens.ptr<int32_t>(), sc, gws.ptr<float>(), splits, stream)));
+  return info.Env().Undefined();
+}
+
+}  // namespace
+
+LC_REGISTER_OP("mlaPrefill", MlaPrefill);
+LC_REGISTER_OP("mlaCacheWrite", MlaCacheWrite);
+LC_REGISTER_OP("mlaCacheGather", MlaCacheGather);
+LC_REGISTER_OP("mlaAbsorbQ", MlaAbsorbQ);
+LC_REGISTER_OP("mlaDecodeAbsorbed", MlaDecodeAbsorbed);
+LC_REGISTER_OP("mlaOutput", MlaOutput);
+
+}  // namespace lc

@@ -1,0 +1,115 @@
+// Format conversion and quantization ops (kernels: cpu/quant.cc, cuda/quant.cu):
+//   convert(stream, y, x): any pair of f32, bf16, f16, fp8_e4m3, same shape
+//   quantizeFp8Act(stream, q fp8 [.., K], scale f32 [.., ceil(K/128)], x f32 [.., K])
+//   quantizeFp8Blocks(stream, q fp8 [N, K], scaleInv f32 [ceil(N/128), ceil(K/128)], w f32|bf16 [N, K])
+//   dequantizeFp8Blocks(stream, w f32|bf16 [N, K], q fp8 [N, K], scaleInv f32 [ceil(N/128), ceil(K/128)])
+//   quantizeInt8Rows(stream, q int8 [N, K], scale f32 [N], w f32|bf16 [N, K]): per-row int8 weights for linear
+#include "../binding.h"
+#include "../cpu/linear.h"
+#include "../cpu/quant.h"
+#ifdef LONGCAT_WITH_CUDA
+#include "../../cuda/quant.h"
+#include "../../cuda/small.h"
+#endif
+
+namespace lc {
+
+namespace {
+
+constexpr DTypes kFloatTypes = {DType::F32, DType::BF16, DType::F16, DType::FP8_E4M3};
+
+int64_t fp8_blocks(int64_t n) { return (n + cpu::kFp8Block - 1) / cpu::kFp8Block; }
+
+Napi::Value Convert(const Napi::CallbackInfo& info) {
+  const char* op = "convert";
+  OpArgs a(info, op);
+  Tensor y = a.tensor(1, "y"), x = a.tensor(2, "x");
+  const Device d = x.device();
+  a.expect(y, "y", kFloatTypes, d);
+  a.expect(x, "x", kFloatTypes, d);
+  expect_same_shape(op, "y", y, "x", x);
+  Stream& s = a.stream(0, d);
+  const int64_t n = x.numel();
+  launch(op, s, [=] { cpu::convert(n, x.data(), x.dtype, y.data(), y.dtype); },
+         LC_GPU(gpu::convert(n, x.data(), x.dtype, y.data(), y.dtype, stream)));
+  return info.Env().Undefined();
+}
+
+Napi::Value QuantizeFp8Act(const Napi::CallbackInfo& info) {
+  const char* op = "quantizeFp8Act";
+  OpArgs a(info, op);
+  Tensor q = a.tensor(1, "q"), sc = a.tensor(2, "scale"), x = a.tensor(3, "x");
+  const Device d = x.device();
+  a.expect(q, "q", {DType::FP8_E4M3}, d);
+  a.expect(sc, "scale", {DType::F32}, d);
+  a.expect(x, "x", {DType::F32}, d);
+  expect_rows(op, "x", x);
+  expect_same_shape(op, "q", q, "x", x);
+  const int64_t K = x.dim(-1), T = x.rows();
+  std::vector<int64_t> ss = x.shape;
+  ss.back() = fp8_blocks(K);
+  expect_shape(op, "scale", sc, ss);
+  Stream& s = a.stream(0, d);
+  launch(op, s, [=] { cpu::quantize_fp8_act(T, K, x.ptr<float>(), q.ptr<uint8_t>(), sc.ptr<float>()); },
+         LC_GPU(gpu::quantize_fp8_act(T, K, x.data(), DType::F32, q.ptr<uint8_t>(), sc.ptr<float>(), stream)));
+  return info.Env().Undefined();
+}
+
+// The arguments of quantizeFp8Blocks / dequantizeFp8Blocks: w [N, K], q like w, 128 x 128 block scales.
+void check_fp8_weight(const OpArgs& a, const Tensor& q, const Tensor& sc, const Tensor& w, int64_t* n, int64_t* k) {
+  const Device d = w.device();
+  a.expect(q, "q", {DType::FP8_E4M3}, d);
+  a.expect(sc, "scaleInv", {DType::F32}, d);
+  a.dims(w, "w", {DType::F32, DType::BF16}, d, n, k);
+  expect_same_shape(a.op(), "q", q, "w", w);
+  expect_shape(a.op(), "scaleInv", sc, {fp8_blocks(*n), fp8_blocks(*k)});
+}
+
+Napi::Value QuantizeFp8Blocks(const Napi::CallbackInfo& info) {
+  const char* op = "quantizeFp8Blocks";
+  OpArgs a(info, op);
+  Tensor q = a.tensor(1, "q"), sc = a.tensor(2, "scaleInv"), w = a.tensor(3, "w");
+  int64_t N, K;
+  check_fp8_weight(a, q, sc, w, &N, &K);
+  Stream& s = a.stream(0, w.device());
+  launch(op, s, [=] { cpu::quantize_fp8_blocks(N, K, w.data(), w.dtype, q.ptr<uint8_t>(), sc.ptr<float>()); },
+         LC_GPU(gpu::quantize_fp8_blocks(N, K, w.data(), w.dtype, q.ptr<uint8_t>(), sc.ptr<float>(), stream)));
+  return info.Env().Undefined();
+}
+
+Napi::Value DequantizeFp8Blocks(const Napi::CallbackInfo& info) {
+  const char* op = "dequantizeFp8Blocks";
+  OpArgs a(info, op);
+  Tensor w = a.tensor(1, "w"), q = a.tensor(2, "q"), sc = a.tensor(3, "scaleInv");
+  int64_t N, K;
+  check_fp8_weight(a, q, sc, w, &N, &K);
+  Stream& s = a.stream(0, w.device());
+  launch(op, s, [=] { cpu::dequantize_fp8_blocks(N, K, q.ptr<uint8_t>(), sc.ptr<float>(), w.data(), w.dtype); },
+         LC_GPU(gpu::dequantize_fp8_blocks(N, K, q.ptr<uint8_t>(), sc.ptr<float>(), w.data(), w.dtype, stream)));
+  return info.Env().Undefined();
+}
+
+Napi::Value QuantizeInt8Rows(const Napi::CallbackInfo& info) {
+  const char* op = "quantizeInt8Rows";
+  OpArgs a(info, op);
+  Tensor q = a.tensor(1, "q"), scale = a.tensor(2, "scale"), w = a.tensor(3, "w");
+  const Device d = w.device();
+  int64_t n, k;
+  a.dims(w, "w", {DType::F32, DType::BF16}, d, &n, &k);
+  a.expect(q, "q", {DType::I8}, d, {n, k});
+  a.expect(scale, "scale", {DType::F32}, d, {n});
+  Stream& s = a.stream(0, d);
+  launch(op, s, [=] { cpu::quantize_int8_rows(n, k, w.data(), w.dtype, q.ptr<int8_t>(), scale.ptr<float>()); },
+         LC_GPU(gpu::quantize_int8_rows(n, k, w.data(), w.dtype, q.ptr<int8_t>(), scale.ptr<float>(), stream)));
+  return info.Env().Undefined();
+}
+
+}  // namespace
+
+LC_REGISTER_OP("convert", Convert);
+LC_REGISTER_OP("quantizeFp8Act", QuantizeFp8Act);
+LC_REGISTER_OP("quantizeFp8Blocks", QuantizeFp8Blocks);
+LC_REGISTER_OP("dequantizeFp8Blocks", DequantizeFp8Blocks);
+LC_REGISTER_OP("quantizeInt8Rows", QuantizeInt8Rows);
+
+}  // namespace lc
