@@ -128,7 +128,7 @@ static Napi::Value MlaPrefill(const Napi::CallbackInfo& info) {
   },
 #ifdef LONGCAT_WITH_CUDA
   [=](void* st) {  // qStart / kvStart are validated on the device (invalid: o untouched)
-    Tensor ws = empty_tensor(d, DType::I32, {gpu::mla_prefill_workspace_ints(T, B)});
+    Tensor ws = empty_tensor(d, DType::I32, {gpu::mla_prefill_workspace_ints(md, T, S, B)});
     gpu::mla_prefill(md, B, T, S, o.ptr<float>(), q.ptr<float>(), kvb.ptr<float>(), kpe.ptr<float>(), qs.ptr<int32_t>(),
                      ks.ptr<int32_t>(), sc, ws.ptr<int32_t>(), st);
   }
