@@ -389,6 +389,9 @@ int main() {
     mla_prefill_case(3, 5, 3, 4, {{1, 1}, {7, 10}, {33, 33}}, MatmulPrecision::Highest);
     mla_prefill_case(2, 128, 64, 128, {{1, 1}, {70, 133}, {0, 9}}, MatmulPrecision::Highest);
     mla_prefill_case(2, 128, 64, 128, {{1, 1}, {70, 133}, {0, 9}}, MatmulPrecision::BF16);  // tensor cores
+    // several query tiles per sequence (scheduled last first) over up to 4 double-buffered key tiles
+    mla_prefill_case(3, 128, 64, 128, {{130, 200}, {1, 64}, {64, 64}, {0, 3}, {65, 129}}, MatmulPrecision::BF16);
+    mla_prefill_case(2, 5, 3, 4, {{70, 75}, {33, 33}}, MatmulPrecision::Highest);  // CUDA cores: 3 query tiles
   } catch (const lc::Error& e) {
     std::printf("FAIL: %s\n", e.what());
     ++g_failed;
