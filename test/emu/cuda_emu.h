@@ -49,9 +49,9 @@ struct alignas(8) uint2 {
 struct alignas(8) float2 {
   float x, y;
 };
+inline float2 make_float2(float x, float y) { return float2{x, y}; }
 inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return uint4{x, y, z, w}; }
 inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
-inline float2 make_float2(float x, float y) { return float2{x, y}; }
 
 // ---- runtime: what the launchers call ----------------------------------------------------------------
 using cudaStream_t = void*;
