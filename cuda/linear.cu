@@ -171,9 +171,27 @@ struct DenseGemm {
     return {static_cast<const char*>(w) + row * k * es, s, b_dtype};
   }
   __device__ const float* b_scales(const Tile& tl, int) const { return w_scale + (tl.n0 / 128) * kb; }
-  __device__ void store(const Tile& tl, int r, int c, float v) const {
+  __device__ void store2(const Tile& tl, int r, int c, float v0, float v1) const {
     const int64_t row = tl.m0 + r, col = tl.n0 + c;
-    if (row < t && col < n) store_y(y, yb, row * n + col, v);
+    if (row >= t || col >= n) return;
+    const int64_t i = row * n + col;
+    if (col + 1 < n) {  // one 8-byte (f32) / 4-byte (bf16) store where the pair is aligned
+      if (yb) {
+        uint16_t* d = static_cast<uint16_t*>(y) + i;
+        if ((reinterpret_cast<uintptr_t>(d) & 3) == 0) {
+          *reinterpret_cast<uint32_t*>(d) = tile::pack_bf16x2(v0, v1);
+          return;
+        }
+      } else {
+        float* d = static_cast<float*>(y) + i;
+        if ((reinterpret_cast<uintptr_t>(d) & 7) == 0) {
+          *reinterpret_cast<float2*>(d) = make_float2(v0, v1);
+          return;
+        }
+      }
+      store_y(y, yb, i + 1, v1);
+    }
+    store_y(y, yb, i, v0);
   }
 };
 

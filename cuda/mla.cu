@@ -447,7 +447,8 @@ PrefillLayout prefill_layout(const MlaDims& d) {
 }
 
 // Validates qStart / kvStart exactly like the CPU binding and lists (sequence, first query) tiles
-// of `rows` queries.
+// of `rows` queries, each sequence's last tile (the most keys under the causal mask) first, so
+// the heaviest CTAs start first and the light ones fill the tail.
 // ws[0] = tile count (0 when the starts are invalid), then (b, j0) pairs.
 __global__ void prefill_schedule_kernel(int64_t batch, int64_t t, int64_t s, const int32_t* __restrict__ qs,
                                         const int32_t* __restrict__ ks, int32_t* __restrict__ ws, int64_t cap, int rows) {
@@ -458,7 +459,7 @@ __global__ void prefill_schedule_kernel(int64_t batch, int64_t t, int64_t s, con
   int64_t n = 0;
   if (ok)
     for (int64_t b = 0; b < batch; ++b)
-      for (int64_t j0 = 0; j0 < qs[b + 1] - qs[b] && n < cap; j0 += rows, ++n) {
+      for (int64_t j0 = (qs[b + 1] - qs[b] + rows - 1) / rows * rows - rows; j0 >= 0 && n < cap; j0 -= rows, ++n) {
         ws[1 + 2 * n] = static_cast<int32_t>(b);
         ws[2 + 2 * n] = static_cast<int32_t>(j0);
       }
@@ -480,7 +481,11 @@ __global__ void __launch_bounds__(kPThreads) prefill_kernel(MlaDims d, int64_t l
   float* ls = ms + kPB;
   float* cs = ls + kPB;
 
-  const int64_t nh = d.nh, dn = d.dn, dr = d.dr, dv = d.dv, dk = dn + dr, dkv = dn + dv;
+  // Head dims as int: they fit shared memory, and int loop indices keep 64-bit division (a long
+  // SASS sequence whose temporaries spilled) out of the loaders.
+  const int64_t nh = d.nh;
+  const int dn = static_cast<int>(d.dn), dr = static_cast<int>(d.dr), dv = static_cast<int>(d.dv), dk = dn + dr, dkv = dn + dv;
+  const int ldq_ = static_cast<int>(ldq), ldo_ = static_cast<int>(ldo);
   const int64_t tile = blockIdx.x / nh, h = blockIdx.x % nh;
   if (tile >= sched[0]) return;  // uniform over the block
   const int64_t b = sched[1 + 2 * tile], j0 = sched[2 + 2 * tile];
@@ -491,11 +496,11 @@ __global__ void __launch_bounds__(kPThreads) prefill_kernel(MlaDims d, int64_t l
   const int tid = threadIdx.x, warp = tid / 32, lane = tid & 31;
   const int ty = tid / 8, tx = tid % 8;  // 16 x 8 threads: rows ty, ty + 16; columns tx + 8 jj
 
-  for (int64_t i = tid; i < kPB * dk; i += kPThreads) {
-    const int64_t r = i / dk, c = i % dk;
-    Qs[r * ldq + c] = r < nq ? q[((q0 + j0 + r) * nh + h) * dk + c] : 0.0f;
+  for (int r = 0; r < kPB; ++r) {
+    const float* src = q + ((q0 + j0 + r) * nh + h) * dk;
+    for (int c = tid; c < dk; c += kPThreads) Qs[r * ldq_ + c] = r < nq ? src[c] : 0.0f;
   }
-  for (int64_t i = tid; i < kPB * ldo; i += kPThreads) Os[i] = 0.0f;
+  for (int i = tid; i < kPB * ldo_; i += kPThreads) Os[i] = 0.0f;
   if (tid < kPB) {
     ms[tid] = -INFINITY;
     ls[tid] = 0.0f;
@@ -504,22 +509,21 @@ __global__ void __launch_bounds__(kPThreads) prefill_kernel(MlaDims d, int64_t l
   for (int64_t t0 = 0; t0 < kend; t0 += kPB) {
     const int nt = static_cast<int>(imin(kPB, kend - t0));
     __syncthreads();  // previous tile consumed (and the initialisation done)
-    for (int64_t i = tid; i < kPB * dk; i += kPThreads) {
-      const int64_t j = i / dk, c = i % dk, sk = k0 + t0 + j;
-      Ks[j * ldq + c] = j < nt ? (c < dn ? kvb[(sk * nh + h) * dkv + c] : kpe[sk * dr + (c - dn)]) : 0.0f;
-    }
-    for (int64_t i = tid; i < kPB * dv; i += kPThreads) {
-      const int64_t j = i / dv, c = i % dv;
-      Vs[i] = j < nt ? kvb[((k0 + t0 + j) * nh + h) * dkv + dn + c] : 0.0f;
+    for (int j = 0; j < kPB; ++j) {
+      const int64_t sk = k0 + t0 + j;
+      const float* kv = kvb + (sk * nh + h) * dkv;
+      const float* pe = kpe + sk * dr - dn;
+      for (int c = tid; c < dk; c += kPThreads) Ks[j * ldq_ + c] = j < nt ? (c < dn ? kv[c] : pe[c]) : 0.0f;
+      for (int c = tid; c < dv; c += kPThreads) Vs[j * dv + c] = j < nt ? kv[dn + c] : 0.0f;
     }
     __syncthreads();
     {
       float a[2][4] = {};
-      for (int64_t c = 0; c < dk; ++c) {
-        const float qa = Qs[ty * ldq + c], qb = Qs[(ty + 16) * ldq + c];
+      for (int c = 0; c < dk; ++c) {
+        const float qa = Qs[ty * ldq_ + c], qb = Qs[(ty + 16) * ldq_ + c];
 #pragma unroll
         for (int jj = 0; jj < 4; ++jj) {
-          const float kk = Ks[(tx + 8 * jj) * ldq + c];
+          const float kk = Ks[(tx + 8 * jj) * ldq_ + c];
           a[0][jj] += qa * kk;
           a[1][jj] += qb * kk;
         }
@@ -547,22 +551,22 @@ __global__ void __launch_bounds__(kPThreads) prefill_kernel(MlaDims d, int64_t l
       }
     }
     __syncthreads();
-    for (int64_t c = tx; c < dv; c += 8) {
-      float a0 = Os[ty * ldo + c] * cs[ty], a1 = Os[(ty + 16) * ldo + c] * cs[ty + 16];
+    for (int c = tx; c < dv; c += 8) {
+      float a0 = Os[ty * ldo_ + c] * cs[ty], a1 = Os[(ty + 16) * ldo_ + c] * cs[ty + 16];
       for (int j = 0; j < nt; ++j) {
         const float v = Vs[j * dv + c];
         a0 += Ss[ty * (kPB + 1) + j] * v;
         a1 += Ss[(ty + 16) * (kPB + 1) + j] * v;
       }
-      Os[ty * ldo + c] = a0;
-      Os[(ty + 16) * ldo + c] = a1;
+      Os[ty * ldo_ + c] = a0;
+      Os[(ty + 16) * ldo_ + c] = a1;
     }
   }
   __syncthreads();
-  for (int64_t i = tid; i < nq * dv; i += kPThreads) {
-    const int64_t r = i / dv, c = i % dv;
-    const float l = ls[r];
-    o[((q0 + j0 + r) * nh + h) * dv + c] = Os[r * ldo + c] * (l > 0 ? 1.0f / l : 0.0f);
+  for (int r = 0; r < nq; ++r) {
+    const float l = ls[r], inv = l > 0 ? 1.0f / l : 0.0f;
+    float* dst = o + ((q0 + j0 + r) * nh + h) * dv;
+    for (int c = tid; c < dv; c += kPThreads) dst[c] = Os[r * ldo_ + c] * inv;
   }
 }
 
@@ -584,20 +588,30 @@ void mla_output(const MlaDims& d, int64_t t, float* o, const float* o_lat, const
   else output_dispatch(d, t, o, o_lat, static_cast<const float*>(wkvb), s);
 }
 
-int64_t mla_prefill_workspace_ints(int64_t t, int64_t batch) { return 1 + 2 * ((t + kPB - 1) / kPB + batch); }
+static bool use_tc_prefill(const MlaDims& d) { return cpu::bf16_activations() && mla_prefill_tc_supported(d); }
+
+static int64_t prefill_schedule_ints(int64_t t, int64_t batch) { return 1 + 2 * ((t + kPB - 1) / kPB + batch); }
+
+int64_t mla_prefill_workspace_ints(const MlaDims& d, int64_t t, int64_t s, int64_t batch) {
+  const int64_t sched = prefill_schedule_ints(t, batch);
+  if (!use_tc_prefill(d)) return sched;
+  return sched + 4 + static_cast<int64_t>((mla_prefill_tc_workspace_bytes(d, s) + 3) / 4);  // + 4: 16-byte alignment
+}
 
 void mla_prefill(const MlaDims& d, int64_t batch, int64_t t, int64_t s, float* o, const float* q, const float* kvb,
                  const float* kpe, const int32_t* q_start, const int32_t* kv_start, float scale, int32_t* workspace,
                  void* stream) {
   auto st = static_cast<cudaStream_t>(stream);
-  const bool tc = cpu::bf16_activations() && mla_prefill_tc_supported(d);
+  const bool tc = use_tc_prefill(d);
   const int rows = tc ? static_cast<int>(kMlaTcPrefillRows) : kPB;
   const int64_t cap = (t + rows - 1) / rows + batch;  // <= the workspace's 32-row tile count
   if (cap > 0x3fffffffLL) fail(Code::E_SHAPE, "mlaPrefill (CUDA): too many query tiles (%lld)", static_cast<long long>(cap));
   prefill_schedule_kernel<<<1, 32, 0, st>>>(batch, t, s, q_start, kv_start, workspace, cap, rows);
   if (cap == 0 || d.nh <= 0 || d.dv <= 0) return;
   if (tc) {
-    mla_prefill_tc(d, cap, o, q, kvb, kpe, q_start, kv_start, workspace, scale, stream);
+    const uintptr_t kv = reinterpret_cast<uintptr_t>(workspace + prefill_schedule_ints(t, batch));
+    mla_prefill_tc(d, cap, s, o, q, kvb, kpe, q_start, kv_start, workspace, scale, reinterpret_cast<void*>((kv + 15) & ~uintptr_t{15}),
+                   stream);
     return;
   }
   const PrefillLayout L = prefill_layout(d);

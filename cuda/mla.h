@@ -22,8 +22,9 @@ void mla_absorb_q(const cpu::MlaDims& d, int64_t t, float* q_lat, const float* q
 void mla_output(const cpu::MlaDims& d, int64_t t, float* o, const float* o_lat, const void* wkvb, bool w_bf16,
                 void* stream);
 
-// Ints of workspace mla_prefill needs for T queries in `batch` sequences (its tile schedule).
-int64_t mla_prefill_workspace_ints(int64_t t, int64_t batch);
+// Ints of workspace mla_prefill needs for T queries and S keys in `batch` sequences (its tile
+// schedule, and on the tensor-core path a bf16 copy of K / V), at the current matmul precision.
+int64_t mla_prefill_workspace_ints(const cpu::MlaDims& d, int64_t t, int64_t s, int64_t batch);
 
 // Same contract as cpu::mla_prefill; t / s = rows of q / kvb (the tensors' first dims), used to
 // bound every access. q_start / kv_start are validated on the device with the CPU binding's rules

@@ -25,9 +25,13 @@ constexpr int64_t kMlaTcPrefillRows = 64;  // queries per prefill tile
 // dn 128, dr 64, dv 128, and the device's shared memory holds the kernel's tiles.
 bool mla_prefill_tc_supported(const cpu::MlaDims& d);
 
+// Bytes of the bf16 copy of K / V (kvb, kpe: s rows) mla_prefill_tc needs, 16-byte aligned.
+size_t mla_prefill_tc_workspace_bytes(const cpu::MlaDims& d, int64_t s);
+
 // prefill_kernel's contract (mla.cu) over `schedule` (prefill_schedule_kernel's output for
-// kMlaTcPrefillRows-row tiles, at most tiles_cap of them).
-void mla_prefill_tc(const cpu::MlaDims& d, int64_t tiles_cap, float* o, const float* q, const float* kvb, const float* kpe,
-                    const int32_t* q_start, const int32_t* kv_start, const int32_t* schedule, float scale, void* stream);
+// kMlaTcPrefillRows-row tiles, at most tiles_cap of them); kvb / kpe have s rows.
+void mla_prefill_tc(const cpu::MlaDims& d, int64_t tiles_cap, int64_t s, float* o, const float* q, const float* kvb,
+                    const float* kpe, const int32_t* q_start, const int32_t* kv_start, const int32_t* schedule, float scale,
+                    void* kv_bf16, void* stream);
 
 }  // namespace lc::gpu

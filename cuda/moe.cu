@@ -276,20 +276,25 @@ __global__ void __launch_bounds__(kSkinnyWarps * 32) skinny_kernel(GemmArgs a, i
 }
 
 // Tiled: block = (tile of <= 64 rows, 64 output columns), 256 threads with 4 x 4 outputs each.
+// (256, 1): without the minimum-blocks hint ptxas held sm_89 to 80 registers and spilled around
+// SwiGLU's division slow path; 96 still leaves room for two blocks per SM.
 template <bool kGateUp>
-__global__ void __launch_bounds__(256) tiled_kernel(GemmArgs a, int64_t nblk) {
+__global__ void __launch_bounds__(256, 1) tiled_kernel(GemmArgs a, int64_t nblk) {
   __shared__ float xs[kSlab][kTiled + 1];
   __shared__ float ws0[kSlab][kTiled + 1];
   __shared__ float ws1[kGateUp ? kSlab : 1][kTiled + 1];
   __shared__ const float* xrow[kTiled];
-  const int64_t tile = blockIdx.x / nblk, nb = blockIdx.x % nblk;
+  // 32-bit division (nblk and the slot count are small): a 64-bit one is a call whose saved
+  // registers spilled
+  const int64_t tile = blockIdx.x / static_cast<unsigned>(nblk), nb = blockIdx.x % static_cast<unsigned>(nblk);
   if (tile >= a.ctrl[1]) return;  // uniform over the block
   const int64_t N = kGateUp ? a.inter : a.h, K = kGateUp ? a.h : a.inter;
   const int64_t e = a.tiles[3 * tile], r0 = a.tiles[3 * tile + 1], n0 = nb * kTiled;
   const int m = a.tiles[3 * tile + 2];
   if (threadIdx.x < kTiled) {
     const int i = threadIdx.x;
-    xrow[i] = i < m ? (kGateUp ? a.u + static_cast<int64_t>(a.sorted[r0 + i] / a.k) * a.h : a.act + (r0 + i) * a.inter) : nullptr;
+    xrow[i] = i < m ? (kGateUp ? a.u + static_cast<int64_t>(a.sorted[r0 + i] / static_cast<int32_t>(a.k)) * a.h : a.act + (r0 + i) * a.inter)
+                    : nullptr;
   }
   const WView w0 = view(a.table[(kGateUp ? 0 : 2) * a.nr + e], K);
   const WView w1 = view(a.table[a.nr + e], K);
@@ -362,15 +367,15 @@ struct MoeTileGemm {
   float* out;  // gate/up: act; down: y
 
   __device__ bool tile(Tile& tl) const {
-    const int64_t ti = blockIdx.x / nblk;
+    const int64_t ti = blockIdx.x / static_cast<unsigned>(nblk);  // 32-bit division: nblk is small
     if (ti >= ctrl[1]) return false;
     tl.e = tiles[3 * ti], tl.r0 = tiles[3 * ti + 1], tl.m = tiles[3 * ti + 2];
-    tl.n0 = (blockIdx.x % nblk) * (kGU ? tile::kBN / 2 : tile::kBN);
+    tl.n0 = static_cast<int64_t>(blockIdx.x % static_cast<unsigned>(nblk)) * (kGU ? tile::kBN / 2 : tile::kBN);
     return true;
   }
   __device__ tile::Row a_row(const Tile& tl, int r) const {
     if (r >= tl.m) return {};
-    const int64_t row = kGU ? sorted[tl.r0 + r] / slots : tl.r0 + r;
+    const int64_t row = kGU ? sorted[tl.r0 + r] / static_cast<int32_t>(slots) : tl.r0 + r;  // slots <= kMaxK
     const int64_t es = a_dtype == DType::F32 ? 4 : 1;
     return {static_cast<const char*>(a) + row * k * es, a_scale ? a_scale + row * kb : nullptr};
   }
@@ -384,8 +389,16 @@ struct MoeTileGemm {
     return {static_cast<const char*>(w.data) + n * k * es, sc, w.dtype};
   }
   __device__ const float* b_scales(const Tile& tl, int which) const { return weight(tl, which).scale + (tl.n0 / 128) * kb; }
-  __device__ void store(const Tile& tl, int r, int c, float v) const {
-    if (r < tl.m && tl.n0 + c < nout) out[(tl.r0 + r) * nout + tl.n0 + c] = v;
+  __device__ void store2(const Tile& tl, int r, int c, float v0, float v1) const {
+    const int64_t col = tl.n0 + c;
+    if (r >= tl.m || col >= nout) return;
+    float* d = out + (tl.r0 + r) * nout + col;
+    if (col + 1 < nout && (reinterpret_cast<uintptr_t>(d) & 7) == 0) {  // one 8-byte store
+      *reinterpret_cast<float2*>(d) = make_float2(v0, v1);
+      return;
+    }
+    d[0] = v0;
+    if (col + 1 < nout) d[1] = v1;
   }
 };
 

@@ -94,7 +94,7 @@ Napi::Value MlaPrefill(const Napi::CallbackInfo& info) {
            cpu::mla_prefill(md, B, o.ptr<float>(), q.ptr<float>(), kvb.ptr<float>(), kpe.ptr<float>(), qp, kp, sc);
          },
          // qStart / kvStart are validated on the device (invalid: o untouched)
-         LC_GPU(Tensor ws = empty_tensor(d, DType::I32, {gpu::mla_prefill_workspace_ints(T, B)});
+         LC_GPU(Tensor ws = empty_tensor(d, DType::I32, {gpu::mla_prefill_workspace_ints(md, T, S, B)});
                 gpu::mla_prefill(md, B, T, S, o.ptr<float>(), q.ptr<float>(), kvb.ptr<float>(), kpe.ptr<float>(), qs.ptr<int32_t>(),
                                  ks.ptr<int32_t>(), sc, ws.ptr<int32_t>(), stream)));
   return info.Env().Undefined();

@@ -160,6 +160,43 @@ void linear_cases() {
   gpu::set_wgmma_enabled(false);
 }
 
+// The tile GEMM's other staging paths: K % 16 == 0 (fp8 mode: every chunk by cp.async, several
+// scale blocks, a K tail at 208), bf16 activations (bf16 mode: A by cp.async), one-byte weights in
+// bf16 mode (16 per 16-byte load), bf16 outputs (paired stores; n = 67 / 129: unaligned pairs).
+void tile_gemm_cases() {
+  for (const auto& [t, n, k] : std::vector<std::array<int64_t, 3>>{{70, 136, 384}, {33, 67, 320}, {130, 129, 208}})
+    for (const DType dt : {DType::BF16, DType::FP8_E4M3, DType::I8})
+      for (const DType xt : {DType::F32, DType::BF16})
+        for (const DType yt : {DType::F32, DType::BF16})
+          for (const MatmulPrecision p : {MatmulPrecision::BF16, MatmulPrecision::FP8}) {
+            if (p == MatmulPrecision::FP8 && dt != DType::FP8_E4M3) continue;
+            cpu::set_matmul_precision(p);
+            const W w = weight(dt, n, k);
+            auto x = rnd(t * k);
+            std::vector<uint16_t> xb(t * k);
+            if (xt == DType::BF16)
+              for (int64_t i = 0; i < t * k; ++i) x[i] = cpu::bf16_to_f32(xb[i] = cpu::f32_to_bf16(x[i]));
+            const void* xg = xt == DType::BF16 ? static_cast<const void*>(xb.data()) : x.data();
+            std::vector<float> want(t * n), got(t * n);
+            cpu::linear(t, x.data(), DType::F32, w.ref(n, k), want.data(), DType::F32);
+            std::vector<float> yf = poison<float>(t * n);
+            std::vector<uint16_t> yb = poison<uint16_t>(t * n);
+            void* y = yt == DType::BF16 ? static_cast<void*>(yb.data()) : yf.data();
+            if (p == MatmulPrecision::FP8) {
+              std::vector<uint8_t> ws(gpu::linear_fp8_workspace_bytes(t, k) + 256);
+              void* aligned = reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(ws.data()) + 255) & ~uintptr_t{255});
+              gpu::linear_fp8(t, xg, xt, w.ref(n, k), y, yt, aligned, nullptr);
+            } else {
+              gpu::linear(t, xg, xt, w.ref(n, k), y, yt, nullptr);
+            }
+            for (int64_t i = 0; i < t * n; ++i) got[i] = yt == DType::BF16 ? cpu::bf16_to_f32(yb[i]) : yf[i];
+            expect_close(got, want, tol_of(p) + (yt == DType::BF16 ? 4e-3 : 0),
+                         "tile gemm t=" + std::to_string(t) + " n=" + std::to_string(n) + " k=" + std::to_string(k) + " w=" + dtype_name(dt) +
+                             " x=" + dtype_name(xt) + " y=" + dtype_name(yt) + " " + name_of(p));
+          }
+  cpu::set_matmul_precision(MatmulPrecision::BF16);
+}
+
 void small_cases() {
   {  // rmsnorm with the residual add, bf16 weight, in place on h
     const int64_t rows = 5, dim = 300;
@@ -347,7 +384,7 @@ void mla_prefill_case(int64_t nh, int64_t dn, int64_t dr, int64_t dv, std::vecto
   const float scale = 1.0f / std::sqrt(static_cast<float>(dn + dr));
   std::vector<float> want(T * nh * dv), got = poison<float>(T * nh * dv);
   cpu::mla_prefill(d, B, want.data(), q.data(), kvb.data(), kpe.data(), qs.data(), ks.data(), scale);
-  std::vector<int32_t> ws(gpu::mla_prefill_workspace_ints(T, B));
+  std::vector<int32_t> ws(gpu::mla_prefill_workspace_ints(d, T, S, B));
   gpu::mla_prefill(d, B, T, S, got.data(), q.data(), kvb.data(), kpe.data(), qs.data(), ks.data(), scale, ws.data(), nullptr);
   expect_close(got, want, tol_of(p), "mla_prefill nh=" + std::to_string(nh) + " dn=" + std::to_string(dn) + " dv=" + std::to_string(dv) + " " + name_of(p));
   cpu::set_matmul_precision(MatmulPrecision::BF16);
@@ -365,6 +402,7 @@ int main() {
     small_cases();
     lap("small ops");
     linear_cases();
+    tile_gemm_cases();
     lap("linear");
     moe_case(1, 64, 32, 8, 2, 3, DType::BF16, MatmulPrecision::Highest);       // decode: skinny tiles
     moe_case(5, 129, 67, 6, 3, 4, DType::FP8_E4M3, MatmulPrecision::Highest);  // decode, fp8 experts
@@ -390,6 +428,9 @@ int main() {
     mla_prefill_case(3, 5, 3, 4, {{1, 1}, {7, 10}, {33, 33}}, MatmulPrecision::Highest);
     mla_prefill_case(2, 128, 64, 128, {{1, 1}, {70, 133}, {0, 9}}, MatmulPrecision::Highest);
     mla_prefill_case(2, 128, 64, 128, {{1, 1}, {70, 133}, {0, 9}}, MatmulPrecision::BF16);  // tensor cores
+    // several query tiles per sequence (scheduled last first) over up to 4 double-buffered key tiles
+    mla_prefill_case(3, 128, 64, 128, {{130, 200}, {1, 64}, {64, 64}, {0, 3}, {65, 129}}, MatmulPrecision::BF16);
+    mla_prefill_case(2, 5, 3, 4, {{70, 75}, {33, 33}}, MatmulPrecision::Highest);  // CUDA cores: 3 query tiles
   } catch (const lc::Error& e) {
     std::printf("FAIL: %s\n", e.what());
     ++g_failed;
