@@ -118,6 +118,7 @@ void gemv_rows(const float* x, const WeightRef& w, int64_t r, int64_t k0, int64_
       if constexpr (D::kScaleMul != 0) bs[i] = V::set1(fp8_block_scale(w, r + i, b0 / 128) * D::kScaleMul);
     }
     int64_t k = b0;
+#pragma GCC unroll 4
     for (; k + W * S <= bend; k += W * S)
       for (int s = 0; s < S; ++s) step(k + W * s, bs, acc[s], W);
     for (; k + W <= bend; k += W) step(k, bs, acc[0], W);
@@ -156,9 +157,14 @@ void gemv_range(const float* x, const WeightRef& w, int64_t n0, int64_t n1, void
   }
 }
 
+// Rows are handed out in whole passes of R, so that no chunk ends in single-row passes.
 template <class L, int T, class D>
 void gemv_t(const float* x, const WeightRef& w, void* y, DType yt) {
-  parallel_for(w.n, gemv_grain_rows(w), [&](int64_t n0, int64_t n1) { gemv_range<L, T, D>(x, w, n0, n1, y, yt); });
+  constexpr int R = L::template GemvShape<T>::R;
+  const int64_t n = w.n, grain = gemv_grain_rows(w) / R;
+  parallel_for(ceil_div(n, R), grain < 1 ? 1 : grain, [&](int64_t g0, int64_t g1) {
+    gemv_range<L, T, D>(x, w, g0 * R, g1 * R < n ? g1 * R : n, y, yt);
+  });
 }
 
 template <class L, class D>
