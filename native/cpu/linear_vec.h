@@ -118,10 +118,14 @@ void gemv_rows(const float* x, const WeightRef& w, int64_t r, int64_t k0, int64_
       if constexpr (D::kScaleMul != 0) bs[i] = V::set1(fp8_block_scale(w, r + i, b0 / 128) * D::kScaleMul);
     }
     int64_t k = b0;
+    if constexpr (S == 1) {  // one chain: unrolled (AVX2 t = 4 ran 15% slower, AVX-512 t = 8 20-30%, without)
 #pragma GCC unroll 4
-    for (; k + W * S <= bend; k += W * S)
-      for (int s = 0; s < S; ++s) step(k + W * s, bs, acc[s], W);
-    for (; k + W <= bend; k += W) step(k, bs, acc[0], W);
+      for (; k + W <= bend; k += W) step(k, bs, acc[0], W);
+    } else {
+      for (; k + W * S <= bend; k += W * S)
+        for (int s = 0; s < S; ++s) step(k + W * s, bs, acc[s], W);
+      for (; k + W <= bend; k += W) step(k, bs, acc[0], W);
+    }
     if (k < bend) step(k, bs, acc[0], bend - k);
   }
   for (int t = 0; t < T; ++t)
