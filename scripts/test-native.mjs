@@ -1,5 +1,6 @@
 // npm run test:native: builds and runs the C++ harnesses in the cmake build the install made
-// (build/): test/native/gemm_harness.cc (+ the fragment simulator; the same kernel objects as the
+// (build/): test/native/simd_harness.cc (native/cpu/simd.h against scalar references),
+// test/native/gemm_harness.cc (+ the fragment simulator; the same kernel objects as the
 // addon, its CUDA half where a GPU is present) and test/native/emu_harness.cc (the CUDA kernels'
 // sources under the CPU emulator of test/emu, against the CPU kernels), test/native/emu_race.cc (the
 // attention kernels under ThreadSanitizer on the emulator) and, in an emulator build,
@@ -20,8 +21,9 @@ const run = (cmd, args, env = {}) => {
 };
 // an emulator build (-DLONGCAT_CUDA_EMU=ON) also has the device runtime harness
 const emulated = /^LONGCAT_CUDA_EMU:BOOL=ON$/m.test(readFileSync(`${dir}/CMakeCache.txt`, 'utf8'));
-run('cmake', ['--build', dir, '--target', 'longcat_native_test', 'longcat_emu_test', 'longcat_emu_race_test',
+run('cmake', ['--build', dir, '--target', 'longcat_native_test', 'longcat_emu_test', 'longcat_emu_race_test', 'longcat_simd_test',
   ...(emulated ? ['longcat_device_test'] : [])]);
+run(`${dir}/Release/longcat_simd_test`, []);
 run(`${dir}/Release/longcat_native_test`, []);
 if (emulated) run(`${dir}/Release/longcat_device_test`, []);
 run(`${dir}/Release/longcat_emu_test`, []);

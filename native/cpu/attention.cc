@@ -8,25 +8,21 @@
 // Dispatch happens once per kernel call on lc::cpu::isa().
 #include "attention.h"
 
-// GCC 12 reports its own _mm512_cvtepu16_epi32 (an "undefined" pass-through operand) as uninitialised.
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <type_traits>
 
-#if defined(__x86_64__) || defined(_M_X64)
-#include <immintrin.h>
-#define LC_ATTN_X86 1
-#endif
-
 #include "features.h"
 #include "linear.h"
 #include "numeric.h"
 #include "threadpool.h"
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include "simd.h"
+#define LC_ATTN_X86 1
+#endif
 
 namespace lc::cpu {
 namespace {
@@ -118,22 +114,18 @@ void pv_scalar(int nq, float* acc, int64_t as, const float* corr, const float* p
 #ifdef LC_ATTN_X86
 // ---------------------------------------------------------------------------------------------
 // AVX-512
-#define LC_T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
+using simd::Avx2;
+using simd::Avx512;
 
-LC_T512 inline __m512 ld16(const float* p) { return _mm512_loadu_ps(p); }
-LC_T512 inline __m512 ld16(const uint16_t* p) {
-  __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
-LC_T512 inline __m512 ld16m(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
-LC_T512 inline __m512 ld16m(const uint16_t* p, __mmask16 m) {
-  __m256i h = _mm256_maskz_loadu_epi16(m, p);
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
+// 16 keys / values (f32 or bf16 bits) as f32; ld16m loads the lanes in m, the others zero.
+LC_TARGET_AVX512 inline __m512 ld16(const float* p) { return Avx512::load(p); }
+LC_TARGET_AVX512 inline __m512 ld16(const uint16_t* p) { return Avx512::load_bf16(p); }
+LC_TARGET_AVX512 inline __m512 ld16m(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
+LC_TARGET_AVX512 inline __m512 ld16m(const uint16_t* p, __mmask16 m) { return Avx512::widen_bf16(_mm256_maskz_loadu_epi16(m, p)); }
 
 // acc[i][k] += q_i[0:n] * key_k[0:n] (lane-wise)
 template <int NQ, int NK, typename KT>
-LC_T512 inline void dot512(__m512 (&acc)[NQ][NK], const float* q, int64_t qs, const KT* const* k, int64_t n) {
+LC_TARGET_AVX512 inline void dot512(__m512 (&acc)[NQ][NK], const float* q, int64_t qs, const KT* const* k, int64_t n) {
   int64_t c = 0;
   for (; c + 16 <= n; c += 16) {
     __m512 kv[NK];
@@ -154,17 +146,8 @@ LC_T512 inline void dot512(__m512 (&acc)[NQ][NK], const float* q, int64_t qs, co
   }
 }
 
-// Sums of four accumulators (each over its 16 lanes) as one 4-lane vector.
-LC_T512 inline __m128 reduce4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
-  __m512 t0 = _mm512_add_ps(_mm512_unpacklo_ps(a0, a1), _mm512_unpackhi_ps(a0, a1));
-  __m512 t1 = _mm512_add_ps(_mm512_unpacklo_ps(a2, a3), _mm512_unpackhi_ps(a2, a3));
-  __m512 u = _mm512_add_ps(_mm512_shuffle_ps(t0, t1, _MM_SHUFFLE(1, 0, 1, 0)), _mm512_shuffle_ps(t0, t1, _MM_SHUFFLE(3, 2, 3, 2)));
-  __m256 h = _mm256_add_ps(_mm512_castps512_ps256(u), _mm512_extractf32x8_ps(u, 1));
-  return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-}
-
 template <int NQ, typename KT>
-LC_T512 void scores512_n(const float* qa, int64_t qas, const float* qb, int64_t qbs, int nt, const KT* const* ka,
+LC_TARGET_AVX512 void scores512_n(const float* qa, int64_t qas, const float* qb, int64_t qbs, int nt, const KT* const* ka,
                          const KT* const* kb, int64_t da, int64_t db, float scale, float* out, int64_t os) {
   int j = 0;
   const __m128 vs = _mm_set1_ps(scale);
@@ -173,7 +156,7 @@ LC_T512 void scores512_n(const float* qa, int64_t qas, const float* qb, int64_t 
     for (int i = 0; i < NQ; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = _mm512_setzero_ps();
     dot512<NQ, 4>(acc, qa, qas, ka + j, da);
     if (db > 0) dot512<NQ, 4>(acc, qb, qbs, kb + j, db);
-    for (int i = 0; i < NQ; ++i) _mm_storeu_ps(out + i * os + j, _mm_mul_ps(reduce4(acc[i][0], acc[i][1], acc[i][2], acc[i][3]), vs));
+    for (int i = 0; i < NQ; ++i) _mm_storeu_ps(out + i * os + j, _mm_mul_ps(Avx512::hsum4(acc[i][0], acc[i][1], acc[i][2], acc[i][3]), vs));
   }
   for (; j < nt; ++j) {
     __m512 acc[NQ][1];
@@ -185,7 +168,7 @@ LC_T512 void scores512_n(const float* qa, int64_t qas, const float* qb, int64_t 
 }
 
 template <typename KT>
-LC_T512 void scores_avx512(int nq, const float* qa, int64_t qas, const float* qb, int64_t qbs, int nt, const KT* const* ka,
+LC_TARGET_AVX512 void scores_avx512(int nq, const float* qa, int64_t qas, const float* qb, int64_t qbs, int nt, const KT* const* ka,
                            const KT* const* kb, int64_t da, int64_t db, float scale, float* out, int64_t os) {
   switch (nq) {
     case 1: scores512_n<1>(qa, qas, qb, qbs, nt, ka, kb, da, db, scale, out, os); break;
@@ -197,7 +180,7 @@ LC_T512 void scores_avx512(int nq, const float* qa, int64_t qas, const float* qb
 
 // NC vectors of 16 columns at a time, every accumulator row kept in registers over the whole tile.
 template <int NQ, int NC, typename VT>
-LC_T512 inline void pv512_cols(float* acc, int64_t as, const float* corr, const float* p, int64_t ps, int nt, const VT* const* v,
+LC_TARGET_AVX512 inline void pv512_cols(float* acc, int64_t as, const float* corr, const float* p, int64_t ps, int nt, const VT* const* v,
                                int64_t c, __mmask16 m) {
   __m512 a[NQ][NC];
   for (int i = 0; i < NQ; ++i)
@@ -223,7 +206,7 @@ LC_T512 inline void pv512_cols(float* acc, int64_t as, const float* corr, const 
 }
 
 template <int NQ, typename VT>
-LC_T512 void pv512_n(float* acc, int64_t as, const float* corr, const float* p, int64_t ps, int nt, const VT* const* v, int64_t dv) {
+LC_TARGET_AVX512 void pv512_n(float* acc, int64_t as, const float* corr, const float* p, int64_t ps, int nt, const VT* const* v, int64_t dv) {
   int64_t c = 0;
   for (; c + 64 <= dv; c += 64) pv512_cols<NQ, 4>(acc, as, corr, p, ps, nt, v, c, 0xffff);
   for (; c < dv; c += 16) {
@@ -233,7 +216,7 @@ LC_T512 void pv512_n(float* acc, int64_t as, const float* corr, const float* p, 
 }
 
 template <typename VT>
-LC_T512 void pv_avx512(int nq, float* acc, int64_t as, const float* corr, const float* p, int64_t ps, int nt, const VT* const* v,
+LC_TARGET_AVX512 void pv_avx512(int nq, float* acc, int64_t as, const float* corr, const float* p, int64_t ps, int nt, const VT* const* v,
                        int64_t dv) {
   switch (nq) {
     case 1: pv512_n<1>(acc, as, corr, p, ps, nt, v, dv); break;
@@ -243,24 +226,7 @@ LC_T512 void pv_avx512(int nq, float* acc, int64_t as, const float* corr, const 
   }
 }
 
-// exp(x) for x <= 0 (Cephes expf polynomial, ~1 ulp); lanes below -103 (including -inf) give 0.
-LC_T512 inline __m512 exp512(__m512 x) {
-  const __mmask16 tiny = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-103.0f), _CMP_LT_OQ);
-  x = _mm512_max_ps(_mm512_set1_ps(-103.0f), x);  // operand order keeps NaN (max returns the 2nd on NaN)
-  __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 y = _mm512_set1_ps(1.9875691500e-4f);
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.3981999507e-3f));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894e-2f));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
-  y = _mm512_fmadd_ps(_mm512_mul_ps(y, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-  return _mm512_maskz_mov_ps(static_cast<__mmask16>(~tiny), _mm512_scalef_ps(y, k));
-}
-
-LC_T512 float softmax_avx512(float* s, int n, float& m, float& l) {
+LC_TARGET_AVX512 float softmax_avx512(float* s, int n, float& m, float& l) {
   const __m512 ninf = _mm512_set1_ps(kNegInf);
   __m512 vmax = ninf;
   for (int j = 0; j < n; j += 16) {
@@ -283,7 +249,7 @@ LC_T512 float softmax_avx512(float* s, int n, float& m, float& l) {
   __m512 vsum = _mm512_setzero_ps();
   for (int j = 0; j < n; j += 16) {
     const __mmask16 mk = static_cast<__mmask16>(n - j >= 16 ? 0xffff : (1u << (n - j)) - 1);
-    __m512 e = _mm512_maskz_mov_ps(mk, exp512(_mm512_sub_ps(_mm512_mask_loadu_ps(ninf, mk, s + j), vm)));
+    __m512 e = _mm512_maskz_mov_ps(mk, Avx512::exp(_mm512_sub_ps(_mm512_mask_loadu_ps(ninf, mk, s + j), vm)));
     _mm512_mask_storeu_ps(s + j, mk, e);
     vsum = _mm512_add_ps(vsum, e);
   }
@@ -301,7 +267,6 @@ LC_T512 float softmax_avx512(float* s, int n, float& m, float& l) {
 // every product is exact and sums are fp32; the running max m, the sum l (of the unrounded fp32 p)
 // and the rescale stay fp32, like FlashMLA on GPUs. Relative error per term is about 2^-9 on each
 // of the score and p, against 2^-24 in the fp32 path.
-#define LC_TBF __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma")))
 
 constexpr int kBfTile = 32;              // cache rows per tile
 constexpr int kBfPairs = kBfTile / 2;    // row pairs per tile
@@ -311,7 +276,7 @@ constexpr int64_t kBfMaxHeads = 256;
 
 // s[h * ss + j] = (q_h . k_j) * scale for HB heads (bf16 rows, stride rp, zero-padded to rp) and JB keys.
 template <int HB, int JB>
-LC_TBF void scores_bf(const uint16_t* q, int64_t rp, const uint16_t* const* k, int64_t n, float scale, float* s, int64_t ss) {
+LC_TARGET_AVX512BF16 void scores_bf(const uint16_t* q, int64_t rp, const uint16_t* const* k, int64_t n, float scale, float* s, int64_t ss) {
   __m512 acc[HB][JB];
   for (int h = 0; h < HB; ++h)
     for (int j = 0; j < JB; ++j) acc[h][j] = _mm512_setzero_ps();
@@ -335,7 +300,7 @@ LC_TBF void scores_bf(const uint16_t* q, int64_t rp, const uint16_t* const* k, i
   }
   if constexpr (JB == 4) {
     const __m128 vs = _mm_set1_ps(scale);
-    for (int h = 0; h < HB; ++h) _mm_storeu_ps(s + h * ss, _mm_mul_ps(reduce4(acc[h][0], acc[h][1], acc[h][2], acc[h][3]), vs));
+    for (int h = 0; h < HB; ++h) _mm_storeu_ps(s + h * ss, _mm_mul_ps(Avx512::hsum4(acc[h][0], acc[h][1], acc[h][2], acc[h][3]), vs));
   } else {
     for (int h = 0; h < HB; ++h)
       for (int j = 0; j < JB; ++j) s[h * ss + j] = _mm512_reduce_add_ps(acc[h][j]) * scale;
@@ -346,7 +311,7 @@ LC_TBF void scores_bf(const uint16_t* q, int64_t rp, const uint16_t* const* k, i
 // latent columns (the last one masked by mlast). p: bf16 pairs (p_2jp, p_2jp+1) as uint32;
 // vp[u][jp]: 16 columns of rows 2jp and 2jp+1 interleaved, vs elements between consecutive u.
 template <int HB, int CB>
-LC_TBF void pv_bf(float* acc, int64_t as, const float* corr, const uint32_t* p, int64_t ps, int np, const uint16_t* vp,
+LC_TARGET_AVX512BF16 void pv_bf(float* acc, int64_t as, const float* corr, const uint32_t* p, int64_t ps, int np, const uint16_t* vp,
                   int64_t vs, __mmask16 mlast) {
   __m512 a[HB][CB];
   for (int h = 0; h < HB; ++h) {
@@ -379,7 +344,7 @@ const PvBfFn kPvBf[4][4] = {LC_BF_ROW(pv_bf, 1), LC_BF_ROW(pv_bf, 2), LC_BF_ROW(
 #undef LC_BF_ROW
 
 // f32 [n] -> bf16 (round to nearest even) at dst.
-LC_TBF inline void to_bf16(uint16_t* dst, const float* src, int64_t n) {
+LC_TARGET_AVX512BF16 inline void to_bf16(uint16_t* dst, const float* src, int64_t n) {
   for (int64_t c = 0; c < n; c += 16) {
     const __mmask16 m = static_cast<__mmask16>(n - c >= 16 ? 0xffff : (1u << (n - c)) - 1);
     _mm256_mask_storeu_epi16(dst + c, m, (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, src + c)));
@@ -393,7 +358,7 @@ bool decode_bf16_fits(const MlaDims& d) {
 
 // One split [s0, s1) of one sequence: folds its cache rows into acc [nh, dl] and ml [nh, 2].
 // qlb: q_lat [nh, dl]; qpb: q_pe of head 0, heads qps apart.
-LC_TBF void decode_unit_bf16(const MlaDims& d, const float* qlb, const float* qpb, int64_t qps, const uint16_t* cache,
+LC_TARGET_AVX512BF16 void decode_unit_bf16(const MlaDims& d, const float* qlb, const float* qpb, int64_t qps, const uint16_t* cache,
                              const int32_t* bt, int64_t block_size, int64_t s0, int64_t s1, float scale, float* acc, float* ml) {
   const int64_t nh = d.nh, dl = d.dl, dr = d.dr, row = dl + dr, rp = (row + 31) / 32 * 32, ncb = (dl + 15) / 16;
   alignas(64) uint16_t qb[kBfMaxQ];
@@ -453,22 +418,13 @@ LC_TBF void decode_unit_bf16(const MlaDims& d, const float* qlb, const float* qp
 
 // ---------------------------------------------------------------------------------------------
 // AVX2 (+FMA). Tails shorter than a vector are done in scalar code.
-#define LC_T256 __attribute__((target("avx2,fma")))
 
-LC_T256 inline __m256 ld8(const float* p) { return _mm256_loadu_ps(p); }
-LC_T256 inline __m256 ld8(const uint16_t* p) {
-  __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-}
-LC_T256 inline float hsum8(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
+// 8 keys / values (f32 or bf16 bits) as f32.
+LC_TARGET_AVX2 inline __m256 ld8(const float* p) { return Avx2::load(p); }
+LC_TARGET_AVX2 inline __m256 ld8(const uint16_t* p) { return Avx2::load_bf16(p); }
 
 template <int NQ, int NK, typename KT>
-LC_T256 inline void dot256(float (&out)[NQ][NK], const float* q, int64_t qs, const KT* const* k, int64_t n) {
+LC_TARGET_AVX2 inline void dot256(float (&out)[NQ][NK], const float* q, int64_t qs, const KT* const* k, int64_t n) {
   __m256 acc[NQ][NK];
   for (int i = 0; i < NQ; ++i)
     for (int t = 0; t < NK; ++t) acc[i][t] = _mm256_setzero_ps();
@@ -483,14 +439,14 @@ LC_T256 inline void dot256(float (&out)[NQ][NK], const float* q, int64_t qs, con
   }
   for (int i = 0; i < NQ; ++i)
     for (int t = 0; t < NK; ++t) {
-      float s = hsum8(acc[i][t]);
+      float s = Avx2::reduce_add(acc[i][t]);
       for (int64_t cc = c; cc < n; ++cc) s += q[i * qs + cc] * ld(k[t], cc);
       out[i][t] += s;
     }
 }
 
 template <int NQ, typename KT>
-LC_T256 void scores256_n(const float* qa, int64_t qas, const float* qb, int64_t qbs, int nt, const KT* const* ka,
+LC_TARGET_AVX2 void scores256_n(const float* qa, int64_t qas, const float* qb, int64_t qbs, int nt, const KT* const* ka,
                          const KT* const* kb, int64_t da, int64_t db, float scale, float* out, int64_t os) {
   int j = 0;
   for (; j + 2 <= nt; j += 2) {
@@ -511,7 +467,7 @@ LC_T256 void scores256_n(const float* qa, int64_t qas, const float* qb, int64_t 
 }
 
 template <typename KT>
-LC_T256 void scores_avx2(int nq, const float* qa, int64_t qas, const float* qb, int64_t qbs, int nt, const KT* const* ka,
+LC_TARGET_AVX2 void scores_avx2(int nq, const float* qa, int64_t qas, const float* qb, int64_t qbs, int nt, const KT* const* ka,
                          const KT* const* kb, int64_t da, int64_t db, float scale, float* out, int64_t os) {
   switch (nq) {
     case 1: scores256_n<1>(qa, qas, qb, qbs, nt, ka, kb, da, db, scale, out, os); break;
@@ -522,7 +478,7 @@ LC_T256 void scores_avx2(int nq, const float* qa, int64_t qas, const float* qb, 
 }
 
 template <int NQ, int NC, typename VT>
-LC_T256 inline void pv256_cols(float* acc, int64_t as, const float* corr, const float* p, int64_t ps, int nt, const VT* const* v,
+LC_TARGET_AVX2 inline void pv256_cols(float* acc, int64_t as, const float* corr, const float* p, int64_t ps, int nt, const VT* const* v,
                                int64_t c) {
   __m256 a[NQ][NC];
   for (int i = 0; i < NQ; ++i)
@@ -543,7 +499,7 @@ LC_T256 inline void pv256_cols(float* acc, int64_t as, const float* corr, const 
 }
 
 template <int NQ, typename VT>
-LC_T256 void pv256_n(float* acc, int64_t as, const float* corr, const float* p, int64_t ps, int nt, const VT* const* v, int64_t dv) {
+LC_TARGET_AVX2 void pv256_n(float* acc, int64_t as, const float* corr, const float* p, int64_t ps, int nt, const VT* const* v, int64_t dv) {
   int64_t c = 0;
   for (; c + 24 <= dv; c += 24) pv256_cols<NQ, 3>(acc, as, corr, p, ps, nt, v, c);
   for (; c + 8 <= dv; c += 8) pv256_cols<NQ, 1>(acc, as, corr, p, ps, nt, v, c);
@@ -559,7 +515,7 @@ LC_T256 void pv256_n(float* acc, int64_t as, const float* corr, const float* p, 
 }
 
 template <typename VT>
-LC_T256 void pv_avx2(int nq, float* acc, int64_t as, const float* corr, const float* p, int64_t ps, int nt, const VT* const* v,
+LC_TARGET_AVX2 void pv_avx2(int nq, float* acc, int64_t as, const float* corr, const float* p, int64_t ps, int nt, const VT* const* v,
                      int64_t dv) {
   switch (nq) {
     case 1: pv256_n<1>(acc, as, corr, p, ps, nt, v, dv); break;
@@ -569,25 +525,7 @@ LC_T256 void pv_avx2(int nq, float* acc, int64_t as, const float* corr, const fl
   }
 }
 
-// exp(x) for x <= 0 (Cephes expf polynomial); lanes below -87 (including -inf) give 0.
-LC_T256 inline __m256 exp256(__m256 x) {
-  const __m256 tiny = _mm256_cmp_ps(x, _mm256_set1_ps(-87.0f), _CMP_LT_OQ);
-  x = _mm256_max_ps(_mm256_set1_ps(-87.0f), x);  // operand order keeps NaN
-  __m256 k = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693359375f), x);
-  r = _mm256_fnmadd_ps(k, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507e-3f));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073e-3f));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894e-2f));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
-  y = _mm256_fmadd_ps(_mm256_mul_ps(y, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-  __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
-  return _mm256_andnot_ps(tiny, _mm256_mul_ps(y, _mm256_castsi256_ps(e)));
-}
-
-LC_T256 float softmax_avx2(float* s, int n, float& m, float& l) {
+LC_TARGET_AVX2 float softmax_avx2(float* s, int n, float& m, float& l) {
   float mx = m;
   bool nan = false;
   for (int j = 0; j < n; ++j) {
@@ -604,11 +542,11 @@ LC_T256 float softmax_avx2(float* s, int n, float& m, float& l) {
   __m256 vsum = _mm256_setzero_ps();
   int j = 0;
   for (; j + 8 <= n; j += 8) {
-    __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(s + j), vm));
+    __m256 e = Avx2::exp(_mm256_sub_ps(_mm256_loadu_ps(s + j), vm));
     _mm256_storeu_ps(s + j, e);
     vsum = _mm256_add_ps(vsum, e);
   }
-  float sum = hsum8(vsum);
+  float sum = Avx2::reduce_add(vsum);
   for (; j < n; ++j) sum += (s[j] = std::exp(s[j] - mx));
   l = l * corr + sum;
   m = mx;

@@ -1,9 +1,6 @@
+// Element-wise and row-wise kernels (see elementwise.h): scalar, AVX2 and AVX-512 variants on the
+// primitives of simd.h, picked per call from isa().
 #include "elementwise.h"
-
-#include <immintrin.h>
-// GCC 12 reports false "uninitialized" warnings from inside the AVX-512 mask/reduce intrinsics.
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
 
 #include <cmath>
 #include <cstring>
@@ -11,10 +8,8 @@
 
 #include "features.h"
 #include "numeric.h"
+#include "simd.h"
 #include "threadpool.h"
-
-#define LC_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
-#define LC_AVX2 __attribute__((target("avx2,fma,f16c")))
 
 namespace lc::cpu {
 
@@ -23,86 +18,29 @@ namespace {
 constexpr int64_t kGrain = 16384;  // elements per parallel chunk for element-wise kernels
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-// ---- exp ------------------------------------------------------------------------------------
-// Cephes-style expf: n = round(x / ln2), r = x - n ln2 (two-part ln2), degree-6 polynomial,
-// times 2^n. About 1-2 ulp over the whole range; exp(-inf) = 0, exp(+inf) = inf, NaN stays NaN.
-constexpr float kLog2e = 1.44269504088896341f, kC1 = 0.693359375f, kC2 = -2.12194440e-4f;
-constexpr float kP0 = 1.9875691500E-4f, kP1 = 1.3981999507E-3f, kP2 = 8.3334519073E-3f, kP3 = 4.1665795894E-2f,
-                kP4 = 1.6666665459E-1f, kP5 = 5.0000001201E-1f;
-
-LC_AVX512 inline __m512 exp512(__m512 x) {
-  // min/max return the second operand when one is NaN: keep x second so NaN propagates.
-  x = _mm512_max_ps(_mm512_set1_ps(-104.0f), _mm512_min_ps(_mm512_set1_ps(89.0f), x));
-  __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(kLog2e)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kC1), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kC2), r);
-  __m512 p = _mm512_set1_ps(kP0);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kP1));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kP2));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kP3));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kP4));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kP5));
-  __m512 r2 = _mm512_mul_ps(r, r);
-  __m512 y = _mm512_add_ps(_mm512_fmadd_ps(p, r2, r), _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(y, n);  // scalef saturates to 0 / inf as needed
-}
-
-LC_AVX2 inline __m256 exp256(__m256 x0) {
-  __m256 x = _mm256_max_ps(_mm256_set1_ps(-87.33654f), _mm256_min_ps(_mm256_set1_ps(88.3762626647949f), x0));
-  __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(kLog2e)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kC1), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kC2), r);
-  __m256 p = _mm256_set1_ps(kP0);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kP1));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kP2));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kP3));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kP4));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kP5));
-  __m256 r2 = _mm256_mul_ps(r, r);
-  __m256 y = _mm256_add_ps(_mm256_fmadd_ps(p, r2, r), _mm256_set1_ps(1.0f));
-  __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  y = _mm256_mul_ps(y, _mm256_castsi256_ps(e));
-  // Outside the clamped range: underflow to 0, overflow to inf.
-  y = _mm256_blendv_ps(y, _mm256_setzero_ps(), _mm256_cmp_ps(x0, _mm256_set1_ps(-87.33654f), _CMP_LT_OQ));
-  y = _mm256_blendv_ps(y, _mm256_set1_ps(INFINITY), _mm256_cmp_ps(x0, _mm256_set1_ps(88.72284f), _CMP_GT_OQ));
-  return y;
-}
-
-LC_AVX2 inline float hsum256(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-  return _mm_cvtss_f32(s);
-}
-LC_AVX2 inline float hmax256(__m256 v) {
-  __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_max_ss(s, _mm_shuffle_ps(s, s, 1));
-  return _mm_cvtss_f32(s);
-}
-
-inline __mmask16 tail_mask(int64_t n) { return static_cast<__mmask16>((1u << n) - 1u); }
+using simd::Avx2;
+using simd::Avx512;
 
 // ---- silu * up ------------------------------------------------------------------------------
 void silu_mul_scalar(int64_t b, int64_t e, const float* g, const float* u, float* y) {
   for (int64_t i = b; i < e; ++i) y[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
 }
-LC_AVX512 void silu_mul_avx512(int64_t b, int64_t e, const float* g, const float* u, float* y) {
+LC_TARGET_AVX512 void silu_mul_avx512(int64_t b, int64_t e, const float* g, const float* u, float* y) {
   const __m512 one = _mm512_set1_ps(1.0f);
   int64_t i = b;
   for (; i < e; i += 16) {
-    __mmask16 k = e - i >= 16 ? static_cast<__mmask16>(0xffff) : tail_mask(e - i);
+    __mmask16 k = Avx512::mask16(e - i);
     __m512 gv = _mm512_maskz_loadu_ps(k, g + i), uv = _mm512_maskz_loadu_ps(k, u + i);
-    __m512 s = _mm512_div_ps(gv, _mm512_add_ps(one, exp512(_mm512_sub_ps(_mm512_setzero_ps(), gv))));
+    __m512 s = _mm512_div_ps(gv, _mm512_add_ps(one, Avx512::exp(_mm512_sub_ps(_mm512_setzero_ps(), gv))));
     _mm512_mask_storeu_ps(y + i, k, _mm512_mul_ps(s, uv));
   }
 }
-LC_AVX2 void silu_mul_avx2(int64_t b, int64_t e, const float* g, const float* u, float* y) {
+LC_TARGET_AVX2 void silu_mul_avx2(int64_t b, int64_t e, const float* g, const float* u, float* y) {
   const __m256 one = _mm256_set1_ps(1.0f);
   int64_t i = b;
   for (; i + 8 <= e; i += 8) {
     __m256 gv = _mm256_loadu_ps(g + i), uv = _mm256_loadu_ps(u + i);
-    __m256 s = _mm256_div_ps(gv, _mm256_add_ps(one, exp256(_mm256_sub_ps(_mm256_setzero_ps(), gv))));
+    __m256 s = _mm256_div_ps(gv, _mm256_add_ps(one, Avx2::exp(_mm256_sub_ps(_mm256_setzero_ps(), gv))));
     _mm256_storeu_ps(y + i, _mm256_mul_ps(s, uv));
   }
   silu_mul_scalar(i, e, g, u, y);
@@ -115,15 +53,15 @@ void add_scalar(int64_t b, int64_t e, const float* a, const float* x, float alph
   else
     for (int64_t i = b; i < e; ++i) y[i] = a[i] + alpha * x[i];
 }
-LC_AVX512 void add_avx512(int64_t b, int64_t e, const float* a, const float* x, float alpha, float* y) {
+LC_TARGET_AVX512 void add_avx512(int64_t b, int64_t e, const float* a, const float* x, float alpha, float* y) {
   const __m512 al = _mm512_set1_ps(alpha);
   for (int64_t i = b; i < e; i += 16) {
-    __mmask16 k = e - i >= 16 ? static_cast<__mmask16>(0xffff) : tail_mask(e - i);
+    __mmask16 k = Avx512::mask16(e - i);
     __m512 av = _mm512_maskz_loadu_ps(k, a + i), xv = _mm512_maskz_loadu_ps(k, x + i);
     _mm512_mask_storeu_ps(y + i, k, _mm512_fmadd_ps(al, xv, av));
   }
 }
-LC_AVX2 void add_avx2(int64_t b, int64_t e, const float* a, const float* x, float alpha, float* y) {
+LC_TARGET_AVX2 void add_avx2(int64_t b, int64_t e, const float* a, const float* x, float alpha, float* y) {
   const __m256 al = _mm256_set1_ps(alpha);
   int64_t i = b;
   for (; i + 8 <= e; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(al, _mm256_loadu_ps(x + i), _mm256_loadu_ps(a + i)));
@@ -132,14 +70,14 @@ LC_AVX2 void add_avx2(int64_t b, int64_t e, const float* a, const float* x, floa
 void scale_scalar(int64_t b, int64_t e, const float* x, float alpha, float* y) {
   for (int64_t i = b; i < e; ++i) y[i] = alpha * x[i];
 }
-LC_AVX512 void scale_avx512(int64_t b, int64_t e, const float* x, float alpha, float* y) {
+LC_TARGET_AVX512 void scale_avx512(int64_t b, int64_t e, const float* x, float alpha, float* y) {
   const __m512 al = _mm512_set1_ps(alpha);
   for (int64_t i = b; i < e; i += 16) {
-    __mmask16 k = e - i >= 16 ? static_cast<__mmask16>(0xffff) : tail_mask(e - i);
+    __mmask16 k = Avx512::mask16(e - i);
     _mm512_mask_storeu_ps(y + i, k, _mm512_mul_ps(al, _mm512_maskz_loadu_ps(k, x + i)));
   }
 }
-LC_AVX2 void scale_avx2(int64_t b, int64_t e, const float* x, float alpha, float* y) {
+LC_TARGET_AVX2 void scale_avx2(int64_t b, int64_t e, const float* x, float alpha, float* y) {
   const __m256 al = _mm256_set1_ps(alpha);
   int64_t i = b;
   for (; i + 8 <= e; i += 8) _mm256_storeu_ps(y + i, _mm256_mul_ps(al, _mm256_loadu_ps(x + i)));
@@ -158,7 +96,7 @@ int32_t argmax_scalar(const float* x, int64_t b, int64_t V, float* best_out, int
 }
 // Each lane keeps its first strict maximum; lanes hold interleaved indices, so among lanes that
 // reach the row maximum the smallest index is the global first occurrence.
-LC_AVX512 int32_t argmax_avx512(const float* x, int64_t V) {
+LC_TARGET_AVX512 int32_t argmax_avx512(const float* x, int64_t V) {
   __m512 best = _mm512_set1_ps(kNegInf);
   __m512i bidx = _mm512_setzero_si512();
   __m512i cur = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
@@ -179,7 +117,7 @@ LC_AVX512 int32_t argmax_avx512(const float* x, int64_t V) {
   }
   return argmax_scalar(x, j, V, nullptr, idx, m);
 }
-LC_AVX2 int32_t argmax_avx2(const float* x, int64_t V) {
+LC_TARGET_AVX2 int32_t argmax_avx2(const float* x, int64_t V) {
   __m256 best = _mm256_set1_ps(kNegInf);
   __m256i bidx = _mm256_setzero_si256();
   __m256i cur = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
@@ -192,7 +130,7 @@ LC_AVX2 int32_t argmax_avx2(const float* x, int64_t V) {
     bidx = _mm256_blendv_epi8(bidx, cur, _mm256_castps_si256(gt));
     cur = _mm256_add_epi32(cur, step);
   }
-  float m = hmax256(best);
+  float m = Avx2::reduce_max(best);
   int32_t idx = 0;
   if (m > kNegInf) {
     alignas(32) float bv[8];
@@ -224,10 +162,10 @@ void softmax_row_scalar(const float* x, float* y, int64_t V, bool log) {
     for (int64_t j = 0; j < V; ++j) y[j] *= inv;
   }
 }
-LC_AVX512 void softmax_row_avx512(const float* x, float* y, int64_t V, bool log) {
+LC_TARGET_AVX512 void softmax_row_avx512(const float* x, float* y, int64_t V, bool log) {
   __m512 mv = _mm512_set1_ps(kNegInf);
   for (int64_t j = 0; j < V; j += 16) {
-    __mmask16 k = V - j >= 16 ? static_cast<__mmask16>(0xffff) : tail_mask(V - j);
+    __mmask16 k = Avx512::mask16(V - j);
     mv = _mm512_max_ps(_mm512_mask_loadu_ps(mv, k, x + j), mv);  // NaN ignored (second operand kept)
   }
   const float m = _mm512_reduce_max_ps(mv);
@@ -237,8 +175,8 @@ LC_AVX512 void softmax_row_avx512(const float* x, float* y, int64_t V, bool log)
     const int64_t ce = c + 1024 < V ? c + 1024 : V;
     __m512 acc = _mm512_setzero_ps();
     for (int64_t j = c; j < ce; j += 16) {
-      __mmask16 k = ce - j >= 16 ? static_cast<__mmask16>(0xffff) : tail_mask(ce - j);
-      __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + j), mm));
+      __mmask16 k = Avx512::mask16(ce - j);
+      __m512 e = Avx512::exp(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + j), mm));
       e = _mm512_maskz_mov_ps(k, e);
       if (!log) _mm512_mask_storeu_ps(y + j, k, e);
       acc = _mm512_add_ps(acc, e);
@@ -248,22 +186,22 @@ LC_AVX512 void softmax_row_avx512(const float* x, float* y, int64_t V, bool log)
   if (log) {
     const __m512 ls = _mm512_set1_ps(static_cast<float>(std::log(s)));
     for (int64_t j = 0; j < V; j += 16) {
-      __mmask16 k = V - j >= 16 ? static_cast<__mmask16>(0xffff) : tail_mask(V - j);
+      __mmask16 k = Avx512::mask16(V - j);
       _mm512_mask_storeu_ps(y + j, k, _mm512_sub_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + j), mm), ls));
     }
   } else {
     const __m512 inv = _mm512_set1_ps(static_cast<float>(1.0 / s));
     for (int64_t j = 0; j < V; j += 16) {
-      __mmask16 k = V - j >= 16 ? static_cast<__mmask16>(0xffff) : tail_mask(V - j);
+      __mmask16 k = Avx512::mask16(V - j);
       _mm512_mask_storeu_ps(y + j, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, y + j), inv));
     }
   }
 }
-LC_AVX2 void softmax_row_avx2(const float* x, float* y, int64_t V, bool log) {
+LC_TARGET_AVX2 void softmax_row_avx2(const float* x, float* y, int64_t V, bool log) {
   __m256 mv = _mm256_set1_ps(kNegInf);
   int64_t j = 0;
   for (; j + 8 <= V; j += 8) mv = _mm256_max_ps(_mm256_loadu_ps(x + j), mv);
-  float m = hmax256(mv);
+  float m = Avx2::reduce_max(mv);
   for (; j < V; ++j) m = x[j] > m ? x[j] : m;
   const __m256 mm = _mm256_set1_ps(m);
   double s = 0;
@@ -272,11 +210,11 @@ LC_AVX2 void softmax_row_avx2(const float* x, float* y, int64_t V, bool log) {
     __m256 acc = _mm256_setzero_ps();
     int64_t i = c;
     for (; i + 8 <= ce; i += 8) {
-      __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(x + i), mm));
+      __m256 e = Avx2::exp(_mm256_sub_ps(_mm256_loadu_ps(x + i), mm));
       if (!log) _mm256_storeu_ps(y + i, e);
       acc = _mm256_add_ps(acc, e);
     }
-    float t = hsum256(acc);
+    float t = Avx2::reduce_add(acc);
     for (; i < ce; ++i) {
       float e = std::exp(x[i] - m);
       if (!log) y[i] = e;

@@ -1,6 +1,7 @@
 // CPU linear layers: y = x @ W^T with W stored as f32, bf16, fp8_e4m3 (128x128 block scales) or
-// int8 (per-row scales). Implementation: linear.cc (dispatch, scalar path), linear_avx2.cc,
-// linear_avx512.cc; linear_kernels.h holds what they share.
+// int8 (per-row scales). Implementation: linear.cc (dispatch, scalar path), linear_vec.h (the
+// vector drivers, once for every ISA) compiled by linear_avx2.cc and linear_avx512.cc;
+// linear_kernels.h holds what they all share.
 #pragma once
 #include <cstdint>
 

@@ -1,4 +1,5 @@
-// Internals shared by linear.cc and its per-ISA files (linear_avx2.cc, linear_avx512.cc).
+// Internals shared by linear.cc and its per-ISA files (linear_avx2.cc, linear_avx512.cc, which
+// compile the drivers of linear_vec.h): scratch memory, scale lookup, output stores, the GEMM driver.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -39,20 +40,6 @@ inline int64_t gemv_grain_rows(const WeightRef& w) {
 
 inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 inline int64_t ceil_div(int64_t v, int64_t m) { return (v + m - 1) / m; }
-
-// ---------------------------------------------------------------------------------------------
-// GEMV driver (t <= 8). Output rows are split over the pool in groups of R; group(r) computes rows
-// [r, r + R) for every x row and one(r) a single leftover row. Each weight row is read once.
-template <int R, class Group, class One>
-void gemv_split(const WeightRef& w, Group group, One one) {
-  const int64_t n = w.n, ngroups = ceil_div(n, R);
-  int64_t grain = gemv_grain_rows(w) / R;
-  parallel_for(ngroups, grain < 1 ? 1 : grain, [&](int64_t g0, int64_t g1) {
-    int64_t r = g0 * R, end = g1 * R < n ? g1 * R : n;
-    for (; r + R <= end; r += R) group(r);
-    for (; r < end; ++r) one(r);
-  });
-}
 
 // ---------------------------------------------------------------------------------------------
 // GEMM driver (t > 8), shared by the ISA variants; Tr supplies the ISA-specific pieces:

@@ -1,18 +1,12 @@
+// RMSNorm (see norm.h): the scalar reference and its AVX2 / AVX-512 variants on simd.h.
 #include "norm.h"
-
-#include <immintrin.h>
-// GCC 12 reports false "uninitialized" warnings from inside the AVX-512 mask/reduce intrinsics.
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
 
 #include <cmath>
 
 #include "features.h"
 #include "numeric.h"
+#include "simd.h"
 #include "threadpool.h"
-
-#define LC_NORM_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
-#define LC_NORM_AVX2 __attribute__((target("avx2,fma,f16c")))
 
 namespace lc::cpu {
 
@@ -44,19 +38,11 @@ static void rmsnorm_rows(int64_t r0, int64_t r1, int64_t dim, const float* x, co
 
 // ---- SIMD variants: same math as rmsnorm_rows (double sum of squares, y = (h * inv) * w, bf16
 // by round-to-nearest-even with NaN kept), vectorised. ------------------------------------------
-static inline __mmask16 norm_tail(int64_t n) { return static_cast<__mmask16>((1u << n) - 1u); }
-
-LC_NORM_AVX512 static inline __m256i norm_bf16_16(__m512 x) {
-  __m512i u = _mm512_castps_si512(x);
-  __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))));
-  r = _mm512_srli_epi32(r, 16);
-  __mmask16 nan = _mm512_cmp_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)), _mm512_set1_epi32(0x7f800000), _MM_CMPINT_NLE);
-  r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40)));
-  return _mm512_cvtepi32_epi16(r);
-}
+using simd::Avx2;
+using simd::Avx512;
 
 template <bool WB, bool YB>
-LC_NORM_AVX512 static void rmsnorm_rows_avx512(int64_t r0, int64_t r1, int64_t dim, const float* x, const float* add,
+LC_TARGET_AVX512 static void rmsnorm_rows_avx512(int64_t r0, int64_t r1, int64_t dim, const float* x, const float* add,
                                                float* h_out, const void* w, float eps, void* y) {
   for (int64_t r = r0; r < r1; ++r) {
     const float* xr = x + r * dim;
@@ -64,7 +50,7 @@ LC_NORM_AVX512 static void rmsnorm_rows_avx512(int64_t r0, int64_t r1, int64_t d
     float* hr = h_out ? h_out + r * dim : nullptr;
     __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
     for (int64_t i = 0; i < dim; i += 16) {
-      __mmask16 k = dim - i >= 16 ? static_cast<__mmask16>(0xffff) : norm_tail(dim - i);
+      __mmask16 k = Avx512::mask16(dim - i);
       __m512 h = _mm512_maskz_loadu_ps(k, xr + i);
       if (ar) h = _mm512_add_ps(h, _mm512_maskz_loadu_ps(k, ar + i));
       if (hr) _mm512_mask_storeu_ps(hr + i, k, h);
@@ -76,7 +62,7 @@ LC_NORM_AVX512 static void rmsnorm_rows_avx512(int64_t r0, int64_t r1, int64_t d
     const double ss = _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
     const __m512 inv = _mm512_set1_ps(static_cast<float>(1.0 / std::sqrt(ss / dim + eps)));
     for (int64_t i = 0; i < dim; i += 16) {
-      __mmask16 k = dim - i >= 16 ? static_cast<__mmask16>(0xffff) : norm_tail(dim - i);
+      __mmask16 k = Avx512::mask16(dim - i);
       __m512 h;
       if (hr) {
         h = _mm512_maskz_loadu_ps(k, hr + i);
@@ -86,12 +72,12 @@ LC_NORM_AVX512 static void rmsnorm_rows_avx512(int64_t r0, int64_t r1, int64_t d
       }
       __m512 wv;
       if constexpr (WB)
-        wv = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, static_cast<const uint16_t*>(w) + i)), 16));
+        wv = Avx512::widen_bf16(_mm256_maskz_loadu_epi16(k, static_cast<const uint16_t*>(w) + i));
       else
         wv = _mm512_maskz_loadu_ps(k, static_cast<const float*>(w) + i);
       __m512 v = _mm512_mul_ps(_mm512_mul_ps(h, inv), wv);
       if constexpr (YB)
-        _mm256_mask_storeu_epi16(static_cast<uint16_t*>(y) + r * dim + i, k, norm_bf16_16(v));
+        _mm256_mask_storeu_epi16(static_cast<uint16_t*>(y) + r * dim + i, k, Avx512::to_bf16(v));
       else
         _mm512_mask_storeu_ps(static_cast<float*>(y) + r * dim + i, k, v);
     }
@@ -99,7 +85,7 @@ LC_NORM_AVX512 static void rmsnorm_rows_avx512(int64_t r0, int64_t r1, int64_t d
 }
 
 template <bool WB, bool YB>
-LC_NORM_AVX2 static void rmsnorm_rows_avx2(int64_t r0, int64_t r1, int64_t dim, const float* x, const float* add,
+LC_TARGET_AVX2 static void rmsnorm_rows_avx2(int64_t r0, int64_t r1, int64_t dim, const float* x, const float* add,
                                            float* h_out, const void* w, float eps, void* y) {
   for (int64_t r = r0; r < r1; ++r) {
     const float* xr = x + r * dim;
@@ -135,17 +121,12 @@ LC_NORM_AVX2 static void rmsnorm_rows_avx2(int64_t r0, int64_t r1, int64_t dim, 
       }
       __m256 wv;
       if constexpr (WB)
-        wv = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(w) + i))), 16));
+        wv = Avx2::load_bf16(static_cast<const uint16_t*>(w) + i);
       else
         wv = _mm256_loadu_ps(static_cast<const float*>(w) + i);
       __m256 v = _mm256_mul_ps(_mm256_mul_ps(h, inv), wv);
       if constexpr (YB) {
-        __m256i u = _mm256_castps_si256(v);
-        __m256i rr = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1)))), 16);
-        __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)), _mm256_set1_epi32(0x7f800000));
-        rr = _mm256_blendv_epi8(rr, _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40)), nan);
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(static_cast<uint16_t*>(y) + r * dim + i),
-                         _mm_packus_epi32(_mm256_castsi256_si128(rr), _mm256_extracti128_si256(rr, 1)));
+        Avx2::store_bf16(static_cast<uint16_t*>(y) + r * dim + i, v);
       } else {
         _mm256_storeu_ps(static_cast<float*>(y) + r * dim + i, v);
       }

@@ -1,9 +1,6 @@
+// Dtype conversion and fp8 block quantization (see quant.h): scalar reference definitions
+// (numeric.h) and AVX2 / AVX-512 variants on simd.h that agree with them bit for bit.
 #include "quant.h"
-
-#include <immintrin.h>
-// GCC 12 reports false "uninitialized" warnings from inside the AVX-512 mask/reduce intrinsics.
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
 
 #include <algorithm>
 #include <cmath>
@@ -11,10 +8,8 @@
 
 #include "features.h"
 #include "numeric.h"
+#include "simd.h"
 #include "threadpool.h"
-
-#define LC_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
-#define LC_AVX2 __attribute__((target("avx2,fma,f16c")))
 
 namespace lc::cpu {
 
@@ -31,7 +26,8 @@ const float* fp8_lut() {
   return lut.v;
 }
 
-inline __mmask16 tail_mask(int64_t n) { return static_cast<__mmask16>((1u << n) - 1u); }
+using simd::Avx2;
+using simd::Avx512;
 
 // ---- scalar -----------------------------------------------------------------------------------
 void decode_scalar(const void* src, DType st, int64_t n, float* out) {
@@ -76,15 +72,7 @@ float amax_scalar(const float* x, int64_t n, float m) {
 }
 
 // ---- AVX-512 ----------------------------------------------------------------------------------
-LC_AVX512 inline __m256i bf16_encode16(__m512 x) {
-  __m512i u = _mm512_castps_si512(x);
-  __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))));
-  r = _mm512_srli_epi32(r, 16);
-  __mmask16 nan = _mm512_cmp_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)), _mm512_set1_epi32(0x7f800000), _MM_CMPINT_NLE);
-  r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40)));
-  return _mm512_cvtepi32_epi16(r);
-}
-LC_AVX512 inline __m128i fp8_encode16(__m512 x) {
+LC_TARGET_AVX512 inline __m128i fp8_encode16(__m512 x) {
   __m512i u = _mm512_castps_si512(x);
   __m512i sign = _mm512_srli_epi32(_mm512_and_si512(u, _mm512_set1_epi32(static_cast<int>(0x80000000u))), 24);
   __m512i ua = _mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff));
@@ -102,7 +90,7 @@ LC_AVX512 inline __m128i fp8_encode16(__m512 x) {
   res = _mm512_mask_mov_epi32(res, _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q), _mm512_set1_epi32(0x7f));
   return _mm512_cvtepi32_epi8(_mm512_or_si512(res, sign));
 }
-LC_AVX512 void decode_avx512(const void* src, DType st, int64_t n, float* out) {
+LC_TARGET_AVX512 void decode_avx512(const void* src, DType st, int64_t n, float* out) {
   if (st == DType::F32) {
     std::memcpy(out, src, static_cast<size_t>(n) * 4);
     return;
@@ -110,9 +98,8 @@ LC_AVX512 void decode_avx512(const void* src, DType st, int64_t n, float* out) {
   if (st == DType::BF16) {
     const uint16_t* s = static_cast<const uint16_t*>(src);
     for (int64_t i = 0; i < n; i += 16) {
-      __mmask16 k = n - i >= 16 ? static_cast<__mmask16>(0xffff) : tail_mask(n - i);
-      __m256i h = _mm256_maskz_loadu_epi16(k, s + i);
-      _mm512_mask_storeu_ps(out + i, k, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
+      __mmask16 k = Avx512::mask16(n - i);
+      _mm512_mask_storeu_ps(out + i, k, Avx512::widen_bf16(_mm256_maskz_loadu_epi16(k, s + i)));
     }
     return;
   }
@@ -134,12 +121,12 @@ LC_AVX512 void decode_avx512(const void* src, DType st, int64_t n, float* out) {
   const float* lut = fp8_lut();
   const uint8_t* s = static_cast<const uint8_t*>(src);
   for (int64_t i = 0; i < n; i += 16) {
-    __mmask16 k = n - i >= 16 ? static_cast<__mmask16>(0xffff) : tail_mask(n - i);
+    __mmask16 k = Avx512::mask16(n - i);
     __m512i idx = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(k, s + i));
     _mm512_mask_storeu_ps(out + i, k, _mm512_i32gather_ps(idx, lut, 4));
   }
 }
-LC_AVX512 void encode_avx512(const float* in, int64_t n, void* dst, DType dt, float div) {
+LC_TARGET_AVX512 void encode_avx512(const float* in, int64_t n, void* dst, DType dt, float div) {
   if (dt == DType::F32) {
     std::memcpy(dst, in, static_cast<size_t>(n) * 4);
     return;
@@ -147,8 +134,8 @@ LC_AVX512 void encode_avx512(const float* in, int64_t n, void* dst, DType dt, fl
   if (dt == DType::BF16) {
     uint16_t* d = static_cast<uint16_t*>(dst);
     for (int64_t i = 0; i < n; i += 16) {
-      __mmask16 k = n - i >= 16 ? static_cast<__mmask16>(0xffff) : tail_mask(n - i);
-      _mm256_mask_storeu_epi16(d + i, k, bf16_encode16(_mm512_maskz_loadu_ps(k, in + i)));
+      __mmask16 k = Avx512::mask16(n - i);
+      _mm256_mask_storeu_epi16(d + i, k, Avx512::to_bf16(_mm512_maskz_loadu_ps(k, in + i)));
     }
     return;
   }
@@ -169,29 +156,21 @@ LC_AVX512 void encode_avx512(const float* in, int64_t n, void* dst, DType dt, fl
   uint8_t* d = static_cast<uint8_t*>(dst);
   const __m512 dv = _mm512_set1_ps(div);
   for (int64_t i = 0; i < n; i += 16) {
-    __mmask16 k = n - i >= 16 ? static_cast<__mmask16>(0xffff) : tail_mask(n - i);
+    __mmask16 k = Avx512::mask16(n - i);
     _mm_mask_storeu_epi8(d + i, k, fp8_encode16(_mm512_div_ps(_mm512_maskz_loadu_ps(k, in + i), dv)));
   }
 }
-LC_AVX512 float amax_avx512(const float* x, int64_t n, float m0) {
+LC_TARGET_AVX512 float amax_avx512(const float* x, int64_t n, float m0) {
   __m512 m = _mm512_set1_ps(m0);
   for (int64_t i = 0; i < n; i += 16) {
-    __mmask16 k = n - i >= 16 ? static_cast<__mmask16>(0xffff) : tail_mask(n - i);
+    __mmask16 k = Avx512::mask16(n - i);
     m = _mm512_max_ps(_mm512_abs_ps(_mm512_maskz_loadu_ps(k, x + i)), m);
   }
   return _mm512_reduce_max_ps(m);
 }
 
 // ---- AVX2 -------------------------------------------------------------------------------------
-LC_AVX2 inline __m128i bf16_encode8(__m256 x) {
-  __m256i u = _mm256_castps_si256(x);
-  __m256i r = _mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1))));
-  r = _mm256_srli_epi32(r, 16);
-  __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)), _mm256_set1_epi32(0x7f800000));
-  r = _mm256_blendv_epi8(r, _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40)), nan);
-  return _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
-}
-LC_AVX2 inline uint64_t fp8_encode8(__m256 x) {
+LC_TARGET_AVX2 inline uint64_t fp8_encode8(__m256 x) {
   __m256i u = _mm256_castps_si256(x);
   __m256i sign = _mm256_srli_epi32(_mm256_and_si256(u, _mm256_set1_epi32(static_cast<int>(0x80000000u))), 24);
   __m256i ua = _mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff));
@@ -213,12 +192,12 @@ LC_AVX2 inline uint64_t fp8_encode8(__m256 x) {
   uint64_t hi = static_cast<uint32_t>(_mm_cvtsi128_si32(_mm256_extracti128_si256(res, 1)));
   return lo | (hi << 32);
 }
-LC_AVX2 void decode_avx2(const void* src, DType st, int64_t n, float* out) {
+LC_TARGET_AVX2 void decode_avx2(const void* src, DType st, int64_t n, float* out) {
   int64_t i = 0;
   if (st == DType::BF16) {
     const uint16_t* s = static_cast<const uint16_t*>(src);
     for (; i + 8 <= n; i += 8)
-      _mm256_storeu_ps(out + i, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i))), 16)));
+      _mm256_storeu_ps(out + i, Avx2::load_bf16(s + i));
     decode_scalar(s + i, st, n - i, out + i);
   } else if (st == DType::F16) {
     const uint16_t* s = static_cast<const uint16_t*>(src);
@@ -240,11 +219,11 @@ LC_AVX2 void decode_avx2(const void* src, DType st, int64_t n, float* out) {
     decode_scalar(src, st, n, out);
   }
 }
-LC_AVX2 void encode_avx2(const float* in, int64_t n, void* dst, DType dt, float div) {
+LC_TARGET_AVX2 void encode_avx2(const float* in, int64_t n, void* dst, DType dt, float div) {
   int64_t i = 0;
   if (dt == DType::BF16) {
     uint16_t* d = static_cast<uint16_t*>(dst);
-    for (; i + 8 <= n; i += 8) _mm_storeu_si128(reinterpret_cast<__m128i*>(d + i), bf16_encode8(_mm256_loadu_ps(in + i)));
+    for (; i + 8 <= n; i += 8) _mm_storeu_si128(reinterpret_cast<__m128i*>(d + i), Avx2::to_bf16(_mm256_loadu_ps(in + i)));
     encode_scalar(in + i, n - i, d + i, dt, div);
   } else if (dt == DType::F16) {
     uint16_t* d = static_cast<uint16_t*>(dst);
@@ -266,7 +245,7 @@ LC_AVX2 void encode_avx2(const float* in, int64_t n, void* dst, DType dt, float 
     encode_scalar(in, n, dst, dt, div);
   }
 }
-LC_AVX2 float amax_avx2(const float* x, int64_t n, float m0) {
+LC_TARGET_AVX2 float amax_avx2(const float* x, int64_t n, float m0) {
   __m256 m = _mm256_set1_ps(m0);
   const __m256 abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
   int64_t i = 0;

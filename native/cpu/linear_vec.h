@@ -1,0 +1,498 @@
+// The linear-layer drivers written once for every vector ISA: GEMV (t <= 8) for f32, bf16, int8
+// and fp8 weights, and the fp32 GEMM's packing and microkernel, templated on a per-ISA config L:
+//   L::V                      the vector traits (simd::Avx2 or simd::Avx512, simd.h)
+//   L::GemvShape<T>::R, S, kChunk   rows per pass, accumulator sets along k, k per x chunk (0: all)
+//   L::Fp8Shape<T>::R, NA, kChunk   the fp8 GEMV's rows per pass, accumulator chains, k chunk
+//   L::kFp8ReloadCodes        reload a row's codes for the odd half (16 registers) instead of
+//                             keeping the even and odd f16 words of every row live
+//   L::kGemmMR                x rows per GEMM microkernel call
+// Only for inclusion by linear_avx2.cc and linear_avx512.cc, inside LC_BEGIN_TARGET(...) and after
+// their other includes: everything here has internal linkage and is compiled for that file's ISA.
+#pragma once
+#include <atomic>
+#include <cmath>
+#include <cstring>
+
+#include "linear_kernels.h"
+#include "simd.h"
+#include "threadpool.h"
+
+namespace lc::cpu::linear_detail {
+namespace {  // internal linkage: nothing compiled for an ISA may be shared with other files
+
+// ---------------------------------------------------------------------------------------------
+// Weight decoders: V::kLanes stored weights -> f32 lanes; load_n loads the first n (the rest zero).
+// fp8 and int8 decode to the code's value without its scale (see kScaleMul / the row scale).
+
+template <class V>
+struct DecF32 {
+  using E = float;
+  static constexpr bool kNanCodes = false;
+  static constexpr float kScaleMul = 0;  // no block scale
+  static typename V::F load(const E* p) { return V::load(p); }
+  static typename V::F load_n(const E* p, int64_t n) { return V::load_n(p, n); }
+};
+
+template <class V>
+struct DecBF16 {
+  using E = uint16_t;
+  static constexpr bool kNanCodes = false;
+  static constexpr float kScaleMul = 0;
+  static typename V::F load(const E* p) { return V::load_bf16(p); }
+  static typename V::F load_n(const E* p, int64_t n) { return V::load_bf16_n(p, n); }
+};
+
+template <class V>
+struct DecI8 {  // q; the row scale multiplies the finished dot product
+  using E = int8_t;
+  static constexpr bool kNanCodes = false;
+  static constexpr float kScaleMul = 0;
+  static typename V::F load(const E* p) { return V::load_i8(p); }
+  static typename V::F load_n(const E* p, int64_t n) { return V::load_i8_n(p, n); }
+};
+
+template <class V>
+struct DecFP8 {  // code / 256 (simd.h's bit move); the 256 joins the block scale; NaN codes apart
+  using E = uint8_t;
+  static constexpr bool kNanCodes = true;
+  static constexpr float kScaleMul = 256.0f;
+  static typename V::F load(const E* p) { return V::load_fp8(p); }
+  static typename V::F load_n(const E* p, int64_t n) { return V::load_fp8_n(p, n); }
+};
+
+// ---------------------------------------------------------------------------------------------
+// GEMV (t <= 8) is bandwidth bound, so its shape is about how memory is read and how much work
+// each weight vector carries (L::GemvShape):
+//  * S > 1 / kChunk > 0 (AVX-512, T <= 2): one weight row at a time, front to back: a single
+//    sequential stream per thread (on the dev machine, Zen 5, four concurrent row streams per
+//    thread lost 25-40% of the bandwidth here). k is cut into chunks whose slice of x (T x KC f32,
+//    16 KiB) stays in L1 while a group of up to 256 rows streams past it; partial sums wait in a
+//    stack array. S accumulator sets along k keep T*S = 4..8 independent FMA chains.
+//  * otherwise R rows per pass share every x load (T*R + R registers), reading x over the full k.
+//  * k runs in 128-column blocks: the fp8 scale block, the NaN-code check, and a software
+//    prefetch a fixed distance ahead on each row stream (continuing past the end of the chunk
+//    into the row the stream reads next, because hardware prefetchers stop at 4 KiB pages).
+
+constexpr int64_t kGemvGroupRows = 256;
+constexpr int64_t kPrefetchBytes = 1024;
+
+// part[t * ldp + i] += sum over k in [k0, k1) of x[t, k] * W[r + i, k], for t < T, i < R.
+template <class L, int T, int R, int S, class D>
+void gemv_rows(const float* x, const WeightRef& w, int64_t r, int64_t k0, int64_t k1, float* part, int64_t ldp) {
+  using V = typename L::V;
+  using F = typename V::F;
+  using E = typename D::E;
+  constexpr int W = V::kLanes;
+  const int64_t K = w.k;
+  const E* wr[R];
+  for (int i = 0; i < R; ++i) wr[i] = static_cast<const E*>(w.data) + (r + i) * K;
+  F acc[S][T][R];
+  for (int s = 0; s < S; ++s)
+    for (int t = 0; t < T; ++t)
+      for (int i = 0; i < R; ++i) acc[s][t][i] = V::zero();
+
+  // n columns at k into a (n == W: a whole vector).
+  auto step = [&](int64_t k, const F* bs, F (&a)[T][R], int64_t n) __attribute__((always_inline)) {
+    F wv[R];
+    for (int i = 0; i < R; ++i) {
+      wv[i] = n == W ? D::load(wr[i] + k) : D::load_n(wr[i] + k, n);
+      if constexpr (D::kScaleMul != 0) wv[i] = V::mul(wv[i], bs[i]);
+    }
+    for (int t = 0; t < T; ++t) {
+      const F xv = n == W ? V::load(x + t * K + k) : V::load_n(x + t * K + k, n);
+      for (int i = 0; i < R; ++i) a[t][i] = V::fmadd(xv, wv[i], a[t][i]);
+    }
+  };
+
+  bool nan[R] = {};  // a NaN weight code makes the row's dot products NaN
+  for (int64_t b0 = k0; b0 < k1; b0 += 128) {
+    const int64_t bend = k1 - b0 < 128 ? k1 : b0 + 128;
+    const int64_t p = b0 + kPrefetchBytes / static_cast<int64_t>(sizeof(E));
+    for (int i = 0; i < R; ++i) {
+      const char* pa = reinterpret_cast<const char*>(p < k1 ? wr[i] + p : wr[i] + R * K + k0 + (p - k1));
+      for (int64_t off = 0; off < 128 * static_cast<int64_t>(sizeof(E)); off += 64) _mm_prefetch(pa + off, _MM_HINT_T0);
+    }
+    F bs[R];
+    for (int i = 0; i < R; ++i) {
+      if constexpr (D::kNanCodes) nan[i] |= V::has_nan_code(wr[i] + b0, bend - b0);
+      if constexpr (D::kScaleMul != 0) bs[i] = V::set1(fp8_block_scale(w, r + i, b0 / 128) * D::kScaleMul);
+    }
+    int64_t k = b0;
+    if constexpr (S == 1) {  // one chain: unrolled (AVX2 t = 4 ran 15% slower, AVX-512 t = 8 20-30%, without)
+#pragma GCC unroll 4
+      for (; k + W <= bend; k += W) step(k, bs, acc[0], W);
+    } else {
+      for (; k + W * S <= bend; k += W * S)
+        for (int s = 0; s < S; ++s) step(k + W * s, bs, acc[s], W);
+      for (; k + W <= bend; k += W) step(k, bs, acc[0], W);
+    }
+    if (k < bend) step(k, bs, acc[0], bend - k);
+  }
+  for (int t = 0; t < T; ++t)
+    for (int i = 0; i < R; ++i) {
+      for (int s = 1; s < S; ++s) acc[0][t][i] = V::add(acc[0][t][i], acc[s][t][i]);
+      part[t * ldp + i] += nan[i] ? NAN : V::reduce_add(acc[0][t][i]);
+    }
+}
+
+// Rows [n0, n1) of y for all T rows of x.
+template <class L, int T, class D>
+void gemv_range(const float* x, const WeightRef& w, int64_t n0, int64_t n1, void* y, DType yt) {
+  using G = typename L::template GemvShape<T>;
+  const int64_t K = w.k, N = w.n;
+  const int64_t kc = G::kChunk > 0 ? G::kChunk : K;
+  float part[T][kGemvGroupRows];
+  for (int64_t g0 = n0; g0 < n1; g0 += kGemvGroupRows) {
+    const int64_t g1 = n1 - g0 < kGemvGroupRows ? n1 : g0 + kGemvGroupRows;
+    for (int t = 0; t < T; ++t)
+      for (int64_t r = g0; r < g1; ++r) part[t][r - g0] = 0;
+    for (int64_t k0 = 0; k0 < K; k0 += kc) {
+      const int64_t k1 = K - k0 < kc ? K : k0 + kc;
+      int64_t r = g0;
+      for (; r + G::R <= g1; r += G::R) gemv_rows<L, T, G::R, G::S, D>(x, w, r, k0, k1, &part[0][r - g0], kGemvGroupRows);
+      for (; r < g1; ++r) gemv_rows<L, T, 1, G::S, D>(x, w, r, k0, k1, &part[0][r - g0], kGemvGroupRows);
+    }
+    for (int t = 0; t < T; ++t)
+      for (int64_t r = g0; r < g1; ++r) {
+        float v = part[t][r - g0];
+        if (w.dtype == DType::I8) v *= w.scale[r];
+        store_y(y, yt, t * N + r, v);
+      }
+  }
+}
+
+// Rows are handed out in whole passes of R, so that no chunk ends in single-row passes.
+template <class L, int T, class D>
+void gemv_t(const float* x, const WeightRef& w, void* y, DType yt) {
+  constexpr int R = L::template GemvShape<T>::R;
+  const int64_t n = w.n, grain = gemv_grain_rows(w) / R;
+  parallel_for(ceil_div(n, R), grain < 1 ? 1 : grain, [&](int64_t g0, int64_t g1) {
+    gemv_range<L, T, D>(x, w, g0 * R, g1 * R < n ? g1 * R : n, y, yt);
+  });
+}
+
+template <class L, class D>
+void gemv(int64_t t, const float* x, const WeightRef& w, void* y, DType yt) {
+  switch (t) {
+    case 1: gemv_t<L, 1, D>(x, w, y, yt); break;
+    case 2: gemv_t<L, 2, D>(x, w, y, yt); break;
+    case 3: gemv_t<L, 3, D>(x, w, y, yt); break;
+    case 4: gemv_t<L, 4, D>(x, w, y, yt); break;
+    case 5: gemv_t<L, 5, D>(x, w, y, yt); break;
+    case 6: gemv_t<L, 6, D>(x, w, y, yt); break;
+    case 7: gemv_t<L, 7, D>(x, w, y, yt); break;
+    case 8: gemv_t<L, 8, D>(x, w, y, yt); break;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// fp8 GEMV. Decoding is the cost here (one byte per weight), so the inner loop is cut to the bit
+// move and the FMAs:
+//  * U = 4 * V::kLanes codes per vector load. Seen as 16-bit words (code 2j in the low byte of
+//    word j, 2j + 1 in the high byte), the f16 bits sign << 15 | (code & 0x7f) << 7 of the odd
+//    codes are (word >>arith 1) & 0xbf80 and of the even codes ((word << 8) >>arith 1) & 0xbf80:
+//    a few integer ops for U codes, then four vcvtph2ps. With W = kLanes the converted vectors
+//    hold the codes [0, 2, .., 2W - 2], [2W, .., 4W - 2], [1, .., 2W - 1], [2W + 1, .., 4W - 1]
+//    of the U, so x is stored in that order.
+//  * No per-vector scale: every output row of a 128-row block shares the block scales of a column
+//    block, so x is pre-multiplied by scale * 256 (per 128 columns) into a per-thread copy, once per
+//    128 output rows (and per k chunk). Products are then x * scale * 256 * (code / 256) rather
+//    than x * (code * scale): the same value up to fp32 rounding.
+//  * NaN codes: running unsigned and signed byte maxima of the codes; a row chunk's maximum is
+//    0xff (unsigned) or 0x7f (signed) exactly when it holds 0xff or 0x7f. On a hit the rows of the
+//    pass are checked one by one and the hit rows give NaN.
+// Shapes (L::Fp8Shape) as in the generic GEMV: T <= 2 one row at a time with x chunks in L1 and
+// 4 accumulator chains per x row (8 measured slower on AVX-512); T >= 3 R rows per pass sharing
+// each x load, one chain per (x row, W row). Measured alternatives on AVX-512 for T = 4 (one row
+// with x chunks in L1, two rows) reach 18-21 G weights/s/core from L2 against 26 for four rows,
+// and half the bandwidth from DRAM.
+
+// Software prefetch distance on each fp8 row stream. Measured on the dev machine (Zen 5, AVX-512,
+// 2 threads streaming from DRAM, T = 1): 0 B 23 GB/s, 512 B 29, 1 KiB 34, 1.5-2 KiB 37, 4 KiB 20
+// (too many lines in flight).
+constexpr int64_t kFp8PrefetchBytes = 1536;
+
+// xs[t * ldx + j] for t < T, j < round_up(k1 - k0, U): x[t, k0 ..k1) times scale * 256 of its
+// column block (srow: the block row of weight_scale_inv), in the fp8 decode order, zero padded.
+template <class L, int T>
+void fp8_prep_x(const float* x, int64_t K, const float* srow, int64_t k0, int64_t k1, float* xs, int64_t ldx) {
+  using V = typename L::V;
+  using F = typename V::F;
+  constexpr int W = V::kLanes, U = 4 * W;
+  for (int t = 0; t < T; ++t)
+    for (int64_t k = k0; k < k1; k += U) {
+      const float* src = x + t * K + k;
+      F v[4];
+      for (int q = 0; q < 4; ++q) {
+        const int64_t left = k1 - k - W * q;
+        v[q] = left >= W ? V::load(src + W * q) : V::load_n(src + W * q, left > 0 ? left : 0);
+      }
+      const F s = V::set1(srow[k / 128] * DecFP8<V>::kScaleMul);
+      float* dst = xs + t * ldx + (k - k0);
+      V::store(dst, V::mul(V::even_lanes(v[0], v[1]), s));
+      V::store(dst + W, V::mul(V::even_lanes(v[2], v[3]), s));
+      V::store(dst + 2 * W, V::mul(V::odd_lanes(v[0], v[1]), s));
+      V::store(dst + 3 * W, V::mul(V::odd_lanes(v[2], v[3]), s));
+    }
+}
+
+// part[t * ldp + i] += sum over k in [k0, k1) of xs[t, k - k0] * code(W[r + i, k]) for t < T,
+// i < R (NaN for a row with a NaN code).
+template <class L, int T, int R, int NA>
+void fp8_rows(const float* xs, int64_t ldx, const WeightRef& w, int64_t r, int64_t k0, int64_t k1, float* part,
+              int64_t ldp) {
+  using V = typename L::V;
+  using F = typename V::F;
+  using I = typename V::I;
+  constexpr int W = V::kLanes, U = 4 * W;
+  static_assert(128 % U == 0, "a 128-column block holds whole decode units");
+  const int64_t K = w.k;
+  const uint8_t* wr[R];
+  for (int i = 0; i < R; ++i) wr[i] = static_cast<const uint8_t*>(w.data) + (r + i) * K;
+  F acc[NA][T][R];
+  for (int a = 0; a < NA; ++a)
+    for (int t = 0; t < T; ++t)
+      for (int i = 0; i < R; ++i) acc[a][t][i] = V::zero();
+  I maxu = V::izero(), maxs = V::izero();
+
+  // The n <= U codes at k of every row (n == U: a whole vector); u (the unit's index in its
+  // 128-column block) picks the accumulator chains when NA > 4.
+  auto unit = [&](int64_t k, int u, int64_t n) __attribute__((always_inline)) {
+    const float* xk = xs + (k - k0);
+    auto codes = [&](int i) __attribute__((always_inline)) { return n == U ? V::load_bytes(wr[i] + k) : V::load_bytes_n(wr[i] + k, n); };
+    I h[2][R];  // even-code and odd-code f16 words of each row
+    for (int i = 0; i < R; ++i) {
+      const I v = codes(i);
+      maxu = V::max_epu8(maxu, v);
+      maxs = V::max_epi8(maxs, v);
+      h[0][i] = V::fp8_even_f16(v);
+      if constexpr (!L::kFp8ReloadCodes) h[1][i] = V::fp8_odd_f16(v);
+    }
+    for (int s = 0; s < 4; ++s) {
+      if constexpr (L::kFp8ReloadCodes)
+        if (s == 2)
+          for (int i = 0; i < R; ++i) h[1][i] = V::fp8_odd_f16(codes(i));
+      F wv[R];
+      for (int i = 0; i < R; ++i) wv[i] = s % 2 == 0 ? V::f16_lo(h[s / 2][i]) : V::f16_hi(h[s / 2][i]);
+      const int a = (u * 4 + s) % NA;
+      for (int t = 0; t < T; ++t) {
+        const F xv = V::load(xk + t * ldx + W * s);
+        for (int i = 0; i < R; ++i) acc[a][t][i] = V::fmadd(xv, wv[i], acc[a][t][i]);
+      }
+    }
+  };
+
+  int64_t k = k0;
+  for (; k < k1; k += 128) {
+    const int64_t p = k + kFp8PrefetchBytes;
+    for (int i = 0; i < R; ++i) {
+      const char* pa = reinterpret_cast<const char*>(p < k1 ? wr[i] + p : wr[i] + R * K + k0 + (p - k1));
+      _mm_prefetch(pa, _MM_HINT_T0);
+      _mm_prefetch(pa + 64, _MM_HINT_T0);
+    }
+    if (k + 128 > k1) break;
+    for (int u = 0; u < 128 / U; ++u) unit(k + U * u, u, U);
+  }
+  for (int u = 0; k + U * u < k1; ++u) {  // the last 1..127 columns
+    const int64_t left = k1 - k - U * u;
+    unit(k + U * u, u, left < U ? left : U);
+  }
+
+  bool nan[R] = {};
+  if (V::any_byte_eq(maxu, -1) || V::any_byte_eq(maxs, 0x7f))
+    for (int i = 0; i < R; ++i) nan[i] = V::has_nan_code(wr[i] + k0, k1 - k0);
+  for (int t = 0; t < T; ++t)
+    for (int i = 0; i < R; ++i) {
+      for (int a = 1; a < NA; ++a) acc[0][t][i] = V::add(acc[0][t][i], acc[a][t][i]);
+      part[t * ldp + i] += nan[i] ? NAN : V::reduce_add(acc[0][t][i]);
+    }
+}
+
+// Rows [n0, n1) of y for all T rows of x, in groups that never cross a 128-row scale block.
+template <class L, int T>
+void gemv_fp8_range(const float* x, const WeightRef& w, int64_t n0, int64_t n1, void* y, DType yt) {
+  using G = typename L::template Fp8Shape<T>;
+  const int64_t K = w.k, N = w.n, kblocks = ceil_div(K, 128);
+  const int64_t kc = G::kChunk > 0 && G::kChunk < K ? G::kChunk : K;
+  const int64_t ldx = round_up(kc, 4 * L::V::kLanes);
+  float* xs = static_cast<float*>(scratch(kScratchPanel, T * ldx * sizeof(float)));
+  float part[T][128];
+  for (int64_t g0 = n0, g1; g0 < n1; g0 = g1) {
+    g1 = (g0 / 128 + 1) * 128 < n1 ? (g0 / 128 + 1) * 128 : n1;
+    const float* srow = w.scale + (g0 / 128) * kblocks;
+    for (int t = 0; t < T; ++t)
+      for (int64_t r = g0; r < g1; ++r) part[t][r - g0] = 0;
+    for (int64_t k0 = 0; k0 < K; k0 += kc) {
+      const int64_t k1 = K - k0 < kc ? K : k0 + kc;
+      fp8_prep_x<L, T>(x, K, srow, k0, k1, xs, ldx);
+      int64_t r = g0;
+      for (; r + G::R <= g1; r += G::R) fp8_rows<L, T, G::R, G::NA>(xs, ldx, w, r, k0, k1, &part[0][r - g0], 128);
+      for (; r < g1; ++r) fp8_rows<L, T, 1, G::NA>(xs, ldx, w, r, k0, k1, &part[0][r - g0], 128);
+    }
+    for (int t = 0; t < T; ++t)
+      for (int64_t r = g0; r < g1; ++r) store_y(y, yt, t * N + r, part[t][r - g0]);
+  }
+}
+
+template <class L, int T>
+void gemv_fp8_t(const float* x, const WeightRef& w, void* y, DType yt) {
+  parallel_for(w.n, gemv_grain_rows(w), [&](int64_t n0, int64_t n1) { gemv_fp8_range<L, T>(x, w, n0, n1, y, yt); });
+}
+
+template <class L>
+void gemv_fp8(int64_t t, const float* x, const WeightRef& w, void* y, DType yt) {
+  switch (t) {
+    case 1: gemv_fp8_t<L, 1>(x, w, y, yt); break;
+    case 2: gemv_fp8_t<L, 2>(x, w, y, yt); break;
+    case 3: gemv_fp8_t<L, 3>(x, w, y, yt); break;
+    case 4: gemv_fp8_t<L, 4>(x, w, y, yt); break;
+    case 5: gemv_fp8_t<L, 5>(x, w, y, yt); break;
+    case 6: gemv_fp8_t<L, 6>(x, w, y, yt); break;
+    case 7: gemv_fp8_t<L, 7>(x, w, y, yt); break;
+    case 8: gemv_fp8_t<L, 8>(x, w, y, yt); break;
+  }
+}
+
+template <class V>
+void bf16_to_f32_rows(const uint16_t* src, int64_t n, float* dst) {
+  int64_t i = 0;
+  for (; i + V::kLanes <= n; i += V::kLanes) V::store(dst + i, V::load_bf16(src + i));
+  if (i < n) V::store_n(dst + i, V::load_bf16_n(src + i, n - i), n - i);
+}
+
+// ---------------------------------------------------------------------------------------------
+// GEMM, fp32 FMA path (gemm<Tr> in linear_kernels.h): x packed as f32, the weight panel dequantized
+// to f32. kMR x rows times 4 weight rows of accumulators, kMR x vectors and one weight vector in
+// registers: 3 x 4 + 3 + 1 = 16 (AVX2), 6 x 4 + 6 + 1 = 31 of 32 (AVX-512).
+
+template <class L, class D>
+void pack_panel_f32(const WeightRef& w, int64_t n0, int64_t nlen, int64_t nrows, int64_t k0, int64_t klen,
+                    int64_t kcp, float* p) {
+  using V = typename L::V;
+  using E = typename D::E;
+  constexpr int W = V::kLanes;
+  for (int64_t j = 0; j < nrows; ++j) {
+    float* dst = p + j * kcp;
+    if (j >= nlen) {
+      std::memset(dst, 0, kcp * sizeof(float));
+      continue;
+    }
+    const E* src = static_cast<const E*>(w.data) + (n0 + j) * w.k + k0;
+    int64_t c = 0;
+    for (; c < klen; c += W) {  // kcp is a multiple of W: whole vectors fit
+      auto v = c + W <= klen ? D::load(src + c) : D::load_n(src + c, klen - c);
+      if constexpr (D::kScaleMul != 0) v = V::mul(v, V::set1(fp8_block_scale(w, n0 + j, (k0 + c) / 128) * D::kScaleMul));
+      V::store(dst + c, v);
+    }
+    if (c < kcp) std::memset(dst + c, 0, (kcp - c) * sizeof(float));
+    if constexpr (D::kNanCodes)
+      if (V::has_nan_code(src, klen))
+        for (c = 0; c < klen; ++c)
+          if ((src[c] & 0x7f) == 0x7f) dst[c] = NAN;
+  }
+}
+
+template <class L>
+struct GemmF32 {
+  using V = typename L::V;
+  using XE = float;
+  using WE = float;
+  static constexpr int64_t kMR = L::kGemmMR, kStep = V::kLanes, kKC = 512;
+
+  static void pack_x(const void* x, DType xt, int64_t t, int64_t r0, int64_t r1, int64_t k, int64_t kp, float* xp) {
+    for (int64_t r = r0; r < r1; ++r) {
+      float* dst = xp + r * kp;
+      std::memset(dst, 0, kp * sizeof(float));
+      if (r >= t) continue;
+      if (xt == DType::BF16)
+        bf16_to_f32_rows<V>(static_cast<const uint16_t*>(x) + r * k, k, dst);
+      else
+        std::memcpy(dst, static_cast<const float*>(x) + r * k, k * sizeof(float));
+    }
+  }
+
+  static void pack_panel(const WeightRef& w, int64_t n0, int64_t nlen, int64_t nrows, int64_t k0, int64_t klen,
+                         int64_t kcp, float* p) {
+    switch (w.dtype) {
+      case DType::F32: pack_panel_f32<L, DecF32<V>>(w, n0, nlen, nrows, k0, klen, kcp, p); break;
+      case DType::BF16: pack_panel_f32<L, DecBF16<V>>(w, n0, nlen, nrows, k0, klen, kcp, p); break;
+      case DType::FP8_E4M3: pack_panel_f32<L, DecFP8<V>>(w, n0, nlen, nrows, k0, klen, kcp, p); break;
+      case DType::I8: pack_panel_f32<L, DecI8<V>>(w, n0, nlen, nrows, k0, klen, kcp, p); break;
+      default: break;
+    }
+  }
+
+  static void micro(const float* x, int64_t ldx, const float* p, int64_t ldp, int64_t kc, float* c, int64_t ldc,
+                    bool accumulate) {
+    typename V::F acc[kMR][4];
+    for (int m = 0; m < kMR; ++m)
+      for (int j = 0; j < 4; ++j) acc[m][j] = V::zero();
+    for (int64_t k = 0; k < kc; k += V::kLanes) {
+      typename V::F xv[kMR];
+      for (int m = 0; m < kMR; ++m) xv[m] = V::load(x + m * ldx + k);
+      for (int j = 0; j < 4; ++j) {
+        const typename V::F wv = V::load(p + j * ldp + k);
+        for (int m = 0; m < kMR; ++m) acc[m][j] = V::fmadd(xv[m], wv, acc[m][j]);
+      }
+    }
+    for (int m = 0; m < kMR; ++m) {
+      __m128 s = V::hsum4(acc[m][0], acc[m][1], acc[m][2], acc[m][3]);
+      if (accumulate) s = _mm_add_ps(s, _mm_loadu_ps(c + m * ldc));
+      _mm_storeu_ps(c + m * ldc, s);
+    }
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Entry points.
+
+// GEMV for t <= kGemvMaxRows, else the fp32 GEMM.
+template <class L>
+void linear_vec(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType yt) {
+  using V = typename L::V;
+  if (t > kGemvMaxRows) {
+    gemm<GemmF32<L>>(t, x, xt, w, y, yt);
+    return;
+  }
+  const float* xf = static_cast<const float*>(x);
+  if (xt == DType::BF16) {
+    float* buf = static_cast<float*>(scratch(kScratchX, t * w.k * sizeof(float)));
+    bf16_to_f32_rows<V>(static_cast<const uint16_t*>(x), t * w.k, buf);
+    xf = buf;
+  }
+  switch (w.dtype) {
+    case DType::F32: gemv<L, DecF32<V>>(t, xf, w, y, yt); break;
+    case DType::BF16: gemv<L, DecBF16<V>>(t, xf, w, y, yt); break;
+    case DType::FP8_E4M3: gemv_fp8<L>(t, xf, w, y, yt); break;
+    case DType::I8: gemv<L, DecI8<V>>(t, xf, w, y, yt); break;
+    default: break;
+  }
+}
+
+// read_sum (linear.h): every pool thread sums its share of 64-byte lines, four vector accumulators.
+template <class V>
+double read_sum_vec(const void* p, int64_t bytes) {
+  using I = typename V::I;
+  constexpr int64_t kPerLine = 64 / static_cast<int64_t>(sizeof(I));
+  const int64_t lines = bytes / 64;
+  const I* base = static_cast<const I*>(p);
+  std::atomic<uint64_t> total{0};
+  parallel_for(lines, 1 << 14, [&](int64_t b, int64_t e) {
+    I s0 = V::izero(), s1 = s0, s2 = s0, s3 = s0;
+    int64_t i = b * kPerLine;
+    const int64_t end = e * kPerLine;
+    auto ld = [&](int64_t j) { return V::load_bytes(reinterpret_cast<const uint8_t*>(base + j)); };
+    for (; i + 4 <= end; i += 4) {
+      s0 = V::iadd64(s0, ld(i));
+      s1 = V::iadd64(s1, ld(i + 1));
+      s2 = V::iadd64(s2, ld(i + 2));
+      s3 = V::iadd64(s3, ld(i + 3));
+    }
+    for (; i < end; ++i) s0 = V::iadd64(s0, ld(i));
+    total += V::ireduce_add64(V::iadd64(V::iadd64(s0, s1), V::iadd64(s2, s3)));
+  });
+  return static_cast<double>(total.load());
+}
+
+}  // namespace
+}  // namespace lc::cpu::linear_detail

@@ -1,0 +1,332 @@
+// The x86 SIMD primitives of the CPU kernels, each written once per ISA: the target strings and
+// attributes, and two vector-traits types (simd::Avx2: 8 f32 lanes, simd::Avx512: 16 lanes) with
+// loads and stores (whole and partial vectors), arithmetic, horizontal sums, exp, and the bf16 /
+// int8 / fp8 conversions. Kernels templated on a traits type V are written once and compiled per
+// ISA (linear_vec.h); hand-written per-ISA kernels call the same primitives.
+//
+// Runtime dispatch, never -march=native: the build uses baseline x86-64 flags and every function
+// here carries its ISA's target attribute, so a copy the linker keeps from any translation unit is
+// the same code. Code compiled for an ISA either carries LC_TARGET_* or sits between
+// LC_BEGIN_TARGET(LC_ISA_*) and LC_END_TARGET; it runs only after features.h's isa() said so.
+#pragma once
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
+
+// The feature sets of Isa::Avx2 and Isa::Avx512 (features.cc checks exactly these).
+#define LC_ISA_AVX2 "avx2,fma,f16c"
+#define LC_ISA_AVX512 "avx512f,avx512bw,avx512vl,avx512dq,fma,f16c"
+// AVX-512 plus vdpbf16ps / vcvtneps2bf16 (features().avx512_bf16).
+#define LC_ISA_AVX512BF16 LC_ISA_AVX512, "avx512bf16"
+#define LC_TARGET_AVX2 __attribute__((target(LC_ISA_AVX2)))
+#define LC_TARGET_AVX512 __attribute__((target(LC_ISA_AVX512)))
+#define LC_TARGET_AVX512BF16 __attribute__((target(LC_ISA_AVX512BF16)))
+
+// A region of code compiled for an ISA (templates included): LC_BEGIN_TARGET(LC_ISA_AVX2) ... LC_END_TARGET.
+#define LC_PRAGMA_STR_(x) _Pragma(#x)
+#define LC_PRAGMA_STR(x) LC_PRAGMA_STR_(x)
+#define LC_BEGIN_TARGET(...) _Pragma("GCC push_options") LC_PRAGMA_STR(GCC target(__VA_ARGS__))
+#define LC_END_TARGET _Pragma("GCC pop_options")
+
+// GCC 12 reports its own pass-through operands (_mm512_undefined_*) inside the AVX-512 intrinsic
+// headers as uninitialized wherever they are inlined; these two warnings are off in kernel files.
+#define LC_SIMD_QUIET_WARNINGS                           \
+  _Pragma("GCC diagnostic ignored \"-Wuninitialized\"") \
+      _Pragma("GCC diagnostic ignored \"-Wmaybe-uninitialized\"")
+LC_SIMD_QUIET_WARNINGS
+
+namespace lc::cpu::simd {
+
+// Cephes expf: n = round(x log2 e), r = x - n ln 2 (ln 2 in two parts), exp(r) = 1 + r + r^2 p(r)
+// with a degree-5 p, times 2^n. Inputs are clamped to [-104, 89] first (NaN passes through), so
+// exp(-inf) = 0 and exp(+inf) = +inf by underflow / overflow of the final scaling, which rounds
+// once: results below 2^-126 are the correctly rounded subnormals. Both ISAs give the same bits;
+// test/native/simd_harness.cc checks the error bound (<= 2 ulp against float64 over the range).
+namespace exp_consts {
+constexpr float kLo = -104.0f, kHi = 89.0f;
+constexpr float kLog2e = 1.44269504088896341f, kC1 = 0.693359375f, kC2 = -2.12194440e-4f;
+constexpr float kP0 = 1.9875691500E-4f, kP1 = 1.3981999507E-3f, kP2 = 8.3334519073E-3f, kP3 = 4.1665795894E-2f,
+                kP4 = 1.6666665459E-1f, kP5 = 5.0000001201E-1f;
+}  // namespace exp_consts
+
+// ---------------------------------------------------------------------------------------------
+// AVX2 + FMA + F16C: 8 f32 lanes.
+struct Avx2 {
+  using F = __m256;
+  using I = __m256i;
+  static constexpr int kLanes = 8;
+
+  LC_TARGET_AVX2 static F zero() { return _mm256_setzero_ps(); }
+  LC_TARGET_AVX2 static F set1(float v) { return _mm256_set1_ps(v); }
+  LC_TARGET_AVX2 static F load(const float* p) { return _mm256_loadu_ps(p); }
+  LC_TARGET_AVX2 static void store(float* p, F v) { _mm256_storeu_ps(p, v); }
+  // Lanes [0, n) for 0 <= n <= 8; the other lanes are zero and their memory is not touched.
+  LC_TARGET_AVX2 static I lanes_below(int64_t n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+  LC_TARGET_AVX2 static F load_n(const float* p, int64_t n) { return _mm256_maskload_ps(p, lanes_below(n)); }
+  LC_TARGET_AVX2 static void store_n(float* p, F v, int64_t n) { _mm256_maskstore_ps(p, lanes_below(n), v); }
+  LC_TARGET_AVX2 static F add(F a, F b) { return _mm256_add_ps(a, b); }
+  LC_TARGET_AVX2 static F mul(F a, F b) { return _mm256_mul_ps(a, b); }
+  LC_TARGET_AVX2 static F fmadd(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }  // a * b + c
+
+  // ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7))
+  LC_TARGET_AVX2 static float reduce_add(F a) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
+  LC_TARGET_AVX2 static float reduce_max(F a) {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_max_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
+  // [sum(a0), sum(a1), sum(a2), sum(a3)]
+  LC_TARGET_AVX2 static __m128 hsum4(F a0, F a1, F a2, F a3) {
+    const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));  // per 128-bit half
+    return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+  }
+
+  LC_TARGET_AVX2 static F exp(F x) {
+    using namespace exp_consts;
+    x = _mm256_max_ps(_mm256_set1_ps(kLo), _mm256_min_ps(_mm256_set1_ps(kHi), x));  // NaN kept: 2nd operand
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(kLog2e)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kC1), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kC2), r);
+    __m256 p = _mm256_set1_ps(kP0);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kP1));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kP2));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kP3));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kP4));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kP5));
+    const __m256 y = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0f));
+    // 2^n for n in [-150, 128] as 2^n1 * 2^n2, both factors normal; y * 2^n1 is exact, so the
+    // result is rounded once, like vscalefps.
+    const __m256i ni = _mm256_cvtps_epi32(n), n1 = _mm256_srai_epi32(ni, 1), n2 = _mm256_sub_epi32(ni, n1);
+    return _mm256_mul_ps(_mm256_mul_ps(y, pow2(n1)), pow2(n2));
+  }
+  // 2^k for integer lanes k in [-126, 127].
+  LC_TARGET_AVX2 static F pow2(__m256i k) { return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(k, _mm256_set1_epi32(127)), 23)); }
+
+  // bf16 bits -> f32 (exact).
+  LC_TARGET_AVX2 static F widen_bf16(__m128i h) { return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)); }
+  LC_TARGET_AVX2 static F load_bf16(const uint16_t* p) { return widen_bf16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+  LC_TARGET_AVX2 static F load_bf16_n(const uint16_t* p, int64_t n) {
+    alignas(16) uint16_t b[8] = {};
+    std::memcpy(b, p, n * sizeof(uint16_t));
+    return load_bf16(b);
+  }
+  // f32 -> bf16 bits, round to nearest even, NaN kept quiet (numeric.h's f32_to_bf16).
+  LC_TARGET_AVX2 static __m128i to_bf16(F x) {
+    const __m256i u = _mm256_castps_si256(x);
+    __m256i r = _mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1))));
+    r = _mm256_srli_epi32(r, 16);
+    const __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)), _mm256_set1_epi32(0x7f800000));
+    r = _mm256_blendv_epi8(r, _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40)), nan);
+    return _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+  }
+  LC_TARGET_AVX2 static void store_bf16(uint16_t* p, F x) { _mm_storeu_si128(reinterpret_cast<__m128i*>(p), to_bf16(x)); }
+
+  // int8 -> f32 (exact).
+  LC_TARGET_AVX2 static F load_i8(const int8_t* p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+  }
+  LC_TARGET_AVX2 static F load_i8_n(const int8_t* p, int64_t n) {
+    alignas(8) int8_t b[8] = {};
+    std::memcpy(b, p, n);
+    return load_i8(b);
+  }
+
+  // fp8 e4m3 -> f32 value / 256 through the f16 bit move (see Avx512::load_fp8); NaN codes are
+  // not decoded as NaN: callers check them apart (has_nan_code).
+  LC_TARGET_AVX2 static F load_fp8(const uint8_t* p) {
+    const __m128i h = _mm_slli_epi16(_mm_cvtepi8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))), 7);
+    return _mm256_cvtph_ps(_mm_and_si128(h, _mm_set1_epi16(static_cast<short>(0xbfff))));
+  }
+  LC_TARGET_AVX2 static F load_fp8_n(const uint8_t* p, int64_t n) {
+    alignas(8) uint8_t b[8] = {};
+    std::memcpy(b, p, n);
+    return load_fp8(b);
+  }
+
+  // Byte vectors (the fp8 GEMV decodes 4 * kLanes codes per load).
+  LC_TARGET_AVX2 static I load_bytes(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const I*>(p)); }
+  LC_TARGET_AVX2 static I load_bytes_n(const uint8_t* p, int64_t n) {
+    alignas(32) uint8_t b[32] = {};
+    std::memcpy(b, p, n);
+    return load_bytes(b);
+  }
+  LC_TARGET_AVX2 static I izero() { return _mm256_setzero_si256(); }
+  LC_TARGET_AVX2 static I max_epu8(I a, I b) { return _mm256_max_epu8(a, b); }
+  LC_TARGET_AVX2 static I max_epi8(I a, I b) { return _mm256_max_epi8(a, b); }
+  // Whether any byte of a equals b.
+  LC_TARGET_AVX2 static bool any_byte_eq(I a, int8_t b) { return _mm256_movemask_epi8(_mm256_cmpeq_epi8(a, _mm256_set1_epi8(b))) != 0; }
+  // The f16 bits of the even (low) and odd (high) byte of every 16-bit word as fp8 codes:
+  // sign << 15 | (code & 0x7f) << 7.
+  LC_TARGET_AVX2 static I fp8_even_f16(I v) {
+    return _mm256_and_si256(_mm256_srai_epi16(_mm256_slli_epi16(v, 8), 1), _mm256_set1_epi16(static_cast<short>(0xbf80)));
+  }
+  LC_TARGET_AVX2 static I fp8_odd_f16(I v) { return _mm256_and_si256(_mm256_srai_epi16(v, 1), _mm256_set1_epi16(static_cast<short>(0xbf80))); }
+  // f16 words [0, kLanes) or [kLanes, 2 kLanes) of h, widened.
+  LC_TARGET_AVX2 static F f16_lo(I h) { return _mm256_cvtph_ps(_mm256_castsi256_si128(h)); }
+  LC_TARGET_AVX2 static F f16_hi(I h) { return _mm256_cvtph_ps(_mm256_extracti128_si256(h, 1)); }
+  // Even / odd lanes of the concatenation lo:hi, in order.
+  LC_TARGET_AVX2 static F even_lanes(F lo, F hi) {
+    return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(lo, hi, 0x88)), 0xd8));
+  }
+  LC_TARGET_AVX2 static F odd_lanes(F lo, F hi) {
+    return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(lo, hi, 0xdd)), 0xd8));
+  }
+
+  // Whether the n fp8 codes at p hold a NaN code ((b | 0x80) == 0xff).
+  LC_TARGET_AVX2 static bool has_nan_code(const uint8_t* p, int64_t n) {
+    int64_t i = 0;
+    int any = 0;
+    for (; i + 32 <= n; i += 32) {
+      const __m256i v = _mm256_or_si256(load_bytes(p + i), _mm256_set1_epi8(static_cast<char>(0x80)));
+      any |= _mm256_movemask_epi8(_mm256_cmpeq_epi8(v, _mm256_set1_epi8(-1)));
+    }
+    for (; i < n; ++i) any |= (p[i] & 0x7f) == 0x7f;
+    return any != 0;
+  }
+
+  LC_TARGET_AVX2 static I iadd64(I a, I b) { return _mm256_add_epi64(a, b); }
+  LC_TARGET_AVX2 static uint64_t ireduce_add64(I a) {
+    uint64_t l[4];
+    _mm256_storeu_si256(reinterpret_cast<I*>(l), a);
+    return l[0] + l[1] + l[2] + l[3];
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// AVX-512 (F, BW, VL, DQ) + FMA + F16C: 16 f32 lanes.
+struct Avx512 {
+  using F = __m512;
+  using I = __m512i;
+  static constexpr int kLanes = 16;
+
+  LC_TARGET_AVX512 static __mmask16 mask16(int64_t n) { return n >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << n) - 1u); }
+  LC_TARGET_AVX512 static __mmask64 mask64(int64_t n) { return n >= 64 ? ~0ull : (1ull << n) - 1; }
+
+  LC_TARGET_AVX512 static F zero() { return _mm512_setzero_ps(); }
+  LC_TARGET_AVX512 static F set1(float v) { return _mm512_set1_ps(v); }
+  LC_TARGET_AVX512 static F load(const float* p) { return _mm512_loadu_ps(p); }
+  LC_TARGET_AVX512 static void store(float* p, F v) { _mm512_storeu_ps(p, v); }
+  // Lanes [0, n) for 0 <= n <= 16; the other lanes are zero and their memory is not touched.
+  LC_TARGET_AVX512 static F load_n(const float* p, int64_t n) { return _mm512_maskz_loadu_ps(mask16(n), p); }
+  LC_TARGET_AVX512 static void store_n(float* p, F v, int64_t n) { _mm512_mask_storeu_ps(p, mask16(n), v); }
+  LC_TARGET_AVX512 static F add(F a, F b) { return _mm512_add_ps(a, b); }
+  LC_TARGET_AVX512 static F mul(F a, F b) { return _mm512_mul_ps(a, b); }
+  LC_TARGET_AVX512 static F fmadd(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }  // a * b + c
+
+  LC_TARGET_AVX512 static float reduce_add(F a) { return _mm512_reduce_add_ps(a); }
+  LC_TARGET_AVX512 static float reduce_max(F a) { return _mm512_reduce_max_ps(a); }
+  // [sum(a0), sum(a1), sum(a2), sum(a3)]
+  LC_TARGET_AVX512 static __m128 hsum4(F a0, F a1, F a2, F a3) {
+    const __m512 t0 = _mm512_add_ps(_mm512_unpacklo_ps(a0, a1), _mm512_unpackhi_ps(a0, a1));  // a0 a1 a0 a1 per lane
+    const __m512 t1 = _mm512_add_ps(_mm512_unpacklo_ps(a2, a3), _mm512_unpackhi_ps(a2, a3));
+    const __m512 u = _mm512_add_ps(_mm512_shuffle_ps(t0, t1, _MM_SHUFFLE(1, 0, 1, 0)),
+                                   _mm512_shuffle_ps(t0, t1, _MM_SHUFFLE(3, 2, 3, 2)));  // a0 a1 a2 a3 per lane
+    const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(u), _mm512_extractf32x8_ps(u, 1));  // fold the four lanes
+    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+  }
+
+  LC_TARGET_AVX512 static F exp(F x) {
+    using namespace exp_consts;
+    x = _mm512_max_ps(_mm512_set1_ps(kLo), _mm512_min_ps(_mm512_set1_ps(kHi), x));  // NaN kept: 2nd operand
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(kLog2e)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kC1), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kC2), r);
+    __m512 p = _mm512_set1_ps(kP0);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kP1));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kP2));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kP3));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kP4));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kP5));
+    const __m512 y = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(y, n);  // y * 2^n, one rounding: subnormal, 0 or inf as needed
+  }
+
+  // bf16 bits -> f32 (exact).
+  LC_TARGET_AVX512 static F widen_bf16(__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
+  LC_TARGET_AVX512 static F load_bf16(const uint16_t* p) { return widen_bf16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+  LC_TARGET_AVX512 static F load_bf16_n(const uint16_t* p, int64_t n) { return widen_bf16(_mm256_maskz_loadu_epi16(mask16(n), p)); }
+  // f32 -> bf16 bits, round to nearest even, NaN kept quiet (numeric.h's f32_to_bf16).
+  LC_TARGET_AVX512 static __m256i to_bf16(F x) {
+    const __m512i u = _mm512_castps_si512(x);
+    __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))));
+    r = _mm512_srli_epi32(r, 16);
+    const __mmask16 nan = _mm512_cmp_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)), _mm512_set1_epi32(0x7f800000), _MM_CMPINT_NLE);
+    r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40)));
+    return _mm512_cvtepi32_epi16(r);
+  }
+  LC_TARGET_AVX512 static void store_bf16(uint16_t* p, F x) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), to_bf16(x)); }
+  LC_TARGET_AVX512 static void store_bf16_n(uint16_t* p, F x, int64_t n) { _mm256_mask_storeu_epi16(p, mask16(n), to_bf16(x)); }
+
+  // int8 -> f32 (exact).
+  LC_TARGET_AVX512 static F widen_i8(__m128i b) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b)); }
+  LC_TARGET_AVX512 static F load_i8(const int8_t* p) { return widen_i8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+  LC_TARGET_AVX512 static F load_i8_n(const int8_t* p, int64_t n) { return widen_i8(_mm_maskz_loadu_epi8(mask16(n), p)); }
+
+  // fp8 e4m3 -> f16 is a bit move: sign-extending the byte to 16 bits and shifting left by 7 puts
+  // eeee.mmm in the f16 exponent/mantissa fields (exponent bias 15 instead of 7), so the f16 value
+  // is exactly the fp8 value / 256, subnormals included; vcvtph2ps then widens it exactly. Callers
+  // fold the 256 into the block scale. The NaN codes 0x7f / 0xff decode to +-480 / 256; callers
+  // check them apart (has_nan_code) rather than patching every vector.
+  LC_TARGET_AVX512 static F widen_fp8(__m128i b) {
+    const __m256i h = _mm256_slli_epi16(_mm256_cvtepi8_epi16(b), 7);  // bits 15,14 = sign; 13..7 = eeeemmm
+    return _mm512_cvtph_ps(_mm256_and_si256(h, _mm256_set1_epi16(static_cast<short>(0xbfff))));
+  }
+  LC_TARGET_AVX512 static F load_fp8(const uint8_t* p) { return widen_fp8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+  LC_TARGET_AVX512 static F load_fp8_n(const uint8_t* p, int64_t n) { return widen_fp8(_mm_maskz_loadu_epi8(mask16(n), p)); }
+
+  // Byte vectors (the fp8 GEMV decodes 4 * kLanes codes per load).
+  LC_TARGET_AVX512 static I load_bytes(const uint8_t* p) { return _mm512_loadu_si512(p); }
+  LC_TARGET_AVX512 static I load_bytes_n(const uint8_t* p, int64_t n) { return _mm512_maskz_loadu_epi8(mask64(n), p); }
+  LC_TARGET_AVX512 static I izero() { return _mm512_setzero_si512(); }
+  LC_TARGET_AVX512 static I max_epu8(I a, I b) { return _mm512_max_epu8(a, b); }
+  LC_TARGET_AVX512 static I max_epi8(I a, I b) { return _mm512_max_epi8(a, b); }
+  // Whether any byte of a equals b.
+  LC_TARGET_AVX512 static bool any_byte_eq(I a, int8_t b) { return _mm512_cmpeq_epi8_mask(a, _mm512_set1_epi8(b)) != 0; }
+  // The f16 bits of the even (low) and odd (high) byte of every 16-bit word as fp8 codes:
+  // sign << 15 | (code & 0x7f) << 7.
+  LC_TARGET_AVX512 static I fp8_even_f16(I v) {
+    return _mm512_and_si512(_mm512_srai_epi16(_mm512_slli_epi16(v, 8), 1), _mm512_set1_epi16(static_cast<short>(0xbf80)));
+  }
+  LC_TARGET_AVX512 static I fp8_odd_f16(I v) { return _mm512_and_si512(_mm512_srai_epi16(v, 1), _mm512_set1_epi16(static_cast<short>(0xbf80))); }
+  // f16 words [0, kLanes) or [kLanes, 2 kLanes) of h, widened.
+  LC_TARGET_AVX512 static F f16_lo(I h) { return _mm512_cvtph_ps(_mm512_castsi512_si256(h)); }
+  LC_TARGET_AVX512 static F f16_hi(I h) { return _mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1)); }
+  // Even / odd lanes of the concatenation lo:hi, in order.
+  LC_TARGET_AVX512 static F even_lanes(F lo, F hi) {
+    return _mm512_permutex2var_ps(lo, _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30), hi);
+  }
+  LC_TARGET_AVX512 static F odd_lanes(F lo, F hi) {
+    return _mm512_permutex2var_ps(lo, _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31), hi);
+  }
+
+  // Lanes of 16 fp8 codes holding a NaN code: (b | 0x80) == 0xff.
+  LC_TARGET_AVX512 static __mmask16 nan_code_lanes(__m128i b) {
+    return _mm_cmpeq_epi8_mask(_mm_or_si128(b, _mm_set1_epi8(static_cast<char>(0x80))), _mm_set1_epi8(-1));
+  }
+  // Whether the n fp8 codes at p hold a NaN code (masked-off bytes load as 0: never NaN).
+  LC_TARGET_AVX512 static bool has_nan_code(const uint8_t* p, int64_t n) {
+    const __m512i sign = _mm512_set1_epi8(static_cast<char>(0x80)), ones = _mm512_set1_epi8(-1);
+    for (int64_t i = 0; i < n; i += 128) {
+      const int64_t left = n - i;
+      const __m512i a = _mm512_maskz_loadu_epi8(mask64(left), p + i);
+      const __m512i b = _mm512_maskz_loadu_epi8(left > 64 ? mask64(left - 64) : 0, p + i + 64);
+      if ((_mm512_cmpeq_epi8_mask(_mm512_or_si512(a, sign), ones) | _mm512_cmpeq_epi8_mask(_mm512_or_si512(b, sign), ones)) != 0)
+        return true;
+    }
+    return false;
+  }
+
+  LC_TARGET_AVX512 static I iadd64(I a, I b) { return _mm512_add_epi64(a, b); }
+  LC_TARGET_AVX512 static uint64_t ireduce_add64(I a) { return static_cast<uint64_t>(_mm512_reduce_add_epi64(a)); }
+};
+
+}  // namespace lc::cpu::simd
