@@ -238,8 +238,9 @@ __device__ __forceinline__ void skinny_store(const GemmArgs& a, int64_t r0, int 
 
 // The warp's features n0 .. n0 + kSkinnyFeatures for the tile's m <= kT rows, every body within the
 // 128 registers of two blocks per SM. Down: 4 weight rows per lane, or, for 9-16 rows, two passes
-// over K of 2 features (the weights are still read once). Gate/up: 2 weight rows per lane, 2
-// units each up to 4 rows. One row: the next chunk's loads are prefetched (8 loads per lane).
+// over K of 2 features (the weights are still read once). Gate/up: 2 weight rows per lane (gate
+// and up of one feature), 2 units per row up to 4 tile rows. One tile row: the next chunk's loads
+// are prefetched too (8 loads in flight per lane).
 template <bool kGateUp, int kT, DType D>
 __device__ __forceinline__ void skinny_tile(const GemmArgs& a, int m, int64_t r0, int64_t n0, int64_t N, int64_t K,
                                             const gemv::WarpRows<kGateUp ? 2 : 1>& rows, const TileX& x, float* xs) {
@@ -259,7 +260,7 @@ __device__ __forceinline__ void skinny_tile(const GemmArgs& a, int m, int64_t r0
     }
     float acc[kR][kT];
     gemv::dot_rows<kT, kR, kU, kM, kT == 1, D>(m, static_cast<int>(K), pr, x, xs, acc);
-    // all sums first: the SwiGLU's division may call a slow path, best reached with few live registers
+    // every row's sums first (lane f keeps feature f), then one store per row
     float g[kT], v[kT];
 #pragma unroll
     for (int i = 0; i < kT; ++i) {
