@@ -1,8 +1,9 @@
 // y[t, n] = x[t, :] . W[n, :] for every weight format (contract: lc::cpu::linear). Paths, chosen on
 // the host from the shape and the matmul precision (lc::cpu::matmul_precision):
-//   * skinny (t <= 16, decode): one warp per output feature streams its weight row once with 16-byte
-//     loads (8 bf16 or 16 fp8 / int8 weights) and keeps all t dot products in registers;
-//     bandwidth-bound, so every format is dequantized on the fly and multiplied in fp32.
+//   * skinny (t <= 16, decode): gemv.cuh; x staged in shared memory once per block, each warp streams
+//     1-4 weight rows with several 16-byte loads in flight per lane and keeps all t x rows' dot
+//     products in registers; every format is dequantized on the fly and multiplied in fp32. Odd
+//     shapes (K not a whole number of 16-byte units, unaligned rows) take an element-wise kernel.
 //   * tensor cores (t > 16): tile_gemm.cuh in bf16 mode, or, for fp8 weights at precision 'fp8',
 //     activations quantized to e4m3 (1x128 groups) and the fp8 mode (linear_fp8).
 //   * fp32 tiles (t > 16, precision 'highest'): 64x64 CUDA-core tiles, every product in fp32 like the
@@ -10,7 +11,9 @@
 #include "common.cuh"
 #include "kernels.h"
 #include "quant.h"
+#include "gemv.cuh"
 #include "tile_gemm.cuh"
+#include "warp.cuh"
 #include "weights.cuh"
 
 namespace lc::gpu {
@@ -21,20 +24,6 @@ __device__ __forceinline__ float load_x(const void* x, bool bf16, int64_t i) {
   return bf16 ? bf16_bits_to_f32(static_cast<const uint16_t*>(x)[i]) : static_cast<const float*>(x)[i];
 }
 
-// x[i .. i + 8); i % 8 == 0 and a 16-byte aligned x.
-__device__ __forceinline__ void load_x8(const void* x, bool bf16, int64_t i, float (&v)[8]) {
-  if (bf16) {
-    const uint4 p = *reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(x) + i);
-    const uint32_t u[4] = {p.x, p.y, p.z, p.w};
-#pragma unroll
-    for (int j = 0; j < 4; ++j) v[2 * j] = __uint_as_float(u[j] << 16), v[2 * j + 1] = __uint_as_float(u[j] & 0xffff0000u);
-  } else {
-    const float4 a = *reinterpret_cast<const float4*>(static_cast<const float*>(x) + i);
-    const float4 b = *reinterpret_cast<const float4*>(static_cast<const float*>(x) + i + 4);
-    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
-  }
-}
-
 __device__ __forceinline__ void store_y(void* y, bool bf16, int64_t i, float v) {
   if (bf16)
     static_cast<uint16_t*>(y)[i] = f32_to_bf16_bits(v);
@@ -42,61 +31,74 @@ __device__ __forceinline__ void store_y(void* y, bool bf16, int64_t i, float v) 
     static_cast<float*>(y)[i] = v;
 }
 
-constexpr int kSkinnyWarps = 8;
 static_assert(kSkinnyMaxRows + 1 == cpu::kFp8ActivationMinRows, "fp8 activations start where the skinny path ends");
+static_assert(kSkinnyMaxRows <= 16, "the skinny kernels keep at most 16 rows in registers");
 
-template <int kMaxT>
-__global__ void __launch_bounds__(kSkinnyWarps * 32)
-    linear_skinny(int t, const void* __restrict__ x, bool xb, bool vec, WView w, int64_t n, void* __restrict__ y, bool yb) {
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * kSkinnyWarps + threadIdx.x / 32;
+// Skinny, 16-byte path (gemv.cuh): block = 8 warps x kR weight rows, x staged per block.
+template <int kT, int kR, int kU>
+__global__ void __launch_bounds__(gemv::kThreads, 2)
+    linear_skinny(int t, const void* __restrict__ x, bool xb, WView w, int64_t n, void* __restrict__ y, bool yb) {
+  __align__(16) __shared__ float xs[gemv::smem_floats<kT, kU>()];
+  const int lane = threadIdx.x & 31;
+  const int64_t n0 = (static_cast<int64_t>(blockIdx.x) * gemv::kWarps + threadIdx.x / 32) * kR;
+  const int64_t es = w.dtype == DType::F32 ? 4 : w.dtype == DType::BF16 ? 2 : 1;
+  gemv::WarpRows<1> rows;
+  rows.valid = static_cast<int>(n0 < n ? (n - n0 < kR ? n - n0 : kR) : 0);
+  rows.row_bytes = static_cast<int>(w.k * es);
+  rows.data[0] = static_cast<const uint8_t*>(w.data) + n0 * rows.row_bytes;
+  rows.scale[0] = w.dtype == DType::FP8_E4M3 ? w.scale + (n0 / 128) * w.kb : w.dtype == DType::I8 ? w.scale + n0 : nullptr;
+  const gemv::DenseX xv{x, w.k, xb};
+  float acc[kR][kT];
+  constexpr bool kPrefetch = kT <= 8;  // 16 rows: the registers go to the accumulators (FMA-bound there)
+  switch (w.dtype) {
+    case DType::F32: gemv::dot_rows<kT, kR, kU, 1, kPrefetch, DType::F32>(t, static_cast<int>(w.k), rows, xv, xs, acc); break;
+    case DType::BF16: gemv::dot_rows<kT, kR, kU, 1, kPrefetch, DType::BF16>(t, static_cast<int>(w.k), rows, xv, xs, acc); break;
+    case DType::FP8_E4M3: gemv::dot_rows<kT, kR, kU, 1, kPrefetch, DType::FP8_E4M3>(t, static_cast<int>(w.k), rows, xv, xs, acc); break;
+    default: gemv::dot_rows<kT, kR, kU, 1, kPrefetch, DType::I8>(t, static_cast<int>(w.k), rows, xv, xs, acc); break;
+  }
+#pragma unroll
+  for (int i = 0; i < kT; ++i) {
+    if (i < t) {
+#pragma unroll
+      for (int r = 0; r < kR; ++r) {
+        const float v = warp_sum(acc[r][i]);
+        if (lane == 0 && r < rows.valid) store_y(y, yb, i * n + n0 + r, v);
+      }
+    }
+  }
+}
+
+// Skinny, element-wise fallback (rows not 16-byte aligned or K not a multiple of a 16-byte unit,
+// which no model has): one warp per output feature, x read from global memory.
+constexpr int kScalarWarps = 8;
+
+__global__ void __launch_bounds__(kScalarWarps * 32)
+    linear_skinny_scalar(int t, const void* __restrict__ x, bool xb, WView w, int64_t n, void* __restrict__ y, bool yb) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kScalarWarps + threadIdx.x / 32;
   const int lane = threadIdx.x & 31;
   if (row >= n) return;
-  float acc[kMaxT];
+  float acc[kSkinnyMaxRows];
 #pragma unroll
-  for (int i = 0; i < kMaxT; ++i) acc[i] = 0.f;
-  if (vec && w.vec16()) {  // fp8 / int8: 16 weights per 16-byte load, 512 per warp and step
-    for (int64_t c = 16 * lane; c < w.k; c += 512) {
-      float wv[16];
-      w.at16(row, c, wv);
+  for (int i = 0; i < kSkinnyMaxRows; ++i) acc[i] = 0.f;
+  for (int64_t c = lane; c < w.k; c += 32) {
+    const float wv = w.at(row, c);
 #pragma unroll
-      for (int i = 0; i < kMaxT; ++i) {
-        if (i < t) {
-          float x0[8], x1[8];
-          load_x8(x, xb, i * w.k + c, x0);
-          load_x8(x, xb, i * w.k + c + 8, x1);
-#pragma unroll
-          for (int j = 0; j < 8; ++j) acc[i] += wv[j] * x0[j] + wv[8 + j] * x1[j];
-        }
-      }
-    }
-  } else if (vec) {  // a warp covers 256 consecutive weights per step
-    for (int64_t c = 8 * lane; c < w.k; c += 256) {
-      float wv[8];
-      w.at8(row, c, wv);
-#pragma unroll
-      for (int i = 0; i < kMaxT; ++i) {
-        if (i < t) {
-          float xv[8];
-          load_x8(x, xb, i * w.k + c, xv);
-#pragma unroll
-          for (int j = 0; j < 8; ++j) acc[i] += wv[j] * xv[j];
-        }
-      }
-    }
-  } else {
-    for (int64_t c = lane; c < w.k; c += 32) {
-      const float wv = w.at(row, c);
-#pragma unroll
-      for (int i = 0; i < kMaxT; ++i)
-        if (i < t) acc[i] += wv * load_x(x, xb, i * w.k + c);
-    }
+    for (int i = 0; i < kSkinnyMaxRows; ++i)
+      if (i < t) acc[i] += wv * load_x(x, xb, i * w.k + c);
   }
 #pragma unroll
-  for (int i = 0; i < kMaxT; ++i) {
-    float v = acc[i];
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    if (lane == 0 && i < t) store_y(y, yb, i * n + row, v);
+  for (int i = 0; i < kSkinnyMaxRows; ++i) {
+    if (i < t) {
+      const float v = warp_sum(acc[i]);
+      if (lane == 0) store_y(y, yb, i * n + row, v);
+    }
   }
+}
+
+template <int kT, int kR, int kU>
+void launch_skinny(int64_t t, const void* x, bool xb, const WView& w, int64_t n, void* y, bool yb, cudaStream_t s) {
+  const unsigned blocks = static_cast<unsigned>(ceil_div(n, gemv::kWarps * kR));
+  linear_skinny<kT, kR, kU><<<blocks, gemv::kThreads, 0, s>>>(static_cast<int>(t), x, xb, w, n, y, yb);
 }
 
 constexpr int kTile = 64, kSlab = 32;
@@ -219,12 +221,19 @@ void linear(int64_t t, const void* x, DType xt, const cpu::WeightRef& wr, void* 
   const WView w{wr.data, wr.scale, wr.dtype, wr.k, (wr.k + 127) / 128};
   const bool xb = xt == DType::BF16, yb = yt == DType::BF16;
   if (t <= kSkinnyMaxRows) {
-    const bool vec = w.vec8() && (reinterpret_cast<uintptr_t>(x) & 15) == 0;
-    const unsigned blocks = static_cast<unsigned>(ceil_div(wr.n, kSkinnyWarps));
-    if (t <= 8)
-      linear_skinny<8><<<blocks, kSkinnyWarps * 32, 0, s>>>(static_cast<int>(t), x, xb, vec, w, wr.n, y, yb);
-    else
-      linear_skinny<kSkinnyMaxRows><<<blocks, kSkinnyWarps * 32, 0, s>>>(static_cast<int>(t), x, xb, vec, w, wr.n, y, yb);
+    // Rows per warp (kR) and 16-byte units per lane and row (kU) by batch: one row is bandwidth-
+    // bound (4 loads in flight per lane, plus 4 prefetched); from 2 rows on, every shared-memory x
+    // value feeds 2-4 weight rows so the FMAs, not shared memory, set the pace.
+    if (w.units16() && (reinterpret_cast<uintptr_t>(x) & 15) == 0) {
+      if (t == 1) launch_skinny<1, 1, 4>(t, x, xb, w, wr.n, y, yb, s);
+      else if (t == 2) launch_skinny<2, 2, 2>(t, x, xb, w, wr.n, y, yb, s);
+      else if (t <= 4) launch_skinny<4, 4, 1>(t, x, xb, w, wr.n, y, yb, s);
+      else if (t <= 8) launch_skinny<8, 4, 1>(t, x, xb, w, wr.n, y, yb, s);
+      else launch_skinny<kSkinnyMaxRows, 4, 1>(t, x, xb, w, wr.n, y, yb, s);
+    } else {
+      linear_skinny_scalar<<<static_cast<unsigned>(ceil_div(wr.n, kScalarWarps)), kScalarWarps * 32, 0, s>>>(
+          static_cast<int>(t), x, xb, w, wr.n, y, yb);
+    }
   } else if (cpu::matmul_precision() == cpu::MatmulPrecision::Highest) {
     if (ceil_div(t, kTile) > 65535) fail(Code::E_SHAPE, "linear (CUDA): %lld rows exceed one launch", static_cast<long long>(t));
     dim3 grid(ceil_div(wr.n, kTile), ceil_div(t, kTile));

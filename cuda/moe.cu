@@ -16,8 +16,8 @@
 //                slots of w * y in that order, then + (sum of zero-expert weights in that order) * u,
 //                with explicitly rounded fp32 mul/add (no FMA contraction), like the CPU.
 // GEMM paths (host choice from shapes and the matmul precision): "skinny" (decode, at most 16 slots
-// per routed expert on average: tiles of <= 8 rows; one warp per output feature streams the weight
-// row once for the tile's rows, 16-byte loads, fp32 FMA; the device-built tile list plays the role
+// per routed expert on average: tiles of <= 16 rows; gemv.cuh: x rows staged in shared memory, each
+// weight row streamed once per tile, 16-byte loads, fp32 FMA; the device-built tile list plays the role
 // of DeepGEMM's "masked" layout: a fixed launch that graph capture can replay, each expert's real
 // row count read on the device), and 64-row tiles for prefill: tile_gemm.cuh on tensor cores (bf16,
 // or e4m3 with fp8 activations when `fp8`), or fp32 CUDA-core tiles at precision 'highest'
@@ -29,6 +29,7 @@
 #include "common.cuh"
 #include "moe.h"
 #include "../native/cpu/linear.h"
+#include "gemv.cuh"
 #include "quant.h"
 #include "tile_gemm.cuh"
 #include "warp.cuh"
@@ -37,8 +38,8 @@
 namespace lc::gpu {
 namespace {
 
-constexpr int kSkinnyRows = 8;  // rows per tile, skinny path
-constexpr int kSkinnyWarps = 8;  // output features per block, skinny path
+constexpr int kSkinnyRows = 16;  // rows per tile, skinny path (an expert with <= 16 rows reads its weights once)
+constexpr int kSkinnyWarps = 8;  // warps per block, skinny path
 constexpr int kTiled = 64;       // rows and columns per tile, tiled path
 constexpr int kSlab = 32;        // K slab, tiled path
 static_assert(kTiled == tile::kBM, "the 64-row tile schedule feeds the tensor-core GEMM too");
@@ -207,70 +208,149 @@ struct GemmArgs {
   const MoeWeight* table;
   float* act;  // [rows, inter]
   float* y;    // [rows, h]
-  bool xvec;   // x rows 16-byte aligned with K % 8 == 0
+  bool xvec;   // x rows 16-byte aligned (K % 4 == 0, aligned base)
 };
 
-// Skinny: block = (tile, 8 output features); warp = one feature n; the tile's <= 8 rows' dot
-// products stay in registers while the weight row(s) stream once.
+// Skinny (gemv.cuh): block = (tile of <= 16 rows, 8 warps x kSkinnyFeatures output features);
+// the tile's x rows are staged in shared memory once per block and every weight row streams once
+// per tile, so an expert with up to 16 rows reads its weights once. Gate/up: each warp holds one
+// feature of both matrices, down: 4 features. The tile's row count picks the register-blocked
+// body (1, <= 4 or <= 16 rows; one kernel, so graph replays need no host choice).
 template <bool kGateUp>
-__global__ void __launch_bounds__(kSkinnyWarps * 32) skinny_kernel(GemmArgs a, int64_t nblk) {
-  const int64_t tile = blockIdx.x / nblk, nb = blockIdx.x % nblk;
-  if (tile >= a.ctrl[1]) return;
-  const int64_t N = kGateUp ? a.inter : a.h, K = kGateUp ? a.h : a.inter;
-  const int64_t n = nb * kSkinnyWarps + threadIdx.x / 32;
-  if (n >= N) return;  // no block-level synchronization below
+constexpr int kSkinnyFeatures = kGateUp ? 1 : 4;  // per warp
+
+// Tile row i of the activations: gate/up gathers u[sorted slot / k], down reads act row r0 + i.
+struct TileX {
+  const float* const* rows;  // [kSkinnyRows] row starts (shared memory)
+  __device__ __forceinline__ float4 load4(int i, int64_t c) const { return *reinterpret_cast<const float4*>(rows[i] + c); }
+};
+
+// Lanes f < nf store feature n0 + f of tile row i (one coalesced store per row).
+template <bool kGateUp>
+__device__ __forceinline__ void skinny_store(const GemmArgs& a, int64_t r0, int i, int64_t n0, int nf, int64_t N, float g, float v) {
+  const int f = threadIdx.x & 31;
+  const int64_t n = n0 + f;
+  if (f < nf && n < N) {
+    if (kGateUp) a.act[(r0 + i) * a.inter + n] = tile::silu_mul(g, v);
+    else a.y[(r0 + i) * a.h + n] = g;
+  }
+}
+
+// The warp's features n0 .. n0 + kSkinnyFeatures for the tile's m <= kT rows, every body within the
+// 128 registers of two blocks per SM. Down: 4 weight rows per lane, or, for 9-16 rows, two passes
+// over K of 2 features (the weights are still read once). Gate/up: 2 weight rows per lane (gate
+// and up of one feature), 2 units per row up to 4 tile rows. One tile row: the next chunk's loads
+// are prefetched too (8 loads in flight per lane).
+template <bool kGateUp, int kT, DType D>
+__device__ __forceinline__ void skinny_tile(const GemmArgs& a, int m, int64_t r0, int64_t n0, int64_t N, int64_t K,
+                                            const gemv::WarpRows<kGateUp ? 2 : 1>& rows, const TileX& x, float* xs) {
+  constexpr int kM = kGateUp ? 2 : 1, kPasses = !kGateUp && kT > 8 ? 2 : 1, kU = kGateUp && kT <= 4 ? 2 : 1;
+  constexpr int kF = kSkinnyFeatures<kGateUp> / kPasses, kR = kM * kF;
+  static_assert(gemv::smem_floats<kT, kU>() <= gemv::smem_floats<kSkinnyRows, 1>(), "skinny_kernel's xs");
   const int lane = threadIdx.x & 31;
-  const int64_t e = a.tiles[3 * tile], r0 = a.tiles[3 * tile + 1];
-  const int m = a.tiles[3 * tile + 2];
-  const float* xr[kSkinnyRows];
+#pragma unroll 1
+  for (int p = 0; p < kPasses; ++p) {
+    gemv::WarpRows<kM> pr = rows;
+    const int skip = p * kF;
+    pr.valid = rows.valid - skip < 0 ? 0 : rows.valid - skip < kF ? rows.valid - skip : kF;
 #pragma unroll
-  for (int i = 0; i < kSkinnyRows; ++i)
-    xr[i] = i < m ? (kGateUp ? a.u + static_cast<int64_t>(a.sorted[r0 + i] / a.k) * a.h : a.act + (r0 + i) * a.inter) : nullptr;
-  const WView w0 = view(a.table[(kGateUp ? 0 : 2) * a.nr + e], K);
-  const WView w1 = view(a.table[a.nr + e], K);  // up (gate/up only)
-  float acc0[kSkinnyRows], acc1[kSkinnyRows];
+    for (int mm = 0; mm < kM; ++mm) {
+      pr.data[mm] += skip * rows.row_bytes;
+      if (D == DType::I8) pr.scale[mm] += skip;  // fp8: the warp's rows share one scale row
+    }
+    float acc[kR][kT];
+    gemv::dot_rows<kT, kR, kU, kM, kT == 1, D>(m, static_cast<int>(K), pr, x, xs, acc);
+    // every row's sums first (lane f keeps feature f), then one store per row
+    float g[kT], v[kT];
 #pragma unroll
-  for (int i = 0; i < kSkinnyRows; ++i) acc0[i] = acc1[i] = 0.f;
-  const bool vec = a.xvec && K % 8 == 0 && reinterpret_cast<uintptr_t>(w0.data) % 16 == 0 &&
-                   (!kGateUp || reinterpret_cast<uintptr_t>(w1.data) % 16 == 0);
-  if (vec) {
-    for (int64_t c = 8 * lane; c < K; c += 256) {
-      float g[8], v[8];
-      w0.at8(n, c, g);
-      if (kGateUp) w1.at8(n, c, v);
+    for (int i = 0; i < kT; ++i) {
+      g[i] = v[i] = 0.f;
+      if (i < m) {
 #pragma unroll
-      for (int i = 0; i < kSkinnyRows; ++i) {
-        if (i < m) {
-          const float4 xa = *reinterpret_cast<const float4*>(xr[i] + c), xb = *reinterpret_cast<const float4*>(xr[i] + c + 4);
-          const float x[8] = {xa.x, xa.y, xa.z, xa.w, xb.x, xb.y, xb.z, xb.w};
-#pragma unroll
-          for (int j = 0; j < 8; ++j) {
-            acc0[i] += g[j] * x[j];
-            if (kGateUp) acc1[i] += v[j] * x[j];
-          }
+        for (int f = 0; f < kF; ++f) {
+          const float gf = warp_sum(acc[f][i]), vf = kGateUp ? warp_sum(acc[kF + f][i]) : 0.f;
+          if (lane == f) g[i] = gf, v[i] = vf;
         }
       }
     }
-  } else {
-    for (int64_t c = lane; c < K; c += 32) {
+#pragma unroll
+    for (int i = 0; i < kT; ++i)
+      if (i < m) skinny_store<kGateUp>(a, r0, i, n0 + skip, kF, N, g[i], v[i]);
+  }
+}
+
+template <bool kGateUp, DType D>
+__device__ __forceinline__ void skinny_dispatch(const GemmArgs& a, int m, int64_t r0, int64_t n0, int64_t N, int64_t K,
+                                                const gemv::WarpRows<kGateUp ? 2 : 1>& rows, const TileX& x, float* xs) {
+  if (m == 1) skinny_tile<kGateUp, 1, D>(a, m, r0, n0, N, K, rows, x, xs);
+  else if (m <= 4) skinny_tile<kGateUp, 4, D>(a, m, r0, n0, N, K, rows, x, xs);
+  else skinny_tile<kGateUp, kSkinnyRows, D>(a, m, r0, n0, N, K, rows, x, xs);
+}
+
+template <bool kGateUp>
+__global__ void __launch_bounds__(gemv::kThreads, 2) skinny_kernel(GemmArgs a, int64_t nblk) {
+  static_assert(kSkinnyRows <= 16 && gemv::kWarps == kSkinnyWarps, "gemv.cuh's block shape");
+  __align__(16) __shared__ float xs[gemv::smem_floats<kSkinnyRows, 1>()];
+  __shared__ const float* xrow[kSkinnyRows];
+  const int64_t tile = blockIdx.x / nblk, nb = blockIdx.x % nblk;
+  if (tile >= a.ctrl[1]) return;  // uniform over the block
+  constexpr int kM = kGateUp ? 2 : 1, kF = kSkinnyFeatures<kGateUp>;
+  const int64_t N = kGateUp ? a.inter : a.h, K = kGateUp ? a.h : a.inter;
+  const int lane = threadIdx.x & 31;
+  const int64_t n0 = (nb * kSkinnyWarps + threadIdx.x / 32) * kF;
+  const int64_t e = a.tiles[3 * tile], r0 = a.tiles[3 * tile + 1];
+  const int m = a.tiles[3 * tile + 2];
+  if (threadIdx.x < kSkinnyRows) {
+    const int i = threadIdx.x;
+    xrow[i] = i < m ? (kGateUp ? a.u + static_cast<int64_t>(a.sorted[r0 + i] / a.k) * a.h : a.act + (r0 + i) * a.inter) : nullptr;
+  }
+  const WView w0 = view(a.table[(kGateUp ? 0 : 2) * a.nr + e], K);
+  const WView w1 = view(a.table[a.nr + e], K);  // up (gate/up only)
+  const bool vec = a.xvec && w0.units16() && (!kGateUp || (w1.units16() && w1.dtype == w0.dtype));  // uniform
+  if (vec) {
+    gemv::WarpRows<kM> rows;
+    const int64_t es = w0.dtype == DType::F32 ? 4 : w0.dtype == DType::BF16 ? 2 : 1;
+    rows.valid = static_cast<int>(n0 < N ? (N - n0 < kF ? N - n0 : kF) : 0);
+    rows.row_bytes = static_cast<int>(K * es);
+#pragma unroll
+    for (int mm = 0; mm < kM; ++mm) {
+      const WView& w = mm == 0 ? w0 : w1;
+      rows.data[mm] = static_cast<const uint8_t*>(w.data) + n0 * rows.row_bytes;
+      rows.scale[mm] = w.dtype == DType::FP8_E4M3 ? w.scale + (n0 / 128) * w.kb : w.dtype == DType::I8 ? w.scale + n0 : nullptr;
+    }
+    const TileX x{xrow};  // published by dot_rows' first barrier
+    switch (w0.dtype) {
+      case DType::F32: skinny_dispatch<kGateUp, DType::F32>(a, m, r0, n0, N, K, rows, x, xs); break;
+      case DType::BF16: skinny_dispatch<kGateUp, DType::BF16>(a, m, r0, n0, N, K, rows, x, xs); break;
+      case DType::FP8_E4M3: skinny_dispatch<kGateUp, DType::FP8_E4M3>(a, m, r0, n0, N, K, rows, x, xs); break;
+      default: skinny_dispatch<kGateUp, DType::I8>(a, m, r0, n0, N, K, rows, x, xs); break;
+    }
+    return;
+  }
+  // Element-wise (K not a whole number of 16-byte units, unaligned rows): x from global memory.
+  __syncthreads();  // xrow
+  for (int f = 0; f < kF; ++f) {
+    const int64_t n = n0 + f;
+    float acc0[kSkinnyRows], acc1[kSkinnyRows];
+#pragma unroll
+    for (int i = 0; i < kSkinnyRows; ++i) acc0[i] = acc1[i] = 0.f;
+    for (int64_t c = lane; n < N && c < K; c += 32) {
       const float g = w0.at(n, c), v = kGateUp ? w1.at(n, c) : 0.f;
 #pragma unroll
       for (int i = 0; i < kSkinnyRows; ++i) {
         if (i < m) {
-          const float x = xr[i][c];
-          acc0[i] += g * x;
-          if (kGateUp) acc1[i] += v * x;
+          const float xv = xrow[i][c];
+          acc0[i] += g * xv;
+          if (kGateUp) acc1[i] += v * xv;
         }
       }
     }
-  }
 #pragma unroll
-  for (int i = 0; i < kSkinnyRows; ++i) {
-    const float g = warp_sum(acc0[i]);
-    const float v = kGateUp ? warp_sum(acc1[i]) : 0.f;
-    if (lane == 0 && i < m) {
-      if (kGateUp) a.act[(r0 + i) * a.inter + n] = tile::silu_mul(g, v);
-      else a.y[(r0 + i) * a.h + n] = g;
+    for (int i = 0; i < kSkinnyRows; ++i) {
+      if (i < m) {
+        const float g = warp_sum(acc0[i]), v = kGateUp ? warp_sum(acc1[i]) : 0.f;
+        if (lane == 0) skinny_store<kGateUp>(a, r0, i, n, 1, N, g, v);
+      }
     }
   }
 }
@@ -499,11 +579,12 @@ void moe(int64_t t, int64_t k, int64_t h, int64_t inter, const float* u, const i
     a.y = y;
     const int64_t cap = skinny ? L.tile_cap : (ns + kTiled - 1) / kTiled + std::min(nr, ns);
     if (skinny) {
-      const int64_t nb_gu = ceil_div(inter, kSkinnyWarps), nb_d = ceil_div(h, kSkinnyWarps);
+      const int64_t nb_gu = ceil_div(inter, kSkinnyWarps * kSkinnyFeatures<true>);
+      const int64_t nb_d = ceil_div(h, kSkinnyWarps * kSkinnyFeatures<false>);
       check_grid(cap * std::max(nb_gu, nb_d));
-      a.xvec = h % 8 == 0 && reinterpret_cast<uintptr_t>(u) % 16 == 0;
+      a.xvec = h % 4 == 0 && reinterpret_cast<uintptr_t>(u) % 16 == 0;
       skinny_kernel<true><<<static_cast<unsigned>(cap * nb_gu), kSkinnyWarps * 32, 0, s>>>(a, nb_gu);
-      a.xvec = inter % 8 == 0;  // act rows: 256-aligned base, inter floats apart
+      a.xvec = inter % 4 == 0;  // act rows: 256-aligned base, inter floats apart
       skinny_kernel<false><<<static_cast<unsigned>(cap * nb_d), kSkinnyWarps * 32, 0, s>>>(a, nb_d);
     } else if (cpu::matmul_precision() == cpu::MatmulPrecision::Highest) {
       const int64_t nb_gu = ceil_div(inter, kTiled), nb_d = ceil_div(h, kTiled);

@@ -229,8 +229,13 @@ __device__ __forceinline__ uint32_t order_key(float z) {
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
+constexpr int kSampleWarps = kSampleThreads / 32;
+
 struct SampleShared {
-  unsigned long long hist[256];
+  // Radix histograms, one per warp: most keys fall into a few hot bins, so one block-wide
+  // histogram would serialize every thread of the block on them; per warp, only its 32 lanes meet.
+  unsigned long long whist[kSampleWarps][256];
+  unsigned long long hist[256];  // their sum
   unsigned long long scan[33];
   unsigned long long sv[2];
   ArgBest ab[32];
@@ -243,13 +248,21 @@ template <typename Get>
 __device__ uint32_t radix_boundary(int64_t V, unsigned long long need, Get get, SampleShared& sh, unsigned long long* above_out) {
   uint32_t prefix = 0, mask = 0;
   unsigned long long above = 0;
+  unsigned long long* mine = sh.whist[threadIdx.x >> 5];  // blockDim.x == kSampleThreads
   for (int shift = 24; shift >= 0; shift -= 8) {
-    for (int b = threadIdx.x; b < 256; b += blockDim.x) sh.hist[b] = 0;
+    for (int b = threadIdx.x; b < kSampleWarps * 256; b += blockDim.x) sh.whist[b / 256][b % 256] = 0;
     __syncthreads();
     for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
       uint32_t key;
       unsigned long long m;
-      if (get(j, key, m) && m && (key & mask) == prefix) atomicAdd(&sh.hist[(key >> shift) & 255u], m);
+      if (get(j, key, m) && m && (key & mask) == prefix) atomicAdd(&mine[(key >> shift) & 255u], m);
+    }
+    __syncthreads();
+    for (int b = threadIdx.x; b < 256; b += blockDim.x) {  // integer sums: exact in any order
+      unsigned long long s = 0;
+#pragma unroll
+      for (int w = 0; w < kSampleWarps; ++w) s += sh.whist[w][b];
+      sh.hist[b] = s;
     }
     __syncthreads();
     if (threadIdx.x == 0) {

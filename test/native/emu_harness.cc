@@ -197,6 +197,26 @@ void tile_gemm_cases() {
   cpu::set_matmul_precision(MatmulPrecision::BF16);
 }
 
+// The decode GEMVs (cuda/gemv.cuh): every batch of the skinny path (1..16 rows) for every weight
+// format; K a whole number of 16-byte units but not of a chunk (partial chunks, partial fp8 scale
+// blocks) or of several chunks (the prefetched loads), and weight rows not a multiple of a block's.
+void decode_linear_cases() {
+  cpu::set_matmul_precision(MatmulPrecision::Highest);
+  for (const DType dt : {DType::F32, DType::BF16, DType::FP8_E4M3, DType::I8})
+    for (const auto& [n, k] : std::vector<std::pair<int64_t, int64_t>>{{67, 592}, {45, 2064}}) {
+      const W w = weight(dt, n, k);
+      for (int64_t t = 1; t <= 16; ++t) {
+        const auto x = rnd(t * k);
+        std::vector<float> want(t * n), got = poison<float>(t * n);
+        cpu::linear(t, x.data(), DType::F32, w.ref(n, k), want.data(), DType::F32);
+        gpu::linear(t, x.data(), DType::F32, w.ref(n, k), got.data(), DType::F32, nullptr);
+        expect_close(got, want, tol_of(MatmulPrecision::Highest),
+                     "decode linear t=" + std::to_string(t) + " n=" + std::to_string(n) + " k=" + std::to_string(k) + " w=" + dtype_name(dt));
+      }
+    }
+  cpu::set_matmul_precision(MatmulPrecision::BF16);
+}
+
 void small_cases() {
   {  // rmsnorm with the residual add, bf16 weight, in place on h
     const int64_t rows = 5, dim = 300;
@@ -411,6 +431,16 @@ int main() {
     moe_case(60, 72, 48, 3, 1, 2, DType::I8, MatmulPrecision::BF16);
     moe_case(80, 136, 72, 2, 1, 2, DType::FP8_E4M3, MatmulPrecision::FP8);     // prefill: e4m3 tensor cores
     lap("moe");
+    decode_linear_cases();
+    // decode experts (skinny tiles of <= 16 rows) in every format: 1-row experts over two K chunks,
+    // 2-4 rows, 5-16 rows, and more than 16 rows (two tiles of one expert)
+    for (const DType dt : {DType::F32, DType::BF16, DType::FP8_E4M3, DType::I8}) {
+      moe_case(1, 1040, 96, 8, 2, 3, dt, MatmulPrecision::Highest);
+      moe_case(3, 144, 80, 6, 2, 4, dt, MatmulPrecision::Highest);
+      moe_case(14, 144, 80, 5, 1, 4, dt, MatmulPrecision::Highest);
+      moe_case(18, 144, 80, 6, 0, 5, dt, MatmulPrecision::Highest);
+    }
+    lap("decode GEMVs");
     mla_decode_case(5, 40, 8, 7, {1, 64, 65, 2}, MatmulPrecision::Highest);    // CUDA cores
     mla_decode_case(17, 512, 64, 64, {0, 1, 100}, MatmulPrecision::Highest);
     mla_decode_case(17, 512, 64, 64, {0, 1, 100}, MatmulPrecision::BF16);      // tensor cores, heads past 16
