@@ -812,6 +812,16 @@ export function makeCase(c: OpCase, device: string): Made {
   return made;
 }
 
+/**
+ * vitest's timeout for checking case `c` once (inputs built on both sides, the CPU run, the run under
+ * test, the bound), from its work, never a clock assert: the suite's 5-minute hang limit
+ * (vitest.config.ts) plus 1 s per MFLOP and per 100 kB the op moves. The slowest paths measured (the
+ * emulated device; the MoE case T=1 H=1024, 25 MFLOP over 25 MB of expert weights, takes about 5 s
+ * of CPU time, input building included) run at about 5 MFLOP/s and 5 MB/s of CPU, so this allows a
+ * machine more than ten times oversubscribed.
+ */
+export const budgetMs = (c: OpCase) => 300_000 + c.flops / 1e3 + c.bytes / 100;
+
 /** Whether case `c` is over `limits` (null: no limits). Known before anything is built. */
 export const overLimits = (c: OpCase, limits: Limits | null) => !!limits && (c.flops > limits.flops || c.bytes > limits.bytes);
 const backendOf = (device: string): Backend => (device === 'cpu' ? 'cpu' : 'cuda');
