@@ -27,6 +27,15 @@ export function expectClose(got: ArrayLike<number>, want: ArrayLike<number>, ato
   }
 }
 
+/** The suite's hang limit (vitest.config.ts testTimeout): a test that does not finish in it is stuck. */
+export const HANG_LIMIT_MS = 300_000;
+/**
+ * The time limit of a test that does `cpuSeconds` of CPU work on an idle machine (measured, and stated
+ * where it is used): the hang limit per 10 s of that work, so that the limit grows with the work and a
+ * machine oversubscribed many times over still passes. A hang detector, never a performance assert.
+ */
+export const workLimitMs = (cpuSeconds: number) => HANG_LIMIT_MS * Math.max(1, Math.ceil(cpuSeconds / 10));
+
 export const cudaAvailable = native.cudaStatus().available;
 /** Backends to run an op test on: always CPU, CUDA when present. */
 export const backends: string[] = cudaAvailable ? ['cpu', 'cuda:0'] : ['cpu'];

@@ -6,7 +6,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { native } from '../dist/native.js';
 import { encode, toArray } from '../dist/tensor.js';
 import type { Tensor } from '../dist/tensor.js';
-import { budgetMs, cases, compareOutputs, makeCase, overLimits, type Limits, type Made } from './op-cases.js';
+import { budgetMs, cases, compareOutputs, makeCase, overLimits, SLOW_RUN_LIMITS, type Made } from './op-cases.js';
 
 type Isa = 'scalar' | 'avx2' | 'avx512';
 const startIsa = native.cpuFeatures().isa as Isa;
@@ -14,9 +14,8 @@ const startIsa = native.cpuFeatures().isa as Isa;
 const isas = (['scalar', 'avx2', 'avx512'] as Isa[]).filter((i) => native.setIsa(i) === i);
 native.setIsa(startIsa);
 
-// The work a case may do here (scalar kernels, three runs, on a machine that may be busy); the larger
-// cases (the LongCat-width GEMMs, long-context attention) run on the emulated device and the GPU only.
-const limits: Limits = { flops: 6e7, bytes: 32 << 20 };
+// The larger cases (LongCat-width GEMMs, long-context attention) run on a GPU only.
+const limits = SLOW_RUN_LIMITS;
 
 describe(`op cases: ${isas.slice(1).join(', ') || 'the scalar kernels'} against the scalar kernels within the error bounds`, () => {
   afterAll(() => native.setIsa(startIsa));

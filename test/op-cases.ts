@@ -783,11 +783,17 @@ export const cases: readonly OpCase[] = table.map((c) => ({ ...c, seed: seedOf(c
 /** The CUDA device the GPU check and test/cuda.test.ts run on. */
 export const dev = 'cuda:0';
 
-/** Work limits of a run: a larger case is skipped (the emulated device of test/emu is slow). */
+/** Work limits of a run: a larger case is skipped. */
 export interface Limits {
   flops: number;
   bytes: number;
 }
+/**
+ * The limits of the slow runs: the emulated device of test/emu (one fiber per CUDA thread) and the
+ * CPU's ISA parity run (scalar kernels, three runs a case). The larger cases (LongCat-width GEMMs,
+ * long-context attention) run on a GPU only.
+ */
+export const SLOW_RUN_LIMITS: Limits = { flops: 6e7, bytes: 32 << 20 };
 
 /**
  * Builds case `c` on `device` from its seed and wraps run() so that it runs under the case's matmul
