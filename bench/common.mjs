@@ -1,7 +1,13 @@
 // Helpers shared by the benchmark scripts: a monotonic clock, medians, the read-bandwidth probe
-// and deterministic random inputs (xorshift32, so every run times the same data).
+// and deterministic random inputs, drawn from the seeded RNG the tests and the op-case table use
+// (test/rng.ts and test/op-cases.ts, compiled into dist-test/ by npm run build:ts), so every run
+// times the same data.
 import { native } from '../dist/native.js';
 import { tensor, empty, numel } from '../dist/tensor.js';
+import { rng } from '../dist-test/rng.js';
+import { uniform } from '../dist-test/op-cases.js';
+
+export { rng };
 
 export const now = () => Number(process.hrtime.bigint()) / 1e6;
 
@@ -13,38 +19,19 @@ export const median = (v) => {
 /** GB/s summing 1 GiB with every pool thread (native/ops/bench.cc). */
 export const readBandwidth = () => native.benchReadBandwidth(1 << 30, 3).gbps;
 
-function xorshift(seed) {
-  let s = seed >>> 0 || 1;
-  return () => {
-    s ^= s << 13; s >>>= 0; s ^= s >>> 17; s ^= s << 5; s >>>= 0;
-    return s;
-  };
-}
-
-/** A uniform [0, 1) generator. */
-export function rng(seed) {
-  const next = xorshift(seed);
-  return () => next() / 4294967296;
-}
-
 /** bf16 bits with magnitude 2^(exp-127) .. 2^(exp-124) and random sign (finite, never zero). */
 export function randomBf16(n, seed, exp) {
-  const next = xorshift(seed);
+  const r = rng(seed);
   const bits = new Uint16Array(n);
   for (let i = 0; i < n; i++) {
-    const s = next();
+    const s = r.uint32();
     bits[i] = (s & 0x807f) | ((exp + ((s >>> 8) & 3)) << 7);
   }
   return bits;
 }
 
-/** Uniform f32 values in [-scale, scale). */
-export function randomF32(n, seed, scale = 0.05) {
-  const next = xorshift(seed);
-  const a = new Float32Array(n);
-  for (let i = 0; i < n; i++) a[i] = ((next() / 4294967296) * 2 - 1) * scale;
-  return a;
-}
+/** Uniform f32 values in [-scale, scale) (the op-case table's maker). */
+export const randomF32 = (n, seed, scale = 0.05) => uniform(rng(seed), n, scale);
 
 /**
  * Random tensors made on `device` (the GPU benches): one random chunk of `chunk` elements per

@@ -9,12 +9,12 @@
 // so that a weight smaller than 4x the LLC is never timed from cache. Prints a table and writes
 // bench/out/cpu-linear.json.
 import { execFileSync } from 'node:child_process';
-import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
+import { rng } from '../dist-test/rng.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const require = createRequire(import.meta.url);
@@ -22,6 +22,8 @@ const native = process.env.LONGCAT_ADDON
   ? require(path.resolve(process.env.LONGCAT_ADDON))
   : require('node-gyp-build')(root);
 native.setErrorFactory((code, message) => Object.assign(new Error(message), { code }));
+// the seeded RNG of the tests and the op-case table (test/rng.ts; dist-test/ is built by npm run build:ts)
+const random = rng(1);
 
 const outDir = path.join(root, 'bench', 'out');
 fs.mkdirSync(outDir, { recursive: true });
@@ -43,7 +45,9 @@ function llcBytes() {
 
 function randomBytes(n) {
   const b = new Uint8Array(n);
-  for (let o = 0; o < n; o += 65536) crypto.randomFillSync(b.subarray(o, Math.min(n, o + 65536)));
+  const words = new Uint32Array(b.buffer, 0, n >> 2);
+  for (let i = 0; i < words.length; i++) words[i] = random.uint32();
+  for (let i = words.length * 4; i < n; i++) b[i] = random.uint32() & 0xff;
   return b;
 }
 
@@ -68,9 +72,7 @@ function makeWeight(dtype, n, k) {
 }
 
 function makeX(t, k) {
-  const f = new Float32Array(t * k);
-  for (let i = 0; i < f.length; i++) f[i] = Math.random() - 0.5;
-  return new native.Tensor('f32', [t, k], 'cpu', f);
+  return new native.Tensor('f32', [t, k], 'cpu', random.array(t * k, -0.5, 0.5));
 }
 
 const esize = { bf16: 2, int8: 1, fp8_e4m3: 1 };

@@ -57,7 +57,7 @@ function main() {
       const touched = new Set();
       for (let t = 0; t < T; t++) {
         const pick = new Set();
-        while (pick.size < NF) pick.add(Math.floor(rand() * nRouted));
+        while (pick.size < NF) pick.add(rand.int(nRouted));
         let j = 0;
         for (const e of pick) { idx[t * K + j++] = e; touched.add(e); }
         for (; j < K; j++) idx[t * K + j] = nRouted + j - NF;

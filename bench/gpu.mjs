@@ -7,7 +7,8 @@
 //
 //   node bench/gpu.mjs [--quick] [--only gemm,moe,mla,wgmma] [--out bench/out/gpu.json]
 //   --smoke [--device D]: tiny shapes on the CPU (or D, e.g. the emulated cuda:0 of test/emu), so
-//   that the script is exercised without a GPU.
+//   that the script is exercised without a GPU: two GEMM shapes, and per section the smallest sizes
+//   that still take each kernel path (skinny and tiled GEMM, skinny and tiled MoE), each run once.
 //
 // Sections:
 //   gemm  linear at the LongCat-Flash shapes (expert gate+up N=4096 K=6144, down N=6144 K=2048,
@@ -45,7 +46,7 @@ const dev = smoke ? (args.includes('--device') ? args[args.indexOf('--device') +
 const card = dev === 'cpu' ? { name: 'cpu (smoke)', computeCapability: '0.0', multiprocessors: 0 } : native.devices().find((d) => d.id === dev);
 const stream = new Stream(dev);
 console.log(`bench/gpu on ${card.name} (sm_${card.computeCapability.replace('.', '')}, ${card.multiprocessors} SMs)`);
-// LongCat-Flash sizes; --smoke divides widths by 24 and counts by 8
+// LongCat-Flash sizes; --smoke divides widths by 24 and counts by 8 and picks its own few sizes
 const Z = smoke ? { w: 24, n: 8 } : { w: 1, n: 1 };
 const wd = (x) => Math.max(1, Math.round(x / Z.w));
 const results = { card: card.name, computeCapability: card.computeCapability };
@@ -104,9 +105,10 @@ let copyGBs = 0;
 // ---- dense GEMMs ---------------------------------------------------------------------------------
 const shapes = [['expert gate+up', 4096, 6144], ['expert down', 6144, 2048], ['dense FFN gate+up', 24576, 6144],
   ['attn q_a', 1536, 6144], ['attn q_b', 12288, 1536], ['attn kv_a', 576, 6144], ['attn o_proj', 6144, 8192]]
-  .map(([name, n, k]) => [name, wd(n), wd(k)]);
+  .map(([name, n, k]) => [name, wd(n), wd(k)])
+  .slice(0, smoke ? 2 : undefined);
 if (want('gemm')) {
-  const Ts = (quick ? [1, 64, 4096] : [1, 8, 64, 512, 4096]).map((t) => (smoke ? Math.ceil(t / 64) : t));
+  const Ts = smoke ? [1, 17] : quick ? [1, 64, 4096] : [1, 8, 64, 512, 4096];
   const out = [];
   for (const [name, n, k] of shapes) {
     const wb = randomDevice([n, k], 'bf16');
@@ -152,7 +154,7 @@ if (want('moe')) {
     // the dense peer: one gate+up and one down weight at the same rows
     const wgu = randomDevice([2 * I, H], wdt, fp8 ? 200 : 0.05), wd = randomDevice([H, I], wdt, fp8 ? 200 : 0.05);
     const sgu = fp8 ? fp8Scales(2 * I, H) : null, sd = fp8 ? fp8Scales(H, I) : null;
-    for (const perExpert of (quick ? [8, 256] : [8, 64, 256, 1024]).map((r) => r / Z.n)) {
+    for (const perExpert of smoke ? [1, 17] : quick ? [8, 256] : [8, 64, 256, 1024]) {
       const T = (perExpert * NR) / K;
       const ids = new Int32Array(T * K);
       for (let t = 0; t < T; t++) for (let j = 0; j < K; j++) ids[t * K + j] = (t * 7 + j * 8 + (t >> 3)) % NR; // balanced, distinct per token
@@ -185,7 +187,7 @@ if (want('moe')) {
 // ---- MLA decode ----------------------------------------------------------------------------------
 if (want('mla')) {
   const NH = 64 / Z.n, DL = 512, DR = 64, BS = 64, ROW = DL + DR;
-  const Bs = (quick ? [1, 64] : [1, 8, 32, 64]).map((b) => Math.ceil(b / Z.n)), ctxs = (quick ? [1024, 32768] : [1024, 4096, 16384, 32768]).map((c) => c / (Z.w > 1 ? 16 : 1));
+  const Bs = smoke ? [1, 2] : quick ? [1, 64] : [1, 8, 32, 64], ctxs = smoke ? [64, 192] : quick ? [1024, 32768] : [1024, 4096, 16384, 32768];
   const maxBlocks = Math.max(...Bs) * (Math.max(...ctxs) / BS);
   const cache = randomDevice([maxBlocks, BS, ROW], 'bf16', 1);
   const out = [];
@@ -215,7 +217,7 @@ if (want('wgmma') && dev !== 'cpu') {
   const out = [];
   for (const [name, n, k] of shapes) {
     const wb = randomDevice([n, k], 'bf16');
-    for (const t of (quick ? [512] : [64, 512, 4096]).map((v) => (smoke ? Math.ceil(v / 64) + 16 : v))) {
+    for (const t of smoke ? [17] : quick ? [512] : [64, 512, 4096]) {
       const x = randomDevice([t, k], 'bf16', 1), y0 = empty([t, n], { device: dev }), y1 = empty([t, n], { device: dev });
       const flops = 2 * t * n * k;
       const msMma = withPrecision('bf16', () => timeMs(() => native.linear(stream, y0, x, wb, null)));

@@ -97,7 +97,7 @@ function decode(engine, n, rand, vocab, keep = false) {
   let ffn = 0;
   native.synchronize('cpu');
   for (let i = 0; i < n; i++) {
-    const tok = Math.floor(rand() * vocab);
+    const tok = rand.int(vocab);
     const t0 = now();
     const { logits, nFfn } = engine.forward([seq], [[tok]], { collectRouting: true });
     const t1 = now();
@@ -136,7 +136,7 @@ function overlap(engine, seq, reps, rand) {
   const H = d.hidden;
   const fill = (t) => {
     const a = new Float32Array(numel(t));
-    for (let i = 0; i < a.length; i++) a[i] = (rand() - 0.5) * 0.2;
+    for (let i = 0; i < a.length; i++) a[i] = rand.uniform(-0.1, 0.1);
     t.copyFromBytes(a);
     return t;
   };
@@ -194,7 +194,7 @@ function overlap(engine, seq, reps, rand) {
       a.dispose();
     },
     step: () => {
-      const { logits, nFfn } = e.forward([seq], [[Math.floor(rand() * d.vocab)]]);
+      const { logits, nFfn } = e.forward([seq], [[rand.int(d.vocab)]]);
       logits.toBytes();
       logits.dispose();
       for (const t of nFfn) t.dispose();
@@ -251,7 +251,7 @@ async function benchPreset(preset, bw0) {
   const engine = model.engine, d = engine.dims;
   const acc = accounting(model);
   const rand = rng(42);
-  const toks = (n) => Array.from({ length: n }, () => Math.floor(rand() * d.vocab));
+  const toks = (n) => Array.from({ length: n }, () => rand.int(d.vocab));
   const reps = quick ? 2 : preset === 'medium' ? 8 : 10;
 
   // Prefill roofline: GEMM rate of the linear kernel at PP rows on the dense MLP gate weight, the

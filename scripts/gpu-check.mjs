@@ -3,11 +3,14 @@
 // CUDA build of longcat.node (LONGCAT_ADDON). One line per case as it finishes (so a run cut short
 // by a timeout still reports what passed), then a summary. Cases of opt-in kernels that have never
 // run on a card (the TMA + wgmma GEMM) go last: a hang or fault there cannot hide the rest.
+// Every op case is the op-case table's (test/op-cases.ts, compiled into dist-test/ by
+// scripts/gpu-prepare.sh), held to the bounds of its error model (test/error-model.ts): 'error/bound'
+// is the worst |gpu - cpu| over the element's bound (<= 1 passes).
 // Exits 1 if any case fails, 2 if no GPU is usable.
 import { native } from '../dist/native.js';
-import { Stream } from '../dist/device.js';
-import { cases, checkCase, dev, timeMs } from './gpu-cases.mjs';
-import { modelChecks } from './gpu-model-cases.mjs';
+import { Event, Stream } from '../dist/device.js';
+import { cases, checkCase, dev, SLOW_RUN_LIMITS } from '../dist-test/op-cases.js';
+import { modelChecks } from '../dist-test/model-cases.js';
 
 const status = native.cudaStatus();
 if (!status.available) {
@@ -17,29 +20,47 @@ if (!status.available) {
 const gpu = native.devices().find((d) => d.id === dev);
 console.log(`gpu-check on ${gpu.name} (sm_${gpu.computeCapability.replace('.', '')}, ${gpu.multiprocessors} SMs), addon ${JSON.stringify(native.buildInfo())}`);
 
-let passed = 0, failed = 0, skipped = 0;
-const stream = new Stream(dev);
 // On the CPU emulator of test/emu (a dry run of this script) only the smaller cases run.
 const emulated = native.buildInfo().cudaArchs === 'emulated';
-const limits = emulated ? { flops: 6e7, bytes: 32 << 20 } : null;
+const limits = emulated ? SLOW_RUN_LIMITS : null;
+let passed = 0, failed = 0, skipped = 0;
+const stream = new Stream(dev);
+
+// Times `fn` on the GPU stream with CUDA events: median of `iters` runs after warmup (on the emulated
+// device the times mean nothing: one run, which checks that timing works).
+function timeMs(fn, iters = emulated ? 1 : 20) {
+  for (let i = 0; i < (emulated ? 0 : 3); i++) fn();
+  const times = [];
+  for (let i = 0; i < iters; i++) {
+    const a = new Event(dev), b = new Event(dev);
+    a.record(stream);
+    fn();
+    b.record(stream);
+    b.synchronize();
+    times.push(a.elapsedMs(b));
+  }
+  times.sort((x, y) => x - y);
+  return times[times.length >> 1];
+}
+
 function runCase(c) {
-  let err = Infinity, ok = false, ms = NaN, bytes = 0, flops = 0;
+  let ratio = Infinity, ok = false, detail = '', ms = NaN, bytes = 0, flops = 0;
   try {
     const r = checkCase(c, stream, limits);
     if (r.skipped) {
       skipped++;
       return;
     }
-    ({ err, ok } = r);
-    ({ bytes = 0, flops = 0 } = r.gpu);
-    ms = timeMs(stream, () => r.gpu.run(stream));
+    ({ ratio, ok, detail } = r);
+    ({ bytes, flops } = c);
+    ms = timeMs(() => r.gpu.run(stream));
   } catch (e) {
     ok = false;
     console.error(`${c.name}: ${e.message}`);
   }
   ok ? passed++ : failed++;
   const perf = [bytes ? `${(bytes / ms / 1e6).toFixed(0)} GB/s` : '', flops ? `${(flops / ms / 1e9).toFixed(2)} TFLOP/s` : ''].filter(Boolean).join(' ');
-  console.log(`${ok ? 'ok  ' : 'FAIL'} ${c.name}: maxRelErr ${err.toExponential(2)}, ${(ms * 1000).toFixed(1)} us ${perf}`);
+  console.log(`${ok ? 'ok  ' : 'FAIL'} ${c.name}: error/bound ${ratio.toExponential(2)}, ${(ms * 1000).toFixed(1)} us ${perf}${ok ? '' : ` (${detail})`}`);
 }
 
 const optIn = (c) => c.gemm === 'wgmma';

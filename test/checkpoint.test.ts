@@ -197,12 +197,9 @@ describe('init-random + openCheckpoint', () => {
     expect(sha(path.join(other, 'model-00001-of-00002.safetensors'))).not.toBe(sha(path.join(tiny, 'model-00001-of-00002.safetensors')));
   });
 
-  it('writes the small preset in a few seconds and it validates', async () => {
+  it('writes the small preset and it validates', async () => {
     const out = path.join(root, 'small');
-    const t0 = performance.now();
     const r = await initRandom({ preset: 'small', out, seed: 3 });
-    const secs = (performance.now() - t0) / 1000;
-    expect(secs).toBeLessThan(10);
     expect(r.totalBytes).toBeGreaterThan(100e6);
     expect(r.totalBytes).toBeLessThan(200e6);
     const ck = await openCheckpoint(out);

@@ -1,28 +1,10 @@
-// Shared test utilities: a seeded RNG, float64 references, and closeness checks.
+// Shared test utilities: the seeded RNG (test/rng.ts), closeness checks, the backends to test.
 import { expect } from 'vitest';
 import { native } from '../lib/native.js';
 import { LongcatError } from '../lib/errors.js';
 
-/** xorshift128+ style generator: deterministic per seed, fresh per test via the seed. */
-export function rng(seed: number) {
-  let a = seed >>> 0 || 0x9e3779b9;
-  let b = (seed * 2654435761) >>> 0 || 0x85ebca6b;
-  const next = () => {
-    let t = a ^ (a << 11);
-    a = b;
-    b = (b ^ (b >>> 19) ^ (t ^ (t >>> 8))) >>> 0;
-    return b / 4294967296;
-  };
-  return {
-    uniform: (lo = -1, hi = 1) => lo + (hi - lo) * next(),
-    normal: () => {
-      const u = Math.max(next(), 1e-12), v = next();
-      return Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * v);
-    },
-    int: (n: number) => Math.floor(next() * n),
-    array: (n: number, lo = -1, hi = 1) => Float32Array.from({ length: n }, () => lo + (hi - lo) * next()),
-  };
-}
+/** The seeded generator shared with the op-case table, the GPU check and the benchmarks (test/rng.ts). */
+export { rng } from './rng.js';
 
 /** Asserts |got - want| <= atol + rtol * |want| elementwise, reporting the worst element. */
 export function expectClose(got: ArrayLike<number>, want: ArrayLike<number>, atol: number, rtol = 0, what = 'values') {
@@ -44,6 +26,15 @@ export function expectClose(got: ArrayLike<number>, want: ArrayLike<number>, ato
     expect.fail(`${what}[${worst}] = ${got[worst]} but expected ${want[worst]} (atol ${atol}, rtol ${rtol})`);
   }
 }
+
+/** The suite's hang limit (vitest.config.ts testTimeout): a test that does not finish in it is stuck. */
+export const HANG_LIMIT_MS = 300_000;
+/**
+ * The time limit of a test that does `cpuSeconds` of CPU work on an idle machine (measured, and stated
+ * where it is used): the hang limit per 10 s of that work, so that the limit grows with the work and a
+ * machine oversubscribed many times over still passes. A hang detector, never a performance assert.
+ */
+export const workLimitMs = (cpuSeconds: number) => HANG_LIMIT_MS * Math.max(1, Math.ceil(cpuSeconds / 10));
 
 export const cudaAvailable = native.cudaStatus().available;
 /** Backends to run an op test on: always CPU, CUDA when present. */

@@ -30,15 +30,12 @@ function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
 }
 
 describe('reference forward', () => {
-  it('runs the tiny preset (8 tokens) fast and produces finite logits', () => {
+  it('runs the tiny preset (8 tokens) and produces finite logits', () => {
     const { W } = randomWeights(cfg, 1);
-    const t0 = performance.now();
     const { logits, hidden } = referenceForward(cfg, W, randomTokens(2, 8));
-    const ms = performance.now() - t0;
     expect(logits.length).toBe(8 * V);
     expect(hidden.length).toBe(8 * H);
     expect(logits.every(Number.isFinite)).toBe(true);
-    expect(ms).toBeLessThan(500);
     // hidden is post final norm: its RMS is close to the norm weight scale (~1)
     let ss = 0;
     for (let i = 0; i < H; i++) ss += hidden[i]! ** 2;

@@ -2,8 +2,9 @@
 // CPU against CPU everywhere else, which checks the checks): on random checkpoints, the prefill
 // logits agree, greedy decoding picks the same tokens (up to near-ties), prefill + decode steps
 // equal one full forward on the device under test, and the captured-graph decode step equals the
-// eager one. Used by scripts/gpu-check.mjs (the GPU machine has only node, dist/ and the addon)
-// and by test/cuda.test.ts. Imports only dist/ and core modules.
+// eager one. Used by scripts/gpu-check.mjs (the GPU machine has only node, dist/ and the addon: this
+// file is compiled into dist-test/ with the op-case table, tsconfig.cases.json) and by
+// test/cuda.test.ts. Imports only dist/ and core modules.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -11,28 +12,30 @@ import { initRandom } from '../dist/init-random.js';
 import { loadModel } from '../dist/generate.js';
 import { toArray } from '../dist/tensor.js';
 import { native } from '../dist/native.js';
+import type { MatmulPrecision } from '../dist/device.js';
+import type { InitRandomOptions } from '../dist/init-random.js';
 
 const prompt = [5, 17, 300, 2, 99, 41, 7, 260, 1, 3, 511, 64, 8, 200, 33, 12, 90];
 
-function maxRelErr(got, want) {
+function maxRelErr(got: ArrayLike<number>, want: ArrayLike<number>): number {
   let scale = 1e-30, worst = 0;
-  for (let i = 0; i < want.length; i++) scale = Math.max(scale, Math.abs(want[i]));
+  for (let i = 0; i < want.length; i++) scale = Math.max(scale, Math.abs(want[i]!));
   for (let i = 0; i < want.length; i++) {
-    const e = Math.abs(got[i] - want[i]);
+    const e = Math.abs(got[i]! - want[i]!);
     worst = Number.isNaN(e) ? Infinity : Math.max(worst, e);
   }
   return worst / scale;
 }
 
-const read = (r) => {
+const read = (r: { logits: { dispose(): void } & Parameters<typeof toArray>[0] }) => {
   const v = toArray(r.logits);
   r.logits.dispose();
   return v;
 };
 
-function argmax(v, off, n) {
+function argmax(v: ArrayLike<number>, off: number, n: number): number {
   let best = 0;
-  for (let i = 1; i < n; i++) if (v[off + i] > v[off + best]) best = i;
+  for (let i = 1; i < n; i++) if (v[off + i]! > v[off + best]!) best = i;
   return best;
 }
 
@@ -42,17 +45,25 @@ function argmax(v, off, n) {
  */
 // The checkpoints: name -> initRandom options (tiny-fp8-h128: 128-wide nope / v heads, so the
 // absorbed attention runs on kv_b codes with per-head block scales).
-const VARIANTS = {
+export type ModelVariant = 'tiny' | 'tiny-fp8' | 'tiny-fp8-h128' | 'small';
+const VARIANTS: Record<ModelVariant, Omit<InitRandomOptions, 'out'>> = {
   tiny: { preset: 'tiny' },
   'tiny-fp8': { preset: 'tiny', fp8: true },
   'tiny-fp8-h128': { preset: 'tiny', fp8: true, overrides: { qk_nope_head_dim: 128, v_head_dim: 128 } },
   small: { preset: 'small' },
 };
 
-export async function modelChecks({ device, oracle = 'cpu', presets = ['tiny', 'tiny-fp8', 'tiny-fp8-h128', 'small'], precision = 'highest', steps = 12 }) {
+export interface ModelCheck {
+  name: string;
+  err: number;
+  tol: number;
+  ok: boolean;
+}
+export async function modelChecks({ device, oracle = 'cpu', presets = ['tiny', 'tiny-fp8', 'tiny-fp8-h128', 'small'], precision = 'highest', steps = 12 }:
+  { device: string; oracle?: string; presets?: ModelVariant[]; precision?: MatmulPrecision; steps?: number }): Promise<ModelCheck[]> {
   const root = mkdtempSync(path.join(tmpdir(), 'longcat-model-check-'));
   const prev = native.setMatmulPrecision(precision);
-  const out = [];
+  const out: ModelCheck[] = [];
   const tight = precision === 'highest';
   try {
     for (const variant of presets) {
@@ -60,7 +71,7 @@ export async function modelChecks({ device, oracle = 'cpu', presets = ['tiny', '
       await initRandom({ ...VARIANTS[variant], out: dir, seed: 11 });
       const ref = await loadModel(dir, { backend: oracle === 'cpu' ? 'cpu' : 'cuda', maxContext: 256 });
       const dut = await loadModel(dir, { backend: device === 'cpu' ? 'cpu' : 'cuda', maxContext: 256 });
-      const check = (what, err, tol) => out.push({ name: `${variant} ${precision}: ${what}`, err, tol, ok: err <= tol });
+      const check = (what: string, err: number, tol: number) => out.push({ name: `${variant} ${precision}: ${what}`, err, tol, ok: err <= tol });
       try {
         const V = ref.engine.dims.vocab;
         // 1. prefill logits, every position
@@ -83,7 +94,7 @@ export async function modelChecks({ device, oracle = 'cpu', presets = ['tiny', '
           if (tr !== td) {
             let scale = 0;
             for (const v of a) scale = Math.max(scale, Math.abs(v));
-            const gap = Math.abs(a[tr] - a[td]) / scale; // how far from a tie the oracle was
+            const gap = Math.abs(a[tr]! - a[td]!) / scale; // how far from a tie the oracle was
             diverged = gap > (tight ? 1e-3 : 3e-2) ? 1 : 0;
             if (!diverged) break; // a near-tie: both choices are right
           }
@@ -99,7 +110,7 @@ export async function modelChecks({ device, oracle = 'cpu', presets = ['tiny', '
         const seq = e.newSequence();
         const split = 5;
         const parts = [read(e.forward([seq], [prompt.slice(0, split)], { allLogits: true }))];
-        for (let i = split; i < prompt.length; i++) parts.push(read(e.forward([seq], [[prompt[i]]])));
+        for (let i = split; i < prompt.length; i++) parts.push(read(e.forward([seq], [[prompt[i]!]])));
         seq.release();
         const joined = new Float32Array(all.length);
         let off = 0;
