@@ -287,8 +287,16 @@ __device__ __forceinline__ void skinny_dispatch(const GemmArgs& a, int m, int64_
   else skinny_tile<kGateUp, kSkinnyRows, D>(a, m, r0, n0, N, K, rows, x, xs);
 }
 
+// Two blocks per SM (128 registers) where e4m3 converts in hardware (sm_89+); before that the
+// software fp8 decode needs a few more registers than 128, and one block per SM keeps it unspilled.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 890
+constexpr int kSkinnyMinBlocks = 1;
+#else
+constexpr int kSkinnyMinBlocks = 2;
+#endif
+
 template <bool kGateUp>
-__global__ void __launch_bounds__(gemv::kThreads, 2) skinny_kernel(GemmArgs a, int64_t nblk) {
+__global__ void __launch_bounds__(gemv::kThreads, kSkinnyMinBlocks) skinny_kernel(GemmArgs a, int64_t nblk) {
   static_assert(kSkinnyRows <= 16 && gemv::kWarps == kSkinnyWarps, "gemv.cuh's block shape");
   __align__(16) __shared__ float xs[gemv::smem_floats<kSkinnyRows, 1>()];
   __shared__ const float* xrow[kSkinnyRows];
