@@ -86,7 +86,7 @@ void prefill_case(int64_t nh, int64_t dn, int64_t dr, int64_t dv, std::vector<st
   const float scale = 1.0f / std::sqrt(static_cast<float>(dn + dr));
   std::vector<float> want(T * nh * dv), got(T * nh * dv, NAN);
   cpu::mla_prefill(d, B, want.data(), q.data(), kvb.data(), kpe.data(), qs.data(), ks.data(), scale);
-  std::vector<int32_t> ws(gpu::mla_prefill_workspace_ints(T, B));
+  std::vector<int32_t> ws(gpu::mla_prefill_workspace_ints(d, T, S, B));
   gpu::mla_prefill(d, B, T, S, got.data(), q.data(), kvb.data(), kpe.data(), qs.data(), ks.data(), scale, ws.data(), nullptr);
   expect_close(got, want, 1e-4, "mla prefill (CUDA cores) nh=" + std::to_string(nh) + " dv=" + std::to_string(dv));
   cpu::set_matmul_precision(MatmulPrecision::BF16);
