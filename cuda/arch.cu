@@ -8,8 +8,8 @@
 #include <string>
 
 #include "../native/cuda_api.h"
-#include "common.cuh"
-#include "per_device.cuh"
+#include "include/common.cuh"
+#include "include/per_device.cuh"
 #include "kernels.h"
 
 namespace lc::gpu {

@@ -2,7 +2,7 @@
 // row in the widest unit (16, 8, 4, 2 or 1 bytes) that divides the row and both row starts' alignment.
 #include <algorithm>
 
-#include "common.cuh"
+#include "include/common.cuh"
 #include "gather.h"
 
 namespace lc::gpu {

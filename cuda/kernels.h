@@ -31,7 +31,7 @@ struct KernelImage {
 };
 const KernelImage& kernel_image(int dev);
 
-// The sm_90a wgmma + TMA GEMM (wgmma_gemm.cu) for bf16 x times a bf16 weight with K % 8 == 0 where
+// The sm_90a wgmma + TMA GEMM (linear_wgmma.cu) for bf16 x times a bf16 weight with K % 8 == 0 where
 // the device runs the sm_90a image; returns false (nothing launched) when the arguments or the
 // device do not qualify.
 // linear() tries it first when wgmma_enabled() (initially LONGCAT_WGMMA=1): opt-in until it has run

@@ -8,13 +8,13 @@
 //     activations quantized to e4m3 (1x128 groups) and the fp8 mode (linear_fp8).
 //   * fp32 tiles (t > 16, precision 'highest'): 64x64 CUDA-core tiles, every product in fp32 like the
 //     CPU's reference mode.
-#include "common.cuh"
+#include "include/common.cuh"
 #include "kernels.h"
 #include "quant.h"
-#include "gemv.cuh"
-#include "tile_gemm.cuh"
-#include "warp.cuh"
-#include "weights.cuh"
+#include "include/gemv.cuh"
+#include "include/tile_gemm.cuh"
+#include "include/warp.cuh"
+#include "include/weights.cuh"
 
 namespace lc::gpu {
 

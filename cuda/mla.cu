@@ -1,4 +1,4 @@
-// MLA attention on CUDA (contracts: native/cpu/attention.h, launchers: mla.h). Activations f32;
+// MLA attention on CUDA (contracts: native/cpu/mla.h, launchers: mla.h). Activations f32;
 // the latent cache and kv_b_proj weight f32 or bf16 (raw bits). fp32 accumulation everywhere.
 //
 //   mla_absorb_q   per-head small GEMM q_lat[t,h,:] = W_UK[h]^T q_nope[t,h]: one CTA per (token
@@ -25,10 +25,10 @@
 #include <algorithm>
 #include <cmath>
 
-#include "common.cuh"
+#include "include/common.cuh"
 #include "mla.h"
 #include "mla_tc.h"
-#include "warp.cuh"
+#include "include/warp.cuh"
 #include "../native/cpu/linear.h"
 
 namespace lc::gpu {

@@ -1,5 +1,5 @@
 // Launchers of the CUDA MLA attention kernels (cuda/mla.cu), callable from plain C++ (native/ops).
-// Contracts: the CPU twins in native/cpu/attention.h (same dims, layouts, dtypes and semantics).
+// Contracts: the CPU twins in native/cpu/mla.h (same dims, layouts, dtypes and semantics).
 // Pointers are device pointers; `stream` is a cudaStream_t. Launchers never allocate and never
 // synchronize; workspaces are allocated by the binding from the pool with the sizes given here.
 //
@@ -10,7 +10,7 @@
 #pragma once
 #include <cstdint>
 
-#include "../native/cpu/attention.h"
+#include "../native/cpu/mla.h"
 
 namespace lc::gpu {
 

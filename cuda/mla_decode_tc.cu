@@ -24,11 +24,11 @@
 // Shared rows are padded to 1168 bytes (Q, K), 80 bytes (P) and 40 floats (partials), so the 8
 // rows an ldmatrix reads fall in distinct 16-byte bank groups and a half-warp's float2 stores of a
 // fragment hit 32 distinct banks. Per tile, 4.5 MFLOP per 36 KB of cache: 121 FLOP/byte.
-#include "common.cuh"
-#include "fragments.h"
+#include "include/common.cuh"
+#include "include/fragments.h"
 #include "mla_tc.h"
-#include "mma.cuh"
-#include "warp.cuh"
+#include "include/mma.cuh"
+#include "include/warp.cuh"
 
 namespace lc::gpu {
 namespace {

@@ -18,11 +18,11 @@
 // The schedule (mla.cu) lists each sequence's query tiles last (most keys) first.
 #include <tuple>
 
-#include "common.cuh"
-#include "fragments.h"
+#include "include/common.cuh"
+#include "include/fragments.h"
 #include "mla_tc.h"
-#include "mma.cuh"
-#include "warp.cuh"
+#include "include/mma.cuh"
+#include "include/warp.cuh"
 
 namespace lc::gpu {
 namespace {

@@ -4,7 +4,7 @@
 #pragma once
 #include <cstdint>
 
-#include "../native/cpu/attention.h"
+#include "../native/cpu/mla.h"
 
 namespace lc::gpu {
 

@@ -26,14 +26,14 @@
 #include <algorithm>
 #include <climits>
 
-#include "common.cuh"
+#include "include/common.cuh"
 #include "moe.h"
 #include "../native/cpu/linear.h"
-#include "gemv.cuh"
+#include "include/gemv.cuh"
 #include "quant.h"
-#include "tile_gemm.cuh"
-#include "warp.cuh"
-#include "weights.cuh"
+#include "include/tile_gemm.cuh"
+#include "include/warp.cuh"
+#include "include/weights.cuh"
 
 namespace lc::gpu {
 namespace {

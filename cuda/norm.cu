@@ -1,5 +1,5 @@
 // RMSNorm with the residual add fused in front (contract: lc::cpu::rmsnorm). One block per row.
-#include "common.cuh"
+#include "include/common.cuh"
 #include "kernels.h"
 
 namespace lc::gpu {

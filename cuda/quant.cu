@@ -4,7 +4,7 @@
 //   division), q = f32_to_fp8(x / s) (IEEE f32 division, then the integer RNE/saturating encoder
 //   ported from numeric.h), w = fp8_to_f32(q) * s rounded to bf16 by RNE when asked.
 #include "quant.h"
-#include "small_util.cuh"
+#include "include/small_util.cuh"
 
 namespace lc::gpu {
 

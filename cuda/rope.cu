@@ -1,7 +1,7 @@
 // RoPE, interleaved pairs (SPEC 3.6), twin of native/cpu/rope.cc. One block per token: the
 // block computes cos/sin of a chunk of pairs into shared memory once, then rotates that chunk
 // in every head.
-#include "common.cuh"
+#include "include/common.cuh"
 #include "rope.h"
 
 namespace lc::gpu {

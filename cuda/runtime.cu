@@ -4,7 +4,7 @@
 #include <string>
 
 #include "../native/cuda_api.h"
-#include "common.cuh"
+#include "include/common.cuh"
 #include "kernels.h"
 
 namespace lc::cuda {

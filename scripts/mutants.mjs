@@ -33,7 +33,7 @@ const MUTANTS = [
     why: 'zero-computation experts contribute nothing instead of weight * u',
   },
   {
-    name: 'mla-split-merge-rescale', area: 'mla', file: 'native/cpu/attention.cc', tests: ['test/attention.test.ts', 'test/model-long.test.ts'],
+    name: 'mla-split-merge-rescale', area: 'mla', file: 'native/cpu/mla.cc', tests: ['test/attention.test.ts', 'test/model-long.test.ts'],
     from: 'for (int64_t c = 0; c < dl; ++c) out[c] += w * a[c];', to: 'for (int64_t c = 0; c < dl; ++c) out[c] += a[c];',
     why: 'split-KV merge of the decode without the e^(m_k - M) rescale',
   },

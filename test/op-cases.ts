@@ -205,8 +205,8 @@ for (const [rows, dim] of [[1, 7], [3, 129], [17, 1000], [64, 6144]] as const) {
   });
 }
 
-// ==== small ops, FP8 quantization, RoPE, router, latent cache (cuda/small.cu, quant.cu, rope.cu,
-// router.cu, cache.cu). Cases with no bound() are bit-exact (documented twins: one rounding each).
+// ==== small ops, FP8 quantization, RoPE, router, latent cache (cuda/elementwise.cu, quant.cu, rope.cu,
+// moe_router.cu, mla_cache.cu). Cases with no bound() are bit-exact (documented twins: one rounding each).
 for (const [V, H, dt] of [[1000, 4096, 'f32'], [1000, 4096, 'bf16'], [300, 130, 'f32'], [300, 130, 'bf16']] as const) {
   add({
     name: `embedding V=${V} H=${H} ${dt}`, op: 'embedding', shapes: { V, H, ids: 7 }, dtypes: { table: dt }, bytes: 7 * H * 8, flops: 0,
@@ -346,7 +346,7 @@ for (const [R, V] of [[1, 131072], [5, 1000], [3, 7]] as const) {
     },
   });
 }
-// sample: the CPU and GPU draws agree only when the filtered set has one token (see cuda/small.cu).
+// sample: the CPU and GPU draws agree only when the filtered set has one token (see cuda/elementwise.cu).
 for (const [temp, topK, topP, minP] of [[0, 0, 1, 0], [0.8, 1, 0.9, 0.1]] as const) {
   add({
     name: `sample 4x131072 T=${temp} topK=${topK}`, op: 'sample', shapes: { R: 4, V: 131072 }, dtypes: {}, bytes: 4 * 4 * 131072, flops: 0,

@@ -10,7 +10,7 @@
 #include "../binding.h"
 #include "../cpu/elementwise.h"
 #ifdef LONGCAT_WITH_CUDA
-#include "../../cuda/small.h"
+#include "../../cuda/elementwise.h"
 #endif
 
 namespace lc {

@@ -9,10 +9,10 @@
 // their bad values surface as typed errors at the stream's synchronize() (CPU); CUDA kernels clamp
 // or skip them instead (see cuda/mla.h, cuda/mla_cache.h).
 #include "../binding.h"
-#include "../cpu/attention.h"
+#include "../cpu/mla.h"
 #include "../cpu/threadpool.h"
 #ifdef LONGCAT_WITH_CUDA
-#include "../../cuda/cache.h"
+#include "../../cuda/mla_cache.h"
 #include "../../cuda/mla.h"
 #endif
 

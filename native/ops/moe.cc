@@ -11,7 +11,7 @@
 #ifdef LONGCAT_WITH_CUDA
 #include "../../cuda/kernels.h"
 #include "../../cuda/moe.h"
-#include "../../cuda/router.h"
+#include "../../cuda/moe_router.h"
 #include "../cuda_api.h"
 #endif
 

@@ -9,7 +9,7 @@
 #include "../cpu/quant.h"
 #ifdef LONGCAT_WITH_CUDA
 #include "../../cuda/quant.h"
-#include "../../cuda/small.h"
+#include "../../cuda/elementwise.h"
 #endif
 
 namespace lc {

@@ -5,7 +5,7 @@
 #include "../binding.h"
 #include "../cpu/sampling.h"
 #ifdef LONGCAT_WITH_CUDA
-#include "../../cuda/small.h"
+#include "../../cuda/elementwise.h"
 #endif
 
 namespace lc {

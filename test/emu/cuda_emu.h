@@ -7,7 +7,7 @@
 // once (the native harness). A kernel runs its blocks one after another (so `__shared__` arrays
 // can be function statics), the threads of a block as cooperatively scheduled fibers;
 // __syncthreads and the warp intrinsics are barriers; exited threads drop out of them like on the
-// hardware. ldmatrix / mma (cuda/mma.cuh) exchange fragments across the warp per the PTX
+// hardware. ldmatrix / mma (cuda/include/mma.cuh) exchange fragments across the warp per the PTX
 // definitions (test/emu/mma_emu.h). The machine (device count, compute capability, the archs the
 // "binary" holds) comes from LONGCAT_EMU_DEVICES / LONGCAT_EMU_CC / LONGCAT_EMU_ARCHS (machine()).
 //

@@ -1,4 +1,4 @@
-// cuda/hopper.cuh under the CPU emulator (test/emu/cuda_emu.h), from the PTX ISA's definitions:
+// cuda/include/hopper.cuh under the CPU emulator (test/emu/cuda_emu.h), from the PTX ISA's definitions:
 //   * tensor map: base, dims, row stride, box; a TMA tile load copies the box row by row into
 //     shared memory with the 128-byte swizzle (16-byte chunk c of 128-byte line r lands at chunk
 //     c ^ (r % 8)), zero-filling out-of-bounds elements, then completes its bytes on the mbarrier;

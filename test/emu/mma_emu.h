@@ -1,4 +1,4 @@
-// cuda/mma.cuh under the emulator (test/emu/cuda_emu.h): ldmatrix and mma.sync as warp-wide
+// cuda/include/mma.cuh under the emulator (test/emu/cuda_emu.h): ldmatrix and mma.sync as warp-wide
 // exchanges that place every element where the PTX ISA says ("ldmatrix", "Matrix Fragments for
 // mma.m16n8k16 / m16n8k32"); fp32 accumulation of exact products, in k order.
 #pragma once
@@ -76,7 +76,7 @@ inline void emu_mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t
 inline void bf16_m16n8k16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   emu_mma<2>(d, a, b0, b1, [](uint32_t h) { return cpu::bf16_to_f32(static_cast<uint16_t>(h)); });
 }
-// Like cuda/mma.cuh, compiled out (d unchanged) in an image below sm_89.
+// Like cuda/include/mma.cuh, compiled out (d unchanged) in an image below sm_89.
 inline void e4m3_m16n8k32(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   if (lc_emu::g_exec_image.arch < 89) return;
   emu_mma<4>(d, a, b0, b1, [](uint32_t b) { return cpu::fp8e4m3_to_f32(static_cast<uint8_t>(b)); });

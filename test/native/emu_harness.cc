@@ -13,16 +13,16 @@
 #include <string>
 #include <vector>
 
-#include "../../cuda/cache.h"
+#include "../../cuda/mla_cache.h"
 #include "../../cuda/kernels.h"
 #include "../../cuda/mla.h"
 #include "../../cuda/moe.h"
 #include "../../cuda/quant.h"
 #include "../../cuda/rope.h"
-#include "../../cuda/router.h"
-#include "../../cuda/small.h"
+#include "../../cuda/moe_router.h"
+#include "../../cuda/elementwise.h"
 #include "common.h"
-#include "cpu/attention.h"
+#include "cpu/mla.h"
 #include "cpu/elementwise.h"
 #include "cpu/linear.h"
 #include "cpu/moe.h"

@@ -15,7 +15,7 @@
 
 #include "../../cuda/mla.h"
 #include "common.h"
-#include "cpu/attention.h"
+#include "cpu/mla.h"
 #include "cpu/linear.h"
 #include "cpu/numeric.h"
 

@@ -1,5 +1,5 @@
 // The tensor-core kernels' index math, run on the CPU: every lane address, fragment and output
-// coordinate comes from cuda/fragments.h (the functions the kernels call), while ldmatrix and mma
+// coordinate comes from cuda/include/fragments.h (the functions the kernels call), while ldmatrix and mma
 // are simulated from their PTX definitions (ISA: "ldmatrix", "Matrix Fragments for mma.m16n8k16"
 // and "... m16n8k32"). Each simulation multiplies random tiles through the kernel's data flow and
 // compares with a float64 product of the same values, so a wrong row, byte offset, tile pairing or
@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "../../cuda/fragments.h"
+#include "../../cuda/include/fragments.h"
 #include "cpu/numeric.h"
 
 namespace lc::sim {

@@ -40,7 +40,7 @@ try {
     inputs = [[randArr(t * k), [t, k], 'f32'], [randArr(n * k, 2), [n, k], 'fp8_e4m3'], [randArr(nb * kb).map(Math.abs), [nb, kb], 'f32']];
     precision = 'fp8';
     cpuPrecision = process.argv[3];
-    tol = 2e-2;  // an activation may round to a neighbouring e4m3 code (scripts/gpu-cases.mjs)
+    tol = 2e-2;  // an activation may round to a neighbouring e4m3 code (test/op-cases.ts)
   }
   const want = run('cpu', inputs, cpuPrecision), got = run('cuda:0', inputs, precision);
   let worst = 0, scale = 1e-6;

@@ -1,4 +1,4 @@
-// Hopper (sm_90a) primitives of wgmma_gemm.cu: mbarriers, TMA tile loads, wgmma with shared-memory
+// Hopper (sm_90a) primitives of linear_wgmma.cu: mbarriers, TMA tile loads, wgmma with shared-memory
 // descriptors, and the host-side tensor map. Under the CPU emulator of test/emu (LC_CUDA_EMU) the
 // same names come from test/emu/hopper_emu.h, which implements them from the PTX ISA's definitions
 // (128-byte swizzle, descriptor fields, mbarrier phases, the m64nNk16 accumulator layout).
@@ -6,7 +6,7 @@
 #include <cstdint>
 
 #ifdef LC_CUDA_EMU
-#include "../test/emu/hopper_emu.h"
+#include "../../test/emu/hopper_emu.h"
 #else
 #include <cuda.h>
 #include <cudaTypedefs.h>

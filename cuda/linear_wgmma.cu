@@ -30,9 +30,9 @@
 #include <atomic>
 #include <cstdlib>
 
-#include "common.cuh"
-#include "per_device.cuh"
-#include "hopper.cuh"
+#include "include/common.cuh"
+#include "include/per_device.cuh"
+#include "include/hopper.cuh"
 #include "kernels.h"
 
 namespace lc::gpu {

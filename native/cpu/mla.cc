@@ -1,4 +1,4 @@
-// MLA attention kernels (see attention.h). Structure:
+// MLA attention kernels (see mla.h). Structure:
 //   - two micro-kernels, written once per ISA (scalar, AVX2, AVX-512) and per key/value element
 //     type (f32, bf16 raw bits):
 //       scores: out[i][j] = (qa_i . ka_j + qb_i . kb_j) * scale   for up to 4 query rows i and a
@@ -6,7 +6,7 @@
 //       pv:     acc_i += sum_j p[i][j] * v_j                       for up to 4 accumulator rows
 //   - the attention algorithms (flash-style online softmax in fp32, running max) built on them.
 // Dispatch happens once per kernel call on lc::cpu::isa().
-#include "attention.h"
+#include "mla.h"
 
 #include <algorithm>
 #include <cmath>

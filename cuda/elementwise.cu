@@ -9,8 +9,8 @@
 #include <algorithm>
 #include <cmath>
 
-#include "small.h"
-#include "small_util.cuh"
+#include "elementwise.h"
+#include "include/small_util.cuh"
 
 namespace lc::gpu {
 

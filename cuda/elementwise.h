@@ -27,7 +27,7 @@ void softmax(int64_t rows, int64_t V, const float* x, float* y, bool log, void* 
 // Bytes of workspace gpu::sample needs to run all rows in parallel (it runs with less: rows are
 // then processed `workspace_bytes / (4 V)` at a time, at least one row needs 4 V bytes).
 int64_t sample_workspace_bytes(int64_t rows, int64_t V);
-// cpu::sample's filters and RNG on the GPU, one block per row; see small.cu for where the draw
+// cpu::sample's filters and RNG on the GPU, one block per row; see elementwise.cu for where the draw
 // can differ from the CPU's. Needs workspace_bytes >= 4 * V when temperature > 0.
 void sample(int64_t rows, int64_t V, const float* logits, const cpu::SampleParams& p, int32_t* ids, void* workspace,
             int64_t workspace_bytes, void* stream);

@@ -13,7 +13,7 @@
 #include <cstdint>
 
 #ifdef LC_CUDA_EMU  // the CPU emulator of test/emu runs the kernels: warp-wide exchanges instead of PTX
-#include "../test/emu/mma_emu.h"
+#include "../../test/emu/mma_emu.h"
 #else
 
 namespace lc::gpu::mma {

@@ -4,8 +4,8 @@
 // key below the key picked in round r - 1 (scores are recomputed, bit-identically, each round, so
 // nothing of size e is stored and any e works). Differences from the CPU: expf (<= 2 ulp) and the
 // order of the f64 sum of the softmax denominator, so near-tied scores may select differently.
-#include "router.h"
-#include "small_util.cuh"
+#include "moe_router.h"
+#include "include/small_util.cuh"
 
 namespace lc::gpu {
 

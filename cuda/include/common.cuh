@@ -1,15 +1,15 @@
 // Shared CUDA helpers: error checks that throw lc::Error (never abort), bf16 and fp8 loads.
 #pragma once
 #ifdef LC_CUDA_EMU  // the CPU emulator of test/emu (native test harness only)
-#include "../test/emu/cuda_emu.h"
-#include "../native/cpu/numeric.h"
+#include "../../test/emu/cuda_emu.h"
+#include "../../native/cpu/numeric.h"
 #else
 #include <cuda_bf16.h>
 #include <cuda_fp8.h>
 #include <cuda_runtime.h>
 #endif
 
-#include "../native/common.h"
+#include "../../native/common.h"
 
 namespace lc::gpu {
 

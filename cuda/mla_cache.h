@@ -1,4 +1,4 @@
-// CUDA launchers of the paged latent-cache copies (contracts: native/cpu/attention.h
+// CUDA launchers of the paged latent-cache copies (contracts: native/cpu/mla.h
 // mla_cache_write / mla_cache_gather).
 #pragma once
 #include <cstdint>

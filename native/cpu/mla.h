@@ -1,6 +1,6 @@
 // Multi-head latent attention (MLA) kernels, SPEC 3.5 (expanded form) and 5.2 (absorbed form over
 // a paged latent cache). Plain C++: raw pointers and sizes, no allocation, never throws; the
-// binding layer (ops/attention.cc) validates shapes and index tensors first.
+// binding layer (ops/mla.cc) validates shapes and index tensors first.
 //
 // Dimensions (generic): nh heads, dn = qk_nope_head_dim, dr = qk_rope_head_dim, dv = v_head_dim,
 // dl = kv_lora_rank. Activations are f32; the latent cache and kv_b_proj weight may be f32 or bf16

@@ -1,4 +1,4 @@
-// Device helpers shared by small.cu, quant.cu, router.cu, cache.cu: bit-exact ports of the scalar
+// Device helpers shared by elementwise.cu, quant.cu, moe_router.cu, mla_cache.cu: bit-exact ports of the scalar
 // conversions of native/cpu/numeric.h (integer arithmetic, no conversion intrinsics whose NaN /
 // saturation behaviour would need checking), and deterministic block reductions / scans.
 #pragma once

@@ -1,8 +1,8 @@
 // Paged latent cache copies on the GPU (twins of mla_cache_write / mla_cache_gather in
-// native/cpu/attention.cc): one block per token row, threads over the dl + dr values. Bit-exact
+// native/cpu/mla.cc): one block per token row, threads over the dl + dr values. Bit-exact
 // (plain copies, bf16 by the same RNE integer rounding).
-#include "cache.h"
-#include "common.cuh"
+#include "mla_cache.h"
+#include "include/common.cuh"
 
 namespace lc::gpu {
 
