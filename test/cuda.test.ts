@@ -37,8 +37,11 @@ describe.skipIf(!cudaAvailable)(`the whole model on CUDA matches the CPU${emulat
   }, workLimitMs(emulated ? 35 : 60));
 });
 
-// Everywhere: the model checks run CPU against CPU (which checks the checks, and that the fp8
-// checkpoint's absorbed decode agrees with its expanded prefill).
-it('whole-model checks, CPU against CPU', async () => {
-  expectAllOk(await modelChecks({ device: 'cpu', presets: ['tiny', 'tiny-fp8', 'tiny-fp8-h128'] }));
+// Everywhere: the model checks on the CPU alone compare its prefill logits with the float64
+// reference, its prefill + decode steps with one full forward (the fp8 checkpoint's absorbed decode
+// against its expanded prefill) and its graph replay with the eager step.
+it('whole-model checks on the CPU: float64 reference, prefill + decode, graph replay', async () => {
+  const rows = await modelChecks({ device: 'cpu', presets: ['tiny', 'tiny-fp8', 'tiny-fp8-h128'] });
+  expect(rows.filter((r) => /float64 reference/.test(r.name))).toHaveLength(3);
+  expectAllOk(rows);
 });
