@@ -218,6 +218,19 @@ for (const [V, H, dt] of [[1000, 4096, 'f32'], [1000, 4096, 'bf16'], [300, 130, 
     },
   });
 }
+// gatherRows: a byte copy of whole rows, bit-exact; row widths that take every copy unit (16, 8, 4,
+// 2 and 1 bytes) and a narrow int32 table with more indices than rows.
+for (const [R, C, dt, n] of [[1000, 4096, 'bf16', 9], [300, 130, 'f32', 33], [77, 5, 'bf16', 200], [40, 3, 'int32', 1000]] as const) {
+  add({
+    name: `gatherRows R=${R} C=${C} ${dt} n=${n}`, op: 'gatherRows', shapes: { R, C, n }, dtypes: { src: dt }, bytes: 2 * n * C * 4, flops: 0,
+    make(device, r) {
+      const src = dt === 'int32' ? int32(Array.from({ length: R * C }, () => r.int(1 << 30)), [R, C], device) : tensor(uniform(r, R * C), [R, C], { dtype: dt, device });
+      const idx = int32(Array.from({ length: n }, () => r.int(R)), [n], device);
+      const out = empty([n, C], { dtype: dt, device });
+      return { outs: [out], run: (s) => native.gatherRows(s, out, src, idx) };
+    },
+  });
+}
 for (const n of [1, 1003, 64 * 4096]) {
   add({
     name: `siluMul n=${n}`, op: 'siluMul', shapes: { n }, dtypes: {}, bytes: 12 * n, flops: 0,
