@@ -11,7 +11,7 @@ export { rng };
 
 export const now = () => Number(process.hrtime.bigint()) / 1e6;
 
-export const median = (v) => {
+export const median = v => {
   const s = [...v].sort((a, b) => a - b);
   return s.length % 2 ? s[(s.length - 1) / 2] : 0.5 * (s[s.length / 2 - 1] + s[s.length / 2]);
 };
@@ -50,13 +50,15 @@ export function deviceRandom(device, stream, chunk) {
       f.dispose();
       chunks.set(key, c);
     }
-    const src = chunks.get(key), t = empty(shape, { dtype, device });
-    const n = numel(shape), flat = t.view([n]);
+    const src = chunks.get(key),
+      t = empty(shape, { dtype, device });
+    const n = numel(shape),
+      flat = t.view([n]);
     for (let o = 0; o < n; o += chunk) {
       const len = Math.min(chunk, n - o);
       native.convert(stream, flat.narrow(o, len), len === chunk ? src : src.narrow(0, len));
     }
     return t;
   };
-  return { make, dispose: () => chunks.forEach((c) => c.dispose()) };
+  return { make, dispose: () => chunks.forEach(c => c.dispose()) };
 }

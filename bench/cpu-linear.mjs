@@ -18,9 +18,7 @@ import { rng } from '../dist-test/rng.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const require = createRequire(import.meta.url);
-const native = process.env.LONGCAT_ADDON
-  ? require(path.resolve(process.env.LONGCAT_ADDON))
-  : require('node-gyp-build')(root);
+const native = process.env.LONGCAT_ADDON ? require(path.resolve(process.env.LONGCAT_ADDON)) : require('node-gyp-build')(root);
 native.setErrorFactory((code, message) => Object.assign(new Error(message), { code }));
 // the seeded RNG of the tests and the op-case table (test/rng.ts; dist-test/ is built by npm run build:ts)
 const random = rng(1);
@@ -33,7 +31,7 @@ function llcBytes() {
   try {
     const dir = '/sys/devices/system/cpu/cpu0/cache';
     let best = 0;
-    for (const idx of fs.readdirSync(dir).filter((d) => d.startsWith('index'))) {
+    for (const idx of fs.readdirSync(dir).filter(d => d.startsWith('index'))) {
       const s = fs.readFileSync(path.join(dir, idx, 'size'), 'utf8').trim();
       const v = parseInt(s, 10) * (s.endsWith('M') ? 1 << 20 : s.endsWith('K') ? 1 << 10 : 1);
       best = Math.max(best, v);
@@ -64,7 +62,8 @@ function makeWeight(dtype, n, k) {
   }
   const b = randomBytes(n * k);
   for (let i = 0; i < b.length; i++) if ((b[i] & 0x7f) === 0x7f) b[i] ^= 1; // no NaN codes
-  const nb = Math.ceil(n / 128), kb = Math.ceil(k / 128);
+  const nb = Math.ceil(n / 128),
+    kb = Math.ceil(k / 128);
   return {
     w: new native.Tensor('fp8_e4m3', [n, k], 'cpu', b),
     scale: new native.Tensor('f32', [nb, kb], 'cpu', new Float32Array(nb * kb).fill(1e-3)),
@@ -83,10 +82,22 @@ function timeLinear(dtype, t, n, k, warmup, iters) {
   const bytes = n * k * esize[dtype];
   const copies = Math.max(1, Math.ceil((4 * llc) / bytes));
   const ws = Array.from({ length: copies }, () => makeWeight(dtype, n, k));
-  const x = makeX(t, k), y = new native.Tensor('f32', [t, n]);
-  const r = native.benchLinear(y, x, ws.map((w) => w.w), ws[0].scale ? ws.map((w) => w.scale) : null, warmup, iters);
-  for (const w of ws) { w.w.dispose(); w.scale?.dispose(); }
-  x.dispose(); y.dispose();
+  const x = makeX(t, k),
+    y = new native.Tensor('f32', [t, n]);
+  const r = native.benchLinear(
+    y,
+    x,
+    ws.map(w => w.w),
+    ws[0].scale ? ws.map(w => w.scale) : null,
+    warmup,
+    iters,
+  );
+  for (const w of ws) {
+    w.w.dispose();
+    w.scale?.dispose();
+  }
+  x.dispose();
+  y.dispose();
   return { ...r, copies, bytes };
 }
 
@@ -130,14 +141,31 @@ const conditions = {
 
 const bwBytes = Math.max(1 << 30, 4 * llc);
 const bw = native.benchReadBandwidth(bwBytes, 7);
-console.log(`read bandwidth: ${bw.gbps.toFixed(1)} GB/s (median of 7 passes over ${(bwBytes / 2 ** 20).toFixed(0)} MiB, ${threads} threads)`);
+console.log(
+  `read bandwidth: ${bw.gbps.toFixed(1)} GB/s (median of 7 passes over ${(bwBytes / 2 ** 20).toFixed(0)} MiB, ${threads} threads)`,
+);
 
 const gemv = [];
-for (const [dtype, n, k] of [['bf16', 8192, 4096], ['int8', 16384, 4096], ['fp8_e4m3', 16384, 4096]]) {
+for (const [dtype, n, k] of [
+  ['bf16', 8192, 4096],
+  ['int8', 16384, 4096],
+  ['fp8_e4m3', 16384, 4096],
+]) {
   for (const t of [1, 4]) {
     const r = timeLinear(dtype, t, n, k, 3, 21);
     const gbps = r.bytes / r.medianMs / 1e6;
-    gemv.push({ dtype, t, n, k, weightMiB: r.bytes / 2 ** 20, copies: r.copies, medianMs: r.medianMs, minMs: r.minMs, gbps, fractionOfReadBw: gbps / bw.gbps });
+    gemv.push({
+      dtype,
+      t,
+      n,
+      k,
+      weightMiB: r.bytes / 2 ** 20,
+      copies: r.copies,
+      medianMs: r.medianMs,
+      minMs: r.minMs,
+      gbps,
+      fractionOfReadBw: gbps / bw.gbps,
+    });
   }
 }
 
@@ -148,19 +176,51 @@ for (const t of [128, 512]) {
   const r = timeLinear('bf16', t, n, k, 3, 15);
   const gflops = (2 * t * n * k) / r.medianMs / 1e6;
   const blas = ref(t, n, k, 15);
-  gemm.push({ weight: 'bf16', t, n, k, medianMs: r.medianMs, gflops, openblasGflops: blas.gflops, openblasCore: blas.core,
-    openblasThreads: blas.threads, ratio: gflops / blas.gflops });
+  gemm.push({
+    weight: 'bf16',
+    t,
+    n,
+    k,
+    medianMs: r.medianMs,
+    gflops,
+    openblasGflops: blas.gflops,
+    openblasCore: blas.core,
+    openblasThreads: blas.threads,
+    ratio: gflops / blas.gflops,
+  });
 }
 conditions.loadavgAfter = os.loadavg();
 
 console.log('\nGEMV (decode): x f32 [t, k], y f32; weight bytes / median time');
-console.table(gemv.map((g) => ({ weight: g.dtype, t: g.t, shape: `${g.n}x${g.k}`, MiB: g.weightMiB, 'ms': +g.medianMs.toFixed(3),
-  'GB/s': +g.gbps.toFixed(1), '% of read bw': +(100 * g.fractionOfReadBw).toFixed(0) })));
+console.table(
+  gemv.map(g => ({
+    weight: g.dtype,
+    t: g.t,
+    shape: `${g.n}x${g.k}`,
+    MiB: g.weightMiB,
+    ms: +g.medianMs.toFixed(3),
+    'GB/s': +g.gbps.toFixed(1),
+    '% of read bw': +(100 * g.fractionOfReadBw).toFixed(0),
+  })),
+);
 console.log('GEMM (prefill): bf16 weight, x/y f32; 2*t*n*k / median time vs OpenBLAS sgemm (same threads)');
-console.table(gemm.map((g) => ({ t: g.t, shape: `${g.n}x${g.k}`, 'GFLOP/s': +g.gflops.toFixed(1),
-  'OpenBLAS GFLOP/s': +g.openblasGflops.toFixed(1), ratio: +g.ratio.toFixed(2), 'OpenBLAS core': g.openblasCore })));
-console.log(`load average before/after: ${conditions.loadavgBefore.map((v) => v.toFixed(2)).join(' ')} / ${conditions.loadavgAfter.map((v) => v.toFixed(2)).join(' ')}`);
+console.table(
+  gemm.map(g => ({
+    t: g.t,
+    shape: `${g.n}x${g.k}`,
+    'GFLOP/s': +g.gflops.toFixed(1),
+    'OpenBLAS GFLOP/s': +g.openblasGflops.toFixed(1),
+    ratio: +g.ratio.toFixed(2),
+    'OpenBLAS core': g.openblasCore,
+  })),
+);
+console.log(
+  `load average before/after: ${conditions.loadavgBefore.map(v => v.toFixed(2)).join(' ')} / ${conditions.loadavgAfter.map(v => v.toFixed(2)).join(' ')}`,
+);
 
 const out = path.join(outDir, 'cpu-linear.json');
-fs.writeFileSync(out, JSON.stringify({ conditions, readBandwidth: { gbps: bw.gbps, samples: bw.samples, bytes: bwBytes }, gemv, gemm }, null, 2));
+fs.writeFileSync(
+  out,
+  JSON.stringify({ conditions, readBandwidth: { gbps: bw.gbps, samples: bw.samples, bytes: bwBytes }, gemv, gemm }, null, 2),
+);
 console.log(`wrote ${path.relative(root, out)}`);

@@ -19,11 +19,14 @@ const args = process.argv.slice(2);
 const quick = args.includes('--quick');
 const outPath = args.includes('--out') ? args[args.indexOf('--out') + 1] : null;
 
-const NH = 64, DL = 512, DR = 64, DN = 128, W = DL + DR, BS = 64;
+const NH = 64,
+  DL = 512,
+  DR = 64,
+  DN = 128,
+  W = DL + DR,
+  BS = 64;
 const FLOP_PER_TOKEN_HEAD = 2 * (DL + DR) + 2 * DL; // score dot (latent + rope) + value accumulate
 const BYTES_PER_TOKEN = W * 2; // bf16 cache row
-
-
 
 function main() {
   const t00 = now();
@@ -68,7 +71,8 @@ function main() {
       rot = (rot + B * nb) % poolBlocks;
       bt.copyFromBytes(table);
     };
-    const flops = B * ctx * NH * FLOP_PER_TOKEN_HEAD, bytes = B * ctx * BYTES_PER_TOKEN;
+    const flops = B * ctx * NH * FLOP_PER_TOKEN_HEAD,
+      bytes = B * ctx * BYTES_PER_TOKEN;
     const ms = [];
     const budget = quick ? 400 : 1200;
     const t0 = now();
@@ -82,9 +86,19 @@ function main() {
       if (ms.length >= 3 && (ms.length >= 9 || now() - t0 > budget)) break;
     }
     const o = new Float32Array(oLat.toBytes().buffer);
-    if (!Number.isFinite(o[0]) || !Number.isFinite(o[o.length - 1])) throw new Error('mlaDecodeAbsorbed produced non-finite output');
+    if (!Number.isFinite(o[0]) || !Number.isFinite(o[o.length - 1]))
+      throw new Error('mlaDecodeAbsorbed produced non-finite output');
     const m = median(ms);
-    rows.push({ batch: B, context: ctx, iters: ms.length, medianMs: m, cacheBytes: bytes, flops, gbps: bytes / m / 1e6, gflops: flops / m / 1e6 });
+    rows.push({
+      batch: B,
+      context: ctx,
+      iters: ms.length,
+      medianMs: m,
+      cacheBytes: bytes,
+      flops,
+      gbps: bytes / m / 1e6,
+      gflops: flops / m / 1e6,
+    });
     for (const t of [qLat, q, oLat, seqLens, bt]) t.dispose();
   }
   cache.dispose();
@@ -106,19 +120,29 @@ function main() {
     threads: native.threads(),
     isa: native.cpuFeatures().isa,
     shapes: { heads: NH, kvLora: DL, rope: DR, blockSize: BS, cacheDtype: 'bf16' },
-    rooflines: { readGbps: [bw0, bw1], readGbpsUsed: bw, gemmGflops, gemmGflopsSamples: [gemm0, gemm1], gemmShape: `[${NH}, ${W}] f32 x [${gN}, ${W}]^T bf16` },
+    rooflines: {
+      readGbps: [bw0, bw1],
+      readGbpsUsed: bw,
+      gemmGflops,
+      gemmGflopsSamples: [gemm0, gemm1],
+      gemmShape: `[${NH}, ${W}] f32 x [${gN}, ${W}]^T bf16`,
+    },
     rows,
     seconds: (now() - t00) / 1000,
   };
   if (outPath) writeFileSync(outPath, JSON.stringify(res, null, 2) + '\n');
   console.log(`## cpu-mla: mlaDecodeAbsorbed, ${NH} heads, latent ${DL} + rope ${DR}, bf16 paged cache (block ${BS})`);
-  console.log(`threads ${res.threads}, isa ${res.isa}; read bandwidth ${bw0.toFixed(1)} / ${bw1.toFixed(1)} GB/s (before / after, using ${bw.toFixed(1)}); ` +
-    `GEMM roofline ${gemmGflops.toFixed(0)} GFLOP/s (${res.rooflines.gemmShape})`);
+  console.log(
+    `threads ${res.threads}, isa ${res.isa}; read bandwidth ${bw0.toFixed(1)} / ${bw1.toFixed(1)} GB/s (before / after, using ${bw.toFixed(1)}); ` +
+      `GEMM roofline ${gemmGflops.toFixed(0)} GFLOP/s (${res.rooflines.gemmShape})`,
+  );
   console.log('| batch | context | ms | cache GB/s | % read bw | GFLOP/s | % GEMM | bound | % roofline |');
   console.log('| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |');
   for (const r of rows)
-    console.log(`| ${r.batch} | ${r.context} | ${r.medianMs.toFixed(2)} | ${r.gbps.toFixed(1)} | ${(100 * r.fracBandwidth).toFixed(1)}% | ` +
-      `${r.gflops.toFixed(1)} | ${(100 * r.fracGemm).toFixed(0)}% | ${r.bound} | ${(100 * r.fracRoofline).toFixed(0)}% |`);
+    console.log(
+      `| ${r.batch} | ${r.context} | ${r.medianMs.toFixed(2)} | ${r.gbps.toFixed(1)} | ${(100 * r.fracBandwidth).toFixed(1)}% | ` +
+        `${r.gflops.toFixed(1)} | ${(100 * r.fracGemm).toFixed(0)}% | ${r.bound} | ${(100 * r.fracRoofline).toFixed(0)}% |`,
+    );
 }
 
 main();

@@ -22,18 +22,24 @@ const args = process.argv.slice(2);
 const quick = args.includes('--quick');
 const outPath = args.includes('--out') ? args[args.indexOf('--out') + 1] : null;
 
-const H = 6144, I = 2048, K = 12, NF = 8;
+const H = 6144,
+  I = 2048,
+  K = 12,
+  NF = 8;
 const BYTES_PER_EXPERT = 3 * I * H * 2;
 
-
-const f32 = (shape, fill) => new native.Tensor('f32', shape, 'cpu', new Float32Array(shape.reduce((a, b) => a * b, 1)).fill(fill));
+const f32 = (shape, fill) =>
+  new native.Tensor('f32', shape, 'cpu', new Float32Array(shape.reduce((a, b) => a * b, 1)).fill(fill));
 
 function main() {
   const t00 = now();
   const nRouted = quick ? 16 : 24; // 16 x 75.5 MB = 1.2 GB: far above any cache
   // Every expert has its own memory; contents repeat across experts (irrelevant to bandwidth).
-  const gu = randomBf16(I * H, 1, 120), dn = randomBf16(H * I, 2, 120);
-  const gate = [], up = [], down = [];
+  const gu = randomBf16(I * H, 1, 120),
+    dn = randomBf16(H * I, 2, 120);
+  const gate = [],
+    up = [],
+    down = [];
   for (let e = 0; e < nRouted; e++) {
     gate.push(new native.Tensor('bf16', [I, H], 'cpu', gu));
     up.push(new native.Tensor('bf16', [I, H], 'cpu', gu));
@@ -49,9 +55,12 @@ function main() {
   const rows = [];
   for (const T of [...decodeT, ...prefillT]) {
     const phase = T <= 8 ? 'decode' : 'prefill';
-    const u = f32([T, H], 0.01), o = f32([T, H], 0);
-    const idx = new Int32Array(T * K), w = new Float32Array(T * K).fill(0.5);
-    const it = new native.Tensor('int32', [T, K], 'cpu', idx), wt = new native.Tensor('f32', [T, K], 'cpu', w);
+    const u = f32([T, H], 0.01),
+      o = f32([T, H], 0);
+    const idx = new Int32Array(T * K),
+      w = new Float32Array(T * K).fill(0.5);
+    const it = new native.Tensor('int32', [T, K], 'cpu', idx),
+      wt = new native.Tensor('f32', [T, K], 'cpu', w);
     const route = () => {
       // Per token: NF distinct random FFN experts, then K - NF distinct zero experts.
       const touched = new Set();
@@ -59,7 +68,10 @@ function main() {
         const pick = new Set();
         while (pick.size < NF) pick.add(rand.int(nRouted));
         let j = 0;
-        for (const e of pick) { idx[t * K + j++] = e; touched.add(e); }
+        for (const e of pick) {
+          idx[t * K + j++] = e;
+          touched.add(e);
+        }
         for (; j < K; j++) idx[t * K + j] = nRouted + j - NF;
       }
       it.copyFromBytes(idx);
@@ -68,11 +80,13 @@ function main() {
     // Peer: the same expert GEMM through the linear kernel, [rows, H] x [I, H]^T with rows = this
     // case's tokens per expert, timed natively right after every MoE call (same load on the machine).
     const peerRows = Math.max(1, Math.round((T * NF) / Math.min(nRouted, T * NF)));
-    const px = f32([peerRows, H], 0.01), py = f32([peerRows, I], 0);
+    const px = f32([peerRows, H], 0.01),
+      py = f32([peerRows, I], 0);
     const peer = [];
     bwSamples.push(native.benchReadBandwidth(1 << 29, 2).gbps);
-    const ms = [], touchedCounts = [];
-    const budget = phase === 'decode' ? (quick ? 300 : 1500) : (quick ? 800 : 2500);
+    const ms = [],
+      touchedCounts = [];
+    const budget = phase === 'decode' ? (quick ? 300 : 1500) : quick ? 800 : 2500;
     const t0 = now();
     for (let i = 0; ; i++) {
       const touched = route();
@@ -80,7 +94,10 @@ function main() {
       const a = now();
       native.moe(null, o, u, it, wt, nRouted, experts, null, null, null, null, null, nRouted + K);
       native.synchronize('cpu');
-      if (i > 0) { ms.push(now() - a); touchedCounts.push(touched); } // first call: warm-up
+      if (i > 0) {
+        ms.push(now() - a);
+        touchedCounts.push(touched);
+      } // first call: warm-up
       peer.push(native.benchLinear(py, px, [gate[(5 * i + T) % nRouted]], null, 0, 1).medianMs); // a different weight each time
       if (ms.length >= 2 && (ms.length >= 15 || now() - t0 > budget)) break;
     }
@@ -88,15 +105,28 @@ function main() {
     if (!Number.isFinite(out[0]) || out[0] === 0) throw new Error(`moe produced ${out[0]} at T=${T}`);
     const m = median(ms);
     const touched = touchedCounts.reduce((a, b) => a + b, 0) / touchedCounts.length;
-    const bytes = touched * BYTES_PER_EXPERT, flops = 2 * 3 * T * NF * H * I;
+    const bytes = touched * BYTES_PER_EXPERT,
+      flops = 2 * 3 * T * NF * H * I;
     const pm = median(peer);
     px.dispose();
     py.dispose();
     rows.push({
-      phase, T, k: K, ffnPerToken: NF, iters: ms.length, medianMs: m, touchedExperts: touched,
-      linearRows: peerRows, linearMs: pm, linearGflops: (2 * peerRows * I * H) / pm / 1e6, linearGbps: (I * H * 2) / pm / 1e6,
-      tokensPerExpert: (T * NF) / touched, weightBytes: bytes,
-      gbps: bytes / m / 1e6, gflops: flops / m / 1e6, tokensPerSecond: T / (m / 1e3),
+      phase,
+      T,
+      k: K,
+      ffnPerToken: NF,
+      iters: ms.length,
+      medianMs: m,
+      touchedExperts: touched,
+      linearRows: peerRows,
+      linearMs: pm,
+      linearGflops: (2 * peerRows * I * H) / pm / 1e6,
+      linearGbps: (I * H * 2) / pm / 1e6,
+      tokensPerExpert: (T * NF) / touched,
+      weightBytes: bytes,
+      gbps: bytes / m / 1e6,
+      gflops: flops / m / 1e6,
+      tokensPerSecond: T / (m / 1e3),
     });
     for (const x of [u, o, it, wt]) x.dispose();
   }
@@ -117,21 +147,37 @@ function main() {
     threads: native.threads(),
     isa: native.cpuFeatures().isa,
     sched: process.env.LONGCAT_MOE_SCHED ?? 'auto',
-    shapes: { hidden: H, intermediate: I, dtype: 'bf16', nRoutedPool: nRouted, k: K, ffnPerToken: NF, bytesPerExpert: BYTES_PER_EXPERT },
+    shapes: {
+      hidden: H,
+      intermediate: I,
+      dtype: 'bf16',
+      nRoutedPool: nRouted,
+      k: K,
+      ffnPerToken: NF,
+      bytesPerExpert: BYTES_PER_EXPERT,
+    },
     rooflines: { readGbps: bwSamples, readGbpsUsed: bw },
     rows,
     seconds: (now() - t00) / 1000,
   };
   if (outPath) writeFileSync(outPath, JSON.stringify(res, null, 2) + '\n');
-  console.log(`## cpu-moe: moe(), hidden ${H}, expert ffn ${I}, bf16 (${(BYTES_PER_EXPERT / 1e6).toFixed(1)} MB/expert), ` +
-    `${NF} FFN + ${K - NF} zero experts per token from a pool of ${nRouted}`);
-  console.log(`threads ${res.threads}, isa ${res.isa}, sched ${res.sched}; read bandwidth ${bwSamples.map((b) => b.toFixed(1)).join(' / ')} GB/s (before, each case, after; using ${bw.toFixed(1)})`);
-  console.log('| phase | T | experts touched | tok/expert | ms | tokens/s | weight GB/s | % read bw | GFLOP/s | linear GEMM peer | % of peer |');
+  console.log(
+    `## cpu-moe: moe(), hidden ${H}, expert ffn ${I}, bf16 (${(BYTES_PER_EXPERT / 1e6).toFixed(1)} MB/expert), ` +
+      `${NF} FFN + ${K - NF} zero experts per token from a pool of ${nRouted}`,
+  );
+  console.log(
+    `threads ${res.threads}, isa ${res.isa}, sched ${res.sched}; read bandwidth ${bwSamples.map(b => b.toFixed(1)).join(' / ')} GB/s (before, each case, after; using ${bw.toFixed(1)})`,
+  );
+  console.log(
+    '| phase | T | experts touched | tok/expert | ms | tokens/s | weight GB/s | % read bw | GFLOP/s | linear GEMM peer | % of peer |',
+  );
   console.log('| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |');
   for (const r of rows)
-    console.log(`| ${r.phase} | ${r.T} | ${r.touchedExperts.toFixed(1)} | ${r.tokensPerExpert.toFixed(1)} | ${r.medianMs.toFixed(2)} | ` +
-      `${r.tokensPerSecond.toFixed(1)} | ${r.gbps.toFixed(1)} | ${(100 * r.fracBandwidth).toFixed(0)}% | ${r.gflops.toFixed(1)} | ` +
-      `${r.linearRows} rows: ${r.linearGflops.toFixed(1)} GFLOP/s, ${(100 * r.linearFracBandwidth).toFixed(0)}% bw | ${(100 * r.fracLinear).toFixed(0)}% |`);
+    console.log(
+      `| ${r.phase} | ${r.T} | ${r.touchedExperts.toFixed(1)} | ${r.tokensPerExpert.toFixed(1)} | ${r.medianMs.toFixed(2)} | ` +
+        `${r.tokensPerSecond.toFixed(1)} | ${r.gbps.toFixed(1)} | ${(100 * r.fracBandwidth).toFixed(0)}% | ${r.gflops.toFixed(1)} | ` +
+        `${r.linearRows} rows: ${r.linearGflops.toFixed(1)} GFLOP/s, ${(100 * r.linearFracBandwidth).toFixed(0)}% bw | ${(100 * r.fracLinear).toFixed(0)}% |`,
+    );
 }
 
 main();

@@ -35,34 +35,94 @@ if (!smoke && !native.cudaStatus().available) {
   process.exit(2);
 }
 const dev = smoke ? (args.includes('--device') ? args[args.indexOf('--device') + 1] : 'cpu') : 'cuda:0';
-const card = smoke ? { name: `${dev} (smoke)`, freeBytes: 0 } : native.devices().find((d) => d.id === dev);
+const card = smoke ? { name: `${dev} (smoke)`, freeBytes: 0 } : native.devices().find(d => d.id === dev);
 const stream = new Stream(dev);
 
 // LongCat-Flash-Chat (SPEC 1.1); --smoke shrinks every width, to the smallest model that still has
 // every part (two layers, routed and zero experts, fp8 block scales over more than one block)
 const W = smoke
-  ? { vocab: 512, hidden: 160, heads: 2, qLora: 64, kvLora: 64, nope: 16, rope: 16, v: 16, ffn: 256, effn: 64, routed: 8, zero: 4, topk: 4 }
-  : { vocab: 131072, hidden: 6144, heads: 64, qLora: 1536, kvLora: 512, nope: 128, rope: 64, v: 128, ffn: 12288, effn: 2048, routed: 512, zero: 256, topk: 12 };
-const flash = (layers) => parseConfig({
-  architectures: ['LongcatFlashForCausalLM'], model_type: 'longcat_flash', vocab_size: W.vocab, hidden_size: W.hidden, num_layers: layers,
-  num_attention_heads: W.heads, q_lora_rank: W.qLora, kv_lora_rank: W.kvLora, qk_nope_head_dim: W.nope, qk_rope_head_dim: W.rope, v_head_dim: W.v,
-  ffn_hidden_size: W.ffn, expert_ffn_hidden_size: W.effn, n_routed_experts: W.routed, zero_expert_num: W.zero, zero_expert_type: 'identity',
-  moe_topk: W.topk, routed_scaling_factor: 6.0, mla_scale_q_lora: true, mla_scale_kv_lora: true, attention_method: 'MLA',
-  attention_bias: false, rms_norm_eps: 1e-5, rope_theta: 10000000.0, max_position_embeddings: 131072, bos_token_id: 1, eos_token_id: 2,
-  quantization_config: { quant_method: 'fp8', fmt: 'e4m3', activation_scheme: 'dynamic', weight_block_size: [128, 128] },
-}, 'bench/gpu-model (LongCat-Flash-Chat dims)');
+  ? {
+      vocab: 512,
+      hidden: 160,
+      heads: 2,
+      qLora: 64,
+      kvLora: 64,
+      nope: 16,
+      rope: 16,
+      v: 16,
+      ffn: 256,
+      effn: 64,
+      routed: 8,
+      zero: 4,
+      topk: 4,
+    }
+  : {
+      vocab: 131072,
+      hidden: 6144,
+      heads: 64,
+      qLora: 1536,
+      kvLora: 512,
+      nope: 128,
+      rope: 64,
+      v: 128,
+      ffn: 12288,
+      effn: 2048,
+      routed: 512,
+      zero: 256,
+      topk: 12,
+    };
+const flash = layers =>
+  parseConfig(
+    {
+      architectures: ['LongcatFlashForCausalLM'],
+      model_type: 'longcat_flash',
+      vocab_size: W.vocab,
+      hidden_size: W.hidden,
+      num_layers: layers,
+      num_attention_heads: W.heads,
+      q_lora_rank: W.qLora,
+      kv_lora_rank: W.kvLora,
+      qk_nope_head_dim: W.nope,
+      qk_rope_head_dim: W.rope,
+      v_head_dim: W.v,
+      ffn_hidden_size: W.ffn,
+      expert_ffn_hidden_size: W.effn,
+      n_routed_experts: W.routed,
+      zero_expert_num: W.zero,
+      zero_expert_type: 'identity',
+      moe_topk: W.topk,
+      routed_scaling_factor: 6.0,
+      mla_scale_q_lora: true,
+      mla_scale_kv_lora: true,
+      attention_method: 'MLA',
+      attention_bias: false,
+      rms_norm_eps: 1e-5,
+      rope_theta: 10000000.0,
+      max_position_embeddings: 131072,
+      bos_token_id: 1,
+      eos_token_id: 2,
+      quantization_config: { quant_method: 'fp8', fmt: 'e4m3', activation_scheme: 'dynamic', weight_block_size: [128, 128] },
+    },
+    'bench/gpu-model (LongCat-Flash-Chat dims)',
+  );
 
-const specBytes = (s, name) => numel(s.shape) * (name.endsWith('weight_scale_inv') ? 4 : s.quantized ? 1 : s.role === 'norm' || s.role === 'bias' ? 4 : 2);
+const specBytes = (s, name) =>
+  numel(s.shape) * (name.endsWith('weight_scale_inv') ? 4 : s.quantized ? 1 : s.role === 'norm' || s.role === 'bias' ? 4 : 2);
 const bytesOf = (specs, pred) => [...specs].filter(([n]) => pred(n)).reduce((a, [n, s]) => a + specBytes(s, n), 0);
 const one = requiredTensors(flash(1));
-const perLayer = bytesOf(one, (n) => n.startsWith('model.layers.0.'));
-const outside = bytesOf(one, (n) => !n.startsWith('model.layers.'));
-const layers = arg('--layers', smoke ? 2 : Math.max(1, Math.min(28, Math.floor((card.freeBytes * 0.85 - outside - (4 << 30)) / perLayer))));
+const perLayer = bytesOf(one, n => n.startsWith('model.layers.0.'));
+const outside = bytesOf(one, n => !n.startsWith('model.layers.'));
+const layers = arg(
+  '--layers',
+  smoke ? 2 : Math.max(1, Math.min(28, Math.floor((card.freeBytes * 0.85 - outside - (4 << 30)) / perLayer))),
+);
 const config = flash(layers);
 const specs = requiredTensors(config);
 const dims = modelDims(config);
-console.log(`bench/gpu-model on ${card.name}: ${smoke ? 'reduced' : 'LongCat-Flash'} width, ${layers} of 28 layers, ` +
-  `${((outside + layers * perLayer) / 2 ** 30).toFixed(1)} GiB of weights (fp8 linears) made on the device`);
+console.log(
+  `bench/gpu-model on ${card.name}: ${smoke ? 'reduced' : 'LongCat-Flash'} width, ${layers} of 28 layers, ` +
+    `${((outside + layers * perLayer) / 2 ** 30).toFixed(1)} GiB of weights (fp8 linears) made on the device`,
+);
 
 // ---- weights on the device ---------------------------------------------------------------------
 const random = deviceRandom(dev, stream, smoke ? 1 << 12 : 1 << 24);
@@ -84,12 +144,19 @@ function make(name) {
   return t;
 }
 const src = {
-  has: (name) => specs.has(name),
-  get: (name) => made.get(name) ?? make(name),
+  has: name => specs.has(name),
+  get: name => made.get(name) ?? make(name),
   expertWeights(l, e) {
-    const p = expertPrefix(l, e), g = (m) => src.get(`${p}.${m}`);
-    return { gate: g('gate_proj.weight'), up: g('up_proj.weight'), down: g('down_proj.weight'),
-      gateScale: g('gate_proj.weight_scale_inv'), upScale: g('up_proj.weight_scale_inv'), downScale: g('down_proj.weight_scale_inv') };
+    const p = expertPrefix(l, e),
+      g = m => src.get(`${p}.${m}`);
+    return {
+      gate: g('gate_proj.weight'),
+      up: g('up_proj.weight'),
+      down: g('down_proj.weight'),
+      gateScale: g('gate_proj.weight_scale_inv'),
+      upScale: g('up_proj.weight_scale_inv'),
+      downScale: g('down_proj.weight_scale_inv'),
+    };
   },
 };
 let t0 = now();
@@ -100,10 +167,13 @@ console.log(`weights ready in ${((now() - t0) / 1e3).toFixed(1)} s`);
 
 // ---- copy bandwidth (the roofline) --------------------------------------------------------------
 function copyGBs() {
-  const n = smoke ? 1 << 16 : 1 << 30, a = randomDevice([n], 'bf16', 1), b = empty([n], { dtype: 'bf16', device: dev });
+  const n = smoke ? 1 << 16 : 1 << 30,
+    a = randomDevice([n], 'bf16', 1),
+    b = empty([n], { dtype: 'bf16', device: dev });
   const times = [];
   for (let i = 0; i < (smoke ? 1 : 5); i++) {
-    const e0 = new Event(dev), e1 = new Event(dev);
+    const e0 = new Event(dev),
+      e1 = new Event(dev);
     e0.record(stream);
     native.convert(stream, b, a);
     e1.record(stream);
@@ -117,13 +187,20 @@ function copyGBs() {
 const bw = copyGBs();
 
 // ---- bytes per decode step ----------------------------------------------------------------------
-const expertBytes = ['gate_proj', 'up_proj', 'down_proj'].reduce((a, m) =>
-  a + specBytes(specs.get(`${expertPrefix(0, 0)}.${m}.weight`), 'w') + specBytes(specs.get(`${expertPrefix(0, 0)}.${m}.weight_scale_inv`), 'weight_scale_inv'), 0);
-const nonExpertBytes = [...specs].filter(([n]) => !n.includes('.mlp.experts.') && n !== 'model.embed_tokens.weight')
-  .reduce((a, [n, s]) => a + specBytes(s, n), 0)
+const expertBytes = ['gate_proj', 'up_proj', 'down_proj'].reduce(
+  (a, m) =>
+    a +
+    specBytes(specs.get(`${expertPrefix(0, 0)}.${m}.weight`), 'w') +
+    specBytes(specs.get(`${expertPrefix(0, 0)}.${m}.weight_scale_inv`), 'weight_scale_inv'),
+  0,
+);
+const nonExpertBytes =
+  [...specs]
+    .filter(([n]) => !n.includes('.mlp.experts.') && n !== 'model.embed_tokens.weight')
+    .reduce((a, [n, s]) => a + specBytes(s, n), 0) +
   // the absorbed form reads kv_b as bf16 codes (128-wide heads) or f32, not as the stored fp8
-  + layers * 2 * (W.nope === 128 && W.v === 128 ? 1 : 3) * W.heads * (W.nope + W.v) * W.kvLora;
-const sumCounts = (nFfn) => {
+  layers * 2 * (W.nope === 128 && W.v === 128 ? 1 : 3) * W.heads * (W.nope + W.v) * W.kvLora;
+const sumCounts = nFfn => {
   let s = 0;
   for (const t of nFfn) {
     for (const c of new Int32Array(t.toBytes().buffer)) s += c;
@@ -139,7 +216,8 @@ function decode(n) {
   const seq = engine.newSequence();
   engine.forward([seq], [Array.from({ length: promptLength }, tok)]).logits.dispose();
   native.synchronize(dev);
-  const issue = [], total = [];
+  const issue = [],
+    total = [];
   let ffn = 0;
   for (let i = 0; i < n; i++) {
     const a = now();
@@ -161,7 +239,8 @@ engine.useGraphs = false;
 const few = smoke ? STEPS : Math.max(8, STEPS >> 2);
 const e = decode(few);
 engine.useGraphs = true;
-const stepMs = median(g.total), eagerMs = median(e.total);
+const stepMs = median(g.total),
+  eagerMs = median(e.total);
 const bytesPerStep = nonExpertBytes + g.ffnPerToken * expertBytes;
 const roofline = bw / (bytesPerStep / 1e9);
 
@@ -199,24 +278,49 @@ for (let r = 0; r < (smoke ? 1 : 3); r++) {
 }
 
 const res = {
-  card: card.name, layers, copyGBs: bw, ffnExpertsPerToken: g.ffnPerToken / layers,
-  decode: { stepMs, tokensPerSecond: 1e3 / stepMs, rooflineTokensPerSecond: roofline, ofRoofline: 1e3 / stepMs / roofline,
-    gbPerStep: bytesPerStep / 1e9, hostFraction: median(g.issue) / stepMs },
+  card: card.name,
+  layers,
+  copyGBs: bw,
+  ffnExpertsPerToken: g.ffnPerToken / layers,
+  decode: {
+    stepMs,
+    tokensPerSecond: 1e3 / stepMs,
+    rooflineTokensPerSecond: roofline,
+    ofRoofline: 1e3 / stepMs / roofline,
+    gbPerStep: bytesPerStep / 1e9,
+    hostFraction: median(g.issue) / stepMs,
+  },
   eager: { stepMs: eagerMs, tokensPerSecond: 1e3 / eagerMs, hostFraction: median(e.issue) / eagerMs },
   prefill512: { ms: median(pp), tokensPerSecond: (smoke ? 32 : 512) / (median(pp) / 1e3) },
   moeOverlap: { overlappedStepMs: overlapMs, serialStepMs: serialMs, serialOverOverlapped: serialMs / overlapMs },
 };
 console.table({
-  'decode (graph)': { 'tok/s': res.decode.tokensPerSecond.toFixed(1), 'step ms': stepMs.toFixed(2), 'host %': (res.decode.hostFraction * 100).toFixed(1),
-    'roofline tok/s': roofline.toFixed(1), '% of roofline': (res.decode.ofRoofline * 100).toFixed(0) },
-  'decode (eager)': { 'tok/s': res.eager.tokensPerSecond.toFixed(1), 'step ms': eagerMs.toFixed(2), 'host %': (res.eager.hostFraction * 100).toFixed(1) },
+  'decode (graph)': {
+    'tok/s': res.decode.tokensPerSecond.toFixed(1),
+    'step ms': stepMs.toFixed(2),
+    'host %': (res.decode.hostFraction * 100).toFixed(1),
+    'roofline tok/s': roofline.toFixed(1),
+    '% of roofline': (res.decode.ofRoofline * 100).toFixed(0),
+  },
+  'decode (eager)': {
+    'tok/s': res.eager.tokensPerSecond.toFixed(1),
+    'step ms': eagerMs.toFixed(2),
+    'host %': (res.eager.hostFraction * 100).toFixed(1),
+  },
   'decode, MoE in order on the main stream': { 'tok/s': (1e3 / serialMs).toFixed(1), 'step ms': serialMs.toFixed(2) },
-  [`prefill ${smoke ? 32 : 512}`]: { 'tok/s': res.prefill512.tokensPerSecond.toFixed(0), 'step ms': res.prefill512.ms.toFixed(1) },
+  [`prefill ${smoke ? 32 : 512}`]: {
+    'tok/s': res.prefill512.tokensPerSecond.toFixed(0),
+    'step ms': res.prefill512.ms.toFixed(1),
+  },
 });
-console.log(`ScMoE overlap: step ${overlapMs.toFixed(2)} ms with the MoE on its own stream vs ${serialMs.toFixed(2)} ms in order ` +
-  `(${((serialMs / overlapMs - 1) * 100).toFixed(0)}% longer without the overlap, same run)`);
-console.log(`copy bandwidth ${bw.toFixed(0)} GB/s; a decode step reads ${res.decode.gbPerStep.toFixed(2)} GB ` +
-  `(${(g.ffnPerToken / layers).toFixed(2)} FFN experts per token and layer)`);
+console.log(
+  `ScMoE overlap: step ${overlapMs.toFixed(2)} ms with the MoE on its own stream vs ${serialMs.toFixed(2)} ms in order ` +
+    `(${((serialMs / overlapMs - 1) * 100).toFixed(0)}% longer without the overlap, same run)`,
+);
+console.log(
+  `copy bandwidth ${bw.toFixed(0)} GB/s; a decode step reads ${res.decode.gbPerStep.toFixed(2)} GB ` +
+    `(${(g.ffnPerToken / layers).toFixed(2)} FFN experts per token and layer)`,
+);
 if (outFile) {
   mkdirSync(path.dirname(outFile), { recursive: true });
   writeFileSync(outFile, JSON.stringify(res, null, 2));

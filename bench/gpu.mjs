@@ -34,7 +34,7 @@ const args = process.argv.slice(2);
 const quick = args.includes('--quick');
 const only = args.includes('--only') ? args[args.indexOf('--only') + 1].split(',') : null;
 const outFile = args.includes('--out') ? args[args.indexOf('--out') + 1] : null;
-const want = (s) => !only || only.includes(s);
+const want = s => !only || only.includes(s);
 const smoke = args.includes('--smoke');
 
 const status = native.cudaStatus();
@@ -43,12 +43,15 @@ if (!smoke && !status.available) {
   process.exit(2);
 }
 const dev = smoke ? (args.includes('--device') ? args[args.indexOf('--device') + 1] : 'cpu') : 'cuda:0';
-const card = dev === 'cpu' ? { name: 'cpu (smoke)', computeCapability: '0.0', multiprocessors: 0 } : native.devices().find((d) => d.id === dev);
+const card =
+  dev === 'cpu'
+    ? { name: 'cpu (smoke)', computeCapability: '0.0', multiprocessors: 0 }
+    : native.devices().find(d => d.id === dev);
 const stream = new Stream(dev);
 console.log(`bench/gpu on ${card.name} (sm_${card.computeCapability.replace('.', '')}, ${card.multiprocessors} SMs)`);
 // LongCat-Flash sizes; --smoke divides widths by 24 and counts by 8 and picks its own few sizes
 const Z = smoke ? { w: 24, n: 8 } : { w: 1, n: 1 };
-const wd = (x) => Math.max(1, Math.round(x / Z.w));
+const wd = x => Math.max(1, Math.round(x / Z.w));
 const results = { card: card.name, computeCapability: card.computeCapability };
 
 /** Median milliseconds of `fn` on the stream, timed with CUDA events (--smoke: one untimed-quality run). */
@@ -57,7 +60,8 @@ function timeMs(fn, iters = quick ? 5 : 12) {
   else fn(), fn();
   const times = [];
   for (let i = 0; i < iters; i++) {
-    const a = new Event(dev), b = new Event(dev);
+    const a = new Event(dev),
+      b = new Event(dev);
     a.record(stream);
     fn();
     b.record(stream);
@@ -80,8 +84,12 @@ function withPrecision(p, fn) {
 // into every tensor (distinct addresses: no cache reuse across weights).
 const random = deviceRandom(dev, stream, smoke ? 1 << 12 : 1 << 23);
 const randomDevice = random.make;
-const fp8Scales = (n, k) => tensor(randomF32(Math.ceil(n / 128) * Math.ceil(k / 128), 7, 1).map((v) => 0.01 + Math.abs(v) * 0.02),
-  [Math.ceil(n / 128), Math.ceil(k / 128)], { device: dev });
+const fp8Scales = (n, k) =>
+  tensor(
+    randomF32(Math.ceil(n / 128) * Math.ceil(k / 128), 7, 1).map(v => 0.01 + Math.abs(v) * 0.02),
+    [Math.ceil(n / 128), Math.ceil(k / 128)],
+    { device: dev },
+  );
 
 const rows = [];
 const table = (name, r) => {
@@ -93,7 +101,8 @@ const table = (name, r) => {
 let copyGBs = 0;
 {
   const n = smoke ? 1 << 16 : 1 << 30; // bf16 elements: 2 GiB each way
-  const a = randomDevice([n], 'bf16'), b = empty([n], { dtype: 'bf16', device: dev });
+  const a = randomDevice([n], 'bf16'),
+    b = empty([n], { dtype: 'bf16', device: dev });
   const ms = timeMs(() => native.convert(stream, b, a), 5);
   copyGBs = (2 * 2 * n) / ms / 1e6;
   a.dispose();
@@ -103,8 +112,15 @@ let copyGBs = 0;
 }
 
 // ---- dense GEMMs ---------------------------------------------------------------------------------
-const shapes = [['expert gate+up', 4096, 6144], ['expert down', 6144, 2048], ['dense FFN gate+up', 24576, 6144],
-  ['attn q_a', 1536, 6144], ['attn q_b', 12288, 1536], ['attn kv_a', 576, 6144], ['attn o_proj', 6144, 8192]]
+const shapes = [
+  ['expert gate+up', 4096, 6144],
+  ['expert down', 6144, 2048],
+  ['dense FFN gate+up', 24576, 6144],
+  ['attn q_a', 1536, 6144],
+  ['attn q_b', 12288, 1536],
+  ['attn kv_a', 576, 6144],
+  ['attn o_proj', 6144, 8192],
+]
   .map(([name, n, k]) => [name, wd(n), wd(k)])
   .slice(0, smoke ? 2 : undefined);
 if (want('gemm')) {
@@ -115,17 +131,27 @@ if (want('gemm')) {
     const w8 = randomDevice([n, k], 'fp8_e4m3', 200);
     const s8 = fp8Scales(n, k);
     for (const t of Ts) {
-      const x = randomDevice([t, k], 'bf16', 1), y = empty([t, n], { dtype: 'bf16', device: dev });
+      const x = randomDevice([t, k], 'bf16', 1),
+        y = empty([t, n], { dtype: 'bf16', device: dev });
       const flops = 2 * t * n * k;
       const ms16 = withPrecision('bf16', () => timeMs(() => native.linear(stream, y, x, wb, null)));
       const ms8 = withPrecision('fp8', () => timeMs(() => native.linear(stream, y, x, w8, s8)));
 
-      const bytes16 = 2 * n * k + 2 * t * (k + n), bytes8 = n * k + 2 * t * (k + n);
-      out.push({ shape: name, N: n, K: k, T: t,
-        'bf16 us': (ms16 * 1e3).toFixed(1), 'bf16 TFLOP/s': (flops / ms16 / 1e9).toFixed(1),
+      const bytes16 = 2 * n * k + 2 * t * (k + n),
+        bytes8 = n * k + 2 * t * (k + n);
+      out.push({
+        shape: name,
+        N: n,
+        K: k,
+        T: t,
+        'bf16 us': (ms16 * 1e3).toFixed(1),
+        'bf16 TFLOP/s': (flops / ms16 / 1e9).toFixed(1),
         'bf16 %copyBW': ((bytes16 / ms16 / 1e6 / copyGBs) * 100).toFixed(0),
-        'fp8 us': (ms8 * 1e3).toFixed(1), 'fp8 TFLOP/s': (flops / ms8 / 1e9).toFixed(1),
-        'fp8 %copyBW': ((bytes8 / ms8 / 1e6 / copyGBs) * 100).toFixed(0), 'fp8/bf16': (ms16 / ms8).toFixed(2) });
+        'fp8 us': (ms8 * 1e3).toFixed(1),
+        'fp8 TFLOP/s': (flops / ms8 / 1e9).toFixed(1),
+        'fp8 %copyBW': ((bytes8 / ms8 / 1e6 / copyGBs) * 100).toFixed(0),
+        'fp8/bf16': (ms16 / ms8).toFixed(2),
+      });
       x.dispose();
       y.dispose();
     }
@@ -133,17 +159,31 @@ if (want('gemm')) {
     w8.dispose();
     s8.dispose();
   }
-  table('linear (bf16 weights at precision bf16; fp8 weights at precision fp8; %copyBW = bytes moved / time / copy bandwidth)', out);
+  table(
+    'linear (bf16 weights at precision bf16; fp8 weights at precision fp8; %copyBW = bytes moved / time / copy bandwidth)',
+    out,
+  );
   results.gemm = out;
 }
 
 // ---- grouped-expert MoE --------------------------------------------------------------------------
 if (want('moe')) {
-  const H = wd(6144), I = wd(2048), NR = 64 / Z.n, K = 8 / Z.n;
+  const H = wd(6144),
+    I = wd(2048),
+    NR = 64 / Z.n,
+    K = 8 / Z.n;
   const out = [];
-  for (const [wdt, precision] of [['bf16', 'bf16'], ['fp8_e4m3', 'fp8']]) {
+  for (const [wdt, precision] of [
+    ['bf16', 'bf16'],
+    ['fp8_e4m3', 'fp8'],
+  ]) {
     const fp8 = wdt === 'fp8_e4m3';
-    const g = [], u = [], d = [], gs = [], us = [], ds = [];
+    const g = [],
+      u = [],
+      d = [],
+      gs = [],
+      us = [],
+      ds = [];
     for (let e = 0; e < NR; e++) {
       g.push(randomDevice([I, H], wdt, fp8 ? 200 : 0.05));
       u.push(randomDevice([I, H], wdt, fp8 ? 200 : 0.05));
@@ -152,27 +192,45 @@ if (want('moe')) {
     }
     const set = native.moeExperts(g, u, d, fp8 ? gs : null, fp8 ? us : null, fp8 ? ds : null);
     // the dense peer: one gate+up and one down weight at the same rows
-    const wgu = randomDevice([2 * I, H], wdt, fp8 ? 200 : 0.05), wd = randomDevice([H, I], wdt, fp8 ? 200 : 0.05);
-    const sgu = fp8 ? fp8Scales(2 * I, H) : null, sd = fp8 ? fp8Scales(H, I) : null;
+    const wgu = randomDevice([2 * I, H], wdt, fp8 ? 200 : 0.05),
+      wd = randomDevice([H, I], wdt, fp8 ? 200 : 0.05);
+    const sgu = fp8 ? fp8Scales(2 * I, H) : null,
+      sd = fp8 ? fp8Scales(H, I) : null;
     for (const perExpert of smoke ? [1, 17] : quick ? [8, 256] : [8, 64, 256, 1024]) {
       const T = (perExpert * NR) / K;
       const ids = new Int32Array(T * K);
       for (let t = 0; t < T; t++) for (let j = 0; j < K; j++) ids[t * K + j] = (t * 7 + j * 8 + (t >> 3)) % NR; // balanced, distinct per token
       const idx = tensor(ids, [T, K], { dtype: 'int32', device: dev });
       const w = tensor(randomF32(T * K, 3, 1).map(Math.abs), [T, K], { device: dev });
-      const x = randomDevice([T, H], 'f32', 1), y = empty([T, H], { device: dev });
-      const ms = withPrecision(precision, () => timeMs(() => native.moe(stream, y, x, idx, w, NR, set, null, null, null, null, null, NR)));
-      const M = T * K, flops = 6 * M * H * I;
-      const xa = randomDevice([M, H], 'bf16', 1), ya = empty([M, 2 * I], { dtype: 'bf16', device: dev });
-      const xd = randomDevice([M, I], 'bf16', 1), yd = empty([M, H], { dtype: 'bf16', device: dev });
-      const msDense = withPrecision(precision, () => timeMs(() => {
-        native.linear(stream, ya, xa, wgu, sgu);
-        native.linear(stream, yd, xd, wd, sd);
-      }));
+      const x = randomDevice([T, H], 'f32', 1),
+        y = empty([T, H], { device: dev });
+      const ms = withPrecision(precision, () =>
+        timeMs(() => native.moe(stream, y, x, idx, w, NR, set, null, null, null, null, null, NR)),
+      );
+      const M = T * K,
+        flops = 6 * M * H * I;
+      const xa = randomDevice([M, H], 'bf16', 1),
+        ya = empty([M, 2 * I], { dtype: 'bf16', device: dev });
+      const xd = randomDevice([M, I], 'bf16', 1),
+        yd = empty([M, H], { dtype: 'bf16', device: dev });
+      const msDense = withPrecision(precision, () =>
+        timeMs(() => {
+          native.linear(stream, ya, xa, wgu, sgu);
+          native.linear(stream, yd, xd, wd, sd);
+        }),
+      );
       const wbytes = NR * 3 * H * I * (fp8 ? 1 : 2);
-      out.push({ weights: wdt, 'rows/expert': perExpert, T, us: (ms * 1e3).toFixed(1), 'TFLOP/s': (flops / ms / 1e9).toFixed(1),
-        'dense pair TFLOP/s': (flops / msDense / 1e9).toFixed(1), 'grouped/dense': (msDense / ms).toFixed(2),
-        'weights GB/s': (wbytes / ms / 1e6).toFixed(0), '%copyBW': ((wbytes / ms / 1e6 / copyGBs) * 100).toFixed(0) });
+      out.push({
+        weights: wdt,
+        'rows/expert': perExpert,
+        T,
+        us: (ms * 1e3).toFixed(1),
+        'TFLOP/s': (flops / ms / 1e9).toFixed(1),
+        'dense pair TFLOP/s': (flops / msDense / 1e9).toFixed(1),
+        'grouped/dense': (msDense / ms).toFixed(2),
+        'weights GB/s': (wbytes / ms / 1e6).toFixed(0),
+        '%copyBW': ((wbytes / ms / 1e6 / copyGBs) * 100).toFixed(0),
+      });
       for (const t of [idx, w, x, y, xa, ya, xd, yd]) t.dispose();
     }
     set.dispose();
@@ -186,25 +244,42 @@ if (want('moe')) {
 
 // ---- MLA decode ----------------------------------------------------------------------------------
 if (want('mla')) {
-  const NH = 64 / Z.n, DL = 512, DR = 64, BS = 64, ROW = DL + DR;
-  const Bs = smoke ? [1, 2] : quick ? [1, 64] : [1, 8, 32, 64], ctxs = smoke ? [64, 192] : quick ? [1024, 32768] : [1024, 4096, 16384, 32768];
+  const NH = 64 / Z.n,
+    DL = 512,
+    DR = 64,
+    BS = 64,
+    ROW = DL + DR;
+  const Bs = smoke ? [1, 2] : quick ? [1, 64] : [1, 8, 32, 64],
+    ctxs = smoke ? [64, 192] : quick ? [1024, 32768] : [1024, 4096, 16384, 32768];
   const maxBlocks = Math.max(...Bs) * (Math.max(...ctxs) / BS);
   const cache = randomDevice([maxBlocks, BS, ROW], 'bf16', 1);
   const out = [];
   for (const B of Bs)
     for (const ctx of ctxs) {
       const mb = ctx / BS;
-      const bt = tensor(Int32Array.from({ length: B * mb }, (_, i) => (i * 7919) % maxBlocks), [B, mb], { dtype: 'int32', device: dev });
+      const bt = tensor(
+        Int32Array.from({ length: B * mb }, (_, i) => (i * 7919) % maxBlocks),
+        [B, mb],
+        { dtype: 'int32', device: dev },
+      );
       const sl = tensor(new Int32Array(B).fill(ctx), [B], { dtype: 'int32', device: dev });
-      const ql = randomDevice([B, NH, DL], 'f32', 0.3), q = randomDevice([B, NH, 7 + DR], 'f32', 0.3);
+      const ql = randomDevice([B, NH, DL], 'f32', 0.3),
+        q = randomDevice([B, NH, 7 + DR], 'f32', 0.3);
       const ol = empty([B, NH, DL], { device: dev });
       const run = () => native.mlaDecodeAbsorbed(stream, ol, ql, q, cache, bt, sl, 1 / Math.sqrt(192));
       const ms = withPrecision('bf16', () => timeMs(run)); // tensor cores (q, p in bf16)
       const ms32 = withPrecision('highest', () => timeMs(run, quick ? 3 : 5)); // fp32 CUDA cores
-      const bytes = B * ctx * ROW * 2, flops = 2 * B * ctx * NH * (ROW + DL);
-      out.push({ batch: B, context: ctx, us: (ms * 1e3).toFixed(1), 'GB/s': (bytes / ms / 1e6).toFixed(0),
-        '%copyBW': ((bytes / ms / 1e6 / copyGBs) * 100).toFixed(0), 'TFLOP/s': (flops / ms / 1e9).toFixed(1),
-        'fp32-core %copyBW': ((bytes / ms32 / 1e6 / copyGBs) * 100).toFixed(0) });
+      const bytes = B * ctx * ROW * 2,
+        flops = 2 * B * ctx * NH * (ROW + DL);
+      out.push({
+        batch: B,
+        context: ctx,
+        us: (ms * 1e3).toFixed(1),
+        'GB/s': (bytes / ms / 1e6).toFixed(0),
+        '%copyBW': ((bytes / ms / 1e6 / copyGBs) * 100).toFixed(0),
+        'TFLOP/s': (flops / ms / 1e9).toFixed(1),
+        'fp32-core %copyBW': ((bytes / ms32 / 1e6 / copyGBs) * 100).toFixed(0),
+      });
       for (const t of [bt, sl, ql, q, ol]) t.dispose();
     }
   cache.dispose();
@@ -218,7 +293,9 @@ if (want('wgmma') && dev !== 'cpu') {
   for (const [name, n, k] of shapes) {
     const wb = randomDevice([n, k], 'bf16');
     for (const t of smoke ? [17] : quick ? [512] : [64, 512, 4096]) {
-      const x = randomDevice([t, k], 'bf16', 1), y0 = empty([t, n], { device: dev }), y1 = empty([t, n], { device: dev });
+      const x = randomDevice([t, k], 'bf16', 1),
+        y0 = empty([t, n], { device: dev }),
+        y1 = empty([t, n], { device: dev });
       const flops = 2 * t * n * k;
       const msMma = withPrecision('bf16', () => timeMs(() => native.linear(stream, y0, x, wb, null)));
       const prev = native.setCudaGemm('wgmma');
@@ -228,12 +305,22 @@ if (want('wgmma') && dev !== 'cpu') {
       } finally {
         native.setCudaGemm(prev);
       }
-      const a = toArray(y0), b = toArray(y1);
-      let scale = 1e-30, worst = 0;
+      const a = toArray(y0),
+        b = toArray(y1);
+      let scale = 1e-30,
+        worst = 0;
       for (let i = 0; i < a.length; i++) scale = Math.max(scale, Math.abs(a[i]));
       for (let i = 0; i < a.length; i++) worst = Math.max(worst, Number.isNaN(b[i]) ? Infinity : Math.abs(a[i] - b[i]));
-      out.push({ shape: name, N: n, K: k, T: t, 'mma TFLOP/s': (flops / msMma / 1e9).toFixed(1), 'wgmma TFLOP/s': (flops / msWg / 1e9).toFixed(1),
-        'wgmma/mma': (msMma / msWg).toFixed(2), 'max |wgmma - mma| / max |y|': (worst / scale).toExponential(1) });
+      out.push({
+        shape: name,
+        N: n,
+        K: k,
+        T: t,
+        'mma TFLOP/s': (flops / msMma / 1e9).toFixed(1),
+        'wgmma TFLOP/s': (flops / msWg / 1e9).toFixed(1),
+        'wgmma/mma': (msMma / msWg).toFixed(2),
+        'max |wgmma - mma| / max |y|': (worst / scale).toExponential(1),
+      });
       for (const v of [x, y0, y1]) v.dispose();
     }
     wb.dispose();

@@ -34,25 +34,36 @@ const quick = args.includes('--quick');
 const arg = (name, dflt) => (args.includes(name) ? args[args.indexOf(name) + 1] : dflt);
 const outPath = arg('--out', null);
 const presets = arg('--presets', quick ? 'small' : 'small,medium').split(',');
-const PP = Number(arg('--pp', 512)), TG = Number(arg('--tg', 128));
+const PP = Number(arg('--pp', 512)),
+  TG = Number(arg('--tg', 128));
 
-const mean = (v) => v.reduce((a, b) => a + b, 0) / v.length;
-const sd = (v) => (v.length < 2 ? 0 : Math.sqrt(v.reduce((a, b) => a + (b - mean(v)) ** 2, 0) / (v.length - 1)));
-const numel = (t) => t.shape.reduce((a, b) => a * b, 1);
-const linBytes = (l) => l.weight.nbytes + (l.scale ? l.scale.nbytes : 0);
-const linParams = (l) => numel(l.weight);
+const mean = v => v.reduce((a, b) => a + b, 0) / v.length;
+const sd = v => (v.length < 2 ? 0 : Math.sqrt(v.reduce((a, b) => a + (b - mean(v)) ** 2, 0) / (v.length - 1)));
+const numel = t => t.shape.reduce((a, b) => a * b, 1);
+const linBytes = l => l.weight.nbytes + (l.scale ? l.scale.nbytes : 0);
+const linParams = l => numel(l.weight);
 
 /** Weight bytes a decode step reads and linear FLOPs per prefill token, from the engine's weights. */
 function accounting(model) {
-  const e = model.engine, d = e.dims, w = e.w;
-  let denseBytes = 0, denseParams = 0; // denseParams: per-token linear MACs in the prefill (expanded) form
+  const e = model.engine,
+    d = e.dims,
+    w = e.w;
+  let denseBytes = 0,
+    denseParams = 0; // denseParams: per-token linear MACs in the prefill (expanded) form
   for (const L of w.layers) {
     for (const a of L.attn) {
-      for (const l of [a.qA, a.qB, a.kvLatent, a.kvRope, a.o]) { denseBytes += linBytes(l); denseParams += linParams(l); }
+      for (const l of [a.qA, a.qB, a.kvLatent, a.kvRope, a.o]) {
+        denseBytes += linBytes(l);
+        denseParams += linParams(l);
+      }
       denseBytes += a.kvB.nbytes + a.qNorm.nbytes + a.kvNorm.nbytes; // decode: absorbed W_UK / W_UV
       denseParams += linParams(a.kvBLinear); // prefill: kv_b_proj on every cached token
     }
-    for (const m of L.mlp) for (const l of [m.gate, m.up, m.down]) { denseBytes += linBytes(l); denseParams += linParams(l); }
+    for (const m of L.mlp)
+      for (const l of [m.gate, m.up, m.down]) {
+        denseBytes += linBytes(l);
+        denseParams += linParams(l);
+      }
     denseBytes += L.moe.classifier.nbytes + L.moe.bias.nbytes;
     denseParams += numel(L.moe.classifier);
     for (const n of [...L.inputNorm, ...L.postAttnNorm]) denseBytes += n.nbytes;
@@ -61,11 +72,20 @@ function accounting(model) {
   const x = model.checkpoint.expertWeights(0, 0);
   const expertBytes = [x.gate, x.up, x.down, x.gateScale, x.upScale, x.downScale].reduce((a, t) => a + (t ? t.nbytes : 0), 0);
   const expertParams = numel(x.gate) + numel(x.up) + numel(x.down);
-  return { denseBytes, headBytes, nonExpertBytes: denseBytes + headBytes, expertBytes, expertParams, denseParams, headParams: linParams(w.lmHead),
-    weightDtype: w.layers[0].mlp[0].gate.weight.dtype, embedBytes: w.embed.nbytes };
+  return {
+    denseBytes,
+    headBytes,
+    nonExpertBytes: denseBytes + headBytes,
+    expertBytes,
+    expertParams,
+    denseParams,
+    headParams: linParams(w.lmHead),
+    weightDtype: w.layers[0].mlp[0].gate.weight.dtype,
+    embedBytes: w.embed.nbytes,
+  };
 }
 
-const sumCounts = (nFfn) => {
+const sumCounts = nFfn => {
   let s = 0;
   for (const t of nFfn) {
     const v = new Int32Array(t.toBytes().buffer);
@@ -93,7 +113,8 @@ function prefill(engine, tokens) {
 /** n decode steps from an empty sequence; per step: issue time (forward() returned) and total. */
 function decode(engine, n, rand, vocab, keep = false) {
   const seq = engine.newSequence();
-  const issue = [], total = [];
+  const issue = [],
+    total = [];
   let ffn = 0;
   native.synchronize('cpu');
   for (let i = 0; i < n; i++) {
@@ -115,11 +136,23 @@ function decode(engine, n, rand, vocab, keep = false) {
 /** Minimal stand-in for the engine's per-stage Arena (used to call its branch methods alone). */
 class Arena {
   held = [];
-  f32(shape) { return this.keep(new native.Tensor('f32', shape, 'cpu')); }
-  i32(shape) { return this.keep(new native.Tensor('int32', shape, 'cpu')); }
-  ints(values, shape = [values.length]) { return this.keep(new native.Tensor('int32', shape, 'cpu', Int32Array.from(values))); }
-  keep(t) { this.held.push(t); return t; }
-  dispose() { for (const t of this.held) t.dispose(); this.held = []; }
+  f32(shape) {
+    return this.keep(new native.Tensor('f32', shape, 'cpu'));
+  }
+  i32(shape) {
+    return this.keep(new native.Tensor('int32', shape, 'cpu'));
+  }
+  ints(values, shape = [values.length]) {
+    return this.keep(new native.Tensor('int32', shape, 'cpu', Int32Array.from(values)));
+  }
+  keep(t) {
+    this.held.push(t);
+    return t;
+  }
+  dispose() {
+    for (const t of this.held) t.dispose();
+    this.held = [];
+  }
 }
 
 /**
@@ -130,26 +163,33 @@ class Arena {
  * Uses the engine's internal methods: returns null when they are not there.
  */
 function overlap(engine, seq, reps, rand) {
-  const e = engine, d = e.dims, w = e.w;
+  const e = engine,
+    d = e.dims,
+    w = e.w;
   if (typeof e.mla !== 'function' || typeof e.mlp !== 'function' || typeof e.moe !== 'function' || !e.caches) return null;
   const s = native.defaultStream('cpu');
   const H = d.hidden;
-  const fill = (t) => {
+  const fill = t => {
     const a = new Float32Array(numel(t));
     for (let i = 0; i < a.length; i++) a[i] = rand.uniform(-0.1, 0.1);
     t.copyFromBytes(a);
     return t;
   };
   const outer = new Arena();
-  const h = fill(outer.f32([1, H])), u = fill(outer.f32([1, H]));
+  const h = fill(outer.f32([1, H])),
+    u = fill(outer.f32([1, H]));
   const bt = batchTables([seq], e.maxBlocks);
   const len = seq.length;
   const info = {
-    mode: 'decode', T: 1,
-    ids: outer.ints([1]), positions: outer.ints([len - 1]), slots: outer.ints([seq.slots(len - 1, len)[0]]),
-    blockTable: outer.ints(bt.table, [1, bt.table.length]), seqLens: outer.ints(bt.seqLens),
+    mode: 'decode',
+    T: 1,
+    ids: outer.ints([1]),
+    positions: outer.ints([len - 1]),
+    slots: outer.ints([seq.slots(len - 1, len)[0]]),
+    blockTable: outer.ints(bt.table, [1, bt.table.length]),
+    seqLens: outer.ints(bt.seqLens),
   };
-  const time = (fn) => {
+  const time = fn => {
     native.synchronize('cpu');
     const t0 = now();
     fn();
@@ -168,7 +208,8 @@ function overlap(engine, seq, reps, rand) {
     },
     dense: () => {
       for (let l = 0; l < d.layers; l++) {
-        const a = new Arena(), L = w.layers[l];
+        const a = new Arena(),
+          L = w.layers[l];
         const x = a.f32([1, H]);
         const m0 = e.mlp(a, L.mlp[0], u);
         native.rmsnorm(s, x, m0, L.inputNorm[1], d.eps);
@@ -188,7 +229,8 @@ function overlap(engine, seq, reps, rand) {
     },
     head: () => {
       const a = new Arena();
-      const hf = a.f32([1, H]), logits = a.f32([1, d.vocab]);
+      const hf = a.f32([1, H]),
+        logits = a.f32([1, d.vocab]);
       native.rmsnorm(s, hf, h, w.norm, d.eps);
       native.linear(s, logits, hf, w.lmHead.weight, w.lmHead.scale);
       a.dispose();
@@ -204,7 +246,7 @@ function overlap(engine, seq, reps, rand) {
   // has graphs; else every part, the step included, runs op by op).
   const graphs = typeof native.captureGraph === 'function' && typeof e.useGraphs === 'boolean';
   const held = [];
-  const ms = Object.fromEntries(Object.keys(parts).map((k) => [k, []]));
+  const ms = Object.fromEntries(Object.keys(parts).map(k => [k, []]));
   try {
     if (graphs) {
       for (const k of ['attention0', 'dense', 'moe', 'head']) {
@@ -248,10 +290,11 @@ async function benchPreset(preset, bw0) {
     genSeconds = (now() - t0) / 1000;
   }
   const model = await loadModel(dir, { backend: 'cpu', maxContext: Math.max(1024, PP + TG + 64) });
-  const engine = model.engine, d = engine.dims;
+  const engine = model.engine,
+    d = engine.dims;
   const acc = accounting(model);
   const rand = rng(42);
-  const toks = (n) => Array.from({ length: n }, () => rand.int(d.vocab));
+  const toks = n => Array.from({ length: n }, () => rand.int(d.vocab));
   const reps = quick ? 2 : preset === 'medium' ? 8 : 10;
 
   // Prefill roofline: GEMM rate of the linear kernel at PP rows on the dense MLP gate weight, the
@@ -290,9 +333,13 @@ async function benchPreset(preset, bw0) {
       const n = quick ? 16 : 32;
       decode(engine, 2, rand, d.vocab);
       const rs = [decode(engine, n, rand, d.vocab), decode(engine, n, rand, d.vocab)];
-      const tps = rs.map((r) => n / (r.ms / 1e3));
-      eager = { steps: n, tokensPerSecond: mean(tps), issueMsPerStep: mean(rs.flatMap((r) => r.issue)),
-        stepMs: mean(rs.flatMap((r) => r.total)) };
+      const tps = rs.map(r => n / (r.ms / 1e3));
+      eager = {
+        steps: n,
+        tokensPerSecond: mean(tps),
+        issueMsPerStep: mean(rs.flatMap(r => r.issue)),
+        stepMs: mean(rs.flatMap(r => r.total)),
+      };
       eager.hostFraction = eager.issueMsPerStep / eager.stepMs;
     } finally {
       engine.useGraphs = true;
@@ -306,29 +353,57 @@ async function benchPreset(preset, bw0) {
   model.dispose();
 
   // Prefill FLOPs: linears per token + routed expert pairs + causal attention + last-token lm_head.
-  const attnFlops = 2 * d.layers * (PP * (PP + 1) / 2) * d.heads * (2 * (d.nope + d.rope) + 2 * d.v);
-  const ppFlops = (r) => 2 * PP * acc.denseParams + 2 * r.ffnPairs * acc.expertParams + attnFlops + 2 * acc.headParams;
-  const ppTps = pp.map((r) => PP / (r.ms / 1e3));
-  const ppGflops = pp.map((r) => ppFlops(r) / r.ms / 1e6);
-  const tgTps = tg.map((r) => TG / (r.ms / 1e3));
-  const ffnPerToken = mean(tg.map((r) => r.ffnPerToken));
+  const attnFlops = 2 * d.layers * ((PP * (PP + 1)) / 2) * d.heads * (2 * (d.nope + d.rope) + 2 * d.v);
+  const ppFlops = r => 2 * PP * acc.denseParams + 2 * r.ffnPairs * acc.expertParams + attnFlops + 2 * acc.headParams;
+  const ppTps = pp.map(r => PP / (r.ms / 1e3));
+  const ppGflops = pp.map(r => ppFlops(r) / r.ms / 1e6);
+  const tgTps = tg.map(r => TG / (r.ms / 1e3));
+  const ffnPerToken = mean(tg.map(r => r.ffnPerToken));
   const activeBytes = acc.nonExpertBytes + ffnPerToken * acc.expertBytes;
-  const allIssue = tg.flatMap((r) => r.issue), allTotal = tg.flatMap((r) => r.total);
+  const allIssue = tg.flatMap(r => r.issue),
+    allTotal = tg.flatMap(r => r.total);
   return {
-    preset, dir, generatedSeconds: genSeconds,
-    dims: { hidden: d.hidden, layers: d.layers, heads: d.heads, nRouted: d.nRouted, nZero: d.nZero, topk: d.topk, expertFfn: d.expertFfn, ffn: d.ffn, vocab: d.vocab },
-    weights: { ...acc, ffnExpertsPerToken: ffnPerToken, ffnExpertsPerTokenPerLayer: ffnPerToken / d.layers, activeBytesPerToken: activeBytes },
+    preset,
+    dir,
+    generatedSeconds: genSeconds,
+    dims: {
+      hidden: d.hidden,
+      layers: d.layers,
+      heads: d.heads,
+      nRouted: d.nRouted,
+      nZero: d.nZero,
+      topk: d.topk,
+      expertFfn: d.expertFfn,
+      ffn: d.ffn,
+      vocab: d.vocab,
+    },
+    weights: {
+      ...acc,
+      ffnExpertsPerToken: ffnPerToken,
+      ffnExpertsPerTokenPerLayer: ffnPerToken / d.layers,
+      activeBytesPerToken: activeBytes,
+    },
     repeats: reps,
-    pp: { tokens: PP, tokensPerSecond: { mean: mean(ppTps), sd: sd(ppTps) }, gflops: { mean: mean(ppGflops), sd: sd(ppGflops) },
-      gemmGflops, gemmGflopsSamples: [gemm0, gemm1], fracGemm: mean(ppGflops) / gemmGflops, ffnPairs: mean(pp.map((r) => r.ffnPairs)) },
-    tg: { tokens: TG, tokensPerSecond: { mean: mean(tgTps), sd: sd(tgTps) },
+    pp: {
+      tokens: PP,
+      tokensPerSecond: { mean: mean(ppTps), sd: sd(ppTps) },
+      gflops: { mean: mean(ppGflops), sd: sd(ppGflops) },
+      gemmGflops,
+      gemmGflopsSamples: [gemm0, gemm1],
+      fracGemm: mean(ppGflops) / gemmGflops,
+      ffnPairs: mean(pp.map(r => r.ffnPairs)),
+    },
+    tg: {
+      tokens: TG,
+      tokensPerSecond: { mean: mean(tgTps), sd: sd(tgTps) },
       weightGbps: (mean(tgTps) * activeBytes) / 1e9,
       rooflineTokensPerSecond: (bw0 * 1e9) / activeBytes,
       fracRoofline: mean(tgTps) / ((bw0 * 1e9) / activeBytes),
       stepMs: { median: median(allTotal), mean: mean(allTotal) },
       issueMs: { median: median(allIssue), mean: mean(allIssue) },
       hostFraction: mean(allIssue) / mean(allTotal),
-      graphs: hasGraphs },
+      graphs: hasGraphs,
+    },
     eager,
     overlap: ov,
   };
@@ -351,35 +426,57 @@ async function main() {
     r.tg.fracRoofline = r.tg.tokensPerSecond.mean / r.tg.rooflineTokensPerSecond;
     r.tg.fracBandwidth = r.tg.weightGbps / bw;
   }
-  const res = { bench: 'model', date: new Date().toISOString(), threads: native.threads(), isa: native.cpuFeatures().isa,
-    rooflines: { readGbps: [bwA, bwB], readGbpsUsed: bw }, results, seconds: (now() - t00) / 1000 };
+  const res = {
+    bench: 'model',
+    date: new Date().toISOString(),
+    threads: native.threads(),
+    isa: native.cpuFeatures().isa,
+    rooflines: { readGbps: [bwA, bwB], readGbpsUsed: bw },
+    results,
+    seconds: (now() - t00) / 1000,
+  };
   if (outPath) writeFileSync(outPath, JSON.stringify(res, null, 2) + '\n');
 
   console.log(`## model: end to end on random checkpoints (bf16), CPU, ${res.threads} threads, isa ${res.isa}`);
   console.log(`read bandwidth ${bwA.toFixed(1)} / ${bwB.toFixed(1)} GB/s (before / after, using ${bw.toFixed(1)})`);
-  console.log('| model | weights GB | active MB/token | FFN experts/token/layer | test | t/s | roofline t/s | % roofline | weight GB/s | GFLOP/s | % GEMM |');
+  console.log(
+    '| model | weights GB | active MB/token | FFN experts/token/layer | test | t/s | roofline t/s | % roofline | weight GB/s | GFLOP/s | % GEMM |',
+  );
   console.log('| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |');
   for (const r of results) {
-    const wgb = ((r.weights.nonExpertBytes + r.weights.embedBytes + r.dims.layers * r.dims.nRouted * r.weights.expertBytes) / 1e9).toFixed(2);
+    const wgb = (
+      (r.weights.nonExpertBytes + r.weights.embedBytes + r.dims.layers * r.dims.nRouted * r.weights.expertBytes) /
+      1e9
+    ).toFixed(2);
     const am = (r.weights.activeBytesPerToken / 1e6).toFixed(1);
     const fe = r.weights.ffnExpertsPerTokenPerLayer.toFixed(2);
-    console.log(`| ${r.preset} | ${wgb} | ${am} | ${fe} | pp${r.pp.tokens} | ${fmtPm(r.pp.tokensPerSecond.mean, r.pp.tokensPerSecond.sd)} | - | - | - | ` +
-      `${r.pp.gflops.mean.toFixed(1)} | ${(100 * r.pp.fracGemm).toFixed(0)}% of ${r.pp.gemmGflops.toFixed(0)} |`);
-    console.log(`| ${r.preset} | ${wgb} | ${am} | ${fe} | tg${r.tg.tokens} | ${fmtPm(r.tg.tokensPerSecond.mean, r.tg.tokensPerSecond.sd)} | ` +
-      `${r.tg.rooflineTokensPerSecond.toFixed(1)} | ${(100 * r.tg.fracRoofline).toFixed(0)}% | ${r.tg.weightGbps.toFixed(1)} | - | - |`);
+    console.log(
+      `| ${r.preset} | ${wgb} | ${am} | ${fe} | pp${r.pp.tokens} | ${fmtPm(r.pp.tokensPerSecond.mean, r.pp.tokensPerSecond.sd)} | - | - | - | ` +
+        `${r.pp.gflops.mean.toFixed(1)} | ${(100 * r.pp.fracGemm).toFixed(0)}% of ${r.pp.gemmGflops.toFixed(0)} |`,
+    );
+    console.log(
+      `| ${r.preset} | ${wgb} | ${am} | ${fe} | tg${r.tg.tokens} | ${fmtPm(r.tg.tokensPerSecond.mean, r.tg.tokensPerSecond.sd)} | ` +
+        `${r.tg.rooflineTokensPerSecond.toFixed(1)} | ${(100 * r.tg.fracRoofline).toFixed(0)}% | ${r.tg.weightGbps.toFixed(1)} | - | - |`,
+    );
   }
   console.log('');
   console.log('| model | decode path | step ms | forward() returns after (ms) | host share of step | t/s |');
   console.log('| --- | --- | ---: | ---: | ---: | ---: |');
   for (const r of results) {
-    console.log(`| ${r.preset} | ${r.tg.graphs ? 'captured graph' : 'eager'} | ${r.tg.stepMs.mean.toFixed(3)} | ${r.tg.issueMs.mean.toFixed(3)} | ` +
-      `${(100 * r.tg.hostFraction).toFixed(1)}% | ${r.tg.tokensPerSecond.mean.toFixed(1)} |`);
+    console.log(
+      `| ${r.preset} | ${r.tg.graphs ? 'captured graph' : 'eager'} | ${r.tg.stepMs.mean.toFixed(3)} | ${r.tg.issueMs.mean.toFixed(3)} | ` +
+        `${(100 * r.tg.hostFraction).toFixed(1)}% | ${r.tg.tokensPerSecond.mean.toFixed(1)} |`,
+    );
     if (r.eager)
-      console.log(`| ${r.preset} | eager (useGraphs = false) | ${r.eager.stepMs.toFixed(3)} | ${r.eager.issueMsPerStep.toFixed(3)} | ` +
-        `${(100 * r.eager.hostFraction).toFixed(1)}% | ${r.eager.tokensPerSecond.toFixed(1)} |`);
+      console.log(
+        `| ${r.preset} | eager (useGraphs = false) | ${r.eager.stepMs.toFixed(3)} | ${r.eager.issueMsPerStep.toFixed(3)} | ` +
+          `${(100 * r.eager.hostFraction).toFixed(1)}% | ${r.eager.tokensPerSecond.toFixed(1)} |`,
+      );
   }
   console.log('');
-  console.log('| model | step ms | attention 0 | dense branch | MoE branch | head | step - attn0 - head | / max(dense, MoE) | (dense + MoE) / max |');
+  console.log(
+    '| model | step ms | attention 0 | dense branch | MoE branch | head | step - attn0 - head | / max(dense, MoE) | (dense + MoE) / max |',
+  );
   console.log('| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |');
   for (const r of results) {
     const o = r.overlap;
@@ -388,8 +485,10 @@ async function main() {
       continue;
     }
     const m = o.medianMs;
-    console.log(`| ${r.preset} | ${m.step.toFixed(2)} | ${m.attention0.toFixed(2)} | ${m.dense.toFixed(2)} | ${m.moe.toFixed(2)} | ${m.head.toFixed(2)} | ` +
-      `${o.overlappedRegionMs.toFixed(2)} | ${o.regionOverMax.toFixed(2)}x | ${o.sumOverMax.toFixed(2)}x |`);
+    console.log(
+      `| ${r.preset} | ${m.step.toFixed(2)} | ${m.attention0.toFixed(2)} | ${m.dense.toFixed(2)} | ${m.moe.toFixed(2)} | ${m.head.toFixed(2)} | ` +
+        `${o.overlappedRegionMs.toFixed(2)} | ${o.regionOverMax.toFixed(2)}x | ${o.sumOverMax.toFixed(2)}x |`,
+    );
   }
 }
 

@@ -54,8 +54,10 @@ const KernelImage& kernel_image(int dev) {
       int major = 0, minor = 0;
       cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, d);
       cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, d);
-      fail(Code::E_DEVICE, "cuda:%d (compute capability %d.%d) cannot run this build's kernels, built for sm %s (%s); rebuild "
-           "with LONGCAT_CUDA_ARCHS including %d%d", d, major, minor, built.c_str(), cudaGetErrorName(r), major, minor);
+      fail(Code::E_DEVICE,
+           "cuda:%d (compute capability %d.%d) cannot run this build's kernels, built for sm %s (%s); rebuild "
+           "with LONGCAT_CUDA_ARCHS including %d%d",
+           d, major, minor, built.c_str(), cudaGetErrorName(r), major, minor);
     }
     return im;
   });

@@ -120,10 +120,14 @@ __device__ __forceinline__ float load_as_f32(const void* p, int64_t i) {
 }
 template <int D>
 __device__ __forceinline__ void store_from_f32(void* p, int64_t i, float v) {
-  if (D == kF32) static_cast<float*>(p)[i] = v;
-  else if (D == kBf16) static_cast<uint16_t*>(p)[i] = f32_to_bf16_bits(v);
-  else if (D == kF16) static_cast<uint16_t*>(p)[i] = util::f32_to_f16_bits(v);
-  else static_cast<uint8_t*>(p)[i] = util::f32_to_fp8_bits(v);
+  if (D == kF32)
+    static_cast<float*>(p)[i] = v;
+  else if (D == kBf16)
+    static_cast<uint16_t*>(p)[i] = f32_to_bf16_bits(v);
+  else if (D == kF16)
+    static_cast<uint16_t*>(p)[i] = util::f32_to_f16_bits(v);
+  else
+    static_cast<uint8_t*>(p)[i] = util::f32_to_fp8_bits(v);
 }
 template <int S, int D>
 __global__ void convert_kernel(int64_t n, const void* __restrict__ src, void* __restrict__ dst) {
@@ -314,10 +318,9 @@ __device__ int64_t find_cum_exceeding(int64_t V, unsigned long long target, Weig
   return r;
 }
 
-__global__ void __launch_bounds__(kSampleThreads) sample_kernel(int64_t rows, int64_t V, const float* __restrict__ logits,
-                                                                double temp, int64_t top_k, float top_p, float min_p,
-                                                                uint64_t seed, uint64_t step, int mass_shift,
-                                                                int32_t* __restrict__ ids, float* __restrict__ ws) {
+__global__ void __launch_bounds__(kSampleThreads)
+    sample_kernel(int64_t rows, int64_t V, const float* __restrict__ logits, double temp, int64_t top_k, float top_p, float min_p,
+                  uint64_t seed, uint64_t step, int mass_shift, int32_t* __restrict__ ids, float* __restrict__ ws) {
   __shared__ SampleShared sh;
   float* zw = ws + static_cast<int64_t>(blockIdx.x) * V;
   const double wscale = ldexp(1.0, mass_shift);
@@ -354,7 +357,8 @@ __global__ void __launch_bounds__(kSampleThreads) sample_kernel(int64_t rows, in
           },
           sh, &above);
       const unsigned long long need_eq = static_cast<unsigned long long>(top_k) - above;  // >= 1
-      idcut = find_cum_exceeding(V, need_eq - 1, [&](int64_t j) -> unsigned long long { return order_key(zw[j]) == tau; }, V, sh);
+      idcut = find_cum_exceeding(
+          V, need_eq - 1, [&](int64_t j) -> unsigned long long { return order_key(zw[j]) == tau; }, V, sh);
     }
     // C. weights, min-p. Each thread rewrites only its own indices (read before write).
     for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
@@ -389,7 +393,12 @@ __global__ void __launch_bounds__(kSampleThreads) sample_kernel(int64_t rows, in
       const unsigned long long wbm = mass(__uint_as_float(wb));
       const unsigned long long c = wbm > 0 ? (need - above + wbm - 1) / wbm : 1ull;  // wbm > 0 by construction
       const int64_t pcut = find_cum_exceeding(
-          V, c - 1, [&](int64_t j) -> unsigned long long { const float w = zw[j]; return w >= 0.0f && __float_as_uint(w) == wb; }, V, sh);
+          V, c - 1,
+          [&](int64_t j) -> unsigned long long {
+            const float w = zw[j];
+            return w >= 0.0f && __float_as_uint(w) == wb;
+          },
+          V, sh);
       for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
         const float w = zw[j];
         if (w >= 0.0f) {
@@ -406,7 +415,8 @@ __global__ void __launch_bounds__(kSampleThreads) sample_kernel(int64_t rows, in
     const double u = sample_uniform_dev(seed, step, static_cast<uint64_t>(r));
     unsigned long long target = static_cast<unsigned long long>(u * static_cast<double>(total));
     if (target >= total) target = total - 1;
-    const int64_t tok = find_cum_exceeding(V, target, [&](int64_t j) { return mass(zw[j]); }, best.i, sh);
+    const int64_t tok = find_cum_exceeding(
+        V, target, [&](int64_t j) { return mass(zw[j]); }, best.i, sh);
     if (threadIdx.x == 0) ids[r] = static_cast<int32_t>(tok);
     __syncthreads();  // the next row rewrites zw
   }
@@ -421,9 +431,12 @@ void embedding(int64_t T, int64_t H, const void* table, DType tt, int64_t V, con
   auto s = static_cast<cudaStream_t>(stream);
   const bool bf = tt == DType::BF16;
   const bool vec = aligned16(table) && aligned16(y) && H % (bf ? 8 : 4) == 0;
-  const int threads = static_cast<int>(std::min<int64_t>(256, std::max<int64_t>(32, ((vec ? H / (bf ? 8 : 4) : H) + 31) / 32 * 32)));
-  if (bf) embedding_kernel<true><<<static_cast<unsigned>(T), threads, 0, s>>>(H, table, V, ids, y, vec);
-  else embedding_kernel<false><<<static_cast<unsigned>(T), threads, 0, s>>>(H, table, V, ids, y, vec);
+  const int threads =
+      static_cast<int>(std::min<int64_t>(256, std::max<int64_t>(32, ((vec ? H / (bf ? 8 : 4) : H) + 31) / 32 * 32)));
+  if (bf)
+    embedding_kernel<true><<<static_cast<unsigned>(T), threads, 0, s>>>(H, table, V, ids, y, vec);
+  else
+    embedding_kernel<false><<<static_cast<unsigned>(T), threads, 0, s>>>(H, table, V, ids, y, vec);
 }
 
 void silu_mul(int64_t n, const float* gate, const float* up, float* y, void* stream) {
@@ -481,8 +494,10 @@ void softmax(int64_t rows, int64_t V, const float* x, float* y, bool log, void* 
   if (rows <= 0) return;
   auto s = static_cast<cudaStream_t>(stream);
   const int threads = V >= 8192 ? 1024 : V >= 1024 ? 256 : 128;
-  if (log) softmax_kernel<true><<<static_cast<unsigned>(rows), threads, 0, s>>>(V, x, y);
-  else softmax_kernel<false><<<static_cast<unsigned>(rows), threads, 0, s>>>(V, x, y);
+  if (log)
+    softmax_kernel<true><<<static_cast<unsigned>(rows), threads, 0, s>>>(V, x, y);
+  else
+    softmax_kernel<false><<<static_cast<unsigned>(rows), threads, 0, s>>>(V, x, y);
 }
 
 int64_t sample_workspace_bytes(int64_t rows, int64_t V) { return std::min(rows, kSampleMaxSlots) * V * 4; }
@@ -496,14 +511,15 @@ void sample(int64_t rows, int64_t V, const float* logits, const cpu::SampleParam
     return;
   }
   const int64_t slots = std::min(rows, workspace_bytes / (4 * V));
-  if (slots < 1) fail(Code::E_ARGUMENT, "sample: the CUDA workspace (%lld bytes) cannot hold one row of %lld logits",
-                      static_cast<long long>(workspace_bytes), static_cast<long long>(V));
+  if (slots < 1)
+    fail(Code::E_ARGUMENT, "sample: the CUDA workspace (%lld bytes) cannot hold one row of %lld logits",
+         static_cast<long long>(workspace_bytes), static_cast<long long>(V));
   int bits = 0;
   while (bits < 63 && (int64_t{1} << bits) <= V) ++bits;  // V < 2^bits
   const int shift = 63 - bits;                            // V * 2^shift < 2^63
   sample_kernel<<<static_cast<unsigned>(slots), kSampleThreads, 0, s>>>(rows, V, logits, static_cast<double>(p.temperature),
-                                                                       p.top_k, p.top_p, p.min_p, p.seed, p.step, shift, ids,
-                                                                       static_cast<float*>(workspace));
+                                                                        p.top_k, p.top_p, p.min_p, p.seed, p.step, shift, ids,
+                                                                        static_cast<float*>(workspace));
 }
 
 }  // namespace lc::gpu

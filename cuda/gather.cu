@@ -29,7 +29,8 @@ void launch_gather(int64_t n, int64_t row_bytes, const void* src, int64_t rows, 
   const int64_t units = row_bytes / static_cast<int64_t>(sizeof(Unit));
   const int threads = static_cast<int>(std::min<int64_t>(256, (units + 31) / 32 * 32));
   const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(n, 65535));
-  gather_rows_kernel<Unit><<<blocks, threads, 0, s>>>(n, units, static_cast<const Unit*>(src), rows, idx, static_cast<Unit*>(out));
+  gather_rows_kernel<Unit>
+      <<<blocks, threads, 0, s>>>(n, units, static_cast<const Unit*>(src), rows, idx, static_cast<Unit*>(out));
 }
 
 }  // namespace
@@ -40,11 +41,16 @@ void gather_rows(int64_t n, int64_t row_bytes, const void* src, int64_t rows, co
   // Row starts are src + k * row_bytes and out + k * row_bytes: a unit divides every one of them
   // when it divides row_bytes and both base addresses.
   const uint64_t bits = static_cast<uint64_t>(row_bytes) | reinterpret_cast<uintptr_t>(src) | reinterpret_cast<uintptr_t>(out);
-  if (bits % 16 == 0) launch_gather<uint4>(n, row_bytes, src, rows, idx, out, s);
-  else if (bits % 8 == 0) launch_gather<uint2>(n, row_bytes, src, rows, idx, out, s);
-  else if (bits % 4 == 0) launch_gather<uint32_t>(n, row_bytes, src, rows, idx, out, s);
-  else if (bits % 2 == 0) launch_gather<uint16_t>(n, row_bytes, src, rows, idx, out, s);
-  else launch_gather<uint8_t>(n, row_bytes, src, rows, idx, out, s);
+  if (bits % 16 == 0)
+    launch_gather<uint4>(n, row_bytes, src, rows, idx, out, s);
+  else if (bits % 8 == 0)
+    launch_gather<uint2>(n, row_bytes, src, rows, idx, out, s);
+  else if (bits % 4 == 0)
+    launch_gather<uint32_t>(n, row_bytes, src, rows, idx, out, s);
+  else if (bits % 2 == 0)
+    launch_gather<uint16_t>(n, row_bytes, src, rows, idx, out, s);
+  else
+    launch_gather<uint8_t>(n, row_bytes, src, rows, idx, out, s);
 }
 
 }  // namespace lc::gpu

@@ -9,8 +9,8 @@
 namespace lc::gpu {
 
 // Same contract as cpu::rmsnorm.
-void rmsnorm(int64_t rows, int64_t dim, const float* x, const float* add, float* h_out, const void* w, DType wt,
-             float eps, void* y, DType yt, void* stream);
+void rmsnorm(int64_t rows, int64_t dim, const float* x, const float* add, float* h_out, const void* w, DType wt, float eps,
+             void* y, DType yt, void* stream);
 
 // Rows up to which linear takes the skinny (decode) path: bandwidth-bound, weights read once.
 constexpr int64_t kSkinnyMaxRows = 16;

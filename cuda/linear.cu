@@ -53,7 +53,9 @@ __global__ void __launch_bounds__(gemv::kThreads, 2)
   switch (w.dtype) {
     case DType::F32: gemv::dot_rows<kT, kR, kU, 1, kPrefetch, DType::F32>(t, static_cast<int>(w.k), rows, xv, xs, acc); break;
     case DType::BF16: gemv::dot_rows<kT, kR, kU, 1, kPrefetch, DType::BF16>(t, static_cast<int>(w.k), rows, xv, xs, acc); break;
-    case DType::FP8_E4M3: gemv::dot_rows<kT, kR, kU, 1, kPrefetch, DType::FP8_E4M3>(t, static_cast<int>(w.k), rows, xv, xs, acc); break;
+    case DType::FP8_E4M3:
+      gemv::dot_rows<kT, kR, kU, 1, kPrefetch, DType::FP8_E4M3>(t, static_cast<int>(w.k), rows, xv, xs, acc);
+      break;
     default: gemv::dot_rows<kT, kR, kU, 1, kPrefetch, DType::I8>(t, static_cast<int>(w.k), rows, xv, xs, acc); break;
   }
 #pragma unroll
@@ -146,8 +148,8 @@ struct DenseGemm {
     int64_t m0, n0;
   };
   int64_t t, n, k, kb;
-  const void* a;          // x [t, k] (f32 / bf16), or its e4m3 codes in fp8 mode
-  const float* a_scale;   // fp8 mode: [t, kb]
+  const void* a;         // x [t, k] (f32 / bf16), or its e4m3 codes in fp8 mode
+  const float* a_scale;  // fp8 mode: [t, kb]
   DType a_dtype, b_dtype;
   const void* w;
   const float* w_scale;
@@ -225,11 +227,16 @@ void linear(int64_t t, const void* x, DType xt, const cpu::WeightRef& wr, void* 
     // bound (4 loads in flight per lane, plus 4 prefetched); from 2 rows on, every shared-memory x
     // value feeds 2-4 weight rows so the FMAs, not shared memory, set the pace.
     if (w.units16() && (reinterpret_cast<uintptr_t>(x) & 15) == 0) {
-      if (t == 1) launch_skinny<1, 1, 4>(t, x, xb, w, wr.n, y, yb, s);
-      else if (t == 2) launch_skinny<2, 2, 2>(t, x, xb, w, wr.n, y, yb, s);
-      else if (t <= 4) launch_skinny<4, 4, 1>(t, x, xb, w, wr.n, y, yb, s);
-      else if (t <= 8) launch_skinny<8, 4, 1>(t, x, xb, w, wr.n, y, yb, s);
-      else launch_skinny<kSkinnyMaxRows, 4, 1>(t, x, xb, w, wr.n, y, yb, s);
+      if (t == 1)
+        launch_skinny<1, 1, 4>(t, x, xb, w, wr.n, y, yb, s);
+      else if (t == 2)
+        launch_skinny<2, 2, 2>(t, x, xb, w, wr.n, y, yb, s);
+      else if (t <= 4)
+        launch_skinny<4, 4, 1>(t, x, xb, w, wr.n, y, yb, s);
+      else if (t <= 8)
+        launch_skinny<8, 4, 1>(t, x, xb, w, wr.n, y, yb, s);
+      else
+        launch_skinny<kSkinnyMaxRows, 4, 1>(t, x, xb, w, wr.n, y, yb, s);
     } else {
       linear_skinny_scalar<<<static_cast<unsigned>(ceil_div(wr.n, kScalarWarps)), kScalarWarps * 32, 0, s>>>(
           static_cast<int>(t), x, xb, w, wr.n, y, yb);

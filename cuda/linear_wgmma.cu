@@ -40,7 +40,7 @@ namespace {
 
 constexpr int kBM = 128, kBN = 128, kBK = 64, kStages = 6;
 constexpr int kConsumers = 2, kThreads = 128 * (kConsumers + 1);  // producer warpgroup 0; consumers 1, 2
-constexpr int kABytes = kBM * kBK * 2, kBBytes = kBN * kBK * 2;  // per stage
+constexpr int kABytes = kBM * kBK * 2, kBBytes = kBN * kBK * 2;   // per stage
 constexpr size_t kSmemBytes = kStages * (kABytes + kBBytes) + 1024 /* alignment slack */ + 2 * kStages * 8 /* barriers */;
 static_assert(kBM == 64 * kConsumers, "each consumer warpgroup owns 64 rows of the tile");
 
@@ -50,10 +50,10 @@ __global__ void __launch_bounds__(kThreads, 1)
 #ifdef LC_WGMMA
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
-  uint8_t* sa = smem;                        // [stages][128 rows][128 bytes], swizzled
-  uint8_t* sb = smem + kStages * kABytes;    // [stages][128 rows][128 bytes], swizzled
+  uint8_t* sa = smem;                                                    // [stages][128 rows][128 bytes], swizzled
+  uint8_t* sb = smem + kStages * kABytes;                                // [stages][128 rows][128 bytes], swizzled
   uint64_t* full = reinterpret_cast<uint64_t*>(sb + kStages * kBBytes);  // TMA bytes landed
-  uint64_t* empty = full + kStages;                                       // consumers done reading
+  uint64_t* empty = full + kStages;                                      // consumers done reading
   const int tid = threadIdx.x, wg = (tid >> 7) - 1, warp = (tid >> 5) & 3, lane = tid & 31;  // wg: consumer index, -1 producer
   const int64_t m_tiles = (t + kBM - 1) / kBM, tiles = m_tiles * ((n + kBN - 1) / kBN);
   const int steps = static_cast<int>((k + kBK - 1) / kBK);
@@ -94,7 +94,8 @@ __global__ void __launch_bounds__(kThreads, 1)
       hopper::wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < kBK / 16; ++kk)
-        hopper::wgmma_m64n128k16(acc, hopper::desc_128b(sa + s * kABytes + wg * 64 * 128 + kk * 32), hopper::desc_128b(sb + s * kBBytes + kk * 32));
+        hopper::wgmma_m64n128k16(acc, hopper::desc_128b(sa + s * kABytes + wg * 64 * 128 + kk * 32),
+                                 hopper::desc_128b(sb + s * kBBytes + kk * 32));
       hopper::wgmma_commit();
       hopper::wgmma_wait<1>();  // the previous stage's wgmmas are done: release it
       hopper::fence_operands(acc);
@@ -104,8 +105,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     hopper::fence_operands(acc);
     if (lane == 0) hopper::mbar_arrive(&empty[(it + kStages - 1) % kStages]);
 
-    // accumulator layout (m64nN): value j of a thread -> row 16 warp + lane / 4 + 8 ((j % 4) / 2),
-    // column 8 (j / 4) + 2 (lane % 4) + j % 2
+      // accumulator layout (m64nN): value j of a thread -> row 16 warp + lane / 4 + 8 ((j % 4) / 2),
+      // column 8 (j / 4) + 2 (lane % 4) + j % 2
 #pragma unroll
     for (int j = 0; j < 64; j += 2) {
       const int64_t r = m0 + wg * 64 + warp * 16 + (lane >> 2) + 8 * ((j & 3) >> 1);
@@ -119,8 +120,10 @@ __global__ void __launch_bounds__(kThreads, 1)
           *reinterpret_cast<float2*>(static_cast<float*>(y) + r * n + c) = make_float2(acc[j], acc[j + 1]);
       } else {
         for (int e = 0; e < 2 && c + e < n; ++e) {
-          if (yb) static_cast<uint16_t*>(y)[r * n + c + e] = f32_to_bf16_bits(acc[j + e]);
-          else static_cast<float*>(y)[r * n + c + e] = acc[j + e];
+          if (yb)
+            static_cast<uint16_t*>(y)[r * n + c + e] = f32_to_bf16_bits(acc[j + e]);
+          else
+            static_cast<float*>(y)[r * n + c + e] = acc[j + e];
         }
       }
     }
@@ -138,7 +141,8 @@ PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
   static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
     void* p = nullptr;
     cudaDriverEntryPointQueryResult q;
-    check(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q), "cudaGetDriverEntryPoint");
+    check(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q),
+          "cudaGetDriverEntryPoint");
     if (q != cudaDriverEntryPointSuccess || !p) fail(Code::E_CUDA, "cuTensorMapEncodeTiled is not available from this driver");
     return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(p);
   }();
@@ -154,8 +158,9 @@ CUtensorMap hopper::tensor_map_bf16(const void* base, int64_t rows, int64_t k, u
   const CUresult r = encode_fn()(&m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<void*>(base), dims, strides, box, elem,
                                  CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                                  CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  if (r != CUDA_SUCCESS) fail(Code::E_CUDA, "cuTensorMapEncodeTiled failed (%d) for a [%lld, %lld] bf16 operand", static_cast<int>(r),
-                              static_cast<long long>(rows), static_cast<long long>(k));
+  if (r != CUDA_SUCCESS)
+    fail(Code::E_CUDA, "cuTensorMapEncodeTiled failed (%d) for a [%lld, %lld] bf16 operand", static_cast<int>(r),
+         static_cast<long long>(rows), static_cast<long long>(k));
   return m;
 }
 #endif
@@ -170,7 +175,7 @@ void set_wgmma_enabled(bool on) { g_wgmma.store(on); }
 bool linear_wgmma(int64_t t, const void* x, DType xt, const cpu::WeightRef& w, void* y, DType yt, void* stream) {
   const auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
   if (xt != DType::BF16 || w.dtype != DType::BF16 || w.k % 8 != 0 || w.k == 0 || !aligned(x) || !aligned(w.data)) return false;
-  const int dev = current_device();  // the device the launch goes to
+  const int dev = current_device();                                   // the device the launch goes to
   if (!kernel_image(dev).wgmma() || t > 65535LL * kBM) return false;  // an sm_90 (not 90a) image: body compiled out
   // The shared-memory opt-in belongs to the device: set it once on each.
   static PerDevice<bool> smem_optin;
@@ -182,7 +187,8 @@ bool linear_wgmma(int64_t t, const void* x, DType xt, const cpu::WeightRef& w, v
   const CUtensorMap ta = hopper::tensor_map_bf16(x, t, w.k, kBK, kBM), tb = hopper::tensor_map_bf16(w.data, w.n, w.k, kBK, kBN);
   const int64_t tiles = ceil_div(w.n, kBN) * ceil_div(t, kBM);
   const dim3 grid(static_cast<unsigned>(std::min<int64_t>(tiles, device_attr(cudaDevAttrMultiProcessorCount))));  // persistent
-  wgmma_linear_kernel<<<grid, kThreads, kSmemBytes, static_cast<cudaStream_t>(stream)>>>(ta, tb, t, w.n, w.k, y, yt == DType::BF16);
+  wgmma_linear_kernel<<<grid, kThreads, kSmemBytes, static_cast<cudaStream_t>(stream)>>>(ta, tb, t, w.n, w.k, y,
+                                                                                         yt == DType::BF16);
   return true;
 }
 

@@ -68,14 +68,14 @@ void check_grid(const char* op, int64_t blocks) {
 // ---------------------------------------------------------------------------------------------
 // q_lat = W_UK^T q_nope
 
-constexpr int kAbsThreads = 64;               // 2 latent columns per thread
-constexpr int kAbsCols = 2 * kAbsThreads;     // columns per CTA
-constexpr int kAbsSlab = 32;                  // W_UK rows per shared-memory q slab
+constexpr int kAbsThreads = 64;            // 2 latent columns per thread
+constexpr int kAbsCols = 2 * kAbsThreads;  // columns per CTA
+constexpr int kAbsSlab = 32;               // W_UK rows per shared-memory q slab
 
 template <typename WT, int kT>
-__global__ void __launch_bounds__(kAbsThreads) absorb_q_kernel(MlaDims d, int64_t t, float* __restrict__ q_lat,
-                                                               const float* __restrict__ q, const WT* __restrict__ w,
-                                                               int64_t ctiles) {
+__global__ void __launch_bounds__(kAbsThreads)
+    absorb_q_kernel(MlaDims d, int64_t t, float* __restrict__ q_lat, const float* __restrict__ q, const WT* __restrict__ w,
+                    int64_t ctiles) {
   __shared__ float qs[kT][kAbsSlab];
   int64_t bid = blockIdx.x;
   const int64_t ct = bid % ctiles;
@@ -126,9 +126,12 @@ void absorb_q_launch(const MlaDims& d, int64_t t, float* q_lat, const float* q, 
 
 template <typename WT>
 void absorb_q_dispatch(const MlaDims& d, int64_t t, float* q_lat, const float* q, const WT* w, cudaStream_t s) {
-  if (t <= 1) absorb_q_launch<WT, 1>(d, t, q_lat, q, w, s);
-  else if (t <= 4) absorb_q_launch<WT, 4>(d, t, q_lat, q, w, s);
-  else absorb_q_launch<WT, 16>(d, t, q_lat, q, w, s);
+  if (t <= 1)
+    absorb_q_launch<WT, 1>(d, t, q_lat, q, w, s);
+  else if (t <= 4)
+    absorb_q_launch<WT, 4>(d, t, q_lat, q, w, s);
+  else
+    absorb_q_launch<WT, 16>(d, t, q_lat, q, w, s);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -152,9 +155,9 @@ __device__ __forceinline__ void load8(const uint16_t* p, float (&v)[8]) {
 
 // kVec: dl % 8 == 0 and 16-byte aligned bases (checked by the launcher).
 template <typename WT, int kT, bool kVec>
-__global__ void __launch_bounds__(kOutWarps * 32) output_kernel(MlaDims d, int64_t t, float* __restrict__ o,
-                                                                const float* __restrict__ o_lat,
-                                                                const WT* __restrict__ w, int64_t rtiles) {
+__global__ void __launch_bounds__(kOutWarps * 32)
+    output_kernel(MlaDims d, int64_t t, float* __restrict__ o, const float* __restrict__ o_lat, const WT* __restrict__ w,
+                  int64_t rtiles) {
   int64_t bid = blockIdx.x;
   const int64_t rt = bid % rtiles;
   bid /= rtiles;
@@ -212,17 +215,20 @@ void output_launch(const MlaDims& d, int64_t t, float* o, const float* o_lat, co
 
 template <typename WT>
 void output_dispatch(const MlaDims& d, int64_t t, float* o, const float* o_lat, const WT* w, cudaStream_t s) {
-  if (t <= 1) output_launch<WT, 1>(d, t, o, o_lat, w, s);
-  else if (t <= 4) output_launch<WT, 4>(d, t, o, o_lat, w, s);
-  else output_launch<WT, 8>(d, t, o, o_lat, w, s);
+  if (t <= 1)
+    output_launch<WT, 1>(d, t, o, o_lat, w, s);
+  else if (t <= 4)
+    output_launch<WT, 4>(d, t, o, o_lat, w, s);
+  else
+    output_launch<WT, 8>(d, t, o, o_lat, w, s);
 }
 
 // ---------------------------------------------------------------------------------------------
 // Absorbed decode
 
 constexpr int kDecThreads = 256, kDecWarps = kDecThreads / 32;
-constexpr int kMaxHG = 16;     // heads per CTA (register accumulators in the PV loop)
-constexpr int kMaxTK = 16;     // cache rows per tile
+constexpr int kMaxHG = 16;  // heads per CTA (register accumulators in the PV loop)
+constexpr int kMaxTK = 16;  // cache rows per tile
 constexpr int64_t kMinSplitTokens = 64;
 // What one more split costs a CTA besides its tokens, in cache rows (1152 bytes each in bf16 at
 // the 512 + 64 width): its partial (heads x 512 fp32, 128 KB for 64 heads), written and read back by
@@ -277,13 +283,13 @@ __global__ void __launch_bounds__(kDecThreads) decode_kernel(DecodeParams p) {
   const int hg = static_cast<int>(p.hg), tk = static_cast<int>(p.tk);
   const int64_t row = p.row, dl = p.dl;
   int64_t* rbase = reinterpret_cast<int64_t*>(smem);  // [kMaxTK] cache element offset of each tile row (-1: invalid)
-  float* qs = smem + 2 * kMaxTK;                       // [hg][row]: q_lat | q_pe
-  float* kv = qs + hg * row;                           // [tk][row]: cache rows as f32
-  float* acc = kv + tk * row;                          // [hg][dl]
-  float* sc = acc + hg * dl;                           // [hg][tk]: scores, then probabilities
-  float* ms = sc + hg * tk;                            // [hg] running max
-  float* ls = ms + hg;                                 // [hg] running sum
-  float* cs = ls + hg;                                 // [hg] rescale of this tile
+  float* qs = smem + 2 * kMaxTK;                      // [hg][row]: q_lat | q_pe
+  float* kv = qs + hg * row;                          // [tk][row]: cache rows as f32
+  float* acc = kv + tk * row;                         // [hg][dl]
+  float* sc = acc + hg * dl;                          // [hg][tk]: scores, then probabilities
+  float* ms = sc + hg * tk;                           // [hg] running max
+  float* ls = ms + hg;                                // [hg] running sum
+  float* cs = ls + hg;                                // [hg] rescale of this tile
 
   int64_t bid = blockIdx.x;
   const int64_t split = bid % p.splits;
@@ -440,8 +446,8 @@ struct PrefillLayout {
 PrefillLayout prefill_layout(const MlaDims& d) {
   PrefillLayout L;
   const int64_t dk = d.dn + d.dr;
-  L.ldq = dk % 2 ? dk : dk + 1;           // odd stride: the 8 key rows a warp reads hit distinct banks
-  L.ldo = (d.dv + 31) / 32 * 32 + 8;      // stride = 8 mod 32: rows ty x columns tx conflict-free
+  L.ldq = dk % 2 ? dk : dk + 1;       // odd stride: the 8 key rows a warp reads hit distinct banks
+  L.ldo = (d.dv + 31) / 32 * 32 + 8;  // stride = 8 mod 32: rows ty x columns tx conflict-free
   L.smem = sizeof(float) * static_cast<size_t>(2 * kPB * L.ldq + kPB * d.dv + kPB * (kPB + 1) + kPB * L.ldo + 3 * kPB);
   return L;
 }
@@ -466,11 +472,10 @@ __global__ void prefill_schedule_kernel(int64_t batch, int64_t t, int64_t s, con
   ws[0] = static_cast<int32_t>(n);
 }
 
-__global__ void __launch_bounds__(kPThreads) prefill_kernel(MlaDims d, int64_t ldq, int64_t ldo, float* __restrict__ o,
-                                                             const float* __restrict__ q, const float* __restrict__ kvb,
-                                                             const float* __restrict__ kpe, const int32_t* __restrict__ qst,
-                                                             const int32_t* __restrict__ kst,
-                                                             const int32_t* __restrict__ sched, float scale) {
+__global__ void __launch_bounds__(kPThreads)
+    prefill_kernel(MlaDims d, int64_t ldq, int64_t ldo, float* __restrict__ o, const float* __restrict__ q,
+                   const float* __restrict__ kvb, const float* __restrict__ kpe, const int32_t* __restrict__ qst,
+                   const int32_t* __restrict__ kst, const int32_t* __restrict__ sched, float scale) {
   extern __shared__ float4 smem_f4[];
   float* Qs = reinterpret_cast<float*>(smem_f4);  // [kPB][ldq]
   float* Ks = Qs + kPB * ldq;                     // [kPB][ldq]: k_nope | k_pe
@@ -492,7 +497,7 @@ __global__ void __launch_bounds__(kPThreads) prefill_kernel(MlaDims d, int64_t l
   const int64_t q0 = qst[b], qlen = qst[b + 1] - q0, k0 = kst[b], klen = kst[b + 1] - k0;
   const int nq = static_cast<int>(imin(kPB, qlen - j0));
   const int64_t pos0 = klen - qlen + j0;  // position of the tile's first query
-  const int64_t kend = pos0 + nq;          // keys [0, kend) are visible to some query of the tile
+  const int64_t kend = pos0 + nq;         // keys [0, kend) are visible to some query of the tile
   const int tid = threadIdx.x, warp = tid / 32, lane = tid & 31;
   const int ty = tid / 8, tx = tid % 8;  // 16 x 8 threads: rows ty, ty + 16; columns tx + 8 jj
 
@@ -577,15 +582,19 @@ __global__ void __launch_bounds__(kPThreads) prefill_kernel(MlaDims d, int64_t l
 void mla_absorb_q(const MlaDims& d, int64_t t, float* q_lat, const float* q, const void* wkvb, bool w_bf16, void* stream) {
   if (t <= 0 || d.nh <= 0 || d.dl <= 0) return;
   auto s = static_cast<cudaStream_t>(stream);
-  if (w_bf16) absorb_q_dispatch(d, t, q_lat, q, static_cast<const uint16_t*>(wkvb), s);
-  else absorb_q_dispatch(d, t, q_lat, q, static_cast<const float*>(wkvb), s);
+  if (w_bf16)
+    absorb_q_dispatch(d, t, q_lat, q, static_cast<const uint16_t*>(wkvb), s);
+  else
+    absorb_q_dispatch(d, t, q_lat, q, static_cast<const float*>(wkvb), s);
 }
 
 void mla_output(const MlaDims& d, int64_t t, float* o, const float* o_lat, const void* wkvb, bool w_bf16, void* stream) {
   if (t <= 0 || d.nh <= 0 || d.dv <= 0) return;
   auto s = static_cast<cudaStream_t>(stream);
-  if (w_bf16) output_dispatch(d, t, o, o_lat, static_cast<const uint16_t*>(wkvb), s);
-  else output_dispatch(d, t, o, o_lat, static_cast<const float*>(wkvb), s);
+  if (w_bf16)
+    output_dispatch(d, t, o, o_lat, static_cast<const uint16_t*>(wkvb), s);
+  else
+    output_dispatch(d, t, o, o_lat, static_cast<const float*>(wkvb), s);
 }
 
 static bool use_tc_prefill(const MlaDims& d) { return cpu::bf16_activations() && mla_prefill_tc_supported(d); }
@@ -610,8 +619,8 @@ void mla_prefill(const MlaDims& d, int64_t batch, int64_t t, int64_t s, float* o
   if (cap == 0 || d.nh <= 0 || d.dv <= 0) return;
   if (tc) {
     const uintptr_t kv = reinterpret_cast<uintptr_t>(workspace + prefill_schedule_ints(t, batch));
-    mla_prefill_tc(d, cap, s, o, q, kvb, kpe, q_start, kv_start, workspace, scale, reinterpret_cast<void*>((kv + 15) & ~uintptr_t{15}),
-                   stream);
+    mla_prefill_tc(d, cap, s, o, q, kvb, kpe, q_start, kv_start, workspace, scale,
+                   reinterpret_cast<void*>((kv + 15) & ~uintptr_t{15}), stream);
     return;
   }
   const PrefillLayout L = prefill_layout(d);
@@ -658,9 +667,8 @@ int64_t mla_decode_workspace_floats(const MlaDims& d, int64_t batch, int64_t spl
 }
 
 void mla_decode_absorbed(const MlaDims& d, int64_t batch, float* o_lat, const float* q_lat, const float* q, const void* cache,
-                         bool cache_bf16, int64_t num_blocks, int64_t block_size, const int32_t* block_table,
-                         int64_t max_blocks, const int32_t* seq_lens, float scale, float* workspace, int64_t splits,
-                         void* stream) {
+                         bool cache_bf16, int64_t num_blocks, int64_t block_size, const int32_t* block_table, int64_t max_blocks,
+                         const int32_t* seq_lens, float scale, float* workspace, int64_t splits, void* stream) {
   if (batch <= 0 || d.nh <= 0 || d.dl <= 0) return;
   auto st = static_cast<cudaStream_t>(stream);
   splits = std::max<int64_t>(1, splits);

@@ -15,12 +15,10 @@
 namespace lc::gpu {
 
 // Same contract as cpu::mla_absorb_q (f32 activations, wkvb f32 or bf16 raw bits).
-void mla_absorb_q(const cpu::MlaDims& d, int64_t t, float* q_lat, const float* q, const void* wkvb, bool w_bf16,
-                  void* stream);
+void mla_absorb_q(const cpu::MlaDims& d, int64_t t, float* q_lat, const float* q, const void* wkvb, bool w_bf16, void* stream);
 
 // Same contract as cpu::mla_output.
-void mla_output(const cpu::MlaDims& d, int64_t t, float* o, const float* o_lat, const void* wkvb, bool w_bf16,
-                void* stream);
+void mla_output(const cpu::MlaDims& d, int64_t t, float* o, const float* o_lat, const void* wkvb, bool w_bf16, void* stream);
 
 // Ints of workspace mla_prefill needs for T queries and S keys in `batch` sequences (its tile
 // schedule, and on the tensor-core path a bf16 copy of K / V), at the current matmul precision.
@@ -50,8 +48,8 @@ int64_t mla_decode_workspace_floats(const cpu::MlaDims& d, int64_t batch, int64_
 // `splits` must be the value of mla_decode_splits(d, batch, max_blocks * block_size, cache_bf16, cache) the workspace
 // was sized with.
 void mla_decode_absorbed(const cpu::MlaDims& d, int64_t batch, float* o_lat, const float* q_lat, const float* q,
-                         const void* cache, bool cache_bf16, int64_t num_blocks, int64_t block_size,
-                         const int32_t* block_table, int64_t max_blocks, const int32_t* seq_lens, float scale,
-                         float* workspace, int64_t splits, void* stream);
+                         const void* cache, bool cache_bf16, int64_t num_blocks, int64_t block_size, const int32_t* block_table,
+                         int64_t max_blocks, const int32_t* seq_lens, float scale, float* workspace, int64_t splits,
+                         void* stream);
 
 }  // namespace lc::gpu

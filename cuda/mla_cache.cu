@@ -9,15 +9,18 @@ namespace lc::gpu {
 namespace {
 
 template <bool kBf16>
-__global__ void cache_write_kernel(int64_t dl, int64_t dr, void* __restrict__ cache, int64_t num_slots, const float* __restrict__ ckv,
-                                   const float* __restrict__ kpe, const int32_t* __restrict__ slots) {
+__global__ void cache_write_kernel(int64_t dl, int64_t dr, void* __restrict__ cache, int64_t num_slots,
+                                   const float* __restrict__ ckv, const float* __restrict__ kpe,
+                                   const int32_t* __restrict__ slots) {
   const int64_t r = blockIdx.x, row = dl + dr;
   const int64_t s = slots[r];
   if (s < 0 || s >= num_slots) return;  // whole block: no barrier below
   for (int64_t c = threadIdx.x; c < row; c += blockDim.x) {
     const float v = c < dl ? ckv[r * dl + c] : kpe[r * dr + (c - dl)];
-    if (kBf16) static_cast<uint16_t*>(cache)[s * row + c] = f32_to_bf16_bits(v);
-    else static_cast<float*>(cache)[s * row + c] = v;
+    if (kBf16)
+      static_cast<uint16_t*>(cache)[s * row + c] = f32_to_bf16_bits(v);
+    else
+      static_cast<float*>(cache)[s * row + c] = v;
   }
 }
 
@@ -31,9 +34,13 @@ __global__ void cache_gather_kernel(int64_t dl, int64_t dr, float* __restrict__ 
   const int64_t src = (ok ? blk : 0) * bs + s % bs;
   for (int64_t c = threadIdx.x; c < row; c += blockDim.x) {
     float v = 0.0f;
-    if (ok) v = kBf16 ? bf16_bits_to_f32(static_cast<const uint16_t*>(cache)[src * row + c]) : static_cast<const float*>(cache)[src * row + c];
-    if (c < dl) ckv[r * dl + c] = v;
-    else kpe[r * dr + (c - dl)] = v;
+    if (ok)
+      v = kBf16 ? bf16_bits_to_f32(static_cast<const uint16_t*>(cache)[src * row + c])
+                : static_cast<const float*>(cache)[src * row + c];
+    if (c < dl)
+      ckv[r * dl + c] = v;
+    else
+      kpe[r * dr + (c - dl)] = v;
   }
 }
 
@@ -46,8 +53,10 @@ void mla_cache_write(int64_t t, int64_t dl, int64_t dr, void* cache, bool cache_
   if (t <= 0 || dl + dr <= 0) return;
   auto s = static_cast<cudaStream_t>(stream);
   const int th = threads_for(dl + dr);
-  if (cache_bf16) cache_write_kernel<true><<<static_cast<unsigned>(t), th, 0, s>>>(dl, dr, cache, num_slots, ckv, kpe, slots);
-  else cache_write_kernel<false><<<static_cast<unsigned>(t), th, 0, s>>>(dl, dr, cache, num_slots, ckv, kpe, slots);
+  if (cache_bf16)
+    cache_write_kernel<true><<<static_cast<unsigned>(t), th, 0, s>>>(dl, dr, cache, num_slots, ckv, kpe, slots);
+  else
+    cache_write_kernel<false><<<static_cast<unsigned>(t), th, 0, s>>>(dl, dr, cache, num_slots, ckv, kpe, slots);
 }
 
 void mla_cache_gather(int64_t dl, int64_t dr, float* ckv, float* kpe, const void* cache, bool cache_bf16, int64_t block_size,
@@ -56,9 +65,11 @@ void mla_cache_gather(int64_t dl, int64_t dr, float* ckv, float* kpe, const void
   auto s = static_cast<cudaStream_t>(stream);
   const int th = threads_for(dl + dr);
   if (cache_bf16)
-    cache_gather_kernel<true><<<static_cast<unsigned>(length), th, 0, s>>>(dl, dr, ckv, kpe, cache, block_size, num_blocks, block_table, start);
+    cache_gather_kernel<true>
+        <<<static_cast<unsigned>(length), th, 0, s>>>(dl, dr, ckv, kpe, cache, block_size, num_blocks, block_table, start);
   else
-    cache_gather_kernel<false><<<static_cast<unsigned>(length), th, 0, s>>>(dl, dr, ckv, kpe, cache, block_size, num_blocks, block_table, start);
+    cache_gather_kernel<false>
+        <<<static_cast<unsigned>(length), th, 0, s>>>(dl, dr, ckv, kpe, cache, block_size, num_blocks, block_table, start);
 }
 
 }  // namespace lc::gpu

@@ -35,11 +35,11 @@ namespace {
 
 constexpr int kDL = 512, kDR = 64, kRow = kDL + kDR;
 constexpr int kHeads = static_cast<int>(kMlaTcHeads), kTok = 32, kThreads = 256, kWarps = kThreads / 32;
-constexpr int kPitch = kRow * 2 + 16;     // bytes per Q / K row
-constexpr int kPPitch = (kTok + 8) * 2;   // bytes per P row
-constexpr int kSPitch = kTok + 8;         // floats per partial-score row
-constexpr int kKSplit = 4;                // K quarters of the score phase
-constexpr int kChunks = kRow * 2 / 16;    // 16-byte chunks per cache row (72)
+constexpr int kPitch = kRow * 2 + 16;                                             // bytes per Q / K row
+constexpr int kPPitch = (kTok + 8) * 2;                                           // bytes per P row
+constexpr int kSPitch = kTok + 8;                                                 // floats per partial-score row
+constexpr int kKSplit = 4;                                                        // K quarters of the score phase
+constexpr int kChunks = kRow * 2 / 16;                                            // 16-byte chunks per cache row (72)
 constexpr int kRowThreads = kThreads / kTok, kRowChunks = kChunks / kRowThreads;  // 8 threads x 9 chunks a row
 constexpr size_t kQBytes = size_t{kHeads} * kPitch, kKBytes = size_t{2} * kTok * kPitch;
 constexpr size_t kSBytes = sizeof(float) * kKSplit * kHeads * kSPitch, kPBytes = size_t{kHeads} * kPPitch;
@@ -65,13 +65,13 @@ struct Params {
 
 __global__ void __launch_bounds__(kThreads, 1) decode_tc_kernel(const Params p) {
   extern __shared__ __align__(16) uint8_t smem[];
-  uint8_t* qs = smem;                                          // [64][kPitch] bf16
-  uint8_t* ks = qs + kQBytes;                                  // [2][32][kPitch] bf16
-  float* ss = reinterpret_cast<float*>(ks + kKBytes);          // [kKSplit][64][kSPitch] partial scores
-  uint8_t* ps = reinterpret_cast<uint8_t*>(ss) + kSBytes;      // [64][kPPitch] bf16 probabilities
-  float* ms = reinterpret_cast<float*>(ps + kPBytes);          // [64] running max
-  float* ls = ms + kHeads;                                     // [64] running sum
-  float* cs = ls + kHeads;                                     // [64] rescale of this tile
+  uint8_t* qs = smem;                                      // [64][kPitch] bf16
+  uint8_t* ks = qs + kQBytes;                              // [2][32][kPitch] bf16
+  float* ss = reinterpret_cast<float*>(ks + kKBytes);      // [kKSplit][64][kSPitch] partial scores
+  uint8_t* ps = reinterpret_cast<uint8_t*>(ss) + kSBytes;  // [64][kPPitch] bf16 probabilities
+  float* ms = reinterpret_cast<float*>(ps + kPBytes);      // [64] running max
+  float* ls = ms + kHeads;                                 // [64] running sum
+  float* cs = ls + kHeads;                                 // [64] rescale of this tile
 
   int64_t bid = blockIdx.x;
   const int64_t split = bid % p.splits;
@@ -125,8 +125,10 @@ __global__ void __launch_bounds__(kThreads, 1) decode_tc_kernel(const Params p) 
     mma::cp_async_commit();
     lpos += kTok, loff += kTok;
     if (loff >= p.block_size) {
-      if (loff - p.block_size < p.block_size) loff -= p.block_size, ++lblk;
-      else lblk += loff / p.block_size, loff %= p.block_size;
+      if (loff - p.block_size < p.block_size)
+        loff -= p.block_size, ++lblk;
+      else
+        lblk += loff / p.block_size, loff %= p.block_size;
     }
   };
 
@@ -214,7 +216,8 @@ __global__ void __launch_bounds__(kThreads, 1) decode_tc_kernel(const Params p) 
     for (int k16 = 0; k16 < kTok / 16; ++k16) {
       uint32_t pa[4][4];
 #pragma unroll
-      for (int mi = 0; mi < 4; ++mi) mma::ldmatrix_x4(pa[mi], ps + (16 * mi + frag::a_row(lane)) * kPPitch + k16 * 32 + frag::a_col16(lane) * 16);
+      for (int mi = 0; mi < 4; ++mi)
+        mma::ldmatrix_x4(pa[mi], ps + (16 * mi + frag::a_row(lane)) * kPPitch + k16 * 32 + frag::a_col16(lane) * 16);
 #pragma unroll
       for (int np = 0; np < 4; ++np) {
         uint32_t vb[4];
@@ -274,7 +277,8 @@ void mla_decode_tc(const cpu::MlaDims& d, int64_t batch, float* o_lat, float* pa
   p.block_table = block_table, p.seq_lens = seq_lens, p.scale = scale;
   p.o_lat = o_lat, p.part_acc = part_acc, p.part_ml = part_ml;
   const int64_t blocks = batch * p.ngroups * splits;
-  if (blocks > 0x7fffffffLL) fail(Code::E_SHAPE, "mlaDecodeAbsorbed (CUDA): %lld thread blocks exceed the grid limit", static_cast<long long>(blocks));
+  if (blocks > 0x7fffffffLL)
+    fail(Code::E_SHAPE, "mlaDecodeAbsorbed (CUDA): %lld thread blocks exceed the grid limit", static_cast<long long>(blocks));
   check(cudaFuncSetAttribute(decode_tc_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmem)),
         "cudaFuncSetAttribute (MLA decode)");
   decode_tc_kernel<<<static_cast<unsigned>(blocks), kThreads, kSmem, static_cast<cudaStream_t>(stream)>>>(p);

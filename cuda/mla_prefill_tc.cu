@@ -29,7 +29,7 @@ namespace {
 
 constexpr int kDN = 128, kDR = 64, kDK = kDN + kDR, kDV = 128;
 constexpr int kQ = static_cast<int>(kMlaTcPrefillRows), kKeys = 64, kThreads = 128;
-constexpr int kKPitch = kDK * 2 + 16, kVPitch = kDV * 2 + 16;  // bytes
+constexpr int kKPitch = kDK * 2 + 16, kVPitch = kDV * 2 + 16;                   // bytes
 constexpr size_t kKvBytes = size_t{kKeys} * kKPitch + size_t{kKeys} * kVPitch;  // one buffer: K then V
 constexpr size_t kSmem = 2 * kKvBytes;
 static_assert(size_t{kQ} * kKPitch <= kKvBytes, "the Q tile is staged in the second K / V buffer");
@@ -53,10 +53,10 @@ __global__ void to_bf16_kernel(int64_t n, const float* __restrict__ src, uint16_
   for (int64_t j = 0; j < 8 && i + j < n; ++j) d[j] = f32_to_bf16_bits(s[j]);
 }
 
-__global__ void __launch_bounds__(kThreads) prefill_tc_kernel(int64_t nh, float* __restrict__ o, const float* __restrict__ q,
-                                                              const uint16_t* __restrict__ kvb, const uint16_t* __restrict__ kpe,
-                                                              const int32_t* __restrict__ qst, const int32_t* __restrict__ kst,
-                                                              const int32_t* __restrict__ sched, float scale) {
+__global__ void __launch_bounds__(kThreads)
+    prefill_tc_kernel(int64_t nh, float* __restrict__ o, const float* __restrict__ q, const uint16_t* __restrict__ kvb,
+                      const uint16_t* __restrict__ kpe, const int32_t* __restrict__ qst, const int32_t* __restrict__ kst,
+                      const int32_t* __restrict__ sched, float scale) {
   extern __shared__ __align__(16) uint8_t smem[];
   // buffer i: K [64 keys][kKPitch] (k_nope | k_pe), then V [64 keys][kVPitch]
   auto kbuf = [&](int i) { return smem + i * kKvBytes; };
@@ -69,7 +69,7 @@ __global__ void __launch_bounds__(kThreads) prefill_tc_kernel(int64_t nh, float*
   const int64_t q0 = qst[b], qlen = qst[b + 1] - q0, k0 = kst[b], klen = kst[b + 1] - k0;
   const int nq = static_cast<int>(qlen - j0 < kQ ? qlen - j0 : kQ);
   const int64_t pos0 = klen - qlen + j0;  // position of the tile's first query
-  const int64_t kend = pos0 + nq;          // keys [0, kend) are visible to some query of the tile
+  const int64_t kend = pos0 + nq;         // keys [0, kend) are visible to some query of the tile
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
 
   // Key tile [t0, t0 + 64) into buffer `buf`: 16-byte chunks, 16 k_nope + 8 k_pe (K row) and 16 v
@@ -87,7 +87,7 @@ __global__ void __launch_bounds__(kThreads) prefill_tc_kernel(int64_t nh, float*
         continue;
       }
       const int64_t sk = k0 + t0 + j;
-      const uint16_t* src = ch < 16 ? kvb + (sk * nh + h) * kKV + ch * 8
+      const uint16_t* src = ch < 16   ? kvb + (sk * nh + h) * kKV + ch * 8
                             : ch < 24 ? kpe + sk * kDR + (ch - 16) * 8
                                       : kvb + (sk * nh + h) * kKV + kDN + (ch - 24) * 8;
       mma::cp_async16(dst, src);
@@ -234,19 +234,23 @@ void mla_prefill_tc(const cpu::MlaDims& d, int64_t tiles_cap, int64_t s, float* 
                     const float* kpe, const int32_t* q_start, const int32_t* kv_start, const int32_t* schedule, float scale,
                     void* kv_bf16, void* stream) {
   const int64_t blocks = tiles_cap * d.nh;
-  if (blocks > 0x7fffffffLL) fail(Code::E_SHAPE, "mlaPrefill (CUDA): %lld thread blocks exceed the grid limit", static_cast<long long>(blocks));
+  if (blocks > 0x7fffffffLL)
+    fail(Code::E_SHAPE, "mlaPrefill (CUDA): %lld thread blocks exceed the grid limit", static_cast<long long>(blocks));
   auto st = static_cast<cudaStream_t>(stream);
   uint16_t* kvb16 = static_cast<uint16_t*>(kv_bf16);
   uint16_t* kpe16 = kvb16 + s * d.nh * kKV;
-  for (const auto& [n, src, dst] : {std::tuple<int64_t, const float*, uint16_t*>{s * d.nh * kKV, kvb, kvb16}, {s * kDR, kpe, kpe16}}) {
+  for (const auto& [n, src, dst] :
+       {std::tuple<int64_t, const float*, uint16_t*>{s * d.nh * kKV, kvb, kvb16}, {s * kDR, kpe, kpe16}}) {
     const int64_t threads = (n + 7) / 8;
     if (threads == 0) continue;
-    if ((threads + 255) / 256 > 0x7fffffffLL) fail(Code::E_SHAPE, "mlaPrefill (CUDA): %lld keys exceed the grid limit", static_cast<long long>(s));
+    if ((threads + 255) / 256 > 0x7fffffffLL)
+      fail(Code::E_SHAPE, "mlaPrefill (CUDA): %lld keys exceed the grid limit", static_cast<long long>(s));
     to_bf16_kernel<<<static_cast<unsigned>((threads + 255) / 256), 256, 0, st>>>(n, src, dst);
   }
   check(cudaFuncSetAttribute(prefill_tc_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmem)),
         "cudaFuncSetAttribute (MLA prefill)");
-  prefill_tc_kernel<<<static_cast<unsigned>(blocks), kThreads, kSmem, st>>>(d.nh, o, q, kvb16, kpe16, q_start, kv_start, schedule, scale);
+  prefill_tc_kernel<<<static_cast<unsigned>(blocks), kThreads, kSmem, st>>>(d.nh, o, q, kvb16, kpe16, q_start, kv_start, schedule,
+                                                                            scale);
 }
 
 }  // namespace lc::gpu

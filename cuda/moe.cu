@@ -74,7 +74,9 @@ Layout layout(int64_t t, int64_t k, int64_t h, int64_t inter, int64_t nr, bool f
   return L;
 }
 
-__device__ __forceinline__ WView view(const MoeWeight& m, int64_t k) { return WView{m.data, m.scale, m.dtype, k, (k + 127) / 128}; }
+__device__ __forceinline__ WView view(const MoeWeight& m, int64_t k) {
+  return WView{m.data, m.scale, m.dtype, k, (k + 127) / 128};
+}
 
 // ---- routing stages -----------------------------------------------------------------------------
 
@@ -93,8 +95,10 @@ __global__ void count_kernel(int64_t ns, const int32_t* __restrict__ idx, int64_
   if (s >= ns) return;
   const int64_t e = idx[s];
   pos[s] = -1;
-  if (e < 0 || e >= n_experts) atomicMin(&ctrl[0], static_cast<int32_t>(s));
-  else if (e < nr) atomicAdd(&counts[e], 1);
+  if (e < 0 || e >= n_experts)
+    atomicMin(&ctrl[0], static_cast<int32_t>(s));
+  else if (e < nr)
+    atomicAdd(&counts[e], 1);
 }
 
 // Exclusive scan of one value per thread over the block (blockDim.x a multiple of 32); `total`
@@ -127,9 +131,9 @@ __device__ int block_scan(int v, int& total, int* sh) {
 
 constexpr int kScanThreads = 1024;
 
-__global__ void __launch_bounds__(kScanThreads) schedule_kernel(int64_t nr, int bm, const int32_t* __restrict__ counts,
-                                                                int32_t* __restrict__ offsets, int32_t* __restrict__ tiles,
-                                                                int32_t* ctrl, int64_t cap) {
+__global__ void __launch_bounds__(kScanThreads)
+    schedule_kernel(int64_t nr, int bm, const int32_t* __restrict__ counts, int32_t* __restrict__ offsets,
+                    int32_t* __restrict__ tiles, int32_t* ctrl, int64_t cap) {
   __shared__ int sh[32];
   if (ctrl[0] != INT_MAX) {  // bad idx: no tiles (uniform: every thread reads the same value)
     if (threadIdx.x == 0) ctrl[1] = 0;
@@ -164,10 +168,10 @@ __global__ void __launch_bounds__(kScanThreads) schedule_kernel(int64_t nr, int 
 
 constexpr int kPlaceThreads = 256;
 
-__global__ void __launch_bounds__(kPlaceThreads) place_kernel(int64_t ns, const int32_t* __restrict__ idx,
-                                                              const int32_t* __restrict__ counts,
-                                                              const int32_t* __restrict__ offsets, const int32_t* ctrl,
-                                                              int32_t* __restrict__ sorted, int32_t* __restrict__ pos) {
+__global__ void __launch_bounds__(kPlaceThreads)
+    place_kernel(int64_t ns, const int32_t* __restrict__ idx, const int32_t* __restrict__ counts,
+                 const int32_t* __restrict__ offsets, const int32_t* ctrl, int32_t* __restrict__ sorted,
+                 int32_t* __restrict__ pos) {
   __shared__ int wc[kPlaceThreads / 32];
   const int e = blockIdx.x;
   if (ctrl[0] != INT_MAX || counts[e] == 0) return;  // uniform over the block
@@ -198,7 +202,7 @@ __global__ void __launch_bounds__(kPlaceThreads) place_kernel(int64_t ns, const 
 // ---- expert GEMMs -------------------------------------------------------------------------------
 
 struct GemmArgs {
-  int64_t k;          // slots per token
+  int64_t k;  // slots per token
   int64_t h, inter;
   int64_t nr;
   const float* u;
@@ -227,12 +231,15 @@ struct TileX {
 
 // Lanes f < nf store feature n0 + f of tile row i (one coalesced store per row).
 template <bool kGateUp>
-__device__ __forceinline__ void skinny_store(const GemmArgs& a, int64_t r0, int i, int64_t n0, int nf, int64_t N, float g, float v) {
+__device__ __forceinline__ void skinny_store(const GemmArgs& a, int64_t r0, int i, int64_t n0, int nf, int64_t N, float g,
+                                             float v) {
   const int f = threadIdx.x & 31;
   const int64_t n = n0 + f;
   if (f < nf && n < N) {
-    if (kGateUp) a.act[(r0 + i) * a.inter + n] = tile::silu_mul(g, v);
-    else a.y[(r0 + i) * a.h + n] = g;
+    if (kGateUp)
+      a.act[(r0 + i) * a.inter + n] = tile::silu_mul(g, v);
+    else
+      a.y[(r0 + i) * a.h + n] = g;
   }
 }
 
@@ -282,9 +289,12 @@ __device__ __forceinline__ void skinny_tile(const GemmArgs& a, int m, int64_t r0
 template <bool kGateUp, DType D>
 __device__ __forceinline__ void skinny_dispatch(const GemmArgs& a, int m, int64_t r0, int64_t n0, int64_t N, int64_t K,
                                                 const gemv::WarpRows<kGateUp ? 2 : 1>& rows, const TileX& x, float* xs) {
-  if (m == 1) skinny_tile<kGateUp, 1, D>(a, m, r0, n0, N, K, rows, x, xs);
-  else if (m <= 4) skinny_tile<kGateUp, 4, D>(a, m, r0, n0, N, K, rows, x, xs);
-  else skinny_tile<kGateUp, kSkinnyRows, D>(a, m, r0, n0, N, K, rows, x, xs);
+  if (m == 1)
+    skinny_tile<kGateUp, 1, D>(a, m, r0, n0, N, K, rows, x, xs);
+  else if (m <= 4)
+    skinny_tile<kGateUp, 4, D>(a, m, r0, n0, N, K, rows, x, xs);
+  else
+    skinny_tile<kGateUp, kSkinnyRows, D>(a, m, r0, n0, N, K, rows, x, xs);
 }
 
 // Two blocks per SM (128 registers) where e4m3 converts in hardware (sm_89+); before that the
@@ -313,7 +323,7 @@ __global__ void __launch_bounds__(gemv::kThreads, kSkinnyMinBlocks) skinny_kerne
     xrow[i] = i < m ? (kGateUp ? a.u + static_cast<int64_t>(a.sorted[r0 + i] / a.k) * a.h : a.act + (r0 + i) * a.inter) : nullptr;
   }
   const WView w0 = view(a.table[(kGateUp ? 0 : 2) * a.nr + e], K);
-  const WView w1 = view(a.table[a.nr + e], K);  // up (gate/up only)
+  const WView w1 = view(a.table[a.nr + e], K);                                                      // up (gate/up only)
   const bool vec = a.xvec && w0.units16() && (!kGateUp || (w1.units16() && w1.dtype == w0.dtype));  // uniform
   if (vec) {
     gemv::WarpRows<kM> rows;
@@ -381,7 +391,8 @@ __global__ void __launch_bounds__(256, 1) tiled_kernel(GemmArgs a, int64_t nblk)
   const int m = a.tiles[3 * tile + 2];
   if (threadIdx.x < kTiled) {
     const int i = threadIdx.x;
-    xrow[i] = i < m ? (kGateUp ? a.u + static_cast<int64_t>(a.sorted[r0 + i] / static_cast<int32_t>(a.k)) * a.h : a.act + (r0 + i) * a.inter)
+    xrow[i] = i < m ? (kGateUp ? a.u + static_cast<int64_t>(a.sorted[r0 + i] / static_cast<int32_t>(a.k)) * a.h
+                               : a.act + (r0 + i) * a.inter)
                     : nullptr;
   }
   const WView w0 = view(a.table[(kGateUp ? 0 : 2) * a.nr + e], K);
@@ -425,8 +436,10 @@ __global__ void __launch_bounds__(256, 1) tiled_kernel(GemmArgs a, int64_t nblk)
       const int r = ty * 4 + i;
       const int64_t n = n0 + tx * 4 + j;
       if (r < m && n < N) {
-        if (kGateUp) a.act[(r0 + r) * a.inter + n] = tile::silu_mul(acc0[i][j], acc1[i][j]);
-        else a.y[(r0 + r) * a.h + n] = acc0[i][j];
+        if (kGateUp)
+          a.act[(r0 + r) * a.inter + n] = tile::silu_mul(acc0[i][j], acc1[i][j]);
+        else
+          a.y[(r0 + r) * a.h + n] = acc0[i][j];
       }
     }
 }
@@ -448,8 +461,8 @@ struct MoeTileGemm {
   int64_t slots;          // top-k slots per token
   int64_t k, kb, nout;    // this GEMM's K, ceil(K / 128), N
   DType a_dtype;
-  const void* a;          // gate/up: u [t, h]; down: act [rows, inter] (f32, or e4m3 codes in fp8 mode)
-  const float* a_scale;   // fp8 mode: their 1x128 group scales
+  const void* a;         // gate/up: u [t, h]; down: act [rows, inter] (f32, or e4m3 codes in fp8 mode)
+  const float* a_scale;  // fp8 mode: their 1x128 group scales
   const MoeWeight* table;
   int64_t nr;
   float* out;  // gate/up: act; down: y
@@ -495,10 +508,10 @@ struct MoeTileGemm {
 constexpr int kCombineThreads = 256;
 constexpr int64_t kMaxK = 8192;
 
-__global__ void __launch_bounds__(kCombineThreads) combine_kernel(int64_t k, int64_t h, int64_t nr, const float* __restrict__ u,
-                                                                  const int32_t* __restrict__ idx, const float* __restrict__ w,
-                                                                  const int32_t* __restrict__ pos, const float* __restrict__ y,
-                                                                  const int32_t* ctrl, float* __restrict__ out) {
+__global__ void __launch_bounds__(kCombineThreads)
+    combine_kernel(int64_t k, int64_t h, int64_t nr, const float* __restrict__ u, const int32_t* __restrict__ idx,
+                   const float* __restrict__ w, const int32_t* __restrict__ pos, const float* __restrict__ y, const int32_t* ctrl,
+                   float* __restrict__ out) {
   extern __shared__ int32_t order[];  // [k]: the token's slots j in (expert, slot) order
   if (ctrl[0] != INT_MAX) return;     // bad idx somewhere: out untouched (uniform)
   const int64_t tok = blockIdx.x;
@@ -532,7 +545,8 @@ __global__ void __launch_bounds__(kCombineThreads) combine_kernel(int64_t k, int
 }
 
 void check_grid(int64_t blocks) {
-  if (blocks > 0x7fffffffLL) fail(Code::E_SHAPE, "moe (CUDA): %lld thread blocks exceed the grid limit", static_cast<long long>(blocks));
+  if (blocks > 0x7fffffffLL)
+    fail(Code::E_SHAPE, "moe (CUDA): %lld thread blocks exceed the grid limit", static_cast<long long>(blocks));
 }
 
 }  // namespace
@@ -546,8 +560,9 @@ void moe(int64_t t, int64_t k, int64_t h, int64_t inter, const float* u, const i
          size_t workspace_bytes, void* stream) {
   const int64_t ns = t * k, nr = n_routed;
   if (ns <= 0 || h <= 0) return;
-  if (k > kMaxK) fail(Code::E_SHAPE, "moe (CUDA): k = %lld slots per token exceeds %lld", static_cast<long long>(k),
-                      static_cast<long long>(kMaxK));
+  if (k > kMaxK)
+    fail(Code::E_SHAPE, "moe (CUDA): k = %lld slots per token exceeds %lld", static_cast<long long>(k),
+         static_cast<long long>(kMaxK));
   const Layout L = layout(t, k, h, inter, nr, fp8);
   if (workspace_bytes < L.total) fail(Code::E_INTERNAL, "moe (CUDA): workspace too small");
   auto s = static_cast<cudaStream_t>(stream);
@@ -633,8 +648,8 @@ void moe(int64_t t, int64_t k, int64_t h, int64_t inter, const float* u, const i
     }
   }
   check_grid(t);
-  combine_kernel<<<static_cast<unsigned>(t), kCombineThreads, sizeof(int32_t) * static_cast<size_t>(k), s>>>(
-      k, h, nr, u, idx, w, pos, y, ctrl, out);
+  combine_kernel<<<static_cast<unsigned>(t), kCombineThreads, sizeof(int32_t) * static_cast<size_t>(k), s>>>(k, h, nr, u, idx, w,
+                                                                                                             pos, y, ctrl, out);
 }
 
 }  // namespace lc::gpu

@@ -21,13 +21,14 @@ __device__ __forceinline__ unsigned long long score_key(float s, int64_t j) {
   return (static_cast<unsigned long long>(k) << 32) | (0xffffffffu - static_cast<uint32_t>(j));
 }
 struct MaxU64 {
-  __device__ __forceinline__ unsigned long long operator()(unsigned long long a, unsigned long long b) const { return a > b ? a : b; }
+  __device__ __forceinline__ unsigned long long operator()(unsigned long long a, unsigned long long b) const {
+    return a > b ? a : b;
+  }
 };
 
-__global__ void __launch_bounds__(kThreads) router_kernel(int64_t e, int64_t k, const float* __restrict__ logits,
-                                                          const float* __restrict__ bias, int64_t n_routed, float scale,
-                                                          int32_t* __restrict__ idx, float* __restrict__ w,
-                                                          int32_t* __restrict__ nffn) {
+__global__ void __launch_bounds__(kThreads)
+    router_kernel(int64_t e, int64_t k, const float* __restrict__ logits, const float* __restrict__ bias, int64_t n_routed,
+                  float scale, int32_t* __restrict__ idx, float* __restrict__ w, int32_t* __restrict__ nffn) {
   __shared__ float shf[32];
   __shared__ double shd[32];
   __shared__ unsigned long long shk[32];
@@ -62,7 +63,8 @@ __global__ void __launch_bounds__(kThreads) router_kernel(int64_t e, int64_t k, 
 }
 
 __global__ void zero_kernel(int64_t n, int32_t* p) {
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
     p[i] = 0;
 }
 

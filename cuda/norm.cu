@@ -16,8 +16,8 @@ __device__ float block_sum(float v) {
 }
 
 template <int kThreads, bool kBf16W, bool kBf16Y>
-__global__ void rmsnorm_kernel(int64_t dim, const float* x, const float* add, float* h_out, const void* __restrict__ w,
-                               float eps, void* y) {  // x, add, h_out and y may alias (no __restrict__)
+__global__ void rmsnorm_kernel(int64_t dim, const float* x, const float* add, float* h_out, const void* __restrict__ w, float eps,
+                               void* y) {  // x, add, h_out and y may alias (no __restrict__)
   const int64_t row = blockIdx.x;
   const float* xr = x + row * dim;
   const float* ar = add ? add + row * dim : nullptr;
@@ -41,17 +41,21 @@ __global__ void rmsnorm_kernel(int64_t dim, const float* x, const float* add, fl
   }
 }
 
-void rmsnorm(int64_t rows, int64_t dim, const float* x, const float* add, float* h_out, const void* w, DType wt,
-             float eps, void* y, DType yt, void* stream) {
+void rmsnorm(int64_t rows, int64_t dim, const float* x, const float* add, float* h_out, const void* w, DType wt, float eps,
+             void* y, DType yt, void* stream) {
   if (rows == 0) return;
   constexpr int kThreads = 256;
   auto s = static_cast<cudaStream_t>(stream);
   bool wb = wt == DType::BF16, yb = yt == DType::BF16;
   dim3 grid(static_cast<unsigned>(rows));
-  if (wb && yb) rmsnorm_kernel<kThreads, true, true><<<grid, kThreads, 0, s>>>(dim, x, add, h_out, w, eps, y);
-  else if (wb) rmsnorm_kernel<kThreads, true, false><<<grid, kThreads, 0, s>>>(dim, x, add, h_out, w, eps, y);
-  else if (yb) rmsnorm_kernel<kThreads, false, true><<<grid, kThreads, 0, s>>>(dim, x, add, h_out, w, eps, y);
-  else rmsnorm_kernel<kThreads, false, false><<<grid, kThreads, 0, s>>>(dim, x, add, h_out, w, eps, y);
+  if (wb && yb)
+    rmsnorm_kernel<kThreads, true, true><<<grid, kThreads, 0, s>>>(dim, x, add, h_out, w, eps, y);
+  else if (wb)
+    rmsnorm_kernel<kThreads, true, false><<<grid, kThreads, 0, s>>>(dim, x, add, h_out, w, eps, y);
+  else if (yb)
+    rmsnorm_kernel<kThreads, false, true><<<grid, kThreads, 0, s>>>(dim, x, add, h_out, w, eps, y);
+  else
+    rmsnorm_kernel<kThreads, false, false><<<grid, kThreads, 0, s>>>(dim, x, add, h_out, w, eps, y);
 }
 
 }  // namespace lc::gpu

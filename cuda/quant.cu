@@ -92,8 +92,10 @@ __global__ void dequant_blocks_kernel(int64_t K, int64_t BK, const uint8_t* __re
   const float* srow = scale_inv + (r / kBlock) * BK;
   for (int64_t c = threadIdx.x; c < K; c += blockDim.x) {
     const float v = x86_mul(util::fp8_bits_to_f32(q[r * K + c]), srow[c / kBlock]);
-    if (kBf16) static_cast<uint16_t*>(w)[r * K + c] = f32_to_bf16_bits(v);
-    else static_cast<float*>(w)[r * K + c] = v;
+    if (kBf16)
+      static_cast<uint16_t*>(w)[r * K + c] = f32_to_bf16_bits(v);
+    else
+      static_cast<float*>(w)[r * K + c] = v;
   }
 }
 
@@ -119,8 +121,10 @@ __global__ void quant_int8_rows_kernel(int64_t K, const void* __restrict__ w, in
 void quantize_int8_rows(int64_t N, int64_t K, const void* w, DType wt, int8_t* q, float* scale, void* stream) {
   if (N <= 0) return;
   auto s = static_cast<cudaStream_t>(stream);
-  if (wt == DType::BF16) quant_int8_rows_kernel<true><<<static_cast<unsigned>(N), 256, 0, s>>>(K, w, q, scale);
-  else quant_int8_rows_kernel<false><<<static_cast<unsigned>(N), 256, 0, s>>>(K, w, q, scale);
+  if (wt == DType::BF16)
+    quant_int8_rows_kernel<true><<<static_cast<unsigned>(N), 256, 0, s>>>(K, w, q, scale);
+  else
+    quant_int8_rows_kernel<false><<<static_cast<unsigned>(N), 256, 0, s>>>(K, w, q, scale);
 }
 
 void quantize_fp8_act(int64_t T, int64_t K, const void* x, DType xt, uint8_t* q, float* scale, void* stream) {
@@ -129,16 +133,20 @@ void quantize_fp8_act(int64_t T, int64_t K, const void* x, DType xt, uint8_t* q,
   constexpr int kThreads = 256, kWarps = kThreads / 32;
   const unsigned blocks = static_cast<unsigned>((groups + kWarps - 1) / kWarps);
   auto s = static_cast<cudaStream_t>(stream);
-  if (xt == DType::BF16) quant_act_kernel<true><<<blocks, kThreads, 0, s>>>(groups, G, K, x, q, scale);
-  else quant_act_kernel<false><<<blocks, kThreads, 0, s>>>(groups, G, K, x, q, scale);
+  if (xt == DType::BF16)
+    quant_act_kernel<true><<<blocks, kThreads, 0, s>>>(groups, G, K, x, q, scale);
+  else
+    quant_act_kernel<false><<<blocks, kThreads, 0, s>>>(groups, G, K, x, q, scale);
 }
 
 void quantize_fp8_blocks(int64_t N, int64_t K, const void* w, DType wt, uint8_t* q, float* scale_inv, void* stream) {
   if (N <= 0 || K <= 0) return;
   const int64_t BN = (N + kBlock - 1) / kBlock, BK = (K + kBlock - 1) / kBlock;
   auto s = static_cast<cudaStream_t>(stream);
-  if (wt == DType::BF16) quant_blocks_kernel<true><<<static_cast<unsigned>(BN * BK), 256, 0, s>>>(N, K, BK, w, q, scale_inv);
-  else quant_blocks_kernel<false><<<static_cast<unsigned>(BN * BK), 256, 0, s>>>(N, K, BK, w, q, scale_inv);
+  if (wt == DType::BF16)
+    quant_blocks_kernel<true><<<static_cast<unsigned>(BN * BK), 256, 0, s>>>(N, K, BK, w, q, scale_inv);
+  else
+    quant_blocks_kernel<false><<<static_cast<unsigned>(BN * BK), 256, 0, s>>>(N, K, BK, w, q, scale_inv);
 }
 
 void dequantize_fp8_blocks(int64_t N, int64_t K, const uint8_t* q, const float* scale_inv, void* w, DType wt, void* stream) {
@@ -146,8 +154,10 @@ void dequantize_fp8_blocks(int64_t N, int64_t K, const uint8_t* q, const float* 
   const int64_t BK = (K + kBlock - 1) / kBlock;
   const int threads = K >= 1024 ? 256 : 128;
   auto s = static_cast<cudaStream_t>(stream);
-  if (wt == DType::BF16) dequant_blocks_kernel<true><<<static_cast<unsigned>(N), threads, 0, s>>>(K, BK, q, scale_inv, w);
-  else dequant_blocks_kernel<false><<<static_cast<unsigned>(N), threads, 0, s>>>(K, BK, q, scale_inv, w);
+  if (wt == DType::BF16)
+    dequant_blocks_kernel<true><<<static_cast<unsigned>(N), threads, 0, s>>>(K, BK, q, scale_inv, w);
+  else
+    dequant_blocks_kernel<false><<<static_cast<unsigned>(N), threads, 0, s>>>(K, BK, q, scale_inv, w);
 }
 
 }  // namespace lc::gpu

@@ -46,7 +46,7 @@ void rope(int64_t t, int64_t heads, int64_t head_dim, float* x, const int32_t* p
   const int64_t work = heads * (pairs < kChunk ? pairs : kChunk);
   const int threads = work >= 256 ? 256 : work >= 128 ? 128 : 64;
   rope_kernel<<<static_cast<unsigned>(t), threads, 0, static_cast<cudaStream_t>(stream)>>>(heads, head_dim, x, positions, offset,
-                                                                                         pairs, inv_freq, attention_factor);
+                                                                                           pairs, inv_freq, attention_factor);
 }
 
 }  // namespace lc::gpu

@@ -70,8 +70,7 @@ void* malloc(int dev, size_t bytes) {
     cudaGetLastError();
     size_t free_b = 0, total_b = 0;
     cudaMemGetInfo(&free_b, &total_b);
-    fail(Code::E_OOM, "CUDA out of memory on cuda:%d allocating %zu bytes (%zu of %zu bytes free)", dev, bytes, free_b,
-         total_b);
+    fail(Code::E_OOM, "CUDA out of memory on cuda:%d allocating %zu bytes (%zu of %zu bytes free)", dev, bytes, free_b, total_b);
   }
   check(e, "cudaMalloc");
   return p;

@@ -35,21 +35,21 @@ export const LONGCAT_EOS = '</longcat_s>';
  * tokenizer_config.json. It renders exactly what formatLongcatChat() returns.
  */
 export const LONGCAT_CHAT_TEMPLATE =
-  "{%- set ns = namespace(round=0, started=false) -%}" +
-  "{%- for message in messages -%}" +
+  '{%- set ns = namespace(round=0, started=false) -%}' +
+  '{%- for message in messages -%}' +
   "{%- if message['role'] == 'system' -%}" +
   "{{- 'SYSTEM:' + message['content'] -}}" +
-  "{%- set ns.started = true -%}" +
+  '{%- set ns.started = true -%}' +
   "{%- elif message['role'] == 'user' -%}" +
   "{%- if ns.started -%}{{- ' ' -}}{%- endif -%}" +
   "{{- '[Round ' + (ns.round | string) + '] USER:' + message['content'] -}}" +
-  "{%- set ns.started = true -%}" +
+  '{%- set ns.started = true -%}' +
   "{%- elif message['role'] == 'assistant' -%}" +
   "{{- ' ASSISTANT:' + message['content'] + '</longcat_s>' -}}" +
-  "{%- set ns.round = ns.round + 1 -%}" +
-  "{%- set ns.started = true -%}" +
-  "{%- endif -%}" +
-  "{%- endfor -%}" +
+  '{%- set ns.round = ns.round + 1 -%}' +
+  '{%- set ns.started = true -%}' +
+  '{%- endif -%}' +
+  '{%- endfor -%}' +
   "{%- if add_generation_prompt -%}{{- ' ASSISTANT:' -}}{%- endif -%}";
 
 function checkMessages(messages: readonly ChatMessage[]) {
@@ -106,7 +106,7 @@ export function renderChatTemplate(
       eos_token: LONGCAT_EOS,
       ...opts.specialTokens,
       ...opts.context,
-      messages: messages.map((m) => ({ ...m })),
+      messages: messages.map(m => ({ ...m })),
       add_generation_prompt: opts.addGenerationPrompt ?? true,
     });
   } catch (e) {
@@ -126,7 +126,8 @@ export interface TokenizerConfig {
 
 function tokenText(t: TokenizerConfig[keyof TokenizerConfig]): string | undefined {
   if (typeof t === 'string') return t;
-  if (t && typeof t === 'object' && 'content' in t && typeof (t as { content: unknown }).content === 'string') return (t as { content: string }).content;
+  if (t && typeof t === 'object' && 'content' in t && typeof (t as { content: unknown }).content === 'string')
+    return (t as { content: string }).content;
   return undefined;
 }
 
@@ -134,7 +135,7 @@ function tokenText(t: TokenizerConfig[keyof TokenizerConfig]): string | undefine
 export function chatTemplateOf(cfg: TokenizerConfig): string | null {
   const ct = cfg.chat_template;
   if (typeof ct === 'string' && ct.length) return ct;
-  if (Array.isArray(ct)) return ct.find((x) => x?.name === 'default')?.template ?? ct[0]?.template ?? null;
+  if (Array.isArray(ct)) return ct.find(x => x?.name === 'default')?.template ?? ct[0]?.template ?? null;
   return null;
 }
 
@@ -143,7 +144,9 @@ function readText(file: string): string | null {
     return readFileSync(file, 'utf8');
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
-    throw new CheckpointError('E_CHECKPOINT', `${file}: cannot read (${(e as NodeJS.ErrnoException).code ?? 'error'})`, { cause: e });
+    throw new CheckpointError('E_CHECKPOINT', `${file}: cannot read (${(e as NodeJS.ErrnoException).code ?? 'error'})`, {
+      cause: e,
+    });
   }
 }
 
@@ -207,13 +210,18 @@ const LITERAL_ROLES = new Set(['user', 'tool']);
  * each such content replaced by a private-use marker and checking that putting the contents back
  * gives the same text (so a template that edits contents yields `literal: null`, never wrong spans).
  */
-export function renderChatPrompt(source: string | TokenizerConfig, messages: readonly ChatMessage[], opts: ChatTemplateOptions = {}): ChatPrompt {
+export function renderChatPrompt(
+  source: string | TokenizerConfig,
+  messages: readonly ChatMessage[],
+  opts: ChatTemplateOptions = {},
+): ChatPrompt {
   const render = chatRenderer(source, opts);
   const text = render(messages);
   const marked = messages.map((m, i) => (LITERAL_ROLES.has(m.role) && m.content.length > 0 ? `\uE000${i}\uE001` : null));
-  if (marked.every((m) => m === null)) return { text, literal: [] };
+  if (marked.every(m => m === null)) return { text, literal: [] };
   const withMarks = render(messages.map((m, i) => (marked[i] === null ? m : { ...m, content: marked[i]! })));
-  let rebuilt = '', pos = 0;
+  let rebuilt = '',
+    pos = 0;
   const literal: [number, number][] = [];
   for (const hit of withMarks.matchAll(/\uE000(\d+)\uE001/g)) {
     const content = messages[Number(hit[1])]!.content;
@@ -238,12 +246,12 @@ function chatRenderer(source: string | TokenizerConfig, opts: ChatTemplateOption
     config = source;
     template = chatTemplateOf(source);
   }
-  if (!template) return (messages) => formatLongcatChat(messages, opts);
+  if (!template) return messages => formatLongcatChat(messages, opts);
   const specialTokens: Record<string, string> = {};
   for (const k of ['bos_token', 'eos_token', 'pad_token', 'unk_token'] as const) {
     const v = tokenText(config[k]);
     if (v !== undefined) specialTokens[k] = v;
   }
   const t = template;
-  return (messages) => renderChatTemplate(t, messages, { ...opts, specialTokens });
+  return messages => renderChatTemplate(t, messages, { ...opts, specialTokens });
 }

@@ -5,7 +5,14 @@ import path from 'node:path';
 import { native } from './native.js';
 import { AbortError, ArgumentError, CheckpointError, ConfigError, DisposedError } from './errors.js';
 import {
-  type DerivedConstants, type LongcatConfig, type TensorSpec, FLOAT_DTYPES, deriveConstants, expertPrefix, parseConfig, requiredTensors,
+  type DerivedConstants,
+  type LongcatConfig,
+  type TensorSpec,
+  FLOAT_DTYPES,
+  deriveConstants,
+  expertPrefix,
+  parseConfig,
+  requiredTensors,
 } from './config.js';
 import { type SafetensorsDType, type SafetensorsHeader, readSafetensorsHeader } from './safetensors.js';
 import type { DType, Tensor } from '../types/native.js';
@@ -131,7 +138,8 @@ const sameShape = (a: readonly number[], b: readonly number[]) => a.length === b
 export async function openCheckpoint(dir: string, opts: OpenCheckpointOptions = {}): Promise<Checkpoint> {
   const root = path.resolve(dir);
   const checkAbort = () => {
-    if (opts.signal?.aborted) throw new AbortError('E_ABORTED', `openCheckpoint(${root}): aborted`, { cause: opts.signal.reason });
+    if (opts.signal?.aborted)
+      throw new AbortError('E_ABORTED', `openCheckpoint(${root}): aborted`, { cause: opts.signal.reason });
   };
   checkAbort();
   try {
@@ -162,10 +170,12 @@ export async function openCheckpoint(dir: string, opts: OpenCheckpointOptions = 
   };
   if (index !== undefined) {
     const wm = (index as { weight_map?: unknown } | null)?.weight_map;
-    if (typeof wm !== 'object' || wm === null || Array.isArray(wm)) throw ckptError(`${indexFile}: 'weight_map' must be an object of tensor name -> file`);
+    if (typeof wm !== 'object' || wm === null || Array.isArray(wm))
+      throw ckptError(`${indexFile}: 'weight_map' must be an object of tensor name -> file`);
     weightMap = new Map();
     for (const [name, f] of Object.entries(wm)) {
-      if (typeof f !== 'string' || !f) throw ckptError(`${indexFile}: weight_map['${name}'] must be a file name, got ${JSON.stringify(f)}`);
+      if (typeof f !== 'string' || !f)
+        throw ckptError(`${indexFile}: weight_map['${name}'] must be a file name, got ${JSON.stringify(f)}`);
       weightMap.set(name, inside(f, indexFile));
     }
     files = [...new Set(weightMap.values())].sort();
@@ -176,7 +186,10 @@ export async function openCheckpoint(dir: string, opts: OpenCheckpointOptions = 
       files = [single];
     } catch {
       const { readdir } = await import('node:fs/promises');
-      files = (await readdir(root)).filter((f) => f.endsWith('.safetensors')).sort().map((f) => path.join(root, f));
+      files = (await readdir(root))
+        .filter(f => f.endsWith('.safetensors'))
+        .sort()
+        .map(f => path.join(root, f));
       if (!files.length) throw ckptError(`${root}: no model.safetensors.index.json, model.safetensors or *.safetensors file`);
     }
   }
@@ -191,35 +204,52 @@ export async function openCheckpoint(dir: string, opts: OpenCheckpointOptions = 
   for (const h of headers)
     for (const t of h.tensors.values()) {
       const prev = tensors.get(t.name);
-      if (prev) throw ckptError(`${root}: tensor '${t.name}' is in both ${path.basename(prev.file)} and ${path.basename(h.file)}`);
-      tensors.set(t.name, { name: t.name, file: h.file, dtype: t.dtype, nativeDtype: t.nativeDtype, shape: t.shape, offset: t.offset, nbytes: t.nbytes });
+      if (prev)
+        throw ckptError(`${root}: tensor '${t.name}' is in both ${path.basename(prev.file)} and ${path.basename(h.file)}`);
+      tensors.set(t.name, {
+        name: t.name,
+        file: h.file,
+        dtype: t.dtype,
+        nativeDtype: t.nativeDtype,
+        shape: t.shape,
+        offset: t.offset,
+        nbytes: t.nbytes,
+      });
     }
   if (weightMap)
     for (const [name, f] of weightMap) {
       const t = tensors.get(name);
       if (!t) throw ckptError(`${indexFile}: tensor '${name}' is mapped to ${path.basename(f)} but that file does not hold it`);
-      if (t.file !== f) throw ckptError(`${indexFile}: tensor '${name}' is mapped to ${path.basename(f)} but is stored in ${path.basename(t.file)}`);
+      if (t.file !== f)
+        throw ckptError(
+          `${indexFile}: tensor '${name}' is mapped to ${path.basename(f)} but is stored in ${path.basename(t.file)}`,
+        );
     }
 
   // What must be there.
   const fp8 = config.quantization_config !== null;
-  const hasMtp = [...tensors.keys()].some((n) => n.startsWith('model.mtp.'));
+  const hasMtp = [...tensors.keys()].some(n => n.startsWith('model.mtp.'));
   const required = requiredTensors(config, { fp8, mtp: hasMtp });
   const derived = deriveConstants(config);
   const expertLayouts: ExpertLayout[] = [];
   const packedSpecs = new Map<string, TensorSpec>();
-  const I = config.expert_ffn_hidden_size, H = config.hidden_size, E = config.n_routed_experts;
+  const I = config.expert_ffn_hidden_size,
+    H = config.hidden_size,
+    E = config.n_routed_experts;
   for (let L = 0; L < config.num_layers; L++) {
     const gu = `model.layers.${L}.mlp.experts.gate_up_proj`;
     const dn = `model.layers.${L}.mlp.experts.down_proj`;
     if (tensors.has(gu) || tensors.has(dn)) {
       if (fp8 && (tensors.get(gu)?.dtype === 'F8_E4M3' || tensors.get(dn)?.dtype === 'F8_E4M3'))
-        throw ckptError(`${root}: layer ${L} has FP8 experts in the packed (transformers v5) layout, which is not supported; use the original per-expert layout`);
+        throw ckptError(
+          `${root}: layer ${L} has FP8 experts in the packed (transformers v5) layout, which is not supported; use the original per-expert layout`,
+        );
       expertLayouts.push('packed');
-      for (let e = 0; e < E; e++) for (const w of ['gate_proj', 'up_proj', 'down_proj']) {
-        required.delete(`${expertPrefix(L, e)}.${w}.weight`);
-        required.delete(`${expertPrefix(L, e)}.${w}.weight_scale_inv`);
-      }
+      for (let e = 0; e < E; e++)
+        for (const w of ['gate_proj', 'up_proj', 'down_proj']) {
+          required.delete(`${expertPrefix(L, e)}.${w}.weight`);
+          required.delete(`${expertPrefix(L, e)}.${w}.weight_scale_inv`);
+        }
       packedSpecs.set(gu, { shape: [E, 2 * I, H], dtypes: FLOAT_DTYPES, role: 'linear', quantized: false });
       packedSpecs.set(dn, { shape: [E, H, I], dtypes: FLOAT_DTYPES, role: 'linear', quantized: false });
     } else {
@@ -238,7 +268,9 @@ export async function openCheckpoint(dir: string, opts: OpenCheckpointOptions = 
     // transformers v5 declares gate_up_proj over all n_routed + zero experts.
     if (!okShape && name.endsWith('.experts.gate_up_proj')) okShape = sameShape(t.shape, [derived.routerWidth, 2 * I, H]);
     if (!okShape)
-      throw ckptError(`${path.basename(t.file)}: tensor '${name}' has shape ${shapeStr(t.shape)}, expected ${shapeStr(spec.shape)}`);
+      throw ckptError(
+        `${path.basename(t.file)}: tensor '${name}' has shape ${shapeStr(t.shape)}, expected ${shapeStr(spec.shape)}`,
+      );
     if (!spec.dtypes.includes(t.dtype))
       throw ckptError(`${path.basename(t.file)}: tensor '${name}' has dtype ${t.dtype}, expected ${spec.dtypes.join(' or ')}`);
   };
@@ -246,9 +278,16 @@ export async function openCheckpoint(dir: string, opts: OpenCheckpointOptions = 
   for (const [name, spec] of packedSpecs) check(name, spec);
   if (missing.length)
     throw ckptError(
-      `${root}: missing tensor '${missing[0]}'${missing.length > 1 ? ` (and ${missing.length - 1} more: ${missing.slice(1, 6).map((m) => `'${m}'`).join(', ')}${missing.length > 6 ? ', ...' : ''})` : ''}`,
+      `${root}: missing tensor '${missing[0]}'${
+        missing.length > 1
+          ? ` (and ${missing.length - 1} more: ${missing
+              .slice(1, 6)
+              .map(m => `'${m}'`)
+              .join(', ')}${missing.length > 6 ? ', ...' : ''})`
+          : ''
+      }`,
     );
-  const unexpected = [...tensors.keys()].filter((n) => !required.has(n) && !packedSpecs.has(n)).sort();
+  const unexpected = [...tensors.keys()].filter(n => !required.has(n) && !packedSpecs.has(n)).sort();
 
   // Map every shard.
   const mappings = new Map<string, MappedFile>();
@@ -261,7 +300,7 @@ export async function openCheckpoint(dir: string, opts: OpenCheckpointOptions = 
       bytes += h.fileSize;
       opts.onProgress?.({ phase: 'map', file: h.file, filesDone: i + 1, files: headers.length, bytes, totalBytes });
       // Let an abort signalled from a progress callback or a timer be seen between files.
-      if (opts.signal) await new Promise<void>((r) => setImmediate(r));
+      if (opts.signal) await new Promise<void>(r => setImmediate(r));
     }
     checkAbort();
   } catch (e) {
@@ -269,7 +308,20 @@ export async function openCheckpoint(dir: string, opts: OpenCheckpointOptions = 
     throw e;
   }
 
-  return new CheckpointImpl(root, config, derived, generationConfig, tensors, unexpected, fp8, hasMtp, expertLayouts, totalBytes, files, mappings);
+  return new CheckpointImpl(
+    root,
+    config,
+    derived,
+    generationConfig,
+    tensors,
+    unexpected,
+    fp8,
+    hasMtp,
+    expertLayouts,
+    totalBytes,
+    files,
+    mappings,
+  );
 }
 
 class CheckpointImpl implements Checkpoint {
@@ -308,7 +360,8 @@ class CheckpointImpl implements Checkpoint {
     if (hit) return hit;
     const t = this.tensors.get(name);
     if (!t) throw ckptError(`checkpoint ${this.dir}: no tensor '${name}'`);
-    if (!t.nativeDtype) throw ckptError(`${path.basename(t.file)}: tensor '${name}' has dtype ${t.dtype}, which this engine does not support`);
+    if (!t.nativeDtype)
+      throw ckptError(`${path.basename(t.file)}: tensor '${name}' has dtype ${t.dtype}, which this engine does not support`);
     const m = this.mappings.get(t.file)!;
     const tensor = native.tensorFromMapping(m, t.offset, t.nativeDtype, t.shape);
     this.cache.set(name, tensor);
@@ -327,13 +380,17 @@ class CheckpointImpl implements Checkpoint {
     if (!Number.isInteger(layer) || layer < 0 || layer >= c.num_layers)
       throw new ArgumentError('E_ARGUMENT', `expertWeights: layer ${layer} out of range [0, ${c.num_layers})`);
     if (!Number.isInteger(e) || e < 0 || e >= c.n_routed_experts)
-      throw new ArgumentError('E_ARGUMENT', `expertWeights: expert ${e} out of range [0, ${c.n_routed_experts}) (zero experts have no weights)`);
+      throw new ArgumentError(
+        'E_ARGUMENT',
+        `expertWeights: expert ${e} out of range [0, ${c.n_routed_experts}) (zero experts have no weights)`,
+      );
     const key = `${layer}.${e}`;
     const hit = this.experts.get(key);
     if (hit) return hit;
     let r: ExpertWeights;
     if (this.expertLayouts[layer] === 'packed') {
-      const I = c.expert_ffn_hidden_size, H = c.hidden_size;
+      const I = c.expert_ffn_hidden_size,
+        H = c.hidden_size;
       const gu = this.get(`model.layers.${layer}.mlp.experts.gate_up_proj`);
       const dn = this.get(`model.layers.${layer}.mlp.experts.down_proj`);
       const row = gu.narrow(e, 1);
@@ -346,7 +403,9 @@ class CheckpointImpl implements Checkpoint {
       this.views.push(r.gate, r.up, r.down);
     } else {
       const p = expertPrefix(layer, e);
-      const g = this.linear(`${p}.gate_proj`), u = this.linear(`${p}.up_proj`), d = this.linear(`${p}.down_proj`);
+      const g = this.linear(`${p}.gate_proj`),
+        u = this.linear(`${p}.up_proj`),
+        d = this.linear(`${p}.down_proj`);
       r = { gate: g.weight, up: u.weight, down: d.weight };
       if (g.scale) r.gateScale = g.scale;
       if (u.scale) r.upScale = u.scale;

@@ -40,19 +40,28 @@ function formatCount(n: number): string {
 }
 
 function info(json: boolean) {
-  const b = buildInfo(), f = cpuFeatures(), c = native.cudaStatus();
+  const b = buildInfo(),
+    f = cpuFeatures(),
+    c = native.cudaStatus();
   if (json) {
     console.log(JSON.stringify({ build: b, cpu: f, threads: threads(), cuda: c, devices: devices() }, null, 2));
     return;
   }
-  const isa = Object.entries(f).filter(([k, v]) => k !== 'isa' && v === true).map(([k]) => k).join(' ');
-  console.log(`longcat-flash native addon (${b.buildSystem} build, ${b.compiler}${b.debug ? ', debug' : ''}, N-API ${b.napiVersion})`);
+  const isa = Object.entries(f)
+    .filter(([k, v]) => k !== 'isa' && v === true)
+    .map(([k]) => k)
+    .join(' ');
+  console.log(
+    `longcat-flash native addon (${b.buildSystem} build, ${b.compiler}${b.debug ? ', debug' : ''}, N-API ${b.napiVersion})`,
+  );
   console.log(`backends:  cpu${b.cuda ? `, cuda (compiled for sm_${b.cudaArchs})` : ' (built without CUDA)'}`);
   console.log(`cpu:       ${threads()} threads, kernels use ${f.isa}; features: ${isa || 'none'}`);
   console.log(`cuda:      ${c.available ? `${c.deviceCount} device(s)` : `unavailable (${c.reason})`}`);
   for (const d of devices()) {
     if (d.kind === 'cuda')
-      console.log(`  ${d.id}: ${d.name}, sm_${d.computeCapability.replace('.', '')}, ${d.multiprocessors} SMs, ${formatBytes(d.totalBytes)} (${formatBytes(d.freeBytes)} free)`);
+      console.log(
+        `  ${d.id}: ${d.name}, sm_${d.computeCapability.replace('.', '')}, ${d.multiprocessors} SMs, ${formatBytes(d.totalBytes)} (${formatBytes(d.freeBytes)} free)`,
+      );
   }
 }
 
@@ -125,8 +134,18 @@ function num(v: string | undefined, name: string, rule: NumRule = {}): number | 
   if (v === undefined) return undefined;
   const n = v.trim() === '' ? NaN : Number(v);
   const kind = rule.integer ? 'an integer' : 'a number';
-  const range = rule.min !== undefined && rule.max !== undefined ? ` in [${rule.min}, ${rule.max}]` : rule.min !== undefined ? ` >= ${rule.min}` : '';
-  if (!Number.isFinite(n) || (rule.integer && !Number.isInteger(n)) || (rule.min !== undefined && n < rule.min) || (rule.max !== undefined && n > rule.max))
+  const range =
+    rule.min !== undefined && rule.max !== undefined
+      ? ` in [${rule.min}, ${rule.max}]`
+      : rule.min !== undefined
+        ? ` >= ${rule.min}`
+        : '';
+  if (
+    !Number.isFinite(n) ||
+    (rule.integer && !Number.isInteger(n)) ||
+    (rule.min !== undefined && n < rule.min) ||
+    (rule.max !== undefined && n > rule.max)
+  )
     throw new UsageError(`--${name} must be ${kind}${range}, got '${v}'`);
   return n;
 }
@@ -145,14 +164,19 @@ interface ModelArgs {
 
 /** Checks the model options before anything is loaded. */
 function modelArgs(v: ModelArgs) {
-  if (v.backend !== undefined && !['auto', 'cpu', 'cuda'].includes(v.backend)) throw new UsageError(`--backend must be auto, cpu or cuda, got '${v.backend}'`);
-  return { backend: v.backend as Backend | undefined, threads: num(v.threads, 'threads', { integer: true, min: 1 }), maxContext: num(v['max-context'], 'max-context', { integer: true, min: 1 }) };
+  if (v.backend !== undefined && !['auto', 'cpu', 'cuda'].includes(v.backend))
+    throw new UsageError(`--backend must be auto, cpu or cuda, got '${v.backend}'`);
+  return {
+    backend: v.backend as Backend | undefined,
+    threads: num(v.threads, 'threads', { integer: true, min: 1 }),
+    maxContext: num(v['max-context'], 'max-context', { integer: true, min: 1 }),
+  };
 }
 
 async function openModel(v: ModelArgs, opts: ReturnType<typeof modelArgs>): Promise<Model> {
   const dir = v.model ?? (await defaultModelDir());
   const bar = progressBar('loading');
-  const model = await loadModel(dir, { ...opts, onProgress: (p) => bar.update(p) });
+  const model = await loadModel(dir, { ...opts, onProgress: p => bar.update(p) });
   bar.done();
   process.stderr.write(`longcat: ${path.basename(path.resolve(dir))} on ${model.device}\n`);
   return model;
@@ -171,7 +195,10 @@ function sampling(v: Record<string, string | string[] | boolean | undefined>): G
 }
 
 async function generate(args: string[]) {
-  const { values: v } = parseArgs({ args, options: { ...modelOptions, ...samplingOptions, prompt: { type: 'string' }, chat: { type: 'boolean' } } });
+  const { values: v } = parseArgs({
+    args,
+    options: { ...modelOptions, ...samplingOptions, prompt: { type: 'string' }, chat: { type: 'boolean' } },
+  });
   if (v.prompt === undefined) throw new UsageError('generate: --prompt TEXT is required');
   const opts = sampling(v);
   using model = await openModel(v, modelArgs(v));
@@ -236,21 +263,49 @@ async function inspect(args: string[]) {
   for (const t of ck.tensors.values()) dtypes.set(t.dtype, (dtypes.get(t.dtype) ?? 0) + 1);
   console.log(`checkpoint:   ${path.resolve(dir)}`);
   console.log(`files:        ${ck.files.length} safetensors shard(s), ${formatBytes(ck.totalBytes)}`);
-  console.log(`tensors:      ${ck.tensors.size} (${[...dtypes].map(([d, n]) => `${n} ${d}`).join(', ')})${ck.unexpected.length ? `, ${ck.unexpected.length} unexpected` : ''}`);
-  console.log(`format:       ${ck.fp8 ? 'block FP8 (e4m3, 128x128 scales)' : 'unquantized'}, experts ${[...new Set(ck.expertLayouts)].join('/')}, MTP ${ck.hasMtp ? 'present' : 'absent'}`);
-  console.log(`architecture: ${c.num_layers} layers x (2 MLA + 2 dense FFN + MoE), hidden ${c.hidden_size}, ${c.num_attention_heads} heads, vocab ${c.vocab_size}`);
-  console.log(`MoE:          ${c.n_routed_experts} FFN experts (${c.expert_ffn_hidden_size} wide) + ${c.zero_expert_num} zero experts, top-${c.moe_topk}, scale ${c.routed_scaling_factor}`);
-  console.log(`RoPE:         theta ${c.rope_theta}${c.rope_scaling ? `, YaRN x${c.rope_scaling.factor}` : ''}, context ${c.max_position_embeddings}`);
+  console.log(
+    `tensors:      ${ck.tensors.size} (${[...dtypes].map(([d, n]) => `${n} ${d}`).join(', ')})${ck.unexpected.length ? `, ${ck.unexpected.length} unexpected` : ''}`,
+  );
+  console.log(
+    `format:       ${ck.fp8 ? 'block FP8 (e4m3, 128x128 scales)' : 'unquantized'}, experts ${[...new Set(ck.expertLayouts)].join('/')}, MTP ${ck.hasMtp ? 'present' : 'absent'}`,
+  );
+  console.log(
+    `architecture: ${c.num_layers} layers x (2 MLA + 2 dense FFN + MoE), hidden ${c.hidden_size}, ${c.num_attention_heads} heads, vocab ${c.vocab_size}`,
+  );
+  console.log(
+    `MoE:          ${c.n_routed_experts} FFN experts (${c.expert_ffn_hidden_size} wide) + ${c.zero_expert_num} zero experts, top-${c.moe_topk}, scale ${c.routed_scaling_factor}`,
+  );
+  console.log(
+    `RoPE:         theta ${c.rope_theta}${c.rope_scaling ? `, YaRN x${c.rope_scaling.factor}` : ''}, context ${c.max_position_embeddings}`,
+  );
   console.log(`parameters:   ${formatCount(p.total)} total${p.mtp ? ` (+${formatCount(p.mtp)} MTP)` : ''}`);
-  console.log(`active/token: ${formatCount(p.activeMin)} (0 FFN experts) .. ${formatCount(p.activeMax)} (${Math.min(c.moe_topk, c.n_routed_experts)}), ${formatCount(p.activeExpected!)} at ${typical}`);
+  console.log(
+    `active/token: ${formatCount(p.activeMin)} (0 FFN experts) .. ${formatCount(p.activeMax)} (${Math.min(c.moe_topk, c.n_routed_experts)}), ${formatCount(p.activeExpected!)} at ${typical}`,
+  );
 }
 
 async function initRandomCmd(args: string[]) {
-  const { values: v } = parseArgs({ args, options: { preset: { type: 'string' }, out: { type: 'string' }, fp8: { type: 'boolean' }, mtp: { type: 'boolean' }, seed: { type: 'string' } } });
+  const { values: v } = parseArgs({
+    args,
+    options: {
+      preset: { type: 'string' },
+      out: { type: 'string' },
+      fp8: { type: 'boolean' },
+      mtp: { type: 'boolean' },
+      seed: { type: 'string' },
+    },
+  });
   if (!v.out) throw new UsageError('init-random: --out DIR is required');
   const preset = (v.preset ?? 'tiny') as Preset;
-  if (!['tiny', 'small', 'medium'].includes(preset)) throw new UsageError(`init-random: unknown preset '${preset}' (tiny, small or medium)`);
-  const r = await initRandom({ preset, out: v.out, fp8: v.fp8, mtp: v.mtp, seed: num(v.seed, 'seed', { integer: true, min: 0 }) });
+  if (!['tiny', 'small', 'medium'].includes(preset))
+    throw new UsageError(`init-random: unknown preset '${preset}' (tiny, small or medium)`);
+  const r = await initRandom({
+    preset,
+    out: v.out,
+    fp8: v.fp8,
+    mtp: v.mtp,
+    seed: num(v.seed, 'seed', { integer: true, min: 0 }),
+  });
   console.log(`wrote ${r.tensorCount} tensors, ${formatBytes(r.totalBytes)} in ${r.files.length} files to ${r.dir}`);
 }
 

@@ -110,12 +110,44 @@ export interface DerivedConstants {
 }
 
 const CONFIG_KEYS = new Set([
-  'architectures', 'model_type', 'vocab_size', 'hidden_size', 'num_layers', 'num_attention_heads', 'num_key_value_heads',
-  'q_lora_rank', 'kv_lora_rank', 'qk_nope_head_dim', 'qk_rope_head_dim', 'v_head_dim', 'ffn_hidden_size',
-  'expert_ffn_hidden_size', 'n_routed_experts', 'zero_expert_num', 'zero_expert_type', 'moe_topk', 'routed_scaling_factor',
-  'mla_scale_q_lora', 'mla_scale_kv_lora', 'attention_method', 'attention_bias', 'attention_dropout', 'rms_norm_eps',
-  'rope_theta', 'max_position_embeddings', 'bos_token_id', 'eos_token_id', 'pad_token_id', 'use_cache', 'hidden_act',
-  'tie_word_embeddings', 'router_bias', 'norm_topk_prob', 'rope_scaling', 'quantization_config', 'num_nextn_predict_layers',
+  'architectures',
+  'model_type',
+  'vocab_size',
+  'hidden_size',
+  'num_layers',
+  'num_attention_heads',
+  'num_key_value_heads',
+  'q_lora_rank',
+  'kv_lora_rank',
+  'qk_nope_head_dim',
+  'qk_rope_head_dim',
+  'v_head_dim',
+  'ffn_hidden_size',
+  'expert_ffn_hidden_size',
+  'n_routed_experts',
+  'zero_expert_num',
+  'zero_expert_type',
+  'moe_topk',
+  'routed_scaling_factor',
+  'mla_scale_q_lora',
+  'mla_scale_kv_lora',
+  'attention_method',
+  'attention_bias',
+  'attention_dropout',
+  'rms_norm_eps',
+  'rope_theta',
+  'max_position_embeddings',
+  'bos_token_id',
+  'eos_token_id',
+  'pad_token_id',
+  'use_cache',
+  'hidden_act',
+  'tie_word_embeddings',
+  'router_bias',
+  'norm_topk_prob',
+  'rope_scaling',
+  'quantization_config',
+  'num_nextn_predict_layers',
 ]);
 
 function configError(file: string, field: string, expected: string, got: unknown): never {
@@ -132,7 +164,11 @@ function fieldError(file: string, field: string, message: string): never {
 }
 
 class Reader {
-  constructor(readonly obj: Record<string, unknown>, readonly file: string, readonly prefix = '') {}
+  constructor(
+    readonly obj: Record<string, unknown>,
+    readonly file: string,
+    readonly prefix = '',
+  ) {}
   private name(k: string) {
     return this.prefix + k;
   }
@@ -141,23 +177,31 @@ class Reader {
   }
   posInt(k: string, def?: number): number {
     const v = this.obj[k] ?? def;
-    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v <= 0) configError(this.file, this.name(k), 'a positive integer', this.obj[k]);
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v <= 0)
+      configError(this.file, this.name(k), 'a positive integer', this.obj[k]);
     return v;
   }
   nonNegInt(k: string, def?: number): number {
     const v = this.obj[k] ?? def;
-    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) configError(this.file, this.name(k), 'a non-negative integer', this.obj[k]);
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0)
+      configError(this.file, this.name(k), 'a non-negative integer', this.obj[k]);
     return v;
   }
   posNumber(k: string, def?: number): number {
     const v = this.obj[k] ?? def;
-    if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) configError(this.file, this.name(k), 'a positive finite number', this.obj[k]);
+    if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0)
+      configError(this.file, this.name(k), 'a positive finite number', this.obj[k]);
     return v;
   }
   number(k: string, def?: number, min = -Infinity, max = Infinity): number {
     const v = this.obj[k] ?? def;
     if (typeof v !== 'number' || !Number.isFinite(v) || v < min || v > max)
-      configError(this.file, this.name(k), `a number${min > -Infinity ? ` >= ${min}` : ''}${max < Infinity ? ` and <= ${max}` : ''}`, this.obj[k]);
+      configError(
+        this.file,
+        this.name(k),
+        `a number${min > -Infinity ? ` >= ${min}` : ''}${max < Infinity ? ` and <= ${max}` : ''}`,
+        this.obj[k],
+      );
     return v;
   }
   bool(k: string, def?: boolean): boolean {
@@ -167,12 +211,14 @@ class Reader {
   }
   oneOf<T extends string>(k: string, allowed: readonly T[], def?: T): T {
     const v = this.obj[k] ?? def;
-    if (typeof v !== 'string' || !allowed.includes(v as T)) configError(this.file, this.name(k), `one of ${allowed.map((a) => JSON.stringify(a)).join(', ')}`, this.obj[k]);
+    if (typeof v !== 'string' || !allowed.includes(v as T))
+      configError(this.file, this.name(k), `one of ${allowed.map(a => JSON.stringify(a)).join(', ')}`, this.obj[k]);
     return v as T;
   }
   stringList(k: string, def: string[] = []): string[] {
     const v = this.obj[k] ?? def;
-    if (!Array.isArray(v) || !v.every((s) => typeof s === 'string')) configError(this.file, this.name(k), 'an array of strings', this.obj[k]);
+    if (!Array.isArray(v) || !v.every(s => typeof s === 'string'))
+      configError(this.file, this.name(k), 'an array of strings', this.obj[k]);
     return [...v];
   }
 }
@@ -188,7 +234,13 @@ class Reader {
  */
 export function parseConfig(json: unknown, file = 'config.json'): LongcatConfig {
   if (typeof json !== 'object' || json === null || Array.isArray(json))
-    throw Object.assign(new ConfigError('E_CONFIG', `${file}: expected a JSON object, got ${Array.isArray(json) ? 'an array' : JSON.stringify(json)}`), { file, field: '' });
+    throw Object.assign(
+      new ConfigError(
+        'E_CONFIG',
+        `${file}: expected a JSON object, got ${Array.isArray(json) ? 'an array' : JSON.stringify(json)}`,
+      ),
+      { file, field: '' },
+    );
   const o = json as Record<string, unknown>;
   const r = new Reader(o, file);
 
@@ -200,7 +252,11 @@ export function parseConfig(json: unknown, file = 'config.json'): LongcatConfig 
     model_type = 'longcat_flash';
   } else {
     if (o.model_type === 'longcat_flash_ngram')
-      fieldError(file, 'model_type', 'is "longcat_flash_ngram" (LongCat-Flash-Lite, N-gram embedding), which this engine does not support; expected "longcat_flash"');
+      fieldError(
+        file,
+        'model_type',
+        'is "longcat_flash_ngram" (LongCat-Flash-Lite, N-gram embedding), which this engine does not support; expected "longcat_flash"',
+      );
     model_type = r.oneOf('model_type', ['longcat_flash'] as const);
   }
 
@@ -208,10 +264,16 @@ export function parseConfig(json: unknown, file = 'config.json'): LongcatConfig 
   const num_attention_heads = r.posInt('num_attention_heads');
   const num_key_value_heads = r.posInt('num_key_value_heads', num_attention_heads);
   if (num_key_value_heads !== num_attention_heads)
-    configError(file, 'num_key_value_heads', `equal to num_attention_heads (${num_attention_heads}) for MLA`, num_key_value_heads);
+    configError(
+      file,
+      'num_key_value_heads',
+      `equal to num_attention_heads (${num_attention_heads}) for MLA`,
+      num_key_value_heads,
+    );
   const vocab_size = r.posInt('vocab_size');
   const qk_rope_head_dim = r.posInt('qk_rope_head_dim');
-  if (qk_rope_head_dim % 2 !== 0) configError(file, 'qk_rope_head_dim', 'an even positive integer (RoPE rotates pairs)', qk_rope_head_dim);
+  if (qk_rope_head_dim % 2 !== 0)
+    configError(file, 'qk_rope_head_dim', 'an even positive integer (RoPE rotates pairs)', qk_rope_head_dim);
   const n_routed_experts = r.posInt('n_routed_experts');
   const zero_expert_num = r.nonNegInt('zero_expert_num');
   const moe_topk = r.posInt('moe_topk');
@@ -220,7 +282,7 @@ export function parseConfig(json: unknown, file = 'config.json'): LongcatConfig 
 
   const eos_token_id = o.eos_token_id ?? 2;
   const eosList = Array.isArray(eos_token_id) ? eos_token_id : [eos_token_id];
-  if (eosList.length === 0 || !eosList.every((v) => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0 && v < vocab_size))
+  if (eosList.length === 0 || !eosList.every(v => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0 && v < vocab_size))
     configError(file, 'eos_token_id', `a token id (or a non-empty list of ids) in [0, ${vocab_size})`, o.eos_token_id);
   const bos_token_id = r.nonNegInt('bos_token_id', 1);
   if (bos_token_id >= vocab_size) configError(file, 'bos_token_id', `a token id in [0, ${vocab_size})`, bos_token_id);
@@ -241,12 +303,16 @@ export function parseConfig(json: unknown, file = 'config.json'): LongcatConfig 
     if (kind === 'default' || kind === undefined) {
       rope_scaling = null;
     } else {
-      if (kind !== 'yarn') configError(file, 'rope_scaling.rope_type', '"yarn" or "default" (no other RoPE scaling is implemented)', kind);
+      if (kind !== 'yarn')
+        configError(file, 'rope_scaling.rope_type', '"yarn" or "default" (no other RoPE scaling is implemented)', kind);
       const factor = rr.number('factor', undefined, 1);
       rope_scaling = {
         type: 'yarn',
         factor,
-        original_max_position_embeddings: rr.posInt('original_max_position_embeddings', Math.max(1, Math.round(max_position_embeddings / factor))),
+        original_max_position_embeddings: rr.posInt(
+          'original_max_position_embeddings',
+          Math.max(1, Math.round(max_position_embeddings / factor)),
+        ),
         beta_fast: rr.posNumber('beta_fast', 32),
         beta_slow: rr.posNumber('beta_slow', 1),
         mscale: rr.number('mscale', 1, 0),
@@ -264,7 +330,7 @@ export function parseConfig(json: unknown, file = 'config.json'): LongcatConfig 
     const quant_method = qr.oneOf('quant_method', ['fp8'] as const, 'fp8');
     const fmt = qr.oneOf('fmt', ['e4m3'] as const, 'e4m3');
     const wbs = q.weight_block_size ?? [128, 128];
-    if (!Array.isArray(wbs) || wbs.length !== 2 || !wbs.every((v) => typeof v === 'number' && Number.isSafeInteger(v) && v > 0))
+    if (!Array.isArray(wbs) || wbs.length !== 2 || !wbs.every(v => typeof v === 'number' && Number.isSafeInteger(v) && v > 0))
       configError(file, 'quantization_config.weight_block_size', 'two positive integers [rows, cols]', q.weight_block_size);
     quantization_config = {
       quant_method,
@@ -320,9 +386,12 @@ export function parseConfig(json: unknown, file = 'config.json'): LongcatConfig 
     num_nextn_predict_layers: r.nonNegInt('num_nextn_predict_layers', 1),
     extra,
   };
-  if (cfg.attention_bias) fieldError(file, 'attention_bias', 'is true, but LongCat-Flash attention has no biases (expected false)');
-  if (cfg.router_bias) fieldError(file, 'router_bias', 'is true, but the LongCat-Flash router classifier has no bias (expected false)');
-  if (cfg.num_nextn_predict_layers > 1) configError(file, 'num_nextn_predict_layers', '0 or 1 (one MTP layer)', cfg.num_nextn_predict_layers);
+  if (cfg.attention_bias)
+    fieldError(file, 'attention_bias', 'is true, but LongCat-Flash attention has no biases (expected false)');
+  if (cfg.router_bias)
+    fieldError(file, 'router_bias', 'is true, but the LongCat-Flash router classifier has no bias (expected false)');
+  if (cfg.num_nextn_predict_layers > 1)
+    configError(file, 'num_nextn_predict_layers', '0 or 1 (one MTP layer)', cfg.num_nextn_predict_layers);
   return cfg;
 }
 
@@ -416,13 +485,21 @@ export function isQuantizedModule(module: string, q: QuantizationConfig | null):
 export function requiredTensors(c: LongcatConfig, opts: RequiredTensorsOptions = {}): Map<string, TensorSpec> {
   const fp8 = opts.fp8 ?? c.quantization_config !== null;
   const q: QuantizationConfig | null = fp8
-    ? c.quantization_config ?? { quant_method: 'fp8', fmt: 'e4m3', weight_block_size: [128, 128], activation_scheme: 'dynamic', ignored_layers: [], disable_quant_module: [] }
+    ? (c.quantization_config ?? {
+        quant_method: 'fp8',
+        fmt: 'e4m3',
+        weight_block_size: [128, 128],
+        activation_scheme: 'dynamic',
+        ignored_layers: [],
+        disable_quant_module: [],
+      })
     : null;
   const [br, bc] = q ? q.weight_block_size : [128, 128];
   const d = deriveConstants(c);
   const H = c.hidden_size;
   const m = new Map<string, TensorSpec>();
-  const float = (name: string, shape: number[], role: TensorRole) => m.set(name, { shape, dtypes: FLOAT_DTYPES, role, quantized: false });
+  const float = (name: string, shape: number[], role: TensorRole) =>
+    m.set(name, { shape, dtypes: FLOAT_DTYPES, role, quantized: false });
   const linear = (module: string, out: number, inp: number) => {
     const quantized = isQuantizedModule(module, q);
     m.set(`${module}.weight`, { shape: [out, inp], dtypes: quantized ? ['F8_E4M3'] : FLOAT_DTYPES, role: 'linear', quantized });
@@ -459,8 +536,18 @@ export function requiredTensors(c: LongcatConfig, opts: RequiredTensorsOptions =
       mla(attentionPrefix(L, i));
       mlp(`${p}.mlps.${i}`, c.ffn_hidden_size);
     }
-    m.set(`${p}.mlp.router.classifier.weight`, { shape: [d.routerWidth, H], dtypes: FLOAT_DTYPES, role: 'router', quantized: false });
-    m.set(`${p}.mlp.router.e_score_correction_bias`, { shape: [d.routerWidth], dtypes: FLOAT_DTYPES, role: 'bias', quantized: false });
+    m.set(`${p}.mlp.router.classifier.weight`, {
+      shape: [d.routerWidth, H],
+      dtypes: FLOAT_DTYPES,
+      role: 'router',
+      quantized: false,
+    });
+    m.set(`${p}.mlp.router.e_score_correction_bias`, {
+      shape: [d.routerWidth],
+      dtypes: FLOAT_DTYPES,
+      role: 'bias',
+      quantized: false,
+    });
     for (let e = 0; e < c.n_routed_experts; e++) mlp(expertPrefix(L, e), c.expert_ffn_hidden_size);
   }
   float('model.norm.weight', [H], 'norm');
@@ -508,7 +595,13 @@ export function activeParams(c: LongcatConfig, opts: { expectedFfnExperts?: numb
   const d = deriveConstants(c);
   const H = c.hidden_size;
   const mla =
-    H * c.q_lora_rank + c.q_lora_rank + c.q_lora_rank * d.qProjDim + H * d.kvAProjDim + c.kv_lora_rank + c.kv_lora_rank * d.kvBProjDim + d.oProjDim * H;
+    H * c.q_lora_rank +
+    c.q_lora_rank +
+    c.q_lora_rank * d.qProjDim +
+    H * d.kvAProjDim +
+    c.kv_lora_rank +
+    c.kv_lora_rank * d.kvBProjDim +
+    d.oProjDim * H;
   const dense = 3 * H * c.ffn_hidden_size;
   const router = d.routerWidth * H + d.routerWidth;
   const perExpert = 3 * H * c.expert_ffn_hidden_size;
@@ -520,7 +613,17 @@ export function activeParams(c: LongcatConfig, opts: { expectedFfnExperts?: numb
   const activeMin = c.num_layers * nonExpertPerLayer + H + c.vocab_size * H;
   const activePerFfnExpert = c.num_layers * perExpert;
   const activeMax = activeMin + Math.min(c.moe_topk, c.n_routed_experts) * activePerFfnExpert;
-  const r: ParamCounts = { total, mtp, embedding, lmHead, perExpert, nonExpertPerLayer, activeMin, activeMax, activePerFfnExpert };
+  const r: ParamCounts = {
+    total,
+    mtp,
+    embedding,
+    lmHead,
+    perExpert,
+    nonExpertPerLayer,
+    activeMin,
+    activeMax,
+    activePerFfnExpert,
+  };
   if (opts.expectedFfnExperts !== undefined) r.activeExpected = activeMin + opts.expectedFfnExperts * activePerFfnExpert;
   return r;
 }

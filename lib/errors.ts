@@ -2,8 +2,19 @@
 // too: lib/native.ts hands makeError to the addon at load time.
 
 export type ErrorCode =
-  | 'E_SHAPE' | 'E_DTYPE' | 'E_DEVICE' | 'E_OOM' | 'E_CUDA' | 'E_DISPOSED' | 'E_ARGUMENT'
-  | 'E_INTERNAL' | 'E_CHECKPOINT' | 'E_CONFIG' | 'E_ABORTED' | 'E_CONTEXT' | 'E_LOAD';
+  | 'E_SHAPE'
+  | 'E_DTYPE'
+  | 'E_DEVICE'
+  | 'E_OOM'
+  | 'E_CUDA'
+  | 'E_DISPOSED'
+  | 'E_ARGUMENT'
+  | 'E_INTERNAL'
+  | 'E_CHECKPOINT'
+  | 'E_CONFIG'
+  | 'E_ABORTED'
+  | 'E_CONTEXT'
+  | 'E_LOAD';
 
 export class LongcatError extends Error {
   readonly code: ErrorCode;

@@ -69,16 +69,16 @@ export class Generation implements PromiseLike<GenerateResult>, AsyncIterable<st
   private start() {
     if (this.started) return;
     this.started = true;
-    this.run((c) => {
+    this.run(c => {
       this.chunks.push(c);
       this.wake?.();
     }).then(
-      (r) => {
+      r => {
         this.done = true;
         this.resolveResult(r);
         this.wake?.();
       },
-      (e) => {
+      e => {
         this.done = true;
         this.rejectResult(e);
         this.wake?.();
@@ -86,7 +86,10 @@ export class Generation implements PromiseLike<GenerateResult>, AsyncIterable<st
     );
   }
 
-  then<A = GenerateResult, B = never>(ok?: ((r: GenerateResult) => A | PromiseLike<A>) | null, err?: ((e: unknown) => B | PromiseLike<B>) | null): Promise<A | B> {
+  then<A = GenerateResult, B = never>(
+    ok?: ((r: GenerateResult) => A | PromiseLike<A>) | null,
+    err?: ((e: unknown) => B | PromiseLike<B>) | null,
+  ): Promise<A | B> {
     this.start();
     return this.result.then(ok, err);
   }
@@ -99,14 +102,14 @@ export class Generation implements PromiseLike<GenerateResult>, AsyncIterable<st
         continue;
       }
       if (this.done) break;
-      await new Promise<void>((r) => (this.wake = r));
+      await new Promise<void>(r => (this.wake = r));
       this.wake = null;
     }
     await this.result; // rethrows a failure
   }
 }
 
-const yieldToEventLoop = () => new Promise<void>((r) => setImmediate(r));
+const yieldToEventLoop = () => new Promise<void>(r => setImmediate(r));
 
 export class Session {
   private seq: SequenceCache;
@@ -129,7 +132,7 @@ export class Session {
    * one (a chat's next turn) only computes the new tokens.
    */
   generate(prompt: string | ChatMessage[], opts: GenerateOptions = {}): Generation {
-    return new Generation((emit) => this.run(prompt, opts, emit));
+    return new Generation(emit => this.run(prompt, opts, emit));
   }
 
   private async run(prompt: string | ChatMessage[], o: GenerateOptions, emit: (c: string) => void): Promise<GenerateResult> {
@@ -160,8 +163,12 @@ export class Session {
     const sampled = empty([1], { dtype: 'int32', device: engine.device });
     const decoder = tokenizer.decoder();
     const out: number[] = [];
-    let textOut = '', emitted = 0, stopReason: StopReason = 'length';
-    let ffnSum = 0, ffnCount = 0, tFirst = 0;
+    let textOut = '',
+      emitted = 0,
+      stopReason: StopReason = 'length';
+    let ffnSum = 0,
+      ffnCount = 0,
+      tFirst = 0;
     const hold = stops.reduce((m, s) => Math.max(m, s.length - 1), 0);
     let pending: number[] = ids.slice(common);
     try {
@@ -234,13 +241,22 @@ export class Session {
   private encodePrompt(prompt: string | ChatMessage[], parseSpecial: boolean): number[] {
     const { tokenizer } = this.owner;
     if (typeof prompt === 'string') return tokenizer.encode(prompt);
-    const chat = renderChatPrompt(this.owner.checkpoint.dir, prompt, { addGenerationPrompt: true, tokenizerConfig: tokenizer.config });
+    const chat = renderChatPrompt(this.owner.checkpoint.dir, prompt, {
+      addGenerationPrompt: true,
+      tokenizerConfig: tokenizer.config,
+    });
     if (parseSpecial) return tokenizer.encode(chat.text);
     if (chat.literal === null) {
-      const i = prompt.findIndex((m) => (m.role === 'user' || m.role === 'tool') && tokenizer.encode(m.content).some((id) => tokenizer.specialIds.includes(id)));
+      const i = prompt.findIndex(
+        m =>
+          (m.role === 'user' || m.role === 'tool') && tokenizer.encode(m.content).some(id => tokenizer.specialIds.includes(id)),
+      );
       if (i >= 0)
-        throw new ArgumentError('E_ARGUMENT', `generate: messages[${i}] (${prompt[i]!.role}) contains special-token text, and this chat template changes message contents, ` +
-          'so it cannot be kept as plain text; remove it, or pass parseSpecialTokens: true to let it act as special tokens');
+        throw new ArgumentError(
+          'E_ARGUMENT',
+          `generate: messages[${i}] (${prompt[i]!.role}) contains special-token text, and this chat template changes message contents, ` +
+            'so it cannot be kept as plain text; remove it, or pass parseSpecialTokens: true to let it act as special tokens',
+        );
       return tokenizer.encode(chat.text);
     }
     return tokenizer.encode(chat.text, { literal: chat.literal });
@@ -259,20 +275,25 @@ export class Session {
 /** Every option checked before any work, with a typed error naming it. */
 function checkGenerateOptions(o: GenerateOptions) {
   if (typeof o !== 'object' || o === null) throw new ArgumentError('E_ARGUMENT', 'generate: options must be an object');
-  const bad = (name: string, want: string, got: unknown) => new ArgumentError('E_ARGUMENT', `generate: ${name} must be ${want}, got ${typeof got === 'string' ? `'${got}'` : typeof got === 'object' ? JSON.stringify(got) : String(got)}`);
+  const bad = (name: string, want: string, got: unknown) =>
+    new ArgumentError(
+      'E_ARGUMENT',
+      `generate: ${name} must be ${want}, got ${typeof got === 'string' ? `'${got}'` : typeof got === 'object' ? JSON.stringify(got) : String(got)}`,
+    );
   const num = (name: keyof GenerateOptions, fallback: number, want: string, ok: (x: number) => boolean) => {
     const v = o[name] ?? fallback;
     if (typeof v !== 'number' || !ok(v)) throw bad(name, want, v);
     return v;
   };
-  const maxTokens = num('maxTokens', 256, 'a non-negative integer', (x) => Number.isInteger(x) && x >= 0);
-  const temperature = num('temperature', 0, 'a finite number >= 0', (x) => Number.isFinite(x) && x >= 0);
-  num('topK', 0, 'a non-negative integer', (x) => Number.isInteger(x) && x >= 0);
-  num('topP', 1, 'a number in [0, 1]', (x) => x >= 0 && x <= 1);
-  num('minP', 0, 'a number in [0, 1]', (x) => x >= 0 && x <= 1);
-  num('seed', 0, 'an integer in [0, 2^53)', (x) => Number.isSafeInteger(x) && x >= 0);
-  if (o.stop !== undefined && (!Array.isArray(o.stop) || !o.stop.every((s) => typeof s === 'string'))) throw bad('stop', 'an array of strings', o.stop);
-  return { maxTokens, temperature, stops: (o.stop ?? []).filter((s) => s.length > 0) };
+  const maxTokens = num('maxTokens', 256, 'a non-negative integer', x => Number.isInteger(x) && x >= 0);
+  const temperature = num('temperature', 0, 'a finite number >= 0', x => Number.isFinite(x) && x >= 0);
+  num('topK', 0, 'a non-negative integer', x => Number.isInteger(x) && x >= 0);
+  num('topP', 1, 'a number in [0, 1]', x => x >= 0 && x <= 1);
+  num('minP', 0, 'a number in [0, 1]', x => x >= 0 && x <= 1);
+  num('seed', 0, 'an integer in [0, 2^53)', x => Number.isSafeInteger(x) && x >= 0);
+  if (o.stop !== undefined && (!Array.isArray(o.stop) || !o.stop.every(s => typeof s === 'string')))
+    throw bad('stop', 'an array of strings', o.stop);
+  return { maxTokens, temperature, stops: (o.stop ?? []).filter(s => s.length > 0) };
 }
 
 function firstStop(text: string, stops: string[]): number {

@@ -43,19 +43,55 @@ export interface InitRandomResult {
 /** Config fields of each preset (everything else: the LongCat-Flash-Chat values). */
 export const PRESETS: Readonly<Record<Preset, Record<string, number>>> = {
   tiny: {
-    hidden_size: 64, num_layers: 2, num_attention_heads: 4, q_lora_rank: 48, kv_lora_rank: 32,
-    qk_nope_head_dim: 16, qk_rope_head_dim: 8, v_head_dim: 16, ffn_hidden_size: 128, expert_ffn_hidden_size: 32,
-    n_routed_experts: 8, zero_expert_num: 4, moe_topk: 3, vocab_size: 512, max_position_embeddings: 4096,
+    hidden_size: 64,
+    num_layers: 2,
+    num_attention_heads: 4,
+    q_lora_rank: 48,
+    kv_lora_rank: 32,
+    qk_nope_head_dim: 16,
+    qk_rope_head_dim: 8,
+    v_head_dim: 16,
+    ffn_hidden_size: 128,
+    expert_ffn_hidden_size: 32,
+    n_routed_experts: 8,
+    zero_expert_num: 4,
+    moe_topk: 3,
+    vocab_size: 512,
+    max_position_embeddings: 4096,
   },
   small: {
-    hidden_size: 512, num_layers: 4, num_attention_heads: 8, q_lora_rank: 256, kv_lora_rank: 128,
-    qk_nope_head_dim: 32, qk_rope_head_dim: 16, v_head_dim: 32, ffn_hidden_size: 1024, expert_ffn_hidden_size: 256,
-    n_routed_experts: 32, zero_expert_num: 16, moe_topk: 6, vocab_size: 4096, max_position_embeddings: 8192,
+    hidden_size: 512,
+    num_layers: 4,
+    num_attention_heads: 8,
+    q_lora_rank: 256,
+    kv_lora_rank: 128,
+    qk_nope_head_dim: 32,
+    qk_rope_head_dim: 16,
+    v_head_dim: 32,
+    ffn_hidden_size: 1024,
+    expert_ffn_hidden_size: 256,
+    n_routed_experts: 32,
+    zero_expert_num: 16,
+    moe_topk: 6,
+    vocab_size: 4096,
+    max_position_embeddings: 8192,
   },
   medium: {
-    hidden_size: 1024, num_layers: 8, num_attention_heads: 16, q_lora_rank: 384, kv_lora_rank: 256,
-    qk_nope_head_dim: 64, qk_rope_head_dim: 32, v_head_dim: 64, ffn_hidden_size: 2048, expert_ffn_hidden_size: 512,
-    n_routed_experts: 48, zero_expert_num: 24, moe_topk: 8, vocab_size: 32768, max_position_embeddings: 32768,
+    hidden_size: 1024,
+    num_layers: 8,
+    num_attention_heads: 16,
+    q_lora_rank: 384,
+    kv_lora_rank: 256,
+    qk_nope_head_dim: 64,
+    qk_rope_head_dim: 32,
+    v_head_dim: 64,
+    ffn_hidden_size: 2048,
+    expert_ffn_hidden_size: 512,
+    n_routed_experts: 48,
+    zero_expert_num: 24,
+    moe_topk: 8,
+    vocab_size: 32768,
+    max_position_embeddings: 32768,
   },
 };
 
@@ -125,7 +161,10 @@ function rng32(seed: number): () => number {
     z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35);
     return (z ^ (z >>> 16)) >>> 0;
   };
-  let a = sm(), b = sm(), c = sm(), d = sm();
+  let a = sm(),
+    b = sm(),
+    c = sm(),
+    d = sm();
   if ((a | b | c | d) === 0) a = 1;
   return () => {
     const r = Math.imul(rotl(Math.imul(b, 5), 7), 9) >>> 0;
@@ -145,19 +184,29 @@ function rotl(v: number, k: number) {
 
 /** Inverse normal CDF (Acklam; |rel err| < 1.2e-9). */
 function normInv(p: number): number {
-  const a = [-3.969683028665376e1, 2.209460984245205e2, -2.759285104469687e2, 1.38357751867269e2, -3.066479806614716e1, 2.506628277459239];
+  const a = [
+    -3.969683028665376e1, 2.209460984245205e2, -2.759285104469687e2, 1.38357751867269e2, -3.066479806614716e1, 2.506628277459239,
+  ];
   const b = [-5.447609879822406e1, 1.615858368580409e2, -1.556989798598866e2, 6.680131188771972e1, -1.328068155288572e1];
-  const c = [-7.784894002430293e-3, -3.223964580411365e-1, -2.400758277161838, -2.549732539343734, 4.374664141464968, 2.938163982698783];
+  const c = [
+    -7.784894002430293e-3, -3.223964580411365e-1, -2.400758277161838, -2.549732539343734, 4.374664141464968, 2.938163982698783,
+  ];
   const d = [7.784695709041462e-3, 3.224671290700398e-1, 2.445134137142996, 3.754408661907416];
   const lo = 0.02425;
   if (p < lo) {
     const q = Math.sqrt(-2 * Math.log(p));
-    return (((((c[0]! * q + c[1]!) * q + c[2]!) * q + c[3]!) * q + c[4]!) * q + c[5]!) / ((((d[0]! * q + d[1]!) * q + d[2]!) * q + d[3]!) * q + 1);
+    return (
+      (((((c[0]! * q + c[1]!) * q + c[2]!) * q + c[3]!) * q + c[4]!) * q + c[5]!) /
+      ((((d[0]! * q + d[1]!) * q + d[2]!) * q + d[3]!) * q + 1)
+    );
   }
   if (p > 1 - lo) return -normInv(1 - p);
-  const q = p - 0.5, r = q * q;
-  return ((((((a[0]! * r + a[1]!) * r + a[2]!) * r + a[3]!) * r + a[4]!) * r + a[5]!) * q) /
-    (((((b[0]! * r + b[1]!) * r + b[2]!) * r + b[3]!) * r + b[4]!) * r + 1);
+  const q = p - 0.5,
+    r = q * q;
+  return (
+    ((((((a[0]! * r + a[1]!) * r + a[2]!) * r + a[3]!) * r + a[4]!) * r + a[5]!) * q) /
+    (((((b[0]! * r + b[1]!) * r + b[2]!) * r + b[3]!) * r + b[4]!) * r + 1)
+  );
 }
 
 /** 65536 equiprobable normal quantiles: a 16-bit random index gives a normal(0, 1) sample. */
@@ -182,7 +231,7 @@ function table(kind: 'bf16' | 'f32' | 'fp8', mean: number, std: number): Uint16A
       for (let i = 0; i < 65536; i++) u[i] = f32ToBf16(mean + std * q[i]!);
       t = u;
     } else if (kind === 'f32') {
-      t = Float32Array.from(q, (v) => mean + std * v);
+      t = Float32Array.from(q, v => mean + std * v);
     } else {
       // FP8: values scaled so the largest quantile maps to 448; the block scale restores std.
       const u = new Uint8Array(65536);
@@ -253,10 +302,16 @@ export function byteToUnicode(): string[] {
 /** The pre-tokenizer split (Qwen2-style, as LongCat-Flash-Lite's) in Oniguruma and JS syntax. */
 const SPLIT_REGEX =
   "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
-const SPLIT_REGEX_JS = /'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD]|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+/gu;
+const SPLIT_REGEX_JS =
+  /'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD]|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+/gu;
 
 export const SPECIAL_TOKENS = ['<longcat_unk>', '<longcat_s>', '</longcat_s>', '<longcat_pad>'] as const;
-export const EXTRA_SPECIAL_TOKENS = ['<longcat_tool_call>', '</longcat_tool_call>', '<longcat_think>', '</longcat_think>'] as const;
+export const EXTRA_SPECIAL_TOKENS = [
+  '<longcat_tool_call>',
+  '</longcat_tool_call>',
+  '<longcat_think>',
+  '</longcat_think>',
+] as const;
 
 /** Learns `maxMerges` BPE merges over the byte-level pieces of `text` (deterministic). */
 function learnMerges(text: string, maxMerges: number): [string, string][] {
@@ -264,7 +319,7 @@ function learnMerges(text: string, maxMerges: number): [string, string][] {
   const enc = new TextEncoder();
   const counts = new Map<string, number>();
   for (const m of text.matchAll(SPLIT_REGEX_JS)) {
-    const w = Array.from(enc.encode(m[0]), (b) => b2u[b]!).join('\u0000');
+    const w = Array.from(enc.encode(m[0]), b => b2u[b]!).join('\u0000');
     counts.set(w, (counts.get(w) ?? 0) + 1);
   }
   const words = [...counts.entries()].sort((a, b) => (a[0] < b[0] ? -1 : 1)).map(([w, c]) => ({ syms: w.split('\u0000'), c }));
@@ -276,7 +331,8 @@ function learnMerges(text: string, maxMerges: number): [string, string][] {
         const k = syms[i]! + '\u0000' + syms[i + 1]!;
         pairs.set(k, (pairs.get(k) ?? 0) + c);
       }
-    let best = '', bestC = 1;
+    let best = '',
+      bestC = 1;
     for (const [k, c] of pairs) if (c > bestC || (c === bestC && best !== '' && k < best)) [best, bestC] = [k, c];
     if (!best) break;
     const [a, b] = best.split('\u0000') as [string, string];
@@ -300,16 +356,28 @@ function learnMerges(text: string, maxMerges: number): [string, string][] {
 /** A byte-level BPE tokenizer.json with at most `maxTokens` tokens (>= 268). */
 export function buildTokenizerJson(maxTokens: number): Record<string, unknown> {
   const reserved = SPECIAL_TOKENS.length + 256 + EXTRA_SPECIAL_TOKENS.length;
-  if (maxTokens < reserved) throw new ArgumentError('E_ARGUMENT', `init-random: vocab_size must be at least ${reserved} for the tokenizer, got ${maxTokens}`);
+  if (maxTokens < reserved)
+    throw new ArgumentError(
+      'E_ARGUMENT',
+      `init-random: vocab_size must be at least ${reserved} for the tokenizer, got ${maxTokens}`,
+    );
   const merges = learnMerges(CORPUS, Math.min(maxTokens - reserved, 2000));
   const vocab: Record<string, number> = {};
   let id = 0;
   for (const t of SPECIAL_TOKENS) vocab[t] = id++;
   for (const ch of byteToUnicode()) vocab[ch] = id++;
   for (const [a, b] of merges) if (!(a + b in vocab)) vocab[a + b] = id++;
-  const added = [...SPECIAL_TOKENS.map((t, i) => [t, i] as const), ...EXTRA_SPECIAL_TOKENS.map((t) => [t, id++] as const)].map(([content, i]) => ({
-    id: i, content, single_word: false, lstrip: false, rstrip: false, normalized: false, special: true,
-  }));
+  const added = [...SPECIAL_TOKENS.map((t, i) => [t, i] as const), ...EXTRA_SPECIAL_TOKENS.map(t => [t, id++] as const)].map(
+    ([content, i]) => ({
+      id: i,
+      content,
+      single_word: false,
+      lstrip: false,
+      rstrip: false,
+      normalized: false,
+      special: true,
+    }),
+  );
   return {
     version: '1.0',
     truncation: null,
@@ -326,8 +394,14 @@ export function buildTokenizerJson(maxTokens: number): Record<string, unknown> {
     post_processor: { type: 'ByteLevel', add_prefix_space: false, trim_offsets: false, use_regex: false },
     decoder: { type: 'ByteLevel', add_prefix_space: false, trim_offsets: false, use_regex: false },
     model: {
-      type: 'BPE', dropout: null, unk_token: null, continuing_subword_prefix: null, end_of_word_suffix: null,
-      fuse_unk: false, byte_fallback: false, ignore_merges: false,
+      type: 'BPE',
+      dropout: null,
+      unk_token: null,
+      continuing_subword_prefix: null,
+      end_of_word_suffix: null,
+      fuse_unk: false,
+      byte_fallback: false,
+      ignore_merges: false,
       vocab,
       merges: merges.map(([a, b]) => `${a} ${b}`),
     },
@@ -439,13 +513,24 @@ export async function initRandom(opts: InitRandomOptions): Promise<InitRandomRes
   await writeFile(path.join(dir, 'config.json'), JSON.stringify(json, null, 2) + '\n');
   await writeFile(
     path.join(dir, 'generation_config.json'),
-    JSON.stringify({ _from_model_config: true, bos_token_id: 1, eos_token_id: 2, pad_token_id: 3, transformers_version: '4.55.0' }, null, 2) + '\n',
+    JSON.stringify(
+      { _from_model_config: true, bos_token_id: 1, eos_token_id: 2, pad_token_id: 3, transformers_version: '4.55.0' },
+      null,
+      2,
+    ) + '\n',
   );
   await writeFile(path.join(dir, 'tokenizer.json'), JSON.stringify(tokJson));
-  await writeFile(path.join(dir, 'tokenizer_config.json'), JSON.stringify(buildTokenizerConfig(tokJson, config.max_position_embeddings), null, 2) + '\n');
+  await writeFile(
+    path.join(dir, 'tokenizer_config.json'),
+    JSON.stringify(buildTokenizerConfig(tokJson, config.max_position_embeddings), null, 2) + '\n',
+  );
   await writeFile(
     path.join(dir, 'special_tokens_map.json'),
-    JSON.stringify({ bos_token: '<longcat_s>', eos_token: '</longcat_s>', pad_token: '<longcat_pad>', unk_token: '<longcat_unk>' }, null, 2) + '\n',
+    JSON.stringify(
+      { bos_token: '<longcat_s>', eos_token: '</longcat_s>', pad_token: '<longcat_pad>', unk_token: '<longcat_unk>' },
+      null,
+      2,
+    ) + '\n',
   );
 
   const tensors = plan(config, { fp8, mtp, seed });
@@ -455,7 +540,7 @@ export async function initRandom(opts: InitRandomOptions): Promise<InitRandomRes
   for (const t of tensors) {
     // Keep a weight and its scale together; lm_head / final norm / MTP always go to shard 2.
     const late = t.name === 'lm_head.weight' || t.name === 'model.norm.weight' || t.name.startsWith('model.mtp.');
-    const second = late || (acc >= totalBytes / 2 && !t.name.endsWith('_scale_inv')) || (shards[1]!.length > 0);
+    const second = late || (acc >= totalBytes / 2 && !t.name.endsWith('_scale_inv')) || shards[1]!.length > 0;
     shards[second ? 1 : 0]!.push(t);
     acc += t.nbytes;
   }
@@ -464,7 +549,7 @@ export async function initRandom(opts: InitRandomOptions): Promise<InitRandomRes
   let written = 0;
   for (const [i, shard] of shards.entries()) {
     const file = path.join(dir, names[i]!);
-    const items: TensorToWrite[] = shard.map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape, data: t.make }));
+    const items: TensorToWrite[] = shard.map(t => ({ name: t.name, dtype: t.dtype, shape: t.shape, data: t.make }));
     await writeSafetensors(file, items, { format: 'pt' });
     for (const t of shard) weightMap[t.name] = names[i]!;
     written += shard.reduce((a, t) => a + t.nbytes, 0);
@@ -474,6 +559,5 @@ export async function initRandom(opts: InitRandomOptions): Promise<InitRandomRes
     path.join(dir, 'model.safetensors.index.json'),
     JSON.stringify({ metadata: { total_size: totalBytes }, weight_map: weightMap }, null, 2) + '\n',
   );
-  return { dir, config, files: names.map((n) => path.join(dir, n)), tensorCount: tensors.length, totalBytes };
+  return { dir, config, files: names.map(n => path.join(dir, n)), tensorCount: tensors.length, totalBytes };
 }
-

@@ -21,7 +21,8 @@ export class BlockAllocator {
 
   constructor(numBlocks: number) {
     checkCount('BlockAllocator: numBlocks', numBlocks, 1);
-    if (numBlocks > 0x7fffffff) throw new ArgumentError('E_ARGUMENT', `BlockAllocator: numBlocks ${numBlocks} does not fit int32`);
+    if (numBlocks > 0x7fffffff)
+      throw new ArgumentError('E_ARGUMENT', `BlockAllocator: numBlocks ${numBlocks} does not fit int32`);
     this.numBlocks = numBlocks;
     this.used = new Uint8Array(numBlocks);
   }
@@ -40,7 +41,10 @@ export class BlockAllocator {
   alloc(): number {
     const id = this.freeList.pop() ?? (this.fresh < this.numBlocks ? this.fresh++ : undefined);
     if (id === undefined) {
-      throw new OutOfMemoryError('E_OOM', `KV cache: all ${this.numBlocks} blocks are in use (raise the cache size or release sequences)`);
+      throw new OutOfMemoryError(
+        'E_OOM',
+        `KV cache: all ${this.numBlocks} blocks are in use (raise the cache size or release sequences)`,
+      );
     }
     this.used[id] = 1;
     return id;
@@ -54,7 +58,8 @@ export class BlockAllocator {
       if (!Number.isInteger(id) || id < 0 || id >= this.numBlocks) {
         throw new ArgumentError('E_ARGUMENT', `BlockAllocator.free: block id ${id} is outside [0, ${this.numBlocks})`);
       }
-      if (!this.used[id] || seen.has(id)) throw new ArgumentError('E_ARGUMENT', `BlockAllocator.free: block ${id} is not allocated (double free)`);
+      if (!this.used[id] || seen.has(id))
+        throw new ArgumentError('E_ARGUMENT', `BlockAllocator.free: block ${id} is not allocated (double free)`);
       seen.add(id);
     }
     // release in reverse so that a sequence's blocks come back in their original order
@@ -79,7 +84,10 @@ export class SequenceCache {
     checkCount('SequenceCache: blockSize', blockSize, 1);
     checkCount('SequenceCache: maxContext', maxContext, 1);
     if (allocator.numBlocks * blockSize > 0x7fffffff) {
-      throw new ArgumentError('E_ARGUMENT', `SequenceCache: ${allocator.numBlocks} blocks x ${blockSize} slots do not fit int32 slot ids`);
+      throw new ArgumentError(
+        'E_ARGUMENT',
+        `SequenceCache: ${allocator.numBlocks} blocks x ${blockSize} slots do not fit int32 slot ids`,
+      );
     }
     this.allocator = allocator;
     this.blockSize = blockSize;
@@ -111,11 +119,17 @@ export class SequenceCache {
     checkCount('SequenceCache.reserve: nNew', nNew, 0);
     const newLen = this.len + nNew;
     if (newLen > this.maxContext) {
-      throw new ContextLengthError('E_CONTEXT', `context length exceeded: ${this.len} cached + ${nNew} new tokens = ${newLen} > maxContext ${this.maxContext}`);
+      throw new ContextLengthError(
+        'E_CONTEXT',
+        `context length exceeded: ${this.len} cached + ${nNew} new tokens = ${newLen} > maxContext ${this.maxContext}`,
+      );
     }
     const needBlocks = Math.ceil(newLen / this.blockSize) - this.blocks.length;
     if (needBlocks > this.allocator.available) {
-      throw new OutOfMemoryError('E_OOM', `KV cache out of blocks: ${needBlocks} more needed for ${nNew} tokens, ${this.allocator.available} of ${this.allocator.numBlocks} free`);
+      throw new OutOfMemoryError(
+        'E_OOM',
+        `KV cache out of blocks: ${needBlocks} more needed for ${nNew} tokens, ${this.allocator.available} of ${this.allocator.numBlocks} free`,
+      );
     }
     for (let i = 0; i < needBlocks; i++) this.blocks.push(this.allocator.alloc());
     const slots = new Int32Array(nNew);
@@ -133,7 +147,8 @@ export class SequenceCache {
       throw new ArgumentError('E_ARGUMENT', `SequenceCache.slots: range [${from}, ${to}) is outside [0, ${this.len})`);
     }
     const out = new Int32Array(to - from);
-    for (let p = from; p < to; p++) out[p - from] = this.blocks[Math.floor(p / this.blockSize)]! * this.blockSize + (p % this.blockSize);
+    for (let p = from; p < to; p++)
+      out[p - from] = this.blocks[Math.floor(p / this.blockSize)]! * this.blockSize + (p % this.blockSize);
     return out;
   }
 
@@ -177,11 +192,15 @@ export class SequenceCache {
  * seqLens [B]. maxBlocks defaults to the largest table in the batch (at least 1); a smaller
  * explicit value than some sequence needs is an ArgumentError.
  */
-export function batchTables(seqs: readonly SequenceCache[], maxBlocks?: number): { table: Int32Array; maxBlocks: number; seqLens: Int32Array } {
+export function batchTables(
+  seqs: readonly SequenceCache[],
+  maxBlocks?: number,
+): { table: Int32Array; maxBlocks: number; seqLens: Int32Array } {
   const need = seqs.reduce((m, s) => Math.max(m, s.numBlocks), 0);
   const mb = maxBlocks ?? Math.max(1, need);
   checkCount('batchTables: maxBlocks', mb, 1);
-  if (mb < need) throw new ArgumentError('E_ARGUMENT', `batchTables: maxBlocks ${mb} < ${need} blocks held by a sequence of the batch`);
+  if (mb < need)
+    throw new ArgumentError('E_ARGUMENT', `batchTables: maxBlocks ${mb} < ${need} blocks held by a sequence of the batch`);
   const table = new Int32Array(seqs.length * mb);
   const seqLens = new Int32Array(seqs.length);
   seqs.forEach((s, b) => {

@@ -16,7 +16,9 @@ function load(): Native {
     addon.setErrorFactory(makeError);
     return addon;
   } catch (err) {
-    const what = explicit ? `LONGCAT_ADDON=${explicit}` : `the longcat-flash native addon for ${process.platform}-${process.arch}`;
+    const what = explicit
+      ? `LONGCAT_ADDON=${explicit}`
+      : `the longcat-flash native addon for ${process.platform}-${process.arch}`;
     throw new LoadError(
       'E_LOAD',
       `Could not load ${what}: ${(err as Error).message}\n` +

@@ -37,7 +37,7 @@ export function f32ToF16(x: number): number {
     const v = f32[0]! * 16777216;
     return sign | roundHalfEven(v);
   }
-  return sign | (((a + 0xfff + ((a >>> 13) & 1)) - 0x38000000) >>> 13);
+  return sign | ((a + 0xfff + ((a >>> 13) & 1) - 0x38000000) >>> 13);
 }
 
 export function fp8e4m3ToF32(b: number): number {

@@ -52,9 +52,11 @@ function posFreqs(base: number, dim: number): Float32Array {
 export function ropeTables(cfg: RopeConfig): RopeTables {
   const base = positive('rope_theta', cfg.rope_theta);
   const dim = positive('qk_rope_head_dim', cfg.qk_rope_head_dim);
-  if (!Number.isInteger(dim) || dim % 2 !== 0) throw new ConfigError('E_CONFIG', `rope: qk_rope_head_dim must be an even integer, got ${dim}`);
+  if (!Number.isInteger(dim) || dim % 2 !== 0)
+    throw new ConfigError('E_CONFIG', `rope: qk_rope_head_dim must be an even integer, got ${dim}`);
   const nope = cfg.qk_nope_head_dim;
-  if (!Number.isInteger(nope) || nope < 0) throw new ConfigError('E_CONFIG', `rope: qk_nope_head_dim must be a non-negative integer, got ${nope}`);
+  if (!Number.isInteger(nope) || nope < 0)
+    throw new ConfigError('E_CONFIG', `rope: qk_nope_head_dim must be a non-negative integer, got ${nope}`);
   let softmaxScale = Math.pow(nope + dim, -0.5);
   const half = dim / 2;
   const rs = cfg.rope_scaling ?? null;
@@ -80,17 +82,20 @@ export function ropeTables(cfg: RopeConfig): RopeTables {
   } else {
     origMax = positive('max_position_embeddings', cfg.max_position_embeddings);
   }
-  const mscale = rs!.mscale, mscaleAllDim = rs!.mscale_all_dim;
+  const mscale = rs!.mscale,
+    mscaleAllDim = rs!.mscale_all_dim;
   let attentionFactor = rs!.attention_factor ?? null;
   if (attentionFactor == null) {
-    attentionFactor = mscale && mscaleAllDim ? yarnGetMscale(factor, mscale) / yarnGetMscale(factor, mscaleAllDim) : yarnGetMscale(factor);
+    attentionFactor =
+      mscale && mscaleAllDim ? yarnGetMscale(factor, mscale) / yarnGetMscale(factor, mscaleAllDim) : yarnGetMscale(factor);
   }
   const betaFast = rs!.beta_fast || 32;
   const betaSlow = rs!.beta_slow || 1;
   const truncate = rs!.truncate ?? true;
 
   const correctionDim = (rot: number) => (dim * Math.log(origMax / (rot * 2 * Math.PI))) / (2 * Math.log(base));
-  let low = correctionDim(betaFast), high = correctionDim(betaSlow);
+  let low = correctionDim(betaFast),
+    high = correctionDim(betaSlow);
   if (truncate) {
     low = Math.floor(low);
     high = Math.ceil(high);
@@ -101,7 +106,9 @@ export function ropeTables(cfg: RopeConfig): RopeTables {
 
   const pf = posFreqs(base, dim);
   const invFreq = new Float32Array(half);
-  const span = f(high - low), fl = f(low), ff = f(factor);
+  const span = f(high - low),
+    fl = f(low),
+    ff = f(factor);
   for (let i = 0; i < half; i++) {
     const extrapolation = f(1 / pf[i]!);
     const interpolation = f(1 / f(ff * pf[i]!));

@@ -11,22 +11,60 @@ import type { DType } from '../types/native.js';
 
 /** Every dtype the safetensors format defines. */
 export type SafetensorsDType =
-  | 'F64' | 'F32' | 'F16' | 'BF16' | 'F8_E4M3' | 'F8_E5M2'
-  | 'I64' | 'I32' | 'I16' | 'I8' | 'U64' | 'U32' | 'U16' | 'U8' | 'BOOL';
+  | 'F64'
+  | 'F32'
+  | 'F16'
+  | 'BF16'
+  | 'F8_E4M3'
+  | 'F8_E5M2'
+  | 'I64'
+  | 'I32'
+  | 'I16'
+  | 'I8'
+  | 'U64'
+  | 'U32'
+  | 'U16'
+  | 'U8'
+  | 'BOOL';
 
 /** Element sizes in bytes. */
 export const SAFETENSORS_DTYPE_SIZE: Readonly<Record<SafetensorsDType, number>> = {
-  F64: 8, F32: 4, F16: 2, BF16: 2, F8_E4M3: 1, F8_E5M2: 1,
-  I64: 8, I32: 4, I16: 2, I8: 1, U64: 8, U32: 4, U16: 2, U8: 1, BOOL: 1,
+  F64: 8,
+  F32: 4,
+  F16: 2,
+  BF16: 2,
+  F8_E4M3: 1,
+  F8_E5M2: 1,
+  I64: 8,
+  I32: 4,
+  I16: 2,
+  I8: 1,
+  U64: 8,
+  U32: 4,
+  U16: 2,
+  U8: 1,
+  BOOL: 1,
 };
 
 /** The safetensors dtypes this engine can load, and the tensor dtype each becomes. */
 export const SAFETENSORS_TO_DTYPE: Readonly<Partial<Record<SafetensorsDType, DType>>> = {
-  F32: 'f32', BF16: 'bf16', F16: 'f16', F8_E4M3: 'fp8_e4m3', I8: 'int8', I32: 'int32', I64: 'int64',
+  F32: 'f32',
+  BF16: 'bf16',
+  F16: 'f16',
+  F8_E4M3: 'fp8_e4m3',
+  I8: 'int8',
+  I32: 'int32',
+  I64: 'int64',
 };
 
 export const DTYPE_TO_SAFETENSORS: Readonly<Record<DType, SafetensorsDType>> = {
-  f32: 'F32', bf16: 'BF16', f16: 'F16', fp8_e4m3: 'F8_E4M3', int8: 'I8', int32: 'I32', int64: 'I64',
+  f32: 'F32',
+  bf16: 'BF16',
+  f16: 'F16',
+  fp8_e4m3: 'F8_E4M3',
+  int8: 'I8',
+  int32: 'I32',
+  int64: 'I64',
 };
 
 /** The format's own limit on the header (safetensors MAX_HEADER_SIZE). */
@@ -65,7 +103,8 @@ function isNonNegInt(v: unknown): v is number {
 
 /** Reads the 8-byte header length. `prefix` must hold at least 8 bytes. */
 export function headerLengthOf(prefix: Uint8Array, fileSize: number, file: string): number {
-  if (fileSize < 8 || prefix.length < 8) fail(file, `file is ${fileSize} bytes, too short to be safetensors (needs an 8-byte header length)`);
+  if (fileSize < 8 || prefix.length < 8)
+    fail(file, `file is ${fileSize} bytes, too short to be safetensors (needs an 8-byte header length)`);
   const n = new DataView(prefix.buffer, prefix.byteOffset, 8).getBigUint64(0, true);
   if (n > BigInt(fileSize - 8)) fail(file, `header length ${n} runs past the end of the file (${fileSize} bytes)`);
   if (n > BigInt(MAX_HEADER_BYTES)) fail(file, `header length ${n} exceeds the ${MAX_HEADER_BYTES}-byte limit`);
@@ -102,20 +141,25 @@ export function parseSafetensorsHeader(headerBytes: Uint8Array, fileSize: number
   for (const [name, raw] of Object.entries(json as Record<string, unknown>)) {
     if (name === '__metadata__') {
       if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) fail(file, '__metadata__ must be an object of strings');
-      for (const [k, v] of Object.entries(raw)) if (typeof v !== 'string') fail(file, `__metadata__.${k} must be a string, got ${JSON.stringify(v)}`);
+      for (const [k, v] of Object.entries(raw))
+        if (typeof v !== 'string') fail(file, `__metadata__.${k} must be a string, got ${JSON.stringify(v)}`);
       metadata = raw as Record<string, string>;
       continue;
     }
     const where = `tensor '${name}'`;
     if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) fail(file, `${where}: entry is not an object`);
     const { dtype, shape, data_offsets: offs } = raw as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
-    if (typeof dtype !== 'string' || !(dtype in SAFETENSORS_DTYPE_SIZE)) fail(file, `${where}: unknown dtype ${JSON.stringify(dtype)}`);
+    if (typeof dtype !== 'string' || !(dtype in SAFETENSORS_DTYPE_SIZE))
+      fail(file, `${where}: unknown dtype ${JSON.stringify(dtype)}`);
     const dt = dtype as SafetensorsDType;
-    if (!Array.isArray(shape) || !shape.every(isNonNegInt)) fail(file, `${where}: shape ${JSON.stringify(shape)} is not an array of non-negative integers`);
-    if (!Array.isArray(offs) || offs.length !== 2 || !offs.every(isNonNegInt)) fail(file, `${where}: data_offsets ${JSON.stringify(offs)} is not [begin, end]`);
+    if (!Array.isArray(shape) || !shape.every(isNonNegInt))
+      fail(file, `${where}: shape ${JSON.stringify(shape)} is not an array of non-negative integers`);
+    if (!Array.isArray(offs) || offs.length !== 2 || !offs.every(isNonNegInt))
+      fail(file, `${where}: data_offsets ${JSON.stringify(offs)} is not [begin, end]`);
     const [begin, end] = offs as [number, number];
     if (end < begin) fail(file, `${where}: data_offsets [${begin}, ${end}] end before they begin`);
-    if (end > dataSize) fail(file, `${where}: data_offsets [${begin}, ${end}] run past the data section (${dataSize} bytes; file truncated?)`);
+    if (end > dataSize)
+      fail(file, `${where}: data_offsets [${begin}, ${end}] run past the data section (${dataSize} bytes; file truncated?)`);
     let numel = 1;
     for (const d of shape as number[]) {
       numel *= d;
@@ -123,8 +167,18 @@ export function parseSafetensorsHeader(headerBytes: Uint8Array, fileSize: number
     }
     const want = numel * SAFETENSORS_DTYPE_SIZE[dt];
     if (end - begin !== want)
-      fail(file, `${where}: ${dt} [${shape.join(', ')}] needs ${want} bytes but data_offsets [${begin}, ${end}] hold ${end - begin}`);
-    entries.push({ name, dtype: dt, nativeDtype: SAFETENSORS_TO_DTYPE[dt] ?? null, shape: shape as number[], offset: dataOffset + begin, nbytes: want });
+      fail(
+        file,
+        `${where}: ${dt} [${shape.join(', ')}] needs ${want} bytes but data_offsets [${begin}, ${end}] hold ${end - begin}`,
+      );
+    entries.push({
+      name,
+      dtype: dt,
+      nativeDtype: SAFETENSORS_TO_DTYPE[dt] ?? null,
+      shape: shape as number[],
+      offset: dataOffset + begin,
+      nbytes: want,
+    });
     ranges.push({ name, begin, end });
   }
   // Back to back, no overlap, no hole, covering the data section.
@@ -138,7 +192,11 @@ export function parseSafetensorsHeader(headerBytes: Uint8Array, fileSize: number
     pos = r.end;
     prev = r.name;
   }
-  if (pos !== dataSize) fail(file, `data section is ${dataSize} bytes but the tensors cover ${pos} (${pos < dataSize ? 'trailing bytes' : 'truncated'})`);
+  if (pos !== dataSize)
+    fail(
+      file,
+      `data section is ${dataSize} bytes but the tensors cover ${pos} (${pos < dataSize ? 'trailing bytes' : 'truncated'})`,
+    );
   const tensors = new Map<string, SafetensorsEntry>();
   for (const i of order) tensors.set(entries[i]!.name, entries[i]!);
   return { file, fileSize, headerLength, dataOffset, metadata, tensors };
@@ -156,7 +214,9 @@ async function readExactly(fh: FileHandle, buf: Uint8Array, position: number, fi
 function ioError(file: string, e: unknown): never {
   if (e instanceof CheckpointError) throw e;
   const err = e as NodeJS.ErrnoException;
-  throw new CheckpointError('E_CHECKPOINT', `${file}: cannot read${err.code ? ` (${err.code})` : ''}: ${err.message}`, { cause: e });
+  throw new CheckpointError('E_CHECKPOINT', `${file}: cannot read${err.code ? ` (${err.code})` : ''}: ${err.message}`, {
+    cause: e,
+  });
 }
 
 /** Reads and validates the header of a safetensors file (only the header is read). */
@@ -233,16 +293,24 @@ export function buildSafetensorsHeader(
  * (stable otherwise) so each one is aligned to its element size in the file, which lets the
  * loader map every tensor in place.
  */
-export async function writeSafetensors(path: string, tensors: readonly TensorToWrite[], metadata?: Record<string, string>): Promise<void> {
+export async function writeSafetensors(
+  path: string,
+  tensors: readonly TensorToWrite[],
+  metadata?: Record<string, string>,
+): Promise<void> {
   const seen = new Set<string>();
   const items = tensors.map((t, i) => {
     if (seen.has(t.name)) throw new CheckpointError('E_CHECKPOINT', `writeSafetensors(${path}): duplicate tensor '${t.name}'`);
-    if (t.name === '__metadata__') throw new CheckpointError('E_CHECKPOINT', `writeSafetensors(${path}): '__metadata__' is not a tensor name`);
+    if (t.name === '__metadata__')
+      throw new CheckpointError('E_CHECKPOINT', `writeSafetensors(${path}): '__metadata__' is not a tensor name`);
     seen.add(t.name);
     const dtype = toSafetensorsDType(t.dtype);
     const nbytes = t.shape.reduce((a, b) => a * b, 1) * SAFETENSORS_DTYPE_SIZE[dtype];
     if (t.data instanceof Uint8Array && t.data.length !== nbytes)
-      throw new CheckpointError('E_CHECKPOINT', `writeSafetensors(${path}): tensor '${t.name}' ${dtype} [${t.shape.join(', ')}] needs ${nbytes} bytes, got ${t.data.length}`);
+      throw new CheckpointError(
+        'E_CHECKPOINT',
+        `writeSafetensors(${path}): tensor '${t.name}' ${dtype} [${t.shape.join(', ')}] needs ${nbytes} bytes, got ${t.data.length}`,
+      );
     return { ...t, dtype, nbytes, i };
   });
   items.sort((a, b) => SAFETENSORS_DTYPE_SIZE[b.dtype] - SAFETENSORS_DTYPE_SIZE[a.dtype] || a.i - b.i);
@@ -292,7 +360,10 @@ export async function writeSafetensors(path: string, tensors: readonly TensorToW
         await put(chunk);
       }
       if (got !== t.nbytes)
-        throw new CheckpointError('E_CHECKPOINT', `writeSafetensors(${path}): tensor '${t.name}' ${t.dtype} [${t.shape.join(', ')}] needs ${t.nbytes} bytes, its generator produced ${got > t.nbytes ? 'more' : got}`);
+        throw new CheckpointError(
+          'E_CHECKPOINT',
+          `writeSafetensors(${path}): tensor '${t.name}' ${t.dtype} [${t.shape.join(', ')}] needs ${t.nbytes} bytes, its generator produced ${got > t.nbytes ? 'more' : got}`,
+        );
     }
     await flush();
     buf = new Uint8Array(0);

@@ -61,7 +61,7 @@ export function encode(values: ArrayLike<number>, dtype: DType): ArrayBufferView
     case 'int32':
       return Int32Array.from(values);
     case 'int64':
-      return BigInt64Array.from(Array.from(values, (v) => BigInt(Math.trunc(v))));
+      return BigInt64Array.from(Array.from(values, v => BigInt(Math.trunc(v))));
   }
 }
 
@@ -82,7 +82,7 @@ export function decode(bytes: Uint8Array, dtype: DType): Float64Array | Float32A
     case 'int32':
       return new Int32Array(buf);
     case 'int64':
-      return Float64Array.from(new BigInt64Array(buf), (v) => Number(v));
+      return Float64Array.from(new BigInt64Array(buf), v => Number(v));
   }
 }
 
@@ -90,7 +90,10 @@ export function decode(bytes: Uint8Array, dtype: DType): Float64Array | Float32A
 export function tensor(values: ArrayLike<number>, shape: readonly number[], opts: TensorOptions = {}): Tensor {
   const dtype = opts.dtype ?? 'f32';
   if (values.length !== numel(shape))
-    throw new ShapeError('E_SHAPE', `tensor: ${values.length} values do not fill shape [${shape.join(', ')}] (${numel(shape)} elements)`);
+    throw new ShapeError(
+      'E_SHAPE',
+      `tensor: ${values.length} values do not fill shape [${shape.join(', ')}] (${numel(shape)} elements)`,
+    );
   return new native.Tensor(dtype, shape, opts.device ?? 'cpu', encode(values, dtype));
 }
 

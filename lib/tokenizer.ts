@@ -54,7 +54,8 @@ export type Tokenizer = LongcatTokenizer;
 
 function tokenContent(t: unknown): string | undefined {
   if (typeof t === 'string') return t;
-  if (t && typeof t === 'object' && typeof (t as { content?: unknown }).content === 'string') return (t as { content: string }).content;
+  if (t && typeof t === 'object' && typeof (t as { content?: unknown }).content === 'string')
+    return (t as { content: string }).content;
   return undefined;
 }
 
@@ -64,7 +65,9 @@ async function readJsonFile(file: string, optional: boolean): Promise<unknown> {
     text = await readFile(file, 'utf8');
   } catch (e) {
     if (optional && (e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw new CheckpointError('E_CHECKPOINT', `${file}: cannot read (${(e as NodeJS.ErrnoException).code ?? 'error'})`, { cause: e });
+    throw new CheckpointError('E_CHECKPOINT', `${file}: cannot read (${(e as NodeJS.ErrnoException).code ?? 'error'})`, {
+      cause: e,
+    });
   }
   try {
     return JSON.parse(text);
@@ -85,20 +88,25 @@ export function createTokenizer(
     // Decoding must round-trip: never "clean up" spaces unless the config asks for it.
     tok = new HfTokenizer(tokenizerJson as object, { clean_up_tokenization_spaces: false, ...config } as object);
   } catch (e) {
-    throw new CheckpointError('E_CHECKPOINT', `${file}: not a tokenizer this engine can load (${(e as Error).message})`, { cause: e });
+    throw new CheckpointError('E_CHECKPOINT', `${file}: not a tokenizer this engine can load (${(e as Error).message})`, {
+      cause: e,
+    });
   }
   const vocab = tok.get_vocab(true);
   let vocabSize = 0;
   for (const id of vocab.values()) vocabSize = Math.max(vocabSize, id + 1);
   const added = tok.get_added_tokens_decoder();
-  const specialIds = [...added.entries()].filter(([, t]) => t.special).map(([id]) => id).sort((a, b) => a - b);
+  const specialIds = [...added.entries()]
+    .filter(([, t]) => t.special)
+    .map(([id]) => id)
+    .sort((a, b) => a - b);
 
   const idOf = (t: unknown): number | null => {
     const s = tokenContent(t);
-    return s === undefined ? null : tok.token_to_id(s) ?? null;
+    return s === undefined ? null : (tok.token_to_id(s) ?? null);
   };
   const asList = (v: unknown): number[] | null =>
-    typeof v === 'number' ? [v] : Array.isArray(v) && v.every((x) => typeof x === 'number') ? (v as number[]) : null;
+    typeof v === 'number' ? [v] : Array.isArray(v) && v.every(x => typeof x === 'number') ? (v as number[]) : null;
   const eosFromTok = idOf(config.eos_token);
   const eosIds = asList(generationConfig?.eos_token_id) ?? (eosFromTok !== null ? [eosFromTok] : []);
   const bosId = generationConfig?.bos_token_id ?? idOf(config.bos_token);
@@ -111,7 +119,10 @@ export function createTokenizer(
         throw new ArgumentError('E_ARGUMENT', `${what}: token id ${id} is not in [0, ${vocabSize})`);
   };
   // Special-token texts, longest first so that a token containing another is matched whole.
-  const specialTexts = specialIds.map((id) => tok.id_to_token(id)!).filter((s) => s.length > 0).sort((a, b) => b.length - a.length);
+  const specialTexts = specialIds
+    .map(id => tok.id_to_token(id)!)
+    .filter(s => s.length > 0)
+    .sort((a, b) => b.length - a.length);
   /** The characters of `piece` through normalizer, pre-tokenizer and model: no added-token matching. */
   const encodeAsText = (piece: string): number[] => {
     const t = tok as unknown as {
@@ -121,9 +132,10 @@ export function createTokenizer(
     };
     const norm = t.normalizer ? t.normalizer(piece) : piece;
     const words = t.pre_tokenizer ? t.pre_tokenizer(norm, { section_index: 0 }) : [norm];
-    return t.model(words).map((s) => {
+    return t.model(words).map(s => {
       const id = tok.token_to_id(s);
-      if (id === undefined) throw new CheckpointError('E_CHECKPOINT', `${file}: the tokenizer model produced '${s}', which has no id`);
+      if (id === undefined)
+        throw new CheckpointError('E_CHECKPOINT', `${file}: the tokenizer model produced '${s}', which has no id`);
       return id;
     });
   };
@@ -133,12 +145,12 @@ export function createTokenizer(
     const ids: number[] = [];
     const flush = (piece: string) => {
       if (piece.length === 0) return;
-      if (specialTexts.some((s) => piece.includes(s))) ids.push(...encodeAsText(piece));
+      if (specialTexts.some(s => piece.includes(s))) ids.push(...encodeAsText(piece));
       else ids.push(...tok.encode(piece, { add_special_tokens: false }).ids);
     };
     let start = 0;
     for (let i = 0; i < text.length; ) {
-      const hit = specialTexts.find((s) => text.startsWith(s, i) && !inLiteral(i, i + s.length));
+      const hit = specialTexts.find(s => text.startsWith(s, i) && !inLiteral(i, i + s.length));
       if (hit === undefined) {
         i++;
         continue;
@@ -162,7 +174,7 @@ export function createTokenizer(
       if (typeof text !== 'string') throw new ArgumentError('E_ARGUMENT', 'encode: text must be a string');
       if (text.length === 0 && !opts.addSpecial) return [];
       const literal = opts.literal ?? [];
-      const injected = literal.some(([a, b]) => specialTexts.some((s) => text.slice(a, b).includes(s)));
+      const injected = literal.some(([a, b]) => specialTexts.some(s => text.slice(a, b).includes(s)));
       if (!injected) return tok.encode(text, { add_special_tokens: opts.addSpecial ?? false }).ids;
       if (opts.addSpecial) throw new ArgumentError('E_ARGUMENT', 'encode: addSpecial and literal spans cannot be combined');
       return encodeWithLiterals(text, literal);
@@ -178,10 +190,11 @@ export function createTokenizer(
         push(next: number | readonly number[]): string {
           const all = typeof next === 'number' ? [next] : [...next];
           for (const id of all)
-            if (!Number.isInteger(id) || id < 0) throw new ArgumentError('E_ARGUMENT', `decoder.push: token id ${id} is not a non-negative integer`);
+            if (!Number.isInteger(id) || id < 0)
+              throw new ArgumentError('E_ARGUMENT', `decoder.push: token id ${id} is not a non-negative integer`);
           // Model vocabularies are padded past the tokenizer's (131072 rows for LongCat-Flash):
           // a sampled padding id has no text.
-          const add = all.filter((id) => id < vocabSize);
+          const add = all.filter(id => id < vocabSize);
           if (add.length === 0) return '';
           ids.push(...add);
           const prefixText = decode(ids.slice(prefix, read), opts);
@@ -213,8 +226,8 @@ export function createTokenizer(
     padId,
     vocabSize,
     specialIds,
-    tokenToId: (t) => tok.token_to_id(t),
-    idToToken: (id) => tok.id_to_token(id),
+    tokenToId: t => tok.token_to_id(t),
+    idToToken: id => tok.id_to_token(id),
     config,
     chatTemplate: chatTemplateOf(config),
   };
@@ -225,6 +238,8 @@ export async function loadTokenizer(dir: string): Promise<LongcatTokenizer> {
   const file = path.join(dir, 'tokenizer.json');
   const json = await readJsonFile(file, false);
   const config = ((await readJsonFile(path.join(dir, 'tokenizer_config.json'), true)) ?? {}) as TokenizerConfig;
-  const gen = (await readJsonFile(path.join(dir, 'generation_config.json'), true)) as Parameters<typeof createTokenizer>[2] | undefined;
+  const gen = (await readJsonFile(path.join(dir, 'generation_config.json'), true)) as
+    | Parameters<typeof createTokenizer>[2]
+    | undefined;
   return createTokenizer(json, config, gen ?? null, file);
 }

@@ -9,7 +9,8 @@ AddonData& addon_data(Napi::Env env) { return *env.GetInstanceData<AddonData>();
 
 // setErrorFactory(makeError) lets the SDK supply its LongcatError constructor.
 static Napi::Value SetErrorFactory(const Napi::CallbackInfo& info) {
-  if (info.Length() < 1 || !info[0].IsFunction()) throw Napi::TypeError::New(info.Env(), "setErrorFactory(fn): expected a function");
+  if (info.Length() < 1 || !info[0].IsFunction())
+    throw Napi::TypeError::New(info.Env(), "setErrorFactory(fn): expected a function");
   addon_data(info.Env()).make_error = Napi::Persistent(info[0].As<Napi::Function>());
   return info.Env().Undefined();
 }
@@ -28,9 +29,12 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("setErrorFactory", Napi::Function::New(env, SetErrorFactory));
   for (const auto& [name, fn] : registered_ops()) {
     OpFn f = fn;
-    exports.Set(name, Napi::Function::New(env, [f](const Napi::CallbackInfo& info) -> Napi::Value {
-                  return guarded(info, [&]() -> Napi::Value { return f(info); });
-                }, name));
+    exports.Set(name, Napi::Function::New(
+                          env,
+                          [f](const Napi::CallbackInfo& info) -> Napi::Value {
+                            return guarded(info, [&]() -> Napi::Value { return f(info); });
+                          },
+                          name));
   }
   return exports;
 }

@@ -54,8 +54,7 @@ Device device_arg(const Napi::CallbackInfo& info, size_t i) {
 
 Tensor OpArgs::tensor(size_t i, const char* name) const {
   if (!present(i)) fail(Code::E_ARGUMENT, "%s: argument '%s' is missing (expected a Tensor)", op_, name);
-  if (!TensorWrap::IsTensor(env(), info_[i]))
-    fail(Code::E_ARGUMENT, "%s: argument '%s' is not a Tensor", op_, name);
+  if (!TensorWrap::IsTensor(env(), info_[i])) fail(Code::E_ARGUMENT, "%s: argument '%s' is not a Tensor", op_, name);
   std::string what = std::string(op_) + " argument '" + name + "'";
   return TensorWrap::Unwrap(info_[i].As<Napi::Object>())->get(what.c_str());
 }
@@ -89,8 +88,7 @@ Stream& OpArgs::stream(size_t i, Device d) const {
 }
 
 double OpArgs::number(size_t i, const char* name) const {
-  if (i >= info_.Length() || !info_[i].IsNumber())
-    fail(Code::E_ARGUMENT, "%s: argument '%s' must be a number", op_, name);
+  if (i >= info_.Length() || !info_[i].IsNumber()) fail(Code::E_ARGUMENT, "%s: argument '%s' must be a number", op_, name);
   return info_[i].As<Napi::Number>().DoubleValue();
 }
 
@@ -102,14 +100,12 @@ int64_t OpArgs::integer(size_t i, const char* name) const {
 }
 
 bool OpArgs::boolean(size_t i, const char* name) const {
-  if (i >= info_.Length() || !info_[i].IsBoolean())
-    fail(Code::E_ARGUMENT, "%s: argument '%s' must be a boolean", op_, name);
+  if (i >= info_.Length() || !info_[i].IsBoolean()) fail(Code::E_ARGUMENT, "%s: argument '%s' must be a boolean", op_, name);
   return info_[i].As<Napi::Boolean>().Value();
 }
 
 std::string OpArgs::string(size_t i, const char* name) const {
-  if (i >= info_.Length() || !info_[i].IsString())
-    fail(Code::E_ARGUMENT, "%s: argument '%s' must be a string", op_, name);
+  if (i >= info_.Length() || !info_[i].IsString()) fail(Code::E_ARGUMENT, "%s: argument '%s' must be a string", op_, name);
   return info_[i].As<Napi::String>().Utf8Value();
 }
 

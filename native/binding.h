@@ -137,10 +137,10 @@ inline long long ll(int64_t v) { return static_cast<long long>(v); }
 using DTypes = std::initializer_list<DType>;
 
 // Each fails with a typed error "<op>: '<name>' ..." (`want` uses -1 for "any size").
-void expect_dtype(const char* op, const char* name, const Tensor& t, DTypes ok);                  // E_DTYPE
+void expect_dtype(const char* op, const char* name, const Tensor& t, DTypes ok);                         // E_DTYPE
 void expect_shape(const char* op, const char* name, const Tensor& t, const std::vector<int64_t>& want);  // E_SHAPE
-void expect_ndim(const char* op, const char* name, const Tensor& t, int ndim);                   // E_SHAPE
-void expect_device(const char* op, const char* name, const Tensor& t, Device d);                 // E_DEVICE
+void expect_ndim(const char* op, const char* name, const Tensor& t, int ndim);                           // E_SHAPE
+void expect_device(const char* op, const char* name, const Tensor& t, Device d);                         // E_DEVICE
 // t has the shape of `ref` (named ref_name in the message).
 void expect_same_shape(const char* op, const char* name, const Tensor& t, const char* ref_name, const Tensor& ref);
 // Rows of a last dimension: at least one dimension and a non-zero last one (E_SHAPE).

@@ -30,8 +30,7 @@ enum class Code {
 inline const char* code_name(Code c) {
   switch (c) {
 #define LCX_NAME(name) \
-  case Code::name:    \
-    return #name;
+  case Code::name: return #name;
     LC_ERROR_CODES(LCX_NAME)
 #undef LCX_NAME
   }

@@ -14,9 +14,9 @@ struct DeviceProps {
   int cc_major = 0, cc_minor = 0, sm_count = 0;
 };
 
-bool compiled();           // built with nvcc
-std::string archs();       // the SM architectures compiled in, e.g. "90a"
-int device_count();        // 0 without a driver or device; never throws
+bool compiled();                   // built with nvcc
+std::string archs();               // the SM architectures compiled in, e.g. "90a"
+int device_count();                // 0 without a driver or device; never throws
 std::string unavailable_reason();  // why device_count() is 0 ("" when it is not)
 DeviceProps props(int dev);
 

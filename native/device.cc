@@ -22,8 +22,7 @@ Device Device::parse(const std::string& s) {
     }
     int n = cuda::device_count();
     if (n == 0)
-      fail(Code::E_DEVICE, "device '%s' requested but CUDA is unavailable: %s", s.c_str(),
-           cuda::unavailable_reason().c_str());
+      fail(Code::E_DEVICE, "device '%s' requested but CUDA is unavailable: %s", s.c_str(), cuda::unavailable_reason().c_str());
     if (d.index >= n) fail(Code::E_DEVICE, "device '%s' does not exist: %d CUDA device(s) present", s.c_str(), n);
     return d;
   }
@@ -535,7 +534,8 @@ void Capture::abort(const std::vector<Stream*>& streams) noexcept {
     Pool& pool = device_pool(streams[0]->device());
     const Pool::Parked parked = pool.end_parking();
     try {  // end the capture first: the unparked blocks' fences must not be recorded into it
-      cuda::graph_destroy(streams[0]->device().index, cuda::stream_end_capture(streams[0]->device().index, streams[0]->cuda_handle()));
+      cuda::graph_destroy(streams[0]->device().index,
+                          cuda::stream_end_capture(streams[0]->device().index, streams[0]->cuda_handle()));
     } catch (...) {
     }
     pool.unpark(parked);

@@ -37,8 +37,8 @@ struct Storage {
   Device device;
   void* ptr = nullptr;
   size_t bytes = 0;
-  Pool* pool = nullptr;                 // null for external memory (mmap'd weights)
-  std::function<void()> release;        // external memory only
+  Pool* pool = nullptr;           // null for external memory (mmap'd weights)
+  std::function<void()> release;  // external memory only
   ~Storage();
 };
 
@@ -65,7 +65,7 @@ class Pool {
   void give_back(void* p, size_t rounded);
   void trim();  // frees every cached block (waiting for fenced ones)
   PoolStats stats();
-  void add_stream(void* cuda_stream);             // E_ARGUMENT while a graph is being captured
+  void add_stream(void* cuda_stream);  // E_ARGUMENT while a graph is being captured
   void remove_stream(void* cuda_stream) noexcept;
 
   // While a CUDA graph is captured, blocks freed by their last user (the graph's temporaries,
@@ -90,18 +90,17 @@ class Pool {
   Device device_;
   std::mutex m_;
   std::multimap<size_t, void*> free_;
-  std::vector<void*> streams_;      // CUDA streams of this device
-  std::deque<Fenced> fenced_;       // freed, maybe still in use by queued kernels
+  std::vector<void*> streams_;  // CUDA streams of this device
+  std::deque<Fenced> fenced_;   // freed, maybe still in use by queued kernels
   std::vector<void*> spare_events_;
-  std::vector<void*> orphans_;      // recorded on destroyed streams when no stream was left
+  std::vector<void*> orphans_;  // recorded on destroyed streams when no stream was left
   PoolStats stats_;
   bool parking_ = false;
   Parked parked_;
 };
 
 // Wraps memory the pool does not own; `release` runs when the last user is gone.
-std::shared_ptr<Storage> external_storage(Device d, void* ptr, size_t bytes,
-                                          std::function<void()> release);
+std::shared_ptr<Storage> external_storage(Device d, void* ptr, size_t bytes, std::function<void()> release);
 
 // An ordered queue of work. On CPU it is a worker thread of its own, so two streams overlap;
 // on CUDA it is a cudaStream_t. Errors thrown by CPU work are kept and rethrown by synchronize().
@@ -170,7 +169,7 @@ class Graph {
   friend struct Capture;
   Device device_;
   std::vector<std::pair<Stream*, std::shared_ptr<std::vector<std::function<void()>>>>> parts_;  // CPU
-  void* exec_ = nullptr;                                                                       // CUDA
+  void* exec_ = nullptr;                                                                        // CUDA
   Stream* origin_ = nullptr;
   Pool::Parked parked_;  // CUDA: temporaries the graph's kernels address
 };

@@ -6,10 +6,8 @@ namespace lc {
 
 Napi::Function EventWrap::Init(Napi::Env env) {
   return DefineClass(env, "Event",
-                     {InstanceMethod<&EventWrap::Record>("record"),
-                      InstanceMethod<&EventWrap::Synchronize>("synchronize"),
-                      InstanceMethod<&EventWrap::Query>("query"),
-                      InstanceMethod<&EventWrap::ElapsedMs>("elapsedMs")});
+                     {InstanceMethod<&EventWrap::Record>("record"), InstanceMethod<&EventWrap::Synchronize>("synchronize"),
+                      InstanceMethod<&EventWrap::Query>("query"), InstanceMethod<&EventWrap::ElapsedMs>("elapsedMs")});
 }
 
 EventWrap::EventWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<EventWrap>(info) {

@@ -5,7 +5,8 @@
 namespace lc {
 
 Napi::Function GraphWrap::Init(Napi::Env env) {
-  return DefineClass(env, "Graph", {InstanceMethod<&GraphWrap::Replay>("replay"), InstanceMethod<&GraphWrap::Dispose>("dispose")});
+  return DefineClass(env, "Graph",
+                     {InstanceMethod<&GraphWrap::Replay>("replay"), InstanceMethod<&GraphWrap::Dispose>("dispose")});
 }
 
 GraphWrap::GraphWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<GraphWrap>(info) {

@@ -91,7 +91,8 @@ static Napi::Value CudaStatus(const Napi::CallbackInfo& info) {
 static Napi::Value SetThreads(const Napi::CallbackInfo& info) {
   OpArgs a(info, "setThreads");
   int64_t n = a.integer(0, "threads");
-  if (n < 1 || n > 1024) fail(Code::E_ARGUMENT, "setThreads: thread count must be in 1..1024, got %lld", static_cast<long long>(n));
+  if (n < 1 || n > 1024)
+    fail(Code::E_ARGUMENT, "setThreads: thread count must be in 1..1024, got %lld", static_cast<long long>(n));
   cpu::ThreadPool::global().set_threads(static_cast<int>(n));
   return info.Env().Undefined();
 }

@@ -5,11 +5,10 @@
 namespace lc {
 
 Napi::Function StreamWrap::Init(Napi::Env env) {
-  return DefineClass(env, "Stream",
-                     {InstanceAccessor<&StreamWrap::DeviceName>("device"),
-                      InstanceMethod<&StreamWrap::Synchronize>("synchronize"),
-                      InstanceMethod<&StreamWrap::WaitEvent>("waitEvent"),
-                      InstanceMethod<&StreamWrap::Dispose>("dispose")});
+  return DefineClass(
+      env, "Stream",
+      {InstanceAccessor<&StreamWrap::DeviceName>("device"), InstanceMethod<&StreamWrap::Synchronize>("synchronize"),
+       InstanceMethod<&StreamWrap::WaitEvent>("waitEvent"), InstanceMethod<&StreamWrap::Dispose>("dispose")});
 }
 
 StreamWrap::StreamWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<StreamWrap>(info) {
@@ -49,7 +48,8 @@ Napi::Value StreamWrap::Synchronize(const Napi::CallbackInfo& info) {
 }
 Napi::Value StreamWrap::WaitEvent(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
-    if (info.Length() < 1 || !EventWrap::IsEvent(info.Env(), info[0])) fail(Code::E_ARGUMENT, "waitEvent(event): expected an Event");
+    if (info.Length() < 1 || !EventWrap::IsEvent(info.Env(), info[0]))
+      fail(Code::E_ARGUMENT, "waitEvent(event): expected an Event");
     EventWrap::Unwrap(info[0].As<Napi::Object>())->get().wait_on(get());
     return info.Env().Undefined();
   });

@@ -48,16 +48,11 @@ static void copy_to_device(const Tensor& t, const void* src) {
 
 Napi::Function TensorWrap::Init(Napi::Env env) {
   return DefineClass(env, "Tensor",
-                     {InstanceAccessor<&TensorWrap::Dtype>("dtype"),
-                      InstanceAccessor<&TensorWrap::Shape>("shape"),
-                      InstanceAccessor<&TensorWrap::DeviceName>("device"),
-                      InstanceAccessor<&TensorWrap::Nbytes>("nbytes"),
-                      InstanceAccessor<&TensorWrap::Disposed>("disposed"),
-                      InstanceMethod<&TensorWrap::ToBytes>("toBytes"),
-                      InstanceMethod<&TensorWrap::CopyFromBytes>("copyFromBytes"),
-                      InstanceMethod<&TensorWrap::View>("view"),
-                      InstanceMethod<&TensorWrap::Narrow>("narrow"),
-                      InstanceMethod<&TensorWrap::To>("to"),
+                     {InstanceAccessor<&TensorWrap::Dtype>("dtype"), InstanceAccessor<&TensorWrap::Shape>("shape"),
+                      InstanceAccessor<&TensorWrap::DeviceName>("device"), InstanceAccessor<&TensorWrap::Nbytes>("nbytes"),
+                      InstanceAccessor<&TensorWrap::Disposed>("disposed"), InstanceMethod<&TensorWrap::ToBytes>("toBytes"),
+                      InstanceMethod<&TensorWrap::CopyFromBytes>("copyFromBytes"), InstanceMethod<&TensorWrap::View>("view"),
+                      InstanceMethod<&TensorWrap::Narrow>("narrow"), InstanceMethod<&TensorWrap::To>("to"),
                       InstanceMethod<&TensorWrap::Dispose>("dispose")});
 }
 
@@ -85,12 +80,11 @@ TensorWrap::TensorWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Tensor
         fail(Code::E_ARGUMENT, "Tensor bytes must be a TypedArray or DataView");
       Napi::TypedArray ta = info[3].As<Napi::TypedArray>();
       size_t len = info[3].IsDataView() ? info[3].As<Napi::DataView>().ByteLength() : ta.ByteLength();
-      const uint8_t* src = info[3].IsDataView()
-                               ? static_cast<const uint8_t*>(info[3].As<Napi::DataView>().Data())
-                               : static_cast<const uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
+      const uint8_t* src = info[3].IsDataView() ? static_cast<const uint8_t*>(info[3].As<Napi::DataView>().Data())
+                                                : static_cast<const uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
       if (static_cast<int64_t>(len) != t.nbytes())
-        fail(Code::E_SHAPE, "Tensor data has %zu bytes but %s %s needs %lld", len, dtype_name(dt),
-             shape_str(shape).c_str(), static_cast<long long>(t.nbytes()));
+        fail(Code::E_SHAPE, "Tensor data has %zu bytes but %s %s needs %lld", len, dtype_name(dt), shape_str(shape).c_str(),
+             static_cast<long long>(t.nbytes()));
       copy_to_device(t, src);
     }
     set(info.Env(), std::move(t));
@@ -141,7 +135,8 @@ Napi::Value TensorWrap::DeviceName(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value { return Napi::String::New(info.Env(), get("device").device().str()); });
 }
 Napi::Value TensorWrap::Nbytes(const Napi::CallbackInfo& info) {
-  return guarded(info, [&]() -> Napi::Value { return Napi::Number::New(info.Env(), static_cast<double>(get("nbytes").nbytes())); });
+  return guarded(info,
+                 [&]() -> Napi::Value { return Napi::Number::New(info.Env(), static_cast<double>(get("nbytes").nbytes())); });
 }
 Napi::Value TensorWrap::Disposed(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), !t_); }
 
@@ -198,7 +193,8 @@ Napi::Value TensorWrap::View(const Napi::CallbackInfo& info) {
     }
     if (infer >= 0) {
       if (known == 0 || t.numel() % known != 0)
-        fail(Code::E_SHAPE, "view: cannot infer -1 in %s for %lld elements", shape_str(s).c_str(), static_cast<long long>(t.numel()));
+        fail(Code::E_SHAPE, "view: cannot infer -1 in %s for %lld elements", shape_str(s).c_str(),
+             static_cast<long long>(t.numel()));
       s[infer] = t.numel() / known;
     }
     Tensor v = t;

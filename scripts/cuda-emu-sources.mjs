@@ -16,11 +16,16 @@ for (const file of files) {
     launches++;
     return `lc_emu::launcher(${kernel}, ${cfg.trim()})(`;
   });
-  src = src.replace(/extern\s+__shared__\s+(?:__align__\(\d+\)\s+)?([\w:]+)\s+(\w+)\s*\[\s*\]\s*;/g,
-    (_, type, name) => `${type}* ${name} = reinterpret_cast<${type}*>(lc_emu::dynamic_smem());`);
+  src = src.replace(
+    /extern\s+__shared__\s+(?:__align__\(\d+\)\s+)?([\w:]+)\s+(\w+)\s*\[\s*\]\s*;/g,
+    (_, type, name) => `${type}* ${name} = reinterpret_cast<${type}*>(lc_emu::dynamic_smem());`,
+  );
   if (src.includes('<<<')) throw new Error(`${file}: a launch the rewrite did not understand`);
   const dir = path.dirname(path.resolve(file));
   // includes stay relative to the original file
   src = src.replace(/#include "([^"]+)"/g, (_, inc) => `#include "${path.join(dir, inc)}"`);
-  writeFileSync(path.join(out, path.basename(file).replace(/\.cu$/, '.cc')), `// generated from ${file} (${launches} launches)\n${src}`);
+  writeFileSync(
+    path.join(out, path.basename(file).replace(/\.cu$/, '.cc')),
+    `// generated from ${file} (${launches} launches)\n${src}`,
+  );
 }

@@ -17,13 +17,17 @@ if (!status.available) {
   console.error(`gpu-check: CUDA unavailable: ${status.reason || 'not compiled in'}`);
   process.exit(2);
 }
-const gpu = native.devices().find((d) => d.id === dev);
-console.log(`gpu-check on ${gpu.name} (sm_${gpu.computeCapability.replace('.', '')}, ${gpu.multiprocessors} SMs), addon ${JSON.stringify(native.buildInfo())}`);
+const gpu = native.devices().find(d => d.id === dev);
+console.log(
+  `gpu-check on ${gpu.name} (sm_${gpu.computeCapability.replace('.', '')}, ${gpu.multiprocessors} SMs), addon ${JSON.stringify(native.buildInfo())}`,
+);
 
 // On the CPU emulator of test/emu (a dry run of this script) only the smaller cases run.
 const emulated = native.buildInfo().cudaArchs === 'emulated';
 const limits = emulated ? SLOW_RUN_LIMITS : null;
-let passed = 0, failed = 0, skipped = 0;
+let passed = 0,
+  failed = 0,
+  skipped = 0;
 const stream = new Stream(dev);
 
 // Times `fn` on the GPU stream with CUDA events: median of `iters` runs after warmup (on the emulated
@@ -32,7 +36,8 @@ function timeMs(fn, iters = emulated ? 1 : 20) {
   for (let i = 0; i < (emulated ? 0 : 3); i++) fn();
   const times = [];
   for (let i = 0; i < iters; i++) {
-    const a = new Event(dev), b = new Event(dev);
+    const a = new Event(dev),
+      b = new Event(dev);
     a.record(stream);
     fn();
     b.record(stream);
@@ -44,7 +49,12 @@ function timeMs(fn, iters = emulated ? 1 : 20) {
 }
 
 function runCase(c) {
-  let ratio = Infinity, ok = false, detail = '', ms = NaN, bytes = 0, flops = 0;
+  let ratio = Infinity,
+    ok = false,
+    detail = '',
+    ms = NaN,
+    bytes = 0,
+    flops = 0;
   try {
     const r = checkCase(c, stream, limits);
     if (r.skipped) {
@@ -59,12 +69,16 @@ function runCase(c) {
     console.error(`${c.name}: ${e.message}`);
   }
   ok ? passed++ : failed++;
-  const perf = [bytes ? `${(bytes / ms / 1e6).toFixed(0)} GB/s` : '', flops ? `${(flops / ms / 1e9).toFixed(2)} TFLOP/s` : ''].filter(Boolean).join(' ');
-  console.log(`${ok ? 'ok  ' : 'FAIL'} ${c.name}: error/bound ${ratio.toExponential(2)}, ${(ms * 1000).toFixed(1)} us ${perf}${ok ? '' : ` (${detail})`}`);
+  const perf = [bytes ? `${(bytes / ms / 1e6).toFixed(0)} GB/s` : '', flops ? `${(flops / ms / 1e9).toFixed(2)} TFLOP/s` : '']
+    .filter(Boolean)
+    .join(' ');
+  console.log(
+    `${ok ? 'ok  ' : 'FAIL'} ${c.name}: error/bound ${ratio.toExponential(2)}, ${(ms * 1000).toFixed(1)} us ${perf}${ok ? '' : ` (${detail})`}`,
+  );
 }
 
-const optIn = (c) => c.gemm === 'wgmma';
-for (const c of cases.filter((c) => !optIn(c))) runCase(c);
+const optIn = c => c.gemm === 'wgmma';
+for (const c of cases.filter(c => !optIn(c))) runCase(c);
 console.log(`ops: ${passed} passed, ${failed} failed`);
 
 // The whole model on the GPU against the CPU (tiny, tiny fp8, small checkpoints).

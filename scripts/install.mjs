@@ -64,7 +64,9 @@ if (!ok) {
 }
 const addon = tryLoad();
 if (!addon) {
-  console.error('longcat-flash: the addon was built but does not load; run with LONGCAT_ADDON=build/Release/longcat.node to see why');
+  console.error(
+    'longcat-flash: the addon was built but does not load; run with LONGCAT_ADDON=build/Release/longcat.node to see why',
+  );
   process.exit(1);
 }
 const info = addon.buildInfo();

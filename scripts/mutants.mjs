@@ -13,80 +13,138 @@ import path from 'node:path';
 /** @type {Mutant[]} */
 const MUTANTS = [
   {
-    name: 'router-no-bias', area: 'router', file: 'native/cpu/moe.cc', tests: ['test/router.test.ts'],
-    from: 'float s = std::exp(l[j] - m) / denom + bias[j];', to: 'float s = std::exp(l[j] - m) / denom;',
+    name: 'router-no-bias',
+    area: 'router',
+    file: 'native/cpu/moe.cc',
+    tests: ['test/router.test.ts'],
+    from: 'float s = std::exp(l[j] - m) / denom + bias[j];',
+    to: 'float s = std::exp(l[j] - m) / denom;',
     why: 'top-k chosen without e_score_correction_bias (SPEC 4.2)',
   },
   {
-    name: 'router-unscaled', area: 'router', file: 'native/cpu/moe.cc', tests: ['test/router.test.ts'],
-    from: 'sc[j] = std::exp(l[x] - m) / denom * scale;', to: 'sc[j] = std::exp(l[x] - m) / denom;',
+    name: 'router-unscaled',
+    area: 'router',
+    file: 'native/cpu/moe.cc',
+    tests: ['test/router.test.ts'],
+    from: 'sc[j] = std::exp(l[x] - m) / denom * scale;',
+    to: 'sc[j] = std::exp(l[x] - m) / denom;',
     why: 'routing weights without routed_scaling_factor',
   },
   {
-    name: 'router-ties-high', area: 'router', file: 'native/cpu/moe.cc', tests: ['test/router.test.ts'],
-    from: 'if (n == k && !(s > sc[k - 1])) continue;', to: 'if (n == k && !(s >= sc[k - 1])) continue;',
+    name: 'router-ties-high',
+    area: 'router',
+    file: 'native/cpu/moe.cc',
+    tests: ['test/router.test.ts'],
+    from: 'if (n == k && !(s > sc[k - 1])) continue;',
+    to: 'if (n == k && !(s >= sc[k - 1])) continue;',
     why: 'equal scores go to the higher expert id',
   },
   {
-    name: 'moe-zero-experts-dropped', area: 'moe', file: 'native/cpu/moe.cc', tests: ['test/moe.test.ts'],
-    from: 'for (int64_t c = 0; c < h; ++c) o[c] += z * ui[c];', to: 'for (int64_t c = 0; c < h; ++c) o[c] += 0 * z * ui[c];',
+    name: 'moe-zero-experts-dropped',
+    area: 'moe',
+    file: 'native/cpu/moe.cc',
+    tests: ['test/moe.test.ts'],
+    from: 'for (int64_t c = 0; c < h; ++c) o[c] += z * ui[c];',
+    to: 'for (int64_t c = 0; c < h; ++c) o[c] += 0 * z * ui[c];',
     why: 'zero-computation experts contribute nothing instead of weight * u',
   },
   {
-    name: 'mla-split-merge-rescale', area: 'mla', file: 'native/cpu/mla.cc', tests: ['test/attention.test.ts', 'test/model-long.test.ts'],
-    from: 'for (int64_t c = 0; c < dl; ++c) out[c] += w * a[c];', to: 'for (int64_t c = 0; c < dl; ++c) out[c] += a[c];',
+    name: 'mla-split-merge-rescale',
+    area: 'mla',
+    file: 'native/cpu/mla.cc',
+    tests: ['test/attention.test.ts', 'test/model-long.test.ts'],
+    from: 'for (int64_t c = 0; c < dl; ++c) out[c] += w * a[c];',
+    to: 'for (int64_t c = 0; c < dl; ++c) out[c] += a[c];',
     why: 'split-KV merge of the decode without the e^(m_k - M) rescale',
   },
   {
-    name: 'mla-softmax-mscale-once', area: 'mla', file: 'lib/config.ts', tests: ['test/model-long.test.ts', 'test/config.test.ts'],
-    from: 'softmaxScale: (1 / Math.sqrt(qkHeadDim)) * yarnMscale * yarnMscale,', to: 'softmaxScale: (1 / Math.sqrt(qkHeadDim)) * yarnMscale,',
+    name: 'mla-softmax-mscale-once',
+    area: 'mla',
+    file: 'lib/config.ts',
+    tests: ['test/model-long.test.ts', 'test/config.test.ts'],
+    from: 'softmaxScale: (1 / Math.sqrt(qkHeadDim)) * yarnMscale * yarnMscale,',
+    to: 'softmaxScale: (1 / Math.sqrt(qkHeadDim)) * yarnMscale,',
     why: 'YaRN softmax scale multiplied by mscale once instead of squared',
   },
   {
-    name: 'rope-yarn-attention-factor', area: 'mla', file: 'lib/rope.ts', tests: ['test/model-long.test.ts', 'test/rope.test.ts'],
+    name: 'rope-yarn-attention-factor',
+    area: 'mla',
+    file: 'lib/rope.ts',
+    tests: ['test/model-long.test.ts', 'test/rope.test.ts'],
     from: 'attentionFactor = mscale && mscaleAllDim ? yarnGetMscale(factor, mscale) / yarnGetMscale(factor, mscaleAllDim) : yarnGetMscale(factor);',
     to: 'attentionFactor = yarnGetMscale(factor);',
     why: 'YaRN cos/sin factor ignores mscale / mscale_all_dim',
   },
   {
-    name: 'fp8-kvb-first-block-scales', area: 'fp8', file: 'lib/model/weights.ts', tests: ['test/model-long.test.ts'],
-    from: 'out.set(s.subarray((first(h) / 128) * G, (first(h) / 128 + 1) * G), h * G);', to: 'out.fill(s[(first(h) / 128) * G]!, h * G, (h + 1) * G);',
+    name: 'fp8-kvb-first-block-scales',
+    area: 'fp8',
+    file: 'lib/model/weights.ts',
+    tests: ['test/model-long.test.ts'],
+    from: 'out.set(s.subarray((first(h) / 128) * G, (first(h) / 128 + 1) * G), h * G);',
+    to: 'out.fill(s[(first(h) / 128) * G]!, h * G, (h + 1) * G);',
     why: 'absorbed kv_b applies the first 128-column block scale to every block',
   },
   {
-    name: 'cache-slot-row', area: 'cache', file: 'lib/kv-cache.ts', tests: ['test/kv-cache.test.ts', 'test/model.test.ts'],
+    name: 'cache-slot-row',
+    area: 'cache',
+    file: 'lib/kv-cache.ts',
+    tests: ['test/kv-cache.test.ts', 'test/model.test.ts'],
     from: 'slots[i] = this.blocks[Math.floor(pos / this.blockSize)]! * this.blockSize + (pos % this.blockSize);',
     to: 'slots[i] = this.blocks[Math.floor(pos / this.blockSize)]! * this.blockSize + ((pos + 1) % this.blockSize);',
     why: 'KV slots written one row off inside a block',
   },
   {
-    name: 'session-no-truncate', area: 'session', file: 'lib/generate.ts', tests: ['test/model-long.test.ts'],
-    from: '    this.seq.truncate(common);\n', to: '\n',
+    name: 'session-no-truncate',
+    area: 'session',
+    file: 'lib/generate.ts',
+    tests: ['test/model-long.test.ts'],
+    from: '    this.seq.truncate(common);\n',
+    to: '\n',
     why: 'a session reuses its cache after the new prompt diverged',
   },
   {
-    name: 'session-stop-not-held', area: 'session', file: 'lib/generate.ts', tests: ['test/session.test.ts'],
-    from: 'const hold = stops.reduce((m, s) => Math.max(m, s.length - 1), 0);', to: 'const hold = 0;',
+    name: 'session-stop-not-held',
+    area: 'session',
+    file: 'lib/generate.ts',
+    tests: ['test/session.test.ts'],
+    from: 'const hold = stops.reduce((m, s) => Math.max(m, s.length - 1), 0);',
+    to: 'const hold = 0;',
     why: 'streaming emits the start of a stop string before knowing it is one',
   },
   {
-    name: 'sampler-temperature-ignored', area: 'sampler', file: 'native/cpu/sampling.cc', tests: ['test/sampling.test.ts'],
-    from: 'return std::isnan(v) ? kNegInf : static_cast<float>(v / T);', to: 'return std::isnan(v) ? kNegInf : static_cast<float>(v);',
+    name: 'sampler-temperature-ignored',
+    area: 'sampler',
+    file: 'native/cpu/sampling.cc',
+    tests: ['test/sampling.test.ts'],
+    from: 'return std::isnan(v) ? kNegInf : static_cast<float>(v / T);',
+    to: 'return std::isnan(v) ? kNegInf : static_cast<float>(v);',
     why: 'sampling ignores the temperature',
   },
   {
-    name: 'sampler-topp-ignored', area: 'sampler', file: 'native/cpu/sampling.cc', tests: ['test/sampling.test.ts', 'test/session.test.ts'],
-    from: 'if (p.top_p < 1.0f && n > 1) {', to: 'if (false) {',
+    name: 'sampler-topp-ignored',
+    area: 'sampler',
+    file: 'native/cpu/sampling.cc',
+    tests: ['test/sampling.test.ts', 'test/session.test.ts'],
+    from: 'if (p.top_p < 1.0f && n > 1) {',
+    to: 'if (false) {',
     why: 'top-p filtering skipped',
   },
   {
-    name: 'norm-no-eps', area: 'norm', file: 'native/cpu/norm.cc', tests: ['test/rmsnorm.test.ts'],
-    from: 'const float inv = static_cast<float>(1.0 / std::sqrt(ss / dim + eps));', to: 'const float inv = static_cast<float>(1.0 / std::sqrt(ss / dim));',
+    name: 'norm-no-eps',
+    area: 'norm',
+    file: 'native/cpu/norm.cc',
+    tests: ['test/rmsnorm.test.ts'],
+    from: 'const float inv = static_cast<float>(1.0 / std::sqrt(ss / dim + eps));',
+    to: 'const float inv = static_cast<float>(1.0 / std::sqrt(ss / dim));',
     why: 'rmsnorm without epsilon (scalar path)',
   },
   {
-    name: 'chat-special-tokens-parsed', area: 'session', file: 'lib/tokenizer.ts', tests: ['test/chat-injection.test.ts'],
-    from: 'const literal = opts.literal ?? [];', to: 'const literal: readonly (readonly [number, number])[] = [];',
+    name: 'chat-special-tokens-parsed',
+    area: 'session',
+    file: 'lib/tokenizer.ts',
+    tests: ['test/chat-injection.test.ts'],
+    from: 'const literal = opts.literal ?? [];',
+    to: 'const literal: readonly (readonly [number, number])[] = [];',
     why: 'special-token text in user content becomes special tokens',
   },
 ];
@@ -95,15 +153,17 @@ const args = process.argv.slice(2);
 const only = args.includes('--only') ? args[args.indexOf('--only') + 1].split(',') : null;
 const full = args.includes('--full');
 const keep = args.includes('--keep');
-const chosen = MUTANTS.filter((m) => !only || only.includes(m.name));
+const chosen = MUTANTS.filter(m => !only || only.includes(m.name));
 if (chosen.length === 0) {
-  console.error(`mutants: no mutant named ${only}; known: ${MUTANTS.map((m) => m.name).join(', ')}`);
+  console.error(`mutants: no mutant named ${only}; known: ${MUTANTS.map(m => m.name).join(', ')}`);
   process.exit(2);
 }
 
 const repo = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..');
 const scratch = mkdtempSync(path.join(tmpdir(), 'longcat-mutants-'));
-const files = execFileSync('git', ['ls-files', '-co', '--exclude-standard'], { cwd: repo, encoding: 'utf8' }).split('\n').filter(Boolean);
+const files = execFileSync('git', ['ls-files', '-co', '--exclude-standard'], { cwd: repo, encoding: 'utf8' })
+  .split('\n')
+  .filter(Boolean);
 for (const f of files) {
   if (!existsSync(path.join(repo, f))) continue; // deleted in the work tree
   mkdirSync(path.dirname(path.join(scratch, f)), { recursive: true });
@@ -111,7 +171,13 @@ for (const f of files) {
 }
 symlinkSync(path.join(repo, 'node_modules'), path.join(scratch, 'node_modules'));
 
-const sh = (cmd, cmdArgs, quiet = true) => spawnSync(cmd, cmdArgs, { cwd: scratch, stdio: quiet ? 'pipe' : 'inherit', encoding: 'utf8', env: { ...process.env, LONGCAT_ADDON: path.join(scratch, 'build/Release/longcat.node') } });
+const sh = (cmd, cmdArgs, quiet = true) =>
+  spawnSync(cmd, cmdArgs, {
+    cwd: scratch,
+    stdio: quiet ? 'pipe' : 'inherit',
+    encoding: 'utf8',
+    env: { ...process.env, LONGCAT_ADDON: path.join(scratch, 'build/Release/longcat.node') },
+  });
 const build = () => {
   // CPU-only: the planted bugs are in the CPU oracle and the TypeScript; CUDA would only add compile time.
   const r = sh('npx', ['cmake-js', 'compile', '--out', 'build', '--CDLONGCAT_CUDA=OFF']);
@@ -148,8 +214,9 @@ for (const m of chosen) {
 }
 
 console.log('\n| mutant | area | planted bug | caught by | verdict |\n| --- | --- | --- | --- | --- |');
-for (const { m, verdict } of results) console.log(`| ${m.name} | ${m.area} | ${m.why} | ${full ? 'the whole suite' : m.tests.join(', ')} | ${verdict} |`);
-const bad = results.filter((r) => !r.verdict.startsWith('killed'));
+for (const { m, verdict } of results)
+  console.log(`| ${m.name} | ${m.area} | ${m.why} | ${full ? 'the whole suite' : m.tests.join(', ')} | ${verdict} |`);
+const bad = results.filter(r => !r.verdict.startsWith('killed'));
 console.log(`\n${results.length - bad.length} of ${results.length} mutants killed`);
 if (!keep) rmSync(scratch, { recursive: true, force: true });
 process.exit(bad.length ? 1 : 0);

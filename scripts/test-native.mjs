@@ -11,8 +11,10 @@ import { machine } from 'node:os';
 
 const dir = process.env.LONGCAT_BUILD_DIR || 'build';
 if (!existsSync(`${dir}/CMakeCache.txt`)) {
-  console.error(`test:native: ${dir}/ is not a cmake build (the install fell back to node-gyp, or build:gyp replaced it). ` +
-    'Run `npm run build:native` first.');
+  console.error(
+    `test:native: ${dir}/ is not a cmake build (the install fell back to node-gyp, or build:gyp replaced it). ` +
+      'Run `npm run build:native` first.',
+  );
   process.exit(1);
 }
 const run = (cmd, args, env = {}) => {
@@ -21,14 +23,24 @@ const run = (cmd, args, env = {}) => {
 };
 // an emulator build (-DLONGCAT_CUDA_EMU=ON) also has the device runtime harness
 const emulated = /^LONGCAT_CUDA_EMU:BOOL=ON$/m.test(readFileSync(`${dir}/CMakeCache.txt`, 'utf8'));
-run('cmake', ['--build', dir, '--target', 'longcat_native_test', 'longcat_emu_test', 'longcat_emu_race_test', 'longcat_simd_test',
-  ...(emulated ? ['longcat_device_test'] : [])]);
+run('cmake', [
+  '--build',
+  dir,
+  '--target',
+  'longcat_native_test',
+  'longcat_emu_test',
+  'longcat_emu_race_test',
+  'longcat_simd_test',
+  ...(emulated ? ['longcat_device_test'] : []),
+]);
 run(`${dir}/Release/longcat_simd_test`, []);
 run(`${dir}/Release/longcat_native_test`, []);
 if (emulated) run(`${dir}/Release/longcat_device_test`, []);
 run(`${dir}/Release/longcat_emu_test`, []);
 // A data race report fails the run. ThreadSanitizer wants the address layout it was built for:
 // without ASLR (setarch -R) it also runs on kernels with more mmap randomization.
-const race = `${dir}/Release/longcat_emu_race_test`, tsan = { TSAN_OPTIONS: 'halt_on_error=1 exitcode=66' };
-if (process.platform === 'linux' && spawnSync('setarch', ['--version']).status === 0) run('setarch', [machine(), '-R', race], tsan);
+const race = `${dir}/Release/longcat_emu_race_test`,
+  tsan = { TSAN_OPTIONS: 'halt_on_error=1 exitcode=66' };
+if (process.platform === 'linux' && spawnSync('setarch', ['--version']).status === 0)
+  run('setarch', [machine(), '-R', race], tsan);
 else run(race, [], tsan);

@@ -12,8 +12,13 @@ afterAll(() => {
 const isas = ['scalar', 'avx2', 'avx512'] as const;
 const i32 = (v: number[]) => tensor(v, [v.length], { dtype: 'int32' });
 
-
-interface Dims { nh: number; dn: number; dr: number; dv: number; dl: number }
+interface Dims {
+  nh: number;
+  dn: number;
+  dr: number;
+  dv: number;
+  dl: number;
+}
 type Arr = ArrayLike<number>;
 
 // ---- float64 references ---------------------------------------------------------------------------
@@ -24,7 +29,8 @@ type Arr = ArrayLike<number>;
  * probabilities [nh, n].
  */
 function attendOne(d: Dims, q: Arr, qOff: number, kvb: Arr, kpe: Arr, off: number, n: number, scale: number) {
-  const dk = d.dn + d.dr, dkv = d.dn + d.dv;
+  const dk = d.dn + d.dr,
+    dkv = d.dn + d.dv;
   const o = new Float64Array(d.nh * d.dv);
   const probs: Float64Array[] = [];
   for (let h = 0; h < d.nh; h++) {
@@ -32,14 +38,15 @@ function attendOne(d: Dims, q: Arr, qOff: number, kvb: Arr, kpe: Arr, off: numbe
     let mx = -Infinity;
     for (let j = 0; j < n; j++) {
       let acc = 0;
-      const kb = ((off + j) * d.nh + h) * dkv, qb = qOff + h * dk;
+      const kb = ((off + j) * d.nh + h) * dkv,
+        qb = qOff + h * dk;
       for (let c = 0; c < d.dn; c++) acc += q[qb + c]! * kvb[kb + c]!;
       for (let c = 0; c < d.dr; c++) acc += q[qb + d.dn + c]! * kpe[(off + j) * d.dr + c]!;
       s[j] = acc * scale;
       mx = Math.max(mx, s[j]!);
     }
     let sum = 0;
-    for (let j = 0; j < n; j++) sum += (s[j] = Math.exp(s[j]! - mx));
+    for (let j = 0; j < n; j++) sum += s[j] = Math.exp(s[j]! - mx);
     for (let j = 0; j < n; j++) {
       s[j]! /= sum;
       const kb = ((off + j) * d.nh + h) * dkv + d.dn;
@@ -53,7 +60,8 @@ function attendOne(d: Dims, q: Arr, qOff: number, kvb: Arr, kpe: Arr, off: numbe
 function prefillRef(d: Dims, q: Arr, kvb: Arr, kpe: Arr, qStart: number[], kvStart: number[], scale: number, T: number) {
   const out = new Float64Array(T * d.nh * d.dv).fill(NaN);
   for (let b = 0; b + 1 < qStart.length; b++) {
-    const qLen = qStart[b + 1]! - qStart[b]!, kLen = kvStart[b + 1]! - kvStart[b]!;
+    const qLen = qStart[b + 1]! - qStart[b]!,
+      kLen = kvStart[b + 1]! - kvStart[b]!;
     for (let j = 0; j < qLen; j++) {
       const pos = kLen - qLen + j;
       const { o } = attendOne(d, q, (qStart[b]! + j) * d.nh * (d.dn + d.dr), kvb, kpe, kvStart[b]!, pos + 1, scale);
@@ -76,34 +84,79 @@ function expandKvb(d: Dims, ckv: Arr, S: number, w: Arr) {
   return kvb;
 }
 
-const rounded = (a: Arr, bf16: boolean) => Float64Array.from(a as ArrayLike<number>, (v) => (bf16 ? roundBf16(v) : v));
+const rounded = (a: Arr, bf16: boolean) => Float64Array.from(a as ArrayLike<number>, v => (bf16 ? roundBf16(v) : v));
 
 // ---- Prefill ----------------------------------------------------------------------------------------
 
 describe('mlaPrefill', () => {
   const configs: [string, Dims, [number, number][]][] = [
     // name, dims, per-sequence [qLen, kvLen] (kvLen - qLen = cached prefix)
-    ['small odd dims, no prefix', { nh: 3, dn: 16, dr: 8, dv: 12, dl: 0 }, [[5, 5], [17, 17], [1, 1]]],
-    ['small odd dims, cached prefixes', { nh: 3, dn: 16, dr: 8, dv: 12, dl: 0 }, [[4, 9], [17, 40], [1, 33], [0, 6]]],
-    ['odd widths, long sequence across tiles', { nh: 2, dn: 33, dr: 6, dv: 70, dl: 0 }, [[70, 130], [3, 3], [35, 35]]],
-    ['real head widths', { nh: 2, dn: 128, dr: 64, dv: 128, dl: 0 }, [[9, 20], [18, 18]]],
+    [
+      'small odd dims, no prefix',
+      { nh: 3, dn: 16, dr: 8, dv: 12, dl: 0 },
+      [
+        [5, 5],
+        [17, 17],
+        [1, 1],
+      ],
+    ],
+    [
+      'small odd dims, cached prefixes',
+      { nh: 3, dn: 16, dr: 8, dv: 12, dl: 0 },
+      [
+        [4, 9],
+        [17, 40],
+        [1, 33],
+        [0, 6],
+      ],
+    ],
+    [
+      'odd widths, long sequence across tiles',
+      { nh: 2, dn: 33, dr: 6, dv: 70, dl: 0 },
+      [
+        [70, 130],
+        [3, 3],
+        [35, 35],
+      ],
+    ],
+    [
+      'real head widths',
+      { nh: 2, dn: 128, dr: 64, dv: 128, dl: 0 },
+      [
+        [9, 20],
+        [18, 18],
+      ],
+    ],
   ];
   it.each(configs)('equals the naive causal softmax: %s, on every ISA', (_name, d, seqs) => {
     const r = rng(seqs.length * 31 + d.dn);
-    const qStart = [0], kvStart = [0];
+    const qStart = [0],
+      kvStart = [0];
     for (const [ql, kl] of seqs) {
       qStart.push(qStart.at(-1)! + ql);
       kvStart.push(kvStart.at(-1)! + kl);
     }
-    const T = qStart.at(-1)!, S = kvStart.at(-1)!, dk = d.dn + d.dr;
-    const q = r.array(T * d.nh * dk), kvb = r.array(S * d.nh * (d.dn + d.dv)), kpe = r.array(S * d.dr);
+    const T = qStart.at(-1)!,
+      S = kvStart.at(-1)!,
+      dk = d.dn + d.dr;
+    const q = r.array(T * d.nh * dk),
+      kvb = r.array(S * d.nh * (d.dn + d.dv)),
+      kpe = r.array(S * d.dr);
     const scale = 1 / Math.sqrt(dk);
     const want = prefillRef(d, q, kvb, kpe, qStart, kvStart, scale, T);
     for (const isa of isas) {
       native.setIsa(isa);
       const o = full([T, d.nh, d.dv], NaN);
-      native.mlaPrefill(null, o, tensor(q, [T, d.nh, dk]), tensor(kvb, [S, d.nh, d.dn + d.dv]), tensor(kpe, [S, d.dr]),
-        i32(qStart), i32(kvStart), scale);
+      native.mlaPrefill(
+        null,
+        o,
+        tensor(q, [T, d.nh, dk]),
+        tensor(kvb, [S, d.nh, d.dn + d.dv]),
+        tensor(kpe, [S, d.dr]),
+        i32(qStart),
+        i32(kvStart),
+        scale,
+      );
       expectClose(toArray(o), want, 2e-6, 2e-5, `prefill o (${isa})`);
       o.dispose();
     }
@@ -112,21 +165,38 @@ describe('mlaPrefill', () => {
   it('stays finite and exact with scores around 1e3 (running max, no overflow)', () => {
     const d: Dims = { nh: 2, dn: 16, dr: 8, dv: 12, dl: 0 };
     const r = rng(5);
-    const T = 40, S = 40, dk = 24;
-    const q = r.array(T * d.nh * dk, -30, 30), kvb = r.array(S * d.nh * 28, -30, 30), kpe = r.array(S * 8, -30, 30);
+    const T = 40,
+      S = 40,
+      dk = 24;
+    const q = r.array(T * d.nh * dk, -30, 30),
+      kvb = r.array(S * d.nh * 28, -30, 30),
+      kpe = r.array(S * 8, -30, 30);
     const scale = 0.3; // |score| up to ~1e3 .. 1e4
     const want = prefillRef(d, q, kvb, kpe, [0, T], [0, S], scale, T);
     for (const isa of isas) {
       native.setIsa(isa);
       const o = full([T, d.nh, d.dv], NaN);
-      native.mlaPrefill(null, o, tensor(q, [T, d.nh, dk]), tensor(kvb, [S, d.nh, 28]), tensor(kpe, [S, 8]), i32([0, T]), i32([0, S]), scale);
+      native.mlaPrefill(
+        null,
+        o,
+        tensor(q, [T, d.nh, dk]),
+        tensor(kvb, [S, d.nh, 28]),
+        tensor(kpe, [S, 8]),
+        i32([0, T]),
+        i32([0, S]),
+        scale,
+      );
       expectClose(toArray(o), want, 1e-3, 1e-3, `large scores (${isa})`);
     }
   });
 
   it('rejects bad arguments with typed errors', () => {
-    const q = full([4, 2, 24], 0), kvb = full([6, 2, 28], 0), kpe = full([6, 8], 0), o = full([4, 2, 12], NaN);
-    const qs = i32([0, 4]), ks = i32([0, 6]);
+    const q = full([4, 2, 24], 0),
+      kvb = full([6, 2, 28], 0),
+      kpe = full([6, 8], 0),
+      o = full([4, 2, 12], NaN);
+    const qs = i32([0, 4]),
+      ks = i32([0, 6]);
     expectCode(() => native.mlaPrefill(null, full([4, 2, 13], 0), q, kvb, kpe, qs, ks, 0.2), 'E_SHAPE', /'o'/);
     expectCode(() => native.mlaPrefill(null, o, q, full([6, 3, 28], 0), kpe, qs, ks, 0.2), 'E_SHAPE', /kvb/);
     expectCode(() => native.mlaPrefill(null, o, q, kvb, full([5, 8], 0), qs, ks, 0.2), 'E_SHAPE', /kpe/);
@@ -160,9 +230,15 @@ interface Scenario {
   scale: number;
 }
 
-function scenario(seed: number, d: Dims, lens: number[], blockSize: number, opts: { qAmp?: number; kvAmp?: number } = {}): Scenario {
+function scenario(
+  seed: number,
+  d: Dims,
+  lens: number[],
+  blockSize: number,
+  opts: { qAmp?: number; kvAmp?: number } = {},
+): Scenario {
   const r = rng(seed);
-  const maxBlocks = Math.max(1, ...lens.map((l) => Math.ceil(l / blockSize))) + 1;
+  const maxBlocks = Math.max(1, ...lens.map(l => Math.ceil(l / blockSize))) + 1;
   const numBlocks = lens.reduce((a, l) => a + Math.ceil(l / blockSize), 0) + 5;
   // Shuffled, non-contiguous block ids shared out between the sequences.
   const ids = Array.from({ length: numBlocks }, (_, i) => i);
@@ -171,16 +247,22 @@ function scenario(seed: number, d: Dims, lens: number[], blockSize: number, opts
     [ids[i], ids[j]] = [ids[j]!, ids[i]!];
   }
   let next = 0;
-  const tables = lens.map((l) => {
+  const tables = lens.map(l => {
     const t = Array.from({ length: maxBlocks }, () => -1); // unused entries are invalid on purpose
     for (let k = 0; k < Math.ceil(l / blockSize); k++) t[k] = ids[next++]!;
     return t;
   });
-  const kvAmp = opts.kvAmp ?? 1, qAmp = opts.qAmp ?? 1;
+  const kvAmp = opts.kvAmp ?? 1,
+    qAmp = opts.qAmp ?? 1;
   return {
-    d, lens, blockSize, numBlocks, maxBlocks, tables,
-    ckv: lens.map((l) => r.array(l * d.dl, -kvAmp, kvAmp)),
-    kpe: lens.map((l) => r.array(l * d.dr, -kvAmp, kvAmp)),
+    d,
+    lens,
+    blockSize,
+    numBlocks,
+    maxBlocks,
+    tables,
+    ckv: lens.map(l => r.array(l * d.dl, -kvAmp, kvAmp)),
+    kpe: lens.map(l => r.array(l * d.dr, -kvAmp, kvAmp)),
     q: r.array(lens.length * d.nh * (d.dn + d.dr), -qAmp, qAmp),
     w: r.array(d.nh * (d.dn + d.dv) * d.dl, -0.5, 0.5),
     scale: 1 / Math.sqrt(d.dn + d.dr),
@@ -194,7 +276,8 @@ function decodeRef(sc: Scenario, cacheBf16: boolean, wBf16: boolean) {
   const o = new Float64Array(sc.lens.length * d.nh * d.dv);
   const oLat = new Float64Array(sc.lens.length * d.nh * d.dl);
   sc.lens.forEach((len, b) => {
-    const ckv = rounded(sc.ckv[b]!, cacheBf16), kpe = rounded(sc.kpe[b]!, cacheBf16);
+    const ckv = rounded(sc.ckv[b]!, cacheBf16),
+      kpe = rounded(sc.kpe[b]!, cacheBf16);
     const kvb = expandKvb(d, ckv, len, w);
     const r = attendOne(d, sc.q, b * d.nh * (d.dn + d.dr), kvb, kpe, 0, len, sc.scale);
     o.set(r.o, b * d.nh * d.dv);
@@ -210,7 +293,9 @@ function buildCache(sc: Scenario, dtype: 'f32' | 'bf16'): Tensor {
   const { d } = sc;
   const cache = full([sc.numBlocks, sc.blockSize, d.dl + d.dr], NaN, { dtype });
   const total = sc.lens.reduce((a, b) => a + b, 0);
-  const ckv = new Float32Array(total * d.dl), kpe = new Float32Array(total * d.dr), slots: number[] = [];
+  const ckv = new Float32Array(total * d.dl),
+    kpe = new Float32Array(total * d.dr),
+    slots: number[] = [];
   let t = 0;
   sc.lens.forEach((len, b) => {
     ckv.set(sc.ckv[b]!, t * d.dl);
@@ -223,11 +308,24 @@ function buildCache(sc: Scenario, dtype: 'f32' | 'bf16'): Tensor {
 }
 
 function runDecode(sc: Scenario, cache: Tensor, wt: Tensor) {
-  const { d } = sc, B = sc.lens.length, dk = d.dn + d.dr;
+  const { d } = sc,
+    B = sc.lens.length,
+    dk = d.dn + d.dr;
   const q = tensor(sc.q, [B, d.nh, dk]);
-  const qLat = full([B, d.nh, d.dl], NaN), oLat = full([B, d.nh, d.dl], NaN), o = full([B, d.nh, d.dv], NaN);
+  const qLat = full([B, d.nh, d.dl], NaN),
+    oLat = full([B, d.nh, d.dl], NaN),
+    o = full([B, d.nh, d.dv], NaN);
   native.mlaAbsorbQ(null, qLat, q, wt, d.dn);
-  native.mlaDecodeAbsorbed(null, oLat, qLat, q, cache, tensor(sc.tables.flat(), [B, sc.maxBlocks], { dtype: 'int32' }), i32(sc.lens), sc.scale);
+  native.mlaDecodeAbsorbed(
+    null,
+    oLat,
+    qLat,
+    q,
+    cache,
+    tensor(sc.tables.flat(), [B, sc.maxBlocks], { dtype: 'int32' }),
+    i32(sc.lens),
+    sc.scale,
+  );
   native.mlaOutput(null, o, oLat, wt);
   return { o: toArray(o), oLat: toArray(oLat), qLat: toArray(qLat) };
 }
@@ -241,9 +339,14 @@ function runDecode(sc: Scenario, cache: Tensor, wt: Tensor) {
  * fp32 summation tolerance of the exact path. Only sequences from `first` on are compared.
  */
 function checkBf16Decode(sc: Scenario, got: { o: Arr; oLat: Arr; qLat: Arr }, wBf16: boolean, what: string, first = 0) {
-  const { d } = sc, dk = d.dn + d.dr, u = 2 ** -8, atol = 2e-5 * Math.sqrt(d.dl), rtol = 2e-4;
+  const { d } = sc,
+    dk = d.dn + d.dr,
+    u = 2 ** -8,
+    atol = 2e-5 * Math.sqrt(d.dl),
+    rtol = 2e-4;
   const w = rounded(sc.w, wBf16);
-  let worst = 0, where = '';
+  let worst = 0,
+    where = '';
   const check = (g: number, want: number, bound: number, name: string) => {
     const r = Math.abs(g - want) / (u * bound + atol + rtol * Math.abs(want));
     if (!(r <= worst) && (r > worst || Number.isNaN(r))) {
@@ -253,29 +356,34 @@ function checkBf16Decode(sc: Scenario, got: { o: Arr; oLat: Arr; qLat: Arr }, wB
   };
   sc.lens.forEach((len, b) => {
     if (b < first) return;
-    const ckv = rounded(sc.ckv[b]!, true), kpe = rounded(sc.kpe[b]!, true);
+    const ckv = rounded(sc.ckv[b]!, true),
+      kpe = rounded(sc.kpe[b]!, true);
     for (let h = 0; h < d.nh; h++) {
       const ql = rounded(Array.from(got.qLat).slice((b * d.nh + h) * d.dl, (b * d.nh + h + 1) * d.dl), true);
       const qp = rounded(Array.from(sc.q).slice((b * d.nh + h) * dk + d.dn, (b * d.nh + h + 1) * dk), true);
       const s = new Float64Array(len);
-      let mx = -Infinity, sum = 0;
+      let mx = -Infinity,
+        sum = 0;
       for (let j = 0; j < len; j++) {
         let a = 0;
         for (let c = 0; c < d.dl; c++) a += ql[c]! * ckv[j * d.dl + c]!;
         for (let c = 0; c < d.dr; c++) a += qp[c]! * kpe[j * d.dr + c]!;
         mx = Math.max(mx, (s[j] = a * sc.scale));
       }
-      for (let j = 0; j < len; j++) sum += (s[j] = Math.exp(s[j]! - mx));
-      const ol = new Float64Array(d.dl), ob = new Float64Array(d.dl);
+      for (let j = 0; j < len; j++) sum += s[j] = Math.exp(s[j]! - mx);
+      const ol = new Float64Array(d.dl),
+        ob = new Float64Array(d.dl);
       for (let j = 0; j < len; j++)
         for (let c = 0; c < d.dl; c++) {
           ol[c]! += (s[j]! / sum) * ckv[j * d.dl + c]!;
           ob[c]! += (s[j]! / sum) * Math.abs(ckv[j * d.dl + c]!);
         }
-      for (let c = 0; c < d.dl; c++) check(got.oLat[(b * d.nh + h) * d.dl + c]!, ol[c]!, ob[c]!, `${what} oLat[${b}][${h}][${c}]`);
+      for (let c = 0; c < d.dl; c++)
+        check(got.oLat[(b * d.nh + h) * d.dl + c]!, ol[c]!, ob[c]!, `${what} oLat[${b}][${h}][${c}]`);
       for (let c = 0; c < d.dv; c++) {
         const r = (h * (d.dn + d.dv) + d.dn + c) * d.dl;
-        let o = 0, bound = 0;
+        let o = 0,
+          bound = 0;
         for (let l = 0; l < d.dl; l++) {
           o += w[r + l]! * ol[l]!;
           bound += Math.abs(w[r + l]!) * ob[l]!;
@@ -306,7 +414,8 @@ describe('absorbed decode over the paged latent cache', () => {
           const cache = buildCache(sc, cacheType);
           const wt = tensor(sc.w, [d.nh * (d.dn + d.dv), d.dl], { dtype: wType });
           // Rounding in f32 over dot products of ~dl terms; the bf16 roundings are in the reference too.
-          const atol = 2e-5 * Math.sqrt(d.dl), rtol = 2e-4;
+          const atol = 2e-5 * Math.sqrt(d.dl),
+            rtol = 2e-4;
           for (const isa of isas) {
             native.setIsa(isa);
             const got = runDecode(sc, cache, wt);
@@ -321,7 +430,7 @@ describe('absorbed decode over the paged latent cache', () => {
           if (cacheType === 'bf16') {
             const exact = decodeRef(sc, false, wType === 'bf16');
             const got = runDecode(sc, cache, wt);
-            expectClose(got.o, exact.o, 0.02 * Math.sqrt(d.dl) / 4, 2 ** -6, 'o vs unrounded cache');
+            expectClose(got.o, exact.o, (0.02 * Math.sqrt(d.dl)) / 4, 2 ** -6, 'o vs unrounded cache');
           }
           cache.dispose();
         });
@@ -332,7 +441,8 @@ describe('absorbed decode over the paged latent cache', () => {
     const want = decodeRef(sc, true, false);
     const cache = buildCache(sc, 'bf16');
     const wt = tensor(sc.w, [d.nh * (d.dn + d.dv), d.dl]);
-    const atol = 2e-5 * Math.sqrt(d.dl), rtol = 2e-4;
+    const atol = 2e-5 * Math.sqrt(d.dl),
+      rtol = 2e-4;
     const before = native.setMatmulPrecision('highest');
     try {
       for (const isa of isas) {
@@ -372,7 +482,8 @@ describe('absorbed decode over the paged latent cache', () => {
       }
     }
     // The same over a bf16 cache (the vdpbf16ps path where the CPU has it).
-    const cacheBf = buildCache(sc, 'bf16'), wantBf = decodeRef(sc, true, false);
+    const cacheBf = buildCache(sc, 'bf16'),
+      wantBf = decodeRef(sc, true, false);
     for (const n of [1, 3, 8]) {
       native.setThreads(n);
       for (const isa of isas) {
@@ -432,25 +543,38 @@ describe('absorbed decode over the paged latent cache', () => {
     const wt = tensor(sc.w, [d.nh * (d.dn + d.dv), d.dl]);
     const got = runDecode(sc, cache, wt);
     expect(Array.from(got.oLat.slice(0, d.nh * d.dl))).toEqual(new Array(d.nh * d.dl).fill(0));
-    expectClose(got.o.slice(d.nh * d.dv), decodeRef(sc, false, false).o.slice(d.nh * d.dv), 1e-4, 1e-4, 'o of the second sequence');
+    expectClose(
+      got.o.slice(d.nh * d.dv),
+      decodeRef(sc, false, false).o.slice(d.nh * d.dv),
+      1e-4,
+      1e-4,
+      'o of the second sequence',
+    );
   });
 
   it('the absorbed projections equal their definitions (absorbQ, mlaOutput) for several token counts', () => {
     const d: Dims = { nh: 3, dn: 16, dr: 8, dv: 12, dl: 150 };
     const r = rng(11);
     for (const T of [1, 2, 5, 9]) {
-      const q = r.array(T * d.nh * 24), oLat = r.array(T * d.nh * d.dl), w = r.array(d.nh * 28 * d.dl);
-      const wantQ = new Float64Array(T * d.nh * d.dl), wantO = new Float64Array(T * d.nh * d.dv);
+      const q = r.array(T * d.nh * 24),
+        oLat = r.array(T * d.nh * d.dl),
+        w = r.array(d.nh * 28 * d.dl);
+      const wantQ = new Float64Array(T * d.nh * d.dl),
+        wantO = new Float64Array(T * d.nh * d.dv);
       for (let t = 0; t < T; t++)
         for (let h = 0; h < d.nh; h++) {
           for (let c = 0; c < d.dl; c++)
-            for (let k = 0; k < d.dn; k++) wantQ[(t * d.nh + h) * d.dl + c]! += w[(h * 28 + k) * d.dl + c]! * q[(t * d.nh + h) * 24 + k]!;
+            for (let k = 0; k < d.dn; k++)
+              wantQ[(t * d.nh + h) * d.dl + c]! += w[(h * 28 + k) * d.dl + c]! * q[(t * d.nh + h) * 24 + k]!;
           for (let k = 0; k < d.dv; k++)
-            for (let c = 0; c < d.dl; c++) wantO[(t * d.nh + h) * d.dv + k]! += w[(h * 28 + d.dn + k) * d.dl + c]! * oLat[(t * d.nh + h) * d.dl + c]!;
+            for (let c = 0; c < d.dl; c++)
+              wantO[(t * d.nh + h) * d.dv + k]! += w[(h * 28 + d.dn + k) * d.dl + c]! * oLat[(t * d.nh + h) * d.dl + c]!;
         }
       for (const isa of isas) {
         native.setIsa(isa);
-        const ql = full([T, d.nh, d.dl], NaN), o = full([T, d.nh, d.dv], NaN), wt = tensor(w, [d.nh * 28, d.dl]);
+        const ql = full([T, d.nh, d.dl], NaN),
+          o = full([T, d.nh, d.dv], NaN),
+          wt = tensor(w, [d.nh * 28, d.dl]);
         native.mlaAbsorbQ(null, ql, tensor(q, [T, d.nh, 24]), wt, d.dn);
         native.mlaOutput(null, o, tensor(oLat, [T, d.nh, d.dl]), wt);
         expectClose(toArray(ql), wantQ, 1e-5, 1e-5, `qLat T=${T} ${isa}`);
@@ -466,8 +590,14 @@ describe('cache write and gather', () => {
     for (const dtype of ['f32', 'bf16'] as const) {
       const sc = scenario(21, d, [37, 5], 8);
       const cache = buildCache(sc, dtype);
-      for (const [start, length] of [[0, 37], [3, 20], [36, 1], [10, 0]] as const) {
-        const ckv = full([length, d.dl], NaN), kpe = full([length, d.dr], NaN);
+      for (const [start, length] of [
+        [0, 37],
+        [3, 20],
+        [36, 1],
+        [10, 0],
+      ] as const) {
+        const ckv = full([length, d.dl], NaN),
+          kpe = full([length, d.dr], NaN);
         native.mlaCacheGather(null, ckv, kpe, cache, i32(sc.tables[0]!), start, length);
         const wantC = rounded(sc.ckv[0]!.slice(start * d.dl, (start + length) * d.dl), dtype === 'bf16');
         const wantK = rounded(sc.kpe[0]!.slice(start * d.dr, (start + length) * d.dr), dtype === 'bf16');
@@ -478,9 +608,10 @@ describe('cache write and gather', () => {
       const raw = toArray(cache);
       const b1 = sc.tables[1]![0]!;
       for (let s = 0; s < 5; s++)
-        for (let c = 0; c < d.dl; c++) expect(raw[(b1 * 8 + s) * 19 + c]).toBe(rounded([sc.ckv[1]![s * d.dl + c]!], dtype === 'bf16')[0]);
+        for (let c = 0; c < d.dl; c++)
+          expect(raw[(b1 * 8 + s) * 19 + c]).toBe(rounded([sc.ckv[1]![s * d.dl + c]!], dtype === 'bf16')[0]);
       const used = new Set(sc.tables.flat());
-      const spare = Array.from({ length: sc.numBlocks }, (_, i) => i).find((i) => !used.has(i))!;
+      const spare = Array.from({ length: sc.numBlocks }, (_, i) => i).find(i => !used.has(i))!;
       expect(Number.isNaN(raw[spare * 8 * 19])).toBe(true);
     }
   });
@@ -488,17 +619,29 @@ describe('cache write and gather', () => {
   it('feeds mlaPrefill with a cached prefix: gather + new tokens equal the one-shot prefill', () => {
     const d: Dims = { nh: 3, dn: 16, dr: 8, dv: 12, dl: 20 };
     const r = rng(8);
-    const prefix = 23, fresh = 6, S = prefix + fresh;
+    const prefix = 23,
+      fresh = 6,
+      S = prefix + fresh;
     const sc = scenario(8, d, [S], 16);
     const cache = buildCache(sc, 'f32');
-    const ckvAll = full([S, d.dl], NaN), kpeAll = full([S, d.dr], NaN);
+    const ckvAll = full([S, d.dl], NaN),
+      kpeAll = full([S, d.dr], NaN);
     native.mlaCacheGather(null, ckvAll, kpeAll, cache, i32(sc.tables[0]!), 0, S);
     expect(Array.from(toArray(ckvAll))).toEqual(Array.from(sc.ckv[0]!));
     const kvb = expandKvb(d, sc.ckv[0]!, S, sc.w);
     const q = r.array(fresh * d.nh * 24);
     const want = prefillRef(d, q, kvb, sc.kpe[0]!, [0, fresh], [0, S], sc.scale, fresh);
     const o = full([fresh, d.nh, d.dv], NaN);
-    native.mlaPrefill(null, o, tensor(q, [fresh, d.nh, 24]), tensor(kvb, [S, d.nh, 28]), kpeAll, i32([0, fresh]), i32([0, S]), sc.scale);
+    native.mlaPrefill(
+      null,
+      o,
+      tensor(q, [fresh, d.nh, 24]),
+      tensor(kvb, [S, d.nh, 28]),
+      kpeAll,
+      i32([0, fresh]),
+      i32([0, S]),
+      sc.scale,
+    );
     expectClose(toArray(o), want, 1e-5, 1e-5, 'prefill with prefix');
   });
 });
@@ -506,8 +649,12 @@ describe('cache write and gather', () => {
 describe('bad arguments', () => {
   const d: Dims = { nh: 2, dn: 4, dr: 2, dv: 3, dl: 5 };
   const cache = full([3, 4, 7], 0);
-  const ckv = full([2, 5], 1), kpe = full([2, 2], 1);
-  const q = full([2, 2, 6], 0), qLat = full([2, 2, 5], 0), oLat = full([2, 2, 5], 0), w = full([14, 5], 0);
+  const ckv = full([2, 5], 1),
+    kpe = full([2, 2], 1);
+  const q = full([2, 2, 6], 0),
+    qLat = full([2, 2, 5], 0),
+    oLat = full([2, 2, 5], 0),
+    w = full([14, 5], 0);
   const bt = tensor([0, 1, 2, 0], [2, 2], { dtype: 'int32' });
 
   it('cache write: shapes, dtypes, and out-of-range slots', () => {
@@ -523,7 +670,8 @@ describe('bad arguments', () => {
   });
 
   it('gather: rows beyond the block table and bad block ids', () => {
-    const c = full([5, 5], 0), k = full([5, 2], 0);
+    const c = full([5, 5], 0),
+      k = full([5, 2], 0);
     expectCode(() => native.mlaCacheGather(null, c, k, cache, i32([0, 1]), 4, 5), 'E_ARGUMENT', /outside the block table/);
     expectCode(() => native.mlaCacheGather(null, c, k, cache, i32([0, 1]), 0, 4), 'E_SHAPE', /ckv/);
     native.mlaCacheGather(null, c, k, cache, i32([0, 7]), 0, 5);
@@ -545,16 +693,24 @@ describe('bad arguments', () => {
     const o = full([2, 2, 5], NaN);
     expectCode(() => native.mlaDecodeAbsorbed(null, o, qLat, full([2, 2, 1], 0), cache, bt, i32([1, 1]), 0.3), 'E_SHAPE');
     expectCode(() => native.mlaDecodeAbsorbed(null, full([2, 2, 4], 0), qLat, q, cache, bt, i32([1, 1]), 0.3), 'E_SHAPE', /oLat/);
-    expectCode(() => native.mlaDecodeAbsorbed(null, o, qLat, q, cache, tensor([0, 1, 2], [3, 1], { dtype: 'int32' }), i32([1, 1]), 0.3), 'E_SHAPE', /blockTable/);
+    expectCode(
+      () => native.mlaDecodeAbsorbed(null, o, qLat, q, cache, tensor([0, 1, 2], [3, 1], { dtype: 'int32' }), i32([1, 1]), 0.3),
+      'E_SHAPE',
+      /blockTable/,
+    );
     expectCode(() => native.mlaDecodeAbsorbed(null, o, qLat, q, cache, bt, i32([1]), 0.3), 'E_SHAPE', /seqLens/);
     expectCode(() => native.mlaDecodeAbsorbed(null, o, qLat, q, cache, bt, tensor([1, 1], [2]), 0.3), 'E_DTYPE', /seqLens/);
-    expectCode(() => native.mlaDecodeAbsorbed(null, o, qLat, q, full([3, 4, 7], 0, { dtype: 'int32' }), bt, i32([1, 1]), 0.3), 'E_DTYPE', /cache/);
+    expectCode(
+      () => native.mlaDecodeAbsorbed(null, o, qLat, q, full([3, 4, 7], 0, { dtype: 'int32' }), bt, i32([1, 1]), 0.3),
+      'E_DTYPE',
+      /cache/,
+    );
     native.mlaDecodeAbsorbed(null, o, qLat, q, cache, bt, i32([1, 9]), 0.3);
     expectCode(() => native.synchronize(), 'E_ARGUMENT', /seqLens\[1\] = 9 is beyond the block table/);
     native.mlaDecodeAbsorbed(null, o, qLat, q, cache, tensor([0, 3, 2, 0], [2, 2], { dtype: 'int32' }), i32([5, 1]), 0.3);
     expectCode(() => native.synchronize(), 'E_ARGUMENT', /blockTable\[0\]\[1\] = 3/);
     // A valid call still works after the errors.
     native.mlaDecodeAbsorbed(null, o, qLat, q, cache, bt, i32([5, 8]), 0.3);
-    expect(toArray(o).every((v) => v === 0)).toBe(true);
+    expect(toArray(o).every(v => v === 0)).toBe(true);
   });
 });

@@ -43,18 +43,29 @@ async function readAll(dir: string): Promise<Map<string, TensorToWrite & { data:
     const file = path.join(dir, f);
     const h = await readSafetensorsHeader(file);
     const bytes = readFileSync(file);
-    for (const t of h.tensors.values()) out.set(t.name, { name: t.name, dtype: t.dtype, shape: t.shape, data: new Uint8Array(bytes.subarray(t.offset, t.offset + t.nbytes)) });
+    for (const t of h.tensors.values())
+      out.set(t.name, {
+        name: t.name,
+        dtype: t.dtype,
+        shape: t.shape,
+        data: new Uint8Array(bytes.subarray(t.offset, t.offset + t.nbytes)),
+      });
   }
   return out;
 }
 
 /** Copies `src` to a fresh directory and rewrites its weights as ONE model.safetensors (no index). */
-async function rewrite(src: string, name: string, edit: (m: Map<string, TensorToWrite & { data: Uint8Array }>) => void): Promise<string> {
+async function rewrite(
+  src: string,
+  name: string,
+  edit: (m: Map<string, TensorToWrite & { data: Uint8Array }>) => void,
+): Promise<string> {
   const dst = path.join(root, name);
   cpSync(src, dst, { recursive: true });
   const all = await readAll(src);
   edit(all);
-  for (const f of ['model-00001-of-00002.safetensors', 'model-00002-of-00002.safetensors', 'model.safetensors.index.json']) unlinkSync(path.join(dst, f));
+  for (const f of ['model-00001-of-00002.safetensors', 'model-00002-of-00002.safetensors', 'model.safetensors.index.json'])
+    unlinkSync(path.join(dst, f));
   await writeSafetensors(path.join(dst, 'model.safetensors'), [...all.values()]);
   return dst;
 }
@@ -64,9 +75,12 @@ const sha = (f: string) => createHash('sha256').update(readFileSync(f)).digest('
 describe('init-random + openCheckpoint', () => {
   it('writes a valid tiny bf16 checkpoint in the original layout, two shards + index', async () => {
     const progress: number[] = [];
-    const ck = await openCheckpoint(tiny, { onProgress: (p) => progress.push(p.bytes / p.totalBytes) });
+    const ck = await openCheckpoint(tiny, { onProgress: p => progress.push(p.bytes / p.totalBytes) });
     try {
-      expect(ck.files.map((f) => path.basename(f))).toEqual(['model-00001-of-00002.safetensors', 'model-00002-of-00002.safetensors']);
+      expect(ck.files.map(f => path.basename(f))).toEqual([
+        'model-00001-of-00002.safetensors',
+        'model-00002-of-00002.safetensors',
+      ]);
       expect(progress).toHaveLength(2);
       expect(progress[1]).toBe(1);
       expect(ck.config.model_type).toBe('longcat_flash');
@@ -79,7 +93,9 @@ describe('init-random + openCheckpoint', () => {
       expect(ck.derived.routerWidth).toBe(12);
       const idx = JSON.parse(readFileSync(path.join(tiny, 'model.safetensors.index.json'), 'utf8'));
       expect(Object.keys(idx.weight_map).length).toBe(ck.tensors.size);
-      expect(new Set(Object.values(idx.weight_map))).toEqual(new Set(['model-00001-of-00002.safetensors', 'model-00002-of-00002.safetensors']));
+      expect(new Set(Object.values(idx.weight_map))).toEqual(
+        new Set(['model-00001-of-00002.safetensors', 'model-00002-of-00002.safetensors']),
+      );
       expect(idx.metadata.total_size).toBe([...ck.tensors.values()].reduce((a, t) => a + t.nbytes, 0));
 
       // dtypes: bf16 weights, f32 router + bias.
@@ -93,8 +109,12 @@ describe('init-random + openCheckpoint', () => {
       expect(ck.get(info.name)).toBe(t);
       expect(t.shape).toEqual([4 * 24, 48]);
       expect(t.dtype).toBe('bf16');
-      expect(Buffer.compare(Buffer.from(t.toBytes()), readFileSync(info.file).subarray(info.offset, info.offset + info.nbytes))).toBe(0);
-      expect(() => ck.get('nope')).toThrow(expect.objectContaining({ code: 'E_CHECKPOINT', message: expect.stringContaining("'nope'") }));
+      expect(
+        Buffer.compare(Buffer.from(t.toBytes()), readFileSync(info.file).subarray(info.offset, info.offset + info.nbytes)),
+      ).toBe(0);
+      expect(() => ck.get('nope')).toThrow(
+        expect.objectContaining({ code: 'E_CHECKPOINT', message: expect.stringContaining("'nope'") }),
+      );
 
       // Statistics: 1/sqrt(fan_in) weights, ~1 norms, N(0,1) embedding.
       const w = Array.from(toArray(t));
@@ -126,7 +146,8 @@ describe('init-random + openCheckpoint', () => {
       const c = ck.config;
       const W = toArray(ck.get('model.layers.0.mlp.router.classifier.weight'));
       const b = toArray(ck.get('model.layers.0.mlp.router.e_score_correction_bias'));
-      const E = c.n_routed_experts + c.zero_expert_num, H = c.hidden_size;
+      const E = c.n_routed_experts + c.zero_expert_num,
+        H = c.hidden_size;
       let x = 12345;
       const normal = () => {
         x = (Math.imul(x, 1103515245) + 12345) >>> 0;
@@ -134,15 +155,19 @@ describe('init-random + openCheckpoint', () => {
         x = (Math.imul(x, 1103515245) + 12345) >>> 0;
         return Math.sqrt(-2 * Math.log(u)) * Math.cos((2 * Math.PI * x) / 4294967296);
       };
-      let zero = 0, slots = 0;
+      let zero = 0,
+        slots = 0;
       for (let tok = 0; tok < 300; tok++) {
         const u = Array.from({ length: H }, normal);
         const logits = Array.from({ length: E }, (_, e) => u.reduce((a, v, k) => a + v * W[e * H + k]!, 0));
         const mx = Math.max(...logits);
-        const p = logits.map((l) => Math.exp(l - mx));
+        const p = logits.map(l => Math.exp(l - mx));
         const s = p.reduce((a, v) => a + v, 0);
         const choice = p.map((v, e) => v / s + b[e]!);
-        const idx = choice.map((v, e) => [v, e] as const).sort((a1, a2) => a2[0] - a1[0]).slice(0, c.moe_topk);
+        const idx = choice
+          .map((v, e) => [v, e] as const)
+          .sort((a1, a2) => a2[0] - a1[0])
+          .slice(0, c.moe_topk);
         zero += idx.filter(([, e]) => e >= c.n_routed_experts).length;
         slots += c.moe_topk;
       }
@@ -159,15 +184,34 @@ describe('init-random + openCheckpoint', () => {
       expect(ck.fp8).toBe(true);
       expect(ck.hasMtp).toBe(true);
       expect(ck.unexpected).toEqual([]);
-      expect(ck.config.quantization_config).toMatchObject({ quant_method: 'fp8', fmt: 'e4m3', weight_block_size: [128, 128], activation_scheme: 'dynamic' });
+      expect(ck.config.quantization_config).toMatchObject({
+        quant_method: 'fp8',
+        fmt: 'e4m3',
+        weight_block_size: [128, 128],
+        activation_scheme: 'dynamic',
+      });
       const dt = (n: string) => ck.tensors.get(n)?.dtype;
-      for (const n of ['model.layers.0.self_attn.0.q_a_proj', 'model.layers.0.self_attn.1.o_proj', 'model.layers.1.mlps.0.down_proj',
-        'model.layers.1.mlp.experts.3.up_proj', 'model.mtp.layers.0.eh_proj', 'model.mtp.layers.0.self_attn.kv_b_proj', 'model.mtp.layers.0.transformer_layer.mlp.gate_proj']) {
+      for (const n of [
+        'model.layers.0.self_attn.0.q_a_proj',
+        'model.layers.0.self_attn.1.o_proj',
+        'model.layers.1.mlps.0.down_proj',
+        'model.layers.1.mlp.experts.3.up_proj',
+        'model.mtp.layers.0.eh_proj',
+        'model.mtp.layers.0.self_attn.kv_b_proj',
+        'model.mtp.layers.0.transformer_layer.mlp.gate_proj',
+      ]) {
         expect(dt(`${n}.weight`), n).toBe('F8_E4M3');
         expect(dt(`${n}.weight_scale_inv`), n).toBe('F32');
       }
-      for (const n of ['model.embed_tokens.weight', 'lm_head.weight', 'model.norm.weight', 'model.layers.0.self_attn.0.q_a_layernorm.weight',
-        'model.mtp.embed_tokens.weight', 'model.mtp.layers.0.enorm.m.weight', 'model.mtp.norm.weight'])
+      for (const n of [
+        'model.embed_tokens.weight',
+        'lm_head.weight',
+        'model.norm.weight',
+        'model.layers.0.self_attn.0.q_a_layernorm.weight',
+        'model.mtp.embed_tokens.weight',
+        'model.mtp.layers.0.enorm.m.weight',
+        'model.mtp.norm.weight',
+      ])
         expect(dt(n), n).toBe('BF16');
       expect(dt('model.layers.0.mlp.router.classifier.weight')).toBe('F32');
       expect(ck.tensors.get('model.layers.0.self_attn.0.q_b_proj.weight_scale_inv')!.shape).toEqual([1, 1]);
@@ -194,7 +238,9 @@ describe('init-random + openCheckpoint', () => {
     await initRandom({ preset: 'tiny', out: other, seed: 2 });
     for (const f of ['model-00001-of-00002.safetensors', 'model-00002-of-00002.safetensors', 'tokenizer.json', 'config.json'])
       expect(sha(path.join(again, f)), f).toBe(sha(path.join(tiny, f)));
-    expect(sha(path.join(other, 'model-00001-of-00002.safetensors'))).not.toBe(sha(path.join(tiny, 'model-00001-of-00002.safetensors')));
+    expect(sha(path.join(other, 'model-00001-of-00002.safetensors'))).not.toBe(
+      sha(path.join(tiny, 'model-00001-of-00002.safetensors')),
+    );
   });
 
   it('writes the small preset and it validates', async () => {
@@ -213,54 +259,77 @@ describe('init-random + openCheckpoint', () => {
 
 describe('openCheckpoint errors', () => {
   it('names a missing tensor', async () => {
-    const dir = await rewrite(tiny, 'missing', (m) => m.delete('model.layers.1.self_attn.1.kv_a_layernorm.weight'));
+    const dir = await rewrite(tiny, 'missing', m => m.delete('model.layers.1.self_attn.1.kv_a_layernorm.weight'));
     await rejects(openCheckpoint(dir), 'E_CHECKPOINT', "missing tensor 'model.layers.1.self_attn.1.kv_a_layernorm.weight'");
   });
 
   it('counts several missing tensors', async () => {
-    const dir = await rewrite(tiny, 'missing-many', (m) => {
+    const dir = await rewrite(tiny, 'missing-many', m => {
       for (const k of [...m.keys()]) if (k.startsWith('model.layers.0.mlp.experts.5.')) m.delete(k);
     });
-    await rejects(openCheckpoint(dir), 'E_CHECKPOINT', /missing tensor 'model\.layers\.0\.mlp\.experts\.5\.\w+_proj\.weight' \(and 2 more/);
+    await rejects(
+      openCheckpoint(dir),
+      'E_CHECKPOINT',
+      /missing tensor 'model\.layers\.0\.mlp\.experts\.5\.\w+_proj\.weight' \(and 2 more/,
+    );
   });
 
   it('names a tensor with the wrong shape, expected vs got', async () => {
-    const dir = await rewrite(tiny, 'shape', (m) => {
+    const dir = await rewrite(tiny, 'shape', m => {
       const t = m.get('model.layers.0.self_attn.0.kv_a_proj_with_mqa.weight')!;
       m.set(t.name, { ...t, shape: [t.shape[1]!, t.shape[0]!] });
     });
-    await rejects(openCheckpoint(dir), 'E_CHECKPOINT', "'model.layers.0.self_attn.0.kv_a_proj_with_mqa.weight'", 'has shape [64, 40], expected [40, 64]');
-    const dir2 = await rewrite(tiny, 'shape2', (m) => {
+    await rejects(
+      openCheckpoint(dir),
+      'E_CHECKPOINT',
+      "'model.layers.0.self_attn.0.kv_a_proj_with_mqa.weight'",
+      'has shape [64, 40], expected [40, 64]',
+    );
+    const dir2 = await rewrite(tiny, 'shape2', m => {
       const t = m.get('model.layers.0.mlps.1.up_proj.weight')!;
       m.set(t.name, { ...t, shape: [64, 128], data: new Uint8Array(64 * 128 * 2) });
     });
-    await rejects(openCheckpoint(dir2), 'E_CHECKPOINT', "'model.layers.0.mlps.1.up_proj.weight'", 'has shape [64, 128], expected [128, 64]');
+    await rejects(
+      openCheckpoint(dir2),
+      'E_CHECKPOINT',
+      "'model.layers.0.mlps.1.up_proj.weight'",
+      'has shape [64, 128], expected [128, 64]',
+    );
   });
 
   it('names a tensor with the wrong dtype class', async () => {
-    const dir = await rewrite(tiny, 'dtype', (m) => {
+    const dir = await rewrite(tiny, 'dtype', m => {
       const t = m.get('model.norm.weight')!;
       m.set(t.name, { ...t, dtype: 'I16' });
     });
     await rejects(openCheckpoint(dir), 'E_CHECKPOINT', "'model.norm.weight'", 'dtype I16, expected BF16 or F16 or F32');
-    const dir2 = await rewrite(tinyFp8, 'dtype-fp8', (m) => {
+    const dir2 = await rewrite(tinyFp8, 'dtype-fp8', m => {
       const t = m.get('model.layers.0.self_attn.0.q_a_proj.weight')!;
       m.set(t.name, { ...t, dtype: 'I8' });
     });
     await rejects(openCheckpoint(dir2), 'E_CHECKPOINT', "'model.layers.0.self_attn.0.q_a_proj.weight'", 'expected F8_E4M3');
-    const dir3 = await rewrite(tinyFp8, 'no-scale', (m) => m.delete('model.layers.1.mlp.experts.0.down_proj.weight_scale_inv'));
-    await rejects(openCheckpoint(dir3), 'E_CHECKPOINT', "missing tensor 'model.layers.1.mlp.experts.0.down_proj.weight_scale_inv'");
+    const dir3 = await rewrite(tinyFp8, 'no-scale', m => m.delete('model.layers.1.mlp.experts.0.down_proj.weight_scale_inv'));
+    await rejects(
+      openCheckpoint(dir3),
+      'E_CHECKPOINT',
+      "missing tensor 'model.layers.1.mlp.experts.0.down_proj.weight_scale_inv'",
+    );
   });
 
   it('lists unexpected tensors instead of failing, and validates MTP when present', async () => {
-    const dir = await rewrite(tiny, 'extra', (m) =>
-      m.set('model.rotary_emb.inv_freq', { name: 'model.rotary_emb.inv_freq', dtype: 'F32', shape: [4], data: new Uint8Array(16) }),
+    const dir = await rewrite(tiny, 'extra', m =>
+      m.set('model.rotary_emb.inv_freq', {
+        name: 'model.rotary_emb.inv_freq',
+        dtype: 'F32',
+        shape: [4],
+        data: new Uint8Array(16),
+      }),
     );
     const ck = await openCheckpoint(dir);
     expect(ck.unexpected).toEqual(['model.rotary_emb.inv_freq']);
     expect(ck.get('model.rotary_emb.inv_freq').shape).toEqual([4]);
     ck.close();
-    const part = await rewrite(tinyMtp, 'mtp-partial', (m) => m.delete('model.mtp.layers.0.hnorm.m.weight'));
+    const part = await rewrite(tinyMtp, 'mtp-partial', m => m.delete('model.mtp.layers.0.hnorm.m.weight'));
     await rejects(openCheckpoint(part), 'E_CHECKPOINT', "missing tensor 'model.mtp.layers.0.hnorm.m.weight'");
     const mtp = await openCheckpoint(tinyMtp);
     expect(mtp.hasMtp).toBe(true);
@@ -299,7 +368,8 @@ describe('openCheckpoint errors', () => {
     await rejects(openCheckpoint(path.join(root, 'nowhere')), 'E_CHECKPOINT', 'nowhere');
     const noWeights = path.join(root, 'no-weights');
     cpSync(tiny, noWeights, { recursive: true });
-    for (const f of ['model-00001-of-00002.safetensors', 'model-00002-of-00002.safetensors', 'model.safetensors.index.json']) unlinkSync(path.join(noWeights, f));
+    for (const f of ['model-00001-of-00002.safetensors', 'model-00002-of-00002.safetensors', 'model.safetensors.index.json'])
+      unlinkSync(path.join(noWeights, f));
     await rejects(openCheckpoint(noWeights), 'E_CHECKPOINT', /no model\.safetensors/);
   });
 
@@ -318,7 +388,10 @@ describe('HF packed expert layout', () => {
   it('gives the same expert views as the original layout (and for the [E+Z, 2I, H] declaration)', async () => {
     const orig = await openCheckpoint(tiny);
     const c = orig.config;
-    const E = c.n_routed_experts, Z = c.zero_expert_num, I = c.expert_ffn_hidden_size, H = c.hidden_size;
+    const E = c.n_routed_experts,
+      Z = c.zero_expert_num,
+      I = c.expert_ffn_hidden_size,
+      H = c.hidden_size;
     const pack = (rows: number) => (m: Map<string, TensorToWrite & { data: Uint8Array }>) => {
       for (let L = 0; L < c.num_layers; L++) {
         const gu = new Uint8Array(rows * 2 * I * H * 2);
@@ -330,18 +403,37 @@ describe('HF packed expert layout', () => {
           dn.set(m.get(`${p}.down_proj.weight`)!.data, e * H * I * 2);
           for (const w of ['gate', 'up', 'down']) m.delete(`${p}.${w}_proj.weight`);
         }
-        m.set(`model.layers.${L}.mlp.experts.gate_up_proj`, { name: `model.layers.${L}.mlp.experts.gate_up_proj`, dtype: 'BF16', shape: [rows, 2 * I, H], data: gu });
-        m.set(`model.layers.${L}.mlp.experts.down_proj`, { name: `model.layers.${L}.mlp.experts.down_proj`, dtype: 'BF16', shape: [E, H, I], data: dn });
+        m.set(`model.layers.${L}.mlp.experts.gate_up_proj`, {
+          name: `model.layers.${L}.mlp.experts.gate_up_proj`,
+          dtype: 'BF16',
+          shape: [rows, 2 * I, H],
+          data: gu,
+        });
+        m.set(`model.layers.${L}.mlp.experts.down_proj`, {
+          name: `model.layers.${L}.mlp.experts.down_proj`,
+          dtype: 'BF16',
+          shape: [E, H, I],
+          data: dn,
+        });
       }
     };
-    for (const [name, rows] of [['packed', E], ['packed-ez', E + Z]] as const) {
+    for (const [name, rows] of [
+      ['packed', E],
+      ['packed-ez', E + Z],
+    ] as const) {
       const dir = await rewrite(tiny, name, pack(rows));
       const ck: Checkpoint = await openCheckpoint(dir);
       try {
         expect(ck.expertLayouts).toEqual(['packed', 'packed']);
         expect(ck.unexpected).toEqual([]);
-        for (const [L, e] of [[0, 0], [0, 5], [1, 7], [1, 3]] as const) {
-          const a = orig.expertWeights(L, e), b = ck.expertWeights(L, e);
+        for (const [L, e] of [
+          [0, 0],
+          [0, 5],
+          [1, 7],
+          [1, 3],
+        ] as const) {
+          const a = orig.expertWeights(L, e),
+            b = ck.expertWeights(L, e);
           for (const k of ['gate', 'up', 'down'] as const) {
             expect(b[k].shape, `${name} ${L}.${e}.${k}`).toEqual(a[k].shape);
             expect(Buffer.compare(Buffer.from(b[k].toBytes()), Buffer.from(a[k].toBytes())), `${name} ${L}.${e}.${k}`).toBe(0);
@@ -358,7 +450,7 @@ describe('HF packed expert layout', () => {
       }
     }
     // A wrong packed shape is named.
-    const bad = await rewrite(tiny, 'packed-bad', (m) => {
+    const bad = await rewrite(tiny, 'packed-bad', m => {
       pack(E)(m);
       const t = m.get('model.layers.1.mlp.experts.down_proj')!;
       m.set(t.name, { ...t, shape: [E, I, H] });

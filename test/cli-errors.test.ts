@@ -9,7 +9,8 @@ import { initRandom } from '../lib/init-random.js';
 
 const cli = path.resolve(__dirname, '../dist/cli.js');
 // Generous limits: a loaded CI machine may be slow; nothing here measures time.
-const run = (args: string[], input?: string) => spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', input, timeout: 240_000 });
+const run = (args: string[], input?: string) =>
+  spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', input, timeout: 240_000 });
 const missing = '/nonexistent/longcat-model';
 
 describe('longcat CLI error paths', () => {
@@ -52,7 +53,9 @@ describe('longcat CLI error paths', () => {
     expect(run(['generate', '--model', missing]).stderr).toMatch(/--prompt TEXT is required/);
     expect(run(['generate', '--model', missing]).status).toBe(2);
     expect(run(['inspect']).status).toBe(2);
-    expect(run(['init-random', '--preset', 'huge', '--out', path.join(tmpdir(), 'never-written')]).stderr).toMatch(/unknown preset 'huge'/);
+    expect(run(['init-random', '--preset', 'huge', '--out', path.join(tmpdir(), 'never-written')]).stderr).toMatch(
+      /unknown preset 'huge'/,
+    );
     expect(run(['chat', '--model', missing, '--top-k', 'x']).status).toBe(2);
   });
 

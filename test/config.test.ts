@@ -153,27 +153,59 @@ describe('parseConfig', () => {
   it('parses YaRN rope_scaling and applies mscale^2 to the softmax scale', () => {
     const c = parseConfig({
       ...CHAT,
-      rope_scaling: { rope_type: 'yarn', factor: 10, original_max_position_embeddings: 8192, beta_fast: 32, beta_slow: 1, mscale: 1, mscale_all_dim: 1 },
+      rope_scaling: {
+        rope_type: 'yarn',
+        factor: 10,
+        original_max_position_embeddings: 8192,
+        beta_fast: 32,
+        beta_slow: 1,
+        mscale: 1,
+        mscale_all_dim: 1,
+      },
     });
-    expect(c.rope_scaling).toEqual({ type: 'yarn', factor: 10, original_max_position_embeddings: 8192, beta_fast: 32, beta_slow: 1, mscale: 1, mscale_all_dim: 1 });
+    expect(c.rope_scaling).toEqual({
+      type: 'yarn',
+      factor: 10,
+      original_max_position_embeddings: 8192,
+      beta_fast: 32,
+      beta_slow: 1,
+      mscale: 1,
+      mscale_all_dim: 1,
+    });
     const m = 0.1 * Math.log(10) + 1;
     expect(deriveConstants(c).softmaxScale).toBeCloseTo((1 / Math.sqrt(192)) * m * m, 15);
     expect(parseConfig({ ...CHAT, rope_scaling: { type: 'default' } }).rope_scaling).toBeNull();
     expect(configErr({ ...CHAT, rope_scaling: { type: 'linear', factor: 2 } }).message).toContain("'rope_scaling.rope_type'");
     expect(configErr({ ...CHAT, rope_scaling: { type: 'yarn', factor: 0.5 } }).message).toContain("'rope_scaling.factor'");
-    expect(configErr({ ...CHAT, rope_scaling: { type: 'yarn', factor: 4, beta_fast: -1 } }).message).toContain("'rope_scaling.beta_fast'");
+    expect(configErr({ ...CHAT, rope_scaling: { type: 'yarn', factor: 4, beta_fast: -1 } }).message).toContain(
+      "'rope_scaling.beta_fast'",
+    );
   });
 
   it('parses quantization_config with the SPEC 7.1 defaults and rejects other methods', () => {
-    const c = parseConfig({ ...CHAT, quantization_config: { activation_scheme: 'dynamic', fmt: 'e4m3', quant_method: 'fp8', weight_block_size: [128, 128] } });
+    const c = parseConfig({
+      ...CHAT,
+      quantization_config: { activation_scheme: 'dynamic', fmt: 'e4m3', quant_method: 'fp8', weight_block_size: [128, 128] },
+    });
     expect(c.quantization_config).toEqual({
-      quant_method: 'fp8', fmt: 'e4m3', weight_block_size: [128, 128], activation_scheme: 'dynamic', ignored_layers: [], disable_quant_module: [],
+      quant_method: 'fp8',
+      fmt: 'e4m3',
+      weight_block_size: [128, 128],
+      activation_scheme: 'dynamic',
+      ignored_layers: [],
+      disable_quant_module: [],
     });
     expect(parseConfig({ ...CHAT, quantization_config: {} }).quantization_config?.weight_block_size).toEqual([128, 128]);
-    expect(configErr({ ...CHAT, quantization_config: { quant_method: 'awq' } }).message).toContain("'quantization_config.quant_method'");
+    expect(configErr({ ...CHAT, quantization_config: { quant_method: 'awq' } }).message).toContain(
+      "'quantization_config.quant_method'",
+    );
     expect(configErr({ ...CHAT, quantization_config: { fmt: 'e5m2' } }).message).toContain("'quantization_config.fmt'");
-    expect(configErr({ ...CHAT, quantization_config: { weight_block_size: [128] } }).message).toContain("'quantization_config.weight_block_size'");
-    expect(configErr({ ...CHAT, quantization_config: { ignored_layers: 'x' } }).message).toContain("'quantization_config.ignored_layers'");
+    expect(configErr({ ...CHAT, quantization_config: { weight_block_size: [128] } }).message).toContain(
+      "'quantization_config.weight_block_size'",
+    );
+    expect(configErr({ ...CHAT, quantization_config: { ignored_layers: 'x' } }).message).toContain(
+      "'quantization_config.ignored_layers'",
+    );
   });
 });
 
@@ -184,7 +216,7 @@ describe('requiredTensors', () => {
     expect(requiredTensors(chat).size).toBe(43739);
     expect(requiredTensors(chat, { mtp: true }).size).toBe(43756);
     const fp8 = requiredTensors(chat, { fp8: true, mtp: true });
-    const scales = [...fp8.keys()].filter((n) => n.endsWith('.weight_scale_inv'));
+    const scales = [...fp8.keys()].filter(n => n.endsWith('.weight_scale_inv'));
     expect(scales.length).toBe(43465);
     expect(requiredTensors(chat, { fp8: true }).size).toBe(43739 + 43456);
   });
@@ -235,9 +267,17 @@ describe('requiredTensors', () => {
     expect(scale('model.layers.0.mlp.experts.7.down_proj')).toEqual([48, 16]);
     expect(scale('model.mtp.layers.0.eh_proj')).toEqual([48, 96]);
     expect(m.get(`${a}.q_a_proj.weight`)?.dtypes).toEqual(['F8_E4M3']);
-    for (const n of ['model.embed_tokens.weight', 'lm_head.weight', 'model.norm.weight', `${a}.q_a_layernorm.weight`, `${a}.kv_a_layernorm.weight`,
-      'model.layers.0.mlp.router.classifier.weight', 'model.layers.0.mlp.router.e_score_correction_bias', 'model.mtp.embed_tokens.weight',
-      'model.mtp.layers.0.enorm.m.weight']) {
+    for (const n of [
+      'model.embed_tokens.weight',
+      'lm_head.weight',
+      'model.norm.weight',
+      `${a}.q_a_layernorm.weight`,
+      `${a}.kv_a_layernorm.weight`,
+      'model.layers.0.mlp.router.classifier.weight',
+      'model.layers.0.mlp.router.e_score_correction_bias',
+      'model.mtp.embed_tokens.weight',
+      'model.mtp.layers.0.enorm.m.weight',
+    ]) {
       expect(m.get(n)?.quantized, n).toBe(false);
       expect(m.get(n)?.dtypes, n).not.toContain('F8_E4M3');
       expect(m.has(n.replace(/\.weight$/, '') + '.weight_scale_inv'), n).toBe(false);
@@ -245,7 +285,11 @@ describe('requiredTensors', () => {
   });
 
   it('honours ignored_layers and disable_quant_module', () => {
-    const q = { quant_method: 'fp8', ignored_layers: ['model.layers.0.self_attn.0.q_a_proj'], disable_quant_module: ['mlps', 'mtp'] };
+    const q = {
+      quant_method: 'fp8',
+      ignored_layers: ['model.layers.0.self_attn.0.q_a_proj'],
+      disable_quant_module: ['mlps', 'mtp'],
+    };
     const c = parseConfig({ ...CHAT, num_layers: 1, quantization_config: q });
     expect(isQuantizedModule('model.layers.0.self_attn.0.q_a_proj', c.quantization_config)).toBe(false);
     expect(isQuantizedModule('model.layers.0.self_attn.0.q_b_proj', c.quantization_config)).toBe(true);

@@ -1,13 +1,23 @@
 import { describe, expect, it } from 'vitest';
 import {
-  Event, LongcatError, Stream, Tensor, buildInfo, cpuFeatures, devices, empty, full, memoryStats, native,
-  tensor, toArray,
+  Event,
+  LongcatError,
+  Stream,
+  Tensor,
+  buildInfo,
+  cpuFeatures,
+  devices,
+  empty,
+  full,
+  memoryStats,
+  native,
+  tensor,
+  toArray,
 } from '../lib/index.js';
 import { cudaAvailable, expectClose, rng, expectCode } from './helpers.js';
 
 const dtypes = ['f32', 'bf16', 'f16', 'fp8_e4m3', 'int8', 'int32', 'int64'] as const;
 const sizes: Record<string, number> = { f32: 4, bf16: 2, f16: 2, fp8_e4m3: 1, int8: 1, int32: 4, int64: 8 };
-
 
 describe('build and devices', () => {
   it('reports build facts and CPU features', () => {
@@ -34,7 +44,7 @@ describe('build and devices', () => {
 });
 
 describe('tensors', () => {
-  it.each(dtypes)('round-trips random bytes exactly for %s', (dtype) => {
+  it.each(dtypes)('round-trips random bytes exactly for %s', dtype => {
     const r = rng(dtype.length * 7919);
     for (const shape of [[1], [7], [3, 17], [2, 3, 5], [0, 4]]) {
       const n = shape.reduce((a, b) => a * b, 1) * sizes[dtype]!;
@@ -106,7 +116,7 @@ describe('tensors', () => {
     expect(memoryStats().liveBytes).toBeGreaterThan(before);
     for (let i = 0; i < 20 && memoryStats().liveBytes > before; i++) {
       gc!();
-      await new Promise((r) => setTimeout(r, 10)); // finalizers run after the collection
+      await new Promise(r => setTimeout(r, 10)); // finalizers run after the collection
     }
     expect(memoryStats().liveBytes).toBe(before);
   });
@@ -125,12 +135,14 @@ describe('tensors', () => {
 
 describe('streams and events', () => {
   it('orders work across two streams with an event', () => {
-    const s1 = new Stream('cpu'), s2 = new Stream('cpu');
+    const s1 = new Stream('cpu'),
+      s2 = new Stream('cpu');
     const n = 257;
     const r = rng(5);
     const x = tensor(r.array(64 * n), [64, n]);
     const w = tensor(r.array(n * n), [n, n]);
-    const y = empty([64, n]), z = empty([64, n]);
+    const y = empty([64, n]),
+      z = empty([64, n]);
     native.linear(s1, y, x, w);
     const e = new Event('cpu');
     e.record(s1);
@@ -139,7 +151,8 @@ describe('streams and events', () => {
     s2.synchronize();
     expect(e.query()).toBe(true);
     // The same two products on the default stream give identical bits.
-    const y2 = empty([64, n]), z2 = empty([64, n]);
+    const y2 = empty([64, n]),
+      z2 = empty([64, n]);
     native.linear(null, y2, x, w);
     native.linear(null, z2, y2, w);
     expect(z.toBytes()).toEqual(z2.toBytes());
@@ -149,13 +162,16 @@ describe('streams and events', () => {
   });
 
   it('captures two streams joined by events into a graph and replays it with new inputs', () => {
-    const s1 = new Stream('cpu'), s2 = new Stream('cpu');
+    const s1 = new Stream('cpu'),
+      s2 = new Stream('cpu');
     const r = rng(9);
     const [t, k, n] = [5, 33, 17];
     const x = tensor(r.array(t * k), [t, k]);
     const w = tensor(r.array(n * k), [n, k]);
-    const y = empty([t, n]), z = empty([t, n]);
-    const e1 = new Event('cpu'), e2 = new Event('cpu');
+    const y = empty([t, n]),
+      z = empty([t, n]);
+    const e1 = new Event('cpu'),
+      e2 = new Event('cpu');
     const graph = native.captureGraph([s1, s2], () => {
       native.linear(s1, y, x, w);
       e1.record(s1);
@@ -189,8 +205,11 @@ describe('streams and events', () => {
 
   it('measures elapsed time between events around real work, antisymmetric', () => {
     const s = new Stream('cpu');
-    const a = new Event('cpu'), b = new Event('cpu');
-    const x = full([64, 512], 1), w = full([512, 512], 1), y = full([64, 512], 0);
+    const a = new Event('cpu'),
+      b = new Event('cpu');
+    const x = full([64, 512], 1),
+      w = full([512, 512], 1),
+      y = full([64, 512], 0);
     a.record(s);
     native.linear(s, y, x, w); // 16.8 MFLOP: never zero time on a monotonic nanosecond clock
     b.record(s);

@@ -18,8 +18,10 @@ describe.skipIf(!emulated)('device pool with a stream created while work is queu
     // This file's process has no stream on cuda:0 yet: s1 is the only one when `a` is freed.
     const r = rng(41);
     const [t, k, n] = [37, 129, 23];
-    const av = r.array(t * k), wv = r.array(n * k);
-    const a = tensor(av, [t, k], { device }), w = tensor(wv, [n, k], { device });
+    const av = r.array(t * k),
+      wv = r.array(n * k);
+    const a = tensor(av, [t, k], { device }),
+      w = tensor(wv, [n, k], { device });
     const c = tensor(r.array(t * k), [t, k], { device }); // made now: after the free it would take a's block
     const y = empty([t, n], { device });
     const s1 = new Stream(device);

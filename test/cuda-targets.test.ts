@@ -34,11 +34,14 @@ describe.skipIf(!emulated)('CUDA kernels chosen by the image the device runs (em
     ['89', '89', 'fp8', 'e4m3 tensor cores'],
     ['89', '80', 'bf16', 'an sm_80 image on sm_89: no e4m3 mma in it, the bf16 path'],
     ['90', '90a', 'fp8', 'e4m3 tensor cores'],
-  ])('fp8-weight linear at precision fp8, compute capability %s, built for %s: matches the CPU at %s (%s)', (cc, archs, cpuPrecision) => {
-    const r = onTarget(cc, archs, 'fp8', cpuPrecision);
-    expect(r.code, r.message).toBeUndefined();
-    expect(r.err!).toBeLessThanOrEqual(r.tol!);
-  });
+  ])(
+    'fp8-weight linear at precision fp8, compute capability %s, built for %s: matches the CPU at %s (%s)',
+    (cc, archs, cpuPrecision) => {
+      const r = onTarget(cc, archs, 'fp8', cpuPrecision);
+      expect(r.code, r.message).toBeUndefined();
+      expect(r.err!).toBeLessThanOrEqual(r.tol!);
+    },
+  );
 
   it('refuses a device no image of the build runs on, naming its capability and the built archs', () => {
     const r = onTarget('90', '89;80', 'wgmma');

@@ -12,16 +12,23 @@ import { native } from '../dist/native.js';
 const emulated = native.buildInfo().cudaArchs === 'emulated';
 const limits = emulated ? SLOW_RUN_LIMITS : null;
 
-describe.skipIf(!cudaAvailable)(`CUDA kernels match the CPU within their error bounds${emulated ? ' (emulated device)' : ''}`, () => {
-  const stream = cudaAvailable ? new Stream(dev) : null;
-  for (const c of cases) {
-    it(c.name, (ctx) => {
-      const r = checkCase(c, stream!, limits);
-      if (r.skipped) return ctx.skip(`over the emulator's size limit`);
-      expect(r.ratio, `error / bound ${r.ratio}: ${r.detail}`).toBeLessThanOrEqual(1);
-    }, budgetMs(c));
-  }
-});
+describe.skipIf(!cudaAvailable)(
+  `CUDA kernels match the CPU within their error bounds${emulated ? ' (emulated device)' : ''}`,
+  () => {
+    const stream = cudaAvailable ? new Stream(dev) : null;
+    for (const c of cases) {
+      it(
+        c.name,
+        ctx => {
+          const r = checkCase(c, stream!, limits);
+          if (r.skipped) return ctx.skip(`over the emulator's size limit`);
+          expect(r.ratio, `error / bound ${r.ratio}: ${r.detail}`).toBeLessThanOrEqual(1);
+        },
+        budgetMs(c),
+      );
+    }
+  },
+);
 
 const expectAllOk = (rows: ModelCheck[]) => {
   expect(rows.length).toBeGreaterThan(0);
@@ -32,9 +39,13 @@ describe.skipIf(!cudaAvailable)(`the whole model on CUDA matches the CPU${emulat
   // the emulated device runs the two smallest checkpoints (about 32 s of CPU per precision, which sets
   // the limit: helpers.ts workLimitMs); a GPU runs all four, its CPU oracle the larger cost
   const presets: ModelVariant[] = emulated ? ['tiny', 'tiny-fp8-h128'] : ['tiny', 'tiny-fp8', 'tiny-fp8-h128', 'small'];
-  it.each(['highest', 'bf16'] as const)(`${presets.join(', ')} checkpoints at precision %s`, async (precision) => {
-    expectAllOk(await modelChecks({ device: dev, precision, presets }));
-  }, workLimitMs(emulated ? 35 : 60));
+  it.each(['highest', 'bf16'] as const)(
+    `${presets.join(', ')} checkpoints at precision %s`,
+    async precision => {
+      expectAllOk(await modelChecks({ device: dev, precision, presets }));
+    },
+    workLimitMs(emulated ? 35 : 60),
+  );
 });
 
 // Everywhere: the model checks on the CPU alone compare its prefill logits with the float64
@@ -42,6 +53,6 @@ describe.skipIf(!cudaAvailable)(`the whole model on CUDA matches the CPU${emulat
 // against its expanded prefill) and its graph replay with the eager step.
 it('whole-model checks on the CPU: float64 reference, prefill + decode, graph replay', async () => {
   const rows = await modelChecks({ device: 'cpu', presets: ['tiny', 'tiny-fp8', 'tiny-fp8-h128'] });
-  expect(rows.filter((r) => /float64 reference/.test(r.name))).toHaveLength(3);
+  expect(rows.filter(r => /float64 reference/.test(r.name))).toHaveLength(3);
   expectAllOk(rows);
 });

@@ -75,7 +75,9 @@ export function gamma(n: number, u: number): number {
 export function arithmetic(backend: Backend, mode: GemmMode): Arithmetic {
   if (mode === 'highest') return { operand: U32, accumulator: U32, promote: Infinity };
   if (mode === 'bf16') return { operand: U_BF16, accumulator: backend === 'cuda' ? U_TC_F32 : U32, promote: Infinity };
-  return backend === 'cuda' ? { operand: U32, accumulator: U_TC_E4M3, promote: 128 } : { operand: U32, accumulator: U32, promote: Infinity };
+  return backend === 'cuda'
+    ? { operand: U32, accumulator: U_TC_E4M3, promote: 128 }
+    : { operand: U32, accumulator: U32, promote: Infinity };
 }
 
 /** eps(K) of the model: one side's error in a K-term dot product, relative to sum |a_k| |b_k|. */
@@ -92,12 +94,12 @@ export function dotError(a: Arithmetic, K: number): number {
  */
 export function dotBound(ref: Arithmetic, dut: Arithmetic, K: number, magnitude: ArrayLike<number>): Float64Array {
   const c = (dotError(ref, K) + dotError(dut, K)) * (1 + gamma(K, U32));
-  return Float64Array.from(magnitude, (m) => c * Math.abs(m) + FLOOR);
+  return Float64Array.from(magnitude, m => c * Math.abs(m) + FLOOR);
 }
 
 /** Per-element bounds `rel * |want| + FLOOR`: an op whose result is rounded a fixed number of times. */
 export function relativeBound(want: ArrayLike<number>, rel: number): Float64Array {
-  return Float64Array.from(want, (w) => rel * Math.abs(w) + FLOOR);
+  return Float64Array.from(want, w => rel * Math.abs(w) + FLOOR);
 }
 
 /** A bound per element (one number: the same for every element; 0: bit-exact). */
@@ -109,9 +111,11 @@ export type Bound = number | Float64Array;
  */
 export function boundExcess(got: ArrayLike<number>, want: ArrayLike<number>, bound: Bound): { ratio: number; index: number } {
   if (got.length !== want.length) return { ratio: Infinity, index: -1 };
-  let ratio = 0, index = -1;
+  let ratio = 0,
+    index = -1;
   for (let i = 0; i < want.length; i++) {
-    const g = got[i]!, w = want[i]!;
+    const g = got[i]!,
+      w = want[i]!;
     if (g === w || (Number.isNaN(g) && Number.isNaN(w))) continue;
     const b = typeof bound === 'number' ? bound : bound[i]!;
     const e = Math.abs(g - w);

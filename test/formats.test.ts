@@ -32,7 +32,8 @@ function decode(f: Format, code: number): number {
   const sign = (code >> (f.expBits + f.manBits)) & 1 ? -1 : 1;
   const e = (code >> f.manBits) & ((1 << f.expBits) - 1);
   const m = code & ((1 << f.manBits) - 1);
-  const eMax = (1 << f.expBits) - 1, mMax = (1 << f.manBits) - 1;
+  const eMax = (1 << f.expBits) - 1,
+    mMax = (1 << f.manBits) - 1;
   if (f.ieee && e === eMax) return m === 0 ? sign * Infinity : NaN;
   if (!f.ieee && e === eMax && m === mMax) return NaN;
   const frac = m / 2 ** f.manBits;
@@ -41,16 +42,46 @@ function decode(f: Format, code: number): number {
 
 // Anchors worked out by hand from the definitions: [format, code, value].
 const anchors: [Format['name'], number, number][] = [
-  ['fp8_e4m3', 0x00, 0], ['fp8_e4m3', 0x80, -0], ['fp8_e4m3', 0x01, 2 ** -9], ['fp8_e4m3', 0x07, 7 * 2 ** -9],
-  ['fp8_e4m3', 0x08, 2 ** -6], ['fp8_e4m3', 0x38, 1], ['fp8_e4m3', 0x39, 1.125], ['fp8_e4m3', 0x40, 2],
-  ['fp8_e4m3', 0x77, 240], ['fp8_e4m3', 0x78, 256], ['fp8_e4m3', 0x7e, 448], ['fp8_e4m3', 0xfe, -448],
-  ['fp8_e4m3', 0x7f, NaN], ['fp8_e4m3', 0xff, NaN], ['fp8_e4m3', 0xb8, -1],
-  ['f16', 0x0000, 0], ['f16', 0x8000, -0], ['f16', 0x0001, 2 ** -24], ['f16', 0x03ff, 1023 * 2 ** -24],
-  ['f16', 0x0400, 2 ** -14], ['f16', 0x3c00, 1], ['f16', 0x3c01, 1 + 2 ** -10], ['f16', 0xc000, -2],
-  ['f16', 0x7bff, 65504], ['f16', 0x7c00, Infinity], ['f16', 0xfc00, -Infinity], ['f16', 0x7e00, NaN], ['f16', 0x7c01, NaN],
-  ['bf16', 0x0000, 0], ['bf16', 0x8000, -0], ['bf16', 0x0001, 2 ** -133], ['bf16', 0x0080, 2 ** -126],
-  ['bf16', 0x3f80, 1], ['bf16', 0x3f81, 1 + 2 ** -7], ['bf16', 0x4049, 3.140625], ['bf16', 0xbf80, -1],
-  ['bf16', 0x7f7f, (2 - 2 ** -7) * 2 ** 127], ['bf16', 0x7f80, Infinity], ['bf16', 0xff80, -Infinity], ['bf16', 0x7fc0, NaN],
+  ['fp8_e4m3', 0x00, 0],
+  ['fp8_e4m3', 0x80, -0],
+  ['fp8_e4m3', 0x01, 2 ** -9],
+  ['fp8_e4m3', 0x07, 7 * 2 ** -9],
+  ['fp8_e4m3', 0x08, 2 ** -6],
+  ['fp8_e4m3', 0x38, 1],
+  ['fp8_e4m3', 0x39, 1.125],
+  ['fp8_e4m3', 0x40, 2],
+  ['fp8_e4m3', 0x77, 240],
+  ['fp8_e4m3', 0x78, 256],
+  ['fp8_e4m3', 0x7e, 448],
+  ['fp8_e4m3', 0xfe, -448],
+  ['fp8_e4m3', 0x7f, NaN],
+  ['fp8_e4m3', 0xff, NaN],
+  ['fp8_e4m3', 0xb8, -1],
+  ['f16', 0x0000, 0],
+  ['f16', 0x8000, -0],
+  ['f16', 0x0001, 2 ** -24],
+  ['f16', 0x03ff, 1023 * 2 ** -24],
+  ['f16', 0x0400, 2 ** -14],
+  ['f16', 0x3c00, 1],
+  ['f16', 0x3c01, 1 + 2 ** -10],
+  ['f16', 0xc000, -2],
+  ['f16', 0x7bff, 65504],
+  ['f16', 0x7c00, Infinity],
+  ['f16', 0xfc00, -Infinity],
+  ['f16', 0x7e00, NaN],
+  ['f16', 0x7c01, NaN],
+  ['bf16', 0x0000, 0],
+  ['bf16', 0x8000, -0],
+  ['bf16', 0x0001, 2 ** -133],
+  ['bf16', 0x0080, 2 ** -126],
+  ['bf16', 0x3f80, 1],
+  ['bf16', 0x3f81, 1 + 2 ** -7],
+  ['bf16', 0x4049, 3.140625],
+  ['bf16', 0xbf80, -1],
+  ['bf16', 0x7f7f, (2 - 2 ** -7) * 2 ** 127],
+  ['bf16', 0x7f80, Infinity],
+  ['bf16', 0xff80, -Infinity],
+  ['bf16', 0x7fc0, NaN],
 ];
 
 /** Every finite non-negative value of the format, ascending, with its code. */
@@ -80,16 +111,19 @@ function encode(f: Format, table: { value: number; code: number }[], x: number):
     const toTop = a - top.value < beyond - a;
     return toTop || f.overflow === 'saturate' ? sign | top.code : sign | infCode(f);
   }
-  let lo = 0, hi = table.length - 1; // table[lo].value <= a < table[hi].value after the search
+  let lo = 0,
+    hi = table.length - 1; // table[lo].value <= a < table[hi].value after the search
   while (hi - lo > 1) {
     const mid = (lo + hi) >> 1;
     if (table[mid]!.value <= a) lo = mid;
     else hi = mid;
   }
   if (table[hi]!.value <= a) lo = hi;
-  const below = table[lo]!, above = table[Math.min(lo + 1, table.length - 1)]!;
+  const below = table[lo]!,
+    above = table[Math.min(lo + 1, table.length - 1)]!;
   if (below.value === a || below === above) return sign | below.code;
-  const dBelow = a - below.value, dAbove = above.value - a;
+  const dBelow = a - below.value,
+    dAbove = above.value - a;
   if (dBelow < dAbove) return sign | below.code;
   if (dAbove < dBelow) return sign | above.code;
   return sign | ((below.code & 1) === 0 ? below.code : above.code);
@@ -116,12 +150,13 @@ function probeInputs(f: Format): Float32Array {
       xs.push(mid, nextUp(mid), nextDown(mid));
     }
   }
-  const top = t[t.length - 1]!.value, step = top - t[t.length - 2]!.value;
+  const top = t[t.length - 1]!.value,
+    step = top - t[t.length - 2]!.value;
   xs.push(top + step / 2, nextDown(top + step / 2), nextUp(top + step / 2), top + step, top * 4, 3.0e38, Infinity);
   xs.push(t[1]!.value / 2, nextUp(t[1]!.value / 2), nextDown(t[1]!.value / 2), 1e-45, 2 ** -149 * 3);
-  const all = xs.flatMap((x) => [x, -x]);
+  const all = xs.flatMap(x => [x, -x]);
   all.push(NaN, -0);
-  return Float32Array.from(all.filter((x) => Number.isNaN(x) || Math.fround(x) === x || !Number.isFinite(x)));
+  return Float32Array.from(all.filter(x => Number.isNaN(x) || Math.fround(x) === x || !Number.isFinite(x)));
 }
 
 const libDecode: Record<Format['name'], (c: number) => number> = { fp8_e4m3: fp8e4m3ToF32, f16: f16ToF32, bf16: bf16ToF32 };
@@ -131,7 +166,7 @@ const sameValue = (a: number, b: number) => (Number.isNaN(a) && Number.isNaN(b))
 
 type Isa = 'scalar' | 'avx2' | 'avx512';
 const originalIsa = native.cpuFeatures().isa;
-const isas = (['scalar', 'avx2', 'avx512'] as Isa[]).filter((i) => {
+const isas = (['scalar', 'avx2', 'avx512'] as Isa[]).filter(i => {
   const got = native.setIsa(i);
   native.setIsa(originalIsa);
   return got === i;
@@ -144,13 +179,18 @@ function nativeConvert(src: Float32Array | Uint8Array | Uint16Array, from: strin
   const y = new Tensor(to as 'f32', [n], 'cpu', new Uint8Array(n * size[to]!).fill(0xa5)); // poisoned
   native.convert(null, y, x);
   const b = y.toBytes();
-  const out = to === 'f32' ? Array.from(new Float32Array(b.buffer, b.byteOffset, n)) : to === 'fp8_e4m3' ? Array.from(b) : Array.from(new Uint16Array(b.buffer, b.byteOffset, n));
+  const out =
+    to === 'f32'
+      ? Array.from(new Float32Array(b.buffer, b.byteOffset, n))
+      : to === 'fp8_e4m3'
+        ? Array.from(b)
+        : Array.from(new Uint16Array(b.buffer, b.byteOffset, n));
   x.dispose();
   y.dispose();
   return out;
 }
 
-describe.each(formats)('$name from its definition', (f) => {
+describe.each(formats)('$name from its definition', f => {
   const nCodes = 1 << bits(f);
 
   it('the generic decoder gives the hand-worked anchor values', () => {
@@ -160,17 +200,22 @@ describe.each(formats)('$name from its definition', (f) => {
   });
 
   it('lib/numeric.ts and native convert decode every code as the definition says', () => {
-    const codes = f.name === 'fp8_e4m3' ? Uint8Array.from({ length: nCodes }, (_, i) => i) : Uint16Array.from({ length: nCodes }, (_, i) => i);
+    const codes =
+      f.name === 'fp8_e4m3'
+        ? Uint8Array.from({ length: nCodes }, (_, i) => i)
+        : Uint16Array.from({ length: nCodes }, (_, i) => i);
     for (let c = 0; c < nCodes; c++) {
       const want = Math.fround(decode(f, c));
-      if (!sameValue(libDecode[f.name](c), want)) expect.fail(`lib ${f.name} 0x${c.toString(16)}: got ${libDecode[f.name](c)}, want ${want}`);
+      if (!sameValue(libDecode[f.name](c), want))
+        expect.fail(`lib ${f.name} 0x${c.toString(16)}: got ${libDecode[f.name](c)}, want ${want}`);
     }
     for (const isa of isas) {
       native.setIsa(isa);
       const got = nativeConvert(codes, f.name, 'f32', nCodes);
       native.setIsa(originalIsa);
       for (let c = 0; c < nCodes; c++)
-        if (!sameValue(got[c]!, Math.fround(decode(f, c)))) expect.fail(`native ${isa} ${f.name}->f32 0x${c.toString(16)}: got ${got[c]}, want ${decode(f, c)}`);
+        if (!sameValue(got[c]!, Math.fround(decode(f, c))))
+          expect.fail(`native ${isa} ${f.name}->f32 0x${c.toString(16)}: got ${got[c]}, want ${decode(f, c)}`);
     }
   });
 
@@ -183,7 +228,9 @@ describe.each(formats)('$name from its definition', (f) => {
       if (want < 0) {
         if (!Number.isNaN(decode(f, got))) expect.fail(`${who} ${f.name}(${x}): got 0x${got.toString(16)}, want a NaN`);
       } else if (got !== want) {
-        expect.fail(`${who} ${f.name}(${x} = 0x${f32Bits(x).toString(16)}): got 0x${got.toString(16)} = ${decode(f, got)}, want 0x${want.toString(16)} = ${decode(f, want)}`);
+        expect.fail(
+          `${who} ${f.name}(${x} = 0x${f32Bits(x).toString(16)}): got 0x${got.toString(16)} = ${decode(f, got)}, want 0x${want.toString(16)} = ${decode(f, want)}`,
+        );
       }
     };
     for (const x of xs) check('lib', x, libEncode[f.name](x));

@@ -5,7 +5,15 @@ import { Stream, Tensor, native } from '../lib/index.js';
 import type { DType } from '../lib/index.js';
 import { backends, cudaAvailable, expectCode, rng } from './helpers.js';
 
-const DTYPES: [DType, number][] = [['f32', 4], ['bf16', 2], ['f16', 2], ['fp8_e4m3', 1], ['int8', 1], ['int32', 4], ['int64', 8]];
+const DTYPES: [DType, number][] = [
+  ['f32', 4],
+  ['bf16', 2],
+  ['f16', 2],
+  ['fp8_e4m3', 1],
+  ['int8', 1],
+  ['int32', 4],
+  ['int64', 8],
+];
 const POISON = 0xa5;
 
 function randomBytes(r: ReturnType<typeof rng>, n: number): Uint8Array {
@@ -13,13 +21,23 @@ function randomBytes(r: ReturnType<typeof rng>, n: number): Uint8Array {
 }
 
 /** src [R, ...rest] of random bits, idx of shape idxShape with values in [0, R), out poisoned. */
-function makeCase(r: ReturnType<typeof rng>, dtype: DType, size: number, R: number, rest: number[], idxShape: number[], device = 'cpu') {
+function makeCase(
+  r: ReturnType<typeof rng>,
+  dtype: DType,
+  size: number,
+  R: number,
+  rest: number[],
+  idxShape: number[],
+  device = 'cpu',
+) {
   const rowBytes = rest.reduce((a, b) => a * b, 1) * size;
   const srcBytes = randomBytes(r, R * rowBytes);
   const n = idxShape.reduce((a, b) => a * b, 1);
   const idxVals = Int32Array.from({ length: n }, () => r.int(R));
   return {
-    rowBytes, srcBytes, idxVals,
+    rowBytes,
+    srcBytes,
+    idxVals,
     src: new Tensor(dtype, [R, ...rest], device, srcBytes),
     idx: new Tensor('int32', idxShape, device, idxVals),
     out: new Tensor(dtype, [...idxShape, ...rest], device, new Uint8Array(n * rowBytes).fill(POISON)),
@@ -60,7 +78,11 @@ describe('gatherRows', () => {
         if (rest[0] === 4096 && size > 2) continue; // the large case once per element width is enough
         const c = makeCase(r, dtype, size, R, rest, idxShape);
         native.gatherRows(null, c.out, c.src, c.idx);
-        expectBytes(c.out.toBytes(), referenceGather(c.srcBytes, c.rowBytes, c.idxVals), `${dtype} [${R}, ${rest}] idx [${idxShape}]`);
+        expectBytes(
+          c.out.toBytes(),
+          referenceGather(c.srcBytes, c.rowBytes, c.idxVals),
+          `${dtype} [${R}, ${rest}] idx [${idxShape}]`,
+        );
         for (const t of [c.out, c.src, c.idx]) t.dispose();
       }
   });
@@ -89,7 +111,11 @@ describe('gatherRows', () => {
       const out = new Tensor('bf16', [3, 4], 'cpu', new Uint8Array(24).fill(POISON));
       const s = new Stream('cpu');
       native.gatherRows(s, out, src, new Tensor('int32', [3], 'cpu', Int32Array.from([0, bad, 2])));
-      expectCode(() => s.synchronize(), 'E_ARGUMENT', new RegExp(`gatherRows: idx\\[1\\] = ${bad} is out of range for 'src' of 5 rows`));
+      expectCode(
+        () => s.synchronize(),
+        'E_ARGUMENT',
+        new RegExp(`gatherRows: idx\\[1\\] = ${bad} is out of range for 'src' of 5 rows`),
+      );
       expectBytes(out.toBytes(), new Uint8Array(24).fill(POISON), `after idx ${bad}`);
       native.gatherRows(s, out, src, new Tensor('int32', [3], 'cpu', Int32Array.from([4, 0, 2])));
       s.synchronize();
@@ -101,13 +127,33 @@ describe('gatherRows', () => {
   it('rejects bad arguments with typed errors', () => {
     const src = new Tensor('f32', [4, 3], 'cpu');
     const idx = new Tensor('int32', [2], 'cpu', Int32Array.from([0, 1]));
-    expectCode(() => native.gatherRows(null, new Tensor('bf16', [2, 3], 'cpu'), src, idx), 'E_DTYPE', /'out' has dtype bf16, expected f32/);
-    expectCode(() => native.gatherRows(null, new Tensor('f32', [2, 3], 'cpu'), src, new Tensor('int64', [2], 'cpu')), 'E_DTYPE', /'idx'/);
-    expectCode(() => native.gatherRows(null, new Tensor('f32', [3, 3], 'cpu'), src, idx), 'E_SHAPE', /'out' has shape \[3, 3\], expected \[2, 3\]/);
-    expectCode(() => native.gatherRows(null, new Tensor('f32', [2], 'cpu'), new Tensor('f32', [], 'cpu'), idx), 'E_SHAPE', /'src'/);
+    expectCode(
+      () => native.gatherRows(null, new Tensor('bf16', [2, 3], 'cpu'), src, idx),
+      'E_DTYPE',
+      /'out' has dtype bf16, expected f32/,
+    );
+    expectCode(
+      () => native.gatherRows(null, new Tensor('f32', [2, 3], 'cpu'), src, new Tensor('int64', [2], 'cpu')),
+      'E_DTYPE',
+      /'idx'/,
+    );
+    expectCode(
+      () => native.gatherRows(null, new Tensor('f32', [3, 3], 'cpu'), src, idx),
+      'E_SHAPE',
+      /'out' has shape \[3, 3\], expected \[2, 3\]/,
+    );
+    expectCode(
+      () => native.gatherRows(null, new Tensor('f32', [2], 'cpu'), new Tensor('f32', [], 'cpu'), idx),
+      'E_SHAPE',
+      /'src'/,
+    );
     const whole = new Tensor('f32', [6, 3], 'cpu');
     expectCode(() => native.gatherRows(null, whole.narrow(3, 2), whole.narrow(0, 4), idx), 'E_ARGUMENT', /overlaps/);
-    expectCode(() => native.gatherRows(null, new Tensor('f32', [2, 3], 'cpu'), src, 'idx' as unknown as Tensor), 'E_ARGUMENT', /idx/);
+    expectCode(
+      () => native.gatherRows(null, new Tensor('f32', [2, 3], 'cpu'), src, 'idx' as unknown as Tensor),
+      'E_ARGUMENT',
+      /idx/,
+    );
   });
 
   it.runIf(backends.length > 1)('rejects tensors on different devices', () => {
@@ -126,7 +172,11 @@ describe.skipIf(!cudaAvailable)('gatherRows on CUDA matches the CPU', () => {
         if (rest[0] === 4096 && size > 2) continue;
         const c = makeCase(r, dtype, size, R, rest, idxShape, dev);
         native.gatherRows(null, c.out, c.src, c.idx);
-        expectBytes(c.out.toBytes(), referenceGather(c.srcBytes, c.rowBytes, c.idxVals), `cuda ${dtype} [${R}, ${rest}] idx [${idxShape}]`);
+        expectBytes(
+          c.out.toBytes(),
+          referenceGather(c.srcBytes, c.rowBytes, c.idxVals),
+          `cuda ${dtype} [${R}, ${rest}] idx [${idxShape}]`,
+        );
         for (const t of [c.out, c.src, c.idx]) t.dispose();
       }
   });
@@ -135,20 +185,26 @@ describe.skipIf(!cudaAvailable)('gatherRows on CUDA matches the CPU', () => {
     const r = rng(4104);
     for (const rowBytes of [48, 16, 24, 8, 12, 4, 6, 2, 3, 1])
       for (const skip of [0, 1]) {
-        const R = 9, n = 17;
+        const R = 9,
+          n = 17;
         const srcBytes = randomBytes(r, R * rowBytes);
         const src = new Tensor('int8', [R, rowBytes], dev, srcBytes);
         const part = src.narrow(skip, R - skip); // skip = 1 moves the base by rowBytes
         const idxVals = Int32Array.from({ length: n }, () => r.int(R - skip));
         const out = new Tensor('int8', [n, rowBytes], dev, new Uint8Array(n * rowBytes).fill(POISON));
         native.gatherRows(null, out, part, new Tensor('int32', [n], dev, idxVals));
-        expectBytes(out.toBytes(), referenceGather(srcBytes.subarray(skip * rowBytes), rowBytes, idxVals), `rows of ${rowBytes} bytes, from row ${skip}`);
+        expectBytes(
+          out.toBytes(),
+          referenceGather(srcBytes.subarray(skip * rowBytes), rowBytes, idxVals),
+          `rows of ${rowBytes} bytes, from row ${skip}`,
+        );
       }
   });
 
   it('more rows than one launch has blocks (65535)', () => {
     const r = rng(4105);
-    const R = 7, n = 70_000;
+    const R = 7,
+      n = 70_000;
     const srcBytes = randomBytes(r, R * 2);
     const idxVals = Int32Array.from({ length: n }, () => r.int(R));
     const out = new Tensor('bf16', [n], dev, new Uint8Array(2 * n).fill(POISON));

@@ -22,15 +22,30 @@ function smoke(script: string, timeout: number, args: string[] = []) {
 }
 
 describe('GPU benchmark scripts (smoke mode on the CPU)', () => {
-  it(`bench/gpu.mjs runs its copy, GEMM, grouped-MoE and MLA sections${emulated ? ' (and wgmma) on the emulated cuda:0' : ''}`, () => {
-    const out = smoke('bench/gpu.mjs', workLimitMs(3));
-    for (const title of ['device copy:', '== linear', '== grouped MoE', '== MLA decode', ...(emulated ? ['== bf16 GEMM: mma.sync tiles vs the TMA + wgmma'] : [])])
-      expect(out).toContain(title);
-    expect(out).not.toMatch(/NaN|Infinity/);
-  }, workLimitMs(3) + 10_000);
-  it('bench/gpu-model.mjs builds a model from device-made weights and times decode and prefill', () => {
-    const out = smoke('bench/gpu-model.mjs', workLimitMs(12), ['--steps', '2']);
-    for (const row of ['decode (graph)', 'decode (eager)', 'MoE in order on the main stream', 'prefill 32', 'ScMoE overlap:']) expect(out).toContain(row);
-    expect(out).not.toMatch(/NaN|Infinity/);
-  }, workLimitMs(12) + 10_000);
+  it(
+    `bench/gpu.mjs runs its copy, GEMM, grouped-MoE and MLA sections${emulated ? ' (and wgmma) on the emulated cuda:0' : ''}`,
+    () => {
+      const out = smoke('bench/gpu.mjs', workLimitMs(3));
+      for (const title of [
+        'device copy:',
+        '== linear',
+        '== grouped MoE',
+        '== MLA decode',
+        ...(emulated ? ['== bf16 GEMM: mma.sync tiles vs the TMA + wgmma'] : []),
+      ])
+        expect(out).toContain(title);
+      expect(out).not.toMatch(/NaN|Infinity/);
+    },
+    workLimitMs(3) + 10_000,
+  );
+  it(
+    'bench/gpu-model.mjs builds a model from device-made weights and times decode and prefill',
+    () => {
+      const out = smoke('bench/gpu-model.mjs', workLimitMs(12), ['--steps', '2']);
+      for (const row of ['decode (graph)', 'decode (eager)', 'MoE in order on the main stream', 'prefill 32', 'ScMoE overlap:'])
+        expect(out).toContain(row);
+      expect(out).not.toMatch(/NaN|Infinity/);
+    },
+    workLimitMs(12) + 10_000,
+  );
 });

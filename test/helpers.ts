@@ -9,9 +9,11 @@ export { rng } from './rng.js';
 /** Asserts |got - want| <= atol + rtol * |want| elementwise, reporting the worst element. */
 export function expectClose(got: ArrayLike<number>, want: ArrayLike<number>, atol: number, rtol = 0, what = 'values') {
   expect(got.length, `${what}: length`).toBe(want.length);
-  let worst = -1, worstExcess = 0;
+  let worst = -1,
+    worstExcess = 0;
   for (let i = 0; i < want.length; i++) {
-    const g = got[i]!, w = want[i]!;
+    const g = got[i]!,
+      w = want[i]!;
     const tol = atol + rtol * Math.abs(w);
     const err = Math.abs(g - w);
     if (!(err <= tol)) {

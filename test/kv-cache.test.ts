@@ -29,7 +29,8 @@ describe('BlockAllocator', () => {
 
   it('reuses freed blocks and rejects double frees and bad ids', () => {
     const a = new BlockAllocator(3);
-    const x = a.alloc(), y = a.alloc();
+    const x = a.alloc(),
+      y = a.alloc();
     a.free(x);
     expect(a.available).toBe(2);
     expect(a.alloc()).toBe(x);
@@ -180,7 +181,9 @@ describe('SequenceCache', () => {
 describe('batchTables', () => {
   it('packs [B, maxBlocks] tables padded with 0 plus lengths', () => {
     const a = new BlockAllocator(10);
-    const s0 = new SequenceCache(a, 4, 64), s1 = new SequenceCache(a, 4, 64), s2 = new SequenceCache(a, 4, 64);
+    const s0 = new SequenceCache(a, 4, 64),
+      s1 = new SequenceCache(a, 4, 64),
+      s2 = new SequenceCache(a, 4, 64);
     s0.reserve(5); // blocks 0,1
     s1.reserve(9); // 2,3,4
     s0.reserve(4); // 5 (9 tokens)

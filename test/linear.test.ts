@@ -15,12 +15,11 @@ const U16 = 2 ** -8; // bf16 unit roundoff
 const isaNames = ['scalar', 'avx2', 'avx512'] as const;
 const startIsa = cpuFeatures().isa;
 /** The ISA paths this CPU can run (setIsa clamps to what it supports). */
-const isas = [...new Set(isaNames.map((i) => native.setIsa(i) as (typeof isaNames)[number]))];
+const isas = [...new Set(isaNames.map(i => native.setIsa(i) as (typeof isaNames)[number]))];
 native.setIsa(startIsa);
 afterAll(() => {
   native.setIsa(startIsa);
 });
-
 
 interface Weight {
   w: Tensor;
@@ -44,7 +43,8 @@ function makeWeight(r: Rng, dtype: WDtype, n: number, k: number): Weight {
     for (let i = 0; i < n * k; i++) ref[i] = bf16ToF32(bits[i]!);
     w = new Tensor('bf16', [n, k], 'cpu', bits);
   } else if (dtype === 'fp8_e4m3') {
-    const kb = Math.ceil(k / 128), nb = Math.ceil(n / 128);
+    const kb = Math.ceil(k / 128),
+      nb = Math.ceil(n / 128);
     const s = Float32Array.from({ length: nb * kb }, () => r.uniform(0.25, 2) / 64);
     const codes = Uint8Array.from({ length: n * k }, () => {
       const c = r.int(254); // 0..253, skipping the NaN codes 0x7f and 0xff
@@ -62,7 +62,15 @@ function makeWeight(r: Rng, dtype: WDtype, n: number, k: number): Weight {
     w = new Tensor('int8', [n, k], 'cpu', q);
     scale = new Tensor('f32', [n], 'cpu', s);
   }
-  return { w, scale, ref, dispose: () => { w.dispose(); scale?.dispose(); } };
+  return {
+    w,
+    scale,
+    ref,
+    dispose: () => {
+      w.dispose();
+      scale?.dispose();
+    },
+  };
 }
 
 /** x [t, k] in `dtype` and its exact values. */
@@ -76,10 +84,12 @@ function makeX(r: Rng, dtype: FDtype, t: number, k: number): { x: Tensor; ref: F
 
 /** y = x W^T in float64 and the error scale S = sum_k |x_k w_k| per output. */
 function reference(x: Float64Array, w: Float64Array, t: number, n: number, k: number) {
-  const y = new Float64Array(t * n), s = new Float64Array(t * n);
+  const y = new Float64Array(t * n),
+    s = new Float64Array(t * n);
   for (let i = 0; i < t; i++)
     for (let j = 0; j < n; j++) {
-      let acc = 0, abs = 0;
+      let acc = 0,
+        abs = 0;
       for (let c = 0; c < k; c++) {
         const p = x[i * k + c]! * w[j * k + c]!;
         acc += p;
@@ -97,8 +107,14 @@ function reference(x: Float64Array, w: Float64Array, t: number, n: number, k: nu
  * k blocks and the int8 scale) stays within gamma_(k+8) * S; the vdpbf16ps path also rounds an f32
  * x to bf16 (relative error <= 2^-8).
  */
-function check(got: ArrayLike<number>, want: { y: Float64Array; s: Float64Array }, k: number, rel: number,
-  yt: FDtype, what: string) {
+function check(
+  got: ArrayLike<number>,
+  want: { y: Float64Array; s: Float64Array },
+  k: number,
+  rel: number,
+  yt: FDtype,
+  what: string,
+) {
   const gamma = ((k + 8) * U32) / (1 - (k + 8) * U32);
   for (let i = 0; i < want.y.length; i++) {
     const e = (gamma + rel) * want.s[i]!;
@@ -123,7 +139,7 @@ function runLinear(x: Tensor, w: Weight, t: number, n: number, yt: FDtype) {
 
 const wdtypes: WDtype[] = ['f32', 'bf16', 'fp8_e4m3', 'int8'];
 const fdtypes: FDtype[] = ['f32', 'bf16'];
-const cases = wdtypes.flatMap((wd) => fdtypes.map((xd) => [wd, xd] as const));
+const cases = wdtypes.flatMap(wd => fdtypes.map(xd => [wd, xd] as const));
 
 describe('linear', () => {
   it.each(cases)('weight %s, x %s: every shape, ISA and output dtype', (wdtype, xdtype) => {
@@ -200,11 +216,16 @@ describe('linear', () => {
     const r = rng(1717);
     const before = native.setMatmulPrecision('fp8');
     try {
-      for (const [t, k, n] of [[17, 300, 37], [40, 129, 130], [16, 300, 37]] as const) {
+      for (const [t, k, n] of [
+        [17, 300, 37],
+        [40, 129, 130],
+        [16, 300, 37],
+      ] as const) {
         for (const xdtype of fdtypes) {
           const x = makeX(r, xdtype, t, k);
           // the activations the GPU's e4m3 GEMM sees: quantized in Math.fround arithmetic, exactly dequantized
-          const G = Math.ceil(k / 128), xq = new Float64Array(t * k);
+          const G = Math.ceil(k / 128),
+            xq = new Float64Array(t * k);
           for (let i = 0; i < t; i++)
             for (let g = 0; g < G; g++) {
               let amax = 0;
@@ -229,7 +250,8 @@ describe('linear', () => {
         }
       }
       // and the quantization is visible: the same fp8 GEMM differs from precision 'highest'
-      const x = makeX(r, 'f32', 20, 256), w = makeWeight(r, 'fp8_e4m3', 8, 256);
+      const x = makeX(r, 'f32', 20, 256),
+        w = makeWeight(r, 'fp8_e4m3', 8, 256);
       const a = runLinear(x.x, w, 20, 8, 'f32');
       native.setMatmulPrecision('highest');
       const b = runLinear(x.x, w, 20, 8, 'f32');
@@ -289,7 +311,7 @@ describe('linear', () => {
     const threads = native.threads();
     // Codes: all 254 non-NaN codes in random order, then random ones with subnormals (exponent
     // field 0) three times in ten; scales spread over 2^-8 .. 2^8 so the x pre-scaling is exercised.
-    const nonNan = Array.from({ length: 256 }, (_, c) => c).filter((c) => (c & 0x7f) !== 0x7f);
+    const nonNan = Array.from({ length: 256 }, (_, c) => c).filter(c => (c & 0x7f) !== 0x7f);
     const code = (i: number) => {
       if (i < nonNan.length) return nonNan[i]!;
       if (r.uniform() < 0.3) return (r.int(2) << 7) | r.int(8); // +-subnormal or zero
@@ -297,7 +319,8 @@ describe('linear', () => {
     };
     try {
       for (const k of [95, 200, 1000]) {
-        const kb = Math.ceil(k / 128), nb = Math.ceil(n / 128);
+        const kb = Math.ceil(k / 128),
+          nb = Math.ceil(n / 128);
         const s = Float32Array.from({ length: nb * kb }, () => r.uniform(0.5, 2) * 2 ** (r.int(17) - 8));
         const perm = Array.from({ length: n * k }, (_, i) => i);
         for (let i = perm.length - 1; i > 0; i--) {
@@ -307,16 +330,31 @@ describe('linear', () => {
         const codes = new Uint8Array(n * k);
         for (let i = 0; i < n * k; i++) codes[perm[i]!] = code(i);
         // NaN codes in the first / last column, both lane halves, the k tail and around the row block edge.
-        const nanAt: [number, number, number][] = [[0, 0, 0x7f], [5, k - 1, 0xff], [127, 63 % k, 0x7f],
-          [128, 64 % k, 0xff], [130, Math.min(129, k - 1), 0x7f], [299, k - 2, 0xff]];
+        const nanAt: [number, number, number][] = [
+          [0, 0, 0x7f],
+          [5, k - 1, 0xff],
+          [127, 63 % k, 0x7f],
+          [128, 64 % k, 0xff],
+          [130, Math.min(129, k - 1), 0x7f],
+          [299, k - 2, 0xff],
+        ];
         const nanRows = new Set(nanAt.map(([row]) => row));
         for (const [row, col, c] of nanAt) codes[row * k + col] = c;
         const ref = new Float64Array(n * k);
         for (let i = 0; i < n; i++)
           for (let j = 0; j < k; j++)
-            ref[i * k + j] = nanRows.has(i) ? 0 : fp8e4m3ToF32(codes[i * k + j]!) * s[Math.floor(i / 128) * kb + Math.floor(j / 128)]!;
-        const w: Weight = { w: new Tensor('fp8_e4m3', [n, k], 'cpu', codes), scale: new Tensor('f32', [nb, kb], 'cpu', s), ref,
-          dispose: () => { w.w.dispose(); w.scale!.dispose(); } };
+            ref[i * k + j] = nanRows.has(i)
+              ? 0
+              : fp8e4m3ToF32(codes[i * k + j]!) * s[Math.floor(i / 128) * kb + Math.floor(j / 128)]!;
+        const w: Weight = {
+          w: new Tensor('fp8_e4m3', [n, k], 'cpu', codes),
+          scale: new Tensor('f32', [nb, kb], 'cpu', s),
+          ref,
+          dispose: () => {
+            w.w.dispose();
+            w.scale!.dispose();
+          },
+        };
         for (let t = 1; t <= 8; t++) {
           const x = makeX(r, t % 2 ? 'f32' : 'bf16', t, k);
           const want = reference(x.ref, ref, t, n, k);
@@ -347,10 +385,13 @@ describe('linear', () => {
   });
 
   it('rejects bad arguments with typed errors', () => {
-    const x = full([2, 4], 1), w = full([3, 4], 1), y = full([2, 3], 0);
+    const x = full([2, 4], 1),
+      w = full([3, 4], 1),
+      y = full([2, 3], 0);
     const q8 = new Tensor('fp8_e4m3', [3, 4], 'cpu', new Uint8Array(12));
     const i8 = new Tensor('int8', [3, 4], 'cpu', new Int8Array(12));
-    const s8 = full([1, 1], 1), srow = full([3], 1);
+    const s8 = full([1, 1], 1),
+      srow = full([3], 1);
     expectCode(() => native.linear(null, y, full([2, 5], 1), w), 'E_SHAPE', /last dimension must be k = 4/);
     expectCode(() => native.linear(null, full([2, 4], 0), x, w), 'E_SHAPE', /'y' has shape \[2, 4\], expected \[2, 3\]/);
     expectCode(() => native.linear(null, y, x, q8), 'E_ARGUMENT', /needs its scale/);
@@ -377,7 +418,8 @@ describe('linear', () => {
 describe('quantizeInt8Rows', () => {
   /** The op's definition with f32 arithmetic emulated by Math.fround. */
   function quantRef(w: Float32Array, n: number, k: number) {
-    const q = new Int8Array(n * k), s = new Float32Array(n);
+    const q = new Int8Array(n * k),
+      s = new Float32Array(n);
     for (let i = 0; i < n; i++) {
       let amax = 0;
       for (let c = 0; c < k; c++) amax = Math.max(amax, Math.abs(w[i * k + c]!));
@@ -389,9 +431,14 @@ describe('quantizeInt8Rows', () => {
     return { q, s };
   }
 
-  it.each(fdtypes)('matches the reference bit for bit (w %s) and linear on the result stays within half a step', (wd) => {
+  it.each(fdtypes)('matches the reference bit for bit (w %s) and linear on the result stays within half a step', wd => {
     const r = rng(wd === 'f32' ? 11 : 12);
-    for (const [n, k] of [[1, 1], [5, 7], [33, 129], [7, 1000]] as const) {
+    for (const [n, k] of [
+      [1, 1],
+      [5, 7],
+      [33, 129],
+      [7, 1000],
+    ] as const) {
       const v = r.array(n * k, -3, 3);
       if (n > 2) v.fill(0, k, 2 * k); // an all-zero row
       if (wd === 'bf16') for (let i = 0; i < v.length; i++) v[i] = bf16ToF32(f32ToBf16(v[i]!));
@@ -422,7 +469,9 @@ describe('quantizeInt8Rows', () => {
   });
 
   it('rejects bad arguments', () => {
-    const w = full([3, 4], 1), q = new Tensor('int8', [3, 4]), s = full([3], 0);
+    const w = full([3, 4], 1),
+      q = new Tensor('int8', [3, 4]),
+      s = full([3], 0);
     expectCode(() => native.quantizeInt8Rows(null, full([3, 4], 0), s, w), 'E_DTYPE', /'q'/);
     expectCode(() => native.quantizeInt8Rows(null, q, full([4], 0), w), 'E_SHAPE', /scale/);
     expectCode(() => native.quantizeInt8Rows(null, new Tensor('int8', [4, 3]), s, w), 'E_SHAPE', /'q'/);

@@ -22,7 +22,8 @@ import type { InitRandomOptions } from '../dist/init-random.js';
 const prompt = [5, 17, 300, 2, 99, 41, 7, 260, 1, 3, 511, 64, 8, 200, 33, 12, 90];
 
 function maxRelErr(got: ArrayLike<number>, want: ArrayLike<number>): number {
-  let scale = 1e-30, worst = 0;
+  let scale = 1e-30,
+    worst = 0;
   for (let i = 0; i < want.length; i++) scale = Math.max(scale, Math.abs(want[i]!));
   for (let i = 0; i < want.length; i++) {
     const e = Math.abs(got[i]! - want[i]!);
@@ -82,8 +83,19 @@ export interface ModelCheck {
   tol: number;
   ok: boolean;
 }
-export async function modelChecks({ device, oracle = 'cpu', presets = ['tiny', 'tiny-fp8', 'tiny-fp8-h128', 'small'], precision = 'highest', steps = 12 }:
-  { device: string; oracle?: string; presets?: ModelVariant[]; precision?: MatmulPrecision; steps?: number }): Promise<ModelCheck[]> {
+export async function modelChecks({
+  device,
+  oracle = 'cpu',
+  presets = ['tiny', 'tiny-fp8', 'tiny-fp8-h128', 'small'],
+  precision = 'highest',
+  steps = 12,
+}: {
+  device: string;
+  oracle?: string;
+  presets?: ModelVariant[];
+  precision?: MatmulPrecision;
+  steps?: number;
+}): Promise<ModelCheck[]> {
   const root = mkdtempSync(path.join(tmpdir(), 'longcat-model-check-'));
   const prev = native.setMatmulPrecision(precision);
   const out: ModelCheck[] = [];
@@ -94,28 +106,34 @@ export async function modelChecks({ device, oracle = 'cpu', presets = ['tiny', '
       await initRandom({ ...VARIANTS[variant], out: dir, seed: 11 });
       const ref = await loadModel(dir, { backend: oracle === 'cpu' ? 'cpu' : 'cuda', maxContext: 256 });
       const dut = await loadModel(dir, { backend: device === 'cpu' ? 'cpu' : 'cuda', maxContext: 256 });
-      const check = (what: string, err: number, tol: number) => out.push({ name: `${variant} ${precision}: ${what}`, err, tol, ok: err <= tol });
+      const check = (what: string, err: number, tol: number) =>
+        out.push({ name: `${variant} ${precision}: ${what}`, err, tol, ok: err <= tol });
       try {
         const V = ref.engine.dims.vocab;
         // 1. prefill logits, every position
-        const sr = ref.engine.newSequence(), sd = dut.engine.newSequence();
+        const sr = ref.engine.newSequence(),
+          sd = dut.engine.newSequence();
         const lr = read(ref.engine.forward([sr], [prompt], { allLogits: true }));
         const ld = read(dut.engine.forward([sd], [prompt], { allLogits: true }));
         const self = device === oracle;
         if (!self) check(`prefill logits on ${device} vs ${oracle}`, maxRelErr(ld, lr), tight ? 1e-3 : 3e-2);
         // (the float64 reference is slow in JS: the small preset is left to the CPU oracle)
         // The latent cache is bf16 (unit roundoff 2^-9 on every cached value), so 1e-2, not fp32's 1e-4.
-        if (tight && variant !== 'small') check(`prefill logits on ${device} vs the float64 reference`, maxRelErr(ld, await referenceLogits(dir, prompt)), 1e-2);
+        if (tight && variant !== 'small')
+          check(`prefill logits on ${device} vs the float64 reference`, maxRelErr(ld, await referenceLogits(dir, prompt)), 1e-2);
         // 2. greedy decode: the same tokens until a near-tie (the oracle's top two within tolerance)
-        let tr = argmax(lr, (prompt.length - 1) * V, V), td = argmax(ld, (prompt.length - 1) * V, V);
-        let diverged = 0, stepsOk = 0;
+        let tr = argmax(lr, (prompt.length - 1) * V, V),
+          td = argmax(ld, (prompt.length - 1) * V, V);
+        let diverged = 0,
+          stepsOk = 0;
         for (let i = 0; i < steps && !diverged; i++) {
           if (tr !== td) {
             diverged = 1;
             break;
           }
           stepsOk++;
-          const a = read(ref.engine.forward([sr], [[tr]])), b = read(dut.engine.forward([sd], [[td]]));
+          const a = read(ref.engine.forward([sr], [[tr]])),
+            b = read(dut.engine.forward([sd], [[td]]));
           tr = argmax(a, 0, V);
           td = argmax(b, 0, V);
           if (tr !== td) {
@@ -144,7 +162,8 @@ export async function modelChecks({ device, oracle = 'cpu', presets = ['tiny', '
         for (const p of parts) joined.set(p, off), (off += p.length);
         check(`prefill + decode == full forward on ${device}`, maxRelErr(joined, all), tight ? 2e-4 : 3e-2);
         // 4. the captured decode step (graph replay) == the eager one (allLogits forces eager)
-        const s1 = e.newSequence(), s2 = e.newSequence();
+        const s1 = e.newSequence(),
+          s2 = e.newSequence();
         read(e.forward([s1], [prompt]));
         read(e.forward([s2], [prompt]));
         let worst = 0;

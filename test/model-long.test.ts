@@ -53,13 +53,18 @@ async function referenceLogits(dir: string, tokens: number[]) {
 function expectRowsClose(got: ArrayLike<number>, want: ArrayLike<number>, V: number, rel: number, what: string) {
   expect(got.length, `${what}: length`).toBe(want.length);
   for (let r = 0; r * V < want.length; r++) {
-    let scale = 0, worst = 0, at = 0;
+    let scale = 0,
+      worst = 0,
+      at = 0;
     for (let i = r * V; i < (r + 1) * V; i++) scale = Math.max(scale, Math.abs(want[i]!));
     for (let i = r * V; i < (r + 1) * V; i++) {
       const e = Math.abs(got[i]! - want[i]!);
       if (!(e <= worst)) (worst = e), (at = i - r * V);
     }
-    if (!(worst <= rel * scale)) expect.fail(`${what}: row ${r}, logit ${at}: ${got[r * V + at]} vs ${want[r * V + at]} (error ${worst}, allowed ${rel * scale})`);
+    if (!(worst <= rel * scale))
+      expect.fail(
+        `${what}: row ${r}, logit ${at}: ${got[r * V + at]} vs ${want[r * V + at]} (error ${worst}, allowed ${rel * scale})`,
+      );
   }
 }
 
@@ -71,7 +76,8 @@ const take = (r: { logits: Tensor }) => {
 
 /** Logits of every position: a prefill of `prefill` tokens, then one decode step per token. */
 function prefillThenDecode(model: Model, tokens: number[], prefill: number): Float32Array {
-  const e = model.engine, V = e.dims.vocab;
+  const e = model.engine,
+    V = e.dims.vocab;
   const seq = e.newSequence();
   try {
     const out = new Float32Array(tokens.length * V);
@@ -93,7 +99,8 @@ function fullForward(model: Model, tokens: number[]): Float32Array {
   }
 }
 
-const tokensOf = (n: number, seed: number, vocab = 512) => Array.from({ length: n }, (_, i) => (seed * 7919 + i * 104729 + ((i * i) % 97)) % vocab);
+const tokensOf = (n: number, seed: number, vocab = 512) =>
+  Array.from({ length: n }, (_, i) => (seed * 7919 + i * 104729 + ((i * i) % 97)) % vocab);
 
 describe('decode past the split threshold of the absorbed attention', () => {
   // 2 x threads work units; a sequence splits into ceil(len / max(64, total / units)) parts, so any
@@ -114,7 +121,15 @@ describe('YaRN with mscale != mscale_all_dim, past the original context', () => 
   it('decode and prefill equal the float64 reference at positions beyond original_max_position_embeddings', async () => {
     const dir = await makeCheckpoint('yarn-mscale', {
       max_position_embeddings: 256,
-      rope_scaling: { type: 'yarn', factor: 4, original_max_position_embeddings: 64, beta_fast: 32, beta_slow: 1, mscale: 0.707, mscale_all_dim: 1.3 },
+      rope_scaling: {
+        type: 'yarn',
+        factor: 4,
+        original_max_position_embeddings: 64,
+        beta_fast: 32,
+        beta_slow: 1,
+        mscale: 0.707,
+        mscale_all_dim: 1.3,
+      },
     });
     using model = await loadModel(dir, { backend: 'cpu', cacheDtype: 'f32', maxContext: 256 });
     const toks = tokensOf(150, 5);
@@ -127,8 +142,12 @@ describe('YaRN with mscale != mscale_all_dim, past the original context', () => 
 
 describe('FP8 checkpoints with 128-wide heads and real latent widths', () => {
   // With kv_lora_rank > 128 the absorbed kv_b has several 128-column scale blocks per head.
-  it.each([256, 512])('kv_lora_rank %i: decode equals the full forward, the full forward the reference', async (rank) => {
-    const dir = await makeCheckpoint(`fp8-rank${rank}`, { qk_nope_head_dim: 128, v_head_dim: 128, kv_lora_rank: rank, num_layers: 1 }, true);
+  it.each([256, 512])('kv_lora_rank %i: decode equals the full forward, the full forward the reference', async rank => {
+    const dir = await makeCheckpoint(
+      `fp8-rank${rank}`,
+      { qk_nope_head_dim: 128, v_head_dim: 128, kv_lora_rank: rank, num_layers: 1 },
+      true,
+    );
     using model = await loadModel(dir, { backend: 'cpu', cacheDtype: 'f32', maxContext: 64 });
     const w = model.engine.w.layers[0]!.attn[0];
     expect(w.kvBScales, 'the absorbed kv_b keeps e4m3 codes with block scales').not.toBeNull();
@@ -158,7 +177,9 @@ describe('a session whose next prompt diverges from its cached one', () => {
       const n = model.tokenizer.encode(first.slice(0, c)).length;
       if (n !== prev) starts.push(c), (prev = n);
     }
-    const offsets = [...new Set([0, 1, 2, 31, 62, 63, 64, 65, ids.length - 3, ids.length - 1].filter((o) => o >= 0 && o < starts.length - 1))];
+    const offsets = [
+      ...new Set([0, 1, 2, 31, 62, 63, 64, 65, ids.length - 3, ids.length - 1].filter(o => o >= 0 && o < starts.length - 1)),
+    ];
     using reused = model.createSession();
     let checked = 0;
     for (const o of offsets) {
@@ -170,7 +191,9 @@ describe('a session whose next prompt diverges from its cached one', () => {
       const want = await fresh.generate(second, { maxTokens: 6 });
       expect(again.tokens, `diverging at token ${o}`).toEqual(want.tokens);
       const shared = model.tokenizer.encode(second).findIndex((t, i) => t !== [...ids, -1][i]);
-      expect(again.prefillTokens, `diverging at token ${o}: only the new suffix is computed`).toBe(again.promptTokens - Math.min(shared, again.promptTokens - 1));
+      expect(again.prefillTokens, `diverging at token ${o}: only the new suffix is computed`).toBe(
+        again.promptTokens - Math.min(shared, again.promptTokens - 1),
+      );
       checked++;
     }
     expect(checked).toBe(offsets.length);

@@ -51,7 +51,9 @@ async function referenceLogits(dir: string, tokens: number[]) {
 
 function expectLogitsClose(got: ArrayLike<number>, want: ArrayLike<number>, rel: number) {
   expect(got.length).toBe(want.length);
-  let scale = 0, worst = 0, at = -1;
+  let scale = 0,
+    worst = 0,
+    at = -1;
   for (let i = 0; i < want.length; i++) scale = Math.max(scale, Math.abs(want[i]!));
   for (let i = 0; i < want.length; i++) {
     const e = Math.abs(got[i]! - want[i]!);
@@ -69,7 +71,22 @@ describe('forward pass vs the float64 reference', () => {
     ['bf16 weights, 1 layer', { num_layers: 1 }, false],
     // max_position_embeddings = factor x original, as in real YaRN configs (transformers 4.x
     // takes the factor from that ratio, SPEC 3.6 from `factor`: consistent configs agree)
-    ['YaRN rope scaling', { max_position_embeddings: 1024, rope_scaling: { type: 'yarn', factor: 4, original_max_position_embeddings: 256, beta_fast: 32, beta_slow: 1, mscale: 1, mscale_all_dim: 1 } }, false],
+    [
+      'YaRN rope scaling',
+      {
+        max_position_embeddings: 1024,
+        rope_scaling: {
+          type: 'yarn',
+          factor: 4,
+          original_max_position_embeddings: 256,
+          beta_fast: 32,
+          beta_slow: 1,
+          mscale: 1,
+          mscale_all_dim: 1,
+        },
+      },
+      false,
+    ],
     ['fp8 block-quantized linears', {}, true],
     // 128-wide heads: the absorbed form keeps kv_b as e4m3 codes in bf16 + per-head block scales
     ['fp8 linears, 128-wide nope / v heads', { qk_nope_head_dim: 128, v_head_dim: 128 }, true],
@@ -182,8 +199,13 @@ describe('decode loop', () => {
     const batch = prompts.map(() => e.newSequence());
     // batched prefill of sequences of different lengths, then one batched decode step
     readLogits(e.forward(batch, prompts)).length;
-    const together = readLogits(e.forward(batch, next.map((t) => [t])));
-    batch.forEach((s) => s.release());
+    const together = readLogits(
+      e.forward(
+        batch,
+        next.map(t => [t]),
+      ),
+    );
+    batch.forEach(s => s.release());
     const V = e.dims.vocab;
     prompts.forEach((p, b) => {
       const s = e.newSequence();
@@ -223,7 +245,11 @@ describe('decode loop', () => {
     using s = model.createSession();
     const first = await s.generate([{ role: 'user', content: 'Hello' }], { maxTokens: 4 });
     const second = await s.generate(
-      [{ role: 'user', content: 'Hello' }, { role: 'assistant', content: first.text }, { role: 'user', content: 'More' }],
+      [
+        { role: 'user', content: 'Hello' },
+        { role: 'assistant', content: first.text },
+        { role: 'user', content: 'More' },
+      ],
       { maxTokens: 4 },
     );
     expect(second.prefillTokens).toBeLessThan(second.promptTokens);
@@ -248,7 +274,7 @@ describe('decode loop', () => {
     using s = model.createSession();
     const ac = new AbortController();
     const g = s.generate('abc', { maxTokens: 40, signal: ac.signal });
-    const result = g.then((r) => r); // starts: the first step runs before control comes back here
+    const result = g.then(r => r); // starts: the first step runs before control comes back here
     ac.abort();
     const r = await result;
     expect(r.stopReason).toBe('abort');
@@ -258,10 +284,15 @@ describe('decode loop', () => {
   it('a KV cache that does not fit gives E_OOM naming its size and the options to change', async () => {
     const before = native.memoryStats('cpu').liveBytes;
     // 2^26 blocks x 64 x 40 f32 per latent cache: 640 GiB each, far past this machine's memory
-    const err = await loadModel(dir, { backend: 'cpu', cacheBlocks: 2 ** 26, cacheDtype: 'f32' }).then(() => null, (e: unknown) => e);
+    const err = await loadModel(dir, { backend: 'cpu', cacheBlocks: 2 ** 26, cacheDtype: 'f32' }).then(
+      () => null,
+      (e: unknown) => e,
+    );
     expect(err).toBeInstanceOf(LongcatError);
     expect((err as LongcatError).code).toBe('E_OOM');
-    expect((err as Error).message).toMatch(/KV cache does not fit on cpu: 4 latent caches of 67108864 blocks x 64 x 40 f32 = [\d.]+ GiB.*cacheBlocks/);
+    expect((err as Error).message).toMatch(
+      /KV cache does not fit on cpu: 4 latent caches of 67108864 blocks x 64 x 40 f32 = [\d.]+ GiB.*cacheBlocks/,
+    );
     expect(native.memoryStats('cpu').liveBytes).toBe(before); // nothing half-built is left behind
   });
 

@@ -7,9 +7,14 @@ import { expectClose, rng, expectCode } from './helpers.js';
 type WDtype = 'f32' | 'bf16' | 'fp8_e4m3' | 'int8';
 type Rng = ReturnType<typeof rng>;
 
-
 /** A weight [rows, cols] stored as `dtype`, with the exact float64 values it represents. */
-interface W { t: Tensor; scale: Tensor | null; v: Float64Array; rows: number; cols: number }
+interface W {
+  t: Tensor;
+  scale: Tensor | null;
+  v: Float64Array;
+  rows: number;
+  cols: number;
+}
 
 function makeWeight(r: Rng, rows: number, cols: number, dtype: WDtype): W {
   const amp = 1 / Math.sqrt(cols);
@@ -20,7 +25,8 @@ function makeWeight(r: Rng, rows: number, cols: number, dtype: WDtype): W {
     return { t: tensor(raw, [rows, cols], { dtype }), scale: null, v, rows, cols };
   }
   if (dtype === 'fp8_e4m3') {
-    const br = Math.ceil(rows / 128), bc = Math.ceil(cols / 128);
+    const br = Math.ceil(rows / 128),
+      bc = Math.ceil(cols / 128);
     const sc = Float32Array.from({ length: br * bc }, () => (amp / 200) * r.uniform(0.5, 1.5));
     const q = Uint8Array.from({ length: rows * cols }, () => f32ToFp8e4m3(r.uniform(-440, 440)));
     for (let i = 0; i < rows; i++)
@@ -30,15 +36,22 @@ function makeWeight(r: Rng, rows: number, cols: number, dtype: WDtype): W {
   }
   const sc = Float32Array.from({ length: rows }, () => (amp / 100) * r.uniform(0.5, 1.5));
   const q = Int8Array.from({ length: rows * cols }, () => r.int(255) - 127);
-  for (let i = 0; i < rows; i++)
-    for (let j = 0; j < cols; j++) v[i * cols + j] = q[i * cols + j]! * sc[i]!;
+  for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) v[i * cols + j] = q[i * cols + j]! * sc[i]!;
   return { t: new native.Tensor('int8', [rows, cols], 'cpu', q), scale: tensor(sc, [rows]), v, rows, cols };
 }
 
-interface Experts { gate: W[]; up: W[]; down: W[]; h: number; inter: number }
+interface Experts {
+  gate: W[];
+  up: W[];
+  down: W[];
+  h: number;
+  inter: number;
+}
 
 function makeExperts(r: Rng, n: number, h: number, inter: number, dtype: WDtype): Experts {
-  const gate: W[] = [], up: W[] = [], down: W[] = [];
+  const gate: W[] = [],
+    up: W[] = [],
+    down: W[] = [];
   for (let e = 0; e < n; e++) {
     gate.push(makeWeight(r, inter, h, dtype));
     up.push(makeWeight(r, inter, h, dtype));
@@ -61,10 +74,16 @@ function disposeExperts(x: Experts) {
  */
 function refExpert(x: Experts, e: number, u: ArrayLike<number>, off: number) {
   const { h, inter } = x;
-  const g = x.gate[e]!.v, up = x.up[e]!.v, dn = x.down[e]!.v;
-  const a = new Float64Array(inter), aMag = new Float64Array(inter);
+  const g = x.gate[e]!.v,
+    up = x.up[e]!.v,
+    dn = x.down[e]!.v;
+  const a = new Float64Array(inter),
+    aMag = new Float64Array(inter);
   for (let i = 0; i < inter; i++) {
-    let sg = 0, su = 0, mg = 0, mu = 0;
+    let sg = 0,
+      su = 0,
+      mg = 0,
+      mu = 0;
     for (let c = 0; c < h; c++) {
       sg += g[i * h + c]! * u[off + c]!;
       su += up[i * h + c]! * u[off + c]!;
@@ -77,9 +96,11 @@ function refExpert(x: Experts, e: number, u: ArrayLike<number>, off: number) {
     // |dup| <~ eps mu; plus a's own rounding before the down product.
     aMag[i] = 1.1 * mg * Math.abs(su) + Math.abs(silu) * mu + Math.abs(a[i]!);
   }
-  const y = new Float64Array(h), mag = new Float64Array(h);
+  const y = new Float64Array(h),
+    mag = new Float64Array(h);
   for (let o = 0; o < h; o++) {
-    let s = 0, m = 0;
+    let s = 0,
+      m = 0;
     for (let i = 0; i < inter; i++) {
       s += dn[o * inter + i]! * a[i]!;
       m += Math.abs(dn[o * inter + i]!) * aMag[i]!;
@@ -91,12 +112,22 @@ function refExpert(x: Experts, e: number, u: ArrayLike<number>, off: number) {
 }
 
 /** SPEC 4.2, token by token: y += w * Expert_e(u) for routed experts, y += w * u for zero experts. */
-function refMoe(x: Experts, nRouted: number, u: ArrayLike<number>, idx: ArrayLike<number>, w: ArrayLike<number>, t: number, k: number) {
+function refMoe(
+  x: Experts,
+  nRouted: number,
+  u: ArrayLike<number>,
+  idx: ArrayLike<number>,
+  w: ArrayLike<number>,
+  t: number,
+  k: number,
+) {
   const h = x.h;
-  const out = new Float64Array(t * h), mag = new Float64Array(t * h);
+  const out = new Float64Array(t * h),
+    mag = new Float64Array(t * h);
   for (let i = 0; i < t; i++)
     for (let j = 0; j < k; j++) {
-      const e = idx[i * k + j]!, wt = w[i * k + j]!;
+      const e = idx[i * k + j]!,
+        wt = w[i * k + j]!;
       if (e < nRouted) {
         const r = refExpert(x, e, u, i * h);
         for (let c = 0; c < h; c++) {
@@ -135,13 +166,14 @@ function expectMoe(got: ArrayLike<number>, ref: { out: Float64Array; mag: Float6
  * none, the slot order is shuffled. Distinct experts per token while enough exist.
  */
 function makeRouting(r: Rng, t: number, k: number, nRouted: number, nZero: number) {
-  const idx = new Int32Array(t * k), w = new Float32Array(t * k);
+  const idx = new Int32Array(t * k),
+    w = new Float32Array(t * k);
   const pop = nRouted - 1;
   const unused = nRouted >= 3 ? 1 : -1;
   for (let i = 0; i < t; i++) {
     const chosen: number[] = [];
     const pick = (pool: number[]) => {
-      const free = pool.filter((e) => !chosen.includes(e));
+      const free = pool.filter(e => !chosen.includes(e));
       const from = free.length ? free : pool;
       chosen.push(from[r.int(from.length)]!);
     };
@@ -150,7 +182,7 @@ function makeRouting(r: Rng, t: number, k: number, nRouted: number, nZero: numbe
       while (chosen.length < k) pick(zeros);
     } else {
       chosen.push(pop);
-      const pool = [...Array.from({ length: nRouted }, (_, e) => e).filter((e) => e !== unused), ...zeros];
+      const pool = [...Array.from({ length: nRouted }, (_, e) => e).filter(e => e !== unused), ...zeros];
       while (chosen.length < k) pick(pool);
     }
     for (let j = k - 1; j > 0; j--) {
@@ -165,14 +197,36 @@ function makeRouting(r: Rng, t: number, k: number, nRouted: number, nZero: numbe
   return { idx, w };
 }
 
-function runMoe(x: Experts, nRouted: number, u: Float32Array, idx: Int32Array, w: Float32Array, t: number, k: number,
-                opts: { stream?: Stream | null; nExperts?: number } = {}): Float32Array {
-  const ut = tensor(u, [t, x.h]), it_ = tensor(idx, [t, k], { dtype: 'int32' }), wt = tensor(w, [t, k]);
+function runMoe(
+  x: Experts,
+  nRouted: number,
+  u: Float32Array,
+  idx: Int32Array,
+  w: Float32Array,
+  t: number,
+  k: number,
+  opts: { stream?: Stream | null; nExperts?: number } = {},
+): Float32Array {
+  const ut = tensor(u, [t, x.h]),
+    it_ = tensor(idx, [t, k], { dtype: 'int32' }),
+    wt = tensor(w, [t, k]);
   const out = tensor(new Float32Array(t * x.h).fill(NaN), [t, x.h]);
   const q = x.gate[0]?.scale != null;
-  native.moe(opts.stream ?? null, out, ut, it_, wt, nRouted, x.gate.map((g) => g.t), x.up.map((g) => g.t), x.down.map((g) => g.t),
-    q ? x.gate.map((g) => g.scale!) : null, q ? x.up.map((g) => g.scale!) : null, q ? x.down.map((g) => g.scale!) : null,
-    opts.nExperts ?? null);
+  native.moe(
+    opts.stream ?? null,
+    out,
+    ut,
+    it_,
+    wt,
+    nRouted,
+    x.gate.map(g => g.t),
+    x.up.map(g => g.t),
+    x.down.map(g => g.t),
+    q ? x.gate.map(g => g.scale!) : null,
+    q ? x.up.map(g => g.scale!) : null,
+    q ? x.down.map(g => g.scale!) : null,
+    opts.nExperts ?? null,
+  );
   const res = toArray(out) as Float32Array;
   for (const z of [ut, it_, wt, out]) z.dispose();
   return res;
@@ -199,7 +253,8 @@ describe('moe', () => {
     [64, 37, 23, 5, 1, 1, 'bf16'],
     [64, 37, 23, 8, 2, 4, 'int8'],
   ];
-  it.each(cases)('matches a per-token float64 loop: T=%i H=%i I=%i, %i routed + %i zero, k=%i, %s weights',
+  it.each(cases)(
+    'matches a per-token float64 loop: T=%i H=%i I=%i, %i routed + %i zero, k=%i, %s weights',
     (t, h, inter, nRouted, nZero, k, dtype) => {
       const r = rng(t * 7919 + h * 31 + nRouted * 5 + nZero + k * 101);
       const x = makeExperts(r, nRouted, h, inter, dtype);
@@ -210,8 +265,15 @@ describe('moe', () => {
         const { idx, w } = makeRouting(r, t, k, nRouted, nZero);
         // The routing has the awkward cases it claims: an expert every token with routed work
         // uses, an expert nobody uses, tokens with no routed expert at all.
-        const tokensOf = (e: number) => new Set(Array.from(idx.keys()).filter((s) => idx[s] === e).map((s) => Math.floor(s / k))).size;
-        const onlyZero = Array.from({ length: t }, (_, i) => idx.subarray(i * k, i * k + k).every((e) => e >= nRouted)).filter(Boolean).length;
+        const tokensOf = (e: number) =>
+          new Set(
+            Array.from(idx.keys())
+              .filter(s => idx[s] === e)
+              .map(s => Math.floor(s / k)),
+          ).size;
+        const onlyZero = Array.from({ length: t }, (_, i) => idx.subarray(i * k, i * k + k).every(e => e >= nRouted)).filter(
+          Boolean,
+        ).length;
         expect(tokensOf(nRouted - 1)).toBe(t - onlyZero);
         if (nRouted >= 3) expect(tokensOf(1)).toBe(0);
         if (nZero > 0 && t > 1) expect(onlyZero).toBeGreaterThan(0);
@@ -219,11 +281,16 @@ describe('moe', () => {
         expectMoe(got, refMoe(x, nRouted, u, idx, w, t, k), dtype, `moe (${isa})`);
       }
       disposeExperts(x);
-    });
+    },
+  );
 
   it('handles tokens that pick only zero experts, and a batch with no routed work at all', () => {
     const r = rng(11);
-    const t = 6, h = 37, inter = 23, nRouted = 4, k = 3;
+    const t = 6,
+      h = 37,
+      inter = 23,
+      nRouted = 4,
+      k = 3;
     const x = makeExperts(r, nRouted, h, inter, 'f32');
     const u = r.array(t * h);
     // Only zero experts (ids 4..6) everywhere: out = (sum of w) * u, no GEMM at all.
@@ -242,7 +309,11 @@ describe('moe', () => {
 
   it('adds repeated experts in one token once per slot', () => {
     const r = rng(12);
-    const t = 3, h = 37, inter = 23, nRouted = 3, k = 4;
+    const t = 3,
+      h = 37,
+      inter = 23,
+      nRouted = 3,
+      k = 4;
     const x = makeExperts(r, nRouted, h, inter, 'bf16');
     const u = r.array(t * h);
     const idx = Int32Array.from([2, 2, 0, 5, 1, 1, 1, 1, 4, 0, 4, 2]);
@@ -253,18 +324,28 @@ describe('moe', () => {
 
   it('spans several workspace waves in a long prefill (T*k > 1024 rows), splitting an expert', () => {
     const r = rng(13);
-    const t = 330, h = 37, inter = 23, nRouted = 5, nZero = 1, k = 6;
+    const t = 330,
+      h = 37,
+      inter = 23,
+      nRouted = 5,
+      nZero = 1,
+      k = 6;
     const x = makeExperts(r, nRouted, h, inter, 'bf16');
     const u = r.array(t * h);
     const { idx, w } = makeRouting(r, t, k, nRouted, nZero);
-    expect(idx.filter((e) => e < nRouted).length).toBeGreaterThan(1024 + 200); // routed rows: two waves
+    expect(idx.filter(e => e < nRouted).length).toBeGreaterThan(1024 + 200); // routed rows: two waves
     expectMoe(runMoe(x, nRouted, u, idx, w, t, k), refMoe(x, nRouted, u, idx, w, t, k), 'bf16', 'waves');
     disposeExperts(x);
   });
 
   it('gives bitwise identical results with 1 and 2 threads (decode and prefill shapes)', () => {
     const r = rng(14);
-    for (const [t, h, inter, nRouted, nZero, k] of [[1, 129, 65, 8, 4, 6], [5, 129, 65, 8, 2, 6], [64, 129, 65, 8, 4, 6], [330, 37, 23, 5, 1, 6]]) {
+    for (const [t, h, inter, nRouted, nZero, k] of [
+      [1, 129, 65, 8, 4, 6],
+      [5, 129, 65, 8, 2, 6],
+      [64, 129, 65, 8, 4, 6],
+      [330, 37, 23, 5, 1, 6],
+    ]) {
       const x = makeExperts(r, nRouted!, h!, inter!, 'bf16');
       const u = r.array(t! * h!);
       const { idx, w } = makeRouting(r, t!, k!, nRouted!, nZero!);
@@ -277,7 +358,7 @@ describe('moe', () => {
         s.dispose();
         native.setThreads(3);
         const c = runMoe(x, nRouted!, u, idx, w, t!, k!);
-        expect(a.some((v) => Number.isNaN(v))).toBe(false);
+        expect(a.some(v => Number.isNaN(v))).toBe(false);
         expect(new Uint32Array(b.buffer), `T=${t}: 2 threads`).toEqual(new Uint32Array(a.buffer));
         expect(new Uint32Array(c.buffer), `T=${t}: 3 threads`).toEqual(new Uint32Array(a.buffer));
       } finally {
@@ -289,7 +370,11 @@ describe('moe', () => {
 
   it('gives the same bits with either in-wave schedule (experts spread over threads, or one by one)', () => {
     const r = rng(17);
-    for (const [t, h, inter, nRouted, nZero, k] of [[1, 129, 65, 8, 4, 6], [9, 37, 23, 8, 2, 3], [64, 37, 23, 5, 1, 4]]) {
+    for (const [t, h, inter, nRouted, nZero, k] of [
+      [1, 129, 65, 8, 4, 6],
+      [9, 37, 23, 8, 2, 3],
+      [64, 37, 23, 5, 1, 4],
+    ]) {
       const x = makeExperts(r, nRouted!, h!, inter!, 'bf16');
       const u = r.array(t! * h!);
       const { idx, w } = makeRouting(r, t!, k!, nRouted!, nZero!);
@@ -313,38 +398,77 @@ describe('moe', () => {
   it('takes a prepared MoeExpertSet with the same results, keeps its weights alive, and checks it', () => {
     const r = rng(19);
     for (const dtype of ['bf16', 'fp8_e4m3'] as const) {
-      const t = 17, h = 37, inter = 23, nRouted = 5, nZero = 2, k = 4;
+      const t = 17,
+        h = 37,
+        inter = 23,
+        nRouted = 5,
+        nZero = 2,
+        k = 4;
       const x = makeExperts(r, nRouted, h, inter, dtype);
       const u = r.array(t * h);
       const { idx, w } = makeRouting(r, t, k, nRouted, nZero);
       const want = runMoe(x, nRouted, u, idx, w, t, k);
       const q = dtype === 'fp8_e4m3';
-      const set = native.moeExperts(x.gate.map((g) => g.t), x.up.map((g) => g.t), x.down.map((g) => g.t),
-        q ? x.gate.map((g) => g.scale!) : null, q ? x.up.map((g) => g.scale!) : null, q ? x.down.map((g) => g.scale!) : null);
+      const set = native.moeExperts(
+        x.gate.map(g => g.t),
+        x.up.map(g => g.t),
+        x.down.map(g => g.t),
+        q ? x.gate.map(g => g.scale!) : null,
+        q ? x.up.map(g => g.scale!) : null,
+        q ? x.down.map(g => g.scale!) : null,
+      );
       expect([set.nRouted, set.hidden, set.intermediate, set.device]).toEqual([nRouted, h, inter, 'cpu']);
       disposeExperts(x); // the set still holds the weights
-      const ut = tensor(u, [t, h]), it_ = tensor(idx, [t, k], { dtype: 'int32' }), wt = tensor(w, [t, k]);
+      const ut = tensor(u, [t, h]),
+        it_ = tensor(idx, [t, k], { dtype: 'int32' }),
+        wt = tensor(w, [t, k]);
       const out = tensor(new Float32Array(t * h).fill(NaN), [t, h]);
       native.moe(null, out, ut, it_, wt, nRouted, set, null, null, null, null, null, nRouted + nZero);
       const got = toArray(out) as Float32Array;
       expect(new Uint32Array(got.buffer)).toEqual(new Uint32Array(want.buffer));
       expectMoe(got, refMoe(x, nRouted, u, idx, w, t, k), dtype, `${dtype} set`);
-      expectCode(() => native.moe(null, out, ut, it_, wt, nRouted + 1, set), 'E_ARGUMENT', /holds 5 experts, expected nRouted = 6/);
+      expectCode(
+        () => native.moe(null, out, ut, it_, wt, nRouted + 1, set),
+        'E_ARGUMENT',
+        /holds 5 experts, expected nRouted = 6/,
+      );
       expectCode(() => native.moe(null, out, ut, it_, wt, nRouted, set, [] as never), 'E_ARGUMENT', /must be null/);
-      const u2 = tensor(new Float32Array(t * (h + 1)), [t, h + 1]), o2 = tensor(new Float32Array(t * (h + 1)), [t, h + 1]);
+      const u2 = tensor(new Float32Array(t * (h + 1)), [t, h + 1]),
+        o2 = tensor(new Float32Array(t * (h + 1)), [t, h + 1]);
       expectCode(() => native.moe(null, o2, u2, it_, wt, nRouted, set), 'E_SHAPE', /take H = 37/);
       set.dispose();
       set.dispose();
       expectCode(() => native.moe(null, out, ut, it_, wt, nRouted, set), 'E_DISPOSED', /MoeExpertSet was disposed/);
       // A look-alike object is not a set.
-      expectCode(() => native.moe(null, out, ut, it_, wt, nRouted, { _handle: {} } as never), 'E_ARGUMENT', /'gate' must be an array/);
+      expectCode(
+        () => native.moe(null, out, ut, it_, wt, nRouted, { _handle: {} } as never),
+        'E_ARGUMENT',
+        /'gate' must be an array/,
+      );
       for (const z of [ut, it_, wt, out, u2, o2]) z.dispose();
     }
     const r2 = rng(20);
     const x = makeExperts(r2, 2, 37, 23, 'f32');
-    expectCode(() => native.moeExperts(x.gate.map((g) => g.t), x.up.map((g) => g.t), x.down.slice(1).map((g) => g.t)), 'E_ARGUMENT',
-      /moeExperts: 'down' has 1 tensors, expected nRouted = 2/);
-    expectCode(() => native.moeExperts(x.gate.map((g) => g.t), x.down.map((g) => g.t), x.down.map((g) => g.t)), 'E_SHAPE', /moeExperts: 'up\[0\]'/);
+    expectCode(
+      () =>
+        native.moeExperts(
+          x.gate.map(g => g.t),
+          x.up.map(g => g.t),
+          x.down.slice(1).map(g => g.t),
+        ),
+      'E_ARGUMENT',
+      /moeExperts: 'down' has 1 tensors, expected nRouted = 2/,
+    );
+    expectCode(
+      () =>
+        native.moeExperts(
+          x.gate.map(g => g.t),
+          x.down.map(g => g.t),
+          x.down.map(g => g.t),
+        ),
+      'E_SHAPE',
+      /moeExperts: 'up\[0\]'/,
+    );
     disposeExperts(x);
     const empty = native.moeExperts([], [], []);
     expect(empty.nRouted).toBe(0);
@@ -374,35 +498,64 @@ describe('moe', () => {
 
   it('rejects bad arguments with typed errors naming the expert and tensor', () => {
     const r = rng(16);
-    const t = 3, h = 37, inter = 23, n = 4, k = 2;
+    const t = 3,
+      h = 37,
+      inter = 23,
+      n = 4,
+      k = 2;
     const x = makeExperts(r, n, h, inter, 'f32');
     const q = makeExperts(r, n, h, inter, 'fp8_e4m3');
-    const G = x.gate.map((g) => g.t), U = x.up.map((g) => g.t), D = x.down.map((g) => g.t);
-    const QG = q.gate.map((g) => g.t), QU = q.up.map((g) => g.t), QD = q.down.map((g) => g.t);
-    const QGs = q.gate.map((g) => g.scale!), QUs = q.up.map((g) => g.scale!), QDs = q.down.map((g) => g.scale!);
+    const G = x.gate.map(g => g.t),
+      U = x.up.map(g => g.t),
+      D = x.down.map(g => g.t);
+    const QG = q.gate.map(g => g.t),
+      QU = q.up.map(g => g.t),
+      QD = q.down.map(g => g.t);
+    const QGs = q.gate.map(g => g.scale!),
+      QUs = q.up.map(g => g.scale!),
+      QDs = q.down.map(g => g.scale!);
     const all: Tensor[] = [];
     const mk = (shape: number[], dtype: 'f32' | 'int32' | 'bf16' = 'f32', fill = 0) => {
       const z = tensor(new Array(shape.reduce((a, b) => a * b, 1)).fill(fill), shape, { dtype });
       all.push(z);
       return z;
     };
-    const out = mk([t, h]), u = mk([t, h]), idx = mk([t, k], 'int32'), w = mk([t, k]);
-    const m = (o: Partial<Record<'out' | 'u' | 'idx' | 'w', Tensor>>, nR: number, g: Tensor[], up: Tensor[], d: Tensor[],
-               gs: Tensor[] | null = null, us: Tensor[] | null = null, ds: Tensor[] | null = null, nE: number | null = null) =>
-      native.moe(null, o.out ?? out, o.u ?? u, o.idx ?? idx, o.w ?? w, nR, g, up, d, gs, us, ds, nE);
+    const out = mk([t, h]),
+      u = mk([t, h]),
+      idx = mk([t, k], 'int32'),
+      w = mk([t, k]);
+    const m = (
+      o: Partial<Record<'out' | 'u' | 'idx' | 'w', Tensor>>,
+      nR: number,
+      g: Tensor[],
+      up: Tensor[],
+      d: Tensor[],
+      gs: Tensor[] | null = null,
+      us: Tensor[] | null = null,
+      ds: Tensor[] | null = null,
+      nE: number | null = null,
+    ) => native.moe(null, o.out ?? out, o.u ?? u, o.idx ?? idx, o.w ?? w, nR, g, up, d, gs, us, ds, nE);
     // A valid call first.
     m({}, n, G, U, D);
     native.synchronize('cpu');
     expectCode(() => m({}, n, G.slice(1), U, D), 'E_ARGUMENT', /moe: 'gate' has 3 tensors, expected nRouted = 4/);
     expectCode(() => m({}, n, G, U, D.slice(0, 2)), 'E_ARGUMENT', /'down' has 2 tensors/);
     expectCode(() => m({}, -1, [], [], []), 'E_ARGUMENT', /nRouted must be >= 0/);
-    expectCode(() => m({}, n, G, [U[0]!, U[1]!, U[2]!, mk([inter + 1, h])], D), 'E_SHAPE', /'up\[3\]' has shape \[24, 37\], expected \[23, 37\]/);
+    expectCode(
+      () => m({}, n, G, [U[0]!, U[1]!, U[2]!, mk([inter + 1, h])], D),
+      'E_SHAPE',
+      /'up\[3\]' has shape \[24, 37\], expected \[23, 37\]/,
+    );
     expectCode(() => m({}, n, G, U, [D[0]!, mk([h, inter], 'int32'), D[2]!, D[3]!]), 'E_DTYPE', /'down\[1\]' has dtype int32/);
     expectCode(() => m({}, n, [mk([inter, h + 1]), ...G.slice(1)], U, D), 'E_SHAPE', /'gate\[0\]'/);
     expectCode(() => m({}, n, QG, QU, QD), 'E_ARGUMENT', /'gate\[0\]' is fp8_e4m3 and needs its scale, but 'gateScale' is null/);
     expectCode(() => m({}, n, QG, QU, QD, QGs, QUs, null), 'E_ARGUMENT', /'down\[0\]' is fp8_e4m3.*'downScale' is null/);
     expectCode(() => m({}, n, G, U, D, QGs), 'E_ARGUMENT', /'gate\[0\]' is f32 and takes no scale/);
-    expectCode(() => m({}, n, QG, QU, QD, QGs, [QUs[0]!, QUs[1]!, mk([2, 2]), QUs[3]!], QDs), 'E_SHAPE', /'upScale\[2\] \(weight_scale_inv\)'/);
+    expectCode(
+      () => m({}, n, QG, QU, QD, QGs, [QUs[0]!, QUs[1]!, mk([2, 2]), QUs[3]!], QDs),
+      'E_SHAPE',
+      /'upScale\[2\] \(weight_scale_inv\)'/,
+    );
     expectCode(() => m({}, n, QG, QU, QD, QGs.slice(1), QUs, QDs), 'E_ARGUMENT', /'gateScale' has 3 tensors/);
     expectCode(() => m({ out: mk([t, h + 1]) }, n, G, U, D), 'E_SHAPE', /'out'/);
     expectCode(() => m({ u: mk([t, h], 'bf16') }, n, G, U, D), 'E_DTYPE', /'u' has dtype bf16/);
@@ -411,17 +564,24 @@ describe('moe', () => {
     expectCode(() => m({ out: u }, n, G, U, D), 'E_ARGUMENT', /'out' overlaps 'u'/);
     expectCode(() => m({}, n, G, U, D, null, null, null, 3), 'E_ARGUMENT', /nExperts/);
     expectCode(() => native.moe(null, out, u, idx, w, n, 'x' as never, U, D), 'E_ARGUMENT', /'gate' must be an array/);
-    expectCode(() => native.moe(null, out, u, idx, w, n, [G[0]!, {} as Tensor, G[2]!, G[3]!], U, D), 'E_ARGUMENT', /'gate\[1\]' is not a Tensor/);
+    expectCode(
+      () => native.moe(null, out, u, idx, w, n, [G[0]!, {} as Tensor, G[2]!, G[3]!], U, D),
+      'E_ARGUMENT',
+      /'gate\[1\]' is not a Tensor/,
+    );
 
     // Data-dependent: a bad id is found while the op runs, surfaces at synchronize, writes nothing.
-    for (const [bad, nE, re] of [[-1, null, /idx\[1\]\[0\] = -1 is negative/], [6, 6, /idx\[1\]\[0\] = 6 is out of range 0..5/]] as const) {
+    for (const [bad, nE, re] of [
+      [-1, null, /idx\[1\]\[0\] = -1 is negative/],
+      [6, 6, /idx\[1\]\[0\] = 6 is out of range 0..5/],
+    ] as const) {
       const s = new Stream('cpu');
       const o = mk([t, h], 'f32', NaN);
       const bi = mk([t, k], 'int32');
       bi.copyFromBytes(Int32Array.from([0, 5, bad, 1, 2, 3]));
       native.moe(s, o, u, bi, w, n, G, U, D, null, null, null, nE);
       expectCode(() => s.synchronize(), 'E_ARGUMENT', re);
-      expect(Array.from(toArray(o)).every((v) => Number.isNaN(v))).toBe(true);
+      expect(Array.from(toArray(o)).every(v => Number.isNaN(v))).toBe(true);
       s.synchronize(); // the error was reported once
       s.dispose();
     }

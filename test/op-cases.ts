@@ -15,8 +15,20 @@ import type { Tensor, DType } from '../dist/tensor.js';
 import type { Stream } from '../dist/device.js';
 import { rng, type Rng } from './rng.js';
 import {
-  arithmetic, dotBound, dotError, gamma, relativeBound, boundExcess, EXP_REL, FLOOR, U32, U_E4M3,
-  type Arithmetic, type Backend, type Bound, type GemmMode,
+  arithmetic,
+  dotBound,
+  dotError,
+  gamma,
+  relativeBound,
+  boundExcess,
+  EXP_REL,
+  FLOOR,
+  U32,
+  U_E4M3,
+  type Arithmetic,
+  type Backend,
+  type Bound,
+  type GemmMode,
 } from './error-model.js';
 
 export type Precision = 'highest' | 'bf16' | 'fp8';
@@ -78,7 +90,8 @@ function seedOf(name: string): number {
 export const uniform = (r: Rng, n: number, scale = 1): Float32Array => r.array(n, -scale, scale);
 /** n values uniform in [lo, hi). */
 export const positive = (r: Rng, n: number, lo: number, hi: number): Float32Array => r.array(n, lo, hi);
-const int32 = (vals: ArrayLike<number>, shape: readonly number[], device: string) => tensor(vals, shape, { dtype: 'int32', device });
+const int32 = (vals: ArrayLike<number>, shape: readonly number[], device: string) =>
+  tensor(vals, shape, { dtype: 'int32', device });
 const abs = (v: ArrayLike<number>) => Float32Array.from(v, Math.abs);
 const blocks = (n: number) => Math.ceil(n / 128);
 const ELEMENT_BYTES: Record<DType, number> = { f32: 4, bf16: 2, f16: 2, fp8_e4m3: 1, int8: 1, int32: 4, int64: 8 };
@@ -95,9 +108,13 @@ export interface HostWeight {
   shape: [number, number];
 }
 export function randomWeight(r: Rng, dtype: DType, n: number, k: number, amp: number, scaleLo = 0, scaleHi = 1): HostWeight {
-  const values = dtype === 'int8' ? Float32Array.from(r.array(n * k), (v) => Math.round(v * 127)) : uniform(r, n * k, amp);
-  const scale = dtype === 'fp8_e4m3' ? positive(r, blocks(n) * blocks(k), scaleLo, scaleHi)
-    : dtype === 'int8' ? positive(r, n, scaleLo, scaleHi) : null;
+  const values = dtype === 'int8' ? Float32Array.from(r.array(n * k), v => Math.round(v * 127)) : uniform(r, n * k, amp);
+  const scale =
+    dtype === 'fp8_e4m3'
+      ? positive(r, blocks(n) * blocks(k), scaleLo, scaleHi)
+      : dtype === 'int8'
+        ? positive(r, n, scaleLo, scaleHi)
+        : null;
   return { values, scale, dtype, shape: [n, k] };
 }
 /** The weight's tensors on `device` (`magnitude`: of |w|, for the error bound). */
@@ -134,24 +151,41 @@ const table: Omit<OpCase, 'seed'>[] = [];
 const add = (c: Omit<OpCase, 'seed' | 'precision'> & { precision?: Precision }) => table.push({ precision: 'highest', ...c });
 
 // linear: every weight dtype, decode (skinny) and prefill (tiled) sizes, each matmul precision
-for (const [t, k, n] of [[1, 129, 67], [3, 1000, 130], [16, 1001, 130], [17, 127, 333], [129, 515, 257], [8, 6144, 4096], [512, 6144, 4096]] as const) {
+for (const [t, k, n] of [
+  [1, 129, 67],
+  [3, 1000, 130],
+  [16, 1001, 130],
+  [17, 127, 333],
+  [129, 515, 257],
+  [8, 6144, 4096],
+  [512, 6144, 4096],
+] as const) {
   for (const wdt of ['f32', 'bf16', 'fp8_e4m3', 'int8'] as const) {
     // the skinny path (t <= 16) multiplies in fp32 whatever the precision
     const precisions: Precision[] = t <= 16 ? ['highest'] : ['highest', 'bf16', ...(wdt === 'fp8_e4m3' ? ['fp8' as const] : [])];
     for (const precision of precisions) {
       add({
-        name: `linear t=${t} k=${k} n=${n} w=${wdt} ${precision}`, op: 'linear', shapes: { t, k, n }, dtypes: { x: 'f32', w: wdt }, precision,
-        bytes: n * k * ELEMENT_BYTES[wdt], flops: 2 * t * n * k,
+        name: `linear t=${t} k=${k} n=${n} w=${wdt} ${precision}`,
+        op: 'linear',
+        shapes: { t, k, n },
+        dtypes: { x: 'f32', w: wdt },
+        precision,
+        bytes: n * k * ELEMENT_BYTES[wdt],
+        flops: 2 * t * n * k,
         make(device, r) {
           const xs = uniform(r, t * k);
           const hw = randomWeight(r, wdt, n, k, 0.1, 0, wdt === 'int8' ? 0.01 : 1);
-          const x = tensor(xs, [t, k], { device }), { w, scale } = weightTensors(hw, device);
+          const x = tensor(xs, [t, k], { device }),
+            { w, scale } = weightTensors(hw, device);
           const y = empty([t, n], { device });
           return {
-            outs: [y], inputs: { x, w, ...(scale ? { scale } : {}) }, run: (s) => native.linear(s, y, x, w, scale),
+            outs: [y],
+            inputs: { x, w, ...(scale ? { scale } : {}) },
+            run: s => native.linear(s, y, x, w, scale),
             bound(sides) {
               const mag = onCpuHighest(() => {
-                const m = empty([t, n]), aw = weightTensors(hw, 'cpu', true);
+                const m = empty([t, n]),
+                  aw = weightTensors(hw, 'cpu', true);
                 native.linear(null, m, tensor(abs(xs), [t, k]), aw.w, aw.scale);
                 return toArray(m);
               });
@@ -165,16 +199,31 @@ for (const [t, k, n] of [[1, 129, 67], [3, 1000, 130], [16, 1001, 130], [17, 127
 }
 // The sm_90a TMA + wgmma GEMM (opt-in: setCudaGemm('wgmma')): bf16 x and weights, K % 8 == 0 (the
 // last shape has K % 8 != 0 and checks the fall back to the mma.sync tiles).
-for (const [t, k, n] of [[17, 136, 77], [129, 520, 257], [300, 1000, 333], [512, 6144, 4096], [40, 127, 77]] as const) {
+for (const [t, k, n] of [
+  [17, 136, 77],
+  [129, 520, 257],
+  [300, 1000, 333],
+  [512, 6144, 4096],
+  [40, 127, 77],
+] as const) {
   add({
-    name: `linear wgmma t=${t} k=${k} n=${n} x=bf16 w=bf16`, op: 'linear', shapes: { t, k, n }, dtypes: { x: 'bf16', w: 'bf16' }, precision: 'bf16', gemm: 'wgmma',
-    bytes: 2 * n * k, flops: 2 * t * n * k,
+    name: `linear wgmma t=${t} k=${k} n=${n} x=bf16 w=bf16`,
+    op: 'linear',
+    shapes: { t, k, n },
+    dtypes: { x: 'bf16', w: 'bf16' },
+    precision: 'bf16',
+    gemm: 'wgmma',
+    bytes: 2 * n * k,
+    flops: 2 * t * n * k,
     make(device, r) {
-      const xs = uniform(r, t * k), ws = uniform(r, n * k, 0.1);
-      const x = tensor(xs, [t, k], { dtype: 'bf16', device }), w = tensor(ws, [n, k], { dtype: 'bf16', device });
+      const xs = uniform(r, t * k),
+        ws = uniform(r, n * k, 0.1);
+      const x = tensor(xs, [t, k], { dtype: 'bf16', device }),
+        w = tensor(ws, [n, k], { dtype: 'bf16', device });
       const y = empty([t, n], { device });
       return {
-        outs: [y], run: (s) => native.linear(s, y, x, w, null),
+        outs: [y],
+        run: s => native.linear(s, y, x, w, null),
         bound(sides) {
           const mag = onCpuHighest(() => {
             const m = empty([t, n]);
@@ -187,16 +236,29 @@ for (const [t, k, n] of [[17, 136, 77], [129, 520, 257], [300, 1000, 333], [512,
     },
   });
 }
-for (const [rows, dim] of [[1, 7], [3, 129], [17, 1000], [64, 6144]] as const) {
+for (const [rows, dim] of [
+  [1, 7],
+  [3, 129],
+  [17, 1000],
+  [64, 6144],
+] as const) {
   add({
-    name: `rmsnorm rows=${rows} dim=${dim} (+add, bf16 w)`, op: 'rmsnorm', shapes: { rows, dim }, dtypes: { x: 'f32', w: 'bf16' }, bytes: 3 * 4 * rows * dim, flops: 0,
+    name: `rmsnorm rows=${rows} dim=${dim} (+add, bf16 w)`,
+    op: 'rmsnorm',
+    shapes: { rows, dim },
+    dtypes: { x: 'f32', w: 'bf16' },
+    bytes: 3 * 4 * rows * dim,
+    flops: 0,
     make(device, r) {
       const x = tensor(uniform(r, rows * dim), [rows, dim], { device });
       const a = tensor(uniform(r, rows * dim), [rows, dim], { device });
       const w = tensor(uniform(r, dim), [dim], { dtype: 'bf16', device });
-      const y = empty([rows, dim], { device }), h = empty([rows, dim], { device });
+      const y = empty([rows, dim], { device }),
+        h = empty([rows, dim], { device });
       return {
-        outs: [y], inputs: { w }, run: (s) => native.rmsnorm(s, y, x, w, 1e-5, a, h),
+        outs: [y],
+        inputs: { w },
+        run: s => native.rmsnorm(s, y, x, w, 1e-5, a, h),
         // h = x + a is one IEEE add on both sides; sum h^2 over dim (gamma(dim) relative, halved by the
         // square root), rsqrt (<= 2 ulp), + eps, two products: per side gamma(dim) / 2 + 5 u32
         bound: (_s, [want]) => [relativeBound(want!, gamma(dim, U32) + 10 * U32)],
@@ -207,151 +269,311 @@ for (const [rows, dim] of [[1, 7], [3, 129], [17, 1000], [64, 6144]] as const) {
 
 // ==== small ops, FP8 quantization, RoPE, router, latent cache (cuda/elementwise.cu, quant.cu, rope.cu,
 // moe_router.cu, mla_cache.cu). Cases with no bound() are bit-exact (documented twins: one rounding each).
-for (const [V, H, dt] of [[1000, 4096, 'f32'], [1000, 4096, 'bf16'], [300, 130, 'f32'], [300, 130, 'bf16']] as const) {
+for (const [V, H, dt] of [
+  [1000, 4096, 'f32'],
+  [1000, 4096, 'bf16'],
+  [300, 130, 'f32'],
+  [300, 130, 'bf16'],
+] as const) {
   add({
-    name: `embedding V=${V} H=${H} ${dt}`, op: 'embedding', shapes: { V, H, ids: 7 }, dtypes: { table: dt }, bytes: 7 * H * 8, flops: 0,
+    name: `embedding V=${V} H=${H} ${dt}`,
+    op: 'embedding',
+    shapes: { V, H, ids: 7 },
+    dtypes: { table: dt },
+    bytes: 7 * H * 8,
+    flops: 0,
     make(device, r) {
       const table = tensor(uniform(r, V * H), [V, H], { dtype: dt, device });
-      const ids = int32(Array.from({ length: 7 }, () => r.int(V)), [7], device);
+      const ids = int32(
+        Array.from({ length: 7 }, () => r.int(V)),
+        [7],
+        device,
+      );
       const y = empty([7, H], { device });
-      return { outs: [y], run: (s) => native.embedding(s, y, table, ids) };
+      return { outs: [y], run: s => native.embedding(s, y, table, ids) };
     },
   });
 }
 // gatherRows: a byte copy of whole rows, bit-exact; row widths that take every copy unit (16, 8, 4,
 // 2 and 1 bytes) and a narrow int32 table with more indices than rows.
-for (const [R, C, dt, n] of [[1000, 4096, 'bf16', 9], [300, 130, 'f32', 33], [77, 5, 'bf16', 200], [40, 3, 'int32', 1000]] as const) {
+for (const [R, C, dt, n] of [
+  [1000, 4096, 'bf16', 9],
+  [300, 130, 'f32', 33],
+  [77, 5, 'bf16', 200],
+  [40, 3, 'int32', 1000],
+] as const) {
   add({
-    name: `gatherRows R=${R} C=${C} ${dt} n=${n}`, op: 'gatherRows', shapes: { R, C, n }, dtypes: { src: dt }, bytes: 2 * n * C * 4, flops: 0,
+    name: `gatherRows R=${R} C=${C} ${dt} n=${n}`,
+    op: 'gatherRows',
+    shapes: { R, C, n },
+    dtypes: { src: dt },
+    bytes: 2 * n * C * 4,
+    flops: 0,
     make(device, r) {
-      const src = dt === 'int32' ? int32(Array.from({ length: R * C }, () => r.int(1 << 30)), [R, C], device) : tensor(uniform(r, R * C), [R, C], { dtype: dt, device });
-      const idx = int32(Array.from({ length: n }, () => r.int(R)), [n], device);
+      const src =
+        dt === 'int32'
+          ? int32(
+              Array.from({ length: R * C }, () => r.int(1 << 30)),
+              [R, C],
+              device,
+            )
+          : tensor(uniform(r, R * C), [R, C], { dtype: dt, device });
+      const idx = int32(
+        Array.from({ length: n }, () => r.int(R)),
+        [n],
+        device,
+      );
       const out = empty([n, C], { dtype: dt, device });
-      return { outs: [out], run: (s) => native.gatherRows(s, out, src, idx) };
+      return { outs: [out], run: s => native.gatherRows(s, out, src, idx) };
     },
   });
 }
 for (const n of [1, 1003, 64 * 4096]) {
   add({
-    name: `siluMul n=${n}`, op: 'siluMul', shapes: { n }, dtypes: {}, bytes: 12 * n, flops: 0,
+    name: `siluMul n=${n}`,
+    op: 'siluMul',
+    shapes: { n },
+    dtypes: {},
+    bytes: 12 * n,
+    flops: 0,
     make(device, r) {
-      const g = tensor(uniform(r, n, 8), [n], { device }), u = tensor(uniform(r, n), [n], { device }), y = empty([n], { device });
+      const g = tensor(uniform(r, n, 8), [n], { device }),
+        u = tensor(uniform(r, n), [n], { device }),
+        y = empty([n], { device });
       // g / (1 + exp(-g)) * u: exp's relative error passes through the quotient at most as is; 3 roundings
-      return { outs: [y], run: (s) => native.siluMul(s, y, g, u), bound: (_s, [want]) => [relativeBound(want!, 2 * (EXP_REL + 3 * U32))] };
+      return {
+        outs: [y],
+        run: s => native.siluMul(s, y, g, u),
+        bound: (_s, [want]) => [relativeBound(want!, 2 * (EXP_REL + 3 * U32))],
+      };
     },
   });
   for (const alpha of [1, 0.37]) {
     add({
-      name: `add n=${n} alpha=${alpha}`, op: 'add', shapes: { n }, dtypes: {}, bytes: 12 * n, flops: 0,
+      name: `add n=${n} alpha=${alpha}`,
+      op: 'add',
+      shapes: { n },
+      dtypes: {},
+      bytes: 12 * n,
+      flops: 0,
       make(device, r) {
-        const av = uniform(r, n), bv = uniform(r, n);
-        const a = tensor(av, [n], { device }), b = tensor(bv, [n], { device }), y = empty([n], { device });
+        const av = uniform(r, n),
+          bv = uniform(r, n);
+        const a = tensor(av, [n], { device }),
+          b = tensor(bv, [n], { device }),
+          y = empty([n], { device });
         // alpha = 1: one IEEE add, exact twins; otherwise a fused or a split multiply-add: u32 |alpha b| + u32 |y| per side
-        const bound = alpha === 1 ? undefined : (_s: Sides, [want]: Values[]) => [Float64Array.from(want!, (w, i) => 2 * U32 * (Math.abs(alpha * bv[i]!) + Math.abs(w)) + FLOOR)];
-        return { outs: [y], run: (s) => native.add(s, y, a, b, alpha), bound };
+        const bound =
+          alpha === 1
+            ? undefined
+            : (_s: Sides, [want]: Values[]) => [
+                Float64Array.from(want!, (w, i) => 2 * U32 * (Math.abs(alpha * bv[i]!) + Math.abs(w)) + FLOOR),
+              ];
+        return { outs: [y], run: s => native.add(s, y, a, b, alpha), bound };
       },
     });
   }
   add({
-    name: `scaleGroups n=${n}`, op: 'scaleGroups', shapes: { n }, dtypes: {}, bytes: 8 * n, flops: 0,
+    name: `scaleGroups n=${n}`,
+    op: 'scaleGroups',
+    shapes: { n },
+    dtypes: {},
+    bytes: 8 * n,
+    flops: 0,
     make(device, r) {
-      const cols = n % 512 === 0 ? 512 : n, rows = n / cols, R = rows % 4 === 0 ? 4 : 1, G = blocks(cols);
-      const x = tensor(uniform(r, n), [rows, cols], { device }), sc = tensor(positive(r, R * G, 0, 1), [R, G], { device }), y = empty([rows, cols], { device });
-      return { outs: [y], run: (s) => native.scaleGroups(s, y, x, sc, 128) };
+      const cols = n % 512 === 0 ? 512 : n,
+        rows = n / cols,
+        R = rows % 4 === 0 ? 4 : 1,
+        G = blocks(cols);
+      const x = tensor(uniform(r, n), [rows, cols], { device }),
+        sc = tensor(positive(r, R * G, 0, 1), [R, G], { device }),
+        y = empty([rows, cols], { device });
+      return { outs: [y], run: s => native.scaleGroups(s, y, x, sc, 128) };
     },
   });
   add({
-    name: `scale n=${n}`, op: 'scale', shapes: { n }, dtypes: {}, bytes: 8 * n, flops: 0,
+    name: `scale n=${n}`,
+    op: 'scale',
+    shapes: { n },
+    dtypes: {},
+    bytes: 8 * n,
+    flops: 0,
     make(device, r) {
-      const x = tensor(uniform(r, n), [n], { device }), y = empty([n], { device });
-      return { outs: [y], run: (s) => native.scale(s, y, x, 0.3) };
+      const x = tensor(uniform(r, n), [n], { device }),
+        y = empty([n], { device });
+      return { outs: [y], run: s => native.scale(s, y, x, 0.3) };
     },
   });
 }
-for (const [from, to] of [['f32', 'bf16'], ['f32', 'f16'], ['f32', 'fp8_e4m3'], ['bf16', 'f32'], ['fp8_e4m3', 'bf16'], ['f16', 'fp8_e4m3'], ['bf16', 'bf16']] as const) {
+for (const [from, to] of [
+  ['f32', 'bf16'],
+  ['f32', 'f16'],
+  ['f32', 'fp8_e4m3'],
+  ['bf16', 'f32'],
+  ['fp8_e4m3', 'bf16'],
+  ['f16', 'fp8_e4m3'],
+  ['bf16', 'bf16'],
+] as const) {
   for (const n of [1000, 1 << 20]) {
     add({
-      name: `convert ${from}->${to} n=${n}`, op: 'convert', shapes: { n }, dtypes: { x: from, y: to }, bytes: n * 6, flops: 0,
+      name: `convert ${from}->${to} n=${n}`,
+      op: 'convert',
+      shapes: { n },
+      dtypes: { x: from, y: to },
+      bytes: n * 6,
+      flops: 0,
       make(device, r) {
-        const x = tensor(uniform(r, n, from === 'f32' ? 600 : 300), [n], { dtype: from, device }), y = empty([n], { dtype: to, device });
-        return { outs: [y], run: (s) => native.convert(s, y, x) };
+        const x = tensor(uniform(r, n, from === 'f32' ? 600 : 300), [n], { dtype: from, device }),
+          y = empty([n], { dtype: to, device });
+        return { outs: [y], run: s => native.convert(s, y, x) };
       },
     });
   }
 }
-for (const [T, K] of [[3, 1000], [64, 7168]] as const) {
+for (const [T, K] of [
+  [3, 1000],
+  [64, 7168],
+] as const) {
   add({
-    name: `quantizeFp8Act T=${T} K=${K}`, op: 'quantizeFp8Act', shapes: { T, K }, dtypes: {}, bytes: 5 * T * K, flops: 0,
+    name: `quantizeFp8Act T=${T} K=${K}`,
+    op: 'quantizeFp8Act',
+    shapes: { T, K },
+    dtypes: {},
+    bytes: 5 * T * K,
+    flops: 0,
     make(device, r) {
       const x = tensor(uniform(r, T * K, 50), [T, K], { device });
-      const q = empty([T, K], { dtype: 'fp8_e4m3', device }), sc = empty([T, blocks(K)], { device });
-      return { outs: [q, sc], run: (s) => native.quantizeFp8Act(s, q, sc, x) };
+      const q = empty([T, K], { dtype: 'fp8_e4m3', device }),
+        sc = empty([T, blocks(K)], { device });
+      return { outs: [q, sc], run: s => native.quantizeFp8Act(s, q, sc, x) };
     },
   });
 }
-for (const [N, K] of [[5, 1], [257, 300], [1024, 7168]] as const) {
+for (const [N, K] of [
+  [5, 1],
+  [257, 300],
+  [1024, 7168],
+] as const) {
   for (const dt of ['f32', 'bf16'] as const) {
     add({
-      name: `quantizeInt8Rows ${N}x${K} ${dt}`, op: 'quantizeInt8Rows', shapes: { N, K }, dtypes: { w: dt }, bytes: 5 * N * K, flops: 0,
+      name: `quantizeInt8Rows ${N}x${K} ${dt}`,
+      op: 'quantizeInt8Rows',
+      shapes: { N, K },
+      dtypes: { w: dt },
+      bytes: 5 * N * K,
+      flops: 0,
       make(device, r) {
-        const w = tensor(uniform(r, N * K, 3).map((v, i) => (i % 97 === 0 ? 0 : v)), [N, K], { dtype: dt, device });
-        const q = empty([N, K], { dtype: 'int8', device }), sc = empty([N], { device });
-        return { outs: [q, sc], run: (s) => native.quantizeInt8Rows(s, q, sc, w) };
+        const w = tensor(
+          uniform(r, N * K, 3).map((v, i) => (i % 97 === 0 ? 0 : v)),
+          [N, K],
+          { dtype: dt, device },
+        );
+        const q = empty([N, K], { dtype: 'int8', device }),
+          sc = empty([N], { device });
+        return { outs: [q, sc], run: s => native.quantizeInt8Rows(s, q, sc, w) };
       },
     });
     add({
-      name: `quantizeFp8Blocks ${N}x${K} ${dt}`, op: 'quantizeFp8Blocks', shapes: { N, K }, dtypes: { w: dt }, bytes: 5 * N * K, flops: 0,
+      name: `quantizeFp8Blocks ${N}x${K} ${dt}`,
+      op: 'quantizeFp8Blocks',
+      shapes: { N, K },
+      dtypes: { w: dt },
+      bytes: 5 * N * K,
+      flops: 0,
       make(device, r) {
         const w = tensor(uniform(r, N * K, 3), [N, K], { dtype: dt, device });
-        const q = empty([N, K], { dtype: 'fp8_e4m3', device }), sc = empty([blocks(N), blocks(K)], { device });
-        return { outs: [q, sc], run: (s) => native.quantizeFp8Blocks(s, q, sc, w) };
+        const q = empty([N, K], { dtype: 'fp8_e4m3', device }),
+          sc = empty([blocks(N), blocks(K)], { device });
+        return { outs: [q, sc], run: s => native.quantizeFp8Blocks(s, q, sc, w) };
       },
     });
     add({
-      name: `dequantizeFp8Blocks ${N}x${K} ${dt}`, op: 'dequantizeFp8Blocks', shapes: { N, K }, dtypes: { w: dt }, bytes: 5 * N * K, flops: 0,
+      name: `dequantizeFp8Blocks ${N}x${K} ${dt}`,
+      op: 'dequantizeFp8Blocks',
+      shapes: { N, K },
+      dtypes: { w: dt },
+      bytes: 5 * N * K,
+      flops: 0,
       make(device, r) {
         const q = tensor(uniform(r, N * K, 400), [N, K], { dtype: 'fp8_e4m3', device });
         const sc = tensor(positive(r, blocks(N) * blocks(K), 0, 1), [blocks(N), blocks(K)], { device });
         const w = empty([N, K], { dtype: dt, device });
-        return { outs: [w], run: (s) => native.dequantizeFp8Blocks(s, w, q, sc) };
+        return { outs: [w], run: s => native.dequantizeFp8Blocks(s, w, q, sc) };
       },
     });
   }
 }
-for (const [R, V, ties] of [[1, 131072, false], [7, 1000, true], [3, 131072, true]] as const) {
+for (const [R, V, ties] of [
+  [1, 131072, false],
+  [7, 1000, true],
+  [3, 131072, true],
+] as const) {
   add({
-    name: `argmax ${R}x${V}${ties ? ' (ties)' : ''}`, op: 'argmax', shapes: { R, V }, dtypes: {}, bytes: 4 * R * V, flops: 0,
+    name: `argmax ${R}x${V}${ties ? ' (ties)' : ''}`,
+    op: 'argmax',
+    shapes: { R, V },
+    dtypes: {},
+    bytes: 4 * R * V,
+    flops: 0,
     make(device, r) {
-      const x = tensor(uniform(r, R * V, 3).map((v) => (ties ? Math.round(v) : v)), [R, V], { device }), idx = empty([R], { dtype: 'int32', device });
-      return { outs: [idx], run: (s) => native.argmax(s, idx, x) };
+      const x = tensor(
+          uniform(r, R * V, 3).map(v => (ties ? Math.round(v) : v)),
+          [R, V],
+          { device },
+        ),
+        idx = empty([R], { dtype: 'int32', device });
+      return { outs: [idx], run: s => native.argmax(s, idx, x) };
     },
   });
 }
-for (const [R, V] of [[1, 131072], [5, 1000], [3, 7]] as const) {
+for (const [R, V] of [
+  [1, 131072],
+  [5, 1000],
+  [3, 7],
+] as const) {
   // sum of exp: the CPU adds f32 lanes over 1024-wide chunks and the chunks in f64, CUDA adds in f64
   const sumRel = gamma(Math.min(V, 1024), U32) + 2 * U32;
   add({
-    name: `softmax ${R}x${V}`, op: 'softmax', shapes: { R, V }, dtypes: {}, bytes: 12 * R * V, flops: 0,
+    name: `softmax ${R}x${V}`,
+    op: 'softmax',
+    shapes: { R, V },
+    dtypes: {},
+    bytes: 12 * R * V,
+    flops: 0,
     make(device, r) {
-      const x = tensor(uniform(r, R * V, 10), [R, V], { device }), y = empty([R, V], { device });
+      const x = tensor(uniform(r, R * V, 10), [R, V], { device }),
+        y = empty([R, V], { device });
       // exp (both sides), the sum, one division
-      return { outs: [y], run: (s) => native.softmax(s, y, x), bound: (_s, [want]) => [relativeBound(want!, 2 * EXP_REL + sumRel + 2 * U32)] };
+      return {
+        outs: [y],
+        run: s => native.softmax(s, y, x),
+        bound: (_s, [want]) => [relativeBound(want!, 2 * EXP_REL + sumRel + 2 * U32)],
+      };
     },
   });
   add({
-    name: `logSoftmax ${R}x${V}`, op: 'logSoftmax', shapes: { R, V }, dtypes: {}, bytes: 12 * R * V, flops: 0,
+    name: `logSoftmax ${R}x${V}`,
+    op: 'logSoftmax',
+    shapes: { R, V },
+    dtypes: {},
+    bytes: 12 * R * V,
+    flops: 0,
     make(device, r) {
-      const x = tensor(uniform(r, R * V, 10), [R, V], { device }), y = empty([R, V], { device });
+      const x = tensor(uniform(r, R * V, 10), [R, V], { device }),
+        y = empty([R, V], { device });
       return {
-        outs: [y], run: (s) => native.logSoftmax(s, y, x),
+        outs: [y],
+        run: s => native.logSoftmax(s, y, x),
         // y = x - max - log(sum): the sum's relative error is log's absolute error; log (2 ulp) and the
         // two subtractions round relative to |y| and log(sum) = -max(y) of the row
         bound: (_s, [want]) => {
-          const w = want!, b = new Float64Array(w.length);
+          const w = want!,
+            b = new Float64Array(w.length);
           for (let row = 0; row < R; row++) {
             let logSum = 0;
             for (let j = 0; j < V; j++) logSum = Math.max(logSum, -w[row * V + j]!);
-            for (let j = 0; j < V; j++) b[row * V + j] = 2 * (EXP_REL + sumRel) + 8 * U32 * (Math.abs(w[row * V + j]!) + logSum) + FLOOR;
+            for (let j = 0; j < V; j++)
+              b[row * V + j] = 2 * (EXP_REL + sumRel) + 8 * U32 * (Math.abs(w[row * V + j]!) + logSum) + FLOOR;
           }
           return [b];
         },
@@ -360,30 +582,54 @@ for (const [R, V] of [[1, 131072], [5, 1000], [3, 7]] as const) {
   });
 }
 // sample: the CPU and GPU draws agree only when the filtered set has one token (see cuda/elementwise.cu).
-for (const [temp, topK, topP, minP] of [[0, 0, 1, 0], [0.8, 1, 0.9, 0.1]] as const) {
+for (const [temp, topK, topP, minP] of [
+  [0, 0, 1, 0],
+  [0.8, 1, 0.9, 0.1],
+] as const) {
   add({
-    name: `sample 4x131072 T=${temp} topK=${topK}`, op: 'sample', shapes: { R: 4, V: 131072 }, dtypes: {}, bytes: 4 * 4 * 131072, flops: 0,
+    name: `sample 4x131072 T=${temp} topK=${topK}`,
+    op: 'sample',
+    shapes: { R: 4, V: 131072 },
+    dtypes: {},
+    bytes: 4 * 4 * 131072,
+    flops: 0,
     make(device, r) {
-      const x = tensor(uniform(r, 4 * 131072, 5), [4, 131072], { device }), ids = empty([4], { dtype: 'int32', device });
-      return { outs: [ids], run: (s) => native.sample(s, ids, x, temp, topK, topP, minP, 7, 3) };
+      const x = tensor(uniform(r, 4 * 131072, 5), [4, 131072], { device }),
+        ids = empty([4], { dtype: 'int32', device });
+      return { outs: [ids], run: s => native.sample(s, ids, x, temp, topK, topP, minP, 7, 3) };
     },
   });
 }
-for (const [topK, topP, minP] of [[0, 1, 0], [50, 0.9, 0.05], [5000, 0.5, 0], [0, 0.95, 0.01]] as const) {
+for (const [topK, topP, minP] of [
+  [0, 1, 0],
+  [50, 0.9, 0.05],
+  [5000, 0.5, 0],
+  [0, 0.95, 0.01],
+] as const) {
   add({
-    name: `sample 4x131072 T=0.9 topK=${topK} topP=${topP} minP=${minP} (GPU: seeded repeat + filter check)`, op: 'sample', shapes: { R: 4, V: 131072 }, dtypes: {}, gpuOnly: true, bytes: 4 * 4 * 131072, flops: 0,
+    name: `sample 4x131072 T=0.9 topK=${topK} topP=${topP} minP=${minP} (GPU: seeded repeat + filter check)`,
+    op: 'sample',
+    shapes: { R: 4, V: 131072 },
+    dtypes: {},
+    gpuOnly: true,
+    bytes: 4 * 4 * 131072,
+    flops: 0,
     make(device, r) {
-      const R = 4, V = 131072;
+      const R = 4,
+        V = 131072;
       const host = uniform(r, R * V, 5);
       const x = tensor(host, [R, V], { device });
-      const a = empty([R], { dtype: 'int32', device }), b = empty([R], { dtype: 'int32', device });
+      const a = empty([R], { dtype: 'int32', device }),
+        b = empty([R], { dtype: 'int32', device });
       const draw = (s: Stream | null, out: Tensor) => native.sample(s, out, x, 0.9, topK, topP, minP, 11, 5);
       return {
-        outs: [a], run: (s) => draw(s, a),
+        outs: [a],
+        run: s => draw(s, a),
         check(stream) {
           draw(stream, b);
           stream.synchronize();
-          const ga = toArray(a), gb = toArray(b);
+          const ga = toArray(a),
+            gb = toArray(b);
           let bad = 0;
           for (let row = 0; row < R; row++) {
             const id = ga[row]!;
@@ -392,8 +638,10 @@ for (const [topK, topP, minP] of [[0, 1, 0], [50, 0.9, 0.05], [5000, 0.5, 0], [0
               bad++;
               continue;
             }
-            const logits = host.subarray(row * V, (row + 1) * V), mine = logits[id]!;
-            let greater = 0, mx = -Infinity; // tokens strictly more likely than the draw; the top logit
+            const logits = host.subarray(row * V, (row + 1) * V),
+              mine = logits[id]!;
+            let greater = 0,
+              mx = -Infinity; // tokens strictly more likely than the draw; the top logit
             for (let j = 0; j < V; j++) {
               if (logits[j]! > mine) greater++;
               mx = Math.max(mx, logits[j]!);
@@ -407,40 +655,70 @@ for (const [topK, topP, minP] of [[0, 1, 0], [50, 0.9, 0.05], [5000, 0.5, 0], [0
     },
   });
 }
-for (const [hd, off, rd, nh] of [[192, 128, 64, 16], [64, 0, 64, 1], [96, 32, 62, 3]] as const) {
+for (const [hd, off, rd, nh] of [
+  [192, 128, 64, 16],
+  [64, 0, 64, 1],
+  [96, 32, 62, 3],
+] as const) {
   for (const t of [1, 37]) {
     add({
-      name: `rope t=${t} heads=${nh} hd=${hd} rope=[${off},${off + rd})`, op: 'rope', shapes: { t, heads: nh, headDim: hd, offset: off, ropeDim: rd }, dtypes: {}, bytes: 8 * t * nh * rd, flops: 0,
+      name: `rope t=${t} heads=${nh} hd=${hd} rope=[${off},${off + rd})`,
+      op: 'rope',
+      shapes: { t, heads: nh, headDim: hd, offset: off, ropeDim: rd },
+      dtypes: {},
+      bytes: 8 * t * nh * rd,
+      flops: 0,
       make(device, r) {
         const xs = uniform(r, t * nh * hd);
         const x = tensor(xs, [t, nh, hd], { device });
-        const pos = int32(Array.from({ length: t }, () => r.int(100000)), [t], device);
-        const inv = tensor(Array.from({ length: rd / 2 }, (_, i) => Math.pow(10000, (-2 * i) / rd)), [rd / 2], { device });
+        const pos = int32(
+          Array.from({ length: t }, () => r.int(100000)),
+          [t],
+          device,
+        );
+        const inv = tensor(
+          Array.from({ length: rd / 2 }, (_, i) => Math.pow(10000, (-2 * i) / rd)),
+          [rd / 2],
+          { device },
+        );
         return {
-          outs: [x], run: (s) => native.rope(s, x, pos, off, inv, 1.1),
+          outs: [x],
+          run: s => native.rope(s, x, pos, off, inv, 1.1),
           // Both sides round the same f32 angle, take sin / cos in f64 and round them to f32: equal unless
           // the f64 results straddle an f32 rounding point (one f32 ulp apart), so a rotated pair may
           // differ by u32 (|x0| + |x1|) times the 1.1 factor per side
-          bound: () => [Float64Array.from(xs, (_, i) => {
-            const c = i % hd;
-            if (c < off || c >= off + rd) return 0;
-            const p = i - ((c - off) % 2);
-            return 2 * 1.1 * 2 * U32 * (Math.abs(xs[p]!) + Math.abs(xs[p + 1]!));
-          })],
+          bound: () => [
+            Float64Array.from(xs, (_, i) => {
+              const c = i % hd;
+              if (c < off || c >= off + rd) return 0;
+              const p = i - ((c - off) % 2);
+              return 2 * 1.1 * 2 * U32 * (Math.abs(xs[p]!) + Math.abs(xs[p + 1]!));
+            }),
+          ],
         };
       },
     });
   }
 }
 for (const t of [1, 7, 129]) {
-  const E = 768, K = 12;
+  const E = 768,
+    K = 12;
   add({
-    name: `routerTopk t=${t} e=${E} k=${K}`, op: 'routerTopk', shapes: { t, experts: E, k: K }, dtypes: {}, bytes: 4 * t * E, flops: 0,
+    name: `routerTopk t=${t} e=${E} k=${K}`,
+    op: 'routerTopk',
+    shapes: { t, experts: E, k: K },
+    dtypes: {},
+    bytes: 4 * t * E,
+    flops: 0,
     make(device, r) {
-      const logits = tensor(uniform(r, t * E, 4), [t, E], { device }), bias = tensor(uniform(r, E, 0.01), [E], { device });
-      const idx = empty([t, K], { dtype: 'int32', device }), w = empty([t, K], { device }), nffn = empty([t], { dtype: 'int32', device });
+      const logits = tensor(uniform(r, t * E, 4), [t, E], { device }),
+        bias = tensor(uniform(r, E, 0.01), [E], { device });
+      const idx = empty([t, K], { dtype: 'int32', device }),
+        w = empty([t, K], { device }),
+        nffn = empty([t], { dtype: 'int32', device });
       return {
-        outs: [idx, w, nffn], run: (s) => native.routerTopk(s, idx, w, nffn, logits, bias, 512, 6),
+        outs: [idx, w, nffn],
+        run: s => native.routerTopk(s, idx, w, nffn, logits, bias, 512, 6),
         // the choice is exact (random logits have no near-ties); the weights are a softmax (sum in f64
         // on both sides) times the routed scale: exp, division, product
         bound: (_s, [, want]) => [0, relativeBound(want!, 2 * (EXP_REL + 4 * U32)), 0],
@@ -449,46 +727,84 @@ for (const t of [1, 7, 129]) {
   });
 }
 for (const dt of ['f32', 'bf16'] as const) {
-  const nb = 9, bs = 64, dl = 512, dr = 64;
+  const nb = 9,
+    bs = 64,
+    dl = 512,
+    dr = 64;
   add({
-    name: `mlaCacheWrite T=37 ${dt} cache 9x64x576`, op: 'mlaCacheWrite', shapes: { T: 37, blocks: nb, blockSize: bs, row: dl + dr }, dtypes: { cache: dt }, bytes: 37 * (dl + dr) * 8, flops: 0,
+    name: `mlaCacheWrite T=37 ${dt} cache 9x64x576`,
+    op: 'mlaCacheWrite',
+    shapes: { T: 37, blocks: nb, blockSize: bs, row: dl + dr },
+    dtypes: { cache: dt },
+    bytes: 37 * (dl + dr) * 8,
+    flops: 0,
     make(device, r) {
       const T = 37;
       const cache = tensor(new Float32Array(nb * bs * (dl + dr)), [nb, bs, dl + dr], { dtype: dt, device });
-      const ckv = tensor(uniform(r, T * dl), [T, dl], { device }), kpe = tensor(uniform(r, T * dr), [T, dr], { device });
+      const ckv = tensor(uniform(r, T * dl), [T, dl], { device }),
+        kpe = tensor(uniform(r, T * dr), [T, dr], { device });
       const slots = int32(r.shuffle(Array.from({ length: nb * bs }, (_, i) => i)).slice(0, T), [T], device);
-      return { outs: [cache], run: (s) => native.mlaCacheWrite(s, cache, ckv, kpe, slots) };
+      return { outs: [cache], run: s => native.mlaCacheWrite(s, cache, ckv, kpe, slots) };
     },
   });
   add({
-    name: `mlaCacheGather start=5 length=500 ${dt} cache 9x64x576`, op: 'mlaCacheGather', shapes: { start: 5, length: 500, blocks: nb, blockSize: bs, row: dl + dr }, dtypes: { cache: dt }, bytes: 500 * (dl + dr) * 8, flops: 0,
+    name: `mlaCacheGather start=5 length=500 ${dt} cache 9x64x576`,
+    op: 'mlaCacheGather',
+    shapes: { start: 5, length: 500, blocks: nb, blockSize: bs, row: dl + dr },
+    dtypes: { cache: dt },
+    bytes: 500 * (dl + dr) * 8,
+    flops: 0,
     make(device, r) {
       const L = 500;
       const cache = tensor(uniform(r, nb * bs * (dl + dr)), [nb, bs, dl + dr], { dtype: dt, device });
-      const bt = int32(Array.from({ length: nb }, (_, i) => (i * 4) % nb), [nb], device);
-      const ckv = empty([L, dl], { device }), kpe = empty([L, dr], { device });
-      return { outs: [ckv, kpe], run: (s) => native.mlaCacheGather(s, ckv, kpe, cache, bt, 5, L) };
+      const bt = int32(
+        Array.from({ length: nb }, (_, i) => (i * 4) % nb),
+        [nb],
+        device,
+      );
+      const ckv = empty([L, dl], { device }),
+        kpe = empty([L, dr], { device });
+      return { outs: [ckv, kpe], run: s => native.mlaCacheGather(s, ckv, kpe, cache, bt, 5, L) };
     },
   });
 }
 
 // ==== MLA attention (cuda/mla*.cu) and grouped-expert MoE (cuda/moe.cu)
-for (const [T, nh, dn, dr, dv, dl] of [[1, 3, 5, 3, 4, 37], [3, 4, 16, 8, 16, 64], [17, 2, 7, 3, 5, 33], [1, 64, 128, 64, 128, 512], [8, 64, 128, 64, 128, 512], [64, 64, 128, 64, 128, 512]] as const) {
+for (const [T, nh, dn, dr, dv, dl] of [
+  [1, 3, 5, 3, 4, 37],
+  [3, 4, 16, 8, 16, 64],
+  [17, 2, 7, 3, 5, 33],
+  [1, 64, 128, 64, 128, 512],
+  [8, 64, 128, 64, 128, 512],
+  [64, 64, 128, 64, 128, 512],
+] as const) {
   for (const wdt of ['f32', 'bf16'] as const) {
     add({
-      name: `mlaAbsorbQ T=${T} nh=${nh} dn=${dn} dl=${dl} w=${wdt}`, op: 'mlaAbsorbQ', shapes: { T, nh, dn, dr, dv, dl }, dtypes: { w: wdt },
-      bytes: nh * dn * dl * ELEMENT_BYTES[wdt], flops: 2 * T * nh * dn * dl,
+      name: `mlaAbsorbQ T=${T} nh=${nh} dn=${dn} dl=${dl} w=${wdt}`,
+      op: 'mlaAbsorbQ',
+      shapes: { T, nh, dn, dr, dv, dl },
+      dtypes: { w: wdt },
+      bytes: nh * dn * dl * ELEMENT_BYTES[wdt],
+      flops: 2 * T * nh * dn * dl,
       make(device, r) {
-        const qs = uniform(r, T * nh * (dn + dr)), ws = uniform(r, nh * (dn + dv) * dl, 0.1);
+        const qs = uniform(r, T * nh * (dn + dr)),
+          ws = uniform(r, nh * (dn + dv) * dl, 0.1);
         const q = tensor(qs, [T, nh, dn + dr], { device });
         const w = tensor(ws, [nh * (dn + dv), dl], { dtype: wdt, device });
         const ql = empty([T, nh, dl], { device });
         return {
-          outs: [ql], run: (s) => native.mlaAbsorbQ(s, ql, q, w, dn),
+          outs: [ql],
+          run: s => native.mlaAbsorbQ(s, ql, q, w, dn),
           bound(sides) {
             const mag = onCpuHighest(() => {
               const m = empty([T, nh, dl]);
-              native.mlaAbsorbQ(null, m, tensor(abs(qs), [T, nh, dn + dr]), tensor(abs(ws), [nh * (dn + dv), dl], { dtype: wdt }), dn);
+              native.mlaAbsorbQ(
+                null,
+                m,
+                tensor(abs(qs), [T, nh, dn + dr]),
+                tensor(abs(ws), [nh * (dn + dv), dl], { dtype: wdt }),
+                dn,
+              );
               return toArray(m);
             });
             return [dotBound(...pair(sides, 'highest'), dn, mag)];
@@ -497,15 +813,21 @@ for (const [T, nh, dn, dr, dv, dl] of [[1, 3, 5, 3, 4, 37], [3, 4, 16, 8, 16, 64
       },
     });
     add({
-      name: `mlaOutput T=${T} nh=${nh} dv=${dv} dl=${dl} w=${wdt}`, op: 'mlaOutput', shapes: { T, nh, dn, dr, dv, dl }, dtypes: { w: wdt },
-      bytes: nh * dv * dl * ELEMENT_BYTES[wdt], flops: 2 * T * nh * dv * dl,
+      name: `mlaOutput T=${T} nh=${nh} dv=${dv} dl=${dl} w=${wdt}`,
+      op: 'mlaOutput',
+      shapes: { T, nh, dn, dr, dv, dl },
+      dtypes: { w: wdt },
+      bytes: nh * dv * dl * ELEMENT_BYTES[wdt],
+      flops: 2 * T * nh * dv * dl,
       make(device, r) {
-        const ols = uniform(r, T * nh * dl), ws = uniform(r, nh * (dn + dv) * dl, 0.1);
+        const ols = uniform(r, T * nh * dl),
+          ws = uniform(r, nh * (dn + dv) * dl, 0.1);
         const ol = tensor(ols, [T, nh, dl], { device });
         const w = tensor(ws, [nh * (dn + dv), dl], { dtype: wdt, device });
         const o = empty([T, nh, dv], { device });
         return {
-          outs: [o], run: (s) => native.mlaOutput(s, o, ol, w),
+          outs: [o],
+          run: s => native.mlaOutput(s, o, ol, w),
           bound(sides) {
             const mag = onCpuHighest(() => {
               const m = empty([T, nh, dv]);
@@ -539,32 +861,56 @@ function attentionBound(sides: Sides, mode: GemmMode, K: number, L: number, sMax
 }
 
 // Decode: [nh, dl, dr, blockSize, seqLens]; block tables are a shuffled partition of the cache.
-for (const [nh, dl, dr, bs, lens] of [[3, 37, 5, 4, [13]], [17, 64, 16, 16, [0, 1, 200]], [5, 40, 8, 7, [1, 64, 65, 300, 2]],
-  [64, 512, 64, 64, [1, 777, 4096, 8192]], [64, 512, 64, 64, Array<number>(32).fill(1024)], [128, 512, 64, 64, [3000]]] as const) {
+for (const [nh, dl, dr, bs, lens] of [
+  [3, 37, 5, 4, [13]],
+  [17, 64, 16, 16, [0, 1, 200]],
+  [5, 40, 8, 7, [1, 64, 65, 300, 2]],
+  [64, 512, 64, 64, [1, 777, 4096, 8192]],
+  [64, 512, 64, 64, Array<number>(32).fill(1024)],
+  [128, 512, 64, 64, [3000]],
+] as const) {
   // bf16 cache at precision 'bf16': the tensor-core decode for dl 512 / dr 64 (q and p in bf16)
-  for (const [cdt, precision] of [['f32', 'highest'], ['bf16', 'highest'], ['bf16', 'bf16']] as const) {
+  for (const [cdt, precision] of [
+    ['f32', 'highest'],
+    ['bf16', 'highest'],
+    ['bf16', 'bf16'],
+  ] as const) {
     if (cdt === 'f32' && nh >= 64 && lens.length > 4) continue;
     const toks = lens.reduce((a: number, b: number) => a + b, 0);
-    const lensName = lens.length > 4 && lens.every((l) => l === lens[0]) ? `${lens.length}x${lens[0]}` : lens.join(',');
+    const lensName = lens.length > 4 && lens.every(l => l === lens[0]) ? `${lens.length}x${lens[0]}` : lens.join(',');
     add({
-      name: `mlaDecodeAbsorbed B=${lens.length} nh=${nh} dl=${dl} dr=${dr} bs=${bs} lens=${lensName} cache=${cdt} ${precision}`, op: 'mlaDecodeAbsorbed',
-      shapes: { nh, dl, dr, blockSize: bs, seqLens: lens }, dtypes: { cache: cdt }, precision,
-      bytes: toks * (dl + dr) * ELEMENT_BYTES[cdt], flops: 2 * toks * nh * (dl + dr + dl),
+      name: `mlaDecodeAbsorbed B=${lens.length} nh=${nh} dl=${dl} dr=${dr} bs=${bs} lens=${lensName} cache=${cdt} ${precision}`,
+      op: 'mlaDecodeAbsorbed',
+      shapes: { nh, dl, dr, blockSize: bs, seqLens: lens },
+      dtypes: { cache: cdt },
+      precision,
+      bytes: toks * (dl + dr) * ELEMENT_BYTES[cdt],
+      flops: 2 * toks * nh * (dl + dr + dl),
       make(device, r) {
-        const B = lens.length, dn = 7, row = dl + dr, scale = 1 / Math.sqrt(192);
-        const mb = Math.max(1, ...lens.map((l) => Math.ceil(l / bs))) + 1;
+        const B = lens.length,
+          dn = 7,
+          row = dl + dr,
+          scale = 1 / Math.sqrt(192);
+        const mb = Math.max(1, ...lens.map(l => Math.ceil(l / bs))) + 1;
         const nb = B * mb + 3;
         const perm = r.shuffle(Array.from({ length: nb }, (_, i) => i));
         const cacheHost = uniform(r, nb * bs * row);
         const cache = tensor(cacheHost, [nb, bs, row], { dtype: cdt, device });
-        const bt = int32(Array.from({ length: B * mb }, (_, i) => perm[i]!), [B, mb], device);
+        const bt = int32(
+          Array.from({ length: B * mb }, (_, i) => perm[i]!),
+          [B, mb],
+          device,
+        );
         const sl = int32(lens, [B], device);
-        const qlHost = uniform(r, B * nh * dl, 0.3), qHost = uniform(r, B * nh * (dn + dr), 0.3);
+        const qlHost = uniform(r, B * nh * dl, 0.3),
+          qHost = uniform(r, B * nh * (dn + dr), 0.3);
         const ql = tensor(qlHost, [B, nh, dl], { device });
         const q = tensor(qHost, [B, nh, dn + dr], { device });
         const ol = empty([B, nh, dl], { device });
         return {
-          outs: [ol], inputs: { seqLens: sl, cache }, run: (s) => native.mlaDecodeAbsorbed(s, ol, ql, q, cache, bt, sl, scale),
+          outs: [ol],
+          inputs: { seqLens: sl, cache },
+          run: s => native.mlaDecodeAbsorbed(s, ol, ql, q, cache, bt, sl, scale),
           bound(sides) {
             const out = new Float64Array(B * nh * dl);
             const mode: GemmMode = precision === 'bf16' ? 'bf16' : 'highest';
@@ -580,7 +926,8 @@ for (const [nh, dl, dr, bs, lens] of [[3, 37, 5, 4, [13]], [17, 64, 16, 16, [0, 
                 for (let c = 0; c < dl; c++) sMax += Math.abs(qlHost[(b * nh + h) * dl + c]!) * kMax[c]!;
                 for (let c = 0; c < dr; c++) sMax += Math.abs(qHost[(b * nh + h) * (dn + dr) + dn + c]!) * kMax[dl + c]!;
                 sMax *= scale;
-                for (let c = 0; c < dl; c++) out[(b * nh + h) * dl + c] = attentionBound(sides, mode, row, lens[b]!, sMax, kMax[c]!);
+                for (let c = 0; c < dl; c++)
+                  out[(b * nh + h) * dl + c] = attentionBound(sides, mode, row, lens[b]!, sMax, kMax[c]!);
               }
             }
             return [out];
@@ -591,38 +938,95 @@ for (const [nh, dl, dr, bs, lens] of [[3, 37, 5, 4, [13]], [17, 64, 16, 16, [0, 
   }
 }
 // Prefill (expanded form): [nh, dn, dr, dv, [[qLen, kvLen], ...]] with a gap row between sequences.
-for (const [nh, dn, dr, dv, seqs] of [[3, 5, 3, 4, [[1, 1], [7, 10], [33, 33]]], [2, 16, 8, 16, [[0, 5], [65, 100], [1, 40]]],
-  [64, 128, 64, 128, [[256, 256], [64, 320]]], [16, 128, 64, 128, [[1000, 1000]]], [8, 128, 64, 128, [[1, 1], [70, 133], [0, 9], [129, 129]]]] as const) {
+for (const [nh, dn, dr, dv, seqs] of [
+  [
+    3,
+    5,
+    3,
+    4,
+    [
+      [1, 1],
+      [7, 10],
+      [33, 33],
+    ],
+  ],
+  [
+    2,
+    16,
+    8,
+    16,
+    [
+      [0, 5],
+      [65, 100],
+      [1, 40],
+    ],
+  ],
+  [
+    64,
+    128,
+    64,
+    128,
+    [
+      [256, 256],
+      [64, 320],
+    ],
+  ],
+  [16, 128, 64, 128, [[1000, 1000]]],
+  [
+    8,
+    128,
+    64,
+    128,
+    [
+      [1, 1],
+      [70, 133],
+      [0, 9],
+      [129, 129],
+    ],
+  ],
+] as const) {
   // precision 'bf16' with dn 128 / dr 64 / dv 128: the tensor-core prefill (q, k, v, p in bf16)
-  const qs = [0], ks = [0];
+  const qs = [0],
+    ks = [0];
   let flops = 0;
   for (const [ql, kl] of seqs) {
     qs.push(qs[qs.length - 1]! + ql), ks.push(ks[ks.length - 1]! + kl);
     flops += 2 * nh * ql * (kl - ql / 2) * (dn + dr + dv);
   }
-  const T = qs[qs.length - 1]! + 1, S = ks[ks.length - 1]! + 2; // trailing rows outside every sequence stay untouched
+  const T = qs[qs.length - 1]! + 1,
+    S = ks[ks.length - 1]! + 2; // trailing rows outside every sequence stay untouched
   for (const precision of dn === 128 && dr === 64 && dv === 128 ? (['highest', 'bf16'] as const) : (['highest'] as const)) {
     add({
-      name: `mlaPrefill nh=${nh} dn=${dn} dr=${dr} dv=${dv} seqs=${seqs.map((x) => x.join('/')).join(',')} ${precision}`, op: 'mlaPrefill',
-      shapes: { nh, dn, dr, dv, seqs: seqs.flat() }, dtypes: {}, precision,
-      bytes: 4 * (T * nh * (dn + dr) + S * nh * (dn + dv) + T * nh * dv), flops,
+      name: `mlaPrefill nh=${nh} dn=${dn} dr=${dr} dv=${dv} seqs=${seqs.map(x => x.join('/')).join(',')} ${precision}`,
+      op: 'mlaPrefill',
+      shapes: { nh, dn, dr, dv, seqs: seqs.flat() },
+      dtypes: {},
+      precision,
+      bytes: 4 * (T * nh * (dn + dr) + S * nh * (dn + dv) + T * nh * dv),
+      flops,
       make(device, r) {
         const scale = 1 / Math.sqrt(dn + dr);
-        const qHost = uniform(r, T * nh * (dn + dr)), kvHost = uniform(r, S * nh * (dn + dv)), kpeHost = uniform(r, S * dr);
+        const qHost = uniform(r, T * nh * (dn + dr)),
+          kvHost = uniform(r, S * nh * (dn + dv)),
+          kpeHost = uniform(r, S * dr);
         const q = tensor(qHost, [T, nh, dn + dr], { device });
         const kvb = tensor(kvHost, [S, nh, dn + dv], { device });
         const kpe = tensor(kpeHost, [S, dr], { device });
         const o = tensor(new Float32Array(T * nh * dv).fill(0.5), [T, nh, dv], { device });
-        const qst = int32(qs, [qs.length], device), kst = int32(ks, [ks.length], device);
+        const qst = int32(qs, [qs.length], device),
+          kst = int32(ks, [ks.length], device);
         return {
-          outs: [o], inputs: { kvb }, run: (s) => native.mlaPrefill(s, o, q, kvb, kpe, qst, kst, scale),
+          outs: [o],
+          inputs: { kvb },
+          run: s => native.mlaPrefill(s, o, q, kvb, kpe, qst, kst, scale),
           bound(sides) {
             const out = new Float64Array(T * nh * dv); // rows outside every sequence: untouched, exact
             const mode: GemmMode = precision === 'bf16' ? 'bf16' : 'highest';
             seqs.forEach(([qLen, kvLen], i) => {
               if (qLen === 0) return;
               for (let h = 0; h < nh; h++) {
-                const kMax = new Float64Array(dn + dr), vMax = new Float64Array(dv); // over the sequence's keys
+                const kMax = new Float64Array(dn + dr),
+                  vMax = new Float64Array(dv); // over the sequence's keys
                 for (let j = ks[i]!; j < ks[i]! + kvLen; j++) {
                   for (let c = 0; c < dn; c++) kMax[c] = Math.max(kMax[c]!, Math.abs(kvHost[(j * nh + h) * (dn + dv) + c]!));
                   for (let c = 0; c < dr; c++) kMax[dn + c] = Math.max(kMax[dn + c]!, Math.abs(kpeHost[j * dr + c]!));
@@ -631,7 +1035,8 @@ for (const [nh, dn, dr, dv, seqs] of [[3, 5, 3, 4, [[1, 1], [7, 10], [33, 33]]],
                 for (let t = qs[i]!; t < qs[i]! + qLen; t++) {
                   let sMax = 0;
                   for (let c = 0; c < dn + dr; c++) sMax += Math.abs(qHost[(t * nh + h) * (dn + dr) + c]!) * kMax[c]!;
-                  for (let c = 0; c < dv; c++) out[(t * nh + h) * dv + c] = attentionBound(sides, mode, dn + dr, kvLen, sMax * scale, vMax[c]!);
+                  for (let c = 0; c < dv; c++)
+                    out[(t * nh + h) * dv + c] = attentionBound(sides, mode, dn + dr, kvLen, sMax * scale, vMax[c]!);
                 }
               }
             });
@@ -666,8 +1071,15 @@ const silu = (z: number) => z / (1 + Math.exp(-z));
  * Then dout[t] = sum_j |w_tj| dy_j + gamma(k + 1, u32) sum_j |w_tj| (|y_j| + dy_j) + u32-rounded zero
  * experts.
  */
-function moeBound(sides: Sides, mode: GemmMode, d: { T: number; H: number; I: number; nr: number; k: number }, experts: HostExpert[],
-  ids: readonly number[], uHost: Float32Array, wHost: Float32Array): Float64Array {
+function moeBound(
+  sides: Sides,
+  mode: GemmMode,
+  d: { T: number; H: number; I: number; nr: number; k: number },
+  experts: HostExpert[],
+  ids: readonly number[],
+  uHost: Float32Array,
+  wHost: Float32Array,
+): Float64Array {
   const { T, H, I, nr, k } = d;
   const [aRef, aDut] = pair(sides, mode);
   const E1 = (dotError(aRef, H) + dotError(aDut, H)) * (1 + gamma(H, U32));
@@ -676,7 +1088,8 @@ function moeBound(sides: Sides, mode: GemmMode, d: { T: number; H: number; I: nu
   const out = new Float64Array(T * H).fill(FLOOR);
   onCpuHighest(() => {
     const lin = (x: Float32Array, rows: number, w: HostWeight, magnitude: boolean) => {
-      const y = empty([rows, w.shape[0]]), wt = weightTensors(w, 'cpu', magnitude);
+      const y = empty([rows, w.shape[0]]),
+        wt = weightTensors(w, 'cpu', magnitude);
       native.linear(null, y, tensor(magnitude ? abs(x) : x, [rows, w.shape[1]]), wt.w, wt.scale);
       return toArray(y);
     };
@@ -684,25 +1097,39 @@ function moeBound(sides: Sides, mode: GemmMode, d: { T: number; H: number; I: nu
       const slots: number[] = []; // (t, j) of the rows routed to this expert
       ids.forEach((id, s) => id === ex && slots.push(s));
       if (!slots.length) return;
-      const n = slots.length, x = new Float32Array(n * H);
+      const n = slots.length,
+        x = new Float32Array(n * H);
       slots.forEach((s, i) => x.set(uHost.subarray(Math.floor(s / k) * H, (Math.floor(s / k) + 1) * H), i * H));
-      const g = lin(x, n, e.gate, false), v = lin(x, n, e.up, false), G = lin(x, n, e.gate, true), V = lin(x, n, e.up, true);
-      const hAbs = new Float32Array(n * I), dh = new Float32Array(n * I), hUp = new Float32Array(n * I);
+      const g = lin(x, n, e.gate, false),
+        v = lin(x, n, e.up, false),
+        G = lin(x, n, e.gate, true),
+        V = lin(x, n, e.up, true);
+      const hAbs = new Float32Array(n * I),
+        dh = new Float32Array(n * I),
+        hUp = new Float32Array(n * I);
       for (let i = 0; i < n * I; i++) {
-        const sg = silu(g[i]!), h = Math.abs(sg * v[i]!);
-        dh[i] = 1.1 * E1 * G[i]! * Math.abs(v[i]!) + Math.abs(sg) * E1 * V[i]! + E1 * E1 * G[i]! * V[i]! + 2 * (EXP_REL + 3 * U32) * h;
+        const sg = silu(g[i]!),
+          h = Math.abs(sg * v[i]!);
+        dh[i] =
+          1.1 * E1 * G[i]! * Math.abs(v[i]!) + Math.abs(sg) * E1 * V[i]! + E1 * E1 * G[i]! * V[i]! + 2 * (EXP_REL + 3 * U32) * h;
         hAbs[i] = h;
         hUp[i] = h + dh[i]!;
       }
-      const y = lin(hUp, n, e.down, true), prop = lin(dh, n, e.down, true);
+      const y = lin(hUp, n, e.down, true),
+        prop = lin(dh, n, e.down, true);
       let flip: Float64Array | null = null;
       if (mode === 'fp8') {
         // one worst flip per output row: the largest step of the row's h times the largest |W_down| of each output
         flip = new Float64Array(n * H);
-        const wd = e.down, wMax = new Float64Array(H);
+        const wd = e.down,
+          wMax = new Float64Array(H);
         for (let o = 0; o < H; o++) {
           let m = 0;
-          for (let c = 0; c < I; c++) m = Math.max(m, Math.abs(wd.values[o * I + c]!) * (wd.scale ? wd.scale[Math.floor(o / 128) * blocks(I) + Math.floor(c / 128)]! : 1));
+          for (let c = 0; c < I; c++)
+            m = Math.max(
+              m,
+              Math.abs(wd.values[o * I + c]!) * (wd.scale ? wd.scale[Math.floor(o / 128) * blocks(I) + Math.floor(c / 128)]! : 1),
+            );
           wMax[o] = m;
         }
         for (let i = 0; i < n; i++) {
@@ -716,7 +1143,8 @@ function moeBound(sides: Sides, mode: GemmMode, d: { T: number; H: number; I: nu
         }
       }
       slots.forEach((s, i) => {
-        const t = Math.floor(s / k), wt = Math.abs(wHost[s]!);
+        const t = Math.floor(s / k),
+          wt = Math.abs(wHost[s]!);
         for (let o = 0; o < H; o++) {
           const r = i * H + o;
           const dy = ED * y[r]! + prop[r]! + (flip ? 12 * prop[r]! + flip[r]! : 0);
@@ -728,7 +1156,8 @@ function moeBound(sides: Sides, mode: GemmMode, d: { T: number; H: number; I: nu
   // zero experts (identity): w u, one product and one add per slot
   ids.forEach((id, s) => {
     if (id < nr) return;
-    const t = Math.floor(s / k), wt = Math.abs(wHost[s]!);
+    const t = Math.floor(s / k),
+      wt = Math.abs(wHost[s]!);
     for (let o = 0; o < H; o++) out[t * H + o] = out[t * H + o]! + (sumK + 2 * U32) * wt * Math.abs(uHost[t * H + o]!);
   });
   return out;
@@ -737,47 +1166,90 @@ function moeBound(sides: Sides, mode: GemmMode, d: { T: number; H: number; I: nu
 // Decode-sized batches take the CUDA-core skinny path (fp32 products) in every precision; prefill
 // takes fp32 tiles ('highest'), bf16 tensor cores ('bf16') or e4m3 tensor cores ('fp8': every
 // routed expert here gets >= 17 rows, so the CPU quantizes the same activations per expert).
-for (const [T, H, I, nr, nz, k, wdt, distinct, precision = 'highest'] of [[1, 64, 32, 8, 2, 3, 'bf16', true], [5, 129, 67, 6, 3, 4, 'f32', false],
-  [3, 72, 48, 5, 2, 4, 'int8', true], [40, 72, 48, 4, 2, 4, 'fp8_e4m3', true], [40, 136, 80, 4, 3, 5, 'bf16', false],
-  [40, 136, 80, 4, 3, 5, 'bf16', false, 'bf16'], [100, 200, 96, 3, 1, 2, 'int8', true, 'bf16'], [60, 250, 130, 3, 2, 3, 'fp8_e4m3', true, 'bf16'],
-  [9, 256, 128, 16, 0, 6, 'fp8_e4m3', true], [1, 1024, 512, 16, 8, 12, 'bf16', true], [8, 1024, 512, 16, 8, 12, 'bf16', true],
-  [256, 1024, 512, 16, 8, 12, 'bf16', true], [256, 1024, 512, 16, 8, 12, 'bf16', true, 'bf16'], [4, 1024, 512, 16, 8, 12, 'fp8_e4m3', true],
-  [256, 520, 392, 4, 2, 4, 'fp8_e4m3', true, 'fp8'], [64, 1024, 512, 0, 4, 2, 'bf16', true]] as const) {
+for (const [T, H, I, nr, nz, k, wdt, distinct, precision = 'highest'] of [
+  [1, 64, 32, 8, 2, 3, 'bf16', true],
+  [5, 129, 67, 6, 3, 4, 'f32', false],
+  [3, 72, 48, 5, 2, 4, 'int8', true],
+  [40, 72, 48, 4, 2, 4, 'fp8_e4m3', true],
+  [40, 136, 80, 4, 3, 5, 'bf16', false],
+  [40, 136, 80, 4, 3, 5, 'bf16', false, 'bf16'],
+  [100, 200, 96, 3, 1, 2, 'int8', true, 'bf16'],
+  [60, 250, 130, 3, 2, 3, 'fp8_e4m3', true, 'bf16'],
+  [9, 256, 128, 16, 0, 6, 'fp8_e4m3', true],
+  [1, 1024, 512, 16, 8, 12, 'bf16', true],
+  [8, 1024, 512, 16, 8, 12, 'bf16', true],
+  [256, 1024, 512, 16, 8, 12, 'bf16', true],
+  [256, 1024, 512, 16, 8, 12, 'bf16', true, 'bf16'],
+  [4, 1024, 512, 16, 8, 12, 'fp8_e4m3', true],
+  [256, 520, 392, 4, 2, 4, 'fp8_e4m3', true, 'fp8'],
+  [64, 1024, 512, 0, 4, 2, 'bf16', true],
+] as const) {
   const name = `moe T=${T} H=${H} I=${I} routed=${nr} zero=${nz} k=${k} w=${wdt}${distinct ? '' : ' (repeated ids)'} ${precision}`;
   // the routing is drawn here (its own stream of the case's seed), so that the work is known up front
-  const E = nr + nz, pick = rng(seedOf(`${name} routing`)), ids: number[] = [];
+  const E = nr + nz,
+    pick = rng(seedOf(`${name} routing`)),
+    ids: number[] = [];
   for (let t = 0; t < T; t++) {
     if (distinct) ids.push(...pick.shuffle(Array.from({ length: E }, (_, i) => i)).slice(0, k));
     else for (let j = 0; j < k; j++) ids.push(pick.int(E));
   }
-  const routed = ids.filter((e) => e < nr);
+  const routed = ids.filter(e => e < nr);
   add({
-    name, op: 'moe',
-    shapes: { T, H, I, routed: nr, zero: nz, k }, dtypes: { w: wdt }, precision,
-    bytes: new Set(routed).size * 3 * H * I * ELEMENT_BYTES[wdt], flops: 6 * routed.length * H * I,
+    name,
+    op: 'moe',
+    shapes: { T, H, I, routed: nr, zero: nz, k },
+    dtypes: { w: wdt },
+    precision,
+    bytes: new Set(routed).size * 3 * H * I * ELEMENT_BYTES[wdt],
+    flops: 6 * routed.length * H * I,
     make(device, r) {
       const fp8 = wdt === 'fp8_e4m3';
-      const amp = fp8 ? 2 : 0.1, [sLo, sHi] = fp8 ? [0.01, 0.06] : wdt === 'int8' ? [1e-4, 1.1e-3] : [0, 0];
+      const amp = fp8 ? 2 : 0.1,
+        [sLo, sHi] = fp8 ? [0.01, 0.06] : wdt === 'int8' ? [1e-4, 1.1e-3] : [0, 0];
       const experts = Array.from({ length: nr }, () => ({
-        gate: randomWeight(r, wdt, I, H, amp, sLo, sHi), up: randomWeight(r, wdt, I, H, amp, sLo, sHi), down: randomWeight(r, wdt, H, I, amp, sLo, sHi),
+        gate: randomWeight(r, wdt, I, H, amp, sLo, sHi),
+        up: randomWeight(r, wdt, I, H, amp, sLo, sHi),
+        down: randomWeight(r, wdt, H, I, amp, sLo, sHi),
       }));
-      const uHost = uniform(r, T * H), wHost = positive(r, T * k, 0, 2);
+      const uHost = uniform(r, T * H),
+        wHost = positive(r, T * k, 0, 2);
       const build = (dev: string, magnitude: boolean) => {
-        const ts = experts.map((e) => [weightTensors(e.gate, dev, magnitude), weightTensors(e.up, dev, magnitude), weightTensors(e.down, dev, magnitude)] as const);
+        const ts = experts.map(
+          e =>
+            [
+              weightTensors(e.gate, dev, magnitude),
+              weightTensors(e.up, dev, magnitude),
+              weightTensors(e.down, dev, magnitude),
+            ] as const,
+        );
         const scaled = fp8 || wdt === 'int8';
-        const scales = (i: 0 | 1 | 2) => (scaled ? ts.map((e) => e[i].scale!) : null);
-        const set = native.moeExperts(ts.map((e) => e[0].w), ts.map((e) => e[1].w), ts.map((e) => e[2].w), scales(0), scales(1), scales(2));
+        const scales = (i: 0 | 1 | 2) => (scaled ? ts.map(e => e[i].scale!) : null);
+        const set = native.moeExperts(
+          ts.map(e => e[0].w),
+          ts.map(e => e[1].w),
+          ts.map(e => e[2].w),
+          scales(0),
+          scales(1),
+          scales(2),
+        );
         const u = tensor(magnitude ? abs(uHost) : uHost, [T, H], { device: dev });
         return {
-          set, u, idx: int32(ids, [T, k], dev), w: tensor(wHost, [T, k], { device: dev }), out: empty([T, H], { device: dev }),
+          set,
+          u,
+          idx: int32(ids, [T, k], dev),
+          w: tensor(wHost, [T, k], { device: dev }),
+          out: empty([T, H], { device: dev }),
           downScale: ts[0]?.[2].scale ?? null,
         };
       };
       const m = build(device, false);
-      const moe = (s: Stream | null, v: typeof m) => native.moe(s, v.out, v.u, v.idx, v.w, nr, v.set, null, null, null, null, null, E);
+      const moe = (s: Stream | null, v: typeof m) =>
+        native.moe(s, v.out, v.u, v.idx, v.w, nr, v.set, null, null, null, null, null, E);
       return {
-        outs: [m.out], inputs: { weights: m.w, ...(m.downScale ? { downScale0: m.downScale } : {}) }, run: (s) => moe(s, m),
-        bound: (sides) => [moeBound(sides, gemmMode(precision, fp8, 17), { T, H, I, nr, k }, experts, ids, uHost, wHost)],
+        outs: [m.out],
+        inputs: { weights: m.w, ...(m.downScale ? { downScale0: m.downScale } : {}) },
+        run: s => moe(s, m),
+        bound: sides => [moeBound(sides, gemmMode(precision, fp8, 17), { T, H, I, nr, k }, experts, ids, uHost, wHost)],
       };
     },
   });
@@ -785,9 +1257,9 @@ for (const [T, H, I, nr, nz, k, wdt, distinct, precision = 'highest'] of [[1, 64
 // ==== end of MLA / MoE cases
 
 /** Every case, in the order the GPU check runs them. */
-export const cases: readonly OpCase[] = table.map((c) => ({ ...c, seed: seedOf(c.name) }));
+export const cases: readonly OpCase[] = table.map(c => ({ ...c, seed: seedOf(c.name) }));
 {
-  const names = new Set(cases.map((c) => c.name));
+  const names = new Set(cases.map(c => c.name));
   if (names.size !== cases.length) throw new Error('op-cases: duplicate case names');
 }
 
@@ -817,7 +1289,7 @@ export function makeCase(c: OpCase, device: string): Made {
   const made = c.make(device, rng(c.seed));
   const run = made.run;
   const gpuGemm = c.gemm && device !== 'cpu' ? c.gemm : null;
-  made.run = (s) => {
+  made.run = s => {
     const prev = native.setMatmulPrecision(c.precision);
     const prevGemm = gpuGemm ? native.setCudaGemm(gpuGemm) : null;
     try {
@@ -855,16 +1327,21 @@ export interface Comparison {
 
 /** Compares the outputs of `dut` against `ref` (both already run) under the case's bounds. */
 export function compareOutputs(ref: Made, dut: Made, sides: Sides): Comparison {
-  const want = ref.outs.map((t) => toArray(t)), got = dut.outs.map((t) => toArray(t));
+  const want = ref.outs.map(t => toArray(t)),
+    got = dut.outs.map(t => toArray(t));
   const bounds = ref.bound ? ref.bound(sides, want) : want.map(() => 0);
-  let ratio = 0, detail = 'equal';
+  let ratio = 0,
+    detail = 'equal';
   want.forEach((w, i) => {
     const e = boundExcess(got[i]!, w, bounds[i]!);
     if (e.ratio > ratio || (e.ratio === ratio && e.index >= 0 && detail === 'equal')) {
       ratio = e.ratio;
-      const b = bounds[i]!, at = e.index;
-      detail = at < 0 ? `output ${i}: length ${got[i]!.length} vs ${w.length}`
-        : `output ${i}[${at}] = ${got[i]![at]} vs ${w[at]} (bound ${typeof b === 'number' ? b : b[at]})`;
+      const b = bounds[i]!,
+        at = e.index;
+      detail =
+        at < 0
+          ? `output ${i}: length ${got[i]!.length} vs ${w.length}`
+          : `output ${i}[${at}] = ${got[i]![at]} vs ${w[at]} (bound ${typeof b === 'number' ? b : b[at]})`;
     }
   });
   return { ratio, ok: ratio <= 1, detail };
@@ -875,7 +1352,12 @@ export function compareOutputs(ref: Made, dut: Made, sides: Sides): Comparison {
  * them; with `limits`, a larger case comes back as { skipped: true }. GPU-only cases run their
  * self-check (a ratio of 0 passes).
  */
-export function checkCase(c: OpCase, stream: Stream, limits: Limits | null = null, device = dev): (Comparison & { skipped?: false; gpu: Made }) | { skipped: true } {
+export function checkCase(
+  c: OpCase,
+  stream: Stream,
+  limits: Limits | null = null,
+  device = dev,
+): (Comparison & { skipped?: false; gpu: Made }) | { skipped: true } {
   if (overLimits(c, limits)) return { skipped: true };
   const cpu = c.gpuOnly ? null : makeCase(c, 'cpu');
   cpu?.run(null);

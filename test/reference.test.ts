@@ -4,8 +4,19 @@ import { describe, expect, it } from 'vitest';
 import { f32ToFp8e4m3, fp8e4m3ToF32 } from '../lib/numeric.js';
 import { expectClose, rng } from './helpers.js';
 import {
-  type RefConfig, applyRope, dequantFp8Block, mlaScales, referenceForward, referenceLayerRouter,
-  referenceMla, referenceMlaAbsorbed, referenceMoe, referenceMtp, referenceRouter, ropeParams, rmsnorm,
+  type RefConfig,
+  applyRope,
+  dequantFp8Block,
+  mlaScales,
+  referenceForward,
+  referenceLayerRouter,
+  referenceMla,
+  referenceMlaAbsorbed,
+  referenceMoe,
+  referenceMtp,
+  referenceRouter,
+  ropeParams,
+  rmsnorm,
 } from './reference/longcat-ref.js';
 import { randomWeights, tinyConfig } from './reference/random-weights.js';
 
@@ -70,12 +81,21 @@ describe('reference forward', () => {
     const names = ['attn0', 'moe', 'mlp0', 'attn1', 'mlp1', 'layer_out'];
     for (let L = 0; L < cfg.num_layers; L++) for (const n of names) expect(got.get(`${n}.${L}`)?.length).toBe(T * H);
     // cache rows: one per attention sub-layer, 2 per layer
-    for (let c = 0; c < 2 * cfg.num_layers; c++) expect(got.get(`kv_latent.${c}`)?.length).toBe(T * (cfg.kv_lora_rank + cfg.qk_rope_head_dim));
+    for (let c = 0; c < 2 * cfg.num_layers; c++)
+      expect(got.get(`kv_latent.${c}`)?.length).toBe(T * (cfg.kv_lora_rank + cfg.qk_rope_head_dim));
     const emb = store.get('model.embed_tokens.weight')!.data;
     let hIn: Float64Array = new Float64Array(T * H);
     tokens.forEach((tok, t) => hIn.set(emb.subarray(tok * H, (tok + 1) * H), t * H));
     for (let L = 0; L < cfg.num_layers; L++) {
-      const sum = hIn.map((x, i) => x + got.get(`attn0.${L}`)![i]! + got.get(`mlp0.${L}`)![i]! + got.get(`attn1.${L}`)![i]! + got.get(`mlp1.${L}`)![i]! + got.get(`moe.${L}`)![i]!);
+      const sum = hIn.map(
+        (x, i) =>
+          x +
+          got.get(`attn0.${L}`)![i]! +
+          got.get(`mlp0.${L}`)![i]! +
+          got.get(`attn1.${L}`)![i]! +
+          got.get(`mlp1.${L}`)![i]! +
+          got.get(`moe.${L}`)![i]!,
+      );
       expectClose(got.get(`layer_out.${L}`)!, sum, 1e-12, 1e-12, `layer ${L}`);
       // the MoE input is u = rmsnorm(h + attn0): recompute the MoE from it
       const h1 = hIn.map((x, i) => x + got.get(`attn0.${L}`)![i]!);
@@ -115,14 +135,23 @@ describe('reference router (SPEC 4.1)', () => {
       });
       const mx = Math.max(...logits);
       const z = logits.reduce((a, l) => a + Math.exp(l - mx), 0);
-      const p = logits.map((l) => Math.exp(l - mx) / z);
+      const p = logits.map(l => Math.exp(l - mx) / z);
       expectClose(r.probs.subarray(t * E, (t + 1) * E), p, 1e-14, 1e-12, 'probs');
       const idx = Array.from(r.idx.subarray(t * 3, t * 3 + 3));
       expect(idx[0]).toBe(2);
       // the other two are the two largest unbiased p among the rest
-      const rest = p.map((v, e) => ({ v, e })).filter((x) => x.e !== 2).sort((a, b) => b.v - a.v);
+      const rest = p
+        .map((v, e) => ({ v, e }))
+        .filter(x => x.e !== 2)
+        .sort((a, b) => b.v - a.v);
       expect(idx.slice(1)).toEqual([rest[0]!.e, rest[1]!.e]);
-      expectClose(r.weights.subarray(t * 3, t * 3 + 3), idx.map((e) => 6 * p[e]!), 1e-14, 1e-12, 'weights');
+      expectClose(
+        r.weights.subarray(t * 3, t * 3 + 3),
+        idx.map(e => 6 * p[e]!),
+        1e-14,
+        1e-12,
+        'weights',
+      );
     }
   });
 
@@ -134,7 +163,8 @@ describe('reference router (SPEC 4.1)', () => {
     const r = referenceRouter(u, T, H, cls, bias, cfg.moe_topk, cfg.routed_scaling_factor);
     let sawZero = 0;
     for (let t = 0; t < T; t++) {
-      let mass = 0, pz = 0;
+      let mass = 0,
+        pz = 0;
       for (let k = 0; k < 3; k++) {
         const e = r.idx[t * 3 + k]!;
         if (e >= cfg.n_routed_experts) {
@@ -176,7 +206,8 @@ describe('reference router (SPEC 4.1)', () => {
     const r = referenceLayerRouter(cfg, W, L, u, T);
     const y = referenceMoe(cfg, W, L, u, T);
     for (let t = 0; t < T; t++) {
-      let sw = 0, sp = 0;
+      let sw = 0,
+        sp = 0;
       for (let k = 0; k < 3; k++) {
         const e = r.idx[t * 3 + k]!;
         expect(e).toBeGreaterThanOrEqual(cfg.n_routed_experts);
@@ -184,13 +215,20 @@ describe('reference router (SPEC 4.1)', () => {
         sp += r.probs[t * E + e]!;
       }
       expect(sw).toBeCloseTo(cfg.routed_scaling_factor * sp, 14);
-      expectClose(y.subarray(t * H, (t + 1) * H), Array.from(u.subarray(t * H, (t + 1) * H), (x) => sw * x), 1e-14, 1e-12, 'moe');
+      expectClose(
+        y.subarray(t * H, (t + 1) * H),
+        Array.from(u.subarray(t * H, (t + 1) * H), x => sw * x),
+        1e-14,
+        1e-12,
+        'moe',
+      );
     }
   });
 
   it('MoE with one FFN expert forced equals w * FFN_e(u) + zero-expert terms', () => {
     const { W, store } = randomWeights(cfg, 43);
-    const L = 0, e0 = 5;
+    const L = 0,
+      e0 = 5;
     const bias = store.get(`model.layers.${L}.mlp.router.e_score_correction_bias`)!.data;
     bias.fill(0);
     bias[e0] = 1e3;
@@ -207,7 +245,8 @@ describe('reference router (SPEC 4.1)', () => {
       expect(r.idx[t * 3]).toBe(e0);
       const ut = u.subarray(t * H, (t + 1) * H);
       const act = Array.from({ length: I }, (_, j) => {
-        let a = 0, b = 0;
+        let a = 0,
+          b = 0;
         for (let i = 0; i < H; i++) {
           a += g[j * H + i]! * ut[i]!;
           b += up[j * H + i]! * ut[i]!;
@@ -244,10 +283,25 @@ describe('reference RoPE (SPEC 3.6)', () => {
 
   for (const variant of ['plain', 'yarn'] as const) {
     it(`${variant}: preserves norms and q(p).k(s) depends only on p - s`, () => {
-      const c: RefConfig = variant === 'plain' ? cfg : { ...cfg, rope_scaling: { rope_type: 'yarn', factor: 8, original_max_position_embeddings: 512, beta_fast: 32, beta_slow: 1, mscale: 1, mscale_all_dim: 1 } };
+      const c: RefConfig =
+        variant === 'plain'
+          ? cfg
+          : {
+              ...cfg,
+              rope_scaling: {
+                rope_type: 'yarn',
+                factor: 8,
+                original_max_position_embeddings: 512,
+                beta_fast: 32,
+                beta_slow: 1,
+                mscale: 1,
+                mscale_all_dim: 1,
+              },
+            };
       const rp = ropeParams(c);
       expect(rp.attentionFactor).toBe(1);
-      const q = randomVec(51, dr), k = randomVec(52, dr);
+      const q = randomVec(51, dr),
+        k = randomVec(52, dr);
       const rot = (v: Float64Array, p: number) => {
         const y = v.slice();
         applyRope(y, 0, p, rp);
@@ -260,7 +314,11 @@ describe('reference RoPE (SPEC 3.6)', () => {
           expect(Math.hypot(y[2 * i]!, y[2 * i + 1]!)).toBeCloseTo(Math.hypot(q[2 * i]!, q[2 * i + 1]!), 12);
         }
       }
-      for (const [p, s] of [[10, 3], [7, 7], [100, 40]] as const) {
+      for (const [p, s] of [
+        [10, 3],
+        [7, 7],
+        [100, 40],
+      ] as const) {
         const base = dot(rot(q, p), rot(k, s));
         for (const d of [1, 13, 500]) expect(dot(rot(q, p + d), rot(k, s + d))).toBeCloseTo(base, 9);
       }
@@ -271,20 +329,34 @@ describe('reference RoPE (SPEC 3.6)', () => {
 
   it('YaRN: extrapolated high frequencies, interpolated low frequencies, mscale', () => {
     const factor = 8;
-    const c: RefConfig = { ...cfg, rope_scaling: { rope_type: 'yarn', factor, original_max_position_embeddings: 4096, beta_fast: 32, beta_slow: 1, mscale: 1, mscale_all_dim: 1 } };
+    const c: RefConfig = {
+      ...cfg,
+      rope_scaling: {
+        rope_type: 'yarn',
+        factor,
+        original_max_position_embeddings: 4096,
+        beta_fast: 32,
+        beta_slow: 1,
+        mscale: 1,
+        mscale_all_dim: 1,
+      },
+    };
     const plain = ropeParams(cfg).invFreq;
     const y = ropeParams(c);
     // d=8, base 1e4, L=4096: correction dims floor(1.31)=1 and ceil(2.81)=3 -> ramp over i in [1, 3]
     expect(y.invFreq[0]).toBe(plain[0]);
     expect(y.invFreq[1]).toBe(plain[1]);
-    expect(y.invFreq[2]).toBeCloseTo(0.5 * plain[2]! + 0.5 * plain[2]! / factor, 7);
+    expect(y.invFreq[2]).toBeCloseTo(0.5 * plain[2]! + (0.5 * plain[2]!) / factor, 7);
     expect(y.invFreq[3]).toBeCloseTo(plain[3]! / factor, 9);
     const m = 0.1 * Math.log(factor) + 1;
     expect(y.softmaxScaleFactor).toBeCloseTo(m * m, 14);
-    expect(mlaScales(c).softmax).toBeCloseTo(m * m / Math.sqrt(cfg.qk_nope_head_dim + dr), 14);
+    expect(mlaScales(c).softmax).toBeCloseTo((m * m) / Math.sqrt(cfg.qk_nope_head_dim + dr), 14);
     expect(y.attentionFactor).toBe(1); // mscale == mscale_all_dim
     // without mscale (only mscale_all_dim) transformers scales cos/sin by get_mscale(factor)
-    const c2: RefConfig = { ...cfg, rope_scaling: { rope_type: 'yarn', factor, original_max_position_embeddings: 4096, mscale_all_dim: 1 } };
+    const c2: RefConfig = {
+      ...cfg,
+      rope_scaling: { rope_type: 'yarn', factor, original_max_position_embeddings: 4096, mscale_all_dim: 1 },
+    };
     expect(ropeParams(c2).attentionFactor).toBeCloseTo(m, 14);
   });
 });
@@ -296,8 +368,8 @@ describe('reference MLA (SPEC 3.5 / 5.2)', () => {
       const T = positions.length;
       const x = randomVec(62 + T, T * H);
       let rowsN: Float64Array | undefined, rowsA: Float64Array | undefined;
-      const naive = referenceMla(cfg, W, 'model.layers.1.self_attn.0', x, T, positions, { onCache: (r) => (rowsN = r) });
-      const absorbed = referenceMlaAbsorbed(cfg, W, 'model.layers.1.self_attn.0', x, T, positions, { onCache: (r) => (rowsA = r) });
+      const naive = referenceMla(cfg, W, 'model.layers.1.self_attn.0', x, T, positions, { onCache: r => (rowsN = r) });
+      const absorbed = referenceMlaAbsorbed(cfg, W, 'model.layers.1.self_attn.0', x, T, positions, { onCache: r => (rowsA = r) });
       expect(naive.every(Number.isFinite)).toBe(true);
       expectClose(absorbed, naive, 1e-9, 1e-9, `absorbed, positions ${positions}`);
       expect(Array.from(rowsA!)).toEqual(Array.from(rowsN!));
@@ -309,8 +381,12 @@ describe('reference MLA (SPEC 3.5 / 5.2)', () => {
     store.get('model.layers.0.self_attn.0.kv_a_layernorm.weight')!.data.fill(1);
     const T = 3;
     let rows: Float64Array | undefined;
-    referenceMla(cfg, W, 'model.layers.0.self_attn.0', randomVec(72, T * H), T, [0, 1, 2], { onCache: (r) => (rows = r), latentEps: 0 });
-    const R = cfg.kv_lora_rank, dr = cfg.qk_rope_head_dim;
+    referenceMla(cfg, W, 'model.layers.0.self_attn.0', randomVec(72, T * H), T, [0, 1, 2], {
+      onCache: r => (rows = r),
+      latentEps: 0,
+    });
+    const R = cfg.kv_lora_rank,
+      dr = cfg.qk_rope_head_dim;
     for (let t = 0; t < T; t++) {
       let ss = 0;
       for (let j = 0; j < R; j++) ss += rows![t * (R + dr) + j]! ** 2;
@@ -319,7 +395,8 @@ describe('reference MLA (SPEC 3.5 / 5.2)', () => {
     // a single token attends only to itself: the output is o_proj(v) whatever the query, so changing
     // the query projection changes nothing at T = 1 and something at T = 2
     const p = 'model.layers.0.self_attn.0';
-    const x1 = randomVec(73, H), x2 = randomVec(74, 2 * H);
+    const x1 = randomVec(73, H),
+      x2 = randomVec(74, 2 * H);
     const [r1, r2] = [referenceMla(cfg, W, p, x1, 1, [0]), referenceMla(cfg, W, p, x2, 2, [0, 1])];
     const qb = store.get(`${p}.q_b_proj.weight`)!.data;
     for (let i = 0; i < qb.length; i++) qb[i] = qb[i]! * (1 + 0.5 * Math.sin(i));
@@ -364,12 +441,20 @@ describe('reference MTP (SPEC 6.1)', () => {
 
 describe('fp8 block dequantization (SPEC 7.2)', () => {
   it('multiplies each 128x128 block by its scale, rounding to float32', () => {
-    const n = 130, k = 260; // ragged last blocks in both dimensions
+    const n = 130,
+      k = 260; // ragged last blocks in both dimensions
     const r = rng(91);
     const q = Uint8Array.from({ length: n * k }, () => f32ToFp8e4m3(r.uniform(-400, 400)));
     const scales = Float32Array.from({ length: 2 * 3 }, () => r.uniform(0.001, 0.1));
     const w = dequantFp8Block(q, scales, n, k);
-    for (const [row, col] of [[0, 0], [127, 127], [128, 0], [0, 128], [129, 259], [64, 200]] as const) {
+    for (const [row, col] of [
+      [0, 0],
+      [127, 127],
+      [128, 0],
+      [0, 128],
+      [129, 259],
+      [64, 200],
+    ] as const) {
       const s = scales[Math.floor(row / 128) * 3 + Math.floor(col / 128)]!;
       expect(w[row * k + col]).toBe(Math.fround(fp8e4m3ToF32(q[row * k + col]!) * s));
     }

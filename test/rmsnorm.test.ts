@@ -7,13 +7,12 @@ import { expectClose, rng, expectCode } from './helpers.js';
 
 type Isa = 'scalar' | 'avx2' | 'avx512';
 const originalIsa = native.cpuFeatures().isa;
-const isas: Isa[] = (['scalar', 'avx2', 'avx512'] as Isa[]).filter((i) => {
+const isas: Isa[] = (['scalar', 'avx2', 'avx512'] as Isa[]).filter(i => {
   const got = native.setIsa(i);
   native.setIsa(originalIsa);
   return got === i;
 });
 afterAll(() => native.setIsa(originalIsa));
-
 
 describe('rmsnorm', () => {
   it('matches float64 with and without the fused add, f32/bf16 weights and outputs', () => {
@@ -35,7 +34,8 @@ describe('rmsnorm', () => {
                 const hOut = full([T, H], NaN);
                 if (fused) native.rmsnorm(null, y, tensor(x, [T, H]), w, eps, tensor(a, [T, H]), hOut);
                 else native.rmsnorm(null, y, tensor(x, [T, H]), w, eps);
-                const want = new Float64Array(T * H), hw = new Float64Array(T * H);
+                const want = new Float64Array(T * H),
+                  hw = new Float64Array(T * H);
                 for (let t = 0; t < T; t++) {
                   let ss = 0;
                   for (let i = 0; i < H; i++) {
@@ -59,12 +59,20 @@ describe('rmsnorm', () => {
     const r = rng(910);
     for (const isa of isas) {
       native.setIsa(isa);
-      const T = 3, H = 129;
-      const x = r.array(T * H, -2, 2), a = r.array(T * H, -2, 2);
+      const T = 3,
+        H = 129;
+      const x = r.array(T * H, -2, 2),
+        a = r.array(T * H, -2, 2);
       const xt = tensor(x, [T, H]);
       const y = full([T, H], NaN);
       native.rmsnorm(null, y, xt, full([H], 1), 1e-6, tensor(a, [T, H]), xt);
-      expectClose(toArray(xt), Float64Array.from(x, (v, i) => Math.fround(v + a[i]!)), 0, 0, `aliased hOut ${isa}`);
+      expectClose(
+        toArray(xt),
+        Float64Array.from(x, (v, i) => Math.fround(v + a[i]!)),
+        0,
+        0,
+        `aliased hOut ${isa}`,
+      );
       const y2 = full([T, H], NaN);
       native.rmsnorm(null, y2, xt, full([H], 1), 1e-6);
       expectClose(toArray(y), toArray(y2), 0, 1e-6, `aliased y ${isa}`);

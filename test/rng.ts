@@ -33,7 +33,8 @@ export function rng(seed: number): Rng {
     uint32,
     uniform: (lo = -1, hi = 1) => lo + (hi - lo) * next(),
     normal: () => {
-      const u = Math.max(next(), 1e-12), v = next();
+      const u = Math.max(next(), 1e-12),
+        v = next();
       return Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * v);
     },
     int,

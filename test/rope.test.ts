@@ -9,12 +9,17 @@ afterAll(() => {
 });
 const isas = ['scalar', 'avx2', 'avx512'] as const;
 
-
 // ---- An independent float64 re-derivation of transformers' formulas -----------------------------
 // (modeling_rope_utils._compute_yarn_parameters, transformers 4.5x; DeepseekV3/LongcatFlash attention scaling)
 interface Yarn {
-  factor: number; original_max_position_embeddings?: number; beta_fast?: number; beta_slow?: number;
-  mscale?: number; mscale_all_dim?: number; attention_factor?: number; truncate?: boolean;
+  factor: number;
+  original_max_position_embeddings?: number;
+  beta_fast?: number;
+  beta_slow?: number;
+  mscale?: number;
+  mscale_all_dim?: number;
+  attention_factor?: number;
+  truncate?: boolean;
 }
 function refTables(theta: number, dim: number, nope: number, maxPos: number, y: Yarn | null) {
   const half = dim / 2;
@@ -28,10 +33,13 @@ function refTables(theta: number, dim: number, nope: number, maxPos: number, y: 
     orig = y.original_max_position_embeddings;
     factor = maxPos / orig;
   }
-  const af = y.attention_factor ?? (y.mscale && y.mscale_all_dim ? getM(factor, y.mscale) / getM(factor, y.mscale_all_dim) : getM(factor));
-  const bf = y.beta_fast ?? 32, bs = y.beta_slow ?? 1;
+  const af =
+    y.attention_factor ?? (y.mscale && y.mscale_all_dim ? getM(factor, y.mscale) / getM(factor, y.mscale_all_dim) : getM(factor));
+  const bf = y.beta_fast ?? 32,
+    bs = y.beta_slow ?? 1;
   const cd = (r: number) => (dim * Math.log(orig / (r * 2 * Math.PI))) / (2 * Math.log(theta));
-  let lo = cd(bf), hi = cd(bs);
+  let lo = cd(bf),
+    hi = cd(bs);
   if (y.truncate ?? true) {
     lo = Math.floor(lo);
     hi = Math.ceil(hi);
@@ -57,25 +65,54 @@ describe('ropeTables', () => {
     const ref = refTables(1e7, 64, 128, 131072, null);
     expectClose(t.invFreq, ref.inv, 0, 1e-6, 'invFreq');
     expect(t.invFreq[0]).toBe(1);
-    const odd = ropeTables({ rope_theta: 10000, qk_rope_head_dim: 8, qk_nope_head_dim: 16, rope_scaling: { rope_type: 'default' } });
+    const odd = ropeTables({
+      rope_theta: 10000,
+      qk_rope_head_dim: 8,
+      qk_nope_head_dim: 16,
+      rope_scaling: { rope_type: 'default' },
+    });
     expectClose(odd.invFreq, refTables(10000, 8, 16, 0, null).inv, 0, 1e-6, 'invFreq (dim 8)');
     expect(odd.softmaxScale).toBeCloseTo(1 / Math.sqrt(24), 15);
   });
 
   const cases: [string, number, number, number, number, Yarn][] = [
     // name, theta, rope dim, nope, max_position_embeddings, rope_scaling
-    ['DeepSeek-V3 style (mscale = mscale_all_dim)', 10000, 64, 128, 163840,
-      { factor: 40, original_max_position_embeddings: 4096, beta_fast: 32, beta_slow: 1, mscale: 1, mscale_all_dim: 1 }],
-    ['LongCat-Lite style', 1e7, 64, 128, 327680,
-      { factor: 10, original_max_position_embeddings: 32768, beta_fast: 32, beta_slow: 1, mscale: 1, mscale_all_dim: 1 }],
+    [
+      'DeepSeek-V3 style (mscale = mscale_all_dim)',
+      10000,
+      64,
+      128,
+      163840,
+      { factor: 40, original_max_position_embeddings: 4096, beta_fast: 32, beta_slow: 1, mscale: 1, mscale_all_dim: 1 },
+    ],
+    [
+      'LongCat-Lite style',
+      1e7,
+      64,
+      128,
+      327680,
+      { factor: 10, original_max_position_embeddings: 32768, beta_fast: 32, beta_slow: 1, mscale: 1, mscale_all_dim: 1 },
+    ],
     ['no mscale: attention factor 0.1 ln(s) + 1', 1e6, 16, 16, 65536, { factor: 4 }],
     ['mscale only on all dims', 5e5, 8, 16, 8192, { factor: 8, original_max_position_embeddings: 2048, mscale_all_dim: 0.707 }],
-    ['truncate false, odd betas', 1e4, 32, 40, 32768, { factor: 6, original_max_position_embeddings: 4096, beta_fast: 16, beta_slow: 2, truncate: false }],
+    [
+      'truncate false, odd betas',
+      1e4,
+      32,
+      40,
+      32768,
+      { factor: 6, original_max_position_embeddings: 4096, beta_fast: 16, beta_slow: 2, truncate: false },
+    ],
     ['explicit attention_factor', 1e4, 64, 128, 16384, { factor: 2, attention_factor: 0.9, mscale: 1, mscale_all_dim: 1 }],
   ];
   it.each(cases)('YaRN tables match transformers: %s', (_name, theta, dim, nope, maxPos, y) => {
-    const t = ropeTables({ rope_theta: theta, qk_rope_head_dim: dim, qk_nope_head_dim: nope, max_position_embeddings: maxPos,
-      rope_scaling: { type: 'yarn', ...y } });
+    const t = ropeTables({
+      rope_theta: theta,
+      qk_rope_head_dim: dim,
+      qk_nope_head_dim: nope,
+      max_position_embeddings: maxPos,
+      rope_scaling: { type: 'yarn', ...y },
+    });
     const ref = refTables(theta, dim, nope, maxPos, y);
     expectClose(t.invFreq, ref.inv, 0, 2e-6, 'invFreq');
     expect(t.attentionFactor).toBeCloseTo(ref.af, 12);
@@ -83,21 +120,38 @@ describe('ropeTables', () => {
     // YaRN leaves the highest frequencies alone and divides the lowest by the factor.
     expect(t.invFreq[0]).toBe(1);
     const last = dim / 2 - 1;
-    expect(t.invFreq[last]! / (1 / Math.pow(theta, (2 * last) / dim))).toBeCloseTo(1 / (maxPos / (y.original_max_position_embeddings ?? maxPos / y.factor)), 5);
+    expect(t.invFreq[last]! / (1 / Math.pow(theta, (2 * last) / dim))).toBeCloseTo(
+      1 / (maxPos / (y.original_max_position_embeddings ?? maxPos / y.factor)),
+      5,
+    );
   });
 
   it('DeepSeek-V3 known numbers: attention factor 1, softmax scale 192^-0.5 (0.1 ln 40 + 1)^2', () => {
-    const t = ropeTables({ rope_theta: 10000, qk_rope_head_dim: 64, qk_nope_head_dim: 128, max_position_embeddings: 163840,
-      rope_scaling: { type: 'yarn', factor: 40, original_max_position_embeddings: 4096, mscale: 1, mscale_all_dim: 1 } });
+    const t = ropeTables({
+      rope_theta: 10000,
+      qk_rope_head_dim: 64,
+      qk_nope_head_dim: 128,
+      max_position_embeddings: 163840,
+      rope_scaling: { type: 'yarn', factor: 40, original_max_position_embeddings: 4096, mscale: 1, mscale_all_dim: 1 },
+    });
     expect(t.attentionFactor).toBe(1);
     expect(t.softmaxScale).toBeCloseTo(0.07216878364870322 * 1.3688879454113936 ** 2, 14);
   });
 
   it('rejects unsupported scaling types and bad values', () => {
-    expectCode(() => ropeTables({ rope_theta: 1e4, qk_rope_head_dim: 8, qk_nope_head_dim: 8, rope_scaling: { type: 'linear', factor: 2 } }), 'E_CONFIG', /linear/);
+    expectCode(
+      () =>
+        ropeTables({ rope_theta: 1e4, qk_rope_head_dim: 8, qk_nope_head_dim: 8, rope_scaling: { type: 'linear', factor: 2 } }),
+      'E_CONFIG',
+      /linear/,
+    );
     expectCode(() => ropeTables({ rope_theta: 0, qk_rope_head_dim: 8, qk_nope_head_dim: 8 }), 'E_CONFIG', /rope_theta/);
     expectCode(() => ropeTables({ rope_theta: 1e4, qk_rope_head_dim: 7, qk_nope_head_dim: 8 }), 'E_CONFIG', /even/);
-    expectCode(() => ropeTables({ rope_theta: 1e4, qk_rope_head_dim: 8, qk_nope_head_dim: 8, rope_scaling: { type: 'yarn' } }), 'E_CONFIG', /factor/);
+    expectCode(
+      () => ropeTables({ rope_theta: 1e4, qk_rope_head_dim: 8, qk_nope_head_dim: 8, rope_scaling: { type: 'yarn' } }),
+      'E_CONFIG',
+      /factor/,
+    );
   });
 });
 
@@ -107,10 +161,12 @@ function ropeRef(x: Float32Array, T: number, H: number, D: number, pos: number[]
   for (let t = 0; t < T; t++)
     for (let i = 0; i < inv.length; i++) {
       const a = Math.fround(pos[t]! * inv[i]!); // the f32 angle of the reference implementation
-      const c = Math.cos(a) * af, s = Math.sin(a) * af;
+      const c = Math.cos(a) * af,
+        s = Math.sin(a) * af;
       for (let h = 0; h < H; h++) {
         const k = (t * H + h) * D + off + 2 * i;
-        const x0 = x[k]!, x1 = x[k + 1]!;
+        const x0 = x[k]!,
+          x1 = x[k + 1]!;
         y[k] = x0 * c - x1 * s;
         y[k + 1] = x1 * c + x0 * s;
       }
@@ -127,40 +183,49 @@ describe('rope op', () => {
     [5, 4, 40, 10, 30], // rope in the middle, channels on both sides untouched
     [3, 2, 192, 128, 64],
   ];
-  it.each(shapes)('matches the float64 reference (T=%i, heads=%i, headDim=%i, offset=%i, ropeDim=%i) on every ISA', (T, H, D, off, rd) => {
-    const r = rng(T * 1000 + H * 100 + D);
-    for (const [theta, af] of [[1e7, 1], [10000, 1.17]] as const) {
-      const tables = ropeTables({ rope_theta: theta, qk_rope_head_dim: rd, qk_nope_head_dim: 0 });
-      const x = r.array(T * H * D, -2, 2);
-      const pos = Array.from({ length: T }, (_, i) => (i === 0 ? 100000 : i === 1 ? 131071 : r.int(5000) * 2 + 1));
-      const want = ropeRef(x, T, H, D, pos, off, tables.invFreq, af);
-      for (const isa of isas) {
-        native.setIsa(isa);
-        const xt = tensor(x, [T, H, D]);
-        native.rope(null, xt, tensor(pos, [T], { dtype: 'int32' }), off, tensor(tables.invFreq, [rd / 2]), af);
-        const got = toArray(xt);
-        expectClose(got, want, 3e-6 * af, 2e-6, `rope ${isa}`);
-        for (let t = 0; t < T; t++)
-          for (let h = 0; h < H; h++)
-            for (let c = 0; c < D; c++)
-              if (c < off || c >= off + rd) {
-                const k = (t * H + h) * D + c;
-                if (got[k] !== x[k]) expect.fail(`channel ${c} outside the rope slice changed`);
-              }
-        xt.dispose();
+  it.each(shapes)(
+    'matches the float64 reference (T=%i, heads=%i, headDim=%i, offset=%i, ropeDim=%i) on every ISA',
+    (T, H, D, off, rd) => {
+      const r = rng(T * 1000 + H * 100 + D);
+      for (const [theta, af] of [
+        [1e7, 1],
+        [10000, 1.17],
+      ] as const) {
+        const tables = ropeTables({ rope_theta: theta, qk_rope_head_dim: rd, qk_nope_head_dim: 0 });
+        const x = r.array(T * H * D, -2, 2);
+        const pos = Array.from({ length: T }, (_, i) => (i === 0 ? 100000 : i === 1 ? 131071 : r.int(5000) * 2 + 1));
+        const want = ropeRef(x, T, H, D, pos, off, tables.invFreq, af);
+        for (const isa of isas) {
+          native.setIsa(isa);
+          const xt = tensor(x, [T, H, D]);
+          native.rope(null, xt, tensor(pos, [T], { dtype: 'int32' }), off, tensor(tables.invFreq, [rd / 2]), af);
+          const got = toArray(xt);
+          expectClose(got, want, 3e-6 * af, 2e-6, `rope ${isa}`);
+          for (let t = 0; t < T; t++)
+            for (let h = 0; h < H; h++)
+              for (let c = 0; c < D; c++)
+                if (c < off || c >= off + rd) {
+                  const k = (t * H + h) * D + c;
+                  if (got[k] !== x[k]) expect.fail(`channel ${c} outside the rope slice changed`);
+                }
+          xt.dispose();
+        }
       }
-    }
-  });
+    },
+  );
 
   it('preserves norms and makes q.k depend only on the position difference', () => {
     const r = rng(77);
     const inv = ropeTables({ rope_theta: 1e7, qk_rope_head_dim: 16, qk_nope_head_dim: 0 }).invFreq;
-    const q = r.array(16), k = r.array(16);
+    const q = r.array(16),
+      k = r.array(16);
     const dotAt = (pq: number, pk: number) => {
-      const qt = tensor(q, [1, 1, 16]), kt = tensor(k, [1, 1, 16]);
+      const qt = tensor(q, [1, 1, 16]),
+        kt = tensor(k, [1, 1, 16]);
       native.rope(null, qt, tensor([pq], [1], { dtype: 'int32' }), 0, tensor(inv, [8]));
       native.rope(null, kt, tensor([pk], [1], { dtype: 'int32' }), 0, tensor(inv, [8]));
-      const a = toArray(qt), b = toArray(kt);
+      const a = toArray(qt),
+        b = toArray(kt);
       return a.reduce((s, v, i) => s + v * b[i]!, 0);
     };
     expect(dotAt(10, 3)).toBeCloseTo(dotAt(1007, 1000), 4);

@@ -3,16 +3,17 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { LongcatError, Stream, native, tensor, toArray, type Tensor } from '../lib/index.js';
 import { expectClose, rng, expectCode } from './helpers.js';
 
-
 /** float64 reference: p = softmax(l), order by (p + b desc, index asc). */
 function refRouter(logits: ArrayLike<number>, bias: ArrayLike<number>, t: number, e: number) {
-  const p: Float64Array[] = [], order: number[][] = [], score: Float64Array[] = [];
+  const p: Float64Array[] = [],
+    order: number[][] = [],
+    score: Float64Array[] = [];
   for (let i = 0; i < t; i++) {
     let m = -Infinity;
     for (let j = 0; j < e; j++) m = Math.max(m, logits[i * e + j]!);
     const pi = new Float64Array(e);
     let s = 0;
-    for (let j = 0; j < e; j++) s += (pi[j] = Math.exp(logits[i * e + j]! - m));
+    for (let j = 0; j < e; j++) s += pi[j] = Math.exp(logits[i * e + j]! - m);
     for (let j = 0; j < e; j++) pi[j]! /= s;
     const sc = Float64Array.from(pi, (v, j) => v + bias[j]!);
     const ord = Array.from({ length: e }, (_, j) => j).sort((a, b) => sc[b]! - sc[a]! || a - b);
@@ -23,11 +24,24 @@ function refRouter(logits: ArrayLike<number>, bias: ArrayLike<number>, t: number
   return { p, order, score };
 }
 
-interface Out { idx: Int32Array; w: Float32Array; nffn: Int32Array }
+interface Out {
+  idx: Int32Array;
+  w: Float32Array;
+  nffn: Int32Array;
+}
 
-function runRouter(logits: Float32Array, bias: Float32Array, t: number, e: number, k: number, nRouted: number, scale: number,
-                   stream: Stream | null = null): Out {
-  const lt = tensor(logits, [t, e]), bt = tensor(bias, [e]);
+function runRouter(
+  logits: Float32Array,
+  bias: Float32Array,
+  t: number,
+  e: number,
+  k: number,
+  nRouted: number,
+  scale: number,
+  stream: Stream | null = null,
+): Out {
+  const lt = tensor(logits, [t, e]),
+    bt = tensor(bias, [e]);
   const idx = tensor(new Int32Array(t * k).fill(-7), [t, k], { dtype: 'int32' });
   const w = tensor(new Float32Array(t * k).fill(NaN), [t, k]);
   const nffn = tensor(new Int32Array(t).fill(-7), [t], { dtype: 'int32' });
@@ -42,7 +56,16 @@ function runRouter(logits: Float32Array, bias: Float32Array, t: number, e: numbe
  * separated by more than `gap` must match exactly; a near-tie (closer than fp32 can resolve) must
  * pick an expert whose reference score equals the reference's choice within `gap`.
  */
-function check(o: Out, logits: Float32Array, bias: Float32Array, t: number, e: number, k: number, nRouted: number, scale: number) {
+function check(
+  o: Out,
+  logits: Float32Array,
+  bias: Float32Array,
+  t: number,
+  e: number,
+  k: number,
+  nRouted: number,
+  scale: number,
+) {
   const ref = refRouter(logits, bias, t, e);
   const gap = 1e-6;
   for (let i = 0; i < t; i++) {
@@ -50,18 +73,19 @@ function check(o: Out, logits: Float32Array, bias: Float32Array, t: number, e: n
     const want = ref.order[i]!.slice(0, k);
     expect(new Set(got).size, `token ${i}: distinct experts`).toBe(k);
     for (let j = 0; j < k; j++) {
-      const g = got[j]!, wnt = want[j]!;
+      const g = got[j]!,
+        wnt = want[j]!;
       expect(g >= 0 && g < e, `token ${i} slot ${j}: idx ${g} in range`).toBe(true);
       const sw = ref.score[i]![wnt]!;
-      const neighbours = [ref.order[i]![j - 1], ref.order[i]![j + 1]].filter((x) => x !== undefined) as number[];
-      const clear = neighbours.every((n) => Math.abs(ref.score[i]![n]! - sw) > gap);
+      const neighbours = [ref.order[i]![j - 1], ref.order[i]![j + 1]].filter(x => x !== undefined) as number[];
+      const clear = neighbours.every(n => Math.abs(ref.score[i]![n]! - sw) > gap);
       if (clear) expect(g, `token ${i} slot ${j}`).toBe(wnt);
       else expect(Math.abs(ref.score[i]![g]! - sw), `token ${i} slot ${j}: near-tie`).toBeLessThanOrEqual(gap);
     }
     // Weights are the unbiased probabilities of the chosen experts times scale.
-    const wantW = got.map((g) => ref.p[i]![g]! * scale);
+    const wantW = got.map(g => ref.p[i]![g]! * scale);
     expectClose(o.w.subarray(i * k, i * k + k), wantW, 1e-7, 2e-6, `token ${i} weights`);
-    expect(o.nffn[i], `token ${i} nFfn`).toBe(got.filter((g) => g < nRouted).length);
+    expect(o.nffn[i], `token ${i} nFfn`).toBe(got.filter(g => g < nRouted).length);
   }
 }
 
@@ -72,7 +96,14 @@ afterAll(() => {
 
 describe('routerTopk', () => {
   const cases: Array<[t: number, nRouted: number, nZero: number, k: number]> = [
-    [1, 1, 0, 1], [3, 5, 4, 2], [17, 8, 1, 6], [64, 8, 4, 5], [7, 40, 13, 12], [17, 512, 256, 12], [3, 0, 9, 3], [5, 9, 0, 9],
+    [1, 1, 0, 1],
+    [3, 5, 4, 2],
+    [17, 8, 1, 6],
+    [64, 8, 4, 5],
+    [7, 40, 13, 12],
+    [17, 512, 256, 12],
+    [3, 0, 9, 3],
+    [5, 9, 0, 9],
   ];
   it.each(cases)('matches a float64 reference: T=%i, %i routed + %i zero experts, k=%i', (t, nRouted, nZero, k) => {
     const e = nRouted + nZero;
@@ -94,13 +125,22 @@ describe('routerTopk', () => {
     const o = runRouter(logits, bias, 1, 6, 4, 3, 2.5);
     expect(Array.from(o.idx)).toEqual([0, 5, 4, 2]);
     const ref = refRouter(logits, bias, 1, 6);
-    expectClose(o.w, [0, 5, 4, 2].map((j) => 2.5 * ref.p[0]![j]!), 1e-7, 1e-6, 'weights');
+    expectClose(
+      o.w,
+      [0, 5, 4, 2].map(j => 2.5 * ref.p[0]![j]!),
+      1e-7,
+      1e-6,
+      'weights',
+    );
     expect(o.nffn[0]).toBe(2); // experts 0 and 2 are routed (< 3); 5 and 4 are zero experts
   });
 
   it('breaks exact ties by the lower expert index', () => {
-    const e = 12, t = 4, k = 5;
-    const logits = new Float32Array(t * e), bias = new Float32Array(e);
+    const e = 12,
+      t = 4,
+      k = 5;
+    const logits = new Float32Array(t * e),
+      bias = new Float32Array(e);
     // token 0: all equal -> experts 0..4
     // token 1: equal logits except two larger ones at 9 and 7 -> 7, 9 (tied) then 0, 1, 2
     logits.fill(0.5, e, 2 * e);
@@ -127,7 +167,11 @@ describe('routerTopk', () => {
   });
 
   it('scales zero-expert weights too: zero-expert mass = 6.0 * sum p over chosen zero experts (SPEC 10.4)', () => {
-    const t = 9, nRouted = 16, nZero = 8, e = nRouted + nZero, k = 6;
+    const t = 9,
+      nRouted = 16,
+      nZero = 8,
+      e = nRouted + nZero,
+      k = 6;
     const r = rng(404);
     const logits = Float32Array.from({ length: t * e }, () => r.normal());
     // Favour zero experts through the bias so most tokens pick some.
@@ -136,7 +180,10 @@ describe('routerTopk', () => {
     const ref = refRouter(logits, bias, t, e);
     let tokensWithZero = 0;
     for (let i = 0; i < t; i++) {
-      let mass = 0, pz = 0, total = 0, ptotal = 0;
+      let mass = 0,
+        pz = 0,
+        total = 0,
+        ptotal = 0;
       for (let j = 0; j < k; j++) {
         const g = o.idx[i * k + j]!;
         total += o.w[i * k + j]!;
@@ -157,7 +204,9 @@ describe('routerTopk', () => {
   });
 
   it('is identical with 1 and 2 threads and on a second stream', () => {
-    const t = 97, e = 768, k = 12;
+    const t = 97,
+      e = 768,
+      k = 12;
     const r = rng(77);
     const logits = Float32Array.from({ length: t * e }, () => r.normal());
     const bias = Float32Array.from({ length: e }, () => 0.01 * r.normal());
@@ -178,27 +227,43 @@ describe('routerTopk', () => {
   });
 
   it('accepts a null nFfn', () => {
-    const lt = tensor([1, 2, 3, 0], [1, 4]), bt = tensor([0, 0, 0, 0], [4]);
-    const idx = tensor([-1, -1], [1, 2], { dtype: 'int32' }), w = tensor([NaN, NaN], [1, 2]);
+    const lt = tensor([1, 2, 3, 0], [1, 4]),
+      bt = tensor([0, 0, 0, 0], [4]);
+    const idx = tensor([-1, -1], [1, 2], { dtype: 'int32' }),
+      w = tensor([NaN, NaN], [1, 2]);
     native.routerTopk(null, idx, w, null, lt, bt, 2, 1.0);
     expect(Array.from(toArray(idx))).toEqual([2, 1]);
     for (const x of [lt, bt, idx, w]) x.dispose();
   });
 
   it('rejects bad arguments with typed errors', () => {
-    const t = 3, e = 10, k = 4;
+    const t = 3,
+      e = 10,
+      k = 4;
     const mk = (shape: number[], dtype: 'f32' | 'int32' | 'bf16' = 'f32') =>
       tensor(new Array(shape.reduce((a, b) => a * b, 1)).fill(0), shape, { dtype });
-    const L = mk([t, e]), B = mk([e]), I = mk([t, k], 'int32'), W = mk([t, k]), N = mk([t], 'int32');
+    const L = mk([t, e]),
+      B = mk([e]),
+      I = mk([t, k], 'int32'),
+      W = mk([t, k]),
+      N = mk([t], 'int32');
     const all: Tensor[] = [L, B, I, W, N];
     const keep = <T extends Tensor>(x: T) => (all.push(x), x);
-    expectCode(() => native.routerTopk(null, I, W, N, keep(mk([t, e], 'bf16')), B, 5, 6), 'E_DTYPE', /routerTopk: 'logits' has dtype bf16/);
+    expectCode(
+      () => native.routerTopk(null, I, W, N, keep(mk([t, e], 'bf16')), B, 5, 6),
+      'E_DTYPE',
+      /routerTopk: 'logits' has dtype bf16/,
+    );
     expectCode(() => native.routerTopk(null, I, W, N, L, keep(mk([e + 1])), 5, 6), 'E_SHAPE', /'bias'/);
     expectCode(() => native.routerTopk(null, keep(mk([t, k])), W, N, L, B, 5, 6), 'E_DTYPE', /'idx'/);
     expectCode(() => native.routerTopk(null, I, keep(mk([t, k + 1])), N, L, B, 5, 6), 'E_SHAPE', /'weights'/);
     expectCode(() => native.routerTopk(null, I, W, keep(mk([t + 1], 'int32')), L, B, 5, 6), 'E_SHAPE', /'nFfn'/);
     expectCode(() => native.routerTopk(null, I, W, keep(mk([t], 'f32')), L, B, 5, 6), 'E_DTYPE', /'nFfn'/);
-    expectCode(() => native.routerTopk(null, keep(mk([t, e + 1], 'int32')), keep(mk([t, e + 1])), N, L, B, 5, 6), 'E_SHAPE', /k = 11/);
+    expectCode(
+      () => native.routerTopk(null, keep(mk([t, e + 1], 'int32')), keep(mk([t, e + 1])), N, L, B, 5, 6),
+      'E_SHAPE',
+      /k = 11/,
+    );
     expectCode(() => native.routerTopk(null, I, W, N, L, B, 11, 6), 'E_ARGUMENT', /nRouted/);
     expectCode(() => native.routerTopk(null, I, W, N, L, B, -1, 6), 'E_ARGUMENT', /nRouted/);
     expectCode(() => native.routerTopk(null, I, W, N, L, B, 5, NaN), 'E_ARGUMENT', /scale/);

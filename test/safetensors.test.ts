@@ -4,7 +4,12 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { native } from '../lib/native.js';
 import {
-  buildSafetensorsHeader, parseSafetensors, readSafetensorsHeader, writeSafetensors, SAFETENSORS_DTYPE_SIZE, type SafetensorsDType,
+  buildSafetensorsHeader,
+  parseSafetensors,
+  readSafetensorsHeader,
+  writeSafetensors,
+  SAFETENSORS_DTYPE_SIZE,
+  type SafetensorsDType,
 } from '../lib/safetensors.js';
 import { CheckpointError, LongcatError } from '../lib/errors.js';
 import { rng } from './helpers.js';
@@ -44,7 +49,15 @@ function expectCheckpointError(f: () => unknown, ...parts: (string | RegExp)[]) 
 describe('safetensors writer -> parser -> mmap', () => {
   it('round-trips every supported dtype with odd sizes, metadata and chunked data, bytes equal via mmap', async () => {
     const dtypes: [SafetensorsDType, number[]][] = [
-      ['BF16', [3, 7]], ['F32', [17]], ['F8_E4M3', [5, 3]], ['I64', [3]], ['F16', [1, 1, 9]], ['I8', [127]], ['I32', [2, 2]], ['BF16', [0, 4]], ['F32', []],
+      ['BF16', [3, 7]],
+      ['F32', [17]],
+      ['F8_E4M3', [5, 3]],
+      ['I64', [3]],
+      ['F16', [1, 1, 9]],
+      ['I8', [127]],
+      ['I32', [2, 2]],
+      ['BF16', [0, 4]],
+      ['F32', []],
     ];
     const tensors = dtypes.map(([dtype, shape], i) => ({
       name: `t${i}.${dtype}`,
@@ -57,7 +70,15 @@ describe('safetensors writer -> parser -> mmap', () => {
     const file = path.join(dir, 'rt.safetensors');
     await writeSafetensors(
       file,
-      [...tensors, { name: 'gen', dtype: 'bf16', shape: [3, 1000], data: () => [big.subarray(0, 1001), big.subarray(1001, 4000), big.subarray(4000)] }],
+      [
+        ...tensors,
+        {
+          name: 'gen',
+          dtype: 'bf16',
+          shape: [3, 1000],
+          data: () => [big.subarray(0, 1001), big.subarray(1001, 4000), big.subarray(4000)],
+        },
+      ],
       { format: 'pt', note: 'hello' },
     );
     const h = await readSafetensorsHeader(file);
@@ -84,8 +105,14 @@ describe('safetensors writer -> parser -> mmap', () => {
   });
 
   it('rejects a generator that yields the wrong number of bytes and duplicate names', async () => {
-    await expect(writeSafetensors(path.join(dir, 'bad.safetensors'), [{ name: 'a', dtype: 'F32', shape: [4], data: () => [new Uint8Array(15)] }])).rejects.toMatchObject({ code: 'E_CHECKPOINT' });
-    await expect(writeSafetensors(path.join(dir, 'bad.safetensors'), [{ name: 'a', dtype: 'F32', shape: [4], data: new Uint8Array(3) }])).rejects.toThrow(/needs 16 bytes/);
+    await expect(
+      writeSafetensors(path.join(dir, 'bad.safetensors'), [
+        { name: 'a', dtype: 'F32', shape: [4], data: () => [new Uint8Array(15)] },
+      ]),
+    ).rejects.toMatchObject({ code: 'E_CHECKPOINT' });
+    await expect(
+      writeSafetensors(path.join(dir, 'bad.safetensors'), [{ name: 'a', dtype: 'F32', shape: [4], data: new Uint8Array(3) }]),
+    ).rejects.toThrow(/needs 16 bytes/);
     const a = { name: 'a', dtype: 'I8' as const, shape: [1], data: new Uint8Array(1) };
     await expect(writeSafetensors(path.join(dir, 'bad.safetensors'), [a, a])).rejects.toThrow(/duplicate/);
   });
@@ -103,7 +130,16 @@ describe('safetensors validation', () => {
   });
 
   it('reports U8 / BOOL / F64 as valid but unsupported (nativeDtype null)', () => {
-    const h = parseSafetensors(rawFile({ u: { dtype: 'U8', shape: [2], data_offsets: [0, 2] }, b: { dtype: 'BOOL', shape: [1], data_offsets: [2, 3] }, d: { dtype: 'F64', shape: [1], data_offsets: [3, 11] } }, new Uint8Array(11)));
+    const h = parseSafetensors(
+      rawFile(
+        {
+          u: { dtype: 'U8', shape: [2], data_offsets: [0, 2] },
+          b: { dtype: 'BOOL', shape: [1], data_offsets: [2, 3] },
+          d: { dtype: 'F64', shape: [1], data_offsets: [3, 11] },
+        },
+        new Uint8Array(11),
+      ),
+    );
     expect(h.tensors.get('u')!.nativeDtype).toBeNull();
     expect(h.tensors.get('b')!.nativeDtype).toBeNull();
     expect(h.tensors.get('d')!.nativeDtype).toBeNull();
@@ -117,30 +153,77 @@ describe('safetensors validation', () => {
     expectCheckpointError(() => parseSafetensors(rawFile('{"a": ', new Uint8Array(0)), f), /not valid JSON/);
     expectCheckpointError(() => parseSafetensors(rawFile('[1, 2]', new Uint8Array(0)), f), /not a JSON object/);
     const bad = (name: string, entry: unknown) => rawFile({ ...ok, [name]: entry }, data);
-    expectCheckpointError(() => parseSafetensors(bad('b', { dtype: 'Q4_K', shape: [3], data_offsets: [8, 14] }), f), "tensor 'b'", /unknown dtype "Q4_K"/);
-    expectCheckpointError(() => parseSafetensors(bad('b', { dtype: 'BF16', shape: [-3], data_offsets: [8, 14] }), f), "tensor 'b'", /shape/);
-    expectCheckpointError(() => parseSafetensors(bad('b', { dtype: 'BF16', shape: [3], data_offsets: [8] }), f), "tensor 'b'", /data_offsets/);
-    expectCheckpointError(() => parseSafetensors(bad('b', { dtype: 'BF16', shape: [3], data_offsets: [14, 8] }), f), "tensor 'b'", /end before/);
-    expectCheckpointError(() => parseSafetensors(bad('b', { dtype: 'BF16', shape: [4], data_offsets: [8, 14] }), f), "tensor 'b'", /needs 8 bytes/);
-    expectCheckpointError(() => parseSafetensors(bad('b', { dtype: 'BF16', shape: [3], data_offsets: [8, 20] }), f), "tensor 'b'", /run past the data section/);
+    expectCheckpointError(
+      () => parseSafetensors(bad('b', { dtype: 'Q4_K', shape: [3], data_offsets: [8, 14] }), f),
+      "tensor 'b'",
+      /unknown dtype "Q4_K"/,
+    );
+    expectCheckpointError(
+      () => parseSafetensors(bad('b', { dtype: 'BF16', shape: [-3], data_offsets: [8, 14] }), f),
+      "tensor 'b'",
+      /shape/,
+    );
+    expectCheckpointError(
+      () => parseSafetensors(bad('b', { dtype: 'BF16', shape: [3], data_offsets: [8] }), f),
+      "tensor 'b'",
+      /data_offsets/,
+    );
+    expectCheckpointError(
+      () => parseSafetensors(bad('b', { dtype: 'BF16', shape: [3], data_offsets: [14, 8] }), f),
+      "tensor 'b'",
+      /end before/,
+    );
+    expectCheckpointError(
+      () => parseSafetensors(bad('b', { dtype: 'BF16', shape: [4], data_offsets: [8, 14] }), f),
+      "tensor 'b'",
+      /needs 8 bytes/,
+    );
+    expectCheckpointError(
+      () => parseSafetensors(bad('b', { dtype: 'BF16', shape: [3], data_offsets: [8, 20] }), f),
+      "tensor 'b'",
+      /run past the data section/,
+    );
     expectCheckpointError(() => parseSafetensors(bad('b', 'oops'), f), "tensor 'b'", /not an object/);
     // Overlap, hole, trailing bytes, truncation.
-    expectCheckpointError(() => parseSafetensors(rawFile({ a: ok.a, b: { dtype: 'BF16', shape: [3], data_offsets: [6, 12] } }, new Uint8Array(12)), f), /'b'.*overlaps tensor 'a'/);
-    expectCheckpointError(() => parseSafetensors(rawFile({ a: ok.a, b: { dtype: 'BF16', shape: [2], data_offsets: [10, 14] } }, data), f), /hole/);
+    expectCheckpointError(
+      () =>
+        parseSafetensors(rawFile({ a: ok.a, b: { dtype: 'BF16', shape: [3], data_offsets: [6, 12] } }, new Uint8Array(12)), f),
+      /'b'.*overlaps tensor 'a'/,
+    );
+    expectCheckpointError(
+      () => parseSafetensors(rawFile({ a: ok.a, b: { dtype: 'BF16', shape: [2], data_offsets: [10, 14] } }, data), f),
+      /hole/,
+    );
     expectCheckpointError(() => parseSafetensors(rawFile(ok, new Uint8Array(20)), f), /trailing bytes/);
     expectCheckpointError(() => parseSafetensors(rawFile(ok, new Uint8Array(13)), f), "tensor 'b'", /run past the data section/);
-    expectCheckpointError(() => parseSafetensors(rawFile({ ...ok, __metadata__: { n: 1 } }, data), f), /__metadata__.n must be a string/);
-    expectCheckpointError(() => parseSafetensors(rawFile({ a: { dtype: 'F32', shape: [2 ** 40, 2 ** 40], data_offsets: [0, 8] } }, new Uint8Array(8)), f), /too large/);
+    expectCheckpointError(
+      () => parseSafetensors(rawFile({ ...ok, __metadata__: { n: 1 } }, data), f),
+      /__metadata__.n must be a string/,
+    );
+    expectCheckpointError(
+      () =>
+        parseSafetensors(rawFile({ a: { dtype: 'F32', shape: [2 ** 40, 2 ** 40], data_offsets: [0, 8] } }, new Uint8Array(8)), f),
+      /too large/,
+    );
   });
 
   it('reads only the header from disk and reports truncated / missing files', async () => {
     const good = rawFile(ok, data);
     const f = path.join(dir, 'trunc.safetensors');
     writeFileSync(f, good.subarray(0, good.length - 3));
-    await expect(readSafetensorsHeader(f)).rejects.toMatchObject({ code: 'E_CHECKPOINT', message: expect.stringContaining('trunc.safetensors') });
+    await expect(readSafetensorsHeader(f)).rejects.toMatchObject({
+      code: 'E_CHECKPOINT',
+      message: expect.stringContaining('trunc.safetensors'),
+    });
     writeFileSync(f, good.subarray(0, 20));
-    await expect(readSafetensorsHeader(f)).rejects.toMatchObject({ code: 'E_CHECKPOINT', message: expect.stringMatching(/runs past the end/) });
-    await expect(readSafetensorsHeader(path.join(dir, 'nope.safetensors'))).rejects.toMatchObject({ code: 'E_CHECKPOINT', message: expect.stringMatching(/ENOENT/) });
+    await expect(readSafetensorsHeader(f)).rejects.toMatchObject({
+      code: 'E_CHECKPOINT',
+      message: expect.stringMatching(/runs past the end/),
+    });
+    await expect(readSafetensorsHeader(path.join(dir, 'nope.safetensors'))).rejects.toMatchObject({
+      code: 'E_CHECKPOINT',
+      message: expect.stringMatching(/ENOENT/),
+    });
   });
 
   it('never crashes on randomly corrupted headers (fuzz)', () => {
@@ -227,7 +310,10 @@ describe('native mmap', () => {
       }
       throw new Error('expected an error');
     };
-    expect(code(() => mm.tensorFromMapping(m, 4090, 'f32', [4]))).toMatchObject({ code: 'E_CHECKPOINT', message: expect.stringContaining(file) });
+    expect(code(() => mm.tensorFromMapping(m, 4090, 'f32', [4]))).toMatchObject({
+      code: 'E_CHECKPOINT',
+      message: expect.stringContaining(file),
+    });
     expect(code(() => mm.tensorFromMapping(m, 5000, 'int8', [0])).code).toBe('E_CHECKPOINT');
     expect(code(() => mm.tensorFromMapping(m, 0, 'int8', [2 ** 40, 2 ** 40])).code).toBe('E_SHAPE');
     expect(code(() => mm.tensorFromMapping(m, -1, 'int8', [1])).code).toBe('E_ARGUMENT');
@@ -245,11 +331,17 @@ describe('native mmap', () => {
 
   it('turns open errors into E_CHECKPOINT naming the path and errno', () => {
     const missing = path.join(dir, 'missing.safetensors');
-    expect(() => mm.mapFile(missing)).toThrow(expect.objectContaining({ code: 'E_CHECKPOINT', message: expect.stringMatching(/missing\.safetensors.*ENOENT/) }));
+    expect(() => mm.mapFile(missing)).toThrow(
+      expect.objectContaining({ code: 'E_CHECKPOINT', message: expect.stringMatching(/missing\.safetensors.*ENOENT/) }),
+    );
     const sub = path.join(dir, 'sub');
     mkdirSync(sub);
-    expect(() => mm.mapFile(sub)).toThrow(expect.objectContaining({ code: 'E_CHECKPOINT', message: expect.stringMatching(/sub.*EISDIR/) }));
-    expect(() => mm.mapFile(path.join(file, 'x'))).toThrow(expect.objectContaining({ code: 'E_CHECKPOINT', message: expect.stringMatching(/ENOTDIR/) }));
+    expect(() => mm.mapFile(sub)).toThrow(
+      expect.objectContaining({ code: 'E_CHECKPOINT', message: expect.stringMatching(/sub.*EISDIR/) }),
+    );
+    expect(() => mm.mapFile(path.join(file, 'x'))).toThrow(
+      expect.objectContaining({ code: 'E_CHECKPOINT', message: expect.stringMatching(/ENOTDIR/) }),
+    );
   });
 
   it('maps an empty file', () => {

@@ -13,8 +13,12 @@ afterAll(() => {
   native.setThreads(originalThreads);
 });
 
-
-interface P { temperature: number; topK: number; topP: number; minP: number }
+interface P {
+  temperature: number;
+  topK: number;
+  topP: number;
+  minP: number;
+}
 const P0: P = { temperature: 1, topK: 0, topP: 1, minP: 0 };
 
 function sample(logits: Float32Array, T: number, V: number, p: P, seed: number, step: number): Int32Array {
@@ -26,14 +30,14 @@ function sample(logits: Float32Array, T: number, V: number, p: P, seed: number, 
 /** The filtered, renormalised distribution in float64, in the documented order. */
 function filtered(logits: ArrayLike<number>, p: P): Float64Array {
   const V = logits.length;
-  const z = Array.from(logits, (l) => l / p.temperature);
+  const z = Array.from(logits, l => l / p.temperature);
   const order = Array.from({ length: V }, (_, i) => i).sort((a, b) => z[b]! - z[a]! || a - b);
   let keep = new Set(p.topK > 0 ? order.slice(0, p.topK) : order);
   const zmax = z[order[0]!]!;
-  const w = z.map((v) => Math.exp(v - zmax));
-  if (p.minP > 0) keep = new Set([...keep].filter((i) => !(w[i]! < p.minP)));
+  const w = z.map(v => Math.exp(v - zmax));
+  if (p.minP > 0) keep = new Set([...keep].filter(i => !(w[i]! < p.minP)));
   if (p.topP < 1) {
-    const sorted = order.filter((i) => keep.has(i));
+    const sorted = order.filter(i => keep.has(i));
     const total = sorted.reduce((s, i) => s + w[i]!, 0);
     let cum = 0;
     const nk = new Set<number>();
@@ -64,7 +68,8 @@ function histogram(row: Float32Array, p: P, seed: number, draws: number, rowsPer
 
 function chiSquare(counts: Float64Array, q: Float64Array) {
   const n = counts.reduce((a, b) => a + b, 0);
-  let chi2 = 0, df = -1;
+  let chi2 = 0,
+    df = -1;
   for (let i = 0; i < q.length; i++) {
     if (q[i] === 0) {
       expect(counts[i], `token ${i} was filtered out but drawn`).toBe(0);
@@ -79,7 +84,7 @@ function chiSquare(counts: Float64Array, q: Float64Array) {
 
 // p = [.30, .22, .15, .10, .08, .06, .04, .03, .015, .005]
 const probs = [0.3, 0.22, 0.15, 0.1, 0.08, 0.06, 0.04, 0.03, 0.015, 0.005];
-const handRow = Float32Array.from(probs, (x) => Math.log(x) + 1.5);
+const handRow = Float32Array.from(probs, x => Math.log(x) + 1.5);
 
 describe('sample', () => {
   it('temperature 0 is argmax (ties -> lowest index); topK = 1 is argmax at any temperature', () => {
@@ -87,7 +92,11 @@ describe('sample', () => {
     for (const V of [1, 7, 129, 1000]) {
       const T = 17;
       const x = Float32Array.from({ length: T * V }, () => r.normal() * 3);
-      for (let t = 0; t < T; t += 4) if (V > 3) { x[t * V + 2] = 20; x[t * V + V - 1] = 20; }
+      for (let t = 0; t < T; t += 4)
+        if (V > 3) {
+          x[t * V + 2] = 20;
+          x[t * V + V - 1] = 20;
+        }
       const idx = tensor(new Array(T).fill(-1), [T], { dtype: 'int32' });
       native.argmax(null, idx, tensor(x, [T, V]));
       const want = Array.from(toArray(idx));
@@ -100,7 +109,8 @@ describe('sample', () => {
 
   it('is a pure function of (logits, params, seed, step, row): runs, thread counts, ISAs', () => {
     const r = rng(12);
-    const T = 9, V = 3001;
+    const T = 9,
+      V = 3001;
     const x = Float32Array.from({ length: T * V }, () => r.normal() * 2);
     const p: P = { temperature: 0.8, topK: 0, topP: 0.95, minP: 0.01 };
     const ref = Array.from(sample(x, T, V, p, 42, 5));
@@ -119,7 +129,8 @@ describe('sample', () => {
     for (let t = 0; t < 64; t++) same.set(x.subarray(0, V), t * V);
     expect(new Set(sample(same, 64, V, p, 42, 5)).size).toBeGreaterThan(5);
     // Different steps and seeds give different draws.
-    const a = Array.from(sample(same, 64, V, p, 42, 6)), b = Array.from(sample(same, 64, V, p, 43, 5));
+    const a = Array.from(sample(same, 64, V, p, 42, 6)),
+      b = Array.from(sample(same, 64, V, p, 43, 5));
     expect(a).not.toEqual(Array.from(sample(same, 64, V, p, 42, 5)));
     expect(b).not.toEqual(a);
   });
@@ -127,16 +138,19 @@ describe('sample', () => {
   it('never draws filtered tokens (topK, minP, topP) on hand-built distributions', () => {
     const cases: [P, number[]][] = [
       [{ ...P0, topK: 3 }, [0, 1, 2]],
-      [{ ...P0, minP: 0.3 }, [0, 1, 2, 3]],                 // p >= 0.09
-      [{ ...P0, topP: 0.6 }, [0, 1, 2]],                    // .30 + .22 = .52 < .6 <= .67
+      [{ ...P0, minP: 0.3 }, [0, 1, 2, 3]], // p >= 0.09
+      [{ ...P0, topP: 0.6 }, [0, 1, 2]], // .30 + .22 = .52 < .6 <= .67
       [{ ...P0, topP: 0.5 }, [0, 1]],
-      [{ ...P0, topK: 5, topP: 0.7 }, [0, 1, 2]],          // renormalised over 5: .30/.85 +.22/.85 = .61, +.15 -> .79
+      [{ ...P0, topK: 5, topP: 0.7 }, [0, 1, 2]], // renormalised over 5: .30/.85 +.22/.85 = .61, +.15 -> .79
       [{ ...P0, topK: 6, minP: 0.25, topP: 0.9 }, [0, 1, 2, 3]], // minP keeps 0..4 (p >= .075); .85/.85: mass .77+ -> 4
       [{ ...P0, temperature: 0.5, topP: 0.8 }, [0, 1, 2]],
     ];
     for (const [p, allowed] of cases) {
       const q = filtered(handRow, p);
-      expect(Array.from(q.keys()).filter((i) => q[i]! > 0), `reference for ${JSON.stringify(p)}`).toEqual(allowed);
+      expect(
+        Array.from(q.keys()).filter(i => q[i]! > 0),
+        `reference for ${JSON.stringify(p)}`,
+      ).toEqual(allowed);
       const counts = histogram(handRow, p, 7, 8000);
       for (let i = 0; i < probs.length; i++)
         if (!allowed.includes(i)) expect(counts[i], `token ${i} drawn under ${JSON.stringify(p)}`).toBe(0);
@@ -166,11 +180,15 @@ describe('sample', () => {
 
   it('handles V = 131072 with top-k / top-p and never draws outside the nucleus', () => {
     const r = rng(14);
-    const V = 131072, T = 2;
+    const V = 131072,
+      T = 2;
     const x = Float32Array.from({ length: T * V }, () => r.normal() * 2);
-    for (const p of [{ temperature: 0.9, topK: 50, topP: 1, minP: 0 }, { temperature: 1, topK: 0, topP: 0.5, minP: 0 },
-      { temperature: 0.7, topK: 40, topP: 0.9, minP: 0.05 }]) {
-      const qs = [0, 1].map((t) => filtered(x.subarray(t * V, (t + 1) * V), p));
+    for (const p of [
+      { temperature: 0.9, topK: 50, topP: 1, minP: 0 },
+      { temperature: 1, topK: 0, topP: 0.5, minP: 0 },
+      { temperature: 0.7, topK: 40, topP: 0.9, minP: 0.05 },
+    ]) {
+      const qs = [0, 1].map(t => filtered(x.subarray(t * V, (t + 1) * V), p));
       for (let step = 0; step < 8; step++) {
         const ids = sample(x, T, V, p, 99, step);
         for (let t = 0; t < T; t++) expect(qs[t]![ids[t]!], `row ${t} step ${step} ${JSON.stringify(p)}`).toBeGreaterThan(0);

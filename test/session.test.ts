@@ -42,15 +42,25 @@ describe('stop strings', () => {
     // A stop string that straddles two generated tokens (at its first occurrence; ASCII, so the
     // streaming decoder holds nothing back for UTF-8), so streaming must keep the first half until
     // the next token shows whether the stop completes.
-    const ends = free.tokens.map((_, i) => model.tokenizer.decode(free.tokens.slice(0, i + 1).filter((t) => t < model.tokenizer.vocabSize)).length);
-    const b = ends.find((e, i) => i > 0 && e > 1 && e < free.text.length && ends[i - 1]! < e && /^[\x21-\x7e]{2}$/.test(free.text.slice(e - 1, e + 1)) && free.text.indexOf(free.text.slice(e - 1, e + 1)) === e - 1);
+    const ends = free.tokens.map(
+      (_, i) => model.tokenizer.decode(free.tokens.slice(0, i + 1).filter(t => t < model.tokenizer.vocabSize)).length,
+    );
+    const b = ends.find(
+      (e, i) =>
+        i > 0 &&
+        e > 1 &&
+        e < free.text.length &&
+        ends[i - 1]! < e &&
+        /^[\x21-\x7e]{2}$/.test(free.text.slice(e - 1, e + 1)) &&
+        free.text.indexOf(free.text.slice(e - 1, e + 1)) === e - 1,
+    );
     expect(b, 'a token boundary to straddle').toBeDefined();
     const stopAt = free.text.slice(b! - 1, b! + 1);
     const first = free.text.indexOf(stopAt);
     for (const stop of [[stopAt], ['\u0000never', stopAt], [free.text.slice(first, first + 1), stopAt]]) {
       using t = model.createSession();
       const { streamed, result } = await collect(t.generate(prompt, { maxTokens: 40, stop }));
-      const cut = Math.min(...stop.map((x) => free.text.indexOf(x)).filter((i) => i >= 0));
+      const cut = Math.min(...stop.map(x => free.text.indexOf(x)).filter(i => i >= 0));
       expect(result.text, JSON.stringify(stop)).toBe(free.text.slice(0, cut));
       expect((result as { stopReason: string }).stopReason).toBe('stop');
       expect(streamed).toBe(result.text);
@@ -87,7 +97,7 @@ describe('sampling filters through a session', () => {
     expect(runs[1]).toEqual(runs[0]);
     using g = model.createSession();
     const greedy = (await g.generate(prompt, { maxTokens: 12 })).tokens;
-    expect(runs.some((r) => JSON.stringify(r) !== JSON.stringify(greedy))).toBe(true);
+    expect(runs.some(r => JSON.stringify(r) !== JSON.stringify(greedy))).toBe(true);
   });
 });
 
@@ -104,10 +114,14 @@ describe('decode graphs across batch sizes and growing block tables', () => {
       return v;
     };
     try {
-      const starts = [[3, 9, 27], [100, 4], [7, 7, 7, 7, 7]];
+      const starts = [
+        [3, 9, 27],
+        [100, 4],
+        [7, 7, 7, 7, 7],
+      ];
       const G = starts.map(() => graphs.newSequence());
       const E = starts.map(() => eager.newSequence());
-      const hist = starts.map((s) => [...s]);
+      const hist = starts.map(s => [...s]);
       const perSeq: number[][][] = starts.map(() => []); // decode logits rows, per sequence
       for (let b = 0; b < 3; b++) {
         take(graphs.forward([G[b]!], [starts[b]!]));
@@ -117,12 +131,23 @@ describe('decode graphs across batch sizes and growing block tables', () => {
       const schedule = [[0], [0, 1, 2], [1, 2], [0, 1, 2], [2], [0, 2], [0, 1, 2], [1], [0, 1, 2], [0, 1, 2]];
       let step = 0;
       for (const members of schedule) {
-        const toks = members.map((b) => [(step * 31 + b * 17 + 5) % V]);
-        const a = take(graphs.forward(members.map((b) => G[b]!), toks));
-        const w = take(eager.forward(members.map((b) => E[b]!), toks));
+        const toks = members.map(b => [(step * 31 + b * 17 + 5) % V]);
+        const a = take(
+          graphs.forward(
+            members.map(b => G[b]!),
+            toks,
+          ),
+        );
+        const w = take(
+          eager.forward(
+            members.map(b => E[b]!),
+            toks,
+          ),
+        );
         expect(a.length).toBe(members.length * V);
         for (let i = 0; i < a.length; i++)
-          if (Math.abs(a[i]! - w[i]!) > 1e-5 * (1 + Math.abs(w[i]!))) expect.fail(`step ${step}, batch ${JSON.stringify(members)}: logit ${i}: graph ${a[i]} vs eager ${w[i]}`);
+          if (Math.abs(a[i]! - w[i]!) > 1e-5 * (1 + Math.abs(w[i]!)))
+            expect.fail(`step ${step}, batch ${JSON.stringify(members)}: logit ${i}: graph ${a[i]} vs eager ${w[i]}`);
         members.forEach((b, j) => {
           hist[b]!.push(toks[j]![0]!);
           perSeq[b]!.push(Array.from(a.subarray(j * V, (j + 1) * V)));
@@ -137,12 +162,14 @@ describe('decode graphs across batch sizes and growing block tables', () => {
         const n = perSeq[b]!.length;
         for (let k = 0; k < n; k++) {
           const row = all.subarray((hist[b]!.length - n + k) * V, (hist[b]!.length - n + k + 1) * V);
-          let scale = 0, worst = 0;
-          for (let i = 0; i < V; i++) (scale = Math.max(scale, Math.abs(row[i]!))), (worst = Math.max(worst, Math.abs(row[i]! - perSeq[b]![k]![i]!)));
+          let scale = 0,
+            worst = 0;
+          for (let i = 0; i < V; i++)
+            (scale = Math.max(scale, Math.abs(row[i]!))), (worst = Math.max(worst, Math.abs(row[i]! - perSeq[b]![k]![i]!)));
           expect(worst, `sequence ${b}, decode step ${k}`).toBeLessThanOrEqual(1e-4 * scale);
         }
       }
-      expect(Math.max(...G.map((s) => s.length))).toBeGreaterThan(4 * 3); // several blocks each
+      expect(Math.max(...G.map(s => s.length))).toBeGreaterThan(4 * 3); // several blocks each
       for (const s of [...G, ...E]) s.release();
     } finally {
       graphs.dispose();
@@ -164,7 +191,10 @@ describe('generate options', () => {
   ];
   it.each(bad)('%j is a typed E_ARGUMENT before any token is computed', async (opts, message) => {
     using s = model.createSession();
-    const err = await s.generate(prompt, opts as never).then(() => null, (e: unknown) => e);
+    const err = await s.generate(prompt, opts as never).then(
+      () => null,
+      (e: unknown) => e,
+    );
     expect((err as { code?: string })?.code).toBe('E_ARGUMENT');
     expect((err as Error).message).toMatch(message);
     expect(s.length, 'nothing was prefilled').toBe(0);

@@ -4,7 +4,13 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { initRandom } from '../lib/init-random.js';
 import { loadTokenizer, createTokenizer, type LongcatTokenizer } from '../lib/tokenizer.js';
-import { applyChatTemplate, formatLongcatChat, renderChatTemplate, LONGCAT_CHAT_TEMPLATE, type ChatMessage } from '../lib/chat.js';
+import {
+  applyChatTemplate,
+  formatLongcatChat,
+  renderChatTemplate,
+  LONGCAT_CHAT_TEMPLATE,
+  type ChatMessage,
+} from '../lib/chat.js';
 import { LongcatError } from '../lib/errors.js';
 
 const root = mkdtempSync(path.join(tmpdir(), 'lc-tok-'));
@@ -133,17 +139,35 @@ describe('chat template (SPEC 8.2)', () => {
   const q = 'Paris is...';
   const cases: [string, ChatMessage[], string][] = [
     ['first turn, no system', [{ role: 'user', content: q }], '[Round 0] USER:Paris is... ASSISTANT:'],
-    ['first turn, system', [{ role: 'system', content: 'You are a helpful assistant.' }, { role: 'user', content: 'Hi' }],
-      'SYSTEM:You are a helpful assistant. [Round 0] USER:Hi ASSISTANT:'],
-    ['multi-turn with system', [
-      { role: 'system', content: 'sys' },
-      { role: 'user', content: 'q0' }, { role: 'assistant', content: 'r0' },
-      { role: 'user', content: 'q1' }, { role: 'assistant', content: 'r1' },
-      { role: 'user', content: 'q2' },
-    ], 'SYSTEM:sys [Round 0] USER:q0 ASSISTANT:r0</longcat_s> [Round 1] USER:q1 ASSISTANT:r1</longcat_s> [Round 2] USER:q2 ASSISTANT:'],
-    ['multi-turn without system', [
-      { role: 'user', content: 'q0' }, { role: 'assistant', content: 'r0' }, { role: 'user', content: 'q1' },
-    ], '[Round 0] USER:q0 ASSISTANT:r0</longcat_s> [Round 1] USER:q1 ASSISTANT:'],
+    [
+      'first turn, system',
+      [
+        { role: 'system', content: 'You are a helpful assistant.' },
+        { role: 'user', content: 'Hi' },
+      ],
+      'SYSTEM:You are a helpful assistant. [Round 0] USER:Hi ASSISTANT:',
+    ],
+    [
+      'multi-turn with system',
+      [
+        { role: 'system', content: 'sys' },
+        { role: 'user', content: 'q0' },
+        { role: 'assistant', content: 'r0' },
+        { role: 'user', content: 'q1' },
+        { role: 'assistant', content: 'r1' },
+        { role: 'user', content: 'q2' },
+      ],
+      'SYSTEM:sys [Round 0] USER:q0 ASSISTANT:r0</longcat_s> [Round 1] USER:q1 ASSISTANT:r1</longcat_s> [Round 2] USER:q2 ASSISTANT:',
+    ],
+    [
+      'multi-turn without system',
+      [
+        { role: 'user', content: 'q0' },
+        { role: 'assistant', content: 'r0' },
+        { role: 'user', content: 'q1' },
+      ],
+      '[Round 0] USER:q0 ASSISTANT:r0</longcat_s> [Round 1] USER:q1 ASSISTANT:',
+    ],
   ];
 
   it('the built-in format reproduces the SPEC 8.2 strings exactly', () => {
@@ -158,7 +182,9 @@ describe('chat template (SPEC 8.2)', () => {
       expect(renderChatTemplate(LONGCAT_CHAT_TEMPLATE, msgs), what).toBe(want);
       expect(applyChatTemplate(dir, msgs), what).toBe(want);
       expect(applyChatTemplate({ chat_template: LONGCAT_CHAT_TEMPLATE }, msgs), what).toBe(want);
-      expect(applyChatTemplate(dir, msgs, { addGenerationPrompt: false })).toBe(formatLongcatChat(msgs, { addGenerationPrompt: false }));
+      expect(applyChatTemplate(dir, msgs, { addGenerationPrompt: false })).toBe(
+        formatLongcatChat(msgs, { addGenerationPrompt: false }),
+      );
     }
   });
 
@@ -168,16 +194,23 @@ describe('chat template (SPEC 8.2)', () => {
     expect(applyChatTemplate(bare, cases[2]![1])).toBe(cases[2]![2]);
     writeFileSync(path.join(bare, 'tokenizer_config.json'), JSON.stringify({ eos_token: '</longcat_s>' }));
     expect(applyChatTemplate(bare, cases[0]![1])).toBe(cases[0]![2]);
-    writeFileSync(path.join(bare, 'chat_template.jinja'), '{% for m in messages %}<{{ m.role }}>{{ m.content }}{{ eos_token }}{% endfor %}');
+    writeFileSync(
+      path.join(bare, 'chat_template.jinja'),
+      '{% for m in messages %}<{{ m.role }}>{{ m.content }}{{ eos_token }}{% endfor %}',
+    );
     expect(applyChatTemplate(bare, cases[0]![1])).toBe('<user>Paris is...</longcat_s>');
-    expect(applyChatTemplate(bare, cases[0]![1], { tokenizerConfig: { chat_template: [{ name: 'default', template: 'X{{ messages|length }}' }] } })).toBe('X1');
+    expect(
+      applyChatTemplate(bare, cases[0]![1], {
+        tokenizerConfig: { chat_template: [{ name: 'default', template: 'X{{ messages|length }}' }] },
+      }),
+    ).toBe('X1');
     expect(() => renderChatTemplate('{% if %}', cases[0]![1])).toThrow(expect.objectContaining({ code: 'E_CHECKPOINT' }));
   });
 
   it('tokenizes a chat prompt with </longcat_s> as the EOS id and no BOS', () => {
     const ids = tok.encode(applyChatTemplate(dir, cases[3]![1]));
     expect(ids[0]).not.toBe(1);
-    expect(ids.filter((i) => i === 2).length).toBe(1);
+    expect(ids.filter(i => i === 2).length).toBe(1);
     expect(tok.decode(ids)).toBe(cases[3]![2]);
   });
 });

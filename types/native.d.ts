@@ -57,22 +57,50 @@ export interface BuildInfo {
 }
 
 export interface CpuFeatures {
-  avx2: boolean; fma: boolean; f16c: boolean;
-  avx512f: boolean; avx512bw: boolean; avx512vl: boolean; avx512dq: boolean;
-  avx512bf16: boolean; avx512vnni: boolean; avxvnni: boolean;
+  avx2: boolean;
+  fma: boolean;
+  f16c: boolean;
+  avx512f: boolean;
+  avx512bw: boolean;
+  avx512vl: boolean;
+  avx512dq: boolean;
+  avx512bf16: boolean;
+  avx512vnni: boolean;
+  avxvnni: boolean;
   /** The ISA the kernels dispatch on now. */
   isa: 'scalar' | 'avx2' | 'avx512';
 }
 
-export interface CpuDeviceInfo { id: 'cpu'; kind: 'cpu'; index: 0; threads: number }
+export interface CpuDeviceInfo {
+  id: 'cpu';
+  kind: 'cpu';
+  index: 0;
+  threads: number;
+}
 export interface CudaDeviceInfo {
-  id: string; kind: 'cuda'; index: number; name: string;
-  totalBytes: number; freeBytes: number; computeCapability: string; multiprocessors: number;
+  id: string;
+  kind: 'cuda';
+  index: number;
+  name: string;
+  totalBytes: number;
+  freeBytes: number;
+  computeCapability: string;
+  multiprocessors: number;
 }
 export type DeviceInfo = CpuDeviceInfo | CudaDeviceInfo;
 
-export interface CudaStatus { compiled: boolean; available: boolean; deviceCount: number; reason: string }
-export interface MemoryStats { liveBytes: number; cachedBytes: number; peakBytes: number; liveBlocks: number }
+export interface CudaStatus {
+  compiled: boolean;
+  available: boolean;
+  deviceCount: number;
+  reason: string;
+}
+export interface MemoryStats {
+  liveBytes: number;
+  cachedBytes: number;
+  peakBytes: number;
+  liveBlocks: number;
+}
 
 export interface CoreApi {
   Tensor: typeof Tensor;
@@ -136,8 +164,14 @@ export interface LinearOps {
    * Benchmark: times `linear(y, x, weights[i], scales?.[i])` natively (steady clock), rotating through the
    * weight copies; `warmup` untimed calls, then `iters` timed ones. Synchronous; CPU tensors, x [t, k].
    */
-  benchLinear(y: Tensor, x: Tensor, weights: Tensor[], scales: Tensor[] | null, warmup: number, iters: number):
-    { medianMs: number; minMs: number; samples: number[] };
+  benchLinear(
+    y: Tensor,
+    x: Tensor,
+    weights: Tensor[],
+    scales: Tensor[] | null,
+    warmup: number,
+    iters: number,
+  ): { medianMs: number; minMs: number; samples: number[] };
 }
 
 import type { SmallOps } from './ops-small.js';

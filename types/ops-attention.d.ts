@@ -9,7 +9,7 @@ type S = Stream | null | undefined;
  * (c_kv | k_pe per token); token slot s lives in block s / blockSize, row s % blockSize.
  * Index tensors are int32 and are read when the op runs: bad values (slots, block ids, lengths)
  * raise typed errors (E_ARGUMENT) at the next synchronize of the stream / toBytes() on the CPU.
- * The CUDA twins (cuda/rope.cu, cache.cu, mla.cu; not yet run on a GPU) cannot raise from the
+ * The CUDA twins (cuda/rope.cu, mla_cache.cu, mla.cu; not yet run on a GPU) cannot raise from the
  * device: they never read or write out of bounds, skip bad slots and read bad blocks as zeros.
  */
 export interface AttentionOps {
@@ -28,7 +28,16 @@ export interface AttentionOps {
    * (cached prefix + new tokens); query j sits at position kvLen - qLen + j and attends keys at
    * positions <= its own. Rows of o outside every sequence are left untouched.
    */
-  mlaPrefill(stream: S, o: Tensor, q: Tensor, kvb: Tensor, kpe: Tensor, qStart: Tensor, kvStart: Tensor, softmaxScale: number): void;
+  mlaPrefill(
+    stream: S,
+    o: Tensor,
+    q: Tensor,
+    kvb: Tensor,
+    kpe: Tensor,
+    qStart: Tensor,
+    kvStart: Tensor,
+    softmaxScale: number,
+  ): void;
 
   /** Writes ckv f32 [T, dl] and kpe f32 [T, dr] into cache rows slots int32 [T] (each in [0, numBlocks * blockSize)). */
   mlaCacheWrite(stream: S, cache: Tensor, ckv: Tensor, kpe: Tensor, slots: Tensor): void;
@@ -52,8 +61,16 @@ export interface AttentionOps {
    * oLat[b, h] = softmax(score) @ ckv. oLat, qLat f32 [B, nh, dl]; q f32 [B, nh, dn + dr] (its rope part,
    * already rotated); blockTable int32 [B, maxBlocks]; seqLens int32 [B] (0 gives zeros).
    */
-  mlaDecodeAbsorbed(stream: S, oLat: Tensor, qLat: Tensor, q: Tensor, cache: Tensor, blockTable: Tensor, seqLens: Tensor,
-    softmaxScale: number): void;
+  mlaDecodeAbsorbed(
+    stream: S,
+    oLat: Tensor,
+    qLat: Tensor,
+    q: Tensor,
+    cache: Tensor,
+    blockTable: Tensor,
+    seqLens: Tensor,
+    softmaxScale: number,
+  ): void;
 
   /** o[t, h] = W_UV[h] oLat[t, h]. o f32 [T, nh, dv]; oLat f32 [T, nh, dl]; W_UV[h] = rows h*(dn+dv)+dn .. +dv of wkvb. */
   mlaOutput(stream: S, o: Tensor, oLat: Tensor, wkvb: Tensor): void;

@@ -18,7 +18,7 @@ export interface MoeExpertSet {
 
 /**
  * Router and grouped-expert MoE with zero-computation experts (SPEC 4). CPU kernels in
- * native/cpu/moe.cc; CUDA twins in cuda/router.cu and cuda/moe.cu (not yet run on a GPU). Index
+ * native/cpu/moe.cc; CUDA twins in cuda/moe_router.cu and cuda/moe.cu (not yet run on a GPU). Index
  * errors surface as E_ARGUMENT on the CPU; on CUDA the indices never leave the device, so a bad id
  * leaves `out` untouched instead.
  */
@@ -30,8 +30,16 @@ export interface MoeOps {
    * idx int32 [T, k], weights f32 [T, k], nFfn int32 [T] (may be null), logits f32 [T, E],
    * bias f32 [E]; 1 <= k <= E, 0 <= nRouted <= E.
    */
-  routerTopk(stream: S, idx: Tensor, weights: Tensor, nFfn: Tensor | null, logits: Tensor, bias: Tensor,
-             nRouted: number, scale: number): void;
+  routerTopk(
+    stream: S,
+    idx: Tensor,
+    weights: Tensor,
+    nFfn: Tensor | null,
+    logits: Tensor,
+    bias: Tensor,
+    nRouted: number,
+    scale: number,
+  ): void;
 
   /**
    * out[t] = sum over chosen routed experts (idx < nRouted) of w * down(silu(gate(u)) * up(u))
@@ -43,19 +51,48 @@ export interface MoeOps {
    * A scale list is null unless its weights are fp8/int8. nExperts (optional, = routed + zero)
    * bounds idx; a bad idx is found while running and surfaces as E_ARGUMENT at synchronize.
    */
-  moe(stream: S, out: Tensor, u: Tensor, idx: Tensor, weights: Tensor, nRouted: number,
-      gate: readonly Tensor[], up: readonly Tensor[], down: readonly Tensor[],
-      gateScale?: readonly Tensor[] | null, upScale?: readonly Tensor[] | null, downScale?: readonly Tensor[] | null,
-      nExperts?: number | null): void;
+  moe(
+    stream: S,
+    out: Tensor,
+    u: Tensor,
+    idx: Tensor,
+    weights: Tensor,
+    nRouted: number,
+    gate: readonly Tensor[],
+    up: readonly Tensor[],
+    down: readonly Tensor[],
+    gateScale?: readonly Tensor[] | null,
+    upScale?: readonly Tensor[] | null,
+    downScale?: readonly Tensor[] | null,
+    nExperts?: number | null,
+  ): void;
   /** The same with a prepared expert set (its nRouted must match; up .. downScale null). */
-  moe(stream: S, out: Tensor, u: Tensor, idx: Tensor, weights: Tensor, nRouted: number, experts: MoeExpertSet,
-      up?: null, down?: null, gateScale?: null, upScale?: null, downScale?: null, nExperts?: number | null): void;
+  moe(
+    stream: S,
+    out: Tensor,
+    u: Tensor,
+    idx: Tensor,
+    weights: Tensor,
+    nRouted: number,
+    experts: MoeExpertSet,
+    up?: null,
+    down?: null,
+    gateScale?: null,
+    upScale?: null,
+    downScale?: null,
+    nExperts?: number | null,
+  ): void;
 
   /**
    * Checks and packs one layer's routed experts (same rules as moe's lists: gate[e], up[e] [I, H],
    * down[e] [H, I], scale lists only for fp8 / int8 weights) for reuse across moe() calls.
    */
-  moeExperts(gate: readonly Tensor[], up: readonly Tensor[], down: readonly Tensor[],
-             gateScale?: readonly Tensor[] | null, upScale?: readonly Tensor[] | null,
-             downScale?: readonly Tensor[] | null): MoeExpertSet;
+  moeExperts(
+    gate: readonly Tensor[],
+    up: readonly Tensor[],
+    down: readonly Tensor[],
+    gateScale?: readonly Tensor[] | null,
+    upScale?: readonly Tensor[] | null,
+    downScale?: readonly Tensor[] | null,
+  ): MoeExpertSet;
 }

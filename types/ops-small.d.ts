@@ -46,6 +46,15 @@ export interface SmallOps {
    * the survivors; 1 = off); renormalise and draw with a counter-based RNG of (seed, step, row).
    * The result is a pure function of (logits, params, seed, step, row). seed, step: integers >= 0.
    */
-  sample(stream: S, ids: Tensor, logits: Tensor, temperature: number, topK: number, topP: number, minP: number,
-    seed: number, step: number): void;
+  sample(
+    stream: S,
+    ids: Tensor,
+    logits: Tensor,
+    temperature: number,
+    topK: number,
+    topP: number,
+    minP: number,
+    seed: number,
+    step: number,
+  ): void;
 }

@@ -41,11 +41,15 @@ LC_HD int gemm_wm(int warp) { return warp & 1; }
 LC_HD int gemm_wn(int warp) { return warp >> 1; }
 // first B row (of 16) of n8 tile pair np; gate/up tiles hold gate rows 0-63 and up rows 64-127, a
 // warp takes the same 32 columns of both
-LC_HD int gemm_brow(int np, int wn, bool gate_up) { return gate_up ? (np >> 1) * 64 + wn * 32 + (np & 1) * 16 : wn * 64 + np * 16; }
+LC_HD int gemm_brow(int np, int wn, bool gate_up) {
+  return gate_up ? (np >> 1) * 64 + wn * 32 + (np & 1) * 16 : wn * 64 + np * 16;
+}
 LC_HD int gemm_a_ldm_row(int wm, int mi, int lane) { return wm * 32 + mi * 16 + a_row(lane); }
 LC_HD int gemm_acc_row(int wm, int mi, int lane, int r) { return wm * 32 + mi * 16 + c_row(lane, r); }
 // output column of accumulator (ni, r); for gate/up only ni < 4 (gate), paired with ni + 4 (up)
-LC_HD int gemm_acc_col(int wn, int ni, int lane, int r, bool gate_up) { return (gate_up ? wn * 32 : wn * 64) + ni * 8 + c_col(lane, r); }
+LC_HD int gemm_acc_col(int wn, int ni, int lane, int r, bool gate_up) {
+  return (gate_up ? wn * 32 : wn * 64) + ni * 8 + c_col(lane, r);
+}
 
 // ---- mla_decode_tc.cu: 8 warps, 64 heads, 32-token tiles --------------------------------------------
 // S = Q K^T: warp -> heads 32 (warp % 2) .., all 32 tokens, K quarter warp / 2 (k16 steps 9 kq ..)

@@ -83,10 +83,10 @@ __device__ __forceinline__ uint4 load16(const uint8_t* p) {
 // kR / kM consecutive rows each, starting at row n0 (rows >= n are skipped and left 0).
 template <int kM>
 struct WarpRows {
-  const uint8_t* data[kM];   // row n0 of each matrix
-  const float* scale[kM];    // fp8: the scale row of n0 / 128 (every row of the warp shares it); int8: &scale[n0]
-  int row_bytes;             // k * element size (k < 2^26: see WView::units16)
-  int valid;                 // rows n0 .. n0 + valid - 1 exist
+  const uint8_t* data[kM];  // row n0 of each matrix
+  const float* scale[kM];   // fp8: the scale row of n0 / 128 (every row of the warp shares it); int8: &scale[n0]
+  int row_bytes;            // k * element size (k < 2^26: see WView::units16)
+  int valid;                // rows n0 .. n0 + valid - 1 exist
 };
 
 // Activation rows: `load4(i, c)` -> x[i, c .. c + 4) as floats (c % 4 == 0, c + 4 <= k).
@@ -125,13 +125,12 @@ __device__ __forceinline__ void dot_rows(int t, int k, const WarpRows<kM>& w, co
   // int8: one scale per row, read once
   float row_scale[kR];
 #pragma unroll
-  for (int r = 0; r < kR; ++r)
-    row_scale[r] = D == DType::I8 && r % kRM < w.valid ? w.scale[r / kRM][r % kRM] : 1.f;
+  for (int r = 0; r < kR; ++r) row_scale[r] = D == DType::I8 && r % kRM < w.valid ? w.scale[r / kRM][r % kRM] : 1.f;
 
   uint4 cur[kR][kU], nxt[kR][kU];
   float csc[kM][kU], nsc[kM][kU];
   // The 16-byte units of the chunk at c0 (zeros past k or past the last row).
-  auto fetch = [&](int c0, uint4 (&q)[kR][kU], float (&sc)[kM][kU]) {
+  auto fetch = [&](int c0, uint4(&q)[kR][kU], float(&sc)[kM][kU]) {
 #pragma unroll
     for (int u = 0; u < kU; ++u) {
       const int c = c0 + u * kSpan + lane * kE;

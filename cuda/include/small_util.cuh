@@ -87,7 +87,9 @@ __device__ __forceinline__ T block_allreduce(T v, Op op, T* sh) {
 
 struct Sum {
   template <typename T>
-  __device__ __forceinline__ T operator()(T a, T b) const { return a + b; }
+  __device__ __forceinline__ T operator()(T a, T b) const {
+    return a + b;
+  }
 };
 struct MaxIgnoreNan {  // fmaxf keeps the non-NaN operand, like the CPU's `x > m ? x : m`
   __device__ __forceinline__ float operator()(float a, float b) const { return fmaxf(a, b); }
@@ -99,9 +101,7 @@ struct ArgBest {
   float v;
   int32_t i;
 };
-__device__ __forceinline__ ArgBest arg_better(ArgBest a, ArgBest b) {
-  return (b.v > a.v || (b.v == a.v && b.i < a.i)) ? b : a;
-}
+__device__ __forceinline__ ArgBest arg_better(ArgBest a, ArgBest b) { return (b.v > a.v || (b.v == a.v && b.i < a.i)) ? b : a; }
 __device__ __forceinline__ ArgBest block_argbest(ArgBest v, ArgBest* sh) {
   for (int o = 16; o > 0; o >>= 1) {
     ArgBest x;

@@ -152,7 +152,7 @@ __global__ void __launch_bounds__(kThreads) gemm_kernel(const P p) {
   auto& sa = smem.a;
   auto& sb = smem.b;
   typename P::Tile tl;
-  if (!p.tile(tl)) return;  // block-uniform
+  if (!p.tile(tl)) return;               // block-uniform
   constexpr int kElems = kFp8 ? 16 : 8;  // elements per 16-byte chunk of the staged tile
   constexpr int kStage = 4 * kElems;     // elements per stage
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wm = frag::gemm_wm(warp), wn = frag::gemm_wn(warp);
@@ -202,21 +202,21 @@ __global__ void __launch_bounds__(kThreads) gemm_kernel(const P p) {
     const int64_t c = chunk_col(st);
 #pragma unroll
     for (int i = 0; i < 2; ++i)
-      if (!direct(ar[i], p.a_dtype, c))
-        ra[i] = ar[i].p ? load8_bf16(ar[i].p, p.a_dtype, c, K) : make_uint4(0, 0, 0, 0);
+      if (!direct(ar[i], p.a_dtype, c)) ra[i] = ar[i].p ? load8_bf16(ar[i].p, p.a_dtype, c, K) : make_uint4(0, 0, 0, 0);
     if (b_pairs) {
       const int64_t c16 = static_cast<int64_t>(st) * kStage + 16 * (part & 1);
 #pragma unroll
       for (int j = 0; j < 2; ++j) {
         const Row w = (part >> 1) ? br[2 + j] : br[j];
-        if (w.p) load16_weight_bf16(w, c16, K, rb[2 * j], rb[2 * j + 1]);
-        else rb[2 * j] = rb[2 * j + 1] = make_uint4(0, 0, 0, 0);
+        if (w.p)
+          load16_weight_bf16(w, c16, K, rb[2 * j], rb[2 * j + 1]);
+        else
+          rb[2 * j] = rb[2 * j + 1] = make_uint4(0, 0, 0, 0);
       }
     } else {
 #pragma unroll
       for (int i = 0; i < 4; ++i)
-        if (!direct(br[i], br[i].dt, c))
-          rb[i] = br[i].p ? load8_weight_bf16(br[i], br[i].dt, c, K) : make_uint4(0, 0, 0, 0);
+        if (!direct(br[i], br[i].dt, c)) rb[i] = br[i].p ? load8_weight_bf16(br[i], br[i].dt, c, K) : make_uint4(0, 0, 0, 0);
     }
   };
   auto put_regs = [&](int st) {
@@ -245,11 +245,13 @@ __global__ void __launch_bounds__(kThreads) gemm_kernel(const P p) {
 #pragma unroll
     for (int i = 0; i < 2; ++i)
       if (!direct(ar[i], p.a_dtype, c))
-        *reinterpret_cast<uint4*>(&sa[buf][r0 + 32 * i][part * 16]) = ar[i].p ? load16_bytes(ar[i].p, c, K) : make_uint4(0, 0, 0, 0);
+        *reinterpret_cast<uint4*>(&sa[buf][r0 + 32 * i][part * 16]) =
+            ar[i].p ? load16_bytes(ar[i].p, c, K) : make_uint4(0, 0, 0, 0);
 #pragma unroll
     for (int i = 0; i < 4; ++i)
       if (!direct(br[i], br[i].dt, c))
-        *reinterpret_cast<uint4*>(&sb[buf][r0 + 32 * i][part * 16]) = br[i].p ? load16_bytes(br[i].p, c, K) : make_uint4(0, 0, 0, 0);
+        *reinterpret_cast<uint4*>(&sb[buf][r0 + 32 * i][part * 16]) =
+            br[i].p ? load16_bytes(br[i].p, c, K) : make_uint4(0, 0, 0, 0);
   };
 
   // B rows of this warp's n8 tile pairs (2 np, 2 np + 1).

@@ -48,7 +48,9 @@ export async function loadCheckpointModel(dir: string, opts: LoadModelOptions = 
   const checkpoint = await openCheckpoint(dir, { onProgress: opts.onProgress, signal: opts.signal });
   try {
     const dims = modelDims(checkpoint.config);
-    const totalBytes = [...checkpoint.tensors.values()].filter((t) => !t.name.startsWith('model.mtp.')).reduce((a, t) => a + t.nbytes, 0);
+    const totalBytes = [...checkpoint.tensors.values()]
+      .filter(t => !t.name.startsWith('model.mtp.'))
+      .reduce((a, t) => a + t.nbytes, 0);
     const weights = loadWeights(checkpoint, dims, device, { onProgress: opts.onProgress, totalBytes });
     try {
       const model = new LongcatModel(dims, weights, {

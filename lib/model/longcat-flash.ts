@@ -12,7 +12,10 @@ import type { Linear, LayerWeights, MlaWeights, MlpWeights, MoeWeights, ModelWei
 
 /** The whole model: logits f32 [rows, vocab] (rows = batch.lastRow's, else every token's). */
 export function forward(c: Step, w: ModelWeights): Tensor {
-  const d = c.dims, s = c.main, b = c.batch, a = new Arena(c.device);
+  const d = c.dims,
+    s = c.main,
+    b = c.batch,
+    a = new Arena(c.device);
   const h = a.f32([b.T, d.hidden]);
   native.embedding(s, h, w.embed, b.ids);
   for (let l = 0; l < d.layers; l++) decoderLayer(c, l, w.layers[l]!, h);
@@ -32,7 +35,10 @@ export function forward(c: Step, w: ModelWeights): Tensor {
 
 /** SPEC 3.3, in place on the residual stream h [T, hidden]. */
 export function decoderLayer(c: Step, l: number, w: LayerWeights, h: Tensor) {
-  const d = c.dims, s = c.main, a = new Arena(c.device), T = c.batch.T;
+  const d = c.dims,
+    s = c.main,
+    a = new Arena(c.device),
+    T = c.batch.T;
   const [uReady, moeReady] = c.moeEvents[l]!;
   // sub-block A: attention 0
   const n0 = a.f32([T, d.hidden]);
@@ -63,7 +69,11 @@ export function decoderLayer(c: Step, l: number, w: LayerWeights, h: Tensor) {
 /** Multi-head latent attention (SPEC 3.5; decode: the absorbed form, SPEC 5.2). Writes the batch's
  *  latents into `cache`; returns o_proj's output [T, hidden]. */
 export function mla(c: Step, a: Arena, w: MlaWeights, x: Tensor, cache: Tensor): Tensor {
-  const d = c.dims, s = c.main, b = c.batch, T = b.T, nh = d.heads;
+  const d = c.dims,
+    s = c.main,
+    b = c.batch,
+    T = b.T,
+    nh = d.heads;
   const cq = a.f32([T, d.qLora]);
   linear(s, cq, x, w.qA);
   native.rmsnorm(s, cq, cq, w.qNorm, d.latentEps);
@@ -90,9 +100,18 @@ export function mla(c: Step, a: Arena, w: MlaWeights, x: Tensor, cache: Tensor):
   } else {
     // Expanded form over every sequence's whole cached latent (prefix + the tokens just written).
     const S = b.kvTotal!;
-    const ckvAll = a.f32([S, d.kvLora]), kpeAll = a.f32([S, d.rope]);
+    const ckvAll = a.f32([S, d.kvLora]),
+      kpeAll = a.f32([S, d.rope]);
     for (const g of b.gathers!)
-      native.mlaCacheGather(s, a.keep(ckvAll.narrow(g.start, g.length)), a.keep(kpeAll.narrow(g.start, g.length)), cache, g.table, 0, g.length);
+      native.mlaCacheGather(
+        s,
+        a.keep(ckvAll.narrow(g.start, g.length)),
+        a.keep(kpeAll.narrow(g.start, g.length)),
+        cache,
+        g.table,
+        0,
+        g.length,
+      );
     const kvb = a.f32([S, nh, d.nope + d.v]);
     linear(s, kvb.view([S, nh * (d.nope + d.v)]), ckvAll, w.kvBLinear);
     native.mlaPrefill(s, o, q, kvb, kpeAll, b.qStart!, b.kvStart!, d.softmaxScale);
@@ -104,8 +123,11 @@ export function mla(c: Step, a: Arena, w: MlaWeights, x: Tensor, cache: Tensor):
 
 /** Dense SwiGLU MLP (SPEC 3.4): down(silu(gate(x)) * up(x)). */
 export function mlp(c: Step, a: Arena, w: MlpWeights, x: Tensor): Tensor {
-  const d = c.dims, s = c.main, T = x.shape[0]!;
-  const gate = a.f32([T, d.ffn]), up = a.f32([T, d.ffn]);
+  const d = c.dims,
+    s = c.main,
+    T = x.shape[0]!;
+  const gate = a.f32([T, d.ffn]),
+    up = a.f32([T, d.ffn]);
   linear(s, gate, x, w.gate);
   linear(s, up, x, w.up);
   native.siluMul(s, gate, gate, up);
@@ -116,10 +138,14 @@ export function mlp(c: Step, a: Arena, w: MlpWeights, x: Tensor): Tensor {
 
 /** The shortcut MoE (SPEC 4) on the MoE stream: router top-k over FFN and zero experts, then the experts. */
 export function moe(c: Step, a: Arena, w: MoeWeights, u: Tensor): Tensor {
-  const d = c.dims, s = c.moeStream, T = u.shape[0]!, E = d.nRouted + d.nZero;
+  const d = c.dims,
+    s = c.moeStream,
+    T = u.shape[0]!,
+    E = d.nRouted + d.nZero;
   const logits = a.f32([T, E]);
   native.linear(s, logits, u, w.classifier);
-  const idx = a.i32([T, d.topk]), weights = a.f32([T, d.topk]);
+  const idx = a.i32([T, d.topk]),
+    weights = a.f32([T, d.topk]);
   const nFfn = empty([T], { dtype: 'int32', device: c.device });
   if (c.routing) c.routing.push(nFfn);
   else a.keep(nFfn);

@@ -50,7 +50,10 @@ export class LongcatModel {
   private readonly invFreq: Tensor;
   private readonly maxBlocks: number;
   private readonly useGraphs: boolean;
-  private readonly decodeGraphs = new Map<number, { graph: Graph; inputs: Tensor; batch: Batch; out: ForwardResult; host: Int32Array }>();
+  private readonly decodeGraphs = new Map<
+    number,
+    { graph: Graph; inputs: Tensor; batch: Batch; out: ForwardResult; host: Int32Array }
+  >();
   private disposed = false;
 
   constructor(dims: ModelDims, weights: ModelWeights, opts: ModelOptions) {
@@ -64,17 +67,23 @@ export class LongcatModel {
     this.useGraphs = opts.graphs ?? true;
     const numBlocks = opts.numBlocks ?? Math.min(4 * blocksPerSeq, 4096);
     this.allocator = new BlockAllocator(numBlocks);
-    const width = dims.kvLora + dims.rope, cacheDtype = opts.cacheDtype ?? 'bf16';
+    const width = dims.kvLora + dims.rope,
+      cacheDtype = opts.cacheDtype ?? 'bf16';
     this.caches = [];
     try {
-      for (let i = 0; i < 2 * dims.layers; i++) this.caches.push(empty([numBlocks, this.blockSize, width], { dtype: cacheDtype, device: this.device }));
+      for (let i = 0; i < 2 * dims.layers; i++)
+        this.caches.push(empty([numBlocks, this.blockSize, width], { dtype: cacheDtype, device: this.device }));
     } catch (e) {
       for (const c of this.caches) c.dispose();
       if (!(e instanceof LongcatError) || e.code !== 'E_OOM') throw e;
       const bytes = 2 * dims.layers * numBlocks * this.blockSize * width * (cacheDtype === 'bf16' ? 2 : 4);
-      throw new OutOfMemoryError('E_OOM', `the KV cache does not fit on ${this.device}: ${2 * dims.layers} latent caches of ` +
-        `${numBlocks} blocks x ${this.blockSize} x ${width} ${cacheDtype} = ${(bytes / 2 ** 30).toFixed(2)} GiB. ` +
-        'Pass a smaller cacheBlocks or maxContext (or cacheDtype \'bf16\').', { cause: e });
+      throw new OutOfMemoryError(
+        'E_OOM',
+        `the KV cache does not fit on ${this.device}: ${2 * dims.layers} latent caches of ` +
+          `${numBlocks} blocks x ${this.blockSize} x ${width} ${cacheDtype} = ${(bytes / 2 ** 30).toFixed(2)} GiB. ` +
+          "Pass a smaller cacheBlocks or maxContext (or cacheDtype 'bf16').",
+        { cause: e },
+      );
     }
     // The dense branch runs on the default stream, so that null-stream ops on the results
     // (sampling, reading logits) are ordered after the forward pass.
@@ -96,7 +105,11 @@ export class LongcatModel {
    * (their KV entries are written to the cache). Decode (the absorbed MLA) is used when every
    * sequence gets exactly one token, unless `mode` forces one.
    */
-  forward(seqs: SequenceCache[], tokens: number[][], opts: { allLogits?: boolean; collectRouting?: boolean; mode?: 'prefill' | 'decode' } = {}): ForwardResult {
+  forward(
+    seqs: SequenceCache[],
+    tokens: number[][],
+    opts: { allLogits?: boolean; collectRouting?: boolean; mode?: 'prefill' | 'decode' } = {},
+  ): ForwardResult {
     if (this.disposed) throw new ArgumentError('E_DISPOSED', 'LongcatModel.forward: the model was disposed');
     if (seqs.length !== tokens.length || seqs.length === 0)
       throw new ArgumentError('E_ARGUMENT', `forward: ${seqs.length} sequences but ${tokens.length} token lists`);
@@ -105,14 +118,17 @@ export class LongcatModel {
       if (list.length === 0) throw new ArgumentError('E_ARGUMENT', `forward: sequence ${b} has no new tokens`);
       for (const id of list)
         if (!Number.isInteger(id) || id < 0 || id >= d.vocab)
-          throw new ArgumentError('E_ARGUMENT', `forward: token id ${id} of sequence ${b} is outside the vocabulary [0, ${d.vocab})`);
+          throw new ArgumentError(
+            'E_ARGUMENT',
+            `forward: token id ${id} of sequence ${b} is outside the vocabulary [0, ${d.vocab})`,
+          );
     }
-    const mode = opts.mode ?? (tokens.every((t) => t.length === 1) ? 'decode' : 'prefill');
-    if (mode === 'decode' && !tokens.every((t) => t.length === 1))
+    const mode = opts.mode ?? (tokens.every(t => t.length === 1) ? 'decode' : 'prefill');
+    if (mode === 'decode' && !tokens.every(t => t.length === 1))
       throw new ArgumentError('E_ARGUMENT', 'forward: decode mode takes exactly one new token per sequence');
 
     this.moeStream.synchronize(); // the previous step's MoE work is done; this surfaces its errors
-    const pastLens = seqs.map((s) => s.length);
+    const pastLens = seqs.map(s => s.length);
     // Reserve cache slots for every sequence first (E_CONTEXT / E_OOM before any work); if
     // anything fails, the sequences are rolled back to their previous lengths.
     const slotLists: Int32Array[] = [];
@@ -125,8 +141,14 @@ export class LongcatModel {
     }
   }
 
-  private forwardReserved(seqs: SequenceCache[], tokens: number[][], pastLens: number[], slotLists: Int32Array[],
-    mode: 'prefill' | 'decode', opts: { allLogits?: boolean; collectRouting?: boolean }): ForwardResult {
+  private forwardReserved(
+    seqs: SequenceCache[],
+    tokens: number[][],
+    pastLens: number[],
+    slotLists: Int32Array[],
+    mode: 'prefill' | 'decode',
+    opts: { allLogits?: boolean; collectRouting?: boolean },
+  ): ForwardResult {
     const T = tokens.reduce((a, t) => a + t.length, 0);
     const ids = Int32Array.from(tokens.flat());
     const positions = new Int32Array(T);
@@ -152,7 +174,8 @@ export class LongcatModel {
       batch.blockTable = inputs.ints(bt.table, [seqs.length, bt.maxBlocks]);
       batch.seqLens = inputs.ints(bt.seqLens);
     } else {
-      const qStart = [0], kvStart = [0];
+      const qStart = [0],
+        kvStart = [0];
       batch.gathers = [];
       for (let b = 0; b < seqs.length; b++) {
         qStart.push(qStart[b]! + tokens[b]!.length);
@@ -173,8 +196,16 @@ export class LongcatModel {
   private run(b: Batch, collectRouting: boolean): ForwardResult {
     const routing: Tensor[] | null = collectRouting ? [] : null;
     const step: Step = {
-      dims: this.dims, device: this.device, batch: b, main: this.main, moeStream: this.moeStream, moeEvents: this.events,
-      caches: this.caches, invFreq: this.invFreq, experts: localExperts, routing,
+      dims: this.dims,
+      device: this.device,
+      batch: b,
+      main: this.main,
+      moeStream: this.moeStream,
+      moeEvents: this.events,
+      caches: this.caches,
+      invFreq: this.invFreq,
+      experts: localExperts,
+      routing,
     };
     return { logits: forward(step, this.w), nFfn: routing ?? [] };
   }
@@ -184,7 +215,10 @@ export class LongcatModel {
    * with inputs in fixed tensors, then each step only writes those inputs and replays
    * (DESIGN rule 5: no per-op crossing into native code on the hot path).
    */
-  private replayDecode(host: { ids: Int32Array; positions: Int32Array; slots: Int32Array; blockTable: Int32Array; seqLens: Int32Array }, collectRouting: boolean): ForwardResult {
+  private replayDecode(
+    host: { ids: Int32Array; positions: Int32Array; slots: Int32Array; blockTable: Int32Array; seqLens: Int32Array },
+    collectRouting: boolean,
+  ): ForwardResult {
     const B = host.ids.length;
     const tableLen = B * this.maxBlocks;
     let g = this.decodeGraphs.get(B);
@@ -193,7 +227,12 @@ export class LongcatModel {
       const inputs = empty([4 * B + tableLen], { dtype: 'int32', device: this.device });
       const part = (i: number, n: number) => inputs.narrow(i, n);
       const batch: Batch = {
-        mode: 'decode', T: B, ids: part(0, B), positions: part(B, B), slots: part(2 * B, B), seqLens: part(3 * B, B),
+        mode: 'decode',
+        T: B,
+        ids: part(0, B),
+        positions: part(B, B),
+        slots: part(2 * B, B),
+        seqLens: part(3 * B, B),
       };
       const table = part(4 * B, tableLen);
       batch.blockTable = table.view([B, this.maxBlocks]);
@@ -215,7 +254,7 @@ export class LongcatModel {
     g.inputs.copyFromBytes(buf);
     g.graph.replay();
     // Fresh handles over the graph's buffers: the caller disposes them, the graph keeps the memory.
-    return { logits: out.logits.view(out.logits.shape), nFfn: collectRouting ? out.nFfn.map((t) => t.view(t.shape)) : [] };
+    return { logits: out.logits.view(out.logits.shape), nFfn: collectRouting ? out.nFfn.map(t => t.view(t.shape)) : [] };
   }
 
   /** Frees the KV cache, streams and the tensors the model created (not the checkpoint's). */
@@ -227,7 +266,8 @@ export class LongcatModel {
     for (const g of this.decodeGraphs.values()) {
       g.graph.dispose();
       const b = g.batch;
-      for (const t of [g.inputs, b.ids, b.positions, b.slots, b.blockTable!, b.seqLens!, g.out.logits, ...g.out.nFfn]) t.dispose();
+      for (const t of [g.inputs, b.ids, b.positions, b.slots, b.blockTable!, b.seqLens!, g.out.logits, ...g.out.nFfn])
+        t.dispose();
     }
     this.decodeGraphs.clear();
     for (const t of [...this.caches, this.invFreq, ...this.w.owned]) t.dispose();

@@ -55,8 +55,15 @@ export interface Batch {
  * FFN experts (ids < experts.nRouted) and zero experts (ids up to nExperts, the identity), queued on
  * `stream`. out, u f32 [T, H]; idx int32 [T, k]; weights f32 [T, k].
  */
-export type ExpertsFn = (stream: Stream, out: Tensor, u: Tensor, idx: Tensor, weights: Tensor, experts: MoeExpertSet,
-  nExperts: number) => void;
+export type ExpertsFn = (
+  stream: Stream,
+  out: Tensor,
+  u: Tensor,
+  idx: Tensor,
+  weights: Tensor,
+  experts: MoeExpertSet,
+  nExperts: number,
+) => void;
 
 /** All of a layer's experts on this device: the moe op over the packed expert set. */
 export const localExperts: ExpertsFn = (stream, out, u, idx, weights, experts, nExperts) =>

@@ -65,7 +65,10 @@ export interface ModelWeights {
 export interface TensorSource {
   get(name: string): Tensor;
   has(name: string): boolean;
-  expertWeights(layer: number, expert: number): { gate: Tensor; up: Tensor; down: Tensor; gateScale?: Tensor | null; upScale?: Tensor | null; downScale?: Tensor | null };
+  expertWeights(
+    layer: number,
+    expert: number,
+  ): { gate: Tensor; up: Tensor; down: Tensor; gateScale?: Tensor | null; upScale?: Tensor | null; downScale?: Tensor | null };
 }
 
 /** Progress of the weight upload to a GPU (one event per tensor copied). */
@@ -96,7 +99,13 @@ export function loadWeights(src: TensorSource, dims: ModelDims, device: string, 
   }
 }
 
-function buildWeights(src: TensorSource, dims: ModelDims, device: string, opts: LoadWeightsOptions, owned: { dispose(): void }[]): ModelWeights {
+function buildWeights(
+  src: TensorSource,
+  dims: ModelDims,
+  device: string,
+  opts: LoadWeightsOptions,
+  owned: { dispose(): void }[],
+): ModelWeights {
   const own = <T extends { dispose(): void }>(t: T) => (owned.push(t), t);
   const totalBytes = opts.totalBytes ?? 0;
   let uploaded = 0;
@@ -108,12 +117,15 @@ function buildWeights(src: TensorSource, dims: ModelDims, device: string, opts: 
       copy = t.to(device);
     } catch (e) {
       if (!(e instanceof LongcatError) || e.code !== 'E_OOM') throw e;
-      const dev = native.devices().find((d) => d.id === device && 'totalBytes' in d) as { totalBytes: number } | undefined;
-      throw new OutOfMemoryError('E_OOM',
+      const dev = native.devices().find(d => d.id === device && 'totalBytes' in d) as { totalBytes: number } | undefined;
+      throw new OutOfMemoryError(
+        'E_OOM',
         `loading the weights onto ${device}: out of memory at '${name}' ([${t.shape.join(', ')}] ${t.dtype}, ${gb(t.nbytes)}) ` +
-        `after ${gb(uploaded)}${totalBytes ? ` of about ${gb(totalBytes)}` : ''} were uploaded` +
-        `${dev ? ` (the device has ${gb(dev.totalBytes)})` : ''}. The weights do not fit: use a device with more memory, ` +
-        `an FP8 checkpoint, or backend 'cpu'.`, { cause: e });
+          `after ${gb(uploaded)}${totalBytes ? ` of about ${gb(totalBytes)}` : ''} were uploaded` +
+          `${dev ? ` (the device has ${gb(dev.totalBytes)})` : ''}. The weights do not fit: use a device with more memory, ` +
+          `an FP8 checkpoint, or backend 'cpu'.`,
+        { cause: e },
+      );
     }
     uploaded += t.nbytes;
     opts.onProgress?.({ phase: 'upload', device, tensor: name, bytes: uploaded, totalBytes: Math.max(totalBytes, uploaded) });
@@ -127,7 +139,13 @@ function buildWeights(src: TensorSource, dims: ModelDims, device: string, opts: 
   const f32 = (t: Tensor) => (t.dtype === 'f32' ? t : own(converted(t, 'f32')));
   const scaledNorm = (name: string, s: number) => {
     const w = toArray(src.get(name));
-    return own(tensor(Float32Array.from(w, (v) => v * s), [w.length], { device }));
+    return own(
+      tensor(
+        Float32Array.from(w, v => v * s),
+        [w.length],
+        { device },
+      ),
+    );
   };
   const dequantized = (l: Linear, dtype: 'f32' | 'bf16'): Tensor => {
     if (!l.scale) return l.weight;
@@ -140,7 +158,8 @@ function buildWeights(src: TensorSource, dims: ModelDims, device: string, opts: 
     const n = l.weight.shape[0]!;
     if (l.scale && at % 128 !== 0) l = { weight: dequantized(l, 'f32'), scale: null }; // only reduced-size models
     const rows = (t: Tensor, a: number, len: number) => own(t.narrow(a, len));
-    const sb = at / 128, sn = l.scale ? l.scale.shape[0]! : 0;
+    const sb = at / 128,
+      sn = l.scale ? l.scale.shape[0]! : 0;
     return [
       { weight: rows(l.weight, 0, at), scale: l.scale ? rows(l.scale, 0, sb) : null },
       { weight: rows(l.weight, at, n - at), scale: l.scale ? rows(l.scale, sb, sn - sb) : null },
@@ -155,14 +174,15 @@ function buildWeights(src: TensorSource, dims: ModelDims, device: string, opts: 
     if (dims.nope !== 128 || dims.v !== 128) return { kvB: dequantized(kvBLinear, 'f32'), kvBScales: null };
     const codes = own(empty(kvBLinear.weight.shape, { dtype: 'bf16', device }));
     native.convert(null, codes, kvBLinear.weight);
-    const s = toArray(src.get(`${p}.kv_b_proj.weight_scale_inv`)), G = Math.ceil(dims.kvLora / 128);
+    const s = toArray(src.get(`${p}.kv_b_proj.weight_scale_inv`)),
+      G = Math.ceil(dims.kvLora / 128);
     const rowsOf = (first: (h: number) => number) => {
       const out = new Float32Array(dims.heads * G);
       for (let h = 0; h < dims.heads; h++) out.set(s.subarray((first(h) / 128) * G, (first(h) / 128 + 1) * G), h * G);
       return own(tensor(out, [dims.heads, G], { device }));
     };
     const stride = dims.nope + dims.v;
-    return { kvB: codes, kvBScales: { uk: rowsOf((h) => h * stride), uv: rowsOf((h) => h * stride + dims.nope) } };
+    return { kvB: codes, kvBScales: { uk: rowsOf(h => h * stride), uv: rowsOf(h => h * stride + dims.nope) } };
   };
 
   const mla = (p: string): MlaWeights => {
@@ -183,7 +203,11 @@ function buildWeights(src: TensorSource, dims: ModelDims, device: string, opts: 
       o: linear(`${p}.o_proj`),
     };
   };
-  const mlp = (p: string): MlpWeights => ({ gate: linear(`${p}.gate_proj`), up: linear(`${p}.up_proj`), down: linear(`${p}.down_proj`) });
+  const mlp = (p: string): MlpWeights => ({
+    gate: linear(`${p}.gate_proj`),
+    up: linear(`${p}.up_proj`),
+    down: linear(`${p}.down_proj`),
+  });
 
   const layers: LayerWeights[] = [];
   for (let l = 0; l < dims.layers; l++) {
@@ -191,11 +215,13 @@ function buildWeights(src: TensorSource, dims: ModelDims, device: string, opts: 
     const experts = Array.from({ length: dims.nRouted }, (_, e) => src.expertWeights(l, e));
     const expertName = (e: number, m: string) => `${p}.mlp.experts.${e}.${m}`;
     const scales = (k: 'gateScale' | 'upScale' | 'downScale') =>
-      experts[0]?.[k] ? experts.map((x, e) => {
-        const s = x[k];
-        if (!s) throw new CheckpointError('E_CHECKPOINT', `expert ${e} of layer ${l} has no ${k} while expert 0 has one`);
-        return place(s, expertName(e, `${k.replace('Scale', '_proj')}.weight_scale_inv`));
-      }) : null;
+      experts[0]?.[k]
+        ? experts.map((x, e) => {
+            const s = x[k];
+            if (!s) throw new CheckpointError('E_CHECKPOINT', `expert ${e} of layer ${l} has no ${k} while expert 0 has one`);
+            return place(s, expertName(e, `${k.replace('Scale', '_proj')}.weight_scale_inv`));
+          })
+        : null;
     layers.push({
       inputNorm: [get(`${p}.input_layernorm.0.weight`), get(`${p}.input_layernorm.1.weight`)],
       postAttnNorm: [get(`${p}.post_attention_layernorm.0.weight`), get(`${p}.post_attention_layernorm.1.weight`)],
@@ -204,9 +230,16 @@ function buildWeights(src: TensorSource, dims: ModelDims, device: string, opts: 
       moe: {
         classifier: f32(get(`${p}.mlp.router.classifier.weight`)),
         bias: f32(get(`${p}.mlp.router.e_score_correction_bias`)),
-        experts: own(native.moeExperts(experts.map((x, e) => place(x.gate, expertName(e, 'gate_proj.weight'))),
-          experts.map((x, e) => place(x.up, expertName(e, 'up_proj.weight'))), experts.map((x, e) => place(x.down, expertName(e, 'down_proj.weight'))),
-          scales('gateScale'), scales('upScale'), scales('downScale'))),
+        experts: own(
+          native.moeExperts(
+            experts.map((x, e) => place(x.gate, expertName(e, 'gate_proj.weight'))),
+            experts.map((x, e) => place(x.up, expertName(e, 'up_proj.weight'))),
+            experts.map((x, e) => place(x.down, expertName(e, 'down_proj.weight'))),
+            scales('gateScale'),
+            scales('upScale'),
+            scales('downScale'),
+          ),
+        ),
       },
     });
   }

@@ -260,27 +260,36 @@ int64_t embedding(int64_t T, int64_t H, const void* table, DType tt, int64_t V, 
 void silu_mul(int64_t n, const float* gate, const float* up, float* y) {
   const Isa is = isa();
   parallel_for(n, kGrain, [&](int64_t b, int64_t e) {
-    if (is == Isa::Avx512) silu_mul_avx512(b, e, gate, up, y);
-    else if (is == Isa::Avx2) silu_mul_avx2(b, e, gate, up, y);
-    else silu_mul_scalar(b, e, gate, up, y);
+    if (is == Isa::Avx512)
+      silu_mul_avx512(b, e, gate, up, y);
+    else if (is == Isa::Avx2)
+      silu_mul_avx2(b, e, gate, up, y);
+    else
+      silu_mul_scalar(b, e, gate, up, y);
   });
 }
 
 void add(int64_t n, const float* a, const float* b, float alpha, float* y) {
   const Isa is = isa();
   parallel_for(n, kGrain * 4, [&](int64_t s, int64_t e) {
-    if (is == Isa::Avx512) add_avx512(s, e, a, b, alpha, y);
-    else if (is == Isa::Avx2) add_avx2(s, e, a, b, alpha, y);
-    else add_scalar(s, e, a, b, alpha, y);
+    if (is == Isa::Avx512)
+      add_avx512(s, e, a, b, alpha, y);
+    else if (is == Isa::Avx2)
+      add_avx2(s, e, a, b, alpha, y);
+    else
+      add_scalar(s, e, a, b, alpha, y);
   });
 }
 
 void scale(int64_t n, const float* x, float alpha, float* y) {
   const Isa is = isa();
   parallel_for(n, kGrain * 4, [&](int64_t s, int64_t e) {
-    if (is == Isa::Avx512) scale_avx512(s, e, x, alpha, y);
-    else if (is == Isa::Avx2) scale_avx2(s, e, x, alpha, y);
-    else scale_scalar(s, e, x, alpha, y);
+    if (is == Isa::Avx512)
+      scale_avx512(s, e, x, alpha, y);
+    else if (is == Isa::Avx2)
+      scale_avx2(s, e, x, alpha, y);
+    else
+      scale_scalar(s, e, x, alpha, y);
   });
 }
 
@@ -299,9 +308,12 @@ void argmax(int64_t rows, int64_t V, const float* x, int32_t* idx) {
   parallel_for(rows, std::max<int64_t>(1, kGrain / std::max<int64_t>(V, 1)), [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) {
       const float* xr = x + r * V;
-      if (is == Isa::Avx512) idx[r] = argmax_avx512(xr, V);
-      else if (is == Isa::Avx2) idx[r] = argmax_avx2(xr, V);
-      else idx[r] = argmax_scalar(xr, 0, V, nullptr, 0, kNegInf);
+      if (is == Isa::Avx512)
+        idx[r] = argmax_avx512(xr, V);
+      else if (is == Isa::Avx2)
+        idx[r] = argmax_avx2(xr, V);
+      else
+        idx[r] = argmax_scalar(xr, 0, V, nullptr, 0, kNegInf);
     }
   });
 }
@@ -310,9 +322,12 @@ void softmax(int64_t rows, int64_t V, const float* x, float* y, bool log) {
   const Isa is = isa();
   parallel_for(rows, std::max<int64_t>(1, kGrain / std::max<int64_t>(V, 1)), [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) {
-      if (is == Isa::Avx512) softmax_row_avx512(x + r * V, y + r * V, V, log);
-      else if (is == Isa::Avx2) softmax_row_avx2(x + r * V, y + r * V, V, log);
-      else softmax_row_scalar(x + r * V, y + r * V, V, log);
+      if (is == Isa::Avx512)
+        softmax_row_avx512(x + r * V, y + r * V, V, log);
+      else if (is == Isa::Avx2)
+        softmax_row_avx2(x + r * V, y + r * V, V, log);
+      else
+        softmax_row_scalar(x + r * V, y + r * V, V, log);
     }
   });
 }

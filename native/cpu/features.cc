@@ -50,7 +50,7 @@ const Features& features() {
 static Isa best() {
   const Features& f = features();
   if (f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq && f.fma && f.f16c) return Isa::Avx512;  // simd.h LC_ISA_AVX512
-  if (f.avx2 && f.fma && f.f16c) return Isa::Avx2;  // simd.h LC_ISA_AVX2
+  if (f.avx2 && f.fma && f.f16c) return Isa::Avx2;                                                 // simd.h LC_ISA_AVX2
   return Isa::Scalar;
 }
 

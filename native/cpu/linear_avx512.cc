@@ -64,8 +64,8 @@ struct GemmBF16 {
     }
   }
 
-  static void pack_panel(const WeightRef& w, int64_t n0, int64_t nlen, int64_t nrows, int64_t k0, int64_t klen,
-                         int64_t kcp, uint16_t* p) {
+  static void pack_panel(const WeightRef& w, int64_t n0, int64_t nlen, int64_t nrows, int64_t k0, int64_t klen, int64_t kcp,
+                         uint16_t* p) {
     for (int64_t j = 0; j < nrows; ++j) {
       uint16_t* dst = p + j * kcp;
       int64_t copied = 0;
@@ -77,8 +77,8 @@ struct GemmBF16 {
     }
   }
 
-  static void micro(const uint16_t* x, int64_t ldx, const uint16_t* p, int64_t ldp, int64_t kc, float* c,
-                    int64_t ldc, bool accumulate) {
+  static void micro(const uint16_t* x, int64_t ldx, const uint16_t* p, int64_t ldp, int64_t kc, float* c, int64_t ldc,
+                    bool accumulate) {
     __m512 acc[kMR][4];
     for (int m = 0; m < kMR; ++m)
       for (int j = 0; j < 4; ++j) acc[m][j] = _mm512_setzero_ps();

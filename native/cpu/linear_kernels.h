@@ -20,9 +20,7 @@ enum ScratchSlot { kScratchX = 0, kScratchPanel = 1, kScratchC = 2, kScratchSlot
 void* scratch(ScratchSlot slot, size_t bytes);
 
 // The fp8 block scale for weight row r at 128-column block kb (see WeightRef).
-inline float fp8_block_scale(const WeightRef& w, int64_t r, int64_t kb) {
-  return w.scale[(r / 128) * ((w.k + 127) / 128) + kb];
-}
+inline float fp8_block_scale(const WeightRef& w, int64_t r, int64_t kb) { return w.scale[(r / 128) * ((w.k + 127) / 128) + kb]; }
 
 inline void store_y(void* y, DType yt, int64_t i, float v) {
   if (yt == DType::BF16)

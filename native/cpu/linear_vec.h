@@ -92,7 +92,7 @@ void gemv_rows(const float* x, const WeightRef& w, int64_t r, int64_t k0, int64_
       for (int i = 0; i < R; ++i) acc[s][t][i] = V::zero();
 
   // n columns at k into a (n == W: a whole vector).
-  auto step = [&](int64_t k, const F* bs, F (&a)[T][R], int64_t n) __attribute__((always_inline)) {
+  auto step = [&](int64_t k, const F* bs, F(&a)[T][R], int64_t n) __attribute__((always_inline)) {
     F wv[R];
     for (int i = 0; i < R; ++i) {
       wv[i] = n == W ? D::load(wr[i] + k) : D::load_n(wr[i] + k, n);
@@ -166,9 +166,8 @@ template <class L, int T, class D>
 void gemv_t(const float* x, const WeightRef& w, void* y, DType yt) {
   constexpr int R = L::template GemvShape<T>::R;
   const int64_t n = w.n, grain = gemv_grain_rows(w) / R;
-  parallel_for(ceil_div(n, R), grain < 1 ? 1 : grain, [&](int64_t g0, int64_t g1) {
-    gemv_range<L, T, D>(x, w, g0 * R, g1 * R < n ? g1 * R : n, y, yt);
-  });
+  parallel_for(ceil_div(n, R), grain < 1 ? 1 : grain,
+               [&](int64_t g0, int64_t g1) { gemv_range<L, T, D>(x, w, g0 * R, g1 * R < n ? g1 * R : n, y, yt); });
 }
 
 template <class L, class D>
@@ -239,8 +238,7 @@ void fp8_prep_x(const float* x, int64_t K, const float* srow, int64_t k0, int64_
 // part[t * ldp + i] += sum over k in [k0, k1) of xs[t, k - k0] * code(W[r + i, k]) for t < T,
 // i < R (NaN for a row with a NaN code).
 template <class L, int T, int R, int NA>
-void fp8_rows(const float* xs, int64_t ldx, const WeightRef& w, int64_t r, int64_t k0, int64_t k1, float* part,
-              int64_t ldp) {
+void fp8_rows(const float* xs, int64_t ldx, const WeightRef& w, int64_t r, int64_t k0, int64_t k1, float* part, int64_t ldp) {
   using V = typename L::V;
   using F = typename V::F;
   using I = typename V::I;
@@ -259,7 +257,9 @@ void fp8_rows(const float* xs, int64_t ldx, const WeightRef& w, int64_t r, int64
   // 128-column block) picks the accumulator chains when NA > 4.
   auto unit = [&](int64_t k, int u, int64_t n) __attribute__((always_inline)) {
     const float* xk = xs + (k - k0);
-    auto codes = [&](int i) __attribute__((always_inline)) { return n == U ? V::load_bytes(wr[i] + k) : V::load_bytes_n(wr[i] + k, n); };
+    auto codes = [&](int i) __attribute__((always_inline)) {
+      return n == U ? V::load_bytes(wr[i] + k) : V::load_bytes_n(wr[i] + k, n);
+    };
     I h[2][R];  // even-code and odd-code f16 words of each row
     for (int i = 0; i < R; ++i) {
       const I v = codes(i);
@@ -366,8 +366,8 @@ void bf16_to_f32_rows(const uint16_t* src, int64_t n, float* dst) {
 // registers: 3 x 4 + 3 + 1 = 16 (AVX2), 6 x 4 + 6 + 1 = 31 of 32 (AVX-512).
 
 template <class L, class D>
-void pack_panel_f32(const WeightRef& w, int64_t n0, int64_t nlen, int64_t nrows, int64_t k0, int64_t klen,
-                    int64_t kcp, float* p) {
+void pack_panel_f32(const WeightRef& w, int64_t n0, int64_t nlen, int64_t nrows, int64_t k0, int64_t klen, int64_t kcp,
+                    float* p) {
   using V = typename L::V;
   using E = typename D::E;
   constexpr int W = V::kLanes;
@@ -411,8 +411,8 @@ struct GemmF32 {
     }
   }
 
-  static void pack_panel(const WeightRef& w, int64_t n0, int64_t nlen, int64_t nrows, int64_t k0, int64_t klen,
-                         int64_t kcp, float* p) {
+  static void pack_panel(const WeightRef& w, int64_t n0, int64_t nlen, int64_t nrows, int64_t k0, int64_t klen, int64_t kcp,
+                         float* p) {
     switch (w.dtype) {
       case DType::F32: pack_panel_f32<L, DecF32<V>>(w, n0, nlen, nrows, k0, klen, kcp, p); break;
       case DType::BF16: pack_panel_f32<L, DecBF16<V>>(w, n0, nlen, nrows, k0, klen, kcp, p); break;

@@ -43,7 +43,7 @@ float softmax_scalar(float* s, int n, float& m, float& l) {
     nan |= s[j] != s[j];
   }
   if (nan) mx = std::numeric_limits<float>::quiet_NaN();  // a NaN score poisons the row, never vanishes
-  if (mx == kNegInf) {  // every key masked so far: nothing to add
+  if (mx == kNegInf) {                                    // every key masked so far: nothing to add
     for (int j = 0; j < n; ++j) s[j] = 0.0f;
     return 1.0f;
   }
@@ -121,7 +121,9 @@ using simd::Avx512;
 LC_TARGET_AVX512 inline __m512 ld16(const float* p) { return Avx512::load(p); }
 LC_TARGET_AVX512 inline __m512 ld16(const uint16_t* p) { return Avx512::load_bf16(p); }
 LC_TARGET_AVX512 inline __m512 ld16m(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
-LC_TARGET_AVX512 inline __m512 ld16m(const uint16_t* p, __mmask16 m) { return Avx512::widen_bf16(_mm256_maskz_loadu_epi16(m, p)); }
+LC_TARGET_AVX512 inline __m512 ld16m(const uint16_t* p, __mmask16 m) {
+  return Avx512::widen_bf16(_mm256_maskz_loadu_epi16(m, p));
+}
 
 // acc[i][k] += q_i[0:n] * key_k[0:n] (lane-wise)
 template <int NQ, int NK, typename KT>
@@ -148,7 +150,7 @@ LC_TARGET_AVX512 inline void dot512(__m512 (&acc)[NQ][NK], const float* q, int64
 
 template <int NQ, typename KT>
 LC_TARGET_AVX512 void scores512_n(const float* qa, int64_t qas, const float* qb, int64_t qbs, int nt, const KT* const* ka,
-                         const KT* const* kb, int64_t da, int64_t db, float scale, float* out, int64_t os) {
+                                  const KT* const* kb, int64_t da, int64_t db, float scale, float* out, int64_t os) {
   int j = 0;
   const __m128 vs = _mm_set1_ps(scale);
   for (; j + 4 <= nt; j += 4) {  // 4 queries x 4 keys in registers
@@ -156,7 +158,8 @@ LC_TARGET_AVX512 void scores512_n(const float* qa, int64_t qas, const float* qb,
     for (int i = 0; i < NQ; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = _mm512_setzero_ps();
     dot512<NQ, 4>(acc, qa, qas, ka + j, da);
     if (db > 0) dot512<NQ, 4>(acc, qb, qbs, kb + j, db);
-    for (int i = 0; i < NQ; ++i) _mm_storeu_ps(out + i * os + j, _mm_mul_ps(Avx512::hsum4(acc[i][0], acc[i][1], acc[i][2], acc[i][3]), vs));
+    for (int i = 0; i < NQ; ++i)
+      _mm_storeu_ps(out + i * os + j, _mm_mul_ps(Avx512::hsum4(acc[i][0], acc[i][1], acc[i][2], acc[i][3]), vs));
   }
   for (; j < nt; ++j) {
     __m512 acc[NQ][1];
@@ -168,8 +171,9 @@ LC_TARGET_AVX512 void scores512_n(const float* qa, int64_t qas, const float* qb,
 }
 
 template <typename KT>
-LC_TARGET_AVX512 void scores_avx512(int nq, const float* qa, int64_t qas, const float* qb, int64_t qbs, int nt, const KT* const* ka,
-                           const KT* const* kb, int64_t da, int64_t db, float scale, float* out, int64_t os) {
+LC_TARGET_AVX512 void scores_avx512(int nq, const float* qa, int64_t qas, const float* qb, int64_t qbs, int nt,
+                                    const KT* const* ka, const KT* const* kb, int64_t da, int64_t db, float scale, float* out,
+                                    int64_t os) {
   switch (nq) {
     case 1: scores512_n<1>(qa, qas, qb, qbs, nt, ka, kb, da, db, scale, out, os); break;
     case 2: scores512_n<2>(qa, qas, qb, qbs, nt, ka, kb, da, db, scale, out, os); break;
@@ -180,8 +184,8 @@ LC_TARGET_AVX512 void scores_avx512(int nq, const float* qa, int64_t qas, const 
 
 // NC vectors of 16 columns at a time, every accumulator row kept in registers over the whole tile.
 template <int NQ, int NC, typename VT>
-LC_TARGET_AVX512 inline void pv512_cols(float* acc, int64_t as, const float* corr, const float* p, int64_t ps, int nt, const VT* const* v,
-                               int64_t c, __mmask16 m) {
+LC_TARGET_AVX512 inline void pv512_cols(float* acc, int64_t as, const float* corr, const float* p, int64_t ps, int nt,
+                                        const VT* const* v, int64_t c, __mmask16 m) {
   __m512 a[NQ][NC];
   for (int i = 0; i < NQ; ++i)
     for (int u = 0; u < NC; ++u) {
@@ -206,7 +210,8 @@ LC_TARGET_AVX512 inline void pv512_cols(float* acc, int64_t as, const float* cor
 }
 
 template <int NQ, typename VT>
-LC_TARGET_AVX512 void pv512_n(float* acc, int64_t as, const float* corr, const float* p, int64_t ps, int nt, const VT* const* v, int64_t dv) {
+LC_TARGET_AVX512 void pv512_n(float* acc, int64_t as, const float* corr, const float* p, int64_t ps, int nt, const VT* const* v,
+                              int64_t dv) {
   int64_t c = 0;
   for (; c + 64 <= dv; c += 64) pv512_cols<NQ, 4>(acc, as, corr, p, ps, nt, v, c, 0xffff);
   for (; c < dv; c += 16) {
@@ -216,8 +221,8 @@ LC_TARGET_AVX512 void pv512_n(float* acc, int64_t as, const float* corr, const f
 }
 
 template <typename VT>
-LC_TARGET_AVX512 void pv_avx512(int nq, float* acc, int64_t as, const float* corr, const float* p, int64_t ps, int nt, const VT* const* v,
-                       int64_t dv) {
+LC_TARGET_AVX512 void pv_avx512(int nq, float* acc, int64_t as, const float* corr, const float* p, int64_t ps, int nt,
+                                const VT* const* v, int64_t dv) {
   switch (nq) {
     case 1: pv512_n<1>(acc, as, corr, p, ps, nt, v, dv); break;
     case 2: pv512_n<2>(acc, as, corr, p, ps, nt, v, dv); break;
@@ -268,15 +273,16 @@ LC_TARGET_AVX512 float softmax_avx512(float* s, int n, float& m, float& l) {
 // and the rescale stay fp32, like FlashMLA on GPUs. Relative error per term is about 2^-9 on each
 // of the score and p, against 2^-24 in the fp32 path.
 
-constexpr int kBfTile = 32;              // cache rows per tile
-constexpr int kBfPairs = kBfTile / 2;    // row pairs per tile
-constexpr int64_t kBfMaxQ = 64 * 1024;   // bf16 query elements (heads x padded row) kept on the stack
-constexpr int64_t kBfMaxDl = 1024;       // latent width limit of the packed value tile
+constexpr int kBfTile = 32;             // cache rows per tile
+constexpr int kBfPairs = kBfTile / 2;   // row pairs per tile
+constexpr int64_t kBfMaxQ = 64 * 1024;  // bf16 query elements (heads x padded row) kept on the stack
+constexpr int64_t kBfMaxDl = 1024;      // latent width limit of the packed value tile
 constexpr int64_t kBfMaxHeads = 256;
 
 // s[h * ss + j] = (q_h . k_j) * scale for HB heads (bf16 rows, stride rp, zero-padded to rp) and JB keys.
 template <int HB, int JB>
-LC_TARGET_AVX512BF16 void scores_bf(const uint16_t* q, int64_t rp, const uint16_t* const* k, int64_t n, float scale, float* s, int64_t ss) {
+LC_TARGET_AVX512BF16 void scores_bf(const uint16_t* q, int64_t rp, const uint16_t* const* k, int64_t n, float scale, float* s,
+                                    int64_t ss) {
   __m512 acc[HB][JB];
   for (int h = 0; h < HB; ++h)
     for (int j = 0; j < JB; ++j) acc[h][j] = _mm512_setzero_ps();
@@ -300,7 +306,8 @@ LC_TARGET_AVX512BF16 void scores_bf(const uint16_t* q, int64_t rp, const uint16_
   }
   if constexpr (JB == 4) {
     const __m128 vs = _mm_set1_ps(scale);
-    for (int h = 0; h < HB; ++h) _mm_storeu_ps(s + h * ss, _mm_mul_ps(Avx512::hsum4(acc[h][0], acc[h][1], acc[h][2], acc[h][3]), vs));
+    for (int h = 0; h < HB; ++h)
+      _mm_storeu_ps(s + h * ss, _mm_mul_ps(Avx512::hsum4(acc[h][0], acc[h][1], acc[h][2], acc[h][3]), vs));
   } else {
     for (int h = 0; h < HB; ++h)
       for (int j = 0; j < JB; ++j) s[h * ss + j] = _mm512_reduce_add_ps(acc[h][j]) * scale;
@@ -311,13 +318,14 @@ LC_TARGET_AVX512BF16 void scores_bf(const uint16_t* q, int64_t rp, const uint16_
 // latent columns (the last one masked by mlast). p: bf16 pairs (p_2jp, p_2jp+1) as uint32;
 // vp[u][jp]: 16 columns of rows 2jp and 2jp+1 interleaved, vs elements between consecutive u.
 template <int HB, int CB>
-LC_TARGET_AVX512BF16 void pv_bf(float* acc, int64_t as, const float* corr, const uint32_t* p, int64_t ps, int np, const uint16_t* vp,
-                  int64_t vs, __mmask16 mlast) {
+LC_TARGET_AVX512BF16 void pv_bf(float* acc, int64_t as, const float* corr, const uint32_t* p, int64_t ps, int np,
+                                const uint16_t* vp, int64_t vs, __mmask16 mlast) {
   __m512 a[HB][CB];
   for (int h = 0; h < HB; ++h) {
     const __m512 cr = _mm512_set1_ps(corr[h]);
     for (int u = 0; u < CB; ++u)
-      a[h][u] = _mm512_mul_ps(u == CB - 1 ? _mm512_maskz_loadu_ps(mlast, acc + h * as + 16 * u) : _mm512_loadu_ps(acc + h * as + 16 * u), cr);
+      a[h][u] = _mm512_mul_ps(
+          u == CB - 1 ? _mm512_maskz_loadu_ps(mlast, acc + h * as + 16 * u) : _mm512_loadu_ps(acc + h * as + 16 * u), cr);
   }
   for (int jp = 0; jp < np; ++jp) {
     __m512bh vv[CB];
@@ -338,8 +346,10 @@ LC_TARGET_AVX512BF16 void pv_bf(float* acc, int64_t as, const float* corr, const
 
 using ScoresBfFn = void (*)(const uint16_t*, int64_t, const uint16_t* const*, int64_t, float, float*, int64_t);
 using PvBfFn = void (*)(float*, int64_t, const float*, const uint32_t*, int64_t, int, const uint16_t*, int64_t, __mmask16);
-#define LC_BF_ROW(F, H) {F<H, 1>, F<H, 2>, F<H, 3>, F<H, 4>}
-const ScoresBfFn kScoresBf[4][4] = {LC_BF_ROW(scores_bf, 1), LC_BF_ROW(scores_bf, 2), LC_BF_ROW(scores_bf, 3), LC_BF_ROW(scores_bf, 4)};
+#define LC_BF_ROW(F, H) \
+  { F<H, 1>, F<H, 2>, F<H, 3>, F<H, 4> }
+const ScoresBfFn kScoresBf[4][4] = {LC_BF_ROW(scores_bf, 1), LC_BF_ROW(scores_bf, 2), LC_BF_ROW(scores_bf, 3),
+                                    LC_BF_ROW(scores_bf, 4)};
 const PvBfFn kPvBf[4][4] = {LC_BF_ROW(pv_bf, 1), LC_BF_ROW(pv_bf, 2), LC_BF_ROW(pv_bf, 3), LC_BF_ROW(pv_bf, 4)};
 #undef LC_BF_ROW
 
@@ -358,8 +368,9 @@ bool decode_bf16_fits(const MlaDims& d) {
 
 // One split [s0, s1) of one sequence: folds its cache rows into acc [nh, dl] and ml [nh, 2].
 // qlb: q_lat [nh, dl]; qpb: q_pe of head 0, heads qps apart.
-LC_TARGET_AVX512BF16 void decode_unit_bf16(const MlaDims& d, const float* qlb, const float* qpb, int64_t qps, const uint16_t* cache,
-                             const int32_t* bt, int64_t block_size, int64_t s0, int64_t s1, float scale, float* acc, float* ml) {
+LC_TARGET_AVX512BF16 void decode_unit_bf16(const MlaDims& d, const float* qlb, const float* qpb, int64_t qps,
+                                           const uint16_t* cache, const int32_t* bt, int64_t block_size, int64_t s0, int64_t s1,
+                                           float scale, float* acc, float* ml) {
   const int64_t nh = d.nh, dl = d.dl, dr = d.dr, row = dl + dr, rp = (row + 31) / 32 * 32, ncb = (dl + 15) / 16;
   alignas(64) uint16_t qb[kBfMaxQ];
   alignas(64) uint16_t vp[kBfMaxDl / 16 * kBfPairs * 32];
@@ -402,7 +413,8 @@ LC_TARGET_AVX512BF16 void decode_unit_bf16(const MlaDims& d, const float* qlb, c
       for (int jp = 0; jp < np; ++jp) {
         const __m256i lo = _mm256_maskz_loadu_epi16(m, ka[2 * jp] + c);
         const __m256i hi = 2 * jp + 1 < nt ? _mm256_maskz_loadu_epi16(m, ka[2 * jp + 1] + c) : _mm256_setzero_si256();
-        _mm512_store_si512(dst + jp * 32, _mm512_or_si512(_mm512_cvtepu16_epi32(lo), _mm512_slli_epi32(_mm512_cvtepu16_epi32(hi), 16)));
+        _mm512_store_si512(dst + jp * 32,
+                           _mm512_or_si512(_mm512_cvtepu16_epi32(lo), _mm512_slli_epi32(_mm512_cvtepu16_epi32(hi), 16)));
       }
     }
     for (int64_t h0 = 0; h0 < nh; h0 += 4) {
@@ -410,7 +422,8 @@ LC_TARGET_AVX512BF16 void decode_unit_bf16(const MlaDims& d, const float* qlb, c
       for (int64_t cb0 = 0; cb0 < ncb; cb0 += 4) {
         const int cbn = static_cast<int>(std::min<int64_t>(4, ncb - cb0));
         kPvBf[hb - 1][cbn - 1](acc + h0 * dl + cb0 * 16, dl, corr + h0, pb + h0 * kBfPairs, kBfPairs, np,
-                               vp + cb0 * kBfPairs * 32, kBfPairs * 32, cb0 + cbn == ncb ? mlast : static_cast<__mmask16>(0xffff));
+                               vp + cb0 * kBfPairs * 32, kBfPairs * 32,
+                               cb0 + cbn == ncb ? mlast : static_cast<__mmask16>(0xffff));
       }
     }
   }
@@ -447,7 +460,7 @@ LC_TARGET_AVX2 inline void dot256(float (&out)[NQ][NK], const float* q, int64_t 
 
 template <int NQ, typename KT>
 LC_TARGET_AVX2 void scores256_n(const float* qa, int64_t qas, const float* qb, int64_t qbs, int nt, const KT* const* ka,
-                         const KT* const* kb, int64_t da, int64_t db, float scale, float* out, int64_t os) {
+                                const KT* const* kb, int64_t da, int64_t db, float scale, float* out, int64_t os) {
   int j = 0;
   for (; j + 2 <= nt; j += 2) {
     float s[NQ][2] = {};
@@ -468,7 +481,7 @@ LC_TARGET_AVX2 void scores256_n(const float* qa, int64_t qas, const float* qb, i
 
 template <typename KT>
 LC_TARGET_AVX2 void scores_avx2(int nq, const float* qa, int64_t qas, const float* qb, int64_t qbs, int nt, const KT* const* ka,
-                         const KT* const* kb, int64_t da, int64_t db, float scale, float* out, int64_t os) {
+                                const KT* const* kb, int64_t da, int64_t db, float scale, float* out, int64_t os) {
   switch (nq) {
     case 1: scores256_n<1>(qa, qas, qb, qbs, nt, ka, kb, da, db, scale, out, os); break;
     case 2: scores256_n<2>(qa, qas, qb, qbs, nt, ka, kb, da, db, scale, out, os); break;
@@ -478,8 +491,8 @@ LC_TARGET_AVX2 void scores_avx2(int nq, const float* qa, int64_t qas, const floa
 }
 
 template <int NQ, int NC, typename VT>
-LC_TARGET_AVX2 inline void pv256_cols(float* acc, int64_t as, const float* corr, const float* p, int64_t ps, int nt, const VT* const* v,
-                               int64_t c) {
+LC_TARGET_AVX2 inline void pv256_cols(float* acc, int64_t as, const float* corr, const float* p, int64_t ps, int nt,
+                                      const VT* const* v, int64_t c) {
   __m256 a[NQ][NC];
   for (int i = 0; i < NQ; ++i)
     for (int u = 0; u < NC; ++u) {
@@ -499,7 +512,8 @@ LC_TARGET_AVX2 inline void pv256_cols(float* acc, int64_t as, const float* corr,
 }
 
 template <int NQ, typename VT>
-LC_TARGET_AVX2 void pv256_n(float* acc, int64_t as, const float* corr, const float* p, int64_t ps, int nt, const VT* const* v, int64_t dv) {
+LC_TARGET_AVX2 void pv256_n(float* acc, int64_t as, const float* corr, const float* p, int64_t ps, int nt, const VT* const* v,
+                            int64_t dv) {
   int64_t c = 0;
   for (; c + 24 <= dv; c += 24) pv256_cols<NQ, 3>(acc, as, corr, p, ps, nt, v, c);
   for (; c + 8 <= dv; c += 8) pv256_cols<NQ, 1>(acc, as, corr, p, ps, nt, v, c);
@@ -515,8 +529,8 @@ LC_TARGET_AVX2 void pv256_n(float* acc, int64_t as, const float* corr, const flo
 }
 
 template <typename VT>
-LC_TARGET_AVX2 void pv_avx2(int nq, float* acc, int64_t as, const float* corr, const float* p, int64_t ps, int nt, const VT* const* v,
-                     int64_t dv) {
+LC_TARGET_AVX2 void pv_avx2(int nq, float* acc, int64_t as, const float* corr, const float* p, int64_t ps, int nt,
+                            const VT* const* v, int64_t dv) {
   switch (nq) {
     case 1: pv256_n<1>(acc, as, corr, p, ps, nt, v, dv); break;
     case 2: pv256_n<2>(acc, as, corr, p, ps, nt, v, dv); break;
@@ -620,7 +634,7 @@ void prefill_impl(const MlaDims& d, int64_t batch, float* o, const float* q, con
         for (int64_t i0 = 0; i0 < nq; i0 += kMaxQ) {
           const int gq = static_cast<int>(std::min<int64_t>(kMaxQ, nq - i0));
           const int64_t gmax = pos0 + i0 + gq - 1;  // last position in this group
-          if (gmax < t0) continue;  // later groups sit at later positions
+          if (gmax < t0) continue;                  // later groups sit at later positions
           const int gnt = static_cast<int>(std::min<int64_t>(nt, gmax - t0 + 1));
           const float* qrow = q + ((q0 + j0 + i0) * nh + h) * dk;
           K.scores(gq, qrow, nh * dk, qrow + dn, nh * dk, gnt, ka, kb, dn, dr, scale, &sc[0][0], kPTile);
@@ -669,15 +683,15 @@ DecodeLayout decode_layout(const MlaDims& d, int64_t batch, int64_t units, float
 
 template <typename CT>
 void decode_impl(const MlaDims& d, int64_t batch, float* o_lat, const float* q_lat, const float* q, const CT* cache,
-                 int64_t block_size, const int32_t* block_table, int64_t max_blocks, const int32_t* seq_lens,
-                 float scale, float* ws, int64_t units) {
+                 int64_t block_size, const int32_t* block_table, int64_t max_blocks, const int32_t* seq_lens, float scale,
+                 float* ws, int64_t units) {
   const Kernels<CT> K = pick<CT>();
   const int64_t nh = d.nh, dl = d.dl, dr = d.dr, dk = d.dn + d.dr, row = dl + dr;
   // bf16 cache on an AVX512-BF16 CPU: vdpbf16ps with q and p rounded to bf16 (see decode_unit_bf16),
   // unless bf16 activations are turned off (setMatmulPrecision('highest')): then the fp32 path.
 #ifdef LC_ATTN_X86
-  const bool use_bf16 = std::is_same_v<CT, uint16_t> && isa() == Isa::Avx512 && features().avx512_bf16 &&
-                        bf16_activations() && decode_bf16_fits(d);
+  const bool use_bf16 =
+      std::is_same_v<CT, uint16_t> && isa() == Isa::Avx512 && features().avx512_bf16 && bf16_activations() && decode_bf16_fits(d);
 #endif
   DecodeLayout L = decode_layout(d, batch, units, ws);
   // Schedule: every sequence gets ceil(len / chunk) splits of (nearly) equal length.
@@ -820,8 +834,8 @@ void output_impl(const MlaDims& d, int64_t t, float* o, const float* o_lat, cons
       for (int j = 0; j < nt; ++j) rows[j] = w + (h * dkv + dn + r0 + j) * dl;
       for (int64_t i0 = 0; i0 < t; i0 += kMaxQ) {
         const int gq = static_cast<int>(std::min<int64_t>(kMaxQ, t - i0));
-        K.scores(gq, o_lat + (i0 * nh + h) * dl, nh * dl, nullptr, 0, nt, rows, nullptr, dl, 0, 1.0f,
-                 o + (i0 * nh + h) * dv + r0, nh * dv);
+        K.scores(gq, o_lat + (i0 * nh + h) * dl, nh * dl, nullptr, 0, nt, rows, nullptr, dl, 0, 1.0f, o + (i0 * nh + h) * dv + r0,
+                 nh * dv);
       }
     }
   });
@@ -896,16 +910,16 @@ int64_t mla_decode_workspace_floats(const MlaDims& d, int64_t batch, int64_t uni
   return ints + (batch + units) * d.nh * 2 + 2 * units * d.nh * d.dl;
 }
 
-void mla_decode_absorbed(const MlaDims& d, int64_t batch, float* o_lat, const float* q_lat, const float* q,
-                         const void* cache, bool cache_bf16, int64_t block_size, const int32_t* block_table,
-                         int64_t max_blocks, const int32_t* seq_lens, float scale, float* workspace, int64_t units) {
+void mla_decode_absorbed(const MlaDims& d, int64_t batch, float* o_lat, const float* q_lat, const float* q, const void* cache,
+                         bool cache_bf16, int64_t block_size, const int32_t* block_table, int64_t max_blocks,
+                         const int32_t* seq_lens, float scale, float* workspace, int64_t units) {
   units = std::max<int64_t>(units, 1);
   if (cache_bf16)
-    decode_impl(d, batch, o_lat, q_lat, q, static_cast<const uint16_t*>(cache), block_size, block_table, max_blocks,
-                seq_lens, scale, workspace, units);
+    decode_impl(d, batch, o_lat, q_lat, q, static_cast<const uint16_t*>(cache), block_size, block_table, max_blocks, seq_lens,
+                scale, workspace, units);
   else
-    decode_impl(d, batch, o_lat, q_lat, q, static_cast<const float*>(cache), block_size, block_table, max_blocks,
-                seq_lens, scale, workspace, units);
+    decode_impl(d, batch, o_lat, q_lat, q, static_cast<const float*>(cache), block_size, block_table, max_blocks, seq_lens, scale,
+                workspace, units);
 }
 
 }  // namespace lc::cpu

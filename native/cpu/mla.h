@@ -27,13 +27,13 @@ void mla_prefill(const MlaDims& d, int64_t batch, float* o, const float* q, cons
 
 // Paged latent cache [num_blocks, block_size, dl + dr]: token slot s lives in block s / block_size,
 // row s % block_size. Slots must be in range (checked by the caller).
-void mla_cache_write(const MlaDims& d, int64_t t, void* cache, bool cache_bf16, int64_t block_size,
-                     const float* ckv, const float* kpe, const int32_t* slots);
+void mla_cache_write(const MlaDims& d, int64_t t, void* cache, bool cache_bf16, int64_t block_size, const float* ckv,
+                     const float* kpe, const int32_t* slots);
 
 // Copies rows [start, start + length) of one sequence (block_table [max_blocks]) into
 // ckv [length, dl] and kpe [length, dr]. Block ids must be in range (checked by the caller).
-void mla_cache_gather(const MlaDims& d, float* ckv, float* kpe, const void* cache, bool cache_bf16,
-                      int64_t block_size, const int32_t* block_table, int64_t start, int64_t length);
+void mla_cache_gather(const MlaDims& d, float* ckv, float* kpe, const void* cache, bool cache_bf16, int64_t block_size,
+                      const int32_t* block_table, int64_t start, int64_t length);
 
 // q_lat[t, h, :] = W_UK[h]^T q_nope[t, h], W_UK[h] = rows h*(dn+dv) .. h*(dn+dv)+dn of
 // wkvb [nh*(dn+dv), dl].
@@ -52,8 +52,8 @@ int64_t mla_decode_workspace_floats(const MlaDims& d, int64_t batch, int64_t uni
 // q_lat [B, nh, dl], q [B, nh, dn + dr] (only its rope part is read), block_table [B, max_blocks],
 // seq_lens [B]. Long sequences are split over threads (split-K) and merged in a second pass using
 // `workspace` (mla_decode_workspace_floats(d, B, units) floats). A sequence of length 0 gives zeros.
-void mla_decode_absorbed(const MlaDims& d, int64_t batch, float* o_lat, const float* q_lat, const float* q,
-                         const void* cache, bool cache_bf16, int64_t block_size, const int32_t* block_table,
-                         int64_t max_blocks, const int32_t* seq_lens, float scale, float* workspace, int64_t units);
+void mla_decode_absorbed(const MlaDims& d, int64_t batch, float* o_lat, const float* q_lat, const float* q, const void* cache,
+                         bool cache_bf16, int64_t block_size, const int32_t* block_table, int64_t max_blocks,
+                         const int32_t* seq_lens, float scale, float* workspace, int64_t units);
 
 }  // namespace lc::cpu

@@ -12,8 +12,8 @@ namespace lc::cpu {
 
 // ---- router -------------------------------------------------------------------------------------
 
-void router_topk(int64_t t, int64_t e, int64_t k, const float* logits, const float* bias, int64_t n_routed,
-                 float scale, int32_t* idx, float* w, int32_t* nffn) {
+void router_topk(int64_t t, int64_t e, int64_t k, const float* logits, const float* bias, int64_t n_routed, float scale,
+                 int32_t* idx, float* w, int32_t* nffn) {
   if (k <= 0 || e <= 0) {
     if (nffn)
       for (int64_t i = 0; i < t; ++i) nffn[i] = 0;
@@ -102,8 +102,8 @@ size_t moe_workspace_bytes(int64_t t, int64_t k, int64_t h, int64_t inter, int64
   return layout(t, k, h, inter, n_routed).total;
 }
 
-int64_t moe(int64_t t, int64_t k, int64_t h, const float* u, const int32_t* idx, const float* w,
-            const MoeExperts& ex, int64_t n_experts, float* out, void* workspace, size_t workspace_bytes) {
+int64_t moe(int64_t t, int64_t k, int64_t h, const float* u, const int32_t* idx, const float* w, const MoeExperts& ex,
+            int64_t n_experts, float* out, void* workspace, size_t workspace_bytes) {
   const int64_t nr = ex.n_routed, inter = ex.inter, ns = t * k;
   const Layout L = layout(t, k, h, inter, nr);
   if (workspace_bytes < L.total) return -2;  // the binding sizes it; never expected
@@ -135,16 +135,15 @@ int64_t moe(int64_t t, int64_t k, int64_t h, const float* u, const int32_t* idx,
   off[0] = 0;
 
   // 3. out = 0.
-  parallel_for(t, 64, [&](int64_t t0, int64_t t1) {
-    std::memset(out + t0 * h, 0, sizeof(float) * static_cast<size_t>((t1 - t0) * h));
-  });
+  parallel_for(t, 64,
+               [&](int64_t t0, int64_t t1) { std::memset(out + t0 * h, 0, sizeof(float) * static_cast<size_t>((t1 - t0) * h)); });
 
   // 4. Waves of at most R consecutive rows of the permutation.
   const int64_t R = nr ? moe_wave_rows(t, k) : 0;
-  float* xbuf = fbuf;                // [R, h]: gathered tokens, then the down outputs
-  float* gbuf = xbuf + R * h;        // [R, inter]: gate, then silu(gate) * up
-  float* ubuf = gbuf + R * inter;    // [R, inter]: up
-  int64_t a_first = 0;               // first active expert that still has rows
+  float* xbuf = fbuf;              // [R, h]: gathered tokens, then the down outputs
+  float* gbuf = xbuf + R * h;      // [R, inter]: gate, then silu(gate) * up
+  float* ubuf = gbuf + R * inter;  // [R, inter]: up
+  int64_t a_first = 0;             // first active expert that still has rows
   for (int64_t r0 = 0; r0 < nrows; r0 += R) {
     const int64_t r1 = r0 + R < nrows ? r0 + R : nrows;
     while (off[active[a_first] + 1] <= r0) ++a_first;
@@ -163,7 +162,7 @@ int64_t moe(int64_t t, int64_t k, int64_t h, const float* u, const int32_t* idx,
         std::memcpy(x + r * h, u + static_cast<int64_t>(sorted[b0 + r] / k) * h, sizeof(float) * static_cast<size_t>(h));
       linear(m, x, DType::F32, ex.gate[e], g, DType::F32);
       linear(m, x, DType::F32, ex.up[e], uu, DType::F32);
-      silu_mul(m * inter, g, uu, g);  // elementwise, so g may be the output
+      silu_mul(m * inter, g, uu, g);                        // elementwise, so g may be the output
       linear(m, g, DType::F32, ex.down[e], x, DType::F32);  // x is dead after gate/up
     };
 

@@ -13,8 +13,8 @@ namespace lc::cpu {
 //   idx[t, 0..k) = the k best scores in descending order (ties: lower expert index first; a NaN
 //   score counts as -inf), w[t, j] = p[idx[t, j]] * scale (unbiased, not renormalised),
 //   nffn[t] = #{j : idx[t, j] < n_routed}  (nffn may be null).
-void router_topk(int64_t t, int64_t e, int64_t k, const float* logits, const float* bias, int64_t n_routed,
-                 float scale, int32_t* idx, float* w, int32_t* nffn);
+void router_topk(int64_t t, int64_t e, int64_t k, const float* logits, const float* bias, int64_t n_routed, float scale,
+                 int32_t* idx, float* w, int32_t* nffn);
 
 // The routed experts: gate[e], up[e] are [inter, h], down[e] is [h, inter], e < n_routed.
 struct MoeExperts {
@@ -36,7 +36,7 @@ size_t moe_workspace_bytes(int64_t t, int64_t k, int64_t h, int64_t inter, int64
 // expert id per token, the zero-expert term last) that does not depend on the thread count.
 // Every idx must be in [0, n_experts). Returns -1 on success, else the flat index (t * k + j) of
 // the first out-of-range idx; out is then left untouched.
-int64_t moe(int64_t t, int64_t k, int64_t h, const float* u, const int32_t* idx, const float* w,
-            const MoeExperts& ex, int64_t n_experts, float* out, void* workspace, size_t workspace_bytes);
+int64_t moe(int64_t t, int64_t k, int64_t h, const float* u, const int32_t* idx, const float* w, const MoeExperts& ex,
+            int64_t n_experts, float* out, void* workspace, size_t workspace_bytes);
 
 }  // namespace lc::cpu

@@ -11,8 +11,8 @@
 namespace lc::cpu {
 
 template <typename WT, typename YT>
-static void rmsnorm_rows(int64_t r0, int64_t r1, int64_t dim, const float* x, const float* add, float* h_out,
-                         const WT* w, float eps, YT* y) {
+static void rmsnorm_rows(int64_t r0, int64_t r1, int64_t dim, const float* x, const float* add, float* h_out, const WT* w,
+                         float eps, YT* y) {
   for (int64_t r = r0; r < r1; ++r) {
     const float* xr = x + r * dim;
     const float* ar = add ? add + r * dim : nullptr;
@@ -28,13 +28,18 @@ static void rmsnorm_rows(int64_t r0, int64_t r1, int64_t dim, const float* x, co
     for (int64_t i = 0; i < dim; ++i) {
       float h = hr ? src[i] : (ar ? xr[i] + ar[i] : xr[i]);
       float wi;
-      if constexpr (sizeof(WT) == 2) wi = bf16_to_f32(w[i]); else wi = w[i];
+      if constexpr (sizeof(WT) == 2)
+        wi = bf16_to_f32(w[i]);
+      else
+        wi = w[i];
       float v = h * inv * wi;
-      if constexpr (sizeof(YT) == 2) y[r * dim + i] = f32_to_bf16(v); else y[r * dim + i] = v;
+      if constexpr (sizeof(YT) == 2)
+        y[r * dim + i] = f32_to_bf16(v);
+      else
+        y[r * dim + i] = v;
     }
   }
 }
-
 
 // ---- SIMD variants: same math as rmsnorm_rows (double sum of squares, y = (h * inv) * w, bf16
 // by round-to-nearest-even with NaN kept), vectorised. ------------------------------------------
@@ -43,7 +48,7 @@ using simd::Avx512;
 
 template <bool WB, bool YB>
 LC_TARGET_AVX512 static void rmsnorm_rows_avx512(int64_t r0, int64_t r1, int64_t dim, const float* x, const float* add,
-                                               float* h_out, const void* w, float eps, void* y) {
+                                                 float* h_out, const void* w, float eps, void* y) {
   for (int64_t r = r0; r < r1; ++r) {
     const float* xr = x + r * dim;
     const float* ar = add ? add + r * dim : nullptr;
@@ -85,8 +90,8 @@ LC_TARGET_AVX512 static void rmsnorm_rows_avx512(int64_t r0, int64_t r1, int64_t
 }
 
 template <bool WB, bool YB>
-LC_TARGET_AVX2 static void rmsnorm_rows_avx2(int64_t r0, int64_t r1, int64_t dim, const float* x, const float* add,
-                                           float* h_out, const void* w, float eps, void* y) {
+LC_TARGET_AVX2 static void rmsnorm_rows_avx2(int64_t r0, int64_t r1, int64_t dim, const float* x, const float* add, float* h_out,
+                                             const void* w, float eps, void* y) {
   for (int64_t r = r0; r < r1; ++r) {
     const float* xr = x + r * dim;
     const float* ar = add ? add + r * dim : nullptr;
@@ -134,32 +139,45 @@ LC_TARGET_AVX2 static void rmsnorm_rows_avx2(int64_t r0, int64_t r1, int64_t dim
     for (; i < dim; ++i) {
       float h = hr ? hr[i] : (ar ? xr[i] + ar[i] : xr[i]);
       float wi;
-      if constexpr (WB) wi = bf16_to_f32(static_cast<const uint16_t*>(w)[i]); else wi = static_cast<const float*>(w)[i];
+      if constexpr (WB)
+        wi = bf16_to_f32(static_cast<const uint16_t*>(w)[i]);
+      else
+        wi = static_cast<const float*>(w)[i];
       float v = h * invf * wi;
-      if constexpr (YB) static_cast<uint16_t*>(y)[r * dim + i] = f32_to_bf16(v); else static_cast<float*>(y)[r * dim + i] = v;
+      if constexpr (YB)
+        static_cast<uint16_t*>(y)[r * dim + i] = f32_to_bf16(v);
+      else
+        static_cast<float*>(y)[r * dim + i] = v;
     }
   }
 }
 
 template <typename WT, typename YT>
-static void rmsnorm_t(int64_t rows, int64_t dim, const float* x, const float* add, float* h_out, const void* w,
-                      float eps, void* y) {
+static void rmsnorm_t(int64_t rows, int64_t dim, const float* x, const float* add, float* h_out, const void* w, float eps,
+                      void* y) {
   constexpr bool WB = sizeof(WT) == 2, YB = sizeof(YT) == 2;
   const Isa is = isa();
   parallel_for(rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(dim, 1)), [&](int64_t b, int64_t e) {
-    if (is == Isa::Avx512) rmsnorm_rows_avx512<WB, YB>(b, e, dim, x, add, h_out, w, eps, y);
-    else if (is == Isa::Avx2) rmsnorm_rows_avx2<WB, YB>(b, e, dim, x, add, h_out, w, eps, y);
-    else rmsnorm_rows<WT, YT>(b, e, dim, x, add, h_out, static_cast<const WT*>(w), eps, static_cast<YT*>(y));
+    if (is == Isa::Avx512)
+      rmsnorm_rows_avx512<WB, YB>(b, e, dim, x, add, h_out, w, eps, y);
+    else if (is == Isa::Avx2)
+      rmsnorm_rows_avx2<WB, YB>(b, e, dim, x, add, h_out, w, eps, y);
+    else
+      rmsnorm_rows<WT, YT>(b, e, dim, x, add, h_out, static_cast<const WT*>(w), eps, static_cast<YT*>(y));
   });
 }
 
-void rmsnorm(int64_t rows, int64_t dim, const float* x, const float* add, float* h_out, const void* w, DType wt,
-             float eps, void* y, DType yt) {
+void rmsnorm(int64_t rows, int64_t dim, const float* x, const float* add, float* h_out, const void* w, DType wt, float eps,
+             void* y, DType yt) {
   bool wb = wt == DType::BF16, yb = yt == DType::BF16;
-  if (wb && yb) rmsnorm_t<uint16_t, uint16_t>(rows, dim, x, add, h_out, w, eps, y);
-  else if (wb) rmsnorm_t<uint16_t, float>(rows, dim, x, add, h_out, w, eps, y);
-  else if (yb) rmsnorm_t<float, uint16_t>(rows, dim, x, add, h_out, w, eps, y);
-  else rmsnorm_t<float, float>(rows, dim, x, add, h_out, w, eps, y);
+  if (wb && yb)
+    rmsnorm_t<uint16_t, uint16_t>(rows, dim, x, add, h_out, w, eps, y);
+  else if (wb)
+    rmsnorm_t<uint16_t, float>(rows, dim, x, add, h_out, w, eps, y);
+  else if (yb)
+    rmsnorm_t<float, uint16_t>(rows, dim, x, add, h_out, w, eps, y);
+  else
+    rmsnorm_t<float, float>(rows, dim, x, add, h_out, w, eps, y);
 }
 
 }  // namespace lc::cpu

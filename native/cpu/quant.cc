@@ -78,13 +78,15 @@ LC_TARGET_AVX512 inline __m128i fp8_encode16(__m512 x) {
   __m512i ua = _mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff));
   __m512 a = _mm512_castsi512_ps(ua);
   // normal range: round the mantissa to 3 bits (RNE), rebias the exponent 127 -> 7
-  __m512i r = _mm512_add_epi32(ua, _mm512_add_epi32(_mm512_set1_epi32(0x7ffff), _mm512_and_si512(_mm512_srli_epi32(ua, 20), _mm512_set1_epi32(1))));
+  __m512i r = _mm512_add_epi32(
+      ua, _mm512_add_epi32(_mm512_set1_epi32(0x7ffff), _mm512_and_si512(_mm512_srli_epi32(ua, 20), _mm512_set1_epi32(1))));
   __m512i e = _mm512_sub_epi32(_mm512_srli_epi32(r, 23), _mm512_set1_epi32(120));
   __m512i res = _mm512_or_si512(_mm512_slli_epi32(e, 3), _mm512_and_si512(_mm512_srli_epi32(r, 20), _mm512_set1_epi32(7)));
   res = _mm512_min_epi32(res, _mm512_set1_epi32(0x7e));
   // below 2^-6: subnormal, step 2^-9 (a * 512 is exact; round half to even)
   __mmask16 sub = _mm512_cmp_ps_mask(a, _mm512_set1_ps(0.015625f), _CMP_LT_OQ);
-  __m512i m = _mm512_cvttps_epi32(_mm512_roundscale_ps(_mm512_mul_ps(a, _mm512_set1_ps(512.0f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  __m512i m = _mm512_cvttps_epi32(
+      _mm512_roundscale_ps(_mm512_mul_ps(a, _mm512_set1_ps(512.0f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
   res = _mm512_mask_mov_epi32(res, sub, m);
   res = _mm512_mask_mov_epi32(res, _mm512_cmp_ps_mask(a, _mm512_set1_ps(448.0f), _CMP_GE_OQ), _mm512_set1_epi32(0x7e));
   res = _mm512_mask_mov_epi32(res, _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q), _mm512_set1_epi32(0x7f));
@@ -175,18 +177,21 @@ LC_TARGET_AVX2 inline uint64_t fp8_encode8(__m256 x) {
   __m256i sign = _mm256_srli_epi32(_mm256_and_si256(u, _mm256_set1_epi32(static_cast<int>(0x80000000u))), 24);
   __m256i ua = _mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff));
   __m256 a = _mm256_castsi256_ps(ua);
-  __m256i r = _mm256_add_epi32(ua, _mm256_add_epi32(_mm256_set1_epi32(0x7ffff), _mm256_and_si256(_mm256_srli_epi32(ua, 20), _mm256_set1_epi32(1))));
+  __m256i r = _mm256_add_epi32(
+      ua, _mm256_add_epi32(_mm256_set1_epi32(0x7ffff), _mm256_and_si256(_mm256_srli_epi32(ua, 20), _mm256_set1_epi32(1))));
   __m256i e = _mm256_sub_epi32(_mm256_srli_epi32(r, 23), _mm256_set1_epi32(120));
   __m256i res = _mm256_or_si256(_mm256_slli_epi32(e, 3), _mm256_and_si256(_mm256_srli_epi32(r, 20), _mm256_set1_epi32(7)));
   res = _mm256_min_epi32(res, _mm256_set1_epi32(0x7e));
   __m256 sub = _mm256_cmp_ps(a, _mm256_set1_ps(0.015625f), _CMP_LT_OQ);
-  __m256i m = _mm256_cvttps_epi32(_mm256_round_ps(_mm256_mul_ps(a, _mm256_set1_ps(512.0f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  __m256i m = _mm256_cvttps_epi32(
+      _mm256_round_ps(_mm256_mul_ps(a, _mm256_set1_ps(512.0f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
   res = _mm256_blendv_epi8(res, m, _mm256_castps_si256(sub));
-  res = _mm256_blendv_epi8(res, _mm256_set1_epi32(0x7e), _mm256_castps_si256(_mm256_cmp_ps(a, _mm256_set1_ps(448.0f), _CMP_GE_OQ)));
+  res =
+      _mm256_blendv_epi8(res, _mm256_set1_epi32(0x7e), _mm256_castps_si256(_mm256_cmp_ps(a, _mm256_set1_ps(448.0f), _CMP_GE_OQ)));
   res = _mm256_blendv_epi8(res, _mm256_set1_epi32(0x7f), _mm256_castps_si256(_mm256_cmp_ps(a, a, _CMP_UNORD_Q)));
   res = _mm256_or_si256(res, sign);
-  const __m256i pick = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-                                        0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+  const __m256i pick = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 4, 8, 12, -1, -1, -1, -1,
+                                        -1, -1, -1, -1, -1, -1, -1, -1);
   res = _mm256_shuffle_epi8(res, pick);
   uint64_t lo = static_cast<uint32_t>(_mm_cvtsi128_si32(_mm256_castsi256_si128(res)));
   uint64_t hi = static_cast<uint32_t>(_mm_cvtsi128_si32(_mm256_extracti128_si256(res, 1)));
@@ -196,15 +201,16 @@ LC_TARGET_AVX2 void decode_avx2(const void* src, DType st, int64_t n, float* out
   int64_t i = 0;
   if (st == DType::BF16) {
     const uint16_t* s = static_cast<const uint16_t*>(src);
-    for (; i + 8 <= n; i += 8)
-      _mm256_storeu_ps(out + i, Avx2::load_bf16(s + i));
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, Avx2::load_bf16(s + i));
     decode_scalar(s + i, st, n - i, out + i);
   } else if (st == DType::F16) {
     const uint16_t* s = static_cast<const uint16_t*>(src);
     for (; i + 8 <= n; i += 8) {
       __m256 v = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i)));
-      if (_mm256_movemask_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q))) decode_scalar(s + i, st, 8, out + i);
-      else _mm256_storeu_ps(out + i, v);
+      if (_mm256_movemask_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)))
+        decode_scalar(s + i, st, 8, out + i);
+      else
+        _mm256_storeu_ps(out + i, v);
     }
     decode_scalar(s + i, st, n - i, out + i);
   } else if (st == DType::FP8_E4M3) {
@@ -229,8 +235,10 @@ LC_TARGET_AVX2 void encode_avx2(const float* in, int64_t n, void* dst, DType dt,
     uint16_t* d = static_cast<uint16_t*>(dst);
     for (; i + 8 <= n; i += 8) {
       __m256 v = _mm256_loadu_ps(in + i);
-      if (_mm256_movemask_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q))) encode_scalar(in + i, 8, d + i, dt, 1.0f);
-      else _mm_storeu_si128(reinterpret_cast<__m128i*>(d + i), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+      if (_mm256_movemask_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)))
+        encode_scalar(in + i, 8, d + i, dt, 1.0f);
+      else
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(d + i), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
     }
     encode_scalar(in + i, n - i, d + i, dt, div);
   } else if (dt == DType::FP8_E4M3) {
@@ -259,14 +267,20 @@ LC_TARGET_AVX2 float amax_avx2(const float* x, int64_t n, float m0) {
 
 // ---- dispatch ---------------------------------------------------------------------------------
 inline void decode(Isa is, const void* src, DType st, int64_t n, float* out) {
-  if (is == Isa::Avx512) decode_avx512(src, st, n, out);
-  else if (is == Isa::Avx2) decode_avx2(src, st, n, out);
-  else decode_scalar(src, st, n, out);
+  if (is == Isa::Avx512)
+    decode_avx512(src, st, n, out);
+  else if (is == Isa::Avx2)
+    decode_avx2(src, st, n, out);
+  else
+    decode_scalar(src, st, n, out);
 }
 inline void encode(Isa is, const float* in, int64_t n, void* dst, DType dt, float div) {
-  if (is == Isa::Avx512) encode_avx512(in, n, dst, dt, div);
-  else if (is == Isa::Avx2) encode_avx2(in, n, dst, dt, div);
-  else encode_scalar(in, n, dst, dt, div);
+  if (is == Isa::Avx512)
+    encode_avx512(in, n, dst, dt, div);
+  else if (is == Isa::Avx2)
+    encode_avx2(in, n, dst, dt, div);
+  else
+    encode_scalar(in, n, dst, dt, div);
 }
 inline float amax(Isa is, const float* x, int64_t n, float m0) {
   if (is == Isa::Avx512) return amax_avx512(x, n, m0);

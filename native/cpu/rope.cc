@@ -7,8 +7,8 @@
 
 namespace lc::cpu {
 
-void rope(int64_t t, int64_t heads, int64_t head_dim, float* x, const int32_t* positions, int64_t offset,
-          int64_t rope_dim, const float* inv_freq, float attention_factor) {
+void rope(int64_t t, int64_t heads, int64_t head_dim, float* x, const int32_t* positions, int64_t offset, int64_t rope_dim,
+          const float* inv_freq, float attention_factor) {
   const int64_t pairs = rope_dim / 2;
   if (t <= 0 || heads <= 0 || pairs <= 0) return;
   // cos/sin are computed once per (token, pair) and applied to every head. Pairs are processed in

@@ -31,9 +31,8 @@
 
 // GCC 12 reports its own pass-through operands (_mm512_undefined_*) inside the AVX-512 intrinsic
 // headers as uninitialized wherever they are inlined; these two warnings are off in kernel files.
-#define LC_SIMD_QUIET_WARNINGS                           \
-  _Pragma("GCC diagnostic ignored \"-Wuninitialized\"") \
-      _Pragma("GCC diagnostic ignored \"-Wmaybe-uninitialized\"")
+#define LC_SIMD_QUIET_WARNINGS \
+  _Pragma("GCC diagnostic ignored \"-Wuninitialized\"") _Pragma("GCC diagnostic ignored \"-Wmaybe-uninitialized\"")
 LC_SIMD_QUIET_WARNINGS
 
 namespace lc::cpu::simd {
@@ -109,11 +108,15 @@ struct Avx2 {
     return _mm256_mul_ps(_mm256_mul_ps(y, pow2(n1)), pow2(n2));
   }
   // 2^k for integer lanes k in [-126, 127].
-  LC_TARGET_AVX2 static F pow2(__m256i k) { return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(k, _mm256_set1_epi32(127)), 23)); }
+  LC_TARGET_AVX2 static F pow2(__m256i k) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(k, _mm256_set1_epi32(127)), 23));
+  }
 
   // bf16 bits -> f32 (exact).
   LC_TARGET_AVX2 static F widen_bf16(__m128i h) { return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)); }
-  LC_TARGET_AVX2 static F load_bf16(const uint16_t* p) { return widen_bf16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+  LC_TARGET_AVX2 static F load_bf16(const uint16_t* p) {
+    return widen_bf16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  }
   LC_TARGET_AVX2 static F load_bf16_n(const uint16_t* p, int64_t n) {
     alignas(16) uint16_t b[8] = {};
     std::memcpy(b, p, n * sizeof(uint16_t));
@@ -122,7 +125,8 @@ struct Avx2 {
   // f32 -> bf16 bits, round to nearest even, NaN kept quiet (numeric.h's f32_to_bf16).
   LC_TARGET_AVX2 static __m128i to_bf16(F x) {
     const __m256i u = _mm256_castps_si256(x);
-    __m256i r = _mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1))));
+    __m256i r = _mm256_add_epi32(
+        u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1))));
     r = _mm256_srli_epi32(r, 16);
     const __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)), _mm256_set1_epi32(0x7f800000));
     r = _mm256_blendv_epi8(r, _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40)), nan);
@@ -163,13 +167,17 @@ struct Avx2 {
   LC_TARGET_AVX2 static I max_epu8(I a, I b) { return _mm256_max_epu8(a, b); }
   LC_TARGET_AVX2 static I max_epi8(I a, I b) { return _mm256_max_epi8(a, b); }
   // Whether any byte of a equals b.
-  LC_TARGET_AVX2 static bool any_byte_eq(I a, int8_t b) { return _mm256_movemask_epi8(_mm256_cmpeq_epi8(a, _mm256_set1_epi8(b))) != 0; }
+  LC_TARGET_AVX2 static bool any_byte_eq(I a, int8_t b) {
+    return _mm256_movemask_epi8(_mm256_cmpeq_epi8(a, _mm256_set1_epi8(b))) != 0;
+  }
   // The f16 bits of the even (low) and odd (high) byte of every 16-bit word as fp8 codes:
   // sign << 15 | (code & 0x7f) << 7.
   LC_TARGET_AVX2 static I fp8_even_f16(I v) {
     return _mm256_and_si256(_mm256_srai_epi16(_mm256_slli_epi16(v, 8), 1), _mm256_set1_epi16(static_cast<short>(0xbf80)));
   }
-  LC_TARGET_AVX2 static I fp8_odd_f16(I v) { return _mm256_and_si256(_mm256_srai_epi16(v, 1), _mm256_set1_epi16(static_cast<short>(0xbf80))); }
+  LC_TARGET_AVX2 static I fp8_odd_f16(I v) {
+    return _mm256_and_si256(_mm256_srai_epi16(v, 1), _mm256_set1_epi16(static_cast<short>(0xbf80)));
+  }
   // f16 words [0, kLanes) or [kLanes, 2 kLanes) of h, widened.
   LC_TARGET_AVX2 static F f16_lo(I h) { return _mm256_cvtph_ps(_mm256_castsi256_si128(h)); }
   LC_TARGET_AVX2 static F f16_hi(I h) { return _mm256_cvtph_ps(_mm256_extracti128_si256(h, 1)); }
@@ -208,7 +216,9 @@ struct Avx512 {
   using I = __m512i;
   static constexpr int kLanes = 16;
 
-  LC_TARGET_AVX512 static __mmask16 mask16(int64_t n) { return n >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << n) - 1u); }
+  LC_TARGET_AVX512 static __mmask16 mask16(int64_t n) {
+    return n >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << n) - 1u);
+  }
   LC_TARGET_AVX512 static __mmask64 mask64(int64_t n) { return n >= 64 ? ~0ull : (1ull << n) - 1; }
 
   LC_TARGET_AVX512 static F zero() { return _mm512_setzero_ps(); }
@@ -229,7 +239,7 @@ struct Avx512 {
     const __m512 t0 = _mm512_add_ps(_mm512_unpacklo_ps(a0, a1), _mm512_unpackhi_ps(a0, a1));  // a0 a1 a0 a1 per lane
     const __m512 t1 = _mm512_add_ps(_mm512_unpacklo_ps(a2, a3), _mm512_unpackhi_ps(a2, a3));
     const __m512 u = _mm512_add_ps(_mm512_shuffle_ps(t0, t1, _MM_SHUFFLE(1, 0, 1, 0)),
-                                   _mm512_shuffle_ps(t0, t1, _MM_SHUFFLE(3, 2, 3, 2)));  // a0 a1 a2 a3 per lane
+                                   _mm512_shuffle_ps(t0, t1, _MM_SHUFFLE(3, 2, 3, 2)));       // a0 a1 a2 a3 per lane
     const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(u), _mm512_extractf32x8_ps(u, 1));  // fold the four lanes
     return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
   }
@@ -237,7 +247,8 @@ struct Avx512 {
   LC_TARGET_AVX512 static F exp(F x) {
     using namespace exp_consts;
     x = _mm512_max_ps(_mm512_set1_ps(kLo), _mm512_min_ps(_mm512_set1_ps(kHi), x));  // NaN kept: 2nd operand
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(kLog2e)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 n =
+        _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(kLog2e)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kC1), x);
     r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kC2), r);
     __m512 p = _mm512_set1_ps(kP0);
@@ -252,14 +263,20 @@ struct Avx512 {
 
   // bf16 bits -> f32 (exact).
   LC_TARGET_AVX512 static F widen_bf16(__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
-  LC_TARGET_AVX512 static F load_bf16(const uint16_t* p) { return widen_bf16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
-  LC_TARGET_AVX512 static F load_bf16_n(const uint16_t* p, int64_t n) { return widen_bf16(_mm256_maskz_loadu_epi16(mask16(n), p)); }
+  LC_TARGET_AVX512 static F load_bf16(const uint16_t* p) {
+    return widen_bf16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
+  LC_TARGET_AVX512 static F load_bf16_n(const uint16_t* p, int64_t n) {
+    return widen_bf16(_mm256_maskz_loadu_epi16(mask16(n), p));
+  }
   // f32 -> bf16 bits, round to nearest even, NaN kept quiet (numeric.h's f32_to_bf16).
   LC_TARGET_AVX512 static __m256i to_bf16(F x) {
     const __m512i u = _mm512_castps_si512(x);
-    __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))));
+    __m512i r = _mm512_add_epi32(
+        u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))));
     r = _mm512_srli_epi32(r, 16);
-    const __mmask16 nan = _mm512_cmp_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)), _mm512_set1_epi32(0x7f800000), _MM_CMPINT_NLE);
+    const __mmask16 nan =
+        _mm512_cmp_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)), _mm512_set1_epi32(0x7f800000), _MM_CMPINT_NLE);
     r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40)));
     return _mm512_cvtepi32_epi16(r);
   }
@@ -296,7 +313,9 @@ struct Avx512 {
   LC_TARGET_AVX512 static I fp8_even_f16(I v) {
     return _mm512_and_si512(_mm512_srai_epi16(_mm512_slli_epi16(v, 8), 1), _mm512_set1_epi16(static_cast<short>(0xbf80)));
   }
-  LC_TARGET_AVX512 static I fp8_odd_f16(I v) { return _mm512_and_si512(_mm512_srai_epi16(v, 1), _mm512_set1_epi16(static_cast<short>(0xbf80))); }
+  LC_TARGET_AVX512 static I fp8_odd_f16(I v) {
+    return _mm512_and_si512(_mm512_srai_epi16(v, 1), _mm512_set1_epi16(static_cast<short>(0xbf80)));
+  }
   // f16 words [0, kLanes) or [kLanes, 2 kLanes) of h, widened.
   LC_TARGET_AVX512 static F f16_lo(I h) { return _mm512_cvtph_ps(_mm512_castsi512_si256(h)); }
   LC_TARGET_AVX512 static F f16_hi(I h) { return _mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1)); }

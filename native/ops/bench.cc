@@ -15,9 +15,7 @@ namespace lc {
 
 cpu::WeightRef weight_ref(const char* op, const Tensor& w, const std::optional<Tensor>& scale);  // ops/linear.cc
 
-static double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
+static double now_s() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 
 static double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
@@ -42,9 +40,8 @@ static Napi::Value BenchReadBandwidth(const Napi::CallbackInfo& info) {
   void* p = std::aligned_alloc(4096, bytes);
   if (!p) fail(Code::E_OOM, "%s: could not allocate %lld bytes", op, static_cast<long long>(bytes));
   // First touch from the pool threads that will read it (page placement), with non-zero data.
-  cpu::parallel_for(bytes / 4096, 64, [&](int64_t b, int64_t e) {
-    std::memset(static_cast<char*>(p) + b * 4096, 1, (e - b) * 4096);
-  });
+  cpu::parallel_for(bytes / 4096, 64,
+                    [&](int64_t b, int64_t e) { std::memset(static_cast<char*>(p) + b * 4096, 1, (e - b) * 4096); });
   double sink = cpu::read_sum(p, bytes);  // warm-up pass
   std::vector<double> gbps;
   for (int64_t i = 0; i < passes; ++i) {
@@ -70,8 +67,7 @@ static Napi::Value BenchLinear(const Napi::CallbackInfo& info) {
   std::vector<std::optional<Tensor>> scales(ws.size());
   if (a.present(3)) {
     std::vector<Tensor> s = a.tensor_list(3, "scales");
-    if (s.size() != ws.size())
-      fail(Code::E_ARGUMENT, "%s: %zu scales for %zu weights", op, s.size(), ws.size());
+    if (s.size() != ws.size()) fail(Code::E_ARGUMENT, "%s: %zu scales for %zu weights", op, s.size(), ws.size());
     for (size_t i = 0; i < s.size(); ++i) scales[i] = s[i];
   }
   int64_t warmup = a.integer(4, "warmup"), iters = a.integer(5, "iters");

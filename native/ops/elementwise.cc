@@ -33,14 +33,15 @@ Napi::Value Embedding(const Napi::CallbackInfo& info) {
     fail(Code::E_SHAPE, "embedding: 'y' has shape %s, expected %s (ids shape + [H = %lld])", shape_str(y.shape).c_str(),
          shape_str(ys).c_str(), static_cast<long long>(H));
   Stream& s = a.stream(0, d);
-  launch(op, s,
-         [=] {
-           int64_t bad = cpu::embedding(T, H, table.data(), table.dtype, V, ids.ptr<int32_t>(), y.ptr<float>());
-           if (bad >= 0)
-             fail(Code::E_ARGUMENT, "embedding: ids[%lld] = %d is out of range for a table of V = %lld rows",
-                  static_cast<long long>(bad), ids.ptr<int32_t>()[bad], static_cast<long long>(V));
-         },
-         LC_GPU(gpu::embedding(T, H, table.data(), table.dtype, V, ids.ptr<int32_t>(), y.ptr<float>(), stream)));
+  launch(
+      op, s,
+      [=] {
+        int64_t bad = cpu::embedding(T, H, table.data(), table.dtype, V, ids.ptr<int32_t>(), y.ptr<float>());
+        if (bad >= 0)
+          fail(Code::E_ARGUMENT, "embedding: ids[%lld] = %d is out of range for a table of V = %lld rows",
+               static_cast<long long>(bad), ids.ptr<int32_t>()[bad], static_cast<long long>(V));
+      },
+      LC_GPU(gpu::embedding(T, H, table.data(), table.dtype, V, ids.ptr<int32_t>(), y.ptr<float>(), stream)));
   return info.Env().Undefined();
 }
 
@@ -54,8 +55,9 @@ Napi::Value SiluMul(const Napi::CallbackInfo& info) {
   a.expect(y, "y", {DType::F32}, d, g.shape);
   Stream& s = a.stream(0, d);
   const int64_t n = g.numel();
-  launch(op, s, [=] { cpu::silu_mul(n, g.ptr<float>(), u.ptr<float>(), y.ptr<float>()); },
-         LC_GPU(gpu::silu_mul(n, g.ptr<float>(), u.ptr<float>(), y.ptr<float>(), stream)));
+  launch(
+      op, s, [=] { cpu::silu_mul(n, g.ptr<float>(), u.ptr<float>(), y.ptr<float>()); },
+      LC_GPU(gpu::silu_mul(n, g.ptr<float>(), u.ptr<float>(), y.ptr<float>(), stream)));
   return info.Env().Undefined();
 }
 
@@ -70,8 +72,9 @@ Napi::Value Add(const Napi::CallbackInfo& info) {
   a.expect(y, "y", {DType::F32}, d, x.shape);
   Stream& s = a.stream(0, d);
   const int64_t n = x.numel();
-  launch(op, s, [=] { cpu::add(n, x.ptr<float>(), b.ptr<float>(), alpha, y.ptr<float>()); },
-         LC_GPU(gpu::add(n, x.ptr<float>(), b.ptr<float>(), alpha, y.ptr<float>(), stream)));
+  launch(
+      op, s, [=] { cpu::add(n, x.ptr<float>(), b.ptr<float>(), alpha, y.ptr<float>()); },
+      LC_GPU(gpu::add(n, x.ptr<float>(), b.ptr<float>(), alpha, y.ptr<float>(), stream)));
   return info.Env().Undefined();
 }
 
@@ -85,8 +88,9 @@ Napi::Value Scale(const Napi::CallbackInfo& info) {
   a.expect(y, "y", {DType::F32}, d, x.shape);
   Stream& s = a.stream(0, d);
   const int64_t n = x.numel();
-  launch(op, s, [=] { cpu::scale(n, x.ptr<float>(), alpha, y.ptr<float>()); },
-         LC_GPU(gpu::scale(n, x.ptr<float>(), alpha, y.ptr<float>(), stream)));
+  launch(
+      op, s, [=] { cpu::scale(n, x.ptr<float>(), alpha, y.ptr<float>()); },
+      LC_GPU(gpu::scale(n, x.ptr<float>(), alpha, y.ptr<float>(), stream)));
   return info.Env().Undefined();
 }
 
@@ -109,11 +113,12 @@ Napi::Value ScaleGroups(const Napi::CallbackInfo& info) {
          shape_str(sc.shape).c_str(), static_cast<long long>(groups), static_cast<long long>(cols), static_cast<long long>(group),
          shape_str(x.shape).c_str());
   if (r < 1 || rows % r != 0)
-    fail(Code::E_SHAPE, "scaleGroups: 'scales' has %lld rows, which must divide the %lld rows of 'x' (shape %s)", static_cast<long long>(r),
-         static_cast<long long>(rows), shape_str(x.shape).c_str());
+    fail(Code::E_SHAPE, "scaleGroups: 'scales' has %lld rows, which must divide the %lld rows of 'x' (shape %s)",
+         static_cast<long long>(r), static_cast<long long>(rows), shape_str(x.shape).c_str());
   Stream& s = a.stream(0, d);
-  launch(op, s, [=] { cpu::scale_groups(rows, cols, x.ptr<float>(), sc.ptr<float>(), r, group, y.ptr<float>()); },
-         LC_GPU(gpu::scale_groups(rows, cols, x.ptr<float>(), sc.ptr<float>(), r, group, y.ptr<float>(), stream)));
+  launch(
+      op, s, [=] { cpu::scale_groups(rows, cols, x.ptr<float>(), sc.ptr<float>(), r, group, y.ptr<float>()); },
+      LC_GPU(gpu::scale_groups(rows, cols, x.ptr<float>(), sc.ptr<float>(), r, group, y.ptr<float>(), stream)));
   return info.Env().Undefined();
 }
 
@@ -125,12 +130,14 @@ Napi::Value Argmax(const Napi::CallbackInfo& info) {
   a.expect(idx, "idx", {DType::I32}, d);
   a.expect(x, "x", {DType::F32}, d);
   expect_rows(op, "x", x);
-  if (x.dim(-1) > INT32_MAX) fail(Code::E_SHAPE, "argmax: last dimension %lld does not fit int32", static_cast<long long>(x.dim(-1)));
+  if (x.dim(-1) > INT32_MAX)
+    fail(Code::E_SHAPE, "argmax: last dimension %lld does not fit int32", static_cast<long long>(x.dim(-1)));
   expect_row_shape(op, "idx", idx, x);
   Stream& s = a.stream(0, d);
   const int64_t rows = x.rows(), V = x.dim(-1);
-  launch(op, s, [=] { cpu::argmax(rows, V, x.ptr<float>(), idx.ptr<int32_t>()); },
-         LC_GPU(gpu::argmax(rows, V, x.ptr<float>(), idx.ptr<int32_t>(), stream)));
+  launch(
+      op, s, [=] { cpu::argmax(rows, V, x.ptr<float>(), idx.ptr<int32_t>()); },
+      LC_GPU(gpu::argmax(rows, V, x.ptr<float>(), idx.ptr<int32_t>(), stream)));
   return info.Env().Undefined();
 }
 
@@ -144,8 +151,9 @@ Napi::Value SoftmaxImpl(const Napi::CallbackInfo& info, const char* op, bool log
   expect_same_shape(op, "y", y, "x", x);
   Stream& s = a.stream(0, d);
   const int64_t rows = x.rows(), V = x.dim(-1);
-  launch(op, s, [=] { cpu::softmax(rows, V, x.ptr<float>(), y.ptr<float>(), log); },
-         LC_GPU(gpu::softmax(rows, V, x.ptr<float>(), y.ptr<float>(), log, stream)));
+  launch(
+      op, s, [=] { cpu::softmax(rows, V, x.ptr<float>(), y.ptr<float>(), log); },
+      LC_GPU(gpu::softmax(rows, V, x.ptr<float>(), y.ptr<float>(), log, stream)));
   return info.Env().Undefined();
 }
 Napi::Value Softmax(const Napi::CallbackInfo& info) { return SoftmaxImpl(info, "softmax", false); }

@@ -18,8 +18,11 @@ Napi::Value GatherRows(const Napi::CallbackInfo& info) {
   Device d = src.device();
   a.expect(idx, "idx", {DType::I32}, d);
   if (out.dtype != src.dtype)
-    fail(Code::E_DTYPE, "gatherRows: 'out' has dtype %s, expected %s (the dtype of 'src')", dtype_name(out.dtype), dtype_name(src.dtype));
-  if (src.ndim() < 1) fail(Code::E_SHAPE, "gatherRows: 'src' has shape %s, expected at least one dimension (its rows)", shape_str(src.shape).c_str());
+    fail(Code::E_DTYPE, "gatherRows: 'out' has dtype %s, expected %s (the dtype of 'src')", dtype_name(out.dtype),
+         dtype_name(src.dtype));
+  if (src.ndim() < 1)
+    fail(Code::E_SHAPE, "gatherRows: 'src' has shape %s, expected at least one dimension (its rows)",
+         shape_str(src.shape).c_str());
   std::vector<int64_t> want = idx.shape;
   want.insert(want.end(), src.shape.begin() + 1, src.shape.end());
   if (out.shape != want)
@@ -32,14 +35,15 @@ Napi::Value GatherRows(const Napi::CallbackInfo& info) {
   for (size_t i = 1; i < src.shape.size(); ++i) row_bytes *= src.shape[i];
   const int64_t n = idx.numel(), rows = src.dim(0);
   Stream& s = a.stream(0, d);
-  launch(op, s,
-         [=] {
-           const int64_t bad = cpu::gather_rows(n, row_bytes, src.data(), rows, idx.ptr<int32_t>(), out.data());
-           if (bad >= 0)
-             fail(Code::E_ARGUMENT, "gatherRows: idx[%lld] = %d is out of range for 'src' of %lld rows", static_cast<long long>(bad),
-                  idx.ptr<int32_t>()[bad], static_cast<long long>(rows));
-         },
-         LC_GPU(gpu::gather_rows(n, row_bytes, src.data(), rows, idx.ptr<int32_t>(), out.data(), stream)));
+  launch(
+      op, s,
+      [=] {
+        const int64_t bad = cpu::gather_rows(n, row_bytes, src.data(), rows, idx.ptr<int32_t>(), out.data());
+        if (bad >= 0)
+          fail(Code::E_ARGUMENT, "gatherRows: idx[%lld] = %d is out of range for 'src' of %lld rows", static_cast<long long>(bad),
+               idx.ptr<int32_t>()[bad], static_cast<long long>(rows));
+      },
+      LC_GPU(gpu::gather_rows(n, row_bytes, src.data(), rows, idx.ptr<int32_t>(), out.data(), stream)));
   return info.Env().Undefined();
 }
 

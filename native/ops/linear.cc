@@ -54,16 +54,18 @@ static Napi::Value Linear(const Napi::CallbackInfo& info) {
   Stream& s = a.stream(0, d);
   // fp8 activations on the e4m3 tensor cores (an sm_89+ kernel image); otherwise the bf16 path serves.
   const bool fp8_act = !d.is_cpu() && wr.dtype == DType::FP8_E4M3 && t >= cpu::kFp8ActivationMinRows &&
-                       cpu::matmul_precision() == cpu::MatmulPrecision::FP8 && LC_IF_CUDA(gpu::kernel_image(d.index).fp8_mma(), false);
+                       cpu::matmul_precision() == cpu::MatmulPrecision::FP8 &&
+                       LC_IF_CUDA(gpu::kernel_image(d.index).fp8_mma(), false);
   std::optional<Tensor> ws;
   if (fp8_act) ws = empty_tensor(d, DType::I8, {LC_IF_CUDA(static_cast<int64_t>(gpu::linear_fp8_workspace_bytes(t, wr.k)), 0)});
-  launch(op, s,
-         [=] {
-           hold(w, scale);
-           cpu::linear(t, x.data(), x.dtype, wr, y.data(), y.dtype);
-         },
-         LC_GPU(if (ws) gpu::linear_fp8(t, x.data(), x.dtype, wr, y.data(), y.dtype, ws->data(), stream);
-                else gpu::linear(t, x.data(), x.dtype, wr, y.data(), y.dtype, stream)));
+  launch(
+      op, s,
+      [=] {
+        hold(w, scale);
+        cpu::linear(t, x.data(), x.dtype, wr, y.data(), y.dtype);
+      },
+      LC_GPU(if (ws) gpu::linear_fp8(t, x.data(), x.dtype, wr, y.data(), y.dtype, ws->data(), stream);
+             else gpu::linear(t, x.data(), x.dtype, wr, y.data(), y.dtype, stream)));
   return info.Env().Undefined();
 }
 

@@ -65,7 +65,8 @@ Napi::Value MlaPrefill(const Napi::CallbackInfo& info) {
   md.dn = dk - dr;
   md.dv = kvb_dim - md.dn;
   if (kvb_heads != nh || md.dv < 1)
-    fail(Code::E_SHAPE, "mlaPrefill: 'kvb' has shape %s, expected [S, %lld, %lld + v_head_dim] (nope dim %lld from q %s and kpe %s)",
+    fail(Code::E_SHAPE,
+         "mlaPrefill: 'kvb' has shape %s, expected [S, %lld, %lld + v_head_dim] (nope dim %lld from q %s and kpe %s)",
          shape_str(kvb.shape).c_str(), ll(nh), ll(md.dn), ll(md.dn), shape_str(q.shape).c_str(), shape_str(kpe.shape).c_str());
   expect_shape(op, "kpe", kpe, {S, dr});
   expect_shape(op, "o", o, {T, nh, md.dv});
@@ -75,28 +76,30 @@ Napi::Value MlaPrefill(const Napi::CallbackInfo& info) {
   expect_finite(op, "softmaxScale", scale);
   Stream& s = a.stream(0, d);
   const float sc = static_cast<float>(scale);
-  launch(op, s,
-         [=] {
-           const int32_t* qp = qs.ptr<int32_t>();
-           const int32_t* kp = ks.ptr<int32_t>();
-           if (qp[0] < 0 || kp[0] < 0)
-             fail(Code::E_ARGUMENT, "mlaPrefill: qStart[0] = %d and kvStart[0] = %d must be >= 0", qp[0], kp[0]);
-           for (int64_t b = 0; b < B; ++b) {
-             if (qp[b + 1] < qp[b] || kp[b + 1] < kp[b])
-               fail(Code::E_ARGUMENT, "mlaPrefill: qStart / kvStart must be non-decreasing (sequence %lld)", ll(b));
-             if (kp[b + 1] - kp[b] < qp[b + 1] - qp[b])
-               fail(Code::E_ARGUMENT, "mlaPrefill: sequence %lld has %d queries but only %d keys (keys = cached prefix + new tokens)",
-                    ll(b), qp[b + 1] - qp[b], kp[b + 1] - kp[b]);
-           }
-           if (qp[B] > T || kp[B] > S)
-             fail(Code::E_ARGUMENT, "mlaPrefill: qStart[B] = %d / kvStart[B] = %d exceed the %lld queries / %lld keys", qp[B], kp[B],
-                  ll(T), ll(S));
-           cpu::mla_prefill(md, B, o.ptr<float>(), q.ptr<float>(), kvb.ptr<float>(), kpe.ptr<float>(), qp, kp, sc);
-         },
-         // qStart / kvStart are validated on the device (invalid: o untouched)
-         LC_GPU(Tensor ws = empty_tensor(d, DType::I32, {gpu::mla_prefill_workspace_ints(md, T, S, B)});
-                gpu::mla_prefill(md, B, T, S, o.ptr<float>(), q.ptr<float>(), kvb.ptr<float>(), kpe.ptr<float>(), qs.ptr<int32_t>(),
-                                 ks.ptr<int32_t>(), sc, ws.ptr<int32_t>(), stream)));
+  launch(
+      op, s,
+      [=] {
+        const int32_t* qp = qs.ptr<int32_t>();
+        const int32_t* kp = ks.ptr<int32_t>();
+        if (qp[0] < 0 || kp[0] < 0)
+          fail(Code::E_ARGUMENT, "mlaPrefill: qStart[0] = %d and kvStart[0] = %d must be >= 0", qp[0], kp[0]);
+        for (int64_t b = 0; b < B; ++b) {
+          if (qp[b + 1] < qp[b] || kp[b + 1] < kp[b])
+            fail(Code::E_ARGUMENT, "mlaPrefill: qStart / kvStart must be non-decreasing (sequence %lld)", ll(b));
+          if (kp[b + 1] - kp[b] < qp[b + 1] - qp[b])
+            fail(Code::E_ARGUMENT,
+                 "mlaPrefill: sequence %lld has %d queries but only %d keys (keys = cached prefix + new tokens)", ll(b),
+                 qp[b + 1] - qp[b], kp[b + 1] - kp[b]);
+        }
+        if (qp[B] > T || kp[B] > S)
+          fail(Code::E_ARGUMENT, "mlaPrefill: qStart[B] = %d / kvStart[B] = %d exceed the %lld queries / %lld keys", qp[B], kp[B],
+               ll(T), ll(S));
+        cpu::mla_prefill(md, B, o.ptr<float>(), q.ptr<float>(), kvb.ptr<float>(), kpe.ptr<float>(), qp, kp, sc);
+      },
+      // qStart / kvStart are validated on the device (invalid: o untouched)
+      LC_GPU(Tensor ws = empty_tensor(d, DType::I32, {gpu::mla_prefill_workspace_ints(md, T, S, B)});
+             gpu::mla_prefill(md, B, T, S, o.ptr<float>(), q.ptr<float>(), kvb.ptr<float>(), kpe.ptr<float>(), qs.ptr<int32_t>(),
+                              ks.ptr<int32_t>(), sc, ws.ptr<int32_t>(), stream)));
   return info.Env().Undefined();
 }
 
@@ -117,18 +120,19 @@ Napi::Value MlaCacheWrite(const Napi::CallbackInfo& info) {
   md.dr = dr;
   const bool bf = cache.dtype == DType::BF16;
   Stream& s = a.stream(0, d);
-  launch(op, s,
-         [=] {
-           const int32_t* sp = slots.ptr<int32_t>();
-           for (int64_t i = 0; i < T; ++i)
-             if (sp[i] < 0 || sp[i] >= nslots)
-               fail(Code::E_ARGUMENT, "mlaCacheWrite: slots[%lld] = %d is outside the cache (%lld blocks x %lld = %lld slots)", ll(i),
-                    sp[i], ll(nb), ll(bs), ll(nslots));
-           cpu::mla_cache_write(md, T, cache.data(), bf, bs, ckv.ptr<float>(), kpe.ptr<float>(), sp);
-         },
-         // out-of-range slots are skipped on the GPU (no error from a kernel)
-         LC_GPU(gpu::mla_cache_write(T, dl, dr, cache.data(), bf, nslots, ckv.ptr<float>(), kpe.ptr<float>(), slots.ptr<int32_t>(),
-                                     stream)));
+  launch(
+      op, s,
+      [=] {
+        const int32_t* sp = slots.ptr<int32_t>();
+        for (int64_t i = 0; i < T; ++i)
+          if (sp[i] < 0 || sp[i] >= nslots)
+            fail(Code::E_ARGUMENT, "mlaCacheWrite: slots[%lld] = %d is outside the cache (%lld blocks x %lld = %lld slots)",
+                 ll(i), sp[i], ll(nb), ll(bs), ll(nslots));
+        cpu::mla_cache_write(md, T, cache.data(), bf, bs, ckv.ptr<float>(), kpe.ptr<float>(), sp);
+      },
+      // out-of-range slots are skipped on the GPU (no error from a kernel)
+      LC_GPU(gpu::mla_cache_write(T, dl, dr, cache.data(), bf, nslots, ckv.ptr<float>(), kpe.ptr<float>(), slots.ptr<int32_t>(),
+                                  stream)));
   return info.Env().Undefined();
 }
 
@@ -155,15 +159,16 @@ Napi::Value MlaCacheGather(const Napi::CallbackInfo& info) {
   md.dr = dr;
   const bool bf = cache.dtype == DType::BF16;
   Stream& s = a.stream(0, d);
-  launch(op, s,
-         [=] {
-           const int32_t* bp = bt.ptr<int32_t>();
-           if (length > 0) check_blocks(op, bp, 0, start / bs, (start + length - 1) / bs + 1, nb);
-           cpu::mla_cache_gather(md, ckv.ptr<float>(), kpe.ptr<float>(), cache.data(), bf, bs, bp, start, length);
-         },
-         // rows of out-of-range block ids are zero-filled on the GPU
-         LC_GPU(gpu::mla_cache_gather(dl, dr, ckv.ptr<float>(), kpe.ptr<float>(), cache.data(), bf, bs, nb, bt.ptr<int32_t>(), start,
-                                      length, stream)));
+  launch(
+      op, s,
+      [=] {
+        const int32_t* bp = bt.ptr<int32_t>();
+        if (length > 0) check_blocks(op, bp, 0, start / bs, (start + length - 1) / bs + 1, nb);
+        cpu::mla_cache_gather(md, ckv.ptr<float>(), kpe.ptr<float>(), cache.data(), bf, bs, bp, start, length);
+      },
+      // rows of out-of-range block ids are zero-filled on the GPU
+      LC_GPU(gpu::mla_cache_gather(dl, dr, ckv.ptr<float>(), kpe.ptr<float>(), cache.data(), bf, bs, nb, bt.ptr<int32_t>(), start,
+                                   length, stream)));
   return info.Env().Undefined();
 }
 
@@ -189,8 +194,9 @@ Napi::Value MlaAbsorbQ(const Napi::CallbackInfo& info) {
          ll(w.dim(0) / nh));
   const bool bf = w.dtype == DType::BF16;
   Stream& s = a.stream(0, d);
-  launch(op, s, [=] { cpu::mla_absorb_q(md, T, ql.ptr<float>(), q.ptr<float>(), w.data(), bf); },
-         LC_GPU(gpu::mla_absorb_q(md, T, ql.ptr<float>(), q.ptr<float>(), w.data(), bf, stream)));
+  launch(
+      op, s, [=] { cpu::mla_absorb_q(md, T, ql.ptr<float>(), q.ptr<float>(), w.data(), bf); },
+      LC_GPU(gpu::mla_absorb_q(md, T, ql.ptr<float>(), q.ptr<float>(), w.data(), bf, stream)));
   return info.Env().Undefined();
 }
 
@@ -213,8 +219,9 @@ Napi::Value MlaOutput(const Napi::CallbackInfo& info) {
     fail(Code::E_SHAPE, "mlaOutput: v_head_dim %lld (from o) does not fit wkvb's %lld rows per head", ll(dv), ll(w.dim(0) / nh));
   const bool bf = w.dtype == DType::BF16;
   Stream& s = a.stream(0, d);
-  launch(op, s, [=] { cpu::mla_output(md, T, o.ptr<float>(), ol.ptr<float>(), w.data(), bf); },
-         LC_GPU(gpu::mla_output(md, T, o.ptr<float>(), ol.ptr<float>(), w.data(), bf, stream)));
+  launch(
+      op, s, [=] { cpu::mla_output(md, T, o.ptr<float>(), ol.ptr<float>(), w.data(), bf); },
+      LC_GPU(gpu::mla_output(md, T, o.ptr<float>(), ol.ptr<float>(), w.data(), bf, stream)));
   return info.Env().Undefined();
 }
 
@@ -235,7 +242,8 @@ Napi::Value MlaDecodeAbsorbed(const Napi::CallbackInfo& info) {
   const int64_t dr = row - dl, dk = q.dim(2), mb = bt.dim(1);
   if (dr < 0 || dr > dk)
     fail(Code::E_SHAPE,
-         "mlaDecodeAbsorbed: cache rows of %lld values do not split into the latent %lld (from qLat) + a rope key that fits q's head dim %lld",
+         "mlaDecodeAbsorbed: cache rows of %lld values do not split into the latent %lld (from qLat) + a rope key that fits q's "
+         "head dim %lld",
          ll(row), ll(dl), ll(dk));
   expect_finite(op, "softmaxScale", scale);
   cpu::MlaDims md;
@@ -248,25 +256,26 @@ Napi::Value MlaDecodeAbsorbed(const Napi::CallbackInfo& info) {
   Tensor ws = empty_tensor(d, DType::F32, {d.is_cpu() ? cpu::mla_decode_workspace_floats(md, B, units) : 1});
   const float sc = static_cast<float>(scale);
   Stream& s = a.stream(0, d);
-  launch(op, s,
-         [=] {
-           const int32_t* lp = lens.ptr<int32_t>();
-           const int32_t* bp = bt.ptr<int32_t>();
-           for (int64_t b = 0; b < B; ++b) {
-             if (lp[b] < 0 || lp[b] > mb * bs)
-               fail(Code::E_ARGUMENT, "mlaDecodeAbsorbed: seqLens[%lld] = %d is beyond the block table (%lld blocks x %lld rows)", ll(b),
-                    lp[b], ll(mb), ll(bs));
-             check_blocks(op, bp + b * mb, b, 0, (lp[b] + bs - 1) / bs, nb);
-           }
-           cpu::mla_decode_absorbed(md, B, ol.ptr<float>(), ql.ptr<float>(), q.ptr<float>(), cache.data(), bf, bs, bp, mb, lp, sc,
-                                    ws.ptr<float>(), units);
-         },
-         // seqLens / block ids are clamped on the device (see cuda/mla.h)
-         LC_GPU(const int64_t splits = gpu::mla_decode_splits(md, B, mb * bs, bf, cache.data());
-                const int64_t wsf = gpu::mla_decode_workspace_floats(md, B, splits);
-                Tensor gws = empty_tensor(d, DType::F32, {wsf > 0 ? wsf : 1});
-                gpu::mla_decode_absorbed(md, B, ol.ptr<float>(), ql.ptr<float>(), q.ptr<float>(), cache.data(), bf, nb, bs,
-                                         bt.ptr<int32_t>(), mb, lens.ptr<int32_t>(), sc, gws.ptr<float>(), splits, stream)));
+  launch(
+      op, s,
+      [=] {
+        const int32_t* lp = lens.ptr<int32_t>();
+        const int32_t* bp = bt.ptr<int32_t>();
+        for (int64_t b = 0; b < B; ++b) {
+          if (lp[b] < 0 || lp[b] > mb * bs)
+            fail(Code::E_ARGUMENT, "mlaDecodeAbsorbed: seqLens[%lld] = %d is beyond the block table (%lld blocks x %lld rows)",
+                 ll(b), lp[b], ll(mb), ll(bs));
+          check_blocks(op, bp + b * mb, b, 0, (lp[b] + bs - 1) / bs, nb);
+        }
+        cpu::mla_decode_absorbed(md, B, ol.ptr<float>(), ql.ptr<float>(), q.ptr<float>(), cache.data(), bf, bs, bp, mb, lp, sc,
+                                 ws.ptr<float>(), units);
+      },
+      // seqLens / block ids are clamped on the device (see cuda/mla.h)
+      LC_GPU(const int64_t splits = gpu::mla_decode_splits(md, B, mb * bs, bf, cache.data());
+             const int64_t wsf = gpu::mla_decode_workspace_floats(md, B, splits);
+             Tensor gws = empty_tensor(d, DType::F32, {wsf > 0 ? wsf : 1});
+             gpu::mla_decode_absorbed(md, B, ol.ptr<float>(), ql.ptr<float>(), q.ptr<float>(), cache.data(), bf, nb, bs,
+                                      bt.ptr<int32_t>(), mb, lens.ptr<int32_t>(), sc, gws.ptr<float>(), splits, stream)));
   return info.Env().Undefined();
 }
 

@@ -36,20 +36,22 @@ static Napi::Value RouterTopk(const Napi::CallbackInfo& info) {
   if (k < 1 || k > e)
     fail(Code::E_SHAPE, "routerTopk: k = %lld (idx.shape[1]) must be in 1..%lld (the number of experts, logits.shape[1])",
          static_cast<long long>(k), static_cast<long long>(e));
-  if (e > std::numeric_limits<int32_t>::max()) fail(Code::E_SHAPE, "routerTopk: too many experts (%lld)", static_cast<long long>(e));
+  if (e > std::numeric_limits<int32_t>::max())
+    fail(Code::E_SHAPE, "routerTopk: too many experts (%lld)", static_cast<long long>(e));
   if (n_routed < 0 || n_routed > e)
     fail(Code::E_ARGUMENT, "routerTopk: nRouted must be in 0..%lld (the number of experts), got %lld", static_cast<long long>(e),
          static_cast<long long>(n_routed));
   expect_finite(op, "scale", scale);
   Stream& s = a.stream(0, d);
   const float sc = static_cast<float>(scale);
-  launch(op, s,
-         [=] {
-           cpu::router_topk(t, e, k, logits.ptr<float>(), bias.ptr<float>(), n_routed, sc, idx.ptr<int32_t>(), w.ptr<float>(),
-                            opt_ptr<int32_t>(nffn));
-         },
-         LC_GPU(gpu::router_topk(t, e, k, logits.ptr<float>(), bias.ptr<float>(), n_routed, sc, idx.ptr<int32_t>(), w.ptr<float>(),
-                                 opt_ptr<int32_t>(nffn), stream)));
+  launch(
+      op, s,
+      [=] {
+        cpu::router_topk(t, e, k, logits.ptr<float>(), bias.ptr<float>(), n_routed, sc, idx.ptr<int32_t>(), w.ptr<float>(),
+                         opt_ptr<int32_t>(nffn));
+      },
+      LC_GPU(gpu::router_topk(t, e, k, logits.ptr<float>(), bias.ptr<float>(), n_routed, sc, idx.ptr<int32_t>(), w.ptr<float>(),
+                              opt_ptr<int32_t>(nffn), stream)));
   return info.Env().Undefined();
 }
 
@@ -116,8 +118,8 @@ void expert_refs(const char* op, const char* name, const std::vector<const Tenso
       expect_dtype(op, wn().c_str(), w, {DType::F32, DType::BF16, DType::FP8_E4M3, DType::I8});
     if (w.device() != d) expect_device(op, wn().c_str(), w, d);
     if (w.ndim() != 2 || w.dim(0) != rows || w.dim(1) != cols)
-      fail(Code::E_SHAPE, "%s: '%s' has shape %s, expected [%lld, %lld] (every expert's %s must have the same shape)", op, wn().c_str(),
-           shape_str(w.shape).c_str(), static_cast<long long>(rows), static_cast<long long>(cols), name);
+      fail(Code::E_SHAPE, "%s: '%s' has shape %s, expected [%lld, %lld] (every expert's %s must have the same shape)", op,
+           wn().c_str(), shape_str(w.shape).c_str(), static_cast<long long>(rows), static_cast<long long>(cols), name);
     cpu::WeightRef r;
     r.dtype = w.dtype;
     r.data = w.data();
@@ -126,25 +128,27 @@ void expert_refs(const char* op, const char* name, const std::vector<const Tenso
     keep.push_back(w.storage);
     if (needs_scale(w.dtype)) {
       if (!scales)
-        fail(Code::E_ARGUMENT, "%s: '%s' is %s and needs its scale, but '%s' is null", op, wn().c_str(), dtype_name(w.dtype), scale_name);
+        fail(Code::E_ARGUMENT, "%s: '%s' is %s and needs its scale, but '%s' is null", op, wn().c_str(), dtype_name(w.dtype),
+             scale_name);
       const Tensor& sc = *(*scales)[e];
       if (sc.dtype != DType::F32) expect_dtype(op, sn().c_str(), sc, {DType::F32});
       if (sc.device() != d) expect_device(op, sn().c_str(), sc, d);
       if (w.dtype == DType::FP8_E4M3) {
         const int64_t br = (rows + 127) / 128, bc = (cols + 127) / 128;
-        if (sc.ndim() != 2 || sc.dim(0) != br || sc.dim(1) != bc) expect_shape(op, (sn() + " (weight_scale_inv)").c_str(), sc, {br, bc});
+        if (sc.ndim() != 2 || sc.dim(0) != br || sc.dim(1) != bc)
+          expect_shape(op, (sn() + " (weight_scale_inv)").c_str(), sc, {br, bc});
       } else if (sc.ndim() != 1 || sc.dim(0) != rows) {
         expect_shape(op, sn().c_str(), sc, {rows});
       }
       r.scale = sc.ptr<float>();
       keep.push_back(sc.storage);
     } else if (scales) {
-      fail(Code::E_ARGUMENT, "%s: '%s' is %s and takes no scale; pass null for '%s'", op, wn().c_str(), dtype_name(w.dtype), scale_name);
+      fail(Code::E_ARGUMENT, "%s: '%s' is %s and takes no scale; pass null for '%s'", op, wn().c_str(), dtype_name(w.dtype),
+           scale_name);
     }
     refs.push_back(r);
   }
 }
-
 
 // Reads gate/up/down (+ scale) lists at info[i0 .. i0+5] into an ExpertSet. `h` < 0: take H from
 // gate[0]; else gate[0] must have H columns. `n_routed` < 0: any count (the gate list's length).
@@ -161,12 +165,16 @@ std::shared_ptr<ExpertSet> read_experts(const Napi::CallbackInfo& info, size_t i
   const struct {
     const char* name;
     const std::vector<const Tensor*>* list;
-  } lists[] = {{"gate", &gate}, {"up", &up}, {"down", &down}, {"gateScale", gs ? &*gs : nullptr},
-               {"upScale", us ? &*us : nullptr}, {"downScale", ds ? &*ds : nullptr}};
+  } lists[] = {{"gate", &gate},
+               {"up", &up},
+               {"down", &down},
+               {"gateScale", gs ? &*gs : nullptr},
+               {"upScale", us ? &*us : nullptr},
+               {"downScale", ds ? &*ds : nullptr}};
   for (const auto& l : lists)
     if (l.list && static_cast<int64_t>(l.list->size()) != n_routed)
-      fail(Code::E_ARGUMENT, "%s: '%s' has %zu tensors, expected nRouted = %lld (one per routed expert)", op, l.name, l.list->size(),
-           static_cast<long long>(n_routed));
+      fail(Code::E_ARGUMENT, "%s: '%s' has %zu tensors, expected nRouted = %lld (one per routed expert)", op, l.name,
+           l.list->size(), static_cast<long long>(n_routed));
   auto set = std::make_shared<ExpertSet>();
   set->n_routed = n_routed;
   set->device = d;
@@ -262,12 +270,13 @@ static Napi::Value Moe(const Napi::CallbackInfo& info) {
   std::shared_ptr<const ExpertSet> set;
   if (ExpertSetHandle* hd = a.present(6) ? expert_set_of(info[6]) : nullptr) {
     for (size_t i = 7; i <= 11; ++i)
-      if (a.present(i)) fail(Code::E_ARGUMENT, "moe: with a MoeExpertSet in place of 'gate', arguments 7..11 (up .. downScale) must be null");
+      if (a.present(i))
+        fail(Code::E_ARGUMENT, "moe: with a MoeExpertSet in place of 'gate', arguments 7..11 (up .. downScale) must be null");
     if (!hd->set) fail(Code::E_DISPOSED, "moe: the MoeExpertSet was disposed");
     set = hd->set;
     if (set->n_routed != n_routed)
-      fail(Code::E_ARGUMENT, "moe: the MoeExpertSet holds %lld experts, expected nRouted = %lld", static_cast<long long>(set->n_routed),
-           static_cast<long long>(n_routed));
+      fail(Code::E_ARGUMENT, "moe: the MoeExpertSet holds %lld experts, expected nRouted = %lld",
+           static_cast<long long>(set->n_routed), static_cast<long long>(n_routed));
     if (n_routed > 0 && set->h != h)
       fail(Code::E_SHAPE, "moe: the MoeExpertSet's experts take H = %lld, but u has shape %s", static_cast<long long>(set->h),
            shape_str(u.shape).c_str());
@@ -289,30 +298,33 @@ static Napi::Value Moe(const Napi::CallbackInfo& info) {
   Tensor ws = empty_tensor(d, DType::I8, {static_cast<int64_t>(ws_bytes)});
   // The lambda owns every tensor it touches (out, u, idx, w, ws by value; weights and scales
   // through the expert set) until it has run.
-  launch(op, s,
-         [=] {
-           cpu::MoeExperts ex;
-           ex.gate = set->gate.data();
-           ex.up = set->up.data();
-           ex.down = set->down.data();
-           ex.n_routed = n_routed;
-           ex.inter = inter;
-           int64_t bad = cpu::moe(t, k, h, u.ptr<float>(), idx.ptr<int32_t>(), w.ptr<float>(), ex, n_experts, out.ptr<float>(),
-                                  ws.data(), ws_bytes);
-           if (bad == -2) fail(Code::E_INTERNAL, "moe: workspace too small");
-           if (bad >= 0) {
-             const int v = idx.ptr<int32_t>()[bad];
-             if (has_n_experts)
-               fail(Code::E_ARGUMENT, "moe: idx[%lld][%lld] = %d is out of range 0..%lld (nExperts = %lld)", static_cast<long long>(bad / k),
-                    static_cast<long long>(bad % k), v, static_cast<long long>(n_experts - 1), static_cast<long long>(n_experts));
-             fail(Code::E_ARGUMENT, "moe: idx[%lld][%lld] = %d is negative (expert ids are >= 0; ids >= nRouted = %lld are zero experts)",
-                  static_cast<long long>(bad / k), static_cast<long long>(bad % k), v, static_cast<long long>(n_routed));
-           }
-         },
-         // a bad idx makes the call a no-op on the GPU (out untouched, no error: see cuda/moe.h)
-         LC_GPU(const auto* table = set->dev_table ? static_cast<const gpu::MoeWeight*>(set->dev_table->ptr) : nullptr;
-                gpu::moe(t, k, h, inter, u.ptr<float>(), idx.ptr<int32_t>(), w.ptr<float>(), table, n_routed, n_experts,
-                         out.ptr<float>(), fp8, ws.data(), ws_bytes, stream)));
+  launch(
+      op, s,
+      [=] {
+        cpu::MoeExperts ex;
+        ex.gate = set->gate.data();
+        ex.up = set->up.data();
+        ex.down = set->down.data();
+        ex.n_routed = n_routed;
+        ex.inter = inter;
+        int64_t bad = cpu::moe(t, k, h, u.ptr<float>(), idx.ptr<int32_t>(), w.ptr<float>(), ex, n_experts, out.ptr<float>(),
+                               ws.data(), ws_bytes);
+        if (bad == -2) fail(Code::E_INTERNAL, "moe: workspace too small");
+        if (bad >= 0) {
+          const int v = idx.ptr<int32_t>()[bad];
+          if (has_n_experts)
+            fail(Code::E_ARGUMENT, "moe: idx[%lld][%lld] = %d is out of range 0..%lld (nExperts = %lld)",
+                 static_cast<long long>(bad / k), static_cast<long long>(bad % k), v, static_cast<long long>(n_experts - 1),
+                 static_cast<long long>(n_experts));
+          fail(Code::E_ARGUMENT,
+               "moe: idx[%lld][%lld] = %d is negative (expert ids are >= 0; ids >= nRouted = %lld are zero experts)",
+               static_cast<long long>(bad / k), static_cast<long long>(bad % k), v, static_cast<long long>(n_routed));
+        }
+      },
+      // a bad idx makes the call a no-op on the GPU (out untouched, no error: see cuda/moe.h)
+      LC_GPU(const auto* table = set->dev_table ? static_cast<const gpu::MoeWeight*>(set->dev_table->ptr) : nullptr;
+             gpu::moe(t, k, h, inter, u.ptr<float>(), idx.ptr<int32_t>(), w.ptr<float>(), table, n_routed, n_experts,
+                      out.ptr<float>(), fp8, ws.data(), ws_bytes, stream)));
   return info.Env().Undefined();
 }
 

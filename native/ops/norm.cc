@@ -23,10 +23,14 @@ static Napi::Value Rmsnorm(const Napi::CallbackInfo& info) {
   a.expect(h, "hOut", {DType::F32}, d, x.shape);
   if (!(eps >= 0)) fail(Code::E_ARGUMENT, "rmsnorm: eps must be >= 0, got %g", eps);
   Stream& s = a.stream(0, d);
-  launch(op, s,
-         [=] { cpu::rmsnorm(rows, dim, x.ptr<float>(), opt_ptr<float>(add), opt_ptr<float>(h), w.data(), w.dtype, eps, y.data(), y.dtype); },
-         LC_GPU(gpu::rmsnorm(rows, dim, x.ptr<float>(), opt_ptr<float>(add), opt_ptr<float>(h), w.data(), w.dtype, eps, y.data(),
-                             y.dtype, stream)));
+  launch(
+      op, s,
+      [=] {
+        cpu::rmsnorm(rows, dim, x.ptr<float>(), opt_ptr<float>(add), opt_ptr<float>(h), w.data(), w.dtype, eps, y.data(),
+                     y.dtype);
+      },
+      LC_GPU(gpu::rmsnorm(rows, dim, x.ptr<float>(), opt_ptr<float>(add), opt_ptr<float>(h), w.data(), w.dtype, eps, y.data(),
+                          y.dtype, stream)));
   return info.Env().Undefined();
 }
 

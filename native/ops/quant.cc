@@ -30,8 +30,9 @@ Napi::Value Convert(const Napi::CallbackInfo& info) {
   expect_same_shape(op, "y", y, "x", x);
   Stream& s = a.stream(0, d);
   const int64_t n = x.numel();
-  launch(op, s, [=] { cpu::convert(n, x.data(), x.dtype, y.data(), y.dtype); },
-         LC_GPU(gpu::convert(n, x.data(), x.dtype, y.data(), y.dtype, stream)));
+  launch(
+      op, s, [=] { cpu::convert(n, x.data(), x.dtype, y.data(), y.dtype); },
+      LC_GPU(gpu::convert(n, x.data(), x.dtype, y.data(), y.dtype, stream)));
   return info.Env().Undefined();
 }
 
@@ -50,8 +51,9 @@ Napi::Value QuantizeFp8Act(const Napi::CallbackInfo& info) {
   ss.back() = fp8_blocks(K);
   expect_shape(op, "scale", sc, ss);
   Stream& s = a.stream(0, d);
-  launch(op, s, [=] { cpu::quantize_fp8_act(T, K, x.ptr<float>(), q.ptr<uint8_t>(), sc.ptr<float>()); },
-         LC_GPU(gpu::quantize_fp8_act(T, K, x.data(), DType::F32, q.ptr<uint8_t>(), sc.ptr<float>(), stream)));
+  launch(
+      op, s, [=] { cpu::quantize_fp8_act(T, K, x.ptr<float>(), q.ptr<uint8_t>(), sc.ptr<float>()); },
+      LC_GPU(gpu::quantize_fp8_act(T, K, x.data(), DType::F32, q.ptr<uint8_t>(), sc.ptr<float>(), stream)));
   return info.Env().Undefined();
 }
 
@@ -72,8 +74,9 @@ Napi::Value QuantizeFp8Blocks(const Napi::CallbackInfo& info) {
   int64_t N, K;
   check_fp8_weight(a, q, sc, w, &N, &K);
   Stream& s = a.stream(0, w.device());
-  launch(op, s, [=] { cpu::quantize_fp8_blocks(N, K, w.data(), w.dtype, q.ptr<uint8_t>(), sc.ptr<float>()); },
-         LC_GPU(gpu::quantize_fp8_blocks(N, K, w.data(), w.dtype, q.ptr<uint8_t>(), sc.ptr<float>(), stream)));
+  launch(
+      op, s, [=] { cpu::quantize_fp8_blocks(N, K, w.data(), w.dtype, q.ptr<uint8_t>(), sc.ptr<float>()); },
+      LC_GPU(gpu::quantize_fp8_blocks(N, K, w.data(), w.dtype, q.ptr<uint8_t>(), sc.ptr<float>(), stream)));
   return info.Env().Undefined();
 }
 
@@ -84,8 +87,9 @@ Napi::Value DequantizeFp8Blocks(const Napi::CallbackInfo& info) {
   int64_t N, K;
   check_fp8_weight(a, q, sc, w, &N, &K);
   Stream& s = a.stream(0, w.device());
-  launch(op, s, [=] { cpu::dequantize_fp8_blocks(N, K, q.ptr<uint8_t>(), sc.ptr<float>(), w.data(), w.dtype); },
-         LC_GPU(gpu::dequantize_fp8_blocks(N, K, q.ptr<uint8_t>(), sc.ptr<float>(), w.data(), w.dtype, stream)));
+  launch(
+      op, s, [=] { cpu::dequantize_fp8_blocks(N, K, q.ptr<uint8_t>(), sc.ptr<float>(), w.data(), w.dtype); },
+      LC_GPU(gpu::dequantize_fp8_blocks(N, K, q.ptr<uint8_t>(), sc.ptr<float>(), w.data(), w.dtype, stream)));
   return info.Env().Undefined();
 }
 
@@ -99,8 +103,9 @@ Napi::Value QuantizeInt8Rows(const Napi::CallbackInfo& info) {
   a.expect(q, "q", {DType::I8}, d, {n, k});
   a.expect(scale, "scale", {DType::F32}, d, {n});
   Stream& s = a.stream(0, d);
-  launch(op, s, [=] { cpu::quantize_int8_rows(n, k, w.data(), w.dtype, q.ptr<int8_t>(), scale.ptr<float>()); },
-         LC_GPU(gpu::quantize_int8_rows(n, k, w.data(), w.dtype, q.ptr<int8_t>(), scale.ptr<float>(), stream)));
+  launch(
+      op, s, [=] { cpu::quantize_int8_rows(n, k, w.data(), w.dtype, q.ptr<int8_t>(), scale.ptr<float>()); },
+      LC_GPU(gpu::quantize_int8_rows(n, k, w.data(), w.dtype, q.ptr<int8_t>(), scale.ptr<float>(), stream)));
   return info.Env().Undefined();
 }
 

@@ -23,13 +23,14 @@ static Napi::Value Rope(const Napi::CallbackInfo& info) {
   a.dims(inv, "invFreq", {DType::F32}, d, &pairs);
   const int64_t rd = 2 * pairs;
   if (offset < 0 || offset + rd > hd)
-    fail(Code::E_ARGUMENT, "rope: channels [%lld, %lld) (ropeOffset %lld, 2 x invFreq length %lld) exceed the head dim %lld", ll(offset),
-         ll(offset + rd), ll(offset), ll(rd), ll(hd));
+    fail(Code::E_ARGUMENT, "rope: channels [%lld, %lld) (ropeOffset %lld, 2 x invFreq length %lld) exceed the head dim %lld",
+         ll(offset), ll(offset + rd), ll(offset), ll(rd), ll(hd));
   expect_finite(op, "attentionFactor", factor);
   Stream& s = a.stream(0, d);
   const float af = static_cast<float>(factor);
-  launch(op, s, [=] { cpu::rope(t, heads, hd, x.ptr<float>(), pos.ptr<int32_t>(), offset, rd, inv.ptr<float>(), af); },
-         LC_GPU(gpu::rope(t, heads, hd, x.ptr<float>(), pos.ptr<int32_t>(), offset, rd, inv.ptr<float>(), af, stream)));
+  launch(
+      op, s, [=] { cpu::rope(t, heads, hd, x.ptr<float>(), pos.ptr<int32_t>(), offset, rd, inv.ptr<float>(), af); },
+      LC_GPU(gpu::rope(t, heads, hd, x.ptr<float>(), pos.ptr<int32_t>(), offset, rd, inv.ptr<float>(), af, stream)));
   return info.Env().Undefined();
 }
 

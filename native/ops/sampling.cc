@@ -24,7 +24,8 @@ static Napi::Value Sample(const Napi::CallbackInfo& info) {
   const int64_t top_k = a.integer(4, "topK");
   const double top_p = a.number(5, "topP"), min_p = a.number(6, "minP");
   const int64_t seed = a.integer(7, "seed"), step = a.integer(8, "step");
-  if (!(temp >= 0) || !std::isfinite(temp)) fail(Code::E_ARGUMENT, "sample: temperature must be a finite number >= 0, got %g", temp);
+  if (!(temp >= 0) || !std::isfinite(temp))
+    fail(Code::E_ARGUMENT, "sample: temperature must be a finite number >= 0, got %g", temp);
   if (top_k < 0) fail(Code::E_ARGUMENT, "sample: topK must be >= 0 (0 = off), got %lld", static_cast<long long>(top_k));
   if (!(top_p > 0 && top_p <= 1)) fail(Code::E_ARGUMENT, "sample: topP must be in (0, 1] (1 = off), got %g", top_p);
   if (!(min_p >= 0 && min_p <= 1)) fail(Code::E_ARGUMENT, "sample: minP must be in [0, 1] (0 = off), got %g", min_p);
@@ -43,8 +44,9 @@ static Napi::Value Sample(const Napi::CallbackInfo& info) {
   if (p.temperature > 0.0f && rows > 0)
     ws = empty_tensor(d, DType::I8,
                       {d.is_cpu() ? cpu::sample_workspace_bytes(rows, V) : LC_IF_CUDA(gpu::sample_workspace_bytes(rows, V), 0)});
-  launch(op, s, [=] { cpu::sample(rows, V, x.ptr<float>(), p, ids.ptr<int32_t>(), opt_ptr<void>(ws)); },
-         LC_GPU(gpu::sample(rows, V, x.ptr<float>(), p, ids.ptr<int32_t>(), opt_ptr<void>(ws), ws ? ws->numel() : 0, stream)));
+  launch(
+      op, s, [=] { cpu::sample(rows, V, x.ptr<float>(), p, ids.ptr<int32_t>(), opt_ptr<void>(ws)); },
+      LC_GPU(gpu::sample(rows, V, x.ptr<float>(), p, ids.ptr<int32_t>(), opt_ptr<void>(ws), ws ? ws->numel() : 0, stream)));
   return info.Env().Undefined();
 }
 

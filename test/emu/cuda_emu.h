@@ -147,8 +147,10 @@ inline std::map<std::pair<int, const void*>, int> g_dyn_smem_optin;
 // queues them on their stream; without it (the native harness) they run at once.
 inline void (*g_submit)(cudaStream_t, std::function<void()>) = nullptr;
 inline void submit(cudaStream_t s, std::function<void()> fn) {
-  if (g_submit) g_submit(s, std::move(fn));
-  else fn();
+  if (g_submit)
+    g_submit(s, std::move(fn));
+  else
+    fn();
 }
 
 }  // namespace lc_emu
@@ -244,8 +246,8 @@ struct Internal {
 #endif
 
 struct Fiber {
-  ucontext_t uc;       // the first entry only (it sets up the stack); every switch under the sanitizer
-  jmp_buf env;         // every later switch: _setjmp / _longjmp, no signal-mask syscalls
+  ucontext_t uc;  // the first entry only (it sets up the stack); every switch under the sanitizer
+  jmp_buf env;    // every later switch: _setjmp / _longjmp, no signal-mask syscalls
   char* stack = nullptr;
   bool started = false, waiting = false, parked = false;  // parked: done with the current block
 #ifdef LC_EMU_TSAN
@@ -497,7 +499,8 @@ struct Launcher {
           }
         }
         if (!ran) {
-          std::fprintf(stderr, "cuda emulator: deadlock in block %lld (%d threads wait on a barrier)\n", static_cast<long long>(b), left);
+          std::fprintf(stderr, "cuda emulator: deadlock in block %lld (%d threads wait on a barrier)\n",
+                       static_cast<long long>(b), left);
           std::abort();
         }
       }
@@ -535,14 +538,14 @@ template <class T>
 T __shfl_xor_sync(unsigned, T v, int mask) {
   const uint64_t b = lc_emu::bits(v);
   T r{};
-  lc_emu::exchange(&b, 1, [&](const uint64_t (*s)[12]) { r = lc_emu::from_bits<T>(s[lc_emu::t_lane ^ mask][0]); });
+  lc_emu::exchange(&b, 1, [&](const uint64_t(*s)[12]) { r = lc_emu::from_bits<T>(s[lc_emu::t_lane ^ mask][0]); });
   return r;
 }
 template <class T>
 T __shfl_up_sync(unsigned, T v, unsigned delta) {
   const uint64_t b = lc_emu::bits(v);
   T r = v;
-  lc_emu::exchange(&b, 1, [&](const uint64_t (*s)[12]) {
+  lc_emu::exchange(&b, 1, [&](const uint64_t(*s)[12]) {
     if (lc_emu::t_lane >= static_cast<int>(delta)) r = lc_emu::from_bits<T>(s[lc_emu::t_lane - delta][0]);
   });
   return r;
@@ -550,7 +553,7 @@ T __shfl_up_sync(unsigned, T v, unsigned delta) {
 inline unsigned __ballot_sync(unsigned, int pred) {
   const uint64_t b = pred ? 1 : 0;
   unsigned r = 0;
-  lc_emu::exchange(&b, 1, [&](const uint64_t (*s)[12]) {
+  lc_emu::exchange(&b, 1, [&](const uint64_t(*s)[12]) {
     for (int l = 0; l < 32; ++l)
       if (s[l][0]) r |= 1u << l;
   });

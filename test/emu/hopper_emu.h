@@ -86,8 +86,8 @@ inline void mbar_arrive(uint64_t* bar) {
 inline void mbar_wait(uint64_t* bar, uint32_t parity) {
   for (int spins = 0; ((mbars().at(bar).completed & 1) == parity); ++spins) {
     if (spins > 1000000) {
-      std::fprintf(stderr, "cuda emulator: an mbarrier wait never completes (thread %d, parity %u, %llu phases completed)\n", lc_emu::g_cur,
-                   parity, static_cast<unsigned long long>(mbars().at(bar).completed));
+      std::fprintf(stderr, "cuda emulator: an mbarrier wait never completes (thread %d, parity %u, %llu phases completed)\n",
+                   lc_emu::g_cur, parity, static_cast<unsigned long long>(mbars().at(bar).completed));
       std::abort();
     }
     mbars().at(bar).waiter = lc_emu::g_cur;

@@ -20,7 +20,7 @@ inline uint16_t emu_ld16(uint64_t addr) {
 inline void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
   const uint64_t mine = reinterpret_cast<uint64_t>(p);
   const int l = lc_emu::t_lane;
-  lc_emu::exchange(&mine, 1, [&](const uint64_t (*s)[12]) {
+  lc_emu::exchange(&mine, 1, [&](const uint64_t(*s)[12]) {
     for (int i = 0; i < 4; ++i) {
       const uint64_t row = s[8 * i + l / 4][0];
       r[i] = emu_ld16(row + 4 * (l % 4)) | (static_cast<uint32_t>(emu_ld16(row + 4 * (l % 4) + 2)) << 16);
@@ -31,7 +31,7 @@ inline void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
 inline void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
   const uint64_t mine = reinterpret_cast<uint64_t>(p);
   const int l = lc_emu::t_lane;
-  lc_emu::exchange(&mine, 1, [&](const uint64_t (*s)[12]) {
+  lc_emu::exchange(&mine, 1, [&](const uint64_t(*s)[12]) {
     for (int i = 0; i < 4; ++i) {
       const uint64_t r0 = s[8 * i + 2 * (l % 4)][0], r1 = s[8 * i + 2 * (l % 4) + 1][0];
       r[i] = emu_ld16(r0 + 2 * (l / 4)) | (static_cast<uint32_t>(emu_ld16(r1 + 2 * (l / 4))) << 16);
@@ -51,14 +51,15 @@ inline void emu_mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t
   constexpr int K = 8 * kPer;  // 16 (bf16) or 32 (e4m3)
   const uint64_t mine[6] = {a[0], a[1], a[2], a[3], b0, b1};
   const int l = lc_emu::t_lane;
-  lc_emu::exchange(mine, 6, [&](const uint64_t (*s)[12]) {
+  lc_emu::exchange(mine, 6, [&](const uint64_t(*s)[12]) {
     float A[16][K], B[K][8];
     const int bits = 32 / kPer;
     for (int lane = 0; lane < 32; ++lane) {
       const int g = lane / 4, q = lane % 4;
       const int rows[4] = {g, g + 8, g, g + 8}, cols[4] = {kPer * q, kPer * q, kPer * q + K / 2, kPer * q + K / 2};
       for (int i = 0; i < 4; ++i)
-        for (int e = 0; e < kPer; ++e) A[rows[i]][cols[i] + e] = decode(static_cast<uint32_t>(s[lane][i] >> (bits * e)) & ((1u << bits) - 1));
+        for (int e = 0; e < kPer; ++e)
+          A[rows[i]][cols[i] + e] = decode(static_cast<uint32_t>(s[lane][i] >> (bits * e)) & ((1u << bits) - 1));
       for (int e = 0; e < kPer; ++e) {
         B[kPer * q + e][g] = decode(static_cast<uint32_t>(s[lane][4] >> (bits * e)) & ((1u << bits) - 1));
         B[kPer * q + K / 2 + e][g] = decode(static_cast<uint32_t>(s[lane][5] >> (bits * e)) & ((1u << bits) - 1));

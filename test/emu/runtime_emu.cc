@@ -54,12 +54,13 @@ struct Graph {
 // One host thread drives the device (the JS thread), but a Storage may be released elsewhere:
 // every queue operation holds this (recursively: an item may run another stream's items).
 std::recursive_mutex g_m;
-std::vector<StreamPtr> g_streams;      // every live stream, and destroyed ones with work left
-std::vector<StreamPtr> g_legacy;       // per device: the legacy default stream (stream handle null)
-std::unique_ptr<Graph> g_capturing;    // the graph being captured, or null
+std::vector<StreamPtr> g_streams;    // every live stream, and destroyed ones with work left
+std::vector<StreamPtr> g_legacy;     // per device: the legacy default stream (stream handle null)
+std::unique_ptr<Graph> g_capturing;  // the graph being captured, or null
 
 [[noreturn]] void fail_cuda(cudaError_t e, const char* what) {
-  fail(e == cudaErrorMemoryAllocation ? Code::E_OOM : Code::E_CUDA, "%s: %s (%s)", what, cudaGetErrorString(e), cudaGetErrorName(e));
+  fail(e == cudaErrorMemoryAllocation ? Code::E_OOM : Code::E_CUDA, "%s: %s (%s)", what, cudaGetErrorString(e),
+       cudaGetErrorName(e));
 }
 
 void use(int dev) {

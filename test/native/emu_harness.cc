@@ -73,7 +73,9 @@ void expect_equal(const std::vector<T>& got, const std::vector<T>& want, const s
 }
 
 double tol_of(MatmulPrecision p) { return p == MatmulPrecision::Highest ? 1e-4 : p == MatmulPrecision::BF16 ? 5e-3 : 1e-4; }
-const char* name_of(MatmulPrecision p) { return p == MatmulPrecision::Highest ? "highest" : p == MatmulPrecision::BF16 ? "bf16" : "fp8"; }
+const char* name_of(MatmulPrecision p) {
+  return p == MatmulPrecision::Highest ? "highest" : p == MatmulPrecision::BF16 ? "bf16" : "fp8";
+}
 
 struct W {
   DType dt;
@@ -132,14 +134,16 @@ void linear_cases() {
             gpu::linear(t, x.data(), DType::F32, w.ref(n, k), got.data(), DType::F32, nullptr);
           }
           expect_close(got, want, tol_of(p),
-                       "linear t=" + std::to_string(t) + " n=" + std::to_string(n) + " k=" + std::to_string(k) + " w=" + dtype_name(dt) + " " + name_of(p));
+                       "linear t=" + std::to_string(t) + " n=" + std::to_string(n) + " k=" + std::to_string(k) +
+                           " w=" + dtype_name(dt) + " " + name_of(p));
         }
   // the TMA + wgmma kernel (opt-in on a card): bf16 x and weight, K % 8 == 0, tails in M and N; 16
   // K stages wrap the 6-stage ring, and 134 tiles on 132 SMs give two CTAs a second tile whose
   // stages continue the ring (8 stages each)
   cpu::set_matmul_precision(MatmulPrecision::BF16);
   gpu::set_wgmma_enabled(true);
-  for (const auto& [t, n, k] : std::vector<std::array<int64_t, 3>>{{17, 77, 136}, {130, 129, 200}, {40, 260, 64}, {17, 77, 1000}, {130, 8449, 200}}) {
+  for (const auto& [t, n, k] :
+       std::vector<std::array<int64_t, 3>>{{17, 77, 136}, {130, 129, 200}, {40, 260, 64}, {17, 77, 1000}, {130, 8449, 200}}) {
     const W w = weight(DType::BF16, n, k);
     std::vector<uint16_t> xb(t * k);
     std::vector<float> xf(t * k);
@@ -148,14 +152,16 @@ void linear_cases() {
     cpu::linear(t, xf.data(), DType::F32, w.ref(n, k), want.data(), DType::F32);
     const bool used = gpu::linear_wgmma(t, xb.data(), DType::BF16, w.ref(n, k), got.data(), DType::F32, nullptr);
     expect_close(got, want, used ? tol_of(MatmulPrecision::BF16) : -1,
-                 "linear_wgmma t=" + std::to_string(t) + " n=" + std::to_string(n) + " k=" + std::to_string(k) + (used ? "" : " (not taken)"));
+                 "linear_wgmma t=" + std::to_string(t) + " n=" + std::to_string(n) + " k=" + std::to_string(k) +
+                     (used ? "" : " (not taken)"));
     // bf16 output: column pairs stored as one 32-bit word when n is even, one by one when odd
     std::vector<uint16_t> gotb(t * n, 0xffff);
     const bool used_b = gpu::linear_wgmma(t, xb.data(), DType::BF16, w.ref(n, k), gotb.data(), DType::BF16, nullptr);
     std::vector<float> gotbf(t * n);
     for (int64_t i = 0; i < t * n; ++i) gotbf[i] = cpu::bf16_to_f32(gotb[i]);
     expect_close(gotbf, want, used_b ? tol_of(MatmulPrecision::BF16) : -1,
-                 "linear_wgmma bf16 out t=" + std::to_string(t) + " n=" + std::to_string(n) + " k=" + std::to_string(k) + (used_b ? "" : " (not taken)"));
+                 "linear_wgmma bf16 out t=" + std::to_string(t) + " n=" + std::to_string(n) + " k=" + std::to_string(k) +
+                     (used_b ? "" : " (not taken)"));
   }
   gpu::set_wgmma_enabled(false);
 }
@@ -191,8 +197,8 @@ void tile_gemm_cases() {
             }
             for (int64_t i = 0; i < t * n; ++i) got[i] = yt == DType::BF16 ? cpu::bf16_to_f32(yb[i]) : yf[i];
             expect_close(got, want, tol_of(p) + (yt == DType::BF16 ? 4e-3 : 0),
-                         "tile gemm t=" + std::to_string(t) + " n=" + std::to_string(n) + " k=" + std::to_string(k) + " w=" + dtype_name(dt) +
-                             " x=" + dtype_name(xt) + " y=" + dtype_name(yt) + " " + name_of(p));
+                         "tile gemm t=" + std::to_string(t) + " n=" + std::to_string(n) + " k=" + std::to_string(k) +
+                             " w=" + dtype_name(dt) + " x=" + dtype_name(xt) + " y=" + dtype_name(yt) + " " + name_of(p));
           }
   cpu::set_matmul_precision(MatmulPrecision::BF16);
 }
@@ -211,7 +217,8 @@ void decode_linear_cases() {
         cpu::linear(t, x.data(), DType::F32, w.ref(n, k), want.data(), DType::F32);
         gpu::linear(t, x.data(), DType::F32, w.ref(n, k), got.data(), DType::F32, nullptr);
         expect_close(got, want, tol_of(MatmulPrecision::Highest),
-                     "decode linear t=" + std::to_string(t) + " n=" + std::to_string(n) + " k=" + std::to_string(k) + " w=" + dtype_name(dt));
+                     "decode linear t=" + std::to_string(t) + " n=" + std::to_string(n) + " k=" + std::to_string(k) +
+                         " w=" + dtype_name(dt));
       }
     }
   cpu::set_matmul_precision(MatmulPrecision::BF16);
@@ -334,14 +341,15 @@ void moe_case(int64_t t, int64_t h, int64_t inter, int64_t nr, int64_t nz, int64
   void* gal = reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(gws.data()) + 255) & ~uintptr_t{255});
   gpu::moe(t, k, h, inter, u.data(), idx.data(), w.data(), table.data(), nr, E, got.data(), fp8, gal, gws.size() - 256, nullptr);
   expect_close(got, want, p == MatmulPrecision::FP8 ? 2e-2 : tol_of(p),
-               "moe t=" + std::to_string(t) + " h=" + std::to_string(h) + " inter=" + std::to_string(inter) + " routed=" + std::to_string(nr) +
-                   " k=" + std::to_string(k) + " w=" + dtype_name(dt) + " " + name_of(p));
+               "moe t=" + std::to_string(t) + " h=" + std::to_string(h) + " inter=" + std::to_string(inter) +
+                   " routed=" + std::to_string(nr) + " k=" + std::to_string(k) + " w=" + dtype_name(dt) + " " + name_of(p));
   cpu::set_matmul_precision(MatmulPrecision::BF16);
 }
 
 // Absorbed decode over a shuffled paged cache (bf16), CUDA cores (highest) or tensor cores (bf16 with
 // the 512 + 64 width); `splits` > 0 overrides mla_decode_splits' choice (any count must combine right).
-void mla_decode_case(int64_t nh, int64_t dl, int64_t dr, int64_t bs, std::vector<int32_t> lens, MatmulPrecision p, int64_t splits = 0) {
+void mla_decode_case(int64_t nh, int64_t dl, int64_t dr, int64_t bs, std::vector<int32_t> lens, MatmulPrecision p,
+                     int64_t splits = 0) {
   cpu::set_matmul_precision(p);
   cpu::MlaDims d;
   d.nh = nh, d.dn = 7, d.dr = dr, d.dv = 5, d.dl = dl;
@@ -360,15 +368,17 @@ void mla_decode_case(int64_t nh, int64_t dl, int64_t dr, int64_t bs, std::vector
   const float scale = 1.0f / std::sqrt(192.0f);
   std::vector<float> want(B * nh * dl), got = poison<float>(B * nh * dl);
   std::vector<float> cws(cpu::mla_decode_workspace_floats(d, B, 4));
-  cpu::mla_decode_absorbed(d, B, want.data(), ql.data(), q.data(), cache.data(), true, bs, bt.data(), mb, lens.data(), scale, cws.data(), 4);
+  cpu::mla_decode_absorbed(d, B, want.data(), ql.data(), q.data(), cache.data(), true, bs, bt.data(), mb, lens.data(), scale,
+                           cws.data(), 4);
   if (splits <= 0) splits = gpu::mla_decode_splits(d, B, mb * bs, true, cache.data());
   std::vector<float> gws(std::max<int64_t>(1, gpu::mla_decode_workspace_floats(d, B, splits)));
-  gpu::mla_decode_absorbed(d, B, got.data(), ql.data(), q.data(), cache.data(), true, nb, bs, bt.data(), mb, lens.data(), scale, gws.data(),
-                           splits, nullptr);
+  gpu::mla_decode_absorbed(d, B, got.data(), ql.data(), q.data(), cache.data(), true, nb, bs, bt.data(), mb, lens.data(), scale,
+                           gws.data(), splits, nullptr);
   std::string ls;
   for (int32_t l : lens) ls += std::to_string(l) + ",";
-  expect_close(got, want, tol_of(p), "mla_decode_absorbed nh=" + std::to_string(nh) + " dl=" + std::to_string(dl) + " lens=" + ls +
-                                         " splits=" + std::to_string(splits) + " " + name_of(p));
+  expect_close(got, want, tol_of(p),
+               "mla_decode_absorbed nh=" + std::to_string(nh) + " dl=" + std::to_string(dl) + " lens=" + ls +
+                   " splits=" + std::to_string(splits) + " " + name_of(p));
   cpu::set_matmul_precision(MatmulPrecision::BF16);
 }
 
@@ -383,8 +393,8 @@ void decode_split_choice() {
     d.nh = nh;
     return gpu::mla_decode_splits(d, batch, max_len, true, cache.data());
   };
-  const int64_t got[6] = {splits(64, 1, 65536), splits(128, 1, 65536), splits(64, 64, 65536), splits(64, 132, 65536),
-                          splits(64, 1, 640), splits(64, 5, 65536)};
+  const int64_t got[6] = {splits(64, 1, 65536),   splits(128, 1, 65536), splits(64, 64, 65536),
+                          splits(64, 132, 65536), splits(64, 1, 640),    splits(64, 5, 65536)};
   const int64_t want[6] = {132, 66, 2, 1, 10, 26};
   bool ok = true;
   std::string seen;
@@ -393,7 +403,8 @@ void decode_split_choice() {
   if (!ok) std::printf("FAIL mla_decode_splits on 132 SMs: %s(want 132 66 2 1 10 26)\n", seen.c_str());
 }
 
-void mla_prefill_case(int64_t nh, int64_t dn, int64_t dr, int64_t dv, std::vector<std::pair<int32_t, int32_t>> seqs, MatmulPrecision p) {
+void mla_prefill_case(int64_t nh, int64_t dn, int64_t dr, int64_t dv, std::vector<std::pair<int32_t, int32_t>> seqs,
+                      MatmulPrecision p) {
   cpu::set_matmul_precision(p);
   cpu::MlaDims d;
   d.nh = nh, d.dn = dn, d.dr = dr, d.dv = dv, d.dl = 16;
@@ -406,7 +417,9 @@ void mla_prefill_case(int64_t nh, int64_t dn, int64_t dr, int64_t dv, std::vecto
   cpu::mla_prefill(d, B, want.data(), q.data(), kvb.data(), kpe.data(), qs.data(), ks.data(), scale);
   std::vector<int32_t> ws(gpu::mla_prefill_workspace_ints(d, T, S, B));
   gpu::mla_prefill(d, B, T, S, got.data(), q.data(), kvb.data(), kpe.data(), qs.data(), ks.data(), scale, ws.data(), nullptr);
-  expect_close(got, want, tol_of(p), "mla_prefill nh=" + std::to_string(nh) + " dn=" + std::to_string(dn) + " dv=" + std::to_string(dv) + " " + name_of(p));
+  expect_close(
+      got, want, tol_of(p),
+      "mla_prefill nh=" + std::to_string(nh) + " dn=" + std::to_string(dn) + " dv=" + std::to_string(dv) + " " + name_of(p));
   cpu::set_matmul_precision(MatmulPrecision::BF16);
 }
 
@@ -429,7 +442,7 @@ int main() {
     moe_case(40, 136, 80, 4, 3, 5, DType::BF16, MatmulPrecision::Highest);     // prefill: fp32 tiles
     moe_case(40, 136, 80, 4, 3, 5, DType::BF16, MatmulPrecision::BF16);        // prefill: bf16 tensor cores
     moe_case(60, 72, 48, 3, 1, 2, DType::I8, MatmulPrecision::BF16);
-    moe_case(80, 136, 72, 2, 1, 2, DType::FP8_E4M3, MatmulPrecision::FP8);     // prefill: e4m3 tensor cores
+    moe_case(80, 136, 72, 2, 1, 2, DType::FP8_E4M3, MatmulPrecision::FP8);  // prefill: e4m3 tensor cores
     lap("moe");
     decode_linear_cases();
     // decode experts (skinny tiles of <= 16 rows) in every format: 1-row experts over two K chunks,
@@ -441,9 +454,9 @@ int main() {
       moe_case(18, 144, 80, 6, 0, 5, dt, MatmulPrecision::Highest);
     }
     lap("decode GEMVs");
-    mla_decode_case(5, 40, 8, 7, {1, 64, 65, 2}, MatmulPrecision::Highest);    // CUDA cores
+    mla_decode_case(5, 40, 8, 7, {1, 64, 65, 2}, MatmulPrecision::Highest);  // CUDA cores
     mla_decode_case(17, 512, 64, 64, {0, 1, 100}, MatmulPrecision::Highest);
-    mla_decode_case(17, 512, 64, 64, {0, 1, 100}, MatmulPrecision::BF16);      // tensor cores, heads past 16
+    mla_decode_case(17, 512, 64, 64, {0, 1, 100}, MatmulPrecision::BF16);  // tensor cores, heads past 16
     mla_decode_case(3, 512, 64, 16, {33, 300}, MatmulPrecision::BF16);
     // split counts at the boundaries: one split over many tiles (300 = 9 x 32 + 12), one per emulated
     // SM (132: most splits empty), more splits than 32-token tiles, and 130 heads (3 head groups, more

@@ -62,14 +62,15 @@ void decode_case(int64_t nh, int64_t dl, int64_t dr, int64_t bs, std::vector<int
   const float scale = 1.0f / std::sqrt(192.0f);
   std::vector<float> want(B * nh * dl), got(B * nh * dl, NAN);
   std::vector<float> cws(cpu::mla_decode_workspace_floats(d, B, 3));
-  cpu::mla_decode_absorbed(d, B, want.data(), ql.data(), q.data(), cache, bf16, bs, bt.data(), mb, lens.data(), scale, cws.data(), 3);
+  cpu::mla_decode_absorbed(d, B, want.data(), ql.data(), q.data(), cache, bf16, bs, bt.data(), mb, lens.data(), scale, cws.data(),
+                           3);
   const int64_t splits = gpu::mla_decode_splits(d, B, mb * bs, bf16, cache);
   std::vector<float> gws(std::max<int64_t>(1, gpu::mla_decode_workspace_floats(d, B, splits)));
-  gpu::mla_decode_absorbed(d, B, got.data(), ql.data(), q.data(), cache, bf16, nb, bs, bt.data(), mb, lens.data(), scale, gws.data(),
-                           splits, nullptr);
+  gpu::mla_decode_absorbed(d, B, got.data(), ql.data(), q.data(), cache, bf16, nb, bs, bt.data(), mb, lens.data(), scale,
+                           gws.data(), splits, nullptr);
   expect_close(got, want, p == MatmulPrecision::Highest ? 1e-4 : 5e-3,
-               std::string("mla decode ") + (bf16 ? "bf16" : "f32") + " cache, nh=" + std::to_string(nh) + " dl=" + std::to_string(dl) +
-                   " splits=" + std::to_string(splits));
+               std::string("mla decode ") + (bf16 ? "bf16" : "f32") + " cache, nh=" + std::to_string(nh) +
+                   " dl=" + std::to_string(dl) + " splits=" + std::to_string(splits));
   cpu::set_matmul_precision(MatmulPrecision::BF16);
 }
 

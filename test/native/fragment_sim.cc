@@ -122,7 +122,8 @@ void sim_tile_gemm(Report& rep, bool fp8, bool gate_up) {
   std::vector<uint8_t> A(kBM * K * esz), B(kBN * K * esz);
   auto fill = [&](std::vector<uint8_t>& v) {
     for (size_t i = 0; i < v.size(); i += esz) {
-      if (fp8) v[i] = rand_e4m3();
+      if (fp8)
+        v[i] = rand_e4m3();
       else {
         const uint16_t h = rand_bf16();
         std::memcpy(&v[i], &h, 2);
@@ -131,7 +132,9 @@ void sim_tile_gemm(Report& rep, bool fp8, bool gate_up) {
   };
   fill(A);
   fill(B);
-  auto val = [&](const std::vector<uint8_t>& v, int row, int k) { return fp8 ? e4(v[row * K + k]) : bf(ld16(&v[(row * K + k) * 2])); };
+  auto val = [&](const std::vector<uint8_t>& v, int row, int k) {
+    return fp8 ? e4(v[row * K + k]) : bf(ld16(&v[(row * K + k) * 2]));
+  };
   std::vector<std::vector<Acc>> acc(4, std::vector<Acc>(16, zero_acc()));  // [warp][mi * 8 + ni]
   for (int s = 0; s < 2; ++s) {
     std::vector<uint8_t> sa(kBM * kPitch, 0xff), sb(kBN * kPitch, 0xff);  // poisoned: every byte read must be staged
@@ -152,7 +155,8 @@ void sim_tile_gemm(Report& rep, bool fp8, bool gate_up) {
         }
         for (int np = 0; np < 4; ++np) {
           std::vector<size_t> addr(32);
-          for (int l = 0; l < 32; ++l) addr[l] = (frag::gemm_brow(np, wn, gate_up) + frag::b_row(l)) * kPitch + ks * 32 + frag::b_col16(l) * 16;
+          for (int l = 0; l < 32; ++l)
+            addr[l] = (frag::gemm_brow(np, wn, gate_up) + frag::b_row(l)) * kPitch + ks * 32 + frag::b_col16(l) * 16;
           const Regs bfr = ldmatrix_x4(sb, addr, false);
           for (int mi = 0; mi < 2; ++mi) {
             (fp8 ? mma_e4m3 : mma_bf16)(acc[warp][mi * 8 + 2 * np], af[mi], bfr, 0, 1);
@@ -172,7 +176,8 @@ void sim_tile_gemm(Report& rep, bool fp8, bool gate_up) {
         for (int mi = 0; mi < 2; ++mi)
           for (int ni = 0; ni < 8; ++ni)
             for (int r = 0; r < 4; ++r)
-              acc[warp][mi * 8 + ni][l][r] *= a_scale[frag::gemm_acc_row(frag::gemm_wm(warp), mi, l, r)] * b_scale[gate_up && ni >= 4 ? 1 : 0];
+              acc[warp][mi * 8 + ni][l][r] *=
+                  a_scale[frag::gemm_acc_row(frag::gemm_wm(warp), mi, l, r)] * b_scale[gate_up && ni >= 4 ? 1 : 0];
   // epilogue: every output written once, equal to the float64 product (gate/up: silu(gate) * up)
   const int ncols = gate_up ? 64 : 128;
   std::vector<double> out(kBM * ncols, NAN);
@@ -205,7 +210,8 @@ void sim_tile_gemm(Report& rep, bool fp8, bool gate_up) {
       once = once && writes[r * ncols + c] == 1;
     }
   rep.check(once && worst < 1e-9, std::string("tile_gemm ") + (fp8 ? "e4m3" : "bf16") + (gate_up ? " gate/up" : " dense") +
-                                       " (worst relative error " + std::to_string(worst) + (once ? ")" : ", outputs not written exactly once)"));
+                                      " (worst relative error " + std::to_string(worst) +
+                                      (once ? ")" : ", outputs not written exactly once)"));
 }
 
 // ---- mla_decode_tc.cu: S = Q K^T over a 32-token tile, then O = P V ---------------------------------
@@ -261,12 +267,15 @@ void sim_mla_decode(Report& rep) {
         for (int nj = 0; nj < 4; ++nj)
           for (int r = 0; r < 4; ++r) {
             double& slot = Sq[(kq * kHeads + 32 * mh + 16 * mi + frag::c_row(l, r)) * kTok + 8 * nj + frag::c_col(l, r)];
-            if (!std::isnan(slot)) slot = INFINITY;  // written twice: a mapping bug
-            else slot = sf[mi][nj][l][r];
+            if (!std::isnan(slot))
+              slot = INFINITY;  // written twice: a mapping bug
+            else
+              slot = sf[mi][nj][l][r];
           }
   }
   std::vector<double> S(kHeads * kTok);
-  for (int i = 0; i < kHeads * kTok; ++i) S[i] = (Sq[i] + Sq[kHeads * kTok + i]) + (Sq[2 * kHeads * kTok + i] + Sq[3 * kHeads * kTok + i]);
+  for (int i = 0; i < kHeads * kTok; ++i)
+    S[i] = (Sq[i] + Sq[kHeads * kTok + i]) + (Sq[2 * kHeads * kTok + i] + Sq[3 * kHeads * kTok + i]);
   double worst = 0;
   for (int h = 0; h < kHeads; ++h)
     for (int t = 0; t < kTok; ++t) {
@@ -300,7 +309,8 @@ void sim_mla_decode(Report& rep) {
     for (int l = 0; l < 32; ++l)
       for (int mi = 0; mi < 4; ++mi)
         for (int nj = 0; nj < 8; ++nj)
-          for (int r = 0; r < 4; ++r) O[(16 * mi + frag::c_row(l, r)) * kDL + frag::dec_o_col(warp, nj, l, r)] = acc[mi * 8 + nj][l][r];
+          for (int r = 0; r < 4; ++r)
+            O[(16 * mi + frag::c_row(l, r)) * kDL + frag::dec_o_col(warp, nj, l, r)] = acc[mi * 8 + nj][l][r];
   }
   worst = 0;
   for (int h = 0; h < kHeads; ++h)
@@ -384,7 +394,8 @@ void sim_mla_prefill(Report& rep) {
         }
   }
   rep.check(worst_s < 1e-9, "mla_prefill_tc S = Q K^T (worst " + std::to_string(worst_s) + ")");
-  rep.check(worst_o < 1e-9, "mla_prefill_tc O = P V, P repacked from the score fragments (worst " + std::to_string(worst_o) + ")");
+  rep.check(worst_o < 1e-9,
+            "mla_prefill_tc O = P V, P repacked from the score fragments (worst " + std::to_string(worst_o) + ")");
 }
 
 }  // namespace lc::sim

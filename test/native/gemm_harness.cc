@@ -88,7 +88,8 @@ Weight make_weight(DType dt, int64_t n, int64_t k) {
         int code = randint(254);  // no NaN codes 0x7f / 0xff
         if (code >= 0x7f) ++code;
         w.bytes[r * k + c] = static_cast<uint8_t>(code);
-        w.ref[r * k + c] = static_cast<double>(cpu::fp8e4m3_to_f32(static_cast<uint8_t>(code))) * w.scale[(r / 128) * kb + c / 128];
+        w.ref[r * k + c] =
+            static_cast<double>(cpu::fp8e4m3_to_f32(static_cast<uint8_t>(code))) * w.scale[(r / 128) * kb + c / 128];
       }
   } else {  // I8
     w.scale.resize(static_cast<size_t>(n));
@@ -253,9 +254,9 @@ void quant_case(int64_t t, int64_t k) {
 void moe_case(int64_t t, int64_t h, int64_t inter, int64_t nr, int64_t nz, int64_t k, DType wdt, MatmulPrecision prec) {
   cpu::set_matmul_precision(prec);
   std::vector<Weight> ws;
-  for (int64_t e = 0; e < nr; ++e) ws.push_back(make_weight(wdt, inter, h));      // gate
-  for (int64_t e = 0; e < nr; ++e) ws.push_back(make_weight(wdt, inter, h));      // up
-  for (int64_t e = 0; e < nr; ++e) ws.push_back(make_weight(wdt, h, inter));      // down
+  for (int64_t e = 0; e < nr; ++e) ws.push_back(make_weight(wdt, inter, h));  // gate
+  for (int64_t e = 0; e < nr; ++e) ws.push_back(make_weight(wdt, inter, h));  // up
+  for (int64_t e = 0; e < nr; ++e) ws.push_back(make_weight(wdt, h, inter));  // down
   std::vector<cpu::WeightRef> refs;
   for (const auto& w : ws) refs.push_back(w.host());
   const int64_t E = nr + nz;
@@ -324,8 +325,9 @@ int main() {
   const int devices = cuda::device_count();
   g_gpu = cuda::compiled() && devices > 0;
   std::printf("longcat native GEMM harness: CUDA %s%s\n", cuda::compiled() ? "compiled in" : "not compiled in",
-              g_gpu ? (", device: " + cuda::props(0).name).c_str()
-                    : cuda::compiled() ? (", no device (" + cuda::unavailable_reason() + "): CUDA half skipped").c_str() : "");
+              g_gpu              ? (", device: " + cuda::props(0).name).c_str()
+              : cuda::compiled() ? (", no device (" + cuda::unavailable_reason() + "): CUDA half skipped").c_str()
+                                 : "");
   g_failed += run_fragment_simulations(g_passed);
   try {
     for (const DType wdt : {DType::F32, DType::BF16, DType::FP8_E4M3, DType::I8})
@@ -336,12 +338,12 @@ int main() {
             linear_case(t, n, k, wdt, p);
           }
     for (const auto& [t, k] : std::vector<std::pair<int64_t, int64_t>>{{1, 7}, {3, 1000}, {17, 7168}}) quant_case(t, k);
-    moe_case(1, 64, 32, 8, 2, 3, DType::BF16, MatmulPrecision::Highest);        // decode: skinny tiles
-    moe_case(5, 129, 67, 6, 3, 4, DType::FP8_E4M3, MatmulPrecision::BF16);      // decode, fp8 experts
-    moe_case(40, 136, 80, 4, 3, 5, DType::BF16, MatmulPrecision::Highest);      // prefill: fp32 tiles
-    moe_case(40, 136, 80, 4, 3, 5, DType::BF16, MatmulPrecision::BF16);         // prefill: bf16 tensor cores
+    moe_case(1, 64, 32, 8, 2, 3, DType::BF16, MatmulPrecision::Highest);    // decode: skinny tiles
+    moe_case(5, 129, 67, 6, 3, 4, DType::FP8_E4M3, MatmulPrecision::BF16);  // decode, fp8 experts
+    moe_case(40, 136, 80, 4, 3, 5, DType::BF16, MatmulPrecision::Highest);  // prefill: fp32 tiles
+    moe_case(40, 136, 80, 4, 3, 5, DType::BF16, MatmulPrecision::BF16);     // prefill: bf16 tensor cores
     moe_case(100, 200, 96, 3, 1, 2, DType::I8, MatmulPrecision::BF16);
-    moe_case(256, 520, 392, 4, 2, 4, DType::FP8_E4M3, MatmulPrecision::FP8);    // prefill: e4m3 tensor cores
+    moe_case(256, 520, 392, 4, 2, 4, DType::FP8_E4M3, MatmulPrecision::FP8);  // prefill: e4m3 tensor cores
     // last: the opt-in TMA + wgmma GEMM, never run on a card yet (a fault here cannot hide the rest)
     for (const auto& [n, k] : std::vector<std::pair<int64_t, int64_t>>{{77, 136}, {257, 520}, {333, 1000}})
       for (const int64_t t : {17, 129, 300}) linear_case(t, n, k, DType::BF16, MatmulPrecision::BF16, true);

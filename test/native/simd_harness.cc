@@ -38,8 +38,8 @@ struct Ops<simd::Avx2> {
   }
   LC_TARGET_AVX2 static void sums(const float* x, float* s, float* s4) {  // x: 4 vectors
     s[0] = simd::Avx2::reduce_add(simd::Avx2::load(x));
-    _mm_storeu_ps(s4, simd::Avx2::hsum4(simd::Avx2::load(x), simd::Avx2::load(x + 8), simd::Avx2::load(x + 16),
-                                        simd::Avx2::load(x + 24)));
+    _mm_storeu_ps(
+        s4, simd::Avx2::hsum4(simd::Avx2::load(x), simd::Avx2::load(x + 8), simd::Avx2::load(x + 16), simd::Avx2::load(x + 24)));
   }
 };
 template <>
@@ -52,8 +52,8 @@ struct Ops<simd::Avx512> {
   }
   LC_TARGET_AVX512 static void sums(const float* x, float* s, float* s4) {
     s[0] = simd::Avx512::reduce_add(simd::Avx512::load(x));
-    _mm_storeu_ps(s4, simd::Avx512::hsum4(simd::Avx512::load(x), simd::Avx512::load(x + 16),
-                                          simd::Avx512::load(x + 32), simd::Avx512::load(x + 48)));
+    _mm_storeu_ps(s4, simd::Avx512::hsum4(simd::Avx512::load(x), simd::Avx512::load(x + 16), simd::Avx512::load(x + 32),
+                                          simd::Avx512::load(x + 48)));
   }
 };
 
@@ -71,11 +71,11 @@ int64_t ulps(float a, float b) {
 // Every stride-th float in [-104, 89] plus the edges and special values; padded to 16.
 std::vector<float> exp_inputs(uint32_t stride) {
   std::vector<float> x;
-  for (uint32_t u = 0; u <= 0x42b20000u; u += stride) x.push_back(bits_to_f32(u));                // [0, 89]
-  for (uint32_t u = 0x80000000u; u <= 0xc2d00000u; u += stride) x.push_back(bits_to_f32(u));      // [-104, -0]
+  for (uint32_t u = 0; u <= 0x42b20000u; u += stride) x.push_back(bits_to_f32(u));            // [0, 89]
+  for (uint32_t u = 0x80000000u; u <= 0xc2d00000u; u += stride) x.push_back(bits_to_f32(u));  // [-104, -0]
   const float inf = std::numeric_limits<float>::infinity();
-  for (float v : {88.72283f, 88.72284f, 88.7229f, 89.0f, 100.0f, 1e30f, inf, -87.33654f, -87.5f, -103.0f, -103.97f,
-                  -104.0f, -200.0f, -1e30f, -inf, 0.0f, -0.0f, 1e-30f, -1e-30f})
+  for (float v : {88.72283f, 88.72284f, 88.7229f, 89.0f, 100.0f, 1e30f, inf, -87.33654f, -87.5f, -103.0f, -103.97f, -104.0f,
+                  -200.0f, -1e30f, -inf, 0.0f, -0.0f, 1e-30f, -1e-30f})
     x.push_back(v);
   while (x.size() % 16) x.push_back(0.0f);
   return x;
@@ -110,14 +110,15 @@ void check_exp(const char* name, const std::vector<float>& x, std::vector<float>
       worst_x = x[i];
     }
   }
-  std::printf("  %s exp: %zu inputs, max error %lld ulp (at %.9g), subnormal results %lld ulp of 2^-149\n", name,
-              x.size(), static_cast<long long>(worst), worst_x, static_cast<long long>(worst_sub));
+  std::printf("  %s exp: %zu inputs, max error %lld ulp (at %.9g), subnormal results %lld ulp of 2^-149\n", name, x.size(),
+              static_cast<long long>(worst), worst_x, static_cast<long long>(worst_sub));
   // The bound the kernels' tolerances are derived from: 2 ulp (relative 2^-22) for normal results,
   // one step of the subnormal grid below 2^-126.
   check(worst <= 2, "exp within 2 ulp");
   check(worst_sub <= 1, "exp subnormal results within 1 step");
   const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
-  alignas(64) float sx[16] = {-inf, inf, nan, 0.0f, -0.0f, 89.0f, -104.0f, 1.0f, -1.0f, 0.5f, -nan, 88.0f, -87.0f, 2.0f, 3.0f, 4.0f};
+  alignas(64) float sx[16] = {-inf,  inf,  nan,  0.0f,  -0.0f,  89.0f, -104.0f, 1.0f,
+                              -1.0f, 0.5f, -nan, 88.0f, -87.0f, 2.0f,  3.0f,    4.0f};
   alignas(64) float sy[16];
   Ops<V>::exp(sx, sy, 16);
   check(sy[0] == 0.0f && !std::signbit(sy[0]), "exp(-inf) = +0");
@@ -132,8 +133,8 @@ template <class V>
 void check_bf16(const char* name) {
   std::vector<float> x;
   for (uint32_t u = 0; u < 0xffffffffu - 4099; u += 4099) x.push_back(bits_to_f32(u));  // NaNs, infs, subnormals
-  for (uint32_t u : {0x7f7fffffu, 0x7f800000u, 0x7f800001u, 0x7fffffffu, 0xff800000u, 0x00008000u, 0x3f808000u,
-                     0x3f818000u, 0x3f80ffffu, 0x80000001u})
+  for (uint32_t u : {0x7f7fffffu, 0x7f800000u, 0x7f800001u, 0x7fffffffu, 0xff800000u, 0x00008000u, 0x3f808000u, 0x3f818000u,
+                     0x3f80ffffu, 0x80000001u})
     x.push_back(bits_to_f32(u));
   while (x.size() % 16) x.push_back(1.0f);
   std::vector<uint16_t> y(x.size());
@@ -195,7 +196,8 @@ int main() {
   }
   if (avx2 && avx512) {
     int64_t differ = 0;
-    for (size_t i = 0; i < x.size(); ++i) differ += std::memcmp(&y2[i], &y512[i], 4) != 0 && !(std::isnan(y2[i]) && std::isnan(y512[i]));
+    for (size_t i = 0; i < x.size(); ++i)
+      differ += std::memcmp(&y2[i], &y512[i], 4) != 0 && !(std::isnan(y2[i]) && std::isnan(y512[i]));
     std::printf("avx2 vs avx512 exp: %lld of %zu results differ\n", static_cast<long long>(differ), x.size());
     check(differ == 0, "exp: AVX2 and AVX-512 give the same bits");
   }

@@ -7,7 +7,6 @@
 // Precision: all math in float64. The only deliberate float32 roundings are the ones the spec
 // pins as float32 constants: RoPE inv_freq (SPEC 3.6) and fp8 dequantization (SPEC 7.2).
 
-
 export interface RefTensor {
   shape: number[];
   data: Float64Array;
@@ -154,7 +153,7 @@ export function ropeParams(cfg: RefConfig): RopeParams {
   const rs = cfg.rope_scaling;
   if (!rs) {
     return {
-      invFreq: Float64Array.from(posFreqs, (p) => Math.fround(1 / p)),
+      invFreq: Float64Array.from(posFreqs, p => Math.fround(1 / p)),
       attentionFactor: 1,
       softmaxScaleFactor: 1,
     };
@@ -168,7 +167,8 @@ export function ropeParams(cfg: RefConfig): RopeParams {
   const mscaleAll = rs.mscale_all_dim;
   let attentionFactor = rs.attention_factor;
   if (attentionFactor == null) {
-    attentionFactor = mscale && mscaleAll ? yarnGetMscale(factor, mscale) / yarnGetMscale(factor, mscaleAll) : yarnGetMscale(factor);
+    attentionFactor =
+      mscale && mscaleAll ? yarnGetMscale(factor, mscale) / yarnGetMscale(factor, mscaleAll) : yarnGetMscale(factor);
   }
   const betaFast = rs.beta_fast || 32;
   const betaSlow = rs.beta_slow || 1;
@@ -205,7 +205,8 @@ export function applyRope(x: Float64Array, off: number, pos: number, rp: RopePar
     const a = pos * rp.invFreq[i]!;
     const c = Math.cos(a) * rp.attentionFactor;
     const s = Math.sin(a) * rp.attentionFactor;
-    const x0 = x[off + 2 * i]!, x1 = x[off + 2 * i + 1]!;
+    const x0 = x[off + 2 * i]!,
+      x1 = x[off + 2 * i + 1]!;
     x[off + 2 * i] = x0 * c - x1 * s;
     x[off + 2 * i + 1] = x1 * c + x0 * s;
   }
@@ -235,10 +236,22 @@ interface MlaProjections {
   kpe: Float64Array;
 }
 
-function mlaProject(cfg: RefConfig, W: RefWeights, prefix: string, x: Float64Array, T: number, positions: number[], latentEps: number): MlaProjections {
-  const H = cfg.hidden_size, nh = cfg.num_attention_heads;
-  const Q = cfg.q_lora_rank, R = cfg.kv_lora_rank;
-  const dn = cfg.qk_nope_head_dim, dr = cfg.qk_rope_head_dim, dqk = dn + dr;
+function mlaProject(
+  cfg: RefConfig,
+  W: RefWeights,
+  prefix: string,
+  x: Float64Array,
+  T: number,
+  positions: number[],
+  latentEps: number,
+): MlaProjections {
+  const H = cfg.hidden_size,
+    nh = cfg.num_attention_heads;
+  const Q = cfg.q_lora_rank,
+    R = cfg.kv_lora_rank;
+  const dn = cfg.qk_nope_head_dim,
+    dr = cfg.qk_rope_head_dim,
+    dqk = dn + dr;
   const sc = mlaScales(cfg);
 
   let cq = linear(x, T, get(W, `${prefix}.q_a_proj.weight`, [Q, H]), Q, H);
@@ -265,7 +278,8 @@ function mlaProject(cfg: RefConfig, W: RefWeights, prefix: string, x: Float64Arr
 
 /** Cache rows of SPEC 5.1: [T, kv_lora + rope] = concat(scaled c_kv, roped k_pe). */
 function cacheRows(cfg: RefConfig, p: MlaProjections, T: number): Float64Array {
-  const R = cfg.kv_lora_rank, dr = cfg.qk_rope_head_dim;
+  const R = cfg.kv_lora_rank,
+    dr = cfg.qk_rope_head_dim;
   const out = new Float64Array(T * (R + dr));
   for (let t = 0; t < T; t++) {
     out.set(p.ckv.subarray(t * R, (t + 1) * R), t * (R + dr));
@@ -297,9 +311,22 @@ export interface MlaOptions {
  * position p attends keys at positions <= p (SPEC 3.7). Weights under `prefix`
  * (e.g. 'model.layers.0.self_attn.1'). Returns [T*H].
  */
-export function referenceMla(cfg: RefConfig, W: RefWeights, prefix: string, x: Float64Array, T: number, positions: number[], opts: MlaOptions = {}): Float64Array {
-  const H = cfg.hidden_size, nh = cfg.num_attention_heads, R = cfg.kv_lora_rank;
-  const dn = cfg.qk_nope_head_dim, dr = cfg.qk_rope_head_dim, dv = cfg.v_head_dim, dqk = dn + dr;
+export function referenceMla(
+  cfg: RefConfig,
+  W: RefWeights,
+  prefix: string,
+  x: Float64Array,
+  T: number,
+  positions: number[],
+  opts: MlaOptions = {},
+): Float64Array {
+  const H = cfg.hidden_size,
+    nh = cfg.num_attention_heads,
+    R = cfg.kv_lora_rank;
+  const dn = cfg.qk_nope_head_dim,
+    dr = cfg.qk_rope_head_dim,
+    dv = cfg.v_head_dim,
+    dqk = dn + dr;
   const p = mlaProject(cfg, W, prefix, x, T, positions, opts.latentEps ?? 1e-6);
   opts.onCache?.(cacheRows(cfg, p, T));
   const scale = mlaScales(cfg).softmax;
@@ -339,9 +366,22 @@ export function referenceMla(cfg: RefConfig, W: RefWeights, prefix: string, x: F
  * over the latent cache, o = W_UV o_lat). Exact algebra: equals referenceMla up to rounding.
  * Also usable as the oracle of decode kernels working on latent caches.
  */
-export function referenceMlaAbsorbed(cfg: RefConfig, W: RefWeights, prefix: string, x: Float64Array, T: number, positions: number[], opts: MlaOptions = {}): Float64Array {
-  const H = cfg.hidden_size, nh = cfg.num_attention_heads, R = cfg.kv_lora_rank;
-  const dn = cfg.qk_nope_head_dim, dr = cfg.qk_rope_head_dim, dv = cfg.v_head_dim, dqk = dn + dr;
+export function referenceMlaAbsorbed(
+  cfg: RefConfig,
+  W: RefWeights,
+  prefix: string,
+  x: Float64Array,
+  T: number,
+  positions: number[],
+  opts: MlaOptions = {},
+): Float64Array {
+  const H = cfg.hidden_size,
+    nh = cfg.num_attention_heads,
+    R = cfg.kv_lora_rank;
+  const dn = cfg.qk_nope_head_dim,
+    dr = cfg.qk_rope_head_dim,
+    dv = cfg.v_head_dim,
+    dqk = dn + dr;
   const p = mlaProject(cfg, W, prefix, x, T, positions, opts.latentEps ?? 1e-6);
   const cache = cacheRows(cfg, p, T); // [T, R + dr]
   opts.onCache?.(cache);
@@ -408,9 +448,18 @@ export interface RouterResult {
  * (e_score_correction_bias, selection only). Softmax over ALL E experts, top-k of p + bias,
  * ties broken towards the lower expert id, weights = scale * p (zero experts included).
  */
-export function referenceRouter(u: Float64Array, T: number, H: number, classifier: Float64Array, bias: Float64Array, topk: number, scalingFactor: number): RouterResult {
+export function referenceRouter(
+  u: Float64Array,
+  T: number,
+  H: number,
+  classifier: Float64Array,
+  bias: Float64Array,
+  topk: number,
+  scalingFactor: number,
+): RouterResult {
   const E = bias.length;
-  if (classifier.length !== E * H) throw new Error(`reference router: classifier has ${classifier.length} values, expected ${E}x${H}`);
+  if (classifier.length !== E * H)
+    throw new Error(`reference router: classifier has ${classifier.length} values, expected ${E}x${H}`);
   if (topk > E) throw new Error(`reference router: topk ${topk} > ${E} experts`);
   const probs = linear(u, T, classifier, E, H);
   const idx = new Int32Array(T * topk);
@@ -431,9 +480,18 @@ export function referenceRouter(u: Float64Array, T: number, H: number, classifie
 
 /** Router of logical layer L, reading its weights. */
 export function referenceLayerRouter(cfg: RefConfig, W: RefWeights, layer: number, u: Float64Array, T: number): RouterResult {
-  const H = cfg.hidden_size, E = cfg.n_routed_experts + cfg.zero_expert_num;
+  const H = cfg.hidden_size,
+    E = cfg.n_routed_experts + cfg.zero_expert_num;
   const p = `model.layers.${layer}.mlp.router`;
-  return referenceRouter(u, T, H, get(W, `${p}.classifier.weight`, [E, H]), get(W, `${p}.e_score_correction_bias`, [E]), cfg.moe_topk, cfg.routed_scaling_factor);
+  return referenceRouter(
+    u,
+    T,
+    H,
+    get(W, `${p}.classifier.weight`, [E, H]),
+    get(W, `${p}.e_score_correction_bias`, [E]),
+    cfg.moe_topk,
+    cfg.routed_scaling_factor,
+  );
 }
 
 /**
@@ -441,7 +499,9 @@ export function referenceLayerRouter(cfg: RefConfig, W: RefWeights, layer: numbe
  * Float64 accumulation throughout.
  */
 export function referenceMoe(cfg: RefConfig, W: RefWeights, layer: number, u: Float64Array, T: number): Float64Array {
-  const H = cfg.hidden_size, I = cfg.expert_ffn_hidden_size, k = cfg.moe_topk;
+  const H = cfg.hidden_size,
+    I = cfg.expert_ffn_hidden_size,
+    k = cfg.moe_topk;
   const r = referenceLayerRouter(cfg, W, layer, u, T);
   const y = new Float64Array(T * H);
   for (let t = 0; t < T; t++) {
@@ -471,14 +531,32 @@ function embed(W: RefWeights, name: string, tokens: number[], V: number, H: numb
 }
 
 /** One logical ScMoE layer (SPEC 3.3), transformers summation order (O7). */
-export function referenceLayer(cfg: RefConfig, W: RefWeights, L: number, hIn: Float64Array, T: number, positions: number[], opts: RefHooks = {}): Float64Array {
-  const H = cfg.hidden_size, eps = cfg.rms_norm_eps, F = cfg.ffn_hidden_size;
+export function referenceLayer(
+  cfg: RefConfig,
+  W: RefWeights,
+  L: number,
+  hIn: Float64Array,
+  T: number,
+  positions: number[],
+  opts: RefHooks = {},
+): Float64Array {
+  const H = cfg.hidden_size,
+    eps = cfg.rms_norm_eps,
+    F = cfg.ffn_hidden_size;
   const pre = `model.layers.${L}`;
   const hook = opts.hook ?? (() => {});
-  const mlaOpts = (i: number): MlaOptions => ({ latentEps: opts.latentEps, onCache: (rows) => hook('kv_latent', 2 * L + i, rows) });
+  const mlaOpts = (i: number): MlaOptions => ({ latentEps: opts.latentEps, onCache: rows => hook('kv_latent', 2 * L + i, rows) });
 
   // A: attention 0
-  const a0 = referenceMla(cfg, W, `${pre}.self_attn.0`, rmsnorm(hIn, T, H, get(W, `${pre}.input_layernorm.0.weight`, [H]), eps), T, positions, mlaOpts(0));
+  const a0 = referenceMla(
+    cfg,
+    W,
+    `${pre}.self_attn.0`,
+    rmsnorm(hIn, T, H, get(W, `${pre}.input_layernorm.0.weight`, [H]), eps),
+    T,
+    positions,
+    mlaOpts(0),
+  );
   hook('attn0', L, a0);
   let h = add(hIn, a0);
   // B: MoE and dense MLP 0 share u
@@ -489,11 +567,26 @@ export function referenceLayer(cfg: RefConfig, W: RefWeights, L: number, hIn: Fl
   hook('mlp0', L, m0);
   h = add(h, m0);
   // C: attention 1
-  const a1 = referenceMla(cfg, W, `${pre}.self_attn.1`, rmsnorm(h, T, H, get(W, `${pre}.input_layernorm.1.weight`, [H]), eps), T, positions, mlaOpts(1));
+  const a1 = referenceMla(
+    cfg,
+    W,
+    `${pre}.self_attn.1`,
+    rmsnorm(h, T, H, get(W, `${pre}.input_layernorm.1.weight`, [H]), eps),
+    T,
+    positions,
+    mlaOpts(1),
+  );
   hook('attn1', L, a1);
   h = add(h, a1);
   // D: dense MLP 1, then the shortcut MoE output
-  const m1 = referenceFfn(W, `${pre}.mlps.1`, rmsnorm(h, T, H, get(W, `${pre}.post_attention_layernorm.1.weight`, [H]), eps), T, H, F);
+  const m1 = referenceFfn(
+    W,
+    `${pre}.mlps.1`,
+    rmsnorm(h, T, H, get(W, `${pre}.post_attention_layernorm.1.weight`, [H]), eps),
+    T,
+    H,
+    F,
+  );
   hook('mlp1', L, m1);
   h = add(add(h, m1), moe);
   hook('layer_out', L, h);
@@ -501,7 +594,8 @@ export function referenceLayer(cfg: RefConfig, W: RefWeights, L: number, hIn: Fl
 }
 
 function lmHead(cfg: RefConfig, W: RefWeights, hf: Float64Array, T: number): Float64Array {
-  const H = cfg.hidden_size, V = cfg.vocab_size;
+  const H = cfg.hidden_size,
+    V = cfg.vocab_size;
   return linear(hf, T, get(W, 'lm_head.weight', [V, H]), V, H);
 }
 
@@ -509,8 +603,14 @@ function lmHead(cfg: RefConfig, W: RefWeights, hf: Float64Array, T: number): Flo
  * Full forward over tokens at positions 0..T-1 (one causal sequence).
  * Returns logits [T*V] and the post-final-norm hidden [T*H] (what MTP consumes).
  */
-export function referenceForward(cfg: RefConfig, W: RefWeights, tokens: number[], opts: RefHooks = {}): { logits: Float64Array; hidden: Float64Array } {
-  const H = cfg.hidden_size, T = tokens.length;
+export function referenceForward(
+  cfg: RefConfig,
+  W: RefWeights,
+  tokens: number[],
+  opts: RefHooks = {},
+): { logits: Float64Array; hidden: Float64Array } {
+  const H = cfg.hidden_size,
+    T = tokens.length;
   const positions = tokens.map((_, i) => i);
   let h = embed(W, 'model.embed_tokens.weight', tokens, cfg.vocab_size, H);
   for (let L = 0; L < cfg.num_layers; L++) h = referenceLayer(cfg, W, L, h, T, positions, opts);
@@ -537,9 +637,20 @@ export interface MtpOptions extends RefHooks {
  * the given positions. Returns logits [T*V] through the main lm_head and the MTP post-norm
  * hidden [T*H]. Hook 'kv_latent' reports the MTP cache rows with layer = 2 * num_layers.
  */
-export function referenceMtp(cfg: RefConfig, W: RefWeights, hiddenPrev: Float64Array, nextTokens: number[], positions: number[], opts: MtpOptions = {}): { logits: Float64Array; hidden: Float64Array } {
-  const H = cfg.hidden_size, T = nextTokens.length, eps = cfg.rms_norm_eps, F = cfg.ffn_hidden_size;
-  if (hiddenPrev.length !== T * H) throw new Error(`reference mtp: hiddenPrev has ${hiddenPrev.length} values, expected ${T}x${H}`);
+export function referenceMtp(
+  cfg: RefConfig,
+  W: RefWeights,
+  hiddenPrev: Float64Array,
+  nextTokens: number[],
+  positions: number[],
+  opts: MtpOptions = {},
+): { logits: Float64Array; hidden: Float64Array } {
+  const H = cfg.hidden_size,
+    T = nextTokens.length,
+    eps = cfg.rms_norm_eps,
+    F = cfg.ffn_hidden_size;
+  if (hiddenPrev.length !== T * H)
+    throw new Error(`reference mtp: hiddenPrev has ${hiddenPrev.length} values, expected ${T}x${H}`);
   if (positions.length !== T) throw new Error(`reference mtp: ${positions.length} positions for ${T} tokens`);
   const pre = 'model.mtp.layers.0';
   let table = 'model.mtp.embed_tokens.weight';
@@ -560,12 +671,27 @@ export function referenceMtp(cfg: RefConfig, W: RefWeights, hiddenPrev: Float64A
     cat.set(hn.subarray(t * H, (t + 1) * H), t * 2 * H + H);
   }
   let z = linear(cat, T, get(W, `${pre}.eh_proj.weight`, [H, 2 * H]), H, 2 * H);
-  const a = referenceMla(cfg, W, `${pre}.self_attn`, rmsnorm(z, T, H, get(W, `${pre}.input_layernorm.weight`, [H]), eps), T, positions, {
-    latentEps: opts.latentEps,
-    onCache: (rows) => opts.hook?.('kv_latent', 2 * cfg.num_layers, rows),
-  });
+  const a = referenceMla(
+    cfg,
+    W,
+    `${pre}.self_attn`,
+    rmsnorm(z, T, H, get(W, `${pre}.input_layernorm.weight`, [H]), eps),
+    T,
+    positions,
+    {
+      latentEps: opts.latentEps,
+      onCache: rows => opts.hook?.('kv_latent', 2 * cfg.num_layers, rows),
+    },
+  );
   z = add(z, a);
-  const m = referenceFfn(W, `${pre}.transformer_layer.mlp`, rmsnorm(z, T, H, get(W, `${pre}.post_attention_layernorm.weight`, [H]), eps), T, H, F);
+  const m = referenceFfn(
+    W,
+    `${pre}.transformer_layer.mlp`,
+    rmsnorm(z, T, H, get(W, `${pre}.post_attention_layernorm.weight`, [H]), eps),
+    T,
+    H,
+    F,
+  );
   z = add(z, m);
   const hidden = rmsnorm(z, T, H, get(W, 'model.mtp.norm.weight', [H]), eps);
   return { logits: lmHead(cfg, W, hidden, T), hidden };
@@ -577,7 +703,9 @@ export function referenceMtp(cfg: RefConfig, W: RefWeights, hiddenPrev: Float64A
 
 /** e4m3fn per SPEC 7.2, byte `s eeee mmm`: bias 7, e = 0 subnormal, `s 1111 111` NaN, no infinities. */
 function e4m3fn(byte: number): number {
-  const s = byte & 0x80 ? -1 : 1, e = (byte >> 3) & 15, m = byte & 7;
+  const s = byte & 0x80 ? -1 : 1,
+    e = (byte >> 3) & 15,
+    m = byte & 7;
   if (e === 15 && m === 7) return NaN;
   return e === 0 ? s * 2 ** -6 * (m / 8) : s * 2 ** (e - 7) * (1 + m / 8);
 }
@@ -587,7 +715,8 @@ function e4m3fn(byte: number): number {
  * [ceil(n/128), ceil(k/128)] float32 scales. The product is rounded to float32 like torch.
  */
 export function dequantFp8Block(q: Uint8Array, scaleInv: Float32Array, n: number, k: number): Float64Array {
-  const nb = Math.ceil(n / 128), kb = Math.ceil(k / 128);
+  const nb = Math.ceil(n / 128),
+    kb = Math.ceil(k / 128);
   if (q.length !== n * k) throw new Error(`dequantFp8Block: ${q.length} bytes for a [${n}, ${k}] weight`);
   if (scaleInv.length !== nb * kb) throw new Error(`dequantFp8Block: ${scaleInv.length} scales, expected [${nb}, ${kb}]`);
   const out = new Float64Array(n * k);

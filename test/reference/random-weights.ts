@@ -29,9 +29,16 @@ export const tinyConfig: RefConfig = {
 
 /** Every tensor name and shape of a checkpoint for `cfg` (main model + MTP). */
 export function checkpointShapes(cfg: RefConfig, withMtp = true): Map<string, number[]> {
-  const H = cfg.hidden_size, nh = cfg.num_attention_heads, Q = cfg.q_lora_rank, R = cfg.kv_lora_rank;
-  const dn = cfg.qk_nope_head_dim, dr = cfg.qk_rope_head_dim, dv = cfg.v_head_dim;
-  const F = cfg.ffn_hidden_size, I = cfg.expert_ffn_hidden_size, E = cfg.n_routed_experts + cfg.zero_expert_num;
+  const H = cfg.hidden_size,
+    nh = cfg.num_attention_heads,
+    Q = cfg.q_lora_rank,
+    R = cfg.kv_lora_rank;
+  const dn = cfg.qk_nope_head_dim,
+    dr = cfg.qk_rope_head_dim,
+    dv = cfg.v_head_dim;
+  const F = cfg.ffn_hidden_size,
+    I = cfg.expert_ffn_hidden_size,
+    E = cfg.n_routed_experts + cfg.zero_expert_num;
   const m = new Map<string, number[]>();
   const mla = (p: string) => {
     m.set(`${p}.q_a_proj.weight`, [Q, H]);
@@ -89,7 +96,8 @@ export function randomWeights(cfg: RefConfig, seed: number, withMtp = true): { s
     const n = shape.reduce((a, b) => a * b, 1);
     let gen: () => number;
     if (name.endsWith('e_score_correction_bias')) gen = () => 0.02 * r.normal();
-    else if (shape.length === 1) gen = () => 1 + 0.1 * r.normal(); // RMSNorm weights
+    else if (shape.length === 1)
+      gen = () => 1 + 0.1 * r.normal(); // RMSNorm weights
     else if (name.endsWith('embed_tokens.weight')) gen = () => r.normal();
     else {
       const s = 1 / Math.sqrt(shape[1]!);
@@ -97,7 +105,7 @@ export function randomWeights(cfg: RefConfig, seed: number, withMtp = true): { s
     }
     store.set(name, { shape, data: Float64Array.from({ length: n }, gen) });
   }
-  const W: RefWeights = (name) => {
+  const W: RefWeights = name => {
     const t = store.get(name);
     if (!t) throw new Error(`missing tensor ${name}`);
     return t;

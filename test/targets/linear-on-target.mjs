@@ -32,18 +32,28 @@ try {
   let inputs, precision, cpuPrecision, tol;
   if (which === 'wgmma') {
     native.setCudaGemm('wgmma');
-    inputs = [[randArr(t * k), [t, k], 'bf16'], [randArr(n * k), [n, k], 'bf16']];
+    inputs = [
+      [randArr(t * k), [t, k], 'bf16'],
+      [randArr(n * k), [n, k], 'bf16'],
+    ];
     precision = cpuPrecision = 'bf16';
     tol = 5e-3;
   } else {
-    const kb = Math.ceil(k / 128), nb = Math.ceil(n / 128);
-    inputs = [[randArr(t * k), [t, k], 'f32'], [randArr(n * k, 2), [n, k], 'fp8_e4m3'], [randArr(nb * kb).map(Math.abs), [nb, kb], 'f32']];
+    const kb = Math.ceil(k / 128),
+      nb = Math.ceil(n / 128);
+    inputs = [
+      [randArr(t * k), [t, k], 'f32'],
+      [randArr(n * k, 2), [n, k], 'fp8_e4m3'],
+      [randArr(nb * kb).map(Math.abs), [nb, kb], 'f32'],
+    ];
     precision = 'fp8';
     cpuPrecision = process.argv[3];
-    tol = 2e-2;  // an activation may round to a neighbouring e4m3 code (test/op-cases.ts)
+    tol = 2e-2; // an activation may round to a neighbouring e4m3 code (test/op-cases.ts)
   }
-  const want = run('cpu', inputs, cpuPrecision), got = run('cuda:0', inputs, precision);
-  let worst = 0, scale = 1e-6;
+  const want = run('cpu', inputs, cpuPrecision),
+    got = run('cuda:0', inputs, precision);
+  let worst = 0,
+    scale = 1e-6;
   for (let i = 0; i < want.length; i++) scale = Math.max(scale, Math.abs(want[i]));
   for (let i = 0; i < want.length; i++) {
     const e = Math.abs(got[i] - want[i]);
