@@ -130,7 +130,7 @@ function main() {
     rows,
     seconds: (now() - t00) / 1000,
   };
-  if (outPath) writeFileSync(outPath, JSON.stringify(res, null, 2) + '\n');
+  if (outPath) writeFileSync(outPath, `${JSON.stringify(res, null, 2)}\n`);
   console.log(`## cpu-mla: mlaDecodeAbsorbed, ${NH} heads, latent ${DL} + rope ${DR}, bf16 paged cache (block ${BS})`);
   console.log(
     `threads ${res.threads}, isa ${res.isa}; read bandwidth ${bw0.toFixed(1)} / ${bw1.toFixed(1)} GB/s (before / after, using ${bw.toFixed(1)}); ` +

@@ -160,7 +160,7 @@ function main() {
     rows,
     seconds: (now() - t00) / 1000,
   };
-  if (outPath) writeFileSync(outPath, JSON.stringify(res, null, 2) + '\n');
+  if (outPath) writeFileSync(outPath, `${JSON.stringify(res, null, 2)}\n`);
   console.log(
     `## cpu-moe: moe(), hidden ${H}, expert ffn ${I}, bf16 (${(BYTES_PER_EXPERT / 1e6).toFixed(1)} MB/expert), ` +
       `${NF} FFN + ${K - NF} zero experts per token from a pool of ${nRouted}`,

@@ -91,7 +91,7 @@ const fp8Scales = (n, k) =>
     { device: dev },
   );
 
-const rows = [];
+const _rows = [];
 const table = (name, r) => {
   console.log(`\n== ${name}`);
   console.table(r);

@@ -46,7 +46,7 @@ const linParams = l => numel(l.weight);
 /** Weight bytes a decode step reads and linear FLOPs per prefill token, from the engine's weights. */
 function accounting(model) {
   const e = model.engine,
-    d = e.dims,
+    _d = e.dims,
     w = e.w;
   let denseBytes = 0,
     denseParams = 0; // denseParams: per-token linear MACs in the prefill (expanded) form
@@ -435,7 +435,7 @@ async function main() {
     results,
     seconds: (now() - t00) / 1000,
   };
-  if (outPath) writeFileSync(outPath, JSON.stringify(res, null, 2) + '\n');
+  if (outPath) writeFileSync(outPath, `${JSON.stringify(res, null, 2)}\n`);
 
   console.log(`## model: end to end on random checkpoints (bf16), CPU, ${res.threads} threads, isa ${res.isa}`);
   console.log(`read bandwidth ${bwA.toFixed(1)} / ${bwB.toFixed(1)} GB/s (before / after, using ${bw.toFixed(1)})`);

@@ -165,7 +165,7 @@ async function main() {
     seconds: (Date.now() - t0) / 1000,
     summary: rows,
   };
-  fs.writeFileSync(path.join(outDir, 'summary.json'), JSON.stringify(info, null, 2) + '\n');
+  fs.writeFileSync(path.join(outDir, 'summary.json'), `${JSON.stringify(info, null, 2)}\n`);
   console.log(
     `\n===== summary (${info.date}, commit ${commit}, ${info.cpu}, ${info.logicalCpus} cpus, ${info.seconds.toFixed(0)} s) =====`,
   );

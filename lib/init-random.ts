@@ -328,7 +328,7 @@ function learnMerges(text: string, maxMerges: number): [string, string][] {
     const pairs = new Map<string, number>();
     for (const { syms, c } of words)
       for (let i = 0; i + 1 < syms.length; i++) {
-        const k = syms[i]! + '\u0000' + syms[i + 1]!;
+        const k = `${syms[i]!}\u0000${syms[i + 1]!}`;
         pairs.set(k, (pairs.get(k) ?? 0) + c);
       }
     let best = '',
@@ -510,27 +510,27 @@ export async function initRandom(opts: InitRandomOptions): Promise<InitRandomRes
 
   await mkdir(dir, { recursive: true });
   const tokJson = buildTokenizerJson(Math.min(config.vocab_size, 4096));
-  await writeFile(path.join(dir, 'config.json'), JSON.stringify(json, null, 2) + '\n');
+  await writeFile(path.join(dir, 'config.json'), `${JSON.stringify(json, null, 2)}\n`);
   await writeFile(
     path.join(dir, 'generation_config.json'),
-    JSON.stringify(
+    `${JSON.stringify(
       { _from_model_config: true, bos_token_id: 1, eos_token_id: 2, pad_token_id: 3, transformers_version: '4.55.0' },
       null,
       2,
-    ) + '\n',
+    )}\n`,
   );
   await writeFile(path.join(dir, 'tokenizer.json'), JSON.stringify(tokJson));
   await writeFile(
     path.join(dir, 'tokenizer_config.json'),
-    JSON.stringify(buildTokenizerConfig(tokJson, config.max_position_embeddings), null, 2) + '\n',
+    `${JSON.stringify(buildTokenizerConfig(tokJson, config.max_position_embeddings), null, 2)}\n`,
   );
   await writeFile(
     path.join(dir, 'special_tokens_map.json'),
-    JSON.stringify(
+    `${JSON.stringify(
       { bos_token: '<longcat_s>', eos_token: '</longcat_s>', pad_token: '<longcat_pad>', unk_token: '<longcat_unk>' },
       null,
       2,
-    ) + '\n',
+    )}\n`,
   );
 
   const tensors = plan(config, { fp8, mtp, seed });
@@ -557,7 +557,7 @@ export async function initRandom(opts: InitRandomOptions): Promise<InitRandomRes
   }
   await writeFile(
     path.join(dir, 'model.safetensors.index.json'),
-    JSON.stringify({ metadata: { total_size: totalBytes }, weight_map: weightMap }, null, 2) + '\n',
+    `${JSON.stringify({ metadata: { total_size: totalBytes }, weight_map: weightMap }, null, 2)}\n`,
   );
   return { dir, config, files: names.map(n => path.join(dir, n)), tensorCount: tensors.length, totalBytes };
 }

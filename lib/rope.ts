@@ -45,7 +45,7 @@ function positive(name: string, v: unknown): number {
 function posFreqs(base: number, dim: number): Float32Array {
   const half = dim / 2;
   const r = new Float32Array(half);
-  for (let i = 0; i < half; i++) r[i] = f(Math.pow(base, f((2 * i) / dim)));
+  for (let i = 0; i < half; i++) r[i] = f(base ** f((2 * i) / dim));
   return r;
 }
 
@@ -57,7 +57,7 @@ export function ropeTables(cfg: RopeConfig): RopeTables {
   const nope = cfg.qk_nope_head_dim;
   if (!Number.isInteger(nope) || nope < 0)
     throw new ConfigError('E_CONFIG', `rope: qk_nope_head_dim must be a non-negative integer, got ${nope}`);
-  let softmaxScale = Math.pow(nope + dim, -0.5);
+  let softmaxScale = (nope + dim) ** -0.5;
   const half = dim / 2;
   const rs = cfg.rope_scaling ?? null;
   const kind = rs ? (rs.rope_type ?? rs.type ?? 'default') : 'default';

@@ -182,7 +182,7 @@ export function parseSafetensorsHeader(headerBytes: Uint8Array, fileSize: number
     ranges.push({ name, begin, end });
   }
   // Back to back, no overlap, no hole, covering the data section.
-  const order = ranges.map((r, i) => i).sort((a, b) => ranges[a]!.begin - ranges[b]!.begin || ranges[a]!.end - ranges[b]!.end);
+  const order = ranges.map((_r, i) => i).sort((a, b) => ranges[a]!.begin - ranges[b]!.begin || ranges[a]!.end - ranges[b]!.end);
   let pos = 0;
   let prev = '';
   for (const i of order) {

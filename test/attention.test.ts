@@ -1,6 +1,6 @@
 // MLA attention ops vs float64 references written from SPEC 3.5 (expanded) and 5.2 (absorbed).
 import { afterAll, describe, expect, it } from 'vitest';
-import { LongcatError, full, native, roundBf16, tensor, toArray, type Tensor } from '../lib/index.js';
+import { full, native, roundBf16, tensor, toArray, type Tensor } from '../lib/index.js';
 import { expectClose, rng, expectCode } from './helpers.js';
 
 const startIsa = native.cpuFeatures().isa;

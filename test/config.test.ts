@@ -280,7 +280,7 @@ describe('requiredTensors', () => {
     ]) {
       expect(m.get(n)?.quantized, n).toBe(false);
       expect(m.get(n)?.dtypes, n).not.toContain('F8_E4M3');
-      expect(m.has(n.replace(/\.weight$/, '') + '.weight_scale_inv'), n).toBe(false);
+      expect(m.has(`${n.replace(/\.weight$/, '')}.weight_scale_inv`), n).toBe(false);
     }
   });
 

@@ -1,7 +1,7 @@
 // linear (y = x @ W^T for f32 / bf16 / fp8 block-scaled / int8 row-scaled weights) and
 // quantizeInt8Rows against float64 references, on every ISA path, with error-bound tolerances.
 import { afterAll, describe, expect, it } from 'vitest';
-import { LongcatError, Tensor, cpuFeatures, full, native, tensor, toArray } from '../lib/index.js';
+import { Tensor, cpuFeatures, full, native, tensor, toArray } from '../lib/index.js';
 import { bf16ToF32, f32ToBf16, f32ToFp8e4m3, fp8e4m3ToF32, roundHalfEven } from '../lib/numeric.js';
 import { rng, expectCode } from './helpers.js';
 

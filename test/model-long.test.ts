@@ -127,7 +127,7 @@ describe('YaRN with mscale != mscale_all_dim, past the original context', () => 
         original_max_position_embeddings: 64,
         beta_fast: 32,
         beta_slow: 1,
-        mscale: 0.707,
+        mscale: Math.SQRT1_2,
         mscale_all_dim: 1.3,
       },
     });
@@ -184,7 +184,7 @@ describe('a session whose next prompt diverges from its cached one', () => {
     let checked = 0;
     for (const o of offsets) {
       const cut = starts[o]!;
-      const second = first.slice(0, cut) + '#' + first.slice(cut, cut + 9);
+      const second = `${first.slice(0, cut)}#${first.slice(cut, cut + 9)}`;
       await reused.generate(first, { maxTokens: 3 });
       const again = await reused.generate(second, { maxTokens: 6 });
       using fresh = model.createSession();

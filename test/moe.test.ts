@@ -1,6 +1,6 @@
 // moe: grouped SwiGLU experts plus zero-computation (identity) experts, vs a per-token float64 loop.
 import { afterAll, describe, expect, it } from 'vitest';
-import { LongcatError, Stream, memoryStats, native, tensor, toArray, type Tensor } from '../lib/index.js';
+import { Stream, memoryStats, native, tensor, toArray, type Tensor } from '../lib/index.js';
 import { bf16ToF32, f32ToBf16, f32ToFp8e4m3, fp8e4m3ToF32 } from '../lib/numeric.js';
 import { expectClose, rng, expectCode } from './helpers.js';
 

@@ -24,7 +24,6 @@ import {
   EXP_REL,
   FLOOR,
   U32,
-  U_E4M3,
   type Arithmetic,
   type Backend,
   type Bound,
@@ -677,7 +676,7 @@ for (const [hd, off, rd, nh] of [
           device,
         );
         const inv = tensor(
-          Array.from({ length: rd / 2 }, (_, i) => Math.pow(10000, (-2 * i) / rd)),
+          Array.from({ length: rd / 2 }, (_, i) => 10000 ** ((-2 * i) / rd)),
           [rd / 2],
           { device },
         );

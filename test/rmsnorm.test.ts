@@ -1,7 +1,7 @@
 // rmsnorm (with and without the fused residual add) vs a float64 reference, every ISA path,
 // f32/bf16 weights and outputs, odd dims, poisoned outputs.
-import { afterAll, describe, expect, it } from 'vitest';
-import { LongcatError, full, native, tensor, toArray } from '../lib/index.js';
+import { afterAll, describe, it } from 'vitest';
+import { full, native, tensor, toArray } from '../lib/index.js';
 import { roundBf16 } from '../lib/numeric.js';
 import { expectClose, rng, expectCode } from './helpers.js';
 

@@ -1,5 +1,5 @@
 import { afterAll, describe, expect, it } from 'vitest';
-import { LongcatError, full, native, tensor, toArray } from '../lib/index.js';
+import { full, native, tensor, toArray } from '../lib/index.js';
 import { ropeTables } from '../lib/rope.js';
 import { expectClose, rng, expectCode } from './helpers.js';
 
@@ -23,7 +23,7 @@ interface Yarn {
 }
 function refTables(theta: number, dim: number, nope: number, maxPos: number, y: Yarn | null) {
   const half = dim / 2;
-  const plain = Array.from({ length: half }, (_, i) => 1 / Math.pow(theta, (2 * i) / dim));
+  const plain = Array.from({ length: half }, (_, i) => 1 / theta ** ((2 * i) / dim));
   let scale = 1 / Math.sqrt(nope + dim);
   if (!y) return { inv: plain, af: 1, scale };
   const getM = (s: number, m = 1) => (s <= 1 ? 1 : 0.1 * m * Math.log(s) + 1);
@@ -94,7 +94,14 @@ describe('ropeTables', () => {
       { factor: 10, original_max_position_embeddings: 32768, beta_fast: 32, beta_slow: 1, mscale: 1, mscale_all_dim: 1 },
     ],
     ['no mscale: attention factor 0.1 ln(s) + 1', 1e6, 16, 16, 65536, { factor: 4 }],
-    ['mscale only on all dims', 5e5, 8, 16, 8192, { factor: 8, original_max_position_embeddings: 2048, mscale_all_dim: 0.707 }],
+    [
+      'mscale only on all dims',
+      5e5,
+      8,
+      16,
+      8192,
+      { factor: 8, original_max_position_embeddings: 2048, mscale_all_dim: Math.SQRT1_2 },
+    ],
     [
       'truncate false, odd betas',
       1e4,
@@ -120,7 +127,7 @@ describe('ropeTables', () => {
     // YaRN leaves the highest frequencies alone and divides the lowest by the factor.
     expect(t.invFreq[0]).toBe(1);
     const last = dim / 2 - 1;
-    expect(t.invFreq[last]! / (1 / Math.pow(theta, (2 * last) / dim))).toBeCloseTo(
+    expect(t.invFreq[last]! / (1 / theta ** ((2 * last) / dim))).toBeCloseTo(
       1 / (maxPos / (y.original_max_position_embeddings ?? maxPos / y.factor)),
       5,
     );

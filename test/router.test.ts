@@ -1,6 +1,6 @@
 // routerTopk: softmax over routed + zero experts, top-k on the biased scores, unbiased weights x scale.
 import { afterAll, describe, expect, it } from 'vitest';
-import { LongcatError, Stream, native, tensor, toArray, type Tensor } from '../lib/index.js';
+import { Stream, native, tensor, toArray, type Tensor } from '../lib/index.js';
 import { expectClose, rng, expectCode } from './helpers.js';
 
 /** float64 reference: p = softmax(l), order by (p + b desc, index asc). */

@@ -2,7 +2,7 @@
 // min-p, top-p) never let a dropped token through, and empirical frequencies over ~20k draws
 // match the filtered distribution (chi-square, fixed seed: deterministic).
 import { afterAll, describe, expect, it } from 'vitest';
-import { LongcatError, native, tensor, toArray } from '../lib/index.js';
+import { native, tensor, toArray } from '../lib/index.js';
 import { rng, expectCode } from './helpers.js';
 
 type Isa = 'scalar' | 'avx2' | 'avx512';

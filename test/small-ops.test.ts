@@ -1,7 +1,7 @@
 // Small ops vs independent float64 references: embedding, siluMul, add, scale, convert, fp8
 // quantization, argmax, softmax, logSoftmax. Every ISA path, poisoned outputs, odd shapes.
 import { afterAll, describe, expect, it } from 'vitest';
-import { LongcatError, Stream, Tensor, full, native, tensor, toArray } from '../lib/index.js';
+import { Stream, Tensor, full, native, tensor, toArray } from '../lib/index.js';
 import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16, f32ToFp8e4m3, fp8e4m3ToF32 } from '../lib/numeric.js';
 import { expectClose, rng, expectCode } from './helpers.js';
 

@@ -5,7 +5,7 @@
 // the runner (model.ts) builds. Prefill runs the expanded MLA over each sequence's cached latents;
 // decode runs the absorbed MLA against the paged latent cache.
 import { native } from '../native.js';
-import { Tensor, empty } from '../tensor.js';
+import { type Tensor, empty } from '../tensor.js';
 import type { Stream } from '../device.js';
 import { Arena, type Step } from './step.js';
 import type { Linear, LayerWeights, MlaWeights, MlpWeights, MoeWeights, ModelWeights } from './weights.js';

@@ -3,7 +3,7 @@
 // turns a batch of sequences and new tokens into a Step (positions, cache slots, block tables) and
 // runs the architecture (longcat-flash.ts) on it.
 import { native } from '../native.js';
-import { Tensor, empty, tensor } from '../tensor.js';
+import { type Tensor, empty, tensor } from '../tensor.js';
 import { Event, Stream } from '../device.js';
 import { BlockAllocator, SequenceCache, batchTables } from '../kv-cache.js';
 import { ArgumentError, LongcatError, OutOfMemoryError } from '../errors.js';

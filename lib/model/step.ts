@@ -4,7 +4,7 @@
 // caches, and the call that runs the routed experts. A deployment changes by swapping a member
 // (expert parallelism brings its own `experts`), never by editing the layers.
 import { native } from '../native.js';
-import { Tensor, empty, tensor } from '../tensor.js';
+import { type Tensor, empty, tensor } from '../tensor.js';
 import type { Event, Stream } from '../device.js';
 import type { ModelDims } from './dims.js';
 import type { MoeExpertSet } from '../../types/ops-moe.js';

@@ -3,7 +3,7 @@
 // the MLA scales folded in (SPEC 3.5), the router classifier and bias become f32, and an FP8
 // an FP8 kv_b_proj is kept exact for the absorbed attention (codes + block scales, or f32).
 import { native } from '../native.js';
-import { Tensor, empty, tensor, toArray } from '../tensor.js';
+import { type Tensor, empty, tensor, toArray } from '../tensor.js';
 import { CheckpointError, LongcatError, OutOfMemoryError } from '../errors.js';
 import type { ModelDims } from './dims.js';
 import type { MoeExpertSet } from '../../types/ops-moe.js';
