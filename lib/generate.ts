@@ -86,6 +86,7 @@ export class Generation implements PromiseLike<GenerateResult>, AsyncIterable<st
     );
   }
 
+  // biome-ignore lint/suspicious/noThenProperty: a Generation is awaitable on purpose (a promise of its result)
   then<A = GenerateResult, B = never>(
     ok?: ((r: GenerateResult) => A | PromiseLike<A>) | null,
     err?: ((e: unknown) => B | PromiseLike<B>) | null,

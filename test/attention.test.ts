@@ -368,7 +368,8 @@ function checkBf16Decode(sc: Scenario, got: { o: Arr; oLat: Arr; qLat: Arr }, wB
         let a = 0;
         for (let c = 0; c < d.dl; c++) a += ql[c]! * ckv[j * d.dl + c]!;
         for (let c = 0; c < d.dr; c++) a += qp[c]! * kpe[j * d.dr + c]!;
-        mx = Math.max(mx, (s[j] = a * sc.scale));
+        s[j] = a * sc.scale;
+        mx = Math.max(mx, s[j]!);
       }
       for (let j = 0; j < len; j++) sum += s[j] = Math.exp(s[j]! - mx);
       const ol = new Float64Array(d.dl),

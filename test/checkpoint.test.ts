@@ -379,7 +379,16 @@ describe('openCheckpoint errors', () => {
     await rejects(openCheckpoint(tiny, { signal: ac.signal }), 'E_ABORTED');
     const ac2 = new AbortController();
     let calls = 0;
-    await rejects(openCheckpoint(tiny, { signal: ac2.signal, onProgress: () => (calls++, ac2.abort()) }), 'E_ABORTED');
+    await rejects(
+      openCheckpoint(tiny, {
+        signal: ac2.signal,
+        onProgress: () => {
+          calls++;
+          ac2.abort();
+        },
+      }),
+      'E_ABORTED',
+    );
     expect(calls).toBe(1);
   });
 });

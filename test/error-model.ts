@@ -120,7 +120,10 @@ export function boundExcess(got: ArrayLike<number>, want: ArrayLike<number>, bou
     const b = typeof bound === 'number' ? bound : bound[i]!;
     const e = Math.abs(g - w);
     const r = Number.isNaN(e) ? Infinity : b > 0 ? e / b : Infinity;
-    if (r > ratio) (ratio = r), (index = i);
+    if (r > ratio) {
+      ratio = r;
+      index = i;
+    }
   }
   return { ratio, index };
 }

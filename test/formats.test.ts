@@ -133,8 +133,14 @@ const infCode = (f: Format) => ((1 << f.expBits) - 1) << f.manBits;
 
 const f32Buf = new Float32Array(1);
 const u32Buf = new Uint32Array(f32Buf.buffer);
-const f32Bits = (x: number) => ((f32Buf[0] = x), u32Buf[0]!);
-const fromBits = (b: number) => ((u32Buf[0] = b >>> 0), f32Buf[0]!);
+const f32Bits = (x: number) => {
+  f32Buf[0] = x;
+  return u32Buf[0]!;
+};
+const fromBits = (b: number) => {
+  u32Buf[0] = b >>> 0;
+  return f32Buf[0]!;
+};
 const nextUp = (x: number) => fromBits(x >= 0 ? f32Bits(x) + 1 : f32Bits(x) - 1); // finite, non-negative x
 const nextDown = (x: number) => (x === 0 ? -fromBits(1) : fromBits(f32Bits(x) - 1));
 

@@ -3,7 +3,7 @@ import { ArgumentError, ContextLengthError, LongcatError, OutOfMemoryError } fro
 import { BlockAllocator, SequenceCache, batchTables } from '../lib/kv-cache.js';
 import { rng } from './helpers.js';
 
-function expectCode(fn: () => unknown, code: string, cls: Function, message?: RegExp) {
+function expectCode(fn: () => unknown, code: string, cls: abstract new (...args: never[]) => unknown, message?: RegExp) {
   try {
     fn();
   } catch (e) {

@@ -159,7 +159,10 @@ export async function modelChecks({
         seq.release();
         const joined = new Float32Array(all.length);
         let off = 0;
-        for (const p of parts) joined.set(p, off), (off += p.length);
+        for (const p of parts) {
+          joined.set(p, off);
+          off += p.length;
+        }
         check(`prefill + decode == full forward on ${device}`, maxRelErr(joined, all), tight ? 2e-4 : 3e-2);
         // 4. the captured decode step (graph replay) == the eager one (allLogits forces eager)
         const s1 = e.newSequence(),

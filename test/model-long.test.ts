@@ -59,7 +59,10 @@ function expectRowsClose(got: ArrayLike<number>, want: ArrayLike<number>, V: num
     for (let i = r * V; i < (r + 1) * V; i++) scale = Math.max(scale, Math.abs(want[i]!));
     for (let i = r * V; i < (r + 1) * V; i++) {
       const e = Math.abs(got[i]! - want[i]!);
-      if (!(e <= worst)) (worst = e), (at = i - r * V);
+      if (!(e <= worst)) {
+        worst = e;
+        at = i - r * V;
+      }
     }
     if (!(worst <= rel * scale))
       expect.fail(
@@ -175,7 +178,10 @@ describe('a session whose next prompt diverges from its cached one', () => {
     const starts: number[] = [];
     for (let c = 0, prev = -1; c <= first.length; c++) {
       const n = model.tokenizer.encode(first.slice(0, c)).length;
-      if (n !== prev) starts.push(c), (prev = n);
+      if (n !== prev) {
+        starts.push(c);
+        prev = n;
+      }
     }
     const offsets = [
       ...new Set([0, 1, 2, 31, 62, 63, 64, 65, ids.length - 3, ids.length - 1].filter(o => o >= 0 && o < starts.length - 1)),

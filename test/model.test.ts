@@ -57,7 +57,10 @@ function expectLogitsClose(got: ArrayLike<number>, want: ArrayLike<number>, rel:
   for (let i = 0; i < want.length; i++) scale = Math.max(scale, Math.abs(want[i]!));
   for (let i = 0; i < want.length; i++) {
     const e = Math.abs(got[i]! - want[i]!);
-    if (!(e <= worst)) (worst = e), (at = i);
+    if (!(e <= worst)) {
+      worst = e;
+      at = i;
+    }
   }
   expect(scale).toBeGreaterThan(0);
   if (!(worst <= rel * scale)) expect.fail(`logit ${at}: ${got[at]} vs ${want[at]} (max error ${worst}, allowed ${rel * scale})`);
@@ -139,7 +142,10 @@ describe('decode loop', () => {
     const V = e.dims.vocab;
     const joined = new Float32Array(prompt.length * V);
     let off = 0;
-    for (const p of parts) joined.set(p, off), (off += p.length);
+    for (const p of parts) {
+      joined.set(p, off);
+      off += p.length;
+    }
     expectLogitsClose(joined, all, 1e-4);
   });
 
@@ -158,7 +164,10 @@ describe('decode loop', () => {
     seq.release();
     const joined = new Float32Array(all.length);
     let off = 0;
-    for (const p of parts) joined.set(p, off), (off += p.length);
+    for (const p of parts) {
+      joined.set(p, off);
+      off += p.length;
+    }
     expectLogitsClose(joined, all, 1e-4);
   });
 
@@ -205,7 +214,7 @@ describe('decode loop', () => {
         next.map(t => [t]),
       ),
     );
-    batch.forEach(s => s.release());
+    for (const s of batch) s.release();
     const V = e.dims.vocab;
     prompts.forEach((p, b) => {
       const s = e.newSequence();

@@ -989,7 +989,8 @@ for (const [nh, dn, dr, dv, seqs] of [
     ks = [0];
   let flops = 0;
   for (const [ql, kl] of seqs) {
-    qs.push(qs[qs.length - 1]! + ql), ks.push(ks[ks.length - 1]! + kl);
+    qs.push(qs[qs.length - 1]! + ql);
+    ks.push(ks[ks.length - 1]! + kl);
     flops += 2 * nh * ql * (kl - ql / 2) * (dn + dr + dv);
   }
   const T = qs[qs.length - 1]! + 1,
@@ -1094,11 +1095,15 @@ function moeBound(
     };
     experts.forEach((e, ex) => {
       const slots: number[] = []; // (t, j) of the rows routed to this expert
-      ids.forEach((id, s) => id === ex && slots.push(s));
+      ids.forEach((id, s) => {
+        if (id === ex) slots.push(s);
+      });
       if (!slots.length) return;
       const n = slots.length,
         x = new Float32Array(n * H);
-      slots.forEach((s, i) => x.set(uHost.subarray(Math.floor(s / k) * H, (Math.floor(s / k) + 1) * H), i * H));
+      slots.forEach((s, i) => {
+        x.set(uHost.subarray(Math.floor(s / k) * H, (Math.floor(s / k) + 1) * H), i * H);
+      });
       const g = lin(x, n, e.gate, false),
         v = lin(x, n, e.up, false),
         G = lin(x, n, e.gate, true),

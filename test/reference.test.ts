@@ -85,7 +85,9 @@ describe('reference forward', () => {
       expect(got.get(`kv_latent.${c}`)?.length).toBe(T * (cfg.kv_lora_rank + cfg.qk_rope_head_dim));
     const emb = store.get('model.embed_tokens.weight')!.data;
     let hIn: Float64Array = new Float64Array(T * H);
-    tokens.forEach((tok, t) => hIn.set(emb.subarray(tok * H, (tok + 1) * H), t * H));
+    tokens.forEach((tok, t) => {
+      hIn.set(emb.subarray(tok * H, (tok + 1) * H), t * H);
+    });
     for (let L = 0; L < cfg.num_layers; L++) {
       const sum = hIn.map(
         (x, i) =>

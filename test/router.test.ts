@@ -248,7 +248,10 @@ describe('routerTopk', () => {
       W = mk([t, k]),
       N = mk([t], 'int32');
     const all: Tensor[] = [L, B, I, W, N];
-    const keep = <T extends Tensor>(x: T) => (all.push(x), x);
+    const keep = <T extends Tensor>(x: T) => {
+      all.push(x);
+      return x;
+    };
     expectCode(
       () => native.routerTopk(null, I, W, N, keep(mk([t, e], 'bf16')), B, 5, 6),
       'E_DTYPE',

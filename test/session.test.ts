@@ -28,7 +28,7 @@ afterAll(() => {
 
 const prompt = 'Once upon a time, in a valley of 42 sheep,';
 
-async function collect(g: AsyncIterable<string> & PromiseLike<{ text: string }>) {
+async function collect(g: AsyncIterable<string> & PromiseLike<{ text: string; stopReason: string }>) {
   let streamed = '';
   for await (const c of g) streamed += c;
   return { streamed, result: await g };
@@ -62,7 +62,7 @@ describe('stop strings', () => {
       const { streamed, result } = await collect(t.generate(prompt, { maxTokens: 40, stop }));
       const cut = Math.min(...stop.map(x => free.text.indexOf(x)).filter(i => i >= 0));
       expect(result.text, JSON.stringify(stop)).toBe(free.text.slice(0, cut));
-      expect((result as { stopReason: string }).stopReason).toBe('stop');
+      expect(result.stopReason).toBe('stop');
       expect(streamed).toBe(result.text);
     }
   });
@@ -164,8 +164,10 @@ describe('decode graphs across batch sizes and growing block tables', () => {
           const row = all.subarray((hist[b]!.length - n + k) * V, (hist[b]!.length - n + k + 1) * V);
           let scale = 0,
             worst = 0;
-          for (let i = 0; i < V; i++)
-            (scale = Math.max(scale, Math.abs(row[i]!))), (worst = Math.max(worst, Math.abs(row[i]! - perSeq[b]![k]![i]!)));
+          for (let i = 0; i < V; i++) {
+            scale = Math.max(scale, Math.abs(row[i]!));
+            worst = Math.max(worst, Math.abs(row[i]! - perSeq[b]![k]![i]!));
+          }
           expect(worst, `sequence ${b}, decode step ${k}`).toBeLessThanOrEqual(1e-4 * scale);
         }
       }

@@ -183,7 +183,10 @@ describe('siluMul, add, scale', () => {
 
 const u32 = new Uint32Array(1),
   f32v = new Float32Array(u32.buffer);
-const bitsToF32 = (b: number) => ((u32[0] = b >>> 0), f32v[0]!);
+const bitsToF32 = (b: number) => {
+  u32[0] = b >>> 0;
+  return f32v[0]!;
+};
 
 /** f32 test values: specials, midpoints (ties) of every narrow format, subnormals, random bits. */
 function conversionValues(r: ReturnType<typeof rng>): Float32Array {
@@ -282,8 +285,10 @@ describe('convert', () => {
               continue;
             }
             let want: number;
-            if (dt === 'f32') want = ((f32v[0] = xv), u32[0]!);
-            else want = encoders[dt]!(xv);
+            if (dt === 'f32') {
+              f32v[0] = xv;
+              want = u32[0]!;
+            } else want = encoders[dt]!(xv);
             if (got[i] !== want) expect.fail(`${what}: got 0x${got[i]!.toString(16)}, want 0x${want.toString(16)}`);
           }
         }

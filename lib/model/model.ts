@@ -136,7 +136,9 @@ export class LongcatModel {
       for (const [b, seq] of seqs.entries()) slotLists.push(seq.reserve(tokens[b]!.length));
       return this.forwardReserved(seqs, tokens, pastLens, slotLists, mode, opts);
     } catch (e) {
-      seqs.forEach((seq, b) => b < slotLists.length && seq.truncate(pastLens[b]!));
+      seqs.forEach((seq, b) => {
+        if (b < slotLists.length) seq.truncate(pastLens[b]!);
+      });
       throw e;
     }
   }

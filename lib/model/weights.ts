@@ -106,7 +106,10 @@ function buildWeights(
   opts: LoadWeightsOptions,
   owned: { dispose(): void }[],
 ): ModelWeights {
-  const own = <T extends { dispose(): void }>(t: T) => (owned.push(t), t);
+  const own = <T extends { dispose(): void }>(t: T) => {
+    owned.push(t);
+    return t;
+  };
   const totalBytes = opts.totalBytes ?? 0;
   let uploaded = 0;
   // Checkpoint tensors are mmapped on the CPU; on another device each is copied once.
