@@ -1,3 +1,5 @@
+// Devices, the per-device caching memory pool (stream-safe by fencing), streams (CPU: an ordered
+// queue on its own thread; CUDA: a stream), events and graph capture / replay.
 #include "device.h"
 
 #include <algorithm>

@@ -1,3 +1,4 @@
+// Read-only memory maps of checkpoint files: the bytes tensors borrow without copying.
 #include "mmap.h"
 
 #include <fcntl.h>

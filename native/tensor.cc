@@ -1,3 +1,5 @@
+// Tensors: dtype, shape, strides-free views (view, narrow) into reference-counted storage from the
+// device pool or a memory map, and host <-> device copies.
 #include "tensor.h"
 
 namespace lc {

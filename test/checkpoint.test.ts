@@ -1,3 +1,5 @@
+// Checkpoints: init-random writes the original and the HF packed layouts, openCheckpoint reads and
+// validates them (typed errors naming the file and tensor), progress and abort while mapping.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cpSync, mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync, unlinkSync, statSync } from 'node:fs';
 import { createHash } from 'node:crypto';

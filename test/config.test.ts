@@ -1,3 +1,5 @@
+// config.json: parseConfig validates every field with typed errors, requiredTensors lists the
+// tensors of SPEC 2, activeParams counts parameters per token.
 import { describe, expect, it } from 'vitest';
 import { activeParams, deriveConstants, parseConfig, requiredTensors, isQuantizedModule, configToJson } from '../lib/config.js';
 import { ConfigError } from '../lib/errors.js';

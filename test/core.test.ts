@@ -1,3 +1,5 @@
+// The native core: build facts and devices, tensors (dtypes, views, copies, disposal, pool
+// accounting), streams and events.
 import { describe, expect, it } from 'vitest';
 import {
   Event,

@@ -1,3 +1,5 @@
+// The paged KV cache bookkeeping: the block allocator, per-sequence slot reservation and
+// truncation, and the batch block tables.
 import { describe, expect, it } from 'vitest';
 import { ArgumentError, ContextLengthError, LongcatError, OutOfMemoryError } from '../lib/errors.js';
 import { BlockAllocator, SequenceCache, batchTables } from '../lib/kv-cache.js';

@@ -1,3 +1,5 @@
+// RoPE: the inverse-frequency tables (plain and YaRN) against transformers' formulas, and the rope op
+// against a float64 reference on every ISA.
 import { afterAll, describe, expect, it } from 'vitest';
 import { full, native, tensor, toArray } from '../lib/index.js';
 import { ropeTables } from '../lib/rope.js';

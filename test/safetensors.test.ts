@@ -1,3 +1,5 @@
+// safetensors: writer -> parser -> memory map round trips, header validation with typed errors,
+// and the native mmap.
 import { afterAll, describe, expect, it } from 'vitest';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';

@@ -1,3 +1,5 @@
+// The tokenizer (tokenizer.json through @huggingface/tokenizers, streaming UTF-8-safe decoding) and
+// the chat template of SPEC 8.2.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mkdtempSync, rmSync, mkdirSync, writeFileSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';

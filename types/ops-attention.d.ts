@@ -1,3 +1,4 @@
+// Declarations of the attention ops: rope, the MLA prefill and absorbed decode, the latent cache.
 import type { Tensor, Stream } from './native.js';
 
 type S = Stream | null | undefined;

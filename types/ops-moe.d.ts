@@ -1,3 +1,4 @@
+// Declarations of the MoE ops: routerTopk, moe / moeExperts over a packed expert set.
 import type { Tensor, Stream } from './native.js';
 
 type S = Stream | null | undefined;

@@ -1,3 +1,4 @@
+// Declarations of the small ops: norms, elementwise, conversions, fp8 / int8 quantization, sampling.
 import type { Tensor, Stream } from './native.js';
 
 type S = Stream | null | undefined;

@@ -1,3 +1,5 @@
+// CPU feature detection (cpuid + xgetbv) and the ISA the kernels run: the best this CPU and OS
+// support, capped by LONGCAT_ISA or setIsa().
 #include "features.h"
 
 #include <atomic>

@@ -1,3 +1,5 @@
+// CPU MoE kernels (SPEC 4): router top-k with the correction bias, the grouped expert FFNs over
+// the routed experts, and the zero experts added last, in a fixed order.
 #include "moe.h"
 
 #include <cmath>

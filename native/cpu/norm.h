@@ -1,3 +1,4 @@
+// RMSNorm on the CPU (SPEC 3.2), with the residual add fused: h = x (+ add); y = weight * h / rms(h).
 #pragma once
 #include <cstdint>
 

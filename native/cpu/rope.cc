@@ -1,3 +1,5 @@
+// Rotary position embedding on the CPU (SPEC 3.6): rotates the rope part of q and k by position, from
+// int32 positions and f32 inverse frequencies.
 #include "rope.h"
 
 #include <algorithm>

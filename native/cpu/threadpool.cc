@@ -1,3 +1,5 @@
+// The CPU thread pool every kernel uses through parallel_for: a fixed set of workers, work split by
+// ranges, safe to call from several stream threads at once.
 #include "threadpool.h"
 
 #include <sched.h>
