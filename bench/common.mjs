@@ -60,5 +60,10 @@ export function deviceRandom(device, stream, chunk) {
     }
     return t;
   };
-  return { make, dispose: () => chunks.forEach(c => c.dispose()) };
+  return {
+    make,
+    dispose: () => {
+      for (const c of chunks.values()) c.dispose();
+    },
+  };
 }

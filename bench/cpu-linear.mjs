@@ -120,6 +120,7 @@ function sgemmRef() {
   }
   // This environment pins OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE for old numpy builds; they would
   // slow a current OpenBLAS down, so the reference runs without them (its detected core is reported).
+  /** @type {NodeJS.ProcessEnv} */
   const env = { ...process.env, OPENBLAS_NUM_THREADS: String(threads) };
   delete env.OPENBLAS_CORETYPE;
   delete env.OPENBLAS_L2_SIZE;

@@ -55,6 +55,12 @@ function main() {
   const gemmRate = () => (2 * NH * gN * W) / native.benchLinear(gy, gx, gw, null, 2, quick ? 7 : 15).minMs / 1e6;
   const gemm0 = gemmRate();
 
+  /**
+   * One batch x context point; the roofline fractions are filled in once both rooflines are measured.
+   * @type {Array<{ batch: number, context: number, iters: number, medianMs: number, cacheBytes: number,
+   *   flops: number, gbps: number, gflops: number, fracBandwidth?: number, fracGemm?: number,
+   *   bound?: 'memory' | 'compute', fracRoofline?: number }>}
+   */
   const rows = [];
   let rot = 0;
   for (const [B, ctx] of cases) {

@@ -52,6 +52,14 @@ function main() {
   const rand = rng(12345);
   const decodeT = quick ? [1, 4] : [1, 2, 4, 8];
   const prefillT = quick ? [64] : [64, 256];
+  /**
+   * One phase x token-count point; the bandwidth and linear fractions are filled in after the closing
+   * bandwidth sample.
+   * @type {Array<{ phase: string, T: number, k: number, ffnPerToken: number, iters: number, medianMs: number,
+   *   touchedExperts: number, linearRows: number, linearMs: number, linearGflops: number, linearGbps: number,
+   *   tokensPerExpert: number, weightBytes: number, gbps: number, gflops: number, tokensPerSecond: number,
+   *   fracBandwidth?: number, fracLinear?: number, linearFracBandwidth?: number }>}
+   */
   const rows = [];
   for (const T of [...decodeT, ...prefillT]) {
     const phase = T <= 8 ? 'decode' : 'prefill';

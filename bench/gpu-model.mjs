@@ -35,7 +35,14 @@ if (!smoke && !native.cudaStatus().available) {
   process.exit(2);
 }
 const dev = smoke ? (args.includes('--device') ? args[args.indexOf('--device') + 1] : 'cpu') : 'cuda:0';
-const card = smoke ? { name: `${dev} (smoke)`, freeBytes: 0 } : native.devices().find(d => d.id === dev);
+/** The CUDA device's own info, or a stand-in (no free-memory figure) for the smoke run. */
+function cardInfo() {
+  if (smoke) return { name: `${dev} (smoke)`, freeBytes: 0 };
+  const d = native.devices().find(x => x.id === dev);
+  if (d?.kind !== 'cuda') throw new Error(`bench/gpu-model: ${dev} is not a CUDA device of this addon`);
+  return d;
+}
+const card = cardInfo();
 const stream = new Stream(dev);
 
 // LongCat-Flash-Chat (SPEC 1.1); --smoke shrinks every width, to the smallest model that still has
@@ -235,9 +242,12 @@ function decode(n) {
 
 decode(smoke ? 1 : 4); // captures the decode graph
 const g = decode(STEPS);
+// The eager run decodes on this same engine (weights, cache, streams); graphs is a construction-time option.
+// @ts-expect-error useGraphs is private
 engine.useGraphs = false;
 const few = smoke ? STEPS : Math.max(8, STEPS >> 2);
 const e = decode(few);
+// @ts-expect-error restores the private flag cleared above
 engine.useGraphs = true;
 const stepMs = median(g.total),
   eagerMs = median(e.total);

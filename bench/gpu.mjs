@@ -43,10 +43,14 @@ if (!smoke && !status.available) {
   process.exit(2);
 }
 const dev = smoke ? (args.includes('--device') ? args[args.indexOf('--device') + 1] : 'cpu') : 'cuda:0';
-const card =
-  dev === 'cpu'
-    ? { name: 'cpu (smoke)', computeCapability: '0.0', multiprocessors: 0 }
-    : native.devices().find(d => d.id === dev);
+/** The card as printed and recorded: the CUDA device's own info, or a stand-in for the CPU smoke run. */
+function cardInfo() {
+  if (dev === 'cpu') return { name: 'cpu (smoke)', computeCapability: '0.0', multiprocessors: 0 };
+  const d = native.devices().find(x => x.id === dev);
+  if (d?.kind !== 'cuda') throw new Error(`bench/gpu: ${dev} is not a CUDA device of this addon`);
+  return d;
+}
+const card = cardInfo();
 const stream = new Stream(dev);
 console.log(`bench/gpu on ${card.name} (sm_${card.computeCapability.replace('.', '')}, ${card.multiprocessors} SMs)`);
 // LongCat-Flash sizes; --smoke divides widths by 24 and counts by 8 and picks its own few sizes
@@ -57,7 +61,10 @@ const results = { card: card.name, computeCapability: card.computeCapability };
 /** Median milliseconds of `fn` on the stream, timed with CUDA events (--smoke: one untimed-quality run). */
 function timeMs(fn, iters = quick ? 5 : 12) {
   if (smoke) iters = 1;
-  else fn(), fn();
+  else {
+    fn();
+    fn();
+  }
   const times = [];
   for (let i = 0; i < iters; i++) {
     const a = new Event(dev),
@@ -112,7 +119,8 @@ let copyGBs = 0;
 }
 
 // ---- dense GEMMs ---------------------------------------------------------------------------------
-const shapes = [
+/** @typedef {[name: string, n: number, k: number]} GemmShape */
+const shapes = /** @type {GemmShape[]} */ ([
   ['expert gate+up', 4096, 6144],
   ['expert down', 6144, 2048],
   ['dense FFN gate+up', 24576, 6144],
@@ -120,8 +128,8 @@ const shapes = [
   ['attn q_b', 12288, 1536],
   ['attn kv_a', 576, 6144],
   ['attn o_proj', 6144, 8192],
-]
-  .map(([name, n, k]) => [name, wd(n), wd(k)])
+])
+  .map(([name, n, k]) => /** @type {GemmShape} */ ([name, wd(n), wd(k)]))
   .slice(0, smoke ? 2 : undefined);
 if (want('gemm')) {
   const Ts = smoke ? [1, 17] : quick ? [1, 64, 4096] : [1, 8, 64, 512, 4096];
@@ -188,7 +196,11 @@ if (want('moe')) {
       g.push(randomDevice([I, H], wdt, fp8 ? 200 : 0.05));
       u.push(randomDevice([I, H], wdt, fp8 ? 200 : 0.05));
       d.push(randomDevice([H, I], wdt, fp8 ? 200 : 0.05));
-      if (fp8) gs.push(fp8Scales(I, H)), us.push(fp8Scales(I, H)), ds.push(fp8Scales(H, I));
+      if (fp8) {
+        gs.push(fp8Scales(I, H));
+        us.push(fp8Scales(I, H));
+        ds.push(fp8Scales(H, I));
+      }
     }
     const set = native.moeExperts(g, u, d, fp8 ? gs : null, fp8 ? us : null, fp8 ? ds : null);
     // the dense peer: one gate+up and one down weight at the same rows

@@ -316,6 +316,8 @@ async function benchPreset(preset, bw0) {
 
   const pp = [];
   for (let r = 0; r < reps; r++) pp.push(prefill(engine, toks(PP)));
+  // The eager comparison below toggles the engine's graph flag (graphs is a construction-time option).
+  // @ts-expect-error useGraphs is private
   const hasGraphs = typeof engine.useGraphs === 'boolean';
   const tg = [];
   let last = null;
@@ -326,8 +328,10 @@ async function benchPreset(preset, bw0) {
     tg.push(res);
   }
   // Decode without the captured graph (one JS -> native crossing per op), fewer steps.
+  /** @type {{ steps: number, tokensPerSecond: number, issueMsPerStep: number, stepMs: number, hostFraction?: number } | null} */
   let eager = null;
   if (hasGraphs) {
+    // @ts-expect-error private flag: the eager run decodes on this same loaded engine, not a second copy
     engine.useGraphs = false;
     try {
       const n = quick ? 16 : 32;
@@ -342,6 +346,7 @@ async function benchPreset(preset, bw0) {
       };
       eager.hostFraction = eager.issueMsPerStep / eager.stepMs;
     } finally {
+      // @ts-expect-error restores the private flag cleared above
       engine.useGraphs = true;
     }
   }

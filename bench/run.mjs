@@ -20,6 +20,7 @@ const quick = args.includes('--quick');
 const only = args.includes('--only') ? args[args.indexOf('--only') + 1].split(',') : null;
 
 // name, script, args (cpu-linear belongs to another author: it takes no flags and writes its own JSON)
+/** @type {Array<[name: string, script: string, extraArgs: string[]]>} */
 const BENCHES = [
   ['cpu-linear', 'cpu-linear.mjs', []],
   ['cpu-moe', 'cpu-moe.mjs', ['--out', path.join(outDir, 'cpu-moe.json')]],

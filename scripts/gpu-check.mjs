@@ -18,6 +18,10 @@ if (!status.available) {
   process.exit(2);
 }
 const gpu = native.devices().find(d => d.id === dev);
+if (gpu?.kind !== 'cuda') {
+  console.error(`gpu-check: ${dev} is not a CUDA device of this addon`);
+  process.exit(2);
+}
 console.log(
   `gpu-check on ${gpu.name} (sm_${gpu.computeCapability.replace('.', '')}, ${gpu.multiprocessors} SMs), addon ${JSON.stringify(native.buildInfo())}`,
 );
@@ -57,7 +61,7 @@ function runCase(c) {
     flops = 0;
   try {
     const r = checkCase(c, stream, limits);
-    if (r.skipped) {
+    if (r.skipped === true) {
       skipped++;
       return;
     }
@@ -82,7 +86,7 @@ for (const c of cases.filter(c => !optIn(c))) runCase(c);
 console.log(`ops: ${passed} passed, ${failed} failed`);
 
 // The whole model on the GPU against the CPU (tiny, tiny fp8, small checkpoints).
-for (const precision of ['highest', 'bf16']) {
+for (const precision of /** @type {const} */ (['highest', 'bf16'])) {
   try {
     for (const c of await modelChecks({ device: dev, precision, ...(emulated ? { presets: ['tiny'] } : {}) })) {
       c.ok ? passed++ : failed++;

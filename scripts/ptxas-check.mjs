@@ -199,7 +199,9 @@ async function main() {
 
   const rows = results.flat();
   const names = shortNames(rows.map(r => r.mangled));
-  rows.forEach((r, i) => (r.name = names[i]));
+  rows.forEach((r, i) => {
+    r.name = names[i];
+  });
   const archOrder = new Map(opt.archs.map((a, i) => [a, i]));
   rows.sort(
     (a, b) => a.src.localeCompare(b.src) || a.name.localeCompare(b.name) || archOrder.get(a.arch) - archOrder.get(b.arch),

@@ -10,7 +10,10 @@ import { tensor, toArray, empty } from '../../dist/tensor.js';
 
 const which = process.argv[2];
 let seed = 99;
-const rand = () => ((seed = (seed * 1103515245 + 12345) >>> 0) / 4294967296) * 2 - 1;
+const rand = () => {
+  seed = (seed * 1103515245 + 12345) >>> 0;
+  return (seed / 4294967296) * 2 - 1;
+};
 const randArr = (n, s = 1) => Float32Array.from({ length: n }, () => rand() * s);
 
 // A [t, k] x [n, k]^T linear on `device`: bf16 x bf16 with the wgmma GEMM asked for, or an fp8
