@@ -1,0 +1,118 @@
+// The expert-parallel ops (kernels: cpu/ep.cc; slot protocol in cpu/ep.h):
+//   epDispatch(stream, u, idx, weights, nRouted, nExperts, expertsPerRank, counts[], xs[], idxs[], ws[])
+//   epCombine(stream, out, u, idx, weights, nRouted, nExperts, expertsPerRank, partials[])
+// CPU ranks only in this build: there is no CUDA peer-pointer kernel yet, so a CUDA tensor fails
+// with E_DEVICE from launch().
+#include "../binding.h"
+#include "../cpu/ep.h"
+
+namespace lc {
+
+namespace {
+
+// Ranks, local experts per rank: nRouted = ranks x expertsPerRank, nExperts >= nRouted.
+void expect_split(const char* op, int64_t n_routed, int64_t n_experts, int64_t per_rank, int64_t ranks) {
+  if (ranks < 1) fail(Code::E_ARGUMENT, "%s: needs at least one rank", op);
+  if (per_rank < 1 || per_rank * ranks != n_routed)
+    fail(Code::E_ARGUMENT, "%s: %lld ranks x expertsPerRank = %lld do not hold the nRouted = %lld routed experts", op, ll(ranks), ll(per_rank),
+         ll(n_routed));
+  if (n_experts < n_routed || n_experts > INT32_MAX)
+    fail(Code::E_ARGUMENT, "%s: nExperts = %lld must be in %lld..%d (routed + zero experts)", op, ll(n_experts), ll(n_routed), INT32_MAX);
+}
+
+// The routing check's failure as the typed error of `op` (run inside the queued work: raised at synchronize).
+void raise_routing(const char* op, const cpu::EpRouteCheck& r, const int32_t* idx, int64_t k, int64_t capacity) {
+  if (r.bad_index >= 0)
+    fail(Code::E_ARGUMENT, "%s: idx[%lld, %lld] = %d is outside [0, nExperts)", op, ll(r.bad_index / k), ll(r.bad_index % k), idx[r.bad_index]);
+  if (r.full_rank >= 0)
+    fail(Code::E_ARGUMENT, "%s: capacity exceeded: %lld tokens go to rank %lld, its slot holds %lld rows", op, ll(r.needed), ll(r.full_rank),
+         ll(capacity));
+}
+
+Napi::Value EpDispatch(const Napi::CallbackInfo& info) {
+  const char* op = "epDispatch";
+  OpArgs a(info, op);
+  Tensor u = a.tensor(1, "u"), idx = a.tensor(2, "idx"), w = a.tensor(3, "weights");
+  const int64_t n_routed = a.integer(4, "nRouted"), n_experts = a.integer(5, "nExperts"), per_rank = a.integer(6, "expertsPerRank");
+  std::vector<Tensor> counts = a.tensor_list(7, "counts"), xs = a.tensor_list(8, "xs"), idxs = a.tensor_list(9, "idxs"),
+                      ws = a.tensor_list(10, "ws");
+  const Device d = u.device();
+  int64_t t, h;
+  a.dims(u, "u", {DType::F32}, d, &t, &h);
+  a.expect(idx, "idx", {DType::I32}, d, {t, -1});
+  const int64_t k = idx.dim(1);
+  a.expect(w, "weights", {DType::F32}, d, {t, k});
+  const int64_t ranks = static_cast<int64_t>(counts.size());
+  expect_split(op, n_routed, n_experts, per_rank, ranks);
+  if (xs.size() != counts.size() || idxs.size() != counts.size() || ws.size() != counts.size())
+    fail(Code::E_ARGUMENT, "%s: counts, xs, idxs and ws need one slot per rank; got %zu, %zu, %zu, %zu", op, counts.size(), xs.size(),
+         idxs.size(), ws.size());
+  if (xs[0].ndim() != 2) expect_ndim(op, "xs[0]", xs[0], 2);
+  const int64_t capacity = xs[0].dim(0);
+  std::vector<cpu::EpSlot> slots(static_cast<size_t>(ranks));
+  for (int64_t r = 0; r < ranks; ++r) {
+    const std::string at = "[" + std::to_string(r) + "]";
+    a.expect(counts[r], ("counts" + at).c_str(), {DType::I32}, d, {1});
+    a.expect(xs[r], ("xs" + at).c_str(), {DType::F32}, d, {capacity, h});
+    a.expect(idxs[r], ("idxs" + at).c_str(), {DType::I32}, d, {capacity, k});
+    a.expect(ws[r], ("ws" + at).c_str(), {DType::F32}, d, {capacity, k});
+    slots[r] = cpu::EpSlot{counts[r].ptr<int32_t>(), xs[r].ptr<float>(), idxs[r].ptr<int32_t>(), ws[r].ptr<float>()};
+  }
+  Stream& s = a.stream(0, d);
+  launch(op, s,
+         [=] {
+           hold(counts, xs, idxs, ws);
+           const cpu::EpRouteCheck r = cpu::ep_dispatch(t, k, h, u.ptr<float>(), idx.ptr<int32_t>(), w.ptr<float>(), n_routed, n_experts,
+                                                        per_rank, ranks, capacity, slots.data());
+           raise_routing(op, r, idx.ptr<int32_t>(), k, capacity);
+         },
+         nullptr);
+  return info.Env().Undefined();
+}
+
+Napi::Value EpCombine(const Napi::CallbackInfo& info) {
+  const char* op = "epCombine";
+  OpArgs a(info, op);
+  Tensor out = a.tensor(1, "out"), u = a.tensor(2, "u"), idx = a.tensor(3, "idx"), w = a.tensor(4, "weights");
+  const int64_t n_routed = a.integer(5, "nRouted"), n_experts = a.integer(6, "nExperts"), per_rank = a.integer(7, "expertsPerRank");
+  std::vector<Tensor> partials = a.tensor_list(8, "partials");
+  const Device d = u.device();
+  int64_t t, h;
+  a.dims(u, "u", {DType::F32}, d, &t, &h);
+  a.expect(out, "out", {DType::F32}, d, {t, h});
+  a.expect(idx, "idx", {DType::I32}, d, {t, -1});
+  const int64_t k = idx.dim(1);
+  a.expect(w, "weights", {DType::F32}, d, {t, k});
+  const int64_t ranks = static_cast<int64_t>(partials.size());
+  expect_split(op, n_routed, n_experts, per_rank, ranks);
+  if (partials[0].ndim() != 2) expect_ndim(op, "partials[0]", partials[0], 2);
+  const int64_t capacity = partials[0].dim(0);
+  auto overlaps = [&](const Tensor& x) {
+    return out.storage == x.storage && out.offset < x.offset + x.nbytes() && x.offset < out.offset + out.nbytes();
+  };
+  if (overlaps(u)) fail(Code::E_ARGUMENT, "%s: 'out' overlaps 'u'", op);
+  std::vector<const float*> parts(static_cast<size_t>(ranks));
+  for (int64_t r = 0; r < ranks; ++r) {
+    const std::string name = "partials[" + std::to_string(r) + "]";
+    a.expect(partials[r], name.c_str(), {DType::F32}, d, {capacity, h});
+    if (overlaps(partials[r])) fail(Code::E_ARGUMENT, "%s: 'out' overlaps '%s'", op, name.c_str());
+    parts[r] = partials[r].ptr<float>();
+  }
+  Stream& s = a.stream(0, d);
+  launch(op, s,
+         [=] {
+           hold(partials);
+           const cpu::EpRouteCheck r = cpu::ep_combine(t, k, h, u.ptr<float>(), idx.ptr<int32_t>(), w.ptr<float>(), n_routed, n_experts,
+                                                       per_rank, ranks, capacity, parts.data(), out.ptr<float>());
+           raise_routing(op, r, idx.ptr<int32_t>(), k, capacity);
+         },
+         nullptr);
+  return info.Env().Undefined();
+}
+
+}  // namespace
+
+LC_REGISTER_OP("epDispatch", EpDispatch);
+LC_REGISTER_OP("epCombine", EpCombine);
+
+}  // namespace lc
