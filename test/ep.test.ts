@@ -38,10 +38,13 @@ function rng(seed: number) {
   };
 }
 const randomF32 = (n: number, r: () => number, scale = 1) => Float32Array.from({ length: n }, () => r() * scale);
-const f32 = (data: Float32Array, shape: number[]) => tensor(data, shape);
-const i32 = (data: ArrayLike<number>, shape: number[]) => tensor(Int32Array.from(data), shape, { dtype: 'int32' });
-const poisoned = (shape: number[], dtype: 'f32' | 'int32' = 'f32') =>
-  tensor(dtype === 'f32' ? new Float32Array(shape.reduce((a, b) => a * b, 1)).fill(NaN) : new Int32Array(shape.reduce((a, b) => a * b, 1)).fill(-7), shape, { dtype });
+const f32 = (data: Float32Array, shape: number[], device = 'cpu') => tensor(data, shape, { device });
+const i32 = (data: ArrayLike<number>, shape: number[], device = 'cpu') => tensor(Int32Array.from(data), shape, { dtype: 'int32', device });
+const poisoned = (shape: number[], dtype: 'f32' | 'int32' = 'f32', device = 'cpu') =>
+  tensor(dtype === 'f32' ? new Float32Array(shape.reduce((a, b) => a * b, 1)).fill(NaN) : new Int32Array(shape.reduce((a, b) => a * b, 1)).fill(-7), shape, { dtype, device });
+// The ops run on the CPU and, where the build has a usable CUDA device (a card, or the emulator of
+// test/emu), on cuda:0 (split send / receive kernels of cuda/ep.cu), against the same references.
+const opDevices = ['cpu', ...(native.cudaStatus().available ? ['cuda:0'] : [])];
 
 // ---- the protocol, in plain JS ----------------------------------------------------------------
 
@@ -50,10 +53,12 @@ interface Problem { T: number; H: number; k: number; nRouted: number; nExperts: 
 /** What epDispatch must write into rank d's slot for this source (capacity rows). */
 function referenceSlot(p: Problem, per: number, d: number, cap: number) {
   const x = new Float32Array(cap * p.H), idx = new Int32Array(cap * p.k).fill(per), w = new Float32Array(cap * p.k);
+  const rowOf = new Int32Array(p.T).fill(-1);
   let row = 0;
   for (let t = 0; t < p.T; t++) {
     const ix = p.idx.subarray(t * p.k, (t + 1) * p.k);
     if (!ix.some((e) => e < p.nRouted && Math.floor(e / per) === d)) continue;
+    rowOf[t] = row;
     x.set(p.u.subarray(t * p.H, (t + 1) * p.H), row * p.H);
     for (let j = 0; j < p.k; j++) {
       const e = ix[j]!;
@@ -61,7 +66,7 @@ function referenceSlot(p: Problem, per: number, d: number, cap: number) {
     }
     row++;
   }
-  return { count: row, x, idx, w };
+  return { count: row, x, idx, w, rowOf };
 }
 
 interface ExpertWeights { gate: Float32Array[]; up: Float32Array[]; down: Float32Array[]; I: number }
@@ -104,10 +109,10 @@ function randomExperts(n: number, H: number, I: number, seed: number): ExpertWei
 }
 
 /** Rank r's expert set (its block of experts only) and the whole set, as native tensors. */
-function expertSets(ex: ExpertWeights, H: number, ranks: number) {
+function expertSets(ex: ExpertWeights, H: number, ranks: number, device = 'cpu') {
   const n = ex.gate.length, per = expertsPerRank(ranks, n);
   const held: Tensor[] = [];
-  const t = (d: Float32Array, shape: number[]) => (held.push(f32(d, shape)), held[held.length - 1]!);
+  const t = (d: Float32Array, shape: number[]) => (held.push(f32(d, shape, device)), held[held.length - 1]!);
   const gate = ex.gate.map((g) => t(g, [ex.I, H])), up = ex.up.map((g) => t(g, [ex.I, H])), down = ex.down.map((g) => t(g, [H, ex.I]));
   const shards = Array.from({ length: ranks }, (_, r) => {
     const { first, count } = rankExperts(r, per);
@@ -133,20 +138,23 @@ const range = (a: number, b: number) => Array.from({ length: b - a }, (_, i) => 
  * The whole MoE of `sources` home ranks (problems[s]) through dispatch, the receivers' moe over
  * their own experts, and combine, each rank on its own stream joined by events (as the runner does).
  */
-function expertParallelMoe(problems: Problem[], sets: ReturnType<typeof expertSets>, ranks: number, cap: number): Float32Array[] {
+function expertParallelMoe(problems: Problem[], sets: ReturnType<typeof expertSets>, ranks: number, cap: number, device = 'cpu'): Float32Array[] {
   const { H, k, nRouted, nExperts } = problems[0]!, per = sets.per, A = problems.length;
-  const streams = Array.from({ length: ranks }, () => new native.Stream('cpu'));
+  const streams = Array.from({ length: ranks }, () => new native.Stream(device));
   const held: Tensor[] = [];
   const keep = (t: Tensor) => (held.push(t), t);
   const recv = Array.from({ length: ranks }, () => ({
-    count: keep(poisoned([A], 'int32')), x: keep(poisoned([A * cap, H])), idx: keep(poisoned([A * cap, k], 'int32')),
-    w: keep(poisoned([A * cap, k])), y: keep(poisoned([A * cap, H])),
+    count: keep(poisoned([A], 'int32', device)), x: keep(poisoned([A * cap, H], 'f32', device)), idx: keep(poisoned([A * cap, k], 'int32', device)),
+    w: keep(poisoned([A * cap, k], 'f32', device)), y: keep(poisoned([A * cap, H], 'f32', device)),
   }));
   const rows = (t: Tensor, s: number) => keep(t.narrow(s * cap, cap));
-  const ins = problems.map((p) => ({ u: keep(f32(p.u, [p.T, H])), idx: keep(i32(p.idx, [p.T, k])), w: keep(f32(p.w, [p.T, k])), out: keep(poisoned([p.T, H])) }));
-  const dispatched = streams.map(() => new native.Event('cpu')), computed = streams.map(() => new native.Event('cpu'));
+  const ins = problems.map((p) => ({
+    u: keep(f32(p.u, [p.T, H], device)), idx: keep(i32(p.idx, [p.T, k], device)), w: keep(f32(p.w, [p.T, k], device)),
+    out: keep(poisoned([p.T, H], 'f32', device)), rowOf: keep(poisoned([p.T, ranks], 'int32', device)),
+  }));
+  const dispatched = streams.map(() => new native.Event(device)), computed = streams.map(() => new native.Event(device));
   for (let s = 0; s < A; s++) {
-    native.epDispatch(streams[s], ins[s]!.u, ins[s]!.idx, ins[s]!.w, nRouted, nExperts, per, recv.map((r) => keep(r.count.narrow(s, 1))),
+    native.epDispatch(streams[s], ins[s]!.u, ins[s]!.idx, ins[s]!.w, nRouted, nExperts, per, ins[s]!.rowOf, recv.map((r) => keep(r.count.narrow(s, 1))),
       recv.map((r) => rows(r.x, s)), recv.map((r) => rows(r.idx, s)), recv.map((r) => rows(r.w, s)));
     dispatched[s]!.record(streams[s]!);
   }
@@ -157,7 +165,7 @@ function expertParallelMoe(problems: Problem[], sets: ReturnType<typeof expertSe
   }
   for (let s = 0; s < A; s++) {
     for (let d = 0; d < ranks; d++) streams[s]!.waitEvent(computed[d]!);
-    native.epCombine(streams[s], ins[s]!.out, ins[s]!.u, ins[s]!.idx, ins[s]!.w, nRouted, nExperts, per, recv.map((r) => rows(r.y, s)));
+    native.epCombine(streams[s], ins[s]!.out, ins[s]!.u, ins[s]!.idx, ins[s]!.w, nRouted, nExperts, ins[s]!.rowOf, recv.map((r) => rows(r.y, s)));
   }
   streams.forEach((s) => s.synchronize());
   const outs = ins.map((x) => toArray(x.out) as Float32Array);
@@ -193,49 +201,56 @@ describe('epDispatch against the JS slot reference', () => {
     ['tokens whose experts are all zero experts', 2, range(8, 12), 4, 4],
     ['one token', 8, range(0, 12), 1, 1],
   ];
-  it.each(cases)('%s', (_name, ranks, pool, T, capGiven) => {
+  it.each(opDevices.flatMap((dev) => cases.map((c) => [dev, ...c] as const)))('%s: %s', (dev, _name, ranks, pool, T, capGiven) => {
     const p = problem(T, H, k, nRouted, nZero, pool, 11 + T * ranks), per = expertsPerRank(ranks, nRouted);
     const want = Array.from({ length: ranks }, (_, d) => referenceSlot(p, per, d, T));
     const cap = capGiven ?? Math.max(...want.map((s) => s.count));
-    const u = f32(p.u, [T, H]), idx = i32(p.idx, [T, k]), w = f32(p.w, [T, k]);
-    const slots = Array.from({ length: ranks }, () => ({ count: poisoned([1], 'int32'), x: poisoned([cap, H]), idx: poisoned([cap, k], 'int32'), w: poisoned([cap, k]) }));
-    native.epDispatch(null, u, idx, w, nRouted, nRouted + nZero, per, slots.map((s) => s.count), slots.map((s) => s.x), slots.map((s) => s.idx), slots.map((s) => s.w));
+    const u = f32(p.u, [T, H], dev), idx = i32(p.idx, [T, k], dev), w = f32(p.w, [T, k], dev), rowOf = poisoned([T, ranks], 'int32', dev);
+    const slots = Array.from({ length: ranks }, () => ({
+      count: poisoned([1], 'int32', dev), x: poisoned([cap, H], 'f32', dev), idx: poisoned([cap, k], 'int32', dev), w: poisoned([cap, k], 'f32', dev),
+    }));
+    native.epDispatch(null, u, idx, w, nRouted, nRouted + nZero, per, rowOf, slots.map((s) => s.count), slots.map((s) => s.x), slots.map((s) => s.idx),
+      slots.map((s) => s.w));
+    const rows = toArray(rowOf);
     for (let d = 0; d < ranks; d++) {
       const ref = referenceSlot(p, per, d, cap);
       expect(toArray(slots[d]!.count)[0]).toBe(ref.count);
       expect(Array.from(toArray(slots[d]!.x))).toEqual(Array.from(ref.x)); // a copy: exact, padding zeroed
       expect(Array.from(toArray(slots[d]!.idx))).toEqual(Array.from(ref.idx));
       expect(Array.from(toArray(slots[d]!.w))).toEqual(Array.from(ref.w));
+      expect(Array.from({ length: T }, (_, t) => rows[t * ranks + d])).toEqual(Array.from(ref.rowOf));
     }
     const total = want.reduce((a, s) => a + s.count, 0);
     // once per rank, not once per expert: no more rows than (token, rank) pairs with an FFN expert there
     let pairs = 0;
     for (let t = 0; t < T; t++) pairs += new Set(Array.from(p.idx.subarray(t * k, (t + 1) * k)).filter((e) => e < nRouted).map((e) => Math.floor(e / per))).size;
     expect(total).toBe(pairs);
-    for (const t of [u, idx, w, ...slots.flatMap((s) => [s.count, s.x, s.idx, s.w])]) t.dispose();
+    for (const t of [u, idx, w, rowOf, ...slots.flatMap((s) => [s.count, s.x, s.idx, s.w])]) t.dispose();
   });
 
   it('fails with a typed error and writes nothing when a rank\'s slot would overflow', () => {
     const ranks = 2, p = problem(6, H, k, nRouted, nZero, [0, 1, 2, 3, 8], 5), per = 4;
-    const u = f32(p.u, [6, H]), idx = i32(p.idx, [6, k]), w = f32(p.w, [6, k]);
+    const u = f32(p.u, [6, H]), idx = i32(p.idx, [6, k]), w = f32(p.w, [6, k]), rowOf = poisoned([6, ranks], 'int32');
     const slots = Array.from({ length: ranks }, () => ({ count: poisoned([1], 'int32'), x: poisoned([5, H]), idx: poisoned([5, k], 'int32'), w: poisoned([5, k]) }));
     const s = new native.Stream('cpu');
-    native.epDispatch(s, u, idx, w, nRouted, nRouted + nZero, per, slots.map((x) => x.count), slots.map((x) => x.x), slots.map((x) => x.idx), slots.map((x) => x.w));
+    native.epDispatch(s, u, idx, w, nRouted, nRouted + nZero, per, rowOf, slots.map((x) => x.count), slots.map((x) => x.x), slots.map((x) => x.idx), slots.map((x) => x.w));
     expect(() => s.synchronize()).toThrow(/capacity exceeded: 6 tokens go to rank 0, its slot holds 5 rows/);
     expect(Array.from(toArray(slots[0]!.count))).toEqual([-7]);
     expect(Array.from(toArray(slots[1]!.count))).toEqual([-7]);
     expect(Number.isNaN(toArray(slots[0]!.x)[0]!)).toBe(true);
+    expect(toArray(rowOf)[0]).toBe(-7);
     s.dispose();
-    for (const t of [u, idx, w, ...slots.flatMap((x) => [x.count, x.x, x.idx, x.w])]) t.dispose();
+    for (const t of [u, idx, w, rowOf, ...slots.flatMap((x) => [x.count, x.x, x.idx, x.w])]) t.dispose();
   });
 
   it('rejects a split that does not hold the routed experts, a bad expert id and mismatched slots', () => {
     const p = problem(3, H, k, nRouted, nZero, range(0, 12), 3);
     const u = f32(p.u, [3, H]), idx = i32(p.idx, [3, k]), w = f32(p.w, [3, k]);
+    const rowOf = (ranks: number) => empty([3, ranks], { dtype: 'int32' });
     const slot = () => ({ count: empty([1], { dtype: 'int32' }), x: empty([3, H]), idx: empty([3, k], { dtype: 'int32' }), w: empty([3, k]) });
     const three = [slot(), slot(), slot()];
     const call = (slots: ReturnType<typeof slot>[], per: number, i = idx) =>
-      native.epDispatch(null, u, i, w, nRouted, nRouted + nZero, per, slots.map((x) => x.count), slots.map((x) => x.x), slots.map((x) => x.idx), slots.map((x) => x.w));
+      native.epDispatch(null, u, i, w, nRouted, nRouted + nZero, per, rowOf(Math.max(1, slots.length)), slots.map((x) => x.count), slots.map((x) => x.x), slots.map((x) => x.idx), slots.map((x) => x.w));
     expect(() => call(three, 3)).toThrow(ArgumentError); // 3 ranks x 3 != 8
     expect(() => call([], 8)).toThrow(/at least one rank/);
     const wrong = { ...slot(), x: empty([3, H + 1]) };
@@ -259,30 +274,47 @@ describe('dispatch -> experts -> combine equals the single-device moe', () => {
     ['4 ranks, all-zero-expert tokens among them', 4, 2, range(0, 12), [5, 5]],
     ['4 ranks, only zero experts anywhere', 4, 4, range(8, 12), [2, 2, 2, 2]],
   ];
-  it.each(cases)('%s', (name, ranks, homes, pool, sizes) => {
-    const sets = expertSets(ex, H, ranks);
+  it.each(opDevices.flatMap((dev) => cases.map((c) => [dev, ...c] as const)))('%s: %s', (dev, name, ranks, homes, pool, sizes) => {
+    const sets = expertSets(ex, H, ranks, dev);
     const problems = sizes.slice(0, homes).map((T, s) => problem(T, H, k, nRouted, nZero, pool, 1000 + 17 * s + ranks));
     if (name.includes('all-zero-expert')) problems[0]!.idx.set([8, 9, 10, 11], 0); // token 0: zero experts only
     const cap = Math.max(...sizes);
-    const got = expertParallelMoe(problems, sets, ranks, cap);
+    const got = expertParallelMoe(problems, sets, ranks, cap, dev);
+    // fp32 sums of H = 40 / I = 24 products; the CUDA moe's GEMM tiles sum in another order than the CPU's
+    const tol = dev === 'cpu' ? 2e-6 : 1e-5;
     for (const [s, p] of problems.entries()) {
       const want = referenceMoe(p, ex);
-      expect(maxRelError(got[s]!, want)).toBeLessThan(2e-6);
+      expect(maxRelError(got[s]!, want)).toBeLessThan(tol);
       // the single-device moe op over the whole expert set: the same sums in the same order
-      const u = f32(p.u, [p.T, H]), idx = i32(p.idx, [p.T, k]), w = f32(p.w, [p.T, k]), out = poisoned([p.T, H]);
+      const u = f32(p.u, [p.T, H], dev), idx = i32(p.idx, [p.T, k], dev), w = f32(p.w, [p.T, k], dev), out = poisoned([p.T, H], 'f32', dev);
       native.moe(null, out, u, idx, w, nRouted, sets.whole, null, null, null, null, null, nRouted + nZero);
-      expect(maxRelError(got[s]!, toArray(out))).toBeLessThan(1e-6);
+      expect(maxRelError(got[s]!, toArray(out))).toBeLessThan(tol / 2);
       for (const t of [u, idx, w, out]) t.dispose();
     }
     sets.dispose();
   });
 
-  it('is reproducible: the same inputs give bit-identical outputs', () => {
-    const sets = expertSets(ex, H, 4);
+  it.each(opDevices)('%s: is reproducible: the same inputs give bit-identical outputs', (dev) => {
+    const sets = expertSets(ex, H, 4, dev);
     const problems = [7, 6, 7, 5].map((T, s) => problem(T, H, k, nRouted, nZero, range(0, 12), 500 + s));
-    const a = expertParallelMoe(problems, sets, 4, 7), b = expertParallelMoe(problems, sets, 4, 7);
+    const a = expertParallelMoe(problems, sets, 4, 7, dev), b = expertParallelMoe(problems, sets, 4, 7, dev);
     expect(b.map((x) => Array.from(x))).toEqual(a.map((x) => Array.from(x)));
     sets.dispose();
+  });
+
+  it('combine rejects a row record outside the partials and a bad expert id with typed errors', () => {
+    const p = problem(2, H, k, nRouted, nZero, range(0, 12), 4);
+    const u = f32(p.u, [2, H]), idx = i32(p.idx, [2, k]), w = f32(p.w, [2, k]), out = empty([2, H]);
+    const parts = [empty([2, H]), empty([2, H])];
+    const rowOf = i32([0, -1, 2, 1], [2, 2]); // token 1's row in rank 0 is past the 2-row partials
+    native.epCombine(null, out, u, idx, w, nRouted, nRouted + nZero, rowOf, parts);
+    expect(() => native.synchronize('cpu')).toThrow(/rowOf\[1, 0\] = 2 is outside \[-1, 2\)/);
+    const bad = i32([0, 1, 2, 3, 4, -1, 6, 7], [2, k]), ok = i32([0, -1, 1, -1], [2, 2]);
+    native.epCombine(null, out, u, bad, w, nRouted, nRouted + nZero, ok, parts);
+    expect(() => native.synchronize('cpu')).toThrow(/idx\[1, 1\] = -1 is outside/);
+    expect(() => native.epCombine(null, out, u, idx, w, nRouted, nRouted + nZero, ok, [])).toThrow(/at least one rank/);
+    expect(() => native.epCombine(null, out, u, idx, w, nRouted, nRouted + nZero, ok, [parts[0]!])).toThrow(LongcatError); // rowOf is [2, 2]
+    for (const t of [u, idx, w, out, ...parts, rowOf, bad, ok]) t.dispose();
   });
 
   it('a rank holds exactly its block of experts', () => {

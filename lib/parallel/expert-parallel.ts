@@ -64,12 +64,14 @@ export class ExpertParallelGroup {
     }));
     const rows = (t: Tensor, s: number) => keep(t.narrow(s * cap, cap));
     const mine = (t: Tensor, s: number) => keep(t.narrow(homes[s]!.start, homes[s]!.count));
+    // Each home rank's record of where its tokens went (row in each rank's slot, or -1).
+    const rowOf = homes.map((h) => i32([h.count, R]));
 
     this.inputsReady.record(stream);
     for (let s = 0; s < A; s++) {
       const st = this.streams[s]!;
       st.waitEvent(this.inputsReady);
-      native.epDispatch(st, mine(u, s), mine(idx, s), mine(weights, s), nRouted, nExperts, per,
+      native.epDispatch(st, mine(u, s), mine(idx, s), mine(weights, s), nRouted, nExperts, per, rowOf[s]!,
         recv.map((r) => keep(r.count.narrow(s, 1))), recv.map((r) => rows(r.x, s)), recv.map((r) => rows(r.idx, s)), recv.map((r) => rows(r.w, s)));
       this.dispatched[s]!.record(st);
     }
@@ -83,7 +85,7 @@ export class ExpertParallelGroup {
     for (let s = 0; s < A; s++) {
       const st = this.streams[s]!;
       for (let d = 0; d < R; d++) st.waitEvent(this.computed[d]!);
-      native.epCombine(st, mine(out, s), mine(u, s), mine(idx, s), mine(weights, s), nRouted, nExperts, per, recv.map((r) => rows(r.y, s)));
+      native.epCombine(st, mine(out, s), mine(u, s), mine(idx, s), mine(weights, s), nRouted, nExperts, rowOf[s]!, recv.map((r) => rows(r.y, s)));
       this.combined[s]!.record(st);
     }
     for (let s = 0; s < A; s++) stream.waitEvent(this.combined[s]!);

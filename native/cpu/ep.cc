@@ -40,7 +40,7 @@ EpRouteCheck ep_check_routing(int64_t t, int64_t k, const int32_t* idx, int64_t 
 }
 
 EpRouteCheck ep_dispatch(int64_t t, int64_t k, int64_t h, const float* u, const int32_t* idx, const float* w, int64_t n_routed,
-                         int64_t n_experts, int64_t per_rank, int64_t ranks, int64_t capacity, const EpSlot* slots) {
+                         int64_t n_experts, int64_t per_rank, int64_t ranks, int64_t capacity, const EpSlot* slots, int32_t* row_of) {
   const EpRouteCheck r = ep_check_routing(t, k, idx, n_routed, n_experts, per_rank, ranks, capacity);
   if (r.bad_index >= 0 || r.full_rank >= 0) return r;
   parallel_for(ranks, 1, [&](int64_t d0, int64_t d1) {
@@ -49,7 +49,9 @@ EpRouteCheck ep_dispatch(int64_t t, int64_t k, int64_t h, const float* u, const 
       int64_t row = 0;
       for (int64_t i = 0; i < t; ++i) {
         const int32_t* ix = idx + i * k;
-        if (!chooses_rank(ix, k, n_routed, per_rank, d)) continue;
+        const bool goes = chooses_rank(ix, k, n_routed, per_rank, d);
+        row_of[i * ranks + d] = goes ? static_cast<int32_t>(row) : -1;
+        if (!goes) continue;
         std::memcpy(s.x + row * h, u + i * h, sizeof(float) * static_cast<size_t>(h));
         for (int64_t j = 0; j < k; ++j) {
           const bool mine = ix[j] < n_routed && ix[j] / per_rank == d;
@@ -71,23 +73,31 @@ EpRouteCheck ep_dispatch(int64_t t, int64_t k, int64_t h, const float* u, const 
   return r;
 }
 
-EpRouteCheck ep_combine(int64_t t, int64_t k, int64_t h, const float* u, const int32_t* idx, const float* w, int64_t n_routed,
-                        int64_t n_experts, int64_t per_rank, int64_t ranks, int64_t capacity, const float* const* partials, float* out) {
-  const EpRouteCheck r = ep_check_routing(t, k, idx, n_routed, n_experts, per_rank, ranks, capacity);
-  if (r.bad_index >= 0 || r.full_rank >= 0) return r;
+EpCombineCheck ep_combine(int64_t t, int64_t k, int64_t h, const float* u, const int32_t* idx, const float* w, int64_t n_routed,
+                          int64_t n_experts, const int32_t* row_of, int64_t ranks, int64_t capacity, const float* const* partials,
+                          float* out) {
+  EpCombineCheck r;
+  for (int64_t i = 0; i < t * ranks; ++i)
+    if (row_of[i] < -1 || row_of[i] >= capacity) {
+      r.bad_row = i;
+      return r;
+    }
+  for (int64_t i = 0; i < t * k; ++i)
+    if (idx[i] < 0 || idx[i] >= n_experts) {
+      r.bad_index = i;
+      return r;
+    }
   // Columns split over threads; within a column block, ranks in ascending order, so each out[t, c]
   // receives its partials in the same order whatever the thread count.
   parallel_for(h, 64, [&](int64_t c0, int64_t c1) {
-    for (int64_t i = 0; i < t; ++i) std::memset(out + i * h + c0, 0, sizeof(float) * static_cast<size_t>(c1 - c0));
-    for (int64_t d = 0; d < ranks; ++d) {
-      const float* p = partials[d];
-      int64_t row = 0;
-      for (int64_t i = 0; i < t; ++i) {
-        if (!chooses_rank(idx + i * k, k, n_routed, per_rank, d)) continue;
-        const float* y = p + row * h;
-        float* o = out + i * h;
+    for (int64_t i = 0; i < t; ++i) {
+      float* o = out + i * h;
+      for (int64_t c = c0; c < c1; ++c) o[c] = 0.0f;
+      for (int64_t d = 0; d < ranks; ++d) {
+        const int32_t row = row_of[i * ranks + d];
+        if (row < 0) continue;
+        const float* y = partials[d] + row * h;
         for (int64_t c = c0; c < c1; ++c) o[c] += y[c];
-        ++row;
       }
     }
     // Zero experts last, as the single-device kernel adds them: the weights summed in ascending

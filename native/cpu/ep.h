@@ -1,6 +1,6 @@
-// Expert parallelism on CPU ranks: the dispatch and combine halves of the MoE all-to-all (the CPU
-// twin and oracle of the device protocol; DESIGN "Multi-device", issue 14). Plain C++: raw
-// pointers, no allocation, no throw.
+// Expert parallelism between ranks: the dispatch and combine halves of the MoE all-to-all (the CPU
+// twin and oracle of the device kernels of cuda/ep.cu; DESIGN "Multi-device", issue 14). Plain
+// C++: raw pointers, no allocation, no throw.
 //
 // Ranks own contiguous blocks of `per_rank` routed experts: expert e lives on rank e / per_rank as
 // its local expert e % per_rank. A source (home) rank's token goes to a destination rank once
@@ -14,13 +14,15 @@
 //   w     [cap, k]   f32: the routing weight of the slot, 0 where idx is `per_rank`
 // Rows count..cap-1 are padding (x 0, idx per_rank, w 0), so the receiver's grouped expert GEMM
 // (the moe op over its local experts, n_experts = per_rank + 1) can run on the whole slot without
-// reading the count: the shape is static, as a captured graph needs. The receiver writes its
-// partial sums for the slot, row for row, into the home rank's combine buffer for that rank. The home rank knows which rows those are without being told (its tokens
-// that chose the rank, ascending), so combine needs only the partials.
+// reading the count: the shape is static, as a captured graph needs. The home rank keeps its own
+// record of where each token went, row_of [t, ranks] (the row in rank d's slot, -1 when t did not
+// go to d): combine reads rank d's partial sums (its moe output over the slot, pushed back or read
+// through a peer pointer) at those rows.
 //
-// A peer-pointer device version implements the same slots: payload, then count, then a flag with
-// release semantics; the receiver acquires the flag (bounded spin, abort flag) before it reads.
-// Here the stream order of the ranks' events stands in for the flag.
+// A peer-pointer single-kernel version implements the same slots: payload, then count, then a
+// flag with release semantics; the receiver acquires the flag (bounded spin, abort flag) before it
+// reads. Here, and in the split form of cuda/ep.cu, the ranks' stream order and events stand in
+// for the flag.
 #pragma once
 #include <cstdint>
 
@@ -42,23 +44,28 @@ struct EpRouteCheck {
 
 // Checks a source rank's routing (idx int32 [t, k]) before anything moves: every id in
 // [0, n_experts), and no destination rank chosen by more than `capacity` of the t tokens (the
-// counts are computed before any payload is written). Both ops below run it first.
+// counts are computed before any payload is written).
 EpRouteCheck ep_check_routing(int64_t t, int64_t k, const int32_t* idx, int64_t n_routed, int64_t n_experts, int64_t per_rank,
                               int64_t ranks, int64_t capacity);
 
 // Sends the source rank's t tokens (u f32 [t, h], idx int32 / w f32 [t, k]) to the slots of the
-// `ranks` destinations (slots[d]). On an index or capacity error (ep_check_routing) nothing is
-// written and the result says which.
+// `ranks` destinations (slots[d]) and writes row_of int32 [t, ranks]. On an index or capacity
+// error (ep_check_routing) nothing is written and the result says which.
 EpRouteCheck ep_dispatch(int64_t t, int64_t k, int64_t h, const float* u, const int32_t* idx, const float* w, int64_t n_routed,
-                             int64_t n_experts, int64_t per_rank, int64_t ranks, int64_t capacity, const EpSlot* slots);
+                         int64_t n_experts, int64_t per_rank, int64_t ranks, int64_t capacity, const EpSlot* slots, int32_t* row_of);
 
 // The home rank's MoE output: out[t] = sum over destination ranks d = 0, 1, ... (in that order) of
-// the partial row rank d computed for t (partials[d] f32 [capacity, h]: rank d's moe output over
-// its slot for this source, pushed back row for row), then
+// partials[d][row_of[t, d]] (f32 [capacity, h] each; ranks with row_of -1 skipped), then
 // + (sum of the weights of t's zero experts, in ascending (expert id, slot) order) * u[t] -- the
-// order the single-device moe kernel uses, so results do not depend on arrival order. On an index or
-// capacity error (ep_check_routing) out is not written. out must not overlap u or partials.
-EpRouteCheck ep_combine(int64_t t, int64_t k, int64_t h, const float* u, const int32_t* idx, const float* w, int64_t n_routed,
-                        int64_t n_experts, int64_t per_rank, int64_t ranks, int64_t capacity, const float* const* partials, float* out);
+// order the single-device moe kernel uses, so results do not depend on arrival order. A row_of
+// entry outside [-1, capacity) or an idx outside [0, n_experts) is reported and out is then not
+// written. out must not overlap u or partials.
+struct EpCombineCheck {
+  int64_t bad_row = -1;    // flat index into row_of of an entry outside [-1, capacity)
+  int64_t bad_index = -1;  // flat index into idx of an id outside [0, n_experts)
+};
+EpCombineCheck ep_combine(int64_t t, int64_t k, int64_t h, const float* u, const int32_t* idx, const float* w, int64_t n_routed,
+                          int64_t n_experts, const int32_t* row_of, int64_t ranks, int64_t capacity, const float* const* partials,
+                          float* out);
 
 }  // namespace lc::cpu
