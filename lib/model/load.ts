@@ -25,8 +25,9 @@ export interface LoadModelOptions {
   /** KV-cache blocks shared by all sessions (default: 4 full-length sequences). */
   cacheBlocks?: number;
   cacheDtype?: 'f32' | 'bf16';
-  /** Expert parallelism over N CPU ranks in this process (backend 'cpu' only so far; default 1):
-   *  each layer's routed experts split into N equal contiguous blocks, one per rank; attention,
+  /** Expert parallelism over N ranks in this process (default 1): CPU ranks, or with backend
+   *  'cuda' N virtual ranks on the one device (ranks on several GPUs are not implemented yet).
+   *  Each layer's routed experts split into N equal contiguous blocks, one per rank; attention,
    *  dense FFNs, router, embedding and lm_head replicated (run once). N must divide n_routed_experts. */
   ranks?: number;
 }
@@ -51,8 +52,6 @@ export async function loadCheckpointModel(dir: string, opts: LoadModelOptions = 
   const device = resolveDevice(opts.backend, opts.deviceIndex);
   const ranks = opts.ranks ?? 1;
   if (!Number.isInteger(ranks) || ranks < 1) throw new ArgumentError('E_ARGUMENT', `loadModel: ranks must be a whole number >= 1, got ${ranks}`);
-  if (ranks > 1 && device !== 'cpu')
-    throw new DeviceError('E_DEVICE', `loadModel: ranks: ${ranks} needs backend 'cpu' (expert parallelism on CUDA devices is not implemented yet)`);
   if (opts.threads) setThreads(opts.threads);
   const checkpoint = await openCheckpoint(dir, { onProgress: opts.onProgress, signal: opts.signal });
   try {

@@ -28,8 +28,9 @@ export interface ModelOptions {
   /** Run the shortcut MoE on its own stream, overlapping the dense branch (default true; false runs
    *  it in order on the main stream, e.g. to measure what the overlap buys). */
   overlapMoe?: boolean;
-  /** Expert parallelism over this many CPU ranks (default 1: off); the weights' routed experts must
-   *  be split to match (loadWeights' expertDevices). */
+  /** Expert parallelism over this many ranks on the model's device (default 1: off; CPU ranks, or
+   *  virtual ranks of one CUDA device); the weights' routed experts must be split to match
+   *  (loadWeights' expertDevices). */
   ranks?: number;
 }
 

@@ -7,8 +7,9 @@
 //             experts;
 //   combine   each home rank adds the partial rows back in rank order 0, 1, .., then the zero
 //             experts (epCombine) -- deterministic whatever order the ranks finish in.
-// Every rank has its own stream; the phases are joined by events, as device ranks will be (the
-// CUDA peer-pointer kernels are not written yet: CPU ranks only). The dense part of the step
+// Every rank has its own stream; the phases are joined by events. Ranks are CPU ranks or virtual
+// ranks on one CUDA device (the split send / receive kernels of cuda/ep.cu); ranks on several
+// devices (peer pointers, flags) are not written yet. The dense part of the step
 // (attention, dense FFNs, router) runs once, on the runner's device; data-parallel attention
 // (each rank owning its sequences) is not done yet, so the token split is only the MoE's.
 import { native } from '../native.js';
@@ -36,8 +37,6 @@ export class ExpertParallelGroup {
   private readonly combined: Event[];
 
   constructor(readonly ranks: number, readonly device: string) {
-    if (device !== 'cpu')
-      throw new ArgumentError('E_DEVICE', `expert parallelism runs on CPU ranks only so far (the CUDA dispatch/combine kernels are not written); got device '${device}'`);
     this.streams = Array.from({ length: ranks }, () => new Stream(device));
     this.inputsReady = new Event(device);
     const events = () => Array.from({ length: ranks }, () => new Event(device));
