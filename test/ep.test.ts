@@ -228,7 +228,7 @@ describe('epDispatch against the JS slot reference', () => {
     for (const t of [u, idx, w, rowOf, ...slots.flatMap((s) => [s.count, s.x, s.idx, s.w])]) t.dispose();
   });
 
-  it('fails with a typed error and writes nothing when a rank\'s slot would overflow', () => {
+  it('fails with a typed error, writes nothing and leaves the stream usable when a rank\'s slot would overflow', () => {
     const ranks = 2, p = problem(6, H, k, nRouted, nZero, [0, 1, 2, 3, 8], 5), per = 4;
     const u = f32(p.u, [6, H]), idx = i32(p.idx, [6, k]), w = f32(p.w, [6, k]), rowOf = poisoned([6, ranks], 'int32');
     const slots = Array.from({ length: ranks }, () => ({ count: poisoned([1], 'int32'), x: poisoned([5, H]), idx: poisoned([5, k], 'int32'), w: poisoned([5, k]) }));
@@ -239,6 +239,13 @@ describe('epDispatch against the JS slot reference', () => {
     expect(Array.from(toArray(slots[1]!.count))).toEqual([-7]);
     expect(Number.isNaN(toArray(slots[0]!.x)[0]!)).toBe(true);
     expect(toArray(rowOf)[0]).toBe(-7);
+    // the rank's stream stays usable: the same dispatch into slots deep enough goes through
+    const deep = Array.from({ length: ranks }, () => ({ count: poisoned([1], 'int32'), x: poisoned([6, H]), idx: poisoned([6, k], 'int32'), w: poisoned([6, k]) }));
+    native.epDispatch(s, u, idx, w, nRouted, nRouted + nZero, per, rowOf, deep.map((x) => x.count), deep.map((x) => x.x), deep.map((x) => x.idx), deep.map((x) => x.w));
+    s.synchronize();
+    expect(toArray(deep[0]!.count)[0]).toBe(referenceSlot(p, per, 0, 6).count);
+    expect(Array.from(toArray(deep[0]!.x))).toEqual(Array.from(referenceSlot(p, per, 0, 6).x));
+    for (const t of deep.flatMap((x) => [x.count, x.x, x.idx, x.w])) t.dispose();
     s.dispose();
     for (const t of [u, idx, w, rowOf, ...slots.flatMap((x) => [x.count, x.x, x.idx, x.w])]) t.dispose();
   });
