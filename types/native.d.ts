@@ -179,5 +179,6 @@ import type { AttentionOps } from './ops-attention.js';
 import type { MoeOps } from './ops-moe.js';
 import type { MmapOps } from './ops-mmap.js';
 import type { GatherOps } from './ops-gather.js';
+import type { EpOps } from './ops-ep.js';
 
-export interface Native extends CoreApi, LinearOps, SmallOps, AttentionOps, MoeOps, MmapOps, GatherOps {}
+export interface Native extends CoreApi, LinearOps, SmallOps, AttentionOps, MoeOps, MmapOps, GatherOps, EpOps {}

@@ -11,7 +11,9 @@ import type { ModelDims } from './dims.js';
 import type { Graph } from '../../types/native.js';
 import type { ModelWeights } from './weights.js';
 import { forward } from './longcat-flash.js';
-import { Arena, type Batch, type Step, localExperts } from './step.js';
+import { Arena, type Batch, type Step, type ExpertsFn, localExperts } from './step.js';
+import { ExpertParallelGroup } from '../parallel/expert-parallel.js';
+import { ShardedExperts } from '../parallel/placement.js';
 
 export interface ModelOptions {
   device: string;
@@ -26,6 +28,10 @@ export interface ModelOptions {
   /** Run the shortcut MoE on its own stream, overlapping the dense branch (default true; false runs
    *  it in order on the main stream, e.g. to measure what the overlap buys). */
   overlapMoe?: boolean;
+  /** Expert parallelism over this many ranks on the model's device (default 1: off; CPU ranks, or
+   *  virtual ranks of one CUDA device); the weights' routed experts must be split to match
+   *  (loadWeights' expertDevices). */
+  ranks?: number;
 }
 
 export interface ForwardResult {
@@ -50,6 +56,9 @@ export class LongcatModel {
   private readonly invFreq: Tensor;
   private readonly maxBlocks: number;
   private readonly useGraphs: boolean;
+  /** The ranks the routed experts are split across, when expert parallelism is on. */
+  private readonly ep: ExpertParallelGroup | null;
+  private readonly experts: ExpertsFn;
   private readonly decodeGraphs = new Map<
     number,
     { graph: Graph; inputs: Tensor; batch: Batch; out: ForwardResult; host: Int32Array }
@@ -57,6 +66,14 @@ export class LongcatModel {
   private disposed = false;
 
   constructor(dims: ModelDims, weights: ModelWeights, opts: ModelOptions) {
+    const ranks = opts.ranks ?? 1;
+    if (!Number.isInteger(ranks) || ranks < 1)
+      throw new ArgumentError('E_ARGUMENT', `LongcatModel: ranks must be a whole number >= 1, got ${ranks}`);
+    if (ranks > 1 && !weights.layers.every(l => l.moe.experts instanceof ShardedExperts && l.moe.experts.shards.length === ranks))
+      throw new ArgumentError(
+        'E_ARGUMENT',
+        `LongcatModel: ranks: ${ranks} needs every layer's routed experts split into ${ranks} shards (loadWeights' expertDevices)`,
+      );
     this.dims = dims;
     this.w = weights;
     this.device = opts.device;
@@ -93,6 +110,8 @@ export class LongcatModel {
     this.moeStream = opts.overlapMoe === false ? this.main : new Stream(this.device);
     this.events = Array.from({ length: dims.layers }, () => [new Event(this.device), new Event(this.device)] as const);
     this.invFreq = tensor(dims.invFreq, [dims.invFreq.length], { device: this.device });
+    this.ep = ranks > 1 ? new ExpertParallelGroup(ranks, this.device) : null;
+    this.experts = this.ep ? this.ep.experts : localExperts;
   }
 
   /** A new empty sequence in this model's KV cache. */
@@ -128,6 +147,7 @@ export class LongcatModel {
       throw new ArgumentError('E_ARGUMENT', 'forward: decode mode takes exactly one new token per sequence');
 
     this.moeStream.synchronize(); // the previous step's MoE work is done; this surfaces its errors
+    this.ep?.synchronize();
     const pastLens = seqs.map(s => s.length);
     // Reserve cache slots for every sequence first (E_CONTEXT / E_OOM before any work); if
     // anything fails, the sequences are rolled back to their previous lengths.
@@ -206,7 +226,7 @@ export class LongcatModel {
       moeEvents: this.events,
       caches: this.caches,
       invFreq: this.invFreq,
-      experts: localExperts,
+      experts: this.experts,
       routing,
     };
     return { logits: forward(step, this.w), nFfn: routing ?? [] };
@@ -240,7 +260,10 @@ export class LongcatModel {
       batch.blockTable = table.view([B, this.maxBlocks]);
       table.dispose();
       let out: ForwardResult | null = null;
-      const streams = this.moeStream === this.main ? [this.main] : [this.main, this.moeStream];
+      const streams = [
+        ...(this.moeStream === this.main ? [this.main] : [this.main, this.moeStream]),
+        ...(this.ep?.streams ?? []),
+      ];
       const graph = native.captureGraph(streams, () => {
         out = this.run(batch, true);
       });
@@ -265,6 +288,7 @@ export class LongcatModel {
     this.disposed = true;
     this.main.synchronize();
     this.moeStream.synchronize();
+    this.ep?.synchronize();
     for (const g of this.decodeGraphs.values()) {
       g.graph.dispose();
       const b = g.batch;
@@ -274,5 +298,6 @@ export class LongcatModel {
     this.decodeGraphs.clear();
     for (const t of [...this.caches, this.invFreq, ...this.w.owned]) t.dispose();
     if (this.moeStream !== this.main) this.moeStream.dispose();
+    this.ep?.dispose();
   }
 }

@@ -7,6 +7,7 @@ import { type Tensor, empty, tensor, toArray } from '../tensor.js';
 import { CheckpointError, LongcatError, OutOfMemoryError } from '../errors.js';
 import type { ModelDims } from './dims.js';
 import type { MoeExpertSet } from '../../types/ops-moe.js';
+import { ShardedExperts, expertsPerRank, rankExperts } from '../parallel/placement.js';
 
 /** A linear layer's weight [out, in] and, for fp8 / int8 weights, its scale. */
 export interface Linear {
@@ -40,7 +41,8 @@ export interface MlpWeights {
 export interface MoeWeights {
   classifier: Tensor; // f32 [nRouted + nZero, hidden]
   bias: Tensor; // f32 [nRouted + nZero]
-  /** The routed experts, checked and packed once (a decode step then passes one handle, not 3 x 512 tensors). */
+  /** The routed experts, checked and packed once (a decode step then passes one handle, not 3 x 512 tensors);
+   *  a ShardedExperts, one set per rank, under expert parallelism. */
   experts: MoeExpertSet;
 }
 
@@ -85,6 +87,9 @@ export interface LoadWeightsOptions {
   onProgress?: (p: UploadProgress) => void;
   /** Bytes the upload will copy at most (for progress and error messages). */
   totalBytes?: number;
+  /** Expert parallelism: the device of each rank. Each layer's routed experts are split into equal
+   *  contiguous blocks, rank r's placed on expertDevices[r] only; the rest stays on `device`. */
+  expertDevices?: readonly string[];
 }
 
 const gb = (b: number) => `${(b / 2 ** 30).toFixed(2)} GiB`;
@@ -113,17 +118,17 @@ function buildWeights(
   const totalBytes = opts.totalBytes ?? 0;
   let uploaded = 0;
   // Checkpoint tensors are mmapped on the CPU; on another device each is copied once.
-  const place = (t: Tensor, name: string) => {
-    if (t.device === device) return t;
+  const place = (t: Tensor, name: string, to = device) => {
+    if (t.device === to) return t;
     let copy: Tensor;
     try {
-      copy = t.to(device);
+      copy = t.to(to);
     } catch (e) {
       if (!(e instanceof LongcatError) || e.code !== 'E_OOM') throw e;
-      const dev = native.devices().find(d => d.id === device && 'totalBytes' in d) as { totalBytes: number } | undefined;
+      const dev = native.devices().find(d => d.id === to && 'totalBytes' in d) as { totalBytes: number } | undefined;
       throw new OutOfMemoryError(
         'E_OOM',
-        `loading the weights onto ${device}: out of memory at '${name}' ([${t.shape.join(', ')}] ${t.dtype}, ${gb(t.nbytes)}) ` +
+        `loading the weights onto ${to}: out of memory at '${name}' ([${t.shape.join(', ')}] ${t.dtype}, ${gb(t.nbytes)}) ` +
           `after ${gb(uploaded)}${totalBytes ? ` of about ${gb(totalBytes)}` : ''} were uploaded` +
           `${dev ? ` (the device has ${gb(dev.totalBytes)})` : ''}. The weights do not fit: use a device with more memory, ` +
           `an FP8 checkpoint, or backend 'cpu'.`,
@@ -131,7 +136,7 @@ function buildWeights(
       );
     }
     uploaded += t.nbytes;
-    opts.onProgress?.({ phase: 'upload', device, tensor: name, bytes: uploaded, totalBytes: Math.max(totalBytes, uploaded) });
+    opts.onProgress?.({ phase: 'upload', device: to, tensor: name, bytes: uploaded, totalBytes: Math.max(totalBytes, uploaded) });
     return own(copy);
   };
   const get = (name: string) => place(src.get(name), name);
@@ -215,16 +220,39 @@ function buildWeights(
   const layers: LayerWeights[] = [];
   for (let l = 0; l < dims.layers; l++) {
     const p = `model.layers.${l}`;
-    const experts = Array.from({ length: dims.nRouted }, (_, e) => src.expertWeights(l, e));
     const expertName = (e: number, m: string) => `${p}.mlp.experts.${e}.${m}`;
-    const scales = (k: 'gateScale' | 'upScale' | 'downScale') =>
-      experts[0]?.[k]
-        ? experts.map((x, e) => {
-            const s = x[k];
-            if (!s) throw new CheckpointError('E_CHECKPOINT', `expert ${e} of layer ${l} has no ${k} while expert 0 has one`);
-            return place(s, expertName(e, `${k.replace('Scale', '_proj')}.weight_scale_inv`));
-          })
-        : null;
+    // The routed experts first..first+count-1, read from the checkpoint and placed on `to` only.
+    const expertSet = (first: number, count: number, to: string) => {
+      const experts = Array.from({ length: count }, (_, i) => src.expertWeights(l, first + i));
+      const scales = (k: 'gateScale' | 'upScale' | 'downScale') =>
+        experts[0]?.[k]
+          ? experts.map((x, i) => {
+              const s = x[k];
+              if (!s)
+                throw new CheckpointError(
+                  'E_CHECKPOINT',
+                  `expert ${first + i} of layer ${l} has no ${k} while expert ${first} has one`,
+                );
+              return place(s, expertName(first + i, `${k.replace('Scale', '_proj')}.weight_scale_inv`), to);
+            })
+          : null;
+      const list = (m: 'gate' | 'up' | 'down') =>
+        experts.map((x, i) => place(x[m], expertName(first + i, `${m}_proj.weight`), to));
+      return own(
+        native.moeExperts(list('gate'), list('up'), list('down'), scales('gateScale'), scales('upScale'), scales('downScale')),
+      );
+    };
+    const ranks = opts.expertDevices;
+    let experts: MoeExpertSet;
+    if (!ranks) experts = expertSet(0, dims.nRouted, device);
+    else {
+      const per = expertsPerRank(ranks.length, dims.nRouted);
+      // Owned per shard (already in `owned`), so the wrapper is not owned again.
+      experts = new ShardedExperts(
+        ranks.map((to, r) => expertSet(rankExperts(r, per).first, per, to)),
+        per,
+      );
+    }
     layers.push({
       inputNorm: [get(`${p}.input_layernorm.0.weight`), get(`${p}.input_layernorm.1.weight`)],
       postAttnNorm: [get(`${p}.post_attention_layernorm.0.weight`), get(`${p}.post_attention_layernorm.1.weight`)],
@@ -233,16 +261,7 @@ function buildWeights(
       moe: {
         classifier: f32(get(`${p}.mlp.router.classifier.weight`)),
         bias: f32(get(`${p}.mlp.router.e_score_correction_bias`)),
-        experts: own(
-          native.moeExperts(
-            experts.map((x, e) => place(x.gate, expertName(e, 'gate_proj.weight'))),
-            experts.map((x, e) => place(x.up, expertName(e, 'up_proj.weight'))),
-            experts.map((x, e) => place(x.down, expertName(e, 'down_proj.weight'))),
-            scales('gateScale'),
-            scales('upScale'),
-            scales('downScale'),
-          ),
-        ),
+        experts,
       },
     });
   }

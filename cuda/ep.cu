@@ -1,0 +1,130 @@
+// Expert-parallel dispatch and combine on the GPU, split send / receive form (contract: ep.h,
+// native/cpu/ep.h). Dispatch: one block per destination rank walks the tokens in tiles, a scan of
+// the tile's "goes to this rank" flags gives each token its row, then the block copies the rows
+// (u, local ids, weights) and pads the rest of the slot. Combine: one block per token, threads
+// over columns, partial rows added in rank order, then the zero-expert term. Not tuned: the
+// tile scan is serial in one thread, the copies are plain loads and stores.
+#include <algorithm>
+
+#include "include/common.cuh"
+#include "ep.h"
+
+namespace lc::gpu {
+
+namespace {
+
+constexpr int kThreads = 256;
+
+__device__ bool chooses_rank(const int32_t* ix, int64_t k, int64_t n_routed, int64_t per_rank, int64_t d) {
+  for (int64_t j = 0; j < k; ++j)
+    if (ix[j] >= 0 && ix[j] < n_routed && ix[j] / per_rank == d) return true;
+  return false;
+}
+
+__global__ void ep_dispatch_kernel(int64_t t, int64_t k, int64_t h, const float* __restrict__ u, const int32_t* __restrict__ idx,
+                                   const float* __restrict__ w, int64_t n_routed, int64_t per_rank, int64_t ranks,
+                                   int64_t capacity, EpSlots slots, int32_t* __restrict__ row_of) {
+  __shared__ int32_t s_flag[kThreads];
+  __shared__ int32_t s_row[kThreads];
+  __shared__ int32_t s_tok[kThreads];
+  __shared__ int32_t s_n;
+  const int64_t d = blockIdx.x;
+  const int tid = threadIdx.x;
+  float* x = slots.x[d];
+  int32_t* sidx = slots.idx[d];
+  float* sw = slots.w[d];
+  int64_t base = 0;
+  for (int64_t tile = 0; tile < t; tile += kThreads) {
+    const int64_t i = tile + tid;
+    s_flag[tid] = i < t && chooses_rank(idx + i * k, k, n_routed, per_rank, d);
+    __syncthreads();
+    if (tid == 0) {
+      int32_t n = 0;
+      for (int j = 0; j < kThreads; ++j) {
+        s_row[j] = s_flag[j] ? static_cast<int32_t>(base + n) : -1;
+        if (s_flag[j]) s_tok[n++] = static_cast<int32_t>(tile + j);
+      }
+      s_n = n;
+    }
+    __syncthreads();
+    if (i < t) row_of[i * ranks + d] = s_row[tid];
+    const int64_t n = s_n;
+    for (int64_t j = tid; j < n * h; j += kThreads) {
+      const int64_t r = j / h, c = j % h, row = base + r;
+      if (row < capacity) x[row * h + c] = u[static_cast<int64_t>(s_tok[r]) * h + c];
+    }
+    for (int64_t j = tid; j < n * k; j += kThreads) {
+      const int64_t r = j / k, s = j % k, row = base + r, src = static_cast<int64_t>(s_tok[r]) * k + s;
+      if (row >= capacity) continue;
+      const int32_t e = idx[src];
+      const bool mine = e >= 0 && e < n_routed && e / per_rank == d;
+      sidx[row * k + s] = static_cast<int32_t>(mine ? e - d * per_rank : per_rank);
+      sw[row * k + s] = mine ? w[src] : 0.0f;
+    }
+    base += n;
+    __syncthreads();  // s_flag / s_tok are rewritten by the next tile
+  }
+  const int64_t used = base < capacity ? base : capacity, pad = capacity - used;
+  for (int64_t j = tid; j < pad * h; j += kThreads) x[used * h + j] = 0.0f;
+  for (int64_t j = tid; j < pad * k; j += kThreads) {
+    sidx[used * k + j] = static_cast<int32_t>(per_rank);
+    sw[used * k + j] = 0.0f;
+  }
+  if (tid == 0) *slots.count[d] = static_cast<int32_t>(base);
+}
+
+__global__ void ep_combine_kernel(int64_t t, int64_t k, int64_t h, const float* __restrict__ u, const int32_t* __restrict__ idx,
+                                  const float* __restrict__ w, int64_t n_routed, int64_t n_experts,
+                                  const int32_t* __restrict__ row_of, int64_t ranks, int64_t capacity, EpPartials partials,
+                                  float* __restrict__ out) {
+  for (int64_t i = blockIdx.x; i < t; i += gridDim.x) {
+    // The zero-expert weight in ascending (expert id, slot) order, as cpu::moe sums it.
+    const int32_t* ix = idx + i * k;
+    const float* wi = w + i * k;
+    float z = 0;
+    bool any = false;
+    int64_t prev_e = -1, prev_j = -1;
+    for (;;) {
+      int64_t bj = -1;
+      for (int64_t j = 0; j < k; ++j) {
+        const int64_t e = ix[j];
+        if (e < n_routed || e >= n_experts || e < prev_e || (e == prev_e && j <= prev_j)) continue;
+        if (bj < 0 || e < ix[bj]) bj = j;
+      }
+      if (bj < 0) break;
+      z += wi[bj];
+      any = true;
+      prev_e = ix[bj];
+      prev_j = bj;
+    }
+    for (int64_t c = threadIdx.x; c < h; c += blockDim.x) {
+      float o = 0.0f;
+      for (int64_t d = 0; d < ranks; ++d) {
+        const int32_t row = row_of[i * ranks + d];
+        if (row >= 0 && row < capacity) o += partials.rows[d][static_cast<int64_t>(row) * h + c];
+      }
+      if (any) o = __fadd_rn(o, __fmul_rn(z, u[i * h + c]));  // no fma: the CPU twin rounds the product
+      out[i * h + c] = o;
+    }
+  }
+}
+
+}  // namespace
+
+void ep_dispatch(int64_t t, int64_t k, int64_t h, const float* u, const int32_t* idx, const float* w, int64_t n_routed,
+                 int64_t per_rank, int64_t ranks, int64_t capacity, const EpSlots& slots, int32_t* row_of, void* stream) {
+  if (ranks <= 0) return;
+  ep_dispatch_kernel<<<static_cast<unsigned>(ranks), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+      t, k, h, u, idx, w, n_routed, per_rank, ranks, capacity, slots, row_of);
+}
+
+void ep_combine(int64_t t, int64_t k, int64_t h, const float* u, const int32_t* idx, const float* w, int64_t n_routed,
+                int64_t n_experts, const int32_t* row_of, int64_t ranks, int64_t capacity, const EpPartials& partials, float* out,
+                void* stream) {
+  if (t <= 0 || h <= 0) return;
+  const int threads = static_cast<int>(std::min<int64_t>(256, (h + 31) / 32 * 32));
+  ep_combine_kernel<<<static_cast<unsigned>(std::min<int64_t>(t, 65535)), threads, 0, static_cast<cudaStream_t>(stream)>>>(
+      t, k, h, u, idx, w, n_routed, n_experts, row_of, ranks, capacity, partials, out);
+}
+
+}  // namespace lc::gpu

@@ -1,0 +1,37 @@
+// CUDA launchers of the expert-parallel dispatch and combine, in the split send / receive form
+// (contract and slot protocol: native/cpu/ep.h). Plain C++ (no CUDA headers): included by
+// native/ops/ep.cc. Each is one kernel ordered by its stream; the ranks' streams are joined by
+// events, so nothing spins (the peer-pointer single-kernel form with flags is not written yet).
+#pragma once
+#include <cstdint>
+
+namespace lc::gpu {
+
+// The most ranks a launch addresses (the slot pointers travel as kernel parameters).
+constexpr int64_t kEpMaxRanks = 64;
+
+struct EpSlots {
+  int32_t* count[kEpMaxRanks];
+  float* x[kEpMaxRanks];
+  int32_t* idx[kEpMaxRanks];
+  float* w[kEpMaxRanks];
+};
+
+struct EpPartials {
+  const float* rows[kEpMaxRanks];
+};
+
+// cpu::ep_dispatch, one block per destination rank. A kernel cannot raise: an id outside
+// [0, n_experts) is treated as a zero expert (it goes nowhere), and when more than `capacity`
+// tokens go to a rank its count holds how many did and the rows past capacity are not written
+// (their row_of entries are >= capacity, which ep_combine skips).
+void ep_dispatch(int64_t t, int64_t k, int64_t h, const float* u, const int32_t* idx, const float* w, int64_t n_routed,
+                 int64_t per_rank, int64_t ranks, int64_t capacity, const EpSlots& slots, int32_t* row_of, void* stream);
+
+// cpu::ep_combine: partial rows added in rank order, then the zero-expert term; row_of entries
+// outside [0, capacity) and ids outside [0, n_experts) contribute nothing.
+void ep_combine(int64_t t, int64_t k, int64_t h, const float* u, const int32_t* idx, const float* w, int64_t n_routed,
+                int64_t n_experts, const int32_t* row_of, int64_t ranks, int64_t capacity, const EpPartials& partials, float* out,
+                void* stream);
+
+}  // namespace lc::gpu

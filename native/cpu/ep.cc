@@ -1,0 +1,134 @@
+// Expert-parallel dispatch and combine between CPU ranks (see ep.h for the slot protocol).
+#include "ep.h"
+
+#include <cstring>
+
+#include "threadpool.h"
+
+namespace lc::cpu {
+
+namespace {
+
+// Whether token row `ix` (k expert ids) chose at least one routed expert of rank d.
+bool chooses_rank(const int32_t* ix, int64_t k, int64_t n_routed, int64_t per_rank, int64_t d) {
+  for (int64_t j = 0; j < k; ++j)
+    if (ix[j] < n_routed && ix[j] / per_rank == d) return true;
+  return false;
+}
+
+}  // namespace
+
+EpRouteCheck ep_check_routing(int64_t t, int64_t k, const int32_t* idx, int64_t n_routed, int64_t n_experts, int64_t per_rank,
+                              int64_t ranks, int64_t capacity) {
+  EpRouteCheck r;
+  for (int64_t i = 0; i < t * k; ++i)
+    if (idx[i] < 0 || idx[i] >= n_experts) {
+      r.bad_index = i;
+      return r;
+    }
+  // Counts before payload: an overflow is found before anything is written.
+  for (int64_t d = 0; d < ranks; ++d) {
+    int64_t n = 0;
+    for (int64_t i = 0; i < t; ++i) n += chooses_rank(idx + i * k, k, n_routed, per_rank, d);
+    if (n > capacity) {
+      r.full_rank = d;
+      r.needed = n;
+      return r;
+    }
+  }
+  return r;
+}
+
+EpRouteCheck ep_dispatch(int64_t t, int64_t k, int64_t h, const float* u, const int32_t* idx, const float* w, int64_t n_routed,
+                         int64_t n_experts, int64_t per_rank, int64_t ranks, int64_t capacity, const EpSlot* slots,
+                         int32_t* row_of) {
+  const EpRouteCheck r = ep_check_routing(t, k, idx, n_routed, n_experts, per_rank, ranks, capacity);
+  if (r.bad_index >= 0 || r.full_rank >= 0) return r;
+  parallel_for(ranks, 1, [&](int64_t d0, int64_t d1) {
+    for (int64_t d = d0; d < d1; ++d) {
+      const EpSlot& s = slots[d];
+      int64_t row = 0;
+      for (int64_t i = 0; i < t; ++i) {
+        const int32_t* ix = idx + i * k;
+        const bool goes = chooses_rank(ix, k, n_routed, per_rank, d);
+        row_of[i * ranks + d] = goes ? static_cast<int32_t>(row) : -1;
+        if (!goes) continue;
+        std::memcpy(s.x + row * h, u + i * h, sizeof(float) * static_cast<size_t>(h));
+        for (int64_t j = 0; j < k; ++j) {
+          const bool mine = ix[j] < n_routed && ix[j] / per_rank == d;
+          s.idx[row * k + j] = static_cast<int32_t>(mine ? ix[j] - d * per_rank : per_rank);
+          s.w[row * k + j] = mine ? w[i * k + j] : 0.0f;
+        }
+        ++row;
+      }
+      *s.count = static_cast<int32_t>(row);
+      for (; row < capacity; ++row) {
+        std::memset(s.x + row * h, 0, sizeof(float) * static_cast<size_t>(h));
+        for (int64_t j = 0; j < k; ++j) {
+          s.idx[row * k + j] = static_cast<int32_t>(per_rank);
+          s.w[row * k + j] = 0.0f;
+        }
+      }
+    }
+  });
+  return r;
+}
+
+EpCombineCheck ep_combine(int64_t t, int64_t k, int64_t h, const float* u, const int32_t* idx, const float* w, int64_t n_routed,
+                          int64_t n_experts, const int32_t* row_of, int64_t ranks, int64_t capacity, const float* const* partials,
+                          float* out) {
+  EpCombineCheck r;
+  for (int64_t i = 0; i < t * ranks; ++i)
+    if (row_of[i] < -1 || row_of[i] >= capacity) {
+      r.bad_row = i;
+      return r;
+    }
+  for (int64_t i = 0; i < t * k; ++i)
+    if (idx[i] < 0 || idx[i] >= n_experts) {
+      r.bad_index = i;
+      return r;
+    }
+  // Columns split over threads; within a column block, ranks in ascending order, so each out[t, c]
+  // receives its partials in the same order whatever the thread count.
+  parallel_for(h, 64, [&](int64_t c0, int64_t c1) {
+    for (int64_t i = 0; i < t; ++i) {
+      float* o = out + i * h;
+      for (int64_t c = c0; c < c1; ++c) o[c] = 0.0f;
+      for (int64_t d = 0; d < ranks; ++d) {
+        const int32_t row = row_of[i * ranks + d];
+        if (row < 0) continue;
+        const float* y = partials[d] + row * h;
+        for (int64_t c = c0; c < c1; ++c) o[c] += y[c];
+      }
+    }
+    // Zero experts last, as the single-device kernel adds them: the weights summed in ascending
+    // (expert id, slot) order, then one multiply-add of u.
+    for (int64_t i = 0; i < t; ++i) {
+      const int32_t* ix = idx + i * k;
+      const float* wi = w + i * k;
+      float z = 0;
+      bool any = false;
+      int64_t prev_e = -1, prev_j = -1;
+      for (;;) {
+        int64_t bj = -1;
+        for (int64_t j = 0; j < k; ++j) {
+          const int64_t e = ix[j];
+          if (e < n_routed || e < prev_e || (e == prev_e && j <= prev_j)) continue;
+          if (bj < 0 || e < ix[bj]) bj = j;
+        }
+        if (bj < 0) break;
+        z += wi[bj];
+        any = true;
+        prev_e = ix[bj];
+        prev_j = bj;
+      }
+      if (!any) continue;
+      const float* ui = u + i * h;
+      float* o = out + i * h;
+      for (int64_t c = c0; c < c1; ++c) o[c] += z * ui[c];
+    }
+  });
+  return r;
+}
+
+}  // namespace lc::cpu

@@ -1,0 +1,72 @@
+// Expert parallelism between ranks: the dispatch and combine halves of the MoE all-to-all (the CPU
+// twin and oracle of the device kernels of cuda/ep.cu; DESIGN "Multi-device", issue 14). Plain
+// C++: raw pointers, no allocation, no throw.
+//
+// Ranks own contiguous blocks of `per_rank` routed experts: expert e lives on rank e / per_rank as
+// its local expert e % per_rank. A source (home) rank's token goes to a destination rank once
+// when it chose at least one of that rank's experts, whatever their number; zero experts
+// (e >= n_routed) never leave the home rank. Each destination has one static slot per source
+// rank, `capacity` rows deep:
+//   count            int32: rows written (the tokens that chose the rank, in ascending token order)
+//   x     [cap, h]   f32: the token's MoE input u
+//   idx   [cap, k]   int32: per top-k slot the local expert id, or `per_rank` (a local zero expert
+//                    with weight 0: "not this rank's") for slots of other ranks and zero experts
+//   w     [cap, k]   f32: the routing weight of the slot, 0 where idx is `per_rank`
+// Rows count..cap-1 are padding (x 0, idx per_rank, w 0), so the receiver's grouped expert GEMM
+// (the moe op over its local experts, n_experts = per_rank + 1) can run on the whole slot without
+// reading the count: the shape is static, as a captured graph needs. The home rank keeps its own
+// record of where each token went, row_of [t, ranks] (the row in rank d's slot, -1 when t did not
+// go to d): combine reads rank d's partial sums (its moe output over the slot, pushed back or read
+// through a peer pointer) at those rows.
+//
+// A peer-pointer single-kernel version implements the same slots: payload, then count, then a
+// flag with release semantics; the receiver acquires the flag (bounded spin, abort flag) before it
+// reads. Here, and in the split form of cuda/ep.cu, the ranks' stream order and events stand in
+// for the flag.
+#pragma once
+#include <cstdint>
+
+namespace lc::cpu {
+
+// One destination rank's receive slot for this source rank.
+struct EpSlot {
+  int32_t* count = nullptr;
+  float* x = nullptr;
+  int32_t* idx = nullptr;
+  float* w = nullptr;
+};
+
+struct EpRouteCheck {
+  int64_t bad_index = -1;  // flat index t * k + j of the first idx outside [0, n_experts)
+  int64_t full_rank = -1;  // a destination whose slot would overflow
+  int64_t needed = 0;      // ... with this many rows
+};
+
+// Checks a source rank's routing (idx int32 [t, k]) before anything moves: every id in
+// [0, n_experts), and no destination rank chosen by more than `capacity` of the t tokens (the
+// counts are computed before any payload is written).
+EpRouteCheck ep_check_routing(int64_t t, int64_t k, const int32_t* idx, int64_t n_routed, int64_t n_experts, int64_t per_rank,
+                              int64_t ranks, int64_t capacity);
+
+// Sends the source rank's t tokens (u f32 [t, h], idx int32 / w f32 [t, k]) to the slots of the
+// `ranks` destinations (slots[d]) and writes row_of int32 [t, ranks]. On an index or capacity
+// error (ep_check_routing) nothing is written and the result says which.
+EpRouteCheck ep_dispatch(int64_t t, int64_t k, int64_t h, const float* u, const int32_t* idx, const float* w, int64_t n_routed,
+                         int64_t n_experts, int64_t per_rank, int64_t ranks, int64_t capacity, const EpSlot* slots,
+                         int32_t* row_of);
+
+// The home rank's MoE output: out[t] = sum over destination ranks d = 0, 1, ... (in that order) of
+// partials[d][row_of[t, d]] (f32 [capacity, h] each; ranks with row_of -1 skipped), then
+// + (sum of the weights of t's zero experts, in ascending (expert id, slot) order) * u[t] -- the
+// order the single-device moe kernel uses, so results do not depend on arrival order. A row_of
+// entry outside [-1, capacity) or an idx outside [0, n_experts) is reported and out is then not
+// written. out must not overlap u or partials.
+struct EpCombineCheck {
+  int64_t bad_row = -1;    // flat index into row_of of an entry outside [-1, capacity)
+  int64_t bad_index = -1;  // flat index into idx of an id outside [0, n_experts)
+};
+EpCombineCheck ep_combine(int64_t t, int64_t k, int64_t h, const float* u, const int32_t* idx, const float* w, int64_t n_routed,
+                          int64_t n_experts, const int32_t* row_of, int64_t ranks, int64_t capacity, const float* const* partials,
+                          float* out);
+
+}  // namespace lc::cpu

@@ -1,0 +1,773 @@
+// Expert parallelism on CPU ranks (issue 14): the dispatch / combine ops against a plain JS
+// reference of the slot protocol (native/cpu/ep.h) and a float64 MoE, the placement of the
+// experts, and whole models whose routed experts are split over 2, 4 and 8 ranks against the
+// single-device run ("equal" as issue 14 defines it: matmul precision 'highest', logits within an
+// fp32 tolerance, greedy tokens identical wherever the top-two gap exceeds it).
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { native } from '../lib/native.js';
+import { type Tensor, empty, tensor, toArray } from '../lib/tensor.js';
+import { ArgumentError, LongcatError } from '../lib/errors.js';
+import { initRandom } from '../lib/init-random.js';
+import { loadModel } from '../lib/generate.js';
+import { ShardedExperts, expertsPerRank, rankExperts } from '../lib/parallel/placement.js';
+import { homeRows } from '../lib/parallel/expert-parallel.js';
+import type { MoeExpertSet } from '../types/ops-moe.js';
+
+let savedPrecision: ReturnType<typeof native.setMatmulPrecision>;
+const root = mkdtempSync(path.join(tmpdir(), 'longcat-ep-'));
+beforeAll(() => {
+  savedPrecision = native.setMatmulPrecision('highest');
+});
+afterAll(() => {
+  native.setMatmulPrecision(savedPrecision);
+  rmSync(root, { recursive: true, force: true });
+});
+
+/** Deterministic uniform numbers in [-1, 1) (mulberry32). */
+function rng(seed: number) {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return (((t ^ (t >>> 14)) >>> 0) / 2 ** 32) * 2 - 1;
+  };
+}
+const randomF32 = (n: number, r: () => number, scale = 1) => Float32Array.from({ length: n }, () => r() * scale);
+const f32 = (data: Float32Array, shape: number[], device = 'cpu') => tensor(data, shape, { device });
+const i32 = (data: ArrayLike<number>, shape: number[], device = 'cpu') =>
+  tensor(Int32Array.from(data), shape, { dtype: 'int32', device });
+const poisoned = (shape: number[], dtype: 'f32' | 'int32' = 'f32', device = 'cpu') =>
+  tensor(
+    dtype === 'f32'
+      ? new Float32Array(shape.reduce((a, b) => a * b, 1)).fill(NaN)
+      : new Int32Array(shape.reduce((a, b) => a * b, 1)).fill(-7),
+    shape,
+    { dtype, device },
+  );
+// The ops run on the CPU and, where the build has a usable CUDA device (a card, or the emulator of
+// test/emu), on cuda:0 (split send / receive kernels of cuda/ep.cu), against the same references.
+const opDevices = ['cpu', ...(native.cudaStatus().available ? ['cuda:0'] : [])];
+
+// ---- the protocol, in plain JS ----------------------------------------------------------------
+
+interface Problem {
+  T: number;
+  H: number;
+  k: number;
+  nRouted: number;
+  nExperts: number;
+  u: Float32Array;
+  idx: Int32Array;
+  w: Float32Array;
+}
+
+/** What epDispatch must write into rank d's slot for this source (capacity rows). */
+function referenceSlot(p: Problem, per: number, d: number, cap: number) {
+  const x = new Float32Array(cap * p.H),
+    idx = new Int32Array(cap * p.k).fill(per),
+    w = new Float32Array(cap * p.k);
+  const rowOf = new Int32Array(p.T).fill(-1);
+  let row = 0;
+  for (let t = 0; t < p.T; t++) {
+    const ix = p.idx.subarray(t * p.k, (t + 1) * p.k);
+    if (!ix.some(e => e < p.nRouted && Math.floor(e / per) === d)) continue;
+    rowOf[t] = row;
+    x.set(p.u.subarray(t * p.H, (t + 1) * p.H), row * p.H);
+    for (let j = 0; j < p.k; j++) {
+      const e = ix[j]!;
+      if (e < p.nRouted && Math.floor(e / per) === d) {
+        idx[row * p.k + j] = e - d * per;
+        w[row * p.k + j] = p.w[t * p.k + j]!;
+      }
+    }
+    row++;
+  }
+  return { count: row, x, idx, w, rowOf };
+}
+
+interface ExpertWeights {
+  gate: Float32Array[];
+  up: Float32Array[];
+  down: Float32Array[];
+  I: number;
+}
+
+/** SPEC 4.2 in float64: sum of w * expert(u) over routed experts + (sum of zero-expert w) * u. */
+function referenceMoe(p: Problem, ex: ExpertWeights): Float64Array {
+  const { T, H, k } = p,
+    I = ex.I,
+    out = new Float64Array(T * H);
+  for (let t = 0; t < T; t++) {
+    const u = p.u.subarray(t * H, (t + 1) * H);
+    for (let j = 0; j < k; j++) {
+      const e = p.idx[t * k + j]!,
+        wt = p.w[t * k + j]!;
+      if (e >= p.nRouted) {
+        for (let c = 0; c < H; c++) out[t * H + c]! += wt * u[c]!;
+        continue;
+      }
+      const a = new Float64Array(I);
+      for (let i = 0; i < I; i++) {
+        let g = 0,
+          v = 0;
+        for (let c = 0; c < H; c++) {
+          g += ex.gate[e]![i * H + c]! * u[c]!;
+          v += ex.up[e]![i * H + c]! * u[c]!;
+        }
+        a[i] = (g / (1 + Math.exp(-g))) * v;
+      }
+      for (let c = 0; c < H; c++) {
+        let y = 0;
+        for (let i = 0; i < I; i++) y += ex.down[e]![c * I + i]! * a[i]!;
+        out[t * H + c]! += wt * y;
+      }
+    }
+  }
+  return out;
+}
+
+function randomExperts(n: number, H: number, I: number, seed: number): ExpertWeights {
+  const r = rng(seed),
+    s = 1 / Math.sqrt(H);
+  return {
+    I,
+    gate: Array.from({ length: n }, () => randomF32(I * H, r, s)),
+    up: Array.from({ length: n }, () => randomF32(I * H, r, s)),
+    down: Array.from({ length: n }, () => randomF32(H * I, r, 1 / Math.sqrt(I))),
+  };
+}
+
+/** Rank r's expert set (its block of experts only) and the whole set, as native tensors. */
+function expertSets(ex: ExpertWeights, H: number, ranks: number, device = 'cpu') {
+  const n = ex.gate.length,
+    per = expertsPerRank(ranks, n);
+  const held: Tensor[] = [];
+  const t = (d: Float32Array, shape: number[]) => {
+    held.push(f32(d, shape, device));
+    return held[held.length - 1]!;
+  };
+  const gate = ex.gate.map(g => t(g, [ex.I, H])),
+    up = ex.up.map(g => t(g, [ex.I, H])),
+    down = ex.down.map(g => t(g, [H, ex.I]));
+  const shards = Array.from({ length: ranks }, (_, r) => {
+    const { first, count } = rankExperts(r, per);
+    return native.moeExperts(gate.slice(first, first + count), up.slice(first, first + count), down.slice(first, first + count));
+  });
+  const whole = native.moeExperts(gate, up, down);
+  return {
+    per,
+    sharded: new ShardedExperts(shards, per),
+    whole,
+    dispose: () => {
+      whole.dispose();
+      for (const s of shards) s.dispose();
+      for (const x of held) x.dispose();
+    },
+  };
+}
+
+/** k distinct expert ids per token, drawn from `pool`. */
+function randomRouting(T: number, k: number, pool: number[], r: () => number): Int32Array {
+  const idx = new Int32Array(T * k);
+  for (let t = 0; t < T; t++) {
+    const left = [...pool];
+    for (let j = 0; j < k; j++) idx[t * k + j] = left.splice(Math.floor(((r() + 1) / 2) * left.length), 1)[0]!;
+  }
+  return idx;
+}
+
+const range = (a: number, b: number) => Array.from({ length: b - a }, (_, i) => a + i);
+
+/**
+ * The whole MoE of `sources` home ranks (problems[s]) through dispatch, the receivers' moe over
+ * their own experts, and combine, each rank on its own stream joined by events (as the runner does).
+ */
+function expertParallelMoe(
+  problems: Problem[],
+  sets: ReturnType<typeof expertSets>,
+  ranks: number,
+  cap: number,
+  device = 'cpu',
+): Float32Array[] {
+  const { H, k, nRouted, nExperts } = problems[0]!,
+    per = sets.per,
+    A = problems.length;
+  const streams = Array.from({ length: ranks }, () => new native.Stream(device));
+  const held: Tensor[] = [];
+  const keep = (t: Tensor) => {
+    held.push(t);
+    return t;
+  };
+  const recv = Array.from({ length: ranks }, () => ({
+    count: keep(poisoned([A], 'int32', device)),
+    x: keep(poisoned([A * cap, H], 'f32', device)),
+    idx: keep(poisoned([A * cap, k], 'int32', device)),
+    w: keep(poisoned([A * cap, k], 'f32', device)),
+    y: keep(poisoned([A * cap, H], 'f32', device)),
+  }));
+  const rows = (t: Tensor, s: number) => keep(t.narrow(s * cap, cap));
+  const ins = problems.map(p => ({
+    u: keep(f32(p.u, [p.T, H], device)),
+    idx: keep(i32(p.idx, [p.T, k], device)),
+    w: keep(f32(p.w, [p.T, k], device)),
+    out: keep(poisoned([p.T, H], 'f32', device)),
+    rowOf: keep(poisoned([p.T, ranks], 'int32', device)),
+  }));
+  const dispatched = streams.map(() => new native.Event(device)),
+    computed = streams.map(() => new native.Event(device));
+  for (let s = 0; s < A; s++) {
+    native.epDispatch(
+      streams[s],
+      ins[s]!.u,
+      ins[s]!.idx,
+      ins[s]!.w,
+      nRouted,
+      nExperts,
+      per,
+      ins[s]!.rowOf,
+      recv.map(r => keep(r.count.narrow(s, 1))),
+      recv.map(r => rows(r.x, s)),
+      recv.map(r => rows(r.idx, s)),
+      recv.map(r => rows(r.w, s)),
+    );
+    dispatched[s]!.record(streams[s]!);
+  }
+  for (let d = 0; d < ranks; d++) {
+    for (let s = 0; s < A; s++) streams[d]!.waitEvent(dispatched[s]!);
+    native.moe(
+      streams[d],
+      recv[d]!.y,
+      recv[d]!.x,
+      recv[d]!.idx,
+      recv[d]!.w,
+      per,
+      sets.sharded.shards[d]!,
+      null,
+      null,
+      null,
+      null,
+      null,
+      per + 1,
+    );
+    computed[d]!.record(streams[d]!);
+  }
+  for (let s = 0; s < A; s++) {
+    for (let d = 0; d < ranks; d++) streams[s]!.waitEvent(computed[d]!);
+    native.epCombine(
+      streams[s],
+      ins[s]!.out,
+      ins[s]!.u,
+      ins[s]!.idx,
+      ins[s]!.w,
+      nRouted,
+      nExperts,
+      ins[s]!.rowOf,
+      recv.map(r => rows(r.y, s)),
+    );
+  }
+  for (const s of streams) s.synchronize();
+  const outs = ins.map(x => toArray(x.out) as Float32Array);
+  for (const t of held) t.dispose();
+  for (const s of streams) s.dispose();
+  return outs;
+}
+
+function problem(T: number, H: number, k: number, nRouted: number, nZero: number, pool: number[], seed: number): Problem {
+  const r = rng(seed);
+  return {
+    T,
+    H,
+    k,
+    nRouted,
+    nExperts: nRouted + nZero,
+    u: randomF32(T * H, r),
+    idx: randomRouting(T, k, pool, r),
+    w: Float32Array.from({ length: T * k }, () => (r() + 1) * 3),
+  };
+}
+
+function maxRelError(got: ArrayLike<number>, want: ArrayLike<number>) {
+  let scale = 0,
+    worst = 0;
+  for (let i = 0; i < want.length; i++) scale = Math.max(scale, Math.abs(want[i]!));
+  for (let i = 0; i < want.length; i++) {
+    const e = Math.abs(got[i]! - want[i]!);
+    if (!(e <= worst)) worst = e; // NaN counts as the worst
+  }
+  return worst / scale;
+}
+
+describe('epDispatch against the JS slot reference', () => {
+  const H = 24,
+    k = 3,
+    nRouted = 8,
+    nZero = 4;
+  // [name, ranks, pool of expert ids, tokens, capacity (undefined: the most any rank receives)]
+  const cases: [string, number, number[], number, number | undefined][] = [
+    ['random routing, 2 ranks', 2, range(0, 12), 9, 9],
+    ['random routing, 4 ranks, capacity exactly reached', 4, range(0, 12), 13, undefined],
+    ['random routing, 8 ranks (one expert each)', 8, range(0, 12), 7, 7],
+    ['every token on one rank', 4, [6, 7, 8, 9, 10, 11], 5, 5],
+    ['ranks that receive nothing', 4, [0, 1, 8, 9, 10], 6, 6],
+    ['tokens whose experts are all zero experts', 2, range(8, 12), 4, 4],
+    ['one token', 8, range(0, 12), 1, 1],
+  ];
+  it.each(opDevices.flatMap(dev => cases.map(c => [dev, ...c] as const)))('%s: %s', (dev, _name, ranks, pool, T, capGiven) => {
+    const p = problem(T, H, k, nRouted, nZero, pool, 11 + T * ranks),
+      per = expertsPerRank(ranks, nRouted);
+    const want = Array.from({ length: ranks }, (_, d) => referenceSlot(p, per, d, T));
+    const cap = capGiven ?? Math.max(...want.map(s => s.count));
+    const u = f32(p.u, [T, H], dev),
+      idx = i32(p.idx, [T, k], dev),
+      w = f32(p.w, [T, k], dev),
+      rowOf = poisoned([T, ranks], 'int32', dev);
+    const slots = Array.from({ length: ranks }, () => ({
+      count: poisoned([1], 'int32', dev),
+      x: poisoned([cap, H], 'f32', dev),
+      idx: poisoned([cap, k], 'int32', dev),
+      w: poisoned([cap, k], 'f32', dev),
+    }));
+    native.epDispatch(
+      null,
+      u,
+      idx,
+      w,
+      nRouted,
+      nRouted + nZero,
+      per,
+      rowOf,
+      slots.map(s => s.count),
+      slots.map(s => s.x),
+      slots.map(s => s.idx),
+      slots.map(s => s.w),
+    );
+    const rows = toArray(rowOf);
+    for (let d = 0; d < ranks; d++) {
+      const ref = referenceSlot(p, per, d, cap);
+      expect(toArray(slots[d]!.count)[0]).toBe(ref.count);
+      expect(Array.from(toArray(slots[d]!.x))).toEqual(Array.from(ref.x)); // a copy: exact, padding zeroed
+      expect(Array.from(toArray(slots[d]!.idx))).toEqual(Array.from(ref.idx));
+      expect(Array.from(toArray(slots[d]!.w))).toEqual(Array.from(ref.w));
+      expect(Array.from({ length: T }, (_, t) => rows[t * ranks + d])).toEqual(Array.from(ref.rowOf));
+    }
+    const total = want.reduce((a, s) => a + s.count, 0);
+    // once per rank, not once per expert: no more rows than (token, rank) pairs with an FFN expert there
+    let pairs = 0;
+    for (let t = 0; t < T; t++)
+      pairs += new Set(
+        Array.from(p.idx.subarray(t * k, (t + 1) * k))
+          .filter(e => e < nRouted)
+          .map(e => Math.floor(e / per)),
+      ).size;
+    expect(total).toBe(pairs);
+    for (const t of [u, idx, w, rowOf, ...slots.flatMap(s => [s.count, s.x, s.idx, s.w])]) t.dispose();
+  });
+
+  it("fails with a typed error, writes nothing and leaves the stream usable when a rank's slot would overflow", () => {
+    const ranks = 2,
+      p = problem(6, H, k, nRouted, nZero, [0, 1, 2, 3, 8], 5),
+      per = 4;
+    const u = f32(p.u, [6, H]),
+      idx = i32(p.idx, [6, k]),
+      w = f32(p.w, [6, k]),
+      rowOf = poisoned([6, ranks], 'int32');
+    const slots = Array.from({ length: ranks }, () => ({
+      count: poisoned([1], 'int32'),
+      x: poisoned([5, H]),
+      idx: poisoned([5, k], 'int32'),
+      w: poisoned([5, k]),
+    }));
+    const s = new native.Stream('cpu');
+    native.epDispatch(
+      s,
+      u,
+      idx,
+      w,
+      nRouted,
+      nRouted + nZero,
+      per,
+      rowOf,
+      slots.map(x => x.count),
+      slots.map(x => x.x),
+      slots.map(x => x.idx),
+      slots.map(x => x.w),
+    );
+    expect(() => s.synchronize()).toThrow(/capacity exceeded: 6 tokens go to rank 0, its slot holds 5 rows/);
+    expect(Array.from(toArray(slots[0]!.count))).toEqual([-7]);
+    expect(Array.from(toArray(slots[1]!.count))).toEqual([-7]);
+    expect(Number.isNaN(toArray(slots[0]!.x)[0]!)).toBe(true);
+    expect(toArray(rowOf)[0]).toBe(-7);
+    // the rank's stream stays usable: the same dispatch into slots deep enough goes through
+    const deep = Array.from({ length: ranks }, () => ({
+      count: poisoned([1], 'int32'),
+      x: poisoned([6, H]),
+      idx: poisoned([6, k], 'int32'),
+      w: poisoned([6, k]),
+    }));
+    native.epDispatch(
+      s,
+      u,
+      idx,
+      w,
+      nRouted,
+      nRouted + nZero,
+      per,
+      rowOf,
+      deep.map(x => x.count),
+      deep.map(x => x.x),
+      deep.map(x => x.idx),
+      deep.map(x => x.w),
+    );
+    s.synchronize();
+    expect(toArray(deep[0]!.count)[0]).toBe(referenceSlot(p, per, 0, 6).count);
+    expect(Array.from(toArray(deep[0]!.x))).toEqual(Array.from(referenceSlot(p, per, 0, 6).x));
+    for (const t of deep.flatMap(x => [x.count, x.x, x.idx, x.w])) t.dispose();
+    s.dispose();
+    for (const t of [u, idx, w, rowOf, ...slots.flatMap(x => [x.count, x.x, x.idx, x.w])]) t.dispose();
+  });
+
+  it('rejects a split that does not hold the routed experts, a bad expert id and mismatched slots', () => {
+    const p = problem(3, H, k, nRouted, nZero, range(0, 12), 3);
+    const u = f32(p.u, [3, H]),
+      idx = i32(p.idx, [3, k]),
+      w = f32(p.w, [3, k]);
+    const rowOf = (ranks: number) => empty([3, ranks], { dtype: 'int32' });
+    const slot = () => ({
+      count: empty([1], { dtype: 'int32' }),
+      x: empty([3, H]),
+      idx: empty([3, k], { dtype: 'int32' }),
+      w: empty([3, k]),
+    });
+    const three = [slot(), slot(), slot()];
+    const call = (slots: ReturnType<typeof slot>[], per: number, i = idx) =>
+      native.epDispatch(
+        null,
+        u,
+        i,
+        w,
+        nRouted,
+        nRouted + nZero,
+        per,
+        rowOf(Math.max(1, slots.length)),
+        slots.map(x => x.count),
+        slots.map(x => x.x),
+        slots.map(x => x.idx),
+        slots.map(x => x.w),
+      );
+    expect(() => call(three, 3)).toThrow(ArgumentError); // 3 ranks x 3 != 8
+    expect(() => call([], 8)).toThrow(/at least one rank/);
+    const wrong = { ...slot(), x: empty([3, H + 1]) };
+    expect(() => call([slot(), wrong], 4)).toThrow(LongcatError);
+    const bad = i32([0, 1, 12, 2, 3, 4, 5, 6, 7], [3, k]);
+    call(three.slice(0, 2), 4, bad);
+    expect(() => native.synchronize('cpu')).toThrow(/idx\[0, 2\] = 12 is outside/);
+    for (const t of [u, idx, w, bad, wrong.x, ...three.flatMap(x => [x.count, x.x, x.idx, x.w])]) t.dispose();
+  });
+});
+
+describe('dispatch -> experts -> combine equals the single-device moe', () => {
+  const H = 40,
+    I = 24,
+    k = 4,
+    nRouted = 8,
+    nZero = 4;
+  const ex = randomExperts(nRouted, H, I, 99);
+  // [name, ranks, home ranks, expert pool, tokens per home]
+  const cases: [string, number, number, number[], number[]][] = [
+    ['2 ranks, 2 homes, random routing', 2, 2, range(0, 12), [7, 5]],
+    ['4 ranks, 4 homes, random routing', 4, 4, range(0, 12), [3, 3, 3, 2]],
+    ['8 ranks, 3 homes (ranks without tokens still serve)', 8, 3, range(0, 12), [4, 1, 6]],
+    ['8 ranks, every token on one rank', 8, 8, [2, 3, 8, 9, 10, 11], [2, 2, 2, 2, 2, 2, 2, 1]],
+    ['4 ranks, all-zero-expert tokens among them', 4, 2, range(0, 12), [5, 5]],
+    ['4 ranks, only zero experts anywhere', 4, 4, range(8, 12), [2, 2, 2, 2]],
+  ];
+  it.each(opDevices.flatMap(dev => cases.map(c => [dev, ...c] as const)))('%s: %s', (dev, name, ranks, homes, pool, sizes) => {
+    const sets = expertSets(ex, H, ranks, dev);
+    const problems = sizes.slice(0, homes).map((T, s) => problem(T, H, k, nRouted, nZero, pool, 1000 + 17 * s + ranks));
+    if (name.includes('all-zero-expert')) problems[0]!.idx.set([8, 9, 10, 11], 0); // token 0: zero experts only
+    const cap = Math.max(...sizes);
+    const got = expertParallelMoe(problems, sets, ranks, cap, dev);
+    // fp32 sums of H = 40 / I = 24 products; the CUDA moe's GEMM tiles sum in another order than the CPU's
+    const tol = dev === 'cpu' ? 2e-6 : 1e-5;
+    for (const [s, p] of problems.entries()) {
+      const want = referenceMoe(p, ex);
+      expect(maxRelError(got[s]!, want)).toBeLessThan(tol);
+      // the single-device moe op over the whole expert set: the same sums in the same order
+      const u = f32(p.u, [p.T, H], dev),
+        idx = i32(p.idx, [p.T, k], dev),
+        w = f32(p.w, [p.T, k], dev),
+        out = poisoned([p.T, H], 'f32', dev);
+      native.moe(null, out, u, idx, w, nRouted, sets.whole, null, null, null, null, null, nRouted + nZero);
+      expect(maxRelError(got[s]!, toArray(out))).toBeLessThan(tol / 2);
+      for (const t of [u, idx, w, out]) t.dispose();
+    }
+    sets.dispose();
+  });
+
+  it.each(opDevices)('%s: is reproducible: the same inputs give bit-identical outputs', dev => {
+    const sets = expertSets(ex, H, 4, dev);
+    const problems = [7, 6, 7, 5].map((T, s) => problem(T, H, k, nRouted, nZero, range(0, 12), 500 + s));
+    const a = expertParallelMoe(problems, sets, 4, 7, dev),
+      b = expertParallelMoe(problems, sets, 4, 7, dev);
+    expect(b.map(x => Array.from(x))).toEqual(a.map(x => Array.from(x)));
+    sets.dispose();
+  });
+
+  it('combine rejects a row record outside the partials and a bad expert id with typed errors', () => {
+    const p = problem(2, H, k, nRouted, nZero, range(0, 12), 4);
+    const u = f32(p.u, [2, H]),
+      idx = i32(p.idx, [2, k]),
+      w = f32(p.w, [2, k]),
+      out = empty([2, H]);
+    const parts = [empty([2, H]), empty([2, H])];
+    const rowOf = i32([0, -1, 2, 1], [2, 2]); // token 1's row in rank 0 is past the 2-row partials
+    native.epCombine(null, out, u, idx, w, nRouted, nRouted + nZero, rowOf, parts);
+    expect(() => native.synchronize('cpu')).toThrow(/rowOf\[1, 0\] = 2 is outside \[-1, 2\)/);
+    const bad = i32([0, 1, 2, 3, 4, -1, 6, 7], [2, k]),
+      ok = i32([0, -1, 1, -1], [2, 2]);
+    native.epCombine(null, out, u, bad, w, nRouted, nRouted + nZero, ok, parts);
+    expect(() => native.synchronize('cpu')).toThrow(/idx\[1, 1\] = -1 is outside/);
+    expect(() => native.epCombine(null, out, u, idx, w, nRouted, nRouted + nZero, ok, [])).toThrow(/at least one rank/);
+    expect(() => native.epCombine(null, out, u, idx, w, nRouted, nRouted + nZero, ok, [parts[0]!])).toThrow(LongcatError); // rowOf is [2, 2]
+    for (const t of [u, idx, w, out, ...parts, rowOf, bad, ok]) t.dispose();
+  });
+
+  it('a rank holds exactly its block of experts', () => {
+    const ranks = 4,
+      sets = expertSets(ex, H, ranks),
+      per = sets.per,
+      T = 5,
+      r = rng(8);
+    const u = f32(randomF32(T * H, r), [T, H]),
+      w = f32(
+        Float32Array.from({ length: T }, () => 1),
+        [T, 1],
+      );
+    for (let d = 0; d < ranks; d++)
+      for (let e = 0; e < per; e++) {
+        const local = i32(new Array(T).fill(e), [T, 1]),
+          global = i32(new Array(T).fill(d * per + e), [T, 1]);
+        const a = empty([T, H]),
+          b = empty([T, H]);
+        native.moe(null, a, u, local, w, per, sets.sharded.shards[d]!, null, null, null, null, null, per);
+        native.moe(null, b, u, global, w, nRouted, sets.whole, null, null, null, null, null, nRouted);
+        expect(Array.from(toArray(a))).toEqual(Array.from(toArray(b)));
+        for (const t of [local, global, a, b]) t.dispose();
+      }
+    expect(sets.sharded.shards.map((s: MoeExpertSet) => s.nRouted)).toEqual([per, per, per, per]);
+    expect(sets.sharded.nRouted).toBe(nRouted);
+    u.dispose();
+    w.dispose();
+    sets.dispose();
+  });
+});
+
+describe('placement', () => {
+  it('splits experts into equal contiguous blocks and rejects bad rank counts with typed errors', () => {
+    expect(expertsPerRank(4, 512)).toBe(128);
+    expect(rankExperts(3, 128)).toEqual({ first: 384, count: 128 });
+    expect(() => expertsPerRank(3, 8)).toThrow(ArgumentError);
+    expect(() => expertsPerRank(0, 8)).toThrow(/ranks must be a whole number >= 1/);
+    expect(() => expertsPerRank(1.5, 8)).toThrow(ArgumentError);
+  });
+  it("spreads a step's tokens over home ranks in contiguous chunks", () => {
+    expect(homeRows(10, 4)).toEqual([
+      { start: 0, count: 3 },
+      { start: 3, count: 3 },
+      { start: 6, count: 3 },
+      { start: 9, count: 1 },
+    ]);
+    expect(homeRows(2, 4)).toEqual([
+      { start: 0, count: 1 },
+      { start: 1, count: 1 },
+      { start: 2, count: 0 },
+      { start: 2, count: 0 },
+    ]);
+  });
+});
+
+// ---- whole models -----------------------------------------------------------------------------
+
+const readLogits = (r: { logits: Tensor }) => {
+  const v = toArray(r.logits) as Float32Array;
+  r.logits.dispose();
+  return v;
+};
+
+/** Logits within `rel` of the largest, and the argmax equal in every row whose top-two gap exceeds the tolerance. */
+function expectEqualLogits(got: Float32Array, want: Float32Array, V: number, rel: number) {
+  expect(got.length).toBe(want.length);
+  let scale = 0;
+  for (const x of want) scale = Math.max(scale, Math.abs(x));
+  const err = maxRelError(got, want);
+  if (!(err <= rel)) expect.fail(`logits differ by ${err} x max|logit| (allowed ${rel})`);
+  for (let r = 0; r < want.length / V; r++) {
+    const row = want.subarray(r * V, (r + 1) * V),
+      g = got.subarray(r * V, (r + 1) * V);
+    let best = 0,
+      second = -Infinity;
+    for (let i = 1; i < V; i++) if (row[i]! > row[best]!) best = i;
+    for (let i = 0; i < V; i++) if (i !== best) second = Math.max(second, row[i]!);
+    if (row[best]! - second > 2 * rel * scale) {
+      let gb = 0;
+      for (let i = 1; i < V; i++) if (g[i]! > g[gb]!) gb = i;
+      expect(gb).toBe(best);
+    }
+  }
+}
+
+const prompts = [
+  [5, 17, 300, 2, 99, 41, 7],
+  [260, 1, 3],
+  [11, 12, 13, 14, 15, 16, 17, 18, 19],
+];
+
+/** A batch of prompts (batched prefill, every row's logits), then greedy batched decode steps; all logits. */
+function runScript(m: Awaited<ReturnType<typeof loadModel>>, ps: number[][], steps: number, next?: number[][]) {
+  const e = m.engine,
+    V = e.dims.vocab;
+  const seqs = ps.map(() => e.newSequence());
+  const out = [readLogits(e.forward(seqs, ps, { allLogits: true }))];
+  const chosen: number[][] = [];
+  for (let i = 0; i < steps; i++) {
+    const prev = out[out.length - 1]!,
+      rows = prev.length / V;
+    const ends = i === 0 ? ps.map((_, b) => ps.slice(0, b + 1).reduce((a, p) => a + p.length, 0) - 1) : range(0, rows);
+    const toks =
+      next?.[i] ??
+      ends.map(r => {
+        let best = 0;
+        for (let j = 1; j < V; j++) if (prev[r * V + j]! > prev[r * V + best]!) best = j;
+        return best;
+      });
+    chosen.push(toks);
+    out.push(
+      readLogits(
+        e.forward(
+          seqs,
+          toks.map(t => [t]),
+        ),
+      ),
+    );
+  }
+  for (const s of seqs) s.release();
+  return { out, chosen };
+}
+
+describe('expert-parallel models equal the single-device run', () => {
+  const checkpoints: [string, 'tiny' | 'small', boolean, Record<string, unknown>][] = [
+    ['tiny bf16', 'tiny', false, {}],
+    ['tiny fp8', 'tiny', true, {}],
+    ['small bf16 (2 layers)', 'small', false, { num_layers: 2 }],
+  ];
+  for (const [name, preset, fp8, overrides] of checkpoints) {
+    describe(name, () => {
+      let dir: string;
+      let want: ReturnType<typeof runScript>;
+      beforeAll(async () => {
+        dir = path.join(root, name.replace(/\W+/g, '-'));
+        await initRandom({ preset, out: dir, seed: 21, fp8, overrides });
+        const single = await loadModel(dir, { backend: 'cpu', cacheDtype: 'f32', maxContext: 64 });
+        try {
+          want = runScript(single, prompts, 3);
+        } finally {
+          single.dispose();
+        }
+      }, 120_000);
+      it.each([2, 4, 8])(
+        '%i ranks: batched prefill + decode steps (captured decode graphs)',
+        async ranks => {
+          const m = await loadModel(dir, { backend: 'cpu', cacheDtype: 'f32', maxContext: 64, ranks });
+          try {
+            const V = m.engine.dims.vocab;
+            const shards = m.engine.w.layers.map(l => l.moe.experts);
+            for (const s of shards) {
+              expect(s).toBeInstanceOf(ShardedExperts);
+              expect((s as ShardedExperts).shards.map(x => x.nRouted)).toEqual(
+                new Array(ranks).fill(m.engine.dims.nRouted / ranks),
+              );
+            }
+            const got = runScript(m, prompts, 3, want.chosen);
+            for (const [i, g] of got.out.entries()) expectEqualLogits(g, want.out[i]!, V, 1e-5);
+          } finally {
+            m.dispose();
+          }
+        },
+        120_000,
+      );
+    });
+  }
+
+  it('single sequences run alone equal the same sequences batched', async () => {
+    const dir = path.join(root, 'tiny-bf16');
+    const m = await loadModel(dir, { backend: 'cpu', cacheDtype: 'f32', maxContext: 64, ranks: 4 });
+    try {
+      const V = m.engine.dims.vocab,
+        batched = runScript(m, prompts, 2);
+      for (const [b, p] of prompts.entries()) {
+        const alone = runScript(
+          m,
+          [p],
+          2,
+          batched.chosen.map(c => [c[b]!]),
+        );
+        expectEqualLogits(alone.out[1]!, batched.out[1]!.subarray(b * V, (b + 1) * V), V, 1e-5);
+        expectEqualLogits(alone.out[2]!, batched.out[2]!.subarray(b * V, (b + 1) * V), V, 1e-5);
+      }
+    } finally {
+      m.dispose();
+    }
+  }, 120_000);
+
+  it('rejects rank counts that do not divide the experts and ranks < 1 with typed errors', async () => {
+    const dir = path.join(root, 'tiny-bf16'); // 8 routed experts
+    await expect(loadModel(dir, { backend: 'cpu', ranks: 3 })).rejects.toThrow(/3 ranks do not divide the 8 routed experts/);
+    await expect(loadModel(dir, { backend: 'cpu', ranks: 3 })).rejects.toBeInstanceOf(ArgumentError);
+    await expect(loadModel(dir, { backend: 'cpu', ranks: 0 })).rejects.toBeInstanceOf(ArgumentError);
+    await expect(loadModel(dir, { backend: 'cpu', ranks: 16 })).rejects.toBeInstanceOf(ArgumentError);
+    await expect(loadModel(dir, { backend: 'cpu', ranks: 2.5 })).rejects.toThrow(/ranks must be a whole number/);
+  });
+});
+
+// Virtual ranks on one CUDA device (a card, or the emulator of test/emu in CI): the split send /
+// receive kernels of cuda/ep.cu and the moe op per rank, against the single-device CUDA run.
+describe.runIf(native.cudaStatus().available)('expert-parallel models on one CUDA device equal its single-device run', () => {
+  const checkpoints: [string, boolean][] = [
+    ['tiny bf16', false],
+    ['tiny fp8', true],
+  ];
+  for (const [name, fp8] of checkpoints) {
+    describe(name, () => {
+      let dir: string;
+      let want: ReturnType<typeof runScript>;
+      beforeAll(async () => {
+        dir = path.join(root, `cuda-${name.replace(/\W+/g, '-')}`);
+        await initRandom({ preset: 'tiny', out: dir, seed: 23, fp8 });
+        const single = await loadModel(dir, { backend: 'cuda', cacheDtype: 'f32', maxContext: 64 });
+        try {
+          want = runScript(single, prompts, 2);
+        } finally {
+          single.dispose();
+        }
+      }, 300_000);
+      it.each([2, 8])(
+        '%i ranks: batched prefill + decode steps (captured decode graphs)',
+        async ranks => {
+          const m = await loadModel(dir, { backend: 'cuda', cacheDtype: 'f32', maxContext: 64, ranks });
+          try {
+            const got = runScript(m, prompts, 2, want.chosen);
+            for (const [i, g] of got.out.entries()) expectEqualLogits(g, want.out[i]!, m.engine.dims.vocab, 1e-5);
+          } finally {
+            m.dispose();
+          }
+        },
+        300_000,
+      );
+    });
+  }
+});

@@ -1,0 +1,60 @@
+// The expert-parallel ops of the native addon (binding: native/ops/ep.cc; CPU kernels and the slot
+// protocol: native/cpu/ep.h; CUDA: cuda/ep.cu, split send / receive form, ranks of one device).
+import type { Tensor, Stream } from './native.js';
+
+type S = Stream | null | undefined;
+
+/**
+ * The two halves of the MoE all-to-all between ranks that own contiguous blocks of
+ * `expertsPerRank` routed experts (rank r: experts r * expertsPerRank ..). A token goes to a rank
+ * once, however many of its experts live there; zero experts (ids >= nRouted) stay home. Each
+ * destination has a static slot per source rank `capacity` rows deep (count, x, idx, w; rows
+ * count.. are padding that a moe over the slot turns into zeros), so the receiver runs the moe op
+ * on whole slots with its local experts and nExperts = expertsPerRank + 1.
+ */
+export interface EpOps {
+  /**
+   * The source rank's tokens into the destinations' slots for it: for rank d, counts[d] int32 [1]
+   * (tokens sent), xs[d] f32 [capacity, H] (their u rows, ascending token order), idxs[d] int32
+   * [capacity, k] (the local expert id per top-k slot, expertsPerRank for slots that are not
+   * rank d's), ws[d] f32 [capacity, k] (the slot's weight, 0 where not rank d's); and the home
+   * side's record rowOf int32 [T, ranks] (token t's row in rank d's slot, -1 when it did not go
+   * there). u f32 [T, H], idx int32 / weights f32 [T, k] (routerTopk's outputs); nRouted = ranks
+   * x expertsPerRank. On the CPU an id outside [0, nExperts) or more than `capacity` tokens for
+   * one rank fails with E_ARGUMENT at synchronize, nothing written; a CUDA kernel cannot raise:
+   * such an id goes nowhere, and an overflowing rank's count says how many rows it needed
+   * (> capacity) with the rows past capacity dropped.
+   */
+  epDispatch(
+    stream: S,
+    u: Tensor,
+    idx: Tensor,
+    weights: Tensor,
+    nRouted: number,
+    nExperts: number,
+    expertsPerRank: number,
+    rowOf: Tensor,
+    counts: readonly Tensor[],
+    xs: readonly Tensor[],
+    idxs: readonly Tensor[],
+    ws: readonly Tensor[],
+  ): void;
+  /**
+   * The home rank's MoE output: out[t] = partials[d][rowOf[t, d]] added over the ranks t went to
+   * in rank order 0, 1, .. (partials[d] f32 [capacity, H]: rank d's moe output over its slot for
+   * this source), then (sum of t's zero-expert weights) * u[t] -- the single-device moe's order,
+   * independent of arrival order. A rowOf entry outside [-1, capacity) or an id outside
+   * [0, nExperts) fails with E_ARGUMENT on the CPU and contributes nothing on CUDA.
+   */
+  epCombine(
+    stream: S,
+    out: Tensor,
+    u: Tensor,
+    idx: Tensor,
+    weights: Tensor,
+    nRouted: number,
+    nExperts: number,
+    rowOf: Tensor,
+    partials: readonly Tensor[],
+  ): void;
+}
