@@ -71,8 +71,8 @@ const MUTANTS = [
     area: 'mla',
     file: 'lib/rope.ts',
     tests: ['test/model-long.test.ts', 'test/rope.test.ts'],
-    from: 'attentionFactor = mscale && mscaleAllDim ? yarnGetMscale(factor, mscale) / yarnGetMscale(factor, mscaleAllDim) : yarnGetMscale(factor);',
-    to: 'attentionFactor = yarnGetMscale(factor);',
+    from: 'mscale && mscaleAllDim ? yarnGetMscale(factor, mscale) / yarnGetMscale(factor, mscaleAllDim) : yarnGetMscale(factor);',
+    to: 'yarnGetMscale(factor);',
     why: 'YaRN cos/sin factor ignores mscale / mscale_all_dim',
   },
   {
