@@ -211,6 +211,7 @@ async function generate(args: string[]) {
     for await (const chunk of g) process.stdout.write(chunk);
     const r = await g;
     process.stdout.write('\n');
+    if (r.stopReason === 'abort') process.exitCode = 130; // interrupted (128 + SIGINT), as shells report it
     process.stderr.write(
       `[${r.stopReason}] prompt ${r.promptTokens} tokens (${r.prefillTokensPerSecond.toFixed(1)} tok/s), ` +
         `generated ${r.completionTokens} tokens (${r.tokensPerSecond.toFixed(1)} tok/s), first token ${r.timeToFirstTokenMs.toFixed(0)} ms, ` +
@@ -335,7 +336,8 @@ async function main(argv: string[]) {
   }
 }
 
-// Exit codes: 0 done, 1 a runtime error, 2 a command-line mistake (printed with the usage).
+// Exit codes: 0 done, 1 a runtime error, 2 a command-line mistake (printed with the usage), 130
+// generation stopped by Ctrl+C.
 main(process.argv.slice(2)).catch((err: unknown) => {
   const parseError = (err as { code?: string })?.code?.startsWith('ERR_PARSE_ARGS');
   if (err instanceof UsageError || parseError) {

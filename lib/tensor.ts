@@ -105,6 +105,12 @@ export function empty(shape: readonly number[], opts: TensorOptions = {}): Tenso
 /** A tensor filled with `value` (NaN by default: a poisoned output buffer for tests). */
 export function full(shape: readonly number[], value: number, opts: TensorOptions = {}): Tensor {
   const n = numel(shape);
+  // The values pass through a JS array: past its limit, a typed error rather than V8's RangeError.
+  if (n > 2 ** 31)
+    throw new ShapeError(
+      'E_SHAPE',
+      `full: shape [${shape.join(', ')}] has ${n} elements, more than full() builds (2^31); use empty()`,
+    );
   const vals = new Float32Array(n).fill(value);
   return tensor(vals, shape, opts);
 }

@@ -189,6 +189,8 @@ Napi::Value TensorWrap::View(const Napi::CallbackInfo& info) {
       if (!(d >= 0) || d != static_cast<double>(static_cast<int64_t>(d)))
         fail(Code::E_SHAPE, "view: element %u of the shape is not a non-negative integer (or a single -1)", i);
       s.push_back(static_cast<int64_t>(d));
+      if (s.back() != 0 && known > (int64_t{1} << 53) / s.back())
+        fail(Code::E_SHAPE, "view: the shape has more than 2^53 elements");
       known *= s.back();
     }
     if (infer >= 0) {
@@ -197,6 +199,7 @@ Napi::Value TensorWrap::View(const Napi::CallbackInfo& info) {
              static_cast<long long>(t.numel()));
       s[infer] = t.numel() / known;
     }
+    check_shape("view", s, t.dtype);
     Tensor v = t;
     v.shape = s;
     if (v.numel() != t.numel())

@@ -31,8 +31,17 @@ struct Tensor {
     return static_cast<T*>(data());
   }
   // Rows of the last dimension: numel / dim(-1).
-  int64_t rows() const { return shape.empty() ? 1 : numel() / shape.back(); }
+  // The product of all but the last dimension (not numel() / last: the last may be 0).
+  int64_t rows() const {
+    int64_t r = 1;
+    for (size_t i = 0; i + 1 < shape.size(); ++i) r *= shape[i];
+    return r;
+  }
 };
+
+// Checks a shape before anything is made of it: dimensions >= 0, and elements and bytes that fit
+// (at most 2^53 elements, JS's exact integers, and 2^62 bytes), or E_SHAPE naming `what` and the shape.
+void check_shape(const char* what, const std::vector<int64_t>& shape, DType t);
 
 // A new pool-backed tensor (contents undefined).
 Tensor empty_tensor(Device d, DType t, const std::vector<int64_t>& shape);

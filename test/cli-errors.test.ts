@@ -82,3 +82,39 @@ describe('longcat chat', () => {
     expect(r.stderr).toMatch(/ on (cpu|cuda:\d+)\n/); // auto: the emulated or real GPU where there is one
   });
 });
+
+describe('longcat generate interrupted', () => {
+  it('Ctrl+C stops the generation, prints what it has and exits 130', async () => {
+    const { spawn } = await import('node:child_process');
+    const dir = mkdtempSync(path.join(tmpdir(), 'longcat-int-'));
+    try {
+      // A model whose greedy text has no EOS in its first 300 tokens, so the generation is still
+      // running (hundreds of steps) when the signal sent at its first output lands.
+      for (let seed = 5; ; seed++) {
+        await initRandom({ preset: 'tiny', out: dir, seed });
+        const probe = run(['generate', '--model', dir, '--prompt', 'x', '--max-tokens', '300', '--backend', 'cpu']);
+        expect(probe.status, probe.stderr).toBe(0);
+        if (/\[length\]/.test(probe.stderr)) break;
+        expect(seed, 'a seed without an early EOS').toBeLessThan(40);
+        rmSync(dir, { recursive: true, force: true });
+      }
+      const child = spawn(
+        process.execPath,
+        [cli, 'generate', '--model', dir, '--prompt', 'x', '--max-tokens', '100000', '--backend', 'cpu'],
+        {
+          stdio: ['ignore', 'pipe', 'pipe'],
+        },
+      );
+      let err = '';
+      child.stderr.on('data', d => {
+        err += d;
+      });
+      child.stdout.once('data', () => child.kill('SIGINT'));
+      const code = await new Promise<number | null>(resolve => child.on('exit', c => resolve(c)));
+      expect(code, err).toBe(130);
+      expect(err).toMatch(/\[abort\]/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
