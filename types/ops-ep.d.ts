@@ -1,6 +1,7 @@
 // The expert-parallel ops of the native addon (binding: native/ops/ep.cc; CPU kernels and the slot
 // protocol: native/cpu/ep.h; CUDA: cuda/ep.cu, split send / receive form, ranks of one device).
 import type { Tensor, Stream } from './native.js';
+import type { MoeTokenArgs } from './ops-moe.js';
 
 type S = Stream | null | undefined;
 
@@ -46,15 +47,5 @@ export interface EpOps {
    * independent of arrival order. A rowOf entry outside [-1, capacity) or an id outside
    * [0, nExperts) fails with E_ARGUMENT on the CPU and contributes nothing on CUDA.
    */
-  epCombine(
-    stream: S,
-    out: Tensor,
-    u: Tensor,
-    idx: Tensor,
-    weights: Tensor,
-    nRouted: number,
-    nExperts: number,
-    rowOf: Tensor,
-    partials: readonly Tensor[],
-  ): void;
+  epCombine(...args: [...MoeTokenArgs, nExperts: number, rowOf: Tensor, partials: readonly Tensor[]]): void;
 }

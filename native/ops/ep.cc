@@ -31,9 +31,8 @@ void expect_device_ranks(const char* op, Device d, int64_t ranks) {
          ll(LC_IF_CUDA(gpu::kEpMaxRanks, 0)));
 }
 
-Napi::Value EpDispatch(const Napi::CallbackInfo& info) {
-  const char* op = "epDispatch";
-  OpArgs a(info, op);
+void EpDispatch(const OpArgs& a) {
+  const char* op = a.op();
   Tensor u = a.tensor(1, "u"), idx = a.tensor(2, "idx"), w = a.tensor(3, "weights");
   const int64_t n_routed = a.integer(4, "nRouted"), n_experts = a.integer(5, "nExperts"),
                 per_rank = a.integer(6, "expertsPerRank");
@@ -41,11 +40,8 @@ Napi::Value EpDispatch(const Napi::CallbackInfo& info) {
   std::vector<Tensor> counts = a.tensor_list(8, "counts"), xs = a.tensor_list(9, "xs"), idxs = a.tensor_list(10, "idxs"),
                       ws = a.tensor_list(11, "ws");
   const Device d = u.device();
-  int64_t t, h;
-  a.dims(u, "u", {DType::F32}, d, &t, &h);
-  a.expect(idx, "idx", {DType::I32}, d, {t, -1});
-  const int64_t k = idx.dim(1);
-  a.expect(w, "weights", {DType::F32}, d, {t, k});
+  int64_t t, h, k;
+  a.routed_tokens(u, idx, w, &t, &h, &k);
   const int64_t ranks = static_cast<int64_t>(counts.size());
   expect_split(op, n_routed, n_experts, per_rank, ranks);
   expect_device_ranks(op, d, ranks);
@@ -73,9 +69,8 @@ Napi::Value EpDispatch(const Napi::CallbackInfo& info) {
     dev.w[r] = slots[r].w;
   }
 #endif
-  Stream& s = a.stream(0, d);
-  launch(
-      op, s,
+  a.launch(
+      d,
       [=] {
         hold(counts, xs, idxs, ws);
         const cpu::EpRouteCheck r = cpu::ep_dispatch(t, k, h, u.ptr<float>(), idx.ptr<int32_t>(), w.ptr<float>(), n_routed,
@@ -89,23 +84,18 @@ Napi::Value EpDispatch(const Napi::CallbackInfo& info) {
       },
       LC_GPU(hold(counts, xs, idxs, ws); gpu::ep_dispatch(t, k, h, u.ptr<float>(), idx.ptr<int32_t>(), w.ptr<float>(), n_routed,
                                                           per_rank, ranks, capacity, dev, row_of.ptr<int32_t>(), stream)));
-  return info.Env().Undefined();
 }
 
-Napi::Value EpCombine(const Napi::CallbackInfo& info) {
-  const char* op = "epCombine";
-  OpArgs a(info, op);
+void EpCombine(const OpArgs& a) {
+  const char* op = a.op();
   Tensor out = a.tensor(1, "out"), u = a.tensor(2, "u"), idx = a.tensor(3, "idx"), w = a.tensor(4, "weights");
   const int64_t n_routed = a.integer(5, "nRouted"), n_experts = a.integer(6, "nExperts");
   Tensor row_of = a.tensor(7, "rowOf");
   std::vector<Tensor> partials = a.tensor_list(8, "partials");
   const Device d = u.device();
-  int64_t t, h;
-  a.dims(u, "u", {DType::F32}, d, &t, &h);
+  int64_t t, h, k;
+  a.routed_tokens(u, idx, w, &t, &h, &k);
   a.expect(out, "out", {DType::F32}, d, {t, h});
-  a.expect(idx, "idx", {DType::I32}, d, {t, -1});
-  const int64_t k = idx.dim(1);
-  a.expect(w, "weights", {DType::F32}, d, {t, k});
   const int64_t ranks = static_cast<int64_t>(partials.size());
   if (ranks < 1) fail(Code::E_ARGUMENT, "%s: needs at least one rank", op);
   if (n_routed < 0 || n_experts < n_routed || n_experts > INT32_MAX)
@@ -114,24 +104,20 @@ Napi::Value EpCombine(const Napi::CallbackInfo& info) {
   a.expect(row_of, "rowOf", {DType::I32}, d, {t, ranks});
   if (partials[0].ndim() != 2) expect_ndim(op, "partials[0]", partials[0], 2);
   const int64_t capacity = partials[0].dim(0);
-  auto overlaps = [&](const Tensor& x) {
-    return out.storage == x.storage && out.offset < x.offset + x.nbytes() && x.offset < out.offset + out.nbytes();
-  };
-  if (overlaps(u)) fail(Code::E_ARGUMENT, "%s: 'out' overlaps 'u'", op);
+  if (overlaps(out, u)) fail(Code::E_ARGUMENT, "%s: 'out' overlaps 'u'", op);
   std::vector<const float*> parts(static_cast<size_t>(ranks));
   for (int64_t r = 0; r < ranks; ++r) {
     const std::string name = "partials[" + std::to_string(r) + "]";
     a.expect(partials[r], name.c_str(), {DType::F32}, d, {capacity, h});
-    if (overlaps(partials[r])) fail(Code::E_ARGUMENT, "%s: 'out' overlaps '%s'", op, name.c_str());
+    if (overlaps(out, partials[r])) fail(Code::E_ARGUMENT, "%s: 'out' overlaps '%s'", op, name.c_str());
     parts[r] = partials[r].ptr<float>();
   }
 #ifdef LONGCAT_WITH_CUDA
   gpu::EpPartials dev{};
   for (int64_t r = 0; r < ranks && !d.is_cpu(); ++r) dev.rows[r] = parts[r];
 #endif
-  Stream& s = a.stream(0, d);
-  launch(
-      op, s,
+  a.launch(
+      d,
       [=] {
         hold(partials);
         const cpu::EpCombineCheck r =
@@ -146,7 +132,6 @@ Napi::Value EpCombine(const Napi::CallbackInfo& info) {
       },
       LC_GPU(hold(partials); gpu::ep_combine(t, k, h, u.ptr<float>(), idx.ptr<int32_t>(), w.ptr<float>(), n_routed, n_experts,
                                              row_of.ptr<int32_t>(), ranks, capacity, dev, out.ptr<float>(), stream)));
-  return info.Env().Undefined();
 }
 
 }  // namespace

@@ -28,11 +28,9 @@ struct MapHandle {
 const napi_type_tag kMapTag = {0x6c6f6e6763617466ULL, 0x6d6d61702d763031ULL};
 
 MapHandle* handle_of(Napi::Value v, const char* op) {
-  if (!v.IsObject()) fail(Code::E_ARGUMENT, "%s: 'mapping' must be a MappedFile from mapFile()", op);
-  Napi::Value h = v.As<Napi::Object>().Get("_handle");
-  if (!h.IsExternal() || !h.As<Napi::External<MapHandle>>().CheckTypeTag(&kMapTag))
-    fail(Code::E_ARGUMENT, "%s: 'mapping' must be a MappedFile from mapFile()", op);
-  return h.As<Napi::External<MapHandle>>().Data();
+  MapHandle* h = handle_in<MapHandle>(v, kMapTag);
+  if (!h) fail(Code::E_ARGUMENT, "%s: 'mapping' must be a MappedFile from mapFile()", op);
+  return h;
 }
 
 MappedFile::Advice parse_advice(const std::string& s, const char* op) {
@@ -107,11 +105,8 @@ Napi::Value MapFile(const Napi::CallbackInfo& info) {
   if (!advice.empty()) file->advise(0, file->size(), parse_advice(advice, op));
 
   Napi::Env env = info.Env();
-  Napi::Object obj = Napi::Object::New(env);
-  auto ext = Napi::External<MapHandle>::New(env, new MapHandle{file}, [](Napi::Env, MapHandle* h) { delete h; });
-  ext.TypeTag(&kMapTag);
+  Napi::Object obj = handle_object(env, new MapHandle{file}, kMapTag);
   obj.DefineProperties({
-      Napi::PropertyDescriptor::Value("_handle", ext, napi_default),
       Napi::PropertyDescriptor::Value("path", Napi::String::New(env, path), napi_enumerable),
       Napi::PropertyDescriptor::Value("byteLength", Napi::Number::New(env, static_cast<double>(file->size())), napi_enumerable),
       Napi::PropertyDescriptor::Value("writable", Napi::Boolean::New(env, file->writable()), napi_enumerable),
