@@ -278,7 +278,7 @@ using OpFn = Napi::Value (*)(const Napi::CallbackInfo&);
 using StreamOpFn = void (*)(const OpArgs& a);
 struct RegisteredOp {
   const char* name;
-  OpFn fn;  // or null, then:
+  OpFn fn;  // exactly one of the two is set
   StreamOpFn stream_fn;
   Napi::Value call(const Napi::CallbackInfo& info) const;
 };
