@@ -38,6 +38,26 @@ export const HANG_LIMIT_MS = 300_000;
  */
 export const workLimitMs = (cpuSeconds: number) => HANG_LIMIT_MS * Math.max(1, Math.ceil(cpuSeconds / 10));
 
+export type Isa = 'scalar' | 'avx2' | 'avx512';
+const startIsa = native.cpuFeatures().isa;
+/** Every CPU ISA this machine can run (setIsa clamps to the best available). */
+export const isas: Isa[] = (['scalar', 'avx2', 'avx512'] as Isa[]).filter(i => {
+  const got = native.setIsa(i);
+  native.setIsa(startIsa);
+  return got === i;
+});
+/** Runs fn on each ISA of `isas` in turn, then restores the ISA the process started with. */
+export function eachIsa(fn: (isa: Isa) => void) {
+  for (const isa of isas) {
+    native.setIsa(isa);
+    try {
+      fn(isa);
+    } finally {
+      native.setIsa(startIsa);
+    }
+  }
+}
+
 export const cudaAvailable = native.cudaStatus().available;
 /** Backends to run an op test on: always CPU, CUDA when present. */
 export const backends: string[] = cudaAvailable ? ['cpu', 'cuda:0'] : ['cpu'];

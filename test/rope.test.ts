@@ -4,6 +4,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { full, native, tensor, toArray } from '../lib/index.js';
 import { ropeTables } from '../lib/rope.js';
 import { expectClose, rng, expectCode } from './helpers.js';
+import type { RefRopeScaling } from './reference/longcat-ref.js';
 
 const startIsa = native.cpuFeatures().isa;
 afterAll(() => {
@@ -13,17 +14,7 @@ const isas = ['scalar', 'avx2', 'avx512'] as const;
 
 // ---- An independent float64 re-derivation of transformers' formulas -----------------------------
 // (modeling_rope_utils._compute_yarn_parameters, transformers 4.5x; DeepseekV3/LongcatFlash attention scaling)
-interface Yarn {
-  factor: number;
-  original_max_position_embeddings?: number;
-  beta_fast?: number;
-  beta_slow?: number;
-  mscale?: number;
-  mscale_all_dim?: number;
-  attention_factor?: number;
-  truncate?: boolean;
-}
-function refTables(theta: number, dim: number, nope: number, maxPos: number, y: Yarn | null) {
+function refTables(theta: number, dim: number, nope: number, maxPos: number, y: RefRopeScaling | null) {
   const half = dim / 2;
   const plain = Array.from({ length: half }, (_, i) => 1 / theta ** ((2 * i) / dim));
   let scale = 1 / Math.sqrt(nope + dim);
@@ -77,7 +68,7 @@ describe('ropeTables', () => {
     expect(odd.softmaxScale).toBeCloseTo(1 / Math.sqrt(24), 15);
   });
 
-  const cases: [string, number, number, number, number, Yarn][] = [
+  const cases: [string, number, number, number, number, RefRopeScaling][] = [
     // name, theta, rope dim, nope, max_position_embeddings, rope_scaling
     [
       'DeepSeek-V3 style (mscale = mscale_all_dim)',
