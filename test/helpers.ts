@@ -2,6 +2,7 @@
 import { expect } from 'vitest';
 import { native } from '../lib/native.js';
 import { LongcatError } from '../lib/errors.js';
+import type { ChatMessage } from '../lib/chat.js';
 
 /** The seeded generator shared with the op-case table, the GPU check and the benchmarks (test/rng.ts). */
 export { rng } from './rng.js';
@@ -74,3 +75,10 @@ export function expectCode(fn: () => unknown, code: string, message?: RegExp) {
   }
   expect.fail(`expected a ${code} error`);
 }
+
+/** A chat message of each role, for the message tables of the chat-template tests. */
+export const msg = {
+  system: (content: string): ChatMessage => ({ role: 'system', content }),
+  user: (content: string): ChatMessage => ({ role: 'user', content }),
+  assistant: (content: string): ChatMessage => ({ role: 'assistant', content }),
+};
