@@ -147,7 +147,10 @@ const pair = (s: Sides, mode: GemmMode): [Arithmetic, Arithmetic] => [arithmetic
 // ---- the table -----------------------------------------------------------------------------------
 
 const table: Omit<OpCase, 'seed'>[] = [];
-const add = (c: Omit<OpCase, 'seed' | 'precision'> & { precision?: Precision }) => table.push({ precision: 'highest', ...c });
+/** Adds a case: its op is the first word of its name; no dtype choices, 'highest' and no FLOPs unless given. */
+const add = (
+  c: Omit<OpCase, 'seed' | 'op' | 'precision' | 'dtypes' | 'flops'> & Partial<Pick<OpCase, 'precision' | 'dtypes' | 'flops'>>,
+) => table.push({ op: c.name.split(' ')[0]!, precision: 'highest', dtypes: {}, flops: 0, ...c });
 
 // linear: every weight dtype, decode (skinny) and prefill (tiled) sizes, each matmul precision
 for (const [t, k, n] of [
@@ -165,7 +168,6 @@ for (const [t, k, n] of [
     for (const precision of precisions) {
       add({
         name: `linear t=${t} k=${k} n=${n} w=${wdt} ${precision}`,
-        op: 'linear',
         shapes: { t, k, n },
         dtypes: { x: 'f32', w: wdt },
         precision,
@@ -207,7 +209,6 @@ for (const [t, k, n] of [
 ] as const) {
   add({
     name: `linear wgmma t=${t} k=${k} n=${n} x=bf16 w=bf16`,
-    op: 'linear',
     shapes: { t, k, n },
     dtypes: { x: 'bf16', w: 'bf16' },
     precision: 'bf16',
@@ -243,11 +244,9 @@ for (const [rows, dim] of [
 ] as const) {
   add({
     name: `rmsnorm rows=${rows} dim=${dim} (+add, bf16 w)`,
-    op: 'rmsnorm',
     shapes: { rows, dim },
     dtypes: { x: 'f32', w: 'bf16' },
     bytes: 3 * 4 * rows * dim,
-    flops: 0,
     make(device, r) {
       const x = tensor(uniform(r, rows * dim), [rows, dim], { device });
       const a = tensor(uniform(r, rows * dim), [rows, dim], { device });
@@ -276,11 +275,9 @@ for (const [V, H, dt] of [
 ] as const) {
   add({
     name: `embedding V=${V} H=${H} ${dt}`,
-    op: 'embedding',
     shapes: { V, H, ids: 7 },
     dtypes: { table: dt },
     bytes: 7 * H * 8,
-    flops: 0,
     make(device, r) {
       const table = tensor(uniform(r, V * H), [V, H], { dtype: dt, device });
       const ids = int32(
@@ -303,11 +300,9 @@ for (const [R, C, dt, n] of [
 ] as const) {
   add({
     name: `gatherRows R=${R} C=${C} ${dt} n=${n}`,
-    op: 'gatherRows',
     shapes: { R, C, n },
     dtypes: { src: dt },
     bytes: 2 * n * C * 4,
-    flops: 0,
     make(device, r) {
       const src =
         dt === 'int32'
@@ -330,11 +325,8 @@ for (const [R, C, dt, n] of [
 for (const n of [1, 1003, 64 * 4096]) {
   add({
     name: `siluMul n=${n}`,
-    op: 'siluMul',
     shapes: { n },
-    dtypes: {},
     bytes: 12 * n,
-    flops: 0,
     make(device, r) {
       const g = tensor(uniform(r, n, 8), [n], { device }),
         u = tensor(uniform(r, n), [n], { device }),
@@ -350,11 +342,8 @@ for (const n of [1, 1003, 64 * 4096]) {
   for (const alpha of [1, 0.37]) {
     add({
       name: `add n=${n} alpha=${alpha}`,
-      op: 'add',
       shapes: { n },
-      dtypes: {},
       bytes: 12 * n,
-      flops: 0,
       make(device, r) {
         const av = uniform(r, n),
           bv = uniform(r, n);
@@ -374,11 +363,8 @@ for (const n of [1, 1003, 64 * 4096]) {
   }
   add({
     name: `scaleGroups n=${n}`,
-    op: 'scaleGroups',
     shapes: { n },
-    dtypes: {},
     bytes: 8 * n,
-    flops: 0,
     make(device, r) {
       const cols = n % 512 === 0 ? 512 : n,
         rows = n / cols,
@@ -392,11 +378,8 @@ for (const n of [1, 1003, 64 * 4096]) {
   });
   add({
     name: `scale n=${n}`,
-    op: 'scale',
     shapes: { n },
-    dtypes: {},
     bytes: 8 * n,
-    flops: 0,
     make(device, r) {
       const x = tensor(uniform(r, n), [n], { device }),
         y = empty([n], { device });
@@ -416,11 +399,9 @@ for (const [from, to] of [
   for (const n of [1000, 1 << 20]) {
     add({
       name: `convert ${from}->${to} n=${n}`,
-      op: 'convert',
       shapes: { n },
       dtypes: { x: from, y: to },
       bytes: n * 6,
-      flops: 0,
       make(device, r) {
         const x = tensor(uniform(r, n, from === 'f32' ? 600 : 300), [n], { dtype: from, device }),
           y = empty([n], { dtype: to, device });
@@ -435,11 +416,8 @@ for (const [T, K] of [
 ] as const) {
   add({
     name: `quantizeFp8Act T=${T} K=${K}`,
-    op: 'quantizeFp8Act',
     shapes: { T, K },
-    dtypes: {},
     bytes: 5 * T * K,
-    flops: 0,
     make(device, r) {
       const x = tensor(uniform(r, T * K, 50), [T, K], { device });
       const q = empty([T, K], { dtype: 'fp8_e4m3', device }),
@@ -456,11 +434,9 @@ for (const [N, K] of [
   for (const dt of ['f32', 'bf16'] as const) {
     add({
       name: `quantizeInt8Rows ${N}x${K} ${dt}`,
-      op: 'quantizeInt8Rows',
       shapes: { N, K },
       dtypes: { w: dt },
       bytes: 5 * N * K,
-      flops: 0,
       make(device, r) {
         const w = tensor(
           uniform(r, N * K, 3).map((v, i) => (i % 97 === 0 ? 0 : v)),
@@ -474,11 +450,9 @@ for (const [N, K] of [
     });
     add({
       name: `quantizeFp8Blocks ${N}x${K} ${dt}`,
-      op: 'quantizeFp8Blocks',
       shapes: { N, K },
       dtypes: { w: dt },
       bytes: 5 * N * K,
-      flops: 0,
       make(device, r) {
         const w = tensor(uniform(r, N * K, 3), [N, K], { dtype: dt, device });
         const q = empty([N, K], { dtype: 'fp8_e4m3', device }),
@@ -488,11 +462,9 @@ for (const [N, K] of [
     });
     add({
       name: `dequantizeFp8Blocks ${N}x${K} ${dt}`,
-      op: 'dequantizeFp8Blocks',
       shapes: { N, K },
       dtypes: { w: dt },
       bytes: 5 * N * K,
-      flops: 0,
       make(device, r) {
         const q = tensor(uniform(r, N * K, 400), [N, K], { dtype: 'fp8_e4m3', device });
         const sc = tensor(positive(r, blocks(N) * blocks(K), 0, 1), [blocks(N), blocks(K)], { device });
@@ -509,11 +481,8 @@ for (const [R, V, ties] of [
 ] as const) {
   add({
     name: `argmax ${R}x${V}${ties ? ' (ties)' : ''}`,
-    op: 'argmax',
     shapes: { R, V },
-    dtypes: {},
     bytes: 4 * R * V,
-    flops: 0,
     make(device, r) {
       const x = tensor(
           uniform(r, R * V, 3).map(v => (ties ? Math.round(v) : v)),
@@ -534,11 +503,8 @@ for (const [R, V] of [
   const sumRel = gamma(Math.min(V, 1024), U32) + 2 * U32;
   add({
     name: `softmax ${R}x${V}`,
-    op: 'softmax',
     shapes: { R, V },
-    dtypes: {},
     bytes: 12 * R * V,
-    flops: 0,
     make(device, r) {
       const x = tensor(uniform(r, R * V, 10), [R, V], { device }),
         y = empty([R, V], { device });
@@ -552,11 +518,8 @@ for (const [R, V] of [
   });
   add({
     name: `logSoftmax ${R}x${V}`,
-    op: 'logSoftmax',
     shapes: { R, V },
-    dtypes: {},
     bytes: 12 * R * V,
-    flops: 0,
     make(device, r) {
       const x = tensor(uniform(r, R * V, 10), [R, V], { device }),
         y = empty([R, V], { device });
@@ -587,11 +550,8 @@ for (const [temp, topK, topP, minP] of [
 ] as const) {
   add({
     name: `sample 4x131072 T=${temp} topK=${topK}`,
-    op: 'sample',
     shapes: { R: 4, V: 131072 },
-    dtypes: {},
     bytes: 4 * 4 * 131072,
-    flops: 0,
     make(device, r) {
       const x = tensor(uniform(r, 4 * 131072, 5), [4, 131072], { device }),
         ids = empty([4], { dtype: 'int32', device });
@@ -607,12 +567,9 @@ for (const [topK, topP, minP] of [
 ] as const) {
   add({
     name: `sample 4x131072 T=0.9 topK=${topK} topP=${topP} minP=${minP} (GPU: seeded repeat + filter check)`,
-    op: 'sample',
     shapes: { R: 4, V: 131072 },
-    dtypes: {},
     gpuOnly: true,
     bytes: 4 * 4 * 131072,
-    flops: 0,
     make(device, r) {
       const R = 4,
         V = 131072;
@@ -662,11 +619,8 @@ for (const [hd, off, rd, nh] of [
   for (const t of [1, 37]) {
     add({
       name: `rope t=${t} heads=${nh} hd=${hd} rope=[${off},${off + rd})`,
-      op: 'rope',
       shapes: { t, heads: nh, headDim: hd, offset: off, ropeDim: rd },
-      dtypes: {},
       bytes: 8 * t * nh * rd,
-      flops: 0,
       make(device, r) {
         const xs = uniform(r, t * nh * hd);
         const x = tensor(xs, [t, nh, hd], { device });
@@ -704,11 +658,8 @@ for (const t of [1, 7, 129]) {
     K = 12;
   add({
     name: `routerTopk t=${t} e=${E} k=${K}`,
-    op: 'routerTopk',
     shapes: { t, experts: E, k: K },
-    dtypes: {},
     bytes: 4 * t * E,
-    flops: 0,
     make(device, r) {
       const logits = tensor(uniform(r, t * E, 4), [t, E], { device }),
         bias = tensor(uniform(r, E, 0.01), [E], { device });
@@ -732,11 +683,9 @@ for (const dt of ['f32', 'bf16'] as const) {
     dr = 64;
   add({
     name: `mlaCacheWrite T=37 ${dt} cache 9x64x576`,
-    op: 'mlaCacheWrite',
     shapes: { T: 37, blocks: nb, blockSize: bs, row: dl + dr },
     dtypes: { cache: dt },
     bytes: 37 * (dl + dr) * 8,
-    flops: 0,
     make(device, r) {
       const T = 37;
       const cache = tensor(new Float32Array(nb * bs * (dl + dr)), [nb, bs, dl + dr], { dtype: dt, device });
@@ -748,11 +697,9 @@ for (const dt of ['f32', 'bf16'] as const) {
   });
   add({
     name: `mlaCacheGather start=5 length=500 ${dt} cache 9x64x576`,
-    op: 'mlaCacheGather',
     shapes: { start: 5, length: 500, blocks: nb, blockSize: bs, row: dl + dr },
     dtypes: { cache: dt },
     bytes: 500 * (dl + dr) * 8,
-    flops: 0,
     make(device, r) {
       const L = 500;
       const cache = tensor(uniform(r, nb * bs * (dl + dr)), [nb, bs, dl + dr], { dtype: dt, device });
@@ -780,7 +727,6 @@ for (const [T, nh, dn, dr, dv, dl] of [
   for (const wdt of ['f32', 'bf16'] as const) {
     add({
       name: `mlaAbsorbQ T=${T} nh=${nh} dn=${dn} dl=${dl} w=${wdt}`,
-      op: 'mlaAbsorbQ',
       shapes: { T, nh, dn, dr, dv, dl },
       dtypes: { w: wdt },
       bytes: nh * dn * dl * ELEMENT_BYTES[wdt],
@@ -813,7 +759,6 @@ for (const [T, nh, dn, dr, dv, dl] of [
     });
     add({
       name: `mlaOutput T=${T} nh=${nh} dv=${dv} dl=${dl} w=${wdt}`,
-      op: 'mlaOutput',
       shapes: { T, nh, dn, dr, dv, dl },
       dtypes: { w: wdt },
       bytes: nh * dv * dl * ELEMENT_BYTES[wdt],
@@ -879,7 +824,6 @@ for (const [nh, dl, dr, bs, lens] of [
     const lensName = lens.length > 4 && lens.every(l => l === lens[0]) ? `${lens.length}x${lens[0]}` : lens.join(',');
     add({
       name: `mlaDecodeAbsorbed B=${lens.length} nh=${nh} dl=${dl} dr=${dr} bs=${bs} lens=${lensName} cache=${cdt} ${precision}`,
-      op: 'mlaDecodeAbsorbed',
       shapes: { nh, dl, dr, blockSize: bs, seqLens: lens },
       dtypes: { cache: cdt },
       precision,
@@ -998,9 +942,7 @@ for (const [nh, dn, dr, dv, seqs] of [
   for (const precision of dn === 128 && dr === 64 && dv === 128 ? (['highest', 'bf16'] as const) : (['highest'] as const)) {
     add({
       name: `mlaPrefill nh=${nh} dn=${dn} dr=${dr} dv=${dv} seqs=${seqs.map(x => x.join('/')).join(',')} ${precision}`,
-      op: 'mlaPrefill',
       shapes: { nh, dn, dr, dv, seqs: seqs.flat() },
-      dtypes: {},
       precision,
       bytes: 4 * (T * nh * (dn + dr) + S * nh * (dn + dv) + T * nh * dv),
       flops,
@@ -1200,7 +1142,6 @@ for (const [T, H, I, nr, nz, k, wdt, distinct, precision = 'highest'] of [
   const routed = ids.filter(e => e < nr);
   add({
     name,
-    op: 'moe',
     shapes: { T, H, I, routed: nr, zero: nz, k },
     dtypes: { w: wdt },
     precision,
