@@ -144,6 +144,19 @@ function gemmMode(precision: Precision, fp8Weights: boolean, rows: number): Gemm
 }
 const pair = (s: Sides, mode: GemmMode): [Arithmetic, Arithmetic] => [arithmetic(s.ref, mode), arithmetic(s.dut, mode)];
 
+/**
+ * The bound of a GEMM-like output of `shape` (dot products of K terms) at `mode`: `runAbs` writes the
+ * op over the inputs' magnitudes into its argument, on the CPU at 'highest' (test/error-model.ts).
+ */
+function magnitudeBound(sides: Sides, mode: GemmMode, K: number, shape: number[], runAbs: (m: Tensor) => void): Bound {
+  const mag = onCpuHighest(() => {
+    const m = empty(shape);
+    runAbs(m);
+    return toArray(m);
+  });
+  return dotBound(...pair(sides, mode), K, mag);
+}
+
 // ---- the table -----------------------------------------------------------------------------------
 
 const table: Omit<OpCase, 'seed'>[] = [];
@@ -183,15 +196,12 @@ for (const [t, k, n] of [
             outs: [y],
             inputs: { x, w, ...(scale ? { scale } : {}) },
             run: s => native.linear(s, y, x, w, scale),
-            bound(sides) {
-              const mag = onCpuHighest(() => {
-                const m = empty([t, n]),
-                  aw = weightTensors(hw, 'cpu', true);
+            bound: sides => [
+              magnitudeBound(sides, gemmMode(precision, wdt === 'fp8_e4m3', t), k, [t, n], m => {
+                const aw = weightTensors(hw, 'cpu', true);
                 native.linear(null, m, tensor(abs(xs), [t, k]), aw.w, aw.scale);
-                return toArray(m);
-              });
-              return [dotBound(...pair(sides, gemmMode(precision, wdt === 'fp8_e4m3', t)), k, mag)];
-            },
+              }),
+            ],
           };
         },
       });
@@ -224,14 +234,11 @@ for (const [t, k, n] of [
       return {
         outs: [y],
         run: s => native.linear(s, y, x, w, null),
-        bound(sides) {
-          const mag = onCpuHighest(() => {
-            const m = empty([t, n]);
-            native.linear(null, m, tensor(abs(xs), [t, k], { dtype: 'bf16' }), tensor(abs(ws), [n, k], { dtype: 'bf16' }), null);
-            return toArray(m);
-          });
-          return [dotBound(...pair(sides, 'bf16'), k, mag)];
-        },
+        bound: sides => [
+          magnitudeBound(sides, 'bf16', k, [t, n], m =>
+            native.linear(null, m, tensor(abs(xs), [t, k], { dtype: 'bf16' }), tensor(abs(ws), [n, k], { dtype: 'bf16' }), null),
+          ),
+        ],
       };
     },
   });
@@ -501,47 +508,33 @@ for (const [R, V] of [
 ] as const) {
   // sum of exp: the CPU adds f32 lanes over 1024-wide chunks and the chunks in f64, CUDA adds in f64
   const sumRel = gamma(Math.min(V, 1024), U32) + 2 * U32;
-  add({
-    name: `softmax ${R}x${V}`,
-    shapes: { R, V },
-    bytes: 12 * R * V,
-    make(device, r) {
-      const x = tensor(uniform(r, R * V, 10), [R, V], { device }),
-        y = empty([R, V], { device });
-      // exp (both sides), the sum, one division
-      return {
-        outs: [y],
-        run: s => native.softmax(s, y, x),
-        bound: (_s, [want]) => [relativeBound(want!, 2 * EXP_REL + sumRel + 2 * U32)],
-      };
+  const bounds: Record<'softmax' | 'logSoftmax', (want: Values) => Float64Array> = {
+    // exp (both sides), the sum, one division
+    softmax: want => relativeBound(want, 2 * EXP_REL + sumRel + 2 * U32),
+    // y = x - max - log(sum): the sum's relative error is log's absolute error; log (2 ulp) and the
+    // two subtractions round relative to |y| and log(sum) = -max(y) of the row
+    logSoftmax: w => {
+      const b = new Float64Array(w.length);
+      for (let row = 0; row < R; row++) {
+        let logSum = 0;
+        for (let j = 0; j < V; j++) logSum = Math.max(logSum, -w[row * V + j]!);
+        for (let j = 0; j < V; j++)
+          b[row * V + j] = 2 * (EXP_REL + sumRel) + 8 * U32 * (Math.abs(w[row * V + j]!) + logSum) + FLOOR;
+      }
+      return b;
     },
-  });
-  add({
-    name: `logSoftmax ${R}x${V}`,
-    shapes: { R, V },
-    bytes: 12 * R * V,
-    make(device, r) {
-      const x = tensor(uniform(r, R * V, 10), [R, V], { device }),
-        y = empty([R, V], { device });
-      return {
-        outs: [y],
-        run: s => native.logSoftmax(s, y, x),
-        // y = x - max - log(sum): the sum's relative error is log's absolute error; log (2 ulp) and the
-        // two subtractions round relative to |y| and log(sum) = -max(y) of the row
-        bound: (_s, [want]) => {
-          const w = want!,
-            b = new Float64Array(w.length);
-          for (let row = 0; row < R; row++) {
-            let logSum = 0;
-            for (let j = 0; j < V; j++) logSum = Math.max(logSum, -w[row * V + j]!);
-            for (let j = 0; j < V; j++)
-              b[row * V + j] = 2 * (EXP_REL + sumRel) + 8 * U32 * (Math.abs(w[row * V + j]!) + logSum) + FLOOR;
-          }
-          return [b];
-        },
-      };
-    },
-  });
+  };
+  for (const op of ['softmax', 'logSoftmax'] as const)
+    add({
+      name: `${op} ${R}x${V}`,
+      shapes: { R, V },
+      bytes: 12 * R * V,
+      make(device, r) {
+        const x = tensor(uniform(r, R * V, 10), [R, V], { device }),
+          y = empty([R, V], { device });
+        return { outs: [y], run: s => native[op](s, y, x), bound: (_s, [want]) => [bounds[op](want!)] };
+      },
+    });
 }
 // sample: the CPU and GPU draws agree only when the filtered set has one token (see cuda/elementwise.cu).
 for (const [temp, topK, topP, minP] of [
@@ -740,20 +733,17 @@ for (const [T, nh, dn, dr, dv, dl] of [
         return {
           outs: [ql],
           run: s => native.mlaAbsorbQ(s, ql, q, w, dn),
-          bound(sides) {
-            const mag = onCpuHighest(() => {
-              const m = empty([T, nh, dl]);
+          bound: sides => [
+            magnitudeBound(sides, 'highest', dn, [T, nh, dl], m =>
               native.mlaAbsorbQ(
                 null,
                 m,
                 tensor(abs(qs), [T, nh, dn + dr]),
                 tensor(abs(ws), [nh * (dn + dv), dl], { dtype: wdt }),
                 dn,
-              );
-              return toArray(m);
-            });
-            return [dotBound(...pair(sides, 'highest'), dn, mag)];
-          },
+              ),
+            ),
+          ],
         };
       },
     });
@@ -772,14 +762,11 @@ for (const [T, nh, dn, dr, dv, dl] of [
         return {
           outs: [o],
           run: s => native.mlaOutput(s, o, ol, w),
-          bound(sides) {
-            const mag = onCpuHighest(() => {
-              const m = empty([T, nh, dv]);
-              native.mlaOutput(null, m, tensor(abs(ols), [T, nh, dl]), tensor(abs(ws), [nh * (dn + dv), dl], { dtype: wdt }));
-              return toArray(m);
-            });
-            return [dotBound(...pair(sides, 'highest'), dl, mag)];
-          },
+          bound: sides => [
+            magnitudeBound(sides, 'highest', dl, [T, nh, dv], m =>
+              native.mlaOutput(null, m, tensor(abs(ols), [T, nh, dl]), tensor(abs(ws), [nh * (dn + dv), dl], { dtype: wdt })),
+            ),
+          ],
         };
       },
     });
