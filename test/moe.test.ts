@@ -329,21 +329,20 @@ describe('moe', () => {
     disposeExperts(c.x);
   });
 
-  // Decode and prefill shapes of the thread and schedule checks (330 tokens: two workspace waves).
-  const decodeAndPrefill: Shape[] = [
-    [1, 129, 65, 8, 4, 6],
-    [5, 129, 65, 8, 2, 6],
-    [9, 37, 23, 8, 2, 3],
-    [64, 129, 65, 8, 4, 6],
-    [64, 37, 23, 5, 1, 4],
-    [330, 37, 23, 5, 1, 6],
-  ];
+  /** Runs fn on a random bf16 call of each shape in turn, drawn from one RNG seeded `seed`. */
+  const eachCall = (seed: number, shapes: Shape[], fn: (call: MoeCall) => void) => {
+    const r = rng(seed);
+    for (const shape of shapes) fn(randomCall(r, shape, 'bf16'));
+  };
 
   it('gives bitwise identical results with 1 and 2 threads (decode and prefill shapes)', () => {
-    const r = rng(14);
-    for (const shape of decodeAndPrefill) {
-      const call = randomCall(r, shape, 'bf16'),
-        t = call.t;
+    const shapes: Shape[] = [
+      [1, 129, 65, 8, 4, 6],
+      [5, 129, 65, 8, 2, 6],
+      [64, 129, 65, 8, 4, 6],
+      [330, 37, 23, 5, 1, 6],
+    ];
+    eachCall(14, shapes, call => {
       try {
         native.setThreads(1);
         const a = runMoe(call);
@@ -354,20 +353,22 @@ describe('moe', () => {
         native.setThreads(3);
         const c = runMoe(call);
         expect(a.some(v => Number.isNaN(v))).toBe(false);
-        expect(new Uint32Array(b.buffer), `T=${t}: 2 threads`).toEqual(new Uint32Array(a.buffer));
-        expect(new Uint32Array(c.buffer), `T=${t}: 3 threads`).toEqual(new Uint32Array(a.buffer));
+        expect(new Uint32Array(b.buffer), `T=${call.t}: 2 threads`).toEqual(new Uint32Array(a.buffer));
+        expect(new Uint32Array(c.buffer), `T=${call.t}: 3 threads`).toEqual(new Uint32Array(a.buffer));
       } finally {
         native.setThreads(originalThreads);
         disposeExperts(call.x);
       }
-    }
+    });
   });
 
   it('gives the same bits with either in-wave schedule (experts spread over threads, or one by one)', () => {
-    const r = rng(17);
-    for (const shape of decodeAndPrefill) {
-      const call = randomCall(r, shape, 'bf16'),
-        t = call.t;
+    const shapes: Shape[] = [
+      [1, 129, 65, 8, 4, 6],
+      [9, 37, 23, 8, 2, 3],
+      [64, 37, 23, 5, 1, 4],
+    ];
+    eachCall(17, shapes, call => {
       const res: Float32Array[] = [];
       try {
         // The kernel reads LONGCAT_MOE_SCHED on every call; nothing is in flight while it changes.
@@ -379,10 +380,11 @@ describe('moe', () => {
         delete process.env.LONGCAT_MOE_SCHED;
         disposeExperts(call.x);
       }
-      expectMoe(res[0]!, refMoe(call), 'bf16', `T=${t} experts schedule`);
-      expect(new Uint32Array(res[1]!.buffer), `T=${t}: linear vs experts`).toEqual(new Uint32Array(res[0]!.buffer));
-      expect(new Uint32Array(res[2]!.buffer), `T=${t}: auto vs experts`).toEqual(new Uint32Array(res[0]!.buffer));
-    }
+      const what = `T=${call.t}`;
+      expectMoe(res[0]!, refMoe(call), 'bf16', `${what} experts schedule`);
+      expect(new Uint32Array(res[1]!.buffer), `${what}: linear vs experts`).toEqual(new Uint32Array(res[0]!.buffer));
+      expect(new Uint32Array(res[2]!.buffer), `${what}: auto vs experts`).toEqual(new Uint32Array(res[0]!.buffer));
+    });
   });
 
   it('takes a prepared MoeExpertSet with the same results, keeps its weights alive, and checks it', () => {
