@@ -4,7 +4,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { full, native, tensor, toArray } from '../lib/index.js';
 import { ropeTables } from '../lib/rope.js';
 import { expectClose, rng, expectCode } from './helpers.js';
-import type { RefRopeScaling } from './reference/longcat-ref.js';
+import { type RefRopeScaling, yarnCorrectionRange } from './reference/longcat-ref.js';
 
 const startIsa = native.cpuFeatures().isa;
 afterAll(() => {
@@ -12,7 +12,7 @@ afterAll(() => {
 });
 const isas = ['scalar', 'avx2', 'avx512'] as const;
 
-// ---- An independent float64 re-derivation of transformers' formulas -----------------------------
+// ---- A float64 re-derivation of transformers' formulas (the correction range: the reference's) ----
 // (modeling_rope_utils._compute_yarn_parameters, transformers 4.5x; DeepseekV3/LongcatFlash attention scaling)
 function refTables(theta: number, dim: number, nope: number, maxPos: number, y: RefRopeScaling | null) {
   const half = dim / 2;
@@ -28,18 +28,7 @@ function refTables(theta: number, dim: number, nope: number, maxPos: number, y: 
   }
   const af =
     y.attention_factor ?? (y.mscale && y.mscale_all_dim ? getM(factor, y.mscale) / getM(factor, y.mscale_all_dim) : getM(factor));
-  const bf = y.beta_fast ?? 32,
-    bs = y.beta_slow ?? 1;
-  const cd = (r: number) => (dim * Math.log(orig / (r * 2 * Math.PI))) / (2 * Math.log(theta));
-  let lo = cd(bf),
-    hi = cd(bs);
-  if (y.truncate ?? true) {
-    lo = Math.floor(lo);
-    hi = Math.ceil(hi);
-  }
-  lo = Math.max(lo, 0);
-  hi = Math.min(hi, dim - 1);
-  if (lo === hi) hi += 0.001;
+  const [lo, hi] = yarnCorrectionRange(dim, theta, orig, y.beta_fast ?? 32, y.beta_slow ?? 1, y.truncate ?? true);
   const inv = plain.map((ext, i) => {
     const ramp = Math.min(1, Math.max(0, (i - lo) / (hi - lo)));
     const extFactor = 1 - ramp;

@@ -145,6 +145,32 @@ function yarnGetMscale(scale: number, mscale = 1): number {
   return 0.1 * mscale * Math.log(scale) + 1;
 }
 
+/**
+ * YaRN's correction range [low, high] over the rotary dims (transformers' find_correction_range):
+ * the dims whose wavelength makes betaFast / betaSlow rotations over origMax positions, rounded
+ * outwards when `truncate`, clamped to [0, dim - 1], never empty.
+ */
+export function yarnCorrectionRange(
+  dim: number,
+  base: number,
+  origMax: number,
+  betaFast: number,
+  betaSlow: number,
+  truncate: boolean,
+): [number, number] {
+  const correctionDim = (nRot: number) => (dim * Math.log(origMax / (nRot * 2 * Math.PI))) / (2 * Math.log(base));
+  let low = correctionDim(betaFast);
+  let high = correctionDim(betaSlow);
+  if (truncate) {
+    low = Math.floor(low);
+    high = Math.ceil(high);
+  }
+  low = Math.max(low, 0);
+  high = Math.min(high, dim - 1);
+  if (low === high) high += 0.001;
+  return [low, high];
+}
+
 export function ropeParams(cfg: RefConfig): RopeParams {
   const dim = cfg.qk_rope_head_dim;
   const base = cfg.rope_theta;
@@ -172,16 +198,7 @@ export function ropeParams(cfg: RefConfig): RopeParams {
   }
   const betaFast = rs.beta_fast || 32;
   const betaSlow = rs.beta_slow || 1;
-  const correctionDim = (nRot: number) => (dim * Math.log(origMax / (nRot * 2 * Math.PI))) / (2 * Math.log(base));
-  let low = correctionDim(betaFast);
-  let high = correctionDim(betaSlow);
-  if (rs.truncate ?? true) {
-    low = Math.floor(low);
-    high = Math.ceil(high);
-  }
-  low = Math.max(low, 0);
-  high = Math.min(high, dim - 1);
-  if (low === high) high += 0.001;
+  const [low, high] = yarnCorrectionRange(dim, base, origMax, betaFast, betaSlow, rs.truncate ?? true);
   const invFreq = new Float64Array(half);
   for (let i = 0; i < half; i++) {
     const ramp = Math.min(1, Math.max(0, (i - low) / (high - low)));
