@@ -439,11 +439,11 @@ for (const [N, K] of [
   [1024, 7168],
 ] as const) {
   for (const dt of ['f32', 'bf16'] as const) {
+    // a weight [N, K] of dtype dt against its codes and scales: about 5 bytes moved per element
+    const sizes = { shapes: { N, K }, dtypes: { w: dt }, bytes: 5 * N * K };
     add({
       name: `quantizeInt8Rows ${N}x${K} ${dt}`,
-      shapes: { N, K },
-      dtypes: { w: dt },
-      bytes: 5 * N * K,
+      ...sizes,
       make(device, r) {
         const w = tensor(
           uniform(r, N * K, 3).map((v, i) => (i % 97 === 0 ? 0 : v)),
@@ -457,9 +457,7 @@ for (const [N, K] of [
     });
     add({
       name: `quantizeFp8Blocks ${N}x${K} ${dt}`,
-      shapes: { N, K },
-      dtypes: { w: dt },
-      bytes: 5 * N * K,
+      ...sizes,
       make(device, r) {
         const w = tensor(uniform(r, N * K, 3), [N, K], { dtype: dt, device });
         const q = empty([N, K], { dtype: 'fp8_e4m3', device }),
@@ -469,9 +467,7 @@ for (const [N, K] of [
     });
     add({
       name: `dequantizeFp8Blocks ${N}x${K} ${dt}`,
-      shapes: { N, K },
-      dtypes: { w: dt },
-      bytes: 5 * N * K,
+      ...sizes,
       make(device, r) {
         const q = tensor(uniform(r, N * K, 400), [N, K], { dtype: 'fp8_e4m3', device });
         const sc = tensor(positive(r, blocks(N) * blocks(K), 0, 1), [blocks(N), blocks(K)], { device });
@@ -718,58 +714,41 @@ for (const [T, nh, dn, dr, dv, dl] of [
   [64, 64, 128, 64, 128, 512],
 ] as const) {
   for (const wdt of ['f32', 'bf16'] as const) {
-    add({
-      name: `mlaAbsorbQ T=${T} nh=${nh} dn=${dn} dl=${dl} w=${wdt}`,
-      shapes: { T, nh, dn, dr, dv, dl },
-      dtypes: { w: wdt },
-      bytes: nh * dn * dl * ELEMENT_BYTES[wdt],
-      flops: 2 * T * nh * dn * dl,
-      make(device, r) {
-        const qs = uniform(r, T * nh * (dn + dr)),
-          ws = uniform(r, nh * (dn + dv) * dl, 0.1);
-        const q = tensor(qs, [T, nh, dn + dr], { device });
-        const w = tensor(ws, [nh * (dn + dv), dl], { dtype: wdt, device });
-        const ql = empty([T, nh, dl], { device });
-        return {
-          outs: [ql],
-          run: s => native.mlaAbsorbQ(s, ql, q, w, dn),
-          bound: sides => [
-            magnitudeBound(sides, 'highest', dn, [T, nh, dl], m =>
-              native.mlaAbsorbQ(
-                null,
-                m,
-                tensor(abs(qs), [T, nh, dn + dr]),
-                tensor(abs(ws), [nh * (dn + dv), dl], { dtype: wdt }),
-                dn,
+    // the two GEMMs against kv_b [nh * (dn + dv), dl] of dtype wdt, over `width` (dn / dv) of its rows
+    // per head: mlaAbsorbQ q_nope [T, nh, dn(+dr)] -> q_lat [T, nh, dl] (K = dn), mlaOutput o_lat
+    // [T, nh, dl] -> o [T, nh, dv] (K = dl)
+    const gemms = [
+      { op: 'mlaAbsorbQ', width: ['dn', dn], x: [T, nh, dn + dr], y: [T, nh, dl], K: dn },
+      { op: 'mlaOutput', width: ['dv', dv], x: [T, nh, dl], y: [T, nh, dv], K: dl },
+    ] as const;
+    for (const { op, width, x: xShape, y: yShape, K } of gemms) {
+      const kvB = (ws: Float32Array, device: string) => tensor(ws, [nh * (dn + dv), dl], { dtype: wdt, device });
+      const gemm = (s: Stream | null, y: Tensor, x: Tensor, w: Tensor) =>
+        op === 'mlaAbsorbQ' ? native.mlaAbsorbQ(s, y, x, w, dn) : native.mlaOutput(s, y, x, w);
+      add({
+        name: `${op} T=${T} nh=${nh} ${width[0]}=${width[1]} dl=${dl} w=${wdt}`,
+        shapes: { T, nh, dn, dr, dv, dl },
+        dtypes: { w: wdt },
+        bytes: nh * width[1] * dl * ELEMENT_BYTES[wdt],
+        flops: 2 * T * nh * width[1] * dl,
+        make(device, r) {
+          const xs = uniform(r, xShape[0] * xShape[1] * xShape[2]),
+            ws = uniform(r, nh * (dn + dv) * dl, 0.1);
+          const x = tensor(xs, [...xShape], { device }),
+            w = kvB(ws, device),
+            y = empty([...yShape], { device });
+          return {
+            outs: [y],
+            run: s => gemm(s, y, x, w),
+            bound: sides => [
+              magnitudeBound(sides, 'highest', K, [...yShape], m =>
+                gemm(null, m, tensor(abs(xs), [...xShape]), kvB(abs(ws), 'cpu')),
               ),
-            ),
-          ],
-        };
-      },
-    });
-    add({
-      name: `mlaOutput T=${T} nh=${nh} dv=${dv} dl=${dl} w=${wdt}`,
-      shapes: { T, nh, dn, dr, dv, dl },
-      dtypes: { w: wdt },
-      bytes: nh * dv * dl * ELEMENT_BYTES[wdt],
-      flops: 2 * T * nh * dv * dl,
-      make(device, r) {
-        const ols = uniform(r, T * nh * dl),
-          ws = uniform(r, nh * (dn + dv) * dl, 0.1);
-        const ol = tensor(ols, [T, nh, dl], { device });
-        const w = tensor(ws, [nh * (dn + dv), dl], { dtype: wdt, device });
-        const o = empty([T, nh, dv], { device });
-        return {
-          outs: [o],
-          run: s => native.mlaOutput(s, o, ol, w),
-          bound: sides => [
-            magnitudeBound(sides, 'highest', dl, [T, nh, dv], m =>
-              native.mlaOutput(null, m, tensor(abs(ols), [T, nh, dl]), tensor(abs(ws), [nh * (dn + dv), dl], { dtype: wdt })),
-            ),
-          ],
-        };
-      },
-    });
+            ],
+          };
+        },
+      });
+    }
   }
 }
 
