@@ -66,6 +66,53 @@ interface Problem {
   w: Float32Array;
 }
 
+/** A receiving rank's slot: the row count [1], the rows x [cap, H] and their routing idx / w [cap, k]. */
+interface Slot {
+  count: Tensor;
+  x: Tensor;
+  idx: Tensor;
+  w: Tensor;
+}
+const poisonedSlot = (cap: number, H: number, k: number, device = 'cpu'): Slot => ({
+  count: poisoned([1], 'int32', device),
+  x: poisoned([cap, H], 'f32', device),
+  idx: poisoned([cap, k], 'int32', device),
+  w: poisoned([cap, k], 'f32', device),
+});
+const slotTensors = (slots: Slot[]) => slots.flatMap(s => [s.count, s.x, s.idx, s.w]);
+
+/** A source's tokens u [T, H] and routing idx / w [T, k] as tensors on `device`. */
+const sourceTensors = (p: Problem, device = 'cpu') => ({
+  u: f32(p.u, [p.T, p.H], device),
+  idx: i32(p.idx, [p.T, p.k], device),
+  w: f32(p.w, [p.T, p.k], device),
+});
+
+/** epDispatch of a source into one slot per rank, `per` routed experts a rank. */
+function dispatch(
+  stream: InstanceType<typeof native.Stream> | null,
+  src: { u: Tensor; idx: Tensor; w: Tensor },
+  p: Problem,
+  per: number,
+  rowOf: Tensor,
+  slots: Slot[],
+) {
+  native.epDispatch(
+    stream,
+    src.u,
+    src.idx,
+    src.w,
+    p.nRouted,
+    p.nExperts,
+    per,
+    rowOf,
+    slots.map(x => x.count),
+    slots.map(x => x.x),
+    slots.map(x => x.idx),
+    slots.map(x => x.w),
+  );
+}
+
 /** What epDispatch must write into rank d's slot for this source (capacity rows). */
 function referenceSlot(p: Problem, per: number, d: number, cap: number) {
   const x = new Float32Array(cap * p.H),
@@ -211,62 +258,36 @@ function expertParallelMoe(
     y: keep(poisoned([A * cap, H], 'f32', device)),
   }));
   const rows = (t: Tensor, s: number) => keep(t.narrow(s * cap, cap));
-  const ins = problems.map(p => ({
-    u: keep(f32(p.u, [p.T, H], device)),
-    idx: keep(i32(p.idx, [p.T, k], device)),
-    w: keep(f32(p.w, [p.T, k], device)),
-    out: keep(poisoned([p.T, H], 'f32', device)),
-    rowOf: keep(poisoned([p.T, ranks], 'int32', device)),
-  }));
+  const ins = problems.map(p => {
+    const src = sourceTensors(p, device);
+    for (const t of Object.values(src)) keep(t);
+    return { ...src, out: keep(poisoned([p.T, H], 'f32', device)), rowOf: keep(poisoned([p.T, ranks], 'int32', device)) };
+  });
   const dispatched = streams.map(() => new native.Event(device)),
     computed = streams.map(() => new native.Event(device));
   for (let s = 0; s < A; s++) {
-    native.epDispatch(
-      streams[s],
-      ins[s]!.u,
-      ins[s]!.idx,
-      ins[s]!.w,
-      nRouted,
-      nExperts,
-      per,
-      ins[s]!.rowOf,
-      recv.map(r => keep(r.count.narrow(s, 1))),
-      recv.map(r => rows(r.x, s)),
-      recv.map(r => rows(r.idx, s)),
-      recv.map(r => rows(r.w, s)),
-    );
+    const slots = recv.map(r => ({ count: keep(r.count.narrow(s, 1)), x: rows(r.x, s), idx: rows(r.idx, s), w: rows(r.w, s) }));
+    dispatch(streams[s]!, ins[s]!, problems[s]!, per, ins[s]!.rowOf, slots);
     dispatched[s]!.record(streams[s]!);
   }
   for (let d = 0; d < ranks; d++) {
     for (let s = 0; s < A; s++) streams[d]!.waitEvent(dispatched[s]!);
-    native.moe(
-      streams[d],
-      recv[d]!.y,
-      recv[d]!.x,
-      recv[d]!.idx,
-      recv[d]!.w,
-      per,
-      sets.sharded.shards[d]!,
-      null,
-      null,
-      null,
-      null,
-      null,
-      per + 1,
-    );
+    const r = recv[d]!;
+    native.moe(streams[d], r.y, r.x, r.idx, r.w, per, sets.sharded.shards[d]!, null, null, null, null, null, per + 1);
     computed[d]!.record(streams[d]!);
   }
   for (let s = 0; s < A; s++) {
     for (let d = 0; d < ranks; d++) streams[s]!.waitEvent(computed[d]!);
+    const src = ins[s]!;
     native.epCombine(
       streams[s],
-      ins[s]!.out,
-      ins[s]!.u,
-      ins[s]!.idx,
-      ins[s]!.w,
+      src.out,
+      src.u,
+      src.idx,
+      src.w,
       nRouted,
       nExperts,
-      ins[s]!.rowOf,
+      src.rowOf,
       recv.map(r => rows(r.y, s)),
     );
   }
@@ -322,30 +343,10 @@ describe('epDispatch against the JS slot reference', () => {
       per = expertsPerRank(ranks, nRouted);
     const want = Array.from({ length: ranks }, (_, d) => referenceSlot(p, per, d, T));
     const cap = capGiven ?? Math.max(...want.map(s => s.count));
-    const u = f32(p.u, [T, H], dev),
-      idx = i32(p.idx, [T, k], dev),
-      w = f32(p.w, [T, k], dev),
+    const src = sourceTensors(p, dev),
       rowOf = poisoned([T, ranks], 'int32', dev);
-    const slots = Array.from({ length: ranks }, () => ({
-      count: poisoned([1], 'int32', dev),
-      x: poisoned([cap, H], 'f32', dev),
-      idx: poisoned([cap, k], 'int32', dev),
-      w: poisoned([cap, k], 'f32', dev),
-    }));
-    native.epDispatch(
-      null,
-      u,
-      idx,
-      w,
-      nRouted,
-      nRouted + nZero,
-      per,
-      rowOf,
-      slots.map(s => s.count),
-      slots.map(s => s.x),
-      slots.map(s => s.idx),
-      slots.map(s => s.w),
-    );
+    const slots = Array.from({ length: ranks }, () => poisonedSlot(cap, H, k, dev));
+    dispatch(null, src, p, per, rowOf, slots);
     const rows = toArray(rowOf);
     for (let d = 0; d < ranks; d++) {
       const ref = referenceSlot(p, per, d, cap);
@@ -365,100 +366,42 @@ describe('epDispatch against the JS slot reference', () => {
           .map(e => Math.floor(e / per)),
       ).size;
     expect(total).toBe(pairs);
-    for (const t of [u, idx, w, rowOf, ...slots.flatMap(s => [s.count, s.x, s.idx, s.w])]) t.dispose();
+    for (const t of [...Object.values(src), rowOf, ...slotTensors(slots)]) t.dispose();
   });
 
   it("fails with a typed error, writes nothing and leaves the stream usable when a rank's slot would overflow", () => {
     const ranks = 2,
       p = problem(6, H, k, nRouted, nZero, [0, 1, 2, 3, 8], 5),
       per = 4;
-    const u = f32(p.u, [6, H]),
-      idx = i32(p.idx, [6, k]),
-      w = f32(p.w, [6, k]),
+    const src = sourceTensors(p),
       rowOf = poisoned([6, ranks], 'int32');
-    const slots = Array.from({ length: ranks }, () => ({
-      count: poisoned([1], 'int32'),
-      x: poisoned([5, H]),
-      idx: poisoned([5, k], 'int32'),
-      w: poisoned([5, k]),
-    }));
+    const slots = Array.from({ length: ranks }, () => poisonedSlot(5, H, k));
     const s = new native.Stream('cpu');
-    native.epDispatch(
-      s,
-      u,
-      idx,
-      w,
-      nRouted,
-      nRouted + nZero,
-      per,
-      rowOf,
-      slots.map(x => x.count),
-      slots.map(x => x.x),
-      slots.map(x => x.idx),
-      slots.map(x => x.w),
-    );
+    dispatch(s, src, p, per, rowOf, slots);
     expect(() => s.synchronize()).toThrow(/capacity exceeded: 6 tokens go to rank 0, its slot holds 5 rows/);
     expect(Array.from(toArray(slots[0]!.count))).toEqual([-7]);
     expect(Array.from(toArray(slots[1]!.count))).toEqual([-7]);
     expect(Number.isNaN(toArray(slots[0]!.x)[0]!)).toBe(true);
     expect(toArray(rowOf)[0]).toBe(-7);
     // the rank's stream stays usable: the same dispatch into slots deep enough goes through
-    const deep = Array.from({ length: ranks }, () => ({
-      count: poisoned([1], 'int32'),
-      x: poisoned([6, H]),
-      idx: poisoned([6, k], 'int32'),
-      w: poisoned([6, k]),
-    }));
-    native.epDispatch(
-      s,
-      u,
-      idx,
-      w,
-      nRouted,
-      nRouted + nZero,
-      per,
-      rowOf,
-      deep.map(x => x.count),
-      deep.map(x => x.x),
-      deep.map(x => x.idx),
-      deep.map(x => x.w),
-    );
+    const deep = Array.from({ length: ranks }, () => poisonedSlot(6, H, k));
+    dispatch(s, src, p, per, rowOf, deep);
     s.synchronize();
     expect(toArray(deep[0]!.count)[0]).toBe(referenceSlot(p, per, 0, 6).count);
     expect(Array.from(toArray(deep[0]!.x))).toEqual(Array.from(referenceSlot(p, per, 0, 6).x));
-    for (const t of deep.flatMap(x => [x.count, x.x, x.idx, x.w])) t.dispose();
+    for (const t of slotTensors(deep)) t.dispose();
     s.dispose();
-    for (const t of [u, idx, w, rowOf, ...slots.flatMap(x => [x.count, x.x, x.idx, x.w])]) t.dispose();
+    for (const t of [...Object.values(src), rowOf, ...slotTensors(slots)]) t.dispose();
   });
 
   it('rejects a split that does not hold the routed experts, a bad expert id and mismatched slots', () => {
     const p = problem(3, H, k, nRouted, nZero, range(0, 12), 3);
-    const u = f32(p.u, [3, H]),
-      idx = i32(p.idx, [3, k]),
-      w = f32(p.w, [3, k]);
+    const src = sourceTensors(p);
     const rowOf = (ranks: number) => empty([3, ranks], { dtype: 'int32' });
-    const slot = () => ({
-      count: empty([1], { dtype: 'int32' }),
-      x: empty([3, H]),
-      idx: empty([3, k], { dtype: 'int32' }),
-      w: empty([3, k]),
-    });
+    const slot = () => poisonedSlot(3, H, k);
     const three = [slot(), slot(), slot()];
-    const call = (slots: ReturnType<typeof slot>[], per: number, i = idx) =>
-      native.epDispatch(
-        null,
-        u,
-        i,
-        w,
-        nRouted,
-        nRouted + nZero,
-        per,
-        rowOf(Math.max(1, slots.length)),
-        slots.map(x => x.count),
-        slots.map(x => x.x),
-        slots.map(x => x.idx),
-        slots.map(x => x.w),
-      );
+    const call = (slots: Slot[], per: number, idx = src.idx) =>
+      dispatch(null, { ...src, idx }, p, per, rowOf(Math.max(1, slots.length)), slots);
     expect(() => call(three, 3)).toThrow(ArgumentError); // 3 ranks x 3 != 8
     expect(() => call([], 8)).toThrow(/at least one rank/);
     const wrong = { ...slot(), x: empty([3, H + 1]) };
@@ -466,7 +409,7 @@ describe('epDispatch against the JS slot reference', () => {
     const bad = i32([0, 1, 12, 2, 3, 4, 5, 6, 7], [3, k]);
     call(three.slice(0, 2), 4, bad);
     expect(() => native.synchronize('cpu')).toThrow(/idx\[0, 2\] = 12 is outside/);
-    for (const t of [u, idx, w, bad, wrong.x, ...three.flatMap(x => [x.count, x.x, x.idx, x.w])]) t.dispose();
+    for (const t of [...Object.values(src), bad, wrong.x, ...slotTensors(three)]) t.dispose();
   });
 });
 
@@ -659,6 +602,30 @@ function runScript(m: Awaited<ReturnType<typeof loadModel>>, ps: number[][], ste
   return { out, chosen };
 }
 
+/**
+ * Registers a beforeAll that writes the checkpoint `name` (initRandom options `init`) and records the
+ * single-device run of the prompts on `backend` for `steps` steps; its dir and run are read once it ran.
+ */
+function singleDeviceRun(
+  name: string,
+  init: Omit<Parameters<typeof initRandom>[0], 'out'>,
+  backend: 'cpu' | 'cuda',
+  steps: number,
+  timeoutMs: number,
+) {
+  const run = { dir: path.join(root, name.replace(/\W+/g, '-')), want: null as unknown as ReturnType<typeof runScript> };
+  beforeAll(async () => {
+    await initRandom({ ...init, out: run.dir });
+    const single = await loadModel(run.dir, { backend, cacheDtype: 'f32', maxContext: 64 });
+    try {
+      run.want = runScript(single, prompts, steps);
+    } finally {
+      single.dispose();
+    }
+  }, timeoutMs);
+  return run;
+}
+
 describe('expert-parallel models equal the single-device run', () => {
   const checkpoints: [string, 'tiny' | 'small', boolean, Record<string, unknown>][] = [
     ['tiny bf16', 'tiny', false, {}],
@@ -667,22 +634,11 @@ describe('expert-parallel models equal the single-device run', () => {
   ];
   for (const [name, preset, fp8, overrides] of checkpoints) {
     describe(name, () => {
-      let dir: string;
-      let want: ReturnType<typeof runScript>;
-      beforeAll(async () => {
-        dir = path.join(root, name.replace(/\W+/g, '-'));
-        await initRandom({ preset, out: dir, seed: 21, fp8, overrides });
-        const single = await loadModel(dir, { backend: 'cpu', cacheDtype: 'f32', maxContext: 64 });
-        try {
-          want = runScript(single, prompts, 3);
-        } finally {
-          single.dispose();
-        }
-      }, 120_000);
+      const single = singleDeviceRun(name, { preset, seed: 21, fp8, overrides }, 'cpu', 3, 120_000);
       it.each([2, 4, 8])(
         '%i ranks: batched prefill + decode steps (captured decode graphs)',
         async ranks => {
-          const m = await loadModel(dir, { backend: 'cpu', cacheDtype: 'f32', maxContext: 64, ranks });
+          const m = await loadModel(single.dir, { backend: 'cpu', cacheDtype: 'f32', maxContext: 64, ranks });
           try {
             const V = m.engine.dims.vocab;
             const shards = m.engine.w.layers.map(l => l.moe.experts);
@@ -692,8 +648,8 @@ describe('expert-parallel models equal the single-device run', () => {
                 new Array(ranks).fill(m.engine.dims.nRouted / ranks),
               );
             }
-            const got = runScript(m, prompts, 3, want.chosen);
-            for (const [i, g] of got.out.entries()) expectEqualLogits(g, want.out[i]!, V, 1e-5);
+            const got = runScript(m, prompts, 3, single.want.chosen);
+            for (const [i, g] of got.out.entries()) expectEqualLogits(g, single.want.out[i]!, V, 1e-5);
           } finally {
             m.dispose();
           }
@@ -743,25 +699,14 @@ describe.runIf(native.cudaStatus().available)('expert-parallel models on one CUD
   ];
   for (const [name, fp8] of checkpoints) {
     describe(name, () => {
-      let dir: string;
-      let want: ReturnType<typeof runScript>;
-      beforeAll(async () => {
-        dir = path.join(root, `cuda-${name.replace(/\W+/g, '-')}`);
-        await initRandom({ preset: 'tiny', out: dir, seed: 23, fp8 });
-        const single = await loadModel(dir, { backend: 'cuda', cacheDtype: 'f32', maxContext: 64 });
-        try {
-          want = runScript(single, prompts, 2);
-        } finally {
-          single.dispose();
-        }
-      }, 300_000);
+      const single = singleDeviceRun(`cuda-${name}`, { preset: 'tiny', seed: 23, fp8 }, 'cuda', 2, 300_000);
       it.each([2, 8])(
         '%i ranks: batched prefill + decode steps (captured decode graphs)',
         async ranks => {
-          const m = await loadModel(dir, { backend: 'cuda', cacheDtype: 'f32', maxContext: 64, ranks });
+          const m = await loadModel(single.dir, { backend: 'cuda', cacheDtype: 'f32', maxContext: 64, ranks });
           try {
-            const got = runScript(m, prompts, 2, want.chosen);
-            for (const [i, g] of got.out.entries()) expectEqualLogits(g, want.out[i]!, m.engine.dims.vocab, 1e-5);
+            const got = runScript(m, prompts, 2, single.want.chosen);
+            for (const [i, g] of got.out.entries()) expectEqualLogits(g, single.want.out[i]!, m.engine.dims.vocab, 1e-5);
           } finally {
             m.dispose();
           }
