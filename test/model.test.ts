@@ -228,7 +228,8 @@ describe('decode loop', () => {
     expect((err as Error).message).toMatch(
       /KV cache does not fit on cpu: 4 latent caches of 67108864 blocks x 64 x 40 f32 = [\d.]+ GiB.*cacheBlocks/,
     );
-    expect(native.memoryStats('cpu').liveBytes).toBe(before); // nothing half-built is left behind
+    // nothing half-built is left behind (at most: a GC finalizer may free an earlier test's tensor meanwhile)
+    expect(native.memoryStats('cpu').liveBytes).toBeLessThanOrEqual(before);
   });
 
   it('gives typed errors for bad token ids and exceeded context', () => {
