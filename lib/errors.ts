@@ -14,7 +14,9 @@ export type ErrorCode =
   | 'E_CONFIG'
   | 'E_ABORTED'
   | 'E_CONTEXT'
-  | 'E_LOAD';
+  | 'E_LOAD'
+  | 'E_NCCL'
+  | 'E_NCCL_UNAVAILABLE';
 
 export class LongcatError extends Error {
   readonly code: ErrorCode;
@@ -37,6 +39,10 @@ export class ConfigError extends LongcatError {}
 export class AbortError extends LongcatError {}
 export class ContextLengthError extends LongcatError {}
 export class LoadError extends LongcatError {}
+/** An NCCL call failed (the message names the call and NCCL's reason). */
+export class NcclError extends LongcatError {}
+/** NCCL could not be loaded (the message says how to install it). */
+export class NcclUnavailableError extends LongcatError {}
 
 const classes: Record<ErrorCode, new (code: ErrorCode, message: string) => LongcatError> = {
   E_SHAPE: ShapeError,
@@ -52,6 +58,8 @@ const classes: Record<ErrorCode, new (code: ErrorCode, message: string) => Longc
   E_ABORTED: AbortError,
   E_CONTEXT: ContextLengthError,
   E_LOAD: LoadError,
+  E_NCCL: NcclError,
+  E_NCCL_UNAVAILABLE: NcclUnavailableError,
 };
 
 /** Builds the LongcatError subclass that matches `code`. */

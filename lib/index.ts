@@ -39,3 +39,5 @@ export type { ChatMessage } from './chat.js';
 export { initRandom, PRESETS } from './init-random.js';
 export type { Preset, InitRandomOptions } from './init-random.js';
 export { ropeTables } from './rope.js';
+export { NcclComm, ncclUniqueId, ncclVersion } from './parallel/nccl.js';
+export type { NcclInitOptions } from './parallel/nccl.js';

@@ -19,7 +19,9 @@ namespace lc {
   X(E_DISPOSED)           \
   X(E_ARGUMENT)           \
   X(E_INTERNAL)           \
-  X(E_CHECKPOINT)
+  X(E_CHECKPOINT)         \
+  X(E_NCCL)               \
+  X(E_NCCL_UNAVAILABLE)
 
 enum class Code {
 #define LCX_ENUM(name) name,

@@ -180,5 +180,6 @@ import type { MoeOps } from './ops-moe.js';
 import type { MmapOps } from './ops-mmap.js';
 import type { GatherOps } from './ops-gather.js';
 import type { EpOps } from './ops-ep.js';
+import type { NcclOps } from './ops-nccl.js';
 
-export interface Native extends CoreApi, LinearOps, SmallOps, AttentionOps, MoeOps, MmapOps, GatherOps, EpOps {}
+export interface Native extends CoreApi, LinearOps, SmallOps, AttentionOps, MoeOps, MmapOps, GatherOps, EpOps, NcclOps {}
