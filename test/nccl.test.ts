@@ -11,6 +11,7 @@ import { NcclComm, ncclUniqueId, ncclVersion } from '../lib/parallel/nccl.js';
 import { Stream } from '../lib/device.js';
 import { tensor, empty } from '../lib/tensor.js';
 import type { Tensor } from '../types/native.js';
+import { native } from '../lib/native.js';
 import { rng } from './rng.js';
 
 const INSTALL_HINT = 'pip install nvidia-nccl-cu12';
@@ -21,7 +22,7 @@ beforeAll(() => {
   dir = mkdtempSync(path.join(tmpdir(), 'longcat-nccl-'));
   standin = path.join(dir, 'libnccl_standin.so');
   const source = path.join(__dirname, 'native', 'nccl_standin.cc');
-  execFileSync('c++', ['-std=c++17', '-shared', '-fPIC', '-O1', '-Wall', source, '-o', standin, '-lpthread']);
+  execFileSync('g++', ['-std=c++17', '-shared', '-fPIC', '-O1', '-Wall', source, '-o', standin, '-lpthread']);
 });
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
@@ -151,16 +152,16 @@ describe('NCCL send/recv between ranks of one process (stand-in library)', () =>
         const shape = [7, 5 + n];
         const sent = comms.map(() => tensor(r.array(7 * (5 + n), -4, 4), shape, { dtype }));
         const got = comms.map(() => empty(shape, { dtype }));
-        comms.forEach((c, rank) =>
+        comms.forEach((c, rank) => {
           c.group(() => {
             c.send(sent[rank]!, (rank + 1) % n);
             c.recv(got[rank]!, (rank + n - 1) % n);
-          }, streams[rank]),
-        );
-        streams.forEach(s => s.synchronize());
+          }, streams[rank]);
+        });
+        for (const s of streams) s.synchronize();
         for (let rank = 0; rank < n; ++rank) expect(bytes(got[rank]!)).toEqual(bytes(sent[(rank + n - 1) % n]!));
       }
-      comms.forEach(c => c.dispose());
+      for (const c of comms) c.dispose();
     });
 
     it(`${n} ranks: all-to-all of chunks of different sizes, in order, self included`, async () => {
@@ -172,20 +173,20 @@ describe('NCCL send/recv between ranks of one process (stand-in library)', () =>
         comms.map((_, to) => [0, 1].map(() => tensor(r.array(size(from, to)), [size(from, to)]))),
       );
       const got = comms.map((_, to) => comms.map((_, from) => [0, 1].map(() => empty([size(from, to)]))));
-      comms.forEach((c, rank) =>
+      comms.forEach((c, rank) => {
         c.group(() => {
           for (const round of [0, 1])
             for (let peer = 0; peer < n; ++peer) {
               c.send(sent[rank]![peer]![round]!, peer);
               c.recv(got[rank]![peer]![round]!, peer);
             }
-        }, streams[rank]),
-      );
-      streams.forEach(s => s.synchronize());
+        }, streams[rank]);
+      });
+      for (const s of streams) s.synchronize();
       for (let to = 0; to < n; ++to)
         for (let from = 0; from < n; ++from)
           for (const round of [0, 1]) expect(bytes(got[to]![from]![round]!)).toEqual(bytes(sent[from]![to]![round]!));
-      comms.forEach(c => c.dispose());
+      for (const c of comms) c.dispose();
       expect(() => comms[0]!.send(sent[0]![0]![0]!, 1)).toThrow(expect.objectContaining({ code: 'E_DISPOSED' }));
     });
   }
@@ -250,7 +251,7 @@ describe('NCCL send/recv between ranks of one process (stand-in library)', () =>
         message: expect.stringMatching(/ncclGroupEnd failed: invalid usage .*receives 16 bytes from rank 0, which sent 12/),
       }),
     );
-    comms.forEach(c => c.dispose());
+    for (const c of comms) c.dispose();
   });
 
   it('abort fails a receive still waiting on the communicator; the aborted communicator is closed', async () => {
@@ -268,5 +269,31 @@ describe('NCCL send/recv between ranks of one process (stand-in library)', () =>
     comms[1]!.abort(); // idempotent
     comms[0]!.abort();
     comms[0]!.dispose();
+  });
+});
+
+// The CUDA path (a cudaStream_t handed to ncclSend/ncclRecv, the device made current for the
+// bootstrap) on the emulated device, whose memory is host memory the stand-in can copy. One rank
+// sending to itself: a blocking stand-in would wait on the JS thread for another rank's send.
+describe.skipIf(native.buildInfo().cudaArchs !== 'emulated')('NCCL on the emulated CUDA device (stand-in library)', () => {
+  it('one rank on cuda:0 sends to itself; tensors must be on the communicator device', async () => {
+    const comm = await NcclComm.init({
+      rank: 0,
+      worldSize: 1,
+      id: ncclUniqueId(standin),
+      device: 'cuda:0',
+      libraryPath: standin,
+    });
+    const x = tensor(rng(11).array(29), [29], { device: 'cuda:0' }),
+      y = empty([29], { device: 'cuda:0' });
+    const stream = new Stream('cuda:0');
+    comm.group(() => {
+      comm.send(x, 0);
+      comm.recv(y, 0);
+    }, stream);
+    stream.synchronize();
+    expect(bytes(y)).toEqual(bytes(x));
+    expect(() => comm.send(tensor([1], [1]), 0, stream)).toThrow(expect.objectContaining({ code: 'E_DEVICE' }));
+    comm.dispose();
   });
 });
