@@ -16,7 +16,11 @@ export interface NcclInitOptions {
   worldSize?: number;
   /** The unique id from ncclUniqueId() on rank 0 (256 hex digits). Default: $LONGCAT_NCCL_ID. */
   id?: string;
-  /** The device whose memory the communicator moves. Default: cuda:$LOCAL_RANK (cuda:0 without it). */
+  /**
+   * The device whose memory the communicator moves. Default: cuda:$LOCAL_RANK (cuda:0 without it).
+   * NCCL itself moves device memory only; 'cpu' is for host-memory implementations of its symbols
+   * (the test stand-in, test/native/nccl_standin.cc).
+   */
   device?: string;
   /** The NCCL library file. Default: $LONGCAT_NCCL_PATH, else libnccl.so.2 on the loader's path. */
   libraryPath?: string;
