@@ -109,9 +109,7 @@ UniqueId parse_unique_id(const std::string& hex) {
 
 Communicator::Communicator(const Api& api, const UniqueId& id, int rank, int world_size)
     : api_(api), rank_(rank), world_size_(world_size) {
-  if (world_size < 1) fail(Code::E_ARGUMENT, "NCCL world size must be at least 1, got %d", world_size);
-  if (rank < 0 || rank >= world_size)
-    fail(Code::E_ARGUMENT, "NCCL rank %d is outside the world of %d ranks (0..%d)", rank, world_size, world_size - 1);
+  check_rank(rank, world_size);
   check(api_, api_.CommInitRank(&comm_, world_size, id, rank), "ncclCommInitRank");
 }
 
@@ -122,6 +120,12 @@ Communicator::~Communicator() {
 void Communicator::abort() {
   if (aborted_.exchange(true)) return;
   check(api_, api_.CommAbort(comm_), "ncclCommAbort");
+}
+
+void Communicator::check_rank(int rank, int world_size) {
+  if (world_size < 1) fail(Code::E_ARGUMENT, "NCCL world size must be at least 1, got %d", world_size);
+  if (rank < 0 || rank >= world_size)
+    fail(Code::E_ARGUMENT, "NCCL rank %d is outside the world of %d ranks (0..%d)", rank, world_size, world_size - 1);
 }
 
 void Communicator::check_peer(int peer) const {

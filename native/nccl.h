@@ -84,6 +84,8 @@ class Communicator {
   int rank() const { return rank_; }
   int world_size() const { return world_size_; }
   bool aborted() const { return aborted_; }
+  // Throws E_ARGUMENT unless world_size >= 1 and 0 <= rank < world_size (checked before the bootstrap).
+  static void check_rank(int rank, int world_size);
   // Throws E_ARGUMENT unless 0 <= peer < world_size.
   void check_peer(int peer) const;
   // ncclCommAbort: frees the communicator and unblocks its pending operations (idempotent).

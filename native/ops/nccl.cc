@@ -77,9 +77,7 @@ Napi::Value Init(const Napi::CallbackInfo& info) {
     const nccl::Api& api = nccl::load(library_path(info, op));
     const nccl::UniqueId id = nccl::parse_unique_id(a.string(1, "id"));
     const int rank = int_in_range(a, 2, "rank"), world_size = int_in_range(a, 3, "worldSize");
-    if (world_size < 1) fail(Code::E_ARGUMENT, "%s: 'worldSize' must be at least 1, got %d", op, world_size);
-    if (rank < 0 || rank >= world_size)
-      fail(Code::E_ARGUMENT, "%s: 'rank' %d is outside the world of %d ranks (0..%d)", op, rank, world_size, world_size - 1);
+    nccl::Communicator::check_rank(rank, world_size);  // here, rather than on the bootstrap thread
     auto* job = new InitJob(Napi::Promise::Deferred::New(info.Env()), device_arg(info, 4));
     Napi::Promise promise = job->deferred.Promise();
     auto done =
