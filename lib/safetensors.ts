@@ -7,6 +7,7 @@
 import { open, stat } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import { CheckpointError } from './errors.js';
+import { openRegularFile } from './files.js';
 import type { DType } from '../types/native.js';
 
 /** Every dtype the safetensors format defines. */
@@ -223,7 +224,7 @@ function ioError(file: string, e: unknown): never {
 export async function readSafetensorsHeader(file: string): Promise<SafetensorsHeader> {
   let fh: FileHandle | undefined;
   try {
-    fh = await open(file, 'r');
+    fh = await openRegularFile(file);
     const { size } = await fh.stat();
     const prefix = new Uint8Array(8);
     if (size >= 8) await readExactly(fh, prefix, 0, file);
