@@ -3,7 +3,7 @@
 import { realpath, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { native } from './native.js';
-import { AbortError, ArgumentError, CheckpointError, ConfigError, DisposedError } from './errors.js';
+import { AbortError, ArgumentError, CheckpointError, ConfigError, DisposedError, showValue } from './errors.js';
 import {
   type DerivedConstants,
   type LongcatConfig,
@@ -146,7 +146,7 @@ function checkGenerationConfig(gen: GenerationConfig, file: string, vocab: numbe
       throw Object.assign(
         new ConfigError(
           'E_CONFIG',
-          `${file}: field '${field}' must be a token id in [0, ${vocab})${field === 'eos_token_id' ? ' or a non-empty list of them' : ''}, got ${JSON.stringify(v)}`,
+          `${file}: field '${field}' must be a token id in [0, ${vocab})${field === 'eos_token_id' ? ' or a non-empty list of them' : ''}, got ${showValue(v)}`,
         ),
         { file, field },
       );
@@ -206,7 +206,7 @@ export async function openCheckpoint(dir: string, opts: OpenCheckpointOptions = 
     weightMap = new Map();
     for (const [name, f] of Object.entries(wm)) {
       if (typeof f !== 'string' || !f)
-        throw ckptError(`${indexFile}: weight_map['${name}'] must be a file name, got ${JSON.stringify(f)}`);
+        throw ckptError(`${indexFile}: weight_map['${name}'] must be a file name, got ${showValue(f)}`);
       weightMap.set(name, inside(f, indexFile));
     }
     files = [...new Set(weightMap.values())].sort();

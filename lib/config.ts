@@ -1,6 +1,6 @@
 // config.json of the LongCat-Flash family (SPEC 1): parsing with validation, derived constants,
 // the tensors a checkpoint must hold (SPEC 2.1, 2.2, 7.1) and parameter counts.
-import { ConfigError } from './errors.js';
+import { ConfigError, showValue } from './errors.js';
 import { yarnGetMscale } from './rope.js';
 import type { SafetensorsDType } from './safetensors.js';
 
@@ -180,7 +180,7 @@ export const CONFIG_LIMITS = {
 } as const;
 
 function configError(file: string, field: string, expected: string, got: unknown): never {
-  const shown = got === undefined ? 'nothing (field absent)' : JSON.stringify(got);
+  const shown = got === undefined ? 'nothing (field absent)' : showValue(got);
   const e = new ConfigError('E_CONFIG', `${file}: field '${field}' must be ${expected}, got ${shown}`);
   Object.assign(e, { file, field });
   throw e;
@@ -268,10 +268,7 @@ class Reader {
 export function parseConfig(json: unknown, file = 'config.json'): LongcatConfig {
   if (typeof json !== 'object' || json === null || Array.isArray(json))
     throw Object.assign(
-      new ConfigError(
-        'E_CONFIG',
-        `${file}: expected a JSON object, got ${Array.isArray(json) ? 'an array' : JSON.stringify(json)}`,
-      ),
+      new ConfigError('E_CONFIG', `${file}: expected a JSON object, got ${Array.isArray(json) ? 'an array' : showValue(json)}`),
       { file, field: '' },
     );
   const o = json as Record<string, unknown>;

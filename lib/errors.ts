@@ -63,3 +63,24 @@ export function makeError(code: string, message: string): LongcatError {
   const C = classes[code as ErrorCode] ?? LongcatError;
   return new C((code in classes ? code : 'E_INTERNAL') as ErrorCode, message);
 }
+
+/**
+ * A value from a file or a caller as an error message shows it: JSON, cut to `max` characters,
+ * and never a failure itself (a value nested too deeply for JSON.stringify's recursion, or one it
+ * cannot encode, is described instead).
+ */
+export function showValue(v: unknown, max = 200): string {
+  let text: string | undefined;
+  try {
+    text = JSON.stringify(v);
+  } catch {
+    text = undefined;
+  }
+  if (text === undefined)
+    text = Array.isArray(v)
+      ? 'an array (too deeply nested to print)'
+      : typeof v === 'object'
+        ? 'an object (too deeply nested to print)'
+        : String(v);
+  return text.length > max ? `${text.slice(0, max)}... (${text.length} characters)` : text;
+}

@@ -2,7 +2,7 @@
 // streaming decoder that never emits half a UTF-8 character.
 import path from 'node:path';
 import { Tokenizer as HfTokenizer } from '@huggingface/tokenizers';
-import { ArgumentError, CheckpointError, ConfigError } from './errors.js';
+import { ArgumentError, CheckpointError, ConfigError, showValue } from './errors.js';
 import { readRegularText } from './files.js';
 import { type TokenizerConfig, chatTemplateOf } from './chat.js';
 
@@ -116,7 +116,7 @@ export function createTokenizer(
     throw Object.assign(
       new ConfigError(
         'E_CONFIG',
-        `generation_config.json: field '${field}' must be a token id${field === 'eos_token_id' ? ' or a non-empty list of them' : ''}, got ${JSON.stringify(v)}`,
+        `generation_config.json: field '${field}' must be a token id${field === 'eos_token_id' ? ' or a non-empty list of them' : ''}, got ${showValue(v)}`,
       ),
       { file: 'generation_config.json', field },
     );
