@@ -45,7 +45,7 @@ function copyTiny(name: string): string {
   return dir;
 }
 
-async function rejects(p: Promise<unknown>, code: string, ...parts: (string | RegExp)[]): Promise<LongcatError> {
+async function rejects(p: PromiseLike<unknown>, code: string, ...parts: (string | RegExp)[]): Promise<LongcatError> {
   let err: unknown;
   try {
     await p;
