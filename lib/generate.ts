@@ -1,7 +1,7 @@
 // The user-facing model: loadModel -> Model -> Session.generate(), streamed or awaited.
 import { native } from './native.js';
 import { type Tensor, empty, toArray } from './tensor.js';
-import { AbortError, ArgumentError, NumericError } from './errors.js';
+import { AbortError, ArgumentError, NumericError, showValue } from './errors.js';
 import { loadTokenizer, type Tokenizer } from './tokenizer.js';
 import { renderChatPrompt, type ChatMessage } from './chat.js';
 import { loadCheckpointModel, type LoadModelOptions } from './model/load.js';
@@ -285,7 +285,7 @@ function checkGenerateOptions(o: GenerateOptions) {
   const bad = (name: string, want: string, got: unknown) =>
     new ArgumentError(
       'E_ARGUMENT',
-      `generate: ${name} must be ${want}, got ${typeof got === 'string' ? `'${got}'` : typeof got === 'object' ? JSON.stringify(got) : String(got)}`,
+      `generate: ${name} must be ${want}, got ${typeof got === 'string' ? `'${got}'` : typeof got === 'object' ? showValue(got) : String(got)}`,
     );
   const num = (name: keyof GenerateOptions, fallback: number, want: string, ok: (x: number) => boolean) => {
     const v = o[name] ?? fallback;

@@ -192,7 +192,7 @@ describe('resource bounds (item 7)', () => {
     configError({ ...cfg(), num_layers: 1000, n_routed_experts: 1000 }, 'n_routed_experts');
   });
 
-  it('accepts the sizes of every LongCat model (Flash-Chat, Flash-Thinking-2601, Lite dims)', () => {
+  it('accepts the sizes of every LongCat model (Flash-Chat; the Lite dims with YaRN)', () => {
     const flash = {
       architectures: ['LongcatFlashForCausalLM'],
       vocab_size: 131072,
@@ -324,6 +324,11 @@ describe('options checked up front, clear messages (item 11)', () => {
     const model = await loadModel(tiny, { backend: 'cpu', maxContext: 64 });
     const s = model.createSession();
     expectCode(() => model.forward(5 as unknown as number[]), 'E_ARGUMENT', /array/);
+    // Option values too deeply nested to print are still named, not a RangeError.
+    let deep: unknown = 'x';
+    for (let i = 0; i < 20000; i++) deep = [deep];
+    await rejects(s.generate('hi', { stop: deep as string[] }), 'E_ARGUMENT', /stop must be an array of strings/);
+    await rejects(s.generate('hi', { stop: [null as unknown as string] }), 'E_ARGUMENT', /stop/);
     expectCode(() => model.engine.forward([s as never], ['abc' as unknown as number[]]), 'E_ARGUMENT', /array/);
     model.dispose();
     const e = await s.generate('hi', { maxTokens: 1 }).then(
