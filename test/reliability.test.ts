@@ -27,7 +27,7 @@ import { loadModel } from '../lib/generate.js';
 import { full, tensor } from '../lib/tensor.js';
 import { native } from '../lib/native.js';
 import { DisposedError, LongcatError } from '../lib/errors.js';
-import { expectCode } from './helpers.js';
+import { cudaAvailable, expectCode } from './helpers.js';
 
 const root = mkdtempSync(path.join(tmpdir(), 'lc-reliability-'));
 const tiny = path.join(root, 'tiny');
@@ -269,21 +269,24 @@ describe('resource bounds (item 7)', () => {
 });
 
 describe('non-finite logits (item 8)', () => {
-  it('NaN weights end generation with E_NUMERIC naming the step, greedy or sampled', async () => {
-    const model = await loadModel(copyTiny('nan'), { backend: 'cpu', maxContext: 128 });
-    try {
-      const norm = model.engine.w.norm;
-      expect(norm.dtype).toBe('bf16');
-      norm.copyFromBytes(new Uint16Array(norm.shape[0]!).fill(0x7fc0)); // bf16 NaN
-      for (const temperature of [0, 0.7]) {
-        const s = model.createSession();
-        await rejects(s.generate('hello', { maxTokens: 8, temperature }), 'E_NUMERIC', /step 0/, /not finite/);
-        s.dispose();
+  it.each(cudaAvailable ? (['cpu', 'cuda'] as const) : (['cpu'] as const))(
+    'NaN weights end generation with E_NUMERIC naming the step, greedy or sampled (%s)',
+    async backend => {
+      const model = await loadModel(copyTiny(`nan-${backend}`), { backend, maxContext: 128 });
+      try {
+        const norm = model.engine.w.norm;
+        expect(norm.dtype).toBe('bf16');
+        norm.copyFromBytes(new Uint16Array(norm.shape[0]!).fill(0x7fc0)); // bf16 NaN
+        for (const temperature of [0, 0.7]) {
+          const s = model.createSession();
+          await rejects(s.generate('hello', { maxTokens: 8, temperature }), 'E_NUMERIC', /step 0/, /not finite/);
+          s.dispose();
+        }
+      } finally {
+        model.dispose();
       }
-    } finally {
-      model.dispose();
-    }
-  });
+    },
+  );
 });
 
 describe('options checked up front, clear messages (item 11)', () => {
