@@ -1,7 +1,7 @@
 // The user-facing model: loadModel -> Model -> Session.generate(), streamed or awaited.
 import { native } from './native.js';
-import { empty, toArray } from './tensor.js';
-import { AbortError, ArgumentError } from './errors.js';
+import { type Tensor, empty, toArray } from './tensor.js';
+import { AbortError, ArgumentError, NumericError, showValue } from './errors.js';
 import { loadTokenizer, type Tokenizer } from './tokenizer.js';
 import { renderChatPrompt, type ChatMessage } from './chat.js';
 import { loadCheckpointModel, type LoadModelOptions } from './model/load.js';
@@ -185,6 +185,7 @@ export class Session {
         this.cached.push(...pending);
         native.sample(null, sampled, logits, temperature, o.topK ?? 0, o.topP ?? 1, o.minP ?? 0, o.seed ?? 0, this.cached.length);
         const next = toArray(sampled)[0]!;
+        const nextLogit = logitAt(logits, next);
         logits.dispose();
         for (const t of nFfn) {
           const c = toArray(t);
@@ -192,6 +193,11 @@ export class Session {
           ffnCount += c.length;
           t.dispose();
         }
+        if (!Number.isFinite(nextLogit))
+          throw new NumericError(
+            'E_NUMERIC',
+            `generate: the logits at step ${step} (position ${this.cached.length - 1}) are not finite (token ${next} has logit ${nextLogit}): NaN or infinite weights, scales or activations`,
+          );
         if (step === 0) tFirst = performance.now();
         if (tokenizer.eosIds.includes(next)) {
           stopReason = 'eos';
@@ -279,7 +285,7 @@ function checkGenerateOptions(o: GenerateOptions) {
   const bad = (name: string, want: string, got: unknown) =>
     new ArgumentError(
       'E_ARGUMENT',
-      `generate: ${name} must be ${want}, got ${typeof got === 'string' ? `'${got}'` : typeof got === 'object' ? JSON.stringify(got) : String(got)}`,
+      `generate: ${name} must be ${want}, got ${typeof got === 'string' ? `'${got}'` : typeof got === 'object' ? showValue(got) : String(got)}`,
     );
   const num = (name: keyof GenerateOptions, fallback: number, want: string, ok: (x: number) => boolean) => {
     const v = o[name] ?? fallback;
@@ -295,6 +301,22 @@ function checkGenerateOptions(o: GenerateOptions) {
   if (o.stop !== undefined && (!Array.isArray(o.stop) || !o.stop.every(s => typeof s === 'string')))
     throw bad('stop', 'an array of strings', o.stop);
   return { maxTokens, temperature, stops: (o.stop ?? []).filter(s => s.length > 0) };
+}
+
+/**
+ * The logit of the sampled token in a [1, V] row (one float read back). The sampler never picks a
+ * NaN over a finite logit, so a non-finite value here means the row has no usable logit at all
+ * (all NaN, or an infinity): checked every step instead of scanning the row.
+ */
+function logitAt(logits: Tensor, id: number): number {
+  const flat = logits.view([-1]);
+  const one = flat.narrow(id, 1);
+  try {
+    return toArray(one)[0]!;
+  } finally {
+    one.dispose();
+    flat.dispose();
+  }
 }
 
 function firstStop(text: string, stops: string[]): number {

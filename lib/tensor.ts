@@ -31,7 +31,13 @@ export interface TensorOptions {
   device?: DeviceId | string;
 }
 
+/** Elements of `shape`; ShapeError (E_SHAPE) unless it is an array of non-negative integers. */
 export function numel(shape: readonly number[]): number {
+  if (!Array.isArray(shape) || !shape.every(d => Number.isSafeInteger(d) && d >= 0))
+    throw new ShapeError(
+      'E_SHAPE',
+      `shape must be an array of non-negative integers, got ${Array.isArray(shape) ? `[${shape.join(', ')}]` : String(shape)}`,
+    );
   return shape.reduce((a, b) => a * b, 1);
 }
 

@@ -1,7 +1,7 @@
 // loadModel: a checkpoint directory in, a ready Model out.
 import { openCheckpoint, type Checkpoint, type LoadProgress } from '../checkpoint.js';
 import { native } from '../native.js';
-import { ArgumentError, DeviceError } from '../errors.js';
+import { ArgumentError, DeviceError, showValue } from '../errors.js';
 import { setThreads } from '../device.js';
 import { modelDims } from './dims.js';
 import { loadWeights, type UploadProgress } from './weights.js';
@@ -48,12 +48,29 @@ export interface LoadedModel {
   model: LongcatModel;
 }
 
+/** Every option of loadModel checked before any file is read, with a typed error naming it. */
+function checkLoadOptions(opts: LoadModelOptions): void {
+  if (typeof opts !== 'object' || opts === null) throw new ArgumentError('E_ARGUMENT', 'loadModel: options must be an object');
+  const int = (name: 'threads' | 'maxContext' | 'cacheBlocks' | 'deviceIndex', min: number, max = 2 ** 31 - 1) => {
+    const v = opts[name];
+    if (v !== undefined && (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max))
+      throw new ArgumentError('E_ARGUMENT', `loadModel: ${name} must be an integer in [${min}, ${max}], got ${showValue(v)}`);
+  };
+  int('threads', 1, 1024);
+  int('maxContext', 1);
+  int('cacheBlocks', 1);
+  int('deviceIndex', 0);
+  if (opts.cacheDtype !== undefined && opts.cacheDtype !== 'f32' && opts.cacheDtype !== 'bf16')
+    throw new ArgumentError('E_ARGUMENT', `loadModel: cacheDtype must be 'f32' or 'bf16', got ${showValue(opts.cacheDtype)}`);
+}
+
 export async function loadCheckpointModel(dir: string, opts: LoadModelOptions = {}): Promise<LoadedModel> {
+  checkLoadOptions(opts);
   const device = resolveDevice(opts.backend, opts.deviceIndex);
   const ranks = opts.ranks ?? 1;
   if (!Number.isInteger(ranks) || ranks < 1)
     throw new ArgumentError('E_ARGUMENT', `loadModel: ranks must be a whole number >= 1, got ${ranks}`);
-  if (opts.threads) setThreads(opts.threads);
+  if (opts.threads !== undefined) setThreads(opts.threads);
   const checkpoint = await openCheckpoint(dir, { onProgress: opts.onProgress, signal: opts.signal });
   try {
     const dims = modelDims(checkpoint.config);
@@ -73,6 +90,8 @@ export async function loadCheckpointModel(dir: string, opts: LoadModelOptions = 
         numBlocks: opts.cacheBlocks,
         cacheDtype: opts.cacheDtype,
         ranks,
+        // On the CPU the weights are the mapped shards themselves (a GPU has its own copy).
+        verifyWeights: device === 'cpu' ? () => checkpoint.verify() : undefined,
       });
       return { checkpoint, model };
     } catch (e) {

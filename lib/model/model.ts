@@ -6,7 +6,7 @@ import { native } from '../native.js';
 import { type Tensor, empty, tensor } from '../tensor.js';
 import { Event, Stream } from '../device.js';
 import { BlockAllocator, SequenceCache, batchTables } from '../kv-cache.js';
-import { ArgumentError, LongcatError, OutOfMemoryError } from '../errors.js';
+import { ArgumentError, DisposedError, LongcatError, OutOfMemoryError } from '../errors.js';
 import type { ModelDims } from './dims.js';
 import type { Graph } from '../../types/native.js';
 import type { ModelWeights } from './weights.js';
@@ -32,6 +32,9 @@ export interface ModelOptions {
    *  virtual ranks of one CUDA device); the weights' routed experts must be split to match
    *  (loadWeights' expertDevices). */
   ranks?: number;
+  /** Called before each forward pass; throws when the weights' backing can no longer be trusted
+   *  (loadModel passes the checkpoint's verify() while the weights are memory-mapped shards). */
+  verifyWeights?: () => void;
 }
 
 export interface ForwardResult {
@@ -64,6 +67,7 @@ export class LongcatModel {
     { graph: Graph; inputs: Tensor; batch: Batch; out: ForwardResult; host: Int32Array }
   >();
   private disposed = false;
+  private readonly verifyWeights: (() => void) | undefined;
 
   constructor(dims: ModelDims, weights: ModelWeights, opts: ModelOptions) {
     const ranks = opts.ranks ?? 1;
@@ -78,6 +82,8 @@ export class LongcatModel {
     this.w = weights;
     this.device = opts.device;
     this.blockSize = opts.blockSize ?? 64;
+    if (opts.maxContext !== undefined && (!Number.isInteger(opts.maxContext) || opts.maxContext < 1))
+      throw new ArgumentError('E_ARGUMENT', `LongcatModel: maxContext must be an integer >= 1, got ${opts.maxContext}`);
     this.maxContext = Math.min(opts.maxContext ?? dims.maxContext, dims.maxContext);
     const blocksPerSeq = Math.ceil(this.maxContext / this.blockSize);
     this.maxBlocks = blocksPerSeq;
@@ -98,7 +104,7 @@ export class LongcatModel {
         'E_OOM',
         `the KV cache does not fit on ${this.device}: ${2 * dims.layers} latent caches of ` +
           `${numBlocks} blocks x ${this.blockSize} x ${width} ${cacheDtype} = ${(bytes / 2 ** 30).toFixed(2)} GiB. ` +
-          "Pass a smaller cacheBlocks or maxContext (or cacheDtype 'bf16').",
+          `Pass a smaller cacheBlocks or maxContext${cacheDtype === 'f32' ? " (or cacheDtype 'bf16')" : ''}.`,
         { cause: e },
       );
     }
@@ -112,6 +118,7 @@ export class LongcatModel {
     this.invFreq = tensor(dims.invFreq, [dims.invFreq.length], { device: this.device });
     this.ep = ranks > 1 ? new ExpertParallelGroup(ranks, this.device) : null;
     this.experts = this.ep ? this.ep.experts : localExperts;
+    this.verifyWeights = opts.verifyWeights;
   }
 
   /** A new empty sequence in this model's KV cache. */
@@ -129,7 +136,10 @@ export class LongcatModel {
     tokens: number[][],
     opts: { allLogits?: boolean; collectRouting?: boolean; mode?: 'prefill' | 'decode' } = {},
   ): ForwardResult {
-    if (this.disposed) throw new ArgumentError('E_DISPOSED', 'LongcatModel.forward: the model was disposed');
+    if (this.disposed) throw new DisposedError('E_DISPOSED', 'LongcatModel.forward: the model was disposed');
+    this.verifyWeights?.();
+    if (!Array.isArray(seqs) || !Array.isArray(tokens) || !tokens.every(t => Array.isArray(t)))
+      throw new ArgumentError('E_ARGUMENT', 'forward: sequences must be an array and tokens an array of token-id arrays');
     if (seqs.length !== tokens.length || seqs.length === 0)
       throw new ArgumentError('E_ARGUMENT', `forward: ${seqs.length} sequences but ${tokens.length} token lists`);
     const d = this.dims;
