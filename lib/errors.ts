@@ -14,7 +14,8 @@ export type ErrorCode =
   | 'E_CONFIG'
   | 'E_ABORTED'
   | 'E_CONTEXT'
-  | 'E_LOAD';
+  | 'E_LOAD'
+  | 'E_RANK_FAILED';
 
 export class LongcatError extends Error {
   readonly code: ErrorCode;
@@ -37,6 +38,8 @@ export class ConfigError extends LongcatError {}
 export class AbortError extends LongcatError {}
 export class ContextLengthError extends LongcatError {}
 export class LoadError extends LongcatError {}
+/** A rank of an expert-parallel group failed during a step (the step's results are void; the ranks stay usable). */
+export class RankFailedError extends LongcatError {}
 
 const classes: Record<ErrorCode, new (code: ErrorCode, message: string) => LongcatError> = {
   E_SHAPE: ShapeError,
@@ -52,6 +55,7 @@ const classes: Record<ErrorCode, new (code: ErrorCode, message: string) => Longc
   E_ABORTED: AbortError,
   E_CONTEXT: ContextLengthError,
   E_LOAD: LoadError,
+  E_RANK_FAILED: RankFailedError,
 };
 
 /** Builds the LongcatError subclass that matches `code`. */
