@@ -15,7 +15,8 @@ export type ErrorCode =
   | 'E_ABORTED'
   | 'E_CONTEXT'
   | 'E_LOAD'
-  | 'E_NUMERIC';
+  | 'E_NUMERIC'
+  | 'E_RANK_FAILED';
 
 export class LongcatError extends Error {
   readonly code: ErrorCode;
@@ -40,6 +41,8 @@ export class ContextLengthError extends LongcatError {}
 export class LoadError extends LongcatError {}
 /** Non-finite values where the model must produce finite ones (NaN / infinite logits). */
 export class NumericError extends LongcatError {}
+/** A rank of an expert-parallel group failed during a step (the step's results are void; the ranks stay usable). */
+export class RankFailedError extends LongcatError {}
 
 const classes: Record<ErrorCode, new (code: ErrorCode, message: string) => LongcatError> = {
   E_SHAPE: ShapeError,
@@ -56,6 +59,7 @@ const classes: Record<ErrorCode, new (code: ErrorCode, message: string) => Longc
   E_CONTEXT: ContextLengthError,
   E_LOAD: LoadError,
   E_NUMERIC: NumericError,
+  E_RANK_FAILED: RankFailedError,
 };
 
 /** Builds the LongcatError subclass that matches `code`. */

@@ -140,7 +140,7 @@ class Event {
   ~Event();
   Device device() const { return device_; }
   void record(Stream& s);
-  void wait_on(Stream& s);  // s waits until this event (as last recorded) completes
+  void wait_on(Stream& s);  // s waits until this event (as last recorded) completes; on CUDA s may be on another device
   void synchronize();
   bool query();
   double elapsed_ms(Event& end);  // time between this and a later event
@@ -171,16 +171,23 @@ class Graph {
   std::vector<std::pair<Stream*, std::shared_ptr<std::vector<std::function<void()>>>>> parts_;  // CPU
   void* exec_ = nullptr;                                                                        // CUDA
   Stream* origin_ = nullptr;
-  Pool::Parked parked_;  // CUDA: temporaries the graph's kernels address
+  std::vector<std::pair<Device, Pool::Parked>> parked_;  // CUDA: temporaries the graph's kernels address, per device
 };
 
 // Captures every op queued on `streams` between begin() and end(). On CUDA the first stream is
-// the origin: the others must join it through events recorded inside the capture.
+// the origin: the others must join it through events recorded inside the capture; they may be on
+// other CUDA devices (expert-parallel ranks), whose pools then park the graph's temporaries too.
 struct Capture {
   static void begin(const std::vector<Stream*>& streams);
   static std::unique_ptr<Graph> end(const std::vector<Stream*>& streams);
   static void abort(const std::vector<Stream*>& streams) noexcept;
 };
+
+// Peer access between CUDA devices (expert parallelism): enable_peer_access lets kernels on
+// `from` address memory of `to` (E_DEVICE naming both when they cannot reach each other; enabling
+// twice is fine); peer_access_enabled says whether it was (a device always reaches itself).
+void enable_peer_access(Device from, Device to);
+bool peer_access_enabled(Device from, Device to);
 
 Pool& device_pool(Device d);
 Stream& default_stream(Device d);

@@ -28,13 +28,16 @@ export interface ModelOptions {
   /** Run the shortcut MoE on its own stream, overlapping the dense branch (default true; false runs
    *  it in order on the main stream, e.g. to measure what the overlap buys). */
   overlapMoe?: boolean;
-  /** Expert parallelism over this many ranks on the model's device (default 1: off; CPU ranks, or
-   *  virtual ranks of one CUDA device); the weights' routed experts must be split to match
-   *  (loadWeights' expertDevices). */
+  /** Expert parallelism over this many ranks (default 1: off; or rankDevices' length); the
+   *  weights' routed experts must be split to match (loadWeights' expertDevices). */
   ranks?: number;
   /** Called before each forward pass; throws when the weights' backing can no longer be trusted
    *  (loadModel passes the checkpoint's verify() while the weights are memory-mapped shards). */
   verifyWeights?: () => void;
+  /** Rank r's device (default: every rank on `device`: CPU ranks, or virtual ranks of one CUDA
+   *  device). CUDA ranks on other devices need peer access to and from `device` and each other
+   *  (native.enablePeerAccess). */
+  rankDevices?: readonly string[];
 }
 
 export interface ForwardResult {
@@ -70,9 +73,14 @@ export class LongcatModel {
   private readonly verifyWeights: (() => void) | undefined;
 
   constructor(dims: ModelDims, weights: ModelWeights, opts: ModelOptions) {
-    const ranks = opts.ranks ?? 1;
+    const ranks = opts.ranks ?? opts.rankDevices?.length ?? 1;
     if (!Number.isInteger(ranks) || ranks < 1)
       throw new ArgumentError('E_ARGUMENT', `LongcatModel: ranks must be a whole number >= 1, got ${ranks}`);
+    if (opts.rankDevices && opts.rankDevices.length !== ranks)
+      throw new ArgumentError(
+        'E_ARGUMENT',
+        `LongcatModel: ranks: ${ranks} but rankDevices names ${opts.rankDevices.length} devices (one per rank)`,
+      );
     if (ranks > 1 && !weights.layers.every(l => l.moe.experts instanceof ShardedExperts && l.moe.experts.shards.length === ranks))
       throw new ArgumentError(
         'E_ARGUMENT',
@@ -116,9 +124,14 @@ export class LongcatModel {
     this.moeStream = opts.overlapMoe === false ? this.main : new Stream(this.device);
     this.events = Array.from({ length: dims.layers }, () => [new Event(this.device), new Event(this.device)] as const);
     this.invFreq = tensor(dims.invFreq, [dims.invFreq.length], { device: this.device });
-    this.ep = ranks > 1 ? new ExpertParallelGroup(ranks, this.device) : null;
+    this.ep = ranks > 1 ? new ExpertParallelGroup(opts.rankDevices ?? Array(ranks).fill(this.device), this.device) : null;
     this.experts = this.ep ? this.ep.experts : localExperts;
     this.verifyWeights = opts.verifyWeights;
+  }
+
+  /** The expert-parallel group when expert parallelism is on (tests inject faults through it). */
+  get expertParallel(): ExpertParallelGroup | null {
+    return this.ep;
   }
 
   /** A new empty sequence in this model's KV cache. */
@@ -164,8 +177,20 @@ export class LongcatModel {
     const slotLists: Int32Array[] = [];
     try {
       for (const [b, seq] of seqs.entries()) slotLists.push(seq.reserve(tokens[b]!.length));
-      return this.forwardReserved(seqs, tokens, pastLens, slotLists, mode, opts);
+      const result = this.forwardReserved(seqs, tokens, pastLens, slotLists, mode, opts);
+      try {
+        this.ep?.endStep(); // E_RANK_FAILED when a rank failed in this step: its results are void
+      } catch (e) {
+        for (const t of [result.logits, ...result.nFfn]) t.dispose();
+        throw e;
+      }
+      return result;
     } catch (e) {
+      try {
+        this.ep?.endStep(); // every rank idle and the abort flag lowered: the next step starts clean
+      } catch {
+        // the step's error is the one to report
+      }
       seqs.forEach((seq, b) => {
         if (b < slotLists.length) seq.truncate(pastLens[b]!);
       });

@@ -74,6 +74,20 @@ EpRouteCheck ep_dispatch(int64_t t, int64_t k, int64_t h, const float* u, const 
   return r;
 }
 
+void ep_dispatch_nothing(int64_t t, int64_t k, int64_t h, int64_t per_rank, int64_t ranks, int64_t capacity, const EpSlot* slots,
+                         int32_t* row_of) {
+  for (int64_t i = 0; i < t * ranks; ++i) row_of[i] = -1;
+  for (int64_t d = 0; d < ranks; ++d) {
+    const EpSlot& s = slots[d];
+    *s.count = 0;
+    std::memset(s.x, 0, sizeof(float) * static_cast<size_t>(capacity * h));
+    for (int64_t j = 0; j < capacity * k; ++j) {
+      s.idx[j] = static_cast<int32_t>(per_rank);
+      s.w[j] = 0.0f;
+    }
+  }
+}
+
 EpCombineCheck ep_combine(int64_t t, int64_t k, int64_t h, const float* u, const int32_t* idx, const float* w, int64_t n_routed,
                           int64_t n_experts, const int32_t* row_of, int64_t ranks, int64_t capacity, const float* const* partials,
                           float* out) {
