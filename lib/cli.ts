@@ -21,6 +21,7 @@ commands:
   generate [--model DIR] --prompt TEXT   stream a completion (no --model: a generated tiny model)
            [--chat] [--max-tokens N] [--temperature T] [--top-k K] [--top-p P] [--min-p P]
            [--seed S] [--stop STR] [--backend auto|cpu|cuda] [--threads N]
+           [--max-context N] [--prefill-chunk N]
   chat --model DIR                       interactive chat (Ctrl+C stops an answer; twice quits)
   inspect DIR                            config, tensors, bytes, active parameters per token
   init-random --preset tiny|small|medium --out DIR [--fp8] [--mtp] [--seed S]
@@ -105,6 +106,7 @@ const modelOptions = {
   backend: { type: 'string' },
   threads: { type: 'string' },
   'max-context': { type: 'string' },
+  'prefill-chunk': { type: 'string' },
 } as const;
 
 const samplingOptions = {
@@ -160,6 +162,7 @@ interface ModelArgs {
   backend?: string;
   threads?: string;
   'max-context'?: string;
+  'prefill-chunk'?: string;
 }
 
 /** Checks the model options before anything is loaded. */
@@ -170,6 +173,7 @@ function modelArgs(v: ModelArgs) {
     backend: v.backend as Backend | undefined,
     threads: num(v.threads, 'threads', { integer: true, min: 1 }),
     maxContext: num(v['max-context'], 'max-context', { integer: true, min: 1 }),
+    prefillChunk: num(v['prefill-chunk'], 'prefill-chunk', { integer: true, min: 1 }),
   };
 }
 
@@ -246,7 +250,7 @@ async function chat(args: string[]) {
     for await (const chunk of g) process.stdout.write(chunk);
     const r = await g;
     answering = null;
-    process.stdout.write(r.stopReason === 'abort' ? ' [stopped]\n' : '\n');
+    process.stdout.write(r.stopReason === 'abort' ? ' [stopped]\n' : r.stopReason === 'cache' ? ' [KV cache full]\n' : '\n');
     messages.push({ role: 'assistant', content: r.text });
     rl.prompt();
   }

@@ -30,6 +30,9 @@ export interface LoadModelOptions {
    *  Each layer's routed experts split into N equal contiguous blocks, one per rank; attention,
    *  dense FFNs, router, embedding and lm_head replicated (run once). N must divide n_routed_experts. */
   ranks?: number;
+  /** Prompt tokens per forward step of a prefill (default 512): generate awaits each chunk, so the
+   *  event loop stays free and an abort takes effect between chunks. generate's `prefillChunk` overrides it. */
+  prefillChunk?: number;
 }
 
 export function resolveDevice(backend: Backend = (process.env.LONGCAT_BACKEND as Backend) || 'auto', index = 0): string {
