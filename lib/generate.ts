@@ -229,8 +229,6 @@ export class Session {
         this.cached.push(...pending);
         native.sample(null, sampled, logits, temperature, o.topK ?? 0, o.topP ?? 1, o.minP ?? 0, o.seed ?? 0, this.cached.length);
         const next = (await toArrayAsync(sampled))[0]!;
-        this.owner.checkLive('Session.generate');
-        if (step === 0) o.onPrefillChunk?.({ done: prefillTotal, total: prefillTotal });
         logits.dispose();
         for (const t of nFfn) {
           const c = toArray(t);
@@ -238,6 +236,8 @@ export class Session {
           ffnCount += c.length;
           t.dispose();
         }
+        this.owner.checkLive('Session.generate'); // disposed while this step ran
+        if (step === 0) o.onPrefillChunk?.({ done: prefillTotal, total: prefillTotal });
         if (step === 0) tFirst = performance.now();
         if (tokenizer.eosIds.includes(next)) {
           stopReason = 'eos';
@@ -413,14 +413,18 @@ export class Model {
    */
   forward(tokens: number[], opts: { prefillChunk?: number } = {}): Float32Array {
     this.checkLive('Model.forward');
-    const chunk = opts.prefillChunk ?? Math.max(1, tokens.length);
-    if (!Number.isInteger(chunk) || chunk < 1)
+    const chunk = opts.prefillChunk;
+    if (chunk !== undefined && (!Number.isInteger(chunk) || chunk < 1))
       throw new ArgumentError('E_ARGUMENT', `Model.forward: prefillChunk must be an integer >= 1, got ${String(chunk)}`);
     const seq = this.engine.newSequence();
     try {
       const parts: Float32Array[] = [];
-      for (let i = 0; i < tokens.length || i === 0; i += chunk) {
-        const { logits } = this.engine.forward([seq], [tokens.slice(i, i + chunk)], { allLogits: true, mode: 'prefill' });
+      const steps =
+        chunk === undefined || tokens.length <= chunk
+          ? [tokens]
+          : Array.from({ length: Math.ceil(tokens.length / chunk) }, (_, i) => tokens.slice(i * chunk, (i + 1) * chunk));
+      for (const part of steps) {
+        const { logits } = this.engine.forward([seq], [part], { allLogits: true, mode: 'prefill' });
         parts.push(toArray(logits) as Float32Array);
         logits.dispose();
       }

@@ -40,6 +40,7 @@ describe('longcat CLI error paths', () => {
     [['--seed=-3'], /--seed must be an integer >= 0/],
     [['--threads', '0'], /--threads must be an integer >= 1/],
     [['--max-context', '1e400'], /--max-context must be an integer >= 1/],
+    [['--prefill-chunk', '0'], /--prefill-chunk must be an integer >= 1, got '0'/],
     [['--backend', 'gpu'], /--backend must be auto, cpu or cuda, got 'gpu'/],
   ];
   it.each(bad)('generate %j: exits 2 naming the option, before touching the model', (args, message) => {
