@@ -269,7 +269,7 @@ export class Session {
       sampled.dispose();
     }
     const t1 = performance.now();
-    const prefillTokens = ids.length - common;
+    const prefillTokens = Math.min(this.cached.length - common, prefillTotal); // (fewer when aborted in the prefill)
     const decodeSteps = Math.max(0, out.length - 1 + (stopReason === 'eos' ? 1 : 0));
     return {
       text: textOut,

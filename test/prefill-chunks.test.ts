@@ -225,6 +225,7 @@ describe.each(devices)('chunked prefill on %s', device => {
     expect(chunks, 'the prefill did not run to its end').toBeLessThan(total - 2);
     // Every chunk that ran is in the session's cache, and only whole chunks.
     expect(s.length).toBe(4 * chunks);
+    expect(r.prefillTokens).toBe(4 * chunks);
     // The next call continues from the cached chunks.
     const again = await s.generate(prompt, { maxTokens: 2, prefillChunk: 4 });
     expect(again.prefillTokens).toBe(again.promptTokens - 4 * chunks);
