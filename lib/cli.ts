@@ -177,10 +177,10 @@ function modelArgs(v: ModelArgs) {
   };
 }
 
-async function openModel(v: ModelArgs, opts: ReturnType<typeof modelArgs>): Promise<Model> {
+async function openModel(v: ModelArgs, opts: ReturnType<typeof modelArgs>, signal?: AbortSignal): Promise<Model> {
   const dir = v.model ?? (await defaultModelDir());
   const bar = progressBar('loading');
-  const model = await loadModel(dir, { ...opts, onProgress: p => bar.update(p) });
+  const model = await loadModel(dir, { ...opts, signal, onProgress: p => bar.update(p) });
   bar.done();
   process.stderr.write(`longcat: ${path.basename(path.resolve(dir))} on ${model.device}\n`);
   return model;
@@ -205,12 +205,14 @@ async function generate(args: string[]) {
   });
   if (v.prompt === undefined) throw new UsageError('generate: --prompt TEXT is required');
   const opts = sampling(v);
-  using model = await openModel(v, modelArgs(v));
-  using session = model.createSession();
+  const margs = modelArgs(v);
+  // Ctrl+C from here on: it stops the loading, or the generation at its next step or prefill chunk.
   const ac = new AbortController();
   const onSigint = () => ac.abort();
   process.on('SIGINT', onSigint);
   try {
+    using model = await openModel(v, margs, ac.signal);
+    using session = model.createSession();
     const g = session.generate(v.chat ? [{ role: 'user', content: v.prompt }] : v.prompt, { ...opts, signal: ac.signal });
     for await (const chunk of g) process.stdout.write(chunk);
     const r = await g;
@@ -347,6 +349,11 @@ main(process.argv.slice(2)).catch((err: unknown) => {
   if (err instanceof UsageError || parseError) {
     process.stderr.write(`longcat: ${(err as Error).message}${err instanceof LongcatError ? ` [${err.code}]` : ''}\n${USAGE}`);
     process.exitCode = 2;
+    return;
+  }
+  if (err instanceof LongcatError && err.code === 'E_ABORTED') {
+    process.stderr.write('longcat: interrupted\n');
+    process.exitCode = 130; // Ctrl+C while the model was loading
     return;
   }
   if (err instanceof LongcatError) process.stderr.write(`longcat: ${err.message} [${err.code}]\n`);
