@@ -126,3 +126,10 @@ export function toArray(t: Tensor): Float64Array | Float32Array | Int32Array {
   if (t.disposed) throw new ArgumentError('E_DISPOSED', 'toArray: tensor was disposed');
   return decode(t.toBytes(), t.dtype);
 }
+
+/** toArray() that awaits the device instead of blocking the event loop while its work runs. */
+export async function toArrayAsync(t: Tensor): Promise<Float64Array | Float32Array | Int32Array> {
+  if (t.disposed) throw new ArgumentError('E_DISPOSED', 'toArrayAsync: tensor was disposed');
+  await native.synchronizeAsync(t.device);
+  return toArray(t); // its wait finds the device idle (or only what was queued since)
+}

@@ -329,6 +329,51 @@ void device_synchronize(Device d) {
   for (Stream* s : streams) s->synchronize();
 }
 
+void device_raise_errors(Device d) {
+  if (!d.is_cpu()) return;
+  std::vector<Stream*> streams;
+  {
+    std::lock_guard<std::mutex> lk(registry().m);
+    streams.assign(registry().cpu_streams.begin(), registry().cpu_streams.end());
+  }
+  for (Stream* s : streams) s->raise_error();  // (JS thread, as in device_synchronize)
+}
+
+std::unique_ptr<Fence> Fence::of_stream(Stream& s) {
+  if (s.capturing()) fail(Code::E_ARGUMENT, "synchronizeAsync() on a stream that is being captured into a graph");
+  std::unique_ptr<Fence> f(new Fence(s.device()));
+  f->events_.push_back(std::make_unique<Event>(s.device()));
+  f->events_.back()->record(s);
+  return f;
+}
+
+std::unique_ptr<Fence> Fence::of_device(Device d) {
+  std::unique_ptr<Fence> f(new Fence(d));
+  if (!d.is_cpu()) {
+    f->whole_device_ = true;
+    return f;
+  }
+  std::vector<Stream*> streams;
+  {
+    std::lock_guard<std::mutex> lk(registry().m);
+    streams.assign(registry().cpu_streams.begin(), registry().cpu_streams.end());
+  }
+  for (Stream* s : streams) {
+    if (s->capturing()) fail(Code::E_ARGUMENT, "synchronizeAsync(%s): a stream is being captured into a graph", d.str().c_str());
+    f->events_.push_back(std::make_unique<Event>(d));
+    f->events_.back()->record(*s);
+  }
+  return f;
+}
+
+void Fence::wait() {
+  if (whole_device_) {
+    cuda::device_synchronize(device_.index);
+    return;
+  }
+  for (auto& e : events_) e->synchronize();
+}
+
 // ---- streams ----------------------------------------------------------------------------
 
 Stream::Stream(Device d) : device_(d) {
@@ -430,6 +475,14 @@ void Stream::synchronize() {
     e.swap(error_);
     throw Error(error_code_, e);
   }
+}
+
+void Stream::raise_error() {
+  std::lock_guard<std::mutex> lk(m_);
+  if (error_.empty()) return;
+  std::string e;
+  e.swap(error_);
+  throw Error(error_code_, e);
 }
 
 // ---- events -----------------------------------------------------------------------------

@@ -112,6 +112,8 @@ class Stream {
   void* cuda_handle() const { return cuda_; }
   void enqueue(std::function<void()> fn);  // CPU streams only
   void synchronize();
+  // Throws (and clears) the error kept from queued work, without waiting (CPU; CUDA: nothing kept).
+  void raise_error();
   bool capturing() const { return captured_ != nullptr; }
 
  private:
@@ -193,5 +195,26 @@ Pool& device_pool(Device d);
 Stream& default_stream(Device d);
 // Waits for every stream created on the device (CPU) / the whole device (CUDA).
 void device_synchronize(Device d);
+// Throws the first error kept by a CPU stream of the device (as device_synchronize would), clearing
+// it, without waiting. Nothing on CUDA, whose waits report errors themselves.
+void device_raise_errors(Device d);
+
+// The work queued on a stream or device when the fence is made, as something any thread can wait
+// for: made on the JS thread (events recorded on the streams), waited on another, so that the JS
+// thread can await the device instead of blocking. The streams may be destroyed meanwhile: a CPU
+// stream runs its queue before it goes, and a CUDA event outlives its stream.
+class Fence {
+ public:
+  static std::unique_ptr<Fence> of_stream(Stream& s);
+  // CPU: every stream of the device; CUDA: the whole device (cudaDeviceSynchronize when waited).
+  static std::unique_ptr<Fence> of_device(Device d);
+  void wait();  // any thread; E_CUDA from a failed CUDA wait
+
+ private:
+  explicit Fence(Device d) : device_(d) {}
+  Device device_;
+  std::vector<std::unique_ptr<Event>> events_;
+  bool whole_device_ = false;
+};
 
 }  // namespace lc

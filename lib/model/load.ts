@@ -36,6 +36,9 @@ export interface LoadModelOptions {
    *  Peer access is enabled between every pair (E_DEVICE naming both when two cannot reach each
    *  other). Not with deviceIndex. */
   devices?: readonly number[] | 'all';
+  /** Prompt tokens per forward step of a prefill (default 512): generate awaits each chunk, so the
+   *  event loop stays free and an abort takes effect between chunks. generate's `prefillChunk` overrides it. */
+  prefillChunk?: number;
 }
 
 export function resolveDevice(backend: Backend = (process.env.LONGCAT_BACKEND as Backend) || 'auto', index = 0): string {
