@@ -117,7 +117,8 @@ export function ngramConfigToJson(ng: NgramConfig | null): Record<string, unknow
   return { ngram_vocab_size_ratio: ng.vocabSizeRatio, emb_neighbor_num: ng.neighborNum, emb_split_num: ng.splitNum };
 }
 
-/** The N-gram tensors name -> shape (SPEC-LITE 2.1): tables [mod_i, d] and projections [hidden, d]; never FP8. */
+/** The N-gram tensors name -> shape (SPEC-LITE 2.1): tables [mod_i, d] and projections [hidden, d]; never FP8
+ *  (the kernel reads BF16 or F32 only). */
 export function ngramTensorShapes(
   ng: NgramConfig,
   hidden: number,

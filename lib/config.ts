@@ -564,7 +564,9 @@ export function requiredTensors(c: LongcatConfig, opts: RequiredTensorsOptions =
     });
     for (let e = 0; e < c.n_routed_experts; e++) mlp(expertPrefix(L, e), c.expert_ffn_hidden_size);
   }
-  if (c.ngram) for (const [name, t] of ngramTensorShapes(c.ngram, H, c.vocab_size)) float(name, t.shape, t.role);
+  if (c.ngram)
+    for (const [name, t] of ngramTensorShapes(c.ngram, H, c.vocab_size))
+      m.set(name, { shape: t.shape, dtypes: ['BF16', 'F32'], role: t.role, quantized: false });
   float('model.norm.weight', [H], 'norm');
   if (!c.tie_word_embeddings) float('lm_head.weight', [c.vocab_size, H], 'embedding');
 

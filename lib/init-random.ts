@@ -16,7 +16,7 @@ import { LONGCAT_CHAT_TEMPLATE } from './chat.js';
 import { f32ToBf16, f32ToFp8e4m3 } from './numeric.js';
 import { ArgumentError } from './errors.js';
 
-export type Preset = 'tiny' | 'small' | 'medium';
+export type Preset = 'tiny' | 'small' | 'medium' | 'lite';
 
 export interface InitRandomOptions {
   preset: Preset;
@@ -93,12 +93,34 @@ export const PRESETS: Readonly<Record<Preset, Record<string, number>>> = {
     vocab_size: 32768,
     max_position_embeddings: 32768,
   },
+  // LongCat-Flash-Lite's layout (SPEC-LITE): the N-gram embedding (orders 2..4, 4 splits: 12 tables
+  // as in the release), YaRN RoPE, Lite's 2:1 FFN to zero experts, at a size tests can run.
+  lite: {
+    hidden_size: 96,
+    num_layers: 2,
+    num_attention_heads: 4,
+    q_lora_rank: 48,
+    kv_lora_rank: 32,
+    qk_nope_head_dim: 16,
+    qk_rope_head_dim: 8,
+    v_head_dim: 16,
+    ffn_hidden_size: 192,
+    expert_ffn_hidden_size: 32,
+    n_routed_experts: 8,
+    zero_expert_num: 4,
+    moe_topk: 3,
+    vocab_size: 512,
+    max_position_embeddings: 40960,
+    ngram_vocab_size_ratio: 3,
+    emb_neighbor_num: 4,
+    emb_split_num: 4,
+  },
 };
 
 /** The config.json an init-random preset writes (before overrides). */
 export function presetConfigJson(preset: Preset, opts: { fp8?: boolean; mtp?: boolean } = {}): Record<string, unknown> {
   const p = PRESETS[preset];
-  if (!p) throw new ArgumentError('E_ARGUMENT', `init-random: unknown preset '${preset}' (tiny, small or medium)`);
+  if (!p) throw new ArgumentError('E_ARGUMENT', `init-random: unknown preset '${preset}' (tiny, small, medium or lite)`);
   const j: Record<string, unknown> = {
     architectures: ['LongcatFlashForCausalLM'],
     model_type: 'longcat_flash',
@@ -136,6 +158,28 @@ export function presetConfigJson(preset: Preset, opts: { fp8?: boolean; mtp?: bo
     use_cache: true,
     torch_dtype: 'bfloat16',
   };
+  if (preset === 'lite') {
+    j.architectures = ['LongcatFlashNgramForCausalLM'];
+    j.model_type = 'longcat_flash_ngram';
+    j.auto_map = {
+      AutoConfig: 'configuration_longcat_ngram.LongcatFlashNgramConfig',
+      AutoModel: 'modeling_longcat_ngram.LongcatFlashNgramModel',
+      AutoModelForCausalLM: 'modeling_longcat_ngram.LongcatFlashNgramForCausalLM',
+    };
+    j.ngram_vocab_size_ratio = p.ngram_vocab_size_ratio;
+    j.emb_neighbor_num = p.emb_neighbor_num;
+    j.emb_split_num = p.emb_split_num;
+    j.rope_theta = 5000000.0;
+    j.rope_scaling = {
+      type: 'yarn',
+      factor: 10.0,
+      original_max_position_embeddings: p.max_position_embeddings! / 10,
+      beta_fast: 32.0,
+      beta_slow: 1.0,
+      mscale: 1.0,
+      mscale_all_dim: 1.0,
+    };
+  }
   if (opts.mtp) j.num_nextn_predict_layers = 1;
   if (opts.fp8)
     j.quantization_config = { quant_method: 'fp8', fmt: 'e4m3', activation_scheme: 'dynamic', weight_block_size: [128, 128] };

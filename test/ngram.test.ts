@@ -133,7 +133,7 @@ describe('N-gram history: full pass == decode == chunks == rollback', () => {
 });
 
 /** LongCat-Flash-Lite config.json (SPEC-LITE 1.1). */
-export const LITE = {
+const LITE = {
   architectures: ['LongcatFlashNgramForCausalLM'],
   model_type: 'longcat_flash_ngram',
   vocab_size: 131072,
