@@ -17,6 +17,7 @@ import {
 import { type SafetensorsDType, type SafetensorsHeader, readSafetensorsHeader } from './safetensors.js';
 import type { DType, Tensor } from '../types/native.js';
 import type { MappedFile, MmapAdvice } from '../types/ops-mmap.js';
+import { AUXILIARY_FILE } from './config-ngram.js';
 
 export interface GenerationConfig {
   bos_token_id?: number;
@@ -179,6 +180,9 @@ export async function openCheckpoint(dir: string, opts: OpenCheckpointOptions = 
       weightMap.set(name, inside(f, indexFile));
     }
     files = [...new Set(weightMap.values())].sort();
+    // LongCat-Flash-Lite ships its MTP tensors in model-auxiliary.safetensors, outside the index (SPEC-LITE 2.2).
+    const aux = path.join(root, AUXILIARY_FILE);
+    if (!files.includes(aux) && (await stat(aux).catch(() => null))?.isFile()) files.push(aux);
   } else {
     const single = path.join(root, 'model.safetensors');
     try {

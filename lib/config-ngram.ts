@@ -48,6 +48,9 @@ export function ngramDims(ng: NgramConfig, hidden: number, vocab: number): Ngram
   };
 }
 
+/** The file of LongCat-Flash-Lite's MTP tensors, beside the shards and not in the index (SPEC-LITE 2.2). */
+export const AUXILIARY_FILE = 'model-auxiliary.safetensors';
+
 export const ngramTableName = (i: number) => `model.ngram_embeddings.embedders.${i}.weight`;
 export const ngramProjectionName = (i: number) => `model.ngram_embeddings.post_projs.${i}.weight`;
 

@@ -15,6 +15,7 @@ import { type TensorToWrite, writeSafetensors, SAFETENSORS_DTYPE_SIZE, type Safe
 import { LONGCAT_CHAT_TEMPLATE } from './chat.js';
 import { f32ToBf16, f32ToFp8e4m3 } from './numeric.js';
 import { ArgumentError } from './errors.js';
+import { AUXILIARY_FILE } from './config-ngram.js';
 
 export type Preset = 'tiny' | 'small' | 'medium' | 'lite';
 
@@ -577,8 +578,11 @@ export async function initRandom(opts: InitRandomOptions): Promise<InitRandomRes
     )}\n`,
   );
 
-  const tensors = plan(config, { fp8, mtp, seed });
-  const totalBytes = tensors.reduce((a, t) => a + t.nbytes, 0);
+  const planned = plan(config, { fp8, mtp, seed });
+  const totalBytes = planned.reduce((a, t) => a + t.nbytes, 0);
+  // Lite's layout keeps the MTP module in model-auxiliary.safetensors, which the index does not list.
+  const auxiliary = opts.preset === 'lite' ? planned.filter(t => t.name.startsWith('model.mtp.')) : [];
+  const tensors = planned.filter(t => !auxiliary.includes(t));
   const shards: PlannedTensor[][] = [[], []];
   let acc = 0;
   for (const t of tensors) {
@@ -599,9 +603,21 @@ export async function initRandom(opts: InitRandomOptions): Promise<InitRandomRes
     written += shard.reduce((a, t) => a + t.nbytes, 0);
     opts.onProgress?.({ file, bytes: written, totalBytes });
   }
+  const files = names.map(n => path.join(dir, n));
+  if (auxiliary.length) {
+    const file = path.join(dir, AUXILIARY_FILE);
+    await writeSafetensors(
+      file,
+      auxiliary.map(t => ({ name: t.name, dtype: t.dtype, shape: t.shape, data: t.make })),
+      { format: 'pt' },
+    );
+    files.push(file);
+    written += auxiliary.reduce((a, t) => a + t.nbytes, 0);
+    opts.onProgress?.({ file, bytes: written, totalBytes });
+  }
   await writeFile(
     path.join(dir, 'model.safetensors.index.json'),
-    `${JSON.stringify({ metadata: { total_size: totalBytes }, weight_map: weightMap }, null, 2)}\n`,
+    `${JSON.stringify({ metadata: { total_size: acc }, weight_map: weightMap }, null, 2)}\n`,
   );
-  return { dir, config, files: names.map(n => path.join(dir, n)), tensorCount: tensors.length, totalBytes };
+  return { dir, config, files, tensorCount: planned.length, totalBytes };
 }

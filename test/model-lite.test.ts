@@ -100,6 +100,27 @@ it('the preset writes the real Lite layout: 12 tables of ratio * vocab + 2 i + 1
   }
 });
 
+it('with --mtp the MTP module goes to model-auxiliary.safetensors, outside the index, and is found there', async () => {
+  const dir = path.join(root, 'mtp');
+  const res = await initRandom({ preset: 'lite', out: dir, seed: 13, mtp: true });
+  expect(res.files.map(f => path.basename(f))).toContain('model-auxiliary.safetensors');
+  const index = JSON.parse(readFileSync(path.join(dir, 'model.safetensors.index.json'), 'utf8')) as {
+    weight_map: Record<string, string>;
+  };
+  expect(Object.keys(index.weight_map).some(n => n.startsWith('model.mtp.'))).toBe(false);
+  const ck = await openCheckpoint(dir);
+  try {
+    expect(ck.hasMtp).toBe(true);
+    expect(path.basename(ck.tensors.get('model.mtp.embed_tokens.weight')!.file)).toBe('model-auxiliary.safetensors');
+    expect(ck.unexpected).toEqual([]);
+    expect(ck.tensors.size).toBe(res.tensorCount);
+  } finally {
+    ck.close();
+  }
+  using model = await loadModel(dir, { backend: 'cpu' });
+  expect(model.forward([3, 2, 9]).length).toBe(3 * 512);
+});
+
 it('the reference ids (EOS-segmented shifts, BigInt) reproduce the SPEC-LITE vectors', () => {
   const cfg = {
     vocab_size: 131072,
