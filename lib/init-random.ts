@@ -399,7 +399,11 @@ function learnMerges(text: string, maxMerges: number): [string, string][] {
 }
 
 /** A byte-level BPE tokenizer.json with at most `maxTokens` tokens (>= 268). */
-export function buildTokenizerJson(maxTokens: number): Record<string, unknown> {
+/** LongCat-Flash-Lite's pre-tokenizer after the Qwen2-style split (SPEC-LITE 8): full-width
+ *  punctuation runs, then CJK / Hangul runs, each isolated. */
+export const LITE_EXTRA_SPLITS = [' ?[！-／：-～‘-‟　-。《》「」【】]+', '[一-龥ࠀ-一가-퟿]+'] as const;
+
+export function buildTokenizerJson(maxTokens: number, extraSplits: readonly string[] = []): Record<string, unknown> {
   const reserved = SPECIAL_TOKENS.length + 256 + EXTRA_SPECIAL_TOKENS.length;
   if (maxTokens < reserved)
     throw new ArgumentError(
@@ -433,6 +437,7 @@ export function buildTokenizerJson(maxTokens: number): Record<string, unknown> {
       type: 'Sequence',
       pretokenizers: [
         { type: 'Split', pattern: { Regex: SPLIT_REGEX }, behavior: 'Isolated', invert: false },
+        ...extraSplits.map(re => ({ type: 'Split', pattern: { Regex: re }, behavior: 'Isolated', invert: false })),
         { type: 'ByteLevel', add_prefix_space: false, trim_offsets: false, use_regex: false },
       ],
     },
@@ -554,7 +559,7 @@ export async function initRandom(opts: InitRandomOptions): Promise<InitRandomRes
   const config = parseConfig(json, path.join(dir, 'config.json'));
 
   await mkdir(dir, { recursive: true });
-  const tokJson = buildTokenizerJson(Math.min(config.vocab_size, 4096));
+  const tokJson = buildTokenizerJson(Math.min(config.vocab_size, 4096), opts.preset === 'lite' ? LITE_EXTRA_SPLITS : []);
   await writeFile(path.join(dir, 'config.json'), `${JSON.stringify(json, null, 2)}\n`);
   await writeFile(
     path.join(dir, 'generation_config.json'),

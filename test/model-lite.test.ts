@@ -13,6 +13,7 @@ import { openCheckpoint } from '../lib/checkpoint.js';
 import { toArray } from '../lib/tensor.js';
 import { native } from '../lib/native.js';
 import { activeParams } from '../lib/config.js';
+import { loadTokenizer } from '../lib/tokenizer.js';
 import { dequantFp8Block, referenceForward, type RefConfig } from './reference/longcat-ref.js';
 import { referenceNgramIds } from './reference/ngram-ref.js';
 import { backends, workLimitMs } from './helpers.js';
@@ -119,6 +120,20 @@ it('with --mtp the MTP module goes to model-auxiliary.safetensors, outside the i
   }
   using model = await loadModel(dir, { backend: 'cpu' });
   expect(model.forward([3, 2, 9]).length).toBe(3 * 512);
+});
+
+it("the preset's tokenizer.json carries Lite's pre-tokenizer (three splits), which the tokenizer loads and round-trips", async () => {
+  const tok = await loadTokenizer(bf16Dir);
+  const json = JSON.parse(readFileSync(path.join(bf16Dir, 'tokenizer.json'), 'utf8')) as {
+    pre_tokenizer: { pretokenizers: { type: string }[] };
+  };
+  expect(json.pre_tokenizer.pretokenizers.map(p => p.type)).toEqual(['Split', 'Split', 'Split', 'ByteLevel']);
+  for (const text of ['你好，世界！Hello there.', '「東京」は大きい。 한국어 텍스트', "It's 2025: ｆｕｌｌ－ｗｉｄｔｈ！"]) {
+    const ids = tok.encode(text);
+    expect(ids.length).toBeGreaterThan(0);
+    expect(tok.decode(ids)).toBe(text);
+  }
+  expect(tok.eosIds).toEqual([2]);
 });
 
 it('the reference ids (EOS-segmented shifts, BigInt) reproduce the SPEC-LITE vectors', () => {

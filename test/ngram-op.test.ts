@@ -1,7 +1,7 @@
 // ngramEmbed (LongCat-Flash-Lite's N-gram projection + mean) against a float64 JS reference on odd
 // sizes, every dtype pair, poisoned outputs, in place on the base; its typed errors; the CUDA
 // kernel (a GPU or the emulator) against the same reference.
-import { describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Tensor, native } from '../lib/index.js';
 import type { DType } from '../lib/index.js';
 import { bf16ToF32, f32ToBf16 } from '../lib/numeric.js';
@@ -36,7 +36,17 @@ const SIZES: [number, number, number, number][] = [
   [5, 65, 6, 33],
   [3, 96, 12, 8],
   [2, 130, 4, 257],
+  [19, 40, 3, 24], // more than 8 tokens: the CPU's projection takes the GEMM path
 ];
+
+// fp32 products on both sides (the default precision may round f32 rows to bf16 in a GEMM).
+let saved: ReturnType<typeof native.setMatmulPrecision>;
+beforeAll(() => {
+  saved = native.setMatmulPrecision('highest');
+});
+afterAll(() => {
+  native.setMatmulPrecision(saved);
+});
 const POISON = Number.NaN;
 
 describe.each(backends)('ngramEmbed on %s', device => {
@@ -60,6 +70,35 @@ describe.each(backends)('ngramEmbed on %s', device => {
           expectClose(new Float32Array(tb.toBytes().slice().buffer), want, 2e-5 * Math.sqrt(E * D), 1e-5, `${what} in place`);
           for (const t of [tb, tr, tp, y]) t.dispose();
         }
+  });
+
+  it('under the default (bf16) matmul precision, bf16 rows and projections still match at fp32 tolerance', () => {
+    const r = rng(1502);
+    const before = native.setMatmulPrecision('bf16');
+    try {
+      for (const [T, H, E, D] of [
+        [1, 96, 12, 8],
+        [33, 72, 6, 16],
+      ] as const) {
+        const base = values(r, T * H, 'f32', 1),
+          rows = values(r, E * T * D, 'bf16', 1),
+          proj = values(r, E * H * D, 'bf16', 1 / Math.sqrt(D));
+        const tb = new Tensor('f32', [T, H], 'cpu', base.bytes).to(device);
+        const tr = new Tensor('bf16', [E, T, D], 'cpu', rows.bytes).to(device);
+        const tp = new Tensor('bf16', [E, H, D], 'cpu', proj.bytes).to(device);
+        native.ngramEmbed(null, tb, tb, tr, tp);
+        expectClose(
+          new Float32Array(tb.toBytes().slice().buffer),
+          reference(T, H, E, D, base.exact, rows.exact, proj.exact),
+          2e-5 * Math.sqrt(E * D),
+          1e-5,
+          `[T ${T}, H ${H}, E ${E}, D ${D}] bf16`,
+        );
+        for (const t of [tb, tr, tp]) t.dispose();
+      }
+    } finally {
+      native.setMatmulPrecision(before);
+    }
   });
 
   it('writes nothing for zero tokens', () => {

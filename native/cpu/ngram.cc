@@ -1,54 +1,40 @@
-// N-gram embedding projection + mean on the CPU (contract: ngram.h). Parallel over the outputs
-// (t, h): a decode step has one token, so the hidden dimension is what spreads across threads.
+// N-gram embedding projection + mean on the CPU (contract: ngram.h): each table's projection is
+// the linear layer (cpu::linear: the GEMV path for decode, the blocked GEMM for a prefill), into a
+// workspace; the E results are added to the base in table order, then scaled by 1 / (E + 1).
 #include "ngram.h"
 
-#include "numeric.h"
+#include <algorithm>
+
+#include "linear.h"
 #include "threadpool.h"
 
 namespace lc::cpu {
 
-namespace {
-
-template <typename A>
-inline float load(const A* p, int64_t i) {
-  if constexpr (sizeof(A) == 2)
-    return bf16_to_f32(p[i]);
-  else
-    return p[i];
-}
-
-template <typename R, typename P>
-void run(int64_t T, int64_t H, int64_t E, int64_t D, const float* base, const R* rows, const P* proj, float* y) {
-  const float inv_count = 1.0f / static_cast<float>(E + 1);
-  parallel_for(T * H, std::max<int64_t>(1, 4096 / std::max<int64_t>(E * D, 1)), [&](int64_t b, int64_t e_) {
-    for (int64_t o = b; o < e_; ++o) {
-      const int64_t t = o / H, h = o % H;
-      float acc = base[o];
-      for (int64_t e = 0; e < E; ++e) {
-        const R* r = rows + (e * T + t) * D;
-        const P* w = proj + (e * H + h) * D;
-        float dot = 0.0f;
-        for (int64_t k = 0; k < D; ++k) dot += load(r, k) * load(w, k);
-        acc += dot;
-      }
-      y[o] = acc * inv_count;
-    }
-  });
-}
-
-}  // namespace
+int64_t ngram_workspace_floats(int64_t T, int64_t H) { return T * H; }
 
 void ngram_embed(int64_t T, int64_t H, int64_t E, int64_t D, const float* base, const void* rows, DType rt, const void* proj,
-                 DType pt, float* y) {
-  const bool rb = rt == DType::BF16, pb = pt == DType::BF16;
-  if (rb && pb)
-    run(T, H, E, D, base, static_cast<const uint16_t*>(rows), static_cast<const uint16_t*>(proj), y);
-  else if (rb)
-    run(T, H, E, D, base, static_cast<const uint16_t*>(rows), static_cast<const float*>(proj), y);
-  else if (pb)
-    run(T, H, E, D, base, static_cast<const float*>(rows), static_cast<const uint16_t*>(proj), y);
-  else
-    run(T, H, E, D, base, static_cast<const float*>(rows), static_cast<const float*>(proj), y);
+                 DType pt, float* y, float* ws) {
+  const int64_t n = T * H;
+  if (n == 0) return;
+  const float inv_count = 1.0f / static_cast<float>(E + 1);
+  const int64_t rbytes = dtype_size(rt), pbytes = dtype_size(pt);
+  if (y != base) std::copy(base, base + n, y);
+  for (int64_t e = 0; e < E; ++e) {
+    WeightRef w;
+    w.dtype = pt;
+    w.data = static_cast<const char*>(proj) + e * H * D * pbytes;
+    w.n = H;
+    w.k = D;
+    linear(T, static_cast<const char*>(rows) + e * T * D * rbytes, rt, w, ws, DType::F32);
+    const bool last = e == E - 1;
+    parallel_for(n, 16384, [&](int64_t b, int64_t end) {
+      for (int64_t i = b; i < end; ++i) y[i] = last ? (y[i] + ws[i]) * inv_count : y[i] + ws[i];
+    });
+  }
+  if (E == 0)
+    parallel_for(n, 16384, [&](int64_t b, int64_t end) {
+      for (int64_t i = b; i < end; ++i) y[i] *= inv_count;
+    });
 }
 
 }  // namespace lc::cpu

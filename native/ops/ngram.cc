@@ -29,8 +29,10 @@ Napi::Value NgramEmbed(const Napi::CallbackInfo& info) {
     fail(Code::E_ARGUMENT, "ngramEmbed: 'y' overlaps 'base' without being the same tensor");
   const DType rt = rows.dtype, pt = proj.dtype;
   Stream& s = a.stream(0, d);
+  Tensor ws = empty_tensor(d, DType::F32, {d.is_cpu() ? cpu::ngram_workspace_floats(T, H) : 1});
   launch(
-      op, s, [=] { cpu::ngram_embed(T, H, E, D, base.ptr<float>(), rows.data(), rt, proj.data(), pt, y.ptr<float>()); },
+      op, s,
+      [=] { cpu::ngram_embed(T, H, E, D, base.ptr<float>(), rows.data(), rt, proj.data(), pt, y.ptr<float>(), ws.ptr<float>()); },
       LC_GPU(gpu::ngram_embed(T, H, E, D, base.ptr<float>(), rows.data(), rt, proj.data(), pt, y.ptr<float>(), stream)));
   return info.Env().Undefined();
 }
