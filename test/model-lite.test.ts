@@ -155,6 +155,22 @@ it('the reference ids (EOS-segmented shifts, BigInt) reproduce the SPEC-LITE vec
   expect([b[0]![5], b[4]![5], b[8]![5]]).toEqual([1572877, 6649401, 6501529]);
 });
 
+it('a chat session reusing its cache over turns (an EOS closes each finished assistant turn) equals a fresh session', async () => {
+  using model = await loadModel(bf16Dir, { backend: 'cpu', cacheDtype: 'f32', maxContext: 256 });
+  using chat = model.createSession();
+  const first = await chat.generate([{ role: 'user', content: 'Hello there' }], { maxTokens: 4 });
+  const turn2 = [
+    { role: 'user' as const, content: 'Hello there' },
+    { role: 'assistant' as const, content: first.text },
+    { role: 'user' as const, content: 'And then?' },
+  ];
+  const second = await chat.generate(turn2, { maxTokens: 6 });
+  expect(second.prefillTokens).toBeLessThan(second.promptTokens); // the first turn came from the cache
+  using fresh = model.createSession();
+  const again = await fresh.generate(turn2, { maxTokens: 6 });
+  expect(second.tokens).toEqual(again.tokens);
+});
+
 describe.each(backends)('LongCat-Flash-Lite on %s', device => {
   const backend = device === 'cpu' ? 'cpu' : 'cuda';
   const readLogits = (r: { logits: { dispose(): void } }) => {
