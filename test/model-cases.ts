@@ -7,7 +7,7 @@
 // and are left out) still compares against something independent. Used by scripts/gpu-check.mjs (the GPU machine has only node, dist/ and the addon: this
 // file is compiled into dist-test/ with the op-case table, tsconfig.cases.json) and by
 // test/cuda.test.ts. Imports only dist/ and core modules.
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { initRandom } from '../dist/init-random.js';
@@ -49,13 +49,16 @@ function argmax(v: ArrayLike<number>, off: number, n: number): number {
  * precision: the matmul precision both sides run at ('highest': fp32 products, tight tolerances).
  */
 // The checkpoints: name -> initRandom options (tiny-fp8-h128: 128-wide nope / v heads, so the
-// absorbed attention runs on kv_b codes with per-head block scales).
-export type ModelVariant = 'tiny' | 'tiny-fp8' | 'tiny-fp8-h128' | 'small';
+// absorbed attention runs on kv_b codes with per-head block scales; lite: LongCat-Flash-Lite's
+// layout, the N-gram embedding with its tables in host memory).
+export type ModelVariant = 'tiny' | 'tiny-fp8' | 'tiny-fp8-h128' | 'small' | 'lite' | 'lite-fp8';
 const VARIANTS: Record<ModelVariant, Omit<InitRandomOptions, 'out'>> = {
   tiny: { preset: 'tiny' },
   'tiny-fp8': { preset: 'tiny', fp8: true },
   'tiny-fp8-h128': { preset: 'tiny', fp8: true, overrides: { qk_nope_head_dim: 128, v_head_dim: 128 } },
   small: { preset: 'small' },
+  lite: { preset: 'lite' },
+  'lite-fp8': { preset: 'lite', fp8: true },
 };
 
 /** Logits of the float64 reference (SPEC, test/reference) over the checkpoint's own weights. */
@@ -71,7 +74,9 @@ async function referenceLogits(dir: string, tokens: number[]): Promise<Float64Ar
       }
       return { shape: t.shape, data: Float64Array.from(toArray(t)) };
     };
-    return referenceForward(ck.config as unknown as RefConfig, W, tokens).logits;
+    // config.json as written: the reference reads Lite's N-gram fields by their file names
+    const cfg = JSON.parse(readFileSync(path.join(dir, 'config.json'), 'utf8')) as RefConfig;
+    return referenceForward(cfg, W, tokens).logits;
   } finally {
     ck.close();
   }
@@ -86,7 +91,7 @@ export interface ModelCheck {
 export async function modelChecks({
   device,
   oracle = 'cpu',
-  presets = ['tiny', 'tiny-fp8', 'tiny-fp8-h128', 'small'],
+  presets = ['tiny', 'tiny-fp8', 'tiny-fp8-h128', 'small', 'lite', 'lite-fp8'],
   precision = 'highest',
   steps = 12,
 }: {
