@@ -4,7 +4,7 @@
 import { describe, expect, it } from 'vitest';
 import { ngramDims, type NgramConfig } from '../lib/config-ngram.js';
 import { ngramIds, ngramPowers, TokenHistory } from '../lib/model/ngram.js';
-import { activeParams, parseConfig, requiredTensors } from '../lib/config.js';
+import { activeParams, configToJson, parseConfig, requiredTensors } from '../lib/config.js';
 import { ConfigError } from '../lib/errors.js';
 import { rng as seeded } from './rng.js';
 
@@ -198,6 +198,14 @@ describe('the Lite config (SPEC-LITE 1, 2)', () => {
     // the architecture alone names the model type
     const { model_type: _, ...rest } = LITE;
     expect(parseConfig(rest).model_type).toBe('longcat_flash_ngram');
+  });
+
+  it('writes the N-gram fields back under their config.json names (configToJson round trip)', () => {
+    const c = parseConfig(LITE);
+    const j = configToJson(c);
+    expect(j).toMatchObject({ ngram_vocab_size_ratio: 78, emb_neighbor_num: 4, emb_split_num: 4, num_hidden_layers: 28 });
+    expect(j.ngram).toBeUndefined();
+    expect(parseConfig(j)).toEqual(c);
   });
 
   it('lists the 24 N-gram tensors (11,143 in all; never FP8)', () => {
