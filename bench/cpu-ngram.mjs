@@ -97,7 +97,7 @@ for (const T of tokenList) {
     embedGBs: embedBytes / embedMs / 1e6,
     totalPerTokenMs: (idsMs + gatherMs + embedMs) / T,
   });
-  for (const [a, b] of parts) a.dispose(), b.dispose();
+  for (const t of parts.flat()) t.dispose();
   for (const t of [idx, rows, rows3, base, y]) t.dispose();
 }
 const bwAfter = readBandwidth();
