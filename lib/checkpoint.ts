@@ -18,6 +18,7 @@ import { type SafetensorsDType, type SafetensorsHeader, readSafetensorsHeader } 
 import { checkContained, readRegularText } from './files.js';
 import type { DType, Tensor } from '../types/native.js';
 import type { MappedFile, MmapAdvice } from '../types/ops-mmap.js';
+import { AUXILIARY_FILE } from './config-ngram.js';
 
 export interface GenerationConfig {
   bos_token_id?: number;
@@ -210,6 +211,9 @@ export async function openCheckpoint(dir: string, opts: OpenCheckpointOptions = 
       weightMap.set(name, inside(f, indexFile));
     }
     files = [...new Set(weightMap.values())].sort();
+    // LongCat-Flash-Lite ships its MTP tensors in model-auxiliary.safetensors, outside the index (SPEC-LITE 2.2).
+    const aux = path.join(root, AUXILIARY_FILE);
+    if (!files.includes(aux) && (await stat(aux).catch(() => null))?.isFile()) files.push(aux);
     for (const f of files) await checkContained(root, realRoot, f, indexFile);
   } else {
     const single = path.join(root, 'model.safetensors');

@@ -24,7 +24,7 @@ commands:
            [--max-context N] [--prefill-chunk N]
   chat --model DIR                       interactive chat (Ctrl+C stops an answer; twice quits)
   inspect DIR                            config, tensors, bytes, active parameters per token
-  init-random --preset tiny|small|medium --out DIR [--fp8] [--mtp] [--seed S]
+  init-random --preset tiny|small|medium|lite --out DIR [--fp8] [--mtp] [--seed S]
                                          write a random LongCat-Flash checkpoint (original layout)
   info [--json]                          backends, devices, CPU features and build flags
 `;
@@ -286,6 +286,11 @@ async function inspect(args: string[]) {
     `RoPE:         theta ${c.rope_theta}${c.rope_scaling ? `, YaRN x${c.rope_scaling.factor}` : ''}, context ${c.max_position_embeddings}`,
   );
   console.log(`parameters:   ${formatCount(p.total)} total${p.mtp ? ` (+${formatCount(p.mtp)} MTP)` : ''}`);
+  if (c.ngram)
+    console.log(
+      `N-gram:       ${formatCount(p.ngramTables)} in ${c.ngram.splitNum * (c.ngram.neighborNum - 1)} tables (orders 2..${c.ngram.neighborNum}, ` +
+        `${c.ngram.splitNum} splits; looked up, kept in host memory) + ${formatCount(p.ngramProjections)} projections (active)`,
+    );
   console.log(
     `active/token: ${formatCount(p.activeMin)} (0 FFN experts) .. ${formatCount(p.activeMax)} (${Math.min(c.moe_topk, c.n_routed_experts)}), ${formatCount(p.activeExpected!)} at ${typical}`,
   );
@@ -304,8 +309,8 @@ async function initRandomCmd(args: string[]) {
   });
   if (!v.out) throw new UsageError('init-random: --out DIR is required');
   const preset = (v.preset ?? 'tiny') as Preset;
-  if (!['tiny', 'small', 'medium'].includes(preset))
-    throw new UsageError(`init-random: unknown preset '${preset}' (tiny, small or medium)`);
+  if (!['tiny', 'small', 'medium', 'lite'].includes(preset))
+    throw new UsageError(`init-random: unknown preset '${preset}' (tiny, small, medium or lite)`);
   const r = await initRandom({
     preset,
     out: v.out,

@@ -3,6 +3,14 @@
 import { ConfigError, showValue } from './errors.js';
 import { yarnGetMscale } from './rope.js';
 import type { SafetensorsDType } from './safetensors.js';
+import {
+  NGRAM_CONFIG_KEYS,
+  type NgramConfig,
+  ngramConfigToJson,
+  ngramParams,
+  ngramTensorShapes,
+  parseNgramConfig,
+} from './config-ngram.js';
 
 /**
  * YaRN RoPE scaling (Thinking-2601, Lite; SPEC 3.6) as parseConfig returns it, transformers' defaults
@@ -36,7 +44,7 @@ export interface QuantizationConfig {
 
 export interface LongcatConfig {
   architectures: string[];
-  model_type: 'longcat_flash';
+  model_type: 'longcat_flash' | 'longcat_flash_ngram';
   vocab_size: number;
   hidden_size: number;
   /** Logical layers; each has 2 attention + 2 dense MLP + 1 MoE. */
@@ -76,6 +84,8 @@ export interface LongcatConfig {
   quantization_config: QuantizationConfig | null;
   /** MTP (NextN) layers. The Chat config omits it (default 1); the tensors are optional either way. */
   num_nextn_predict_layers: number;
+  /** The N-gram embedding of LongCat-Flash-Lite (model_type longcat_flash_ngram), else null. */
+  ngram: NgramConfig | null;
   /** Fields of the file this type does not model, kept as read. */
   extra: Record<string, unknown>;
 }
@@ -148,6 +158,7 @@ const CONFIG_KEYS = new Set([
   'rope_scaling',
   'quantization_config',
   'num_nextn_predict_layers',
+  ...NGRAM_CONFIG_KEYS,
 ]);
 
 /**
@@ -275,19 +286,19 @@ export function parseConfig(json: unknown, file = 'config.json'): LongcatConfig 
   const r = new Reader(o, file);
 
   const architectures = r.stringList('architectures', []);
-  let model_type: 'longcat_flash';
+  let model_type: LongcatConfig['model_type'];
   if (o.model_type === undefined) {
-    if (!architectures.includes('LongcatFlashForCausalLM'))
-      configError(file, 'model_type', '"longcat_flash" (or absent with architectures ["LongcatFlashForCausalLM"])', undefined);
-    model_type = 'longcat_flash';
-  } else {
-    if (o.model_type === 'longcat_flash_ngram')
-      fieldError(
+    if (architectures.includes('LongcatFlashNgramForCausalLM')) model_type = 'longcat_flash_ngram';
+    else if (architectures.includes('LongcatFlashForCausalLM')) model_type = 'longcat_flash';
+    else
+      configError(
         file,
         'model_type',
-        'is "longcat_flash_ngram" (LongCat-Flash-Lite, N-gram embedding), which this engine does not support; expected "longcat_flash"',
+        '"longcat_flash" or "longcat_flash_ngram" (or absent with architectures ["LongcatFlashForCausalLM"] / ["LongcatFlashNgramForCausalLM"])',
+        undefined,
       );
-    model_type = r.oneOf('model_type', ['longcat_flash'] as const);
+  } else {
+    model_type = r.oneOf('model_type', ['longcat_flash', 'longcat_flash_ngram'] as const);
   }
 
   const hidden_size = r.posInt('hidden_size', undefined, CONFIG_LIMITS.hidden_size);
@@ -388,7 +399,9 @@ export function parseConfig(json: unknown, file = 'config.json'): LongcatConfig 
     if (!CONFIG_KEYS.has(k)) Object.defineProperty(extra, k, { value: v, enumerable: true, writable: true, configurable: true });
 
   const cfg: LongcatConfig = {
-    architectures: architectures.length ? architectures : ['LongcatFlashForCausalLM'],
+    architectures: architectures.length
+      ? architectures
+      : [model_type === 'longcat_flash_ngram' ? 'LongcatFlashNgramForCausalLM' : 'LongcatFlashForCausalLM'],
     model_type,
     vocab_size,
     hidden_size,
@@ -426,6 +439,7 @@ export function parseConfig(json: unknown, file = 'config.json'): LongcatConfig 
     rope_scaling,
     quantization_config,
     num_nextn_predict_layers: r.nonNegInt('num_nextn_predict_layers', 1),
+    ngram: parseNgramConfig(o, file, model_type, hidden_size, vocab_size, eosList as number[]),
     extra,
   };
   if (cfg.attention_bias)
@@ -445,8 +459,8 @@ export function parseConfig(json: unknown, file = 'config.json'): LongcatConfig 
 
 /** Serialises a config back to config.json form (the `extra` fields are merged back in). */
 export function configToJson(c: LongcatConfig): Record<string, unknown> {
-  const { extra, ...rest } = c;
-  const out: Record<string, unknown> = { ...extra, ...rest };
+  const { extra, ngram, ...rest } = c;
+  const out: Record<string, unknown> = { ...extra, ...rest, ...ngramConfigToJson(ngram) };
   if (out.pad_token_id === null) delete out.pad_token_id;
   if (out.rope_scaling === null) delete out.rope_scaling;
   if (out.quantization_config === null) delete out.quantization_config;
@@ -598,6 +612,9 @@ export function requiredTensors(c: LongcatConfig, opts: RequiredTensorsOptions =
     });
     for (let e = 0; e < c.n_routed_experts; e++) mlp(expertPrefix(L, e), c.expert_ffn_hidden_size);
   }
+  if (c.ngram)
+    for (const [name, t] of ngramTensorShapes(c.ngram, H, c.vocab_size))
+      m.set(name, { shape: t.shape, dtypes: ['BF16', 'F32'], role: t.role, quantized: false });
   float('model.norm.weight', [H], 'norm');
   if (!c.tie_word_embeddings) float('lm_head.weight', [c.vocab_size, H], 'embedding');
 
@@ -628,7 +645,11 @@ export interface ParamCounts {
   perExpert: number;
   /** Non-expert parameters of one logical layer (2 MLA, 2 dense MLP, router + bias, 4 norms). */
   nonExpertPerLayer: number;
-  /** Active per token with 0 FFN experts chosen: layers + final norm + lm_head, embedding excluded. */
+  /** Of total: the N-gram tables (Lite; looked up, not active) and their projections (active). */
+  ngramTables: number;
+  ngramProjections: number;
+  /** Active per token with 0 FFN experts chosen: layers + final norm + lm_head (+ the N-gram
+   *  projections), embedding rows excluded. */
   activeMin: number;
   /** Active per token with all moe_topk choices FFN experts. */
   activeMax: number;
@@ -656,9 +677,11 @@ export function activeParams(c: LongcatConfig, opts: { expectedFfnExperts?: numb
   const nonExpertPerLayer = 2 * mla + 2 * dense + router + 4 * H;
   const embedding = c.vocab_size * H;
   const lmHead = c.tie_word_embeddings ? 0 : c.vocab_size * H;
-  const total = embedding + c.num_layers * (nonExpertPerLayer + c.n_routed_experts * perExpert) + H + lmHead;
+  const ng = ngramParams(c.ngram, H, c.vocab_size);
+  const total =
+    embedding + c.num_layers * (nonExpertPerLayer + c.n_routed_experts * perExpert) + H + lmHead + ng.tables + ng.projections;
   const mtp = opts.mtp === false ? 0 : embedding + 2 * H + 2 * H * H + H + mla + H + dense + H;
-  const activeMin = c.num_layers * nonExpertPerLayer + H + c.vocab_size * H;
+  const activeMin = c.num_layers * nonExpertPerLayer + H + c.vocab_size * H + ng.projections;
   const activePerFfnExpert = c.num_layers * perExpert;
   const activeMax = activeMin + Math.min(c.moe_topk, c.n_routed_experts) * activePerFfnExpert;
   const r: ParamCounts = {
@@ -666,6 +689,8 @@ export function activeParams(c: LongcatConfig, opts: { expectedFfnExperts?: numb
     mtp,
     embedding,
     lmHead,
+    ngramTables: ng.tables,
+    ngramProjections: ng.projections,
     perExpert,
     nonExpertPerLayer,
     activeMin,

@@ -185,5 +185,6 @@ import type { MoeOps } from './ops-moe.js';
 import type { MmapOps } from './ops-mmap.js';
 import type { GatherOps } from './ops-gather.js';
 import type { EpOps } from './ops-ep.js';
+import type { NgramOps } from './ops-ngram.js';
 
-export interface Native extends CoreApi, LinearOps, SmallOps, AttentionOps, MoeOps, MmapOps, GatherOps, EpOps {}
+export interface Native extends CoreApi, LinearOps, SmallOps, AttentionOps, MoeOps, MmapOps, GatherOps, EpOps, NgramOps {}

@@ -112,8 +112,9 @@ export async function loadCheckpointModel(dir: string, opts: LoadModelOptions = 
   try {
     const dims = modelDims(checkpoint.config);
     if (ranks > 1) expertsPerRank(ranks, dims.nRouted); // a typed error before any weight is read
+    // What the upload copies: neither the MTP module nor the N-gram tables (read from host memory).
     const totalBytes = [...checkpoint.tensors.values()]
-      .filter(t => !t.name.startsWith('model.mtp.'))
+      .filter(t => !t.name.startsWith('model.mtp.') && !t.name.startsWith('model.ngram_embeddings.embedders.'))
       .reduce((a, t) => a + t.nbytes, 0);
     const weights = loadWeights(checkpoint, dims, device, {
       onProgress: opts.onProgress,

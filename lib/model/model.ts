@@ -14,6 +14,7 @@ import { forward } from './longcat-flash.js';
 import { Arena, type Batch, type Step, type ExpertsFn, localExperts } from './step.js';
 import { ExpertParallelGroup } from '../parallel/expert-parallel.js';
 import { ShardedExperts } from '../parallel/placement.js';
+import { TokenHistory, ngramIds, ngramPowers } from './ngram.js';
 
 export interface ModelOptions {
   device: string;
@@ -69,6 +70,10 @@ export class LongcatModel {
     number,
     { graph: Graph; inputs: Tensor; batch: Batch; out: ForwardResult; host: Int32Array }
   >();
+  /** N-gram models: vocab^k modulo each table size (SPEC-LITE 3.1). */
+  private readonly ngramPowers: number[][] | null;
+  /** N-gram models: each sequence's raw token ids by position (rolled back with its KV pages). */
+  private readonly histories = new WeakMap<SequenceCache, TokenHistory>();
   private disposed = false;
   private readonly verifyWeights: (() => void) | undefined;
 
@@ -127,6 +132,7 @@ export class LongcatModel {
     this.ep = ranks > 1 ? new ExpertParallelGroup(opts.rankDevices ?? Array(ranks).fill(this.device), this.device) : null;
     this.experts = this.ep ? this.ep.experts : localExperts;
     this.verifyWeights = opts.verifyWeights;
+    this.ngramPowers = dims.ngram ? ngramPowers(dims.ngram) : null;
   }
 
   /** The expert-parallel group when expert parallelism is on (tests inject faults through it). */
@@ -219,13 +225,27 @@ export class LongcatModel {
       }
       lastRow[b] = r - 1;
     }
+    const inputs = new Arena(this.device);
+    const ngramHost = this.ngramRows(seqs, tokens, pastLens);
+    if (ngramHost) inputs.keep(ngramHost);
     if (mode === 'decode' && !opts.allLogits && this.useGraphs) {
       const bt = batchTables(seqs, this.maxBlocks);
-      return this.replayDecode({ ids, positions, slots, blockTable: bt.table, seqLens: bt.seqLens }, !!opts.collectRouting);
+      try {
+        return this.replayDecode(
+          { ids, positions, slots, blockTable: bt.table, seqLens: bt.seqLens, ngramRows: ngramHost },
+          !!opts.collectRouting,
+        );
+      } finally {
+        inputs.dispose();
+      }
     }
 
-    const inputs = new Arena(this.device);
     const batch: Batch = { mode, T, ids: inputs.ints(ids), positions: inputs.ints(positions), slots: inputs.ints(slots) };
+    if (ngramHost) {
+      const nd = this.dims.ngram!;
+      const rows = this.device === 'cpu' ? ngramHost : inputs.keep(ngramHost.to(this.device));
+      batch.ngramRows = inputs.keep(rows.view([nd.tables, T, nd.dim]));
+    }
     if (mode === 'decode') {
       const bt = batchTables(seqs);
       batch.blockTable = inputs.ints(bt.table, [seqs.length, bt.maxBlocks]);
@@ -247,6 +267,45 @@ export class LongcatModel {
     const result = this.run(batch, !!opts.collectRouting);
     inputs.dispose();
     return result;
+  }
+
+  /**
+   * N-gram models: the rows of every table for the step's tokens, [E * T, D] in host memory (table
+   * e's rows at e * T..), gathered from the mapped tables; the ids come from each sequence's last
+   * N - 1 raw tokens before its new ones, which are recorded at their positions. Null otherwise.
+   */
+  private ngramRows(seqs: SequenceCache[], tokens: number[][], pastLens: number[]): Tensor | null {
+    const nd = this.dims.ngram,
+      w = this.w.ngram;
+    if (!nd || !w) return null;
+    const T = tokens.reduce((a, t) => a + t.length, 0),
+      E = nd.tables;
+    const ids = new Int32Array(E * T);
+    let at = 0;
+    for (const [b, seq] of seqs.entries()) {
+      let hist = this.histories.get(seq);
+      if (!hist) {
+        hist = new TokenHistory();
+        this.histories.set(seq, hist);
+      }
+      const list = tokens[b]!,
+        n = list.length;
+      const local = ngramIds(nd, this.ngramPowers!, hist.context(pastLens[b]!, nd.context), list);
+      for (let e = 0; e < E; e++) ids.set(local.subarray(e * n, (e + 1) * n), e * T + at);
+      hist.record(pastLens[b]!, list);
+      at += n;
+    }
+    const rows = empty([E * T, nd.dim], { dtype: w.tables[0]!.dtype, device: 'cpu' });
+    const idx = tensor(ids, [E * T], { dtype: 'int32', device: 'cpu' });
+    for (let e = 0; e < E; e++) {
+      const part = rows.narrow(e * T, T),
+        pick = idx.narrow(e * T, T);
+      native.gatherRows(null, part, w.tables[e]!, pick); // the queued gather keeps its tensors alive
+      part.dispose();
+      pick.dispose();
+    }
+    idx.dispose();
+    return rows;
   }
 
   /** Queues the whole forward pass for the batch described by `b`. */
@@ -273,7 +332,14 @@ export class LongcatModel {
    * (DESIGN rule 5: no per-op crossing into native code on the hot path).
    */
   private replayDecode(
-    host: { ids: Int32Array; positions: Int32Array; slots: Int32Array; blockTable: Int32Array; seqLens: Int32Array },
+    host: {
+      ids: Int32Array;
+      positions: Int32Array;
+      slots: Int32Array;
+      blockTable: Int32Array;
+      seqLens: Int32Array;
+      ngramRows: Tensor | null;
+    },
     collectRouting: boolean,
   ): ForwardResult {
     const B = host.ids.length;
@@ -294,6 +360,9 @@ export class LongcatModel {
       const table = part(4 * B, tableLen);
       batch.blockTable = table.view([B, this.maxBlocks]);
       table.dispose();
+      const nd = this.dims.ngram;
+      if (nd && host.ngramRows)
+        batch.ngramRows = empty([nd.tables, B, nd.dim], { dtype: host.ngramRows.dtype, device: this.device });
       let out: ForwardResult | null = null;
       const streams = [
         ...(this.moeStream === this.main ? [this.main] : [this.main, this.moeStream]),
@@ -312,6 +381,7 @@ export class LongcatModel {
     buf.set(host.seqLens, 3 * B);
     buf.set(host.blockTable, 4 * B);
     g.inputs.copyFromBytes(buf);
+    if (host.ngramRows) g.batch.ngramRows!.copyFromBytes(host.ngramRows.toBytes());
     g.graph.replay();
     // Fresh handles over the graph's buffers: the caller disposes them, the graph keeps the memory.
     return { logits: out.logits.view(out.logits.shape), nFfn: collectRouting ? out.nFfn.map(t => t.view(t.shape)) : [] };
@@ -329,6 +399,7 @@ export class LongcatModel {
       const b = g.batch;
       for (const t of [g.inputs, b.ids, b.positions, b.slots, b.blockTable!, b.seqLens!, g.out.logits, ...g.out.nFfn])
         t.dispose();
+      b.ngramRows?.dispose();
     }
     this.decodeGraphs.clear();
     for (const t of [...this.caches, this.invFreq, ...this.w.owned]) t.dispose();
