@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "../../cuda/kernels.h"
+#include "check.h"
 #include "common.h"
 #include "cpu/linear.h"
 #include "cpu/numeric.h"
@@ -123,13 +124,8 @@ void wgmma_each_device_case() {
       std::vector<float> y(want.size());
       s.synchronize();
       cuda::memcpy_d2h(dev, y.data(), dy->ptr, y.size() * 4);
-      double worst = 0, scale = 1e-30;
-      for (size_t i = 0; i < y.size(); ++i) {
-        const double e = std::fabs(y[i] - want[i]);
-        worst = std::isnan(e) ? INFINITY : std::max(worst, e);
-        scale = std::max(scale, std::fabs(want[i]));
-      }
-      expect(used && worst / scale <= 1e-5, what + " (relative error " + std::to_string(worst / scale) + ")");
+      const double err = lc::harness::max_rel_error(y, want);
+      expect(used && err <= 1e-5, what + " (relative error " + std::to_string(err) + ")");
     } catch (const Error& e) {
       expect(false, what + ": " + e.what());
     }

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "../../cuda/mla_cache.h"
+#include "check.h"
 #include "../../cuda/kernels.h"
 #include "../../cuda/mla.h"
 #include "../../cuda/moe.h"
@@ -55,15 +56,10 @@ std::vector<T> poison(size_t n) {
 
 // max |got - want| / max |want| (NaN -> infinity), against `tol`
 void expect_close(const std::vector<float>& got, const std::vector<float>& want, double tol, const std::string& what) {
-  double scale = 1e-30, worst = 0;
-  for (float w : want) scale = std::max(scale, static_cast<double>(std::fabs(w)));
-  for (size_t i = 0; i < want.size(); ++i) {
-    const double e = std::fabs(static_cast<double>(got[i]) - want[i]);
-    worst = std::isnan(e) ? INFINITY : std::max(worst, e);
-  }
-  const bool ok = worst / scale <= tol;
+  const double err = lc::harness::max_rel_error(got, want);
+  const bool ok = err <= tol;
   ok ? ++g_passed : ++g_failed;
-  if (!ok) std::printf("FAIL %s: max relative error %.3g > %.3g\n", what.c_str(), worst / scale, tol);
+  if (!ok) std::printf("FAIL %s: max relative error %.3g > %.3g\n", what.c_str(), err, tol);
 }
 template <class T>
 void expect_equal(const std::vector<T>& got, const std::vector<T>& want, const std::string& what) {

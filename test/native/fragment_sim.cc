@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "../../cuda/include/fragments.h"
+#include "check.h"
 #include "cpu/numeric.h"
 
 namespace lc::sim {
@@ -276,14 +277,13 @@ void sim_mla_decode(Report& rep) {
   std::vector<double> S(kHeads * kTok);
   for (int i = 0; i < kHeads * kTok; ++i)
     S[i] = (Sq[i] + Sq[kHeads * kTok + i]) + (Sq[2 * kHeads * kTok + i] + Sq[3 * kHeads * kTok + i]);
-  double worst = 0;
-  for (int h = 0; h < kHeads; ++h)
-    for (int t = 0; t < kTok; ++t) {
-      double want = 0;
-      for (int c = 0; c < kRow; ++c) want += q(h, c) * k(t, c);
-      const double got = S[h * kTok + t];
-      worst = std::isnan(got) ? INFINITY : std::max(worst, std::fabs(got - want) / (1 + std::fabs(want)));
-    }
+  double worst = lc::harness::max_elem_error(
+      kHeads, kTok, [&](int h, int t) { return S[h * kTok + t]; },
+      [&](int h, int t) {
+        double want = 0;
+        for (int c = 0; c < kRow; ++c) want += q(h, c) * k(t, c);
+        return want;
+      });
   rep.check(worst < 1e-9, "mla_decode_tc S = Q K^T (worst " + std::to_string(worst) + ")");
 
   std::vector<double> O(kHeads * kDL, NAN);
@@ -312,14 +312,13 @@ void sim_mla_decode(Report& rep) {
           for (int r = 0; r < 4; ++r)
             O[(16 * mi + frag::c_row(l, r)) * kDL + frag::dec_o_col(warp, nj, l, r)] = acc[mi * 8 + nj][l][r];
   }
-  worst = 0;
-  for (int h = 0; h < kHeads; ++h)
-    for (int c = 0; c < kDL; ++c) {
-      double want = 0;
-      for (int t = 0; t < kTok; ++t) want += p(h, t) * k(t, c);
-      const double got = O[h * kDL + c];
-      worst = std::isnan(got) ? INFINITY : std::max(worst, std::fabs(got - want) / (1 + std::fabs(want)));
-    }
+  worst = lc::harness::max_elem_error(
+      kHeads, kDL, [&](int h, int c) { return O[h * kDL + c]; },
+      [&](int h, int c) {
+        double want = 0;
+        for (int t = 0; t < kTok; ++t) want += p(h, t) * k(t, c);
+        return want;
+      });
   rep.check(worst < 1e-9, "mla_decode_tc O = P V (ldmatrix.trans) (worst " + std::to_string(worst) + ")");
 }
 
