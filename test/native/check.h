@@ -1,9 +1,13 @@
 // What the C++ harnesses of test/native share: the relative-error measures their comparisons of
-// a kernel's output against a reference use.
+// a kernel's output against a reference use, and the shapes of the MLA decode cases.
 #pragma once
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "cpu/mla.h"
 
 namespace lc::harness {
 
@@ -31,6 +35,31 @@ double max_elem_error(int rows, int cols, const Got& got, const Want& want) {
       worst = std::isnan(g) ? INFINITY : std::max(worst, std::fabs(g - w) / (1 + std::fabs(w)));
     }
   return worst;
+}
+
+// max_elem_error against the float64 product sum over i < inner of a(r, i) * b(i, c).
+template <class Got, class A, class B>
+double max_product_error(int rows, int cols, int inner, const Got& got, const A& a, const B& b) {
+  return max_elem_error(rows, cols, got, [&](int r, int c) {
+    double want = 0;
+    for (int i = 0; i < inner; ++i) want += a(r, i) * b(i, c);
+    return want;
+  });
+}
+
+// The MLA dims of the absorbed-decode cases: nh heads, latent width dl, rope width dr (dn 7 and
+// dv 5, odd on purpose: decode reads neither beyond q's rope offset).
+inline cpu::MlaDims decode_dims(int64_t nh, int64_t dl, int64_t dr) {
+  cpu::MlaDims d;
+  d.nh = nh, d.dn = 7, d.dr = dr, d.dv = 5, d.dl = dl;
+  return d;
+}
+
+// The most cache blocks of bs rows a sequence of `lens` needs (at least 1).
+inline int64_t max_blocks(const std::vector<int32_t>& lens, int64_t bs) {
+  int64_t mb = 1;
+  for (int32_t l : lens) mb = std::max<int64_t>(mb, (l + bs - 1) / bs);
+  return mb;
 }
 
 }  // namespace lc::harness

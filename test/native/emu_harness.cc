@@ -347,11 +347,8 @@ void moe_case(int64_t t, int64_t h, int64_t inter, int64_t nr, int64_t nz, int64
 void mla_decode_case(int64_t nh, int64_t dl, int64_t dr, int64_t bs, std::vector<int32_t> lens, MatmulPrecision p,
                      int64_t splits = 0) {
   cpu::set_matmul_precision(p);
-  cpu::MlaDims d;
-  d.nh = nh, d.dn = 7, d.dr = dr, d.dv = 5, d.dl = dl;
-  const int64_t B = static_cast<int64_t>(lens.size()), row = dl + dr;
-  int64_t mb = 1;
-  for (int32_t l : lens) mb = std::max<int64_t>(mb, (l + bs - 1) / bs);
+  const cpu::MlaDims d = lc::harness::decode_dims(nh, dl, dr);
+  const int64_t B = static_cast<int64_t>(lens.size()), row = dl + dr, mb = lc::harness::max_blocks(lens, bs);
   const int64_t nb = B * mb + 2;
   std::vector<int32_t> perm(nb);
   for (int64_t i = 0; i < nb; ++i) perm[i] = static_cast<int32_t>(i);

@@ -41,11 +41,8 @@ void expect_close(const std::vector<float>& got, const std::vector<float>& want,
 // softmax states runs in every tile).
 void decode_case(int64_t nh, int64_t dl, int64_t dr, int64_t bs, std::vector<int32_t> lens, bool bf16, MatmulPrecision p) {
   cpu::set_matmul_precision(p);
-  cpu::MlaDims d;
-  d.nh = nh, d.dn = 7, d.dr = dr, d.dv = 5, d.dl = dl;
-  const int64_t B = static_cast<int64_t>(lens.size()), row = dl + dr;
-  int64_t mb = 1;
-  for (int32_t l : lens) mb = std::max<int64_t>(mb, (l + bs - 1) / bs);
+  const cpu::MlaDims d = lc::harness::decode_dims(nh, dl, dr);
+  const int64_t B = static_cast<int64_t>(lens.size()), row = dl + dr, mb = lc::harness::max_blocks(lens, bs);
   const int64_t nb = B * mb;
   std::vector<int32_t> bt(B * mb);
   for (int64_t i = 0; i < B * mb; ++i) bt[i] = static_cast<int32_t>(B * mb - 1 - i);
