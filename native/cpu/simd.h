@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <limits>
 
 // The feature sets of Isa::Avx2 and Isa::Avx512 (features.cc checks exactly these).
 #define LC_ISA_AVX2 "avx2,fma,f16c"
@@ -220,6 +221,26 @@ struct Avx2 {
     return any != 0;
   }
 
+  // Arg-max lanes: where v > best (ordered), best = v and index = at; at then moves kLanes on.
+  LC_TARGET_AVX2 static void argmax_step(F v, F& best, I& index, I& at) {
+    const __m256 gt = _mm256_cmp_ps(v, best, _CMP_GT_OQ);
+    best = _mm256_blendv_ps(best, v, gt);
+    index = _mm256_blendv_epi8(index, at, _mm256_castps_si256(gt));
+    at = _mm256_add_epi32(at, _mm256_set1_epi32(kLanes));
+  }
+  LC_TARGET_AVX2 static I lane_index() { return _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7); }
+  // The smallest index among the lanes whose best equals m.
+  LC_TARGET_AVX2 static int32_t min_index_where(F best, I index, float m) {
+    alignas(32) float bv[8];
+    alignas(32) int32_t bi[8];
+    _mm256_store_ps(bv, best);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(bi), index);
+    int32_t r = std::numeric_limits<int32_t>::max();
+    for (int l = 0; l < 8; ++l)
+      if (bv[l] == m && bi[l] < r) r = bi[l];
+    return r;
+  }
+
   LC_TARGET_AVX2 static I iadd64(I a, I b) { return _mm256_add_epi64(a, b); }
   LC_TARGET_AVX2 static uint64_t ireduce_add64(I a) {
     uint64_t l[4];
@@ -357,6 +378,19 @@ struct Avx512 {
         return true;
     }
     return false;
+  }
+
+  // Arg-max lanes: where v > best (ordered), best = v and index = at; at then moves kLanes on.
+  LC_TARGET_AVX512 static void argmax_step(F v, F& best, I& index, I& at) {
+    const __mmask16 gt = _mm512_cmp_ps_mask(v, best, _CMP_GT_OQ);
+    best = _mm512_mask_mov_ps(best, gt, v);
+    index = _mm512_mask_mov_epi32(index, gt, at);
+    at = _mm512_add_epi32(at, _mm512_set1_epi32(kLanes));
+  }
+  LC_TARGET_AVX512 static I lane_index() { return _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15); }
+  // The smallest index among the lanes whose best equals m.
+  LC_TARGET_AVX512 static int32_t min_index_where(F best, I index, float m) {
+    return _mm512_mask_reduce_min_epi32(_mm512_cmp_ps_mask(best, _mm512_set1_ps(m), _CMP_EQ_OQ), index);
   }
 
   LC_TARGET_AVX512 static I iadd64(I a, I b) { return _mm512_add_epi64(a, b); }
