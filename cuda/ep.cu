@@ -9,6 +9,7 @@
 
 #include "include/common.cuh"
 #include "ep.h"
+#include "../native/cpu/zero_experts.h"
 
 namespace lc::gpu {
 
@@ -104,24 +105,8 @@ __global__ void ep_combine_kernel(int64_t t, int64_t k, int64_t h, const float* 
   }
   for (int64_t i = blockIdx.x; i < t; i += gridDim.x) {
     // The zero-expert weight in ascending (expert id, slot) order, as cpu::moe sums it.
-    const int32_t* ix = idx + i * k;
-    const float* wi = w + i * k;
-    float z = 0;
-    bool any = false;
-    int64_t prev_e = -1, prev_j = -1;
-    for (;;) {
-      int64_t bj = -1;
-      for (int64_t j = 0; j < k; ++j) {
-        const int64_t e = ix[j];
-        if (e < n_routed || e >= n_experts || e < prev_e || (e == prev_e && j <= prev_j)) continue;
-        if (bj < 0 || e < ix[bj]) bj = j;
-      }
-      if (bj < 0) break;
-      z += wi[bj];
-      any = true;
-      prev_e = ix[bj];
-      prev_j = bj;
-    }
+    float z;
+    const bool any = cpu::zero_expert_weight(idx + i * k, w + i * k, k, n_routed, n_experts, &z);
     for (int64_t c = threadIdx.x; c < h; c += blockDim.x) {
       float o = 0.0f;
       for (int64_t d = 0; d < ranks; ++d) {

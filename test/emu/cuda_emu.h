@@ -475,29 +475,27 @@ inline void select(int f) {
   t_lane = f % 32, t_warp = f / 32;
 }
 
-inline void resume(int f) {
-  select(f);
-  Fiber& fb = (*g_fibers)[f];
-#ifdef LC_EMU_TSAN
-  if (!fb.started) {
-    fb.started = true;
-    getcontext(&fb.uc);
-    fb.uc.uc_stack.ss_sp = fb.stack;
-    fb.uc.uc_stack.ss_size = kStack;
-    fb.uc.uc_link = nullptr;
-    makecontext(&fb.uc, fiber_entry, 0);
-  }
-  __tsan_switch_to_fiber(fb.tsan, __tsan_switch_to_fiber_no_sync);
-  swapcontext(&g_sched_uc, &fb.uc);
-#else
-  if (_setjmp(g_sched_env)) return;
-  if (fb.started) _longjmp(fb.env, 1);
+// A fiber's first start: a context that runs fiber_entry on the fiber's own stack.
+inline void make_fiber_context(Fiber& fb) {
   fb.started = true;
   getcontext(&fb.uc);
   fb.uc.uc_stack.ss_sp = fb.stack;
   fb.uc.uc_stack.ss_size = kStack;
   fb.uc.uc_link = nullptr;
   makecontext(&fb.uc, fiber_entry, 0);
+}
+
+inline void resume(int f) {
+  select(f);
+  Fiber& fb = (*g_fibers)[f];
+#ifdef LC_EMU_TSAN
+  if (!fb.started) make_fiber_context(fb);
+  __tsan_switch_to_fiber(fb.tsan, __tsan_switch_to_fiber_no_sync);
+  swapcontext(&g_sched_uc, &fb.uc);
+#else
+  if (_setjmp(g_sched_env)) return;
+  if (fb.started) _longjmp(fb.env, 1);
+  make_fiber_context(fb);
   swapcontext(&g_sched_uc, &fb.uc);
 #endif
 }

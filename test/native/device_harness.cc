@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <random>
 #include <string>
@@ -16,6 +17,7 @@
 
 #include "../../cuda/ep.h"
 #include "../../cuda/kernels.h"
+#include "check.h"
 #include "common.h"
 #include "cpu/ep.h"
 #include "cpu/linear.h"
@@ -49,47 +51,50 @@ std::vector<uint8_t> read_back(Device d, const Storage& s, size_t n) {
   return v;
 }
 
-// One stream: a copy reading block A is queued, A is freed (cached unfenced: the stream orders its
-// reuse), then a second stream appears and is handed A, which it overwrites at once. The copy must
-// still read A's old bytes.
-void new_stream_case() {
-  const Device d{Device::CUDA, 0};
+// The shared steps of the cases below: block A holds a pattern and a copy of A is queued on
+// `reader`; before_free() runs, A is freed, and the stream writer() returns is handed the next block
+// of A's size (A itself, which it overwrites at once). The queued copy must still read A's old bytes.
+void freed_while_read_case(const std::string& what, const Device& d, uint8_t seed, std::unique_ptr<Stream>& reader,
+                           const std::function<void()>& before_free, const std::function<Stream&()>& writer) {
   Pool& pool = device_pool(d);
-  auto s1 = std::make_unique<Stream>(d);
-  const auto want = pattern(kBytes, 3);
+  const auto want = pattern(kBytes, seed);
   auto a = pool.alloc(kBytes);
   void* const a_ptr = a->ptr;
   cuda::memcpy_h2d(d.index, a->ptr, want.data(), kBytes);
   auto dst = pool.alloc(kBytes * 2);
-  cuda::memcpy_d2d(d.index, dst->ptr, a->ptr, kBytes, s1->cuda_handle());  // queued on s1
+  cuda::memcpy_d2d(d.index, dst->ptr, a->ptr, kBytes, reader->cuda_handle());
+  before_free();
   a.reset();
-  auto s2 = std::make_unique<Stream>(d);
+  Stream& w = writer();
   auto b = pool.alloc(kBytes);
-  expect(b->ptr == a_ptr, "new stream: the freed block is reused (the case tests what it means to)");
-  cuda::memset_async(d.index, b->ptr, 0, kBytes, s2->cuda_handle());
-  s2->synchronize();
-  expect(read_back(d, *dst, kBytes) == want, "new stream: work queued on the first stream reads the block's old bytes");
+  expect(b->ptr == a_ptr, what + ": the freed block is reused (the case tests what it means to)");
+  cuda::memset_async(d.index, b->ptr, 0, kBytes, w.cuda_handle());
+  w.synchronize();
+  expect(read_back(d, *dst, kBytes) == want, what + ": the queued work reads the block's old bytes");
+}
+
+// One stream: a copy reading block A is queued, A is freed (cached unfenced: the stream orders its
+// reuse), then a second stream appears and is handed A.
+void new_stream_case() {
+  const Device d{Device::CUDA, 0};
+  auto s1 = std::make_unique<Stream>(d);
+  std::unique_ptr<Stream> s2;
+  freed_while_read_case(
+      "new stream", d, 3, s1, [] {},
+      [&]() -> Stream& {
+        s2 = std::make_unique<Stream>(d);
+        return *s2;
+      });
 }
 
 // Two streams: a copy reading block A is queued on one, which is destroyed with it in flight; A is
-// freed while one stream is left (cached unfenced) and that stream overwrites it at once.
+// freed while one stream is left (cached unfenced) and that stream overwrites it.
 void destroyed_stream_case() {
   const Device d{Device::CUDA, 1};
-  Pool& pool = device_pool(d);
   auto keep = std::make_unique<Stream>(d), gone = std::make_unique<Stream>(d);
-  const auto want = pattern(kBytes, 11);
-  auto a = pool.alloc(kBytes);
-  void* const a_ptr = a->ptr;
-  cuda::memcpy_h2d(d.index, a->ptr, want.data(), kBytes);
-  auto dst = pool.alloc(kBytes * 2);
-  cuda::memcpy_d2d(d.index, dst->ptr, a->ptr, kBytes, gone->cuda_handle());
-  gone.reset();  // cudaStreamDestroy returns at once; the copy still runs later
-  a.reset();
-  auto b = pool.alloc(kBytes);
-  expect(b->ptr == a_ptr, "destroyed stream: the freed block is reused");
-  cuda::memset_async(d.index, b->ptr, 0, kBytes, keep->cuda_handle());
-  keep->synchronize();
-  expect(read_back(d, *dst, kBytes) == want, "destroyed stream: its queued work reads the block's old bytes");
+  freed_while_read_case(
+      "destroyed stream", d, 11, gone, [&] { gone.reset(); },  // cudaStreamDestroy returns at once; the copy runs later
+      [&]() -> Stream& { return *keep; });
 }
 
 // The wgmma GEMM (dynamic shared memory past 48 KB: an opt-in per device and kernel) on each device.
@@ -126,13 +131,8 @@ void wgmma_each_device_case() {
       std::vector<float> y(want.size());
       s.synchronize();
       cuda::memcpy_d2h(dev, y.data(), dy->ptr, y.size() * 4);
-      double worst = 0, scale = 1e-30;
-      for (size_t i = 0; i < y.size(); ++i) {
-        const double e = std::fabs(y[i] - want[i]);
-        worst = std::isnan(e) ? INFINITY : std::max(worst, e);
-        scale = std::max(scale, std::fabs(want[i]));
-      }
-      expect(used && worst / scale <= 1e-5, what + " (relative error " + std::to_string(worst / scale) + ")");
+      const double err = lc::harness::max_rel_error(y, want);
+      expect(used && err <= 1e-5, what + " (relative error " + std::to_string(err) + ")");
     } catch (const Error& e) {
       expect(false, what + ": " + e.what());
     }
