@@ -81,6 +81,7 @@ class StreamWrap : public Napi::ObjectWrap<StreamWrap> {
  private:
   Napi::Value DeviceName(const Napi::CallbackInfo&);
   Napi::Value Synchronize(const Napi::CallbackInfo&);
+  Napi::Value SynchronizeAsync(const Napi::CallbackInfo&);
   Napi::Value WaitEvent(const Napi::CallbackInfo&);
   Napi::Value Dispose(const Napi::CallbackInfo&);
   Stream* s_ = nullptr;
@@ -123,6 +124,12 @@ AddonData& addon_data(Napi::Env env);
 
 // Converts the C++ exception in flight into the JS exception the SDK expects.
 [[noreturn]] void rethrow_as_js(Napi::Env env);
+
+// A promise that resolves once `fence` was waited for off the JS thread (on a libuv worker) and
+// then `then` ran on the JS thread (e.g. raising errors kept by CPU streams); rejected with a
+// LongcatError when either throws. `keep` (e.g. the Stream object) stays referenced until then.
+// (js_async.cc)
+Napi::Value await_fence(Napi::Env env, std::unique_ptr<Fence> fence, std::function<void()> then, Napi::Value keep);
 
 // The device named by info[i] ('cpu', 'cuda:N'); the CPU when it is null or undefined.
 Device device_arg(const Napi::CallbackInfo& info, size_t i);

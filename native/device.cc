@@ -292,6 +292,28 @@ Stream& default_stream(Device d) {
   return *slot;
 }
 
+namespace {
+std::mutex g_peer_m;
+std::set<std::pair<int, int>> g_peer_enabled;  // (from, to) CUDA device indices
+}  // namespace
+
+void enable_peer_access(Device from, Device to) {
+  if (from.is_cpu() || to.is_cpu())
+    fail(Code::E_DEVICE, "peer access is between CUDA devices, not %s and %s", from.str().c_str(), to.str().c_str());
+  if (from == to) return;
+  std::lock_guard<std::mutex> lk(g_peer_m);
+  if (g_peer_enabled.count({from.index, to.index})) return;
+  cuda::enable_peer_access(from.index, to.index);
+  g_peer_enabled.insert({from.index, to.index});
+}
+
+bool peer_access_enabled(Device from, Device to) {
+  if (from == to) return true;
+  if (from.is_cpu() || to.is_cpu()) return false;
+  std::lock_guard<std::mutex> lk(g_peer_m);
+  return g_peer_enabled.count({from.index, to.index}) > 0;
+}
+
 void device_synchronize(Device d) {
   if (!d.is_cpu()) {
     cuda::device_synchronize(d.index);
@@ -305,6 +327,51 @@ void device_synchronize(Device d) {
   // Synchronizing a stream that is destroyed meanwhile is impossible: streams are destroyed
   // only on the JS thread, which is the thread running this.
   for (Stream* s : streams) s->synchronize();
+}
+
+void device_raise_errors(Device d) {
+  if (!d.is_cpu()) return;
+  std::vector<Stream*> streams;
+  {
+    std::lock_guard<std::mutex> lk(registry().m);
+    streams.assign(registry().cpu_streams.begin(), registry().cpu_streams.end());
+  }
+  for (Stream* s : streams) s->raise_error();  // (JS thread, as in device_synchronize)
+}
+
+std::unique_ptr<Fence> Fence::of_stream(Stream& s) {
+  if (s.capturing()) fail(Code::E_ARGUMENT, "synchronizeAsync() on a stream that is being captured into a graph");
+  std::unique_ptr<Fence> f(new Fence(s.device()));
+  f->events_.push_back(std::make_unique<Event>(s.device()));
+  f->events_.back()->record(s);
+  return f;
+}
+
+std::unique_ptr<Fence> Fence::of_device(Device d) {
+  std::unique_ptr<Fence> f(new Fence(d));
+  if (!d.is_cpu()) {
+    f->whole_device_ = true;
+    return f;
+  }
+  std::vector<Stream*> streams;
+  {
+    std::lock_guard<std::mutex> lk(registry().m);
+    streams.assign(registry().cpu_streams.begin(), registry().cpu_streams.end());
+  }
+  for (Stream* s : streams) {
+    if (s->capturing()) fail(Code::E_ARGUMENT, "synchronizeAsync(%s): a stream is being captured into a graph", d.str().c_str());
+    f->events_.push_back(std::make_unique<Event>(d));
+    f->events_.back()->record(*s);
+  }
+  return f;
+}
+
+void Fence::wait() {
+  if (whole_device_) {
+    cuda::device_synchronize(device_.index);
+    return;
+  }
+  for (auto& e : events_) e->synchronize();
 }
 
 // ---- streams ----------------------------------------------------------------------------
@@ -410,6 +477,14 @@ void Stream::synchronize() {
   }
 }
 
+void Stream::raise_error() {
+  std::lock_guard<std::mutex> lk(m_);
+  if (error_.empty()) return;
+  std::string e;
+  e.swap(error_);
+  throw Error(error_code_, e);
+}
+
 // ---- events -----------------------------------------------------------------------------
 
 Event::Event(Device d) : device_(d) {
@@ -443,6 +518,10 @@ void Event::record(Stream& s) {
 }
 
 void Event::wait_on(Stream& s) {
+  if (cuda_ && !s.device().is_cpu()) {  // cudaStreamWaitEvent takes an event of any device
+    cuda::stream_wait_event(s.device().index, s.cuda_handle(), cuda_);
+    return;
+  }
   if (s.device() != device_)
     fail(Code::E_DEVICE, "stream on %s cannot wait for an event on %s", s.device().str().c_str(), device_.str().c_str());
   if (cuda_) {
@@ -494,16 +573,27 @@ double Event::elapsed_ms(Event& end) {
 
 // ---- graphs -----------------------------------------------------------------------------
 
+namespace {
+// The distinct devices of a capture's streams, the origin's first.
+std::vector<Device> capture_devices(const std::vector<Stream*>& streams) {
+  std::vector<Device> ds;
+  for (Stream* s : streams)
+    if (std::find(ds.begin(), ds.end(), s->device()) == ds.end()) ds.push_back(s->device());
+  return ds;
+}
+}  // namespace
+
 void Capture::begin(const std::vector<Stream*>& streams) {
   if (streams.empty()) fail(Code::E_ARGUMENT, "captureGraph: no streams given");
   Device d = streams[0]->device();
   for (Stream* s : streams) {
-    if (s->device() != d) fail(Code::E_DEVICE, "captureGraph: streams on %s and %s", d.str().c_str(), s->device().str().c_str());
+    if (s->device() != d && (d.is_cpu() || s->device().is_cpu()))
+      fail(Code::E_DEVICE, "captureGraph: streams on %s and %s", d.str().c_str(), s->device().str().c_str());
     if (s->capturing()) fail(Code::E_ARGUMENT, "captureGraph: a stream is already being captured");
   }
   if (!d.is_cpu()) {
     cuda::stream_begin_capture(d.index, streams[0]->cuda_handle());
-    device_pool(d).begin_parking();
+    for (Device x : capture_devices(streams)) device_pool(x).begin_parking();
     return;
   }
   for (Stream* s : streams) {
@@ -519,7 +609,7 @@ std::unique_ptr<Graph> Capture::end(const std::vector<Stream*>& streams) {
   g->device_ = d;
   g->origin_ = streams[0];
   if (!d.is_cpu()) {
-    g->parked_ = device_pool(d).end_parking();
+    for (Device x : capture_devices(streams)) g->parked_.emplace_back(x, device_pool(x).end_parking());
     g->exec_ = cuda::stream_end_capture(d.index, streams[0]->cuda_handle());
     return g;
   }
@@ -533,14 +623,14 @@ std::unique_ptr<Graph> Capture::end(const std::vector<Stream*>& streams) {
 void Capture::abort(const std::vector<Stream*>& streams) noexcept {
   if (streams.empty()) return;
   if (!streams[0]->device().is_cpu()) {
-    Pool& pool = device_pool(streams[0]->device());
-    const Pool::Parked parked = pool.end_parking();
+    std::vector<std::pair<Device, Pool::Parked>> parked;
+    for (Device x : capture_devices(streams)) parked.emplace_back(x, device_pool(x).end_parking());
     try {  // end the capture first: the unparked blocks' fences must not be recorded into it
       cuda::graph_destroy(streams[0]->device().index,
                           cuda::stream_end_capture(streams[0]->device().index, streams[0]->cuda_handle()));
     } catch (...) {
     }
-    pool.unpark(parked);
+    for (auto& [x, blocks] : parked) device_pool(x).unpark(blocks);
     return;
   }
   for (Stream* s : streams) {
@@ -569,7 +659,7 @@ Graph::~Graph() {
       cuda::graph_destroy(device_.index, exec_);
     } catch (...) {
     }
-    device_pool(device_).unpark(parked_);
+    for (auto& [x, blocks] : parked_) device_pool(x).unpark(blocks);
   }
 }
 

@@ -63,9 +63,9 @@ describe('parseConfig', () => {
     expect(e.message).toContain("'model_type'");
   });
 
-  it('rejects LongCat-Flash-Lite (ngram) with a clear message', () => {
+  it('rejects a longcat_flash_ngram config without its N-gram fields, naming the first one', () => {
     const e = configErr({ ...CHAT, model_type: 'longcat_flash_ngram' });
-    expect(e.message).toMatch(/model_type.*ngram/);
+    expect(e.message).toMatch(/'ngram_vocab_size_ratio'.*model_type "longcat_flash_ngram"/);
   });
 
   it('names the bad field, the file, expected and got for every invalid field', () => {

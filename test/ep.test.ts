@@ -15,6 +15,7 @@ import { loadModel } from '../lib/generate.js';
 import { ShardedExperts, expertsPerRank, rankExperts } from '../lib/parallel/placement.js';
 import { homeRows } from '../lib/parallel/expert-parallel.js';
 import type { MoeExpertSet } from '../types/ops-moe.js';
+import { expectEqualLogits, expectFailuresRecover, maxRelError, prompts, range, runScript } from './ep-helpers.js';
 
 let savedPrecision: ReturnType<typeof native.setMatmulPrecision>;
 const root = mkdtempSync(path.join(tmpdir(), 'longcat-ep-'));
@@ -228,8 +229,6 @@ function randomRouting(T: number, k: number, pool: number[], r: () => number): I
   return idx;
 }
 
-const range = (a: number, b: number) => Array.from({ length: b - a }, (_, i) => a + i);
-
 /**
  * The whole MoE of `sources` home ranks (problems[s]) through dispatch, the receivers' moe over
  * their own experts, and combine, each rank on its own stream joined by events (as the runner does).
@@ -312,17 +311,6 @@ function problem(T: number, H: number, k: number, nRouted: number, nZero: number
   };
 }
 
-function maxRelError(got: ArrayLike<number>, want: ArrayLike<number>) {
-  let scale = 0,
-    worst = 0;
-  for (let i = 0; i < want.length; i++) scale = Math.max(scale, Math.abs(want[i]!));
-  for (let i = 0; i < want.length; i++) {
-    const e = Math.abs(got[i]! - want[i]!);
-    if (!(e <= worst)) worst = e; // NaN counts as the worst
-  }
-  return worst / scale;
-}
-
 describe('epDispatch against the JS slot reference', () => {
   const H = 24,
     k = 3,
@@ -369,7 +357,7 @@ describe('epDispatch against the JS slot reference', () => {
     for (const t of [...Object.values(src), rowOf, ...slotTensors(slots)]) t.dispose();
   });
 
-  it("fails with a typed error, writes nothing and leaves the stream usable when a rank's slot would overflow", () => {
+  it("fails with a typed error, sends nothing (padding only) and leaves the stream usable when a rank's slot would overflow", () => {
     const ranks = 2,
       p = problem(6, H, k, nRouted, nZero, [0, 1, 2, 3, 8], 5),
       per = 4;
@@ -379,10 +367,14 @@ describe('epDispatch against the JS slot reference', () => {
     const s = new native.Stream('cpu');
     dispatch(s, src, p, per, rowOf, slots);
     expect(() => s.synchronize()).toThrow(/capacity exceeded: 6 tokens go to rank 0, its slot holds 5 rows/);
-    expect(Array.from(toArray(slots[0]!.count))).toEqual([-7]);
-    expect(Array.from(toArray(slots[1]!.count))).toEqual([-7]);
-    expect(Number.isNaN(toArray(slots[0]!.x)[0]!)).toBe(true);
-    expect(toArray(rowOf)[0]).toBe(-7);
+    for (const [d, slot] of slots.entries()) {
+      const pad = referenceSlot({ ...p, T: 0 }, per, d, 5);
+      expect(Array.from(toArray(slot.count))).toEqual([0]);
+      expect(Array.from(toArray(slot.x))).toEqual(Array.from(pad.x));
+      expect(Array.from(toArray(slot.idx))).toEqual(Array.from(pad.idx));
+      expect(Array.from(toArray(slot.w))).toEqual(Array.from(pad.w));
+    }
+    expect(Array.from(toArray(rowOf))).toEqual(new Array(6 * ranks).fill(-1));
     // the rank's stream stays usable: the same dispatch into slots deep enough goes through
     const deep = Array.from({ length: ranks }, () => poisonedSlot(6, H, k));
     dispatch(s, src, p, per, rowOf, deep);
@@ -393,6 +385,74 @@ describe('epDispatch against the JS slot reference', () => {
     s.dispose();
     for (const t of [...Object.values(src), rowOf, ...slotTensors(slots)]) t.dispose();
   });
+
+  it.each(opDevices)(
+    'on %s: an overflow raises the abort flag; a dispatch that finds it raised writes nothing, a combine writes zeros',
+    device => {
+      const ranks = 2,
+        per = 4,
+        T = 6,
+        p = problem(T, H, k, nRouted, nZero, [0, 1, 2, 3, 8], 5);
+      const u = f32(p.u, [T, H], device),
+        idx = i32(p.idx, [T, k], device),
+        w = f32(p.w, [T, k], device),
+        rowOf = poisoned([T, ranks], 'int32', device),
+        abort = i32([0], [1], device);
+      const slotsOf = (cap: number) =>
+        Array.from({ length: ranks }, () => ({
+          count: poisoned([1], 'int32', device),
+          x: poisoned([cap, H], 'f32', device),
+          idx: poisoned([cap, k], 'int32', device),
+          w: poisoned([cap, k], 'f32', device),
+        }));
+      const dispatch = (slots: ReturnType<typeof slotsOf>) =>
+        native.epDispatch(
+          s,
+          u,
+          idx,
+          w,
+          nRouted,
+          nRouted + nZero,
+          per,
+          rowOf,
+          slots.map(x => x.count),
+          slots.map(x => x.x),
+          slots.map(x => x.idx),
+          slots.map(x => x.w),
+          abort,
+        );
+      const s = new native.Stream(device);
+      const shallow = slotsOf(5),
+        deep = slotsOf(T);
+      try {
+        dispatch(shallow); // 6 tokens go to rank 0: one more than its slot holds
+        if (device === 'cpu') expect(() => s.synchronize()).toThrow(/capacity exceeded/);
+        else s.synchronize(); // a kernel cannot raise: the flag is how it reports
+        expect(Array.from(toArray(abort))).toEqual([1]);
+        dispatch(deep); // the step failed already: nothing is sent (padding only)
+        s.synchronize();
+        expect(Array.from(toArray(deep[0]!.count))).toEqual([0]);
+        expect(Array.from(toArray(deep[1]!.x))).toEqual(new Array(T * H).fill(0));
+        expect(Array.from(toArray(rowOf))).toEqual(new Array(T * ranks).fill(-1));
+        const out = poisoned([T, H], 'f32', device);
+        const nowhere = i32(new Array(T * ranks).fill(-1), [T, ranks], device);
+        native.epCombine(s, out, u, idx, w, nRouted, nRouted + nZero, nowhere, [deep[0]!.x, deep[1]!.x], abort);
+        s.synchronize();
+        expect(Array.from(toArray(out))).toEqual(new Array(T * H).fill(0));
+        out.dispose();
+        nowhere.dispose();
+        // lowered, the same dispatch into deep slots goes through
+        abort.copyFromBytes(Int32Array.of(0));
+        dispatch(deep);
+        s.synchronize();
+        expect(toArray(deep[0]!.count)[0]).toBe(referenceSlot(p, per, 0, T).count);
+        expect(Array.from(toArray(abort))).toEqual([0]);
+      } finally {
+        s.dispose();
+        for (const t of [u, idx, w, rowOf, abort, ...[...shallow, ...deep].flatMap(x => [x.count, x.x, x.idx, x.w])]) t.dispose();
+      }
+    },
+  );
 
   it('rejects a split that does not hold the routed experts, a bad expert id and mismatched slots', () => {
     const p = problem(3, H, k, nRouted, nZero, range(0, 12), 3);
@@ -536,72 +596,6 @@ describe('placement', () => {
 
 // ---- whole models -----------------------------------------------------------------------------
 
-const readLogits = (r: { logits: Tensor }) => {
-  const v = toArray(r.logits) as Float32Array;
-  r.logits.dispose();
-  return v;
-};
-
-/** Logits within `rel` of the largest, and the argmax equal in every row whose top-two gap exceeds the tolerance. */
-function expectEqualLogits(got: Float32Array, want: Float32Array, V: number, rel: number) {
-  expect(got.length).toBe(want.length);
-  let scale = 0;
-  for (const x of want) scale = Math.max(scale, Math.abs(x));
-  const err = maxRelError(got, want);
-  if (!(err <= rel)) expect.fail(`logits differ by ${err} x max|logit| (allowed ${rel})`);
-  for (let r = 0; r < want.length / V; r++) {
-    const row = want.subarray(r * V, (r + 1) * V),
-      g = got.subarray(r * V, (r + 1) * V);
-    let best = 0,
-      second = -Infinity;
-    for (let i = 1; i < V; i++) if (row[i]! > row[best]!) best = i;
-    for (let i = 0; i < V; i++) if (i !== best) second = Math.max(second, row[i]!);
-    if (row[best]! - second > 2 * rel * scale) {
-      let gb = 0;
-      for (let i = 1; i < V; i++) if (g[i]! > g[gb]!) gb = i;
-      expect(gb).toBe(best);
-    }
-  }
-}
-
-const prompts = [
-  [5, 17, 300, 2, 99, 41, 7],
-  [260, 1, 3],
-  [11, 12, 13, 14, 15, 16, 17, 18, 19],
-];
-
-/** A batch of prompts (batched prefill, every row's logits), then greedy batched decode steps; all logits. */
-function runScript(m: Awaited<ReturnType<typeof loadModel>>, ps: number[][], steps: number, next?: number[][]) {
-  const e = m.engine,
-    V = e.dims.vocab;
-  const seqs = ps.map(() => e.newSequence());
-  const out = [readLogits(e.forward(seqs, ps, { allLogits: true }))];
-  const chosen: number[][] = [];
-  for (let i = 0; i < steps; i++) {
-    const prev = out[out.length - 1]!,
-      rows = prev.length / V;
-    const ends = i === 0 ? ps.map((_, b) => ps.slice(0, b + 1).reduce((a, p) => a + p.length, 0) - 1) : range(0, rows);
-    const toks =
-      next?.[i] ??
-      ends.map(r => {
-        let best = 0;
-        for (let j = 1; j < V; j++) if (prev[r * V + j]! > prev[r * V + best]!) best = j;
-        return best;
-      });
-    chosen.push(toks);
-    out.push(
-      readLogits(
-        e.forward(
-          seqs,
-          toks.map(t => [t]),
-        ),
-      ),
-    );
-  }
-  for (const s of seqs) s.release();
-  return { out, chosen };
-}
-
 /**
  * Registers a beforeAll that writes the checkpoint `name` (initRandom options `init`) and records the
  * single-device run of the prompts on `backend` for `steps` steps; its dir and run are read once it ran.
@@ -658,6 +652,29 @@ describe('expert-parallel models equal the single-device run', () => {
       );
     });
   }
+
+  it('a rank failing mid-step (injected out-of-memory, injected dispatch failure) fails the step with a typed error; every rank stays usable', async () => {
+    const dir = path.join(root, 'tiny-bf16');
+    const single = await loadModel(dir, { backend: 'cpu', cacheDtype: 'f32', maxContext: 64 });
+    let want: ReturnType<typeof runScript>;
+    try {
+      want = runScript(single, prompts, 2);
+    } finally {
+      single.dispose();
+    }
+    const m = await loadModel(dir, { backend: 'cpu', cacheDtype: 'f32', maxContext: 64, ranks: 4 });
+    try {
+      expectFailuresRecover(
+        m,
+        want,
+        1,
+        /rank 1 \(cpu\) failed in this step: epDispatch: this rank's dispatch failed \(injected by a test\)/,
+      );
+      expect(() => m.engine.expertParallel!.injectFault({ rank: 4, kind: 'oom' })).toThrow(ArgumentError);
+    } finally {
+      m.dispose();
+    }
+  }, 120_000);
 
   it('single sequences run alone equal the same sequences batched', async () => {
     const dir = path.join(root, 'tiny-bf16');

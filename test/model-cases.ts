@@ -45,13 +45,16 @@ function argmax(v: ArrayLike<number>, off: number, n: number): number {
  * precision: the matmul precision both sides run at ('highest': fp32 products, tight tolerances).
  */
 // The checkpoints: name -> initRandom options (tiny-fp8-h128: 128-wide nope / v heads, so the
-// absorbed attention runs on kv_b codes with per-head block scales).
-export type ModelVariant = 'tiny' | 'tiny-fp8' | 'tiny-fp8-h128' | 'small';
+// absorbed attention runs on kv_b codes with per-head block scales; lite: LongCat-Flash-Lite's
+// layout, the N-gram embedding with its tables in host memory).
+export type ModelVariant = 'tiny' | 'tiny-fp8' | 'tiny-fp8-h128' | 'small' | 'lite' | 'lite-fp8';
 const VARIANTS: Record<ModelVariant, Omit<InitRandomOptions, 'out'>> = {
   tiny: { preset: 'tiny' },
   'tiny-fp8': { preset: 'tiny', fp8: true },
   'tiny-fp8-h128': { preset: 'tiny', fp8: true, overrides: { qk_nope_head_dim: 128, v_head_dim: 128 } },
   small: { preset: 'small' },
+  lite: { preset: 'lite' },
+  'lite-fp8': { preset: 'lite', fp8: true },
 };
 
 export interface ModelCheck {
@@ -63,7 +66,7 @@ export interface ModelCheck {
 export async function modelChecks({
   device,
   oracle = 'cpu',
-  presets = ['tiny', 'tiny-fp8', 'tiny-fp8-h128', 'small'],
+  presets = ['tiny', 'tiny-fp8', 'tiny-fp8-h128', 'small', 'lite', 'lite-fp8'],
   precision = 'highest',
   steps = 12,
 }: {

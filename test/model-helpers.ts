@@ -4,6 +4,8 @@
 // binds the helpers to the build it tests (the vitest files to lib/, model-cases.ts to dist/, which it
 // is compiled against for the GPU check). Importing one build here would load a second copy of the
 // error classes beside the other in one process, and `instanceof LongcatError` would fail in tests.
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
 import { dequantFp8Block, referenceForward, type RefConfig } from './reference/longcat-ref.js';
 
 /** A tensor as the helpers use it: a checkpoint's stored tensor, or a forward's logits. */
@@ -53,7 +55,9 @@ export function modelHelpers<T extends HostTensor>(io: ModelIO<T>) {
           }
           return { shape, data: Float64Array.from(io.toArray(t)) };
         };
-        return referenceForward(ck.config as RefConfig, W, tokens).logits;
+        // config.json as written: the reference reads every field (Lite's N-gram ones too) by its file name
+        const cfg = JSON.parse(readFileSync(path.join(dir, 'config.json'), 'utf8')) as RefConfig;
+        return referenceForward(cfg, W, tokens).logits;
       } finally {
         ck.close();
       }

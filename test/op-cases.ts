@@ -329,6 +329,48 @@ for (const [R, C, dt, n] of [
     },
   });
 }
+// ngramEmbed (LongCat-Flash-Lite): E projected N-gram rows added to the base embedding, averaged;
+// a decode step (T = 1) and a prefill chunk at the release's E = 12, D = 256, and odd sizes.
+for (const [T, H, E, D, dt] of [
+  [1, 3072, 12, 256, 'bf16'],
+  [9, 3072, 12, 256, 'bf16'],
+  [5, 130, 6, 33, 'f32'],
+] as const) {
+  add({
+    name: `ngramEmbed T=${T} H=${H} E=${E} D=${D} ${dt}`,
+    shapes: { T, H, E, D },
+    dtypes: { rows: dt, proj: dt },
+    bytes: 8 * T * H + (E * T * D + E * H * D) * (dt === 'bf16' ? 2 : 4),
+    flops: 2 * T * H * E * D,
+    make(device, r) {
+      const b = uniform(r, T * H),
+        rv = uniform(r, E * T * D),
+        pv = uniform(r, E * H * D, 1 / Math.sqrt(D));
+      const base = tensor(b, [T, H], { device });
+      const rows = tensor(rv, [E, T, D], { dtype: dt, device });
+      const proj = tensor(pv, [E, H, D], { dtype: dt, device });
+      const y = empty([T, H], { device });
+      return {
+        outs: [y],
+        run: s => native.ngramEmbed(s, y, base, rows, proj),
+        // a sum of E (D + 1) + 1 fp32 terms on each side (any order), then one product by 1 / (E + 1);
+        // magnitudes from the unrounded inputs, with a margin for their bf16 rounding
+        bound: sides => {
+          const mag = new Float64Array(T * H);
+          for (let t = 0; t < T; t++)
+            for (let h = 0; h < H; h++) {
+              let m = Math.abs(b[t * H + h]!);
+              for (let e = 0; e < E; e++)
+                for (let k = 0; k < D; k++) m += Math.abs(rv[(e * T + t) * D + k]! * pv[(e * H + h) * D + k]!);
+              mag[t * H + h] = (m * (1 + 2 ** -7)) / (E + 1);
+            }
+          const dot = dotBound(...pair(sides, 'highest'), E * (D + 1) + 1, mag);
+          return [Float64Array.from(dot, (v, i) => v + 2 * U32 * mag[i]!)];
+        },
+      };
+    },
+  });
+}
 for (const n of [1, 1003, 64 * 4096]) {
   add({
     name: `siluMul n=${n}`,

@@ -1,5 +1,5 @@
 // Memory-mapped checkpoint files.
-//   mapFile(path, { populate?, advice? }) -> MappedFile { path, byteLength, closed, close(), advise() }
+//   mapFile(path, { populate?, advice? }) -> MappedFile { path, byteLength, closed, close(), advise(), verify() }
 //   tensorFromMapping(mapping, byteOffset, dtype, shape) -> Tensor (CPU, shares the mapped pages)
 // Tensor bytes never pass through the JS heap. A tensor keeps the mapping alive through its
 // storage's release function (a shared_ptr to the MappedFile), so close() only drops the
@@ -79,6 +79,20 @@ Napi::Value Advise(const Napi::CallbackInfo& info) {
   });
 }
 
+// verify(): E_CHECKPOINT when the file changed on disk since it was mapped (MappedFile::changed).
+Napi::Value Verify(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    const char* op = "MappedFile.verify";
+    MapHandle* h = handle_of(info.This(), op);
+    if (!h->file) fail(Code::E_DISPOSED, "%s: mapping was closed", op);
+    std::string what = h->file->changed();
+    if (!what.empty())
+      fail(Code::E_CHECKPOINT, "'%s' changed on disk since it was mapped (%s); reload the model", h->file->path().c_str(),
+           what.c_str());
+    return info.Env().Undefined();
+  });
+}
+
 Napi::Value MapFile(const Napi::CallbackInfo& info) {
   const char* op = "mapFile";
   OpArgs a(info, op);
@@ -113,6 +127,7 @@ Napi::Value MapFile(const Napi::CallbackInfo& info) {
       Napi::PropertyDescriptor::Accessor(env, obj, "closed", Closed, napi_enumerable),
       Napi::PropertyDescriptor::Function(env, obj, "close", Close, napi_default),
       Napi::PropertyDescriptor::Function(env, obj, "advise", Advise, napi_default),
+      Napi::PropertyDescriptor::Function(env, obj, "verify", Verify, napi_default),
   });
   return obj;
 }

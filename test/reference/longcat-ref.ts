@@ -7,6 +7,8 @@
 // Precision: all math in float64. The only deliberate float32 roundings are the ones the spec
 // pins as float32 constants: RoPE inv_freq (SPEC 3.6) and fp8 dequantization (SPEC 7.2).
 
+import { referenceNgramEmbedding } from './ngram-ref.js';
+
 export interface RefTensor {
   shape: number[];
   data: Float64Array;
@@ -52,6 +54,11 @@ export interface RefConfig {
   vocab_size: number;
   /** Only used by YaRN when rope_scaling lacks original_max_position_embeddings. */
   max_position_embeddings?: number;
+  /** LongCat-Flash-Lite (SPEC-LITE 1.1): the N-gram embedding is on when this is set. */
+  ngram_vocab_size_ratio?: number | null;
+  emb_neighbor_num?: number;
+  emb_split_num?: number;
+  eos_token_id?: number;
 }
 
 export interface RefHooks {
@@ -610,6 +617,26 @@ export function referenceForward(
     T = tokens.length;
   const positions = tokens.map((_, i) => i);
   let h = embed(W, 'model.embed_tokens.weight', tokens, cfg.vocab_size, H);
+  if (cfg.ngram_vocab_size_ratio != null) {
+    const ng = {
+      vocab_size: cfg.vocab_size,
+      hidden_size: H,
+      ngram_vocab_size_ratio: cfg.ngram_vocab_size_ratio,
+      emb_neighbor_num: cfg.emb_neighbor_num!,
+      emb_split_num: cfg.emb_split_num!,
+      eos_token_id: cfg.eos_token_id ?? 2,
+    };
+    const E = ng.emb_split_num * (ng.emb_neighbor_num - 1),
+      d = Math.floor(H / E),
+      M = ng.ngram_vocab_size_ratio * ng.vocab_size;
+    h = referenceNgramEmbedding(
+      ng,
+      tokens,
+      h,
+      idx => get(W, `model.ngram_embeddings.embedders.${idx}.weight`, [M + 2 * idx + 1, d]),
+      idx => get(W, `model.ngram_embeddings.post_projs.${idx}.weight`, [H, d]),
+    );
+  }
   for (let L = 0; L < cfg.num_layers; L++) h = referenceLayer(cfg, W, L, h, T, positions, opts);
   const hidden = hiddenNorm(cfg, W, 'model.norm.weight', h, T);
   return { logits: lmHead(cfg, W, hidden, T), hidden };
