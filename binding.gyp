@@ -8,6 +8,7 @@
         "NAPI_VERSION=8",
         "NDEBUG",
         "NAPI_CPP_EXCEPTIONS",
+        "NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS",
         "NODE_ADDON_API_DISABLE_DEPRECATED",
         "LONGCAT_BUILD_SYSTEM=\"gyp\""
       ],

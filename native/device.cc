@@ -261,7 +261,6 @@ namespace {
 struct Registry {
   std::mutex m;
   std::map<std::pair<int, int>, std::unique_ptr<Pool>> pools;
-  std::map<std::pair<int, int>, std::unique_ptr<Stream>> defaults;
   std::set<Stream*> cpu_streams;
 };
 Registry& registry() {
@@ -278,20 +277,6 @@ Pool& device_pool(Device d) {
   return *p;
 }
 
-Stream& default_stream(Device d) {
-  Registry& r = registry();
-  {
-    std::lock_guard<std::mutex> lk(r.m);
-    auto it = r.defaults.find({d.kind, d.index});
-    if (it != r.defaults.end()) return *it->second;
-  }
-  auto s = std::make_unique<Stream>(d);  // registers itself; must not hold r.m
-  std::lock_guard<std::mutex> lk(r.m);
-  auto& slot = r.defaults[{d.kind, d.index}];
-  if (!slot) slot = std::move(s);
-  return *slot;
-}
-
 void device_synchronize(Device d) {
   if (!d.is_cpu()) {
     cuda::device_synchronize(d.index);
@@ -300,10 +285,12 @@ void device_synchronize(Device d) {
   std::vector<Stream*> streams;
   {
     std::lock_guard<std::mutex> lk(registry().m);
-    streams.assign(registry().cpu_streams.begin(), registry().cpu_streams.end());
+    for (Stream* s : registry().cpu_streams)
+      if (s->owner() == std::this_thread::get_id()) streams.push_back(s);
   }
-  // Synchronizing a stream that is destroyed meanwhile is impossible: streams are destroyed
-  // only on the JS thread, which is the thread running this.
+  // Only this thread's streams: a stream is destroyed only on the thread that created it (its JS
+  // environment's), which is the thread running this, so none of them can go away meanwhile. Other
+  // environments' streams (worker threads) are theirs to wait for; one of them may be capturing.
   for (Stream* s : streams) s->synchronize();
 }
 
@@ -494,10 +481,13 @@ double Event::elapsed_ms(Event& end) {
 
 // ---- graphs -----------------------------------------------------------------------------
 
-void Capture::begin(const std::vector<Stream*>& streams) {
+void Capture::begin(const std::vector<std::shared_ptr<Stream>>& streams) {
   if (streams.empty()) fail(Code::E_ARGUMENT, "captureGraph: no streams given");
   Device d = streams[0]->device();
-  for (Stream* s : streams) {
+  for (size_t i = 0; i < streams.size(); ++i)
+    for (size_t j = 0; j < i; ++j)
+      if (streams[i] == streams[j]) fail(Code::E_ARGUMENT, "captureGraph: streams[%zu] is streams[%zu] again", i, j);
+  for (const auto& s : streams) {
     if (s->device() != d) fail(Code::E_DEVICE, "captureGraph: streams on %s and %s", d.str().c_str(), s->device().str().c_str());
     if (s->capturing()) fail(Code::E_ARGUMENT, "captureGraph: a stream is already being captured");
   }
@@ -506,14 +496,14 @@ void Capture::begin(const std::vector<Stream*>& streams) {
     device_pool(d).begin_parking();
     return;
   }
-  for (Stream* s : streams) {
+  for (const auto& s : streams) {
     s->synchronize();  // what was queued before the capture runs before it
     std::lock_guard<std::mutex> lk(s->m_);
     s->captured_ = std::make_unique<std::vector<std::function<void()>>>();
   }
 }
 
-std::unique_ptr<Graph> Capture::end(const std::vector<Stream*>& streams) {
+std::unique_ptr<Graph> Capture::end(const std::vector<std::shared_ptr<Stream>>& streams) {
   auto g = std::make_unique<Graph>();
   Device d = streams[0]->device();
   g->device_ = d;
@@ -523,14 +513,14 @@ std::unique_ptr<Graph> Capture::end(const std::vector<Stream*>& streams) {
     g->exec_ = cuda::stream_end_capture(d.index, streams[0]->cuda_handle());
     return g;
   }
-  for (Stream* s : streams) {
+  for (const auto& s : streams) {
     std::lock_guard<std::mutex> lk(s->m_);
     g->parts_.emplace_back(s, std::shared_ptr<std::vector<std::function<void()>>>(std::move(s->captured_)));
   }
   return g;
 }
 
-void Capture::abort(const std::vector<Stream*>& streams) noexcept {
+void Capture::abort(const std::vector<std::shared_ptr<Stream>>& streams) noexcept {
   if (streams.empty()) return;
   if (!streams[0]->device().is_cpu()) {
     Pool& pool = device_pool(streams[0]->device());
@@ -543,7 +533,7 @@ void Capture::abort(const std::vector<Stream*>& streams) noexcept {
     pool.unpark(parked);
     return;
   }
-  for (Stream* s : streams) {
+  for (const auto& s : streams) {
     std::lock_guard<std::mutex> lk(s->m_);
     s->captured_.reset();
   }

@@ -1,5 +1,6 @@
 // Devices, their memory pools, streams and events. A Device is a value ({kind, index});
-// its pool and default stream live in a process-wide registry.
+// its pool lives in a process-wide registry. Streams are shared (a Graph keeps the streams it
+// replays on alive); each JS environment (the main thread, every worker) has default streams of its own.
 #pragma once
 #include <atomic>
 #include <chrono>
@@ -104,11 +105,17 @@ std::shared_ptr<Storage> external_storage(Device d, void* ptr, size_t bytes, std
 
 // An ordered queue of work. On CPU it is a worker thread of its own, so two streams overlap;
 // on CUDA it is a cudaStream_t. Errors thrown by CPU work are kept and rethrown by synchronize().
+// A stream belongs to the thread that created it (a JS environment's thread): device_synchronize
+// waits only for the streams of the calling thread, so workers never wait for (or touch) each
+// other's streams.
 class Stream {
  public:
   explicit Stream(Device d);
   ~Stream();
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
   Device device() const { return device_; }
+  std::thread::id owner() const { return owner_; }
   void* cuda_handle() const { return cuda_; }
   void enqueue(std::function<void()> fn);  // CPU streams only
   void synchronize();
@@ -117,6 +124,7 @@ class Stream {
  private:
   void run();
   Device device_;
+  std::thread::id owner_ = std::this_thread::get_id();
   void* cuda_ = nullptr;
   std::thread thread_;
   std::mutex m_;
@@ -158,8 +166,9 @@ class Event {
 };
 
 // Work captured from streams, replayed as one queued job per stream (CPU) or one CUDA graph
-// launch. Captured work keeps its tensors alive: a graph is a fixed memory plan whose inputs are
-// updated in place between replays.
+// launch. Captured work keeps its tensors alive, and the graph keeps its streams alive (a stream
+// disposed or collected by JS still takes the replays): a graph is a fixed memory plan whose
+// inputs are updated in place between replays.
 class Graph {
  public:
   ~Graph();
@@ -168,23 +177,22 @@ class Graph {
  private:
   friend struct Capture;
   Device device_;
-  std::vector<std::pair<Stream*, std::shared_ptr<std::vector<std::function<void()>>>>> parts_;  // CPU
-  void* exec_ = nullptr;                                                                        // CUDA
-  Stream* origin_ = nullptr;
+  std::vector<std::pair<std::shared_ptr<Stream>, std::shared_ptr<std::vector<std::function<void()>>>>> parts_;  // CPU
+  void* exec_ = nullptr;                                                                                        // CUDA
+  std::shared_ptr<Stream> origin_;
   Pool::Parked parked_;  // CUDA: temporaries the graph's kernels address
 };
 
 // Captures every op queued on `streams` between begin() and end(). On CUDA the first stream is
 // the origin: the others must join it through events recorded inside the capture.
 struct Capture {
-  static void begin(const std::vector<Stream*>& streams);
-  static std::unique_ptr<Graph> end(const std::vector<Stream*>& streams);
-  static void abort(const std::vector<Stream*>& streams) noexcept;
+  static void begin(const std::vector<std::shared_ptr<Stream>>& streams);
+  static std::unique_ptr<Graph> end(const std::vector<std::shared_ptr<Stream>>& streams);
+  static void abort(const std::vector<std::shared_ptr<Stream>>& streams) noexcept;
 };
 
 Pool& device_pool(Device d);
-Stream& default_stream(Device d);
-// Waits for every stream created on the device (CPU) / the whole device (CUDA).
+// Waits for every stream the calling thread created on the device (CPU) / the whole device (CUDA).
 void device_synchronize(Device d);
 
 }  // namespace lc

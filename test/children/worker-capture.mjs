@@ -1,0 +1,53 @@
+// Child process of test/lifetimes.test.ts: two worker threads capture graphs on their default
+// stream at the same time. Worker A holds its capture open (blocked in the captured function) while
+// worker B captures, replays and reads its own graph; A then finishes, replays and reads. Each
+// environment has its own default stream, so neither sees the other's capture. Prints both results.
+import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
+
+if (isMainThread) {
+  const device = process.argv[2] ?? 'cpu';
+  const flags = new Int32Array(new SharedArrayBuffer(8)); // [0]: A is capturing, [1]: B is done
+  const run = role =>
+    new Promise((resolve, reject) => {
+      const w = new Worker(new URL(import.meta.url), { workerData: { role, device, flags } });
+      w.once('message', resolve);
+      w.once('error', reject);
+      w.once('exit', code => reject(new Error(`worker ${role} exited with ${code} before answering`)));
+    });
+  const results = await Promise.allSettled([run('A'), run('B')]);
+  process.stdout.write(JSON.stringify(results.map(r => (r.status === 'fulfilled' ? r.value : `error: ${r.reason}`))));
+} else {
+  const { native } = await import('../../dist/native.js');
+  const { tensor, toArray } = await import('../../dist/tensor.js');
+  const { role, device, flags } = workerData;
+  try {
+    const x = tensor([1, 2, 3], [3], { device });
+    const y = tensor([0, 0, 0], [3], { device });
+    const s = native.defaultStream(device);
+    let graph;
+    if (role === 'A') {
+      graph = native.captureGraph([s], () => {
+        native.add(s, y, y, x);
+        Atomics.store(flags, 0, 1);
+        Atomics.notify(flags, 0);
+        Atomics.wait(flags, 1, 0); // until B has captured, replayed and read
+      });
+    } else {
+      Atomics.wait(flags, 0, 0); // until A is inside its capture
+      try {
+        graph = native.captureGraph([s], () => native.add(s, y, y, x, 2));
+      } finally {
+        if (!graph) Atomics.store(flags, 1, 1), Atomics.notify(flags, 1);
+      }
+    }
+    graph.replay();
+    graph.replay();
+    const out = Array.from(toArray(y));
+    if (role === 'B') Atomics.store(flags, 1, 1), Atomics.notify(flags, 1);
+    parentPort.postMessage(out);
+  } catch (e) {
+    Atomics.store(flags, 1, 1);
+    Atomics.notify(flags, 1);
+    parentPort.postMessage(`error: ${e.code ?? ''} ${e.message}`);
+  }
+}
