@@ -82,9 +82,10 @@ void Pool::follow_locked(void* stream, void* leader) {
 }
 
 void Pool::add_stream(void* cuda_stream) {
-  std::lock_guard<std::mutex> lk(m_);
-  if (parking_)
+  std::unique_lock<std::mutex> lk(m_);
+  if (parking_ && parking_owner_ == std::this_thread::get_id())
     fail(Code::E_ARGUMENT, "a stream cannot be created on %s while a graph is being captured there", device_.str().c_str());
+  capture_done_.wait(lk, [this] { return !parking_; });  // another environment's capture: wait for its end
   // Blocks freed while one stream was alone went to the cache unfenced, and blocks handed out since
   // may still be touched by that stream's earlier work. The new stream starts behind all work queued
   // on the device so far, so whatever block it is given was last used by work ordered before it.
@@ -207,13 +208,20 @@ void Pool::give_back(void* p, size_t rounded) {
 }
 
 void Pool::begin_parking() {
-  std::lock_guard<std::mutex> lk(m_);
+  std::unique_lock<std::mutex> lk(m_);
+  if (parking_ && parking_owner_ == std::this_thread::get_id())
+    fail(Code::E_ARGUMENT, "captureGraph: a graph is already being captured on %s", device_.str().c_str());
+  // One capture per device at a time: a worker thread's capture waits for another's (captures
+  // only record launches, and each ends when its JS function returns).
+  capture_done_.wait(lk, [this] { return !parking_; });
   parking_ = true;
+  parking_owner_ = std::this_thread::get_id();
 }
 
 Pool::Parked Pool::end_parking() {
   std::lock_guard<std::mutex> lk(m_);
   parking_ = false;
+  capture_done_.notify_all();
   Parked r;
   r.swap(parked_);
   return r;
@@ -492,8 +500,14 @@ void Capture::begin(const std::vector<std::shared_ptr<Stream>>& streams) {
     if (s->capturing()) fail(Code::E_ARGUMENT, "captureGraph: a stream is already being captured");
   }
   if (!d.is_cpu()) {
-    cuda::stream_begin_capture(d.index, streams[0]->cuda_handle());
-    device_pool(d).begin_parking();
+    Pool& pool = device_pool(d);
+    pool.begin_parking();  // first: it waits for another thread's capture on the device to end
+    try {
+      cuda::stream_begin_capture(d.index, streams[0]->cuda_handle());
+    } catch (...) {
+      pool.unpark(pool.end_parking());
+      throw;
+    }
     return;
   }
   for (const auto& s : streams) {
@@ -509,8 +523,15 @@ std::unique_ptr<Graph> Capture::end(const std::vector<std::shared_ptr<Stream>>& 
   g->device_ = d;
   g->origin_ = streams[0];
   if (!d.is_cpu()) {
-    g->parked_ = device_pool(d).end_parking();
-    g->exec_ = cuda::stream_end_capture(d.index, streams[0]->cuda_handle());
+    // The capture ends before the parking does: another thread's capture waits for the parking.
+    Pool& pool = device_pool(d);
+    try {
+      g->exec_ = cuda::stream_end_capture(d.index, streams[0]->cuda_handle());
+    } catch (...) {
+      pool.unpark(pool.end_parking());
+      throw;
+    }
+    g->parked_ = pool.end_parking();
     return g;
   }
   for (const auto& s : streams) {
@@ -524,13 +545,12 @@ void Capture::abort(const std::vector<std::shared_ptr<Stream>>& streams) noexcep
   if (streams.empty()) return;
   if (!streams[0]->device().is_cpu()) {
     Pool& pool = device_pool(streams[0]->device());
-    const Pool::Parked parked = pool.end_parking();
     try {  // end the capture first: the unparked blocks' fences must not be recorded into it
       cuda::graph_destroy(streams[0]->device().index,
                           cuda::stream_end_capture(streams[0]->device().index, streams[0]->cuda_handle()));
     } catch (...) {
     }
-    pool.unpark(parked);
+    pool.unpark(pool.end_parking());
     return;
   }
   for (const auto& s : streams) {

@@ -71,7 +71,8 @@ class Pool {
 
   // While a CUDA graph is captured, blocks freed by their last user (the graph's temporaries,
   // whose addresses are baked into the graph) are parked instead of reused; the graph hands them
-  // back when it is destroyed.
+  // back when it is destroyed. One capture per device at a time: begin_parking (and add_stream)
+  // wait while another thread captures, and fail (E_ARGUMENT) on the capturing thread itself.
   using Parked = std::vector<std::pair<void*, size_t>>;
   void begin_parking();
   Parked end_parking();
@@ -97,6 +98,8 @@ class Pool {
   std::vector<void*> orphans_;  // recorded on destroyed streams when no stream was left
   PoolStats stats_;
   bool parking_ = false;
+  std::thread::id parking_owner_;
+  std::condition_variable capture_done_;
   Parked parked_;
 };
 

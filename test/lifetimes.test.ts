@@ -2,9 +2,8 @@
 // abort, a segfault or a deadlock is a failed test rather than a dead test runner:
 //   * a graph replayed after the JS Stream it was captured on was disposed or garbage collected
 //     still runs (the graph keeps its streams alive);
-//   * two worker threads capture on their default streams at once (each environment has its own);
-//     on a CUDA device one capture runs at a time per process (the device pool parks the blocks the
-//     graph being captured frees), so the second gets a typed error instead of a crash;
+//   * two worker threads capture on their default streams at once (each environment has its own;
+//     on a CUDA device one capture runs at a time, so the second waits for the first to end);
 //   * worker.terminate() while the worker is in native calls leaves the process running.
 // The scripts are in test/children/ and use dist/ (npm run build:ts) and $LONGCAT_ADDON.
 import { describe, expect, it } from 'vitest';
@@ -39,11 +38,11 @@ describe.each(backends)('worker threads (%s)', device => {
   it('two workers capture graphs on their default streams at the same time', () => {
     const r = runScript('worker-capture.mjs', [device]);
     expect(r.ok, r.what).toBe(true);
-    // A: two replays of y += x; B: two of y += 2x, captured while A's capture was open.
-    const [a, b] = JSON.parse(r.out);
-    expect(a).toEqual([2, 4, 6]);
-    if (device === 'cpu') expect(b).toEqual([4, 8, 12]);
-    else expect(b).toMatch(/^error: E_(ARGUMENT|CUDA) .*captur/);
+    // A: two replays of y += x; B: two of y += 2x, captured while A's capture was open (CPU).
+    expect(JSON.parse(r.out)).toEqual([
+      [2, 4, 6],
+      [4, 8, 12],
+    ]);
   });
 
   it('terminating workers in native calls leaves the process running', () => {

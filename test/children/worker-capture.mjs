@@ -1,12 +1,13 @@
 // Child process of test/lifetimes.test.ts: two worker threads capture graphs on their default
-// stream at the same time. Worker A holds its capture open (blocked in the captured function) while
-// worker B captures, replays and reads its own graph; A then finishes, replays and reads. Each
-// environment has its own default stream, so neither sees the other's capture. Prints both results.
+// stream at the same time. Worker A holds its capture open (blocked in the captured function) until
+// worker B is about to capture; each then replays and reads its own graph. Each environment has its
+// own default stream, so neither sees the other's capture (on the CPU they overlap; on a CUDA device
+// B's capture waits for A's to end). Prints both results.
 import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
 
 if (isMainThread) {
   const device = process.argv[2] ?? 'cpu';
-  const flags = new Int32Array(new SharedArrayBuffer(8)); // [0]: A is capturing, [1]: B is done
+  const flags = new Int32Array(new SharedArrayBuffer(8)); // [0]: A is capturing, [1]: B is capturing
   const run = role =>
     new Promise((resolve, reject) => {
       const w = new Worker(new URL(import.meta.url), { workerData: { role, device, flags } });
@@ -30,21 +31,26 @@ if (isMainThread) {
         native.add(s, y, y, x);
         Atomics.store(flags, 0, 1);
         Atomics.notify(flags, 0);
-        Atomics.wait(flags, 1, 0); // until B has captured, replayed and read
+        Atomics.wait(flags, 1, 0); // until B is about to capture
       });
     } else {
       Atomics.wait(flags, 0, 0); // until A is inside its capture
-      try {
-        graph = native.captureGraph([s], () => native.add(s, y, y, x, 2));
-      } finally {
-        if (!graph) Atomics.store(flags, 1, 1), Atomics.notify(flags, 1);
-      }
+      s.synchronize(); // B's own stream: nothing of A's to wait for
+      // On the CPU B signals from inside its capture, so the two overlap; on a CUDA device just
+      // before it (B's capture waits for A's to end).
+      const signal = () => {
+        Atomics.store(flags, 1, 1);
+        Atomics.notify(flags, 1);
+      };
+      if (device !== 'cpu') signal();
+      graph = native.captureGraph([s], () => {
+        native.add(s, y, y, x, 2);
+        if (device === 'cpu') signal();
+      });
     }
     graph.replay();
     graph.replay();
-    const out = Array.from(toArray(y));
-    if (role === 'B') Atomics.store(flags, 1, 1), Atomics.notify(flags, 1);
-    parentPort.postMessage(out);
+    parentPort.postMessage(Array.from(toArray(y)));
   } catch (e) {
     Atomics.store(flags, 1, 1);
     Atomics.notify(flags, 1);

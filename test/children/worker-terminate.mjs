@@ -1,7 +1,7 @@
 // Child process of test/lifetimes.test.ts: terminates worker threads while they are in native
 // calls (queueing matmuls on their streams and waiting for them), at a different point each time,
 // then checks that this thread still computes. Prints "ok <n>" after terminating n workers.
-import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
+import { Worker, isMainThread, workerData } from 'node:worker_threads';
 
 if (isMainThread) {
   const { native } = await import('../../dist/native.js');
