@@ -15,7 +15,8 @@
       "cflags!": ["-fno-exceptions"],
       "cflags_cc!": ["-fno-exceptions", "-fno-rtti", "-std=gnu++14", "-std=gnu++17"],
       "cflags_cc": ["-std=c++17", "-O3", "-fexceptions", "-fvisibility=hidden", "-fno-math-errno"],
-      "libraries": ["-lpthread"]
+      "libraries": ["-lpthread"],
+      "ldflags": ["-Wl,-z,nodelete"]
     }
   ]
 }
