@@ -7,7 +7,9 @@ import { Worker, isMainThread, parentPort, workerData } from 'node:worker_thread
 
 if (isMainThread) {
   const device = process.argv[2] ?? 'cpu';
-  const flags = new Int32Array(new SharedArrayBuffer(8)); // [0]: A is capturing, [1]: B is capturing
+  // [0]: A is capturing, [1]: B is (about to be) capturing, [2]: B has its stream and tensors (on a
+  // CUDA device a stream made during A's capture would wait for it to end, and A waits for B).
+  const flags = new Int32Array(new SharedArrayBuffer(12));
   const run = role =>
     new Promise((resolve, reject) => {
       const w = new Worker(new URL(import.meta.url), { workerData: { role, device, flags } });
@@ -27,6 +29,7 @@ if (isMainThread) {
     const s = native.defaultStream(device);
     let graph;
     if (role === 'A') {
+      Atomics.wait(flags, 2, 0); // until B is ready to capture
       graph = native.captureGraph([s], () => {
         native.add(s, y, y, x);
         Atomics.store(flags, 0, 1);
@@ -34,6 +37,8 @@ if (isMainThread) {
         Atomics.wait(flags, 1, 0); // until B is about to capture
       });
     } else {
+      Atomics.store(flags, 2, 1);
+      Atomics.notify(flags, 2);
       Atomics.wait(flags, 0, 0); // until A is inside its capture
       s.synchronize(); // B's own stream: nothing of A's to wait for
       // On the CPU B signals from inside its capture, so the two overlap; on a CUDA device just
@@ -52,8 +57,10 @@ if (isMainThread) {
     graph.replay();
     parentPort.postMessage(Array.from(toArray(y)));
   } catch (e) {
-    Atomics.store(flags, 1, 1);
-    Atomics.notify(flags, 1);
+    for (const i of [0, 1, 2]) {
+      Atomics.store(flags, i, 1);
+      Atomics.notify(flags, i);
+    }
     parentPort.postMessage(`error: ${e.code ?? ''} ${e.message}`);
   }
 }
