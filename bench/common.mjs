@@ -3,6 +3,7 @@
 // (test/rng.ts and test/op-cases.ts, compiled into dist-test/ by npm run build:ts), so every run
 // times the same data.
 import { native } from '../dist/native.js';
+import { Event } from '../dist/device.js';
 import { tensor, empty, numel } from '../dist/tensor.js';
 import { rng } from '../dist-test/rng.js';
 import { uniform } from '../dist-test/op-cases.js';
@@ -15,6 +16,26 @@ export const median = v => {
   const s = [...v].sort((a, b) => a - b);
   return s.length % 2 ? s[(s.length - 1) / 2] : 0.5 * (s[s.length / 2 - 1] + s[s.length / 2]);
 };
+
+/** The flags every CPU benchmark takes: --quick (smaller sizes) and --out FILE (the JSON results). */
+export function benchFlags(args = process.argv.slice(2)) {
+  return { quick: args.includes('--quick'), outPath: args.includes('--out') ? args[args.indexOf('--out') + 1] : null };
+}
+
+/** Milliseconds of each of `iters` runs of `fn` on the device stream, each between two recorded CUDA events. */
+export function eventTimes(dev, stream, fn, iters) {
+  const times = [];
+  for (let i = 0; i < iters; i++) {
+    const a = new Event(dev),
+      b = new Event(dev);
+    a.record(stream);
+    fn();
+    b.record(stream);
+    b.synchronize();
+    times.push(a.elapsedMs(b));
+  }
+  return times;
+}
 
 /** GB/s summing 1 GiB with every pool thread (native/ops/bench.cc). */
 export const readBandwidth = () => native.benchReadBandwidth(1 << 30, 3).gbps;

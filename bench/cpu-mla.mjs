@@ -13,11 +13,9 @@
 //   LONGCAT_ADDON=build-bench/Release/longcat.node node bench/cpu-mla.mjs [--quick] [--out f.json]
 import { writeFileSync } from 'node:fs';
 import { native } from '../dist/index.js';
-import { now, median, readBandwidth, randomBf16, randomF32 } from './common.mjs';
+import { benchFlags, now, median, readBandwidth, randomBf16, randomF32 } from './common.mjs';
 
-const args = process.argv.slice(2);
-const quick = args.includes('--quick');
-const outPath = args.includes('--out') ? args[args.indexOf('--out') + 1] : null;
+const { quick, outPath } = benchFlags();
 
 const NH = 64,
   DL = 512,

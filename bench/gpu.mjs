@@ -26,9 +26,9 @@
 import { writeFileSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { native } from '../dist/native.js';
-import { Event, Stream } from '../dist/device.js';
+import { Stream } from '../dist/device.js';
 import { tensor, empty, toArray } from '../dist/tensor.js';
-import { deviceRandom, median, randomF32 } from './common.mjs';
+import { deviceRandom, eventTimes, median, randomF32 } from './common.mjs';
 
 const args = process.argv.slice(2);
 const quick = args.includes('--quick');
@@ -65,17 +65,7 @@ function timeMs(fn, iters = quick ? 5 : 12) {
     fn();
     fn();
   }
-  const times = [];
-  for (let i = 0; i < iters; i++) {
-    const a = new Event(dev),
-      b = new Event(dev);
-    a.record(stream);
-    fn();
-    b.record(stream);
-    b.synchronize();
-    times.push(a.elapsedMs(b));
-  }
-  return median(times);
+  return median(eventTimes(dev, stream, fn, iters));
 }
 
 function withPrecision(p, fn) {

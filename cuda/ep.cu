@@ -1,5 +1,6 @@
 // Expert-parallel dispatch and combine on the GPU, split send / receive form (contract: ep.h,
-// native/cpu/ep.h). Dispatch: one block per destination rank walks the tokens in tiles, a scan of
+// native/cpu/ep.h). The slots and partials may be on other devices (peer pointers): a home rank's
+// dispatch writes straight into the receivers' memory, its combine reads their partial rows. Dispatch: one block per destination rank walks the tokens in tiles, a scan of
 // the tile's "goes to this rank" flags gives each token its row, then the block copies the rows
 // (u, local ids, weights) and pads the rest of the slot. Combine: one block per token, threads
 // over columns, partial rows added in rank order, then the zero-expert term. Not tuned: the
@@ -8,8 +9,21 @@
 
 #include "include/common.cuh"
 #include "ep.h"
+#include "../native/cpu/zero_experts.h"
 
 namespace lc::gpu {
+
+#ifdef LC_CUDA_EMU
+// The addresses the slot tables carry, for the emulator's peer-access check of each launch.
+template <class F>
+void each_pointer(const EpSlots& s, F& f) {
+  for (int64_t r = 0; r < kEpMaxRanks; ++r) f(s.count[r]), f(s.x[r]), f(s.idx[r]), f(s.w[r]);
+}
+template <class F>
+void each_pointer(const EpPartials& p, F& f) {
+  for (int64_t r = 0; r < kEpMaxRanks; ++r) f(p.rows[r]);
+}
+#endif
 
 namespace {
 
@@ -23,7 +37,9 @@ __device__ bool chooses_rank(const int32_t* ix, int64_t k, int64_t n_routed, int
 
 __global__ void ep_dispatch_kernel(int64_t t, int64_t k, int64_t h, const float* __restrict__ u, const int32_t* __restrict__ idx,
                                    const float* __restrict__ w, int64_t n_routed, int64_t per_rank, int64_t ranks,
-                                   int64_t capacity, EpSlots slots, int32_t* __restrict__ row_of) {
+                                   int64_t capacity, EpSlots slots, int32_t* __restrict__ row_of, int32_t* abort, bool fail) {
+  // A failed step (the flag raised, or this dispatch told to fail) sends nothing: padding only.
+  const bool dead = fail || (abort && *static_cast<volatile int32_t*>(abort) != 0);
   __shared__ int32_t s_flag[kThreads];
   __shared__ int32_t s_row[kThreads];
   __shared__ int32_t s_tok[kThreads];
@@ -34,7 +50,9 @@ __global__ void ep_dispatch_kernel(int64_t t, int64_t k, int64_t h, const float*
   int32_t* sidx = slots.idx[d];
   float* sw = slots.w[d];
   int64_t base = 0;
-  for (int64_t tile = 0; tile < t; tile += kThreads) {
+  if (dead)
+    for (int64_t i = threadIdx.x; i < t; i += kThreads) row_of[i * ranks + blockIdx.x] = -1;
+  for (int64_t tile = 0; tile < (dead ? 0 : t); tile += kThreads) {
     const int64_t i = tile + tid;
     s_flag[tid] = i < t && chooses_rank(idx + i * k, k, n_routed, per_rank, d);
     __syncthreads();
@@ -70,33 +88,25 @@ __global__ void ep_dispatch_kernel(int64_t t, int64_t k, int64_t h, const float*
     sidx[used * k + j] = static_cast<int32_t>(per_rank);
     sw[used * k + j] = 0.0f;
   }
-  if (tid == 0) *slots.count[d] = static_cast<int32_t>(base);
+  if (tid == 0) {
+    *slots.count[d] = static_cast<int32_t>(base);
+    if ((fail || base > capacity) && abort) *static_cast<volatile int32_t*>(abort) = 1;  // every writer writes 1
+  }
 }
 
 __global__ void ep_combine_kernel(int64_t t, int64_t k, int64_t h, const float* __restrict__ u, const int32_t* __restrict__ idx,
                                   const float* __restrict__ w, int64_t n_routed, int64_t n_experts,
                                   const int32_t* __restrict__ row_of, int64_t ranks, int64_t capacity, EpPartials partials,
-                                  float* __restrict__ out) {
+                                  float* __restrict__ out, const int32_t* abort) {
+  if (abort && *static_cast<const volatile int32_t*>(abort) != 0) {  // the step failed: the partials may be garbage
+    for (int64_t i = blockIdx.x; i < t; i += gridDim.x)
+      for (int64_t c = threadIdx.x; c < h; c += blockDim.x) out[i * h + c] = 0.0f;
+    return;
+  }
   for (int64_t i = blockIdx.x; i < t; i += gridDim.x) {
     // The zero-expert weight in ascending (expert id, slot) order, as cpu::moe sums it.
-    const int32_t* ix = idx + i * k;
-    const float* wi = w + i * k;
-    float z = 0;
-    bool any = false;
-    int64_t prev_e = -1, prev_j = -1;
-    for (;;) {
-      int64_t bj = -1;
-      for (int64_t j = 0; j < k; ++j) {
-        const int64_t e = ix[j];
-        if (e < n_routed || e >= n_experts || e < prev_e || (e == prev_e && j <= prev_j)) continue;
-        if (bj < 0 || e < ix[bj]) bj = j;
-      }
-      if (bj < 0) break;
-      z += wi[bj];
-      any = true;
-      prev_e = ix[bj];
-      prev_j = bj;
-    }
+    float z;
+    const bool any = cpu::zero_expert_weight(idx + i * k, w + i * k, k, n_routed, n_experts, &z);
     for (int64_t c = threadIdx.x; c < h; c += blockDim.x) {
       float o = 0.0f;
       for (int64_t d = 0; d < ranks; ++d) {
@@ -112,19 +122,20 @@ __global__ void ep_combine_kernel(int64_t t, int64_t k, int64_t h, const float* 
 }  // namespace
 
 void ep_dispatch(int64_t t, int64_t k, int64_t h, const float* u, const int32_t* idx, const float* w, int64_t n_routed,
-                 int64_t per_rank, int64_t ranks, int64_t capacity, const EpSlots& slots, int32_t* row_of, void* stream) {
+                 int64_t per_rank, int64_t ranks, int64_t capacity, const EpSlots& slots, int32_t* row_of, int32_t* abort,
+                 bool fail, void* stream) {
   if (ranks <= 0) return;
   ep_dispatch_kernel<<<static_cast<unsigned>(ranks), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
-      t, k, h, u, idx, w, n_routed, per_rank, ranks, capacity, slots, row_of);
+      t, k, h, u, idx, w, n_routed, per_rank, ranks, capacity, slots, row_of, abort, fail);
 }
 
 void ep_combine(int64_t t, int64_t k, int64_t h, const float* u, const int32_t* idx, const float* w, int64_t n_routed,
                 int64_t n_experts, const int32_t* row_of, int64_t ranks, int64_t capacity, const EpPartials& partials, float* out,
-                void* stream) {
+                const int32_t* abort, void* stream) {
   if (t <= 0 || h <= 0) return;
   const int threads = static_cast<int>(std::min<int64_t>(256, (h + 31) / 32 * 32));
   ep_combine_kernel<<<static_cast<unsigned>(std::min<int64_t>(t, 65535)), threads, 0, static_cast<cudaStream_t>(stream)>>>(
-      t, k, h, u, idx, w, n_routed, n_experts, row_of, ranks, capacity, partials, out);
+      t, k, h, u, idx, w, n_routed, n_experts, row_of, ranks, capacity, partials, out, abort);
 }
 
 }  // namespace lc::gpu

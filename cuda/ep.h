@@ -2,6 +2,13 @@
 // (contract and slot protocol: native/cpu/ep.h). Plain C++ (no CUDA headers): included by
 // native/ops/ep.cc. Each is one kernel ordered by its stream; the ranks' streams are joined by
 // events, so nothing spins (the peer-pointer single-kernel form with flags is not written yet).
+//
+// The abort flag (int32 on any device the kernels reach; null: none) makes a failed step end
+// without hanging or reading garbage: a dispatch that overflows a slot raises it, a dispatch or
+// combine that finds it raised does nothing more (combine writes zeros), and the host reads it at
+// the end of the step (and lowers it). A dispatch that finds it raised, or is told to fail (`fail`:
+// the test hook of a failing rank, which raises it), sends nothing: cpu::ep_dispatch_nothing. Ranks never wait on a flag: a receiver is ordered behind its
+// senders by stream events, and a sender that failed still finishes its kernel.
 #pragma once
 #include <cstdint>
 
@@ -24,14 +31,16 @@ struct EpPartials {
 // cpu::ep_dispatch, one block per destination rank. A kernel cannot raise: an id outside
 // [0, n_experts) is treated as a zero expert (it goes nowhere), and when more than `capacity`
 // tokens go to a rank its count holds how many did and the rows past capacity are not written
-// (their row_of entries are >= capacity, which ep_combine skips).
+// (their row_of entries are >= capacity, which ep_combine skips) and it raises `abort`.
 void ep_dispatch(int64_t t, int64_t k, int64_t h, const float* u, const int32_t* idx, const float* w, int64_t n_routed,
-                 int64_t per_rank, int64_t ranks, int64_t capacity, const EpSlots& slots, int32_t* row_of, void* stream);
+                 int64_t per_rank, int64_t ranks, int64_t capacity, const EpSlots& slots, int32_t* row_of, int32_t* abort,
+                 bool fail, void* stream);
 
 // cpu::ep_combine: partial rows added in rank order, then the zero-expert term; row_of entries
-// outside [0, capacity) and ids outside [0, n_experts) contribute nothing.
+// outside [0, capacity) and ids outside [0, n_experts) contribute nothing; with `abort` raised,
+// out is zeros.
 void ep_combine(int64_t t, int64_t k, int64_t h, const float* u, const int32_t* idx, const float* w, int64_t n_routed,
                 int64_t n_experts, const int32_t* row_of, int64_t ranks, int64_t capacity, const EpPartials& partials, float* out,
-                void* stream);
+                const int32_t* abort, void* stream);
 
 }  // namespace lc::gpu

@@ -24,6 +24,7 @@
 //                  32 x 32 score tiles in shared memory, online softmax and scalar FMA in fp32.
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "include/common.cuh"
 #include "mla.h"
@@ -38,6 +39,24 @@ using cpu::MlaDims;
 
 __host__ __device__ __forceinline__ int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 __host__ __device__ __forceinline__ int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
+
+// The W_UK / W_UV kernels are templated on the weight element (f32, or bf16 bits) and on kT, the
+// tokens per CTA (1, 4 or kMaxT, the smallest that holds t): f(w typed, integral_constant<kT>).
+template <int kMaxT, typename F>
+void with_weight_and_tokens(const void* w, bool w_bf16, int64_t t, F&& f) {
+  auto tokens = [&](auto wt) {
+    if (t <= 1)
+      f(wt, std::integral_constant<int, 1>{});
+    else if (t <= 4)
+      f(wt, std::integral_constant<int, 4>{});
+    else
+      f(wt, std::integral_constant<int, kMaxT>{});
+  };
+  if (w_bf16)
+    tokens(static_cast<const uint16_t*>(w));
+  else
+    tokens(static_cast<const float*>(w));
+}
 
 __device__ __forceinline__ float ldv(const float* p, int64_t i) { return p[i]; }
 __device__ __forceinline__ float ldv(const uint16_t* p, int64_t i) { return bf16_bits_to_f32(p[i]); }
@@ -117,21 +136,11 @@ __global__ void __launch_bounds__(kAbsThreads)
   }
 }
 
-template <typename WT, int kT>
+template <int kT, typename WT>
 void absorb_q_launch(const MlaDims& d, int64_t t, float* q_lat, const float* q, const WT* w, cudaStream_t s) {
   const int64_t ctiles = ceil_div(d.dl, kAbsCols), blocks = ceil_div(t, kT) * d.nh * ctiles;
   check_grid("mlaAbsorbQ", blocks);
   absorb_q_kernel<WT, kT><<<static_cast<unsigned>(blocks), kAbsThreads, 0, s>>>(d, t, q_lat, q, w, ctiles);
-}
-
-template <typename WT>
-void absorb_q_dispatch(const MlaDims& d, int64_t t, float* q_lat, const float* q, const WT* w, cudaStream_t s) {
-  if (t <= 1)
-    absorb_q_launch<WT, 1>(d, t, q_lat, q, w, s);
-  else if (t <= 4)
-    absorb_q_launch<WT, 4>(d, t, q_lat, q, w, s);
-  else
-    absorb_q_launch<WT, 16>(d, t, q_lat, q, w, s);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -202,7 +211,7 @@ __global__ void __launch_bounds__(kOutWarps * 32)
   }
 }
 
-template <typename WT, int kT>
+template <int kT, typename WT>
 void output_launch(const MlaDims& d, int64_t t, float* o, const float* o_lat, const WT* w, cudaStream_t s) {
   const int64_t rtiles = ceil_div(d.dv, kOutWarps), blocks = ceil_div(t, kT) * d.nh * rtiles;
   check_grid("mlaOutput", blocks);
@@ -211,16 +220,6 @@ void output_launch(const MlaDims& d, int64_t t, float* o, const float* o_lat, co
     output_kernel<WT, kT, true><<<static_cast<unsigned>(blocks), kOutWarps * 32, 0, s>>>(d, t, o, o_lat, w, rtiles);
   else
     output_kernel<WT, kT, false><<<static_cast<unsigned>(blocks), kOutWarps * 32, 0, s>>>(d, t, o, o_lat, w, rtiles);
-}
-
-template <typename WT>
-void output_dispatch(const MlaDims& d, int64_t t, float* o, const float* o_lat, const WT* w, cudaStream_t s) {
-  if (t <= 1)
-    output_launch<WT, 1>(d, t, o, o_lat, w, s);
-  else if (t <= 4)
-    output_launch<WT, 4>(d, t, o, o_lat, w, s);
-  else
-    output_launch<WT, 8>(d, t, o, o_lat, w, s);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -260,20 +259,10 @@ DecodeCfg decode_cfg(const MlaDims& d, size_t smem_optin) {
        static_cast<long long>(d.dl + d.dr));
 }
 
-struct DecodeParams {
-  int64_t nh, dl, dr, dn, dk, row;
-  int64_t splits, ngroups, hg, tk;
-  const float* q_lat;
-  const float* q;
-  const void* cache;
-  int64_t num_blocks, block_size, max_blocks;
-  const int32_t* block_table;
-  const int32_t* seq_lens;
-  float scale;
-  float* o_lat;
-  float* part_acc;  // [B, splits, nh, dl]
-  float* part_ml;   // [B, splits, nh, 2]
-  bool vec;         // 16-byte loads of cache rows
+struct DecodeParams : MlaDecodeArgs {
+  int64_t dl, dr, row;
+  int64_t ngroups, hg, tk;
+  bool vec;  // 16-byte loads of cache rows
 };
 
 template <typename CT>
@@ -361,16 +350,8 @@ __global__ void __launch_bounds__(kDecThreads) decode_kernel(DecodeParams p) {
     __syncthreads();
     // Online softmax: one warp per head, lane j = token j of the tile (tk <= 32).
     for (int i = warp; i < nhg; i += kDecWarps) {
-      float s = lane < nt ? sc[i * tk + lane] : -INFINITY;
-      float m = ms[i], l = ls[i];
-      const float corr = online_softmax_warp(s, m, l);
+      const float s = online_softmax_row(lane < nt ? sc[i * tk + lane] : -INFINITY, ms, ls, cs, i);
       if (lane < nt) sc[i * tk + lane] = s;
-      __syncwarp();  // every lane read ms / ls (shuffles do not order memory) before lane 0 rewrites them
-      if (lane == 0) {
-        ms[i] = m;
-        ls[i] = l;
-        cs[i] = corr;
-      }
     }
     __syncthreads();
     // acc[i, c] = acc[i, c] * corr[i] + sum_j p[i, j] * ckv[j, c]; each thread owns columns c.
@@ -544,16 +525,7 @@ __global__ void __launch_bounds__(kPThreads)
     }
     __syncthreads();
     for (int i = warp; i < kPB; i += kPThreads / 32) {  // lane = key j (kPB == 32)
-      float sv = Ss[i * (kPB + 1) + lane];
-      float m = ms[i], l = ls[i];
-      const float corr = online_softmax_warp(sv, m, l);
-      Ss[i * (kPB + 1) + lane] = sv;
-      __syncwarp();  // every lane read ms / ls (shuffles do not order memory) before lane 0 rewrites them
-      if (lane == 0) {
-        ms[i] = m;
-        ls[i] = l;
-        cs[i] = corr;
-      }
+      Ss[i * (kPB + 1) + lane] = online_softmax_row(Ss[i * (kPB + 1) + lane], ms, ls, cs, i);
     }
     __syncthreads();
     for (int c = tx; c < dv; c += 8) {
@@ -581,20 +553,16 @@ __global__ void __launch_bounds__(kPThreads)
 
 void mla_absorb_q(const MlaDims& d, int64_t t, float* q_lat, const float* q, const void* wkvb, bool w_bf16, void* stream) {
   if (t <= 0 || d.nh <= 0 || d.dl <= 0) return;
-  auto s = static_cast<cudaStream_t>(stream);
-  if (w_bf16)
-    absorb_q_dispatch(d, t, q_lat, q, static_cast<const uint16_t*>(wkvb), s);
-  else
-    absorb_q_dispatch(d, t, q_lat, q, static_cast<const float*>(wkvb), s);
+  with_weight_and_tokens<16>(wkvb, w_bf16, t, [&](auto w, auto kt) {
+    absorb_q_launch<decltype(kt)::value>(d, t, q_lat, q, w, static_cast<cudaStream_t>(stream));
+  });
 }
 
 void mla_output(const MlaDims& d, int64_t t, float* o, const float* o_lat, const void* wkvb, bool w_bf16, void* stream) {
   if (t <= 0 || d.nh <= 0 || d.dv <= 0) return;
-  auto s = static_cast<cudaStream_t>(stream);
-  if (w_bf16)
-    output_dispatch(d, t, o, o_lat, static_cast<const uint16_t*>(wkvb), s);
-  else
-    output_dispatch(d, t, o, o_lat, static_cast<const float*>(wkvb), s);
+  with_weight_and_tokens<8>(wkvb, w_bf16, t, [&](auto w, auto kt) {
+    output_launch<decltype(kt)::value>(d, t, o, o_lat, w, static_cast<cudaStream_t>(stream));
+  });
 }
 
 static bool use_tc_prefill(const MlaDims& d) { return cpu::bf16_activations() && mla_prefill_tc_supported(d); }
@@ -672,54 +640,37 @@ void mla_decode_absorbed(const MlaDims& d, int64_t batch, float* o_lat, const fl
   if (batch <= 0 || d.nh <= 0 || d.dl <= 0) return;
   auto st = static_cast<cudaStream_t>(stream);
   splits = std::max<int64_t>(1, splits);
+  MlaDecodeArgs args;
+  args.nh = d.nh, args.dn = d.dn, args.dk = d.dn + d.dr;
+  args.splits = splits;
+  args.q_lat = q_lat, args.q = q, args.cache = cache;
+  args.num_blocks = num_blocks, args.block_size = block_size, args.max_blocks = max_blocks;
+  args.block_table = block_table, args.seq_lens = seq_lens, args.scale = scale;
+  args.o_lat = o_lat, args.part_acc = workspace;
+  args.part_ml = splits > 1 ? workspace + batch * splits * d.nh * d.dl : nullptr;
   if (use_tc_decode(d, cache_bf16, cache)) {
-    float* part_ml = splits > 1 ? workspace + batch * splits * d.nh * d.dl : nullptr;
-    mla_decode_tc(d, batch, o_lat, workspace, part_ml, q_lat, q, cache, num_blocks, block_size, block_table, max_blocks, seq_lens,
-                  scale, splits, stream);
-    if (splits > 1) {
-      check_grid("mlaDecodeAbsorbed", batch * d.nh);
-      decode_combine_kernel<<<static_cast<unsigned>(batch * d.nh), 128, 0, st>>>(d.nh, d.dl, splits, o_lat, workspace, part_ml);
-    }
-    return;
-  }
-  const DevAttrs a = dev_attrs();
-  const DecodeCfg cfg = decode_cfg(d, a.smem_optin);
-  DecodeParams p;
-  p.nh = d.nh;
-  p.dl = d.dl;
-  p.dr = d.dr;
-  p.dn = d.dn;
-  p.dk = d.dn + d.dr;
-  p.row = d.dl + d.dr;
-  p.splits = splits;
-  p.hg = cfg.hg;
-  p.tk = cfg.tk;
-  p.ngroups = (d.nh + cfg.hg - 1) / cfg.hg;
-  p.q_lat = q_lat;
-  p.q = q;
-  p.cache = cache;
-  p.num_blocks = num_blocks;
-  p.block_size = block_size;
-  p.max_blocks = max_blocks;
-  p.block_table = block_table;
-  p.seq_lens = seq_lens;
-  p.scale = scale;
-  p.o_lat = o_lat;
-  p.part_acc = workspace;
-  p.part_ml = splits > 1 ? workspace + batch * splits * d.nh * d.dl : nullptr;
-  p.vec = p.row % 8 == 0 && reinterpret_cast<uintptr_t>(cache) % 16 == 0;
-  const int64_t blocks = batch * p.ngroups * splits;
-  check_grid("mlaDecodeAbsorbed", blocks);
-  if (cache_bf16) {
-    set_smem(reinterpret_cast<const void*>(decode_kernel<uint16_t>), cfg.smem);
-    decode_kernel<uint16_t><<<static_cast<unsigned>(blocks), kDecThreads, cfg.smem, st>>>(p);
+    mla_decode_tc(batch, args, stream);
   } else {
-    set_smem(reinterpret_cast<const void*>(decode_kernel<float>), cfg.smem);
-    decode_kernel<float><<<static_cast<unsigned>(blocks), kDecThreads, cfg.smem, st>>>(p);
+    const DecodeCfg cfg = decode_cfg(d, dev_attrs().smem_optin);
+    DecodeParams p;
+    static_cast<MlaDecodeArgs&>(p) = args;
+    p.dl = d.dl, p.dr = d.dr, p.row = d.dl + d.dr;
+    p.hg = cfg.hg, p.tk = cfg.tk, p.ngroups = (d.nh + cfg.hg - 1) / cfg.hg;
+    p.vec = p.row % 8 == 0 && reinterpret_cast<uintptr_t>(cache) % 16 == 0;
+    const int64_t blocks = batch * p.ngroups * splits;
+    check_grid("mlaDecodeAbsorbed", blocks);
+    if (cache_bf16) {
+      set_smem(reinterpret_cast<const void*>(decode_kernel<uint16_t>), cfg.smem);
+      decode_kernel<uint16_t><<<static_cast<unsigned>(blocks), kDecThreads, cfg.smem, st>>>(p);
+    } else {
+      set_smem(reinterpret_cast<const void*>(decode_kernel<float>), cfg.smem);
+      decode_kernel<float><<<static_cast<unsigned>(blocks), kDecThreads, cfg.smem, st>>>(p);
+    }
   }
   if (splits > 1) {
     check_grid("mlaDecodeAbsorbed", batch * d.nh);
-    decode_combine_kernel<<<static_cast<unsigned>(batch * d.nh), 128, 0, st>>>(d.nh, d.dl, splits, o_lat, p.part_acc, p.part_ml);
+    decode_combine_kernel<<<static_cast<unsigned>(batch * d.nh), 128, 0, st>>>(d.nh, d.dl, splits, o_lat, args.part_acc,
+                                                                               args.part_ml);
   }
 }
 

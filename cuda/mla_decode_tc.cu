@@ -48,19 +48,8 @@ static_assert(kDL == kWarps * 64, "each warp owns 64 latent columns");
 static_assert(kWarps == 2 * kKSplit && (kRow / 16) % kKSplit == 0, "score warps: 2 head halves x kKSplit K parts");
 static_assert(kRowThreads * kTok == kThreads && kRowThreads * kRowChunks == kChunks, "cache tile rows split evenly over threads");
 
-struct Params {
-  int64_t nh, dn, dk;
-  int64_t splits, ngroups;
-  const float* q_lat;
-  const float* q;
-  const uint16_t* cache;
-  int64_t num_blocks, block_size, max_blocks;
-  const int32_t* block_table;
-  const int32_t* seq_lens;
-  float scale;
-  float* o_lat;
-  float* part_acc;  // [B, splits, nh, 512]
-  float* part_ml;   // [B, splits, nh, 2]
+struct Params : MlaDecodeArgs {
+  int64_t ngroups;
 };
 
 __global__ void __launch_bounds__(kThreads, 1) decode_tc_kernel(const Params p) {
@@ -115,7 +104,7 @@ __global__ void __launch_bounds__(kThreads, 1) decode_tc_kernel(const Params p) 
     int64_t blk = -1;
     if (lpos < s1) blk = bt[lblk];
     if (blk >= 0 && blk < p.num_blocks) {
-      const uint16_t* src = p.cache + (blk * p.block_size + loff) * kRow + lpart * 8;
+      const uint16_t* src = static_cast<const uint16_t*>(p.cache) + (blk * p.block_size + loff) * kRow + lpart * 8;
 #pragma unroll
       for (int j = 0; j < kRowChunks; ++j) mma::cp_async16(dst + j * kRowThreads * 16, src + j * kRowThreads * 8);
     } else {
@@ -133,12 +122,7 @@ __global__ void __launch_bounds__(kThreads, 1) decode_tc_kernel(const Params p) 
   };
 
   float acc[4][8][4];
-#pragma unroll
-  for (int mi = 0; mi < 4; ++mi)
-#pragma unroll
-    for (int nj = 0; nj < 8; ++nj)
-#pragma unroll
-      for (int r = 0; r < 4; ++r) acc[mi][nj][r] = 0.f;
+  zero_regs(acc);
 
   if (ntiles > 0) load_tile(0);
   for (int it = 0; it < ntiles; ++it) {
@@ -195,11 +179,8 @@ __global__ void __launch_bounds__(kThreads, 1) decode_tc_kernel(const Params p) 
       const int head = warp * (kHeads / kWarps) + hh;
       const float* sh = ss + head * kSPitch + lane;
       const float dot = (sh[0] + sh[kHeads * kSPitch]) + (sh[2 * kHeads * kSPitch] + sh[3 * kHeads * kSPitch]);
-      float s = lane < nt ? dot * p.scale : -INFINITY, m = ms[head], l = ls[head];
-      const float corr = online_softmax_warp(s, m, l);
+      const float s = online_softmax_row(lane < nt ? dot * p.scale : -INFINITY, ms, ls, cs, head);
       *reinterpret_cast<uint16_t*>(ps + head * kPPitch + 2 * lane) = f32_to_bf16_bits(s);
-      __syncwarp();  // every lane read ms / ls before lane 0 rewrites them
-      if (lane == 0) ms[head] = m, ls[head] = l, cs[head] = corr;
     }
     __syncthreads();
 
@@ -266,17 +247,11 @@ bool mla_decode_tc_supported(const cpu::MlaDims& d, bool cache_bf16, const void*
          static_cast<size_t>(device_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin)) >= kSmem;
 }
 
-void mla_decode_tc(const cpu::MlaDims& d, int64_t batch, float* o_lat, float* part_acc, float* part_ml, const float* q_lat,
-                   const float* q, const void* cache, int64_t num_blocks, int64_t block_size, const int32_t* block_table,
-                   int64_t max_blocks, const int32_t* seq_lens, float scale, int64_t splits, void* stream) {
+void mla_decode_tc(int64_t batch, const MlaDecodeArgs& args, void* stream) {
   Params p;
-  p.nh = d.nh, p.dn = d.dn, p.dk = d.dn + d.dr;
-  p.splits = splits, p.ngroups = (d.nh + kHeads - 1) / kHeads;
-  p.q_lat = q_lat, p.q = q, p.cache = static_cast<const uint16_t*>(cache);
-  p.num_blocks = num_blocks, p.block_size = block_size, p.max_blocks = max_blocks;
-  p.block_table = block_table, p.seq_lens = seq_lens, p.scale = scale;
-  p.o_lat = o_lat, p.part_acc = part_acc, p.part_ml = part_ml;
-  const int64_t blocks = batch * p.ngroups * splits;
+  static_cast<MlaDecodeArgs&>(p) = args;
+  p.ngroups = (p.nh + kHeads - 1) / kHeads;
+  const int64_t blocks = batch * p.ngroups * p.splits;
   if (blocks > 0x7fffffffLL)
     fail(Code::E_SHAPE, "mlaDecodeAbsorbed (CUDA): %lld thread blocks exceed the grid limit", static_cast<long long>(blocks));
   check(cudaFuncSetAttribute(decode_tc_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmem)),

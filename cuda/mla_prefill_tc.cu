@@ -111,10 +111,7 @@ __global__ void __launch_bounds__(kThreads)
     mma::ldmatrix_x4(qf[k16], qs + (16 * warp + frag::a_row(lane)) * kKPitch + k16 * 32 + frag::a_col16(lane) * 16);
 
   float acc[kDV / 8][4];
-#pragma unroll
-  for (int nj = 0; nj < kDV / 8; ++nj)
-#pragma unroll
-    for (int r = 0; r < 4; ++r) acc[nj][r] = 0.f;
+  zero_regs(acc);
   float mrow[2] = {-INFINITY, -INFINITY}, lpart[2] = {0.f, 0.f};  // rows g, g + 8 of this warp
   const int64_t qpos[2] = {pos0 + 16 * warp + frag::c_row(lane, 0), pos0 + 16 * warp + frag::c_row(lane, 2)};
 
@@ -135,10 +132,7 @@ __global__ void __launch_bounds__(kThreads)
 
     // S = Q K^T for this warp's 16 queries x 64 keys
     float sf[kKeys / 8][4];
-#pragma unroll
-    for (int nj = 0; nj < kKeys / 8; ++nj)
-#pragma unroll
-      for (int r = 0; r < 4; ++r) sf[nj][r] = 0.f;
+    zero_regs(sf);
 #pragma unroll
     for (int k16 = 0; k16 < kDK / 16; ++k16)
 #pragma unroll

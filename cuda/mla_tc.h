@@ -14,11 +14,27 @@ constexpr int64_t kMlaTcHeads = 64;  // heads per CTA
 // the kernel's tiles.
 bool mla_decode_tc_supported(const cpu::MlaDims& d, bool cache_bf16, const void* cache);
 
-// decode_kernel's contract (mla.cu): writes o_lat when splits == 1, else the partials part_acc
-// [B, splits, nh, 512] / part_ml [B, splits, nh, 2] that mla.cu's combine kernel merges.
-void mla_decode_tc(const cpu::MlaDims& d, int64_t batch, float* o_lat, float* part_acc, float* part_ml, const float* q_lat,
-                   const float* q, const void* cache, int64_t num_blocks, int64_t block_size, const int32_t* block_table,
-                   int64_t max_blocks, const int32_t* seq_lens, float scale, int64_t splits, void* stream);
+// What both absorbed decode kernels (mla.cu's decode_kernel, decode_tc_kernel) read and write:
+// q_lat [B, nh, dl], q [B, nh, dk] (q_pe at dn), the paged cache (rows of dl + dr), and o_lat
+// [B, nh, dl] when splits == 1, else the partials part_acc [B, splits, nh, dl] / part_ml
+// [B, splits, nh, 2] that mla.cu's combine kernel merges.
+struct MlaDecodeArgs {
+  int64_t nh, dn, dk;
+  int64_t splits;
+  const float* q_lat;
+  const float* q;
+  const void* cache;
+  int64_t num_blocks, block_size, max_blocks;
+  const int32_t* block_table;
+  const int32_t* seq_lens;
+  float scale;
+  float* o_lat;
+  float* part_acc;
+  float* part_ml;
+};
+
+// decode_kernel's contract (mla.cu) for the bf16 cache.
+void mla_decode_tc(int64_t batch, const MlaDecodeArgs& args, void* stream);
 
 constexpr int64_t kMlaTcPrefillRows = 64;  // queries per prefill tile
 

@@ -179,6 +179,26 @@ void graph_destroy(int dev, void* exec) {
   use(dev);
   check(cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(exec)), "cudaGraphExecDestroy");
 }
+bool can_access_peer(int dev, int peer) {
+  int can = 0;
+  check(cudaDeviceCanAccessPeer(&can, dev, peer), "cudaDeviceCanAccessPeer");
+  return can != 0;
+}
+void enable_peer_access(int dev, int peer) {
+  if (dev == peer) return;
+  if (!can_access_peer(dev, peer))
+    fail(Code::E_DEVICE,
+         "cuda:%d cannot reach the memory of cuda:%d (cudaDeviceCanAccessPeer says no: no NVLink or PCIe peer path "
+         "between them); expert parallelism needs peer access between every pair of its devices",
+         dev, peer);
+  use(dev);
+  const cudaError_t e = cudaDeviceEnablePeerAccess(peer, 0);
+  if (e == cudaErrorPeerAccessAlreadyEnabled) {
+    cudaGetLastError();
+    return;
+  }
+  check(e, "cudaDeviceEnablePeerAccess");
+}
 void check_launch(const char* what) { check(cudaGetLastError(), what); }
 
 }  // namespace lc::cuda

@@ -7,10 +7,10 @@
 //
 // No BOS is emitted; every finished assistant turn ends with </longcat_s>; one space precedes
 // every [Round k] that follows a system prompt or an EOS; no space after USER: / ASSISTANT:.
-import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import { Template } from '@huggingface/jinja';
+import { Environment, Interpreter, Template } from '@huggingface/jinja';
 import { ArgumentError, CheckpointError } from './errors.js';
+import { readRegularTextSync } from './files.js';
 
 export type ChatRole = 'system' | 'user' | 'assistant';
 
@@ -87,6 +87,84 @@ export function formatLongcatChat(messages: readonly ChatMessage[], opts: ChatTe
   return out;
 }
 
+/**
+ * Bounds on rendering one chat template (a template comes with a checkpoint, so it is untrusted):
+ * AST nodes evaluated (each loop iteration costs at least one): `steps` plus `stepsPerMessage` for
+ * each message, so a long conversation gets room in proportion while a template looping over the
+ * messages cubically does not; items range() may produce in all; the length of any string the
+ * template builds (the prompt included). A real chat template takes tens of nodes per message;
+ * a node costs the interpreter microseconds, so the bound is seconds, not hours.
+ */
+export const TEMPLATE_LIMITS = { steps: 1_000_000, stepsPerMessage: 1_000, rangeItems: 100_000, chars: 64 * 2 ** 20 } as const;
+
+class TemplateLimitError extends Error {}
+
+// The parts of the library's runtime used here (its .d.ts files import each other without
+// extensions, which NodeNext resolution does not follow, so Environment and Interpreter arrive untyped).
+interface JinjaValue {
+  type: string;
+  value: unknown;
+}
+interface JinjaEnvironment {
+  set(name: string, value: unknown): unknown;
+}
+interface JinjaInterpreter {
+  run(program: unknown): JinjaValue;
+  evaluate(node: unknown, env: JinjaEnvironment): JinjaValue;
+}
+const JinjaEnvironmentClass = Environment as unknown as new () => JinjaEnvironment;
+const JinjaInterpreterClass = Interpreter as unknown as new (env: JinjaEnvironment) => JinjaInterpreter;
+
+/** The jinja interpreter, counting evaluated nodes and checking the length of every string made. */
+class BoundedInterpreter extends JinjaInterpreterClass {
+  private steps = 0;
+  constructor(
+    env: JinjaEnvironment,
+    private readonly maxSteps: number,
+  ) {
+    super(env);
+  }
+  override evaluate(node: unknown, env: JinjaEnvironment): JinjaValue {
+    if (++this.steps > this.maxSteps) throw new TemplateLimitError(`it evaluated more than ${this.maxSteps} expressions`);
+    const v = super.evaluate(node, env);
+    if (v.type === 'StringValue' && (v.value as string).length > TEMPLATE_LIMITS.chars)
+      throw new TemplateLimitError(
+        `it built a string of ${(v.value as string).length} characters (limit ${TEMPLATE_LIMITS.chars})`,
+      );
+    return v;
+  }
+}
+
+/**
+ * The globals Template.render() declares (@huggingface/jinja's setupGlobals, which it does not
+ * export), with range() counting against TEMPLATE_LIMITS.rangeItems; strftime_now is the library's own.
+ */
+function boundedGlobals(env: JinjaEnvironment): void {
+  let rangeItems = 0;
+  const range = (start: number, stop?: number, step = 1): number[] => {
+    if (stop === undefined) [start, stop] = [0, start];
+    for (const v of [start, stop, step])
+      if (typeof v !== 'number' || !Number.isSafeInteger(v)) throw new Error('range() takes integers');
+    if (step === 0) throw new Error('range() step must not be zero');
+    const n = Math.max(0, Math.ceil((stop - start) / step));
+    rangeItems += n;
+    if (rangeItems > TEMPLATE_LIMITS.rangeItems)
+      throw new TemplateLimitError(`range() produced more than ${TEMPLATE_LIMITS.rangeItems} items`);
+    return Array.from({ length: n }, (_, i) => start + i * step);
+  };
+  env.set('false', false);
+  env.set('true', true);
+  env.set('none', null);
+  env.set('raise_exception', (msg: unknown) => {
+    throw new Error(String(msg));
+  });
+  env.set('range', range);
+  env.set('strftime_now', (format: unknown) => new Template('{{ strftime_now(f) }}').render({ f: format }));
+  env.set('True', true);
+  env.set('False', false);
+  env.set('None', null);
+}
+
 /** Renders a Jinja chat template (HF semantics: messages, add_generation_prompt, special tokens). */
 export function renderChatTemplate(
   template: string,
@@ -101,16 +179,23 @@ export function renderChatTemplate(
     throw new CheckpointError('E_CHECKPOINT', `chat template does not parse: ${(e as Error).message}`, { cause: e });
   }
   try {
-    return t.render({
+    // Template.render(), with the bounded interpreter and range().
+    const env = new JinjaEnvironmentClass();
+    boundedGlobals(env);
+    const items: Record<string, unknown> = {
       bos_token: '<longcat_s>',
       eos_token: LONGCAT_EOS,
       ...opts.specialTokens,
       ...opts.context,
       messages: messages.map(m => ({ ...m })),
       add_generation_prompt: opts.addGenerationPrompt ?? true,
-    });
+    };
+    for (const [k, v] of Object.entries(items)) env.set(k, v);
+    const maxSteps = TEMPLATE_LIMITS.steps + TEMPLATE_LIMITS.stepsPerMessage * messages.length;
+    return new BoundedInterpreter(env, maxSteps).run(t.parsed).value as string;
   } catch (e) {
-    throw new CheckpointError('E_CHECKPOINT', `chat template failed to render: ${(e as Error).message}`, { cause: e });
+    const why = e instanceof TemplateLimitError ? `rendering stopped: ${e.message}` : `failed to render: ${(e as Error).message}`;
+    throw new CheckpointError('E_CHECKPOINT', `chat template ${why}`, { cause: e });
   }
 }
 
@@ -141,8 +226,9 @@ export function chatTemplateOf(cfg: TokenizerConfig): string | null {
 
 function readText(file: string): string | null {
   try {
-    return readFileSync(file, 'utf8');
+    return readRegularTextSync(file);
   } catch (e) {
+    if (e instanceof CheckpointError) throw e;
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
     throw new CheckpointError('E_CHECKPOINT', `${file}: cannot read (${(e as NodeJS.ErrnoException).code ?? 'error'})`, {
       cause: e,

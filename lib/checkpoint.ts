@@ -1,9 +1,9 @@
 // A checkpoint directory: config, shard headers (validated), every required tensor checked, and
 // tensors served as memory-mapped native Tensors (never copied through the JS heap).
-import { readFile, stat } from 'node:fs/promises';
+import { realpath, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { native } from './native.js';
-import { AbortError, ArgumentError, CheckpointError, ConfigError, DisposedError } from './errors.js';
+import { AbortError, ArgumentError, CheckpointError, ConfigError, DisposedError, showValue } from './errors.js';
 import {
   type DerivedConstants,
   type LongcatConfig,
@@ -15,8 +15,10 @@ import {
   requiredTensors,
 } from './config.js';
 import { type SafetensorsDType, type SafetensorsHeader, readSafetensorsHeader } from './safetensors.js';
+import { checkContained, readRegularText } from './files.js';
 import type { DType, Tensor } from '../types/native.js';
 import type { MappedFile, MmapAdvice } from '../types/ops-mmap.js';
+import { AUXILIARY_FILE } from './config-ngram.js';
 
 export interface GenerationConfig {
   bos_token_id?: number;
@@ -99,6 +101,12 @@ export interface Checkpoint {
   linear(module: string): LinearWeights;
   /** Expert `e` of logical layer `layer` in either layout; views are cached. */
   expertWeights(layer: number, e: number): ExpertWeights;
+  /**
+   * Throws CheckpointError (E_CHECKPOINT) naming the shard when one changed on disk since it was
+   * mapped (replaced, truncated, written in place): tensors over it would fault or read the new
+   * bytes. One stat() per shard. E_DISPOSED after close().
+   */
+  verify(): void;
   /** Disposes every tensor handed out and drops the mappings. Idempotent. */
   close(): void;
   [Symbol.dispose](): void;
@@ -111,8 +119,9 @@ function ckptError(msg: string, cause?: unknown): CheckpointError {
 async function readJson(file: string, optional: boolean): Promise<unknown | undefined> {
   let text: string;
   try {
-    text = await readFile(file, 'utf8');
+    text = await readRegularText(file);
   } catch (e) {
+    if (e instanceof CheckpointError) throw e;
     const code = (e as NodeJS.ErrnoException).code;
     if (optional && code === 'ENOENT') return undefined;
     throw ckptError(`${file}: cannot read (${code ?? 'error'}): ${(e as Error).message}`, e);
@@ -121,6 +130,27 @@ async function readJson(file: string, optional: boolean): Promise<unknown | unde
     return JSON.parse(text);
   } catch (e) {
     throw ckptError(`${file}: not valid JSON (${(e as Error).message})`, e);
+  }
+}
+
+/**
+ * generation_config.json's token ids (eos_token_id: an id or a non-empty list; bos_token_id,
+ * pad_token_id: an id; null or absent allowed) must be token ids of the model's vocabulary.
+ */
+function checkGenerationConfig(gen: GenerationConfig, file: string, vocab: number): void {
+  const isId = (v: unknown) => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0 && v < vocab;
+  for (const field of ['eos_token_id', 'bos_token_id', 'pad_token_id'] as const) {
+    const v = gen[field];
+    if (v === undefined || v === null) continue;
+    const ok = field === 'eos_token_id' && Array.isArray(v) ? v.length > 0 && v.every(isId) : isId(v);
+    if (!ok)
+      throw Object.assign(
+        new ConfigError(
+          'E_CONFIG',
+          `${file}: field '${field}' must be a token id in [0, ${vocab})${field === 'eos_token_id' ? ' or a non-empty list of them' : ''}, got ${showValue(v)}`,
+        ),
+        { file, field },
+      );
   }
 }
 
@@ -157,6 +187,8 @@ export async function openCheckpoint(dir: string, opts: OpenCheckpointOptions = 
   if (gen !== undefined && (typeof gen !== 'object' || gen === null || Array.isArray(gen)))
     throw new ConfigError('E_CONFIG', `${genFile}: expected a JSON object`);
   const generationConfig = (gen as GenerationConfig | undefined) ?? null;
+  if (generationConfig) checkGenerationConfig(generationConfig, genFile, config.vocab_size);
+  const realRoot = await realpath(root);
 
   // Which files hold which tensors.
   const indexFile = path.join(root, 'model.safetensors.index.json');
@@ -175,22 +207,29 @@ export async function openCheckpoint(dir: string, opts: OpenCheckpointOptions = 
     weightMap = new Map();
     for (const [name, f] of Object.entries(wm)) {
       if (typeof f !== 'string' || !f)
-        throw ckptError(`${indexFile}: weight_map['${name}'] must be a file name, got ${JSON.stringify(f)}`);
+        throw ckptError(`${indexFile}: weight_map['${name}'] must be a file name, got ${showValue(f)}`);
       weightMap.set(name, inside(f, indexFile));
     }
     files = [...new Set(weightMap.values())].sort();
+    // LongCat-Flash-Lite ships its MTP tensors in model-auxiliary.safetensors, outside the index (SPEC-LITE 2.2).
+    const aux = path.join(root, AUXILIARY_FILE);
+    if (!files.includes(aux) && (await stat(aux).catch(() => null))?.isFile()) files.push(aux);
+    for (const f of files) await checkContained(root, realRoot, f, indexFile);
   } else {
     const single = path.join(root, 'model.safetensors');
     try {
       await stat(single);
       files = [single];
-    } catch {
+      await checkContained(root, realRoot, single, root);
+    } catch (e) {
+      if (e instanceof CheckpointError) throw e;
       const { readdir } = await import('node:fs/promises');
       files = (await readdir(root))
         .filter(f => f.endsWith('.safetensors'))
         .sort()
         .map(f => path.join(root, f));
       if (!files.length) throw ckptError(`${root}: no model.safetensors.index.json, model.safetensors or *.safetensors file`);
+      for (const f of files) await checkContained(root, realRoot, f, root);
     }
   }
 
@@ -413,6 +452,11 @@ class CheckpointImpl implements Checkpoint {
     }
     this.experts.set(key, r);
     return r;
+  }
+
+  verify(): void {
+    this.alive('verify()');
+    for (const m of this.mappings.values()) m.verify();
   }
 
   close(): void {

@@ -21,9 +21,10 @@ commands:
   generate [--model DIR] --prompt TEXT   stream a completion (no --model: a generated tiny model)
            [--chat] [--max-tokens N] [--temperature T] [--top-k K] [--top-p P] [--min-p P]
            [--seed S] [--stop STR] [--backend auto|cpu|cuda] [--threads N]
+           [--max-context N] [--prefill-chunk N]
   chat --model DIR                       interactive chat (Ctrl+C stops an answer; twice quits)
   inspect DIR                            config, tensors, bytes, active parameters per token
-  init-random --preset tiny|small|medium --out DIR [--fp8] [--mtp] [--seed S]
+  init-random --preset tiny|small|medium|lite --out DIR [--fp8] [--mtp] [--seed S]
                                          write a random LongCat-Flash checkpoint (original layout)
   info [--json]                          backends, devices, CPU features and build flags
 `;
@@ -105,6 +106,7 @@ const modelOptions = {
   backend: { type: 'string' },
   threads: { type: 'string' },
   'max-context': { type: 'string' },
+  'prefill-chunk': { type: 'string' },
 } as const;
 
 const samplingOptions = {
@@ -160,6 +162,7 @@ interface ModelArgs {
   backend?: string;
   threads?: string;
   'max-context'?: string;
+  'prefill-chunk'?: string;
 }
 
 /** Checks the model options before anything is loaded. */
@@ -170,13 +173,14 @@ function modelArgs(v: ModelArgs) {
     backend: v.backend as Backend | undefined,
     threads: num(v.threads, 'threads', { integer: true, min: 1 }),
     maxContext: num(v['max-context'], 'max-context', { integer: true, min: 1 }),
+    prefillChunk: num(v['prefill-chunk'], 'prefill-chunk', { integer: true, min: 1 }),
   };
 }
 
-async function openModel(v: ModelArgs, opts: ReturnType<typeof modelArgs>): Promise<Model> {
+async function openModel(v: ModelArgs, opts: ReturnType<typeof modelArgs>, signal?: AbortSignal): Promise<Model> {
   const dir = v.model ?? (await defaultModelDir());
   const bar = progressBar('loading');
-  const model = await loadModel(dir, { ...opts, onProgress: p => bar.update(p) });
+  const model = await loadModel(dir, { ...opts, signal, onProgress: p => bar.update(p) });
   bar.done();
   process.stderr.write(`longcat: ${path.basename(path.resolve(dir))} on ${model.device}\n`);
   return model;
@@ -201,12 +205,14 @@ async function generate(args: string[]) {
   });
   if (v.prompt === undefined) throw new UsageError('generate: --prompt TEXT is required');
   const opts = sampling(v);
-  using model = await openModel(v, modelArgs(v));
-  using session = model.createSession();
+  const margs = modelArgs(v);
+  // Ctrl+C from here on: it stops the loading, or the generation at its next step or prefill chunk.
   const ac = new AbortController();
   const onSigint = () => ac.abort();
   process.on('SIGINT', onSigint);
   try {
+    using model = await openModel(v, margs, ac.signal);
+    using session = model.createSession();
     const g = session.generate(v.chat ? [{ role: 'user', content: v.prompt }] : v.prompt, { ...opts, signal: ac.signal });
     for await (const chunk of g) process.stdout.write(chunk);
     const r = await g;
@@ -246,7 +252,7 @@ async function chat(args: string[]) {
     for await (const chunk of g) process.stdout.write(chunk);
     const r = await g;
     answering = null;
-    process.stdout.write(r.stopReason === 'abort' ? ' [stopped]\n' : '\n');
+    process.stdout.write(r.stopReason === 'abort' ? ' [stopped]\n' : r.stopReason === 'cache' ? ' [KV cache full]\n' : '\n');
     messages.push({ role: 'assistant', content: r.text });
     rl.prompt();
   }
@@ -280,6 +286,11 @@ async function inspect(args: string[]) {
     `RoPE:         theta ${c.rope_theta}${c.rope_scaling ? `, YaRN x${c.rope_scaling.factor}` : ''}, context ${c.max_position_embeddings}`,
   );
   console.log(`parameters:   ${formatCount(p.total)} total${p.mtp ? ` (+${formatCount(p.mtp)} MTP)` : ''}`);
+  if (c.ngram)
+    console.log(
+      `N-gram:       ${formatCount(p.ngramTables)} in ${c.ngram.splitNum * (c.ngram.neighborNum - 1)} tables (orders 2..${c.ngram.neighborNum}, ` +
+        `${c.ngram.splitNum} splits; looked up, kept in host memory) + ${formatCount(p.ngramProjections)} projections (active)`,
+    );
   console.log(
     `active/token: ${formatCount(p.activeMin)} (0 FFN experts) .. ${formatCount(p.activeMax)} (${Math.min(c.moe_topk, c.n_routed_experts)}), ${formatCount(p.activeExpected!)} at ${typical}`,
   );
@@ -298,8 +309,8 @@ async function initRandomCmd(args: string[]) {
   });
   if (!v.out) throw new UsageError('init-random: --out DIR is required');
   const preset = (v.preset ?? 'tiny') as Preset;
-  if (!['tiny', 'small', 'medium'].includes(preset))
-    throw new UsageError(`init-random: unknown preset '${preset}' (tiny, small or medium)`);
+  if (!['tiny', 'small', 'medium', 'lite'].includes(preset))
+    throw new UsageError(`init-random: unknown preset '${preset}' (tiny, small, medium or lite)`);
   const r = await initRandom({
     preset,
     out: v.out,
@@ -343,6 +354,11 @@ main(process.argv.slice(2)).catch((err: unknown) => {
   if (err instanceof UsageError || parseError) {
     process.stderr.write(`longcat: ${(err as Error).message}${err instanceof LongcatError ? ` [${err.code}]` : ''}\n${USAGE}`);
     process.exitCode = 2;
+    return;
+  }
+  if (err instanceof LongcatError && err.code === 'E_ABORTED') {
+    process.stderr.write('longcat: interrupted\n');
+    process.exitCode = 130; // Ctrl+C while the model was loading
     return;
   }
   if (err instanceof LongcatError) process.stderr.write(`longcat: ${err.message} [${err.code}]\n`);

@@ -1,8 +1,16 @@
 // config.json of the LongCat-Flash family (SPEC 1): parsing with validation, derived constants,
 // the tensors a checkpoint must hold (SPEC 2.1, 2.2, 7.1) and parameter counts.
-import { ConfigError } from './errors.js';
+import { ConfigError, showValue } from './errors.js';
 import { yarnGetMscale } from './rope.js';
 import type { SafetensorsDType } from './safetensors.js';
+import {
+  NGRAM_CONFIG_KEYS,
+  type NgramConfig,
+  ngramConfigToJson,
+  ngramParams,
+  ngramTensorShapes,
+  parseNgramConfig,
+} from './config-ngram.js';
 
 /**
  * YaRN RoPE scaling (Thinking-2601, Lite; SPEC 3.6) as parseConfig returns it, transformers' defaults
@@ -36,7 +44,7 @@ export interface QuantizationConfig {
 
 export interface LongcatConfig {
   architectures: string[];
-  model_type: 'longcat_flash';
+  model_type: 'longcat_flash' | 'longcat_flash_ngram';
   vocab_size: number;
   hidden_size: number;
   /** Logical layers; each has 2 attention + 2 dense MLP + 1 MoE. */
@@ -76,6 +84,8 @@ export interface LongcatConfig {
   quantization_config: QuantizationConfig | null;
   /** MTP (NextN) layers. The Chat config omits it (default 1); the tensors are optional either way. */
   num_nextn_predict_layers: number;
+  /** The N-gram embedding of LongCat-Flash-Lite (model_type longcat_flash_ngram), else null. */
+  ngram: NgramConfig | null;
   /** Fields of the file this type does not model, kept as read. */
   extra: Record<string, unknown>;
 }
@@ -148,10 +158,40 @@ const CONFIG_KEYS = new Set([
   'rope_scaling',
   'quantization_config',
   'num_nextn_predict_layers',
+  ...NGRAM_CONFIG_KEYS,
 ]);
 
+/**
+ * Upper bounds of the structural sizes: far above every LongCat model (Flash-Chat: vocab 131072,
+ * hidden 6144, 28 layers, 64 heads, 512 + 256 experts, FFN 12288; Lite: 327680 positions), low
+ * enough that a corrupt or hostile config.json fails here, naming the field, instead of building
+ * millions of tensor specs or allocating gigabytes first.
+ */
+export const CONFIG_LIMITS = {
+  vocab_size: 2 ** 24,
+  hidden_size: 2 ** 16,
+  num_layers: 1024,
+  num_attention_heads: 1024,
+  q_lora_rank: 2 ** 16,
+  kv_lora_rank: 2 ** 16,
+  qk_nope_head_dim: 4096,
+  qk_rope_head_dim: 4096,
+  v_head_dim: 4096,
+  ffn_hidden_size: 2 ** 20,
+  expert_ffn_hidden_size: 2 ** 20,
+  n_routed_experts: 2 ** 16,
+  zero_expert_num: 2 ** 16,
+  max_position_embeddings: 2 ** 24,
+  /** rope_scaling.original_max_position_embeddings */
+  original_max_position_embeddings: 2 ** 24,
+  /** quantization_config.weight_block_size, each side */
+  weight_block_size: 2 ** 16,
+  /** num_layers x n_routed_experts: every routed expert is a tensor spec (Flash-Chat: 14,336). */
+  routed_experts_total: 2 ** 18,
+} as const;
+
 function configError(file: string, field: string, expected: string, got: unknown): never {
-  const shown = got === undefined ? 'nothing (field absent)' : JSON.stringify(got);
+  const shown = got === undefined ? 'nothing (field absent)' : showValue(got);
   const e = new ConfigError('E_CONFIG', `${file}: field '${field}' must be ${expected}, got ${shown}`);
   Object.assign(e, { file, field });
   throw e;
@@ -175,16 +215,20 @@ class Reader {
   has(k: string) {
     return this.obj[k] !== undefined && this.obj[k] !== null;
   }
-  posInt(k: string, def?: number): number {
+  posInt(k: string, def?: number, max = Number.MAX_SAFE_INTEGER): number {
     const v = this.obj[k] ?? def;
     if (typeof v !== 'number' || !Number.isSafeInteger(v) || v <= 0)
       configError(this.file, this.name(k), 'a positive integer', this.obj[k]);
-    return v;
+    return this.atMost(k, v, max);
   }
-  nonNegInt(k: string, def?: number): number {
+  nonNegInt(k: string, def?: number, max = Number.MAX_SAFE_INTEGER): number {
     const v = this.obj[k] ?? def;
     if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0)
       configError(this.file, this.name(k), 'a non-negative integer', this.obj[k]);
+    return this.atMost(k, v, max);
+  }
+  private atMost(k: string, v: number, max: number): number {
+    if (v > max) configError(this.file, this.name(k), `at most ${max} (a plausible size; see CONFIG_LIMITS)`, v);
     return v;
   }
   posNumber(k: string, def?: number): number {
@@ -235,34 +279,31 @@ class Reader {
 export function parseConfig(json: unknown, file = 'config.json'): LongcatConfig {
   if (typeof json !== 'object' || json === null || Array.isArray(json))
     throw Object.assign(
-      new ConfigError(
-        'E_CONFIG',
-        `${file}: expected a JSON object, got ${Array.isArray(json) ? 'an array' : JSON.stringify(json)}`,
-      ),
+      new ConfigError('E_CONFIG', `${file}: expected a JSON object, got ${Array.isArray(json) ? 'an array' : showValue(json)}`),
       { file, field: '' },
     );
   const o = json as Record<string, unknown>;
   const r = new Reader(o, file);
 
   const architectures = r.stringList('architectures', []);
-  let model_type: 'longcat_flash';
+  let model_type: LongcatConfig['model_type'];
   if (o.model_type === undefined) {
-    if (!architectures.includes('LongcatFlashForCausalLM'))
-      configError(file, 'model_type', '"longcat_flash" (or absent with architectures ["LongcatFlashForCausalLM"])', undefined);
-    model_type = 'longcat_flash';
-  } else {
-    if (o.model_type === 'longcat_flash_ngram')
-      fieldError(
+    if (architectures.includes('LongcatFlashNgramForCausalLM')) model_type = 'longcat_flash_ngram';
+    else if (architectures.includes('LongcatFlashForCausalLM')) model_type = 'longcat_flash';
+    else
+      configError(
         file,
         'model_type',
-        'is "longcat_flash_ngram" (LongCat-Flash-Lite, N-gram embedding), which this engine does not support; expected "longcat_flash"',
+        '"longcat_flash" or "longcat_flash_ngram" (or absent with architectures ["LongcatFlashForCausalLM"] / ["LongcatFlashNgramForCausalLM"])',
+        undefined,
       );
-    model_type = r.oneOf('model_type', ['longcat_flash'] as const);
+  } else {
+    model_type = r.oneOf('model_type', ['longcat_flash', 'longcat_flash_ngram'] as const);
   }
 
-  const hidden_size = r.posInt('hidden_size');
-  const num_attention_heads = r.posInt('num_attention_heads');
-  const num_key_value_heads = r.posInt('num_key_value_heads', num_attention_heads);
+  const hidden_size = r.posInt('hidden_size', undefined, CONFIG_LIMITS.hidden_size);
+  const num_attention_heads = r.posInt('num_attention_heads', undefined, CONFIG_LIMITS.num_attention_heads);
+  const num_key_value_heads = r.posInt('num_key_value_heads', num_attention_heads, CONFIG_LIMITS.num_attention_heads);
   if (num_key_value_heads !== num_attention_heads)
     configError(
       file,
@@ -270,12 +311,12 @@ export function parseConfig(json: unknown, file = 'config.json'): LongcatConfig 
       `equal to num_attention_heads (${num_attention_heads}) for MLA`,
       num_key_value_heads,
     );
-  const vocab_size = r.posInt('vocab_size');
-  const qk_rope_head_dim = r.posInt('qk_rope_head_dim');
+  const vocab_size = r.posInt('vocab_size', undefined, CONFIG_LIMITS.vocab_size);
+  const qk_rope_head_dim = r.posInt('qk_rope_head_dim', undefined, CONFIG_LIMITS.qk_rope_head_dim);
   if (qk_rope_head_dim % 2 !== 0)
     configError(file, 'qk_rope_head_dim', 'an even positive integer (RoPE rotates pairs)', qk_rope_head_dim);
-  const n_routed_experts = r.posInt('n_routed_experts');
-  const zero_expert_num = r.nonNegInt('zero_expert_num');
+  const n_routed_experts = r.posInt('n_routed_experts', undefined, CONFIG_LIMITS.n_routed_experts);
+  const zero_expert_num = r.nonNegInt('zero_expert_num', undefined, CONFIG_LIMITS.zero_expert_num);
   const moe_topk = r.posInt('moe_topk');
   if (moe_topk > n_routed_experts + zero_expert_num)
     configError(file, 'moe_topk', `<= n_routed_experts + zero_expert_num (${n_routed_experts + zero_expert_num})`, moe_topk);
@@ -292,7 +333,7 @@ export function parseConfig(json: unknown, file = 'config.json'): LongcatConfig 
     if (pad_token_id >= vocab_size) configError(file, 'pad_token_id', `a token id in [0, ${vocab_size})`, pad_token_id);
   }
 
-  const max_position_embeddings = r.posInt('max_position_embeddings', 131072);
+  const max_position_embeddings = r.posInt('max_position_embeddings', 131072, CONFIG_LIMITS.max_position_embeddings);
 
   let rope_scaling: RopeScaling | null = null;
   const rs = o.rope_scaling;
@@ -312,6 +353,7 @@ export function parseConfig(json: unknown, file = 'config.json'): LongcatConfig 
         original_max_position_embeddings: rr.posInt(
           'original_max_position_embeddings',
           Math.max(1, Math.round(max_position_embeddings / factor)),
+          CONFIG_LIMITS.original_max_position_embeddings,
         ),
         beta_fast: rr.posNumber('beta_fast', 32),
         beta_slow: rr.posNumber('beta_slow', 1),
@@ -330,8 +372,17 @@ export function parseConfig(json: unknown, file = 'config.json'): LongcatConfig 
     const quant_method = qr.oneOf('quant_method', ['fp8'] as const, 'fp8');
     const fmt = qr.oneOf('fmt', ['e4m3'] as const, 'e4m3');
     const wbs = q.weight_block_size ?? [128, 128];
-    if (!Array.isArray(wbs) || wbs.length !== 2 || !wbs.every(v => typeof v === 'number' && Number.isSafeInteger(v) && v > 0))
-      configError(file, 'quantization_config.weight_block_size', 'two positive integers [rows, cols]', q.weight_block_size);
+    if (
+      !Array.isArray(wbs) ||
+      wbs.length !== 2 ||
+      !wbs.every(v => typeof v === 'number' && Number.isSafeInteger(v) && v > 0 && v <= CONFIG_LIMITS.weight_block_size)
+    )
+      configError(
+        file,
+        'quantization_config.weight_block_size',
+        `two positive integers [rows, cols], each <= ${CONFIG_LIMITS.weight_block_size}`,
+        q.weight_block_size,
+      );
     quantization_config = {
       quant_method,
       fmt,
@@ -343,23 +394,27 @@ export function parseConfig(json: unknown, file = 'config.json'): LongcatConfig 
   }
 
   const extra: Record<string, unknown> = {};
-  for (const [k, v] of Object.entries(o)) if (!CONFIG_KEYS.has(k)) extra[k] = v;
+  // defineProperty: a key named "__proto__" stays a plain field (assignment would set the prototype).
+  for (const [k, v] of Object.entries(o))
+    if (!CONFIG_KEYS.has(k)) Object.defineProperty(extra, k, { value: v, enumerable: true, writable: true, configurable: true });
 
   const cfg: LongcatConfig = {
-    architectures: architectures.length ? architectures : ['LongcatFlashForCausalLM'],
+    architectures: architectures.length
+      ? architectures
+      : [model_type === 'longcat_flash_ngram' ? 'LongcatFlashNgramForCausalLM' : 'LongcatFlashForCausalLM'],
     model_type,
     vocab_size,
     hidden_size,
-    num_layers: r.posInt('num_layers'),
+    num_layers: r.posInt('num_layers', undefined, CONFIG_LIMITS.num_layers),
     num_attention_heads,
     num_key_value_heads,
-    q_lora_rank: r.posInt('q_lora_rank'),
-    kv_lora_rank: r.posInt('kv_lora_rank'),
-    qk_nope_head_dim: r.posInt('qk_nope_head_dim'),
+    q_lora_rank: r.posInt('q_lora_rank', undefined, CONFIG_LIMITS.q_lora_rank),
+    kv_lora_rank: r.posInt('kv_lora_rank', undefined, CONFIG_LIMITS.kv_lora_rank),
+    qk_nope_head_dim: r.posInt('qk_nope_head_dim', undefined, CONFIG_LIMITS.qk_nope_head_dim),
     qk_rope_head_dim,
-    v_head_dim: r.posInt('v_head_dim'),
-    ffn_hidden_size: r.posInt('ffn_hidden_size'),
-    expert_ffn_hidden_size: r.posInt('expert_ffn_hidden_size'),
+    v_head_dim: r.posInt('v_head_dim', undefined, CONFIG_LIMITS.v_head_dim),
+    ffn_hidden_size: r.posInt('ffn_hidden_size', undefined, CONFIG_LIMITS.ffn_hidden_size),
+    expert_ffn_hidden_size: r.posInt('expert_ffn_hidden_size', undefined, CONFIG_LIMITS.expert_ffn_hidden_size),
     n_routed_experts,
     zero_expert_num,
     zero_expert_type: r.oneOf('zero_expert_type', ['identity'] as const, 'identity'),
@@ -384,12 +439,19 @@ export function parseConfig(json: unknown, file = 'config.json'): LongcatConfig 
     rope_scaling,
     quantization_config,
     num_nextn_predict_layers: r.nonNegInt('num_nextn_predict_layers', 1),
+    ngram: parseNgramConfig(o, file, model_type, hidden_size, vocab_size, eosList as number[]),
     extra,
   };
   if (cfg.attention_bias)
     fieldError(file, 'attention_bias', 'is true, but LongCat-Flash attention has no biases (expected false)');
   if (cfg.router_bias)
     fieldError(file, 'router_bias', 'is true, but the LongCat-Flash router classifier has no bias (expected false)');
+  if (cfg.num_layers * cfg.n_routed_experts > CONFIG_LIMITS.routed_experts_total)
+    fieldError(
+      file,
+      'n_routed_experts',
+      `times num_layers is ${cfg.num_layers} x ${cfg.n_routed_experts} = ${cfg.num_layers * cfg.n_routed_experts} routed experts, more than the ${CONFIG_LIMITS.routed_experts_total} this engine accepts`,
+    );
   if (cfg.num_nextn_predict_layers > 1)
     configError(file, 'num_nextn_predict_layers', '0 or 1 (one MTP layer)', cfg.num_nextn_predict_layers);
   return cfg;
@@ -397,8 +459,8 @@ export function parseConfig(json: unknown, file = 'config.json'): LongcatConfig 
 
 /** Serialises a config back to config.json form (the `extra` fields are merged back in). */
 export function configToJson(c: LongcatConfig): Record<string, unknown> {
-  const { extra, ...rest } = c;
-  const out: Record<string, unknown> = { ...extra, ...rest };
+  const { extra, ngram, ...rest } = c;
+  const out: Record<string, unknown> = { ...extra, ...rest, ...ngramConfigToJson(ngram) };
   if (out.pad_token_id === null) delete out.pad_token_id;
   if (out.rope_scaling === null) delete out.rope_scaling;
   if (out.quantization_config === null) delete out.quantization_config;
@@ -550,6 +612,9 @@ export function requiredTensors(c: LongcatConfig, opts: RequiredTensorsOptions =
     });
     for (let e = 0; e < c.n_routed_experts; e++) mlp(expertPrefix(L, e), c.expert_ffn_hidden_size);
   }
+  if (c.ngram)
+    for (const [name, t] of ngramTensorShapes(c.ngram, H, c.vocab_size))
+      m.set(name, { shape: t.shape, dtypes: ['BF16', 'F32'], role: t.role, quantized: false });
   float('model.norm.weight', [H], 'norm');
   if (!c.tie_word_embeddings) float('lm_head.weight', [c.vocab_size, H], 'embedding');
 
@@ -580,7 +645,11 @@ export interface ParamCounts {
   perExpert: number;
   /** Non-expert parameters of one logical layer (2 MLA, 2 dense MLP, router + bias, 4 norms). */
   nonExpertPerLayer: number;
-  /** Active per token with 0 FFN experts chosen: layers + final norm + lm_head, embedding excluded. */
+  /** Of total: the N-gram tables (Lite; looked up, not active) and their projections (active). */
+  ngramTables: number;
+  ngramProjections: number;
+  /** Active per token with 0 FFN experts chosen: layers + final norm + lm_head (+ the N-gram
+   *  projections), embedding rows excluded. */
   activeMin: number;
   /** Active per token with all moe_topk choices FFN experts. */
   activeMax: number;
@@ -608,9 +677,11 @@ export function activeParams(c: LongcatConfig, opts: { expectedFfnExperts?: numb
   const nonExpertPerLayer = 2 * mla + 2 * dense + router + 4 * H;
   const embedding = c.vocab_size * H;
   const lmHead = c.tie_word_embeddings ? 0 : c.vocab_size * H;
-  const total = embedding + c.num_layers * (nonExpertPerLayer + c.n_routed_experts * perExpert) + H + lmHead;
+  const ng = ngramParams(c.ngram, H, c.vocab_size);
+  const total =
+    embedding + c.num_layers * (nonExpertPerLayer + c.n_routed_experts * perExpert) + H + lmHead + ng.tables + ng.projections;
   const mtp = opts.mtp === false ? 0 : embedding + 2 * H + 2 * H * H + H + mla + H + dense + H;
-  const activeMin = c.num_layers * nonExpertPerLayer + H + c.vocab_size * H;
+  const activeMin = c.num_layers * nonExpertPerLayer + H + c.vocab_size * H + ng.projections;
   const activePerFfnExpert = c.num_layers * perExpert;
   const activeMax = activeMin + Math.min(c.moe_topk, c.n_routed_experts) * activePerFfnExpert;
   const r: ParamCounts = {
@@ -618,6 +689,8 @@ export function activeParams(c: LongcatConfig, opts: { expectedFfnExperts?: numb
     mtp,
     embedding,
     lmHead,
+    ngramTables: ng.tables,
+    ngramProjections: ng.projections,
     perExpert,
     nonExpertPerLayer,
     activeMin,

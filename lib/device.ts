@@ -34,6 +34,11 @@ export function memoryStats(device = 'cpu'): MemoryStats {
 export function synchronize(device = 'cpu'): void {
   native.synchronize(device);
 }
+/** Waits for all queued work on a device without blocking the event loop (the wait runs on a
+ *  worker thread); rejects with the error of failed work, like synchronize() throws it. */
+export function synchronizeAsync(device = 'cpu'): Promise<void> {
+  return native.synchronizeAsync(device);
+}
 
 export type MatmulPrecision = 'bf16' | 'highest' | 'fp8';
 

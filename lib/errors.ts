@@ -14,7 +14,9 @@ export type ErrorCode =
   | 'E_CONFIG'
   | 'E_ABORTED'
   | 'E_CONTEXT'
-  | 'E_LOAD';
+  | 'E_LOAD'
+  | 'E_NUMERIC'
+  | 'E_RANK_FAILED';
 
 export class LongcatError extends Error {
   readonly code: ErrorCode;
@@ -37,6 +39,10 @@ export class ConfigError extends LongcatError {}
 export class AbortError extends LongcatError {}
 export class ContextLengthError extends LongcatError {}
 export class LoadError extends LongcatError {}
+/** Non-finite values where the model must produce finite ones (NaN / infinite logits). */
+export class NumericError extends LongcatError {}
+/** A rank of an expert-parallel group failed during a step (the step's results are void; the ranks stay usable). */
+export class RankFailedError extends LongcatError {}
 
 const classes: Record<ErrorCode, new (code: ErrorCode, message: string) => LongcatError> = {
   E_SHAPE: ShapeError,
@@ -52,10 +58,33 @@ const classes: Record<ErrorCode, new (code: ErrorCode, message: string) => Longc
   E_ABORTED: AbortError,
   E_CONTEXT: ContextLengthError,
   E_LOAD: LoadError,
+  E_NUMERIC: NumericError,
+  E_RANK_FAILED: RankFailedError,
 };
 
 /** Builds the LongcatError subclass that matches `code`. */
 export function makeError(code: string, message: string): LongcatError {
   const C = classes[code as ErrorCode] ?? LongcatError;
   return new C((code in classes ? code : 'E_INTERNAL') as ErrorCode, message);
+}
+
+/**
+ * A value from a file or a caller as an error message shows it: JSON, cut to `max` characters,
+ * and never a failure itself (a value nested too deeply for JSON.stringify's recursion, or one it
+ * cannot encode, is described instead).
+ */
+export function showValue(v: unknown, max = 200): string {
+  let text: string | undefined;
+  try {
+    text = JSON.stringify(v);
+  } catch {
+    text = undefined;
+  }
+  if (text === undefined)
+    text = Array.isArray(v)
+      ? 'an array (too deeply nested to print)'
+      : typeof v === 'object'
+        ? 'an object (too deeply nested to print)'
+        : String(v);
+  return text.length > max ? `${text.slice(0, max)}... (${text.length} characters)` : text;
 }

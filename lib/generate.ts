@@ -1,7 +1,8 @@
 // The user-facing model: loadModel -> Model -> Session.generate(), streamed or awaited.
 import { native } from './native.js';
-import { empty, toArray } from './tensor.js';
-import { AbortError, ArgumentError } from './errors.js';
+import { type Tensor, empty, toArray, toArrayAsync } from './tensor.js';
+import { synchronizeAsync } from './device.js';
+import { AbortError, ArgumentError, DisposedError, NumericError, showValue } from './errors.js';
 import { loadTokenizer, type Tokenizer } from './tokenizer.js';
 import { renderChatPrompt, type ChatMessage } from './chat.js';
 import { loadCheckpointModel, type LoadModelOptions } from './model/load.js';
@@ -28,9 +29,22 @@ export interface GenerateOptions {
    * A string prompt is raw and always parsed.
    */
   parseSpecialTokens?: boolean;
+  /**
+   * Prompt tokens computed per forward step (default: loadModel's `prefillChunk`, 512). A long
+   * prompt runs in chunks of this many tokens, the event loop free while each runs; an abort takes
+   * effect at the next chunk boundary.
+   */
+  prefillChunk?: number;
+  /** Called after each prefill chunk has run: prompt tokens computed so far of `total`. */
+  onPrefillChunk?: (progress: { done: number; total: number }) => void;
 }
 
-export type StopReason = 'eos' | 'stop' | 'length' | 'abort';
+/**
+ * Why a generation ended: an end-of-sequence token, a stop string, maxTokens or the context
+ * limit ('length'), the AbortSignal, or 'cache': the model's shared KV cache had no block left for
+ * the next token (other sessions hold them); the text so far is returned.
+ */
+export type StopReason = 'eos' | 'stop' | 'length' | 'abort' | 'cache';
 
 export interface GenerateResult {
   text: string;
@@ -119,7 +133,7 @@ export class Session {
   private busy = false;
 
   constructor(private readonly owner: Model) {
-    this.seq = owner.engine.newSequence();
+    this.seq = owner.openSequence(this);
   }
 
   /** Number of tokens in the session's KV cache. */
@@ -147,8 +161,14 @@ export class Session {
   }
 
   private async loop(prompt: string | ChatMessage[], o: GenerateOptions, emit: (c: string) => void): Promise<GenerateResult> {
+    this.owner.checkLive('Session.generate');
     const { engine, tokenizer } = this.owner;
     const { maxTokens, temperature, stops } = checkGenerateOptions(o);
+    const chunk = o.prefillChunk ?? this.owner.prefillChunk;
+    if (!Number.isInteger(chunk) || chunk < 1)
+      throw new ArgumentError('E_ARGUMENT', `generate: prefillChunk must be an integer >= 1, got ${String(chunk)}`);
+    if (o.onPrefillChunk !== undefined && typeof o.onPrefillChunk !== 'function')
+      throw new ArgumentError('E_ARGUMENT', 'generate: onPrefillChunk must be a function');
     if (o.signal?.aborted) throw new AbortError('E_ABORTED', 'generate: aborted before it started', { cause: o.signal.reason });
 
     const ids = this.encodePrompt(prompt, o.parseSpecialTokens ?? false);
@@ -172,19 +192,44 @@ export class Session {
       tFirst = 0;
     const hold = stops.reduce((m, s) => Math.max(m, s.length - 1), 0);
     let pending: number[] = ids.slice(common);
+    const prefillTotal = pending.length;
     try {
       for (let step = 0; ; step++) {
         // The context limit ends a generation like maxTokens does (a prompt that does not fit
-        // at all still fails with E_CONTEXT below).
+        // at all still fails with E_CONTEXT below); so does a KV cache with no block left for the
+        // next token, which other sessions hold ('cache': the text so far is kept).
         if (out.length >= maxTokens || (step > 0 && this.seq.length + pending.length > this.seq.maxContext)) break;
+        if (step > 0 && !this.seq.canReserve(pending.length)) {
+          stopReason = 'cache';
+          break;
+        }
         if (o.signal?.aborted) {
           stopReason = 'abort';
           break;
         }
+        // A long prompt runs in chunks, awaited one by one: the event loop stays free, and an
+        // abort stops the prefill at the next chunk boundary.
+        if (step === 0 && pending.length > chunk) {
+          if (this.seq.length + pending.length > this.seq.maxContext) this.seq.reserve(pending.length); // E_CONTEXT, before any work
+          while (pending.length > chunk && !o.signal?.aborted) {
+            const part = pending.slice(0, chunk);
+            engine.forward([this.seq], [part], { mode: 'prefill' }).logits.dispose();
+            this.cached.push(...part);
+            pending = pending.slice(chunk);
+            await synchronizeAsync(engine.device);
+            this.owner.checkLive('Session.generate');
+            o.onPrefillChunk?.({ done: prefillTotal - pending.length, total: prefillTotal });
+          }
+          if (o.signal?.aborted) {
+            stopReason = 'abort';
+            break;
+          }
+        }
         const { logits, nFfn } = engine.forward([this.seq], [pending], { collectRouting: step > 0 });
         this.cached.push(...pending);
         native.sample(null, sampled, logits, temperature, o.topK ?? 0, o.topP ?? 1, o.minP ?? 0, o.seed ?? 0, this.cached.length);
-        const next = toArray(sampled)[0]!;
+        const next = (await toArrayAsync(sampled))[0]!;
+        const nextLogit = logitAt(logits, next);
         logits.dispose();
         for (const t of nFfn) {
           const c = toArray(t);
@@ -192,6 +237,13 @@ export class Session {
           ffnCount += c.length;
           t.dispose();
         }
+        this.owner.checkLive('Session.generate'); // disposed while this step ran
+        if (step === 0) o.onPrefillChunk?.({ done: prefillTotal, total: prefillTotal });
+        if (!Number.isFinite(nextLogit))
+          throw new NumericError(
+            'E_NUMERIC',
+            `generate: the logits at step ${step} (position ${this.cached.length - 1}) are not finite (token ${next} has logit ${nextLogit}): NaN or infinite weights, scales or activations`,
+          );
         if (step === 0) tFirst = performance.now();
         if (tokenizer.eosIds.includes(next)) {
           stopReason = 'eos';
@@ -223,7 +275,7 @@ export class Session {
       sampled.dispose();
     }
     const t1 = performance.now();
-    const prefillTokens = ids.length - common;
+    const prefillTokens = Math.min(this.cached.length - common, prefillTotal); // (fewer when aborted in the prefill)
     const decodeSteps = Math.max(0, out.length - 1 + (stopReason === 'eos' ? 1 : 0));
     return {
       text: textOut,
@@ -263,9 +315,10 @@ export class Session {
     return tokenizer.encode(chat.text, { literal: chat.literal });
   }
 
-  /** Frees the session's KV-cache blocks. */
+  /** Frees the session's KV-cache blocks (a session dropped without dispose() frees them when
+   *  it is garbage-collected; model.dispose() frees every session's). */
   dispose() {
-    this.seq.release();
+    this.owner.closeSequence(this, this.seq);
     this.cached = [];
   }
   [Symbol.dispose]() {
@@ -279,7 +332,7 @@ function checkGenerateOptions(o: GenerateOptions) {
   const bad = (name: string, want: string, got: unknown) =>
     new ArgumentError(
       'E_ARGUMENT',
-      `generate: ${name} must be ${want}, got ${typeof got === 'string' ? `'${got}'` : typeof got === 'object' ? JSON.stringify(got) : String(got)}`,
+      `generate: ${name} must be ${want}, got ${typeof got === 'string' ? `'${got}'` : typeof got === 'object' ? showValue(got) : String(got)}`,
     );
   const num = (name: keyof GenerateOptions, fallback: number, want: string, ok: (x: number) => boolean) => {
     const v = o[name] ?? fallback;
@@ -297,6 +350,22 @@ function checkGenerateOptions(o: GenerateOptions) {
   return { maxTokens, temperature, stops: (o.stop ?? []).filter(s => s.length > 0) };
 }
 
+/**
+ * The logit of the sampled token in a [1, V] row (one float read back). The sampler never picks a
+ * NaN over a finite logit, so a non-finite value here means the row has no usable logit at all
+ * (all NaN, or an infinity): checked every step instead of scanning the row.
+ */
+function logitAt(logits: Tensor, id: number): number {
+  const flat = logits.view([-1]);
+  const one = flat.narrow(id, 1);
+  try {
+    return toArray(one)[0]!;
+  } finally {
+    one.dispose();
+    flat.dispose();
+  }
+}
+
 function firstStop(text: string, stops: string[]): number {
   let best = -1;
   for (const s of stops) {
@@ -307,12 +376,47 @@ function firstStop(text: string, stops: string[]): number {
 }
 
 export class Model {
+  /** Sequences of live sessions: model.dispose() frees their blocks at once. */
+  private readonly sequences = new Set<SequenceCache>();
+  /** Frees the blocks of a session dropped without dispose() once it is garbage-collected. */
+  private readonly dropped = new FinalizationRegistry<SequenceCache>(seq => {
+    seq.release();
+    this.sequences.delete(seq);
+  });
+  private disposed = false;
+
   /** @internal */
   constructor(
     readonly engine: LongcatModel,
     readonly checkpoint: Checkpoint,
     readonly tokenizer: Tokenizer,
-  ) {}
+    /** Prompt tokens per forward step of a prefill (generate's default `prefillChunk`). */
+    readonly prefillChunk = 512,
+  ) {
+    if (!Number.isInteger(prefillChunk) || prefillChunk < 1)
+      throw new ArgumentError('E_ARGUMENT', `loadModel: prefillChunk must be an integer >= 1, got ${String(prefillChunk)}`);
+  }
+
+  /** @internal A new sequence for `session`, released when the session is disposed, collected or the model disposed. */
+  openSequence(session: Session): SequenceCache {
+    this.checkLive('createSession');
+    const seq = this.engine.newSequence();
+    this.sequences.add(seq);
+    this.dropped.register(session, seq, session);
+    return seq;
+  }
+
+  /** @internal */
+  closeSequence(session: Session, seq: SequenceCache) {
+    this.dropped.unregister(session);
+    this.sequences.delete(seq);
+    seq.release();
+  }
+
+  /** @internal Throws E_DISPOSED once the model was disposed. */
+  checkLive(what: string) {
+    if (this.disposed) throw new DisposedError('E_DISPOSED', `${what}: the model was disposed`);
+  }
 
   get device(): string {
     return this.engine.device;
@@ -325,20 +429,46 @@ export class Model {
     return new Session(this);
   }
 
-  /** Logits f32 [tokens.length, vocab] of one fresh sequence (every position), for tests. */
-  forward(tokens: number[]): Float32Array {
+  /**
+   * Logits f32 [tokens.length, vocab] of one fresh sequence (every position), for tests; with
+   * `prefillChunk`, computed that many tokens per forward step (the same logits).
+   */
+  forward(tokens: number[], opts: { prefillChunk?: number } = {}): Float32Array {
+    this.checkLive('Model.forward');
+    const chunk = opts.prefillChunk;
+    if (chunk !== undefined && (!Number.isInteger(chunk) || chunk < 1))
+      throw new ArgumentError('E_ARGUMENT', `Model.forward: prefillChunk must be an integer >= 1, got ${String(chunk)}`);
     const seq = this.engine.newSequence();
     try {
-      const { logits } = this.engine.forward([seq], [tokens], { allLogits: true, mode: 'prefill' });
-      const r = toArray(logits) as Float32Array;
-      logits.dispose();
+      const parts: Float32Array[] = [];
+      const steps =
+        chunk === undefined || tokens.length <= chunk
+          ? [tokens]
+          : Array.from({ length: Math.ceil(tokens.length / chunk) }, (_, i) => tokens.slice(i * chunk, (i + 1) * chunk));
+      for (const part of steps) {
+        const { logits } = this.engine.forward([seq], [part], { allLogits: true, mode: 'prefill' });
+        parts.push(toArray(logits) as Float32Array);
+        logits.dispose();
+      }
+      if (parts.length === 1) return parts[0]!;
+      const r = new Float32Array(parts.reduce((a, p) => a + p.length, 0));
+      let at = 0;
+      for (const p of parts) {
+        r.set(p, at);
+        at += p.length;
+      }
       return r;
     } finally {
       seq.release();
     }
   }
 
+  /** Frees the weights, the KV cache and every session's blocks at once; sessions then throw E_DISPOSED. */
   dispose() {
+    if (this.disposed) return;
+    this.disposed = true;
+    for (const seq of this.sequences) seq.release();
+    this.sequences.clear();
     this.engine.dispose();
     this.checkpoint.close();
   }
@@ -348,9 +478,12 @@ export class Model {
 }
 
 export async function loadModel(dir: string, opts: LoadModelOptions = {}): Promise<Model> {
+  const chunk = opts.prefillChunk;
+  if (chunk !== undefined && (!Number.isInteger(chunk) || chunk < 1))
+    throw new ArgumentError('E_ARGUMENT', `loadModel: prefillChunk must be an integer >= 1, got ${String(chunk)}`);
   const { checkpoint, model } = await loadCheckpointModel(dir, opts);
   try {
-    return new Model(model, checkpoint, await loadTokenizer(dir));
+    return new Model(model, checkpoint, await loadTokenizer(dir), opts.prefillChunk);
   } catch (e) {
     model.dispose();
     checkpoint.close();

@@ -1,7 +1,7 @@
 // longcat-flash: the public API.
 export { native } from './native.js';
 export * from './errors.js';
-export { Tensor, tensor, empty, full, toArray, encode, decode, numel } from './tensor.js';
+export { Tensor, tensor, empty, full, toArray, toArrayAsync, encode, decode, numel } from './tensor.js';
 export type { DType, DeviceId, TensorOptions } from './tensor.js';
 export { bf16ToF32, f32ToBf16, f16ToF32, f32ToF16, fp8e4m3ToF32, f32ToFp8e4m3, roundBf16 } from './numeric.js';
 export {
@@ -15,6 +15,7 @@ export {
   threads,
   memoryStats,
   synchronize,
+  synchronizeAsync,
   setMatmulPrecision,
   type MatmulPrecision,
 } from './device.js';

@@ -15,8 +15,9 @@ import { type TensorToWrite, writeSafetensors, SAFETENSORS_DTYPE_SIZE, type Safe
 import { LONGCAT_CHAT_TEMPLATE } from './chat.js';
 import { f32ToBf16, f32ToFp8e4m3 } from './numeric.js';
 import { ArgumentError } from './errors.js';
+import { AUXILIARY_FILE } from './config-ngram.js';
 
-export type Preset = 'tiny' | 'small' | 'medium';
+export type Preset = 'tiny' | 'small' | 'medium' | 'lite';
 
 export interface InitRandomOptions {
   preset: Preset;
@@ -93,12 +94,34 @@ export const PRESETS: Readonly<Record<Preset, Record<string, number>>> = {
     vocab_size: 32768,
     max_position_embeddings: 32768,
   },
+  // LongCat-Flash-Lite's layout (SPEC-LITE): the N-gram embedding (orders 2..4, 4 splits: 12 tables
+  // as in the release), YaRN RoPE, Lite's 2:1 FFN to zero experts, at a size tests can run.
+  lite: {
+    hidden_size: 96,
+    num_layers: 2,
+    num_attention_heads: 4,
+    q_lora_rank: 48,
+    kv_lora_rank: 32,
+    qk_nope_head_dim: 16,
+    qk_rope_head_dim: 8,
+    v_head_dim: 16,
+    ffn_hidden_size: 192,
+    expert_ffn_hidden_size: 32,
+    n_routed_experts: 8,
+    zero_expert_num: 4,
+    moe_topk: 3,
+    vocab_size: 512,
+    max_position_embeddings: 40960,
+    ngram_vocab_size_ratio: 3,
+    emb_neighbor_num: 4,
+    emb_split_num: 4,
+  },
 };
 
 /** The config.json an init-random preset writes (before overrides). */
 export function presetConfigJson(preset: Preset, opts: { fp8?: boolean; mtp?: boolean } = {}): Record<string, unknown> {
   const p = PRESETS[preset];
-  if (!p) throw new ArgumentError('E_ARGUMENT', `init-random: unknown preset '${preset}' (tiny, small or medium)`);
+  if (!p) throw new ArgumentError('E_ARGUMENT', `init-random: unknown preset '${preset}' (tiny, small, medium or lite)`);
   const j: Record<string, unknown> = {
     architectures: ['LongcatFlashForCausalLM'],
     model_type: 'longcat_flash',
@@ -136,6 +159,28 @@ export function presetConfigJson(preset: Preset, opts: { fp8?: boolean; mtp?: bo
     use_cache: true,
     torch_dtype: 'bfloat16',
   };
+  if (preset === 'lite') {
+    j.architectures = ['LongcatFlashNgramForCausalLM'];
+    j.model_type = 'longcat_flash_ngram';
+    j.auto_map = {
+      AutoConfig: 'configuration_longcat_ngram.LongcatFlashNgramConfig',
+      AutoModel: 'modeling_longcat_ngram.LongcatFlashNgramModel',
+      AutoModelForCausalLM: 'modeling_longcat_ngram.LongcatFlashNgramForCausalLM',
+    };
+    j.ngram_vocab_size_ratio = p.ngram_vocab_size_ratio;
+    j.emb_neighbor_num = p.emb_neighbor_num;
+    j.emb_split_num = p.emb_split_num;
+    j.rope_theta = 5000000.0;
+    j.rope_scaling = {
+      type: 'yarn',
+      factor: 10.0,
+      original_max_position_embeddings: p.max_position_embeddings! / 10,
+      beta_fast: 32.0,
+      beta_slow: 1.0,
+      mscale: 1.0,
+      mscale_all_dim: 1.0,
+    };
+  }
   if (opts.mtp) j.num_nextn_predict_layers = 1;
   if (opts.fp8)
     j.quantization_config = { quant_method: 'fp8', fmt: 'e4m3', activation_scheme: 'dynamic', weight_block_size: [128, 128] };
@@ -354,7 +399,11 @@ function learnMerges(text: string, maxMerges: number): [string, string][] {
 }
 
 /** A byte-level BPE tokenizer.json with at most `maxTokens` tokens (>= 268). */
-export function buildTokenizerJson(maxTokens: number): Record<string, unknown> {
+/** LongCat-Flash-Lite's pre-tokenizer after the Qwen2-style split (SPEC-LITE 8): full-width
+ *  punctuation runs, then CJK / Hangul runs, each isolated. */
+export const LITE_EXTRA_SPLITS = [' ?[！-／：-～‘-‟　-。《》「」【】]+', '[一-龥ࠀ-一가-퟿]+'] as const;
+
+export function buildTokenizerJson(maxTokens: number, extraSplits: readonly string[] = []): Record<string, unknown> {
   const reserved = SPECIAL_TOKENS.length + 256 + EXTRA_SPECIAL_TOKENS.length;
   if (maxTokens < reserved)
     throw new ArgumentError(
@@ -388,6 +437,7 @@ export function buildTokenizerJson(maxTokens: number): Record<string, unknown> {
       type: 'Sequence',
       pretokenizers: [
         { type: 'Split', pattern: { Regex: SPLIT_REGEX }, behavior: 'Isolated', invert: false },
+        ...extraSplits.map(re => ({ type: 'Split', pattern: { Regex: re }, behavior: 'Isolated', invert: false })),
         { type: 'ByteLevel', add_prefix_space: false, trim_offsets: false, use_regex: false },
       ],
     },
@@ -509,7 +559,7 @@ export async function initRandom(opts: InitRandomOptions): Promise<InitRandomRes
   const config = parseConfig(json, path.join(dir, 'config.json'));
 
   await mkdir(dir, { recursive: true });
-  const tokJson = buildTokenizerJson(Math.min(config.vocab_size, 4096));
+  const tokJson = buildTokenizerJson(Math.min(config.vocab_size, 4096), opts.preset === 'lite' ? LITE_EXTRA_SPLITS : []);
   await writeFile(path.join(dir, 'config.json'), `${JSON.stringify(json, null, 2)}\n`);
   await writeFile(
     path.join(dir, 'generation_config.json'),
@@ -533,8 +583,11 @@ export async function initRandom(opts: InitRandomOptions): Promise<InitRandomRes
     )}\n`,
   );
 
-  const tensors = plan(config, { fp8, mtp, seed });
-  const totalBytes = tensors.reduce((a, t) => a + t.nbytes, 0);
+  const planned = plan(config, { fp8, mtp, seed });
+  const totalBytes = planned.reduce((a, t) => a + t.nbytes, 0);
+  // Lite's layout keeps the MTP module in model-auxiliary.safetensors, which the index does not list.
+  const auxiliary = opts.preset === 'lite' ? planned.filter(t => t.name.startsWith('model.mtp.')) : [];
+  const tensors = planned.filter(t => !auxiliary.includes(t));
   const shards: PlannedTensor[][] = [[], []];
   let acc = 0;
   for (const t of tensors) {
@@ -555,9 +608,21 @@ export async function initRandom(opts: InitRandomOptions): Promise<InitRandomRes
     written += shard.reduce((a, t) => a + t.nbytes, 0);
     opts.onProgress?.({ file, bytes: written, totalBytes });
   }
+  const files = names.map(n => path.join(dir, n));
+  if (auxiliary.length) {
+    const file = path.join(dir, AUXILIARY_FILE);
+    await writeSafetensors(
+      file,
+      auxiliary.map(t => ({ name: t.name, dtype: t.dtype, shape: t.shape, data: t.make })),
+      { format: 'pt' },
+    );
+    files.push(file);
+    written += auxiliary.reduce((a, t) => a + t.nbytes, 0);
+    opts.onProgress?.({ file, bytes: written, totalBytes });
+  }
   await writeFile(
     path.join(dir, 'model.safetensors.index.json'),
-    `${JSON.stringify({ metadata: { total_size: totalBytes }, weight_map: weightMap }, null, 2)}\n`,
+    `${JSON.stringify({ metadata: { total_size: acc }, weight_map: weightMap }, null, 2)}\n`,
   );
-  return { dir, config, files: names.map(n => path.join(dir, n)), tensorCount: tensors.length, totalBytes };
+  return { dir, config, files, tensorCount: planned.length, totalBytes };
 }

@@ -141,6 +141,12 @@ export class SequenceCache {
     return slots;
   }
 
+  /** Whether reserve(nNew) would succeed now: within maxContext, and the blocks it needs are free. */
+  canReserve(nNew: number): boolean {
+    if (this.released || !Number.isInteger(nNew) || nNew < 0 || this.len + nNew > this.maxContext) return false;
+    return Math.ceil((this.len + nNew) / this.blockSize) - this.blocks.length <= this.allocator.available;
+  }
+
   /** Slots of the already-cached positions [from, to) (default: all). */
   slots(from = 0, to = this.len): Int32Array {
     if (!Number.isInteger(from) || !Number.isInteger(to) || from < 0 || to > this.len || from > to) {

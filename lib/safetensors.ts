@@ -6,7 +6,8 @@
 // packed back to back (no holes, no overlaps) and cover the data section exactly.
 import { open, stat } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
-import { CheckpointError } from './errors.js';
+import { CheckpointError, showValue } from './errors.js';
+import { openRegularFile } from './files.js';
 import type { DType } from '../types/native.js';
 
 /** Every dtype the safetensors format defines. */
@@ -142,7 +143,7 @@ export function parseSafetensorsHeader(headerBytes: Uint8Array, fileSize: number
     if (name === '__metadata__') {
       if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) fail(file, '__metadata__ must be an object of strings');
       for (const [k, v] of Object.entries(raw))
-        if (typeof v !== 'string') fail(file, `__metadata__.${k} must be a string, got ${JSON.stringify(v)}`);
+        if (typeof v !== 'string') fail(file, `__metadata__.${k} must be a string, got ${showValue(v)}`);
       metadata = raw as Record<string, string>;
       continue;
     }
@@ -150,12 +151,12 @@ export function parseSafetensorsHeader(headerBytes: Uint8Array, fileSize: number
     if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) fail(file, `${where}: entry is not an object`);
     const { dtype, shape, data_offsets: offs } = raw as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
     if (typeof dtype !== 'string' || !(dtype in SAFETENSORS_DTYPE_SIZE))
-      fail(file, `${where}: unknown dtype ${JSON.stringify(dtype)}`);
+      fail(file, `${where}: unknown dtype ${showValue(dtype)}`);
     const dt = dtype as SafetensorsDType;
     if (!Array.isArray(shape) || !shape.every(isNonNegInt))
-      fail(file, `${where}: shape ${JSON.stringify(shape)} is not an array of non-negative integers`);
+      fail(file, `${where}: shape ${showValue(shape)} is not an array of non-negative integers`);
     if (!Array.isArray(offs) || offs.length !== 2 || !offs.every(isNonNegInt))
-      fail(file, `${where}: data_offsets ${JSON.stringify(offs)} is not [begin, end]`);
+      fail(file, `${where}: data_offsets ${showValue(offs)} is not [begin, end]`);
     const [begin, end] = offs as [number, number];
     if (end < begin) fail(file, `${where}: data_offsets [${begin}, ${end}] end before they begin`);
     if (end > dataSize)
@@ -223,7 +224,7 @@ function ioError(file: string, e: unknown): never {
 export async function readSafetensorsHeader(file: string): Promise<SafetensorsHeader> {
   let fh: FileHandle | undefined;
   try {
-    fh = await open(file, 'r');
+    fh = await openRegularFile(file);
     const { size } = await fh.stat();
     const prefix = new Uint8Array(8);
     if (size >= 8) await readExactly(fh, prefix, 0, file);

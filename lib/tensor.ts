@@ -31,7 +31,13 @@ export interface TensorOptions {
   device?: DeviceId | string;
 }
 
+/** Elements of `shape`; ShapeError (E_SHAPE) unless it is an array of non-negative integers. */
 export function numel(shape: readonly number[]): number {
+  if (!Array.isArray(shape) || !shape.every(d => Number.isSafeInteger(d) && d >= 0))
+    throw new ShapeError(
+      'E_SHAPE',
+      `shape must be an array of non-negative integers, got ${Array.isArray(shape) ? `[${shape.join(', ')}]` : String(shape)}`,
+    );
   return shape.reduce((a, b) => a * b, 1);
 }
 
@@ -119,4 +125,11 @@ export function full(shape: readonly number[], value: number, opts: TensorOption
 export function toArray(t: Tensor): Float64Array | Float32Array | Int32Array {
   if (t.disposed) throw new ArgumentError('E_DISPOSED', 'toArray: tensor was disposed');
   return decode(t.toBytes(), t.dtype);
+}
+
+/** toArray() that awaits the device instead of blocking the event loop while its work runs. */
+export async function toArrayAsync(t: Tensor): Promise<Float64Array | Float32Array | Int32Array> {
+  if (t.disposed) throw new ArgumentError('E_DISPOSED', 'toArrayAsync: tensor was disposed');
+  await native.synchronizeAsync(t.device);
+  return toArray(t); // its wait finds the device idle (or only what was queued since)
 }

@@ -1,9 +1,9 @@
 // The checkpoint's tokenizer (tokenizer.json, HF format) through @huggingface/tokenizers, with a
 // streaming decoder that never emits half a UTF-8 character.
-import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { Tokenizer as HfTokenizer } from '@huggingface/tokenizers';
-import { ArgumentError, CheckpointError } from './errors.js';
+import { ArgumentError, CheckpointError, ConfigError, showValue } from './errors.js';
+import { readRegularText } from './files.js';
 import { type TokenizerConfig, chatTemplateOf } from './chat.js';
 
 export interface EncodeOptions {
@@ -62,8 +62,9 @@ function tokenContent(t: unknown): string | undefined {
 async function readJsonFile(file: string, optional: boolean): Promise<unknown> {
   let text: string;
   try {
-    text = await readFile(file, 'utf8');
+    text = await readRegularText(file);
   } catch (e) {
+    if (e instanceof CheckpointError) throw e;
     if (optional && (e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
     throw new CheckpointError('E_CHECKPOINT', `${file}: cannot read (${(e as NodeJS.ErrnoException).code ?? 'error'})`, {
       cause: e,
@@ -105,12 +106,25 @@ export function createTokenizer(
     const s = tokenContent(t);
     return s === undefined ? null : (tok.token_to_id(s) ?? null);
   };
-  const asList = (v: unknown): number[] | null =>
-    typeof v === 'number' ? [v] : Array.isArray(v) && v.every(x => typeof x === 'number') ? (v as number[]) : null;
+  const isId = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
+  /** generation_config's ids: absent or null -> null, anything but ids -> ConfigError naming the field. */
+  const genIds = (field: 'eos_token_id' | 'bos_token_id' | 'pad_token_id'): number[] | null => {
+    const v = generationConfig?.[field];
+    if (v === undefined || v === null) return null;
+    if (isId(v)) return [v];
+    if (field === 'eos_token_id' && Array.isArray(v) && v.length > 0 && v.every(isId)) return v;
+    throw Object.assign(
+      new ConfigError(
+        'E_CONFIG',
+        `generation_config.json: field '${field}' must be a token id${field === 'eos_token_id' ? ' or a non-empty list of them' : ''}, got ${showValue(v)}`,
+      ),
+      { file: 'generation_config.json', field },
+    );
+  };
   const eosFromTok = idOf(config.eos_token);
-  const eosIds = asList(generationConfig?.eos_token_id) ?? (eosFromTok !== null ? [eosFromTok] : []);
-  const bosId = generationConfig?.bos_token_id ?? idOf(config.bos_token);
-  const padId = generationConfig?.pad_token_id ?? idOf(config.pad_token);
+  const eosIds = genIds('eos_token_id') ?? (eosFromTok !== null ? [eosFromTok] : []);
+  const bosId = genIds('bos_token_id')?.[0] ?? idOf(config.bos_token);
+  const padId = genIds('pad_token_id')?.[0] ?? idOf(config.pad_token);
 
   const checkIds = (ids: readonly number[], what: string) => {
     if (!Array.isArray(ids)) throw new ArgumentError('E_ARGUMENT', `${what}: ids must be an array of token ids`);

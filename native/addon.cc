@@ -33,15 +33,13 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   add_class("Event", EventWrap::Init(env), d->event_ctor);
   add_class("Graph", GraphWrap::Init(env), d->graph_ctor);
   exports.Set("setErrorFactory", Napi::Function::New(env, SetErrorFactory));
-  for (const auto& [name, fn] : registered_ops()) {
-    OpFn f = fn;
-    exports.Set(name, Napi::Function::New(
-                          env,
-                          [f](const Napi::CallbackInfo& info) -> Napi::Value {
-                            return guarded(info, [&]() -> Napi::Value { return f(info); });
-                          },
-                          name));
-  }
+  for (const RegisteredOp& op : registered_ops())
+    exports.Set(op.name, Napi::Function::New(
+                             env,
+                             [op](const Napi::CallbackInfo& info) -> Napi::Value {
+                               return guarded(info, [&]() -> Napi::Value { return op.call(info); });
+                             },
+                             op.name));
   return exports;
 }
 

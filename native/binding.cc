@@ -21,8 +21,8 @@ Napi::Error make_js_error(Napi::Env env, Code code, const std::string& msg) {
   return e;
 }
 
-std::vector<std::pair<const char*, OpFn>>& op_table() {
-  static std::vector<std::pair<const char*, OpFn>> t;
+std::vector<RegisteredOp>& op_table() {
+  static std::vector<RegisteredOp> t;
   return t;
 }
 
@@ -185,8 +185,27 @@ void launch(const char* op, Stream& s, std::function<void()> cpu, std::function<
   cuda::check_launch(op);
 }
 
-OpRegistrar::OpRegistrar(const char* name, OpFn fn) { op_table().emplace_back(name, fn); }
+void OpArgs::routed_tokens(const Tensor& u, const Tensor& idx, const Tensor& w, int64_t* t, int64_t* h, int64_t* k) const {
+  const Device d = u.device();
+  dims(u, "u", {DType::F32}, d, t, h);
+  expect(idx, "idx", {DType::I32}, d, {*t, -1});
+  *k = idx.dim(1);
+  expect(w, "weights", {DType::F32}, d, {*t, *k});
+}
 
-const std::vector<std::pair<const char*, OpFn>>& registered_ops() { return op_table(); }
+void OpArgs::launch(Device d, std::function<void()> cpu, std::function<void(void*)> gpu) const {
+  ::lc::launch(op_, stream(0, d), std::move(cpu), std::move(gpu));
+}
+
+OpRegistrar::OpRegistrar(const char* name, OpFn fn) { op_table().push_back(RegisteredOp{name, fn, nullptr}); }
+OpRegistrar::OpRegistrar(const char* name, StreamOpFn fn) { op_table().push_back(RegisteredOp{name, nullptr, fn}); }
+
+Napi::Value RegisteredOp::call(const Napi::CallbackInfo& info) const {
+  if (fn) return fn(info);
+  stream_fn(OpArgs(info, name));
+  return info.Env().Undefined();
+}
+
+const std::vector<RegisteredOp>& registered_ops() { return op_table(); }
 
 }  // namespace lc

@@ -2,24 +2,22 @@
 // it turns JS values into checked C++ arguments, lc::Error into LongcatError exceptions, and hands
 // work to streams. Binding code checks and dispatches; it never computes (kernels do).
 //
-// How an op reads (embedding in ops/elementwise.cc, shortened):
+// How an op reads (embedding in ops/elementwise.cc, shortened): only what is its own.
 //
-//   static Napi::Value Embedding(const Napi::CallbackInfo& info) {
-//     const char* op = "embedding";
-//     OpArgs a(info, op);                                            // errors say "embedding: ..."
+//   void Embedding(const OpArgs& a) {                                 // errors say "embedding: ..."
 //     Tensor y = a.tensor(1, "y"), table = a.tensor(2, "table"), ids = a.tensor(3, "ids");
 //     const Device d = table.device();                               // the op runs where its input is
 //     int64_t V, H;
 //     a.dims(table, "table", {DType::F32, DType::BF16}, d, &V, &H);  // dtype, rank 2, device; V, H = sizes
 //     a.expect(ids, "ids", {DType::I32}, d);                         // dtype and device
 //     a.expect(y, "y", {DType::F32}, d, {ids.numel(), H});           // ... and the exact shape (-1: any)
-//     Stream& s = a.stream(0, d);
-//     launch(op, s, [=] { cpu::embedding(..., y.ptr<float>()); },    // CPU: queued on the stream's worker
-//            LC_GPU(gpu::embedding(..., y.ptr<float>(), stream)));  // CUDA: launched now on `stream`
-//     return info.Env().Undefined();
+//     a.launch(d, [=] { cpu::embedding(..., y.ptr<float>()); },      // CPU: queued on the stream's worker
+//              LC_GPU(gpu::embedding(..., y.ptr<float>(), stream))); // CUDA: launched now on `stream`
 //   }
 //   LC_REGISTER_OP("embedding", Embedding);                          // exported as native.embedding
 //
+// Such an op returns undefined; its stream is argument 0 (a.launch checks it is on d). An op that
+// returns a value is written against the CallbackInfo instead (OpFn) and makes its own OpArgs.
 // From the older spelling: expect_dtype + expect_device (+ expect_shape) on one tensor is a.expect;
 // expect_dtype + expect_ndim + reading t.dim(i) is a.dims; the `#ifdef LONGCAT_WITH_CUDA
 // [=](void* st) {...} #else nullptr #endif` argument of launch is LC_GPU(...); `(void)keep;` in a
@@ -85,6 +83,7 @@ class StreamWrap : public Napi::ObjectWrap<StreamWrap> {
  private:
   Napi::Value DeviceName(const Napi::CallbackInfo&);
   Napi::Value Synchronize(const Napi::CallbackInfo&);
+  Napi::Value SynchronizeAsync(const Napi::CallbackInfo&);
   Napi::Value WaitEvent(const Napi::CallbackInfo&);
   Napi::Value Dispose(const Napi::CallbackInfo&);
   std::shared_ptr<Stream> s_;  // null once disposed; a default stream is shared with AddonData
@@ -132,6 +131,12 @@ const std::shared_ptr<Stream>& default_stream(Napi::Env env, Device d);
 // Converts the C++ exception in flight into the JS exception the SDK expects.
 [[noreturn]] void rethrow_as_js(Napi::Env env);
 
+// A promise that resolves once `fence` was waited for off the JS thread (on a libuv worker) and
+// then `then` ran on the JS thread (e.g. raising errors kept by CPU streams); rejected with a
+// LongcatError when either throws. `keep` (e.g. the Stream object) stays referenced until then.
+// (js_async.cc)
+Napi::Value await_fence(Napi::Env env, std::unique_ptr<Fence> fence, std::function<void()> then, Napi::Value keep);
+
 // The device named by info[i] ('cpu', 'cuda:N'); the CPU when it is null or undefined.
 Device device_arg(const Napi::CallbackInfo& info, size_t i);
 
@@ -171,7 +176,10 @@ void expect_dims(const char* op, const char* name, const Tensor& t, Size*... siz
 class OpArgs {
  public:
   OpArgs(const Napi::CallbackInfo& info, const char* op) : info_(info), op_(op) {}
+  OpArgs(const OpArgs&) = delete;  // it refers to the call's arguments: a launch lambda must not capture it
+  OpArgs& operator=(const OpArgs&) = delete;
   const char* op() const { return op_; }
+  const Napi::CallbackInfo& info() const { return info_; }
   Napi::Env env() const { return info_.Env(); }
   bool present(size_t i) const { return i < info_.Length() && !info_[i].IsNull() && !info_[i].IsUndefined(); }
   Tensor tensor(size_t i, const char* name) const;
@@ -201,11 +209,21 @@ class OpArgs {
     expect_dims(op_, name, t, sizes...);
     expect_device(op_, name, t, d);
   }
+  // The routed tokens of an MoE op: u f32 [T, H], idx int32 [T, k], weights f32 [T, k] (routerTopk's
+  // outputs), all on u's device; writes T, H and k.
+  void routed_tokens(const Tensor& u, const Tensor& idx, const Tensor& w, int64_t* t, int64_t* h, int64_t* k) const;
+  // launch() on the stream of argument 0 (d's default stream when null), which must be on d.
+  void launch(Device d, std::function<void()> cpu, std::function<void(void*)> gpu) const;
 
  private:
   const Napi::CallbackInfo& info_;
   const char* op_;
 };
+
+// Whether a and b share bytes of one storage (an output that must not overlap an input it reads).
+inline bool overlaps(const Tensor& a, const Tensor& b) {
+  return a.storage == b.storage && a.offset < b.offset + b.nbytes() && b.offset < a.offset + a.nbytes();
+}
 
 // A raw pointer into an optional tensor, null when it is absent. A launch lambda that uses it
 // must also capture the optional itself (e.g. through this call inside the lambda), which keeps
@@ -219,6 +237,28 @@ T* opt_ptr(const std::optional<Tensor>& t) {
 // tensors the work reaches only through raw pointers, e.g. a cpu::WeightRef: [=] { hold(w, scale); ... }.
 template <typename... T>
 void hold(const T&...) {}
+
+// ---- handle objects ----------------------------------------------------------------------------
+
+// A JS object that carries a C++ handle in a tagged External '_handle' (the handle is deleted with
+// the object; the tag makes a forged object unrecognizable). The caller defines its other properties.
+template <typename T>
+Napi::Object handle_object(Napi::Env env, T* handle, const napi_type_tag& tag) {
+  Napi::Object obj = Napi::Object::New(env);
+  auto ext = Napi::External<T>::New(env, handle, [](Napi::Env, T* p) { delete p; });
+  ext.TypeTag(&tag);
+  obj.DefineProperty(Napi::PropertyDescriptor::Value("_handle", ext, napi_default));
+  return obj;
+}
+
+// The handle inside an object that handle_object made with `tag`, or null when `v` is not one.
+template <typename T>
+T* handle_in(Napi::Value v, const napi_type_tag& tag) {
+  if (!v.IsObject()) return nullptr;
+  Napi::Value h = v.As<Napi::Object>().Get("_handle");
+  if (!h.IsExternal() || !h.As<Napi::External<T>>().CheckTypeTag(&tag)) return nullptr;
+  return h.As<Napi::External<T>>().Data();
+}
 
 // ---- dispatch ----------------------------------------------------------------------------------
 
@@ -244,12 +284,22 @@ void launch(const char* op, Stream& s, std::function<void()> cpu, std::function<
 // ---- registration ------------------------------------------------------------------------------
 
 // Each ops/*.cc and js_*.cc file registers its module functions; addon.cc exports them all, each
-// wrapped in guarded() so an lc::Error becomes a LongcatError.
+// wrapped in guarded() so an lc::Error becomes a LongcatError. A function is either an OpFn (it
+// reads the CallbackInfo and returns its value) or a StreamOpFn: an op that fills tensors it is
+// given, called with its arguments bound to its name and answered with undefined.
 using OpFn = Napi::Value (*)(const Napi::CallbackInfo&);
+using StreamOpFn = void (*)(const OpArgs& a);
+struct RegisteredOp {
+  const char* name;
+  OpFn fn;  // exactly one of the two is set
+  StreamOpFn stream_fn;
+  Napi::Value call(const Napi::CallbackInfo& info) const;
+};
 struct OpRegistrar {
   OpRegistrar(const char* name, OpFn fn);
+  OpRegistrar(const char* name, StreamOpFn fn);
 };
-const std::vector<std::pair<const char*, OpFn>>& registered_ops();
+const std::vector<RegisteredOp>& registered_ops();
 #define LC_CONCAT_(a, b) a##b
 #define LC_CONCAT(a, b) LC_CONCAT_(a, b)
 #define LC_REGISTER_OP(name, fn) static ::lc::OpRegistrar LC_CONCAT(lc_op_registrar_, __LINE__)(name, fn)

@@ -36,6 +36,8 @@ void stream_begin_capture(int, void*) { absent(); }
 void* stream_end_capture(int, void*) { absent(); }
 void graph_launch(int, void*, void*) { absent(); }
 void graph_destroy(int, void*) {}
+bool can_access_peer(int, int) { return false; }
+void enable_peer_access(int, int) { absent(); }
 void check_launch(const char*) {}
 
 }  // namespace lc::cuda

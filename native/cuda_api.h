@@ -50,6 +50,13 @@ void* stream_end_capture(int dev, void* s);
 void graph_launch(int dev, void* exec, void* s);
 void graph_destroy(int dev, void* exec);
 
+// Peer access (expert parallelism over the GPUs of a node): whether kernels on `dev` can address
+// memory of `peer` (cudaDeviceCanAccessPeer), and enabling that for kernels of `dev`
+// (cudaDeviceEnablePeerAccess; already enabled is fine). Enabling throws E_DEVICE naming both
+// devices when they cannot reach each other.
+bool can_access_peer(int dev, int peer);
+void enable_peer_access(int dev, int peer);
+
 // Throws E_CUDA if the last kernel launch on this thread failed (bad configuration, etc.).
 void check_launch(const char* what);
 

@@ -285,21 +285,85 @@ Pool& device_pool(Device d) {
   return *p;
 }
 
+namespace {
+std::mutex g_peer_m;
+std::set<std::pair<int, int>> g_peer_enabled;  // (from, to) CUDA device indices
+}  // namespace
+
+void enable_peer_access(Device from, Device to) {
+  if (from.is_cpu() || to.is_cpu())
+    fail(Code::E_DEVICE, "peer access is between CUDA devices, not %s and %s", from.str().c_str(), to.str().c_str());
+  if (from == to) return;
+  std::lock_guard<std::mutex> lk(g_peer_m);
+  if (g_peer_enabled.count({from.index, to.index})) return;
+  cuda::enable_peer_access(from.index, to.index);
+  g_peer_enabled.insert({from.index, to.index});
+}
+
+bool peer_access_enabled(Device from, Device to) {
+  if (from == to) return true;
+  if (from.is_cpu() || to.is_cpu()) return false;
+  std::lock_guard<std::mutex> lk(g_peer_m);
+  return g_peer_enabled.count({from.index, to.index}) > 0;
+}
+
+namespace {
+// The CPU streams the calling thread created. Only these: a stream is destroyed only on the thread
+// that created it (its JS environment's), which is the thread running this, so none of them can go
+// away meanwhile. Other environments' streams (worker threads) are theirs to wait for; one of them
+// may be capturing.
+std::vector<Stream*> this_thread_cpu_streams() {
+  std::vector<Stream*> streams;
+  std::lock_guard<std::mutex> lk(registry().m);
+  for (Stream* s : registry().cpu_streams)
+    if (s->owner() == std::this_thread::get_id()) streams.push_back(s);
+  return streams;
+}
+}  // namespace
+
 void device_synchronize(Device d) {
   if (!d.is_cpu()) {
     cuda::device_synchronize(d.index);
     return;
   }
-  std::vector<Stream*> streams;
-  {
-    std::lock_guard<std::mutex> lk(registry().m);
-    for (Stream* s : registry().cpu_streams)
-      if (s->owner() == std::this_thread::get_id()) streams.push_back(s);
+  for (Stream* s : this_thread_cpu_streams()) s->synchronize();
+}
+
+void device_raise_errors(Device d) {
+  if (!d.is_cpu()) return;
+  const std::vector<Stream*> streams = this_thread_cpu_streams();
+  for (Stream* s : streams) s->raise_error();
+}
+
+std::unique_ptr<Fence> Fence::of_stream(Stream& s) {
+  if (s.capturing()) fail(Code::E_ARGUMENT, "synchronizeAsync() on a stream that is being captured into a graph");
+  std::unique_ptr<Fence> f(new Fence(s.device()));
+  f->events_.push_back(std::make_unique<Event>(s.device()));
+  f->events_.back()->record(s);
+  return f;
+}
+
+std::unique_ptr<Fence> Fence::of_device(Device d) {
+  std::unique_ptr<Fence> f(new Fence(d));
+  if (!d.is_cpu()) {
+    f->whole_device_ = true;
+    return f;
   }
-  // Only this thread's streams: a stream is destroyed only on the thread that created it (its JS
-  // environment's), which is the thread running this, so none of them can go away meanwhile. Other
-  // environments' streams (worker threads) are theirs to wait for; one of them may be capturing.
-  for (Stream* s : streams) s->synchronize();
+  const std::vector<Stream*> streams = this_thread_cpu_streams();
+  for (Stream* s : streams) {
+    if (s->capturing()) fail(Code::E_ARGUMENT, "synchronizeAsync(%s): a stream is being captured into a graph", d.str().c_str());
+    f->events_.push_back(std::make_unique<Event>(d));
+    f->events_.back()->record(*s);
+  }
+  return f;
+}
+
+void Fence::wait() {
+  if (whole_device_) {
+    cuda::device_synchronize(device_.index);
+    return;
+  }
+  for (auto& e : events_) e->synchronize();
 }
 
 // ---- streams ----------------------------------------------------------------------------
@@ -405,6 +469,14 @@ void Stream::synchronize() {
   }
 }
 
+void Stream::raise_error() {
+  std::lock_guard<std::mutex> lk(m_);
+  if (error_.empty()) return;
+  std::string e;
+  e.swap(error_);
+  throw Error(error_code_, e);
+}
+
 // ---- events -----------------------------------------------------------------------------
 
 Event::Event(Device d) : device_(d) {
@@ -438,6 +510,10 @@ void Event::record(Stream& s) {
 }
 
 void Event::wait_on(Stream& s) {
+  if (cuda_ && !s.device().is_cpu()) {  // cudaStreamWaitEvent takes an event of any device
+    cuda::stream_wait_event(s.device().index, s.cuda_handle(), cuda_);
+    return;
+  }
   if (s.device() != device_)
     fail(Code::E_DEVICE, "stream on %s cannot wait for an event on %s", s.device().str().c_str(), device_.str().c_str());
   if (cuda_) {
@@ -489,6 +565,21 @@ double Event::elapsed_ms(Event& end) {
 
 // ---- graphs -----------------------------------------------------------------------------
 
+namespace {
+// The distinct devices of a capture's streams, by index: every capture parks them in this one
+// order, so two threads capturing over overlapping device sets cannot wait for each other in a cycle.
+std::vector<Device> capture_devices(const std::vector<std::shared_ptr<Stream>>& streams) {
+  std::vector<Device> ds;
+  for (const auto& s : streams)
+    if (std::find(ds.begin(), ds.end(), s->device()) == ds.end()) ds.push_back(s->device());
+  std::sort(ds.begin(), ds.end(), [](Device a, Device b) { return a.index < b.index; });
+  return ds;
+}
+void unpark_all(const std::vector<Device>& ds, size_t n) {
+  for (size_t i = 0; i < n; ++i) device_pool(ds[i]).unpark(device_pool(ds[i]).end_parking());
+}
+}  // namespace
+
 void Capture::begin(const std::vector<std::shared_ptr<Stream>>& streams) {
   if (streams.empty()) fail(Code::E_ARGUMENT, "captureGraph: no streams given");
   Device d = streams[0]->device();
@@ -496,16 +587,22 @@ void Capture::begin(const std::vector<std::shared_ptr<Stream>>& streams) {
     for (size_t j = 0; j < i; ++j)
       if (streams[i] == streams[j]) fail(Code::E_ARGUMENT, "captureGraph: streams[%zu] is streams[%zu] again", i, j);
   for (const auto& s : streams) {
-    if (s->device() != d) fail(Code::E_DEVICE, "captureGraph: streams on %s and %s", d.str().c_str(), s->device().str().c_str());
+    if (s->device() != d && (d.is_cpu() || s->device().is_cpu()))
+      fail(Code::E_DEVICE, "captureGraph: streams on %s and %s", d.str().c_str(), s->device().str().c_str());
     if (s->capturing()) fail(Code::E_ARGUMENT, "captureGraph: a stream is already being captured");
   }
   if (!d.is_cpu()) {
-    Pool& pool = device_pool(d);
-    pool.begin_parking();  // first: it waits for another thread's capture on the device to end
+    const std::vector<Device> devs = capture_devices(streams);
+    size_t parked = 0;
     try {
+      // first: parking waits for another thread's capture on the device to end
+      for (Device x : devs) {
+        device_pool(x).begin_parking();
+        ++parked;
+      }
       cuda::stream_begin_capture(d.index, streams[0]->cuda_handle());
     } catch (...) {
-      pool.unpark(pool.end_parking());
+      unpark_all(devs, parked);
       throw;
     }
     return;
@@ -524,14 +621,14 @@ std::unique_ptr<Graph> Capture::end(const std::vector<std::shared_ptr<Stream>>& 
   g->origin_ = streams[0];
   if (!d.is_cpu()) {
     // The capture ends before the parking does: another thread's capture waits for the parking.
-    Pool& pool = device_pool(d);
+    const std::vector<Device> devs = capture_devices(streams);
     try {
       g->exec_ = cuda::stream_end_capture(d.index, streams[0]->cuda_handle());
     } catch (...) {
-      pool.unpark(pool.end_parking());
+      unpark_all(devs, devs.size());
       throw;
     }
-    g->parked_ = pool.end_parking();
+    for (Device x : devs) g->parked_.emplace_back(x, device_pool(x).end_parking());
     return g;
   }
   for (const auto& s : streams) {
@@ -544,13 +641,13 @@ std::unique_ptr<Graph> Capture::end(const std::vector<std::shared_ptr<Stream>>& 
 void Capture::abort(const std::vector<std::shared_ptr<Stream>>& streams) noexcept {
   if (streams.empty()) return;
   if (!streams[0]->device().is_cpu()) {
-    Pool& pool = device_pool(streams[0]->device());
+    const std::vector<Device> devs = capture_devices(streams);
     try {  // end the capture first: the unparked blocks' fences must not be recorded into it
       cuda::graph_destroy(streams[0]->device().index,
                           cuda::stream_end_capture(streams[0]->device().index, streams[0]->cuda_handle()));
     } catch (...) {
     }
-    pool.unpark(pool.end_parking());
+    unpark_all(devs, devs.size());
     return;
   }
   for (const auto& s : streams) {
@@ -579,7 +676,7 @@ Graph::~Graph() {
       cuda::graph_destroy(device_.index, exec_);
     } catch (...) {
     }
-    device_pool(device_).unpark(parked_);
+    for (auto& [x, blocks] : parked_) device_pool(x).unpark(blocks);
   }
 }
 

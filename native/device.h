@@ -122,6 +122,8 @@ class Stream {
   void* cuda_handle() const { return cuda_; }
   void enqueue(std::function<void()> fn);  // CPU streams only
   void synchronize();
+  // Throws (and clears) the error kept from queued work, without waiting (CPU; CUDA: nothing kept).
+  void raise_error();
   bool capturing() const { return captured_ != nullptr; }
 
  private:
@@ -151,7 +153,7 @@ class Event {
   ~Event();
   Device device() const { return device_; }
   void record(Stream& s);
-  void wait_on(Stream& s);  // s waits until this event (as last recorded) completes
+  void wait_on(Stream& s);  // s waits until this event (as last recorded) completes; on CUDA s may be on another device
   void synchronize();
   bool query();
   double elapsed_ms(Event& end);  // time between this and a later event
@@ -183,19 +185,47 @@ class Graph {
   std::vector<std::pair<std::shared_ptr<Stream>, std::shared_ptr<std::vector<std::function<void()>>>>> parts_;  // CPU
   void* exec_ = nullptr;                                                                                        // CUDA
   std::shared_ptr<Stream> origin_;
-  Pool::Parked parked_;  // CUDA: temporaries the graph's kernels address
+  std::vector<std::pair<Device, Pool::Parked>> parked_;  // CUDA: temporaries the graph's kernels address, per device
 };
 
 // Captures every op queued on `streams` between begin() and end(). On CUDA the first stream is
-// the origin: the others must join it through events recorded inside the capture.
+// the origin: the others must join it through events recorded inside the capture; they may be on
+// other CUDA devices (expert-parallel ranks), whose pools then park the graph's temporaries too.
 struct Capture {
   static void begin(const std::vector<std::shared_ptr<Stream>>& streams);
   static std::unique_ptr<Graph> end(const std::vector<std::shared_ptr<Stream>>& streams);
   static void abort(const std::vector<std::shared_ptr<Stream>>& streams) noexcept;
 };
 
+// Peer access between CUDA devices (expert parallelism): enable_peer_access lets kernels on
+// `from` address memory of `to` (E_DEVICE naming both when they cannot reach each other; enabling
+// twice is fine); peer_access_enabled says whether it was (a device always reaches itself).
+void enable_peer_access(Device from, Device to);
+bool peer_access_enabled(Device from, Device to);
+
 Pool& device_pool(Device d);
 // Waits for every stream the calling thread created on the device (CPU) / the whole device (CUDA).
 void device_synchronize(Device d);
+// Throws the first error kept by a CPU stream of the calling thread (as device_synchronize would), clearing
+// it, without waiting. Nothing on CUDA, whose waits report errors themselves.
+void device_raise_errors(Device d);
+
+// The work queued on a stream or device when the fence is made, as something any thread can wait
+// for: made on the JS thread (events recorded on the streams), waited on another, so that the JS
+// thread can await the device instead of blocking. The streams may be destroyed meanwhile: a CPU
+// stream runs its queue before it goes, and a CUDA event outlives its stream.
+class Fence {
+ public:
+  static std::unique_ptr<Fence> of_stream(Stream& s);
+  // CPU: the calling thread's streams; CUDA: the whole device (cudaDeviceSynchronize when waited).
+  static std::unique_ptr<Fence> of_device(Device d);
+  void wait();  // any thread; E_CUDA from a failed CUDA wait
+
+ private:
+  explicit Fence(Device d) : device_(d) {}
+  Device device_;
+  std::vector<std::unique_ptr<Event>> events_;
+  bool whole_device_ = false;
+};
 
 }  // namespace lc

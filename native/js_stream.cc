@@ -9,7 +9,8 @@ Napi::Function StreamWrap::Init(Napi::Env env) {
   return DefineClass(
       env, "Stream",
       {InstanceAccessor<&StreamWrap::DeviceName>("device"), InstanceMethod<&StreamWrap::Synchronize>("synchronize"),
-       InstanceMethod<&StreamWrap::WaitEvent>("waitEvent"), InstanceMethod<&StreamWrap::Dispose>("dispose")});
+       InstanceMethod<&StreamWrap::SynchronizeAsync>("synchronizeAsync"), InstanceMethod<&StreamWrap::WaitEvent>("waitEvent"),
+       InstanceMethod<&StreamWrap::Dispose>("dispose")});
 }
 
 StreamWrap::StreamWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<StreamWrap>(info) {
@@ -45,6 +46,20 @@ Napi::Value StreamWrap::Synchronize(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     get().synchronize();
     return info.Env().Undefined();
+  });
+}
+// The awaitable synchronize(): resolves once the work queued so far ran, rejects with its error.
+Napi::Value StreamWrap::SynchronizeAsync(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    std::unique_ptr<Fence> fence = Fence::of_stream(get());
+    // The wrapper outlives the wait (`keep`), its stream may not: a disposed stream reported its
+    // errors when it was disposed.
+    return await_fence(
+        info.Env(), std::move(fence),
+        [this] {
+          if (s_) s_->raise_error();
+        },
+        info.This());
   });
 }
 Napi::Value StreamWrap::WaitEvent(const Napi::CallbackInfo& info) {

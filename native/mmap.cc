@@ -40,7 +40,9 @@ namespace {
 }  // namespace
 
 std::shared_ptr<MappedFile> MappedFile::open(const std::string& path, Options opts) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: opening a FIFO (or a device) for reading would otherwise wait for a writer
+  // forever; it is refused below as not a regular file. Reads of regular files ignore the flag.
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) sys_fail(path, "open", errno);
   struct stat st;
   if (::fstat(fd, &st) != 0) {
@@ -60,6 +62,10 @@ std::shared_ptr<MappedFile> MappedFile::open(const std::string& path, Options op
   m->path_ = path;
   m->size_ = static_cast<size_t>(st.st_size);
   m->shared_ = opts.shared;
+  m->dev_ = static_cast<uint64_t>(st.st_dev);
+  m->ino_ = static_cast<uint64_t>(st.st_ino);
+  m->mtime_sec_ = static_cast<int64_t>(st.st_mtim.tv_sec);
+  m->mtime_nsec_ = static_cast<int64_t>(st.st_mtim.tv_nsec);
   if (m->size_ > 0) {
     int prot = opts.shared ? PROT_READ : (PROT_READ | PROT_WRITE);
     // NORESERVE: a private writable mapping is otherwise charged in full against the commit limit
@@ -88,6 +94,18 @@ std::shared_ptr<MappedFile> MappedFile::open(const std::string& path, Options op
 
 MappedFile::~MappedFile() {
   if (base_) ::munmap(base_, size_);
+}
+
+std::string MappedFile::changed() const {
+  struct stat st;
+  if (::stat(path_.c_str(), &st) != 0) return std::string("it can no longer be read: ") + errno_name(errno);
+  if (static_cast<uint64_t>(st.st_dev) != dev_ || static_cast<uint64_t>(st.st_ino) != ino_)
+    return "it was replaced by another file";
+  if (static_cast<size_t>(st.st_size) != size_)
+    return "size " + std::to_string(size_) + " -> " + std::to_string(static_cast<long long>(st.st_size)) + " bytes";
+  if (static_cast<int64_t>(st.st_mtim.tv_sec) != mtime_sec_ || static_cast<int64_t>(st.st_mtim.tv_nsec) != mtime_nsec_)
+    return "it was modified (mtime changed)";
+  return std::string();
 }
 
 void MappedFile::advise(size_t offset, size_t length, Advice a) const {

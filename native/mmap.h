@@ -37,6 +37,11 @@ class MappedFile {
   bool writable() const { return !shared_; }
   // Page-rounded madvise over [offset, offset + length) clipped to the file; advisory, never fails.
   void advise(size_t offset, size_t length, Advice a) const;
+  // What changed in the file at path() since it was mapped (device and inode: replaced; size:
+  // truncated or extended; mtime: written in place), e.g. "size 4096 -> 100"; empty when nothing
+  // did. A truncated mapping faults (SIGBUS) where it lost its pages and an overwritten one shows
+  // the new bytes, so callers check this before using the mapping (one stat() call).
+  std::string changed() const;
 
  private:
   MappedFile() = default;
@@ -44,6 +49,9 @@ class MappedFile {
   void* base_ = nullptr;
   size_t size_ = 0;
   bool shared_ = false;
+  // The file's identity and state when it was mapped (see changed()).
+  uint64_t dev_ = 0, ino_ = 0;
+  int64_t mtime_sec_ = 0, mtime_nsec_ = 0;
 };
 
 // "ENOENT", "EACCES", ... for an errno value ("E<number>" when unknown).

@@ -8,9 +8,10 @@
 // is the worst |gpu - cpu| over the element's bound (<= 1 passes).
 // Exits 1 if any case fails, 2 if no GPU is usable.
 import { native } from '../dist/native.js';
-import { Event, Stream } from '../dist/device.js';
+import { Stream } from '../dist/device.js';
 import { cases, checkCase, dev, SLOW_RUN_LIMITS } from '../dist-test/op-cases.js';
 import { modelChecks } from '../dist-test/model-cases.js';
+import { eventTimes } from '../bench/common.mjs';
 
 const status = native.cudaStatus();
 if (!status.available) {
@@ -38,17 +39,7 @@ const stream = new Stream(dev);
 // device the times mean nothing: one run, which checks that timing works).
 function timeMs(fn, iters = emulated ? 1 : 20) {
   for (let i = 0; i < (emulated ? 0 : 3); i++) fn();
-  const times = [];
-  for (let i = 0; i < iters; i++) {
-    const a = new Event(dev),
-      b = new Event(dev);
-    a.record(stream);
-    fn();
-    b.record(stream);
-    b.synchronize();
-    times.push(a.elapsedMs(b));
-  }
-  times.sort((x, y) => x - y);
+  const times = eventTimes(dev, stream, fn, iters).sort((x, y) => x - y);
   return times[times.length >> 1];
 }
 

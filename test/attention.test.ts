@@ -88,53 +88,44 @@ const rounded = (a: Arr, bf16: boolean) => Float64Array.from(a as ArrayLike<numb
 
 // ---- Prefill ----------------------------------------------------------------------------------------
 
+/**
+ * mlaPrefill on the CPU (current ISA) into a NaN-poisoned o [T, nh, dv]: q [T, nh, dn + dr],
+ * kvb [S, nh, dn + dv], kpe [S, dr], sequences delimited by the prefix sums qStart / kvStart.
+ */
+function prefill(d: Dims, q: Arr, kvb: Arr, kpe: Arr, qStart: number[], kvStart: number[], scale: number) {
+  const T = qStart.at(-1)!,
+    S = kvStart.at(-1)!;
+  const o = full([T, d.nh, d.dv], NaN);
+  native.mlaPrefill(
+    null,
+    o,
+    tensor(q, [T, d.nh, d.dn + d.dr]),
+    tensor(kvb, [S, d.nh, d.dn + d.dv]),
+    tensor(kpe, [S, d.dr]),
+    i32(qStart),
+    i32(kvStart),
+    scale,
+  );
+  const out = toArray(o);
+  o.dispose();
+  return out;
+}
+
 describe('mlaPrefill', () => {
-  const configs: [string, Dims, [number, number][]][] = [
-    // name, dims, per-sequence [qLen, kvLen] (kvLen - qLen = cached prefix)
-    [
-      'small odd dims, no prefix',
-      { nh: 3, dn: 16, dr: 8, dv: 12, dl: 0 },
-      [
-        [5, 5],
-        [17, 17],
-        [1, 1],
-      ],
-    ],
-    [
-      'small odd dims, cached prefixes',
-      { nh: 3, dn: 16, dr: 8, dv: 12, dl: 0 },
-      [
-        [4, 9],
-        [17, 40],
-        [1, 33],
-        [0, 6],
-      ],
-    ],
-    [
-      'odd widths, long sequence across tiles',
-      { nh: 2, dn: 33, dr: 6, dv: 70, dl: 0 },
-      [
-        [70, 130],
-        [3, 3],
-        [35, 35],
-      ],
-    ],
-    [
-      'real head widths',
-      { nh: 2, dn: 128, dr: 64, dv: 128, dl: 0 },
-      [
-        [9, 20],
-        [18, 18],
-      ],
-    ],
+  const configs: [string, Dims, number[], number[]][] = [
+    // name, dims, per sequence: query lengths, key / value lengths (kvLen - qLen = cached prefix)
+    ['small odd dims, no prefix', { nh: 3, dn: 16, dr: 8, dv: 12, dl: 0 }, [5, 17, 1], [5, 17, 1]],
+    ['small odd dims, cached prefixes', { nh: 3, dn: 16, dr: 8, dv: 12, dl: 0 }, [4, 17, 1, 0], [9, 40, 33, 6]],
+    ['odd widths, long sequence across tiles', { nh: 2, dn: 33, dr: 6, dv: 70, dl: 0 }, [70, 3, 35], [130, 3, 35]],
+    ['real head widths', { nh: 2, dn: 128, dr: 64, dv: 128, dl: 0 }, [9, 18], [20, 18]],
   ];
-  it.each(configs)('equals the naive causal softmax: %s, on every ISA', (_name, d, seqs) => {
-    const r = rng(seqs.length * 31 + d.dn);
+  it.each(configs)('equals the naive causal softmax: %s, on every ISA', (_name, d, qLens, kvLens) => {
+    const r = rng(qLens.length * 31 + d.dn);
     const qStart = [0],
       kvStart = [0];
-    for (const [ql, kl] of seqs) {
+    for (const [i, ql] of qLens.entries()) {
       qStart.push(qStart.at(-1)! + ql);
-      kvStart.push(kvStart.at(-1)! + kl);
+      kvStart.push(kvStart.at(-1)! + kvLens[i]!);
     }
     const T = qStart.at(-1)!,
       S = kvStart.at(-1)!,
@@ -146,19 +137,7 @@ describe('mlaPrefill', () => {
     const want = prefillRef(d, q, kvb, kpe, qStart, kvStart, scale, T);
     for (const isa of isas) {
       native.setIsa(isa);
-      const o = full([T, d.nh, d.dv], NaN);
-      native.mlaPrefill(
-        null,
-        o,
-        tensor(q, [T, d.nh, dk]),
-        tensor(kvb, [S, d.nh, d.dn + d.dv]),
-        tensor(kpe, [S, d.dr]),
-        i32(qStart),
-        i32(kvStart),
-        scale,
-      );
-      expectClose(toArray(o), want, 2e-6, 2e-5, `prefill o (${isa})`);
-      o.dispose();
+      expectClose(prefill(d, q, kvb, kpe, qStart, kvStart, scale), want, 2e-6, 2e-5, `prefill o (${isa})`);
     }
   });
 
@@ -175,18 +154,7 @@ describe('mlaPrefill', () => {
     const want = prefillRef(d, q, kvb, kpe, [0, T], [0, S], scale, T);
     for (const isa of isas) {
       native.setIsa(isa);
-      const o = full([T, d.nh, d.dv], NaN);
-      native.mlaPrefill(
-        null,
-        o,
-        tensor(q, [T, d.nh, dk]),
-        tensor(kvb, [S, d.nh, 28]),
-        tensor(kpe, [S, 8]),
-        i32([0, T]),
-        i32([0, S]),
-        scale,
-      );
-      expectClose(toArray(o), want, 1e-3, 1e-3, `large scores (${isa})`);
+      expectClose(prefill(d, q, kvb, kpe, [0, T], [0, S], scale), want, 1e-3, 1e-3, `large scores (${isa})`);
     }
   });
 

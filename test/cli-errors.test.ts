@@ -40,6 +40,7 @@ describe('longcat CLI error paths', () => {
     [['--seed=-3'], /--seed must be an integer >= 0/],
     [['--threads', '0'], /--threads must be an integer >= 1/],
     [['--max-context', '1e400'], /--max-context must be an integer >= 1/],
+    [['--prefill-chunk', '0'], /--prefill-chunk must be an integer >= 1, got '0'/],
     [['--backend', 'gpu'], /--backend must be auto, cpu or cuda, got 'gpu'/],
   ];
   it.each(bad)('generate %j: exits 2 naming the option, before touching the model', (args, message) => {
@@ -113,6 +114,37 @@ describe('longcat generate interrupted', () => {
       const code = await new Promise<number | null>(resolve => child.on('exit', c => resolve(c)));
       expect(code, err).toBe(130);
       expect(err).toMatch(/\[abort\]/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('Ctrl+C during a long prompt stops its prefill at a chunk boundary: no token generated, exit 130', async () => {
+    const { spawn } = await import('node:child_process');
+    const dir = mkdtempSync(path.join(tmpdir(), 'longcat-int-prefill-'));
+    try {
+      await initRandom({ preset: 'tiny', out: dir, seed: 5 });
+      // About 2,200 prompt tokens, one per forward step: thousands of steps, far more than the few
+      // that run before the signal, sent once the model is loaded, is handled.
+      const words = 'the shepherd counted forty two sheep in the green valley and wrote their names down'.split(' ');
+      const prompt = Array.from({ length: 900 }, (_, i) => words[i % words.length]).join(' ');
+      const child = spawn(
+        process.execPath,
+        [cli, 'generate', '--model', dir, '--prompt', prompt, '--max-tokens', '5', '--backend', 'cpu', '--prefill-chunk', '1'],
+        { stdio: ['ignore', 'pipe', 'pipe'] },
+      );
+      let err = '',
+        sent = false;
+      child.stderr.on('data', d => {
+        err += d;
+        if (!sent && / on cpu\n/.test(err)) {
+          sent = true;
+          child.kill('SIGINT');
+        }
+      });
+      const code = await new Promise<number | null>(resolve => child.on('exit', c => resolve(c)));
+      expect(code, err).toBe(130);
+      expect(err).toMatch(/\[abort\] prompt \d+ tokens .*generated 0 tokens/);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

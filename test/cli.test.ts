@@ -41,6 +41,25 @@ describe('longcat CLI', { timeout: 3 * RUN_LIMIT_MS }, () => {
     }
   });
 
+  it('init-random --preset lite --fp8 and inspect: the N-gram parameters apart from the active ones; generate runs it', () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'longcat-cli-lite-'));
+    try {
+      const made = run('init-random', '--preset', 'lite', '--fp8', '--out', dir, '--seed', '4');
+      expect(made.status, made.stderr).toBe(0);
+      const info = run('inspect', dir);
+      expect(info.status, info.stderr).toBe(0);
+      expect(info.stdout).toMatch(
+        /N-gram:\s+\S+ in 12 tables \(orders 2\.\.4, 4 splits; looked up, kept in host memory\) \+ \S+ projections \(active\)/,
+      );
+      expect(info.stdout).toMatch(/block FP8/);
+      const gen = run('generate', '--model', dir, '--prompt', 'Hello', '--max-tokens', '4');
+      expect(gen.status, gen.stderr).toBe(0);
+      expect(gen.stderr).toMatch(/generated \d+ tokens/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('generate without --model runs a generated tiny model (the README main command)', () => {
     const gen = run('generate', '--prompt', 'The capital of France is', '--max-tokens', '4');
     expect(gen.status, gen.stderr).toBe(0);

@@ -1,42 +1,13 @@
 // config.json: parseConfig validates every field with typed errors, requiredTensors lists the
 // tensors of SPEC 2, activeParams counts parameters per token.
 import { describe, expect, it } from 'vitest';
+import { readFileSync } from 'node:fs';
 import { activeParams, deriveConstants, parseConfig, requiredTensors, isQuantizedModule, configToJson } from '../lib/config.js';
 import { ConfigError } from '../lib/errors.js';
 
 /** LongCat-Flash-Chat config.json (SPEC 1.1). */
-const CHAT = {
-  architectures: ['LongcatFlashForCausalLM'],
-  model_type: 'longcat_flash',
-  auto_map: { AutoConfig: 'configuration_longcat_flash.LongcatFlashConfig' },
-  vocab_size: 131072,
-  hidden_size: 6144,
-  num_layers: 28,
-  num_attention_heads: 64,
-  q_lora_rank: 1536,
-  kv_lora_rank: 512,
-  qk_nope_head_dim: 128,
-  qk_rope_head_dim: 64,
-  v_head_dim: 128,
-  ffn_hidden_size: 12288,
-  expert_ffn_hidden_size: 2048,
-  n_routed_experts: 512,
-  zero_expert_num: 256,
-  zero_expert_type: 'identity',
-  moe_topk: 12,
-  routed_scaling_factor: 6.0,
-  mla_scale_q_lora: true,
-  mla_scale_kv_lora: true,
-  attention_method: 'MLA',
-  attention_bias: false,
-  attention_dropout: 0.0,
-  rms_norm_eps: 1e-5,
-  rope_theta: 10000000.0,
-  max_position_embeddings: 131072,
-  bos_token_id: 1,
-  eos_token_id: 2,
-  use_cache: true,
-};
+const chatFile = new URL('./fixtures/longcat-flash-chat.config.json', import.meta.url);
+const CHAT: Record<string, unknown> = JSON.parse(readFileSync(chatFile, 'utf8'));
 
 function configErr(json: unknown): ConfigError {
   try {
@@ -92,9 +63,9 @@ describe('parseConfig', () => {
     expect(e.message).toContain("'model_type'");
   });
 
-  it('rejects LongCat-Flash-Lite (ngram) with a clear message', () => {
+  it('rejects a longcat_flash_ngram config without its N-gram fields, naming the first one', () => {
     const e = configErr({ ...CHAT, model_type: 'longcat_flash_ngram' });
-    expect(e.message).toMatch(/model_type.*ngram/);
+    expect(e.message).toMatch(/'ngram_vocab_size_ratio'.*model_type "longcat_flash_ngram"/);
   });
 
   it('names the bad field, the file, expected and got for every invalid field', () => {
@@ -153,27 +124,17 @@ describe('parseConfig', () => {
   });
 
   it('parses YaRN rope_scaling and applies mscale^2 to the softmax scale', () => {
-    const c = parseConfig({
-      ...CHAT,
-      rope_scaling: {
-        rope_type: 'yarn',
-        factor: 10,
-        original_max_position_embeddings: 8192,
-        beta_fast: 32,
-        beta_slow: 1,
-        mscale: 1,
-        mscale_all_dim: 1,
-      },
-    });
-    expect(c.rope_scaling).toEqual({
-      type: 'yarn',
+    const yarn = {
       factor: 10,
       original_max_position_embeddings: 8192,
       beta_fast: 32,
       beta_slow: 1,
       mscale: 1,
       mscale_all_dim: 1,
-    });
+    };
+    const c = parseConfig({ ...CHAT, rope_scaling: { rope_type: 'yarn', ...yarn } });
+    // `rope_type` is read into `type`, every other field comes back as given
+    expect(c.rope_scaling).toEqual({ type: 'yarn', ...yarn });
     const m = 0.1 * Math.log(10) + 1;
     expect(deriveConstants(c).softmaxScale).toBeCloseTo((1 / Math.sqrt(192)) * m * m, 15);
     expect(parseConfig({ ...CHAT, rope_scaling: { type: 'default' } }).rope_scaling).toBeNull();
@@ -185,18 +146,10 @@ describe('parseConfig', () => {
   });
 
   it('parses quantization_config with the SPEC 7.1 defaults and rejects other methods', () => {
-    const c = parseConfig({
-      ...CHAT,
-      quantization_config: { activation_scheme: 'dynamic', fmt: 'e4m3', quant_method: 'fp8', weight_block_size: [128, 128] },
-    });
-    expect(c.quantization_config).toEqual({
-      quant_method: 'fp8',
-      fmt: 'e4m3',
-      weight_block_size: [128, 128],
-      activation_scheme: 'dynamic',
-      ignored_layers: [],
-      disable_quant_module: [],
-    });
+    const given = { activation_scheme: 'dynamic', fmt: 'e4m3', quant_method: 'fp8', weight_block_size: [128, 128] };
+    const c = parseConfig({ ...CHAT, quantization_config: given });
+    // every given field comes back, the two module lists default to empty
+    expect(c.quantization_config).toEqual({ ...given, ignored_layers: [], disable_quant_module: [] });
     expect(parseConfig({ ...CHAT, quantization_config: {} }).quantization_config?.weight_block_size).toEqual([128, 128]);
     expect(configErr({ ...CHAT, quantization_config: { quant_method: 'awq' } }).message).toContain(
       "'quantization_config.quant_method'",

@@ -52,7 +52,7 @@ describe.skipIf(!cudaAvailable)(`the whole model on CUDA matches the CPU${emulat
 // reference, its prefill + decode steps with one full forward (the fp8 checkpoint's absorbed decode
 // against its expanded prefill) and its graph replay with the eager step.
 it('whole-model checks on the CPU: float64 reference, prefill + decode, graph replay', async () => {
-  const rows = await modelChecks({ device: 'cpu', presets: ['tiny', 'tiny-fp8', 'tiny-fp8-h128'] });
-  expect(rows.filter(r => /float64 reference/.test(r.name))).toHaveLength(3);
+  const rows = await modelChecks({ device: 'cpu', presets: ['tiny', 'tiny-fp8', 'tiny-fp8-h128', 'lite'] });
+  expect(rows.filter(r => /float64 reference/.test(r.name))).toHaveLength(4);
   expectAllOk(rows);
 });

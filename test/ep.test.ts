@@ -15,6 +15,7 @@ import { loadModel } from '../lib/generate.js';
 import { ShardedExperts, expertsPerRank, rankExperts } from '../lib/parallel/placement.js';
 import { homeRows } from '../lib/parallel/expert-parallel.js';
 import type { MoeExpertSet } from '../types/ops-moe.js';
+import { expectEqualLogits, expectFailuresRecover, maxRelError, prompts, range, runScript } from './ep-helpers.js';
 
 let savedPrecision: ReturnType<typeof native.setMatmulPrecision>;
 const root = mkdtempSync(path.join(tmpdir(), 'longcat-ep-'));
@@ -64,6 +65,53 @@ interface Problem {
   u: Float32Array;
   idx: Int32Array;
   w: Float32Array;
+}
+
+/** A receiving rank's slot: the row count [1], the rows x [cap, H] and their routing idx / w [cap, k]. */
+interface Slot {
+  count: Tensor;
+  x: Tensor;
+  idx: Tensor;
+  w: Tensor;
+}
+const poisonedSlot = (cap: number, H: number, k: number, device = 'cpu'): Slot => ({
+  count: poisoned([1], 'int32', device),
+  x: poisoned([cap, H], 'f32', device),
+  idx: poisoned([cap, k], 'int32', device),
+  w: poisoned([cap, k], 'f32', device),
+});
+const slotTensors = (slots: Slot[]) => slots.flatMap(s => [s.count, s.x, s.idx, s.w]);
+
+/** A source's tokens u [T, H] and routing idx / w [T, k] as tensors on `device`. */
+const sourceTensors = (p: Problem, device = 'cpu') => ({
+  u: f32(p.u, [p.T, p.H], device),
+  idx: i32(p.idx, [p.T, p.k], device),
+  w: f32(p.w, [p.T, p.k], device),
+});
+
+/** epDispatch of a source into one slot per rank, `per` routed experts a rank. */
+function dispatch(
+  stream: InstanceType<typeof native.Stream> | null,
+  src: { u: Tensor; idx: Tensor; w: Tensor },
+  p: Problem,
+  per: number,
+  rowOf: Tensor,
+  slots: Slot[],
+) {
+  native.epDispatch(
+    stream,
+    src.u,
+    src.idx,
+    src.w,
+    p.nRouted,
+    p.nExperts,
+    per,
+    rowOf,
+    slots.map(x => x.count),
+    slots.map(x => x.x),
+    slots.map(x => x.idx),
+    slots.map(x => x.w),
+  );
 }
 
 /** What epDispatch must write into rank d's slot for this source (capacity rows). */
@@ -181,8 +229,6 @@ function randomRouting(T: number, k: number, pool: number[], r: () => number): I
   return idx;
 }
 
-const range = (a: number, b: number) => Array.from({ length: b - a }, (_, i) => a + i);
-
 /**
  * The whole MoE of `sources` home ranks (problems[s]) through dispatch, the receivers' moe over
  * their own experts, and combine, each rank on its own stream joined by events (as the runner does).
@@ -211,62 +257,36 @@ function expertParallelMoe(
     y: keep(poisoned([A * cap, H], 'f32', device)),
   }));
   const rows = (t: Tensor, s: number) => keep(t.narrow(s * cap, cap));
-  const ins = problems.map(p => ({
-    u: keep(f32(p.u, [p.T, H], device)),
-    idx: keep(i32(p.idx, [p.T, k], device)),
-    w: keep(f32(p.w, [p.T, k], device)),
-    out: keep(poisoned([p.T, H], 'f32', device)),
-    rowOf: keep(poisoned([p.T, ranks], 'int32', device)),
-  }));
+  const ins = problems.map(p => {
+    const src = sourceTensors(p, device);
+    for (const t of Object.values(src)) keep(t);
+    return { ...src, out: keep(poisoned([p.T, H], 'f32', device)), rowOf: keep(poisoned([p.T, ranks], 'int32', device)) };
+  });
   const dispatched = streams.map(() => new native.Event(device)),
     computed = streams.map(() => new native.Event(device));
   for (let s = 0; s < A; s++) {
-    native.epDispatch(
-      streams[s],
-      ins[s]!.u,
-      ins[s]!.idx,
-      ins[s]!.w,
-      nRouted,
-      nExperts,
-      per,
-      ins[s]!.rowOf,
-      recv.map(r => keep(r.count.narrow(s, 1))),
-      recv.map(r => rows(r.x, s)),
-      recv.map(r => rows(r.idx, s)),
-      recv.map(r => rows(r.w, s)),
-    );
+    const slots = recv.map(r => ({ count: keep(r.count.narrow(s, 1)), x: rows(r.x, s), idx: rows(r.idx, s), w: rows(r.w, s) }));
+    dispatch(streams[s]!, ins[s]!, problems[s]!, per, ins[s]!.rowOf, slots);
     dispatched[s]!.record(streams[s]!);
   }
   for (let d = 0; d < ranks; d++) {
     for (let s = 0; s < A; s++) streams[d]!.waitEvent(dispatched[s]!);
-    native.moe(
-      streams[d],
-      recv[d]!.y,
-      recv[d]!.x,
-      recv[d]!.idx,
-      recv[d]!.w,
-      per,
-      sets.sharded.shards[d]!,
-      null,
-      null,
-      null,
-      null,
-      null,
-      per + 1,
-    );
+    const r = recv[d]!;
+    native.moe(streams[d], r.y, r.x, r.idx, r.w, per, sets.sharded.shards[d]!, null, null, null, null, null, per + 1);
     computed[d]!.record(streams[d]!);
   }
   for (let s = 0; s < A; s++) {
     for (let d = 0; d < ranks; d++) streams[s]!.waitEvent(computed[d]!);
+    const src = ins[s]!;
     native.epCombine(
       streams[s],
-      ins[s]!.out,
-      ins[s]!.u,
-      ins[s]!.idx,
-      ins[s]!.w,
+      src.out,
+      src.u,
+      src.idx,
+      src.w,
       nRouted,
       nExperts,
-      ins[s]!.rowOf,
+      src.rowOf,
       recv.map(r => rows(r.y, s)),
     );
   }
@@ -291,17 +311,6 @@ function problem(T: number, H: number, k: number, nRouted: number, nZero: number
   };
 }
 
-function maxRelError(got: ArrayLike<number>, want: ArrayLike<number>) {
-  let scale = 0,
-    worst = 0;
-  for (let i = 0; i < want.length; i++) scale = Math.max(scale, Math.abs(want[i]!));
-  for (let i = 0; i < want.length; i++) {
-    const e = Math.abs(got[i]! - want[i]!);
-    if (!(e <= worst)) worst = e; // NaN counts as the worst
-  }
-  return worst / scale;
-}
-
 describe('epDispatch against the JS slot reference', () => {
   const H = 24,
     k = 3,
@@ -322,30 +331,10 @@ describe('epDispatch against the JS slot reference', () => {
       per = expertsPerRank(ranks, nRouted);
     const want = Array.from({ length: ranks }, (_, d) => referenceSlot(p, per, d, T));
     const cap = capGiven ?? Math.max(...want.map(s => s.count));
-    const u = f32(p.u, [T, H], dev),
-      idx = i32(p.idx, [T, k], dev),
-      w = f32(p.w, [T, k], dev),
+    const src = sourceTensors(p, dev),
       rowOf = poisoned([T, ranks], 'int32', dev);
-    const slots = Array.from({ length: ranks }, () => ({
-      count: poisoned([1], 'int32', dev),
-      x: poisoned([cap, H], 'f32', dev),
-      idx: poisoned([cap, k], 'int32', dev),
-      w: poisoned([cap, k], 'f32', dev),
-    }));
-    native.epDispatch(
-      null,
-      u,
-      idx,
-      w,
-      nRouted,
-      nRouted + nZero,
-      per,
-      rowOf,
-      slots.map(s => s.count),
-      slots.map(s => s.x),
-      slots.map(s => s.idx),
-      slots.map(s => s.w),
-    );
+    const slots = Array.from({ length: ranks }, () => poisonedSlot(cap, H, k, dev));
+    dispatch(null, src, p, per, rowOf, slots);
     const rows = toArray(rowOf);
     for (let d = 0; d < ranks; d++) {
       const ref = referenceSlot(p, per, d, cap);
@@ -365,100 +354,114 @@ describe('epDispatch against the JS slot reference', () => {
           .map(e => Math.floor(e / per)),
       ).size;
     expect(total).toBe(pairs);
-    for (const t of [u, idx, w, rowOf, ...slots.flatMap(s => [s.count, s.x, s.idx, s.w])]) t.dispose();
+    for (const t of [...Object.values(src), rowOf, ...slotTensors(slots)]) t.dispose();
   });
 
-  it("fails with a typed error, writes nothing and leaves the stream usable when a rank's slot would overflow", () => {
+  it("fails with a typed error, sends nothing (padding only) and leaves the stream usable when a rank's slot would overflow", () => {
     const ranks = 2,
       p = problem(6, H, k, nRouted, nZero, [0, 1, 2, 3, 8], 5),
       per = 4;
-    const u = f32(p.u, [6, H]),
-      idx = i32(p.idx, [6, k]),
-      w = f32(p.w, [6, k]),
+    const src = sourceTensors(p),
       rowOf = poisoned([6, ranks], 'int32');
-    const slots = Array.from({ length: ranks }, () => ({
-      count: poisoned([1], 'int32'),
-      x: poisoned([5, H]),
-      idx: poisoned([5, k], 'int32'),
-      w: poisoned([5, k]),
-    }));
+    const slots = Array.from({ length: ranks }, () => poisonedSlot(5, H, k));
     const s = new native.Stream('cpu');
-    native.epDispatch(
-      s,
-      u,
-      idx,
-      w,
-      nRouted,
-      nRouted + nZero,
-      per,
-      rowOf,
-      slots.map(x => x.count),
-      slots.map(x => x.x),
-      slots.map(x => x.idx),
-      slots.map(x => x.w),
-    );
+    dispatch(s, src, p, per, rowOf, slots);
     expect(() => s.synchronize()).toThrow(/capacity exceeded: 6 tokens go to rank 0, its slot holds 5 rows/);
-    expect(Array.from(toArray(slots[0]!.count))).toEqual([-7]);
-    expect(Array.from(toArray(slots[1]!.count))).toEqual([-7]);
-    expect(Number.isNaN(toArray(slots[0]!.x)[0]!)).toBe(true);
-    expect(toArray(rowOf)[0]).toBe(-7);
+    for (const [d, slot] of slots.entries()) {
+      const pad = referenceSlot({ ...p, T: 0 }, per, d, 5);
+      expect(Array.from(toArray(slot.count))).toEqual([0]);
+      expect(Array.from(toArray(slot.x))).toEqual(Array.from(pad.x));
+      expect(Array.from(toArray(slot.idx))).toEqual(Array.from(pad.idx));
+      expect(Array.from(toArray(slot.w))).toEqual(Array.from(pad.w));
+    }
+    expect(Array.from(toArray(rowOf))).toEqual(new Array(6 * ranks).fill(-1));
     // the rank's stream stays usable: the same dispatch into slots deep enough goes through
-    const deep = Array.from({ length: ranks }, () => ({
-      count: poisoned([1], 'int32'),
-      x: poisoned([6, H]),
-      idx: poisoned([6, k], 'int32'),
-      w: poisoned([6, k]),
-    }));
-    native.epDispatch(
-      s,
-      u,
-      idx,
-      w,
-      nRouted,
-      nRouted + nZero,
-      per,
-      rowOf,
-      deep.map(x => x.count),
-      deep.map(x => x.x),
-      deep.map(x => x.idx),
-      deep.map(x => x.w),
-    );
+    const deep = Array.from({ length: ranks }, () => poisonedSlot(6, H, k));
+    dispatch(s, src, p, per, rowOf, deep);
     s.synchronize();
     expect(toArray(deep[0]!.count)[0]).toBe(referenceSlot(p, per, 0, 6).count);
     expect(Array.from(toArray(deep[0]!.x))).toEqual(Array.from(referenceSlot(p, per, 0, 6).x));
-    for (const t of deep.flatMap(x => [x.count, x.x, x.idx, x.w])) t.dispose();
+    for (const t of slotTensors(deep)) t.dispose();
     s.dispose();
-    for (const t of [u, idx, w, rowOf, ...slots.flatMap(x => [x.count, x.x, x.idx, x.w])]) t.dispose();
+    for (const t of [...Object.values(src), rowOf, ...slotTensors(slots)]) t.dispose();
   });
+
+  it.each(opDevices)(
+    'on %s: an overflow raises the abort flag; a dispatch that finds it raised writes nothing, a combine writes zeros',
+    device => {
+      const ranks = 2,
+        per = 4,
+        T = 6,
+        p = problem(T, H, k, nRouted, nZero, [0, 1, 2, 3, 8], 5);
+      const u = f32(p.u, [T, H], device),
+        idx = i32(p.idx, [T, k], device),
+        w = f32(p.w, [T, k], device),
+        rowOf = poisoned([T, ranks], 'int32', device),
+        abort = i32([0], [1], device);
+      const slotsOf = (cap: number) =>
+        Array.from({ length: ranks }, () => ({
+          count: poisoned([1], 'int32', device),
+          x: poisoned([cap, H], 'f32', device),
+          idx: poisoned([cap, k], 'int32', device),
+          w: poisoned([cap, k], 'f32', device),
+        }));
+      const dispatch = (slots: ReturnType<typeof slotsOf>) =>
+        native.epDispatch(
+          s,
+          u,
+          idx,
+          w,
+          nRouted,
+          nRouted + nZero,
+          per,
+          rowOf,
+          slots.map(x => x.count),
+          slots.map(x => x.x),
+          slots.map(x => x.idx),
+          slots.map(x => x.w),
+          abort,
+        );
+      const s = new native.Stream(device);
+      const shallow = slotsOf(5),
+        deep = slotsOf(T);
+      try {
+        dispatch(shallow); // 6 tokens go to rank 0: one more than its slot holds
+        if (device === 'cpu') expect(() => s.synchronize()).toThrow(/capacity exceeded/);
+        else s.synchronize(); // a kernel cannot raise: the flag is how it reports
+        expect(Array.from(toArray(abort))).toEqual([1]);
+        dispatch(deep); // the step failed already: nothing is sent (padding only)
+        s.synchronize();
+        expect(Array.from(toArray(deep[0]!.count))).toEqual([0]);
+        expect(Array.from(toArray(deep[1]!.x))).toEqual(new Array(T * H).fill(0));
+        expect(Array.from(toArray(rowOf))).toEqual(new Array(T * ranks).fill(-1));
+        const out = poisoned([T, H], 'f32', device);
+        const nowhere = i32(new Array(T * ranks).fill(-1), [T, ranks], device);
+        native.epCombine(s, out, u, idx, w, nRouted, nRouted + nZero, nowhere, [deep[0]!.x, deep[1]!.x], abort);
+        s.synchronize();
+        expect(Array.from(toArray(out))).toEqual(new Array(T * H).fill(0));
+        out.dispose();
+        nowhere.dispose();
+        // lowered, the same dispatch into deep slots goes through
+        abort.copyFromBytes(Int32Array.of(0));
+        dispatch(deep);
+        s.synchronize();
+        expect(toArray(deep[0]!.count)[0]).toBe(referenceSlot(p, per, 0, T).count);
+        expect(Array.from(toArray(abort))).toEqual([0]);
+      } finally {
+        s.dispose();
+        for (const t of [u, idx, w, rowOf, abort, ...[...shallow, ...deep].flatMap(x => [x.count, x.x, x.idx, x.w])]) t.dispose();
+      }
+    },
+  );
 
   it('rejects a split that does not hold the routed experts, a bad expert id and mismatched slots', () => {
     const p = problem(3, H, k, nRouted, nZero, range(0, 12), 3);
-    const u = f32(p.u, [3, H]),
-      idx = i32(p.idx, [3, k]),
-      w = f32(p.w, [3, k]);
+    const src = sourceTensors(p);
     const rowOf = (ranks: number) => empty([3, ranks], { dtype: 'int32' });
-    const slot = () => ({
-      count: empty([1], { dtype: 'int32' }),
-      x: empty([3, H]),
-      idx: empty([3, k], { dtype: 'int32' }),
-      w: empty([3, k]),
-    });
+    const slot = () => poisonedSlot(3, H, k);
     const three = [slot(), slot(), slot()];
-    const call = (slots: ReturnType<typeof slot>[], per: number, i = idx) =>
-      native.epDispatch(
-        null,
-        u,
-        i,
-        w,
-        nRouted,
-        nRouted + nZero,
-        per,
-        rowOf(Math.max(1, slots.length)),
-        slots.map(x => x.count),
-        slots.map(x => x.x),
-        slots.map(x => x.idx),
-        slots.map(x => x.w),
-      );
+    const call = (slots: Slot[], per: number, idx = src.idx) =>
+      dispatch(null, { ...src, idx }, p, per, rowOf(Math.max(1, slots.length)), slots);
     expect(() => call(three, 3)).toThrow(ArgumentError); // 3 ranks x 3 != 8
     expect(() => call([], 8)).toThrow(/at least one rank/);
     const wrong = { ...slot(), x: empty([3, H + 1]) };
@@ -466,7 +469,7 @@ describe('epDispatch against the JS slot reference', () => {
     const bad = i32([0, 1, 12, 2, 3, 4, 5, 6, 7], [3, k]);
     call(three.slice(0, 2), 4, bad);
     expect(() => native.synchronize('cpu')).toThrow(/idx\[0, 2\] = 12 is outside/);
-    for (const t of [u, idx, w, bad, wrong.x, ...three.flatMap(x => [x.count, x.x, x.idx, x.w])]) t.dispose();
+    for (const t of [...Object.values(src), bad, wrong.x, ...slotTensors(three)]) t.dispose();
   });
 });
 
@@ -593,70 +596,28 @@ describe('placement', () => {
 
 // ---- whole models -----------------------------------------------------------------------------
 
-const readLogits = (r: { logits: Tensor }) => {
-  const v = toArray(r.logits) as Float32Array;
-  r.logits.dispose();
-  return v;
-};
-
-/** Logits within `rel` of the largest, and the argmax equal in every row whose top-two gap exceeds the tolerance. */
-function expectEqualLogits(got: Float32Array, want: Float32Array, V: number, rel: number) {
-  expect(got.length).toBe(want.length);
-  let scale = 0;
-  for (const x of want) scale = Math.max(scale, Math.abs(x));
-  const err = maxRelError(got, want);
-  if (!(err <= rel)) expect.fail(`logits differ by ${err} x max|logit| (allowed ${rel})`);
-  for (let r = 0; r < want.length / V; r++) {
-    const row = want.subarray(r * V, (r + 1) * V),
-      g = got.subarray(r * V, (r + 1) * V);
-    let best = 0,
-      second = -Infinity;
-    for (let i = 1; i < V; i++) if (row[i]! > row[best]!) best = i;
-    for (let i = 0; i < V; i++) if (i !== best) second = Math.max(second, row[i]!);
-    if (row[best]! - second > 2 * rel * scale) {
-      let gb = 0;
-      for (let i = 1; i < V; i++) if (g[i]! > g[gb]!) gb = i;
-      expect(gb).toBe(best);
+/**
+ * Registers a beforeAll that writes the checkpoint `name` (initRandom options `init`) and records the
+ * single-device run of the prompts on `backend` for `steps` steps; its dir and run are read once it ran.
+ */
+function singleDeviceRun(
+  name: string,
+  init: Omit<Parameters<typeof initRandom>[0], 'out'>,
+  backend: 'cpu' | 'cuda',
+  steps: number,
+  timeoutMs: number,
+) {
+  const run = { dir: path.join(root, name.replace(/\W+/g, '-')), want: null as unknown as ReturnType<typeof runScript> };
+  beforeAll(async () => {
+    await initRandom({ ...init, out: run.dir });
+    const single = await loadModel(run.dir, { backend, cacheDtype: 'f32', maxContext: 64 });
+    try {
+      run.want = runScript(single, prompts, steps);
+    } finally {
+      single.dispose();
     }
-  }
-}
-
-const prompts = [
-  [5, 17, 300, 2, 99, 41, 7],
-  [260, 1, 3],
-  [11, 12, 13, 14, 15, 16, 17, 18, 19],
-];
-
-/** A batch of prompts (batched prefill, every row's logits), then greedy batched decode steps; all logits. */
-function runScript(m: Awaited<ReturnType<typeof loadModel>>, ps: number[][], steps: number, next?: number[][]) {
-  const e = m.engine,
-    V = e.dims.vocab;
-  const seqs = ps.map(() => e.newSequence());
-  const out = [readLogits(e.forward(seqs, ps, { allLogits: true }))];
-  const chosen: number[][] = [];
-  for (let i = 0; i < steps; i++) {
-    const prev = out[out.length - 1]!,
-      rows = prev.length / V;
-    const ends = i === 0 ? ps.map((_, b) => ps.slice(0, b + 1).reduce((a, p) => a + p.length, 0) - 1) : range(0, rows);
-    const toks =
-      next?.[i] ??
-      ends.map(r => {
-        let best = 0;
-        for (let j = 1; j < V; j++) if (prev[r * V + j]! > prev[r * V + best]!) best = j;
-        return best;
-      });
-    chosen.push(toks);
-    out.push(
-      readLogits(
-        e.forward(
-          seqs,
-          toks.map(t => [t]),
-        ),
-      ),
-    );
-  }
-  for (const s of seqs) s.release();
-  return { out, chosen };
+  }, timeoutMs);
+  return run;
 }
 
 describe('expert-parallel models equal the single-device run', () => {
@@ -667,22 +628,11 @@ describe('expert-parallel models equal the single-device run', () => {
   ];
   for (const [name, preset, fp8, overrides] of checkpoints) {
     describe(name, () => {
-      let dir: string;
-      let want: ReturnType<typeof runScript>;
-      beforeAll(async () => {
-        dir = path.join(root, name.replace(/\W+/g, '-'));
-        await initRandom({ preset, out: dir, seed: 21, fp8, overrides });
-        const single = await loadModel(dir, { backend: 'cpu', cacheDtype: 'f32', maxContext: 64 });
-        try {
-          want = runScript(single, prompts, 3);
-        } finally {
-          single.dispose();
-        }
-      }, 120_000);
+      const single = singleDeviceRun(name, { preset, seed: 21, fp8, overrides }, 'cpu', 3, 120_000);
       it.each([2, 4, 8])(
         '%i ranks: batched prefill + decode steps (captured decode graphs)',
         async ranks => {
-          const m = await loadModel(dir, { backend: 'cpu', cacheDtype: 'f32', maxContext: 64, ranks });
+          const m = await loadModel(single.dir, { backend: 'cpu', cacheDtype: 'f32', maxContext: 64, ranks });
           try {
             const V = m.engine.dims.vocab;
             const shards = m.engine.w.layers.map(l => l.moe.experts);
@@ -692,8 +642,8 @@ describe('expert-parallel models equal the single-device run', () => {
                 new Array(ranks).fill(m.engine.dims.nRouted / ranks),
               );
             }
-            const got = runScript(m, prompts, 3, want.chosen);
-            for (const [i, g] of got.out.entries()) expectEqualLogits(g, want.out[i]!, V, 1e-5);
+            const got = runScript(m, prompts, 3, single.want.chosen);
+            for (const [i, g] of got.out.entries()) expectEqualLogits(g, single.want.out[i]!, V, 1e-5);
           } finally {
             m.dispose();
           }
@@ -702,6 +652,29 @@ describe('expert-parallel models equal the single-device run', () => {
       );
     });
   }
+
+  it('a rank failing mid-step (injected out-of-memory, injected dispatch failure) fails the step with a typed error; every rank stays usable', async () => {
+    const dir = path.join(root, 'tiny-bf16');
+    const single = await loadModel(dir, { backend: 'cpu', cacheDtype: 'f32', maxContext: 64 });
+    let want: ReturnType<typeof runScript>;
+    try {
+      want = runScript(single, prompts, 2);
+    } finally {
+      single.dispose();
+    }
+    const m = await loadModel(dir, { backend: 'cpu', cacheDtype: 'f32', maxContext: 64, ranks: 4 });
+    try {
+      expectFailuresRecover(
+        m,
+        want,
+        1,
+        /rank 1 \(cpu\) failed in this step: epDispatch: this rank's dispatch failed \(injected by a test\)/,
+      );
+      expect(() => m.engine.expertParallel!.injectFault({ rank: 4, kind: 'oom' })).toThrow(ArgumentError);
+    } finally {
+      m.dispose();
+    }
+  }, 120_000);
 
   it('single sequences run alone equal the same sequences batched', async () => {
     const dir = path.join(root, 'tiny-bf16');
@@ -743,25 +716,14 @@ describe.runIf(native.cudaStatus().available)('expert-parallel models on one CUD
   ];
   for (const [name, fp8] of checkpoints) {
     describe(name, () => {
-      let dir: string;
-      let want: ReturnType<typeof runScript>;
-      beforeAll(async () => {
-        dir = path.join(root, `cuda-${name.replace(/\W+/g, '-')}`);
-        await initRandom({ preset: 'tiny', out: dir, seed: 23, fp8 });
-        const single = await loadModel(dir, { backend: 'cuda', cacheDtype: 'f32', maxContext: 64 });
-        try {
-          want = runScript(single, prompts, 2);
-        } finally {
-          single.dispose();
-        }
-      }, 300_000);
+      const single = singleDeviceRun(`cuda-${name}`, { preset: 'tiny', seed: 23, fp8 }, 'cuda', 2, 300_000);
       it.each([2, 8])(
         '%i ranks: batched prefill + decode steps (captured decode graphs)',
         async ranks => {
-          const m = await loadModel(dir, { backend: 'cuda', cacheDtype: 'f32', maxContext: 64, ranks });
+          const m = await loadModel(single.dir, { backend: 'cuda', cacheDtype: 'f32', maxContext: 64, ranks });
           try {
-            const got = runScript(m, prompts, 2, want.chosen);
-            for (const [i, g] of got.out.entries()) expectEqualLogits(g, want.out[i]!, m.engine.dims.vocab, 1e-5);
+            const got = runScript(m, prompts, 2, single.want.chosen);
+            for (const [i, g] of got.out.entries()) expectEqualLogits(g, single.want.out[i]!, m.engine.dims.vocab, 1e-5);
           } finally {
             m.dispose();
           }

@@ -2,6 +2,7 @@
 import { expect } from 'vitest';
 import { native } from '../lib/native.js';
 import { LongcatError } from '../lib/errors.js';
+import type { ChatMessage } from '../lib/chat.js';
 
 /** The seeded generator shared with the op-case table, the GPU check and the benchmarks (test/rng.ts). */
 export { rng } from './rng.js';
@@ -38,6 +39,26 @@ export const HANG_LIMIT_MS = 300_000;
  */
 export const workLimitMs = (cpuSeconds: number) => HANG_LIMIT_MS * Math.max(1, Math.ceil(cpuSeconds / 10));
 
+export type Isa = 'scalar' | 'avx2' | 'avx512';
+const startIsa = native.cpuFeatures().isa;
+/** Every CPU ISA this machine can run (setIsa clamps to the best available). */
+export const isas: Isa[] = (['scalar', 'avx2', 'avx512'] as Isa[]).filter(i => {
+  const got = native.setIsa(i);
+  native.setIsa(startIsa);
+  return got === i;
+});
+/** Runs fn on each ISA of `isas` in turn, then restores the ISA the process started with. */
+export function eachIsa(fn: (isa: Isa) => void) {
+  for (const isa of isas) {
+    native.setIsa(isa);
+    try {
+      fn(isa);
+    } finally {
+      native.setIsa(startIsa);
+    }
+  }
+}
+
 export const cudaAvailable = native.cudaStatus().available;
 /** Backends to run an op test on: always CPU, CUDA when present. */
 export const backends: string[] = cudaAvailable ? ['cpu', 'cuda:0'] : ['cpu'];
@@ -54,3 +75,10 @@ export function expectCode(fn: () => unknown, code: string, message?: RegExp) {
   }
   expect.fail(`expected a ${code} error`);
 }
+
+/** A chat message of each role, for the message tables of the chat-template tests. */
+export const msg = {
+  system: (content: string): ChatMessage => ({ role: 'system', content }),
+  user: (content: string): ChatMessage => ({ role: 'user', content }),
+  assistant: (content: string): ChatMessage => ({ role: 'assistant', content }),
+};

@@ -1,9 +1,9 @@
 // linear (y = x @ W^T for f32 / bf16 / fp8 block-scaled / int8 row-scaled weights) and
 // quantizeInt8Rows against float64 references, on every ISA path, with error-bound tolerances.
-import { afterAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { Tensor, cpuFeatures, full, native, tensor, toArray } from '../lib/index.js';
 import { bf16ToF32, f32ToBf16, f32ToFp8e4m3, fp8e4m3ToF32, roundHalfEven } from '../lib/numeric.js';
-import { rng, expectCode } from './helpers.js';
+import { eachIsa, isas, rng, expectCode } from './helpers.js';
 
 type WDtype = 'f32' | 'bf16' | 'fp8_e4m3' | 'int8';
 type FDtype = 'f32' | 'bf16';
@@ -11,15 +11,6 @@ type Rng = ReturnType<typeof rng>;
 
 const U32 = 2 ** -24; // f32 unit roundoff
 const U16 = 2 ** -8; // bf16 unit roundoff
-
-const isaNames = ['scalar', 'avx2', 'avx512'] as const;
-const startIsa = cpuFeatures().isa;
-/** The ISA paths this CPU can run (setIsa clamps to what it supports). */
-const isas = [...new Set(isaNames.map(i => native.setIsa(i) as (typeof isaNames)[number]))];
-native.setIsa(startIsa);
-afterAll(() => {
-  native.setIsa(startIsa);
-});
 
 interface Weight {
   w: Tensor;
@@ -151,15 +142,13 @@ describe('linear', () => {
         for (const t of [1, 3, 8, 9, 17, 65]) {
           const x = makeX(r, xdtype, t, k);
           const want = reference(x.ref, w.ref, t, n, k);
-          for (const isa of isas) {
-            native.setIsa(isa);
+          eachIsa(isa => {
             const rel = usesBf16Dot(isa, wdtype, t) && xdtype === 'f32' ? U16 : 0;
             for (const yt of fdtypes) {
               check(runLinear(x.x, w, t, n, yt), want, k, rel, yt, `${isa} t=${t} k=${k} n=${n} y ${yt}`);
               checked++;
             }
-          }
-          native.setIsa(startIsa);
+          });
           x.x.dispose();
         }
         w.dispose();
@@ -176,19 +165,17 @@ describe('linear', () => {
       for (const wdtype of wdtypes) {
         const w = makeWeight(r, wdtype, n, k);
         const want = reference(x.ref, w.ref, t, n, k);
-        for (const isa of isas) {
-          native.setIsa(isa);
+        eachIsa(isa => {
           for (const nt of [1, 3]) {
             native.setThreads(nt);
             const rel = usesBf16Dot(isa, wdtype, t) ? U16 : 0;
             check(runLinear(x.x, w, t, n, 'f32'), want, k, rel, 'f32', `${wdtype} ${isa} threads=${nt}`);
           }
-        }
+        });
         w.dispose();
       }
     } finally {
       native.setThreads(threads);
-      native.setIsa(startIsa);
       x.x.dispose();
     }
   });
@@ -201,11 +188,9 @@ describe('linear', () => {
       for (const t of [1, 2, 4]) {
         const x = makeX(r, 'bf16', t, k);
         const want = reference(x.ref, w.ref, t, n, k);
-        for (const isa of isas) {
-          native.setIsa(isa);
+        eachIsa(isa => {
           check(runLinear(x.x, w, t, n, 'f32'), want, k, 0, 'f32', `${wdtype} ${isa} t=${t}`);
-        }
-        native.setIsa(startIsa);
+        });
         x.x.dispose();
       }
       w.dispose();
@@ -238,12 +223,10 @@ describe('linear', () => {
             const w = makeWeight(r, wdtype, n, k);
             const quantized = wdtype === 'fp8_e4m3' && t >= 17;
             const want = reference(quantized ? xq : x.ref, w.ref, t, n, k);
-            for (const isa of isas) {
-              native.setIsa(isa);
+            eachIsa(isa => {
               const rel = (usesBf16Dot(isa, wdtype, t) && xdtype === 'f32' ? U16 : 0) + (quantized ? 2 * U32 : 0);
               check(runLinear(x.x, w, t, n, 'f32'), want, k, rel, 'f32', `fp8 precision ${wdtype} x ${xdtype} ${isa} t=${t}`);
-            }
-            native.setIsa(startIsa);
+            });
             w.dispose();
           }
           x.x.dispose();
@@ -260,7 +243,6 @@ describe('linear', () => {
       w.dispose();
     } finally {
       native.setMatmulPrecision(before);
-      native.setIsa(startIsa);
     }
   });
 
@@ -286,8 +268,7 @@ describe('linear', () => {
   });
 
   it('propagates NaN weight codes (fp8 0x7f / 0xff) like the scalar reference', () => {
-    for (const isa of isas) {
-      native.setIsa(isa);
+    eachIsa(isa => {
       for (const t of [1, 12]) {
         const k = 40;
         const codes = new Uint8Array(2 * k).fill(0x38); // 1.0
@@ -301,8 +282,7 @@ describe('linear', () => {
         expect(Array.from(toArray(y)).every(Number.isNaN), `${isa} t=${t}`).toBe(true);
         for (const v of [w, s, x, y]) v.dispose();
       }
-    }
-    native.setIsa(startIsa);
+    });
   });
 
   it('fp8 GEMV: every non-NaN code (many subnormals), t = 1..8, ragged k, rows across scale blocks, NaN rows', () => {
@@ -358,8 +338,7 @@ describe('linear', () => {
         for (let t = 1; t <= 8; t++) {
           const x = makeX(r, t % 2 ? 'f32' : 'bf16', t, k);
           const want = reference(x.ref, ref, t, n, k);
-          for (const isa of isas) {
-            native.setIsa(isa);
+          eachIsa(isa => {
             for (const nt of [1, 3]) {
               native.setThreads(nt);
               const got = Array.from(runLinear(x.x, w, t, n, 'f32'));
@@ -371,8 +350,7 @@ describe('linear', () => {
                 }
               check(got, want, k, 0, 'f32', what);
             }
-          }
-          native.setIsa(startIsa);
+          });
           native.setThreads(threads);
           x.x.dispose();
         }
@@ -380,7 +358,6 @@ describe('linear', () => {
       }
     } finally {
       native.setThreads(threads);
-      native.setIsa(startIsa);
     }
   });
 

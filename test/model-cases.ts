@@ -14,7 +14,7 @@ import { initRandom } from '../dist/init-random.js';
 import { loadModel } from '../dist/generate.js';
 import { toArray } from '../dist/tensor.js';
 import { openCheckpoint } from '../dist/checkpoint.js';
-import { dequantFp8Block, referenceForward, type RefConfig } from './reference/longcat-ref.js';
+import { modelHelpers } from './model-helpers.js';
 import { native } from '../dist/native.js';
 import type { MatmulPrecision } from '../dist/device.js';
 import type { InitRandomOptions } from '../dist/init-random.js';
@@ -32,11 +32,7 @@ function maxRelErr(got: ArrayLike<number>, want: ArrayLike<number>): number {
   return worst / scale;
 }
 
-const read = (r: { logits: { dispose(): void } & Parameters<typeof toArray>[0] }) => {
-  const v = toArray(r.logits);
-  r.logits.dispose();
-  return v;
-};
+const { referenceLogits, readLogits: read, fullForward, prefillThenDecode } = modelHelpers({ openCheckpoint, toArray });
 
 function argmax(v: ArrayLike<number>, off: number, n: number): number {
   let best = 0;
@@ -49,33 +45,17 @@ function argmax(v: ArrayLike<number>, off: number, n: number): number {
  * precision: the matmul precision both sides run at ('highest': fp32 products, tight tolerances).
  */
 // The checkpoints: name -> initRandom options (tiny-fp8-h128: 128-wide nope / v heads, so the
-// absorbed attention runs on kv_b codes with per-head block scales).
-export type ModelVariant = 'tiny' | 'tiny-fp8' | 'tiny-fp8-h128' | 'small';
+// absorbed attention runs on kv_b codes with per-head block scales; lite: LongCat-Flash-Lite's
+// layout, the N-gram embedding with its tables in host memory).
+export type ModelVariant = 'tiny' | 'tiny-fp8' | 'tiny-fp8-h128' | 'small' | 'lite' | 'lite-fp8';
 const VARIANTS: Record<ModelVariant, Omit<InitRandomOptions, 'out'>> = {
   tiny: { preset: 'tiny' },
   'tiny-fp8': { preset: 'tiny', fp8: true },
   'tiny-fp8-h128': { preset: 'tiny', fp8: true, overrides: { qk_nope_head_dim: 128, v_head_dim: 128 } },
   small: { preset: 'small' },
+  lite: { preset: 'lite' },
+  'lite-fp8': { preset: 'lite', fp8: true },
 };
-
-/** Logits of the float64 reference (SPEC, test/reference) over the checkpoint's own weights. */
-async function referenceLogits(dir: string, tokens: number[]): Promise<Float64Array> {
-  const ck = await openCheckpoint(dir);
-  try {
-    const W = (name: string) => {
-      const t = ck.get(name);
-      if (t.dtype === 'fp8_e4m3') {
-        const [n, k] = t.shape as [number, number];
-        const scale = toArray(ck.get(name.replace(/\.weight$/, '.weight_scale_inv'))) as Float32Array;
-        return { shape: t.shape, data: dequantFp8Block(t.toBytes(), scale, n, k) };
-      }
-      return { shape: t.shape, data: Float64Array.from(toArray(t)) };
-    };
-    return referenceForward(ck.config as unknown as RefConfig, W, tokens).logits;
-  } finally {
-    ck.close();
-  }
-}
 
 export interface ModelCheck {
   name: string;
@@ -86,7 +66,7 @@ export interface ModelCheck {
 export async function modelChecks({
   device,
   oracle = 'cpu',
-  presets = ['tiny', 'tiny-fp8', 'tiny-fp8-h128', 'small'],
+  presets = ['tiny', 'tiny-fp8', 'tiny-fp8-h128', 'small', 'lite', 'lite-fp8'],
   precision = 'highest',
   steps = 12,
 }: {
@@ -149,21 +129,12 @@ export async function modelChecks({
         sd.release();
         // 3. prefill + decode steps == one full forward, on the device under test
         const e = dut.engine;
-        const full = e.newSequence();
-        const all = read(e.forward([full], [prompt], { allLogits: true }));
-        full.release();
-        const seq = e.newSequence();
-        const split = 5;
-        const parts = [read(e.forward([seq], [prompt.slice(0, split)], { allLogits: true }))];
-        for (let i = split; i < prompt.length; i++) parts.push(read(e.forward([seq], [[prompt[i]!]])));
-        seq.release();
-        const joined = new Float32Array(all.length);
-        let off = 0;
-        for (const p of parts) {
-          joined.set(p, off);
-          off += p.length;
-        }
-        check(`prefill + decode == full forward on ${device}`, maxRelErr(joined, all), tight ? 2e-4 : 3e-2);
+        const all = fullForward(e, prompt);
+        check(
+          `prefill + decode == full forward on ${device}`,
+          maxRelErr(prefillThenDecode(e, prompt, 5), all),
+          tight ? 2e-4 : 3e-2,
+        );
         // 4. the captured decode step (graph replay) == the eager one (allLogits forces eager)
         const s1 = e.newSequence(),
           s2 = e.newSequence();

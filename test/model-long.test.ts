@@ -5,49 +5,10 @@
 // split at least), and YaRN with mscale != mscale_all_dim past the original context. Every check
 // compares against the float64 reference of SPEC (test/reference) or against one full forward.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import path from 'node:path';
-import { initRandom } from '../lib/init-random.js';
 import { loadModel, type Model } from '../lib/generate.js';
-import { openCheckpoint } from '../lib/checkpoint.js';
-import { toArray, type Tensor } from '../lib/tensor.js';
-import { native } from '../lib/native.js';
-import { dequantFp8Block, referenceForward, type RefConfig } from './reference/longcat-ref.js';
+import { checkpointFixture, fullForward, prefillThenDecode, referenceLogits } from './model-fixture.js';
 
-const root = mkdtempSync(path.join(tmpdir(), 'longcat-long-'));
-let savedPrecision: ReturnType<typeof native.setMatmulPrecision>;
-beforeAll(() => {
-  savedPrecision = native.setMatmulPrecision('highest');
-});
-afterAll(() => {
-  native.setMatmulPrecision(savedPrecision);
-  rmSync(root, { recursive: true, force: true });
-});
-
-async function makeCheckpoint(name: string, overrides: Record<string, unknown> = {}, fp8 = false) {
-  const dir = path.join(root, name);
-  await initRandom({ preset: 'tiny', out: dir, seed: 11, fp8, overrides });
-  return dir;
-}
-
-async function referenceLogits(dir: string, tokens: number[]) {
-  const ck = await openCheckpoint(dir);
-  try {
-    const W = (name: string) => {
-      const t = ck.get(name);
-      if (t.dtype === 'fp8_e4m3') {
-        const [n, k] = t.shape as [number, number];
-        const scale = toArray(ck.get(name.replace(/\.weight$/, '.weight_scale_inv'))) as Float32Array;
-        return { shape: t.shape, data: dequantFp8Block(t.toBytes(), scale, n, k) };
-      }
-      return { shape: t.shape, data: Float64Array.from(toArray(t)) };
-    };
-    return referenceForward(ck.config as unknown as RefConfig, W, tokens).logits;
-  } finally {
-    ck.close();
-  }
-}
+const makeCheckpoint = checkpointFixture('longcat-long-', 11);
 
 /** Max |got - want| over rows, relative to the largest |want| of the row's block. */
 function expectRowsClose(got: ArrayLike<number>, want: ArrayLike<number>, V: number, rel: number, what: string) {
@@ -71,37 +32,6 @@ function expectRowsClose(got: ArrayLike<number>, want: ArrayLike<number>, V: num
   }
 }
 
-const take = (r: { logits: Tensor }) => {
-  const v = toArray(r.logits) as Float32Array;
-  r.logits.dispose();
-  return v;
-};
-
-/** Logits of every position: a prefill of `prefill` tokens, then one decode step per token. */
-function prefillThenDecode(model: Model, tokens: number[], prefill: number): Float32Array {
-  const e = model.engine,
-    V = e.dims.vocab;
-  const seq = e.newSequence();
-  try {
-    const out = new Float32Array(tokens.length * V);
-    out.set(take(e.forward([seq], [tokens.slice(0, prefill)], { allLogits: true })));
-    for (let i = prefill; i < tokens.length; i++) out.set(take(e.forward([seq], [[tokens[i]!]])), i * V);
-    return out;
-  } finally {
-    seq.release();
-  }
-}
-
-function fullForward(model: Model, tokens: number[]): Float32Array {
-  const e = model.engine;
-  const seq = e.newSequence();
-  try {
-    return take(e.forward([seq], [tokens], { allLogits: true }));
-  } finally {
-    seq.release();
-  }
-}
-
 const tokensOf = (n: number, seed: number, vocab = 512) =>
   Array.from({ length: n }, (_, i) => (seed * 7919 + i * 104729 + ((i * i) % 97)) % vocab);
 
@@ -113,8 +43,8 @@ describe('decode past the split threshold of the absorbed attention', () => {
     using model = await loadModel(dir, { backend: 'cpu', cacheDtype: 'f32', maxContext: 256 });
     const toks = tokensOf(200, 3);
     const V = model.engine.dims.vocab;
-    const dec = prefillThenDecode(model, toks, 8);
-    expectRowsClose(dec, fullForward(model, toks), V, 1e-4, 'decode vs full forward');
+    const dec = prefillThenDecode(model.engine, toks, 8);
+    expectRowsClose(dec, fullForward(model.engine, toks), V, 1e-4, 'decode vs full forward');
     const want = await referenceLogits(dir, toks);
     expectRowsClose(dec.subarray(150 * V), want.subarray(150 * V), V, 1e-4, 'decode vs reference');
   });
@@ -138,8 +68,8 @@ describe('YaRN with mscale != mscale_all_dim, past the original context', () => 
     const toks = tokensOf(150, 5);
     const V = model.engine.dims.vocab;
     const want = await referenceLogits(dir, toks);
-    expectRowsClose(fullForward(model, toks), want, V, 1e-4, 'prefill vs reference');
-    expectRowsClose(prefillThenDecode(model, toks, 40), want, V, 1e-4, 'decode vs reference');
+    expectRowsClose(fullForward(model.engine, toks), want, V, 1e-4, 'prefill vs reference');
+    expectRowsClose(prefillThenDecode(model.engine, toks, 40), want, V, 1e-4, 'decode vs reference');
   });
 });
 
@@ -156,9 +86,9 @@ describe('FP8 checkpoints with 128-wide heads and real latent widths', () => {
     expect(w.kvBScales, 'the absorbed kv_b keeps e4m3 codes with block scales').not.toBeNull();
     const toks = tokensOf(12, rank);
     const V = model.engine.dims.vocab;
-    const full = fullForward(model, toks);
+    const full = fullForward(model.engine, toks);
     expectRowsClose(full, await referenceLogits(dir, toks), V, 1e-4, 'prefill vs reference');
-    expectRowsClose(prefillThenDecode(model, toks, 3), full, V, 1e-4, 'decode vs full forward');
+    expectRowsClose(prefillThenDecode(model.engine, toks, 3), full, V, 1e-4, 'decode vs full forward');
   });
 });
 

@@ -111,16 +111,19 @@ function refExpert(x: Experts, e: number, u: ArrayLike<number>, off: number) {
   return { y, mag };
 }
 
+/** One MoE call: the experts, the tokens u [t, h] and their routing idx / w [t, k] (ids >= nRouted: zero experts). */
+interface MoeCall {
+  x: Experts;
+  nRouted: number;
+  u: Float32Array;
+  idx: Int32Array;
+  w: Float32Array;
+  t: number;
+  k: number;
+}
+
 /** SPEC 4.2, token by token: y += w * Expert_e(u) for routed experts, y += w * u for zero experts. */
-function refMoe(
-  x: Experts,
-  nRouted: number,
-  u: ArrayLike<number>,
-  idx: ArrayLike<number>,
-  w: ArrayLike<number>,
-  t: number,
-  k: number,
-) {
+function refMoe({ x, nRouted, u, idx, w, t, k }: MoeCall) {
   const h = x.h;
   const out = new Float64Array(t * h),
     mag = new Float64Array(t * h);
@@ -197,36 +200,42 @@ function makeRouting(r: Rng, t: number, k: number, nRouted: number, nZero: numbe
   return { idx, w };
 }
 
-function runMoe(
-  x: Experts,
-  nRouted: number,
-  u: Float32Array,
-  idx: Int32Array,
-  w: Float32Array,
-  t: number,
-  k: number,
-  opts: { stream?: Stream | null; nExperts?: number } = {},
-): Float32Array {
-  const ut = tensor(u, [t, x.h]),
-    it_ = tensor(idx, [t, k], { dtype: 'int32' }),
-    wt = tensor(w, [t, k]);
-  const out = tensor(new Float32Array(t * x.h).fill(NaN), [t, x.h]);
+/** The sizes of a MoE call: tokens, hidden, intermediate, routed experts, zero experts, experts per token. */
+type Shape = [t: number, h: number, inter: number, nRouted: number, nZero: number, k: number];
+
+/** nRouted random `dtype` experts and t tokens u [t, h] in [-1, 1). */
+function expertsAndTokens(r: Rng, t: number, h: number, inter: number, nRouted: number, dtype: WDtype) {
+  const x = makeExperts(r, nRouted, h, inter, dtype);
+  return { x, u: r.array(t * h) };
+}
+
+/** A random call: experts and tokens, then the routing of makeRouting. */
+function randomCall(r: Rng, [t, h, inter, nRouted, nZero, k]: Shape, dtype: WDtype): MoeCall {
+  const { x, u } = expertsAndTokens(r, t, h, inter, nRouted, dtype);
+  return { x, u, ...makeRouting(r, t, k, nRouted, nZero), t, k, nRouted };
+}
+
+/** The expert arguments of moe / moeExperts: gate, up, down and (quantized weights) their scales. */
+function expertLists(x: Experts) {
   const q = x.gate[0]?.scale != null;
-  native.moe(
-    opts.stream ?? null,
-    out,
-    ut,
-    it_,
-    wt,
-    nRouted,
-    x.gate.map(g => g.t),
-    x.up.map(g => g.t),
-    x.down.map(g => g.t),
-    q ? x.gate.map(g => g.scale!) : null,
-    q ? x.up.map(g => g.scale!) : null,
-    q ? x.down.map(g => g.scale!) : null,
-    opts.nExperts ?? null,
-  );
+  const scales = (ws: W[]) => (q ? ws.map(g => g.scale!) : null);
+  return [x.gate.map(g => g.t), x.up.map(g => g.t), x.down.map(g => g.t), scales(x.gate), scales(x.up), scales(x.down)] as const;
+}
+
+/** The tensors of a call: u, idx, w and a NaN-poisoned output. */
+function callTensors({ x, u, idx, w, t, k }: MoeCall) {
+  return {
+    ut: tensor(u, [t, x.h]),
+    it_: tensor(idx, [t, k], { dtype: 'int32' }),
+    wt: tensor(w, [t, k]),
+    out: tensor(new Float32Array(t * x.h).fill(NaN), [t, x.h]),
+  };
+}
+
+function runMoe(call: MoeCall, opts: { stream?: Stream | null; nExperts?: number } = {}): Float32Array {
+  const { x, nRouted } = call;
+  const { ut, it_, wt, out } = callTensors(call);
+  native.moe(opts.stream ?? null, out, ut, it_, wt, nRouted, ...expertLists(x), opts.nExperts ?? null);
   const res = toArray(out) as Float32Array;
   for (const z of [ut, it_, wt, out]) z.dispose();
   return res;
@@ -277,8 +286,8 @@ describe('moe', () => {
         expect(tokensOf(nRouted - 1)).toBe(t - onlyZero);
         if (nRouted >= 3) expect(tokensOf(1)).toBe(0);
         if (nZero > 0 && t > 1) expect(onlyZero).toBeGreaterThan(0);
-        const got = runMoe(x, nRouted, u, idx, w, t, k, { nExperts: nRouted + nZero });
-        expectMoe(got, refMoe(x, nRouted, u, idx, w, t, k), dtype, `moe (${isa})`);
+        const c = { x, nRouted, u, idx, w, t, k };
+        expectMoe(runMoe(c, { nExperts: nRouted + nZero }), refMoe(c), dtype, `moe (${isa})`);
       }
       disposeExperts(x);
     },
@@ -286,147 +295,113 @@ describe('moe', () => {
 
   it('handles tokens that pick only zero experts, and a batch with no routed work at all', () => {
     const r = rng(11);
-    const t = 6,
-      h = 37,
-      inter = 23,
-      nRouted = 4,
-      k = 3;
-    const x = makeExperts(r, nRouted, h, inter, 'f32');
-    const u = r.array(t * h);
+    const [t, h, nRouted, k] = [6, 37, 4, 3];
+    const { x, u } = expertsAndTokens(r, t, h, 23, nRouted, 'f32');
     // Only zero experts (ids 4..6) everywhere: out = (sum of w) * u, no GEMM at all.
     const idx = Int32Array.from({ length: t * k }, (_, s) => 4 + (s % 3));
     const w = Float32Array.from({ length: t * k }, () => r.uniform(0, 2));
-    const got = runMoe(x, nRouted, u, idx, w, t, k);
+    const got = runMoe({ x, nRouted, u, idx, w, t, k });
     const want = new Float64Array(t * h);
     for (let i = 0; i < t; i++)
       for (let c = 0; c < h; c++) want[i * h + c] = (w[i * k]! + w[i * k + 1]! + w[i * k + 2]!) * u[i * h + c]!;
     expectClose(got, want, 1e-6, 1e-6, 'zero-only');
     // nRouted = 0: every id is a zero expert, the expert lists are empty.
     const none: Experts = { gate: [], up: [], down: [], h, inter: 0 };
-    expectClose(runMoe(none, 0, u, idx, w, t, k), want, 1e-6, 1e-6, 'nRouted = 0');
+    expectClose(runMoe({ x: none, nRouted: 0, u, idx, w, t, k }), want, 1e-6, 1e-6, 'nRouted = 0');
     disposeExperts(x);
   });
 
   it('adds repeated experts in one token once per slot', () => {
     const r = rng(12);
-    const t = 3,
-      h = 37,
-      inter = 23,
-      nRouted = 3,
-      k = 4;
-    const x = makeExperts(r, nRouted, h, inter, 'bf16');
-    const u = r.array(t * h);
+    const [t, nRouted, k] = [3, 3, 4];
+    const { x, u } = expertsAndTokens(r, t, 37, 23, nRouted, 'bf16');
     const idx = Int32Array.from([2, 2, 0, 5, 1, 1, 1, 1, 4, 0, 4, 2]);
     const w = Float32Array.from({ length: t * k }, () => r.uniform(0.1, 1));
-    expectMoe(runMoe(x, nRouted, u, idx, w, t, k), refMoe(x, nRouted, u, idx, w, t, k), 'bf16', 'duplicates');
+    const c = { x, nRouted, u, idx, w, t, k };
+    expectMoe(runMoe(c), refMoe(c), 'bf16', 'duplicates');
     disposeExperts(x);
   });
 
   it('spans several workspace waves in a long prefill (T*k > 1024 rows), splitting an expert', () => {
-    const r = rng(13);
-    const t = 330,
-      h = 37,
-      inter = 23,
-      nRouted = 5,
-      nZero = 1,
-      k = 6;
-    const x = makeExperts(r, nRouted, h, inter, 'bf16');
-    const u = r.array(t * h);
-    const { idx, w } = makeRouting(r, t, k, nRouted, nZero);
-    expect(idx.filter(e => e < nRouted).length).toBeGreaterThan(1024 + 200); // routed rows: two waves
-    expectMoe(runMoe(x, nRouted, u, idx, w, t, k), refMoe(x, nRouted, u, idx, w, t, k), 'bf16', 'waves');
-    disposeExperts(x);
+    const c = randomCall(rng(13), [330, 37, 23, 5, 1, 6], 'bf16');
+    expect(c.idx.filter(e => e < c.nRouted).length).toBeGreaterThan(1024 + 200); // routed rows: two waves
+    expectMoe(runMoe(c), refMoe(c), 'bf16', 'waves');
+    disposeExperts(c.x);
   });
 
+  /** Runs fn on a random bf16 call of each shape in turn, drawn from one RNG seeded `seed`. */
+  const eachCall = (seed: number, shapes: Shape[], fn: (call: MoeCall) => void) => {
+    const r = rng(seed);
+    for (const shape of shapes) fn(randomCall(r, shape, 'bf16'));
+  };
+
   it('gives bitwise identical results with 1 and 2 threads (decode and prefill shapes)', () => {
-    const r = rng(14);
-    for (const [t, h, inter, nRouted, nZero, k] of [
+    const shapes: Shape[] = [
       [1, 129, 65, 8, 4, 6],
       [5, 129, 65, 8, 2, 6],
       [64, 129, 65, 8, 4, 6],
       [330, 37, 23, 5, 1, 6],
-    ]) {
-      const x = makeExperts(r, nRouted!, h!, inter!, 'bf16');
-      const u = r.array(t! * h!);
-      const { idx, w } = makeRouting(r, t!, k!, nRouted!, nZero!);
+    ];
+    eachCall(14, shapes, call => {
       try {
         native.setThreads(1);
-        const a = runMoe(x, nRouted!, u, idx, w, t!, k!);
+        const a = runMoe(call);
         native.setThreads(2);
         const s = new Stream('cpu');
-        const b = runMoe(x, nRouted!, u, idx, w, t!, k!, { stream: s });
+        const b = runMoe(call, { stream: s });
         s.dispose();
         native.setThreads(3);
-        const c = runMoe(x, nRouted!, u, idx, w, t!, k!);
+        const c = runMoe(call);
         expect(a.some(v => Number.isNaN(v))).toBe(false);
-        expect(new Uint32Array(b.buffer), `T=${t}: 2 threads`).toEqual(new Uint32Array(a.buffer));
-        expect(new Uint32Array(c.buffer), `T=${t}: 3 threads`).toEqual(new Uint32Array(a.buffer));
+        expect(new Uint32Array(b.buffer), `T=${call.t}: 2 threads`).toEqual(new Uint32Array(a.buffer));
+        expect(new Uint32Array(c.buffer), `T=${call.t}: 3 threads`).toEqual(new Uint32Array(a.buffer));
       } finally {
         native.setThreads(originalThreads);
-        disposeExperts(x);
+        disposeExperts(call.x);
       }
-    }
+    });
   });
 
   it('gives the same bits with either in-wave schedule (experts spread over threads, or one by one)', () => {
-    const r = rng(17);
-    for (const [t, h, inter, nRouted, nZero, k] of [
+    const shapes: Shape[] = [
       [1, 129, 65, 8, 4, 6],
       [9, 37, 23, 8, 2, 3],
       [64, 37, 23, 5, 1, 4],
-    ]) {
-      const x = makeExperts(r, nRouted!, h!, inter!, 'bf16');
-      const u = r.array(t! * h!);
-      const { idx, w } = makeRouting(r, t!, k!, nRouted!, nZero!);
+    ];
+    eachCall(17, shapes, call => {
       const res: Float32Array[] = [];
       try {
         // The kernel reads LONGCAT_MOE_SCHED on every call; nothing is in flight while it changes.
         for (const sched of ['experts', 'linear', 'auto']) {
           process.env.LONGCAT_MOE_SCHED = sched;
-          res.push(runMoe(x, nRouted!, u, idx, w, t!, k!));
+          res.push(runMoe(call));
         }
       } finally {
         delete process.env.LONGCAT_MOE_SCHED;
-        disposeExperts(x);
+        disposeExperts(call.x);
       }
-      expectMoe(res[0]!, refMoe(x, nRouted!, u, idx, w, t!, k!), 'bf16', `T=${t} experts schedule`);
-      expect(new Uint32Array(res[1]!.buffer), `T=${t}: linear vs experts`).toEqual(new Uint32Array(res[0]!.buffer));
-      expect(new Uint32Array(res[2]!.buffer), `T=${t}: auto vs experts`).toEqual(new Uint32Array(res[0]!.buffer));
-    }
+      const what = `T=${call.t}`;
+      expectMoe(res[0]!, refMoe(call), 'bf16', `${what} experts schedule`);
+      expect(new Uint32Array(res[1]!.buffer), `${what}: linear vs experts`).toEqual(new Uint32Array(res[0]!.buffer));
+      expect(new Uint32Array(res[2]!.buffer), `${what}: auto vs experts`).toEqual(new Uint32Array(res[0]!.buffer));
+    });
   });
 
   it('takes a prepared MoeExpertSet with the same results, keeps its weights alive, and checks it', () => {
     const r = rng(19);
     for (const dtype of ['bf16', 'fp8_e4m3'] as const) {
-      const t = 17,
-        h = 37,
-        inter = 23,
-        nRouted = 5,
-        nZero = 2,
-        k = 4;
-      const x = makeExperts(r, nRouted, h, inter, dtype);
-      const u = r.array(t * h);
-      const { idx, w } = makeRouting(r, t, k, nRouted, nZero);
-      const want = runMoe(x, nRouted, u, idx, w, t, k);
-      const q = dtype === 'fp8_e4m3';
-      const set = native.moeExperts(
-        x.gate.map(g => g.t),
-        x.up.map(g => g.t),
-        x.down.map(g => g.t),
-        q ? x.gate.map(g => g.scale!) : null,
-        q ? x.up.map(g => g.scale!) : null,
-        q ? x.down.map(g => g.scale!) : null,
-      );
+      const [h, inter, nZero] = [37, 23, 2];
+      const call = randomCall(r, [17, h, inter, 5, nZero, 4], dtype);
+      const { x, nRouted, t } = call;
+      const want = runMoe(call);
+      const set = native.moeExperts(...expertLists(x));
       expect([set.nRouted, set.hidden, set.intermediate, set.device]).toEqual([nRouted, h, inter, 'cpu']);
       disposeExperts(x); // the set still holds the weights
-      const ut = tensor(u, [t, h]),
-        it_ = tensor(idx, [t, k], { dtype: 'int32' }),
-        wt = tensor(w, [t, k]);
-      const out = tensor(new Float32Array(t * h).fill(NaN), [t, h]);
+      const { ut, it_, wt, out } = callTensors(call);
       native.moe(null, out, ut, it_, wt, nRouted, set, null, null, null, null, null, nRouted + nZero);
       const got = toArray(out) as Float32Array;
       expect(new Uint32Array(got.buffer)).toEqual(new Uint32Array(want.buffer));
-      expectMoe(got, refMoe(x, nRouted, u, idx, w, t, k), dtype, `${dtype} set`);
+      expectMoe(got, refMoe(call), dtype, `${dtype} set`);
       expectCode(
         () => native.moe(null, out, ut, it_, wt, nRouted + 1, set),
         'E_ARGUMENT',
@@ -478,22 +453,21 @@ describe('moe', () => {
   it('accepts an empty batch (T = 0)', () => {
     const r = rng(18);
     const x = makeExperts(r, 2, 37, 23, 'f32');
-    expect(runMoe(x, 2, new Float32Array(0), new Int32Array(0), new Float32Array(0), 0, 3).length).toBe(0);
+    expect(
+      runMoe({ x, nRouted: 2, u: new Float32Array(0), idx: new Int32Array(0), w: new Float32Array(0), t: 0, k: 3 }).length,
+    ).toBe(0);
     disposeExperts(x);
   });
 
   it('returns its workspace to the pool', () => {
-    const r = rng(15);
-    const x = makeExperts(r, 4, 37, 23, 'f32');
-    const u = r.array(9 * 37);
-    const { idx, w } = makeRouting(r, 9, 3, 4, 2);
-    runMoe(x, 4, u, idx, w, 9, 3); // warm the pool
+    const c = randomCall(rng(15), [9, 37, 23, 4, 2, 3], 'f32');
+    runMoe(c); // warm the pool
     native.synchronize('cpu');
     const before = memoryStats().liveBytes;
-    runMoe(x, 4, u, idx, w, 9, 3);
+    runMoe(c);
     native.synchronize('cpu');
     expect(memoryStats().liveBytes).toBe(before);
-    disposeExperts(x);
+    disposeExperts(c.x);
   });
 
   it('rejects bad arguments with typed errors naming the expert and tensor', () => {

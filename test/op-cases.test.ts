@@ -46,66 +46,56 @@ const input = (m: Made, name: string) => {
   if (!t) throw new Error(`no input ${name}`);
   return t;
 };
+/** Plants a bug: `change` edits the values of the named input in place before they are written back. */
+const edit = (m: Made, name: string, change: (v: Float32Array) => void) => {
+  const v = Float32Array.from(toArray(input(m, name)));
+  change(v);
+  write(input(m, name), v);
+};
 
 // Each bug: a case, what it changes in the inputs of the side under test, and what real bug that is.
 // Both sides run on the CPU; the comparison uses the bounds of a CUDA side under test (tensor-core
 // accumulators, the loosest ones), so these are the bounds the first GPU run is held to.
 const bugs: [string, string, (m: Made) => void][] = [
-  [
-    'linear t=129 k=515 n=257 w=fp8_e4m3 fp8',
-    'the fp8 block scales dropped',
-    m => write(input(m, 'scale'), new Float32Array(input(m, 'scale').nbytes / 4).fill(1)),
-  ],
+  ['linear t=129 k=515 n=257 w=fp8_e4m3 fp8', 'the fp8 block scales dropped', m => edit(m, 'scale', s => s.fill(1))],
   [
     'linear t=129 k=515 n=257 w=fp8_e4m3 fp8',
     'two block scales swapped',
-    m => {
-      const s = Float32Array.from(toArray(input(m, 'scale')));
-      [s[0], s[1]] = [s[1]!, s[0]!];
-      write(input(m, 'scale'), s);
-    },
+    m =>
+      edit(m, 'scale', s => {
+        [s[0], s[1]] = [s[1]!, s[0]!];
+      }),
   ],
-  [
-    'linear t=129 k=515 n=257 w=int8 bf16',
-    'the int8 row scales dropped',
-    m => write(input(m, 'scale'), new Float32Array(257).fill(1)),
-  ],
+  ['linear t=129 k=515 n=257 w=int8 bf16', 'the int8 row scales dropped', m => edit(m, 'scale', s => s.fill(1))],
   [
     'linear t=129 k=515 n=257 w=bf16 bf16',
     'one 32-wide K step skipped',
-    m => {
-      const x = Float32Array.from(toArray(input(m, 'x')));
-      for (let t = 0; t < 129; t++) x.fill(0, t * 515 + 256, t * 515 + 288);
-      write(input(m, 'x'), x);
-    },
+    m =>
+      edit(m, 'x', x => {
+        for (let t = 0; t < 129; t++) x.fill(0, t * 515 + 256, t * 515 + 288);
+      }),
   ],
   [
     'linear t=17 k=127 n=333 w=f32 highest',
     'the last K element skipped',
-    m => {
-      const x = Float32Array.from(toArray(input(m, 'x')));
-      for (let t = 0; t < 17; t++) x[t * 127 + 126] = 0;
-      write(input(m, 'x'), x);
-    },
+    m =>
+      edit(m, 'x', x => {
+        for (let t = 0; t < 17; t++) x[t * 127 + 126] = 0;
+      }),
   ],
-  [
-    'rmsnorm rows=17 dim=1000 (+add, bf16 w)',
-    'the norm weight dropped',
-    m => write(input(m, 'w'), new Float32Array(1000).fill(1)),
-  ],
+  ['rmsnorm rows=17 dim=1000 (+add, bf16 w)', 'the norm weight dropped', m => edit(m, 'w', w => w.fill(1))],
   [
     'moe T=256 H=520 I=392 routed=4 zero=2 k=4 w=fp8_e4m3 fp8',
     "expert 0's down-projection scales dropped",
-    m => write(input(m, 'downScale0'), new Float32Array(input(m, 'downScale0').nbytes / 4).fill(1)),
+    m => edit(m, 'downScale0', s => s.fill(1)),
   ],
   [
     'moe T=40 H=136 I=80 routed=4 zero=3 k=5 w=bf16 (repeated ids) bf16',
     'one routing weight dropped',
-    m => {
-      const w = Float32Array.from(toArray(input(m, 'weights')));
-      w[7] = 0;
-      write(input(m, 'weights'), w);
-    },
+    m =>
+      edit(m, 'weights', w => {
+        w[7] = 0;
+      }),
   ],
   [
     'mlaDecodeAbsorbed B=1 nh=3 dl=37 dr=5 bs=4 lens=13 cache=f32 highest',
@@ -120,12 +110,11 @@ const bugs: [string, string, (m: Made) => void][] = [
   [
     'mlaPrefill nh=3 dn=5 dr=3 dv=4 seqs=1/1,7/10,33/33 highest',
     'one key / value row read from its neighbour',
-    m => {
-      const row = 3 * 9,
-        kv = Float32Array.from(toArray(input(m, 'kvb')));
-      kv.copyWithin(4 * row, 5 * row, 6 * row); // key 3 of the 7/10 sequence replaced by key 4
-      write(input(m, 'kvb'), kv);
-    },
+    m =>
+      edit(m, 'kvb', kv => {
+        const row = 3 * 9;
+        kv.copyWithin(4 * row, 5 * row, 6 * row); // key 3 of the 7/10 sequence replaced by key 4
+      }),
   ],
 ];
 

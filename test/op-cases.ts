@@ -144,10 +144,26 @@ function gemmMode(precision: Precision, fp8Weights: boolean, rows: number): Gemm
 }
 const pair = (s: Sides, mode: GemmMode): [Arithmetic, Arithmetic] => [arithmetic(s.ref, mode), arithmetic(s.dut, mode)];
 
+/**
+ * The bound of a GEMM-like output of `shape` (dot products of K terms) at `mode`: `runAbs` writes the
+ * op over the inputs' magnitudes into its argument, on the CPU at 'highest' (test/error-model.ts).
+ */
+function magnitudeBound(sides: Sides, mode: GemmMode, K: number, shape: number[], runAbs: (m: Tensor) => void): Bound {
+  const mag = onCpuHighest(() => {
+    const m = empty(shape);
+    runAbs(m);
+    return toArray(m);
+  });
+  return dotBound(...pair(sides, mode), K, mag);
+}
+
 // ---- the table -----------------------------------------------------------------------------------
 
 const table: Omit<OpCase, 'seed'>[] = [];
-const add = (c: Omit<OpCase, 'seed' | 'precision'> & { precision?: Precision }) => table.push({ precision: 'highest', ...c });
+/** Adds a case: its op is the first word of its name; no dtype choices, 'highest' and no FLOPs unless given. */
+const add = (
+  c: Omit<OpCase, 'seed' | 'op' | 'precision' | 'dtypes' | 'flops'> & Partial<Pick<OpCase, 'precision' | 'dtypes' | 'flops'>>,
+) => table.push({ op: c.name.split(' ')[0]!, precision: 'highest', dtypes: {}, flops: 0, ...c });
 
 // linear: every weight dtype, decode (skinny) and prefill (tiled) sizes, each matmul precision
 for (const [t, k, n] of [
@@ -165,7 +181,6 @@ for (const [t, k, n] of [
     for (const precision of precisions) {
       add({
         name: `linear t=${t} k=${k} n=${n} w=${wdt} ${precision}`,
-        op: 'linear',
         shapes: { t, k, n },
         dtypes: { x: 'f32', w: wdt },
         precision,
@@ -181,15 +196,12 @@ for (const [t, k, n] of [
             outs: [y],
             inputs: { x, w, ...(scale ? { scale } : {}) },
             run: s => native.linear(s, y, x, w, scale),
-            bound(sides) {
-              const mag = onCpuHighest(() => {
-                const m = empty([t, n]),
-                  aw = weightTensors(hw, 'cpu', true);
+            bound: sides => [
+              magnitudeBound(sides, gemmMode(precision, wdt === 'fp8_e4m3', t), k, [t, n], m => {
+                const aw = weightTensors(hw, 'cpu', true);
                 native.linear(null, m, tensor(abs(xs), [t, k]), aw.w, aw.scale);
-                return toArray(m);
-              });
-              return [dotBound(...pair(sides, gemmMode(precision, wdt === 'fp8_e4m3', t)), k, mag)];
-            },
+              }),
+            ],
           };
         },
       });
@@ -207,7 +219,6 @@ for (const [t, k, n] of [
 ] as const) {
   add({
     name: `linear wgmma t=${t} k=${k} n=${n} x=bf16 w=bf16`,
-    op: 'linear',
     shapes: { t, k, n },
     dtypes: { x: 'bf16', w: 'bf16' },
     precision: 'bf16',
@@ -223,14 +234,11 @@ for (const [t, k, n] of [
       return {
         outs: [y],
         run: s => native.linear(s, y, x, w, null),
-        bound(sides) {
-          const mag = onCpuHighest(() => {
-            const m = empty([t, n]);
-            native.linear(null, m, tensor(abs(xs), [t, k], { dtype: 'bf16' }), tensor(abs(ws), [n, k], { dtype: 'bf16' }), null);
-            return toArray(m);
-          });
-          return [dotBound(...pair(sides, 'bf16'), k, mag)];
-        },
+        bound: sides => [
+          magnitudeBound(sides, 'bf16', k, [t, n], m =>
+            native.linear(null, m, tensor(abs(xs), [t, k], { dtype: 'bf16' }), tensor(abs(ws), [n, k], { dtype: 'bf16' }), null),
+          ),
+        ],
       };
     },
   });
@@ -243,11 +251,9 @@ for (const [rows, dim] of [
 ] as const) {
   add({
     name: `rmsnorm rows=${rows} dim=${dim} (+add, bf16 w)`,
-    op: 'rmsnorm',
     shapes: { rows, dim },
     dtypes: { x: 'f32', w: 'bf16' },
     bytes: 3 * 4 * rows * dim,
-    flops: 0,
     make(device, r) {
       const x = tensor(uniform(r, rows * dim), [rows, dim], { device });
       const a = tensor(uniform(r, rows * dim), [rows, dim], { device });
@@ -276,11 +282,9 @@ for (const [V, H, dt] of [
 ] as const) {
   add({
     name: `embedding V=${V} H=${H} ${dt}`,
-    op: 'embedding',
     shapes: { V, H, ids: 7 },
     dtypes: { table: dt },
     bytes: 7 * H * 8,
-    flops: 0,
     make(device, r) {
       const table = tensor(uniform(r, V * H), [V, H], { dtype: dt, device });
       const ids = int32(
@@ -303,11 +307,9 @@ for (const [R, C, dt, n] of [
 ] as const) {
   add({
     name: `gatherRows R=${R} C=${C} ${dt} n=${n}`,
-    op: 'gatherRows',
     shapes: { R, C, n },
     dtypes: { src: dt },
     bytes: 2 * n * C * 4,
-    flops: 0,
     make(device, r) {
       const src =
         dt === 'int32'
@@ -327,14 +329,53 @@ for (const [R, C, dt, n] of [
     },
   });
 }
+// ngramEmbed (LongCat-Flash-Lite): E projected N-gram rows added to the base embedding, averaged;
+// a decode step (T = 1) and a prefill chunk at the release's E = 12, D = 256, and odd sizes.
+for (const [T, H, E, D, dt] of [
+  [1, 3072, 12, 256, 'bf16'],
+  [9, 3072, 12, 256, 'bf16'],
+  [5, 130, 6, 33, 'f32'],
+] as const) {
+  add({
+    name: `ngramEmbed T=${T} H=${H} E=${E} D=${D} ${dt}`,
+    shapes: { T, H, E, D },
+    dtypes: { rows: dt, proj: dt },
+    bytes: 8 * T * H + (E * T * D + E * H * D) * (dt === 'bf16' ? 2 : 4),
+    flops: 2 * T * H * E * D,
+    make(device, r) {
+      const b = uniform(r, T * H),
+        rv = uniform(r, E * T * D),
+        pv = uniform(r, E * H * D, 1 / Math.sqrt(D));
+      const base = tensor(b, [T, H], { device });
+      const rows = tensor(rv, [E, T, D], { dtype: dt, device });
+      const proj = tensor(pv, [E, H, D], { dtype: dt, device });
+      const y = empty([T, H], { device });
+      return {
+        outs: [y],
+        run: s => native.ngramEmbed(s, y, base, rows, proj),
+        // a sum of E (D + 1) + 1 fp32 terms on each side (any order), then one product by 1 / (E + 1);
+        // magnitudes from the unrounded inputs, with a margin for their bf16 rounding
+        bound: sides => {
+          const mag = new Float64Array(T * H);
+          for (let t = 0; t < T; t++)
+            for (let h = 0; h < H; h++) {
+              let m = Math.abs(b[t * H + h]!);
+              for (let e = 0; e < E; e++)
+                for (let k = 0; k < D; k++) m += Math.abs(rv[(e * T + t) * D + k]! * pv[(e * H + h) * D + k]!);
+              mag[t * H + h] = (m * (1 + 2 ** -7)) / (E + 1);
+            }
+          const dot = dotBound(...pair(sides, 'highest'), E * (D + 1) + 1, mag);
+          return [Float64Array.from(dot, (v, i) => v + 2 * U32 * mag[i]!)];
+        },
+      };
+    },
+  });
+}
 for (const n of [1, 1003, 64 * 4096]) {
   add({
     name: `siluMul n=${n}`,
-    op: 'siluMul',
     shapes: { n },
-    dtypes: {},
     bytes: 12 * n,
-    flops: 0,
     make(device, r) {
       const g = tensor(uniform(r, n, 8), [n], { device }),
         u = tensor(uniform(r, n), [n], { device }),
@@ -350,11 +391,8 @@ for (const n of [1, 1003, 64 * 4096]) {
   for (const alpha of [1, 0.37]) {
     add({
       name: `add n=${n} alpha=${alpha}`,
-      op: 'add',
       shapes: { n },
-      dtypes: {},
       bytes: 12 * n,
-      flops: 0,
       make(device, r) {
         const av = uniform(r, n),
           bv = uniform(r, n);
@@ -374,11 +412,8 @@ for (const n of [1, 1003, 64 * 4096]) {
   }
   add({
     name: `scaleGroups n=${n}`,
-    op: 'scaleGroups',
     shapes: { n },
-    dtypes: {},
     bytes: 8 * n,
-    flops: 0,
     make(device, r) {
       const cols = n % 512 === 0 ? 512 : n,
         rows = n / cols,
@@ -392,11 +427,8 @@ for (const n of [1, 1003, 64 * 4096]) {
   });
   add({
     name: `scale n=${n}`,
-    op: 'scale',
     shapes: { n },
-    dtypes: {},
     bytes: 8 * n,
-    flops: 0,
     make(device, r) {
       const x = tensor(uniform(r, n), [n], { device }),
         y = empty([n], { device });
@@ -416,11 +448,9 @@ for (const [from, to] of [
   for (const n of [1000, 1 << 20]) {
     add({
       name: `convert ${from}->${to} n=${n}`,
-      op: 'convert',
       shapes: { n },
       dtypes: { x: from, y: to },
       bytes: n * 6,
-      flops: 0,
       make(device, r) {
         const x = tensor(uniform(r, n, from === 'f32' ? 600 : 300), [n], { dtype: from, device }),
           y = empty([n], { dtype: to, device });
@@ -435,11 +465,8 @@ for (const [T, K] of [
 ] as const) {
   add({
     name: `quantizeFp8Act T=${T} K=${K}`,
-    op: 'quantizeFp8Act',
     shapes: { T, K },
-    dtypes: {},
     bytes: 5 * T * K,
-    flops: 0,
     make(device, r) {
       const x = tensor(uniform(r, T * K, 50), [T, K], { device });
       const q = empty([T, K], { dtype: 'fp8_e4m3', device }),
@@ -454,13 +481,11 @@ for (const [N, K] of [
   [1024, 7168],
 ] as const) {
   for (const dt of ['f32', 'bf16'] as const) {
+    // a weight [N, K] of dtype dt against its codes and scales: about 5 bytes moved per element
+    const sizes = { shapes: { N, K }, dtypes: { w: dt }, bytes: 5 * N * K };
     add({
       name: `quantizeInt8Rows ${N}x${K} ${dt}`,
-      op: 'quantizeInt8Rows',
-      shapes: { N, K },
-      dtypes: { w: dt },
-      bytes: 5 * N * K,
-      flops: 0,
+      ...sizes,
       make(device, r) {
         const w = tensor(
           uniform(r, N * K, 3).map((v, i) => (i % 97 === 0 ? 0 : v)),
@@ -474,11 +499,7 @@ for (const [N, K] of [
     });
     add({
       name: `quantizeFp8Blocks ${N}x${K} ${dt}`,
-      op: 'quantizeFp8Blocks',
-      shapes: { N, K },
-      dtypes: { w: dt },
-      bytes: 5 * N * K,
-      flops: 0,
+      ...sizes,
       make(device, r) {
         const w = tensor(uniform(r, N * K, 3), [N, K], { dtype: dt, device });
         const q = empty([N, K], { dtype: 'fp8_e4m3', device }),
@@ -488,11 +509,7 @@ for (const [N, K] of [
     });
     add({
       name: `dequantizeFp8Blocks ${N}x${K} ${dt}`,
-      op: 'dequantizeFp8Blocks',
-      shapes: { N, K },
-      dtypes: { w: dt },
-      bytes: 5 * N * K,
-      flops: 0,
+      ...sizes,
       make(device, r) {
         const q = tensor(uniform(r, N * K, 400), [N, K], { dtype: 'fp8_e4m3', device });
         const sc = tensor(positive(r, blocks(N) * blocks(K), 0, 1), [blocks(N), blocks(K)], { device });
@@ -509,11 +526,8 @@ for (const [R, V, ties] of [
 ] as const) {
   add({
     name: `argmax ${R}x${V}${ties ? ' (ties)' : ''}`,
-    op: 'argmax',
     shapes: { R, V },
-    dtypes: {},
     bytes: 4 * R * V,
-    flops: 0,
     make(device, r) {
       const x = tensor(
           uniform(r, R * V, 3).map(v => (ties ? Math.round(v) : v)),
@@ -532,53 +546,33 @@ for (const [R, V] of [
 ] as const) {
   // sum of exp: the CPU adds f32 lanes over 1024-wide chunks and the chunks in f64, CUDA adds in f64
   const sumRel = gamma(Math.min(V, 1024), U32) + 2 * U32;
-  add({
-    name: `softmax ${R}x${V}`,
-    op: 'softmax',
-    shapes: { R, V },
-    dtypes: {},
-    bytes: 12 * R * V,
-    flops: 0,
-    make(device, r) {
-      const x = tensor(uniform(r, R * V, 10), [R, V], { device }),
-        y = empty([R, V], { device });
-      // exp (both sides), the sum, one division
-      return {
-        outs: [y],
-        run: s => native.softmax(s, y, x),
-        bound: (_s, [want]) => [relativeBound(want!, 2 * EXP_REL + sumRel + 2 * U32)],
-      };
+  const bounds: Record<'softmax' | 'logSoftmax', (want: Values) => Float64Array> = {
+    // exp (both sides), the sum, one division
+    softmax: want => relativeBound(want, 2 * EXP_REL + sumRel + 2 * U32),
+    // y = x - max - log(sum): the sum's relative error is log's absolute error; log (2 ulp) and the
+    // two subtractions round relative to |y| and log(sum) = -max(y) of the row
+    logSoftmax: w => {
+      const b = new Float64Array(w.length);
+      for (let row = 0; row < R; row++) {
+        let logSum = 0;
+        for (let j = 0; j < V; j++) logSum = Math.max(logSum, -w[row * V + j]!);
+        for (let j = 0; j < V; j++)
+          b[row * V + j] = 2 * (EXP_REL + sumRel) + 8 * U32 * (Math.abs(w[row * V + j]!) + logSum) + FLOOR;
+      }
+      return b;
     },
-  });
-  add({
-    name: `logSoftmax ${R}x${V}`,
-    op: 'logSoftmax',
-    shapes: { R, V },
-    dtypes: {},
-    bytes: 12 * R * V,
-    flops: 0,
-    make(device, r) {
-      const x = tensor(uniform(r, R * V, 10), [R, V], { device }),
-        y = empty([R, V], { device });
-      return {
-        outs: [y],
-        run: s => native.logSoftmax(s, y, x),
-        // y = x - max - log(sum): the sum's relative error is log's absolute error; log (2 ulp) and the
-        // two subtractions round relative to |y| and log(sum) = -max(y) of the row
-        bound: (_s, [want]) => {
-          const w = want!,
-            b = new Float64Array(w.length);
-          for (let row = 0; row < R; row++) {
-            let logSum = 0;
-            for (let j = 0; j < V; j++) logSum = Math.max(logSum, -w[row * V + j]!);
-            for (let j = 0; j < V; j++)
-              b[row * V + j] = 2 * (EXP_REL + sumRel) + 8 * U32 * (Math.abs(w[row * V + j]!) + logSum) + FLOOR;
-          }
-          return [b];
-        },
-      };
-    },
-  });
+  };
+  for (const op of ['softmax', 'logSoftmax'] as const)
+    add({
+      name: `${op} ${R}x${V}`,
+      shapes: { R, V },
+      bytes: 12 * R * V,
+      make(device, r) {
+        const x = tensor(uniform(r, R * V, 10), [R, V], { device }),
+          y = empty([R, V], { device });
+        return { outs: [y], run: s => native[op](s, y, x), bound: (_s, [want]) => [bounds[op](want!)] };
+      },
+    });
 }
 // sample: the CPU and GPU draws agree only when the filtered set has one token (see cuda/elementwise.cu).
 for (const [temp, topK, topP, minP] of [
@@ -587,11 +581,8 @@ for (const [temp, topK, topP, minP] of [
 ] as const) {
   add({
     name: `sample 4x131072 T=${temp} topK=${topK}`,
-    op: 'sample',
     shapes: { R: 4, V: 131072 },
-    dtypes: {},
     bytes: 4 * 4 * 131072,
-    flops: 0,
     make(device, r) {
       const x = tensor(uniform(r, 4 * 131072, 5), [4, 131072], { device }),
         ids = empty([4], { dtype: 'int32', device });
@@ -607,12 +598,9 @@ for (const [topK, topP, minP] of [
 ] as const) {
   add({
     name: `sample 4x131072 T=0.9 topK=${topK} topP=${topP} minP=${minP} (GPU: seeded repeat + filter check)`,
-    op: 'sample',
     shapes: { R: 4, V: 131072 },
-    dtypes: {},
     gpuOnly: true,
     bytes: 4 * 4 * 131072,
-    flops: 0,
     make(device, r) {
       const R = 4,
         V = 131072;
@@ -662,11 +650,8 @@ for (const [hd, off, rd, nh] of [
   for (const t of [1, 37]) {
     add({
       name: `rope t=${t} heads=${nh} hd=${hd} rope=[${off},${off + rd})`,
-      op: 'rope',
       shapes: { t, heads: nh, headDim: hd, offset: off, ropeDim: rd },
-      dtypes: {},
       bytes: 8 * t * nh * rd,
-      flops: 0,
       make(device, r) {
         const xs = uniform(r, t * nh * hd);
         const x = tensor(xs, [t, nh, hd], { device });
@@ -704,11 +689,8 @@ for (const t of [1, 7, 129]) {
     K = 12;
   add({
     name: `routerTopk t=${t} e=${E} k=${K}`,
-    op: 'routerTopk',
     shapes: { t, experts: E, k: K },
-    dtypes: {},
     bytes: 4 * t * E,
-    flops: 0,
     make(device, r) {
       const logits = tensor(uniform(r, t * E, 4), [t, E], { device }),
         bias = tensor(uniform(r, E, 0.01), [E], { device });
@@ -732,11 +714,9 @@ for (const dt of ['f32', 'bf16'] as const) {
     dr = 64;
   add({
     name: `mlaCacheWrite T=37 ${dt} cache 9x64x576`,
-    op: 'mlaCacheWrite',
     shapes: { T: 37, blocks: nb, blockSize: bs, row: dl + dr },
     dtypes: { cache: dt },
     bytes: 37 * (dl + dr) * 8,
-    flops: 0,
     make(device, r) {
       const T = 37;
       const cache = tensor(new Float32Array(nb * bs * (dl + dr)), [nb, bs, dl + dr], { dtype: dt, device });
@@ -748,11 +728,9 @@ for (const dt of ['f32', 'bf16'] as const) {
   });
   add({
     name: `mlaCacheGather start=5 length=500 ${dt} cache 9x64x576`,
-    op: 'mlaCacheGather',
     shapes: { start: 5, length: 500, blocks: nb, blockSize: bs, row: dl + dr },
     dtypes: { cache: dt },
     bytes: 500 * (dl + dr) * 8,
-    flops: 0,
     make(device, r) {
       const L = 500;
       const cache = tensor(uniform(r, nb * bs * (dl + dr)), [nb, bs, dl + dr], { dtype: dt, device });
@@ -778,66 +756,41 @@ for (const [T, nh, dn, dr, dv, dl] of [
   [64, 64, 128, 64, 128, 512],
 ] as const) {
   for (const wdt of ['f32', 'bf16'] as const) {
-    add({
-      name: `mlaAbsorbQ T=${T} nh=${nh} dn=${dn} dl=${dl} w=${wdt}`,
-      op: 'mlaAbsorbQ',
-      shapes: { T, nh, dn, dr, dv, dl },
-      dtypes: { w: wdt },
-      bytes: nh * dn * dl * ELEMENT_BYTES[wdt],
-      flops: 2 * T * nh * dn * dl,
-      make(device, r) {
-        const qs = uniform(r, T * nh * (dn + dr)),
-          ws = uniform(r, nh * (dn + dv) * dl, 0.1);
-        const q = tensor(qs, [T, nh, dn + dr], { device });
-        const w = tensor(ws, [nh * (dn + dv), dl], { dtype: wdt, device });
-        const ql = empty([T, nh, dl], { device });
-        return {
-          outs: [ql],
-          run: s => native.mlaAbsorbQ(s, ql, q, w, dn),
-          bound(sides) {
-            const mag = onCpuHighest(() => {
-              const m = empty([T, nh, dl]);
-              native.mlaAbsorbQ(
-                null,
-                m,
-                tensor(abs(qs), [T, nh, dn + dr]),
-                tensor(abs(ws), [nh * (dn + dv), dl], { dtype: wdt }),
-                dn,
-              );
-              return toArray(m);
-            });
-            return [dotBound(...pair(sides, 'highest'), dn, mag)];
-          },
-        };
-      },
-    });
-    add({
-      name: `mlaOutput T=${T} nh=${nh} dv=${dv} dl=${dl} w=${wdt}`,
-      op: 'mlaOutput',
-      shapes: { T, nh, dn, dr, dv, dl },
-      dtypes: { w: wdt },
-      bytes: nh * dv * dl * ELEMENT_BYTES[wdt],
-      flops: 2 * T * nh * dv * dl,
-      make(device, r) {
-        const ols = uniform(r, T * nh * dl),
-          ws = uniform(r, nh * (dn + dv) * dl, 0.1);
-        const ol = tensor(ols, [T, nh, dl], { device });
-        const w = tensor(ws, [nh * (dn + dv), dl], { dtype: wdt, device });
-        const o = empty([T, nh, dv], { device });
-        return {
-          outs: [o],
-          run: s => native.mlaOutput(s, o, ol, w),
-          bound(sides) {
-            const mag = onCpuHighest(() => {
-              const m = empty([T, nh, dv]);
-              native.mlaOutput(null, m, tensor(abs(ols), [T, nh, dl]), tensor(abs(ws), [nh * (dn + dv), dl], { dtype: wdt }));
-              return toArray(m);
-            });
-            return [dotBound(...pair(sides, 'highest'), dl, mag)];
-          },
-        };
-      },
-    });
+    // the two GEMMs against kv_b [nh * (dn + dv), dl] of dtype wdt, over `width` (dn / dv) of its rows
+    // per head: mlaAbsorbQ q_nope [T, nh, dn(+dr)] -> q_lat [T, nh, dl] (K = dn), mlaOutput o_lat
+    // [T, nh, dl] -> o [T, nh, dv] (K = dl)
+    const gemms = [
+      { op: 'mlaAbsorbQ', width: ['dn', dn], x: [T, nh, dn + dr], y: [T, nh, dl], K: dn },
+      { op: 'mlaOutput', width: ['dv', dv], x: [T, nh, dl], y: [T, nh, dv], K: dl },
+    ] as const;
+    for (const { op, width, x: xShape, y: yShape, K } of gemms) {
+      const kvB = (ws: Float32Array, device: string) => tensor(ws, [nh * (dn + dv), dl], { dtype: wdt, device });
+      const gemm = (s: Stream | null, y: Tensor, x: Tensor, w: Tensor) =>
+        op === 'mlaAbsorbQ' ? native.mlaAbsorbQ(s, y, x, w, dn) : native.mlaOutput(s, y, x, w);
+      add({
+        name: `${op} T=${T} nh=${nh} ${width[0]}=${width[1]} dl=${dl} w=${wdt}`,
+        shapes: { T, nh, dn, dr, dv, dl },
+        dtypes: { w: wdt },
+        bytes: nh * width[1] * dl * ELEMENT_BYTES[wdt],
+        flops: 2 * T * nh * width[1] * dl,
+        make(device, r) {
+          const xs = uniform(r, xShape[0] * xShape[1] * xShape[2]),
+            ws = uniform(r, nh * (dn + dv) * dl, 0.1);
+          const x = tensor(xs, [...xShape], { device }),
+            w = kvB(ws, device),
+            y = empty([...yShape], { device });
+          return {
+            outs: [y],
+            run: s => gemm(s, y, x, w),
+            bound: sides => [
+              magnitudeBound(sides, 'highest', K, [...yShape], m =>
+                gemm(null, m, tensor(abs(xs), [...xShape]), kvB(abs(ws), 'cpu')),
+              ),
+            ],
+          };
+        },
+      });
+    }
   }
 }
 
@@ -879,7 +832,6 @@ for (const [nh, dl, dr, bs, lens] of [
     const lensName = lens.length > 4 && lens.every(l => l === lens[0]) ? `${lens.length}x${lens[0]}` : lens.join(',');
     add({
       name: `mlaDecodeAbsorbed B=${lens.length} nh=${nh} dl=${dl} dr=${dr} bs=${bs} lens=${lensName} cache=${cdt} ${precision}`,
-      op: 'mlaDecodeAbsorbed',
       shapes: { nh, dl, dr, blockSize: bs, seqLens: lens },
       dtypes: { cache: cdt },
       precision,
@@ -998,9 +950,7 @@ for (const [nh, dn, dr, dv, seqs] of [
   for (const precision of dn === 128 && dr === 64 && dv === 128 ? (['highest', 'bf16'] as const) : (['highest'] as const)) {
     add({
       name: `mlaPrefill nh=${nh} dn=${dn} dr=${dr} dv=${dv} seqs=${seqs.map(x => x.join('/')).join(',')} ${precision}`,
-      op: 'mlaPrefill',
       shapes: { nh, dn, dr, dv, seqs: seqs.flat() },
-      dtypes: {},
       precision,
       bytes: 4 * (T * nh * (dn + dr) + S * nh * (dn + dv) + T * nh * dv),
       flops,
@@ -1200,7 +1150,6 @@ for (const [T, H, I, nr, nz, k, wdt, distinct, precision = 'highest'] of [
   const routed = ids.filter(e => e < nr);
   add({
     name,
-    op: 'moe',
     shapes: { T, H, I, routed: nr, zero: nz, k },
     dtypes: { w: wdt },
     precision,

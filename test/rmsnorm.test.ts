@@ -1,24 +1,14 @@
 // rmsnorm (with and without the fused residual add) vs a float64 reference, every ISA path,
 // f32/bf16 weights and outputs, odd dims, poisoned outputs.
-import { afterAll, describe, it } from 'vitest';
+import { describe, it } from 'vitest';
 import { full, native, tensor, toArray } from '../lib/index.js';
 import { roundBf16 } from '../lib/numeric.js';
-import { expectClose, rng, expectCode } from './helpers.js';
-
-type Isa = 'scalar' | 'avx2' | 'avx512';
-const originalIsa = native.cpuFeatures().isa;
-const isas: Isa[] = (['scalar', 'avx2', 'avx512'] as Isa[]).filter(i => {
-  const got = native.setIsa(i);
-  native.setIsa(originalIsa);
-  return got === i;
-});
-afterAll(() => native.setIsa(originalIsa));
+import { eachIsa, expectClose, rng, expectCode } from './helpers.js';
 
 describe('rmsnorm', () => {
   it('matches float64 with and without the fused add, f32/bf16 weights and outputs', () => {
     const r = rng(909);
-    for (const isa of isas) {
-      native.setIsa(isa);
+    eachIsa(isa => {
       for (const T of [1, 3, 17])
         for (const H of [1, 7, 127, 129, 1000])
           for (const wdt of ['f32', 'bf16'] as const)
@@ -51,14 +41,12 @@ describe('rmsnorm', () => {
                 else expectClose(toArray(y), want, 1e-6, 4e-6, what);
                 if (fused) expectClose(toArray(hOut), hw, 0, 0, `hOut ${what}`);
               }
-    }
-    native.setIsa(originalIsa);
+    });
   });
 
   it('hOut may alias x (the in-place residual stream)', () => {
     const r = rng(910);
-    for (const isa of isas) {
-      native.setIsa(isa);
+    eachIsa(isa => {
       const T = 3,
         H = 129;
       const x = r.array(T * H, -2, 2),
@@ -76,8 +64,7 @@ describe('rmsnorm', () => {
       const y2 = full([T, H], NaN);
       native.rmsnorm(null, y2, xt, full([H], 1), 1e-6);
       expectClose(toArray(y), toArray(y2), 0, 1e-6, `aliased y ${isa}`);
-    }
-    native.setIsa(originalIsa);
+    });
   });
 
   it('rejects bad arguments', () => {

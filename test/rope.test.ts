@@ -4,6 +4,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { full, native, tensor, toArray } from '../lib/index.js';
 import { ropeTables } from '../lib/rope.js';
 import { expectClose, rng, expectCode } from './helpers.js';
+import { type RefRopeScaling, yarnCorrectionRange } from './reference/longcat-ref.js';
 
 const startIsa = native.cpuFeatures().isa;
 afterAll(() => {
@@ -11,19 +12,9 @@ afterAll(() => {
 });
 const isas = ['scalar', 'avx2', 'avx512'] as const;
 
-// ---- An independent float64 re-derivation of transformers' formulas -----------------------------
+// ---- A float64 re-derivation of transformers' formulas (the correction range: the reference's) ----
 // (modeling_rope_utils._compute_yarn_parameters, transformers 4.5x; DeepseekV3/LongcatFlash attention scaling)
-interface Yarn {
-  factor: number;
-  original_max_position_embeddings?: number;
-  beta_fast?: number;
-  beta_slow?: number;
-  mscale?: number;
-  mscale_all_dim?: number;
-  attention_factor?: number;
-  truncate?: boolean;
-}
-function refTables(theta: number, dim: number, nope: number, maxPos: number, y: Yarn | null) {
+function refTables(theta: number, dim: number, nope: number, maxPos: number, y: RefRopeScaling | null) {
   const half = dim / 2;
   const plain = Array.from({ length: half }, (_, i) => 1 / theta ** ((2 * i) / dim));
   let scale = 1 / Math.sqrt(nope + dim);
@@ -37,18 +28,7 @@ function refTables(theta: number, dim: number, nope: number, maxPos: number, y: 
   }
   const af =
     y.attention_factor ?? (y.mscale && y.mscale_all_dim ? getM(factor, y.mscale) / getM(factor, y.mscale_all_dim) : getM(factor));
-  const bf = y.beta_fast ?? 32,
-    bs = y.beta_slow ?? 1;
-  const cd = (r: number) => (dim * Math.log(orig / (r * 2 * Math.PI))) / (2 * Math.log(theta));
-  let lo = cd(bf),
-    hi = cd(bs);
-  if (y.truncate ?? true) {
-    lo = Math.floor(lo);
-    hi = Math.ceil(hi);
-  }
-  lo = Math.max(lo, 0);
-  hi = Math.min(hi, dim - 1);
-  if (lo === hi) hi += 0.001;
+  const [lo, hi] = yarnCorrectionRange(dim, theta, orig, y.beta_fast ?? 32, y.beta_slow ?? 1, y.truncate ?? true);
   const inv = plain.map((ext, i) => {
     const ramp = Math.min(1, Math.max(0, (i - lo) / (hi - lo)));
     const extFactor = 1 - ramp;
@@ -77,7 +57,7 @@ describe('ropeTables', () => {
     expect(odd.softmaxScale).toBeCloseTo(1 / Math.sqrt(24), 15);
   });
 
-  const cases: [string, number, number, number, number, Yarn][] = [
+  const cases: [string, number, number, number, number, RefRopeScaling][] = [
     // name, theta, rope dim, nope, max_position_embeddings, rope_scaling
     [
       'DeepSeek-V3 style (mscale = mscale_all_dim)',

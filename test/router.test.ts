@@ -30,16 +30,18 @@ interface Out {
   nffn: Int32Array;
 }
 
-function runRouter(
-  logits: Float32Array,
-  bias: Float32Array,
-  t: number,
-  e: number,
-  k: number,
-  nRouted: number,
-  scale: number,
-  stream: Stream | null = null,
-): Out {
+/** A routerTopk problem: logits [t, e] and bias [e] over e experts (the first nRouted routed), top k, weight scale. */
+interface Routing {
+  logits: Float32Array;
+  bias: Float32Array;
+  t: number;
+  e: number;
+  k: number;
+  nRouted: number;
+  scale: number;
+}
+
+function runRouter({ logits, bias, t, e, k, nRouted, scale }: Routing, stream: Stream | null = null): Out {
   const lt = tensor(logits, [t, e]),
     bt = tensor(bias, [e]);
   const idx = tensor(new Int32Array(t * k).fill(-7), [t, k], { dtype: 'int32' });
@@ -56,16 +58,7 @@ function runRouter(
  * separated by more than `gap` must match exactly; a near-tie (closer than fp32 can resolve) must
  * pick an expert whose reference score equals the reference's choice within `gap`.
  */
-function check(
-  o: Out,
-  logits: Float32Array,
-  bias: Float32Array,
-  t: number,
-  e: number,
-  k: number,
-  nRouted: number,
-  scale: number,
-) {
+function check(o: Out, { logits, bias, t, e, k, nRouted, scale }: Routing) {
   const ref = refRouter(logits, bias, t, e);
   const gap = 1e-6;
   for (let i = 0; i < t; i++) {
@@ -112,9 +105,8 @@ describe('routerTopk', () => {
       native.setIsa(isa);
       const logits = Float32Array.from({ length: t * e }, () => 2 * r.normal());
       const bias = Float32Array.from({ length: e }, () => 0.05 * r.normal());
-      const scale = 6.0;
-      const o = runRouter(logits, bias, t, e, k, nRouted, scale);
-      check(o, logits, bias, t, e, k, nRouted, scale);
+      const c = { logits, bias, t, e, k, nRouted, scale: 6.0 };
+      check(runRouter(c), c);
     }
   });
 
@@ -122,7 +114,7 @@ describe('routerTopk', () => {
     // Expert 3 has the largest p but a large negative bias; expert 0 the smallest p but a big bias.
     const logits = Float32Array.from([0, 1, 2, 5, 3, 4]);
     const bias = Float32Array.from([10, 0, 0, -10, 0, 0]);
-    const o = runRouter(logits, bias, 1, 6, 4, 3, 2.5);
+    const o = runRouter({ logits, bias, t: 1, e: 6, k: 4, nRouted: 3, scale: 2.5 });
     expect(Array.from(o.idx)).toEqual([0, 5, 4, 2]);
     const ref = refRouter(logits, bias, 1, 6);
     expectClose(
@@ -153,17 +145,18 @@ describe('routerTopk', () => {
     biasTie[11] = 0.25;
     biasTie[4] = 0.25;
     biasTie[6] = 0.25;
-    const o = runRouter(logits, bias, t, e, k, 8, 6.0);
+    const c = { logits, bias, t, e, k, nRouted: 8, scale: 6.0 };
+    const o = runRouter(c);
     expect(Array.from(o.idx.subarray(0, k))).toEqual([0, 1, 2, 3, 4]);
     expect(Array.from(o.idx.subarray(k, 2 * k))).toEqual([7, 9, 0, 1, 2]);
     expect(Array.from(o.idx.subarray(3 * k, 4 * k))).toEqual([11, 10, 9, 8, 7]);
-    const o2 = runRouter(logits.subarray(2 * e, 3 * e).slice(), biasTie, 1, e, k, 8, 6.0);
+    const o2 = runRouter({ ...c, logits: logits.subarray(2 * e, 3 * e).slice(), bias: biasTie, t: 1 });
     expect(Array.from(o2.idx)).toEqual([4, 6, 11, 0, 1]);
     expect(o2.nffn[0]).toBe(4); // 4, 6, 0, 1 < 8
     // Equal scores give equal weights.
     expect(o2.w[0]).toBe(o2.w[1]);
     expect(o2.w[0]).toBe(o2.w[3]);
-    check(o, logits, bias, t, e, k, 8, 6.0);
+    check(o, c);
   });
 
   it('scales zero-expert weights too: zero-expert mass = 6.0 * sum p over chosen zero experts (SPEC 10.4)', () => {
@@ -176,23 +169,16 @@ describe('routerTopk', () => {
     const logits = Float32Array.from({ length: t * e }, () => r.normal());
     // Favour zero experts through the bias so most tokens pick some.
     const bias = Float32Array.from({ length: e }, (_, j) => (j >= nRouted ? 0.08 : 0) + 0.01 * r.normal());
-    const o = runRouter(logits, bias, t, e, k, nRouted, 6.0);
+    const c = { logits, bias, t, e, k, nRouted, scale: 6.0 };
+    const o = runRouter(c);
     const ref = refRouter(logits, bias, t, e);
     let tokensWithZero = 0;
     for (let i = 0; i < t; i++) {
-      let mass = 0,
-        pz = 0,
-        total = 0,
-        ptotal = 0;
-      for (let j = 0; j < k; j++) {
-        const g = o.idx[i * k + j]!;
-        total += o.w[i * k + j]!;
-        ptotal += ref.p[i]![g]!;
-        if (g >= nRouted) {
-          mass += o.w[i * k + j]!;
-          pz += ref.p[i]![g]!;
-        }
-      }
+      // over the chosen experts (all, or the zero ones): the sum of the weights and of the reference p
+      const chosen = Array.from(o.idx.subarray(i * k, (i + 1) * k), (g, j) => ({ g, w: o.w[i * k + j]!, p: ref.p[i]![g]! }));
+      const zero = chosen.filter(x => x.g >= nRouted);
+      const sum = (list: typeof chosen, of: 'w' | 'p') => list.reduce((acc, x) => acc + x[of], 0);
+      const [total, ptotal, mass, pz] = [sum(chosen, 'w'), sum(chosen, 'p'), sum(zero, 'w'), sum(zero, 'p')];
       if (pz > 0) tokensWithZero++;
       expect(Math.abs(mass - 6.0 * pz)).toBeLessThanOrEqual(1e-6 + 1e-5 * 6 * pz);
       // No renormalisation over the chosen k: the weights sum to 6 * (their p mass), not 6.
@@ -200,7 +186,7 @@ describe('routerTopk', () => {
       expect(total).toBeLessThan(6.0 - 1e-3);
     }
     expect(tokensWithZero).toBeGreaterThanOrEqual(5);
-    check(o, logits, bias, t, e, k, nRouted, 6.0);
+    check(o, c);
   });
 
   it('is identical with 1 and 2 threads and on a second stream', () => {
@@ -210,13 +196,14 @@ describe('routerTopk', () => {
     const r = rng(77);
     const logits = Float32Array.from({ length: t * e }, () => r.normal());
     const bias = Float32Array.from({ length: e }, () => 0.01 * r.normal());
+    const c = { logits, bias, t, e, k, nRouted: 512, scale: 6.0 };
     const before = native.threads();
     try {
       native.setThreads(1);
-      const a = runRouter(logits, bias, t, e, k, 512, 6.0);
+      const a = runRouter(c);
       native.setThreads(2);
       const s = new Stream('cpu');
-      const b = runRouter(logits, bias, t, e, k, 512, 6.0, s);
+      const b = runRouter(c, s);
       s.dispose();
       expect(b.idx).toEqual(a.idx);
       expect(new Uint32Array(b.w.buffer)).toEqual(new Uint32Array(a.w.buffer));

@@ -1,30 +1,9 @@
 // Small ops vs independent float64 references: embedding, siluMul, add, scale, convert, fp8
 // quantization, argmax, softmax, logSoftmax. Every ISA path, poisoned outputs, odd shapes.
-import { afterAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { Stream, Tensor, full, native, tensor, toArray } from '../lib/index.js';
 import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16, f32ToFp8e4m3, fp8e4m3ToF32 } from '../lib/numeric.js';
-import { expectClose, rng, expectCode } from './helpers.js';
-
-type Isa = 'scalar' | 'avx2' | 'avx512';
-const originalIsa = native.cpuFeatures().isa;
-// Every ISA this CPU can run (setIsa clamps to the best available).
-const isas: Isa[] = (['scalar', 'avx2', 'avx512'] as Isa[]).filter(i => {
-  const got = native.setIsa(i);
-  native.setIsa(originalIsa);
-  return got === i;
-});
-afterAll(() => native.setIsa(originalIsa));
-
-function eachIsa(fn: (isa: Isa) => void) {
-  for (const isa of isas) {
-    native.setIsa(isa);
-    try {
-      fn(isa);
-    } finally {
-      native.setIsa(originalIsa);
-    }
-  }
-}
+import { eachIsa, expectClose, rng, expectCode } from './helpers.js';
 
 const Ts = [1, 3, 17];
 const dims = [1, 7, 127, 129, 1000];

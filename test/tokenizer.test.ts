@@ -13,6 +13,7 @@ import {
   LONGCAT_CHAT_TEMPLATE,
   type ChatMessage,
 } from '../lib/chat.js';
+import { msg } from './helpers.js';
 import { LongcatError } from '../lib/errors.js';
 
 const root = mkdtempSync(path.join(tmpdir(), 'lc-tok-'));
@@ -140,34 +141,20 @@ describe('tokenizer', () => {
 describe('chat template (SPEC 8.2)', () => {
   const q = 'Paris is...';
   const cases: [string, ChatMessage[], string][] = [
-    ['first turn, no system', [{ role: 'user', content: q }], '[Round 0] USER:Paris is... ASSISTANT:'],
+    ['first turn, no system', [msg.user(q)], '[Round 0] USER:Paris is... ASSISTANT:'],
     [
       'first turn, system',
-      [
-        { role: 'system', content: 'You are a helpful assistant.' },
-        { role: 'user', content: 'Hi' },
-      ],
+      [msg.system('You are a helpful assistant.'), msg.user('Hi')],
       'SYSTEM:You are a helpful assistant. [Round 0] USER:Hi ASSISTANT:',
     ],
     [
       'multi-turn with system',
-      [
-        { role: 'system', content: 'sys' },
-        { role: 'user', content: 'q0' },
-        { role: 'assistant', content: 'r0' },
-        { role: 'user', content: 'q1' },
-        { role: 'assistant', content: 'r1' },
-        { role: 'user', content: 'q2' },
-      ],
+      [msg.system('sys'), msg.user('q0'), msg.assistant('r0'), msg.user('q1'), msg.assistant('r1'), msg.user('q2')],
       'SYSTEM:sys [Round 0] USER:q0 ASSISTANT:r0</longcat_s> [Round 1] USER:q1 ASSISTANT:r1</longcat_s> [Round 2] USER:q2 ASSISTANT:',
     ],
     [
       'multi-turn without system',
-      [
-        { role: 'user', content: 'q0' },
-        { role: 'assistant', content: 'r0' },
-        { role: 'user', content: 'q1' },
-      ],
+      [msg.user('q0'), msg.assistant('r0'), msg.user('q1')],
       '[Round 0] USER:q0 ASSISTANT:r0</longcat_s> [Round 1] USER:q1 ASSISTANT:',
     ],
   ];

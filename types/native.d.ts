@@ -28,6 +28,8 @@ export declare class Stream {
   constructor(device?: DeviceId | string);
   readonly device: string;
   synchronize(): void;
+  /** The awaitable synchronize(): waits off the JS thread for the work queued so far; rejects with its error. */
+  synchronizeAsync(): Promise<void>;
   waitEvent(event: Event): void;
   dispose(): void;
 }
@@ -117,6 +119,9 @@ export interface CoreApi {
   memoryStats(device?: string): MemoryStats;
   trimPool(device?: string): void;
   synchronize(device?: string): void;
+  /** The awaitable synchronize(device): waits off the JS thread for the work queued on the device's
+   *  streams so far (CUDA: the whole device); rejects with the first error a stream kept. */
+  synchronizeAsync(device?: string): Promise<void>;
   /** The device's default stream (what ops use when given null). dispose() on it only synchronizes. */
   defaultStream(device?: string): Stream;
   Graph: typeof Graph;
@@ -180,5 +185,6 @@ import type { MoeOps } from './ops-moe.js';
 import type { MmapOps } from './ops-mmap.js';
 import type { GatherOps } from './ops-gather.js';
 import type { EpOps } from './ops-ep.js';
+import type { NgramOps } from './ops-ngram.js';
 
-export interface Native extends CoreApi, LinearOps, SmallOps, AttentionOps, MoeOps, MmapOps, GatherOps, EpOps {}
+export interface Native extends CoreApi, LinearOps, SmallOps, AttentionOps, MoeOps, MmapOps, GatherOps, EpOps, NgramOps {}

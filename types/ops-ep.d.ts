@@ -1,6 +1,8 @@
 // The expert-parallel ops of the native addon (binding: native/ops/ep.cc; CPU kernels and the slot
-// protocol: native/cpu/ep.h; CUDA: cuda/ep.cu, split send / receive form, ranks of one device).
+// protocol: native/cpu/ep.h; CUDA: cuda/ep.cu, split send / receive form; on CUDA the kernel runs
+// on the stream's device and each tensor may be on a device it reaches through peer access).
 import type { Tensor, Stream } from './native.js';
+import type { MoeTokenArgs } from './ops-moe.js';
 
 type S = Stream | null | undefined;
 
@@ -14,6 +16,12 @@ type S = Stream | null | undefined;
  */
 export interface EpOps {
   /**
+   * Enables peer access between every ordered pair of these CUDA devices ('cuda:N'), so that a
+   * kernel on one addresses the others' memory (already enabled is fine). E_DEVICE naming both
+   * devices when two cannot reach each other (no NVLink / PCIe peer path).
+   */
+  enablePeerAccess(devices: readonly string[]): void;
+  /**
    * The source rank's tokens into the destinations' slots for it: for rank d, counts[d] int32 [1]
    * (tokens sent), xs[d] f32 [capacity, H] (their u rows, ascending token order), idxs[d] int32
    * [capacity, k] (the local expert id per top-k slot, expertsPerRank for slots that are not
@@ -21,9 +29,14 @@ export interface EpOps {
    * side's record rowOf int32 [T, ranks] (token t's row in rank d's slot, -1 when it did not go
    * there). u f32 [T, H], idx int32 / weights f32 [T, k] (routerTopk's outputs); nRouted = ranks
    * x expertsPerRank. On the CPU an id outside [0, nExperts) or more than `capacity` tokens for
-   * one rank fails with E_ARGUMENT at synchronize, nothing written; a CUDA kernel cannot raise:
+   * one rank fails with E_ARGUMENT at synchronize, nothing sent; a CUDA kernel cannot raise:
    * such an id goes nowhere, and an overflowing rank's count says how many rows it needed
-   * (> capacity) with the rows past capacity dropped.
+   * (> capacity) with the rows past capacity dropped. `abort` (int32 [1], optional): an overflow
+   * raises it (on the CPU too, besides the error), and a dispatch that finds it raised sends
+   * nothing (the step failed already; the host reads and lowers it at the end of the step). A
+   * dispatch that sends nothing -- a failed one on the CPU, or one that found the flag raised --
+   * writes padding only (counts 0, rows as padding, rowOf -1), so the receivers' moe still reads
+   * well-formed slots. `failForTest` (test hook): the dispatch fails as a rank's kernel would.
    */
   epDispatch(
     stream: S,
@@ -38,23 +51,18 @@ export interface EpOps {
     xs: readonly Tensor[],
     idxs: readonly Tensor[],
     ws: readonly Tensor[],
+    abort?: Tensor | null,
+    failForTest?: boolean,
   ): void;
   /**
    * The home rank's MoE output: out[t] = partials[d][rowOf[t, d]] added over the ranks t went to
    * in rank order 0, 1, .. (partials[d] f32 [capacity, H]: rank d's moe output over its slot for
    * this source), then (sum of t's zero-expert weights) * u[t] -- the single-device moe's order,
    * independent of arrival order. A rowOf entry outside [-1, capacity) or an id outside
-   * [0, nExperts) fails with E_ARGUMENT on the CPU and contributes nothing on CUDA.
+   * [0, nExperts) fails with E_ARGUMENT on the CPU and contributes nothing on CUDA. With
+   * `abort` (int32 [1], optional) raised, out is zeros and the partials are not read.
    */
   epCombine(
-    stream: S,
-    out: Tensor,
-    u: Tensor,
-    idx: Tensor,
-    weights: Tensor,
-    nRouted: number,
-    nExperts: number,
-    rowOf: Tensor,
-    partials: readonly Tensor[],
+    ...args: [...MoeTokenArgs, nExperts: number, rowOf: Tensor, partials: readonly Tensor[], abort?: Tensor | null]
   ): void;
 }

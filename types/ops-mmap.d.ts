@@ -24,6 +24,13 @@ export interface MappedFile {
   close(): void;
   /** madvise over [offset, offset + length) (page-rounded, clipped to the file). Advisory. */
   advise(advice: MmapAdvice, offset?: number, length?: number): void;
+  /**
+   * Throws E_CHECKPOINT when the file changed on disk since it was mapped: replaced (device or
+   * inode), truncated or extended (size), or written in place (mtime). One stat() call. A change
+   * between this check and a read of the mapping still goes unseen (SIGBUS after truncation).
+   * E_DISPOSED after close().
+   */
+  verify(): void;
 }
 
 export interface MapFileOptions {
@@ -34,7 +41,8 @@ export interface MapFileOptions {
 }
 
 export interface MmapOps {
-  /** Maps `path` read-only. Errors: E_CHECKPOINT naming the path and errno (ENOENT, EACCES, EISDIR...). */
+  /** Maps `path` read-only. Errors: E_CHECKPOINT naming the path and errno (ENOENT, EACCES, EISDIR...),
+   *  or saying it is not a regular file (a FIFO or device is refused without blocking). */
   mapFile(path: string, options?: MapFileOptions): MappedFile;
   /**
    * A CPU tensor over bytes [byteOffset, byteOffset + nbytes) of the mapping, without copying

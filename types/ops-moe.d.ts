@@ -3,6 +3,19 @@ import type { Tensor, Stream } from './native.js';
 
 type S = Stream | null | undefined;
 
+/** The leading arguments of moe and epCombine: the stream, the output and the routed tokens. */
+export type MoeTokenArgs = [stream: S, out: Tensor, u: Tensor, idx: Tensor, weights: Tensor, nRouted: number];
+
+/** One layer's routed experts as lists (moe, moeExperts); a scale list only for fp8 / int8 weights. */
+type ExpertLists = [
+  gate: readonly Tensor[],
+  up: readonly Tensor[],
+  down: readonly Tensor[],
+  gateScale?: readonly Tensor[] | null,
+  upScale?: readonly Tensor[] | null,
+  downScale?: readonly Tensor[] | null,
+];
+
 /**
  * The routed experts of one MoE layer, checked once by moeExperts() and passed to moe() in place of
  * the gate/up/down lists (saves unwrapping 3 x nRouted tensors per call). Holds the weights'
@@ -52,48 +65,24 @@ export interface MoeOps {
    * A scale list is null unless its weights are fp8/int8. nExperts (optional, = routed + zero)
    * bounds idx; a bad idx is found while running and surfaces as E_ARGUMENT at synchronize.
    */
-  moe(
-    stream: S,
-    out: Tensor,
-    u: Tensor,
-    idx: Tensor,
-    weights: Tensor,
-    nRouted: number,
-    gate: readonly Tensor[],
-    up: readonly Tensor[],
-    down: readonly Tensor[],
-    gateScale?: readonly Tensor[] | null,
-    upScale?: readonly Tensor[] | null,
-    downScale?: readonly Tensor[] | null,
-    nExperts?: number | null,
-  ): void;
+  moe(...args: [...MoeTokenArgs, ...ExpertLists, nExperts?: number | null]): void;
   /** The same with a prepared expert set (its nRouted must match; up .. downScale null). */
   moe(
-    stream: S,
-    out: Tensor,
-    u: Tensor,
-    idx: Tensor,
-    weights: Tensor,
-    nRouted: number,
-    experts: MoeExpertSet,
-    up?: null,
-    down?: null,
-    gateScale?: null,
-    upScale?: null,
-    downScale?: null,
-    nExperts?: number | null,
+    ...args: [
+      ...MoeTokenArgs,
+      experts: MoeExpertSet,
+      up?: null,
+      down?: null,
+      gateScale?: null,
+      upScale?: null,
+      downScale?: null,
+      nExperts?: number | null,
+    ]
   ): void;
 
   /**
    * Checks and packs one layer's routed experts (same rules as moe's lists: gate[e], up[e] [I, H],
    * down[e] [H, I], scale lists only for fp8 / int8 weights) for reuse across moe() calls.
    */
-  moeExperts(
-    gate: readonly Tensor[],
-    up: readonly Tensor[],
-    down: readonly Tensor[],
-    gateScale?: readonly Tensor[] | null,
-    upScale?: readonly Tensor[] | null,
-    downScale?: readonly Tensor[] | null,
-  ): MoeExpertSet;
+  moeExperts(...lists: ExpertLists): MoeExpertSet;
 }

@@ -20,6 +20,15 @@ inline void check(cudaError_t e, const char* what) {
   fail(Code::E_CUDA, "%s: %s (%s)", what, cudaGetErrorString(e), cudaGetErrorName(e));
 }
 
+// Every element of a register array of any rank (MMA accumulators) set to 0: the loops unroll
+// fully, so the indices stay constant and the array stays in registers.
+__device__ __forceinline__ void zero_regs(float& x) { x = 0.f; }
+template <typename T, int N>
+__device__ __forceinline__ void zero_regs(T (&a)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) zero_regs(a[i]);
+}
+
 __device__ __forceinline__ float bf16_bits_to_f32(uint16_t h) { return __uint_as_float(static_cast<uint32_t>(h) << 16); }
 
 // Round to nearest even, like lc::cpu::f32_to_bf16.

@@ -6,11 +6,7 @@
 // "ldmatrix").
 #pragma once
 
-#ifdef __CUDACC__
-#define LC_HD __host__ __device__ __forceinline__
-#else
-#define LC_HD inline
-#endif
+#include "../../native/cpu/host_device.h"
 
 namespace lc::gpu::frag {
 

@@ -72,10 +72,15 @@ __device__ __forceinline__ uint8_t f32_to_fp8_bits(float f) {
 // All-reduce over the block (every thread gets the result). The warp part is a butterfly (every
 // lane computes the same bits for commutative ops); warps are combined in a fixed order, so the
 // result is deterministic run to run. `sh` holds >= 32 values; the trailing barrier lets the
-// caller reuse it immediately. Must be reached by every thread of the block.
+// caller reuse it immediately. Must be reached by every thread of the block. T: a type shfl_xor
+// exchanges (a scalar, or ArgBest below).
+template <typename T>
+__device__ __forceinline__ T shfl_xor(T v, int o) {
+  return __shfl_xor_sync(0xffffffffu, v, o);
+}
 template <typename T, typename Op>
 __device__ __forceinline__ T block_allreduce(T v, Op op, T* sh) {
-  for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
+  for (int o = 16; o > 0; o >>= 1) v = op(v, shfl_xor(v, o));
   const int warp = threadIdx.x >> 5, nwarps = (blockDim.x + 31) >> 5;
   if ((threadIdx.x & 31) == 0) sh[warp] = v;
   __syncthreads();
@@ -102,20 +107,15 @@ struct ArgBest {
   int32_t i;
 };
 __device__ __forceinline__ ArgBest arg_better(ArgBest a, ArgBest b) { return (b.v > a.v || (b.v == a.v && b.i < a.i)) ? b : a; }
+__device__ __forceinline__ ArgBest shfl_xor(ArgBest v, int o) {
+  ArgBest x;
+  x.v = __shfl_xor_sync(0xffffffffu, v.v, o);
+  x.i = __shfl_xor_sync(0xffffffffu, v.i, o);
+  return x;
+}
 __device__ __forceinline__ ArgBest block_argbest(ArgBest v, ArgBest* sh) {
-  for (int o = 16; o > 0; o >>= 1) {
-    ArgBest x;
-    x.v = __shfl_xor_sync(0xffffffffu, v.v, o);
-    x.i = __shfl_xor_sync(0xffffffffu, v.i, o);
-    v = arg_better(v, x);
-  }
-  const int warp = threadIdx.x >> 5, nwarps = (blockDim.x + 31) >> 5;
-  if ((threadIdx.x & 31) == 0) sh[warp] = v;
-  __syncthreads();
-  ArgBest r = sh[0];
-  for (int w = 1; w < nwarps; ++w) r = arg_better(r, sh[w]);
-  __syncthreads();
-  return r;
+  return block_allreduce(
+      v, [](ArgBest a, ArgBest b) { return arg_better(a, b); }, sh);
 }
 
 // Exclusive prefix sum over the block in thread order (integers: exact and deterministic).

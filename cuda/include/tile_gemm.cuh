@@ -260,12 +260,7 @@ __global__ void __launch_bounds__(kThreads) gemm_kernel(const P p) {
   for (int np = 0; np < 4; ++np) brow[np] = frag::gemm_brow(np, wn, P::kGateUp);
 
   float acc[2][8][4];
-#pragma unroll
-  for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-    for (int ni = 0; ni < 8; ++ni)
-#pragma unroll
-      for (int r = 0; r < 4; ++r) acc[mi][ni][r] = 0.f;
+  zero_regs(acc);
   // fp8: the activation scales of the rows this thread's accumulators hold (g and g + 8 of each m16).
   const float* ascale[2][2] = {};
   if constexpr (kFp8) {
@@ -324,14 +319,7 @@ __global__ void __launch_bounds__(kThreads) gemm_kernel(const P p) {
       // summed (every 64 K: twice per scale block; a shorter low-precision chain than DeepGEMM's
       // 128, and 16 registers instead of a whole second accumulator set)
       float blk[2][2][4];
-      if constexpr (kFp8) {
-#pragma unroll
-        for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-          for (int t = 0; t < 2; ++t)
-#pragma unroll
-            for (int r = 0; r < 4; ++r) blk[mi][t][r] = 0.f;
-      }
+      if constexpr (kFp8) zero_regs(blk);
 #pragma unroll
       for (int ks = 0; ks < 2; ++ks) {
         uint32_t bf[4];

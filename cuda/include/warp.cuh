@@ -35,4 +35,18 @@ __device__ __forceinline__ float online_softmax_warp(float& s, float& m, float& 
   return corr;
 }
 
+// online_softmax_warp for row i of a tile whose running max, sum and rescale factor live in
+// shared memory (ms[i], ls[i], cs[i]): returns p = exp(s - m_new) of this lane's score.
+__device__ __forceinline__ float online_softmax_row(float s, float* ms, float* ls, float* cs, int i) {
+  float m = ms[i], l = ls[i];
+  const float corr = online_softmax_warp(s, m, l);
+  __syncwarp();  // every lane read ms / ls (shuffles do not order memory) before lane 0 rewrites them
+  if ((threadIdx.x & 31) == 0) {
+    ms[i] = m;
+    ls[i] = l;
+    cs[i] = corr;
+  }
+  return s;
+}
+
 }  // namespace lc::gpu

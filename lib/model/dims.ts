@@ -1,6 +1,7 @@
 // The numbers the forward pass needs, derived once from config.json (SPEC 1.1, 1.2, 3.5, 3.6).
 import type { LongcatConfig } from '../config.js';
 import { ropeTables } from '../rope.js';
+import { type NgramDims, ngramDims } from '../config-ngram.js';
 
 export interface ModelDims {
   hidden: number;
@@ -27,6 +28,8 @@ export interface ModelDims {
   invFreq: Float32Array;
   ropeAttentionFactor: number;
   maxContext: number;
+  /** LongCat-Flash-Lite's N-gram embedding (null for the other models). */
+  ngram: NgramDims | null;
 }
 
 export function modelDims(c: LongcatConfig): ModelDims {
@@ -55,5 +58,6 @@ export function modelDims(c: LongcatConfig): ModelDims {
     invFreq: rt.invFreq,
     ropeAttentionFactor: rt.attentionFactor,
     maxContext: c.max_position_embeddings,
+    ngram: c.ngram ? ngramDims(c.ngram, c.hidden_size, c.vocab_size) : null,
   };
 }

@@ -1,7 +1,7 @@
 // loadModel: a checkpoint directory in, a ready Model out.
 import { openCheckpoint, type Checkpoint, type LoadProgress } from '../checkpoint.js';
 import { native } from '../native.js';
-import { ArgumentError, DeviceError } from '../errors.js';
+import { ArgumentError, DeviceError, showValue } from '../errors.js';
 import { setThreads } from '../device.js';
 import { modelDims } from './dims.js';
 import { loadWeights, type UploadProgress } from './weights.js';
@@ -25,11 +25,20 @@ export interface LoadModelOptions {
   /** KV-cache blocks shared by all sessions (default: 4 full-length sequences). */
   cacheBlocks?: number;
   cacheDtype?: 'f32' | 'bf16';
-  /** Expert parallelism over N ranks in this process (default 1): CPU ranks, or with backend
-   *  'cuda' N virtual ranks on the one device (ranks on several GPUs are not implemented yet).
-   *  Each layer's routed experts split into N equal contiguous blocks, one per rank; attention,
-   *  dense FFNs, router, embedding and lm_head replicated (run once). N must divide n_routed_experts. */
+  /** Expert parallelism over N ranks in this process (default 1, or the size of `devices`): CPU
+   *  ranks, or with backend 'cuda' ranks on the devices of `devices` (rank r on
+   *  devices[r % devices.length]; without `devices`, N virtual ranks on the one device). Each
+   *  layer's routed experts split into N equal contiguous blocks, one per rank, each uploaded to
+   *  its rank's device only; attention, dense FFNs, router, embedding and lm_head replicated (run
+   *  once, on the first device). N must divide n_routed_experts and be a multiple of the group size. */
   ranks?: number;
+  /** The CUDA device group (backend 'cuda'): device indices, or 'all' for every device present.
+   *  Peer access is enabled between every pair (E_DEVICE naming both when two cannot reach each
+   *  other). Not with deviceIndex. */
+  devices?: readonly number[] | 'all';
+  /** Prompt tokens per forward step of a prefill (default 512): generate awaits each chunk, so the
+   *  event loop stays free and an abort takes effect between chunks. generate's `prefillChunk` overrides it. */
+  prefillChunk?: number;
 }
 
 export function resolveDevice(backend: Backend = (process.env.LONGCAT_BACKEND as Backend) || 'auto', index = 0): string {
@@ -48,23 +57,69 @@ export interface LoadedModel {
   model: LongcatModel;
 }
 
+/** Every option of loadModel checked before any file is read, with a typed error naming it. */
+function checkLoadOptions(opts: LoadModelOptions): void {
+  if (typeof opts !== 'object' || opts === null) throw new ArgumentError('E_ARGUMENT', 'loadModel: options must be an object');
+  const int = (name: 'threads' | 'maxContext' | 'cacheBlocks' | 'deviceIndex', min: number, max = 2 ** 31 - 1) => {
+    const v = opts[name];
+    if (v !== undefined && (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max))
+      throw new ArgumentError('E_ARGUMENT', `loadModel: ${name} must be an integer in [${min}, ${max}], got ${showValue(v)}`);
+  };
+  int('threads', 1, 1024);
+  int('maxContext', 1);
+  int('cacheBlocks', 1);
+  int('deviceIndex', 0);
+  if (opts.cacheDtype !== undefined && opts.cacheDtype !== 'f32' && opts.cacheDtype !== 'bf16')
+    throw new ArgumentError('E_ARGUMENT', `loadModel: cacheDtype must be 'f32' or 'bf16', got ${showValue(opts.cacheDtype)}`);
+}
+
+/** The CUDA devices of a `devices` option: distinct, present, in the order given. */
+export function resolveDeviceGroup(devices: readonly number[] | 'all'): string[] {
+  const cuda = native.cudaStatus();
+  if (!cuda.available) throw new DeviceError('E_DEVICE', `devices: CUDA is unavailable: ${cuda.reason}`);
+  const present = cuda.deviceCount;
+  const list = devices === 'all' ? Array.from({ length: present }, (_, i) => i) : devices;
+  if (!Array.isArray(list) || list.length === 0)
+    throw new ArgumentError('E_ARGUMENT', "loadModel: devices must be a non-empty array of CUDA device indices or 'all'");
+  for (const i of list)
+    if (!Number.isInteger(i) || i < 0 || i >= present)
+      throw new DeviceError('E_DEVICE', `loadModel: devices: cuda:${i} does not exist (${present} CUDA device(s) present)`);
+  if (new Set(list).size !== list.length)
+    throw new ArgumentError('E_ARGUMENT', `loadModel: devices [${list.join(', ')}] names a device twice`);
+  return list.map(i => `cuda:${i}`);
+}
+
 export async function loadCheckpointModel(dir: string, opts: LoadModelOptions = {}): Promise<LoadedModel> {
-  const device = resolveDevice(opts.backend, opts.deviceIndex);
-  const ranks = opts.ranks ?? 1;
+  checkLoadOptions(opts);
+  if (opts.devices !== undefined && opts.backend !== 'cuda')
+    throw new ArgumentError('E_ARGUMENT', "loadModel: devices is a CUDA device group: it needs backend: 'cuda'");
+  if (opts.devices !== undefined && opts.deviceIndex !== undefined)
+    throw new ArgumentError('E_ARGUMENT', 'loadModel: give devices or deviceIndex, not both');
+  const group = opts.devices !== undefined ? resolveDeviceGroup(opts.devices) : null;
+  const device = group ? group[0]! : resolveDevice(opts.backend, opts.deviceIndex);
+  const ranks = opts.ranks ?? group?.length ?? 1;
   if (!Number.isInteger(ranks) || ranks < 1)
     throw new ArgumentError('E_ARGUMENT', `loadModel: ranks must be a whole number >= 1, got ${ranks}`);
-  if (opts.threads) setThreads(opts.threads);
+  if (group && ranks % group.length !== 0)
+    throw new ArgumentError(
+      'E_ARGUMENT',
+      `loadModel: ranks: ${ranks} is not a multiple of the ${group.length} devices of the group (each device holds as many ranks)`,
+    );
+  const rankDevices = Array.from({ length: ranks }, (_, r) => (group ? group[r % group.length]! : device));
+  if (group && group.length > 1) native.enablePeerAccess(group); // a typed error before any weight is read
+  if (opts.threads !== undefined) setThreads(opts.threads);
   const checkpoint = await openCheckpoint(dir, { onProgress: opts.onProgress, signal: opts.signal });
   try {
     const dims = modelDims(checkpoint.config);
     if (ranks > 1) expertsPerRank(ranks, dims.nRouted); // a typed error before any weight is read
+    // What the upload copies: neither the MTP module nor the N-gram tables (read from host memory).
     const totalBytes = [...checkpoint.tensors.values()]
-      .filter(t => !t.name.startsWith('model.mtp.'))
+      .filter(t => !t.name.startsWith('model.mtp.') && !t.name.startsWith('model.ngram_embeddings.embedders.'))
       .reduce((a, t) => a + t.nbytes, 0);
     const weights = loadWeights(checkpoint, dims, device, {
       onProgress: opts.onProgress,
       totalBytes,
-      expertDevices: ranks > 1 ? Array(ranks).fill(device) : undefined,
+      expertDevices: ranks > 1 ? rankDevices : undefined,
     });
     try {
       const model = new LongcatModel(dims, weights, {
@@ -73,6 +128,9 @@ export async function loadCheckpointModel(dir: string, opts: LoadModelOptions = 
         numBlocks: opts.cacheBlocks,
         cacheDtype: opts.cacheDtype,
         ranks,
+        // On the CPU the weights are the mapped shards themselves (a GPU has its own copy).
+        verifyWeights: device === 'cpu' ? () => checkpoint.verify() : undefined,
+        rankDevices,
       });
       return { checkpoint, model };
     } catch (e) {

@@ -18,6 +18,8 @@ export function forward(c: Step, w: ModelWeights): Tensor {
     a = new Arena(c.device);
   const h = a.f32([b.T, d.hidden]);
   native.embedding(s, h, w.embed, b.ids);
+  // LongCat-Flash-Lite: the mean of the token's embedding and its E projected N-gram rows.
+  if (w.ngram) native.ngramEmbed(s, h, h, b.ngramRows!, w.ngram.proj);
   for (let l = 0; l < d.layers; l++) decoderLayer(c, l, w.layers[l]!, h);
   let hl = h;
   if (b.lastRow) {

@@ -6,7 +6,7 @@ import { native } from '../native.js';
 import { type Tensor, empty, tensor } from '../tensor.js';
 import { Event, Stream } from '../device.js';
 import { BlockAllocator, SequenceCache, batchTables } from '../kv-cache.js';
-import { ArgumentError, LongcatError, OutOfMemoryError } from '../errors.js';
+import { ArgumentError, DisposedError, LongcatError, OutOfMemoryError } from '../errors.js';
 import type { ModelDims } from './dims.js';
 import type { Graph } from '../../types/native.js';
 import type { ModelWeights } from './weights.js';
@@ -14,6 +14,7 @@ import { forward } from './longcat-flash.js';
 import { Arena, type Batch, type Step, type ExpertsFn, localExperts } from './step.js';
 import { ExpertParallelGroup } from '../parallel/expert-parallel.js';
 import { ShardedExperts } from '../parallel/placement.js';
+import { TokenHistory, ngramIds, ngramPowers } from './ngram.js';
 
 export interface ModelOptions {
   device: string;
@@ -28,10 +29,16 @@ export interface ModelOptions {
   /** Run the shortcut MoE on its own stream, overlapping the dense branch (default true; false runs
    *  it in order on the main stream, e.g. to measure what the overlap buys). */
   overlapMoe?: boolean;
-  /** Expert parallelism over this many ranks on the model's device (default 1: off; CPU ranks, or
-   *  virtual ranks of one CUDA device); the weights' routed experts must be split to match
-   *  (loadWeights' expertDevices). */
+  /** Expert parallelism over this many ranks (default 1: off; or rankDevices' length); the
+   *  weights' routed experts must be split to match (loadWeights' expertDevices). */
   ranks?: number;
+  /** Called before each forward pass; throws when the weights' backing can no longer be trusted
+   *  (loadModel passes the checkpoint's verify() while the weights are memory-mapped shards). */
+  verifyWeights?: () => void;
+  /** Rank r's device (default: every rank on `device`: CPU ranks, or virtual ranks of one CUDA
+   *  device). CUDA ranks on other devices need peer access to and from `device` and each other
+   *  (native.enablePeerAccess). */
+  rankDevices?: readonly string[];
 }
 
 export interface ForwardResult {
@@ -63,12 +70,22 @@ export class LongcatModel {
     number,
     { graph: Graph; inputs: Tensor; batch: Batch; out: ForwardResult; host: Int32Array }
   >();
+  /** N-gram models: vocab^k modulo each table size (SPEC-LITE 3.1). */
+  private readonly ngramPowers: number[][] | null;
+  /** N-gram models: each sequence's raw token ids by position (rolled back with its KV pages). */
+  private readonly histories = new WeakMap<SequenceCache, TokenHistory>();
   private disposed = false;
+  private readonly verifyWeights: (() => void) | undefined;
 
   constructor(dims: ModelDims, weights: ModelWeights, opts: ModelOptions) {
-    const ranks = opts.ranks ?? 1;
+    const ranks = opts.ranks ?? opts.rankDevices?.length ?? 1;
     if (!Number.isInteger(ranks) || ranks < 1)
       throw new ArgumentError('E_ARGUMENT', `LongcatModel: ranks must be a whole number >= 1, got ${ranks}`);
+    if (opts.rankDevices && opts.rankDevices.length !== ranks)
+      throw new ArgumentError(
+        'E_ARGUMENT',
+        `LongcatModel: ranks: ${ranks} but rankDevices names ${opts.rankDevices.length} devices (one per rank)`,
+      );
     if (ranks > 1 && !weights.layers.every(l => l.moe.experts instanceof ShardedExperts && l.moe.experts.shards.length === ranks))
       throw new ArgumentError(
         'E_ARGUMENT',
@@ -78,6 +95,8 @@ export class LongcatModel {
     this.w = weights;
     this.device = opts.device;
     this.blockSize = opts.blockSize ?? 64;
+    if (opts.maxContext !== undefined && (!Number.isInteger(opts.maxContext) || opts.maxContext < 1))
+      throw new ArgumentError('E_ARGUMENT', `LongcatModel: maxContext must be an integer >= 1, got ${opts.maxContext}`);
     this.maxContext = Math.min(opts.maxContext ?? dims.maxContext, dims.maxContext);
     const blocksPerSeq = Math.ceil(this.maxContext / this.blockSize);
     this.maxBlocks = blocksPerSeq;
@@ -98,7 +117,7 @@ export class LongcatModel {
         'E_OOM',
         `the KV cache does not fit on ${this.device}: ${2 * dims.layers} latent caches of ` +
           `${numBlocks} blocks x ${this.blockSize} x ${width} ${cacheDtype} = ${(bytes / 2 ** 30).toFixed(2)} GiB. ` +
-          "Pass a smaller cacheBlocks or maxContext (or cacheDtype 'bf16').",
+          `Pass a smaller cacheBlocks or maxContext${cacheDtype === 'f32' ? " (or cacheDtype 'bf16')" : ''}.`,
         { cause: e },
       );
     }
@@ -110,8 +129,15 @@ export class LongcatModel {
     this.moeStream = opts.overlapMoe === false ? this.main : new Stream(this.device);
     this.events = Array.from({ length: dims.layers }, () => [new Event(this.device), new Event(this.device)] as const);
     this.invFreq = tensor(dims.invFreq, [dims.invFreq.length], { device: this.device });
-    this.ep = ranks > 1 ? new ExpertParallelGroup(ranks, this.device) : null;
+    this.ep = ranks > 1 ? new ExpertParallelGroup(opts.rankDevices ?? Array(ranks).fill(this.device), this.device) : null;
     this.experts = this.ep ? this.ep.experts : localExperts;
+    this.verifyWeights = opts.verifyWeights;
+    this.ngramPowers = dims.ngram ? ngramPowers(dims.ngram) : null;
+  }
+
+  /** The expert-parallel group when expert parallelism is on (tests inject faults through it). */
+  get expertParallel(): ExpertParallelGroup | null {
+    return this.ep;
   }
 
   /** A new empty sequence in this model's KV cache. */
@@ -129,7 +155,10 @@ export class LongcatModel {
     tokens: number[][],
     opts: { allLogits?: boolean; collectRouting?: boolean; mode?: 'prefill' | 'decode' } = {},
   ): ForwardResult {
-    if (this.disposed) throw new ArgumentError('E_DISPOSED', 'LongcatModel.forward: the model was disposed');
+    if (this.disposed) throw new DisposedError('E_DISPOSED', 'LongcatModel.forward: the model was disposed');
+    this.verifyWeights?.();
+    if (!Array.isArray(seqs) || !Array.isArray(tokens) || !tokens.every(t => Array.isArray(t)))
+      throw new ArgumentError('E_ARGUMENT', 'forward: sequences must be an array and tokens an array of token-id arrays');
     if (seqs.length !== tokens.length || seqs.length === 0)
       throw new ArgumentError('E_ARGUMENT', `forward: ${seqs.length} sequences but ${tokens.length} token lists`);
     const d = this.dims;
@@ -154,8 +183,20 @@ export class LongcatModel {
     const slotLists: Int32Array[] = [];
     try {
       for (const [b, seq] of seqs.entries()) slotLists.push(seq.reserve(tokens[b]!.length));
-      return this.forwardReserved(seqs, tokens, pastLens, slotLists, mode, opts);
+      const result = this.forwardReserved(seqs, tokens, pastLens, slotLists, mode, opts);
+      try {
+        this.ep?.endStep(); // E_RANK_FAILED when a rank failed in this step: its results are void
+      } catch (e) {
+        for (const t of [result.logits, ...result.nFfn]) t.dispose();
+        throw e;
+      }
+      return result;
     } catch (e) {
+      try {
+        this.ep?.endStep(); // every rank idle and the abort flag lowered: the next step starts clean
+      } catch {
+        // the step's error is the one to report
+      }
       seqs.forEach((seq, b) => {
         if (b < slotLists.length) seq.truncate(pastLens[b]!);
       });
@@ -184,13 +225,27 @@ export class LongcatModel {
       }
       lastRow[b] = r - 1;
     }
+    const inputs = new Arena(this.device);
+    const ngramHost = this.ngramRows(seqs, tokens, pastLens);
+    if (ngramHost) inputs.keep(ngramHost);
     if (mode === 'decode' && !opts.allLogits && this.useGraphs) {
       const bt = batchTables(seqs, this.maxBlocks);
-      return this.replayDecode({ ids, positions, slots, blockTable: bt.table, seqLens: bt.seqLens }, !!opts.collectRouting);
+      try {
+        return this.replayDecode(
+          { ids, positions, slots, blockTable: bt.table, seqLens: bt.seqLens, ngramRows: ngramHost },
+          !!opts.collectRouting,
+        );
+      } finally {
+        inputs.dispose();
+      }
     }
 
-    const inputs = new Arena(this.device);
     const batch: Batch = { mode, T, ids: inputs.ints(ids), positions: inputs.ints(positions), slots: inputs.ints(slots) };
+    if (ngramHost) {
+      const nd = this.dims.ngram!;
+      const rows = this.device === 'cpu' ? ngramHost : inputs.keep(ngramHost.to(this.device));
+      batch.ngramRows = inputs.keep(rows.view([nd.tables, T, nd.dim]));
+    }
     if (mode === 'decode') {
       const bt = batchTables(seqs);
       batch.blockTable = inputs.ints(bt.table, [seqs.length, bt.maxBlocks]);
@@ -212,6 +267,45 @@ export class LongcatModel {
     const result = this.run(batch, !!opts.collectRouting);
     inputs.dispose();
     return result;
+  }
+
+  /**
+   * N-gram models: the rows of every table for the step's tokens, [E * T, D] in host memory (table
+   * e's rows at e * T..), gathered from the mapped tables; the ids come from each sequence's last
+   * N - 1 raw tokens before its new ones, which are recorded at their positions. Null otherwise.
+   */
+  private ngramRows(seqs: SequenceCache[], tokens: number[][], pastLens: number[]): Tensor | null {
+    const nd = this.dims.ngram,
+      w = this.w.ngram;
+    if (!nd || !w) return null;
+    const T = tokens.reduce((a, t) => a + t.length, 0),
+      E = nd.tables;
+    const ids = new Int32Array(E * T);
+    let at = 0;
+    for (const [b, seq] of seqs.entries()) {
+      let hist = this.histories.get(seq);
+      if (!hist) {
+        hist = new TokenHistory();
+        this.histories.set(seq, hist);
+      }
+      const list = tokens[b]!,
+        n = list.length;
+      const local = ngramIds(nd, this.ngramPowers!, hist.context(pastLens[b]!, nd.context), list);
+      for (let e = 0; e < E; e++) ids.set(local.subarray(e * n, (e + 1) * n), e * T + at);
+      hist.record(pastLens[b]!, list);
+      at += n;
+    }
+    const rows = empty([E * T, nd.dim], { dtype: w.tables[0]!.dtype, device: 'cpu' });
+    const idx = tensor(ids, [E * T], { dtype: 'int32', device: 'cpu' });
+    for (let e = 0; e < E; e++) {
+      const part = rows.narrow(e * T, T),
+        pick = idx.narrow(e * T, T);
+      native.gatherRows(null, part, w.tables[e]!, pick); // the queued gather keeps its tensors alive
+      part.dispose();
+      pick.dispose();
+    }
+    idx.dispose();
+    return rows;
   }
 
   /** Queues the whole forward pass for the batch described by `b`. */
@@ -238,7 +332,14 @@ export class LongcatModel {
    * (DESIGN rule 5: no per-op crossing into native code on the hot path).
    */
   private replayDecode(
-    host: { ids: Int32Array; positions: Int32Array; slots: Int32Array; blockTable: Int32Array; seqLens: Int32Array },
+    host: {
+      ids: Int32Array;
+      positions: Int32Array;
+      slots: Int32Array;
+      blockTable: Int32Array;
+      seqLens: Int32Array;
+      ngramRows: Tensor | null;
+    },
     collectRouting: boolean,
   ): ForwardResult {
     const B = host.ids.length;
@@ -259,6 +360,9 @@ export class LongcatModel {
       const table = part(4 * B, tableLen);
       batch.blockTable = table.view([B, this.maxBlocks]);
       table.dispose();
+      const nd = this.dims.ngram;
+      if (nd && host.ngramRows)
+        batch.ngramRows = empty([nd.tables, B, nd.dim], { dtype: host.ngramRows.dtype, device: this.device });
       let out: ForwardResult | null = null;
       const streams = [
         ...(this.moeStream === this.main ? [this.main] : [this.main, this.moeStream]),
@@ -277,6 +381,7 @@ export class LongcatModel {
     buf.set(host.seqLens, 3 * B);
     buf.set(host.blockTable, 4 * B);
     g.inputs.copyFromBytes(buf);
+    if (host.ngramRows) g.batch.ngramRows!.copyFromBytes(host.ngramRows.toBytes());
     g.graph.replay();
     // Fresh handles over the graph's buffers: the caller disposes them, the graph keeps the memory.
     return { logits: out.logits.view(out.logits.shape), nFfn: collectRouting ? out.nFfn.map(t => t.view(t.shape)) : [] };
@@ -294,6 +399,7 @@ export class LongcatModel {
       const b = g.batch;
       for (const t of [g.inputs, b.ids, b.positions, b.slots, b.blockTable!, b.seqLens!, g.out.logits, ...g.out.nFfn])
         t.dispose();
+      b.ngramRows?.dispose();
     }
     this.decodeGraphs.clear();
     for (const t of [...this.caches, this.invFreq, ...this.w.owned]) t.dispose();

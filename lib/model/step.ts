@@ -48,6 +48,8 @@ export interface Batch {
   kvStart?: Tensor;
   kvTotal?: number;
   gathers?: { table: Tensor; start: number; length: number }[];
+  /** N-gram models: each token's row of every table, [E, T, D], gathered on the host. */
+  ngramRows?: Tensor;
 }
 
 /**

@@ -8,6 +8,7 @@ import { CheckpointError, LongcatError, OutOfMemoryError } from '../errors.js';
 import type { ModelDims } from './dims.js';
 import type { MoeExpertSet } from '../../types/ops-moe.js';
 import { ShardedExperts, expertsPerRank, rankExperts } from '../parallel/placement.js';
+import { ngramProjectionName, ngramTableName } from '../config-ngram.js';
 
 /** A linear layer's weight [out, in] and, for fp8 / int8 weights, its scale. */
 export interface Linear {
@@ -54,8 +55,19 @@ export interface LayerWeights {
   moe: MoeWeights;
 }
 
+/** LongCat-Flash-Lite's N-gram embedding (SPEC-LITE 3.4). */
+export interface NgramWeights {
+  /** The E hashed tables, as the checkpoint maps them on the host: never uploaded (tens of GiB,
+   *  E rows read per token); each step gathers its rows on the host. One dtype (bf16 or f32). */
+  tables: Tensor[];
+  /** post_projs stacked, [E, hidden, D], on the model's device. */
+  proj: Tensor;
+}
+
 export interface ModelWeights {
   embed: Tensor;
+  /** Null for models without an N-gram embedding. */
+  ngram: NgramWeights | null;
   layers: LayerWeights[];
   norm: Tensor;
   lmHead: Linear;
@@ -267,11 +279,49 @@ function buildWeights(
   }
   return {
     embed: get('model.embed_tokens.weight'),
+    ngram: dims.ngram ? ngramWeights(src, dims, place, own) : null,
     layers,
     norm: get('model.norm.weight'),
     lmHead: linear('lm_head'),
     owned,
   };
+}
+
+function ngramWeights(
+  src: TensorSource,
+  dims: ModelDims,
+  place: (t: Tensor, name: string) => Tensor,
+  own: <T extends { dispose(): void }>(t: T) => T,
+): NgramWeights {
+  const nd = dims.ngram!;
+  const tables = Array.from({ length: nd.tables }, (_, i) => src.get(ngramTableName(i)));
+  const dtype = tables[0]!.dtype;
+  tables.forEach((t, i) => {
+    if (t.device !== 'cpu' || t.dtype !== dtype)
+      throw new CheckpointError(
+        'E_CHECKPOINT',
+        `N-gram table '${ngramTableName(i)}' is ${t.dtype} on ${t.device}; every table must be ${dtype} in host memory, like table 0`,
+      );
+  });
+  // The projections stacked on the host ([E * H, D], bf16 unless one of them is f32), then placed.
+  const projs = Array.from({ length: nd.tables }, (_, i) => src.get(ngramProjectionName(i)));
+  const pdtype = projs.every(p => p.dtype === 'bf16') ? 'bf16' : 'f32';
+  const H = dims.hidden;
+  const stacked = empty([nd.tables * H, nd.dim], { dtype: pdtype, device: 'cpu' });
+  try {
+    projs.forEach((p, i) => {
+      const part = stacked.narrow(i * H, H);
+      native.convert(null, part, p);
+      part.dispose();
+    });
+    const shaped = stacked.view([nd.tables, H, nd.dim]);
+    const proj = place(shaped, 'model.ngram_embeddings.post_projs');
+    if (proj === shaped) own(shaped);
+    else shaped.dispose();
+    return { tables, proj };
+  } finally {
+    stacked.dispose();
+  }
 }
 
 function converted(t: Tensor, dtype: 'f32'): Tensor {

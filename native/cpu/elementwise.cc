@@ -95,54 +95,19 @@ int32_t argmax_scalar(const float* x, int64_t b, int64_t V, float* best_out, int
   return best_idx;
 }
 // Each lane keeps its first strict maximum; lanes hold interleaved indices, so among lanes that
-// reach the row maximum the smallest index is the global first occurrence.
-LC_TARGET_AVX512 int32_t argmax_avx512(const float* x, int64_t V) {
-  __m512 best = _mm512_set1_ps(kNegInf);
-  __m512i bidx = _mm512_setzero_si512();
-  __m512i cur = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  const __m512i step = _mm512_set1_epi32(16);
+// reach the row maximum the smallest index is the global first occurrence. Written once for both
+// ISAs; the scalar loop finishes the tail.
+template <class V>
+LC_SIMD_INLINE int32_t argmax_vec(const float* x, int64_t n) {
+  typename V::F best = V::set1(kNegInf);
+  typename V::I index = V::izero(), at = V::lane_index();
   int64_t j = 0;
-  for (; j + 16 <= V; j += 16) {
-    __m512 v = _mm512_loadu_ps(x + j);
-    __mmask16 gt = _mm512_cmp_ps_mask(v, best, _CMP_GT_OQ);
-    best = _mm512_mask_mov_ps(best, gt, v);
-    bidx = _mm512_mask_mov_epi32(bidx, gt, cur);
-    cur = _mm512_add_epi32(cur, step);
-  }
-  float m = _mm512_reduce_max_ps(best);
-  int32_t idx = 0;
-  if (m > kNegInf) {
-    __mmask16 at = _mm512_cmp_ps_mask(best, _mm512_set1_ps(m), _CMP_EQ_OQ);
-    idx = _mm512_mask_reduce_min_epi32(at, bidx);
-  }
-  return argmax_scalar(x, j, V, nullptr, idx, m);
+  for (; j + V::kLanes <= n; j += V::kLanes) V::argmax_step(V::load(x + j), best, index, at);
+  const float m = V::reduce_max(best);
+  return argmax_scalar(x, j, n, nullptr, m > kNegInf ? V::min_index_where(best, index, m) : 0, m);
 }
-LC_TARGET_AVX2 int32_t argmax_avx2(const float* x, int64_t V) {
-  __m256 best = _mm256_set1_ps(kNegInf);
-  __m256i bidx = _mm256_setzero_si256();
-  __m256i cur = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  const __m256i step = _mm256_set1_epi32(8);
-  int64_t j = 0;
-  for (; j + 8 <= V; j += 8) {
-    __m256 v = _mm256_loadu_ps(x + j);
-    __m256 gt = _mm256_cmp_ps(v, best, _CMP_GT_OQ);
-    best = _mm256_blendv_ps(best, v, gt);
-    bidx = _mm256_blendv_epi8(bidx, cur, _mm256_castps_si256(gt));
-    cur = _mm256_add_epi32(cur, step);
-  }
-  float m = Avx2::reduce_max(best);
-  int32_t idx = 0;
-  if (m > kNegInf) {
-    alignas(32) float bv[8];
-    alignas(32) int32_t bi[8];
-    _mm256_store_ps(bv, best);
-    _mm256_store_si256(reinterpret_cast<__m256i*>(bi), bidx);
-    idx = std::numeric_limits<int32_t>::max();
-    for (int l = 0; l < 8; ++l)
-      if (bv[l] == m && bi[l] < idx) idx = bi[l];
-  }
-  return argmax_scalar(x, j, V, nullptr, idx, m);
-}
+LC_TARGET_AVX512 int32_t argmax_avx512(const float* x, int64_t n) { return argmax_vec<Avx512>(x, n); }
+LC_TARGET_AVX2 int32_t argmax_avx2(const float* x, int64_t n) { return argmax_vec<Avx2>(x, n); }
 
 // ---- softmax --------------------------------------------------------------------------------
 void softmax_row_scalar(const float* x, float* y, int64_t V, bool log) {

@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "threadpool.h"
+#include "zero_experts.h"
 
 namespace lc::cpu {
 
@@ -74,6 +75,20 @@ EpRouteCheck ep_dispatch(int64_t t, int64_t k, int64_t h, const float* u, const 
   return r;
 }
 
+void ep_dispatch_nothing(int64_t t, int64_t k, int64_t h, int64_t per_rank, int64_t ranks, int64_t capacity, const EpSlot* slots,
+                         int32_t* row_of) {
+  for (int64_t i = 0; i < t * ranks; ++i) row_of[i] = -1;
+  for (int64_t d = 0; d < ranks; ++d) {
+    const EpSlot& s = slots[d];
+    *s.count = 0;
+    std::memset(s.x, 0, sizeof(float) * static_cast<size_t>(capacity * h));
+    for (int64_t j = 0; j < capacity * k; ++j) {
+      s.idx[j] = static_cast<int32_t>(per_rank);
+      s.w[j] = 0.0f;
+    }
+  }
+}
+
 EpCombineCheck ep_combine(int64_t t, int64_t k, int64_t h, const float* u, const int32_t* idx, const float* w, int64_t n_routed,
                           int64_t n_experts, const int32_t* row_of, int64_t ranks, int64_t capacity, const float* const* partials,
                           float* out) {
@@ -104,25 +119,8 @@ EpCombineCheck ep_combine(int64_t t, int64_t k, int64_t h, const float* u, const
     // Zero experts last, as the single-device kernel adds them: the weights summed in ascending
     // (expert id, slot) order, then one multiply-add of u.
     for (int64_t i = 0; i < t; ++i) {
-      const int32_t* ix = idx + i * k;
-      const float* wi = w + i * k;
-      float z = 0;
-      bool any = false;
-      int64_t prev_e = -1, prev_j = -1;
-      for (;;) {
-        int64_t bj = -1;
-        for (int64_t j = 0; j < k; ++j) {
-          const int64_t e = ix[j];
-          if (e < n_routed || e < prev_e || (e == prev_e && j <= prev_j)) continue;
-          if (bj < 0 || e < ix[bj]) bj = j;
-        }
-        if (bj < 0) break;
-        z += wi[bj];
-        any = true;
-        prev_e = ix[bj];
-        prev_j = bj;
-      }
-      if (!any) continue;
+      float z;
+      if (!zero_expert_weight(idx + i * k, w + i * k, k, n_routed, n_experts, &z)) continue;
       const float* ui = u + i * h;
       float* o = out + i * h;
       for (int64_t c = c0; c < c1; ++c) o[c] += z * ui[c];

@@ -55,6 +55,12 @@ EpRouteCheck ep_dispatch(int64_t t, int64_t k, int64_t h, const float* u, const 
                          int64_t n_experts, int64_t per_rank, int64_t ranks, int64_t capacity, const EpSlot* slots,
                          int32_t* row_of);
 
+// What a dispatch that sends nothing writes (a failed step: the abort flag of cuda/ep.h): every
+// slot padding only (count 0, x 0, idx per_rank, w 0) and row_of all -1, so that the receivers'
+// grouped GEMM still reads well-formed slots.
+void ep_dispatch_nothing(int64_t t, int64_t k, int64_t h, int64_t per_rank, int64_t ranks, int64_t capacity, const EpSlot* slots,
+                         int32_t* row_of);
+
 // The home rank's MoE output: out[t] = sum over destination ranks d = 0, 1, ... (in that order) of
 // partials[d][row_of[t, d]] (f32 [capacity, h] each; ranks with row_of -1 skipped), then
 // + (sum of the weights of t's zero experts, in ascending (expert id, slot) order) * u[t] -- the

@@ -15,17 +15,15 @@ struct Avx2Linear {
   using V = simd::Avx2;
   // R output rows per pass so that T*R accumulators + R weights + 1 x fit in 16 registers.
   template <int T>
-  struct GemvShape {
-    static constexpr int R = T <= 2 ? 4 : T <= 4 ? 2 : 1;
-    static constexpr int S = 1;
-    static constexpr int64_t kChunk = 0;
-  };
+  using GemvShape = GemvShapeOf<T <= 2   ? 4
+                                : T <= 4 ? 2
+                                         : 1,
+                                1, 0>;
   template <int T>
-  struct Fp8Shape {
-    static constexpr int R = T <= 2 ? 1 : T <= 4 ? 2 : 1;
-    static constexpr int NA = T <= 2 ? 4 : 1;
-    static constexpr int64_t kChunk = T <= 2 ? 16384 / (4 * T) : 0;
-  };
+  using Fp8Shape = Fp8ShapeOf<T <= 2   ? 1
+                              : T <= 4 ? 2
+                                       : 1,
+                              T <= 2 ? 4 : 1, T <= 2 ? 16384 / (4 * T) : 0>;
   static constexpr bool kFp8ReloadCodes = true;
   static constexpr int64_t kGemmMR = 3;  // 3 x 4 accumulators + 3 x + 1 weight = 16 registers
 };

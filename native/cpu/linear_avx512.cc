@@ -16,17 +16,15 @@ namespace {
 struct Avx512Linear {
   using V = simd::Avx512;
   template <int T>
-  struct GemvShape {
-    static constexpr int R = T <= 2 ? 1 : T <= 4 ? 4 : 2;
-    static constexpr int S = T <= 2 ? 4 : 1;
-    static constexpr int64_t kChunk = T <= 2 ? 16384 / (4 * T) : 0;
-  };
+  using GemvShape = GemvShapeOf<T <= 2   ? 1
+                                : T <= 4 ? 4
+                                         : 2,
+                                T <= 2 ? 4 : 1, T <= 2 ? 16384 / (4 * T) : 0>;
   template <int T>
-  struct Fp8Shape {
-    static constexpr int R = T <= 2 ? 1 : T <= 4 ? 4 : 2;
-    static constexpr int NA = T <= 2 ? 4 : 1;
-    static constexpr int64_t kChunk = T <= 2 ? 16384 / (4 * T) : 0;
-  };
+  using Fp8Shape = Fp8ShapeOf<T <= 2   ? 1
+                              : T <= 4 ? 4
+                                       : 2,
+                              T <= 2 ? 4 : 1, T <= 2 ? 16384 / (4 * T) : 0>;
   static constexpr bool kFp8ReloadCodes = false;
   static constexpr int64_t kGemmMR = 6;  // 6 x 4 accumulators + 6 x + 1 weight = 31 of 32 registers
 };

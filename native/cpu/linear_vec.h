@@ -12,6 +12,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 #include "linear_kernels.h"
 #include "simd.h"
@@ -21,44 +22,64 @@ namespace lc::cpu::linear_detail {
 namespace {  // internal linkage: nothing compiled for an ISA may be shared with other files
 
 // ---------------------------------------------------------------------------------------------
-// Weight decoders: V::kLanes stored weights -> f32 lanes; load_n loads the first n (the rest zero).
-// fp8 and int8 decode to the code's value without its scale (see kScaleMul / the row scale).
-
-template <class V>
-struct DecF32 {
-  using E = float;
-  static constexpr bool kNanCodes = false;
-  static constexpr float kScaleMul = 0;  // no block scale
-  static typename V::F load(const E* p) { return V::load(p); }
-  static typename V::F load_n(const E* p, int64_t n) { return V::load_n(p, n); }
+// The shapes a config L gives per T: L::GemvShape<T> = GemvShapeOf<R, S, kChunk>,
+// L::Fp8Shape<T> = Fp8ShapeOf<R, NA, kChunk>.
+template <int R_, int S_, int64_t kChunk_>
+struct GemvShapeOf {
+  static constexpr int R = R_, S = S_;
+  static constexpr int64_t kChunk = kChunk_;
+};
+template <int R_, int NA_, int64_t kChunk_>
+struct Fp8ShapeOf {
+  static constexpr int R = R_, NA = NA_;
+  static constexpr int64_t kChunk = kChunk_;
 };
 
+// Every vector of an accumulator array (any rank) set to zero.
 template <class V>
-struct DecBF16 {
-  using E = uint16_t;
-  static constexpr bool kNanCodes = false;
-  static constexpr float kScaleMul = 0;
-  static typename V::F load(const E* p) { return V::load_bf16(p); }
-  static typename V::F load_n(const E* p, int64_t n) { return V::load_bf16_n(p, n); }
-};
+void zero_vectors(typename V::F& a) {
+  a = V::zero();
+}
+template <class V, class A, size_t N>
+void zero_vectors(A (&a)[N]) {
+  for (A& x : a) zero_vectors<V>(x);
+}
 
-template <class V>
-struct DecI8 {  // q; the row scale multiplies the finished dot product
-  using E = int8_t;
-  static constexpr bool kNanCodes = false;
-  static constexpr float kScaleMul = 0;
-  static typename V::F load(const E* p) { return V::load_i8(p); }
-  static typename V::F load_n(const E* p, int64_t n) { return V::load_i8_n(p, n); }
-};
+// Weight decoders: V::kLanes stored weights of type E -> f32 lanes; load_n loads the first n (the
+// rest zero). E: float, uint16_t (bf16 bits), int8_t (q: the row scale multiplies the finished dot
+// product) or uint8_t (fp8 e4m3: code / 256 by simd.h's bit move, the 256 joining the block scale
+// (kScaleMul); NaN codes checked apart).
+template <class V, class E_>
+struct Dec {
+  using E = E_;
+  static constexpr bool kNanCodes = std::is_same_v<E, uint8_t>;
+  static constexpr float kScaleMul = kNanCodes ? 256.0f : 0;  // 0: no block scale
+  static typename V::F load(const E* p) { return get<false>(p, 0); }
+  static typename V::F load_n(const E* p, int64_t n) { return get<true>(p, n); }
 
-template <class V>
-struct DecFP8 {  // code / 256 (simd.h's bit move); the 256 joins the block scale; NaN codes apart
-  using E = uint8_t;
-  static constexpr bool kNanCodes = true;
-  static constexpr float kScaleMul = 256.0f;
-  static typename V::F load(const E* p) { return V::load_fp8(p); }
-  static typename V::F load_n(const E* p, int64_t n) { return V::load_fp8_n(p, n); }
+ private:
+  template <bool kPartial>
+  static typename V::F get(const E* p, int64_t n) {
+    static_assert(std::is_same_v<E, float> || std::is_same_v<E, uint16_t> || std::is_same_v<E, int8_t> ||
+                  std::is_same_v<E, uint8_t>);
+    if constexpr (std::is_same_v<E, float>)
+      return kPartial ? V::load_n(p, n) : V::load(p);
+    else if constexpr (std::is_same_v<E, uint16_t>)
+      return kPartial ? V::load_bf16_n(p, n) : V::load_bf16(p);
+    else if constexpr (std::is_same_v<E, int8_t>)
+      return kPartial ? V::load_i8_n(p, n) : V::load_i8(p);
+    else
+      return kPartial ? V::load_fp8_n(p, n) : V::load_fp8(p);
+  }
 };
+template <class V>
+using DecF32 = Dec<V, float>;
+template <class V>
+using DecBF16 = Dec<V, uint16_t>;
+template <class V>
+using DecI8 = Dec<V, int8_t>;
+template <class V>
+using DecFP8 = Dec<V, uint8_t>;
 
 // ---------------------------------------------------------------------------------------------
 // GEMV (t <= 8) is bandwidth bound, so its shape is about how memory is read and how much work
@@ -87,9 +108,7 @@ void gemv_rows(const float* x, const WeightRef& w, int64_t r, int64_t k0, int64_
   const E* wr[R];
   for (int i = 0; i < R; ++i) wr[i] = static_cast<const E*>(w.data) + (r + i) * K;
   F acc[S][T][R];
-  for (int s = 0; s < S; ++s)
-    for (int t = 0; t < T; ++t)
-      for (int i = 0; i < R; ++i) acc[s][t][i] = V::zero();
+  zero_vectors<V>(acc);
 
   // n columns at k into a (n == W: a whole vector).
   auto step = [&](int64_t k, const F* bs, F(&a)[T][R], int64_t n) __attribute__((always_inline)) {
@@ -228,10 +247,7 @@ void fp8_prep_x(const float* x, int64_t K, const float* srow, int64_t k0, int64_
       }
       const F s = V::set1(srow[k / 128] * DecFP8<V>::kScaleMul);
       float* dst = xs + t * ldx + (k - k0);
-      V::store(dst, V::mul(V::even_lanes(v[0], v[1]), s));
-      V::store(dst + W, V::mul(V::even_lanes(v[2], v[3]), s));
-      V::store(dst + 2 * W, V::mul(V::odd_lanes(v[0], v[1]), s));
-      V::store(dst + 3 * W, V::mul(V::odd_lanes(v[2], v[3]), s));
+      for (int q = 0; q < 4; ++q) V::store(dst + q * W, V::mul(V::pick_lanes(v[q % 2 * 2], v[q % 2 * 2 + 1], q >= 2), s));
     }
 }
 
@@ -248,9 +264,7 @@ void fp8_rows(const float* xs, int64_t ldx, const WeightRef& w, int64_t r, int64
   const uint8_t* wr[R];
   for (int i = 0; i < R; ++i) wr[i] = static_cast<const uint8_t*>(w.data) + (r + i) * K;
   F acc[NA][T][R];
-  for (int a = 0; a < NA; ++a)
-    for (int t = 0; t < T; ++t)
-      for (int i = 0; i < R; ++i) acc[a][t][i] = V::zero();
+  zero_vectors<V>(acc);
   I maxu = V::izero(), maxs = V::izero();
 
   // The n <= U codes at k of every row (n == U: a whole vector); u (the unit's index in its
@@ -265,15 +279,15 @@ void fp8_rows(const float* xs, int64_t ldx, const WeightRef& w, int64_t r, int64
       const I v = codes(i);
       maxu = V::max_epu8(maxu, v);
       maxs = V::max_epi8(maxs, v);
-      h[0][i] = V::fp8_even_f16(v);
-      if constexpr (!L::kFp8ReloadCodes) h[1][i] = V::fp8_odd_f16(v);
+      h[0][i] = V::fp8_f16(v, false);
+      if constexpr (!L::kFp8ReloadCodes) h[1][i] = V::fp8_f16(v, true);
     }
     for (int s = 0; s < 4; ++s) {
       if constexpr (L::kFp8ReloadCodes)
         if (s == 2)
-          for (int i = 0; i < R; ++i) h[1][i] = V::fp8_odd_f16(codes(i));
+          for (int i = 0; i < R; ++i) h[1][i] = V::fp8_f16(codes(i), true);
       F wv[R];
-      for (int i = 0; i < R; ++i) wv[i] = s % 2 == 0 ? V::f16_lo(h[s / 2][i]) : V::f16_hi(h[s / 2][i]);
+      for (int i = 0; i < R; ++i) wv[i] = V::f16_half(h[s / 2][i], s % 2 == 1);
       const int a = (u * 4 + s) % NA;
       for (int t = 0; t < T; ++t) {
         const F xv = V::load(xk + t * ldx + W * s);
@@ -425,8 +439,7 @@ struct GemmF32 {
   static void micro(const float* x, int64_t ldx, const float* p, int64_t ldp, int64_t kc, float* c, int64_t ldc,
                     bool accumulate) {
     typename V::F acc[kMR][4];
-    for (int m = 0; m < kMR; ++m)
-      for (int j = 0; j < 4; ++j) acc[m][j] = V::zero();
+    zero_vectors<V>(acc);
     for (int64_t k = 0; k < kc; k += V::kLanes) {
       typename V::F xv[kMR];
       for (int m = 0; m < kMR; ++m) xv[m] = V::load(x + m * ldx + k);

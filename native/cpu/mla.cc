@@ -32,22 +32,47 @@ constexpr int kMaxQ = 4;    // query / accumulator rows per micro-kernel call
 constexpr int kTile = 16;   // keys per tile (decode: one tile of cache rows stays in L1/L2 for all heads)
 constexpr int kPTile = 32;  // keys per tile in prefill
 
+// Micro-kernels keep their nq (1..kMaxQ) query / accumulator rows in registers, so the row count
+// is a template argument: with_rows calls f(std::integral_constant<int, nq>).
+template <typename F>
+inline void with_rows(int nq, F&& f) {
+  switch (nq) {
+    case 1: f(std::integral_constant<int, 1>{}); break;
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    case 3: f(std::integral_constant<int, 3>{}); break;
+    default: f(std::integral_constant<int, kMaxQ>{}); break;
+  }
+}
+
 inline float ld(const float* p, int64_t i) { return p[i]; }
 inline float ld(const uint16_t* p, int64_t i) { return bf16_to_f32(p[i]); }
 
-float softmax_scalar(float* s, int n, float& m, float& l) {
+// The pieces every online softmax below shares. running_max: max(m, s[0, n)), NaN when a score
+// is NaN (a NaN score poisons the row, never vanishes).
+inline float running_max(const float* s, int n, float m) {
   float mx = m;
   bool nan = false;
   for (int j = 0; j < n; ++j) {
     mx = s[j] > mx ? s[j] : mx;
     nan |= s[j] != s[j];
   }
-  if (nan) mx = std::numeric_limits<float>::quiet_NaN();  // a NaN score poisons the row, never vanishes
-  if (mx == kNegInf) {                                    // every key masked so far: nothing to add
+  return nan ? std::numeric_limits<float>::quiet_NaN() : mx;
+}
+// Given the new running max mx: false when every key so far is masked (the scores are zeroed:
+// nothing to add); otherwise corr = exp(m - mx), the factor the row's accumulator and sum take.
+inline bool softmax_rescale(float* s, int n, float m, float mx, float& corr) {
+  if (mx == kNegInf) {
     for (int j = 0; j < n; ++j) s[j] = 0.0f;
-    return 1.0f;
+    return false;
   }
-  const float corr = m == kNegInf ? 0.0f : std::exp(m - mx);
+  corr = m == kNegInf ? 0.0f : std::exp(m - mx);
+  return true;
+}
+
+float softmax_scalar(float* s, int n, float& m, float& l) {
+  const float mx = running_max(s, n, m);
+  float corr;
+  if (!softmax_rescale(s, n, m, mx, corr)) return 1.0f;
   float sum = 0.0f;
   for (int j = 0; j < n; ++j) {
     const float e = std::exp(s[j] - mx);
@@ -112,14 +137,40 @@ void pv_scalar(int nq, float* acc, int64_t as, const float* corr, const float* p
 }
 
 #ifdef LC_ATTN_X86
-// ---------------------------------------------------------------------------------------------
-// AVX-512
 using simd::Avx2;
 using simd::Avx512;
 
-// 16 keys / values (f32 or bf16 bits) as f32; ld16m loads the lanes in m, the others zero.
-LC_TARGET_AVX512 inline __m512 ld16(const float* p) { return Avx512::load(p); }
-LC_TARGET_AVX512 inline __m512 ld16(const uint16_t* p) { return Avx512::load_bf16(p); }
+// ---------------------------------------------------------------------------------------------
+// Pieces of the micro-kernels written once for both ISAs (V: simd::Avx2 or simd::Avx512).
+
+// acc[i][t] += q_i[c, c + kLanes) * key_t[c, c + kLanes) lane-wise: one whole vector of NQ x NK dot products.
+template <class V, int NQ, int NK, typename KT>
+LC_SIMD_INLINE void dot_step(typename V::F (&acc)[NQ][NK], const float* q, int64_t qs, const KT* const* k, int64_t c) {
+  typename V::F kv[NK];
+  for (int t = 0; t < NK; ++t) kv[t] = V::widen_load(k[t] + c);
+  for (int i = 0; i < NQ; ++i) {
+    const typename V::F qv = V::load(q + i * qs + c);
+    for (int t = 0; t < NK; ++t) acc[i][t] = V::fmadd(qv, kv[t], acc[i][t]);
+  }
+}
+
+// The online softmax's exponentials over the whole vectors of s[0, n): s[j] = exp(s[j] - mx)
+// (Cephes, simd.h), their lane-wise sum in sum; j ends at the first element left.
+template <class V>
+LC_SIMD_INLINE void exp_vectors(float* s, int n, float mx, int& j, typename V::F& sum) {
+  const typename V::F m = V::set1(mx);
+  sum = V::zero();
+  for (j = 0; j + V::kLanes <= n; j += V::kLanes) {
+    const typename V::F e = V::exp(V::sub(V::load(s + j), m));
+    V::store(s + j, e);
+    sum = V::add(sum, e);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// AVX-512
+
+// 16 keys / values (f32 or bf16 bits) as f32, the lanes in m (the others zero).
 LC_TARGET_AVX512 inline __m512 ld16m(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
 LC_TARGET_AVX512 inline __m512 ld16m(const uint16_t* p, __mmask16 m) {
   return Avx512::widen_bf16(_mm256_maskz_loadu_epi16(m, p));
@@ -129,14 +180,7 @@ LC_TARGET_AVX512 inline __m512 ld16m(const uint16_t* p, __mmask16 m) {
 template <int NQ, int NK, typename KT>
 LC_TARGET_AVX512 inline void dot512(__m512 (&acc)[NQ][NK], const float* q, int64_t qs, const KT* const* k, int64_t n) {
   int64_t c = 0;
-  for (; c + 16 <= n; c += 16) {
-    __m512 kv[NK];
-    for (int t = 0; t < NK; ++t) kv[t] = ld16(k[t] + c);
-    for (int i = 0; i < NQ; ++i) {
-      __m512 qv = _mm512_loadu_ps(q + i * qs + c);
-      for (int t = 0; t < NK; ++t) acc[i][t] = _mm512_fmadd_ps(qv, kv[t], acc[i][t]);
-    }
-  }
+  for (; c + 16 <= n; c += 16) dot_step<Avx512>(acc, q, qs, k, c);
   if (c < n) {
     __mmask16 m = static_cast<__mmask16>((1u << (n - c)) - 1);
     __m512 kv[NK];
@@ -174,12 +218,7 @@ template <typename KT>
 LC_TARGET_AVX512 void scores_avx512(int nq, const float* qa, int64_t qas, const float* qb, int64_t qbs, int nt,
                                     const KT* const* ka, const KT* const* kb, int64_t da, int64_t db, float scale, float* out,
                                     int64_t os) {
-  switch (nq) {
-    case 1: scores512_n<1>(qa, qas, qb, qbs, nt, ka, kb, da, db, scale, out, os); break;
-    case 2: scores512_n<2>(qa, qas, qb, qbs, nt, ka, kb, da, db, scale, out, os); break;
-    case 3: scores512_n<3>(qa, qas, qb, qbs, nt, ka, kb, da, db, scale, out, os); break;
-    default: scores512_n<4>(qa, qas, qb, qbs, nt, ka, kb, da, db, scale, out, os); break;
-  }
+  with_rows(nq, [&](auto rows) { scores512_n<decltype(rows)::value>(qa, qas, qb, qbs, nt, ka, kb, da, db, scale, out, os); });
 }
 
 // NC vectors of 16 columns at a time, every accumulator row kept in registers over the whole tile.
@@ -194,7 +233,7 @@ LC_TARGET_AVX512 inline void pv512_cols(float* acc, int64_t as, const float* cor
     }
   for (int j = 0; j < nt; ++j) {
     __m512 vv[NC];
-    for (int u = 0; u < NC; ++u) vv[u] = NC == 1 ? ld16m(v[j] + c, m) : ld16(v[j] + c + 16 * u);
+    for (int u = 0; u < NC; ++u) vv[u] = NC == 1 ? ld16m(v[j] + c, m) : Avx512::widen_load(v[j] + c + 16 * u);
     for (int i = 0; i < NQ; ++i) {
       __m512 w = _mm512_set1_ps(p[i * ps + j]);
       for (int u = 0; u < NC; ++u) a[i][u] = _mm512_fmadd_ps(w, vv[u], a[i][u]);
@@ -223,12 +262,7 @@ LC_TARGET_AVX512 void pv512_n(float* acc, int64_t as, const float* corr, const f
 template <typename VT>
 LC_TARGET_AVX512 void pv_avx512(int nq, float* acc, int64_t as, const float* corr, const float* p, int64_t ps, int nt,
                                 const VT* const* v, int64_t dv) {
-  switch (nq) {
-    case 1: pv512_n<1>(acc, as, corr, p, ps, nt, v, dv); break;
-    case 2: pv512_n<2>(acc, as, corr, p, ps, nt, v, dv); break;
-    case 3: pv512_n<3>(acc, as, corr, p, ps, nt, v, dv); break;
-    default: pv512_n<4>(acc, as, corr, p, ps, nt, v, dv); break;
-  }
+  with_rows(nq, [&](auto rows) { pv512_n<decltype(rows)::value>(acc, as, corr, p, ps, nt, v, dv); });
 }
 
 LC_TARGET_AVX512 float softmax_avx512(float* s, int n, float& m, float& l) {
@@ -244,17 +278,16 @@ LC_TARGET_AVX512 float softmax_avx512(float* s, int n, float& m, float& l) {
     const __m512 v = _mm512_maskz_loadu_ps(mk, s + j);
     nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
   }
-  float mx = nan ? std::numeric_limits<float>::quiet_NaN() : std::max(m, _mm512_reduce_max_ps(vmax));
-  if (mx == kNegInf) {
-    for (int j = 0; j < n; ++j) s[j] = 0.0f;
-    return 1.0f;
-  }
-  const float corr = m == kNegInf ? 0.0f : std::exp(m - mx);
-  const __m512 vm = _mm512_set1_ps(mx);
-  __m512 vsum = _mm512_setzero_ps();
-  for (int j = 0; j < n; j += 16) {
-    const __mmask16 mk = static_cast<__mmask16>(n - j >= 16 ? 0xffff : (1u << (n - j)) - 1);
-    __m512 e = _mm512_maskz_mov_ps(mk, Avx512::exp(_mm512_sub_ps(_mm512_mask_loadu_ps(ninf, mk, s + j), vm)));
+  const float mx = nan ? std::numeric_limits<float>::quiet_NaN() : std::max(m, _mm512_reduce_max_ps(vmax));
+  float corr;
+  if (!softmax_rescale(s, n, m, mx, corr)) return 1.0f;
+  __m512 vsum;
+  int j;
+  exp_vectors<Avx512>(s, n, mx, j, vsum);
+  if (j < n) {
+    const __mmask16 mk = static_cast<__mmask16>((1u << (n - j)) - 1);
+    const __m512 e =
+        _mm512_maskz_mov_ps(mk, Avx512::exp(_mm512_sub_ps(_mm512_mask_loadu_ps(ninf, mk, s + j), _mm512_set1_ps(mx))));
     _mm512_mask_storeu_ps(s + j, mk, e);
     vsum = _mm512_add_ps(vsum, e);
   }
@@ -432,24 +465,13 @@ LC_TARGET_AVX512BF16 void decode_unit_bf16(const MlaDims& d, const float* qlb, c
 // ---------------------------------------------------------------------------------------------
 // AVX2 (+FMA). Tails shorter than a vector are done in scalar code.
 
-// 8 keys / values (f32 or bf16 bits) as f32.
-LC_TARGET_AVX2 inline __m256 ld8(const float* p) { return Avx2::load(p); }
-LC_TARGET_AVX2 inline __m256 ld8(const uint16_t* p) { return Avx2::load_bf16(p); }
-
 template <int NQ, int NK, typename KT>
 LC_TARGET_AVX2 inline void dot256(float (&out)[NQ][NK], const float* q, int64_t qs, const KT* const* k, int64_t n) {
   __m256 acc[NQ][NK];
   for (int i = 0; i < NQ; ++i)
     for (int t = 0; t < NK; ++t) acc[i][t] = _mm256_setzero_ps();
   int64_t c = 0;
-  for (; c + 8 <= n; c += 8) {
-    __m256 kv[NK];
-    for (int t = 0; t < NK; ++t) kv[t] = ld8(k[t] + c);
-    for (int i = 0; i < NQ; ++i) {
-      __m256 qv = _mm256_loadu_ps(q + i * qs + c);
-      for (int t = 0; t < NK; ++t) acc[i][t] = _mm256_fmadd_ps(qv, kv[t], acc[i][t]);
-    }
-  }
+  for (; c + 8 <= n; c += 8) dot_step<Avx2>(acc, q, qs, k, c);
   for (int i = 0; i < NQ; ++i)
     for (int t = 0; t < NK; ++t) {
       float s = Avx2::reduce_add(acc[i][t]);
@@ -482,12 +504,7 @@ LC_TARGET_AVX2 void scores256_n(const float* qa, int64_t qas, const float* qb, i
 template <typename KT>
 LC_TARGET_AVX2 void scores_avx2(int nq, const float* qa, int64_t qas, const float* qb, int64_t qbs, int nt, const KT* const* ka,
                                 const KT* const* kb, int64_t da, int64_t db, float scale, float* out, int64_t os) {
-  switch (nq) {
-    case 1: scores256_n<1>(qa, qas, qb, qbs, nt, ka, kb, da, db, scale, out, os); break;
-    case 2: scores256_n<2>(qa, qas, qb, qbs, nt, ka, kb, da, db, scale, out, os); break;
-    case 3: scores256_n<3>(qa, qas, qb, qbs, nt, ka, kb, da, db, scale, out, os); break;
-    default: scores256_n<4>(qa, qas, qb, qbs, nt, ka, kb, da, db, scale, out, os); break;
-  }
+  with_rows(nq, [&](auto rows) { scores256_n<decltype(rows)::value>(qa, qas, qb, qbs, nt, ka, kb, da, db, scale, out, os); });
 }
 
 template <int NQ, int NC, typename VT>
@@ -501,7 +518,7 @@ LC_TARGET_AVX2 inline void pv256_cols(float* acc, int64_t as, const float* corr,
     }
   for (int j = 0; j < nt; ++j) {
     __m256 vv[NC];
-    for (int u = 0; u < NC; ++u) vv[u] = ld8(v[j] + c + 8 * u);
+    for (int u = 0; u < NC; ++u) vv[u] = Avx2::widen_load(v[j] + c + 8 * u);
     for (int i = 0; i < NQ; ++i) {
       __m256 w = _mm256_set1_ps(p[i * ps + j]);
       for (int u = 0; u < NC; ++u) a[i][u] = _mm256_fmadd_ps(w, vv[u], a[i][u]);
@@ -531,35 +548,16 @@ LC_TARGET_AVX2 void pv256_n(float* acc, int64_t as, const float* corr, const flo
 template <typename VT>
 LC_TARGET_AVX2 void pv_avx2(int nq, float* acc, int64_t as, const float* corr, const float* p, int64_t ps, int nt,
                             const VT* const* v, int64_t dv) {
-  switch (nq) {
-    case 1: pv256_n<1>(acc, as, corr, p, ps, nt, v, dv); break;
-    case 2: pv256_n<2>(acc, as, corr, p, ps, nt, v, dv); break;
-    case 3: pv256_n<3>(acc, as, corr, p, ps, nt, v, dv); break;
-    default: pv256_n<4>(acc, as, corr, p, ps, nt, v, dv); break;
-  }
+  with_rows(nq, [&](auto rows) { pv256_n<decltype(rows)::value>(acc, as, corr, p, ps, nt, v, dv); });
 }
 
 LC_TARGET_AVX2 float softmax_avx2(float* s, int n, float& m, float& l) {
-  float mx = m;
-  bool nan = false;
-  for (int j = 0; j < n; ++j) {
-    mx = s[j] > mx ? s[j] : mx;
-    nan |= s[j] != s[j];
-  }
-  if (nan) mx = std::numeric_limits<float>::quiet_NaN();
-  if (mx == kNegInf) {
-    for (int j = 0; j < n; ++j) s[j] = 0.0f;
-    return 1.0f;
-  }
-  const float corr = m == kNegInf ? 0.0f : std::exp(m - mx);
-  const __m256 vm = _mm256_set1_ps(mx);
-  __m256 vsum = _mm256_setzero_ps();
-  int j = 0;
-  for (; j + 8 <= n; j += 8) {
-    __m256 e = Avx2::exp(_mm256_sub_ps(_mm256_loadu_ps(s + j), vm));
-    _mm256_storeu_ps(s + j, e);
-    vsum = _mm256_add_ps(vsum, e);
-  }
+  const float mx = running_max(s, n, m);
+  float corr;
+  if (!softmax_rescale(s, n, m, mx, corr)) return 1.0f;
+  __m256 vsum;
+  int j;
+  exp_vectors<Avx2>(s, n, mx, j, vsum);
   float sum = Avx2::reduce_add(vsum);
   for (; j < n; ++j) sum += (s[j] = std::exp(s[j] - mx));
   l = l * corr + sum;

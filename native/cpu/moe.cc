@@ -9,6 +9,7 @@
 
 #include "elementwise.h"
 #include "threadpool.h"
+#include "zero_experts.h"
 
 namespace lc::cpu {
 
@@ -196,26 +197,8 @@ int64_t moe(int64_t t, int64_t k, int64_t h, const float* u, const int32_t* idx,
   // 5. Zero experts last: out[t] += (sum of their weights, ascending expert id) * u[t].
   parallel_for(t, 16, [&](int64_t t0, int64_t t1) {
     for (int64_t i = t0; i < t1; ++i) {
-      const int32_t* ix = idx + i * k;
-      const float* wi = w + i * k;
-      float z = 0;
-      bool any = false;
-      int64_t prev_e = -1, prev_j = -1;
-      for (;;) {  // next zero slot in (expert, slot) order; k is small
-        int64_t bj = -1;
-        for (int64_t j = 0; j < k; ++j) {
-          const int64_t e = ix[j];
-          if (e < nr) continue;
-          if (e < prev_e || (e == prev_e && j <= prev_j)) continue;
-          if (bj < 0 || e < ix[bj]) bj = j;
-        }
-        if (bj < 0) break;
-        z += wi[bj];
-        any = true;
-        prev_e = ix[bj];
-        prev_j = bj;
-      }
-      if (!any) continue;
+      float z;
+      if (!zero_expert_weight(idx + i * k, w + i * k, k, nr, n_experts, &z)) continue;
       const float* ui = u + i * h;
       float* o = out + i * h;
       for (int64_t c = 0; c < h; ++c) o[c] += z * ui[c];

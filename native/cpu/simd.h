@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <limits>
 
 // The feature sets of Isa::Avx2 and Isa::Avx512 (features.cc checks exactly these).
 #define LC_ISA_AVX2 "avx2,fma,f16c"
@@ -29,10 +30,17 @@
 #define LC_BEGIN_TARGET(...) _Pragma("GCC push_options") LC_PRAGMA_STR(GCC target(__VA_ARGS__))
 #define LC_END_TARGET _Pragma("GCC pop_options")
 
+// A helper templated on a traits type V, written once for both ISAs: it has no target of its own
+// and is always inlined into the LC_TARGET_* function that calls it, where V's primitives inline.
+#define LC_SIMD_INLINE __attribute__((always_inline)) inline
+
 // GCC 12 reports its own pass-through operands (_mm512_undefined_*) inside the AVX-512 intrinsic
 // headers as uninitialized wherever they are inlined; these two warnings are off in kernel files.
-#define LC_SIMD_QUIET_WARNINGS \
-  _Pragma("GCC diagnostic ignored \"-Wuninitialized\"") _Pragma("GCC diagnostic ignored \"-Wmaybe-uninitialized\"")
+// -Wpsabi flags vectors passed to or returned from LC_SIMD_INLINE helpers, which have no target
+// of their own; they are always inlined, so no call with that ABI is ever made.
+#define LC_SIMD_QUIET_WARNINGS                                                                                      \
+  _Pragma("GCC diagnostic ignored \"-Wuninitialized\"") _Pragma("GCC diagnostic ignored \"-Wmaybe-uninitialized\"") \
+      _Pragma("GCC diagnostic ignored \"-Wpsabi\"")
 LC_SIMD_QUIET_WARNINGS
 
 namespace lc::cpu::simd {
@@ -42,12 +50,27 @@ namespace lc::cpu::simd {
 // exp(-inf) = 0 and exp(+inf) = +inf by underflow / overflow of the final scaling, which rounds
 // once: results below 2^-126 are the correctly rounded subnormals. Both ISAs give the same bits;
 // test/native/simd_harness.cc checks the error bound (<= 2 ulp against float64 over the range).
-namespace exp_consts {
-constexpr float kLo = -104.0f, kHi = 89.0f;
-constexpr float kLog2e = 1.44269504088896341f, kC1 = 0.693359375f, kC2 = -2.12194440e-4f;
-constexpr float kP0 = 1.9875691500E-4f, kP1 = 1.3981999507E-3f, kP2 = 8.3334519073E-3f, kP3 = 4.1665795894E-2f,
-                kP4 = 1.6666665459E-1f, kP5 = 5.0000001201E-1f;
-}  // namespace exp_consts
+// Written once (cephes_exp: x = exp(x)) over the traits' primitives; each ISA supplies scale_pow2.
+template <class V>
+LC_SIMD_INLINE void cephes_exp(typename V::F& x) {
+  constexpr float kLo = -104.0f, kHi = 89.0f;
+  constexpr float kLog2e = 1.44269504088896341f, kC1 = 0.693359375f, kC2 = -2.12194440e-4f;
+  constexpr float kP0 = 1.9875691500E-4f, kP1 = 1.3981999507E-3f, kP2 = 8.3334519073E-3f, kP3 = 4.1665795894E-2f,
+                  kP4 = 1.6666665459E-1f, kP5 = 5.0000001201E-1f;
+  using F = typename V::F;
+  x = V::max(V::set1(kLo), V::min(V::set1(kHi), x));  // NaN kept: 2nd operand
+  const F n = V::round(V::mul(x, V::set1(kLog2e)));
+  F r = V::fnmadd(n, V::set1(kC1), x);
+  r = V::fnmadd(n, V::set1(kC2), r);
+  F p = V::set1(kP0);
+  p = V::fmadd(p, r, V::set1(kP1));
+  p = V::fmadd(p, r, V::set1(kP2));
+  p = V::fmadd(p, r, V::set1(kP3));
+  p = V::fmadd(p, r, V::set1(kP4));
+  p = V::fmadd(p, r, V::set1(kP5));
+  const F y = V::add(V::fmadd(p, V::mul(r, r), r), V::set1(1.0f));
+  x = V::scale_pow2(y, n);
+}
 
 // ---------------------------------------------------------------------------------------------
 // AVX2 + FMA + F16C: 8 f32 lanes.
@@ -67,8 +90,13 @@ struct Avx2 {
   LC_TARGET_AVX2 static F load_n(const float* p, int64_t n) { return _mm256_maskload_ps(p, lanes_below(n)); }
   LC_TARGET_AVX2 static void store_n(float* p, F v, int64_t n) { _mm256_maskstore_ps(p, lanes_below(n), v); }
   LC_TARGET_AVX2 static F add(F a, F b) { return _mm256_add_ps(a, b); }
+  LC_TARGET_AVX2 static F sub(F a, F b) { return _mm256_sub_ps(a, b); }
   LC_TARGET_AVX2 static F mul(F a, F b) { return _mm256_mul_ps(a, b); }
-  LC_TARGET_AVX2 static F fmadd(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }  // a * b + c
+  LC_TARGET_AVX2 static F fmadd(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }    // a * b + c
+  LC_TARGET_AVX2 static F fnmadd(F a, F b, F c) { return _mm256_fnmadd_ps(a, b, c); }  // c - a * b
+  LC_TARGET_AVX2 static F min(F a, F b) { return _mm256_min_ps(a, b); }                // b when either is NaN
+  LC_TARGET_AVX2 static F max(F a, F b) { return _mm256_max_ps(a, b); }
+  LC_TARGET_AVX2 static F round(F a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
 
   // ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7))
   LC_TARGET_AVX2 static float reduce_add(F a) {
@@ -90,20 +118,12 @@ struct Avx2 {
   }
 
   LC_TARGET_AVX2 static F exp(F x) {
-    using namespace exp_consts;
-    x = _mm256_max_ps(_mm256_set1_ps(kLo), _mm256_min_ps(_mm256_set1_ps(kHi), x));  // NaN kept: 2nd operand
-    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(kLog2e)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kC1), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kC2), r);
-    __m256 p = _mm256_set1_ps(kP0);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kP1));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kP2));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kP3));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kP4));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kP5));
-    const __m256 y = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0f));
-    // 2^n for n in [-150, 128] as 2^n1 * 2^n2, both factors normal; y * 2^n1 is exact, so the
-    // result is rounded once, like vscalefps.
+    cephes_exp<Avx2>(x);
+    return x;
+  }
+  // y * 2^n for integral n in [-150, 128] as y * 2^n1 * 2^n2, both factors normal; y * 2^n1 is
+  // exact (y is near 1), so the result is rounded once, like vscalefps.
+  LC_TARGET_AVX2 static F scale_pow2(F y, F n) {
     const __m256i ni = _mm256_cvtps_epi32(n), n1 = _mm256_srai_epi32(ni, 1), n2 = _mm256_sub_epi32(ni, n1);
     return _mm256_mul_ps(_mm256_mul_ps(y, pow2(n1)), pow2(n2));
   }
@@ -133,6 +153,9 @@ struct Avx2 {
     return _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
   }
   LC_TARGET_AVX2 static void store_bf16(uint16_t* p, F x) { _mm_storeu_si128(reinterpret_cast<__m128i*>(p), to_bf16(x)); }
+  // f32 or bf16 bits, as f32.
+  LC_TARGET_AVX2 static F widen_load(const float* p) { return load(p); }
+  LC_TARGET_AVX2 static F widen_load(const uint16_t* p) { return load_bf16(p); }
 
   // int8 -> f32 (exact).
   LC_TARGET_AVX2 static F load_i8(const int8_t* p) {
@@ -170,23 +193,20 @@ struct Avx2 {
   LC_TARGET_AVX2 static bool any_byte_eq(I a, int8_t b) {
     return _mm256_movemask_epi8(_mm256_cmpeq_epi8(a, _mm256_set1_epi8(b))) != 0;
   }
-  // The f16 bits of the even (low) and odd (high) byte of every 16-bit word as fp8 codes:
-  // sign << 15 | (code & 0x7f) << 7.
-  LC_TARGET_AVX2 static I fp8_even_f16(I v) {
-    return _mm256_and_si256(_mm256_srai_epi16(_mm256_slli_epi16(v, 8), 1), _mm256_set1_epi16(static_cast<short>(0xbf80)));
+  // The f16 bits of the even (low, odd false) or odd (high) byte of every 16-bit word as fp8
+  // codes: sign << 15 | (code & 0x7f) << 7.
+  LC_TARGET_AVX2 static I fp8_f16(I v, bool odd) {
+    return _mm256_and_si256(_mm256_srai_epi16(odd ? v : _mm256_slli_epi16(v, 8), 1),
+                            _mm256_set1_epi16(static_cast<short>(0xbf80)));
   }
-  LC_TARGET_AVX2 static I fp8_odd_f16(I v) {
-    return _mm256_and_si256(_mm256_srai_epi16(v, 1), _mm256_set1_epi16(static_cast<short>(0xbf80)));
+  // f16 words [0, kLanes) (hi false) or [kLanes, 2 kLanes) of h, widened.
+  LC_TARGET_AVX2 static F f16_half(I h, bool hi) {
+    return _mm256_cvtph_ps(hi ? _mm256_extracti128_si256(h, 1) : _mm256_castsi256_si128(h));
   }
-  // f16 words [0, kLanes) or [kLanes, 2 kLanes) of h, widened.
-  LC_TARGET_AVX2 static F f16_lo(I h) { return _mm256_cvtph_ps(_mm256_castsi256_si128(h)); }
-  LC_TARGET_AVX2 static F f16_hi(I h) { return _mm256_cvtph_ps(_mm256_extracti128_si256(h, 1)); }
-  // Even / odd lanes of the concatenation lo:hi, in order.
-  LC_TARGET_AVX2 static F even_lanes(F lo, F hi) {
-    return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(lo, hi, 0x88)), 0xd8));
-  }
-  LC_TARGET_AVX2 static F odd_lanes(F lo, F hi) {
-    return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(lo, hi, 0xdd)), 0xd8));
+  // Even (odd false) or odd lanes of the concatenation lo:hi, in order.
+  LC_TARGET_AVX2 static F pick_lanes(F lo, F hi, bool odd) {
+    const __m256 s = odd ? _mm256_shuffle_ps(lo, hi, 0xdd) : _mm256_shuffle_ps(lo, hi, 0x88);
+    return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(s), 0xd8));
   }
 
   // Whether the n fp8 codes at p hold a NaN code ((b | 0x80) == 0xff).
@@ -199,6 +219,26 @@ struct Avx2 {
     }
     for (; i < n; ++i) any |= (p[i] & 0x7f) == 0x7f;
     return any != 0;
+  }
+
+  // Arg-max lanes: where v > best (ordered), best = v and index = at; at then moves kLanes on.
+  LC_TARGET_AVX2 static void argmax_step(F v, F& best, I& index, I& at) {
+    const __m256 gt = _mm256_cmp_ps(v, best, _CMP_GT_OQ);
+    best = _mm256_blendv_ps(best, v, gt);
+    index = _mm256_blendv_epi8(index, at, _mm256_castps_si256(gt));
+    at = _mm256_add_epi32(at, _mm256_set1_epi32(kLanes));
+  }
+  LC_TARGET_AVX2 static I lane_index() { return _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7); }
+  // The smallest index among the lanes whose best equals m.
+  LC_TARGET_AVX2 static int32_t min_index_where(F best, I index, float m) {
+    alignas(32) float bv[8];
+    alignas(32) int32_t bi[8];
+    _mm256_store_ps(bv, best);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(bi), index);
+    int32_t r = std::numeric_limits<int32_t>::max();
+    for (int l = 0; l < 8; ++l)
+      if (bv[l] == m && bi[l] < r) r = bi[l];
+    return r;
   }
 
   LC_TARGET_AVX2 static I iadd64(I a, I b) { return _mm256_add_epi64(a, b); }
@@ -229,8 +269,13 @@ struct Avx512 {
   LC_TARGET_AVX512 static F load_n(const float* p, int64_t n) { return _mm512_maskz_loadu_ps(mask16(n), p); }
   LC_TARGET_AVX512 static void store_n(float* p, F v, int64_t n) { _mm512_mask_storeu_ps(p, mask16(n), v); }
   LC_TARGET_AVX512 static F add(F a, F b) { return _mm512_add_ps(a, b); }
+  LC_TARGET_AVX512 static F sub(F a, F b) { return _mm512_sub_ps(a, b); }
   LC_TARGET_AVX512 static F mul(F a, F b) { return _mm512_mul_ps(a, b); }
-  LC_TARGET_AVX512 static F fmadd(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }  // a * b + c
+  LC_TARGET_AVX512 static F fmadd(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }    // a * b + c
+  LC_TARGET_AVX512 static F fnmadd(F a, F b, F c) { return _mm512_fnmadd_ps(a, b, c); }  // c - a * b
+  LC_TARGET_AVX512 static F min(F a, F b) { return _mm512_min_ps(a, b); }                // b when either is NaN
+  LC_TARGET_AVX512 static F max(F a, F b) { return _mm512_max_ps(a, b); }
+  LC_TARGET_AVX512 static F round(F a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
 
   LC_TARGET_AVX512 static float reduce_add(F a) { return _mm512_reduce_add_ps(a); }
   LC_TARGET_AVX512 static float reduce_max(F a) { return _mm512_reduce_max_ps(a); }
@@ -245,21 +290,11 @@ struct Avx512 {
   }
 
   LC_TARGET_AVX512 static F exp(F x) {
-    using namespace exp_consts;
-    x = _mm512_max_ps(_mm512_set1_ps(kLo), _mm512_min_ps(_mm512_set1_ps(kHi), x));  // NaN kept: 2nd operand
-    const __m512 n =
-        _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(kLog2e)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kC1), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kC2), r);
-    __m512 p = _mm512_set1_ps(kP0);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kP1));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kP2));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kP3));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kP4));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kP5));
-    const __m512 y = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
-    return _mm512_scalef_ps(y, n);  // y * 2^n, one rounding: subnormal, 0 or inf as needed
+    cephes_exp<Avx512>(x);
+    return x;
   }
+  // y * 2^n, one rounding: subnormal, 0 or inf as needed.
+  LC_TARGET_AVX512 static F scale_pow2(F y, F n) { return _mm512_scalef_ps(y, n); }
 
   // bf16 bits -> f32 (exact).
   LC_TARGET_AVX512 static F widen_bf16(__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
@@ -282,6 +317,9 @@ struct Avx512 {
   }
   LC_TARGET_AVX512 static void store_bf16(uint16_t* p, F x) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), to_bf16(x)); }
   LC_TARGET_AVX512 static void store_bf16_n(uint16_t* p, F x, int64_t n) { _mm256_mask_storeu_epi16(p, mask16(n), to_bf16(x)); }
+  // f32 or bf16 bits, as f32.
+  LC_TARGET_AVX512 static F widen_load(const float* p) { return load(p); }
+  LC_TARGET_AVX512 static F widen_load(const uint16_t* p) { return load_bf16(p); }
 
   // int8 -> f32 (exact).
   LC_TARGET_AVX512 static F widen_i8(__m128i b) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b)); }
@@ -308,23 +346,21 @@ struct Avx512 {
   LC_TARGET_AVX512 static I max_epi8(I a, I b) { return _mm512_max_epi8(a, b); }
   // Whether any byte of a equals b.
   LC_TARGET_AVX512 static bool any_byte_eq(I a, int8_t b) { return _mm512_cmpeq_epi8_mask(a, _mm512_set1_epi8(b)) != 0; }
-  // The f16 bits of the even (low) and odd (high) byte of every 16-bit word as fp8 codes:
-  // sign << 15 | (code & 0x7f) << 7.
-  LC_TARGET_AVX512 static I fp8_even_f16(I v) {
-    return _mm512_and_si512(_mm512_srai_epi16(_mm512_slli_epi16(v, 8), 1), _mm512_set1_epi16(static_cast<short>(0xbf80)));
+  // The f16 bits of the even (low, odd false) or odd (high) byte of every 16-bit word as fp8
+  // codes: sign << 15 | (code & 0x7f) << 7.
+  LC_TARGET_AVX512 static I fp8_f16(I v, bool odd) {
+    return _mm512_and_si512(_mm512_srai_epi16(odd ? v : _mm512_slli_epi16(v, 8), 1),
+                            _mm512_set1_epi16(static_cast<short>(0xbf80)));
   }
-  LC_TARGET_AVX512 static I fp8_odd_f16(I v) {
-    return _mm512_and_si512(_mm512_srai_epi16(v, 1), _mm512_set1_epi16(static_cast<short>(0xbf80)));
+  // f16 words [0, kLanes) (hi false) or [kLanes, 2 kLanes) of h, widened.
+  LC_TARGET_AVX512 static F f16_half(I h, bool hi) {
+    return _mm512_cvtph_ps(hi ? _mm512_extracti64x4_epi64(h, 1) : _mm512_castsi512_si256(h));
   }
-  // f16 words [0, kLanes) or [kLanes, 2 kLanes) of h, widened.
-  LC_TARGET_AVX512 static F f16_lo(I h) { return _mm512_cvtph_ps(_mm512_castsi512_si256(h)); }
-  LC_TARGET_AVX512 static F f16_hi(I h) { return _mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1)); }
-  // Even / odd lanes of the concatenation lo:hi, in order.
-  LC_TARGET_AVX512 static F even_lanes(F lo, F hi) {
-    return _mm512_permutex2var_ps(lo, _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30), hi);
-  }
-  LC_TARGET_AVX512 static F odd_lanes(F lo, F hi) {
-    return _mm512_permutex2var_ps(lo, _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31), hi);
+  // Even (odd false) or odd lanes of the concatenation lo:hi, in order.
+  LC_TARGET_AVX512 static F pick_lanes(F lo, F hi, bool odd) {
+    const __m512i idx = odd ? _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31)
+                            : _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    return _mm512_permutex2var_ps(lo, idx, hi);
   }
 
   // Lanes of 16 fp8 codes holding a NaN code: (b | 0x80) == 0xff.
@@ -342,6 +378,19 @@ struct Avx512 {
         return true;
     }
     return false;
+  }
+
+  // Arg-max lanes: where v > best (ordered), best = v and index = at; at then moves kLanes on.
+  LC_TARGET_AVX512 static void argmax_step(F v, F& best, I& index, I& at) {
+    const __mmask16 gt = _mm512_cmp_ps_mask(v, best, _CMP_GT_OQ);
+    best = _mm512_mask_mov_ps(best, gt, v);
+    index = _mm512_mask_mov_epi32(index, gt, at);
+    at = _mm512_add_epi32(at, _mm512_set1_epi32(kLanes));
+  }
+  LC_TARGET_AVX512 static I lane_index() { return _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15); }
+  // The smallest index among the lanes whose best equals m.
+  LC_TARGET_AVX512 static int32_t min_index_where(F best, I index, float m) {
+    return _mm512_mask_reduce_min_epi32(_mm512_cmp_ps_mask(best, _mm512_set1_ps(m), _CMP_EQ_OQ), index);
   }
 
   LC_TARGET_AVX512 static I iadd64(I a, I b) { return _mm512_add_epi64(a, b); }

@@ -17,9 +17,16 @@ namespace lc {
 
 namespace {
 
-Napi::Value Embedding(const Napi::CallbackInfo& info) {
-  const char* op = "embedding";
-  OpArgs a(info, op);
+// The f32 tensors of an element-wise op, named as its arguments: each of the first one's shape and
+// on its device, which is returned (the op runs there).
+Device expect_f32_alike(const OpArgs& a, std::initializer_list<std::pair<const char*, const Tensor&>> tensors) {
+  const Tensor& first = tensors.begin()->second;
+  const Device d = first.device();
+  for (const auto& [name, t] : tensors) a.expect(t, name, {DType::F32}, d, first.shape);
+  return d;
+}
+
+void Embedding(const OpArgs& a) {
   Tensor y = a.tensor(1, "y"), table = a.tensor(2, "table"), ids = a.tensor(3, "ids");
   const Device d = table.device();
   a.expect(y, "y", {DType::F32}, d);
@@ -32,9 +39,8 @@ Napi::Value Embedding(const Napi::CallbackInfo& info) {
   if (y.shape != ys)
     fail(Code::E_SHAPE, "embedding: 'y' has shape %s, expected %s (ids shape + [H = %lld])", shape_str(y.shape).c_str(),
          shape_str(ys).c_str(), static_cast<long long>(H));
-  Stream& s = a.stream(0, d);
-  launch(
-      op, s,
+  a.launch(
+      d,
       [=] {
         int64_t bad = cpu::embedding(T, H, table.data(), table.dtype, V, ids.ptr<int32_t>(), y.ptr<float>());
         if (bad >= 0)
@@ -42,67 +48,42 @@ Napi::Value Embedding(const Napi::CallbackInfo& info) {
                static_cast<long long>(bad), ids.ptr<int32_t>()[bad], static_cast<long long>(V));
       },
       LC_GPU(gpu::embedding(T, H, table.data(), table.dtype, V, ids.ptr<int32_t>(), y.ptr<float>(), stream)));
-  return info.Env().Undefined();
 }
 
-Napi::Value SiluMul(const Napi::CallbackInfo& info) {
-  const char* op = "siluMul";
-  OpArgs a(info, op);
+void SiluMul(const OpArgs& a) {
   Tensor y = a.tensor(1, "y"), g = a.tensor(2, "gate"), u = a.tensor(3, "up");
-  const Device d = g.device();
-  a.expect(g, "gate", {DType::F32}, d);
-  a.expect(u, "up", {DType::F32}, d, g.shape);
-  a.expect(y, "y", {DType::F32}, d, g.shape);
-  Stream& s = a.stream(0, d);
+  const Device d = expect_f32_alike(a, {{"gate", g}, {"up", u}, {"y", y}});
   const int64_t n = g.numel();
-  launch(
-      op, s, [=] { cpu::silu_mul(n, g.ptr<float>(), u.ptr<float>(), y.ptr<float>()); },
+  a.launch(
+      d, [=] { cpu::silu_mul(n, g.ptr<float>(), u.ptr<float>(), y.ptr<float>()); },
       LC_GPU(gpu::silu_mul(n, g.ptr<float>(), u.ptr<float>(), y.ptr<float>(), stream)));
-  return info.Env().Undefined();
 }
 
-Napi::Value Add(const Napi::CallbackInfo& info) {
-  const char* op = "add";
-  OpArgs a(info, op);
+void Add(const OpArgs& a) {
   Tensor y = a.tensor(1, "y"), x = a.tensor(2, "a"), b = a.tensor(3, "b");
   const float alpha = a.present(4) ? static_cast<float>(a.number(4, "alpha")) : 1.0f;
-  const Device d = x.device();
-  a.expect(x, "a", {DType::F32}, d);
-  a.expect(b, "b", {DType::F32}, d, x.shape);
-  a.expect(y, "y", {DType::F32}, d, x.shape);
-  Stream& s = a.stream(0, d);
+  const Device d = expect_f32_alike(a, {{"a", x}, {"b", b}, {"y", y}});
   const int64_t n = x.numel();
-  launch(
-      op, s, [=] { cpu::add(n, x.ptr<float>(), b.ptr<float>(), alpha, y.ptr<float>()); },
+  a.launch(
+      d, [=] { cpu::add(n, x.ptr<float>(), b.ptr<float>(), alpha, y.ptr<float>()); },
       LC_GPU(gpu::add(n, x.ptr<float>(), b.ptr<float>(), alpha, y.ptr<float>(), stream)));
-  return info.Env().Undefined();
 }
 
-Napi::Value Scale(const Napi::CallbackInfo& info) {
-  const char* op = "scale";
-  OpArgs a(info, op);
+void Scale(const OpArgs& a) {
   Tensor y = a.tensor(1, "y"), x = a.tensor(2, "x");
   const float alpha = static_cast<float>(a.number(3, "alpha"));
-  const Device d = x.device();
-  a.expect(x, "x", {DType::F32}, d);
-  a.expect(y, "y", {DType::F32}, d, x.shape);
-  Stream& s = a.stream(0, d);
+  const Device d = expect_f32_alike(a, {{"x", x}, {"y", y}});
   const int64_t n = x.numel();
-  launch(
-      op, s, [=] { cpu::scale(n, x.ptr<float>(), alpha, y.ptr<float>()); },
+  a.launch(
+      d, [=] { cpu::scale(n, x.ptr<float>(), alpha, y.ptr<float>()); },
       LC_GPU(gpu::scale(n, x.ptr<float>(), alpha, y.ptr<float>(), stream)));
-  return info.Env().Undefined();
 }
 
 // x and y viewed as [rows, last dim], scales [R, ceil(last dim / group)] with rows % R == 0.
-Napi::Value ScaleGroups(const Napi::CallbackInfo& info) {
-  const char* op = "scaleGroups";
-  OpArgs a(info, op);
+void ScaleGroups(const OpArgs& a) {
   Tensor y = a.tensor(1, "y"), x = a.tensor(2, "x"), sc = a.tensor(3, "scales");
   const int64_t group = a.integer(4, "group");
-  const Device d = x.device();
-  a.expect(x, "x", {DType::F32}, d);
-  a.expect(y, "y", {DType::F32}, d, x.shape);
+  const Device d = expect_f32_alike(a, {{"x", x}, {"y", y}});
   int64_t r, scale_cols;
   a.dims(sc, "scales", {DType::F32}, d, &r, &scale_cols);
   if (x.ndim() < 1) fail(Code::E_SHAPE, "scaleGroups: 'x' must have at least one dimension");
@@ -115,49 +96,40 @@ Napi::Value ScaleGroups(const Napi::CallbackInfo& info) {
   if (r < 1 || rows % r != 0)
     fail(Code::E_SHAPE, "scaleGroups: 'scales' has %lld rows, which must divide the %lld rows of 'x' (shape %s)",
          static_cast<long long>(r), static_cast<long long>(rows), shape_str(x.shape).c_str());
-  Stream& s = a.stream(0, d);
-  launch(
-      op, s, [=] { cpu::scale_groups(rows, cols, x.ptr<float>(), sc.ptr<float>(), r, group, y.ptr<float>()); },
+  a.launch(
+      d, [=] { cpu::scale_groups(rows, cols, x.ptr<float>(), sc.ptr<float>(), r, group, y.ptr<float>()); },
       LC_GPU(gpu::scale_groups(rows, cols, x.ptr<float>(), sc.ptr<float>(), r, group, y.ptr<float>(), stream)));
-  return info.Env().Undefined();
 }
 
-Napi::Value Argmax(const Napi::CallbackInfo& info) {
-  const char* op = "argmax";
-  OpArgs a(info, op);
+void Argmax(const OpArgs& a) {
   Tensor idx = a.tensor(1, "idx"), x = a.tensor(2, "x");
   const Device d = x.device();
   a.expect(idx, "idx", {DType::I32}, d);
   a.expect(x, "x", {DType::F32}, d);
-  expect_rows(op, "x", x);
+  expect_rows(a.op(), "x", x);
   if (x.dim(-1) > INT32_MAX)
     fail(Code::E_SHAPE, "argmax: last dimension %lld does not fit int32", static_cast<long long>(x.dim(-1)));
-  expect_row_shape(op, "idx", idx, x);
-  Stream& s = a.stream(0, d);
+  expect_row_shape(a.op(), "idx", idx, x);
   const int64_t rows = x.rows(), V = x.dim(-1);
-  launch(
-      op, s, [=] { cpu::argmax(rows, V, x.ptr<float>(), idx.ptr<int32_t>()); },
+  a.launch(
+      d, [=] { cpu::argmax(rows, V, x.ptr<float>(), idx.ptr<int32_t>()); },
       LC_GPU(gpu::argmax(rows, V, x.ptr<float>(), idx.ptr<int32_t>(), stream)));
-  return info.Env().Undefined();
 }
 
-Napi::Value SoftmaxImpl(const Napi::CallbackInfo& info, const char* op, bool log) {
-  OpArgs a(info, op);
+void SoftmaxImpl(const OpArgs& a, bool log) {
   Tensor y = a.tensor(1, "y"), x = a.tensor(2, "x");
   const Device d = x.device();
   a.expect(x, "x", {DType::F32}, d);
   a.expect(y, "y", {DType::F32}, d);
-  expect_rows(op, "x", x);
-  expect_same_shape(op, "y", y, "x", x);
-  Stream& s = a.stream(0, d);
+  expect_rows(a.op(), "x", x);
+  expect_same_shape(a.op(), "y", y, "x", x);
   const int64_t rows = x.rows(), V = x.dim(-1);
-  launch(
-      op, s, [=] { cpu::softmax(rows, V, x.ptr<float>(), y.ptr<float>(), log); },
+  a.launch(
+      d, [=] { cpu::softmax(rows, V, x.ptr<float>(), y.ptr<float>(), log); },
       LC_GPU(gpu::softmax(rows, V, x.ptr<float>(), y.ptr<float>(), log, stream)));
-  return info.Env().Undefined();
 }
-Napi::Value Softmax(const Napi::CallbackInfo& info) { return SoftmaxImpl(info, "softmax", false); }
-Napi::Value LogSoftmax(const Napi::CallbackInfo& info) { return SoftmaxImpl(info, "logSoftmax", true); }
+void Softmax(const OpArgs& a) { SoftmaxImpl(a, false); }
+void LogSoftmax(const OpArgs& a) { SoftmaxImpl(a, true); }
 
 }  // namespace
 

@@ -1,8 +1,13 @@
 // The expert-parallel ops (kernels: cpu/ep.cc, cuda/ep.cu; slot protocol in cpu/ep.h):
-//   epDispatch(stream, u, idx, weights, nRouted, nExperts, expertsPerRank, rowOf, counts[], xs[], idxs[], ws[])
-//   epCombine(stream, out, u, idx, weights, nRouted, nExperts, rowOf, partials[])
-// Every tensor on the stream's device: on CUDA the slots of the other ranks are not yet reached
-// through peer pointers on other devices (ranks of one device only).
+//   epDispatch(stream, u, idx, weights, nRouted, nExperts, expertsPerRank, rowOf, counts[], xs[], idxs[], ws[], abort?,
+//              failForTest?)
+//   epCombine(stream, out, u, idx, weights, nRouted, nExperts, rowOf, partials[], abort?)
+//   enablePeerAccess(devices[])   peer access between every pair of the CUDA devices of a group
+// On the CPU every tensor is on the CPU. On CUDA the kernel runs on the stream's device and each
+// tensor may live on any CUDA device that device reaches: its own, or one it enabled peer access
+// to (the kernel then reads / writes that device's memory through the peer pointer).
+#include <algorithm>
+
 #include "../binding.h"
 #include "../cpu/ep.h"
 #ifdef LONGCAT_WITH_CUDA
@@ -24,6 +29,34 @@ void expect_split(const char* op, int64_t n_routed, int64_t n_experts, int64_t p
          INT32_MAX);
 }
 
+// The device whose kernel runs the op: the stream's (the default stream of `fallback` when none
+// is given).
+Device stream_device(const Napi::CallbackInfo& info, Device fallback) {
+  if (info.Length() > 0 && StreamWrap::IsStream(info.Env(), info[0]))
+    return StreamWrap::Unwrap(info[0].As<Napi::Object>())->get().device();
+  return fallback;
+}
+
+// Where a tensor of the op may live for a kernel on `run`: `run` itself (so a CPU / CUDA mismatch
+// is the usual device error), or on CUDA a device `run` reaches through peer access; another
+// CUDA device is E_DEVICE naming both.
+Device reach(const char* op, const char* name, const Tensor& t, Device run) {
+  if (run.is_cpu() || t.device().is_cpu()) return run;
+  if (peer_access_enabled(run, t.device())) return t.device();
+  fail(Code::E_DEVICE,
+       "%s: '%s' is on %s, which kernels on %s cannot reach: peer access between them is not enabled (enablePeerAccess)", op,
+       name, t.device().str().c_str(), run.str().c_str());
+}
+
+// The optional abort flag (int32 [1], cuda/ep.h): a failed dispatch raises it, and a dispatch or
+// combine that finds it raised does nothing more (combine writes zeros).
+std::optional<Tensor> abort_flag(const OpArgs& a, size_t i, Device run) {
+  std::optional<Tensor> f = a.opt_tensor(i, "abort");
+  if (f) a.expect(*f, "abort", {DType::I32}, reach(a.op(), "abort", *f, run), {1});
+  return f;
+}
+bool raised(const std::optional<Tensor>& f) { return f && *f->ptr<int32_t>() != 0; }
+
 // A device launch addresses its ranks' buffers through kernel parameters.
 void expect_device_ranks(const char* op, Device d, int64_t ranks) {
   if (!d.is_cpu() && ranks > LC_IF_CUDA(gpu::kEpMaxRanks, INT64_MAX))
@@ -31,25 +64,24 @@ void expect_device_ranks(const char* op, Device d, int64_t ranks) {
          ll(LC_IF_CUDA(gpu::kEpMaxRanks, 0)));
 }
 
-Napi::Value EpDispatch(const Napi::CallbackInfo& info) {
-  const char* op = "epDispatch";
-  OpArgs a(info, op);
+void EpDispatch(const OpArgs& a) {
+  const char* op = a.op();
   Tensor u = a.tensor(1, "u"), idx = a.tensor(2, "idx"), w = a.tensor(3, "weights");
   const int64_t n_routed = a.integer(4, "nRouted"), n_experts = a.integer(5, "nExperts"),
                 per_rank = a.integer(6, "expertsPerRank");
   Tensor row_of = a.tensor(7, "rowOf");
   std::vector<Tensor> counts = a.tensor_list(8, "counts"), xs = a.tensor_list(9, "xs"), idxs = a.tensor_list(10, "idxs"),
                       ws = a.tensor_list(11, "ws");
-  const Device d = u.device();
+  const Device d = stream_device(a.info(), u.device());
   int64_t t, h;
-  a.dims(u, "u", {DType::F32}, d, &t, &h);
-  a.expect(idx, "idx", {DType::I32}, d, {t, -1});
+  a.dims(u, "u", {DType::F32}, reach(op, "u", u, d), &t, &h);
+  a.expect(idx, "idx", {DType::I32}, reach(op, "idx", idx, d), {t, -1});
   const int64_t k = idx.dim(1);
-  a.expect(w, "weights", {DType::F32}, d, {t, k});
+  a.expect(w, "weights", {DType::F32}, reach(op, "weights", w, d), {t, k});
   const int64_t ranks = static_cast<int64_t>(counts.size());
   expect_split(op, n_routed, n_experts, per_rank, ranks);
   expect_device_ranks(op, d, ranks);
-  a.expect(row_of, "rowOf", {DType::I32}, d, {t, ranks});
+  a.expect(row_of, "rowOf", {DType::I32}, reach(op, "rowOf", row_of, d), {t, ranks});
   if (xs.size() != counts.size() || idxs.size() != counts.size() || ws.size() != counts.size())
     fail(Code::E_ARGUMENT, "%s: counts, xs, idxs and ws need one slot per rank; got %zu, %zu, %zu, %zu", op, counts.size(),
          xs.size(), idxs.size(), ws.size());
@@ -58,12 +90,16 @@ Napi::Value EpDispatch(const Napi::CallbackInfo& info) {
   std::vector<cpu::EpSlot> slots(static_cast<size_t>(ranks));
   for (int64_t r = 0; r < ranks; ++r) {
     const std::string at = "[" + std::to_string(r) + "]";
-    a.expect(counts[r], ("counts" + at).c_str(), {DType::I32}, d, {1});
-    a.expect(xs[r], ("xs" + at).c_str(), {DType::F32}, d, {capacity, h});
-    a.expect(idxs[r], ("idxs" + at).c_str(), {DType::I32}, d, {capacity, k});
-    a.expect(ws[r], ("ws" + at).c_str(), {DType::F32}, d, {capacity, k});
+    const std::string nc = "counts" + at, nx = "xs" + at, ni = "idxs" + at, nw = "ws" + at;
+    a.expect(counts[r], nc.c_str(), {DType::I32}, reach(op, nc.c_str(), counts[r], d), {1});
+    a.expect(xs[r], nx.c_str(), {DType::F32}, reach(op, nx.c_str(), xs[r], d), {capacity, h});
+    a.expect(idxs[r], ni.c_str(), {DType::I32}, reach(op, ni.c_str(), idxs[r], d), {capacity, k});
+    a.expect(ws[r], nw.c_str(), {DType::F32}, reach(op, nw.c_str(), ws[r], d), {capacity, k});
     slots[r] = cpu::EpSlot{counts[r].ptr<int32_t>(), xs[r].ptr<float>(), idxs[r].ptr<int32_t>(), ws[r].ptr<float>()};
   }
+  const std::optional<Tensor> abort = abort_flag(a, 12, d);
+  // Test hook: this dispatch fails as a rank's kernel would (raises the flag, sends nothing).
+  const bool fail_for_test = a.present(13) && a.boolean(13, "failForTest");
 #ifdef LONGCAT_WITH_CUDA
   gpu::EpSlots dev{};
   for (int64_t r = 0; r < ranks && !d.is_cpu(); ++r) {
@@ -73,13 +109,22 @@ Napi::Value EpDispatch(const Napi::CallbackInfo& info) {
     dev.w[r] = slots[r].w;
   }
 #endif
-  Stream& s = a.stream(0, d);
-  launch(
-      op, s,
+  a.launch(
+      d,
       [=] {
         hold(counts, xs, idxs, ws);
+        if (raised(abort) || fail_for_test) {  // a failed step sends nothing
+          cpu::ep_dispatch_nothing(t, k, h, per_rank, ranks, capacity, slots.data(), row_of.ptr<int32_t>());
+          if (!fail_for_test) return;
+          if (abort) *abort->ptr<int32_t>() = 1;
+          fail(Code::E_INTERNAL, "%s: this rank's dispatch failed (injected by a test)", op);
+        }
         const cpu::EpRouteCheck r = cpu::ep_dispatch(t, k, h, u.ptr<float>(), idx.ptr<int32_t>(), w.ptr<float>(), n_routed,
                                                      n_experts, per_rank, ranks, capacity, slots.data(), row_of.ptr<int32_t>());
+        if (r.bad_index >= 0 || r.full_rank >= 0) {
+          cpu::ep_dispatch_nothing(t, k, h, per_rank, ranks, capacity, slots.data(), row_of.ptr<int32_t>());
+          if (abort) *abort->ptr<int32_t>() = 1;
+        }
         if (r.bad_index >= 0)
           fail(Code::E_ARGUMENT, "%s: idx[%lld, %lld] = %d is outside [0, nExperts)", op, ll(r.bad_index / k),
                ll(r.bad_index % k), idx.ptr<int32_t>()[r.bad_index]);
@@ -87,53 +132,53 @@ Napi::Value EpDispatch(const Napi::CallbackInfo& info) {
           fail(Code::E_ARGUMENT, "%s: capacity exceeded: %lld tokens go to rank %lld, its slot holds %lld rows", op, ll(r.needed),
                ll(r.full_rank), ll(capacity));
       },
-      LC_GPU(hold(counts, xs, idxs, ws); gpu::ep_dispatch(t, k, h, u.ptr<float>(), idx.ptr<int32_t>(), w.ptr<float>(), n_routed,
-                                                          per_rank, ranks, capacity, dev, row_of.ptr<int32_t>(), stream)));
-  return info.Env().Undefined();
+      LC_GPU(hold(counts, xs, idxs, ws);
+             gpu::ep_dispatch(t, k, h, u.ptr<float>(), idx.ptr<int32_t>(), w.ptr<float>(), n_routed, per_rank, ranks, capacity,
+                              dev, row_of.ptr<int32_t>(), abort ? abort->ptr<int32_t>() : nullptr, fail_for_test, stream)));
 }
 
-Napi::Value EpCombine(const Napi::CallbackInfo& info) {
-  const char* op = "epCombine";
-  OpArgs a(info, op);
+void EpCombine(const OpArgs& a) {
+  const char* op = a.op();
   Tensor out = a.tensor(1, "out"), u = a.tensor(2, "u"), idx = a.tensor(3, "idx"), w = a.tensor(4, "weights");
   const int64_t n_routed = a.integer(5, "nRouted"), n_experts = a.integer(6, "nExperts");
   Tensor row_of = a.tensor(7, "rowOf");
   std::vector<Tensor> partials = a.tensor_list(8, "partials");
-  const Device d = u.device();
+  const Device d = stream_device(a.info(), u.device());
   int64_t t, h;
-  a.dims(u, "u", {DType::F32}, d, &t, &h);
-  a.expect(out, "out", {DType::F32}, d, {t, h});
-  a.expect(idx, "idx", {DType::I32}, d, {t, -1});
+  a.dims(u, "u", {DType::F32}, reach(op, "u", u, d), &t, &h);
+  a.expect(out, "out", {DType::F32}, reach(op, "out", out, d), {t, h});
+  a.expect(idx, "idx", {DType::I32}, reach(op, "idx", idx, d), {t, -1});
   const int64_t k = idx.dim(1);
-  a.expect(w, "weights", {DType::F32}, d, {t, k});
+  a.expect(w, "weights", {DType::F32}, reach(op, "weights", w, d), {t, k});
   const int64_t ranks = static_cast<int64_t>(partials.size());
   if (ranks < 1) fail(Code::E_ARGUMENT, "%s: needs at least one rank", op);
   if (n_routed < 0 || n_experts < n_routed || n_experts > INT32_MAX)
     fail(Code::E_ARGUMENT, "%s: need 0 <= nRouted = %lld <= nExperts = %lld <= %d", op, ll(n_routed), ll(n_experts), INT32_MAX);
   expect_device_ranks(op, d, ranks);
-  a.expect(row_of, "rowOf", {DType::I32}, d, {t, ranks});
+  a.expect(row_of, "rowOf", {DType::I32}, reach(op, "rowOf", row_of, d), {t, ranks});
   if (partials[0].ndim() != 2) expect_ndim(op, "partials[0]", partials[0], 2);
   const int64_t capacity = partials[0].dim(0);
-  auto overlaps = [&](const Tensor& x) {
-    return out.storage == x.storage && out.offset < x.offset + x.nbytes() && x.offset < out.offset + out.nbytes();
-  };
-  if (overlaps(u)) fail(Code::E_ARGUMENT, "%s: 'out' overlaps 'u'", op);
+  if (overlaps(out, u)) fail(Code::E_ARGUMENT, "%s: 'out' overlaps 'u'", op);
   std::vector<const float*> parts(static_cast<size_t>(ranks));
   for (int64_t r = 0; r < ranks; ++r) {
     const std::string name = "partials[" + std::to_string(r) + "]";
-    a.expect(partials[r], name.c_str(), {DType::F32}, d, {capacity, h});
-    if (overlaps(partials[r])) fail(Code::E_ARGUMENT, "%s: 'out' overlaps '%s'", op, name.c_str());
+    a.expect(partials[r], name.c_str(), {DType::F32}, reach(op, name.c_str(), partials[r], d), {capacity, h});
+    if (overlaps(out, partials[r])) fail(Code::E_ARGUMENT, "%s: 'out' overlaps '%s'", op, name.c_str());
     parts[r] = partials[r].ptr<float>();
   }
+  const std::optional<Tensor> abort = abort_flag(a, 9, d);
 #ifdef LONGCAT_WITH_CUDA
   gpu::EpPartials dev{};
   for (int64_t r = 0; r < ranks && !d.is_cpu(); ++r) dev.rows[r] = parts[r];
 #endif
-  Stream& s = a.stream(0, d);
-  launch(
-      op, s,
+  a.launch(
+      d,
       [=] {
         hold(partials);
+        if (raised(abort)) {  // the step failed: the partials may be garbage
+          std::fill_n(out.ptr<float>(), t * h, 0.0f);
+          return;
+        }
         const cpu::EpCombineCheck r =
             cpu::ep_combine(t, k, h, u.ptr<float>(), idx.ptr<int32_t>(), w.ptr<float>(), n_routed, n_experts,
                             row_of.ptr<int32_t>(), ranks, capacity, parts.data(), out.ptr<float>());
@@ -145,12 +190,30 @@ Napi::Value EpCombine(const Napi::CallbackInfo& info) {
                ll(r.bad_index % k), idx.ptr<int32_t>()[r.bad_index]);
       },
       LC_GPU(hold(partials); gpu::ep_combine(t, k, h, u.ptr<float>(), idx.ptr<int32_t>(), w.ptr<float>(), n_routed, n_experts,
-                                             row_of.ptr<int32_t>(), ranks, capacity, dev, out.ptr<float>(), stream)));
+                                             row_of.ptr<int32_t>(), ranks, capacity, dev, out.ptr<float>(),
+                                             abort ? abort->ptr<int32_t>() : nullptr, stream)));
+}
+
+Napi::Value EnablePeerAccess(const Napi::CallbackInfo& info) {
+  const char* op = "enablePeerAccess";
+  if (info.Length() < 1 || !info[0].IsArray()) fail(Code::E_ARGUMENT, "%s: expected an array of device names", op);
+  const Napi::Array list = info[0].As<Napi::Array>();
+  std::vector<Device> devs;
+  for (uint32_t i = 0; i < list.Length(); ++i) {
+    const Napi::Value v = list.Get(i);
+    if (!v.IsString()) fail(Code::E_ARGUMENT, "%s: devices[%u] is not a device name", op, i);
+    const Device dev = Device::parse(v.As<Napi::String>().Utf8Value());
+    if (dev.is_cpu()) fail(Code::E_DEVICE, "%s: devices[%u] is the CPU; peer access is between CUDA devices", op, i);
+    devs.push_back(dev);
+  }
+  for (Device from : devs)
+    for (Device to : devs) enable_peer_access(from, to);
   return info.Env().Undefined();
 }
 
 }  // namespace
 
+LC_REGISTER_OP("enablePeerAccess", EnablePeerAccess);
 LC_REGISTER_OP("epDispatch", EpDispatch);
 LC_REGISTER_OP("epCombine", EpCombine);
 

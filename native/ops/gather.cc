@@ -11,9 +11,7 @@ namespace lc {
 namespace {
 
 // gatherRows(stream, out [..idx.shape, ..src.shape[1:]], src [R, ..], idx int32 [..]); out and src share a dtype
-Napi::Value GatherRows(const Napi::CallbackInfo& info) {
-  const char* op = "gatherRows";
-  OpArgs a(info, op);
+void GatherRows(const OpArgs& a) {
   Tensor out = a.tensor(1, "out"), src = a.tensor(2, "src"), idx = a.tensor(3, "idx");
   Device d = src.device();
   a.expect(idx, "idx", {DType::I32}, d);
@@ -29,14 +27,12 @@ Napi::Value GatherRows(const Napi::CallbackInfo& info) {
     fail(Code::E_SHAPE, "gatherRows: 'out' has shape %s, expected %s (idx's shape, then src's shape without its first dimension)",
          shape_str(out.shape).c_str(), shape_str(want).c_str());
   a.expect(out, "out", {src.dtype}, d);
-  if (out.storage == src.storage && out.offset < src.offset + src.nbytes() && src.offset < out.offset + out.nbytes())
-    fail(Code::E_ARGUMENT, "gatherRows: 'out' overlaps 'src'");
+  if (overlaps(out, src)) fail(Code::E_ARGUMENT, "gatherRows: 'out' overlaps 'src'");
   int64_t row_bytes = dtype_size(src.dtype);
   for (size_t i = 1; i < src.shape.size(); ++i) row_bytes *= src.shape[i];
   const int64_t n = idx.numel(), rows = src.dim(0);
-  Stream& s = a.stream(0, d);
-  launch(
-      op, s,
+  a.launch(
+      d,
       [=] {
         const int64_t bad = cpu::gather_rows(n, row_bytes, src.data(), rows, idx.ptr<int32_t>(), out.data());
         if (bad >= 0)
@@ -44,7 +40,6 @@ Napi::Value GatherRows(const Napi::CallbackInfo& info) {
                idx.ptr<int32_t>()[bad], static_cast<long long>(rows));
       },
       LC_GPU(gpu::gather_rows(n, row_bytes, src.data(), rows, idx.ptr<int32_t>(), out.data(), stream)));
-  return info.Env().Undefined();
 }
 
 }  // namespace

@@ -33,40 +33,36 @@ cpu::WeightRef weight_ref(const char* op, const Tensor& w, const std::optional<T
   return r;
 }
 
-static Napi::Value Linear(const Napi::CallbackInfo& info) {
-  const char* op = "linear";
-  OpArgs a(info, op);
+static void Linear(const OpArgs& a) {
   Tensor y = a.tensor(1, "y"), x = a.tensor(2, "x"), w = a.tensor(3, "weight");
   std::optional<Tensor> scale = a.opt_tensor(4, "scale");
   const Device d = x.device();
-  expect_device(op, "weight", w, d);
+  expect_device(a.op(), "weight", w, d);
   a.expect(x, "x", {DType::F32, DType::BF16}, d);
   a.expect(y, "y", {DType::F32, DType::BF16}, d);
-  const cpu::WeightRef wr = weight_ref(op, w, scale);
+  const cpu::WeightRef wr = weight_ref(a.op(), w, scale);
   if (x.ndim() < 1 || x.dim(-1) != wr.k)
     fail(Code::E_SHAPE, "linear: 'x' has shape %s, its last dimension must be k = %lld (weight %s)", shape_str(x.shape).c_str(),
          static_cast<long long>(wr.k), shape_str(w.shape).c_str());
   std::vector<int64_t> ys = x.shape;
   ys.back() = wr.n;
-  expect_shape(op, "y", y, ys);
+  expect_shape(a.op(), "y", y, ys);
   int64_t t = 1;  // rows of x (not x.rows(): k may be 0)
   for (int i = 0; i + 1 < x.ndim(); ++i) t *= x.dim(i);
-  Stream& s = a.stream(0, d);
   // fp8 activations on the e4m3 tensor cores (an sm_89+ kernel image); otherwise the bf16 path serves.
   const bool fp8_act = !d.is_cpu() && wr.dtype == DType::FP8_E4M3 && t >= cpu::kFp8ActivationMinRows &&
                        cpu::matmul_precision() == cpu::MatmulPrecision::FP8 &&
                        LC_IF_CUDA(gpu::kernel_image(d.index).fp8_mma(), false);
   std::optional<Tensor> ws;
   if (fp8_act) ws = empty_tensor(d, DType::I8, {LC_IF_CUDA(static_cast<int64_t>(gpu::linear_fp8_workspace_bytes(t, wr.k)), 0)});
-  launch(
-      op, s,
+  a.launch(
+      d,
       [=] {
         hold(w, scale);
         cpu::linear(t, x.data(), x.dtype, wr, y.data(), y.dtype);
       },
       LC_GPU(if (ws) gpu::linear_fp8(t, x.data(), x.dtype, wr, y.data(), y.dtype, ws->data(), stream);
              else gpu::linear(t, x.data(), x.dtype, wr, y.data(), y.dtype, stream)));
-  return info.Env().Undefined();
 }
 
 LC_REGISTER_OP("linear", Linear);

@@ -35,18 +35,17 @@ void expect_cache(const OpArgs& a, const Tensor& cache, Device d, int64_t* num_b
     fail(Code::E_SHAPE, "%s: the cache block size (dim 1 of %s) must be >= 1", a.op(), shape_str(cache.shape).c_str());
 }
 
-// kv_b_proj's weight [nh x (nope + v), dl], f32 or bf16.
-void expect_wkvb(const OpArgs& a, const Tensor& w, Device d, int64_t nh, int64_t dl) {
+// kv_b_proj's weight [nh x (nope + v), dl], f32 or bf16; returns its rows per head (nope + v).
+int64_t expect_wkvb(const OpArgs& a, const Tensor& w, Device d, int64_t nh, int64_t dl) {
   int64_t rows, cols;
   a.dims(w, "wkvb", {DType::F32, DType::BF16}, d, &rows, &cols);
   if (cols != dl || nh < 1 || rows % nh != 0)
     fail(Code::E_SHAPE, "%s: 'wkvb' has shape %s, expected [%lld x (nope + v), %lld]", a.op(), shape_str(w.shape).c_str(), ll(nh),
          ll(dl));
+  return rows / nh;
 }
 
-Napi::Value MlaPrefill(const Napi::CallbackInfo& info) {
-  const char* op = "mlaPrefill";
-  OpArgs a(info, op);
+void MlaPrefill(const OpArgs& a) {
   Tensor o = a.tensor(1, "o"), q = a.tensor(2, "q"), kvb = a.tensor(3, "kvb"), kpe = a.tensor(4, "kpe");
   Tensor qs = a.tensor(5, "qStart"), ks = a.tensor(6, "kvStart");
   const double scale = a.number(7, "softmaxScale");
@@ -59,25 +58,21 @@ Napi::Value MlaPrefill(const Napi::CallbackInfo& info) {
   a.dims(qs, "qStart", {DType::I32}, d, &starts);
   a.expect(ks, "kvStart", {DType::I32}, d);
   if (dr > dk) fail(Code::E_SHAPE, "mlaPrefill: kpe's rope dim %lld exceeds q's head dim %lld", ll(dr), ll(dk));
-  cpu::MlaDims md;
-  md.nh = nh;
-  md.dr = dr;
-  md.dn = dk - dr;
-  md.dv = kvb_dim - md.dn;
+  const int64_t dn = dk - dr;
+  const cpu::MlaDims md{/*nh*/ nh, /*dn*/ dn, /*dr*/ dr, /*dv*/ kvb_dim - dn, /*dl*/ 0};
   if (kvb_heads != nh || md.dv < 1)
     fail(Code::E_SHAPE,
          "mlaPrefill: 'kvb' has shape %s, expected [S, %lld, %lld + v_head_dim] (nope dim %lld from q %s and kpe %s)",
          shape_str(kvb.shape).c_str(), ll(nh), ll(md.dn), ll(md.dn), shape_str(q.shape).c_str(), shape_str(kpe.shape).c_str());
-  expect_shape(op, "kpe", kpe, {S, dr});
-  expect_shape(op, "o", o, {T, nh, md.dv});
+  expect_shape(a.op(), "kpe", kpe, {S, dr});
+  expect_shape(a.op(), "o", o, {T, nh, md.dv});
   const int64_t B = starts - 1;
   if (B < 0) fail(Code::E_SHAPE, "mlaPrefill: 'qStart' must have B + 1 >= 1 entries");
-  expect_shape(op, "kvStart", ks, {B + 1});
-  expect_finite(op, "softmaxScale", scale);
-  Stream& s = a.stream(0, d);
+  expect_shape(a.op(), "kvStart", ks, {B + 1});
+  expect_finite(a.op(), "softmaxScale", scale);
   const float sc = static_cast<float>(scale);
-  launch(
-      op, s,
+  a.launch(
+      d,
       [=] {
         const int32_t* qp = qs.ptr<int32_t>();
         const int32_t* kp = ks.ptr<int32_t>();
@@ -100,12 +95,9 @@ Napi::Value MlaPrefill(const Napi::CallbackInfo& info) {
       LC_GPU(Tensor ws = empty_tensor(d, DType::I32, {gpu::mla_prefill_workspace_ints(md, T, S, B)});
              gpu::mla_prefill(md, B, T, S, o.ptr<float>(), q.ptr<float>(), kvb.ptr<float>(), kpe.ptr<float>(), qs.ptr<int32_t>(),
                               ks.ptr<int32_t>(), sc, ws.ptr<int32_t>(), stream)));
-  return info.Env().Undefined();
 }
 
-Napi::Value MlaCacheWrite(const Napi::CallbackInfo& info) {
-  const char* op = "mlaCacheWrite";
-  OpArgs a(info, op);
+void MlaCacheWrite(const OpArgs& a) {
   Tensor cache = a.tensor(1, "cache"), ckv = a.tensor(2, "ckv"), kpe = a.tensor(3, "kpe"), slots = a.tensor(4, "slots");
   const Device d = cache.device();
   int64_t nb, bs, row, T, dl;
@@ -115,13 +107,10 @@ Napi::Value MlaCacheWrite(const Napi::CallbackInfo& info) {
   if (dr < 0) fail(Code::E_SHAPE, "mlaCacheWrite: cache rows of %lld values cannot hold a latent of %lld", ll(row), ll(dl));
   a.expect(kpe, "kpe", {DType::F32}, d, {T, dr});
   a.expect(slots, "slots", {DType::I32}, d, {T});
-  cpu::MlaDims md;
-  md.dl = dl;
-  md.dr = dr;
+  const cpu::MlaDims md{/*nh*/ 0, /*dn*/ 0, /*dr*/ dr, /*dv*/ 0, /*dl*/ dl};
   const bool bf = cache.dtype == DType::BF16;
-  Stream& s = a.stream(0, d);
-  launch(
-      op, s,
+  a.launch(
+      d,
       [=] {
         const int32_t* sp = slots.ptr<int32_t>();
         for (int64_t i = 0; i < T; ++i)
@@ -133,12 +122,9 @@ Napi::Value MlaCacheWrite(const Napi::CallbackInfo& info) {
       // out-of-range slots are skipped on the GPU (no error from a kernel)
       LC_GPU(gpu::mla_cache_write(T, dl, dr, cache.data(), bf, nslots, ckv.ptr<float>(), kpe.ptr<float>(), slots.ptr<int32_t>(),
                                   stream)));
-  return info.Env().Undefined();
 }
 
-Napi::Value MlaCacheGather(const Napi::CallbackInfo& info) {
-  const char* op = "mlaCacheGather";
-  OpArgs a(info, op);
+void MlaCacheGather(const OpArgs& a) {
   Tensor ckv = a.tensor(1, "ckv"), kpe = a.tensor(2, "kpe"), cache = a.tensor(3, "cache"), bt = a.tensor(4, "blockTable");
   const int64_t start = a.integer(5, "start"), length = a.integer(6, "length");
   const Device d = cache.device();
@@ -152,82 +138,57 @@ Napi::Value MlaCacheGather(const Napi::CallbackInfo& info) {
   if (start < 0 || length < 0 || start + length > mb * bs)
     fail(Code::E_ARGUMENT, "mlaCacheGather: rows [%lld, %lld) are outside the block table (%lld blocks x %lld rows)", ll(start),
          ll(start + length), ll(mb), ll(bs));
-  expect_shape(op, "ckv", ckv, {length, dl});
-  expect_shape(op, "kpe", kpe, {length, dr});
-  cpu::MlaDims md;
-  md.dl = dl;
-  md.dr = dr;
+  expect_shape(a.op(), "ckv", ckv, {length, dl});
+  expect_shape(a.op(), "kpe", kpe, {length, dr});
+  const cpu::MlaDims md{/*nh*/ 0, /*dn*/ 0, /*dr*/ dr, /*dv*/ 0, /*dl*/ dl};
   const bool bf = cache.dtype == DType::BF16;
-  Stream& s = a.stream(0, d);
-  launch(
-      op, s,
+  a.launch(
+      d,
       [=] {
         const int32_t* bp = bt.ptr<int32_t>();
-        if (length > 0) check_blocks(op, bp, 0, start / bs, (start + length - 1) / bs + 1, nb);
+        if (length > 0) check_blocks("mlaCacheGather", bp, 0, start / bs, (start + length - 1) / bs + 1, nb);
         cpu::mla_cache_gather(md, ckv.ptr<float>(), kpe.ptr<float>(), cache.data(), bf, bs, bp, start, length);
       },
       // rows of out-of-range block ids are zero-filled on the GPU
       LC_GPU(gpu::mla_cache_gather(dl, dr, ckv.ptr<float>(), kpe.ptr<float>(), cache.data(), bf, bs, nb, bt.ptr<int32_t>(), start,
                                    length, stream)));
-  return info.Env().Undefined();
 }
 
-Napi::Value MlaAbsorbQ(const Napi::CallbackInfo& info) {
-  const char* op = "mlaAbsorbQ";
-  OpArgs a(info, op);
+void MlaAbsorbQ(const OpArgs& a) {
   Tensor ql = a.tensor(1, "qLat"), q = a.tensor(2, "q"), w = a.tensor(3, "wkvb");
   const int64_t dn = a.integer(4, "nopeDim");
   const Device d = q.device();
   int64_t T, nh, dk;
   a.dims(q, "q", {DType::F32}, d, &T, &nh, &dk);
   a.expect(ql, "qLat", {DType::F32}, d, {T, nh, -1});
-  const int64_t dl = ql.dim(2);
-  expect_wkvb(a, w, d, nh, dl);
-  cpu::MlaDims md;
-  md.nh = nh;
-  md.dn = dn;
-  md.dr = dk - dn;
-  md.dv = w.dim(0) / nh - dn;
-  md.dl = dl;
+  const int64_t dl = ql.dim(2), per_head = expect_wkvb(a, w, d, nh, dl);
+  const cpu::MlaDims md{/*nh*/ nh, /*dn*/ dn, /*dr*/ dk - dn, /*dv*/ per_head - dn, /*dl*/ dl};
   if (dn < 1 || md.dr < 0 || md.dv < 0)
     fail(Code::E_SHAPE, "mlaAbsorbQ: nopeDim %lld does not fit q's head dim %lld and wkvb's %lld rows per head", ll(dn), ll(dk),
-         ll(w.dim(0) / nh));
+         ll(per_head));
   const bool bf = w.dtype == DType::BF16;
-  Stream& s = a.stream(0, d);
-  launch(
-      op, s, [=] { cpu::mla_absorb_q(md, T, ql.ptr<float>(), q.ptr<float>(), w.data(), bf); },
+  a.launch(
+      d, [=] { cpu::mla_absorb_q(md, T, ql.ptr<float>(), q.ptr<float>(), w.data(), bf); },
       LC_GPU(gpu::mla_absorb_q(md, T, ql.ptr<float>(), q.ptr<float>(), w.data(), bf, stream)));
-  return info.Env().Undefined();
 }
 
-Napi::Value MlaOutput(const Napi::CallbackInfo& info) {
-  const char* op = "mlaOutput";
-  OpArgs a(info, op);
+void MlaOutput(const OpArgs& a) {
   Tensor o = a.tensor(1, "o"), ol = a.tensor(2, "oLat"), w = a.tensor(3, "wkvb");
   const Device d = ol.device();
   int64_t T, nh, dl;
   a.dims(ol, "oLat", {DType::F32}, d, &T, &nh, &dl);
   a.expect(o, "o", {DType::F32}, d, {T, nh, -1});
-  const int64_t dv = o.dim(2);
-  expect_wkvb(a, w, d, nh, dl);
-  cpu::MlaDims md;
-  md.nh = nh;
-  md.dv = dv;
-  md.dl = dl;
-  md.dn = w.dim(0) / nh - dv;
+  const int64_t dv = o.dim(2), per_head = expect_wkvb(a, w, d, nh, dl);
+  const cpu::MlaDims md{/*nh*/ nh, /*dn*/ per_head - dv, /*dr*/ 0, /*dv*/ dv, /*dl*/ dl};
   if (dv < 1 || md.dn < 0)
-    fail(Code::E_SHAPE, "mlaOutput: v_head_dim %lld (from o) does not fit wkvb's %lld rows per head", ll(dv), ll(w.dim(0) / nh));
+    fail(Code::E_SHAPE, "mlaOutput: v_head_dim %lld (from o) does not fit wkvb's %lld rows per head", ll(dv), ll(per_head));
   const bool bf = w.dtype == DType::BF16;
-  Stream& s = a.stream(0, d);
-  launch(
-      op, s, [=] { cpu::mla_output(md, T, o.ptr<float>(), ol.ptr<float>(), w.data(), bf); },
+  a.launch(
+      d, [=] { cpu::mla_output(md, T, o.ptr<float>(), ol.ptr<float>(), w.data(), bf); },
       LC_GPU(gpu::mla_output(md, T, o.ptr<float>(), ol.ptr<float>(), w.data(), bf, stream)));
-  return info.Env().Undefined();
 }
 
-Napi::Value MlaDecodeAbsorbed(const Napi::CallbackInfo& info) {
-  const char* op = "mlaDecodeAbsorbed";
-  OpArgs a(info, op);
+void MlaDecodeAbsorbed(const OpArgs& a) {
   Tensor ol = a.tensor(1, "oLat"), ql = a.tensor(2, "qLat"), q = a.tensor(3, "q"), cache = a.tensor(4, "cache");
   Tensor bt = a.tensor(5, "blockTable"), lens = a.tensor(6, "seqLens");
   const double scale = a.number(7, "softmaxScale");
@@ -245,19 +206,14 @@ Napi::Value MlaDecodeAbsorbed(const Napi::CallbackInfo& info) {
          "mlaDecodeAbsorbed: cache rows of %lld values do not split into the latent %lld (from qLat) + a rope key that fits q's "
          "head dim %lld",
          ll(row), ll(dl), ll(dk));
-  expect_finite(op, "softmaxScale", scale);
-  cpu::MlaDims md;
-  md.nh = nh;
-  md.dl = dl;
-  md.dr = dr;
-  md.dn = dk - dr;
+  expect_finite(a.op(), "softmaxScale", scale);
+  const cpu::MlaDims md{/*nh*/ nh, /*dn*/ dk - dr, /*dr*/ dr, /*dv*/ 0, /*dl*/ dl};
   const bool bf = cache.dtype == DType::BF16;
   const int64_t units = 2 * static_cast<int64_t>(cpu::ThreadPool::global().threads());
   Tensor ws = empty_tensor(d, DType::F32, {d.is_cpu() ? cpu::mla_decode_workspace_floats(md, B, units) : 1});
   const float sc = static_cast<float>(scale);
-  Stream& s = a.stream(0, d);
-  launch(
-      op, s,
+  a.launch(
+      d,
       [=] {
         const int32_t* lp = lens.ptr<int32_t>();
         const int32_t* bp = bt.ptr<int32_t>();
@@ -265,7 +221,7 @@ Napi::Value MlaDecodeAbsorbed(const Napi::CallbackInfo& info) {
           if (lp[b] < 0 || lp[b] > mb * bs)
             fail(Code::E_ARGUMENT, "mlaDecodeAbsorbed: seqLens[%lld] = %d is beyond the block table (%lld blocks x %lld rows)",
                  ll(b), lp[b], ll(mb), ll(bs));
-          check_blocks(op, bp + b * mb, b, 0, (lp[b] + bs - 1) / bs, nb);
+          check_blocks("mlaDecodeAbsorbed", bp + b * mb, b, 0, (lp[b] + bs - 1) / bs, nb);
         }
         cpu::mla_decode_absorbed(md, B, ol.ptr<float>(), ql.ptr<float>(), q.ptr<float>(), cache.data(), bf, bs, bp, mb, lp, sc,
                                  ws.ptr<float>(), units);
@@ -276,7 +232,6 @@ Napi::Value MlaDecodeAbsorbed(const Napi::CallbackInfo& info) {
              Tensor gws = empty_tensor(d, DType::F32, {wsf > 0 ? wsf : 1});
              gpu::mla_decode_absorbed(md, B, ol.ptr<float>(), ql.ptr<float>(), q.ptr<float>(), cache.data(), bf, nb, bs,
                                       bt.ptr<int32_t>(), mb, lens.ptr<int32_t>(), sc, gws.ptr<float>(), splits, stream)));
-  return info.Env().Undefined();
 }
 
 }  // namespace

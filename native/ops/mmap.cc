@@ -1,5 +1,5 @@
 // Memory-mapped checkpoint files.
-//   mapFile(path, { populate?, advice? }) -> MappedFile { path, byteLength, closed, close(), advise() }
+//   mapFile(path, { populate?, advice? }) -> MappedFile { path, byteLength, closed, close(), advise(), verify() }
 //   tensorFromMapping(mapping, byteOffset, dtype, shape) -> Tensor (CPU, shares the mapped pages)
 // Tensor bytes never pass through the JS heap. A tensor keeps the mapping alive through its
 // storage's release function (a shared_ptr to the MappedFile), so close() only drops the
@@ -28,11 +28,9 @@ struct MapHandle {
 const napi_type_tag kMapTag = {0x6c6f6e6763617466ULL, 0x6d6d61702d763031ULL};
 
 MapHandle* handle_of(Napi::Value v, const char* op) {
-  if (!v.IsObject()) fail(Code::E_ARGUMENT, "%s: 'mapping' must be a MappedFile from mapFile()", op);
-  Napi::Value h = v.As<Napi::Object>().Get("_handle");
-  if (!h.IsExternal() || !h.As<Napi::External<MapHandle>>().CheckTypeTag(&kMapTag))
-    fail(Code::E_ARGUMENT, "%s: 'mapping' must be a MappedFile from mapFile()", op);
-  return h.As<Napi::External<MapHandle>>().Data();
+  MapHandle* h = handle_in<MapHandle>(v, kMapTag);
+  if (!h) fail(Code::E_ARGUMENT, "%s: 'mapping' must be a MappedFile from mapFile()", op);
+  return h;
 }
 
 MappedFile::Advice parse_advice(const std::string& s, const char* op) {
@@ -81,6 +79,20 @@ Napi::Value Advise(const Napi::CallbackInfo& info) {
   });
 }
 
+// verify(): E_CHECKPOINT when the file changed on disk since it was mapped (MappedFile::changed).
+Napi::Value Verify(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    const char* op = "MappedFile.verify";
+    MapHandle* h = handle_of(info.This(), op);
+    if (!h->file) fail(Code::E_DISPOSED, "%s: mapping was closed", op);
+    std::string what = h->file->changed();
+    if (!what.empty())
+      fail(Code::E_CHECKPOINT, "'%s' changed on disk since it was mapped (%s); reload the model", h->file->path().c_str(),
+           what.c_str());
+    return info.Env().Undefined();
+  });
+}
+
 Napi::Value MapFile(const Napi::CallbackInfo& info) {
   const char* op = "mapFile";
   OpArgs a(info, op);
@@ -107,17 +119,15 @@ Napi::Value MapFile(const Napi::CallbackInfo& info) {
   if (!advice.empty()) file->advise(0, file->size(), parse_advice(advice, op));
 
   Napi::Env env = info.Env();
-  Napi::Object obj = Napi::Object::New(env);
-  auto ext = Napi::External<MapHandle>::New(env, new MapHandle{file}, [](Napi::Env, MapHandle* h) { delete h; });
-  ext.TypeTag(&kMapTag);
+  Napi::Object obj = handle_object(env, new MapHandle{file}, kMapTag);
   obj.DefineProperties({
-      Napi::PropertyDescriptor::Value("_handle", ext, napi_default),
       Napi::PropertyDescriptor::Value("path", Napi::String::New(env, path), napi_enumerable),
       Napi::PropertyDescriptor::Value("byteLength", Napi::Number::New(env, static_cast<double>(file->size())), napi_enumerable),
       Napi::PropertyDescriptor::Value("writable", Napi::Boolean::New(env, file->writable()), napi_enumerable),
       Napi::PropertyDescriptor::Accessor(env, obj, "closed", Closed, napi_enumerable),
       Napi::PropertyDescriptor::Function(env, obj, "close", Close, napi_default),
       Napi::PropertyDescriptor::Function(env, obj, "advise", Advise, napi_default),
+      Napi::PropertyDescriptor::Function(env, obj, "verify", Verify, napi_default),
   });
   return obj;
 }

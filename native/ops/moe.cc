@@ -17,9 +17,7 @@
 
 namespace lc {
 
-static Napi::Value RouterTopk(const Napi::CallbackInfo& info) {
-  const char* op = "routerTopk";
-  OpArgs a(info, op);
+static void RouterTopk(const OpArgs& a) {
   Tensor idx = a.tensor(1, "idx"), w = a.tensor(2, "weights");
   std::optional<Tensor> nffn = a.opt_tensor(3, "nFfn");
   Tensor logits = a.tensor(4, "logits"), bias = a.tensor(5, "bias");
@@ -41,18 +39,16 @@ static Napi::Value RouterTopk(const Napi::CallbackInfo& info) {
   if (n_routed < 0 || n_routed > e)
     fail(Code::E_ARGUMENT, "routerTopk: nRouted must be in 0..%lld (the number of experts), got %lld", static_cast<long long>(e),
          static_cast<long long>(n_routed));
-  expect_finite(op, "scale", scale);
-  Stream& s = a.stream(0, d);
+  expect_finite(a.op(), "scale", scale);
   const float sc = static_cast<float>(scale);
-  launch(
-      op, s,
+  a.launch(
+      d,
       [=] {
         cpu::router_topk(t, e, k, logits.ptr<float>(), bias.ptr<float>(), n_routed, sc, idx.ptr<int32_t>(), w.ptr<float>(),
                          opt_ptr<int32_t>(nffn));
       },
       LC_GPU(gpu::router_topk(t, e, k, logits.ptr<float>(), bias.ptr<float>(), n_routed, sc, idx.ptr<int32_t>(), w.ptr<float>(),
                               opt_ptr<int32_t>(nffn), stream)));
-  return info.Env().Undefined();
 }
 
 namespace {
@@ -98,12 +94,7 @@ struct ExpertSetHandle {
 const napi_type_tag kExpertSetTag = {0x6c6f6e6763617466ULL, 0x6d6f652d73657431ULL};
 
 // The handle inside a MoeExpertSet object, or null when `v` is not one.
-ExpertSetHandle* expert_set_of(Napi::Value v) {
-  if (!v.IsObject() || v.IsArray()) return nullptr;
-  Napi::Value h = v.As<Napi::Object>().Get("_handle");
-  if (!h.IsExternal() || !h.As<Napi::External<ExpertSetHandle>>().CheckTypeTag(&kExpertSetTag)) return nullptr;
-  return h.As<Napi::External<ExpertSetHandle>>().Data();
-}
+ExpertSetHandle* expert_set_of(Napi::Value v) { return handle_in<ExpertSetHandle>(v, kExpertSetTag); }
 
 // Checks one expert weight list (and its optional scale list) and appends WeightRefs to `refs`.
 void expert_refs(const char* op, const char* name, const std::vector<const Tensor*>& ws, const std::vector<const Tensor*>* scales,
@@ -227,11 +218,8 @@ static Napi::Value MoeExperts(const Napi::CallbackInfo& info) {
   const char* op = "moeExperts";
   std::shared_ptr<ExpertSet> set = read_experts(info, 0, op, -1, -1, Device{});
   Napi::Env env = info.Env();
-  Napi::Object obj = Napi::Object::New(env);
-  auto ext = Napi::External<ExpertSetHandle>::New(env, new ExpertSetHandle{set}, [](Napi::Env, ExpertSetHandle* p) { delete p; });
-  ext.TypeTag(&kExpertSetTag);
+  Napi::Object obj = handle_object(env, new ExpertSetHandle{set}, kExpertSetTag);
   obj.DefineProperties({
-      Napi::PropertyDescriptor::Value("_handle", ext, napi_default),
       Napi::PropertyDescriptor::Value("nRouted", Napi::Number::New(env, static_cast<double>(set->n_routed)), napi_enumerable),
       Napi::PropertyDescriptor::Value("hidden", Napi::Number::New(env, static_cast<double>(set->h)), napi_enumerable),
       Napi::PropertyDescriptor::Value("intermediate", Napi::Number::New(env, static_cast<double>(set->inter)), napi_enumerable),
@@ -241,9 +229,7 @@ static Napi::Value MoeExperts(const Napi::CallbackInfo& info) {
   return obj;
 }
 
-static Napi::Value Moe(const Napi::CallbackInfo& info) {
-  const char* op = "moe";
-  OpArgs a(info, op);
+static void Moe(const OpArgs& a) {
   Tensor out = a.tensor(1, "out"), u = a.tensor(2, "u"), idx = a.tensor(3, "idx"), w = a.tensor(4, "weights");
   const int64_t n_routed = a.integer(5, "nRouted");
   const bool has_n_experts = a.present(12);
@@ -251,14 +237,10 @@ static Napi::Value Moe(const Napi::CallbackInfo& info) {
   if (has_n_experts) n_experts = a.integer(12, "nExperts");
 
   const Device d = u.device();
-  int64_t t, h;
-  a.dims(u, "u", {DType::F32}, d, &t, &h);
+  int64_t t, h, k;
+  a.routed_tokens(u, idx, w, &t, &h, &k);
   a.expect(out, "out", {DType::F32}, d, {t, h});
-  a.expect(idx, "idx", {DType::I32}, d, {t, -1});
-  const int64_t k = idx.dim(1);
-  a.expect(w, "weights", {DType::F32}, d, {t, k});
-  if (out.storage == u.storage && out.offset < u.offset + u.nbytes() && u.offset < out.offset + out.nbytes())
-    fail(Code::E_ARGUMENT, "moe: 'out' overlaps 'u' (the zero experts read u after out is written)");
+  if (overlaps(out, u)) fail(Code::E_ARGUMENT, "moe: 'out' overlaps 'u' (the zero experts read u after out is written)");
   if (k < 1) fail(Code::E_SHAPE, "moe: 'idx' has shape %s, k (its last dimension) must be >= 1", shape_str(idx.shape).c_str());
   if (t * k > std::numeric_limits<int32_t>::max())
     fail(Code::E_SHAPE, "moe: 'idx' has shape %s, T * k must be < 2^31", shape_str(idx.shape).c_str());
@@ -268,7 +250,7 @@ static Napi::Value Moe(const Napi::CallbackInfo& info) {
          static_cast<long long>(n_experts));
 
   std::shared_ptr<const ExpertSet> set;
-  if (ExpertSetHandle* hd = a.present(6) ? expert_set_of(info[6]) : nullptr) {
+  if (ExpertSetHandle* hd = a.present(6) ? expert_set_of(a.info()[6]) : nullptr) {
     for (size_t i = 7; i <= 11; ++i)
       if (a.present(i))
         fail(Code::E_ARGUMENT, "moe: with a MoeExpertSet in place of 'gate', arguments 7..11 (up .. downScale) must be null");
@@ -283,10 +265,9 @@ static Napi::Value Moe(const Napi::CallbackInfo& info) {
     if (n_routed > 0 && set->device != d)
       fail(Code::E_DEVICE, "moe: the MoeExpertSet is on %s but u is on %s", set->device.str().c_str(), d.str().c_str());
   } else {
-    set = read_experts(info, 6, op, n_routed, h, d);
+    set = read_experts(a.info(), 6, a.op(), n_routed, h, d);
   }
 
-  Stream& s = a.stream(0, d);
   const int64_t inter = set->inter;
   // fp8 experts on the e4m3 tensor cores (an sm_89+ kernel image) at precision 'fp8' when every expert is fp8
   bool fp8 = !d.is_cpu() && n_routed > 0 && cpu::matmul_precision() == cpu::MatmulPrecision::FP8;
@@ -298,8 +279,8 @@ static Napi::Value Moe(const Napi::CallbackInfo& info) {
   Tensor ws = empty_tensor(d, DType::I8, {static_cast<int64_t>(ws_bytes)});
   // The lambda owns every tensor it touches (out, u, idx, w, ws by value; weights and scales
   // through the expert set) until it has run.
-  launch(
-      op, s,
+  a.launch(
+      d,
       [=] {
         cpu::MoeExperts ex;
         ex.gate = set->gate.data();
@@ -325,7 +306,6 @@ static Napi::Value Moe(const Napi::CallbackInfo& info) {
       LC_GPU(const auto* table = set->dev_table ? static_cast<const gpu::MoeWeight*>(set->dev_table->ptr) : nullptr;
              gpu::moe(t, k, h, inter, u.ptr<float>(), idx.ptr<int32_t>(), w.ptr<float>(), table, n_routed, n_experts,
                       out.ptr<float>(), fp8, ws.data(), ws_bytes, stream)));
-  return info.Env().Undefined();
 }
 
 LC_REGISTER_OP("moeExperts", MoeExperts);

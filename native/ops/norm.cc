@@ -7,9 +7,7 @@
 
 namespace lc {
 
-static Napi::Value Rmsnorm(const Napi::CallbackInfo& info) {
-  const char* op = "rmsnorm";
-  OpArgs a(info, op);
+static void Rmsnorm(const OpArgs& a) {
   Tensor y = a.tensor(1, "y"), x = a.tensor(2, "x"), w = a.tensor(3, "weight");
   const float eps = static_cast<float>(a.number(4, "eps"));
   std::optional<Tensor> add = a.opt_tensor(5, "add"), h = a.opt_tensor(6, "hOut");
@@ -22,16 +20,14 @@ static Napi::Value Rmsnorm(const Napi::CallbackInfo& info) {
   a.expect(add, "add", {DType::F32}, d, x.shape);
   a.expect(h, "hOut", {DType::F32}, d, x.shape);
   if (!(eps >= 0)) fail(Code::E_ARGUMENT, "rmsnorm: eps must be >= 0, got %g", eps);
-  Stream& s = a.stream(0, d);
-  launch(
-      op, s,
+  a.launch(
+      d,
       [=] {
         cpu::rmsnorm(rows, dim, x.ptr<float>(), opt_ptr<float>(add), opt_ptr<float>(h), w.data(), w.dtype, eps, y.data(),
                      y.dtype);
       },
       LC_GPU(gpu::rmsnorm(rows, dim, x.ptr<float>(), opt_ptr<float>(add), opt_ptr<float>(h), w.data(), w.dtype, eps, y.data(),
                           y.dtype, stream)));
-  return info.Env().Undefined();
 }
 
 LC_REGISTER_OP("rmsnorm", Rmsnorm);

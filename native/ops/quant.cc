@@ -20,41 +20,33 @@ constexpr DTypes kFloatTypes = {DType::F32, DType::BF16, DType::F16, DType::FP8_
 
 int64_t fp8_blocks(int64_t n) { return (n + cpu::kFp8Block - 1) / cpu::kFp8Block; }
 
-Napi::Value Convert(const Napi::CallbackInfo& info) {
-  const char* op = "convert";
-  OpArgs a(info, op);
+void Convert(const OpArgs& a) {
   Tensor y = a.tensor(1, "y"), x = a.tensor(2, "x");
   const Device d = x.device();
   a.expect(y, "y", kFloatTypes, d);
   a.expect(x, "x", kFloatTypes, d);
-  expect_same_shape(op, "y", y, "x", x);
-  Stream& s = a.stream(0, d);
+  expect_same_shape(a.op(), "y", y, "x", x);
   const int64_t n = x.numel();
-  launch(
-      op, s, [=] { cpu::convert(n, x.data(), x.dtype, y.data(), y.dtype); },
+  a.launch(
+      d, [=] { cpu::convert(n, x.data(), x.dtype, y.data(), y.dtype); },
       LC_GPU(gpu::convert(n, x.data(), x.dtype, y.data(), y.dtype, stream)));
-  return info.Env().Undefined();
 }
 
-Napi::Value QuantizeFp8Act(const Napi::CallbackInfo& info) {
-  const char* op = "quantizeFp8Act";
-  OpArgs a(info, op);
+void QuantizeFp8Act(const OpArgs& a) {
   Tensor q = a.tensor(1, "q"), sc = a.tensor(2, "scale"), x = a.tensor(3, "x");
   const Device d = x.device();
   a.expect(q, "q", {DType::FP8_E4M3}, d);
   a.expect(sc, "scale", {DType::F32}, d);
   a.expect(x, "x", {DType::F32}, d);
-  expect_rows(op, "x", x);
-  expect_same_shape(op, "q", q, "x", x);
+  expect_rows(a.op(), "x", x);
+  expect_same_shape(a.op(), "q", q, "x", x);
   const int64_t K = x.dim(-1), T = x.rows();
   std::vector<int64_t> ss = x.shape;
   ss.back() = fp8_blocks(K);
-  expect_shape(op, "scale", sc, ss);
-  Stream& s = a.stream(0, d);
-  launch(
-      op, s, [=] { cpu::quantize_fp8_act(T, K, x.ptr<float>(), q.ptr<uint8_t>(), sc.ptr<float>()); },
+  expect_shape(a.op(), "scale", sc, ss);
+  a.launch(
+      d, [=] { cpu::quantize_fp8_act(T, K, x.ptr<float>(), q.ptr<uint8_t>(), sc.ptr<float>()); },
       LC_GPU(gpu::quantize_fp8_act(T, K, x.data(), DType::F32, q.ptr<uint8_t>(), sc.ptr<float>(), stream)));
-  return info.Env().Undefined();
 }
 
 // The arguments of quantizeFp8Blocks / dequantizeFp8Blocks: w [N, K], q like w, 128 x 128 block scales.
@@ -67,46 +59,34 @@ void check_fp8_weight(const OpArgs& a, const Tensor& q, const Tensor& sc, const 
   expect_shape(a.op(), "scaleInv", sc, {fp8_blocks(*n), fp8_blocks(*k)});
 }
 
-Napi::Value QuantizeFp8Blocks(const Napi::CallbackInfo& info) {
-  const char* op = "quantizeFp8Blocks";
-  OpArgs a(info, op);
+void QuantizeFp8Blocks(const OpArgs& a) {
   Tensor q = a.tensor(1, "q"), sc = a.tensor(2, "scaleInv"), w = a.tensor(3, "w");
   int64_t N, K;
   check_fp8_weight(a, q, sc, w, &N, &K);
-  Stream& s = a.stream(0, w.device());
-  launch(
-      op, s, [=] { cpu::quantize_fp8_blocks(N, K, w.data(), w.dtype, q.ptr<uint8_t>(), sc.ptr<float>()); },
+  a.launch(
+      w.device(), [=] { cpu::quantize_fp8_blocks(N, K, w.data(), w.dtype, q.ptr<uint8_t>(), sc.ptr<float>()); },
       LC_GPU(gpu::quantize_fp8_blocks(N, K, w.data(), w.dtype, q.ptr<uint8_t>(), sc.ptr<float>(), stream)));
-  return info.Env().Undefined();
 }
 
-Napi::Value DequantizeFp8Blocks(const Napi::CallbackInfo& info) {
-  const char* op = "dequantizeFp8Blocks";
-  OpArgs a(info, op);
+void DequantizeFp8Blocks(const OpArgs& a) {
   Tensor w = a.tensor(1, "w"), q = a.tensor(2, "q"), sc = a.tensor(3, "scaleInv");
   int64_t N, K;
   check_fp8_weight(a, q, sc, w, &N, &K);
-  Stream& s = a.stream(0, w.device());
-  launch(
-      op, s, [=] { cpu::dequantize_fp8_blocks(N, K, q.ptr<uint8_t>(), sc.ptr<float>(), w.data(), w.dtype); },
+  a.launch(
+      w.device(), [=] { cpu::dequantize_fp8_blocks(N, K, q.ptr<uint8_t>(), sc.ptr<float>(), w.data(), w.dtype); },
       LC_GPU(gpu::dequantize_fp8_blocks(N, K, q.ptr<uint8_t>(), sc.ptr<float>(), w.data(), w.dtype, stream)));
-  return info.Env().Undefined();
 }
 
-Napi::Value QuantizeInt8Rows(const Napi::CallbackInfo& info) {
-  const char* op = "quantizeInt8Rows";
-  OpArgs a(info, op);
+void QuantizeInt8Rows(const OpArgs& a) {
   Tensor q = a.tensor(1, "q"), scale = a.tensor(2, "scale"), w = a.tensor(3, "w");
   const Device d = w.device();
   int64_t n, k;
   a.dims(w, "w", {DType::F32, DType::BF16}, d, &n, &k);
   a.expect(q, "q", {DType::I8}, d, {n, k});
   a.expect(scale, "scale", {DType::F32}, d, {n});
-  Stream& s = a.stream(0, d);
-  launch(
-      op, s, [=] { cpu::quantize_int8_rows(n, k, w.data(), w.dtype, q.ptr<int8_t>(), scale.ptr<float>()); },
+  a.launch(
+      d, [=] { cpu::quantize_int8_rows(n, k, w.data(), w.dtype, q.ptr<int8_t>(), scale.ptr<float>()); },
       LC_GPU(gpu::quantize_int8_rows(n, k, w.data(), w.dtype, q.ptr<int8_t>(), scale.ptr<float>(), stream)));
-  return info.Env().Undefined();
 }
 
 }  // namespace

@@ -9,9 +9,7 @@
 
 namespace lc {
 
-static Napi::Value Rope(const Napi::CallbackInfo& info) {
-  const char* op = "rope";
-  OpArgs a(info, op);
+static void Rope(const OpArgs& a) {
   Tensor x = a.tensor(1, "x"), pos = a.tensor(2, "positions");
   const int64_t offset = a.integer(3, "ropeOffset");
   Tensor inv = a.tensor(4, "invFreq");
@@ -25,13 +23,11 @@ static Napi::Value Rope(const Napi::CallbackInfo& info) {
   if (offset < 0 || offset + rd > hd)
     fail(Code::E_ARGUMENT, "rope: channels [%lld, %lld) (ropeOffset %lld, 2 x invFreq length %lld) exceed the head dim %lld",
          ll(offset), ll(offset + rd), ll(offset), ll(rd), ll(hd));
-  expect_finite(op, "attentionFactor", factor);
-  Stream& s = a.stream(0, d);
+  expect_finite(a.op(), "attentionFactor", factor);
   const float af = static_cast<float>(factor);
-  launch(
-      op, s, [=] { cpu::rope(t, heads, hd, x.ptr<float>(), pos.ptr<int32_t>(), offset, rd, inv.ptr<float>(), af); },
+  a.launch(
+      d, [=] { cpu::rope(t, heads, hd, x.ptr<float>(), pos.ptr<int32_t>(), offset, rd, inv.ptr<float>(), af); },
       LC_GPU(gpu::rope(t, heads, hd, x.ptr<float>(), pos.ptr<int32_t>(), offset, rd, inv.ptr<float>(), af, stream)));
-  return info.Env().Undefined();
 }
 
 LC_REGISTER_OP("rope", Rope);

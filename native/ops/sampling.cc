@@ -10,16 +10,14 @@
 
 namespace lc {
 
-static Napi::Value Sample(const Napi::CallbackInfo& info) {
-  const char* op = "sample";
-  OpArgs a(info, op);
+static void Sample(const OpArgs& a) {
   Tensor ids = a.tensor(1, "ids"), x = a.tensor(2, "logits");
   const Device d = x.device();
   a.expect(ids, "ids", {DType::I32}, d);
   a.expect(x, "logits", {DType::F32}, d);
-  expect_rows(op, "logits", x);
+  expect_rows(a.op(), "logits", x);
   if (x.dim(-1) > INT32_MAX) fail(Code::E_SHAPE, "sample: vocabulary %lld does not fit int32", static_cast<long long>(x.dim(-1)));
-  expect_row_shape(op, "ids", ids, x);
+  expect_row_shape(a.op(), "ids", ids, x);
   const double temp = a.number(3, "temperature");
   const int64_t top_k = a.integer(4, "topK");
   const double top_p = a.number(5, "topP"), min_p = a.number(6, "minP");
@@ -39,15 +37,13 @@ static Napi::Value Sample(const Napi::CallbackInfo& info) {
   p.seed = static_cast<uint64_t>(seed);
   p.step = static_cast<uint64_t>(step);
   const int64_t rows = x.rows(), V = x.dim(-1);
-  Stream& s = a.stream(0, d);
   std::optional<Tensor> ws;  // only a temperature > 0 draws
   if (p.temperature > 0.0f && rows > 0)
     ws = empty_tensor(d, DType::I8,
                       {d.is_cpu() ? cpu::sample_workspace_bytes(rows, V) : LC_IF_CUDA(gpu::sample_workspace_bytes(rows, V), 0)});
-  launch(
-      op, s, [=] { cpu::sample(rows, V, x.ptr<float>(), p, ids.ptr<int32_t>(), opt_ptr<void>(ws)); },
+  a.launch(
+      d, [=] { cpu::sample(rows, V, x.ptr<float>(), p, ids.ptr<int32_t>(), opt_ptr<void>(ws)); },
       LC_GPU(gpu::sample(rows, V, x.ptr<float>(), p, ids.ptr<int32_t>(), opt_ptr<void>(ws), ws ? ws->numel() : 0, stream)));
-  return info.Env().Undefined();
 }
 
 LC_REGISTER_OP("sample", Sample);

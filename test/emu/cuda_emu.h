@@ -27,6 +27,7 @@
 #include <string>
 #include <memory>
 #include <csetjmp>
+#include <type_traits>
 #include <ucontext.h>
 #include <vector>
 
@@ -69,8 +70,11 @@ enum cudaError_t {
   cudaErrorMemoryAllocation = 2,
   cudaErrorInvalidDevice = 101,
   cudaErrorNoKernelImageForDevice = 209,
+  cudaErrorPeerAccessUnsupported = 217,
   cudaErrorInvalidResourceHandle = 400,
-  cudaErrorNotReady = 600
+  cudaErrorNotReady = 600,
+  cudaErrorIllegalAddress = 700,
+  cudaErrorPeerAccessAlreadyEnabled = 704
 };
 enum cudaMemcpyKind { cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost, cudaMemcpyDeviceToDevice };
 enum cudaDeviceAttr {
@@ -83,7 +87,9 @@ enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize };
 
 namespace lc_emu {
 
-// The emulated machine, from the environment (read once): LONGCAT_EMU_DEVICES devices (default 1)
+// The emulated machine, from the environment (read once): LONGCAT_EMU_DEVICES devices (default 1;
+// every pair can reach each other's memory once peer access is enabled, except the pairs listed in
+// LONGCAT_EMU_NO_PEER, e.g. "0-1,2-3": devices without a peer path, in either direction)
 // of compute capability LONGCAT_EMU_CC (default 90: an H100 SXM), and a "binary" whose kernels were
 // built for LONGCAT_EMU_ARCHS (default 90a; the syntax of LONGCAT_CUDA_ARCHS, ';' or ','
 // separated). The image a device runs is picked like the driver picks among -gencode sm_XX
@@ -95,7 +101,8 @@ struct Image {
 };
 struct Machine {
   int devices = 1, cc = 90;
-  std::string archs_text;  // as given
+  std::vector<std::pair<int, int>> no_peer;  // pairs (lower index first) that cannot reach each other
+  std::string archs_text;                    // as given
   std::vector<Image> archs;
   Image image;  // what every device (all alike) runs
 };
@@ -110,6 +117,17 @@ inline const Machine& machine() {
     Machine r;
     if (const char* v = std::getenv("LONGCAT_EMU_DEVICES")) r.devices = std::max(1, std::atoi(v));
     if (const char* v = std::getenv("LONGCAT_EMU_CC")) r.cc = std::atoi(v);
+    if (const char* v = std::getenv("LONGCAT_EMU_NO_PEER")) {
+      for (const char* p = v; *p;) {
+        char* end = nullptr;
+        const long a = std::strtol(p, &end, 10);
+        if (end == p || *end != '-') break;
+        const long b = std::strtol(end + 1, &end, 10);
+        r.no_peer.emplace_back(static_cast<int>(std::min(a, b)), static_cast<int>(std::max(a, b)));
+        p = *end == ',' ? end + 1 : end;
+        if (*end != ',') break;
+      }
+    }
     const char* archs = std::getenv("LONGCAT_EMU_ARCHS");
     std::string list = archs ? archs : "90a", cur;
     r.archs_text = list;
@@ -143,6 +161,40 @@ constexpr int kDefaultDynSmem = 48 * 1024, kOptinDynSmem = 232448;
 inline std::mutex g_attr_m;
 inline std::map<std::pair<int, const void*>, int> g_dyn_smem_optin;
 
+// Peer access: whether device `dev` has a peer path to `peer` (cudaDeviceCanAccessPeer), and the
+// pairs (dev, peer) whose kernels of `dev` may address `peer`'s memory (cudaDeviceEnablePeerAccess).
+inline bool can_access_peer(int dev, int peer) {
+  const Machine& m = machine();
+  if (dev == peer || dev < 0 || peer < 0 || dev >= m.devices || peer >= m.devices) return false;
+  for (const auto& [a, b] : m.no_peer)
+    if (a == std::min(dev, peer) && b == std::max(dev, peer)) return false;
+  return true;
+}
+inline std::mutex g_peer_m;
+inline std::vector<std::pair<int, int>> g_peer_enabled;
+inline bool peer_enabled(int dev, int peer) {
+  std::lock_guard<std::mutex> lk(g_peer_m);
+  return std::find(g_peer_enabled.begin(), g_peer_enabled.end(), std::make_pair(dev, peer)) != g_peer_enabled.end();
+}
+
+// The device whose memory `p` lies in (-1: none, e.g. host memory), from the addon's emulated
+// runtime, which records every allocation; null in the native harness (no ownership checked). A
+// launch on device A that carries an address of device B's memory fails when issued with
+// cudaErrorIllegalAddress unless A enabled peer access to B (the hardware faults when the kernel
+// touches it; here every address a launch carries counts as touched).
+inline int (*g_owner)(const void* p) = nullptr;
+inline bool reachable(const void* p) {
+  if (!g_owner || !p) return true;
+  const int owner = g_owner(p);
+  return owner < 0 || owner == t_device || peer_enabled(t_device, owner);
+}
+// The addresses a kernel argument carries: a pointer itself; a struct of pointers (e.g. the
+// expert-parallel slot tables) through an overload found by argument-dependent lookup.
+template <class A, class F>
+void each_pointer(const A& a, F& f) {
+  if constexpr (std::is_pointer_v<A> && std::is_object_v<std::remove_pointer_t<A>>) f(static_cast<const void*>(a));
+}
+
 // Where launches and asynchronous copies go: test/emu/runtime_emu.cc (the addon's emulated runtime)
 // queues them on their stream; without it (the native harness) they run at once.
 inline void (*g_submit)(cudaStream_t, std::function<void()>) = nullptr;
@@ -162,6 +214,25 @@ inline cudaError_t cudaSetDevice(int d) {
   return cudaSuccess;
 }
 inline cudaError_t cudaGetDeviceCount(int* n) { return *n = lc_emu::machine().devices, cudaSuccess; }
+inline cudaError_t cudaDeviceCanAccessPeer(int* can, int dev, int peer) {
+  const int n = lc_emu::machine().devices;
+  if (dev < 0 || dev >= n || peer < 0 || peer >= n) return cudaErrorInvalidDevice;
+  *can = lc_emu::can_access_peer(dev, peer);
+  return cudaSuccess;
+}
+// For kernels of the current device, like the runtime's.
+inline cudaError_t cudaDeviceEnablePeerAccess(int peer, unsigned flags) {
+  const int dev = lc_emu::t_device;
+  if (flags != 0) return cudaErrorInvalidValue;
+  if (peer < 0 || peer >= lc_emu::machine().devices) return cudaErrorInvalidDevice;
+  if (!lc_emu::can_access_peer(dev, peer)) return cudaErrorPeerAccessUnsupported;
+  std::lock_guard<std::mutex> lk(lc_emu::g_peer_m);
+  const auto pair = std::make_pair(dev, peer);
+  if (std::find(lc_emu::g_peer_enabled.begin(), lc_emu::g_peer_enabled.end(), pair) != lc_emu::g_peer_enabled.end())
+    return cudaErrorPeerAccessAlreadyEnabled;
+  lc_emu::g_peer_enabled.push_back(pair);
+  return cudaSuccess;
+}
 inline cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr a, int) {  // an H100 SXM, of LONGCAT_EMU_CC
   switch (a) {
     case cudaDevAttrMaxSharedMemoryPerBlockOptin: *v = lc_emu::kOptinDynSmem; break;
@@ -194,6 +265,9 @@ inline const char* cudaGetErrorName(cudaError_t e) {
     case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
     case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
     case cudaErrorNoKernelImageForDevice: return "cudaErrorNoKernelImageForDevice";
+    case cudaErrorPeerAccessUnsupported: return "cudaErrorPeerAccessUnsupported";
+    case cudaErrorIllegalAddress: return "cudaErrorIllegalAddress";
+    case cudaErrorPeerAccessAlreadyEnabled: return "cudaErrorPeerAccessAlreadyEnabled";
     case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
     case cudaErrorNotReady: return "cudaErrorNotReady";
   }
@@ -205,6 +279,10 @@ inline const char* cudaGetErrorString(cudaError_t e) {
     case cudaErrorNoKernelImageForDevice: return "no kernel image is available for execution on the device (emulated)";
     case cudaErrorInvalidResourceHandle: return "invalid resource handle (emulated)";
     case cudaErrorNotReady: return "device not ready (emulated)";
+    case cudaErrorPeerAccessUnsupported: return "peer access is not supported between these two devices (emulated)";
+    case cudaErrorIllegalAddress:
+      return "an illegal memory access was encountered (emulated: another device's memory without peer access)";
+    case cudaErrorPeerAccessAlreadyEnabled: return "peer access is already enabled (emulated)";
     default: return "emulated";
   }
 }
@@ -397,29 +475,27 @@ inline void select(int f) {
   t_lane = f % 32, t_warp = f / 32;
 }
 
-inline void resume(int f) {
-  select(f);
-  Fiber& fb = (*g_fibers)[f];
-#ifdef LC_EMU_TSAN
-  if (!fb.started) {
-    fb.started = true;
-    getcontext(&fb.uc);
-    fb.uc.uc_stack.ss_sp = fb.stack;
-    fb.uc.uc_stack.ss_size = kStack;
-    fb.uc.uc_link = nullptr;
-    makecontext(&fb.uc, fiber_entry, 0);
-  }
-  __tsan_switch_to_fiber(fb.tsan, __tsan_switch_to_fiber_no_sync);
-  swapcontext(&g_sched_uc, &fb.uc);
-#else
-  if (_setjmp(g_sched_env)) return;
-  if (fb.started) _longjmp(fb.env, 1);
+// A fiber's first start: a context that runs fiber_entry on the fiber's own stack.
+inline void make_fiber_context(Fiber& fb) {
   fb.started = true;
   getcontext(&fb.uc);
   fb.uc.uc_stack.ss_sp = fb.stack;
   fb.uc.uc_stack.ss_size = kStack;
   fb.uc.uc_link = nullptr;
   makecontext(&fb.uc, fiber_entry, 0);
+}
+
+inline void resume(int f) {
+  select(f);
+  Fiber& fb = (*g_fibers)[f];
+#ifdef LC_EMU_TSAN
+  if (!fb.started) make_fiber_context(fb);
+  __tsan_switch_to_fiber(fb.tsan, __tsan_switch_to_fiber_no_sync);
+  swapcontext(&g_sched_uc, &fb.uc);
+#else
+  if (_setjmp(g_sched_env)) return;
+  if (fb.started) _longjmp(fb.env, 1);
+  make_fiber_context(fb);
   swapcontext(&g_sched_uc, &fb.uc);
 #endif
 }
@@ -436,6 +512,13 @@ struct Launcher {
   void operator()(A... args) const {
     if (machine().image.arch == 0) {
       t_last_error = cudaErrorNoKernelImageForDevice;
+      return;
+    }
+    bool reaches = true;
+    auto check = [&](const void* p) { reaches = reaches && reachable(p); };
+    (each_pointer(args, check), ...);
+    if (!reaches) {
+      t_last_error = cudaErrorIllegalAddress;
       return;
     }
     if (smem > static_cast<size_t>(kDefaultDynSmem)) {

@@ -11,12 +11,16 @@
 // reaches it). A stream capture records the launches and device copies issued during it, which a
 // graph launch queues as one item. This runs the whole CUDA backend -- the op bindings' CUDA paths,
 // the device pool with its stream fences and graph parking, the model's two streams and captured
-// decode steps -- on the CPU. Several devices: LONGCAT_EMU_DEVICES (test/emu/cuda_emu.h).
+// decode steps -- on the CPU. Several devices: LONGCAT_EMU_DEVICES (test/emu/cuda_emu.h), with peer
+// access modelled: every allocation is recorded with its device, and a launch that carries an
+// address of another device's memory fails unless peer access to that device was enabled. An event
+// wait may name an event of another device (it runs that device's stream up to the event).
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -139,7 +143,19 @@ void submit(cudaStream_t st, std::function<void()> fn) {
   }
   enqueue(s, std::move(fn));
 }
-const bool g_installed = (lc_emu::g_submit = submit, true);
+// Every live allocation: start address -> (bytes, device); the owner hook of cuda_emu.h.
+std::mutex g_alloc_m;
+std::map<uintptr_t, std::pair<size_t, int>> g_allocs;
+int owner(const void* p) {
+  std::lock_guard<std::mutex> lk(g_alloc_m);
+  const auto a = reinterpret_cast<uintptr_t>(p);
+  auto it = g_allocs.upper_bound(a);
+  if (it == g_allocs.begin()) return -1;
+  --it;
+  return a < it->first + it->second.first ? it->second.second : -1;
+}
+
+const bool g_installed = (lc_emu::g_submit = submit, lc_emu::g_owner = owner, true);
 
 }  // namespace
 
@@ -163,10 +179,16 @@ void* malloc(int dev, size_t bytes) {
   use(dev);
   void* p = std::aligned_alloc(256, (bytes + 255) / 256 * 256);
   if (!p) fail(Code::E_OOM, "CUDA out of memory on cuda:%d allocating %zu bytes (emulated)", dev, bytes);
+  std::lock_guard<std::mutex> lk(g_alloc_m);
+  g_allocs[reinterpret_cast<uintptr_t>(p)] = {bytes, dev};
   return p;
 }
 void free(int dev, void* p) {
   use(dev);
+  {
+    std::lock_guard<std::mutex> lk(g_alloc_m);
+    g_allocs.erase(reinterpret_cast<uintptr_t>(p));
+  }
   std::free(p);
 }
 
@@ -301,6 +323,23 @@ void graph_launch(int dev, void* exec, void* st) {
 void graph_destroy(int dev, void* exec) {
   use(dev);
   delete static_cast<Graph*>(exec);
+}
+bool can_access_peer(int dev, int peer) {
+  int can = 0;
+  const cudaError_t e = cudaDeviceCanAccessPeer(&can, dev, peer);
+  if (e != cudaSuccess) fail_cuda(e, "cudaDeviceCanAccessPeer");
+  return can != 0;
+}
+void enable_peer_access(int dev, int peer) {
+  if (dev == peer) return;
+  if (!can_access_peer(dev, peer))
+    fail(Code::E_DEVICE,
+         "cuda:%d cannot reach the memory of cuda:%d (cudaDeviceCanAccessPeer says no: no NVLink or PCIe peer path "
+         "between them); expert parallelism needs peer access between every pair of its devices",
+         dev, peer);
+  use(dev);
+  const cudaError_t e = cudaDeviceEnablePeerAccess(peer, 0);
+  if (e != cudaSuccess && e != cudaErrorPeerAccessAlreadyEnabled) fail_cuda(e, "cudaDeviceEnablePeerAccess");
 }
 void check_launch(const char* what) {
   const cudaError_t e = cudaGetLastError();

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "../../cuda/mla_cache.h"
+#include "check.h"
 #include "../../cuda/kernels.h"
 #include "../../cuda/mla.h"
 #include "../../cuda/moe.h"
@@ -55,15 +56,10 @@ std::vector<T> poison(size_t n) {
 
 // max |got - want| / max |want| (NaN -> infinity), against `tol`
 void expect_close(const std::vector<float>& got, const std::vector<float>& want, double tol, const std::string& what) {
-  double scale = 1e-30, worst = 0;
-  for (float w : want) scale = std::max(scale, static_cast<double>(std::fabs(w)));
-  for (size_t i = 0; i < want.size(); ++i) {
-    const double e = std::fabs(static_cast<double>(got[i]) - want[i]);
-    worst = std::isnan(e) ? INFINITY : std::max(worst, e);
-  }
-  const bool ok = worst / scale <= tol;
+  const double err = lc::harness::max_rel_error(got, want);
+  const bool ok = err <= tol;
   ok ? ++g_passed : ++g_failed;
-  if (!ok) std::printf("FAIL %s: max relative error %.3g > %.3g\n", what.c_str(), worst / scale, tol);
+  if (!ok) std::printf("FAIL %s: max relative error %.3g > %.3g\n", what.c_str(), err, tol);
 }
 template <class T>
 void expect_equal(const std::vector<T>& got, const std::vector<T>& want, const std::string& what) {
@@ -351,11 +347,8 @@ void moe_case(int64_t t, int64_t h, int64_t inter, int64_t nr, int64_t nz, int64
 void mla_decode_case(int64_t nh, int64_t dl, int64_t dr, int64_t bs, std::vector<int32_t> lens, MatmulPrecision p,
                      int64_t splits = 0) {
   cpu::set_matmul_precision(p);
-  cpu::MlaDims d;
-  d.nh = nh, d.dn = 7, d.dr = dr, d.dv = 5, d.dl = dl;
-  const int64_t B = static_cast<int64_t>(lens.size()), row = dl + dr;
-  int64_t mb = 1;
-  for (int32_t l : lens) mb = std::max<int64_t>(mb, (l + bs - 1) / bs);
+  const cpu::MlaDims d = lc::harness::decode_dims(nh, dl, dr);
+  const int64_t B = static_cast<int64_t>(lens.size()), row = dl + dr, mb = lc::harness::max_blocks(lens, bs);
   const int64_t nb = B * mb + 2;
   std::vector<int32_t> perm(nb);
   for (int64_t i = 0; i < nb; ++i) perm[i] = static_cast<int32_t>(i);

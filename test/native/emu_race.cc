@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "../../cuda/mla.h"
+#include "check.h"
 #include "common.h"
 #include "cpu/mla.h"
 #include "cpu/threadpool.h"
@@ -30,26 +31,18 @@ std::mt19937_64 g_rng(2026);
 float uni() { return std::uniform_real_distribution<float>(-1, 1)(g_rng); }
 
 void expect_close(const std::vector<float>& got, const std::vector<float>& want, double tol, const std::string& what) {
-  double scale = 1e-30, worst = 0;
-  for (float w : want) scale = std::max(scale, static_cast<double>(std::fabs(w)));
-  for (size_t i = 0; i < want.size(); ++i) {
-    const double e = std::fabs(static_cast<double>(got[i]) - want[i]);
-    worst = std::isnan(e) ? INFINITY : std::max(worst, e);
-  }
-  const bool ok = worst / scale <= tol;
+  const double err = lc::harness::max_rel_error(got, want);
+  const bool ok = err <= tol;
   ok ? ++g_passed : ++g_failed;
-  std::printf("%s %s: max relative error %.3g (tolerance %.3g)\n", ok ? "ok  " : "FAIL", what.c_str(), worst / scale, tol);
+  std::printf("%s %s: max relative error %.3g (tolerance %.3g)\n", ok ? "ok  " : "FAIL", what.c_str(), err, tol);
 }
 
 // Absorbed decode over a paged cache with several splits per sequence (the combine of partial
 // softmax states runs in every tile).
 void decode_case(int64_t nh, int64_t dl, int64_t dr, int64_t bs, std::vector<int32_t> lens, bool bf16, MatmulPrecision p) {
   cpu::set_matmul_precision(p);
-  cpu::MlaDims d;
-  d.nh = nh, d.dn = 7, d.dr = dr, d.dv = 5, d.dl = dl;
-  const int64_t B = static_cast<int64_t>(lens.size()), row = dl + dr;
-  int64_t mb = 1;
-  for (int32_t l : lens) mb = std::max<int64_t>(mb, (l + bs - 1) / bs);
+  const cpu::MlaDims d = lc::harness::decode_dims(nh, dl, dr);
+  const int64_t B = static_cast<int64_t>(lens.size()), row = dl + dr, mb = lc::harness::max_blocks(lens, bs);
   const int64_t nb = B * mb;
   std::vector<int32_t> bt(B * mb);
   for (int64_t i = 0; i < B * mb; ++i) bt[i] = static_cast<int32_t>(B * mb - 1 - i);

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "../../cuda/include/fragments.h"
+#include "check.h"
 #include "cpu/numeric.h"
 
 namespace lc::sim {
@@ -51,6 +52,19 @@ Regs ldmatrix_x4(const std::vector<uint8_t>& smem, const std::vector<size_t>& ad
 double bf(uint32_t bits16) { return cpu::bf16_to_f32(static_cast<uint16_t>(bits16)); }
 double e4(uint32_t byte) { return cpu::fp8e4m3_to_f32(static_cast<uint8_t>(byte)); }
 
+// d += A (16 x K) * B (K x 8), element (row, col) of the m16n8 accumulator where lane l's
+// register r holds it (PTX: row l / 4 + 8 (r / 2), column 2 (l % 4) + r % 2).
+template <int K>
+void add_product(std::vector<std::array<double, 4>>& d, const double (&A)[16][K], const double (&B)[K][8]) {
+  for (int l = 0; l < 32; ++l)
+    for (int r = 0; r < 4; ++r) {
+      const int row = l / 4 + 8 * (r / 2), col = 2 * (l % 4) + (r % 2);
+      double s = 0;
+      for (int k = 0; k < K; ++k) s += A[row][k] * B[k][col];
+      d[l][r] += s;
+    }
+}
+
 // d (per lane 4 values) += A (16 x 16 bf16) * B (16 x 8 bf16), fragments per the PTX tables.
 void mma_bf16(std::vector<std::array<double, 4>>& d, const Regs& a, const Regs& b, int b0, int b1) {
   double A[16][16] = {}, B[16][8] = {};
@@ -61,13 +75,7 @@ void mma_bf16(std::vector<std::array<double, 4>>& d, const Regs& a, const Regs& 
     B[2 * q][g] = bf(b[l][b0] & 0xffff), B[2 * q + 1][g] = bf(b[l][b0] >> 16);
     B[2 * q + 8][g] = bf(b[l][b1] & 0xffff), B[2 * q + 9][g] = bf(b[l][b1] >> 16);
   }
-  for (int l = 0; l < 32; ++l)
-    for (int r = 0; r < 4; ++r) {
-      const int row = l / 4 + 8 * (r / 2), col = 2 * (l % 4) + (r % 2);
-      double s = 0;
-      for (int k = 0; k < 16; ++k) s += A[row][k] * B[k][col];
-      d[l][r] += s;
-    }
+  add_product(d, A, B);
 }
 
 // d += A (16 x 32 e4m3) * B (32 x 8 e4m3).
@@ -83,13 +91,7 @@ void mma_e4m3(std::vector<std::array<double, 4>>& d, const Regs& a, const Regs& 
       B[4 * q + 16 + e][g] = e4((b[l][b1] >> (8 * e)) & 0xff);
     }
   }
-  for (int l = 0; l < 32; ++l)
-    for (int r = 0; r < 4; ++r) {
-      const int row = l / 4 + 8 * (r / 2), col = 2 * (l % 4) + (r % 2);
-      double s = 0;
-      for (int k = 0; k < 32; ++k) s += A[row][k] * B[k][col];
-      d[l][r] += s;
-    }
+  add_product(d, A, B);
 }
 
 using Acc = std::vector<std::array<double, 4>>;  // one m16n8 accumulator tile, [lane][element]
@@ -276,14 +278,8 @@ void sim_mla_decode(Report& rep) {
   std::vector<double> S(kHeads * kTok);
   for (int i = 0; i < kHeads * kTok; ++i)
     S[i] = (Sq[i] + Sq[kHeads * kTok + i]) + (Sq[2 * kHeads * kTok + i] + Sq[3 * kHeads * kTok + i]);
-  double worst = 0;
-  for (int h = 0; h < kHeads; ++h)
-    for (int t = 0; t < kTok; ++t) {
-      double want = 0;
-      for (int c = 0; c < kRow; ++c) want += q(h, c) * k(t, c);
-      const double got = S[h * kTok + t];
-      worst = std::isnan(got) ? INFINITY : std::max(worst, std::fabs(got - want) / (1 + std::fabs(want)));
-    }
+  double worst = lc::harness::max_product_error(
+      kHeads, kTok, kRow, [&](int h, int t) { return S[h * kTok + t]; }, q, [&](int c, int t) { return k(t, c); });
   rep.check(worst < 1e-9, "mla_decode_tc S = Q K^T (worst " + std::to_string(worst) + ")");
 
   std::vector<double> O(kHeads * kDL, NAN);
@@ -312,14 +308,8 @@ void sim_mla_decode(Report& rep) {
           for (int r = 0; r < 4; ++r)
             O[(16 * mi + frag::c_row(l, r)) * kDL + frag::dec_o_col(warp, nj, l, r)] = acc[mi * 8 + nj][l][r];
   }
-  worst = 0;
-  for (int h = 0; h < kHeads; ++h)
-    for (int c = 0; c < kDL; ++c) {
-      double want = 0;
-      for (int t = 0; t < kTok; ++t) want += p(h, t) * k(t, c);
-      const double got = O[h * kDL + c];
-      worst = std::isnan(got) ? INFINITY : std::max(worst, std::fabs(got - want) / (1 + std::fabs(want)));
-    }
+  worst = lc::harness::max_product_error(
+      kHeads, kDL, kTok, [&](int h, int c) { return O[h * kDL + c]; }, p, k);
   rep.check(worst < 1e-9, "mla_decode_tc O = P V (ldmatrix.trans) (worst " + std::to_string(worst) + ")");
 }
 

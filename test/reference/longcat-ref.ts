@@ -7,6 +7,8 @@
 // Precision: all math in float64. The only deliberate float32 roundings are the ones the spec
 // pins as float32 constants: RoPE inv_freq (SPEC 3.6) and fp8 dequantization (SPEC 7.2).
 
+import { referenceNgramEmbedding } from './ngram-ref.js';
+
 export interface RefTensor {
   shape: number[];
   data: Float64Array;
@@ -52,6 +54,11 @@ export interface RefConfig {
   vocab_size: number;
   /** Only used by YaRN when rope_scaling lacks original_max_position_embeddings. */
   max_position_embeddings?: number;
+  /** LongCat-Flash-Lite (SPEC-LITE 1.1): the N-gram embedding is on when this is set. */
+  ngram_vocab_size_ratio?: number | null;
+  emb_neighbor_num?: number;
+  emb_split_num?: number;
+  eos_token_id?: number;
 }
 
 export interface RefHooks {
@@ -145,6 +152,32 @@ function yarnGetMscale(scale: number, mscale = 1): number {
   return 0.1 * mscale * Math.log(scale) + 1;
 }
 
+/**
+ * YaRN's correction range [low, high] over the rotary dims (transformers' find_correction_range):
+ * the dims whose wavelength makes betaFast / betaSlow rotations over origMax positions, rounded
+ * outwards when `truncate`, clamped to [0, dim - 1], never empty.
+ */
+export function yarnCorrectionRange(
+  dim: number,
+  base: number,
+  origMax: number,
+  betaFast: number,
+  betaSlow: number,
+  truncate: boolean,
+): [number, number] {
+  const correctionDim = (nRot: number) => (dim * Math.log(origMax / (nRot * 2 * Math.PI))) / (2 * Math.log(base));
+  let low = correctionDim(betaFast);
+  let high = correctionDim(betaSlow);
+  if (truncate) {
+    low = Math.floor(low);
+    high = Math.ceil(high);
+  }
+  low = Math.max(low, 0);
+  high = Math.min(high, dim - 1);
+  if (low === high) high += 0.001;
+  return [low, high];
+}
+
 export function ropeParams(cfg: RefConfig): RopeParams {
   const dim = cfg.qk_rope_head_dim;
   const base = cfg.rope_theta;
@@ -172,16 +205,7 @@ export function ropeParams(cfg: RefConfig): RopeParams {
   }
   const betaFast = rs.beta_fast || 32;
   const betaSlow = rs.beta_slow || 1;
-  const correctionDim = (nRot: number) => (dim * Math.log(origMax / (nRot * 2 * Math.PI))) / (2 * Math.log(base));
-  let low = correctionDim(betaFast);
-  let high = correctionDim(betaSlow);
-  if (rs.truncate ?? true) {
-    low = Math.floor(low);
-    high = Math.ceil(high);
-  }
-  low = Math.max(low, 0);
-  high = Math.min(high, dim - 1);
-  if (low === high) high += 0.001;
+  const [low, high] = yarnCorrectionRange(dim, base, origMax, betaFast, betaSlow, rs.truncate ?? true);
   const invFreq = new Float64Array(half);
   for (let i = 0; i < half; i++) {
     const ramp = Math.min(1, Math.max(0, (i - low) / (high - low)));
@@ -236,46 +260,6 @@ interface MlaProjections {
   kpe: Float64Array;
 }
 
-function mlaProject(
-  cfg: RefConfig,
-  W: RefWeights,
-  prefix: string,
-  x: Float64Array,
-  T: number,
-  positions: number[],
-  latentEps: number,
-): MlaProjections {
-  const H = cfg.hidden_size,
-    nh = cfg.num_attention_heads;
-  const Q = cfg.q_lora_rank,
-    R = cfg.kv_lora_rank;
-  const dn = cfg.qk_nope_head_dim,
-    dr = cfg.qk_rope_head_dim,
-    dqk = dn + dr;
-  const sc = mlaScales(cfg);
-
-  let cq = linear(x, T, get(W, `${prefix}.q_a_proj.weight`, [Q, H]), Q, H);
-  cq = rmsnorm(cq, T, Q, get(W, `${prefix}.q_a_layernorm.weight`, [Q]), latentEps);
-  const q = linear(cq, T, get(W, `${prefix}.q_b_proj.weight`, [nh * dqk, Q]), nh * dqk, Q);
-  for (let i = 0; i < q.length; i++) q[i] = q[i]! * sc.q; // both nope and rope parts
-
-  const kv = linear(x, T, get(W, `${prefix}.kv_a_proj_with_mqa.weight`, [R + dr, H]), R + dr, H);
-  const lat = new Float64Array(T * R);
-  const kpe = new Float64Array(T * dr);
-  for (let t = 0; t < T; t++) {
-    for (let j = 0; j < R; j++) lat[t * R + j] = kv[t * (R + dr) + j]!;
-    for (let j = 0; j < dr; j++) kpe[t * dr + j] = kv[t * (R + dr) + R + j]!;
-  }
-  const ckv = rmsnorm(lat, T, R, get(W, `${prefix}.kv_a_layernorm.weight`, [R]), latentEps);
-  for (let i = 0; i < ckv.length; i++) ckv[i] = ckv[i]! * sc.kv; // latent only, not k_pe
-
-  for (let t = 0; t < T; t++) {
-    for (let h = 0; h < nh; h++) applyRope(q, (t * nh + h) * dqk + dn, positions[t]!, sc.rope);
-    applyRope(kpe, t * dr, positions[t]!, sc.rope);
-  }
-  return { q, ckv, kpe };
-}
-
 /** Cache rows of SPEC 5.1: [T, kv_lora + rope] = concat(scaled c_kv, roped k_pe). */
 function cacheRows(cfg: RefConfig, p: MlaProjections, T: number): Float64Array {
   const R = cfg.kv_lora_rank,
@@ -306,31 +290,89 @@ export interface MlaOptions {
 }
 
 /**
- * One MLA attention sub-layer, naive ("MHA") form of SPEC 3.5, over one sequence.
- * `x` [T*H] is the already-normalised input, `positions` [T] absolute positions; a query at
- * position p attends keys at positions <= p (SPEC 3.7). Weights under `prefix`
- * (e.g. 'model.layers.0.self_attn.1'). Returns [T*H].
+ * What both MLA forms start from (SPEC 3.5): the dims, the projections (q [T, nh, nope + rope],
+ * mla-scaled, rope part rotated; c_kv [T, kv_lora], normalised and mla-scaled; k_pe [T, rope],
+ * rotated), the cache rows (reported to opts.onCache) and the softmax scale. Takes the sub-layer's arguments.
  */
-export function referenceMla(
+function mlaSetup(...[cfg, W, prefix, x, T, positions, opts = {}]: Parameters<MlaSubLayer>) {
+  const latentEps = opts.latentEps ?? 1e-6;
+  const H = cfg.hidden_size,
+    nh = cfg.num_attention_heads;
+  const Q = cfg.q_lora_rank,
+    R = cfg.kv_lora_rank;
+  const dn = cfg.qk_nope_head_dim,
+    dr = cfg.qk_rope_head_dim,
+    dv = cfg.v_head_dim,
+    dqk = dn + dr;
+  const sc = mlaScales(cfg);
+
+  let cq = linear(x, T, get(W, `${prefix}.q_a_proj.weight`, [Q, H]), Q, H);
+  cq = rmsnorm(cq, T, Q, get(W, `${prefix}.q_a_layernorm.weight`, [Q]), latentEps);
+  const q = linear(cq, T, get(W, `${prefix}.q_b_proj.weight`, [nh * dqk, Q]), nh * dqk, Q);
+  for (let i = 0; i < q.length; i++) q[i] = q[i]! * sc.q; // both nope and rope parts
+
+  const kv = linear(x, T, get(W, `${prefix}.kv_a_proj_with_mqa.weight`, [R + dr, H]), R + dr, H);
+  const lat = new Float64Array(T * R);
+  const kpe = new Float64Array(T * dr);
+  for (let t = 0; t < T; t++) {
+    for (let j = 0; j < R; j++) lat[t * R + j] = kv[t * (R + dr) + j]!;
+    for (let j = 0; j < dr; j++) kpe[t * dr + j] = kv[t * (R + dr) + R + j]!;
+  }
+  const ckv = rmsnorm(lat, T, R, get(W, `${prefix}.kv_a_layernorm.weight`, [R]), latentEps);
+  for (let i = 0; i < ckv.length; i++) ckv[i] = ckv[i]! * sc.kv; // latent only, not k_pe
+
+  for (let t = 0; t < T; t++) {
+    for (let h = 0; h < nh; h++) applyRope(q, (t * nh + h) * dqk + dn, positions[t]!, sc.rope);
+    applyRope(kpe, t * dr, positions[t]!, sc.rope);
+  }
+  const p: MlaProjections = { q, ckv, kpe };
+  const cache = cacheRows(cfg, p, T); // [T, R + dr]
+  opts.onCache?.(cache);
+  return { nh, R, dn, dr, dv, dqk, p, cache, scale: sc.softmax };
+}
+
+/**
+ * The causal attention weights of the query at positions[t] over the T keys (SPEC 3.7): softmax of
+ * dot(s) * scale, keys at later positions masked. Written into `score` [T].
+ */
+function causalWeights(
+  score: Float64Array,
+  T: number,
+  positions: number[],
+  t: number,
+  scale: number,
+  dot: (s: number) => number,
+) {
+  for (let s = 0; s < T; s++) score[s] = positions[s]! > positions[t]! ? -Infinity : dot(s) * scale;
+  softmaxInPlace(score, T);
+}
+
+/** The output projection o_proj of the heads' outputs o [T, nh * dv]. */
+function mlaOutput(cfg: RefConfig, W: RefWeights, prefix: string, o: Float64Array, T: number): Float64Array {
+  const H = cfg.hidden_size,
+    nhdv = cfg.num_attention_heads * cfg.v_head_dim;
+  return linear(o, T, get(W, `${prefix}.o_proj.weight`, [H, nhdv]), H, nhdv);
+}
+
+/** An MLA attention sub-layer over one sequence (the two forms below): x [T*H] in, [T*H] out. */
+export type MlaSubLayer = (
   cfg: RefConfig,
   W: RefWeights,
   prefix: string,
   x: Float64Array,
   T: number,
   positions: number[],
-  opts: MlaOptions = {},
-): Float64Array {
-  const H = cfg.hidden_size,
-    nh = cfg.num_attention_heads,
-    R = cfg.kv_lora_rank;
-  const dn = cfg.qk_nope_head_dim,
-    dr = cfg.qk_rope_head_dim,
-    dv = cfg.v_head_dim,
-    dqk = dn + dr;
-  const p = mlaProject(cfg, W, prefix, x, T, positions, opts.latentEps ?? 1e-6);
-  opts.onCache?.(cacheRows(cfg, p, T));
-  const scale = mlaScales(cfg).softmax;
+  opts?: MlaOptions,
+) => Float64Array;
 
+/**
+ * One MLA attention sub-layer, naive ("MHA") form of SPEC 3.5, over one sequence.
+ * `x` [T*H] is the already-normalised input, `positions` [T] absolute positions; a query at
+ * position p attends keys at positions <= p (SPEC 3.7). Weights under `prefix`
+ * (e.g. 'model.layers.0.self_attn.1'). Returns [T*H].
+ */
+export const referenceMla: MlaSubLayer = (cfg, W, prefix, x, T, positions, opts = {}) => {
+  const { nh, R, dn, dr, dv, dqk, p, scale } = mlaSetup(cfg, W, prefix, x, T, positions, opts);
   const kvb = linear(p.ckv, T, get(W, `${prefix}.kv_b_proj.weight`, [nh * (dn + dv), R]), nh * (dn + dv), R);
   // k[s,h] = concat(k_nope[s,h], k_pe[s]); v[s,h]
   const o = new Float64Array(T * nh * dv);
@@ -338,18 +380,13 @@ export function referenceMla(
   for (let t = 0; t < T; t++) {
     for (let h = 0; h < nh; h++) {
       const qo = (t * nh + h) * dqk;
-      for (let s = 0; s < T; s++) {
-        if (positions[s]! > positions[t]!) {
-          score[s] = -Infinity;
-          continue;
-        }
+      causalWeights(score, T, positions, t, scale, s => {
         const ko = (s * nh + h) * (dn + dv);
         let d = 0;
         for (let j = 0; j < dn; j++) d += p.q[qo + j]! * kvb[ko + j]!;
         for (let j = 0; j < dr; j++) d += p.q[qo + dn + j]! * p.kpe[s * dr + j]!;
-        score[s] = d * scale;
-      }
-      softmaxInPlace(score, T);
+        return d;
+      });
       for (let s = 0; s < T; s++) {
         const w = score[s]!;
         if (w === 0) continue;
@@ -358,34 +395,16 @@ export function referenceMla(
       }
     }
   }
-  return linear(o, T, get(W, `${prefix}.o_proj.weight`, [H, nh * dv]), H, nh * dv);
-}
+  return mlaOutput(cfg, W, prefix, o, T);
+};
 
 /**
  * The same sub-layer through the absorbed weights of SPEC 5.2 (q_lat = W_UK^T q_nope, attention
  * over the latent cache, o = W_UV o_lat). Exact algebra: equals referenceMla up to rounding.
  * Also usable as the oracle of decode kernels working on latent caches.
  */
-export function referenceMlaAbsorbed(
-  cfg: RefConfig,
-  W: RefWeights,
-  prefix: string,
-  x: Float64Array,
-  T: number,
-  positions: number[],
-  opts: MlaOptions = {},
-): Float64Array {
-  const H = cfg.hidden_size,
-    nh = cfg.num_attention_heads,
-    R = cfg.kv_lora_rank;
-  const dn = cfg.qk_nope_head_dim,
-    dr = cfg.qk_rope_head_dim,
-    dv = cfg.v_head_dim,
-    dqk = dn + dr;
-  const p = mlaProject(cfg, W, prefix, x, T, positions, opts.latentEps ?? 1e-6);
-  const cache = cacheRows(cfg, p, T); // [T, R + dr]
-  opts.onCache?.(cache);
-  const scale = mlaScales(cfg).softmax;
+export const referenceMlaAbsorbed: MlaSubLayer = (cfg, W, prefix, x, T, positions, opts = {}) => {
+  const { nh, R, dn, dr, dv, dqk, p, cache, scale } = mlaSetup(cfg, W, prefix, x, T, positions, opts);
   const wkvb = get(W, `${prefix}.kv_b_proj.weight`, [nh * (dn + dv), R]);
   // W_UK[h] = wkvb rows h*(dn+dv) + [0, dn), W_UV[h] = rows h*(dn+dv) + [dn, dn+dv); each row has R columns
 
@@ -404,16 +423,11 @@ export function referenceMlaAbsorbed(
         for (let c = 0; c < R; c++) qlat[c] = qlat[c]! + qj * wkvb[row + c]!;
       }
       for (let j = 0; j < dr; j++) qlat[R + j] = p.q[qo + dn + j]!;
-      for (let s = 0; s < T; s++) {
-        if (positions[s]! > positions[t]!) {
-          score[s] = -Infinity;
-          continue;
-        }
+      causalWeights(score, T, positions, t, scale, s => {
         let d = 0;
         for (let c = 0; c < R + dr; c++) d += qlat[c]! * cache[s * (R + dr) + c]!;
-        score[s] = d * scale;
-      }
-      softmaxInPlace(score, T);
+        return d;
+      });
       olat.fill(0);
       for (let s = 0; s < T; s++) {
         const w = score[s]!;
@@ -427,8 +441,8 @@ export function referenceMlaAbsorbed(
       }
     }
   }
-  return linear(o, T, get(W, `${prefix}.o_proj.weight`, [H, nh * dv]), H, nh * dv);
-}
+  return mlaOutput(cfg, W, prefix, o, T);
+};
 
 // ---------------------------------------------------------------------------------------------
 // Router and MoE (SPEC 4)
@@ -530,6 +544,17 @@ function embed(W: RefWeights, name: string, tokens: number[], V: number, H: numb
   return h;
 }
 
+/** RMSNorm of hidden states x [T, H] with the weight `name` and the model's eps (SPEC 3.2). */
+function hiddenNorm(cfg: RefConfig, W: RefWeights, name: string, x: Float64Array, T: number): Float64Array {
+  const H = cfg.hidden_size;
+  return rmsnorm(x, T, H, get(W, name, [H]), cfg.rms_norm_eps);
+}
+
+/** A dense MLP of the layers (hidden -> ffn_hidden_size -> hidden), x [T, H]. */
+function denseMlp(cfg: RefConfig, W: RefWeights, prefix: string, x: Float64Array, T: number): Float64Array {
+  return referenceFfn(W, prefix, x, T, cfg.hidden_size, cfg.ffn_hidden_size);
+}
+
 /** One logical ScMoE layer (SPEC 3.3), transformers summation order (O7). */
 export function referenceLayer(
   cfg: RefConfig,
@@ -540,53 +565,32 @@ export function referenceLayer(
   positions: number[],
   opts: RefHooks = {},
 ): Float64Array {
-  const H = cfg.hidden_size,
-    eps = cfg.rms_norm_eps,
-    F = cfg.ffn_hidden_size;
   const pre = `model.layers.${L}`;
   const hook = opts.hook ?? (() => {});
-  const mlaOpts = (i: number): MlaOptions => ({ latentEps: opts.latentEps, onCache: rows => hook('kv_latent', 2 * L + i, rows) });
+  const norm = (x: Float64Array, weight: string) => hiddenNorm(cfg, W, weight, x, T);
+  const attn = (i: number, x: Float64Array) =>
+    referenceMla(cfg, W, `${pre}.self_attn.${i}`, norm(x, `${pre}.input_layernorm.${i}.weight`), T, positions, {
+      latentEps: opts.latentEps,
+      onCache: rows => hook('kv_latent', 2 * L + i, rows),
+    });
 
   // A: attention 0
-  const a0 = referenceMla(
-    cfg,
-    W,
-    `${pre}.self_attn.0`,
-    rmsnorm(hIn, T, H, get(W, `${pre}.input_layernorm.0.weight`, [H]), eps),
-    T,
-    positions,
-    mlaOpts(0),
-  );
+  const a0 = attn(0, hIn);
   hook('attn0', L, a0);
   let h = add(hIn, a0);
   // B: MoE and dense MLP 0 share u
-  const u = rmsnorm(h, T, H, get(W, `${pre}.post_attention_layernorm.0.weight`, [H]), eps);
+  const u = norm(h, `${pre}.post_attention_layernorm.0.weight`);
   const moe = referenceMoe(cfg, W, L, u, T);
   hook('moe', L, moe);
-  const m0 = referenceFfn(W, `${pre}.mlps.0`, u, T, H, F);
+  const m0 = denseMlp(cfg, W, `${pre}.mlps.0`, u, T);
   hook('mlp0', L, m0);
   h = add(h, m0);
   // C: attention 1
-  const a1 = referenceMla(
-    cfg,
-    W,
-    `${pre}.self_attn.1`,
-    rmsnorm(h, T, H, get(W, `${pre}.input_layernorm.1.weight`, [H]), eps),
-    T,
-    positions,
-    mlaOpts(1),
-  );
+  const a1 = attn(1, h);
   hook('attn1', L, a1);
   h = add(h, a1);
   // D: dense MLP 1, then the shortcut MoE output
-  const m1 = referenceFfn(
-    W,
-    `${pre}.mlps.1`,
-    rmsnorm(h, T, H, get(W, `${pre}.post_attention_layernorm.1.weight`, [H]), eps),
-    T,
-    H,
-    F,
-  );
+  const m1 = denseMlp(cfg, W, `${pre}.mlps.1`, norm(h, `${pre}.post_attention_layernorm.1.weight`), T);
   hook('mlp1', L, m1);
   h = add(add(h, m1), moe);
   hook('layer_out', L, h);
@@ -613,8 +617,28 @@ export function referenceForward(
     T = tokens.length;
   const positions = tokens.map((_, i) => i);
   let h = embed(W, 'model.embed_tokens.weight', tokens, cfg.vocab_size, H);
+  if (cfg.ngram_vocab_size_ratio != null) {
+    const ng = {
+      vocab_size: cfg.vocab_size,
+      hidden_size: H,
+      ngram_vocab_size_ratio: cfg.ngram_vocab_size_ratio,
+      emb_neighbor_num: cfg.emb_neighbor_num!,
+      emb_split_num: cfg.emb_split_num!,
+      eos_token_id: cfg.eos_token_id ?? 2,
+    };
+    const E = ng.emb_split_num * (ng.emb_neighbor_num - 1),
+      d = Math.floor(H / E),
+      M = ng.ngram_vocab_size_ratio * ng.vocab_size;
+    h = referenceNgramEmbedding(
+      ng,
+      tokens,
+      h,
+      idx => get(W, `model.ngram_embeddings.embedders.${idx}.weight`, [M + 2 * idx + 1, d]),
+      idx => get(W, `model.ngram_embeddings.post_projs.${idx}.weight`, [H, d]),
+    );
+  }
   for (let L = 0; L < cfg.num_layers; L++) h = referenceLayer(cfg, W, L, h, T, positions, opts);
-  const hidden = rmsnorm(h, T, H, get(W, 'model.norm.weight', [H]), cfg.rms_norm_eps);
+  const hidden = hiddenNorm(cfg, W, 'model.norm.weight', h, T);
   return { logits: lmHead(cfg, W, hidden, T), hidden };
 }
 
@@ -646,9 +670,7 @@ export function referenceMtp(
   opts: MtpOptions = {},
 ): { logits: Float64Array; hidden: Float64Array } {
   const H = cfg.hidden_size,
-    T = nextTokens.length,
-    eps = cfg.rms_norm_eps,
-    F = cfg.ffn_hidden_size;
+    T = nextTokens.length;
   if (hiddenPrev.length !== T * H)
     throw new Error(`reference mtp: hiddenPrev has ${hiddenPrev.length} values, expected ${T}x${H}`);
   if (positions.length !== T) throw new Error(`reference mtp: ${positions.length} positions for ${T} tokens`);
@@ -663,37 +685,22 @@ export function referenceMtp(
     }
   }
   const e = embed(W, table, nextTokens, cfg.vocab_size, H);
-  const en = rmsnorm(e, T, H, get(W, `${pre}.enorm.m.weight`, [H]), eps);
-  const hn = rmsnorm(hiddenPrev, T, H, get(W, `${pre}.hnorm.m.weight`, [H]), eps);
+  const en = hiddenNorm(cfg, W, `${pre}.enorm.m.weight`, e, T);
+  const hn = hiddenNorm(cfg, W, `${pre}.hnorm.m.weight`, hiddenPrev, T);
   const cat = new Float64Array(T * 2 * H);
   for (let t = 0; t < T; t++) {
     cat.set(en.subarray(t * H, (t + 1) * H), t * 2 * H); // embedding first
     cat.set(hn.subarray(t * H, (t + 1) * H), t * 2 * H + H);
   }
   let z = linear(cat, T, get(W, `${pre}.eh_proj.weight`, [H, 2 * H]), H, 2 * H);
-  const a = referenceMla(
-    cfg,
-    W,
-    `${pre}.self_attn`,
-    rmsnorm(z, T, H, get(W, `${pre}.input_layernorm.weight`, [H]), eps),
-    T,
-    positions,
-    {
-      latentEps: opts.latentEps,
-      onCache: rows => opts.hook?.('kv_latent', 2 * cfg.num_layers, rows),
-    },
-  );
+  const a = referenceMla(cfg, W, `${pre}.self_attn`, hiddenNorm(cfg, W, `${pre}.input_layernorm.weight`, z, T), T, positions, {
+    latentEps: opts.latentEps,
+    onCache: rows => opts.hook?.('kv_latent', 2 * cfg.num_layers, rows),
+  });
   z = add(z, a);
-  const m = referenceFfn(
-    W,
-    `${pre}.transformer_layer.mlp`,
-    rmsnorm(z, T, H, get(W, `${pre}.post_attention_layernorm.weight`, [H]), eps),
-    T,
-    H,
-    F,
-  );
-  z = add(z, m);
-  const hidden = rmsnorm(z, T, H, get(W, 'model.mtp.norm.weight', [H]), eps);
+  const mlpIn = hiddenNorm(cfg, W, `${pre}.post_attention_layernorm.weight`, z, T);
+  z = add(z, denseMlp(cfg, W, `${pre}.transformer_layer.mlp`, mlpIn, T));
+  const hidden = hiddenNorm(cfg, W, 'model.mtp.norm.weight', z, T);
   return { logits: lmHead(cfg, W, hidden, T), hidden };
 }
 

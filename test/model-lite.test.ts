@@ -1,0 +1,257 @@
+// The LongCat-Flash-Lite layout (init-random preset `lite`: 12 N-gram tables, YaRN) end to end:
+// the whole model against the float64 reference extended with SPEC-LITE (bf16 and FP8), prefill
+// + decode == one full forward across an EOS inside the prompt, rollback of the N-gram history
+// with the KV pages, batched == single; on the CPU and on CUDA (a GPU or the emulator), where the
+// tables stay in host memory.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { initRandom } from '../lib/init-random.js';
+import { loadModel } from '../lib/generate.js';
+import { openCheckpoint } from '../lib/checkpoint.js';
+import { toArray } from '../lib/tensor.js';
+import { native } from '../lib/native.js';
+import { activeParams } from '../lib/config.js';
+import { loadTokenizer } from '../lib/tokenizer.js';
+import { referenceLogits } from './model-fixture.js';
+import { referenceNgramIds } from './reference/ngram-ref.js';
+import { backends, workLimitMs } from './helpers.js';
+
+const root = mkdtempSync(path.join(tmpdir(), 'longcat-lite-'));
+let savedPrecision: ReturnType<typeof native.setMatmulPrecision>;
+let bf16Dir: string, fp8Dir: string;
+beforeAll(async () => {
+  savedPrecision = native.setMatmulPrecision('highest');
+  bf16Dir = path.join(root, 'bf16');
+  fp8Dir = path.join(root, 'fp8');
+  await initRandom({ preset: 'lite', out: bf16Dir, seed: 11 });
+  await initRandom({ preset: 'lite', out: fp8Dir, seed: 12, fp8: true });
+});
+afterAll(() => {
+  native.setMatmulPrecision(savedPrecision);
+  rmSync(root, { recursive: true, force: true });
+});
+
+function expectLogitsClose(got: ArrayLike<number>, want: ArrayLike<number>, rel: number, what = 'logits') {
+  expect(got.length, what).toBe(want.length);
+  let scale = 0,
+    worst = 0,
+    at = -1;
+  for (let i = 0; i < want.length; i++) scale = Math.max(scale, Math.abs(want[i]!));
+  for (let i = 0; i < want.length; i++) {
+    const e = Math.abs(got[i]! - want[i]!);
+    if (!(e <= worst)) {
+      worst = e;
+      at = i;
+    }
+  }
+  expect(scale).toBeGreaterThan(0);
+  if (!(worst <= rel * scale))
+    expect.fail(`${what} ${at}: ${got[at]} vs ${want[at]} (max error ${worst}, allowed ${rel * scale})`);
+}
+
+// An EOS (2) inside, token 0 (an ordinary token), a repeated bigram (the same N-gram rows twice).
+const prompt = [5, 17, 300, 2, 99, 41, 0, 7, 260, 1, 3, 511, 41, 0];
+
+it('the preset writes the real Lite layout: 12 tables of ratio * vocab + 2 i + 1 rows, YaRN, N-gram counted apart', async () => {
+  const ck = await openCheckpoint(bf16Dir);
+  try {
+    expect(ck.config.model_type).toBe('longcat_flash_ngram');
+    expect(ck.config.rope_scaling?.factor).toBe(10);
+    for (let i = 0; i < 12; i++) {
+      expect(ck.tensors.get(`model.ngram_embeddings.embedders.${i}.weight`)?.shape).toEqual([3 * 512 + 2 * i + 1, 8]);
+      expect(ck.tensors.get(`model.ngram_embeddings.post_projs.${i}.weight`)?.shape).toEqual([96, 8]);
+    }
+    expect(ck.unexpected).toEqual([]);
+    const p = activeParams(ck.config);
+    expect(p.ngramTables).toBe(12 * 1536 * 8 + 144 * 8);
+    expect(p.ngramProjections).toBe(12 * 96 * 8);
+  } finally {
+    ck.close();
+  }
+  const fp8 = await openCheckpoint(fp8Dir);
+  try {
+    expect(fp8.fp8).toBe(true);
+    expect(fp8.tensors.get('model.ngram_embeddings.post_projs.0.weight')?.dtype).toBe('BF16');
+    expect(fp8.tensors.get('model.ngram_embeddings.embedders.0.weight')?.dtype).toBe('BF16');
+    expect(fp8.tensors.has('model.ngram_embeddings.post_projs.0.weight_scale_inv')).toBe(false);
+  } finally {
+    fp8.close();
+  }
+});
+
+it('with --mtp the MTP module goes to model-auxiliary.safetensors, outside the index, and is found there', async () => {
+  const dir = path.join(root, 'mtp');
+  const res = await initRandom({ preset: 'lite', out: dir, seed: 13, mtp: true });
+  expect(res.files.map(f => path.basename(f))).toContain('model-auxiliary.safetensors');
+  const index = JSON.parse(readFileSync(path.join(dir, 'model.safetensors.index.json'), 'utf8')) as {
+    weight_map: Record<string, string>;
+  };
+  expect(Object.keys(index.weight_map).some(n => n.startsWith('model.mtp.'))).toBe(false);
+  const ck = await openCheckpoint(dir);
+  try {
+    expect(ck.hasMtp).toBe(true);
+    expect(path.basename(ck.tensors.get('model.mtp.embed_tokens.weight')!.file)).toBe('model-auxiliary.safetensors');
+    expect(ck.unexpected).toEqual([]);
+    expect(ck.tensors.size).toBe(res.tensorCount);
+  } finally {
+    ck.close();
+  }
+  using model = await loadModel(dir, { backend: 'cpu' });
+  expect(model.forward([3, 2, 9]).length).toBe(3 * 512);
+});
+
+it("the preset's tokenizer.json carries Lite's pre-tokenizer (three splits), which the tokenizer loads and round-trips", async () => {
+  const tok = await loadTokenizer(bf16Dir);
+  const json = JSON.parse(readFileSync(path.join(bf16Dir, 'tokenizer.json'), 'utf8')) as {
+    pre_tokenizer: { pretokenizers: { type: string }[] };
+  };
+  expect(json.pre_tokenizer.pretokenizers.map(p => p.type)).toEqual(['Split', 'Split', 'Split', 'ByteLevel']);
+  for (const text of ['你好，世界！Hello there.', '「東京」は大きい。 한국어 텍스트', "It's 2025: ｆｕｌｌ－ｗｉｄｔｈ！"]) {
+    const ids = tok.encode(text);
+    expect(ids.length).toBeGreaterThan(0);
+    expect(tok.decode(ids)).toBe(text);
+  }
+  expect(tok.eosIds).toEqual([2]);
+});
+
+it('the reference ids (EOS-segmented shifts, BigInt) reproduce the SPEC-LITE vectors', () => {
+  const cfg = {
+    vocab_size: 131072,
+    hidden_size: 3072,
+    ngram_vocab_size_ratio: 78,
+    emb_neighbor_num: 4,
+    emb_split_num: 4,
+    eos_token_id: 2,
+  };
+  const ids = referenceNgramIds(cfg, [1, 15043, 1919, 2, 523]);
+  expect(ids.map(r => r[3])).toEqual([
+    6160362, 6160314, 6160266, 6160218, 8554957, 9116266, 9677595, 15313, 9630250, 9299210, 8968362, 8637706,
+  ]);
+  expect(ids[4]![2]).toBe(2737574);
+  expect(ids.every(r => r[4] === 523)).toBe(true);
+  const b = referenceNgramIds(cfg, [10, 2, 2, 11, 12, 13]);
+  expect([b[0]![5], b[4]![5], b[8]![5]]).toEqual([1572877, 6649401, 6501529]);
+});
+
+it('a chat session reusing its cache over turns (an EOS closes each finished assistant turn) equals a fresh session', async () => {
+  using model = await loadModel(bf16Dir, { backend: 'cpu', cacheDtype: 'f32', maxContext: 256 });
+  using chat = model.createSession();
+  const first = await chat.generate([{ role: 'user', content: 'Hello there' }], { maxTokens: 4 });
+  const turn2 = [
+    { role: 'user' as const, content: 'Hello there' },
+    { role: 'assistant' as const, content: first.text },
+    { role: 'user' as const, content: 'And then?' },
+  ];
+  const second = await chat.generate(turn2, { maxTokens: 6 });
+  expect(second.prefillTokens).toBeLessThan(second.promptTokens); // the first turn came from the cache
+  using fresh = model.createSession();
+  const again = await fresh.generate(turn2, { maxTokens: 6 });
+  expect(second.tokens).toEqual(again.tokens);
+});
+
+describe.each(backends)('LongCat-Flash-Lite on %s', device => {
+  const backend = device === 'cpu' ? 'cpu' : 'cuda';
+  const readLogits = (r: { logits: { dispose(): void } }) => {
+    const v = toArray(r.logits as never) as Float32Array;
+    r.logits.dispose();
+    return v;
+  };
+
+  it.each([
+    ['bf16', () => bf16Dir],
+    ['fp8', () => fp8Dir],
+  ])(
+    '%s: the whole model equals the float64 reference (fp32 tolerance); the tables stay in host memory',
+    async (_, dir) => {
+      const want = await referenceLogits(dir(), prompt);
+      using model = await loadModel(dir(), { backend, cacheDtype: 'f32' });
+      const ng = model.engine.w.ngram!;
+      expect(ng.tables.every(t => t.device === 'cpu')).toBe(true);
+      expect(ng.proj.device).toBe(device);
+      expect(ng.proj.shape).toEqual([12, 96, 8]);
+      expectLogitsClose(model.forward(prompt), want, 1e-4);
+    },
+    workLimitMs(30),
+  );
+
+  it(
+    'prefill + decode steps (graph replays) equal one full forward across the EOS; chunks and rollback too',
+    async () => {
+      using model = await loadModel(bf16Dir, { backend, cacheDtype: 'f32', maxContext: 128 });
+      const e = model.engine;
+      const full = e.newSequence();
+      const all = readLogits(e.forward([full], [prompt], { allLogits: true }));
+      full.release();
+      const V = e.dims.vocab;
+      const rows = (from: number, to: number) => all.subarray(from * V, to * V);
+
+      // prefill up to the token before the EOS, then decode one token at a time across it
+      const seq = e.newSequence();
+      expectLogitsClose(readLogits(e.forward([seq], [prompt.slice(0, 2)], { allLogits: true })), rows(0, 2), 1e-4, 'prefill');
+      for (let i = 2; i < prompt.length; i++)
+        expectLogitsClose(readLogits(e.forward([seq], [[prompt[i]!]])), rows(i, i + 1), 1e-4, `decode ${i}`);
+
+      // rollback: draft two tokens, reject them (truncate the pages), continue with the prompt's own
+      seq.truncate(6);
+      readLogits(e.forward([seq], [[123, 2]], { allLogits: true }));
+      seq.truncate(6);
+      expectLogitsClose(
+        readLogits(e.forward([seq], [prompt.slice(6, 9)], { allLogits: true })),
+        rows(6, 9),
+        1e-4,
+        'after rollback',
+      );
+      seq.truncate(4); // back to just after the EOS, then decode
+      for (let i = 4; i < 7; i++)
+        expectLogitsClose(readLogits(e.forward([seq], [[prompt[i]!]])), rows(i, i + 1), 1e-4, `decode after rollback ${i}`);
+      seq.release();
+
+      // random chunk sizes (chunked prefill)
+      const chunked = e.newSequence();
+      for (const [a, b] of [
+        [0, 3],
+        [3, 4],
+        [4, 9],
+        [9, 14],
+      ] as const)
+        expectLogitsClose(
+          readLogits(e.forward([chunked], [prompt.slice(a, b)], { allLogits: true })),
+          rows(a, b),
+          1e-4,
+          `chunk ${a}..${b}`,
+        );
+      chunked.release();
+    },
+    workLimitMs(30),
+  );
+
+  it(
+    'batched decode of sequences with different N-gram histories equals single decodes',
+    async () => {
+      using model = await loadModel(bf16Dir, { backend, cacheDtype: 'f32', maxContext: 64 });
+      const e = model.engine;
+      const prompts = [prompt.slice(0, 4), prompt.slice(2, 9), [42]];
+      const next = [7, 100, 2];
+      const batch = prompts.map(() => e.newSequence());
+      readLogits(e.forward(batch, prompts));
+      const together = readLogits(
+        e.forward(
+          batch,
+          next.map(t => [t]),
+        ),
+      );
+      for (const s of batch) s.release();
+      const V = e.dims.vocab;
+      prompts.forEach((p, b) => {
+        const s = e.newSequence();
+        readLogits(e.forward([s], [p]));
+        const one = readLogits(e.forward([s], [[next[b]!]]));
+        s.release();
+        expectLogitsClose(together.subarray(b * V, (b + 1) * V), one, 1e-4, `sequence ${b}`);
+      });
+    },
+    workLimitMs(30),
+  );
+});

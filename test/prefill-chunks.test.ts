@@ -1,0 +1,244 @@
+// Responsiveness (issue 13, item 9): waits that JS awaits instead of blocking on
+// (native.synchronizeAsync, Stream.synchronizeAsync, toArrayAsync), and prefills run in chunks that
+// generate awaits one by one: the same logits and tokens as one step, other JS work running between
+// chunks, an abort stopping the prefill at a chunk boundary. On the CPU and, where a CUDA device
+// exists (a GPU, or the emulator of `npm run test:emu`, whose streams run only when waited for),
+// on cuda:0. Behaviour only: nothing here reads a clock.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { initRandom } from '../lib/init-random.js';
+import { loadModel, type Model } from '../lib/generate.js';
+import { native } from '../lib/native.js';
+import { Event, Stream, synchronizeAsync } from '../lib/device.js';
+import { empty, tensor, toArray, toArrayAsync } from '../lib/tensor.js';
+import { LongcatError } from '../lib/errors.js';
+import { expectClose, rng } from './helpers.js';
+
+const devices = ['cpu', ...(native.cudaStatus().available ? ['cuda:0'] : [])];
+const root = mkdtempSync(path.join(tmpdir(), 'longcat-prefill-'));
+const dir = path.join(root, 'tiny');
+let saved: ReturnType<typeof native.setMatmulPrecision>;
+beforeAll(async () => {
+  saved = native.setMatmulPrecision('highest');
+  await initRandom({ preset: 'tiny', out: dir, seed: 33 });
+});
+afterAll(() => {
+  native.setMatmulPrecision(saved);
+  rmSync(root, { recursive: true, force: true });
+});
+
+/** y = x w^T in float64, the reference of the queued linear below. */
+function linearRef(x: Float32Array, w: Float32Array, t: number, k: number, n: number) {
+  const y = new Float64Array(t * n);
+  for (let i = 0; i < t; i++)
+    for (let j = 0; j < n; j++) {
+      let s = 0;
+      for (let q = 0; q < k; q++) s += x[i * k + q]! * w[j * k + q]!;
+      y[i * n + j] = s;
+    }
+  return y;
+}
+
+describe.each(devices)('awaitable waits on %s', device => {
+  const [t, k, n] = [23, 67, 19];
+  const r = rng(7);
+  const xv = r.array(t * k),
+    wv = r.array(n * k);
+  const want = linearRef(xv, wv, t, k, n);
+
+  it('stream.synchronizeAsync() resolves once the stream ran what was queued (read without waiting again)', async () => {
+    const s = new Stream(device);
+    const x = tensor(xv, [t, k], { device }),
+      w = tensor(wv, [n, k], { device }),
+      y = empty([t, n], { device });
+    const other = new Event(device);
+    native.linear(s, y, x, w);
+    other.record(s);
+    const p = s.synchronizeAsync();
+    expect(p).toBeInstanceOf(Promise);
+    await p;
+    expect(other.query(), 'the event recorded after the linear completed').toBe(true);
+    expectClose(toArray(y), want, 1e-4, 1e-5, 'y');
+    for (const v of [x, w, y]) v.dispose();
+    s.dispose();
+  });
+
+  it('synchronizeAsync(device) and toArrayAsync wait for every stream of the device', async () => {
+    const s = new Stream(device);
+    const x = tensor(xv, [t, k], { device }),
+      w = tensor(wv, [n, k], { device }),
+      y = empty([t, n], { device }),
+      z = empty([t, n], { device });
+    native.linear(s, y, x, w);
+    const done = new Event(device);
+    done.record(s);
+    native.defaultStream(device).waitEvent(done);
+    native.scale(null, z, y, 2); // on the default stream, after s's linear
+    expectClose(
+      await toArrayAsync(z),
+      Array.from(want, v => 2 * v),
+      2e-4,
+      1e-5,
+      'z',
+    );
+    native.linear(s, y, x, w);
+    await synchronizeAsync(device);
+    expect(done.query()).toBe(true);
+    for (const v of [x, w, y, z]) v.dispose();
+    s.dispose();
+  });
+
+  it('a stream disposed while its wait is pending still resolves it', async () => {
+    const s = new Stream(device);
+    const x = tensor(xv, [t, k], { device }),
+      w = tensor(wv, [n, k], { device }),
+      y = empty([t, n], { device });
+    native.linear(s, y, x, w);
+    const p = s.synchronizeAsync();
+    s.dispose();
+    await p;
+    expectClose(toArray(y), want, 1e-4, 1e-5, 'y');
+    for (const v of [x, w, y]) v.dispose();
+  });
+});
+
+describe('awaitable waits on CPU streams: failures and captures', () => {
+  it('inside a CPU graph capture the wait is refused with E_ARGUMENT (it would be captured, not run)', () => {
+    const s = new Stream('cpu');
+    let err: unknown = null;
+    const g = native.captureGraph([s], () => {
+      try {
+        void s.synchronizeAsync();
+      } catch (e) {
+        err = e;
+      }
+    });
+    g.dispose();
+    expect(err).toBeInstanceOf(LongcatError);
+    expect((err as LongcatError).code).toBe('E_ARGUMENT');
+    s.dispose();
+  });
+
+  it('a kernel that fails on a CPU stream rejects the awaited wait with its typed error, once', async () => {
+    const s = new Stream('cpu');
+    const table = tensor([1, 2, 3, 4], [2, 2]),
+      ids = tensor([0, 7], [2], { dtype: 'int32' }),
+      y = empty([2, 2]);
+    native.embedding(s, y, table, ids); // ids[1] = 7 is only seen when the kernel runs
+    const err = await s.synchronizeAsync().then(
+      () => null,
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(LongcatError);
+    expect((err as LongcatError).code).toBe('E_ARGUMENT');
+    expect((err as Error).message).toMatch(/ids\[1\] = 7 is out of range/);
+    await s.synchronizeAsync(); // reported once: the stream is usable again
+    native.embedding(s, y, table, ids);
+    await expect(synchronizeAsync('cpu')).rejects.toMatchObject({ code: 'E_ARGUMENT' });
+    for (const v of [table, ids, y]) v.dispose();
+    s.dispose();
+  });
+});
+
+describe.each(devices)('chunked prefill on %s', device => {
+  let model: Model;
+  let prompt: string;
+  beforeAll(async () => {
+    model = await loadModel(dir, { backend: device === 'cpu' ? 'cpu' : 'cuda', maxContext: 512, cacheDtype: 'f32' });
+    prompt = 'In the valley of 42 sheep, the shepherd counted: one, two, three, four, five. '.repeat(3);
+  });
+  afterAll(() => model.dispose());
+
+  it('gives the logits of one step, for chunks of 1, 7 and 64 tokens (fp32 everywhere)', () => {
+    const ids = model.tokenizer.encode(prompt).slice(0, 100);
+    expect(ids.length).toBe(100);
+    const whole = model.forward(ids);
+    const V = model.config.vocab_size;
+    for (const chunk of [1, 7, 64]) {
+      const got = model.forward(ids, { prefillChunk: chunk });
+      // The chunks read the earlier tokens back from the (f32) cache instead of the step's own
+      // values: the same numbers, summed in a different order.
+      let scale = 0;
+      for (const v of whole) scale = Math.max(scale, Math.abs(v));
+      expectClose(got, whole, 2e-5 * scale, 0, `logits, chunks of ${chunk}`);
+      expect(got.length).toBe(100 * V);
+    }
+  });
+
+  it('generates the same greedy tokens, with onPrefillChunk called once per chunk', async () => {
+    using a = model.createSession();
+    const one = await a.generate(prompt, { maxTokens: 12, prefillChunk: 100_000 });
+    using b = model.createSession();
+    const seen: { done: number; total: number }[] = [];
+    const chunked = await b.generate(prompt, { maxTokens: 12, prefillChunk: 9, onPrefillChunk: p => seen.push(p) });
+    expect(chunked.tokens).toEqual(one.tokens);
+    expect(chunked.text).toBe(one.text);
+    const P = chunked.promptTokens;
+    expect(P).toBeGreaterThan(40);
+    expect(seen.length).toBe(Math.ceil(P / 9));
+    expect(seen.map(s => s.done)).toEqual(Array.from({ length: seen.length }, (_, i) => Math.min(P, 9 * (i + 1))));
+    expect(seen.every(s => s.total === P)).toBe(true);
+  });
+
+  it('lets other JS work run between chunks', async () => {
+    let ticks = 0,
+      live = true;
+    const tick = () => {
+      ticks++;
+      if (live) setImmediate(tick);
+    };
+    setImmediate(tick);
+    const atChunk: number[] = [];
+    try {
+      using s = model.createSession();
+      const r = await s.generate(prompt, { maxTokens: 1, prefillChunk: 8, onPrefillChunk: () => atChunk.push(ticks) });
+      expect(r.completionTokens + (r.stopReason === 'eos' ? 1 : 0)).toBe(1);
+    } finally {
+      live = false;
+    }
+    expect(atChunk.length).toBeGreaterThan(5);
+    // Between two chunks the event loop turned at least once (a setImmediate callback ran).
+    for (let i = 1; i < atChunk.length; i++) expect(atChunk[i]!, `ticks before chunk ${i}`).toBeGreaterThan(atChunk[i - 1]!);
+  });
+
+  it('an abort issued while a prefill chunk runs stops the prefill at the next chunk boundary', async () => {
+    using s = model.createSession();
+    const ac = new AbortController();
+    let chunks = 0;
+    const g = s.generate(prompt, {
+      maxTokens: 5,
+      prefillChunk: 4,
+      signal: ac.signal,
+      onPrefillChunk: () => {
+        // Issued from other JS work (the next turn of the event loop), while the next chunk runs.
+        if (++chunks === 2) setImmediate(() => ac.abort());
+      },
+    });
+    const r = await g;
+    expect(r.stopReason).toBe('abort');
+    expect(r.completionTokens).toBe(0);
+    expect(r.text).toBe('');
+    const total = Math.ceil(r.promptTokens / 4);
+    expect(chunks).toBeGreaterThanOrEqual(2);
+    expect(chunks, 'the prefill did not run to its end').toBeLessThan(total - 2);
+    // Every chunk that ran is in the session's cache, and only whole chunks.
+    expect(s.length).toBe(4 * chunks);
+    expect(r.prefillTokens).toBe(4 * chunks);
+    // The next call continues from the cached chunks.
+    const again = await s.generate(prompt, { maxTokens: 2, prefillChunk: 4 });
+    expect(again.prefillTokens).toBe(again.promptTokens - 4 * chunks);
+  });
+
+  it('checks prefillChunk and onPrefillChunk before any work', async () => {
+    using s = model.createSession();
+    for (const bad of [0, -1, 2.5, Number.NaN, '8' as unknown as number])
+      await expect(s.generate(prompt, { prefillChunk: bad })).rejects.toMatchObject({ code: 'E_ARGUMENT' });
+    await expect(s.generate(prompt, { onPrefillChunk: 'x' as unknown as () => void })).rejects.toMatchObject({
+      code: 'E_ARGUMENT',
+    });
+    expect(s.length).toBe(0);
+    await expect(loadModel(dir, { backend: 'cpu', prefillChunk: 0 })).rejects.toMatchObject({ code: 'E_ARGUMENT' });
+  });
+});
