@@ -7,6 +7,12 @@ namespace lc {
 
 AddonData& addon_data(Napi::Env env) { return *env.GetInstanceData<AddonData>(); }
 
+const std::shared_ptr<Stream>& default_stream(Napi::Env env, Device d) {
+  auto& s = addon_data(env).default_streams[{d.kind, d.index}];
+  if (!s) s = std::make_shared<Stream>(d);
+  return s;
+}
+
 // setErrorFactory(makeError) lets the SDK supply its LongcatError constructor.
 static Napi::Value SetErrorFactory(const Napi::CallbackInfo& info) {
   if (info.Length() < 1 || !info[0].IsFunction())

@@ -79,7 +79,7 @@ std::vector<Tensor> OpArgs::tensor_list(size_t i, const char* name) const {
 }
 
 Stream& OpArgs::stream(size_t i, Device d) const {
-  if (!present(i)) return default_stream(d);
+  if (!present(i)) return *default_stream(env(), d);
   if (!StreamWrap::IsStream(env(), info_[i])) fail(Code::E_ARGUMENT, "%s: 'stream' is not a Stream", op_);
   Stream& s = StreamWrap::Unwrap(info_[i].As<Napi::Object>())->get();
   if (s.device() != d)

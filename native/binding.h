@@ -76,7 +76,9 @@ class StreamWrap : public Napi::ObjectWrap<StreamWrap> {
   static bool IsStream(Napi::Env env, Napi::Value v);
   static Napi::Object WrapDefault(Napi::Env env, Device d);
   explicit StreamWrap(const Napi::CallbackInfo& info);
-  Stream& get() const;
+  Stream& get() const { return *shared(); }
+  // The stream, shared (a Graph keeps the streams it captured); throws E_DISPOSED.
+  const std::shared_ptr<Stream>& shared() const;
 
  private:
   Napi::Value DeviceName(const Napi::CallbackInfo&);
@@ -84,8 +86,7 @@ class StreamWrap : public Napi::ObjectWrap<StreamWrap> {
   Napi::Value SynchronizeAsync(const Napi::CallbackInfo&);
   Napi::Value WaitEvent(const Napi::CallbackInfo&);
   Napi::Value Dispose(const Napi::CallbackInfo&);
-  Stream* s_ = nullptr;
-  std::unique_ptr<Stream> owned_;  // null for a device's default stream, which is only borrowed
+  std::shared_ptr<Stream> s_;  // null once disposed; a default stream is shared with AddonData
 };
 
 class EventWrap : public Napi::ObjectWrap<EventWrap> {
@@ -115,12 +116,17 @@ class GraphWrap : public Napi::ObjectWrap<GraphWrap> {
   std::unique_ptr<Graph> g_;
 };
 
-// Per-environment state (a worker thread loads its own copy of the addon): the JS constructors
-// of the classes above and the SDK's error factory. Set up by addon.cc.
+// Per-environment state (the main thread and every worker thread have their own): the JS
+// constructors of the classes above, the SDK's error factory and the environment's default stream
+// of each device (so that workers neither order behind nor capture each other's work). Set up by
+// addon.cc as the environment's instance data, destroyed when the environment is torn down.
 struct AddonData {
   Napi::FunctionReference tensor_ctor, stream_ctor, event_ctor, graph_ctor, make_error;
+  std::map<std::pair<int, int>, std::shared_ptr<Stream>> default_streams;
 };
 AddonData& addon_data(Napi::Env env);
+// The stream ops use when given null: one per device and environment, made on first use.
+const std::shared_ptr<Stream>& default_stream(Napi::Env env, Device d);
 
 // Converts the C++ exception in flight into the JS exception the SDK expects.
 [[noreturn]] void rethrow_as_js(Napi::Env env);

@@ -82,9 +82,10 @@ void Pool::follow_locked(void* stream, void* leader) {
 }
 
 void Pool::add_stream(void* cuda_stream) {
-  std::lock_guard<std::mutex> lk(m_);
-  if (parking_)
+  std::unique_lock<std::mutex> lk(m_);
+  if (parking_ && parking_owner_ == std::this_thread::get_id())
     fail(Code::E_ARGUMENT, "a stream cannot be created on %s while a graph is being captured there", device_.str().c_str());
+  capture_done_.wait(lk, [this] { return !parking_; });  // another environment's capture: wait for its end
   // Blocks freed while one stream was alone went to the cache unfenced, and blocks handed out since
   // may still be touched by that stream's earlier work. The new stream starts behind all work queued
   // on the device so far, so whatever block it is given was last used by work ordered before it.
@@ -207,13 +208,20 @@ void Pool::give_back(void* p, size_t rounded) {
 }
 
 void Pool::begin_parking() {
-  std::lock_guard<std::mutex> lk(m_);
+  std::unique_lock<std::mutex> lk(m_);
+  if (parking_ && parking_owner_ == std::this_thread::get_id())
+    fail(Code::E_ARGUMENT, "captureGraph: a graph is already being captured on %s", device_.str().c_str());
+  // One capture per device at a time: a worker thread's capture waits for another's (captures
+  // only record launches, and each ends when its JS function returns).
+  capture_done_.wait(lk, [this] { return !parking_; });
   parking_ = true;
+  parking_owner_ = std::this_thread::get_id();
 }
 
 Pool::Parked Pool::end_parking() {
   std::lock_guard<std::mutex> lk(m_);
   parking_ = false;
+  capture_done_.notify_all();
   Parked r;
   r.swap(parked_);
   return r;
@@ -261,7 +269,6 @@ namespace {
 struct Registry {
   std::mutex m;
   std::map<std::pair<int, int>, std::unique_ptr<Pool>> pools;
-  std::map<std::pair<int, int>, std::unique_ptr<Stream>> defaults;
   std::set<Stream*> cpu_streams;
 };
 Registry& registry() {
@@ -276,20 +283,6 @@ Pool& device_pool(Device d) {
   auto& p = r.pools[{d.kind, d.index}];
   if (!p) p = std::make_unique<Pool>(d);
   return *p;
-}
-
-Stream& default_stream(Device d) {
-  Registry& r = registry();
-  {
-    std::lock_guard<std::mutex> lk(r.m);
-    auto it = r.defaults.find({d.kind, d.index});
-    if (it != r.defaults.end()) return *it->second;
-  }
-  auto s = std::make_unique<Stream>(d);  // registers itself; must not hold r.m
-  std::lock_guard<std::mutex> lk(r.m);
-  auto& slot = r.defaults[{d.kind, d.index}];
-  if (!slot) slot = std::move(s);
-  return *slot;
 }
 
 namespace {
@@ -314,29 +307,32 @@ bool peer_access_enabled(Device from, Device to) {
   return g_peer_enabled.count({from.index, to.index}) > 0;
 }
 
+namespace {
+// The CPU streams the calling thread created. Only these: a stream is destroyed only on the thread
+// that created it (its JS environment's), which is the thread running this, so none of them can go
+// away meanwhile. Other environments' streams (worker threads) are theirs to wait for; one of them
+// may be capturing.
+std::vector<Stream*> this_thread_cpu_streams() {
+  std::vector<Stream*> streams;
+  std::lock_guard<std::mutex> lk(registry().m);
+  for (Stream* s : registry().cpu_streams)
+    if (s->owner() == std::this_thread::get_id()) streams.push_back(s);
+  return streams;
+}
+}  // namespace
+
 void device_synchronize(Device d) {
   if (!d.is_cpu()) {
     cuda::device_synchronize(d.index);
     return;
   }
-  std::vector<Stream*> streams;
-  {
-    std::lock_guard<std::mutex> lk(registry().m);
-    streams.assign(registry().cpu_streams.begin(), registry().cpu_streams.end());
-  }
-  // Synchronizing a stream that is destroyed meanwhile is impossible: streams are destroyed
-  // only on the JS thread, which is the thread running this.
-  for (Stream* s : streams) s->synchronize();
+  for (Stream* s : this_thread_cpu_streams()) s->synchronize();
 }
 
 void device_raise_errors(Device d) {
   if (!d.is_cpu()) return;
-  std::vector<Stream*> streams;
-  {
-    std::lock_guard<std::mutex> lk(registry().m);
-    streams.assign(registry().cpu_streams.begin(), registry().cpu_streams.end());
-  }
-  for (Stream* s : streams) s->raise_error();  // (JS thread, as in device_synchronize)
+  const std::vector<Stream*> streams = this_thread_cpu_streams();
+  for (Stream* s : streams) s->raise_error();
 }
 
 std::unique_ptr<Fence> Fence::of_stream(Stream& s) {
@@ -353,11 +349,7 @@ std::unique_ptr<Fence> Fence::of_device(Device d) {
     f->whole_device_ = true;
     return f;
   }
-  std::vector<Stream*> streams;
-  {
-    std::lock_guard<std::mutex> lk(registry().m);
-    streams.assign(registry().cpu_streams.begin(), registry().cpu_streams.end());
-  }
+  const std::vector<Stream*> streams = this_thread_cpu_streams();
   for (Stream* s : streams) {
     if (s->capturing()) fail(Code::E_ARGUMENT, "synchronizeAsync(%s): a stream is being captured into a graph", d.str().c_str());
     f->events_.push_back(std::make_unique<Event>(d));
@@ -574,66 +566,91 @@ double Event::elapsed_ms(Event& end) {
 // ---- graphs -----------------------------------------------------------------------------
 
 namespace {
-// The distinct devices of a capture's streams, the origin's first.
-std::vector<Device> capture_devices(const std::vector<Stream*>& streams) {
+// The distinct devices of a capture's streams, by index: every capture parks them in this one
+// order, so two threads capturing over overlapping device sets cannot wait for each other in a cycle.
+std::vector<Device> capture_devices(const std::vector<std::shared_ptr<Stream>>& streams) {
   std::vector<Device> ds;
-  for (Stream* s : streams)
+  for (const auto& s : streams)
     if (std::find(ds.begin(), ds.end(), s->device()) == ds.end()) ds.push_back(s->device());
+  std::sort(ds.begin(), ds.end(), [](Device a, Device b) { return a.index < b.index; });
   return ds;
+}
+void unpark_all(const std::vector<Device>& ds, size_t n) {
+  for (size_t i = 0; i < n; ++i) device_pool(ds[i]).unpark(device_pool(ds[i]).end_parking());
 }
 }  // namespace
 
-void Capture::begin(const std::vector<Stream*>& streams) {
+void Capture::begin(const std::vector<std::shared_ptr<Stream>>& streams) {
   if (streams.empty()) fail(Code::E_ARGUMENT, "captureGraph: no streams given");
   Device d = streams[0]->device();
-  for (Stream* s : streams) {
+  for (size_t i = 0; i < streams.size(); ++i)
+    for (size_t j = 0; j < i; ++j)
+      if (streams[i] == streams[j]) fail(Code::E_ARGUMENT, "captureGraph: streams[%zu] is streams[%zu] again", i, j);
+  for (const auto& s : streams) {
     if (s->device() != d && (d.is_cpu() || s->device().is_cpu()))
       fail(Code::E_DEVICE, "captureGraph: streams on %s and %s", d.str().c_str(), s->device().str().c_str());
     if (s->capturing()) fail(Code::E_ARGUMENT, "captureGraph: a stream is already being captured");
   }
   if (!d.is_cpu()) {
-    cuda::stream_begin_capture(d.index, streams[0]->cuda_handle());
-    for (Device x : capture_devices(streams)) device_pool(x).begin_parking();
+    const std::vector<Device> devs = capture_devices(streams);
+    size_t parked = 0;
+    try {
+      // first: parking waits for another thread's capture on the device to end
+      for (Device x : devs) {
+        device_pool(x).begin_parking();
+        ++parked;
+      }
+      cuda::stream_begin_capture(d.index, streams[0]->cuda_handle());
+    } catch (...) {
+      unpark_all(devs, parked);
+      throw;
+    }
     return;
   }
-  for (Stream* s : streams) {
+  for (const auto& s : streams) {
     s->synchronize();  // what was queued before the capture runs before it
     std::lock_guard<std::mutex> lk(s->m_);
     s->captured_ = std::make_unique<std::vector<std::function<void()>>>();
   }
 }
 
-std::unique_ptr<Graph> Capture::end(const std::vector<Stream*>& streams) {
+std::unique_ptr<Graph> Capture::end(const std::vector<std::shared_ptr<Stream>>& streams) {
   auto g = std::make_unique<Graph>();
   Device d = streams[0]->device();
   g->device_ = d;
   g->origin_ = streams[0];
   if (!d.is_cpu()) {
-    for (Device x : capture_devices(streams)) g->parked_.emplace_back(x, device_pool(x).end_parking());
-    g->exec_ = cuda::stream_end_capture(d.index, streams[0]->cuda_handle());
+    // The capture ends before the parking does: another thread's capture waits for the parking.
+    const std::vector<Device> devs = capture_devices(streams);
+    try {
+      g->exec_ = cuda::stream_end_capture(d.index, streams[0]->cuda_handle());
+    } catch (...) {
+      unpark_all(devs, devs.size());
+      throw;
+    }
+    for (Device x : devs) g->parked_.emplace_back(x, device_pool(x).end_parking());
     return g;
   }
-  for (Stream* s : streams) {
+  for (const auto& s : streams) {
     std::lock_guard<std::mutex> lk(s->m_);
     g->parts_.emplace_back(s, std::shared_ptr<std::vector<std::function<void()>>>(std::move(s->captured_)));
   }
   return g;
 }
 
-void Capture::abort(const std::vector<Stream*>& streams) noexcept {
+void Capture::abort(const std::vector<std::shared_ptr<Stream>>& streams) noexcept {
   if (streams.empty()) return;
   if (!streams[0]->device().is_cpu()) {
-    std::vector<std::pair<Device, Pool::Parked>> parked;
-    for (Device x : capture_devices(streams)) parked.emplace_back(x, device_pool(x).end_parking());
+    const std::vector<Device> devs = capture_devices(streams);
     try {  // end the capture first: the unparked blocks' fences must not be recorded into it
       cuda::graph_destroy(streams[0]->device().index,
                           cuda::stream_end_capture(streams[0]->device().index, streams[0]->cuda_handle()));
     } catch (...) {
     }
-    for (auto& [x, blocks] : parked) device_pool(x).unpark(blocks);
+    unpark_all(devs, devs.size());
     return;
   }
-  for (Stream* s : streams) {
+  for (const auto& s : streams) {
     std::lock_guard<std::mutex> lk(s->m_);
     s->captured_.reset();
   }

@@ -1,5 +1,6 @@
 // Devices, their memory pools, streams and events. A Device is a value ({kind, index});
-// its pool and default stream live in a process-wide registry.
+// its pool lives in a process-wide registry. Streams are shared (a Graph keeps the streams it
+// replays on alive); each JS environment (the main thread, every worker) has default streams of its own.
 #pragma once
 #include <atomic>
 #include <chrono>
@@ -70,7 +71,8 @@ class Pool {
 
   // While a CUDA graph is captured, blocks freed by their last user (the graph's temporaries,
   // whose addresses are baked into the graph) are parked instead of reused; the graph hands them
-  // back when it is destroyed.
+  // back when it is destroyed. One capture per device at a time: begin_parking (and add_stream)
+  // wait while another thread captures, and fail (E_ARGUMENT) on the capturing thread itself.
   using Parked = std::vector<std::pair<void*, size_t>>;
   void begin_parking();
   Parked end_parking();
@@ -96,6 +98,8 @@ class Pool {
   std::vector<void*> orphans_;  // recorded on destroyed streams when no stream was left
   PoolStats stats_;
   bool parking_ = false;
+  std::thread::id parking_owner_;
+  std::condition_variable capture_done_;
   Parked parked_;
 };
 
@@ -104,11 +108,17 @@ std::shared_ptr<Storage> external_storage(Device d, void* ptr, size_t bytes, std
 
 // An ordered queue of work. On CPU it is a worker thread of its own, so two streams overlap;
 // on CUDA it is a cudaStream_t. Errors thrown by CPU work are kept and rethrown by synchronize().
+// A stream belongs to the thread that created it (a JS environment's thread): device_synchronize
+// waits only for the streams of the calling thread, so workers never wait for (or touch) each
+// other's streams.
 class Stream {
  public:
   explicit Stream(Device d);
   ~Stream();
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
   Device device() const { return device_; }
+  std::thread::id owner() const { return owner_; }
   void* cuda_handle() const { return cuda_; }
   void enqueue(std::function<void()> fn);  // CPU streams only
   void synchronize();
@@ -119,6 +129,7 @@ class Stream {
  private:
   void run();
   Device device_;
+  std::thread::id owner_ = std::this_thread::get_id();
   void* cuda_ = nullptr;
   std::thread thread_;
   std::mutex m_;
@@ -160,8 +171,9 @@ class Event {
 };
 
 // Work captured from streams, replayed as one queued job per stream (CPU) or one CUDA graph
-// launch. Captured work keeps its tensors alive: a graph is a fixed memory plan whose inputs are
-// updated in place between replays.
+// launch. Captured work keeps its tensors alive, and the graph keeps its streams alive (a stream
+// disposed or collected by JS still takes the replays): a graph is a fixed memory plan whose
+// inputs are updated in place between replays.
 class Graph {
  public:
   ~Graph();
@@ -170,9 +182,9 @@ class Graph {
  private:
   friend struct Capture;
   Device device_;
-  std::vector<std::pair<Stream*, std::shared_ptr<std::vector<std::function<void()>>>>> parts_;  // CPU
-  void* exec_ = nullptr;                                                                        // CUDA
-  Stream* origin_ = nullptr;
+  std::vector<std::pair<std::shared_ptr<Stream>, std::shared_ptr<std::vector<std::function<void()>>>>> parts_;  // CPU
+  void* exec_ = nullptr;                                                                                        // CUDA
+  std::shared_ptr<Stream> origin_;
   std::vector<std::pair<Device, Pool::Parked>> parked_;  // CUDA: temporaries the graph's kernels address, per device
 };
 
@@ -180,9 +192,9 @@ class Graph {
 // the origin: the others must join it through events recorded inside the capture; they may be on
 // other CUDA devices (expert-parallel ranks), whose pools then park the graph's temporaries too.
 struct Capture {
-  static void begin(const std::vector<Stream*>& streams);
-  static std::unique_ptr<Graph> end(const std::vector<Stream*>& streams);
-  static void abort(const std::vector<Stream*>& streams) noexcept;
+  static void begin(const std::vector<std::shared_ptr<Stream>>& streams);
+  static std::unique_ptr<Graph> end(const std::vector<std::shared_ptr<Stream>>& streams);
+  static void abort(const std::vector<std::shared_ptr<Stream>>& streams) noexcept;
 };
 
 // Peer access between CUDA devices (expert parallelism): enable_peer_access lets kernels on
@@ -192,10 +204,9 @@ void enable_peer_access(Device from, Device to);
 bool peer_access_enabled(Device from, Device to);
 
 Pool& device_pool(Device d);
-Stream& default_stream(Device d);
-// Waits for every stream created on the device (CPU) / the whole device (CUDA).
+// Waits for every stream the calling thread created on the device (CPU) / the whole device (CUDA).
 void device_synchronize(Device d);
-// Throws the first error kept by a CPU stream of the device (as device_synchronize would), clearing
+// Throws the first error kept by a CPU stream of the calling thread (as device_synchronize would), clearing
 // it, without waiting. Nothing on CUDA, whose waits report errors themselves.
 void device_raise_errors(Device d);
 
@@ -206,7 +217,7 @@ void device_raise_errors(Device d);
 class Fence {
  public:
   static std::unique_ptr<Fence> of_stream(Stream& s);
-  // CPU: every stream of the device; CUDA: the whole device (cudaDeviceSynchronize when waited).
+  // CPU: the calling thread's streams; CUDA: the whole device (cudaDeviceSynchronize when waited).
   static std::unique_ptr<Fence> of_device(Device d);
   void wait();  // any thread; E_CUDA from a failed CUDA wait
 

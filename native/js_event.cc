@@ -26,7 +26,7 @@ Event& EventWrap::get() const { return *e_; }
 
 Napi::Value EventWrap::Record(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
-    Stream* s = &default_stream(e_->device());
+    Stream* s = default_stream(info.Env(), e_->device()).get();
     if (info.Length() > 0 && !info[0].IsUndefined() && !info[0].IsNull()) {
       if (!StreamWrap::IsStream(info.Env(), info[0])) fail(Code::E_ARGUMENT, "record(stream?): expected a Stream");
       s = &StreamWrap::Unwrap(info[0].As<Napi::Object>())->get();

@@ -1,5 +1,6 @@
 // The JS Graph class (GraphWrap) and native.captureGraph(streams, fn), which records the ops fn()
-// queues on `streams` into a graph that replay() queues again as one unit.
+// queues on `streams` into a graph that replay() queues again as one unit. The graph keeps its
+// streams alive: replay after the JS Stream was disposed or collected still runs.
 #include "binding.h"
 
 namespace lc {
@@ -30,14 +31,14 @@ Napi::Value GraphWrap::Dispose(const Napi::CallbackInfo& info) {
 // returns a Graph whose replay() queues all of it again (one call per step instead of one per op).
 static Napi::Value CaptureGraph(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  std::vector<Stream*> streams;
+  std::vector<std::shared_ptr<Stream>> streams;
   try {
     if (info.Length() < 2 || !info[0].IsArray() || !info[1].IsFunction())
       fail(Code::E_ARGUMENT, "captureGraph(streams, fn): expected an array of Streams and a function");
     Napi::Array a = info[0].As<Napi::Array>();
     for (uint32_t i = 0; i < a.Length(); ++i) {
       if (!StreamWrap::IsStream(env, a.Get(i))) fail(Code::E_ARGUMENT, "captureGraph: streams[%u] is not a Stream", i);
-      streams.push_back(&StreamWrap::Unwrap(a.Get(i).As<Napi::Object>())->get());
+      streams.push_back(StreamWrap::Unwrap(a.Get(i).As<Napi::Object>())->shared());
     }
     Capture::begin(streams);
   } catch (...) {

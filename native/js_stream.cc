@@ -1,5 +1,6 @@
 // The JS Stream class (StreamWrap): an ordered queue of work on one device (a worker thread on the
-// CPU, a cudaStream_t on CUDA), and native.defaultStream(device), the stream ops use given null.
+// CPU, a cudaStream_t on CUDA), and native.defaultStream(device), the stream ops use given null
+// (one per JS environment: addon.cc).
 #include "binding.h"
 
 namespace lc {
@@ -14,28 +15,28 @@ Napi::Function StreamWrap::Init(Napi::Env env) {
 
 StreamWrap::StreamWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<StreamWrap>(info) {
   if (info.Length() == 1 && info[0].IsExternal()) {
-    s_ = info[0].As<Napi::External<Stream>>().Data();
+    s_ = *info[0].As<Napi::External<std::shared_ptr<Stream>>>().Data();
     return;
   }
   try {
-    owned_ = std::make_unique<Stream>(device_arg(info, 0));
-    s_ = owned_.get();
+    s_ = std::make_shared<Stream>(device_arg(info, 0));
   } catch (...) {
     rethrow_as_js(info.Env());
   }
 }
 
 Napi::Object StreamWrap::WrapDefault(Napi::Env env, Device d) {
-  return addon_data(env).stream_ctor.New({Napi::External<Stream>::New(env, &default_stream(d))});
+  std::shared_ptr<Stream> s = default_stream(env, d);
+  return addon_data(env).stream_ctor.New({Napi::External<std::shared_ptr<Stream>>::New(env, &s)});
 }
 
 bool StreamWrap::IsStream(Napi::Env env, Napi::Value v) {
   return v.IsObject() && v.As<Napi::Object>().InstanceOf(addon_data(env).stream_ctor.Value());
 }
 
-Stream& StreamWrap::get() const {
+const std::shared_ptr<Stream>& StreamWrap::shared() const {
   if (!s_) fail(Code::E_DISPOSED, "stream was disposed");
-  return *s_;
+  return s_;
 }
 
 Napi::Value StreamWrap::DeviceName(const Napi::CallbackInfo& info) {
@@ -73,8 +74,7 @@ Napi::Value StreamWrap::Dispose(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     if (s_) {
       s_->synchronize();  // runs what is queued; errors surface here
-      owned_.reset();
-      s_ = nullptr;
+      s_.reset();         // graphs that replay on it keep it alive
     }
     return info.Env().Undefined();
   });

@@ -24,6 +24,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "../../cuda/kernels.h"
@@ -61,6 +62,10 @@ std::recursive_mutex g_m;
 std::vector<StreamPtr> g_streams;    // every live stream, and destroyed ones with work left
 std::vector<StreamPtr> g_legacy;     // per device: the legacy default stream (stream handle null)
 std::unique_ptr<Graph> g_capturing;  // the graph being captured, or null
+// The thread that captures: only its launches, copies and event operations go into the graph (a
+// worker thread's work on its own streams meanwhile runs, as it does on the hardware).
+std::thread::id g_capturing_thread;
+bool capturing_here() { return g_capturing && g_capturing_thread == std::this_thread::get_id(); }
 
 [[noreturn]] void fail_cuda(cudaError_t e, const char* what) {
   fail(e == cudaErrorMemoryAllocation ? Code::E_OOM : Code::E_CUDA, "%s: %s (%s)", what, cudaGetErrorString(e),
@@ -121,7 +126,7 @@ void enqueue(const StreamPtr& s, std::function<void()> fn) {
 // stream, which must belong to the current device like on the hardware.
 void submit(cudaStream_t st, std::function<void()> fn) {
   std::lock_guard<std::recursive_mutex> lk(g_m);
-  if (g_capturing) {
+  if (capturing_here()) {
     g_capturing->work.get()->push_back(std::move(fn));
     return;
   }
@@ -254,7 +259,7 @@ void event_destroy(int dev, void* e) {
 void event_record(int dev, void* e, void* st) {
   use(dev);
   std::lock_guard<std::recursive_mutex> lk(g_m);
-  if (g_capturing) return;  // a captured record orders graph nodes; the graph runs its work in order anyway
+  if (capturing_here()) return;  // a captured record orders graph nodes; the graph runs its work in order anyway
   auto* ev = static_cast<Event*>(e);
   ev->stream = find(dev, st);
   auto when = std::make_shared<std::chrono::steady_clock::time_point>();
@@ -266,7 +271,7 @@ void event_record(int dev, void* e, void* st) {
 void stream_wait_event(int dev, void* st, void* e) {
   use(dev);
   std::lock_guard<std::recursive_mutex> lk(g_m);
-  if (g_capturing) return;
+  if (capturing_here()) return;
   const auto* ev = static_cast<Event*>(e);
   StreamPtr s = find(dev, st);
   if (!ev->stream) return;  // never recorded: nothing to wait for
@@ -300,6 +305,7 @@ void stream_begin_capture(int dev, void*) {
   std::lock_guard<std::recursive_mutex> lk(g_m);
   if (g_capturing) fail(Code::E_CUDA, "stream capture: already capturing (emulated)");
   g_capturing = std::make_unique<Graph>();
+  g_capturing_thread = std::this_thread::get_id();
 }
 void* stream_end_capture(int dev, void*) {
   use(dev);
