@@ -1,16 +1,16 @@
-// The setup of the whole-model test files (test/model.test.ts, test/model-long.test.ts): random
+// The setup of the whole-model test files (test/model*.test.ts, test/session*.test.ts): random
 // checkpoints in a temporary folder removed after the file, matmul precision 'highest' for the file
-// (fp32 products, so that the fast path can be held to 1e-4 of the float64 reference), and the
-// helpers of test/model-helpers.ts bound to lib/.
-import { afterAll, beforeAll } from 'vitest';
+// (fp32 products, so that the fast path can be held to 1e-4 of the float64 reference), the
+// helpers of test/model-helpers.ts bound to lib/, and the logit checks the model tests share.
+import { afterAll, beforeAll, expect } from 'vitest';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { initRandom } from '../lib/init-random.js';
 import { openCheckpoint } from '../lib/checkpoint.js';
-import { toArray } from '../lib/tensor.js';
+import { toArray, type Tensor } from '../lib/tensor.js';
 import { native } from '../lib/native.js';
-import { modelHelpers } from './model-helpers.js';
+import { modelHelpers, type Engine } from './model-helpers.js';
 
 export const { referenceLogits, readLogits, fullForward, prefillThenDecode } = modelHelpers({ openCheckpoint, toArray });
 
@@ -35,4 +35,53 @@ export function checkpointFixture(prefix: string, seed: number) {
     await initRandom({ preset: 'tiny', out: dir, seed, fp8, overrides });
     return dir;
   };
+}
+
+/** Asserts every logit within `rel` x max|want| of `want`, naming the worst one. */
+export function expectLogitsClose(got: ArrayLike<number>, want: ArrayLike<number>, rel: number, what = 'logits') {
+  expect(got.length, what).toBe(want.length);
+  let scale = 0,
+    worst = 0,
+    at = -1;
+  for (let i = 0; i < want.length; i++) scale = Math.max(scale, Math.abs(want[i]!));
+  for (let i = 0; i < want.length; i++) {
+    const e = Math.abs(got[i]! - want[i]!);
+    if (!(e <= worst)) {
+      worst = e;
+      at = i;
+    }
+  }
+  expect(scale).toBeGreaterThan(0);
+  if (!(worst <= rel * scale))
+    expect.fail(`${what} ${at}: ${got[at]} vs ${want[at]} (max error ${worst}, allowed ${rel * scale})`);
+}
+
+/**
+ * Batched == single: a batched prefill of `prompts` (sequences of different lengths), then one
+ * batched decode step of `next` (a token per sequence); each sequence's row of that step within
+ * `rel` of the same prefill and decode run alone.
+ */
+export function expectBatchedDecodeEqualsSingle<S extends { release(): void }>(
+  e: Engine<S, Tensor>,
+  prompts: number[][],
+  next: number[],
+  rel: number,
+) {
+  const batch = prompts.map(() => e.newSequence());
+  readLogits(e.forward(batch, prompts));
+  const together = readLogits(
+    e.forward(
+      batch,
+      next.map(t => [t]),
+    ),
+  );
+  for (const s of batch) s.release();
+  const V = e.dims.vocab;
+  prompts.forEach((p, b) => {
+    const s = e.newSequence();
+    readLogits(e.forward([s], [p]));
+    const alone = readLogits(e.forward([s], [[next[b]!]]));
+    s.release();
+    expectLogitsClose(together.subarray(b * V, (b + 1) * V), alone, rel, `sequence ${b}`);
+  });
 }

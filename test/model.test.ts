@@ -4,28 +4,19 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadModel, type Model } from '../lib/generate.js';
 import { LongcatError } from '../lib/errors.js';
 import { native } from '../lib/native.js';
-import { checkpointFixture, fullForward, prefillThenDecode, readLogits, referenceLogits } from './model-fixture.js';
+import {
+  checkpointFixture,
+  expectBatchedDecodeEqualsSingle,
+  expectLogitsClose,
+  fullForward,
+  prefillThenDecode,
+  readLogits,
+  referenceLogits,
+} from './model-fixture.js';
 
 // fp32 products everywhere, so that the fast path can be held to 1e-4 of the float64 reference;
 // the default precision gets its own test below.
 const makeCheckpoint = checkpointFixture('longcat-model-', 7);
-
-function expectLogitsClose(got: ArrayLike<number>, want: ArrayLike<number>, rel: number) {
-  expect(got.length).toBe(want.length);
-  let scale = 0,
-    worst = 0,
-    at = -1;
-  for (let i = 0; i < want.length; i++) scale = Math.max(scale, Math.abs(want[i]!));
-  for (let i = 0; i < want.length; i++) {
-    const e = Math.abs(got[i]! - want[i]!);
-    if (!(e <= worst)) {
-      worst = e;
-      at = i;
-    }
-  }
-  expect(scale).toBeGreaterThan(0);
-  if (!(worst <= rel * scale)) expect.fail(`logit ${at}: ${got[at]} vs ${want[at]} (max error ${worst}, allowed ${rel * scale})`);
-}
 
 const prompt = [5, 17, 300, 2, 99, 41, 7, 260, 1, 3, 511];
 
@@ -128,27 +119,7 @@ describe('decode loop', () => {
   });
 
   it('batched decode of 3 sequences equals 3 single decodes', () => {
-    const e = model.engine;
-    const prompts = [prompt.slice(0, 3), prompt.slice(2, 9), [42]];
-    const next = [7, 100, 3];
-    const batch = prompts.map(() => e.newSequence());
-    // batched prefill of sequences of different lengths, then one batched decode step
-    readLogits(e.forward(batch, prompts)).length;
-    const together = readLogits(
-      e.forward(
-        batch,
-        next.map(t => [t]),
-      ),
-    );
-    for (const s of batch) s.release();
-    const V = e.dims.vocab;
-    prompts.forEach((p, b) => {
-      const s = e.newSequence();
-      readLogits(e.forward([s], [p]));
-      const alone = readLogits(e.forward([s], [[next[b]!]]));
-      s.release();
-      expectLogitsClose(together.subarray(b * V, (b + 1) * V), alone, 1e-5);
-    });
+    expectBatchedDecodeEqualsSingle(model.engine, [prompt.slice(0, 3), prompt.slice(2, 9), [42]], [7, 100, 3], 1e-5);
   });
 
   it('greedy generation is deterministic and seeded sampling reproducible', async () => {

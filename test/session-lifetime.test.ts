@@ -3,28 +3,18 @@
 // session's blocks at once (the sessions then throw E_DISPOSED); a generation that finds no block
 // left for its next token ends with stopReason 'cache' and the text so far.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import path from 'node:path';
-import { initRandom } from '../lib/init-random.js';
 import { loadModel, type Model } from '../lib/generate.js';
-import { native } from '../lib/native.js';
 import { DisposedError } from '../lib/errors.js';
+import { checkpointFixture } from './model-fixture.js';
 
-const root = mkdtempSync(path.join(tmpdir(), 'longcat-lifetime-'));
-const dir = path.join(root, 'tiny');
+const makeCheckpoint = checkpointFixture('longcat-lifetime-', 21);
+let dir: string;
 let model: Model;
-let saved: ReturnType<typeof native.setMatmulPrecision>;
 beforeAll(async () => {
-  saved = native.setMatmulPrecision('highest');
-  await initRandom({ preset: 'tiny', out: dir, seed: 21 });
+  dir = await makeCheckpoint('tiny');
   model = await loadModel(dir, { backend: 'cpu', maxContext: 512 });
 });
-afterAll(() => {
-  model.dispose();
-  native.setMatmulPrecision(saved);
-  rmSync(root, { recursive: true, force: true });
-});
+afterAll(() => model.dispose());
 
 const gc = (globalThis as { gc?: () => void }).gc;
 /** Collections until nothing unreachable is left to finalize (finalizers run on a later turn). */

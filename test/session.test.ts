@@ -2,29 +2,17 @@
 // token boundaries, streamed), topK / topP / minP through a session, and decode graphs replayed
 // across changing batch sizes while the sequences grow into new KV blocks.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import path from 'node:path';
-import { initRandom } from '../lib/init-random.js';
 import { loadModel, type Model } from '../lib/generate.js';
 import { LongcatModel } from '../lib/model/model.js';
 import { toArray, type Tensor } from '../lib/tensor.js';
-import { native } from '../lib/native.js';
+import { checkpointFixture } from './model-fixture.js';
 
-const root = mkdtempSync(path.join(tmpdir(), 'longcat-session-'));
+const makeCheckpoint = checkpointFixture('longcat-session-', 21);
 let model: Model;
-let saved: ReturnType<typeof native.setMatmulPrecision>;
 beforeAll(async () => {
-  saved = native.setMatmulPrecision('highest');
-  const dir = path.join(root, 'tiny');
-  await initRandom({ preset: 'tiny', out: dir, seed: 21 });
-  model = await loadModel(dir, { backend: 'cpu', maxContext: 512 });
+  model = await loadModel(await makeCheckpoint('tiny'), { backend: 'cpu', maxContext: 512 });
 });
-afterAll(() => {
-  model.dispose();
-  native.setMatmulPrecision(saved);
-  rmSync(root, { recursive: true, force: true });
-});
+afterAll(() => model.dispose());
 
 const prompt = 'Once upon a time, in a valley of 42 sheep,';
 
