@@ -3,9 +3,7 @@
 // experts, and whole models whose routed experts are split over 2, 4 and 8 ranks against the
 // single-device run ("equal" as issue 14 defines it: matmul precision 'highest', logits within an
 // fp32 tolerance, greedy tokens identical wherever the top-two gap exceeds it).
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { beforeAll, describe, expect, it } from 'vitest';
 import path from 'node:path';
 import { native } from '../lib/native.js';
 import { type Tensor, empty, tensor, toArray } from '../lib/tensor.js';
@@ -16,16 +14,9 @@ import { ShardedExperts, expertsPerRank, rankExperts } from '../lib/parallel/pla
 import { homeRows } from '../lib/parallel/expert-parallel.js';
 import type { MoeExpertSet } from '../types/ops-moe.js';
 import { expectEqualLogits, expectFailuresRecover, maxRelError, prompts, range, runScript } from './ep-helpers.js';
+import { fixtureRoot } from './model-fixture.js';
 
-let savedPrecision: ReturnType<typeof native.setMatmulPrecision>;
-const root = mkdtempSync(path.join(tmpdir(), 'longcat-ep-'));
-beforeAll(() => {
-  savedPrecision = native.setMatmulPrecision('highest');
-});
-afterAll(() => {
-  native.setMatmulPrecision(savedPrecision);
-  rmSync(root, { recursive: true, force: true });
-});
+const root = fixtureRoot('longcat-ep-');
 
 /** Deterministic uniform numbers in [-1, 1) (mulberry32). */
 function rng(seed: number) {

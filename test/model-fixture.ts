@@ -1,4 +1,4 @@
-// The setup of the whole-model test files (test/model*.test.ts, test/session*.test.ts): random
+// The setup of the whole-model test files (test/model*.test.ts, test/session*.test.ts, test/ep*.test.ts): random
 // checkpoints in a temporary folder removed after the file, matmul precision 'highest' for the file
 // (fp32 products, so that the fast path can be held to 1e-4 of the float64 reference), the
 // helpers of test/model-helpers.ts bound to lib/, and the logit checks the model tests share.
@@ -17,10 +17,10 @@ export const { referenceLogits, readLogits, fullForward, prefillThenDecode } = m
 type Overrides = Parameters<typeof initRandom>[0]['overrides'] & object;
 
 /**
- * Registers the file's setup and returns the maker of its checkpoints: the tiny preset with
- * `overrides`, seeded with `seed`, in a folder named `name`.
+ * Registers the file's setup (matmul precision 'highest', a temporary folder named from `prefix`
+ * removed after the file) and returns the folder.
  */
-export function checkpointFixture(prefix: string, seed: number) {
+export function fixtureRoot(prefix: string): string {
   const root = mkdtempSync(path.join(tmpdir(), prefix));
   let savedPrecision: ReturnType<typeof native.setMatmulPrecision>;
   beforeAll(() => {
@@ -30,6 +30,15 @@ export function checkpointFixture(prefix: string, seed: number) {
     native.setMatmulPrecision(savedPrecision);
     rmSync(root, { recursive: true, force: true });
   });
+  return root;
+}
+
+/**
+ * Registers the file's setup (fixtureRoot) and returns the maker of its checkpoints: the tiny
+ * preset with `overrides`, seeded with `seed`, in a folder named `name`.
+ */
+export function checkpointFixture(prefix: string, seed: number) {
+  const root = fixtureRoot(prefix);
   return async (name: string, overrides: Overrides = {}, fp8 = false) => {
     const dir = path.join(root, name);
     await initRandom({ preset: 'tiny', out: dir, seed, fp8, overrides });

@@ -98,14 +98,8 @@ it("the preset's tokenizer.json carries Lite's pre-tokenizer (three splits), whi
 });
 
 it('the reference ids (EOS-segmented shifts, BigInt) reproduce the SPEC-LITE vectors', () => {
-  const cfg = {
-    vocab_size: 131072,
-    hidden_size: 3072,
-    ngram_vocab_size_ratio: 78,
-    emb_neighbor_num: 4,
-    emb_split_num: 4,
-    eos_token_id: 2,
-  };
+  // the release's config.json (its N-gram fields), as the config tests read it
+  const cfg = JSON.parse(readFileSync(new URL('./fixtures/longcat-flash-lite.config.json', import.meta.url), 'utf8'));
   const ids = referenceNgramIds(cfg, [1, 15043, 1919, 2, 523]);
   expect(ids.map(r => r[3])).toEqual([
     6160362, 6160314, 6160266, 6160218, 8554957, 9116266, 9677595, 15313, 9630250, 9299210, 8968362, 8637706,
