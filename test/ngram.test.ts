@@ -177,6 +177,9 @@ describe('the Lite config (SPEC-LITE 1, 2)', () => {
   });
 
   it('bad N-gram configs give typed errors naming the field', () => {
+    // an array nested too deeply for JSON.stringify: the message still prints (the fuzzer's find)
+    const deep: unknown[] = [];
+    for (let d = deep, i = 0; i < 100_000; i++) d.push((d = []));
     const cases: [Record<string, unknown>, string, RegExp][] = [
       [{ emb_split_num: 5 }, 'emb_split_num', /15 N-gram tables must divide hidden_size 3072/],
       [{ emb_neighbor_num: 1 }, 'emb_neighbor_num', /integer >= 2/],
@@ -185,6 +188,12 @@ describe('the Lite config (SPEC-LITE 1, 2)', () => {
       [{ ngram_vocab_size_ratio: 20000 }, 'ngram_vocab_size_ratio', /2\^31/],
       [{ eos_token_id: [2, 3] }, 'eos_token_id', /one token id/],
       [{ model_type: 'longcat_flash' }, 'ngram_vocab_size_ratio', /only model_type "longcat_flash_ngram"/],
+      [{ emb_split_num: deep }, 'emb_split_num', /integer >= 1 .*, got an array \(too deeply nested to print\)/],
+      [
+        { model_type: 'longcat_flash', ngram_vocab_size_ratio: deep },
+        'ngram_vocab_size_ratio',
+        /is set \(an array \(too deeply nested/,
+      ],
     ];
     for (const [patch, field, re] of cases) {
       const e = configErr({ ...LITE, ...patch });
