@@ -6,7 +6,7 @@ import { readFileSync } from 'node:fs';
 import { ngramDims, type NgramConfig } from '../lib/config-ngram.js';
 import { ngramIds, ngramPowers, TokenHistory } from '../lib/model/ngram.js';
 import { activeParams, configToJson, parseConfig, requiredTensors } from '../lib/config.js';
-import { ConfigError } from '../lib/errors.js';
+import type { ConfigError } from '../lib/errors.js';
 import { rng as seeded } from './rng.js';
 import { configErr } from './helpers.js';
 
@@ -178,8 +178,8 @@ describe('the Lite config (SPEC-LITE 1, 2)', () => {
 
   it('bad N-gram configs give typed errors naming the field', () => {
     // an array nested too deeply for JSON.stringify: the message still prints (the fuzzer's find)
-    const deep: unknown[] = [];
-    for (let d = deep, i = 0; i < 100_000; i++) d.push((d = []));
+    let deep: unknown[] = [];
+    for (let i = 0; i < 100_000; i++) deep = [deep];
     const cases: [Record<string, unknown>, string, RegExp][] = [
       [{ emb_split_num: 5 }, 'emb_split_num', /15 N-gram tables must divide hidden_size 3072/],
       [{ emb_neighbor_num: 1 }, 'emb_neighbor_num', /integer >= 2/],
