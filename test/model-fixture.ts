@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { initRandom } from '../lib/init-random.js';
 import { openCheckpoint } from '../lib/checkpoint.js';
+import { loadModel, type Model } from '../lib/generate.js';
 import { toArray, type Tensor } from '../lib/tensor.js';
 import { native } from '../lib/native.js';
 import { modelHelpers, type Engine } from './model-helpers.js';
@@ -44,6 +45,21 @@ export function checkpointFixture(prefix: string, seed: number) {
     await initRandom({ preset: 'tiny', out: dir, seed, fp8, overrides });
     return dir;
   };
+}
+
+/**
+ * Registers a beforeAll that writes the checkpoint `name` (with a checkpointFixture's maker) and
+ * loads it on the CPU with `maxContext`, and an afterAll that disposes it: the tests read the model
+ * as `.model` and its folder as `.dir`.
+ */
+export function cpuModelFixture(makeCheckpoint: (name: string) => Promise<string>, name: string, maxContext: number) {
+  const loaded = { dir: '', model: null as unknown as Model };
+  beforeAll(async () => {
+    loaded.dir = await makeCheckpoint(name);
+    loaded.model = await loadModel(loaded.dir, { backend: 'cpu', maxContext });
+  });
+  afterAll(() => loaded.model.dispose());
+  return loaded;
 }
 
 /** Asserts every logit within `rel` x max|want| of `want`, naming the worst one. */
