@@ -21,30 +21,10 @@ const R = Number(opt('--rows', String(1 << 18)));
 const tokenList = opt('--tokens', '1,16,512').split(',').map(Number);
 const reps = Number(opt('--reps', '7'));
 
-const LITE = parseConfig({
-  architectures: ['LongcatFlashNgramForCausalLM'],
-  model_type: 'longcat_flash_ngram',
-  vocab_size: 131072,
-  hidden_size: 3072,
-  num_layers: 14,
-  num_attention_heads: 32,
-  q_lora_rank: 1536,
-  kv_lora_rank: 512,
-  qk_nope_head_dim: 128,
-  qk_rope_head_dim: 64,
-  v_head_dim: 128,
-  ffn_hidden_size: 6144,
-  expert_ffn_hidden_size: 1024,
-  n_routed_experts: 256,
-  zero_expert_num: 128,
-  moe_topk: 12,
-  routed_scaling_factor: 6,
-  max_position_embeddings: 327680,
-  ngram_vocab_size_ratio: 78,
-  emb_neighbor_num: 4,
-  emb_split_num: 4,
-  eos_token_id: 2,
-});
+// the release's config.json, as the config tests read it
+const LITE = parseConfig(
+  JSON.parse(fs.readFileSync(new URL('../test/fixtures/longcat-flash-lite.config.json', import.meta.url), 'utf8')),
+);
 const nd = ngramDims(LITE.ngram, 3072, 131072);
 const pw = ngramPowers(nd);
 const H = 3072,

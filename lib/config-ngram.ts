@@ -1,7 +1,7 @@
 // The N-gram embedding section of config.json (LongCat-Flash-Lite, SPEC-LITE 1.1, 2.1, 3.1): its three
 // fields validated, the sizes derived from them (tables, moduli, widths), the tensors it adds to a
 // checkpoint and their parameter counts. Kept apart from config.ts so the Chat config stays as it is.
-import { ConfigError } from './errors.js';
+import { ConfigError, showValue } from './errors.js';
 
 /** The N-gram embedding of a longcat_flash_ngram config. */
 export interface NgramConfig {
@@ -60,7 +60,7 @@ function ngramError(file: string, field: string, message: string): never {
   throw e;
 }
 
-const shown = (v: unknown) => (v === undefined ? 'nothing (field absent)' : JSON.stringify(v));
+const shown = (v: unknown) => (v === undefined ? 'nothing (field absent)' : showValue(v));
 
 /**
  * Reads the N-gram fields of `o`. A longcat_flash_ngram config must have all three (the reference

@@ -119,7 +119,8 @@ export interface DerivedConstants {
   eosIds: number[];
 }
 
-const CONFIG_KEYS = new Set([
+/** Every config.json field parseConfig reads (the others it keeps apart, in `extra`). */
+export const CONFIG_KEYS: ReadonlySet<string> = new Set([
   'architectures',
   'model_type',
   'vocab_size',

@@ -8,9 +8,9 @@ import path from 'node:path';
 import { openCheckpoint, type Checkpoint } from '../lib/checkpoint.js';
 import { initRandom, PRESETS } from '../lib/init-random.js';
 import { readSafetensorsHeader, writeSafetensors, type TensorToWrite } from '../lib/safetensors.js';
-import { LongcatError } from '../lib/errors.js';
 import { toArray } from '../lib/tensor.js';
 import { fp8e4m3ToF32 } from '../lib/numeric.js';
+import { rejects } from './helpers.js';
 
 const root = mkdtempSync(path.join(tmpdir(), 'lc-ckpt-'));
 afterAll(() => rmSync(root, { recursive: true, force: true }));
@@ -23,20 +23,6 @@ beforeAll(async () => {
   await initRandom({ preset: 'tiny', out: tinyFp8, fp8: true, mtp: true, seed: 1 });
   await initRandom({ preset: 'tiny', out: tinyMtp, mtp: true, seed: 1 });
 });
-
-async function rejects(p: Promise<unknown>, code: string, ...parts: (string | RegExp)[]): Promise<LongcatError> {
-  let err: unknown;
-  try {
-    await p;
-  } catch (e) {
-    err = e;
-  }
-  expect(err, 'expected an error').toBeInstanceOf(LongcatError);
-  const e = err as LongcatError;
-  expect(e.code, e.message).toBe(code);
-  for (const s of parts) expect(e.message).toMatch(s);
-  return e;
-}
 
 /** Every tensor of every shard of a checkpoint directory, bytes read from disk. */
 async function readAll(dir: string): Promise<Map<string, TensorToWrite & { data: Uint8Array }>> {

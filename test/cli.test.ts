@@ -11,6 +11,26 @@ const cli = path.resolve(__dirname, '../dist/cli.js');
 const RUN_LIMIT_MS = 200_000;
 const run = (...args: string[]) => spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', timeout: RUN_LIMIT_MS });
 
+/**
+ * `init-random <initArgs>` into a new folder, `inspect` of it and `generate` of `maxTokens` tokens
+ * from it, each exiting 0 (the folder is removed after); the outputs of the first two, to check.
+ */
+function initInspectGenerate(initArgs: string[], maxTokens: number) {
+  const dir = mkdtempSync(path.join(tmpdir(), 'longcat-cli-'));
+  try {
+    const made = run('init-random', ...initArgs, '--out', dir);
+    expect(made.status, made.stderr).toBe(0);
+    const info = run('inspect', dir);
+    expect(info.status, info.stderr).toBe(0);
+    const gen = run('generate', '--model', dir, '--prompt', 'Hello', '--max-tokens', String(maxTokens));
+    expect(gen.status, gen.stderr).toBe(0);
+    expect(gen.stderr).toMatch(/generated \d+ tokens/);
+    return { made, info };
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 describe('longcat CLI', { timeout: 3 * RUN_LIMIT_MS }, () => {
   it('is built (dist/cli.js; `npm install` or `npm run build:ts` makes it)', () => {
     expect(existsSync(cli)).toBe(true);
@@ -24,40 +44,18 @@ describe('longcat CLI', { timeout: 3 * RUN_LIMIT_MS }, () => {
   });
 
   it('init-random, inspect and generate work on a fresh tiny checkpoint', () => {
-    const dir = mkdtempSync(path.join(tmpdir(), 'longcat-cli-'));
-    try {
-      const made = run('init-random', '--preset', 'tiny', '--out', dir, '--seed', '3');
-      expect(made.status, made.stderr).toBe(0);
-      expect(made.stdout).toMatch(/wrote 103 tensors/);
-      const info = run('inspect', dir);
-      expect(info.status, info.stderr).toBe(0);
-      expect(info.stdout).toMatch(/tensors:\s+103/);
-      expect(info.stdout).toMatch(/8 FFN experts .* \+ 4 zero experts, top-3/);
-      const gen = run('generate', '--model', dir, '--prompt', 'Hello', '--max-tokens', '6');
-      expect(gen.status, gen.stderr).toBe(0);
-      expect(gen.stderr).toMatch(/generated \d+ tokens/);
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
+    const { made, info } = initInspectGenerate(['--preset', 'tiny', '--seed', '3'], 6);
+    expect(made.stdout).toMatch(/wrote 103 tensors/);
+    expect(info.stdout).toMatch(/tensors:\s+103/);
+    expect(info.stdout).toMatch(/8 FFN experts .* \+ 4 zero experts, top-3/);
   });
 
   it('init-random --preset lite --fp8 and inspect: the N-gram parameters apart from the active ones; generate runs it', () => {
-    const dir = mkdtempSync(path.join(tmpdir(), 'longcat-cli-lite-'));
-    try {
-      const made = run('init-random', '--preset', 'lite', '--fp8', '--out', dir, '--seed', '4');
-      expect(made.status, made.stderr).toBe(0);
-      const info = run('inspect', dir);
-      expect(info.status, info.stderr).toBe(0);
-      expect(info.stdout).toMatch(
-        /N-gram:\s+\S+ in 12 tables \(orders 2\.\.4, 4 splits; looked up, kept in host memory\) \+ \S+ projections \(active\)/,
-      );
-      expect(info.stdout).toMatch(/block FP8/);
-      const gen = run('generate', '--model', dir, '--prompt', 'Hello', '--max-tokens', '4');
-      expect(gen.status, gen.stderr).toBe(0);
-      expect(gen.stderr).toMatch(/generated \d+ tokens/);
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
+    const { info } = initInspectGenerate(['--preset', 'lite', '--fp8', '--seed', '4'], 4);
+    expect(info.stdout).toMatch(
+      /N-gram:\s+\S+ in 12 tables \(orders 2\.\.4, 4 splits; looked up, kept in host memory\) \+ \S+ projections \(active\)/,
+    );
+    expect(info.stdout).toMatch(/block FP8/);
   });
 
   it('generate without --model runs a generated tiny model (the README main command)', () => {

@@ -3,21 +3,11 @@
 import { describe, expect, it } from 'vitest';
 import { readFileSync } from 'node:fs';
 import { activeParams, deriveConstants, parseConfig, requiredTensors, isQuantizedModule, configToJson } from '../lib/config.js';
-import { ConfigError } from '../lib/errors.js';
+import { configErr } from './helpers.js';
 
 /** LongCat-Flash-Chat config.json (SPEC 1.1). */
 const chatFile = new URL('./fixtures/longcat-flash-chat.config.json', import.meta.url);
 const CHAT: Record<string, unknown> = JSON.parse(readFileSync(chatFile, 'utf8'));
-
-function configErr(json: unknown): ConfigError {
-  try {
-    parseConfig(json, '/ckpt/config.json');
-  } catch (e) {
-    expect(e).toBeInstanceOf(ConfigError);
-    return e as ConfigError;
-  }
-  throw new Error('expected a ConfigError');
-}
 
 describe('parseConfig', () => {
   it('parses the LongCat-Flash-Chat config with the SPEC 1.1 defaults for absent fields', () => {

@@ -4,9 +4,7 @@
 // machine, and in CI on the emulator of test/emu with six emulated devices (set below, before the
 // addon is loaded; cuda:4 and cuda:5 have no peer path), against the single-device run ("equal"
 // as issue 14 defines it).
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { beforeAll, describe, expect, it, vi } from 'vitest';
 import path from 'node:path';
 
 vi.hoisted(() => {
@@ -22,18 +20,11 @@ import { initRandom } from '../lib/init-random.js';
 import { loadModel } from '../lib/generate.js';
 import { ShardedExperts } from '../lib/parallel/placement.js';
 import { expectEqualLogits, expectFailuresRecover, prompts, runScript } from './ep-helpers.js';
+import { fixtureRoot } from './model-fixture.js';
 
 const cuda = native.cudaStatus();
 const emulated = native.buildInfo().cudaArchs === 'emulated';
-let savedPrecision: ReturnType<typeof native.setMatmulPrecision>;
-const root = mkdtempSync(path.join(tmpdir(), 'longcat-ep-devices-'));
-beforeAll(() => {
-  savedPrecision = native.setMatmulPrecision('highest');
-});
-afterAll(() => {
-  native.setMatmulPrecision(savedPrecision);
-  rmSync(root, { recursive: true, force: true });
-});
+const root = fixtureRoot('longcat-ep-devices-');
 
 describe.runIf(cuda.available && cuda.deviceCount >= 2)('peer access between CUDA devices', () => {
   it('enables every pair of a group (twice is fine) and lets an op on one device reach the others', () => {

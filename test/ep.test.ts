@@ -3,9 +3,7 @@
 // experts, and whole models whose routed experts are split over 2, 4 and 8 ranks against the
 // single-device run ("equal" as issue 14 defines it: matmul precision 'highest', logits within an
 // fp32 tolerance, greedy tokens identical wherever the top-two gap exceeds it).
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { beforeAll, describe, expect, it } from 'vitest';
 import path from 'node:path';
 import { native } from '../lib/native.js';
 import { type Tensor, empty, tensor, toArray } from '../lib/tensor.js';
@@ -16,16 +14,9 @@ import { ShardedExperts, expertsPerRank, rankExperts } from '../lib/parallel/pla
 import { homeRows } from '../lib/parallel/expert-parallel.js';
 import type { MoeExpertSet } from '../types/ops-moe.js';
 import { expectEqualLogits, expectFailuresRecover, maxRelError, prompts, range, runScript } from './ep-helpers.js';
+import { fixtureRoot } from './model-fixture.js';
 
-let savedPrecision: ReturnType<typeof native.setMatmulPrecision>;
-const root = mkdtempSync(path.join(tmpdir(), 'longcat-ep-'));
-beforeAll(() => {
-  savedPrecision = native.setMatmulPrecision('highest');
-});
-afterAll(() => {
-  native.setMatmulPrecision(savedPrecision);
-  rmSync(root, { recursive: true, force: true });
-});
+const root = fixtureRoot('longcat-ep-');
 
 /** Deterministic uniform numbers in [-1, 1) (mulberry32). */
 function rng(seed: number) {
@@ -89,7 +80,7 @@ const sourceTensors = (p: Problem, device = 'cpu') => ({
   w: f32(p.w, [p.T, p.k], device),
 });
 
-/** epDispatch of a source into one slot per rank, `per` routed experts a rank. */
+/** epDispatch of a source into one slot per rank, `per` routed experts a rank (under the abort flag `abort`, if given). */
 function dispatch(
   stream: InstanceType<typeof native.Stream> | null,
   src: { u: Tensor; idx: Tensor; w: Tensor },
@@ -97,6 +88,7 @@ function dispatch(
   per: number,
   rowOf: Tensor,
   slots: Slot[],
+  abort?: Tensor,
 ) {
   native.epDispatch(
     stream,
@@ -111,6 +103,7 @@ function dispatch(
     slots.map(x => x.x),
     slots.map(x => x.idx),
     slots.map(x => x.w),
+    abort,
   );
 }
 
@@ -393,43 +386,21 @@ describe('epDispatch against the JS slot reference', () => {
         per = 4,
         T = 6,
         p = problem(T, H, k, nRouted, nZero, [0, 1, 2, 3, 8], 5);
-      const u = f32(p.u, [T, H], device),
-        idx = i32(p.idx, [T, k], device),
-        w = f32(p.w, [T, k], device),
+      const src = sourceTensors(p, device),
+        { u, idx, w } = src,
         rowOf = poisoned([T, ranks], 'int32', device),
         abort = i32([0], [1], device);
-      const slotsOf = (cap: number) =>
-        Array.from({ length: ranks }, () => ({
-          count: poisoned([1], 'int32', device),
-          x: poisoned([cap, H], 'f32', device),
-          idx: poisoned([cap, k], 'int32', device),
-          w: poisoned([cap, k], 'f32', device),
-        }));
-      const dispatch = (slots: ReturnType<typeof slotsOf>) =>
-        native.epDispatch(
-          s,
-          u,
-          idx,
-          w,
-          nRouted,
-          nRouted + nZero,
-          per,
-          rowOf,
-          slots.map(x => x.count),
-          slots.map(x => x.x),
-          slots.map(x => x.idx),
-          slots.map(x => x.w),
-          abort,
-        );
+      const slotsOf = (cap: number) => Array.from({ length: ranks }, () => poisonedSlot(cap, H, k, device));
+      const send = (slots: Slot[]) => dispatch(s, src, p, per, rowOf, slots, abort);
       const s = new native.Stream(device);
       const shallow = slotsOf(5),
         deep = slotsOf(T);
       try {
-        dispatch(shallow); // 6 tokens go to rank 0: one more than its slot holds
+        send(shallow); // 6 tokens go to rank 0: one more than its slot holds
         if (device === 'cpu') expect(() => s.synchronize()).toThrow(/capacity exceeded/);
         else s.synchronize(); // a kernel cannot raise: the flag is how it reports
         expect(Array.from(toArray(abort))).toEqual([1]);
-        dispatch(deep); // the step failed already: nothing is sent (padding only)
+        send(deep); // the step failed already: nothing is sent (padding only)
         s.synchronize();
         expect(Array.from(toArray(deep[0]!.count))).toEqual([0]);
         expect(Array.from(toArray(deep[1]!.x))).toEqual(new Array(T * H).fill(0));
@@ -443,13 +414,13 @@ describe('epDispatch against the JS slot reference', () => {
         nowhere.dispose();
         // lowered, the same dispatch into deep slots goes through
         abort.copyFromBytes(Int32Array.of(0));
-        dispatch(deep);
+        send(deep);
         s.synchronize();
         expect(toArray(deep[0]!.count)[0]).toBe(referenceSlot(p, per, 0, T).count);
         expect(Array.from(toArray(abort))).toEqual([0]);
       } finally {
         s.dispose();
-        for (const t of [u, idx, w, rowOf, abort, ...[...shallow, ...deep].flatMap(x => [x.count, x.x, x.idx, x.w])]) t.dispose();
+        for (const t of [u, idx, w, rowOf, abort, ...slotTensors([...shallow, ...deep])]) t.dispose();
       }
     },
   );

@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { native } from '../lib/native.js';
 import { SAFETENSORS_DTYPE_SIZE, buildSafetensorsHeader, parseSafetensors, readSafetensorsHeader } from '../lib/safetensors.js';
-import { activeParams, deriveConstants, parseConfig, requiredTensors } from '../lib/config.js';
+import { CONFIG_KEYS, activeParams, deriveConstants, parseConfig, requiredTensors } from '../lib/config.js';
 import { openCheckpoint } from '../lib/checkpoint.js';
 import { initRandom } from '../lib/init-random.js';
 import { LongcatError } from '../lib/errors.js';
@@ -280,39 +280,8 @@ describe('safetensors header fuzzer', () => {
 
 // ---- config.json -----------------------------------------------------------------------------
 
-const CONFIG_FIELDS = [
-  'vocab_size',
-  'hidden_size',
-  'num_layers',
-  'num_attention_heads',
-  'num_key_value_heads',
-  'q_lora_rank',
-  'kv_lora_rank',
-  'qk_nope_head_dim',
-  'qk_rope_head_dim',
-  'v_head_dim',
-  'ffn_hidden_size',
-  'expert_ffn_hidden_size',
-  'n_routed_experts',
-  'zero_expert_num',
-  'moe_topk',
-  'routed_scaling_factor',
-  'rms_norm_eps',
-  'rope_theta',
-  'max_position_embeddings',
-  'bos_token_id',
-  'eos_token_id',
-  'pad_token_id',
-  'attention_dropout',
-  'model_type',
-  'architectures',
-  'rope_scaling',
-  'quantization_config',
-  'num_nextn_predict_layers',
-  'mla_scale_q_lora',
-  'tie_word_embeddings',
-  '__proto__',
-];
+// every field parseConfig reads, and a key that must never reach an object's prototype
+const CONFIG_FIELDS = [...CONFIG_KEYS, '__proto__'];
 
 function mutateConfig(r: Rng, base: Record<string, unknown>): Record<string, unknown> {
   const c: Record<string, unknown> = { ...base };

@@ -1,7 +1,8 @@
 // Shared test utilities: the seeded RNG (test/rng.ts), closeness checks, the backends to test.
 import { expect } from 'vitest';
 import { native } from '../lib/native.js';
-import { LongcatError } from '../lib/errors.js';
+import { ConfigError, LongcatError } from '../lib/errors.js';
+import { parseConfig } from '../lib/config.js';
 import type { ChatMessage } from '../lib/chat.js';
 
 /** The seeded generator shared with the op-case table, the GPU check and the benchmarks (test/rng.ts). */
@@ -74,6 +75,32 @@ export function expectCode(fn: () => unknown, code: string, message?: RegExp) {
     return;
   }
   expect.fail(`expected a ${code} error`);
+}
+
+/** Awaits p, which must reject with a LongcatError of this code whose message matches every part; returns it. */
+export async function rejects(p: PromiseLike<unknown>, code: string, ...parts: (string | RegExp)[]): Promise<LongcatError> {
+  let err: unknown;
+  try {
+    await p;
+  } catch (e) {
+    err = e;
+  }
+  expect(err, 'expected an error').toBeInstanceOf(LongcatError);
+  const e = err as LongcatError;
+  expect(e.code, e.message).toBe(code);
+  for (const s of parts) expect(e.message).toMatch(s);
+  return e;
+}
+
+/** The ConfigError parseConfig throws for `json` (failing the test when it throws none or another). */
+export function configErr(json: unknown): ConfigError {
+  try {
+    parseConfig(json, '/ckpt/config.json');
+  } catch (e) {
+    expect(e).toBeInstanceOf(ConfigError);
+    return e as ConfigError;
+  }
+  throw new Error('expected a ConfigError');
 }
 
 /** A chat message of each role, for the message tables of the chat-template tests. */

@@ -10,11 +10,10 @@ import path from 'node:path';
 import { initRandom } from '../lib/init-random.js';
 import { loadModel } from '../lib/generate.js';
 import { openCheckpoint } from '../lib/checkpoint.js';
-import { toArray } from '../lib/tensor.js';
 import { native } from '../lib/native.js';
 import { activeParams } from '../lib/config.js';
 import { loadTokenizer } from '../lib/tokenizer.js';
-import { referenceLogits } from './model-fixture.js';
+import { expectBatchedDecodeEqualsSingle, expectLogitsClose, readLogits, referenceLogits } from './model-fixture.js';
 import { referenceNgramIds } from './reference/ngram-ref.js';
 import { backends, workLimitMs } from './helpers.js';
 
@@ -32,24 +31,6 @@ afterAll(() => {
   native.setMatmulPrecision(savedPrecision);
   rmSync(root, { recursive: true, force: true });
 });
-
-function expectLogitsClose(got: ArrayLike<number>, want: ArrayLike<number>, rel: number, what = 'logits') {
-  expect(got.length, what).toBe(want.length);
-  let scale = 0,
-    worst = 0,
-    at = -1;
-  for (let i = 0; i < want.length; i++) scale = Math.max(scale, Math.abs(want[i]!));
-  for (let i = 0; i < want.length; i++) {
-    const e = Math.abs(got[i]! - want[i]!);
-    if (!(e <= worst)) {
-      worst = e;
-      at = i;
-    }
-  }
-  expect(scale).toBeGreaterThan(0);
-  if (!(worst <= rel * scale))
-    expect.fail(`${what} ${at}: ${got[at]} vs ${want[at]} (max error ${worst}, allowed ${rel * scale})`);
-}
 
 // An EOS (2) inside, token 0 (an ordinary token), a repeated bigram (the same N-gram rows twice).
 const prompt = [5, 17, 300, 2, 99, 41, 0, 7, 260, 1, 3, 511, 41, 0];
@@ -117,14 +98,8 @@ it("the preset's tokenizer.json carries Lite's pre-tokenizer (three splits), whi
 });
 
 it('the reference ids (EOS-segmented shifts, BigInt) reproduce the SPEC-LITE vectors', () => {
-  const cfg = {
-    vocab_size: 131072,
-    hidden_size: 3072,
-    ngram_vocab_size_ratio: 78,
-    emb_neighbor_num: 4,
-    emb_split_num: 4,
-    eos_token_id: 2,
-  };
+  // the release's config.json (its N-gram fields), as the config tests read it
+  const cfg = JSON.parse(readFileSync(new URL('./fixtures/longcat-flash-lite.config.json', import.meta.url), 'utf8'));
   const ids = referenceNgramIds(cfg, [1, 15043, 1919, 2, 523]);
   expect(ids.map(r => r[3])).toEqual([
     6160362, 6160314, 6160266, 6160218, 8554957, 9116266, 9677595, 15313, 9630250, 9299210, 8968362, 8637706,
@@ -153,11 +128,6 @@ it('a chat session reusing its cache over turns (an EOS closes each finished ass
 
 describe.each(backends)('LongCat-Flash-Lite on %s', device => {
   const backend = device === 'cpu' ? 'cpu' : 'cuda';
-  const readLogits = (r: { logits: { dispose(): void } }) => {
-    const v = toArray(r.logits as never) as Float32Array;
-    r.logits.dispose();
-    return v;
-  };
 
   it.each([
     ['bf16', () => bf16Dir],
@@ -231,26 +201,7 @@ describe.each(backends)('LongCat-Flash-Lite on %s', device => {
     'batched decode of sequences with different N-gram histories equals single decodes',
     async () => {
       using model = await loadModel(bf16Dir, { backend, cacheDtype: 'f32', maxContext: 64 });
-      const e = model.engine;
-      const prompts = [prompt.slice(0, 4), prompt.slice(2, 9), [42]];
-      const next = [7, 100, 2];
-      const batch = prompts.map(() => e.newSequence());
-      readLogits(e.forward(batch, prompts));
-      const together = readLogits(
-        e.forward(
-          batch,
-          next.map(t => [t]),
-        ),
-      );
-      for (const s of batch) s.release();
-      const V = e.dims.vocab;
-      prompts.forEach((p, b) => {
-        const s = e.newSequence();
-        readLogits(e.forward([s], [p]));
-        const one = readLogits(e.forward([s], [[next[b]!]]));
-        s.release();
-        expectLogitsClose(together.subarray(b * V, (b + 1) * V), one, 1e-4, `sequence ${b}`);
-      });
+      expectBatchedDecodeEqualsSingle(model.engine, [prompt.slice(0, 4), prompt.slice(2, 9), [42]], [7, 100, 2], 1e-4);
     },
     workLimitMs(30),
   );

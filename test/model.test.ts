@@ -1,31 +1,23 @@
 // The whole model on the CPU against the float64 reference of SPEC (test/reference), plus the
 // decode-loop invariants: prefill + decode == full forward, batched == single, determinism.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { loadModel, type Model } from '../lib/generate.js';
+import { describe, expect, it } from 'vitest';
+import { loadModel } from '../lib/generate.js';
 import { LongcatError } from '../lib/errors.js';
 import { native } from '../lib/native.js';
-import { checkpointFixture, fullForward, prefillThenDecode, readLogits, referenceLogits } from './model-fixture.js';
+import {
+  checkpointFixture,
+  cpuModelFixture,
+  expectBatchedDecodeEqualsSingle,
+  expectLogitsClose,
+  fullForward,
+  prefillThenDecode,
+  readLogits,
+  referenceLogits,
+} from './model-fixture.js';
 
 // fp32 products everywhere, so that the fast path can be held to 1e-4 of the float64 reference;
 // the default precision gets its own test below.
 const makeCheckpoint = checkpointFixture('longcat-model-', 7);
-
-function expectLogitsClose(got: ArrayLike<number>, want: ArrayLike<number>, rel: number) {
-  expect(got.length).toBe(want.length);
-  let scale = 0,
-    worst = 0,
-    at = -1;
-  for (let i = 0; i < want.length; i++) scale = Math.max(scale, Math.abs(want[i]!));
-  for (let i = 0; i < want.length; i++) {
-    const e = Math.abs(got[i]! - want[i]!);
-    if (!(e <= worst)) {
-      worst = e;
-      at = i;
-    }
-  }
-  expect(scale).toBeGreaterThan(0);
-  if (!(worst <= rel * scale)) expect.fail(`logit ${at}: ${got[at]} vs ${want[at]} (max error ${worst}, allowed ${rel * scale})`);
-}
 
 const prompt = [5, 17, 300, 2, 99, 41, 7, 260, 1, 3, 511];
 
@@ -76,17 +68,11 @@ it('at the default precision (bf16 activations in bf16 GEMMs) stays within bf16 
 });
 
 describe('decode loop', () => {
-  let dir: string;
-  let model: Model;
-  beforeAll(async () => {
-    dir = await makeCheckpoint('loop');
-    model = await loadModel(dir, { backend: 'cpu', maxContext: 256 });
-  });
-  afterAll(() => model.dispose());
+  const tiny = cpuModelFixture(makeCheckpoint, 'loop', 256);
 
   it('prefill + decode steps equal one full forward (bf16 latent cache)', () => {
-    const all = fullForward(model.engine, prompt);
-    expectLogitsClose(prefillThenDecode(model.engine, prompt, 4), all, 1e-4);
+    const all = fullForward(tiny.model.engine, prompt);
+    expectLogitsClose(prefillThenDecode(tiny.model.engine, prompt, 4), all, 1e-4);
   });
 
   it('with an fp8 kv_b over 128-wide heads (codes + block scales), prefill + decode equal one full forward', async () => {
@@ -101,7 +87,7 @@ describe('decode loop', () => {
 
   it('the MoE in order on the main stream (overlapMoe: false) computes the same logits', async () => {
     const { LongcatModel } = await import('../lib/model/model.js');
-    const e = model.engine;
+    const e = tiny.model.engine;
     const serial = new LongcatModel(e.dims, e.w, { device: 'cpu', maxContext: 256, overlapMoe: false });
     const run = (m: typeof e) => {
       const seq = m.newSequence();
@@ -115,7 +101,7 @@ describe('decode loop', () => {
   });
 
   it('a prefill that extends a cached prefix equals one full forward', () => {
-    const e = model.engine;
+    const e = tiny.model.engine;
     const all = fullForward(e, prompt);
     const seq = e.newSequence();
     const a = readLogits(e.forward([seq], [prompt.slice(0, 5)], { allLogits: true }));
@@ -128,32 +114,12 @@ describe('decode loop', () => {
   });
 
   it('batched decode of 3 sequences equals 3 single decodes', () => {
-    const e = model.engine;
-    const prompts = [prompt.slice(0, 3), prompt.slice(2, 9), [42]];
-    const next = [7, 100, 3];
-    const batch = prompts.map(() => e.newSequence());
-    // batched prefill of sequences of different lengths, then one batched decode step
-    readLogits(e.forward(batch, prompts)).length;
-    const together = readLogits(
-      e.forward(
-        batch,
-        next.map(t => [t]),
-      ),
-    );
-    for (const s of batch) s.release();
-    const V = e.dims.vocab;
-    prompts.forEach((p, b) => {
-      const s = e.newSequence();
-      readLogits(e.forward([s], [p]));
-      const alone = readLogits(e.forward([s], [[next[b]!]]));
-      s.release();
-      expectLogitsClose(together.subarray(b * V, (b + 1) * V), alone, 1e-5);
-    });
+    expectBatchedDecodeEqualsSingle(tiny.model.engine, [prompt.slice(0, 3), prompt.slice(2, 9), [42]], [7, 100, 3], 1e-5);
   });
 
   it('greedy generation is deterministic and seeded sampling reproducible', async () => {
     const run = async (opts: object) => {
-      using s = model.createSession();
+      using s = tiny.model.createSession();
       return (await s.generate('The quick brown fox', { maxTokens: 12, ...opts })).tokens;
     };
     expect(await run({})).toEqual(await run({}));
@@ -163,7 +129,7 @@ describe('decode loop', () => {
   });
 
   it('streams text chunks that add up to the result, with stats', async () => {
-    using s = model.createSession();
+    using s = tiny.model.createSession();
     const g = s.generate([{ role: 'user', content: 'Hi there' }], { maxTokens: 8 });
     let streamed = '';
     for await (const chunk of g) streamed += chunk;
@@ -173,11 +139,11 @@ describe('decode loop', () => {
     expect(['length', 'eos']).toContain(r.stopReason);
     expect(r.promptTokens).toBeGreaterThan(0);
     expect(r.avgFfnExpertsPerToken).toBeGreaterThanOrEqual(0);
-    expect(r.avgFfnExpertsPerToken).toBeLessThanOrEqual(model.config.moe_topk);
+    expect(r.avgFfnExpertsPerToken).toBeLessThanOrEqual(tiny.model.config.moe_topk);
   });
 
   it('a second chat turn only computes the new tokens', async () => {
-    using s = model.createSession();
+    using s = tiny.model.createSession();
     const first = await s.generate([{ role: 'user', content: 'Hello' }], { maxTokens: 4 });
     const second = await s.generate(
       [
@@ -191,7 +157,7 @@ describe('decode loop', () => {
   });
 
   it('stops with stopReason length at the context limit, and rejects a prompt that cannot fit', async () => {
-    const small = await loadModel(dir, { backend: 'cpu', maxContext: 16 });
+    const small = await loadModel(tiny.dir, { backend: 'cpu', maxContext: 16 });
     try {
       using s = small.createSession();
       const r = await s.generate('abc', { maxTokens: 100 });
@@ -206,7 +172,7 @@ describe('decode loop', () => {
   });
 
   it('an AbortSignal stops generation within one step', async () => {
-    using s = model.createSession();
+    using s = tiny.model.createSession();
     const ac = new AbortController();
     const g = s.generate('abc', { maxTokens: 40, signal: ac.signal });
     const result = g.then(r => r); // starts: the first step runs before control comes back here
@@ -225,7 +191,7 @@ describe('decode loop', () => {
     }
     const before = native.memoryStats('cpu').liveBytes;
     // 2^26 blocks x 64 x 40 f32 per latent cache: 640 GiB each, far past this machine's memory
-    const err = await loadModel(dir, { backend: 'cpu', cacheBlocks: 2 ** 26, cacheDtype: 'f32' }).then(
+    const err = await loadModel(tiny.dir, { backend: 'cpu', cacheBlocks: 2 ** 26, cacheDtype: 'f32' }).then(
       () => null,
       (e: unknown) => e,
     );
@@ -239,7 +205,7 @@ describe('decode loop', () => {
   });
 
   it('gives typed errors for bad token ids and exceeded context', () => {
-    const e = model.engine;
+    const e = tiny.model.engine;
     const s = e.newSequence(8);
     expect(() => e.forward([s], [[e.dims.vocab]])).toThrow(LongcatError);
     try {

@@ -2,11 +2,13 @@
 // the power table of 3.1, and one full pass == token-by-token decode == random chunks == rollback
 // (the history of raw ids kept per sequence); the config's N-gram section with its typed errors.
 import { describe, expect, it } from 'vitest';
+import { readFileSync } from 'node:fs';
 import { ngramDims, type NgramConfig } from '../lib/config-ngram.js';
 import { ngramIds, ngramPowers, TokenHistory } from '../lib/model/ngram.js';
 import { activeParams, configToJson, parseConfig, requiredTensors } from '../lib/config.js';
-import { ConfigError } from '../lib/errors.js';
+import type { ConfigError } from '../lib/errors.js';
 import { rng as seeded } from './rng.js';
+import { configErr } from './helpers.js';
 
 const LITE_NGRAM: NgramConfig = { vocabSizeRatio: 78, neighborNum: 4, splitNum: 4, eosId: 2 };
 const nd = ngramDims(LITE_NGRAM, 3072, 131072);
@@ -132,55 +134,9 @@ describe('N-gram history: full pass == decode == chunks == rollback', () => {
   });
 });
 
-/** LongCat-Flash-Lite config.json (SPEC-LITE 1.1). */
-const LITE = {
-  architectures: ['LongcatFlashNgramForCausalLM'],
-  model_type: 'longcat_flash_ngram',
-  vocab_size: 131072,
-  hidden_size: 3072,
-  num_layers: 14,
-  num_hidden_layers: 28,
-  num_attention_heads: 32,
-  num_key_value_heads: 32,
-  q_lora_rank: 1536,
-  kv_lora_rank: 512,
-  qk_nope_head_dim: 128,
-  qk_rope_head_dim: 64,
-  v_head_dim: 128,
-  ffn_hidden_size: 6144,
-  expert_ffn_hidden_size: 1024,
-  n_routed_experts: 256,
-  zero_expert_num: 128,
-  moe_topk: 12,
-  routed_scaling_factor: 6.0,
-  rms_norm_eps: 1e-5,
-  max_position_embeddings: 327680,
-  rope_theta: 5000000,
-  rope_scaling: {
-    type: 'yarn',
-    beta_fast: 32.0,
-    beta_slow: 1.0,
-    factor: 10.0,
-    mscale: 1,
-    mscale_all_dim: 1,
-    original_max_position_embeddings: 32768,
-  },
-  ngram_vocab_size_ratio: 78,
-  emb_neighbor_num: 4,
-  emb_split_num: 4,
-  bos_token_id: 1,
-  eos_token_id: 2,
-};
-
-function configErr(json: unknown): ConfigError {
-  try {
-    parseConfig(json, '/ckpt/config.json');
-  } catch (e) {
-    expect(e).toBeInstanceOf(ConfigError);
-    return e as ConfigError;
-  }
-  throw new Error('expected a ConfigError');
-}
+/** LongCat-Flash-Lite config.json (SPEC-LITE 1.1), shared with bench/cpu-ngram.mjs. */
+const liteFile = new URL('./fixtures/longcat-flash-lite.config.json', import.meta.url);
+const LITE: Record<string, unknown> = JSON.parse(readFileSync(liteFile, 'utf8'));
 
 describe('the Lite config (SPEC-LITE 1, 2)', () => {
   it('parses, keeps its YaRN values, counts 68,562,465,024 parameters (31.4B N-gram)', () => {
@@ -221,6 +177,9 @@ describe('the Lite config (SPEC-LITE 1, 2)', () => {
   });
 
   it('bad N-gram configs give typed errors naming the field', () => {
+    // an array nested too deeply for JSON.stringify: the message still prints (the fuzzer's find)
+    let deep: unknown[] = [];
+    for (let i = 0; i < 100_000; i++) deep = [deep];
     const cases: [Record<string, unknown>, string, RegExp][] = [
       [{ emb_split_num: 5 }, 'emb_split_num', /15 N-gram tables must divide hidden_size 3072/],
       [{ emb_neighbor_num: 1 }, 'emb_neighbor_num', /integer >= 2/],
@@ -229,6 +188,12 @@ describe('the Lite config (SPEC-LITE 1, 2)', () => {
       [{ ngram_vocab_size_ratio: 20000 }, 'ngram_vocab_size_ratio', /2\^31/],
       [{ eos_token_id: [2, 3] }, 'eos_token_id', /one token id/],
       [{ model_type: 'longcat_flash' }, 'ngram_vocab_size_ratio', /only model_type "longcat_flash_ngram"/],
+      [{ emb_split_num: deep }, 'emb_split_num', /integer >= 1 .*, got an array \(too deeply nested to print\)/],
+      [
+        { model_type: 'longcat_flash', ngram_vocab_size_ratio: deep },
+        'ngram_vocab_size_ratio',
+        /is set \(an array \(too deeply nested/,
+      ],
     ];
     for (const [patch, field, re] of cases) {
       const e = configErr({ ...LITE, ...patch });

@@ -27,7 +27,7 @@ import { loadModel } from '../lib/generate.js';
 import { full, tensor } from '../lib/tensor.js';
 import { native } from '../lib/native.js';
 import { DisposedError, LongcatError } from '../lib/errors.js';
-import { cudaAvailable, expectCode } from './helpers.js';
+import { cudaAvailable, expectCode, rejects } from './helpers.js';
 
 const root = mkdtempSync(path.join(tmpdir(), 'lc-reliability-'));
 const tiny = path.join(root, 'tiny');
@@ -43,20 +43,6 @@ function copyTiny(name: string): string {
   const dir = path.join(root, name);
   cpSync(tiny, dir, { recursive: true });
   return dir;
-}
-
-async function rejects(p: PromiseLike<unknown>, code: string, ...parts: (string | RegExp)[]): Promise<LongcatError> {
-  let err: unknown;
-  try {
-    await p;
-  } catch (e) {
-    err = e;
-  }
-  expect(err, 'expected an error').toBeInstanceOf(LongcatError);
-  const e = err as LongcatError;
-  expect(e.code, e.message).toBe(code);
-  for (const s of parts) expect(e.message).toMatch(s);
-  return e;
 }
 
 describe('a shard changed on disk while mapped (item 5)', () => {

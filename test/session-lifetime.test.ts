@@ -2,29 +2,13 @@
 // dispose() gives its blocks back once it is garbage-collected; model.dispose() frees every
 // session's blocks at once (the sessions then throw E_DISPOSED); a generation that finds no block
 // left for its next token ends with stopReason 'cache' and the text so far.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import path from 'node:path';
-import { initRandom } from '../lib/init-random.js';
-import { loadModel, type Model } from '../lib/generate.js';
-import { native } from '../lib/native.js';
+import { describe, expect, it } from 'vitest';
+import { loadModel } from '../lib/generate.js';
 import { DisposedError } from '../lib/errors.js';
+import { checkpointFixture, cpuModelFixture } from './model-fixture.js';
 
-const root = mkdtempSync(path.join(tmpdir(), 'longcat-lifetime-'));
-const dir = path.join(root, 'tiny');
-let model: Model;
-let saved: ReturnType<typeof native.setMatmulPrecision>;
-beforeAll(async () => {
-  saved = native.setMatmulPrecision('highest');
-  await initRandom({ preset: 'tiny', out: dir, seed: 21 });
-  model = await loadModel(dir, { backend: 'cpu', maxContext: 512 });
-});
-afterAll(() => {
-  model.dispose();
-  native.setMatmulPrecision(saved);
-  rmSync(root, { recursive: true, force: true });
-});
+const makeCheckpoint = checkpointFixture('longcat-lifetime-', 21);
+const tiny = cpuModelFixture(makeCheckpoint, 'tiny', 512);
 
 const gc = (globalThis as { gc?: () => void }).gc;
 /** Collections until nothing unreachable is left to finalize (finalizers run on a later turn). */
@@ -38,12 +22,12 @@ async function settle(turns = 10) {
 describe('KV blocks of sessions', () => {
   it('a session dropped without dispose() returns its blocks once it is garbage-collected', async () => {
     expect(gc, 'vitest runs with --expose-gc (vitest.config.ts)').toBeTypeOf('function');
-    const blocks = model.engine.allocator;
+    const blocks = tiny.model.engine.allocator;
     await settle();
     const before = blocks.inUse;
     await (async () => {
       for (let i = 0; i < 3; i++) {
-        const s = model.createSession(); // never disposed
+        const s = tiny.model.createSession(); // never disposed
         await s.generate('Once upon a time, in a valley of 42 sheep,', { maxTokens: 70 });
         expect(s.length).toBeGreaterThan(64); // two blocks of 64
         expect(blocks.inUse).toBeGreaterThanOrEqual(before + 2); // (earlier ones may be collected already)
@@ -58,14 +42,14 @@ describe('KV blocks of sessions', () => {
   });
 
   it('a disposed session is not finalized twice: its blocks, reused by another session, stay that one', async () => {
-    const blocks = model.engine.allocator;
+    const blocks = tiny.model.engine.allocator;
     await settle();
     const before = blocks.inUse;
     (() => {
-      const s = model.createSession();
+      const s = tiny.model.createSession();
       s.dispose();
     })();
-    using keep = model.createSession();
+    using keep = tiny.model.createSession();
     await keep.generate('abc', { maxTokens: 3 });
     const held = blocks.inUse;
     expect(held).toBeGreaterThan(before);
@@ -74,7 +58,7 @@ describe('KV blocks of sessions', () => {
   });
 
   it('model.dispose() frees every session at once; the sessions then throw E_DISPOSED', async () => {
-    const m = await loadModel(dir, { backend: 'cpu', maxContext: 256 });
+    const m = await loadModel(tiny.dir, { backend: 'cpu', maxContext: 256 });
     const a = m.createSession(),
       b = m.createSession();
     await a.generate('Once upon a time', { maxTokens: 5 });
@@ -99,7 +83,7 @@ describe('KV blocks of sessions', () => {
 
   it('running out of KV blocks mid-generation ends it with stopReason cache and the text so far', async () => {
     // Two blocks of 64 tokens for every session together.
-    const m = await loadModel(dir, { backend: 'cpu', maxContext: 512, cacheBlocks: 2 });
+    const m = await loadModel(tiny.dir, { backend: 'cpu', maxContext: 512, cacheBlocks: 2 });
     try {
       const prompt = 'Once upon a time, in a valley of 42 sheep,';
       using other = m.createSession();
@@ -110,7 +94,7 @@ describe('KV blocks of sessions', () => {
       for await (const c of g) chunks.push(c);
       const r = await g;
       // The same model with room to spare writes the same tokens, and more.
-      using free = model.createSession();
+      using free = tiny.model.createSession();
       const ref = await free.generate(prompt, { maxTokens: 100 });
       expect(ref.stopReason, 'the reference runs past the first block').toBe('length');
       expect(r.stopReason).toBe('cache');

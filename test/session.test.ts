@@ -1,30 +1,13 @@
 // Session and engine paths the model tests did not reach: stop strings (one and several, across
 // token boundaries, streamed), topK / topP / minP through a session, and decode graphs replayed
 // across changing batch sizes while the sequences grow into new KV blocks.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import path from 'node:path';
-import { initRandom } from '../lib/init-random.js';
-import { loadModel, type Model } from '../lib/generate.js';
+import { describe, expect, it } from 'vitest';
 import { LongcatModel } from '../lib/model/model.js';
 import { toArray, type Tensor } from '../lib/tensor.js';
-import { native } from '../lib/native.js';
+import { checkpointFixture, cpuModelFixture } from './model-fixture.js';
 
-const root = mkdtempSync(path.join(tmpdir(), 'longcat-session-'));
-let model: Model;
-let saved: ReturnType<typeof native.setMatmulPrecision>;
-beforeAll(async () => {
-  saved = native.setMatmulPrecision('highest');
-  const dir = path.join(root, 'tiny');
-  await initRandom({ preset: 'tiny', out: dir, seed: 21 });
-  model = await loadModel(dir, { backend: 'cpu', maxContext: 512 });
-});
-afterAll(() => {
-  model.dispose();
-  native.setMatmulPrecision(saved);
-  rmSync(root, { recursive: true, force: true });
-});
+const makeCheckpoint = checkpointFixture('longcat-session-', 21);
+const tiny = cpuModelFixture(makeCheckpoint, 'tiny', 512);
 
 const prompt = 'Once upon a time, in a valley of 42 sheep,';
 
@@ -36,14 +19,14 @@ async function collect(g: AsyncIterable<string> & PromiseLike<{ text: string; st
 
 describe('stop strings', () => {
   it('end the text before the first occurrence of the earliest stop, streamed and returned alike', async () => {
-    using s = model.createSession();
+    using s = tiny.model.createSession();
     const free = await s.generate(prompt, { maxTokens: 40 });
     expect(free.text.length, 'the tiny model writes enough text to cut').toBeGreaterThan(12);
     // A stop string that straddles two generated tokens (at its first occurrence; ASCII, so the
     // streaming decoder holds nothing back for UTF-8), so streaming must keep the first half until
     // the next token shows whether the stop completes.
     const ends = free.tokens.map(
-      (_, i) => model.tokenizer.decode(free.tokens.slice(0, i + 1).filter(t => t < model.tokenizer.vocabSize)).length,
+      (_, i) => tiny.model.tokenizer.decode(free.tokens.slice(0, i + 1).filter(t => t < tiny.model.tokenizer.vocabSize)).length,
     );
     const b = ends.find(
       (e, i) =>
@@ -58,7 +41,7 @@ describe('stop strings', () => {
     const stopAt = free.text.slice(b! - 1, b! + 1);
     const first = free.text.indexOf(stopAt);
     for (const stop of [[stopAt], ['\u0000never', stopAt], [free.text.slice(first, first + 1), stopAt]]) {
-      using t = model.createSession();
+      using t = tiny.model.createSession();
       const { streamed, result } = await collect(t.generate(prompt, { maxTokens: 40, stop }));
       const cut = Math.min(...stop.map(x => free.text.indexOf(x)).filter(i => i >= 0));
       expect(result.text, JSON.stringify(stop)).toBe(free.text.slice(0, cut));
@@ -68,8 +51,8 @@ describe('stop strings', () => {
   });
 
   it('empty stop strings are ignored; a stop never produced changes nothing', async () => {
-    using a = model.createSession();
-    using b = model.createSession();
+    using a = tiny.model.createSession();
+    using b = tiny.model.createSession();
     const x = await a.generate(prompt, { maxTokens: 10 });
     const y = await b.generate(prompt, { maxTokens: 10, stop: ['', '\u0000never'] });
     expect(y.tokens).toEqual(x.tokens);
@@ -79,10 +62,10 @@ describe('stop strings', () => {
 
 describe('sampling filters through a session', () => {
   it('topK 1, a tiny topP and minP 1 all reduce hot sampling to greedy', async () => {
-    using g = model.createSession();
+    using g = tiny.model.createSession();
     const greedy = (await g.generate(prompt, { maxTokens: 12 })).tokens;
     for (const filter of [{ topK: 1 }, { topP: 1e-9 }, { minP: 1 }]) {
-      using s = model.createSession();
+      using s = tiny.model.createSession();
       const r = await s.generate(prompt, { maxTokens: 12, temperature: 1.7, seed: 5, ...filter });
       expect(r.tokens, JSON.stringify(filter)).toEqual(greedy);
     }
@@ -91,11 +74,11 @@ describe('sampling filters through a session', () => {
   it('hot sampling without filters is seeded: same seed same tokens, and it leaves the greedy path', async () => {
     const runs = [];
     for (const seed of [1, 1, 2, 3]) {
-      using s = model.createSession();
+      using s = tiny.model.createSession();
       runs.push((await s.generate(prompt, { maxTokens: 12, temperature: 2, seed })).tokens);
     }
     expect(runs[1]).toEqual(runs[0]);
-    using g = model.createSession();
+    using g = tiny.model.createSession();
     const greedy = (await g.generate(prompt, { maxTokens: 12 })).tokens;
     expect(runs.some(r => JSON.stringify(r) !== JSON.stringify(greedy))).toBe(true);
   });
@@ -103,7 +86,7 @@ describe('sampling filters through a session', () => {
 
 describe('decode graphs across batch sizes and growing block tables', () => {
   it('replayed steps equal eager steps and each sequence equals its own full forward', () => {
-    const e = model.engine;
+    const e = tiny.model.engine;
     const opts = { device: 'cpu', maxContext: 128, blockSize: 4, numBlocks: 96 };
     const graphs = new LongcatModel(e.dims, e.w, { ...opts, graphs: true });
     const eager = new LongcatModel(e.dims, e.w, { ...opts, graphs: false });
@@ -192,7 +175,7 @@ describe('generate options', () => {
     [{ seed: '7' }, /seed must be an integer in \[0, 2\^53\), got '7'/],
   ];
   it.each(bad)('%j is a typed E_ARGUMENT before any token is computed', async (opts, message) => {
-    using s = model.createSession();
+    using s = tiny.model.createSession();
     const err = await s.generate(prompt, opts as never).then(
       () => null,
       (e: unknown) => e,
