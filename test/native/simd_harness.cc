@@ -1,7 +1,9 @@
 // The shared SIMD primitives of native/cpu/simd.h against scalar references, on every ISA the CPU
 // has: exp against float64 exp (error bound in ulps over the whole input range, special values,
 // and the AVX2 and AVX-512 versions giving the same bits), bf16 encoding against numeric.h's
-// f32_to_bf16 bit for bit, the horizontal sums against sequential sums. Exits non-zero on failure.
+// f32_to_bf16 bit for bit, fp8 encoding (quant.cc's fp8_encode, through convert and
+// quantize_fp8_act) against f32_to_fp8e4m3 bit for bit, the horizontal sums against sequential
+// sums. Exits non-zero on failure.
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -12,9 +14,11 @@
 
 #include "cpu/features.h"
 #include "cpu/numeric.h"
+#include "cpu/quant.h"
 #include "cpu/simd.h"
 
 using namespace lc::cpu;
+using lc::DType;
 
 namespace {
 
@@ -173,6 +177,37 @@ void check_sums(const char* name) {
   check(worst <= 1.0f, "horizontal sums within the summation bound");
 }
 
+// fp8 encoding on ISA `is` through convert (div 1) and quantize_fp8_act (div = the block scale):
+// every 4099th f32 bit pattern (NaNs, infs, subnormals) plus the rounding and saturation edges,
+// an odd count so the partial-vector tail runs.
+void check_fp8(Isa is, const char* name) {
+  set_isa(is);
+  std::vector<float> x;
+  for (uint32_t u = 0; u < 0xffffffffu - 4099; u += 4099) x.push_back(bits_to_f32(u));
+  for (float v : {448.0f, 464.0f, 463.99997f, 480.0f, 0.015625f, 0.0156249991f, 0.001953125f, 0.0009765625f, 0.00097656256f,
+                  0.0029296875f, 1.0625f, 1.1875f, -0.0f, 240.0f, 256.0f, 272.0f})
+    x.push_back(v), x.push_back(-v);
+  if (x.size() % 2 == 0) x.push_back(3.0f);
+  const int64_t n = static_cast<int64_t>(x.size());
+  std::vector<uint8_t> q(x.size());
+  convert(n, x.data(), DType::F32, q.data(), DType::FP8_E4M3);
+  int64_t bad = 0;
+  for (int64_t i = 0; i < n; ++i) bad += q[i] != f32_to_fp8e4m3(x[i]);
+  // Blocks of 128 scaled by their amax / 448: finite inputs only (a NaN or inf sets the scale).
+  std::vector<float> xf;
+  for (float v : x)
+    if (std::isfinite(v)) xf.push_back(v);
+  const int64_t K = 1001, T = static_cast<int64_t>(xf.size()) / K, G = (K + 127) / 128;
+  std::vector<uint8_t> qa(T * K);
+  std::vector<float> sa(T * G);
+  quantize_fp8_act(T, K, xf.data(), qa.data(), sa.data());
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t k = 0; k < K; ++k) bad += qa[t * K + k] != f32_to_fp8e4m3(xf[t * K + k] / sa[t * G + k / 128]);
+  std::printf("  %s fp8: %lld + %lld inputs, %lld differ from f32_to_fp8e4m3\n", name, static_cast<long long>(n),
+              static_cast<long long>(T * K), static_cast<long long>(bad));
+  check(bad == 0, "fp8 encoding bit for bit");
+}
+
 }  // namespace
 
 int main() {
@@ -187,12 +222,14 @@ int main() {
     check_exp<simd::Avx2>("avx2", x, y2);
     check_bf16<simd::Avx2>("avx2");
     check_sums<simd::Avx2>("avx2");
+    check_fp8(Isa::Avx2, "avx2");
   }
   if (avx512) {
     std::printf("avx512\n");
     check_exp<simd::Avx512>("avx512", x, y512);
     check_bf16<simd::Avx512>("avx512");
     check_sums<simd::Avx512>("avx512");
+    check_fp8(Isa::Avx512, "avx512");
   }
   if (avx2 && avx512) {
     int64_t differ = 0;
