@@ -32,34 +32,28 @@ void check(bool ok, const char* what) {
 
 template <class V>
 struct Ops;
-template <>
-struct Ops<simd::Avx2> {
-  LC_TARGET_AVX2 static void exp(const float* x, float* y, int64_t n) {
-    for (int64_t i = 0; i < n; i += 8) simd::Avx2::store(y + i, simd::Avx2::exp(simd::Avx2::load(x + i)));
-  }
-  LC_TARGET_AVX2 static void to_bf16(const float* x, uint16_t* y, int64_t n) {
-    for (int64_t i = 0; i < n; i += 8) simd::Avx2::store_bf16(y + i, simd::Avx2::load(x + i));
-  }
-  LC_TARGET_AVX2 static void sums(const float* x, float* s, float* s4) {  // x: 4 vectors
-    s[0] = simd::Avx2::reduce_add(simd::Avx2::load(x));
-    _mm_storeu_ps(
-        s4, simd::Avx2::hsum4(simd::Avx2::load(x), simd::Avx2::load(x + 8), simd::Avx2::load(x + 16), simd::Avx2::load(x + 24)));
-  }
-};
-template <>
-struct Ops<simd::Avx512> {
-  LC_TARGET_AVX512 static void exp(const float* x, float* y, int64_t n) {
-    for (int64_t i = 0; i < n; i += 16) simd::Avx512::store(y + i, simd::Avx512::exp(simd::Avx512::load(x + i)));
-  }
-  LC_TARGET_AVX512 static void to_bf16(const float* x, uint16_t* y, int64_t n) {
-    for (int64_t i = 0; i < n; i += 16) simd::Avx512::store_bf16(y + i, simd::Avx512::load(x + i));
-  }
-  LC_TARGET_AVX512 static void sums(const float* x, float* s, float* s4) {
-    s[0] = simd::Avx512::reduce_add(simd::Avx512::load(x));
-    _mm_storeu_ps(s4, simd::Avx512::hsum4(simd::Avx512::load(x), simd::Avx512::load(x + 16), simd::Avx512::load(x + 32),
-                                          simd::Avx512::load(x + 48)));
-  }
-};
+// Each primitive under test over whole arrays (n a multiple of kLanes; sums: x holds 4 vectors),
+// written once over the traits V_; a target attribute cannot be a template parameter, so each
+// ISA's specialization is stamped out by LC_SIMD_OPS with its own.
+#define LC_SIMD_OPS(V_, TARGET)                                                                        \
+  template <>                                                                                          \
+  struct Ops<V_> {                                                                                     \
+    using V = V_;                                                                                      \
+    TARGET static void exp(const float* x, float* y, int64_t n) {                                      \
+      for (int64_t i = 0; i < n; i += V::kLanes) V::store(y + i, V::exp(V::load(x + i)));              \
+    }                                                                                                  \
+    TARGET static void to_bf16(const float* x, uint16_t* y, int64_t n) {                               \
+      for (int64_t i = 0; i < n; i += V::kLanes) V::store_bf16(y + i, V::load(x + i));                 \
+    }                                                                                                  \
+    TARGET static void sums(const float* x, float* s, float* s4) {                                     \
+      constexpr int W = V::kLanes;                                                                     \
+      s[0] = V::reduce_add(V::load(x));                                                                \
+      _mm_storeu_ps(s4, V::hsum4(V::load(x), V::load(x + W), V::load(x + 2 * W), V::load(x + 3 * W))); \
+    }                                                                                                  \
+  };
+LC_SIMD_OPS(simd::Avx2, LC_TARGET_AVX2)
+LC_SIMD_OPS(simd::Avx512, LC_TARGET_AVX512)
+#undef LC_SIMD_OPS
 
 // Distance in representable floats (both finite, same sign or zero).
 int64_t ulps(float a, float b) {
