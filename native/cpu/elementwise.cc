@@ -108,6 +108,7 @@ LC_SIMD_INLINE int32_t argmax_vec(const float* x, int64_t n) {
 }
 LC_TARGET_AVX512 int32_t argmax_avx512(const float* x, int64_t n) { return argmax_vec<Avx512>(x, n); }
 LC_TARGET_AVX2 int32_t argmax_avx2(const float* x, int64_t n) { return argmax_vec<Avx2>(x, n); }
+int32_t argmax_row_scalar(const float* x, int64_t n) { return argmax_scalar(x, 0, n, nullptr, 0, kNegInf); }
 
 // ---- softmax --------------------------------------------------------------------------------
 void softmax_row_scalar(const float* x, float* y, int64_t V, bool log) {
@@ -224,38 +225,19 @@ int64_t embedding(int64_t T, int64_t H, const void* table, DType tt, int64_t V, 
 
 void silu_mul(int64_t n, const float* gate, const float* up, float* y) {
   const Isa is = isa();
-  parallel_for(n, kGrain, [&](int64_t b, int64_t e) {
-    if (is == Isa::Avx512)
-      silu_mul_avx512(b, e, gate, up, y);
-    else if (is == Isa::Avx2)
-      silu_mul_avx2(b, e, gate, up, y);
-    else
-      silu_mul_scalar(b, e, gate, up, y);
-  });
+  parallel_for(n, kGrain,
+               [&](int64_t b, int64_t e) { by_isa(is, silu_mul_avx512, silu_mul_avx2, silu_mul_scalar)(b, e, gate, up, y); });
 }
 
 void add(int64_t n, const float* a, const float* b, float alpha, float* y) {
   const Isa is = isa();
-  parallel_for(n, kGrain * 4, [&](int64_t s, int64_t e) {
-    if (is == Isa::Avx512)
-      add_avx512(s, e, a, b, alpha, y);
-    else if (is == Isa::Avx2)
-      add_avx2(s, e, a, b, alpha, y);
-    else
-      add_scalar(s, e, a, b, alpha, y);
-  });
+  parallel_for(n, kGrain * 4, [&](int64_t s, int64_t e) { by_isa(is, add_avx512, add_avx2, add_scalar)(s, e, a, b, alpha, y); });
 }
 
 void scale(int64_t n, const float* x, float alpha, float* y) {
   const Isa is = isa();
-  parallel_for(n, kGrain * 4, [&](int64_t s, int64_t e) {
-    if (is == Isa::Avx512)
-      scale_avx512(s, e, x, alpha, y);
-    else if (is == Isa::Avx2)
-      scale_avx2(s, e, x, alpha, y);
-    else
-      scale_scalar(s, e, x, alpha, y);
-  });
+  parallel_for(n, kGrain * 4,
+               [&](int64_t s, int64_t e) { by_isa(is, scale_avx512, scale_avx2, scale_scalar)(s, e, x, alpha, y); });
 }
 
 void scale_groups(int64_t rows, int64_t cols, const float* x, const float* scales, int64_t r, int64_t group, float* y) {
@@ -273,12 +255,7 @@ void argmax(int64_t rows, int64_t V, const float* x, int32_t* idx) {
   parallel_for(rows, std::max<int64_t>(1, kGrain / std::max<int64_t>(V, 1)), [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) {
       const float* xr = x + r * V;
-      if (is == Isa::Avx512)
-        idx[r] = argmax_avx512(xr, V);
-      else if (is == Isa::Avx2)
-        idx[r] = argmax_avx2(xr, V);
-      else
-        idx[r] = argmax_scalar(xr, 0, V, nullptr, 0, kNegInf);
+      idx[r] = by_isa(is, argmax_avx512, argmax_avx2, argmax_row_scalar)(xr, V);
     }
   });
 }
@@ -287,12 +264,7 @@ void softmax(int64_t rows, int64_t V, const float* x, float* y, bool log) {
   const Isa is = isa();
   parallel_for(rows, std::max<int64_t>(1, kGrain / std::max<int64_t>(V, 1)), [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) {
-      if (is == Isa::Avx512)
-        softmax_row_avx512(x + r * V, y + r * V, V, log);
-      else if (is == Isa::Avx2)
-        softmax_row_avx2(x + r * V, y + r * V, V, log);
-      else
-        softmax_row_scalar(x + r * V, y + r * V, V, log);
+      by_isa(is, softmax_row_avx512, softmax_row_avx2, softmax_row_scalar)(x + r * V, y + r * V, V, log);
     }
   });
 }

@@ -21,4 +21,11 @@ void set_isa(Isa i);  // clamped to what the CPU supports
 const char* isa_name(Isa i);
 bool isa_from_name(const std::string& s, Isa* out);
 
+// The variant of a kernel written per ISA (three functions of one signature) that `is` runs:
+// the one place the Avx512 / Avx2 / scalar choice is spelled out.
+template <class Fn>
+inline Fn* by_isa(Isa is, Fn* avx512, Fn* avx2, Fn* scalar) {
+  return is == Isa::Avx512 ? avx512 : is == Isa::Avx2 ? avx2 : scalar;
+}
+
 }  // namespace lc::cpu

@@ -71,27 +71,37 @@ float amax_scalar(const float* x, int64_t n, float m) {
   return m;
 }
 
-// ---- AVX-512 ----------------------------------------------------------------------------------
-LC_TARGET_AVX512 inline __m128i fp8_encode16(__m512 x) {
-  __m512i u = _mm512_castps_si512(x);
-  __m512i sign = _mm512_srli_epi32(_mm512_and_si512(u, _mm512_set1_epi32(static_cast<int>(0x80000000u))), 24);
-  __m512i ua = _mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff));
-  __m512 a = _mm512_castsi512_ps(ua);
+// ---- fp8 encode, written once over the vector traits (simd.h) --------------------------------
+// f32 lanes -> fp8 e4m3 codes in the low byte of every 32-bit lane, as numeric.h's f32_to_fp8e4m3.
+template <class V>
+LC_SIMD_INLINE typename V::I fp8_encode(typename V::F x) {
+  using I = typename V::I;
+  const I u = V::ibits(x);
+  const I sign = V::template isrl<24>(V::iand(u, V::iset1(static_cast<int32_t>(0x80000000u))));
+  const I ua = V::iand(u, V::iset1(0x7fffffff));
+  const typename V::F a = V::fbits(ua);
   // normal range: round the mantissa to 3 bits (RNE), rebias the exponent 127 -> 7
-  __m512i r = _mm512_add_epi32(
-      ua, _mm512_add_epi32(_mm512_set1_epi32(0x7ffff), _mm512_and_si512(_mm512_srli_epi32(ua, 20), _mm512_set1_epi32(1))));
-  __m512i e = _mm512_sub_epi32(_mm512_srli_epi32(r, 23), _mm512_set1_epi32(120));
-  __m512i res = _mm512_or_si512(_mm512_slli_epi32(e, 3), _mm512_and_si512(_mm512_srli_epi32(r, 20), _mm512_set1_epi32(7)));
-  res = _mm512_min_epi32(res, _mm512_set1_epi32(0x7e));
+  const I r = V::iadd(ua, V::iadd(V::iset1(0x7ffff), V::iand(V::template isrl<20>(ua), V::iset1(1))));
+  const I e = V::isub(V::template isrl<23>(r), V::iset1(120));
+  I res = V::ior(V::template isll<3>(e), V::iand(V::template isrl<20>(r), V::iset1(7)));
+  res = V::imin(res, V::iset1(0x7e));
   // below 2^-6: subnormal, step 2^-9 (a * 512 is exact; round half to even)
-  __mmask16 sub = _mm512_cmp_ps_mask(a, _mm512_set1_ps(0.015625f), _CMP_LT_OQ);
-  __m512i m = _mm512_cvttps_epi32(
-      _mm512_roundscale_ps(_mm512_mul_ps(a, _mm512_set1_ps(512.0f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-  res = _mm512_mask_mov_epi32(res, sub, m);
-  res = _mm512_mask_mov_epi32(res, _mm512_cmp_ps_mask(a, _mm512_set1_ps(448.0f), _CMP_GE_OQ), _mm512_set1_epi32(0x7e));
-  res = _mm512_mask_mov_epi32(res, _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q), _mm512_set1_epi32(0x7f));
-  return _mm512_cvtepi32_epi8(_mm512_or_si512(res, sign));
+  const I m = V::itrunc(V::round(V::mul(a, V::set1(512.0f))));
+  res = V::iselect(V::lt(a, V::set1(0.015625f)), m, res);
+  res = V::iselect(V::ge(a, V::set1(448.0f)), V::iset1(0x7e), res);
+  res = V::iselect(V::unord(a, a), V::iset1(0x7f), res);
+  return V::ior(res, sign);
 }
+// d[i] = fp8(in[i] / div) for i < n.
+template <class V>
+LC_SIMD_INLINE void encode_fp8(const float* in, int64_t n, uint8_t* d, float div) {
+  const typename V::F dv = V::set1(div);
+  int64_t i = 0;
+  for (; i + V::kLanes <= n; i += V::kLanes) V::store_low_bytes(d + i, fp8_encode<V>(V::div(V::load(in + i), dv)));
+  if (i < n) V::store_low_bytes_n(d + i, fp8_encode<V>(V::div(V::load_n(in + i, n - i), dv)), n - i);
+}
+
+// ---- AVX-512 ----------------------------------------------------------------------------------
 LC_TARGET_AVX512 void decode_avx512(const void* src, DType st, int64_t n, float* out) {
   if (st == DType::F32) {
     std::memcpy(out, src, static_cast<size_t>(n) * 4);
@@ -155,12 +165,7 @@ LC_TARGET_AVX512 void encode_avx512(const float* in, int64_t n, void* dst, DType
     encode_scalar(in + i, n - i, d + i, dt, 1.0f);
     return;
   }
-  uint8_t* d = static_cast<uint8_t*>(dst);
-  const __m512 dv = _mm512_set1_ps(div);
-  for (int64_t i = 0; i < n; i += 16) {
-    __mmask16 k = Avx512::mask16(n - i);
-    _mm_mask_storeu_epi8(d + i, k, fp8_encode16(_mm512_div_ps(_mm512_maskz_loadu_ps(k, in + i), dv)));
-  }
+  encode_fp8<Avx512>(in, n, static_cast<uint8_t*>(dst), div);
 }
 LC_TARGET_AVX512 float amax_avx512(const float* x, int64_t n, float m0) {
   __m512 m = _mm512_set1_ps(m0);
@@ -172,31 +177,6 @@ LC_TARGET_AVX512 float amax_avx512(const float* x, int64_t n, float m0) {
 }
 
 // ---- AVX2 -------------------------------------------------------------------------------------
-LC_TARGET_AVX2 inline uint64_t fp8_encode8(__m256 x) {
-  __m256i u = _mm256_castps_si256(x);
-  __m256i sign = _mm256_srli_epi32(_mm256_and_si256(u, _mm256_set1_epi32(static_cast<int>(0x80000000u))), 24);
-  __m256i ua = _mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff));
-  __m256 a = _mm256_castsi256_ps(ua);
-  __m256i r = _mm256_add_epi32(
-      ua, _mm256_add_epi32(_mm256_set1_epi32(0x7ffff), _mm256_and_si256(_mm256_srli_epi32(ua, 20), _mm256_set1_epi32(1))));
-  __m256i e = _mm256_sub_epi32(_mm256_srli_epi32(r, 23), _mm256_set1_epi32(120));
-  __m256i res = _mm256_or_si256(_mm256_slli_epi32(e, 3), _mm256_and_si256(_mm256_srli_epi32(r, 20), _mm256_set1_epi32(7)));
-  res = _mm256_min_epi32(res, _mm256_set1_epi32(0x7e));
-  __m256 sub = _mm256_cmp_ps(a, _mm256_set1_ps(0.015625f), _CMP_LT_OQ);
-  __m256i m = _mm256_cvttps_epi32(
-      _mm256_round_ps(_mm256_mul_ps(a, _mm256_set1_ps(512.0f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-  res = _mm256_blendv_epi8(res, m, _mm256_castps_si256(sub));
-  res =
-      _mm256_blendv_epi8(res, _mm256_set1_epi32(0x7e), _mm256_castps_si256(_mm256_cmp_ps(a, _mm256_set1_ps(448.0f), _CMP_GE_OQ)));
-  res = _mm256_blendv_epi8(res, _mm256_set1_epi32(0x7f), _mm256_castps_si256(_mm256_cmp_ps(a, a, _CMP_UNORD_Q)));
-  res = _mm256_or_si256(res, sign);
-  const __m256i pick = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 4, 8, 12, -1, -1, -1, -1,
-                                        -1, -1, -1, -1, -1, -1, -1, -1);
-  res = _mm256_shuffle_epi8(res, pick);
-  uint64_t lo = static_cast<uint32_t>(_mm_cvtsi128_si32(_mm256_castsi256_si128(res)));
-  uint64_t hi = static_cast<uint32_t>(_mm_cvtsi128_si32(_mm256_extracti128_si256(res, 1)));
-  return lo | (hi << 32);
-}
 LC_TARGET_AVX2 void decode_avx2(const void* src, DType st, int64_t n, float* out) {
   int64_t i = 0;
   if (st == DType::BF16) {
@@ -242,13 +222,7 @@ LC_TARGET_AVX2 void encode_avx2(const float* in, int64_t n, void* dst, DType dt,
     }
     encode_scalar(in + i, n - i, d + i, dt, div);
   } else if (dt == DType::FP8_E4M3) {
-    uint8_t* d = static_cast<uint8_t*>(dst);
-    const __m256 dv = _mm256_set1_ps(div);
-    for (; i + 8 <= n; i += 8) {
-      uint64_t b = fp8_encode8(_mm256_div_ps(_mm256_loadu_ps(in + i), dv));
-      std::memcpy(d + i, &b, 8);
-    }
-    encode_scalar(in + i, n - i, d + i, dt, div);
+    encode_fp8<Avx2>(in, n, static_cast<uint8_t*>(dst), div);
   } else {
     encode_scalar(in, n, dst, dt, div);
   }
@@ -267,25 +241,13 @@ LC_TARGET_AVX2 float amax_avx2(const float* x, int64_t n, float m0) {
 
 // ---- dispatch ---------------------------------------------------------------------------------
 inline void decode(Isa is, const void* src, DType st, int64_t n, float* out) {
-  if (is == Isa::Avx512)
-    decode_avx512(src, st, n, out);
-  else if (is == Isa::Avx2)
-    decode_avx2(src, st, n, out);
-  else
-    decode_scalar(src, st, n, out);
+  by_isa(is, decode_avx512, decode_avx2, decode_scalar)(src, st, n, out);
 }
 inline void encode(Isa is, const float* in, int64_t n, void* dst, DType dt, float div) {
-  if (is == Isa::Avx512)
-    encode_avx512(in, n, dst, dt, div);
-  else if (is == Isa::Avx2)
-    encode_avx2(in, n, dst, dt, div);
-  else
-    encode_scalar(in, n, dst, dt, div);
+  by_isa(is, encode_avx512, encode_avx2, encode_scalar)(in, n, dst, dt, div);
 }
 inline float amax(Isa is, const float* x, int64_t n, float m0) {
-  if (is == Isa::Avx512) return amax_avx512(x, n, m0);
-  if (is == Isa::Avx2) return amax_avx2(x, n, m0);
-  return amax_scalar(x, n, m0);
+  return by_isa(is, amax_avx512, amax_avx2, amax_scalar)(x, n, m0);
 }
 
 }  // namespace

@@ -179,6 +179,48 @@ struct Avx2 {
     return load_fp8(b);
   }
 
+  // The integer-lane primitives of the fp8 encoder (quant.cc's fp8_encode): 32-bit lanes, masks
+  // from ordered / unordered compares, and the low byte of every lane stored (the first n).
+  LC_TARGET_AVX2 static F div(F a, F b) { return _mm256_div_ps(a, b); }
+  using M = __m256;
+  LC_TARGET_AVX2 static I ibits(F a) { return _mm256_castps_si256(a); }
+  LC_TARGET_AVX2 static F fbits(I a) { return _mm256_castsi256_ps(a); }
+  LC_TARGET_AVX2 static I iset1(int32_t v) { return _mm256_set1_epi32(v); }
+  LC_TARGET_AVX2 static I iand(I a, I b) { return _mm256_and_si256(a, b); }
+  LC_TARGET_AVX2 static I ior(I a, I b) { return _mm256_or_si256(a, b); }
+  LC_TARGET_AVX2 static I iadd(I a, I b) { return _mm256_add_epi32(a, b); }
+  LC_TARGET_AVX2 static I isub(I a, I b) { return _mm256_sub_epi32(a, b); }
+  LC_TARGET_AVX2 static I imin(I a, I b) { return _mm256_min_epi32(a, b); }
+  template <int kBits>
+  LC_TARGET_AVX2 static I isrl(I a) {
+    return _mm256_srli_epi32(a, kBits);
+  }
+  template <int kBits>
+  LC_TARGET_AVX2 static I isll(I a) {
+    return _mm256_slli_epi32(a, kBits);
+  }
+  LC_TARGET_AVX2 static I itrunc(F a) { return _mm256_cvttps_epi32(a); }
+  LC_TARGET_AVX2 static M lt(F a, F b) { return _mm256_cmp_ps(a, b, _CMP_LT_OQ); }
+  LC_TARGET_AVX2 static M ge(F a, F b) { return _mm256_cmp_ps(a, b, _CMP_GE_OQ); }
+  LC_TARGET_AVX2 static M unord(F a, F b) { return _mm256_cmp_ps(a, b, _CMP_UNORD_Q); }
+  LC_TARGET_AVX2 static I iselect(M m, I yes, I no) { return _mm256_blendv_epi8(no, yes, _mm256_castps_si256(m)); }
+  LC_TARGET_AVX2 static uint64_t low_bytes(I a) {
+    const __m256i pick = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 4, 8, 12, -1, -1, -1,
+                                          -1, -1, -1, -1, -1, -1, -1, -1, -1);
+    const __m256i r = _mm256_shuffle_epi8(a, pick);
+    const uint64_t lo = static_cast<uint32_t>(_mm_cvtsi128_si32(_mm256_castsi256_si128(r)));
+    const uint64_t hi = static_cast<uint32_t>(_mm_cvtsi128_si32(_mm256_extracti128_si256(r, 1)));
+    return lo | (hi << 32);
+  }
+  LC_TARGET_AVX2 static void store_low_bytes(uint8_t* p, I a) {
+    const uint64_t b = low_bytes(a);
+    std::memcpy(p, &b, 8);
+  }
+  LC_TARGET_AVX2 static void store_low_bytes_n(uint8_t* p, I a, int64_t n) {
+    const uint64_t b = low_bytes(a);
+    std::memcpy(p, &b, n);
+  }
+
   // Byte vectors (the fp8 GEMV decodes 4 * kLanes codes per load).
   LC_TARGET_AVX2 static I load_bytes(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const I*>(p)); }
   LC_TARGET_AVX2 static I load_bytes_n(const uint8_t* p, int64_t n) {
@@ -337,6 +379,38 @@ struct Avx512 {
   }
   LC_TARGET_AVX512 static F load_fp8(const uint8_t* p) { return widen_fp8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
   LC_TARGET_AVX512 static F load_fp8_n(const uint8_t* p, int64_t n) { return widen_fp8(_mm_maskz_loadu_epi8(mask16(n), p)); }
+
+  // The integer-lane primitives of the fp8 encoder (quant.cc's fp8_encode): 32-bit lanes, masks
+  // from ordered / unordered compares, and the low byte of every lane stored (the first n).
+  LC_TARGET_AVX512 static F div(F a, F b) { return _mm512_div_ps(a, b); }
+  using M = __mmask16;
+  LC_TARGET_AVX512 static I ibits(F a) { return _mm512_castps_si512(a); }
+  LC_TARGET_AVX512 static F fbits(I a) { return _mm512_castsi512_ps(a); }
+  LC_TARGET_AVX512 static I iset1(int32_t v) { return _mm512_set1_epi32(v); }
+  LC_TARGET_AVX512 static I iand(I a, I b) { return _mm512_and_si512(a, b); }
+  LC_TARGET_AVX512 static I ior(I a, I b) { return _mm512_or_si512(a, b); }
+  LC_TARGET_AVX512 static I iadd(I a, I b) { return _mm512_add_epi32(a, b); }
+  LC_TARGET_AVX512 static I isub(I a, I b) { return _mm512_sub_epi32(a, b); }
+  LC_TARGET_AVX512 static I imin(I a, I b) { return _mm512_min_epi32(a, b); }
+  template <int kBits>
+  LC_TARGET_AVX512 static I isrl(I a) {
+    return _mm512_srli_epi32(a, kBits);
+  }
+  template <int kBits>
+  LC_TARGET_AVX512 static I isll(I a) {
+    return _mm512_slli_epi32(a, kBits);
+  }
+  LC_TARGET_AVX512 static I itrunc(F a) { return _mm512_cvttps_epi32(a); }
+  LC_TARGET_AVX512 static M lt(F a, F b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
+  LC_TARGET_AVX512 static M ge(F a, F b) { return _mm512_cmp_ps_mask(a, b, _CMP_GE_OQ); }
+  LC_TARGET_AVX512 static M unord(F a, F b) { return _mm512_cmp_ps_mask(a, b, _CMP_UNORD_Q); }
+  LC_TARGET_AVX512 static I iselect(M m, I yes, I no) { return _mm512_mask_mov_epi32(no, m, yes); }
+  LC_TARGET_AVX512 static void store_low_bytes(uint8_t* p, I a) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm512_cvtepi32_epi8(a));
+  }
+  LC_TARGET_AVX512 static void store_low_bytes_n(uint8_t* p, I a, int64_t n) {
+    _mm_mask_storeu_epi8(p, mask16(n), _mm512_cvtepi32_epi8(a));
+  }
 
   // Byte vectors (the fp8 GEMV decodes 4 * kLanes codes per load).
   LC_TARGET_AVX512 static I load_bytes(const uint8_t* p) { return _mm512_loadu_si512(p); }

@@ -32,6 +32,12 @@ MapHandle* handle_of(Napi::Value v, const char* op) {
   if (!h) fail(Code::E_ARGUMENT, "%s: 'mapping' must be a MappedFile from mapFile()", op);
   return h;
 }
+// The mapping of a MappedFile that is still open (E_DISPOSED after close()).
+const std::shared_ptr<MappedFile>& open_file_of(Napi::Value v, const char* op) {
+  const MapHandle* h = handle_of(v, op);
+  if (!h->file) fail(Code::E_DISPOSED, "%s: mapping was closed", op);
+  return h->file;
+}
 
 MappedFile::Advice parse_advice(const std::string& s, const char* op) {
   if (s == "normal") return MappedFile::Advice::Normal;
@@ -67,14 +73,13 @@ Napi::Value Close(const Napi::CallbackInfo& info) {
 Napi::Value Advise(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     const char* op = "MappedFile.advise";
-    MapHandle* h = handle_of(info.This(), op);
-    if (!h->file) fail(Code::E_DISPOSED, "%s: mapping was closed", op);
+    MappedFile& file = *open_file_of(info.This(), op);
     OpArgs a(info, op);
     MappedFile::Advice adv = parse_advice(a.string(0, "advice"), op);
     int64_t off = a.present(1) ? nonneg_integer(info[1], op, "offset") : 0;
-    int64_t size = static_cast<int64_t>(h->file->size());
+    int64_t size = static_cast<int64_t>(file.size());
     int64_t len = a.present(2) ? nonneg_integer(info[2], op, "length") : (off < size ? size - off : 0);
-    h->file->advise(static_cast<size_t>(off), static_cast<size_t>(len), adv);
+    file.advise(static_cast<size_t>(off), static_cast<size_t>(len), adv);
     return info.Env().Undefined();
   });
 }
@@ -83,11 +88,10 @@ Napi::Value Advise(const Napi::CallbackInfo& info) {
 Napi::Value Verify(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     const char* op = "MappedFile.verify";
-    MapHandle* h = handle_of(info.This(), op);
-    if (!h->file) fail(Code::E_DISPOSED, "%s: mapping was closed", op);
-    std::string what = h->file->changed();
+    MappedFile& file = *open_file_of(info.This(), op);
+    std::string what = file.changed();
     if (!what.empty())
-      fail(Code::E_CHECKPOINT, "'%s' changed on disk since it was mapped (%s); reload the model", h->file->path().c_str(),
+      fail(Code::E_CHECKPOINT, "'%s' changed on disk since it was mapped (%s); reload the model", file.path().c_str(),
            what.c_str());
     return info.Env().Undefined();
   });
@@ -135,9 +139,7 @@ Napi::Value MapFile(const Napi::CallbackInfo& info) {
 Napi::Value TensorFromMapping(const Napi::CallbackInfo& info) {
   const char* op = "tensorFromMapping";
   OpArgs a(info, op);
-  MapHandle* h = handle_of(a.present(0) ? info[0] : info.Env().Undefined(), op);
-  if (!h->file) fail(Code::E_DISPOSED, "%s: mapping was closed", op);
-  std::shared_ptr<MappedFile> file = h->file;
+  std::shared_ptr<MappedFile> file = open_file_of(a.present(0) ? info[0] : info.Env().Undefined(), op);
   if (!a.present(1)) fail(Code::E_ARGUMENT, "%s: argument 'byteOffset' is missing", op);
   int64_t offset = nonneg_integer(info[1], op, "byteOffset");
   std::string dts = a.string(2, "dtype");

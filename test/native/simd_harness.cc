@@ -1,7 +1,9 @@
 // The shared SIMD primitives of native/cpu/simd.h against scalar references, on every ISA the CPU
 // has: exp against float64 exp (error bound in ulps over the whole input range, special values,
 // and the AVX2 and AVX-512 versions giving the same bits), bf16 encoding against numeric.h's
-// f32_to_bf16 bit for bit, the horizontal sums against sequential sums. Exits non-zero on failure.
+// f32_to_bf16 bit for bit, fp8 encoding (quant.cc's fp8_encode, through convert and
+// quantize_fp8_act) against f32_to_fp8e4m3 bit for bit, the horizontal sums against sequential
+// sums. Exits non-zero on failure.
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -12,9 +14,11 @@
 
 #include "cpu/features.h"
 #include "cpu/numeric.h"
+#include "cpu/quant.h"
 #include "cpu/simd.h"
 
 using namespace lc::cpu;
+using lc::DType;
 
 namespace {
 
@@ -28,34 +32,28 @@ void check(bool ok, const char* what) {
 
 template <class V>
 struct Ops;
-template <>
-struct Ops<simd::Avx2> {
-  LC_TARGET_AVX2 static void exp(const float* x, float* y, int64_t n) {
-    for (int64_t i = 0; i < n; i += 8) simd::Avx2::store(y + i, simd::Avx2::exp(simd::Avx2::load(x + i)));
-  }
-  LC_TARGET_AVX2 static void to_bf16(const float* x, uint16_t* y, int64_t n) {
-    for (int64_t i = 0; i < n; i += 8) simd::Avx2::store_bf16(y + i, simd::Avx2::load(x + i));
-  }
-  LC_TARGET_AVX2 static void sums(const float* x, float* s, float* s4) {  // x: 4 vectors
-    s[0] = simd::Avx2::reduce_add(simd::Avx2::load(x));
-    _mm_storeu_ps(
-        s4, simd::Avx2::hsum4(simd::Avx2::load(x), simd::Avx2::load(x + 8), simd::Avx2::load(x + 16), simd::Avx2::load(x + 24)));
-  }
-};
-template <>
-struct Ops<simd::Avx512> {
-  LC_TARGET_AVX512 static void exp(const float* x, float* y, int64_t n) {
-    for (int64_t i = 0; i < n; i += 16) simd::Avx512::store(y + i, simd::Avx512::exp(simd::Avx512::load(x + i)));
-  }
-  LC_TARGET_AVX512 static void to_bf16(const float* x, uint16_t* y, int64_t n) {
-    for (int64_t i = 0; i < n; i += 16) simd::Avx512::store_bf16(y + i, simd::Avx512::load(x + i));
-  }
-  LC_TARGET_AVX512 static void sums(const float* x, float* s, float* s4) {
-    s[0] = simd::Avx512::reduce_add(simd::Avx512::load(x));
-    _mm_storeu_ps(s4, simd::Avx512::hsum4(simd::Avx512::load(x), simd::Avx512::load(x + 16), simd::Avx512::load(x + 32),
-                                          simd::Avx512::load(x + 48)));
-  }
-};
+// Each primitive under test over whole arrays (n a multiple of kLanes; sums: x holds 4 vectors),
+// written once over the traits V_; a target attribute cannot be a template parameter, so each
+// ISA's specialization is stamped out by LC_SIMD_OPS with its own.
+#define LC_SIMD_OPS(V_, TARGET)                                                                        \
+  template <>                                                                                          \
+  struct Ops<V_> {                                                                                     \
+    using V = V_;                                                                                      \
+    TARGET static void exp(const float* x, float* y, int64_t n) {                                      \
+      for (int64_t i = 0; i < n; i += V::kLanes) V::store(y + i, V::exp(V::load(x + i)));              \
+    }                                                                                                  \
+    TARGET static void to_bf16(const float* x, uint16_t* y, int64_t n) {                               \
+      for (int64_t i = 0; i < n; i += V::kLanes) V::store_bf16(y + i, V::load(x + i));                 \
+    }                                                                                                  \
+    TARGET static void sums(const float* x, float* s, float* s4) {                                     \
+      constexpr int W = V::kLanes;                                                                     \
+      s[0] = V::reduce_add(V::load(x));                                                                \
+      _mm_storeu_ps(s4, V::hsum4(V::load(x), V::load(x + W), V::load(x + 2 * W), V::load(x + 3 * W))); \
+    }                                                                                                  \
+  };
+LC_SIMD_OPS(simd::Avx2, LC_TARGET_AVX2)
+LC_SIMD_OPS(simd::Avx512, LC_TARGET_AVX512)
+#undef LC_SIMD_OPS
 
 // Distance in representable floats (both finite, same sign or zero).
 int64_t ulps(float a, float b) {
@@ -173,6 +171,47 @@ void check_sums(const char* name) {
   check(worst <= 1.0f, "horizontal sums within the summation bound");
 }
 
+// fp8 encoding on ISA `is` through convert (div 1) and quantize_fp8_act (div = the block scale):
+// every 4099th f32 bit pattern (NaNs, infs, subnormals) plus the rounding and saturation edges,
+// an odd count so the partial-vector tail runs.
+void check_fp8(Isa is, const char* name) {
+  set_isa(is);
+  std::vector<float> x;
+  for (uint32_t u = 0; u < 0xffffffffu - 4099; u += 4099) x.push_back(bits_to_f32(u));
+  for (float v : {448.0f, 464.0f, 463.99997f, 480.0f, 0.015625f, 0.0156249991f, 0.001953125f, 0.0009765625f, 0.00097656256f,
+                  0.0029296875f, 1.0625f, 1.1875f, -0.0f, 240.0f, 256.0f, 272.0f})
+    x.push_back(v), x.push_back(-v);
+  if (x.size() % 2 == 0) x.push_back(3.0f);
+  const int64_t n = static_cast<int64_t>(x.size());
+  std::vector<uint8_t> q(x.size());
+  convert(n, x.data(), DType::F32, q.data(), DType::FP8_E4M3);
+  int64_t bad = 0;
+  for (int64_t i = 0; i < n; ++i) bad += q[i] != f32_to_fp8e4m3(x[i]);
+  // Blocks of 128 scaled by their amax / 448: finite inputs only (a NaN or inf sets the scale).
+  std::vector<float> xf;
+  for (float v : x)
+    if (std::isfinite(v)) xf.push_back(v);
+  const int64_t K = 1001, T = static_cast<int64_t>(xf.size()) / K, G = (K + 127) / 128;
+  std::vector<uint8_t> qa(T * K);
+  std::vector<float> sa(T * G);
+  quantize_fp8_act(T, K, xf.data(), qa.data(), sa.data());
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t k = 0; k < K; ++k) bad += qa[t * K + k] != f32_to_fp8e4m3(xf[t * K + k] / sa[t * G + k / 128]);
+  std::printf("  %s fp8: %lld + %lld inputs, %lld differ from f32_to_fp8e4m3\n", name, static_cast<long long>(n),
+              static_cast<long long>(T * K), static_cast<long long>(bad));
+  check(bad == 0, "fp8 encoding bit for bit");
+}
+
+// Every check of one ISA; y: its exp results (compared across ISAs in main).
+template <class V>
+void check_isa(Isa is, const char* name, const std::vector<float>& x, std::vector<float>& y) {
+  std::printf("%s\n", name);
+  check_exp<V>(name, x, y);
+  check_bf16<V>(name);
+  check_sums<V>(name);
+  check_fp8(is, name);
+}
+
 }  // namespace
 
 int main() {
@@ -182,18 +221,8 @@ int main() {
   const bool avx512 = f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq && f.fma && f.f16c;
   const std::vector<float> x = exp_inputs(97);
   std::vector<float> y2, y512;
-  if (avx2) {
-    std::printf("avx2\n");
-    check_exp<simd::Avx2>("avx2", x, y2);
-    check_bf16<simd::Avx2>("avx2");
-    check_sums<simd::Avx2>("avx2");
-  }
-  if (avx512) {
-    std::printf("avx512\n");
-    check_exp<simd::Avx512>("avx512", x, y512);
-    check_bf16<simd::Avx512>("avx512");
-    check_sums<simd::Avx512>("avx512");
-  }
+  if (avx2) check_isa<simd::Avx2>(Isa::Avx2, "avx2", x, y2);
+  if (avx512) check_isa<simd::Avx512>(Isa::Avx512, "avx512", x, y512);
   if (avx2 && avx512) {
     int64_t differ = 0;
     for (size_t i = 0; i < x.size(); ++i)
