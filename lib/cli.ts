@@ -11,6 +11,7 @@ import { loadModel, type GenerateOptions, type Model } from './generate.js';
 import { initRandom, type Preset } from './init-random.js';
 import { openCheckpoint, type LoadProgress } from './checkpoint.js';
 import type { UploadProgress } from './model/weights.js';
+import type { HostProgress, ModelMemory } from './model/load.js';
 import { activeParams } from './config.js';
 import type { ChatMessage } from './chat.js';
 import type { Backend } from './model/load.js';
@@ -66,15 +67,24 @@ function info(json: boolean) {
   }
 }
 
+/** Where the weights live, in one line: uploaded per device, mapped in host memory (N-gram tables apart). */
+function describeMemory(m: ModelMemory): string {
+  const parts = Object.entries(m.uploaded).map(([d, b]) => `${formatBytes(b)} uploaded to ${d}`);
+  parts.push(`${formatBytes(m.hostMapped)} mapped in host memory`);
+  if (m.ngramTables) parts[parts.length - 1] += ` (of which ${formatBytes(m.ngramTables)} N-gram tables, never uploaded)`;
+  return parts.join(', ');
+}
+
 /** A one-line progress bar on stderr (only when stderr is a terminal). */
 function progressBar(label: string) {
   const tty = process.stderr.isTTY;
   return {
-    update(p: LoadProgress | UploadProgress) {
+    update(p: LoadProgress | UploadProgress | HostProgress) {
       if (!tty) return;
       const frac = p.totalBytes ? p.bytes / p.totalBytes : 1;
       const bar = '#'.repeat(Math.round(frac * 30)).padEnd(30, '.');
-      const what = p.phase === 'upload' ? `uploading to ${p.device}` : label;
+      const what =
+        p.phase === 'upload' ? `uploading to ${p.device}` : p.phase === 'host' ? 'N-gram tables stay on the host' : label;
       process.stderr.write(`\r${what} [${bar}] ${formatBytes(p.bytes)} / ${formatBytes(p.totalBytes)}`);
     },
     done() {
@@ -183,6 +193,7 @@ async function openModel(v: ModelArgs, opts: ReturnType<typeof modelArgs>, signa
   const model = await loadModel(dir, { ...opts, signal, onProgress: p => bar.update(p) });
   bar.done();
   process.stderr.write(`longcat: ${path.basename(path.resolve(dir))} on ${model.device}\n`);
+  process.stderr.write(`longcat: weights: ${describeMemory(model.memory)}\n`);
   return model;
 }
 

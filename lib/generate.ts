@@ -5,7 +5,7 @@ import { synchronizeAsync } from './device.js';
 import { AbortError, ArgumentError, DisposedError, NumericError, showValue } from './errors.js';
 import { loadTokenizer, type Tokenizer } from './tokenizer.js';
 import { renderChatPrompt, type ChatMessage } from './chat.js';
-import { loadCheckpointModel, type LoadModelOptions } from './model/load.js';
+import { loadCheckpointModel, modelMemory, type LoadModelOptions, type ModelMemory } from './model/load.js';
 import type { LongcatModel } from './model/model.js';
 import type { Checkpoint } from './checkpoint.js';
 import type { SequenceCache } from './kv-cache.js';
@@ -423,6 +423,11 @@ export class Model {
   }
   get config() {
     return this.checkpoint.config;
+  }
+  /** Where the weights live: bytes uploaded per device, bytes read from the mapped shards on the host
+   *  (of which the N-gram tables, which are never uploaded). */
+  get memory(): ModelMemory {
+    return modelMemory(this.checkpoint, this.engine.device, this.engine.w.uploaded);
   }
 
   createSession(): Session {

@@ -24,7 +24,7 @@ export type { BuildInfo, CpuFeatures, DeviceInfo, MemoryStats, CudaStatus } from
 // The model SDK.
 export { loadModel, Model, Session, Generation } from './generate.js';
 export type { GenerateOptions, GenerateResult, StopReason } from './generate.js';
-export type { LoadModelOptions, Backend } from './model/load.js';
+export type { LoadModelOptions, Backend, HostProgress, ModelMemory } from './model/load.js';
 export { LongcatModel } from './model/model.js';
 export type { ForwardResult, ModelOptions } from './model/model.js';
 export { BlockAllocator, SequenceCache } from './kv-cache.js';

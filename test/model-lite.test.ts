@@ -4,7 +4,7 @@
 // with the KV pages, batched == single; on the CPU and on CUDA (a GPU or the emulator), where the
 // tables stay in host memory.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { initRandom } from '../lib/init-random.js';
@@ -31,6 +31,18 @@ afterAll(() => {
   native.setMatmulPrecision(savedPrecision);
   rmSync(root, { recursive: true, force: true });
 });
+
+/** Bytes of every tensor of a checkpoint directory, from the safetensors headers read here (not by the loader). */
+function headerBytes(dir: string): Map<string, number> {
+  const bytes = new Map<string, number>();
+  for (const f of readdirSync(dir).filter(f => f.endsWith('.safetensors'))) {
+    const buf = readFileSync(path.join(dir, f));
+    const n = Number(buf.readBigUInt64LE(0));
+    const header = JSON.parse(buf.subarray(8, 8 + n).toString('utf8')) as Record<string, { data_offsets?: [number, number] }>;
+    for (const [name, t] of Object.entries(header)) if (t.data_offsets) bytes.set(name, t.data_offsets[1] - t.data_offsets[0]);
+  }
+  return bytes;
+}
 
 // An EOS (2) inside, token 0 (an ordinary token), a repeated bigram (the same N-gram rows twice).
 const prompt = [5, 17, 300, 2, 99, 41, 0, 7, 260, 1, 3, 511, 41, 0];
@@ -142,6 +154,54 @@ describe.each(backends)('LongCat-Flash-Lite on %s', device => {
       expect(ng.proj.device).toBe(device);
       expect(ng.proj.shape).toEqual([12, 96, 8]);
       expectLogitsClose(model.forward(prompt), want, 1e-4);
+    },
+    workLimitMs(30),
+  );
+
+  it.each([
+    ['bf16', () => bf16Dir],
+    ['fp8', () => fp8Dir],
+  ])(
+    '%s: load progress and model.memory say where each part lives: the tables mapped on the host, never uploaded',
+    async (_, dir) => {
+      const sizes = headerBytes(dir());
+      const isTable = (n: string) => /^model\.ngram_embeddings\.embedders\.\d+\.weight$/.test(n);
+      let tables = 0,
+        rest = 0;
+      for (const [name, b] of sizes) {
+        expect(name.startsWith('model.mtp.')).toBe(false);
+        if (isTable(name)) tables += b;
+        else rest += b;
+      }
+      expect(tables).toBe(2 * (12 * 1536 * 8 + 144 * 8)); // bf16 rows of the preset's 12 tables
+      const events: { phase: string; tensor?: string; device?: string; bytes: number; totalBytes: number }[] = [];
+      using model = await loadModel(dir(), {
+        backend,
+        cacheDtype: 'f32',
+        maxContext: 64,
+        onProgress: p => events.push({ ...p }),
+      });
+      const m = model.memory;
+      expect(m.ngramTables).toBe(tables);
+      if (device === 'cpu') {
+        expect(m.uploaded).toEqual({});
+        expect(m.hostMapped).toBe(tables + rest);
+      } else {
+        expect(m.uploaded).toEqual({ [device]: rest });
+        expect(m.hostMapped).toBe(tables);
+      }
+      const uploads = events.filter(e => e.phase === 'upload');
+      expect(uploads.some(e => isTable(e.tensor!))).toBe(false);
+      expect(uploads.every(e => e.device === device)).toBe(true);
+      // lm_head is copied last: the count then covers every uploaded tensor
+      if (device !== 'cpu') expect(uploads.at(-1)!.bytes).toBe(rest);
+      else expect(uploads).toEqual([]);
+      const host = events.filter(e => e.phase === 'host');
+      expect(host.map(e => e.tensor)).toEqual(
+        Array.from({ length: 12 }, (_, i) => `model.ngram_embeddings.embedders.${i}.weight`),
+      );
+      expect(host.at(-1)).toMatchObject({ bytes: tables, totalBytes: tables });
+      expect(events.findIndex(e => e.phase === 'host')).toBeGreaterThan(events.findLastIndex(e => e.phase !== 'host'));
     },
     workLimitMs(30),
   );

@@ -18,8 +18,9 @@ export interface LoadModelOptions {
   /** CPU kernel threads (default: the cores this process may use). */
   threads?: number;
   signal?: AbortSignal;
-  /** Mapping the shards (phase 'map'), then, on a GPU, copying the weights (phase 'upload'). */
-  onProgress?: (p: LoadProgress | UploadProgress) => void;
+  /** Mapping the shards (phase 'map'), then, on a GPU, copying the weights (phase 'upload'), then
+   *  one event per N-gram table, which stays in host memory (phase 'host'). */
+  onProgress?: (p: LoadProgress | UploadProgress | HostProgress) => void;
   /** Longest sequence a session may reach (default: the config's max_position_embeddings, capped at 8192). */
   maxContext?: number;
   /** KV-cache blocks shared by all sessions (default: 4 full-length sequences). */
@@ -50,6 +51,39 @@ export function resolveDevice(backend: Backend = (process.env.LONGCAT_BACKEND as
   }
   if (backend !== 'auto') throw new DeviceError('E_DEVICE', `unknown backend '${backend}' (expected 'auto', 'cpu' or 'cuda')`);
   return cuda.available ? `cuda:${index}` : 'cpu';
+}
+
+/** A part of the weights that is not uploaded: read from the memory-mapped shards on the host. */
+export interface HostProgress {
+  phase: 'host';
+  tensor: string;
+  /** Bytes of such tensors so far / in all. */
+  bytes: number;
+  totalBytes: number;
+}
+
+/** Where the weights live once loaded, in checkpoint bytes (the MTP module is never loaded). */
+export interface ModelMemory {
+  /** Bytes copied to each device ('upload' phase); empty on the CPU. */
+  uploaded: Record<string, number>;
+  /** Bytes read from the memory-mapped shards in host memory: on the CPU every weight; on a GPU the N-gram tables. */
+  hostMapped: number;
+  /** Of hostMapped, the N-gram tables (0 without an N-gram embedding): never uploaded. */
+  ngramTables: number;
+}
+
+const isMtp = (name: string) => name.startsWith('model.mtp.');
+const isNgramTable = (name: string) => name.startsWith('model.ngram_embeddings.embedders.');
+
+export function modelMemory(checkpoint: Checkpoint, device: string, uploaded: Record<string, number>): ModelMemory {
+  let loaded = 0,
+    ngramTables = 0;
+  for (const t of checkpoint.tensors.values()) {
+    if (isMtp(t.name)) continue;
+    loaded += t.nbytes;
+    if (isNgramTable(t.name)) ngramTables += t.nbytes;
+  }
+  return { uploaded: { ...uploaded }, hostMapped: device === 'cpu' ? loaded : ngramTables, ngramTables };
 }
 
 export interface LoadedModel {
@@ -114,13 +148,22 @@ export async function loadCheckpointModel(dir: string, opts: LoadModelOptions = 
     if (ranks > 1) expertsPerRank(ranks, dims.nRouted); // a typed error before any weight is read
     // What the upload copies: neither the MTP module nor the N-gram tables (read from host memory).
     const totalBytes = [...checkpoint.tensors.values()]
-      .filter(t => !t.name.startsWith('model.mtp.') && !t.name.startsWith('model.ngram_embeddings.embedders.'))
+      .filter(t => !isMtp(t.name) && !isNgramTable(t.name))
       .reduce((a, t) => a + t.nbytes, 0);
     const weights = loadWeights(checkpoint, dims, device, {
       onProgress: opts.onProgress,
       totalBytes,
       expertDevices: ranks > 1 ? rankDevices : undefined,
     });
+    if (opts.onProgress && weights.ngram) {
+      const tables = [...checkpoint.tensors.values()].filter(t => isNgramTable(t.name));
+      const hostBytes = tables.reduce((a, t) => a + t.nbytes, 0);
+      let bytes = 0;
+      for (const t of tables) {
+        bytes += t.nbytes;
+        opts.onProgress({ phase: 'host', tensor: t.name, bytes, totalBytes: hostBytes });
+      }
+    }
     try {
       const model = new LongcatModel(dims, weights, {
         device,

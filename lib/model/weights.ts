@@ -73,6 +73,9 @@ export interface ModelWeights {
   lmHead: Linear;
   /** Everything this object created (not the checkpoint's own tensors), to dispose with the model. */
   owned: { dispose(): void }[];
+  /** Checkpoint bytes copied to each device (as they are, or converted as the scaled norms);
+   *  empty when every weight is read in place from host memory. The N-gram tables are never copied. */
+  uploaded: Record<string, number>;
 }
 
 /** What the loader needs from a checkpoint: tensors by their original names. */
@@ -129,6 +132,11 @@ function buildWeights(
   };
   const totalBytes = opts.totalBytes ?? 0;
   let uploaded = 0;
+  const uploadedTo: Record<string, number> = {};
+  const count = (bytes: number, to: string) => {
+    uploaded += bytes;
+    uploadedTo[to] = (uploadedTo[to] ?? 0) + bytes;
+  };
   // Checkpoint tensors are mmapped on the CPU; on another device each is copied once.
   const place = (t: Tensor, name: string, to = device) => {
     if (t.device === to) return t;
@@ -147,7 +155,7 @@ function buildWeights(
         { cause: e },
       );
     }
-    uploaded += t.nbytes;
+    count(t.nbytes, to);
     opts.onProgress?.({ phase: 'upload', device: to, tensor: name, bytes: uploaded, totalBytes: Math.max(totalBytes, uploaded) });
     return own(copy);
   };
@@ -158,7 +166,9 @@ function buildWeights(
   });
   const f32 = (t: Tensor) => (t.dtype === 'f32' ? t : own(converted(t, 'f32')));
   const scaledNorm = (name: string, s: number) => {
-    const w = toArray(src.get(name));
+    const source = src.get(name);
+    if (source.device !== device) count(source.nbytes, device);
+    const w = toArray(source);
     return own(
       tensor(
         Float32Array.from(w, v => v * s),
@@ -284,6 +294,7 @@ function buildWeights(
     norm: get('model.norm.weight'),
     lmHead: linear('lm_head'),
     owned,
+    uploaded: uploadedTo,
   };
 }
 
