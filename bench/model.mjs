@@ -1,7 +1,9 @@
 // End-to-end CPU benchmark, llama-bench style: `pp512` (prefill of 512 tokens into an empty
 // sequence, tokens/s) and `tg128` (128 single-token decode steps from an empty sequence, tokens/s),
 // mean +- stddev over repeats, on random checkpoints of the small and medium presets (written once
-// to bench/out/ckpt-<preset>/ by initRandom).
+// to bench/out/ckpt-<preset>/ by initRandom), or `lite`: the init-random lite layout (12 N-gram
+// tables of orders 2..4, YaRN) at the small preset's sizes with hidden 768 and an 8192 vocabulary
+// (LITE_BENCH below), so its weights (~0.3 GB) outgrow the caches.
 //
 // Rooflines, measured in this run:
 //   decode:  weight streaming. tokens/s roofline = read bandwidth (benchReadBandwidth, 1 GiB, all pool
@@ -9,7 +11,8 @@
 //            bytes = every non-expert weight a decode step reads (attention projections, kv_b, dense
 //            MLPs, router, norms, final norm, lm_head; not the embedding table, of which one row is
 //            read) + (FFN experts chosen per token, summed over layers, measured from the run's own
-//            routing via collectRouting) x bytes of one expert.
+//            routing via collectRouting) x bytes of one expert. N-gram models add the N-gram rows a
+//            token gathers (one row of each table) and the stacked projections.
 //   prefill: compute. FLOPs of the pass (linears incl. the experts actually routed, causal attention,
 //            lm_head of the last token) / the GEMM rate of the linear kernel at 512 rows on the
 //            model's own dense-MLP weight (benchLinear).
@@ -18,7 +21,7 @@
 // path switched off (engine.useGraphs = false) when the engine has it, and the ScMoE overlap (one
 // decode step vs its branches timed alone: attention 0, dense branch, MoE branch, lm_head).
 //
-//   LONGCAT_ADDON=build-bench/Release/longcat.node node bench/model.mjs [--quick] [--presets small,medium] [--out f.json]
+//   LONGCAT_ADDON=build-bench/Release/longcat.node node bench/model.mjs [--quick] [--presets small,medium,lite] [--out f.json]
 import { existsSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -34,6 +37,23 @@ const quick = args.includes('--quick');
 const arg = (name, dflt) => (args.includes(name) ? args[args.indexOf(name) + 1] : dflt);
 const outPath = arg('--out', null);
 const presets = arg('--presets', quick ? 'small' : 'small,medium').split(',');
+// The `lite` preset's sizes here: small's, with hidden 768 (divisible by its 12 tables: 64-wide rows).
+const LITE_BENCH = {
+  hidden_size: 768,
+  num_layers: 4,
+  num_attention_heads: 8,
+  q_lora_rank: 256,
+  kv_lora_rank: 128,
+  qk_nope_head_dim: 32,
+  qk_rope_head_dim: 16,
+  v_head_dim: 32,
+  ffn_hidden_size: 1536,
+  expert_ffn_hidden_size: 256,
+  n_routed_experts: 32,
+  zero_expert_num: 16,
+  moe_topk: 6,
+  vocab_size: 8192,
+};
 const PP = Number(arg('--pp', 512)),
   TG = Number(arg('--tg', 128));
 
@@ -69,13 +89,16 @@ function accounting(model) {
     for (const n of [...L.inputNorm, ...L.postAttnNorm]) denseBytes += n.nbytes;
   }
   const headBytes = w.norm.nbytes + linBytes(w.lmHead);
+  // N-gram models: one row of every table per token, then all the projections.
+  const ngramBytes = w.ngram ? w.ngram.tables.reduce((a, t) => a + t.nbytes / t.shape[0], 0) + w.ngram.proj.nbytes : 0;
   const x = model.checkpoint.expertWeights(0, 0);
   const expertBytes = [x.gate, x.up, x.down, x.gateScale, x.upScale, x.downScale].reduce((a, t) => a + (t ? t.nbytes : 0), 0);
   const expertParams = numel(x.gate) + numel(x.up) + numel(x.down);
   return {
     denseBytes,
     headBytes,
-    nonExpertBytes: denseBytes + headBytes,
+    ngramBytes,
+    nonExpertBytes: denseBytes + headBytes + ngramBytes,
     expertBytes,
     expertParams,
     denseParams,
@@ -286,7 +309,7 @@ async function benchPreset(preset, bw0) {
   let genSeconds = 0;
   if (!existsSync(path.join(dir, 'model.safetensors.index.json'))) {
     const t0 = now();
-    await initRandom({ preset, out: dir, seed: 1 });
+    await initRandom({ preset, out: dir, seed: 1, overrides: preset === 'lite' ? LITE_BENCH : undefined });
     genSeconds = (now() - t0) / 1000;
   }
   const model = await loadModel(dir, { backend: 'cpu', maxContext: Math.max(1024, PP + TG + 64) });
@@ -464,6 +487,12 @@ async function main() {
         `${r.tg.rooflineTokensPerSecond.toFixed(1)} | ${(100 * r.tg.fracRoofline).toFixed(0)}% | ${r.tg.weightGbps.toFixed(1)} | - | - |`,
     );
   }
+  for (const r of results)
+    if (r.weights.ngramBytes)
+      console.log(
+        `${r.preset}: N-gram bytes per token ${(r.weights.ngramBytes / 1e6).toFixed(2)} MB (a row of each table + the projections), ` +
+          `${((100 * r.weights.ngramBytes) / r.weights.activeBytesPerToken).toFixed(1)}% of the active bytes`,
+      );
   console.log('');
   console.log('| model | decode path | step ms | forward() returns after (ms) | host share of step | t/s |');
   console.log('| --- | --- | ---: | ---: | ---: | ---: |');
