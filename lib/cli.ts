@@ -22,7 +22,7 @@ commands:
   generate [--model DIR] --prompt TEXT   stream a completion (no --model: a generated tiny model)
            [--chat] [--max-tokens N] [--temperature T] [--top-k K] [--top-p P] [--min-p P]
            [--seed S] [--stop STR] [--backend auto|cpu|cuda] [--threads N]
-           [--max-context N] [--prefill-chunk N]
+           [--max-context N] [--prefill-chunk N] [--speculative]
   chat --model DIR                       interactive chat (Ctrl+C stops an answer; twice quits)
   inspect DIR                            config, tensors, bytes, active parameters per token
   init-random --preset tiny|small|medium|lite --out DIR [--fp8] [--mtp] [--seed S]
@@ -95,12 +95,12 @@ function progressBar(label: string) {
 
 /** The tiny model `generate` uses when no --model is given: generated once, then reused. */
 async function defaultModelDir(): Promise<string> {
-  const dir = path.join(tmpdir(), 'longcat-flash-tiny-v1');
+  const dir = path.join(tmpdir(), 'longcat-flash-tiny-v2'); // v2: with the MTP head (--speculative)
   if (!existsSync(path.join(dir, 'model.safetensors.index.json'))) {
     process.stderr.write(`longcat: no --model given; writing a random tiny LongCat-Flash checkpoint to ${dir}\n`);
     // Written aside and renamed into place, so an interrupted run never leaves half a checkpoint.
     const tmp = `${dir}.tmp-${process.pid}`;
-    await initRandom({ preset: 'tiny', out: tmp, seed: 0 });
+    await initRandom({ preset: 'tiny', out: tmp, seed: 0, mtp: true });
     rmSync(dir, { recursive: true, force: true });
     try {
       renameSync(tmp, dir);
@@ -127,6 +127,7 @@ const samplingOptions = {
   'min-p': { type: 'string' },
   seed: { type: 'string' },
   stop: { type: 'string', multiple: true },
+  speculative: { type: 'boolean' },
 } as const;
 
 /** A command-line mistake: reported with the usage text, exit code 2. */
@@ -206,6 +207,7 @@ function sampling(v: Record<string, string | string[] | boolean | undefined>): G
     minP: num(v['min-p'] as string | undefined, 'min-p', { min: 0, max: 1 }),
     seed: num(v.seed as string | undefined, 'seed', { integer: true, min: 0 }),
     stop: v.stop as string[] | undefined,
+    speculative: v.speculative as boolean | undefined,
   });
 }
 
@@ -234,6 +236,12 @@ async function generate(args: string[]) {
         `generated ${r.completionTokens} tokens (${r.tokensPerSecond.toFixed(1)} tok/s), first token ${r.timeToFirstTokenMs.toFixed(0)} ms, ` +
         `${r.avgFfnExpertsPerToken.toFixed(2)} FFN experts/token/layer\n`,
     );
+    const sp = r.speculative;
+    if (sp)
+      process.stderr.write(
+        `speculative: ${sp.draftedTokens} drafts, ${sp.acceptedTokens} accepted (${(100 * sp.acceptanceRate).toFixed(1)}%), ` +
+          `${sp.meanAcceptedLength.toFixed(2)} tokens per verify step\n`,
+      );
   } finally {
     process.off('SIGINT', onSigint);
   }

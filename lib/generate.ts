@@ -6,7 +6,7 @@ import { AbortError, ArgumentError, DisposedError, NumericError, showValue } fro
 import { loadTokenizer, type Tokenizer } from './tokenizer.js';
 import { renderChatPrompt, type ChatMessage } from './chat.js';
 import { loadCheckpointModel, modelMemory, type LoadModelOptions, type ModelMemory } from './model/load.js';
-import type { LongcatModel } from './model/model.js';
+import type { LongcatModel, SamplingParams } from './model/model.js';
 import type { Checkpoint } from './checkpoint.js';
 import type { SequenceCache } from './kv-cache.js';
 
@@ -37,6 +37,25 @@ export interface GenerateOptions {
   prefillChunk?: number;
   /** Called after each prefill chunk has run: prompt tokens computed so far of `total`. */
   onPrefillChunk?: (progress: { done: number; total: number }) => void;
+  /**
+   * Speculative decoding with the checkpoint's MTP head (SPEC 6.3): each step verifies the pending
+   * token and one draft in one forward pass and keeps 1 or 2 tokens. Greedy output is the plain
+   * decoding's (up to top-two logit ties within the numeric noise); sampled output has plain
+   * sampling's distribution (rejection sampling), not its exact tokens. `{ draftTokens: 1 }` is the
+   * same; more drafts per step are not supported. Default false.
+   */
+  speculative?: boolean | { draftTokens?: number };
+}
+
+/** What speculative decoding did (GenerateResult.speculative). */
+export interface SpeculativeStats {
+  /** Drafts verified (one per step). */
+  draftedTokens: number;
+  acceptedTokens: number;
+  /** acceptedTokens / draftedTokens. */
+  acceptanceRate: number;
+  /** Tokens kept per verify step: 1 + acceptanceRate. */
+  meanAcceptedLength: number;
 }
 
 /**
@@ -60,6 +79,8 @@ export interface GenerateResult {
   tokensPerSecond: number;
   /** FFN (non-zero) experts chosen per token and layer, averaged over the generated tokens. */
   avgFfnExpertsPerToken: number;
+  /** With `speculative`: drafts and acceptance. */
+  speculative?: SpeculativeStats;
 }
 
 /** Both a promise of the full result and an async iterable of UTF-8-safe text chunks. */
@@ -130,6 +151,8 @@ export class Session {
   private seq: SequenceCache;
   /** Tokens whose KV entries are in this session's cache, in order. */
   private cached: number[] = [];
+  /** Positions 0..mtpValid-1 of the MTP head's cache are filled (speculative generations fill it). */
+  private mtpValid = 0;
   private busy = false;
 
   constructor(private readonly owner: Model) {
@@ -163,22 +186,30 @@ export class Session {
   private async loop(prompt: string | ChatMessage[], o: GenerateOptions, emit: (c: string) => void): Promise<GenerateResult> {
     this.owner.checkLive('Session.generate');
     const { engine, tokenizer } = this.owner;
-    const { maxTokens, temperature, stops } = checkGenerateOptions(o);
+    const { maxTokens, temperature, stops, speculative } = checkGenerateOptions(o);
     const chunk = o.prefillChunk ?? this.owner.prefillChunk;
     if (!Number.isInteger(chunk) || chunk < 1)
       throw new ArgumentError('E_ARGUMENT', `generate: prefillChunk must be an integer >= 1, got ${String(chunk)}`);
     if (o.onPrefillChunk !== undefined && typeof o.onPrefillChunk !== 'function')
       throw new ArgumentError('E_ARGUMENT', 'generate: onPrefillChunk must be a function');
+    if (speculative && !engine.hasMtp)
+      throw new ArgumentError(
+        'E_ARGUMENT',
+        `generate: speculative decoding drafts with the checkpoint's MTP head, and ${this.owner.checkpoint.dir} has none (no model.mtp.* tensors${this.owner.checkpoint.hasMtp ? ', or it was not loaded: loadModel mtp: false' : ''})`,
+      );
     if (o.signal?.aborted) throw new AbortError('E_ABORTED', 'generate: aborted before it started', { cause: o.signal.reason });
 
     const ids = this.encodePrompt(prompt, o.parseSpecialTokens ?? false);
     if (ids.length === 0) throw new ArgumentError('E_ARGUMENT', 'generate: the prompt encodes to no tokens');
 
     // Reuse the longest cached prefix; at least the last prompt token is recomputed for its logits.
+    // Speculation also needs the MTP head's cache over the reused prefix.
     let common = 0;
     while (common < this.cached.length && common < ids.length - 1 && this.cached[common] === ids[common]) common++;
+    if (speculative) common = Math.min(common, this.mtpValid);
     this.seq.truncate(common);
     this.cached.length = common;
+    this.mtpValid = Math.min(this.mtpValid, common);
 
     const t0 = performance.now();
     const sampled = empty([1], { dtype: 'int32', device: engine.device });
@@ -186,86 +217,151 @@ export class Session {
     const out: number[] = [];
     let textOut = '',
       emitted = 0,
-      stopReason: StopReason = 'length';
+      stopReason = 'length' as StopReason;
     let ffnSum = 0,
       ffnCount = 0,
       tFirst = 0;
+    const spec = { steps: 0, accepted: 0 };
+    const countFfn = (nFfn: Tensor[], rows?: number) => {
+      for (const t of nFfn) {
+        const c = toArray(t);
+        for (let i = 0; i < (rows ?? c.length); i++) ffnSum += c[i]!;
+        ffnCount += rows ?? c.length;
+        t.dispose();
+      }
+    };
     const hold = stops.reduce((m, s) => Math.max(m, s.length - 1), 0);
+    /** Takes a generated token: false when the generation ends with it (or before it, at an EOS). */
+    const take = (next: number): boolean => {
+      if (tokenizer.eosIds.includes(next)) {
+        stopReason = 'eos';
+        return false;
+      }
+      out.push(next);
+      textOut += decoder.push(next);
+      const hit = firstStop(textOut, stops);
+      if (hit >= 0) {
+        textOut = textOut.slice(0, hit);
+        if (textOut.length > emitted) emit(textOut.slice(emitted));
+        emitted = textOut.length;
+        stopReason = 'stop';
+        return false;
+      }
+      const safe = textOut.length - hold;
+      if (safe > emitted) {
+        emit(textOut.slice(emitted, safe));
+        emitted = safe;
+      }
+      return out.length < maxTokens;
+    };
+    /** Samples the token after the last row of `logits` (disposed), checking that it is finite. */
+    const sample = async (logits: Tensor, step: number): Promise<number> => {
+      native.sample(null, sampled, logits, temperature, o.topK ?? 0, o.topP ?? 1, o.minP ?? 0, o.seed ?? 0, this.cached.length);
+      const next = (await toArrayAsync(sampled))[0]!;
+      const nextLogit = logitAt(logits, next);
+      logits.dispose();
+      this.owner.checkLive('Session.generate'); // disposed while this step ran
+      if (!Number.isFinite(nextLogit))
+        throw new NumericError(
+          'E_NUMERIC',
+          `generate: the logits at step ${step} (position ${this.cached.length - 1}) are not finite (token ${next} has logit ${nextLogit}): NaN or infinite weights, scales or activations`,
+        );
+      return next;
+    };
+
     let pending: number[] = ids.slice(common);
     const prefillTotal = pending.length;
     try {
-      for (let step = 0; ; step++) {
-        // The context limit ends a generation like maxTokens does (a prompt that does not fit
-        // at all still fails with E_CONTEXT below); so does a KV cache with no block left for the
-        // next token, which other sessions hold ('cache': the text so far is kept).
-        if (out.length >= maxTokens || (step > 0 && this.seq.length + pending.length > this.seq.maxContext)) break;
-        if (step > 0 && !this.seq.canReserve(pending.length)) {
-          stopReason = 'cache';
-          break;
-        }
-        if (o.signal?.aborted) {
-          stopReason = 'abort';
-          break;
-        }
-        // A long prompt runs in chunks, awaited one by one: the event loop stays free, and an
-        // abort stops the prefill at the next chunk boundary.
-        if (step === 0 && pending.length > chunk) {
-          if (this.seq.length + pending.length > this.seq.maxContext) this.seq.reserve(pending.length); // E_CONTEXT, before any work
-          while (pending.length > chunk && !o.signal?.aborted) {
-            const part = pending.slice(0, chunk);
-            engine.forward([this.seq], [part], { mode: 'prefill' }).logits.dispose();
-            this.cached.push(...part);
-            pending = pending.slice(chunk);
+      generation: {
+        if (maxTokens === 0) break generation;
+        // The prompt: a long one runs in chunks, awaited one by one: the event loop stays free, and
+        // an abort stops the prefill at the next chunk boundary. With speculation the MTP head's
+        // cache is filled along (pairs of each position's hidden state and the token after it).
+        if (this.seq.length + pending.length > this.seq.maxContext) this.seq.reserve(pending.length); // E_CONTEXT, before any work
+        let next = -1,
+          draft = -1;
+        while (pending.length > 0) {
+          if (o.signal?.aborted) {
+            stopReason = 'abort';
+            break generation;
+          }
+          const part = pending.slice(0, chunk),
+            last = part.length === pending.length,
+            start = this.cached.length;
+          const r = engine.forward([this.seq], [part], { mode: 'prefill', hidden: speculative });
+          this.cached.push(...part);
+          pending = pending.slice(part.length);
+          if (!last) {
+            r.logits.dispose();
+            // pairs of positions start.. whose next token is in the prompt: all of this chunk's
+            if (r.hidden) this.mtpPrefill([...part.slice(1), pending[0]!], start, r.hidden).dispose();
             await synchronizeAsync(engine.device);
             this.owner.checkLive('Session.generate');
             o.onPrefillChunk?.({ done: prefillTotal - pending.length, total: prefillTotal });
+            continue;
           }
+          try {
+            next = await sample(r.logits, 0);
+            if (r.hidden) draft = await this.firstDraft([...part.slice(1), next], start, r.hidden);
+          } finally {
+            r.hidden?.dispose();
+          }
+        }
+        o.onPrefillChunk?.({ done: prefillTotal, total: prefillTotal });
+        tFirst = performance.now();
+        if (!take(next)) break generation;
+        await yieldToEventLoop();
+
+        // Speculation stops for good at the context limit or a full KV cache (the head's cache would lag).
+        let speculating = speculative;
+        for (let step = 1; ; step++) {
           if (o.signal?.aborted) {
             stopReason = 'abort';
             break;
           }
+          speculating &&= this.seq.canReserve(2);
+          if (speculating) {
+            // One verify + accept + draft step: 1 + accepted tokens.
+            const r = engine.speculativeStep([this.seq], [next], [draft], [samplingOf(o, temperature)]);
+            const n = r.accepted[0]!;
+            spec.steps++;
+            spec.accepted += n;
+            countFfn(r.nFfn, n + 1);
+            this.cached.push(next, ...r.tokens[0]!.slice(0, n));
+            this.mtpValid = this.cached.length;
+            this.owner.checkLive('Session.generate');
+            const committed = r.tokens[0]!;
+            draft = r.drafts[0]!;
+            let taken = 0;
+            for (const t of committed) {
+              next = t;
+              taken++;
+              if (!take(t)) break;
+            }
+            if (stopReason === 'eos' || stopReason === 'stop' || out.length >= maxTokens) {
+              // Ended inside the committed tokens: the cache keeps what precedes the last one taken.
+              const keep = this.cached.length - (committed.length - taken);
+              this.seq.truncate(keep);
+              this.cached.length = keep;
+              this.mtpValid = Math.min(this.mtpValid, keep);
+              break;
+            }
+          } else {
+            // The context limit ends a generation like maxTokens does; so does a KV cache with no
+            // block left for the next token, which other sessions hold ('cache': the text so far is kept).
+            if (this.seq.length + 1 > this.seq.maxContext) break;
+            if (!this.seq.canReserve(1)) {
+              stopReason = 'cache';
+              break;
+            }
+            const { logits, nFfn } = engine.forward([this.seq], [[next]], { collectRouting: true });
+            this.cached.push(next);
+            countFfn(nFfn);
+            next = await sample(logits, step);
+            if (!take(next)) break;
+          }
+          await yieldToEventLoop();
         }
-        const { logits, nFfn } = engine.forward([this.seq], [pending], { collectRouting: step > 0 });
-        this.cached.push(...pending);
-        native.sample(null, sampled, logits, temperature, o.topK ?? 0, o.topP ?? 1, o.minP ?? 0, o.seed ?? 0, this.cached.length);
-        const next = (await toArrayAsync(sampled))[0]!;
-        const nextLogit = logitAt(logits, next);
-        logits.dispose();
-        for (const t of nFfn) {
-          const c = toArray(t);
-          for (const v of c) ffnSum += v;
-          ffnCount += c.length;
-          t.dispose();
-        }
-        this.owner.checkLive('Session.generate'); // disposed while this step ran
-        if (step === 0) o.onPrefillChunk?.({ done: prefillTotal, total: prefillTotal });
-        if (!Number.isFinite(nextLogit))
-          throw new NumericError(
-            'E_NUMERIC',
-            `generate: the logits at step ${step} (position ${this.cached.length - 1}) are not finite (token ${next} has logit ${nextLogit}): NaN or infinite weights, scales or activations`,
-          );
-        if (step === 0) tFirst = performance.now();
-        if (tokenizer.eosIds.includes(next)) {
-          stopReason = 'eos';
-          break;
-        }
-        out.push(next);
-        textOut += decoder.push(next);
-        const hit = firstStop(textOut, stops);
-        if (hit >= 0) {
-          textOut = textOut.slice(0, hit);
-          if (textOut.length > emitted) emit(textOut.slice(emitted));
-          emitted = textOut.length;
-          stopReason = 'stop';
-          break;
-        }
-        const safe = textOut.length - hold;
-        if (safe > emitted) {
-          emit(textOut.slice(emitted, safe));
-          emitted = safe;
-        }
-        pending = [next];
-        await yieldToEventLoop();
       }
       if (stopReason !== 'stop') {
         textOut += decoder.flush();
@@ -288,7 +384,42 @@ export class Session {
       prefillTokensPerSecond: tFirst ? prefillTokens / ((tFirst - t0) / 1000) : 0,
       tokensPerSecond: decodeSteps > 0 && t1 > tFirst ? decodeSteps / ((t1 - tFirst) / 1000) : 0,
       avgFfnExpertsPerToken: ffnCount ? ffnSum / ffnCount : 0,
+      ...(speculative
+        ? {
+            speculative: {
+              draftedTokens: spec.steps,
+              acceptedTokens: spec.accepted,
+              acceptanceRate: spec.steps ? spec.accepted / spec.steps : 0,
+              meanAcceptedLength: spec.steps ? 1 + spec.accepted / spec.steps : 0,
+            },
+          }
+        : {}),
     };
+  }
+
+  /** The MTP head over prompt positions start.. (the chunk's hidden states, `next` the token after
+   *  each): fills its cache; returns the last row's draft logits. */
+  private mtpPrefill(next: number[], start: number, hidden: Tensor): Tensor {
+    const h = hidden.shape[0] === next.length ? hidden : hidden.narrow(0, next.length);
+    try {
+      return this.owner.engine.mtp([this.seq], [next], [start], h);
+    } finally {
+      if (h !== hidden) h.dispose();
+      this.mtpValid = start + next.length;
+    }
+  }
+
+  /** The first draft: the MTP head over the last prompt chunk, ending with the sampled token. */
+  private async firstDraft(next: number[], start: number, hidden: Tensor): Promise<number> {
+    const logits = this.mtpPrefill(next, start, hidden);
+    const id = empty([1], { dtype: 'int32', device: logits.device });
+    try {
+      native.sample(null, id, logits, 0, 0, 1, 0, 0, 0);
+      return (await toArrayAsync(id))[0]!;
+    } finally {
+      id.dispose();
+      logits.dispose();
+    }
   }
 
   private encodePrompt(prompt: string | ChatMessage[], parseSpecial: boolean): number[] {
@@ -347,7 +478,12 @@ function checkGenerateOptions(o: GenerateOptions) {
   num('seed', 0, 'an integer in [0, 2^53)', x => Number.isSafeInteger(x) && x >= 0);
   if (o.stop !== undefined && (!Array.isArray(o.stop) || !o.stop.every(s => typeof s === 'string')))
     throw bad('stop', 'an array of strings', o.stop);
-  return { maxTokens, temperature, stops: (o.stop ?? []).filter(s => s.length > 0) };
+  const sp = o.speculative ?? false;
+  if (typeof sp !== 'boolean' && (typeof sp !== 'object' || sp === null || Array.isArray(sp)))
+    throw bad('speculative', 'true, false or { draftTokens: 1 }', sp);
+  if (typeof sp === 'object' && sp.draftTokens !== undefined && sp.draftTokens !== 1)
+    throw bad('speculative.draftTokens', '1 (one MTP draft per step; more are not supported)', sp.draftTokens);
+  return { maxTokens, temperature, stops: (o.stop ?? []).filter(s => s.length > 0), speculative: sp !== false };
 }
 
 /**
@@ -364,6 +500,10 @@ function logitAt(logits: Tensor, id: number): number {
     one.dispose();
     flat.dispose();
   }
+}
+
+function samplingOf(o: GenerateOptions, temperature: number): SamplingParams {
+  return { temperature, topK: o.topK ?? 0, topP: o.topP ?? 1, minP: o.minP ?? 0, seed: o.seed ?? 0 };
 }
 
 function firstStop(text: string, stops: string[]): number {
@@ -427,7 +567,7 @@ export class Model {
   /** Where the weights live: bytes uploaded per device, bytes read from the mapped shards on the host
    *  (of which the N-gram tables, which are never uploaded). */
   get memory(): ModelMemory {
-    return modelMemory(this.checkpoint, this.engine.device, this.engine.w.uploaded);
+    return modelMemory(this.checkpoint, this.engine.device, this.engine.w.uploaded, this.engine.w.mtp !== null);
   }
 
   createSession(): Session {

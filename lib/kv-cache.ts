@@ -193,25 +193,34 @@ export class SequenceCache {
 }
 
 /**
- * Packs the block tables of a batch into int32 [B, maxBlocks] (row b = sequence b, unused
- * entries padded with 0 so that a kernel reading past seqLen stays inside the cache), plus
- * seqLens [B]. maxBlocks defaults to the largest table in the batch (at least 1); a smaller
- * explicit value than some sequence needs is an ArgumentError.
+ * Packs the block tables of a decode batch into int32 [rows, maxBlocks] plus each row's length
+ * [rows]. Sequence b has counts[b] rows (default 1), one per new token already reserved at its end:
+ * row i gets the sequence's table and the length up to and including its own position, so the rows
+ * of a verify step attend causally. Unused entries are padded with 0 so that a kernel reading past
+ * the length stays inside the cache. maxBlocks defaults to the largest table in the batch (at
+ * least 1); a smaller explicit value than some sequence needs is an ArgumentError.
  */
 export function batchTables(
   seqs: readonly SequenceCache[],
   maxBlocks?: number,
+  counts?: readonly number[],
 ): { table: Int32Array; maxBlocks: number; seqLens: Int32Array } {
   const need = seqs.reduce((m, s) => Math.max(m, s.numBlocks), 0);
   const mb = maxBlocks ?? Math.max(1, need);
   checkCount('batchTables: maxBlocks', mb, 1);
   if (mb < need)
     throw new ArgumentError('E_ARGUMENT', `batchTables: maxBlocks ${mb} < ${need} blocks held by a sequence of the batch`);
-  const table = new Int32Array(seqs.length * mb);
-  const seqLens = new Int32Array(seqs.length);
+  const n = (b: number) => counts?.[b] ?? 1;
+  const rows = seqs.reduce((a, _, b) => a + n(b), 0);
+  const table = new Int32Array(rows * mb);
+  const seqLens = new Int32Array(rows);
+  let r = 0;
   seqs.forEach((s, b) => {
-    table.set(s.blockTable(), b * mb);
-    seqLens[b] = s.length;
+    const bt = s.blockTable();
+    for (let i = 0; i < n(b); i++, r++) {
+      table.set(bt, r * mb);
+      seqLens[r] = s.length - n(b) + i + 1;
+    }
   });
   return { table, maxBlocks: mb, seqLens };
 }

@@ -40,6 +40,8 @@ export interface LoadModelOptions {
   /** Prompt tokens per forward step of a prefill (default 512): generate awaits each chunk, so the
    *  event loop stays free and an abort takes effect between chunks. generate's `prefillChunk` overrides it. */
   prefillChunk?: number;
+  /** Load the checkpoint's MTP head when it has one (default true): speculative decoding drafts with it. */
+  mtp?: boolean;
 }
 
 export function resolveDevice(backend: Backend = (process.env.LONGCAT_BACKEND as Backend) || 'auto', index = 0): string {
@@ -62,7 +64,7 @@ export interface HostProgress {
   totalBytes: number;
 }
 
-/** Where the weights live once loaded, in checkpoint bytes (the MTP module is never loaded). */
+/** Where the weights live once loaded, in checkpoint bytes (the MTP module counted when it was loaded). */
 export interface ModelMemory {
   /** Bytes copied to each device ('upload' phase); empty on the CPU. */
   uploaded: Record<string, number>;
@@ -75,11 +77,16 @@ export interface ModelMemory {
 const isMtp = (name: string) => name.startsWith('model.mtp.');
 const isNgramTable = (name: string) => name.startsWith('model.ngram_embeddings.embedders.');
 
-export function modelMemory(checkpoint: Checkpoint, device: string, uploaded: Record<string, number>): ModelMemory {
+export function modelMemory(
+  checkpoint: Checkpoint,
+  device: string,
+  uploaded: Record<string, number>,
+  mtpLoaded: boolean,
+): ModelMemory {
   let loaded = 0,
     ngramTables = 0;
   for (const t of checkpoint.tensors.values()) {
-    if (isMtp(t.name)) continue;
+    if (!mtpLoaded && isMtp(t.name)) continue;
     loaded += t.nbytes;
     if (isNgramTable(t.name)) ngramTables += t.nbytes;
   }
@@ -103,6 +110,8 @@ function checkLoadOptions(opts: LoadModelOptions): void {
   int('maxContext', 1);
   int('cacheBlocks', 1);
   int('deviceIndex', 0);
+  if (opts.mtp !== undefined && typeof opts.mtp !== 'boolean')
+    throw new ArgumentError('E_ARGUMENT', `loadModel: mtp must be true or false, got ${showValue(opts.mtp)}`);
   if (opts.cacheDtype !== undefined && opts.cacheDtype !== 'f32' && opts.cacheDtype !== 'bf16')
     throw new ArgumentError('E_ARGUMENT', `loadModel: cacheDtype must be 'f32' or 'bf16', got ${showValue(opts.cacheDtype)}`);
 }
@@ -146,13 +155,15 @@ export async function loadCheckpointModel(dir: string, opts: LoadModelOptions = 
   try {
     const dims = modelDims(checkpoint.config);
     if (ranks > 1) expertsPerRank(ranks, dims.nRouted); // a typed error before any weight is read
-    // What the upload copies: neither the MTP module nor the N-gram tables (read from host memory).
+    // What the upload copies: not the N-gram tables (read from host memory), the MTP module only when loaded.
+    const mtp = opts.mtp !== false && checkpoint.hasMtp;
     const totalBytes = [...checkpoint.tensors.values()]
-      .filter(t => !isMtp(t.name) && !isNgramTable(t.name))
+      .filter(t => (mtp || !isMtp(t.name)) && !isNgramTable(t.name))
       .reduce((a, t) => a + t.nbytes, 0);
     const weights = loadWeights(checkpoint, dims, device, {
       onProgress: opts.onProgress,
       totalBytes,
+      mtp,
       expertDevices: ranks > 1 ? rankDevices : undefined,
     });
     if (opts.onProgress && weights.ngram) {

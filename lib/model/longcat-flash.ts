@@ -3,15 +3,18 @@
 // own stream), the final norm and the LM head. Where it runs -- streams, the batch's positions and
 // cache slots, the latent caches, how the routed experts are computed -- comes in through the Step
 // the runner (model.ts) builds. Prefill runs the expanded MLA over each sequence's cached latents;
-// decode runs the absorbed MLA against the paged latent cache.
+// decode runs the absorbed MLA against the paged latent cache (one query row per new token, each
+// with its own length: a verify step's rows see the drafts before them). mtpForward is the MTP
+// draft head of SPEC 6, one dense layer over the main model's hidden states.
 import { native } from '../native.js';
 import { type Tensor, empty } from '../tensor.js';
 import type { Stream } from '../device.js';
 import { Arena, type Step } from './step.js';
 import type { Linear, LayerWeights, MlaWeights, MlpWeights, MoeWeights, ModelWeights } from './weights.js';
 
-/** The whole model: logits f32 [rows, vocab] (rows = batch.lastRow's, else every token's). */
-export function forward(c: Step, w: ModelWeights): Tensor {
+/** The whole model: logits f32 [rows, vocab] (rows = batch.lastRow's, else every token's) and the
+ *  post-norm hidden states of every token, [T, hidden] (what the MTP head reads). */
+export function forward(c: Step, w: ModelWeights): { logits: Tensor; hidden: Tensor } {
   const d = c.dims,
     s = c.main,
     b = c.batch,
@@ -21,14 +24,59 @@ export function forward(c: Step, w: ModelWeights): Tensor {
   // LongCat-Flash-Lite: the mean of the token's embedding and its E projected N-gram rows.
   if (w.ngram) native.ngramEmbed(s, h, h, b.ngramRows!, w.ngram.proj);
   for (let l = 0; l < d.layers; l++) decoderLayer(c, l, w.layers[l]!, h);
-  let hl = h;
+  const hidden = empty([b.T, d.hidden], { device: c.device });
+  native.rmsnorm(s, hidden, h, w.norm, d.eps);
+  let hl = hidden;
   if (b.lastRow) {
     hl = a.f32([b.lastRow.shape[0]!, d.hidden]);
-    native.gatherRows(s, hl, h, b.lastRow);
+    native.gatherRows(s, hl, hidden, b.lastRow);
   }
   const rows = hl.shape[0]!;
-  const hf = a.f32([rows, d.hidden]);
-  native.rmsnorm(s, hf, hl, w.norm, d.eps);
+  const logits = empty([rows, d.vocab], { device: c.device });
+  linear(s, logits, hl, w.lmHead);
+  a.dispose();
+  return { logits, hidden };
+}
+
+/**
+ * The MTP head (SPEC 6.1) on the batch's pairs: row t holds the token after position
+ * batch.positions[t] (batch.ids) and hPrev[t], the main model's post-norm hidden state at that
+ * position; its attention runs at that position over the MTP latent cache (the last of c.caches).
+ * Returns the draft logits f32 [rows, vocab] through the shared lm_head (rows = batch.lastRow's, else
+ * every pair's).
+ */
+export function mtpForward(c: Step, w: ModelWeights, hPrev: Tensor): Tensor {
+  const d = c.dims,
+    s = c.main,
+    m = w.mtp!,
+    T = c.batch.T,
+    H = d.hidden,
+    a = new Arena(c.device);
+  // eh_proj(concat(enorm(embedding), hnorm(hPrev))), as the sum of its two column halves.
+  const e = a.f32([T, H]);
+  native.embedding(s, e, m.embed, c.batch.ids);
+  native.rmsnorm(s, e, e, m.enorm, d.eps);
+  const hn = a.f32([T, H]);
+  native.rmsnorm(s, hn, hPrev, m.hnorm, d.eps);
+  const z = a.f32([T, H]),
+    zh = a.f32([T, H]);
+  linear(s, z, e, m.ehEmbed);
+  linear(s, zh, hn, m.ehHidden);
+  native.add(s, z, z, zh);
+  const n0 = a.f32([T, H]);
+  native.rmsnorm(s, n0, z, m.inputNorm, d.eps);
+  const attn = mla(c, a, m.attn, n0, c.caches[2 * d.layers]!);
+  const n1 = a.f32([T, H]);
+  native.rmsnorm(s, n1, z, m.postAttnNorm, d.eps, attn, z); // z += attn; n1 = norm(z)
+  native.add(s, z, z, mlp(c, a, m.mlp, n1));
+  let zl = z;
+  if (c.batch.lastRow) {
+    zl = a.f32([c.batch.lastRow.shape[0]!, H]);
+    native.gatherRows(s, zl, z, c.batch.lastRow);
+  }
+  const rows = zl.shape[0]!;
+  const hf = a.f32([rows, H]);
+  native.rmsnorm(s, hf, zl, m.norm, d.eps);
   const logits = empty([rows, d.vocab], { device: c.device });
   linear(s, logits, hf, w.lmHead);
   a.dispose();

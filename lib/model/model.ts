@@ -3,14 +3,14 @@
 // turns a batch of sequences and new tokens into a Step (positions, cache slots, block tables) and
 // runs the architecture (longcat-flash.ts) on it.
 import { native } from '../native.js';
-import { type Tensor, empty, tensor } from '../tensor.js';
+import { type Tensor, empty, tensor, toArray } from '../tensor.js';
 import { Event, Stream } from '../device.js';
 import { BlockAllocator, SequenceCache, batchTables } from '../kv-cache.js';
 import { ArgumentError, DisposedError, LongcatError, OutOfMemoryError } from '../errors.js';
 import type { ModelDims } from './dims.js';
 import type { Graph } from '../../types/native.js';
 import type { ModelWeights } from './weights.js';
-import { forward } from './longcat-flash.js';
+import { forward, mtpForward } from './longcat-flash.js';
 import { Arena, type Batch, type Step, type ExpertsFn, localExperts } from './step.js';
 import { ExpertParallelGroup } from '../parallel/expert-parallel.js';
 import { ShardedExperts } from '../parallel/placement.js';
@@ -46,6 +46,77 @@ export interface ForwardResult {
   logits: Tensor;
   /** Per layer int32 [T] counts of FFN experts chosen, when `collectRouting` was asked. */
   nFfn: Tensor[];
+  /** f32 [T, hidden]: the post-norm hidden states of every new token, when `hidden` was asked. */
+  hidden?: Tensor;
+}
+
+export interface ForwardOptions {
+  /** Logits of every new token (prefill; decode always returns every row's). */
+  allLogits?: boolean;
+  collectRouting?: boolean;
+  /** 'decode': the absorbed attention, one query row per new token (several per sequence verify
+   *  drafts); 'prefill': the expanded form. Default: decode when every sequence gets one token. */
+  mode?: 'prefill' | 'decode';
+  /** Also return the post-norm hidden states (what the MTP head reads). */
+  hidden?: boolean;
+}
+
+/** How a sequence samples (GenerateOptions' fields; temperature 0 = greedy). */
+export interface SamplingParams {
+  temperature: number;
+  topK: number;
+  topP: number;
+  minP: number;
+  seed: number;
+}
+
+/** What a speculative step committed, per sequence. */
+export interface SpeculativeStep {
+  /** The accepted drafts, then the correction (or, all accepted, the bonus token): accepted + 1 tokens. */
+  tokens: number[][];
+  accepted: number[];
+  /** The MTP head's draft of the token after each sequence's last one. */
+  drafts: number[];
+  /** Per layer int32 [2B]: FFN experts chosen at each verified row (row 2b + j: sequence b, token j). */
+  nFfn: Tensor[];
+}
+
+interface SpeculativeGraph {
+  graph: Graph;
+  inputs: Tensor;
+  batch: Batch;
+  host: Int32Array;
+  outputs: Tensor;
+  nFfn: Tensor[];
+  /** Views over inputs / outputs, disposed with the graph. */
+  parts: Tensor[];
+}
+
+/** Sampling settings as the sampleSpeculative op reads them: per sequence int32 [temperature bits,
+ *  topK, topP bits, minP bits, seed low 32 bits, seed high 32 bits]. */
+function packSampling(sampling: readonly SamplingParams[], out: Int32Array) {
+  const f = new Float32Array(out.buffer, out.byteOffset, out.length);
+  sampling.forEach((p, b) => {
+    const o = 6 * b;
+    f[o] = p.temperature;
+    out[o + 1] = p.topK;
+    f[o + 2] = p.topP;
+    f[o + 3] = p.minP;
+    out[o + 4] = p.seed % 2 ** 32 | 0;
+    out[o + 5] = Math.floor(p.seed / 2 ** 32) | 0;
+  });
+}
+
+/** A decode step's rows on the host: one row per new token (several per sequence when verifying drafts). */
+interface DecodeRows {
+  ids: Int32Array;
+  positions: Int32Array;
+  slots: Int32Array;
+  /** [T, maxBlocks]: row t's sequence's block table. */
+  blockTable: Int32Array;
+  /** Row t sees the cache up to and including its own position. */
+  seqLens: Int32Array;
+  ngramRows: Tensor | null;
 }
 
 export class LongcatModel {
@@ -68,8 +139,10 @@ export class LongcatModel {
   private readonly experts: ExpertsFn;
   private readonly decodeGraphs = new Map<
     number,
-    { graph: Graph; inputs: Tensor; batch: Batch; out: ForwardResult; host: Int32Array }
+    { graph: Graph; inputs: Tensor; batch: Batch; out: Required<ForwardResult>; host: Int32Array }
   >();
+  /** The captured speculative steps, by batch size. */
+  private readonly specGraphs = new Map<number, SpeculativeGraph>();
   /** N-gram models: vocab^k modulo each table size (SPEC-LITE 3.1). */
   private readonly ngramPowers: number[][] | null;
   /** N-gram models: each sequence's raw token ids by position (rolled back with its KV pages). */
@@ -107,15 +180,15 @@ export class LongcatModel {
       cacheDtype = opts.cacheDtype ?? 'bf16';
     this.caches = [];
     try {
-      for (let i = 0; i < 2 * dims.layers; i++)
+      for (let i = 0; i < this.cacheCount; i++)
         this.caches.push(empty([numBlocks, this.blockSize, width], { dtype: cacheDtype, device: this.device }));
     } catch (e) {
       for (const c of this.caches) c.dispose();
       if (!(e instanceof LongcatError) || e.code !== 'E_OOM') throw e;
-      const bytes = 2 * dims.layers * numBlocks * this.blockSize * width * (cacheDtype === 'bf16' ? 2 : 4);
+      const bytes = this.cacheCount * numBlocks * this.blockSize * width * (cacheDtype === 'bf16' ? 2 : 4);
       throw new OutOfMemoryError(
         'E_OOM',
-        `the KV cache does not fit on ${this.device}: ${2 * dims.layers} latent caches of ` +
+        `the KV cache does not fit on ${this.device}: ${this.cacheCount} latent caches of ` +
           `${numBlocks} blocks x ${this.blockSize} x ${width} ${cacheDtype} = ${(bytes / 2 ** 30).toFixed(2)} GiB. ` +
           `Pass a smaller cacheBlocks or maxContext${cacheDtype === 'f32' ? " (or cacheDtype 'bf16')" : ''}.`,
         { cause: e },
@@ -135,6 +208,11 @@ export class LongcatModel {
     this.ngramPowers = dims.ngram ? ngramPowers(dims.ngram) : null;
   }
 
+  /** One latent cache per attention sub-layer: 2 per layer, and the MTP head's last. */
+  private get cacheCount(): number {
+    return 2 * this.dims.layers + (this.w.mtp ? 1 : 0);
+  }
+
   /** The expert-parallel group when expert parallelism is on (tests inject faults through it). */
   get expertParallel(): ExpertParallelGroup | null {
     return this.ep;
@@ -150,11 +228,7 @@ export class LongcatModel {
    * (their KV entries are written to the cache). Decode (the absorbed MLA) is used when every
    * sequence gets exactly one token, unless `mode` forces one.
    */
-  forward(
-    seqs: SequenceCache[],
-    tokens: number[][],
-    opts: { allLogits?: boolean; collectRouting?: boolean; mode?: 'prefill' | 'decode' } = {},
-  ): ForwardResult {
+  forward(seqs: SequenceCache[], tokens: number[][], opts: ForwardOptions = {}): ForwardResult {
     if (this.disposed) throw new DisposedError('E_DISPOSED', 'LongcatModel.forward: the model was disposed');
     this.verifyWeights?.();
     if (!Array.isArray(seqs) || !Array.isArray(tokens) || !tokens.every(t => Array.isArray(t)))
@@ -172,8 +246,6 @@ export class LongcatModel {
           );
     }
     const mode = opts.mode ?? (tokens.every(t => t.length === 1) ? 'decode' : 'prefill');
-    if (mode === 'decode' && !tokens.every(t => t.length === 1))
-      throw new ArgumentError('E_ARGUMENT', 'forward: decode mode takes exactly one new token per sequence');
 
     this.moeStream.synchronize(); // the previous step's MoE work is done; this surfaces its errors
     this.ep?.synchronize();
@@ -183,11 +255,11 @@ export class LongcatModel {
     const slotLists: Int32Array[] = [];
     try {
       for (const [b, seq] of seqs.entries()) slotLists.push(seq.reserve(tokens[b]!.length));
-      const result = this.forwardReserved(seqs, tokens, pastLens, slotLists, mode, opts);
+        const result = this.forwardReserved(seqs, tokens, pastLens, slotLists, mode, opts);
       try {
         this.ep?.endStep(); // E_RANK_FAILED when a rank failed in this step: its results are void
       } catch (e) {
-        for (const t of [result.logits, ...result.nFfn]) t.dispose();
+        for (const t of [result.logits, ...result.nFfn, ...(result.hidden ? [result.hidden] : [])]) t.dispose();
         throw e;
       }
       return result;
@@ -210,7 +282,7 @@ export class LongcatModel {
     pastLens: number[],
     slotLists: Int32Array[],
     mode: 'prefill' | 'decode',
-    opts: { allLogits?: boolean; collectRouting?: boolean },
+    opts: ForwardOptions,
   ): ForwardResult {
     const T = tokens.reduce((a, t) => a + t.length, 0);
     const ids = Int32Array.from(tokens.flat());
@@ -228,13 +300,17 @@ export class LongcatModel {
     const inputs = new Arena(this.device);
     const ngramHost = this.ngramRows(seqs, tokens, pastLens);
     if (ngramHost) inputs.keep(ngramHost);
-    if (mode === 'decode' && !opts.allLogits && this.useGraphs) {
-      const bt = batchTables(seqs, this.maxBlocks);
+    const counts = tokens.map(t => t.length);
+    if (mode === 'decode' && this.useGraphs) {
+      const rt = batchTables(seqs, this.maxBlocks, counts);
       try {
-        return this.replayDecode(
-          { ids, positions, slots, blockTable: bt.table, seqLens: bt.seqLens, ngramRows: ngramHost },
-          !!opts.collectRouting,
-        );
+        const out = this.replayDecode({ ids, positions, slots, blockTable: rt.table, seqLens: rt.seqLens, ngramRows: ngramHost });
+        const view = (t: Tensor) => t.view(t.shape); // fresh handles: the caller disposes them, the graph keeps the memory
+        return {
+          logits: view(out.logits),
+          nFfn: opts.collectRouting ? out.nFfn.map(view) : [],
+          ...(opts.hidden ? { hidden: view(out.hidden) } : {}),
+        };
       } finally {
         inputs.dispose();
       }
@@ -247,9 +323,9 @@ export class LongcatModel {
       batch.ngramRows = inputs.keep(rows.view([nd.tables, T, nd.dim]));
     }
     if (mode === 'decode') {
-      const bt = batchTables(seqs);
-      batch.blockTable = inputs.ints(bt.table, [seqs.length, bt.maxBlocks]);
-      batch.seqLens = inputs.ints(bt.seqLens);
+      const rt = batchTables(seqs, undefined, counts);
+      batch.blockTable = inputs.ints(rt.table, [T, rt.maxBlocks]);
+      batch.seqLens = inputs.ints(rt.seqLens);
     } else {
       const qStart = [0],
         kvStart = [0];
@@ -264,8 +340,10 @@ export class LongcatModel {
       batch.kvTotal = kvStart[seqs.length]!;
     }
     if (!opts.allLogits && mode === 'prefill') batch.lastRow = inputs.ints(lastRow);
-    const result = this.run(batch, !!opts.collectRouting);
+    const { hidden, ...result } = this.run(batch, !!opts.collectRouting);
     inputs.dispose();
+    if (opts.hidden) return { ...result, hidden };
+    hidden.dispose();
     return result;
   }
 
@@ -308,10 +386,9 @@ export class LongcatModel {
     return rows;
   }
 
-  /** Queues the whole forward pass for the batch described by `b`. */
-  private run(b: Batch, collectRouting: boolean): ForwardResult {
-    const routing: Tensor[] | null = collectRouting ? [] : null;
-    const step: Step = {
+  /** The Step of a batch: where the architecture's ops run. */
+  private step(b: Batch, routing: Tensor[] | null): Step {
+    return {
       dims: this.dims,
       device: this.device,
       batch: b,
@@ -323,68 +400,241 @@ export class LongcatModel {
       experts: this.experts,
       routing,
     };
-    return { logits: forward(step, this.w), nFfn: routing ?? [] };
+  }
+
+  /** Queues the whole forward pass for the batch described by `b`. */
+  private run(b: Batch, collectRouting: boolean): Required<ForwardResult> {
+    const routing: Tensor[] | null = collectRouting ? [] : null;
+    const { logits, hidden } = forward(this.step(b, routing), this.w);
+    return { logits, hidden, nFfn: routing ?? [] };
+  }
+
+  /** The streams a captured step records: both branches and the expert-parallel ranks'. */
+  private get captureStreams(): Stream[] {
+    return [...(this.moeStream === this.main ? [this.main] : [this.main, this.moeStream]), ...(this.ep?.streams ?? [])];
   }
 
   /**
-   * A decode step of B sequences as one graph replay: the step is captured once per batch size
-   * with inputs in fixed tensors, then each step only writes those inputs and replays
-   * (DESIGN rule 5: no per-op crossing into native code on the hot path).
+   * A decode step of T rows as one graph replay: the step is captured once per row count with
+   * inputs in fixed tensors, then each step only writes those inputs and replays (DESIGN rule 5:
+   * no per-op crossing into native code on the hot path). Returns the graph's own outputs.
    */
-  private replayDecode(
-    host: {
-      ids: Int32Array;
-      positions: Int32Array;
-      slots: Int32Array;
-      blockTable: Int32Array;
-      seqLens: Int32Array;
-      ngramRows: Tensor | null;
-    },
-    collectRouting: boolean,
-  ): ForwardResult {
-    const B = host.ids.length;
-    const tableLen = B * this.maxBlocks;
-    let g = this.decodeGraphs.get(B);
+  private replayDecode(host: DecodeRows): Required<ForwardResult> {
+    const T = host.ids.length;
+    let g = this.decodeGraphs.get(T);
     if (!g) {
-      // All inputs live in one int32 buffer, so a step uploads them with one copy.
-      const inputs = empty([4 * B + tableLen], { dtype: 'int32', device: this.device });
-      const part = (i: number, n: number) => inputs.narrow(i, n);
-      const batch: Batch = {
-        mode: 'decode',
-        T: B,
-        ids: part(0, B),
-        positions: part(B, B),
-        slots: part(2 * B, B),
-        seqLens: part(3 * B, B),
-      };
-      const table = part(4 * B, tableLen);
-      batch.blockTable = table.view([B, this.maxBlocks]);
-      table.dispose();
-      const nd = this.dims.ngram;
-      if (nd && host.ngramRows)
-        batch.ngramRows = empty([nd.tables, B, nd.dim], { dtype: host.ngramRows.dtype, device: this.device });
-      let out: ForwardResult | null = null;
-      const streams = [
-        ...(this.moeStream === this.main ? [this.main] : [this.main, this.moeStream]),
-        ...(this.ep?.streams ?? []),
-      ];
-      const graph = native.captureGraph(streams, () => {
+      const { inputs, batch } = this.decodeInputs(T, host.ngramRows);
+      let out: Required<ForwardResult> | null = null;
+      const graph = native.captureGraph(this.captureStreams, () => {
         out = this.run(batch, true);
       });
-      g = { graph, inputs, batch, out: out!, host: new Int32Array(4 * B + tableLen) };
-      this.decodeGraphs.set(B, g);
+      g = { graph, inputs, batch, out: out!, host: new Int32Array(inputs.shape[0]!) };
+      this.decodeGraphs.set(T, g);
     }
-    const { out, host: buf } = g;
+    this.writeDecodeInputs(g, host);
+    g.graph.replay();
+    return g.out;
+  }
+
+  /** The fixed input tensors of a captured decode batch of T rows: every int32 input in one buffer,
+   *  so a step uploads them with one copy (ids, positions, slots, seqLens, then the block table). */
+  private decodeInputs(T: number, ngramRows: Tensor | null, extra = 0): { inputs: Tensor; batch: Batch } {
+    const tableLen = T * this.maxBlocks;
+    const inputs = empty([4 * T + tableLen + extra], { dtype: 'int32', device: this.device });
+    const part = (i: number, n: number) => inputs.narrow(i, n);
+    const table = part(4 * T, tableLen);
+    const batch: Batch = {
+      mode: 'decode',
+      T,
+      ids: part(0, T),
+      positions: part(T, T),
+      slots: part(2 * T, T),
+      seqLens: part(3 * T, T),
+      blockTable: table.view([T, this.maxBlocks]),
+    };
+    table.dispose();
+    const nd = this.dims.ngram;
+    if (nd && ngramRows) batch.ngramRows = empty([nd.tables, T, nd.dim], { dtype: ngramRows.dtype, device: this.device });
+    return { inputs, batch };
+  }
+
+  private writeDecodeInputs(g: { inputs: Tensor; batch: Batch; host: Int32Array }, host: DecodeRows) {
+    const T = host.ids.length,
+      buf = g.host;
     buf.set(host.ids, 0);
-    buf.set(host.positions, B);
-    buf.set(host.slots, 2 * B);
-    buf.set(host.seqLens, 3 * B);
-    buf.set(host.blockTable, 4 * B);
+    buf.set(host.positions, T);
+    buf.set(host.slots, 2 * T);
+    buf.set(host.seqLens, 3 * T);
+    buf.set(host.blockTable, 4 * T);
     g.inputs.copyFromBytes(buf);
     if (host.ngramRows) g.batch.ngramRows!.copyFromBytes(host.ngramRows.toBytes());
-    g.graph.replay();
-    // Fresh handles over the graph's buffers: the caller disposes them, the graph keeps the memory.
-    return { logits: out.logits.view(out.logits.shape), nFfn: collectRouting ? out.nFfn.map(t => t.view(t.shape)) : [] };
+  }
+
+  /** Whether the model has an MTP head (speculative decoding drafts with it). */
+  get hasMtp(): boolean {
+    return this.w.mtp !== null;
+  }
+
+  /**
+   * The MTP head (SPEC 6.2) over already cached positions: sequence b's rows sit at positions
+   * start[b].. start[b] + n - 1, each pairing the token after it (next[b][i], the token at position
+   * start[b] + i + 1) with the main model's post-norm hidden state there (`hidden`, f32 [rows,
+   * hidden] in batch order); their MTP latents are written to the MTP cache. Returns the draft
+   * logits of each sequence's last row, f32 [B, vocab] (of every row with `allLogits`).
+   */
+  mtp(seqs: SequenceCache[], next: number[][], start: number[], hidden: Tensor, opts: { allLogits?: boolean } = {}): Tensor {
+    if (this.disposed) throw new DisposedError('E_DISPOSED', 'LongcatModel.mtp: the model was disposed');
+    if (!this.w.mtp) throw new ArgumentError('E_ARGUMENT', 'LongcatModel.mtp: the model has no MTP head');
+    const counts = next.map(t => t.length),
+      T = counts.reduce((a, n) => a + n, 0);
+    seqs.forEach((seq, b) => {
+      if (counts[b]! < 1 || start[b]! < 0 || start[b]! + counts[b]! > seq.length)
+        throw new ArgumentError(
+          'E_ARGUMENT',
+          `LongcatModel.mtp: sequence ${b}: positions [${start[b]}, ${start[b]! + counts[b]!}) are not all cached (length ${seq.length})`,
+        );
+    });
+    if (hidden.shape[0] !== T || hidden.shape[1] !== this.dims.hidden)
+      throw new ArgumentError('E_ARGUMENT', `LongcatModel.mtp: hidden is [${hidden.shape}], expected [${T}, ${this.dims.hidden}]`);
+    this.moeStream.synchronize();
+    const a = new Arena(this.device);
+    const positions: number[] = [],
+      slots: number[] = [],
+      lastRow: number[] = [];
+    seqs.forEach((seq, b) => {
+      for (let i = 0; i < counts[b]!; i++) positions.push(start[b]! + i);
+      slots.push(...seq.slots(start[b]!, start[b]! + counts[b]!));
+      lastRow.push(positions.length - 1);
+    });
+    const batch: Batch = {
+      mode: counts.every(n => n === 1) ? 'decode' : 'prefill',
+      T,
+      ids: a.ints(next.flat()),
+      positions: a.ints(positions),
+      slots: a.ints(slots),
+      ...(opts.allLogits ? {} : { lastRow: a.ints(lastRow) }),
+    };
+    if (batch.mode === 'decode') {
+      const bt = batchTables(seqs);
+      batch.blockTable = a.ints(bt.table, [T, bt.maxBlocks]);
+      batch.seqLens = a.ints(positions.map(p => p + 1));
+    } else {
+      const kvStart = [0];
+      batch.gathers = seqs.map((seq, b) => {
+        const length = start[b]! + counts[b]!;
+        kvStart.push(kvStart[b]! + length);
+        return { table: a.ints(seq.blockTable()), start: kvStart[b]!, length };
+      });
+      batch.qStart = a.ints([0, ...counts.map((_, b) => lastRow[b]! + 1)]);
+      batch.kvStart = a.ints(kvStart);
+      batch.kvTotal = kvStart[seqs.length]!;
+    }
+    const logits = mtpForward(this.step(batch, null), this.w, hidden);
+    a.dispose();
+    return logits;
+  }
+
+  /**
+   * One speculative decoding step (SPEC 6.3, one draft per sequence) as one graph replay: verify
+   * [pending, draft] at positions L, L + 1 of each sequence in one forward (the absorbed attention,
+   * a row per token), accept the draft or correct it (sampleSpeculative: greedy, or rejection
+   * sampling that keeps plain sampling's distribution), run the MTP head on both verified rows and
+   * pick the next draft from the row after the last accepted token. Each sequence then holds
+   * L + 1 + accepted tokens (the rejected position's latents are dropped with it; the MTP cache
+   * shares its slots). Needs room for 2 tokens in every sequence (canReserve(2)).
+   */
+  speculativeStep(seqs: SequenceCache[], pending: number[], drafts: number[], sampling: readonly SamplingParams[]): SpeculativeStep {
+    if (this.disposed) throw new DisposedError('E_DISPOSED', 'LongcatModel.speculativeStep: the model was disposed');
+    if (!this.w.mtp) throw new ArgumentError('E_ARGUMENT', 'LongcatModel.speculativeStep: the model has no MTP head');
+    const B = seqs.length;
+    if (pending.length !== B || drafts.length !== B || sampling.length !== B)
+      throw new ArgumentError(
+        'E_ARGUMENT',
+        `speculativeStep: ${B} sequences but ${pending.length} pending tokens, ${drafts.length} drafts, ${sampling.length} sampling settings`,
+      );
+    const tokens = pending.map((p, b) => [p, drafts[b]!]);
+    this.verifyWeights?.();
+    this.moeStream.synchronize();
+    this.ep?.synchronize();
+    const pastLens = seqs.map(s => s.length);
+    const reserved: Int32Array[] = [];
+    try {
+      for (const seq of seqs) reserved.push(seq.reserve(2));
+      const ids = Int32Array.from(tokens.flat());
+      for (const id of ids)
+        if (!Number.isInteger(id) || id < 0 || id >= this.dims.vocab)
+          throw new ArgumentError('E_ARGUMENT', `speculativeStep: token id ${id} is outside the vocabulary [0, ${this.dims.vocab})`);
+      const positions = Int32Array.from(pastLens.flatMap(L => [L, L + 1]));
+      const slots = Int32Array.from(reserved.flatMap(r => [...r]));
+      const bt = batchTables(seqs, this.maxBlocks, Array(B).fill(2));
+      const ngramRows = this.ngramRows(seqs, tokens, pastLens);
+      let g = this.specGraphs.get(B);
+      try {
+        if (!g) {
+          g = this.captureSpeculative(B, ngramRows);
+          this.specGraphs.set(B, g);
+        }
+        const extra = g.host.subarray(g.host.length - 7 * B);
+        extra.set(Int32Array.from(drafts), 0);
+        packSampling(sampling, extra.subarray(B));
+        this.writeDecodeInputs(g, { ids, positions, slots, blockTable: bt.table, seqLens: bt.seqLens, ngramRows });
+        g.graph.replay();
+      } finally {
+        ngramRows?.dispose();
+      }
+      const out = toArray(g.outputs) as Int32Array;
+      this.ep?.endStep();
+      const accepted = Array.from(out.subarray(2 * B, 3 * B));
+      seqs.forEach((seq, b) => seq.truncate(pastLens[b]! + 1 + accepted[b]!));
+      return {
+        tokens: accepted.map((n, b) => Array.from(out.subarray(2 * b, 2 * b + n + 1))),
+        accepted,
+        drafts: Array.from(out.subarray(3 * B, 4 * B)),
+        nFfn: g.nFfn.map(t => t.view(t.shape)),
+      };
+    } catch (e) {
+      try {
+        this.ep?.endStep();
+      } catch {
+        // the step's error is the one to report
+      }
+      seqs.forEach((seq, b) => {
+        if (b < reserved.length) seq.truncate(pastLens[b]!);
+      });
+      throw e;
+    }
+  }
+
+  /** Captures the fused verify + accept + draft step of B sequences (replayed as one job on the CPU). */
+  private captureSpeculative(B: number, ngramRows: Tensor | null): SpeculativeGraph {
+    const T = 2 * B;
+    // Inputs: the decode rows, then the drafts [B] and the sampling settings [B, 6].
+    const { inputs, batch } = this.decodeInputs(T, ngramRows, 7 * B);
+    const n = inputs.shape[0]!;
+    const draftsIn = inputs.narrow(n - 7 * B, B),
+      params = inputs.narrow(n - 6 * B, 6 * B).view([B, 6]);
+    // Outputs in one buffer, read back with one copy: tokens [B, 2], accepted [B], next drafts [B].
+    const outputs = empty([4 * B], { dtype: 'int32', device: this.device });
+    const tokens = outputs.narrow(0, T),
+      accepted = outputs.narrow(T, B),
+      next = outputs.narrow(3 * B, B);
+    let nFfn: Tensor[] = [];
+    const graph = native.captureGraph(this.captureStreams, () => {
+      const a = new Arena(this.device);
+      const verify = this.run(batch, true);
+      nFfn = verify.nFfn;
+      native.sampleSpeculative(this.main, a.keep(tokens.view([B, 2])), accepted, verify.logits, a.keep(draftsIn.view([B, 1])), batch.positions, params);
+      // The MTP head on the verified rows' pairs (hidden at L + j, the token after it), at the same
+      // positions and slots: row 1's pair is void when the draft was rejected (its slot is dropped).
+      const mtpBatch: Batch = { ...batch, ids: tokens, ngramRows: undefined };
+      const draftLogits = mtpForward(this.step(mtpBatch, null), this.w, verify.hidden);
+      const candidates = a.i32([T]);
+      native.sample(this.main, candidates, draftLogits, 0, 0, 1, 0, 0, 0); // the draft: the head's argmax
+      native.selectAccepted(this.main, next, a.keep(candidates.view([B, 2])), accepted);
+      for (const t of [verify.logits, verify.hidden, draftLogits]) a.keep(t);
+      a.dispose();
+    });
+    return { graph, inputs, batch, host: new Int32Array(n), outputs, nFfn, parts: [draftsIn, params, tokens, accepted, next] };
   }
 
   /** Frees the KV cache, streams and the tensors the model created (not the checkpoint's). */
@@ -397,11 +647,19 @@ export class LongcatModel {
     for (const g of this.decodeGraphs.values()) {
       g.graph.dispose();
       const b = g.batch;
-      for (const t of [g.inputs, b.ids, b.positions, b.slots, b.blockTable!, b.seqLens!, g.out.logits, ...g.out.nFfn])
+      for (const t of [g.inputs, b.ids, b.positions, b.slots, b.blockTable!, b.seqLens!, g.out.logits, g.out.hidden, ...g.out.nFfn])
         t.dispose();
       b.ngramRows?.dispose();
     }
     this.decodeGraphs.clear();
+    for (const g of this.specGraphs.values()) {
+      g.graph.dispose();
+      const b = g.batch;
+      for (const t of [g.inputs, b.ids, b.positions, b.slots, b.blockTable!, b.seqLens!, g.outputs, ...g.nFfn, ...g.parts])
+        t.dispose();
+      b.ngramRows?.dispose();
+    }
+    this.specGraphs.clear();
     for (const t of [...this.caches, this.invFreq, ...this.w.owned]) t.dispose();
     if (this.moeStream !== this.main) this.moeStream.dispose();
     this.ep?.dispose();

@@ -9,6 +9,7 @@ import type { ModelDims } from './dims.js';
 import type { MoeExpertSet } from '../../types/ops-moe.js';
 import { ShardedExperts, expertsPerRank, rankExperts } from '../parallel/placement.js';
 import { ngramProjectionName, ngramTableName } from '../config-ngram.js';
+import { MTP_PREFIX } from '../config.js';
 
 /** A linear layer's weight [out, in] and, for fp8 / int8 weights, its scale. */
 export interface Linear {
@@ -64,6 +65,23 @@ export interface NgramWeights {
   proj: Tensor;
 }
 
+/** The MTP (NextN) head, SPEC 2.2 / 6.1: one dense decoder layer drafting the token after next. */
+export interface MtpWeights {
+  /** model.mtp.embed_tokens (SPEC O5: the checkpoint's own copy is used, as vLLM does). */
+  embed: Tensor;
+  enorm: Tensor;
+  hnorm: Tensor;
+  /** eh_proj [hidden, 2 * hidden] over concat(enorm(embedding), hnorm(hidden)), split at load into its
+   *  column halves: eh(concat(e, h)) = ehEmbed(e) + ehHidden(h), so no concatenation at run time. */
+  ehEmbed: Linear;
+  ehHidden: Linear;
+  inputNorm: Tensor;
+  attn: MlaWeights;
+  postAttnNorm: Tensor;
+  mlp: MlpWeights;
+  norm: Tensor;
+}
+
 export interface ModelWeights {
   embed: Tensor;
   /** Null for models without an N-gram embedding. */
@@ -71,6 +89,8 @@ export interface ModelWeights {
   layers: LayerWeights[];
   norm: Tensor;
   lmHead: Linear;
+  /** Null when the checkpoint has no MTP module or loading it was turned off. */
+  mtp: MtpWeights | null;
   /** Everything this object created (not the checkpoint's own tensors), to dispose with the model. */
   owned: { dispose(): void }[];
   /** Checkpoint bytes copied to each device (as they are, or converted as the scaled norms);
@@ -93,7 +113,7 @@ export interface UploadProgress {
   phase: 'upload';
   device: string;
   tensor: string;
-  /** Bytes copied so far / the checkpoint's bytes (an upper bound: MTP tensors are not copied). */
+  /** Bytes copied so far / the checkpoint's bytes (an upper bound). */
   bytes: number;
   totalBytes: number;
 }
@@ -102,6 +122,8 @@ export interface LoadWeightsOptions {
   onProgress?: (p: UploadProgress) => void;
   /** Bytes the upload will copy at most (for progress and error messages). */
   totalBytes?: number;
+  /** Load the MTP head when the checkpoint has one (default true). */
+  mtp?: boolean;
   /** Expert parallelism: the device of each rank. Each layer's routed experts are split into equal
    *  contiguous blocks, rank r's placed on expertDevices[r] only; the rest stays on `device`. */
   expertDevices?: readonly string[];
@@ -196,6 +218,29 @@ function buildWeights(
     ];
   };
 
+  // eh_proj's column halves [n, k/2] (with their FP8 scale columns when k/2 is on a block edge): row r
+  // of a [n, k] matrix is rows 2r and 2r + 1 of its [2n, k/2] view.
+  const ehHalves = (l: Linear): Pick<MtpWeights, 'ehEmbed' | 'ehHidden'> => {
+    const half = l.weight.shape[1]! / 2;
+    if (l.scale && half % 128 !== 0) l = { weight: dequantized(l, 'f32'), scale: null }; // only reduced-size models
+    const columns = (t: Tensor, odd: number) => {
+      const [n, k] = t.shape as [number, number];
+      const pick = tensor(
+        Array.from({ length: n }, (_, r) => 2 * r + odd),
+        [n],
+        { dtype: 'int32', device },
+      );
+      const pairs = t.view([2 * n, k / 2]);
+      const out = own(empty([n, k / 2], { dtype: t.dtype, device }));
+      native.gatherRows(null, out, pairs, pick);
+      pick.dispose();
+      pairs.dispose();
+      return out;
+    };
+    const part = (odd: number): Linear => ({ weight: columns(l.weight, odd), scale: l.scale ? columns(l.scale, odd) : null });
+    return { ehEmbed: part(0), ehHidden: part(1) };
+  };
+
   // The absorbed form's kv_b (see MlaWeights.kvB). With 128-row heads (DeepSeek / LongCat: nope = v = 128)
   // every head's W_UK and W_UV is one row of 128x128 scale blocks, so the codes (exact in bf16) can be
   // multiplied as they are and each head's column-block scales applied to q_lat / o_lat.
@@ -238,6 +283,21 @@ function buildWeights(
     up: linear(`${p}.up_proj`),
     down: linear(`${p}.down_proj`),
   });
+
+  const mtpWeights = (): MtpWeights => {
+    const p = MTP_PREFIX;
+    return {
+      embed: get('model.mtp.embed_tokens.weight'),
+      enorm: get(`${p}.enorm.m.weight`),
+      hnorm: get(`${p}.hnorm.m.weight`),
+      ...ehHalves(linear(`${p}.eh_proj`)),
+      inputNorm: get(`${p}.input_layernorm.weight`),
+      attn: mla(`${p}.self_attn`),
+      postAttnNorm: get(`${p}.post_attention_layernorm.weight`),
+      mlp: mlp(`${p}.transformer_layer.mlp`),
+      norm: get('model.mtp.norm.weight'),
+    };
+  };
 
   const layers: LayerWeights[] = [];
   for (let l = 0; l < dims.layers; l++) {
@@ -293,6 +353,7 @@ function buildWeights(
     layers,
     norm: get('model.norm.weight'),
     lmHead: linear('lm_head'),
+    mtp: opts.mtp !== false && src.has(`${MTP_PREFIX}.eh_proj.weight`) ? mtpWeights() : null,
     owned,
     uploaded: uploadedTo,
   };
