@@ -59,6 +59,8 @@ export interface ForwardOptions {
   mode?: 'prefill' | 'decode';
   /** Also return the post-norm hidden states (what the MTP head reads). */
   hidden?: boolean;
+  /** Decode op by op instead of replaying the captured step (tests compare the two). */
+  eager?: boolean;
 }
 
 /** How a sequence samples (GenerateOptions' fields; temperature 0 = greedy). */
@@ -301,7 +303,7 @@ export class LongcatModel {
     const ngramHost = this.ngramRows(seqs, tokens, pastLens);
     if (ngramHost) inputs.keep(ngramHost);
     const counts = tokens.map(t => t.length);
-    if (mode === 'decode' && this.useGraphs) {
+    if (mode === 'decode' && this.useGraphs && !opts.eager) {
       const rt = batchTables(seqs, this.maxBlocks, counts);
       try {
         const out = this.replayDecode({ ids, positions, slots, blockTable: rt.table, seqLens: rt.seqLens, ngramRows: ngramHost });

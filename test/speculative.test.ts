@@ -1,0 +1,346 @@
+// MTP speculative decoding (SPEC 6): the MTP head against the float64 reference, the verify rows
+// against single-token decode steps, and generation with speculation against plain decoding --
+// greedy token for token (batch 1 through Session, batch 3 through the engine), across chat turns
+// and every branch of a step (all / none / some drafts accepted, EOS, stop strings, maxTokens and
+// the context limit inside the accepted tokens), the KV pages left after rejections, and the
+// distribution of speculative sampling against plain sampling.
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { initRandom, type InitRandomOptions } from '../lib/init-random.js';
+import { loadModel, type Model, type GenerateOptions } from '../lib/generate.js';
+import { openCheckpoint } from '../lib/checkpoint.js';
+import { native } from '../lib/native.js';
+import { toArray } from '../lib/tensor.js';
+import type { LongcatModel, SamplingParams } from '../lib/model/model.js';
+import type { SequenceCache } from '../lib/kv-cache.js';
+import { dequantFp8Block, referenceForward, referenceMtp, type RefConfig } from './reference/longcat-ref.js';
+import { expectLogitsClose, fixtureRoot } from './model-fixture.js';
+
+const root = fixtureRoot('longcat-speculative-');
+const prompt = [5, 17, 300, 2, 99, 41, 7, 260, 1, 3, 511];
+
+async function checkpoint(name: string, opts: Omit<InitRandomOptions, 'out'>): Promise<string> {
+  const dir = path.join(root, name);
+  await initRandom({ seed: 21, mtp: true, ...opts, out: dir });
+  return dir;
+}
+
+/** Every model of a test file loaded once (CPU), disposed after it. */
+function models(specs: Record<string, () => Promise<[string, Parameters<typeof loadModel>[1]]>>) {
+  const loaded: Record<string, Model> = {};
+  beforeAll(async () => {
+    for (const [k, make] of Object.entries(specs)) {
+      const [dir, opts] = await make();
+      loaded[k] = await loadModel(dir, { backend: 'cpu', ...opts });
+    }
+  });
+  afterAll(() => {
+    for (const m of Object.values(loaded)) m.dispose();
+  });
+  return loaded;
+}
+
+function argmaxRow(v: ArrayLike<number>, row: number, V: number): number {
+  let best = 0;
+  for (let i = 1; i < V; i++) if (v[row * V + i]! > v[row * V + best]!) best = i;
+  return best;
+}
+
+/** The reference's weights from a checkpoint (FP8 linears dequantized as SPEC 7.2). */
+async function referenceWeights(dir: string) {
+  const ck = await openCheckpoint(dir);
+  const W = (name: string) => {
+    const t = ck.get(name);
+    const shape = [...t.shape];
+    if (t.dtype === 'fp8_e4m3') {
+      const [n, k] = shape as [number, number];
+      const scale = Float32Array.from(toArray(ck.get(name.replace(/\.weight$/, '.weight_scale_inv'))));
+      return { shape, data: dequantFp8Block(t.toBytes(), scale, n, k) };
+    }
+    return { shape, data: Float64Array.from(toArray(t)) };
+  };
+  const cfg = JSON.parse(readFileSync(path.join(dir, 'config.json'), 'utf8')) as RefConfig;
+  return { W, cfg, close: () => ck.close() };
+}
+
+describe('the MTP head (SPEC 6.1) against the float64 reference', () => {
+  it.each([
+    ['bf16', false],
+    ['fp8', true],
+  ])('%s: every prompt pair, in the prefill (expanded) and decode (absorbed) forms', async (name, fp8) => {
+    const dir = await checkpoint(`ref-${name}`, { preset: 'tiny', fp8 });
+    const { W, cfg, close } = await referenceWeights(dir);
+    const n = prompt.length,
+      H = cfg.hidden_size,
+      V = cfg.vocab_size;
+    const ref = referenceForward(cfg, W, prompt);
+    const want = referenceMtp(
+      cfg,
+      W,
+      ref.hidden.subarray(0, (n - 1) * H),
+      prompt.slice(1),
+      prompt.slice(1).map((_, i) => i),
+    ).logits;
+    close();
+    const prev = native.setMatmulPrecision('highest');
+    using m = await loadModel(dir, { backend: 'cpu', cacheDtype: 'f32' });
+    try {
+      const e = m.engine;
+      const seq = e.newSequence();
+      const r = e.forward([seq], [prompt], { hidden: true });
+      r.logits.dispose();
+      const h = r.hidden!.narrow(0, n - 1);
+      const pre = e.mtp([seq], [prompt.slice(1)], [0], h, { allLogits: true });
+      expectLogitsClose(toArray(pre), want, 1e-5, 'MTP logits, prefill form');
+      pre.dispose();
+      // decode form: one pair at a time, over the cache the prefill form wrote before it
+      const dec = new Float32Array((n - 1) * V);
+      for (let i = 0; i < n - 1; i++) {
+        const row = r.hidden!.narrow(i, 1);
+        const l = e.mtp([seq], [[prompt[i + 1]!]], [i], row);
+        dec.set(toArray(l) as Float32Array, i * V);
+        l.dispose();
+        row.dispose();
+      }
+      expectLogitsClose(dec, want, 1e-5, 'MTP logits, decode form');
+      for (const t of [h, r.hidden!]) t.dispose();
+      seq.release();
+    } finally {
+      native.setMatmulPrecision(prev);
+    }
+  });
+});
+
+describe('verify rows', () => {
+  const m = models({ tiny: async () => [await checkpoint('verify', { preset: 'tiny' }), { cacheDtype: 'f32' }] });
+  it('several decode rows per sequence equal one decode step per token (3 sequences, 1-3 rows each)', () => {
+    const prev = native.setMatmulPrecision('highest');
+    try {
+      const e = m.tiny!.engine,
+        V = e.dims.vocab;
+      const starts = [prompt.slice(0, 4), prompt.slice(0, 9), prompt.slice(2, 7)];
+      const news = [[7, 300, 2], [41], [260, 1]];
+      const multi = starts.map(() => e.newSequence()),
+        single = starts.map(() => e.newSequence());
+      e.forward(multi, starts).logits.dispose();
+      e.forward(single, starts).logits.dispose();
+      const got = toArray(e.forward(multi, news, { mode: 'decode' }).logits);
+      const want: number[] = [];
+      for (const [b, list] of news.entries())
+        for (const t of list) want.push(...toArray(e.forward([single[b]!], [[t]]).logits));
+      expect(got.length).toBe(6 * V);
+      expectLogitsClose(got, want, 1e-5, 'verify-row logits');
+      for (const s of [...multi, ...single]) s.release();
+    } finally {
+      native.setMatmulPrecision(prev);
+    }
+  });
+});
+
+/** Greedy generation of one session, plain then speculative (in fresh sessions), the same options. */
+async function bothWays(m: Model, p: string | number[], o: GenerateOptions = {}) {
+  const text = typeof p === 'string' ? p : m.tokenizer.decode(p);
+  using a = m.createSession();
+  using b = m.createSession();
+  const plain = await a.generate(text, o);
+  const spec = await b.generate(text, { ...o, speculative: true });
+  return { plain, spec };
+}
+
+describe('greedy speculative decoding == plain decoding', () => {
+  const m = models({
+    tiny: async () => [await checkpoint('tiny', { preset: 'tiny' }), {}],
+    fp8: async () => [await checkpoint('tiny-fp8', { preset: 'tiny', fp8: true }), {}],
+    small: async () => [await checkpoint('small', { preset: 'small' }), {}],
+  });
+  it.each(['tiny', 'fp8', 'small'])('%s: token for token, 40 tokens', async k => {
+    const { plain, spec } = await bothWays(m[k]!, 'the speculative test prompt', { maxTokens: 40 });
+    expect(spec.tokens).toEqual(plain.tokens);
+    expect(spec.text).toBe(plain.text);
+    expect(spec.stopReason).toBe(plain.stopReason);
+    const s = spec.speculative!;
+    expect(s.draftedTokens).toBeGreaterThan(0);
+    expect(s.acceptanceRate).toBeCloseTo(s.acceptedTokens / s.draftedTokens, 12);
+    expect(plain.speculative).toBeUndefined();
+  });
+  it('across chat turns (the second turn reuses the cache of the first, MTP cache included)', async () => {
+    const model = m.tiny!;
+    using a = model.createSession();
+    using b = model.createSession();
+    const turn1 = [{ role: 'user' as const, content: 'first question' }];
+    const p1 = await a.generate(turn1, { maxTokens: 12 });
+    const s1 = await b.generate(turn1, { maxTokens: 12, speculative: true });
+    expect(s1.tokens).toEqual(p1.tokens);
+    const turn2 = [...turn1, { role: 'assistant' as const, content: p1.text }, { role: 'user' as const, content: 'and a second' }];
+    const p2 = await a.generate(turn2, { maxTokens: 12 });
+    const s2 = await b.generate(turn2, { maxTokens: 12, speculative: true });
+    expect(s2.tokens).toEqual(p2.tokens);
+    expect(s2.prefillTokens).toBeLessThan(s2.promptTokens); // the first turn's cache was reused
+  });
+  it('ends at the context limit like plain decoding', async () => {
+    const dir = path.join(root, 'tiny');
+    using small = await loadModel(dir, { backend: 'cpu', maxContext: 24 });
+    const { plain, spec } = await bothWays(small, prompt, { maxTokens: 100 });
+    expect(plain.stopReason).toBe('length');
+    expect(spec.tokens).toEqual(plain.tokens);
+    expect(spec.stopReason).toBe('length');
+  });
+  it('stops inside the accepted tokens at maxTokens and stop strings, with the same cache as plain decoding', async () => {
+    const model = m.tiny!;
+    for (const maxTokens of [1, 2, 3, 7, 8]) {
+      const { plain, spec } = await bothWays(model, prompt, { maxTokens });
+      expect(spec.tokens).toEqual(plain.tokens);
+      expect(spec.stopReason).toBe('length');
+    }
+    const full = (await bothWays(model, prompt, { maxTokens: 20 })).plain;
+    const stop = full.text.slice(Math.floor(full.text.length / 2), Math.floor(full.text.length / 2) + 2);
+    const { plain, spec } = await bothWays(model, prompt, { maxTokens: 20, stop: [stop] });
+    expect(plain.stopReason).toBe('stop');
+    expect(spec.text).toBe(plain.text);
+    expect(spec.stopReason).toBe('stop');
+  });
+  it('rejects what it cannot do with typed errors', async () => {
+    const model = m.tiny!;
+    using s = model.createSession();
+    await expect(s.generate('x', { speculative: { draftTokens: 2 } })).rejects.toMatchObject({
+      code: 'E_ARGUMENT',
+      message: expect.stringContaining('draftTokens must be 1'),
+    });
+    await expect(s.generate('x', { speculative: 'yes' as unknown as boolean })).rejects.toMatchObject({ code: 'E_ARGUMENT' });
+    const plainDir = path.join(root, 'no-mtp');
+    await initRandom({ preset: 'tiny', out: plainDir, seed: 2 });
+    using noMtp = await loadModel(plainDir, { backend: 'cpu' });
+    using t = noMtp.createSession();
+    await expect(t.generate('x', { speculative: true })).rejects.toMatchObject({
+      code: 'E_ARGUMENT',
+      message: expect.stringContaining('has none'),
+    });
+    using off = await loadModel(path.join(root, 'tiny'), { backend: 'cpu', mtp: false });
+    expect(off.engine.hasMtp).toBe(false);
+    using u = off.createSession();
+    await expect(u.generate('x', { speculative: true })).rejects.toMatchObject({ message: expect.stringContaining('mtp: false') });
+  });
+});
+
+const GREEDY: SamplingParams = { temperature: 0, topK: 0, topP: 1, minP: 0, seed: 0 };
+
+/** Greedy decoding of a batch through the engine: `steps` tokens per sequence, plain or speculative. */
+function engineGreedy(e: LongcatModel, prompts: number[][], steps: number, speculative: boolean) {
+  const V = e.dims.vocab;
+  const seqs = prompts.map(() => e.newSequence());
+  const out: number[][] = prompts.map(() => []);
+  const r = e.forward(seqs, prompts, { hidden: speculative });
+  const first = toArray(r.logits);
+  r.logits.dispose();
+  let pending = prompts.map((_, b) => argmaxRow(first, b, V));
+  pending.forEach((t, b) => out[b]!.push(t));
+  const stats = { drafted: 0, accepted: 0 };
+  if (!speculative) {
+    while (out[0]!.length < steps) {
+      const l = toArray(e.forward(seqs, pending.map(t => [t])).logits);
+      pending = pending.map((_, b) => argmaxRow(l, b, V));
+      pending.forEach((t, b) => out[b]!.push(t));
+    }
+  } else {
+    const draftLogits = toArray(e.mtp(seqs, prompts.map((p, b) => [...p.slice(1), pending[b]!]), prompts.map(() => 0), r.hidden!));
+    r.hidden!.dispose();
+    let drafts = prompts.map((_, b) => argmaxRow(draftLogits, b, V));
+    while (out.some(o => o.length < steps)) {
+      const s = e.speculativeStep(seqs, pending, drafts, prompts.map(() => GREEDY));
+      for (const t of s.nFfn) t.dispose();
+      s.tokens.forEach((list, b) => out[b]!.push(...list));
+      stats.drafted += seqs.length;
+      stats.accepted += s.accepted.reduce((a, n) => a + n, 0);
+      pending = s.tokens.map(list => list[list.length - 1]!);
+      drafts = s.drafts;
+    }
+  }
+  const lens = seqs.map(s => s.length);
+  return { tokens: out.map(o => o.slice(0, steps)), seqs, lens, stats };
+}
+
+describe('batched speculative steps (engine)', () => {
+  const m = models({ tiny: async () => [path.join(root, 'tiny'), {}] });
+  beforeAll(async () => {
+    await checkpoint('tiny', { preset: 'tiny' });
+  });
+  it('batch 3, each sequence with its own accepted length, equals plain batched greedy decoding', () => {
+    const e = m.tiny!.engine;
+    const prompts = [prompt, prompt.slice(3), [9, 8, 7, 6, 5, 4, 3]];
+    const plain = engineGreedy(e, prompts, 16, false);
+    const spec = engineGreedy(e, prompts, 16, true);
+    expect(spec.tokens).toEqual(plain.tokens);
+    for (const s of [...plain.seqs, ...spec.seqs]) s.release();
+  });
+  it('leaves the KV pages of plain decoding after rejections (every main cache and the MTP cache)', () => {
+    const e = m.tiny!.engine;
+    const prev = native.setMatmulPrecision('highest');
+    try {
+      const plain = engineGreedy(e, [prompt], 12, false);
+      const spec = engineGreedy(e, [prompt], 12, true);
+      expect(spec.stats.drafted).toBeGreaterThan(spec.stats.accepted); // some drafts were rejected
+      // Both sequences now hold the prompt and the tokens each generated before its last one (at least 11 in common).
+      const n = Math.min(plain.seqs[0]!.length, spec.seqs[0]!.length);
+      expect(n).toBeGreaterThanOrEqual(prompt.length + 10);
+      const caches = (e as unknown as { caches: { toBytes(): Uint8Array; shape: number[]; dtype: string }[] }).caches;
+      const rowsOf = (seq: SequenceCache, c: number) => {
+        const all = toArray(caches[c] as never) as Float32Array;
+        const width = caches[c]!.shape[2]!;
+        return Array.from(seq.slots(0, n - 1), s => Array.from(all.subarray(s * width, (s + 1) * width)));
+      };
+      for (let c = 0; c < 2 * e.dims.layers; c++)
+        expectLogitsClose(rowsOf(spec.seqs[0]!, c).flat(), rowsOf(plain.seqs[0]!, c).flat(), 1e-4, `cache ${c}`);
+      for (const s of [...plain.seqs, ...spec.seqs]) s.release();
+    } finally {
+      native.setMatmulPrecision(prev);
+    }
+  });
+});
+
+describe("speculative sampling keeps plain sampling's distribution", () => {
+  const m = models({ tiny: async () => [path.join(root, 'tiny'), {}] });
+  beforeAll(async () => {
+    await checkpoint('tiny', { preset: 'tiny' });
+  });
+  it('the first three tokens over 300 seeds: chi-square of speculative vs plain counts', async () => {
+    const model = m.tiny!;
+    const o = { maxTokens: 3, temperature: 0.7, topK: 4 };
+    const count = async (speculative: boolean) => {
+      const hist = new Map<string, number>();
+      for (let seed = 0; seed < 300; seed++) {
+        using s = model.createSession();
+        const r = await s.generate(model.tokenizer.decode(prompt), { ...o, seed, speculative });
+        const key = r.tokens.slice(1).join(',');
+        hist.set(key, (hist.get(key) ?? 0) + 1);
+      }
+      return hist;
+    };
+    const plain = await count(false),
+      spec = await count(true);
+    // two-sample chi-square over the (2nd, 3rd) token pairs, rare cells pooled
+    const keys = new Set([...plain.keys(), ...spec.keys()]);
+    let chi = 0,
+      df = -1,
+      poolA = 0,
+      poolB = 0;
+    for (const k of keys) {
+      const a = plain.get(k) ?? 0,
+        b = spec.get(k) ?? 0;
+      if (a + b < 10) {
+        poolA += a;
+        poolB += b;
+        continue;
+      }
+      chi += (a - b) ** 2 / (a + b);
+      df++;
+    }
+    if (poolA + poolB > 0) {
+      chi += (poolA - poolB) ** 2 / (poolA + poolB);
+      df++;
+    }
+    expect(df).toBeGreaterThanOrEqual(3);
+    // p < 1e-4 for chi-square with df degrees of freedom lies above df + 6 sqrt(2 df) + 10 for these df
+    expect(chi).toBeLessThan(df + 6 * Math.sqrt(2 * df) + 10);
+  });
+});
