@@ -525,7 +525,7 @@ const AGREEMENT_LOGIT = 32;
 const AGREEMENT_OFF_CYCLE = 0.1;
 
 export interface DraftAgreementPlan {
-  /** The tokenizer's ordinary tokens (no special token, no id past the tokenizer) in cycle order. */
+  /** The tokenizer's ordinary tokens that are whole text (textTokens) in cycle order. */
   cycle: Int32Array;
   /** next[x] = P(x), the main model's greedy token after x (cycle[i] -> cycle[i + 1]); -1 off the cycle. */
   next: Int32Array;
@@ -538,12 +538,27 @@ export interface DraftAgreementPlan {
   acceptance: number;
 }
 
-/** The tokenizer's ids that are not special tokens, ascending. */
-function ordinaryTokens(tokenizerJson: Record<string, unknown>): number[] {
+/**
+ * The tokenizer's ordinary tokens that are whole text by themselves, ascending: no special token, no
+ * byte that is only part of a UTF-8 character, no control character but the newline. Greedy text of
+ * an agreeing model is made of them only, so it decodes token by token without U+FFFD.
+ */
+function textTokens(tokenizerJson: Record<string, unknown>): number[] {
   const special = new Set((tokenizerJson.added_tokens as { id: number }[]).map(t => t.id));
   const vocab = (tokenizerJson.model as { vocab: Record<string, number> }).vocab;
-  return Object.values(vocab)
-    .filter(id => !special.has(id))
+  const byteOf = new Map(byteToUnicode().map((ch, b) => [ch, b]));
+  const utf8 = new TextDecoder('utf-8', { fatal: true });
+  const isText = (token: string) => {
+    try {
+      // biome-ignore lint/suspicious/noControlCharactersInRegex: the control characters are what it looks for
+      return !/[\u0000-\u0009\u000b-\u001f\u007f]/.test(utf8.decode(Uint8Array.from(token, ch => byteOf.get(ch)!)));
+    } catch {
+      return false;
+    }
+  };
+  return Object.entries(vocab)
+    .filter(([token, id]) => !special.has(id) && isText(token))
+    .map(([, id]) => id)
     .sort((a, b) => a - b);
 }
 
@@ -610,7 +625,7 @@ export function draftAgreementPlan(
   const json = { ...presetConfigJson(opts.preset, { mtp: true }), ...(opts.overrides ?? {}) };
   const config = parseConfig(json, 'config.json');
   const tok = buildTokenizerJson(Math.min(config.vocab_size, 4096));
-  return agreementPlanOf(ordinaryTokens(tok), config.vocab_size, a, opts.seed ?? 0);
+  return agreementPlanOf(textTokens(tok), config.vocab_size, a, opts.seed ?? 0);
 }
 
 /** What plan() needs for an agreeing model: the plan and the rows e_x [vocab, hidden] (unit rms). */
@@ -855,7 +870,7 @@ export async function initRandom(opts: InitRandomOptions): Promise<InitRandomRes
 
   let agree: Agreement | undefined;
   if (draftAgreement !== undefined) {
-    const plan = agreementPlanOf(ordinaryTokens(tokJson), config.vocab_size, draftAgreement, seed);
+    const plan = agreementPlanOf(textTokens(tokJson), config.vocab_size, draftAgreement, seed);
     agree = { plan, rows: unitRows(config.vocab_size, config.hidden_size, streamSeed('agreement rows', seed)) };
   }
   const planned = plan(config, { fp8, mtp, seed, agree });
