@@ -8,7 +8,7 @@ import readline from 'node:readline';
 import { buildInfo, cpuFeatures, devices, native, threads } from './index.js';
 import { LongcatError } from './errors.js';
 import { loadModel, type GenerateOptions, type Model } from './generate.js';
-import { initRandom, type Preset } from './init-random.js';
+import { AGREEMENT_PRESETS, initRandom, type Preset } from './init-random.js';
 import { openCheckpoint, type LoadProgress } from './checkpoint.js';
 import type { UploadProgress } from './model/weights.js';
 import type { HostProgress, ModelMemory } from './model/load.js';
@@ -26,7 +26,9 @@ commands:
   chat --model DIR                       interactive chat (Ctrl+C stops an answer; twice quits)
   inspect DIR                            config, tensors, bytes, active parameters per token
   init-random --preset tiny|small|medium|lite --out DIR [--fp8] [--mtp] [--seed S]
-                                         write a random LongCat-Flash checkpoint (original layout)
+           [--draft-agreement F]         write a random LongCat-Flash checkpoint (original layout);
+                                         with --mtp, tiny|small|lite: greedy text follows a fixed
+                                         token cycle and the MTP drafts are accepted at rate F
   info [--json]                          backends, devices, CPU features and build flags
 `;
 
@@ -324,20 +326,28 @@ async function initRandomCmd(args: string[]) {
       fp8: { type: 'boolean' },
       mtp: { type: 'boolean' },
       seed: { type: 'string' },
+      'draft-agreement': { type: 'string' },
     },
   });
   if (!v.out) throw new UsageError('init-random: --out DIR is required');
   const preset = (v.preset ?? 'tiny') as Preset;
   if (!['tiny', 'small', 'medium', 'lite'].includes(preset))
     throw new UsageError(`init-random: unknown preset '${preset}' (tiny, small, medium or lite)`);
+  const draftAgreement = num(v['draft-agreement'], 'draft-agreement', { min: 0, max: 1 });
+  if (draftAgreement !== undefined && !v.mtp) throw new UsageError('init-random: --draft-agreement needs --mtp');
+  if (draftAgreement !== undefined && !AGREEMENT_PRESETS.includes(preset))
+    throw new UsageError(`init-random: --draft-agreement needs --preset ${AGREEMENT_PRESETS.join('|')}, not '${preset}'`);
   const r = await initRandom({
     preset,
     out: v.out,
     fp8: v.fp8,
     mtp: v.mtp,
     seed: num(v.seed, 'seed', { integer: true, min: 0 }),
+    draftAgreement,
   });
   console.log(`wrote ${r.tensorCount} tensors, ${formatBytes(r.totalBytes)} in ${r.files.length} files to ${r.dir}`);
+  if (r.draftAcceptance !== undefined)
+    console.log(`greedy speculative decoding (one draft token) accepts ${r.draftAcceptance.toFixed(4)} of the MTP drafts`);
 }
 
 async function main(argv: string[]) {

@@ -8,9 +8,14 @@
 // so activations stay O(1). The router classifier is normal(0, 1/sqrt(hidden)) and the correction
 // bias small, so routing is close to uniform over FFN + zero experts: zero experts take about
 // zero/(routed + zero) of the slots (1/3 in every preset).
+//
+// `draftAgreement` (with `mtp`) writes a model whose MTP drafts are accepted at a known rate
+// instead (draftAgreementPlan below): the same tensors, the same random attention and routing,
+// but embeddings, lm_head and MTP input chosen so that the greedy next token is a fixed function of
+// the current one and the MTP head repeats it one step ahead, wrong on a known set of tokens.
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { type LongcatConfig, parseConfig, requiredTensors } from './config.js';
+import { type LongcatConfig, MTP_PREFIX, parseConfig, requiredTensors } from './config.js';
 import { type TensorToWrite, writeSafetensors, SAFETENSORS_DTYPE_SIZE, type SafetensorsDType } from './safetensors.js';
 import { LONGCAT_CHAT_TEMPLATE } from './chat.js';
 import { f32ToBf16, f32ToFp8e4m3 } from './numeric.js';
@@ -27,6 +32,13 @@ export interface InitRandomOptions {
   fp8?: boolean;
   /** Add the MTP module (SPEC 2.2). */
   mtp?: boolean;
+  /**
+   * With `mtp` (presets tiny, small, lite): a model whose greedy next token is a fixed cycle P
+   * through the tokenizer's ordinary tokens and whose MTP draft (SPEC 6.1, one draft token) is
+   * accepted by greedy speculative decoding at this rate in [0, 1] (the closest rate the cycle
+   * allows, `InitRandomResult.draftAcceptance`; see draftAgreementPlan).
+   */
+  draftAgreement?: number;
   seed?: number;
   /** Overrides of config fields (tests: a different vocab, layer count, ...). */
   overrides?: Partial<Record<keyof LongcatConfig, unknown>>;
@@ -39,6 +51,8 @@ export interface InitRandomResult {
   files: string[];
   tensorCount: number;
   totalBytes: number;
+  /** With `draftAgreement`: the exact greedy acceptance rate of one lap of the cycle. */
+  draftAcceptance?: number;
 }
 
 /** Config fields of each preset (everything else: the LongCat-Flash-Chat values). */
@@ -194,6 +208,11 @@ function hash32(s: string): number {
   let h = 0x811c9dc5;
   for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 0x01000193);
   return h >>> 0;
+}
+
+/** The seed of the random stream named `label` (a tensor name, ...) of a checkpoint seeded `seed`. */
+function streamSeed(label: string, seed: number): number {
+  return (hash32(label) ^ Math.imul(seed >>> 0, 0x9e3779b1)) >>> 0;
 }
 
 /** xoshiro128** seeded through splitmix32; returns uint32. */
@@ -477,6 +496,247 @@ export function buildTokenizerConfig(tokenizerJson: Record<string, unknown>, max
   };
 }
 
+// ---- a model whose drafts are accepted (draftAgreement) ------------------------------------
+//
+// Construction: every token x has a random unit-rms row e_x (near-orthogonal in high dimension).
+// The embedding maps x to e_x; every block's output projection is scaled by AGREEMENT_OUTPUT_SCALE,
+// so the residual stream stays e_x plus a few percent of noise (the zero experts add multiples of
+// the normalised stream, which keep its direction); lm_head row P(x) is alpha e_x, so the logits
+// peak at P(x) whatever the context. The MTP head reads its own embedding table, row x = e_{S(x)},
+// through eh_proj = [I | small random] (embedding half first, SPEC 6.1), and its layer's outputs are
+// scaled like the main ones, so it drafts P(S(x)) for the pending token x: right exactly where
+// S(x) = x. Attention, dense MLPs, routing and FFN experts stay random and run; only their outputs
+// are small.
+//
+// Acceptance: greedy one-draft speculation (SPEC 6.3) with pending token x accepts iff S(x) = x and
+// then skips P(x) (committed as the draft) to pend P(P(x)). So the cycle is laid out in units: an
+// agreeing unit is [x, P(x)] with S(x) = x and S(P(x)) != P(x) (the skipped token, wrong, so that a
+// walk entering mid-unit realigns after one step), a disagreeing unit is [x] with S(x) != x. A walk
+// accepts once per agreeing unit and rejects once per disagreeing unit, so one lap accepts exactly
+// agreeing / (agreeing + disagreeing) of its drafts.
+
+/** Presets draftAgreement supports (the embedding rows are built whole in memory: vocab x hidden floats). */
+export const AGREEMENT_PRESETS: readonly Preset[] = ['tiny', 'small', 'lite'];
+/** Multiplier of the std of every block's output projection (o_proj, down_proj, N-gram post_projs). */
+const AGREEMENT_OUTPUT_SCALE = 1 / 32;
+/** The greedy token's logit: lm_head rows are (this / hidden_size) e_x, and hf . e_x ~ hidden_size. */
+const AGREEMENT_LOGIT = 32;
+/** lm_head rows of tokens off the cycle: independent random rows this much smaller, so they never win. */
+const AGREEMENT_OFF_CYCLE = 0.1;
+
+export interface DraftAgreementPlan {
+  /** The tokenizer's ordinary tokens that are whole text (textTokens) in cycle order. */
+  cycle: Int32Array;
+  /** next[x] = P(x), the main model's greedy token after x (cycle[i] -> cycle[i + 1]); -1 off the cycle. */
+  next: Int32Array;
+  /**
+   * draftSource[x] = S(x): the MTP head drafts next[draftSource[x]] for the pending token x, so
+   * the draft is right exactly where draftSource[x] = x; -1 off the cycle.
+   */
+  draftSource: Int32Array;
+  /** Greedy one-draft acceptance over one lap: accepted / (accepted + rejected) drafts. */
+  acceptance: number;
+}
+
+/**
+ * The tokenizer's ordinary tokens that are whole text by themselves, ascending: no special token, no
+ * byte that is only part of a UTF-8 character, no control character but the newline. Greedy text of
+ * an agreeing model is made of them only, so it decodes token by token without U+FFFD.
+ */
+function textTokens(tokenizerJson: Record<string, unknown>): number[] {
+  const special = new Set((tokenizerJson.added_tokens as { id: number }[]).map(t => t.id));
+  const vocab = (tokenizerJson.model as { vocab: Record<string, number> }).vocab;
+  const byteOf = new Map(byteToUnicode().map((ch, b) => [ch, b]));
+  const utf8 = new TextDecoder('utf-8', { fatal: true });
+  const isText = (token: string) => {
+    try {
+      // biome-ignore lint/suspicious/noControlCharactersInRegex: the control characters are what it looks for
+      return !/[\u0000-\u0009\u000b-\u001f\u007f]/.test(utf8.decode(Uint8Array.from(token, ch => byteOf.get(ch)!)));
+    } catch {
+      return false;
+    }
+  };
+  return Object.entries(vocab)
+    .filter(([token, id]) => !special.has(id) && isText(token))
+    .map(([, id]) => id)
+    .sort((a, b) => a - b);
+}
+
+function agreementPlanOf(ordinary: readonly number[], vocabSize: number, agreement: number, seed: number): DraftAgreementPlan {
+  const next32 = rng32(streamSeed('draft agreement', seed));
+  const cycle = Int32Array.from(ordinary);
+  for (let i = cycle.length - 1; i > 0; i--) {
+    const j = next32() % (i + 1);
+    [cycle[i], cycle[j]] = [cycle[j]!, cycle[i]!];
+  }
+  const N = cycle.length;
+  const next = new Int32Array(vocabSize).fill(-1);
+  const draftSource = new Int32Array(vocabSize).fill(-1);
+  for (let i = 0; i < N; i++) next[cycle[i]!] = cycle[(i + 1) % N]!;
+  // Agreeing units a (2 tokens each) and disagreeing units N - 2a >= 1: rate a / (N - a); or every
+  // token right (rate 1). The closest rate to `agreement` wins, the lower one on a tie.
+  const miss = (a: number) => Math.abs(a / (N - a) - agreement);
+  const most = Math.floor((N - 1) / 2);
+  let agreeing = 0;
+  for (const a of [Math.floor((agreement * N) / (1 + agreement)), Math.ceil((agreement * N) / (1 + agreement))])
+    if (miss(Math.min(a, most)) < miss(agreeing)) agreeing = Math.min(a, most);
+  if (1 - agreement < miss(agreeing)) {
+    for (const x of cycle) draftSource[x] = x;
+    return { cycle, next, draftSource, acceptance: 1 };
+  }
+  // Agreeing units spread evenly over the M units (Bresenham); a wrong draft reads P(x)'s row.
+  const M = N - agreeing;
+  for (let k = 0, pos = 0; k < M; k++) {
+    const x = cycle[pos]!;
+    if (Math.floor(((k + 1) * agreeing) / M) > Math.floor((k * agreeing) / M)) {
+      draftSource[x] = x;
+      draftSource[cycle[pos + 1]!] = next[cycle[pos + 1]!]!;
+      pos += 2;
+    } else {
+      draftSource[x] = next[x]!;
+      pos += 1;
+    }
+  }
+  return { cycle, next, draftSource, acceptance: agreeing / M };
+}
+
+/** Checks `draftAgreement` and the options it needs (typed ArgumentError naming the problem). */
+function checkDraftAgreement(opts: InitRandomOptions, mtp: boolean): number {
+  const a = opts.draftAgreement!;
+  if (typeof a !== 'number' || !Number.isFinite(a) || a < 0 || a > 1)
+    throw new ArgumentError('E_ARGUMENT', `init-random: draftAgreement must be a number in [0, 1], got ${String(a)}`);
+  if (!mtp) throw new ArgumentError('E_ARGUMENT', 'init-random: draftAgreement needs the MTP module (mtp: true)');
+  if (!AGREEMENT_PRESETS.includes(opts.preset))
+    throw new ArgumentError(
+      'E_ARGUMENT',
+      `init-random: draftAgreement is available for the presets ${AGREEMENT_PRESETS.join(', ')}, not '${opts.preset}'`,
+    );
+  return a;
+}
+
+/**
+ * The cycle and draft map of the checkpoint initRandom writes with these options and
+ * `draftAgreement` (the same checks), without writing it: what tests and benchmarks expect of it.
+ */
+export function draftAgreementPlan(
+  opts: Pick<InitRandomOptions, 'preset' | 'seed' | 'overrides' | 'draftAgreement'>,
+): DraftAgreementPlan {
+  const a = checkDraftAgreement({ ...opts, out: '' }, true);
+  const json = { ...presetConfigJson(opts.preset, { mtp: true }), ...(opts.overrides ?? {}) };
+  const config = parseConfig(json, 'config.json');
+  const tok = buildTokenizerJson(Math.min(config.vocab_size, 4096));
+  return agreementPlanOf(textTokens(tok), config.vocab_size, a, opts.seed ?? 0);
+}
+
+/** What plan() needs for an agreeing model: the plan and the rows e_x [vocab, hidden] (unit rms). */
+interface Agreement {
+  plan: DraftAgreementPlan;
+  rows: Float32Array;
+}
+
+/** `n` unit-rms random rows of width `H` from `seed`. */
+function unitRows(n: number, H: number, seed: number): Float32Array {
+  const q = quantiles();
+  const next = rng32(seed);
+  const rows = new Float32Array(n * H);
+  for (let r = 0; r < n; r++) {
+    let ss = 0;
+    for (let i = 0; i < H; i++) {
+      const v = q[next() & 0xffff]!;
+      rows[r * H + i] = v;
+      ss += v * v;
+    }
+    const k = 1 / Math.sqrt(ss / H);
+    for (let i = 0; i < H; i++) rows[r * H + i]! *= k;
+  }
+  return rows;
+}
+
+function bf16Bytes(f: Float32Array): Uint8Array {
+  const u = new Uint16Array(f.length);
+  for (let i = 0; i < f.length; i++) u[i] = f32ToBf16(f[i]!);
+  return new Uint8Array(u.buffer);
+}
+
+/** Block FP8 (SPEC 7.1) of a [n, k] matrix: e4m3 codes and per-block scale_inv = absmax / 448. */
+function fp8Blocks(
+  f: Float32Array,
+  n: number,
+  k: number,
+  [br, bc]: readonly [number, number],
+): { codes: Uint8Array; scales: Float32Array } {
+  const nb = Math.ceil(n / br),
+    kb = Math.ceil(k / bc);
+  const scales = new Float32Array(nb * kb);
+  for (let r = 0; r < n; r++)
+    for (let c = 0; c < k; c++) {
+      const b = Math.floor(r / br) * kb + Math.floor(c / bc);
+      scales[b] = Math.max(scales[b]!, Math.abs(f[r * k + c]!) / 448);
+    }
+  for (let b = 0; b < scales.length; b++) if (scales[b] === 0) scales[b] = 1;
+  const codes = new Uint8Array(n * k);
+  for (let r = 0; r < n; r++)
+    for (let c = 0; c < k; c++)
+      codes[r * k + c] = f32ToFp8e4m3(f[r * k + c]! / scales[Math.floor(r / br) * kb + Math.floor(c / bc)]!);
+  return { codes, scales };
+}
+
+/** A block's output projection (its std scaled in an agreeing model). */
+function isBlockOutput(name: string): boolean {
+  return /\.(o_proj|down_proj)\.weight(_scale_inv)?$/.test(name) || name.startsWith('model.ngram_embeddings.post_projs.');
+}
+
+/**
+ * The tensors an agreeing model writes differently from the random one (the rest: see plan), as
+ * float values [shape] (the caller encodes them), or null.
+ */
+function agreementValues(name: string, config: LongcatConfig, agree: Agreement, seed: number): Float32Array | null {
+  const H = config.hidden_size,
+    V = config.vocab_size;
+  const { plan, rows } = agree;
+  const rowOf = (f: Float32Array, dst: number, src: Float32Array, from: number, k: number) => {
+    for (let i = 0; i < H; i++) f[dst * H + i] = k * src[from * H + i]!;
+  };
+  switch (name) {
+    case 'model.embed_tokens.weight': {
+      // Lite averages the embedding with E projected N-gram rows (SPEC-LITE): rows x (E + 1) keep
+      // the stream at e_x, the (small) projections aside.
+      const k = config.ngram ? config.ngram.splitNum * (config.ngram.neighborNum - 1) + 1 : 1;
+      return k === 1 ? rows : rows.map(v => k * v);
+    }
+    case 'model.mtp.embed_tokens.weight': {
+      const f = new Float32Array(V * H);
+      for (let x = 0; x < V; x++) rowOf(f, x, rows, plan.draftSource[x]! >= 0 ? plan.draftSource[x]! : x, 1);
+      return f;
+    }
+    case 'lm_head.weight': {
+      const alpha = AGREEMENT_LOGIT / H;
+      const off = unitRows(V, H, seed);
+      const f = new Float32Array(V * H);
+      for (let y = 0; y < V; y++) rowOf(f, y, off, y, alpha * AGREEMENT_OFF_CYCLE);
+      for (const x of plan.cycle) rowOf(f, plan.next[x]!, rows, x, alpha);
+      return f;
+    }
+    case 'model.norm.weight':
+    case 'model.mtp.norm.weight':
+    case `${MTP_PREFIX}.enorm.m.weight`:
+    case `${MTP_PREFIX}.hnorm.m.weight`:
+      return new Float32Array(H).fill(1);
+    case `${MTP_PREFIX}.eh_proj.weight`: {
+      // [I | small random]: the draft follows the embedding half, the hidden half still counts.
+      const q = quantiles();
+      const next = rng32(seed);
+      const f = new Float32Array(H * 2 * H);
+      for (let r = 0; r < H; r++) {
+        f[r * 2 * H + r] = 1;
+        for (let c = H; c < 2 * H; c++) f[r * 2 * H + c] = (AGREEMENT_OUTPUT_SCALE / Math.sqrt(H)) * q[next() & 0xffff]!;
+      }
+      return f;
+    }
+  }
+  return null;
+}
+
 // ---- weights --------------------------------------------------------------------------------
 
 interface PlannedTensor {
@@ -487,18 +747,40 @@ interface PlannedTensor {
   make: () => Iterable<Uint8Array>;
 }
 
-function plan(config: LongcatConfig, opts: { fp8: boolean; mtp: boolean; seed: number }): PlannedTensor[] {
+function plan(config: LongcatConfig, opts: { fp8: boolean; mtp: boolean; seed: number; agree?: Agreement }): PlannedTensor[] {
   const req = requiredTensors(config, { fp8: opts.fp8, mtp: opts.mtp });
   const out: PlannedTensor[] = [];
   const H = config.hidden_size;
   const width = config.n_routed_experts + config.zero_expert_num;
+  const agree = opts.agree;
   for (const [name, spec] of req) {
-    const seed = (hash32(name) ^ Math.imul(opts.seed >>> 0, 0x9e3779b1)) >>> 0;
+    const seed = streamSeed(name, opts.seed);
     const shape = spec.shape;
     const n = shape.reduce((a, b) => a * b, 1);
     let dtype: SafetensorsDType;
     let make: () => Iterable<Uint8Array>;
     const gen = (tab: Uint16Array | Uint8Array | Float32Array) => () => fromTable(n, tab, rng32(seed));
+    const outScale = agree && isBlockOutput(name) ? AGREEMENT_OUTPUT_SCALE : 1;
+    const weightName = spec.role === 'scale' ? spec.scaleOf! : name;
+    const fixed = agree ? agreementValues(weightName, config, agree, streamSeed(weightName, opts.seed)) : null;
+    if (fixed) {
+      // Values the agreeing model sets: BF16, or block FP8 codes / scales of a quantized linear.
+      const w = req.get(weightName)!;
+      const blocks = () =>
+        fp8Blocks(fixed, w.shape[0]!, w.shape[1]!, config.quantization_config?.weight_block_size ?? [128, 128]);
+      if (spec.role === 'scale') {
+        dtype = 'F32';
+        make = () => [new Uint8Array(blocks().scales.buffer)];
+      } else if (spec.quantized) {
+        dtype = 'F8_E4M3';
+        make = () => [blocks().codes];
+      } else {
+        dtype = 'BF16';
+        make = () => [bf16Bytes(fixed)];
+      }
+      out.push({ name, dtype, shape, nbytes: n * SAFETENSORS_DTYPE_SIZE[dtype], make });
+      continue;
+    }
     switch (spec.role) {
       case 'embedding':
         dtype = 'BF16';
@@ -522,14 +804,14 @@ function plan(config: LongcatConfig, opts: { fp8: boolean; mtp: boolean; seed: n
           make = gen(table('fp8', 0, 1));
         } else {
           dtype = 'BF16';
-          make = gen(table('bf16', 0, 1 / Math.sqrt(shape[1]!)));
+          make = gen(table('bf16', 0, outScale / Math.sqrt(shape[1]!)));
         }
         break;
       case 'scale': {
         // scale_inv = std * top / 448 (undoes the fp8 table), times a per-block jitter in [0.75, 1.25).
         dtype = 'F32';
         const w = req.get(spec.scaleOf!)!;
-        const base = (1 / Math.sqrt(w.shape[1]!)) * (quantiles()[65535]! / 448);
+        const base = (outScale / Math.sqrt(w.shape[1]!)) * (quantiles()[65535]! / 448);
         make = () => {
           const next = rng32(seed);
           const f = new Float32Array(n);
@@ -554,9 +836,12 @@ export async function initRandom(opts: InitRandomOptions): Promise<InitRandomRes
   const mtp = opts.mtp ?? false;
   const seed = opts.seed ?? 0;
   if (!Number.isInteger(seed)) throw new ArgumentError('E_ARGUMENT', `init-random: seed must be an integer, got ${seed}`);
+  const draftAgreement = opts.draftAgreement === undefined ? undefined : checkDraftAgreement(opts, mtp);
   const json = { ...presetConfigJson(opts.preset, { fp8, mtp }), ...(opts.overrides ?? {}) };
   const dir = path.resolve(opts.out);
   const config = parseConfig(json, path.join(dir, 'config.json'));
+  if (draftAgreement !== undefined && config.tie_word_embeddings)
+    throw new ArgumentError('E_ARGUMENT', 'init-random: draftAgreement needs an lm_head of its own (tie_word_embeddings false)');
 
   await mkdir(dir, { recursive: true });
   const tokJson = buildTokenizerJson(Math.min(config.vocab_size, 4096), opts.preset === 'lite' ? LITE_EXTRA_SPLITS : []);
@@ -583,7 +868,12 @@ export async function initRandom(opts: InitRandomOptions): Promise<InitRandomRes
     )}\n`,
   );
 
-  const planned = plan(config, { fp8, mtp, seed });
+  let agree: Agreement | undefined;
+  if (draftAgreement !== undefined) {
+    const plan = agreementPlanOf(textTokens(tokJson), config.vocab_size, draftAgreement, seed);
+    agree = { plan, rows: unitRows(config.vocab_size, config.hidden_size, streamSeed('agreement rows', seed)) };
+  }
+  const planned = plan(config, { fp8, mtp, seed, agree });
   const totalBytes = planned.reduce((a, t) => a + t.nbytes, 0);
   // Lite's layout keeps the MTP module in model-auxiliary.safetensors, which the index does not list.
   const auxiliary = opts.preset === 'lite' ? planned.filter(t => t.name.startsWith('model.mtp.')) : [];
@@ -624,5 +914,5 @@ export async function initRandom(opts: InitRandomOptions): Promise<InitRandomRes
     path.join(dir, 'model.safetensors.index.json'),
     `${JSON.stringify({ metadata: { total_size: acc }, weight_map: weightMap }, null, 2)}\n`,
   );
-  return { dir, config, files, tensorCount: planned.length, totalBytes };
+  return { dir, config, files, tensorCount: planned.length, totalBytes, draftAcceptance: agree?.plan.acceptance };
 }

@@ -2,7 +2,7 @@
 // caught before any model is loaded; runtime errors exit 1; `chat` answers lines read from stdin.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { initRandom } from '../lib/init-random.js';
@@ -58,6 +58,23 @@ describe('longcat CLI error paths', () => {
       /unknown preset 'huge'/,
     );
     expect(run(['chat', '--model', missing, '--top-k', 'x']).status).toBe(2);
+  });
+
+  const badAgreement: [string[], RegExp][] = [
+    [['--mtp', '--draft-agreement', '1.5'], /--draft-agreement must be a number in \[0, 1\], got '1.5'/],
+    [['--mtp', '--draft-agreement', 'most'], /--draft-agreement must be a number in \[0, 1\], got 'most'/],
+    [['--draft-agreement', '0.5'], /--draft-agreement needs --mtp/],
+    [
+      ['--preset', 'medium', '--mtp', '--draft-agreement', '0.5'],
+      /--draft-agreement needs --preset tiny\|small\|lite, not 'medium'/,
+    ],
+  ];
+  it.each(badAgreement)('init-random %j: exits 2 naming the option, before writing anything', (args, message) => {
+    const out = path.join(tmpdir(), 'longcat-never-written');
+    const r = run(['init-random', '--out', out, ...args]);
+    expect(r.status, r.stderr).toBe(2);
+    expect(r.stderr).toMatch(message);
+    expect(existsSync(out)).toBe(false);
   });
 
   it('a runtime error (a missing checkpoint) exits 1', () => {

@@ -58,6 +58,12 @@ describe('longcat CLI', { timeout: 3 * RUN_LIMIT_MS }, () => {
     expect(info.stdout).toMatch(/block FP8/);
   });
 
+  it('init-random --mtp --draft-agreement F: prints the acceptance of the MTP drafts; inspect and generate run it', () => {
+    const { made, info } = initInspectGenerate(['--preset', 'tiny', '--mtp', '--draft-agreement', '0.9', '--seed', '3'], 6);
+    expect(made.stdout).toMatch(/greedy speculative decoding \(one draft token\) accepts 0\.(89|90)\d\d of the MTP drafts/);
+    expect(info.stdout).toMatch(/MTP present/);
+  });
+
   it('generate without --model runs a generated tiny model (the README main command)', () => {
     const gen = run('generate', '--prompt', 'The capital of France is', '--max-tokens', '4');
     expect(gen.status, gen.stderr).toBe(0);
