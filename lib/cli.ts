@@ -97,12 +97,13 @@ function progressBar(label: string) {
 
 /** The tiny model `generate` uses when no --model is given: generated once, then reused. */
 async function defaultModelDir(): Promise<string> {
-  const dir = path.join(tmpdir(), 'longcat-flash-tiny-v2'); // v2: with the MTP head (--speculative)
+  // v2: with an MTP head whose drafts are accepted 90% of the time, so --speculative shows its effect
+  const dir = path.join(tmpdir(), 'longcat-flash-tiny-v2');
   if (!existsSync(path.join(dir, 'model.safetensors.index.json'))) {
     process.stderr.write(`longcat: no --model given; writing a random tiny LongCat-Flash checkpoint to ${dir}\n`);
     // Written aside and renamed into place, so an interrupted run never leaves half a checkpoint.
     const tmp = `${dir}.tmp-${process.pid}`;
-    await initRandom({ preset: 'tiny', out: tmp, seed: 0, mtp: true });
+    await initRandom({ preset: 'tiny', out: tmp, seed: 0, mtp: true, draftAgreement: 0.9 });
     rmSync(dir, { recursive: true, force: true });
     try {
       renameSync(tmp, dir);
