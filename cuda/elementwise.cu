@@ -490,13 +490,15 @@ __global__ void __launch_bounds__(kSampleThreads)
         }
         break;
       }
+      // mass(d) is read before survivor_mass's barriers: after them a thread may go on to the next
+      // row, which rewrites zw
+      const unsigned long long md = d >= 0 && d < V ? sample_mass(zw[d], wscale) : 0ull;
       const unsigned long long total = survivor_mass(V, zw, -1, wscale, sh);
       if (j == k) {
         next = static_cast<int32_t>(
             draw(V, zw, -1, total, cpu::sample_uniform(p.seed, step, cpu::kUniformDraw), wscale, best.i, sh));
         break;
       }
-      const unsigned long long md = d >= 0 && d < V ? sample_mass(zw[d], wscale) : 0ull;
       unsigned long long target =
           static_cast<unsigned long long>(cpu::sample_uniform(p.seed, step, cpu::kUniformAccept) * static_cast<double>(total));
       if (target >= total) target = total - 1;

@@ -232,9 +232,10 @@ describe('sampleSpeculative (CPU)', () => {
         [first, q0, 'tokens[b, 0]'],
         [bonus, q1, 'bonus tokens[b, 1]'],
       ] as const) {
-        const { chi2, df } = chiSquare(counts, q);
+        const { chi2, df, outside } = chiSquare(counts, q);
+        expect(outside, `${what}: filtered tokens drawn as ${name}`).toBe(0);
         if (process.env.LC_DEBUG_CHI2) console.log(what, name, chi2, df);
-        if (df < 1) continue; // one survivor: chiSquare already checked nothing else was drawn
+        if (df < 1) continue; // one survivor: `outside` checked nothing else was drawn
         if (name !== 'tokens[b, 0]' && acc < 1000) continue; // too few bonus draws (the binomial bound covered acc)
         expect(chi2, `${what}: chi2 of ${name} (df ${df})`).toBeLessThan(df + 6 * Math.sqrt(2 * df) + 10);
       }

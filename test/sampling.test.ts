@@ -123,7 +123,8 @@ describe('sample', () => {
     for (const [row, p] of cases) {
       const q = filtered(row, p);
       const counts = histogram(row, p, 2024, 20000);
-      const { chi2, df } = chiSquare(counts, q);
+      const { chi2, df, outside } = chiSquare(counts, q);
+      expect(outside, `filtered tokens drawn under ${JSON.stringify(p)}`).toBe(0);
       if (process.env.LC_DEBUG_CHI2) console.log(JSON.stringify(p), chi2, df);
       // Loose bound (mean df, sd sqrt(2 df)); the seed is fixed, so the test is deterministic.
       expect(chi2, `chi2 for ${JSON.stringify(p)} (df ${df})`).toBeLessThan(df + 6 * Math.sqrt(2 * df) + 10);
