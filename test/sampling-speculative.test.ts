@@ -371,7 +371,7 @@ describe('selectAccepted (CPU)', () => {
       [1, 1],
       [3, 2],
       [5, 4],
-    ]) {
+    ] as const) {
       const cand = Array.from({ length: B * R }, (_, i) => 1000 + i);
       const acc = Array.from({ length: B }, (_, b) => [0, R - 1, -5, R + 3, Math.min(1, R - 1)][b % 5]!);
       const out = poisoned([B]);
