@@ -218,16 +218,6 @@ __global__ void softmax_kernel(int64_t V, const float* x, float* y) {
 // survivor (topK = 1) are exact; given the seed, GPU results are reproducible run to run.
 constexpr int kSampleThreads = 512;
 
-__device__ __forceinline__ uint64_t splitmix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
-__device__ __forceinline__ double sample_uniform_dev(uint64_t seed, uint64_t step, uint64_t row) {
-  const uint64_t x = splitmix64(splitmix64(splitmix64(seed) ^ step) ^ row);
-  return static_cast<double>(x >> 11) * (1.0 / 9007199254740992.0);
-}
 __device__ __forceinline__ uint32_t order_key(float z) {
   const uint32_t u = __float_as_uint(z);
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
@@ -318,111 +308,229 @@ __device__ int64_t find_cum_exceeding(int64_t V, unsigned long long target, Weig
   return r;
 }
 
+__device__ __forceinline__ unsigned long long sample_mass(float w, double wscale) {
+  return w >= 0.0f ? __double2ull_rn(static_cast<double>(w) * wscale) : 0ull;
+}
+
+// Stages A-D for one row: zw[j] = the weight of token j if it survives the filters, -1 if not.
+// Returns the argmax of z; when its value is -inf or +inf the row's only survivor is
+// degenerate_token(best) and zw is left partly written.
+__device__ ArgBest filter_row(const float* __restrict__ l, int64_t V, double temp, int64_t top_k, float top_p, float min_p,
+                              double wscale, float* __restrict__ zw, SampleShared& sh) {
+  auto mass = [&](float w) { return sample_mass(w, wscale); };
+  // A. z and its argmax.
+  ArgBest best{-INFINITY, INT32_MAX};
+  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
+    const float v = l[j];
+    float z = isnan(v) ? -INFINITY : static_cast<float>(static_cast<double>(v) / temp);
+    if (z == 0.0f) z = 0.0f;  // -0 and +0 are one value for the ordering
+    zw[j] = z;
+    if (z > best.v) best = {z, static_cast<int32_t>(j)};
+  }
+  best = util::block_argbest(best, sh.ab);  // its barriers also publish zw
+  const float zmax = best.v;
+  if (!(zmax > -INFINITY) || isinf(zmax)) return best;
+  // B. top-k threshold.
+  uint32_t tau = 0;
+  int64_t idcut = V;
+  if (top_k > 0 && top_k < V) {
+    unsigned long long above;
+    tau = radix_boundary(
+        V, static_cast<unsigned long long>(top_k),
+        [&](int64_t j, uint32_t& key, unsigned long long& m) {
+          key = order_key(zw[j]);
+          m = 1;
+          return true;
+        },
+        sh, &above);
+    const unsigned long long need_eq = static_cast<unsigned long long>(top_k) - above;  // >= 1
+    idcut = find_cum_exceeding(
+        V, need_eq - 1, [&](int64_t j) -> unsigned long long { return order_key(zw[j]) == tau; }, V, sh);
+  }
+  // C. weights, min-p. Each thread rewrites only its own indices (read before write).
+  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
+    const float z = zw[j];
+    const uint32_t key = order_key(z);
+    float w = -1.0f;
+    if (key > tau || (key == tau && j <= idcut)) {
+      w = expf(z - zmax);
+      if (min_p > 0.0f && w < min_p) w = -1.0f;
+    }
+    zw[j] = w;
+  }
+  __syncthreads();
+  // D. top-p nucleus.
+  if (top_p < 1.0f) {
+    unsigned long long s = 0;
+    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) s += mass(zw[j]);
+    const unsigned long long total = util::block_allreduce(s, util::Sum(), sh.scan);
+    unsigned long long need = static_cast<unsigned long long>(ceil(static_cast<double>(top_p) * static_cast<double>(total)));
+    if (need > total) need = total;
+    if (need < 1) need = 1;
+    unsigned long long above;
+    const uint32_t wb = radix_boundary(
+        V, need,
+        [&](int64_t j, uint32_t& key, unsigned long long& m) {
+          const float w = zw[j];
+          key = __float_as_uint(w);
+          m = mass(w);
+          return w >= 0.0f;
+        },
+        sh, &above);
+    const unsigned long long wbm = mass(__uint_as_float(wb));
+    const unsigned long long c = wbm > 0 ? (need - above + wbm - 1) / wbm : 1ull;  // wbm > 0 by construction
+    const int64_t pcut = find_cum_exceeding(
+        V, c - 1,
+        [&](int64_t j) -> unsigned long long {
+          const float w = zw[j];
+          return w >= 0.0f && __float_as_uint(w) == wb;
+        },
+        V, sh);
+    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
+      const float w = zw[j];
+      if (w >= 0.0f) {
+        const uint32_t u = __float_as_uint(w);
+        if (!(u > wb || (u == wb && j <= pcut))) zw[j] = -1.0f;
+      }
+    }
+    __syncthreads();
+  }
+  return best;
+}
+__device__ __forceinline__ bool is_degenerate(ArgBest best) { return !(best.v > -INFINITY) || isinf(best.v); }
+__device__ __forceinline__ int32_t degenerate_token(ArgBest best) { return best.v > -INFINITY ? best.i : 0; }
+
+// The total survivor mass of a filtered row, token `skip` (-1: none) counted as 0.
+__device__ unsigned long long survivor_mass(int64_t V, const float* zw, int64_t skip, double wscale, SampleShared& sh) {
+  unsigned long long s = 0;
+  for (int64_t j = threadIdx.x; j < V; j += blockDim.x)
+    if (j != skip) s += sample_mass(zw[j], wscale);
+  return util::block_allreduce(s, util::Sum(), sh.scan);
+}
+
+// Stage E: target = floor(u * total); the first survivor in ascending id order whose cumulative
+// mass exceeds it, token `skip` weighing 0. total > 0 (the sum survivor_mass gave).
+__device__ int64_t draw(int64_t V, const float* zw, int64_t skip, unsigned long long total, double u, double wscale,
+                        int64_t fallback, SampleShared& sh) {
+  unsigned long long target = static_cast<unsigned long long>(u * static_cast<double>(total));
+  if (target >= total) target = total - 1;
+  return find_cum_exceeding(
+      V, target, [&](int64_t j) { return j == skip ? 0ull : sample_mass(zw[j], wscale); }, fallback, sh);
+}
+
 __global__ void __launch_bounds__(kSampleThreads)
     sample_kernel(int64_t rows, int64_t V, const float* __restrict__ logits, double temp, int64_t top_k, float top_p, float min_p,
                   uint64_t seed, uint64_t step, int mass_shift, int32_t* __restrict__ ids, float* __restrict__ ws) {
   __shared__ SampleShared sh;
   float* zw = ws + static_cast<int64_t>(blockIdx.x) * V;
   const double wscale = ldexp(1.0, mass_shift);
-  auto mass = [&](float w) -> unsigned long long { return w >= 0.0f ? __double2ull_rn(static_cast<double>(w) * wscale) : 0ull; };
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
-    const float* l = logits + r * V;
-    // A. z and its argmax.
-    ArgBest best{-INFINITY, INT32_MAX};
-    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
-      const float v = l[j];
-      float z = isnan(v) ? -INFINITY : static_cast<float>(static_cast<double>(v) / temp);
-      if (z == 0.0f) z = 0.0f;  // -0 and +0 are one value for the ordering
-      zw[j] = z;
-      if (z > best.v) best = {z, static_cast<int32_t>(j)};
-    }
-    best = util::block_argbest(best, sh.ab);  // its barriers also publish zw
-    const float zmax = best.v;
-    if (!(zmax > -INFINITY) || isinf(zmax)) {
-      if (threadIdx.x == 0) ids[r] = zmax > -INFINITY ? best.i : 0;
+    const ArgBest best = filter_row(logits + r * V, V, temp, top_k, top_p, min_p, wscale, zw, sh);
+    if (is_degenerate(best)) {
+      if (threadIdx.x == 0) ids[r] = degenerate_token(best);
       __syncthreads();
       continue;
     }
-    // B. top-k threshold.
-    uint32_t tau = 0;
-    int64_t idcut = V;
-    if (top_k > 0 && top_k < V) {
-      unsigned long long above;
-      tau = radix_boundary(
-          V, static_cast<unsigned long long>(top_k),
-          [&](int64_t j, uint32_t& key, unsigned long long& m) {
-            key = order_key(zw[j]);
-            m = 1;
-            return true;
-          },
-          sh, &above);
-      const unsigned long long need_eq = static_cast<unsigned long long>(top_k) - above;  // >= 1
-      idcut = find_cum_exceeding(
-          V, need_eq - 1, [&](int64_t j) -> unsigned long long { return order_key(zw[j]) == tau; }, V, sh);
-    }
-    // C. weights, min-p. Each thread rewrites only its own indices (read before write).
-    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
-      const float z = zw[j];
-      const uint32_t key = order_key(z);
-      float w = -1.0f;
-      if (key > tau || (key == tau && j <= idcut)) {
-        w = expf(z - zmax);
-        if (min_p > 0.0f && w < min_p) w = -1.0f;
-      }
-      zw[j] = w;
-    }
-    __syncthreads();
-    // D. top-p nucleus.
-    if (top_p < 1.0f) {
-      unsigned long long s = 0;
-      for (int64_t j = threadIdx.x; j < V; j += blockDim.x) s += mass(zw[j]);
-      const unsigned long long total = util::block_allreduce(s, util::Sum(), sh.scan);
-      unsigned long long need = static_cast<unsigned long long>(ceil(static_cast<double>(top_p) * static_cast<double>(total)));
-      if (need > total) need = total;
-      if (need < 1) need = 1;
-      unsigned long long above;
-      const uint32_t wb = radix_boundary(
-          V, need,
-          [&](int64_t j, uint32_t& key, unsigned long long& m) {
-            const float w = zw[j];
-            key = __float_as_uint(w);
-            m = mass(w);
-            return w >= 0.0f;
-          },
-          sh, &above);
-      const unsigned long long wbm = mass(__uint_as_float(wb));
-      const unsigned long long c = wbm > 0 ? (need - above + wbm - 1) / wbm : 1ull;  // wbm > 0 by construction
-      const int64_t pcut = find_cum_exceeding(
-          V, c - 1,
-          [&](int64_t j) -> unsigned long long {
-            const float w = zw[j];
-            return w >= 0.0f && __float_as_uint(w) == wb;
-          },
-          V, sh);
-      for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
-        const float w = zw[j];
-        if (w >= 0.0f) {
-          const uint32_t u = __float_as_uint(w);
-          if (!(u > wb || (u == wb && j <= pcut))) zw[j] = -1.0f;
-        }
-      }
-      __syncthreads();
-    }
-    // E. draw.
-    unsigned long long s = 0;
-    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) s += mass(zw[j]);
-    const unsigned long long total = util::block_allreduce(s, util::Sum(), sh.scan);  // >= mass(1) > 0
-    const double u = sample_uniform_dev(seed, step, static_cast<uint64_t>(r));
-    unsigned long long target = static_cast<unsigned long long>(u * static_cast<double>(total));
-    if (target >= total) target = total - 1;
-    const int64_t tok = find_cum_exceeding(
-        V, target, [&](int64_t j) { return mass(zw[j]); }, best.i, sh);
+    const unsigned long long total = survivor_mass(V, zw, -1, wscale, sh);  // >= mass(1) > 0
+    const int64_t tok = draw(V, zw, -1, total, cpu::sample_uniform(seed, step, static_cast<uint64_t>(r)), wscale, best.i, sh);
     if (threadIdx.x == 0) ids[r] = static_cast<int32_t>(tok);
     __syncthreads();  // the next row rewrites zw
   }
 }
 
+// ---- sampleSpeculative ----------------------------------------------------------------------------
+// One block per sequence (sequences beyond the workspace's slots are taken in turn), its rows in
+// order until the first rejected draft: greedy rows by row_argmax (bit-exact with the CPU), sampled
+// rows by filter_row and integer masses: accept d iff floor(u_A * total) < mass(d) (the draw's
+// convention with d's mass placed first: probability mass(d) / total), the correction by draw()
+// with d's mass 0, the bonus token by draw() as sample_kernel draws a one-row call. Every branch
+// is decided from block-wide reductions, so the whole block takes it together.
+// Parameters are not validated on the GPU (a kernel cannot raise E_ARGUMENT); they are clamped so
+// that any bit pattern gives a defined result (see elementwise.h).
+__device__ __forceinline__ cpu::SampleParams clamp_speculative_params(cpu::SampleParams p) {
+  if (!(p.temperature > 0.0f) || isinf(p.temperature)) p.temperature = 0.0f;  // NaN, <= 0, +inf: greedy
+  if (p.top_k < 0) p.top_k = 0;
+  if (!(p.top_p < 1.0f)) p.top_p = 1.0f;  // NaN too: off
+  if (p.top_p < 0.0f) p.top_p = 0.0f;     // 0 keeps the top token (need >= 1)
+  if (!(p.min_p > 0.0f)) p.min_p = 0.0f;  // NaN too: off
+  if (p.min_p > 1.0f) p.min_p = 1.0f;     // the top token (weight 1) always survives
+  return p;
+}
+
+__global__ void __launch_bounds__(kSampleThreads)
+    sample_speculative_kernel(int64_t B, int64_t k, int64_t V, const float* __restrict__ logits,
+                              const int32_t* __restrict__ drafts, const int32_t* __restrict__ positions,
+                              const int32_t* __restrict__ params, int mass_shift, int32_t* __restrict__ tokens,
+                              int32_t* __restrict__ accepted, float* __restrict__ ws) {
+  __shared__ SampleShared sh;
+  float* zw = ws + static_cast<int64_t>(blockIdx.x) * V;
+  const double wscale = ldexp(1.0, mass_shift);
+  const int64_t R = k + 1;
+  for (int64_t b = blockIdx.x; b < B; b += gridDim.x) {
+    const cpu::SampleParams p = clamp_speculative_params(cpu::decode_speculative_params(params + b * cpu::kSpeculativeParams));
+    const bool greedy = !(p.temperature > 0.0f);
+    int32_t a = 0, next = 0;
+    for (int64_t j = 0; j <= k; ++j) {
+      const float* l = logits + (b * R + j) * V;
+      const uint64_t step = static_cast<uint64_t>(static_cast<int64_t>(positions[b * R + j])) + 1;
+      const int64_t d = j < k ? drafts[b * k + j] : -1;  // may be out of range: then never accepted
+      int32_t top = -1;                                  // the row's only survivor, if it has one
+      ArgBest best{};
+      if (greedy) {
+        top = row_argmax(l, V, sh.ab);
+      } else {
+        best = filter_row(l, V, static_cast<double>(p.temperature), p.top_k, p.top_p, p.min_p, wscale, zw, sh);
+        if (is_degenerate(best)) top = degenerate_token(best);
+      }
+      if (top >= 0) {
+        next = top;
+        if (j < k && d == top) {
+          ++a;
+          continue;
+        }
+        break;
+      }
+      // mass(d) is read before survivor_mass's barriers: after them a thread may go on to the next
+      // row, which rewrites zw
+      const unsigned long long md = d >= 0 && d < V ? sample_mass(zw[d], wscale) : 0ull;
+      const unsigned long long total = survivor_mass(V, zw, -1, wscale, sh);
+      if (j == k) {
+        next = static_cast<int32_t>(
+            draw(V, zw, -1, total, cpu::sample_uniform(p.seed, step, cpu::kUniformDraw), wscale, best.i, sh));
+        break;
+      }
+      unsigned long long target =
+          static_cast<unsigned long long>(cpu::sample_uniform(p.seed, step, cpu::kUniformAccept) * static_cast<double>(total));
+      if (target >= total) target = total - 1;
+      if (target < md) {
+        ++a;
+        continue;
+      }
+      // rejected: target >= md, so total - md > target - md >= 0 is the mass of the others
+      next = static_cast<int32_t>(
+          draw(V, zw, d, total - md, cpu::sample_uniform(p.seed, step, cpu::kUniformResidual), wscale, best.i, sh));
+      break;
+    }
+    for (int64_t j = threadIdx.x; j < R; j += blockDim.x) tokens[b * R + j] = j < a ? drafts[b * k + j] : next;
+    if (threadIdx.x == 0) accepted[b] = a;
+    __syncthreads();  // the next sequence rewrites zw
+  }
+}
+
+__global__ void select_accepted_kernel(int64_t B, int64_t k, const int32_t* __restrict__ candidates,
+                                       const int32_t* __restrict__ accepted, int32_t* __restrict__ out) {
+  const int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (b < B) out[b] = candidates[b * (k + 1) + cpu::clamp_accepted(accepted[b], k)];
+}
+
 constexpr int64_t kSampleMaxSlots = 64;
+
+// The scale 2^shift of the integer masses: V * 2^shift < 2^63, so sums of V masses <= 1 fit.
+int mass_shift_for(int64_t V) {
+  int bits = 0;
+  while (bits < 63 && (int64_t{1} << bits) <= V) ++bits;  // V < 2^bits
+  return 63 - bits;
+}
 
 }  // namespace
 
@@ -514,12 +622,30 @@ void sample(int64_t rows, int64_t V, const float* logits, const cpu::SampleParam
   if (slots < 1)
     fail(Code::E_ARGUMENT, "sample: the CUDA workspace (%lld bytes) cannot hold one row of %lld logits",
          static_cast<long long>(workspace_bytes), static_cast<long long>(V));
-  int bits = 0;
-  while (bits < 63 && (int64_t{1} << bits) <= V) ++bits;  // V < 2^bits
-  const int shift = 63 - bits;                            // V * 2^shift < 2^63
   sample_kernel<<<static_cast<unsigned>(slots), kSampleThreads, 0, s>>>(rows, V, logits, static_cast<double>(p.temperature),
-                                                                        p.top_k, p.top_p, p.min_p, p.seed, p.step, shift, ids,
-                                                                        static_cast<float*>(workspace));
+                                                                        p.top_k, p.top_p, p.min_p, p.seed, p.step,
+                                                                        mass_shift_for(V), ids, static_cast<float*>(workspace));
+}
+
+int64_t sample_speculative_workspace_bytes(int64_t B, int64_t V) { return std::min(B, kSampleMaxSlots) * V * 4; }
+
+void sample_speculative(int64_t B, int64_t k, int64_t V, const float* logits, const int32_t* drafts, const int32_t* positions,
+                        const int32_t* params, int32_t* tokens, int32_t* accepted, void* workspace, int64_t workspace_bytes,
+                        void* stream) {
+  if (B <= 0) return;
+  const int64_t slots = std::min(B, workspace_bytes / (4 * V));
+  if (slots < 1)
+    fail(Code::E_ARGUMENT, "sampleSpeculative: the CUDA workspace (%lld bytes) cannot hold one row of %lld logits",
+         static_cast<long long>(workspace_bytes), static_cast<long long>(V));
+  sample_speculative_kernel<<<static_cast<unsigned>(slots), kSampleThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+      B, k, V, logits, drafts, positions, params, mass_shift_for(V), tokens, accepted, static_cast<float*>(workspace));
+}
+
+void select_accepted(int64_t B, int64_t k, const int32_t* candidates, const int32_t* accepted, int32_t* out, void* stream) {
+  if (B <= 0) return;
+  constexpr int kThreads = 128;
+  select_accepted_kernel<<<static_cast<unsigned>((B + kThreads - 1) / kThreads), kThreads, 0,
+                           static_cast<cudaStream_t>(stream)>>>(B, k, candidates, accepted, out);
 }
 
 }  // namespace lc::gpu

@@ -32,4 +32,20 @@ int64_t sample_workspace_bytes(int64_t rows, int64_t V);
 void sample(int64_t rows, int64_t V, const float* logits, const cpu::SampleParams& p, int32_t* ids, void* workspace,
             int64_t workspace_bytes, void* stream);
 
+// Bytes of workspace gpu::sample_speculative needs to run all B sequences in parallel (with less,
+// sequences take turns; one sequence needs 4 V bytes).
+int64_t sample_speculative_workspace_bytes(int64_t B, int64_t V);
+// cpu::sample_speculative's rule, one block per sequence. Greedy sequences are bit-exact with the
+// CPU; sampled ones use gpu::sample's filters and integer masses (accept iff floor(u_A * total) <
+// mass(d)), so they follow the same distribution with the same uniforms but can pick other tokens
+// (see elementwise.cu). Inputs are not validated (a kernel cannot raise an error): a draft outside
+// [0, V) is never accepted, a negative position gives step = position + 1 modulo 2^64, and the
+// parameters are clamped: temperature NaN, <= 0 or +inf -> greedy; topK < 0 -> 0 (off); topP NaN
+// or >= 1 -> off, topP <= 0 keeps only the most likely token; minP NaN or <= 0 -> off, > 1 -> 1.
+void sample_speculative(int64_t B, int64_t k, int64_t V, const float* logits, const int32_t* drafts, const int32_t* positions,
+                        const int32_t* params, int32_t* tokens, int32_t* accepted, void* workspace, int64_t workspace_bytes,
+                        void* stream);
+// cpu::select_accepted (bit-exact).
+void select_accepted(int64_t B, int64_t k, const int32_t* candidates, const int32_t* accepted, int32_t* out, void* stream);
+
 }  // namespace lc::gpu

@@ -14,6 +14,7 @@ import { tensor, toArray, empty } from '../dist/tensor.js';
 import type { Tensor, DType } from '../dist/tensor.js';
 import type { Stream } from '../dist/device.js';
 import { rng, type Rng } from './rng.js';
+import { argmaxRef, speculativeParams, type SampleP } from './sampling-reference.js';
 import {
   arithmetic,
   dotBound,
@@ -642,6 +643,226 @@ for (const [topK, topP, minP] of [
     },
   });
 }
+// sampleSpeculative: greedy sequences and single-survivor ones (topK = 1 at any temperature) are
+// bit-exact between CPU and GPU; sampled ones get the same accept decisions (the same uniforms
+// against the same probabilities) but may draw other corrections (see cuda/elementwise.cu).
+const GREEDY: SampleP = { temperature: 0, topK: 0, topP: 1, minP: 0 };
+/** Drafts for rows of `host` [B * (k + 1), V]: per sequence all argmax (accepted), argmax then a
+ *  miss (partial), or a miss first (none); a miss is another token, `miss(row, top)`. */
+function speculativeDrafts(host: Float32Array, B: number, k: number, V: number, miss: (row: number, top: number) => number) {
+  const drafts: number[] = [];
+  for (let b = 0; b < B; b++)
+    for (let j = 0; j < k; j++) {
+      const row = b * (k + 1) + j,
+        top = argmaxRef(host.subarray(row * V, (row + 1) * V));
+      const hit = b % 3 === 0 || (b % 3 === 1 && j < k - 1);
+      drafts.push(hit ? top : miss(row, top));
+    }
+  return drafts;
+}
+for (const [B, k, V] of [
+  [1, 1, 7],
+  [5, 3, 1001],
+  [3, 2, 131072],
+] as const) {
+  const R = k + 1;
+  add({
+    name: `sampleSpeculative B=${B} k=${k} V=${V} greedy + topK=1`,
+    shapes: { B, k, V },
+    bytes: 4 * B * R * V,
+    make(device, r) {
+      const host = uniform(r, B * R * V, 5);
+      for (let row = 0; row < B * R; row++) {
+        // a tie at the top (the lower id wins) and a NaN (never wins)
+        const a = r.int(V),
+          b = r.int(V),
+          n = r.int(V);
+        host[row * V + a] = 6;
+        host[row * V + b] = 6;
+        if (n !== a && n !== b) host[row * V + n] = NaN;
+      }
+      const drafts = speculativeDrafts(host, B, k, V, (_row, top) => (top + 1 + r.int(V - 1)) % V);
+      const params = Array.from({ length: B }, (_, b) =>
+        speculativeParams(
+          b % 2 ? { temperature: 0.8, topK: 1, topP: b % 4 === 3 ? 0.5 : 1, minP: 0 } : GREEDY,
+          BigInt(b + 1) << 33n,
+        ),
+      );
+      const positions = Array.from({ length: B * R }, (_, i) => 50 + i);
+      const tokens = empty([B, R], { dtype: 'int32', device }),
+        accepted = empty([B], { dtype: 'int32', device });
+      const x = tensor(host, [B * R, V], { device }),
+        d = int32(drafts, [B, k], device),
+        pos = int32(positions, [B * R], device),
+        par = int32(params.flat(), [B, 6], device);
+      return { outs: [tokens, accepted], run: s => native.sampleSpeculative(s, tokens, accepted, x, d, pos, par) };
+    },
+  });
+}
+add({
+  name: 'sampleSpeculative B=6 k=3 V=131072 sampled (GPU: seeded repeat + rule check + the CPU accept counts)',
+  shapes: { B: 6, k: 3, V: 131072 },
+  gpuOnly: true,
+  bytes: 4 * 6 * 4 * 131072,
+  make(device, r) {
+    const B = 6,
+      k = 3,
+      R = k + 1,
+      V = 131072;
+    const ps: SampleP[] = [
+      { temperature: 1, topK: 0, topP: 1, minP: 0 },
+      { temperature: 0.9, topK: 50, topP: 1, minP: 0 },
+      { temperature: 1.2, topK: 0, topP: 0.9, minP: 0.05 },
+      { temperature: 0.7, topK: 5000, topP: 0.5, minP: 0 },
+      GREEDY,
+      { temperature: 1, topK: 50, topP: 0.95, minP: 0.01 },
+    ];
+    const host = uniform(r, B * R * V, 5);
+    // a hit is the argmax boosted far above the rest (p ~ 1: accepted); a miss ranks below 5000
+    // (outside every top-k here, and improbable elsewhere)
+    const drafts = speculativeDrafts(host, B, k, V, (row, top) => {
+      const l = host.subarray(row * V, (row + 1) * V);
+      let d = r.int(V);
+      while (l.reduce((n, v) => n + (v > l[d]! ? 1 : 0), 0) < 5000) d = r.int(V);
+      return d === top ? (d + 1) % V : d;
+    });
+    for (let b = 0; b < B; b++)
+      for (let j = 0; j < k; j++) {
+        const row = b * R + j,
+          d = drafts[b * k + j]!;
+        if (ps[b]!.temperature > 0 && d === argmaxRef(host.subarray(row * V, (row + 1) * V))) host[row * V + d] = 50;
+      }
+    const params = ps.map((p, b) => speculativeParams(p, 0x9e3779b97f4a7c15n ^ BigInt(b)));
+    const positions = Array.from({ length: B * R }, (_, i) => 1000 + (i % R) + 7 * Math.floor(i / R));
+    const inputs = (dev: string) => ({
+      x: tensor(host, [B * R, V], { device: dev }),
+      d: int32(drafts, [B, k], dev),
+      pos: int32(positions, [B * R], dev),
+      par: int32(params.flat(), [B, 6], dev),
+    });
+    const mine = inputs(device);
+    const outputs = (dev: string) => ({
+      tokens: empty([B, R], { dtype: 'int32', device: dev }),
+      accepted: empty([B], { dtype: 'int32', device: dev }),
+    });
+    const first = outputs(device),
+      again = outputs(device);
+    const run = (s: Stream | null, o: ReturnType<typeof outputs>, i: ReturnType<typeof inputs>) =>
+      native.sampleSpeculative(s, o.tokens, o.accepted, i.x, i.d, i.pos, i.par);
+    return {
+      outs: [first.tokens, first.accepted],
+      run: s => run(s, first, mine),
+      check(stream) {
+        run(stream, again, mine);
+        stream.synchronize();
+        const cpu = outputs('cpu');
+        run(null, cpu, inputs('cpu'));
+        const toks = toArray(first.tokens),
+          acc = toArray(first.accepted);
+        const cpuAcc = toArray(cpu.accepted);
+        let bad = 0;
+        if (toArray(again.tokens).some((t, i) => t !== toks[i]) || toArray(again.accepted).some((a, i) => a !== acc[i])) bad++;
+        for (let b = 0; b < B; b++) {
+          const a = acc[b]!,
+            p = ps[b]!;
+          if (a !== cpuAcc[b]) bad++;
+          if (!(a >= 0 && a <= k)) {
+            bad++;
+            continue;
+          }
+          for (let j = 0; j < R; j++) if (toks[b * R + j] !== (j < a ? drafts[b * k + j] : toks[b * R + a])) bad++;
+          const t = toks[b * R + a]!,
+            row = host.subarray((b * R + a) * V, (b * R + a + 1) * V);
+          if (!(t >= 0 && t < V)) {
+            bad++;
+            continue;
+          }
+          if (a < k && t === drafts[b * k + a]) bad++; // a correction is never the rejected draft
+          if (p.temperature === 0) {
+            if (t !== argmaxRef(row)) bad++;
+            continue;
+          }
+          let greater = 0,
+            mx = -Infinity;
+          for (let j = 0; j < V; j++) {
+            if (row[j]! > row[t]!) greater++;
+            mx = Math.max(mx, row[j]!);
+          }
+          if (p.topK > 0 && greater >= p.topK) bad++;
+          if (p.minP > 0 && Math.exp((row[t]! - mx) / p.temperature) < p.minP * (1 - 1e-5)) bad++;
+        }
+        return bad;
+      },
+    };
+  },
+});
+add({
+  name: 'sampleSpeculative B=6 k=2 V=1000 invalid values (GPU: clamped to greedy as documented, bad drafts rejected)',
+  shapes: { B: 6, k: 2, V: 1000 },
+  gpuOnly: true,
+  bytes: 4 * 6 * 3 * 1000,
+  make(device, r) {
+    const B = 6,
+      k = 2,
+      R = k + 1,
+      V = 1000;
+    // every one of these samples as greedy on the GPU: temperature NaN, < 0, +inf; minP > 1 (-> 1:
+    // only the top token has weight 1); topP < 0 (-> the top token only, topK < 0 off); topK < 0 at 0
+    const ps: SampleP[] = [
+      { ...GREEDY, temperature: NaN },
+      { ...GREEDY, temperature: -1 },
+      { ...GREEDY, temperature: Infinity },
+      { temperature: 1, topK: 0, topP: 1, minP: 2 },
+      { temperature: 1, topK: -5, topP: -1, minP: 0 },
+      { ...GREEDY, topK: -5 },
+    ];
+    const host = uniform(r, B * R * V, 5);
+    const tops = Array.from({ length: B * R }, (_, row) => argmaxRef(host.subarray(row * V, (row + 1) * V)));
+    // out-of-range drafts (never accepted) among argmax drafts; negative positions
+    const drafts = [tops[0]!, V + 3, -1, tops[4]!, tops[6]!, tops[7]!, tops[9]!, 2 ** 31 - 1, tops[12]!, tops[13]!, -7, 0];
+    const positions = Array.from({ length: B * R }, (_, i) => (i % 4 === 1 ? -5 - i : 20 + i));
+    const params = ps.map((p, b) => speculativeParams(p, BigInt(b)));
+    const x = tensor(host, [B * R, V], { device }),
+      d = int32(drafts, [B, k], device),
+      pos = int32(positions, [B * R], device),
+      par = int32(params.flat(), [B, 6], device);
+    const tokens = empty([B, R], { dtype: 'int32', device }),
+      accepted = empty([B], { dtype: 'int32', device });
+    return {
+      outs: [tokens, accepted],
+      run: s => native.sampleSpeculative(s, tokens, accepted, x, d, pos, par),
+      check() {
+        const toks = toArray(tokens),
+          acc = toArray(accepted);
+        let bad = 0;
+        for (let b = 0; b < B; b++) {
+          let a = 0;
+          while (a < k && drafts[b * k + a] === tops[b * R + a]) a++;
+          if (acc[b] !== a) bad++;
+          for (let j = 0; j < R; j++) if (toks[b * R + j] !== (j < a ? drafts[b * k + j] : tops[b * R + a])) bad++;
+        }
+        return bad;
+      },
+    };
+  },
+});
+add({
+  name: 'selectAccepted B=7 k=3',
+  shapes: { B: 7, k: 3 },
+  bytes: 4 * 7 * 6,
+  make(device, r) {
+    const B = 7,
+      R = 4;
+    const cand = int32(
+      Array.from({ length: B * R }, () => r.int(131072)),
+      [B, R],
+      device,
+    );
+    const acc = int32([0, 1, 2, 3, -1, 4, 2 ** 31 - 1], [B], device); // the last three are clamped
+    const out = empty([B], { dtype: 'int32', device });
+    return { outs: [out], run: s => native.selectAccepted(s, out, cand, acc) };
+  },
+});
 for (const [hd, off, rd, nh] of [
   [192, 128, 64, 16],
   [64, 0, 64, 1],

@@ -4,6 +4,7 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { native, tensor, toArray } from '../lib/index.js';
 import { rng, expectCode } from './helpers.js';
+import { chiSquare, filtered, type SampleP } from './sampling-reference.js';
 
 type Isa = 'scalar' | 'avx2' | 'avx512';
 const originalIsa = native.cpuFeatures().isa;
@@ -13,46 +14,13 @@ afterAll(() => {
   native.setThreads(originalThreads);
 });
 
-interface P {
-  temperature: number;
-  topK: number;
-  topP: number;
-  minP: number;
-}
+type P = SampleP;
 const P0: P = { temperature: 1, topK: 0, topP: 1, minP: 0 };
 
 function sample(logits: Float32Array, T: number, V: number, p: P, seed: number, step: number): Int32Array {
   const ids = tensor(new Array(T).fill(-1), [T], { dtype: 'int32' });
   native.sample(null, ids, tensor(logits, [T, V]), p.temperature, p.topK, p.topP, p.minP, seed, step);
   return toArray(ids) as Int32Array;
-}
-
-/** The filtered, renormalised distribution in float64, in the documented order. */
-function filtered(logits: ArrayLike<number>, p: P): Float64Array {
-  const V = logits.length;
-  const z = Array.from(logits, l => l / p.temperature);
-  const order = Array.from({ length: V }, (_, i) => i).sort((a, b) => z[b]! - z[a]! || a - b);
-  let keep = new Set(p.topK > 0 ? order.slice(0, p.topK) : order);
-  const zmax = z[order[0]!]!;
-  const w = z.map(v => Math.exp(v - zmax));
-  if (p.minP > 0) keep = new Set([...keep].filter(i => !(w[i]! < p.minP)));
-  if (p.topP < 1) {
-    const sorted = order.filter(i => keep.has(i));
-    const total = sorted.reduce((s, i) => s + w[i]!, 0);
-    let cum = 0;
-    const nk = new Set<number>();
-    for (const i of sorted) {
-      nk.add(i);
-      cum += w[i]!;
-      if (cum >= p.topP * total) break;
-    }
-    keep = nk;
-  }
-  const q = new Float64Array(V);
-  let s = 0;
-  for (const i of keep) s += w[i]!;
-  for (const i of keep) q[i] = w[i]! / s;
-  return q;
 }
 
 /** Draws `draws` tokens from one logits row: rows of one call, several calls (steps). */
@@ -64,22 +32,6 @@ function histogram(row: Float32Array, p: P, seed: number, draws: number, rowsPer
   for (let step = 0; step * rowsPerCall < draws; step++)
     for (const id of sample(logits, rowsPerCall, V, p, seed, step)) counts[id]! += 1;
   return counts;
-}
-
-function chiSquare(counts: Float64Array, q: Float64Array) {
-  const n = counts.reduce((a, b) => a + b, 0);
-  let chi2 = 0,
-    df = -1;
-  for (let i = 0; i < q.length; i++) {
-    if (q[i] === 0) {
-      expect(counts[i], `token ${i} was filtered out but drawn`).toBe(0);
-      continue;
-    }
-    const e = n * q[i]!;
-    chi2 += (counts[i]! - e) ** 2 / e;
-    df++;
-  }
-  return { chi2, df };
 }
 
 // p = [.30, .22, .15, .10, .08, .06, .04, .03, .015, .005]
@@ -171,7 +123,8 @@ describe('sample', () => {
     for (const [row, p] of cases) {
       const q = filtered(row, p);
       const counts = histogram(row, p, 2024, 20000);
-      const { chi2, df } = chiSquare(counts, q);
+      const { chi2, df, outside } = chiSquare(counts, q);
+      expect(outside, `filtered tokens drawn under ${JSON.stringify(p)}`).toBe(0);
       if (process.env.LC_DEBUG_CHI2) console.log(JSON.stringify(p), chi2, df);
       // Loose bound (mean df, sd sqrt(2 df)); the seed is fixed, so the test is deterministic.
       expect(chi2, `chi2 for ${JSON.stringify(p)} (df ${df})`).toBeLessThan(df + 6 * Math.sqrt(2 * df) + 10);

@@ -58,4 +58,40 @@ export interface SmallOps {
     seed: number,
     step: number,
   ): void;
+  /**
+   * Speculative rejection sampling: verifies k deterministic drafts for each of B sequences at once
+   * (the rule in native/cpu/sampling.h). Sequence b owns the logits rows b * (k + 1) + j, j = 0..k
+   * (row j predicts the token after draft j - 1, row 0 the token after the pending one); the token
+   * drawn from row r sits at position positions[r] + 1, which is the `step` of its random numbers
+   * (as `sample` gets in plain decoding). p_j = `sample`'s filtered, renormalised distribution of
+   * row j (temperature, top-k, min-p, top-p). For j = 0..k-1 in order: accept drafts[b, j] with
+   * probability p_j(draft); on reject, the correction is drawn from p_j without the draft and the
+   * sequence stops. All accepted: a bonus token is drawn from row k as a one-row `sample` call
+   * would. Greedy (temperature 0): accept iff the draft is the argmax, else the argmax. So each
+   * position follows `sample`'s distribution exactly.
+   *
+   * tokens int32 [B, k + 1]: tokens[b, 0..a-1] = the accepted drafts (a = accepted[b]),
+   * tokens[b, a] = the correction or bonus token, tokens[b, j > a] = tokens[b, a].
+   * accepted int32 [B]: 0..k. logits f32 [B * (k + 1), V]; drafts int32 [B, k]; positions int32
+   * [B * (k + 1)]; params int32 [B, 6] per sequence: [f32 bits of temperature, topK, f32 bits of
+   * topP, f32 bits of minP, seed low 32 bits, seed high 32 bits] (a tensor, so that a captured graph
+   * replays with new values). On the CPU a parameter out of `sample`'s ranges, a draft outside
+   * [0, V) or a negative position fails with E_ARGUMENT (raised at synchronize / toBytes, nothing
+   * written); on CUDA nothing fails: such a draft is never accepted and parameters are clamped
+   * (temperature NaN / <= 0 / infinite -> greedy, topK < 0 -> off, topP NaN or >= 1 -> off, <= 0
+   * -> the top token only, minP NaN or <= 0 -> off, > 1 -> 1). Greedy results are bit-identical
+   * between CPU and CUDA; sampled ones follow the same distribution (see `sample`).
+   */
+  sampleSpeculative(
+    stream: S,
+    tokens: Tensor,
+    accepted: Tensor,
+    logits: Tensor,
+    drafts: Tensor,
+    positions: Tensor,
+    params: Tensor,
+  ): void;
+  /** out[b] = candidates[b, accepted[b]] (the next draft among per-row candidates); an accepted
+   *  count outside [0, k] is clamped into it. out int32 [B]; candidates int32 [B, k + 1]; accepted int32 [B]. */
+  selectAccepted(stream: S, out: Tensor, candidates: Tensor, accepted: Tensor): void;
 }

@@ -8,18 +8,22 @@
 //   5. renormalise the survivors and draw one with u = uniform(seed, step, row) in [0, 1):
 //      walk the survivors in their current order and take the first whose cumulative weight
 //      exceeds u * total.
-// Every filter works on the survivors of the previous one. u comes from a counter-based RNG
-// (splitmix64 of seed, step, row), so a row's token is a pure function of its logits, the
+// Every filter works on the survivors of the previous one (filter_row builds the survivors, for
+// sample and sample_speculative alike). u comes from a counter-based RNG (sampling.h:
+// splitmix64 of seed, step, row), so a row's token is a pure function of its logits, the
 // parameters, seed, step and row index: reproducible across runs, thread counts and ISAs (the
 // sampler uses no ISA-specific arithmetic). Weights are exp(z - zmax) in f32, sums in f64.
 // Cost: top-k uses a bounded heap (O(V log k)) for k <= 4096, nth_element otherwise; top-p
 // finds the nucleus boundary by a mass-guided quickselect (expected O(V)), never a full sort.
+// sample_speculative (the rule in sampling.h) runs a sequence's rows in order on one thread,
+// stopping at the first rejected draft; sequences run in parallel.
 #include "sampling.h"
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
 
+#include "../common.h"
 #include "threadpool.h"
 
 namespace lc::cpu {
@@ -33,13 +37,6 @@ struct Cand {
 // Strict "comes before": larger weight first, then lower token id.
 inline bool better(const Cand& a, const Cand& b) { return a.w > b.w || (a.w == b.w && a.i < b.i); }
 
-inline uint64_t splitmix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
-
 int32_t argmax_row(const float* x, int64_t V) {
   float best = -std::numeric_limits<float>::infinity();
   int32_t idx = 0;
@@ -51,8 +48,14 @@ int32_t argmax_row(const float* x, int64_t V) {
   return idx;
 }
 
-int32_t sample_row(const float* l, int64_t V, const SampleParams& p, uint64_t row, Cand* c) {
-  if (!(p.temperature > 0.0f)) return argmax_row(l, V);
+// Steps 0-4: the survivors of row l in c[0, n), (weight, id) in the order the draw walks them;
+// returns n >= 1. A greedy row, and a row whose largest z is -inf or +inf, has one survivor: the
+// argmax, weight 1.
+int64_t filter_row(const float* l, int64_t V, const SampleParams& p, Cand* c) {
+  if (!(p.temperature > 0.0f)) {
+    c[0] = {1.0f, argmax_row(l, V)};
+    return 1;
+  }
   const double T = p.temperature;
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
   auto zval = [&](int64_t j) {
@@ -89,7 +92,10 @@ int32_t sample_row(const float* l, int64_t V, const SampleParams& p, uint64_t ro
       zmax = c[j].w;
       imax = c[j].i;
     }
-  if (!(zmax > kNegInf) || std::isinf(zmax)) return imax;  // all -inf, or +inf logits: greedy
+  if (!(zmax > kNegInf) || std::isinf(zmax)) {  // all -inf, or +inf logits: greedy
+    c[0] = {1.0f, imax};
+    return 1;
+  }
   for (int64_t j = 0; j < n; ++j) c[j].w = std::exp(c[j].w - zmax);
   // 3: min-p relative to the most likely token.
   if (p.min_p > 0.0f) {
@@ -146,28 +152,76 @@ int32_t sample_row(const float* l, int64_t V, const SampleParams& p, uint64_t ro
     }
     n = std::max<int64_t>(1, keep);
   }
-  // 5: draw.
+  return n;
+}
+
+// The sum of the survivors' weights (f64, in their order), token `skip` counted as 0.
+double survivor_mass(const Cand* c, int64_t n, int32_t skip) {
   double total = 0;
-  for (int64_t j = 0; j < n; ++j) total += c[j].w;
-  const double target = sample_uniform(p.seed, p.step, row) * total;
+  for (int64_t j = 0; j < n; ++j) total += c[j].i == skip ? 0.0f : c[j].w;
+  return total;
+}
+
+// Step 5: walk the survivors in order and take the first whose cumulative weight exceeds
+// u * total, token `skip` (-1: none) weighing 0 (the residual draw of a rejected draft). Rounding
+// that lets the walk end without exceeding the target takes the last survivor of positive weight.
+int32_t draw(const Cand* c, int64_t n, double u, int32_t skip) {
+  const double target = u * survivor_mass(c, n, skip);
   double cum = 0;
   int64_t last = 0;
   for (int64_t j = 0; j < n; ++j) {
-    if (c[j].w > 0) last = j;
-    cum += c[j].w;
-    if (cum > target && c[j].w > 0) return c[j].i;
+    const float w = c[j].i == skip ? 0.0f : c[j].w;
+    if (w > 0) last = j;
+    cum += w;
+    if (cum > target && w > 0) return c[j].i;
   }
   return c[last].i;
+}
+
+int32_t sample_row(const float* l, int64_t V, const SampleParams& p, uint64_t row, Cand* c) {
+  const int64_t n = filter_row(l, V, p, c);
+  return draw(c, n, sample_uniform(p.seed, p.step, row), -1);
+}
+
+// One sequence of sample_speculative (the rule in sampling.h); returns the number accepted and
+// writes the k + 1 tokens.
+int32_t speculate_sequence(int64_t k, int64_t V, const float* logits, const int32_t* drafts, const int32_t* positions,
+                           SampleParams p, int32_t* tokens, Cand* c) {
+  int32_t a = 0, next = 0;
+  for (int64_t j = 0; j <= k; ++j) {
+    p.step = static_cast<uint64_t>(positions[j]) + 1;
+    const float* l = logits + j * V;
+    if (j == k) {  // every draft accepted: the bonus token, as sample() would draw it
+      next = sample_row(l, V, p, kUniformDraw, c);
+      break;
+    }
+    const int32_t d = drafts[j];
+    if (!(p.temperature > 0.0f)) {  // greedy: p_j is all on the argmax
+      next = argmax_row(l, V);
+      if (next != d) break;
+      ++a;
+      continue;
+    }
+    const int64_t n = filter_row(l, V, p, c);
+    const double total = survivor_mass(c, n, -1);
+    double wd = 0;
+    for (int64_t i = 0; i < n; ++i)
+      if (c[i].i == d) wd = c[i].w;
+    // u_A * total < wd is u_A < p_j(d); wd >= total: d holds all the mass (p_j(d) = 1).
+    if (wd > 0 && (wd >= total || sample_uniform(p.seed, p.step, kUniformAccept) * total < wd)) {
+      ++a;
+      continue;
+    }
+    next = draw(c, n, sample_uniform(p.seed, p.step, kUniformResidual), d);
+    break;
+  }
+  for (int64_t j = 0; j <= k; ++j) tokens[j] = j < a ? drafts[j] : next;
+  return a;
 }
 
 constexpr int64_t kMaxSlots = 16;
 
 }  // namespace
-
-double sample_uniform(uint64_t seed, uint64_t step, uint64_t row) {
-  uint64_t x = splitmix64(splitmix64(splitmix64(seed) ^ step) ^ row);
-  return static_cast<double>(x >> 11) * (1.0 / 9007199254740992.0);
-}
 
 int64_t sample_workspace_bytes(int64_t rows, int64_t V) {
   return std::min(rows, kMaxSlots) * V * static_cast<int64_t>(sizeof(Cand));
@@ -190,6 +244,52 @@ void sample(int64_t rows, int64_t V, const float* logits, const SampleParams& p,
         ids[r] = sample_row(logits + r * V, V, p, static_cast<uint64_t>(r), c);
     }
   });
+}
+
+int64_t sample_speculative_workspace_bytes(int64_t B, int64_t V) {
+  return std::min(B, kMaxSlots) * V * static_cast<int64_t>(sizeof(Cand));
+}
+
+void sample_speculative(int64_t B, int64_t k, int64_t V, const float* logits, const int32_t* drafts, const int32_t* positions,
+                        const int32_t* params, int32_t* tokens, int32_t* accepted, void* workspace) {
+  const int64_t R = k + 1;
+  for (int64_t b = 0; b < B; ++b) {  // everything is checked before anything is written
+    const SampleParams p = decode_speculative_params(params + b * kSpeculativeParams);
+    const long long bb = static_cast<long long>(b);
+    if (!(p.temperature >= 0.0f) || std::isinf(p.temperature))
+      fail(Code::E_ARGUMENT, "sampleSpeculative: params[%lld, 0] (temperature) must be a finite number >= 0, got %g", bb,
+           static_cast<double>(p.temperature));
+    if (p.top_k < 0)
+      fail(Code::E_ARGUMENT, "sampleSpeculative: params[%lld, 1] (topK) must be >= 0 (0 = off), got %lld", bb,
+           static_cast<long long>(p.top_k));
+    if (!(p.top_p > 0.0f && p.top_p <= 1.0f))
+      fail(Code::E_ARGUMENT, "sampleSpeculative: params[%lld, 2] (topP) must be in (0, 1] (1 = off), got %g", bb,
+           static_cast<double>(p.top_p));
+    if (!(p.min_p >= 0.0f && p.min_p <= 1.0f))
+      fail(Code::E_ARGUMENT, "sampleSpeculative: params[%lld, 3] (minP) must be in [0, 1] (0 = off), got %g", bb,
+           static_cast<double>(p.min_p));
+    for (int64_t j = 0; j < k; ++j)
+      if (drafts[b * k + j] < 0 || drafts[b * k + j] >= V)
+        fail(Code::E_ARGUMENT, "sampleSpeculative: drafts[%lld, %lld] = %d is out of range for a vocabulary of %lld", bb,
+             static_cast<long long>(j), drafts[b * k + j], static_cast<long long>(V));
+    for (int64_t j = 0; j < R; ++j)
+      if (positions[b * R + j] < 0)
+        fail(Code::E_ARGUMENT, "sampleSpeculative: positions[%lld] = %d is negative", static_cast<long long>(b * R + j),
+             positions[b * R + j]);
+  }
+  const int64_t slots = std::min(B, kMaxSlots);
+  parallel_for(slots, 1, [&](int64_t s0, int64_t s1) {
+    for (int64_t s = s0; s < s1; ++s) {
+      Cand* c = static_cast<Cand*>(workspace) + s * V;
+      for (int64_t b = B * s / slots; b < B * (s + 1) / slots; ++b)
+        accepted[b] = speculate_sequence(k, V, logits + b * R * V, drafts + b * k, positions + b * R,
+                                         decode_speculative_params(params + b * kSpeculativeParams), tokens + b * R, c);
+    }
+  });
+}
+
+void select_accepted(int64_t B, int64_t k, const int32_t* candidates, const int32_t* accepted, int32_t* out) {
+  for (int64_t b = 0; b < B; ++b) out[b] = candidates[b * (k + 1) + clamp_accepted(accepted[b], k)];
 }
 
 }  // namespace lc::cpu

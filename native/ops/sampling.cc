@@ -1,6 +1,12 @@
-// sample(stream, ids int32 [..], logits f32 [.., V], temperature, topK, topP, minP, seed, step): one
-// token per row (kernels: cpu/sampling.cc, cuda/elementwise.cu).
+// The sampling ops (kernels: cpu/sampling.cc, cuda/elementwise.cu; types/ops-small.d.ts):
+//   sample(stream, ids int32 [..], logits f32 [.., V], temperature, topK, topP, minP, seed, step):
+//     one token per row
+//   sampleSpeculative(stream, tokens int32 [B, k+1], accepted int32 [B], logits f32 [B*(k+1), V],
+//     drafts int32 [B, k], positions int32 [B*(k+1)], params int32 [B, 6]): rejection sampling
+//     of k drafts per sequence (the rule: cpu/sampling.h)
+//   selectAccepted(stream, out int32 [B], candidates int32 [B, k+1], accepted int32 [B])
 #include <cmath>
+#include <utility>
 
 #include "../binding.h"
 #include "../cpu/sampling.h"
@@ -47,5 +53,70 @@ static void Sample(const OpArgs& a) {
 }
 
 LC_REGISTER_OP("sample", Sample);
+
+static void SampleSpeculative(const OpArgs& a) {
+  Tensor tokens = a.tensor(1, "tokens"), accepted = a.tensor(2, "accepted"), x = a.tensor(3, "logits"),
+         drafts = a.tensor(4, "drafts"), positions = a.tensor(5, "positions"), params = a.tensor(6, "params");
+  const Device d = x.device();
+  int64_t rows, V, B, k;
+  a.dims(x, "logits", {DType::F32}, d, &rows, &V);
+  a.dims(drafts, "drafts", {DType::I32}, d, &B, &k);
+  if (V < 1 || V > INT32_MAX)
+    fail(Code::E_SHAPE, "sampleSpeculative: 'logits' has shape %s, expected a vocabulary (last dimension) in [1, 2^31)",
+         shape_str(x.shape).c_str());
+  if (rows != B * (k + 1))
+    fail(Code::E_SHAPE,
+         "sampleSpeculative: 'logits' has %lld rows, expected B * (k + 1) = %lld for 'drafts' of shape %s (B = %lld sequences, "
+         "k = %lld drafts each)",
+         ll(rows), ll(B * (k + 1)), shape_str(drafts.shape).c_str(), ll(B), ll(k));
+  a.expect(positions, "positions", {DType::I32}, d, {B * (k + 1)});
+  a.expect(params, "params", {DType::I32}, d, {B, cpu::kSpeculativeParams});
+  a.expect(tokens, "tokens", {DType::I32}, d, {B, k + 1});
+  a.expect(accepted, "accepted", {DType::I32}, d, {B});
+  for (const auto& [name, in] :
+       {std::pair<const char*, const Tensor&>{"logits", x}, {"drafts", drafts}, {"positions", positions}, {"params", params}}) {
+    if (overlaps(tokens, in)) fail(Code::E_ARGUMENT, "sampleSpeculative: 'tokens' overlaps '%s'", name);
+    if (overlaps(accepted, in)) fail(Code::E_ARGUMENT, "sampleSpeculative: 'accepted' overlaps '%s'", name);
+  }
+  if (overlaps(tokens, accepted)) fail(Code::E_ARGUMENT, "sampleSpeculative: 'tokens' overlaps 'accepted'");
+  // The parameters live in a tensor (a captured graph replays with new values), so whether a
+  // sequence samples is known only when the op runs: the workspace is always made.
+  std::optional<Tensor> ws;
+  if (B > 0)
+    ws = empty_tensor(d, DType::I8,
+                      {d.is_cpu() ? cpu::sample_speculative_workspace_bytes(B, V)
+                                  : LC_IF_CUDA(gpu::sample_speculative_workspace_bytes(B, V), 0)});
+  a.launch(
+      d,
+      [=] {
+        cpu::sample_speculative(B, k, V, x.ptr<float>(), drafts.ptr<int32_t>(), positions.ptr<int32_t>(), params.ptr<int32_t>(),
+                                tokens.ptr<int32_t>(), accepted.ptr<int32_t>(), opt_ptr<void>(ws));
+      },
+      LC_GPU(gpu::sample_speculative(B, k, V, x.ptr<float>(), drafts.ptr<int32_t>(), positions.ptr<int32_t>(),
+                                     params.ptr<int32_t>(), tokens.ptr<int32_t>(), accepted.ptr<int32_t>(), opt_ptr<void>(ws),
+                                     ws ? ws->numel() : 0, stream)));
+}
+
+LC_REGISTER_OP("sampleSpeculative", SampleSpeculative);
+
+static void SelectAccepted(const OpArgs& a) {
+  Tensor out = a.tensor(1, "out"), candidates = a.tensor(2, "candidates"), accepted = a.tensor(3, "accepted");
+  const Device d = candidates.device();
+  int64_t B, R;
+  a.dims(candidates, "candidates", {DType::I32}, d, &B, &R);
+  if (R < 1)
+    fail(Code::E_SHAPE, "selectAccepted: 'candidates' has shape %s, expected [B, k + 1] with k + 1 >= 1",
+         shape_str(candidates.shape).c_str());
+  a.expect(accepted, "accepted", {DType::I32}, d, {B});
+  a.expect(out, "out", {DType::I32}, d, {B});
+  if (overlaps(out, candidates)) fail(Code::E_ARGUMENT, "selectAccepted: 'out' overlaps 'candidates'");
+  if (overlaps(out, accepted)) fail(Code::E_ARGUMENT, "selectAccepted: 'out' overlaps 'accepted'");
+  const int64_t k = R - 1;
+  a.launch(
+      d, [=] { cpu::select_accepted(B, k, candidates.ptr<int32_t>(), accepted.ptr<int32_t>(), out.ptr<int32_t>()); },
+      LC_GPU(gpu::select_accepted(B, k, candidates.ptr<int32_t>(), accepted.ptr<int32_t>(), out.ptr<int32_t>(), stream)));
+}
+
+LC_REGISTER_OP("selectAccepted", SelectAccepted);
 
 }  // namespace lc
