@@ -104,7 +104,7 @@ function packSampling(sampling: readonly SamplingParams[], out: Int32Array) {
     out[o + 1] = p.topK;
     f[o + 2] = p.topP;
     f[o + 3] = p.minP;
-    out[o + 4] = p.seed % 2 ** 32 | 0;
+    out[o + 4] = (p.seed % 2 ** 32) | 0;
     out[o + 5] = Math.floor(p.seed / 2 ** 32) | 0;
   });
 }
@@ -257,7 +257,7 @@ export class LongcatModel {
     const slotLists: Int32Array[] = [];
     try {
       for (const [b, seq] of seqs.entries()) slotLists.push(seq.reserve(tokens[b]!.length));
-        const result = this.forwardReserved(seqs, tokens, pastLens, slotLists, mode, opts);
+      const result = this.forwardReserved(seqs, tokens, pastLens, slotLists, mode, opts);
       try {
         this.ep?.endStep(); // E_RANK_FAILED when a rank failed in this step: its results are void
       } catch (e) {
@@ -497,7 +497,10 @@ export class LongcatModel {
         );
     });
     if (hidden.shape[0] !== T || hidden.shape[1] !== this.dims.hidden)
-      throw new ArgumentError('E_ARGUMENT', `LongcatModel.mtp: hidden is [${hidden.shape}], expected [${T}, ${this.dims.hidden}]`);
+      throw new ArgumentError(
+        'E_ARGUMENT',
+        `LongcatModel.mtp: hidden is [${hidden.shape}], expected [${T}, ${this.dims.hidden}]`,
+      );
     this.moeStream.synchronize();
     const a = new Arena(this.device);
     const positions: number[] = [],
@@ -545,7 +548,12 @@ export class LongcatModel {
    * L + 1 + accepted tokens (the rejected position's latents are dropped with it; the MTP cache
    * shares its slots). Needs room for 2 tokens in every sequence (canReserve(2)).
    */
-  speculativeStep(seqs: SequenceCache[], pending: number[], drafts: number[], sampling: readonly SamplingParams[]): SpeculativeStep {
+  speculativeStep(
+    seqs: SequenceCache[],
+    pending: number[],
+    drafts: number[],
+    sampling: readonly SamplingParams[],
+  ): SpeculativeStep {
     if (this.disposed) throw new DisposedError('E_DISPOSED', 'LongcatModel.speculativeStep: the model was disposed');
     if (!this.w.mtp) throw new ArgumentError('E_ARGUMENT', 'LongcatModel.speculativeStep: the model has no MTP head');
     const B = seqs.length;
@@ -565,7 +573,10 @@ export class LongcatModel {
       const ids = Int32Array.from(tokens.flat());
       for (const id of ids)
         if (!Number.isInteger(id) || id < 0 || id >= this.dims.vocab)
-          throw new ArgumentError('E_ARGUMENT', `speculativeStep: token id ${id} is outside the vocabulary [0, ${this.dims.vocab})`);
+          throw new ArgumentError(
+            'E_ARGUMENT',
+            `speculativeStep: token id ${id} is outside the vocabulary [0, ${this.dims.vocab})`,
+          );
       const positions = Int32Array.from(pastLens.flatMap(L => [L, L + 1]));
       const slots = Int32Array.from(reserved.flatMap(r => [...r]));
       const bt = batchTables(seqs, this.maxBlocks, Array(B).fill(2));
@@ -625,7 +636,15 @@ export class LongcatModel {
       const a = new Arena(this.device);
       const verify = this.run(batch, true);
       nFfn = verify.nFfn;
-      native.sampleSpeculative(this.main, a.keep(tokens.view([B, 2])), accepted, verify.logits, a.keep(draftsIn.view([B, 1])), batch.positions, params);
+      native.sampleSpeculative(
+        this.main,
+        a.keep(tokens.view([B, 2])),
+        accepted,
+        verify.logits,
+        a.keep(draftsIn.view([B, 1])),
+        batch.positions,
+        params,
+      );
       // The MTP head on the verified rows' pairs (hidden at L + j, the token after it), at the same
       // positions and slots: row 1's pair is void when the draft was rejected (its slot is dropped).
       const mtpBatch: Batch = { ...batch, ids: tokens, ngramRows: undefined };
@@ -649,7 +668,17 @@ export class LongcatModel {
     for (const g of this.decodeGraphs.values()) {
       g.graph.dispose();
       const b = g.batch;
-      for (const t of [g.inputs, b.ids, b.positions, b.slots, b.blockTable!, b.seqLens!, g.out.logits, g.out.hidden, ...g.out.nFfn])
+      for (const t of [
+        g.inputs,
+        b.ids,
+        b.positions,
+        b.slots,
+        b.blockTable!,
+        b.seqLens!,
+        g.out.logits,
+        g.out.hidden,
+        ...g.out.nFfn,
+      ])
         t.dispose();
       b.ngramRows?.dispose();
     }
