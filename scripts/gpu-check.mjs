@@ -10,7 +10,7 @@
 import { native } from '../dist/native.js';
 import { Stream } from '../dist/device.js';
 import { cases, checkCase, dev, SLOW_RUN_LIMITS } from '../dist-test/op-cases.js';
-import { modelChecks } from '../dist-test/model-cases.js';
+import { modelChecks, speculativeChecks } from '../dist-test/model-cases.js';
 import { eventTimes } from '../bench/common.mjs';
 
 const status = native.cudaStatus();
@@ -87,6 +87,17 @@ for (const precision of /** @type {const} */ (['highest', 'bf16'])) {
     failed++;
     console.error(`model checks (${precision}): ${e.stack || e.message}`);
   }
+}
+
+// Speculative decoding with the MTP head: the fused verify + accept + draft graph on the GPU.
+try {
+  for (const c of await speculativeChecks({ device: dev, tokens: emulated ? 12 : 24 })) {
+    c.ok ? passed++ : failed++;
+    console.log(`${c.ok ? 'ok  ' : 'FAIL'} speculative ${c.name}: ${c.err}`);
+  }
+} catch (e) {
+  failed++;
+  console.error(`speculative checks: ${e.stack || e.message}`);
 }
 
 for (const c of cases.filter(optIn)) runCase(c);

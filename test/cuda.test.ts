@@ -4,7 +4,7 @@
 import { describe, expect, it } from 'vitest';
 import { cudaAvailable, workLimitMs } from './helpers.js';
 import { budgetMs, cases, checkCase, dev, SLOW_RUN_LIMITS } from './op-cases.js';
-import { modelChecks, type ModelCheck, type ModelVariant } from './model-cases.js';
+import { modelChecks, speculativeChecks, type ModelCheck, type ModelVariant } from './model-cases.js';
 import { Stream } from '../dist/device.js';
 import { native } from '../dist/native.js';
 
@@ -43,6 +43,16 @@ describe.skipIf(!cudaAvailable)(`the whole model on CUDA matches the CPU${emulat
     `${presets.join(', ')} checkpoints at precision %s`,
     async precision => {
       expectAllOk(await modelChecks({ device: dev, precision, presets }));
+    },
+    workLimitMs(emulated ? 35 : 60),
+  );
+});
+
+describe.skipIf(!cudaAvailable)(`speculative decoding on CUDA${emulated ? ' (emulated device)' : ''}`, () => {
+  it(
+    'greedy with MTP drafts == plain greedy, on the device and against the CPU; batched steps',
+    async () => {
+      expectAllOk(await speculativeChecks({ device: dev, tokens: emulated ? 12 : 24 }));
     },
     workLimitMs(emulated ? 35 : 60),
   );

@@ -160,3 +160,102 @@ export async function modelChecks({
   }
   return out;
 }
+
+/**
+ * Speculative decoding on `device` (SPEC 6): greedy generation with MTP drafts equals plain greedy
+ * decoding on the same device and on the CPU, on a checkpoint whose drafts are accepted about half
+ * the time (init-random draftAgreement: both branches of every step run) and on a random FP8 one
+ * (drafts mostly rejected), and the batched engine step (3 sequences, each with its own accepted
+ * lengths) equals plain batched decoding. err = tokens that differ (tol 0); the acceptance counts
+ * are checked against the CPU's.
+ */
+export async function speculativeChecks({ device, tokens = 24 }: { device: string; tokens?: number }): Promise<ModelCheck[]> {
+  const root = mkdtempSync(path.join(tmpdir(), 'longcat-spec-check-'));
+  const out: ModelCheck[] = [];
+  const backend = (d: string) => (d === 'cpu' ? 'cpu' : 'cuda');
+  try {
+    for (const [name, opts] of [
+      ['tiny agreement 0.5', { preset: 'tiny', draftAgreement: 0.5 }],
+      ['tiny-fp8', { preset: 'tiny', fp8: true }],
+    ] as const) {
+      const dir = path.join(root, name.replace(/\W+/g, '-'));
+      await initRandom({ ...opts, mtp: true, out: dir, seed: 5 });
+      const cpu = await loadModel(dir, { backend: 'cpu', maxContext: 256 });
+      const dut = await loadModel(dir, { backend: backend(device), maxContext: 256 });
+      const check = (what: string, err: number) => out.push({ name: `${name}: ${what}`, err, tol: 0, ok: err === 0 });
+      const differ = (a: number[], b: number[]) => Math.max(a.length, b.length) - a.filter((t, i) => b[i] === t).length;
+      try {
+        const run = async (m: typeof cpu, speculative: boolean) => {
+          const s = m.createSession();
+          try {
+            return await s.generate('a speculative check', { maxTokens: tokens, speculative });
+          } finally {
+            s.dispose();
+          }
+        };
+        const plainCpu = await run(cpu, false),
+          specCpu = await run(cpu, true);
+        const plainDut = await run(dut, false),
+          specDut = await run(dut, true);
+        check(`speculative == plain greedy tokens on ${device}`, differ(specDut.tokens, plainDut.tokens));
+        check(`speculative greedy tokens on ${device} == on the CPU`, differ(specDut.tokens, specCpu.tokens));
+        check(
+          `drafts accepted on ${device} == on the CPU (${specCpu.speculative!.acceptedTokens} of ${specCpu.speculative!.draftedTokens})`,
+          Math.abs(specDut.speculative!.acceptedTokens - specCpu.speculative!.acceptedTokens),
+        );
+        check(`plain greedy tokens on ${device} == on the CPU`, differ(plainDut.tokens, plainCpu.tokens));
+        // the batched step: 3 sequences, greedy, against plain batched decode steps on the device
+        const e = dut.engine,
+          V = e.dims.vocab;
+        const prompts = [prompt.slice(0, 5), prompt.slice(2, 13), prompt.slice(7)];
+        const argmaxes = (l: ArrayLike<number>, rows: number) => Array.from({ length: rows }, (_, r) => argmax(l, r * V, V));
+        const greedy = { temperature: 0, topK: 0, topP: 1, minP: 0, seed: 0 };
+        const plainSeqs = prompts.map(() => e.newSequence()),
+          specSeqs = prompts.map(() => e.newSequence());
+        let pending = argmaxes(read(e.forward(plainSeqs, prompts)), 3);
+        const plain = pending.map(t => [t]);
+        while (plain[0]!.length < 12) {
+          pending = argmaxes(
+            read(
+              e.forward(
+                plainSeqs,
+                pending.map(t => [t]),
+              ),
+            ),
+            3,
+          );
+          pending.forEach((t, b) => plain[b]!.push(t));
+        }
+        const r = e.forward(specSeqs, prompts, { hidden: true });
+        let next = argmaxes(read(r), 3);
+        const spec = next.map(t => [t]);
+        const draftLogits = e.mtp(
+          specSeqs,
+          prompts.map((p, b) => [...p.slice(1), next[b]!]),
+          [0, 0, 0],
+          r.hidden!,
+        );
+        r.hidden!.dispose();
+        let drafts = argmaxes(read({ logits: draftLogits }), 3);
+        while (spec.some(s => s.length < 12)) {
+          const step = e.speculativeStep(specSeqs, next, drafts, [greedy, greedy, greedy]);
+          for (const t of step.nFfn) t.dispose();
+          step.tokens.forEach((list, b) => spec[b]!.push(...list));
+          next = step.tokens.map(list => list[list.length - 1]!);
+          drafts = step.drafts;
+        }
+        for (const s of [...plainSeqs, ...specSeqs]) s.release();
+        check(
+          `batched speculative steps (3 sequences) == plain batched decoding on ${device}`,
+          plain.reduce((a, p, b) => a + differ(spec[b]!.slice(0, 12), p), 0),
+        );
+      } finally {
+        cpu.dispose();
+        dut.dispose();
+      }
+    }
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+  return out;
+}
