@@ -209,6 +209,27 @@ describe('greedy speculative decoding == plain decoding', () => {
     expect(spec.text).toBe(plain.text);
     expect(spec.stopReason).toBe('stop');
   });
+  it('with expert parallelism (2 and 4 CPU ranks) == plain decoding on one rank', async () => {
+    const dir = await checkpoint('agree-0.5', { preset: 'tiny', draftAgreement: 0.5 });
+    using one = await loadModel(dir, { backend: 'cpu' });
+    const plain = (await bothWays(one, textPrompt, { maxTokens: 24 })).plain;
+    for (const ranks of [2, 4]) {
+      using ep = await loadModel(dir, { backend: 'cpu', ranks });
+      using s = ep.createSession();
+      const spec = await s.generate(textPrompt, { maxTokens: 24, speculative: true });
+      expect(spec.tokens).toEqual(plain.tokens);
+      expect(spec.speculative!.acceptedTokens).toBeGreaterThan(0);
+    }
+  });
+  it('LongCat-Flash-Lite (N-gram embedding; the history rolled back with rejected drafts) == plain decoding', async () => {
+    const dir = await checkpoint('lite-agree', { preset: 'lite', draftAgreement: 0.5 });
+    using lite = await loadModel(dir, { backend: 'cpu' });
+    const { plain, spec } = await bothWays(lite, textPrompt, { maxTokens: 32 });
+    expect(spec.tokens).toEqual(plain.tokens);
+    const s = spec.speculative!;
+    expect(s.acceptedTokens).toBeGreaterThan(0);
+    expect(s.acceptedTokens).toBeLessThan(s.draftedTokens);
+  });
   it('rejects what it cannot do with typed errors', async () => {
     const model = m.tiny!;
     using s = model.createSession();
