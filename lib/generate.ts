@@ -9,6 +9,7 @@ import { loadCheckpointModel, modelMemory, type LoadModelOptions, type ModelMemo
 import type { LongcatModel, SamplingParams } from './model/model.js';
 import type { Checkpoint } from './checkpoint.js';
 import type { SequenceCache } from './kv-cache.js';
+import { NO_ROOM, StepScheduler } from './scheduler.js';
 
 export interface GenerateOptions {
   /** Tokens to generate at most (default 256). */
@@ -185,7 +186,7 @@ export class Session {
 
   private async loop(prompt: string | ChatMessage[], o: GenerateOptions, emit: (c: string) => void): Promise<GenerateResult> {
     this.owner.checkLive('Session.generate');
-    const { engine, tokenizer } = this.owner;
+    const { engine, tokenizer, scheduler: sched } = this.owner;
     const { maxTokens, temperature, stops, speculative } = checkGenerateOptions(o);
     const chunk = o.prefillChunk ?? this.owner.prefillChunk;
     if (!Number.isInteger(chunk) || chunk < 1)
@@ -222,14 +223,6 @@ export class Session {
       ffnCount = 0,
       tFirst = 0;
     const spec = { steps: 0, accepted: 0 };
-    const countFfn = (nFfn: Tensor[], rows?: number) => {
-      for (const t of nFfn) {
-        const c = toArray(t);
-        for (let i = 0; i < (rows ?? c.length); i++) ffnSum += c[i]!;
-        ffnCount += rows ?? c.length;
-        t.dispose();
-      }
-    };
     const hold = stops.reduce((m, s) => Math.max(m, s.length - 1), 0);
     /** Takes a generated token: false when the generation ends with it (or before it, at an EOS). */
     const take = (next: number): boolean => {
@@ -261,11 +254,7 @@ export class Session {
       const nextLogit = logitAt(logits, next);
       logits.dispose();
       this.owner.checkLive('Session.generate'); // disposed while this step ran
-      if (!Number.isFinite(nextLogit))
-        throw new NumericError(
-          'E_NUMERIC',
-          `generate: the logits at step ${step} (position ${this.cached.length - 1}) are not finite (token ${next} has logit ${nextLogit}): NaN or infinite weights, scales or activations`,
-        );
+      checkFinite(next, nextLogit, step, this.cached.length);
       return next;
     };
 
@@ -288,59 +277,69 @@ export class Session {
           const part = pending.slice(0, chunk),
             last = part.length === pending.length,
             start = this.cached.length;
-          const r = engine.forward([this.seq], [part], { mode: 'prefill', hidden: speculative });
-          this.cached.push(...part);
-          pending = pending.slice(part.length);
-          if (!last) {
-            r.logits.dispose();
-            // pairs of positions start.. whose next token is in the prompt: all of this chunk's
-            if (r.hidden) this.mtpPrefill([...part.slice(1), pending[0]!], start, r.hidden).dispose();
-            await synchronizeAsync(engine.device);
+          // One chunk per scheduler round: other sessions' decode steps run between chunks.
+          await sched.exclusive(async () => {
             this.owner.checkLive('Session.generate');
-            o.onPrefillChunk?.({ done: prefillTotal - pending.length, total: prefillTotal });
-            continue;
-          }
-          try {
-            next = await sample(r.logits, 0);
-            if (r.hidden) draft = await this.firstDraft([...part.slice(1), next], start, r.hidden);
-          } finally {
-            r.hidden?.dispose();
-          }
+            const r = engine.forward([this.seq], [part], { mode: 'prefill', hidden: speculative });
+            this.cached.push(...part);
+            pending = pending.slice(part.length);
+            try {
+              if (!last) {
+                r.logits.dispose();
+                // pairs of positions start.. whose next token is in the prompt: all of this chunk's
+                if (r.hidden) this.mtpPrefill([...part.slice(1), pending[0]!], start, r.hidden).dispose();
+                await synchronizeAsync(engine.device);
+                return;
+              }
+              next = await sample(r.logits, 0);
+              if (r.hidden) draft = await this.firstDraft([...part.slice(1), next], start, r.hidden);
+            } finally {
+              r.hidden?.dispose();
+            }
+          });
+          this.owner.checkLive('Session.generate');
+          if (!last) o.onPrefillChunk?.({ done: prefillTotal - pending.length, total: prefillTotal });
         }
         o.onPrefillChunk?.({ done: prefillTotal, total: prefillTotal });
         tFirst = performance.now();
         if (!take(next)) break generation;
         await yieldToEventLoop();
 
+        // Each step waits for its turn in the model's scheduler, batched with the other sessions'.
         // Speculation stops for good at the context limit or a full KV cache (the head's cache would lag).
         let speculating = speculative;
+        const sampling = samplingOf(o, temperature);
         for (let step = 1; ; step++) {
           if (o.signal?.aborted) {
             stopReason = 'abort';
             break;
           }
           speculating &&= this.seq.canReserve(2);
-          if (speculating) {
+          const r = speculating ? await sched.speculate(this.seq, next, draft, sampling) : null;
+          this.owner.checkLive('Session.generate');
+          if (r === NO_ROOM) {
+            speculating = false; // the other sessions hold the blocks: go on one token at a time
+            continue;
+          }
+          if (r) {
             // One verify + accept + draft step: 1 + accepted tokens.
-            const r = engine.speculativeStep([this.seq], [next], [draft], [samplingOf(o, temperature)]);
-            const n = r.accepted[0]!;
+            const n = r.accepted;
             spec.steps++;
             spec.accepted += n;
-            countFfn(r.nFfn, n + 1);
-            this.cached.push(next, ...r.tokens[0]!.slice(0, n));
+            ffnSum += r.ffnSum;
+            ffnCount += r.ffnCount;
+            this.cached.push(next, ...r.tokens.slice(0, n));
             this.mtpValid = this.cached.length;
-            this.owner.checkLive('Session.generate');
-            const committed = r.tokens[0]!;
-            draft = r.drafts[0]!;
+            draft = r.draft;
             let taken = 0;
-            for (const t of committed) {
+            for (const t of r.tokens) {
               next = t;
               taken++;
               if (!take(t)) break;
             }
             if (stopReason === 'eos' || stopReason === 'stop' || out.length >= maxTokens) {
               // Ended inside the committed tokens: the cache keeps what precedes the last one taken.
-              const keep = this.cached.length - (committed.length - taken);
+              const keep = this.cached.length - (r.tokens.length - taken);
               this.seq.truncate(keep);
               this.cached.length = keep;
               this.mtpValid = Math.min(this.mtpValid, keep);
@@ -350,14 +349,17 @@ export class Session {
             // The context limit ends a generation like maxTokens does; so does a KV cache with no
             // block left for the next token, which other sessions hold ('cache': the text so far is kept).
             if (this.seq.length + 1 > this.seq.maxContext) break;
-            if (!this.seq.canReserve(1)) {
+            const d = this.seq.canReserve(1) ? await sched.decode(this.seq, next, sampling) : NO_ROOM;
+            this.owner.checkLive('Session.generate');
+            if (d === NO_ROOM) {
               stopReason = 'cache';
               break;
             }
-            const { logits, nFfn } = engine.forward([this.seq], [[next]], { collectRouting: true });
             this.cached.push(next);
-            countFfn(nFfn);
-            next = await sample(logits, step);
+            ffnSum += d.ffnSum;
+            ffnCount += d.ffnCount;
+            checkFinite(d.next, d.logit, step, this.cached.length);
+            next = d.next;
             if (!take(next)) break;
           }
           await yieldToEventLoop();
@@ -502,6 +504,15 @@ function logitAt(logits: Tensor, id: number): number {
   }
 }
 
+/** A sampled token whose logit is not finite means its row had no usable logit (see logitAt). */
+function checkFinite(token: number, logit: number, step: number, cached: number) {
+  if (!Number.isFinite(logit))
+    throw new NumericError(
+      'E_NUMERIC',
+      `generate: the logits at step ${step} (position ${cached - 1}) are not finite (token ${token} has logit ${logit}): NaN or infinite weights, scales or activations`,
+    );
+}
+
 function samplingOf(o: GenerateOptions, temperature: number): SamplingParams {
   return { temperature, topK: o.topK ?? 0, topP: o.topP ?? 1, minP: o.minP ?? 0, seed: o.seed ?? 0 };
 }
@@ -524,6 +535,8 @@ export class Model {
     this.sequences.delete(seq);
   });
   private disposed = false;
+  /** Runs every session's device work: their decode steps batched (continuous batching). */
+  readonly scheduler: StepScheduler;
 
   /** @internal */
   constructor(
@@ -535,6 +548,7 @@ export class Model {
   ) {
     if (!Number.isInteger(prefillChunk) || prefillChunk < 1)
       throw new ArgumentError('E_ARGUMENT', `loadModel: prefillChunk must be an integer >= 1, got ${String(prefillChunk)}`);
+    this.scheduler = new StepScheduler(engine);
   }
 
   /** @internal A new sequence for `session`, released when the session is disposed, collected or the model disposed. */

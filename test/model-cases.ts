@@ -238,7 +238,7 @@ export async function speculativeChecks({ device, tokens = 24 }: { device: strin
         r.hidden!.dispose();
         let drafts = argmaxes(read({ logits: draftLogits }), 3);
         while (spec.some(s => s.length < 12)) {
-          const step = e.speculativeStep(specSeqs, next, drafts, [greedy, greedy, greedy]);
+          const step = await e.speculativeStep(specSeqs, next, drafts, [greedy, greedy, greedy]);
           for (const t of step.nFfn) t.dispose();
           step.tokens.forEach((list, b) => spec[b]!.push(...list));
           next = step.tokens.map(list => list[list.length - 1]!);

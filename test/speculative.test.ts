@@ -339,12 +339,12 @@ describe('on checkpoints whose drafts are accepted at a known rate (init-random 
       s2 = await b.generate(more, { maxTokens: 6, speculative: true });
     expect(s2.tokens).toEqual(p2.tokens);
   });
-  it('batch 3 at agreement 0.5: each sequence its own accepted lengths, == plain batched decoding', () => {
+  it('batch 3 at agreement 0.5: each sequence its own accepted lengths, == plain batched decoding', async () => {
     const e = m['0.5']!.engine,
       plan = draftAgreementPlan(opts(0.5));
     const prompts = [[plan.cycle[3]!], [plan.cycle[100]!, plan.cycle[101]!], [5, 9, plan.cycle[201]!]];
-    const plain = engineGreedy(e, prompts, 24, false);
-    const spec = engineGreedy(e, prompts, 24, true);
+    const plain = await engineGreedy(e, prompts, 24, false);
+    const spec = await engineGreedy(e, prompts, 24, true);
     expect(spec.tokens).toEqual(plain.tokens);
     expect(spec.stats.accepted).toBeGreaterThan(0);
     expect(spec.stats.accepted).toBeLessThan(spec.stats.drafted);
@@ -355,7 +355,7 @@ describe('on checkpoints whose drafts are accepted at a known rate (init-random 
 const GREEDY: SamplingParams = { temperature: 0, topK: 0, topP: 1, minP: 0, seed: 0 };
 
 /** Greedy decoding of a batch through the engine: `steps` tokens per sequence, plain or speculative. */
-function engineGreedy(e: LongcatModel, prompts: number[][], steps: number, speculative: boolean) {
+async function engineGreedy(e: LongcatModel, prompts: number[][], steps: number, speculative: boolean) {
   const V = e.dims.vocab;
   const seqs = prompts.map(() => e.newSequence());
   const out: number[][] = prompts.map(() => []);
@@ -388,7 +388,7 @@ function engineGreedy(e: LongcatModel, prompts: number[][], steps: number, specu
     r.hidden!.dispose();
     let drafts = prompts.map((_, b) => argmaxRow(draftLogits, b, V));
     while (out.some(o => o.length < steps)) {
-      const s = e.speculativeStep(
+      const s = await e.speculativeStep(
         seqs,
         pending,
         drafts,
@@ -407,20 +407,20 @@ function engineGreedy(e: LongcatModel, prompts: number[][], steps: number, specu
 
 describe('batched speculative steps (engine)', () => {
   const m = models({ tiny: async () => [await checkpoint('tiny', { preset: 'tiny' }), {}] });
-  it('batch 3, each sequence with its own accepted length, equals plain batched greedy decoding', () => {
+  it('batch 3, each sequence with its own accepted length, equals plain batched greedy decoding', async () => {
     const e = m.tiny!.engine;
     const prompts = [prompt, prompt.slice(3), [9, 8, 7, 6, 5, 4, 3]];
-    const plain = engineGreedy(e, prompts, 16, false);
-    const spec = engineGreedy(e, prompts, 16, true);
+    const plain = await engineGreedy(e, prompts, 16, false);
+    const spec = await engineGreedy(e, prompts, 16, true);
     expect(spec.tokens).toEqual(plain.tokens);
     for (const s of [...plain.seqs, ...spec.seqs]) s.release();
   });
-  it('leaves the KV pages of plain decoding after rejections (every main cache and the MTP cache)', () => {
+  it('leaves the KV pages of plain decoding after rejections (every main cache and the MTP cache)', async () => {
     const e = m.tiny!.engine;
     const prev = native.setMatmulPrecision('highest');
     try {
-      const plain = engineGreedy(e, [prompt], 12, false);
-      const spec = engineGreedy(e, [prompt], 12, true);
+      const plain = await engineGreedy(e, [prompt], 12, false);
+      const spec = await engineGreedy(e, [prompt], 12, true);
       expect(spec.stats.drafted).toBeGreaterThan(spec.stats.accepted); // some drafts were rejected
       // Both sequences now hold the prompt and the tokens each generated before its last one (at least 11 in common).
       const n = Math.min(plain.seqs[0]!.length, spec.seqs[0]!.length);
@@ -463,7 +463,7 @@ describe("speculative sampling keeps plain sampling's distribution", () => {
   it.each([
     ['the most likely token', 0],
     ['the third most likely token', 2],
-  ])("a step whose draft is %s: its first token follows the plain step's filtered distribution (5000 seeds)", (_, rank) => {
+  ])("a step whose draft is %s: its first token follows the plain step's filtered distribution (5000 seeds)", async (_, rank) => {
     const e = m.tiny!.engine,
       V = e.dims.vocab;
     const o = { temperature: 0.15, topK: 6, topP: 1, minP: 0 }; // peaked: the logits of a random model are close
@@ -484,7 +484,7 @@ describe("speculative sampling keeps plain sampling's distribution", () => {
     const counts = new Map<number, number>();
     const N = 5000;
     for (let seed = 0; seed < N; seed++) {
-      const r = e.speculativeStep([seq], [pending], [draft], [{ ...o, seed }]);
+      const r = await e.speculativeStep([seq], [pending], [draft], [{ ...o, seed }]);
       for (const t of r.nFfn) t.dispose();
       const first = r.tokens[0]![0]!;
       counts.set(first, (counts.get(first) ?? 0) + 1);

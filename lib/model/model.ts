@@ -3,7 +3,7 @@
 // turns a batch of sequences and new tokens into a Step (positions, cache slots, block tables) and
 // runs the architecture (longcat-flash.ts) on it.
 import { native } from '../native.js';
-import { type Tensor, empty, tensor, toArray } from '../tensor.js';
+import { type Tensor, empty, tensor, toArrayAsync } from '../tensor.js';
 import { Event, Stream } from '../device.js';
 import { BlockAllocator, SequenceCache, batchTables } from '../kv-cache.js';
 import { ArgumentError, DisposedError, LongcatError, OutOfMemoryError } from '../errors.js';
@@ -546,14 +546,15 @@ export class LongcatModel {
    * sampling that keeps plain sampling's distribution), run the MTP head on both verified rows and
    * pick the next draft from the row after the last accepted token. Each sequence then holds
    * L + 1 + accepted tokens (the rejected position's latents are dropped with it; the MTP cache
-   * shares its slots). Needs room for 2 tokens in every sequence (canReserve(2)).
+   * shares its slots). Needs room for 2 tokens in every sequence (canReserve(2)). The result is read
+   * back awaited: until it settles, nothing else may use the sequences or queue work on the model.
    */
-  speculativeStep(
+  async speculativeStep(
     seqs: SequenceCache[],
     pending: number[],
     drafts: number[],
     sampling: readonly SamplingParams[],
-  ): SpeculativeStep {
+  ): Promise<SpeculativeStep> {
     if (this.disposed) throw new DisposedError('E_DISPOSED', 'LongcatModel.speculativeStep: the model was disposed');
     if (!this.w.mtp) throw new ArgumentError('E_ARGUMENT', 'LongcatModel.speculativeStep: the model has no MTP head');
     const B = seqs.length;
@@ -595,7 +596,7 @@ export class LongcatModel {
       } finally {
         ngramRows?.dispose();
       }
-      const out = toArray(g.outputs) as Int32Array;
+      const out = (await toArrayAsync(g.outputs)) as Int32Array;
       this.ep?.endStep();
       const accepted = Array.from(out.subarray(2 * B, 3 * B));
       seqs.forEach((seq, b) => seq.truncate(pastLens[b]! + 1 + accepted[b]!));

@@ -1,0 +1,114 @@
+// Continuous batching (lib/scheduler.ts): concurrent sessions' decode steps run as one batched
+// forward, and each generation equals the same request run alone -- greedy and sampled, plain and
+// speculative, sessions joining and leaving at different times -- and a long prompt is prefilled a
+// chunk per round while the other streams keep getting tokens.
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { initRandom } from '../lib/init-random.js';
+import { loadModel, type GenerateOptions, type Model } from '../lib/generate.js';
+import { native } from '../lib/native.js';
+import { fixtureRoot } from './model-fixture.js';
+
+const root = fixtureRoot('longcat-scheduler-');
+let model: Model;
+let prev: string;
+beforeAll(async () => {
+  const dir = path.join(root, 'tiny');
+  await initRandom({ preset: 'tiny', out: dir, seed: 4, mtp: true, draftAgreement: 0.5 });
+  // fp32 products: a row's logits then agree between batch sizes far below the top-two gaps
+  prev = native.setMatmulPrecision('highest');
+  model = await loadModel(dir, { backend: 'cpu', maxContext: 1024 });
+});
+afterAll(() => {
+  model.dispose();
+  native.setMatmulPrecision(prev as 'highest');
+});
+
+interface Request {
+  prompt: string;
+  o: GenerateOptions;
+}
+const requests: Request[] = [
+  { prompt: 'the first stream', o: { maxTokens: 30 } },
+  { prompt: 'a second, longer prompt for the second stream', o: { maxTokens: 12 } },
+  { prompt: 'third', o: { maxTokens: 25, temperature: 0.9, topK: 20, seed: 7 } },
+  { prompt: 'the fourth one', o: { maxTokens: 20, speculative: true } },
+  { prompt: 'fifth, sampled and speculative', o: { maxTokens: 18, temperature: 0.8, topP: 0.9, seed: 3, speculative: true } },
+];
+
+async function alone(r: Request) {
+  using s = model.createSession();
+  return (await s.generate(r.prompt, r.o)).tokens;
+}
+
+describe('continuous batching', () => {
+  it('concurrent generations (greedy, sampled, speculative) each equal the same request run alone, in batched steps', async () => {
+    const want = [];
+    for (const r of requests) want.push(await alone(r));
+    const before = { ...model.scheduler.stats };
+    const sessions = requests.map(() => model.createSession());
+    const got = await Promise.all(requests.map((r, i) => sessions[i]!.generate(r.prompt, r.o)));
+    for (const s of sessions) s.dispose();
+    expect(got.map(g => g.tokens)).toEqual(want);
+    const st = model.scheduler.stats;
+    // the plain streams shared decode steps: fewer steps than rows, and batches of 3 at the start
+    expect(st.decodeRows - before.decodeRows).toBeGreaterThan(st.decodeSteps - before.decodeSteps);
+    expect(st.largestBatch).toBeGreaterThanOrEqual(3);
+    expect(st.speculativeRows - before.speculativeRows).toBeGreaterThan(st.speculativeSteps - before.speculativeSteps);
+    expect(model.engine.allocator.inUse).toBe(0);
+  });
+
+  it("sessions joining while others run, and leaving early (abort, maxTokens), do not change anyone's tokens", async () => {
+    const want = await alone(requests[0]!);
+    const a = model.createSession(),
+      c = model.createSession();
+    const ac = new AbortController();
+    // c streams alongside and is aborted after its second chunk of text
+    const aborted = (async () => {
+      const gC = c.generate('to be aborted', { maxTokens: 100, signal: ac.signal });
+      let n = 0;
+      for await (const _ of gC) if (++n === 2) ac.abort();
+      return (await gC).stopReason;
+    })();
+    let seen = 0;
+    const gA = a.generate(requests[0]!.prompt, requests[0]!.o);
+    const joined: Promise<number[]>[] = [];
+    for await (const _ of gA) if (++seen === 3) joined.push(alone(requests[1]!));
+    expect(await aborted).toBe('abort');
+    expect((await gA).tokens).toEqual(want);
+    expect(await joined[0]).toEqual(await alone(requests[1]!));
+    a.dispose();
+    c.dispose();
+    expect(model.engine.allocator.inUse).toBe(0); // every session's blocks back, the aborted one's too
+  });
+
+  it('a long prompt is prefilled one chunk per round while a running stream keeps getting tokens', async () => {
+    using a = model.createSession();
+    using b = model.createSession();
+    const events: string[] = [];
+    const long = Array.from({ length: 120 }, (_, i) => `word${i % 17}`).join(' ');
+    const gA = a.generate('the running stream', { maxTokens: 60 });
+    let started = false;
+    let gB: Promise<unknown> | null = null;
+    for await (const _ of gA) {
+      events.push('a');
+      if (!started && events.length >= 2) {
+        started = true;
+        gB = b
+          .generate(long, {
+            maxTokens: 1,
+            prefillChunk: 16,
+            onPrefillChunk: p => events.push(p.done < p.total ? 'chunk' : 'done'),
+          })
+          .then(r => r);
+      }
+    }
+    await gB;
+    // while the running stream ran, it got a token between every two chunks of the long prompt
+    const first = events.indexOf('chunk'),
+      end = Math.min(events.lastIndexOf('chunk'), events.lastIndexOf('a'));
+    const during = events.slice(first, end + 1);
+    expect(during.filter(e => e === 'chunk').length).toBeGreaterThanOrEqual(5);
+    expect(during.join(',').includes('chunk,chunk')).toBe(false);
+  });
+});
