@@ -4,9 +4,9 @@
 // the draft, thread-count independence, and typed errors for bad inputs. The CUDA kernels are
 // compared with these in test/op-cases.ts (test/cuda.test.ts, emulated or on a GPU).
 import { describe, expect, it } from 'vitest';
-import { native, tensor, toArray, Stream } from '../lib/index.js';
+import { native, tensor, toArray, empty, Stream } from '../lib/index.js';
 import type { Tensor } from '../lib/index.js';
-import { rng, expectCode } from './helpers.js';
+import { rng, expectCode, backends } from './helpers.js';
 import {
   argmaxRef,
   chiSquare,
@@ -362,6 +362,65 @@ describe('sampleSpeculative (CPU)', () => {
     badValue({ drafts: i32([0, 1, 5, 3], [B, k]) }, /drafts\[1, 0\] = 5 is out of range for a vocabulary of 5/);
     badValue({ drafts: i32([0, -1, 2, 3], [B, k]) }, /drafts\[0, 1\] = -1/);
     badValue({ positions: i32([0, 1, 2, 0, -4, 2], [B * R]) }, /positions\[4\] = -4 is negative/);
+  });
+});
+
+describe.each(backends)('sampleSpeculative + selectAccepted in a captured graph (%s)', device => {
+  it('replays with new logits, drafts, positions and params, as the eager CPU op computes them', () => {
+    const r = rng(1603);
+    const B = 4,
+      k = 2,
+      R = k + 1,
+      V = 517;
+    const s = new Stream(device);
+    const dev = (values: ArrayLike<number>, shape: number[], dtype: 'f32' | 'int32') => tensor(values, shape, { dtype, device });
+    const logits = dev(new Float32Array(B * R * V), [B * R, V], 'f32'),
+      drafts = dev(new Int32Array(B * k), [B, k], 'int32'),
+      positions = dev(new Int32Array(B * R), [B * R], 'int32'),
+      params = dev(new Int32Array(B * 6), [B, 6], 'int32'),
+      candidates = dev(new Int32Array(B * R), [B, R], 'int32');
+    const tokens = empty([B, R], { dtype: 'int32', device }),
+      accepted = empty([B], { dtype: 'int32', device }),
+      next = empty([B], { dtype: 'int32', device });
+    const graph = native.captureGraph([s], () => {
+      native.sampleSpeculative(s, tokens, accepted, logits, drafts, positions, params);
+      native.selectAccepted(s, next, candidates, accepted);
+    });
+    // greedy and single-survivor sequences are exact on every backend; the sampled one (b = 3)
+    // shares its accept decisions with the CPU
+    const ps: SampleP[] = [PARAMS[0]!, { temperature: 0.8, topK: 1, topP: 1, minP: 0 }, PARAMS[0]!, PARAMS[1]!];
+    for (let replay = 0; replay < 4; replay++) {
+      const lv = Float32Array.from({ length: B * R * V }, () => r.normal() * 2);
+      const dv = Array.from({ length: B * k }, (_, i) => {
+        const row = Math.floor(i / k) * R + (i % k);
+        return r.int(3) ? argmaxRef(lv.subarray(row * V, (row + 1) * V)) : r.int(V);
+      });
+      const pv = Array.from({ length: B * R }, (_, i) => 30 * replay + i);
+      const qv = ps.map((p, b) => speculativeParams(p, BigInt(1000 * replay + b)));
+      const cv = Array.from({ length: B * R }, () => r.int(V));
+      logits.copyFromBytes(lv);
+      drafts.copyFromBytes(Int32Array.from(dv));
+      positions.copyFromBytes(Int32Array.from(pv));
+      params.copyFromBytes(Int32Array.from(qv.flat()));
+      candidates.copyFromBytes(Int32Array.from(cv));
+      graph.replay();
+      s.synchronize();
+      const want = speculate(lv, V, dv, k, pv, qv);
+      const gotTokens = toArray(tokens),
+        gotAccepted = toArray(accepted),
+        gotNext = toArray(next);
+      expect(Array.from(gotAccepted), `replay ${replay}: accepted`).toEqual(Array.from(want.accepted));
+      for (let b = 0; b < B; b++) {
+        const exact = device === 'cpu' || b < 3;
+        if (exact)
+          expect(Array.from(gotTokens.subarray(b * R, (b + 1) * R)), `replay ${replay} seq ${b}`).toEqual(
+            Array.from(want.tokens.subarray(b * R, (b + 1) * R)),
+          );
+        expect(gotNext[b], `replay ${replay}: next draft of seq ${b}`).toBe(cv[b * R + want.accepted[b]!]);
+      }
+    }
+    graph.dispose();
+    s.dispose();
   });
 });
 
