@@ -216,6 +216,9 @@ __global__ void softmax_kernel(int64_t V, const float* x, float* y) {
 // weight instead of summed in f64; and the draw walks survivors in ascending id order where the
 // CPU walks them in its (heap / partition) order. Greedy (T = 0) and anything that leaves a single
 // survivor (topK = 1) are exact; given the seed, GPU results are reproducible run to run.
+// The sampling kernels run one block per row or sequence (grids of <= 64 blocks), so their launch
+// bounds ask for one resident block per SM: ptxas may then use registers freely (no spills) rather
+// than fit several blocks.
 constexpr int kSampleThreads = 512;
 
 __device__ __forceinline__ uint32_t order_key(float z) {
@@ -315,8 +318,8 @@ __device__ __forceinline__ unsigned long long sample_mass(float w, double wscale
 // Stages A-D for one row: zw[j] = the weight of token j if it survives the filters, -1 if not.
 // Returns the argmax of z; when its value is -inf or +inf the row's only survivor is
 // degenerate_token(best) and zw is left partly written.
-__device__ ArgBest filter_row(const float* __restrict__ l, int64_t V, double temp, int64_t top_k, float top_p, float min_p,
-                              double wscale, float* __restrict__ zw, SampleShared& sh) {
+__device__ __forceinline__ ArgBest filter_row(const float* __restrict__ l, int64_t V, double temp, int64_t top_k, float top_p,
+                                              float min_p, double wscale, float* __restrict__ zw, SampleShared& sh) {
   auto mass = [&](float w) { return sample_mass(w, wscale); };
   // A. z and its argmax.
   ArgBest best{-INFINITY, INT32_MAX};
@@ -401,7 +404,8 @@ __device__ __forceinline__ bool is_degenerate(ArgBest best) { return !(best.v > 
 __device__ __forceinline__ int32_t degenerate_token(ArgBest best) { return best.v > -INFINITY ? best.i : 0; }
 
 // The total survivor mass of a filtered row, token `skip` (-1: none) counted as 0.
-__device__ unsigned long long survivor_mass(int64_t V, const float* zw, int64_t skip, double wscale, SampleShared& sh) {
+__device__ __forceinline__ unsigned long long survivor_mass(int64_t V, const float* zw, int64_t skip, double wscale,
+                                                            SampleShared& sh) {
   unsigned long long s = 0;
   for (int64_t j = threadIdx.x; j < V; j += blockDim.x)
     if (j != skip) s += sample_mass(zw[j], wscale);
@@ -410,15 +414,15 @@ __device__ unsigned long long survivor_mass(int64_t V, const float* zw, int64_t 
 
 // Stage E: target = floor(u * total); the first survivor in ascending id order whose cumulative
 // mass exceeds it, token `skip` weighing 0. total > 0 (the sum survivor_mass gave).
-__device__ int64_t draw(int64_t V, const float* zw, int64_t skip, unsigned long long total, double u, double wscale,
-                        int64_t fallback, SampleShared& sh) {
+__device__ __forceinline__ int64_t draw(int64_t V, const float* zw, int64_t skip, unsigned long long total, double u,
+                                        double wscale, int64_t fallback, SampleShared& sh) {
   unsigned long long target = static_cast<unsigned long long>(u * static_cast<double>(total));
   if (target >= total) target = total - 1;
   return find_cum_exceeding(
       V, target, [&](int64_t j) { return j == skip ? 0ull : sample_mass(zw[j], wscale); }, fallback, sh);
 }
 
-__global__ void __launch_bounds__(kSampleThreads)
+__global__ void __launch_bounds__(kSampleThreads, 1)
     sample_kernel(int64_t rows, int64_t V, const float* __restrict__ logits, double temp, int64_t top_k, float top_p, float min_p,
                   uint64_t seed, uint64_t step, int mass_shift, int32_t* __restrict__ ids, float* __restrict__ ws) {
   __shared__ SampleShared sh;
@@ -457,7 +461,7 @@ __device__ __forceinline__ cpu::SampleParams clamp_speculative_params(cpu::Sampl
   return p;
 }
 
-__global__ void __launch_bounds__(kSampleThreads)
+__global__ void __launch_bounds__(kSampleThreads, 1)
     sample_speculative_kernel(int64_t B, int64_t k, int64_t V, const float* __restrict__ logits,
                               const int32_t* __restrict__ drafts, const int32_t* __restrict__ positions,
                               const int32_t* __restrict__ params, int mass_shift, int32_t* __restrict__ tokens,

@@ -1,12 +1,13 @@
 // sampleSpeculative (rejection sampling of deterministic drafts) and selectAccepted on the CPU:
 // against a float64 reference of the rule (native/cpu/sampling.h) at odd sizes with every branch
 // hit, a chi-square test that the first token follows the sampler's filtered distribution whatever
-// the draft, thread-count independence, and typed errors for bad inputs. The CUDA kernels are
-// compared with these in test/op-cases.ts (test/cuda.test.ts, emulated or on a GPU).
+// the draft (CPU, and CUDA where present), thread-count independence, graph capture and replay
+// (each backend), and typed errors for bad inputs. The CUDA kernels are also compared with the CPU
+// in test/op-cases.ts (test/cuda.test.ts, emulated or on a GPU).
 import { describe, expect, it } from 'vitest';
-import { native, tensor, toArray, Stream } from '../lib/index.js';
+import { native, tensor, toArray, empty, Stream } from '../lib/index.js';
 import type { Tensor } from '../lib/index.js';
-import { rng, expectCode } from './helpers.js';
+import { rng, expectCode, backends, cudaAvailable, workLimitMs } from './helpers.js';
 import {
   argmaxRef,
   chiSquare,
@@ -26,18 +27,27 @@ interface Run {
   tokens: Int32Array;
   accepted: Int32Array;
 }
-function speculate(logits: Float32Array, V: number, drafts: number[], k: number, positions: number[], params: number[][]): Run {
+function speculate(
+  logits: Float32Array,
+  V: number,
+  drafts: number[],
+  k: number,
+  positions: number[],
+  params: number[][],
+  device = 'cpu',
+): Run {
   const B = params.length;
-  const tokens = poisoned([B, k + 1]),
-    accepted = poisoned([B]);
+  const on = (t: Tensor) => (device === 'cpu' ? t : t.to(device));
+  const tokens = on(poisoned([B, k + 1])),
+    accepted = on(poisoned([B]));
   native.sampleSpeculative(
     null,
     tokens,
     accepted,
-    tensor(logits, [B * (k + 1), V]),
-    i32(drafts, [B, k]),
-    i32(positions, [B * (k + 1)]),
-    i32(params.flat(), [B, 6]),
+    on(tensor(logits, [B * (k + 1), V])),
+    on(i32(drafts, [B, k])),
+    on(i32(positions, [B * (k + 1)])),
+    on(i32(params.flat(), [B, 6])),
   );
   return { tokens: toArray(tokens) as Int32Array, accepted: toArray(accepted) as Int32Array };
 }
@@ -186,60 +196,7 @@ describe('sampleSpeculative (CPU)', () => {
   });
 
   it('the first token follows the filtered distribution whatever the draft (chi-square over 20k seeds)', () => {
-    // k = 1, one row pair per sequence, 20000 sequences with seeds 0..19999 in one call each:
-    // tokens[b, 0] ~ p_0 (accepted draft or correction), and the bonus tokens[b, 1] of the
-    // accepted sequences ~ p_1. Fixed seeds: deterministic; the bound is far above the mean df.
-    const probs = [0.3, 0.22, 0.15, 0.1, 0.08, 0.06, 0.04, 0.03, 0.015, 0.005];
-    const row0 = Float32Array.from(probs, x => Math.log(x) + 1.5);
-    const row1 = Float32Array.from(probs, (_, i) => Math.log(probs[probs.length - 1 - i]!));
-    const V = probs.length,
-      N = 20000;
-    const cases: [SampleP, number][] = [
-      [{ temperature: 1, topK: 0, topP: 1, minP: 0 }, 0], // the most likely token as the draft
-      [{ temperature: 1, topK: 0, topP: 1, minP: 0 }, 4],
-      [{ temperature: 0.7, topK: 6, topP: 1, minP: 0 }, 2],
-      [{ temperature: 1, topK: 6, topP: 1, minP: 0 }, 8], // a draft outside the top-k: always rejected
-      [{ temperature: 1.6, topK: 0, topP: 0.9, minP: 0.1 }, 1],
-      [{ temperature: 1, topK: 0, topP: 0.5, minP: 0 }, 0],
-    ];
-    for (const [p, d] of cases) {
-      const logits = new Float32Array(N * 2 * V);
-      for (let b = 0; b < N; b++) {
-        logits.set(row0, 2 * b * V);
-        logits.set(row1, (2 * b + 1) * V);
-      }
-      const params = Array.from({ length: N }, (_, b) => speculativeParams(p, BigInt(b) * 0x100000001n));
-      const positions = Array.from({ length: 2 * N }, (_, i) => 100 + (i % 2));
-      const got = speculate(logits, V, new Array(N).fill(d), 1, positions, params);
-      const first = new Float64Array(V),
-        bonus = new Float64Array(V);
-      let acc = 0;
-      for (let b = 0; b < N; b++) {
-        first[got.tokens[2 * b]!]! += 1;
-        if (got.accepted[b] === 1) {
-          acc++;
-          bonus[got.tokens[2 * b + 1]!]! += 1;
-        } else expect(got.tokens[2 * b + 1]).toBe(got.tokens[2 * b]);
-      }
-      const q0 = filtered(row0, p),
-        q1 = filtered(row1, p);
-      const what = `${JSON.stringify(p)} draft ${d}`;
-      // acceptance is Binomial(N, p_0(d)): within 6 sd
-      expect(Math.abs(acc - N * q0[d]!), `${what}: accepted ${acc}`).toBeLessThanOrEqual(
-        6 * Math.sqrt(N * q0[d]! * (1 - q0[d]!)) + 1,
-      );
-      for (const [counts, q, name] of [
-        [first, q0, 'tokens[b, 0]'],
-        [bonus, q1, 'bonus tokens[b, 1]'],
-      ] as const) {
-        const { chi2, df, outside } = chiSquare(counts, q);
-        expect(outside, `${what}: filtered tokens drawn as ${name}`).toBe(0);
-        if (process.env.LC_DEBUG_CHI2) console.log(what, name, chi2, df);
-        if (df < 1) continue; // one survivor: `outside` checked nothing else was drawn
-        if (name !== 'tokens[b, 0]' && acc < 1000) continue; // too few bonus draws (the binomial bound covered acc)
-        expect(chi2, `${what}: chi2 of ${name} (df ${df})`).toBeLessThan(df + 6 * Math.sqrt(2 * df) + 10);
-      }
-    }
+    firstTokenDistribution('cpu', 20000, DISTRIBUTION_CASES);
   });
 
   it('is a pure function of its inputs: thread counts, repeated calls', () => {
@@ -365,6 +322,84 @@ describe('sampleSpeculative (CPU)', () => {
   });
 });
 
+// The GPU draws its corrections in another order than the CPU (cuda/elementwise.cu), so its
+// distribution is checked on its own. The emulated device runs 3 of the cases at 2,000 sequences
+// (each sequence is a block of 512 emulated threads, 4-10 ms of CPU: up to about 60 s in all).
+const emulated = native.buildInfo().cudaArchs === 'emulated';
+describe.skipIf(!cudaAvailable)('sampleSpeculative on CUDA', () => {
+  const N = emulated ? 2000 : 20000;
+  it(
+    `the first token follows the filtered distribution whatever the draft (chi-square over ${N} seeds)`,
+    () => {
+      firstTokenDistribution(
+        'cuda:0',
+        N,
+        emulated ? DISTRIBUTION_CASES.filter((_, i) => [1, 2, 4].includes(i)) : DISTRIBUTION_CASES,
+      );
+    },
+    workLimitMs(60),
+  );
+});
+
+describe.each(backends)('sampleSpeculative + selectAccepted in a captured graph (%s)', device => {
+  it('replays with new logits, drafts, positions and params, as the eager CPU op computes them', () => {
+    const r = rng(1603);
+    const B = 4,
+      k = 2,
+      R = k + 1,
+      V = 517;
+    const s = new Stream(device);
+    const dev = (values: ArrayLike<number>, shape: number[], dtype: 'f32' | 'int32') => tensor(values, shape, { dtype, device });
+    const logits = dev(new Float32Array(B * R * V), [B * R, V], 'f32'),
+      drafts = dev(new Int32Array(B * k), [B, k], 'int32'),
+      positions = dev(new Int32Array(B * R), [B * R], 'int32'),
+      params = dev(new Int32Array(B * 6), [B, 6], 'int32'),
+      candidates = dev(new Int32Array(B * R), [B, R], 'int32');
+    const tokens = empty([B, R], { dtype: 'int32', device }),
+      accepted = empty([B], { dtype: 'int32', device }),
+      next = empty([B], { dtype: 'int32', device });
+    const graph = native.captureGraph([s], () => {
+      native.sampleSpeculative(s, tokens, accepted, logits, drafts, positions, params);
+      native.selectAccepted(s, next, candidates, accepted);
+    });
+    // greedy and single-survivor sequences are exact on every backend; the sampled one (b = 3)
+    // shares its accept decisions with the CPU
+    const ps: SampleP[] = [PARAMS[0]!, { temperature: 0.8, topK: 1, topP: 1, minP: 0 }, PARAMS[0]!, PARAMS[1]!];
+    for (let replay = 0; replay < 4; replay++) {
+      const lv = Float32Array.from({ length: B * R * V }, () => r.normal() * 2);
+      const dv = Array.from({ length: B * k }, (_, i) => {
+        const row = Math.floor(i / k) * R + (i % k);
+        return r.int(3) ? argmaxRef(lv.subarray(row * V, (row + 1) * V)) : r.int(V);
+      });
+      const pv = Array.from({ length: B * R }, (_, i) => 30 * replay + i);
+      const qv = ps.map((p, b) => speculativeParams(p, BigInt(1000 * replay + b)));
+      const cv = Array.from({ length: B * R }, () => r.int(V));
+      logits.copyFromBytes(lv);
+      drafts.copyFromBytes(Int32Array.from(dv));
+      positions.copyFromBytes(Int32Array.from(pv));
+      params.copyFromBytes(Int32Array.from(qv.flat()));
+      candidates.copyFromBytes(Int32Array.from(cv));
+      graph.replay();
+      s.synchronize();
+      const want = speculate(lv, V, dv, k, pv, qv);
+      const gotTokens = toArray(tokens),
+        gotAccepted = toArray(accepted),
+        gotNext = toArray(next);
+      expect(Array.from(gotAccepted), `replay ${replay}: accepted`).toEqual(Array.from(want.accepted));
+      for (let b = 0; b < B; b++) {
+        const exact = device === 'cpu' || b < 3;
+        if (exact)
+          expect(Array.from(gotTokens.subarray(b * R, (b + 1) * R)), `replay ${replay} seq ${b}`).toEqual(
+            Array.from(want.tokens.subarray(b * R, (b + 1) * R)),
+          );
+        expect(gotNext[b], `replay ${replay}: next draft of seq ${b}`).toBe(cv[b * R + want.accepted[b]!]);
+      }
+    }
+    graph.dispose();
+    s.dispose();
+  });
+});
+
 describe('selectAccepted (CPU)', () => {
   it('picks candidates[b, accepted[b]], clamping out-of-range counts', () => {
     for (const [B, R] of [
@@ -421,4 +456,63 @@ function residualDraw(q: Float64Array, d: number, u: number): number | null {
     if (cum > target) return i;
   }
   return null;
+}
+
+const DISTRIBUTION_CASES: [SampleP, number][] = [
+  [{ temperature: 1, topK: 0, topP: 1, minP: 0 }, 0], // the most likely token as the draft
+  [{ temperature: 1, topK: 0, topP: 1, minP: 0 }, 4],
+  [{ temperature: 0.7, topK: 6, topP: 1, minP: 0 }, 2],
+  [{ temperature: 1, topK: 6, topP: 1, minP: 0 }, 8], // a draft outside the top-k: always rejected
+  [{ temperature: 1.6, topK: 0, topP: 0.9, minP: 0.1 }, 1],
+  [{ temperature: 1, topK: 0, topP: 0.5, minP: 0 }, 0],
+];
+
+/**
+ * k = 1, one row pair per sequence, N sequences with seeds 0..N-1 in one call per case:
+ * tokens[b, 0] ~ p_0 (accepted draft or correction), and the bonus tokens[b, 1] of the accepted
+ * sequences ~ p_1. Fixed seeds: deterministic; the bound is far above the mean df.
+ */
+function firstTokenDistribution(device: string, N: number, cases: [SampleP, number][]) {
+  const probs = [0.3, 0.22, 0.15, 0.1, 0.08, 0.06, 0.04, 0.03, 0.015, 0.005];
+  const row0 = Float32Array.from(probs, x => Math.log(x) + 1.5);
+  const row1 = Float32Array.from(probs, (_, i) => Math.log(probs[probs.length - 1 - i]!));
+  const V = probs.length;
+  for (const [p, d] of cases) {
+    const logits = new Float32Array(N * 2 * V);
+    for (let b = 0; b < N; b++) {
+      logits.set(row0, 2 * b * V);
+      logits.set(row1, (2 * b + 1) * V);
+    }
+    const params = Array.from({ length: N }, (_, b) => speculativeParams(p, BigInt(b) * 0x100000001n));
+    const positions = Array.from({ length: 2 * N }, (_, i) => 100 + (i % 2));
+    const got = speculate(logits, V, new Array(N).fill(d), 1, positions, params, device);
+    const first = new Float64Array(V),
+      bonus = new Float64Array(V);
+    let acc = 0;
+    for (let b = 0; b < N; b++) {
+      first[got.tokens[2 * b]!]! += 1;
+      if (got.accepted[b] === 1) {
+        acc++;
+        bonus[got.tokens[2 * b + 1]!]! += 1;
+      } else expect(got.tokens[2 * b + 1]).toBe(got.tokens[2 * b]);
+    }
+    const q0 = filtered(row0, p),
+      q1 = filtered(row1, p);
+    const what = `${JSON.stringify(p)} draft ${d}`;
+    // acceptance is Binomial(N, p_0(d)): within 6 sd
+    expect(Math.abs(acc - N * q0[d]!), `${what}: accepted ${acc}`).toBeLessThanOrEqual(
+      6 * Math.sqrt(N * q0[d]! * (1 - q0[d]!)) + 1,
+    );
+    for (const [counts, q, name] of [
+      [first, q0, 'tokens[b, 0]'],
+      [bonus, q1, 'bonus tokens[b, 1]'],
+    ] as const) {
+      const { chi2, df, outside } = chiSquare(counts, q);
+      expect(outside, `${what}: filtered tokens drawn as ${name}`).toBe(0);
+      if (process.env.LC_DEBUG_CHI2) console.log(what, name, chi2, df);
+      if (df < 1) continue; // one survivor: `outside` checked nothing else was drawn
+      if (name !== 'tokens[b, 0]' && acc < 1000) continue; // too few bonus draws (the binomial bound covered acc)
+      expect(chi2, `${what}: chi2 of ${name} (df ${df})`).toBeLessThan(df + 6 * Math.sqrt(2 * df) + 10);
+    }
+  }
 }
