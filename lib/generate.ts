@@ -203,14 +203,23 @@ export class Session {
     const ids = this.encodePrompt(prompt, o.parseSpecialTokens ?? false);
     if (ids.length === 0) throw new ArgumentError('E_ARGUMENT', 'generate: the prompt encodes to no tokens');
 
-    // Reuse the longest cached prefix; at least the last prompt token is recomputed for its logits.
+    // Reuse the longest cached prefix -- this session's own, or pages other sessions left in the
+    // model's prefix cache; at least the last prompt token is recomputed for its logits.
     // Speculation also needs the MTP head's cache over the reused prefix.
     let common = 0;
     while (common < this.cached.length && common < ids.length - 1 && this.cached[common] === ids[common]) common++;
     if (speculative) common = Math.min(common, this.mtpValid);
-    this.seq.truncate(common);
+    common = this.seq.truncate(common); // (a shared page it would end inside is dropped: never written)
     this.cached.length = common;
     this.mtpValid = Math.min(this.mtpValid, common);
+    const shared = this.owner.prefixCache ? engine.cachedPrefix(ids, ids.length - 1, speculative) : [];
+    if (shared.length * engine.blockSize > common) {
+      this.seq.truncate(0);
+      engine.adoptPrefix(this.seq, shared, ids);
+      common = this.seq.length;
+      this.cached = ids.slice(0, common);
+      this.mtpValid = speculative ? common : 0;
+    }
 
     const t0 = performance.now();
     const sampled = empty([1], { dtype: 'int32', device: engine.device });
@@ -301,6 +310,7 @@ export class Session {
           if (!last) o.onPrefillChunk?.({ done: prefillTotal - pending.length, total: prefillTotal });
         }
         o.onPrefillChunk?.({ done: prefillTotal, total: prefillTotal });
+        if (this.owner.prefixCache) this.seq.publish(this.cached, this.mtpValid); // the prompt's pages, for later prompts that share them
         tFirst = performance.now();
         if (!take(next)) break generation;
         await yieldToEventLoop();
@@ -339,8 +349,7 @@ export class Session {
             }
             if (stopReason === 'eos' || stopReason === 'stop' || out.length >= maxTokens) {
               // Ended inside the committed tokens: the cache keeps what precedes the last one taken.
-              const keep = this.cached.length - (r.tokens.length - taken);
-              this.seq.truncate(keep);
+              const keep = this.seq.truncate(this.cached.length - (r.tokens.length - taken));
               this.cached.length = keep;
               this.mtpValid = Math.min(this.mtpValid, keep);
               break;
@@ -369,6 +378,7 @@ export class Session {
         textOut += decoder.flush();
         if (textOut.length > emitted) emit(textOut.slice(emitted));
       }
+      if (this.owner.prefixCache) this.seq.publish(this.cached, this.mtpValid); // and the answer's, for the next turn of a copy of this chat
     } finally {
       sampled.dispose();
     }
@@ -545,6 +555,8 @@ export class Model {
     readonly tokenizer: Tokenizer,
     /** Prompt tokens per forward step of a prefill (generate's default `prefillChunk`). */
     readonly prefillChunk = 512,
+    /** Whether sessions share the KV pages of identical prompt prefixes (loadModel's `prefixCache`). */
+    readonly prefixCache = true,
   ) {
     if (!Number.isInteger(prefillChunk) || prefillChunk < 1)
       throw new ArgumentError('E_ARGUMENT', `loadModel: prefillChunk must be an integer >= 1, got ${String(prefillChunk)}`);
@@ -642,7 +654,7 @@ export async function loadModel(dir: string, opts: LoadModelOptions = {}): Promi
     throw new ArgumentError('E_ARGUMENT', `loadModel: prefillChunk must be an integer >= 1, got ${String(chunk)}`);
   const { checkpoint, model } = await loadCheckpointModel(dir, opts);
   try {
-    return new Model(model, checkpoint, await loadTokenizer(dir), opts.prefillChunk);
+    return new Model(model, checkpoint, await loadTokenizer(dir), opts.prefillChunk, opts.prefixCache);
   } catch (e) {
     model.dispose();
     checkpoint.close();

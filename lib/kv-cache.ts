@@ -12,62 +12,156 @@ function checkCount(what: string, v: number, min: number): void {
   if (!Number.isInteger(v) || v < min) throw new ArgumentError('E_ARGUMENT', `${what} must be an integer >= ${min}, got ${v}`);
 }
 
-/** Hands out block ids 0..numBlocks-1. Freed blocks are reused first (LIFO). */
+/**
+ * Hands out block ids 0..numBlocks-1, reference counted: a block may be held by several sequences
+ * (a shared prompt prefix). Freed blocks are reused first (LIFO). A block registered in the prefix
+ * cache keeps its contents when its last holder lets go: it waits, least recently released first,
+ * until a later prompt with the same prefix takes it again (retain) or an allocation needs it (then
+ * it is evicted: unregistered, with every cached page that continues it).
+ */
 export class BlockAllocator {
   readonly numBlocks: number;
   private readonly freeList: number[] = []; // released blocks, reused first (last released first)
   private fresh = 0; // blocks fresh..numBlocks-1 were never handed out
-  private readonly used: Uint8Array;
+  private readonly refs: Int32Array;
+  /** Registered pages by key (see PrefixCache), and the key / continuing pages of each. */
+  private readonly pages = new Map<string, number>();
+  private readonly keyOf = new Map<number, string>();
+  private readonly children = new Map<number, Set<number>>();
+  private readonly parentOf = new Map<number, number>();
+  /** Registered blocks nobody holds, least recently released first (Map keeps insertion order). */
+  private readonly idle = new Map<number, true>();
+  /** Cached pages whose latents include the MTP head's (written by a speculating sequence). */
+  private readonly withMtp = new Set<number>();
 
   constructor(numBlocks: number) {
     checkCount('BlockAllocator: numBlocks', numBlocks, 1);
     if (numBlocks > 0x7fffffff)
       throw new ArgumentError('E_ARGUMENT', `BlockAllocator: numBlocks ${numBlocks} does not fit int32`);
     this.numBlocks = numBlocks;
-    this.used = new Uint8Array(numBlocks);
+    this.refs = new Int32Array(numBlocks);
   }
 
-  /** Number of free blocks. */
+  /** Number of blocks an allocation can get: free ones and idle cached pages (evicted on demand). */
   get available(): number {
-    return this.freeList.length + this.numBlocks - this.fresh;
+    return this.freeList.length + this.numBlocks - this.fresh + this.idle.size;
   }
 
-  /** Number of blocks in use. */
+  /** Number of blocks held by sequences. */
   get inUse(): number {
     return this.numBlocks - this.available;
   }
 
-  /** One free block id; OutOfMemoryError (E_OOM) when none is left. */
+  /** Registered pages (held or idle). */
+  get cachedPages(): number {
+    return this.pages.size;
+  }
+
+  /** One free block id (evicting the least recently released cached page when no block is free);
+   *  OutOfMemoryError (E_OOM) when none is left. */
   alloc(): number {
-    const id = this.freeList.pop() ?? (this.fresh < this.numBlocks ? this.fresh++ : undefined);
+    let id = this.freeList.pop() ?? (this.fresh < this.numBlocks ? this.fresh++ : undefined);
+    if (id === undefined) {
+      const oldest = this.idle.keys().next();
+      if (!oldest.done) {
+        id = oldest.value;
+        this.unregister(id);
+        this.freeList.pop(); // unregister put the idle block on the free list
+      }
+    }
     if (id === undefined) {
       throw new OutOfMemoryError(
         'E_OOM',
         `KV cache: all ${this.numBlocks} blocks are in use (raise the cache size or release sequences)`,
       );
     }
-    this.used[id] = 1;
+    this.refs[id] = 1;
     return id;
   }
 
-  /** Returns blocks to the pool. Unknown or already-free ids are an ArgumentError (nothing is freed then). */
+  /** One more holder of a block that is held or cached. */
+  retain(id: number): void {
+    if (!Number.isInteger(id) || id < 0 || id >= this.numBlocks || (this.refs[id] === 0 && !this.idle.has(id)))
+      throw new ArgumentError('E_ARGUMENT', `BlockAllocator.retain: block ${id} is neither held nor cached`);
+    this.idle.delete(id);
+    this.refs[id]!++;
+  }
+
+  /** Whether anyone else holds the block, or it is a cached page (its contents must not change). */
+  shared(id: number): boolean {
+    return this.refs[id]! > 1 || this.keyOf.has(id);
+  }
+
+  /** Drops one holder of each block. Unknown or unheld ids are an ArgumentError (nothing is freed then). */
   free(ids: number | Iterable<number>): void {
     const list = typeof ids === 'number' ? [ids] : Array.from(ids);
-    const seen = new Set<number>();
+    const drops = new Map<number, number>();
     for (const id of list) {
       if (!Number.isInteger(id) || id < 0 || id >= this.numBlocks) {
         throw new ArgumentError('E_ARGUMENT', `BlockAllocator.free: block id ${id} is outside [0, ${this.numBlocks})`);
       }
-      if (!this.used[id] || seen.has(id))
+      drops.set(id, (drops.get(id) ?? 0) + 1);
+      if (drops.get(id)! > this.refs[id]!)
         throw new ArgumentError('E_ARGUMENT', `BlockAllocator.free: block ${id} is not allocated (double free)`);
-      seen.add(id);
     }
     // release in reverse so that a sequence's blocks come back in their original order
     for (let i = list.length - 1; i >= 0; i--) {
       const id = list[i]!;
-      this.used[id] = 0;
-      this.freeList.push(id);
+      if (--this.refs[id]! > 0) continue;
+      if (this.keyOf.has(id)) this.idle.set(id, true);
+      else this.freeList.push(id);
     }
+  }
+
+  /** The cached page under `key`, if any. */
+  lookup(key: string): number | undefined {
+    return this.pages.get(key);
+  }
+
+  /** Whether block `id` is a cached page. */
+  isCached(id: number): boolean {
+    return this.keyOf.has(id);
+  }
+
+  /** Whether cached page `id` holds the MTP head's latents too. */
+  hasMtp(id: number): boolean {
+    return this.withMtp.has(id);
+  }
+
+  /** Registers held block `id` as the page under `key`, continuing cached page `parent` (-1: the
+   *  first); `mtp`: its MTP latents are filled too (may be said again later of the same page). */
+  register(id: number, key: string, parent: number, mtp: boolean): void {
+    if (mtp && this.pages.get(key) === id) this.withMtp.add(id);
+    if (this.pages.get(key) === id) return;
+    if (this.refs[id]! < 1 || this.keyOf.has(id) || this.pages.has(key))
+      throw new ArgumentError('E_ARGUMENT', `BlockAllocator.register: block ${id} cannot be registered under this key`);
+    if (mtp) this.withMtp.add(id);
+    this.pages.set(key, id);
+    this.keyOf.set(id, key);
+    if (parent >= 0) {
+      this.parentOf.set(id, parent);
+      let c = this.children.get(parent);
+      if (!c) this.children.set(parent, (c = new Set()));
+      c.add(id);
+    }
+  }
+
+  /** Forgets cached page `id` and every page continuing it (their keys name it); idle ones become
+   *  free, held ones stay with their holders. */
+  uncache(id: number): void {
+    if (this.keyOf.has(id)) this.unregister(id);
+  }
+
+  private unregister(id: number): void {
+    for (const child of this.children.get(id) ?? []) this.unregister(child);
+    this.children.delete(id);
+    const parent = this.parentOf.get(id);
+    if (parent !== undefined) this.children.get(parent)?.delete(id);
+    this.parentOf.delete(id);
+    this.pages.delete(this.keyOf.get(id)!);
+    this.keyOf.delete(id);
+    this.withMtp.delete(id);
+    if (this.idle.delete(id)) this.freeList.push(id);
   }
 }
 
@@ -158,15 +252,70 @@ export class SequenceCache {
     return out;
   }
 
-  /** Drops tokens at positions >= len (speculative rejection), freeing blocks no longer needed. */
-  truncate(len: number): void {
+  /**
+   * Drops tokens at positions >= len (speculative rejection, a chat turn rewound), freeing blocks no
+   * longer needed. A block that is shared (another sequence holds it, or it is a cached prefix page)
+   * is never written again: when `len` ends inside one, that page is dropped too. Returns the length
+   * kept (len, or the start of that page).
+   */
+  truncate(len: number): number {
     this.checkLive('truncate');
     if (!Number.isInteger(len) || len < 0 || len > this.len) {
       throw new ArgumentError('E_ARGUMENT', `SequenceCache.truncate: length ${len} is outside [0, ${this.len}]`);
     }
+    const last = Math.floor(len / this.blockSize);
+    if (len % this.blockSize !== 0 && len < this.len && this.allocator.shared(this.blocks[last]!)) len = last * this.blockSize;
     const keep = Math.ceil(len / this.blockSize);
     if (keep < this.blocks.length) this.allocator.free(this.blocks.splice(keep));
     this.len = len;
+    return len;
+  }
+
+  /** Starts an empty sequence on cached prefix pages (from matchPrefix): it holds them too. */
+  adopt(blocks: readonly number[]): void {
+    this.checkLive('adopt');
+    if (this.len !== 0 || this.blocks.length !== 0)
+      throw new ArgumentError(
+        'E_ARGUMENT',
+        `SequenceCache.adopt: the sequence holds ${this.len} tokens; adopt needs an empty one`,
+      );
+    if (blocks.length * this.blockSize > this.maxContext)
+      throw new ContextLengthError(
+        'E_CONTEXT',
+        `SequenceCache.adopt: ${blocks.length} pages exceed maxContext ${this.maxContext}`,
+      );
+    for (const id of blocks) this.allocator.retain(id);
+    this.blocks = [...blocks];
+    this.len = blocks.length * this.blockSize;
+  }
+
+  /**
+   * Offers the full pages of this sequence, which holds `tokens` (positions 0..), to the prefix
+   * cache: a later sequence starting with the same tokens can share them (matchPrefix). Pages of
+   * content already cached are left as they are. `mtpValid`: positions below it have the MTP
+   * head's latents too.
+   */
+  publish(tokens: readonly number[], mtpValid = 0): void {
+    this.checkLive('publish');
+    const bs = this.blockSize,
+      full = Math.floor(Math.min(tokens.length, this.len) / bs);
+    let parent = -1;
+    for (let i = 0; i < full; i++) {
+      const key = pageKey(parent, tokens.slice(i * bs, (i + 1) * bs));
+      const mine = this.blocks[i]!,
+        cached = this.allocator.lookup(key);
+      const mtp = mtpValid >= (i + 1) * bs;
+      if (cached === undefined && this.allocator.isCached(mine)) break; // cached under another chain: stop here
+      if (cached !== undefined && cached !== mine && mtp && !this.allocator.hasMtp(cached) && !this.allocator.isCached(mine)) {
+        // ours has the MTP latents the cached copy lacks: ours replaces it (and the pages after it)
+        this.allocator.uncache(cached);
+        this.allocator.register(mine, key, parent, true);
+        parent = mine;
+        continue;
+      }
+      if (cached === undefined || cached === mine) this.allocator.register(mine, key, parent, mtp);
+      parent = cached ?? mine;
+    }
   }
 
   /** Block ids in position order: position p lives in block blockTable()[p / blockSize]. */
@@ -190,6 +339,36 @@ export class SequenceCache {
   private checkLive(op: string): void {
     if (this.released) throw new ArgumentError('E_ARGUMENT', `SequenceCache.${op}: the sequence was released`);
   }
+}
+
+/** A cached page's key: the cached page it continues (-1 for the first) and its tokens. Exact (no
+ *  hash to collide); a page's id in it is valid while that page is cached (evicting a page
+ *  unregisters every page continuing it). */
+function pageKey(parent: number, tokens: readonly number[]): string {
+  return `${parent}:${tokens.join(',')}`;
+}
+
+/**
+ * The longest run of cached pages that `tokens` starts with, covering at most `limit` tokens: their
+ * block ids (for SequenceCache.adopt), and whether all of them hold the MTP head's latents.
+ */
+export function matchPrefix(
+  allocator: BlockAllocator,
+  blockSize: number,
+  tokens: readonly number[],
+  limit: number,
+): { blocks: number[]; mtp: boolean } {
+  const blocks: number[] = [];
+  let parent = -1,
+    mtp = true;
+  for (let i = 0; (i + 1) * blockSize <= Math.min(limit, tokens.length); i++) {
+    const id = allocator.lookup(pageKey(parent, tokens.slice(i * blockSize, (i + 1) * blockSize)));
+    if (id === undefined) break;
+    blocks.push(id);
+    mtp &&= allocator.hasMtp(id);
+    parent = id;
+  }
+  return { blocks, mtp: mtp && blocks.length > 0 };
 }
 
 /**

@@ -146,7 +146,13 @@ describe.each(devices)('chunked prefill on %s', device => {
   let model: Model;
   let prompt: string;
   beforeAll(async () => {
-    model = await loadModel(dir, { backend: device === 'cpu' ? 'cpu' : 'cuda', maxContext: 512, cacheDtype: 'f32' });
+    // every generation prefills its whole prompt (no pages shared between the sessions)
+    model = await loadModel(dir, {
+      backend: device === 'cpu' ? 'cpu' : 'cuda',
+      maxContext: 512,
+      cacheDtype: 'f32',
+      prefixCache: false,
+    });
     prompt = 'In the valley of 42 sheep, the shepherd counted: one, two, three, four, five. '.repeat(3);
   });
   afterAll(() => model.dispose());

@@ -42,6 +42,9 @@ export interface LoadModelOptions {
   prefillChunk?: number;
   /** Load the checkpoint's MTP head when it has one (default true): speculative decoding drafts with it. */
   mtp?: boolean;
+  /** Prefix caching (default true): full KV pages of finished prompts and answers stay cached while
+   *  the memory is not needed, and a later prompt that starts with the same tokens shares them. */
+  prefixCache?: boolean;
 }
 
 export function resolveDevice(backend: Backend = (process.env.LONGCAT_BACKEND as Backend) || 'auto', index = 0): string {
@@ -110,8 +113,9 @@ function checkLoadOptions(opts: LoadModelOptions): void {
   int('maxContext', 1);
   int('cacheBlocks', 1);
   int('deviceIndex', 0);
-  if (opts.mtp !== undefined && typeof opts.mtp !== 'boolean')
-    throw new ArgumentError('E_ARGUMENT', `loadModel: mtp must be true or false, got ${showValue(opts.mtp)}`);
+  for (const flag of ['mtp', 'prefixCache'] as const)
+    if (opts[flag] !== undefined && typeof opts[flag] !== 'boolean')
+      throw new ArgumentError('E_ARGUMENT', `loadModel: ${flag} must be true or false, got ${showValue(opts[flag])}`);
   if (opts.cacheDtype !== undefined && opts.cacheDtype !== 'f32' && opts.cacheDtype !== 'bf16')
     throw new ArgumentError('E_ARGUMENT', `loadModel: cacheDtype must be 'f32' or 'bf16', got ${showValue(opts.cacheDtype)}`);
 }

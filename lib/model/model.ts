@@ -5,7 +5,7 @@
 import { native } from '../native.js';
 import { type Tensor, empty, tensor, toArrayAsync } from '../tensor.js';
 import { Event, Stream } from '../device.js';
-import { BlockAllocator, SequenceCache, batchTables } from '../kv-cache.js';
+import { BlockAllocator, SequenceCache, batchTables, matchPrefix } from '../kv-cache.js';
 import { ArgumentError, DisposedError, LongcatError, OutOfMemoryError } from '../errors.js';
 import type { ModelDims } from './dims.js';
 import type { Graph } from '../../types/native.js';
@@ -470,6 +470,27 @@ export class LongcatModel {
     buf.set(host.blockTable, 4 * T);
     g.inputs.copyFromBytes(buf);
     if (host.ngramRows) g.batch.ngramRows!.copyFromBytes(host.ngramRows.toBytes());
+  }
+
+  /**
+   * Prefix caching: the cached pages (SequenceCache.publish) that `tokens` starts with, covering at
+   * most `limit` tokens -- with `mtp`, only pages that also hold the MTP head's latents.
+   */
+  cachedPrefix(tokens: readonly number[], limit: number, mtp = false): number[] {
+    const { blocks } = matchPrefix(this.allocator, this.blockSize, tokens, limit);
+    const n = mtp ? blocks.findIndex(id => !this.allocator.hasMtp(id)) : -1;
+    return n < 0 ? blocks : blocks.slice(0, n);
+  }
+
+  /** Starts the empty sequence `seq` on cached pages holding `tokens`' first blocks.length pages
+   *  (from cachedPrefix); N-gram models record those tokens in its history. */
+  adoptPrefix(seq: SequenceCache, blocks: readonly number[], tokens: readonly number[]) {
+    seq.adopt(blocks);
+    if (this.ngramPowers) {
+      const hist = new TokenHistory();
+      hist.record(0, tokens.slice(0, seq.length));
+      this.histories.set(seq, hist);
+    }
   }
 
   /** Whether the model has an MTP head (speculative decoding drafts with it). */
