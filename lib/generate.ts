@@ -270,8 +270,9 @@ export class Session {
     let pending: number[] = ids.slice(common);
     const prefillTotal = pending.length;
     try {
-      generation: {
-        if (maxTokens === 0) break generation;
+      // The generation proper; it returns where it ends (stopReason says why).
+      const generation = async () => {
+        if (maxTokens === 0) return;
         // The prompt: a long one runs in chunks, awaited one by one: the event loop stays free, and
         // an abort stops the prefill at the next chunk boundary. With speculation the MTP head's
         // cache is filled along (pairs of each position's hidden state and the token after it).
@@ -281,7 +282,7 @@ export class Session {
         while (pending.length > 0) {
           if (o.signal?.aborted) {
             stopReason = 'abort';
-            break generation;
+            return;
           }
           const part = pending.slice(0, chunk),
             last = part.length === pending.length,
@@ -312,7 +313,7 @@ export class Session {
         o.onPrefillChunk?.({ done: prefillTotal, total: prefillTotal });
         if (this.owner.prefixCache) this.seq.publish(this.cached, this.mtpValid); // the prompt's pages, for later prompts that share them
         tFirst = performance.now();
-        if (!take(next)) break generation;
+        if (!take(next)) return;
         await yieldToEventLoop();
 
         // Each step waits for its turn in the model's scheduler, batched with the other sessions'.
@@ -373,7 +374,8 @@ export class Session {
           }
           await yieldToEventLoop();
         }
-      }
+      };
+      await generation();
       if (stopReason !== 'stop') {
         textOut += decoder.flush();
         if (textOut.length > emitted) emit(textOut.slice(emitted));

@@ -140,8 +140,8 @@ export class BlockAllocator {
     this.keyOf.set(id, key);
     if (parent >= 0) {
       this.parentOf.set(id, parent);
-      let c = this.children.get(parent);
-      if (!c) this.children.set(parent, (c = new Set()));
+      const c = this.children.get(parent) ?? new Set<number>();
+      this.children.set(parent, c);
       c.add(id);
     }
   }

@@ -174,7 +174,9 @@ export class StepScheduler {
         return v;
       };
       const ffn = perRow(nFfn, B);
-      reqs.forEach((r, b) => r.resolve({ next: next[b]!, logit: logitOf(b), ffnSum: ffn[b]!, ffnCount: nFfn.length }));
+      reqs.forEach((r, b) => {
+        r.resolve({ next: next[b]!, logit: logitOf(b), ffnSum: ffn[b]!, ffnCount: nFfn.length });
+      });
       flat.dispose();
     } finally {
       ids.dispose();

@@ -224,7 +224,9 @@ export async function speculativeChecks({ device, tokens = 24 }: { device: strin
             ),
             3,
           );
-          pending.forEach((t, b) => plain[b]!.push(t));
+          pending.forEach((t, b) => {
+            plain[b]!.push(t);
+          });
         }
         const r = e.forward(specSeqs, prompts, { hidden: true });
         let next = argmaxes(read(r), 3);
@@ -240,7 +242,9 @@ export async function speculativeChecks({ device, tokens = 24 }: { device: strin
         while (spec.some(s => s.length < 12)) {
           const step = await e.speculativeStep(specSeqs, next, drafts, [greedy, greedy, greedy]);
           for (const t of step.nFfn) t.dispose();
-          step.tokens.forEach((list, b) => spec[b]!.push(...list));
+          step.tokens.forEach((list, b) => {
+            spec[b]!.push(...list);
+          });
           next = step.tokens.map(list => list[list.length - 1]!);
           drafts = step.drafts;
         }

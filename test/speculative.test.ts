@@ -363,7 +363,7 @@ async function engineGreedy(e: LongcatModel, prompts: number[][], steps: number,
   const first = toArray(r.logits);
   r.logits.dispose();
   let pending = prompts.map((_, b) => argmaxRow(first, b, V));
-  pending.forEach((t, b) => out[b]!.push(t));
+  for (const [b, t] of pending.entries()) out[b]!.push(t);
   const stats = { drafted: 0, accepted: 0 };
   if (!speculative) {
     while (out[0]!.length < steps) {
@@ -374,7 +374,7 @@ async function engineGreedy(e: LongcatModel, prompts: number[][], steps: number,
         ).logits,
       );
       pending = pending.map((_, b) => argmaxRow(l, b, V));
-      pending.forEach((t, b) => out[b]!.push(t));
+      for (const [b, t] of pending.entries()) out[b]!.push(t);
     }
   } else {
     const draftLogits = toArray(
@@ -395,7 +395,7 @@ async function engineGreedy(e: LongcatModel, prompts: number[][], steps: number,
         prompts.map(() => GREEDY),
       );
       for (const t of s.nFfn) t.dispose();
-      s.tokens.forEach((list, b) => out[b]!.push(...list));
+      for (const [b, list] of s.tokens.entries()) out[b]!.push(...list);
       stats.drafted += seqs.length;
       stats.accepted += s.accepted.reduce((a, n) => a + n, 0);
       pending = s.tokens.map(list => list[list.length - 1]!);

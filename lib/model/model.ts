@@ -620,7 +620,9 @@ export class LongcatModel {
       const out = (await toArrayAsync(g.outputs)) as Int32Array;
       this.ep?.endStep();
       const accepted = Array.from(out.subarray(2 * B, 3 * B));
-      seqs.forEach((seq, b) => seq.truncate(pastLens[b]! + 1 + accepted[b]!));
+      seqs.forEach((seq, b) => {
+        seq.truncate(pastLens[b]! + 1 + accepted[b]!); // (the step's own pages: never shared)
+      });
       return {
         tokens: accepted.map((n, b) => Array.from(out.subarray(2 * b, 2 * b + n + 1))),
         accepted,
