@@ -75,6 +75,11 @@ export interface ModelMemory {
 const isMtp = (name: string) => name.startsWith('model.mtp.');
 const isNgramTable = (name: string) => name.startsWith('model.ngram_embeddings.embedders.');
 
+/** Checkpoint bytes a GPU model uploads: neither the MTP module nor the N-gram tables (read from host memory). */
+export function uploadBytes(checkpoint: Checkpoint): number {
+  return [...checkpoint.tensors.values()].filter(t => !isMtp(t.name) && !isNgramTable(t.name)).reduce((a, t) => a + t.nbytes, 0);
+}
+
 export function modelMemory(checkpoint: Checkpoint, device: string, uploaded: Record<string, number>): ModelMemory {
   let loaded = 0,
     ngramTables = 0;
@@ -146,10 +151,7 @@ export async function loadCheckpointModel(dir: string, opts: LoadModelOptions = 
   try {
     const dims = modelDims(checkpoint.config);
     if (ranks > 1) expertsPerRank(ranks, dims.nRouted); // a typed error before any weight is read
-    // What the upload copies: neither the MTP module nor the N-gram tables (read from host memory).
-    const totalBytes = [...checkpoint.tensors.values()]
-      .filter(t => !isMtp(t.name) && !isNgramTable(t.name))
-      .reduce((a, t) => a + t.nbytes, 0);
+    const totalBytes = uploadBytes(checkpoint);
     const weights = loadWeights(checkpoint, dims, device, {
       onProgress: opts.onProgress,
       totalBytes,

@@ -16,6 +16,15 @@ import { ExpertParallelGroup } from '../parallel/expert-parallel.js';
 import { ShardedExperts } from '../parallel/placement.js';
 import { TokenHistory, ngramIds, ngramPowers } from './ngram.js';
 
+/** A captured decode graph's N-gram input on a GPU: the rows are gathered on the host into `staging`
+ *  (pinned [E, B, D]), which the graph's first node uploads; `uploaded` is recorded on the main
+ *  stream after each replay; `cpu` is the CPU stream the gathers run on. */
+interface NgramStaging {
+  staging: Tensor;
+  uploaded: Event;
+  cpu: Stream;
+}
+
 export interface ModelOptions {
   device: string;
   /** Tokens per KV-cache block. */
@@ -68,7 +77,7 @@ export class LongcatModel {
   private readonly experts: ExpertsFn;
   private readonly decodeGraphs = new Map<
     number,
-    { graph: Graph; inputs: Tensor; batch: Batch; out: ForwardResult; host: Int32Array }
+    { graph: Graph; inputs: Tensor; batch: Batch; out: ForwardResult; host: Int32Array; ngram: NgramStaging | null }
   >();
   /** N-gram models: vocab^k modulo each table size (SPEC-LITE 3.1). */
   private readonly ngramPowers: number[][] | null;
@@ -226,13 +235,12 @@ export class LongcatModel {
       lastRow[b] = r - 1;
     }
     const inputs = new Arena(this.device);
-    const ngramHost = this.ngramRows(seqs, tokens, pastLens);
-    if (ngramHost) inputs.keep(ngramHost);
+    const ngramIds = this.ngramRowIds(seqs, tokens, pastLens);
     if (mode === 'decode' && !opts.allLogits && this.useGraphs) {
       const bt = batchTables(seqs, this.maxBlocks);
       try {
         return this.replayDecode(
-          { ids, positions, slots, blockTable: bt.table, seqLens: bt.seqLens, ngramRows: ngramHost },
+          { ids, positions, slots, blockTable: bt.table, seqLens: bt.seqLens, ngramIds },
           !!opts.collectRouting,
         );
       } finally {
@@ -241,10 +249,11 @@ export class LongcatModel {
     }
 
     const batch: Batch = { mode, T, ids: inputs.ints(ids), positions: inputs.ints(positions), slots: inputs.ints(slots) };
-    if (ngramHost) {
+    if (ngramIds) {
       const nd = this.dims.ngram!;
-      const rows = this.device === 'cpu' ? ngramHost : inputs.keep(ngramHost.to(this.device));
-      batch.ngramRows = inputs.keep(rows.view([nd.tables, T, nd.dim]));
+      const rows = inputs.keep(empty([nd.tables, T, nd.dim], { dtype: this.w.ngram!.tables[0]!.dtype, device: 'cpu' }));
+      this.gatherNgramRows(null, ngramIds, rows);
+      batch.ngramRows = this.device === 'cpu' ? rows : inputs.keep(rows.to(this.device)); // to() waits for the gather
     }
     if (mode === 'decode') {
       const bt = batchTables(seqs);
@@ -270,11 +279,11 @@ export class LongcatModel {
   }
 
   /**
-   * N-gram models: the rows of every table for the step's tokens, [E * T, D] in host memory (table
-   * e's rows at e * T..), gathered from the mapped tables; the ids come from each sequence's last
-   * N - 1 raw tokens before its new ones, which are recorded at their positions. Null otherwise.
+   * N-gram models: the row of every table for each of the step's T tokens, int32 [E * T] (table e's
+   * at e * T..), from each sequence's last N - 1 raw tokens before its new ones, which are recorded
+   * at their positions. Null otherwise.
    */
-  private ngramRows(seqs: SequenceCache[], tokens: number[][], pastLens: number[]): Tensor | null {
+  private ngramRowIds(seqs: SequenceCache[], tokens: number[][], pastLens: number[]): Int32Array | null {
     const nd = this.dims.ngram,
       w = this.w.ngram;
     if (!nd || !w) return null;
@@ -295,17 +304,46 @@ export class LongcatModel {
       hist.record(pastLens[b]!, list);
       at += n;
     }
-    const rows = empty([E * T, nd.dim], { dtype: w.tables[0]!.dtype, device: 'cpu' });
+    return ids;
+  }
+
+  /**
+   * Queues on the CPU stream `cpu` (null: the default) the gather of the rows `ids` (ngramRowIds)
+   * from the mapped tables into `into`, a host tensor [E, T, D] of the tables' dtype.
+   */
+  private gatherNgramRows(cpu: Stream | null, ids: Int32Array, into: Tensor) {
+    const w = this.w.ngram!,
+      [E, T, D] = into.shape as [number, number, number];
+    const flat = into.view([E * T, D]);
     const idx = tensor(ids, [E * T], { dtype: 'int32', device: 'cpu' });
     for (let e = 0; e < E; e++) {
-      const part = rows.narrow(e * T, T),
+      const part = flat.narrow(e * T, T),
         pick = idx.narrow(e * T, T);
-      native.gatherRows(null, part, w.tables[e]!, pick); // the queued gather keeps its tensors alive
+      native.gatherRows(cpu, part, w.tables[e]!, pick); // the queued gather keeps its tensors alive
       part.dispose();
       pick.dispose();
     }
     idx.dispose();
-    return rows;
+    flat.dispose();
+  }
+
+  /**
+   * Gathers a decode step's N-gram rows where its graph reads them. On the CPU that is the graph's
+   * input tensor itself: the gather is queued on the stream the replay runs on (the main stream is
+   * the CPU's default one), so it runs after the previous replay and before this one. On a GPU it
+   * is the graph's pinned staging buffer, which the graph's first node uploads: the previous
+   * replay's upload must have read it before the gather overwrites it (the host waits for the event
+   * recorded after that replay), and the gather must be done before this replay reads it (the host
+   * waits for the CPU stream, which also surfaces a gather's error before the replay).
+   */
+  private stageNgramRows(batch: Batch, ngram: NgramStaging | null, ids: Int32Array) {
+    if (!ngram) {
+      this.gatherNgramRows(null, ids, batch.ngramRows!);
+      return;
+    }
+    ngram.uploaded.synchronize();
+    this.gatherNgramRows(ngram.cpu, ids, ngram.staging);
+    ngram.cpu.synchronize();
   }
 
   /** Queues the whole forward pass for the batch described by `b`. */
@@ -338,7 +376,7 @@ export class LongcatModel {
       slots: Int32Array;
       blockTable: Int32Array;
       seqLens: Int32Array;
-      ngramRows: Tensor | null;
+      ngramIds: Int32Array | null;
     },
     collectRouting: boolean,
   ): ForwardResult {
@@ -361,28 +399,40 @@ export class LongcatModel {
       batch.blockTable = table.view([B, this.maxBlocks]);
       table.dispose();
       const nd = this.dims.ngram;
-      if (nd && host.ngramRows)
-        batch.ngramRows = empty([nd.tables, B, nd.dim], { dtype: host.ngramRows.dtype, device: this.device });
+      let ngram: NgramStaging | null = null;
+      if (nd && host.ngramIds) {
+        const shape = [nd.tables, B, nd.dim],
+          dtype = this.w.ngram!.tables[0]!.dtype;
+        batch.ngramRows = empty(shape, { dtype, device: this.device });
+        if (this.device !== 'cpu')
+          ngram = {
+            staging: empty(shape, { dtype, device: 'cpu', pinned: true }),
+            uploaded: new Event(this.device),
+            cpu: native.defaultStream('cpu'),
+          };
+      }
       let out: ForwardResult | null = null;
       const streams = [
         ...(this.moeStream === this.main ? [this.main] : [this.main, this.moeStream]),
         ...(this.ep?.streams ?? []),
       ];
       const graph = native.captureGraph(streams, () => {
+        if (ngram) native.copy(this.main, batch.ngramRows!, ngram.staging); // the step's rows, uploaded by the graph
         out = this.run(batch, true);
       });
-      g = { graph, inputs, batch, out: out!, host: new Int32Array(4 * B + tableLen) };
+      g = { graph, inputs, batch, out: out!, host: new Int32Array(4 * B + tableLen), ngram };
       this.decodeGraphs.set(B, g);
     }
     const { out, host: buf } = g;
+    if (host.ngramIds) this.stageNgramRows(g.batch, g.ngram, host.ngramIds);
     buf.set(host.ids, 0);
     buf.set(host.positions, B);
     buf.set(host.slots, 2 * B);
     buf.set(host.seqLens, 3 * B);
     buf.set(host.blockTable, 4 * B);
     g.inputs.copyFromBytes(buf);
-    if (host.ngramRows) g.batch.ngramRows!.copyFromBytes(host.ngramRows.toBytes());
     g.graph.replay();
+    g.ngram?.uploaded.record(this.main);
     // Fresh handles over the graph's buffers: the caller disposes them, the graph keeps the memory.
     return { logits: out.logits.view(out.logits.shape), nFfn: collectRouting ? out.nFfn.map(t => t.view(t.shape)) : [] };
   }
@@ -400,6 +450,7 @@ export class LongcatModel {
       for (const t of [g.inputs, b.ids, b.positions, b.slots, b.blockTable!, b.seqLens!, g.out.logits, ...g.out.nFfn])
         t.dispose();
       b.ngramRows?.dispose();
+      g.ngram?.staging.dispose(); // after the graph: its copy node reads it
     }
     this.decodeGraphs.clear();
     for (const t of [...this.caches, this.invFreq, ...this.w.owned]) t.dispose();
