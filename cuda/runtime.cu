@@ -98,6 +98,33 @@ void memset_async(int dev, void* p, int value, size_t bytes, void* stream) {
   use(dev);
   check(cudaMemsetAsync(p, value, bytes, static_cast<cudaStream_t>(stream)), "cudaMemsetAsync");
 }
+void* host_alloc(size_t bytes) {
+  void* p = nullptr;
+  cudaError_t e = cudaHostAlloc(&p, bytes, cudaHostAllocPortable);
+  if (e == cudaErrorMemoryAllocation) {
+    cudaGetLastError();
+    fail(Code::E_OOM, "out of page-locked host memory allocating %zu bytes (cudaHostAlloc)", bytes);
+  }
+  check(e, "cudaHostAlloc");
+  return p;
+}
+void host_free(void* p) { check(cudaFreeHost(p), "cudaFreeHost"); }
+void memcpy_h2d_async(int dev, void* dst, const void* src, size_t bytes, void* stream) {
+  use(dev);
+  check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, static_cast<cudaStream_t>(stream)),
+        "cudaMemcpyAsync host->device");
+}
+void memcpy_d2h_async(int dev, void* dst, const void* src, size_t bytes, void* stream) {
+  use(dev);
+  check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, static_cast<cudaStream_t>(stream)),
+        "cudaMemcpyAsync device->host");
+}
+bool stream_capturing(int dev, void* s) {
+  use(dev);
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  check(cudaStreamIsCapturing(static_cast<cudaStream_t>(s), &status), "cudaStreamIsCapturing");
+  return status != cudaStreamCaptureStatusNone;
+}
 void device_synchronize(int dev) {
   use(dev);
   check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");

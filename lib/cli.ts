@@ -11,7 +11,7 @@ import { loadModel, type GenerateOptions, type Model } from './generate.js';
 import { AGREEMENT_PRESETS, initRandom, type Preset } from './init-random.js';
 import { openCheckpoint, type LoadProgress } from './checkpoint.js';
 import type { UploadProgress } from './model/weights.js';
-import type { HostProgress, ModelMemory } from './model/load.js';
+import { type HostProgress, type ModelMemory, modelMemory, uploadBytes } from './model/load.js';
 import { activeParams } from './config.js';
 import type { ChatMessage } from './chat.js';
 import type { Backend } from './model/load.js';
@@ -24,7 +24,7 @@ commands:
            [--seed S] [--stop STR] [--backend auto|cpu|cuda] [--threads N]
            [--max-context N] [--prefill-chunk N] [--speculative]
   chat --model DIR                       interactive chat (Ctrl+C stops an answer; twice quits)
-  inspect DIR                            config, tensors, bytes, active parameters per token
+  inspect DIR                            config, tensors, bytes, active parameters per token, where weights live
   init-random --preset tiny|small|medium|lite --out DIR [--fp8] [--mtp] [--seed S]
            [--draft-agreement F]         write a random LongCat-Flash checkpoint (original layout);
                                          with --mtp, tiny|small|lite: greedy text follows a fixed
@@ -316,6 +316,9 @@ async function inspect(args: string[]) {
   console.log(
     `active/token: ${formatCount(p.activeMin)} (0 FFN experts) .. ${formatCount(p.activeMax)} (${Math.min(c.moe_topk, c.n_routed_experts)}), ${formatCount(p.activeExpected!)} at ${typical}`,
   );
+  // Where generate's weights would live (its `weights:` line), from the checkpoint alone.
+  console.log(`weights cpu:  ${describeMemory(modelMemory(ck, 'cpu', {}, ck.hasMtp))}`);
+  console.log(`weights cuda: ${describeMemory(modelMemory(ck, 'cuda', { 'the GPU': uploadBytes(ck, ck.hasMtp) }, ck.hasMtp))}`);
 }
 
 async function initRandomCmd(args: string[]) {

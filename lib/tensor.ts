@@ -1,7 +1,7 @@
 // Building tensors from JS data and reading them back as numbers.
 import type { DType, DeviceId, Tensor as NativeTensor } from '../types/native.js';
 import { native } from './native.js';
-import { ArgumentError, ShapeError } from './errors.js';
+import { ArgumentError, DeviceError, ShapeError } from './errors.js';
 import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16, f32ToFp8e4m3, fp8e4m3ToF32 } from './numeric.js';
 
 export type Tensor = NativeTensor;
@@ -29,6 +29,8 @@ for (const C of [native.Tensor, native.Stream]) {
 export interface TensorOptions {
   dtype?: DType;
   device?: DeviceId | string;
+  /** empty() only: pinned host memory (native.pinnedTensor; device 'cpu'), which CUDA copies use asynchronously and graphs capture. */
+  pinned?: boolean;
 }
 
 /** Elements of `shape`; ShapeError (E_SHAPE) unless it is an array of non-negative integers. */
@@ -103,9 +105,12 @@ export function tensor(values: ArrayLike<number>, shape: readonly number[], opts
   return new native.Tensor(dtype, shape, opts.device ?? 'cpu', encode(values, dtype));
 }
 
-/** An uninitialised tensor from the device pool. */
+/** An uninitialised tensor from the device pool (or the pinned pool: `pinned`). */
 export function empty(shape: readonly number[], opts: TensorOptions = {}): Tensor {
-  return new native.Tensor(opts.dtype ?? 'f32', shape, opts.device ?? 'cpu');
+  if (!opts.pinned) return new native.Tensor(opts.dtype ?? 'f32', shape, opts.device ?? 'cpu');
+  if ((opts.device ?? 'cpu') !== 'cpu')
+    throw new DeviceError('E_DEVICE', `empty: pinned memory is host memory, not on ${opts.device}`);
+  return native.pinnedTensor(opts.dtype ?? 'f32', shape);
 }
 
 /** A tensor filled with `value` (NaN by default: a poisoned output buffer for tests). */

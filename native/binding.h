@@ -60,6 +60,7 @@ class TensorWrap : public Napi::ObjectWrap<TensorWrap> {
   Napi::Value DeviceName(const Napi::CallbackInfo&);
   Napi::Value Nbytes(const Napi::CallbackInfo&);
   Napi::Value Disposed(const Napi::CallbackInfo&);
+  Napi::Value Pinned(const Napi::CallbackInfo&);
   Napi::Value ToBytes(const Napi::CallbackInfo&);
   Napi::Value CopyFromBytes(const Napi::CallbackInfo&);
   Napi::Value View(const Napi::CallbackInfo&);

@@ -21,6 +21,11 @@ void memcpy_h2d(int, void*, const void*, size_t) { absent(); }
 void memcpy_d2h(int, void*, const void*, size_t) { absent(); }
 void memcpy_d2d(int, void*, const void*, size_t, void*) { absent(); }
 void memset_async(int, void*, int, size_t, void*) { absent(); }
+void* host_alloc(size_t) { absent(); }
+void host_free(void*) {}
+void memcpy_h2d_async(int, void*, const void*, size_t, void*) { absent(); }
+void memcpy_d2h_async(int, void*, const void*, size_t, void*) { absent(); }
+bool stream_capturing(int, void*) { return false; }
 void device_synchronize(int) {}
 void* stream_create(int) { absent(); }
 void stream_destroy(int, void*) {}

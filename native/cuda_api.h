@@ -30,6 +30,18 @@ void memcpy_h2d(int dev, void* dst, const void* src, size_t bytes);
 void memcpy_d2h(int dev, void* dst, const void* src, size_t bytes);
 void memcpy_d2d(int dev, void* dst, const void* src, size_t bytes, void* stream);
 void memset_async(int dev, void* p, int value, size_t bytes, void* stream);
+// Page-locked host memory (cudaHostAlloc, portable: every device's copies may use it), so that
+// copies from and to it are asynchronous on a stream and may be captured into a graph. host_alloc
+// throws E_OOM naming the size.
+void* host_alloc(size_t bytes);
+void host_free(void* p);
+// cudaMemcpyAsync between host and device memory of `dev` on `stream`. From or to pageable host
+// memory the runtime stages the copy and returns once the host side is no longer needed (the
+// source read, or the destination written); from or to page-locked memory it only queues it.
+void memcpy_h2d_async(int dev, void* dst, const void* src, size_t bytes, void* stream);
+void memcpy_d2h_async(int dev, void* dst, const void* src, size_t bytes, void* stream);
+// Whether `stream` is being captured into a graph now (cudaStreamIsCapturing).
+bool stream_capturing(int dev, void* stream);
 void device_synchronize(int dev);
 
 void* stream_create(int dev);

@@ -39,14 +39,26 @@ static size_t round_size(size_t n) {
   return (n + q - 1) / q * q;
 }
 
+void Storage::wait_copies() {
+  for (const auto& e : pending_copies) e->synchronize();
+  pending_copies.clear();
+}
+
 Storage::~Storage() {
+  try {
+    wait_copies();
+  } catch (...) {  // a broken context: nothing is copying any more
+  }
   if (pool)
     pool->give_back(ptr, bytes);
   else if (release)
     release();
 }
 
+Pool::Pool(PinnedTag) : pinned_(true), page_locked_(cuda::device_count() > 0) {}
+
 void* Pool::raw_alloc(size_t bytes) {
+  if (page_locked_) return cuda::host_alloc(bytes);
   if (device_.is_cpu()) {
     void* p = std::aligned_alloc(64, bytes);  // bytes is a multiple of 512
     if (!p) fail(Code::E_OOM, "out of host memory allocating %zu bytes", bytes);
@@ -56,7 +68,9 @@ void* Pool::raw_alloc(size_t bytes) {
 }
 
 void Pool::raw_free(void* p) {
-  if (device_.is_cpu())
+  if (page_locked_)
+    cuda::host_free(p);
+  else if (device_.is_cpu())
     std::free(p);
   else
     cuda::free(device_.index, p);
@@ -182,6 +196,13 @@ void Pool::give_back(void* p, size_t rounded) {
   }
   stats_.live_bytes -= static_cast<int64_t>(rounded);
   stats_.live_blocks -= 1;
+  if (pinned_) {  // never cached (see Pool); runs in destructors: a failing cudaFreeHost must not escape
+    try {
+      raw_free(p);
+    } catch (...) {
+    }
+    return;
+  }
   // Huge host blocks go straight back to the OS; the cache is for activations.
   if (device_.is_cpu() && rounded > (size_t{256} << 20)) {
     std::free(p);
@@ -282,6 +303,11 @@ Pool& device_pool(Device d) {
   std::lock_guard<std::mutex> lk(r.m);
   auto& p = r.pools[{d.kind, d.index}];
   if (!p) p = std::make_unique<Pool>(d);
+  return *p;
+}
+
+Pool& pinned_pool() {
+  static Pool* p = new Pool(Pool::PinnedTag{});  // leaked, like the registry: outlives every static user
   return *p;
 }
 
@@ -469,6 +495,11 @@ void Stream::synchronize() {
   }
 }
 
+void Stream::hold_while_captured(std::shared_ptr<Storage> s) {
+  std::lock_guard<std::mutex> lk(m_);
+  held_.push_back(std::move(s));
+}
+
 void Stream::raise_error() {
   std::lock_guard<std::mutex> lk(m_);
   if (error_.empty()) return;
@@ -622,6 +653,11 @@ std::unique_ptr<Graph> Capture::end(const std::vector<std::shared_ptr<Stream>>& 
   if (!d.is_cpu()) {
     // The capture ends before the parking does: another thread's capture waits for the parking.
     const std::vector<Device> devs = capture_devices(streams);
+    for (const auto& s : streams) {  // (released with g if the capture fails)
+      std::lock_guard<std::mutex> lk(s->m_);
+      for (auto& h : s->held_) g->held_.push_back(std::move(h));
+      s->held_.clear();
+    }
     try {
       g->exec_ = cuda::stream_end_capture(d.index, streams[0]->cuda_handle());
     } catch (...) {
@@ -648,6 +684,10 @@ void Capture::abort(const std::vector<std::shared_ptr<Stream>>& streams) noexcep
     } catch (...) {
     }
     unpark_all(devs, devs.size());
+    for (const auto& s : streams) {
+      std::lock_guard<std::mutex> lk(s->m_);
+      s->held_.clear();  // nothing was launched: no copy reads it
+    }
     return;
   }
   for (const auto& s : streams) {

@@ -31,6 +31,7 @@ struct Device {
 };
 
 class Pool;
+class Event;
 
 // A block of device memory. Owned through shared_ptr by tensors and by queued work, so memory
 // is returned to the pool only when the last kernel that uses it has run.
@@ -40,6 +41,12 @@ struct Storage {
   size_t bytes = 0;
   Pool* pool = nullptr;           // null for external memory (mmap'd weights)
   std::function<void()> release;  // external memory only
+  // Page-locked host memory: an event after each asynchronous copy queued from or into it on a
+  // CUDA stream (outside graph captures). Such a copy holds no reference (it is no queued CPU job),
+  // so the release waits for them instead: the copy engine may still be reading or writing it.
+  // Touched only by the thread that owns the tensors (a JS environment's), like the tensors.
+  std::vector<std::shared_ptr<Event>> pending_copies;
+  void wait_copies();  // waits for the pending copies (host reads and writes of the memory do first)
   ~Storage();
 };
 
@@ -59,9 +66,17 @@ struct PoolStats {
 // device's streams (so blocks cached or handed out unfenced while one stream was alone are safe on
 // it), and the streams left continue behind a destroyed stream's queued work (add_stream /
 // remove_stream).
+//
+// The pinned pool (pinned_pool()) holds CPU memory that CUDA copies may use asynchronously:
+// page-locked (cudaHostAlloc) when the CUDA backend has a device, plain host memory otherwise.
+// It caches nothing: page-locked memory is taken from the OS's pageable memory, so a freed block
+// goes straight back (cudaFreeHost) and live_bytes is all the pinned memory there is.
 class Pool {
  public:
   explicit Pool(Device d) : device_(d) {}  // pools live as long as the process
+  struct PinnedTag {};
+  explicit Pool(PinnedTag);
+  bool page_locked() const { return page_locked_; }  // blocks come from cuda::host_alloc
   std::shared_ptr<Storage> alloc(size_t bytes);
   void give_back(void* p, size_t rounded);
   void trim();  // frees every cached block (waiting for fenced ones)
@@ -90,6 +105,7 @@ class Pool {
     std::vector<void*> events;
   };
   Device device_;
+  bool pinned_ = false, page_locked_ = false;  // the pinned pool; its blocks page-locked
   std::mutex m_;
   std::multimap<size_t, void*> free_;
   std::vector<void*> streams_;  // CUDA streams of this device
@@ -125,6 +141,9 @@ class Stream {
   // Throws (and clears) the error kept from queued work, without waiting (CPU; CUDA: nothing kept).
   void raise_error();
   bool capturing() const { return captured_ != nullptr; }
+  // CUDA: memory a copy captured from this stream addresses outside the device pools (pinned host
+  // memory); the graph the capture ends in keeps it until it is destroyed.
+  void hold_while_captured(std::shared_ptr<Storage> s);
 
  private:
   void run();
@@ -139,6 +158,7 @@ class Stream {
   std::string error_;
   Code error_code_ = Code::E_INTERNAL;
   std::unique_ptr<std::vector<std::function<void()>>> captured_;  // non-null while capturing (CPU)
+  std::vector<std::shared_ptr<Storage>> held_;                    // hold_while_captured (CUDA)
   friend struct Capture;
 };
 
@@ -186,6 +206,7 @@ class Graph {
   void* exec_ = nullptr;                                                                                        // CUDA
   std::shared_ptr<Stream> origin_;
   std::vector<std::pair<Device, Pool::Parked>> parked_;  // CUDA: temporaries the graph's kernels address, per device
+  std::vector<std::shared_ptr<Storage>> held_;           // CUDA: pinned host memory its copies address
 };
 
 // Captures every op queued on `streams` between begin() and end(). On CUDA the first stream is
@@ -204,6 +225,8 @@ void enable_peer_access(Device from, Device to);
 bool peer_access_enabled(Device from, Device to);
 
 Pool& device_pool(Device d);
+// The process's pool of pinned host memory (see Pool).
+Pool& pinned_pool();
 // Waits for every stream the calling thread created on the device (CPU) / the whole device (CUDA).
 void device_synchronize(Device d);
 // Throws the first error kept by a CPU stream of the calling thread (as device_synchronize would), clearing

@@ -1,5 +1,6 @@
 // Module functions about the runtime rather than tensors: build facts, CPU features, devices and
-// CUDA status, the kernel thread pool, the CPU ISA cap, memory pool statistics, device synchronize.
+// CUDA status, the kernel thread pool, the CPU ISA cap, memory pool statistics (the pinned pool's
+// too), device synchronize.
 #include "binding.h"
 #include "cpu/features.h"
 #include "cpu/threadpool.h"
@@ -110,9 +111,7 @@ static Napi::Value SetIsa(const Napi::CallbackInfo& info) {
   return Napi::String::New(info.Env(), cpu::isa_name(cpu::isa()));
 }
 
-static Napi::Value MemoryStats(const Napi::CallbackInfo& info) {
-  Device d = device_arg(info, 0);
-  PoolStats s = device_pool(d).stats();
+static Napi::Object stats_object(const Napi::CallbackInfo& info, const PoolStats& s) {
   Napi::Object o = Napi::Object::New(info.Env());
   o.Set("liveBytes", static_cast<double>(s.live_bytes));
   o.Set("cachedBytes", static_cast<double>(s.cached_bytes));
@@ -120,6 +119,12 @@ static Napi::Value MemoryStats(const Napi::CallbackInfo& info) {
   o.Set("liveBlocks", static_cast<double>(s.live_blocks));
   return o;
 }
+
+static Napi::Value MemoryStats(const Napi::CallbackInfo& info) {
+  return stats_object(info, device_pool(device_arg(info, 0)).stats());
+}
+
+static Napi::Value PinnedMemoryStats(const Napi::CallbackInfo& info) { return stats_object(info, pinned_pool().stats()); }
 
 static Napi::Value TrimPool(const Napi::CallbackInfo& info) {
   device_pool(device_arg(info, 0)).trim();
@@ -139,6 +144,7 @@ LC_REGISTER_OP("setThreads", SetThreads);
 LC_REGISTER_OP("threads", Threads);
 LC_REGISTER_OP("setIsa", SetIsa);
 LC_REGISTER_OP("memoryStats", MemoryStats);
+LC_REGISTER_OP("pinnedMemoryStats", PinnedMemoryStats);
 LC_REGISTER_OP("trimPool", TrimPool);
 LC_REGISTER_OP("synchronize", Synchronize);
 

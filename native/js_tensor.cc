@@ -1,5 +1,7 @@
 // The JS Tensor class (TensorWrap): construction from bytes, accessors, toBytes / copyFromBytes,
 // view / narrow (sharing storage), to(device), dispose. Undisposed tensors are released by the GC.
+// Also native.pinnedTensor (pinned host memory) and native.copy (a copy queued on a stream).
+#include <algorithm>
 #include <cstring>
 
 #include "binding.h"
@@ -47,13 +49,14 @@ static void copy_to_device(const Tensor& t, const void* src) {
 }
 
 Napi::Function TensorWrap::Init(Napi::Env env) {
-  return DefineClass(env, "Tensor",
-                     {InstanceAccessor<&TensorWrap::Dtype>("dtype"), InstanceAccessor<&TensorWrap::Shape>("shape"),
-                      InstanceAccessor<&TensorWrap::DeviceName>("device"), InstanceAccessor<&TensorWrap::Nbytes>("nbytes"),
-                      InstanceAccessor<&TensorWrap::Disposed>("disposed"), InstanceMethod<&TensorWrap::ToBytes>("toBytes"),
-                      InstanceMethod<&TensorWrap::CopyFromBytes>("copyFromBytes"), InstanceMethod<&TensorWrap::View>("view"),
-                      InstanceMethod<&TensorWrap::Narrow>("narrow"), InstanceMethod<&TensorWrap::To>("to"),
-                      InstanceMethod<&TensorWrap::Dispose>("dispose")});
+  return DefineClass(
+      env, "Tensor",
+      {InstanceAccessor<&TensorWrap::Dtype>("dtype"), InstanceAccessor<&TensorWrap::Shape>("shape"),
+       InstanceAccessor<&TensorWrap::DeviceName>("device"), InstanceAccessor<&TensorWrap::Nbytes>("nbytes"),
+       InstanceAccessor<&TensorWrap::Disposed>("disposed"), InstanceAccessor<&TensorWrap::Pinned>("pinned"),
+       InstanceMethod<&TensorWrap::ToBytes>("toBytes"), InstanceMethod<&TensorWrap::CopyFromBytes>("copyFromBytes"),
+       InstanceMethod<&TensorWrap::View>("view"), InstanceMethod<&TensorWrap::Narrow>("narrow"),
+       InstanceMethod<&TensorWrap::To>("to"), InstanceMethod<&TensorWrap::Dispose>("dispose")});
 }
 
 // new Tensor(dtype, shape, device = 'cpu', bytes?) allocates from the device pool and, when
@@ -139,12 +142,16 @@ Napi::Value TensorWrap::Nbytes(const Napi::CallbackInfo& info) {
                  [&]() -> Napi::Value { return Napi::Number::New(info.Env(), static_cast<double>(get("nbytes").nbytes())); });
 }
 Napi::Value TensorWrap::Disposed(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), !t_); }
+Napi::Value TensorWrap::Pinned(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value { return Napi::Boolean::New(info.Env(), page_locked(get("pinned"))); });
+}
 
 // Waits for all work on the tensor's device, then copies its bytes into a new Uint8Array.
 Napi::Value TensorWrap::ToBytes(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     const Tensor& t = get("toBytes");
     device_synchronize(t.device());
+    t.storage->wait_copies();
     Napi::ArrayBuffer buf = Napi::ArrayBuffer::New(info.Env(), static_cast<size_t>(t.nbytes()));
     if (t.nbytes() > 0) {
       if (t.device().is_cpu())
@@ -165,6 +172,7 @@ Napi::Value TensorWrap::CopyFromBytes(const Napi::CallbackInfo& info) {
       fail(Code::E_SHAPE, "copyFromBytes: got %zu bytes, tensor %s %s has %lld", ta.ByteLength(), dtype_name(t.dtype),
            shape_str(t.shape).c_str(), static_cast<long long>(t.nbytes()));
     device_synchronize(t.device());
+    t.storage->wait_copies();
     copy_to_device(t, static_cast<const uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset());
     return info.Env().Undefined();
   });
@@ -234,6 +242,7 @@ Napi::Value TensorWrap::To(const Napi::CallbackInfo& info) {
     Device d = Device::parse(a.string(0, "device"));
     Tensor r = empty_tensor(d, t.dtype, t.shape);
     device_synchronize(t.device());
+    t.storage->wait_copies();
     if (t.nbytes() > 0) {
       if (t.device().is_cpu() && d.is_cpu())
         std::memcpy(r.data(), t.data(), t.nbytes());
@@ -258,5 +267,72 @@ Napi::Value TensorWrap::Dispose(const Napi::CallbackInfo& info) {
   drop(info.Env());
   return info.Env().Undefined();
 }
+
+// pinnedTensor(dtype, shape): a CPU tensor from the pinned pool (see pinned_tensor).
+static Napi::Value PinnedTensor(const Napi::CallbackInfo& info) {
+  OpArgs a(info, "pinnedTensor");
+  const DType dt = parse_dtype(a.string(0, "dtype"));
+  if (!a.present(1)) fail(Code::E_SHAPE, "pinnedTensor: shape must be an array of non-negative integers");
+  return TensorWrap::Wrap(info.Env(), pinned_tensor(dt, parse_shape(info[1])));
+}
+
+// copy(stream, dst, src): dst <- src queued on `stream` (see types/native.d.ts). The byte moves
+// are the runtime's (a queued memcpy on a CPU stream, cudaMemcpyAsync on a CUDA one).
+static void Copy(const OpArgs& a) {
+  const Tensor dst = a.tensor(1, "dst"), src = a.tensor(2, "src");
+  if (dst.dtype != src.dtype)
+    fail(Code::E_DTYPE, "copy: 'dst' has dtype %s but 'src' has %s", dtype_name(dst.dtype), dtype_name(src.dtype));
+  if (dst.shape != src.shape)
+    fail(Code::E_SHAPE, "copy: 'dst' has shape %s but 'src' has %s", shape_str(dst.shape).c_str(), shape_str(src.shape).c_str());
+  if (overlaps(dst, src)) fail(Code::E_ARGUMENT, "copy: 'dst' overlaps 'src'");
+  const Device dd = dst.device(), sd = src.device();
+  if (!dd.is_cpu() && !sd.is_cpu() && dd != sd)
+    fail(Code::E_DEVICE, "copy: 'dst' is on %s and 'src' on %s; copy between two CUDA devices with to()", dd.str().c_str(),
+         sd.str().c_str());
+  const Device d = dd.is_cpu() ? sd : dd;  // the CUDA side's device; the CPU when both sides are
+  Stream& s = a.stream(0, d);
+  const size_t n = static_cast<size_t>(dst.nbytes());
+  if (d.is_cpu()) {
+    launch(
+        "copy", s, [=] { std::memcpy(dst.data(), src.data(), n); }, nullptr);
+    return;
+  }
+  if (!dd.is_cpu() && !sd.is_cpu()) {
+    if (n) cuda::memcpy_d2d(d.index, dst.data(), src.data(), n, s.cuda_handle());
+    return;
+  }
+  const Tensor& host = dd.is_cpu() ? dst : src;
+  const char* host_name = dd.is_cpu() ? "dst" : "src";
+  const bool pinned = page_locked(host), captured = cuda::stream_capturing(d.index, s.cuda_handle());
+  // A graph node copies at every replay, long after the call: only from or into page-locked memory
+  // (the runtime stages a pageable copy within the call, which a graph cannot do).
+  if (captured && !pinned)
+    fail(Code::E_ARGUMENT,
+         "copy: '%s' is pageable host memory, which a copy captured into a CUDA graph cannot use; capture a copy of a "
+         "pinned tensor (empty(shape, { pinned: true }))",
+         host_name);
+  if (n == 0) return;
+  // Queued CPU work that writes the source (or reads the destination) first; a graph's replays
+  // are the replayer's to order.
+  if (!captured) device_synchronize(Device{});
+  if (dd.is_cpu())
+    cuda::memcpy_d2h_async(d.index, dst.data(), src.data(), n, s.cuda_handle());
+  else
+    cuda::memcpy_h2d_async(d.index, dst.data(), src.data(), n, s.cuda_handle());
+  if (!pinned) return;  // the runtime is done with pageable memory when the call returns
+  if (captured) {
+    s.hold_while_captured(host.storage);  // as long as the graph lives
+    return;
+  }
+  auto& pending = host.storage->pending_copies;
+  pending.erase(std::remove_if(pending.begin(), pending.end(), [](const std::shared_ptr<Event>& e) { return e->query(); }),
+                pending.end());
+  auto done = std::make_shared<Event>(d);
+  done->record(s);
+  pending.push_back(std::move(done));
+}
+
+LC_REGISTER_OP("pinnedTensor", PinnedTensor);
+LC_REGISTER_OP("copy", Copy);
 
 }  // namespace lc

@@ -16,13 +16,17 @@ void check_shape(const char* what, const std::vector<int64_t>& shape, DType t) {
     fail(Code::E_SHAPE, "%s: shape %s of %s needs more than 2^62 bytes", what, shape_str(shape).c_str(), dtype_name(t));
 }
 
-Tensor empty_tensor(Device d, DType t, const std::vector<int64_t>& shape) {
+static Tensor tensor_from(Pool& pool, DType t, const std::vector<int64_t>& shape) {
   Tensor r;
   r.dtype = t;
   r.shape = shape;
   check_shape("tensor", shape, t);
-  r.storage = device_pool(d).alloc(static_cast<size_t>(r.nbytes()));
+  r.storage = pool.alloc(static_cast<size_t>(r.nbytes()));
   return r;
 }
+
+Tensor empty_tensor(Device d, DType t, const std::vector<int64_t>& shape) { return tensor_from(device_pool(d), t, shape); }
+
+Tensor pinned_tensor(DType t, const std::vector<int64_t>& shape) { return tensor_from(pinned_pool(), t, shape); }
 
 }  // namespace lc

@@ -45,5 +45,10 @@ void check_shape(const char* what, const std::vector<int64_t>& shape, DType t);
 
 // A new pool-backed tensor (contents undefined).
 Tensor empty_tensor(Device d, DType t, const std::vector<int64_t>& shape);
+// A new CPU tensor from the pinned pool (contents undefined): page-locked when the CUDA backend has
+// a device, so that CUDA copies from or into it run asynchronously and may be captured in a graph.
+Tensor pinned_tensor(DType t, const std::vector<int64_t>& shape);
+// Whether the tensor's memory is page-locked host memory.
+inline bool page_locked(const Tensor& t) { return t.storage->pool && t.storage->pool->page_locked(); }
 
 }  // namespace lc

@@ -13,7 +13,7 @@ const run = (...args: string[]) => spawnSync(process.execPath, [cli, ...args], {
 
 /**
  * `init-random <initArgs>` into a new folder, `inspect` of it and `generate` of `maxTokens` tokens
- * from it, each exiting 0 (the folder is removed after); the outputs of the first two, to check.
+ * from it, each exiting 0 (the folder is removed after); the outputs of the three, to check.
  */
 function initInspectGenerate(initArgs: string[], maxTokens: number) {
   const dir = mkdtempSync(path.join(tmpdir(), 'longcat-cli-'));
@@ -25,7 +25,7 @@ function initInspectGenerate(initArgs: string[], maxTokens: number) {
     const gen = run('generate', '--model', dir, '--prompt', 'Hello', '--max-tokens', String(maxTokens));
     expect(gen.status, gen.stderr).toBe(0);
     expect(gen.stderr).toMatch(/generated \d+ tokens/);
-    return { made, info };
+    return { made, info, gen };
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
@@ -51,11 +51,21 @@ describe('longcat CLI', { timeout: 3 * RUN_LIMIT_MS }, () => {
   });
 
   it('init-random --preset lite --fp8 and inspect: the N-gram parameters apart from the active ones; generate runs it', () => {
-    const { info } = initInspectGenerate(['--preset', 'lite', '--fp8', '--seed', '4'], 4);
+    const { info, gen } = initInspectGenerate(['--preset', 'lite', '--fp8', '--seed', '4'], 4);
     expect(info.stdout).toMatch(
       /N-gram:\s+\S+ in 12 tables \(orders 2\.\.4, 4 splits; looked up, kept in host memory\) \+ \S+ projections \(active\)/,
     );
     expect(info.stdout).toMatch(/block FP8/);
+    // inspect says where the weights would live on either backend, as generate's load then reports
+    const onCpu = info.stdout.match(/^weights cpu: +(.*)$/m)![1]!,
+      onCuda = info.stdout.match(/^weights cuda: +(.*)$/m)![1]!;
+    expect(onCpu).toMatch(/^\S+ \S+ mapped in host memory \(of which \S+ \S+ N-gram tables, never uploaded\)$/);
+    expect(onCuda).toMatch(
+      /^\S+ \S+ uploaded to the GPU, \S+ \S+ mapped in host memory \(of which \S+ \S+ N-gram tables, never uploaded\)$/,
+    );
+    const loaded = gen.stderr.match(/^longcat: weights: (.*)$/m)![1]!;
+    const device = loaded.match(/uploaded to (\S+),/)?.[1];
+    expect(loaded).toBe(device ? onCuda.replace('the GPU', device) : onCpu);
   });
 
   it('init-random --mtp --draft-agreement F: prints the acceptance of the MTP drafts; inspect and generate run it', () => {

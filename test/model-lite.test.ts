@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { initRandom } from '../lib/init-random.js';
 import { loadModel } from '../lib/generate.js';
+import { LongcatModel } from '../lib/model/model.js';
 import { openCheckpoint } from '../lib/checkpoint.js';
 import { native } from '../lib/native.js';
 import { activeParams } from '../lib/config.js';
@@ -253,6 +254,53 @@ describe.each(backends)('LongCat-Flash-Lite on %s', device => {
           `chunk ${a}..${b}`,
         );
       chunked.release();
+    },
+    workLimitMs(30),
+  );
+
+  it(
+    'decode steps replayed from graphs (the N-gram rows uploaded inside the graph) equal eager steps, queued back to back',
+    async () => {
+      using model = await loadModel(bf16Dir, { backend, cacheDtype: 'f32', maxContext: 64 });
+      const e = model.engine;
+      // the same weights (not owned: disposing it leaves them to `model`), no graphs
+      const eager = new LongcatModel(e.dims, { ...e.w, owned: [] }, { device, maxContext: 64, cacheDtype: 'f32', graphs: false });
+      try {
+        const starts = [prompt.slice(0, 3), prompt.slice(1, 8)];
+        const steps = [
+          [41, 0],
+          [2, 7], // an EOS
+          [300, 300],
+          [5, 17],
+          [17, 2],
+        ];
+        // eager first: reading its logits waits for the device, which would also run the graphs' queued work
+        const E = starts.map(() => eager.newSequence());
+        for (const [b, s] of starts.entries()) readLogits(eager.forward([E[b]!], [s]));
+        const want = steps.map(toks =>
+          readLogits(
+            eager.forward(
+              E,
+              toks.map(t => [t]),
+            ),
+          ),
+        );
+        // every step replays the batch-2 graph; logits are read only after steps 2 and 5, so each
+        // step's rows are gathered into the staging buffer while the previous replay may be queued
+        const G = starts.map(() => e.newSequence());
+        for (const [b, s] of starts.entries()) readLogits(e.forward([G[b]!], [s]));
+        steps.forEach((toks, i) => {
+          const r = e.forward(
+            G,
+            toks.map(t => [t]),
+          );
+          if (i === 1 || i === steps.length - 1) expectLogitsClose(readLogits(r), want[i]!, 1e-5, `step ${i}`);
+          else r.logits.dispose();
+        });
+        for (const s of [...E, ...G]) s.release();
+      } finally {
+        eager.dispose();
+      }
     },
     workLimitMs(30),
   );

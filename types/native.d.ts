@@ -12,7 +12,9 @@ export declare class Tensor {
   readonly device: string;
   readonly nbytes: number;
   readonly disposed: boolean;
-  /** Waits for all work on the tensor's device, then copies the bytes out. */
+  /** Whether the memory is page-locked host memory (pinnedTensor on a machine with a CUDA device). */
+  readonly pinned: boolean;
+  /** Waits for all work on the tensor's device (and copies queued from or into pinned memory), then copies the bytes out. */
   toBytes(): Uint8Array;
   copyFromBytes(bytes: ArrayBufferView): void;
   /** Reshape sharing storage; one dimension may be -1. */
@@ -117,6 +119,27 @@ export interface CoreApi {
   /** Caps the CPU kernels' ISA (for tests); returns the ISA now in effect. */
   setIsa(isa: 'scalar' | 'avx2' | 'avx512'): string;
   memoryStats(device?: string): MemoryStats;
+  /** The pinned pool's statistics: it caches nothing, so liveBytes is all the pinned memory held. */
+  pinnedMemoryStats(): MemoryStats;
+  /**
+   * A CPU tensor (contents undefined) from the pinned pool: page-locked (cudaHostAlloc) when the
+   * CUDA backend has a device, plain host memory otherwise; freed (cudaFreeHost) once the last
+   * tensor and copy using it are gone, never cached. See copy().
+   */
+  pinnedTensor(dtype: DType, shape: readonly number[]): Tensor;
+  /**
+   * dst <- src, queued on `stream`: same dtype (E_DTYPE) and shape (E_SHAPE), not overlapping
+   * (E_ARGUMENT); cpu -> cpu on a CPU stream, or between the CPU and cuda:N, or within cuda:N, on a
+   * stream of cuda:N (two CUDA devices: E_DEVICE). Outside a graph capture a host side is ready
+   * at once: the calling thread's queued CPU work is waited for first, and a copy from or into
+   * pageable memory is staged by the runtime (done with the host memory when the call returns);
+   * one from or into pinned memory runs asynchronously, and toBytes / copyFromBytes / to() / the
+   * release of that memory wait for it (CPU ops on it do not: synchronize the stream). Captured
+   * into a CUDA graph it becomes a copy node that runs at every replay: the host side must be
+   * pinned (pageable: E_ARGUMENT), the graph keeps it alive, and the replayer orders host writes
+   * before the replay and after the previous one.
+   */
+  copy(stream: S, dst: Tensor, src: Tensor): void;
   trimPool(device?: string): void;
   synchronize(device?: string): void;
   /** The awaitable synchronize(device): waits off the JS thread for the work queued on the device's

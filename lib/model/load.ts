@@ -80,6 +80,13 @@ export interface ModelMemory {
 const isMtp = (name: string) => name.startsWith('model.mtp.');
 const isNgramTable = (name: string) => name.startsWith('model.ngram_embeddings.embedders.');
 
+/** Checkpoint bytes a GPU model uploads: not the N-gram tables (read from host memory), the MTP module only when loaded. */
+export function uploadBytes(checkpoint: Checkpoint, mtpLoaded: boolean): number {
+  return [...checkpoint.tensors.values()]
+    .filter(t => (mtpLoaded || !isMtp(t.name)) && !isNgramTable(t.name))
+    .reduce((a, t) => a + t.nbytes, 0);
+}
+
 export function modelMemory(
   checkpoint: Checkpoint,
   device: string,
@@ -159,11 +166,8 @@ export async function loadCheckpointModel(dir: string, opts: LoadModelOptions = 
   try {
     const dims = modelDims(checkpoint.config);
     if (ranks > 1) expertsPerRank(ranks, dims.nRouted); // a typed error before any weight is read
-    // What the upload copies: not the N-gram tables (read from host memory), the MTP module only when loaded.
     const mtp = opts.mtp !== false && checkpoint.hasMtp;
-    const totalBytes = [...checkpoint.tensors.values()]
-      .filter(t => (mtp || !isMtp(t.name)) && !isNgramTable(t.name))
-      .reduce((a, t) => a + t.nbytes, 0);
+    const totalBytes = uploadBytes(checkpoint, mtp);
     const weights = loadWeights(checkpoint, dims, device, {
       onProgress: opts.onProgress,
       totalBytes,

@@ -16,6 +16,15 @@ import { ExpertParallelGroup } from '../parallel/expert-parallel.js';
 import { ShardedExperts } from '../parallel/placement.js';
 import { TokenHistory, ngramIds, ngramPowers } from './ngram.js';
 
+/** A captured decode graph's N-gram input on a GPU: the rows are gathered on the host into `staging`
+ *  (pinned [E, B, D]), which the graph's first node uploads; `uploaded` is recorded on the main
+ *  stream after each replay; `cpu` is the CPU stream the gathers run on. */
+interface NgramStaging {
+  staging: Tensor;
+  uploaded: Event;
+  cpu: Stream;
+}
+
 export interface ModelOptions {
   device: string;
   /** Tokens per KV-cache block. */
@@ -92,6 +101,7 @@ interface SpeculativeGraph {
   nFfn: Tensor[];
   /** Views over inputs / outputs, disposed with the graph. */
   parts: Tensor[];
+  ngram: NgramStaging | null;
 }
 
 /** Sampling settings as the sampleSpeculative op reads them: per sequence int32 [temperature bits,
@@ -118,7 +128,8 @@ interface DecodeRows {
   blockTable: Int32Array;
   /** Row t sees the cache up to and including its own position. */
   seqLens: Int32Array;
-  ngramRows: Tensor | null;
+  /** N-gram models: the rows of every table for each row (ngramRowIds). */
+  ngramIds: Int32Array | null;
 }
 
 export class LongcatModel {
@@ -141,7 +152,7 @@ export class LongcatModel {
   private readonly experts: ExpertsFn;
   private readonly decodeGraphs = new Map<
     number,
-    { graph: Graph; inputs: Tensor; batch: Batch; out: Required<ForwardResult>; host: Int32Array }
+    { graph: Graph; inputs: Tensor; batch: Batch; out: Required<ForwardResult>; host: Int32Array; ngram: NgramStaging | null }
   >();
   /** The captured speculative steps, by batch size. */
   private readonly specGraphs = new Map<number, SpeculativeGraph>();
@@ -300,13 +311,12 @@ export class LongcatModel {
       lastRow[b] = r - 1;
     }
     const inputs = new Arena(this.device);
-    const ngramHost = this.ngramRows(seqs, tokens, pastLens);
-    if (ngramHost) inputs.keep(ngramHost);
+    const ngramIds = this.ngramRowIds(seqs, tokens, pastLens);
     const counts = tokens.map(t => t.length);
     if (mode === 'decode' && this.useGraphs && !opts.eager) {
       const rt = batchTables(seqs, this.maxBlocks, counts);
       try {
-        const out = this.replayDecode({ ids, positions, slots, blockTable: rt.table, seqLens: rt.seqLens, ngramRows: ngramHost });
+        const out = this.replayDecode({ ids, positions, slots, blockTable: rt.table, seqLens: rt.seqLens, ngramIds });
         const view = (t: Tensor) => t.view(t.shape); // fresh handles: the caller disposes them, the graph keeps the memory
         return {
           logits: view(out.logits),
@@ -319,10 +329,11 @@ export class LongcatModel {
     }
 
     const batch: Batch = { mode, T, ids: inputs.ints(ids), positions: inputs.ints(positions), slots: inputs.ints(slots) };
-    if (ngramHost) {
+    if (ngramIds) {
       const nd = this.dims.ngram!;
-      const rows = this.device === 'cpu' ? ngramHost : inputs.keep(ngramHost.to(this.device));
-      batch.ngramRows = inputs.keep(rows.view([nd.tables, T, nd.dim]));
+      const rows = inputs.keep(empty([nd.tables, T, nd.dim], { dtype: this.w.ngram!.tables[0]!.dtype, device: 'cpu' }));
+      this.gatherNgramRows(null, ngramIds, rows);
+      batch.ngramRows = this.device === 'cpu' ? rows : inputs.keep(rows.to(this.device)); // to() waits for the gather
     }
     if (mode === 'decode') {
       const rt = batchTables(seqs, undefined, counts);
@@ -350,11 +361,11 @@ export class LongcatModel {
   }
 
   /**
-   * N-gram models: the rows of every table for the step's tokens, [E * T, D] in host memory (table
-   * e's rows at e * T..), gathered from the mapped tables; the ids come from each sequence's last
-   * N - 1 raw tokens before its new ones, which are recorded at their positions. Null otherwise.
+   * N-gram models: the row of every table for each of the step's T tokens, int32 [E * T] (table e's
+   * at e * T..), from each sequence's last N - 1 raw tokens before its new ones, which are recorded
+   * at their positions. Null otherwise.
    */
-  private ngramRows(seqs: SequenceCache[], tokens: number[][], pastLens: number[]): Tensor | null {
+  private ngramRowIds(seqs: SequenceCache[], tokens: number[][], pastLens: number[]): Int32Array | null {
     const nd = this.dims.ngram,
       w = this.w.ngram;
     if (!nd || !w) return null;
@@ -375,17 +386,46 @@ export class LongcatModel {
       hist.record(pastLens[b]!, list);
       at += n;
     }
-    const rows = empty([E * T, nd.dim], { dtype: w.tables[0]!.dtype, device: 'cpu' });
+    return ids;
+  }
+
+  /**
+   * Queues on the CPU stream `cpu` (null: the default) the gather of the rows `ids` (ngramRowIds)
+   * from the mapped tables into `into`, a host tensor [E, T, D] of the tables' dtype.
+   */
+  private gatherNgramRows(cpu: Stream | null, ids: Int32Array, into: Tensor) {
+    const w = this.w.ngram!,
+      [E, T, D] = into.shape as [number, number, number];
+    const flat = into.view([E * T, D]);
     const idx = tensor(ids, [E * T], { dtype: 'int32', device: 'cpu' });
     for (let e = 0; e < E; e++) {
-      const part = rows.narrow(e * T, T),
+      const part = flat.narrow(e * T, T),
         pick = idx.narrow(e * T, T);
-      native.gatherRows(null, part, w.tables[e]!, pick); // the queued gather keeps its tensors alive
+      native.gatherRows(cpu, part, w.tables[e]!, pick); // the queued gather keeps its tensors alive
       part.dispose();
       pick.dispose();
     }
     idx.dispose();
-    return rows;
+    flat.dispose();
+  }
+
+  /**
+   * Gathers a decode step's N-gram rows where its graph reads them. On the CPU that is the graph's
+   * input tensor itself: the gather is queued on the stream the replay runs on (the main stream is
+   * the CPU's default one), so it runs after the previous replay and before this one. On a GPU it
+   * is the graph's pinned staging buffer, which the graph's first node uploads: the previous
+   * replay's upload must have read it before the gather overwrites it (the host waits for the event
+   * recorded after that replay), and the gather must be done before this replay reads it (the host
+   * waits for the CPU stream, which also surfaces a gather's error before the replay).
+   */
+  private stageNgramRows(batch: Batch, ngram: NgramStaging | null, ids: Int32Array) {
+    if (!ngram) {
+      this.gatherNgramRows(null, ids, batch.ngramRows!);
+      return;
+    }
+    ngram.uploaded.synchronize();
+    this.gatherNgramRows(ngram.cpu, ids, ngram.staging);
+    ngram.cpu.synchronize();
   }
 
   /** The Step of a batch: where the architecture's ops run. */
@@ -425,22 +465,24 @@ export class LongcatModel {
     const T = host.ids.length;
     let g = this.decodeGraphs.get(T);
     if (!g) {
-      const { inputs, batch } = this.decodeInputs(T, host.ngramRows);
+      const { inputs, batch, ngram } = this.decodeInputs(T, host.ngramIds !== null);
       let out: Required<ForwardResult> | null = null;
       const graph = native.captureGraph(this.captureStreams, () => {
+        if (ngram) native.copy(this.main, batch.ngramRows!, ngram.staging); // the step's rows, uploaded by the graph
         out = this.run(batch, true);
       });
-      g = { graph, inputs, batch, out: out!, host: new Int32Array(inputs.shape[0]!) };
+      g = { graph, inputs, batch, out: out!, host: new Int32Array(inputs.shape[0]!), ngram };
       this.decodeGraphs.set(T, g);
     }
     this.writeDecodeInputs(g, host);
     g.graph.replay();
+    g.ngram?.uploaded.record(this.main);
     return g.out;
   }
 
   /** The fixed input tensors of a captured decode batch of T rows: every int32 input in one buffer,
    *  so a step uploads them with one copy (ids, positions, slots, seqLens, then the block table). */
-  private decodeInputs(T: number, ngramRows: Tensor | null, extra = 0): { inputs: Tensor; batch: Batch } {
+  private decodeInputs(T: number, ngram: boolean, extra = 0): { inputs: Tensor; batch: Batch; ngram: NgramStaging | null } {
     const tableLen = T * this.maxBlocks;
     const inputs = empty([4 * T + tableLen + extra], { dtype: 'int32', device: this.device });
     const part = (i: number, n: number) => inputs.narrow(i, n);
@@ -456,20 +498,31 @@ export class LongcatModel {
     };
     table.dispose();
     const nd = this.dims.ngram;
-    if (nd && ngramRows) batch.ngramRows = empty([nd.tables, T, nd.dim], { dtype: ngramRows.dtype, device: this.device });
-    return { inputs, batch };
+    let staging: NgramStaging | null = null;
+    if (nd && ngram) {
+      const shape = [nd.tables, T, nd.dim],
+        dtype = this.w.ngram!.tables[0]!.dtype;
+      batch.ngramRows = empty(shape, { dtype, device: this.device });
+      if (this.device !== 'cpu')
+        staging = {
+          staging: empty(shape, { dtype, device: 'cpu', pinned: true }),
+          uploaded: new Event(this.device),
+          cpu: native.defaultStream('cpu'),
+        };
+    }
+    return { inputs, batch, ngram: staging };
   }
 
-  private writeDecodeInputs(g: { inputs: Tensor; batch: Batch; host: Int32Array }, host: DecodeRows) {
+  private writeDecodeInputs(g: { inputs: Tensor; batch: Batch; host: Int32Array; ngram: NgramStaging | null }, host: DecodeRows) {
     const T = host.ids.length,
       buf = g.host;
+    if (host.ngramIds) this.stageNgramRows(g.batch, g.ngram, host.ngramIds);
     buf.set(host.ids, 0);
     buf.set(host.positions, T);
     buf.set(host.slots, 2 * T);
     buf.set(host.seqLens, 3 * T);
     buf.set(host.blockTable, 4 * T);
     g.inputs.copyFromBytes(buf);
-    if (host.ngramRows) g.batch.ngramRows!.copyFromBytes(host.ngramRows.toBytes());
   }
 
   /**
@@ -602,21 +655,18 @@ export class LongcatModel {
       const positions = Int32Array.from(pastLens.flatMap(L => [L, L + 1]));
       const slots = Int32Array.from(reserved.flatMap(r => [...r]));
       const bt = batchTables(seqs, this.maxBlocks, Array(B).fill(2));
-      const ngramRows = this.ngramRows(seqs, tokens, pastLens);
+      const ngramIds = this.ngramRowIds(seqs, tokens, pastLens);
       let g = this.specGraphs.get(B);
-      try {
-        if (!g) {
-          g = this.captureSpeculative(B, ngramRows);
-          this.specGraphs.set(B, g);
-        }
-        const extra = g.host.subarray(g.host.length - 7 * B);
-        extra.set(Int32Array.from(drafts), 0);
-        packSampling(sampling, extra.subarray(B));
-        this.writeDecodeInputs(g, { ids, positions, slots, blockTable: bt.table, seqLens: bt.seqLens, ngramRows });
-        g.graph.replay();
-      } finally {
-        ngramRows?.dispose();
+      if (!g) {
+        g = this.captureSpeculative(B, ngramIds !== null);
+        this.specGraphs.set(B, g);
       }
+      const extra = g.host.subarray(g.host.length - 7 * B);
+      extra.set(Int32Array.from(drafts), 0);
+      packSampling(sampling, extra.subarray(B));
+      this.writeDecodeInputs(g, { ids, positions, slots, blockTable: bt.table, seqLens: bt.seqLens, ngramIds });
+      g.graph.replay();
+      g.ngram?.uploaded.record(this.main);
       const out = (await toArrayAsync(g.outputs)) as Int32Array;
       this.ep?.endStep();
       const accepted = Array.from(out.subarray(2 * B, 3 * B));
@@ -643,10 +693,10 @@ export class LongcatModel {
   }
 
   /** Captures the fused verify + accept + draft step of B sequences (replayed as one job on the CPU). */
-  private captureSpeculative(B: number, ngramRows: Tensor | null): SpeculativeGraph {
+  private captureSpeculative(B: number, ngram: boolean): SpeculativeGraph {
     const T = 2 * B;
     // Inputs: the decode rows, then the drafts [B] and the sampling settings [B, 6].
-    const { inputs, batch } = this.decodeInputs(T, ngramRows, 7 * B);
+    const { inputs, batch, ngram: staging } = this.decodeInputs(T, ngram, 7 * B);
     const n = inputs.shape[0]!;
     const draftsIn = inputs.narrow(n - 7 * B, B),
       params = inputs.narrow(n - 6 * B, 6 * B).view([B, 6]);
@@ -658,6 +708,7 @@ export class LongcatModel {
     let nFfn: Tensor[] = [];
     const graph = native.captureGraph(this.captureStreams, () => {
       const a = new Arena(this.device);
+      if (staging) native.copy(this.main, batch.ngramRows!, staging.staging); // the step's rows, uploaded by the graph
       const verify = this.run(batch, true);
       nFfn = verify.nFfn;
       native.sampleSpeculative(
@@ -679,7 +730,16 @@ export class LongcatModel {
       for (const t of [verify.logits, verify.hidden, draftLogits]) a.keep(t);
       a.dispose();
     });
-    return { graph, inputs, batch, host: new Int32Array(n), outputs, nFfn, parts: [draftsIn, params, tokens, accepted, next] };
+    return {
+      graph,
+      inputs,
+      batch,
+      host: new Int32Array(n),
+      outputs,
+      nFfn,
+      parts: [draftsIn, params, tokens, accepted, next],
+      ngram: staging,
+    };
   }
 
   /** Frees the KV cache, streams and the tensors the model created (not the checkpoint's). */
@@ -705,6 +765,7 @@ export class LongcatModel {
       ])
         t.dispose();
       b.ngramRows?.dispose();
+      g.ngram?.staging.dispose(); // after the graph: its copy node reads it
     }
     this.decodeGraphs.clear();
     for (const g of this.specGraphs.values()) {
@@ -713,6 +774,7 @@ export class LongcatModel {
       for (const t of [g.inputs, b.ids, b.positions, b.slots, b.blockTable!, b.seqLens!, g.outputs, ...g.nFfn, ...g.parts])
         t.dispose();
       b.ngramRows?.dispose();
+      g.ngram?.staging.dispose();
     }
     this.specGraphs.clear();
     for (const t of [...this.caches, this.invFreq, ...this.w.owned]) t.dispose();

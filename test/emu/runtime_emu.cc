@@ -6,7 +6,9 @@
 // event wait queued on another stream when that one runs (it first runs the waited-for stream up to
 // the event). An event query never runs anything: an event is pending until its stream reached it
 // (the adversarial GPU: always slower than the host). Blocking host copies (cudaMemcpy) wait for the
-// legacy default stream only, like with the cudaStreamNonBlocking streams of cuda/runtime.cu. A
+// legacy default stream only, like with the cudaStreamNonBlocking streams of cuda/runtime.cu; an
+// asynchronous copy is queued when its host side is page-locked (host_alloc), and otherwise done
+// at once behind its stream's earlier work, like the runtime's staged copy of pageable memory. A
 // destroyed stream's queued work still runs (at the next device synchronization or event wait that
 // reaches it). A stream capture records the launches and device copies issued during it, which a
 // graph launch queues as one item. This runs the whole CUDA backend -- the op bindings' CUDA paths,
@@ -157,6 +159,34 @@ int owner(const void* p) {
 
 const bool g_installed = (lc_emu::g_submit = submit, lc_emu::g_owner = owner, true);
 
+// Page-locked host allocations (host_alloc): start address -> bytes. An asynchronous copy from or
+// to them is queued; one from or to any other host memory (pageable) behaves like the runtime's
+// staged copy: it waits for its stream's earlier work and is done when the call returns.
+std::mutex g_pinned_m;
+std::map<uintptr_t, size_t> g_pinned;
+bool page_locked(const void* p, size_t bytes) {
+  std::lock_guard<std::mutex> lk(g_pinned_m);
+  const auto a = reinterpret_cast<uintptr_t>(p);
+  auto it = g_pinned.upper_bound(a);
+  if (it == g_pinned.begin()) return false;
+  --it;
+  return a + bytes <= it->first + it->second;
+}
+
+// An asynchronous host <-> device copy whose host side is `host`.
+void copy_async(int dev, void* dst, const void* src, size_t bytes, const void* host, void* st, const char* what) {
+  use(dev);
+  std::lock_guard<std::recursive_mutex> lk(g_m);
+  if (page_locked(host, bytes)) {
+    submit(st, [=] { std::memmove(dst, src, bytes); });
+    if (lc_emu::t_last_error != cudaSuccess) fail_cuda(cudaGetLastError(), what);
+    return;
+  }
+  if (capturing_here()) fail_cuda(cudaErrorInvalidValue, what);  // no staged copies in a graph
+  run_all(find(dev, st));
+  std::memmove(dst, src, bytes);
+}
+
 }  // namespace
 
 bool compiled() { return true; }
@@ -212,6 +242,32 @@ void memset_async(int dev, void* p, int value, size_t bytes, void* stream) {
   use(dev);
   submit(stream, [=] { std::memset(p, value, bytes); });
   if (lc_emu::t_last_error != cudaSuccess) fail_cuda(cudaGetLastError(), "cudaMemsetAsync");
+}
+void* host_alloc(size_t bytes) {
+  void* p = std::aligned_alloc(256, (bytes + 255) / 256 * 256);
+  if (!p) fail(Code::E_OOM, "out of page-locked host memory allocating %zu bytes (emulated)", bytes);
+  std::lock_guard<std::mutex> lk(g_pinned_m);
+  g_pinned[reinterpret_cast<uintptr_t>(p)] = bytes;
+  return p;
+}
+void host_free(void* p) {
+  {
+    std::lock_guard<std::mutex> lk(g_pinned_m);
+    g_pinned.erase(reinterpret_cast<uintptr_t>(p));
+  }
+  std::free(p);
+}
+void memcpy_h2d_async(int dev, void* dst, const void* src, size_t bytes, void* stream) {
+  copy_async(dev, dst, src, bytes, src, stream, "cudaMemcpyAsync host->device");
+}
+void memcpy_d2h_async(int dev, void* dst, const void* src, size_t bytes, void* stream) {
+  copy_async(dev, dst, src, bytes, dst, stream, "cudaMemcpyAsync device->host");
+}
+bool stream_capturing(int dev, void* st) {
+  use(dev);
+  std::lock_guard<std::recursive_mutex> lk(g_m);
+  find(dev, st);  // an invalid handle fails like on the hardware
+  return capturing_here();
 }
 void device_synchronize(int dev) {
   use(dev);
