@@ -177,6 +177,8 @@ export async function speculativeChecks({ device, tokens = 24 }: { device: strin
     for (const [name, opts] of [
       ['tiny agreement 0.5', { preset: 'tiny', draftAgreement: 0.5 }],
       ['tiny-fp8', { preset: 'tiny', fp8: true }],
+      // Lite: the N-gram rows of both verified tokens staged on the host and uploaded by the step's graph
+      ['lite agreement 0.5', { preset: 'lite', draftAgreement: 0.5 }],
     ] as const) {
       const dir = path.join(root, name.replace(/\W+/g, '-'));
       await initRandom({ ...opts, mtp: true, out: dir, seed: 5 });
