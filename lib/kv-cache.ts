@@ -87,9 +87,9 @@ export class BlockAllocator {
     this.refs[id]!++;
   }
 
-  /** Whether anyone else holds the block, or it is a cached page (its contents must not change). */
+  /** Whether more than one sequence holds the block (its contents must not change). */
   shared(id: number): boolean {
-    return this.refs[id]! > 1 || this.keyOf.has(id);
+    return this.refs[id]! > 1;
   }
 
   /** Drops one holder of each block. Unknown or unheld ids are an ArgumentError (nothing is freed then). */
@@ -254,9 +254,9 @@ export class SequenceCache {
 
   /**
    * Drops tokens at positions >= len (speculative rejection, a chat turn rewound), freeing blocks no
-   * longer needed. A block that is shared (another sequence holds it, or it is a cached prefix page)
-   * is never written again: when `len` ends inside one, that page is dropped too. Returns the length
-   * kept (len, or the start of that page).
+   * longer needed. A block another sequence holds too is never written again: when `len` ends
+   * inside one, that page is dropped too; a cached page only this sequence holds leaves the prefix
+   * cache instead. Returns the length kept (len, or the start of the dropped page).
    */
   truncate(len: number): number {
     this.checkLive('truncate');
@@ -264,7 +264,11 @@ export class SequenceCache {
       throw new ArgumentError('E_ARGUMENT', `SequenceCache.truncate: length ${len} is outside [0, ${this.len}]`);
     }
     const last = Math.floor(len / this.blockSize);
-    if (len % this.blockSize !== 0 && len < this.len && this.allocator.shared(this.blocks[last]!)) len = last * this.blockSize;
+    if (len % this.blockSize !== 0 && len < this.len) {
+      const id = this.blocks[last]!;
+      if (this.allocator.shared(id)) len = last * this.blockSize;
+      else this.allocator.uncache(id); // a cached page only this sequence holds: private again, to be written
+    }
     const keep = Math.ceil(len / this.blockSize);
     if (keep < this.blocks.length) this.allocator.free(this.blocks.splice(keep));
     this.len = len;

@@ -61,16 +61,23 @@ describe('BlockAllocator / SequenceCache with cached pages', () => {
     expect(a.available).toBe(1);
     expect([p0, p1]).toHaveLength(2);
   });
-  it('never writes a shared page again: truncating inside one drops it', () => {
+  it('never writes a page another sequence holds: truncating inside one drops it; a cached page held alone leaves the cache', () => {
     const a = new BlockAllocator(8);
     const t = [1, 2, 3, 4, 5, 6, 7, 8, 9];
     const s1 = seqOf(a, t);
     s1.publish(t);
-    expect(s1.truncate(6)).toBe(4); // position 6 is inside the cached second page
+    const s2 = new SequenceCache(a, 4, 64);
+    s2.adopt(matchPrefix(a, 4, t, 8).blocks);
+    expect(s1.truncate(6)).toBe(4); // position 6 is inside the second page, which s2 holds too
     expect(s1.truncate(4)).toBe(4);
-    const s2 = seqOf(a, [1, 2, 3]);
-    expect(s2.truncate(2)).toBe(2); // a private page is cut as asked
-    expect(() => s2.adopt([0])).toThrow(/empty/);
+    expect(a.cachedPages).toBe(2);
+    s1.release();
+    expect(s2.truncate(7)).toBe(7); // s2 alone holds the second page now: it stops being cached
+    expect(a.cachedPages).toBe(1);
+    expect(matchPrefix(a, 4, t, 8).blocks).toHaveLength(1);
+    const s3 = seqOf(a, [1, 2, 3]);
+    expect(s3.truncate(2)).toBe(2); // a private page is cut as asked
+    expect(() => s3.adopt([0])).toThrow(/empty/);
   });
 });
 
