@@ -40,6 +40,7 @@ void expect_close(const std::vector<float>& got, const std::vector<float>& want,
 // Absorbed decode over a paged cache with several splits per sequence (the combine of partial
 // softmax states runs in every tile).
 void decode_case(int64_t nh, int64_t dl, int64_t dr, int64_t bs, std::vector<int32_t> lens, bool bf16, MatmulPrecision p) {
+  const cpu::MlaCache cf_kind = bf16 ? cpu::MlaCache::BF16 : cpu::MlaCache::F32;
   cpu::set_matmul_precision(p);
   const cpu::MlaDims d = lc::harness::decode_dims(nh, dl, dr);
   const int64_t B = static_cast<int64_t>(lens.size()), row = dl + dr, mb = lc::harness::max_blocks(lens, bs);
@@ -56,11 +57,11 @@ void decode_case(int64_t nh, int64_t dl, int64_t dr, int64_t bs, std::vector<int
   const float scale = 1.0f / std::sqrt(192.0f);
   std::vector<float> want(B * nh * dl), got(B * nh * dl, NAN);
   std::vector<float> cws(cpu::mla_decode_workspace_floats(d, B, 3));
-  cpu::mla_decode_absorbed(d, B, want.data(), ql.data(), q.data(), cache, bf16, bs, bt.data(), mb, lens.data(), scale, cws.data(),
-                           3);
-  const int64_t splits = gpu::mla_decode_splits(d, B, mb * bs, bf16, cache);
+  cpu::mla_decode_absorbed(d, B, want.data(), ql.data(), q.data(), cache, cf_kind, bs, bt.data(), mb, lens.data(), scale,
+                           cws.data(), 3);
+  const int64_t splits = gpu::mla_decode_splits(d, B, mb * bs, cf_kind, cache);
   std::vector<float> gws(std::max<int64_t>(1, gpu::mla_decode_workspace_floats(d, B, splits)));
-  gpu::mla_decode_absorbed(d, B, got.data(), ql.data(), q.data(), cache, bf16, nb, bs, bt.data(), mb, lens.data(), scale,
+  gpu::mla_decode_absorbed(d, B, got.data(), ql.data(), q.data(), cache, cf_kind, nb, bs, bt.data(), mb, lens.data(), scale,
                            gws.data(), splits, nullptr);
   expect_close(got, want, p == MatmulPrecision::Highest ? 1e-4 : 5e-3,
                std::string("mla decode ") + (bf16 ? "bf16" : "f32") + " cache, nh=" + std::to_string(nh) +
