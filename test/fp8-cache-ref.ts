@@ -17,6 +17,7 @@ export function fp8GroupScale(x: ArrayLike<number>, off: number, n = FP8_GROUP):
   let m = 0;
   for (let i = 0; i < n; i++) {
     const a = Math.abs(Math.fround(x[off + i]!));
+    // biome-ignore lint/complexity/useMathMinMax: Math.max would propagate a NaN; the native amax skips it
     m = a > m ? a : m;
   }
   return Math.fround(Math.max(m, TINY) / 448);
