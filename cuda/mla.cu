@@ -1,5 +1,6 @@
 // MLA attention on CUDA (contracts: native/cpu/mla.h, launchers: mla.h). Activations f32;
-// the latent cache and kv_b_proj weight f32 or bf16 (raw bits). fp32 accumulation everywhere.
+// the kv_b_proj weight f32 or bf16 (raw bits), the latent cache f32, bf16 or the fp8 layout of
+// cpu/mla.h (dequantized on load). fp32 accumulation everywhere.
 //
 //   mla_absorb_q   per-head small GEMM q_lat[t,h,:] = W_UK[h]^T q_nope[t,h]: one CTA per (token
 //                  chunk, head, 128-column tile); each thread owns 2 latent columns and streams the
@@ -16,7 +17,7 @@
 //                  the CPU's log-sum-exp merge. CUDA cores only (no tensor cores) in this first
 //                  version: the score tile [heads x tokens] = Q[heads, 576] K[tokens, 576]^T and the
 //                  PV tile are the two products; at matmul precision 'bf16' with the 512 + 64 width
-//                  and a bf16 cache, mla_decode_tc.cu does them on tensor cores instead.
+//                  and a bf16 or fp8 cache, mla_decode_tc.cu does them on tensor cores instead.
 //   mla_prefill    causal varlen flash attention (expanded form): a device-side schedule kernel
 //                  turns qStart / kvStart into (sequence, query tile) work items. At matmul
 //                  precision 'bf16' with the DeepSeek / LongCat head dims: the mma.sync kernel of
@@ -162,6 +163,31 @@ __device__ __forceinline__ void load8(const uint16_t* p, float (&v)[8]) {
   }
 }
 
+// Element c of the latent-cache row at r: f32, bf16 bits, or the fp8 layout (cpu/mla.h: the latent
+// e4m3 * its group's scale in one f32 rounding, as cpu::mla_cache_gather; the rope key bf16).
+__device__ __forceinline__ float ld_row(const float* r, int64_t c, int64_t) { return r[c]; }
+__device__ __forceinline__ float ld_row(const uint16_t* r, int64_t c, int64_t) { return bf16_bits_to_f32(r[c]); }
+__device__ __forceinline__ float ld_row(const uint8_t* r, int64_t c, int64_t dl) {
+  if (c < dl)
+    return __fmul_rn(fp8e4m3_to_f32(r[c]),
+                     reinterpret_cast<const float*>(r + cpu::mla_fp8_scale_offset(dl))[c / cpu::kMlaFp8Group]);
+  return bf16_bits_to_f32(reinterpret_cast<const uint16_t*>(r + cpu::mla_fp8_rope_offset(dl))[c - dl]);
+}
+// Elements c .. c + 7 (c % 8 == 0) of the row at r with 16-byte loads (8 bytes for the fp8 latent):
+// the caller checked the alignment (DecodeParams::vec).
+__device__ __forceinline__ void load8_row(const float* r, int64_t c, int64_t, float (&v)[8]) { load8(r + c, v); }
+__device__ __forceinline__ void load8_row(const uint16_t* r, int64_t c, int64_t, float (&v)[8]) { load8(r + c, v); }
+__device__ __forceinline__ void load8_row(const uint8_t* r, int64_t c, int64_t dl, float (&v)[8]) {
+  if (c >= dl) {
+    load8(reinterpret_cast<const uint16_t*>(r + cpu::mla_fp8_rope_offset(dl)) + (c - dl), v);
+    return;
+  }
+  const uint2 u = *reinterpret_cast<const uint2*>(r + c);
+  const float s = reinterpret_cast<const float*>(r + cpu::mla_fp8_scale_offset(dl))[c / cpu::kMlaFp8Group];
+#pragma unroll
+  for (int e = 0; e < 8; ++e) v[e] = __fmul_rn(fp8e4m3_to_f32(static_cast<uint8_t>((e < 4 ? u.x : u.y) >> (8 * (e & 3)))), s);
+}
+
 // kVec: dl % 8 == 0 and 16-byte aligned bases (checked by the launcher).
 template <typename WT, int kT, bool kVec>
 __global__ void __launch_bounds__(kOutWarps * 32)
@@ -261,6 +287,7 @@ DecodeCfg decode_cfg(const MlaDims& d, size_t smem_optin) {
 
 struct DecodeParams : MlaDecodeArgs {
   int64_t dl, dr, row;
+  int64_t stride;  // cache elements (fp8: bytes) per row
   int64_t ngroups, hg, tk;
   bool vec;  // 16-byte loads of cache rows
 };
@@ -271,7 +298,7 @@ __global__ void __launch_bounds__(kDecThreads) decode_kernel(DecodeParams p) {
   float* smem = reinterpret_cast<float*>(smem_f4);
   const int hg = static_cast<int>(p.hg), tk = static_cast<int>(p.tk);
   const int64_t row = p.row, dl = p.dl;
-  int64_t* rbase = reinterpret_cast<int64_t*>(smem);  // [kMaxTK] cache element offset of each tile row (-1: invalid)
+  int64_t* rbase = reinterpret_cast<int64_t*>(smem);  // [kMaxTK] cache offset (in CT) of each tile row (-1: invalid)
   float* qs = smem + 2 * kMaxTK;                      // [hg][row]: q_lat | q_pe
   float* kv = qs + hg * row;                          // [tk][row]: cache rows as f32
   float* acc = kv + tk * row;                         // [hg][dl]
@@ -313,16 +340,16 @@ __global__ void __launch_bounds__(kDecThreads) decode_kernel(DecodeParams p) {
     if (tid < nt) {
       const int64_t s = t0 + tid;  // < len <= max_blocks * block_size
       const int64_t blk = bt[s / p.block_size];
-      rbase[tid] = (blk >= 0 && blk < p.num_blocks) ? (blk * p.block_size + s % p.block_size) * row : -1;
+      rbase[tid] = (blk >= 0 && blk < p.num_blocks) ? (blk * p.block_size + s % p.block_size) * p.stride : -1;
     }
     __syncthreads();
-    if (p.vec) {  // 8 elements per 16-byte load (bf16) or two 16-byte loads (f32)
+    if (p.vec) {  // 8 elements per 16-byte load (bf16, the fp8 rope), two (f32), or one 8-byte load (fp8 latent)
       const int64_t row8 = row / 8;
       for (int64_t i = tid; i < nt * row8; i += kDecThreads) {
         const int64_t j = i / row8, c = (i % row8) * 8;
         float v[8];
         if (rbase[j] >= 0) {
-          load8(cache + rbase[j] + c, v);
+          load8_row(cache + rbase[j], c, dl, v);
         } else {
 #pragma unroll
           for (int e = 0; e < 8; ++e) v[e] = 0.0f;
@@ -333,7 +360,7 @@ __global__ void __launch_bounds__(kDecThreads) decode_kernel(DecodeParams p) {
     } else {
       for (int64_t i = tid; i < nt * row; i += kDecThreads) {
         const int64_t j = i / row, c = i % row;
-        kv[i] = rbase[j] >= 0 ? ldv(cache, rbase[j] + c) : 0.0f;
+        kv[i] = rbase[j] >= 0 ? ld_row(cache + rbase[j], c, dl) : 0.0f;
       }
     }
     __syncthreads();
@@ -603,10 +630,10 @@ void mla_prefill(const MlaDims& d, int64_t batch, int64_t t, int64_t s, float* o
                                                                            workspace, scale);
 }
 
-// The tensor-core decode (mla_decode_tc.cu) takes the LongCat / DeepSeek width with a bf16 cache
-// unless the matmul precision is 'highest' (then every product stays fp32, as on the CPU).
-static bool use_tc_decode(const MlaDims& d, bool cache_bf16, const void* cache) {
-  return cpu::bf16_activations() && mla_decode_tc_supported(d, cache_bf16, cache);
+// The tensor-core decode (mla_decode_tc.cu) takes the LongCat / DeepSeek width with a bf16 or fp8
+// cache unless the matmul precision is 'highest' (then every product stays fp32, as on the CPU).
+static bool use_tc_decode(const MlaDims& d, cpu::MlaCache cf, const void* cache) {
+  return cpu::bf16_activations() && mla_decode_tc_supported(d, cf, cache);
 }
 
 // Splits sized to the device: CTAs run in waves of `slots` (SMs x resident CTAs per SM), so the split
@@ -614,10 +641,10 @@ static bool use_tc_decode(const MlaDims& d, bool cache_bf16, const void* cache) 
 // slots), over 1 <= s <= min(slots, max_len / kMinSplitTokens), the fewest splits on a tie: at batch
 // 1 a long context gets one split per SM. Chosen from shapes and the device only, never from
 // seq_lens (a captured CUDA graph replays it for any lengths up to max_len).
-int64_t mla_decode_splits(const MlaDims& d, int64_t batch, int64_t max_len, bool cache_bf16, const void* cache) {
+int64_t mla_decode_splits(const MlaDims& d, int64_t batch, int64_t max_len, cpu::MlaCache cf, const void* cache) {
   if (batch <= 0 || d.nh <= 0 || max_len <= 0) return 1;
   const DevAttrs a = dev_attrs();
-  const bool tc = use_tc_decode(d, cache_bf16, cache);
+  const bool tc = use_tc_decode(d, cf, cache);
   const int64_t hg = tc ? kMlaTcHeads : decode_cfg(d, a.smem_optin).hg;
   const int64_t ctas = batch * ((d.nh + hg - 1) / hg);
   const int64_t slots = static_cast<int64_t>(a.sms) * (tc ? 1 : 2);  // the tensor-core CTA fills an SM's shared memory
@@ -635,7 +662,7 @@ int64_t mla_decode_workspace_floats(const MlaDims& d, int64_t batch, int64_t spl
 }
 
 void mla_decode_absorbed(const MlaDims& d, int64_t batch, float* o_lat, const float* q_lat, const float* q, const void* cache,
-                         bool cache_bf16, int64_t num_blocks, int64_t block_size, const int32_t* block_table, int64_t max_blocks,
+                         cpu::MlaCache cf, int64_t num_blocks, int64_t block_size, const int32_t* block_table, int64_t max_blocks,
                          const int32_t* seq_lens, float scale, float* workspace, int64_t splits, void* stream) {
   if (batch <= 0 || d.nh <= 0 || d.dl <= 0) return;
   auto st = static_cast<cudaStream_t>(stream);
@@ -648,18 +675,25 @@ void mla_decode_absorbed(const MlaDims& d, int64_t batch, float* o_lat, const fl
   args.block_table = block_table, args.seq_lens = seq_lens, args.scale = scale;
   args.o_lat = o_lat, args.part_acc = workspace;
   args.part_ml = splits > 1 ? workspace + batch * splits * d.nh * d.dl : nullptr;
-  if (use_tc_decode(d, cache_bf16, cache)) {
-    mla_decode_tc(batch, args, stream);
+  if (use_tc_decode(d, cf, cache)) {
+    mla_decode_tc(batch, args, cf, stream);
   } else {
     const DecodeCfg cfg = decode_cfg(d, dev_attrs().smem_optin);
     DecodeParams p;
     static_cast<MlaDecodeArgs&>(p) = args;
     p.dl = d.dl, p.dr = d.dr, p.row = d.dl + d.dr;
     p.hg = cfg.hg, p.tk = cfg.tk, p.ngroups = (d.nh + cfg.hg - 1) / cfg.hg;
-    p.vec = p.row % 8 == 0 && reinterpret_cast<uintptr_t>(cache) % 16 == 0;
+    const bool fp8 = cf == cpu::MlaCache::FP8;
+    p.stride = fp8 ? cpu::mla_fp8_row_bytes(d.dl, d.dr) : p.row;
+    // fp8: 8-byte latent loads (dl % 128 == 0), 16-byte rope loads (rope offset and row stride multiples of 16)
+    p.vec = p.row % 8 == 0 && reinterpret_cast<uintptr_t>(cache) % 16 == 0 &&
+            (!fp8 || (p.stride % 16 == 0 && cpu::mla_fp8_rope_offset(d.dl) % 16 == 0));
     const int64_t blocks = batch * p.ngroups * splits;
     check_grid("mlaDecodeAbsorbed", blocks);
-    if (cache_bf16) {
+    if (fp8) {
+      set_smem(reinterpret_cast<const void*>(decode_kernel<uint8_t>), cfg.smem);
+      decode_kernel<uint8_t><<<static_cast<unsigned>(blocks), kDecThreads, cfg.smem, st>>>(p);
+    } else if (cf == cpu::MlaCache::BF16) {
       set_smem(reinterpret_cast<const void*>(decode_kernel<uint16_t>), cfg.smem);
       decode_kernel<uint16_t><<<static_cast<unsigned>(blocks), kDecThreads, cfg.smem, st>>>(p);
     } else {

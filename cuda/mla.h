@@ -36,19 +36,19 @@ void mla_prefill(const cpu::MlaDims& d, int64_t batch, int64_t t, int64_t s, flo
 // max_len = max_blocks * block_size tokens on the current device (host-side: depends only on
 // shapes, the cache (dtype, alignment) and the matmul precision, so a captured graph stays valid as the
 // sequences grow up to max_len).
-int64_t mla_decode_splits(const cpu::MlaDims& d, int64_t batch, int64_t max_len, bool cache_bf16, const void* cache);
+int64_t mla_decode_splits(const cpu::MlaDims& d, int64_t batch, int64_t max_len, cpu::MlaCache cf, const void* cache);
 // Floats of workspace mla_decode_absorbed needs with `splits` (0 when splits == 1).
 int64_t mla_decode_workspace_floats(const cpu::MlaDims& d, int64_t batch, int64_t splits);
 
 // Same contract as cpu::mla_decode_absorbed, FlashMLA-style split-KV decode: on tensor cores
-// (mla_tc.h) for dl 512 / dr 64 with a bf16 cache unless the matmul precision is 'highest',
-// else on CUDA cores in fp32. num_blocks bounds the
+// (mla_tc.h) for dl 512 / dr 64 with a bf16 or fp8 cache unless the matmul precision is 'highest',
+// else on CUDA cores in fp32 (an fp8 cache dequantized to f32 on load). num_blocks bounds the
 // block ids: a sequence length is clamped to [0, max_blocks * block_size] and a cache row whose
 // block id is outside [0, num_blocks) reads as zeros (the CPU path raises E_ARGUMENT instead).
-// `splits` must be the value of mla_decode_splits(d, batch, max_blocks * block_size, cache_bf16, cache) the workspace
+// `splits` must be the value of mla_decode_splits(d, batch, max_blocks * block_size, cf, cache) the workspace
 // was sized with.
 void mla_decode_absorbed(const cpu::MlaDims& d, int64_t batch, float* o_lat, const float* q_lat, const float* q,
-                         const void* cache, bool cache_bf16, int64_t num_blocks, int64_t block_size, const int32_t* block_table,
+                         const void* cache, cpu::MlaCache cf, int64_t num_blocks, int64_t block_size, const int32_t* block_table,
                          int64_t max_blocks, const int32_t* seq_lens, float scale, float* workspace, int64_t splits,
                          void* stream);
 

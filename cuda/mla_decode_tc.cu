@@ -1,7 +1,12 @@
 // Absorbed MLA decode on tensor cores (mma.sync bf16, sm_80+) for the DeepSeek / LongCat latent
-// width: 512 latent + 64 rope dims per cache row, bf16 paged cache. Same contract and split-KV
+// width: 512 latent + 64 rope dims per cache row, bf16 or fp8 paged cache. Same contract and split-KV
 // partials as decode_kernel in mla.cu (which handles every other case); numerics of the CPU's
 // AVX512-BF16 decode: q (q_lat ++ q_pe) and p = exp(s - m) rounded to bf16, fp32 accumulation.
+// The fp8 cache (FlashMLA's 656-byte rows, cpu/mla.h) is staged raw: cp.async brings tile it + 1's
+// rows into one of two raw buffers while tile it is computed; at the top of each tile the CTA
+// dequantizes the raw rows (e4m3 * group scale, rounded to bf16; the rope copied) into a single bf16
+// K tile of the layout below, which the rest of the kernel reads unchanged (FlashMLA dequantizes to
+// bf16 in shared memory the same way).
 //
 // Tiling, written out: one CTA (8 warps) per (sequence, 64 heads, split). Q [64 heads x 576] sits
 // in shared memory as bf16 for the whole split; cache rows stream through a double-buffered
@@ -41,26 +46,68 @@ constexpr int kSPitch = kTok + 8;                                               
 constexpr int kKSplit = 4;                                                        // K quarters of the score phase
 constexpr int kChunks = kRow * 2 / 16;                                            // 16-byte chunks per cache row (72)
 constexpr int kRowThreads = kThreads / kTok, kRowChunks = kChunks / kRowThreads;  // 8 threads x 9 chunks a row
-constexpr size_t kQBytes = size_t{kHeads} * kPitch, kKBytes = size_t{2} * kTok * kPitch;
+// The fp8 layout's rows (cpu/mla.h): 656 bytes, 41 16-byte chunks; 8 threads per row take chunks
+// lpart + 8 j, j < 6 (the last only for lpart 0).
+constexpr int kF8Row = static_cast<int>(cpu::mla_fp8_row_bytes(kDL, kDR)), kF8Chunks = kF8Row / 16;
+constexpr int kF8RowChunks = (kF8Chunks + kRowThreads - 1) / kRowThreads;
+constexpr int kF8Rope = static_cast<int>(cpu::mla_fp8_rope_offset(kDL)),
+              kF8Scales = static_cast<int>(cpu::mla_fp8_scale_offset(kDL));
+static_assert(kF8Row % 16 == 0 && kF8Rope % 16 == 0, "fp8 rows and their rope part in whole 16-byte chunks");
+constexpr size_t kQBytes = size_t{kHeads} * kPitch;
+// bf16: two K tiles (double buffer); fp8: one bf16 K tile and two raw tiles.
+constexpr size_t k_tile_bytes(bool fp8) {
+  return fp8 ? size_t{kTok} * kPitch + size_t{2} * kTok * kF8Row : size_t{2} * kTok * kPitch;
+}
 constexpr size_t kSBytes = sizeof(float) * kKSplit * kHeads * kSPitch, kPBytes = size_t{kHeads} * kPPitch;
-constexpr size_t kSmem = kQBytes + kKBytes + kSBytes + kPBytes + 3 * sizeof(float) * kHeads;
+constexpr size_t smem_bytes(bool fp8) { return kQBytes + k_tile_bytes(fp8) + kSBytes + kPBytes + 3 * sizeof(float) * kHeads; }
 static_assert(kDL == kWarps * 64, "each warp owns 64 latent columns");
 static_assert(kWarps == 2 * kKSplit && (kRow / 16) % kKSplit == 0, "score warps: 2 head halves x kKSplit K parts");
 static_assert(kRowThreads * kTok == kThreads && kRowThreads * kRowChunks == kChunks, "cache tile rows split evenly over threads");
+static_assert((kTok * kChunks) % kThreads == 0, "the fp8 dequantization's 16-byte output chunks split evenly over threads");
 
 struct Params : MlaDecodeArgs {
   int64_t ngroups;
 };
 
+// fp8: the raw rows of one tile (raw [32][656]) -> the bf16 K tile kt [32][kPitch]: thread t converts
+// 16-byte output chunks t, t + 256, ... (8 values each: a latent chunk from 8 e4m3 bytes and its
+// group's scale, rounded to bf16 by RNE; a rope chunk copied).
+__device__ __forceinline__ void dequant_fp8_tile(const uint8_t* raw, uint8_t* kt, int tid) {
+#pragma unroll
+  for (int k = 0; k < kTok * kChunks / kThreads; ++k) {
+    const int u = tid + k * kThreads, r = u / kChunks, c0 = (u % kChunks) * 8;
+    const uint8_t* src = raw + r * kF8Row;
+    uint4 out;
+    if (c0 < kDL) {
+      const uint2 b = *reinterpret_cast<const uint2*>(src + c0);
+      const float sc = *reinterpret_cast<const float*>(src + kF8Scales + 4 * (c0 / static_cast<int>(cpu::kMlaFp8Group)));
+      uint32_t w[4];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const uint32_t word = e < 2 ? b.x : b.y;
+        const float lo = __fmul_rn(fp8e4m3_to_f32(static_cast<uint8_t>(word >> (16 * (e & 1)))), sc);
+        const float hi = __fmul_rn(fp8e4m3_to_f32(static_cast<uint8_t>(word >> (16 * (e & 1) + 8))), sc);
+        w[e] = static_cast<uint32_t>(f32_to_bf16_bits(lo)) | (static_cast<uint32_t>(f32_to_bf16_bits(hi)) << 16);
+      }
+      out = make_uint4(w[0], w[1], w[2], w[3]);
+    } else {
+      out = *reinterpret_cast<const uint4*>(src + kF8Rope + 2 * (c0 - kDL));
+    }
+    *reinterpret_cast<uint4*>(kt + r * kPitch + 2 * c0) = out;
+  }
+}
+
+template <bool kFp8>
 __global__ void __launch_bounds__(kThreads, 1) decode_tc_kernel(const Params p) {
   extern __shared__ __align__(16) uint8_t smem[];
-  uint8_t* qs = smem;                                      // [64][kPitch] bf16
-  uint8_t* ks = qs + kQBytes;                              // [2][32][kPitch] bf16
-  float* ss = reinterpret_cast<float*>(ks + kKBytes);      // [kKSplit][64][kSPitch] partial scores
-  uint8_t* ps = reinterpret_cast<uint8_t*>(ss) + kSBytes;  // [64][kPPitch] bf16 probabilities
-  float* ms = reinterpret_cast<float*>(ps + kPBytes);      // [64] running max
-  float* ls = ms + kHeads;                                 // [64] running sum
-  float* cs = ls + kHeads;                                 // [64] rescale of this tile
+  uint8_t* qs = smem;                                             // [64][kPitch] bf16
+  uint8_t* ks = qs + kQBytes;                                     // bf16: [2][32][kPitch]; fp8: [32][kPitch] bf16
+  uint8_t* raw = ks + size_t{kTok} * kPitch;                      // fp8: [2][32][kF8Row] raw rows
+  float* ss = reinterpret_cast<float*>(ks + k_tile_bytes(kFp8));  // [kKSplit][64][kSPitch] partial scores
+  uint8_t* ps = reinterpret_cast<uint8_t*>(ss) + kSBytes;         // [64][kPPitch] bf16 probabilities
+  float* ms = reinterpret_cast<float*>(ps + kPBytes);             // [64] running max
+  float* ls = ms + kHeads;                                        // [64] running sum
+  float* cs = ls + kHeads;                                        // [64] rescale of this tile
 
   int64_t bid = blockIdx.x;
   const int64_t split = bid % p.splits;
@@ -100,16 +147,30 @@ __global__ void __launch_bounds__(kThreads, 1) decode_tc_kernel(const Params p) 
   const int lrow = tid / kRowThreads, lpart = tid % kRowThreads;
   int64_t lblk = (s0 + lrow) / p.block_size, loff = (s0 + lrow) % p.block_size, lpos = s0 + lrow;
   auto load_tile = [&](int buf) {
-    uint8_t* dst = ks + (static_cast<size_t>(buf) * kTok + lrow) * kPitch + lpart * 16;
     int64_t blk = -1;
     if (lpos < s1) blk = bt[lblk];
-    if (blk >= 0 && blk < p.num_blocks) {
-      const uint16_t* src = static_cast<const uint16_t*>(p.cache) + (blk * p.block_size + loff) * kRow + lpart * 8;
+    const bool ok = blk >= 0 && blk < p.num_blocks;
+    if constexpr (kFp8) {  // raw rows; a zero row dequantizes to zeros (e4m3 0 x scale 0)
+      uint8_t* dst = raw + (static_cast<size_t>(buf) * kTok + lrow) * kF8Row + lpart * 16;
+      const uint8_t* src = static_cast<const uint8_t*>(p.cache) + (ok ? blk * p.block_size + loff : 0) * kF8Row + lpart * 16;
 #pragma unroll
-      for (int j = 0; j < kRowChunks; ++j) mma::cp_async16(dst + j * kRowThreads * 16, src + j * kRowThreads * 8);
+      for (int j = 0; j < kF8RowChunks; ++j) {
+        if (lpart + j * kRowThreads >= kF8Chunks) continue;
+        if (ok)
+          mma::cp_async16(dst + j * kRowThreads * 16, src + j * kRowThreads * 16);
+        else
+          *reinterpret_cast<uint4*>(dst + j * kRowThreads * 16) = make_uint4(0, 0, 0, 0);
+      }
     } else {
+      uint8_t* dst = ks + (static_cast<size_t>(buf) * kTok + lrow) * kPitch + lpart * 16;
+      if (ok) {
+        const uint16_t* src = static_cast<const uint16_t*>(p.cache) + (blk * p.block_size + loff) * kRow + lpart * 8;
 #pragma unroll
-      for (int j = 0; j < kRowChunks; ++j) *reinterpret_cast<uint4*>(dst + j * kRowThreads * 16) = make_uint4(0, 0, 0, 0);
+        for (int j = 0; j < kRowChunks; ++j) mma::cp_async16(dst + j * kRowThreads * 16, src + j * kRowThreads * 8);
+      } else {
+#pragma unroll
+        for (int j = 0; j < kRowChunks; ++j) *reinterpret_cast<uint4*>(dst + j * kRowThreads * 16) = make_uint4(0, 0, 0, 0);
+      }
     }
     mma::cp_async_commit();
     lpos += kTok, loff += kTok;
@@ -136,7 +197,13 @@ __global__ void __launch_bounds__(kThreads, 1) decode_tc_kernel(const Params p) 
       mma::cp_async_wait<0>();
     }
     __syncthreads();  // tile `it` (and Q, on the first pass) visible to every warp
-    const uint8_t* kt = ks + static_cast<size_t>(buf) * kTok * kPitch;
+    const uint8_t* kt = ks;
+    if constexpr (kFp8) {
+      dequant_fp8_tile(raw + static_cast<size_t>(buf) * kTok * kF8Row, ks, tid);
+      __syncthreads();  // the bf16 tile complete
+    } else {
+      kt = ks + static_cast<size_t>(buf) * kTok * kPitch;
+    }
 
     // S = Q K^T: heads 32 (warp % 2) .. + 31, all 32 tokens, k16 steps 9 (warp / 2) .. + 8
     {
@@ -242,21 +309,23 @@ __global__ void __launch_bounds__(kThreads, 1) decode_tc_kernel(const Params p) 
 
 }  // namespace
 
-bool mla_decode_tc_supported(const cpu::MlaDims& d, bool cache_bf16, const void* cache) {
-  return cache_bf16 && d.dl == kDL && d.dr == kDR && d.nh > 0 && (reinterpret_cast<uintptr_t>(cache) & 15) == 0 &&
-         static_cast<size_t>(device_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin)) >= kSmem;
+bool mla_decode_tc_supported(const cpu::MlaDims& d, cpu::MlaCache cf, const void* cache) {
+  return cf != cpu::MlaCache::F32 && d.dl == kDL && d.dr == kDR && d.nh > 0 && (reinterpret_cast<uintptr_t>(cache) & 15) == 0 &&
+         static_cast<size_t>(device_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin)) >= smem_bytes(cf == cpu::MlaCache::FP8);
 }
 
-void mla_decode_tc(int64_t batch, const MlaDecodeArgs& args, void* stream) {
+void mla_decode_tc(int64_t batch, const MlaDecodeArgs& args, cpu::MlaCache cf, void* stream) {
   Params p;
   static_cast<MlaDecodeArgs&>(p) = args;
   p.ngroups = (p.nh + kHeads - 1) / kHeads;
   const int64_t blocks = batch * p.ngroups * p.splits;
   if (blocks > 0x7fffffffLL)
     fail(Code::E_SHAPE, "mlaDecodeAbsorbed (CUDA): %lld thread blocks exceed the grid limit", static_cast<long long>(blocks));
-  check(cudaFuncSetAttribute(decode_tc_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmem)),
+  const bool fp8 = cf == cpu::MlaCache::FP8;
+  const auto kernel = fp8 ? decode_tc_kernel<true> : decode_tc_kernel<false>;
+  check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem_bytes(fp8))),
         "cudaFuncSetAttribute (MLA decode)");
-  decode_tc_kernel<<<static_cast<unsigned>(blocks), kThreads, kSmem, static_cast<cudaStream_t>(stream)>>>(p);
+  kernel<<<static_cast<unsigned>(blocks), kThreads, smem_bytes(fp8), static_cast<cudaStream_t>(stream)>>>(p);
 }
 
 }  // namespace lc::gpu

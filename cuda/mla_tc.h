@@ -1,6 +1,6 @@
 // The tensor-core MLA kernels, used by mla.cu's launchers at matmul precision 'bf16' / 'fp8' for
 // the DeepSeek / LongCat dims: the absorbed decode (mla_decode_tc.cu: 512 + 64 latent width, bf16
-// cache) and the expanded prefill (mla_prefill_tc.cu: q / k 128 + 64, v 128).
+// or fp8 cache) and the expanded prefill (mla_prefill_tc.cu: q / k 128 + 64, v 128).
 #pragma once
 #include <cstdint>
 
@@ -10,9 +10,9 @@ namespace lc::gpu {
 
 constexpr int64_t kMlaTcHeads = 64;  // heads per CTA
 
-// dl == 512, dr == 64, a 16-byte aligned bf16 cache (cp.async), and the device's shared memory holds
-// the kernel's tiles.
-bool mla_decode_tc_supported(const cpu::MlaDims& d, bool cache_bf16, const void* cache);
+// dl == 512, dr == 64, a 16-byte aligned bf16 or fp8 cache (cp.async), and the device's shared
+// memory holds the kernel's tiles.
+bool mla_decode_tc_supported(const cpu::MlaDims& d, cpu::MlaCache cf, const void* cache);
 
 // What both absorbed decode kernels (mla.cu's decode_kernel, decode_tc_kernel) read and write:
 // q_lat [B, nh, dl], q [B, nh, dk] (q_pe at dn), the paged cache (rows of dl + dr), and o_lat
@@ -33,8 +33,8 @@ struct MlaDecodeArgs {
   float* part_ml;
 };
 
-// decode_kernel's contract (mla.cu) for the bf16 cache.
-void mla_decode_tc(int64_t batch, const MlaDecodeArgs& args, void* stream);
+// decode_kernel's contract (mla.cu) for the bf16 or fp8 cache `cf`.
+void mla_decode_tc(int64_t batch, const MlaDecodeArgs& args, cpu::MlaCache cf, void* stream);
 
 constexpr int64_t kMlaTcPrefillRows = 64;  // queries per prefill tile
 

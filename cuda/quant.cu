@@ -13,21 +13,8 @@ namespace {
 constexpr int64_t kBlock = 128;
 constexpr float kTiny = 1e-10f;  // cpu::kFp8Tiny
 
-// x86 NaN semantics for the two f32 operations the CPU does, so that NaN signs (and thus the fp8 /
-// bf16 NaN encodings) match: a NaN operand propagates itself (first operand first), an invalid
-// operation (inf / inf, 0 * inf) gives the x86 default NaN 0xffc00000; CUDA would give 0x7fffffff.
-__device__ __forceinline__ float x86_div(float a, float b) {
-  if (isnan(a)) return __uint_as_float(__float_as_uint(a) | 0x00400000u);
-  if (isnan(b)) return __uint_as_float(__float_as_uint(b) | 0x00400000u);
-  const float r = a / b;
-  return isnan(r) ? __uint_as_float(0xffc00000u) : r;
-}
-__device__ __forceinline__ float x86_mul(float a, float b) {
-  if (isnan(a)) return __uint_as_float(__float_as_uint(a) | 0x00400000u);
-  if (isnan(b)) return __uint_as_float(__float_as_uint(b) | 0x00400000u);
-  const float r = __fmul_rn(a, b);
-  return isnan(r) ? __uint_as_float(0xffc00000u) : r;
-}
+using util::x86_div;
+using util::x86_mul;
 
 template <bool kBf16>
 __device__ __forceinline__ float load_w(const void* w, int64_t i) {
@@ -45,22 +32,13 @@ __global__ void quant_act_kernel(int64_t groups, int64_t G, int64_t K, const voi
   const int64_t n = K - k0 < kBlock ? K - k0 : kBlock;
   const int64_t x0 = t * K + k0;
   float v[4];
-  float m = 0.0f;
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     const int64_t c = lane + 32 * i;
     v[i] = c < n ? load_w<kBf16>(x, x0 + c) : 0.0f;
-    m = fmaxf(m, fabsf(v[i]));
   }
-  for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-  const float s = fmaxf(m, kTiny) / 448.0f;
+  const float s = util::warp_quantize_fp8_group(v, static_cast<int>(n), lane, q + t * K + k0);
   if (lane == 0) scale[gi] = s;
-  uint8_t* qs = q + t * K + k0;
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const int64_t c = lane + 32 * i;
-    if (c < n) qs[c] = util::f32_to_fp8_bits(x86_div(v[i], s));
-  }
 }
 
 // One block (256 threads) per 128 x 128 tile: thread -> column tid % 128, rows tid / 128 + 2 i.

@@ -1,12 +1,39 @@
 // Paged latent KV cache bookkeeping (SPEC 5.1, DESIGN "The KV cache is paged").
 //
-// The cache memory itself is native: one tensor [numBlocks, blockSize, kvLora + rope] per attention
-// sub-layer (2 per logical layer, +1 for MTP). All of them share one block numbering, so a single
+// The cache memory itself is native: one tensor [numBlocks, blockSize, width] per attention
+// sub-layer (2 per logical layer, +1 for MTP; width and dtype: latentCacheRow). All of them share one block numbering, so a single
 // allocator and one block table per sequence serve every sub-layer. Native ops address a token by
 // its slot `block * blockSize + row` (int32) and read a batch through int32 block tables
 // [B, maxBlocks] plus per-sequence lengths. This file only does the bookkeeping.
 
 import { ArgumentError, ContextLengthError, OutOfMemoryError } from './errors.js';
+import type { DType } from '../types/native.js';
+
+/** The element format of the latent KV cache. */
+export type CacheDtype = 'f32' | 'bf16' | 'fp8';
+
+/**
+ * How one token's latent-cache row is stored: the tensor dtype and last dim of a cache
+ * [numBlocks, blockSize, width], and its bytes. 'f32' / 'bf16': kvLora + rope values. 'fp8':
+ * FlashMLA's quantized row, a fp8_e4m3 tensor of kvLora + 4 kvLora / 128 + 2 rope bytes (the latent
+ * in e4m3, one f32 scale per 128 values, the rope key in bf16; the layout is defined in
+ * native/cpu/mla.h, MlaCache): 656 bytes at LongCat's 512 + 64, against 1152 in bf16 and 2304 in f32.
+ * Throws ArgumentError when 'fp8' cannot hold these sizes (kvLora not a multiple of 128, odd rope).
+ */
+export function latentCacheRow(kvLora: number, rope: number, dtype: CacheDtype): { dtype: DType; width: number; bytes: number } {
+  if (dtype !== 'fp8') {
+    const width = kvLora + rope;
+    return { dtype, width, bytes: width * (dtype === 'bf16' ? 2 : 4) };
+  }
+  if (kvLora % 128 !== 0 || rope % 2 !== 0)
+    throw new ArgumentError(
+      'E_ARGUMENT',
+      `cacheDtype 'fp8' needs kv_lora_rank to be a multiple of 128 and qk_rope_head_dim to be even ` +
+        `(one f32 scale per 128 latent values, 4-byte aligned rows), got ${kvLora} and ${rope}`,
+    );
+  const width = kvLora + (4 * kvLora) / 128 + 2 * rope;
+  return { dtype: 'fp8_e4m3', width, bytes: width };
+}
 
 function checkCount(what: string, v: number, min: number): void {
   if (!Number.isInteger(v) || v < min) throw new ArgumentError('E_ARGUMENT', `${what} must be an integer >= ${min}, got ${v}`);

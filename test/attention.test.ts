@@ -2,6 +2,7 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { full, native, roundBf16, tensor, toArray, type Tensor } from '../lib/index.js';
 import { expectClose, rng, expectCode } from './helpers.js';
+import { decodeFp8Row, encodeFp8Row, fp8GroupScale, fp8RowBytes, FP8_GROUP } from './fp8-cache-ref.js';
 
 const startIsa = native.cpuFeatures().isa;
 const startThreads = native.threads();
@@ -681,5 +682,254 @@ describe('bad arguments', () => {
     // A valid call still works after the errors.
     native.mlaDecodeAbsorbed(null, o, qLat, q, cache, bt, i32([5, 8]), 0.3);
     expect(toArray(o).every(v => v === 0)).toBe(true);
+  });
+});
+
+// ---- The fp8 latent cache (native/cpu/mla.h: FlashMLA's layout, 656 bytes per token at 512 + 64) ----------
+
+/** A cache of `dtype` poisoned with 0xff bytes (NaN in e4m3, as a scale and in bf16). */
+const poisonedFp8 = (nb: number, bs: number, rb: number) =>
+  new native.Tensor('fp8_e4m3', [nb, bs, rb], 'cpu', new Uint8Array(nb * bs * rb).fill(0xff));
+
+/** Writes every sequence of `sc` into a poisoned fp8 cache with mlaCacheWrite (one call, all tokens). */
+function buildFp8Cache(sc: Scenario): Tensor {
+  const { d } = sc;
+  const cache = poisonedFp8(sc.numBlocks, sc.blockSize, fp8RowBytes(d.dl, d.dr));
+  const total = sc.lens.reduce((a, b) => a + b, 0);
+  const ckv = new Float32Array(total * d.dl),
+    kpe = new Float32Array(total * d.dr),
+    slots: number[] = [];
+  let t = 0;
+  sc.lens.forEach((len, b) => {
+    ckv.set(sc.ckv[b]!, t * d.dl);
+    kpe.set(sc.kpe[b]!, t * d.dr);
+    for (let s = 0; s < len; s++) slots.push(sc.tables[b]![Math.floor(s / sc.blockSize)]! * sc.blockSize + (s % sc.blockSize));
+    t += len;
+  });
+  native.mlaCacheWrite(null, cache, tensor(ckv, [total, d.dl]), tensor(kpe, [total, d.dr]), i32(slots));
+  return cache;
+}
+
+/** The scenario with every sequence's latent / rope replaced by what the fp8 layout stores (host reference). */
+function fp8Rounded(sc: Scenario): Scenario {
+  const { d } = sc,
+    rb = fp8RowBytes(d.dl, d.dr);
+  const row = new Uint8Array(rb);
+  const ckv = sc.ckv.map((c, b) => {
+    const out = new Float32Array(c.length);
+    for (let j = 0; j < sc.lens[b]!; j++) {
+      encodeFp8Row(c, j * d.dl, sc.kpe[b]!, j * d.dr, d.dl, d.dr, row, 0);
+      out.set(decodeFp8Row(row, 0, d.dl, d.dr).ckv, j * d.dl);
+    }
+    return out;
+  });
+  const kpe = sc.kpe.map(k => Float32Array.from(k, roundBf16));
+  return { ...sc, ckv, kpe };
+}
+
+describe('fp8 latent cache', () => {
+  const shapes: [string, Dims, number[], number][] = [
+    ['one group, rope 2, block 5', { nh: 3, dn: 16, dr: 2, dv: 12, dl: 128 }, [1, 17, 40], 5],
+    ['two groups, odd block size, many short sequences', { nh: 5, dn: 7, dr: 6, dv: 9, dl: 256 }, [3, 1, 40, 16, 17, 2, 65], 7],
+    ['the real widths (656-byte rows)', { nh: 6, dn: 128, dr: 64, dv: 128, dl: 512 }, [33, 1, 70], 16],
+    ['one long sequence (split-K)', { nh: 3, dn: 16, dr: 8, dv: 12, dl: 384 }, [1000], 16],
+  ];
+
+  it('the row size is 656 bytes at 512 + 64 (1152 in bf16)', () => {
+    expect(fp8RowBytes(512, 64)).toBe(656);
+    expect(fp8RowBytes(512, 64)).toBeLessThan(2 * (512 + 64));
+  });
+
+  for (const [name, d, lens, bs] of shapes)
+    it(`mlaCacheWrite stores the reference bytes (bit-exact; other rows untouched), every ISA: ${name}`, () => {
+      const sc = scenario(lens.length * 7 + d.dl, d, lens, bs, { kvAmp: 3 });
+      // special groups: all zero (scale = 1e-10 / 448), one outlier, tiny values (e4m3 subnormals)
+      sc.ckv[0]!.fill(0, 0, FP8_GROUP);
+      if (sc.ckv[0]!.length >= 2 * FP8_GROUP) sc.ckv[0]![FP8_GROUP + 5] = 4000;
+      if (sc.ckv[0]!.length >= 3 * FP8_GROUP) for (let c = 2 * FP8_GROUP; c < 3 * FP8_GROUP; c++) sc.ckv[0]![c]! *= 1e-30;
+      const rb = fp8RowBytes(d.dl, d.dr);
+      const want = new Uint8Array(sc.numBlocks * sc.blockSize * rb).fill(0xff);
+      sc.lens.forEach((len, b) => {
+        for (let s = 0; s < len; s++) {
+          const slot = sc.tables[b]![Math.floor(s / bs)]! * bs + (s % bs);
+          encodeFp8Row(sc.ckv[b]!, s * d.dl, sc.kpe[b]!, s * d.dr, d.dl, d.dr, want, slot * rb);
+        }
+      });
+      for (const isa of isas) {
+        native.setIsa(isa);
+        const cache = buildFp8Cache(sc);
+        const got = cache.toBytes();
+        let bad = -1;
+        for (let i = 0; i < want.length && bad < 0; i++) if (got[i] !== want[i]) bad = i;
+        expect(bad, `${isa}: first differing byte ${bad} (row ${Math.floor(bad / rb)}, byte ${bad % rb})`).toBe(-1);
+        cache.dispose();
+      }
+    });
+
+  it('quantize + dequantize round trip: |x - x~| <= 2^-4 |x| + 2^-10 s per element (e4m3 RNE, s the group scale)', () => {
+    // e4m3 keeps 4 significant bits: round to nearest gives a relative error <= 2^-4 for |x / s| >= 2^-6
+    // (normal range) and an absolute one <= 2^-10 (half the subnormal step 2^-9) below; x / s and
+    // e4m3 * s each add one f32 rounding (2^-24 relative). |x / s| <= 448 by the choice of s: no saturation.
+    const d: Dims = { nh: 1, dn: 0, dr: 4, dv: 0, dl: 384 };
+    const r = rng(77);
+    const T = 64;
+    const ckv = new Float32Array(T * d.dl);
+    for (let i = 0; i < ckv.length; i++) ckv[i] = r.uniform(-1, 1) * 10 ** r.uniform(-6, 3); // magnitudes over 9 decades
+    const kpe = r.array(T * d.dr);
+    const sc: Scenario = { ...scenario(1, d, [T], 8), ckv: [ckv], kpe: [kpe] };
+    for (const isa of isas) {
+      native.setIsa(isa);
+      const cache = buildFp8Cache(sc);
+      const c = full([T, d.dl], NaN),
+        k = full([T, d.dr], NaN);
+      native.mlaCacheGather(null, c, k, cache, i32(sc.tables[0]!), 0, T);
+      const got = toArray(c);
+      let worst = 0;
+      for (let t = 0; t < T; t++)
+        for (let g = 0; g < d.dl / FP8_GROUP; g++) {
+          const s = fp8GroupScale(ckv, t * d.dl + g * FP8_GROUP);
+          for (let i = 0; i < FP8_GROUP; i++) {
+            const j = t * d.dl + g * FP8_GROUP + i;
+            const bound = (2 ** -4 * Math.abs(ckv[j]!) + 2 ** -10 * s) * (1 + 2 ** -20);
+            worst = Math.max(worst, Math.abs(got[j]! - ckv[j]!) / bound);
+          }
+        }
+      expect(worst, `${isa}: worst error / bound`).toBeLessThanOrEqual(1);
+      expect(Array.from(toArray(k))).toEqual(Array.from(kpe, roundBf16)); // the rope key: bf16, not quantized
+      cache.dispose();
+    }
+  });
+
+  it('mlaCacheGather returns the reference dequantization (bit-exact) for any row range, every ISA', () => {
+    const d: Dims = { nh: 1, dn: 0, dr: 6, dv: 0, dl: 256 };
+    const sc = scenario(31, d, [37, 5], 8, { kvAmp: 5 });
+    const ref = fp8Rounded(sc);
+    for (const isa of isas) {
+      native.setIsa(isa);
+      const cache = buildFp8Cache(sc);
+      for (const [start, length] of [
+        [0, 37],
+        [3, 20],
+        [36, 1],
+        [10, 0],
+      ] as const) {
+        const ckv = full([length, d.dl], NaN),
+          kpe = full([length, d.dr], NaN);
+        native.mlaCacheGather(null, ckv, kpe, cache, i32(sc.tables[0]!), start, length);
+        expect(Array.from(toArray(ckv)), `${isa} ckv [${start}, +${length})`).toEqual(
+          Array.from(ref.ckv[0]!.slice(start * d.dl, (start + length) * d.dl)),
+        );
+        expect(Array.from(toArray(kpe)), `${isa} kpe`).toEqual(
+          Array.from(ref.kpe[0]!.slice(start * d.dr, (start + length) * d.dr)),
+        );
+      }
+      cache.dispose();
+    }
+  });
+
+  for (const [name, d, lens, bs] of shapes)
+    for (const wType of ['f32', 'bf16'] as const)
+      it(`absorbed decode over the fp8 cache equals float64 attention over the dequantized cache: ${name}, ${wType} kv_b_proj, every ISA and precision`, () => {
+        const sc = scenario(lens.length * 13 + d.dl, d, lens, bs);
+        // what the cache holds, exactly (the write is checked bit for bit above): the reference runs on it
+        const want = decodeRef(fp8Rounded(sc), false, wType === 'bf16');
+        const cache = buildFp8Cache(sc);
+        const wt = tensor(sc.w, [d.nh * (d.dn + d.dv), d.dl], { dtype: wType });
+        // fp32 arithmetic on the dequantized values at any precision (no bf16 path for fp8 on the CPU)
+        const atol = 2e-5 * Math.sqrt(d.dl),
+          rtol = 2e-4;
+        const before = native.setMatmulPrecision('bf16');
+        try {
+          for (const precision of ['bf16', 'highest'] as const) {
+            native.setMatmulPrecision(precision);
+            for (const isa of isas) {
+              native.setIsa(isa);
+              const got = runDecode(sc, cache, wt);
+              expectClose(got.oLat, want.oLat, atol, rtol, `oLat (${isa}, ${precision})`);
+              expectClose(got.o, want.o, atol, rtol, `o (${isa}, ${precision})`);
+            }
+          }
+        } finally {
+          native.setMatmulPrecision(before);
+          native.setIsa(startIsa);
+        }
+        cache.dispose();
+      });
+
+  it('splits one long sequence over any thread count and merges exactly (fp8 cache)', () => {
+    const d: Dims = { nh: 3, dn: 16, dr: 8, dv: 12, dl: 128 };
+    const sc = scenario(98, d, [777, 5, 300], 16);
+    const want = decodeRef(fp8Rounded(sc), false, false);
+    const cache = buildFp8Cache(sc);
+    const wt = tensor(sc.w, [d.nh * (d.dn + d.dv), d.dl]);
+    for (const n of [1, 3, 8]) {
+      native.setThreads(n);
+      for (const isa of isas) {
+        native.setIsa(isa);
+        expectClose(runDecode(sc, cache, wt).o, want.o, 2e-4, 2e-4, `o (${n} threads, ${isa})`);
+      }
+    }
+    native.setThreads(startThreads);
+    cache.dispose();
+  });
+
+  it('feeds the expanded prefill: gather of a cached prefix + new tokens == the one-shot prefill over the stored values', () => {
+    const d: Dims = { nh: 3, dn: 16, dr: 8, dv: 12, dl: 128 };
+    const r = rng(81);
+    const S = 29,
+      fresh = 6;
+    const sc = scenario(81, d, [S], 16);
+    const ref = fp8Rounded(sc);
+    const cache = buildFp8Cache(sc);
+    const ckvAll = full([S, d.dl], NaN),
+      kpeAll = full([S, d.dr], NaN);
+    native.mlaCacheGather(null, ckvAll, kpeAll, cache, i32(sc.tables[0]!), 0, S);
+    const kvb = expandKvb(d, toArray(ckvAll), S, sc.w);
+    const q = r.array(fresh * d.nh * 24);
+    const want = prefillRef(d, q, expandKvb(d, ref.ckv[0]!, S, sc.w), ref.kpe[0]!, [0, fresh], [0, S], sc.scale, fresh);
+    const o = full([fresh, d.nh, d.dv], NaN);
+    native.mlaPrefill(
+      null,
+      o,
+      tensor(q, [fresh, d.nh, 24]),
+      tensor(kvb, [S, d.nh, 28]),
+      kpeAll,
+      i32([0, fresh]),
+      i32([0, S]),
+      sc.scale,
+    );
+    expectClose(toArray(o), want, 1e-5, 1e-5, 'prefill over the gathered fp8 prefix');
+    cache.dispose();
+  });
+
+  it('rejects sizes the layout cannot hold with typed errors', () => {
+    // kv_lora_rank 100 (not a multiple of 128): rows of 100 + 4 + 2 x 4 bytes would otherwise "fit"
+    const bad = poisonedFp8(2, 4, 112);
+    const ckv = full([1, 100], 1),
+      kpe = full([1, 4], 1);
+    expectCode(() => native.mlaCacheWrite(null, bad, ckv, kpe, i32([0])), 'E_SHAPE', /multiple of 128/);
+    expectCode(
+      () => native.mlaCacheGather(null, full([1, 100], 0), full([1, 4], 0), bad, i32([0]), 0, 1),
+      'E_SHAPE',
+      /multiple of 128/,
+    );
+    // an odd rope width: 128 + 4 + 2 x 3 bytes
+    const odd = poisonedFp8(2, 4, 138);
+    expectCode(() => native.mlaCacheWrite(null, odd, full([1, 128], 1), full([1, 3], 1), i32([0])), 'E_SHAPE', /even number/);
+    // a row that is not latent + scales + rope for this latent
+    const short = poisonedFp8(2, 4, 130);
+    expectCode(
+      () => native.mlaCacheWrite(null, short, full([1, 128], 1), full([1, 0], 1), i32([0])),
+      'E_SHAPE',
+      /fp8 cache rows/,
+    );
+    const q = full([1, 2, 8], 0),
+      qLat = full([1, 2, 100], 0),
+      oLat = full([1, 2, 100], NaN);
+    expectCode(
+      () => native.mlaDecodeAbsorbed(null, oLat, qLat, q, bad, tensor([0], [1, 1], { dtype: 'int32' }), i32([1]), 0.3),
+      'E_SHAPE',
+      /multiple of 128/,
+    );
   });
 });

@@ -108,6 +108,11 @@ const bugs: [string, string, (m: Made) => void][] = [
     m => write(input(m, 'seqLens'), [1, 64, 65, 300, 1]),
   ],
   [
+    'mlaDecodeAbsorbed B=2 nh=3 dl=128 dr=6 bs=5 lens=20,9 cache=fp8 highest',
+    'the last key of the fp8 cache dropped',
+    m => write(input(m, 'seqLens'), [20, 8]),
+  ],
+  [
     'mlaPrefill nh=3 dn=5 dr=3 dv=4 seqs=1/1,7/10,33/33 highest',
     'one key / value row read from its neighbour',
     m =>

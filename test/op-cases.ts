@@ -15,6 +15,7 @@ import type { Tensor, DType } from '../dist/tensor.js';
 import type { Stream } from '../dist/device.js';
 import { rng, type Rng } from './rng.js';
 import { argmaxRef, speculativeParams, type SampleP } from './sampling-reference.js';
+import { decodeFp8Row, encodeFp8Row, fp8RowBytes } from './fp8-cache-ref.js';
 import {
   arithmetic,
   dotBound,
@@ -967,6 +968,74 @@ for (const dt of ['f32', 'bf16'] as const) {
   });
 }
 
+/**
+ * An fp8 latent cache (native/cpu/mla.h's layout) of nb x bs rows from uniform latents / rope keys,
+ * encoded on the host by the reference (test/fp8-cache-ref.ts), and its rows as f32 values [nb * bs, dl + dr].
+ */
+export function fp8Cache(r: Rng, nb: number, bs: number, dl: number, dr: number, device: string) {
+  const rows = nb * bs,
+    rb = fp8RowBytes(dl, dr),
+    row = dl + dr;
+  const ckv = uniform(r, rows * dl),
+    kpe = uniform(r, rows * dr);
+  const bytes = new Uint8Array(rows * rb);
+  const values = new Float32Array(rows * row);
+  for (let i = 0; i < rows; i++) {
+    encodeFp8Row(ckv, i * dl, kpe, i * dr, dl, dr, bytes, i * rb);
+    const v = decodeFp8Row(bytes, i * rb, dl, dr);
+    values.set(v.ckv, i * row);
+    values.set(v.kpe, i * row + dl);
+  }
+  return { cache: new native.Tensor('fp8_e4m3', [nb, bs, rb], device, bytes), values };
+}
+// The fp8 latent cache (bit-exact twins: the quantizer of quant.cu / quant.cc, e4m3 * scale).
+for (const [dl, dr] of [
+  [512, 64],
+  [256, 6],
+] as const) {
+  const nb = 9,
+    bs = 64,
+    rb = fp8RowBytes(dl, dr);
+  add({
+    name: `mlaCacheWrite T=37 fp8 cache 9x64x${rb}`,
+    shapes: { T: 37, blocks: nb, blockSize: bs, dl, dr },
+    dtypes: { cache: 'fp8_e4m3' },
+    bytes: 37 * ((dl + dr) * 4 + rb),
+    make(device, r) {
+      const T = 37;
+      const cache = new native.Tensor('fp8_e4m3', [nb, bs, rb], device, new Uint8Array(nb * bs * rb));
+      // latents with a zero group, a huge and a tiny group per token (scales across the e4m3 range)
+      const ckvHost = uniform(r, T * dl);
+      for (let t = 0; t < T; t++) {
+        ckvHost.fill(0, t * dl, t * dl + 128);
+        for (let c = 0; c < 128 && dl > 128; c++) ckvHost[t * dl + 128 + c]! *= t % 2 ? 1e4 : 1e-6;
+      }
+      const ckv = tensor(ckvHost, [T, dl], { device }),
+        kpe = tensor(uniform(r, T * dr), [T, dr], { device });
+      const slots = int32(r.shuffle(Array.from({ length: nb * bs }, (_, i) => i)).slice(0, T), [T], device);
+      return { outs: [cache], run: s => native.mlaCacheWrite(s, cache, ckv, kpe, slots) };
+    },
+  });
+  add({
+    name: `mlaCacheGather start=5 length=500 fp8 cache 9x64x${rb}`,
+    shapes: { start: 5, length: 500, blocks: nb, blockSize: bs, dl, dr },
+    dtypes: { cache: 'fp8_e4m3' },
+    bytes: 500 * ((dl + dr) * 4 + rb),
+    make(device, r) {
+      const L = 500;
+      const { cache } = fp8Cache(r, nb, bs, dl, dr, device);
+      const bt = int32(
+        Array.from({ length: nb }, (_, i) => (i * 4) % nb),
+        [nb],
+        device,
+      );
+      const ckv = empty([L, dl], { device }),
+        kpe = empty([L, dr], { device });
+      return { outs: [ckv, kpe], run: s => native.mlaCacheGather(s, ckv, kpe, cache, bt, 5, L) };
+    },
+  });
+}
+
 // ==== MLA attention (cuda/mla*.cu) and grouped-expert MoE (cuda/moe.cu)
 for (const [T, nh, dn, dr, dv, dl] of [
   [1, 3, 5, 3, 4, 37],
@@ -1092,6 +1161,79 @@ for (const [nh, dl, dr, bs, lens] of [
               for (let j = 0; j < lens[b]!; j++) {
                 const base = (perm[b * mb + Math.floor(j / bs)]! * bs + (j % bs)) * row;
                 for (let c = 0; c < row; c++) kMax[c] = Math.max(kMax[c]!, Math.abs(cacheHost[base + c]!));
+              }
+              for (let h = 0; h < nh; h++) {
+                let sMax = 0;
+                for (let c = 0; c < dl; c++) sMax += Math.abs(qlHost[(b * nh + h) * dl + c]!) * kMax[c]!;
+                for (let c = 0; c < dr; c++) sMax += Math.abs(qHost[(b * nh + h) * (dn + dr) + dn + c]!) * kMax[dl + c]!;
+                sMax *= scale;
+                for (let c = 0; c < dl; c++)
+                  out[(b * nh + h) * dl + c] = attentionBound(sides, mode, row, lens[b]!, sMax, kMax[c]!);
+              }
+            }
+            return [out];
+          },
+        };
+      },
+    });
+  }
+}
+// Decode over the fp8 latent cache (native/cpu/mla.h's layout, built by the host reference): CUDA
+// cores ('highest'; 16-byte loads at 512 + 64, scalar loads at the odd widths), and at 'bf16' the
+// tensor-core decode for 512 + 64 (the dequantized rows rounded to bf16 in shared memory, which the
+// bf16 operand rounding of the error model covers); the real Flash-Chat sizes among them.
+for (const [nh, dl, dr, bs, lens] of [
+  [3, 128, 6, 5, [20, 9]],
+  [7, 256, 8, 7, [1, 64, 65]],
+  [17, 512, 64, 16, [0, 1, 200]],
+  [64, 512, 64, 64, [1, 777, 4096, 8192]],
+  [128, 512, 64, 64, [3000]],
+  [128, 512, 64, 64, Array<number>(32).fill(1024)],
+] as const) {
+  for (const precision of ['highest', 'bf16'] as const) {
+    const toks = lens.reduce((a: number, b: number) => a + b, 0);
+    const lensName = lens.length > 4 && lens.every(l => l === lens[0]) ? `${lens.length}x${lens[0]}` : lens.join(',');
+    const rb = fp8RowBytes(dl, dr),
+      row = dl + dr;
+    add({
+      name: `mlaDecodeAbsorbed B=${lens.length} nh=${nh} dl=${dl} dr=${dr} bs=${bs} lens=${lensName} cache=fp8 ${precision}`,
+      shapes: { nh, dl, dr, blockSize: bs, seqLens: lens },
+      dtypes: { cache: 'fp8_e4m3' },
+      precision,
+      bytes: toks * rb,
+      flops: 2 * toks * nh * (dl + dr + dl),
+      make(device, r) {
+        const B = lens.length,
+          dn = 7,
+          scale = 1 / Math.sqrt(192);
+        const mb = Math.max(1, ...lens.map(l => Math.ceil(l / bs))) + 1;
+        const nb = B * mb + 3;
+        const perm = r.shuffle(Array.from({ length: nb }, (_, i) => i));
+        const { cache, values } = fp8Cache(r, nb, bs, dl, dr, device);
+        const bt = int32(
+          Array.from({ length: B * mb }, (_, i) => perm[i]!),
+          [B, mb],
+          device,
+        );
+        const sl = int32(lens, [B], device);
+        const qlHost = uniform(r, B * nh * dl, 0.3),
+          qHost = uniform(r, B * nh * (dn + dr), 0.3);
+        const ql = tensor(qlHost, [B, nh, dl], { device });
+        const q = tensor(qHost, [B, nh, dn + dr], { device });
+        const ol = empty([B, nh, dl], { device });
+        return {
+          outs: [ol],
+          inputs: { seqLens: sl, cache },
+          run: s => native.mlaDecodeAbsorbed(s, ol, ql, q, cache, bt, sl, scale),
+          bound(sides) {
+            const out = new Float64Array(B * nh * dl);
+            const mode: GemmMode = precision === 'bf16' ? 'bf16' : 'highest';
+            for (let b = 0; b < B; b++) {
+              if (lens[b] === 0) continue;
+              const kMax = new Float64Array(row); // per column, max |dequantized cache| over the sequence
+              for (let j = 0; j < lens[b]!; j++) {
+                const base = (perm[b * mb + Math.floor(j / bs)]! * bs + (j % bs)) * row;
+                for (let c = 0; c < row; c++) kMax[c] = Math.max(kMax[c]!, Math.abs(values[base + c]!));
               }
               for (let h = 0; h < nh; h++) {
                 let sMax = 0;

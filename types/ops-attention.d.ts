@@ -7,7 +7,10 @@ type S = Stream | null | undefined;
  * MLA attention (SPEC 3.5, 5.2) and RoPE (SPEC 3.6). Dimensions are generic: nh heads,
  * dn = qk_nope_head_dim, dr = qk_rope_head_dim, dv = v_head_dim, dl = kv_lora_rank.
  * Activations are f32. The paged latent cache is f32 or bf16, shaped [numBlocks, blockSize, dl + dr]
- * (c_kv | k_pe per token); token slot s lives in block s / blockSize, row s % blockSize.
+ * (c_kv | k_pe per token), or fp8_e4m3 shaped [numBlocks, blockSize, dl + 4 dl / 128 + 2 dr] bytes:
+ * FlashMLA's quantized rows (c_kv in e4m3, one f32 scale max|group| / 448 per 128 values, k_pe in
+ * bf16; 656 bytes at 512 + 64; dl a multiple of 128 and dr even, else E_SHAPE; the layout:
+ * native/cpu/mla.h MlaCache). Token slot s lives in block s / blockSize, row s % blockSize.
  * Index tensors are int32 and are read when the op runs: bad values (slots, block ids, lengths)
  * raise typed errors (E_ARGUMENT) at the next synchronize of the stream / toBytes() on the CPU.
  * The CUDA twins (cuda/rope.cu, mla_cache.cu, mla.cu; not yet run on a GPU) cannot raise from the
@@ -40,12 +43,13 @@ export interface AttentionOps {
     softmaxScale: number,
   ): void;
 
-  /** Writes ckv f32 [T, dl] and kpe f32 [T, dr] into cache rows slots int32 [T] (each in [0, numBlocks * blockSize)). */
+  /** Writes ckv f32 [T, dl] and kpe f32 [T, dr] into cache rows slots int32 [T] (each in [0, numBlocks * blockSize));
+   *  an fp8 cache quantizes each 128-value group of ckv (round to nearest e4m3, bit-exact on CPU and CUDA). */
   mlaCacheWrite(stream: S, cache: Tensor, ckv: Tensor, kpe: Tensor, slots: Tensor): void;
 
   /**
    * Copies one sequence's cached rows [start, start + length) (blockTable int32 [maxBlocks]) into
-   * ckv f32 [length, dl] and kpe f32 [length, dr].
+   * ckv f32 [length, dl] and kpe f32 [length, dr] (an fp8 cache dequantized: e4m3 x scale in f32).
    */
   mlaCacheGather(stream: S, ckv: Tensor, kpe: Tensor, cache: Tensor, blockTable: Tensor, start: number, length: number): void;
 

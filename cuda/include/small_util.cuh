@@ -68,6 +68,39 @@ __device__ __forceinline__ uint8_t f32_to_fp8_bits(float f) {
   return sign | static_cast<uint8_t>((exp << 3) | static_cast<int>(man));
 }
 
+// x86 NaN semantics for the two f32 operations the CPU's quantizers do, so that NaN signs (and thus
+// the fp8 / bf16 NaN encodings) match: a NaN operand propagates itself (first operand first), an
+// invalid operation (inf / inf, 0 * inf) gives the x86 default NaN 0xffc00000; CUDA would give 0x7fffffff.
+__device__ __forceinline__ float x86_div(float a, float b) {
+  if (isnan(a)) return __uint_as_float(__float_as_uint(a) | 0x00400000u);
+  if (isnan(b)) return __uint_as_float(__float_as_uint(b) | 0x00400000u);
+  const float r = a / b;
+  return isnan(r) ? __uint_as_float(0xffc00000u) : r;
+}
+__device__ __forceinline__ float x86_mul(float a, float b) {
+  if (isnan(a)) return __uint_as_float(__float_as_uint(a) | 0x00400000u);
+  if (isnan(b)) return __uint_as_float(__float_as_uint(b) | 0x00400000u);
+  const float r = __fmul_rn(a, b);
+  return isnan(r) ? __uint_as_float(0xffc00000u) : r;
+}
+
+// One 128-value group of cpu::quantize_fp8_group on a warp, bit-exact: lane l holds v[i] = element
+// l + 32 i (0 past the group's n values); amax ignores NaN, s = max(amax, 1e-10f) / 448 (IEEE),
+// q[c] = fp8(x86_div(x[c], s)) written for c < n. Returns s on every lane. All 32 lanes must call it.
+__device__ __forceinline__ float warp_quantize_fp8_group(const float (&v)[4], int n, int lane, uint8_t* q) {
+  float m = 0.0f;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) m = fmaxf(m, fabsf(v[i]));
+  for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+  const float s = fmaxf(m, 1e-10f) / 448.0f;  // cpu::kFp8Tiny
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int c = lane + 32 * i;
+    if (c < n) q[c] = f32_to_fp8_bits(x86_div(v[i], s));
+  }
+  return s;
+}
+
 // ---- reductions ------------------------------------------------------------------------------
 // All-reduce over the block (every thread gets the result). The warp part is a butterfly (every
 // lane computes the same bits for commutative ops); warps are combined in a fixed order, so the

@@ -7,6 +7,7 @@ import { modelDims } from './dims.js';
 import { loadWeights, type UploadProgress } from './weights.js';
 import { LongcatModel } from './model.js';
 import { expertsPerRank } from '../parallel/placement.js';
+import { type CacheDtype, latentCacheRow } from '../kv-cache.js';
 
 export type Backend = 'auto' | 'cpu' | 'cuda';
 
@@ -25,7 +26,9 @@ export interface LoadModelOptions {
   maxContext?: number;
   /** KV-cache blocks shared by all sessions (default: 4 full-length sequences). */
   cacheBlocks?: number;
-  cacheDtype?: 'f32' | 'bf16';
+  /** The latent KV cache's format (default 'bf16'): 'fp8' stores FlashMLA's quantized rows, 656
+   *  bytes per token and attention sub-layer at the real 512 + 64 sizes against 1152 in bf16 (kv-cache.ts latentCacheRow). */
+  cacheDtype?: CacheDtype;
   /** Expert parallelism over N ranks in this process (default 1, or the size of `devices`): CPU
    *  ranks, or with backend 'cuda' ranks on the devices of `devices` (rank r on
    *  devices[r % devices.length]; without `devices`, N virtual ranks on the one device). Each
@@ -123,8 +126,11 @@ function checkLoadOptions(opts: LoadModelOptions): void {
   for (const flag of ['mtp', 'prefixCache'] as const)
     if (opts[flag] !== undefined && typeof opts[flag] !== 'boolean')
       throw new ArgumentError('E_ARGUMENT', `loadModel: ${flag} must be true or false, got ${showValue(opts[flag])}`);
-  if (opts.cacheDtype !== undefined && opts.cacheDtype !== 'f32' && opts.cacheDtype !== 'bf16')
-    throw new ArgumentError('E_ARGUMENT', `loadModel: cacheDtype must be 'f32' or 'bf16', got ${showValue(opts.cacheDtype)}`);
+  if (opts.cacheDtype !== undefined && opts.cacheDtype !== 'f32' && opts.cacheDtype !== 'bf16' && opts.cacheDtype !== 'fp8')
+    throw new ArgumentError(
+      'E_ARGUMENT',
+      `loadModel: cacheDtype must be 'f32', 'bf16' or 'fp8', got ${showValue(opts.cacheDtype)}`,
+    );
 }
 
 /** The CUDA devices of a `devices` option: distinct, present, in the order given. */
@@ -166,6 +172,7 @@ export async function loadCheckpointModel(dir: string, opts: LoadModelOptions = 
   try {
     const dims = modelDims(checkpoint.config);
     if (ranks > 1) expertsPerRank(ranks, dims.nRouted); // a typed error before any weight is read
+    latentCacheRow(dims.kvLora, dims.rope, opts.cacheDtype ?? 'bf16'); // (fp8: sizes it cannot hold) likewise
     const mtp = opts.mtp !== false && checkpoint.hasMtp;
     const totalBytes = uploadBytes(checkpoint, mtp);
     const weights = loadWeights(checkpoint, dims, device, {

@@ -5,7 +5,7 @@
 import { native } from '../native.js';
 import { type Tensor, empty, tensor, toArrayAsync } from '../tensor.js';
 import { Event, Stream } from '../device.js';
-import { BlockAllocator, SequenceCache, batchTables, matchPrefix } from '../kv-cache.js';
+import { BlockAllocator, type CacheDtype, SequenceCache, batchTables, latentCacheRow, matchPrefix } from '../kv-cache.js';
 import { ArgumentError, DisposedError, LongcatError, OutOfMemoryError } from '../errors.js';
 import type { ModelDims } from './dims.js';
 import type { Graph } from '../../types/native.js';
@@ -31,7 +31,8 @@ export interface ModelOptions {
   blockSize?: number;
   /** Blocks in the shared KV pool (default: enough for maxContext tokens of 4 sequences, capped). */
   numBlocks?: number;
-  cacheDtype?: 'f32' | 'bf16';
+  /** The latent cache's format (default 'bf16'; kv-cache.ts latentCacheRow). */
+  cacheDtype?: CacheDtype;
   maxContext?: number;
   /** Replay decode steps from captured graphs (default true). */
   graphs?: boolean;
@@ -189,21 +190,27 @@ export class LongcatModel {
     this.useGraphs = opts.graphs ?? true;
     const numBlocks = opts.numBlocks ?? Math.min(4 * blocksPerSeq, 4096);
     this.allocator = new BlockAllocator(numBlocks);
-    const width = dims.kvLora + dims.rope,
-      cacheDtype = opts.cacheDtype ?? 'bf16';
+    const cacheDtype = opts.cacheDtype ?? 'bf16',
+      row = latentCacheRow(dims.kvLora, dims.rope, cacheDtype);
     this.caches = [];
     try {
       for (let i = 0; i < this.cacheCount; i++)
-        this.caches.push(empty([numBlocks, this.blockSize, width], { dtype: cacheDtype, device: this.device }));
+        this.caches.push(empty([numBlocks, this.blockSize, row.width], { dtype: row.dtype, device: this.device }));
     } catch (e) {
       for (const c of this.caches) c.dispose();
       if (!(e instanceof LongcatError) || e.code !== 'E_OOM') throw e;
-      const bytes = this.cacheCount * numBlocks * this.blockSize * width * (cacheDtype === 'bf16' ? 2 : 4);
+      const bytes = this.cacheCount * numBlocks * this.blockSize * row.bytes;
+      // the smaller formats these sizes allow, with their bytes per token
+      const fp8 = dims.kvLora % 128 === 0 && dims.rope % 2 === 0;
+      const order: CacheDtype[] = ['f32', 'bf16', 'fp8'];
+      const smaller = order.slice(order.indexOf(cacheDtype) + 1).filter(t => t !== 'fp8' || fp8);
+      const alt = smaller.map(t => `${t} ${latentCacheRow(dims.kvLora, dims.rope, t).bytes}`);
       throw new OutOfMemoryError(
         'E_OOM',
         `the KV cache does not fit on ${this.device}: ${this.cacheCount} latent caches of ` +
-          `${numBlocks} blocks x ${this.blockSize} x ${width} ${cacheDtype} = ${(bytes / 2 ** 30).toFixed(2)} GiB. ` +
-          `Pass a smaller cacheBlocks or maxContext${cacheDtype === 'f32' ? " (or cacheDtype 'bf16')" : ''}.`,
+          `${numBlocks} blocks x ${this.blockSize} x ${row.width} ${cacheDtype} = ${(bytes / 2 ** 30).toFixed(2)} GiB ` +
+          `(${row.bytes} bytes per token and cache${alt.length ? `; ${alt.join(', ')}` : ''}). ` +
+          `Pass a smaller cacheBlocks or maxContext${smaller.length ? ` (or cacheDtype ${smaller.map(t => `'${t}'`).join(' or ')})` : ''}.`,
         { cause: e },
       );
     }

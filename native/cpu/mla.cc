@@ -17,6 +17,7 @@
 #include "features.h"
 #include "linear.h"
 #include "numeric.h"
+#include "quant.h"
 #include "threadpool.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -679,12 +680,36 @@ DecodeLayout decode_layout(const MlaDims& d, int64_t batch, int64_t units, float
   return L;
 }
 
+// One cache row of the fp8 layout (mla.h) dequantized to f32: the latent (e4m3 * group scale), then
+// the rope key (bf16).
+void dequantize_fp8_row(const MlaDims& d, const uint8_t* src, float* dst) {
+  const int64_t dl = d.dl, dr = d.dr;
+  for (int64_t g = 0; g < dl / kMlaFp8Group; ++g) {
+    float s;
+    std::memcpy(&s, src + mla_fp8_scale_offset(dl) + 4 * g, sizeof(float));
+    dequantize_fp8_group(kMlaFp8Group, src + g * kMlaFp8Group, s, dst + g * kMlaFp8Group);
+  }
+  const uint8_t* rope = src + mla_fp8_rope_offset(dl);
+  for (int64_t c = 0; c < dr; ++c) {
+    uint16_t h;
+    std::memcpy(&h, rope + 2 * c, sizeof(h));
+    dst[dl + c] = bf16_to_f32(h);
+  }
+}
+
+// CT: the cache element (float, uint16_t bf16 bits, or uint8_t for the fp8 layout, whose rows are
+// dequantized a tile at a time into a stack buffer that the f32 kernels then read).
 template <typename CT>
 void decode_impl(const MlaDims& d, int64_t batch, float* o_lat, const float* q_lat, const float* q, const CT* cache,
                  int64_t block_size, const int32_t* block_table, int64_t max_blocks, const int32_t* seq_lens, float scale,
                  float* ws, int64_t units) {
-  const Kernels<CT> K = pick<CT>();
+  constexpr bool kFp8 = std::is_same_v<CT, uint8_t>;
+  using KT = std::conditional_t<kFp8, float, CT>;  // what the micro-kernels read
+  const Kernels<KT> K = pick<KT>();
   const int64_t nh = d.nh, dl = d.dl, dr = d.dr, dk = d.dn + d.dr, row = dl + dr;
+  const int64_t stride = kFp8 ? mla_fp8_row_bytes(dl, dr) : row;  // CT elements per cache row
+  // fp8: rows per tile, so that a tile of dequantized rows fits the kMlaFp8DecodeRow-float buffer
+  const int tile = kFp8 ? static_cast<int>(std::min<int64_t>(kTile, kMlaFp8DecodeRow / std::max<int64_t>(row, 1))) : kTile;
   // bf16 cache on an AVX512-BF16 CPU: vdpbf16ps with q and p rounded to bf16 (see decode_unit_bf16),
   // unless bf16 activations are turned off (setMatmulPrecision('highest')): then the fp32 path.
 #ifdef LC_ATTN_X86
@@ -707,9 +732,10 @@ void decode_impl(const MlaDims& d, int64_t batch, float* o_lat, const float* q_l
   parallel_for(nunits, 1, [&](int64_t u0, int64_t u1) {
     int64_t b = 0;
     while (L.unit_prefix[b + 1] <= u0) ++b;
-    const CT* ka[kTile];
-    const CT* kb[kTile];
+    const KT* ka[kTile];
+    const KT* kb[kTile];
     float sc[kMaxQ][kTile];
+    std::conditional_t<kFp8, float[kMlaFp8DecodeRow], char> deq;  // fp8: the tile's rows as f32
     for (int64_t u = u0; u < u1; ++u) {
       while (L.unit_prefix[b + 1] <= u) ++b;
       const int64_t splits = L.unit_prefix[b + 1] - L.unit_prefix[b], k = u - L.unit_prefix[b];
@@ -734,11 +760,17 @@ void decode_impl(const MlaDims& d, int64_t batch, float* o_lat, const float* q_l
         }
       }
 #endif
-      for (int64_t t0 = s0; t0 < s1; t0 += kTile) {
-        const int nt = static_cast<int>(std::min<int64_t>(kTile, s1 - t0));
+      for (int64_t t0 = s0; t0 < s1; t0 += tile) {
+        const int nt = static_cast<int>(std::min<int64_t>(tile, s1 - t0));
         for (int j = 0; j < nt; ++j) {
           const int64_t s = t0 + j;
-          ka[j] = cache + (static_cast<int64_t>(bt[s / block_size]) * block_size + s % block_size) * row;
+          const CT* src = cache + (static_cast<int64_t>(bt[s / block_size]) * block_size + s % block_size) * stride;
+          if constexpr (kFp8) {
+            dequantize_fp8_row(d, src, deq + j * row);
+            ka[j] = deq + j * row;
+          } else {
+            ka[j] = src;
+          }
           kb[j] = ka[j] + dl;
         }
         for (int64_t h0 = 0; h0 < nh; h0 += kMaxQ) {
@@ -848,14 +880,24 @@ void mla_prefill(const MlaDims& d, int64_t batch, float* o, const float* q, cons
   prefill_impl(d, batch, o, q, kvb, kpe, q_start, kv_start, scale);
 }
 
-void mla_cache_write(const MlaDims& d, int64_t t, void* cache, bool cache_bf16, int64_t block_size, const float* ckv,
+void mla_cache_write(const MlaDims& d, int64_t t, void* cache, MlaCache cf, int64_t block_size, const float* ckv,
                      const float* kpe, const int32_t* slots) {
   const int64_t dl = d.dl, dr = d.dr, row = dl + dr;
   (void)block_size;  // slot s is row s of the flattened [num_blocks * block_size, row] cache
   parallel_for(t, std::max<int64_t>(1, 8192 / std::max<int64_t>(row, 1)), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t s = slots[r];
-      if (cache_bf16) {
+      if (cf == MlaCache::FP8) {
+        uint8_t* dst = static_cast<uint8_t*>(cache) + s * mla_fp8_row_bytes(dl, dr);
+        for (int64_t g = 0; g < dl / kMlaFp8Group; ++g) {
+          const float sc = quantize_fp8_group(kMlaFp8Group, ckv + r * dl + g * kMlaFp8Group, dst + g * kMlaFp8Group);
+          std::memcpy(dst + mla_fp8_scale_offset(dl) + 4 * g, &sc, sizeof(float));
+        }
+        for (int64_t c = 0; c < dr; ++c) {
+          const uint16_t h = f32_to_bf16(kpe[r * dr + c]);
+          std::memcpy(dst + mla_fp8_rope_offset(dl) + 2 * c, &h, sizeof(h));
+        }
+      } else if (cf == MlaCache::BF16) {
         uint16_t* dst = static_cast<uint16_t*>(cache) + s * row;
         for (int64_t c = 0; c < dl; ++c) dst[c] = f32_to_bf16(ckv[r * dl + c]);
         for (int64_t c = 0; c < dr; ++c) dst[dl + c] = f32_to_bf16(kpe[r * dr + c]);
@@ -868,14 +910,26 @@ void mla_cache_write(const MlaDims& d, int64_t t, void* cache, bool cache_bf16, 
   });
 }
 
-void mla_cache_gather(const MlaDims& d, float* ckv, float* kpe, const void* cache, bool cache_bf16, int64_t block_size,
+void mla_cache_gather(const MlaDims& d, float* ckv, float* kpe, const void* cache, MlaCache cf, int64_t block_size,
                       const int32_t* block_table, int64_t start, int64_t length) {
   const int64_t dl = d.dl, dr = d.dr, row = dl + dr;
   parallel_for(length, std::max<int64_t>(1, 8192 / std::max<int64_t>(row, 1)), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t s = start + r;
       const int64_t src = static_cast<int64_t>(block_table[s / block_size]) * block_size + s % block_size;
-      if (cache_bf16) {
+      if (cf == MlaCache::FP8) {
+        const uint8_t* p = static_cast<const uint8_t*>(cache) + src * mla_fp8_row_bytes(dl, dr);
+        for (int64_t g = 0; g < dl / kMlaFp8Group; ++g) {
+          float sc;
+          std::memcpy(&sc, p + mla_fp8_scale_offset(dl) + 4 * g, sizeof(float));
+          dequantize_fp8_group(kMlaFp8Group, p + g * kMlaFp8Group, sc, ckv + r * dl + g * kMlaFp8Group);
+        }
+        for (int64_t c = 0; c < dr; ++c) {
+          uint16_t h;
+          std::memcpy(&h, p + mla_fp8_rope_offset(dl) + 2 * c, sizeof(h));
+          kpe[r * dr + c] = bf16_to_f32(h);
+        }
+      } else if (cf == MlaCache::BF16) {
         const uint16_t* p = static_cast<const uint16_t*>(cache) + src * row;
         for (int64_t c = 0; c < dl; ++c) ckv[r * dl + c] = bf16_to_f32(p[c]);
         for (int64_t c = 0; c < dr; ++c) kpe[r * dr + c] = bf16_to_f32(p[dl + c]);
@@ -909,10 +963,13 @@ int64_t mla_decode_workspace_floats(const MlaDims& d, int64_t batch, int64_t uni
 }
 
 void mla_decode_absorbed(const MlaDims& d, int64_t batch, float* o_lat, const float* q_lat, const float* q, const void* cache,
-                         bool cache_bf16, int64_t block_size, const int32_t* block_table, int64_t max_blocks,
-                         const int32_t* seq_lens, float scale, float* workspace, int64_t units) {
+                         MlaCache cf, int64_t block_size, const int32_t* block_table, int64_t max_blocks, const int32_t* seq_lens,
+                         float scale, float* workspace, int64_t units) {
   units = std::max<int64_t>(units, 1);
-  if (cache_bf16)
+  if (cf == MlaCache::FP8)
+    decode_impl(d, batch, o_lat, q_lat, q, static_cast<const uint8_t*>(cache), block_size, block_table, max_blocks, seq_lens,
+                scale, workspace, units);
+  else if (cf == MlaCache::BF16)
     decode_impl(d, batch, o_lat, q_lat, q, static_cast<const uint16_t*>(cache), block_size, block_table, max_blocks, seq_lens,
                 scale, workspace, units);
   else

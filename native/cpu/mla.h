@@ -3,16 +3,35 @@
 // binding layer (ops/mla.cc) validates shapes and index tensors first.
 //
 // Dimensions (generic): nh heads, dn = qk_nope_head_dim, dr = qk_rope_head_dim, dv = v_head_dim,
-// dl = kv_lora_rank. Activations are f32; the latent cache and kv_b_proj weight may be f32 or bf16
-// (`bf16` flags below; bf16 values are raw bits, converted on the fly).
+// dl = kv_lora_rank. Activations are f32; the kv_b_proj weight may be f32 or bf16 (`w_bf16`: raw
+// bits, converted on the fly); the latent cache f32, bf16 or fp8 (MlaCache, below).
 #pragma once
 #include <cstdint>
+
+#include "host_device.h"
 
 namespace lc::cpu {
 
 struct MlaDims {
   int64_t nh = 0, dn = 0, dr = 0, dv = 0, dl = 0;
 };
+
+// The element format of the paged latent cache [num_blocks, block_size, row]:
+//   F32, BF16: row = dl + dr values, the latent then the rope key (bf16 rounded to nearest even).
+//   FP8:       FlashMLA's quantized layout, row = mla_fp8_row_bytes(dl, dr) bytes (a fp8_e4m3 tensor
+//              of that last dim; 656 bytes for dl 512 / dr 64 against 1152 in bf16):
+//                [0, dl)                    the latent in e4m3, 128-value groups g = 0 .. dl/128 - 1
+//                [dl, dl + 4 dl/128)        one f32 scale per group: max(amax(|group|), 1e-10) / 448
+//                                           (quant.h's activation scale), value = e4m3 * scale
+//                [.., + 2 dr)               the rope key in bf16 (never quantized)
+//              dl must be a multiple of 128 and dr even (so that every row, and with it every scale,
+//              stays 4-byte aligned); the binding raises E_SHAPE otherwise.
+// This comment is the one definition of the layout; the offsets below are what every kernel uses.
+enum class MlaCache : int { F32 = 0, BF16 = 1, FP8 = 2 };
+constexpr int64_t kMlaFp8Group = 128;
+LC_HD constexpr int64_t mla_fp8_scale_offset(int64_t dl) { return dl; }
+LC_HD constexpr int64_t mla_fp8_rope_offset(int64_t dl) { return dl + 4 * (dl / kMlaFp8Group); }
+LC_HD constexpr int64_t mla_fp8_row_bytes(int64_t dl, int64_t dr) { return mla_fp8_rope_offset(dl) + 2 * dr; }
 
 // Expanded causal attention over a variable-length batch.
 //   o   [T, nh, dv]        output
@@ -25,14 +44,16 @@ struct MlaDims {
 void mla_prefill(const MlaDims& d, int64_t batch, float* o, const float* q, const float* kvb, const float* kpe,
                  const int32_t* q_start, const int32_t* kv_start, float scale);
 
-// Paged latent cache [num_blocks, block_size, dl + dr]: token slot s lives in block s / block_size,
-// row s % block_size. Slots must be in range (checked by the caller).
-void mla_cache_write(const MlaDims& d, int64_t t, void* cache, bool cache_bf16, int64_t block_size, const float* ckv,
+// Paged latent cache [num_blocks, block_size, row] (format `cf`, above): token slot s lives in block
+// s / block_size, row s % block_size. Slots must be in range (checked by the caller). FP8 quantizes
+// each 128-value group of the latent with quant.h's quantize_fp8_group.
+void mla_cache_write(const MlaDims& d, int64_t t, void* cache, MlaCache cf, int64_t block_size, const float* ckv,
                      const float* kpe, const int32_t* slots);
 
 // Copies rows [start, start + length) of one sequence (block_table [max_blocks]) into
-// ckv [length, dl] and kpe [length, dr]. Block ids must be in range (checked by the caller).
-void mla_cache_gather(const MlaDims& d, float* ckv, float* kpe, const void* cache, bool cache_bf16, int64_t block_size,
+// ckv [length, dl] and kpe [length, dr] (FP8: dequantized, e4m3 * scale in f32). Block ids must be in
+// range (checked by the caller).
+void mla_cache_gather(const MlaDims& d, float* ckv, float* kpe, const void* cache, MlaCache cf, int64_t block_size,
                       const int32_t* block_table, int64_t start, int64_t length);
 
 // q_lat[t, h, :] = W_UK[h]^T q_nope[t, h], W_UK[h] = rows h*(dn+dv) .. h*(dn+dv)+dn of
@@ -52,8 +73,11 @@ int64_t mla_decode_workspace_floats(const MlaDims& d, int64_t batch, int64_t uni
 // q_lat [B, nh, dl], q [B, nh, dn + dr] (only its rope part is read), block_table [B, max_blocks],
 // seq_lens [B]. Long sequences are split over threads (split-K) and merged in a second pass using
 // `workspace` (mla_decode_workspace_floats(d, B, units) floats). A sequence of length 0 gives zeros.
+// An FP8 cache is dequantized on load, a tile of rows at a time, to f32 (as mla_cache_gather), which
+// the fp32 path then reads; dl + dr must be at most kMlaFp8DecodeRow (checked by the binding).
+constexpr int64_t kMlaFp8DecodeRow = 16384;
 void mla_decode_absorbed(const MlaDims& d, int64_t batch, float* o_lat, const float* q_lat, const float* q, const void* cache,
-                         bool cache_bf16, int64_t block_size, const int32_t* block_table, int64_t max_blocks,
-                         const int32_t* seq_lens, float scale, float* workspace, int64_t units);
+                         MlaCache cf, int64_t block_size, const int32_t* block_table, int64_t max_blocks, const int32_t* seq_lens,
+                         float scale, float* workspace, int64_t units);
 
 }  // namespace lc::cpu

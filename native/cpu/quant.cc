@@ -280,17 +280,25 @@ void convert(int64_t n, const void* src, DType st, void* dst, DType dt) {
 }
 
 void quantize_fp8_act(int64_t T, int64_t K, const float* x, uint8_t* q, float* scale) {
-  const Isa is = isa();
   const int64_t G = (K + kFp8Block - 1) / kFp8Block;
   parallel_for(T * G, 64, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
-      const int64_t t = i / G, g = i % G, k0 = g * kFp8Block, n = std::min(kFp8Block, K - k0);
-      const float* xs = x + t * K + k0;
-      const float sx = std::max(amax(is, xs, n, 0.0f), kFp8Tiny) / 448.0f;
-      scale[i] = sx;
-      encode(is, xs, n, q + t * K + k0, DType::FP8_E4M3, sx);
+      const int64_t t = i / G, g = i % G, k0 = g * kFp8Block;
+      scale[i] = quantize_fp8_group(std::min(kFp8Block, K - k0), x + t * K + k0, q + t * K + k0);
     }
   });
+}
+
+float quantize_fp8_group(int64_t n, const float* x, uint8_t* q) {
+  const Isa is = isa();
+  const float sx = std::max(amax(is, x, n, 0.0f), kFp8Tiny) / 448.0f;
+  encode(is, x, n, q, DType::FP8_E4M3, sx);
+  return sx;
+}
+
+void dequantize_fp8_group(int64_t n, const uint8_t* q, float scale, float* out) {
+  decode(isa(), q, DType::FP8_E4M3, n, out);
+  for (int64_t i = 0; i < n; ++i) out[i] *= scale;
 }
 
 void quantize_fp8_blocks(int64_t N, int64_t K, const void* w, DType wt, uint8_t* q, float* scale_inv) {

@@ -20,6 +20,13 @@ void convert(int64_t n, const void* src, DType st, void* dst, DType dt);
 // x: f32 [T, K]; q: fp8 [T, K]; scale: f32 [T, ceil(K/128)].
 void quantize_fp8_act(int64_t T, int64_t K, const float* x, uint8_t* q, float* scale);
 
+// One group of quantize_fp8_act (n <= 128 values), on the calling thread: q[i] = fp8(x[i] / s),
+// returns s = max(amax(|x|), kFp8Tiny) / 448. The fp8 latent KV cache (mla.h) quantizes with it.
+float quantize_fp8_group(int64_t n, const float* x, uint8_t* q);
+
+// out[i] = float32(q[i]) * scale for n values (one f32 rounding), on the calling thread.
+void dequantize_fp8_group(int64_t n, const uint8_t* q, float scale, float* out);
+
 // SPEC 7.2 quantization side, 128 x 128 weight blocks (edge blocks may be smaller):
 //   scale_inv[bn, bk] = max(amax(|block|), kFp8Tiny) / 448,  q = fp8(w / scale_inv).
 // w: f32 or bf16 [N, K]; q: fp8 [N, K]; scale_inv: f32 [ceil(N/128), ceil(K/128)].

@@ -28,11 +28,34 @@ void check_blocks(const char* op, const int32_t* bt, int64_t row, int64_t first,
            bt[i], ll(num_blocks));
 }
 
-// The paged latent cache [num_blocks, block_size, row] (f32 or bf16, row = dl + dr).
+// The paged latent cache [num_blocks, block_size, row]: f32 or bf16 (row = dl + dr values), or the
+// fp8 layout of cpu/mla.h (a fp8_e4m3 tensor, row = mla_fp8_row_bytes(dl, dr) bytes).
 void expect_cache(const OpArgs& a, const Tensor& cache, Device d, int64_t* num_blocks, int64_t* block_size, int64_t* row) {
-  a.dims(cache, "cache", {DType::F32, DType::BF16}, d, num_blocks, block_size, row);
+  a.dims(cache, "cache", {DType::F32, DType::BF16, DType::FP8_E4M3}, d, num_blocks, block_size, row);
   if (*block_size < 1)
     fail(Code::E_SHAPE, "%s: the cache block size (dim 1 of %s) must be >= 1", a.op(), shape_str(cache.shape).c_str());
+}
+
+cpu::MlaCache cache_format(const Tensor& cache) {
+  return cache.dtype == DType::FP8_E4M3 ? cpu::MlaCache::FP8
+         : cache.dtype == DType::BF16   ? cpu::MlaCache::BF16
+                                        : cpu::MlaCache::F32;
+}
+
+// The rope width dr of cache rows of `row` elements holding a latent of dl values; -1 when the row
+// is narrower than the latent alone. An fp8 cache also needs dl a multiple of 128 and an even dr.
+int64_t cache_rope_dim(const OpArgs& a, const Tensor& cache, int64_t row, int64_t dl) {
+  if (cache.dtype != DType::FP8_E4M3) return row - dl >= 0 ? row - dl : -1;
+  if (dl % cpu::kMlaFp8Group != 0)
+    fail(Code::E_SHAPE, "%s: an fp8 latent cache needs the latent width (kv_lora_rank) to be a multiple of %lld, got %lld",
+         a.op(), ll(cpu::kMlaFp8Group), ll(dl));
+  const int64_t rope_bytes = row - cpu::mla_fp8_rope_offset(dl);
+  if (rope_bytes < 0 || rope_bytes % 4 != 0)
+    fail(Code::E_SHAPE,
+         "%s: fp8 cache rows of %lld bytes do not hold a latent of %lld (%lld bytes with its scales) and an even number of bf16 "
+         "rope values (row bytes = %lld + 2 x rope)",
+         a.op(), ll(row), ll(dl), ll(cpu::mla_fp8_rope_offset(dl)), ll(cpu::mla_fp8_rope_offset(dl)));
+  return rope_bytes / 2;
 }
 
 // kv_b_proj's weight [nh x (nope + v), dl], f32 or bf16; returns its rows per head (nope + v).
@@ -103,12 +126,12 @@ void MlaCacheWrite(const OpArgs& a) {
   int64_t nb, bs, row, T, dl;
   expect_cache(a, cache, d, &nb, &bs, &row);
   a.dims(ckv, "ckv", {DType::F32}, d, &T, &dl);
-  const int64_t dr = row - dl, nslots = nb * bs;
+  const int64_t dr = cache_rope_dim(a, cache, row, dl), nslots = nb * bs;
   if (dr < 0) fail(Code::E_SHAPE, "mlaCacheWrite: cache rows of %lld values cannot hold a latent of %lld", ll(row), ll(dl));
   a.expect(kpe, "kpe", {DType::F32}, d, {T, dr});
   a.expect(slots, "slots", {DType::I32}, d, {T});
   const cpu::MlaDims md{/*nh*/ 0, /*dn*/ 0, /*dr*/ dr, /*dv*/ 0, /*dl*/ dl};
-  const bool bf = cache.dtype == DType::BF16;
+  const cpu::MlaCache cf = cache_format(cache);
   a.launch(
       d,
       [=] {
@@ -117,10 +140,10 @@ void MlaCacheWrite(const OpArgs& a) {
           if (sp[i] < 0 || sp[i] >= nslots)
             fail(Code::E_ARGUMENT, "mlaCacheWrite: slots[%lld] = %d is outside the cache (%lld blocks x %lld = %lld slots)",
                  ll(i), sp[i], ll(nb), ll(bs), ll(nslots));
-        cpu::mla_cache_write(md, T, cache.data(), bf, bs, ckv.ptr<float>(), kpe.ptr<float>(), sp);
+        cpu::mla_cache_write(md, T, cache.data(), cf, bs, ckv.ptr<float>(), kpe.ptr<float>(), sp);
       },
       // out-of-range slots are skipped on the GPU (no error from a kernel)
-      LC_GPU(gpu::mla_cache_write(T, dl, dr, cache.data(), bf, nslots, ckv.ptr<float>(), kpe.ptr<float>(), slots.ptr<int32_t>(),
+      LC_GPU(gpu::mla_cache_write(T, dl, dr, cache.data(), cf, nslots, ckv.ptr<float>(), kpe.ptr<float>(), slots.ptr<int32_t>(),
                                   stream)));
 }
 
@@ -133,7 +156,7 @@ void MlaCacheGather(const OpArgs& a) {
   a.dims(ckv, "ckv", {DType::F32}, d, &ckv_rows, &dl);
   a.expect(kpe, "kpe", {DType::F32}, d);
   a.dims(bt, "blockTable", {DType::I32}, d, &mb);
-  const int64_t dr = row - dl;
+  const int64_t dr = cache_rope_dim(a, cache, row, dl);
   if (dr < 0) fail(Code::E_SHAPE, "mlaCacheGather: cache rows of %lld values cannot hold a latent of %lld", ll(row), ll(dl));
   if (start < 0 || length < 0 || start + length > mb * bs)
     fail(Code::E_ARGUMENT, "mlaCacheGather: rows [%lld, %lld) are outside the block table (%lld blocks x %lld rows)", ll(start),
@@ -141,16 +164,16 @@ void MlaCacheGather(const OpArgs& a) {
   expect_shape(a.op(), "ckv", ckv, {length, dl});
   expect_shape(a.op(), "kpe", kpe, {length, dr});
   const cpu::MlaDims md{/*nh*/ 0, /*dn*/ 0, /*dr*/ dr, /*dv*/ 0, /*dl*/ dl};
-  const bool bf = cache.dtype == DType::BF16;
+  const cpu::MlaCache cf = cache_format(cache);
   a.launch(
       d,
       [=] {
         const int32_t* bp = bt.ptr<int32_t>();
         if (length > 0) check_blocks("mlaCacheGather", bp, 0, start / bs, (start + length - 1) / bs + 1, nb);
-        cpu::mla_cache_gather(md, ckv.ptr<float>(), kpe.ptr<float>(), cache.data(), bf, bs, bp, start, length);
+        cpu::mla_cache_gather(md, ckv.ptr<float>(), kpe.ptr<float>(), cache.data(), cf, bs, bp, start, length);
       },
       // rows of out-of-range block ids are zero-filled on the GPU
-      LC_GPU(gpu::mla_cache_gather(dl, dr, ckv.ptr<float>(), kpe.ptr<float>(), cache.data(), bf, bs, nb, bt.ptr<int32_t>(), start,
+      LC_GPU(gpu::mla_cache_gather(dl, dr, ckv.ptr<float>(), kpe.ptr<float>(), cache.data(), cf, bs, nb, bt.ptr<int32_t>(), start,
                                    length, stream)));
 }
 
@@ -200,7 +223,7 @@ void MlaDecodeAbsorbed(const OpArgs& a) {
   expect_cache(a, cache, d, &nb, &bs, &row);
   a.expect(bt, "blockTable", {DType::I32}, d, {B, -1});
   a.expect(lens, "seqLens", {DType::I32}, d, {B});
-  const int64_t dr = row - dl, dk = q.dim(2), mb = bt.dim(1);
+  const int64_t dr = cache_rope_dim(a, cache, row, dl), dk = q.dim(2), mb = bt.dim(1);
   if (dr < 0 || dr > dk)
     fail(Code::E_SHAPE,
          "mlaDecodeAbsorbed: cache rows of %lld values do not split into the latent %lld (from qLat) + a rope key that fits q's "
@@ -208,7 +231,10 @@ void MlaDecodeAbsorbed(const OpArgs& a) {
          ll(row), ll(dl), ll(dk));
   expect_finite(a.op(), "softmaxScale", scale);
   const cpu::MlaDims md{/*nh*/ nh, /*dn*/ dk - dr, /*dr*/ dr, /*dv*/ 0, /*dl*/ dl};
-  const bool bf = cache.dtype == DType::BF16;
+  const cpu::MlaCache cf = cache_format(cache);
+  if (cf == cpu::MlaCache::FP8 && d.is_cpu() && dl + dr > cpu::kMlaFp8DecodeRow)
+    fail(Code::E_SHAPE, "mlaDecodeAbsorbed: the CPU decode over an fp8 cache takes rows of at most %lld values, got %lld + %lld",
+         ll(cpu::kMlaFp8DecodeRow), ll(dl), ll(dr));
   const int64_t units = 2 * static_cast<int64_t>(cpu::ThreadPool::global().threads());
   Tensor ws = empty_tensor(d, DType::F32, {d.is_cpu() ? cpu::mla_decode_workspace_floats(md, B, units) : 1});
   const float sc = static_cast<float>(scale);
@@ -223,14 +249,14 @@ void MlaDecodeAbsorbed(const OpArgs& a) {
                  ll(b), lp[b], ll(mb), ll(bs));
           check_blocks("mlaDecodeAbsorbed", bp + b * mb, b, 0, (lp[b] + bs - 1) / bs, nb);
         }
-        cpu::mla_decode_absorbed(md, B, ol.ptr<float>(), ql.ptr<float>(), q.ptr<float>(), cache.data(), bf, bs, bp, mb, lp, sc,
+        cpu::mla_decode_absorbed(md, B, ol.ptr<float>(), ql.ptr<float>(), q.ptr<float>(), cache.data(), cf, bs, bp, mb, lp, sc,
                                  ws.ptr<float>(), units);
       },
       // seqLens / block ids are clamped on the device (see cuda/mla.h)
-      LC_GPU(const int64_t splits = gpu::mla_decode_splits(md, B, mb * bs, bf, cache.data());
+      LC_GPU(const int64_t splits = gpu::mla_decode_splits(md, B, mb * bs, cf, cache.data());
              const int64_t wsf = gpu::mla_decode_workspace_floats(md, B, splits);
              Tensor gws = empty_tensor(d, DType::F32, {wsf > 0 ? wsf : 1});
-             gpu::mla_decode_absorbed(md, B, ol.ptr<float>(), ql.ptr<float>(), q.ptr<float>(), cache.data(), bf, nb, bs,
+             gpu::mla_decode_absorbed(md, B, ol.ptr<float>(), ql.ptr<float>(), q.ptr<float>(), cache.data(), cf, nb, bs,
                                       bt.ptr<int32_t>(), mb, lens.ptr<int32_t>(), sc, gws.ptr<float>(), splits, stream)));
 }
 

@@ -342,10 +342,11 @@ void moe_case(int64_t t, int64_t h, int64_t inter, int64_t nr, int64_t nz, int64
   cpu::set_matmul_precision(MatmulPrecision::BF16);
 }
 
-// Absorbed decode over a shuffled paged cache (bf16), CUDA cores (highest) or tensor cores (bf16 with
-// the 512 + 64 width); `splits` > 0 overrides mla_decode_splits' choice (any count must combine right).
+// Absorbed decode over a shuffled paged cache (bf16, or fp8 written by the CPU's mla_cache_write),
+// CUDA cores (highest) or tensor cores (bf16 with the 512 + 64 width); `splits` > 0 overrides
+// mla_decode_splits' choice (any count must combine right).
 void mla_decode_case(int64_t nh, int64_t dl, int64_t dr, int64_t bs, std::vector<int32_t> lens, MatmulPrecision p,
-                     int64_t splits = 0) {
+                     int64_t splits = 0, cpu::MlaCache cf = cpu::MlaCache::BF16) {
   cpu::set_matmul_precision(p);
   const cpu::MlaDims d = lc::harness::decode_dims(nh, dl, dr);
   const int64_t B = static_cast<int64_t>(lens.size()), row = dl + dr, mb = lc::harness::max_blocks(lens, bs);
@@ -355,23 +356,31 @@ void mla_decode_case(int64_t nh, int64_t dl, int64_t dr, int64_t bs, std::vector
   for (int64_t i = nb - 1; i > 0; --i) std::swap(perm[i], perm[rint_(static_cast<int>(i + 1))]);
   std::vector<int32_t> bt(B * mb);
   for (int64_t i = 0; i < B * mb; ++i) bt[i] = perm[i];
-  std::vector<uint16_t> cache(nb * bs * row);
+  const bool fp8 = cf == cpu::MlaCache::FP8;
+  std::vector<uint16_t> cache(fp8 ? 0 : nb * bs * row);
   for (auto& c : cache) c = cpu::f32_to_bf16(uni());
+  std::vector<uint8_t> cache8(fp8 ? nb * bs * cpu::mla_fp8_row_bytes(dl, dr) : 0);
+  if (fp8) {
+    auto ckv = rnd(nb * bs * dl, 1.0f), kpe = rnd(nb * bs * dr, 1.0f);
+    std::vector<int32_t> slots(nb * bs);
+    for (int64_t i = 0; i < nb * bs; ++i) slots[i] = static_cast<int32_t>(i);
+    cpu::mla_cache_write(d, nb * bs, cache8.data(), cf, bs, ckv.data(), kpe.data(), slots.data());
+  }
+  const void* cp = fp8 ? static_cast<const void*>(cache8.data()) : static_cast<const void*>(cache.data());
   auto ql = rnd(B * nh * dl, 0.3f), q = rnd(B * nh * (d.dn + dr), 0.3f);
   const float scale = 1.0f / std::sqrt(192.0f);
   std::vector<float> want(B * nh * dl), got = poison<float>(B * nh * dl);
   std::vector<float> cws(cpu::mla_decode_workspace_floats(d, B, 4));
-  cpu::mla_decode_absorbed(d, B, want.data(), ql.data(), q.data(), cache.data(), true, bs, bt.data(), mb, lens.data(), scale,
-                           cws.data(), 4);
-  if (splits <= 0) splits = gpu::mla_decode_splits(d, B, mb * bs, true, cache.data());
+  cpu::mla_decode_absorbed(d, B, want.data(), ql.data(), q.data(), cp, cf, bs, bt.data(), mb, lens.data(), scale, cws.data(), 4);
+  if (splits <= 0) splits = gpu::mla_decode_splits(d, B, mb * bs, cf, cp);
   std::vector<float> gws(std::max<int64_t>(1, gpu::mla_decode_workspace_floats(d, B, splits)));
-  gpu::mla_decode_absorbed(d, B, got.data(), ql.data(), q.data(), cache.data(), true, nb, bs, bt.data(), mb, lens.data(), scale,
-                           gws.data(), splits, nullptr);
+  gpu::mla_decode_absorbed(d, B, got.data(), ql.data(), q.data(), cp, cf, nb, bs, bt.data(), mb, lens.data(), scale, gws.data(),
+                           splits, nullptr);
   std::string ls;
   for (int32_t l : lens) ls += std::to_string(l) + ",";
   expect_close(got, want, tol_of(p),
                "mla_decode_absorbed nh=" + std::to_string(nh) + " dl=" + std::to_string(dl) + " lens=" + ls +
-                   " splits=" + std::to_string(splits) + " " + name_of(p));
+                   " splits=" + std::to_string(splits) + " " + name_of(p) + (fp8 ? " fp8 cache" : " bf16 cache"));
   cpu::set_matmul_precision(MatmulPrecision::BF16);
 }
 
@@ -384,7 +393,7 @@ void decode_split_choice() {
   std::vector<uint16_t> cache(16);
   const auto splits = [&](int64_t nh, int64_t batch, int64_t max_len) {
     d.nh = nh;
-    return gpu::mla_decode_splits(d, batch, max_len, true, cache.data());
+    return gpu::mla_decode_splits(d, batch, max_len, cpu::MlaCache::BF16, cache.data());
   };
   const int64_t got[6] = {splits(64, 1, 65536),   splits(128, 1, 65536), splits(64, 64, 65536),
                           splits(64, 132, 65536), splits(64, 1, 640),    splits(64, 5, 65536)};
@@ -459,6 +468,11 @@ int main() {
     mla_decode_case(5, 512, 64, 7, {77, 40, 1}, MatmulPrecision::BF16, 5);
     mla_decode_case(130, 512, 64, 48, {95, 129}, MatmulPrecision::BF16, 3);
     mla_decode_case(17, 512, 64, 1, {33}, MatmulPrecision::Highest, 132);  // CUDA cores, 132 splits
+    // the fp8 latent cache: CUDA cores (16-byte loads; odd widths with scalar loads), tensor cores
+    mla_decode_case(17, 512, 64, 64, {0, 1, 100}, MatmulPrecision::Highest, 0, cpu::MlaCache::FP8);
+    mla_decode_case(3, 128, 6, 5, {20, 9}, MatmulPrecision::Highest, 0, cpu::MlaCache::FP8);
+    mla_decode_case(17, 512, 64, 64, {0, 1, 100}, MatmulPrecision::BF16, 0, cpu::MlaCache::FP8);
+    mla_decode_case(5, 512, 64, 7, {77, 40, 1}, MatmulPrecision::BF16, 5, cpu::MlaCache::FP8);
     decode_split_choice();
     lap("mla decode");
     mla_prefill_case(3, 5, 3, 4, {{1, 1}, {7, 10}, {33, 33}}, MatmulPrecision::Highest);

@@ -3,7 +3,7 @@
 // annotates the CUDA memory model (__syncthreads / __syncwarp order memory, shuffles do not), so a
 // lane rewriting shared memory that other lanes of its warp read with only shuffles between them is
 // reported (TSAN_OPTIONS=halt_on_error=1: the run fails). Covers the split-KV online-softmax update
-// of both CUDA-core decode kernels (f32 and bf16 cache), the tensor-core decode and the CUDA-core
+// of the CUDA-core decode kernel (f32, bf16 and fp8 caches), the tensor-core decode and the CUDA-core
 // prefill, each also held to the CPU oracle. Built and run by `npm run test:native` (target
 // longcat_emu_race_test).
 #include <cmath>
@@ -39,7 +39,8 @@ void expect_close(const std::vector<float>& got, const std::vector<float>& want,
 
 // Absorbed decode over a paged cache with several splits per sequence (the combine of partial
 // softmax states runs in every tile).
-void decode_case(int64_t nh, int64_t dl, int64_t dr, int64_t bs, std::vector<int32_t> lens, bool bf16, MatmulPrecision p) {
+void decode_case(int64_t nh, int64_t dl, int64_t dr, int64_t bs, std::vector<int32_t> lens, cpu::MlaCache cf_kind,
+                 MatmulPrecision p) {
   cpu::set_matmul_precision(p);
   const cpu::MlaDims d = lc::harness::decode_dims(nh, dl, dr);
   const int64_t B = static_cast<int64_t>(lens.size()), row = dl + dr, mb = lc::harness::max_blocks(lens, bs);
@@ -49,22 +50,39 @@ void decode_case(int64_t nh, int64_t dl, int64_t dr, int64_t bs, std::vector<int
   std::vector<float> cf(nb * bs * row);
   std::vector<uint16_t> cb(cf.size());
   for (size_t i = 0; i < cf.size(); ++i) cb[i] = cpu::f32_to_bf16(uni()), cf[i] = cpu::bf16_to_f32(cb[i]);
-  const void* cache = bf16 ? static_cast<const void*>(cb.data()) : static_cast<const void*>(cf.data());
+  // fp8: the same rows through the CPU's quantizing cache write
+  std::vector<uint8_t> c8(cf_kind == cpu::MlaCache::FP8 ? nb * bs * cpu::mla_fp8_row_bytes(dl, dr) : 0);
+  if (!c8.empty()) {
+    std::vector<float> ckv(nb * bs * dl), kpe(nb * bs * dr);
+    std::vector<int32_t> slots(nb * bs);
+    for (int64_t i = 0; i < nb * bs; ++i) {
+      slots[i] = static_cast<int32_t>(i);
+      for (int64_t c = 0; c < dl; ++c) ckv[i * dl + c] = cf[i * row + c];
+      for (int64_t c = 0; c < dr; ++c) kpe[i * dr + c] = cf[i * row + dl + c];
+    }
+    cpu::mla_cache_write(d, nb * bs, c8.data(), cf_kind, bs, ckv.data(), kpe.data(), slots.data());
+  }
+  const void* cache = cf_kind == cpu::MlaCache::FP8    ? static_cast<const void*>(c8.data())
+                      : cf_kind == cpu::MlaCache::BF16 ? static_cast<const void*>(cb.data())
+                                                       : static_cast<const void*>(cf.data());
   std::vector<float> ql(B * nh * dl), q(B * nh * (d.dn + dr));
   for (auto& v : ql) v = 0.3f * uni();
   for (auto& v : q) v = 0.3f * uni();
   const float scale = 1.0f / std::sqrt(192.0f);
   std::vector<float> want(B * nh * dl), got(B * nh * dl, NAN);
   std::vector<float> cws(cpu::mla_decode_workspace_floats(d, B, 3));
-  cpu::mla_decode_absorbed(d, B, want.data(), ql.data(), q.data(), cache, bf16, bs, bt.data(), mb, lens.data(), scale, cws.data(),
-                           3);
-  const int64_t splits = gpu::mla_decode_splits(d, B, mb * bs, bf16, cache);
+  cpu::mla_decode_absorbed(d, B, want.data(), ql.data(), q.data(), cache, cf_kind, bs, bt.data(), mb, lens.data(), scale,
+                           cws.data(), 3);
+  const int64_t splits = gpu::mla_decode_splits(d, B, mb * bs, cf_kind, cache);
   std::vector<float> gws(std::max<int64_t>(1, gpu::mla_decode_workspace_floats(d, B, splits)));
-  gpu::mla_decode_absorbed(d, B, got.data(), ql.data(), q.data(), cache, bf16, nb, bs, bt.data(), mb, lens.data(), scale,
+  gpu::mla_decode_absorbed(d, B, got.data(), ql.data(), q.data(), cache, cf_kind, nb, bs, bt.data(), mb, lens.data(), scale,
                            gws.data(), splits, nullptr);
   expect_close(got, want, p == MatmulPrecision::Highest ? 1e-4 : 5e-3,
-               std::string("mla decode ") + (bf16 ? "bf16" : "f32") + " cache, nh=" + std::to_string(nh) +
-                   " dl=" + std::to_string(dl) + " splits=" + std::to_string(splits));
+               std::string("mla decode ") +
+                   (cf_kind == cpu::MlaCache::FP8    ? "fp8"
+                    : cf_kind == cpu::MlaCache::BF16 ? "bf16"
+                                                     : "f32") +
+                   " cache, nh=" + std::to_string(nh) + " dl=" + std::to_string(dl) + " splits=" + std::to_string(splits));
   cpu::set_matmul_precision(MatmulPrecision::BF16);
 }
 
@@ -95,9 +113,11 @@ int main() {
   // CPU objects are not built with -fsanitize=thread), which TSan would report as races of its own.
   lc::cpu::ThreadPool::global().set_threads(1);
   try {
-    decode_case(3, 40, 8, 7, {70, 3}, false, MatmulPrecision::Highest);  // CUDA cores, f32 cache
-    decode_case(3, 40, 8, 7, {70, 3}, true, MatmulPrecision::Highest);   // CUDA cores, bf16 cache
-    decode_case(2, 512, 64, 16, {40}, true, MatmulPrecision::BF16);      // tensor cores
+    decode_case(3, 40, 8, 7, {70, 3}, cpu::MlaCache::F32, MatmulPrecision::Highest);   // CUDA cores, f32 cache
+    decode_case(3, 40, 8, 7, {70, 3}, cpu::MlaCache::BF16, MatmulPrecision::Highest);  // CUDA cores, bf16 cache
+    decode_case(2, 512, 64, 16, {40}, cpu::MlaCache::BF16, MatmulPrecision::BF16);     // tensor cores
+    decode_case(3, 128, 8, 7, {70, 3}, cpu::MlaCache::FP8, MatmulPrecision::Highest);  // CUDA cores, fp8 cache
+    decode_case(2, 512, 64, 16, {40}, cpu::MlaCache::FP8, MatmulPrecision::BF16);      // tensor cores, fp8 staging
     prefill_case(2, 5, 3, 4, {{3, 3}, {9, 40}});
   } catch (const lc::Error& e) {
     std::printf("FAIL: %s\n", e.what());
