@@ -27,14 +27,14 @@ afterAll(() => {
   native.setMatmulPrecision(prev as 'highest');
 });
 
-async function run(o: GenerateOptions, m = model): Promise<GenerateResult> {
+async function run(o: GenerateOptions, m = model, text = prompt): Promise<GenerateResult> {
   using s = m.createSession();
-  return await s.generate(prompt, o);
+  return await s.generate(text, o);
 }
 
 /** The raw logits after prompt + tokens[0..i) for every i (Model.forward of the whole sequence). */
-function stepLogits(tokens: number[]): Float32Array[] {
-  const ids = model.tokenizer.encode(prompt);
+function stepLogits(tokens: number[], text = prompt): Float32Array[] {
+  const ids = model.tokenizer.encode(text);
   const V = model.engine.dims.vocab;
   const all = model.forward([...ids, ...tokens]);
   return tokens.map((_, i) => all.subarray((ids.length + i - 1) * V, (ids.length + i) * V));
@@ -54,16 +54,22 @@ describe('generate: sampler options', () => {
   });
 
   it('repetition / presence / frequency penalties change exactly what the reference over the logits says', async () => {
-    const ids = model.tokenizer.encode(prompt);
+    // the second prompt holds the tokens the model generates: the prompt's part of the history matters
+    const repeats = prompt + model.tokenizer.decode((await run({ maxTokens: 12 })).tokens);
     let changed = 0;
-    for (const o of [
-      { repetitionPenalty: 1.8 },
-      { presencePenalty: 1.5, frequencyPenalty: 0.7 },
-      { repetitionPenalty: 0.6, frequencyPenalty: -0.4, logitBias: { 3: 2.5 } },
-    ] as GenerateOptions[]) {
-      const got = await run({ maxTokens: 12, ...o });
+    for (const [text, o] of [prompt, repeats].flatMap(t =>
+      (
+        [
+          { repetitionPenalty: 1.8 },
+          { presencePenalty: 1.5, frequencyPenalty: 0.7 },
+          { repetitionPenalty: 0.6, frequencyPenalty: -0.4, logitBias: { 3: 2.5 } },
+        ] as GenerateOptions[]
+      ).map(o => [t, o] as const),
+    )) {
+      const ids = model.tokenizer.encode(text);
+      const got = await run({ maxTokens: 12, ...o }, model, text);
       const bias = Object.entries(o.logitBias ?? {}).map(([k, v]) => [Number(k), v] as [number, number]);
-      stepLogits(got.tokens).forEach((row, i) => {
+      stepLogits(got.tokens, text).forEach((row, i) => {
         const p = penalizeRef(row, {
           history: [...ids, ...got.tokens.slice(0, i)],
           promptLength: ids.length,
