@@ -748,7 +748,8 @@ void logprobs(int64_t R, int64_t V, int64_t k, const float* logits, const int32_
               void* stream) {
   if (R <= 0) return;
   const int threads = V >= 8192 ? 1024 : V >= 1024 ? 256 : 128;
-  logprobs_kernel<<<static_cast<unsigned>(R), threads, 0, static_cast<cudaStream_t>(stream)>>>(V, k, logits, chosen, out, out_ids);
+  logprobs_kernel<<<static_cast<unsigned>(R), threads, 0, static_cast<cudaStream_t>(stream)>>>(V, k, logits, chosen, out,
+                                                                                               out_ids);
 }
 
 void select_accepted(int64_t B, int64_t k, const int32_t* candidates, const int32_t* accepted, int32_t* out, void* stream) {

@@ -53,8 +53,16 @@ export function prepareRow(row: Tensor, extras: SamplerExtras): Tensor | null {
     tensor(Int32Array.from(tokens), [1, tokens.length], { dtype: 'int32', device }),
     tensor([promptLength], [1], { dtype: 'int32', device }),
     tensor([a.repetition, a.presence, a.frequency], [1, 3], { device }),
-    tensor(Int32Array.from(a.bias, b => b[0]), [1, nb], { dtype: 'int32', device }),
-    tensor(Float32Array.from(a.bias, b => b[1]), [1, nb], { device }),
+    tensor(
+      Int32Array.from(a.bias, b => b[0]),
+      [1, nb],
+      { dtype: 'int32', device },
+    ),
+    tensor(
+      Float32Array.from(a.bias, b => b[1]),
+      [1, nb],
+      { device },
+    ),
   ] as const;
   // the queued op holds its inputs: they can be released now
   native.penalize(null, row, ...inputs);

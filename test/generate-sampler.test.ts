@@ -187,7 +187,13 @@ describe('generate: sampler options', () => {
     await initRandom({ preset: 'tiny', out: dir, seed: 3, mtp: true });
     using m = await loadModel(dir, { backend: 'cpu', maxContext: 512 });
     await rejects(run({ speculative: true, logprobs: 2 }, m), 'E_ARGUMENT', /speculative/, /logprobs/);
-    await rejects(run({ speculative: true, presencePenalty: 1, logitBias: { 1: 1 } }, m), 'E_ARGUMENT', /presencePenalty, logitBias/);
-    expect((await run({ speculative: true, maxTokens: 3, stopTokenIds: [1], ignoreEos: true }, m)).tokens.length).toBeGreaterThan(0);
+    await rejects(
+      run({ speculative: true, presencePenalty: 1, logitBias: { 1: 1 } }, m),
+      'E_ARGUMENT',
+      /presencePenalty, logitBias/,
+    );
+    expect((await run({ speculative: true, maxTokens: 3, stopTokenIds: [1], ignoreEos: true }, m)).tokens.length).toBeGreaterThan(
+      0,
+    );
   });
 });

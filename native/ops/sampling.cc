@@ -170,8 +170,8 @@ static void Logprobs(const OpArgs& a) {
     fail(Code::E_SHAPE, "logprobs: 'logits' has shape %s, expected a vocabulary (last dimension) in [1, 2^31)",
          shape_str(x.shape).c_str());
   if (k < 0 || k > cpu::kMaxTopLogprobs || k > V)
-    fail(Code::E_ARGUMENT, "logprobs: k must be an integer in [0, min(%lld, V = %lld)], got %lld", ll(cpu::kMaxTopLogprobs), ll(V),
-         ll(k));
+    fail(Code::E_ARGUMENT, "logprobs: k must be an integer in [0, min(%lld, V = %lld)], got %lld", ll(cpu::kMaxTopLogprobs),
+         ll(V), ll(k));
   a.expect(chosen, "chosen", {DType::I32}, d, {R});
   a.expect(out, "out", {DType::F32}, d, {R, 1 + k});
   a.expect(out_ids, "outIds", {DType::I32}, d, {R, k});
