@@ -192,15 +192,10 @@ export class StepScheduler {
         return v;
       };
       const ffn = perRow(nFfn, B);
-      reqs.forEach((r, b) =>
-        r.resolve({
-          next: next[b]!,
-          logit: logitOf(b),
-          ffnSum: ffn[b]!,
-          ffnCount: nFfn.length,
-          ...(logprobs.has(b) ? { logprob: logprobs.get(b)! } : {}),
-        }),
-      );
+      reqs.forEach((r, b) => {
+        const logprob = logprobs.get(b);
+        r.resolve({ next: next[b]!, logit: logitOf(b), ffnSum: ffn[b]!, ffnCount: nFfn.length, ...(logprob ? { logprob } : {}) });
+      });
       flat.dispose();
     } finally {
       for (const w of wanted) {

@@ -102,7 +102,9 @@ describe('generate: sampler options', () => {
         expect(lp.token).toBe(got.tokens[i]);
         expect(Math.abs(lp.logprob - want.chosen), `step ${i}`).toBeLessThan(1e-5);
         expect(lp.top.map(t => t.token)).toEqual(want.ids);
-        lp.top.forEach((t, j) => expect(Math.abs(t.logprob - want.top[j]!), `step ${i} top ${j}`).toBeLessThan(1e-5));
+        lp.top.forEach((t, j) => {
+          expect(Math.abs(t.logprob - want.top[j]!), `step ${i} top ${j}`).toBeLessThan(1e-5);
+        });
         if (o.logprobs > 0 && o.presencePenalty === undefined) expect(lp.top[0]!.token).toBe(lp.token); // greedy
       });
     }
