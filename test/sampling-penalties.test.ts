@@ -3,7 +3,8 @@
 // (CPU; CUDA or its emulator when present), eagerly and replayed in a captured graph.
 import { describe, expect, it } from 'vitest';
 import { Stream, empty, native, tensor, toArray } from '../lib/index.js';
-import { backends, expectClose, expectCode, rng, type Rng } from './helpers.js';
+import { backends, expectClose, expectCode, rng } from './helpers.js';
+import type { Rng } from './rng.js';
 import { logprobsRef, penalizeRef, type PenaltyRow } from './sampling-reference.js';
 
 /** A random row of settings: history of H entries (some -1 padding) over a few hot tokens. */
