@@ -9,7 +9,7 @@ import { initRandom } from '../lib/init-random.js';
 import { loadModel, type GenerateOptions, type GenerateResult, type Model } from '../lib/generate.js';
 import { native } from '../lib/native.js';
 import { fixtureRoot } from './model-fixture.js';
-import { rejects } from './helpers.js';
+import { cudaAvailable, rejects } from './helpers.js';
 import { argmaxRef, logprobsRef, penalizeRef } from './sampling-reference.js';
 
 const root = fixtureRoot('longcat-sampler-');
@@ -33,10 +33,10 @@ async function run(o: GenerateOptions, m = model, text = prompt): Promise<Genera
 }
 
 /** The raw logits after prompt + tokens[0..i) for every i (Model.forward of the whole sequence). */
-function stepLogits(tokens: number[], text = prompt): Float32Array[] {
-  const ids = model.tokenizer.encode(text);
-  const V = model.engine.dims.vocab;
-  const all = model.forward([...ids, ...tokens]);
+function stepLogits(tokens: number[], text = prompt, m = model): Float32Array[] {
+  const ids = m.tokenizer.encode(text);
+  const V = m.engine.dims.vocab;
+  const all = m.forward([...ids, ...tokens]);
   return tokens.map((_, i) => all.subarray((ids.length + i - 1) * V, (ids.length + i) * V));
 }
 
@@ -197,5 +197,39 @@ describe('generate: sampler options', () => {
     expect((await run({ speculative: true, maxTokens: 3, stopTokenIds: [1], ignoreEos: true }, m)).tokens.length).toBeGreaterThan(
       0,
     );
+  });
+});
+
+// The same options on the CUDA backend (or its emulator): the rows are penalised, sampled and
+// scored on the device, each step checked against the references over that model's own logits.
+describe.skipIf(!cudaAvailable)('generate: sampler options on CUDA', () => {
+  it('penalties + logitBias + logprobs, greedy, against the references', async () => {
+    using m = await loadModel(path.join(root, 'tiny'), { backend: 'cuda', cacheDtype: 'f32', maxContext: 64 });
+    const ids = m.tokenizer.encode(prompt);
+    const o = {
+      maxTokens: 5,
+      repetitionPenalty: 1.6,
+      presencePenalty: 0.8,
+      frequencyPenalty: 0.3,
+      logitBias: { 6: 1.5 },
+      logprobs: 4,
+    };
+    const got = await run(o, m);
+    expect(got.tokens).toHaveLength(5);
+    stepLogits(got.tokens, prompt, m).forEach((row, i) => {
+      const p = penalizeRef(row, {
+        history: [...ids, ...got.tokens.slice(0, i)],
+        promptLength: ids.length,
+        repetition: o.repetitionPenalty,
+        presence: o.presencePenalty,
+        frequency: o.frequencyPenalty,
+        bias: [[6, 1.5]],
+      });
+      expect(got.tokens[i], `step ${i}`).toBe(argmaxRef(p));
+      const want = logprobsRef(row, got.tokens[i]!, 4);
+      const lp = got.logprobs![i]!;
+      expect(Math.abs(lp.logprob - want.chosen), `step ${i}`).toBeLessThan(1e-4);
+      expect(lp.top.map(t => t.token)).toEqual(want.ids);
+    });
   });
 });
