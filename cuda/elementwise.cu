@@ -1,5 +1,5 @@
 // Small ops on the GPU: embedding gather, SwiGLU, add, scale, convert, argmax, (log-)softmax and
-// the sampler. Contracts: native/cpu/elementwise.h, quant.h (convert), sampling.h.
+// the sampler (with its penalties / logit bias and log-probabilities). Contracts: native/cpu/elementwise.h, quant.h (convert), sampling.h.
 //
 // Element-wise kernels are grid-stride loops with 16-byte vector accesses when every pointer is
 // 16-byte aligned (scalar tail); row kernels (argmax, softmax, sample) use one block per row.
@@ -527,6 +527,91 @@ __global__ void select_accepted_kernel(int64_t B, int64_t k, const int32_t* __re
   if (b < B) out[b] = candidates[b * (k + 1) + cpu::clamp_accepted(accepted[b], k)];
 }
 
+// ---- penalize -----------------------------------------------------------------------------------
+// One block per row (rows beyond the workspace's slots are taken in turn by the same blocks), over
+// a per-slot u64 count row: zeroed, each history entry adds kPromptSeen (prompt) or 1 (generated),
+// then every token with a non-zero count gets cpu::penalized_logit, then the bias entries are
+// added in order by one thread (the CPU's order: bit-exact). Ids outside [0, V) count for nothing
+// (a kernel cannot raise the CPU's E_ARGUMENT).
+constexpr unsigned long long kPromptSeen = 1ull << 40;  // above any generated count (H < 2^40)
+
+__global__ void penalize_kernel(int64_t R, int64_t V, int64_t H, int64_t nb, float* __restrict__ logits,
+                                const int32_t* __restrict__ history, const int32_t* __restrict__ prompt_lengths,
+                                const float* __restrict__ params, const int32_t* __restrict__ bias_ids,
+                                const float* __restrict__ bias_values, unsigned long long* __restrict__ counts_ws) {
+  unsigned long long* counts = counts_ws + static_cast<int64_t>(blockIdx.x) * V;
+  for (int64_t r = blockIdx.x; r < R; r += gridDim.x) {
+    float* x = logits + r * V;
+    const float* q = params + r * cpu::kPenaltyParams;
+    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) counts[j] = 0;
+    __syncthreads();
+    const int64_t np = prompt_lengths[r];
+    for (int64_t j = threadIdx.x; j < H; j += blockDim.x) {
+      const int32_t t = history[r * H + j];
+      if (t >= 0 && t < V) atomicAdd(&counts[t], j < np ? kPromptSeen : 1ull);
+    }
+    __syncthreads();
+    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
+      const unsigned long long c = counts[j];
+      if (c) x[j] = cpu::penalized_logit(x[j], q[0], q[1], q[2], c % kPromptSeen);
+    }
+    __syncthreads();  // the penalties are written before the bias adds to them, and before counts is reused
+    if (threadIdx.x == 0)
+      for (int64_t j = 0; j < nb; ++j) {
+        const int32_t t = bias_ids[r * nb + j];
+        if (t >= 0 && t < V) x[t] = __fadd_rn(x[t], bias_values[r * nb + j]);
+      }
+    __syncthreads();
+  }
+}
+
+// ---- logprobs -----------------------------------------------------------------------------------
+// One block per row: the max (NaN read as -inf), the f64 sum of exp(x - m), the chosen token's
+// log-probability, then k rounds of a block arg-best over the tokens that come after the previous
+// round's pick in the (logit desc, id asc) order: the same ids as the CPU's heap. The values
+// differ from the CPU's only by the order of the f64 sum and the f64 exp / log implementations.
+__device__ __forceinline__ float logit_or_neg_inf(float v) { return isnan(v) ? -INFINITY : v; }
+
+__global__ void logprobs_kernel(int64_t V, int64_t k, const float* __restrict__ logits, const int32_t* __restrict__ chosen,
+                                float* __restrict__ out, int32_t* __restrict__ out_ids) {
+  __shared__ float shf[32];
+  __shared__ double shd[32];
+  __shared__ ArgBest sha[32];
+  const int64_t r = blockIdx.x;
+  const float* l = logits + r * V;
+  float m = -INFINITY;
+  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) m = fmaxf(m, logit_or_neg_inf(l[j]));
+  m = util::block_allreduce(m, util::MaxIgnoreNan(), shf);
+  const bool finite = m > -INFINITY && m < INFINITY;
+  double s = 0;
+  if (finite)
+    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) s += exp(static_cast<double>(logit_or_neg_inf(l[j])) - m);
+  s = util::block_allreduce(s, util::Sum(), shd);
+  const double lse = finite ? m + log(s) : static_cast<double>(NAN);
+  float* o = out + r * (1 + k);
+  if (threadIdx.x == 0) {
+    const int32_t c = chosen[r];
+    o[0] = c >= 0 && c < V ? static_cast<float>(static_cast<double>(logit_or_neg_inf(l[c])) - lse) : NAN;
+  }
+  ArgBest prev{INFINITY, -1};  // nothing comes before it
+  for (int64_t i = 0; i < k; ++i) {
+    ArgBest b{-INFINITY, INT32_MAX};
+    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
+      const float v = logit_or_neg_inf(l[j]);
+      const int32_t id = static_cast<int32_t>(j);
+      if (cpu::logit_before(prev.v, prev.i, v, id) && cpu::logit_before(v, id, b.v, b.i)) b = {v, id};
+    }
+    b = util::block_argbest(b, sha);
+    if (threadIdx.x == 0) {
+      out_ids[r * k + i] = b.i;
+      o[1 + i] = static_cast<float>(static_cast<double>(b.v) - lse);
+    }
+    prev = b;
+  }
+}
+
+constexpr int64_t kPenalizeMaxSlots = 32;
+
 constexpr int64_t kSampleMaxSlots = 64;
 
 // The scale 2^shift of the integer masses: V * 2^shift < 2^63, so sums of V masses <= 1 fit.
@@ -643,6 +728,28 @@ void sample_speculative(int64_t B, int64_t k, int64_t V, const float* logits, co
          static_cast<long long>(workspace_bytes), static_cast<long long>(V));
   sample_speculative_kernel<<<static_cast<unsigned>(slots), kSampleThreads, 0, static_cast<cudaStream_t>(stream)>>>(
       B, k, V, logits, drafts, positions, params, mass_shift_for(V), tokens, accepted, static_cast<float*>(workspace));
+}
+
+int64_t penalize_workspace_bytes(int64_t R, int64_t V) { return std::min(R, kPenalizeMaxSlots) * V * 8; }
+
+void penalize(int64_t R, int64_t V, int64_t H, int64_t nb, float* logits, const int32_t* history, const int32_t* prompt_lengths,
+              const float* params, const int32_t* bias_ids, const float* bias_values, void* workspace, int64_t workspace_bytes,
+              void* stream) {
+  if (R <= 0 || V <= 0) return;
+  const int64_t slots = std::min(R, workspace_bytes / (8 * V));
+  if (slots < 1)
+    fail(Code::E_ARGUMENT, "penalize: the CUDA workspace (%lld bytes) cannot hold one row of %lld counts",
+         static_cast<long long>(workspace_bytes), static_cast<long long>(V));
+  penalize_kernel<<<static_cast<unsigned>(slots), 512, 0, static_cast<cudaStream_t>(stream)>>>(
+      R, V, H, nb, logits, history, prompt_lengths, params, bias_ids, bias_values, static_cast<unsigned long long*>(workspace));
+}
+
+void logprobs(int64_t R, int64_t V, int64_t k, const float* logits, const int32_t* chosen, float* out, int32_t* out_ids,
+              void* stream) {
+  if (R <= 0) return;
+  const int threads = V >= 8192 ? 1024 : V >= 1024 ? 256 : 128;
+  logprobs_kernel<<<static_cast<unsigned>(R), threads, 0, static_cast<cudaStream_t>(stream)>>>(V, k, logits, chosen, out,
+                                                                                               out_ids);
 }
 
 void select_accepted(int64_t B, int64_t k, const int32_t* candidates, const int32_t* accepted, int32_t* out, void* stream) {

@@ -45,6 +45,18 @@ int64_t sample_speculative_workspace_bytes(int64_t B, int64_t V);
 void sample_speculative(int64_t B, int64_t k, int64_t V, const float* logits, const int32_t* drafts, const int32_t* positions,
                         const int32_t* params, int32_t* tokens, int32_t* accepted, void* workspace, int64_t workspace_bytes,
                         void* stream);
+// Bytes of workspace gpu::penalize needs to run all R rows in parallel (with less, rows take
+// turns; one row needs 8 V bytes).
+int64_t penalize_workspace_bytes(int64_t R, int64_t V);
+// cpu::penalize, bit-exact, without its checks: history and bias ids outside [0, V) count for
+// nothing, prompt lengths and parameters are used as they are.
+void penalize(int64_t R, int64_t V, int64_t H, int64_t nb, float* logits, const int32_t* history, const int32_t* prompt_lengths,
+              const float* params, const int32_t* bias_ids, const float* bias_values, void* workspace, int64_t workspace_bytes,
+              void* stream);
+// cpu::logprobs: the same ids; values within the f64 sum's order and exp / log implementations.
+// A chosen id outside [0, V) gets a NaN log-probability instead of the CPU's E_ARGUMENT.
+void logprobs(int64_t R, int64_t V, int64_t k, const float* logits, const int32_t* chosen, float* out, int32_t* out_ids,
+              void* stream);
 // cpu::select_accepted (bit-exact).
 void select_accepted(int64_t B, int64_t k, const int32_t* candidates, const int32_t* accepted, int32_t* out, void* stream);
 

@@ -10,6 +10,7 @@ import type { LongcatModel, SamplingParams } from './model/model.js';
 import type { Checkpoint } from './checkpoint.js';
 import type { SequenceCache } from './kv-cache.js';
 import { NO_ROOM, StepScheduler } from './scheduler.js';
+import { type LogitAdjust, type SamplerExtras, type TokenLogprob, prepareRow, tokenLogprob } from './sampling.js';
 
 export interface GenerateOptions {
   /** Tokens to generate at most (default 256). */
@@ -23,6 +24,35 @@ export interface GenerateOptions {
   seed?: number;
   /** Stop when the text contains one of these (the stop string is not returned). */
   stop?: string[];
+  /**
+   * Stop when one of these tokens is generated (stopReason 'stop'; the token is not returned, like
+   * an end-of-sequence token). Token ids in [0, vocab).
+   */
+  stopTokenIds?: number[];
+  /** Keep generating past end-of-sequence tokens (they are returned as ordinary tokens); default false. */
+  ignoreEos?: boolean;
+  /**
+   * Repetition penalty (HF / llama.cpp / vLLM; default 1 = off, > 1 discourages repeats): the logit
+   * x of every token in the prompt or the generated text becomes x / r when positive, x * r when
+   * not. A finite number > 0.
+   */
+  repetitionPenalty?: number;
+  /** OpenAI presence penalty in [-2, 2] (default 0): subtracted from the logit of every token
+   *  generated at least once (the prompt does not count, as in vLLM). */
+  presencePenalty?: number;
+  /** OpenAI frequency penalty in [-2, 2] (default 0): times the number of times a token was
+   *  generated, subtracted from its logit (the prompt does not count, as in vLLM). */
+  frequencyPenalty?: number;
+  /** OpenAI logit_bias: token id -> a number in [-100, 100] added to its logit before sampling
+   *  (after the penalties; -100 practically bans a token, +100 practically forces it). */
+  logitBias?: Record<number, number>;
+  /**
+   * Report log-probabilities (GenerateResult.logprobs): each generated token's, and this many most
+   * likely alternatives (an integer in [0, 20]; 0 = only the chosen token's). They describe the
+   * model's own distribution, softmax of the raw logits: before temperature, penalties, bias and
+   * the top-k / top-p / min-p filters (vLLM's default).
+   */
+  logprobs?: number;
   signal?: AbortSignal;
   /**
    * Chat prompts: parse special-token text inside user and tool messages as special tokens
@@ -43,7 +73,8 @@ export interface GenerateOptions {
    * token and one draft in one forward pass and keeps 1 or 2 tokens. Greedy output is the plain
    * decoding's (up to top-two logit ties within the numeric noise); sampled output has plain
    * sampling's distribution (rejection sampling), not its exact tokens. `{ draftTokens: 1 }` is the
-   * same; more drafts per step are not supported. Default false.
+   * same; more drafts per step are not supported. Not combined with the penalties, logitBias or
+   * logprobs (E_ARGUMENT naming them). Default false.
    */
   speculative?: boolean | { draftTokens?: number };
 }
@@ -60,7 +91,7 @@ export interface SpeculativeStats {
 }
 
 /**
- * Why a generation ended: an end-of-sequence token, a stop string, maxTokens or the context
+ * Why a generation ended: an end-of-sequence token, a stop string or stop token id ('stop'), maxTokens or the context
  * limit ('length'), the AbortSignal, or 'cache': the model's shared KV cache had no block left for
  * the next token (other sessions hold them); the text so far is returned.
  */
@@ -82,6 +113,8 @@ export interface GenerateResult {
   avgFfnExpertsPerToken: number;
   /** With `speculative`: drafts and acceptance. */
   speculative?: SpeculativeStats;
+  /** With `logprobs`: one entry per generated token (`tokens[i]`'s at index i). */
+  logprobs?: TokenLogprob[];
 }
 
 /** Both a promise of the full result and an async iterable of UTF-8-safe text chunks. */
@@ -187,7 +220,10 @@ export class Session {
   private async loop(prompt: string | ChatMessage[], o: GenerateOptions, emit: (c: string) => void): Promise<GenerateResult> {
     this.owner.checkLive('Session.generate');
     const { engine, tokenizer, scheduler: sched } = this.owner;
-    const { maxTokens, temperature, stops, speculative } = checkGenerateOptions(o);
+    const { maxTokens, temperature, stops, speculative, stopTokenIds, ignoreEos, adjust, logprobs } = checkGenerateOptions(
+      o,
+      engine.dims.vocab,
+    );
     const chunk = o.prefillChunk ?? this.owner.prefillChunk;
     if (!Number.isInteger(chunk) || chunk < 1)
       throw new ArgumentError('E_ARGUMENT', `generate: prefillChunk must be an integer >= 1, got ${String(chunk)}`);
@@ -233,13 +269,24 @@ export class Session {
       tFirst = 0;
     const spec = { steps: 0, accepted: 0 };
     const hold = stops.reduce((m, s) => Math.max(m, s.length - 1), 0);
-    /** Takes a generated token: false when the generation ends with it (or before it, at an EOS). */
-    const take = (next: number): boolean => {
-      if (tokenizer.eosIds.includes(next)) {
+    const lps: TokenLogprob[] = [];
+    // penalties / bias / log-probabilities: the history is the prompt, then the tokens generated so far
+    const extras: SamplerExtras | undefined =
+      adjust || logprobs !== undefined
+        ? { adjust, logprobs, history: () => ({ tokens: [...ids, ...out], promptLength: ids.length }) }
+        : undefined;
+    /** Takes a generated token: false when the generation ends with it (or before it, at an EOS or a stop token id). */
+    const take = (next: number, lp?: TokenLogprob): boolean => {
+      if (!ignoreEos && tokenizer.eosIds.includes(next)) {
         stopReason = 'eos';
         return false;
       }
+      if (stopTokenIds.has(next)) {
+        stopReason = 'stop';
+        return false;
+      }
       out.push(next);
+      if (lp) lps.push(lp);
       textOut += decoder.push(next);
       const hit = firstStop(textOut, stops);
       if (hit >= 0) {
@@ -257,14 +304,17 @@ export class Session {
       return out.length < maxTokens;
     };
     /** Samples the token after the last row of `logits` (disposed), checking that it is finite. */
-    const sample = async (logits: Tensor, step: number): Promise<number> => {
+    const sample = async (logits: Tensor, step: number): Promise<{ next: number; lp?: TokenLogprob }> => {
+      const raw = extras ? prepareRow(logits, extras) : null;
       native.sample(null, sampled, logits, temperature, o.topK ?? 0, o.topP ?? 1, o.minP ?? 0, o.seed ?? 0, this.cached.length);
       const next = (await toArrayAsync(sampled))[0]!;
+      const lp = raw ? await tokenLogprob(raw, sampled, logprobs!) : undefined;
+      if (raw && raw !== logits) raw.dispose();
       const nextLogit = logitAt(logits, next);
       logits.dispose();
       this.owner.checkLive('Session.generate'); // disposed while this step ran
       checkFinite(next, nextLogit, step, this.cached.length);
-      return next;
+      return { next, lp };
     };
 
     let pending: number[] = ids.slice(common);
@@ -278,7 +328,8 @@ export class Session {
         // cache is filled along (pairs of each position's hidden state and the token after it).
         if (this.seq.length + pending.length > this.seq.maxContext) this.seq.reserve(pending.length); // E_CONTEXT, before any work
         let next = -1,
-          draft = -1;
+          draft = -1,
+          firstLogprob: TokenLogprob | undefined;
         while (pending.length > 0) {
           if (o.signal?.aborted) {
             stopReason = 'abort';
@@ -301,7 +352,7 @@ export class Session {
                 await synchronizeAsync(engine.device);
                 return;
               }
-              next = await sample(r.logits, 0);
+              ({ next, lp: firstLogprob } = await sample(r.logits, 0));
               if (r.hidden) draft = await this.firstDraft([...part.slice(1), next], start, r.hidden);
             } finally {
               r.hidden?.dispose();
@@ -313,7 +364,7 @@ export class Session {
         o.onPrefillChunk?.({ done: prefillTotal, total: prefillTotal });
         if (this.owner.prefixCache) this.seq.publish(this.cached, this.mtpValid); // the prompt's pages, for later prompts that share them
         tFirst = performance.now();
-        if (!take(next)) return;
+        if (!take(next, firstLogprob)) return;
         await yieldToEventLoop();
 
         // Each step waits for its turn in the model's scheduler, batched with the other sessions'.
@@ -359,7 +410,7 @@ export class Session {
             // The context limit ends a generation like maxTokens does; so does a KV cache with no
             // block left for the next token, which other sessions hold ('cache': the text so far is kept).
             if (this.seq.length + 1 > this.seq.maxContext) break;
-            const d = this.seq.canReserve(1) ? await sched.decode(this.seq, next, sampling) : NO_ROOM;
+            const d = this.seq.canReserve(1) ? await sched.decode(this.seq, next, sampling, extras) : NO_ROOM;
             this.owner.checkLive('Session.generate');
             if (d === NO_ROOM) {
               stopReason = 'cache';
@@ -370,7 +421,7 @@ export class Session {
             ffnCount += d.ffnCount;
             checkFinite(d.next, d.logit, step, this.cached.length);
             next = d.next;
-            if (!take(next)) break;
+            if (!take(next, d.logprob)) break;
           }
           await yieldToEventLoop();
         }
@@ -408,6 +459,7 @@ export class Session {
             },
           }
         : {}),
+      ...(logprobs !== undefined ? { logprobs: lps } : {}),
     };
   }
 
@@ -471,8 +523,8 @@ export class Session {
   }
 }
 
-/** Every option checked before any work, with a typed error naming it. */
-function checkGenerateOptions(o: GenerateOptions) {
+/** Every option checked before any work, with a typed error naming it (token ids against `vocab`). */
+function checkGenerateOptions(o: GenerateOptions, vocab: number) {
   if (typeof o !== 'object' || o === null) throw new ArgumentError('E_ARGUMENT', 'generate: options must be an object');
   const bad = (name: string, want: string, got: unknown) =>
     new ArgumentError(
@@ -497,7 +549,59 @@ function checkGenerateOptions(o: GenerateOptions) {
     throw bad('speculative', 'true, false or { draftTokens: 1 }', sp);
   if (typeof sp === 'object' && sp.draftTokens !== undefined && sp.draftTokens !== 1)
     throw bad('speculative.draftTokens', '1 (one MTP draft per step; more are not supported)', sp.draftTokens);
-  return { maxTokens, temperature, stops: (o.stop ?? []).filter(s => s.length > 0), speculative: sp !== false };
+  const isToken = (x: unknown) => Number.isInteger(x) && (x as number) >= 0 && (x as number) < vocab;
+  const tokenWant = `a token id (an integer in [0, ${vocab}))`;
+  const stopIds = o.stopTokenIds ?? [];
+  if (!Array.isArray(stopIds)) throw bad('stopTokenIds', `an array of token ids (integers in [0, ${vocab}))`, stopIds);
+  stopIds.forEach((t, i) => {
+    if (!isToken(t)) throw bad(`stopTokenIds[${i}]`, tokenWant, t);
+  });
+  const ignoreEos = o.ignoreEos ?? false;
+  if (typeof ignoreEos !== 'boolean') throw bad('ignoreEos', 'true or false', ignoreEos);
+  const repetition = num('repetitionPenalty', 1, 'a finite number > 0', x => Number.isFinite(x) && x > 0);
+  const presence = num('presencePenalty', 0, 'a number in [-2, 2]', x => x >= -2 && x <= 2);
+  const frequency = num('frequencyPenalty', 0, 'a number in [-2, 2]', x => x >= -2 && x <= 2);
+  const lb = o.logitBias ?? {};
+  if (typeof lb !== 'object' || lb === null || Array.isArray(lb))
+    throw bad('logitBias', 'an object of token id -> number in [-100, 100]', lb);
+  const bias: [number, number][] = Object.entries(lb).map(([key, v]) => {
+    const id = /^(0|[1-9][0-9]*)$/.test(key) ? Number(key) : Number.NaN;
+    if (!isToken(id)) throw bad(`logitBias key '${key}'`, tokenWant, key);
+    if (typeof v !== 'number' || !(v >= -100 && v <= 100)) throw bad(`logitBias[${key}]`, 'a number in [-100, 100]', v);
+    return [id, v];
+  });
+  const logprobs = o.logprobs;
+  if (logprobs !== undefined && (typeof logprobs !== 'number' || !Number.isInteger(logprobs) || logprobs < 0 || logprobs > 20))
+    throw bad('logprobs', 'an integer in [0, 20] (the top alternatives to report per token)', logprobs);
+  const adjust: LogitAdjust | null =
+    repetition !== 1 || presence !== 0 || frequency !== 0 || bias.length > 0 ? { repetition, presence, frequency, bias } : null;
+  if (sp !== false && (adjust || logprobs !== undefined)) {
+    const asked = (
+      [
+        ['repetitionPenalty', repetition !== 1],
+        ['presencePenalty', presence !== 0],
+        ['frequencyPenalty', frequency !== 0],
+        ['logitBias', bias.length > 0],
+        ['logprobs', logprobs !== undefined],
+      ] as const
+    )
+      .filter(([, on]) => on)
+      .map(([name]) => name);
+    throw new ArgumentError(
+      'E_ARGUMENT',
+      `generate: speculative decoding cannot be combined with ${asked.join(', ')} (its verify step samples inside a captured graph without them); drop one or the other`,
+    );
+  }
+  return {
+    maxTokens,
+    temperature,
+    stops: (o.stop ?? []).filter(s => s.length > 0),
+    speculative: sp !== false,
+    stopTokenIds: new Set(stopIds),
+    ignoreEos,
+    adjust,
+    logprobs,
+  };
 }
 
 /**

@@ -11,6 +11,7 @@ import { native } from './native.js';
 import { type Tensor, empty, toArray, toArrayAsync } from './tensor.js';
 import type { LongcatModel, SamplingParams } from './model/model.js';
 import type { SequenceCache } from './kv-cache.js';
+import { type SamplerExtras, type TokenLogprob, prepareRow, tokenLogprob } from './sampling.js';
 
 export interface DecodeResult {
   /** The sampled token after `token`, and its logit (a non-finite one means a broken row). */
@@ -19,6 +20,8 @@ export interface DecodeResult {
   /** FFN experts chosen for `token`, summed over layers, and the number of layers counted. */
   ffnSum: number;
   ffnCount: number;
+  /** With SamplerExtras.logprobs: the sampled token's log-probabilities. */
+  logprob?: TokenLogprob;
 }
 
 export interface SpeculateResult {
@@ -42,6 +45,7 @@ interface DecodeRequest extends Waiting<DecodeResult> {
   seq: SequenceCache;
   token: number;
   sampling: SamplingParams;
+  extras: SamplerExtras | undefined;
 }
 interface SpeculateRequest extends Waiting<SpeculateResult> {
   seq: SequenceCache;
@@ -60,10 +64,16 @@ export class StepScheduler {
 
   constructor(private readonly engine: LongcatModel) {}
 
-  /** One plain decode step of `seq` on `token`, batched with every other waiting one. */
-  decode(seq: SequenceCache, token: number, sampling: SamplingParams): Promise<DecodeResult | typeof NO_ROOM> {
+  /** One plain decode step of `seq` on `token`, batched with every other waiting one; `extras`:
+   *  this sequence's penalties, bias and log-probabilities. */
+  decode(
+    seq: SequenceCache,
+    token: number,
+    sampling: SamplingParams,
+    extras?: SamplerExtras,
+  ): Promise<DecodeResult | typeof NO_ROOM> {
     return new Promise((resolve, reject) => {
-      this.decodes.push({ seq, token, sampling, resolve, reject });
+      this.decodes.push({ seq, token, sampling, extras, resolve, reject });
       this.kick();
     });
   }
@@ -155,17 +165,25 @@ export class StepScheduler {
       { collectRouting: true },
     );
     const ids = empty([B], { dtype: 'int32', device: e.device });
+    // per row with log-probabilities: the raw row and its sampled id (each sequence's own settings)
+    const wanted: { b: number; raw: Tensor; row: Tensor; id: Tensor; k: number }[] = [];
     try {
       reqs.forEach((r, b) => {
         const p = r.sampling,
           row = logits.narrow(b, 1),
           id = ids.narrow(b, 1);
+        const raw = r.extras ? prepareRow(row, r.extras) : null;
         // the sampler's step: the position of the token it draws (plain decoding's, batched or not)
         native.sample(null, id, row, p.temperature, p.topK, p.topP, p.minP, p.seed, r.seq.length);
-        row.dispose();
-        id.dispose();
+        if (raw) wanted.push({ b, raw, row, id, k: r.extras!.logprobs! });
+        else {
+          row.dispose();
+          id.dispose();
+        }
       });
       const next = await toArrayAsync(ids);
+      const logprobs = new Map<number, TokenLogprob>();
+      for (const w of wanted) logprobs.set(w.b, await tokenLogprob(w.raw, w.id, w.k));
       const flat = logits.view([-1]);
       const logitOf = (b: number) => {
         const one = flat.narrow(b * V + next[b]!, 1);
@@ -175,10 +193,16 @@ export class StepScheduler {
       };
       const ffn = perRow(nFfn, B);
       reqs.forEach((r, b) => {
-        r.resolve({ next: next[b]!, logit: logitOf(b), ffnSum: ffn[b]!, ffnCount: nFfn.length });
+        const logprob = logprobs.get(b);
+        r.resolve({ next: next[b]!, logit: logitOf(b), ffnSum: ffn[b]!, ffnCount: nFfn.length, ...(logprob ? { logprob } : {}) });
       });
       flat.dispose();
     } finally {
+      for (const w of wanted) {
+        if (w.raw !== w.row) w.raw.dispose();
+        w.row.dispose();
+        w.id.dispose();
+      }
       ids.dispose();
       logits.dispose();
       for (const t of nFfn) t.dispose();

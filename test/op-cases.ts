@@ -644,6 +644,53 @@ for (const [topK, topP, minP] of [
     },
   });
 }
+// penalize: bit-exact between CPU and GPU (every step rounds once in f32; the bias adds in order).
+for (const [R, V, H, nb] of [
+  [3, 1001, 37, 3],
+  [8, 131072, 2048, 16],
+] as const) {
+  add({
+    name: `penalize R=${R} V=${V} H=${H} nb=${nb}`,
+    shapes: { R, V, H, nb },
+    bytes: 8 * R * V + 4 * R * (H + 2 * nb),
+    make(device, r) {
+      const x = tensor(uniform(r, R * V, 8), [R, V], { device });
+      // a few hot tokens per row, so that counts exceed 1; some -1 padding
+      const history = Array.from({ length: R * H }, () => (r.int(8) === 0 ? -1 : r.int(2) ? r.int(16) : r.int(V)));
+      const promptLengths = Array.from({ length: R }, () => r.int(H + 1));
+      const params = Array.from({ length: R }, (_, i) => [[1, 1.3, 0.7][i % 3]!, r.uniform(-2, 2), r.uniform(-2, 2)]).flat();
+      const biasIds = Array.from({ length: R * nb }, () => (r.int(6) === 0 ? -1 : r.int(2) ? r.int(16) : r.int(V)));
+      const h = int32(history, [R, H], device),
+        pl = int32(promptLengths, [R], device),
+        p = tensor(params, [R, 3], { device }),
+        bi = int32(biasIds, [R, nb], device),
+        bv = tensor(uniform(r, R * nb, 100), [R, nb], { device });
+      return { outs: [x], run: s => native.penalize(s, x, h, pl, p, bi, bv) };
+    },
+  });
+}
+// logprobs: the same top ids; values within the f64 normaliser's summation order and exp / log.
+for (const [R, V, k] of [
+  [3, 1001, 5],
+  [8, 131072, 20],
+] as const) {
+  add({
+    name: `logprobs R=${R} V=${V} k=${k}`,
+    shapes: { R, V, k },
+    bytes: 4 * R * V,
+    make(device, r) {
+      const x = tensor(uniform(r, R * V, 10), [R, V], { device }),
+        chosen = int32(
+          Array.from({ length: R }, () => r.int(V)),
+          [R],
+          device,
+        ),
+        out = empty([R, 1 + k], { device }),
+        ids = empty([R, k], { dtype: 'int32', device });
+      return { outs: [out, ids], run: s => native.logprobs(s, out, ids, x, chosen, k), bound: () => [2e-6, 0] };
+    },
+  });
+}
 // sampleSpeculative: greedy sequences and single-survivor ones (topK = 1 at any temperature) are
 // bit-exact between CPU and GPU; sampled ones get the same accept decisions (the same uniforms
 // against the same probabilities) but may draw other corrections (see cuda/elementwise.cu).

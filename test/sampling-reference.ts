@@ -92,3 +92,44 @@ export function chiSquare(counts: Float64Array, q: Float64Array) {
   }
   return { chi2, df, outside };
 }
+
+/** One row's penalties and bias as penalize takes them (history: prompt then generated, -1 padded). */
+export interface PenaltyRow {
+  history: number[];
+  promptLength: number;
+  repetition: number;
+  presence: number;
+  frequency: number;
+  bias: [id: number, value: number][];
+}
+
+/** penalize's rule on one row (f32 rounding after every operation, as the op rounds): a new row. */
+export function penalizeRef(row: ArrayLike<number>, p: PenaltyRow): Float32Array {
+  const f = Math.fround;
+  const x = Float32Array.from(row);
+  const generated = new Map<number, number>();
+  p.history.forEach((t, j) => {
+    if (t >= 0) generated.set(t, (generated.get(t) ?? 0) + (j >= p.promptLength ? 1 : 0));
+  });
+  const [rep, pres, freq] = [f(p.repetition), f(p.presence), f(p.frequency)];
+  for (const [t, c] of generated) {
+    let v = x[t]!;
+    if (rep !== 1) v = v > 0 ? f(v / rep) : f(v * rep);
+    if (c > 0) v = f(v - f(pres + f(freq * c)));
+    x[t] = v;
+  }
+  for (const [id, value] of p.bias) if (id >= 0) x[id] = f(x[id]! + f(value));
+  return x;
+}
+
+/** logprobs' rule on one row in float64: the chosen token's and the k best (logit desc, id asc). */
+export function logprobsRef(row: ArrayLike<number>, chosen: number, k: number): { chosen: number; ids: number[]; top: number[] } {
+  const x = Array.from(row, v => (Number.isNaN(v) ? -Infinity : v));
+  const m = x.reduce((a, v) => Math.max(a, v), -Infinity);
+  const lse = Number.isFinite(m) ? m + Math.log(x.reduce((s, v) => s + Math.exp(v - m), 0)) : NaN;
+  const order = x
+    .map((_, i) => i)
+    .sort((a, b) => (x[a]! > x[b]! ? -1 : x[a]! < x[b]! ? 1 : a - b))
+    .slice(0, k);
+  return { chosen: x[chosen]! - lse, ids: order, top: order.map(i => x[i]! - lse) };
+}

@@ -91,6 +91,40 @@ export interface SmallOps {
     positions: Tensor,
     params: Tensor,
   ): void;
+  /**
+   * Adjusts logits [R, V] (f32) in place before sampling, row by row with each row's own settings
+   * (tensors, so that a captured graph replays with new values). history int32 [R, H]: the row's
+   * sequence so far, negative entries are padding; its first promptLengths[r] entries (int32 [R])
+   * are the prompt, the rest the generated tokens. params f32 [R, 3] = [repetition, presence,
+   * frequency]. For each token t, in this order:
+   *   repetition r (HF / llama.cpp / vLLM; 1 = off), t anywhere in the history: x > 0 ? x / r : x * r;
+   *   presence, frequency (OpenAI; 0 = off), over the generated part only (vLLM), c = occurrences
+   *   of t there: x -= presence * [c > 0] + frequency * c;
+   *   logit bias (OpenAI logit_bias): x[biasIds[r, j]] += biasValues[r, j] (int32 / f32 [R, nb];
+   *   negative ids are padding; a repeated id adds each value).
+   * Every step rounds once in f32 (never fused): CPU and CUDA agree bit for bit. On the CPU a history
+   * or bias id >= V, a prompt length outside [0, H], a repetition that is not finite > 0, a
+   * non-finite presence / frequency or a NaN bias fails with E_ARGUMENT (raised at synchronize /
+   * toBytes, nothing written); on CUDA such ids count for nothing and values are used as given.
+   */
+  penalize(
+    stream: S,
+    logits: Tensor,
+    history: Tensor,
+    promptLengths: Tensor,
+    params: Tensor,
+    biasIds: Tensor,
+    biasValues: Tensor,
+  ): void;
+  /**
+   * Log-probabilities of the distribution softmax(logits) (the row as given: apply it to the raw
+   * logits for the model's own distribution). logits f32 [R, V] (NaN read as -inf); chosen int32
+   * [R]; k in [0, min(20, V)]. out f32 [R, 1 + k]: out[r, 0] = log p(chosen[r]), out[r, 1 + i] =
+   * log p(outIds[r, i]); outIds int32 [R, k]: the k most likely tokens (larger logit first, ties:
+   * lower id first). The normaliser is summed in f64. A row whose maximum is not finite gives NaN.
+   * A chosen id outside [0, V) fails with E_ARGUMENT on the CPU and gives NaN on CUDA.
+   */
+  logprobs(stream: S, out: Tensor, outIds: Tensor, logits: Tensor, chosen: Tensor, k: number): void;
   /** out[b] = candidates[b, accepted[b]] (the next draft among per-row candidates); an accepted
    *  count outside [0, k] is clamped into it. out int32 [B]; candidates int32 [B, k + 1]; accepted int32 [B]. */
   selectAccepted(stream: S, out: Tensor, candidates: Tensor, accepted: Tensor): void;

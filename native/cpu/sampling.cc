@@ -22,6 +22,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "../common.h"
 #include "threadpool.h"
@@ -284,6 +285,96 @@ void sample_speculative(int64_t B, int64_t k, int64_t V, const float* logits, co
       for (int64_t b = B * s / slots; b < B * (s + 1) / slots; ++b)
         accepted[b] = speculate_sequence(k, V, logits + b * R * V, drafts + b * k, positions + b * R,
                                          decode_speculative_params(params + b * kSpeculativeParams), tokens + b * R, c);
+    }
+  });
+}
+
+void penalize(int64_t R, int64_t V, int64_t H, int64_t nb, float* logits, const int32_t* history, const int32_t* prompt_lengths,
+              const float* params, const int32_t* bias_ids, const float* bias_values) {
+  for (int64_t r = 0; r < R; ++r) {  // everything is checked before anything is written
+    const long long rr = static_cast<long long>(r);
+    const float* q = params + r * kPenaltyParams;
+    if (!(q[0] > 0.0f) || std::isinf(q[0]))
+      fail(Code::E_ARGUMENT, "penalize: params[%lld, 0] (repetition) must be a finite number > 0 (1 = off), got %g", rr,
+           static_cast<double>(q[0]));
+    if (!std::isfinite(q[1]) || !std::isfinite(q[2]))
+      fail(Code::E_ARGUMENT, "penalize: params[%lld, 1..2] (presence, frequency) must be finite, got %g, %g", rr,
+           static_cast<double>(q[1]), static_cast<double>(q[2]));
+    if (prompt_lengths[r] < 0 || prompt_lengths[r] > H)
+      fail(Code::E_ARGUMENT, "penalize: promptLengths[%lld] = %d is outside [0, %lld] (the history's length)", rr,
+           prompt_lengths[r], static_cast<long long>(H));
+    for (int64_t j = 0; j < H; ++j)
+      if (history[r * H + j] >= V)
+        fail(Code::E_ARGUMENT, "penalize: history[%lld, %lld] = %d is out of range for a vocabulary of %lld", rr,
+             static_cast<long long>(j), history[r * H + j], static_cast<long long>(V));
+    for (int64_t j = 0; j < nb; ++j) {
+      if (bias_ids[r * nb + j] >= V)
+        fail(Code::E_ARGUMENT, "penalize: biasIds[%lld, %lld] = %d is out of range for a vocabulary of %lld", rr,
+             static_cast<long long>(j), bias_ids[r * nb + j], static_cast<long long>(V));
+      if (std::isnan(bias_values[r * nb + j]))
+        fail(Code::E_ARGUMENT, "penalize: biasValues[%lld, %lld] is NaN", rr, static_cast<long long>(j));
+    }
+  }
+  parallel_for(R, 1, [&](int64_t b, int64_t e) {
+    std::vector<int64_t> keys;  // 2 * token + (1 if generated): sorted, a token's entries are adjacent
+    for (int64_t r = b; r < e; ++r) {
+      float* x = logits + r * V;
+      const float* q = params + r * kPenaltyParams;
+      keys.clear();
+      for (int64_t j = 0; j < H; ++j)
+        if (history[r * H + j] >= 0) keys.push_back(2 * int64_t{history[r * H + j]} + (j >= prompt_lengths[r] ? 1 : 0));
+      std::sort(keys.begin(), keys.end());
+      for (size_t i = 0; i < keys.size();) {
+        const int64_t t = keys[i] / 2;
+        uint64_t generated = 0;
+        for (; i < keys.size() && keys[i] / 2 == t; ++i) generated += static_cast<uint64_t>(keys[i] & 1);
+        x[t] = penalized_logit(x[t], q[0], q[1], q[2], generated);
+      }
+      for (int64_t j = 0; j < nb; ++j)
+        if (bias_ids[r * nb + j] >= 0) x[bias_ids[r * nb + j]] += bias_values[r * nb + j];
+    }
+  });
+}
+
+void logprobs(int64_t R, int64_t V, int64_t k, const float* logits, const int32_t* chosen, float* out, int32_t* out_ids) {
+  for (int64_t r = 0; r < R; ++r)
+    if (chosen[r] < 0 || chosen[r] >= V)
+      fail(Code::E_ARGUMENT, "logprobs: chosen[%lld] = %d is out of range for a vocabulary of %lld", static_cast<long long>(r),
+           chosen[r], static_cast<long long>(V));
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  parallel_for(R, std::max<int64_t>(1, 16384 / std::max<int64_t>(V, 1)), [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      const float* l = logits + r * V;
+      auto val = [&](int64_t j) { return std::isnan(l[j]) ? kNegInf : l[j]; };
+      float m = kNegInf;
+      for (int64_t j = 0; j < V; ++j) m = std::max(m, val(j));
+      double lse = std::numeric_limits<double>::quiet_NaN();
+      if (std::isfinite(m)) {
+        double s = 0;
+        for (int64_t j = 0; j < V; ++j) s += std::exp(static_cast<double>(val(j)) - m);
+        lse = m + std::log(s);
+      }
+      float* o = out + r * (1 + k);
+      o[0] = static_cast<float>(static_cast<double>(val(chosen[r])) - lse);
+      // the k best by a bounded heap whose top is the worst kept (k <= 20)
+      Cand c[kMaxTopLogprobs];
+      auto before = [](const Cand& a, const Cand& b) { return logit_before(a.w, a.i, b.w, b.i); };
+      for (int64_t j = 0; j < V; ++j) {
+        const Cand cj{val(j), static_cast<int32_t>(j)};
+        if (j < k) {
+          c[j] = cj;
+          std::push_heap(c, c + j + 1, before);
+        } else if (k > 0 && before(cj, c[0])) {
+          std::pop_heap(c, c + k, before);
+          c[k - 1] = cj;
+          std::push_heap(c, c + k, before);
+        }
+      }
+      std::sort_heap(c, c + k, before);
+      for (int64_t i = 0; i < k; ++i) {
+        out_ids[r * k + i] = c[i].i;
+        o[1 + i] = static_cast<float>(static_cast<double>(c[i].w) - lse);
+      }
     }
   });
 }

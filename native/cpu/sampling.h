@@ -40,6 +40,57 @@ LC_HD double sample_uniform(uint64_t seed, uint64_t step, uint64_t row) {
   return static_cast<double>(x >> 11) * (1.0 / 9007199254740992.0);
 }
 
+// ---- penalties and logit bias ---------------------------------------------------------------------
+//
+// penalize adjusts rows of logits in place before sampling. Row r has a history history[r, 0..H)
+// of token ids (negative entries are padding and count for nothing): its first
+// prompt_lengths[r] entries are the prompt, the rest the generated tokens (vLLM's split).
+// params f32 [R, kPenaltyParams] = [repetition, presence, frequency]. For each token t:
+//   repetition (HF / llama.cpp / vLLM): t anywhere in the history: x = x > 0 ? x / r : x * r;
+//   presence, frequency (OpenAI, counted over the generated part only, c = occurrences of t there):
+//     x = x - (presence * [c > 0] + frequency * c);
+// then logit bias (OpenAI logit_bias): x += bias_values[r, j] for each j with bias_ids[r, j] >= 0
+// (negative ids are padding; a repeated id adds each of its values, in order of j).
+constexpr int kPenaltyParams = 3;
+
+// The penalised logit of a token present in the history (`generated` of its occurrences in the
+// generated part); one rounding per operation, never fused, so the CPU and CUDA agree bit for bit.
+LC_HD float penalized_logit(float x, float repetition, float presence, float frequency, uint64_t generated) {
+  if (repetition != 1.0f) x = x > 0.0f ? x / repetition : x * repetition;
+  if (generated == 0) return x;
+#ifdef __CUDA_ARCH__
+  return __fsub_rn(x, __fadd_rn(presence, __fmul_rn(frequency, static_cast<float>(generated))));
+#else
+  const float f = frequency * static_cast<float>(generated);
+  const float sub = presence + f;
+  return x - sub;
+#endif
+}
+
+// The rule above on the CPU, rows in parallel. logits f32 [R, V] (in place), history int32 [R, H],
+// prompt_lengths int32 [R], params f32 [R, 3], bias_ids int32 [R, nb], bias_values f32 [R, nb].
+// Checks every input first and fails with E_ARGUMENT (nothing written) when a history or bias id
+// is >= V, a prompt length is outside [0, H], repetition is not a finite number > 0, presence or
+// frequency is not finite, or a bias value is NaN.
+void penalize(int64_t R, int64_t V, int64_t H, int64_t nb, float* logits, const int32_t* history, const int32_t* prompt_lengths,
+              const float* params, const int32_t* bias_ids, const float* bias_values);
+
+// ---- log-probabilities -------------------------------------------------------------------------------
+//
+// logprobs: for each row r of logits f32 [R, V], with NaN read as -inf, m = the row's maximum and
+// lse = m + log(sum_j exp(x_j - m)) (exp and the sum in f64):
+//   out[r, 0] = float(x[chosen[r]] - lse), the chosen token's log-probability;
+//   out_ids[r, 0..k) = the k most likely tokens (larger logit first, ties: lower id first),
+//   out[r, 1 + i] = float(x[out_ids[r, i]] - lse).
+// A row whose maximum is not finite (all -inf / NaN, or a +inf) has NaN log-probabilities.
+constexpr int64_t kMaxTopLogprobs = 20;
+// The chosen token first: larger logit first, then lower id (NaN already read as -inf).
+LC_HD bool logit_before(float a, int32_t ia, float b, int32_t ib) { return a > b || (a == b && ia < ib); }
+
+// On the CPU, rows in parallel; k <= kMaxTopLogprobs, k <= V. Fails with E_ARGUMENT (nothing
+// written) when a chosen id is outside [0, V).
+void logprobs(int64_t R, int64_t V, int64_t k, const float* logits, const int32_t* chosen, float* out, int32_t* out_ids);
+
 // ---- speculative sampling -----------------------------------------------------------------------
 //
 // sample_speculative verifies k deterministic drafts per sequence for B sequences. Sequence b owns

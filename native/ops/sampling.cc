@@ -5,6 +5,10 @@
 //     drafts int32 [B, k], positions int32 [B*(k+1)], params int32 [B, 6]): rejection sampling
 //     of k drafts per sequence (the rule: cpu/sampling.h)
 //   selectAccepted(stream, out int32 [B], candidates int32 [B, k+1], accepted int32 [B])
+//   penalize(stream, logits f32 [R, V] (in place), history int32 [R, H], promptLengths int32 [R],
+//     params f32 [R, 3], biasIds int32 [R, nb], biasValues f32 [R, nb]): repetition / presence /
+//     frequency penalties and logit bias (the rule: cpu/sampling.h)
+//   logprobs(stream, out f32 [R, 1 + k], outIds int32 [R, k], logits f32 [R, V], chosen int32 [R], k)
 #include <cmath>
 #include <utility>
 
@@ -118,5 +122,69 @@ static void SelectAccepted(const OpArgs& a) {
 }
 
 LC_REGISTER_OP("selectAccepted", SelectAccepted);
+
+static void Penalize(const OpArgs& a) {
+  Tensor x = a.tensor(1, "logits"), history = a.tensor(2, "history"), prompt_lengths = a.tensor(3, "promptLengths"),
+         params = a.tensor(4, "params"), bias_ids = a.tensor(5, "biasIds"), bias_values = a.tensor(6, "biasValues");
+  const Device d = x.device();
+  int64_t R, V, H, nb;
+  a.dims(x, "logits", {DType::F32}, d, &R, &V);
+  if (V < 1 || V > INT32_MAX)
+    fail(Code::E_SHAPE, "penalize: 'logits' has shape %s, expected a vocabulary (last dimension) in [1, 2^31)",
+         shape_str(x.shape).c_str());
+  a.expect(history, "history", {DType::I32}, d, {R, -1});
+  H = history.dim(1);
+  a.expect(prompt_lengths, "promptLengths", {DType::I32}, d, {R});
+  a.expect(params, "params", {DType::F32}, d, {R, cpu::kPenaltyParams});
+  a.expect(bias_ids, "biasIds", {DType::I32}, d, {R, -1});
+  nb = bias_ids.dim(1);
+  a.expect(bias_values, "biasValues", {DType::F32}, d, {R, nb});
+  for (const auto& [name, in] : {std::pair<const char*, const Tensor&>{"history", history},
+                                 {"promptLengths", prompt_lengths},
+                                 {"params", params},
+                                 {"biasIds", bias_ids},
+                                 {"biasValues", bias_values}})
+    if (overlaps(x, in)) fail(Code::E_ARGUMENT, "penalize: 'logits' overlaps '%s'", name);
+  std::optional<Tensor> ws;  // the CUDA kernel's token counts
+  if (!d.is_cpu() && R > 0) ws = empty_tensor(d, DType::I8, {LC_IF_CUDA(gpu::penalize_workspace_bytes(R, V), 0)});
+  a.launch(
+      d,
+      [=] {
+        cpu::penalize(R, V, H, nb, x.ptr<float>(), history.ptr<int32_t>(), prompt_lengths.ptr<int32_t>(), params.ptr<float>(),
+                      bias_ids.ptr<int32_t>(), bias_values.ptr<float>());
+      },
+      LC_GPU(gpu::penalize(R, V, H, nb, x.ptr<float>(), history.ptr<int32_t>(), prompt_lengths.ptr<int32_t>(),
+                           params.ptr<float>(), bias_ids.ptr<int32_t>(), bias_values.ptr<float>(), opt_ptr<void>(ws),
+                           ws ? ws->numel() : 0, stream)));
+}
+
+LC_REGISTER_OP("penalize", Penalize);
+
+static void Logprobs(const OpArgs& a) {
+  Tensor out = a.tensor(1, "out"), out_ids = a.tensor(2, "outIds"), x = a.tensor(3, "logits"), chosen = a.tensor(4, "chosen");
+  const int64_t k = a.integer(5, "k");
+  const Device d = x.device();
+  int64_t R, V;
+  a.dims(x, "logits", {DType::F32}, d, &R, &V);
+  if (V < 1 || V > INT32_MAX)
+    fail(Code::E_SHAPE, "logprobs: 'logits' has shape %s, expected a vocabulary (last dimension) in [1, 2^31)",
+         shape_str(x.shape).c_str());
+  if (k < 0 || k > cpu::kMaxTopLogprobs || k > V)
+    fail(Code::E_ARGUMENT, "logprobs: k must be an integer in [0, min(%lld, V = %lld)], got %lld", ll(cpu::kMaxTopLogprobs),
+         ll(V), ll(k));
+  a.expect(chosen, "chosen", {DType::I32}, d, {R});
+  a.expect(out, "out", {DType::F32}, d, {R, 1 + k});
+  a.expect(out_ids, "outIds", {DType::I32}, d, {R, k});
+  for (const auto& [name, in] : {std::pair<const char*, const Tensor&>{"logits", x}, {"chosen", chosen}}) {
+    if (overlaps(out, in)) fail(Code::E_ARGUMENT, "logprobs: 'out' overlaps '%s'", name);
+    if (overlaps(out_ids, in)) fail(Code::E_ARGUMENT, "logprobs: 'outIds' overlaps '%s'", name);
+  }
+  if (overlaps(out, out_ids)) fail(Code::E_ARGUMENT, "logprobs: 'out' overlaps 'outIds'");
+  a.launch(
+      d, [=] { cpu::logprobs(R, V, k, x.ptr<float>(), chosen.ptr<int32_t>(), out.ptr<float>(), out_ids.ptr<int32_t>()); },
+      LC_GPU(gpu::logprobs(R, V, k, x.ptr<float>(), chosen.ptr<int32_t>(), out.ptr<float>(), out_ids.ptr<int32_t>(), stream)));
+}
+
+LC_REGISTER_OP("logprobs", Logprobs);
 
 }  // namespace lc
