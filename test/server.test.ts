@@ -4,6 +4,10 @@
 // error status, the API key, concurrent streams with clients leaving mid-stream (no leaked KV
 // blocks), /metrics and /health, loading and graceful shutdown.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { spawn, spawnSync } from 'node:child_process';
+import { once } from 'node:events';
+import path from 'node:path';
+import readline from 'node:readline';
 import OpenAI from 'openai';
 import { createServer, type LongcatServer } from '../lib/server.js';
 import type { GenerateOptions, Model } from '../lib/generate.js';
@@ -548,5 +552,67 @@ describe('/metrics and /health', () => {
     expect(() => createServer(tiny.model, { maxQueue: -1 })).toThrow(/maxQueue/);
     expect(() => createServer(tiny.model, { maxConcurrent: 0 })).toThrow(/maxConcurrent/);
     expect(() => createServer(tiny.model, { apiKey: '' })).toThrow(/apiKey/);
+  });
+});
+
+describe('longcat serve (dist/cli.js)', () => {
+  const cli = path.resolve(__dirname, '../dist/cli.js');
+
+  it('prints its URL, serves the checkpoint with the API key, and exits 0 on SIGTERM after the in-flight stream ends', async () => {
+    const child = spawn(process.execPath, [
+      cli,
+      'serve',
+      '--model',
+      tiny.dir,
+      '--port',
+      '0',
+      '--api-key',
+      'k',
+      '--model-name',
+      'm',
+    ]);
+    try {
+      const lines = (stream: NodeJS.ReadableStream) => readline.createInterface({ input: stream })[Symbol.asyncIterator]();
+      const out = lines(child.stdout),
+        err = lines(child.stderr);
+      const first = (await out.next()).value as string;
+      const base = /serving on (http:\/\/127\.0\.0\.1:\d+)\/v1/.exec(first)?.[1];
+      expect(base, first).toBeDefined();
+      for (let line = ''; !line.includes('accepting requests'); ) {
+        const r = await err.next();
+        expect(r.done, 'stderr ended before the model loaded').toBe(false);
+        line = r.value as string;
+      }
+      const c = new OpenAI({ apiKey: 'k', baseURL: `${base}/v1`, maxRetries: 0 });
+      const want = await sdk(messages, { maxTokens: 6 });
+      const r = await c.chat.completions.create({ model: 'm', messages, max_tokens: 6, temperature: 0 });
+      expect(r.choices[0]!.message.content).toBe(want.text);
+      await expectError(await post('/v1/models', {}, {}, base), 401, 'invalid_api_key');
+      // SIGTERM once the stream has its first chunk: the stream still ends with [DONE], then the process exits 0
+      const stream = await c.chat.completions.create({ model: 'm', messages, max_tokens: 40, temperature: 0, stream: true });
+      let text = '';
+      let signalled = false;
+      for await (const chunk of stream) {
+        text += chunk.choices[0]?.delta.content ?? '';
+        if (!signalled) {
+          signalled = true;
+          child.kill('SIGTERM');
+        }
+      }
+      expect(text).toBe((await sdk(messages, { maxTokens: 40 })).text);
+      const [code] = await once(child, 'exit');
+      expect(code).toBe(0);
+      const rest: string[] = [];
+      for (let l = await err.next(); !l.done; l = await err.next()) rest.push(l.value as string);
+      expect(rest.join('\n')).toMatch(/SIGTERM: no new requests[\s\S]*stopped/);
+    } finally {
+      if (child.exitCode === null) child.kill('SIGKILL');
+    }
+  });
+
+  it('rejects a bad --port as a usage error (exit 2)', () => {
+    const r = spawnSync(process.execPath, [cli, 'serve', '--port', 'http'], { encoding: 'utf8' });
+    expect(r.status).toBe(2);
+    expect(r.stderr).toMatch(/--port must be an integer in \[0, 65535\]/);
   });
 });
