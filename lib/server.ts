@@ -13,7 +13,7 @@ import type { ChatMessage } from './chat.js';
 import { ArgumentError, LongcatError, showValue } from './errors.js';
 
 export interface ServerOptions {
-  /** Requests must send `Authorization: Bearer <apiKey>` (routes under /v1; /health and /metrics stay open). */
+  /** Requests must send `Authorization: Bearer <apiKey>` (all but /health and /metrics). */
   apiKey?: string;
   /** Requests generating at once (default 16); more wait in the queue. */
   maxConcurrent?: number;
@@ -265,7 +265,7 @@ function generateError(e: unknown, kind: 'chat' | 'text'): ApiError {
 /** Generation slots with a bounded FIFO of waiters. */
 class Slots {
   running = 0;
-  private readonly waiting: { grant: () => void; fail: (e: unknown) => void }[] = [];
+  private readonly waiting: { grant: () => void }[] = [];
   constructor(
     private readonly max: number,
     private readonly maxQueue: number,
@@ -297,7 +297,6 @@ class Slots {
           this.running++;
           resolve();
         },
-        fail: reject,
       };
       const onAbort = () => {
         const i = this.waiting.indexOf(w);
@@ -431,9 +430,11 @@ export function createServer(model: Model | Promise<Model>, options: ServerOptio
   );
 
   app.addHook('onRequest', async (req, reply) => {
-    if (closing && req.url !== '/health' && req.url !== '/metrics')
+    // (by the route matched, not the raw URL: /health and /metrics are open, every other path needs the key)
+    const open = req.routeOptions.url === '/health' || req.routeOptions.url === '/metrics';
+    if (closing && !open)
       return send(reply, new ApiError(503, 'the server is shutting down', 'server_error', null, 'shutting_down'));
-    if (options.apiKey !== undefined && req.url.startsWith('/v1/') && !bearerMatches(req.headers.authorization, options.apiKey))
+    if (options.apiKey !== undefined && !open && !bearerMatches(req.headers.authorization, options.apiKey))
       return send(
         reply,
         new ApiError(

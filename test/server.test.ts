@@ -290,7 +290,11 @@ describe('errors', () => {
     await expectError(await post('/v1/nothing', {}), 404, 'not_found');
     await expectError(await post('/v1/chat/completions', { model: 'gpt-4', messages }), 404, 'model_not_found', 'model');
     await expect(client.chat.completions.create({ model: 'gpt-4', messages })).rejects.toBeInstanceOf(OpenAI.NotFoundError);
-    // /health and /metrics need no key
+    // /health and /metrics need no key; other paths do, however spelled
+    await expectError(await post('/v1/nothing', {}, {}), 401, 'invalid_api_key');
+    expect((await fetch(`${url}//v1/models`)).status).toBe(401);
+    expect((await fetch(`${url}/v1/models?x=1`)).status).toBe(401);
+    expect((await fetch(`${url}/health?x=1`)).status).toBe(200);
     expect((await fetch(`${url}/health`)).status).toBe(200);
     expect((await fetch(`${url}/metrics`)).status).toBe(200);
   });
@@ -571,6 +575,7 @@ describe('longcat serve (dist/cli.js)', () => {
       '--model-name',
       'm',
     ]);
+    const exited = once(child, 'exit');
     try {
       const lines = (stream: NodeJS.ReadableStream) => readline.createInterface({ input: stream })[Symbol.asyncIterator]();
       const out = lines(child.stdout),
@@ -600,7 +605,7 @@ describe('longcat serve (dist/cli.js)', () => {
         }
       }
       expect(text).toBe((await sdk(messages, { maxTokens: 40 })).text);
-      const [code] = await once(child, 'exit');
+      const [code] = await exited;
       expect(code).toBe(0);
       const rest: string[] = [];
       for (let l = await err.next(); !l.done; l = await err.next()) rest.push(l.value as string);
