@@ -8,7 +8,7 @@ import { randomUUID, timingSafeEqual } from 'node:crypto';
 import type { Socket } from 'node:net';
 import path from 'node:path';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
-import type { GenerateOptions, GenerateResult, Generation, Model, StopReason } from './generate.js';
+import type { GenerateOptions, GenerateResult, Generation, Model, Session, StopReason } from './generate.js';
 import type { ChatMessage } from './chat.js';
 import { ArgumentError, LongcatError, showValue } from './errors.js';
 
@@ -530,9 +530,10 @@ export function createServer(model: Model | Promise<Model>, options: ServerOptio
     let reason = 'error';
     try {
       await slots.acquire(ac.signal);
-      const session = m.createSession();
+      let session: Session | null = null;
       let g: Generation | null = null;
       try {
+        session = m.createSession();
         // A streamed answer starts (status 200) once the prompt is in: errors before that (a prompt
         // longer than the context, ...) still get their status code.
         let prefilled!: () => void;
@@ -566,7 +567,7 @@ export function createServer(model: Model | Promise<Model>, options: ServerOptio
         metrics.completionTokens += result.completionTokens;
         if (result.stopReason === 'abort') {
           if (ac.signal.reason instanceof ApiError && ac.signal.reason.status !== 499) throw ac.signal.reason;
-          reply.raw.destroy(); // the client left: nobody to answer
+          drop(reply); // the client left: nobody to answer
           return;
         }
         const usage = {
@@ -602,14 +603,14 @@ export function createServer(model: Model | Promise<Model>, options: ServerOptio
       } finally {
         // The session's blocks are freed once its generation has stopped (an abort ends it at the next step).
         if (g) await g.then(noop, noop);
-        session.dispose();
+        session?.dispose();
         slots.release();
       }
     } catch (e) {
       const aborted = ac.signal.aborted && (e === ac.signal.reason || (e instanceof LongcatError && e.code === 'E_ABORTED'));
       if (aborted && !(ac.signal.reason instanceof ApiError && ac.signal.reason.status !== 499)) {
         reason = 'abort';
-        reply.raw.destroy(); // the client left while queued or before its generation started
+        drop(reply); // the client left while queued or before its generation started
         return;
       }
       const err = aborted ? (ac.signal.reason as ApiError) : generateError(e, job.kind);
@@ -639,6 +640,12 @@ export function createServer(model: Model | Promise<Model>, options: ServerOptio
   app.post('/v1/chat/completions', complete('chat'));
   app.post('/v1/completions', complete('text'));
   return app;
+}
+
+/** No answer: the client has gone (fastify is told the reply is handled here). */
+function drop(reply: FastifyReply) {
+  reply.hijack();
+  reply.raw.destroy();
 }
 
 /** One streamed choice in OpenAI's chunk format. */

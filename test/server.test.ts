@@ -10,7 +10,7 @@ import path from 'node:path';
 import readline from 'node:readline';
 import OpenAI from 'openai';
 import { createServer, type LongcatServer } from '../lib/server.js';
-import type { GenerateOptions, Model } from '../lib/generate.js';
+import { loadModel, type GenerateOptions, type Model } from '../lib/generate.js';
 import type { ChatMessage } from '../lib/chat.js';
 import { checkpointFixture, cpuModelFixture } from './model-fixture.js';
 
@@ -547,6 +547,23 @@ describe('/metrics and /health', () => {
       const models = (await (await fetch(`${u}/v1/models`)).json()) as { data: { id: string }[] };
       expect(models.data.map(m => m.id)).toEqual(['tiny']);
       expect(await (await fetch(`${u}/health`)).json()).toEqual({ status: 'ok', model: 'tiny', running: 0, queued: 0 });
+    } finally {
+      await s.close();
+    }
+  });
+
+  it('a disposed model: 503 model_unloaded, and the slot is given back', async () => {
+    const other = await loadModel(tiny.dir, { backend: 'cpu', maxContext: 256 });
+    const { s, u } = await start(other, { maxConcurrent: 1, maxQueue: 0 });
+    try {
+      other.dispose();
+      for (let i = 0; i < 2; i++)
+        await expectError(
+          await post('/v1/completions', { model: 'tiny', prompt: 'x', max_tokens: 2 }, {}, u),
+          503,
+          'model_unloaded',
+        );
+      expect(s.load).toEqual({ running: 0, queued: 0 });
     } finally {
       await s.close();
     }
