@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// The `longcat` command: info, generate, chat, inspect, init-random.
+// The `longcat` command: info, generate, chat, serve, inspect, init-random.
 import { parseArgs } from 'node:util';
 import { existsSync, renameSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -15,6 +15,7 @@ import { type HostProgress, type ModelMemory, modelMemory, uploadBytes } from '.
 import { activeParams } from './config.js';
 import type { ChatMessage } from './chat.js';
 import type { Backend } from './model/load.js';
+import { createServer } from './server.js';
 
 const USAGE = `usage: longcat <command> [options]
 
@@ -24,6 +25,11 @@ commands:
            [--seed S] [--stop STR] [--backend auto|cpu|cuda] [--threads N]
            [--max-context N] [--prefill-chunk N] [--speculative]
   chat --model DIR                       interactive chat (Ctrl+C stops an answer; twice quits)
+  serve [--model DIR] [--host H] [--port P]   an OpenAI-compatible HTTP server (no --model: the tiny one)
+           [--api-key K] [--speculative] [--max-concurrent N] [--max-queue N]
+           [--shutdown-timeout S] [--backend ...] [--threads N] [--max-context N]
+                                         SIGTERM / Ctrl+C: finish in-flight requests, then exit
+                                         (a second one aborts them)
   inspect DIR                            config, tensors, bytes, active parameters per token, where weights live
   init-random --preset tiny|small|medium|lite --out DIR [--fp8] [--mtp] [--seed S]
            [--draft-agreement F]         write a random LongCat-Flash checkpoint (original layout);
@@ -280,6 +286,79 @@ async function chat(args: string[]) {
   }
 }
 
+async function serve(args: string[]) {
+  const { values: v } = parseArgs({
+    args,
+    options: {
+      ...modelOptions,
+      host: { type: 'string' },
+      port: { type: 'string' },
+      'api-key': { type: 'string' },
+      speculative: { type: 'boolean' },
+      'max-concurrent': { type: 'string' },
+      'max-queue': { type: 'string' },
+      'shutdown-timeout': { type: 'string' },
+      'model-name': { type: 'string' },
+    },
+  });
+  const margs = modelArgs(v);
+  const port = num(v.port, 'port', { integer: true, min: 0, max: 65535 }) ?? 8000;
+  const host = v.host ?? '127.0.0.1';
+  const timeout = num(v['shutdown-timeout'], 'shutdown-timeout', { min: 0 });
+  if (v['api-key'] === '') throw new UsageError('--api-key must not be empty');
+  // The server listens while the weights load (it answers 503 until then).
+  const ac = new AbortController();
+  const loading = openModel(v, margs, ac.signal);
+  const server = createServer(loading, {
+    ...defined({
+      apiKey: v['api-key'],
+      modelName: v['model-name'],
+      speculative: v.speculative,
+      maxConcurrent: num(v['max-concurrent'], 'max-concurrent', { integer: true, min: 1 }),
+      maxQueue: num(v['max-queue'], 'max-queue', { integer: true, min: 0 }),
+    }),
+    ...(timeout !== undefined ? { shutdownTimeoutMs: Math.round(timeout * 1000) } : {}),
+  });
+  let stopping = false;
+  const stop = (signal: string) => {
+    if (stopping) {
+      process.stderr.write(`longcat: ${signal} again: aborting in-flight requests\n`);
+      server.abortAll();
+      return;
+    }
+    stopping = true;
+    const { running, queued } = server.load;
+    process.stderr.write(`longcat: ${signal}: no new requests; waiting for ${running + queued} in flight\n`);
+    ac.abort();
+    void server.close();
+  };
+  const onTerm = () => stop('SIGTERM'),
+    onInt = () => stop('SIGINT');
+  process.on('SIGTERM', onTerm);
+  process.on('SIGINT', onInt);
+  try {
+    const closed = new Promise<void>(r => server.addHook('onClose', async () => r()));
+    const url = await server.listen({ host, port });
+    process.stdout.write(`longcat: serving on ${url}/v1 (OpenAI API; /health, /metrics)\n`);
+    let model: Model | null = null;
+    try {
+      model = await loading;
+      process.stderr.write('longcat: model loaded, accepting requests\n');
+    } catch (e) {
+      if (!stopping) {
+        await server.close();
+        throw e;
+      }
+    }
+    await closed;
+    model?.dispose();
+    process.stderr.write('longcat: stopped\n');
+  } finally {
+    process.off('SIGTERM', onTerm);
+    process.off('SIGINT', onInt);
+  }
+}
+
 async function inspect(args: string[]) {
   const { positionals } = parseArgs({ args, allowPositionals: true, options: {} });
   const dir = positionals[0];
@@ -365,6 +444,8 @@ async function main(argv: string[]) {
       return generate(rest);
     case 'chat':
       return chat(rest);
+    case 'serve':
+      return serve(rest);
     case 'inspect':
       return inspect(rest);
     case 'init-random':

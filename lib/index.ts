@@ -38,6 +38,8 @@ export { loadTokenizer } from './tokenizer.js';
 export type { Tokenizer, StreamDecoder } from './tokenizer.js';
 export { applyChatTemplate, formatLongcatChat, renderChatPrompt } from './chat.js';
 export type { ChatMessage } from './chat.js';
+export { createServer, ApiError } from './server.js';
+export type { ServerOptions, LongcatServer } from './server.js';
 export { initRandom, PRESETS } from './init-random.js';
 export type { Preset, InitRandomOptions } from './init-random.js';
 export { ropeTables } from './rope.js';

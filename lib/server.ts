@@ -1,0 +1,696 @@
+// An OpenAI-compatible HTTP server over a Model (fastify): /v1/chat/completions and /v1/completions
+// (JSON or server-sent events), /v1/models, /health and /metrics (Prometheus text). Each request
+// generates in its own Session (concurrent requests are concurrent sessions, which the model
+// decodes together); a slot limit with a bounded wait queue in front of them, OpenAI error objects
+// with their status codes, client disconnects that abort the generation and free its KV blocks,
+// and a graceful close that lets in-flight requests finish (or aborts them after a timeout).
+import { randomUUID, timingSafeEqual } from 'node:crypto';
+import type { Socket } from 'node:net';
+import path from 'node:path';
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import type { GenerateOptions, GenerateResult, Generation, Model, Session, StopReason } from './generate.js';
+import type { ChatMessage } from './chat.js';
+import { ArgumentError, LongcatError, showValue } from './errors.js';
+
+export interface ServerOptions {
+  /** Requests must send `Authorization: Bearer <apiKey>` (all but /health and /metrics). */
+  apiKey?: string;
+  /** Requests generating at once (default 16); more wait in the queue. */
+  maxConcurrent?: number;
+  /** Requests that may wait for a generation slot (default 64); one more gets 429. */
+  maxQueue?: number;
+  /** The id of the model in /v1/models and in responses (default: the checkpoint folder's name). */
+  modelName?: string;
+  /** Speculative decoding for requests that do not say (`speculative` in the body); default false. */
+  speculative?: boolean;
+  /** Tokens a /v1/completions request generates without max_tokens (default 16, as OpenAI's). */
+  defaultCompletionTokens?: number;
+  /**
+   * After close() starts, in-flight requests may run this many milliseconds before they are aborted
+   * (default: no limit: they finish).
+   */
+  shutdownTimeoutMs?: number;
+  /** Largest request body in bytes (default 32 MiB). */
+  bodyLimit?: number;
+  /** fastify's logger option (default false). */
+  logger?: boolean;
+}
+
+/** The fastify instance createServer returns, with the server's own state. */
+export interface LongcatServer extends FastifyInstance {
+  /** Requests generating now, and waiting for a slot. */
+  readonly load: { running: number; queued: number };
+  /** Aborts every in-flight and queued request now (close() then completes at once). */
+  abortAll(): void;
+  /** Resolves once no request is in flight (queued or generating), its session disposed. */
+  idle(): Promise<void>;
+}
+
+/** An error answered as an OpenAI error object with `status`. */
+export class ApiError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+    readonly type: string,
+    readonly param: string | null = null,
+    readonly code: string | null = null,
+  ) {
+    super(message);
+  }
+  get body() {
+    return { error: { message: this.message, type: this.type, param: this.param, code: this.code } };
+  }
+}
+
+const invalid = (message: string, param: string | null, code: string | null = null) =>
+  new ApiError(400, message, 'invalid_request_error', param, code);
+const unsupported = (what: string, param: string) =>
+  invalid(`${what} is not supported yet by this server`, param, 'unsupported_parameter');
+
+/** A request checked and turned into what Session.generate takes. */
+interface Job {
+  kind: 'chat' | 'text';
+  prompt: string | ChatMessage[];
+  options: GenerateOptions;
+  stream: boolean;
+  includeUsage: boolean;
+}
+
+type Body = Record<string, unknown>;
+
+const noop = () => {};
+
+function isObject(v: unknown): v is Body {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/** `body[name]` absent or null -> undefined; otherwise checked by `ok`, else a 400 naming it. */
+function field<T>(body: Body, name: string, want: string, ok: (v: unknown) => boolean): T | undefined {
+  const v = body[name];
+  if (v === undefined || v === null) return undefined;
+  if (!ok(v)) throw invalid(`'${name}' must be ${want}, got ${showValue(v, 80)}`, name, 'invalid_type');
+  return v as T;
+}
+
+const isNumber = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v);
+const inRange = (lo: number, hi: number) => (v: unknown) => isNumber(v) && v >= lo && v <= hi;
+const isInt = (lo: number) => (v: unknown) => Number.isSafeInteger(v) && (v as number) >= lo;
+
+/** The text of a message's content: a string, or an array of text parts (other parts: 400). */
+function contentText(content: unknown, i: number): string {
+  if (typeof content === 'string') return content;
+  if (Array.isArray(content)) {
+    return content
+      .map((part, j) => {
+        if (isObject(part) && part.type === 'text' && typeof part.text === 'string') return part.text;
+        const type = isObject(part) && typeof part.type === 'string' ? `'${part.type}'` : showValue(part, 60);
+        throw invalid(
+          `messages[${i}].content[${j}]: only text parts are supported (this model reads text), got ${type}`,
+          `messages[${i}].content`,
+        );
+      })
+      .join('');
+  }
+  throw invalid(`messages[${i}].content must be a string or an array of text parts`, `messages[${i}].content`, 'invalid_type');
+}
+
+function checkMessages(v: unknown, toolsAnswer: string): ChatMessage[] {
+  if (!Array.isArray(v) || v.length === 0)
+    throw invalid("'messages' must be a non-empty array of { role, content }", 'messages', 'invalid_type');
+  return v.map((m, i) => {
+    if (!isObject(m)) throw invalid(`messages[${i}] must be an object { role, content }`, `messages[${i}]`, 'invalid_type');
+    if (m.role === 'tool' || m.role === 'function' || (m.tool_calls !== undefined && m.tool_calls !== null))
+      throw invalid(`messages[${i}]: ${toolsAnswer}`, `messages[${i}]`, 'tools_not_supported');
+    // 'developer' is OpenAI's newer name for the system role.
+    const role = m.role === 'developer' ? 'system' : m.role;
+    if (role !== 'system' && role !== 'user' && role !== 'assistant')
+      throw invalid(
+        `messages[${i}].role must be system, developer, user or assistant, got ${showValue(m.role, 40)}`,
+        `messages[${i}].role`,
+      );
+    return { role, content: contentText(m.content, i) };
+  });
+}
+
+/** Why a request with tools is refused: tool calling needs the checkpoint's own tool format. */
+function toolsAnswer(model: Model): string {
+  return (
+    'tool calling is not supported yet: the built-in LongCat fallback chat template has no tool format, and this server ' +
+    `does not render tools through a checkpoint's template (${path.basename(model.checkpoint.dir)})`
+  );
+}
+
+/** Checks an OpenAI request body (every field it uses, and the ones it does not support). */
+function parseJob(
+  kind: 'chat' | 'text',
+  body: unknown,
+  model: Model,
+  defaults: Required<Pick<ServerOptions, 'speculative' | 'defaultCompletionTokens'>>,
+): Job {
+  if (!isObject(body)) throw invalid('the request body must be a JSON object', null, 'invalid_type');
+  field(body, 'model', 'a string', v => typeof v === 'string');
+  if (body.model === undefined || body.model === null)
+    throw invalid("'model' is required", 'model', 'missing_required_parameter');
+
+  let prompt: string | ChatMessage[];
+  if (kind === 'chat') {
+    prompt = checkMessages(body.messages, toolsAnswer(model));
+  } else {
+    const p = body.prompt;
+    if (typeof p === 'string') prompt = p;
+    else if (Array.isArray(p) && p.length === 1 && typeof p[0] === 'string') prompt = p[0];
+    else if (Array.isArray(p) && p.length > 1 && p.every(x => typeof x === 'string'))
+      throw invalid(`'prompt' holds ${p.length} prompts; one prompt per request is supported`, 'prompt', 'unsupported_parameter');
+    else if (Array.isArray(p) && p.length > 0 && p.every(x => typeof x === 'number' || Array.isArray(x)))
+      throw unsupported('a prompt of token ids', 'prompt');
+    else throw invalid("'prompt' must be a string (or an array of one string)", 'prompt', 'invalid_type');
+  }
+
+  // What is not supported yet, refused by name rather than ignored.
+  const tools = body.tools ?? body.functions;
+  if (tools !== undefined && tools !== null && !(Array.isArray(tools) && tools.length === 0))
+    throw invalid(toolsAnswer(model), body.tools !== undefined ? 'tools' : 'functions', 'tools_not_supported');
+  const n = field<number>(body, 'n', 'an integer', isInt(1));
+  if (n !== undefined && n !== 1)
+    throw invalid(`'n' must be 1: several choices per request are not supported yet`, 'n', 'unsupported_parameter');
+  const bestOf = field<number>(body, 'best_of', 'an integer', isInt(1));
+  if (bestOf !== undefined && bestOf !== 1) throw unsupported("'best_of' > 1", 'best_of');
+  if (kind === 'chat') {
+    if (field<boolean>(body, 'logprobs', 'a boolean', v => typeof v === 'boolean')) throw unsupported("'logprobs'", 'logprobs');
+    if (field<number>(body, 'top_logprobs', 'an integer', isInt(0))) throw unsupported("'top_logprobs'", 'top_logprobs');
+  } else {
+    if (field<number>(body, 'logprobs', 'an integer', isInt(0)) !== undefined) throw unsupported("'logprobs'", 'logprobs');
+    if (field<boolean>(body, 'echo', 'a boolean', v => typeof v === 'boolean')) throw unsupported("'echo'", 'echo');
+    if (field<string>(body, 'suffix', 'a string', v => typeof v === 'string')) throw unsupported("'suffix'", 'suffix');
+  }
+  for (const name of ['frequency_penalty', 'presence_penalty'])
+    if (field<number>(body, name, 'a number in [-2, 2]', inRange(-2, 2))) throw unsupported(`'${name}'`, name);
+  const rep = field<number>(body, 'repetition_penalty', 'a positive number', v => isNumber(v) && v > 0);
+  if (rep !== undefined && rep !== 1) throw unsupported("'repetition_penalty'", 'repetition_penalty');
+  const bias = field<Body>(body, 'logit_bias', 'an object', isObject);
+  if (bias && Object.keys(bias).length > 0) throw unsupported("'logit_bias'", 'logit_bias');
+  const format = field<Body>(body, 'response_format', 'an object', isObject);
+  if (format && format.type !== 'text') throw unsupported(`response_format ${showValue(format.type, 40)}`, 'response_format');
+
+  const maxTokens =
+    field<number>(body, 'max_completion_tokens', 'an integer >= 1', isInt(1)) ??
+    field<number>(body, 'max_tokens', 'an integer >= 1', isInt(1)) ??
+    // chat: until an end of sequence or the context limit (OpenAI's); text: OpenAI's 16
+    (kind === 'chat' ? model.engine.maxContext : defaults.defaultCompletionTokens);
+  const temperature = field<number>(body, 'temperature', 'a number in [0, 2]', inRange(0, 2)) ?? 1;
+  const topP = field<number>(body, 'top_p', 'a number in [0, 1]', inRange(0, 1));
+  // top_k: an extension (vLLM's); -1 and 0 both mean no limit.
+  const topK = field<number>(body, 'top_k', 'an integer >= -1', isInt(-1));
+  const minP = field<number>(body, 'min_p', 'a number in [0, 1]', inRange(0, 1));
+  // Without a seed each request samples differently (as OpenAI's); with one, reproducibly.
+  const seed = field<number>(body, 'seed', 'an integer in [0, 2^53)', isInt(0)) ?? Math.floor(Math.random() * 2 ** 32);
+  const stopField = body.stop;
+  let stop: string[] = [];
+  if (typeof stopField === 'string') stop = [stopField];
+  else if (Array.isArray(stopField) && stopField.every(s => typeof s === 'string')) stop = stopField;
+  else if (stopField !== undefined && stopField !== null)
+    throw invalid(`'stop' must be a string or an array of strings, got ${showValue(stopField, 80)}`, 'stop', 'invalid_type');
+  const stream = field<boolean>(body, 'stream', 'a boolean', v => typeof v === 'boolean') ?? false;
+  const streamOptions = field<Body>(body, 'stream_options', 'an object', isObject);
+  if (streamOptions && !stream) throw invalid("'stream_options' is only allowed with 'stream': true", 'stream_options');
+  const includeUsage = streamOptions?.include_usage ?? false;
+  if (typeof includeUsage !== 'boolean')
+    throw invalid("'stream_options.include_usage' must be a boolean", 'stream_options.include_usage', 'invalid_type');
+  const speculative = field<boolean>(body, 'speculative', 'a boolean', v => typeof v === 'boolean') ?? defaults.speculative;
+  if (speculative && !model.engine.hasMtp)
+    throw invalid(
+      "'speculative' decoding drafts with the checkpoint's MTP head, and this model has none",
+      'speculative',
+      'unsupported_parameter',
+    );
+
+  const options: GenerateOptions = { maxTokens, temperature, seed, stop, speculative };
+  if (topP !== undefined) options.topP = topP;
+  if (topK !== undefined && topK > 0) options.topK = topK;
+  if (minP !== undefined) options.minP = minP;
+  return { kind, prompt, options, stream, includeUsage };
+}
+
+/** OpenAI's finish_reason of a stop reason (an aborted request gets no response). */
+function finishReason(r: StopReason): 'stop' | 'length' {
+  return r === 'eos' || r === 'stop' ? 'stop' : 'length';
+}
+
+/** The status and OpenAI error of a failure of Session.generate. */
+function generateError(e: unknown, kind: 'chat' | 'text'): ApiError {
+  if (e instanceof ApiError) return e;
+  if (e instanceof LongcatError) {
+    const param = kind === 'chat' ? 'messages' : 'prompt';
+    switch (e.code) {
+      case 'E_CONTEXT':
+        return invalid(e.message, param, 'context_length_exceeded');
+      case 'E_ARGUMENT':
+        return invalid(e.message, null);
+      case 'E_OOM':
+        return new ApiError(
+          503,
+          `the KV cache has no room for this request now: ${e.message}`,
+          'server_error',
+          null,
+          'kv_cache_full',
+        );
+      case 'E_DISPOSED':
+        return new ApiError(503, 'the model was unloaded', 'server_error', null, 'model_unloaded');
+    }
+    return new ApiError(500, `${e.message} [${e.code}]`, 'server_error');
+  }
+  return new ApiError(500, e instanceof Error ? e.message : String(e), 'server_error');
+}
+
+/** Generation slots with a bounded FIFO of waiters. */
+class Slots {
+  running = 0;
+  private readonly waiting: { grant: () => void }[] = [];
+  constructor(
+    private readonly max: number,
+    private readonly maxQueue: number,
+  ) {}
+  get queued() {
+    return this.waiting.length;
+  }
+  /** Resolves when a slot is held (release it with release()); 429 when the queue is full; rejects
+   *  with `abortReason` when `signal` aborts while waiting. */
+  acquire(signal: AbortSignal): Promise<void> {
+    if (this.running < this.max && this.waiting.length === 0) {
+      this.running++;
+      return Promise.resolve();
+    }
+    if (this.waiting.length >= this.maxQueue)
+      return Promise.reject(
+        new ApiError(
+          429,
+          `the server is at capacity: ${this.running} requests generating and ${this.waiting.length} waiting (the queue limit); retry later`,
+          'rate_limit_error',
+          null,
+          'queue_full',
+        ),
+      );
+    return new Promise((resolve, reject) => {
+      const w = {
+        grant: () => {
+          signal.removeEventListener('abort', onAbort);
+          this.running++;
+          resolve();
+        },
+      };
+      const onAbort = () => {
+        const i = this.waiting.indexOf(w);
+        if (i >= 0) this.waiting.splice(i, 1);
+        reject(signal.reason);
+      };
+      signal.addEventListener('abort', onAbort, { once: true });
+      this.waiting.push(w);
+    });
+  }
+  release() {
+    this.running--;
+    this.waiting.shift()?.grant();
+  }
+}
+
+/** The server's counters, as /metrics writes them. */
+class Metrics {
+  promptTokens = 0;
+  completionTokens = 0;
+  readonly finished = new Map<string, number>();
+  finish(reason: string) {
+    this.finished.set(reason, (this.finished.get(reason) ?? 0) + 1);
+  }
+  text(model: Model | null, slots: Slots): string {
+    const lines: string[] = [];
+    const metric = (name: string, type: string, help: string, samples: [string, number][]) => {
+      lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
+      for (const [labels, v] of samples) lines.push(`${name}${labels} ${v}`);
+    };
+    metric('longcat_requests_running', 'gauge', 'Requests generating now.', [['', slots.running]]);
+    metric('longcat_requests_queued', 'gauge', 'Requests waiting for a generation slot.', [['', slots.queued]]);
+    metric('longcat_prompt_tokens_total', 'counter', 'Prompt tokens of finished requests.', [['', this.promptTokens]]);
+    metric('longcat_generation_tokens_total', 'counter', 'Tokens generated.', [['', this.completionTokens]]);
+    const reasons = ['eos', 'stop', 'length', 'cache', 'abort', 'error'];
+    for (const r of this.finished.keys()) if (!reasons.includes(r)) reasons.push(r);
+    metric(
+      'longcat_requests_finished_total',
+      'counter',
+      'Requests ended, by reason (eos, stop, length, cache: the KV cache was full, abort: the client left, error).',
+      reasons.map(r => [`{reason="${r}"}`, this.finished.get(r) ?? 0]),
+    );
+    if (model) {
+      const a = model.engine.allocator;
+      metric('longcat_kv_blocks_in_use', 'gauge', 'KV-cache blocks held by sequences.', [['', a.inUse]]);
+      metric('longcat_kv_blocks_total', 'gauge', 'KV-cache blocks in the pool.', [['', a.inUse + a.available]]);
+    }
+    return `${lines.join('\n')}\n`;
+  }
+}
+
+function bearerMatches(header: string | undefined, key: string): boolean {
+  const m = /^Bearer\s+(.+)$/i.exec(header ?? '');
+  if (!m) return false;
+  const got = Buffer.from(m[1]!.trim()),
+    want = Buffer.from(key);
+  return got.length === want.length && timingSafeEqual(got, want);
+}
+
+/**
+ * An OpenAI-compatible server for `model` (or for the model a promise will deliver: until then the
+ * server answers 503, so it can listen while the weights load). Returns the fastify instance:
+ * `await server.listen({ port, host })` to serve, `await server.close()` to stop accepting, let
+ * in-flight requests finish (or abort them after `shutdownTimeoutMs`) and free their sessions.
+ * The model stays the caller's to dispose.
+ */
+export function createServer(model: Model | Promise<Model>, options: ServerOptions = {}): LongcatServer {
+  const int = (name: keyof ServerOptions, min: number, fallback: number) => {
+    const v = options[name] ?? fallback;
+    if (!Number.isSafeInteger(v) || (v as number) < min)
+      throw new ArgumentError('E_ARGUMENT', `createServer: ${name} must be an integer >= ${min}, got ${showValue(v)}`);
+    return v as number;
+  };
+  const maxConcurrent = int('maxConcurrent', 1, 16);
+  const maxQueue = int('maxQueue', 0, 64);
+  const bodyLimit = int('bodyLimit', 1, 32 * 2 ** 20);
+  const defaults = { speculative: options.speculative ?? false, defaultCompletionTokens: int('defaultCompletionTokens', 1, 16) };
+  const shutdownTimeoutMs = options.shutdownTimeoutMs;
+  if (shutdownTimeoutMs !== undefined) int('shutdownTimeoutMs', 0, 0);
+  if (options.apiKey !== undefined && (typeof options.apiKey !== 'string' || options.apiKey === ''))
+    throw new ArgumentError('E_ARGUMENT', 'createServer: apiKey must be a non-empty string');
+
+  let loaded: Model | null = null;
+  let loadError: unknown = null;
+  let closing = false;
+  if (model instanceof Promise)
+    model.then(
+      m => (loaded = m),
+      e => (loadError = e),
+    );
+  else loaded = model;
+  const modelName = () => options.modelName ?? (loaded ? path.basename(path.resolve(loaded.checkpoint.dir)) : 'longcat');
+
+  const slots = new Slots(maxConcurrent, maxQueue);
+  const metrics = new Metrics();
+  /** Abort controllers of in-flight requests (queued or generating). */
+  const inFlight = new Set<AbortController>();
+  let shutdownTimer: NodeJS.Timeout | null = null;
+  let idleWaiters: (() => void)[] = [];
+
+  const app = Fastify({ logger: options.logger ?? false, bodyLimit, return503OnClosing: false }) as unknown as LongcatServer;
+  Object.defineProperty(app, 'load', { get: () => ({ running: slots.running, queued: slots.queued }) });
+  app.decorate('idle', () => (inFlight.size === 0 ? Promise.resolve() : new Promise<void>(r => idleWaiters.push(r))));
+  app.decorate('abortAll', () => {
+    for (const ac of inFlight) ac.abort(new ApiError(503, 'the server is shutting down', 'server_error', null, 'shutting_down'));
+  });
+
+  // Open connections: once closing with no request in flight, each is ended (after its pending
+  // writes), so close() does not wait on kept-alive or abandoned connections.
+  const sockets = new Set<Socket>();
+  app.server.on('connection', (socket: Socket) => {
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
+  });
+  const endConnections = () => {
+    for (const socket of sockets) socket.end();
+  };
+
+  const send = (reply: FastifyReply, e: ApiError) => {
+    if (closing) reply.header('connection', 'close');
+    return reply.code(e.status).send(e.body);
+  };
+
+  app.setErrorHandler((err: Error & { statusCode?: number }, _req, reply) => {
+    if (err instanceof ApiError) return send(reply, err);
+    const status = err.statusCode ?? 500;
+    return send(reply, new ApiError(status, err.message, status < 500 ? 'invalid_request_error' : 'server_error'));
+  });
+  app.setNotFoundHandler((req, reply) =>
+    send(reply, new ApiError(404, `no route ${req.method} ${req.url.split('?')[0]}`, 'invalid_request_error', null, 'not_found')),
+  );
+
+  app.addHook('onRequest', async (req, reply) => {
+    // (by the route matched, not the raw URL: /health and /metrics are open, every other path needs the key)
+    const open = req.routeOptions.url === '/health' || req.routeOptions.url === '/metrics';
+    if (closing && !open)
+      return send(reply, new ApiError(503, 'the server is shutting down', 'server_error', null, 'shutting_down'));
+    if (options.apiKey !== undefined && !open && !bearerMatches(req.headers.authorization, options.apiKey))
+      return send(
+        reply,
+        new ApiError(
+          401,
+          'invalid or missing API key (send Authorization: Bearer <key>)',
+          'authentication_error',
+          null,
+          'invalid_api_key',
+        ),
+      );
+  });
+
+  /** The loaded model, or 503 while it loads (or when loading failed). */
+  const ready = (): Model => {
+    if (loaded) return loaded;
+    if (loadError)
+      throw new ApiError(
+        503,
+        `the model failed to load: ${(loadError as Error)?.message ?? String(loadError)}`,
+        'server_error',
+        null,
+        'model_load_failed',
+      );
+    throw new ApiError(503, 'the model is still loading', 'server_error', null, 'model_loading');
+  };
+
+  app.addHook('preClose', async () => {
+    closing = true;
+    if (shutdownTimeoutMs !== undefined && inFlight.size > 0) {
+      shutdownTimer = setTimeout(() => app.abortAll(), shutdownTimeoutMs);
+      shutdownTimer.unref();
+    }
+    if (inFlight.size === 0) endConnections();
+  });
+  app.addHook('onClose', async () => {
+    if (shutdownTimer) clearTimeout(shutdownTimer);
+  });
+
+  const modelCard = () => ({ id: modelName(), object: 'model', created: 0, owned_by: 'longcat-flash' });
+  app.get('/health', async (_req, reply) => {
+    const status = closing ? 'shutting_down' : loaded ? 'ok' : loadError ? 'failed' : 'loading';
+    return reply.code(status === 'ok' ? 200 : 503).send({ status, model: loaded ? modelName() : null, ...app.load });
+  });
+  app.get('/metrics', async (_req, reply) =>
+    reply.type('text/plain; version=0.0.4; charset=utf-8').send(metrics.text(loaded, slots)),
+  );
+  app.get('/v1/models', async () => {
+    ready();
+    return { object: 'list', data: [modelCard()] };
+  });
+  app.get('/v1/models/:id', async req => {
+    ready();
+    const { id } = req.params as { id: string };
+    if (id !== modelName())
+      throw new ApiError(
+        404,
+        `the model '${id}' does not exist (this server serves '${modelName()}')`,
+        'invalid_request_error',
+        'model',
+        'model_not_found',
+      );
+    return modelCard();
+  });
+
+  const complete = (kind: 'chat' | 'text') => async (req: FastifyRequest, reply: FastifyReply) => {
+    const m = ready();
+    const job = parseJob(kind, req.body, m, defaults);
+    const name = (req.body as Body).model as string;
+    if (name !== modelName())
+      throw new ApiError(
+        404,
+        `the model '${name}' does not exist (this server serves '${modelName()}')`,
+        'invalid_request_error',
+        'model',
+        'model_not_found',
+      );
+    return serve(m, job, reply);
+  };
+
+  /** Runs one checked request: waits for a slot, generates in a fresh session, answers (JSON or SSE). */
+  async function serve(m: Model, job: Job, reply: FastifyReply) {
+    const ac = new AbortController();
+    inFlight.add(ac);
+    // The client leaving (the connection closed before the response ended) aborts the generation.
+    const onClose = () => {
+      if (!reply.raw.writableEnded) ac.abort(new ApiError(499, 'the client closed the connection', 'client_closed'));
+    };
+    reply.raw.on('close', onClose);
+    const id = `${job.kind === 'chat' ? 'chatcmpl' : 'cmpl'}-${randomUUID().replaceAll('-', '')}`;
+    const created = Math.floor(Date.now() / 1000);
+    const model = modelName();
+    let stream: SseStream | null = null;
+    let reason = 'error';
+    try {
+      await slots.acquire(ac.signal);
+      let session: Session | null = null;
+      let g: Generation | null = null;
+      try {
+        session = m.createSession();
+        // A streamed answer starts (status 200) once the prompt is in: errors before that (a prompt
+        // longer than the context, ...) still get their status code.
+        let prefilled!: () => void;
+        const prefill = new Promise<void>(r => (prefilled = r));
+        g = session.generate(job.prompt, {
+          ...job.options,
+          signal: ac.signal,
+          onPrefillChunk: p => {
+            if (p.done === p.total) prefilled();
+          },
+        });
+        let result: GenerateResult;
+        if (!job.stream) {
+          result = await g;
+        } else {
+          const chunks = g[Symbol.asyncIterator]();
+          const next = chunks.next();
+          await Promise.race([prefill, next]);
+          if (ac.signal.aborted) throw ac.signal.reason;
+          stream = new SseStream(reply, closing);
+          stream.chunk(
+            chunkOf(job.kind, id, created, model, job.kind === 'chat' ? { role: 'assistant', content: '' } : '', null),
+          );
+          for (let r = await next; !r.done; r = await chunks.next())
+            if (r.value)
+              stream.chunk(chunkOf(job.kind, id, created, model, job.kind === 'chat' ? { content: r.value } : r.value, null));
+          result = await g;
+        }
+        reason = result.stopReason;
+        metrics.promptTokens += result.promptTokens;
+        metrics.completionTokens += result.completionTokens;
+        if (result.stopReason === 'abort') {
+          if (ac.signal.reason instanceof ApiError && ac.signal.reason.status !== 499) throw ac.signal.reason;
+          drop(reply); // the client left: nobody to answer
+          return;
+        }
+        const usage = {
+          prompt_tokens: result.promptTokens,
+          completion_tokens: result.completionTokens,
+          total_tokens: result.promptTokens + result.completionTokens,
+        };
+        const finish = finishReason(result.stopReason);
+        if (stream) {
+          stream.chunk(chunkOf(job.kind, id, created, model, job.kind === 'chat' ? {} : '', finish));
+          if (job.includeUsage) stream.chunk({ ...chunkOf(job.kind, id, created, model, '', null), choices: [], usage });
+          stream.end();
+          return;
+        }
+        const choice =
+          job.kind === 'chat'
+            ? {
+                index: 0,
+                message: { role: 'assistant', content: result.text, refusal: null },
+                logprobs: null,
+                finish_reason: finish,
+              }
+            : { index: 0, text: result.text, logprobs: null, finish_reason: finish };
+        if (closing) reply.header('connection', 'close');
+        return reply.send({
+          id,
+          object: job.kind === 'chat' ? 'chat.completion' : 'text_completion',
+          created,
+          model,
+          choices: [choice],
+          usage,
+        });
+      } finally {
+        // The session's blocks are freed once its generation has stopped (an abort ends it at the next step).
+        if (g) await g.then(noop, noop);
+        session?.dispose();
+        slots.release();
+      }
+    } catch (e) {
+      const aborted = ac.signal.aborted && (e === ac.signal.reason || (e instanceof LongcatError && e.code === 'E_ABORTED'));
+      if (aborted && !(ac.signal.reason instanceof ApiError && ac.signal.reason.status !== 499)) {
+        reason = 'abort';
+        drop(reply); // the client left while queued or before its generation started
+        return;
+      }
+      const err = aborted ? (ac.signal.reason as ApiError) : generateError(e, job.kind);
+      if (err.status === 429) reason = 'rejected';
+      if (stream) {
+        // The answer had started: the error goes into the stream, which then ends.
+        stream.chunk(err.body);
+        stream.end();
+        return;
+      }
+      throw err;
+    } finally {
+      if (reason !== 'rejected') metrics.finish(reason);
+      reply.raw.off('close', onClose);
+      inFlight.delete(ac);
+      if (inFlight.size === 0) {
+        // (an error answer is written after this: the connections end once it is)
+        const maybeEnd = () => closing && inFlight.size === 0 && endConnections();
+        if (reply.raw.writableEnded || reply.raw.destroyed) maybeEnd();
+        else reply.raw.once('close', maybeEnd);
+        for (const r of idleWaiters) r();
+        idleWaiters = [];
+      }
+    }
+  }
+
+  app.post('/v1/chat/completions', complete('chat'));
+  app.post('/v1/completions', complete('text'));
+  return app;
+}
+
+/** No answer: the client has gone (fastify is told the reply is handled here). */
+function drop(reply: FastifyReply) {
+  reply.hijack();
+  reply.raw.destroy();
+}
+
+/** One streamed choice in OpenAI's chunk format. */
+function chunkOf(
+  kind: 'chat' | 'text',
+  id: string,
+  created: number,
+  model: string,
+  delta: object | string,
+  finish: string | null,
+) {
+  return kind === 'chat'
+    ? {
+        id,
+        object: 'chat.completion.chunk',
+        created,
+        model,
+        choices: [{ index: 0, delta, logprobs: null, finish_reason: finish }],
+      }
+    : {
+        id,
+        object: 'text_completion',
+        created,
+        model,
+        choices: [{ index: 0, text: delta, logprobs: null, finish_reason: finish }],
+      };
+}
+
+/** Server-sent events on a hijacked reply: `data: <json>\n\n` per chunk, `data: [DONE]` at the end. */
+class SseStream {
+  private readonly res: FastifyReply['raw'];
+  constructor(reply: FastifyReply, closing: boolean) {
+    reply.hijack();
+    this.res = reply.raw;
+    this.res.writeHead(200, {
+      'content-type': 'text/event-stream; charset=utf-8',
+      'cache-control': 'no-cache',
+      'x-accel-buffering': 'no',
+      ...(closing ? { connection: 'close' } : {}),
+    });
+  }
+  chunk(data: object) {
+    if (!this.res.destroyed) this.res.write(`data: ${JSON.stringify(data)}\n\n`);
+  }
+  end() {
+    if (!this.res.destroyed) this.res.end('data: [DONE]\n\n');
+  }
+}

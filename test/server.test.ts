@@ -1,0 +1,640 @@
+// The OpenAI-compatible server (lib/server.ts) on loopback, driven by the official `openai` client
+// and by raw fetch where the client hides details: chat and text completions streamed and not
+// (the text is Session.generate's for the same prompt), max_tokens, stop, seeds, usage, every
+// error status, the API key, concurrent streams with clients leaving mid-stream (no leaked KV
+// blocks), /metrics and /health, loading and graceful shutdown.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { spawn, spawnSync } from 'node:child_process';
+import { once } from 'node:events';
+import path from 'node:path';
+import readline from 'node:readline';
+import OpenAI from 'openai';
+import { createServer, type LongcatServer } from '../lib/server.js';
+import { loadModel, type GenerateOptions, type Model } from '../lib/generate.js';
+import type { ChatMessage } from '../lib/chat.js';
+import { checkpointFixture, cpuModelFixture } from './model-fixture.js';
+
+const makeCheckpoint = checkpointFixture('longcat-server-', 17);
+const tiny = cpuModelFixture(makeCheckpoint, 'tiny', 1024);
+
+const KEY = 'sk-test-key';
+let server: LongcatServer;
+let url: string;
+let client: OpenAI;
+let baseline: number;
+
+async function start(model: Model | Promise<Model>, opts: Parameters<typeof createServer>[1] = {}) {
+  const s = createServer(model, { modelName: 'tiny', ...opts });
+  const u = await s.listen({ host: '127.0.0.1', port: 0 });
+  return { s, u };
+}
+
+beforeAll(async () => {
+  baseline = tiny.model.engine.allocator.inUse;
+  ({ s: server, u: url } = await start(tiny.model, { apiKey: KEY }));
+  client = new OpenAI({ apiKey: KEY, baseURL: `${url}/v1`, maxRetries: 0 });
+});
+afterAll(async () => {
+  await server.close();
+});
+
+/** The SDK's own answer for the same request. */
+async function sdk(prompt: string | ChatMessage[], opts: GenerateOptions) {
+  using s = tiny.model.createSession();
+  return await s.generate(prompt, opts);
+}
+
+const post = (path: string, body: unknown, headers: Record<string, string> = { authorization: `Bearer ${KEY}` }, base = url) =>
+  fetch(`${base}${path}`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', ...headers },
+    body: typeof body === 'string' ? body : JSON.stringify(body),
+  });
+
+/** The `data:` payloads of an SSE body. */
+function sseData(text: string): string[] {
+  return text
+    .split('\n\n')
+    .filter(e => e.length > 0)
+    .map(e => {
+      expect(e.startsWith('data: '), e).toBe(true);
+      return e.slice(6);
+    });
+}
+
+async function expectError(res: Response, status: number, code: string | null, param?: string | null) {
+  expect(res.status).toBe(status);
+  const body = (await res.json()) as { error: { message: string; type: string; param: string | null; code: string | null } };
+  expect(typeof body.error.message).toBe('string');
+  expect(body.error.message.length).toBeGreaterThan(0);
+  expect(typeof body.error.type).toBe('string');
+  expect(body.error.code).toBe(code);
+  if (param !== undefined) expect(body.error.param).toBe(param);
+  return body.error;
+}
+
+const messages: { role: 'system' | 'user'; content: string }[] = [
+  { role: 'system', content: 'You are terse.' },
+  { role: 'user', content: 'Name three colors.' },
+];
+const textPrompt = 'Once upon a time, in a valley of 42 sheep,';
+
+describe('completions', () => {
+  it('chat, not streamed: the greedy text of Session.generate for the same messages, with usage', async () => {
+    const want = await sdk(messages, { maxTokens: 12 });
+    const r = await client.chat.completions.create({ model: 'tiny', messages, max_tokens: 12, temperature: 0 });
+    expect(r.object).toBe('chat.completion');
+    expect(r.model).toBe('tiny');
+    expect(r.choices).toHaveLength(1);
+    expect(r.choices[0]!.message.role).toBe('assistant');
+    expect(r.choices[0]!.message.content).toBe(want.text);
+    expect(r.choices[0]!.finish_reason).toBe(want.stopReason === 'eos' ? 'stop' : 'length');
+    expect(r.usage).toEqual({
+      prompt_tokens: want.promptTokens,
+      completion_tokens: want.completionTokens,
+      total_tokens: want.promptTokens + want.completionTokens,
+    });
+    expect(want.completionTokens).toBeGreaterThan(0);
+    // max_completion_tokens is max_tokens' newer name
+    const r2 = await client.chat.completions.create({ model: 'tiny', messages, max_completion_tokens: 5, temperature: 0 });
+    expect(r2.usage!.completion_tokens).toBeLessThanOrEqual(5);
+    expect(want.text.startsWith(r2.choices[0]!.message.content!)).toBe(true);
+  });
+
+  it('chat, streamed: role first, deltas that join to the same text, finish_reason, usage, [DONE]', async () => {
+    const want = await sdk(messages, { maxTokens: 12 });
+    const stream = await client.chat.completions.create({
+      model: 'tiny',
+      messages,
+      max_tokens: 12,
+      temperature: 0,
+      stream: true,
+      stream_options: { include_usage: true },
+    });
+    const chunks: OpenAI.ChatCompletionChunk[] = [];
+    for await (const c of stream) chunks.push(c);
+    expect(chunks[0]!.choices[0]!.delta.role).toBe('assistant');
+    expect(chunks.every(c => c.object === 'chat.completion.chunk' && c.id === chunks[0]!.id)).toBe(true);
+    const text = chunks.map(c => c.choices[0]?.delta.content ?? '').join('');
+    expect(text).toBe(want.text);
+    const finishes = chunks.flatMap(c => c.choices.map(ch => ch.finish_reason)).filter(f => f !== null);
+    expect(finishes).toEqual([want.stopReason === 'eos' ? 'stop' : 'length']);
+    const last = chunks.at(-1)!;
+    expect(last.choices).toEqual([]);
+    expect(last.usage).toEqual({
+      prompt_tokens: want.promptTokens,
+      completion_tokens: want.completionTokens,
+      total_tokens: want.promptTokens + want.completionTokens,
+    });
+    // the raw stream: data: lines, ending with [DONE]
+    const res = await post('/v1/chat/completions', { model: 'tiny', messages, max_tokens: 4, temperature: 0, stream: true });
+    expect(res.status).toBe(200);
+    expect(res.headers.get('content-type')).toMatch(/^text\/event-stream/);
+    const data = sseData(await res.text());
+    expect(data.at(-1)).toBe('[DONE]');
+    for (const d of data.slice(0, -1)) expect(JSON.parse(d).object).toBe('chat.completion.chunk');
+  });
+
+  it('text completions, streamed and not, a string or an array of one string', async () => {
+    const want = await sdk(textPrompt, { maxTokens: 10 });
+    const r = await client.completions.create({ model: 'tiny', prompt: textPrompt, max_tokens: 10, temperature: 0 });
+    expect(r.object).toBe('text_completion');
+    expect(r.choices[0]!.text).toBe(want.text);
+    expect(r.usage!.prompt_tokens).toBe(want.promptTokens);
+    expect(r.usage!.completion_tokens).toBe(want.completionTokens);
+    const r1 = await client.completions.create({ model: 'tiny', prompt: [textPrompt], max_tokens: 10, temperature: 0 });
+    expect(r1.choices[0]!.text).toBe(want.text);
+    const stream = await client.completions.create({
+      model: 'tiny',
+      prompt: textPrompt,
+      max_tokens: 10,
+      temperature: 0,
+      stream: true,
+    });
+    let text = '';
+    const finishes: (string | null)[] = [];
+    for await (const c of stream) {
+      text += c.choices[0]!.text;
+      finishes.push(c.choices[0]!.finish_reason);
+    }
+    expect(text).toBe(want.text);
+    expect(finishes.filter(f => f !== null)).toEqual([want.stopReason === 'eos' ? 'stop' : 'length']);
+    // without max_tokens: OpenAI's default of 16
+    const d = await client.completions.create({ model: 'tiny', prompt: textPrompt, temperature: 0 });
+    expect(d.usage!.completion_tokens).toBe((await sdk(textPrompt, { maxTokens: 16 })).completionTokens);
+  });
+
+  it('stop (a string or an array) cuts the text before the stop, finish_reason stop', async () => {
+    const free = await sdk(textPrompt, { maxTokens: 30 });
+    expect(free.text.length).toBeGreaterThan(8);
+    const stopAt = free.text.slice(5, 7);
+    const cut = free.text.indexOf(stopAt);
+    for (const stop of [stopAt, ['\u0000never', stopAt]]) {
+      const r = await client.completions.create({ model: 'tiny', prompt: textPrompt, max_tokens: 30, temperature: 0, stop });
+      expect(r.choices[0]!.text).toBe(free.text.slice(0, cut));
+      expect(r.choices[0]!.finish_reason).toBe('stop');
+      const s = await client.completions.create({
+        model: 'tiny',
+        prompt: textPrompt,
+        max_tokens: 30,
+        temperature: 0,
+        stop,
+        stream: true,
+      });
+      let text = '';
+      for await (const c of s) text += c.choices[0]!.text;
+      expect(text).toBe(free.text.slice(0, cut));
+    }
+  });
+
+  it('a seed with temperature > 0 reproduces the SDK sample with that seed', async () => {
+    const opts = { temperature: 1.3, top_p: 0.95, top_k: 50, min_p: 0.01, seed: 1234, max_tokens: 16 };
+    const want = await sdk(messages, { temperature: 1.3, topP: 0.95, topK: 50, minP: 0.01, seed: 1234, maxTokens: 16 });
+    const a = await client.chat.completions.create({ model: 'tiny', messages, ...opts } as never);
+    const b = await client.chat.completions.create({ model: 'tiny', messages, ...opts } as never);
+    expect((a as OpenAI.ChatCompletion).choices[0]!.message.content).toBe(want.text);
+    expect((b as OpenAI.ChatCompletion).choices[0]!.message.content).toBe(want.text);
+  });
+});
+
+describe('errors', () => {
+  const chat = (extra: Record<string, unknown>) =>
+    post('/v1/chat/completions', { model: 'tiny', messages, max_tokens: 2, ...extra });
+
+  it('400 for bad or unsupported fields, with the field named', async () => {
+    await expectError(await chat({ temperature: 3 }), 400, 'invalid_type', 'temperature');
+    await expectError(await chat({ temperature: 'hot' }), 400, 'invalid_type', 'temperature');
+    await expectError(await chat({ max_tokens: 0 }), 400, 'invalid_type', 'max_tokens');
+    await expectError(await chat({ max_tokens: 1.5 }), 400, 'invalid_type', 'max_tokens');
+    await expectError(await chat({ top_p: 2 }), 400, 'invalid_type', 'top_p');
+    await expectError(await chat({ seed: -1 }), 400, 'invalid_type', 'seed');
+    await expectError(await chat({ stop: [1] }), 400, 'invalid_type', 'stop');
+    await expectError(await chat({ stream: 'yes' }), 400, 'invalid_type', 'stream');
+    await expectError(await chat({ stream_options: { include_usage: true } }), 400, null, 'stream_options');
+    await expectError(await chat({ n: 2 }), 400, 'unsupported_parameter', 'n');
+    await expectError(await chat({ logprobs: true }), 400, 'unsupported_parameter', 'logprobs');
+    await expectError(await chat({ presence_penalty: 0.5 }), 400, 'unsupported_parameter', 'presence_penalty');
+    await expectError(await chat({ logit_bias: { 5: 10 } }), 400, 'unsupported_parameter', 'logit_bias');
+    await expectError(await chat({ speculative: true }), 400, 'unsupported_parameter', 'speculative'); // no MTP head
+    const tools = await expectError(
+      await chat({ tools: [{ type: 'function', function: { name: 'f', parameters: {} } }] }),
+      400,
+      'tools_not_supported',
+      'tools',
+    );
+    expect(tools.message).toMatch(/fallback chat template has no tool format/);
+    await expectError(await chat({ messages: [{ role: 'tool', content: 'x', tool_call_id: 'a' }] }), 400, 'tools_not_supported');
+    await expectError(await chat({ messages: [] }), 400, 'invalid_type', 'messages');
+    await expectError(await chat({ messages: [{ role: 'wizard', content: 'x' }] }), 400, null, 'messages[0].role');
+    await expectError(
+      await chat({ messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: 'x' } }] }] }),
+      400,
+      null,
+      'messages[0].content',
+    );
+    await expectError(await post('/v1/chat/completions', { messages }), 400, 'missing_required_parameter', 'model');
+    await expectError(await post('/v1/chat/completions', '{"model": "tiny", '), 400, null);
+    const text = (extra: Record<string, unknown>) => post('/v1/completions', { model: 'tiny', max_tokens: 2, ...extra });
+    await expectError(await text({ prompt: ['a', 'b'] }), 400, 'unsupported_parameter', 'prompt');
+    await expectError(await text({ prompt: [1, 2, 3] }), 400, 'unsupported_parameter', 'prompt');
+    await expectError(await text({ prompt: 5 }), 400, 'invalid_type', 'prompt');
+    await expectError(await text({ prompt: 'x', logprobs: 2 }), 400, 'unsupported_parameter', 'logprobs');
+    await expectError(await text({ prompt: 'x', echo: true }), 400, 'unsupported_parameter', 'echo');
+    await expectError(await text({ prompt: '' }), 400, null); // encodes to no tokens
+    // array text parts and the developer role are accepted (as the text and the system role)
+    const parts = await chat({
+      temperature: 0,
+      messages: [
+        { role: 'developer', content: 'You are terse.' },
+        {
+          role: 'user',
+          content: [
+            { type: 'text', text: 'Name three ' },
+            { type: 'text', text: 'colors.' },
+          ],
+        },
+      ],
+    });
+    expect(parts.status).toBe(200);
+    const want = await sdk(messages, { maxTokens: 2 });
+    expect(((await parts.json()) as OpenAI.ChatCompletion).choices[0]!.message.content).toBe(want.text);
+  });
+
+  it('400 context_length_exceeded for a prompt longer than the context, streamed or not; no blocks kept', async () => {
+    const long = 'sheep and goats '.repeat(600);
+    await expectError(
+      await post('/v1/completions', { model: 'tiny', prompt: long, max_tokens: 2 }),
+      400,
+      'context_length_exceeded',
+      'prompt',
+    );
+    await expectError(
+      await post('/v1/chat/completions', { model: 'tiny', messages: [{ role: 'user', content: long }], stream: true }),
+      400,
+      'context_length_exceeded',
+      'messages',
+    );
+    await server.idle();
+    expect(tiny.model.engine.allocator.inUse).toBe(baseline);
+  });
+
+  it('401 without the right API key (the client sees AuthenticationError); 404 unknown route and model', async () => {
+    await expectError(await post('/v1/chat/completions', { model: 'tiny', messages }, {}), 401, 'invalid_api_key');
+    await expectError(
+      await post('/v1/chat/completions', { model: 'tiny', messages }, { authorization: 'Bearer nope' }),
+      401,
+      'invalid_api_key',
+    );
+    const bad = new OpenAI({ apiKey: 'wrong', baseURL: `${url}/v1`, maxRetries: 0 });
+    await expect(bad.models.list()).rejects.toBeInstanceOf(OpenAI.AuthenticationError);
+    await expectError(await post('/v1/nothing', {}), 404, 'not_found');
+    await expectError(await post('/v1/chat/completions', { model: 'gpt-4', messages }), 404, 'model_not_found', 'model');
+    await expect(client.chat.completions.create({ model: 'gpt-4', messages })).rejects.toBeInstanceOf(OpenAI.NotFoundError);
+    // /health and /metrics need no key; other paths do, however spelled
+    await expectError(await post('/v1/nothing', {}, {}), 401, 'invalid_api_key');
+    expect((await fetch(`${url}//v1/models`)).status).toBe(401);
+    expect((await fetch(`${url}/v1/models?x=1`)).status).toBe(401);
+    expect((await fetch(`${url}/health?x=1`)).status).toBe(200);
+    expect((await fetch(`${url}/health`)).status).toBe(200);
+    expect((await fetch(`${url}/metrics`)).status).toBe(200);
+  });
+});
+
+/**
+ * The model with each generation held before it starts until `gate(signal)` resolves (the test
+ * controls when a request's slot is given back, without timing).
+ */
+function gated(model: Model, gate: (signal: AbortSignal) => Promise<void>): Model {
+  const bind = (target: object, key: string | symbol) => {
+    const v = Reflect.get(target, key);
+    return typeof v === 'function' ? v.bind(target) : v;
+  };
+  return new Proxy(model, {
+    get(target, key) {
+      if (key !== 'createSession') return bind(target, key);
+      return () => {
+        const session = target.createSession();
+        return new Proxy(session, {
+          get(s, k) {
+            if (k !== 'generate') return bind(s, k);
+            return (prompt: string | ChatMessage[], opts: GenerateOptions) => {
+              const open = gate(opts.signal!);
+              // (boxed: a promise would adopt the Generation, which is thenable, as its result)
+              const real = open.then(() => ({ g: s.generate(prompt, opts) }));
+              return {
+                // biome-ignore lint/suspicious/noThenProperty: stands in for a Generation, which is awaitable
+                then: (ok: (r: unknown) => unknown, err: (e: unknown) => unknown) => real.then(({ g }) => g).then(ok, err),
+                async *[Symbol.asyncIterator]() {
+                  yield* (await real).g;
+                },
+              };
+            };
+          },
+        });
+      };
+    },
+  });
+}
+
+/** A promise with its resolver. */
+function deferred<T = void>() {
+  let resolve!: (v: T) => void;
+  const promise = new Promise<T>(r => (resolve = r));
+  return { promise, resolve };
+}
+
+describe('load, queue and shutdown', () => {
+  it('429 when every slot is busy and the queue is full; the held request then completes', async () => {
+    const entered = deferred(),
+      release = deferred();
+    const { s, u } = await start(
+      gated(tiny.model, () => {
+        entered.resolve();
+        return release.promise;
+      }),
+      { maxConcurrent: 1, maxQueue: 0 },
+    );
+    try {
+      const first = post('/v1/completions', { model: 'tiny', prompt: textPrompt, max_tokens: 3, temperature: 0 }, {}, u);
+      await entered.promise;
+      expect(s.load).toEqual({ running: 1, queued: 0 });
+      await expectError(await post('/v1/completions', { model: 'tiny', prompt: 'x', max_tokens: 1 }, {}, u), 429, 'queue_full');
+      release.resolve();
+      const r = await first;
+      expect(r.status).toBe(200);
+      expect(((await r.json()) as OpenAI.Completion).choices[0]!.text).toBe((await sdk(textPrompt, { maxTokens: 3 })).text);
+    } finally {
+      await s.close();
+    }
+  });
+
+  it('a queued request waits for the slot, and a client leaving the queue frees its place', async () => {
+    const entered: (() => void)[] = [];
+    const release = deferred();
+    const firstIn = deferred();
+    const { s, u } = await start(
+      gated(tiny.model, () => {
+        entered.push(() => {});
+        firstIn.resolve();
+        return release.promise;
+      }),
+      { maxConcurrent: 1, maxQueue: 2 },
+    );
+    try {
+      const first = post('/v1/completions', { model: 'tiny', prompt: textPrompt, max_tokens: 2, temperature: 0 }, {}, u);
+      await firstIn.promise;
+      const leaving = new AbortController();
+      const left = fetch(`${u}/v1/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ model: 'tiny', prompt: 'x', max_tokens: 2 }),
+        signal: leaving.signal,
+      }).catch(e => e as Error);
+      const second = post('/v1/completions', { model: 'tiny', prompt: textPrompt, max_tokens: 2, temperature: 0 }, {}, u);
+      // Both wait in the queue: the metrics say so (asked until they do: each answer is an event, no sleeps).
+      const queued = async () => Number(/longcat_requests_queued (\d+)/.exec(await (await fetch(`${u}/metrics`)).text())![1]);
+      while ((await queued()) < 2);
+      leaving.abort();
+      expect(await left).toBeInstanceOf(Error);
+      while ((await queued()) > 1);
+      release.resolve();
+      expect((await first).status).toBe(200);
+      expect((await second).status).toBe(200);
+      await s.idle();
+      expect(s.load).toEqual({ running: 0, queued: 0 });
+      expect(entered).toHaveLength(2); // the request that left never generated
+      expect(tiny.model.engine.allocator.inUse).toBe(baseline);
+    } finally {
+      await s.close();
+    }
+  });
+
+  it('503 while the model loads, then serves', async () => {
+    const loading = deferred<Model>();
+    const { s, u } = await start(loading.promise);
+    try {
+      const h = await fetch(`${u}/health`);
+      expect(h.status).toBe(503);
+      expect(((await h.json()) as { status: string }).status).toBe('loading');
+      await expectError(await post('/v1/chat/completions', { model: 'tiny', messages }, {}, u), 503, 'model_loading');
+      loading.resolve(tiny.model);
+      await loading.promise;
+      const ok = await fetch(`${u}/health`);
+      expect(ok.status).toBe(200);
+      expect(await ok.json()).toEqual({ status: 'ok', model: 'tiny', running: 0, queued: 0 });
+      expect((await post('/v1/chat/completions', { model: 'tiny', messages, max_tokens: 2 }, {}, u)).status).toBe(200);
+    } finally {
+      await s.close();
+    }
+  });
+
+  it('close(): new requests are refused, the in-flight one finishes, then close resolves', async () => {
+    const entered = deferred(),
+      release = deferred();
+    const { s, u } = await start(
+      gated(tiny.model, () => {
+        entered.resolve();
+        return release.promise;
+      }),
+    );
+    const inflight = post(
+      '/v1/chat/completions',
+      { model: 'tiny', messages, max_tokens: 4, temperature: 0, stream: true },
+      {},
+      u,
+    );
+    await entered.promise;
+    let closed = false;
+    const closing = s.close().then(() => (closed = true));
+    // a new request: refused (the listener is closed, or 503 while it closes)
+    const late = await post('/v1/chat/completions', { model: 'tiny', messages }, {}, u).catch(e => e as Error);
+    if (late instanceof Response) await expectError(late, 503, 'shutting_down');
+    else expect(late).toBeInstanceOf(Error);
+    expect(closed).toBe(false);
+    release.resolve();
+    const res = await inflight;
+    expect(res.status).toBe(200);
+    const data = sseData(await res.text());
+    expect(data.at(-1)).toBe('[DONE]');
+    const text = data
+      .slice(0, -1)
+      .map(d => (JSON.parse(d) as OpenAI.ChatCompletionChunk).choices[0]?.delta.content ?? '')
+      .join('');
+    expect(text).toBe((await sdk(messages, { maxTokens: 4 })).text);
+    await closing;
+    expect(tiny.model.engine.allocator.inUse).toBe(baseline);
+  });
+
+  it('close() with shutdownTimeoutMs aborts the requests still running: 503 shutting_down', async () => {
+    const entered = deferred();
+    const { s, u } = await start(
+      gated(tiny.model, signal => {
+        entered.resolve();
+        return new Promise(r => signal.addEventListener('abort', () => r(), { once: true }));
+      }),
+      { shutdownTimeoutMs: 0 },
+    );
+    const inflight = post('/v1/completions', { model: 'tiny', prompt: textPrompt, max_tokens: 4 }, {}, u);
+    await entered.promise;
+    const closing = s.close();
+    await expectError(await inflight, 503, 'shutting_down');
+    await closing;
+    expect(tiny.model.engine.allocator.inUse).toBe(baseline);
+  });
+});
+
+describe('concurrency', () => {
+  it('10 concurrent streams, 4 leaving mid-stream: the others get their solo text; no blocks leak, nothing stuck', async () => {
+    const prompts = Array.from({ length: 10 }, (_, i) => `Story ${i}: ${textPrompt.slice(i)}`);
+    const solo = await Promise.all(prompts.map(p => sdk(p, { maxTokens: 24 })));
+    const leaves = (i: number) => i % 3 === 0;
+    const runs = prompts.map(async (prompt, i) => {
+      const ac = new AbortController();
+      const stream = await client.completions.create(
+        { model: 'tiny', prompt, max_tokens: leaves(i) ? 900 : 24, temperature: 0, stream: true },
+        { signal: ac.signal },
+      );
+      let text = '';
+      try {
+        for await (const c of stream) {
+          text += c.choices[0]!.text;
+          if (leaves(i) && text.length > 0) ac.abort();
+        }
+      } catch (e) {
+        if (!leaves(i)) throw e;
+        return null;
+      }
+      return text;
+    });
+    const texts = await Promise.all(runs);
+    texts.forEach((t, i) => {
+      if (!leaves(i)) expect(t).toBe(solo[i]!.text);
+    });
+    await server.idle();
+    expect(server.load).toEqual({ running: 0, queued: 0 });
+    expect(tiny.model.engine.allocator.inUse).toBe(baseline);
+    const metrics = await (await fetch(`${url}/metrics`)).text();
+    expect(metrics).toMatch(/^longcat_requests_finished_total\{reason="abort"\} [1-9]\d*$/m);
+  });
+});
+
+describe('/metrics and /health', () => {
+  it('count prompt and generated tokens and finish reasons; show KV blocks', async () => {
+    const { s, u } = await start(tiny.model);
+    try {
+      const a = (await (
+        await post('/v1/completions', { model: 'tiny', prompt: textPrompt, max_tokens: 5, temperature: 0 }, {}, u)
+      ).json()) as OpenAI.Completion;
+      const b = (await (
+        await post('/v1/chat/completions', { model: 'tiny', messages, max_tokens: 7, temperature: 0 }, {}, u)
+      ).json()) as OpenAI.ChatCompletion;
+      await s.idle();
+      const res = await fetch(`${u}/metrics`);
+      expect(res.headers.get('content-type')).toMatch(/^text\/plain/);
+      const text = await res.text();
+      const value = (name: string) => Number(new RegExp(`^${name} (\\d+)$`, 'm').exec(text)?.[1]);
+      expect(value('longcat_prompt_tokens_total')).toBe(a.usage!.prompt_tokens + b.usage!.prompt_tokens);
+      expect(value('longcat_generation_tokens_total')).toBe(a.usage!.completion_tokens + b.usage!.completion_tokens);
+      expect(value('longcat_requests_running')).toBe(0);
+      expect(value('longcat_requests_queued')).toBe(0);
+      expect(value('longcat_kv_blocks_in_use')).toBe(baseline);
+      const a0 = tiny.model.engine.allocator;
+      expect(value('longcat_kv_blocks_total')).toBe(a0.inUse + a0.available);
+      expect(value('longcat_kv_blocks_total')).toBeGreaterThan(0);
+      const finished = [...text.matchAll(/^longcat_requests_finished_total\{reason="(\w+)"\} (\d+)$/gm)];
+      expect(finished.reduce((n, m) => n + Number(m[2]), 0)).toBe(2);
+      expect(text).toMatch(/^# TYPE longcat_generation_tokens_total counter$/m);
+      const models = (await (await fetch(`${u}/v1/models`)).json()) as { data: { id: string }[] };
+      expect(models.data.map(m => m.id)).toEqual(['tiny']);
+      expect(await (await fetch(`${u}/health`)).json()).toEqual({ status: 'ok', model: 'tiny', running: 0, queued: 0 });
+    } finally {
+      await s.close();
+    }
+  });
+
+  it('a disposed model: 503 model_unloaded, and the slot is given back', async () => {
+    const other = await loadModel(tiny.dir, { backend: 'cpu', maxContext: 256 });
+    const { s, u } = await start(other, { maxConcurrent: 1, maxQueue: 0 });
+    try {
+      other.dispose();
+      for (let i = 0; i < 2; i++)
+        await expectError(
+          await post('/v1/completions', { model: 'tiny', prompt: 'x', max_tokens: 2 }, {}, u),
+          503,
+          'model_unloaded',
+        );
+      expect(s.load).toEqual({ running: 0, queued: 0 });
+    } finally {
+      await s.close();
+    }
+  });
+
+  it('createServer checks its options', () => {
+    expect(() => createServer(tiny.model, { maxQueue: -1 })).toThrow(/maxQueue/);
+    expect(() => createServer(tiny.model, { maxConcurrent: 0 })).toThrow(/maxConcurrent/);
+    expect(() => createServer(tiny.model, { apiKey: '' })).toThrow(/apiKey/);
+  });
+});
+
+describe('longcat serve (dist/cli.js)', () => {
+  const cli = path.resolve(__dirname, '../dist/cli.js');
+
+  it('prints its URL, serves the checkpoint with the API key, and exits 0 on SIGTERM after the in-flight stream ends', async () => {
+    const child = spawn(process.execPath, [
+      cli,
+      'serve',
+      '--model',
+      tiny.dir,
+      '--port',
+      '0',
+      '--api-key',
+      'k',
+      '--model-name',
+      'm',
+    ]);
+    const exited = once(child, 'exit');
+    try {
+      const lines = (stream: NodeJS.ReadableStream) => readline.createInterface({ input: stream })[Symbol.asyncIterator]();
+      const out = lines(child.stdout),
+        err = lines(child.stderr);
+      const first = (await out.next()).value as string;
+      const base = /serving on (http:\/\/127\.0\.0\.1:\d+)\/v1/.exec(first)?.[1];
+      expect(base, first).toBeDefined();
+      for (let line = ''; !line.includes('accepting requests'); ) {
+        const r = await err.next();
+        expect(r.done, 'stderr ended before the model loaded').toBe(false);
+        line = r.value as string;
+      }
+      const c = new OpenAI({ apiKey: 'k', baseURL: `${base}/v1`, maxRetries: 0 });
+      const want = await sdk(messages, { maxTokens: 6 });
+      const r = await c.chat.completions.create({ model: 'm', messages, max_tokens: 6, temperature: 0 });
+      expect(r.choices[0]!.message.content).toBe(want.text);
+      await expectError(await post('/v1/models', {}, {}, base), 401, 'invalid_api_key');
+      // SIGTERM once the stream has its first chunk: the stream still ends with [DONE], then the process exits 0
+      const stream = await c.chat.completions.create({ model: 'm', messages, max_tokens: 40, temperature: 0, stream: true });
+      let text = '';
+      let signalled = false;
+      for await (const chunk of stream) {
+        text += chunk.choices[0]?.delta.content ?? '';
+        if (!signalled) {
+          signalled = true;
+          child.kill('SIGTERM');
+        }
+      }
+      expect(text).toBe((await sdk(messages, { maxTokens: 40 })).text);
+      const [code] = await exited;
+      expect(code).toBe(0);
+      const rest: string[] = [];
+      for (let l = await err.next(); !l.done; l = await err.next()) rest.push(l.value as string);
+      expect(rest.join('\n')).toMatch(/SIGTERM: no new requests[\s\S]*stopped/);
+    } finally {
+      if (child.exitCode === null) child.kill('SIGKILL');
+    }
+  });
+
+  it('rejects a bad --port as a usage error (exit 2)', () => {
+    const r = spawnSync(process.execPath, [cli, 'serve', '--port', 'http'], { encoding: 'utf8' });
+    expect(r.status).toBe(2);
+    expect(r.stderr).toMatch(/--port must be an integer in \[0, 65535\]/);
+  });
+});
