@@ -51,7 +51,8 @@ const PRESET = quick ? 'tiny' : 'small';
 const N = Number(arg('--tokens', quick ? 12 : 128));
 const REPEATS = Number(arg('--repeats', quick ? 2 : 8));
 const PROMPT = quick ? 6 : 16;
-const COMPONENT_STEPS = quick ? 4 : 32;
+const COMPONENT_STEPS = quick ? 2 : 32;
+const WARMUP = quick ? 1 : 4;
 const BATCHES = [1, 8];
 const AGREEMENTS = [0.9, 0];
 const ckptRoot = arg('--ckpt-root', path.join(here, 'out'));
@@ -447,8 +448,8 @@ async function benchCheckpoint(agreement) {
   try {
     for (const B of BATCHES) {
       const ps = prompts(plan, B);
-      plainRun(e, ps, 4); // warm-up: pages the weights in, captures the graphs
-      specRun(e, ps, 4);
+      plainRun(e, ps, WARMUP); // warm-up: pages the weights in, captures the graphs
+      specRun(e, ps, WARMUP);
       const plain = [],
         spec = [];
       for (let r = 0; r < REPEATS; r++) {
