@@ -124,7 +124,7 @@ function plainRun(e, ps, n) {
 
 /** Speculative steps until every sequence has n more tokens; returns the wall time, tokens, acceptance.
  *  hooks.before / after run around each step (the routing pass; untimed runs only). */
-function specRun(e, ps, n, hooks = null) {
+async function specRun(e, ps, n, hooks = null) {
   const { seqs, ids, first, hidden } = prefill(e, ps, true);
   const dl = e.mtp(
     seqs,
@@ -147,7 +147,7 @@ function specRun(e, ps, n, hooks = null) {
   while (out.some(o => o.length <= n)) {
     hooks?.before();
     const ts = now();
-    const s = e.speculativeStep(
+    const s = await e.speculativeStep(
       seqs,
       pending,
       drafts,
@@ -178,7 +178,7 @@ function specRun(e, ps, n, hooks = null) {
  * cache writes touch nothing the steps read) with its argmax read back. The MTP call is captured
  * once and replayed on the CPU (how the speculative step runs it); on other devices it runs eagerly.
  */
-function components(e, ps, m) {
+async function components(e, ps, m) {
   const B = ps.length;
   const ids2 = empty([2 * B], { dtype: 'int32', device: e.device });
   // The MTP head's inputs: 2 cached rows per sequence and their hidden (copied: the graph's output buffer is reused).
@@ -218,14 +218,14 @@ function components(e, ps, m) {
   dl.dispose();
   let pending = first;
   const t = { spec: [], plain1: [], verify2: [], mtp: [] };
-  const time = (k, fn) => {
+  const time = async (k, fn) => {
     const t0 = now();
-    const r = fn();
+    const r = await fn();
     t[k].push(now() - t0);
     return r;
   };
   for (let i = 0; i < m + 1; i++) {
-    const s = time('spec', () =>
+    const s = await time('spec', () =>
       e.speculativeStep(
         seqs,
         pending,
@@ -236,7 +236,7 @@ function components(e, ps, m) {
     for (const x of s.nFfn) x.dispose();
     pending = s.tokens.map(list => list[list.length - 1]);
     drafts = s.drafts;
-    time('verify2', () => {
+    await time('verify2', () => {
       const r = e.forward(
         seqs,
         pending.map(x => [x, x]),
@@ -247,7 +247,7 @@ function components(e, ps, m) {
       r.hidden.dispose();
     });
     for (const q of seqs) q.truncate(q.length - 2);
-    time('plain1', () => {
+    await time('plain1', () => {
       const { logits } = e.forward(
         seqs,
         pending.map(x => [x]),
@@ -256,7 +256,7 @@ function components(e, ps, m) {
       logits.dispose();
     });
     for (const q of seqs) q.truncate(q.length - 1);
-    time('mtp', () => {
+    await time('mtp', () => {
       mtpCall();
       toArray(ids2);
     });
@@ -341,7 +341,7 @@ async function routing(dir, plan) {
       // speculative: the first step captures the verify + accept + draft graph
       const specViews = [];
       const spec = [];
-      specRun(e, ps, N, {
+      await specRun(e, ps, N, {
         before: () => {
           sink = spec.length === 0 ? specViews : null;
         },
@@ -449,12 +449,12 @@ async function benchCheckpoint(agreement) {
     for (const B of BATCHES) {
       const ps = prompts(plan, B);
       plainRun(e, ps, WARMUP); // warm-up: pages the weights in, captures the graphs
-      specRun(e, ps, WARMUP);
+      await specRun(e, ps, WARMUP);
       const plain = [],
         spec = [];
       for (let r = 0; r < REPEATS; r++) {
         plain.push(plainRun(e, ps, N));
-        spec.push(specRun(e, ps, N));
+        spec.push(await specRun(e, ps, N));
       }
       const identical = spec.every(s => s.out.every((o, b) => o.slice(0, N + 1).join() === plain[0].out[b].join()));
       const plainTps = plain.map(r => r.tokens / (r.ms / 1e3)),
@@ -482,7 +482,7 @@ async function benchCheckpoint(agreement) {
         // The same from the median step times (robust to the load spikes of a shared machine).
         speedupMedianSteps: (perStep * median(plainStepMs)) / median(stepMs),
         identical,
-        components: components(e, ps, COMPONENT_STEPS),
+        components: await components(e, ps, COMPONENT_STEPS),
       });
     }
   } finally {
