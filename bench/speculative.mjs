@@ -34,7 +34,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { native } from '../dist/index.js';
-import { empty, tensor, toArray } from '../dist/tensor.js';
+import { empty, tensor, toArray, toArrayAsync } from '../dist/tensor.js';
 import { loadModel } from '../dist/generate.js';
 import { draftAgreementPlan, initRandom } from '../dist/init-random.js';
 import { activeParams, parseConfig, requiredTensors } from '../dist/config.js';
@@ -88,6 +88,13 @@ function argmax(ids, logits) {
   return Array.from(toArray(ids));
 }
 
+/** The same with the read-back awaited, as generate's steps do (speculativeStep awaits its own):
+ *  every timed step pays one awaited read-back, so plain and speculative steps compare fairly. */
+async function argmaxAsync(ids, logits) {
+  native.sample(null, ids, logits, 0, 0, 1, 0, 0, 0);
+  return Array.from(await toArrayAsync(ids));
+}
+
 /** The prompts' prefill; returns the sequences, the first token of each, and the post-norm hidden when asked. */
 function prefill(e, ps, hidden) {
   const seqs = ps.map(() => e.newSequence());
@@ -99,7 +106,7 @@ function prefill(e, ps, hidden) {
 }
 
 /** n plain decode steps (one token per sequence each); returns the wall time, the tokens, each step's time. */
-function plainRun(e, ps, n) {
+async function plainRun(e, ps, n) {
   const { seqs, ids, first } = prefill(e, ps, false);
   const out = first.map(t => [t]);
   let pending = first;
@@ -111,7 +118,7 @@ function plainRun(e, ps, n) {
       seqs,
       pending.map(t => [t]),
     );
-    pending = argmax(ids, logits);
+    pending = await argmaxAsync(ids, logits);
     logits.dispose();
     stepMs.push(now() - ts);
     for (const [b, t] of pending.entries()) out[b].push(t);
@@ -236,29 +243,29 @@ async function components(e, ps, m) {
     for (const x of s.nFfn) x.dispose();
     pending = s.tokens.map(list => list[list.length - 1]);
     drafts = s.drafts;
-    await time('verify2', () => {
+    await time('verify2', async () => {
       const r = e.forward(
         seqs,
         pending.map(x => [x, x]),
         { mode: 'decode', hidden: true },
       );
-      argmax(ids2, r.logits);
+      await argmaxAsync(ids2, r.logits);
       r.logits.dispose();
       r.hidden.dispose();
     });
     for (const q of seqs) q.truncate(q.length - 2);
-    await time('plain1', () => {
+    await time('plain1', async () => {
       const { logits } = e.forward(
         seqs,
         pending.map(x => [x]),
       );
-      argmax(ids, logits);
+      await argmaxAsync(ids, logits);
       logits.dispose();
     });
     for (const q of seqs) q.truncate(q.length - 1);
-    await time('mtp', () => {
+    await time('mtp', async () => {
       mtpCall();
-      toArray(ids2);
+      await toArrayAsync(ids2);
     });
   }
   graph?.dispose();
@@ -448,12 +455,12 @@ async function benchCheckpoint(agreement) {
   try {
     for (const B of BATCHES) {
       const ps = prompts(plan, B);
-      plainRun(e, ps, WARMUP); // warm-up: pages the weights in, captures the graphs
+      await plainRun(e, ps, WARMUP); // warm-up: pages the weights in, captures the graphs
       await specRun(e, ps, WARMUP);
       const plain = [],
         spec = [];
       for (let r = 0; r < REPEATS; r++) {
-        plain.push(plainRun(e, ps, N));
+        plain.push(await plainRun(e, ps, N));
         spec.push(await specRun(e, ps, N));
       }
       const identical = spec.every(s => s.out.every((o, b) => o.slice(0, N + 1).join() === plain[0].out[b].join()));
