@@ -275,7 +275,6 @@ export async function openCheckpoint(dir: string, opts: OpenCheckpointOptions = 
 
   // What must be there.
   const quantization = !config.quantization_config ? null : config.quantization_config.quant_method === 'fp8' ? 'fp8' : 'int8';
-  const fp8 = quantization === 'fp8';
   const hasMtp = [...tensors.keys()].some(n => n.startsWith('model.mtp.'));
   const required = requiredTensors(config, { mtp: hasMtp });
   const derived = deriveConstants(config);

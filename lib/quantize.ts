@@ -124,10 +124,11 @@ export class QuantizingSource implements TensorSource {
     return [...this.made.values()].flatMap(l => [l.weight, l.scale]);
   }
 
-  private quantized(weightName: string): QuantizedLinear {
+  /** The quantized `weightName` (the tensor `weight()` gives, quantized on first use). */
+  private quantized(weightName: string, weight = () => this.ck.get(weightName)): QuantizedLinear {
     let l = this.made.get(weightName);
     if (!l) {
-      l = quantizeWeight(this.ck.get(weightName), this.format);
+      l = quantizeWeight(weight(), this.format);
       synchronize('cpu'); // the model's streams (or a copy to a GPU) read it next
       this.made.set(weightName, l);
     }
@@ -153,29 +154,13 @@ export class QuantizingSource implements TensorSource {
   }
 
   expertWeights(layer: number, e: number) {
-    if (this.ck.expertLayouts[layer] === 'packed') {
-      // Packed (transformers v5) experts are views; each is quantized once, cached under its original name.
-      const x = this.ck.expertWeights(layer, e);
-      const p = `model.layers.${layer}.mlp.experts.${e}`;
-      const one = (w: Tensor, m: string) => {
-        const key = `${p}.${m}.weight`;
-        let l = this.made.get(key);
-        if (!l) {
-          this.made.set(key, (l = quantizeWeight(w, this.format)));
-          synchronize('cpu');
-        }
-        return l;
-      };
-      const g = one(x.gate, 'gate_proj'),
-        u = one(x.up, 'up_proj'),
-        d = one(x.down, 'down_proj');
-      return { gate: g.weight, up: u.weight, down: d.weight, gateScale: g.scale, upScale: u.scale, downScale: d.scale };
-    }
     const p = `model.layers.${layer}.mlp.experts.${e}`;
-    const l = (m: string) => this.quantized(`${p}.${m}.weight`);
-    const g = l('gate_proj'),
-      u = l('up_proj'),
-      d = l('down_proj');
+    // Packed (transformers v5) experts come as views of the stacked tensors, quantized under their original names.
+    const packed = this.ck.expertLayouts[layer] === 'packed' ? this.ck.expertWeights(layer, e) : null;
+    const l = (m: 'gate' | 'up' | 'down') => this.quantized(`${p}.${m}_proj.weight`, packed ? () => packed[m] : undefined);
+    const g = l('gate'),
+      u = l('up'),
+      d = l('down');
     return { gate: g.weight, up: u.weight, down: d.weight, gateScale: g.scale, upScale: u.scale, downScale: d.scale };
   }
 }
