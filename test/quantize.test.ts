@@ -11,7 +11,7 @@ import path from 'node:path';
 import { initRandom } from '../lib/init-random.js';
 import { openCheckpoint } from '../lib/checkpoint.js';
 import { loadModel } from '../lib/generate.js';
-import { quantizeCheckpoint, type QuantizeFormat } from '../lib/quantize.js';
+import { quantizeCheckpoint, type QuantizeFormat, type QuantizeProgress } from '../lib/quantize.js';
 import { evalKld } from '../lib/eval.js';
 import { setMatmulPrecision } from '../lib/device.js';
 import { cudaAvailable, rejects, workLimitMs } from './helpers.js';
@@ -175,6 +175,23 @@ describe('quantizeCheckpoint', { timeout: workLimitMs(120) }, () => {
     expect(fp8.pplBase).toBe(self.pplBase);
     const atLoad = await evalKld(dir, null, { textFile: text, ctx: 32, quantize: 'fp8' });
     expect(atLoad.meanKld).toBe(fp8.meanKld);
+  });
+
+  it('reports progress per tensor and counts what it quantized and copied', async () => {
+    const dir = await baseOf('tiny');
+    const seen: QuantizeProgress[] = [];
+    const r = await quantizeCheckpoint(dir, path.join(root, 'progress'), { to: 'int8', onProgress: p => seen.push(p) });
+    using ck = await openCheckpoint(dir);
+    expect(seen.length).toBe(ck.tensors.size);
+    expect(seen.map(p => p.done)).toEqual(seen.map((_, i) => i + 1));
+    expect(seen.at(-1)).toMatchObject({ total: ck.tensors.size, bytes: r.inputBytes, totalBytes: r.inputBytes });
+    expect(new Set(seen.map(p => p.tensor)).size).toBe(ck.tensors.size);
+    expect(seen.filter(p => p.action === 'quantized').length).toBe(r.quantized);
+    expect(r.quantized + r.copied).toBe(ck.tensors.size);
+    // int8 codes are half the bf16 bytes, plus one f32 scale per row.
+    expect(r.outputBytes).toBeLessThan(r.inputBytes);
+    using out = await openCheckpoint(r.dir);
+    expect([...out.tensors.values()].filter(t => t.dtype === 'I8').length).toBe(r.quantized);
   });
 
   it('typed errors: int4, an already-quantized input, a non-empty output, a missing input', async () => {
