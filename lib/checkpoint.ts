@@ -50,7 +50,7 @@ export interface ExpertWeights {
   downScale?: Tensor;
 }
 
-/** A linear layer's weight and, for FP8, its block scale. */
+/** A linear layer's weight and, for FP8 / int8, its scale (block scales / row scales). */
 export interface LinearWeights {
   weight: Tensor;
   scale?: Tensor;
@@ -84,8 +84,10 @@ export interface Checkpoint {
   readonly tensors: ReadonlyMap<string, CheckpointTensor>;
   /** Tensors present but not part of the model (reported, not an error). */
   readonly unexpected: readonly string[];
-  /** FP8 linears (config has quantization_config). */
+  /** FP8 linears (config has an FP8 quantization_config). */
   readonly fp8: boolean;
+  /** The quantized linears' format: 'fp8' (block FP8), 'int8' (int8 rows), or null (none). */
+  readonly quantization: 'fp8' | 'int8' | null;
   /** The MTP module's tensors are present (and were validated). */
   readonly hasMtp: boolean;
   /** Per logical layer: per-expert tensors (original) or HF packed gate_up_proj / down_proj. */
@@ -97,7 +99,7 @@ export interface Checkpoint {
   has(name: string): boolean;
   /** The tensor, memory-mapped and cached (the same object on each call until close()). */
   get(name: string): Tensor;
-  /** `${module}.weight` and, when present, `${module}.weight_scale_inv`. */
+  /** `${module}.weight` and, when present, `${module}.weight_scale_inv` (FP8) or `.weight_scale` (int8). */
   linear(module: string): LinearWeights;
   /** Expert `e` of logical layer `layer` in either layout; views are cached. */
   expertWeights(layer: number, e: number): ExpertWeights;
@@ -110,6 +112,12 @@ export interface Checkpoint {
   /** Disposes every tensor handed out and drops the mappings. Idempotent. */
   close(): void;
   [Symbol.dispose](): void;
+}
+
+/** The scale tensor of a quantized linear `module`: `.weight_scale_inv` (FP8) or `.weight_scale` (int8 rows), if `has` it. */
+export function scaleNameOf(module: string, has: (name: string) => boolean): string | null {
+  for (const s of [`${module}.weight_scale_inv`, `${module}.weight_scale`]) if (has(s)) return s;
+  return null;
 }
 
 function ckptError(msg: string, cause?: unknown): CheckpointError {
@@ -266,9 +274,9 @@ export async function openCheckpoint(dir: string, opts: OpenCheckpointOptions = 
     }
 
   // What must be there.
-  const fp8 = config.quantization_config !== null;
+  const quantization = !config.quantization_config ? null : config.quantization_config.quant_method === 'fp8' ? 'fp8' : 'int8';
   const hasMtp = [...tensors.keys()].some(n => n.startsWith('model.mtp.'));
-  const required = requiredTensors(config, { fp8, mtp: hasMtp });
+  const required = requiredTensors(config, { mtp: hasMtp });
   const derived = deriveConstants(config);
   const expertLayouts: ExpertLayout[] = [];
   const packedSpecs = new Map<string, TensorSpec>();
@@ -279,15 +287,16 @@ export async function openCheckpoint(dir: string, opts: OpenCheckpointOptions = 
     const gu = `model.layers.${L}.mlp.experts.gate_up_proj`;
     const dn = `model.layers.${L}.mlp.experts.down_proj`;
     if (tensors.has(gu) || tensors.has(dn)) {
-      if (fp8 && (tensors.get(gu)?.dtype === 'F8_E4M3' || tensors.get(dn)?.dtype === 'F8_E4M3'))
+      if (quantization && [gu, dn].some(n => ['F8_E4M3', 'I8'].includes(tensors.get(n)?.dtype ?? '')))
         throw ckptError(
-          `${root}: layer ${L} has FP8 experts in the packed (transformers v5) layout, which is not supported; use the original per-expert layout`,
+          `${root}: layer ${L} has ${quantization === 'fp8' ? 'FP8' : 'int8'} experts in the packed (transformers v5) layout, which is not supported; use the original per-expert layout`,
         );
       expertLayouts.push('packed');
       for (let e = 0; e < E; e++)
         for (const w of ['gate_proj', 'up_proj', 'down_proj']) {
           required.delete(`${expertPrefix(L, e)}.${w}.weight`);
           required.delete(`${expertPrefix(L, e)}.${w}.weight_scale_inv`);
+          required.delete(`${expertPrefix(L, e)}.${w}.weight_scale`);
         }
       packedSpecs.set(gu, { shape: [E, 2 * I, H], dtypes: FLOAT_DTYPES, role: 'linear', quantized: false });
       packedSpecs.set(dn, { shape: [E, H, I], dtypes: FLOAT_DTYPES, role: 'linear', quantized: false });
@@ -354,7 +363,7 @@ export async function openCheckpoint(dir: string, opts: OpenCheckpointOptions = 
     generationConfig,
     tensors,
     unexpected,
-    fp8,
+    quantization,
     hasMtp,
     expertLayouts,
     totalBytes,
@@ -377,13 +386,17 @@ class CheckpointImpl implements Checkpoint {
     readonly generationConfig: GenerationConfig | null,
     readonly tensors: ReadonlyMap<string, CheckpointTensor>,
     readonly unexpected: readonly string[],
-    readonly fp8: boolean,
+    readonly quantization: 'fp8' | 'int8' | null,
     readonly hasMtp: boolean,
     readonly expertLayouts: readonly ExpertLayout[],
     readonly totalBytes: number,
     readonly files: readonly string[],
     private mappings: Map<string, MappedFile>,
   ) {}
+
+  get fp8(): boolean {
+    return this.quantization === 'fp8';
+  }
 
   private alive(what: string) {
     if (this.closed) throw new DisposedError('E_DISPOSED', `checkpoint ${this.dir}: ${what} after close()`);
@@ -409,8 +422,8 @@ class CheckpointImpl implements Checkpoint {
 
   linear(module: string): LinearWeights {
     const weight = this.get(`${module}.weight`);
-    const s = `${module}.weight_scale_inv`;
-    return this.tensors.has(s) ? { weight, scale: this.get(s) } : { weight };
+    const s = scaleNameOf(module, (n: string) => this.tensors.has(n));
+    return s ? { weight, scale: this.get(s) } : { weight };
   }
 
   expertWeights(layer: number, e: number): ExpertWeights {

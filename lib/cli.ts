@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// The `longcat` command: info, generate, chat, serve, inspect, init-random.
+// The `longcat` command: info, generate, chat, serve, inspect, init-random, quantize, eval.
 import { parseArgs } from 'node:util';
 import { existsSync, renameSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -13,6 +13,8 @@ import { openCheckpoint, type LoadProgress } from './checkpoint.js';
 import type { UploadProgress } from './model/weights.js';
 import { type HostProgress, type ModelMemory, modelMemory, uploadBytes } from './model/load.js';
 import { activeParams } from './config.js';
+import { quantizeCheckpoint } from './quantize.js';
+import { evalKld } from './eval.js';
 import type { ChatMessage } from './chat.js';
 import type { Backend } from './model/load.js';
 import { createServer } from './server.js';
@@ -35,6 +37,10 @@ commands:
            [--draft-agreement F]         write a random LongCat-Flash checkpoint (original layout);
                                          with --mtp, tiny|small|lite: greedy text follows a fixed
                                          token cycle and the MTP drafts are accepted at rate F
+  quantize --to fp8|int8 IN OUT          write IN's linears quantized to OUT (new or empty), shard by
+                                         shard: fp8 = block FP8 (SPEC 7.1), int8 = per-row int8
+  eval --kld BASE QUANT --text FILE      KL divergence of QUANT's next-token distribution from BASE's,
+           [--ctx N] [--threads N] [--json]  top-1 agreement and both perplexities (CPU)
   info [--json]                          backends, devices, CPU features and build flags
 `;
 
@@ -375,7 +381,7 @@ async function inspect(args: string[]) {
     `tensors:      ${ck.tensors.size} (${[...dtypes].map(([d, n]) => `${n} ${d}`).join(', ')})${ck.unexpected.length ? `, ${ck.unexpected.length} unexpected` : ''}`,
   );
   console.log(
-    `format:       ${ck.fp8 ? 'block FP8 (e4m3, 128x128 scales)' : 'unquantized'}, experts ${[...new Set(ck.expertLayouts)].join('/')}, MTP ${ck.hasMtp ? 'present' : 'absent'}`,
+    `format:       ${ck.quantization === 'fp8' ? 'block FP8 (e4m3, 128x128 scales)' : ck.quantization === 'int8' ? 'int8 weights (per-row scales)' : 'unquantized'}, experts ${[...new Set(ck.expertLayouts)].join('/')}, MTP ${ck.hasMtp ? 'present' : 'absent'}`,
   );
   console.log(
     `architecture: ${c.num_layers} layers x (2 MLA + 2 dense FFN + MoE), hidden ${c.hidden_size}, ${c.num_attention_heads} heads, vocab ${c.vocab_size}`,
@@ -433,6 +439,71 @@ async function initRandomCmd(args: string[]) {
     console.log(`greedy speculative decoding (one draft token) accepts ${r.draftAcceptance.toFixed(4)} of the MTP drafts`);
 }
 
+async function quantizeCmd(args: string[]) {
+  const { values: v, positionals } = parseArgs({ args, allowPositionals: true, options: { to: { type: 'string' } } });
+  if (v.to === undefined) throw new UsageError('quantize: --to fp8|int8 is required');
+  if (v.to !== 'fp8' && v.to !== 'int8' && v.to !== 'int4')
+    throw new UsageError(`quantize: --to must be fp8 or int8, got '${v.to}'`);
+  if (positionals.length !== 2) throw new UsageError('quantize: give the input and the output directory: quantize --to F IN OUT');
+  const [input, output] = positionals as [string, string];
+  const tty = process.stderr.isTTY;
+  const r = await quantizeCheckpoint(input, output, {
+    to: v.to,
+    onProgress: p => {
+      if (tty)
+        process.stderr.write(
+          `\r[${p.done}/${p.total}] ${formatBytes(p.bytes)} / ${formatBytes(p.totalBytes)} ${p.action} ${p.tensor}`
+            .padEnd(100)
+            .slice(0, 100),
+        );
+    },
+  });
+  if (tty) process.stderr.write('\n');
+  console.log(
+    `wrote ${r.format} checkpoint to ${r.dir}: ${r.quantized} linears quantized, ${r.copied} tensors kept, ` +
+      `${formatBytes(r.inputBytes)} -> ${formatBytes(r.outputBytes)} in ${r.files.length} file(s)`,
+  );
+}
+
+async function evalCmd(args: string[]) {
+  const { values: v, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: {
+      kld: { type: 'boolean' },
+      text: { type: 'string' },
+      ctx: { type: 'string' },
+      threads: { type: 'string' },
+      json: { type: 'boolean' },
+    },
+  });
+  if (!v.kld) throw new UsageError('eval: --kld is the only evaluation: eval --kld BASE QUANT --text FILE');
+  if (positionals.length !== 2) throw new UsageError('eval: give the base and the quantized checkpoint: eval --kld BASE QUANT');
+  if (v.text === undefined) throw new UsageError('eval: --text FILE is required');
+  const [base, quant] = positionals as [string, string];
+  const r = await evalKld(base, quant, {
+    textFile: v.text,
+    ...defined({
+      ctx: num(v.ctx, 'ctx', { integer: true, min: 3 }),
+      threads: num(v.threads, 'threads', { integer: true, min: 1 }),
+    }),
+  });
+  if (v.json) {
+    console.log(JSON.stringify(r, null, 2));
+    return;
+  }
+  const f = (x: number, d = 4) => x.toFixed(d);
+  console.log(`tokens:          ${r.tokens} in ${r.windows} window(s) of ${r.ctx}, ${r.scored} predictions scored`);
+  console.log(`PPL(base):       ${f(r.pplBase)}`);
+  console.log(`PPL(quant):      ${f(r.pplQuant)}`);
+  console.log(`ln(PPL ratio):   ${f(r.meanLnPplRatio, 6)}`);
+  console.log(`mean KLD:        ${f(r.meanKld, 6)} +/- ${f(r.kldStderr, 6)}`);
+  console.log(`median KLD:      ${f(r.medianKld, 6)}`);
+  console.log(`99% KLD:         ${f(r.p99Kld, 6)}`);
+  console.log(`max KLD:         ${f(r.maxKld, 6)}`);
+  console.log(`same top token:  ${f(100 * r.top1Agreement, 3)} %`);
+}
+
 async function main(argv: string[]) {
   const [cmd, ...rest] = argv;
   switch (cmd) {
@@ -450,6 +521,10 @@ async function main(argv: string[]) {
       return inspect(rest);
     case 'init-random':
       return initRandomCmd(rest);
+    case 'quantize':
+      return quantizeCmd(rest);
+    case 'eval':
+      return evalCmd(rest);
     case undefined:
     case '-h':
     case '--help':

@@ -31,7 +31,7 @@ export interface RopeScaling {
 }
 
 /** Block-wise FP8 (SPEC 7.1). */
-export interface QuantizationConfig {
+export interface Fp8QuantizationConfig {
   quant_method: 'fp8';
   fmt: 'e4m3';
   weight_block_size: [number, number];
@@ -41,6 +41,25 @@ export interface QuantizationConfig {
   /** Whole module families kept unquantized: 'self_attn', 'mlps', 'mtp'. */
   disable_quant_module: string[];
 }
+
+/**
+ * This engine's weight-only int8 format (`longcat quantize --to int8`): each quantized linear's
+ * `<module>.weight` is I8 [out, in] (symmetric, round half to even, clamped to [-127, 127]) and
+ * `<module>.weight_scale` F32 [out] its per-row dequantizing scale, max|row| / 127:
+ * W[r, c] = float32(Q[r, c]) * weight_scale[r]. The same linears as FP8 are quantized except
+ * kv_b_proj (the absorbed attention multiplies it as floats; SPEC 5.2), which stays high precision.
+ */
+export interface Int8RowsQuantizationConfig {
+  quant_method: 'longcat-int8-rows';
+  bits: 8;
+  /** Module names (without `.weight`) kept unquantized. */
+  ignored_layers: string[];
+  /** Whole module families kept unquantized: 'self_attn', 'mlps', 'mtp'. */
+  disable_quant_module: string[];
+}
+
+export type QuantizationConfig = Fp8QuantizationConfig | Int8RowsQuantizationConfig;
+export const INT8_ROWS_METHOD = 'longcat-int8-rows';
 
 export interface LongcatConfig {
   architectures: string[];
@@ -370,28 +389,38 @@ export function parseConfig(json: unknown, file = 'config.json'): LongcatConfig 
     if (typeof qc !== 'object' || Array.isArray(qc)) configError(file, 'quantization_config', 'an object or null', qc);
     const q = qc as Record<string, unknown>;
     const qr = new Reader(q, file, 'quantization_config.');
-    const quant_method = qr.oneOf('quant_method', ['fp8'] as const, 'fp8');
-    const fmt = qr.oneOf('fmt', ['e4m3'] as const, 'e4m3');
-    const wbs = q.weight_block_size ?? [128, 128];
-    if (
-      !Array.isArray(wbs) ||
-      wbs.length !== 2 ||
-      !wbs.every(v => typeof v === 'number' && Number.isSafeInteger(v) && v > 0 && v <= CONFIG_LIMITS.weight_block_size)
-    )
-      configError(
-        file,
-        'quantization_config.weight_block_size',
-        `two positive integers [rows, cols], each <= ${CONFIG_LIMITS.weight_block_size}`,
-        q.weight_block_size,
-      );
-    quantization_config = {
-      quant_method,
-      fmt,
-      weight_block_size: [wbs[0], wbs[1]] as [number, number],
-      activation_scheme: qr.oneOf('activation_scheme', ['dynamic', 'static'] as const, 'dynamic'),
-      ignored_layers: qr.stringList('ignored_layers', []),
-      disable_quant_module: qr.stringList('disable_quant_module', []),
-    };
+    const quant_method = qr.oneOf('quant_method', ['fp8', INT8_ROWS_METHOD] as const, 'fp8');
+    if (quant_method === INT8_ROWS_METHOD) {
+      if ((q.bits ?? 8) !== 8) configError(file, 'quantization_config.bits', '8', q.bits);
+      quantization_config = {
+        quant_method,
+        bits: 8,
+        ignored_layers: qr.stringList('ignored_layers', []),
+        disable_quant_module: qr.stringList('disable_quant_module', []),
+      };
+    } else {
+      const fmt = qr.oneOf('fmt', ['e4m3'] as const, 'e4m3');
+      const wbs = q.weight_block_size ?? [128, 128];
+      if (
+        !Array.isArray(wbs) ||
+        wbs.length !== 2 ||
+        !wbs.every(v => typeof v === 'number' && Number.isSafeInteger(v) && v > 0 && v <= CONFIG_LIMITS.weight_block_size)
+      )
+        configError(
+          file,
+          'quantization_config.weight_block_size',
+          `two positive integers [rows, cols], each <= ${CONFIG_LIMITS.weight_block_size}`,
+          q.weight_block_size,
+        );
+      quantization_config = {
+        quant_method,
+        fmt,
+        weight_block_size: [wbs[0], wbs[1]] as [number, number],
+        activation_scheme: qr.oneOf('activation_scheme', ['dynamic', 'static'] as const, 'dynamic'),
+        ignored_layers: qr.stringList('ignored_layers', []),
+        disable_quant_module: qr.stringList('disable_quant_module', []),
+      };
+    }
   }
 
   const extra: Record<string, unknown> = {};
@@ -501,14 +530,16 @@ export interface TensorSpec {
   /** Accepted stored dtypes. */
   dtypes: readonly SafetensorsDType[];
   role: TensorRole;
-  /** For a linear: stored as F8_E4M3 with a `.weight_scale_inv` companion. */
+  /** For a linear: stored quantized (F8_E4M3 with a `.weight_scale_inv` companion, or I8 with a
+   *  `.weight_scale` companion; see QuantizationConfig). */
   quantized: boolean;
   /** For a quantized linear's scale: the weight it belongs to. */
   scaleOf?: string;
 }
 
 export interface RequiredTensorsOptions {
-  /** Expect FP8 linears + scales (default: config.quantization_config is set). */
+  /** true: FP8 linears + scales (the config's FP8 settings, else SPEC 7.1's); false: no quantized
+   *  linear; default: as config.quantization_config says (FP8 or int8 rows). */
   fp8?: boolean;
   /** Include the MTP module (SPEC 2.2). Default false. */
   mtp?: boolean;
@@ -525,12 +556,13 @@ export function expertPrefix(layer: number, e: number): string {
 export const MTP_PREFIX = 'model.mtp.layers.0';
 
 /**
- * Whether a linear (its module name, without `.weight`) is FP8 under `q` (SPEC 7.1): every
+ * Whether a linear (its module name, without `.weight`) is quantized under `q` (SPEC 7.1): every
  * attention, dense MLP, expert and MTP linear, except modules listed in ignored_layers and
- * families in disable_quant_module.
+ * families in disable_quant_module (and, in the int8 format, kv_b_proj).
  */
 export function isQuantizedModule(module: string, q: QuantizationConfig | null): boolean {
   if (!q) return false;
+  if (q.quant_method === INT8_ROWS_METHOD && module.endsWith('.kv_b_proj')) return false;
   if (q.ignored_layers.includes(module) || q.ignored_layers.includes(`${module}.weight`)) return false;
   const parts = module.split('.');
   for (const fam of q.disable_quant_module) {
@@ -543,21 +575,28 @@ export function isQuantizedModule(module: string, q: QuantizationConfig | null):
 /**
  * Every tensor a checkpoint must hold, name -> spec, in the original Meituan layout (SPEC 2.1),
  * with `.weight_scale_inv` companions ([ceil(out/128), ceil(in/128)], F32) for the FP8 linears of
- * SPEC 7.1, and the MTP module of SPEC 2.2 when `mtp`.
+ * SPEC 7.1 (or `.weight_scale` [out] F32 for the int8 format's I8 linears), and the MTP module of
+ * SPEC 2.2 when `mtp`.
  */
 export function requiredTensors(c: LongcatConfig, opts: RequiredTensorsOptions = {}): Map<string, TensorSpec> {
-  const fp8 = opts.fp8 ?? c.quantization_config !== null;
-  const q: QuantizationConfig | null = fp8
-    ? (c.quantization_config ?? {
-        quant_method: 'fp8',
-        fmt: 'e4m3',
-        weight_block_size: [128, 128],
-        activation_scheme: 'dynamic',
-        ignored_layers: [],
-        disable_quant_module: [],
-      })
-    : null;
-  const [br, bc] = q ? q.weight_block_size : [128, 128];
+  const given = c.quantization_config;
+  const fp8 = opts.fp8 ?? given !== null;
+  const q: QuantizationConfig | null = !fp8
+    ? null
+    : opts.fp8 === undefined && given
+      ? given
+      : given?.quant_method === 'fp8'
+        ? given
+        : {
+            quant_method: 'fp8',
+            fmt: 'e4m3',
+            weight_block_size: [128, 128],
+            activation_scheme: 'dynamic',
+            ignored_layers: [],
+            disable_quant_module: [],
+          };
+  const [br, bc] = q?.quant_method === 'fp8' ? q.weight_block_size : [128, 128];
+  const int8 = q?.quant_method === INT8_ROWS_METHOD;
   const d = deriveConstants(c);
   const H = c.hidden_size;
   const m = new Map<string, TensorSpec>();
@@ -565,8 +604,17 @@ export function requiredTensors(c: LongcatConfig, opts: RequiredTensorsOptions =
     m.set(name, { shape, dtypes: FLOAT_DTYPES, role, quantized: false });
   const linear = (module: string, out: number, inp: number) => {
     const quantized = isQuantizedModule(module, q);
-    m.set(`${module}.weight`, { shape: [out, inp], dtypes: quantized ? ['F8_E4M3'] : FLOAT_DTYPES, role: 'linear', quantized });
-    if (quantized)
+    const qdtype: SafetensorsDType = int8 ? 'I8' : 'F8_E4M3';
+    m.set(`${module}.weight`, { shape: [out, inp], dtypes: quantized ? [qdtype] : FLOAT_DTYPES, role: 'linear', quantized });
+    if (quantized && int8)
+      m.set(`${module}.weight_scale`, {
+        shape: [out],
+        dtypes: ['F32'],
+        role: 'scale',
+        quantized: false,
+        scaleOf: `${module}.weight`,
+      });
+    else if (quantized)
       m.set(`${module}.weight_scale_inv`, {
         shape: [Math.ceil(out / br), Math.ceil(inp / bc)],
         dtypes: ['F32', 'BF16'],

@@ -30,7 +30,17 @@ export { LongcatModel } from './model/model.js';
 export type { ForwardResult, ModelOptions } from './model/model.js';
 export { BlockAllocator, SequenceCache } from './kv-cache.js';
 export { parseConfig, deriveConstants, requiredTensors, activeParams } from './config.js';
-export type { LongcatConfig, RopeScaling, QuantizationConfig } from './config.js';
+export type {
+  LongcatConfig,
+  RopeScaling,
+  QuantizationConfig,
+  Fp8QuantizationConfig,
+  Int8RowsQuantizationConfig,
+} from './config.js';
+export { quantizeCheckpoint, checkQuantizeFormat } from './quantize.js';
+export type { QuantizeFormat, QuantizeOptions, QuantizeProgress, QuantizeResult } from './quantize.js';
+export { evalKld } from './eval.js';
+export type { KldOptions, KldResult } from './eval.js';
 export { openCheckpoint } from './checkpoint.js';
 export type { Checkpoint, LoadProgress } from './checkpoint.js';
 export { readSafetensorsHeader, writeSafetensors } from './safetensors.js';

@@ -767,7 +767,12 @@ function plan(config: LongcatConfig, opts: { fp8: boolean; mtp: boolean; seed: n
       // Values the agreeing model sets: BF16, or block FP8 codes / scales of a quantized linear.
       const w = req.get(weightName)!;
       const blocks = () =>
-        fp8Blocks(fixed, w.shape[0]!, w.shape[1]!, config.quantization_config?.weight_block_size ?? [128, 128]);
+        fp8Blocks(
+          fixed,
+          w.shape[0]!,
+          w.shape[1]!,
+          config.quantization_config?.quant_method === 'fp8' ? config.quantization_config.weight_block_size : [128, 128],
+        );
       if (spec.role === 'scale') {
         dtype = 'F32';
         make = () => [new Uint8Array(blocks().scales.buffer)];

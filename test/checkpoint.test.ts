@@ -11,6 +11,8 @@ import { readSafetensorsHeader, writeSafetensors, type TensorToWrite } from '../
 import { toArray } from '../lib/tensor.js';
 import { fp8e4m3ToF32 } from '../lib/numeric.js';
 import { rejects } from './helpers.js';
+import { loadModel } from '../lib/generate.js';
+import { quantizeCheckpoint } from '../lib/quantize.js';
 
 const root = mkdtempSync(path.join(tmpdir(), 'lc-ckpt-'));
 afterAll(() => rmSync(root, { recursive: true, force: true }));
@@ -439,6 +441,13 @@ describe('HF packed expert layout', () => {
         }
         // Values, not only bytes: views decode to the same numbers.
         expect(Array.from(toArray(ck.expertWeights(1, 2).up))).toEqual(Array.from(toArray(orig.expertWeights(1, 2).up)));
+        if (name === 'packed') {
+          // Quantizing at load reads packed experts as views, the same codes as the original layout's.
+          using a = await loadModel(tiny, { backend: 'cpu', maxContext: 16, quantize: 'int8' });
+          using b = await loadModel(dir, { backend: 'cpu', maxContext: 16, quantize: 'int8' });
+          expect(Array.from(b.forward([5, 9, 300]))).toEqual(Array.from(a.forward([5, 9, 300])));
+          await rejects(quantizeCheckpoint(dir, path.join(root, 'packed-q'), { to: 'fp8' }), 'E_ARGUMENT', /packed/);
+        }
         const v = ck.expertWeights(0, 1).down;
         ck.close();
         expect(v.disposed).toBe(true);

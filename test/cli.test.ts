@@ -1,7 +1,7 @@
 // The `longcat` command as a user runs it (dist/cli.js, built by `npm install`'s prepare step).
 import { describe, expect, it } from 'vitest';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 
@@ -84,5 +84,36 @@ describe('longcat CLI', { timeout: 3 * RUN_LIMIT_MS }, () => {
     const r = run('generate', '--model', '/nonexistent/longcat', '--prompt', 'x');
     expect(r.status).toBe(1);
     expect(r.stderr).toMatch(/\/nonexistent\/longcat.*\[E_(CHECKPOINT|CONFIG)\]/s);
+  });
+
+  it('quantize --to int8 and fp8, inspect of the result, eval --kld --json; --to int4 is a typed error', () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'longcat-cli-q-'));
+    try {
+      const bf16 = path.join(dir, 'bf16');
+      expect(run('init-random', '--preset', 'tiny', '--out', bf16).status).toBe(0);
+      for (const to of ['int8', 'fp8']) {
+        const q = run('quantize', '--to', to, bf16, path.join(dir, to));
+        expect(q.status, q.stderr).toBe(0);
+        expect(q.stdout).toMatch(new RegExp(`wrote ${to} checkpoint .* linears quantized`));
+      }
+      expect(run('inspect', path.join(dir, 'int8')).stdout).toMatch(/int8 weights \(per-row scales\)/);
+      expect(run('inspect', path.join(dir, 'fp8')).stdout).toMatch(/block FP8/);
+      const text = path.join(dir, 'text.txt');
+      writeFileSync(text, 'one two three four five six seven eight nine ten. '.repeat(4));
+      const e = run('eval', '--kld', bf16, path.join(dir, 'fp8'), '--text', text, '--ctx', '24', '--json');
+      expect(e.status, e.stderr).toBe(0);
+      const r = JSON.parse(e.stdout);
+      expect(r.scored).toBeGreaterThan(0);
+      expect(r.meanKld).toBeGreaterThan(0);
+      expect(r.top1Agreement).toBeGreaterThan(0.5);
+      const int4 = run('quantize', '--to', 'int4', bf16, path.join(dir, 'int4'));
+      expect(int4.status).toBe(1);
+      expect(int4.stderr).toMatch(/int4 .*not available.*\[E_ARGUMENT\]/);
+      const full = run('quantize', '--to', 'fp8', bf16, path.join(dir, 'fp8'));
+      expect(full.status).toBe(1);
+      expect(full.stderr).toMatch(/not empty.*\[E_ARGUMENT\]/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

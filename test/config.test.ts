@@ -140,7 +140,9 @@ describe('parseConfig', () => {
     const c = parseConfig({ ...CHAT, quantization_config: given });
     // every given field comes back, the two module lists default to empty
     expect(c.quantization_config).toEqual({ ...given, ignored_layers: [], disable_quant_module: [] });
-    expect(parseConfig({ ...CHAT, quantization_config: {} }).quantization_config?.weight_block_size).toEqual([128, 128]);
+    expect(parseConfig({ ...CHAT, quantization_config: {} }).quantization_config).toMatchObject({
+      weight_block_size: [128, 128],
+    });
     expect(configErr({ ...CHAT, quantization_config: { quant_method: 'awq' } }).message).toContain(
       "'quantization_config.quant_method'",
     );

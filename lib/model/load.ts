@@ -4,7 +4,8 @@ import { native } from '../native.js';
 import { ArgumentError, DeviceError, showValue } from '../errors.js';
 import { setThreads } from '../device.js';
 import { modelDims } from './dims.js';
-import { loadWeights, type UploadProgress } from './weights.js';
+import { type ModelWeights, loadWeights, type UploadProgress } from './weights.js';
+import { type QuantizeFormat, QuantizingSource, checkQuantizeFormat } from '../quantize.js';
 import { LongcatModel } from './model.js';
 import { expertsPerRank } from '../parallel/placement.js';
 import { type CacheDtype, latentCacheRow } from '../kv-cache.js';
@@ -45,6 +46,13 @@ export interface LoadModelOptions {
   prefillChunk?: number;
   /** Load the checkpoint's MTP head when it has one (default true): speculative decoding drafts with it. */
   mtp?: boolean;
+  /** Quantize the eligible linears of a BF16 / F16 / F32 checkpoint while loading, for a quick try
+   *  without writing files (`longcat quantize` writes them): 'fp8' (e4m3, one scale per 128x128
+   *  block: attention, dense MLP, expert and MTP linears) or 'int8' (symmetric per-row: the same
+   *  but kv_b_proj). Embeddings, lm_head, norms, router and N-gram tables keep their dtype. The
+   *  codes are made on the CPU (host memory; on a GPU then uploaded and the host copies freed).
+   *  'int4' is E_ARGUMENT (no kernels yet), as is an already-quantized checkpoint. */
+  quantize?: QuantizeFormat | 'int4';
   /** Prefix caching (default true): full KV pages of finished prompts and answers stay cached while
    *  the memory is not needed, and a later prompt that starts with the same tokens shares them. */
   prefixCache?: boolean;
@@ -126,6 +134,7 @@ function checkLoadOptions(opts: LoadModelOptions): void {
   for (const flag of ['mtp', 'prefixCache'] as const)
     if (opts[flag] !== undefined && typeof opts[flag] !== 'boolean')
       throw new ArgumentError('E_ARGUMENT', `loadModel: ${flag} must be true or false, got ${showValue(opts[flag])}`);
+  if (opts.quantize !== undefined) checkQuantizeFormat(opts.quantize, 'loadModel: quantize');
   if (opts.cacheDtype !== undefined && opts.cacheDtype !== 'f32' && opts.cacheDtype !== 'bf16' && opts.cacheDtype !== 'fp8')
     throw new ArgumentError(
       'E_ARGUMENT',
@@ -175,12 +184,22 @@ export async function loadCheckpointModel(dir: string, opts: LoadModelOptions = 
     latentCacheRow(dims.kvLora, dims.rope, opts.cacheDtype ?? 'bf16'); // (fp8: sizes it cannot hold) likewise
     const mtp = opts.mtp !== false && checkpoint.hasMtp;
     const totalBytes = uploadBytes(checkpoint, mtp);
-    const weights = loadWeights(checkpoint, dims, device, {
-      onProgress: opts.onProgress,
-      totalBytes,
-      mtp,
-      expertDevices: ranks > 1 ? rankDevices : undefined,
-    });
+    const quantizer = opts.quantize ? new QuantizingSource(checkpoint, checkQuantizeFormat(opts.quantize, 'loadModel')) : null;
+    let weights: ModelWeights;
+    try {
+      weights = loadWeights(quantizer ?? checkpoint, dims, device, {
+        onProgress: opts.onProgress,
+        totalBytes,
+        mtp,
+        expertDevices: ranks > 1 ? rankDevices : undefined,
+      });
+    } catch (e) {
+      for (const t of quantizer?.created ?? []) t.dispose();
+      throw e;
+    }
+    // On the CPU the model reads the quantized tensors themselves; a GPU has its own copies.
+    if (quantizer && device === 'cpu') weights.owned.push(...quantizer.created);
+    else for (const t of quantizer?.created ?? []) t.dispose();
     if (opts.onProgress && weights.ngram) {
       const tables = [...checkpoint.tensors.values()].filter(t => isNgramTable(t.name));
       const hostBytes = tables.reduce((a, t) => a + t.nbytes, 0);

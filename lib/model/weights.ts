@@ -10,6 +10,7 @@ import type { MoeExpertSet } from '../../types/ops-moe.js';
 import { ShardedExperts, expertsPerRank, rankExperts } from '../parallel/placement.js';
 import { ngramProjectionName, ngramTableName } from '../config-ngram.js';
 import { MTP_PREFIX } from '../config.js';
+import { scaleNameOf } from '../checkpoint.js';
 
 /** A linear layer's weight [out, in] and, for fp8 / int8 weights, its scale. */
 export interface Linear {
@@ -182,10 +183,12 @@ function buildWeights(
     return own(copy);
   };
   const get = (name: string) => place(src.get(name), name);
-  const linear = (name: string): Linear => ({
-    weight: get(`${name}.weight`),
-    scale: src.has(`${name}.weight_scale_inv`) ? get(`${name}.weight_scale_inv`) : null,
-  });
+  const linear = (name: string): Linear => {
+    const scale = scaleNameOf(name, n => src.has(n));
+    return { weight: get(`${name}.weight`), scale: scale ? get(scale) : null };
+  };
+  // int8 weights carry one scale per row ([n] f32), FP8 weights one per 128x128 block.
+  const rowScaled = (l: Linear) => l.weight.dtype === 'int8';
   const f32 = (t: Tensor) => (t.dtype === 'f32' ? t : own(converted(t, 'f32')));
   const scaledNorm = (name: string, s: number) => {
     const source = src.get(name);
@@ -205,12 +208,12 @@ function buildWeights(
     native.dequantizeFp8Blocks(null, w, l.weight, l.scale);
     return w;
   };
-  // Row views of one weight; FP8 block scales split with it when the cut is on a block edge.
+  // Row views of one weight; FP8 block scales split with it when the cut is on a block edge, int8 row scales always.
   const splitRows = (l: Linear, at: number): [Linear, Linear] => {
     const n = l.weight.shape[0]!;
-    if (l.scale && at % 128 !== 0) l = { weight: dequantized(l, 'f32'), scale: null }; // only reduced-size models
+    if (l.scale && !rowScaled(l) && at % 128 !== 0) l = { weight: dequantized(l, 'f32'), scale: null }; // only reduced-size models
     const rows = (t: Tensor, a: number, len: number) => own(t.narrow(a, len));
-    const sb = at / 128,
+    const sb = rowScaled(l) ? at : at / 128,
       sn = l.scale ? l.scale.shape[0]! : 0;
     return [
       { weight: rows(l.weight, 0, at), scale: l.scale ? rows(l.scale, 0, sb) : null },
@@ -218,11 +221,11 @@ function buildWeights(
     ];
   };
 
-  // eh_proj's column halves [n, k/2] (with their FP8 scale columns when k/2 is on a block edge): row r
-  // of a [n, k] matrix is rows 2r and 2r + 1 of its [2n, k/2] view.
+  // eh_proj's column halves [n, k/2] (with their FP8 scale columns when k/2 is on a block edge; an
+  // int8 weight's row scales serve both halves): row r of a [n, k] matrix is rows 2r and 2r + 1 of its [2n, k/2] view.
   const ehHalves = (l: Linear): Pick<MtpWeights, 'ehEmbed' | 'ehHidden'> => {
     const half = l.weight.shape[1]! / 2;
-    if (l.scale && half % 128 !== 0) l = { weight: dequantized(l, 'f32'), scale: null }; // only reduced-size models
+    if (l.scale && !rowScaled(l) && half % 128 !== 0) l = { weight: dequantized(l, 'f32'), scale: null }; // only reduced-size models
     const columns = (t: Tensor, odd: number) => {
       const [n, k] = t.shape as [number, number];
       const pick = tensor(
@@ -237,7 +240,10 @@ function buildWeights(
       pairs.dispose();
       return out;
     };
-    const part = (odd: number): Linear => ({ weight: columns(l.weight, odd), scale: l.scale ? columns(l.scale, odd) : null });
+    const part = (odd: number): Linear => ({
+      weight: columns(l.weight, odd),
+      scale: l.scale && rowScaled(l) ? l.scale : l.scale ? columns(l.scale, odd) : null,
+    });
     return { ehEmbed: part(0), ehHidden: part(1) };
   };
 
