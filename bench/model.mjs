@@ -26,7 +26,7 @@ import { existsSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { native } from '../dist/index.js';
-import { now, median, readBandwidth, rng } from './common.mjs';
+import { accounting, now, median, readBandwidth, rng } from './common.mjs';
 import { loadModel } from '../dist/generate.js';
 import { PRESETS, initRandom } from '../dist/init-random.js';
 import { batchTables } from '../dist/kv-cache.js';
@@ -51,53 +51,6 @@ const PP = Number(arg('--pp', 512)),
 const mean = v => v.reduce((a, b) => a + b, 0) / v.length;
 const sd = v => (v.length < 2 ? 0 : Math.sqrt(v.reduce((a, b) => a + (b - mean(v)) ** 2, 0) / (v.length - 1)));
 const numel = t => t.shape.reduce((a, b) => a * b, 1);
-const linBytes = l => l.weight.nbytes + (l.scale ? l.scale.nbytes : 0);
-const linParams = l => numel(l.weight);
-
-/** Weight bytes a decode step reads and linear FLOPs per prefill token, from the engine's weights. */
-function accounting(model) {
-  const e = model.engine,
-    _d = e.dims,
-    w = e.w;
-  let denseBytes = 0,
-    denseParams = 0; // denseParams: per-token linear MACs in the prefill (expanded) form
-  for (const L of w.layers) {
-    for (const a of L.attn) {
-      for (const l of [a.qA, a.qB, a.kvLatent, a.kvRope, a.o]) {
-        denseBytes += linBytes(l);
-        denseParams += linParams(l);
-      }
-      denseBytes += a.kvB.nbytes + a.qNorm.nbytes + a.kvNorm.nbytes; // decode: absorbed W_UK / W_UV
-      denseParams += linParams(a.kvBLinear); // prefill: kv_b_proj on every cached token
-    }
-    for (const m of L.mlp)
-      for (const l of [m.gate, m.up, m.down]) {
-        denseBytes += linBytes(l);
-        denseParams += linParams(l);
-      }
-    denseBytes += L.moe.classifier.nbytes + L.moe.bias.nbytes;
-    denseParams += numel(L.moe.classifier);
-    for (const n of [...L.inputNorm, ...L.postAttnNorm]) denseBytes += n.nbytes;
-  }
-  const headBytes = w.norm.nbytes + linBytes(w.lmHead);
-  // N-gram models: one row of every table per token, then all the projections.
-  const ngramBytes = w.ngram ? w.ngram.tables.reduce((a, t) => a + t.nbytes / t.shape[0], 0) + w.ngram.proj.nbytes : 0;
-  const x = model.checkpoint.expertWeights(0, 0);
-  const expertBytes = [x.gate, x.up, x.down, x.gateScale, x.upScale, x.downScale].reduce((a, t) => a + (t ? t.nbytes : 0), 0);
-  const expertParams = numel(x.gate) + numel(x.up) + numel(x.down);
-  return {
-    denseBytes,
-    headBytes,
-    ngramBytes,
-    nonExpertBytes: denseBytes + headBytes + ngramBytes,
-    expertBytes,
-    expertParams,
-    denseParams,
-    headParams: linParams(w.lmHead),
-    weightDtype: w.layers[0].mlp[0].gate.weight.dtype,
-    embedBytes: w.embed.nbytes,
-  };
-}
 
 const sumCounts = nFfn => {
   let s = 0;

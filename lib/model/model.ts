@@ -91,6 +91,8 @@ export interface SpeculativeStep {
   drafts: number[];
   /** Per layer int32 [2B]: FFN experts chosen at each verified row (row 2b + j: sequence b, token j). */
   nFfn: Tensor[];
+  /** Milliseconds of host work in this call: before the replay and after the read-back (bench/speculative.mjs). */
+  hostMs?: number;
 }
 
 interface SpeculativeGraph {
@@ -638,6 +640,8 @@ export class LongcatModel {
   ): Promise<SpeculativeStep> {
     if (this.disposed) throw new DisposedError('E_DISPOSED', 'LongcatModel.speculativeStep: the model was disposed');
     if (!this.w.mtp) throw new ArgumentError('E_ARGUMENT', 'LongcatModel.speculativeStep: the model has no MTP head');
+    const t0 = performance.now();
+    let replayed = t0;
     const B = seqs.length;
     if (pending.length !== B || drafts.length !== B || sampling.length !== B)
       throw new ArgumentError(
@@ -672,9 +676,11 @@ export class LongcatModel {
       extra.set(Int32Array.from(drafts), 0);
       packSampling(sampling, extra.subarray(B));
       this.writeDecodeInputs(g, { ids, positions, slots, blockTable: bt.table, seqLens: bt.seqLens, ngramIds });
+      replayed = performance.now();
       g.graph.replay();
       g.ngram?.uploaded.record(this.main);
       const out = (await toArrayAsync(g.outputs)) as Int32Array;
+      const readBack = performance.now();
       this.ep?.endStep();
       const accepted = Array.from(out.subarray(2 * B, 3 * B));
       seqs.forEach((seq, b) => {
@@ -685,6 +691,7 @@ export class LongcatModel {
         accepted,
         drafts: Array.from(out.subarray(3 * B, 4 * B)),
         nFfn: g.nFfn.map(t => t.view(t.shape)),
+        hostMs: replayed - t0 + performance.now() - readBack,
       };
     } catch (e) {
       try {
