@@ -60,7 +60,7 @@ describe('bench/serve.mjs', () => {
         // every stream generates maxTokens tokens: the first from its prompt, the rest in decode rows
         expect(l.scheduler.decodeRows).toBe(l.concurrency * (l.maxTokens - 1));
         expect(l.scheduler.largestBatch).toBeLessThanOrEqual(l.concurrency);
-        const hist = Object.entries(l.batchHistogram).map(([b, c]) => [Number(b), c]);
+        const hist = Object.entries(l.batchHistogram).map(([b, c]): [number, number] => [Number(b), c]);
         expect(hist.reduce((a, [, c]) => a + c, 0)).toBe(l.scheduler.decodeSteps);
         expect(hist.reduce((a, [b, c]) => a + b * c, 0)).toBe(l.scheduler.decodeRows);
         for (const [b] of hist) expect(b).toBeLessThanOrEqual(l.concurrency);
