@@ -25,6 +25,8 @@ interface Level {
   maxTokens: number;
   window: { ms: number; tokens: number };
   tokensPerSecond: number;
+  tokensPerSecondMedianStep: number;
+  ratioMedianStep: number;
   ceilingTokensPerSecond: number;
   ratio: number;
   scheduler: { decodeSteps: number; decodeRows: number; meanBatch: number; largestBatch: number };
@@ -55,7 +57,15 @@ describe('bench/serve.mjs', () => {
       const levels = res.levels as Level[];
       expect(levels.map(l => l.concurrency)).toEqual([1, 4]);
       for (const l of levels) {
-        for (const x of [l.tokensPerSecond, l.ceilingTokensPerSecond, l.ratio, l.window.ms, l.bytes.stepBytes])
+        for (const x of [
+          l.tokensPerSecond,
+          l.tokensPerSecondMedianStep,
+          l.ratioMedianStep,
+          l.ceilingTokensPerSecond,
+          l.ratio,
+          l.window.ms,
+          l.bytes.stepBytes,
+        ])
           expect(finite(x)).toBe(true);
         // every stream generates maxTokens tokens: the first from its prompt, the rest in decode rows
         expect(l.scheduler.decodeRows).toBe(l.concurrency * (l.maxTokens - 1));
