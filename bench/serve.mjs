@@ -1,0 +1,405 @@
+// Serving through the SDK under concurrent load (issue 17, "Benchmarks"): Model sessions generating
+// at once, their decode steps batched by the model's StepScheduler (lib/scheduler.ts), on an
+// init-random checkpoint of the small preset written once under bench/out/ (tiny with --quick),
+// greedy, ignoreEos (every stream generates its full length).
+//   1. Aggregate decode tokens/s at 1, 4, 16 and 64 concurrent streams, in the window where every
+//      stream is decoding (after the last stream's first token, before the first stream ends; each
+//      stream generates TOKENS + concurrency tokens so the window holds about TOKENS full-batch
+//      steps), against the byte ceiling of those steps: the non-expert weights once per step + the
+//      DISTINCT routed FFN experts the batch's tokens chose, over the read bandwidth measured in
+//      this run (bench/common.mjs readBandwidth). The distinct experts are counted exactly in a
+//      separate untimed pass of the same workload on a second copy of the model whose experts
+//      function is wrapped before its first forward (as bench/speculative.mjs does: each captured
+//      decode graph, one per batch size, then holds the wrapper's views of every layer's routed ids
+//      [T, k]; ids >= n_routed are zero experts and read nothing); the ceiling takes that pass's
+//      mean distinct experts per step of each batch size. ratio = measured / ceiling (target >= 0.8);
+//      also from the window's median step (streams x 1000 / median ITL in the window), which a
+//      load spike of the shared machine does not drag down.
+//      The batch sizes the scheduler ran (model.scheduler.stats, and their distribution, from a
+//      wrapper around the engine's forward) are reported. KV-cache reads are not in the ceiling.
+//   2. Time to first token (from generate() to the first token being known; all streams start at
+//      once, so later ones wait for the earlier prompts) and inter-token latency (between successive
+//      tokens of a stream, pooled over the streams) percentiles p50 / p90 / p99 per concurrency; and
+//      at 16 streams (4 with --quick), the ITL of the running streams while a LONG prompt (2,000
+//      tokens; prefilled in chunks of loadModel's prefillChunk, one chunk per scheduler round)
+//      arrives mid-run, against their ITL outside that prefill.
+//   3. Prefix-cache savings: REQUESTS requests, one after another, sharing a long system prompt
+//      (each with its own short question), with the prefix cache on vs loadModel(.., { prefixCache:
+//      false }): prompt tokens computed (GenerateResult.prefillTokens) and TTFT.
+// Wall-clock on a shared machine: compare the ratios of one run, not absolute figures across runs.
+//
+//   node bench/serve.mjs [--quick] [--tokens N] [--out f.json] [--ckpt-root DIR]
+import { existsSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { native } from '../dist/index.js';
+import { toArray } from '../dist/tensor.js';
+import { loadModel } from '../dist/generate.js';
+import { initRandom } from '../dist/init-random.js';
+import { accounting, benchFlags, now, readBandwidth, rng } from './common.mjs';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const args = process.argv.slice(2);
+const { quick, outPath } = benchFlags(args);
+const arg = (name, dflt) => (args.includes(name) ? args[args.indexOf(name) + 1] : dflt);
+/** @type {import('../dist/init-random.js').Preset} */
+const PRESET = quick ? 'tiny' : 'small';
+const TOKENS = Number(arg('--tokens', quick ? 6 : 48)); // full-batch decode steps wanted per concurrency
+const CONCURRENCY = quick ? [1, 4] : [1, 4, 16, 64];
+const PROMPT = quick ? 12 : 32; // tokens of each stream's own prompt
+const LONG_AT = quick ? 4 : 16; // concurrency of the long-prompt run
+const LONG_PROMPT = quick ? 200 : 2000;
+const PREFILL_CHUNK = quick ? 64 : 512;
+const SYSTEM = quick ? 150 : 1500; // shared system prompt tokens
+const REQUESTS = quick ? 3 : 8;
+const ckptRoot = arg('--ckpt-root', path.join(here, 'out'));
+const SEED = 1;
+const MAX_CONTEXT = 4096;
+/** @type {import('../dist/model/load.js').LoadModelOptions} */
+const loadOpts = { backend: 'cpu', maxContext: MAX_CONTEXT, cacheBlocks: quick ? 256 : 1024, prefillChunk: PREFILL_CHUNK };
+const GEN = { temperature: 0, ignoreEos: true };
+
+const mean = v => (v.length ? v.reduce((a, b) => a + b, 0) / v.length : Number.NaN);
+/** Nearest-rank percentile. */
+const pct = (v, p) => {
+  if (!v.length) return Number.NaN;
+  const s = [...v].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))];
+};
+const pcts = v => ({ p50: pct(v, 50), p90: pct(v, 90), p99: pct(v, 99), n: v.length });
+
+// ---- prompts: seeded random words, cut to a token count ------------------------------------
+
+const WORDS = 'the of model token stream batch expert cache prefix decode serve latency memory layer route weight'.split(' ');
+function text(seed, words) {
+  const r = rng(seed);
+  return Array.from({ length: words }, () => WORDS[r.uint32() % WORDS.length]).join(' ');
+}
+/** A prompt of `n` tokens (the tokenizer's count) drawn from seed's words. */
+function promptOf(tokenizer, seed, n) {
+  let t = text(seed, n);
+  while (tokenizer.encode(t).length < n) t += ` ${text(seed + 7919, n)}`;
+  let lo = 0,
+    hi = t.length; // shortest prefix of t with >= n tokens
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (tokenizer.encode(t.slice(0, mid)).length >= n) hi = mid;
+    else lo = mid + 1;
+  }
+  return t.slice(0, lo);
+}
+
+// ---- instrumentation ------------------------------------------------------------------------
+
+/** Records every decode step's batch size (the scheduler's forward with collectRouting) and, per
+ *  session, the time each of its tokens became known. */
+function instrument(model) {
+  const e = model.engine;
+  const batches = [];
+  const fwd = e.forward.bind(e);
+  e.forward = (seqs, tokens, opts) => {
+    if (opts?.collectRouting) batches.push(seqs.length);
+    return fwd(seqs, tokens, opts);
+  };
+  const tokenTimes = new Map(); // SequenceCache -> ms of each token (the first: when its prefill's sample was read)
+  const sched = model.scheduler;
+  const decode = sched.decode.bind(sched);
+  sched.decode = (seq, token, ...rest) => {
+    const list = tokenTimes.get(seq) ?? [];
+    if (!list.length) list.push(now()); // the first token: known when the session asks for its first step
+    tokenTimes.set(seq, list);
+    const p = decode(seq, token, ...rest);
+    p.then(
+      r => {
+        if (r && typeof r === 'object') list.push(now());
+      },
+      () => {},
+    );
+    return p;
+  };
+  return { batches, tokenTimes };
+}
+
+/** The session's sequence (its KV cache; a private field, read for the measurement only), the key of the token times.
+ *  @param {any} session */
+const seqOf = session => session.seq;
+
+/**
+ * `n` sessions start generating at once (prompts of PROMPT tokens, each its own), `maxTokens` each.
+ * Returns per stream: the generate() call time, token times, result; `during` runs once, concurrently.
+ */
+async function runStreams(model, inst, n, maxTokens, seed0, during = null) {
+  const sessions = Array.from({ length: n }, () => model.createSession());
+  const prompts = sessions.map((_, i) => promptOf(model.tokenizer, seed0 + i, PROMPT));
+  const t0 = now();
+  const gens = sessions.map((s, i) => s.generate(prompts[i], { ...GEN, maxTokens }));
+  const side = during ? during(sessions) : null;
+  const results = await Promise.all(gens.map(g => Promise.resolve(g)));
+  const sideResult = side ? await side : null;
+  const streams = sessions.map((s, i) => ({ start: t0, times: inst.tokenTimes.get(seqOf(s)) ?? [], result: results[i] }));
+  for (const s of sessions) inst.tokenTimes.delete(seqOf(s));
+  for (const s of sessions) s.dispose();
+  return { streams, side: sideResult };
+}
+
+/** The window where every stream decodes: tokens whose times fall in it, and its length. */
+function fullWindow(streams) {
+  const from = Math.max(...streams.map(s => s.times[0]));
+  const to = Math.min(...streams.map(s => s.times[s.times.length - 1]));
+  let tokens = 0;
+  for (const s of streams) for (const t of s.times) if (t > from && t <= to) tokens++;
+  return { from, to, ms: to - from, tokens };
+}
+
+const itls = streams => streams.flatMap(s => s.times.slice(1).map((t, i) => t - s.times[i]));
+
+// ---- routing pass: distinct experts per decode step ----------------------------------------
+
+/** Untimed: the same workloads on a model whose experts function is wrapped; per concurrency, the
+ *  decode steps' batch sizes and distinct FFN experts (summed over layers). */
+async function routingPass(dir, maxTokensOf) {
+  const model = await loadModel(dir, loadOpts);
+  const e = model.engine,
+    { layers, nRouted } = e.dims;
+  const views = new Map(); // batch size -> idx views of its captured graph, one per layer
+  let sink = null;
+  // @ts-expect-error the private experts function, replaced before the first forward (the graphs capture it)
+  const inner = e.experts;
+  // @ts-expect-error as above
+  e.experts = (stream, out, u, idx, weights, experts, nExperts) => {
+    if (sink) sink.push(idx.view(idx.shape));
+    inner(stream, out, u, idx, weights, experts, nExperts);
+  };
+  let steps = [];
+  const fwd = e.forward.bind(e);
+  e.forward = (seqs, tokens, opts) => {
+    if (!opts?.collectRouting) return fwd(seqs, tokens, opts);
+    const B = seqs.length;
+    if (!views.has(B)) views.set(B, []);
+    sink = views.get(B).length ? null : views.get(B);
+    const r = fwd(seqs, tokens, opts);
+    sink = null;
+    const vs = views.get(B);
+    if (vs.length !== layers) throw new Error(`routing pass: ${vs.length} expert calls captured for ${layers} layers`);
+    native.synchronize(e.device);
+    let distinct = 0;
+    for (const v of vs) {
+      const seen = new Set();
+      for (const id of toArray(v)) if (id < nRouted) seen.add(id);
+      distinct += seen.size;
+    }
+    steps.push({ B, distinct });
+    return r;
+  };
+  const inst = { tokenTimes: new Map() };
+  const res = {};
+  try {
+    for (const n of CONCURRENCY) {
+      steps = [];
+      await runStreams(model, inst, n, maxTokensOf(n), 1000 * n);
+      const full = steps.filter(s => s.B === n);
+      res[n] = { fullSteps: full.length, distinctPerStep: mean(full.map(s => s.distinct)), steps };
+    }
+  } finally {
+    for (const vs of views.values()) for (const v of vs) v.dispose();
+    model.dispose();
+  }
+  return { res, layers, nRouted };
+}
+
+// ---- main -------------------------------------------------------------------------------------
+
+const loadStart = os.loadavg();
+const dir = path.join(ckptRoot, `ckpt-${PRESET}-serve`);
+if (!existsSync(path.join(dir, 'model.safetensors.index.json'))) await initRandom({ preset: PRESET, seed: SEED, out: dir });
+
+const model = await loadModel(dir, loadOpts);
+const acc = accounting(model);
+const inst = instrument(model);
+const gbpsBefore = readBandwidth();
+const maxTokensOf = n => TOKENS + n;
+
+// 1 + 2: concurrency levels
+/** @type {any[]} */
+const levels = [];
+for (const n of CONCURRENCY) {
+  await runStreams(model, inst, n, 3, 1000 * n); // warm-up: pages the weights in, captures the ramp's graphs
+  const s0 = { ...model.scheduler.stats };
+  const b0 = inst.batches.length;
+  const { streams } = await runStreams(model, inst, n, maxTokensOf(n), 1000 * n);
+  const s1 = model.scheduler.stats;
+  const batches = inst.batches.slice(b0);
+  const hist = {};
+  for (const b of batches) hist[b] = (hist[b] ?? 0) + 1;
+  const w = fullWindow(streams);
+  // the steps of the window, by their median (robust to the load spikes of a shared machine)
+  const windowItl = streams.flatMap(s =>
+    s.times
+      .slice(1)
+      .map((t, i) => [s.times[i], t])
+      .filter(([a, b]) => a >= w.from && b <= w.to),
+  );
+  const medianStepMs = pct(
+    windowItl.map(([a, b]) => b - a),
+    50,
+  );
+  levels.push({
+    concurrency: n,
+    maxTokens: maxTokensOf(n),
+    window: { ms: w.ms, tokens: w.tokens, steps: w.tokens / n },
+    tokensPerSecond: w.tokens / (w.ms / 1e3),
+    medianStepMs,
+    tokensPerSecondMedianStep: (n * 1e3) / medianStepMs,
+    scheduler: {
+      decodeSteps: s1.decodeSteps - s0.decodeSteps,
+      decodeRows: s1.decodeRows - s0.decodeRows,
+      meanBatch: (s1.decodeRows - s0.decodeRows) / (s1.decodeSteps - s0.decodeSteps),
+      largestBatch: s1.largestBatch,
+    },
+    batchHistogram: hist,
+    ttftMs: pcts(streams.map(s => s.times[0] - s.start)),
+    itlMs: pcts(itls(streams)),
+    ttftReportedMs: pcts(streams.map(s => s.result.timeToFirstTokenMs)),
+  });
+}
+
+// 2b: a long prompt arriving mid-run
+let longPrompt;
+{
+  const n = LONG_AT;
+  const text2k = promptOf(model.tokenizer, 777, LONG_PROMPT);
+  /** @type {any} */
+  let window = null;
+  const { streams, side } = await runStreams(model, inst, n, TOKENS * 2 + n, 5000, sessions => {
+    const watched = sessions.map(seqOf);
+    return (async () => {
+      // wait until every stream has a third of its tokens
+      while (!watched.every(q => (inst.tokenTimes.get(q)?.length ?? 0) > (TOKENS * 2 + n) / 3))
+        await new Promise(r => setTimeout(r, 2));
+      const long = model.createSession();
+      const from = now();
+      const r = await long.generate(text2k, { ...GEN, maxTokens: 1 });
+      window = { from, to: from + r.timeToFirstTokenMs };
+      long.dispose();
+      return r;
+    })();
+  });
+  // intervals of the running streams while every one decodes: overlapping the long prefill or not
+  const all = fullWindow(streams);
+  const inside = [],
+    outside = [];
+  for (const s of streams)
+    for (let i = 1; i < s.times.length; i++) {
+      const t = s.times[i];
+      if (t <= all.from || t > all.to) continue;
+      (t > window.from && s.times[i - 1] < window.to ? inside : outside).push(t - s.times[i - 1]);
+    }
+  longPrompt = {
+    concurrency: n,
+    promptTokens: side.promptTokens,
+    prefillChunk: PREFILL_CHUNK,
+    chunks: Math.ceil(side.promptTokens / PREFILL_CHUNK),
+    longTtftMs: side.timeToFirstTokenMs,
+    itlDuringMs: pcts(inside),
+    itlOutsideMs: pcts(outside),
+    maxItlDuringMs: Math.max(...inside),
+    fullWindowMs: all.ms,
+  };
+}
+model.dispose();
+
+// 3: prefix cache on / off
+const prefix = {};
+for (const on of [true, false]) {
+  const m = await loadModel(dir, { ...loadOpts, prefixCache: on });
+  const system = promptOf(m.tokenizer, 4242, SYSTEM);
+  // warm-up on another prompt (pages in, graphs)
+  await m.createSession().generate(promptOf(m.tokenizer, 99, 64), { ...GEN, maxTokens: 2 });
+  const reqs = [];
+  for (let i = 0; i < REQUESTS; i++) {
+    const s = m.createSession();
+    const r = await s.generate(`${system}\nQuestion ${i}: ${text(300 + i, 8)}`, { ...GEN, maxTokens: 4 });
+    reqs.push({ promptTokens: r.promptTokens, prefillTokens: r.prefillTokens, ttftMs: r.timeToFirstTokenMs });
+    s.dispose();
+  }
+  prefix[on ? 'on' : 'off'] = {
+    requests: reqs,
+    prefillTokens: reqs.reduce((a, r) => a + r.prefillTokens, 0),
+    promptTokens: reqs.reduce((a, r) => a + r.promptTokens, 0),
+    firstTtftMs: reqs[0].ttftMs,
+    laterTtftMs: mean(reqs.slice(1).map(r => r.ttftMs)),
+  };
+  m.dispose();
+}
+prefix.prefillSaved = 1 - prefix.on.prefillTokens / prefix.off.prefillTokens;
+prefix.laterTtftSpeedup = prefix.off.laterTtftMs / prefix.on.laterTtftMs;
+
+// The read bandwidth, before and after the timed runs: the higher (a ceiling never lowered by a slow sample).
+const gbpsAfter = readBandwidth();
+const gbps = Math.max(gbpsBefore, gbpsAfter);
+
+// the ceiling, from the routing pass
+const rt = await routingPass(dir, maxTokensOf);
+for (const l of levels) {
+  const r = rt.res[l.concurrency];
+  const stepBytes = acc.nonExpertBytes + r.distinctPerStep * acc.expertBytes;
+  const ceiling = (l.concurrency * gbps * 1e9) / stepBytes;
+  l.bytes = { distinctExpertsPerStep: r.distinctPerStep, routedFullSteps: r.fullSteps, stepBytes };
+  l.ceilingTokensPerSecond = ceiling;
+  l.ratio = l.tokensPerSecond / ceiling;
+  l.ratioMedianStep = l.tokensPerSecondMedianStep / ceiling;
+}
+
+const res = {
+  bench: 'serve',
+  preset: PRESET,
+  quick,
+  cpus: os.cpus().length,
+  cpuModel: os.cpus()[0]?.model,
+  loadavg: { start: loadStart, end: os.loadavg() },
+  readGBps: gbps,
+  readGBpsSamples: [gbpsBefore, gbpsAfter],
+  accounting: {
+    nonExpertBytes: acc.nonExpertBytes,
+    expertBytes: acc.expertBytes,
+    layers: rt.layers,
+    nRouted: rt.nRouted,
+    weightDtype: acc.weightDtype,
+  },
+  settings: { TOKENS, PROMPT, LONG_AT, LONG_PROMPT, PREFILL_CHUNK, SYSTEM, REQUESTS },
+  levels,
+  longPrompt,
+  prefix,
+};
+
+const f = (x, d = 1) => (Number.isFinite(x) ? x.toFixed(d) : String(x));
+/** The batch sizes run: full batches, and the ramp's smaller ones (all streams start at once, one prompt per round). */
+const batchSizes = l => {
+  const full = l.batchHistogram[l.concurrency] ?? 0;
+  const ramp = Object.entries(l.batchHistogram).filter(([b]) => Number(b) !== l.concurrency);
+  const rampSteps = ramp.reduce((a, [, c]) => a + c, 0);
+  return rampSteps ? `${l.concurrency}: ${full}, 1..${l.concurrency - 1}: ${rampSteps}` : `${l.concurrency}: ${full}`;
+};
+const p3 = p => `${f(p.p50)} / ${f(p.p90)} / ${f(p.p99)}`;
+console.log(
+  `serve bench: ${PRESET} preset, CPU (${res.cpus} cpus), read ${f(gbps, 2)} GB/s (${f(gbpsBefore, 2)} before, ${f(gbpsAfter, 2)} after), load ${loadStart.map(x => x.toFixed(2)).join(' ')} -> ${res.loadavg.end.map(x => x.toFixed(2)).join(' ')}`,
+);
+console.log(
+  `step bytes = ${f(acc.nonExpertBytes / 1e6, 2)} MB non-expert + distinct experts x ${f(acc.expertBytes / 1e6, 3)} MB (${rt.layers} layers x ${rt.nRouted} experts)`,
+);
+console.log(
+  '| streams | tok/s (full batch) | ceiling tok/s | ratio | tok/s, median step | ratio, median step | distinct experts/step | mean batch | batch sizes run (size:steps) | TTFT ms p50/p90/p99 | ITL ms p50/p90/p99 |',
+);
+console.log('|---|---|---|---|---|---|---|---|---|---|---|');
+for (const l of levels)
+  console.log(
+    `| ${l.concurrency} | ${f(l.tokensPerSecond)} | ${f(l.ceilingTokensPerSecond)} | ${f(l.ratio, 3)} | ${f(l.tokensPerSecondMedianStep)} | ${f(l.ratioMedianStep, 3)} | ${f(l.bytes.distinctExpertsPerStep)} | ${f(l.scheduler.meanBatch, 2)} | ${batchSizes(l)} | ${p3(l.ttftMs)} | ${p3(l.itlMs)} |`,
+  );
+console.log(
+  `Long prompt (${longPrompt.promptTokens} tokens, ${longPrompt.chunks} chunks of ${PREFILL_CHUNK}) arriving among ${LONG_AT} streams: its TTFT ${f(longPrompt.longTtftMs)} ms; running streams' ITL p50/p90/p99 during its prefill ${p3(longPrompt.itlDuringMs)} ms (max ${f(longPrompt.maxItlDuringMs)}), outside ${p3(longPrompt.itlOutsideMs)} ms`,
+);
+console.log(
+  `Prefix cache (${REQUESTS} requests one after another, ~${SYSTEM}-token shared system prompt): prompt tokens computed ${prefix.on.prefillTokens} on vs ${prefix.off.prefillTokens} off (${f(100 * prefix.prefillSaved)}% saved); TTFT first ${f(prefix.on.firstTtftMs)} / ${f(prefix.off.firstTtftMs)} ms, later requests mean ${f(prefix.on.laterTtftMs)} on vs ${f(prefix.off.laterTtftMs)} off (${f(prefix.laterTtftSpeedup, 2)}x)`,
+);
+if (outPath) writeFileSync(outPath, JSON.stringify(res, null, 2));

@@ -1,0 +1,105 @@
+// bench/serve.mjs keeps working between benchmark sessions: a --quick run (a tiny checkpoint written
+// to a temporary directory) whose JSON holds every figure, finite. No timing value is checked; only
+// what the run determines exactly: the batch sizes stay within the concurrency, distinct experts per
+// step within what the layers hold, the prompt tokens computed with and without the prefix cache.
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { workLimitMs } from './helpers.js';
+
+const dir = mkdtempSync(path.join(os.tmpdir(), 'longcat-bench-serve-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+const finite = (x: unknown) => typeof x === 'number' && Number.isFinite(x);
+const pcts = (p: { p50: number; p90: number; p99: number; n: number }) => {
+  for (const x of [p.p50, p.p90, p.p99]) expect(finite(x)).toBe(true);
+  expect(p.p50).toBeLessThanOrEqual(p.p90);
+  expect(p.p90).toBeLessThanOrEqual(p.p99);
+  expect(p.n).toBeGreaterThan(0);
+};
+
+interface Level {
+  concurrency: number;
+  maxTokens: number;
+  window: { ms: number; tokens: number };
+  tokensPerSecond: number;
+  tokensPerSecondMedianStep: number;
+  ratioMedianStep: number;
+  ceilingTokensPerSecond: number;
+  ratio: number;
+  scheduler: { decodeSteps: number; decodeRows: number; meanBatch: number; largestBatch: number };
+  batchHistogram: Record<string, number>;
+  bytes: { distinctExpertsPerStep: number; routedFullSteps: number; stepBytes: number };
+  ttftMs: { p50: number; p90: number; p99: number; n: number };
+  itlMs: { p50: number; p90: number; p99: number; n: number };
+}
+
+describe('bench/serve.mjs', () => {
+  it(
+    '--quick runs 1 and 4 streams, a long prompt mid-run and the prefix cache on / off, and writes every figure',
+    () => {
+      const out = path.join(dir, 'serve.json');
+      const r = spawnSync(process.execPath, ['bench/serve.mjs', '--quick', '--ckpt-root', dir, '--out', out], {
+        encoding: 'utf8',
+        env: process.env,
+        timeout: workLimitMs(20),
+      });
+      expect(r.stderr).toBe('');
+      expect(r.status).toBe(0);
+      expect(r.stdout).toContain('Prefix cache');
+      const res = JSON.parse(readFileSync(out, 'utf8'));
+      expect(res.bench).toBe('serve');
+      expect(res.loadavg.start).toHaveLength(3);
+      expect(finite(res.readGBps)).toBe(true);
+      const { layers, nRouted } = res.accounting;
+      const levels = res.levels as Level[];
+      expect(levels.map(l => l.concurrency)).toEqual([1, 4]);
+      for (const l of levels) {
+        for (const x of [
+          l.tokensPerSecond,
+          l.tokensPerSecondMedianStep,
+          l.ratioMedianStep,
+          l.ceilingTokensPerSecond,
+          l.ratio,
+          l.window.ms,
+          l.bytes.stepBytes,
+        ])
+          expect(finite(x)).toBe(true);
+        // every stream generates maxTokens tokens: the first from its prompt, the rest in decode rows
+        expect(l.scheduler.decodeRows).toBe(l.concurrency * (l.maxTokens - 1));
+        expect(l.scheduler.largestBatch).toBeLessThanOrEqual(l.concurrency);
+        const hist = Object.entries(l.batchHistogram).map(([b, c]): [number, number] => [Number(b), c]);
+        expect(hist.reduce((a, [, c]) => a + c, 0)).toBe(l.scheduler.decodeSteps);
+        expect(hist.reduce((a, [b, c]) => a + b * c, 0)).toBe(l.scheduler.decodeRows);
+        for (const [b] of hist) expect(b).toBeLessThanOrEqual(l.concurrency);
+        // the untimed routing pass ran full batches; their distinct experts fit in the layers
+        expect(l.bytes.routedFullSteps).toBeGreaterThan(0);
+        expect(l.bytes.distinctExpertsPerStep).toBeGreaterThan(0);
+        expect(l.bytes.distinctExpertsPerStep).toBeLessThanOrEqual(layers * nRouted);
+        expect(l.bytes.stepBytes).toBeCloseTo(
+          res.accounting.nonExpertBytes + l.bytes.distinctExpertsPerStep * res.accounting.expertBytes,
+          6,
+        );
+        expect(l.ttftMs.n).toBe(l.concurrency);
+        pcts(l.ttftMs);
+        pcts(l.itlMs);
+      }
+      const lp = res.longPrompt;
+      expect(lp.promptTokens).toBeGreaterThanOrEqual(res.settings.LONG_PROMPT);
+      expect(lp.chunks).toBe(Math.ceil(lp.promptTokens / res.settings.PREFILL_CHUNK));
+      pcts(lp.itlDuringMs);
+      pcts(lp.itlOutsideMs);
+      // without the cache every request computes its whole prompt; with it, the later ones reuse
+      // the system prompt's full pages
+      const { on, off } = res.prefix;
+      expect(off.prefillTokens).toBe(off.promptTokens);
+      expect(on.promptTokens).toBe(off.promptTokens);
+      expect(on.requests[0].prefillTokens).toBe(on.requests[0].promptTokens);
+      for (const q of on.requests.slice(1)) expect(q.prefillTokens).toBeLessThan(q.promptTokens);
+      expect(res.prefix.prefillSaved).toBeCloseTo(1 - on.prefillTokens / off.prefillTokens, 12);
+    },
+    workLimitMs(20) + 10_000,
+  );
+});
