@@ -53,6 +53,11 @@ export interface GenerateOptions {
    * the top-k / top-p / min-p filters (vLLM's default).
    */
   logprobs?: number;
+  /**
+   * Called with each generated token as it is taken (before its text is emitted), with its
+   * log-probabilities when `logprobs` is set: per-token detail for streaming consumers.
+   */
+  onToken?: (token: number, logprob?: TokenLogprob) => void;
   signal?: AbortSignal;
   /**
    * Chat prompts: parse special-token text inside user and tool messages as special tokens
@@ -287,6 +292,7 @@ export class Session {
       }
       out.push(next);
       if (lp) lps.push(lp);
+      o.onToken?.(next, lp);
       textOut += decoder.push(next);
       const hit = firstStop(textOut, stops);
       if (hit >= 0) {

@@ -197,6 +197,167 @@ describe('completions', () => {
   });
 });
 
+describe('sampler fields, logprobs and n', () => {
+  /** A token's text in logprobs: its own decoding ('' for a padding id past the tokenizer's). */
+  const tokenText = (t: number) => (t < tiny.model.tokenizer.vocabSize ? tiny.model.tokenizer.decode([t]) : '');
+
+  it('penalties, logit_bias, repetition_penalty and stop_token_ids give the SDK text with the same options', async () => {
+    const opts: GenerateOptions = {
+      maxTokens: 14,
+      presencePenalty: 0.7,
+      frequencyPenalty: 1.1,
+      repetitionPenalty: 1.3,
+      logitBias: { 7: 5, 11: -100 },
+    };
+    const want = await sdk(messages, opts);
+    const r = await client.chat.completions.create({
+      model: 'tiny',
+      messages,
+      max_tokens: 14,
+      temperature: 0,
+      presence_penalty: 0.7,
+      frequency_penalty: 1.1,
+      logit_bias: { 7: 5, 11: -100 },
+      repetition_penalty: 1.3,
+    } as never);
+    expect((r as OpenAI.ChatCompletion).choices[0]!.message.content).toBe(want.text);
+    expect(want.tokens).not.toContain(11);
+    // +100 on one token: greedy picks it every time
+    const forced = await client.completions.create({
+      model: 'tiny',
+      prompt: textPrompt,
+      max_tokens: 4,
+      temperature: 0,
+      logit_bias: { 300: 100 },
+    });
+    const forcedSdk = await sdk(textPrompt, { maxTokens: 4, logitBias: { 300: 100 } });
+    expect(forcedSdk.tokens).toEqual([300, 300, 300, 300]);
+    expect(forced.choices[0]!.text).toBe(forcedSdk.text);
+    // a stop token id ends the text before it, finish_reason stop
+    const free = await sdk(textPrompt, { maxTokens: 12 });
+    const stopId = free.tokens[5]!;
+    const cut = free.tokens.indexOf(stopId);
+    const s = await post('/v1/completions', {
+      model: 'tiny',
+      prompt: textPrompt,
+      max_tokens: 12,
+      temperature: 0,
+      stop_token_ids: [stopId],
+    });
+    const sBody = (await s.json()) as OpenAI.Completion;
+    const stopped = await sdk(textPrompt, { maxTokens: 12, stopTokenIds: [stopId] });
+    expect(stopped.tokens).toEqual(free.tokens.slice(0, cut));
+    expect(sBody.choices[0]!.text).toBe(stopped.text);
+    expect(sBody.choices[0]!.finish_reason).toBe('stop');
+  });
+
+  it('chat logprobs / top_logprobs: the SDK values, streamed and not, with token text and bytes', async () => {
+    const want = await sdk(messages, { maxTokens: 8, logprobs: 3 });
+    const r = await client.chat.completions.create({
+      model: 'tiny',
+      messages,
+      max_tokens: 8,
+      temperature: 0,
+      logprobs: true,
+      top_logprobs: 3,
+    });
+    const content = r.choices[0]!.logprobs!.content!;
+    expect(content).toHaveLength(want.tokens.length);
+    content.forEach((c, i) => {
+      const lp = want.logprobs![i]!;
+      expect(c.token).toBe(tokenText(lp.token));
+      expect(c.bytes).toEqual([...Buffer.from(c.token, 'utf8')]);
+      expect(c.logprob).toBe(lp.logprob);
+      expect(c.logprob).toBeLessThanOrEqual(0);
+      expect(c.top_logprobs.map(t => t.logprob)).toEqual(lp.top.map(t => t.logprob));
+      expect(c.top_logprobs.map(t => t.token)).toEqual(lp.top.map(t => tokenText(t.token)));
+    });
+    const stream = await client.chat.completions.create({
+      model: 'tiny',
+      messages,
+      max_tokens: 8,
+      temperature: 0,
+      logprobs: true,
+      top_logprobs: 3,
+      stream: true,
+    });
+    const streamed: OpenAI.ChatCompletionTokenLogprob[] = [];
+    for await (const c of stream) streamed.push(...(c.choices[0]?.logprobs?.content ?? []));
+    expect(streamed).toEqual(content);
+    // logprobs without alternatives
+    const plain = await client.chat.completions.create({
+      model: 'tiny',
+      messages,
+      max_tokens: 3,
+      temperature: 0,
+      logprobs: true,
+    });
+    expect(plain.choices[0]!.logprobs!.content!.every(c => c.top_logprobs.length === 0)).toBe(true);
+    const none = await client.chat.completions.create({ model: 'tiny', messages, max_tokens: 3, temperature: 0 });
+    expect(none.choices[0]!.logprobs).toBeNull();
+  });
+
+  it('text completion logprobs: the legacy object (tokens, token_logprobs, top_logprobs, text_offset), streamed and not', async () => {
+    const want = await sdk(textPrompt, { maxTokens: 9, logprobs: 2 });
+    const r = await client.completions.create({ model: 'tiny', prompt: textPrompt, max_tokens: 9, temperature: 0, logprobs: 2 });
+    const lp = r.choices[0]!.logprobs!;
+    const texts = want.tokens.map(tokenText);
+    expect(lp.tokens).toEqual(texts);
+    expect(lp.token_logprobs).toEqual(want.logprobs!.map(l => l.logprob));
+    expect(lp.top_logprobs).toEqual(want.logprobs!.map(l => Object.fromEntries(l.top.map(t => [tokenText(t.token), t.logprob]))));
+    let at = 0;
+    expect(lp.text_offset).toEqual(texts.map(t => ((at += t.length), at - t.length)));
+    const stream = await client.completions.create({
+      model: 'tiny',
+      prompt: textPrompt,
+      max_tokens: 9,
+      temperature: 0,
+      logprobs: 2,
+      stream: true,
+    });
+    const got = { tokens: [] as string[], token_logprobs: [] as number[], text_offset: [] as number[] };
+    for await (const c of stream) {
+      const l = c.choices[0]?.logprobs;
+      if (!l) continue;
+      got.tokens.push(...l.tokens!);
+      got.token_logprobs.push(...l.token_logprobs!);
+      got.text_offset.push(...l.text_offset!);
+    }
+    expect(got).toEqual({ tokens: lp.tokens, token_logprobs: lp.token_logprobs, text_offset: lp.text_offset });
+  });
+
+  it('n > 1: n choices generated together, choice i sampled with seed + i, streamed and not; no blocks kept', async () => {
+    const opts = { temperature: 1.2, seed: 77, max_tokens: 10 };
+    const want = await Promise.all([0, 1, 2].map(i => sdk(messages, { temperature: 1.2, seed: 77 + i, maxTokens: 10 })));
+    const r = await client.chat.completions.create({ model: 'tiny', messages, n: 3, ...opts });
+    expect(r.choices.map(c => c.index)).toEqual([0, 1, 2]);
+    expect(r.choices.map(c => c.message.content)).toEqual(want.map(w => w.text));
+    expect(r.usage).toEqual({
+      prompt_tokens: want[0]!.promptTokens,
+      completion_tokens: want.reduce((n, w) => n + w.completionTokens, 0),
+      total_tokens: want[0]!.promptTokens + want.reduce((n, w) => n + w.completionTokens, 0),
+    });
+    const stream = await client.chat.completions.create({ model: 'tiny', messages, n: 3, ...opts, stream: true });
+    const texts = ['', '', ''];
+    const finishes: (string | null)[] = [null, null, null];
+    for await (const c of stream)
+      for (const ch of c.choices) {
+        texts[ch.index] += ch.delta.content ?? '';
+        if (ch.finish_reason) finishes[ch.index] = ch.finish_reason;
+      }
+    expect(texts).toEqual(want.map(w => w.text));
+    expect(finishes).toEqual(want.map(w => (w.stopReason === 'eos' ? 'stop' : 'length')));
+    const t = await client.completions.create({ model: 'tiny', prompt: textPrompt, n: 2, max_tokens: 6, temperature: 0 });
+    const greedy = await sdk(textPrompt, { maxTokens: 6 });
+    expect(t.choices.map(c => [c.index, c.text])).toEqual([
+      [0, greedy.text],
+      [1, greedy.text],
+    ]);
+    await server.idle();
+    expect(tiny.model.engine.allocator.inUse).toBe(baseline);
+  });
+});
+
 describe('errors', () => {
   const chat = (extra: Record<string, unknown>) =>
     post('/v1/chat/completions', { model: 'tiny', messages, max_tokens: 2, ...extra });
@@ -211,10 +372,18 @@ describe('errors', () => {
     await expectError(await chat({ stop: [1] }), 400, 'invalid_type', 'stop');
     await expectError(await chat({ stream: 'yes' }), 400, 'invalid_type', 'stream');
     await expectError(await chat({ stream_options: { include_usage: true } }), 400, null, 'stream_options');
-    await expectError(await chat({ n: 2 }), 400, 'unsupported_parameter', 'n');
-    await expectError(await chat({ logprobs: true }), 400, 'unsupported_parameter', 'logprobs');
-    await expectError(await chat({ presence_penalty: 0.5 }), 400, 'unsupported_parameter', 'presence_penalty');
-    await expectError(await chat({ logit_bias: { 5: 10 } }), 400, 'unsupported_parameter', 'logit_bias');
+    await expectError(await chat({ n: 0 }), 400, 'invalid_type', 'n');
+    await expectError(await chat({ n: 17 }), 400, 'invalid_type', 'n');
+    await expectError(await chat({ best_of: 3 }), 400, 'unsupported_parameter', 'best_of');
+    await expectError(await chat({ logprobs: 'yes' }), 400, 'invalid_type', 'logprobs');
+    await expectError(await chat({ top_logprobs: 2 }), 400, null, 'top_logprobs'); // without logprobs: true
+    await expectError(await chat({ logprobs: true, top_logprobs: 21 }), 400, 'invalid_type', 'top_logprobs');
+    await expectError(await chat({ presence_penalty: 2.5 }), 400, 'invalid_type', 'presence_penalty');
+    await expectError(await chat({ repetition_penalty: 0 }), 400, 'invalid_type', 'repetition_penalty');
+    await expectError(await chat({ logit_bias: { x: 10 } }), 400, null, 'logit_bias');
+    await expectError(await chat({ logit_bias: { 5: 101 } }), 400, null, 'logit_bias');
+    await expectError(await chat({ logit_bias: { 99999999: 1 } }), 400, null, 'logit_bias');
+    await expectError(await chat({ stop_token_ids: [-1] }), 400, 'invalid_type', 'stop_token_ids');
     await expectError(await chat({ speculative: true }), 400, 'unsupported_parameter', 'speculative'); // no MTP head
     const tools = await expectError(
       await chat({ tools: [{ type: 'function', function: { name: 'f', parameters: {} } }] }),
@@ -238,7 +407,7 @@ describe('errors', () => {
     await expectError(await text({ prompt: ['a', 'b'] }), 400, 'unsupported_parameter', 'prompt');
     await expectError(await text({ prompt: [1, 2, 3] }), 400, 'unsupported_parameter', 'prompt');
     await expectError(await text({ prompt: 5 }), 400, 'invalid_type', 'prompt');
-    await expectError(await text({ prompt: 'x', logprobs: 2 }), 400, 'unsupported_parameter', 'logprobs');
+    await expectError(await text({ prompt: 'x', logprobs: 21 }), 400, 'invalid_type', 'logprobs');
     await expectError(await text({ prompt: 'x', echo: true }), 400, 'unsupported_parameter', 'echo');
     await expectError(await text({ prompt: '' }), 400, null); // encodes to no tokens
     // array text parts and the developer role are accepted (as the text and the system role)
