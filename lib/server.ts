@@ -9,7 +9,7 @@ import type { Socket } from 'node:net';
 import path from 'node:path';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { GenerateOptions, GenerateResult, Generation, Model, Session, StopReason } from './generate.js';
-import type { ChatMessage } from './chat.js';
+import { parseToolCalls, TOOL_CALL_OPEN, type ChatMessage, type ToolCall, type ToolDefinition } from './chat.js';
 import type { TokenLogprob } from './sampling.js';
 import type { Tokenizer } from './tokenizer.js';
 import { ArgumentError, LongcatError, showValue } from './errors.js';
@@ -120,30 +120,77 @@ function contentText(content: unknown, i: number): string {
   throw invalid(`messages[${i}].content must be a string or an array of text parts`, `messages[${i}].content`, 'invalid_type');
 }
 
-function checkMessages(v: unknown, toolsAnswer: string): ChatMessage[] {
+function checkMessages(v: unknown): ChatMessage[] {
   if (!Array.isArray(v) || v.length === 0)
     throw invalid("'messages' must be a non-empty array of { role, content }", 'messages', 'invalid_type');
   return v.map((m, i) => {
     if (!isObject(m)) throw invalid(`messages[${i}] must be an object { role, content }`, `messages[${i}]`, 'invalid_type');
-    if (m.role === 'tool' || m.role === 'function' || (m.tool_calls !== undefined && m.tool_calls !== null))
-      throw invalid(`messages[${i}]: ${toolsAnswer}`, `messages[${i}]`, 'tools_not_supported');
+    if (m.role === 'function')
+      throw invalid(
+        `messages[${i}]: the 'function' role is deprecated; send 'tool' messages`,
+        `messages[${i}].role`,
+        'unsupported_parameter',
+      );
     // 'developer' is OpenAI's newer name for the system role.
     const role = m.role === 'developer' ? 'system' : m.role;
-    if (role !== 'system' && role !== 'user' && role !== 'assistant')
+    if (role !== 'system' && role !== 'user' && role !== 'assistant' && role !== 'tool')
       throw invalid(
-        `messages[${i}].role must be system, developer, user or assistant, got ${showValue(m.role, 40)}`,
+        `messages[${i}].role must be system, developer, user, assistant or tool, got ${showValue(m.role, 40)}`,
         `messages[${i}].role`,
       );
+    if (role === 'tool') {
+      if (typeof m.tool_call_id !== 'string')
+        throw invalid(`messages[${i}]: a tool message needs its 'tool_call_id'`, `messages[${i}].tool_call_id`, 'invalid_type');
+      return { role, content: contentText(m.content, i), toolCallId: m.tool_call_id };
+    }
+    if (role === 'assistant' && m.tool_calls !== undefined && m.tool_calls !== null) {
+      const calls = m.tool_calls;
+      const param = `messages[${i}].tool_calls`;
+      if (!Array.isArray(calls)) throw invalid(`${param} must be an array`, param, 'invalid_type');
+      const toolCalls = calls.map((c, j) => {
+        const f = isObject(c) ? c.function : undefined;
+        if (
+          !isObject(c) ||
+          c.type !== 'function' ||
+          typeof c.id !== 'string' ||
+          !isObject(f) ||
+          typeof f.name !== 'string' ||
+          typeof f.arguments !== 'string'
+        )
+          throw invalid(
+            `${param}[${j}] must be { id, type: 'function', function: { name, arguments: string } }`,
+            param,
+            'invalid_type',
+          );
+        return { id: c.id, name: f.name, arguments: f.arguments };
+      });
+      const content = m.content === undefined || m.content === null ? '' : contentText(m.content, i);
+      return toolCalls.length > 0 ? { role, content, toolCalls } : { role, content };
+    }
     return { role, content: contentText(m.content, i) };
   });
 }
 
-/** Why a request with tools is refused: tool calling needs the checkpoint's own tool format. */
-function toolsAnswer(model: Model): string {
-  return (
-    'tool calling is not supported yet: the built-in LongCat fallback chat template has no tool format, and this server ' +
-    `does not render tools through a checkpoint's template (${path.basename(model.checkpoint.dir)})`
-  );
+/** The `tools` of a request: OpenAI function definitions. */
+function checkTools(v: unknown): ToolDefinition[] {
+  if (!Array.isArray(v)) throw invalid("'tools' must be an array of { type: 'function', function }", 'tools', 'invalid_type');
+  return v.map((t, i) => {
+    const f = isObject(t) ? t.function : undefined;
+    if (!isObject(t) || t.type !== 'function' || !isObject(f) || typeof f.name !== 'string' || f.name === '')
+      throw invalid(
+        `tools[${i}] must be { type: 'function', function: { name, description?, parameters? } }`,
+        'tools',
+        'invalid_type',
+      );
+    if (f.description !== undefined && f.description !== null && typeof f.description !== 'string')
+      throw invalid(`tools[${i}].function.description must be a string`, 'tools', 'invalid_type');
+    if (f.parameters !== undefined && f.parameters !== null && !isObject(f.parameters))
+      throw invalid(`tools[${i}].function.parameters must be a JSON schema object`, 'tools', 'invalid_type');
+    const fn: ToolDefinition['function'] = { name: f.name };
+    if (typeof f.description === 'string') fn.description = f.description;
+    if (isObject(f.parameters)) fn.parameters = f.parameters;
+    return { type: 'function', function: fn };
+  });
 }
 
 /** Checks an OpenAI request body (every field it uses, and the ones it does not support). */
@@ -160,7 +207,7 @@ function parseJob(
 
   let prompt: string | ChatMessage[];
   if (kind === 'chat') {
-    prompt = checkMessages(body.messages, toolsAnswer(model));
+    prompt = checkMessages(body.messages);
   } else {
     const p = body.prompt;
     if (typeof p === 'string') prompt = p;
@@ -172,10 +219,26 @@ function parseJob(
     else throw invalid("'prompt' must be a string (or an array of one string)", 'prompt', 'invalid_type');
   }
 
+  // Tools (chat): 'auto' (the default) renders them and parses calls out of the output; 'none'
+  // neither (the model is not told of them). A forced call is not supported.
+  let tools: ToolDefinition[] = [];
+  if (body.functions !== undefined && body.functions !== null)
+    throw invalid("'functions' is deprecated; send 'tools'", 'functions', 'unsupported_parameter');
+  if (body.tools !== undefined && body.tools !== null) {
+    if (kind !== 'chat') throw invalid("'tools' needs /v1/chat/completions", 'tools', 'unsupported_parameter');
+    tools = checkTools(body.tools);
+  }
+  const toolChoice = body.tool_choice ?? 'auto';
+  if (toolChoice === 'none') tools = [];
+  else if (toolChoice === 'required' || isObject(toolChoice))
+    throw invalid(
+      `'tool_choice' ${showValue(toolChoice, 60)} is not supported: a forced tool call is not implemented ('auto' and 'none' are)`,
+      'tool_choice',
+      'unsupported_parameter',
+    );
+  else if (toolChoice !== 'auto')
+    throw invalid(`'tool_choice' must be 'auto' or 'none', got ${showValue(toolChoice, 60)}`, 'tool_choice', 'invalid_type');
   // What is not supported yet, refused by name rather than ignored.
-  const tools = body.tools ?? body.functions;
-  if (tools !== undefined && tools !== null && !(Array.isArray(tools) && tools.length === 0))
-    throw invalid(toolsAnswer(model), body.tools !== undefined ? 'tools' : 'functions', 'tools_not_supported');
   const n = field<number>(body, 'n', `an integer in [1, ${MAX_CHOICES}]`, v => isInt(1)(v) && (v as number) <= MAX_CHOICES) ?? 1;
   const bestOf = field<number>(body, 'best_of', 'an integer', isInt(1));
   if (bestOf !== undefined && bestOf !== n) throw unsupported("'best_of' other than n", 'best_of');
@@ -261,6 +324,7 @@ function parseJob(
   if (logitBias) options.logitBias = logitBias;
   if (stopTokenIds?.length) options.stopTokenIds = stopTokenIds;
   if (logprobs !== undefined) options.logprobs = logprobs;
+  if (tools.length > 0) options.tools = tools;
   if (
     speculative &&
     (options.presencePenalty || options.frequencyPenalty || options.repetitionPenalty || logitBias || logprobs !== undefined)
@@ -588,6 +652,9 @@ export function createServer(model: Model | Promise<Model>, options: ServerOptio
         // (a prompt longer than the context, ...) still get their status code.
         const prefills: Promise<void>[] = [];
         const logprobs = job.options.logprobs !== undefined ? new ChoicesLogprobs(job.kind, m.tokenizer) : null;
+        // With tools, each choice's tool calls are taken out of its text (streamed: held back from the marker on).
+        const calls = (text: string) => parseToolCalls(text, `call_${randomUUID().replaceAll('-', '').slice(0, 16)}_`);
+        const toolText = job.options.tools ? Array.from({ length: job.n }, () => new ToolTextStream()) : null;
         for (let i = 0; i < job.n; i++) {
           const session = m.createSession();
           sessions.push(session);
@@ -620,9 +687,11 @@ export function createServer(model: Model | Promise<Model>, options: ServerOptio
             sse.chunk(chunk(i, job.kind === 'chat' ? { role: 'assistant', content: '' } : '', null, null));
           await Promise.all(
             chunks.map(async (c, i) => {
-              for (let r = await firsts[i]!; !r.done; r = await c.next())
-                if (r.value)
-                  sse.chunk(chunk(i, job.kind === 'chat' ? { content: r.value } : r.value, logprobs?.pending(i) ?? null, null));
+              for (let r = await firsts[i]!; !r.done; r = await c.next()) {
+                const text = toolText ? toolText[i]!.push(r.value) : r.value;
+                if (text || (r.value && logprobs))
+                  sse.chunk(chunk(i, job.kind === 'chat' ? { content: text } : text, logprobs?.pending(i) ?? null, null));
+              }
             }),
           );
           results = await Promise.all(gens);
@@ -646,7 +715,20 @@ export function createServer(model: Model | Promise<Model>, options: ServerOptio
         };
         if (stream) {
           results.forEach((r, i) => {
-            stream!.chunk(chunk(i, job.kind === 'chat' ? {} : '', logprobs?.pending(i) ?? null, finishReason(r.stopReason)));
+            let finish: string = finishReason(r.stopReason);
+            if (toolText) {
+              // the text held back, less the calls, then the calls (each whole, in one delta)
+              const { content, toolCalls } = calls(r.text);
+              const rest = content.slice(toolText[i]!.sent.length);
+              if (rest) stream!.chunk(chunk(i, { content: rest }, null, null));
+              if (toolCalls.length > 0) {
+                stream!.chunk(
+                  chunk(i, { tool_calls: toolCalls.map((c, k) => ({ index: k, ...openaiToolCall(c) })) }, null, null),
+                );
+                finish = 'tool_calls';
+              }
+            }
+            stream!.chunk(chunk(i, job.kind === 'chat' ? {} : '', logprobs?.pending(i) ?? null, finish));
           });
           if (job.includeUsage) stream.chunk({ ...chunk(0, '', null, null), choices: [], usage });
           stream.end();
@@ -655,9 +737,16 @@ export function createServer(model: Model | Promise<Model>, options: ServerOptio
         const choices = results.map((r, i) => {
           const lp = logprobs ? logprobs.of(r.logprobs ?? [], i) : null;
           const finish = finishReason(r.stopReason);
-          return job.kind === 'chat'
-            ? { index: i, message: { role: 'assistant', content: r.text, refusal: null }, logprobs: lp, finish_reason: finish }
-            : { index: i, text: r.text, logprobs: lp, finish_reason: finish };
+          if (job.kind !== 'chat') return { index: i, text: r.text, logprobs: lp, finish_reason: finish };
+          const { content, toolCalls } = toolText ? calls(r.text) : { content: r.text, toolCalls: [] };
+          if (toolCalls.length === 0)
+            return { index: i, message: { role: 'assistant', content, refusal: null }, logprobs: lp, finish_reason: finish };
+          return {
+            index: i,
+            message: { role: 'assistant', content: content || null, refusal: null, tool_calls: toolCalls.map(openaiToolCall) },
+            logprobs: lp,
+            finish_reason: 'tool_calls',
+          };
         });
         if (closing) reply.header('connection', 'close');
         return reply.send({
@@ -715,6 +804,38 @@ export function createServer(model: Model | Promise<Model>, options: ServerOptio
 function drop(reply: FastifyReply) {
   reply.hijack();
   reply.raw.destroy();
+}
+
+/** A tool call in OpenAI's shape. */
+function openaiToolCall(c: ToolCall) {
+  return { id: c.id, type: 'function' as const, function: { name: c.name, arguments: c.arguments } };
+}
+
+/**
+ * A streamed choice's text with tools: passed on up to where a tool-call marker starts (or may be
+ * starting: a tail that is a prefix of it waits for the next text); from the first marker on it is
+ * held back, for the end, when the calls are parsed out of the whole text.
+ */
+class ToolTextStream {
+  private all = '';
+  sent = '';
+  /** Adds a text chunk; returns the part that can be sent now. */
+  push(text: string): string {
+    this.all += text;
+    let safe = this.all.indexOf(TOOL_CALL_OPEN);
+    if (safe < 0) {
+      safe = this.all.length;
+      for (let k = Math.min(TOOL_CALL_OPEN.length - 1, this.all.length); k > 0; k--)
+        if (this.all.endsWith(TOOL_CALL_OPEN.slice(0, k))) {
+          safe = this.all.length - k;
+          break;
+        }
+    }
+    if (safe <= this.sent.length) return '';
+    const out = this.all.slice(this.sent.length, safe);
+    this.sent = this.all.slice(0, safe);
+    return out;
+  }
 }
 
 /** One streamed choice in OpenAI's chunk format. */

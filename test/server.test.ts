@@ -11,7 +11,7 @@ import readline from 'node:readline';
 import OpenAI from 'openai';
 import { createServer, type LongcatServer } from '../lib/server.js';
 import { loadModel, type GenerateOptions, type Model } from '../lib/generate.js';
-import type { ChatMessage } from '../lib/chat.js';
+import { parseToolCalls, type ChatMessage } from '../lib/chat.js';
 import { checkpointFixture, cpuModelFixture } from './model-fixture.js';
 
 const makeCheckpoint = checkpointFixture('longcat-server-', 17);
@@ -305,8 +305,8 @@ describe('sampler fields, logprobs and n', () => {
     expect(lp.tokens).toEqual(texts);
     expect(lp.token_logprobs).toEqual(want.logprobs!.map(l => l.logprob));
     expect(lp.top_logprobs).toEqual(want.logprobs!.map(l => Object.fromEntries(l.top.map(t => [tokenText(t.token), t.logprob]))));
-    let at = 0;
-    expect(lp.text_offset).toEqual(texts.map(t => ((at += t.length), at - t.length)));
+    // each token's offset: the characters of the tokens before it
+    expect(lp.text_offset).toEqual(texts.map((_, i) => texts.slice(0, i).join('').length));
     const stream = await client.completions.create({
       model: 'tiny',
       prompt: textPrompt,
@@ -358,6 +358,135 @@ describe('sampler fields, logprobs and n', () => {
   });
 });
 
+describe('tool calling', () => {
+  const weather = {
+    type: 'function' as const,
+    function: {
+      name: 'get_weather',
+      description: 'The weather in a city.',
+      parameters: { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] },
+    },
+  };
+  const ask: OpenAI.ChatCompletionMessageParam[] = [{ role: 'user', content: 'Weather in Paris?' }];
+  const callText =
+    'Let me check.<longcat_tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</longcat_tool_call>';
+
+  it('the real model: a chat with tools, tool calls and tool results is rendered as Session.generate renders it', async () => {
+    const history: OpenAI.ChatCompletionMessageParam[] = [
+      ...ask,
+      {
+        role: 'assistant',
+        content: null,
+        tool_calls: [{ id: 'call_1', type: 'function', function: { name: 'get_weather', arguments: '{"city":"Paris"}' } }],
+      },
+      { role: 'tool', tool_call_id: 'call_1', content: '{"temp_c": 21}' },
+    ];
+    const asSdk: ChatMessage[] = [
+      { role: 'user', content: 'Weather in Paris?' },
+      { role: 'assistant', content: '', toolCalls: [{ id: 'call_1', name: 'get_weather', arguments: '{"city":"Paris"}' }] },
+      { role: 'tool', content: '{"temp_c": 21}', toolCallId: 'call_1' },
+    ];
+    const want = await sdk(asSdk, { maxTokens: 6, tools: [weather] });
+    const r = await client.chat.completions.create({
+      model: 'tiny',
+      messages: history,
+      tools: [weather],
+      max_tokens: 6,
+      temperature: 0,
+    });
+    expect(r.usage!.prompt_tokens).toBe(want.promptTokens);
+    expect(r.choices[0]!.message.content).toBe(parseToolCalls(want.text).content);
+    // the tool block is in the prompt: more tokens than the same chat without tools; 'none' leaves it out
+    const plain = await sdk(asSdk, { maxTokens: 1 });
+    expect(want.promptTokens).toBeGreaterThan(plain.promptTokens + 50);
+    const none = await client.chat.completions.create({
+      model: 'tiny',
+      messages: history,
+      tools: [weather],
+      tool_choice: 'none',
+      max_tokens: 1,
+      temperature: 0,
+    });
+    expect(none.usage!.prompt_tokens).toBe(plain.promptTokens);
+    await expect(sdk('a string prompt', { tools: [weather] })).rejects.toThrow(/tools need a chat prompt/);
+  });
+
+  it('a model that calls a tool: tool_calls in the message and in the stream, finish_reason tool_calls, round trip', async () => {
+    const seen: { messages: ChatMessage[]; tools?: unknown }[] = [];
+    let reply = callText;
+    const { s, u } = await start(scripted(tiny.model, () => reply, seen));
+    try {
+      const c = new OpenAI({ apiKey: 'x', baseURL: `${u}/v1`, maxRetries: 0 });
+      const r = await c.chat.completions.create({ model: 'tiny', messages: ask, tools: [weather] });
+      const choice = r.choices[0]!;
+      expect(choice.finish_reason).toBe('tool_calls');
+      expect(choice.message.content).toBe('Let me check.');
+      expect(choice.message.tool_calls).toHaveLength(1);
+      const call = choice.message.tool_calls![0]! as OpenAI.ChatCompletionMessageFunctionToolCall;
+      expect(call.type).toBe('function');
+      expect(call.id).toMatch(/^call_/);
+      expect(call.function).toEqual({ name: 'get_weather', arguments: '{"city":"Paris"}' });
+      expect(seen.at(-1)!.tools).toEqual([weather]);
+
+      // streamed: the text before the marker as content deltas, the marker never; then the call
+      const stream = await c.chat.completions.create({ model: 'tiny', messages: ask, tools: [weather], stream: true });
+      let content = '';
+      const calls: OpenAI.ChatCompletionChunk.Choice.Delta.ToolCall[] = [];
+      const finishes: string[] = [];
+      for await (const ch of stream)
+        for (const x of ch.choices) {
+          content += x.delta.content ?? '';
+          calls.push(...(x.delta.tool_calls ?? []));
+          if (x.finish_reason) finishes.push(x.finish_reason);
+        }
+      expect(content).toBe('Let me check.');
+      expect(calls).toHaveLength(1);
+      expect(calls[0]!.index).toBe(0);
+      expect(calls[0]!.function).toEqual({ name: 'get_weather', arguments: '{"city":"Paris"}' });
+      expect(finishes).toEqual(['tool_calls']);
+
+      // the round trip: the call and its result go back; the model answers in text
+      reply = 'It is 21 C in Paris.';
+      const next = await c.chat.completions.create({
+        model: 'tiny',
+        tools: [weather],
+        messages: [
+          ...ask,
+          choice.message as OpenAI.ChatCompletionMessageParam,
+          { role: 'tool', tool_call_id: call.id, content: '{"temp_c": 21}' },
+        ],
+      });
+      expect(next.choices[0]!.message).toEqual({ role: 'assistant', content: 'It is 21 C in Paris.', refusal: null });
+      expect(next.choices[0]!.finish_reason).toBe('stop');
+      expect(seen.at(-1)!.messages.slice(1)).toEqual([
+        {
+          role: 'assistant',
+          content: 'Let me check.',
+          toolCalls: [{ id: call.id, name: 'get_weather', arguments: '{"city":"Paris"}' }],
+        },
+        { role: 'tool', content: '{"temp_c": 21}', toolCallId: call.id },
+      ]);
+
+      // invalid JSON inside the markers stays text, streamed and not
+      reply = 'x<longcat_tool_call>{"name": "get_weather", "arguments": {</longcat_tool_call>';
+      const bad = await c.chat.completions.create({ model: 'tiny', messages: ask, tools: [weather] });
+      expect(bad.choices[0]!.message.content).toBe(reply);
+      expect(bad.choices[0]!.message.tool_calls).toBeUndefined();
+      expect(bad.choices[0]!.finish_reason).toBe('stop');
+      const badStream = await c.chat.completions.create({ model: 'tiny', messages: ask, tools: [weather], stream: true });
+      let badText = '';
+      for await (const ch of badStream) badText += ch.choices[0]?.delta.content ?? '';
+      expect(badText).toBe(reply);
+      // without tools the markers are not parsed
+      reply = callText;
+      const untooled = await c.chat.completions.create({ model: 'tiny', messages: ask });
+      expect(untooled.choices[0]!.message.content).toBe(callText);
+    } finally {
+      await s.close();
+    }
+  });
+});
+
 describe('errors', () => {
   const chat = (extra: Record<string, unknown>) =>
     post('/v1/chat/completions', { model: 'tiny', messages, max_tokens: 2, ...extra });
@@ -385,14 +514,33 @@ describe('errors', () => {
     await expectError(await chat({ logit_bias: { 99999999: 1 } }), 400, null, 'logit_bias');
     await expectError(await chat({ stop_token_ids: [-1] }), 400, 'invalid_type', 'stop_token_ids');
     await expectError(await chat({ speculative: true }), 400, 'unsupported_parameter', 'speculative'); // no MTP head
-    const tools = await expectError(
-      await chat({ tools: [{ type: 'function', function: { name: 'f', parameters: {} } }] }),
+    const f = { type: 'function', function: { name: 'f', parameters: {} } };
+    await expectError(await chat({ tools: [f], tool_choice: 'required' }), 400, 'unsupported_parameter', 'tool_choice');
+    await expectError(
+      await chat({ tools: [f], tool_choice: { type: 'function', function: { name: 'f' } } }),
       400,
-      'tools_not_supported',
-      'tools',
+      'unsupported_parameter',
+      'tool_choice',
     );
-    expect(tools.message).toMatch(/fallback chat template has no tool format/);
-    await expectError(await chat({ messages: [{ role: 'tool', content: 'x', tool_call_id: 'a' }] }), 400, 'tools_not_supported');
+    await expectError(await chat({ tools: [f], tool_choice: 'sometimes' }), 400, 'invalid_type', 'tool_choice');
+    await expectError(await chat({ tools: [{ type: 'function', function: { name: '' } }] }), 400, 'invalid_type', 'tools');
+    await expectError(await chat({ tools: {} }), 400, 'invalid_type', 'tools');
+    await expectError(await chat({ functions: [f.function] }), 400, 'unsupported_parameter', 'functions');
+    await expectError(
+      await chat({ messages: [{ role: 'tool', content: 'x' }] }),
+      400,
+      'invalid_type',
+      'messages[0].tool_call_id',
+    );
+    await expectError(
+      await chat({
+        messages: [{ role: 'assistant', content: null, tool_calls: [{ id: 'a', type: 'function', function: { name: 'f' } }] }],
+      }),
+      400,
+      'invalid_type',
+      'messages[0].tool_calls',
+    );
+    await expectError(await chat({ messages: [{ role: 'function', name: 'f', content: 'x' }] }), 400, 'unsupported_parameter');
     await expectError(await chat({ messages: [] }), 400, 'invalid_type', 'messages');
     await expectError(await chat({ messages: [{ role: 'wizard', content: 'x' }] }), 400, null, 'messages[0].role');
     await expectError(
@@ -409,6 +557,7 @@ describe('errors', () => {
     await expectError(await text({ prompt: 5 }), 400, 'invalid_type', 'prompt');
     await expectError(await text({ prompt: 'x', logprobs: 21 }), 400, 'invalid_type', 'logprobs');
     await expectError(await text({ prompt: 'x', echo: true }), 400, 'unsupported_parameter', 'echo');
+    await expectError(await text({ prompt: 'x', tools: [] }), 400, 'unsupported_parameter', 'tools');
     await expectError(await text({ prompt: '' }), 400, null); // encodes to no tokens
     // array text parts and the developer role are accepted (as the text and the system role)
     const parts = await chat({
@@ -495,6 +644,45 @@ function gated(model: Model, gate: (signal: AbortSignal) => Promise<void>): Mode
                 then: (ok: (r: unknown) => unknown, err: (e: unknown) => unknown) => real.then(({ g }) => g).then(ok, err),
                 async *[Symbol.asyncIterator]() {
                   yield* (await real).g;
+                },
+              };
+            };
+          },
+        });
+      };
+    },
+  });
+}
+
+/**
+ * The model with each generation's text replaced by `text()` (the real generation runs, on the real
+ * prompt, so sessions, slots and rendering are exercised; its result and stream carry the scripted
+ * text, streamed in pieces of 4 characters, stopReason 'eos'). Records each chat's messages and tools.
+ */
+function scripted(model: Model, text: () => string, seen: { messages: ChatMessage[]; tools?: unknown }[]): Model {
+  const bind = (target: object, key: string | symbol) => {
+    const v = Reflect.get(target, key);
+    return typeof v === 'function' ? v.bind(target) : v;
+  };
+  return new Proxy(model, {
+    get(target, key) {
+      if (key !== 'createSession') return bind(target, key);
+      return () => {
+        const session = target.createSession();
+        return new Proxy(session, {
+          get(s, k) {
+            if (k !== 'generate') return bind(s, k);
+            return (prompt: string | ChatMessage[], opts: GenerateOptions) => {
+              if (typeof prompt !== 'string') seen.push({ messages: prompt, tools: opts.tools });
+              const t = text();
+              const real = s.generate(prompt, { ...opts, maxTokens: 1 });
+              const result = real.then(r => ({ ...r, text: t, stopReason: 'eos' as const }));
+              return {
+                // biome-ignore lint/suspicious/noThenProperty: stands in for a Generation, which is awaitable
+                then: (ok: (r: unknown) => unknown, err: (e: unknown) => unknown) => result.then(ok, err),
+                async *[Symbol.asyncIterator]() {
+                  await result;
+                  for (let i = 0; i < t.length; i += 4) yield t.slice(i, i + 4);
                 },
               };
             };
