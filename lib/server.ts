@@ -422,6 +422,8 @@ class Slots {
 /** The server's counters, as /metrics writes them. */
 class Metrics {
   promptTokens = 0;
+  /** Prompt tokens whose KV entries came from the prefix cache (not computed). */
+  cachedPromptTokens = 0;
   completionTokens = 0;
   readonly finished = new Map<string, number>();
   finish(reason: string) {
@@ -436,6 +438,12 @@ class Metrics {
     metric('longcat_requests_running', 'gauge', 'Requests generating now.', [['', slots.running]]);
     metric('longcat_requests_queued', 'gauge', 'Requests waiting for a generation slot.', [['', slots.queued]]);
     metric('longcat_prompt_tokens_total', 'counter', 'Prompt tokens of finished requests.', [['', this.promptTokens]]);
+    metric(
+      'longcat_prompt_tokens_cached_total',
+      'counter',
+      'Prompt tokens of finished requests taken from the prefix cache (prefix-cache hits: not prefilled).',
+      [['', this.cachedPromptTokens]],
+    );
     metric('longcat_generation_tokens_total', 'counter', 'Tokens generated.', [['', this.completionTokens]]);
     const reasons = ['eos', 'stop', 'length', 'cache', 'abort', 'error'];
     for (const r of this.finished.keys()) if (!reasons.includes(r)) reasons.push(r);
@@ -449,6 +457,19 @@ class Metrics {
       const a = model.engine.allocator;
       metric('longcat_kv_blocks_in_use', 'gauge', 'KV-cache blocks held by sequences.', [['', a.inUse]]);
       metric('longcat_kv_blocks_total', 'gauge', 'KV-cache blocks in the pool.', [['', a.inUse + a.available]]);
+      metric('longcat_prefix_cache_pages', 'gauge', 'KV pages registered in the prefix cache (held or idle).', [
+        ['', a.cachedPages],
+      ]);
+      const st = model.scheduler.stats;
+      metric('longcat_decode_steps_total', 'counter', 'Batched decode steps run (all sessions of the model).', [
+        ['{kind="plain"}', st.decodeSteps],
+        ['{kind="speculative"}', st.speculativeSteps],
+      ]);
+      metric('longcat_decode_rows_total', 'counter', 'Sequences decoded in those steps (rows / steps = mean batch).', [
+        ['{kind="plain"}', st.decodeRows],
+        ['{kind="speculative"}', st.speculativeRows],
+      ]);
+      metric('longcat_decode_batch_max', 'gauge', 'Largest batch of sequences decoded in one step.', [['', st.largestBatch]]);
     }
     return `${lines.join('\n')}\n`;
   }
@@ -655,7 +676,7 @@ export function createServer(model: Model | Promise<Model>, options: ServerOptio
         // With tools, each choice's tool calls are taken out of its text (streamed: held back from the marker on).
         const calls = (text: string) => parseToolCalls(text, `call_${randomUUID().replaceAll('-', '').slice(0, 16)}_`);
         const toolText = job.options.tools ? Array.from({ length: job.n }, () => new ToolTextStream()) : null;
-        for (let i = 0; i < job.n; i++) {
+        const startChoice = (i: number) => {
           const session = m.createSession();
           sessions.push(session);
           let prefilled!: () => void;
@@ -672,6 +693,13 @@ export function createServer(model: Model | Promise<Model>, options: ServerOptio
               ...(onToken ? { onToken } : {}),
             }),
           );
+        };
+        startChoice(0);
+        if (job.n > 1) {
+          // The other choices start once the first one's prompt is in: they adopt its pages from the
+          // prefix cache and prefill only the rest (the last page, partly filled, and the last token).
+          await Promise.race([prefills[0], gens[0]!.then(noop, noop)]);
+          for (let i = 1; i < job.n; i++) startChoice(i);
         }
         let results: GenerateResult[];
         if (!job.stream) {
@@ -699,6 +727,7 @@ export function createServer(model: Model | Promise<Model>, options: ServerOptio
         const first = results[0]!;
         reason = first.stopReason;
         metrics.promptTokens += first.promptTokens;
+        for (const r of results) metrics.cachedPromptTokens += r.promptTokens - r.prefillTokens;
         for (const r of results) metrics.completionTokens += r.completionTokens;
         if (results.some(r => r.stopReason === 'abort')) {
           if (ac.signal.reason instanceof ApiError && ac.signal.reason.status !== 499) throw ac.signal.reason;

@@ -10,9 +10,10 @@ import path from 'node:path';
 import readline from 'node:readline';
 import OpenAI from 'openai';
 import { createServer, type LongcatServer } from '../lib/server.js';
-import { loadModel, type GenerateOptions, type Model } from '../lib/generate.js';
+import { loadModel, type GenerateOptions, type GenerateResult, type Model } from '../lib/generate.js';
 import { parseToolCalls, type ChatMessage } from '../lib/chat.js';
 import { checkpointFixture, cpuModelFixture } from './model-fixture.js';
+import { rng } from './rng.js';
 
 const makeCheckpoint = checkpointFixture('longcat-server-', 17);
 const tiny = cpuModelFixture(makeCheckpoint, 'tiny', 1024);
@@ -355,6 +356,25 @@ describe('sampler fields, logprobs and n', () => {
     ]);
     await server.idle();
     expect(tiny.model.engine.allocator.inUse).toBe(baseline);
+  });
+
+  it("n > 1 shares the prompt's pages: the other choices prefill only past the first one's full pages", async () => {
+    const { s, u } = await start(tiny.model);
+    try {
+      const prompt = `A prompt of its own for n. ${textPrompt.repeat(8)}`;
+      const P = tiny.model.tokenizer.encode(prompt).length;
+      const page = tiny.model.engine.blockSize;
+      expect(P).toBeGreaterThan(2 * page);
+      const res = await post('/v1/completions', { model: 'tiny', prompt, n: 3, max_tokens: 3, temperature: 0 }, {}, u);
+      const body = (await res.json()) as OpenAI.Completion;
+      expect(body.choices).toHaveLength(3);
+      const text = await (await fetch(`${u}/metrics`)).text();
+      // choice 0 prefilled it all; choices 1 and 2 adopted its full pages (the last prompt token is always recomputed)
+      expect(Number(/^longcat_prompt_tokens_cached_total (\d+)$/m.exec(text)![1])).toBe(2 * Math.floor((P - 1) / page) * page);
+      expect(new Set(body.choices.map(ch => ch.text)).size).toBe(1); // greedy: the same text
+    } finally {
+      await s.close();
+    }
   });
 });
 
@@ -872,6 +892,91 @@ describe('concurrency', () => {
     expect(tiny.model.engine.allocator.inUse).toBe(baseline);
     const metrics = await (await fetch(`${url}/metrics`)).text();
     expect(metrics).toMatch(/^longcat_requests_finished_total\{reason="abort"\} [1-9]\d*$/m);
+  });
+});
+
+describe('32 concurrent streams', () => {
+  it('seeded random disconnects: the others get their solo text; no KV blocks leak, nothing stuck, metrics add up', async () => {
+    const { s, u } = await start(tiny.model, { maxConcurrent: 32, maxQueue: 0 });
+    try {
+      const c = new OpenAI({ apiKey: 'x', baseURL: `${u}/v1`, maxRetries: 0 });
+      const r = rng(4242);
+      // a shared head (prefix-cache pages) with a tail of its own, half chats and half text prompts
+      const head = `A shared preface. ${textPrompt.repeat(6)}`;
+      const clients = Array.from({ length: 32 }, (_, i) => ({
+        chat: i % 2 === 0,
+        prompt: `${head} Client ${i}: ${textPrompt.slice(r.int(20))}`,
+        // leaves after this many text chunks (about a third of the clients), or stays to the end
+        leaveAfter: r.int(3) === 0 ? 1 + r.int(4) : null,
+      }));
+      const leavers = clients.filter(x => x.leaveAfter !== null).length;
+      expect(leavers).toBeGreaterThan(3);
+      const asChat = (p: string): { role: 'user'; content: string }[] => [{ role: 'user', content: p }];
+      const solo: (GenerateResult | null)[] = [];
+      for (const x of clients)
+        solo.push(x.leaveAfter === null ? await sdk(x.chat ? asChat(x.prompt) : x.prompt, { maxTokens: 16 }) : null);
+      const stats0 = { ...tiny.model.scheduler.stats };
+      const runs = clients.map(async (x, i) => {
+        const ac = new AbortController();
+        const max_tokens = x.leaveAfter === null ? 16 : 400;
+        let text = '',
+          chunks = 0;
+        try {
+          if (x.chat) {
+            const stream = await c.chat.completions.create(
+              { model: 'tiny', messages: asChat(x.prompt), max_tokens, temperature: 0, stream: true },
+              { signal: ac.signal },
+            );
+            for await (const ch of stream) {
+              const t = ch.choices[0]?.delta.content ?? '';
+              text += t;
+              if (t && ++chunks === x.leaveAfter) ac.abort();
+            }
+          } else {
+            const stream = await c.completions.create(
+              { model: 'tiny', prompt: x.prompt, max_tokens, temperature: 0, stream: true },
+              { signal: ac.signal },
+            );
+            for await (const ch of stream) {
+              const t = ch.choices[0]?.text ?? '';
+              text += t;
+              if (t && ++chunks === x.leaveAfter) ac.abort();
+            }
+          }
+        } catch (e) {
+          if (x.leaveAfter === null) throw new Error(`client ${i} failed: ${(e as Error).message}`);
+          return null;
+        }
+        return text;
+      });
+      const texts = await Promise.all(runs);
+      texts.forEach((t, i) => {
+        if (clients[i]!.leaveAfter === null) expect(t, `client ${i}`).toBe(solo[i]!.text);
+      });
+      await s.idle();
+      expect(s.load).toEqual({ running: 0, queued: 0 });
+      expect(tiny.model.engine.allocator.inUse).toBe(baseline);
+      const text = await (await fetch(`${u}/metrics`)).text();
+      const value = (name: string) => Number(new RegExp(`^${name} (\\d+)$`, 'm').exec(text)?.[1]);
+      const finished = [...text.matchAll(/^longcat_requests_finished_total\{reason="(\w+)"\} (\d+)$/gm)];
+      expect(finished.reduce((n, m) => n + Number(m[2]), 0)).toBe(32);
+      const aborts = Number(finished.find(m => m[1] === 'abort')![2]);
+      expect(aborts).toBeGreaterThan(0);
+      expect(aborts).toBeLessThanOrEqual(leavers);
+      expect(value('longcat_requests_running')).toBe(0);
+      expect(value('longcat_kv_blocks_in_use')).toBe(baseline);
+      // the shared head's pages were prefilled once: later prompts took them from the prefix cache
+      expect(value('longcat_prompt_tokens_cached_total')).toBeGreaterThan(0);
+      expect(value('longcat_prefix_cache_pages')).toBe(tiny.model.engine.allocator.cachedPages);
+      const st = tiny.model.scheduler.stats;
+      expect(Number(/^longcat_decode_steps_total\{kind="plain"\} (\d+)$/m.exec(text)![1])).toBe(st.decodeSteps);
+      expect(Number(/^longcat_decode_rows_total\{kind="plain"\} (\d+)$/m.exec(text)![1])).toBe(st.decodeRows);
+      expect(value('longcat_decode_batch_max')).toBe(st.largestBatch);
+      // every generated token after the first of each stream was a decode row
+      expect(st.decodeRows - stats0.decodeRows).toBeGreaterThanOrEqual(value('longcat_generation_tokens_total') - 32);
+    } finally {
+      await s.close();
+    }
   });
 });
 
