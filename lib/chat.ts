@@ -481,6 +481,7 @@ export function renderChatPrompt(
 }
 
 function chatRenderer(source: string | TokenizerConfig, opts: ChatTemplateOptions): (messages: readonly ChatMessage[]) => string {
+  if (opts.tools !== undefined) checkTools(opts.tools);
   let template: string | null;
   let config: TokenizerConfig;
   if (opts.tokenizerConfig) {

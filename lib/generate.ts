@@ -246,6 +246,8 @@ export class Session {
       throw new ArgumentError('E_ARGUMENT', `generate: prefillChunk must be an integer >= 1, got ${String(chunk)}`);
     if (o.onPrefillChunk !== undefined && typeof o.onPrefillChunk !== 'function')
       throw new ArgumentError('E_ARGUMENT', 'generate: onPrefillChunk must be a function');
+    if (o.onToken !== undefined && typeof o.onToken !== 'function')
+      throw new ArgumentError('E_ARGUMENT', 'generate: onToken must be a function');
     if (speculative && !engine.hasMtp)
       throw new ArgumentError(
         'E_ARGUMENT',

@@ -88,6 +88,10 @@ describe('the built-in LongCat format with tools', () => {
     const user: ChatMessage[] = [{ role: 'user', content: 'x' }];
     expect(() => formatLongcatChat(user, { tools: [{ type: 'function', function: { name: '' } }] })).toThrow(/tools\[0\]/);
     expect(() => formatLongcatChat(user, { tools: [{ type: 'x' } as never] })).toThrow(/tools\[0\]/);
+    // checked before a checkpoint template sees them too
+    expect(() => applyChatTemplate({ chat_template: '{{ tools }}' }, user, { tools: [{ type: 'x' } as never] })).toThrow(
+      /tools\[0\]/,
+    );
     expect(() =>
       formatLongcatChat([{ role: 'user', content: 'x', toolCalls: [{ id: 'a', name: 'f', arguments: '{}' }] }]),
     ).toThrow(/not an assistant message/);

@@ -252,6 +252,16 @@ describe('sampler fields, logprobs and n', () => {
     expect(sBody.choices[0]!.finish_reason).toBe('stop');
   });
 
+  it('GenerateOptions.onToken (what streamed logprobs use) sees every generated token with its logprobs', async () => {
+    const seen: [number, unknown][] = [];
+    const r = await sdk(textPrompt, { maxTokens: 7, logprobs: 2, onToken: (t, lp) => seen.push([t, lp]) });
+    expect(seen).toEqual(r.tokens.map((t, i) => [t, r.logprobs![i]]));
+    const plain: number[] = [];
+    const p = await sdk(textPrompt, { maxTokens: 5, onToken: (t, lp) => plain.push(lp === undefined ? t : -1) });
+    expect(plain).toEqual(p.tokens);
+    await expect(sdk(textPrompt, { onToken: 5 as never })).rejects.toThrow(/onToken must be a function/);
+  });
+
   it('chat logprobs / top_logprobs: the SDK values, streamed and not, with token text and bytes', async () => {
     const want = await sdk(messages, { maxTokens: 8, logprobs: 3 });
     const r = await client.chat.completions.create({
