@@ -1,7 +1,8 @@
 // An OpenAI-compatible HTTP server over a Model (fastify): /v1/chat/completions and /v1/completions
 // (JSON or server-sent events), /v1/models, /health and /metrics (Prometheus text). Each request
-// generates in its own Session (concurrent requests are concurrent sessions, which the model
-// decodes together); a slot limit with a bounded wait queue in front of them, OpenAI error objects
+// generates in its own Session (`n` sessions for n choices; concurrent requests are concurrent
+// sessions, which the model decodes together), with the SDK's sampler options (penalties,
+// logit_bias, logprobs in OpenAI's two shapes) and tool calls parsed out of the output; a slot limit with a bounded wait queue in front of them, OpenAI error objects
 // with their status codes, client disconnects that abort the generation and free its KV blocks,
 // and a graceful close that lets in-flight requests finish (or aborts them after a timeout).
 import { randomUUID, timingSafeEqual } from 'node:crypto';

@@ -2,7 +2,9 @@
 // and by raw fetch where the client hides details: chat and text completions streamed and not
 // (the text is Session.generate's for the same prompt), max_tokens, stop, seeds, usage, every
 // error status, the API key, concurrent streams with clients leaving mid-stream (no leaked KV
-// blocks), /metrics and /health, loading and graceful shutdown.
+// blocks), /metrics and /health, loading and graceful shutdown; penalties, logit_bias, logprobs,
+// n > 1 (sharing the prompt's pages), tool calls (the real model's prompt, and a scripted model
+// that calls a tool), 32 streams with seeded random disconnects.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
