@@ -7,23 +7,49 @@
 //
 // No BOS is emitted; every finished assistant turn ends with </longcat_s>; one space precedes
 // every [Round k] that follows a system prompt or an EOS; no space after USER: / ASSISTANT:.
+// With tools: the model card's tool description block, `\n\n## Messages\n`, then the chat; tool
+// calls are <longcat_tool_call>\n{"name": ..., "arguments": {...}}\n</longcat_tool_call> spans, which
+// parseToolCalls() takes out of the model's output.
 import path from 'node:path';
 import { Environment, Interpreter, Template } from '@huggingface/jinja';
 import { ArgumentError, CheckpointError } from './errors.js';
 import { readRegularTextSync } from './files.js';
 
-export type ChatRole = 'system' | 'user' | 'assistant';
+export type ChatRole = 'system' | 'user' | 'assistant' | 'tool';
+
+/** A call of a tool, as an assistant message carries it and GenerateResult.toolCalls reports it. */
+export interface ToolCall {
+  id: string;
+  name: string;
+  /** The arguments: a JSON text (an object). */
+  arguments: string;
+}
+
+/** A tool the model may call: OpenAI's function definition. */
+export interface ToolDefinition {
+  type: 'function';
+  function: { name: string; description?: string; parameters?: Record<string, unknown> };
+}
 
 export interface ChatMessage {
   role: ChatRole | (string & {});
   content: string;
+  /** An assistant message's tool calls (after its content). */
+  toolCalls?: ToolCall[];
+  /** A tool message: the id of the call it answers. */
+  toolCallId?: string;
 }
 
 export interface ChatTemplateOptions {
   /** End with the assistant prompt (` ASSISTANT:`) so the model answers. Default true. */
   addGenerationPrompt?: boolean;
-  /** Extra variables for the Jinja template (tools, ...). */
+  /** Extra variables for the Jinja template. */
   context?: Record<string, unknown>;
+  /**
+   * Tools the model may call: passed to the checkpoint's template as `tools` when it renders tools
+   * (mentions them); otherwise the built-in LongCat format renders them (the model card's block).
+   */
+  tools?: readonly ToolDefinition[];
   /** An already parsed tokenizer_config.json: used instead of reading the directory's. */
   tokenizerConfig?: TokenizerConfig;
 }
@@ -57,13 +83,122 @@ function checkMessages(messages: readonly ChatMessage[]) {
   messages.forEach((m, i) => {
     if (typeof m !== 'object' || m === null || typeof m.role !== 'string' || typeof m.content !== 'string')
       throw new ArgumentError('E_ARGUMENT', `chat: messages[${i}] must be { role: string, content: string }`);
+    if (m.toolCalls !== undefined) {
+      if (m.role !== 'assistant')
+        throw new ArgumentError('E_ARGUMENT', `chat: messages[${i}] has toolCalls but is not an assistant message`);
+      if (
+        !Array.isArray(m.toolCalls) ||
+        !m.toolCalls.every(
+          (c: ToolCall) => typeof c?.id === 'string' && typeof c.name === 'string' && typeof c.arguments === 'string',
+        )
+      )
+        throw new ArgumentError(
+          'E_ARGUMENT',
+          `chat: messages[${i}].toolCalls must be an array of { id, name, arguments: string }`,
+        );
+    }
   });
 }
 
-/** The built-in LongCat format (SPEC 8.2). Roles other than system/user/assistant are rejected. */
+function checkTools(tools: readonly ToolDefinition[]) {
+  if (!Array.isArray(tools))
+    throw new ArgumentError('E_ARGUMENT', 'chat: tools must be an array of { type: "function", function }');
+  tools.forEach((t, i) => {
+    const f = t?.function;
+    if (t?.type !== 'function' || typeof f !== 'object' || f === null || typeof f.name !== 'string' || f.name === '')
+      throw new ArgumentError(
+        'E_ARGUMENT',
+        `chat: tools[${i}] must be { type: 'function', function: { name, description?, parameters? } }`,
+      );
+    if (f.description !== undefined && typeof f.description !== 'string')
+      throw new ArgumentError('E_ARGUMENT', `chat: tools[${i}].function.description must be a string`);
+    if (f.parameters !== undefined && (typeof f.parameters !== 'object' || f.parameters === null || Array.isArray(f.parameters)))
+      throw new ArgumentError('E_ARGUMENT', `chat: tools[${i}].function.parameters must be a JSON schema object`);
+  });
+}
+
+export const TOOL_CALL_OPEN = '<longcat_tool_call>';
+export const TOOL_CALL_CLOSE = '</longcat_tool_call>';
+export const TOOL_RESPONSE_OPEN = '<longcat_tool_response>';
+export const TOOL_RESPONSE_CLOSE = '</longcat_tool_response>';
+
+/** Python's json.dumps(v, indent=2) (the model card renders schemas with it): ensure_ascii aside, JSON.stringify's. */
+function pythonJsonIndent2(v: unknown): string {
+  return JSON.stringify(v ?? {}, null, 2);
+}
+
+/**
+ * The tool description block of the LongCat model card (SPEC 8.2; the card's text verbatim,
+ * trailing spaces included). The card shows one function; several are listed one after the other
+ * under the one namespace heading, each as the card's `#### Tool name` section.
+ */
+export function longcatToolDescription(tools: readonly ToolDefinition[]): string {
+  checkTools(tools);
+  const functions = tools
+    .map(
+      t =>
+        `#### Tool name: ${t.function.name}\n\nDescription: ${t.function.description ?? ''}\n\nInputSchema: \n${pythonJsonIndent2(t.function.parameters)}\n\n`,
+    )
+    .join('');
+  return (
+    '## Tools\nYou have access to the following tools: \n\n### Tool namespace: function\n\n' +
+    functions +
+    `**Note**: For each function call, return a json object with function name and arguments within ${TOOL_CALL_OPEN}${TOOL_CALL_CLOSE} XML tags as follows:\n` +
+    `${TOOL_CALL_OPEN}\n{"name": <function-name>, "arguments": <args-dict>}\n${TOOL_CALL_CLOSE}\n` +
+    `When multiple functions need to be called simultaneously, each function call should be wrapped in its own ${TOOL_CALL_OPEN} tag and placed consecutively. For example:\n` +
+    `${TOOL_CALL_OPEN}\n{"name": <function-name>, "arguments": <args-dict>}\n${TOOL_CALL_CLOSE}${TOOL_CALL_OPEN}\n{"name": <function-name>, "arguments": <args-dict>}\n${TOOL_CALL_CLOSE}`
+  );
+}
+
+/** One tool call as the model writes it (the card's format; `arguments` is the call's JSON text). */
+function toolCallText(c: ToolCall): string {
+  return `${TOOL_CALL_OPEN}\n{"name": ${JSON.stringify(c.name)}, "arguments": ${c.arguments}}\n${TOOL_CALL_CLOSE}`;
+}
+
+/**
+ * Takes the tool calls out of a model's output: every `<longcat_tool_call>` span holding a JSON
+ * object `{ "name": string, "arguments": object }` becomes a ToolCall (ids `call_<n>` after `idPrefix`)
+ * and leaves the text; a span whose JSON does not parse or has another shape stays in `content`
+ * as text (so nothing the model wrote is lost), as does an unclosed marker.
+ */
+export function parseToolCalls(text: string, idPrefix = 'call_'): { content: string; toolCalls: ToolCall[] } {
+  const toolCalls: ToolCall[] = [];
+  const content = text.replace(/<longcat_tool_call>([\s\S]*?)<\/longcat_tool_call>/g, (span, body: string) => {
+    let v: unknown;
+    try {
+      v = JSON.parse(body.trim());
+    } catch {
+      return span;
+    }
+    const call = v as { name?: unknown; arguments?: unknown };
+    const args = call?.arguments ?? {};
+    if (
+      typeof call !== 'object' ||
+      call === null ||
+      typeof call.name !== 'string' ||
+      typeof args !== 'object' ||
+      args === null ||
+      Array.isArray(args)
+    )
+      return span;
+    toolCalls.push({ id: `${idPrefix}${toolCalls.length}`, name: call.name, arguments: JSON.stringify(args) });
+    return '';
+  });
+  return { content, toolCalls };
+}
+
+/**
+ * The built-in LongCat format (SPEC 8.2). Roles other than system/user/assistant/tool are rejected.
+ * With `opts.tools`: the model card's tool description, `\n\n## Messages\n`, then the chat. An
+ * assistant message's toolCalls follow its content in the card's call format. The card does not
+ * say how tool results are shown to the model: here the results of one or more consecutive tool
+ * messages form the next round's user turn, each as
+ * `<longcat_tool_response>\n{content}\n</longcat_tool_response>` (the markers of LongCat's later
+ * templates); this is this package's choice, not the card's.
+ */
 export function formatLongcatChat(messages: readonly ChatMessage[], opts: ChatTemplateOptions = {}): string {
   checkMessages(messages);
-  let out = '';
+  let out = opts.tools?.length ? `${longcatToolDescription(opts.tools)}\n\n## Messages\n` : '';
   let round = 0;
   let started = false;
   messages.forEach((m, i) => {
@@ -74,12 +209,19 @@ export function formatLongcatChat(messages: readonly ChatMessage[], opts: ChatTe
       case 'user':
         out += `${started ? ' ' : ''}[Round ${round}] USER:${m.content}`;
         break;
+      case 'tool':
+        if (messages[i - 1]?.role !== 'tool') out += `${started ? ' ' : ''}[Round ${round}] USER:`;
+        out += `${TOOL_RESPONSE_OPEN}\n${m.content}\n${TOOL_RESPONSE_CLOSE}`;
+        break;
       case 'assistant':
-        out += ` ASSISTANT:${m.content}${LONGCAT_EOS}`;
+        out += ` ASSISTANT:${m.content}${(m.toolCalls ?? []).map(toolCallText).join('')}${LONGCAT_EOS}`;
         round++;
         break;
       default:
-        throw new ArgumentError('E_ARGUMENT', `chat: messages[${i}] has role '${m.role}', expected system, user or assistant`);
+        throw new ArgumentError(
+          'E_ARGUMENT',
+          `chat: messages[${i}] has role '${m.role}', expected system, user, assistant or tool`,
+        );
     }
     started = true;
   });
@@ -165,6 +307,23 @@ function boundedGlobals(env: JinjaEnvironment): void {
   env.set('None', null);
 }
 
+/** A message as HF chat templates read it: `tool_calls` ({ id, type, function: { name, arguments } },
+ *  the arguments an object when they parse), `tool_call_id`. */
+function hfMessage(m: ChatMessage): Record<string, unknown> {
+  const { toolCalls, toolCallId, ...rest } = m;
+  const out: Record<string, unknown> = { ...rest };
+  if (toolCalls)
+    out.tool_calls = toolCalls.map(c => {
+      let args: unknown = c.arguments;
+      try {
+        args = JSON.parse(c.arguments);
+      } catch {}
+      return { id: c.id, type: 'function', function: { name: c.name, arguments: args } };
+    });
+  if (toolCallId !== undefined) out.tool_call_id = toolCallId;
+  return out;
+}
+
 /** Renders a Jinja chat template (HF semantics: messages, add_generation_prompt, special tokens). */
 export function renderChatTemplate(
   template: string,
@@ -187,7 +346,8 @@ export function renderChatTemplate(
       eos_token: LONGCAT_EOS,
       ...opts.specialTokens,
       ...opts.context,
-      messages: messages.map(m => ({ ...m })),
+      ...(opts.tools?.length ? { tools: opts.tools } : {}),
+      messages: messages.map(hfMessage),
       add_generation_prompt: opts.addGenerationPrompt ?? true,
     };
     for (const [k, v] of Object.entries(items)) env.set(k, v);
@@ -321,6 +481,7 @@ export function renderChatPrompt(
 }
 
 function chatRenderer(source: string | TokenizerConfig, opts: ChatTemplateOptions): (messages: readonly ChatMessage[]) => string {
+  if (opts.tools !== undefined) checkTools(opts.tools);
   let template: string | null;
   let config: TokenizerConfig;
   if (opts.tokenizerConfig) {
@@ -339,5 +500,13 @@ function chatRenderer(source: string | TokenizerConfig, opts: ChatTemplateOption
     if (v !== undefined) specialTokens[k] = v;
   }
   const t = template;
-  return messages => renderChatTemplate(t, messages, { ...opts, specialTokens });
+  // A template that never mentions tools has no tool format: a chat with tools (or tool turns)
+  // gets the built-in LongCat one instead.
+  const rendersTools = /\btools\b|tool_calls/.test(t);
+  const usesTools = (messages: readonly ChatMessage[]) =>
+    (opts.tools?.length ?? 0) > 0 || messages.some(m => m.role === 'tool' || (m.toolCalls?.length ?? 0) > 0);
+  return messages =>
+    !rendersTools && usesTools(messages)
+      ? formatLongcatChat(messages, opts)
+      : renderChatTemplate(t, messages, { ...opts, specialTokens });
 }

@@ -4,7 +4,7 @@ import { type Tensor, empty, toArray, toArrayAsync } from './tensor.js';
 import { synchronizeAsync } from './device.js';
 import { AbortError, ArgumentError, DisposedError, NumericError, showValue } from './errors.js';
 import { loadTokenizer, type Tokenizer } from './tokenizer.js';
-import { renderChatPrompt, type ChatMessage } from './chat.js';
+import { parseToolCalls, renderChatPrompt, type ChatMessage, type ToolCall, type ToolDefinition } from './chat.js';
 import { loadCheckpointModel, modelMemory, type LoadModelOptions, type ModelMemory } from './model/load.js';
 import type { LongcatModel, SamplingParams } from './model/model.js';
 import type { Checkpoint } from './checkpoint.js';
@@ -53,6 +53,18 @@ export interface GenerateOptions {
    * the top-k / top-p / min-p filters (vLLM's default).
    */
   logprobs?: number;
+  /**
+   * Called with each generated token as it is taken (before its text is emitted), with its
+   * log-probabilities when `logprobs` is set: per-token detail for streaming consumers.
+   */
+  onToken?: (token: number, logprob?: TokenLogprob) => void;
+  /**
+   * Tools the model may call (OpenAI function definitions; chat prompts only): rendered by the
+   * checkpoint's chat template when it renders tools, else by the built-in LongCat format (the
+   * model card's tool block, SPEC 8.2). The calls in the output are parsed into
+   * GenerateResult.toolCalls.
+   */
+  tools?: ToolDefinition[];
   signal?: AbortSignal;
   /**
    * Chat prompts: parse special-token text inside user and tool messages as special tokens
@@ -115,6 +127,11 @@ export interface GenerateResult {
   speculative?: SpeculativeStats;
   /** With `logprobs`: one entry per generated token (`tokens[i]`'s at index i). */
   logprobs?: TokenLogprob[];
+  /**
+   * With `tools`: the calls the output holds (each well-formed `<longcat_tool_call>` span, see
+   * parseToolCalls; `text` keeps them as written, a malformed span stays text only).
+   */
+  toolCalls?: ToolCall[];
 }
 
 /** Both a promise of the full result and an async iterable of UTF-8-safe text chunks. */
@@ -229,6 +246,8 @@ export class Session {
       throw new ArgumentError('E_ARGUMENT', `generate: prefillChunk must be an integer >= 1, got ${String(chunk)}`);
     if (o.onPrefillChunk !== undefined && typeof o.onPrefillChunk !== 'function')
       throw new ArgumentError('E_ARGUMENT', 'generate: onPrefillChunk must be a function');
+    if (o.onToken !== undefined && typeof o.onToken !== 'function')
+      throw new ArgumentError('E_ARGUMENT', 'generate: onToken must be a function');
     if (speculative && !engine.hasMtp)
       throw new ArgumentError(
         'E_ARGUMENT',
@@ -236,7 +255,9 @@ export class Session {
       );
     if (o.signal?.aborted) throw new AbortError('E_ABORTED', 'generate: aborted before it started', { cause: o.signal.reason });
 
-    const ids = this.encodePrompt(prompt, o.parseSpecialTokens ?? false);
+    if (o.tools !== undefined && typeof prompt === 'string')
+      throw new ArgumentError('E_ARGUMENT', 'generate: tools need a chat prompt (messages), not a string');
+    const ids = this.encodePrompt(prompt, o.parseSpecialTokens ?? false, o.tools);
     if (ids.length === 0) throw new ArgumentError('E_ARGUMENT', 'generate: the prompt encodes to no tokens');
 
     // Reuse the longest cached prefix -- this session's own, or pages other sessions left in the
@@ -287,6 +308,7 @@ export class Session {
       }
       out.push(next);
       if (lp) lps.push(lp);
+      o.onToken?.(next, lp);
       textOut += decoder.push(next);
       const hit = firstStop(textOut, stops);
       if (hit >= 0) {
@@ -460,6 +482,7 @@ export class Session {
           }
         : {}),
       ...(logprobs !== undefined ? { logprobs: lps } : {}),
+      ...(o.tools?.length ? { toolCalls: parseToolCalls(textOut).toolCalls } : {}),
     };
   }
 
@@ -488,12 +511,13 @@ export class Session {
     }
   }
 
-  private encodePrompt(prompt: string | ChatMessage[], parseSpecial: boolean): number[] {
+  private encodePrompt(prompt: string | ChatMessage[], parseSpecial: boolean, tools?: ToolDefinition[]): number[] {
     const { tokenizer } = this.owner;
     if (typeof prompt === 'string') return tokenizer.encode(prompt);
     const chat = renderChatPrompt(this.owner.checkpoint.dir, prompt, {
       addGenerationPrompt: true,
       tokenizerConfig: tokenizer.config,
+      ...(tools ? { tools } : {}),
     });
     if (parseSpecial) return tokenizer.encode(chat.text);
     if (chat.literal === null) {

@@ -1,7 +1,8 @@
 // An OpenAI-compatible HTTP server over a Model (fastify): /v1/chat/completions and /v1/completions
 // (JSON or server-sent events), /v1/models, /health and /metrics (Prometheus text). Each request
-// generates in its own Session (concurrent requests are concurrent sessions, which the model
-// decodes together); a slot limit with a bounded wait queue in front of them, OpenAI error objects
+// generates in its own Session (`n` sessions for n choices; concurrent requests are concurrent
+// sessions, which the model decodes together), with the SDK's sampler options (penalties,
+// logit_bias, logprobs in OpenAI's two shapes) and tool calls parsed out of the output; a slot limit with a bounded wait queue in front of them, OpenAI error objects
 // with their status codes, client disconnects that abort the generation and free its KV blocks,
 // and a graceful close that lets in-flight requests finish (or aborts them after a timeout).
 import { randomUUID, timingSafeEqual } from 'node:crypto';
@@ -9,7 +10,9 @@ import type { Socket } from 'node:net';
 import path from 'node:path';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { GenerateOptions, GenerateResult, Generation, Model, Session, StopReason } from './generate.js';
-import type { ChatMessage } from './chat.js';
+import { parseToolCalls, TOOL_CALL_OPEN, type ChatMessage, type ToolCall, type ToolDefinition } from './chat.js';
+import type { TokenLogprob } from './sampling.js';
+import type { Tokenizer } from './tokenizer.js';
 import { ArgumentError, LongcatError, showValue } from './errors.js';
 
 export interface ServerOptions {
@@ -64,6 +67,8 @@ export class ApiError extends Error {
 
 const invalid = (message: string, param: string | null, code: string | null = null) =>
   new ApiError(400, message, 'invalid_request_error', param, code);
+/** Most choices (`n`) one request may ask for. */
+const MAX_CHOICES = 16;
 const unsupported = (what: string, param: string) =>
   invalid(`${what} is not supported yet by this server`, param, 'unsupported_parameter');
 
@@ -72,6 +77,8 @@ interface Job {
   kind: 'chat' | 'text';
   prompt: string | ChatMessage[];
   options: GenerateOptions;
+  /** Choices to generate (each in its own session; choice i samples with seed + i). */
+  n: number;
   stream: boolean;
   includeUsage: boolean;
 }
@@ -114,30 +121,77 @@ function contentText(content: unknown, i: number): string {
   throw invalid(`messages[${i}].content must be a string or an array of text parts`, `messages[${i}].content`, 'invalid_type');
 }
 
-function checkMessages(v: unknown, toolsAnswer: string): ChatMessage[] {
+function checkMessages(v: unknown): ChatMessage[] {
   if (!Array.isArray(v) || v.length === 0)
     throw invalid("'messages' must be a non-empty array of { role, content }", 'messages', 'invalid_type');
   return v.map((m, i) => {
     if (!isObject(m)) throw invalid(`messages[${i}] must be an object { role, content }`, `messages[${i}]`, 'invalid_type');
-    if (m.role === 'tool' || m.role === 'function' || (m.tool_calls !== undefined && m.tool_calls !== null))
-      throw invalid(`messages[${i}]: ${toolsAnswer}`, `messages[${i}]`, 'tools_not_supported');
+    if (m.role === 'function')
+      throw invalid(
+        `messages[${i}]: the 'function' role is deprecated; send 'tool' messages`,
+        `messages[${i}].role`,
+        'unsupported_parameter',
+      );
     // 'developer' is OpenAI's newer name for the system role.
     const role = m.role === 'developer' ? 'system' : m.role;
-    if (role !== 'system' && role !== 'user' && role !== 'assistant')
+    if (role !== 'system' && role !== 'user' && role !== 'assistant' && role !== 'tool')
       throw invalid(
-        `messages[${i}].role must be system, developer, user or assistant, got ${showValue(m.role, 40)}`,
+        `messages[${i}].role must be system, developer, user, assistant or tool, got ${showValue(m.role, 40)}`,
         `messages[${i}].role`,
       );
+    if (role === 'tool') {
+      if (typeof m.tool_call_id !== 'string')
+        throw invalid(`messages[${i}]: a tool message needs its 'tool_call_id'`, `messages[${i}].tool_call_id`, 'invalid_type');
+      return { role, content: contentText(m.content, i), toolCallId: m.tool_call_id };
+    }
+    if (role === 'assistant' && m.tool_calls !== undefined && m.tool_calls !== null) {
+      const calls = m.tool_calls;
+      const param = `messages[${i}].tool_calls`;
+      if (!Array.isArray(calls)) throw invalid(`${param} must be an array`, param, 'invalid_type');
+      const toolCalls = calls.map((c, j) => {
+        const f = isObject(c) ? c.function : undefined;
+        if (
+          !isObject(c) ||
+          c.type !== 'function' ||
+          typeof c.id !== 'string' ||
+          !isObject(f) ||
+          typeof f.name !== 'string' ||
+          typeof f.arguments !== 'string'
+        )
+          throw invalid(
+            `${param}[${j}] must be { id, type: 'function', function: { name, arguments: string } }`,
+            param,
+            'invalid_type',
+          );
+        return { id: c.id, name: f.name, arguments: f.arguments };
+      });
+      const content = m.content === undefined || m.content === null ? '' : contentText(m.content, i);
+      return toolCalls.length > 0 ? { role, content, toolCalls } : { role, content };
+    }
     return { role, content: contentText(m.content, i) };
   });
 }
 
-/** Why a request with tools is refused: tool calling needs the checkpoint's own tool format. */
-function toolsAnswer(model: Model): string {
-  return (
-    'tool calling is not supported yet: the built-in LongCat fallback chat template has no tool format, and this server ' +
-    `does not render tools through a checkpoint's template (${path.basename(model.checkpoint.dir)})`
-  );
+/** The `tools` of a request: OpenAI function definitions. */
+function checkTools(v: unknown): ToolDefinition[] {
+  if (!Array.isArray(v)) throw invalid("'tools' must be an array of { type: 'function', function }", 'tools', 'invalid_type');
+  return v.map((t, i) => {
+    const f = isObject(t) ? t.function : undefined;
+    if (!isObject(t) || t.type !== 'function' || !isObject(f) || typeof f.name !== 'string' || f.name === '')
+      throw invalid(
+        `tools[${i}] must be { type: 'function', function: { name, description?, parameters? } }`,
+        'tools',
+        'invalid_type',
+      );
+    if (f.description !== undefined && f.description !== null && typeof f.description !== 'string')
+      throw invalid(`tools[${i}].function.description must be a string`, 'tools', 'invalid_type');
+    if (f.parameters !== undefined && f.parameters !== null && !isObject(f.parameters))
+      throw invalid(`tools[${i}].function.parameters must be a JSON schema object`, 'tools', 'invalid_type');
+    const fn: ToolDefinition['function'] = { name: f.name };
+    if (typeof f.description === 'string') fn.description = f.description;
+    if (isObject(f.parameters)) fn.parameters = f.parameters;
+    return { type: 'function', function: fn };
+  });
 }
 
 /** Checks an OpenAI request body (every field it uses, and the ones it does not support). */
@@ -154,7 +208,7 @@ function parseJob(
 
   let prompt: string | ChatMessage[];
   if (kind === 'chat') {
-    prompt = checkMessages(body.messages, toolsAnswer(model));
+    prompt = checkMessages(body.messages);
   } else {
     const p = body.prompt;
     if (typeof p === 'string') prompt = p;
@@ -166,29 +220,66 @@ function parseJob(
     else throw invalid("'prompt' must be a string (or an array of one string)", 'prompt', 'invalid_type');
   }
 
+  // Tools (chat): 'auto' (the default) renders them and parses calls out of the output; 'none'
+  // neither (the model is not told of them). A forced call is not supported.
+  let tools: ToolDefinition[] = [];
+  if (body.functions !== undefined && body.functions !== null)
+    throw invalid("'functions' is deprecated; send 'tools'", 'functions', 'unsupported_parameter');
+  if (body.tools !== undefined && body.tools !== null) {
+    if (kind !== 'chat') throw invalid("'tools' needs /v1/chat/completions", 'tools', 'unsupported_parameter');
+    tools = checkTools(body.tools);
+  }
+  const toolChoice = body.tool_choice ?? 'auto';
+  if (toolChoice === 'none') tools = [];
+  else if (toolChoice === 'required' || isObject(toolChoice))
+    throw invalid(
+      `'tool_choice' ${showValue(toolChoice, 60)} is not supported: a forced tool call is not implemented ('auto' and 'none' are)`,
+      'tool_choice',
+      'unsupported_parameter',
+    );
+  else if (toolChoice !== 'auto')
+    throw invalid(`'tool_choice' must be 'auto' or 'none', got ${showValue(toolChoice, 60)}`, 'tool_choice', 'invalid_type');
   // What is not supported yet, refused by name rather than ignored.
-  const tools = body.tools ?? body.functions;
-  if (tools !== undefined && tools !== null && !(Array.isArray(tools) && tools.length === 0))
-    throw invalid(toolsAnswer(model), body.tools !== undefined ? 'tools' : 'functions', 'tools_not_supported');
-  const n = field<number>(body, 'n', 'an integer', isInt(1));
-  if (n !== undefined && n !== 1)
-    throw invalid(`'n' must be 1: several choices per request are not supported yet`, 'n', 'unsupported_parameter');
+  const n = field<number>(body, 'n', `an integer in [1, ${MAX_CHOICES}]`, v => isInt(1)(v) && (v as number) <= MAX_CHOICES) ?? 1;
   const bestOf = field<number>(body, 'best_of', 'an integer', isInt(1));
-  if (bestOf !== undefined && bestOf !== 1) throw unsupported("'best_of' > 1", 'best_of');
+  if (bestOf !== undefined && bestOf !== n) throw unsupported("'best_of' other than n", 'best_of');
+  // logprobs: chat takes a boolean and top_logprobs; text completions the number of alternatives.
+  let logprobs: number | undefined;
   if (kind === 'chat') {
-    if (field<boolean>(body, 'logprobs', 'a boolean', v => typeof v === 'boolean')) throw unsupported("'logprobs'", 'logprobs');
-    if (field<number>(body, 'top_logprobs', 'an integer', isInt(0))) throw unsupported("'top_logprobs'", 'top_logprobs');
+    const want = field<boolean>(body, 'logprobs', 'a boolean', v => typeof v === 'boolean');
+    const top = field<number>(body, 'top_logprobs', 'an integer in [0, 20]', v => isInt(0)(v) && (v as number) <= 20);
+    if (top !== undefined && !want) throw invalid("'top_logprobs' needs 'logprobs': true", 'top_logprobs');
+    if (want) logprobs = top ?? 0;
   } else {
-    if (field<number>(body, 'logprobs', 'an integer', isInt(0)) !== undefined) throw unsupported("'logprobs'", 'logprobs');
+    logprobs = field<number>(body, 'logprobs', 'an integer in [0, 20]', v => isInt(0)(v) && (v as number) <= 20);
     if (field<boolean>(body, 'echo', 'a boolean', v => typeof v === 'boolean')) throw unsupported("'echo'", 'echo');
     if (field<string>(body, 'suffix', 'a string', v => typeof v === 'string')) throw unsupported("'suffix'", 'suffix');
   }
-  for (const name of ['frequency_penalty', 'presence_penalty'])
-    if (field<number>(body, name, 'a number in [-2, 2]', inRange(-2, 2))) throw unsupported(`'${name}'`, name);
-  const rep = field<number>(body, 'repetition_penalty', 'a positive number', v => isNumber(v) && v > 0);
-  if (rep !== undefined && rep !== 1) throw unsupported("'repetition_penalty'", 'repetition_penalty');
-  const bias = field<Body>(body, 'logit_bias', 'an object', isObject);
-  if (bias && Object.keys(bias).length > 0) throw unsupported("'logit_bias'", 'logit_bias');
+  const presencePenalty = field<number>(body, 'presence_penalty', 'a number in [-2, 2]', inRange(-2, 2));
+  const frequencyPenalty = field<number>(body, 'frequency_penalty', 'a number in [-2, 2]', inRange(-2, 2));
+  // repetition_penalty: an extension (vLLM's), 1 = off
+  const repetitionPenalty = field<number>(body, 'repetition_penalty', 'a positive number', v => isNumber(v) && v > 0);
+  const vocab = model.engine.dims.vocab;
+  const bias = field<Body>(body, 'logit_bias', 'an object of token ids to numbers in [-100, 100]', isObject);
+  let logitBias: Record<number, number> | undefined;
+  for (const [key, value] of Object.entries(bias ?? {})) {
+    const id = /^\d+$/.test(key) ? Number(key) : Number.NaN;
+    if (!(id < vocab)) throw invalid(`'logit_bias' key ${showValue(key, 40)} is not a token id in [0, ${vocab})`, 'logit_bias');
+    if (!inRange(-100, 100)(value))
+      throw invalid(
+        `'logit_bias' value of token ${key} must be a number in [-100, 100], got ${showValue(value, 40)}`,
+        'logit_bias',
+      );
+    logitBias ??= {};
+    logitBias[id] = value as number;
+  }
+  // stop_token_ids: an extension (vLLM's)
+  const stopTokenIds = field<number[]>(
+    body,
+    'stop_token_ids',
+    `an array of token ids in [0, ${vocab})`,
+    v => Array.isArray(v) && v.every(t => isInt(0)(t) && t < vocab),
+  );
   const format = field<Body>(body, 'response_format', 'an object', isObject);
   if (format && format.type !== 'text') throw unsupported(`response_format ${showValue(format.type, 40)}`, 'response_format');
 
@@ -228,7 +319,23 @@ function parseJob(
   if (topP !== undefined) options.topP = topP;
   if (topK !== undefined && topK > 0) options.topK = topK;
   if (minP !== undefined) options.minP = minP;
-  return { kind, prompt, options, stream, includeUsage };
+  if (presencePenalty) options.presencePenalty = presencePenalty;
+  if (frequencyPenalty) options.frequencyPenalty = frequencyPenalty;
+  if (repetitionPenalty !== undefined && repetitionPenalty !== 1) options.repetitionPenalty = repetitionPenalty;
+  if (logitBias) options.logitBias = logitBias;
+  if (stopTokenIds?.length) options.stopTokenIds = stopTokenIds;
+  if (logprobs !== undefined) options.logprobs = logprobs;
+  if (tools.length > 0) options.tools = tools;
+  if (
+    speculative &&
+    (options.presencePenalty || options.frequencyPenalty || options.repetitionPenalty || logitBias || logprobs !== undefined)
+  )
+    throw invalid(
+      "'speculative' decoding cannot be combined with penalties, 'logit_bias' or 'logprobs'",
+      'speculative',
+      'unsupported_parameter',
+    );
+  return { kind, prompt, options, n, stream, includeUsage };
 }
 
 /** OpenAI's finish_reason of a stop reason (an aborted request gets no response). */
@@ -316,6 +423,8 @@ class Slots {
 /** The server's counters, as /metrics writes them. */
 class Metrics {
   promptTokens = 0;
+  /** Prompt tokens whose KV entries came from the prefix cache (not computed). */
+  cachedPromptTokens = 0;
   completionTokens = 0;
   readonly finished = new Map<string, number>();
   finish(reason: string) {
@@ -330,6 +439,12 @@ class Metrics {
     metric('longcat_requests_running', 'gauge', 'Requests generating now.', [['', slots.running]]);
     metric('longcat_requests_queued', 'gauge', 'Requests waiting for a generation slot.', [['', slots.queued]]);
     metric('longcat_prompt_tokens_total', 'counter', 'Prompt tokens of finished requests.', [['', this.promptTokens]]);
+    metric(
+      'longcat_prompt_tokens_cached_total',
+      'counter',
+      'Prompt tokens of finished requests taken from the prefix cache (prefix-cache hits: not prefilled).',
+      [['', this.cachedPromptTokens]],
+    );
     metric('longcat_generation_tokens_total', 'counter', 'Tokens generated.', [['', this.completionTokens]]);
     const reasons = ['eos', 'stop', 'length', 'cache', 'abort', 'error'];
     for (const r of this.finished.keys()) if (!reasons.includes(r)) reasons.push(r);
@@ -343,6 +458,19 @@ class Metrics {
       const a = model.engine.allocator;
       metric('longcat_kv_blocks_in_use', 'gauge', 'KV-cache blocks held by sequences.', [['', a.inUse]]);
       metric('longcat_kv_blocks_total', 'gauge', 'KV-cache blocks in the pool.', [['', a.inUse + a.available]]);
+      metric('longcat_prefix_cache_pages', 'gauge', 'KV pages registered in the prefix cache (held or idle).', [
+        ['', a.cachedPages],
+      ]);
+      const st = model.scheduler.stats;
+      metric('longcat_decode_steps_total', 'counter', 'Batched decode steps run (all sessions of the model).', [
+        ['{kind="plain"}', st.decodeSteps],
+        ['{kind="speculative"}', st.speculativeSteps],
+      ]);
+      metric('longcat_decode_rows_total', 'counter', 'Sequences decoded in those steps (rows / steps = mean batch).', [
+        ['{kind="plain"}', st.decodeRows],
+        ['{kind="speculative"}', st.speculativeRows],
+      ]);
+      metric('longcat_decode_batch_max', 'gauge', 'Largest batch of sequences decoded in one step.', [['', st.largestBatch]]);
     }
     return `${lines.join('\n')}\n`;
   }
@@ -514,7 +642,11 @@ export function createServer(model: Model | Promise<Model>, options: ServerOptio
     return serve(m, job, reply);
   };
 
-  /** Runs one checked request: waits for a slot, generates in a fresh session, answers (JSON or SSE). */
+  /**
+   * Runs one checked request: waits for a slot, generates its `n` choices in fresh sessions at once
+   * (the scheduler batches their decode steps; they share the prompt's cached pages), answers
+   * (JSON or SSE, each choice's chunks tagged with its index).
+   */
   async function serve(m: Model, job: Job, reply: FastifyReply) {
     const ac = new AbortController();
     inFlight.add(ac);
@@ -526,84 +658,140 @@ export function createServer(model: Model | Promise<Model>, options: ServerOptio
     const id = `${job.kind === 'chat' ? 'chatcmpl' : 'cmpl'}-${randomUUID().replaceAll('-', '')}`;
     const created = Math.floor(Date.now() / 1000);
     const model = modelName();
+    const chunk = (index: number, delta: object | string, logprobs: object | null, finish: string | null) =>
+      chunkOf(job.kind, id, created, model, index, delta, logprobs, finish);
     let stream: SseStream | null = null;
     let reason = 'error';
     try {
       await slots.acquire(ac.signal);
-      let session: Session | null = null;
-      let g: Generation | null = null;
+      const sessions: Session[] = [];
+      const gens: Generation[] = [];
+      // Ends the other choices when one fails.
+      const stopAll = new AbortController();
+      const signal = AbortSignal.any([ac.signal, stopAll.signal]);
       try {
-        session = m.createSession();
-        // A streamed answer starts (status 200) once the prompt is in: errors before that (a prompt
-        // longer than the context, ...) still get their status code.
-        let prefilled!: () => void;
-        const prefill = new Promise<void>(r => (prefilled = r));
-        g = session.generate(job.prompt, {
-          ...job.options,
-          signal: ac.signal,
-          onPrefillChunk: p => {
-            if (p.done === p.total) prefilled();
-          },
-        });
-        let result: GenerateResult;
-        if (!job.stream) {
-          result = await g;
-        } else {
-          const chunks = g[Symbol.asyncIterator]();
-          const next = chunks.next();
-          await Promise.race([prefill, next]);
-          if (ac.signal.aborted) throw ac.signal.reason;
-          stream = new SseStream(reply, closing);
-          stream.chunk(
-            chunkOf(job.kind, id, created, model, job.kind === 'chat' ? { role: 'assistant', content: '' } : '', null),
+        // A streamed answer starts (status 200) once every choice's prompt is in: errors before that
+        // (a prompt longer than the context, ...) still get their status code.
+        const prefills: Promise<void>[] = [];
+        const logprobs = job.options.logprobs !== undefined ? new ChoicesLogprobs(job.kind, m.tokenizer) : null;
+        // With tools, each choice's tool calls are taken out of its text (streamed: held back from the marker on).
+        const calls = (text: string) => parseToolCalls(text, `call_${randomUUID().replaceAll('-', '').slice(0, 16)}_`);
+        const toolText = job.options.tools ? Array.from({ length: job.n }, () => new ToolTextStream()) : null;
+        const startChoice = (i: number) => {
+          const session = m.createSession();
+          sessions.push(session);
+          let prefilled!: () => void;
+          prefills.push(new Promise<void>(r => (prefilled = r)));
+          const onToken = logprobs && job.stream ? logprobs.onToken(i) : undefined;
+          gens.push(
+            session.generate(job.prompt, {
+              ...job.options,
+              seed: job.options.seed! + i,
+              signal,
+              onPrefillChunk: p => {
+                if (p.done === p.total) prefilled();
+              },
+              ...(onToken ? { onToken } : {}),
+            }),
           );
-          for (let r = await next; !r.done; r = await chunks.next())
-            if (r.value)
-              stream.chunk(chunkOf(job.kind, id, created, model, job.kind === 'chat' ? { content: r.value } : r.value, null));
-          result = await g;
+        };
+        startChoice(0);
+        if (job.n > 1) {
+          // The other choices start once the first one's prompt is in: they adopt its pages from the
+          // prefix cache and prefill only the rest (the last page, partly filled, and the last token).
+          await Promise.race([prefills[0], gens[0]!.then(noop, noop)]);
+          for (let i = 1; i < job.n; i++) startChoice(i);
         }
-        reason = result.stopReason;
-        metrics.promptTokens += result.promptTokens;
-        metrics.completionTokens += result.completionTokens;
-        if (result.stopReason === 'abort') {
+        let results: GenerateResult[];
+        if (!job.stream) {
+          results = await Promise.all(gens);
+        } else {
+          const chunks = gens.map(g => g[Symbol.asyncIterator]());
+          const firsts = chunks.map(c => c.next());
+          await Promise.all(firsts.map((next, i) => Promise.race([prefills[i], next])));
+          if (ac.signal.aborted) throw ac.signal.reason;
+          const sse = new SseStream(reply, closing);
+          stream = sse;
+          for (let i = 0; i < job.n; i++)
+            sse.chunk(chunk(i, job.kind === 'chat' ? { role: 'assistant', content: '' } : '', null, null));
+          await Promise.all(
+            chunks.map(async (c, i) => {
+              for (let r = await firsts[i]!; !r.done; r = await c.next()) {
+                const text = toolText ? toolText[i]!.push(r.value) : r.value;
+                if (text || (r.value && logprobs))
+                  sse.chunk(chunk(i, job.kind === 'chat' ? { content: text } : text, logprobs?.pending(i) ?? null, null));
+              }
+            }),
+          );
+          results = await Promise.all(gens);
+        }
+        const first = results[0]!;
+        reason = first.stopReason;
+        metrics.promptTokens += first.promptTokens;
+        for (const r of results) metrics.cachedPromptTokens += r.promptTokens - r.prefillTokens;
+        for (const r of results) metrics.completionTokens += r.completionTokens;
+        if (results.some(r => r.stopReason === 'abort')) {
           if (ac.signal.reason instanceof ApiError && ac.signal.reason.status !== 499) throw ac.signal.reason;
+          reason = 'abort';
           drop(reply); // the client left: nobody to answer
           return;
         }
+        // (the prompt once, as OpenAI counts n > 1)
+        const completionTokens = results.reduce((n, r) => n + r.completionTokens, 0);
         const usage = {
-          prompt_tokens: result.promptTokens,
-          completion_tokens: result.completionTokens,
-          total_tokens: result.promptTokens + result.completionTokens,
+          prompt_tokens: first.promptTokens,
+          completion_tokens: completionTokens,
+          total_tokens: first.promptTokens + completionTokens,
         };
-        const finish = finishReason(result.stopReason);
         if (stream) {
-          stream.chunk(chunkOf(job.kind, id, created, model, job.kind === 'chat' ? {} : '', finish));
-          if (job.includeUsage) stream.chunk({ ...chunkOf(job.kind, id, created, model, '', null), choices: [], usage });
+          results.forEach((r, i) => {
+            let finish: string = finishReason(r.stopReason);
+            if (toolText) {
+              // the text held back, less the calls, then the calls (each whole, in one delta)
+              const { content, toolCalls } = calls(r.text);
+              const rest = content.slice(toolText[i]!.sent.length);
+              if (rest) stream!.chunk(chunk(i, { content: rest }, null, null));
+              if (toolCalls.length > 0) {
+                stream!.chunk(
+                  chunk(i, { tool_calls: toolCalls.map((c, k) => ({ index: k, ...openaiToolCall(c) })) }, null, null),
+                );
+                finish = 'tool_calls';
+              }
+            }
+            stream!.chunk(chunk(i, job.kind === 'chat' ? {} : '', logprobs?.pending(i) ?? null, finish));
+          });
+          if (job.includeUsage) stream.chunk({ ...chunk(0, '', null, null), choices: [], usage });
           stream.end();
           return;
         }
-        const choice =
-          job.kind === 'chat'
-            ? {
-                index: 0,
-                message: { role: 'assistant', content: result.text, refusal: null },
-                logprobs: null,
-                finish_reason: finish,
-              }
-            : { index: 0, text: result.text, logprobs: null, finish_reason: finish };
+        const choices = results.map((r, i) => {
+          const lp = logprobs ? logprobs.of(r.logprobs ?? [], i) : null;
+          const finish = finishReason(r.stopReason);
+          if (job.kind !== 'chat') return { index: i, text: r.text, logprobs: lp, finish_reason: finish };
+          const { content, toolCalls } = toolText ? calls(r.text) : { content: r.text, toolCalls: [] };
+          if (toolCalls.length === 0)
+            return { index: i, message: { role: 'assistant', content, refusal: null }, logprobs: lp, finish_reason: finish };
+          return {
+            index: i,
+            message: { role: 'assistant', content: content || null, refusal: null, tool_calls: toolCalls.map(openaiToolCall) },
+            logprobs: lp,
+            finish_reason: 'tool_calls',
+          };
+        });
         if (closing) reply.header('connection', 'close');
         return reply.send({
           id,
           object: job.kind === 'chat' ? 'chat.completion' : 'text_completion',
           created,
           model,
-          choices: [choice],
+          choices,
           usage,
         });
       } finally {
-        // The session's blocks are freed once its generation has stopped (an abort ends it at the next step).
-        if (g) await g.then(noop, noop);
-        session?.dispose();
+        // The sessions' blocks are freed once their generations have stopped (an abort ends each at the next step).
+        stopAll.abort();
+        await Promise.all(gens.map(g => g.then(noop, noop)));
+        for (const session of sessions) session.dispose();
         slots.release();
       }
     } catch (e) {
@@ -648,13 +836,47 @@ function drop(reply: FastifyReply) {
   reply.raw.destroy();
 }
 
+/** A tool call in OpenAI's shape. */
+function openaiToolCall(c: ToolCall) {
+  return { id: c.id, type: 'function' as const, function: { name: c.name, arguments: c.arguments } };
+}
+
+/**
+ * A streamed choice's text with tools: passed on up to where a tool-call marker starts (or may be
+ * starting: a tail that is a prefix of it waits for the next text); from the first marker on it is
+ * held back, for the end, when the calls are parsed out of the whole text.
+ */
+class ToolTextStream {
+  private all = '';
+  sent = '';
+  /** Adds a text chunk; returns the part that can be sent now. */
+  push(text: string): string {
+    this.all += text;
+    let safe = this.all.indexOf(TOOL_CALL_OPEN);
+    if (safe < 0) {
+      safe = this.all.length;
+      for (let k = Math.min(TOOL_CALL_OPEN.length - 1, this.all.length); k > 0; k--)
+        if (this.all.endsWith(TOOL_CALL_OPEN.slice(0, k))) {
+          safe = this.all.length - k;
+          break;
+        }
+    }
+    if (safe <= this.sent.length) return '';
+    const out = this.all.slice(this.sent.length, safe);
+    this.sent = this.all.slice(0, safe);
+    return out;
+  }
+}
+
 /** One streamed choice in OpenAI's chunk format. */
 function chunkOf(
   kind: 'chat' | 'text',
   id: string,
   created: number,
   model: string,
+  index: number,
   delta: object | string,
+  logprobs: object | null,
   finish: string | null,
 ) {
   return kind === 'chat'
@@ -663,15 +885,73 @@ function chunkOf(
         object: 'chat.completion.chunk',
         created,
         model,
-        choices: [{ index: 0, delta, logprobs: null, finish_reason: finish }],
+        choices: [{ index, delta, logprobs, finish_reason: finish }],
       }
     : {
         id,
         object: 'text_completion',
         created,
         model,
-        choices: [{ index: 0, text: delta, logprobs: null, finish_reason: finish }],
+        choices: [{ index, text: delta, logprobs, finish_reason: finish }],
       };
+}
+
+/**
+ * Log-probabilities in OpenAI's shapes: chat's `{ content: [{ token, logprob, bytes, top_logprobs }] }`
+ * and text completions' legacy `{ tokens, token_logprobs, top_logprobs, text_offset }`. A token's
+ * text is its own decoding (a token holding part of a UTF-8 character decodes to U+FFFD, a padding
+ * id past the tokenizer's vocabulary to ''; `bytes` are that text's UTF-8). Streamed, each chunk carries the tokens generated since the last one.
+ */
+class ChoicesLogprobs {
+  private readonly waiting: TokenLogprob[][] = [];
+  /** Text completions: characters of the choice's tokens reported so far (text_offset). */
+  private readonly offsets: number[] = [];
+  constructor(
+    private readonly kind: 'chat' | 'text',
+    private readonly tokenizer: Tokenizer,
+  ) {}
+  /** GenerateOptions.onToken for choice `i` (streaming). */
+  onToken(i: number) {
+    this.waiting[i] = [];
+    return (_token: number, lp?: TokenLogprob) => {
+      if (lp) this.waiting[i]!.push(lp);
+    };
+  }
+  /** The tokens of choice `i` not yet sent (null when none). */
+  pending(i: number): object | null {
+    const lps = this.waiting[i] ?? [];
+    if (lps.length === 0) return null;
+    this.waiting[i] = [];
+    return this.of(lps, i);
+  }
+  of(lps: TokenLogprob[], i = 0): object {
+    // (ids past the tokenizer's, in the model's padded vocabulary, have no text)
+    const text = (token: number) => (token < this.tokenizer.vocabSize ? this.tokenizer.decode([token]) : '');
+    if (this.kind === 'chat') {
+      const entry = (token: number, logprob: number) => {
+        const t = text(token);
+        return { token: t, logprob, bytes: [...Buffer.from(t, 'utf8')] };
+      };
+      return {
+        content: lps.map(lp => ({ ...entry(lp.token, lp.logprob), top_logprobs: lp.top.map(t => entry(t.token, t.logprob)) })),
+        refusal: null,
+      };
+    }
+    const tokens = lps.map(lp => text(lp.token));
+    let offset = this.offsets[i] ?? 0;
+    const textOffset = tokens.map(t => {
+      const at = offset;
+      offset += t.length;
+      return at;
+    });
+    this.offsets[i] = offset;
+    return {
+      tokens,
+      token_logprobs: lps.map(lp => lp.logprob),
+      top_logprobs: lps.map(lp => Object.fromEntries(lp.top.map(t => [text(t.token), t.logprob]))),
+      text_offset: textOffset,
+    };
+  }
 }
 
 /** Server-sent events on a hijacked reply: `data: <json>\n\n` per chunk, `data: [DONE]` at the end. */

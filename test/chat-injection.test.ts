@@ -131,6 +131,6 @@ describe('chat rendering with unusual orders and contents', () => {
   });
 
   it('an unknown role is a typed error in the built-in format', () => {
-    expect(() => formatLongcatChat([{ role: 'tool', content: 'x' }])).toThrow(/messages\[0\] has role 'tool'/);
+    expect(() => formatLongcatChat([{ role: 'wizard', content: 'x' }])).toThrow(/messages\[0\] has role 'wizard'/);
   });
 });

@@ -2,7 +2,9 @@
 // and by raw fetch where the client hides details: chat and text completions streamed and not
 // (the text is Session.generate's for the same prompt), max_tokens, stop, seeds, usage, every
 // error status, the API key, concurrent streams with clients leaving mid-stream (no leaked KV
-// blocks), /metrics and /health, loading and graceful shutdown.
+// blocks), /metrics and /health, loading and graceful shutdown; penalties, logit_bias, logprobs,
+// n > 1 (sharing the prompt's pages), tool calls (the real model's prompt, and a scripted model
+// that calls a tool), 32 streams with seeded random disconnects.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
@@ -10,9 +12,10 @@ import path from 'node:path';
 import readline from 'node:readline';
 import OpenAI from 'openai';
 import { createServer, type LongcatServer } from '../lib/server.js';
-import { loadModel, type GenerateOptions, type Model } from '../lib/generate.js';
-import type { ChatMessage } from '../lib/chat.js';
+import { loadModel, type GenerateOptions, type GenerateResult, type Model } from '../lib/generate.js';
+import { parseToolCalls, type ChatMessage } from '../lib/chat.js';
 import { checkpointFixture, cpuModelFixture } from './model-fixture.js';
+import { rng } from './rng.js';
 
 const makeCheckpoint = checkpointFixture('longcat-server-', 17);
 const tiny = cpuModelFixture(makeCheckpoint, 'tiny', 1024);
@@ -197,6 +200,325 @@ describe('completions', () => {
   });
 });
 
+describe('sampler fields, logprobs and n', () => {
+  /** A token's text in logprobs: its own decoding ('' for a padding id past the tokenizer's). */
+  const tokenText = (t: number) => (t < tiny.model.tokenizer.vocabSize ? tiny.model.tokenizer.decode([t]) : '');
+
+  it('penalties, logit_bias, repetition_penalty and stop_token_ids give the SDK text with the same options', async () => {
+    const opts: GenerateOptions = {
+      maxTokens: 14,
+      presencePenalty: 0.7,
+      frequencyPenalty: 1.1,
+      repetitionPenalty: 1.3,
+      logitBias: { 7: 5, 11: -100 },
+    };
+    const want = await sdk(messages, opts);
+    const r = await client.chat.completions.create({
+      model: 'tiny',
+      messages,
+      max_tokens: 14,
+      temperature: 0,
+      presence_penalty: 0.7,
+      frequency_penalty: 1.1,
+      logit_bias: { 7: 5, 11: -100 },
+      repetition_penalty: 1.3,
+    } as never);
+    expect((r as OpenAI.ChatCompletion).choices[0]!.message.content).toBe(want.text);
+    expect(want.tokens).not.toContain(11);
+    // +100 on one token: greedy picks it every time
+    const forced = await client.completions.create({
+      model: 'tiny',
+      prompt: textPrompt,
+      max_tokens: 4,
+      temperature: 0,
+      logit_bias: { 300: 100 },
+    });
+    const forcedSdk = await sdk(textPrompt, { maxTokens: 4, logitBias: { 300: 100 } });
+    expect(forcedSdk.tokens).toEqual([300, 300, 300, 300]);
+    expect(forced.choices[0]!.text).toBe(forcedSdk.text);
+    // a stop token id ends the text before it, finish_reason stop
+    const free = await sdk(textPrompt, { maxTokens: 12 });
+    const stopId = free.tokens[5]!;
+    const cut = free.tokens.indexOf(stopId);
+    const s = await post('/v1/completions', {
+      model: 'tiny',
+      prompt: textPrompt,
+      max_tokens: 12,
+      temperature: 0,
+      stop_token_ids: [stopId],
+    });
+    const sBody = (await s.json()) as OpenAI.Completion;
+    const stopped = await sdk(textPrompt, { maxTokens: 12, stopTokenIds: [stopId] });
+    expect(stopped.tokens).toEqual(free.tokens.slice(0, cut));
+    expect(sBody.choices[0]!.text).toBe(stopped.text);
+    expect(sBody.choices[0]!.finish_reason).toBe('stop');
+  });
+
+  it('GenerateOptions.onToken (what streamed logprobs use) sees every generated token with its logprobs', async () => {
+    const seen: [number, unknown][] = [];
+    const r = await sdk(textPrompt, { maxTokens: 7, logprobs: 2, onToken: (t, lp) => seen.push([t, lp]) });
+    expect(seen).toEqual(r.tokens.map((t, i) => [t, r.logprobs![i]]));
+    const plain: number[] = [];
+    const p = await sdk(textPrompt, { maxTokens: 5, onToken: (t, lp) => plain.push(lp === undefined ? t : -1) });
+    expect(plain).toEqual(p.tokens);
+    await expect(sdk(textPrompt, { onToken: 5 as never })).rejects.toThrow(/onToken must be a function/);
+  });
+
+  it('chat logprobs / top_logprobs: the SDK values, streamed and not, with token text and bytes', async () => {
+    const want = await sdk(messages, { maxTokens: 8, logprobs: 3 });
+    const r = await client.chat.completions.create({
+      model: 'tiny',
+      messages,
+      max_tokens: 8,
+      temperature: 0,
+      logprobs: true,
+      top_logprobs: 3,
+    });
+    const content = r.choices[0]!.logprobs!.content!;
+    expect(content).toHaveLength(want.tokens.length);
+    content.forEach((c, i) => {
+      const lp = want.logprobs![i]!;
+      expect(c.token).toBe(tokenText(lp.token));
+      expect(c.bytes).toEqual([...Buffer.from(c.token, 'utf8')]);
+      expect(c.logprob).toBe(lp.logprob);
+      expect(c.logprob).toBeLessThanOrEqual(0);
+      expect(c.top_logprobs.map(t => t.logprob)).toEqual(lp.top.map(t => t.logprob));
+      expect(c.top_logprobs.map(t => t.token)).toEqual(lp.top.map(t => tokenText(t.token)));
+    });
+    const stream = await client.chat.completions.create({
+      model: 'tiny',
+      messages,
+      max_tokens: 8,
+      temperature: 0,
+      logprobs: true,
+      top_logprobs: 3,
+      stream: true,
+    });
+    const streamed: OpenAI.ChatCompletionTokenLogprob[] = [];
+    for await (const c of stream) streamed.push(...(c.choices[0]?.logprobs?.content ?? []));
+    expect(streamed).toEqual(content);
+    // logprobs without alternatives
+    const plain = await client.chat.completions.create({
+      model: 'tiny',
+      messages,
+      max_tokens: 3,
+      temperature: 0,
+      logprobs: true,
+    });
+    expect(plain.choices[0]!.logprobs!.content!.every(c => c.top_logprobs.length === 0)).toBe(true);
+    const none = await client.chat.completions.create({ model: 'tiny', messages, max_tokens: 3, temperature: 0 });
+    expect(none.choices[0]!.logprobs).toBeNull();
+  });
+
+  it('text completion logprobs: the legacy object (tokens, token_logprobs, top_logprobs, text_offset), streamed and not', async () => {
+    const want = await sdk(textPrompt, { maxTokens: 9, logprobs: 2 });
+    const r = await client.completions.create({ model: 'tiny', prompt: textPrompt, max_tokens: 9, temperature: 0, logprobs: 2 });
+    const lp = r.choices[0]!.logprobs!;
+    const texts = want.tokens.map(tokenText);
+    expect(lp.tokens).toEqual(texts);
+    expect(lp.token_logprobs).toEqual(want.logprobs!.map(l => l.logprob));
+    expect(lp.top_logprobs).toEqual(want.logprobs!.map(l => Object.fromEntries(l.top.map(t => [tokenText(t.token), t.logprob]))));
+    // each token's offset: the characters of the tokens before it
+    expect(lp.text_offset).toEqual(texts.map((_, i) => texts.slice(0, i).join('').length));
+    const stream = await client.completions.create({
+      model: 'tiny',
+      prompt: textPrompt,
+      max_tokens: 9,
+      temperature: 0,
+      logprobs: 2,
+      stream: true,
+    });
+    const got = { tokens: [] as string[], token_logprobs: [] as number[], text_offset: [] as number[] };
+    for await (const c of stream) {
+      const l = c.choices[0]?.logprobs;
+      if (!l) continue;
+      got.tokens.push(...l.tokens!);
+      got.token_logprobs.push(...l.token_logprobs!);
+      got.text_offset.push(...l.text_offset!);
+    }
+    expect(got).toEqual({ tokens: lp.tokens, token_logprobs: lp.token_logprobs, text_offset: lp.text_offset });
+  });
+
+  it('n > 1: n choices generated together, choice i sampled with seed + i, streamed and not; no blocks kept', async () => {
+    const opts = { temperature: 1.2, seed: 77, max_tokens: 10 };
+    const want = await Promise.all([0, 1, 2].map(i => sdk(messages, { temperature: 1.2, seed: 77 + i, maxTokens: 10 })));
+    const r = await client.chat.completions.create({ model: 'tiny', messages, n: 3, ...opts });
+    expect(r.choices.map(c => c.index)).toEqual([0, 1, 2]);
+    expect(r.choices.map(c => c.message.content)).toEqual(want.map(w => w.text));
+    expect(r.usage).toEqual({
+      prompt_tokens: want[0]!.promptTokens,
+      completion_tokens: want.reduce((n, w) => n + w.completionTokens, 0),
+      total_tokens: want[0]!.promptTokens + want.reduce((n, w) => n + w.completionTokens, 0),
+    });
+    const stream = await client.chat.completions.create({ model: 'tiny', messages, n: 3, ...opts, stream: true });
+    const texts = ['', '', ''];
+    const finishes: (string | null)[] = [null, null, null];
+    for await (const c of stream)
+      for (const ch of c.choices) {
+        texts[ch.index] += ch.delta.content ?? '';
+        if (ch.finish_reason) finishes[ch.index] = ch.finish_reason;
+      }
+    expect(texts).toEqual(want.map(w => w.text));
+    expect(finishes).toEqual(want.map(w => (w.stopReason === 'eos' ? 'stop' : 'length')));
+    const t = await client.completions.create({ model: 'tiny', prompt: textPrompt, n: 2, max_tokens: 6, temperature: 0 });
+    const greedy = await sdk(textPrompt, { maxTokens: 6 });
+    expect(t.choices.map(c => [c.index, c.text])).toEqual([
+      [0, greedy.text],
+      [1, greedy.text],
+    ]);
+    await server.idle();
+    expect(tiny.model.engine.allocator.inUse).toBe(baseline);
+  });
+
+  it("n > 1 shares the prompt's pages: the other choices prefill only past the first one's full pages", async () => {
+    const { s, u } = await start(tiny.model);
+    try {
+      const prompt = `A prompt of its own for n. ${textPrompt.repeat(8)}`;
+      const P = tiny.model.tokenizer.encode(prompt).length;
+      const page = tiny.model.engine.blockSize;
+      expect(P).toBeGreaterThan(2 * page);
+      const res = await post('/v1/completions', { model: 'tiny', prompt, n: 3, max_tokens: 3, temperature: 0 }, {}, u);
+      const body = (await res.json()) as OpenAI.Completion;
+      expect(body.choices).toHaveLength(3);
+      const text = await (await fetch(`${u}/metrics`)).text();
+      // choice 0 prefilled it all; choices 1 and 2 adopted its full pages (the last prompt token is always recomputed)
+      expect(Number(/^longcat_prompt_tokens_cached_total (\d+)$/m.exec(text)![1])).toBe(2 * Math.floor((P - 1) / page) * page);
+      expect(new Set(body.choices.map(ch => ch.text)).size).toBe(1); // greedy: the same text
+    } finally {
+      await s.close();
+    }
+  });
+});
+
+describe('tool calling', () => {
+  const weather = {
+    type: 'function' as const,
+    function: {
+      name: 'get_weather',
+      description: 'The weather in a city.',
+      parameters: { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] },
+    },
+  };
+  const ask: OpenAI.ChatCompletionMessageParam[] = [{ role: 'user', content: 'Weather in Paris?' }];
+  const callText =
+    'Let me check.<longcat_tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</longcat_tool_call>';
+
+  it('the real model: a chat with tools, tool calls and tool results is rendered as Session.generate renders it', async () => {
+    const history: OpenAI.ChatCompletionMessageParam[] = [
+      ...ask,
+      {
+        role: 'assistant',
+        content: null,
+        tool_calls: [{ id: 'call_1', type: 'function', function: { name: 'get_weather', arguments: '{"city":"Paris"}' } }],
+      },
+      { role: 'tool', tool_call_id: 'call_1', content: '{"temp_c": 21}' },
+    ];
+    const asSdk: ChatMessage[] = [
+      { role: 'user', content: 'Weather in Paris?' },
+      { role: 'assistant', content: '', toolCalls: [{ id: 'call_1', name: 'get_weather', arguments: '{"city":"Paris"}' }] },
+      { role: 'tool', content: '{"temp_c": 21}', toolCallId: 'call_1' },
+    ];
+    const want = await sdk(asSdk, { maxTokens: 6, tools: [weather] });
+    const r = await client.chat.completions.create({
+      model: 'tiny',
+      messages: history,
+      tools: [weather],
+      max_tokens: 6,
+      temperature: 0,
+    });
+    expect(r.usage!.prompt_tokens).toBe(want.promptTokens);
+    expect(r.choices[0]!.message.content).toBe(parseToolCalls(want.text).content);
+    // the tool block is in the prompt: more tokens than the same chat without tools; 'none' leaves it out
+    const plain = await sdk(asSdk, { maxTokens: 1 });
+    expect(want.promptTokens).toBeGreaterThan(plain.promptTokens + 50);
+    const none = await client.chat.completions.create({
+      model: 'tiny',
+      messages: history,
+      tools: [weather],
+      tool_choice: 'none',
+      max_tokens: 1,
+      temperature: 0,
+    });
+    expect(none.usage!.prompt_tokens).toBe(plain.promptTokens);
+    await expect(sdk('a string prompt', { tools: [weather] })).rejects.toThrow(/tools need a chat prompt/);
+  });
+
+  it('a model that calls a tool: tool_calls in the message and in the stream, finish_reason tool_calls, round trip', async () => {
+    const seen: { messages: ChatMessage[]; tools?: unknown }[] = [];
+    let reply = callText;
+    const { s, u } = await start(scripted(tiny.model, () => reply, seen));
+    try {
+      const c = new OpenAI({ apiKey: 'x', baseURL: `${u}/v1`, maxRetries: 0 });
+      const r = await c.chat.completions.create({ model: 'tiny', messages: ask, tools: [weather] });
+      const choice = r.choices[0]!;
+      expect(choice.finish_reason).toBe('tool_calls');
+      expect(choice.message.content).toBe('Let me check.');
+      expect(choice.message.tool_calls).toHaveLength(1);
+      const call = choice.message.tool_calls![0]! as OpenAI.ChatCompletionMessageFunctionToolCall;
+      expect(call.type).toBe('function');
+      expect(call.id).toMatch(/^call_/);
+      expect(call.function).toEqual({ name: 'get_weather', arguments: '{"city":"Paris"}' });
+      expect(seen.at(-1)!.tools).toEqual([weather]);
+
+      // streamed: the text before the marker as content deltas, the marker never; then the call
+      const stream = await c.chat.completions.create({ model: 'tiny', messages: ask, tools: [weather], stream: true });
+      let content = '';
+      const calls: OpenAI.ChatCompletionChunk.Choice.Delta.ToolCall[] = [];
+      const finishes: string[] = [];
+      for await (const ch of stream)
+        for (const x of ch.choices) {
+          content += x.delta.content ?? '';
+          calls.push(...(x.delta.tool_calls ?? []));
+          if (x.finish_reason) finishes.push(x.finish_reason);
+        }
+      expect(content).toBe('Let me check.');
+      expect(calls).toHaveLength(1);
+      expect(calls[0]!.index).toBe(0);
+      expect(calls[0]!.function).toEqual({ name: 'get_weather', arguments: '{"city":"Paris"}' });
+      expect(finishes).toEqual(['tool_calls']);
+
+      // the round trip: the call and its result go back; the model answers in text
+      reply = 'It is 21 C in Paris.';
+      const next = await c.chat.completions.create({
+        model: 'tiny',
+        tools: [weather],
+        messages: [
+          ...ask,
+          choice.message as OpenAI.ChatCompletionMessageParam,
+          { role: 'tool', tool_call_id: call.id, content: '{"temp_c": 21}' },
+        ],
+      });
+      expect(next.choices[0]!.message).toEqual({ role: 'assistant', content: 'It is 21 C in Paris.', refusal: null });
+      expect(next.choices[0]!.finish_reason).toBe('stop');
+      expect(seen.at(-1)!.messages.slice(1)).toEqual([
+        {
+          role: 'assistant',
+          content: 'Let me check.',
+          toolCalls: [{ id: call.id, name: 'get_weather', arguments: '{"city":"Paris"}' }],
+        },
+        { role: 'tool', content: '{"temp_c": 21}', toolCallId: call.id },
+      ]);
+
+      // invalid JSON inside the markers stays text, streamed and not
+      reply = 'x<longcat_tool_call>{"name": "get_weather", "arguments": {</longcat_tool_call>';
+      const bad = await c.chat.completions.create({ model: 'tiny', messages: ask, tools: [weather] });
+      expect(bad.choices[0]!.message.content).toBe(reply);
+      expect(bad.choices[0]!.message.tool_calls).toBeUndefined();
+      expect(bad.choices[0]!.finish_reason).toBe('stop');
+      const badStream = await c.chat.completions.create({ model: 'tiny', messages: ask, tools: [weather], stream: true });
+      let badText = '';
+      for await (const ch of badStream) badText += ch.choices[0]?.delta.content ?? '';
+      expect(badText).toBe(reply);
+      // without tools the markers are not parsed
+      reply = callText;
+      const untooled = await c.chat.completions.create({ model: 'tiny', messages: ask });
+      expect(untooled.choices[0]!.message.content).toBe(callText);
+    } finally {
+      await s.close();
+    }
+  });
+});
+
 describe('errors', () => {
   const chat = (extra: Record<string, unknown>) =>
     post('/v1/chat/completions', { model: 'tiny', messages, max_tokens: 2, ...extra });
@@ -211,19 +533,46 @@ describe('errors', () => {
     await expectError(await chat({ stop: [1] }), 400, 'invalid_type', 'stop');
     await expectError(await chat({ stream: 'yes' }), 400, 'invalid_type', 'stream');
     await expectError(await chat({ stream_options: { include_usage: true } }), 400, null, 'stream_options');
-    await expectError(await chat({ n: 2 }), 400, 'unsupported_parameter', 'n');
-    await expectError(await chat({ logprobs: true }), 400, 'unsupported_parameter', 'logprobs');
-    await expectError(await chat({ presence_penalty: 0.5 }), 400, 'unsupported_parameter', 'presence_penalty');
-    await expectError(await chat({ logit_bias: { 5: 10 } }), 400, 'unsupported_parameter', 'logit_bias');
+    await expectError(await chat({ n: 0 }), 400, 'invalid_type', 'n');
+    await expectError(await chat({ n: 17 }), 400, 'invalid_type', 'n');
+    await expectError(await chat({ best_of: 3 }), 400, 'unsupported_parameter', 'best_of');
+    await expectError(await chat({ logprobs: 'yes' }), 400, 'invalid_type', 'logprobs');
+    await expectError(await chat({ top_logprobs: 2 }), 400, null, 'top_logprobs'); // without logprobs: true
+    await expectError(await chat({ logprobs: true, top_logprobs: 21 }), 400, 'invalid_type', 'top_logprobs');
+    await expectError(await chat({ presence_penalty: 2.5 }), 400, 'invalid_type', 'presence_penalty');
+    await expectError(await chat({ repetition_penalty: 0 }), 400, 'invalid_type', 'repetition_penalty');
+    await expectError(await chat({ logit_bias: { x: 10 } }), 400, null, 'logit_bias');
+    await expectError(await chat({ logit_bias: { 5: 101 } }), 400, null, 'logit_bias');
+    await expectError(await chat({ logit_bias: { 99999999: 1 } }), 400, null, 'logit_bias');
+    await expectError(await chat({ stop_token_ids: [-1] }), 400, 'invalid_type', 'stop_token_ids');
     await expectError(await chat({ speculative: true }), 400, 'unsupported_parameter', 'speculative'); // no MTP head
-    const tools = await expectError(
-      await chat({ tools: [{ type: 'function', function: { name: 'f', parameters: {} } }] }),
+    const f = { type: 'function', function: { name: 'f', parameters: {} } };
+    await expectError(await chat({ tools: [f], tool_choice: 'required' }), 400, 'unsupported_parameter', 'tool_choice');
+    await expectError(
+      await chat({ tools: [f], tool_choice: { type: 'function', function: { name: 'f' } } }),
       400,
-      'tools_not_supported',
-      'tools',
+      'unsupported_parameter',
+      'tool_choice',
     );
-    expect(tools.message).toMatch(/fallback chat template has no tool format/);
-    await expectError(await chat({ messages: [{ role: 'tool', content: 'x', tool_call_id: 'a' }] }), 400, 'tools_not_supported');
+    await expectError(await chat({ tools: [f], tool_choice: 'sometimes' }), 400, 'invalid_type', 'tool_choice');
+    await expectError(await chat({ tools: [{ type: 'function', function: { name: '' } }] }), 400, 'invalid_type', 'tools');
+    await expectError(await chat({ tools: {} }), 400, 'invalid_type', 'tools');
+    await expectError(await chat({ functions: [f.function] }), 400, 'unsupported_parameter', 'functions');
+    await expectError(
+      await chat({ messages: [{ role: 'tool', content: 'x' }] }),
+      400,
+      'invalid_type',
+      'messages[0].tool_call_id',
+    );
+    await expectError(
+      await chat({
+        messages: [{ role: 'assistant', content: null, tool_calls: [{ id: 'a', type: 'function', function: { name: 'f' } }] }],
+      }),
+      400,
+      'invalid_type',
+      'messages[0].tool_calls',
+    );
+    await expectError(await chat({ messages: [{ role: 'function', name: 'f', content: 'x' }] }), 400, 'unsupported_parameter');
     await expectError(await chat({ messages: [] }), 400, 'invalid_type', 'messages');
     await expectError(await chat({ messages: [{ role: 'wizard', content: 'x' }] }), 400, null, 'messages[0].role');
     await expectError(
@@ -238,8 +587,9 @@ describe('errors', () => {
     await expectError(await text({ prompt: ['a', 'b'] }), 400, 'unsupported_parameter', 'prompt');
     await expectError(await text({ prompt: [1, 2, 3] }), 400, 'unsupported_parameter', 'prompt');
     await expectError(await text({ prompt: 5 }), 400, 'invalid_type', 'prompt');
-    await expectError(await text({ prompt: 'x', logprobs: 2 }), 400, 'unsupported_parameter', 'logprobs');
+    await expectError(await text({ prompt: 'x', logprobs: 21 }), 400, 'invalid_type', 'logprobs');
     await expectError(await text({ prompt: 'x', echo: true }), 400, 'unsupported_parameter', 'echo');
+    await expectError(await text({ prompt: 'x', tools: [] }), 400, 'unsupported_parameter', 'tools');
     await expectError(await text({ prompt: '' }), 400, null); // encodes to no tokens
     // array text parts and the developer role are accepted (as the text and the system role)
     const parts = await chat({
@@ -326,6 +676,45 @@ function gated(model: Model, gate: (signal: AbortSignal) => Promise<void>): Mode
                 then: (ok: (r: unknown) => unknown, err: (e: unknown) => unknown) => real.then(({ g }) => g).then(ok, err),
                 async *[Symbol.asyncIterator]() {
                   yield* (await real).g;
+                },
+              };
+            };
+          },
+        });
+      };
+    },
+  });
+}
+
+/**
+ * The model with each generation's text replaced by `text()` (the real generation runs, on the real
+ * prompt, so sessions, slots and rendering are exercised; its result and stream carry the scripted
+ * text, streamed in pieces of 4 characters, stopReason 'eos'). Records each chat's messages and tools.
+ */
+function scripted(model: Model, text: () => string, seen: { messages: ChatMessage[]; tools?: unknown }[]): Model {
+  const bind = (target: object, key: string | symbol) => {
+    const v = Reflect.get(target, key);
+    return typeof v === 'function' ? v.bind(target) : v;
+  };
+  return new Proxy(model, {
+    get(target, key) {
+      if (key !== 'createSession') return bind(target, key);
+      return () => {
+        const session = target.createSession();
+        return new Proxy(session, {
+          get(s, k) {
+            if (k !== 'generate') return bind(s, k);
+            return (prompt: string | ChatMessage[], opts: GenerateOptions) => {
+              if (typeof prompt !== 'string') seen.push({ messages: prompt, tools: opts.tools });
+              const t = text();
+              const real = s.generate(prompt, { ...opts, maxTokens: 1 });
+              const result = real.then(r => ({ ...r, text: t, stopReason: 'eos' as const }));
+              return {
+                // biome-ignore lint/suspicious/noThenProperty: stands in for a Generation, which is awaitable
+                then: (ok: (r: unknown) => unknown, err: (e: unknown) => unknown) => result.then(ok, err),
+                async *[Symbol.asyncIterator]() {
+                  await result;
+                  for (let i = 0; i < t.length; i += 4) yield t.slice(i, i + 4);
                 },
               };
             };
@@ -515,6 +904,91 @@ describe('concurrency', () => {
     expect(tiny.model.engine.allocator.inUse).toBe(baseline);
     const metrics = await (await fetch(`${url}/metrics`)).text();
     expect(metrics).toMatch(/^longcat_requests_finished_total\{reason="abort"\} [1-9]\d*$/m);
+  });
+});
+
+describe('32 concurrent streams', () => {
+  it('seeded random disconnects: the others get their solo text; no KV blocks leak, nothing stuck, metrics add up', async () => {
+    const { s, u } = await start(tiny.model, { maxConcurrent: 32, maxQueue: 0 });
+    try {
+      const c = new OpenAI({ apiKey: 'x', baseURL: `${u}/v1`, maxRetries: 0 });
+      const r = rng(4242);
+      // a shared head (prefix-cache pages) with a tail of its own, half chats and half text prompts
+      const head = `A shared preface. ${textPrompt.repeat(6)}`;
+      const clients = Array.from({ length: 32 }, (_, i) => ({
+        chat: i % 2 === 0,
+        prompt: `${head} Client ${i}: ${textPrompt.slice(r.int(20))}`,
+        // leaves after this many text chunks (about a third of the clients), or stays to the end
+        leaveAfter: r.int(3) === 0 ? 1 + r.int(4) : null,
+      }));
+      const leavers = clients.filter(x => x.leaveAfter !== null).length;
+      expect(leavers).toBeGreaterThan(3);
+      const asChat = (p: string): { role: 'user'; content: string }[] => [{ role: 'user', content: p }];
+      const solo: (GenerateResult | null)[] = [];
+      for (const x of clients)
+        solo.push(x.leaveAfter === null ? await sdk(x.chat ? asChat(x.prompt) : x.prompt, { maxTokens: 16 }) : null);
+      const stats0 = { ...tiny.model.scheduler.stats };
+      const runs = clients.map(async (x, i) => {
+        const ac = new AbortController();
+        const max_tokens = x.leaveAfter === null ? 16 : 400;
+        let text = '',
+          chunks = 0;
+        try {
+          if (x.chat) {
+            const stream = await c.chat.completions.create(
+              { model: 'tiny', messages: asChat(x.prompt), max_tokens, temperature: 0, stream: true },
+              { signal: ac.signal },
+            );
+            for await (const ch of stream) {
+              const t = ch.choices[0]?.delta.content ?? '';
+              text += t;
+              if (t && ++chunks === x.leaveAfter) ac.abort();
+            }
+          } else {
+            const stream = await c.completions.create(
+              { model: 'tiny', prompt: x.prompt, max_tokens, temperature: 0, stream: true },
+              { signal: ac.signal },
+            );
+            for await (const ch of stream) {
+              const t = ch.choices[0]?.text ?? '';
+              text += t;
+              if (t && ++chunks === x.leaveAfter) ac.abort();
+            }
+          }
+        } catch (e) {
+          if (x.leaveAfter === null) throw new Error(`client ${i} failed: ${(e as Error).message}`);
+          return null;
+        }
+        return text;
+      });
+      const texts = await Promise.all(runs);
+      texts.forEach((t, i) => {
+        if (clients[i]!.leaveAfter === null) expect(t, `client ${i}`).toBe(solo[i]!.text);
+      });
+      await s.idle();
+      expect(s.load).toEqual({ running: 0, queued: 0 });
+      expect(tiny.model.engine.allocator.inUse).toBe(baseline);
+      const text = await (await fetch(`${u}/metrics`)).text();
+      const value = (name: string) => Number(new RegExp(`^${name} (\\d+)$`, 'm').exec(text)?.[1]);
+      const finished = [...text.matchAll(/^longcat_requests_finished_total\{reason="(\w+)"\} (\d+)$/gm)];
+      expect(finished.reduce((n, m) => n + Number(m[2]), 0)).toBe(32);
+      const aborts = Number(finished.find(m => m[1] === 'abort')![2]);
+      expect(aborts).toBeGreaterThan(0);
+      expect(aborts).toBeLessThanOrEqual(leavers);
+      expect(value('longcat_requests_running')).toBe(0);
+      expect(value('longcat_kv_blocks_in_use')).toBe(baseline);
+      // the shared head's pages were prefilled once: later prompts took them from the prefix cache
+      expect(value('longcat_prompt_tokens_cached_total')).toBeGreaterThan(0);
+      expect(value('longcat_prefix_cache_pages')).toBe(tiny.model.engine.allocator.cachedPages);
+      const st = tiny.model.scheduler.stats;
+      expect(Number(/^longcat_decode_steps_total\{kind="plain"\} (\d+)$/m.exec(text)![1])).toBe(st.decodeSteps);
+      expect(Number(/^longcat_decode_rows_total\{kind="plain"\} (\d+)$/m.exec(text)![1])).toBe(st.decodeRows);
+      expect(value('longcat_decode_batch_max')).toBe(st.largestBatch);
+      // every generated token after the first of each stream was a decode row
+      expect(st.decodeRows - stats0.decodeRows).toBeGreaterThanOrEqual(value('longcat_generation_tokens_total') - 32);
+    } finally {
+      await s.close();
+    }
   });
 });
 

@@ -162,7 +162,7 @@ describe('chat template (SPEC 8.2)', () => {
   it('the built-in format reproduces the SPEC 8.2 strings exactly', () => {
     for (const [what, msgs, want] of cases) expect(formatLongcatChat(msgs), what).toBe(want);
     expect(formatLongcatChat(cases[0]![1], { addGenerationPrompt: false })).toBe('[Round 0] USER:Paris is...');
-    expect(() => formatLongcatChat([{ role: 'tool', content: 'x' }])).toThrow(expect.objectContaining({ code: 'E_ARGUMENT' }));
+    expect(() => formatLongcatChat([{ role: 'wizard', content: 'x' }])).toThrow(expect.objectContaining({ code: 'E_ARGUMENT' }));
     expect(() => formatLongcatChat([{ role: 'user' } as never])).toThrow(expect.objectContaining({ code: 'E_ARGUMENT' }));
   });
 
