@@ -220,11 +220,11 @@ export class Session {
    * checkpoint's chat template). The session keeps its cache: a prompt that extends the previous
    * one (a chat's next turn) only computes the new tokens.
    */
-  generate(prompt: string | ChatMessage[], opts: GenerateOptions = {}): Generation {
+  generate(prompt: Prompt, opts: GenerateOptions = {}): Generation {
     return new Generation(emit => this.run(prompt, opts, emit));
   }
 
-  private async run(prompt: string | ChatMessage[], o: GenerateOptions, emit: (c: string) => void): Promise<GenerateResult> {
+  private async run(prompt: Prompt, o: GenerateOptions, emit: (c: string) => void): Promise<GenerateResult> {
     if (this.busy) throw new ArgumentError('E_ARGUMENT', 'Session.generate: this session is already generating');
     this.busy = true;
     try {
@@ -234,7 +234,7 @@ export class Session {
     }
   }
 
-  private async loop(prompt: string | ChatMessage[], o: GenerateOptions, emit: (c: string) => void): Promise<GenerateResult> {
+  private async loop(prompt: Prompt, o: GenerateOptions, emit: (c: string) => void): Promise<GenerateResult> {
     this.owner.checkLive('Session.generate');
     const { engine, tokenizer, scheduler: sched } = this.owner;
     const { maxTokens, temperature, stops, speculative, stopTokenIds, ignoreEos, adjust, logprobs } = checkGenerateOptions(
@@ -511,9 +511,10 @@ export class Session {
     }
   }
 
-  private encodePrompt(prompt: string | ChatMessage[], parseSpecial: boolean, tools?: ToolDefinition[]): number[] {
+  private encodePrompt(prompt: Prompt, parseSpecial: boolean, tools?: ToolDefinition[]): number[] {
     const { tokenizer } = this.owner;
     if (typeof prompt === 'string') return tokenizer.encode(prompt);
+    if (!Array.isArray(prompt)) return checkPromptTokens(prompt, this.owner.engine.dims.vocab);
     const chat = renderChatPrompt(this.owner.checkpoint.dir, prompt, {
       addGenerationPrompt: true,
       tokenizerConfig: tokenizer.config,
@@ -545,6 +546,23 @@ export class Session {
   [Symbol.dispose]() {
     this.dispose();
   }
+}
+
+/** What generate continues: raw text, a chat (rendered with the checkpoint's template), or token ids as they are. */
+export type Prompt = string | ChatMessage[] | { tokens: readonly number[] };
+
+/** A token-level prompt's ids, each checked against the model's vocabulary. */
+function checkPromptTokens(p: { tokens: readonly number[] }, vocab: number): number[] {
+  if (typeof p !== 'object' || p === null || !Array.isArray(p.tokens))
+    throw new ArgumentError(
+      'E_ARGUMENT',
+      `generate: the prompt must be a string, a message array or { tokens: number[] }, got ${showValue(p)}`,
+    );
+  p.tokens.forEach((t, i) => {
+    if (!Number.isInteger(t) || t < 0 || t >= vocab)
+      throw new ArgumentError('E_ARGUMENT', `generate: prompt tokens[${i}] = ${showValue(t)} is not a token id in [0, ${vocab})`);
+  });
+  return [...p.tokens];
 }
 
 /** Every option checked before any work, with a typed error naming it (token ids against `vocab`). */

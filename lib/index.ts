@@ -23,7 +23,7 @@ export type { BuildInfo, CpuFeatures, DeviceInfo, MemoryStats, CudaStatus } from
 
 // The model SDK.
 export { loadModel, Model, Session, Generation } from './generate.js';
-export type { GenerateOptions, GenerateResult, StopReason } from './generate.js';
+export type { GenerateOptions, GenerateResult, Prompt, StopReason } from './generate.js';
 export type { TokenLogprob } from './sampling.js';
 export type { LoadModelOptions, Backend, HostProgress, ModelMemory } from './model/load.js';
 export { LongcatModel } from './model/model.js';

@@ -112,3 +112,22 @@ describe('continuous batching', () => {
     expect(during.join(',').includes('chunk,chunk')).toBe(false);
   });
 });
+
+describe('token-level prompts', () => {
+  it('generate({ tokens }) continues the ids as they are: == the text prompt that encodes to them', async () => {
+    const text = 'the first stream';
+    const ids = model.tokenizer.encode(text);
+    using a = model.createSession();
+    using b = model.createSession();
+    const byText = await a.generate(text, { maxTokens: 8 });
+    const byIds = await b.generate({ tokens: ids }, { maxTokens: 8 });
+    expect(byIds.tokens).toEqual(byText.tokens);
+    expect(byIds.promptTokens).toBe(ids.length);
+    const V = model.engine.dims.vocab;
+    await expect(b.generate({ tokens: [1, V] })).rejects.toMatchObject({
+      code: 'E_ARGUMENT',
+      message: expect.stringContaining('tokens[1]'),
+    });
+    await expect(b.generate({ tokens: 'x' } as never)).rejects.toMatchObject({ code: 'E_ARGUMENT' });
+  });
+});
