@@ -257,16 +257,7 @@ export class LongcatModel {
       throw new ArgumentError('E_ARGUMENT', 'forward: sequences must be an array and tokens an array of token-id arrays');
     if (seqs.length !== tokens.length || seqs.length === 0)
       throw new ArgumentError('E_ARGUMENT', `forward: ${seqs.length} sequences but ${tokens.length} token lists`);
-    const d = this.dims;
-    for (const [b, list] of tokens.entries()) {
-      if (list.length === 0) throw new ArgumentError('E_ARGUMENT', `forward: sequence ${b} has no new tokens`);
-      for (const id of list)
-        if (!Number.isInteger(id) || id < 0 || id >= d.vocab)
-          throw new ArgumentError(
-            'E_ARGUMENT',
-            `forward: token id ${id} of sequence ${b} is outside the vocabulary [0, ${d.vocab})`,
-          );
-    }
+    this.checkTokens('forward', tokens);
     const mode = opts.mode ?? (tokens.every(t => t.length === 1) ? 'decode' : 'prefill');
 
     this.moeStream.synchronize(); // the previous step's MoE work is done; this surfaces its errors
@@ -286,16 +277,33 @@ export class LongcatModel {
       }
       return result;
     } catch (e) {
-      try {
-        this.ep?.endStep(); // every rank idle and the abort flag lowered: the next step starts clean
-      } catch {
-        // the step's error is the one to report
-      }
-      seqs.forEach((seq, b) => {
-        if (b < slotLists.length) seq.truncate(pastLens[b]!);
-      });
+      this.abandonStep(seqs, pastLens, slotLists.length);
       throw e;
     }
+  }
+
+  /** Every sequence's new tokens: at least one, each an id of the vocabulary (typed errors naming it). */
+  private checkTokens(what: string, tokens: readonly (readonly number[])[]) {
+    const V = this.dims.vocab;
+    for (const [b, list] of tokens.entries()) {
+      if (list.length === 0) throw new ArgumentError('E_ARGUMENT', `${what}: sequence ${b} has no new tokens`);
+      for (const id of list)
+        if (!Number.isInteger(id) || id < 0 || id >= V)
+          throw new ArgumentError('E_ARGUMENT', `${what}: token id ${id} of sequence ${b} is outside the vocabulary [0, ${V})`);
+    }
+  }
+
+  /** A step that failed: every rank idle and the abort flag lowered (so the next step starts clean),
+   *  and the first `reserved` sequences rolled back to their lengths before it. */
+  private abandonStep(seqs: SequenceCache[], pastLens: number[], reserved: number) {
+    try {
+      this.ep?.endStep();
+    } catch {
+      // the step's error is the one to report
+    }
+    seqs.forEach((seq, b) => {
+      if (b < reserved) seq.truncate(pastLens[b]!);
+    });
   }
 
   private forwardReserved(
@@ -649,6 +657,7 @@ export class LongcatModel {
         `speculativeStep: ${B} sequences but ${pending.length} pending tokens, ${drafts.length} drafts, ${sampling.length} sampling settings`,
       );
     const tokens = pending.map((p, b) => [p, drafts[b]!]);
+    this.checkTokens('speculativeStep', tokens);
     this.verifyWeights?.();
     this.moeStream.synchronize();
     this.ep?.synchronize();
@@ -657,12 +666,6 @@ export class LongcatModel {
     try {
       for (const seq of seqs) reserved.push(seq.reserve(2));
       const ids = Int32Array.from(tokens.flat());
-      for (const id of ids)
-        if (!Number.isInteger(id) || id < 0 || id >= this.dims.vocab)
-          throw new ArgumentError(
-            'E_ARGUMENT',
-            `speculativeStep: token id ${id} is outside the vocabulary [0, ${this.dims.vocab})`,
-          );
       const positions = Int32Array.from(pastLens.flatMap(L => [L, L + 1]));
       const slots = Int32Array.from(reserved.flatMap(r => [...r]));
       const bt = batchTables(seqs, this.maxBlocks, Array(B).fill(2));
@@ -694,14 +697,7 @@ export class LongcatModel {
         hostMs: replayed - t0 + performance.now() - readBack,
       };
     } catch (e) {
-      try {
-        this.ep?.endStep();
-      } catch {
-        // the step's error is the one to report
-      }
-      seqs.forEach((seq, b) => {
-        if (b < reserved.length) seq.truncate(pastLens[b]!);
-      });
+      this.abandonStep(seqs, pastLens, reserved.length);
       throw e;
     }
   }
