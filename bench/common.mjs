@@ -1,12 +1,12 @@
 // Helpers shared by the benchmark scripts: a monotonic clock, medians, the read-bandwidth probe,
 // the weight bytes a decode step reads (accounting), and deterministic random inputs, drawn from
-// the seeded RNG the tests and the op-case table use (test/rng.ts and test/op-cases.ts, compiled
-// into dist-test/ by npm run build:ts), so every run times the same data.
+// the seeded RNG the tests and the op-case table use (lib/check/rng.ts and lib/check/op-cases.ts, compiled
+// into dist/check/ by npm run build:ts), so every run times the same data.
 import { native } from '../dist/native.js';
 import { Event } from '../dist/device.js';
 import { tensor, empty, numel } from '../dist/tensor.js';
-import { rng } from '../dist-test/rng.js';
-import { uniform } from '../dist-test/op-cases.js';
+import { rng } from '../dist/check/rng.js';
+import { uniform } from '../dist/check/op-cases.js';
 
 export { rng };
 

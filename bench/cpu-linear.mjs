@@ -14,13 +14,13 @@ import os from 'node:os';
 import path from 'node:path';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
-import { rng } from '../dist-test/rng.js';
+import { rng } from '../dist/check/rng.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const require = createRequire(import.meta.url);
 const native = process.env.LONGCAT_ADDON ? require(path.resolve(process.env.LONGCAT_ADDON)) : require('node-gyp-build')(root);
 native.setErrorFactory((code, message) => Object.assign(new Error(message), { code }));
-// the seeded RNG of the tests and the op-case table (test/rng.ts; dist-test/ is built by npm run build:ts)
+// the seeded RNG of the tests and the op-case table (lib/check/rng.ts; dist/check/ is built by npm run build:ts)
 const random = rng(1);
 
 const outDir = path.join(root, 'bench', 'out');

@@ -3,14 +3,14 @@
 // CUDA build of longcat.node (LONGCAT_ADDON). One line per case as it finishes (so a run cut short
 // by a timeout still reports what passed), then a summary. Cases of opt-in kernels that have never
 // run on a card (the TMA + wgmma GEMM) go last: a hang or fault there cannot hide the rest.
-// Every op case is the op-case table's (test/op-cases.ts, compiled into dist-test/ by
-// scripts/gpu-prepare.sh), held to the bounds of its error model (test/error-model.ts): 'error/bound'
+// Every op case is the op-case table's (lib/check/op-cases.ts, compiled into dist/check/ by
+// scripts/gpu-prepare.sh), held to the bounds of its error model (lib/check/error-model.ts): 'error/bound'
 // is the worst |gpu - cpu| over the element's bound (<= 1 passes).
 // Exits 1 if any case fails, 2 if no GPU is usable.
 import { native } from '../dist/native.js';
 import { Stream } from '../dist/device.js';
-import { cases, checkCase, dev, SLOW_RUN_LIMITS } from '../dist-test/op-cases.js';
-import { modelChecks, speculativeChecks } from '../dist-test/model-cases.js';
+import { cases, checkCase, dev, SLOW_RUN_LIMITS } from '../dist/check/op-cases.js';
+import { modelChecks, speculativeChecks } from '../dist/check/model-cases.js';
 import { eventTimes } from '../bench/common.mjs';
 
 const status = native.cudaStatus();

@@ -2,7 +2,7 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { full, native, roundBf16, tensor, toArray, type Tensor } from '../lib/index.js';
 import { expectClose, rng, expectCode } from './helpers.js';
-import { decodeFp8Row, encodeFp8Row, fp8GroupScale, fp8RowBytes, FP8_GROUP } from './fp8-cache-ref.js';
+import { decodeFp8Row, encodeFp8Row, fp8GroupScale, fp8RowBytes, FP8_GROUP } from '../lib/check/fp8-cache-ref.js';
 
 const startIsa = native.cpuFeatures().isa;
 const startThreads = native.threads();

@@ -5,9 +5,9 @@
 // by timing, so it runs only emulated (test/native/device_harness.cc also covers a stream
 // destroyed with work in flight).
 import { describe, expect, it } from 'vitest';
-import { native } from '../dist/native.js';
-import { Stream } from '../dist/device.js';
-import { tensor, toArray, empty } from '../dist/tensor.js';
+import { native } from '../lib/native.js';
+import { Stream } from '../lib/device.js';
+import { tensor, toArray, empty } from '../lib/tensor.js';
 import { rng } from './helpers.js';
 
 const emulated = native.buildInfo().cudaArchs === 'emulated';

@@ -6,7 +6,7 @@
 // target per GPU, which scripts/gpu-check.mjs covers.
 import { spawnSync } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
-import { native } from '../dist/native.js';
+import { native } from '../lib/native.js';
 
 const emulated = native.buildInfo().cudaArchs === 'emulated';
 

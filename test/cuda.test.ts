@@ -1,12 +1,12 @@
-// CUDA kernels against their CPU twins (the op-case table of test/op-cases.ts, shared with
+// CUDA kernels against their CPU twins (the op-case table of lib/check/op-cases.ts, shared with
 // scripts/gpu-check.mjs). Runs where a CUDA build finds a device (a GPU, or the emulated device of a
 // -DLONGCAT_CUDA_EMU=ON build); everywhere else that part is skipped.
 import { describe, expect, it } from 'vitest';
 import { cudaAvailable, workLimitMs } from './helpers.js';
-import { budgetMs, cases, checkCase, dev, SLOW_RUN_LIMITS } from './op-cases.js';
-import { modelChecks, speculativeChecks, type ModelCheck, type ModelVariant } from './model-cases.js';
-import { Stream } from '../dist/device.js';
-import { native } from '../dist/native.js';
+import { budgetMs, cases, checkCase, dev, SLOW_RUN_LIMITS } from '../lib/check/op-cases.js';
+import { modelChecks, speculativeChecks, type ModelCheck, type ModelVariant } from '../lib/check/model-cases.js';
+import { Stream } from '../lib/device.js';
+import { native } from '../lib/native.js';
 
 // On the emulated device (a -DLONGCAT_CUDA_EMU=ON build, test/emu) only the smaller cases run.
 const emulated = native.buildInfo().cudaArchs === 'emulated';

@@ -14,7 +14,7 @@ import { openCheckpoint } from '../lib/checkpoint.js';
 import { initRandom } from '../lib/init-random.js';
 import { LongcatError } from '../lib/errors.js';
 import { toArray } from '../lib/tensor.js';
-import { type Rng, rng } from './rng.js';
+import { type Rng, rng } from '../lib/check/rng.js';
 
 const root = mkdtempSync(path.join(tmpdir(), 'lc-fuzz-'));
 const tiny = path.join(root, 'tiny');

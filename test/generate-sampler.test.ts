@@ -10,7 +10,7 @@ import { loadModel, type GenerateOptions, type GenerateResult, type Model } from
 import { native } from '../lib/native.js';
 import { fixtureRoot } from './model-fixture.js';
 import { cudaAvailable, rejects } from './helpers.js';
-import { argmaxRef, logprobsRef, penalizeRef } from './sampling-reference.js';
+import { argmaxRef, logprobsRef, penalizeRef } from '../lib/check/sampling-reference.js';
 
 const root = fixtureRoot('longcat-sampler-');
 let model: Model;

@@ -1,12 +1,12 @@
-// Shared test utilities: the seeded RNG (test/rng.ts), closeness checks, the backends to test.
+// Shared test utilities: the seeded RNG (lib/check/rng.ts), closeness checks, the backends to test.
 import { expect } from 'vitest';
 import { native } from '../lib/native.js';
 import { ConfigError, LongcatError } from '../lib/errors.js';
 import { parseConfig } from '../lib/config.js';
 import type { ChatMessage } from '../lib/chat.js';
 
-/** The seeded generator shared with the op-case table, the GPU check and the benchmarks (test/rng.ts). */
-export { rng } from './rng.js';
+/** The seeded generator shared with the op-case table, the GPU check and the benchmarks (lib/check/rng.ts). */
+export { rng } from '../lib/check/rng.js';
 
 /** Asserts |got - want| <= atol + rtol * |want| elementwise, reporting the worst element. */
 export function expectClose(got: ArrayLike<number>, want: ArrayLike<number>, atol: number, rtol = 0, what = 'values') {

@@ -1,7 +1,7 @@
 // The setup of the whole-model test files (test/model*.test.ts, test/session*.test.ts, test/ep*.test.ts): random
 // checkpoints in a temporary folder removed after the file, matmul precision 'highest' for the file
 // (fp32 products, so that the fast path can be held to 1e-4 of the float64 reference), the
-// helpers of test/model-helpers.ts bound to lib/, and the logit checks the model tests share.
+// helpers of lib/check/model-helpers.ts bound to lib/, and the logit checks the model tests share.
 import { afterAll, beforeAll, expect } from 'vitest';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -11,7 +11,7 @@ import { openCheckpoint } from '../lib/checkpoint.js';
 import { loadModel, type Model } from '../lib/generate.js';
 import { toArray, type Tensor } from '../lib/tensor.js';
 import { native } from '../lib/native.js';
-import { modelHelpers, type Engine } from './model-helpers.js';
+import { modelHelpers, type Engine } from '../lib/check/model-helpers.js';
 
 export const { referenceLogits, readLogits, fullForward, prefillThenDecode } = modelHelpers({ openCheckpoint, toArray });
 

@@ -15,7 +15,7 @@ import { native } from '../lib/native.js';
 import { activeParams } from '../lib/config.js';
 import { loadTokenizer } from '../lib/tokenizer.js';
 import { expectBatchedDecodeEqualsSingle, expectLogitsClose, readLogits, referenceLogits } from './model-fixture.js';
-import { referenceNgramIds } from './reference/ngram-ref.js';
+import { referenceNgramIds } from '../lib/check/reference/ngram-ref.js';
 import { backends, workLimitMs } from './helpers.js';
 
 const root = mkdtempSync(path.join(tmpdir(), 'longcat-lite-'));

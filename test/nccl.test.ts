@@ -12,7 +12,7 @@ import { Stream } from '../lib/device.js';
 import { tensor, empty } from '../lib/tensor.js';
 import type { Tensor } from '../types/native.js';
 import { native } from '../lib/native.js';
-import { rng } from './rng.js';
+import { rng } from '../lib/check/rng.js';
 
 const INSTALL_HINT = 'pip install nvidia-nccl-cu12';
 let dir = '';

@@ -7,7 +7,7 @@ import { ngramDims, type NgramConfig } from '../lib/config-ngram.js';
 import { ngramIds, ngramPowers, TokenHistory } from '../lib/model/ngram.js';
 import { activeParams, configToJson, parseConfig, requiredTensors } from '../lib/config.js';
 import type { ConfigError } from '../lib/errors.js';
-import { rng as seeded } from './rng.js';
+import { rng as seeded } from '../lib/check/rng.js';
 import { configErr } from './helpers.js';
 
 const LITE_NGRAM: NgramConfig = { vocabSizeRatio: 78, neighborNum: 4, splitNum: 4, eosId: 2 };

@@ -1,12 +1,12 @@
-// The op-case table (test/op-cases.ts) on the CPU: every case at every ISA this CPU has (AVX2,
-// AVX-512) against the scalar kernels, within the bounds of the error model (test/error-model.ts);
+// The op-case table (lib/check/op-cases.ts) on the CPU: every case at every ISA this CPU has (AVX2,
+// AVX-512) against the scalar kernels, within the bounds of the error model (lib/check/error-model.ts);
 // and the bounds' power: bugs planted in the inputs of the side under test (a dropped scale, a skipped
 // K block, a dropped key, a dropped routing weight) must fail the bounds a GPU run is held to.
 import { afterAll, describe, expect, it } from 'vitest';
-import { native } from '../dist/native.js';
-import { encode, toArray } from '../dist/tensor.js';
-import type { Tensor } from '../dist/tensor.js';
-import { budgetMs, cases, compareOutputs, makeCase, overLimits, SLOW_RUN_LIMITS, type Made } from './op-cases.js';
+import { native } from '../lib/native.js';
+import { encode, toArray } from '../lib/tensor.js';
+import type { Tensor } from '../lib/tensor.js';
+import { budgetMs, cases, compareOutputs, makeCase, overLimits, SLOW_RUN_LIMITS, type Made } from '../lib/check/op-cases.js';
 
 type Isa = 'scalar' | 'avx2' | 'avx512';
 const startIsa = native.cpuFeatures().isa as Isa;

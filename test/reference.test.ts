@@ -1,4 +1,4 @@
-// Sanity tests of the float64 reference itself (test/reference/longcat-ref.ts), on random tiny
+// Sanity tests of the float64 reference itself (lib/check/reference/longcat-ref.ts), on random tiny
 // weights. They prove the oracle right independently of any native code.
 import { describe, expect, it } from 'vitest';
 import { f32ToFp8e4m3, fp8e4m3ToF32 } from '../lib/numeric.js';
@@ -17,7 +17,7 @@ import {
   referenceRouter,
   ropeParams,
   rmsnorm,
-} from './reference/longcat-ref.js';
+} from '../lib/check/reference/longcat-ref.js';
 import { randomWeights, tinyConfig } from './reference/random-weights.js';
 
 const cfg = tinyConfig;

@@ -4,7 +4,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { full, native, tensor, toArray } from '../lib/index.js';
 import { ropeTables } from '../lib/rope.js';
 import { expectClose, rng, expectCode } from './helpers.js';
-import { type RefRopeScaling, yarnCorrectionRange } from './reference/longcat-ref.js';
+import { type RefRopeScaling, yarnCorrectionRange } from '../lib/check/reference/longcat-ref.js';
 
 const startIsa = native.cpuFeatures().isa;
 afterAll(() => {

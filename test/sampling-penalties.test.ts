@@ -1,11 +1,11 @@
 // penalize (repetition / presence / frequency penalties, logit bias) and logprobs against the
-// float64 / f32-rounding references of test/sampling-reference.ts, on odd sizes, every backend
+// float64 / f32-rounding references of lib/check/sampling-reference.ts, on odd sizes, every backend
 // (CPU; CUDA or its emulator when present), eagerly and replayed in a captured graph.
 import { describe, expect, it } from 'vitest';
 import { Stream, empty, native, tensor, toArray } from '../lib/index.js';
 import { backends, expectClose, expectCode, rng } from './helpers.js';
-import type { Rng } from './rng.js';
-import { logprobsRef, penalizeRef, type PenaltyRow } from './sampling-reference.js';
+import type { Rng } from '../lib/check/rng.js';
+import { logprobsRef, penalizeRef, type PenaltyRow } from '../lib/check/sampling-reference.js';
 
 /** A random row of settings: history of H entries (some -1 padding) over a few hot tokens. */
 function randomRow(r: Rng, V: number, H: number, nb: number): PenaltyRow {

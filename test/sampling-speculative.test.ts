@@ -3,7 +3,7 @@
 // hit, a chi-square test that the first token follows the sampler's filtered distribution whatever
 // the draft (CPU, and CUDA where present), thread-count independence, graph capture and replay
 // (each backend), and typed errors for bad inputs. The CUDA kernels are also compared with the CPU
-// in test/op-cases.ts (test/cuda.test.ts, emulated or on a GPU).
+// in lib/check/op-cases.ts (test/cuda.test.ts, emulated or on a GPU).
 import { describe, expect, it } from 'vitest';
 import { native, tensor, toArray, empty, Stream } from '../lib/index.js';
 import type { Tensor } from '../lib/index.js';
@@ -17,7 +17,7 @@ import {
   UNIFORM_ACCEPT,
   UNIFORM_RESIDUAL,
   type SampleP,
-} from './sampling-reference.js';
+} from '../lib/check/sampling-reference.js';
 
 const POISON = -7;
 const i32 = (values: ArrayLike<number>, shape: number[]) => tensor(Array.from(values), shape, { dtype: 'int32' });

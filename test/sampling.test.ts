@@ -4,7 +4,7 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { native, tensor, toArray } from '../lib/index.js';
 import { rng, expectCode } from './helpers.js';
-import { chiSquare, filtered, type SampleP } from './sampling-reference.js';
+import { chiSquare, filtered, type SampleP } from '../lib/check/sampling-reference.js';
 
 type Isa = 'scalar' | 'avx2' | 'avx512';
 const originalIsa = native.cpuFeatures().isa;

@@ -15,7 +15,7 @@ import { createServer, type LongcatServer } from '../lib/server.js';
 import { loadModel, type GenerateOptions, type GenerateResult, type Model } from '../lib/generate.js';
 import { parseToolCalls, type ChatMessage } from '../lib/chat.js';
 import { checkpointFixture, cpuModelFixture } from './model-fixture.js';
-import { rng } from './rng.js';
+import { rng } from '../lib/check/rng.js';
 
 const makeCheckpoint = checkpointFixture('longcat-server-', 17);
 const tiny = cpuModelFixture(makeCheckpoint, 'tiny', 1024);

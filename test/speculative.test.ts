@@ -14,7 +14,7 @@ import { native } from '../lib/native.js';
 import { toArray } from '../lib/tensor.js';
 import type { LongcatModel, SamplingParams } from '../lib/model/model.js';
 import type { SequenceCache } from '../lib/kv-cache.js';
-import { dequantFp8Block, referenceForward, referenceMtp, type RefConfig } from './reference/longcat-ref.js';
+import { dequantFp8Block, referenceForward, referenceMtp, type RefConfig } from '../lib/check/reference/longcat-ref.js';
 import { expectLogitsClose, fixtureRoot } from './model-fixture.js';
 
 const root = fixtureRoot('longcat-speculative-');

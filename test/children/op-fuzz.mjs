@@ -4,7 +4,7 @@
 // that already started count too); anything else is reported, and a signal or a hang kills this
 // process, whose last "call" line on stdout then names the op and its arguments.
 //
-// Arguments come two ways: valid calls recorded from the op-case table (test/op-cases.ts, the
+// Arguments come two ways: valid calls recorded from the op-case table (lib/check/op-cases.ts, the
 // smallest cases of each op) and from loading the tiny model with two expert-parallel ranks and
 // generating a few tokens (the expert-parallel and expert-set ops), mutated in one or two places, and
 // argument lists made up from scratch.
@@ -23,8 +23,8 @@ import { native } from '../../dist/native.js';
 import { LongcatError } from '../../dist/errors.js';
 import { initRandom } from '../../dist/init-random.js';
 import { loadModel } from '../../dist/generate.js';
-import { cases, overLimits, SLOW_RUN_LIMITS } from '../../dist-test/op-cases.js';
-import { rng } from '../../dist-test/rng.js';
+import { cases, overLimits, SLOW_RUN_LIMITS } from '../../dist/check/op-cases.js';
+import { rng } from '../../dist/check/rng.js';
 
 const seed = Number(process.argv[2] ?? 1);
 const calls = Number(process.argv[3] ?? 1000);

@@ -1,7 +1,7 @@
 // Random float64 LongCat-Flash weights in the checkpoint layout of SPEC 2.1 / 2.2, for the
 // reference tests (and any test that wants a tiny in-memory model).
 import { rng } from '../helpers.js';
-import type { RefConfig, RefTensor, RefWeights } from './longcat-ref.js';
+import type { RefConfig, RefTensor, RefWeights } from '../../lib/check/reference/longcat-ref.js';
 
 /** The tiny preset: hidden 64, 2 layers, vocab 512, 8 FFN + 4 zero experts, top-3. */
 export const tinyConfig: RefConfig = {

@@ -51,7 +51,7 @@ try {
     ];
     precision = 'fp8';
     cpuPrecision = process.argv[3];
-    tol = 2e-2; // an activation may round to a neighbouring e4m3 code (test/op-cases.ts)
+    tol = 2e-2; // an activation may round to a neighbouring e4m3 code (lib/check/op-cases.ts)
   }
   const want = run('cpu', inputs, cpuPrecision),
     got = run('cuda:0', inputs, precision);

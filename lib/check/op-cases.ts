@@ -1,18 +1,17 @@
 // The op-case table: every op that has a CUDA kernel, at the shapes, dtypes and matmul precisions
-// its kernels take, with inputs drawn from the shared seeded RNG (test/rng.ts, one seed per case, so
+// its kernels take, with inputs drawn from the shared seeded RNG (lib/check/rng.ts, one seed per case, so
 // every side of a comparison sees the same inputs) and a per-element error bound derived from the
-// error model of test/error-model.ts (llama.cpp's tests/test-backend-ops.cpp is the pattern). It drives
+// error model of lib/check/error-model.ts (llama.cpp's tests/test-backend-ops.cpp is the pattern). It drives
 //   * ISA parity on the CPU (test/op-cases.test.ts: scalar against AVX2 and AVX-512),
 //   * CUDA (or the emulated device of test/emu) against the CPU (test/cuda.test.ts),
-//   * the GPU check of a GPU session (scripts/gpu-check.mjs, which has only node, dist/ and the
-//     addon: this file is compiled by tsc -p tsconfig.cases.json into dist-test/, which
-//     scripts/gpu-prepare.sh builds and the session carries),
+//   * the GPU check of a GPU session (scripts/gpu-check.mjs) and `longcat doctor` (lib/doctor.ts) on
+//     a user's machine: this file ships, compiled into dist/check/,
 //   * the benchmarks' inputs (bench/*.mjs take the RNG and the weight makers from here).
-// Imports only dist/ (and through it the addon): nothing from vitest or node_modules.
-import { native } from '../dist/native.js';
-import { tensor, toArray, empty } from '../dist/tensor.js';
-import type { Tensor, DType } from '../dist/tensor.js';
-import type { Stream } from '../dist/device.js';
+// Imports only lib/ (and through it the addon): nothing from vitest or node_modules.
+import { native } from '../native.js';
+import { tensor, toArray, empty } from '../tensor.js';
+import type { Tensor, DType } from '../tensor.js';
+import type { Stream } from '../device.js';
 import { rng, type Rng } from './rng.js';
 import { argmaxRef, speculativeParams, type SampleP } from './sampling-reference.js';
 import { decodeFp8Row, encodeFp8Row, fp8RowBytes } from './fp8-cache-ref.js';
@@ -43,7 +42,7 @@ export interface Made {
   inputs?: Record<string, Tensor>;
   /** Queues the op on `stream` (null: the CPU). */
   run(stream: Stream | null): void;
-  /** Per output, the absolute error bound of each element between a `ref` and a `dut` side (test/error-model.ts). */
+  /** Per output, the absolute error bound of each element between a `ref` and a `dut` side (lib/check/error-model.ts). */
   bound?(sides: Sides, want: Values[]): Bound[];
   /** GPU-only cases (no CPU twin to compare with): a self-check after run(); the number of failures. */
   check?(stream: Stream): number;
@@ -148,7 +147,7 @@ const pair = (s: Sides, mode: GemmMode): [Arithmetic, Arithmetic] => [arithmetic
 
 /**
  * The bound of a GEMM-like output of `shape` (dot products of K terms) at `mode`: `runAbs` writes the
- * op over the inputs' magnitudes into its argument, on the CPU at 'highest' (test/error-model.ts).
+ * op over the inputs' magnitudes into its argument, on the CPU at 'highest' (lib/check/error-model.ts).
  */
 function magnitudeBound(sides: Sides, mode: GemmMode, K: number, shape: number[], runAbs: (m: Tensor) => void): Bound {
   const mag = onCpuHighest(() => {
@@ -1017,7 +1016,7 @@ for (const dt of ['f32', 'bf16'] as const) {
 
 /**
  * An fp8 latent cache (native/cpu/mla.h's layout) of nb x bs rows from uniform latents / rope keys,
- * encoded on the host by the reference (test/fp8-cache-ref.ts), and its rows as f32 values [nb * bs, dl + dr].
+ * encoded on the host by the reference (lib/check/fp8-cache-ref.ts), and its rows as f32 values [nb * bs, dl + dr].
  */
 export function fp8Cache(r: Rng, nb: number, bs: number, dl: number, dr: number, device: string) {
   const rows = nb * bs,

@@ -1,6 +1,6 @@
 // The one seeded random generator of the tests, the op-case table, the GPU check and the benchmarks
-// (the SDK's own, for sampling and init-random, lives in lib/). Plain TypeScript without imports: it
-// is compiled into dist-test/ (tsconfig.cases.json) for the scripts that run where no compiler is.
+// (the SDK's own, for sampling and init-random, lives in lib/). Plain TypeScript without imports,
+// shipped in dist/check/ for the scripts and `longcat doctor`.
 
 /** A deterministic generator per seed: xorshift128 on two 32-bit words (period 2^64 - 1). */
 export interface Rng {

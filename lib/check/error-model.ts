@@ -1,4 +1,4 @@
-// The error model every parity tolerance of the op-case table (test/op-cases.ts) is computed from:
+// The error model every parity tolerance of the op-case table (lib/check/op-cases.ts) is computed from:
 // how each side of a comparison (the reference and the device under test: the CPU at another ISA,
 // the emulated device, a GPU) may round, stated up front, so that a first run on a real card does
 // not fail on tolerances tuned to what the emulator happened to produce.

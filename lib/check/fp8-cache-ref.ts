@@ -3,7 +3,7 @@
 // conversions of lib/numeric.ts, so that the tests compare the native write bit for bit and build fp8
 // caches for the decode tests without going through the op under test. Shared by
 // test/attention.test.ts and the op-case table (which imports only dist/).
-import { bf16ToF32, f32ToBf16, f32ToFp8e4m3, fp8e4m3ToF32 } from '../dist/numeric.js';
+import { bf16ToF32, f32ToBf16, f32ToFp8e4m3, fp8e4m3ToF32 } from '../numeric.js';
 
 export const FP8_GROUP = 128;
 /** quant.h kFp8Tiny, as f32. */

@@ -2,22 +2,22 @@
 // the emulated device): on random checkpoints, the prefill logits agree, greedy decoding picks the
 // same tokens (up to near-ties), prefill + decode steps equal one full forward on the device under
 // test, and the captured-graph decode step equals the eager one. At precision 'highest' the device's
-// prefill logits are also held to the independent float64 reference of SPEC (test/reference), so a
-// run on the CPU alone (device = oracle, where the first two checks would compare a path with itself
-// and are left out) still compares against something independent. Used by scripts/gpu-check.mjs (the GPU machine has only node, dist/ and the addon: this
-// file is compiled into dist-test/ with the op-case table, tsconfig.cases.json) and by
-// test/cuda.test.ts. Imports only dist/ and core modules.
+// prefill logits are also held to the independent float64 reference of SPEC (lib/check/reference), so
+// a run on the CPU alone (device = oracle, where the first two checks would compare a path with
+// itself and are left out) still compares against something independent. Used by
+// scripts/gpu-check.mjs, `longcat doctor` (lib/doctor.ts; shipped in dist/check/) and
+// test/cuda.test.ts. Imports only lib/ and core modules.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { initRandom } from '../dist/init-random.js';
-import { loadModel } from '../dist/generate.js';
-import { toArray } from '../dist/tensor.js';
-import { openCheckpoint } from '../dist/checkpoint.js';
+import { initRandom } from '../init-random.js';
+import { loadModel } from '../generate.js';
+import { toArray } from '../tensor.js';
+import { openCheckpoint } from '../checkpoint.js';
 import { modelHelpers } from './model-helpers.js';
-import { native } from '../dist/native.js';
-import type { MatmulPrecision } from '../dist/device.js';
-import type { InitRandomOptions } from '../dist/init-random.js';
+import { native } from '../native.js';
+import type { MatmulPrecision } from '../device.js';
+import type { InitRandomOptions } from '../init-random.js';
 
 const prompt = [5, 17, 300, 2, 99, 41, 7, 260, 1, 3, 511, 64, 8, 200, 33, 12, 90];
 

@@ -1,9 +1,7 @@
-// What the whole-model checks share (test/model.test.ts, test/model-long.test.ts, test/model-cases.ts):
+// What the whole-model checks share (test/model.test.ts, test/model-long.test.ts, lib/check/model-cases.ts):
 // the float64 reference's logits over a checkpoint's own weights, and the logits of a full forward
-// and of a prefill followed by one decode step per token. Imports neither lib/ nor dist/: the caller
-// binds the helpers to the build it tests (the vitest files to lib/, model-cases.ts to dist/, which it
-// is compiled against for the GPU check). Importing one build here would load a second copy of the
-// error classes beside the other in one process, and `instanceof LongcatError` would fail in tests.
+// and of a prefill followed by one decode step per token. Imports no SDK module: the caller binds the
+// helpers to the functions it uses (openCheckpoint, toArray).
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { dequantFp8Block, referenceForward, type RefConfig } from './reference/longcat-ref.js';
