@@ -1,5 +1,5 @@
-// Helpers shared by the benchmark scripts: a monotonic clock, medians, the read-bandwidth probe,
-// the weight bytes a decode step reads (accounting), and deterministic random inputs, drawn from
+// Helpers shared by the benchmark scripts: a monotonic clock, medians, the read-bandwidth probe and
+// the weight bytes a decode step reads (accounting; both from lib/bench.ts), and deterministic random inputs, drawn from
 // the seeded RNG the tests and the op-case table use (lib/check/rng.ts and lib/check/op-cases.ts, compiled
 // into dist/check/ by npm run build:ts), so every run times the same data.
 import { native } from '../dist/native.js';
@@ -37,74 +37,9 @@ export function eventTimes(dev, stream, fn, iters) {
   return times;
 }
 
-const linBytes = l => l.weight.nbytes + (l.scale ? l.scale.nbytes : 0);
-const linParams = l => numel(l.weight.shape);
-/** Bytes of an MLA sub-layer's weights a decode step reads (the absorbed form: kv_b as W_UK / W_UV). */
-const mlaBytes = a =>
-  [a.qA, a.qB, a.kvLatent, a.kvRope, a.o].reduce((s, l) => s + linBytes(l), 0) +
-  a.kvB.nbytes +
-  (a.kvBScales ? a.kvBScales.uk.nbytes + a.kvBScales.uv.nbytes : 0) +
-  a.qNorm.nbytes +
-  a.kvNorm.nbytes;
-
-/**
- * Weight bytes a decode step reads and linear FLOPs per prefill token, from a loaded model's
- * engine weights (bench/model.mjs, bench/speculative.mjs): the non-expert weights (dense), the
- * final norm + lm_head (head), the N-gram rows and projections, one routed expert; with an MTP
- * head, its layer (eh_proj halves, norms, MLA, dense MLP, final norm; its embedding excluded: one
- * row is read), which a draft reads besides the shared lm_head.
- */
-export function accounting(model) {
-  const w = model.engine.w;
-  let denseBytes = 0,
-    denseParams = 0; // denseParams: per-token linear MACs in the prefill (expanded) form
-  for (const L of w.layers) {
-    for (const a of L.attn) {
-      denseBytes += mlaBytes(a);
-      for (const l of [a.qA, a.qB, a.kvLatent, a.kvRope, a.o]) denseParams += linParams(l);
-      denseParams += linParams(a.kvBLinear); // prefill: kv_b_proj on every cached token
-    }
-    for (const m of L.mlp)
-      for (const l of [m.gate, m.up, m.down]) {
-        denseBytes += linBytes(l);
-        denseParams += linParams(l);
-      }
-    denseBytes += L.moe.classifier.nbytes + L.moe.bias.nbytes;
-    denseParams += numel(L.moe.classifier.shape);
-    for (const n of [...L.inputNorm, ...L.postAttnNorm]) denseBytes += n.nbytes;
-  }
-  const headBytes = w.norm.nbytes + linBytes(w.lmHead);
-  // N-gram models: one row of every table per token, then all the projections.
-  const ngramBytes = w.ngram ? w.ngram.tables.reduce((a, t) => a + t.nbytes / t.shape[0], 0) + w.ngram.proj.nbytes : 0;
-  const m = w.mtp;
-  const mtpBytes = m
-    ? linBytes(m.ehEmbed) +
-      linBytes(m.ehHidden) +
-      [m.enorm, m.hnorm, m.inputNorm, m.postAttnNorm, m.norm].reduce((s, t) => s + t.nbytes, 0) +
-      mlaBytes(m.attn) +
-      [m.mlp.gate, m.mlp.up, m.mlp.down].reduce((s, l) => s + linBytes(l), 0)
-    : 0;
-  const x = model.checkpoint.expertWeights(0, 0);
-  const expertBytes = [x.gate, x.up, x.down, x.gateScale, x.upScale, x.downScale].reduce((a, t) => a + (t ? t.nbytes : 0), 0);
-  const expertParams = numel(x.gate.shape) + numel(x.up.shape) + numel(x.down.shape);
-  return {
-    denseBytes,
-    headBytes,
-    ngramBytes,
-    nonExpertBytes: denseBytes + headBytes + ngramBytes,
-    expertBytes,
-    expertParams,
-    denseParams,
-    headParams: linParams(w.lmHead),
-    lmHeadBytes: linBytes(w.lmHead),
-    mtpBytes,
-    weightDtype: w.layers[0].mlp[0].gate.weight.dtype,
-    embedBytes: w.embed.nbytes,
-  };
-}
-
-/** GB/s summing 1 GiB with every pool thread (native/ops/bench.cc). */
-export const readBandwidth = () => native.benchReadBandwidth(1 << 30, 3).gbps;
+// The weight accounting (bytes a decode step reads, FLOPs per prefill token) and the host read-bandwidth
+// probe live in lib/bench.ts, which `longcat bench` ships with.
+export { weightAccounting as accounting, readBandwidth } from '../dist/bench.js';
 
 /** bf16 bits with magnitude 2^(exp-127) .. 2^(exp-124) and random sign (finite, never zero). */
 export function randomBf16(n, seed, exp) {

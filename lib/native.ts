@@ -1,5 +1,6 @@
 // Loads longcat.node once. Order: $LONGCAT_ADDON (an explicit path), then node-gyp-build
 // (prebuilds/ for this platform, then build/Release). A load failure says how to fix it.
+import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
@@ -8,6 +9,11 @@ import { LoadError, makeError } from './errors.js';
 
 const require = createRequire(import.meta.url);
 export const packageRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+
+/** This package's version (its package.json). */
+export function packageVersion(): string {
+  return (JSON.parse(readFileSync(path.join(packageRoot, 'package.json'), 'utf8')) as { version: string }).version;
+}
 
 function load(): Native {
   const explicit = process.env.LONGCAT_ADDON;
