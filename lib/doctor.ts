@@ -57,6 +57,8 @@ export interface DoctorOptions {
   device?: string;
   /** One case per op instead of one per op, dtypes and precision; fewer decode steps (CI). */
   quick?: boolean;
+  /** Called with the machine's facts before the first check. */
+  onStart?: (env: DoctorEnvironment) => void;
   /** Called as each check finishes. */
   onCheck?: (c: DoctorCheck) => void;
   signal?: AbortSignal;
@@ -132,6 +134,7 @@ export function doctorEnvironment(opts: { cpuOnly?: boolean } = {}): DoctorEnvir
 export async function runDoctor(opts: DoctorOptions = {}): Promise<DoctorReport> {
   const t0 = performance.now();
   const env = doctorEnvironment(opts);
+  opts.onStart?.(env);
   const checks: DoctorCheck[] = [];
   const add = (c: DoctorCheck) => {
     checks.push(c);
