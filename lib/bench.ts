@@ -134,7 +134,7 @@ export interface BenchOptions {
   nGen?: number;
   /** Repetitions of each test. Default 5. */
   repetitions?: number;
-  /** Bytes the bandwidth probe reads (default 1 GiB). */
+  /** Bytes the bandwidth probe reads (default: 8x the checkpoint, within [256 MiB, 1 GiB], beyond the caches). */
   probeBytes?: number;
   /** Called before each timed repetition (progress). */
   onRun?: (test: string, rep: number, of: number) => void;
@@ -176,8 +176,9 @@ export interface BenchResult {
   device: string;
   n_threads: number;
   repetitions: number;
-  /** The two bandwidth probes (GB/s, before and after the tests). */
+  /** The two bandwidth probes (GB/s, before and after the tests), and the bytes each read. */
   bandwidth_samples_gbps: number[];
+  bandwidth_probe_bytes: number;
   rows: BenchRow[];
 }
 
@@ -259,7 +260,8 @@ export function benchModel(model: Model, name: string, opts: BenchOptions = {}):
     reps = opts.repetitions ?? 5;
   const device = model.device;
   const acc = weightAccounting(model);
-  const bw0 = measureBandwidth(device, opts.probeBytes);
+  const probe = opts.probeBytes ?? Math.min(1 << 30, Math.max(256 << 20, 8 * model.checkpoint.totalBytes));
+  const bw0 = measureBandwidth(device, probe);
   const rows: BenchRow[] = [];
   const tests: [string, number, number, typeof prefill][] = [];
   if (nPrompt > 0) tests.push([`pp${nPrompt}`, nPrompt, 0, prefill]);
@@ -296,7 +298,7 @@ export function benchModel(model: Model, name: string, opts: BenchOptions = {}):
       },
     });
   }
-  const bw1 = measureBandwidth(device, opts.probeBytes);
+  const bw1 = measureBandwidth(device, probe);
   const bw = Math.max(bw0, bw1);
   for (const { row } of raw) {
     const bpt = row.weight_bytes_per_token;
@@ -316,6 +318,7 @@ export function benchModel(model: Model, name: string, opts: BenchOptions = {}):
     n_threads: device === 'cpu' ? native.threads() : 0,
     repetitions: reps,
     bandwidth_samples_gbps: [bw0, bw1],
+    bandwidth_probe_bytes: probe,
     rows,
   };
 }

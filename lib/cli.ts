@@ -757,7 +757,8 @@ async function main(argv: string[]) {
 }
 
 main(process.argv.slice(2)).catch((err: unknown) => {
-  const parseError = (err as { code?: string })?.code?.startsWith('ERR_PARSE_ARGS');
+  const code = (err as { code?: unknown })?.code;
+  const parseError = typeof code === 'string' && code.startsWith('ERR_PARSE_ARGS');
   if (err instanceof UsageError || parseError) {
     const usage = current ? `${commandHelp(current)}(longcat ${current} --help)\n` : USAGE;
     process.stderr.write(`longcat: ${(err as Error).message}${err instanceof LongcatError ? ` [${err.code}]` : ''}\n${usage}`);

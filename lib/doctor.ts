@@ -64,8 +64,10 @@ export interface DoctorOptions {
   signal?: AbortSignal;
 }
 
-/** Work limits of the doctor's op cases: the small ones (a second or two of scalar CPU time in all). */
+/** Work limits of the doctor's op cases: the small ones (seconds of scalar CPU time in all); on the
+ *  emulated device (one fiber per CUDA thread) smaller still. */
 const DOCTOR_LIMITS: Limits = { flops: 2e6, bytes: 1 << 20 };
+const EMULATED_LIMITS: Limits = { flops: 2e5, bytes: 64 << 10 };
 
 /**
  * The op cases doctor runs: per op (quick) or per op, operand dtypes and precision, one of the
@@ -73,7 +75,8 @@ const DOCTOR_LIMITS: Limits = { flops: 2e6, bytes: 1 << 20 };
  * CPU-twinned only when `cpu`.
  */
 export function doctorCases(opts: { quick?: boolean; cpu?: boolean; limits?: Limits } = {}): OpCase[] {
-  const limits = opts.limits ?? DOCTOR_LIMITS;
+  const emulated = native.buildInfo().cudaArchs === 'emulated';
+  const limits = opts.limits ?? (emulated && !opts.cpu ? EMULATED_LIMITS : DOCTOR_LIMITS);
   const best = new Map<string, OpCase>();
   for (const c of cases) {
     if (c.gemm || overLimits(c, limits) || (opts.cpu && c.gpuOnly)) continue; // opt-in kernels: gpu-check only
@@ -148,7 +151,7 @@ export async function runDoctor(opts: DoctorOptions = {}): Promise<DoctorReport>
     // ---- CUDA ops against their CPU twins
     const stream = new Stream(device);
     try {
-      for (const c of doctorCases({ quick: opts.quick, limits: emulated ? { flops: 2e5, bytes: 64 << 10 } : undefined })) {
+      for (const c of doctorCases({ quick: opts.quick })) {
         opts.signal?.throwIfAborted();
         const t = performance.now();
         try {

@@ -1,8 +1,9 @@
-// The CLI's error paths and the interactive chat: usage mistakes exit 2 with the usage text and are
-// caught before any model is loaded; runtime errors exit 1; `chat` answers lines read from stdin.
+// The CLI's conventions and error paths, and the interactive chat: --version, `help` and
+// `<command> --help` exit 0 on stdout; usage mistakes exit 2 with the command's usage and are caught
+// before any model is loaded; runtime errors exit 1; Ctrl+C exits 130; `chat` answers lines read from stdin.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { initRandom } from '../lib/init-random.js';
@@ -48,6 +49,67 @@ describe('longcat CLI error paths', () => {
     expect(r.status, r.stderr).toBe(2);
     expect(r.stderr).toMatch(message);
     expect(r.stderr).not.toMatch(/nonexistent/); // validated before the checkpoint is opened
+  });
+
+  it('--version prints the package version and exits 0', () => {
+    const r = run(['--version']);
+    expect(r.status, r.stderr).toBe(0);
+    const pkg = JSON.parse(readFileSync(path.resolve(__dirname, '../package.json'), 'utf8')) as { version: string };
+    expect(r.stdout.trim()).toBe(`longcat-flash ${pkg.version}`);
+  });
+
+  it('no command, --help and `help` print the command list on stdout and exit 0', () => {
+    for (const args of [[], ['--help'], ['-h'], ['help']]) {
+      const r = run(args);
+      expect(r.status, `${args.join(' ')}: ${r.stderr}`).toBe(0);
+      expect(r.stdout).toMatch(/^usage: longcat <command>/);
+      for (const cmd of ['generate', 'chat', 'serve', 'inspect', 'init-random', 'quantize', 'eval', 'bench', 'doctor', 'info'])
+        expect(r.stdout).toMatch(new RegExp(`^  ${cmd} `, 'm'));
+    }
+  });
+
+  const commands = ['generate', 'chat', 'serve', 'inspect', 'init-random', 'quantize', 'eval', 'bench', 'doctor', 'info', 'help'];
+  it.each(commands)('%s: --help, -h and `help <command>` print its usage and options, exit 0, and load nothing', cmd => {
+    for (const args of [[cmd, '--help'], [cmd, '-h'], ['help', cmd]]) {
+      const r = run(args);
+      expect(r.status, `${args.join(' ')}: ${r.stderr}`).toBe(0);
+      expect(r.stdout).toMatch(new RegExp(`^usage: longcat ${cmd} `));
+      expect(r.stderr).toBe(''); // no model loaded or written, nothing else said
+    }
+    // --help wins over a missing required argument or an invalid value
+    const r = run([cmd, '--max-tokens', 'x', '--help']);
+    expect(r.status).toBe(0);
+  });
+
+  it('help of an unknown command exits 2', () => {
+    const r = run(['help', 'frobnicate']);
+    expect(r.status).toBe(2);
+    expect(r.stderr).toMatch(/unknown command 'frobnicate'/);
+  });
+
+  const early: [string[], RegExp][] = [
+    [['bench', '--model', missing, '-p', 'x'], /--n-prompt must be an integer >= 0, got 'x'/],
+    [['bench', '--model', missing, '-n', '1.5'], /--n-gen must be an integer >= 0/],
+    [['bench', '--model', missing, '-r', '0'], /--repetitions must be an integer >= 1, got '0'/],
+    [['bench', '--model', missing, '-o', 'xml'], /--output must be md, json or jsonl, got 'xml'/],
+    [['bench', '--model', missing, '-p', '0', '-n', '0'], /nothing to run/],
+    [['bench', '--model', missing, '--backend', 'tpu'], /--backend must be auto, cpu or cuda/],
+    [['bench', '--model', missing, '--preset', 'tiny'], /--model DIR or --preset P, not both/],
+    [['bench', '--preset', 'huge'], /unknown preset 'huge'/],
+    [['doctor', '--device', 'gpu0'], /--device must be cuda:N, got 'gpu0'/],
+    [['doctor', '--frobnicate'], /--frobnicate/],
+    [['inspect', missing, 'extra'], /one checkpoint directory, got 2 arguments/],
+    [['serve', '--model', missing, '--max-concurrent', '0'], /--max-concurrent must be an integer >= 1/],
+    [['serve', '--model', missing, '--port', '70000'], /--port must be an integer in \[0, 65535\]/],
+    [['quantize', '--to', 'fp4', missing, '/tmp/never'], /--to must be fp8 or int8/],
+    [['eval', '--kld', missing, missing, '--text', 'x', '--ctx', '2'], /--ctx must be an integer >= 3/],
+  ];
+  it.each(early)('%j: exits 2 naming the problem, with the command\'s usage, before touching a model', (args, message) => {
+    const r = run(args);
+    expect(r.status, r.stderr).toBe(2);
+    expect(r.stderr).toMatch(message);
+    expect(r.stderr).toMatch(new RegExp(`usage: longcat ${args[0]} `));
+    expect(r.stderr).not.toMatch(/nonexistent|writing a random/); // validated before a checkpoint is opened or written
   });
 
   it('missing required arguments exit 2', () => {
