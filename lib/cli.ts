@@ -420,6 +420,7 @@ async function serve(args: string[]) {
       return;
     }
     stopping = true;
+    if (signal === 'SIGINT') process.exitCode = 130; // interrupted; SIGTERM is an orderly stop (0)
     const { running, queued } = server.load;
     process.stderr.write(`longcat: ${signal}: no new requests; waiting for ${running + queued} in flight\n`);
     ac.abort();
