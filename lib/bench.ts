@@ -328,8 +328,23 @@ const fmtCount = (n: number) => (n >= 1e9 ? `${(n / 1e9).toFixed(2)} B` : `${(n 
 
 /** llama-bench's markdown table, with the roofline columns after t/s. */
 export function benchMarkdown(r: BenchResult): string {
-  const head = ['model', 'size', 'params', 'backend', 'threads', 'test', 't/s', 'weight MB/token', 'read GB/s', 'roofline t/s', '% roofline'];
-  const lines = [`| ${head.join(' | ')} |`, `| ${head.map((h, i) => (i < 5 ? '-'.repeat(h.length) : `${'-'.repeat(h.length - 1)}:`)).join(' | ')} |`];
+  const head = [
+    'model',
+    'size',
+    'params',
+    'backend',
+    'threads',
+    'test',
+    't/s',
+    'weight MB/token',
+    'read GB/s',
+    'roofline t/s',
+    '% roofline',
+  ];
+  const lines = [
+    `| ${head.join(' | ')} |`,
+    `| ${head.map((h, i) => (i < 5 ? '-'.repeat(h.length) : `${'-'.repeat(h.length - 1)}:`)).join(' | ')} |`,
+  ];
   for (const x of r.rows)
     lines.push(
       `| ${[

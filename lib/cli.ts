@@ -39,7 +39,7 @@ const HELP: Record<string, string> = {
   --speculative          draft with the MTP head and verify (checkpoints with one)
   --backend auto|cpu|cuda, --threads N, --max-context N, --prefill-chunk N
 Ctrl+C stops the generation (exit 130).`,
-  chat: `chat --model DIR [options]   interactive chat on stdin / stdout
+  chat: `chat [--model DIR] [options]   interactive chat on stdin / stdout
   --system TEXT          a system message; the sampling and model options of generate
 Ctrl+C stops an answer; at the prompt it quits.`,
   serve: `serve [--model DIR] [--host H] [--port P] [options]   an OpenAI-compatible HTTP server
@@ -159,7 +159,11 @@ async function presetDir(name: string, opts: Omit<InitRandomOptions, 'out' | 'on
     const tmp = `${dir}.tmp-${process.pid}`;
     const bar = progressBar('writing');
     try {
-      await initRandom({ ...opts, out: tmp, onProgress: p => bar.update(p.bytes, p.totalBytes, `writing ${path.basename(p.file)}`) });
+      await initRandom({
+        ...opts,
+        out: tmp,
+        onProgress: p => bar.update(p.bytes, p.totalBytes, `writing ${path.basename(p.file)}`),
+      });
     } catch (e) {
       rmSync(tmp, { recursive: true, force: true });
       throw e;
@@ -276,7 +280,8 @@ async function openModel(
         const label = p.phase === 'upload' ? `uploading to ${p.device}` : p.phase === 'host' ? 'host-resident tables' : 'mapping';
         if (label !== phase) {
           bar.end();
-          bar = progressBar((phase = label));
+          phase = label;
+          bar = progressBar(label);
         }
         bar.update(p.bytes, p.totalBytes);
       },
@@ -675,7 +680,10 @@ async function doctorCmd(args: string[], signal: AbortSignal) {
     signal,
     onStart: env => print(doctorHeader(env)),
     onCheck: c => {
-      if (c.section !== section) print(`\n${(section = c.section)}:\n`);
+      if (c.section !== section) {
+        section = c.section;
+        print(`\n${section}:\n`);
+      }
       print(doctorLine(c));
     },
   });
@@ -685,7 +693,8 @@ async function doctorCmd(args: string[], signal: AbortSignal) {
   if (v.report !== undefined) {
     writeFileSync(v.report, json);
     process.stderr.write(`longcat: report written to ${path.resolve(v.report)} (attach it to a bug report)\n`);
-  } else if (!v.json) process.stderr.write('longcat: `longcat doctor --json > report.json` writes the report to attach to a bug report\n');
+  } else if (!v.json)
+    process.stderr.write('longcat: `longcat doctor --json > report.json` writes the report to attach to a bug report\n');
   if (!r.ok) process.exitCode = 1;
 }
 

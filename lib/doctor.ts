@@ -13,7 +13,16 @@ import { native, packageVersion } from './native.js';
 import { Stream } from './device.js';
 import { initRandom } from './init-random.js';
 import { loadModel } from './generate.js';
-import { cases, checkCase, compareOutputs, makeCase, overLimits, SLOW_RUN_LIMITS, type Limits, type OpCase } from './check/op-cases.js';
+import {
+  cases,
+  checkCase,
+  compareOutputs,
+  makeCase,
+  overLimits,
+  SLOW_RUN_LIMITS,
+  type Limits,
+  type OpCase,
+} from './check/op-cases.js';
 import { modelChecks, type ModelVariant } from './check/model-cases.js';
 
 export interface DoctorCheck {
@@ -308,13 +317,21 @@ export function doctorHeader(r: DoctorEnvironment): string {
   lines.push(`longcat-flash ${r.longcat}, node ${r.node}, ${r.platform}`);
   lines.push(`cpu:    ${r.cpu.model}, ${r.cpu.cores} cores, ${r.cpu.threads} threads, kernels ${r.cpu.isa}`);
   const b = r.build;
-  lines.push(`build:  ${String(b.buildSystem)}, ${String(b.compiler)}, CUDA ${b.cuda ? `sm_${String(b.cudaArchs)}` : 'not compiled in'}`);
+  lines.push(
+    `build:  ${String(b.buildSystem)}, ${String(b.compiler)}, CUDA ${b.cuda ? `sm_${String(b.cudaArchs)}` : 'not compiled in'}`,
+  );
   // The driver's version and the floor this build needs, where the addon reports them.
   const driver = Object.entries({ ...r.build, ...r.cuda.status }).filter(([k]) => /driver/i.test(k));
   lines.push(`driver: ${driver.length ? driver.map(([k, v]) => `${k} ${String(v)}`).join(', ') : 'not reported by this build'}`);
   for (const d of r.cuda.devices)
-    lines.push(`card:   ${String(d.id)} ${String(d.name)}, sm_${String(d.computeCapability).replace('.', '')}, ${String(d.multiprocessors)} SMs`);
-  lines.push(r.cuda.used ? 'cuda:   checking the CUDA device against the CPU, then the CPU' : `cuda:   not checked: ${r.cuda.why}; checking the CPU only`);
+    lines.push(
+      `card:   ${String(d.id)} ${String(d.name)}, sm_${String(d.computeCapability).replace('.', '')}, ${String(d.multiprocessors)} SMs`,
+    );
+  lines.push(
+    r.cuda.used
+      ? 'cuda:   checking the CUDA device against the CPU, then the CPU'
+      : `cuda:   not checked: ${r.cuda.why}; checking the CPU only`,
+  );
   return `${lines.join('\n')}\n`;
 }
 
@@ -336,7 +353,10 @@ export function doctorTable(r: DoctorReport): string {
   let out = doctorHeader(r),
     section = '';
   for (const c of r.checks) {
-    if (c.section !== section) out += `\n${(section = c.section)}:\n`;
+    if (c.section !== section) {
+      section = c.section;
+      out += `\n${section}:\n`;
+    }
     out += doctorLine(c);
   }
   return `${out}\n${doctorSummary(r)}`;

@@ -177,7 +177,9 @@ describe('longcat bench', { timeout: 600_000 }, () => {
       '| model | size | params | backend | threads | test | t/s | weight MB/token | read GB/s | roofline t/s | % roofline |',
     );
     expect(table).toHaveLength(3);
-    expect(table[2]).toMatch(/^\| longcat-flash-tiny-bench \| .* \| tg4 \| [\d.]+ ± [\d.]+ \| [\d.]+ \| [\d.]+ \| [\d.]+ \| [\d.]+% \|$/);
+    expect(table[2]).toMatch(
+      /^\| longcat-flash-tiny-bench \| .* \| tg4 \| [\d.]+ ± [\d.]+ \| [\d.]+ \| [\d.]+ \| [\d.]+ \| [\d.]+% \|$/,
+    );
   });
 });
 

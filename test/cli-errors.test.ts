@@ -70,7 +70,11 @@ describe('longcat CLI error paths', () => {
 
   const commands = ['generate', 'chat', 'serve', 'inspect', 'init-random', 'quantize', 'eval', 'bench', 'doctor', 'info', 'help'];
   it.each(commands)('%s: --help, -h and `help <command>` print its usage and options, exit 0, and load nothing', cmd => {
-    for (const args of [[cmd, '--help'], [cmd, '-h'], ['help', cmd]]) {
+    for (const args of [
+      [cmd, '--help'],
+      [cmd, '-h'],
+      ['help', cmd],
+    ]) {
       const r = run(args);
       expect(r.status, `${args.join(' ')}: ${r.stderr}`).toBe(0);
       expect(r.stdout).toMatch(new RegExp(`^usage: longcat ${cmd} `));
@@ -104,7 +108,7 @@ describe('longcat CLI error paths', () => {
     [['quantize', '--to', 'fp4', missing, '/tmp/never'], /--to must be fp8 or int8/],
     [['eval', '--kld', missing, missing, '--text', 'x', '--ctx', '2'], /--ctx must be an integer >= 3/],
   ];
-  it.each(early)('%j: exits 2 naming the problem, with the command\'s usage, before touching a model', (args, message) => {
+  it.each(early)("%j: exits 2 naming the problem, with the command's usage, before touching a model", (args, message) => {
     const r = run(args);
     expect(r.status, r.stderr).toBe(2);
     expect(r.stderr).toMatch(message);

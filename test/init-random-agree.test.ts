@@ -14,7 +14,13 @@ import { toArray } from '../lib/tensor.js';
 import { loadModel } from '../lib/generate.js';
 import { loadTokenizer } from '../lib/tokenizer.js';
 import { native } from '../lib/native.js';
-import { dequantFp8Block, referenceForward, referenceMtp, type RefConfig, type RefWeights } from '../lib/check/reference/longcat-ref.js';
+import {
+  dequantFp8Block,
+  referenceForward,
+  referenceMtp,
+  type RefConfig,
+  type RefWeights,
+} from '../lib/check/reference/longcat-ref.js';
 import { rejects, rng, workLimitMs } from './helpers.js';
 
 const root = mkdtempSync(path.join(tmpdir(), 'lc-agree-'));
