@@ -6,10 +6,10 @@
 #     no GCC_ version above 4.2.0; every SASS target of cudaArchs in `cuobjdump --list-elf`, every
 #     PTX one in --list-ptx;
 #  2. the tarball installed into empty projects with PATH holding only node, npm and npx (no
-#     compiler, cmake, make, python or nvcc): with --ignore-scripts (npm 12's default) and with the
-#     install script; neither installs the build tools (cmake-js, node-addon-api); the commands of
-#     USER_COMMANDS run in the installed project; a forced source build there fails saying what to
-#     install and run.
+#     compiler, cmake, make, python or nvcc): with --ignore-scripts (as npm 12 does by default) and
+#     with the install script allowed (which must take the prebuild); neither installs the build
+#     tools (cmake-js, node-addon-api); the commands of USER_COMMANDS run in each installed
+#     project; a forced source build there fails saying what to install and run.
 #   scripts/pack-check.sh [TARBALL]   (a tarball given: no npm pack, check that one)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -87,7 +87,9 @@ install_into() { # DIR, npm install options...
   local dir=$1
   shift
   mkdir "$dir"
-  (cd "$dir" && npm init -y >/dev/null && npm install --no-audit --no-fund --prefer-offline "$@" "$tarball" 2>&1 | tail -5) || fail "npm install $* in $dir"
+  (cd "$dir" && npm init -y >/dev/null && npm install --no-audit --no-fund --prefer-offline "$@" "$tarball" >"$dir.log" 2>&1) ||
+    { tail -20 "$dir.log"; fail "npm install $* in $dir"; }
+  grep '^longcat-flash:' "$dir.log" || true
   for tool in cmake-js node-addon-api node-gyp; do
     [ ! -e "$dir/node_modules/$tool" ] || fail "npm install $* installed the build tool $tool"
   done
@@ -103,11 +105,12 @@ t0=$SECONDS
 echo "-- npm install --ignore-scripts"
 install_into "$work/p1" --ignore-scripts
 run_user_commands "$work/p1"
-echo "-- npm install (install script enabled)"
-install_into "$work/p2"
+echo "-- npm install with the install script (npm 11.x runs a dependency's only when allowed)"
+install_into "$work/p2" --foreground-scripts --dangerously-allow-all-scripts
+grep -q '^longcat-flash: using the prebuilt addon' "$work/p2.log" || fail "the install script did not take the prebuild"
 run_user_commands "$work/p2"
 echo "-- npm rebuild longcat-flash --build-from-source without build tools: fails, saying what to run"
-if out=$(cd "$work/p2" && npm rebuild longcat-flash --build-from-source 2>&1); then
+if out=$(cd "$work/p2" && npm rebuild longcat-flash --build-from-source --foreground-scripts 2>&1); then
   fail "a source build without build tools succeeded?"
 fi
 echo "$out" | grep -q 'npm install --save-dev cmake-js node-addon-api' || fail "the failed source build does not say what to install: $out"

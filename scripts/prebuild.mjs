@@ -14,6 +14,7 @@ import { fileURLToPath } from 'node:url';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const pkg = JSON.parse(readFileSync(path.join(root, 'package.json'), 'utf8'));
+/** @type {NodeJS.ProcessEnv} */
 const env = { ...process.env, PATH: `${process.env.PATH}:/usr/local/cuda/bin` };
 const log = msg => console.log(`prebuild: ${msg}`);
 

@@ -31,7 +31,7 @@ function withDriver(driver: string) {
 }
 
 describe.skipIf(!emulated)('CUDA driver floor (emulated driver)', () => {
-  it('a driver for CUDA 12.8 (release 570): CPU backend, a warning and an error naming both versions and driver 580', () => {
+  it('a driver for CUDA 12.8 (a 570 driver): CPU backend, a warning and an error naming both versions and driver 580', () => {
     const r = withDriver('12080');
     expect(r.status).toMatchObject({
       compiled: true,
