@@ -3,9 +3,9 @@
 # builds prebuilds/linux-x64 for package.json's "longcat".cudaArchs), then:
 #  1. the prebuild in the tarball: needs only libc/libm/libgcc_s/ld-linux, no GLIBCXX_/CXXABI_
 #     symbol versions (libstdc++ is inside), no GLIBC_ version above package.json's "longcat".glibc,
-#     no GCC_ version above 4.2.0; every SASS target of cudaArchs in `cuobjdump --list-elf`, every
-#     PTX one in --list-ptx;
-#  2. the tarball installed into empty projects with PATH holding only node, npm and npx (no
+#     no GCC_ version above 4.2.0; every target of cudaArchs (SASS and PTX) in the fatbin of
+#     every kernel file (scripts/fatbin-list.mjs; cuobjdump agrees where installed);
+#  2. the tarball installed into empty projects with PATH holding only node, npm, npx and sh (no
 #     compiler, cmake, make, python or nvcc): with --ignore-scripts (as npm 12 does by default) and
 #     with the install script allowed (which must take the prebuild); neither installs the build
 #     tools (cmake-js, node-addon-api); the commands of USER_COMMANDS run in each installed
@@ -65,29 +65,36 @@ echo "glibc: needs GLIBC_$glibc, declared >= $floor; libgcc_s: GCC_${gcc:-none}"
 archs=$(meta cudaArchs)
 built=$(node -p "require('$addon').buildInfo().cudaArchs")
 [ "$built" = "${archs//;/,}" ] || fail "buildInfo().cudaArchs is '$built', package.json says '$archs'"
-cuobjdump=$(command -v cuobjdump || echo /usr/local/cuda/bin/cuobjdump)
-elf=$("$cuobjdump" --list-elf "$addon" | grep -o 'sm_[0-9]*a\?' | sort -u | tr '\n' ' ')
-ptx=$("$cuobjdump" --list-ptx "$addon" | grep -o 'sm_[0-9]*a\?' | sort -u | tr '\n' ' ')
-echo "cuobjdump: SASS $elf; PTX $ptx"
+# Every kernel file's fatbin must hold every target (scripts/fatbin-list.mjs: cuobjdump --list-elf /
+# --list-ptx, which a machine with only nvcc lacks; cross-checked with cuobjdump where it exists).
+targets=" $(node scripts/fatbin-list.mjs "$addon" --targets) "
+echo "CUDA targets in every kernel file's fatbin ($(node scripts/fatbin-list.mjs "$addon" | wc -l) fatbins):$targets"
 for a in ${archs//;/ }; do
   case $a in
-  compute_*) [[ " $ptx " == *" sm_${a#compute_} "* ]] || fail "no PTX for $a in the prebuild" ;;
-  *) [[ " $elf " == *" sm_$a "* ]] || fail "no SASS for sm_$a in the prebuild" ;;
+  compute_*) want=$a ;;
+  *) want=sm_$a ;;
   esac
+  [[ $targets == *" $want "* ]] || fail "$want is missing from the prebuild's fatbins"
 done
+if cuobjdump=$(command -v cuobjdump || ls /usr/local/cuda/bin/cuobjdump 2>/dev/null); then
+  elf=$("$cuobjdump" --list-elf "$addon" | grep -o 'sm_[0-9]*a\?' | sort -u | tr '\n' ' ')
+  ptx=$("$cuobjdump" --list-ptx "$addon" | grep -o 'sm_[0-9]*a\?' | sort -u | sed 's/^sm_/compute_/' | tr '\n' ' ')
+  echo "cuobjdump: SASS $elf; PTX $ptx"
+  for t in $elf $ptx; do [[ $targets == *" $t "* ]] || fail "cuobjdump lists $t, fatbin-list.mjs does not"; done
+fi
 
 echo "== 2. installs without compilers"
 mkdir "$work/bin"
-for t in node npm npx; do ln -s "$(command -v $t)" "$work/bin/$t"; done
-export PATH="$work/bin"
+for t in node npm npx sh; do ln -s "$(command -v $t)" "$work/bin/$t"; done
+bare() { env PATH="$work/bin" "$@"; } # a command with only node, npm, npx and sh on PATH
 for t in cc gcc g++ c++ clang cmake make python3 python nvcc; do
-  ! command -v $t >/dev/null || fail "$t is on the stripped PATH"
+  ! bare /bin/sh -c "command -v $t" >/dev/null || fail "$t is on the stripped PATH"
 done
 install_into() { # DIR, npm install options...
   local dir=$1
   shift
   mkdir "$dir"
-  (cd "$dir" && npm init -y >/dev/null && npm install --no-audit --no-fund --prefer-offline "$@" "$tarball" >"$dir.log" 2>&1) ||
+  (cd "$dir" && bare npm init -y >/dev/null && bare npm install --no-audit --no-fund --prefer-offline "$@" "$tarball" >"$dir.log" 2>&1) ||
     { tail -20 "$dir.log"; fail "npm install $* in $dir"; }
   grep '^longcat-flash:' "$dir.log" || true
   for tool in cmake-js node-addon-api node-gyp; do
@@ -98,7 +105,8 @@ install_into() { # DIR, npm install options...
 run_user_commands() { # DIR
   for c in "${USER_COMMANDS[@]}"; do
     echo "\$ $c"
-    (cd "$1" && $c) || fail "'$c' in the installed project"
+    # shellcheck disable=SC2086 # the command's words
+    (cd "$1" && bare $c) || fail "'$c' in the installed project"
   done
 }
 t0=$SECONDS
@@ -110,7 +118,7 @@ install_into "$work/p2" --foreground-scripts --dangerously-allow-all-scripts
 grep -q '^longcat-flash: using the prebuilt addon' "$work/p2.log" || fail "the install script did not take the prebuild"
 run_user_commands "$work/p2"
 echo "-- npm rebuild longcat-flash --build-from-source without build tools: fails, saying what to run"
-if out=$(cd "$work/p2" && npm rebuild longcat-flash --build-from-source --foreground-scripts 2>&1); then
+if out=$(cd "$work/p2" && bare npm rebuild longcat-flash --build-from-source --foreground-scripts 2>&1); then
   fail "a source build without build tools succeeded?"
 fi
 echo "$out" | grep -q 'npm install --save-dev cmake-js node-addon-api' || fail "the failed source build does not say what to install: $out"
