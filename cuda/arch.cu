@@ -1,10 +1,12 @@
 // Which kernel image of this binary runs on a device. The driver picks one image per device among
-// the compiled -gencode targets (code=sm_XX only, no PTX): the highest arch of the device's major
-// version not above its compute capability, an arch-specific sm_XXa only on exactly its compute
-// capability. Arch-specific instructions exist only in some images (wgmma in sm_90a; e4m3 mma from
-// sm_89), so the launchers select kernels by the image, not by the compute capability: an sm_90
-// build runs its sm_90 image on an H100 (no wgmma there), an sm_80 build its sm_80 image on an sm_89
-// card (no e4m3 mma).
+// the compiled -gencode targets: the highest SASS arch of the device's major version not above its
+// compute capability, an arch-specific sm_XXa only on exactly its compute capability; without one,
+// the newest embedded PTX (compute_XX) not above it, compiled by the driver. Devices older than
+// sm_80 are refused by name: the kernels use sm_80 instructions (cp.async, ldmatrix, bf16 mma.sync).
+// Arch-specific instructions exist only in some images (wgmma in sm_90a; e4m3 mma from sm_89), so
+// the launchers select kernels by the image, not by the compute capability: an sm_90 build runs its
+// sm_90 image on an H100 (no wgmma there), an sm_80 build its sm_80 image on an sm_89 card (no e4m3
+// mma), PTX for compute_120 compiled for a newer GPU has e4m3 mma and no wgmma.
 #include <string>
 
 #include "../native/cuda_api.h"
@@ -32,6 +34,14 @@ const KernelImage& kernel_image(int dev) {
   static PerDevice<KernelImage> images;
   return images.get(dev, [](int d) {
     KernelImage im;
+    int major = 0, minor = 0;
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, d);
+    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, d);
+    if (major < 8)
+      fail(Code::E_DEVICE,
+           "cuda:%d has compute capability %d.%d; longcat-flash's CUDA kernels need 8.0 (Ampere) or newer. Use the "
+           "CPU backend (backend: 'cpu')",
+           d, major, minor);
 #ifdef LC_CUDA_EMU
     const lc_emu::Image e = lc_emu::machine().image;
     im.arch = e.arch, im.specific = e.specific;
@@ -51,11 +61,8 @@ const KernelImage& kernel_image(int dev) {
     const std::string built = cuda::archs();
 #endif
     if (r != cudaSuccess || im.arch == 0) {
-      int major = 0, minor = 0;
-      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, d);
-      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, d);
       fail(Code::E_DEVICE,
-           "cuda:%d (compute capability %d.%d) cannot run this build's kernels, built for sm %s (%s); rebuild "
+           "cuda:%d (compute capability %d.%d) cannot run this build's kernels, built for %s (%s); rebuild "
            "with LONGCAT_CUDA_ARCHS including %d%d",
            d, major, minor, built.c_str(), cudaGetErrorName(r), major, minor);
     }

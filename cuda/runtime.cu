@@ -1,6 +1,9 @@
 // lc::cuda (native/cuda_api.h) over the CUDA runtime, linked statically. A machine without a
-// driver makes device_count() return 0 with the reason kept, never an exception at load.
+// driver, or with a driver older than the runtime needs, makes device_count() return 0 with the
+// reason kept, never an exception at load.
+#include <fstream>
 #include <mutex>
+#include <sstream>
 #include <string>
 
 #include "../native/cuda_api.h"
@@ -16,9 +19,25 @@ struct Probe {
   int count = 0;
   std::string reason;
 };
+// "NVRM version: NVIDIA UNIX x86_64 Kernel Module  580.65.06  Sun Jul 27 ..." -> "580.65.06".
+std::string driver_release() {
+  std::ifstream f("/proc/driver/nvidia/version");
+  std::string line, word, prev;
+  if (!std::getline(f, line)) return "";
+  std::istringstream words(line);
+  while (words >> word) {
+    if (prev == "Module" || prev == "Driver") return word;
+    prev = word;
+  }
+  return "";
+}
 const Probe& probe() {
   static Probe p = [] {
     Probe r;
+    // Either way cudaGetDeviceCount would fail with cudaErrorInsufficientDriver.
+    r.reason =
+        driver().cuda_version == 0 ? "no NVIDIA driver found (libcuda.so.1)" : driver_floor_reason(driver(), runtime_version());
+    if (!r.reason.empty()) return r;
     cudaError_t e = cudaGetDeviceCount(&r.count);
     if (e != cudaSuccess) {
       r.count = 0;
@@ -44,6 +63,16 @@ std::string archs() {
   return "";
 #endif
 }
+DriverInfo driver() {
+  static const DriverInfo d = [] {
+    DriverInfo r;
+    if (cudaDriverGetVersion(&r.cuda_version) != cudaSuccess) r.cuda_version = 0;  // 0: no driver
+    if (r.cuda_version) r.release = driver_release();
+    return r;
+  }();
+  return d;
+}
+int runtime_version() { return CUDART_VERSION; }
 int device_count() { return probe().count; }
 std::string unavailable_reason() { return probe().reason; }
 

@@ -129,9 +129,12 @@ function info(json: boolean) {
   console.log(
     `longcat-flash native addon (${b.buildSystem} build, ${b.compiler}${b.debug ? ', debug' : ''}, N-API ${b.napiVersion})`,
   );
-  console.log(`backends:  cpu${b.cuda ? `, cuda (compiled for sm_${b.cudaArchs})` : ' (built without CUDA)'}`);
+  console.log(
+    `backends:  cpu${b.cuda ? `, cuda (compiled for ${b.cudaArchs}; CUDA ${b.cudaRuntime} runtime, needs NVIDIA driver >= ${b.cudaMinDriver})` : ' (built without CUDA)'}`,
+  );
   console.log(`cpu:       ${threads()} threads, kernels use ${f.isa}; features: ${isa || 'none'}`);
-  console.log(`cuda:      ${c.available ? `${c.deviceCount} device(s)` : `unavailable (${c.reason})`}`);
+  const driver = c.driverCudaVersion ? `; driver ${c.driverVersion || '(release unknown)'} for CUDA ${c.driverCudaVersion}` : '';
+  console.log(`cuda:      ${c.available ? `${c.deviceCount} device(s)` : `unavailable (${c.reason})`}${driver}`);
   for (const d of devices()) {
     if (d.kind === 'cuda')
       console.log(

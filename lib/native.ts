@@ -1,5 +1,6 @@
 // Loads longcat.node once. Order: $LONGCAT_ADDON (an explicit path), then node-gyp-build
-// (prebuilds/ for this platform, then build/Release). A load failure says how to fix it.
+// (build/Release, a source build, then prebuilds/ for this platform). A load failure says how to
+// build from source (the same steps as scripts/install.mjs).
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
@@ -28,8 +29,11 @@ function load(): Native {
     throw new LoadError(
       'E_LOAD',
       `Could not load ${what}: ${(err as Error).message}\n` +
-        'Build it from source with `npm rebuild longcat-flash` (needs cmake and a C++17 compiler; ' +
-        'without cmake: `npx node-gyp rebuild` in the package folder).',
+        'The package carries a prebuilt addon for linux-x64 with glibc >= 2.34. To build it from source, in your project:\n' +
+        '  npm install --save-dev cmake-js node-addon-api\n' +
+        '  npm rebuild longcat-flash --build-from-source\n' +
+        'which needs cmake >= 3.18 and a C++17 compiler, and the CUDA toolkit >= 13.0 for the CUDA backend ' +
+        '(README: Build from source).',
       { cause: err },
     );
   }

@@ -13,6 +13,8 @@ bool compiled() { return false; }
 std::string archs() { return ""; }
 int device_count() { return 0; }
 std::string unavailable_reason() { return "the addon was built without nvcc"; }
+DriverInfo driver() { return {}; }
+int runtime_version() { return 0; }
 DeviceProps props(int) { absent(); }
 void set_device(int) { absent(); }
 void* malloc(int, size_t) { absent(); }

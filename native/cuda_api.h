@@ -4,6 +4,7 @@
 // failure by throwing lc::Error (E_CUDA, E_OOM, E_DEVICE), never by aborting.
 #pragma once
 #include <cstddef>
+#include <cstdio>
 #include <string>
 
 namespace lc::cuda {
@@ -16,8 +17,39 @@ struct DeviceProps {
 
 bool compiled();                   // built with nvcc
 std::string archs();               // the SM architectures compiled in, e.g. "90a"
-int device_count();                // 0 without a driver or device; never throws
+int device_count();                // 0 without a driver or device, or with a driver too old; never throws
 std::string unavailable_reason();  // why device_count() is 0 ("" when it is not)
+
+// The installed NVIDIA driver: the CUDA version it supports (cudaDriverGetVersion: 1000 * major +
+// 10 * minor, 0 without a driver) and its release ("580.65.06", from /proc/driver/nvidia/version;
+// "" when unknown). The CUDA runtime linked in (CUDART_VERSION; 0 without CUDA).
+struct DriverInfo {
+  int cuda_version = 0;
+  std::string release;
+};
+DriverInfo driver();
+int runtime_version();
+
+// The oldest NVIDIA driver release for a CUDA runtime (the CUDA toolkit release notes' minimum for
+// minor version compatibility): "580" for CUDA 13.x, "525" for 12.x; "" for others.
+inline std::string min_driver_release(int runtime) { return runtime / 1000 == 13 ? "580" : runtime / 1000 == 12 ? "525" : ""; }
+// "12.8" for 12080.
+inline std::string cuda_version_text(int v) { return std::to_string(v / 1000) + "." + std::to_string(v % 1000 / 10); }
+// The driver floor of the statically linked runtime: a runtime of CUDA M.x runs on a driver for CUDA
+// M.0 or newer. Why the CUDA backend cannot run with driver `d` ("" when it can, or when there is
+// no driver at all: the runtime's own error says that better).
+inline std::string driver_floor_reason(const DriverInfo& d, int runtime) {
+  if (d.cuda_version == 0 || d.cuda_version >= runtime / 1000 * 1000) return "";
+  char buf[400];
+  std::snprintf(buf, sizeof buf,
+                "the NVIDIA driver%s%s%s supports CUDA %s, but this addon's CUDA %s runtime needs a driver for CUDA %d.0 or "
+                "newer (NVIDIA driver >= %s); using the CPU backend. Update the driver, or build from source with a "
+                "CUDA toolkit that driver supports (README: Build from source)",
+                d.release.empty() ? "" : " (", d.release.c_str(), d.release.empty() ? "" : ")",
+                cuda_version_text(d.cuda_version).c_str(), cuda_version_text(runtime).c_str(), runtime / 1000,
+                min_driver_release(runtime).c_str());
+  return buf;
+}
 DeviceProps props(int dev);
 
 // Makes `dev` the calling thread's current device: kernels launch on the current device, so a

@@ -13,6 +13,9 @@ static Napi::Value BuildInfo(const Napi::CallbackInfo& info) {
   Napi::Object o = Napi::Object::New(env);
   o.Set("cuda", Napi::Boolean::New(env, cuda::compiled()));
   o.Set("cudaArchs", Napi::String::New(env, cuda::archs()));
+  const int rt = cuda::runtime_version();
+  o.Set("cudaRuntime", rt ? cuda::cuda_version_text(rt) : "");
+  o.Set("cudaMinDriver", cuda::min_driver_release(rt));
   o.Set("napiVersion", Napi::Number::New(env, NAPI_VERSION));
 #if defined(__clang__)
   o.Set("compiler", Napi::String::New(env, std::string("clang ") + __clang_version__));
@@ -86,6 +89,10 @@ static Napi::Value CudaStatus(const Napi::CallbackInfo& info) {
   o.Set("available", n > 0);
   o.Set("deviceCount", n);
   o.Set("reason", cuda::unavailable_reason());
+  const cuda::DriverInfo d = cuda::driver();
+  o.Set("driverVersion", d.release);
+  o.Set("driverCudaVersion", d.cuda_version ? cuda::cuda_version_text(d.cuda_version) : "");
+  o.Set("driverTooOld", !cuda::driver_floor_reason(d, cuda::runtime_version()).empty());
   return o;
 }
 

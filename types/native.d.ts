@@ -53,7 +53,12 @@ export declare class Graph {
 
 export interface BuildInfo {
   cuda: boolean;
+  /** The CUDA targets compiled in, ',' separated: "90a", or "80,86,89,90a,100a,120,compute_120" (PTX last). */
   cudaArchs: string;
+  /** The CUDA runtime linked in statically ("13.0"); "" without CUDA. */
+  cudaRuntime: string;
+  /** The oldest NVIDIA driver release that runtime runs on ("580"); "" without CUDA. */
+  cudaMinDriver: string;
   napiVersion: number;
   compiler: string;
   buildSystem: 'cmake' | 'gyp' | 'unknown';
@@ -97,7 +102,14 @@ export interface CudaStatus {
   compiled: boolean;
   available: boolean;
   deviceCount: number;
+  /** Why `available` is false ("" when it is not): no driver, no device, a driver older than `BuildInfo.cudaMinDriver`. */
   reason: string;
+  /** The NVIDIA driver release ("580.65.06"); "" without a driver or when unknown. */
+  driverVersion: string;
+  /** The CUDA version the driver supports ("13.0"); "" without a driver. */
+  driverCudaVersion: string;
+  /** The driver is older than the runtime linked in needs (`reason` names both): the CPU backend runs instead. */
+  driverTooOld: boolean;
 }
 export interface MemoryStats {
   liveBytes: number;

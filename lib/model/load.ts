@@ -66,7 +66,16 @@ export function resolveDevice(backend: Backend = (process.env.LONGCAT_BACKEND as
     return `cuda:${index}`;
   }
   if (backend !== 'auto') throw new DeviceError('E_DEVICE', `unknown backend '${backend}' (expected 'auto', 'cpu' or 'cuda')`);
+  if (cuda.driverTooOld) warnDriverOnce(cuda.reason);
   return cuda.available ? `cuda:${index}` : 'cpu';
+}
+
+let driverWarned = false;
+/** A GPU whose driver is older than the CUDA runtime linked in: 'auto' runs on the CPU, and says why once. */
+function warnDriverOnce(reason: string) {
+  if (driverWarned) return;
+  driverWarned = true;
+  process.emitWarning(reason, { code: 'LONGCAT_CUDA_DRIVER' });
 }
 
 /** A part of the weights that is not uploaded: read from the memory-mapped shards on the host. */

@@ -92,12 +92,14 @@ namespace lc_emu {
 // LONGCAT_EMU_NO_PEER, e.g. "0-1,2-3": devices without a peer path, in either direction)
 // of compute capability LONGCAT_EMU_CC (default 90: an H100 SXM), and a "binary" whose kernels were
 // built for LONGCAT_EMU_ARCHS (default 90a; the syntax of LONGCAT_CUDA_ARCHS, ';' or ','
-// separated). The image a device runs is picked like the driver picks among -gencode sm_XX
-// targets (no PTX embedded): the highest arch of the device's major version not above its compute
-// capability, an arch-specific "a" target only on exactly its compute capability.
+// separated, "compute_NN" for embedded PTX). The image a device runs is picked like the driver
+// picks: among the SASS targets the highest arch of the device's major version not above its compute
+// capability, an arch-specific "a" target only on exactly its compute capability; without one, the
+// newest PTX not above the compute capability, compiled for the device (a generic image of that arch).
 struct Image {
   int arch = 0;           // 0: the binary has no image for the device
   bool specific = false;  // an sm_XXa image
+  bool ptx = false;       // compute_XX: PTX the driver compiles for a device of compute capability >= XX
 };
 struct Machine {
   int devices = 1, cc = 90;
@@ -108,7 +110,8 @@ struct Machine {
 };
 inline Image parse_arch(const std::string& a) {
   Image im;
-  im.arch = std::atoi(a.c_str());
+  im.ptx = a.rfind("compute_", 0) == 0;
+  im.arch = std::atoi(a.c_str() + (im.ptx ? 8 : 0));
   im.specific = !a.empty() && a.back() == 'a';
   return im;
 }
@@ -140,10 +143,13 @@ inline const Machine& machine() {
       }
     }
     for (const Image& im : r.archs) {
-      const bool runs = im.arch / 10 == r.cc / 10 && im.arch <= r.cc && (!im.specific || im.arch == r.cc);
+      const bool runs = !im.ptx && im.arch / 10 == r.cc / 10 && im.arch <= r.cc && (!im.specific || im.arch == r.cc);
       const bool better = im.arch > r.image.arch || (im.arch == r.image.arch && im.specific);
       if (runs && better) r.image = im;
     }
+    for (const Image& im : r.archs)  // no SASS for the device: the driver compiles the newest PTX that fits
+      if (r.image.arch == 0 || r.image.ptx)
+        if (im.ptx && !im.specific && im.arch <= r.cc && im.arch > r.image.arch) r.image = im;
     return r;
   }();
   return m;

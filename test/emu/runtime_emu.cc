@@ -191,8 +191,17 @@ void copy_async(int dev, void* dst, const void* src, size_t bytes, const void* h
 
 bool compiled() { return true; }
 std::string archs() { return "emulated"; }
-int device_count() { return (void)g_installed, lc_emu::machine().devices; }
-std::string unavailable_reason() { return ""; }
+// The emulated driver: LONGCAT_EMU_DRIVER (the CUDA version it supports, 1000 * major + 10 * minor;
+// default 13000) against an emulated CUDA 13.0 runtime, through the real build's driver floor.
+DriverInfo driver() {
+  const char* v = std::getenv("LONGCAT_EMU_DRIVER");
+  return {v ? std::atoi(v) : 13000, "emulated"};
+}
+int runtime_version() { return 13000; }
+int device_count() {
+  return (void)g_installed, driver_floor_reason(driver(), runtime_version()).empty() ? lc_emu::machine().devices : 0;
+}
+std::string unavailable_reason() { return driver_floor_reason(driver(), runtime_version()); }
 
 DeviceProps props(int dev) {
   use(dev);
