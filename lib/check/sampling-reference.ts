@@ -1,7 +1,7 @@
 // Float64 references of the sampler shared by the sampling tests: the filtered distribution
 // (native/cpu/sampling.cc's documented filter order), the counter-based uniform and the parameter
 // rows of sampleSpeculative, the chi-square statistic of drawn counts. Imports nothing (the
-// op-case table, compiled by tsconfig.cases.json, uses it too).
+// op-case table beside it uses it too).
 
 /** Sampling parameters as the ops take them. */
 export interface SampleP {
