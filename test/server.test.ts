@@ -254,6 +254,22 @@ describe('sampler fields, logprobs and n', () => {
     expect(sBody.choices[0]!.finish_reason).toBe('stop');
   });
 
+  it("ignore_eos (vLLM's extension) generates max_tokens tokens past end-of-sequence tokens", async () => {
+    const eos = tiny.model.tokenizer.eosIds[0]!;
+    // +100 on the EOS id: greedy ends at once, unless told to go on
+    const body = { model: 'tiny', prompt: textPrompt, max_tokens: 5, temperature: 0, logit_bias: { [eos]: 100 } };
+    const ended = (await (await post('/v1/completions', body)).json()) as OpenAI.Completion;
+    expect(ended.choices[0]!.finish_reason).toBe('stop');
+    expect(ended.usage!.completion_tokens).toBe(0);
+    const past = (await (await post('/v1/completions', { ...body, ignore_eos: true })).json()) as OpenAI.Completion;
+    expect(past.choices[0]!.finish_reason).toBe('length');
+    expect(past.usage!.completion_tokens).toBe(5);
+    const sdkPast = await sdk(textPrompt, { maxTokens: 5, logitBias: { [eos]: 100 }, ignoreEos: true });
+    expect(sdkPast.tokens).toEqual(Array(5).fill(eos));
+    expect(past.choices[0]!.text).toBe(sdkPast.text);
+    await expectError(await post('/v1/completions', { ...body, ignore_eos: 'yes' }), 400, 'invalid_type', 'ignore_eos');
+  });
+
   it('GenerateOptions.onToken (what streamed logprobs use) sees every generated token with its logprobs', async () => {
     const seen: [number, unknown][] = [];
     const r = await sdk(textPrompt, { maxTokens: 7, logprobs: 2, onToken: (t, lp) => seen.push([t, lp]) });
