@@ -474,6 +474,11 @@ class Metrics {
         ['{kind="speculative"}', st.speculativeRows],
       ]);
       metric('longcat_decode_batch_max', 'gauge', 'Largest batch of sequences decoded in one step.', [['', st.largestBatch]]);
+      const g = model.engine.capturedGraphs;
+      metric('longcat_captured_graphs', 'gauge', 'Captured step graphs, one per bucket of batch sizes.', [
+        ['{kind="decode"}', g.decode],
+        ['{kind="speculative"}', g.speculative],
+      ]);
     }
     return `${lines.join('\n')}\n`;
   }

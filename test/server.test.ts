@@ -14,6 +14,7 @@ import OpenAI from 'openai';
 import { createServer, type LongcatServer } from '../lib/server.js';
 import { loadModel, type GenerateOptions, type GenerateResult, type Model } from '../lib/generate.js';
 import { parseToolCalls, type ChatMessage } from '../lib/chat.js';
+import { graphBucket } from '../lib/model/model.js';
 import { checkpointFixture, cpuModelFixture } from './model-fixture.js';
 import { rng } from './rng.js';
 
@@ -1000,6 +1001,11 @@ describe('32 concurrent streams', () => {
       expect(Number(/^longcat_decode_steps_total\{kind="plain"\} (\d+)$/m.exec(text)![1])).toBe(st.decodeSteps);
       expect(Number(/^longcat_decode_rows_total\{kind="plain"\} (\d+)$/m.exec(text)![1])).toBe(st.decodeRows);
       expect(value('longcat_decode_batch_max')).toBe(st.largestBatch);
+      // 32 streams decoding in batches of up to 32 sizes: graphs only of the buckets (graphBucket)
+      const graphs = Number(/^longcat_captured_graphs\{kind="decode"\} (\d+)$/m.exec(text)![1]);
+      expect(graphs).toBe(tiny.model.engine.capturedGraphs.decode);
+      expect(graphs).toBeGreaterThan(0);
+      expect(graphs).toBeLessThanOrEqual(new Set(Array.from({ length: 32 }, (_, i) => graphBucket(i + 1))).size);
       // every generated token after the first of each stream was a decode row
       expect(st.decodeRows - stats0.decodeRows).toBeGreaterThanOrEqual(value('longcat_generation_tokens_total') - 32);
     } finally {
