@@ -21,6 +21,9 @@
 //      (non-expert linears and lm_head per row, 2 x expert params per (token, FFN expert) pair of
 //      the routing pass, the absorbed attention over the keys the rows attend) and the GEMM rate
 //      of the engine's linear op on this machine, before and after the timed runs (gemmRate).
+//      And per part: the non-expert weights and the routed experts run one after the other, each
+//      taking at least its own max(bytes / bandwidth, FLOPs / GEMM rate) (the dense GEMMs are
+//      compute-bound while the experts stream bytes); the sum is the per-part ceiling.
 //      The batch sizes the scheduler ran (model.scheduler.stats, and their distribution, from a
 //      wrapper around the engine's forward) are reported. KV-cache reads are not in the ceiling.
 //   2. Time to first token (from generate() to the first token being known; all streams start at
@@ -255,10 +258,12 @@ function gemmRate(hidden) {
  * (zero experts compute nothing), and the absorbed attention, 4 kv_lora + 2 rope FLOPs per head
  * per cached key and sub-layer (ctx: the keys the step's rows attend, summed).
  */
-const stepFlops = (acc, dims, B, ffnRows, ctx) =>
-  2 * B * (acc.denseParams + acc.headParams) +
-  2 * acc.expertParams * ffnRows +
-  2 * dims.layers * dims.heads * ctx * (4 * dims.kvLora + 2 * dims.rope);
+const stepFlops = (acc, dims, B, ffnRows, ctx) => {
+  const nonExpert =
+    2 * B * (acc.denseParams + acc.headParams) + 2 * dims.layers * dims.heads * ctx * (4 * dims.kvLora + 2 * dims.rope);
+  const experts = 2 * acc.expertParams * ffnRows;
+  return { nonExpert, experts, total: nonExpert + experts };
+};
 
 // ---- main -------------------------------------------------------------------------------------
 
@@ -406,13 +411,31 @@ for (const l of levels) {
   l.ratio = l.tokensPerSecond / ceiling;
   l.ratioMedianStep = l.tokensPerSecondMedianStep / ceiling;
   // the compute-aware ceiling: a step takes at least max(bytes / bandwidth, FLOPs / GEMM rate)
-  const flops = stepFlops(acc, dims, l.concurrency, r.ffnRowsPerStep, r.ctxPerStep);
+  const fl = stepFlops(acc, dims, l.concurrency, r.ffnRowsPerStep, r.ctxPerStep);
+  const flops = fl.total;
   const bytesMs = stepBytes / gbps / 1e6,
     flopsMs = flops / gflops / 1e6;
-  l.compute = { stepFlops: flops, ffnRowsPerStep: r.ffnRowsPerStep, ctxPerStep: r.ctxPerStep, bytesMs, flopsMs, bound: flopsMs > bytesMs ? 'compute' : 'bytes' };
+  // per part (the non-expert weights, the routed experts: one after the other in the step), each
+  // its own max(bytes, FLOPs): the dense GEMMs are compute-bound while the experts stream bytes
+  const part = (bytes, f) => Math.max(bytes / gbps / 1e6, f / gflops / 1e6);
+  const partsMs = part(acc.nonExpertBytes, fl.nonExpert) + part(r.distinctPerStep * acc.expertBytes, fl.experts);
+  l.compute = {
+    stepFlops: flops,
+    nonExpertFlops: fl.nonExpert,
+    expertFlops: fl.experts,
+    partsMs,
+    ffnRowsPerStep: r.ffnRowsPerStep,
+    ctxPerStep: r.ctxPerStep,
+    bytesMs,
+    flopsMs,
+    bound: flopsMs > bytesMs ? 'compute' : 'bytes',
+  };
   l.ceilingComputeTokensPerSecond = (l.concurrency * 1e3) / Math.max(bytesMs, flopsMs);
   l.ratioCompute = l.tokensPerSecond / l.ceilingComputeTokensPerSecond;
   l.ratioComputeMedianStep = l.tokensPerSecondMedianStep / l.ceilingComputeTokensPerSecond;
+  l.ceilingPartsTokensPerSecond = (l.concurrency * 1e3) / partsMs;
+  l.ratioParts = l.tokensPerSecond / l.ceilingPartsTokensPerSecond;
+  l.ratioPartsMedianStep = l.tokensPerSecondMedianStep / l.ceilingPartsTokensPerSecond;
 }
 
 const res = {
@@ -461,12 +484,12 @@ console.log(
   `step FLOPs = streams x 2 x ${f((acc.denseParams + acc.headParams) / 1e6, 2)} M non-expert + (token, expert) pairs x 2 x ${f(acc.expertParams / 1e6, 3)} M + attention`,
 );
 console.log(
-  '| streams | tok/s (full batch) | byte ceiling tok/s | ratio | compute-aware ceiling tok/s (bound) | ratio | tok/s, median step | ratios, median step (byte / compute-aware) | distinct experts/step | mean batch | batch sizes run (size:steps) | TTFT ms p50/p90/p99 | ITL ms p50/p90/p99 |',
+  '| streams | tok/s (full batch) | byte ceiling tok/s | ratio | compute-aware ceiling tok/s (bound) | ratio | per-part ceiling tok/s | ratio | tok/s, median step | ratios, median step (byte / compute-aware / per-part) | distinct experts/step | mean batch | batch sizes run (size:steps) | TTFT ms p50/p90/p99 | ITL ms p50/p90/p99 |',
 );
-console.log('|---|---|---|---|---|---|---|---|---|---|---|---|---|');
+console.log('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|');
 for (const l of levels)
   console.log(
-    `| ${l.concurrency} | ${f(l.tokensPerSecond)} | ${f(l.ceilingTokensPerSecond)} | ${f(l.ratio, 3)} | ${f(l.ceilingComputeTokensPerSecond)} (${l.compute.bound}) | ${f(l.ratioCompute, 3)} | ${f(l.tokensPerSecondMedianStep)} | ${f(l.ratioMedianStep, 3)} / ${f(l.ratioComputeMedianStep, 3)} | ${f(l.bytes.distinctExpertsPerStep)} | ${f(l.scheduler.meanBatch, 2)} | ${batchSizes(l)} | ${p3(l.ttftMs)} | ${p3(l.itlMs)} |`,
+    `| ${l.concurrency} | ${f(l.tokensPerSecond)} | ${f(l.ceilingTokensPerSecond)} | ${f(l.ratio, 3)} | ${f(l.ceilingComputeTokensPerSecond)} (${l.compute.bound}) | ${f(l.ratioCompute, 3)} | ${f(l.ceilingPartsTokensPerSecond)} | ${f(l.ratioParts, 3)} | ${f(l.tokensPerSecondMedianStep)} | ${f(l.ratioMedianStep, 3)} / ${f(l.ratioComputeMedianStep, 3)} / ${f(l.ratioPartsMedianStep, 3)} | ${f(l.bytes.distinctExpertsPerStep)} | ${f(l.scheduler.meanBatch, 2)} | ${batchSizes(l)} | ${p3(l.ttftMs)} | ${p3(l.itlMs)} |`,
   );
 console.log(
   `Long prompt (${longPrompt.promptTokens} tokens, ${longPrompt.chunks} chunks of ${PREFILL_CHUNK}) arriving among ${LONG_AT} streams: its TTFT ${f(longPrompt.longTtftMs)} ms; running streams' ITL p50/p90/p99 during its prefill ${p3(longPrompt.itlDuringMs)} ms (max ${f(longPrompt.maxItlDuringMs)}), outside ${p3(longPrompt.itlOutsideMs)} ms`,

@@ -36,6 +36,8 @@ interface Level {
   ceilingComputeTokensPerSecond: number;
   ratioCompute: number;
   ratioComputeMedianStep: number;
+  ceilingPartsTokensPerSecond: number;
+  ratioParts: number;
   ttftMs: { p50: number; p90: number; p99: number; n: number };
   itlMs: { p50: number; p90: number; p99: number; n: number };
 }
@@ -74,6 +76,8 @@ describe('bench/serve.mjs', () => {
           l.ratioCompute,
           l.ratioComputeMedianStep,
           l.compute.stepFlops,
+          l.ceilingPartsTokensPerSecond,
+          l.ratioParts,
         ])
           expect(finite(x)).toBe(true);
         // every stream generates maxTokens tokens: the first from its prompt, the rest in decode rows
@@ -93,6 +97,8 @@ describe('bench/serve.mjs', () => {
         );
         // the compute-aware ceiling is never above the byte one; FFN pairs: at most top-k per row and layer
         expect(l.ceilingComputeTokensPerSecond).toBeLessThanOrEqual(l.ceilingTokensPerSecond * (1 + 1e-12));
+        // the per-part ceiling is never above the whole step's max(bytes, FLOPs)
+        expect(l.ceilingPartsTokensPerSecond).toBeLessThanOrEqual(l.ceilingComputeTokensPerSecond * (1 + 1e-12));
         expect(l.compute.bound).toBe(l.compute.flopsMs > l.compute.bytesMs ? 'compute' : 'bytes');
         expect(l.compute.ffnRowsPerStep).toBeGreaterThan(0);
         expect(l.compute.ffnRowsPerStep).toBeLessThanOrEqual(l.concurrency * layers * res.accounting.topk);
