@@ -26,6 +26,9 @@
 //      compute-bound while the experts stream bytes); the sum is the per-part ceiling.
 //      The batch sizes the scheduler ran (model.scheduler.stats, and their distribution, from a
 //      wrapper around the engine's forward) are reported. KV-cache reads are not in the ceiling.
+//   1b. The batched step alone, per concurrency B: B sequences of PROMPT-token prompts decoded by
+//      scheduler rounds with nothing else running (no sessions' host work, no prefill between
+//      rounds), min and median round; the median's tokens/s against the same three ceilings.
 //   2. Time to first token (from generate() to the first token being known; all streams start at
 //      once, so later ones wait for the earlier prompts) and inter-token latency (between successive
 //      tokens of a stream, pooled over the streams) percentiles p50 / p90 / p99 per concurrency; and
@@ -323,6 +326,29 @@ for (const n of CONCURRENCY) {
   });
 }
 
+// 1b: the batched step alone: B sequences (32-token prompts) decoded by STEP_ROUNDS scheduler
+// rounds with nothing else running (no sessions, no prefill between rounds): min and median round
+const STEP_ROUNDS = quick ? 4 : 16;
+for (const l of levels) {
+  const e = model.engine,
+    B = l.concurrency;
+  const seqs = Array.from({ length: B }, () => e.newSequence());
+  const prompts = seqs.map((_, b) => Array.from({ length: PROMPT }, (_, i) => (b * 37 + i * 11) % e.dims.vocab));
+  const first = e.forward(seqs, prompts);
+  first.logits.dispose();
+  const greedy = { temperature: 0, topK: 0, topP: 1, minP: 0, seed: 0 };
+  let next = seqs.map((_, b) => b % e.dims.vocab);
+  const ms = [];
+  for (let i = 0; i <= STEP_ROUNDS; i++) {
+    const t0 = now();
+    const r = await Promise.all(seqs.map((q, b) => model.scheduler.decode(q, next[b], greedy)));
+    if (i > 0) ms.push(now() - t0); // the first: a warm-up
+    next = r.map(x => (typeof x === 'object' ? x.next : 0));
+  }
+  for (const q of seqs) q.release();
+  l.stepAlone = { rounds: ms.length, minMs: pct(ms, 0), medianMs: pct(ms, 50) };
+}
+
 // 2b: a long prompt arriving mid-run
 let longPrompt;
 {
@@ -436,6 +462,12 @@ for (const l of levels) {
   l.ceilingPartsTokensPerSecond = (l.concurrency * 1e3) / partsMs;
   l.ratioParts = l.tokensPerSecond / l.ceilingPartsTokensPerSecond;
   l.ratioPartsMedianStep = l.tokensPerSecondMedianStep / l.ceilingPartsTokensPerSecond;
+  // the step alone (1b), its median round against the three ceilings
+  const sa = l.stepAlone;
+  sa.tokensPerSecond = (l.concurrency * 1e3) / sa.medianMs;
+  sa.ratio = sa.tokensPerSecond / ceiling;
+  sa.ratioCompute = sa.tokensPerSecond / l.ceilingComputeTokensPerSecond;
+  sa.ratioParts = sa.tokensPerSecond / l.ceilingPartsTokensPerSecond;
 }
 
 const res = {
@@ -491,6 +523,15 @@ for (const l of levels)
   console.log(
     `| ${l.concurrency} | ${f(l.tokensPerSecond)} | ${f(l.ceilingTokensPerSecond)} | ${f(l.ratio, 3)} | ${f(l.ceilingComputeTokensPerSecond)} (${l.compute.bound}) | ${f(l.ratioCompute, 3)} | ${f(l.ceilingPartsTokensPerSecond)} | ${f(l.ratioParts, 3)} | ${f(l.tokensPerSecondMedianStep)} | ${f(l.ratioMedianStep, 3)} / ${f(l.ratioComputeMedianStep, 3)} / ${f(l.ratioPartsMedianStep, 3)} | ${f(l.bytes.distinctExpertsPerStep)} | ${f(l.scheduler.meanBatch, 2)} | ${batchSizes(l)} | ${p3(l.ttftMs)} | ${p3(l.itlMs)} |`,
   );
+console.log('\nThe batched step alone (scheduler rounds of B sequences, nothing else running):');
+console.log('| streams | round ms min / median | tok/s (median) | ratio to byte / compute-aware / per-part ceiling |');
+console.log('|---|---|---|---|');
+for (const l of levels) {
+  const sa = l.stepAlone;
+  console.log(
+    `| ${l.concurrency} | ${f(sa.minMs, 2)} / ${f(sa.medianMs, 2)} | ${f(sa.tokensPerSecond)} | ${f(sa.ratio, 3)} / ${f(sa.ratioCompute, 3)} / ${f(sa.ratioParts, 3)} |`,
+  );
+}
 console.log(
   `Long prompt (${longPrompt.promptTokens} tokens, ${longPrompt.chunks} chunks of ${PREFILL_CHUNK}) arriving among ${LONG_AT} streams: its TTFT ${f(longPrompt.longTtftMs)} ms; running streams' ITL p50/p90/p99 during its prefill ${p3(longPrompt.itlDuringMs)} ms (max ${f(longPrompt.maxItlDuringMs)}), outside ${p3(longPrompt.itlOutsideMs)} ms`,
 );

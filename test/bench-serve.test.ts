@@ -38,6 +38,15 @@ interface Level {
   ratioComputeMedianStep: number;
   ceilingPartsTokensPerSecond: number;
   ratioParts: number;
+  stepAlone: {
+    rounds: number;
+    minMs: number;
+    medianMs: number;
+    tokensPerSecond: number;
+    ratio: number;
+    ratioCompute: number;
+    ratioParts: number;
+  };
   ttftMs: { p50: number; p90: number; p99: number; n: number };
   itlMs: { p50: number; p90: number; p99: number; n: number };
 }
@@ -78,6 +87,10 @@ describe('bench/serve.mjs', () => {
           l.compute.stepFlops,
           l.ceilingPartsTokensPerSecond,
           l.ratioParts,
+          l.stepAlone.tokensPerSecond,
+          l.stepAlone.ratio,
+          l.stepAlone.ratioCompute,
+          l.stepAlone.ratioParts,
         ])
           expect(finite(x)).toBe(true);
         // every stream generates maxTokens tokens: the first from its prompt, the rest in decode rows
@@ -102,6 +115,8 @@ describe('bench/serve.mjs', () => {
         expect(l.compute.bound).toBe(l.compute.flopsMs > l.compute.bytesMs ? 'compute' : 'bytes');
         expect(l.compute.ffnRowsPerStep).toBeGreaterThan(0);
         expect(l.compute.ffnRowsPerStep).toBeLessThanOrEqual(l.concurrency * layers * res.accounting.topk);
+        expect(l.stepAlone.rounds).toBeGreaterThan(0);
+        expect(l.stepAlone.minMs).toBeLessThanOrEqual(l.stepAlone.medianMs);
         expect(l.ttftMs.n).toBe(l.concurrency);
         pcts(l.ttftMs);
         pcts(l.itlMs);
