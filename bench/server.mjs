@@ -1,7 +1,9 @@
 // Serving through the HTTP server under concurrent load (issue 17, "Benchmarks"): createServer
 // (lib/server.ts) over loopback, N clients streaming /v1/completions at once (fetch, SSE read as it
-// arrives), on the init-random checkpoint bench/serve.mjs writes (small preset; tiny with --quick),
-// greedy, `ignore_eos` (every stream generates exactly max_tokens tokens: usage says so).
+// arrives), on an init-random checkpoint of the small preset with a 512-token vocabulary (tiny with
+// --quick): the generated tokenizer has 488 tokens, so with the small preset's 4,096 most sampled
+// ids would be padding ids without text, and a stream would carry no chunk for them; greedy,
+// `ignore_eos` (every stream generates exactly max_tokens tokens: usage says so).
 //   1. At 1, 4, 16 and 64 concurrent streams (1 and 4 with --quick), each stream with its own
 //      32-token prompt and TOKENS + streams tokens, all sent at once: time to first token (from the
 //      request being sent to the first SSE chunk carrying text), inter-token latency (between a
@@ -13,7 +15,8 @@
 //      before and after give the decode steps and rows the model's scheduler ran (mean batch).
 //   2. Prefix-cache savings: REQUESTS chat requests, one after another, sharing a long system
 //      message, each with its own question: prompt tokens the server took from the cache
-//      (/metrics longcat_prompt_tokens_cached_total) and TTFT, with the prefix cache on and off
+//      (/metrics longcat_prompt_tokens_cached_total) and TTFT (to the stream's first event, which the
+//      server sends once the prompt is prefilled), with the prefix cache on and off
 //      (loadModel's prefixCache).
 // Wall-clock on a shared machine: compare the figures of one run, not absolute figures across runs.
 //
@@ -36,8 +39,8 @@ const PROMPT_WORDS = quick ? 8 : 24; // each stream's own prompt
 const SYSTEM_WORDS = quick ? 120 : 1200; // the shared system message of the prefix-cache run
 const REQUESTS = quick ? 3 : 8;
 const ckptRoot = arg('--ckpt-root', path.join(here, 'out'));
-// the checkpoint bench/serve.mjs writes (the same seed and preset)
-const dir = path.join(ckptRoot, `ckpt-${PRESET}-serve`);
+const dir = path.join(ckptRoot, `ckpt-${PRESET}-server`);
+const OVERRIDES = quick ? {} : { vocab_size: 512 };
 const loadOpts = { backend: 'cpu', maxContext: 4096, cacheBlocks: quick ? 256 : 1024 };
 
 const mean = v => (v.length ? v.reduce((a, b) => a + b, 0) / v.length : Number.NaN);
@@ -79,7 +82,8 @@ async function stream(url, route, body) {
   });
   if (res.status !== 200) throw new Error(`${route}: status ${res.status}: ${await res.text()}`);
   const times = [];
-  let usage = null,
+  let first = null, // the first event: the role chunk, sent once the prompt is prefilled (its first token sampled)
+    usage = null,
     finish = null,
     buf = '',
     done = false;
@@ -92,6 +96,7 @@ async function stream(url, route, body) {
       const event = buf.slice(0, end);
       buf = buf.slice(end + 2);
       if (!event.startsWith('data: ')) continue;
+      first ??= t;
       const data = event.slice(6);
       if (data === '[DONE]') {
         done = true;
@@ -107,7 +112,7 @@ async function stream(url, route, body) {
     }
   }
   if (!done) throw new Error(`${route}: the stream ended without [DONE]`);
-  return { start, end: now(), times, usage, finish };
+  return { start, end: now(), first, times, usage, finish };
 }
 
 /** The window where every stream is streaming: after the last first chunk, up to the first last one. */
@@ -145,7 +150,8 @@ async function main() {
     });
 
   const loadStart = os.loadavg();
-  if (!existsSync(path.join(dir, 'model.safetensors.index.json'))) await initRandom({ preset: PRESET, seed: 1, out: dir });
+  if (!existsSync(path.join(dir, 'model.safetensors.index.json')))
+    await initRandom({ preset: PRESET, seed: 1, out: dir, overrides: OVERRIDES });
 
   const levels = [];
   {
@@ -160,8 +166,10 @@ async function main() {
         temperature: 0,
         ignore_eos: true,
       });
+      // warm-up: one stream of TOKENS tokens (pages the weights in, warms the HTTP path)
+      await clients(url, '/v1/completions', [request(999, TOKENS)]);
       for (const n of CONCURRENCY) {
-        // warm-up: pages the weights in, captures the decode graphs of the ramp's batch sizes
+        // warm-up: captures the decode graphs of the ramp's batch sizes
         await clients(
           url,
           '/v1/completions',
@@ -238,7 +246,7 @@ async function main() {
         reqs.push({
           promptTokens: s.usage.prompt_tokens,
           cachedTokens: m1.longcat_prompt_tokens_cached_total - m0.longcat_prompt_tokens_cached_total,
-          ttftMs: s.times[0] - s.start,
+          ttftMs: s.first - s.start, // the prefill's end: the role chunk (4 tokens may bring no text)
         });
       }
       prefix[on ? 'on' : 'off'] = {
