@@ -91,8 +91,7 @@ async function stream(url, route, body) {
   for await (const bytes of res.body) {
     const t = now();
     buf += dec.decode(bytes, { stream: true });
-    let end;
-    while ((end = buf.indexOf('\n\n')) >= 0) {
+    for (let end = buf.indexOf('\n\n'); end >= 0; end = buf.indexOf('\n\n')) {
       const event = buf.slice(0, end);
       buf = buf.slice(end + 2);
       if (!event.startsWith('data: ')) continue;

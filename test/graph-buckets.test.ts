@@ -186,7 +186,7 @@ describe.each(backends)('decode graphs by bucket on %s', device => {
           ),
           V,
         );
-        next.forEach((t, b) => plain[b]!.push(t));
+        for (const [b, t] of next.entries()) plain[b]!.push(t);
       }
       // speculative, replayed from the graph of 4 sequences
       const G: SequenceCache[] = prompts.map(() => e.newSequence());
@@ -213,7 +213,7 @@ describe.each(backends)('decode graphs by bucket on %s', device => {
         expect(s.nFfn.every(t => t.shape[0] === 6)).toBe(true); // the 3 sequences' verified rows
         for (const t of s.nFfn) t.dispose();
         expect(s.tokens.length).toBe(3);
-        s.tokens.forEach((list, b) => spec[b]!.push(...list));
+        for (const [b, list] of s.tokens.entries()) spec[b]!.push(...list);
         accepted += s.accepted.reduce((a, n) => a + n, 0);
         pending = s.tokens.map(list => list[list.length - 1]!);
         drafts = s.drafts;
