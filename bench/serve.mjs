@@ -10,13 +10,25 @@
 //      this run (bench/common.mjs readBandwidth). The distinct experts are counted exactly in a
 //      separate untimed pass of the same workload on a second copy of the model whose experts
 //      function is wrapped before its first forward (as bench/speculative.mjs does: each captured
-//      decode graph, one per batch size, then holds the wrapper's views of every layer's routed ids
-//      [T, k]; ids >= n_routed are zero experts and read nothing); the ceiling takes that pass's
+//      decode graph, one per bucket of batch sizes (graphBucket), then holds the wrapper's views of
+//      every layer's routed ids [rows, k], of which the step's own B rows are counted; ids >=
+//      n_routed are zero experts and read nothing); the ceiling takes that pass's
 //      mean distinct experts per step of each batch size. ratio = measured / ceiling (target >= 0.8);
 //      also from the window's median step (streams x 1000 / median ITL in the window), which a
 //      load spike of the shared machine does not drag down.
+//      Also against a compute-aware ceiling measured in the same run: a step takes at least
+//      max(step bytes / bandwidth, step FLOPs / GEMM rate), the FLOPs counted from the weights
+//      (non-expert linears and lm_head per row, 2 x expert params per (token, FFN expert) pair of
+//      the routing pass, the absorbed attention over the keys the rows attend) and the GEMM rate
+//      of the engine's linear op on this machine, before and after the timed runs (gemmRate).
+//      And per part: the non-expert weights and the routed experts run one after the other, each
+//      taking at least its own max(bytes / bandwidth, FLOPs / GEMM rate) (the dense GEMMs are
+//      compute-bound while the experts stream bytes); the sum is the per-part ceiling.
 //      The batch sizes the scheduler ran (model.scheduler.stats, and their distribution, from a
 //      wrapper around the engine's forward) are reported. KV-cache reads are not in the ceiling.
+//   1b. The batched step alone, per concurrency B: B sequences of PROMPT-token prompts decoded by
+//      scheduler rounds with nothing else running (no sessions' host work, no prefill between
+//      rounds), min and median round; the median's tokens/s against the same three ceilings.
 //   2. Time to first token (from generate() to the first token being known; all streams start at
 //      once, so later ones wait for the earlier prompts) and inter-token latency (between successive
 //      tokens of a stream, pooled over the streams) percentiles p50 / p90 / p99 per concurrency; and
@@ -36,8 +48,9 @@ import { fileURLToPath } from 'node:url';
 import { native } from '../dist/index.js';
 import { toArray } from '../dist/tensor.js';
 import { loadModel } from '../dist/generate.js';
+import { graphBucket } from '../dist/model/model.js';
 import { initRandom } from '../dist/init-random.js';
-import { accounting, benchFlags, now, readBandwidth, rng } from './common.mjs';
+import { accounting, benchFlags, now, randomBf16, randomF32, readBandwidth, rng } from './common.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const args = process.argv.slice(2);
@@ -162,7 +175,7 @@ async function routingPass(dir, maxTokensOf) {
   const model = await loadModel(dir, loadOpts);
   const e = model.engine,
     { layers, nRouted } = e.dims;
-  const views = new Map(); // batch size -> idx views of its captured graph, one per layer
+  const views = new Map(); // graph size (graphBucket) -> idx views [rows, k] of its captured graph, one per layer
   let sink = null;
   // @ts-expect-error the private experts function, replaced before the first forward (the graphs capture it)
   const inner = e.experts;
@@ -175,21 +188,26 @@ async function routingPass(dir, maxTokensOf) {
   const fwd = e.forward.bind(e);
   e.forward = (seqs, tokens, opts) => {
     if (!opts?.collectRouting) return fwd(seqs, tokens, opts);
-    const B = seqs.length;
-    if (!views.has(B)) views.set(B, []);
-    sink = views.get(B).length ? null : views.get(B);
+    const B = seqs.length,
+      G = graphBucket(B);
+    if (!views.has(G)) views.set(G, []);
+    sink = views.get(G).length ? null : views.get(G);
     const r = fwd(seqs, tokens, opts);
     sink = null;
-    const vs = views.get(B);
+    const ctx = seqs.reduce((a, q) => a + q.length, 0); // keys the step's rows attend (each row's own included)
+    const vs = views.get(G);
     if (vs.length !== layers) throw new Error(`routing pass: ${vs.length} expert calls captured for ${layers} layers`);
     native.synchronize(e.device);
     let distinct = 0;
     for (const v of vs) {
       const seen = new Set();
-      for (const id of toArray(v)) if (id < nRouted) seen.add(id);
+      const ids = toArray(v);
+      for (const id of ids.subarray(0, B * v.shape[1])) if (id < nRouted) seen.add(id); // the step's rows, not the padding
       distinct += seen.size;
     }
-    steps.push({ B, distinct });
+    let ffnRows = 0; // (token, FFN expert) pairs of the step, summed over layers
+    for (const t of r.nFfn) for (const c of toArray(t)) ffnRows += c;
+    steps.push({ B, distinct, ffnRows, ctx });
     return r;
   };
   const inst = { tokenTimes: new Map() };
@@ -199,7 +217,13 @@ async function routingPass(dir, maxTokensOf) {
       steps = [];
       await runStreams(model, inst, n, maxTokensOf(n), 1000 * n);
       const full = steps.filter(s => s.B === n);
-      res[n] = { fullSteps: full.length, distinctPerStep: mean(full.map(s => s.distinct)), steps };
+      res[n] = {
+        fullSteps: full.length,
+        distinctPerStep: mean(full.map(s => s.distinct)),
+        ffnRowsPerStep: mean(full.map(s => s.ffnRows)),
+        ctxPerStep: mean(full.map(s => s.ctx)),
+        steps,
+      };
     }
   } finally {
     for (const vs of views.values()) for (const v of vs) v.dispose();
@@ -207,6 +231,42 @@ async function routingPass(dir, maxTokensOf) {
   }
   return { res, layers, nRouted };
 }
+
+// ---- compute ceiling: this machine's GEMM rate ------------------------------------------------
+
+/**
+ * GFLOP/s of the engine's linear op (native.benchLinear: every pool thread, the current matmul
+ * precision) on x f32 [t, hidden] times a bf16 weight [n, hidden]^T, n = 4 hidden, at t = 64 and
+ * 256 rows (compute-bound shapes: 64+ FLOPs per weight byte); the faster, fastest of the calls.
+ */
+function gemmRate(hidden) {
+  const n = 4 * hidden;
+  let best = 0;
+  const w = [new native.Tensor('bf16', [n, hidden], 'cpu', randomBf16(n * hidden, 3, 123))];
+  for (const t of [64, 256]) {
+    const x = new native.Tensor('f32', [t, hidden], 'cpu', randomF32(t * hidden, 4));
+    const y = new native.Tensor('f32', [t, n], 'cpu');
+    const r = native.benchLinear(y, x, w, null, 2, quick ? 5 : 15);
+    best = Math.max(best, (2 * t * n * hidden) / r.minMs / 1e6);
+    x.dispose();
+    y.dispose();
+  }
+  w[0].dispose();
+  return best;
+}
+
+/**
+ * FLOPs of a decode step of B rows: the non-expert linears (the decode form: kv_b as W_UK / W_UV
+ * has kv_b's MACs) and the lm_head per row, the routed FFN experts per (token, expert) pair
+ * (zero experts compute nothing), and the absorbed attention, 4 kv_lora + 2 rope FLOPs per head
+ * per cached key and sub-layer (ctx: the keys the step's rows attend, summed).
+ */
+const stepFlops = (acc, dims, B, ffnRows, ctx) => {
+  const nonExpert =
+    2 * B * (acc.denseParams + acc.headParams) + 2 * dims.layers * dims.heads * ctx * (4 * dims.kvLora + 2 * dims.rope);
+  const experts = 2 * acc.expertParams * ffnRows;
+  return { nonExpert, experts, total: nonExpert + experts };
+};
 
 // ---- main -------------------------------------------------------------------------------------
 
@@ -218,6 +278,8 @@ const model = await loadModel(dir, loadOpts);
 const acc = accounting(model);
 const inst = instrument(model);
 const gbpsBefore = readBandwidth();
+const gflopsBefore = gemmRate(model.engine.dims.hidden);
+const dims = model.engine.dims;
 const maxTokensOf = n => TOKENS + n;
 
 // 1 + 2: concurrency levels
@@ -262,6 +324,29 @@ for (const n of CONCURRENCY) {
     itlMs: pcts(itls(streams)),
     ttftReportedMs: pcts(streams.map(s => s.result.timeToFirstTokenMs)),
   });
+}
+
+// 1b: the batched step alone: B sequences (32-token prompts) decoded by STEP_ROUNDS scheduler
+// rounds with nothing else running (no sessions, no prefill between rounds): min and median round
+const STEP_ROUNDS = quick ? 4 : 16;
+for (const l of levels) {
+  const e = model.engine,
+    B = l.concurrency;
+  const seqs = Array.from({ length: B }, () => e.newSequence());
+  const prompts = seqs.map((_, b) => Array.from({ length: PROMPT }, (_, i) => (b * 37 + i * 11) % e.dims.vocab));
+  const first = e.forward(seqs, prompts);
+  first.logits.dispose();
+  const greedy = { temperature: 0, topK: 0, topP: 1, minP: 0, seed: 0 };
+  let next = seqs.map((_, b) => b % e.dims.vocab);
+  const ms = [];
+  for (let i = 0; i <= STEP_ROUNDS; i++) {
+    const t0 = now();
+    const r = await Promise.all(seqs.map((q, b) => model.scheduler.decode(q, next[b], greedy)));
+    if (i > 0) ms.push(now() - t0); // the first: a warm-up
+    next = r.map(x => (typeof x === 'object' ? x.next : 0));
+  }
+  for (const q of seqs) q.release();
+  l.stepAlone = { rounds: ms.length, minMs: pct(ms, 0), medianMs: pct(ms, 50) };
 }
 
 // 2b: a long prompt arriving mid-run
@@ -338,6 +423,8 @@ prefix.laterTtftSpeedup = prefix.off.laterTtftMs / prefix.on.laterTtftMs;
 // The read bandwidth, before and after the timed runs: the higher (a ceiling never lowered by a slow sample).
 const gbpsAfter = readBandwidth();
 const gbps = Math.max(gbpsBefore, gbpsAfter);
+const gflopsAfter = gemmRate(dims.hidden);
+const gflops = Math.max(gflopsBefore, gflopsAfter);
 
 // the ceiling, from the routing pass
 const rt = await routingPass(dir, maxTokensOf);
@@ -349,6 +436,38 @@ for (const l of levels) {
   l.ceilingTokensPerSecond = ceiling;
   l.ratio = l.tokensPerSecond / ceiling;
   l.ratioMedianStep = l.tokensPerSecondMedianStep / ceiling;
+  // the compute-aware ceiling: a step takes at least max(bytes / bandwidth, FLOPs / GEMM rate)
+  const fl = stepFlops(acc, dims, l.concurrency, r.ffnRowsPerStep, r.ctxPerStep);
+  const flops = fl.total;
+  const bytesMs = stepBytes / gbps / 1e6,
+    flopsMs = flops / gflops / 1e6;
+  // per part (the non-expert weights, the routed experts: one after the other in the step), each
+  // its own max(bytes, FLOPs): the dense GEMMs are compute-bound while the experts stream bytes
+  const part = (bytes, f) => Math.max(bytes / gbps / 1e6, f / gflops / 1e6);
+  const partsMs = part(acc.nonExpertBytes, fl.nonExpert) + part(r.distinctPerStep * acc.expertBytes, fl.experts);
+  l.compute = {
+    stepFlops: flops,
+    nonExpertFlops: fl.nonExpert,
+    expertFlops: fl.experts,
+    partsMs,
+    ffnRowsPerStep: r.ffnRowsPerStep,
+    ctxPerStep: r.ctxPerStep,
+    bytesMs,
+    flopsMs,
+    bound: flopsMs > bytesMs ? 'compute' : 'bytes',
+  };
+  l.ceilingComputeTokensPerSecond = (l.concurrency * 1e3) / Math.max(bytesMs, flopsMs);
+  l.ratioCompute = l.tokensPerSecond / l.ceilingComputeTokensPerSecond;
+  l.ratioComputeMedianStep = l.tokensPerSecondMedianStep / l.ceilingComputeTokensPerSecond;
+  l.ceilingPartsTokensPerSecond = (l.concurrency * 1e3) / partsMs;
+  l.ratioParts = l.tokensPerSecond / l.ceilingPartsTokensPerSecond;
+  l.ratioPartsMedianStep = l.tokensPerSecondMedianStep / l.ceilingPartsTokensPerSecond;
+  // the step alone (1b), its median round against the three ceilings
+  const sa = l.stepAlone;
+  sa.tokensPerSecond = (l.concurrency * 1e3) / sa.medianMs;
+  sa.ratio = sa.tokensPerSecond / ceiling;
+  sa.ratioCompute = sa.tokensPerSecond / l.ceilingComputeTokensPerSecond;
+  sa.ratioParts = sa.tokensPerSecond / l.ceilingPartsTokensPerSecond;
 }
 
 const res = {
@@ -360,11 +479,16 @@ const res = {
   loadavg: { start: loadStart, end: os.loadavg() },
   readGBps: gbps,
   readGBpsSamples: [gbpsBefore, gbpsAfter],
+  gemmGflops: gflops,
+  gemmGflopsSamples: [gflopsBefore, gflopsAfter],
   accounting: {
     nonExpertBytes: acc.nonExpertBytes,
     expertBytes: acc.expertBytes,
+    nonExpertParams: acc.denseParams + acc.headParams,
+    expertParams: acc.expertParams,
     layers: rt.layers,
     nRouted: rt.nRouted,
+    topk: dims.topk,
     weightDtype: acc.weightDtype,
   },
   settings: { TOKENS, PROMPT, LONG_AT, LONG_PROMPT, PREFILL_CHUNK, SYSTEM, REQUESTS },
@@ -383,19 +507,31 @@ const batchSizes = l => {
 };
 const p3 = p => `${f(p.p50)} / ${f(p.p90)} / ${f(p.p99)}`;
 console.log(
-  `serve bench: ${PRESET} preset, CPU (${res.cpus} cpus), read ${f(gbps, 2)} GB/s (${f(gbpsBefore, 2)} before, ${f(gbpsAfter, 2)} after), load ${loadStart.map(x => x.toFixed(2)).join(' ')} -> ${res.loadavg.end.map(x => x.toFixed(2)).join(' ')}`,
+  `serve bench: ${PRESET} preset, CPU (${res.cpus} cpus), read ${f(gbps, 2)} GB/s (${f(gbpsBefore, 2)} before, ${f(gbpsAfter, 2)} after), GEMM ${f(gflops, 1)} GFLOP/s (${f(gflopsBefore, 1)} / ${f(gflopsAfter, 1)}), load ${loadStart.map(x => x.toFixed(2)).join(' ')} -> ${res.loadavg.end.map(x => x.toFixed(2)).join(' ')}`,
 );
 console.log(
   `step bytes = ${f(acc.nonExpertBytes / 1e6, 2)} MB non-expert + distinct experts x ${f(acc.expertBytes / 1e6, 3)} MB (${rt.layers} layers x ${rt.nRouted} experts)`,
 );
 console.log(
-  '| streams | tok/s (full batch) | ceiling tok/s | ratio | tok/s, median step | ratio, median step | distinct experts/step | mean batch | batch sizes run (size:steps) | TTFT ms p50/p90/p99 | ITL ms p50/p90/p99 |',
+  `step FLOPs = streams x 2 x ${f((acc.denseParams + acc.headParams) / 1e6, 2)} M non-expert + (token, expert) pairs x 2 x ${f(acc.expertParams / 1e6, 3)} M + attention`,
 );
-console.log('|---|---|---|---|---|---|---|---|---|---|---|');
+console.log(
+  '| streams | tok/s (full batch) | byte ceiling tok/s | ratio | compute-aware ceiling tok/s (bound) | ratio | per-part ceiling tok/s | ratio | tok/s, median step | ratios, median step (byte / compute-aware / per-part) | distinct experts/step | mean batch | batch sizes run (size:steps) | TTFT ms p50/p90/p99 | ITL ms p50/p90/p99 |',
+);
+console.log('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|');
 for (const l of levels)
   console.log(
-    `| ${l.concurrency} | ${f(l.tokensPerSecond)} | ${f(l.ceilingTokensPerSecond)} | ${f(l.ratio, 3)} | ${f(l.tokensPerSecondMedianStep)} | ${f(l.ratioMedianStep, 3)} | ${f(l.bytes.distinctExpertsPerStep)} | ${f(l.scheduler.meanBatch, 2)} | ${batchSizes(l)} | ${p3(l.ttftMs)} | ${p3(l.itlMs)} |`,
+    `| ${l.concurrency} | ${f(l.tokensPerSecond)} | ${f(l.ceilingTokensPerSecond)} | ${f(l.ratio, 3)} | ${f(l.ceilingComputeTokensPerSecond)} (${l.compute.bound}) | ${f(l.ratioCompute, 3)} | ${f(l.ceilingPartsTokensPerSecond)} | ${f(l.ratioParts, 3)} | ${f(l.tokensPerSecondMedianStep)} | ${f(l.ratioMedianStep, 3)} / ${f(l.ratioComputeMedianStep, 3)} / ${f(l.ratioPartsMedianStep, 3)} | ${f(l.bytes.distinctExpertsPerStep)} | ${f(l.scheduler.meanBatch, 2)} | ${batchSizes(l)} | ${p3(l.ttftMs)} | ${p3(l.itlMs)} |`,
   );
+console.log('\nThe batched step alone (scheduler rounds of B sequences, nothing else running):');
+console.log('| streams | round ms min / median | tok/s (median) | ratio to byte / compute-aware / per-part ceiling |');
+console.log('|---|---|---|---|');
+for (const l of levels) {
+  const sa = l.stepAlone;
+  console.log(
+    `| ${l.concurrency} | ${f(sa.minMs, 2)} / ${f(sa.medianMs, 2)} | ${f(sa.tokensPerSecond)} | ${f(sa.ratio, 3)} / ${f(sa.ratioCompute, 3)} / ${f(sa.ratioParts, 3)} |`,
+  );
+}
 console.log(
   `Long prompt (${longPrompt.promptTokens} tokens, ${longPrompt.chunks} chunks of ${PREFILL_CHUNK}) arriving among ${LONG_AT} streams: its TTFT ${f(longPrompt.longTtftMs)} ms; running streams' ITL p50/p90/p99 during its prefill ${p3(longPrompt.itlDuringMs)} ms (max ${f(longPrompt.maxItlDuringMs)}), outside ${p3(longPrompt.itlOutsideMs)} ms`,
 );

@@ -280,6 +280,8 @@ function parseJob(
     `an array of token ids in [0, ${vocab})`,
     v => Array.isArray(v) && v.every(t => isInt(0)(t) && t < vocab),
   );
+  // ignore_eos: an extension (vLLM's): generate max_tokens tokens, past end-of-sequence tokens
+  const ignoreEos = field<boolean>(body, 'ignore_eos', 'a boolean', v => typeof v === 'boolean') ?? false;
   const format = field<Body>(body, 'response_format', 'an object', isObject);
   if (format && format.type !== 'text') throw unsupported(`response_format ${showValue(format.type, 40)}`, 'response_format');
 
@@ -324,6 +326,7 @@ function parseJob(
   if (repetitionPenalty !== undefined && repetitionPenalty !== 1) options.repetitionPenalty = repetitionPenalty;
   if (logitBias) options.logitBias = logitBias;
   if (stopTokenIds?.length) options.stopTokenIds = stopTokenIds;
+  if (ignoreEos) options.ignoreEos = true;
   if (logprobs !== undefined) options.logprobs = logprobs;
   if (tools.length > 0) options.tools = tools;
   if (
@@ -471,6 +474,11 @@ class Metrics {
         ['{kind="speculative"}', st.speculativeRows],
       ]);
       metric('longcat_decode_batch_max', 'gauge', 'Largest batch of sequences decoded in one step.', [['', st.largestBatch]]);
+      const g = model.engine.capturedGraphs;
+      metric('longcat_captured_graphs', 'gauge', 'Captured step graphs, one per bucket of batch sizes.', [
+        ['{kind="decode"}', g.decode],
+        ['{kind="speculative"}', g.speculative],
+      ]);
     }
     return `${lines.join('\n')}\n`;
   }

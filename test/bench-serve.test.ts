@@ -32,6 +32,21 @@ interface Level {
   scheduler: { decodeSteps: number; decodeRows: number; meanBatch: number; largestBatch: number };
   batchHistogram: Record<string, number>;
   bytes: { distinctExpertsPerStep: number; routedFullSteps: number; stepBytes: number };
+  compute: { stepFlops: number; ffnRowsPerStep: number; ctxPerStep: number; bytesMs: number; flopsMs: number; bound: string };
+  ceilingComputeTokensPerSecond: number;
+  ratioCompute: number;
+  ratioComputeMedianStep: number;
+  ceilingPartsTokensPerSecond: number;
+  ratioParts: number;
+  stepAlone: {
+    rounds: number;
+    minMs: number;
+    medianMs: number;
+    tokensPerSecond: number;
+    ratio: number;
+    ratioCompute: number;
+    ratioParts: number;
+  };
   ttftMs: { p50: number; p90: number; p99: number; n: number };
   itlMs: { p50: number; p90: number; p99: number; n: number };
 }
@@ -53,6 +68,7 @@ describe('bench/serve.mjs', () => {
       expect(res.bench).toBe('serve');
       expect(res.loadavg.start).toHaveLength(3);
       expect(finite(res.readGBps)).toBe(true);
+      expect(finite(res.gemmGflops)).toBe(true);
       const { layers, nRouted } = res.accounting;
       const levels = res.levels as Level[];
       expect(levels.map(l => l.concurrency)).toEqual([1, 4]);
@@ -65,6 +81,16 @@ describe('bench/serve.mjs', () => {
           l.ratio,
           l.window.ms,
           l.bytes.stepBytes,
+          l.ceilingComputeTokensPerSecond,
+          l.ratioCompute,
+          l.ratioComputeMedianStep,
+          l.compute.stepFlops,
+          l.ceilingPartsTokensPerSecond,
+          l.ratioParts,
+          l.stepAlone.tokensPerSecond,
+          l.stepAlone.ratio,
+          l.stepAlone.ratioCompute,
+          l.stepAlone.ratioParts,
         ])
           expect(finite(x)).toBe(true);
         // every stream generates maxTokens tokens: the first from its prompt, the rest in decode rows
@@ -82,6 +108,15 @@ describe('bench/serve.mjs', () => {
           res.accounting.nonExpertBytes + l.bytes.distinctExpertsPerStep * res.accounting.expertBytes,
           6,
         );
+        // the compute-aware ceiling is never above the byte one; FFN pairs: at most top-k per row and layer
+        expect(l.ceilingComputeTokensPerSecond).toBeLessThanOrEqual(l.ceilingTokensPerSecond * (1 + 1e-12));
+        // the per-part ceiling is never above the whole step's max(bytes, FLOPs)
+        expect(l.ceilingPartsTokensPerSecond).toBeLessThanOrEqual(l.ceilingComputeTokensPerSecond * (1 + 1e-12));
+        expect(l.compute.bound).toBe(l.compute.flopsMs > l.compute.bytesMs ? 'compute' : 'bytes');
+        expect(l.compute.ffnRowsPerStep).toBeGreaterThan(0);
+        expect(l.compute.ffnRowsPerStep).toBeLessThanOrEqual(l.concurrency * layers * res.accounting.topk);
+        expect(l.stepAlone.rounds).toBeGreaterThan(0);
+        expect(l.stepAlone.minMs).toBeLessThanOrEqual(l.stepAlone.medianMs);
         expect(l.ttftMs.n).toBe(l.concurrency);
         pcts(l.ttftMs);
         pcts(l.itlMs);

@@ -367,6 +367,7 @@ describe('moe', () => {
       [1, 129, 65, 8, 4, 6],
       [9, 37, 23, 8, 2, 3],
       [64, 37, 23, 5, 1, 4],
+      [64, 37, 23, 16, 2, 6], // ~21 rows per expert, 16 experts: auto spreads them over a small pool
     ];
     eachCall(17, shapes, call => {
       const res: Float32Array[] = [];

@@ -14,6 +14,7 @@ import OpenAI from 'openai';
 import { createServer, type LongcatServer } from '../lib/server.js';
 import { loadModel, type GenerateOptions, type GenerateResult, type Model } from '../lib/generate.js';
 import { parseToolCalls, type ChatMessage } from '../lib/chat.js';
+import { graphBucket } from '../lib/model/model.js';
 import { checkpointFixture, cpuModelFixture } from './model-fixture.js';
 import { rng } from '../lib/check/rng.js';
 
@@ -252,6 +253,22 @@ describe('sampler fields, logprobs and n', () => {
     expect(stopped.tokens).toEqual(free.tokens.slice(0, cut));
     expect(sBody.choices[0]!.text).toBe(stopped.text);
     expect(sBody.choices[0]!.finish_reason).toBe('stop');
+  });
+
+  it("ignore_eos (vLLM's extension) generates max_tokens tokens past end-of-sequence tokens", async () => {
+    const eos = tiny.model.tokenizer.eosIds[0]!;
+    // +100 on the EOS id: greedy ends at once, unless told to go on
+    const body = { model: 'tiny', prompt: textPrompt, max_tokens: 5, temperature: 0, logit_bias: { [eos]: 100 } };
+    const ended = (await (await post('/v1/completions', body)).json()) as OpenAI.Completion;
+    expect(ended.choices[0]!.finish_reason).toBe('stop');
+    expect(ended.usage!.completion_tokens).toBe(0);
+    const past = (await (await post('/v1/completions', { ...body, ignore_eos: true })).json()) as OpenAI.Completion;
+    expect(past.choices[0]!.finish_reason).toBe('length');
+    expect(past.usage!.completion_tokens).toBe(5);
+    const sdkPast = await sdk(textPrompt, { maxTokens: 5, logitBias: { [eos]: 100 }, ignoreEos: true });
+    expect(sdkPast.tokens).toEqual(Array(5).fill(eos));
+    expect(past.choices[0]!.text).toBe(sdkPast.text);
+    await expectError(await post('/v1/completions', { ...body, ignore_eos: 'yes' }), 400, 'invalid_type', 'ignore_eos');
   });
 
   it('GenerateOptions.onToken (what streamed logprobs use) sees every generated token with its logprobs', async () => {
@@ -984,6 +1001,11 @@ describe('32 concurrent streams', () => {
       expect(Number(/^longcat_decode_steps_total\{kind="plain"\} (\d+)$/m.exec(text)![1])).toBe(st.decodeSteps);
       expect(Number(/^longcat_decode_rows_total\{kind="plain"\} (\d+)$/m.exec(text)![1])).toBe(st.decodeRows);
       expect(value('longcat_decode_batch_max')).toBe(st.largestBatch);
+      // 32 streams decoding in batches of up to 32 sizes: graphs only of the buckets (graphBucket)
+      const graphs = Number(/^longcat_captured_graphs\{kind="decode"\} (\d+)$/m.exec(text)![1]);
+      expect(graphs).toBe(tiny.model.engine.capturedGraphs.decode);
+      expect(graphs).toBeGreaterThan(0);
+      expect(graphs).toBeLessThanOrEqual(new Set(Array.from({ length: 32 }, (_, i) => graphBucket(i + 1))).size);
       // every generated token after the first of each stream was a decode row
       expect(st.decodeRows - stats0.decodeRows).toBeGreaterThanOrEqual(value('longcat_generation_tokens_total') - 32);
     } finally {

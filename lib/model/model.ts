@@ -122,6 +122,21 @@ function packSampling(sampling: readonly SamplingParams[], out: Int32Array) {
   });
 }
 
+/**
+ * The row counts (decode) or sequence counts (speculative steps) captured graphs are made for:
+ * 1, 2, 4, multiples of 8 up to 256, then multiples of 64 (vLLM's sizes). A batch of another size
+ * replays the graph of the next size up, padded with inert rows (padRows), so a server's churn of
+ * batch sizes captures a few dozen graphs at most (35 up to 256 rows), not one per size.
+ */
+export function graphBucket(n: number): number {
+  if (n <= 2) return n;
+  if (n <= 4) return 4;
+  return n <= 256 ? Math.ceil(n / 8) * 8 : Math.ceil(n / 64) * 64;
+}
+
+/** The most padding rows a captured step adds: 63 sequences of a speculative step's 2 rows each. */
+const MAX_PAD_ROWS = 2 * 63;
+
 /** A decode step's rows on the host: one row per new token (several per sequence when verifying drafts). */
 interface DecodeRows {
   ids: Int32Array;
@@ -150,6 +165,9 @@ export class LongcatModel {
   private readonly invFreq: Tensor;
   private readonly maxBlocks: number;
   private readonly useGraphs: boolean;
+  /** The first of MAX_PAD_ROWS cache slots past the allocator's blocks, which only the padding rows
+   *  of a captured step write (each its own slot); no sequence's block table ever names them. */
+  private readonly padSlot: number;
   /** The ranks the routed experts are split across, when expert parallelism is on. */
   private readonly ep: ExpertParallelGroup | null;
   private readonly experts: ExpertsFn;
@@ -192,16 +210,18 @@ export class LongcatModel {
     this.useGraphs = opts.graphs ?? true;
     const numBlocks = opts.numBlocks ?? Math.min(4 * blocksPerSeq, 4096);
     this.allocator = new BlockAllocator(numBlocks);
+    this.padSlot = numBlocks * this.blockSize;
+    const cacheBlocks = numBlocks + Math.ceil(MAX_PAD_ROWS / this.blockSize);
     const cacheDtype = opts.cacheDtype ?? 'bf16',
       row = latentCacheRow(dims.kvLora, dims.rope, cacheDtype);
     this.caches = [];
     try {
       for (let i = 0; i < this.cacheCount; i++)
-        this.caches.push(empty([numBlocks, this.blockSize, row.width], { dtype: row.dtype, device: this.device }));
+        this.caches.push(empty([cacheBlocks, this.blockSize, row.width], { dtype: row.dtype, device: this.device }));
     } catch (e) {
       for (const c of this.caches) c.dispose();
       if (!(e instanceof LongcatError) || e.code !== 'E_OOM') throw e;
-      const bytes = this.cacheCount * numBlocks * this.blockSize * row.bytes;
+      const bytes = this.cacheCount * cacheBlocks * this.blockSize * row.bytes;
       // the smaller formats these sizes allow, with their bytes per token
       const fp8 = dims.kvLora % 128 === 0 && dims.rope % 2 === 0;
       const order: CacheDtype[] = ['f32', 'bf16', 'fp8'];
@@ -334,7 +354,7 @@ export class LongcatModel {
       const rt = batchTables(seqs, this.maxBlocks, counts);
       try {
         const out = this.replayDecode({ ids, positions, slots, blockTable: rt.table, seqLens: rt.seqLens, ngramIds });
-        const view = (t: Tensor) => t.view(t.shape); // fresh handles: the caller disposes them, the graph keeps the memory
+        const view = (t: Tensor) => t.narrow(0, T); // the step's rows, fresh handles: the caller disposes them, the graph keeps the memory
         return {
           logits: view(out.logits),
           nFfn: opts.collectRouting ? out.nFfn.map(view) : [],
@@ -474,27 +494,70 @@ export class LongcatModel {
   }
 
   /**
-   * A decode step of T rows as one graph replay: the step is captured once per row count with
-   * inputs in fixed tensors, then each step only writes those inputs and replays (DESIGN rule 5:
-   * no per-op crossing into native code on the hot path). Returns the graph's own outputs.
+   * A decode step of T rows as one graph replay: the step is captured once per bucket of row
+   * counts (graphBucket) with inputs in fixed tensors, then each step only writes those inputs and
+   * replays (DESIGN rule 5: no per-op crossing into native code on the hot path). Returns the
+   * graph's own outputs, all Tp = graphBucket(T) rows (the first T are the step's).
    */
   private replayDecode(host: DecodeRows): Required<ForwardResult> {
-    const T = host.ids.length;
-    let g = this.decodeGraphs.get(T);
+    const Tp = graphBucket(host.ids.length);
+    let g = this.decodeGraphs.get(Tp);
     if (!g) {
-      const { inputs, batch, ngram } = this.decodeInputs(T, host.ngramIds !== null);
+      const { inputs, batch, ngram } = this.decodeInputs(Tp, host.ngramIds !== null);
       let out: Required<ForwardResult> | null = null;
       const graph = native.captureGraph(this.captureStreams, () => {
         if (ngram) native.copy(this.main, batch.ngramRows!, ngram.staging); // the step's rows, uploaded by the graph
         out = this.run(batch, true);
       });
       g = { graph, inputs, batch, out: out!, host: new Int32Array(inputs.shape[0]!), ngram };
-      this.decodeGraphs.set(T, g);
+      this.decodeGraphs.set(Tp, g);
     }
-    this.writeDecodeInputs(g, host);
+    this.writeDecodeInputs(g, this.padRows(host, Tp, 1));
     g.graph.replay();
     g.ngram?.uploaded.record(this.main);
     return g.out;
+  }
+
+  /**
+   * The rows of a step padded to Tp for a captured graph of that size. Padding row T + i repeats
+   * row i % group (group: the rows of one sequence, 1 for decode, 2 for a speculative step's
+   * pair): the same token, position, block table and length, so it attends the same cache rows,
+   * routes to the same experts (no extra expert bytes) and computes a copy of that row's results,
+   * which the caller never reads -- but writes its latents to a slot of its own past the
+   * allocator's blocks (padSlot), never to a page of a real sequence.
+   */
+  private padRows(host: DecodeRows, Tp: number, group: number): DecodeRows {
+    const T = host.ids.length;
+    if (Tp === T) return host;
+    if (Tp - T > MAX_PAD_ROWS) throw new Error(`padRows: ${Tp - T} padding rows > ${MAX_PAD_ROWS}`); // graphBucket's bound
+    const mb = this.maxBlocks;
+    const pad = (a: Int32Array, width = 1) => {
+      const out = new Int32Array(Tp * width);
+      out.set(a);
+      for (let r = T; r < Tp; r++) out.copyWithin(r * width, ((r - T) % group) * width, (((r - T) % group) + 1) * width);
+      return out;
+    };
+    const slots = pad(host.slots);
+    for (let r = T; r < Tp; r++) slots[r] = this.padSlot + r - T;
+    let ngram: Int32Array | null = null;
+    if (host.ngramIds) {
+      const E = host.ngramIds.length / T;
+      ngram = new Int32Array(E * Tp);
+      for (let e = 0; e < E; e++) ngram.set(pad(host.ngramIds.subarray(e * T, (e + 1) * T)), e * Tp);
+    }
+    return {
+      ids: pad(host.ids),
+      positions: pad(host.positions),
+      slots,
+      blockTable: pad(host.blockTable, mb),
+      seqLens: pad(host.seqLens),
+      ngramIds: ngram,
+    };
+  }
+
+  /** How many decode and speculative graphs are captured (bounded by graphBucket's sizes). */
+  get capturedGraphs(): { decode: number; speculative: number } {
+    return { decode: this.decodeGraphs.size, speculative: this.specGraphs.size };
   }
 
   /** The fixed input tensors of a captured decode batch of T rows: every int32 input in one buffer,
@@ -670,30 +733,34 @@ export class LongcatModel {
       const slots = Int32Array.from(reserved.flatMap(r => [...r]));
       const bt = batchTables(seqs, this.maxBlocks, Array(B).fill(2));
       const ngramIds = this.ngramRowIds(seqs, tokens, pastLens);
-      let g = this.specGraphs.get(B);
+      // the graph of Bp sequences; padding sequences repeat sequence 0 (padRows), its draft and settings
+      const Bp = graphBucket(B);
+      let g = this.specGraphs.get(Bp);
       if (!g) {
-        g = this.captureSpeculative(B, ngramIds !== null);
-        this.specGraphs.set(B, g);
+        g = this.captureSpeculative(Bp, ngramIds !== null);
+        this.specGraphs.set(Bp, g);
       }
-      const extra = g.host.subarray(g.host.length - 7 * B);
+      const extra = g.host.subarray(g.host.length - 7 * Bp);
       extra.set(Int32Array.from(drafts), 0);
-      packSampling(sampling, extra.subarray(B));
-      this.writeDecodeInputs(g, { ids, positions, slots, blockTable: bt.table, seqLens: bt.seqLens, ngramIds });
+      extra.fill(drafts[0]!, B, Bp);
+      packSampling([...sampling, ...Array<SamplingParams>(Bp - B).fill(sampling[0]!)], extra.subarray(Bp));
+      const rows = { ids, positions, slots, blockTable: bt.table, seqLens: bt.seqLens, ngramIds };
+      this.writeDecodeInputs(g, this.padRows(rows, 2 * Bp, 2));
       replayed = performance.now();
       g.graph.replay();
       g.ngram?.uploaded.record(this.main);
       const out = (await toArrayAsync(g.outputs)) as Int32Array;
       const readBack = performance.now();
       this.ep?.endStep();
-      const accepted = Array.from(out.subarray(2 * B, 3 * B));
+      const accepted = Array.from(out.subarray(2 * Bp, 2 * Bp + B));
       seqs.forEach((seq, b) => {
         seq.truncate(pastLens[b]! + 1 + accepted[b]!); // (the step's own pages: never shared)
       });
       return {
         tokens: accepted.map((n, b) => Array.from(out.subarray(2 * b, 2 * b + n + 1))),
         accepted,
-        drafts: Array.from(out.subarray(3 * B, 4 * B)),
-        nFfn: g.nFfn.map(t => t.view(t.shape)),
+        drafts: Array.from(out.subarray(3 * Bp, 3 * Bp + B)),
+        nFfn: g.nFfn.map(t => t.narrow(0, 2 * B)),
         hostMs: replayed - t0 + performance.now() - readBack,
       };
     } catch (e) {

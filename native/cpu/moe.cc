@@ -169,10 +169,16 @@ int64_t moe(int64_t t, int64_t k, int64_t h, const float* u, const int32_t* idx,
       linear(m, g, DType::F32, ex.down[e], x, DType::F32);  // x is dead after gate/up
     };
 
-    // Few rows per expert (decode): each expert is a GEMV, spread whole experts over threads
-    // (linear's own parallel_for nests). Many rows: experts in turn, linear parallelises inside.
+    // Whole experts spread over threads (linear's own parallel_for nests, inline) when each is a
+    // GEMV (few rows per expert: decode), or when there are enough experts to keep every thread
+    // busy (4 per thread: a batched decode step's 8-32 rows per expert, where splitting each small
+    // GEMM over the threads costs a pool round trip per linear, 3 per expert). Otherwise (few
+    // experts, many rows: prefill on a wide pool) experts in turn, linear parallelises inside.
     Sched sc = sched_override();
-    if (sc == Sched::Auto) sc = (nseg > 1 && (r1 - r0) <= 4 * nseg) ? Sched::Experts : Sched::Linear;
+    if (sc == Sched::Auto) {
+      const int64_t nthreads = ThreadPool::global().threads();
+      sc = (nseg > 1 && ((r1 - r0) <= 4 * nseg || nseg >= 4 * nthreads)) ? Sched::Experts : Sched::Linear;
+    }
     if (sc == Sched::Experts) {
       parallel_for(nseg, 1, [&](int64_t s0, int64_t s1) {
         for (int64_t s = s0; s < s1; ++s) run_segment(a_first + s);
