@@ -97,6 +97,62 @@ __global__ void __launch_bounds__(kScalarWarps * 32)
   }
 }
 
+// int4 skinny GEMV (t <= 16; format: lc::cpu::linear.h): one warp per weight row, each lane reads
+// one 16-byte unit (the codes of 32 columns) per step with a 16-byte load, decodes them with its
+// group's scale and zero point (fma(q, s, -z s), the CPU's exact weights) and multiplies them with
+// x read through the cache (t * k values shared by every warp). Rows 16-byte aligned (the format's
+// rows are whole units; the binding checks the base).
+constexpr int kInt4Warps = 8;
+
+template <int kT>
+__global__ void __launch_bounds__(kInt4Warps * 32)
+    linear_int4_skinny(int t, const void* __restrict__ x, bool xb, WView w, int64_t n, void* __restrict__ y, bool yb) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kInt4Warps + threadIdx.x / 32;
+  const int lane = threadIdx.x & 31;
+  if (row >= n) return;
+  const int64_t units = w.int4_groups() * w.group / 32;
+  const uint4* wr = reinterpret_cast<const uint4*>(static_cast<const uint8_t*>(w.data) + row * units * 16);
+  float acc[kT];
+#pragma unroll
+  for (int i = 0; i < kT; ++i) acc[i] = 0.f;
+  for (int64_t u = lane; u < units; u += 32) {
+    const uint4 v = wr[u];
+    const int64_t c0 = u * 32;
+    float s, mzs;
+    w.int4_params(row, c0 / w.group, s, mzs);
+    const uint32_t words[4] = {v.x, v.y, v.z, v.w};
+    float wv[32];
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+      const uint32_t b = (words[j / 4] >> (8 * (j % 4))) & 0xffu;
+      wv[j] = fmaf(static_cast<float>(b & 15u), s, mzs);
+      wv[16 + j] = fmaf(static_cast<float>(b >> 4), s, mzs);
+    }
+    const int cols = c0 + 32 <= w.k ? 32 : static_cast<int>(w.k - c0);  // padding columns past k
+#pragma unroll
+    for (int i = 0; i < kT; ++i) {
+      if (i < t) {
+#pragma unroll
+        for (int j = 0; j < 32; ++j)
+          if (j < cols) acc[i] = fmaf(wv[j], load_x(x, xb, i * w.k + c0 + j), acc[i]);
+      }
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < kT; ++i) {
+    if (i < t) {
+      const float v = warp_sum(acc[i]);
+      if (lane == 0) store_y(y, yb, i * n + row, v);
+    }
+  }
+}
+
+template <int kT>
+void launch_int4_skinny(int64_t t, const void* x, bool xb, const WView& w, int64_t n, void* y, bool yb, cudaStream_t s) {
+  linear_int4_skinny<kT><<<static_cast<unsigned>(ceil_div(n, kInt4Warps)), kInt4Warps * 32, 0, s>>>(static_cast<int>(t), x, xb, w,
+                                                                                                     n, y, yb);
+}
+
 template <int kT, int kR, int kU>
 void launch_skinny(int64_t t, const void* x, bool xb, const WView& w, int64_t n, void* y, bool yb, cudaStream_t s) {
   const unsigned blocks = static_cast<unsigned>(ceil_div(n, gemv::kWarps * kR));
@@ -220,8 +276,23 @@ size_t align256(size_t b) { return (b + 255) & ~static_cast<size_t>(255); }
 void linear(int64_t t, const void* x, DType xt, const cpu::WeightRef& wr, void* y, DType yt, void* stream) {
   if (t == 0 || wr.n == 0) return;
   auto s = static_cast<cudaStream_t>(stream);
-  const WView w{wr.data, wr.scale, wr.dtype, wr.k, (wr.k + 127) / 128};
+  const WView w{wr.data,        wr.scale, wr.dtype, wr.k, (wr.k + 127) / 128, wr.group_scale, wr.group, wr.group_scale_f16,
+                wr.group_zero};
   const bool xb = xt == DType::BF16, yb = yt == DType::BF16;
+  if (wr.dtype == DType::I4) {
+    // Decode: the int4 GEMV. Prefill: the fp32 tiles (a tensor-core int4 GEMM is not written yet).
+    if (t <= 1)
+      launch_int4_skinny<1>(t, x, xb, w, wr.n, y, yb, s);
+    else if (t <= 4)
+      launch_int4_skinny<4>(t, x, xb, w, wr.n, y, yb, s);
+    else if (t <= kSkinnyMaxRows)
+      launch_int4_skinny<kSkinnyMaxRows>(t, x, xb, w, wr.n, y, yb, s);
+    else {
+      if (ceil_div(t, kTile) > 65535) fail(Code::E_SHAPE, "linear (CUDA): %lld rows exceed one launch", static_cast<long long>(t));
+      linear_tiled_f32<<<dim3(ceil_div(wr.n, kTile), ceil_div(t, kTile)), 256, 0, s>>>(t, x, xb, w, wr.n, y, yb);
+    }
+    return;
+  }
   if (t <= kSkinnyMaxRows) {
     // Rows per warp (kR) and 16-byte units per lane and row (kU) by batch: one row is bandwidth-
     // bound (4 loads in flight per lane, plus 4 prefetched); from 2 rows on, every shared-memory x

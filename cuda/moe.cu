@@ -75,7 +75,7 @@ Layout layout(int64_t t, int64_t k, int64_t h, int64_t inter, int64_t nr, bool f
 }
 
 __device__ __forceinline__ WView view(const MoeWeight& m, int64_t k) {
-  return WView{m.data, m.scale, m.dtype, k, (k + 127) / 128};
+  return WView{m.data, m.scale, m.dtype, k, (k + 127) / 128, m.group_scale, m.group, m.group_scale_f16, m.group_zero};
 }
 
 // ---- routing stages -----------------------------------------------------------------------------
@@ -556,7 +556,7 @@ size_t moe_workspace_bytes(int64_t t, int64_t k, int64_t h, int64_t inter, int64
 }
 
 void moe(int64_t t, int64_t k, int64_t h, int64_t inter, const float* u, const int32_t* idx, const float* w,
-         const MoeWeight* table, int64_t n_routed, int64_t n_experts, float* out, bool fp8, void* workspace,
+         const MoeWeight* table, int64_t n_routed, int64_t n_experts, float* out, bool fp8, bool int4, void* workspace,
          size_t workspace_bytes, void* stream) {
   const int64_t ns = t * k, nr = n_routed;
   if (ns <= 0 || h <= 0) return;
@@ -609,7 +609,7 @@ void moe(int64_t t, int64_t k, int64_t h, int64_t inter, const float* u, const i
       skinny_kernel<true><<<static_cast<unsigned>(cap * nb_gu), kSkinnyWarps * 32, 0, s>>>(a, nb_gu);
       a.xvec = inter % 4 == 0;  // act rows: 256-aligned base, inter floats apart
       skinny_kernel<false><<<static_cast<unsigned>(cap * nb_d), kSkinnyWarps * 32, 0, s>>>(a, nb_d);
-    } else if (cpu::matmul_precision() == cpu::MatmulPrecision::Highest) {
+    } else if (cpu::matmul_precision() == cpu::MatmulPrecision::Highest || int4) {
       const int64_t nb_gu = ceil_div(inter, kTiled), nb_d = ceil_div(h, kTiled);
       check_grid(cap * std::max(nb_gu, nb_d));
       a.xvec = false;

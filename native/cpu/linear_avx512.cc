@@ -25,6 +25,8 @@ struct Avx512Linear {
                               : T <= 4 ? 4
                                        : 2,
                               T <= 2 ? 4 : 1, T <= 2 ? 16384 / (4 * T) : 0>;
+  template <int T>
+  static constexpr int kInt4Rows = T <= 2 ? 4 : 2;  // registers: see linear_vec.h's int4 GEMV
   static constexpr bool kFp8ReloadCodes = false;
   static constexpr int64_t kGemmMR = 6;  // 6 x 4 accumulators + 6 x + 1 weight = 31 of 32 registers
 };
