@@ -37,8 +37,9 @@ commands:
            [--draft-agreement F]         write a random LongCat-Flash checkpoint (original layout);
                                          with --mtp, tiny|small|lite: greedy text follows a fixed
                                          token cycle and the MTP drafts are accepted at rate F
-  quantize --to fp8|int8 IN OUT          write IN's linears quantized to OUT (new or empty), shard by
-                                         shard: fp8 = block FP8 (SPEC 7.1), int8 = per-row int8
+  quantize --to fp8|int8|int4 IN OUT     write IN's linears quantized to OUT (new or empty), shard by
+                                         shard: fp8 = block FP8 (SPEC 7.1), int8 = per-row int8,
+                                         int4 = GPTQ-packed 4-bit (group 128, symmetric)
   eval --kld BASE QUANT --text FILE      KL divergence of QUANT's next-token distribution from BASE's,
            [--ctx N] [--threads N] [--json]  top-1 agreement and both perplexities (CPU)
   info [--json]                          backends, devices, CPU features and build flags
@@ -441,9 +442,9 @@ async function initRandomCmd(args: string[]) {
 
 async function quantizeCmd(args: string[]) {
   const { values: v, positionals } = parseArgs({ args, allowPositionals: true, options: { to: { type: 'string' } } });
-  if (v.to === undefined) throw new UsageError('quantize: --to fp8|int8 is required');
+  if (v.to === undefined) throw new UsageError('quantize: --to fp8|int8|int4 is required');
   if (v.to !== 'fp8' && v.to !== 'int8' && v.to !== 'int4')
-    throw new UsageError(`quantize: --to must be fp8 or int8, got '${v.to}'`);
+    throw new UsageError(`quantize: --to must be fp8, int8 or int4, got '${v.to}'`);
   if (positionals.length !== 2) throw new UsageError('quantize: give the input and the output directory: quantize --to F IN OUT');
   const [input, output] = positionals as [string, string];
   const tty = process.stderr.isTTY;

@@ -4,7 +4,10 @@
 import { native } from './native.js';
 import type { Tensor } from './tensor.js';
 import { CheckpointError } from './errors.js';
-import { f32ToF16 } from './numeric.js';
+import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from './numeric.js';
+import { type GptqQuantizationConfig, isGptqConfig } from './config.js';
+import type { Checkpoint } from './checkpoint.js';
+import type { TensorSource } from './model/weights.js';
 
 /** The group size `longcat quantize --to int4` and loadModel's `quantize: 'int4'` use. */
 export const INT4_GROUP = 128;
@@ -60,8 +63,9 @@ export function int4WeightTensor(bytes: Uint8Array, n: number, k: number, g: num
 export interface GptqTensors {
   qweight: Int32Array;
   qzeros: Int32Array | null;
-  scales: Uint16Array; // f16 bits
+  scales: Uint16Array; // f16 bits (bf16 bits with scaleDtype 'bf16')
   gIdx: Int32Array | null;
+  scaleDtype?: 'f16' | 'bf16';
 }
 
 /** How a GPTQ-style checkpoint stores its zero points (config.ts GptqQuantizationConfig). */
@@ -123,7 +127,7 @@ export function gptqToInt4(
   for (let j = 0; j < n; j++)
     for (let gi = 0; gi < G; gi++) {
       scale[(j * G + gi) * per] = t.scales[gi * n + j]!;
-      if (per === 2) scale[(j * G + gi) * per + 1] = f32ToF16(zero(gi, j)); // exact: 0..16
+      if (per === 2) scale[(j * G + gi) * per + 1] = (t.scaleDtype === 'bf16' ? f32ToBf16 : f32ToF16)(zero(gi, j)); // exact: 0..16
     }
   return { bytes: packInt4(codes, n, k, g), g, scale, zeros: per === 2 };
 }
@@ -147,4 +151,120 @@ export function int4ToGptq(bytes: Uint8Array, scale: Uint16Array, n: number, k: 
   for (let j = 0; j < n; j++) for (let gi = 0; gi < G; gi++) scales[gi * n + j] = scale[j * G + gi]!;
   const gIdx = Int32Array.from({ length: k }, (_, c) => Math.floor(c / g));
   return { qweight, qzeros, scales, gIdx };
+}
+
+// ---- loading ------------------------------------------------------------------------------------
+
+/** Modules kept as floats when they arrive packed: the model uses them apart (weights.ts). */
+const DEQUANTIZED = /\.(kv_b_proj|eh_proj)$/;
+
+/**
+ * A GPTQ / AutoRound checkpoint seen in the int4 format: `<module>.weight` of a packed linear is
+ * its int4 codes (int8 [out, G, g / 2]) and `<module>.weight_scale` its group scales (f16 / bf16
+ * [out, G] or [out, G, 2] with zero points), made on first use; kv_b_proj and eh_proj come out
+ * dequantized to f32 (the model multiplies them apart). Every other tensor as the checkpoint has it.
+ */
+export class Int4Source implements TensorSource {
+  private made = new Map<string, { weight: Tensor; scale: Tensor | null }>();
+  private readonly layout: GptqLayout;
+
+  constructor(private readonly ck: Checkpoint) {
+    const q = ck.config.quantization_config;
+    if (!isGptqConfig(q)) throw new CheckpointError('E_CHECKPOINT', `${ck.dir}: not a GPTQ / AutoRound checkpoint`);
+    const g: GptqQuantizationConfig = q;
+    this.layout = {
+      bits: 4,
+      groupSize: g.group_size,
+      sym: g.sym,
+      zeroMinusOne: !(g.checkpoint_format === 'gptq_v2' || /gptqmodel/.test(g.packing_format ?? '')),
+    };
+  }
+
+  /** Every tensor this source made, to be freed with the model. */
+  get created(): Tensor[] {
+    return [...this.made.values()].flatMap(l => (l.scale ? [l.weight, l.scale] : [l.weight]));
+  }
+
+  private packed(module: string): boolean {
+    return this.ck.has(`${module}.qweight`);
+  }
+
+  private module(name: string, suffix: string): string | null {
+    return name.endsWith(suffix) ? name.slice(0, -suffix.length) : null;
+  }
+
+  /** The packed linear `module` in the int4 format (or as f32 for DEQUANTIZED modules), cached. */
+  private linear(module: string): { weight: Tensor; scale: Tensor | null } {
+    let l = this.made.get(module);
+    if (l) return l;
+    const bytes = (n: string) => {
+      const b = this.ck.get(n).toBytes();
+      return b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength);
+    };
+    const qw = this.ck.get(`${module}.qweight`);
+    const [k8, n] = qw.shape as [number, number];
+    const k = 8 * k8;
+    const scalesT = this.ck.get(`${module}.scales`);
+    const scaleDtype = scalesT.dtype === 'bf16' ? 'bf16' : 'f16';
+    const m = gptqToInt4(
+      module,
+      {
+        qweight: new Int32Array(bytes(`${module}.qweight`)),
+        qzeros: this.ck.has(`${module}.qzeros`) ? new Int32Array(bytes(`${module}.qzeros`)) : null,
+        scales: new Uint16Array(bytes(`${module}.scales`)),
+        gIdx: this.ck.has(`${module}.g_idx`) ? new Int32Array(bytes(`${module}.g_idx`)) : null,
+        scaleDtype,
+      },
+      n,
+      k,
+      this.layout,
+    );
+    const G = int4Groups(k, m.g);
+    if (DEQUANTIZED.test(module)) {
+      const codes = unpackInt4(m.bytes, n, k, m.g),
+        per = m.zeros ? 2 : 1,
+        f = scaleDtype === 'bf16' ? bf16ToF32 : f16ToF32;
+      const w = new Float32Array(n * k);
+      for (let r = 0; r < n; r++)
+        for (let c = 0; c < k; c++) {
+          const at = (r * G + Math.floor(c / m.g)) * per;
+          const s = f(m.scale[at]!),
+            z = m.zeros ? f(m.scale[at + 1]!) : 8;
+          w[r * k + c] = Math.fround(codes[r * k + c]! * s - z * s);
+        }
+      l = { weight: new native.Tensor('f32', [n, k], 'cpu', w), scale: null };
+    } else {
+      l = {
+        weight: int4WeightTensor(m.bytes, n, k, m.g),
+        scale: new native.Tensor(scaleDtype, m.zeros ? [n, G, 2] : [n, G], 'cpu', m.scale),
+      };
+    }
+    this.made.set(module, l);
+    return l;
+  }
+
+  has(name: string): boolean {
+    const w = this.module(name, '.weight'),
+      s = this.module(name, '.weight_scale');
+    if (w !== null && this.packed(w)) return true;
+    if (s !== null && this.packed(s)) return !DEQUANTIZED.test(s);
+    return this.ck.has(name);
+  }
+
+  get(name: string): Tensor {
+    const w = this.module(name, '.weight'),
+      s = this.module(name, '.weight_scale');
+    if (w !== null && this.packed(w)) return this.linear(w).weight;
+    if (s !== null && this.packed(s) && !DEQUANTIZED.test(s)) return this.linear(s).scale!;
+    return this.ck.get(name);
+  }
+
+  expertWeights(layer: number, e: number) {
+    const p = `model.layers.${layer}.mlp.experts.${e}`;
+    if (!this.packed(`${p}.gate_proj`)) return this.ck.expertWeights(layer, e);
+    const g = this.linear(`${p}.gate_proj`),
+      u = this.linear(`${p}.up_proj`),
+      d = this.linear(`${p}.down_proj`);
+    return { gate: g.weight, up: u.weight, down: d.weight, gateScale: g.scale, upScale: u.scale, downScale: d.scale };
+  }
 }
