@@ -150,13 +150,13 @@ describe('quantizeCheckpoint', { timeout: workLimitMs(120) }, () => {
     });
 
   it.runIf(cudaAvailable)(
-    'on the CUDA device: the written int8 and fp8 files and quantize at load give the CPU logits',
+    'on the CUDA device: the written int8, fp8 and int4 files and quantize at load give the CPU logits',
     async () => {
       // fp32 products everywhere: at the default precision the CUDA GEMMs round activations to bf16
       // (~7e-4 of the logits here, for the BF16 base model alike), which is not what is checked.
       const was = setMatmulPrecision('highest');
       onTestFinished(() => void setMatmulPrecision(was));
-      for (const to of ['int8', 'fp8'] as const) {
+      for (const to of ['int8', 'fp8', 'int4'] as const) {
         const dir = await quantizedOf('tiny', to);
         using cpu = await loadModel(dir, { backend: 'cpu', maxContext: 64 });
         using gpu = await loadModel(dir, { backend: 'cuda', maxContext: 64 });
