@@ -1,8 +1,9 @@
 // The int4 weight format (native/cpu/linear.h): linear and the grouped experts against float64
 // references on odd shapes and every ISA path, quantizeInt4 against its definition, the packing
 // helpers and the GPTQ mapping (a hand-packed example), typed errors.
-import { describe, expect, it } from 'vitest';
-import { Tensor, full, native, tensor, toArray } from '../lib/index.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Tensor, cpuFeatures, full, native, tensor, toArray } from '../lib/index.js';
+import { setMatmulPrecision } from '../lib/device.js';
 import { f16ToF32, f32ToF16, roundHalfEven } from '../lib/numeric.js';
 import { gptqToInt4, int4Groups, int4ToGptq, int4WeightTensor, packInt4, unpackInt4 } from '../lib/int4.js';
 import { eachIsa, isas, rng, expectCode } from './helpers.js';
@@ -89,7 +90,15 @@ const variants = [
   { g: 96, scaleDtype: 'bf16', zeros: true },
 ] as const;
 
+// every product in fp32 (the default precision lets AVX512-VNNI quantize x: tested apart)
+let was: ReturnType<typeof setMatmulPrecision>;
+beforeAll(() => {
+  was = setMatmulPrecision('highest');
+});
+afterAll(() => void setMatmulPrecision(was));
+
 describe('linear with int4 weights', () => {
+
   it.each(variants)('g=$g scales $scaleDtype zero points $zeros: every shape, ISA and output dtype vs float64', v => {
     const r = rng(v.g * 7 + (v.zeros ? 1 : 0));
     let checked = 0;
@@ -187,6 +196,57 @@ describe('linear with int4 weights', () => {
     });
     for (const e of experts) for (const w of [e.gate, e.up, e.down]) w.dispose();
     for (const t of [u, idx, wts]) t.dispose();
+  });
+
+  it("precision 'bf16': the GEMV may take int8 activations (AVX512-VNNI, groups of 128k): within their rounding bound", () => {
+    setMatmulPrecision('bf16');
+    try {
+      const r = rng(77);
+      let worst = 0;
+      for (const [n, k, g] of [
+        [37, 300, 128],
+        [64, 1024, 256],
+        [5, 129, 32], // groups of 32: the fp32 GEMV
+      ] as const)
+        for (const zeros of [false, true]) {
+          const w = makeInt4(r, n, k, g, 'f16', zeros);
+          for (const t of [1, 3, 8]) {
+            const x = randomX(r, t, k);
+            const want = reference(x.ref, w.ref, t, n, k);
+            eachIsa(isa => {
+              const y = full([t, n], NaN);
+              native.linear(null, y, x.x, w.w, w.scale);
+              const got = toArray(y);
+              y.dispose();
+              // x rounded to int8 per 128 columns: |dx| <= max|x of the block| / 254 per element
+              for (let i = 0; i < t; i++)
+                for (let j = 0; j < n; j++) {
+                  let e = 0;
+                  for (let c0 = 0; c0 < k; c0 += 128) {
+                    let amax = 0,
+                      wsum = 0;
+                    for (let c = c0; c < Math.min(k, c0 + 128); c++) {
+                      amax = Math.max(amax, Math.abs(x.ref[i * k + c]!));
+                      wsum += Math.abs(w.ref[j * k + c]!);
+                    }
+                    e += (amax / 254) * wsum;
+                  }
+                  const tol = e * (1 + 1e-5) + ((k + 8) * U32 * 4) * want.s[i * n + j]! + 1e-30;
+                  const err = Math.abs(got[i * n + j]! - want.y[i * n + j]!);
+                  if (!(err <= tol)) expect.fail(`${isa} n=${n} k=${k} g=${g} t=${t}: y[${i}, ${j}] off by ${err} > ${tol}`);
+                  worst = Math.max(worst, err / want.s[i * n + j]!);
+                }
+            });
+            x.x.dispose();
+          }
+          w.dispose();
+        }
+      // the int8 path really ran where the CPU has it: its error is far above fp32 rounding
+      if (cpuFeatures().avx512vnni) expect(worst).toBeGreaterThan(1e-4);
+      else expect(worst).toBeLessThan(1e-5);
+    } finally {
+      setMatmulPrecision('highest');
+    }
   });
 
   it('rejects bad int4 arguments with typed errors', () => {

@@ -113,7 +113,8 @@ void gemm(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType
 
 // Per-ISA entry points; each handles both the GEMV and the GEMM path.
 void linear_avx2(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType yt);
-void linear_avx512(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType yt, bool bf16_dot);
+// int8_act: int4 GEMVs may quantize x to int8 (AVX512-VNNI; see linear.h's MatmulPrecision).
+void linear_avx512(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType yt, bool bf16_dot, bool int8_act);
 double read_sum_avx2(const void* p, int64_t bytes);
 double read_sum_avx512(const void* p, int64_t bytes);
 
