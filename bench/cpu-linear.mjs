@@ -203,13 +203,18 @@ const int4Error = (() => {
     b = run('highest');
   let d = 0,
     m = 0;
-  for (let i = 0; i < a.length; i++) (d = Math.max(d, Math.abs(a[i] - b[i]))), (m = Math.max(m, Math.abs(b[i])));
+  for (let i = 0; i < a.length; i++) {
+    d = Math.max(d, Math.abs(a[i] - b[i]));
+    m = Math.max(m, Math.abs(b[i]));
+  }
   w.w.dispose();
   w.scale.dispose();
   x.dispose();
   return { int8Activations: f.avx512vnni, maxAbsDiffOverMaxAbs: d / m };
 })();
-console.log(`int4 GEMV, int8 activations (VNNI: ${int4Error.int8Activations}) vs fp32: max |diff| / max |y| = ${int4Error.maxAbsDiffOverMaxAbs.toExponential(2)}`);
+console.log(
+  `int4 GEMV, int8 activations (VNNI: ${int4Error.int8Activations}) vs fp32: max |diff| / max |y| = ${int4Error.maxAbsDiffOverMaxAbs.toExponential(2)}`,
+);
 
 const ref = sgemmRef();
 const gemm = [];
@@ -263,6 +268,10 @@ console.log(
 const out = path.join(outDir, 'cpu-linear.json');
 fs.writeFileSync(
   out,
-  JSON.stringify({ conditions, readBandwidth: { gbps: bw.gbps, samples: bw.samples, bytes: bwBytes }, gemv, int4Error, gemm }, null, 2),
+  JSON.stringify(
+    { conditions, readBandwidth: { gbps: bw.gbps, samples: bw.samples, bytes: bwBytes }, gemv, int4Error, gemm },
+    null,
+    2,
+  ),
 );
 console.log(`wrote ${path.relative(root, out)}`);

@@ -8,6 +8,8 @@
 //     activations quantized to e4m3 (1x128 groups) and the fp8 mode (linear_fp8).
 //   * fp32 tiles (t > 16, precision 'highest'): 64x64 CUDA-core tiles, every product in fp32 like the
 //     CPU's reference mode.
+//   * int4 weights (lc::cpu::linear.h's format): linear_int4_skinny for t <= 16 (16-byte loads of
+//     32 codes per lane), the fp32 tiles otherwise (no int4 tensor-core GEMM yet).
 #include "include/common.cuh"
 #include "kernels.h"
 #include "quant.h"
@@ -149,8 +151,8 @@ __global__ void __launch_bounds__(kInt4Warps * 32)
 
 template <int kT>
 void launch_int4_skinny(int64_t t, const void* x, bool xb, const WView& w, int64_t n, void* y, bool yb, cudaStream_t s) {
-  linear_int4_skinny<kT><<<static_cast<unsigned>(ceil_div(n, kInt4Warps)), kInt4Warps * 32, 0, s>>>(static_cast<int>(t), x, xb, w,
-                                                                                                     n, y, yb);
+  linear_int4_skinny<kT>
+      <<<static_cast<unsigned>(ceil_div(n, kInt4Warps)), kInt4Warps * 32, 0, s>>>(static_cast<int>(t), x, xb, w, n, y, yb);
 }
 
 template <int kT, int kR, int kU>
@@ -276,8 +278,8 @@ size_t align256(size_t b) { return (b + 255) & ~static_cast<size_t>(255); }
 void linear(int64_t t, const void* x, DType xt, const cpu::WeightRef& wr, void* y, DType yt, void* stream) {
   if (t == 0 || wr.n == 0) return;
   auto s = static_cast<cudaStream_t>(stream);
-  const WView w{wr.data,        wr.scale, wr.dtype, wr.k, (wr.k + 127) / 128, wr.group_scale, wr.group, wr.group_scale_f16,
-                wr.group_zero};
+  const WView w{wr.data,        wr.scale, wr.dtype,           wr.k,         (wr.k + 127) / 128,
+                wr.group_scale, wr.group, wr.group_scale_f16, wr.group_zero};
   const bool xb = xt == DType::BF16, yb = yt == DType::BF16;
   if (wr.dtype == DType::I4) {
     // Decode: the int4 GEMV. Prefill: the fp32 tiles (a tensor-core int4 GEMM is not written yet).
@@ -288,7 +290,8 @@ void linear(int64_t t, const void* x, DType xt, const cpu::WeightRef& wr, void* 
     else if (t <= kSkinnyMaxRows)
       launch_int4_skinny<kSkinnyMaxRows>(t, x, xb, w, wr.n, y, yb, s);
     else {
-      if (ceil_div(t, kTile) > 65535) fail(Code::E_SHAPE, "linear (CUDA): %lld rows exceed one launch", static_cast<long long>(t));
+      if (ceil_div(t, kTile) > 65535)
+        fail(Code::E_SHAPE, "linear (CUDA): %lld rows exceed one launch", static_cast<long long>(t));
       linear_tiled_f32<<<dim3(ceil_div(wr.n, kTile), ceil_div(t, kTile)), 256, 0, s>>>(t, x, xb, w, wr.n, y, yb);
     }
     return;

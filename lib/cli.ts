@@ -382,7 +382,7 @@ async function inspect(args: string[]) {
     `tensors:      ${ck.tensors.size} (${[...dtypes].map(([d, n]) => `${n} ${d}`).join(', ')})${ck.unexpected.length ? `, ${ck.unexpected.length} unexpected` : ''}`,
   );
   console.log(
-    `format:       ${ck.quantization === 'fp8' ? 'block FP8 (e4m3, 128x128 scales)' : ck.quantization === 'int8' ? 'int8 weights (per-row scales)' : 'unquantized'}, experts ${[...new Set(ck.expertLayouts)].join('/')}, MTP ${ck.hasMtp ? 'present' : 'absent'}`,
+    `format:       ${ck.quantization === 'fp8' ? 'block FP8 (e4m3, 128x128 scales)' : ck.quantization === 'int8' ? 'int8 weights (per-row scales)' : ck.quantization === 'int4' ? 'int4 weights (GPTQ packing, group scales)' : 'unquantized'}, experts ${[...new Set(ck.expertLayouts)].join('/')}, MTP ${ck.hasMtp ? 'present' : 'absent'}`,
   );
   console.log(
     `architecture: ${c.num_layers} layers x (2 MLA + 2 dense FFN + MoE), hidden ${c.hidden_size}, ${c.num_attention_heads} heads, vocab ${c.vocab_size}`,

@@ -434,7 +434,12 @@ export function parseConfig(json: unknown, file = 'config.json'): LongcatConfig 
       if (checkpoint_format !== undefined && !['gptq', 'gptq_v2'].includes(checkpoint_format))
         configError(file, 'quantization_config.checkpoint_format', "'gptq' or 'gptq_v2'", checkpoint_format);
       if (packing_format !== undefined && !/gptq/.test(packing_format))
-        configError(file, 'quantization_config.packing_format', "a GPTQ packing ('auto_round:auto_gptq', 'auto_round:gptqmodel')", packing_format);
+        configError(
+          file,
+          'quantization_config.packing_format',
+          "a GPTQ packing ('auto_round:auto_gptq', 'auto_round:gptqmodel')",
+          packing_format,
+        );
       quantization_config = {
         quant_method,
         bits: 4,

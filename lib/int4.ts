@@ -95,7 +95,8 @@ export function gptqToInt4(
   const bad = (what: string) => {
     throw new CheckpointError('E_CHECKPOINT', `${name}: ${what}`);
   };
-  if (!isInt4Group(g)) bad(`GPTQ group_size ${layout.groupSize} is not supported (the int4 kernels take multiples of 32 up to 4096, or -1)`);
+  if (!isInt4Group(g))
+    bad(`GPTQ group_size ${layout.groupSize} is not supported (the int4 kernels take multiples of 32 up to 4096, or -1)`);
   if (k % 8 !== 0 || n % 8 !== 0) bad(`GPTQ packing needs in / out features that are multiples of 8, got [${n}, ${k}]`);
   if (t.qweight.length !== (k / 8) * n) bad(`qweight has ${t.qweight.length} elements, expected [${k / 8}, ${n}]`);
   if (t.scales.length !== G * n) bad(`scales has ${t.scales.length} elements, expected [${G}, ${n}]`);

@@ -34,7 +34,10 @@ export type QuantizeFormat = 'fp8' | 'int8' | 'int4';
  */
 export function checkQuantizeFormat(to: unknown, where: string): QuantizeFormat {
   if (to === 'fp8' || to === 'int8' || to === 'int4') return to;
-  throw new ArgumentError('E_ARGUMENT', `${where}: unknown weight format ${JSON.stringify(to)} (expected 'fp8', 'int8' or 'int4')`);
+  throw new ArgumentError(
+    'E_ARGUMENT',
+    `${where}: unknown weight format ${JSON.stringify(to)} (expected 'fp8', 'int8' or 'int4')`,
+  );
 }
 
 /**
@@ -356,7 +359,10 @@ export async function quantizeCheckpoint(inDir: string, outDir: string, opts: Qu
             sizeOf.set(part.name, nb);
             outputBytes += nb;
           }
-          packedNames.set(t.name, parts.map(part => part.name));
+          packedNames.set(
+            t.name,
+            parts.map(part => part.name),
+          );
         } finally {
           l.weight.dispose();
           l.scale.dispose();

@@ -98,7 +98,6 @@ beforeAll(() => {
 afterAll(() => void setMatmulPrecision(was));
 
 describe('linear with int4 weights', () => {
-
   it.each(variants)('g=$g scales $scaleDtype zero points $zeros: every shape, ISA and output dtype vs float64', v => {
     const r = rng(v.g * 7 + (v.zeros ? 1 : 0));
     let checked = 0;
@@ -231,7 +230,7 @@ describe('linear with int4 weights', () => {
                     }
                     e += (amax / 254) * wsum;
                   }
-                  const tol = e * (1 + 1e-5) + ((k + 8) * U32 * 4) * want.s[i * n + j]! + 1e-30;
+                  const tol = e * (1 + 1e-5) + (k + 8) * U32 * 4 * want.s[i * n + j]! + 1e-30;
                   const err = Math.abs(got[i * n + j]! - want.y[i * n + j]!);
                   if (!(err <= tol)) expect.fail(`${isa} n=${n} k=${k} g=${g} t=${t}: y[${i}, ${j}] off by ${err} > ${tol}`);
                   worst = Math.max(worst, err / want.s[i * n + j]!);
@@ -260,7 +259,10 @@ describe('linear with int4 weights', () => {
     expectCode(() => native.linear(null, y, full([1, 32], 1), q, s), 'E_SHAPE', /k = 32/);
     expectCode(() => native.linear(null, y, x, q, null), 'E_ARGUMENT', /scale/);
     expectCode(() => native.linear(null, y, x, q, full([3, 2], 1)), 'E_DTYPE', /scale/);
-    expectCode(() => native.linear(null, y, x, q, tensor(new Float32Array(6), [3, 2], { dtype: 'f16' }).view([3, 1, 2])), 'E_SHAPE');
+    expectCode(
+      () => native.linear(null, y, x, q, tensor(new Float32Array(6), [3, 2], { dtype: 'f16' }).view([3, 1, 2])),
+      'E_SHAPE',
+    );
     expectCode(() => native.linear(null, y, x, q, tensor(new Float32Array(6), [2, 3], { dtype: 'bf16' })), 'E_SHAPE');
     for (const t of [q, s, x, y]) t.dispose();
   });
@@ -343,9 +345,9 @@ describe('int4 packing and GPTQ', () => {
       codes = Uint8Array.from({ length: 2 * k }, (_, i) => i % 16);
     const b = packInt4(codes, 2, k, 32);
     expect(b.length).toBe(2 * 32);
-    expect(b[0]).toBe(0 | (16 % 16 << 4)); // columns 0 and 16
-    expect(b[1]).toBe(1 | (17 % 16 << 4));
-    expect(b[16]).toBe(32 % 16 | (8 << 4)); // column 32, padding (8) for column 48
+    expect(b[0]).toBe(0 | ((16 % 16) << 4)); // columns 0 and 16
+    expect(b[1]).toBe(1 | ((17 % 16) << 4));
+    expect(b[16]).toBe((32 % 16) | (8 << 4)); // column 32, padding (8) for column 48
     expect(Array.from(unpackInt4(b, 2, k, 32))).toEqual(Array.from(codes));
   });
 

@@ -86,7 +86,13 @@ describe('quantizeCheckpoint', { timeout: workLimitMs(120) }, () => {
             expect(ck.tensors.get(q[0]!.name.replace('qweight', 'scales'))!.dtype).toBe('F16');
             expect(ck.tensors.has(q[0]!.name.replace('qweight', 'weight'))).toBe(false);
             const cfg = JSON.parse(readFileSync(path.join(dir, 'config.json'), 'utf8'));
-            expect(cfg.quantization_config).toMatchObject({ quant_method: 'gptq', bits: 4, group_size: 128, sym: true, desc_act: false });
+            expect(cfg.quantization_config).toMatchObject({
+              quant_method: 'gptq',
+              bits: 4,
+              group_size: 128,
+              sym: true,
+              desc_act: false,
+            });
           } else {
             const weights = [...ck.tensors.values()].filter(t => t.name.endsWith('.q_b_proj.weight'));
             expect(weights.length).toBeGreaterThan(0);
@@ -214,7 +220,10 @@ describe('quantizeCheckpoint', { timeout: workLimitMs(120) }, () => {
       const d = path.join(root, `gptq-${name}`);
       mkdirSync(d);
       for (const f of readdirSync(dir)) if (f !== 'config.json') copyFileSync(path.join(dir, f), path.join(d, f));
-      writeFileSync(path.join(d, 'config.json'), JSON.stringify({ ...cfg, quantization_config: { ...cfg.quantization_config, ...q } }));
+      writeFileSync(
+        path.join(d, 'config.json'),
+        JSON.stringify({ ...cfg, quantization_config: { ...cfg.quantization_config, ...q } }),
+      );
       return d;
     };
     await rejects(openCheckpoint(variant('bits8', { bits: 8 })), 'E_CONFIG', /bits/);

@@ -114,8 +114,8 @@ LC_END_TARGET  // avx512bf16
 
 LC_BEGIN_TARGET(LC_ISA_AVX512, "avx512vnni")
 
-// xq [T][chunks][128] (permuted as above), sx / xsum [T][chunks].
-void int4_quantize_x(const float* x, int64_t T, int64_t K, int64_t chunks, int8_t* xq, float* sx, int32_t* xsum) {
+    // xq [T][chunks][128] (permuted as above), sx / xsum [T][chunks].
+    void int4_quantize_x(const float* x, int64_t T, int64_t K, int64_t chunks, int8_t* xq, float* sx, int32_t* xsum) {
   for (int64_t t = 0; t < T; ++t)
     for (int64_t ch = 0; ch < chunks; ++ch) {
       const float* xr = x + t * K;

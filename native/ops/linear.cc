@@ -17,12 +17,14 @@ cpu::WeightRef int4_weight_ref(const char* op, const char* name, const Tensor& w
   cpu::WeightRef r;
   const int64_t n = w.dim(0), G = w.dim(1), g = 2 * w.dim(2);
   if (g < 32 || g > cpu::kInt4MaxGroup || g % 32 != 0)
-    fail(Code::E_SHAPE, "%s: int4 weight '%s' has shape %s: [n, groups, group / 2] with a group of 32..%lld columns, a multiple of 32",
-         op, name, shape_str(w.shape).c_str(), ll(cpu::kInt4MaxGroup));
+    fail(Code::E_SHAPE,
+         "%s: int4 weight '%s' has shape %s: [n, groups, group / 2] with a group of 32..%lld columns, a multiple of 32", op, name,
+         shape_str(w.shape).c_str(), ll(cpu::kInt4MaxGroup));
   if (k < 0) k = G * g;
   if (G != cpu::int4_groups(k, g) || k < 1)
-    fail(Code::E_SHAPE, "%s: int4 weight '%s' has shape %s (%lld groups of %lld), which does not fit k = %lld (needs %lld groups)", op,
-         name, shape_str(w.shape).c_str(), ll(G), ll(g), ll(k), ll(cpu::int4_groups(k, g)));
+    fail(Code::E_SHAPE,
+         "%s: int4 weight '%s' has shape %s (%lld groups of %lld), which does not fit k = %lld (needs %lld groups)", op, name,
+         shape_str(w.shape).c_str(), ll(G), ll(g), ll(k), ll(cpu::int4_groups(k, g)));
   if (!scale)
     fail(Code::E_ARGUMENT, "%s: int4 weight '%s' needs its scale tensor (bf16 / f16 [n, groups] or [n, groups, 2])", op, name);
   expect_dtype(op, scale_name, *scale, {DType::BF16, DType::F16});

@@ -210,8 +210,7 @@ std::shared_ptr<ExpertSet> read_experts(const Napi::CallbackInfo& info, size_t i
       const cpu::WeightRef* src[3] = {&set->gate[e], &set->up[e], &set->down[e]};
       for (int64_t m = 0; m < 3; ++m) {
         const cpu::WeightRef& r = *src[m];
-        tab[m * n_routed + e] =
-            gpu::MoeWeight{r.data, r.scale, r.dtype, r.group_scale, r.group, r.group_scale_f16, r.group_zero};
+        tab[m * n_routed + e] = gpu::MoeWeight{r.data, r.scale, r.dtype, r.group_scale, r.group, r.group_scale_f16, r.group_zero};
       }
     }
     const size_t bytes = sizeof(gpu::MoeWeight) * tab.size();

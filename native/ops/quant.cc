@@ -98,15 +98,15 @@ void QuantizeInt4(const OpArgs& a) {
   a.dims(q, "q", {DType::I8}, d, &qn, &G, &half);
   const int64_t g = 2 * half;
   if (g < 32 || g > cpu::kInt4MaxGroup || g % 32 != 0 || k < 1)
-    fail(Code::E_SHAPE, "quantizeInt4: 'q' has shape %s: [n, groups, group / 2] with a group of 32..%lld columns, a multiple of 32",
+    fail(Code::E_SHAPE,
+         "quantizeInt4: 'q' has shape %s: [n, groups, group / 2] with a group of 32..%lld columns, a multiple of 32",
          shape_str(q.shape).c_str(), ll(cpu::kInt4MaxGroup));
   G = cpu::int4_groups(k, g);
   a.expect(q, "q", {DType::I8}, d, {n, G, half});
   a.expect(scale, "scale", {DType::F16}, d, {n, G});
   if (!d.is_cpu()) fail(Code::E_DEVICE, "quantizeInt4: CPU tensors only (the quantizer runs where checkpoints are mapped)");
   a.launch(
-      d, [=] { cpu::quantize_int4_groups(n, k, g, w.data(), w.dtype, q.ptr<uint8_t>(), scale.ptr<uint16_t>()); },
-      [](void*) {});
+      d, [=] { cpu::quantize_int4_groups(n, k, g, w.data(), w.dtype, q.ptr<uint8_t>(), scale.ptr<uint16_t>()); }, [](void*) {});
 }
 
 }  // namespace
