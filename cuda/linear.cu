@@ -9,7 +9,8 @@
 //   * fp32 tiles (t > 16, precision 'highest'): 64x64 CUDA-core tiles, every product in fp32 like the
 //     CPU's reference mode.
 //   * int4 weights (lc::cpu::linear.h's format): linear_int4_skinny for t <= 16 (16-byte loads of
-//     32 codes per lane), the fp32 tiles otherwise (no int4 tensor-core GEMM yet).
+//     32 codes per lane); t > 16 the bf16 tensor-core tiles, the codes dequantized to bf16 in the
+//     register hop (tile_gemm.cuh), or the fp32 tiles at precision 'highest'.
 #include "include/common.cuh"
 #include "kernels.h"
 #include "quant.h"
@@ -211,6 +212,7 @@ struct DenseGemm {
   DType a_dtype, b_dtype;
   const void* w;
   const float* w_scale;
+  WView g4;  // int4 weights: the group fields
   void* y;
   bool yb;
 
@@ -229,6 +231,7 @@ struct DenseGemm {
     const int64_t row = tl.n0 + r;
     if (row >= n) return {};
     const int64_t es = b_dtype == DType::F32 ? 4 : b_dtype == DType::BF16 ? 2 : 1;
+    if (b_dtype == DType::I4) return tile::int4_row(w, g4.group_scale, g4.group, g4.group_scale_f16, g4.group_zero, k, row);
     const float* s = b_dtype == DType::FP8_E4M3 ? w_scale + (row / 128) * kb : b_dtype == DType::I8 ? w_scale + row : nullptr;
     return {static_cast<const char*>(w) + row * k * es, s, b_dtype};
   }
@@ -261,6 +264,7 @@ DenseGemm dense_problem(int64_t t, const cpu::WeightRef& w, void* y, DType yt) {
   DenseGemm p{};
   p.t = t, p.n = w.n, p.k = w.k, p.kb = (w.k + 127) / 128;
   p.b_dtype = w.dtype, p.w = w.data, p.w_scale = w.scale;
+  p.g4 = WView{w.data, w.scale, w.dtype, w.k, p.kb, w.group_scale, w.group, w.group_scale_f16, w.group_zero};
   p.y = y, p.yb = yt == DType::BF16;
   return p;
 }
@@ -282,17 +286,22 @@ void linear(int64_t t, const void* x, DType xt, const cpu::WeightRef& wr, void* 
                 wr.group_scale, wr.group, wr.group_scale_f16, wr.group_zero};
   const bool xb = xt == DType::BF16, yb = yt == DType::BF16;
   if (wr.dtype == DType::I4) {
-    // Decode: the int4 GEMV. Prefill: the fp32 tiles (a tensor-core int4 GEMM is not written yet).
+    // Decode: the int4 GEMV. Prefill: the bf16 tensor-core tiles (codes dequantized to bf16 in the
+    // register hop), or the fp32 tiles at precision 'highest'.
     if (t <= 1)
       launch_int4_skinny<1>(t, x, xb, w, wr.n, y, yb, s);
     else if (t <= 4)
       launch_int4_skinny<4>(t, x, xb, w, wr.n, y, yb, s);
     else if (t <= kSkinnyMaxRows)
       launch_int4_skinny<kSkinnyMaxRows>(t, x, xb, w, wr.n, y, yb, s);
-    else {
+    else if (cpu::matmul_precision() == cpu::MatmulPrecision::Highest) {
       if (ceil_div(t, kTile) > 65535)
         fail(Code::E_SHAPE, "linear (CUDA): %lld rows exceed one launch", static_cast<long long>(t));
       linear_tiled_f32<<<dim3(ceil_div(wr.n, kTile), ceil_div(t, kTile)), 256, 0, s>>>(t, x, xb, w, wr.n, y, yb);
+    } else {
+      DenseGemm p = dense_problem(t, wr, y, yt);
+      p.a = x, p.a_dtype = xt;
+      tile::gemm_kernel<DenseGemm, false><<<dense_grid(t, wr.n), tile::kThreads, 0, s>>>(p);
     }
     return;
   }

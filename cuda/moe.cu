@@ -485,6 +485,7 @@ struct MoeTileGemm {
     const int64_t n = tl.n0 + (kGU ? r % (tile::kBN / 2) : r);
     if (n >= nout) return {};
     const MoeWeight& w = weight(tl, kGU ? r / (tile::kBN / 2) : 0);
+    if (w.dtype == DType::I4) return tile::int4_row(w.data, w.group_scale, w.group, w.group_scale_f16, w.group_zero, k, n);
     const int64_t es = w.dtype == DType::F32 ? 4 : w.dtype == DType::BF16 ? 2 : 1;
     const float* sc = w.dtype == DType::FP8_E4M3 ? w.scale + (n / 128) * kb : w.dtype == DType::I8 ? w.scale + n : nullptr;
     return {static_cast<const char*>(w.data) + n * k * es, sc, w.dtype};
@@ -556,7 +557,7 @@ size_t moe_workspace_bytes(int64_t t, int64_t k, int64_t h, int64_t inter, int64
 }
 
 void moe(int64_t t, int64_t k, int64_t h, int64_t inter, const float* u, const int32_t* idx, const float* w,
-         const MoeWeight* table, int64_t n_routed, int64_t n_experts, float* out, bool fp8, bool int4, void* workspace,
+         const MoeWeight* table, int64_t n_routed, int64_t n_experts, float* out, bool fp8, void* workspace,
          size_t workspace_bytes, void* stream) {
   const int64_t ns = t * k, nr = n_routed;
   if (ns <= 0 || h <= 0) return;
@@ -609,7 +610,7 @@ void moe(int64_t t, int64_t k, int64_t h, int64_t inter, const float* u, const i
       skinny_kernel<true><<<static_cast<unsigned>(cap * nb_gu), kSkinnyWarps * 32, 0, s>>>(a, nb_gu);
       a.xvec = inter % 4 == 0;  // act rows: 256-aligned base, inter floats apart
       skinny_kernel<false><<<static_cast<unsigned>(cap * nb_d), kSkinnyWarps * 32, 0, s>>>(a, nb_d);
-    } else if (cpu::matmul_precision() == cpu::MatmulPrecision::Highest || int4) {
+    } else if (cpu::matmul_precision() == cpu::MatmulPrecision::Highest) {
       const int64_t nb_gu = ceil_div(inter, kTiled), nb_d = ceil_div(h, kTiled);
       check_grid(cap * std::max(nb_gu, nb_d));
       a.xvec = false;

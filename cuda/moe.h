@@ -34,14 +34,14 @@ size_t moe_workspace_bytes(int64_t t, int64_t k, int64_t h, int64_t inter, int64
 // on CUDA cores, streaming each expert's weights once; larger ones 64-row tiles on tensor cores
 // (bf16; fp32 CUDA cores at matmul precision 'highest'; with `fp8` -- every expert fp8, precision
 // 'fp8', sm_89+ -- u and the SwiGLU output are quantized to e4m3 1x128 groups and the e4m3 tensor
-// cores run with per-128-K-block promotion). With `int4` (some expert is int4) the large batches take
-// the fp32 tiles (no int4 tensor-core path yet) and decode the element-wise skinny path.
+// cores run with per-128-K-block promotion). int4 experts: the element-wise skinny path for decode,
+// and in bf16 mode the tensor-core tiles with the codes dequantized to bf16 in the register hop.
 // u, out: f32 [t, h]; idx int32 / w f32 [t, k]; table: device [3 * n_routed] (may be null when
 // n_routed == 0). An idx outside [0, n_experts) makes the whole call a no-op on the device (out left
 // untouched, like the CPU kernel; the CPU binding also raises E_ARGUMENT, the GPU cannot without a
 // synchronization). Throws E_SHAPE for k > 8192 (combine's shared-memory order list).
 void moe(int64_t t, int64_t k, int64_t h, int64_t inter, const float* u, const int32_t* idx, const float* w,
-         const MoeWeight* table, int64_t n_routed, int64_t n_experts, float* out, bool fp8, bool int4, void* workspace,
+         const MoeWeight* table, int64_t n_routed, int64_t n_experts, float* out, bool fp8, void* workspace,
          size_t workspace_bytes, void* stream);
 
 }  // namespace lc::gpu

@@ -2,19 +2,9 @@
 // read element-wise by the CUDA-core kernels (linear.cu, moe.cu; gemv.cuh streams 16-byte units).
 #pragma once
 #include "common.cuh"
+#include "small_util.cuh"
 
 namespace lc::gpu {
-
-// f16 bits -> f32 (exact; integer arithmetic, so the emulator needs no half type).
-__device__ __forceinline__ float f16_bits_to_f32(uint16_t h) {
-  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
-  if (e == 0) {
-    const float v = static_cast<float>(m) * 5.9604644775390625e-8f;  // m * 2^-24
-    return sign ? -v : v;
-  }
-  if (e == 31) return __uint_as_float(sign | 0x7f800000u | (m << 13));
-  return __uint_as_float(sign | ((e + 112u) << 23) | (m << 13));
-}
 
 struct WView {
   const void* data;
@@ -30,8 +20,8 @@ struct WView {
   // The scale s and -z * s of row r's group gi.
   __device__ __forceinline__ void int4_params(int64_t r, int64_t gi, float& s, float& mzs) const {
     const uint16_t* p = group_scale + (r * int4_groups() + gi) * (group_zero ? 2 : 1);
-    s = group_scale_f16 ? f16_bits_to_f32(p[0]) : bf16_bits_to_f32(p[0]);
-    const float z = group_zero ? (group_scale_f16 ? f16_bits_to_f32(p[1]) : bf16_bits_to_f32(p[1])) : 8.f;
+    s = group_scale_f16 ? util::f16_bits_to_f32(p[0]) : bf16_bits_to_f32(p[0]);
+    const float z = group_zero ? (group_scale_f16 ? util::f16_bits_to_f32(p[1]) : bf16_bits_to_f32(p[1])) : 8.f;
     mzs = -z * s;
   }
 

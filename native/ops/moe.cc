@@ -292,9 +292,6 @@ static void Moe(const OpArgs& a) {
   for (int64_t e = 0; fp8 && e < n_routed; ++e)
     fp8 = set->gate[e].dtype == DType::FP8_E4M3 && set->up[e].dtype == DType::FP8_E4M3 && set->down[e].dtype == DType::FP8_E4M3;
   fp8 = fp8 && LC_IF_CUDA(gpu::kernel_image(d.index).fp8_mma(), false);
-  bool int4 = false;
-  for (int64_t e = 0; !int4 && e < n_routed; ++e)
-    int4 = set->gate[e].dtype == DType::I4 || set->up[e].dtype == DType::I4 || set->down[e].dtype == DType::I4;
   const size_t ws_bytes = d.is_cpu() ? cpu::moe_workspace_bytes(t, k, h, inter, n_routed)
                                      : LC_IF_CUDA(gpu::moe_workspace_bytes(t, k, h, inter, n_routed, fp8), 0);
   Tensor ws = empty_tensor(d, DType::I8, {static_cast<int64_t>(ws_bytes)});
@@ -326,7 +323,7 @@ static void Moe(const OpArgs& a) {
       // a bad idx makes the call a no-op on the GPU (out untouched, no error: see cuda/moe.h)
       LC_GPU(const auto* table = set->dev_table ? static_cast<const gpu::MoeWeight*>(set->dev_table->ptr) : nullptr;
              gpu::moe(t, k, h, inter, u.ptr<float>(), idx.ptr<int32_t>(), w.ptr<float>(), table, n_routed, n_experts,
-                      out.ptr<float>(), fp8, int4, ws.data(), ws_bytes, stream)));
+                      out.ptr<float>(), fp8, ws.data(), ws_bytes, stream)));
 }
 
 LC_REGISTER_OP("moeExperts", MoeExperts);
