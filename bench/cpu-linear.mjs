@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // CPU linear-layer benchmarks (run: node bench/cpu-linear.mjs; LONGCAT_ADDON=path picks the addon).
 //   1. read bandwidth: every pool thread summing a buffer >= 4x the LLC (median of passes);
-//   2. GEMV (decode, t = 1 and 4) on >= 64 MiB bf16 / int8 / fp8 weights: GB/s of weight read and
+//   2. GEMV (decode, t = 1 and 4) on >= 64 MiB bf16 / int8 / fp8 / int4 weights: GB/s of weight read and
 //      the fraction of (1) (target >= 80%);
 //   3. GEMM (prefill, t = 128 and 512, n = k = 2048) with bf16 weights: GFLOP/s against OpenBLAS
 //      cblas_sgemm on the same shapes in the same run (target >= 1.0x).
@@ -56,6 +56,14 @@ function makeWeight(dtype, n, k) {
     for (let i = 0; i < u.length; i++) u[i] = (u[i] & 0x807f) | 0x3c00; // +-[2^-7, 2^-6)
     return { w: new native.Tensor('bf16', [n, k], 'cpu', u), scale: null };
   }
+  if (dtype === 'int4') {
+    // the int4 format (native/cpu/linear.h): random codes, groups of 128, bf16 scales 2^-10 (zero point 8)
+    const G = Math.ceil(k / 128);
+    return {
+      w: new native.Tensor('int8', [n, G, 64], 'cpu', randomBytes(n * G * 64)),
+      scale: new native.Tensor('bf16', [n, G], 'cpu', new Uint16Array(n * G).fill(0x3a80)),
+    };
+  }
   if (dtype === 'int8') {
     const s = new Float32Array(n).fill(0.01);
     return { w: new native.Tensor('int8', [n, k], 'cpu', randomBytes(n * k)), scale: new native.Tensor('f32', [n], 'cpu', s) };
@@ -74,7 +82,8 @@ function makeX(t, k) {
   return new native.Tensor('f32', [t, k], 'cpu', random.array(t * k, -0.5, 0.5));
 }
 
-const esize = { bf16: 2, int8: 1, fp8_e4m3: 1 };
+// bytes per weight read, scales included where they are more than 1% (int4: bf16 per 128 weights)
+const esize = { bf16: 2, int8: 1, fp8_e4m3: 1, int4: 0.5 + 2 / 128 };
 const llc = llcBytes();
 
 /** Times linear on `copies` weight copies (enough to cover 4x the LLC). */
@@ -147,16 +156,20 @@ console.log(
 );
 
 const gemv = [];
-for (const [dtype, n, k] of [
+for (const [dtype, n, k, precision] of [
   ['bf16', 8192, 4096],
   ['int8', 16384, 4096],
   ['fp8_e4m3', 16384, 4096],
+  ['int4', 32768, 4096],
+  ['int4', 32768, 4096, 'highest'],
 ]) {
+  // int4 at the default precision: int8 activations on AVX512-VNNI; 'highest': the fp32 decode
+  const was = precision ? native.setMatmulPrecision(precision) : null;
   for (const t of [1, 4]) {
     const r = timeLinear(dtype, t, n, k, 3, 21);
     const gbps = r.bytes / r.medianMs / 1e6;
     gemv.push({
-      dtype,
+      dtype: precision ? `${dtype} ${precision}` : dtype,
       t,
       n,
       k,
@@ -168,7 +181,40 @@ for (const [dtype, n, k] of [
       fractionOfReadBw: gbps / bw.gbps,
     });
   }
+  if (was) native.setMatmulPrecision(was);
 }
+
+// The error int8 activations add to the int4 GEMV (default precision) against every product in
+// fp32 ('highest'): max |difference| / max |y| over 4096 outputs, x uniform in [-0.5, 0.5).
+const int4Error = (() => {
+  const w = makeWeight('int4', 4096, 4096),
+    x = makeX(4, 4096);
+  const run = p => {
+    const was = native.setMatmulPrecision(p);
+    const y = new native.Tensor('f32', [4, 4096]);
+    native.benchLinear(y, x, [w.w], [w.scale], 0, 1);
+    native.setMatmulPrecision(was);
+    const b = y.toBytes();
+    const v = new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.length));
+    y.dispose();
+    return v;
+  };
+  const a = run('bf16'),
+    b = run('highest');
+  let d = 0,
+    m = 0;
+  for (let i = 0; i < a.length; i++) {
+    d = Math.max(d, Math.abs(a[i] - b[i]));
+    m = Math.max(m, Math.abs(b[i]));
+  }
+  w.w.dispose();
+  w.scale.dispose();
+  x.dispose();
+  return { int8Activations: f.avx512vnni, maxAbsDiffOverMaxAbs: d / m };
+})();
+console.log(
+  `int4 GEMV, int8 activations (VNNI: ${int4Error.int8Activations}) vs fp32: max |diff| / max |y| = ${int4Error.maxAbsDiffOverMaxAbs.toExponential(2)}`,
+);
 
 const ref = sgemmRef();
 const gemm = [];
@@ -222,6 +268,10 @@ console.log(
 const out = path.join(outDir, 'cpu-linear.json');
 fs.writeFileSync(
   out,
-  JSON.stringify({ conditions, readBandwidth: { gbps: bw.gbps, samples: bw.samples, bytes: bwBytes }, gemv, gemm }, null, 2),
+  JSON.stringify(
+    { conditions, readBandwidth: { gbps: bw.gbps, samples: bw.samples, bytes: bwBytes }, gemv, int4Error, gemm },
+    null,
+    2,
+  ),
 );
 console.log(`wrote ${path.relative(root, out)}`);

@@ -8,6 +8,9 @@
 //     activations quantized to e4m3 (1x128 groups) and the fp8 mode (linear_fp8).
 //   * fp32 tiles (t > 16, precision 'highest'): 64x64 CUDA-core tiles, every product in fp32 like the
 //     CPU's reference mode.
+//   * int4 weights (lc::cpu::linear.h's format): linear_int4_skinny for t <= 16 (16-byte loads of
+//     32 codes per lane); t > 16 the bf16 tensor-core tiles, the codes dequantized to bf16 in the
+//     register hop (tile_gemm.cuh), or the fp32 tiles at precision 'highest'.
 #include "include/common.cuh"
 #include "kernels.h"
 #include "quant.h"
@@ -97,6 +100,62 @@ __global__ void __launch_bounds__(kScalarWarps * 32)
   }
 }
 
+// int4 skinny GEMV (t <= 16; format: lc::cpu::linear.h): one warp per weight row, each lane reads
+// one 16-byte unit (the codes of 32 columns) per step with a 16-byte load, decodes them with its
+// group's scale and zero point (fma(q, s, -z s), the CPU's exact weights) and multiplies them with
+// x read through the cache (t * k values shared by every warp). Rows 16-byte aligned (the format's
+// rows are whole units; the binding checks the base).
+constexpr int kInt4Warps = 8;
+
+template <int kT>
+__global__ void __launch_bounds__(kInt4Warps * 32)
+    linear_int4_skinny(int t, const void* __restrict__ x, bool xb, WView w, int64_t n, void* __restrict__ y, bool yb) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kInt4Warps + threadIdx.x / 32;
+  const int lane = threadIdx.x & 31;
+  if (row >= n) return;
+  const int64_t units = w.int4_groups() * w.group / 32;
+  const uint4* wr = reinterpret_cast<const uint4*>(static_cast<const uint8_t*>(w.data) + row * units * 16);
+  float acc[kT];
+#pragma unroll
+  for (int i = 0; i < kT; ++i) acc[i] = 0.f;
+  for (int64_t u = lane; u < units; u += 32) {
+    const uint4 v = wr[u];
+    const int64_t c0 = u * 32;
+    float s, mzs;
+    w.int4_params(row, c0 / w.group, s, mzs);
+    const uint32_t words[4] = {v.x, v.y, v.z, v.w};
+    float wv[32];
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+      const uint32_t b = (words[j / 4] >> (8 * (j % 4))) & 0xffu;
+      wv[j] = fmaf(static_cast<float>(b & 15u), s, mzs);
+      wv[16 + j] = fmaf(static_cast<float>(b >> 4), s, mzs);
+    }
+    const int cols = c0 + 32 <= w.k ? 32 : static_cast<int>(w.k - c0);  // padding columns past k
+#pragma unroll
+    for (int i = 0; i < kT; ++i) {
+      if (i < t) {
+#pragma unroll
+        for (int j = 0; j < 32; ++j)
+          if (j < cols) acc[i] = fmaf(wv[j], load_x(x, xb, i * w.k + c0 + j), acc[i]);
+      }
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < kT; ++i) {
+    if (i < t) {
+      const float v = warp_sum(acc[i]);
+      if (lane == 0) store_y(y, yb, i * n + row, v);
+    }
+  }
+}
+
+template <int kT>
+void launch_int4_skinny(int64_t t, const void* x, bool xb, const WView& w, int64_t n, void* y, bool yb, cudaStream_t s) {
+  linear_int4_skinny<kT>
+      <<<static_cast<unsigned>(ceil_div(n, kInt4Warps)), kInt4Warps * 32, 0, s>>>(static_cast<int>(t), x, xb, w, n, y, yb);
+}
+
 template <int kT, int kR, int kU>
 void launch_skinny(int64_t t, const void* x, bool xb, const WView& w, int64_t n, void* y, bool yb, cudaStream_t s) {
   const unsigned blocks = static_cast<unsigned>(ceil_div(n, gemv::kWarps * kR));
@@ -153,6 +212,7 @@ struct DenseGemm {
   DType a_dtype, b_dtype;
   const void* w;
   const float* w_scale;
+  WView g4;  // int4 weights: the group fields
   void* y;
   bool yb;
 
@@ -171,6 +231,7 @@ struct DenseGemm {
     const int64_t row = tl.n0 + r;
     if (row >= n) return {};
     const int64_t es = b_dtype == DType::F32 ? 4 : b_dtype == DType::BF16 ? 2 : 1;
+    if (b_dtype == DType::I4) return tile::int4_row(w, g4.group_scale, g4.group, g4.group_scale_f16, g4.group_zero, k, row);
     const float* s = b_dtype == DType::FP8_E4M3 ? w_scale + (row / 128) * kb : b_dtype == DType::I8 ? w_scale + row : nullptr;
     return {static_cast<const char*>(w) + row * k * es, s, b_dtype};
   }
@@ -203,6 +264,7 @@ DenseGemm dense_problem(int64_t t, const cpu::WeightRef& w, void* y, DType yt) {
   DenseGemm p{};
   p.t = t, p.n = w.n, p.k = w.k, p.kb = (w.k + 127) / 128;
   p.b_dtype = w.dtype, p.w = w.data, p.w_scale = w.scale;
+  p.g4 = WView{w.data, w.scale, w.dtype, w.k, p.kb, w.group_scale, w.group, w.group_scale_f16, w.group_zero};
   p.y = y, p.yb = yt == DType::BF16;
   return p;
 }
@@ -220,8 +282,29 @@ size_t align256(size_t b) { return (b + 255) & ~static_cast<size_t>(255); }
 void linear(int64_t t, const void* x, DType xt, const cpu::WeightRef& wr, void* y, DType yt, void* stream) {
   if (t == 0 || wr.n == 0) return;
   auto s = static_cast<cudaStream_t>(stream);
-  const WView w{wr.data, wr.scale, wr.dtype, wr.k, (wr.k + 127) / 128};
+  const WView w{wr.data,        wr.scale, wr.dtype,           wr.k,         (wr.k + 127) / 128,
+                wr.group_scale, wr.group, wr.group_scale_f16, wr.group_zero};
   const bool xb = xt == DType::BF16, yb = yt == DType::BF16;
+  if (wr.dtype == DType::I4) {
+    // Decode: the int4 GEMV. Prefill: the bf16 tensor-core tiles (codes dequantized to bf16 in the
+    // register hop), or the fp32 tiles at precision 'highest'.
+    if (t <= 1)
+      launch_int4_skinny<1>(t, x, xb, w, wr.n, y, yb, s);
+    else if (t <= 4)
+      launch_int4_skinny<4>(t, x, xb, w, wr.n, y, yb, s);
+    else if (t <= kSkinnyMaxRows)
+      launch_int4_skinny<kSkinnyMaxRows>(t, x, xb, w, wr.n, y, yb, s);
+    else if (cpu::matmul_precision() == cpu::MatmulPrecision::Highest) {
+      if (ceil_div(t, kTile) > 65535)
+        fail(Code::E_SHAPE, "linear (CUDA): %lld rows exceed one launch", static_cast<long long>(t));
+      linear_tiled_f32<<<dim3(ceil_div(wr.n, kTile), ceil_div(t, kTile)), 256, 0, s>>>(t, x, xb, w, wr.n, y, yb);
+    } else {
+      DenseGemm p = dense_problem(t, wr, y, yt);
+      p.a = x, p.a_dtype = xt;
+      tile::gemm_kernel<DenseGemm, false><<<dense_grid(t, wr.n), tile::kThreads, 0, s>>>(p);
+    }
+    return;
+  }
   if (t <= kSkinnyMaxRows) {
     // Rows per warp (kR) and 16-byte units per lane and row (kU) by batch: one row is bandwidth-
     // bound (4 loads in flight per lane, plus 4 prefetched); from 2 rows on, every shared-memory x

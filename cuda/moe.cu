@@ -75,7 +75,7 @@ Layout layout(int64_t t, int64_t k, int64_t h, int64_t inter, int64_t nr, bool f
 }
 
 __device__ __forceinline__ WView view(const MoeWeight& m, int64_t k) {
-  return WView{m.data, m.scale, m.dtype, k, (k + 127) / 128};
+  return WView{m.data, m.scale, m.dtype, k, (k + 127) / 128, m.group_scale, m.group, m.group_scale_f16, m.group_zero};
 }
 
 // ---- routing stages -----------------------------------------------------------------------------
@@ -485,6 +485,7 @@ struct MoeTileGemm {
     const int64_t n = tl.n0 + (kGU ? r % (tile::kBN / 2) : r);
     if (n >= nout) return {};
     const MoeWeight& w = weight(tl, kGU ? r / (tile::kBN / 2) : 0);
+    if (w.dtype == DType::I4) return tile::int4_row(w.data, w.group_scale, w.group, w.group_scale_f16, w.group_zero, k, n);
     const int64_t es = w.dtype == DType::F32 ? 4 : w.dtype == DType::BF16 ? 2 : 1;
     const float* sc = w.dtype == DType::FP8_E4M3 ? w.scale + (n / 128) * kb : w.dtype == DType::I8 ? w.scale + n : nullptr;
     return {static_cast<const char*>(w.data) + n * k * es, sc, w.dtype};

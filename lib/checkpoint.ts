@@ -11,6 +11,7 @@ import {
   FLOAT_DTYPES,
   deriveConstants,
   expertPrefix,
+  isGptqConfig,
   parseConfig,
   requiredTensors,
 } from './config.js';
@@ -86,8 +87,9 @@ export interface Checkpoint {
   readonly unexpected: readonly string[];
   /** FP8 linears (config has an FP8 quantization_config). */
   readonly fp8: boolean;
-  /** The quantized linears' format: 'fp8' (block FP8), 'int8' (int8 rows), or null (none). */
-  readonly quantization: 'fp8' | 'int8' | null;
+  /** The quantized linears' format: 'fp8' (block FP8), 'int8' (int8 rows), 'int4' (GPTQ / AutoRound
+   *  packing, read through lib/int4.ts's Int4Source), or null (none). */
+  readonly quantization: 'fp8' | 'int8' | 'int4' | null;
   /** The MTP module's tensors are present (and were validated). */
   readonly hasMtp: boolean;
   /** Per logical layer: per-expert tensors (original) or HF packed gate_up_proj / down_proj. */
@@ -274,7 +276,8 @@ export async function openCheckpoint(dir: string, opts: OpenCheckpointOptions = 
     }
 
   // What must be there.
-  const quantization = !config.quantization_config ? null : config.quantization_config.quant_method === 'fp8' ? 'fp8' : 'int8';
+  const qc = config.quantization_config;
+  const quantization = !qc ? null : qc.quant_method === 'fp8' ? 'fp8' : isGptqConfig(qc) ? 'int4' : 'int8';
   const hasMtp = [...tensors.keys()].some(n => n.startsWith('model.mtp.'));
   const required = requiredTensors(config, { mtp: hasMtp });
   const derived = deriveConstants(config);
@@ -304,6 +307,30 @@ export async function openCheckpoint(dir: string, opts: OpenCheckpointOptions = 
       expertLayouts.push('original');
     }
   }
+
+  // GPTQ / AutoRound: a linear whose files hold `.qweight` is stored packed (config.ts GptqQuantizationConfig).
+  if (isGptqConfig(qc))
+    for (const [name, spec] of [...required]) {
+      if (spec.role !== 'linear' || !name.endsWith('.weight')) continue;
+      const module = name.slice(0, -'.weight'.length);
+      if (!tensors.has(`${module}.qweight`)) continue;
+      const [N, K] = spec.shape as [number, number];
+      if (K % 8 !== 0 || N % 8 !== 0)
+        throw ckptError(`${root}: '${module}' is GPTQ-packed but [${N}, ${K}] is not a whole number of 8-code words`);
+      const G = qc.group_size === -1 ? 1 : Math.ceil(K / qc.group_size);
+      const part = (shape: number[], dtypes: SafetensorsDType[]): TensorSpec => ({
+        shape,
+        dtypes,
+        role: 'scale',
+        quantized: false,
+        scaleOf: `${module}.qweight`,
+      });
+      required.delete(name);
+      required.set(`${module}.qweight`, { shape: [K / 8, N], dtypes: ['I32'], role: 'linear', quantized: true });
+      required.set(`${module}.qzeros`, part([G, N / 8], ['I32']));
+      required.set(`${module}.scales`, part([G, N], ['F16', 'BF16']));
+      if (tensors.has(`${module}.g_idx`)) required.set(`${module}.g_idx`, part([K], ['I32']));
+    }
 
   const missing: string[] = [];
   const check = (name: string, spec: TensorSpec) => {
@@ -386,7 +413,7 @@ class CheckpointImpl implements Checkpoint {
     readonly generationConfig: GenerationConfig | null,
     readonly tensors: ReadonlyMap<string, CheckpointTensor>,
     readonly unexpected: readonly string[],
-    readonly quantization: 'fp8' | 'int8' | null,
+    readonly quantization: 'fp8' | 'int8' | 'int4' | null,
     readonly hasMtp: boolean,
     readonly expertLayouts: readonly ExpertLayout[],
     readonly totalBytes: number,

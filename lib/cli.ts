@@ -59,8 +59,8 @@ Ctrl+C stops an answer; at the prompt it quits.`,
   --mtp                  with the MTP head; --draft-agreement F (tiny|small|lite): greedy text follows a
                          fixed token cycle and the MTP drafts are accepted at rate F
   --seed S               the weights' seed`,
-  quantize: `quantize --to fp8|int8 IN OUT   write IN's linears quantized to OUT (new or empty), shard by shard
-  --to fp8               block FP8 (SPEC 7.1); int8: per-row int8`,
+  quantize: `quantize --to fp8|int8|int4 IN OUT   write IN's linears quantized to OUT (new or empty), shard by shard
+  --to fp8               block FP8 (SPEC 7.1); int8: per-row int8; int4: GPTQ-packed 4-bit (group 128, symmetric)`,
   eval: `eval --kld BASE QUANT --text FILE [options]   how far a quantized checkpoint is from its base
   KL divergence of QUANT's next-token distribution from BASE's, top-1 agreement and both perplexities (CPU)
   --ctx N                tokens per window; --threads N; --json: the numbers as JSON`,
@@ -498,7 +498,7 @@ async function inspect(args: string[]) {
     `tensors:      ${ck.tensors.size} (${[...dtypes].map(([d, n]) => `${n} ${d}`).join(', ')})${ck.unexpected.length ? `, ${ck.unexpected.length} unexpected` : ''}`,
   );
   console.log(
-    `format:       ${ck.quantization === 'fp8' ? 'block FP8 (e4m3, 128x128 scales)' : ck.quantization === 'int8' ? 'int8 weights (per-row scales)' : 'unquantized'}, experts ${[...new Set(ck.expertLayouts)].join('/')}, MTP ${ck.hasMtp ? 'present' : 'absent'}`,
+    `format:       ${ck.quantization === 'fp8' ? 'block FP8 (e4m3, 128x128 scales)' : ck.quantization === 'int8' ? 'int8 weights (per-row scales)' : ck.quantization === 'int4' ? 'int4 weights (GPTQ packing, group scales)' : 'unquantized'}, experts ${[...new Set(ck.expertLayouts)].join('/')}, MTP ${ck.hasMtp ? 'present' : 'absent'}`,
   );
   console.log(
     `architecture: ${c.num_layers} layers x (2 MLA + 2 dense FFN + MoE), hidden ${c.hidden_size}, ${c.num_attention_heads} heads, vocab ${c.vocab_size}`,
@@ -561,9 +561,9 @@ async function initRandomCmd(args: string[]) {
 
 async function quantizeCmd(args: string[]) {
   const { values: v, positionals } = parseArgs({ args, allowPositionals: true, options: { to: { type: 'string' } } });
-  if (v.to === undefined) throw new UsageError('quantize: --to fp8|int8 is required');
+  if (v.to === undefined) throw new UsageError('quantize: --to fp8|int8|int4 is required');
   if (v.to !== 'fp8' && v.to !== 'int8' && v.to !== 'int4')
-    throw new UsageError(`quantize: --to must be fp8 or int8, got '${v.to}'`);
+    throw new UsageError(`quantize: --to must be fp8, int8 or int4, got '${v.to}'`);
   if (positionals.length !== 2) throw new UsageError('quantize: give the input and the output directory: quantize --to F IN OUT');
   const [input, output] = positionals as [string, string];
   const bar = progressBar('quantizing');

@@ -58,8 +58,36 @@ export interface Int8RowsQuantizationConfig {
   disable_quant_module: string[];
 }
 
-export type QuantizationConfig = Fp8QuantizationConfig | Int8RowsQuantizationConfig;
+/**
+ * GPTQ / AutoRound packed 4-bit weights (what `longcat quantize --to int4` writes, and published
+ * GPTQ / AutoRound checkpoints): each quantized linear is `<module>.qweight` I32 [in / 8, out]
+ * (8 codes per word along in, low nibble first), `.qzeros` I32 [groups, out / 8], `.scales` F16
+ * [groups, out] and optionally `.g_idx` I32 [in]; W[o, i] = scales[g, o] * (q[i, o] - zero[g, o]) with
+ * g = g_idx[i] (default i / group_size) and zero = the qzeros nibble + 1 (GPTQ v1, AutoGPTQ's and
+ * AutoRound's auto_gptq export) or the nibble itself (checkpoint_format 'gptq_v2', AutoRound's
+ * gptqmodel packing). Which linears are quantized is what the files hold (a `.qweight` in place of
+ * `.weight`). Loaded onto the int4 format of native/cpu/linear.h (lib/int4.ts).
+ */
+export interface GptqQuantizationConfig {
+  quant_method: 'gptq' | 'auto-round';
+  bits: 4;
+  /** Columns per group: a multiple of 32 up to 4096, or -1 (one group per row). */
+  group_size: number;
+  sym: boolean;
+  desc_act: boolean;
+  /** 'gptq' (zeros stored minus one, the default) or 'gptq_v2'. */
+  checkpoint_format?: string;
+  /** AutoRound: 'auto_round:auto_gptq' and the like; one naming gptqmodel stores zeros as they are. */
+  packing_format?: string;
+  /** Module names (without `.weight`) kept unquantized. */
+  ignored_layers: string[];
+  disable_quant_module: string[];
+}
+
+export type QuantizationConfig = Fp8QuantizationConfig | Int8RowsQuantizationConfig | GptqQuantizationConfig;
 export const INT8_ROWS_METHOD = 'longcat-int8-rows';
+export const isGptqConfig = (q: QuantizationConfig | null): q is GptqQuantizationConfig =>
+  q?.quant_method === 'gptq' || q?.quant_method === 'auto-round';
 
 export interface LongcatConfig {
   architectures: string[];
@@ -389,8 +417,41 @@ export function parseConfig(json: unknown, file = 'config.json'): LongcatConfig 
     if (typeof qc !== 'object' || Array.isArray(qc)) configError(file, 'quantization_config', 'an object or null', qc);
     const q = qc as Record<string, unknown>;
     const qr = new Reader(q, file, 'quantization_config.');
-    const quant_method = qr.oneOf('quant_method', ['fp8', INT8_ROWS_METHOD] as const, 'fp8');
-    if (quant_method === INT8_ROWS_METHOD) {
+    const quant_method = qr.oneOf('quant_method', ['fp8', INT8_ROWS_METHOD, 'gptq', 'auto-round'] as const, 'fp8');
+    if (quant_method === 'gptq' || quant_method === 'auto-round') {
+      if (q.bits !== 4) configError(file, 'quantization_config.bits', '4 (the only GPTQ / AutoRound width with kernels)', q.bits);
+      const g = q.group_size ?? 128;
+      if (!(g === -1 || (typeof g === 'number' && Number.isSafeInteger(g) && g >= 32 && g <= 4096 && g % 32 === 0)))
+        configError(file, 'quantization_config.group_size', 'a multiple of 32 in 32..4096, or -1', q.group_size);
+      const str = (k: string) => {
+        const v = q[k];
+        if (v === undefined || v === null) return undefined;
+        if (typeof v !== 'string') configError(file, `quantization_config.${k}`, 'a string', v);
+        return v;
+      };
+      const checkpoint_format = str('checkpoint_format'),
+        packing_format = str('packing_format');
+      if (checkpoint_format !== undefined && !['gptq', 'gptq_v2'].includes(checkpoint_format))
+        configError(file, 'quantization_config.checkpoint_format', "'gptq' or 'gptq_v2'", checkpoint_format);
+      if (packing_format !== undefined && !/gptq/.test(packing_format))
+        configError(
+          file,
+          'quantization_config.packing_format',
+          "a GPTQ packing ('auto_round:auto_gptq', 'auto_round:gptqmodel')",
+          packing_format,
+        );
+      quantization_config = {
+        quant_method,
+        bits: 4,
+        group_size: g as number,
+        sym: qr.bool('sym', true),
+        desc_act: qr.bool('desc_act', false),
+        ...(checkpoint_format !== undefined ? { checkpoint_format } : {}),
+        ...(packing_format !== undefined ? { packing_format } : {}),
+        ignored_layers: qr.stringList('ignored_layers', []),
+        disable_quant_module: qr.stringList('disable_quant_module', []),
+      };
+    } else if (quant_method === INT8_ROWS_METHOD) {
       if ((q.bits ?? 8) !== 8) configError(file, 'quantization_config.bits', '8', q.bits);
       quantization_config = {
         quant_method,
@@ -563,6 +624,8 @@ export const MTP_PREFIX = 'model.mtp.layers.0';
 export function isQuantizedModule(module: string, q: QuantizationConfig | null): boolean {
   if (!q) return false;
   if (q.quant_method === INT8_ROWS_METHOD && module.endsWith('.kv_b_proj')) return false;
+  // int4: kv_b_proj (as int8) and the MTP eh_proj (its column halves are used apart) stay high precision
+  if (isGptqConfig(q) && (module.endsWith('.kv_b_proj') || module.endsWith('.eh_proj'))) return false;
   if (q.ignored_layers.includes(module) || q.ignored_layers.includes(`${module}.weight`)) return false;
   const parts = module.split('.');
   for (const fam of q.disable_quant_module) {
@@ -579,7 +642,8 @@ export function isQuantizedModule(module: string, q: QuantizationConfig | null):
  * SPEC 2.2 when `mtp`.
  */
 export function requiredTensors(c: LongcatConfig, opts: RequiredTensorsOptions = {}): Map<string, TensorSpec> {
-  const given = c.quantization_config;
+  // GPTQ checkpoints: float specs here; openCheckpoint swaps in the packed tensors the files hold.
+  const given = isGptqConfig(c.quantization_config) ? null : c.quantization_config;
   const fp8 = opts.fp8 ?? given !== null;
   const q: QuantizationConfig | null = !fp8
     ? null

@@ -1,8 +1,8 @@
 // Weight quantization of a BF16 / F16 / F32 checkpoint: `quantizeCheckpoint` writes a quantized
-// copy shard by shard (block FP8 in the official layout of SPEC 7.1, or this engine's int8 rows
-// format, config.ts Int8RowsQuantizationConfig), and `QuantizingSource` quantizes the same linears
+// copy shard by shard (block FP8 in the official layout of SPEC 7.1, this engine's int8 rows
+// format, config.ts Int8RowsQuantizationConfig, or int4 in the GPTQ packing), and `QuantizingSource` quantizes the same linears
 // while a model loads (loadModel's `quantize`). Which linears are quantized comes from one place:
-// requiredTensors of the output config.
+// quantizedSpecs of the output config.
 import { closeSync, openSync, readSync } from 'node:fs';
 import { copyFile, mkdir, readFile, readdir, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -15,34 +15,35 @@ import {
   type LongcatConfig,
   type QuantizationConfig,
   type TensorSpec,
+  isQuantizedModule,
   parseConfig,
   requiredTensors,
 } from './config.js';
+import { INT4_GROUP, int4Groups, int4ToGptq } from './int4.js';
 import { type Checkpoint, type CheckpointTensor, openCheckpoint } from './checkpoint.js';
 import { type TensorToWrite, writeSafetensors } from './safetensors.js';
 import type { TensorSource } from './model/weights.js';
 
 /** The weight formats `quantize` writes and loadModel's `quantize` makes. */
-export type QuantizeFormat = 'fp8' | 'int8';
+export type QuantizeFormat = 'fp8' | 'int8' | 'int4';
 
 /**
- * Checks a requested format: 'fp8' (e4m3 codes, one f32 scale per 128x128 block) or 'int8'
- * (symmetric per-row). 'int4' is named in the design but has no kernels yet: E_ARGUMENT says so.
+ * Checks a requested format: 'fp8' (e4m3 codes, one f32 scale per 128x128 block), 'int8'
+ * (symmetric per-row) or 'int4' (symmetric, groups of 128 columns with f16 scales; written in the
+ * GPTQ packing, config.ts GptqQuantizationConfig).
  */
 export function checkQuantizeFormat(to: unknown, where: string): QuantizeFormat {
-  if (to === 'fp8' || to === 'int8') return to;
-  if (to === 'int4')
-    throw new ArgumentError(
-      'E_ARGUMENT',
-      `${where}: int4 weights are not available yet (no int4 kernels exist in this build); use 'fp8' or 'int8'`,
-    );
-  throw new ArgumentError('E_ARGUMENT', `${where}: unknown weight format ${JSON.stringify(to)} (expected 'fp8' or 'int8')`);
+  if (to === 'fp8' || to === 'int8' || to === 'int4') return to;
+  throw new ArgumentError(
+    'E_ARGUMENT',
+    `${where}: unknown weight format ${JSON.stringify(to)} (expected 'fp8', 'int8' or 'int4')`,
+  );
 }
 
 /**
  * The quantization_config a BF16 checkpoint gets for `format`. ignored_layers lists every module
  * kept in its original dtype (as the official FP8 releases do): embeddings, lm_head, norms, the
- * router, its bias, the N-gram tables and projections, and (int8) kv_b_proj.
+ * router, its bias, the N-gram tables and projections, (int8, int4) kv_b_proj and (int4) eh_proj.
  */
 export function quantizationConfigFor(config: LongcatConfig, format: QuantizeFormat, mtp: boolean): QuantizationConfig {
   const q: QuantizationConfig =
@@ -55,11 +56,43 @@ export function quantizationConfigFor(config: LongcatConfig, format: QuantizeFor
           ignored_layers: [],
           disable_quant_module: [],
         }
-      : { quant_method: INT8_ROWS_METHOD, bits: 8, ignored_layers: [], disable_quant_module: [] };
-  const quantized = requiredTensors({ ...config, quantization_config: q }, { mtp });
-  for (const [name, spec] of quantized)
+      : format === 'int4'
+        ? {
+            quant_method: 'gptq',
+            bits: 4,
+            group_size: INT4_GROUP,
+            sym: true,
+            desc_act: false,
+            checkpoint_format: 'gptq',
+            ignored_layers: [],
+            disable_quant_module: [],
+          }
+        : { quant_method: INT8_ROWS_METHOD, bits: 8, ignored_layers: [], disable_quant_module: [] };
+  for (const [name, spec] of quantizedSpecs(config, q, mtp))
     if (!spec.quantized && spec.role !== 'scale') q.ignored_layers.push(name.replace(/\.weight$/, ''));
   return q;
+}
+
+/**
+ * Every tensor of `config`'s checkpoint with `quantized` set on the linears `q` quantizes. For int4
+ * (GPTQ) those are the linears isQuantizedModule takes whose [out, in] are whole 8-code words.
+ */
+function quantizedSpecs(config: LongcatConfig, q: QuantizationConfig, mtp: boolean): Map<string, TensorSpec> {
+  const specs = requiredTensors({ ...config, quantization_config: q }, { mtp });
+  if (q.quant_method !== 'gptq') return specs;
+  // GPTQ specs are the float ones (the packed names replace `.weight`); the linears the int8 rows
+  // format quantizes are the candidates.
+  const { ignored_layers, disable_quant_module } = q;
+  const rows = requiredTensors(
+    { ...config, quantization_config: { quant_method: INT8_ROWS_METHOD, bits: 8, ignored_layers, disable_quant_module } },
+    { mtp },
+  );
+  for (const [name, spec] of specs)
+    if (rows.get(name)?.quantized) {
+      const [n, k] = spec.shape as [number, number];
+      spec.quantized = isQuantizedModule(name.slice(0, -'.weight'.length), q) && n % 8 === 0 && k % 8 === 0;
+    }
+  return specs;
 }
 
 /** A quantized linear: its codes and scale, as tensors on the CPU. */
@@ -82,6 +115,13 @@ function quantizeWeight(w: Tensor, format: QuantizeFormat): QuantizedLinear {
       const weight = empty([n, k], { dtype: 'fp8_e4m3', device: w.device });
       const scale = empty([Math.ceil(n / 128), Math.ceil(k / 128)], { dtype: 'f32', device: w.device });
       native.quantizeFp8Blocks(null, weight, scale, src);
+      return { weight, scale };
+    }
+    if (format === 'int4') {
+      const G = int4Groups(k, INT4_GROUP);
+      const weight = empty([n, G, INT4_GROUP / 2], { dtype: 'int8', device: w.device });
+      const scale = empty([n, G], { dtype: 'f16', device: w.device });
+      native.quantizeInt4(null, weight, scale, src);
       return { weight, scale };
     }
     const weight = empty([n, k], { dtype: 'int8', device: w.device });
@@ -115,8 +155,7 @@ export class QuantizingSource implements TensorSource {
         'E_ARGUMENT',
         `loadModel: quantize: ${ck.dir} is already quantized (quant_method '${ck.config.quantization_config.quant_method}'); quantize needs a BF16 / F16 / F32 checkpoint`,
       );
-    const q = quantizationConfigFor(ck.config, format, ck.hasMtp);
-    this.specs = requiredTensors({ ...ck.config, quantization_config: q }, { mtp: ck.hasMtp });
+    this.specs = quantizedSpecs(ck.config, quantizationConfigFor(ck.config, format, ck.hasMtp), ck.hasMtp);
   }
 
   /** Every tensor this source made (codes and scales), to be freed with the model. */
@@ -183,7 +222,7 @@ export interface QuantizeProgress {
 }
 
 export interface QuantizeOptions {
-  to: QuantizeFormat | 'int4';
+  to: QuantizeFormat;
   onProgress?: (p: QuantizeProgress) => void;
 }
 
@@ -245,7 +284,8 @@ async function checkOutputDir(out: string): Promise<void> {
  * Writes `inDir`'s checkpoint with its eligible linears quantized to `outDir` (which must not exist
  * or be empty): one output shard per input shard, same file names, tensors in their original names
  * (FP8: `.weight` F8_E4M3 + `.weight_scale_inv` F32 [ceil(out/128), ceil(in/128)], SPEC 7.1; int8:
- * `.weight` I8 + `.weight_scale` F32 [out]), every other tensor copied byte for byte; the index's
+ * `.weight` I8 + `.weight_scale` F32 [out]; int4: GPTQ's `.qweight` / `.qzeros` / `.scales` / `.g_idx`
+ * in place of `.weight`, config.ts GptqQuantizationConfig), every other tensor copied byte for byte; the index's
  * weight_map extended with the scales; config.json with the quantization_config (written last, so
  * an interrupted run never leaves a directory that opens as a checkpoint); tokenizer, generation
  * config, chat template and other non-weight files copied. Streams shard by shard: each weight is
@@ -275,7 +315,8 @@ export async function quantizeCheckpoint(inDir: string, outDir: string, opts: Qu
   const q = quantizationConfigFor(c, format, ck.hasMtp);
   const rawConfig = JSON.parse(await readFile(path.join(src, 'config.json'), 'utf8')) as Record<string, unknown>;
   const outConfigJson = { ...rawConfig, quantization_config: q };
-  const specs = requiredTensors(parseConfig(outConfigJson, path.join(out, 'config.json')), { mtp: ck.hasMtp });
+  const outConfig = parseConfig(outConfigJson, path.join(out, 'config.json'));
+  const specs = quantizedSpecs(outConfig, outConfig.quantization_config!, ck.hasMtp);
 
   await mkdir(out, { recursive: true });
   const all = [...ck.tensors.values()];
@@ -283,6 +324,7 @@ export async function quantizeCheckpoint(inDir: string, outDir: string, opts: Qu
   const suffix = scaleSuffix(format);
   const fileOf = new Map<string, string>(); // output tensor -> shard basename
   const sizeOf = new Map<string, number>(); // output tensor -> bytes
+  const packedNames = new Map<string, string[]>(); // int4: input weight -> its GPTQ tensors
   let done = 0,
     bytes = 0,
     quantized = 0,
@@ -295,7 +337,38 @@ export async function quantizeCheckpoint(inDir: string, outDir: string, opts: Qu
     const inShard: CheckpointTensor[] = all.filter(t => t.file === file).sort((a, b) => a.offset - b.offset);
     const items: TensorToWrite[] = [];
     for (const t of inShard) {
-      if (specs.get(t.name)?.quantized) {
+      if (specs.get(t.name)?.quantized && format === 'int4') {
+        // GPTQ v1 packing under the module's name: qweight, qzeros, scales, g_idx (config.ts GptqQuantizationConfig).
+        const l = quantizeWeight(ck.get(t.name), format);
+        try {
+          const [n, k] = t.shape as [number, number];
+          const sb = l.scale.toBytes();
+          const g = int4ToGptq(l.weight.toBytes(), new Uint16Array(sb.buffer, sb.byteOffset, sb.length / 2), n, k, INT4_GROUP);
+          const G = int4Groups(k, INT4_GROUP);
+          const module = t.name.replace(/\.weight$/, '');
+          const parts: TensorToWrite[] = [
+            { name: `${module}.qweight`, dtype: 'I32', shape: [k / 8, n], data: new Uint8Array(g.qweight.buffer) },
+            { name: `${module}.qzeros`, dtype: 'I32', shape: [G, n / 8], data: new Uint8Array(g.qzeros.buffer) },
+            { name: `${module}.scales`, dtype: 'F16', shape: [G, n], data: new Uint8Array(g.scales.buffer) },
+            { name: `${module}.g_idx`, dtype: 'I32', shape: [k], data: new Uint8Array(g.gIdx.buffer) },
+          ];
+          items.push(...parts);
+          for (const part of parts) {
+            const nb = (part.data as Uint8Array).length;
+            fileOf.set(part.name, base);
+            sizeOf.set(part.name, nb);
+            outputBytes += nb;
+          }
+          packedNames.set(
+            t.name,
+            parts.map(part => part.name),
+          );
+        } finally {
+          l.weight.dispose();
+          l.scale.dispose();
+        }
+        quantized++;
+      } else if (specs.get(t.name)?.quantized) {
         const l = quantizeWeight(ck.get(t.name), format);
         try {
           const codes = l.weight.toBytes(),
@@ -343,6 +416,11 @@ export async function quantizeCheckpoint(inDir: string, outDir: string, opts: Qu
     const index = JSON.parse(await readFile(indexIn, 'utf8')) as { weight_map: Record<string, string> } & Record<string, unknown>;
     const weightMap: Record<string, string> = {};
     for (const name of Object.keys(index.weight_map)) {
+      const packed = packedNames.get(name);
+      if (packed) {
+        for (const part of packed) weightMap[part] = fileOf.get(part)!;
+        continue;
+      }
       weightMap[name] = fileOf.get(name)!;
       const scale = `${name.replace(/\.weight$/, '')}${suffix}`;
       if (specs.get(name)?.quantized) weightMap[scale] = fileOf.get(scale)!;

@@ -5,7 +5,9 @@
 
 namespace lc {
 
-enum class DType : int { F32 = 0, BF16, F16, FP8_E4M3, I8, I32, I64 };
+// I4 is never a tensor's dtype (no name, no size): it marks a linear weight in the int4 format
+// (cpu/linear.h), whose packed codes live in an int8 tensor.
+enum class DType : int { F32 = 0, BF16, F16, FP8_E4M3, I8, I32, I64, I4 };
 
 inline int64_t dtype_size(DType t) {
   switch (t) {
@@ -16,6 +18,7 @@ inline int64_t dtype_size(DType t) {
     case DType::I8: return 1;
     case DType::I32: return 4;
     case DType::I64: return 8;
+    case DType::I4: return 0;
   }
   return 0;
 }
@@ -30,6 +33,7 @@ inline const char* dtype_name(DType t) {
     case DType::I8: return "int8";
     case DType::I32: return "int32";
     case DType::I64: return "int64";
+    case DType::I4: return "int4";
   }
   return "?";
 }

@@ -86,18 +86,19 @@ describe('longcat CLI', { timeout: 3 * RUN_LIMIT_MS }, () => {
     expect(r.stderr).toMatch(/\/nonexistent\/longcat.*\[E_(CHECKPOINT|CONFIG)\]/s);
   });
 
-  it('quantize --to int8 and fp8, inspect of the result, eval --kld --json; --to int4 is a typed error', () => {
+  it('quantize --to int8, fp8 and int4, inspect of the result, eval --kld --json; --to int3 is a usage error', () => {
     const dir = mkdtempSync(path.join(tmpdir(), 'longcat-cli-q-'));
     try {
       const bf16 = path.join(dir, 'bf16');
       expect(run('init-random', '--preset', 'tiny', '--out', bf16).status).toBe(0);
-      for (const to of ['int8', 'fp8']) {
+      for (const to of ['int8', 'fp8', 'int4']) {
         const q = run('quantize', '--to', to, bf16, path.join(dir, to));
         expect(q.status, q.stderr).toBe(0);
         expect(q.stdout).toMatch(new RegExp(`wrote ${to} checkpoint .* linears quantized`));
       }
       expect(run('inspect', path.join(dir, 'int8')).stdout).toMatch(/int8 weights \(per-row scales\)/);
       expect(run('inspect', path.join(dir, 'fp8')).stdout).toMatch(/block FP8/);
+      expect(run('inspect', path.join(dir, 'int4')).stdout).toMatch(/int4 weights \(GPTQ packing/);
       const text = path.join(dir, 'text.txt');
       writeFileSync(text, 'one two three four five six seven eight nine ten. '.repeat(4));
       const e = run('eval', '--kld', bf16, path.join(dir, 'fp8'), '--text', text, '--ctx', '24', '--json');
@@ -106,9 +107,9 @@ describe('longcat CLI', { timeout: 3 * RUN_LIMIT_MS }, () => {
       expect(r.scored).toBeGreaterThan(0);
       expect(r.meanKld).toBeGreaterThan(0);
       expect(r.top1Agreement).toBeGreaterThan(0.5);
-      const int4 = run('quantize', '--to', 'int4', bf16, path.join(dir, 'int4'));
-      expect(int4.status).toBe(1);
-      expect(int4.stderr).toMatch(/int4 .*not available.*\[E_ARGUMENT\]/);
+      const int3 = run('quantize', '--to', 'int3', bf16, path.join(dir, 'int3'));
+      expect(int3.status).not.toBe(0);
+      expect(int3.stderr).toMatch(/fp8, int8 or int4/);
       const full = run('quantize', '--to', 'fp8', bf16, path.join(dir, 'fp8'));
       expect(full.status).toBe(1);
       expect(full.stderr).toMatch(/not empty.*\[E_ARGUMENT\]/);

@@ -1,11 +1,11 @@
-// Weight quantization: `quantizeCheckpoint` (fp8 block, int8 rows) over init-random checkpoints
+// Weight quantization: `quantizeCheckpoint` (fp8 block, int8 rows, int4 GPTQ) over init-random checkpoints
 // (tiny, small, Lite; BF16 with MTP and agreeing drafts), the written files opened and validated,
 // the FP8 output's tensors equal in name / dtype / shape to an init-random --fp8 checkpoint, the
 // logits near the base model's within the error model below, greedy tokens equal, loadModel's
 // `quantize` equal to loading the written files, evalKld (base vs itself: KL 0, agreement 1; base
 // vs fp8: small positive), and the typed errors.
 import { afterAll, describe, expect, it, onTestFinished } from 'vitest';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { initRandom } from '../lib/init-random.js';
@@ -58,7 +58,8 @@ function quantizedOf(preset: Preset, to: QuantizeFormat): Promise<string> {
  * logits is small, so the bound is loose for fp8; far below the agreeing checkpoints' margins (the
  * greedy logit ~32 over the runner-up by >= 16), so greedy tokens must be equal.
  */
-const EPS: Record<QuantizeFormat, number> = { fp8: 2 ** -4, int8: 1 / 254 };
+// int4: half a step of max / 7 = 1/14 of the group's max (groups of 128 columns).
+const EPS: Record<QuantizeFormat, number> = { fp8: 2 ** -4, int8: 1 / 254, int4: 1 / 14 };
 const logitBound = (to: QuantizeFormat, maxLogit: number) => EPS[to] * maxLogit;
 
 const maxAbs = (a: Float32Array) => a.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
@@ -69,7 +70,7 @@ const PROMPT = [300, 301, 17, 42, 99, 250, 12, 77, 8, 150];
 
 describe('quantizeCheckpoint', { timeout: workLimitMs(120) }, () => {
   for (const preset of ['tiny', 'lite', 'small'] as const)
-    for (const to of ['fp8', 'int8'] as const)
+    for (const to of ['fp8', 'int8', 'int4'] as const)
       it(`${preset} -> ${to}: validated, logits within the error model, greedy tokens equal`, async () => {
         const dir = await quantizedOf(preset, to);
         {
@@ -77,15 +78,33 @@ describe('quantizeCheckpoint', { timeout: workLimitMs(120) }, () => {
           expect(ck.quantization).toBe(to);
           expect(ck.hasMtp).toBe(true);
           expect(ck.unexpected).toEqual([]);
-          const weights = [...ck.tensors.values()].filter(t => t.name.endsWith('.q_b_proj.weight'));
-          expect(weights.every(t => t.dtype === (to === 'fp8' ? 'F8_E4M3' : 'I8'))).toBe(true);
+          if (to === 'int4') {
+            // GPTQ names and dtypes in place of `.weight`
+            const q = [...ck.tensors.values()].filter(t => t.name.endsWith('.q_b_proj.qweight'));
+            expect(q.length).toBeGreaterThan(0);
+            expect(q.every(t => t.dtype === 'I32')).toBe(true);
+            expect(ck.tensors.get(q[0]!.name.replace('qweight', 'scales'))!.dtype).toBe('F16');
+            expect(ck.tensors.has(q[0]!.name.replace('qweight', 'weight'))).toBe(false);
+            const cfg = JSON.parse(readFileSync(path.join(dir, 'config.json'), 'utf8'));
+            expect(cfg.quantization_config).toMatchObject({
+              quant_method: 'gptq',
+              bits: 4,
+              group_size: 128,
+              sym: true,
+              desc_act: false,
+            });
+          } else {
+            const weights = [...ck.tensors.values()].filter(t => t.name.endsWith('.q_b_proj.weight'));
+            expect(weights.length).toBeGreaterThan(0);
+            expect(weights.every(t => t.dtype === (to === 'fp8' ? 'F8_E4M3' : 'I8'))).toBe(true);
+          }
           // What stays in its original dtype.
           for (const name of ['model.embed_tokens.weight', 'lm_head.weight', 'model.norm.weight'])
             expect(ck.tensors.get(name)!.dtype).toBe('BF16');
           expect(ck.tensors.get('model.layers.0.mlp.router.classifier.weight')!.dtype).toBe('F32');
           if (preset === 'lite')
             for (const t of ck.tensors.values()) if (t.name.startsWith('model.ngram_embeddings.')) expect(t.dtype).toBe('BF16');
-          if (to === 'int8') expect(ck.tensors.get('model.layers.0.self_attn.0.kv_b_proj.weight')!.dtype).toBe('BF16');
+          if (to !== 'fp8') expect(ck.tensors.get('model.layers.0.self_attn.0.kv_b_proj.weight')!.dtype).toBe('BF16');
         }
         using b = await loadModel(await baseOf(preset), { backend: 'cpu', maxContext: 64 });
         using q = await loadModel(dir, { backend: 'cpu', maxContext: 64 });
@@ -127,7 +146,7 @@ describe('quantizeCheckpoint', { timeout: workLimitMs(120) }, () => {
     }
   });
 
-  for (const to of ['fp8', 'int8'] as const)
+  for (const to of ['fp8', 'int8', 'int4'] as const)
     it(`loadModel quantize '${to}' gives the logits of the written ${to} checkpoint`, async () => {
       for (const preset of ['tiny', 'lite'] as const) {
         using atLoad = await loadModel(await baseOf(preset), { backend: 'cpu', maxContext: 64, quantize: to });
@@ -137,13 +156,13 @@ describe('quantizeCheckpoint', { timeout: workLimitMs(120) }, () => {
     });
 
   it.runIf(cudaAvailable)(
-    'on the CUDA device: the written int8 and fp8 files and quantize at load give the CPU logits',
+    'on the CUDA device: the written int8, fp8 and int4 files and quantize at load give the CPU logits',
     async () => {
       // fp32 products everywhere: at the default precision the CUDA GEMMs round activations to bf16
       // (~7e-4 of the logits here, for the BF16 base model alike), which is not what is checked.
       const was = setMatmulPrecision('highest');
       onTestFinished(() => void setMatmulPrecision(was));
-      for (const to of ['int8', 'fp8'] as const) {
+      for (const to of ['int8', 'fp8', 'int4'] as const) {
         const dir = await quantizedOf('tiny', to);
         using cpu = await loadModel(dir, { backend: 'cpu', maxContext: 64 });
         using gpu = await loadModel(dir, { backend: 'cuda', maxContext: 64 });
@@ -194,11 +213,30 @@ describe('quantizeCheckpoint', { timeout: workLimitMs(120) }, () => {
     expect([...out.tensors.values()].filter(t => t.dtype === 'I8').length).toBe(r.quantized);
   });
 
-  it('typed errors: int4, an already-quantized input, a non-empty output, a missing input', async () => {
+  it('GPTQ variants without kernels are typed errors: bits, group size, packing format, group size not the files', async () => {
+    const dir = await quantizedOf('tiny', 'int4');
+    const cfg = JSON.parse(readFileSync(path.join(dir, 'config.json'), 'utf8'));
+    const variant = (name: string, q: Record<string, unknown>) => {
+      const d = path.join(root, `gptq-${name}`);
+      mkdirSync(d);
+      for (const f of readdirSync(dir)) if (f !== 'config.json') copyFileSync(path.join(dir, f), path.join(d, f));
+      writeFileSync(
+        path.join(d, 'config.json'),
+        JSON.stringify({ ...cfg, quantization_config: { ...cfg.quantization_config, ...q } }),
+      );
+      return d;
+    };
+    await rejects(openCheckpoint(variant('bits8', { bits: 8 })), 'E_CONFIG', /bits/);
+    await rejects(openCheckpoint(variant('g16', { group_size: 16 })), 'E_CONFIG', /group_size/);
+    await rejects(openCheckpoint(variant('marlin', { checkpoint_format: 'marlin' })), 'E_CONFIG', /checkpoint_format/);
+    // the same files read as groups of 64: the group tensors' shapes disagree
+    await rejects(openCheckpoint(variant('g64', { group_size: 64 })), 'E_CHECKPOINT', /qzeros|scales/);
+  });
+
+  it('typed errors: an unknown format, an already-quantized input, a non-empty output, a missing input', async () => {
     const dir = await baseOf('tiny');
-    await rejects(quantizeCheckpoint(dir, path.join(root, 'int4'), { to: 'int4' }), 'E_ARGUMENT', /int4/, /no int4 kernels/);
-    await rejects(loadModel(dir, { backend: 'cpu', quantize: 'int4' }), 'E_ARGUMENT', /int4/);
     await rejects(quantizeCheckpoint(dir, path.join(root, 'x'), { to: 'q3' as 'fp8' }), 'E_ARGUMENT', /q3/);
+    await rejects(loadModel(dir, { backend: 'cpu', quantize: 'int3' as 'int4' }), 'E_ARGUMENT', /int3/);
     await rejects(
       quantizeCheckpoint(await quantizedOf('tiny', 'fp8'), path.join(root, 'twice'), { to: 'int8' }),
       'E_ARGUMENT',

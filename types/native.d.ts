@@ -177,6 +177,8 @@ export interface LinearOps {
   /** h = x (+ add); hOut = h; y = weight * h / rms(h). x, add, hOut f32; weight f32|bf16; y f32|bf16. */
   rmsnorm(stream: S, y: Tensor, x: Tensor, weight: Tensor, eps: number, add?: Tensor | null, hOut?: Tensor | null): void;
   /** y[.., n] = x[.., k] @ weight[n, k]^T. weight f32|bf16|fp8_e4m3 (+ block scale)|int8 (+ row scale). */
+  /** An int4 weight (native/cpu/linear.h): weight int8 [n, groups, group / 2] of packed codes and
+   *  scale bf16 / f16 [n, groups] (zero point 8) or [n, groups, 2] (scale, zero point). */
   linear(stream: S, y: Tensor, x: Tensor, weight: Tensor, scale?: Tensor | null): void;
   /**
    * 'bf16' (default): GEMMs may round f32 activations to bf16 (CPU: bf16 weights with AVX512-BF16,
@@ -198,6 +200,13 @@ export interface LinearOps {
    * q = round_half_even(w / scale[r]) clamped to [-127, 127]. q int8 [n, k], scale f32 [n], w f32|bf16 [n, k].
    */
   quantizeInt8Rows(stream: S, q: Tensor, scale: Tensor, w: Tensor): void;
+  /**
+   * Symmetric int4 weights for `linear` / `moeExperts` in the int4 format (native/cpu/linear.h): per
+   * row and group of g columns, scale = max|w| / 7 as f16, code = 8 + round_half_even(w / scale)
+   * clamped to [1, 15], packed two per byte. q int8 [n, ceil(k / g), g / 2] (g a multiple of 32),
+   * scale f16 [n, ceil(k / g)], w f32|bf16 [n, k]. CPU tensors only.
+   */
+  quantizeInt4(stream: S, q: Tensor, scale: Tensor, w: Tensor): void;
   /** Benchmark: median read bandwidth (GB/s) of `bytes` of memory summed by every pool thread. Synchronous. */
   benchReadBandwidth(bytes: number, passes: number): { gbps: number; samples: number[]; checksum: number };
   /**

@@ -6,7 +6,8 @@ type S = Stream | null | undefined;
 /** The leading arguments of moe and epCombine: the stream, the output and the routed tokens. */
 export type MoeTokenArgs = [stream: S, out: Tensor, u: Tensor, idx: Tensor, weights: Tensor, nRouted: number];
 
-/** One layer's routed experts as lists (moe, moeExperts); a scale list only for fp8 / int8 weights. */
+/** One layer's routed experts as lists (moe, moeExperts); a scale list only for fp8 / int8 / int4 weights
+ *  (int4: codes int8 [rows, groups, group / 2] and group scales, native/cpu/linear.h). */
 type ExpertLists = [
   gate: readonly Tensor[],
   up: readonly Tensor[],

@@ -27,6 +27,7 @@
 #include <cstdint>
 
 #include "common.cuh"
+#include "small_util.cuh"
 #include "fragments.h"
 #include "mma.cuh"
 
@@ -37,12 +38,23 @@ constexpr int kStageBytes = 64, kPitch = 80, kStages = 3;
 
 // An operand row as the tile loader sees it. p == nullptr: a zero row (past the problem).
 //   A, fp8 mode: scale -> the row's 1x128 group scales.
-//   B: fp8 -> the row's block-scale row (weight_scale_inv + (n / 128) * kb); int8 -> &scale[n].
+//   B: fp8 -> the row's block-scale row (weight_scale_inv + (n / 128) * kb); int8 -> &scale[n];
+//   int4 (lc::cpu::linear.h) -> the row's group scales (bf16 / f16 bits, as `scale`), int4 the group
+//   size | f16 scales << 16 | zero points << 17.
 struct Row {
   const void* p = nullptr;
   const float* scale = nullptr;
   DType dt = DType::F32;  // B rows: the weight's stored format (A rows: unused, P::a_dtype)
+  int32_t int4 = 0;
 };
+
+// The B row of an int4 weight's row n (WView's fields).
+__device__ __forceinline__ Row int4_row(const void* data, const uint16_t* gs, int64_t group, bool f16, bool zero, int64_t k,
+                                        int64_t n) {
+  const int64_t G = (k + group - 1) / group;
+  return {static_cast<const uint8_t*>(data) + n * (G * group / 2), reinterpret_cast<const float*>(gs + n * G * (zero ? 2 : 1)),
+          DType::I4, static_cast<int32_t>(group) | (f16 ? 1 << 16 : 0) | (zero ? 1 << 17 : 0)};
+}
 
 __device__ __forceinline__ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
@@ -84,6 +96,21 @@ __device__ __forceinline__ uint4 load8_weight_bf16(Row w, DType t, int64_t c, in
     const float s = w.scale[c >> 7];  // 8 | 128: the chunk lies in one scale block
 #pragma unroll
     for (int j = 0; j < 8; ++j) v[j] = c + j < K ? fp8e4m3_to_f32(r[j]) * s : 0.f;
+  } else if (t == DType::I4) {  // 8 | 16 | group: the chunk is one half-block of one group
+    if (c >= K) return make_uint4(0, 0, 0, 0);
+    const int group = w.int4 & 0xffff;
+    const bool f16 = (w.int4 >> 16) & 1, zero = (w.int4 >> 17) & 1;
+    const uint16_t* g = reinterpret_cast<const uint16_t*>(w.scale) + (c / group) * (zero ? 2 : 1);
+    const float s = f16 ? util::f16_bits_to_f32(g[0]) : bf16_bits_to_f32(g[0]);
+    const float z = zero ? (f16 ? util::f16_bits_to_f32(g[1]) : bf16_bits_to_f32(g[1])) : 8.f;
+    const uint8_t* r = static_cast<const uint8_t*>(w.p) + (c >> 5) * 16 + (c & 15);
+    const int shift = (c & 31) < 16 ? 0 : 4;
+    const uint2 b = *reinterpret_cast<const uint2*>(r);  // 8 | rows of 16-byte blocks: aligned
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const uint32_t byte = ((j < 4 ? b.x : b.y) >> (8 * (j & 3))) & 0xffu;
+      v[j] = c + j < K ? fmaf(static_cast<float>((byte >> shift) & 15u), s, -z * s) : 0.f;
+    }
   } else {  // I8
     const int8_t* r = static_cast<const int8_t*>(w.p) + c;
     const float s = *w.scale;

@@ -2,6 +2,7 @@
 // read element-wise by the CUDA-core kernels (linear.cu, moe.cu; gemv.cuh streams 16-byte units).
 #pragma once
 #include "common.cuh"
+#include "small_util.cuh"
 
 namespace lc::gpu {
 
@@ -10,6 +11,19 @@ struct WView {
   const float* scale;
   DType dtype;
   int64_t k, kb;  // row length; kb = ceil(k / 128), the fp8 scale row length
+  // int4 (lc::cpu::WeightRef's fields): group scales, f16 or bf16, zero points after each scale.
+  const uint16_t* group_scale = nullptr;
+  int64_t group = 0;
+  bool group_scale_f16 = false, group_zero = false;
+
+  __device__ __forceinline__ int64_t int4_groups() const { return (k + group - 1) / group; }
+  // The scale s and -z * s of row r's group gi.
+  __device__ __forceinline__ void int4_params(int64_t r, int64_t gi, float& s, float& mzs) const {
+    const uint16_t* p = group_scale + (r * int4_groups() + gi) * (group_zero ? 2 : 1);
+    s = group_scale_f16 ? util::f16_bits_to_f32(p[0]) : bf16_bits_to_f32(p[0]);
+    const float z = group_zero ? (group_scale_f16 ? util::f16_bits_to_f32(p[1]) : bf16_bits_to_f32(p[1])) : 8.f;
+    mzs = -z * s;
+  }
 
   __device__ __forceinline__ float at(int64_t r, int64_t c) const {
     switch (dtype) {
@@ -17,10 +31,16 @@ struct WView {
       case DType::BF16: return bf16_bits_to_f32(static_cast<const uint16_t*>(data)[r * k + c]);
       case DType::FP8_E4M3: return fp8e4m3_to_f32(static_cast<const uint8_t*>(data)[r * k + c]) * scale[(r / 128) * kb + c / 128];
       case DType::I8: return static_cast<const int8_t*>(data)[r * k + c] * scale[r];
+      case DType::I4: {
+        const uint8_t b = static_cast<const uint8_t*>(data)[r * (int4_groups() * group / 2) + (c >> 5) * 16 + (c & 15)];
+        float s, mzs;
+        int4_params(r, c / group, s, mzs);
+        return fmaf(static_cast<float>((c & 31) < 16 ? b & 15 : b >> 4), s, mzs);
+      }
       default: return 0.f;
     }
   }
-  // Whether gemv.cuh may stream it in 16-byte units: f32, bf16, fp8 or int8, rows a whole number of
+  // Whether gemv.cuh may stream it in 16-byte units (int4 never: linear.cu has its own GEMV): f32, bf16, fp8 or int8, rows a whole number of
   // units (k % (16 / element size) == 0), 16-byte aligned data, and k < 2^26 (32-bit offsets
   // within a warp's rows).
   __host__ __device__ bool units16() const {

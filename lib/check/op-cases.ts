@@ -15,6 +15,7 @@ import type { Stream } from '../device.js';
 import { rng, type Rng } from './rng.js';
 import { argmaxRef, speculativeParams, type SampleP } from './sampling-reference.js';
 import { decodeFp8Row, encodeFp8Row, fp8RowBytes } from './fp8-cache-ref.js';
+import { int4Groups, int4WeightTensor, packInt4 } from '../dist/int4.js';
 import {
   arithmetic,
   dotBound,
@@ -62,7 +63,7 @@ export interface OpCase {
   /** The sizes that define the case. */
   shapes: Record<string, number | readonly number[]>;
   /** The dtype of each tensor argument that has a choice. */
-  dtypes: Record<string, DType>;
+  dtypes: Record<string, WeightKind>;
   /** The matmul precision both sides run under. */
   precision: Precision;
   /** Bytes the op moves (at most) and FLOPs it does: the GPU check's rates and the work limits of slow runs. */
@@ -94,20 +95,60 @@ const int32 = (vals: ArrayLike<number>, shape: readonly number[], device: string
   tensor(vals, shape, { dtype: 'int32', device });
 const abs = (v: ArrayLike<number>) => Float32Array.from(v, Math.abs);
 const blocks = (n: number) => Math.ceil(n / 128);
-const ELEMENT_BYTES: Record<DType, number> = { f32: 4, bf16: 2, f16: 2, fp8_e4m3: 1, int8: 1, int32: 4, int64: 8 };
+const ELEMENT_BYTES: Record<WeightKind, number> = {
+  f32: 4,
+  bf16: 2,
+  f16: 2,
+  fp8_e4m3: 1,
+  int8: 1,
+  int32: 4,
+  int64: 8,
+  int4: 0.5,
+  'int4-g32z': 0.5,
+};
 
 /**
  * A weight [n, k] of `dtype` and its host values: f32 / bf16 uniform in [-amp, amp); fp8 values
  * uniform in [-amp, amp) rounded to e4m3 with 128x128 block scales in [scaleLo, scaleHi); int8 codes
- * uniform in [-127, 127] with row scales in [scaleLo, scaleHi).
+ * uniform in [-127, 127] with row scales in [scaleLo, scaleHi); int4 (native/cpu/linear.h's format)
+ * codes uniform in 0..15 with group scales in [scaleLo, scaleHi): 'int4' groups of 128, bf16 scales,
+ * zero point 8; 'int4-g32z' groups of 32, f16 scales and zero points uniform in 0..15. `values` are
+ * the exact dequantized weights.
  */
+export type WeightKind = DType | 'int4' | 'int4-g32z';
 export interface HostWeight {
   values: Float32Array;
   scale: Float32Array | null;
-  dtype: DType;
+  dtype: WeightKind;
   shape: [number, number];
+  /** int4: the codes [n, k], group size, scales (and zero points) [n, G, 1 or 2] as stored. */
+  int4?: { codes: Uint8Array; g: number; scale: Float32Array; zeros: boolean; scaleDtype: 'bf16' | 'f16' };
 }
-export function randomWeight(r: Rng, dtype: DType, n: number, k: number, amp: number, scaleLo = 0, scaleHi = 1): HostWeight {
+export function randomWeight(r: Rng, dtype: WeightKind, n: number, k: number, amp: number, scaleLo = 0, scaleHi = 1): HostWeight {
+  if (dtype === 'int4' || dtype === 'int4-g32z') {
+    const zeros = dtype === 'int4-g32z',
+      g = zeros ? 32 : 128,
+      G = int4Groups(k, g),
+      per = zeros ? 2 : 1,
+      scaleDtype = zeros ? 'f16' : 'bf16';
+    const codes = Uint8Array.from(r.array(n * k), v => Math.min(15, Math.floor(v * 16)));
+    const stored = new Float32Array(n * G * per);
+    const drawn = positive(r, n * G, scaleLo, scaleHi);
+    for (let i = 0; i < n * G; i++) {
+      stored[i * per] = drawn[i]!;
+      if (zeros) stored[i * per + 1] = r.int(16);
+    }
+    const scale = toArray(tensor(stored, [stored.length], { dtype: scaleDtype })) as Float32Array; // rounded as stored
+    const values = new Float32Array(n * k);
+    for (let i = 0; i < n; i++)
+      for (let c = 0; c < k; c++) {
+        const at = (i * G + Math.floor(c / g)) * per,
+          s = scale[at]!,
+          z = zeros ? scale[at + 1]! : 8;
+        values[i * k + c] = Math.fround(codes[i * k + c]! * s - z * s); // exact: fma(q, s, -z s)
+      }
+    return { values, scale: null, dtype, shape: [n, k], int4: { codes, g, scale, zeros, scaleDtype } };
+  }
   const values = dtype === 'int8' ? Float32Array.from(r.array(n * k), v => Math.round(v * 127)) : uniform(r, n * k, amp);
   const scale =
     dtype === 'fp8_e4m3'
@@ -117,11 +158,22 @@ export function randomWeight(r: Rng, dtype: DType, n: number, k: number, amp: nu
         : null;
   return { values, scale, dtype, shape: [n, k] };
 }
-/** The weight's tensors on `device` (`magnitude`: of |w|, for the error bound). */
-export function weightTensors(w: HostWeight, device: string, magnitude = false) {
-  const scaleShape = w.dtype === 'fp8_e4m3' ? [blocks(w.shape[0]), blocks(w.shape[1])] : [w.shape[0]];
+/** The weight's tensors on `device` (`magnitude`: of |w|, for the error bound; an int4 weight's as f32). */
+export function weightTensors(w: HostWeight, device: string, magnitude = false): { w: Tensor; scale: Tensor | null } {
+  const [n, k] = w.shape;
+  if (w.int4) {
+    if (magnitude) return { w: tensor(abs(w.values), w.shape, { device }), scale: null };
+    const { codes, g, scale, zeros, scaleDtype } = w.int4;
+    const G = int4Groups(k, g);
+    return {
+      w: int4WeightTensor(packInt4(codes, n, k, g), n, k, g, device),
+      scale: tensor(scale, zeros ? [n, G, 2] : [n, G], { dtype: scaleDtype, device }),
+    };
+  }
+  const dtype = w.dtype as DType;
+  const scaleShape = dtype === 'fp8_e4m3' ? [blocks(n), blocks(k)] : [n];
   return {
-    w: tensor(magnitude ? abs(w.values) : w.values, w.shape, { dtype: w.dtype, device }),
+    w: tensor(magnitude ? abs(w.values) : w.values, w.shape, { dtype, device }),
     scale: w.scale ? tensor(magnitude ? abs(w.scale) : w.scale, scaleShape, { device }) : null,
   };
 }
@@ -176,7 +228,7 @@ for (const [t, k, n] of [
   [8, 6144, 4096],
   [512, 6144, 4096],
 ] as const) {
-  for (const wdt of ['f32', 'bf16', 'fp8_e4m3', 'int8'] as const) {
+  for (const wdt of ['f32', 'bf16', 'fp8_e4m3', 'int8', 'int4', 'int4-g32z'] as const) {
     // the skinny path (t <= 16) multiplies in fp32 whatever the precision
     const precisions: Precision[] = t <= 16 ? ['highest'] : ['highest', 'bf16', ...(wdt === 'fp8_e4m3' ? ['fp8' as const] : [])];
     for (const precision of precisions) {
@@ -189,7 +241,7 @@ for (const [t, k, n] of [
         flops: 2 * t * n * k,
         make(device, r) {
           const xs = uniform(r, t * k);
-          const hw = randomWeight(r, wdt, n, k, 0.1, 0, wdt === 'int8' ? 0.01 : 1);
+          const hw = randomWeight(r, wdt, n, k, 0.1, 0, wdt === 'int8' || wdt.startsWith('int4') ? 0.01 : 1);
           const x = tensor(xs, [t, k], { device }),
             { w, scale } = weightTensors(hw, device);
           const y = empty([t, n], { device });
@@ -1537,6 +1589,9 @@ for (const [T, H, I, nr, nz, k, wdt, distinct, precision = 'highest'] of [
   [40, 136, 80, 4, 3, 5, 'bf16', false],
   [40, 136, 80, 4, 3, 5, 'bf16', false, 'bf16'],
   [100, 200, 96, 3, 1, 2, 'int8', true, 'bf16'],
+  [3, 72, 48, 5, 2, 4, 'int4-g32z', true],
+  [5, 129, 67, 6, 3, 4, 'int4', false],
+  [100, 200, 96, 3, 1, 2, 'int4', true, 'bf16'],
   [60, 250, 130, 3, 2, 3, 'fp8_e4m3', true, 'bf16'],
   [9, 256, 128, 16, 0, 6, 'fp8_e4m3', true],
   [1, 1024, 512, 16, 8, 12, 'bf16', true],
@@ -1567,7 +1622,7 @@ for (const [T, H, I, nr, nz, k, wdt, distinct, precision = 'highest'] of [
     make(device, r) {
       const fp8 = wdt === 'fp8_e4m3';
       const amp = fp8 ? 2 : 0.1,
-        [sLo, sHi] = fp8 ? [0.01, 0.06] : wdt === 'int8' ? [1e-4, 1.1e-3] : [0, 0];
+        [sLo, sHi] = fp8 ? [0.01, 0.06] : wdt === 'int8' ? [1e-4, 1.1e-3] : wdt.startsWith('int4') ? [1e-3, 1e-2] : [0, 0];
       const experts = Array.from({ length: nr }, () => ({
         gate: randomWeight(r, wdt, I, H, amp, sLo, sHi),
         up: randomWeight(r, wdt, I, H, amp, sLo, sHi),
@@ -1584,7 +1639,7 @@ for (const [T, H, I, nr, nz, k, wdt, distinct, precision = 'highest'] of [
               weightTensors(e.down, dev, magnitude),
             ] as const,
         );
-        const scaled = fp8 || wdt === 'int8';
+        const scaled = ts[0]?.[0].scale != null;
         const scales = (i: 0 | 1 | 2) => (scaled ? ts.map(e => e[i].scale!) : null);
         const set = native.moeExperts(
           ts.map(e => e[0].w),

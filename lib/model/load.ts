@@ -6,6 +6,7 @@ import { setThreads } from '../device.js';
 import { modelDims } from './dims.js';
 import { type ModelWeights, loadWeights, type UploadProgress } from './weights.js';
 import { type QuantizeFormat, QuantizingSource, checkQuantizeFormat } from '../quantize.js';
+import { Int4Source } from '../int4.js';
 import { LongcatModel } from './model.js';
 import { expertsPerRank } from '../parallel/placement.js';
 import { type CacheDtype, latentCacheRow } from '../kv-cache.js';
@@ -49,10 +50,13 @@ export interface LoadModelOptions {
   /** Quantize the eligible linears of a BF16 / F16 / F32 checkpoint while loading, for a quick try
    *  without writing files (`longcat quantize` writes them): 'fp8' (e4m3, one scale per 128x128
    *  block: attention, dense MLP, expert and MTP linears) or 'int8' (symmetric per-row: the same
-   *  but kv_b_proj). Embeddings, lm_head, norms, router and N-gram tables keep their dtype. The
-   *  codes are made on the CPU (host memory; on a GPU then uploaded and the host copies freed).
-   *  'int4' is E_ARGUMENT (no kernels yet), as is an already-quantized checkpoint. */
-  quantize?: QuantizeFormat | 'int4';
+   *  but kv_b_proj) or 'int4' (symmetric, groups of 128 columns with f16 scales, native/cpu/linear.h:
+   *  the same as int8 but the MTP eh_proj and linears whose sizes are not multiples of 8, so that
+   *  it matches `longcat quantize --to int4`). Embeddings, lm_head, norms, router and N-gram tables
+   *  keep their dtype. The codes are made on the CPU (host memory; on a GPU then uploaded and the
+   *  host copies freed). An already-quantized checkpoint is E_ARGUMENT. GPTQ / AutoRound int4
+   *  checkpoints load without this option (lib/int4.ts Int4Source). */
+  quantize?: QuantizeFormat;
   /** Prefix caching (default true): full KV pages of finished prompts and answers stay cached while
    *  the memory is not needed, and a later prompt that starts with the same tokens shares them. */
   prefixCache?: boolean;
@@ -193,7 +197,12 @@ export async function loadCheckpointModel(dir: string, opts: LoadModelOptions = 
     latentCacheRow(dims.kvLora, dims.rope, opts.cacheDtype ?? 'bf16'); // (fp8: sizes it cannot hold) likewise
     const mtp = opts.mtp !== false && checkpoint.hasMtp;
     const totalBytes = uploadBytes(checkpoint, mtp);
-    const quantizer = opts.quantize ? new QuantizingSource(checkpoint, checkQuantizeFormat(opts.quantize, 'loadModel')) : null;
+    // quantize at load, or a GPTQ / AutoRound checkpoint read into the int4 format: made tensors either way
+    const quantizer = opts.quantize
+      ? new QuantizingSource(checkpoint, checkQuantizeFormat(opts.quantize, 'loadModel'))
+      : checkpoint.quantization === 'int4'
+        ? new Int4Source(checkpoint)
+        : null;
     let weights: ModelWeights;
     try {
       weights = loadWeights(quantizer ?? checkpoint, dims, device, {

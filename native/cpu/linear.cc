@@ -66,6 +66,17 @@ static void decode_row_scalar(const WeightRef& w, int64_t r, float* out) {
       for (int64_t c = 0; c < k; ++c) out[c] = static_cast<float>(p[c]);
       break;
     }
+    case DType::I4: {
+      const uint8_t* p = static_cast<const uint8_t*>(w.data) + r * int4_row_bytes(k, w.group);
+      for (int64_t c = 0; c < k; ++c) {
+        float s, z;
+        int4_group_params(w, r, c / w.group, &s, &z);
+        const uint8_t b = p[c / 32 * 16 + c % 16];
+        const int q = c % 32 < 16 ? b & 15 : b >> 4;
+        out[c] = std::fma(static_cast<float>(q), s, -z * s);
+      }
+      break;
+    }
     default: break;
   }
 }
@@ -122,7 +133,8 @@ static void linear_dispatch(int64_t t, const void* x, DType xt, const WeightRef&
   }
   switch (isa()) {
     case Isa::Avx512:
-      linear_avx512(t, x, xt, w, y, yt, features().avx512_bf16 && (xt == DType::BF16 || bf16_activations()));
+      linear_avx512(t, x, xt, w, y, yt, features().avx512_bf16 && (xt == DType::BF16 || bf16_activations()),
+                    features().avx512_vnni && bf16_activations());
       return;
     case Isa::Avx2: linear_avx2(t, x, xt, w, y, yt); return;
     case Isa::Scalar: break;
@@ -154,6 +166,34 @@ void quantize_int8_rows(int64_t n, int64_t k, const void* w, DType wt, int8_t* q
         // Division (not multiplication by 127/amax) keeps q exact for values on the grid.
         float v = s > 0 ? std::nearbyint(at(c) / s) : 0.0f;  // default rounding: half to even
         q[r * k + c] = static_cast<int8_t>(std::fmin(127.0f, std::fmax(-127.0f, v)));
+      }
+    }
+  });
+}
+
+void quantize_int4_groups(int64_t n, int64_t k, int64_t g, const void* w, DType wt, uint8_t* q, uint16_t* scale) {
+  const int64_t G = int4_groups(k, g), rb = int4_row_bytes(k, g);
+  parallel_for(n, 1 + (64 * 1024) / (rb > 0 ? rb : 1), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      auto at = [&](int64_t c) {
+        return wt == DType::BF16 ? bf16_to_f32(static_cast<const uint16_t*>(w)[r * k + c])
+                                 : static_cast<const float*>(w)[r * k + c];
+      };
+      uint8_t* qr = q + r * rb;
+      std::memset(qr, 0x88, static_cast<size_t>(rb));
+      for (int64_t gi = 0; gi < G; ++gi) {
+        const int64_t c0 = gi * g, c1 = c0 + g < k ? c0 + g : k;
+        float amax = 0;
+        for (int64_t c = c0; c < c1; ++c) amax = std::fmax(amax, std::fabs(at(c)));
+        const uint16_t sb = f32_to_f16(amax / 7.0f);
+        const float s = f16_to_f32(sb);
+        scale[r * G + gi] = sb;
+        for (int64_t c = c0; c < c1; ++c) {
+          const float v = s > 0 ? std::nearbyint(at(c) / s) : 0.0f;  // half to even
+          const uint8_t code = static_cast<uint8_t>(8 + std::fmin(7.0f, std::fmax(-7.0f, v)));
+          uint8_t& b = qr[c / 32 * 16 + c % 16];
+          b = c % 32 < 16 ? static_cast<uint8_t>((b & 0xf0) | code) : static_cast<uint8_t>((b & 0x0f) | (code << 4));
+        }
       }
     }
   });

@@ -1,5 +1,5 @@
-// CPU linear layers: y = x @ W^T with W stored as f32, bf16, fp8_e4m3 (128x128 block scales) or
-// int8 (per-row scales). Implementation: linear.cc (dispatch, scalar path), linear_vec.h (the
+// CPU linear layers: y = x @ W^T with W stored as f32, bf16, fp8_e4m3 (128x128 block scales),
+// int8 (per-row scales) or int4 (per-group scales and zero points). Implementation: linear.cc (dispatch, scalar path), linear_vec.h (the
 // vector drivers, once for every ISA) compiled by linear_avx2.cc and linear_avx512.cc;
 // linear_kernels.h holds what they all share.
 #pragma once
@@ -13,12 +13,35 @@ namespace lc::cpu {
 //   f32, bf16: no scale.
 //   fp8_e4m3:  scale = weight_scale_inv [ceil(n/128), ceil(k/128)], W = q * scale[r/128][c/128].
 //   int8:      scale [n], W = q * scale[r].
+//   int4:      the int4 format below; scale unused (group_scale, group_zero, group instead).
+//
+// The int4 format (the one description; the binding, the CUDA kernels, the quantizer and the GPTQ
+// loader all follow it). Weight-only, one row per output feature, groups of g columns along k
+// (g a multiple of 32, 32 <= g <= 4096), G = ceil(k / g) groups per row:
+//   codes:  an int8 tensor [n, G, g / 2]: per row G * g / 2 bytes of 4-bit codes q in 0..15. Each
+//           32-column block c0 .. c0 + 31 of a row is 16 bytes; byte j holds column c0 + j in its low
+//           nibble and column c0 + 16 + j in its high nibble (so a 16-byte load widens to the codes
+//           of 32 consecutive columns with one mask and one shift). Columns >= k are padding (any code).
+//   scales: bf16 or f16 bits, [n, G] (symmetric: zero point 8) or [n, G, 2] (per group: scale s, then
+//           the zero point z as a number, e.g. 0..15, or 1..16 from GPTQ's qzeros + 1 convention).
+//   W[r, c] = (q[r, c] - z) * s of group c / g, computed as fma(q, s, -z * s) in fp32: exact for bf16
+//           scales and integer z (12 and 16 significant bits), so every path sees the same weights.
 struct WeightRef {
   DType dtype = DType::F32;
   const void* data = nullptr;
   const float* scale = nullptr;
   int64_t n = 0, k = 0;
+  // int4 only.
+  const uint16_t* group_scale = nullptr;  // [n, G] or [n, G, 2] bf16 / f16 bits
+  bool group_scale_f16 = false;           // f16 bits (GPTQ's fp16 scales), else bf16
+  bool group_zero = false;                // [n, G, 2]: zero points stored after each scale
+  int64_t group = 0;                      // g
 };
+
+// The int4 format's sizes: groups per row and bytes per row.
+inline int64_t int4_groups(int64_t k, int64_t g) { return (k + g - 1) / g; }
+inline int64_t int4_row_bytes(int64_t k, int64_t g) { return int4_groups(k, g) * g / 2; }
+constexpr int64_t kInt4MaxGroup = 4096;
 
 // y[t, n] = sum_k x[t, k] * W[n, k], fp32 accumulation. x: f32 or bf16 [t, k]; y: f32 or bf16 [t, n]
 // (bf16 output rounds to nearest even).
@@ -36,6 +59,9 @@ void linear(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DTy
 //   BF16 (default): round f32 activations to bf16 where the hardware multiplies bf16 (AVX512-BF16
 //        with bf16 weights, CUDA tensor cores); what bf16 engines do, twice the FLOP rate.
 //   Highest: every product in fp32, e.g. for tests against a float64 reference.
+//   (BF16 and FP8 also let an int4 GEMV (t <= 8, groups a multiple of 128) on AVX512-VNNI quantize
+//   x to int8 per row and 128 columns (scale max|x| / 127) and sum code x int8 products exactly in
+//   int32: error at most 1/254 of each 128-column block's max |x| times the weights' magnitudes.)
 //   FP8: like BF16, and an fp8 weight times t >= kFp8ActivationMinRows rows quantizes the
 //        activations to e4m3 in 1x128 groups first (the DeepSeek-V3 inference recipe; the CUDA
 //        e4m3 tensor-core GEMM). The CPU quantizes and dequantizes, then multiplies in fp32.
@@ -49,6 +75,13 @@ constexpr int64_t kFp8ActivationMinRows = 17;
 // Symmetric per-row int8 quantization: scale[r] = max|w[r, :]| / 127 (0 for an all-zero row),
 // q[r, c] = round_half_even(w[r, c] / scale[r]) clamped to [-127, 127]. w: f32 or bf16 [n, k].
 void quantize_int8_rows(int64_t n, int64_t k, const void* w, DType wt, int8_t* q, float* scale);
+
+// Symmetric int4 quantization into the int4 format above, groups of g columns: per row and group,
+// s = max|w| / 7 (0 for an all-zero group) stored as f16 (GPTQ's scale dtype; rounded to nearest
+// even), q = 8 + round_half_even(w / s) clamped to [1, 15] with the stored s (so a weight on the
+// grid (q - 8) * s comes back exactly; the code 0 is unused). w: f32 or bf16 [n, k];
+// q: [n, int4_row_bytes(k, g)] (padding codes 8); scale: f16 [n, G].
+void quantize_int4_groups(int64_t n, int64_t k, int64_t g, const void* w, DType wt, uint8_t* q, uint16_t* scale);
 
 // Benchmark support (used by ops/bench.cc): sums `bytes` of memory with every pool thread and the
 // widest vector loads the ISA has; the result only exists so the reads cannot be optimised away.

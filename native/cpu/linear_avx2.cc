@@ -24,6 +24,8 @@ struct Avx2Linear {
                               : T <= 4 ? 2
                                        : 1,
                               T <= 2 ? 4 : 1, T <= 2 ? 16384 / (4 * T) : 0>;
+  template <int T>
+  static constexpr int kInt4Rows = T <= 2 ? 2 : 1;  // registers: see linear_vec.h's int4 GEMV
   static constexpr bool kFp8ReloadCodes = true;
   static constexpr int64_t kGemmMR = 3;  // 3 x 4 accumulators + 3 x + 1 weight = 16 registers
 };

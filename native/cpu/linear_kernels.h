@@ -22,6 +22,15 @@ void* scratch(ScratchSlot slot, size_t bytes);
 // The fp8 block scale for weight row r at 128-column block kb (see WeightRef).
 inline float fp8_block_scale(const WeightRef& w, int64_t r, int64_t kb) { return w.scale[(r / 128) * ((w.k + 127) / 128) + kb]; }
 
+// The int4 scale s and zero point z of weight row r, group gi (see linear.h).
+inline void int4_group_params(const WeightRef& w, int64_t r, int64_t gi, float* s, float* z) {
+  const int64_t per = w.group_zero ? 2 : 1;
+  const uint16_t* p = w.group_scale + (r * int4_groups(w.k, w.group) + gi) * per;
+  auto f = [&](uint16_t b) { return w.group_scale_f16 ? f16_to_f32(b) : bf16_to_f32(b); };
+  *s = f(p[0]);
+  *z = w.group_zero ? f(p[1]) : 8.0f;
+}
+
 inline void store_y(void* y, DType yt, int64_t i, float v) {
   if (yt == DType::BF16)
     static_cast<uint16_t*>(y)[i] = f32_to_bf16(v);
@@ -31,7 +40,7 @@ inline void store_y(void* y, DType yt, int64_t i, float v) {
 
 // Rows per GEMV chunk: enough weight bytes (~64 KiB) per task that scheduling costs nothing.
 inline int64_t gemv_grain_rows(const WeightRef& w) {
-  int64_t row_bytes = w.k * dtype_size(w.dtype);
+  int64_t row_bytes = w.dtype == DType::I4 ? int4_row_bytes(w.k, w.group) : w.k * dtype_size(w.dtype);
   int64_t g = (64 * 1024) / (row_bytes > 0 ? row_bytes : 1);
   return g < 1 ? 1 : g;
 }
@@ -104,7 +113,8 @@ void gemm(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType
 
 // Per-ISA entry points; each handles both the GEMV and the GEMM path.
 void linear_avx2(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType yt);
-void linear_avx512(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType yt, bool bf16_dot);
+// int8_act: int4 GEMVs may quantize x to int8 (AVX512-VNNI; see linear.h's MatmulPrecision).
+void linear_avx512(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType yt, bool bf16_dot, bool int8_act);
 double read_sum_avx2(const void* p, int64_t bytes);
 double read_sum_avx512(const void* p, int64_t bytes);
 

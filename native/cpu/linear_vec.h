@@ -1,10 +1,11 @@
-// The linear-layer drivers written once for every vector ISA: GEMV (t <= 8) for f32, bf16, int8
-// and fp8 weights, and the fp32 GEMM's packing and microkernel, templated on a per-ISA config L:
+// The linear-layer drivers written once for every vector ISA: GEMV (t <= 8) for f32, bf16, int8,
+// int4 and fp8 weights, and the fp32 GEMM's packing and microkernel, templated on a per-ISA config L:
 //   L::V                      the vector traits (simd::Avx2 or simd::Avx512, simd.h)
 //   L::GemvShape<T>::R, S, kChunk   rows per pass, accumulator sets along k, k per x chunk (0: all)
 //   L::Fp8Shape<T>::R, NA, kChunk   the fp8 GEMV's rows per pass, accumulator chains, k chunk
 //   L::kFp8ReloadCodes        reload a row's codes for the odd half (16 registers) instead of
 //                             keeping the even and odd f16 words of every row live
+//   L::kInt4Rows<T>           the int4 GEMV's rows per pass
 //   L::kGemmMR                x rows per GEMM microkernel call
 // Only for inclusion by linear_avx2.cc and linear_avx512.cc, inside LC_BEGIN_TARGET(...) and after
 // their other includes: everything here has internal linkage and is compiled for that file's ISA.
@@ -367,6 +368,121 @@ void gemv_fp8(int64_t t, const float* x, const WeightRef& w, void* y, DType yt) 
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// int4 GEMV (format: linear.h). x is copied once per call into a zero-padded [T][G * g] f32 buffer
+// (no tail handling: padding codes meet zeros). Per 32-column block each row's 16 bytes widen to
+// the codes (V::load_u4 / u4_codes) and decode as fma(q, s, -z * s), the exact weight (linear.h),
+// then R rows share every x load (L::kInt4Rows<T>: T * R accumulators + R decoded vectors + R
+// scale pairs fit the register file). One software prefetch per row and 64-byte line.
+
+constexpr int64_t kInt4PrefetchBytes = 1024;
+
+// part[t * ldp + i] = sum over k of x[t, k] * W[r + i, k] for t < T, i < R.
+template <class L, int T, int R>
+void int4_rows(const float* xp, int64_t ldx, const WeightRef& w, int64_t r, float* part, int64_t ldp) {
+  using V = typename L::V;
+  using F = typename V::F;
+  constexpr int W = V::kLanes, NV = V::kU4Vectors;
+  const int64_t g = w.group, G = int4_groups(w.k, g), rb = G * g / 2;
+  const uint8_t* wr[R];
+  for (int i = 0; i < R; ++i) wr[i] = static_cast<const uint8_t*>(w.data) + (r + i) * rb;
+  F acc[T][R];
+  zero_vectors<V>(acc);
+  for (int64_t gi = 0; gi < G; ++gi) {
+    F sv[R], mv[R];
+    for (int i = 0; i < R; ++i) {
+      float s, z;
+      int4_group_params(w, r + i, gi, &s, &z);
+      sv[i] = V::set1(s);
+      mv[i] = V::set1(-z * s);
+    }
+    for (int64_t c = gi * g; c < (gi + 1) * g; c += 32) {
+      if (c % 128 == 0)
+        for (int i = 0; i < R; ++i) _mm_prefetch(reinterpret_cast<const char*>(wr[i] + c / 2 + kInt4PrefetchBytes), _MM_HINT_T0);
+      typename V::U4 u[R];
+      for (int i = 0; i < R; ++i) u[i] = V::load_u4(wr[i] + c / 2);
+      for (int v = 0; v < NV; ++v) {
+        F wv[R];
+        for (int i = 0; i < R; ++i) wv[i] = V::fmadd(V::u4_codes(u[i], v), sv[i], mv[i]);
+        for (int t = 0; t < T; ++t) {
+          const F xv = V::load(xp + t * ldx + c + v * W);
+          for (int i = 0; i < R; ++i) acc[t][i] = V::fmadd(xv, wv[i], acc[t][i]);
+        }
+      }
+    }
+  }
+  for (int t = 0; t < T; ++t)
+    for (int i = 0; i < R; ++i) part[t * ldp + i] = V::reduce_add(acc[t][i]);
+}
+
+template <class L, int T>
+void gemv_int4_t(const float* x, const WeightRef& w, void* y, DType yt) {
+  constexpr int R = L::template kInt4Rows<T>;
+  const int64_t K = w.k, N = w.n, ldx = int4_groups(K, w.group) * w.group;
+  float* xp = static_cast<float*>(scratch(kScratchC, T * ldx * sizeof(float)));
+  for (int t = 0; t < T; ++t) {
+    std::memcpy(xp + t * ldx, x + t * K, K * sizeof(float));
+    std::memset(xp + t * ldx + K, 0, (ldx - K) * sizeof(float));
+  }
+  const int64_t grain = gemv_grain_rows(w) / R;
+  parallel_for(ceil_div(N, R), grain < 1 ? 1 : grain, [&](int64_t g0, int64_t g1) {
+    const int64_t n0 = g0 * R, n1 = g1 * R < N ? g1 * R : N;
+    float part[T][R];
+    int64_t r = n0;
+    auto store = [&](int64_t r0, int rows) {
+      for (int t = 0; t < T; ++t)
+        for (int i = 0; i < rows; ++i) store_y(y, yt, t * N + r0 + i, part[t][i]);
+    };
+    for (; r + R <= n1; r += R) {
+      int4_rows<L, T, R>(xp, ldx, w, r, &part[0][0], R);
+      store(r, R);
+    }
+    for (; r < n1; ++r) {
+      int4_rows<L, T, 1>(xp, ldx, w, r, &part[0][0], R);
+      store(r, 1);
+    }
+  });
+}
+
+template <class L>
+void gemv_int4(int64_t t, const float* x, const WeightRef& w, void* y, DType yt) {
+  switch (t) {
+    case 1: gemv_int4_t<L, 1>(x, w, y, yt); break;
+    case 2: gemv_int4_t<L, 2>(x, w, y, yt); break;
+    case 3: gemv_int4_t<L, 3>(x, w, y, yt); break;
+    case 4: gemv_int4_t<L, 4>(x, w, y, yt); break;
+    case 5: gemv_int4_t<L, 5>(x, w, y, yt); break;
+    case 6: gemv_int4_t<L, 6>(x, w, y, yt); break;
+    case 7: gemv_int4_t<L, 7>(x, w, y, yt); break;
+    case 8: gemv_int4_t<L, 8>(x, w, y, yt); break;
+  }
+}
+
+// W[n0 + j, k0 .. k0 + klen) of an int4 weight decoded into p[j][kcp] (zero padded; k0 is a
+// multiple of 128, so each 32-column block lies in one group).
+template <class L>
+void pack_panel_int4(const WeightRef& w, int64_t n0, int64_t nlen, int64_t nrows, int64_t k0, int64_t klen, int64_t kcp,
+                     float* p) {
+  using V = typename L::V;
+  constexpr int W = V::kLanes, NV = V::kU4Vectors;
+  const int64_t rb = int4_row_bytes(w.k, w.group);
+  for (int64_t j = 0; j < nrows; ++j) {
+    float* dst = p + j * kcp;
+    std::memset(dst, 0, kcp * sizeof(float));
+    if (j >= nlen) continue;
+    const uint8_t* src = static_cast<const uint8_t*>(w.data) + (n0 + j) * rb;
+    for (int64_t c = 0; c < klen; c += 32) {
+      float s, z;
+      int4_group_params(w, n0 + j, (k0 + c) / w.group, &s, &z);
+      const typename V::F sv = V::set1(s), mv = V::set1(-z * s);
+      const typename V::U4 u = V::load_u4(src + (k0 + c) / 2);
+      alignas(64) float blk[32];
+      for (int v = 0; v < NV; ++v) V::store(blk + v * W, V::fmadd(V::u4_codes(u, v), sv, mv));
+      std::memcpy(dst + c, blk, (klen - c < 32 ? klen - c : 32) * sizeof(float));
+    }
+  }
+}
+
 template <class V>
 void bf16_to_f32_rows(const uint16_t* src, int64_t n, float* dst) {
   int64_t i = 0;
@@ -432,6 +548,7 @@ struct GemmF32 {
       case DType::BF16: pack_panel_f32<L, DecBF16<V>>(w, n0, nlen, nrows, k0, klen, kcp, p); break;
       case DType::FP8_E4M3: pack_panel_f32<L, DecFP8<V>>(w, n0, nlen, nrows, k0, klen, kcp, p); break;
       case DType::I8: pack_panel_f32<L, DecI8<V>>(w, n0, nlen, nrows, k0, klen, kcp, p); break;
+      case DType::I4: pack_panel_int4<L>(w, n0, nlen, nrows, k0, klen, kcp, p); break;
       default: break;
     }
   }
@@ -478,6 +595,7 @@ void linear_vec(int64_t t, const void* x, DType xt, const WeightRef& w, void* y,
     case DType::BF16: gemv<L, DecBF16<V>>(t, xf, w, y, yt); break;
     case DType::FP8_E4M3: gemv_fp8<L>(t, xf, w, y, yt); break;
     case DType::I8: gemv<L, DecI8<V>>(t, xf, w, y, yt); break;
+    case DType::I4: gemv_int4<L>(t, xf, w, y, yt); break;
     default: break;
   }
 }

@@ -157,6 +157,21 @@ struct Avx2 {
   LC_TARGET_AVX2 static F widen_load(const float* p) { return load(p); }
   LC_TARGET_AVX2 static F widen_load(const uint16_t* p) { return load_bf16(p); }
 
+  // int4 codes (cpu/linear.h's format): the 16 bytes at p hold the codes of 32 consecutive columns.
+  // load_u4 widens them; u4_codes(u, v) gives columns [v * kLanes, (v + 1) * kLanes) as f32 (0..15).
+  static constexpr int kU4Vectors = 32 / kLanes;
+  struct U4 {
+    __m256i e0, e1;  // bytes 0..7, 8..15 as 32-bit lanes
+  };
+  LC_TARGET_AVX2 static U4 load_u4(const uint8_t* p) {
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    return {_mm256_cvtepu8_epi32(b), _mm256_cvtepu8_epi32(_mm_srli_si128(b, 8))};
+  }
+  LC_TARGET_AVX2 static F u4_codes(const U4& u, int v) {
+    const __m256i e = v % 2 ? u.e1 : u.e0;
+    return _mm256_cvtepi32_ps(v < 2 ? _mm256_and_si256(e, _mm256_set1_epi32(15)) : _mm256_srli_epi32(e, 4));
+  }
+
   // int8 -> f32 (exact).
   LC_TARGET_AVX2 static F load_i8(const int8_t* p) {
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
@@ -362,6 +377,18 @@ struct Avx512 {
   // f32 or bf16 bits, as f32.
   LC_TARGET_AVX512 static F widen_load(const float* p) { return load(p); }
   LC_TARGET_AVX512 static F widen_load(const uint16_t* p) { return load_bf16(p); }
+
+  // int4 codes (cpu/linear.h's format): see Avx2::load_u4.
+  static constexpr int kU4Vectors = 32 / kLanes;
+  struct U4 {
+    __m512i e;  // the 16 bytes as 32-bit lanes
+  };
+  LC_TARGET_AVX512 static U4 load_u4(const uint8_t* p) {
+    return {_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)))};
+  }
+  LC_TARGET_AVX512 static F u4_codes(const U4& u, int v) {
+    return _mm512_cvtepi32_ps(v == 0 ? _mm512_and_si512(u.e, _mm512_set1_epi32(15)) : _mm512_srli_epi32(u.e, 4));
+  }
 
   // int8 -> f32 (exact).
   LC_TARGET_AVX512 static F widen_i8(__m128i b) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b)); }

@@ -13,7 +13,7 @@
 
 namespace lc {
 
-cpu::WeightRef weight_ref(const char* op, const Tensor& w, const std::optional<Tensor>& scale);  // ops/linear.cc
+cpu::WeightRef weight_ref(const char* op, const Tensor& w, const std::optional<Tensor>& scale, int64_t k_in);  // ops/linear.cc
 
 static double now_s() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 
@@ -79,7 +79,7 @@ static Napi::Value BenchLinear(const Napi::CallbackInfo& info) {
   expect_dtype(op, "y", y, {DType::F32, DType::BF16});
   std::vector<cpu::WeightRef> refs;
   for (size_t i = 0; i < ws.size(); ++i) {
-    refs.push_back(weight_ref(op, ws[i], scales[i]));
+    refs.push_back(weight_ref(op, ws[i], scales[i], k_x));
     if (refs[i].n != refs[0].n || refs[i].k != refs[0].k || refs[i].dtype != refs[0].dtype)
       fail(Code::E_SHAPE, "%s: all weights must have the same shape and dtype", op);
   }

@@ -1,4 +1,5 @@
-// linear(stream, y, x, weight, scale?): y[.., n] = x[.., k] @ weight[n, k]^T
+// linear(stream, y, x, weight, scale?): y[.., n] = x[.., k] @ weight[n, k]^T (an int4 weight: codes
+// int8 [n, groups, group / 2] and its group scales, cpu/linear.h)
 // setMatmulPrecision(precision), setCudaGemm(kernel): process-wide GEMM switches
 #include "../binding.h"
 #include "../cpu/linear.h"
@@ -8,9 +9,47 @@
 
 namespace lc {
 
-// Checks a weight and its scale (fp8 block scales or int8 per-row scales) and describes them.
-cpu::WeightRef weight_ref(const char* op, const Tensor& w, const std::optional<Tensor>& scale) {
+// An int4 weight (cpu/linear.h's format): codes int8 [n, G, g / 2], scales bf16 / f16 [n, G] or
+// [n, G, 2]; k (the input width, from x) must fall in the last group: (G - 1) * g < k <= G * g.
+// k < 0: G * g. `name` / `scale_name` name the tensors in errors.
+cpu::WeightRef int4_weight_ref(const char* op, const char* name, const Tensor& w, const char* scale_name, const Tensor* scale,
+                               int64_t k) {
+  cpu::WeightRef r;
+  const int64_t n = w.dim(0), G = w.dim(1), g = 2 * w.dim(2);
+  if (g < 32 || g > cpu::kInt4MaxGroup || g % 32 != 0)
+    fail(Code::E_SHAPE,
+         "%s: int4 weight '%s' has shape %s: [n, groups, group / 2] with a group of 32..%lld columns, a multiple of 32", op, name,
+         shape_str(w.shape).c_str(), ll(cpu::kInt4MaxGroup));
+  if (k < 0) k = G * g;
+  if (G != cpu::int4_groups(k, g) || k < 1)
+    fail(Code::E_SHAPE,
+         "%s: int4 weight '%s' has shape %s (%lld groups of %lld), which does not fit k = %lld (needs %lld groups)", op, name,
+         shape_str(w.shape).c_str(), ll(G), ll(g), ll(k), ll(cpu::int4_groups(k, g)));
+  if (!scale)
+    fail(Code::E_ARGUMENT, "%s: int4 weight '%s' needs its scale tensor (bf16 / f16 [n, groups] or [n, groups, 2])", op, name);
+  expect_dtype(op, scale_name, *scale, {DType::BF16, DType::F16});
+  expect_device(op, scale_name, *scale, w.device());
+  const bool zero = scale->ndim() == 3;
+  if (zero)
+    expect_shape(op, scale_name, *scale, {n, G, 2});
+  else
+    expect_shape(op, scale_name, *scale, {n, G});
+  r.dtype = DType::I4;
+  r.data = w.data();
+  r.n = n;
+  r.k = k;
+  r.group = g;
+  r.group_scale = scale->ptr<uint16_t>();
+  r.group_scale_f16 = scale->dtype == DType::F16;
+  r.group_zero = zero;
+  return r;
+}
+
+// Checks a weight and its scale (fp8 block scales, int8 per-row scales, int4 group scales) and
+// describes them. k: the input width (x's last dimension), needed for an int4 weight; < 0 when unknown.
+cpu::WeightRef weight_ref(const char* op, const Tensor& w, const std::optional<Tensor>& scale, int64_t k_in) {
   expect_dtype(op, "weight", w, {DType::F32, DType::BF16, DType::FP8_E4M3, DType::I8});
+  if (w.dtype == DType::I8 && w.ndim() == 3) return int4_weight_ref(op, "weight", w, "scale", scale ? &*scale : nullptr, k_in);
   int64_t n, k;
   expect_dims(op, "weight", w, &n, &k);
   cpu::WeightRef r;
@@ -40,7 +79,7 @@ static void Linear(const OpArgs& a) {
   expect_device(a.op(), "weight", w, d);
   a.expect(x, "x", {DType::F32, DType::BF16}, d);
   a.expect(y, "y", {DType::F32, DType::BF16}, d);
-  const cpu::WeightRef wr = weight_ref(a.op(), w, scale);
+  const cpu::WeightRef wr = weight_ref(a.op(), w, scale, x.ndim() >= 1 ? x.dim(-1) : -1);
   if (x.ndim() < 1 || x.dim(-1) != wr.k)
     fail(Code::E_SHAPE, "linear: 'x' has shape %s, its last dimension must be k = %lld (weight %s)", shape_str(x.shape).c_str(),
          static_cast<long long>(wr.k), shape_str(w.shape).c_str());

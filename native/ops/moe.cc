@@ -17,6 +17,9 @@
 
 namespace lc {
 
+cpu::WeightRef int4_weight_ref(const char* op, const char* name, const Tensor& w, const char* scale_name, const Tensor* scale,
+                               int64_t k);  // ops/linear.cc
+
 static void RouterTopk(const OpArgs& a) {
   Tensor idx = a.tensor(1, "idx"), w = a.tensor(2, "weights");
   std::optional<Tensor> nffn = a.opt_tensor(3, "nFfn");
@@ -108,6 +111,16 @@ void expert_refs(const char* op, const char* name, const std::vector<const Tenso
     if (w.dtype != DType::F32 && w.dtype != DType::BF16 && !needs_scale(w.dtype))
       expect_dtype(op, wn().c_str(), w, {DType::F32, DType::BF16, DType::FP8_E4M3, DType::I8});
     if (w.device() != d) expect_device(op, wn().c_str(), w, d);
+    if (w.dtype == DType::I8 && w.ndim() == 3) {  // int4 (cpu/linear.h's format)
+      if (w.dim(0) != rows)
+        fail(Code::E_SHAPE, "%s: int4 '%s' has shape %s, expected %lld rows (every expert's %s must have the same shape)", op,
+             wn().c_str(), shape_str(w.shape).c_str(), ll(rows), name);
+      const Tensor* sc = scales ? (*scales)[e] : nullptr;
+      refs.push_back(int4_weight_ref(op, wn().c_str(), w, sn().c_str(), sc, cols));
+      keep.push_back(w.storage);
+      if (sc) keep.push_back(sc->storage);
+      continue;
+    }
     if (w.ndim() != 2 || w.dim(0) != rows || w.dim(1) != cols)
       fail(Code::E_SHAPE, "%s: '%s' has shape %s, expected [%lld, %lld] (every expert's %s must have the same shape)", op,
            wn().c_str(), shape_str(w.shape).c_str(), static_cast<long long>(rows), static_cast<long long>(cols), name);
@@ -172,11 +185,13 @@ std::shared_ptr<ExpertSet> read_experts(const Napi::CallbackInfo& info, size_t i
   if (n_routed > 0) {
     const Tensor& g0 = *gate[0];
     if (h < 0) {
-      if (g0.ndim() != 2) fail(Code::E_SHAPE, "%s: 'gate[0]' has shape %s, expected [I, H]", op, shape_str(g0.shape).c_str());
-      h = g0.dim(1);
+      if (g0.ndim() != 2 && !(g0.dtype == DType::I8 && g0.ndim() == 3))
+        fail(Code::E_SHAPE, "%s: 'gate[0]' has shape %s, expected [I, H]", op, shape_str(g0.shape).c_str());
+      // An int4 gate holds whole groups of columns; H is then down[0]'s row count.
+      h = g0.dtype == DType::I8 && g0.ndim() == 3 && !down.empty() && down[0]->ndim() >= 1 ? down[0]->dim(0) : g0.dim(1);
       set->device = d = g0.device();
     }
-    if (g0.ndim() != 2 || g0.dim(1) != h)
+    if (!(g0.dtype == DType::I8 && g0.ndim() == 3) && (g0.ndim() != 2 || g0.dim(1) != h))  // int4: expert_refs checks
       fail(Code::E_SHAPE, "%s: 'gate[0]' has shape %s, expected [I, %lld] (H = u.shape[1])", op, shape_str(g0.shape).c_str(),
            static_cast<long long>(h));
     set->inter = g0.dim(0);
@@ -193,7 +208,10 @@ std::shared_ptr<ExpertSet> read_experts(const Napi::CallbackInfo& info, size_t i
     std::vector<gpu::MoeWeight> tab(3 * static_cast<size_t>(n_routed));
     for (int64_t e = 0; e < n_routed; ++e) {
       const cpu::WeightRef* src[3] = {&set->gate[e], &set->up[e], &set->down[e]};
-      for (int64_t m = 0; m < 3; ++m) tab[m * n_routed + e] = gpu::MoeWeight{src[m]->data, src[m]->scale, src[m]->dtype};
+      for (int64_t m = 0; m < 3; ++m) {
+        const cpu::WeightRef& r = *src[m];
+        tab[m * n_routed + e] = gpu::MoeWeight{r.data, r.scale, r.dtype, r.group_scale, r.group, r.group_scale_f16, r.group_zero};
+      }
     }
     const size_t bytes = sizeof(gpu::MoeWeight) * tab.size();
     set->dev_table = device_pool(set->device).alloc(bytes);

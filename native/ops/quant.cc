@@ -4,6 +4,7 @@
 //   quantizeFp8Blocks(stream, q fp8 [N, K], scaleInv f32 [ceil(N/128), ceil(K/128)], w f32|bf16 [N, K])
 //   dequantizeFp8Blocks(stream, w f32|bf16 [N, K], q fp8 [N, K], scaleInv f32 [ceil(N/128), ceil(K/128)])
 //   quantizeInt8Rows(stream, q int8 [N, K], scale f32 [N], w f32|bf16 [N, K]): per-row int8 weights for linear
+//   quantizeInt4(stream, q int8 [N, G, g / 2], scale f16 [N, G], w f32|bf16 [N, K]): symmetric int4 groups (CPU)
 #include "../binding.h"
 #include "../cpu/linear.h"
 #include "../cpu/quant.h"
@@ -89,6 +90,25 @@ void QuantizeInt8Rows(const OpArgs& a) {
       LC_GPU(gpu::quantize_int8_rows(n, k, w.data(), w.dtype, q.ptr<int8_t>(), scale.ptr<float>(), stream)));
 }
 
+void QuantizeInt4(const OpArgs& a) {
+  Tensor q = a.tensor(1, "q"), scale = a.tensor(2, "scale"), w = a.tensor(3, "w");
+  const Device d = w.device();
+  int64_t n, k, qn, G, half;
+  a.dims(w, "w", {DType::F32, DType::BF16}, d, &n, &k);
+  a.dims(q, "q", {DType::I8}, d, &qn, &G, &half);
+  const int64_t g = 2 * half;
+  if (g < 32 || g > cpu::kInt4MaxGroup || g % 32 != 0 || k < 1)
+    fail(Code::E_SHAPE,
+         "quantizeInt4: 'q' has shape %s: [n, groups, group / 2] with a group of 32..%lld columns, a multiple of 32",
+         shape_str(q.shape).c_str(), ll(cpu::kInt4MaxGroup));
+  G = cpu::int4_groups(k, g);
+  a.expect(q, "q", {DType::I8}, d, {n, G, half});
+  a.expect(scale, "scale", {DType::F16}, d, {n, G});
+  if (!d.is_cpu()) fail(Code::E_DEVICE, "quantizeInt4: CPU tensors only (the quantizer runs where checkpoints are mapped)");
+  a.launch(
+      d, [=] { cpu::quantize_int4_groups(n, k, g, w.data(), w.dtype, q.ptr<uint8_t>(), scale.ptr<uint16_t>()); }, [](void*) {});
+}
+
 }  // namespace
 
 LC_REGISTER_OP("convert", Convert);
@@ -96,5 +116,6 @@ LC_REGISTER_OP("quantizeFp8Act", QuantizeFp8Act);
 LC_REGISTER_OP("quantizeFp8Blocks", QuantizeFp8Blocks);
 LC_REGISTER_OP("dequantizeFp8Blocks", DequantizeFp8Blocks);
 LC_REGISTER_OP("quantizeInt8Rows", QuantizeInt8Rows);
+LC_REGISTER_OP("quantizeInt4", QuantizeInt4);
 
 }  // namespace lc

@@ -1,0 +1,271 @@
+// Host-side helpers of the int4 weight format (described once, in native/cpu/linear.h): packing
+// codes into its byte layout, and mapping GPTQ / AutoRound packed checkpoints (qweight / qzeros /
+// scales / g_idx) onto it.
+import { native } from './native.js';
+import type { Tensor } from './tensor.js';
+import { CheckpointError } from './errors.js';
+import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from './numeric.js';
+import { type GptqQuantizationConfig, isGptqConfig } from './config.js';
+import type { Checkpoint } from './checkpoint.js';
+import type { TensorSource } from './model/weights.js';
+
+/** The group size `longcat quantize --to int4` and loadModel's `quantize: 'int4'` use. */
+export const INT4_GROUP = 128;
+
+export const int4Groups = (k: number, g: number) => Math.ceil(k / g);
+
+/** Whether `g` is a group size the kernels take: a multiple of 32 in 32..4096. */
+export const isInt4Group = (g: number) => Number.isSafeInteger(g) && g >= 32 && g <= 4096 && g % 32 === 0;
+
+/**
+ * Packs codes (0..15) of a row-major [n, k] matrix into the int4 format's bytes, [n, G, g / 2]:
+ * in each 32-column block, byte j holds column j (low nibble) and column 16 + j (high nibble);
+ * padding columns get `pad`.
+ */
+export function packInt4(codes: ArrayLike<number>, n: number, k: number, g: number, pad = 8): Uint8Array {
+  const rb = (int4Groups(k, g) * g) / 2;
+  const out = new Uint8Array(n * rb).fill(pad | (pad << 4));
+  for (let r = 0; r < n; r++)
+    for (let c = 0; c < k; c++) {
+      const q = codes[r * k + c]! & 15,
+        at = r * rb + (c >> 5) * 16 + (c & 15);
+      out[at] = (c & 31) < 16 ? (out[at]! & 0xf0) | q : (out[at]! & 0x0f) | (q << 4);
+    }
+  return out;
+}
+
+/** The codes [n, k] of packed int4 bytes (packInt4's inverse). */
+export function unpackInt4(bytes: Uint8Array, n: number, k: number, g: number): Uint8Array {
+  const rb = (int4Groups(k, g) * g) / 2;
+  const out = new Uint8Array(n * k);
+  for (let r = 0; r < n; r++)
+    for (let c = 0; c < k; c++) {
+      const b = bytes[r * rb + (c >> 5) * 16 + (c & 15)]!;
+      out[r * k + c] = (c & 31) < 16 ? b & 15 : b >> 4;
+    }
+  return out;
+}
+
+/** An int4 weight as its two tensors (linear's `weight` and `scale`). */
+export interface Int4Tensors {
+  weight: Tensor; // int8 [n, G, g / 2]
+  scale: Tensor; // f16 / bf16 [n, G] or [n, G, 2]
+}
+
+/** The int4 weight tensor (int8 [n, G, g / 2]) holding packed bytes. */
+export function int4WeightTensor(bytes: Uint8Array, n: number, k: number, g: number, device = 'cpu'): Tensor {
+  return new native.Tensor('int8', [n, int4Groups(k, g), g / 2], device, bytes);
+}
+
+// ---- GPTQ / AutoRound ---------------------------------------------------------------------------
+
+/** A GPTQ-packed linear as stored: qweight I32 [K / 8, N], qzeros I32 [G, N / 8], scales F16 [G, N], g_idx I32 [K]. */
+export interface GptqTensors {
+  qweight: Int32Array;
+  qzeros: Int32Array | null;
+  scales: Uint16Array; // f16 bits (bf16 bits with scaleDtype 'bf16')
+  gIdx: Int32Array | null;
+  scaleDtype?: 'f16' | 'bf16';
+}
+
+/** How a GPTQ-style checkpoint stores its zero points (config.ts GptqQuantizationConfig). */
+export interface GptqLayout {
+  bits: 4;
+  groupSize: number; // -1: one group per row
+  sym: boolean;
+  /** qzeros hold zero - 1 (GPTQ v1, AutoGPTQ's and AutoRound's auto_gptq export); false: the zero itself (gptq_v2). */
+  zeroMinusOne: boolean;
+}
+
+/**
+ * Maps one GPTQ-packed linear [N out, K in] onto the int4 format: codes repacked per output row,
+ * scales f16 [N, G] when every zero point is 8 (symmetric), else [N, G, 2] with the zero points.
+ * g_idx (desc_act) is accepted when it is the identity grouping (g_idx[k] = k / g); an act-order
+ * permutation is a typed error (it needs the activations permuted, which the kernels do not do).
+ */
+export function gptqToInt4(
+  name: string,
+  t: GptqTensors,
+  n: number,
+  k: number,
+  layout: GptqLayout,
+): { bytes: Uint8Array; g: number; scale: Uint16Array; zeros: boolean } {
+  const g = layout.groupSize === -1 ? Math.ceil(k / 32) * 32 : layout.groupSize;
+  const G = int4Groups(k, g);
+  const bad = (what: string) => {
+    throw new CheckpointError('E_CHECKPOINT', `${name}: ${what}`);
+  };
+  if (!isInt4Group(g))
+    bad(`GPTQ group_size ${layout.groupSize} is not supported (the int4 kernels take multiples of 32 up to 4096, or -1)`);
+  if (k % 8 !== 0 || n % 8 !== 0) bad(`GPTQ packing needs in / out features that are multiples of 8, got [${n}, ${k}]`);
+  if (t.qweight.length !== (k / 8) * n) bad(`qweight has ${t.qweight.length} elements, expected [${k / 8}, ${n}]`);
+  if (t.scales.length !== G * n) bad(`scales has ${t.scales.length} elements, expected [${G}, ${n}]`);
+  if (t.qzeros && t.qzeros.length !== G * (n / 8)) bad(`qzeros has ${t.qzeros.length} elements, expected [${G}, ${n / 8}]`);
+  if (t.gIdx) {
+    if (t.gIdx.length !== k) bad(`g_idx has ${t.gIdx.length} elements, expected ${k}`);
+    for (let c = 0; c < k; c++)
+      if (t.gIdx[c] !== Math.floor(c / g))
+        bad(
+          `g_idx reorders the input columns (desc_act / act-order, first at column ${c}: group ${t.gIdx[c]}, not ${Math.floor(c / g)}); ` +
+            'act-order GPTQ checkpoints are not supported: use one quantized with desc_act false (or static groups)',
+        );
+  }
+  const codes = new Uint8Array(n * k);
+  for (let i = 0; i < k / 8; i++)
+    for (let j = 0; j < n; j++) {
+      const word = t.qweight[i * n + j]!;
+      for (let b = 0; b < 8; b++) codes[j * k + 8 * i + b] = (word >>> (4 * b)) & 15;
+    }
+  const zero = (gi: number, j: number) => {
+    if (!t.qzeros) return 8;
+    const z = (t.qzeros[gi * (n / 8) + (j >> 3)]! >>> (4 * (j & 7))) & 15;
+    return layout.zeroMinusOne ? z + 1 : z;
+  };
+  let allEight = true;
+  for (let gi = 0; gi < G && allEight; gi++) for (let j = 0; j < n && allEight; j++) allEight = zero(gi, j) === 8;
+  const per = allEight ? 1 : 2;
+  const scale = new Uint16Array(n * G * per);
+  for (let j = 0; j < n; j++)
+    for (let gi = 0; gi < G; gi++) {
+      scale[(j * G + gi) * per] = t.scales[gi * n + j]!;
+      if (per === 2) scale[(j * G + gi) * per + 1] = (t.scaleDtype === 'bf16' ? f32ToBf16 : f32ToF16)(zero(gi, j)); // exact: 0..16
+    }
+  return { bytes: packInt4(codes, n, k, g), g, scale, zeros: per === 2 };
+}
+
+/**
+ * The GPTQ tensors (v1 layout: qzeros hold zero - 1, symmetric zero 8) of an int4-format weight
+ * with f16 scales [n, G] (zero 8) and k, n multiples of 8: what `longcat quantize --to int4` writes.
+ */
+export function int4ToGptq(bytes: Uint8Array, scale: Uint16Array, n: number, k: number, g: number) {
+  const G = int4Groups(k, g);
+  const codes = unpackInt4(bytes, n, k, g);
+  const qweight = new Int32Array((k / 8) * n);
+  for (let i = 0; i < k / 8; i++)
+    for (let j = 0; j < n; j++) {
+      let w = 0;
+      for (let b = 0; b < 8; b++) w |= codes[j * k + 8 * i + b]! << (4 * b);
+      qweight[i * n + j] = w;
+    }
+  const qzeros = new Int32Array(G * (n / 8)).fill(0x77777777); // zero 8, stored as 7
+  const scales = new Uint16Array(G * n);
+  for (let j = 0; j < n; j++) for (let gi = 0; gi < G; gi++) scales[gi * n + j] = scale[j * G + gi]!;
+  const gIdx = Int32Array.from({ length: k }, (_, c) => Math.floor(c / g));
+  return { qweight, qzeros, scales, gIdx };
+}
+
+// ---- loading ------------------------------------------------------------------------------------
+
+/** Modules kept as floats when they arrive packed: the model uses them apart (weights.ts). */
+const DEQUANTIZED = /\.(kv_b_proj|eh_proj)$/;
+
+/**
+ * A GPTQ / AutoRound checkpoint seen in the int4 format: `<module>.weight` of a packed linear is
+ * its int4 codes (int8 [out, G, g / 2]) and `<module>.weight_scale` its group scales (f16 / bf16
+ * [out, G] or [out, G, 2] with zero points), made on first use; kv_b_proj and eh_proj come out
+ * dequantized to f32 (the model multiplies them apart). Every other tensor as the checkpoint has it.
+ */
+export class Int4Source implements TensorSource {
+  private made = new Map<string, { weight: Tensor; scale: Tensor | null }>();
+  private readonly layout: GptqLayout;
+
+  constructor(private readonly ck: Checkpoint) {
+    const q = ck.config.quantization_config;
+    if (!isGptqConfig(q)) throw new CheckpointError('E_CHECKPOINT', `${ck.dir}: not a GPTQ / AutoRound checkpoint`);
+    const g: GptqQuantizationConfig = q;
+    this.layout = {
+      bits: 4,
+      groupSize: g.group_size,
+      sym: g.sym,
+      zeroMinusOne: !(g.checkpoint_format === 'gptq_v2' || /gptqmodel/.test(g.packing_format ?? '')),
+    };
+  }
+
+  /** Every tensor this source made, to be freed with the model. */
+  get created(): Tensor[] {
+    return [...this.made.values()].flatMap(l => (l.scale ? [l.weight, l.scale] : [l.weight]));
+  }
+
+  private packed(module: string): boolean {
+    return this.ck.has(`${module}.qweight`);
+  }
+
+  private module(name: string, suffix: string): string | null {
+    return name.endsWith(suffix) ? name.slice(0, -suffix.length) : null;
+  }
+
+  /** The packed linear `module` in the int4 format (or as f32 for DEQUANTIZED modules), cached. */
+  private linear(module: string): { weight: Tensor; scale: Tensor | null } {
+    let l = this.made.get(module);
+    if (l) return l;
+    const bytes = (n: string) => {
+      const b = this.ck.get(n).toBytes();
+      return b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength);
+    };
+    const qw = this.ck.get(`${module}.qweight`);
+    const [k8, n] = qw.shape as [number, number];
+    const k = 8 * k8;
+    const scalesT = this.ck.get(`${module}.scales`);
+    const scaleDtype = scalesT.dtype === 'bf16' ? 'bf16' : 'f16';
+    const m = gptqToInt4(
+      module,
+      {
+        qweight: new Int32Array(bytes(`${module}.qweight`)),
+        qzeros: this.ck.has(`${module}.qzeros`) ? new Int32Array(bytes(`${module}.qzeros`)) : null,
+        scales: new Uint16Array(bytes(`${module}.scales`)),
+        gIdx: this.ck.has(`${module}.g_idx`) ? new Int32Array(bytes(`${module}.g_idx`)) : null,
+        scaleDtype,
+      },
+      n,
+      k,
+      this.layout,
+    );
+    const G = int4Groups(k, m.g);
+    if (DEQUANTIZED.test(module)) {
+      const codes = unpackInt4(m.bytes, n, k, m.g),
+        per = m.zeros ? 2 : 1,
+        f = scaleDtype === 'bf16' ? bf16ToF32 : f16ToF32;
+      const w = new Float32Array(n * k);
+      for (let r = 0; r < n; r++)
+        for (let c = 0; c < k; c++) {
+          const at = (r * G + Math.floor(c / m.g)) * per;
+          const s = f(m.scale[at]!),
+            z = m.zeros ? f(m.scale[at + 1]!) : 8;
+          w[r * k + c] = Math.fround(codes[r * k + c]! * s - z * s);
+        }
+      l = { weight: new native.Tensor('f32', [n, k], 'cpu', w), scale: null };
+    } else {
+      l = {
+        weight: int4WeightTensor(m.bytes, n, k, m.g),
+        scale: new native.Tensor(scaleDtype, m.zeros ? [n, G, 2] : [n, G], 'cpu', m.scale),
+      };
+    }
+    this.made.set(module, l);
+    return l;
+  }
+
+  has(name: string): boolean {
+    const w = this.module(name, '.weight'),
+      s = this.module(name, '.weight_scale');
+    if (w !== null && this.packed(w)) return true;
+    if (s !== null && this.packed(s)) return !DEQUANTIZED.test(s);
+    return this.ck.has(name);
+  }
+
+  get(name: string): Tensor {
+    const w = this.module(name, '.weight'),
+      s = this.module(name, '.weight_scale');
+    if (w !== null && this.packed(w)) return this.linear(w).weight;
+    if (s !== null && this.packed(s) && !DEQUANTIZED.test(s)) return this.linear(s).scale!;
+    return this.ck.get(name);
+  }
+
+  expertWeights(layer: number, e: number) {
+    const p = `model.layers.${layer}.mlp.experts.${e}`;
+    if (!this.packed(`${p}.gate_proj`)) return this.ck.expertWeights(layer, e);
+    const g = this.linear(`${p}.gate_proj`),
+      u = this.linear(`${p}.up_proj`),
+      d = this.linear(`${p}.down_proj`);
+    return { gate: g.weight, up: u.weight, down: d.weight, gateScale: g.scale, upScale: u.scale, downScale: d.scale };
+  }
+}

@@ -1,0 +1,420 @@
+// The int4 weight format (native/cpu/linear.h): linear and the grouped experts against float64
+// references on odd shapes and every ISA path, quantizeInt4 against its definition, the packing
+// helpers and the GPTQ mapping (a hand-packed example), typed errors.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Tensor, cpuFeatures, full, native, tensor, toArray } from '../lib/index.js';
+import { setMatmulPrecision } from '../lib/device.js';
+import { f16ToF32, f32ToF16, roundHalfEven } from '../lib/numeric.js';
+import { gptqToInt4, int4Groups, int4ToGptq, int4WeightTensor, packInt4, unpackInt4 } from '../lib/int4.js';
+import { eachIsa, isas, rng, expectCode } from './helpers.js';
+
+type Rng = ReturnType<typeof rng>;
+const U32 = 2 ** -24;
+const U16 = 2 ** -8;
+
+interface Int4Weight {
+  w: Tensor;
+  scale: Tensor;
+  ref: Float64Array; // the exact weights (q - z) * s
+  dispose(): void;
+}
+
+/** Random codes, scales (bf16 or f16, rounded as stored) and optional zero points. */
+function makeInt4(r: Rng, n: number, k: number, g: number, scaleDtype: 'bf16' | 'f16', zeros: boolean): Int4Weight {
+  const G = int4Groups(k, g),
+    per = zeros ? 2 : 1;
+  const codes = Uint8Array.from({ length: n * k }, () => r.int(16));
+  const stored = new Float32Array(n * G * per);
+  for (let i = 0; i < n * G; i++) {
+    stored[i * per] = r.uniform(0.25, 2) / 16;
+    if (zeros) stored[i * per + 1] = r.int(17); // 0..16 (GPTQ's qzeros + 1 reaches 16)
+  }
+  const scale = tensor(stored, zeros ? [n, G, 2] : [n, G], { dtype: scaleDtype });
+  const sv = toArray(scale);
+  const ref = new Float64Array(n * k);
+  for (let i = 0; i < n; i++)
+    for (let c = 0; c < k; c++) {
+      const at = (i * G + Math.floor(c / g)) * per;
+      ref[i * k + c] = (codes[i * k + c]! - (zeros ? sv[at + 1]! : 8)) * sv[at]!;
+    }
+  const w = int4WeightTensor(packInt4(codes, n, k, g), n, k, g);
+  return {
+    w,
+    scale,
+    ref,
+    dispose: () => {
+      w.dispose();
+      scale.dispose();
+    },
+  };
+}
+
+function reference(x: Float64Array, w: Float64Array, t: number, n: number, k: number) {
+  const y = new Float64Array(t * n),
+    s = new Float64Array(t * n);
+  for (let i = 0; i < t; i++)
+    for (let j = 0; j < n; j++) {
+      let acc = 0,
+        abs = 0;
+      for (let c = 0; c < k; c++) {
+        const p = x[i * k + c]! * w[j * k + c]!;
+        acc += p;
+        abs += Math.abs(p);
+      }
+      y[i * n + j] = acc;
+      s[i * n + j] = abs;
+    }
+  return { y, s };
+}
+
+/** |got - y| <= gamma_(k+8) * S (+ the bf16 output rounding): the weights are exact, every path sums in fp32. */
+function check(got: ArrayLike<number>, want: { y: Float64Array; s: Float64Array }, k: number, yt: 'f32' | 'bf16', what: string) {
+  const gamma = ((k + 8) * U32) / (1 - (k + 8) * U32);
+  for (let i = 0; i < want.y.length; i++) {
+    const e = gamma * want.s[i]!;
+    const tol = e + (yt === 'bf16' ? U16 * (Math.abs(want.y[i]!) + e) : 0) + 1e-30;
+    const err = Math.abs(got[i]! - want.y[i]!);
+    if (!(err <= tol)) expect.fail(`${what}: y[${i}] = ${got[i]} but expected ${want.y[i]} (tolerance ${tol})`);
+  }
+}
+
+function randomX(r: Rng, t: number, k: number) {
+  const v = r.array(t * k);
+  return { x: tensor(v, [t, k]), ref: Float64Array.from(v) };
+}
+
+const variants = [
+  { g: 128, scaleDtype: 'bf16', zeros: false },
+  { g: 32, scaleDtype: 'f16', zeros: true },
+  { g: 64, scaleDtype: 'f16', zeros: false },
+  { g: 96, scaleDtype: 'bf16', zeros: true },
+] as const;
+
+// every product in fp32 (the default precision lets AVX512-VNNI quantize x: tested apart)
+let was: ReturnType<typeof setMatmulPrecision>;
+beforeAll(() => {
+  was = setMatmulPrecision('highest');
+});
+afterAll(() => void setMatmulPrecision(was));
+
+describe('linear with int4 weights', () => {
+  it.each(variants)('g=$g scales $scaleDtype zero points $zeros: every shape, ISA and output dtype vs float64', v => {
+    const r = rng(v.g * 7 + (v.zeros ? 1 : 0));
+    let checked = 0;
+    for (const k of [1, 31, 129, 300])
+      for (const n of [1, 5, 33]) {
+        const w = makeInt4(r, n, k, v.g, v.scaleDtype, v.zeros);
+        for (const t of [1, 2, 3, 8, 9, 40]) {
+          const x = randomX(r, t, k);
+          const want = reference(x.ref, w.ref, t, n, k);
+          eachIsa(isa => {
+            for (const yt of ['f32', 'bf16'] as const) {
+              const y = full([t, n], NaN, { dtype: yt }); // poisoned
+              native.linear(null, y, x.x, w.w, w.scale);
+              check(toArray(y), want, k, yt, `${isa} t=${t} k=${k} n=${n} y ${yt}`);
+              y.dispose();
+              checked++;
+            }
+          });
+          x.x.dispose();
+        }
+        w.dispose();
+      }
+    expect(checked).toBe(4 * 3 * 6 * isas.length * 2);
+  });
+
+  it('large k and n: the GEMV over many groups and row passes, the GEMM over several k blocks and panels', () => {
+    const r = rng(99);
+    const [n, k] = [300, 2100];
+    const w = makeInt4(r, n, k, 128, 'f16', true);
+    for (const t of [1, 4, 7, 70]) {
+      const x = randomX(r, t, k);
+      const want = reference(x.ref, w.ref, t, n, k);
+      eachIsa(isa => {
+        const y = full([t, n], NaN);
+        native.linear(null, y, x.x, w.w, w.scale);
+        check(toArray(y), want, k, 'f32', `${isa} t=${t}`);
+        y.dispose();
+      });
+      x.x.dispose();
+    }
+    w.dispose();
+  });
+
+  it('grouped experts (moe) with int4 weights equal the same experts as f32 weights', () => {
+    const r = rng(5);
+    const [T, H, I, nr, k] = [6, 129, 67, 4, 2];
+    const experts = Array.from({ length: nr }, () => ({
+      gate: makeInt4(r, I, H, 32, 'f16', true),
+      up: makeInt4(r, I, H, 128, 'bf16', false),
+      down: makeInt4(r, H, I, 64, 'f16', false),
+    }));
+    const f32 = (w: Int4Weight, n: number, kk: number) => tensor(Float32Array.from(w.ref), [n, kk]);
+    const u = tensor(r.array(T * H), [T, H]);
+    const idx = tensor(
+      Array.from({ length: T * k }, (_, i) => (i * 3 + Math.floor(i / k)) % nr),
+      [T, k],
+      { dtype: 'int32' },
+    );
+    const wts = tensor(r.array(T * k, 0, 1), [T, k]);
+    const run = (set: ReturnType<typeof native.moeExperts>) => {
+      const out = full([T, H], NaN);
+      native.moe(null, out, u, idx, wts, nr, set, null, null, null, null, null, nr);
+      const o = toArray(out);
+      out.dispose();
+      set.dispose();
+      return o;
+    };
+    const ref = run(
+      native.moeExperts(
+        experts.map(e => f32(e.gate, I, H)),
+        experts.map(e => f32(e.up, I, H)),
+        experts.map(e => f32(e.down, H, I)),
+      ),
+    );
+    eachIsa(isa => {
+      const got = run(
+        native.moeExperts(
+          experts.map(e => e.gate.w),
+          experts.map(e => e.up.w),
+          experts.map(e => e.down.w),
+          experts.map(e => e.gate.scale),
+          experts.map(e => e.up.scale),
+          experts.map(e => e.down.scale),
+        ),
+      );
+      // the same weights, so the same sums up to fp32 rounding (relative to the output's scale)
+      let err = 0,
+        mag = 0;
+      for (let i = 0; i < got.length; i++) {
+        err = Math.max(err, Math.abs(got[i]! - ref[i]!));
+        mag = Math.max(mag, Math.abs(ref[i]!));
+      }
+      expect(mag, isa).toBeGreaterThan(0);
+      expect(err / mag, isa).toBeLessThan(1e-5);
+    });
+    for (const e of experts) for (const w of [e.gate, e.up, e.down]) w.dispose();
+    for (const t of [u, idx, wts]) t.dispose();
+  });
+
+  it("precision 'bf16': the GEMV may take int8 activations (AVX512-VNNI, groups of 128k): within their rounding bound", () => {
+    setMatmulPrecision('bf16');
+    try {
+      const r = rng(77);
+      let worst = 0;
+      for (const [n, k, g] of [
+        [37, 300, 128],
+        [64, 1024, 256],
+        [5, 129, 32], // groups of 32: the fp32 GEMV
+      ] as const)
+        for (const zeros of [false, true]) {
+          const w = makeInt4(r, n, k, g, 'f16', zeros);
+          for (const t of [1, 3, 8]) {
+            const x = randomX(r, t, k);
+            const want = reference(x.ref, w.ref, t, n, k);
+            eachIsa(isa => {
+              const y = full([t, n], NaN);
+              native.linear(null, y, x.x, w.w, w.scale);
+              const got = toArray(y);
+              y.dispose();
+              // x rounded to int8 per 128 columns: |dx| <= max|x of the block| / 254 per element
+              for (let i = 0; i < t; i++)
+                for (let j = 0; j < n; j++) {
+                  let e = 0;
+                  for (let c0 = 0; c0 < k; c0 += 128) {
+                    let amax = 0,
+                      wsum = 0;
+                    for (let c = c0; c < Math.min(k, c0 + 128); c++) {
+                      amax = Math.max(amax, Math.abs(x.ref[i * k + c]!));
+                      wsum += Math.abs(w.ref[j * k + c]!);
+                    }
+                    e += (amax / 254) * wsum;
+                  }
+                  const tol = e * (1 + 1e-5) + (k + 8) * U32 * 4 * want.s[i * n + j]! + 1e-30;
+                  const err = Math.abs(got[i * n + j]! - want.y[i * n + j]!);
+                  if (!(err <= tol)) expect.fail(`${isa} n=${n} k=${k} g=${g} t=${t}: y[${i}, ${j}] off by ${err} > ${tol}`);
+                  worst = Math.max(worst, err / want.s[i * n + j]!);
+                }
+            });
+            x.x.dispose();
+          }
+          w.dispose();
+        }
+      // the int8 path really ran where the CPU has it: its error is far above fp32 rounding
+      if (cpuFeatures().avx512vnni) expect(worst).toBeGreaterThan(1e-4);
+      else expect(worst).toBeLessThan(1e-5);
+    } finally {
+      setMatmulPrecision('highest');
+    }
+  });
+
+  it('rejects bad int4 arguments with typed errors', () => {
+    const q = new Tensor('int8', [3, 2, 16], 'cpu', new Uint8Array(96));
+    const s = tensor(new Float32Array(6), [3, 2], { dtype: 'bf16' });
+    const x = full([1, 40], 1),
+      y = full([1, 3], 0);
+    native.linear(null, y, x, q, s); // k = 40 in 2 groups of 32: accepted
+    expectCode(() => native.linear(null, y, full([1, 64], 1), new Tensor('int8', [3, 2, 8]), s), 'E_SHAPE', /group/);
+    expectCode(() => native.linear(null, y, full([1, 70], 1), q, s), 'E_SHAPE', /k = 70/);
+    expectCode(() => native.linear(null, y, full([1, 32], 1), q, s), 'E_SHAPE', /k = 32/);
+    expectCode(() => native.linear(null, y, x, q, null), 'E_ARGUMENT', /scale/);
+    expectCode(() => native.linear(null, y, x, q, full([3, 2], 1)), 'E_DTYPE', /scale/);
+    expectCode(
+      () => native.linear(null, y, x, q, tensor(new Float32Array(6), [3, 2], { dtype: 'f16' }).view([3, 1, 2])),
+      'E_SHAPE',
+    );
+    expectCode(() => native.linear(null, y, x, q, tensor(new Float32Array(6), [2, 3], { dtype: 'bf16' })), 'E_SHAPE');
+    for (const t of [q, s, x, y]) t.dispose();
+  });
+});
+
+describe('quantizeInt4', () => {
+  /** The op's definition (f32 arithmetic by Math.fround; scales rounded to f16). */
+  function quantRef(w: Float32Array, n: number, k: number, g: number) {
+    const G = int4Groups(k, g);
+    const codes = new Uint8Array(n * k),
+      s = new Uint16Array(n * G);
+    for (let i = 0; i < n; i++)
+      for (let gi = 0; gi < G; gi++) {
+        let amax = 0;
+        for (let c = gi * g; c < Math.min(k, gi * g + g); c++) amax = Math.max(amax, Math.abs(w[i * k + c]!));
+        const sb = f32ToF16(Math.fround(amax / 7)),
+          sc = f16ToF32(sb);
+        s[i * G + gi] = sb;
+        for (let c = gi * g; c < Math.min(k, gi * g + g); c++)
+          codes[i * k + c] = 8 + (sc > 0 ? Math.max(-7, Math.min(7, roundHalfEven(Math.fround(w[i * k + c]! / sc)))) : 0);
+      }
+    return { codes, s };
+  }
+
+  it.each(['f32', 'bf16'] as const)('matches the definition bit for bit (w %s); linear on it is within half a step', wd => {
+    const r = rng(wd === 'f32' ? 21 : 22);
+    for (const [n, k, g] of [
+      [1, 1, 32],
+      [5, 77, 32],
+      [33, 129, 128],
+      [7, 1000, 64],
+    ] as const) {
+      const v = r.array(n * k, -3, 3);
+      if (n > 2) v.fill(0, k, 2 * k); // an all-zero row
+      const w = tensor(v, [n, k], { dtype: wd });
+      const vw = toArray(w) as Float32Array;
+      const G = int4Groups(k, g);
+      const q = new Tensor('int8', [n, G, g / 2], 'cpu', new Uint8Array((n * G * g) / 2).fill(0x55));
+      const s = full([n, G], NaN, { dtype: 'f16' });
+      native.quantizeInt4(null, q, s, w);
+      const want = quantRef(vw, n, k, g);
+      const sBits = new Uint16Array(s.toBytes().buffer.slice(0));
+      expect(Array.from(sBits), `scale ${n}x${k}`).toEqual(Array.from(want.s));
+      expect(Array.from(unpackInt4(q.toBytes(), n, k, g)), `codes ${n}x${k}`).toEqual(Array.from(want.codes));
+      expect(q.toBytes()).toEqual(packInt4(want.codes, n, k, g)); // padding codes 8
+      // y - y_exact = x (w_q - w): at most sum |x| * s / 2 per output (plus fp32 rounding)
+      const t = 2;
+      const x = randomX(r, t, k);
+      const exact = reference(x.ref, Float64Array.from(vw), t, n, k);
+      const y = full([t, n], NaN);
+      native.linear(null, y, x.x, q, s);
+      const got = toArray(y);
+      const sv = toArray(s);
+      for (let i = 0; i < t; i++)
+        for (let j = 0; j < n; j++) {
+          let e = 0;
+          for (let c = 0; c < k; c++) e += (Math.abs(x.ref[i * k + c]!) * sv[j * G + Math.floor(c / g)]!) / 2;
+          const tol = e + (k + 8) * U32 * 4 * exact.s[i * n + j]! + 1e-30;
+          expect(Math.abs(got[i * n + j]! - exact.y[i * n + j]!)).toBeLessThanOrEqual(tol);
+        }
+      for (const tt of [w, q, s, x.x, y]) tt.dispose();
+    }
+  });
+
+  it('rejects bad arguments', () => {
+    const w = full([3, 40], 1),
+      q = new Tensor('int8', [3, 2, 16]),
+      s = full([3, 2], 0, { dtype: 'f16' });
+    expectCode(() => native.quantizeInt4(null, q, full([3, 2], 0), w), 'E_DTYPE', /scale/);
+    expectCode(() => native.quantizeInt4(null, new Tensor('int8', [3, 3, 16]), s, w), 'E_SHAPE', /'q'/);
+    expectCode(() => native.quantizeInt4(null, new Tensor('int8', [3, 2, 12]), s, w), 'E_SHAPE', /group/);
+    expectCode(() => native.quantizeInt4(null, q, s, new Tensor('int8', [3, 40])), 'E_DTYPE', /'w'/);
+    for (const t of [w, q, s]) t.dispose();
+  });
+});
+
+describe('int4 packing and GPTQ', () => {
+  it('packInt4 puts column j in the low and j + 16 in the high nibble of each 32-column block; unpack inverts it', () => {
+    const k = 40,
+      codes = Uint8Array.from({ length: 2 * k }, (_, i) => i % 16);
+    const b = packInt4(codes, 2, k, 32);
+    expect(b.length).toBe(2 * 32);
+    expect(b[0]).toBe(0 | ((16 % 16) << 4)); // columns 0 and 16
+    expect(b[1]).toBe(1 | ((17 % 16) << 4));
+    expect(b[16]).toBe((32 % 16) | (8 << 4)); // column 32, padding (8) for column 48
+    expect(Array.from(unpackInt4(b, 2, k, 32))).toEqual(Array.from(codes));
+  });
+
+  it('maps a hand-packed GPTQ linear (v1 zeros, asymmetric, 2 groups) to the weights of its definition', () => {
+    // N = 8 outputs, K = 64 inputs, group 32: qweight [8, 8] int32, each word 8 codes along K.
+    const N = 8,
+      K = 64,
+      g = 32;
+    const qweight = new Int32Array((K / 8) * N);
+    for (let i = 0; i < K / 8; i++) for (let j = 0; j < N; j++) qweight[i * N + j] = 0x76543210 + j; // codes 0+j, 1, .. 7 along k
+    // qzeros [2, 1]: group 0 stores 0x01234567 (output j: 7 - j, zero 8 - j), group 1 all 2 (zero 3).
+    const qzeros = Int32Array.from([0x01234567, 0x22222222]);
+    const scales = Uint16Array.from({ length: 2 * N }, (_, i) => f32ToF16(0.5 + i / 16)); // [G, N]
+    const m = gptqToInt4('layer', { qweight, qzeros, scales, gIdx: null }, N, K, {
+      bits: 4,
+      groupSize: g,
+      sym: false,
+      zeroMinusOne: true,
+    });
+    expect(m.zeros).toBe(true);
+    const w = int4WeightTensor(m.bytes, N, K, g),
+      s = new Tensor('f16', [N, 2, 2], 'cpu', m.scale);
+    // The definition: W[j, k] = scales[k / g, j] * (q - (qzeros nibble + 1)).
+    const want = new Float64Array(N * K);
+    for (let j = 0; j < N; j++)
+      for (let c = 0; c < K; c++) {
+        const q = c % 8 === 0 ? j : c % 8;
+        const gi = Math.floor(c / g);
+        const z = gi === 0 ? 8 - j : 3;
+        want[j * K + c] = f16ToF32(scales[gi * N + j]!) * (q - z);
+      }
+    const x = tensor(
+      Array.from({ length: K * K }, (_, i) => (i % (K + 1) === 0 ? 1 : 0)),
+      [K, K],
+    ); // identity rows: y = W^T columns
+    const y = full([K, N], NaN);
+    native.linear(null, y, x, w, s);
+    const got = toArray(y);
+    for (let c = 0; c < K; c++) for (let j = 0; j < N; j++) expect(got[c * N + j], `W[${j}, ${c}]`).toBe(want[j * K + c]);
+    for (const t of [w, s, x, y]) t.dispose();
+  });
+
+  it('int4ToGptq writes the v1 packing (zero 8 stored as 7) that gptqToInt4 reads back; act-order g_idx is a typed error', () => {
+    const r = rng(3);
+    const [n, k, g] = [16, 96, 32];
+    const codes = Uint8Array.from({ length: n * k }, () => r.int(16));
+    const bytes = packInt4(codes, n, k, g);
+    const scale = Uint16Array.from({ length: n * 3 }, () => f32ToF16(r.uniform(0.1, 1)));
+    const gp = int4ToGptq(bytes, scale, n, k, g);
+    expect(gp.qweight.length).toBe((k / 8) * n);
+    expect(gp.qweight[0]! & 15).toBe(codes[0]); // k = 0 of output 0 in the low nibble
+    expect((gp.qweight[1]! >>> 4) & 15).toBe(codes[k + 1]); // output 1, k = 1
+    expect(gp.qzeros[0]).toBe(0x77777777);
+    const back = gptqToInt4('t', gp, n, k, { bits: 4, groupSize: g, sym: true, zeroMinusOne: true });
+    expect(back.zeros).toBe(false);
+    expect(back.bytes).toEqual(bytes);
+    expect(back.scale).toEqual(scale);
+    const perm = Int32Array.from(gp.gIdx);
+    [perm[0], perm[40]] = [perm[40]!, perm[0]!];
+    expect(() => gptqToInt4('t', { ...gp, gIdx: perm }, n, k, { bits: 4, groupSize: g, sym: true, zeroMinusOne: true })).toThrow(
+      /act-order/,
+    );
+    try {
+      gptqToInt4('t', gp, n, k, { bits: 4, groupSize: 48, sym: true, zeroMinusOne: true });
+      expect.fail('group 48 accepted');
+    } catch (e) {
+      expect((e as { code?: string }).code).toBe('E_CHECKPOINT');
+    }
+  });
+});
