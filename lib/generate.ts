@@ -269,7 +269,7 @@ export class Session {
     common = this.seq.truncate(common); // (a shared page it would end inside is dropped: never written)
     this.cached.length = common;
     this.mtpValid = Math.min(this.mtpValid, common);
-    const shared = this.owner.prefixCache ? engine.cachedPrefix(ids, ids.length - 1, speculative) : [];
+    const shared = this.owner.prefixCache ? engine.cachedPrefix(ids, ids.length - 1, speculative, this.seq) : [];
     if (shared.length * engine.blockSize > common) {
       this.seq.truncate(0);
       engine.adoptPrefix(this.seq, shared, ids);
