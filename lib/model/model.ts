@@ -300,6 +300,21 @@ export class LongcatModel {
     return this.ranks.map(r => r.allocator);
   }
 
+  /** Checkpoint bytes uploaded to each device: the weights' and the other devices' replicas'. */
+  get uploaded(): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (const w of new Set(this.ranks.map(r => r.w)))
+      for (const [dev, n] of Object.entries(w.uploaded)) out[dev] = (out[dev] ?? 0) + n;
+    return out;
+  }
+
+  /** Bytes of the latent KV caches on each device (every rank's pool). */
+  get kvCacheBytes(): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (const r of this.ranks) out[r.device] = (out[r.device] ?? 0) + r.caches.reduce((n, c) => n + c.nbytes, 0);
+    return out;
+  }
+
   /** Rank `rank`'s latent KV caches, one per attention sub-layer (tests read a sequence's pages). */
   kvCaches(rank = 0): readonly Tensor[] {
     const r = this.ranks[rank];
