@@ -566,7 +566,7 @@ export class LongcatModel {
       const k = t.shape[0]!;
       let src = t;
       if (t.device !== this.device) {
-        parts[i]!.rank.main.synchronize();
+        this.main.synchronize(); // (a replayed graph's nodes on other devices are launched from this stream)
         const host = a.keep(t.to('cpu'));
         src = this.device === 'cpu' ? host : a.keep(host.to(this.device));
       }
@@ -584,6 +584,7 @@ export class LongcatModel {
   private assembleCounts(parts: RankPart[], outs: Tensor[][], rows: number[], graphed: boolean): Tensor[] {
     if (parts.length === 1 && outs[0]![0]?.device === this.device) return graphed ? outs[0]!.map(t => t.view(t.shape)) : outs[0]!;
     const order = stepOrder(parts, rows);
+    this.main.synchronize(); // every rank's part is done (a replay is launched from this stream)
     return outs[0]!.map((_, l) => {
       const cat = new Int32Array(order.length);
       let at = 0;
@@ -686,13 +687,16 @@ export class LongcatModel {
     };
   }
 
-  /** Every rank's previous work done (surfacing its errors) before a step is set up. */
+  /** Every rank's previous work done (surfacing its errors) before a step is set up. With ranks on
+   *  other devices also the runner's main stream: a replayed graph's nodes on those devices are
+   *  launched from it, and their inputs are about to be rewritten. */
   private synchronizeRanks() {
     for (const r of this.ranks) {
       r.moeStream.synchronize();
       if (r.main !== this.main) r.main.synchronize();
     }
     this.ep?.synchronize();
+    if (this.ranks.some(r => r.device !== this.device)) this.main.synchronize();
   }
 
   /**
@@ -1012,6 +1016,8 @@ export class LongcatModel {
       replayed = performance.now();
       g.graph.replay();
       for (const x of g.parts) x.ngram?.uploaded.record(x.rank.main);
+      // (the replay's nodes on other devices are launched from the runner's device: wait for it first)
+      if (g.parts.some(x => x.rank.device !== this.device)) await native.synchronizeAsync(this.device);
       const outs = await Promise.all(g.parts.map(async x => (await toArrayAsync(x.outputs)) as Int32Array));
       const readBack = performance.now();
       this.ep?.endStep();
