@@ -29,7 +29,7 @@ function cacheRows(m: Loaded, seq: SequenceCache, n: number): Float32Array[] {
     const all = toArray(c) as Float32Array,
       width = c.shape[2]!;
     const out = new Float32Array(n * width);
-    Array.from(seq.slots(0, n)).forEach((s, i) => out.set(all.subarray(s * width, (s + 1) * width), i * width));
+    for (const [i, s] of seq.slots(0, n).entries()) out.set(all.subarray(s * width, (s + 1) * width), i * width);
     return out;
   });
 }

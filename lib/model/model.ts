@@ -562,7 +562,7 @@ export class LongcatModel {
     const a = new Arena(this.device);
     const cat = a.f32([n, width]);
     let at = 0;
-    for (const [i, t] of outs.entries()) {
+    for (const t of outs) {
       const k = t.shape[0]!;
       let src = t;
       if (t.device !== this.device) {
