@@ -902,7 +902,9 @@ export class LongcatModel {
       const inputs = parts.map(p => {
         const a = new Arena(p.rank.device);
         arenas.push(a);
-        return { a, h: mine(p, new Arena(this.device)) };
+        const here = new Arena(this.device);
+        arenas.push(here);
+        return { a, h: mine(p, here) };
       });
       this.fork.record(this.main);
       for (const r of ranks) if (r.main !== this.main) r.main.waitEvent(this.fork);
