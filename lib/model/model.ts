@@ -14,7 +14,7 @@ import type { ModelDims } from './dims.js';
 import type { Graph } from '../../types/native.js';
 import type { ModelWeights } from './weights.js';
 import { forward, mtpForward, runToEnd } from './longcat-flash.js';
-import { Arena, type Batch, type Step, localExperts } from './step.js';
+import { Arena, type Batch, type ExpertsFn, type Step, localExperts } from './step.js';
 import { ExpertParallelGroup } from '../parallel/expert-parallel.js';
 import { ShardedExperts } from '../parallel/placement.js';
 import { type Rank, type RankPart, byRank, leastLoaded, lockstep, rankOf, stepOrder } from '../parallel/data-parallel.js';
@@ -287,7 +287,6 @@ export class LongcatModel {
       if (r.moeStream !== r.main) r.moeStream.dispose();
       if (r.main !== this.main) r.main.dispose();
     }
-    this.ranks.length = 0;
   }
 
   /** Rank 0's block allocator (the only one without expert parallelism; see allocators). */
@@ -313,6 +312,12 @@ export class LongcatModel {
     const out: Record<string, number> = {};
     for (const r of this.ranks) out[r.device] = (out[r.device] ?? 0) + r.caches.reduce((n, c) => n + c.nbytes, 0);
     return out;
+  }
+
+  /** Wraps every rank's call of the routed experts (benchmarks record the routing through it);
+   *  before the first forward: captured graphs keep the call they captured. */
+  wrapExperts(wrap: (inner: ExpertsFn) => ExpertsFn) {
+    for (const r of this.ranks) r.experts = wrap(r.experts);
   }
 
   /** Rank `rank`'s latent KV caches, one per attention sub-layer (tests read a sequence's pages). */

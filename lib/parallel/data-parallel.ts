@@ -33,7 +33,8 @@ export interface Rank {
   readonly moeStream: Stream;
   readonly events: readonly (readonly [Event, Event])[];
   readonly invFreq: Tensor;
-  readonly experts: ExpertsFn;
+  /** Its Step.experts (LongcatModel.wrapExperts may wrap it). */
+  experts: ExpertsFn;
   /** Recorded on `main` when the rank's part of a step is queued (the runner's main waits on it). */
   readonly joined: Event;
   /** The live sequences this rank owns. */
