@@ -17,7 +17,7 @@ import { forward, mtpForward, runToEnd } from './longcat-flash.js';
 import { Arena, type Batch, type ExpertsFn, type Step, localExperts } from './step.js';
 import { ExpertParallelGroup } from '../parallel/expert-parallel.js';
 import { ShardedExperts } from '../parallel/placement.js';
-import { type Rank, type RankPart, byRank, leastLoaded, lockstep, rankOf, stepOrder } from '../parallel/data-parallel.js';
+import { type Rank, type RankPart, assign, byRank, leastLoaded, lockstep, rankOf, stepOrder } from '../parallel/data-parallel.js';
 import { TokenHistory, ngramIds, ngramPowers } from './ngram.js';
 
 /** A captured decode graph's N-gram input on a GPU: the rows are gathered on the host into `staging`
@@ -350,7 +350,7 @@ export class LongcatModel {
       throw new ArgumentError('E_ARGUMENT', `newSequence: rank ${rank} is not a rank of this ${this.ranks.length}-rank model`);
     const r = rank === undefined ? leastLoaded(this.ranks) : this.ranks[rank]!;
     const seq = new SequenceCache(r.allocator, this.blockSize, Math.min(maxContext, this.maxContext));
-    r.sequences.add(seq);
+    assign(r, seq);
     return seq;
   }
 

@@ -41,12 +41,20 @@ export interface Rank {
   readonly sequences: Set<SequenceCache>;
 }
 
+/** The live sequences a rank owns (released ones are forgotten here). */
+function live(r: Rank): number {
+  for (const s of r.sequences) if (s.isReleased) r.sequences.delete(s);
+  return r.sequences.size;
+}
+
+/** Records that `rank` owns the new sequence `seq`. */
+export function assign(rank: Rank, seq: SequenceCache) {
+  live(rank);
+  rank.sequences.add(seq);
+}
+
 /** The rank a new sequence goes to (the rule of this file's header). */
 export function leastLoaded(ranks: readonly Rank[]): Rank {
-  const live = (r: Rank) => {
-    for (const s of r.sequences) if (s.isReleased) r.sequences.delete(s);
-    return r.sequences.size;
-  };
   let best = ranks[0]!;
   for (const r of ranks.slice(1)) {
     const d = live(r) - live(best);
