@@ -4,10 +4,19 @@
 // 1, 128 and 512 tokens per rank. Payload GB/s = the u rows actually sent (once per token and
 // destination rank) x 4 bytes x hidden / time; on one NUMA node this is a memcpy between buffers of
 // the same memory, not an interconnect. Not a figure to compare with DeepEP / pplx on NVLink.
-//   node bench/cpu-ep.mjs [--ranks 4] [--tokens 1,128,512] [--reps 5] [--out f.json]
+// Then a whole decode step (--step-preset, default the 'small' preset cut to 2 layers, random
+// weights): B sequences (--batch, default 8) on one device, and spread over the ranks with
+// data-parallel attention (each rank its sequences' attention and KV pages, the experts split),
+// the median step of each and their ratio, measured in the same run. On CPU ranks of one machine
+// the ranks share its cores: the ratio is the cost (or gain) of the split, not a scaling figure.
+//   node bench/cpu-ep.mjs [--ranks 4] [--tokens 1,128,512] [--reps 5] [--batch 8] [--out f.json]
 import fs from 'node:fs';
 import { native } from '../dist/native.js';
 import { tensor, empty } from '../dist/tensor.js';
+import os from 'node:os';
+import path from 'node:path';
+import { initRandom } from '../dist/init-random.js';
+import { loadModel } from '../dist/generate.js';
 import { now, median, rng } from './common.mjs';
 
 const args = process.argv.slice(2);
@@ -127,5 +136,53 @@ for (const x of rows)
   console.log(
     `| ${x.tokensPerRank} | ${x.rowsSent} | ${x.dispatchUs.toFixed(0)} | ${x.combineUs.toFixed(0)} | ${x.dispatchGBps.toFixed(2)} | ${x.combineGBps.toFixed(2)} |`,
   );
+
+// ---- a whole decode step: one device vs data-parallel attention over the ranks ----------------
+const B = Number(opt('--batch', '8')),
+  preset = opt('--step-preset', 'small');
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'longcat-bench-ep-'));
+const step = {};
+try {
+  await initRandom({ preset, out: dir, seed: 1, overrides: { num_layers: 2 } });
+  for (const ranksOpt of [1, ranks]) {
+    const name = ranksOpt === 1 ? 'one device' : `${ranks} ranks`;
+    const m = await loadModel(dir, { backend: 'cpu', maxContext: 256, ranks: ranksOpt });
+    const e = m.engine;
+    const seqs = Array.from({ length: B }, () => e.newSequence());
+    e.forward(
+      seqs,
+      seqs.map((_, b) => [1 + b, 2 + b, 3 + b, 4 + b]),
+    ).logits.dispose();
+    const v = [];
+    for (let i = 0; i < reps + 1; i++) {
+      const t0 = now();
+      const r = e.forward(
+        seqs,
+        seqs.map((_, b) => [(7 * i + b) % e.dims.vocab]),
+      );
+      r.logits.toBytes(); // the step's logits read back: the step is done
+      r.logits.dispose();
+      if (i > 0) v.push(now() - t0); // the first step captures the graph
+    }
+    step[name] = median(v);
+    for (const s of seqs) s.release();
+    m.dispose();
+  }
+} finally {
+  fs.rmSync(dir, { recursive: true, force: true });
+}
+const ratio = step[`${ranks} ranks`] / step['one device'];
+console.log(
+  `\ndecode step, '${preset}' preset (2 layers, random weights), batch ${B}: one device ${step['one device'].toFixed(2)} ms, ` +
+    `${ranks} ranks with data-parallel attention ${step[`${ranks} ranks`].toFixed(2)} ms (ratio ${ratio.toFixed(2)}, same run)`,
+);
 const out = opt('--out', null);
-if (out) fs.writeFileSync(out, JSON.stringify({ bench: 'cpu-ep', date: new Date().toISOString(), rows }, null, 2));
+if (out)
+  fs.writeFileSync(
+    out,
+    JSON.stringify(
+      { bench: 'cpu-ep', date: new Date().toISOString(), rows, decodeStep: { preset, batch: B, ranks, ms: step, ratio } },
+      null,
+      2,
+    ),
+  );

@@ -177,13 +177,11 @@ async function routingPass(dir, maxTokensOf) {
     { layers, nRouted } = e.dims;
   const views = new Map(); // graph size (graphBucket) -> idx views [rows, k] of its captured graph, one per layer
   let sink = null;
-  // @ts-expect-error the private experts function, replaced before the first forward (the graphs capture it)
-  const inner = e.experts;
-  // @ts-expect-error as above
-  e.experts = (stream, out, u, idx, weights, experts, nExperts) => {
+  // wrapped before the first forward (the graphs capture it)
+  e.wrapExperts(inner => (stream, out, u, idx, weights, experts, nExperts) => {
     if (sink) sink.push(idx.view(idx.shape));
     inner(stream, out, u, idx, weights, experts, nExperts);
-  };
+  });
   let steps = [];
   const fwd = e.forward.bind(e);
   e.forward = (seqs, tokens, opts) => {

@@ -306,13 +306,11 @@ async function routing(dir, plan) {
   const e = model.engine,
     d = e.dims;
   let sink = null;
-  // @ts-expect-error the private experts function, replaced before the first forward (the graphs capture it)
-  const inner = e.experts;
-  // @ts-expect-error as above
-  e.experts = (stream, out, u, idx, weights, experts, nExperts) => {
+  // wrapped before the first forward (the graphs capture it)
+  e.wrapExperts(inner => (stream, out, u, idx, weights, experts, nExperts) => {
     if (sink) sink.push(idx.view(idx.shape));
     inner(stream, out, u, idx, weights, experts, nExperts);
-  };
+  });
   const res = {};
   try {
     for (const B of BATCHES) {

@@ -269,7 +269,7 @@ export class Session {
     common = this.seq.truncate(common); // (a shared page it would end inside is dropped: never written)
     this.cached.length = common;
     this.mtpValid = Math.min(this.mtpValid, common);
-    const shared = this.owner.prefixCache ? engine.cachedPrefix(ids, ids.length - 1, speculative) : [];
+    const shared = this.owner.prefixCache ? engine.cachedPrefix(ids, ids.length - 1, speculative, this.seq) : [];
     if (shared.length * engine.blockSize > common) {
       this.seq.truncate(0);
       engine.adoptPrefix(this.seq, shared, ids);
@@ -738,10 +738,12 @@ export class Model {
   get config() {
     return this.checkpoint.config;
   }
-  /** Where the weights live: bytes uploaded per device, bytes read from the mapped shards on the host
-   *  (of which the N-gram tables, which are never uploaded). */
+  /** Where the weights live: bytes uploaded per device (under expert parallelism each device's
+   *  experts and its replica of the dense weights), bytes read from the mapped shards on the host
+   *  (of which the N-gram tables, which are never uploaded), and the KV caches' bytes per device. */
   get memory(): ModelMemory {
-    return modelMemory(this.checkpoint, this.engine.device, this.engine.w.uploaded, this.engine.w.mtp !== null);
+    const e = this.engine;
+    return modelMemory(this.checkpoint, e.device, e.uploaded, e.w.mtp !== null, e.kvCacheBytes);
   }
 
   createSession(): Session {

@@ -220,6 +220,11 @@ export class SequenceCache {
     return this.len;
   }
 
+  /** Whether release() was called. */
+  get isReleased(): boolean {
+    return this.released;
+  }
+
   /** Number of blocks held. */
   get numBlocks(): number {
     return this.blocks.length;

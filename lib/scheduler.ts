@@ -137,17 +137,19 @@ export class StepScheduler {
     }
   }
 
-  /** Splits off the requests whose sequences cannot all get `n` new slots from the shared pool. */
+  /** Splits off the requests whose sequences cannot all get `n` new slots from their KV pools (one
+   *  per rank under expert parallelism). */
   private fit<R extends { seq: SequenceCache; resolve(r: typeof NO_ROOM): void }>(reqs: R[], n: number): R[] {
-    let free = this.engine.allocator.available;
+    const free = new Map<unknown, number>();
     return reqs.filter(r => {
       const s = r.seq,
+        left = free.get(s.allocator) ?? s.allocator.available,
         need = Math.max(0, Math.ceil((s.length + n) / s.blockSize) - s.numBlocks);
-      if (s.length + n > s.maxContext || need > free) {
+      if (s.length + n > s.maxContext || need > left) {
         r.resolve(NO_ROOM);
         return false;
       }
-      free -= need;
+      free.set(s.allocator, left - need);
       return true;
     });
   }

@@ -458,11 +458,14 @@ class Metrics {
       reasons.map(r => [`{reason="${r}"}`, this.finished.get(r) ?? 0]),
     );
     if (model) {
-      const a = model.engine.allocator;
-      metric('longcat_kv_blocks_in_use', 'gauge', 'KV-cache blocks held by sequences.', [['', a.inUse]]);
-      metric('longcat_kv_blocks_total', 'gauge', 'KV-cache blocks in the pool.', [['', a.inUse + a.available]]);
+      const pools = model.engine.allocators,
+        sum = (f: (a: (typeof pools)[number]) => number) => pools.reduce((n, a) => n + f(a), 0);
+      metric('longcat_kv_blocks_in_use', 'gauge', 'KV-cache blocks held by sequences.', [['', sum(a => a.inUse)]]);
+      metric('longcat_kv_blocks_total', 'gauge', "KV-cache blocks in the pool (every rank's).", [
+        ['', sum(a => a.inUse + a.available)],
+      ]);
       metric('longcat_prefix_cache_pages', 'gauge', 'KV pages registered in the prefix cache (held or idle).', [
-        ['', a.cachedPages],
+        ['', sum(a => a.cachedPages)],
       ]);
       const st = model.scheduler.stats;
       metric('longcat_decode_steps_total', 'counter', 'Batched decode steps run (all sessions of the model).', [

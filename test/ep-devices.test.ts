@@ -129,6 +129,16 @@ describe.runIf(cuda.available && cuda.deviceCount >= 4)(
               expect(shards[0]!.shards.length).toBe(ranks);
               const got = runScript(m, prompts, 2, want.chosen);
               for (const [i, g] of got.out.entries()) expectEqualLogits(g, want.out[i]!, m.engine.dims.vocab, 1e-5);
+              // data-parallel attention: the sequences spread over the ranks, each rank's KV pool and
+              // caches on its device, and a replica of the dense weights on every device
+              const e = m.engine,
+                seqs = prompts.map(() => e.newSequence());
+              expect(seqs.map(s => e.rankOf(s).device)).toEqual(prompts.map((_, b) => `cuda:${devices[b % ranks]}`));
+              for (let r = 0; r < ranks; r++) for (const c of e.kvCaches(r)) expect(c.device).toBe(`cuda:${devices[r]}`);
+              for (const s of seqs) s.release();
+              const mem = m.memory;
+              expect(Object.keys(mem.uploaded).sort()).toEqual(devices.map(i => `cuda:${i}`).sort());
+              expect(Object.keys(mem.kvCache).sort()).toEqual(devices.map(i => `cuda:${i}`).sort());
               if (!fp8) expectFailuresRecover(m, want, 1, /abort flag/);
             } finally {
               m.dispose();

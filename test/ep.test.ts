@@ -11,7 +11,7 @@ import { ArgumentError, LongcatError } from '../lib/errors.js';
 import { initRandom } from '../lib/init-random.js';
 import { loadModel } from '../lib/generate.js';
 import { ShardedExperts, expertsPerRank, rankExperts } from '../lib/parallel/placement.js';
-import { homeRows } from '../lib/parallel/expert-parallel.js';
+import { stepOrder } from '../lib/parallel/data-parallel.js';
 import type { MoeExpertSet } from '../types/ops-moe.js';
 import { expectEqualLogits, expectFailuresRecover, maxRelError, prompts, range, runScript } from './ep-helpers.js';
 import { fixtureRoot } from './model-fixture.js';
@@ -549,19 +549,12 @@ describe('placement', () => {
     expect(() => expertsPerRank(0, 8)).toThrow(/ranks must be a whole number >= 1/);
     expect(() => expertsPerRank(1.5, 8)).toThrow(ArgumentError);
   });
-  it("spreads a step's tokens over home ranks in contiguous chunks", () => {
-    expect(homeRows(10, 4)).toEqual([
-      { start: 0, count: 3 },
-      { start: 3, count: 3 },
-      { start: 6, count: 3 },
-      { start: 9, count: 1 },
-    ]);
-    expect(homeRows(2, 4)).toEqual([
-      { start: 0, count: 1 },
-      { start: 1, count: 1 },
-      { start: 2, count: 0 },
-      { start: 2, count: 0 },
-    ]);
+  it("puts the rank parts' rows back in the step's order", () => {
+    // rank 0 owns sequences 0 and 2, rank 1 sequence 1; rows per sequence 2, 1, 3: the rank-major
+    // rows are seq 0 (0, 1), seq 2 (2, 3, 4), seq 1 (5)
+    const part = (seqs: number[]) => ({ rank: null as never, seqs });
+    expect(Array.from(stepOrder([part([0, 2]), part([1])], [2, 1, 3]))).toEqual([0, 1, 5, 2, 3, 4]);
+    expect(Array.from(stepOrder([part([1]), part([0])], [1, 1]))).toEqual([1, 0]);
   });
 });
 

@@ -425,7 +425,7 @@ describe('batched speculative steps (engine)', () => {
       // Both sequences now hold the prompt and the tokens each generated before its last one (at least 11 in common).
       const n = Math.min(plain.seqs[0]!.length, spec.seqs[0]!.length);
       expect(n).toBeGreaterThanOrEqual(prompt.length + 10);
-      const caches = (e as unknown as { caches: { toBytes(): Uint8Array; shape: number[]; dtype: string }[] }).caches;
+      const caches = e.kvCaches();
       const rowsOf = (seq: SequenceCache, c: number) => {
         const all = toArray(caches[c] as never) as Float32Array;
         const width = caches[c]!.shape[2]!;

@@ -15,7 +15,7 @@ import type { Stream } from '../device.js';
 import { rng, type Rng } from './rng.js';
 import { argmaxRef, speculativeParams, type SampleP } from './sampling-reference.js';
 import { decodeFp8Row, encodeFp8Row, fp8RowBytes } from './fp8-cache-ref.js';
-import { int4Groups, int4WeightTensor, packInt4 } from '../dist/int4.js';
+import { int4Groups, int4WeightTensor, packInt4 } from '../int4.js';
 import {
   arithmetic,
   dotBound,

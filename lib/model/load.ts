@@ -35,8 +35,10 @@ export interface LoadModelOptions {
    *  ranks, or with backend 'cuda' ranks on the devices of `devices` (rank r on
    *  devices[r % devices.length]; without `devices`, N virtual ranks on the one device). Each
    *  layer's routed experts split into N equal contiguous blocks, one per rank, each uploaded to
-   *  its rank's device only; attention, dense FFNs, router, embedding and lm_head replicated (run
-   *  once, on the first device). N must divide n_routed_experts and be a multiple of the group size. */
+   *  its rank's device only; attention, dense FFNs, router, embedding and lm_head replicated (one
+   *  copy per device of the group) and run data-parallel: each rank owns the sequences assigned to
+   *  it (lib/parallel/data-parallel.ts) and their KV pages (a pool of cacheBlocks per rank). N must
+   *  divide n_routed_experts and be a multiple of the group size. */
   ranks?: number;
   /** The CUDA device group (backend 'cuda'): device indices, or 'all' for every device present.
    *  Peer access is enabled between every pair (E_DEVICE naming both when two cannot reach each
@@ -99,6 +101,8 @@ export interface ModelMemory {
   hostMapped: number;
   /** Of hostMapped, the N-gram tables (0 without an N-gram embedding): never uploaded. */
   ngramTables: number;
+  /** Bytes of the latent KV caches on each device (under expert parallelism every rank's pool, on its device). */
+  kvCache: Record<string, number>;
 }
 
 const isMtp = (name: string) => name.startsWith('model.mtp.');
@@ -116,6 +120,7 @@ export function modelMemory(
   device: string,
   uploaded: Record<string, number>,
   mtpLoaded: boolean,
+  kvCache: Record<string, number> = {},
 ): ModelMemory {
   let loaded = 0,
     ngramTables = 0;
@@ -124,7 +129,7 @@ export function modelMemory(
     loaded += t.nbytes;
     if (isNgramTable(t.name)) ngramTables += t.nbytes;
   }
-  return { uploaded: { ...uploaded }, hostMapped: device === 'cpu' ? loaded : ngramTables, ngramTables };
+  return { uploaded: { ...uploaded }, hostMapped: device === 'cpu' ? loaded : ngramTables, ngramTables, kvCache: { ...kvCache } };
 }
 
 export interface LoadedModel {
@@ -215,6 +220,24 @@ export async function loadCheckpointModel(dir: string, opts: LoadModelOptions = 
       for (const t of quantizer?.created ?? []) t.dispose();
       throw e;
     }
+    // Data-parallel attention: a replica of the dense weights on every other device of the group
+    // (the routed experts stay split, shared by the replicas).
+    const replicas = new Map<string, ModelWeights>([[device, weights]]);
+    try {
+      for (const dev of rankDevices)
+        if (!replicas.has(dev))
+          replicas.set(
+            dev,
+            loadWeights(quantizer ?? checkpoint, dims, dev, {
+              mtp,
+              experts: weights.layers.map(l => l.moe.experts),
+            }),
+          );
+    } catch (e) {
+      for (const w of replicas.values()) for (const t of w.owned) t.dispose();
+      for (const t of quantizer?.created ?? []) t.dispose();
+      throw e;
+    }
     // On the CPU the model reads the quantized tensors themselves; a GPU has its own copies.
     if (quantizer && device === 'cpu') weights.owned.push(...quantizer.created);
     else for (const t of quantizer?.created ?? []) t.dispose();
@@ -237,10 +260,11 @@ export async function loadCheckpointModel(dir: string, opts: LoadModelOptions = 
         // On the CPU the weights are the mapped shards themselves (a GPU has its own copy).
         verifyWeights: device === 'cpu' ? () => checkpoint.verify() : undefined,
         rankDevices,
+        rankWeights: rankDevices.map(d => replicas.get(d)!),
       });
       return { checkpoint, model };
     } catch (e) {
-      for (const t of weights.owned) t.dispose();
+      for (const w of replicas.values()) for (const t of w.owned) t.dispose();
       throw e;
     }
   } catch (e) {

@@ -2,7 +2,10 @@
 // embedding, the ScMoE decoder layer (two MLA sub-layers, two dense MLPs, the shortcut MoE on its
 // own stream), the final norm and the LM head. Where it runs -- streams, the batch's positions and
 // cache slots, the latent caches, how the routed experts are computed -- comes in through the Step
-// the runner (model.ts) builds. Prefill runs the expanded MLA over each sequence's cached latents;
+// the runner (model.ts) builds. The forward pass is a generator that yields once per MoE layer,
+// right after handing its tokens to Step.experts: a rendezvous where, under data-parallel
+// attention, the runner queues one all-to-all over every rank's tokens (lib/parallel) before any
+// rank goes on; on one device nothing happens there (runToEnd). Prefill runs the expanded MLA over each sequence's cached latents;
 // decode runs the absorbed MLA against the paged latent cache (one query row per new token, each
 // with its own length: a verify step's rows see the drafts before them). mtpForward is the MTP
 // draft head of SPEC 6, one dense layer over the main model's hidden states.
@@ -12,9 +15,20 @@ import type { Stream } from '../device.js';
 import { Arena, type Step } from './step.js';
 import type { Linear, LayerWeights, MlaWeights, MlpWeights, MoeWeights, ModelWeights } from './weights.js';
 
+/** What a pass yields at each MoE layer's rendezvous, and finally returns. */
+export type Pass<R> = Generator<void, R, void>;
+
+/** Runs a pass with nothing to meet at its rendezvous (one device, or ranks that share one step). */
+export function runToEnd<R>(pass: Pass<R>): R {
+  for (;;) {
+    const r = pass.next();
+    if (r.done) return r.value;
+  }
+}
+
 /** The whole model: logits f32 [rows, vocab] (rows = batch.lastRow's, else every token's) and the
  *  post-norm hidden states of every token, [T, hidden] (what the MTP head reads). */
-export function forward(c: Step, w: ModelWeights): { logits: Tensor; hidden: Tensor } {
+export function* forward(c: Step, w: ModelWeights): Pass<{ logits: Tensor; hidden: Tensor }> {
   const d = c.dims,
     s = c.main,
     b = c.batch,
@@ -23,7 +37,7 @@ export function forward(c: Step, w: ModelWeights): { logits: Tensor; hidden: Ten
   native.embedding(s, h, w.embed, b.ids);
   // LongCat-Flash-Lite: the mean of the token's embedding and its E projected N-gram rows.
   if (w.ngram) native.ngramEmbed(s, h, h, b.ngramRows!, w.ngram.proj);
-  for (let l = 0; l < d.layers; l++) decoderLayer(c, l, w.layers[l]!, h);
+  for (let l = 0; l < d.layers; l++) yield* decoderLayer(c, l, w.layers[l]!, h);
   const hidden = empty([b.T, d.hidden], { device: c.device });
   native.rmsnorm(s, hidden, h, w.norm, d.eps);
   let hl = hidden;
@@ -84,7 +98,7 @@ export function mtpForward(c: Step, w: ModelWeights, hPrev: Tensor): Tensor {
 }
 
 /** SPEC 3.3, in place on the residual stream h [T, hidden]. */
-export function decoderLayer(c: Step, l: number, w: LayerWeights, h: Tensor) {
+export function* decoderLayer(c: Step, l: number, w: LayerWeights, h: Tensor): Pass<void> {
   const d = c.dims,
     s = c.main,
     a = new Arena(c.device),
@@ -99,7 +113,7 @@ export function decoderLayer(c: Step, l: number, w: LayerWeights, h: Tensor) {
   native.rmsnorm(s, u, h, w.postAttnNorm[0], d.eps, attn0, h);
   uReady.record(s);
   c.moeStream.waitEvent(uReady);
-  const shortcut = moe(c, a, w.moe, u);
+  const shortcut = yield* moe(c, a, w.moe, u);
   moeReady.record(c.moeStream);
   const mlp0 = mlp(c, a, w.mlp[0], u);
   // sub-block C: attention 1 on rmsnorm(h + mlp0)
@@ -186,8 +200,9 @@ export function mlp(c: Step, a: Arena, w: MlpWeights, x: Tensor): Tensor {
   return out;
 }
 
-/** The shortcut MoE (SPEC 4) on the MoE stream: router top-k over FFN and zero experts, then the experts. */
-export function moe(c: Step, a: Arena, w: MoeWeights, u: Tensor): Tensor {
+/** The shortcut MoE (SPEC 4) on the MoE stream: router top-k over FFN and zero experts, then the
+ *  experts -- and the rendezvous: the output is ready on the MoE stream once the pass resumes. */
+export function* moe(c: Step, a: Arena, w: MoeWeights, u: Tensor): Pass<Tensor> {
   const d = c.dims,
     s = c.moeStream,
     T = u.shape[0]!,
@@ -202,6 +217,7 @@ export function moe(c: Step, a: Arena, w: MoeWeights, u: Tensor): Tensor {
   native.routerTopk(s, idx, weights, nFfn, logits, w.bias, d.nRouted, d.routedScale);
   const out = a.f32([T, d.hidden]);
   c.experts(s, out, u, idx, weights, w.experts, E);
+  yield;
   return out;
 }
 

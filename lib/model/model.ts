@@ -1,19 +1,33 @@
 // The runner of the LongCat-Flash forward pass: owns the KV cache (pages, one latent cache per
 // attention sub-layer), the streams and events of the two branches, and the captured decode graphs;
 // turns a batch of sequences and new tokens into a Step (positions, cache slots, block tables) and
-// runs the architecture (longcat-flash.ts) on it.
+// runs the architecture (longcat-flash.ts) on it. Under expert parallelism attention is
+// data-parallel (lib/parallel/data-parallel.ts): each rank owns its sequences' KV pages and streams,
+// a step runs one Step per rank with sequences in it (their passes in lockstep, meeting at each
+// MoE layer's all-to-all), and the runner puts the ranks' logits back in the step's order.
 import { native } from '../native.js';
-import { type Tensor, empty, tensor, toArrayAsync } from '../tensor.js';
+import { type Tensor, empty, tensor, toArray, toArrayAsync } from '../tensor.js';
 import { Event, Stream } from '../device.js';
 import { BlockAllocator, type CacheDtype, SequenceCache, batchTables, latentCacheRow, matchPrefix } from '../kv-cache.js';
 import { ArgumentError, DisposedError, LongcatError, OutOfMemoryError } from '../errors.js';
 import type { ModelDims } from './dims.js';
 import type { Graph } from '../../types/native.js';
 import type { ModelWeights } from './weights.js';
-import { forward, mtpForward } from './longcat-flash.js';
-import { Arena, type Batch, type Step, type ExpertsFn, localExperts } from './step.js';
+import { forward, mtpForward, runToEnd } from './longcat-flash.js';
+import { Arena, type Batch, type ExpertsFn, type Step, localExperts } from './step.js';
 import { ExpertParallelGroup } from '../parallel/expert-parallel.js';
 import { ShardedExperts } from '../parallel/placement.js';
+import {
+  type Rank,
+  type RankPart,
+  assign,
+  byRank,
+  leastLoaded,
+  lockstep,
+  partRowCounts,
+  rankOf,
+  stepOrder,
+} from '../parallel/data-parallel.js';
 import { TokenHistory, ngramIds, ngramPowers } from './ngram.js';
 
 /** A captured decode graph's N-gram input on a GPU: the rows are gathered on the host into `staging`
@@ -29,7 +43,8 @@ export interface ModelOptions {
   device: string;
   /** Tokens per KV-cache block. */
   blockSize?: number;
-  /** Blocks in the shared KV pool (default: enough for maxContext tokens of 4 sequences, capped). */
+  /** Blocks in the KV pool (default: enough for maxContext tokens of 4 sequences, capped); under
+   *  expert parallelism each rank has a pool this size for the sequences it owns. */
   numBlocks?: number;
   /** The latent cache's format (default 'bf16'; kv-cache.ts latentCacheRow). */
   cacheDtype?: CacheDtype;
@@ -49,6 +64,9 @@ export interface ModelOptions {
    *  device). CUDA ranks on other devices need peer access to and from `device` and each other
    *  (native.enablePeerAccess). */
   rankDevices?: readonly string[];
+  /** Rank r's dense weights, on rankDevices[r] (default: `weights` for every rank; needed for ranks
+   *  on another device than `device`); their routed experts are the same ShardedExperts. */
+  rankWeights?: readonly ModelWeights[];
 }
 
 export interface ForwardResult {
@@ -97,14 +115,9 @@ export interface SpeculativeStep {
 
 interface SpeculativeGraph {
   graph: Graph;
-  inputs: Tensor;
-  batch: Batch;
-  host: Int32Array;
-  outputs: Tensor;
-  nFfn: Tensor[];
-  /** Views over inputs / outputs, disposed with the graph. */
-  parts: Tensor[];
-  ngram: NgramStaging | null;
+  /** Per rank part: its inputs, its outputs (tokens [B, 2], accepted [B], next drafts [B] in one
+   *  buffer), its per-layer FFN counts, and views over inputs / outputs, disposed with the graph. */
+  parts: (GraphInputs & { outputs: Tensor; nFfn: Tensor[]; views: Tensor[] })[];
 }
 
 /** Sampling settings as the sampleSpeculative op reads them: per sequence int32 [temperature bits,
@@ -126,7 +139,8 @@ function packSampling(sampling: readonly SamplingParams[], out: Int32Array) {
  * The row counts (decode) or sequence counts (speculative steps) captured graphs are made for:
  * 1, 2, 4, multiples of 8 up to 256, then multiples of 64 (vLLM's sizes). A batch of another size
  * replays the graph of the next size up, padded with inert rows (padRows), so a server's churn of
- * batch sizes captures a few dozen graphs at most (35 up to 256 rows), not one per size.
+ * batch sizes captures a few dozen graphs at most (35 up to 256 rows), not one per size. Under
+ * expert parallelism each rank's part is bucketed on its own.
  */
 export function graphBucket(n: number): number {
   if (n <= 2) return n;
@@ -150,33 +164,45 @@ interface DecodeRows {
   ngramIds: Int32Array | null;
 }
 
+/** One rank's fixed inputs of a captured step. */
+interface GraphInputs {
+  rank: Rank;
+  inputs: Tensor;
+  batch: Batch;
+  host: Int32Array;
+  ngram: NgramStaging | null;
+}
+
+/** A captured decode step: per rank part, its inputs and outputs. */
+interface DecodeGraph {
+  graph: Graph;
+  parts: (GraphInputs & { out: Required<ForwardResult> })[];
+}
+
 export class LongcatModel {
   readonly dims: ModelDims;
   readonly device: string;
   readonly blockSize: number;
   readonly maxContext: number;
-  readonly allocator: BlockAllocator;
   /** The weights as the forward pass uses them (read-only; benchmarks and tests inspect them). */
   readonly w: ModelWeights;
-  private readonly caches: Tensor[];
+  /** The ranks (one without expert parallelism): each owns its sequences, KV pages and streams. */
+  private readonly ranks: Rank[] = [];
+  /** Rank 0's main stream: the device's default stream, where the step's results are assembled. */
   private readonly main: Stream;
-  private readonly moeStream: Stream;
-  private readonly events: (readonly [Event, Event])[];
-  private readonly invFreq: Tensor;
+  /** Recorded on `main` before a step's ranks start (they wait for it). */
+  private readonly fork: Event;
   private readonly maxBlocks: number;
   private readonly useGraphs: boolean;
-  /** The first of MAX_PAD_ROWS cache slots past the allocator's blocks, which only the padding rows
-   *  of a captured step write (each its own slot); no sequence's block table ever names them. */
+  /** The first of MAX_PAD_ROWS cache slots past each rank's allocator blocks, which only the padding
+   *  rows of a captured step write (each its own slot); no sequence's block table ever names them. */
   private readonly padSlot: number;
   /** The ranks the routed experts are split across, when expert parallelism is on. */
   private readonly ep: ExpertParallelGroup | null;
-  private readonly experts: ExpertsFn;
-  private readonly decodeGraphs = new Map<
-    number,
-    { graph: Graph; inputs: Tensor; batch: Batch; out: Required<ForwardResult>; host: Int32Array; ngram: NgramStaging | null }
-  >();
-  /** The captured speculative steps, by batch size. */
-  private readonly specGraphs = new Map<number, SpeculativeGraph>();
+  /** The captured decode steps, by their rows per rank. */
+  private readonly decodeGraphs = new Map<string, DecodeGraph>();
+  /** The captured speculative steps, by their sequences per rank. */
+  private readonly specGraphs = new Map<string, SpeculativeGraph>();
   /** N-gram models: vocab^k modulo each table size (SPEC-LITE 3.1). */
   private readonly ngramPowers: number[][] | null;
   /** N-gram models: each sequence's raw token ids by position (rolled back with its KV pages). */
@@ -198,6 +224,15 @@ export class LongcatModel {
         'E_ARGUMENT',
         `LongcatModel: ranks: ${ranks} needs every layer's routed experts split into ${ranks} shards (loadWeights' expertDevices)`,
       );
+    const rankDevices = opts.rankDevices ?? Array<string>(ranks).fill(opts.device);
+    rankDevices.forEach((dev, r) => {
+      const rw = opts.rankWeights?.[r];
+      if (dev !== opts.device && !rw)
+        throw new ArgumentError(
+          'E_ARGUMENT',
+          `LongcatModel: rank ${r} is on ${dev}: it needs its own dense weights (rankWeights)`,
+        );
+    });
     this.dims = dims;
     this.w = weights;
     this.device = opts.device;
@@ -209,17 +244,55 @@ export class LongcatModel {
     this.maxBlocks = blocksPerSeq;
     this.useGraphs = opts.graphs ?? true;
     const numBlocks = opts.numBlocks ?? Math.min(4 * blocksPerSeq, 4096);
-    this.allocator = new BlockAllocator(numBlocks);
     this.padSlot = numBlocks * this.blockSize;
-    const cacheBlocks = numBlocks + Math.ceil(MAX_PAD_ROWS / this.blockSize);
-    const cacheDtype = opts.cacheDtype ?? 'bf16',
+    const cacheDtype = opts.cacheDtype ?? 'bf16';
+    // The dense branch of rank 0 runs on the default stream, so that null-stream ops on the results
+    // (sampling, reading logits) are ordered after the forward pass.
+    this.main = native.defaultStream(this.device);
+    this.fork = new Event(this.device);
+    this.ep = ranks > 1 ? new ExpertParallelGroup(rankDevices, this.device) : null;
+    try {
+      for (const [r, device] of rankDevices.entries()) {
+        const caches = this.allocateCaches(device, numBlocks, cacheDtype);
+        const main = r === 0 ? this.main : new Stream(device);
+        this.ranks.push({
+          index: r,
+          device,
+          w: opts.rankWeights?.[r] ?? weights,
+          allocator: new BlockAllocator(numBlocks),
+          caches,
+          main,
+          // The shortcut MoE gets its own stream (the device pool fences blocks freed while several
+          // streams run, so a temporary of one branch is never reused under the other's kernels).
+          moeStream: opts.overlapMoe === false ? main : new Stream(device),
+          events: Array.from({ length: dims.layers }, () => [new Event(device), new Event(device)] as const),
+          invFreq: tensor(dims.invFreq, [dims.invFreq.length], { device }),
+          experts: this.ep ? this.ep.expertsOf(r) : localExperts,
+          joined: new Event(device),
+          sequences: new Set(),
+        });
+      }
+    } catch (e) {
+      this.disposeRanks();
+      this.ep?.dispose();
+      throw e;
+    }
+    this.verifyWeights = opts.verifyWeights;
+    this.ngramPowers = dims.ngram ? ngramPowers(dims.ngram) : null;
+  }
+
+  /** A rank's latent caches on `device` (E_OOM naming the smaller formats when they do not fit). */
+  private allocateCaches(device: string, numBlocks: number, cacheDtype: CacheDtype): Tensor[] {
+    const dims = this.dims,
       row = latentCacheRow(dims.kvLora, dims.rope, cacheDtype);
-    this.caches = [];
+    const cacheBlocks = numBlocks + Math.ceil(MAX_PAD_ROWS / this.blockSize); // + the padding rows' slots
+    const caches: Tensor[] = [];
     try {
       for (let i = 0; i < this.cacheCount; i++)
-        this.caches.push(empty([cacheBlocks, this.blockSize, row.width], { dtype: row.dtype, device: this.device }));
+        caches.push(empty([cacheBlocks, this.blockSize, row.width], { dtype: row.dtype, device }));
+      return caches;
     } catch (e) {
-      for (const c of this.caches) c.dispose();
+      for (const c of caches) c.dispose();
       if (!(e instanceof LongcatError) || e.code !== 'E_OOM') throw e;
       const bytes = this.cacheCount * cacheBlocks * this.blockSize * row.bytes;
       // the smaller formats these sizes allow, with their bytes per token
@@ -229,25 +302,66 @@ export class LongcatModel {
       const alt = smaller.map(t => `${t} ${latentCacheRow(dims.kvLora, dims.rope, t).bytes}`);
       throw new OutOfMemoryError(
         'E_OOM',
-        `the KV cache does not fit on ${this.device}: ${this.cacheCount} latent caches of ` +
+        `the KV cache does not fit on ${device}: ${this.cacheCount} latent caches of ` +
           `${numBlocks} blocks x ${this.blockSize} x ${row.width} ${cacheDtype} = ${(bytes / 2 ** 30).toFixed(2)} GiB ` +
           `(${row.bytes} bytes per token and cache${alt.length ? `; ${alt.join(', ')}` : ''}). ` +
           `Pass a smaller cacheBlocks or maxContext${smaller.length ? ` (or cacheDtype ${smaller.map(t => `'${t}'`).join(' or ')})` : ''}.`,
         { cause: e },
       );
     }
-    // The dense branch runs on the default stream, so that null-stream ops on the results
-    // (sampling, reading logits) are ordered after the forward pass.
-    this.main = native.defaultStream(this.device);
-    // The shortcut MoE gets its own stream (the device pool fences blocks freed while several
-    // streams run, so a temporary of one branch is never reused under the other's kernels).
-    this.moeStream = opts.overlapMoe === false ? this.main : new Stream(this.device);
-    this.events = Array.from({ length: dims.layers }, () => [new Event(this.device), new Event(this.device)] as const);
-    this.invFreq = tensor(dims.invFreq, [dims.invFreq.length], { device: this.device });
-    this.ep = ranks > 1 ? new ExpertParallelGroup(opts.rankDevices ?? Array(ranks).fill(this.device), this.device) : null;
-    this.experts = this.ep ? this.ep.experts : localExperts;
-    this.verifyWeights = opts.verifyWeights;
-    this.ngramPowers = dims.ngram ? ngramPowers(dims.ngram) : null;
+  }
+
+  /** Frees every rank's caches, events' tensors and streams (not rank 0's main: the default stream). */
+  private disposeRanks() {
+    for (const r of this.ranks) {
+      for (const t of [...r.caches, r.invFreq]) t.dispose();
+      if (r.moeStream !== r.main) r.moeStream.dispose();
+      if (r.main !== this.main) r.main.dispose();
+    }
+  }
+
+  /** Rank 0's block allocator (the only one without expert parallelism; see allocators). */
+  get allocator(): BlockAllocator {
+    return this.ranks[0]!.allocator;
+  }
+
+  /** Every rank's block allocator (KV pool), by rank. */
+  get allocators(): BlockAllocator[] {
+    return this.ranks.map(r => r.allocator);
+  }
+
+  /** Checkpoint bytes uploaded to each device: the weights' and the other devices' replicas'. */
+  get uploaded(): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (const w of new Set(this.ranks.map(r => r.w)))
+      for (const [dev, n] of Object.entries(w.uploaded)) out[dev] = (out[dev] ?? 0) + n;
+    return out;
+  }
+
+  /** Bytes of the latent KV caches on each device (every rank's pool). */
+  get kvCacheBytes(): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (const r of this.ranks) out[r.device] = (out[r.device] ?? 0) + r.caches.reduce((n, c) => n + c.nbytes, 0);
+    return out;
+  }
+
+  /** Wraps every rank's call of the routed experts (benchmarks record the routing through it);
+   *  before the first forward: captured graphs keep the call they captured. */
+  wrapExperts(wrap: (inner: ExpertsFn) => ExpertsFn) {
+    for (const r of this.ranks) r.experts = wrap(r.experts);
+  }
+
+  /** Rank `rank`'s latent KV caches, one per attention sub-layer (tests read a sequence's pages). */
+  kvCaches(rank = 0): readonly Tensor[] {
+    const r = this.ranks[rank];
+    if (!r) throw new ArgumentError('E_ARGUMENT', `kvCaches: rank ${rank} is not a rank of this ${this.ranks.length}-rank model`);
+    return r.caches;
+  }
+
+  /** The rank that owns a sequence of this model (its KV pages live in that rank's caches). */
+  rankOf(seq: SequenceCache): { rank: number; device: string } {
+    const r = rankOf(this.ranks, seq, 'rankOf');
+    return { rank: r.index, device: r.device };
   }
 
   /** One latent cache per attention sub-layer: 2 per layer, and the MTP head's last. */
@@ -260,9 +374,15 @@ export class LongcatModel {
     return this.ep;
   }
 
-  /** A new empty sequence in this model's KV cache. */
-  newSequence(maxContext = this.maxContext): SequenceCache {
-    return new SequenceCache(this.allocator, this.blockSize, Math.min(maxContext, this.maxContext));
+  /** A new empty sequence in this model's KV cache (under expert parallelism: in the KV pool of
+   *  the least loaded rank, data-parallel.ts), or in rank `rank`'s. */
+  newSequence(maxContext = this.maxContext, rank?: number): SequenceCache {
+    if (rank !== undefined && !(Number.isInteger(rank) && rank >= 0 && rank < this.ranks.length))
+      throw new ArgumentError('E_ARGUMENT', `newSequence: rank ${rank} is not a rank of this ${this.ranks.length}-rank model`);
+    const r = rank === undefined ? leastLoaded(this.ranks) : this.ranks[rank]!;
+    const seq = new SequenceCache(r.allocator, this.blockSize, Math.min(maxContext, this.maxContext));
+    assign(r, seq);
+    return seq;
   }
 
   /**
@@ -280,8 +400,7 @@ export class LongcatModel {
     this.checkTokens('forward', tokens);
     const mode = opts.mode ?? (tokens.every(t => t.length === 1) ? 'decode' : 'prefill');
 
-    this.moeStream.synchronize(); // the previous step's MoE work is done; this surfaces its errors
-    this.ep?.synchronize();
+    this.synchronizeRanks(); // the previous step's work is done; this surfaces its errors
     const pastLens = seqs.map(s => s.length);
     // Reserve cache slots for every sequence first (E_CONTEXT / E_OOM before any work); if
     // anything fails, the sequences are rolled back to their previous lengths.
@@ -334,48 +453,120 @@ export class LongcatModel {
     mode: 'prefill' | 'decode',
     opts: ForwardOptions,
   ): ForwardResult {
+    const parts = byRank(this.ranks, seqs, 'forward');
+    const sub = <X>(p: RankPart, xs: readonly X[]) => p.seqs.map(b => xs[b]!);
+    const counts = tokens.map(t => t.length);
+    const graphed = mode === 'decode' && this.useGraphs && !opts.eager;
+    let outs: Required<ForwardResult>[];
+    const arenas: Arena[] = [];
+    try {
+      if (graphed)
+        outs = this.replayDecode(
+          parts,
+          parts.map(p => this.decodeRows(sub(p, seqs), sub(p, tokens), sub(p, pastLens), sub(p, slotLists))),
+        );
+      else {
+        const batches = parts.map(p => {
+          const a = new Arena(p.rank.device);
+          arenas.push(a);
+          const lastOnly = !opts.allLogits && mode === 'prefill';
+          return this.eagerBatch(a, p.rank, sub(p, seqs), sub(p, tokens), sub(p, pastLens), sub(p, slotLists), mode, lastOnly);
+        });
+        outs = this.runRanks(
+          parts.map(p => p.rank),
+          batches,
+          !!opts.collectRouting,
+        );
+      }
+    } finally {
+      for (const a of arenas) a.dispose();
+    }
+    const logitRows = mode === 'prefill' && !opts.allLogits ? counts.map(() => 1) : counts;
+    const logits = this.assemble(
+      parts,
+      outs.map(o => o.logits),
+      logitRows,
+      graphed,
+    );
+    const hidden = opts.hidden
+      ? this.assemble(
+          parts,
+          outs.map(o => o.hidden),
+          counts,
+          graphed,
+        )
+      : undefined;
+    if (!opts.hidden && !graphed) for (const o of outs) o.hidden.dispose();
+    const nFfn = opts.collectRouting
+      ? this.assembleCounts(
+          parts,
+          outs.map(o => o.nFfn),
+          counts,
+          graphed,
+        )
+      : [];
+    return { logits, nFfn, ...(hidden ? { hidden } : {}) };
+  }
+
+  /** The host side of a step's rows: ids, positions and cache slots per token, each sequence's last row. */
+  private hostRows(tokens: number[][], pastLens: number[], slotLists: Int32Array[]) {
     const T = tokens.reduce((a, t) => a + t.length, 0);
     const ids = Int32Array.from(tokens.flat());
     const positions = new Int32Array(T);
     const slots = new Int32Array(T);
-    const lastRow = new Int32Array(seqs.length);
+    const lastRow = new Int32Array(tokens.length);
     let r = 0;
-    for (let b = 0; b < seqs.length; b++) {
+    for (let b = 0; b < tokens.length; b++) {
       for (let i = 0; i < tokens[b]!.length; i++, r++) {
         positions[r] = pastLens[b]! + i;
         slots[r] = slotLists[b]![i]!;
       }
       lastRow[b] = r - 1;
     }
-    const inputs = new Arena(this.device);
-    const ngramIds = this.ngramRowIds(seqs, tokens, pastLens);
-    const counts = tokens.map(t => t.length);
-    if (mode === 'decode' && this.useGraphs && !opts.eager) {
-      const rt = batchTables(seqs, this.maxBlocks, counts);
-      try {
-        const out = this.replayDecode({ ids, positions, slots, blockTable: rt.table, seqLens: rt.seqLens, ngramIds });
-        const view = (t: Tensor) => t.narrow(0, T); // the step's rows, fresh handles: the caller disposes them, the graph keeps the memory
-        return {
-          logits: view(out.logits),
-          nFfn: opts.collectRouting ? out.nFfn.map(view) : [],
-          ...(opts.hidden ? { hidden: view(out.hidden) } : {}),
-        };
-      } finally {
-        inputs.dispose();
-      }
-    }
+    return { T, ids, positions, slots, lastRow };
+  }
 
-    const batch: Batch = { mode, T, ids: inputs.ints(ids), positions: inputs.ints(positions), slots: inputs.ints(slots) };
+  /** A rank's decode rows for a captured step (records the N-gram history). */
+  private decodeRows(seqs: SequenceCache[], tokens: number[][], pastLens: number[], slotLists: Int32Array[]): DecodeRows {
+    const h = this.hostRows(tokens, pastLens, slotLists);
+    const rt = batchTables(
+      seqs,
+      this.maxBlocks,
+      tokens.map(t => t.length),
+    );
+    const ngramIds = this.ngramRowIds(seqs, tokens, pastLens);
+    return { ids: h.ids, positions: h.positions, slots: h.slots, blockTable: rt.table, seqLens: rt.seqLens, ngramIds };
+  }
+
+  /** A rank's Batch of an eager step, its tensors in `a` (on the rank's device). */
+  private eagerBatch(
+    a: Arena,
+    rank: Rank,
+    seqs: SequenceCache[],
+    tokens: number[][],
+    pastLens: number[],
+    slotLists: Int32Array[],
+    mode: 'prefill' | 'decode',
+    lastOnly: boolean,
+  ): Batch {
+    const h = this.hostRows(tokens, pastLens, slotLists);
+    const batch: Batch = { mode, T: h.T, ids: a.ints(h.ids), positions: a.ints(h.positions), slots: a.ints(h.slots) };
+    const ngramIds = this.ngramRowIds(seqs, tokens, pastLens);
     if (ngramIds) {
       const nd = this.dims.ngram!;
-      const rows = inputs.keep(empty([nd.tables, T, nd.dim], { dtype: this.w.ngram!.tables[0]!.dtype, device: 'cpu' }));
+      const rows = a.keep(empty([nd.tables, h.T, nd.dim], { dtype: this.w.ngram!.tables[0]!.dtype, device: 'cpu' }));
       this.gatherNgramRows(null, ngramIds, rows);
-      batch.ngramRows = this.device === 'cpu' ? rows : inputs.keep(rows.to(this.device)); // to() waits for the gather
+      if (rank.device === 'cpu') native.defaultStream('cpu').synchronize(); // a rank's own stream reads them
+      batch.ngramRows = rank.device === 'cpu' ? rows : a.keep(rows.to(rank.device)); // to() waits for the gather
     }
     if (mode === 'decode') {
-      const rt = batchTables(seqs, undefined, counts);
-      batch.blockTable = inputs.ints(rt.table, [T, rt.maxBlocks]);
-      batch.seqLens = inputs.ints(rt.seqLens);
+      const rt = batchTables(
+        seqs,
+        undefined,
+        tokens.map(t => t.length),
+      );
+      batch.blockTable = a.ints(rt.table, [h.T, rt.maxBlocks]);
+      batch.seqLens = a.ints(rt.seqLens);
     } else {
       const qStart = [0],
         kvStart = [0];
@@ -383,18 +574,72 @@ export class LongcatModel {
       for (let b = 0; b < seqs.length; b++) {
         qStart.push(qStart[b]! + tokens[b]!.length);
         kvStart.push(kvStart[b]! + seqs[b]!.length);
-        batch.gathers.push({ table: inputs.ints(seqs[b]!.blockTable()), start: kvStart[b]!, length: seqs[b]!.length });
+        batch.gathers.push({ table: a.ints(seqs[b]!.blockTable()), start: kvStart[b]!, length: seqs[b]!.length });
       }
-      batch.qStart = inputs.ints(qStart);
-      batch.kvStart = inputs.ints(kvStart);
+      batch.qStart = a.ints(qStart);
+      batch.kvStart = a.ints(kvStart);
       batch.kvTotal = kvStart[seqs.length]!;
     }
-    if (!opts.allLogits && mode === 'prefill') batch.lastRow = inputs.ints(lastRow);
-    const { hidden, ...result } = this.run(batch, !!opts.collectRouting);
-    inputs.dispose();
-    if (opts.hidden) return { ...result, hidden };
-    hidden.dispose();
-    return result;
+    if (lastOnly) batch.lastRow = a.ints(h.lastRow);
+    return batch;
+  }
+
+  /**
+   * A step's rows, from each rank part's output (rows in its sequences' order, `rows[b]` per
+   * sequence b), in the step's order on the runner's device. One part there: that output itself
+   * (a fresh handle of a graph's output); else gathered, and eager parts' outputs disposed (the
+   * queued copies keep them).
+   */
+  private assemble(parts: RankPart[], outs: Tensor[], rows: number[], graphed: boolean): Tensor {
+    const first = outs[0]!;
+    const n = rows.reduce((x, y) => x + y, 0),
+      width = first.shape[1]!;
+    // (a graph's outputs have its bucket's rows: the first of each part's are the step's)
+    if (parts.length === 1 && first.device === this.device) return graphed ? first.narrow(0, n) : first;
+    const partRows = partRowCounts(parts, rows);
+    const a = new Arena(this.device);
+    const cat = a.f32([n, width]);
+    let at = 0;
+    for (const [i, t] of outs.entries()) {
+      const k = partRows[i]!;
+      let src = k === t.shape[0] ? t : a.keep(t.narrow(0, k));
+      if (t.device !== this.device) {
+        this.main.synchronize(); // (a replayed graph's nodes on other devices are launched from this stream)
+        const host = a.keep(src.to('cpu'));
+        src = this.device === 'cpu' ? host : a.keep(host.to(this.device));
+      }
+      native.copy(this.main, a.keep(cat.narrow(at, k)), src);
+      at += k;
+      if (!graphed) t.dispose();
+    }
+    const out = empty([n, width], { device: this.device });
+    native.gatherRows(this.main, out, cat, a.ints(stepOrder(parts, rows)));
+    a.dispose();
+    return out;
+  }
+
+  /** assemble() for the per-layer int32 [T] counts of FFN experts (through the host when split). */
+  private assembleCounts(parts: RankPart[], outs: Tensor[][], rows: number[], graphed: boolean): Tensor[] {
+    const order = stepOrder(parts, rows);
+    if (parts.length === 1 && outs[0]![0]?.device === this.device)
+      return graphed ? outs[0]!.map(t => t.narrow(0, order.length)) : outs[0]!;
+    const partRows = partRowCounts(parts, rows);
+    this.main.synchronize(); // every rank's part is done (a replay is launched from this stream)
+    return outs[0]!.map((_, l) => {
+      const cat = new Int32Array(order.length);
+      let at = 0;
+      for (const [i, o] of outs.entries()) {
+        const v = (toArray(o[l]!) as Int32Array).subarray(0, partRows[i]!);
+        cat.set(v, at);
+        at += v.length;
+        if (!graphed) o[l]!.dispose();
+      }
+      return tensor(
+        order.map(i => cat[i]!),
+        [order.length],
+        { dtype: 'int32', device: this.device },
+      );
+    });
   }
 
   /**
@@ -455,9 +700,10 @@ export class LongcatModel {
    * recorded after that replay), and the gather must be done before this replay reads it (the host
    * waits for the CPU stream, which also surfaces a gather's error before the replay).
    */
-  private stageNgramRows(batch: Batch, ngram: NgramStaging | null, ids: Int32Array) {
+  private stageNgramRows(rank: Rank, batch: Batch, ngram: NgramStaging | null, ids: Int32Array) {
     if (!ngram) {
       this.gatherNgramRows(null, ids, batch.ngramRows!);
+      if (rank.main !== this.main) native.defaultStream('cpu').synchronize(); // its replay runs on its own stream
       return;
     }
     ngram.uploaded.synchronize();
@@ -465,57 +711,110 @@ export class LongcatModel {
     ngram.cpu.synchronize();
   }
 
-  /** The Step of a batch: where the architecture's ops run. */
-  private step(b: Batch, routing: Tensor[] | null): Step {
+  /** The Step of a rank's batch: where the architecture's ops run. */
+  private step(r: Rank, b: Batch, routing: Tensor[] | null): Step {
     return {
       dims: this.dims,
-      device: this.device,
+      device: r.device,
       batch: b,
-      main: this.main,
-      moeStream: this.moeStream,
-      moeEvents: this.events,
-      caches: this.caches,
-      invFreq: this.invFreq,
-      experts: this.experts,
+      main: r.main,
+      moeStream: r.moeStream,
+      moeEvents: r.events,
+      caches: r.caches,
+      invFreq: r.invFreq,
+      experts: r.experts,
       routing,
     };
   }
 
-  /** Queues the whole forward pass for the batch described by `b`. */
-  private run(b: Batch, collectRouting: boolean): Required<ForwardResult> {
-    const routing: Tensor[] | null = collectRouting ? [] : null;
-    const { logits, hidden } = forward(this.step(b, routing), this.w);
-    return { logits, hidden, nFfn: routing ?? [] };
-  }
-
-  /** The streams a captured step records: both branches and the expert-parallel ranks'. */
-  private get captureStreams(): Stream[] {
-    return [...(this.moeStream === this.main ? [this.main] : [this.main, this.moeStream]), ...(this.ep?.streams ?? [])];
+  /** Every rank's previous work done (surfacing its errors) before a step is set up. With ranks on
+   *  other devices also the runner's main stream: a replayed graph's nodes on those devices are
+   *  launched from it, and their inputs are about to be rewritten. */
+  private synchronizeRanks() {
+    for (const r of this.ranks) {
+      r.moeStream.synchronize();
+      if (r.main !== this.main) r.main.synchronize();
+    }
+    this.ep?.synchronize();
+    if (this.ranks.some(r => r.device !== this.device)) this.main.synchronize();
   }
 
   /**
-   * A decode step of T rows as one graph replay: the step is captured once per bucket of row
-   * counts (graphBucket) with inputs in fixed tensors, then each step only writes those inputs and
-   * replays (DESIGN rule 5: no per-op crossing into native code on the hot path). Returns the
-   * graph's own outputs, all Tp = graphBucket(T) rows (the first T are the step's).
+   * Queues the whole forward pass of each rank on its batch, the passes in lockstep (meeting at each
+   * MoE layer's all-to-all): each rank starts behind the runner's main stream, which ends behind
+   * every rank. `before(i)` / `after(i, out)` queue more of rank i's work on its main stream.
    */
-  private replayDecode(host: DecodeRows): Required<ForwardResult> {
-    const Tp = graphBucket(host.ids.length);
-    let g = this.decodeGraphs.get(Tp);
-    if (!g) {
-      const { inputs, batch, ngram } = this.decodeInputs(Tp, host.ngramIds !== null);
-      let out: Required<ForwardResult> | null = null;
-      const graph = native.captureGraph(this.captureStreams, () => {
-        if (ngram) native.copy(this.main, batch.ngramRows!, ngram.staging); // the step's rows, uploaded by the graph
-        out = this.run(batch, true);
-      });
-      g = { graph, inputs, batch, out: out!, host: new Int32Array(inputs.shape[0]!), ngram };
-      this.decodeGraphs.set(Tp, g);
+  private runRanks(
+    ranks: Rank[],
+    batches: Batch[],
+    collectRouting: boolean,
+    hooks: { before?(i: number): void; after?(i: number, out: Required<ForwardResult>): void } = {},
+  ): Required<ForwardResult>[] {
+    this.fork.record(this.main);
+    for (const r of ranks) if (r.main !== this.main) r.main.waitEvent(this.fork);
+    try {
+      for (let i = 0; i < ranks.length; i++) hooks.before?.(i);
+      const routing = ranks.map(() => (collectRouting ? ([] as Tensor[]) : null));
+      const passes = ranks.map((r, i) => forward(this.step(r, batches[i]!, routing[i]!), r.w));
+      const outs =
+        passes.length === 1 && !this.ep
+          ? [runToEnd(passes[0]!)]
+          : lockstep(passes, () => {
+              this.ep?.allToAll();
+            });
+      const results = outs.map((o, i) => ({ ...o, nFfn: routing[i] ?? [] }));
+      for (const [i, o] of results.entries()) hooks.after?.(i, o);
+      return results;
+    } finally {
+      this.ep?.discardPending();
+      for (const r of ranks)
+        if (r.main !== this.main) {
+          r.joined.record(r.main);
+          this.main.waitEvent(r.joined);
+        }
     }
-    this.writeDecodeInputs(g, this.padRows(host, Tp, 1));
+  }
+
+  /** The streams a captured step records: every rank's two branches and the expert-parallel ranks'. */
+  private get captureStreams(): Stream[] {
+    const all = [this.main, ...this.ranks.flatMap(r => [r.main, r.moeStream]), ...(this.ep?.streams ?? [])];
+    return all.filter((s, i) => all.indexOf(s) === i);
+  }
+
+  /**
+   * A decode step as one graph replay: the step is captured once per bucket of rows per rank
+   * (graphBucket) with inputs in fixed tensors (per rank, on its device), then each step only writes
+   * those inputs and replays (DESIGN rule 5: no per-op crossing into native code on the hot path).
+   * Returns the graph's own outputs, per part: all graphBucket(T) rows (the first T are the step's).
+   */
+  private replayDecode(parts: RankPart[], rows: DecodeRows[]): Required<ForwardResult>[] {
+    const Tp = rows.map(r => graphBucket(r.ids.length));
+    const key = parts.map((p, i) => `${p.rank.index}:${Tp[i]}`).join(',');
+    let g = this.decodeGraphs.get(key);
+    if (!g) {
+      const ranks = parts.map(p => p.rank);
+      const inputs = parts.map((p, i) => this.decodeInputs(p.rank, Tp[i]!, rows[i]!.ngramIds !== null));
+      let outs: Required<ForwardResult>[] = [];
+      const graph = native.captureGraph(this.captureStreams, () => {
+        outs = this.runRanks(
+          ranks,
+          inputs.map(x => x.batch),
+          true,
+          {
+            before: i => {
+              const x = inputs[i]!; // the step's N-gram rows, uploaded by the graph
+              if (x.ngram) native.copy(ranks[i]!.main, x.batch.ngramRows!, x.ngram.staging);
+            },
+          },
+        );
+      });
+      g = { graph, parts: inputs.map((x, i) => ({ ...x, out: outs[i]! })) };
+      this.decodeGraphs.set(key, g);
+    }
+    for (const [i, x] of g.parts.entries()) this.writeDecodeInputs(x, this.padRows(rows[i]!, Tp[i]!, 1));
     g.graph.replay();
-    g.ngram?.uploaded.record(this.main);
-    return g.out;
+    for (const x of g.parts) x.ngram?.uploaded.record(x.rank.main);
+    return g.parts.map(x => x.out);
   }
 
   /**
@@ -560,11 +859,12 @@ export class LongcatModel {
     return { decode: this.decodeGraphs.size, speculative: this.specGraphs.size };
   }
 
-  /** The fixed input tensors of a captured decode batch of T rows: every int32 input in one buffer,
-   *  so a step uploads them with one copy (ids, positions, slots, seqLens, then the block table). */
-  private decodeInputs(T: number, ngram: boolean, extra = 0): { inputs: Tensor; batch: Batch; ngram: NgramStaging | null } {
-    const tableLen = T * this.maxBlocks;
-    const inputs = empty([4 * T + tableLen + extra], { dtype: 'int32', device: this.device });
+  /** The fixed input tensors of a rank's captured decode batch of T rows: every int32 input in one
+   *  buffer, so a step uploads them with one copy (ids, positions, slots, seqLens, then the block table). */
+  private decodeInputs(rank: Rank, T: number, ngram: boolean, extra = 0): GraphInputs {
+    const tableLen = T * this.maxBlocks,
+      device = rank.device;
+    const inputs = empty([4 * T + tableLen + extra], { dtype: 'int32', device });
     const part = (i: number, n: number) => inputs.narrow(i, n);
     const table = part(4 * T, tableLen);
     const batch: Batch = {
@@ -582,21 +882,21 @@ export class LongcatModel {
     if (nd && ngram) {
       const shape = [nd.tables, T, nd.dim],
         dtype = this.w.ngram!.tables[0]!.dtype;
-      batch.ngramRows = empty(shape, { dtype, device: this.device });
-      if (this.device !== 'cpu')
+      batch.ngramRows = empty(shape, { dtype, device });
+      if (device !== 'cpu')
         staging = {
           staging: empty(shape, { dtype, device: 'cpu', pinned: true }),
-          uploaded: new Event(this.device),
+          uploaded: new Event(device),
           cpu: native.defaultStream('cpu'),
         };
     }
-    return { inputs, batch, ngram: staging };
+    return { rank, inputs, batch, host: new Int32Array(inputs.shape[0]!), ngram: staging };
   }
 
-  private writeDecodeInputs(g: { inputs: Tensor; batch: Batch; host: Int32Array; ngram: NgramStaging | null }, host: DecodeRows) {
+  private writeDecodeInputs(g: GraphInputs, host: DecodeRows) {
     const T = host.ids.length,
       buf = g.host;
-    if (host.ngramIds) this.stageNgramRows(g.batch, g.ngram, host.ngramIds);
+    if (host.ngramIds) this.stageNgramRows(g.rank, g.batch, g.ngram, host.ngramIds);
     buf.set(host.ids, 0);
     buf.set(host.positions, T);
     buf.set(host.slots, 2 * T);
@@ -607,11 +907,13 @@ export class LongcatModel {
 
   /**
    * Prefix caching: the cached pages (SequenceCache.publish) that `tokens` starts with, covering at
-   * most `limit` tokens -- with `mtp`, only pages that also hold the MTP head's latents.
+   * most `limit` tokens -- with `mtp`, only pages that also hold the MTP head's latents. The pages
+   * are those of `seq`'s rank (rank 0's without it): a sequence adopts pages of its own rank only.
    */
-  cachedPrefix(tokens: readonly number[], limit: number, mtp = false): number[] {
-    const { blocks } = matchPrefix(this.allocator, this.blockSize, tokens, limit);
-    const n = mtp ? blocks.findIndex(id => !this.allocator.hasMtp(id)) : -1;
+  cachedPrefix(tokens: readonly number[], limit: number, mtp = false, seq?: SequenceCache): number[] {
+    const allocator = seq ? rankOf(this.ranks, seq, 'cachedPrefix').allocator : this.allocator;
+    const { blocks } = matchPrefix(allocator, this.blockSize, tokens, limit);
+    const n = mtp ? blocks.findIndex(id => !allocator.hasMtp(id)) : -1;
     return n < 0 ? blocks : blocks.slice(0, n);
   }
 
@@ -655,42 +957,88 @@ export class LongcatModel {
         'E_ARGUMENT',
         `LongcatModel.mtp: hidden is [${hidden.shape}], expected [${T}, ${this.dims.hidden}]`,
       );
-    this.moeStream.synchronize();
-    const a = new Arena(this.device);
-    const positions: number[] = [],
-      slots: number[] = [],
-      lastRow: number[] = [];
-    seqs.forEach((seq, b) => {
-      for (let i = 0; i < counts[b]!; i++) positions.push(start[b]! + i);
-      slots.push(...seq.slots(start[b]!, start[b]! + counts[b]!));
-      lastRow.push(positions.length - 1);
-    });
-    const batch: Batch = {
-      mode: counts.every(n => n === 1) ? 'decode' : 'prefill',
-      T,
-      ids: a.ints(next.flat()),
-      positions: a.ints(positions),
-      slots: a.ints(slots),
-      ...(opts.allLogits ? {} : { lastRow: a.ints(lastRow) }),
+    const parts = byRank(this.ranks, seqs, 'LongcatModel.mtp');
+    this.synchronizeRanks();
+    const rowStart = counts.map((_, b) => counts.slice(0, b).reduce((x, y) => x + y, 0));
+    const arenas: Arena[] = [];
+    const logits: Tensor[] = [];
+    const mine = (p: RankPart, a: Arena): Tensor => {
+      if (parts.length === 1 && p.rank.device === this.device) return hidden;
+      // its sequences' rows of `hidden`, on its device
+      const idx = p.seqs.flatMap(b => Array.from({ length: counts[b]! }, (_, i) => rowStart[b]! + i));
+      const h = empty([idx.length, this.dims.hidden], { device: this.device });
+      native.gatherRows(
+        this.main,
+        h,
+        hidden,
+        a.keep(tensor(Int32Array.from(idx), [idx.length], { dtype: 'int32', device: this.device })),
+      );
+      if (p.rank.device === this.device) return a.keep(h);
+      this.main.synchronize();
+      const host = h.to('cpu');
+      h.dispose();
+      a.keep(host);
+      return p.rank.device === 'cpu' ? host : a.keep(host.to(p.rank.device));
     };
-    if (batch.mode === 'decode') {
-      const bt = batchTables(seqs);
-      batch.blockTable = a.ints(bt.table, [T, bt.maxBlocks]);
-      batch.seqLens = a.ints(positions.map(p => p + 1));
-    } else {
-      const kvStart = [0];
-      batch.gathers = seqs.map((seq, b) => {
-        const length = start[b]! + counts[b]!;
-        kvStart.push(kvStart[b]! + length);
-        return { table: a.ints(seq.blockTable()), start: kvStart[b]!, length };
+    try {
+      const ranks = parts.map(p => p.rank);
+      const inputs = parts.map(p => {
+        const a = new Arena(p.rank.device);
+        arenas.push(a);
+        const here = new Arena(this.device);
+        arenas.push(here);
+        return { a, h: mine(p, here) };
       });
-      batch.qStart = a.ints([0, ...counts.map((_, b) => lastRow[b]! + 1)]);
-      batch.kvStart = a.ints(kvStart);
-      batch.kvTotal = kvStart[seqs.length]!;
+      this.fork.record(this.main);
+      for (const r of ranks) if (r.main !== this.main) r.main.waitEvent(this.fork);
+      try {
+        parts.forEach((p, i) => {
+          const a = inputs[i]!.a;
+          const positions: number[] = [],
+            slots: number[] = [],
+            lastRow: number[] = [];
+          for (const b of p.seqs) {
+            for (let j = 0; j < counts[b]!; j++) positions.push(start[b]! + j);
+            slots.push(...seqs[b]!.slots(start[b]!, start[b]! + counts[b]!));
+            lastRow.push(positions.length - 1);
+          }
+          const mySeqs = p.seqs.map(b => seqs[b]!);
+          const batch: Batch = {
+            mode: counts.every(n => n === 1) ? 'decode' : 'prefill',
+            T: positions.length,
+            ids: a.ints(p.seqs.flatMap(b => next[b]!)),
+            positions: a.ints(positions),
+            slots: a.ints(slots),
+            ...(opts.allLogits ? {} : { lastRow: a.ints(lastRow) }),
+          };
+          if (batch.mode === 'decode') {
+            const bt = batchTables(mySeqs);
+            batch.blockTable = a.ints(bt.table, [batch.T, bt.maxBlocks]);
+            batch.seqLens = a.ints(positions.map(x => x + 1));
+          } else {
+            const kvStart = [0];
+            batch.gathers = p.seqs.map((b, j) => {
+              const length = start[b]! + counts[b]!;
+              kvStart.push(kvStart[j]! + length);
+              return { table: a.ints(seqs[b]!.blockTable()), start: kvStart[j]!, length };
+            });
+            batch.qStart = a.ints([0, ...lastRow.map(r => r + 1)]);
+            batch.kvStart = a.ints(kvStart);
+            batch.kvTotal = kvStart[p.seqs.length]!;
+          }
+          logits.push(mtpForward(this.step(p.rank, batch, null), p.rank.w, inputs[i]!.h));
+        });
+      } finally {
+        for (const r of ranks)
+          if (r.main !== this.main) {
+            r.joined.record(r.main);
+            this.main.waitEvent(r.joined);
+          }
+      }
+    } finally {
+      for (const a of arenas) a.dispose();
     }
-    const logits = mtpForward(this.step(batch, null), this.w, hidden);
-    a.dispose();
-    return logits;
+    return this.assemble(parts, logits, opts.allLogits ? counts : counts.map(() => 1), false);
   }
 
   /**
@@ -702,6 +1050,7 @@ export class LongcatModel {
    * L + 1 + accepted tokens (the rejected position's latents are dropped with it; the MTP cache
    * shares its slots). Needs room for 2 tokens in every sequence (canReserve(2)). The result is read
    * back awaited: until it settles, nothing else may use the sequences or queue work on the model.
+   * Under expert parallelism each rank verifies, accepts and drafts for its own sequences.
    */
   async speculativeStep(
     seqs: SequenceCache[],
@@ -721,46 +1070,69 @@ export class LongcatModel {
       );
     const tokens = pending.map((p, b) => [p, drafts[b]!]);
     this.checkTokens('speculativeStep', tokens);
+    const parts = byRank(this.ranks, seqs, 'speculativeStep');
     this.verifyWeights?.();
-    this.moeStream.synchronize();
-    this.ep?.synchronize();
+    this.synchronizeRanks();
     const pastLens = seqs.map(s => s.length);
     const reserved: Int32Array[] = [];
     try {
       for (const seq of seqs) reserved.push(seq.reserve(2));
-      const ids = Int32Array.from(tokens.flat());
-      const positions = Int32Array.from(pastLens.flatMap(L => [L, L + 1]));
-      const slots = Int32Array.from(reserved.flatMap(r => [...r]));
-      const bt = batchTables(seqs, this.maxBlocks, Array(B).fill(2));
-      const ngramIds = this.ngramRowIds(seqs, tokens, pastLens);
-      // the graph of Bp sequences; padding sequences repeat sequence 0 (padRows), its draft and settings
-      const Bp = graphBucket(B);
-      let g = this.specGraphs.get(Bp);
+      // each part replays the graph of graphBucket(n) sequences; padding sequences repeat its first
+      // (padRows), with its draft and settings
+      const key = parts.map(p => `${p.rank.index}:${graphBucket(p.seqs.length)}`).join(',');
+      const rows = parts.map(p => {
+        const sub = <X>(xs: readonly X[]) => p.seqs.map(b => xs[b]!);
+        return this.decodeRows(sub(seqs), sub(tokens), sub(pastLens), sub(reserved));
+      });
+      let g = this.specGraphs.get(key);
       if (!g) {
-        g = this.captureSpeculative(Bp, ngramIds !== null);
-        this.specGraphs.set(Bp, g);
+        g = this.captureSpeculative(parts, rows[0]!.ngramIds !== null);
+        this.specGraphs.set(key, g);
       }
-      const extra = g.host.subarray(g.host.length - 7 * Bp);
-      extra.set(Int32Array.from(drafts), 0);
-      extra.fill(drafts[0]!, B, Bp);
-      packSampling([...sampling, ...Array<SamplingParams>(Bp - B).fill(sampling[0]!)], extra.subarray(Bp));
-      const rows = { ids, positions, slots, blockTable: bt.table, seqLens: bt.seqLens, ngramIds };
-      this.writeDecodeInputs(g, this.padRows(rows, 2 * Bp, 2));
+      g.parts.forEach((x, i) => {
+        const p = parts[i]!,
+          n = p.seqs.length,
+          Bp = graphBucket(n);
+        const extra = x.host.subarray(x.host.length - 7 * Bp);
+        extra.set(Int32Array.from(p.seqs.map(b => drafts[b]!)), 0);
+        extra.fill(drafts[p.seqs[0]!]!, n, Bp);
+        const settings = p.seqs.map(b => sampling[b]!);
+        packSampling([...settings, ...Array<SamplingParams>(Bp - n).fill(settings[0]!)], extra.subarray(Bp));
+        this.writeDecodeInputs(x, this.padRows(rows[i]!, 2 * Bp, 2));
+      });
       replayed = performance.now();
       g.graph.replay();
-      g.ngram?.uploaded.record(this.main);
-      const out = (await toArrayAsync(g.outputs)) as Int32Array;
+      for (const x of g.parts) x.ngram?.uploaded.record(x.rank.main);
+      // (the replay's nodes on other devices are launched from the runner's device: wait for it first)
+      if (g.parts.some(x => x.rank.device !== this.device)) await native.synchronizeAsync(this.device);
+      const outs = await Promise.all(g.parts.map(async x => (await toArrayAsync(x.outputs)) as Int32Array));
       const readBack = performance.now();
       this.ep?.endStep();
-      const accepted = Array.from(out.subarray(2 * Bp, 2 * Bp + B));
+      const accepted = new Array<number>(B),
+        committed = new Array<number[]>(B),
+        nextDrafts = new Array<number>(B);
+      parts.forEach((p, i) => {
+        const out = outs[i]!,
+          Bp = graphBucket(p.seqs.length);
+        p.seqs.forEach((b, j) => {
+          accepted[b] = out[2 * Bp + j]!;
+          committed[b] = Array.from(out.subarray(2 * j, 2 * j + accepted[b]! + 1));
+          nextDrafts[b] = out[3 * Bp + j]!;
+        });
+      });
       seqs.forEach((seq, b) => {
         seq.truncate(pastLens[b]! + 1 + accepted[b]!); // (the step's own pages: never shared)
       });
       return {
-        tokens: accepted.map((n, b) => Array.from(out.subarray(2 * b, 2 * b + n + 1))),
+        tokens: committed,
         accepted,
-        drafts: Array.from(out.subarray(3 * Bp, 3 * Bp + B)),
-        nFfn: g.nFfn.map(t => t.narrow(0, 2 * B)),
+        drafts: nextDrafts,
+        nFfn: this.assembleCounts(
+          parts,
+          g.parts.map(x => x.nFfn),
+          seqs.map(() => 2),
+          true,
+        ),
         hostMs: replayed - t0 + performance.now() - readBack,
       };
     } catch (e) {
@@ -769,53 +1141,76 @@ export class LongcatModel {
     }
   }
 
-  /** Captures the fused verify + accept + draft step of B sequences (replayed as one job on the CPU). */
-  private captureSpeculative(B: number, ngram: boolean): SpeculativeGraph {
-    const T = 2 * B;
-    // Inputs: the decode rows, then the drafts [B] and the sampling settings [B, 6].
-    const { inputs, batch, ngram: staging } = this.decodeInputs(T, ngram, 7 * B);
-    const n = inputs.shape[0]!;
-    const draftsIn = inputs.narrow(n - 7 * B, B),
-      params = inputs.narrow(n - 6 * B, 6 * B).view([B, 6]);
-    // Outputs in one buffer, read back with one copy: tokens [B, 2], accepted [B], next drafts [B].
-    const outputs = empty([4 * B], { dtype: 'int32', device: this.device });
-    const tokens = outputs.narrow(0, T),
-      accepted = outputs.narrow(T, B),
-      next = outputs.narrow(3 * B, B);
-    let nFfn: Tensor[] = [];
+  /** Captures the fused verify + accept + draft step of the parts' sequences, each rank on its own
+   *  (replayed as one job per stream on the CPU), for graphBucket(n) sequences per part. */
+  private captureSpeculative(parts: RankPart[], ngram: boolean): SpeculativeGraph {
+    const ranks = parts.map(p => p.rank);
+    const gparts = parts.map(p => {
+      const B = graphBucket(p.seqs.length),
+        T = 2 * B;
+      // Inputs: the decode rows, then the drafts [B] and the sampling settings [B, 6].
+      const x = this.decodeInputs(p.rank, T, ngram, 7 * B);
+      const n = x.inputs.shape[0]!;
+      const draftsIn = x.inputs.narrow(n - 7 * B, B),
+        params = x.inputs.narrow(n - 6 * B, 6 * B).view([B, 6]);
+      // Outputs in one buffer, read back with one copy: tokens [B, 2], accepted [B], next drafts [B].
+      const outputs = empty([4 * B], { dtype: 'int32', device: p.rank.device });
+      const tokens = outputs.narrow(0, T),
+        accepted = outputs.narrow(T, B),
+        next = outputs.narrow(3 * B, B);
+      return { ...x, B, outputs, draftsIn, params, tokens, accepted, next, nFfn: [] as Tensor[] };
+    });
     const graph = native.captureGraph(this.captureStreams, () => {
-      const a = new Arena(this.device);
-      if (staging) native.copy(this.main, batch.ngramRows!, staging.staging); // the step's rows, uploaded by the graph
-      const verify = this.run(batch, true);
-      nFfn = verify.nFfn;
-      native.sampleSpeculative(
-        this.main,
-        a.keep(tokens.view([B, 2])),
-        accepted,
-        verify.logits,
-        a.keep(draftsIn.view([B, 1])),
-        batch.positions,
-        params,
+      this.runRanks(
+        ranks,
+        gparts.map(x => x.batch),
+        true,
+        {
+          before: i => {
+            const x = gparts[i]!; // the step's N-gram rows, uploaded by the graph
+            if (x.ngram) native.copy(ranks[i]!.main, x.batch.ngramRows!, x.ngram.staging);
+          },
+          after: (i, verify) => {
+            const x = gparts[i]!,
+              r = ranks[i]!,
+              B = x.B,
+              s = r.main;
+            const a = new Arena(r.device);
+            x.nFfn = verify.nFfn;
+            native.sampleSpeculative(
+              s,
+              a.keep(x.tokens.view([B, 2])),
+              x.accepted,
+              verify.logits,
+              a.keep(x.draftsIn.view([B, 1])),
+              x.batch.positions,
+              x.params,
+            );
+            // The MTP head on the verified rows' pairs (hidden at L + j, the token after it), at the same
+            // positions and slots: row 1's pair is void when the draft was rejected (its slot is dropped).
+            const mtpBatch: Batch = { ...x.batch, ids: x.tokens, ngramRows: undefined };
+            const draftLogits = mtpForward(this.step(r, mtpBatch, null), r.w, verify.hidden);
+            const candidates = a.i32([2 * B]);
+            native.sample(s, candidates, draftLogits, 0, 0, 1, 0, 0, 0); // the draft: the head's argmax
+            native.selectAccepted(s, x.next, a.keep(candidates.view([B, 2])), x.accepted);
+            for (const t of [verify.logits, verify.hidden, draftLogits]) a.keep(t);
+            a.dispose();
+          },
+        },
       );
-      // The MTP head on the verified rows' pairs (hidden at L + j, the token after it), at the same
-      // positions and slots: row 1's pair is void when the draft was rejected (its slot is dropped).
-      const mtpBatch: Batch = { ...batch, ids: tokens, ngramRows: undefined };
-      const draftLogits = mtpForward(this.step(mtpBatch, null), this.w, verify.hidden);
-      const candidates = a.i32([T]);
-      native.sample(this.main, candidates, draftLogits, 0, 0, 1, 0, 0, 0); // the draft: the head's argmax
-      native.selectAccepted(this.main, next, a.keep(candidates.view([B, 2])), accepted);
-      for (const t of [verify.logits, verify.hidden, draftLogits]) a.keep(t);
-      a.dispose();
     });
     return {
       graph,
-      inputs,
-      batch,
-      host: new Int32Array(n),
-      outputs,
-      nFfn,
-      parts: [draftsIn, params, tokens, accepted, next],
-      ngram: staging,
+      parts: gparts.map(x => ({
+        rank: x.rank,
+        inputs: x.inputs,
+        batch: x.batch,
+        host: x.host,
+        ngram: x.ngram,
+        outputs: x.outputs,
+        nFfn: x.nFfn,
+        views: [x.draftsIn, x.params, x.tokens, x.accepted, x.next],
+      })),
     };
   }
 
@@ -823,39 +1218,34 @@ export class LongcatModel {
   dispose() {
     if (this.disposed) return;
     this.disposed = true;
+    this.synchronizeRanks();
     this.main.synchronize();
-    this.moeStream.synchronize();
-    this.ep?.synchronize();
+    const disposeInputs = (x: GraphInputs) => {
+      const b = x.batch;
+      for (const t of [x.inputs, b.ids, b.positions, b.slots, b.blockTable!, b.seqLens!]) t.dispose();
+      b.ngramRows?.dispose();
+      x.ngram?.staging.dispose(); // after the graph: its copy node reads it
+    };
     for (const g of this.decodeGraphs.values()) {
       g.graph.dispose();
-      const b = g.batch;
-      for (const t of [
-        g.inputs,
-        b.ids,
-        b.positions,
-        b.slots,
-        b.blockTable!,
-        b.seqLens!,
-        g.out.logits,
-        g.out.hidden,
-        ...g.out.nFfn,
-      ])
-        t.dispose();
-      b.ngramRows?.dispose();
-      g.ngram?.staging.dispose(); // after the graph: its copy node reads it
+      for (const x of g.parts) {
+        disposeInputs(x);
+        for (const t of [x.out.logits, x.out.hidden, ...x.out.nFfn]) t.dispose();
+      }
     }
     this.decodeGraphs.clear();
     for (const g of this.specGraphs.values()) {
       g.graph.dispose();
-      const b = g.batch;
-      for (const t of [g.inputs, b.ids, b.positions, b.slots, b.blockTable!, b.seqLens!, g.outputs, ...g.nFfn, ...g.parts])
-        t.dispose();
-      b.ngramRows?.dispose();
-      g.ngram?.staging.dispose();
+      for (const x of g.parts) {
+        disposeInputs(x);
+        for (const t of [x.outputs, ...x.nFfn, ...x.views]) t.dispose();
+      }
     }
     this.specGraphs.clear();
-    for (const t of [...this.caches, this.invFreq, ...this.w.owned]) t.dispose();
-    if (this.moeStream !== this.main) this.moeStream.dispose();
+    const replicas = new Set(this.ranks.map(r => r.w).filter(w => w !== this.w));
+    this.disposeRanks();
+    for (const t of this.w.owned) t.dispose();
+    for (const w of replicas) for (const t of w.owned) t.dispose();
     this.ep?.dispose();
   }
 }

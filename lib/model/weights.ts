@@ -128,6 +128,9 @@ export interface LoadWeightsOptions {
   /** Expert parallelism: the device of each rank. Each layer's routed experts are split into equal
    *  contiguous blocks, rank r's placed on expertDevices[r] only; the rest stays on `device`. */
   expertDevices?: readonly string[];
+  /** A replica of the dense weights on `device` (data-parallel attention, a rank on another
+   *  device): each layer's routed experts are these, already loaded (not owned by the replica). */
+  experts?: readonly MoeExpertSet[];
 }
 
 const gb = (b: number) => `${(b / 2 ** 30).toFixed(2)} GiB`;
@@ -332,7 +335,8 @@ function buildWeights(
     };
     const ranks = opts.expertDevices;
     let experts: MoeExpertSet;
-    if (!ranks) experts = expertSet(0, dims.nRouted, device);
+    if (opts.experts) experts = opts.experts[l]!;
+    else if (!ranks) experts = expertSet(0, dims.nRouted, device);
     else {
       const per = expertsPerRank(ranks.length, dims.nRouted);
       // Owned per shard (already in `owned`), so the wrapper is not owned again.

@@ -1,6 +1,8 @@
 // Expert parallelism over ranks driven from one process (DESIGN "Multi-device", issue 14): the
-// Step.experts of a runner whose routed experts are split across ranks (placement.ts). Per MoE
-// layer, with the step's T tokens spread over home ranks in contiguous chunks:
+// routed experts of a runner whose experts are split across ranks (placement.ts), with attention
+// data-parallel (data-parallel.ts): every rank runs the dense part of the step on the tokens of its
+// own sequences and hands its MoE inputs to its Step.experts (expertsOf(rank)); at the layer's
+// rendezvous the runner calls allToAll(), which queues, over every home rank (a rank with tokens):
 //   dispatch  each home rank sends every token once to each rank that owns one of its chosen FFN
 //             experts (epDispatch), into that rank's static slot for the home rank;
 //   experts   each rank runs the grouped expert GEMM (the moe op) over its slots with its own
@@ -10,12 +12,11 @@
 // Every rank has its own stream on its own device; the phases are joined by events (across
 // devices too: a CUDA stream may wait for another device's event). Ranks are CPU ranks, or CUDA
 // ranks each on a device of the group (several ranks may share one): rank d's receive slots,
-// experts and moe output live on its device, and the home rank's kernels (split send / receive
-// form of cuda/ep.cu) write into the receivers' slots and read their partial rows through peer
-// pointers (loadModel enables peer access between every pair). The dense part of the step
-// (attention, dense FFNs, router) runs once, on the runner's device, so the home ranks' inputs
-// and outputs are there and reached through peer pointers too; data-parallel attention (each rank
-// owning its sequences) is not done yet, so the token split is only the MoE's.
+// experts and moe output live on its device, the home rank's inputs and output on its own, and the
+// home rank's kernels (split send / receive form of cuda/ep.cu) write into the receivers' slots and
+// read their partial rows through peer pointers (loadModel enables peer access between every pair).
+// The receive slots and the home ranks' row records are allocated once per slot depth (the most
+// tokens a home rank holds, rounded up to a power of two) and reused by every layer and step.
 //
 // A failed rank: the group's abort flag (int32 on the runner's device, reached by every rank) is
 // raised by a dispatch that fails (a slot overflow), and from then on the step's dispatches and
@@ -27,19 +28,11 @@
 // the step is being queued (an allocation that fails), cannot leave a rank waiting forever.
 import { native } from '../native.js';
 import { type Tensor, empty, tensor, toArray } from '../tensor.js';
+import type { MoeExpertSet } from '../../types/ops-moe.js';
 import { Event, Stream } from '../device.js';
 import { ArgumentError, OutOfMemoryError, RankFailedError } from '../errors.js';
 import type { ExpertsFn } from '../model/step.js';
 import { ShardedExperts } from './placement.js';
-
-/** The rows of T tokens each home rank holds: rank s has [start, start + count). */
-export function homeRows(T: number, ranks: number): { start: number; count: number }[] {
-  const chunk = Math.ceil(T / ranks);
-  return Array.from({ length: ranks }, (_, s) => {
-    const start = Math.min(T, s * chunk);
-    return { start, count: Math.min(T, start + chunk) - start };
-  });
-}
 
 /**
  * A fault for tests to inject into the next MoE layer a group runs eagerly (not into a captured
@@ -52,28 +45,51 @@ export interface InjectedFault {
   kind: 'oom' | 'kernel';
 }
 
+/** One home rank's MoE inputs and output for a layer (its Step.experts' arguments). */
+interface HomeCall {
+  rank: number;
+  stream: Stream;
+  out: Tensor;
+  u: Tensor;
+  idx: Tensor;
+  weights: Tensor;
+  experts: MoeExpertSet;
+  nExperts: number;
+}
+
+/** The receive slots of every rank (rank d's on its device: one slot per home rank, `cap` rows
+ *  deep) and each home rank's record of where its tokens went ([cap, ranks], on its device). */
+interface SlotBuffers {
+  recv: { count: Tensor; x: Tensor; idx: Tensor; w: Tensor; y: Tensor }[];
+  rowOf: Tensor[];
+}
+
 export class ExpertParallelGroup {
   /** One stream per rank (captured with the runner's streams into decode graphs). */
   readonly streams: readonly Stream[];
-  private readonly inputsReady: Event;
+  private readonly inputsReady: Event[];
   private readonly dispatched: Event[];
   private readonly computed: Event[];
   private readonly combined: Event[];
   /** int32 [1] on the home device: raised by a failed dispatch, lowered by endStep. */
   private readonly abort: Tensor;
   private fault: InjectedFault | null = null;
+  /** The layer's calls so far, until allToAll() queues them. */
+  private pending: HomeCall[] = [];
+  /** Slot buffers by slot depth (captured graphs keep pointing at them: freed with the group). */
+  private readonly buffers = new Map<string, SlotBuffers>();
 
   readonly ranks: number;
 
-  /** devices[r]: rank r's device; `home`: the runner's device (the step's tokens and the MoE output). */
+  /** devices[r]: rank r's device; `home`: the runner's device (the abort flag). */
   constructor(
     readonly devices: readonly string[],
     readonly home: string,
   ) {
     this.ranks = devices.length;
     this.streams = devices.map(d => new Stream(d));
-    this.inputsReady = new Event(home);
     const events = () => devices.map(d => new Event(d));
+    this.inputsReady = events();
     this.dispatched = events();
     this.computed = events();
     this.combined = events();
@@ -87,22 +103,72 @@ export class ExpertParallelGroup {
     this.fault = fault;
   }
 
-  /** The Step.experts of the group: the layer's experts must be ShardedExperts over this many ranks. */
-  readonly experts: ExpertsFn = (stream, out, u, idx, weights, experts, nExperts) => {
+  /** Rank `rank`'s Step.experts: joins its tokens (on its device, its MoE stream) to the layer's
+   *  all-to-all, which allToAll() queues once every rank with tokens has joined. */
+  expertsOf(rank: number): ExpertsFn {
+    return (stream, out, u, idx, weights, experts, nExperts) => {
+      this.pending.push({ rank, stream, out, u, idx, weights, experts, nExperts });
+    };
+  }
+
+  /** Drops the calls of a layer that will not be queued (a step abandoned while being queued). */
+  discardPending() {
+    this.pending = [];
+  }
+
+  /** The slot buffers for home ranks of up to `cap` tokens (allocated on first use). */
+  private slots(cap: number, H: number, k: number): SlotBuffers {
+    const key = `${cap}x${H}x${k}`;
+    let b = this.buffers.get(key);
+    if (!b) {
+      const R = this.ranks;
+      const made: Tensor[] = [];
+      const make = (shape: number[], device: string, dtype: 'f32' | 'int32' = 'f32') => {
+        const t = empty(shape, { dtype, device });
+        made.push(t);
+        return t;
+      };
+      try {
+        b = {
+          recv: this.devices.map(dev => ({
+            count: make([R], dev, 'int32'),
+            x: make([R * cap, H], dev),
+            idx: make([R * cap, k], dev, 'int32'),
+            w: make([R * cap, k], dev),
+            y: make([R * cap, H], dev),
+          })),
+          rowOf: this.devices.map(dev => make([cap, R], dev, 'int32')),
+        };
+      } catch (e) {
+        for (const t of made) t.dispose();
+        throw e;
+      }
+      this.buffers.set(key, b);
+    }
+    return b;
+  }
+
+  /** Queues the all-to-all of the layer whose calls were collected (expertsOf). */
+  allToAll() {
+    const homes = this.pending;
+    this.pending = [];
+    if (homes.length === 0) return;
+    const experts = homes[0]!.experts,
+      nExperts = homes[0]!.nExperts;
     if (!(experts instanceof ShardedExperts) || experts.shards.length !== this.ranks)
       throw new ArgumentError(
         'E_ARGUMENT',
         `expert parallelism over ${this.ranks} ranks needs the layer's experts split into ${this.ranks} shards`,
       );
     const R = this.ranks,
-      T = u.shape[0]!,
-      H = u.shape[1]!,
-      k = idx.shape[1]!,
+      H = homes[0]!.u.shape[1]!,
+      k = homes[0]!.idx.shape[1]!,
       per = experts.perRank,
       nRouted = experts.nRouted;
-    const homes = homeRows(T, R).filter(h => h.count > 0); // the first A ranks hold tokens
     const A = homes.length,
-      cap = homes[0]!.count;
+      most = Math.max(...homes.map(h => h.u.shape[0]!)),
+      cap = 2 ** Math.ceil(Math.log2(most));
+    const buf = this.slots(cap, H, k);
     const fault = this.fault;
     this.fault = null;
     const held: Tensor[] = [];
@@ -110,88 +176,92 @@ export class ExpertParallelGroup {
       held.push(t);
       return t;
     };
-    const f32 = (shape: number[], device: string) => keep(empty(shape, { device }));
-    const i32 = (shape: number[], device: string) => keep(empty(shape, { dtype: 'int32', device }));
-    // Receive side of rank d, on its device: one slot per home rank s at rows s * cap ..; the moe
-    // output over all slots doubles as the combine buffers (home s reads rows s * cap .. of every
-    // rank's).
-    const recv = this.devices.map(dev => ({
-      count: i32([A], dev),
-      x: f32([A * cap, H], dev),
-      idx: i32([A * cap, k], dev),
-      w: f32([A * cap, k], dev),
-      y: f32([A * cap, H], dev),
-    }));
+    // Home s's slot on every rank: rows s * cap ..; the moe output over all slots doubles as the
+    // combine buffers (home s reads rows s * cap .. of every rank's).
     const rows = (t: Tensor, s: number) => keep(t.narrow(s * cap, cap));
-    const mine = (t: Tensor, s: number) => keep(t.narrow(homes[s]!.start, homes[s]!.count));
-    // Each home rank's record of where its tokens went (row in each rank's slot, or -1), on its device.
-    const rowOf = homes.map((h, s) => i32([h.count, R], this.devices[s]!));
+    const used = (t: Tensor) => keep(t.narrow(0, A * cap));
+    const rowOf = homes.map(h => keep(buf.rowOf[h.rank]!.narrow(0, h.u.shape[0]!)));
 
-    this.inputsReady.record(stream);
     try {
-      for (let s = 0; s < A; s++) {
-        const st = this.streams[s]!;
-        st.waitEvent(this.inputsReady);
+      for (const [s, h] of homes.entries()) {
+        const st = this.streams[h.rank]!;
+        this.inputsReady[h.rank]!.record(h.stream);
+        st.waitEvent(this.inputsReady[h.rank]!);
         native.epDispatch(
           st,
-          mine(u, s),
-          mine(idx, s),
-          mine(weights, s),
+          h.u,
+          h.idx,
+          h.weights,
           nRouted,
           nExperts,
           per,
           rowOf[s]!,
-          recv.map(r => keep(r.count.narrow(s, 1))),
-          recv.map(r => rows(r.x, s)),
-          recv.map(r => rows(r.idx, s)),
-          recv.map(r => rows(r.w, s)),
+          buf.recv.map(r => keep(r.count.narrow(s, 1))),
+          buf.recv.map(r => rows(r.x, s)),
+          buf.recv.map(r => rows(r.idx, s)),
+          buf.recv.map(r => rows(r.w, s)),
           this.abort,
-          fault?.kind === 'kernel' && fault.rank === s,
+          fault?.kind === 'kernel' && fault.rank === h.rank,
         );
-        this.dispatched[s]!.record(st);
+        this.dispatched[h.rank]!.record(st);
       }
       for (let d = 0; d < R; d++) {
         const st = this.streams[d]!,
-          r = recv[d]!;
-        for (let s = 0; s < A; s++) st.waitEvent(this.dispatched[s]!);
+          r = buf.recv[d]!;
+        for (const h of homes) st.waitEvent(this.dispatched[h.rank]!);
         if (fault?.kind === 'oom' && fault.rank === d)
           throw new OutOfMemoryError(
             'E_OOM',
             `expert parallelism: rank ${d} (${this.devices[d]}) ran out of memory in its expert phase (injected by a test)`,
           );
         // Local ids 0..per-1 are this rank's experts; id `per` marks another rank's slot (weight 0).
-        native.moe(st, r.y, r.x, r.idx, r.w, per, experts.shards[d]!, null, null, null, null, null, per + 1);
+        native.moe(
+          st,
+          used(r.y),
+          used(r.x),
+          used(r.idx),
+          used(r.w),
+          per,
+          experts.shards[d]!,
+          null,
+          null,
+          null,
+          null,
+          null,
+          per + 1,
+        );
         this.computed[d]!.record(st);
       }
-      for (let s = 0; s < A; s++) {
-        const st = this.streams[s]!;
+      for (const [s, h] of homes.entries()) {
+        const st = this.streams[h.rank]!;
         for (let d = 0; d < R; d++) st.waitEvent(this.computed[d]!);
         native.epCombine(
           st,
-          mine(out, s),
-          mine(u, s),
-          mine(idx, s),
-          mine(weights, s),
+          h.out,
+          h.u,
+          h.idx,
+          h.weights,
           nRouted,
           nExperts,
           rowOf[s]!,
-          recv.map(r => rows(r.y, s)),
+          buf.recv.map(r => rows(r.y, s)),
           this.abort,
         );
       }
     } finally {
-      // Every rank's stream, and the caller's, continue behind everything queued for this layer
-      // (also when queuing stopped half way): a rank's buffers are read by other ranks' kernels,
-      // and its device's pool fences a freed block on that device's streams only, so the block
-      // must not come back before the last reader on any device is done.
+      // Every rank's stream, and the home ranks' MoE streams, continue behind everything queued
+      // for this layer (also when queuing stopped half way): a rank's buffers are read by other
+      // ranks' kernels, and a home's temporaries are freed into its device's pool, which fences a
+      // freed block on that device's streams only, so the block must not come back before the
+      // last reader on any device is done.
       for (let d = 0; d < R; d++) this.combined[d]!.record(this.streams[d]!);
       for (let s = 0; s < R; s++) {
-        stream.waitEvent(this.combined[s]!);
+        for (const h of homes) h.stream.waitEvent(this.combined[s]!);
         for (let d = 0; d < R; d++) if (d !== s) this.streams[d]!.waitEvent(this.combined[s]!);
       }
       for (const t of held) t.dispose(); // queued work keeps what it uses
     }
-  };
+  }
 
   /**
    * Ends a step: waits for every rank and surfaces a failure of any (the first rank's error, as
@@ -231,6 +301,8 @@ export class ExpertParallelGroup {
   dispose() {
     this.synchronize();
     for (const s of this.streams) s.dispose();
+    for (const b of this.buffers.values()) for (const t of [...b.recv.flatMap(r => Object.values(r)), ...b.rowOf]) t.dispose();
+    this.buffers.clear();
     this.abort.dispose();
   }
 }
