@@ -45,9 +45,9 @@ const argmaxRows = (l: Float32Array, V: number) =>
     return best;
   });
 
-/** The model's latent caches (private, f32 [blocks, blockSize, row]), read back whole, by block. */
+/** The model's latent caches (f32 [blocks, blockSize, row]), read back whole, by block. */
 const cacheBlocks = (e: LongcatModel) =>
-  (e as unknown as { caches: Tensor[] }).caches.map(c => {
+  e.kvCaches().map(c => {
     const all = Float32Array.from(toArray(c) as Float32Array),
       per = c.shape[1]! * c.shape[2]!;
     return (blk: number) => all.subarray(blk * per, (blk + 1) * per);

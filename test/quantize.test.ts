@@ -13,6 +13,7 @@ import { openCheckpoint } from '../lib/checkpoint.js';
 import { loadModel } from '../lib/generate.js';
 import { quantizeCheckpoint, type QuantizeFormat, type QuantizeProgress } from '../lib/quantize.js';
 import { evalKld } from '../lib/eval.js';
+import { readSafetensorsHeader } from '../lib/safetensors.js';
 import { setMatmulPrecision } from '../lib/device.js';
 import { cudaAvailable, rejects, workLimitMs } from './helpers.js';
 
@@ -211,6 +212,55 @@ describe('quantizeCheckpoint', { timeout: workLimitMs(120) }, () => {
     expect(r.outputBytes).toBeLessThan(r.inputBytes);
     using out = await openCheckpoint(r.dir);
     expect([...out.tensors.values()].filter(t => t.dtype === 'I8').length).toBe(r.quantized);
+  });
+
+  it('asymmetric GPTQ (v1 and gptq_v2 zeros) and act-order g_idx: the same weights give the same logits; a permuting g_idx is a typed error', async () => {
+    const dir = await quantizedOf('tiny', 'int4');
+    using ref = await loadModel(dir, { backend: 'cpu', maxContext: 64 });
+    const want = ref.forward(PROMPT);
+    // Every even output column: codes q - 1 and zero 7 (the symmetric codes are 1..15), the same weights.
+    const variant = async (name: string, v2: boolean, permute = false, src = dir) => {
+      const d = path.join(root, `gptq-${name}`);
+      mkdirSync(d);
+      for (const f of readdirSync(src)) copyFileSync(path.join(src, f), path.join(d, f));
+      for (const f of readdirSync(d).filter(f => f.endsWith('.safetensors'))) {
+        const file = path.join(d, f);
+        const h = await readSafetensorsHeader(file);
+        const buf = readFileSync(file);
+        for (const t of h.tensors.values()) {
+          const words = new Int32Array(buf.buffer, buf.byteOffset + t.offset, t.nbytes / 4);
+          if (t.name.endsWith('.qweight')) {
+            const n = t.shape[1]!;
+            for (let i = 0; i < words.length; i++) if ((i % n) % 2 === 0) words[i] = words[i]! - 0x11111111;
+          } else if (t.name.endsWith('.qzeros')) {
+            // nibble j of a word: output 8 w + j; even outputs zero 7 (v1 stores 6), odd 8 (v1: 7)
+            words.fill(v2 ? 0x87878787 | 0 : 0x76767676);
+          } else if (permute && t.name.endsWith('.g_idx') && t.shape[0]! > 128) {
+            const last = words.length - 1; // columns 0 and K - 1 trade groups
+            [words[0], words[last]] = [words[last]!, words[0]!];
+            permute = false; // one tensor is enough
+          }
+        }
+        writeFileSync(file, buf);
+      }
+      expect(permute, 'a g_idx over more than one group was permuted').toBe(false);
+      const cfg = JSON.parse(readFileSync(path.join(d, 'config.json'), 'utf8'));
+      cfg.quantization_config = {
+        ...cfg.quantization_config,
+        sym: false,
+        desc_act: true,
+        ...(v2 ? { checkpoint_format: 'gptq_v2' } : {}),
+      };
+      writeFileSync(path.join(d, 'config.json'), JSON.stringify(cfg));
+      return d;
+    };
+    for (const v2 of [false, true]) {
+      using m = await loadModel(await variant(v2 ? 'asym-v2' : 'asym-v1', v2), { backend: 'cpu', maxContext: 64 });
+      expect(Array.from(m.forward(PROMPT)), v2 ? 'gptq_v2' : 'v1').toEqual(Array.from(want));
+    }
+    // (tiny's linears have one group of 128 columns: small's have several)
+    const small = await variant('act-order', false, true, await quantizedOf('small', 'int4'));
+    await rejects(loadModel(small, { backend: 'cpu', maxContext: 64 }), 'E_CHECKPOINT', /act-order/);
   });
 
   it('GPTQ variants without kernels are typed errors: bits, group size, packing format, group size not the files', async () => {
