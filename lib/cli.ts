@@ -593,13 +593,15 @@ async function evalCmd(args: string[]) {
   if (positionals.length !== 2) throw new UsageError('eval: give the base and the quantized checkpoint: eval --kld BASE QUANT');
   if (v.text === undefined) throw new UsageError('eval: --text FILE is required');
   const [base, quant] = positionals as [string, string];
+  const bar = progressBar('windows', { unit: 'items' });
   const r = await evalKld(base, quant, {
     textFile: v.text,
+    onProgress: (done, total) => bar.update(done, total),
     ...defined({
       ctx: num(v.ctx, 'ctx', { integer: true, min: 3 }),
       threads: num(v.threads, 'threads', { integer: true, min: 1 }),
     }),
-  });
+  }).finally(() => bar.end());
   if (v.json) {
     console.log(JSON.stringify(r, null, 2));
     return;

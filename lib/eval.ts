@@ -21,6 +21,8 @@ export interface KldOptions {
   /** Load the base checkpoint quantized at load as the quantized model (loadModel's `quantize`)
    *  instead of reading a second directory. */
   quantize?: QuantizeFormat | 'int4';
+  /** Called after each window: windows done, of total. */
+  onProgress?(done: number, total: number): void;
 }
 
 export interface KldResult {
@@ -128,6 +130,7 @@ export async function evalKld(baseDir: string, quantDir: string | null, opts: Kl
         nllQuant += r.nllQuant;
         if (r.same) same++;
       }
+      opts.onProgress?.(w + 1, windows);
     }
     const n = klds.length;
     const mean = klds.reduce((a, b) => a + b, 0) / n;

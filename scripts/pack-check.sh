@@ -23,6 +23,8 @@ meta() { node -p "require('./package.json').longcat.$1"; }
 USER_COMMANDS=(
   "npx longcat info"
   "npx longcat generate --prompt Hello --max-tokens 8 --seed 1"
+  "npx longcat doctor"
+  "npx longcat bench -o json -p 32 -n 8 -r 2"
 )
 
 if [ $# -gt 0 ]; then
