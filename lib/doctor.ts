@@ -104,9 +104,11 @@ export function cudaUnavailableReason(): string | null {
   if (!b.cuda || !s.compiled) return 'this build of the addon has no CUDA backend (built without the CUDA toolkit)';
   if (s.available && s.deviceCount > 0) return null;
   const r = s.reason || '';
+  if (s.driverTooOld) return `the NVIDIA driver is too old for this build (${r})`;
   if (/InsufficientDriver|driver version is insufficient/i.test(r))
     return `the NVIDIA driver is older than the CUDA runtime this addon was built with (${r})`;
   if (/NoDevice|no CUDA-capable device/i.test(r)) return `no CUDA device found (${r})`;
+  if (/^no NVIDIA driver found/.test(r)) return r; // (the addon's own words)
   if (/libcuda|driver.*not (found|loaded)|NoDriver|InitializationError/i.test(r)) return `no NVIDIA driver found (${r})`;
   return r ? `CUDA unavailable: ${r}` : 'no CUDA device found';
 }
@@ -320,9 +322,17 @@ export function doctorHeader(r: DoctorEnvironment): string {
   lines.push(
     `build:  ${String(b.buildSystem)}, ${String(b.compiler)}, CUDA ${b.cuda ? `sm_${String(b.cudaArchs)}` : 'not compiled in'}`,
   );
-  // The driver's version and the floor this build needs, where the addon reports them.
-  const driver = Object.entries({ ...r.build, ...r.cuda.status }).filter(([k]) => /driver/i.test(k));
-  lines.push(`driver: ${driver.length ? driver.map(([k, v]) => `${k} ${String(v)}`).join(', ') : 'not reported by this build'}`);
+  // The driver's version and the floor the linked CUDA runtime needs.
+  const s = r.cuda.status as { driverVersion?: string; driverCudaVersion?: string; driverTooOld?: boolean };
+  const found =
+    s.driverVersion || s.driverCudaVersion
+      ? `${s.driverVersion || '(release unknown)'} for CUDA ${s.driverCudaVersion}`
+      : 'none found';
+  lines.push(
+    b.cuda
+      ? `driver: ${found}; this build needs >= ${String(b.cudaMinDriver)}${s.driverTooOld ? ' (too old: the CPU backend runs instead)' : ''}`
+      : 'driver: not needed (no CUDA backend in this build)',
+  );
   for (const d of r.cuda.devices)
     lines.push(
       `card:   ${String(d.id)} ${String(d.name)}, sm_${String(d.computeCapability).replace('.', '')}, ${String(d.multiprocessors)} SMs`,

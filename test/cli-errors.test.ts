@@ -105,7 +105,7 @@ describe('longcat CLI error paths', () => {
     [['inspect', missing, 'extra'], /one checkpoint directory, got 2 arguments/],
     [['serve', '--model', missing, '--max-concurrent', '0'], /--max-concurrent must be an integer >= 1/],
     [['serve', '--model', missing, '--port', '70000'], /--port must be an integer in \[0, 65535\]/],
-    [['quantize', '--to', 'fp4', missing, '/tmp/never'], /--to must be fp8 or int8/],
+    [['quantize', '--to', 'fp4', missing, '/tmp/never'], /--to must be fp8, int8 or int4/],
     [['eval', '--kld', missing, missing, '--text', 'x', '--ctx', '2'], /--ctx must be an integer >= 3/],
   ];
   it.each(early)("%j: exits 2 naming the problem, with the command's usage, before touching a model", (args, message) => {
