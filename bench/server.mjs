@@ -41,6 +41,7 @@ const REQUESTS = quick ? 3 : 8;
 const ckptRoot = arg('--ckpt-root', path.join(here, 'out'));
 const dir = path.join(ckptRoot, `ckpt-${PRESET}-server`);
 const OVERRIDES = quick ? {} : { vocab_size: 512 };
+/** @type {import('../dist/model/load.js').LoadModelOptions} */
 const loadOpts = { backend: 'cpu', maxContext: 4096, cacheBlocks: quick ? 256 : 1024 };
 
 const mean = v => (v.length ? v.reduce((a, b) => a + b, 0) / v.length : Number.NaN);
