@@ -17,6 +17,22 @@ export const median = v => {
   return s.length % 2 ? s[(s.length - 1) / 2] : 0.5 * (s[s.length / 2 - 1] + s[s.length / 2]);
 };
 
+export const mean = v => (v.length ? v.reduce((a, b) => a + b, 0) / v.length : Number.NaN);
+/** Nearest-rank percentile. */
+export const pct = (v, p) => {
+  if (!v.length) return Number.NaN;
+  const s = [...v].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))];
+};
+export const pcts = v => ({ p50: pct(v, 50), p90: pct(v, 90), p99: pct(v, 99), n: v.length });
+
+const WORDS = 'the of model token stream batch expert cache prefix decode serve latency memory layer route weight'.split(' ');
+/** `words` seeded random words (the serving benchmarks' prompt text). */
+export function randomText(seed, words) {
+  const r = rng(seed);
+  return Array.from({ length: words }, () => WORDS[r.uint32() % WORDS.length]).join(' ');
+}
+
 /** The flags every CPU benchmark takes: --quick (smaller sizes) and --out FILE (the JSON results). */
 export function benchFlags(args = process.argv.slice(2)) {
   return { quick: args.includes('--quick'), outPath: args.includes('--out') ? args[args.indexOf('--out') + 1] : null };

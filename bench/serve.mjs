@@ -50,7 +50,7 @@ import { toArray } from '../dist/tensor.js';
 import { loadModel } from '../dist/generate.js';
 import { graphBucket } from '../dist/model/model.js';
 import { initRandom } from '../dist/init-random.js';
-import { accounting, benchFlags, now, randomBf16, randomF32, readBandwidth, rng } from './common.mjs';
+import { accounting, benchFlags, mean, now, pct, pcts, randomBf16, randomF32, randomText, readBandwidth } from './common.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const args = process.argv.slice(2);
@@ -73,26 +73,12 @@ const MAX_CONTEXT = 4096;
 const loadOpts = { backend: 'cpu', maxContext: MAX_CONTEXT, cacheBlocks: quick ? 256 : 1024, prefillChunk: PREFILL_CHUNK };
 const GEN = { temperature: 0, ignoreEos: true };
 
-const mean = v => (v.length ? v.reduce((a, b) => a + b, 0) / v.length : Number.NaN);
-/** Nearest-rank percentile. */
-const pct = (v, p) => {
-  if (!v.length) return Number.NaN;
-  const s = [...v].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))];
-};
-const pcts = v => ({ p50: pct(v, 50), p90: pct(v, 90), p99: pct(v, 99), n: v.length });
-
 // ---- prompts: seeded random words, cut to a token count ------------------------------------
 
-const WORDS = 'the of model token stream batch expert cache prefix decode serve latency memory layer route weight'.split(' ');
-function text(seed, words) {
-  const r = rng(seed);
-  return Array.from({ length: words }, () => WORDS[r.uint32() % WORDS.length]).join(' ');
-}
 /** A prompt of `n` tokens (the tokenizer's count) drawn from seed's words. */
 function promptOf(tokenizer, seed, n) {
-  let t = text(seed, n);
-  while (tokenizer.encode(t).length < n) t += ` ${text(seed + 7919, n)}`;
+  let t = randomText(seed, n);
+  while (tokenizer.encode(t).length < n) t += ` ${randomText(seed + 7919, n)}`;
   let lo = 0,
     hi = t.length; // shortest prefix of t with >= n tokens
   while (lo < hi) {
@@ -402,7 +388,7 @@ for (const on of [true, false]) {
   const reqs = [];
   for (let i = 0; i < REQUESTS; i++) {
     const s = m.createSession();
-    const r = await s.generate(`${system}\nQuestion ${i}: ${text(300 + i, 8)}`, { ...GEN, maxTokens: 4 });
+    const r = await s.generate(`${system}\nQuestion ${i}: ${randomText(300 + i, 8)}`, { ...GEN, maxTokens: 4 });
     reqs.push({ promptTokens: r.promptTokens, prefillTokens: r.prefillTokens, ttftMs: r.timeToFirstTokenMs });
     s.dispose();
   }

@@ -26,7 +26,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Worker, isMainThread, parentPort } from 'node:worker_threads';
-import { benchFlags, now, rng } from './common.mjs';
+import { benchFlags, mean, now, pcts, randomText } from './common.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const args = process.argv.slice(2);
@@ -43,21 +43,6 @@ const dir = path.join(ckptRoot, `ckpt-${PRESET}-server`);
 const OVERRIDES = quick ? {} : { vocab_size: 512 };
 /** @type {import('../dist/model/load.js').LoadModelOptions} */
 const loadOpts = { backend: 'cpu', maxContext: 4096, cacheBlocks: quick ? 256 : 1024 };
-
-const mean = v => (v.length ? v.reduce((a, b) => a + b, 0) / v.length : Number.NaN);
-/** Nearest-rank percentile. */
-const pct = (v, p) => {
-  if (!v.length) return Number.NaN;
-  const s = [...v].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))];
-};
-const pcts = v => ({ p50: pct(v, 50), p90: pct(v, 90), p99: pct(v, 99), n: v.length });
-
-const WORDS = 'the of model token stream batch expert cache prefix decode serve latency memory layer route weight'.split(' ');
-function text(seed, words) {
-  const r = rng(seed);
-  return Array.from({ length: words }, () => WORDS[r.uint32() % WORDS.length]).join(' ');
-}
 
 /** The series of /metrics, by name and labels (`longcat_decode_steps_total{kind="plain"}`). */
 async function metrics(url) {
@@ -161,7 +146,7 @@ async function main() {
     try {
       const request = (i, maxTokens) => ({
         model: 'bench',
-        prompt: text(1000 + i, PROMPT_WORDS),
+        prompt: randomText(1000 + i, PROMPT_WORDS),
         max_tokens: maxTokens,
         temperature: 0,
         ignore_eos: true,
@@ -223,7 +208,7 @@ async function main() {
     const server = createServer(model, { modelName: 'bench' });
     const url = await server.listen({ host: '127.0.0.1', port: 0 });
     try {
-      const system = text(4242, SYSTEM_WORDS);
+      const system = randomText(4242, SYSTEM_WORDS);
       const chat = (q, maxTokens) => ({
         model: 'bench',
         messages: [
@@ -236,12 +221,12 @@ async function main() {
       });
       // warm-up on another prompt (pages the weights in)
       await clients(url, '/v1/chat/completions', [
-        { ...chat(text(99, 8), 2), messages: [{ role: 'user', content: text(98, 64) }] },
+        { ...chat(randomText(99, 8), 2), messages: [{ role: 'user', content: randomText(98, 64) }] },
       ]);
       const reqs = [];
       for (let i = 0; i < REQUESTS; i++) {
         const m0 = await metrics(url);
-        const [s] = await clients(url, '/v1/chat/completions', [chat(`Question ${i}: ${text(300 + i, 8)}`, 4)]);
+        const [s] = await clients(url, '/v1/chat/completions', [chat(`Question ${i}: ${randomText(300 + i, 8)}`, 4)]);
         const m1 = await metrics(url);
         reqs.push({
           promptTokens: s.usage.prompt_tokens,
