@@ -115,6 +115,24 @@ export function cudaUnavailableReason(): string | null {
 
 const elapsed = (t0: number) => performance.now() - t0;
 
+/** Runs one op case's comparison, timed, and records it: skipped when over the work limit, failed
+ *  with the message when it throws. */
+function opCheck(
+  add: (c: DoctorCheck) => void,
+  section: string,
+  name: string,
+  compare: () => { skipped: true } | { ok: boolean; ratio: number; detail: string; skipped?: false },
+) {
+  const t = performance.now();
+  try {
+    const r = compare();
+    if (r.skipped === true) add({ section, name, ok: null, ms: elapsed(t), detail: 'over the work limit' });
+    else add({ section, name, ok: r.ok, error: r.ratio, tolerance: 1, ms: elapsed(t), ...(r.ok ? {} : { detail: r.detail }) });
+  } catch (e) {
+    add({ section, name, ok: false, ms: elapsed(t), detail: (e as Error).message });
+  }
+}
+
 /** What the report says about the machine and the build (everything but the checks). */
 export type DoctorEnvironment = Omit<DoctorReport, 'checks' | 'summary' | 'ok'>;
 
@@ -164,23 +182,7 @@ export async function runDoctor(opts: DoctorOptions = {}): Promise<DoctorReport>
     try {
       for (const c of doctorCases({ quick: opts.quick })) {
         opts.signal?.throwIfAborted();
-        const t = performance.now();
-        try {
-          const r = checkCase(c, stream, SLOW_RUN_LIMITS, device);
-          if (r.skipped) add({ section: 'cuda ops', name: c.name, ok: null, ms: elapsed(t), detail: 'over the work limit' });
-          else
-            add({
-              section: 'cuda ops',
-              name: c.name,
-              ok: r.ok,
-              error: r.ratio,
-              tolerance: 1,
-              ms: elapsed(t),
-              ...(r.ok ? {} : { detail: r.detail }),
-            });
-        } catch (e) {
-          add({ section: 'cuda ops', name: c.name, ok: false, ms: elapsed(t), detail: (e as Error).message });
-        }
+        opCheck(add, 'cuda ops', c.name, () => checkCase(c, stream, SLOW_RUN_LIMITS, device));
       }
     } finally {
       stream.dispose();
@@ -206,27 +208,15 @@ export async function runDoctor(opts: DoctorOptions = {}): Promise<DoctorReport>
     try {
       for (const c of doctorCases({ quick: opts.quick, cpu: true })) {
         opts.signal?.throwIfAborted();
-        const t = performance.now();
-        try {
+        opCheck(add, 'cpu ops', `${c.name} (${isa} vs scalar)`, () => {
           native.setIsa('scalar');
           const ref = makeCase(c, 'cpu');
           ref.run(null);
           native.setIsa(isa);
           const dut = makeCase(c, 'cpu');
           dut.run(null);
-          const r = compareOutputs(ref, dut, { ref: 'cpu', dut: 'cpu' });
-          add({
-            section: 'cpu ops',
-            name: `${c.name} (${isa} vs scalar)`,
-            ok: r.ok,
-            error: r.ratio,
-            tolerance: 1,
-            ms: elapsed(t),
-            ...(r.ok ? {} : { detail: r.detail }),
-          });
-        } catch (e) {
-          add({ section: 'cpu ops', name: c.name, ok: false, ms: elapsed(t), detail: (e as Error).message });
-        }
+          return compareOutputs(ref, dut, { ref: 'cpu', dut: 'cpu' });
+        });
       }
     } finally {
       native.setIsa(startIsa);
