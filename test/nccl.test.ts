@@ -2,9 +2,6 @@
 // the library or with a wrong one, and the bootstrap and grouped send/recv sequence between 2 and 4
 // ranks of one process against test/native/nccl_standin.cc (the same C symbols over host memory),
 // compiled here and loaded through LONGCAT_NCCL_PATH. Never run against NCCL itself.
-import { execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { NcclComm, ncclUniqueId, ncclVersion } from '../lib/parallel/nccl.js';
@@ -13,18 +10,17 @@ import { tensor, empty } from '../lib/tensor.js';
 import type { Tensor } from '../types/native.js';
 import { native } from '../lib/native.js';
 import { rng } from '../lib/check/rng.js';
+import { buildStandin } from './nccl-standin.js';
 
 const INSTALL_HINT = 'pip install nvidia-nccl-cu12';
 let dir = '';
 let standin = '';
 
+let remove = () => {};
 beforeAll(() => {
-  dir = mkdtempSync(path.join(tmpdir(), 'longcat-nccl-'));
-  standin = path.join(dir, 'libnccl_standin.so');
-  const source = path.join(__dirname, 'native', 'nccl_standin.cc');
-  execFileSync('g++', ['-std=c++17', '-shared', '-fPIC', '-O1', '-Wall', source, '-o', standin, '-lpthread']);
+  ({ dir, path: standin, remove } = buildStandin());
 });
-afterAll(() => rmSync(dir, { recursive: true, force: true }));
+afterAll(() => remove());
 
 /** Runs fn with the given environment variables set (undefined: unset), then restores them. */
 async function withEnv<T>(vars: Record<string, string | undefined>, fn: () => Promise<T> | T): Promise<T> {

@@ -8,7 +8,9 @@ import { type ModelWeights, loadWeights, type UploadProgress } from './weights.j
 import { type QuantizeFormat, QuantizingSource, checkQuantizeFormat } from '../quantize.js';
 import { Int4Source } from '../int4.js';
 import { LongcatModel } from './model.js';
-import { expertsPerRank } from '../parallel/placement.js';
+import { expertsPerRank, rankExperts } from '../parallel/placement.js';
+import { NcclComm, type NcclInitOptions } from '../parallel/nccl.js';
+import { CrossHostExperts } from '../parallel/cross-host.js';
 import { type CacheDtype, latentCacheRow } from '../kv-cache.js';
 
 export type Backend = 'auto' | 'cpu' | 'cuda';
@@ -62,6 +64,19 @@ export interface LoadModelOptions {
   /** Prefix caching (default true): full KV pages of finished prompts and answers stay cached while
    *  the memory is not needed, and a later prompt that starts with the same tokens shares them. */
   prefixCache?: boolean;
+  /**
+   * Expert parallelism across hosts through NCCL (lib/parallel/cross-host.ts), SPMD as torchrun
+   * runs it: every host runs the same program, and this process is host `rank` of `worldSize`
+   * (true: RANK, WORLD_SIZE, LONGCAT_NCCL_ID and LONGCAT_NCCL_PATH from the environment; or the
+   * options of NcclComm.init, whose `device` is the model's). Each layer's routed experts split
+   * into worldSize equal blocks and this host loads only its own; attention is data-parallel between
+   * hosts (each owns its sequences). forward is then a collective call: every host calls it in the
+   * same order, a host with no sequences calls forward([], []); a wait for the other hosts is bounded
+   * by timeoutMs (default 10 minutes), past which the communicator is aborted and the step fails
+   * with E_NCCL on every host. One rank per host (ranks 1, no devices group); decode runs eagerly
+   * and speculative steps are not available. loadModel resolves once every host has joined.
+   */
+  nccl?: boolean | (Omit<NcclInitOptions, 'device'> & { timeoutMs?: number });
 }
 
 export function resolveDevice(backend: Backend = (process.env.LONGCAT_BACKEND as Backend) || 'auto', index = 0): string {
@@ -195,10 +210,18 @@ export async function loadCheckpointModel(dir: string, opts: LoadModelOptions = 
   const rankDevices = Array.from({ length: ranks }, (_, r) => (group ? group[r % group.length]! : device));
   if (group && group.length > 1) native.enablePeerAccess(group); // a typed error before any weight is read
   if (opts.threads !== undefined) setThreads(opts.threads);
-  const checkpoint = await openCheckpoint(dir, { onProgress: opts.onProgress, signal: opts.signal });
+  const comm = opts.nccl ? await joinHosts(opts, ranks, device) : null;
+  let checkpoint: Checkpoint;
+  try {
+    checkpoint = await openCheckpoint(dir, { onProgress: opts.onProgress, signal: opts.signal });
+  } catch (e) {
+    comm?.abort();
+    throw e;
+  }
   try {
     const dims = modelDims(checkpoint.config);
     if (ranks > 1) expertsPerRank(ranks, dims.nRouted); // a typed error before any weight is read
+    const perHost = comm ? expertsPerRank(comm.worldSize, dims.nRouted) : 0;
     latentCacheRow(dims.kvLora, dims.rope, opts.cacheDtype ?? 'bf16'); // (fp8: sizes it cannot hold) likewise
     const mtp = opts.mtp !== false && checkpoint.hasMtp;
     const totalBytes = uploadBytes(checkpoint, mtp);
@@ -215,6 +238,7 @@ export async function loadCheckpointModel(dir: string, opts: LoadModelOptions = 
         totalBytes,
         mtp,
         expertDevices: ranks > 1 ? rankDevices : undefined,
+        expertRange: comm ? rankExperts(comm.rank, perHost) : undefined,
       });
     } catch (e) {
       for (const t of quantizer?.created ?? []) t.dispose();
@@ -261,6 +285,16 @@ export async function loadCheckpointModel(dir: string, opts: LoadModelOptions = 
         verifyWeights: device === 'cpu' ? () => checkpoint.verify() : undefined,
         rankDevices,
         rankWeights: rankDevices.map(d => replicas.get(d)!),
+        crossHost: comm
+          ? w =>
+              new CrossHostExperts(
+                comm,
+                device,
+                { hidden: dims.hidden, topk: dims.topk, nRouted: dims.nRouted, nExperts: dims.nRouted + dims.nZero, layers: dims.layers },
+                l => w.layers[l]!.moe.experts,
+                typeof opts.nccl === 'object' ? opts.nccl.timeoutMs : undefined,
+              )
+          : undefined,
       });
       return { checkpoint, model };
     } catch (e) {
@@ -269,6 +303,23 @@ export async function loadCheckpointModel(dir: string, opts: LoadModelOptions = 
     }
   } catch (e) {
     checkpoint.close();
+    comm?.abort();
     throw e;
   }
+}
+
+/** This host's NCCL communicator for loadModel's `nccl` option (resolves once every host joined). */
+async function joinHosts(opts: LoadModelOptions, ranks: number, device: string): Promise<NcclComm> {
+  if (ranks !== 1 || opts.devices !== undefined)
+    throw new ArgumentError(
+      'E_ARGUMENT',
+      'loadModel: nccl (expert parallelism across hosts) runs one rank per host for now: not with ranks > 1 or devices',
+    );
+  const o = opts.nccl === true ? {} : (opts.nccl as Exclude<LoadModelOptions['nccl'], boolean | undefined>);
+  if (typeof o !== 'object' || o === null)
+    throw new ArgumentError('E_ARGUMENT', `loadModel: nccl must be true or an object, got ${showValue(opts.nccl)}`);
+  const t = o.timeoutMs;
+  if (t !== undefined && !(typeof t === 'number' && Number.isFinite(t) && t > 0))
+    throw new ArgumentError('E_ARGUMENT', `loadModel: nccl.timeoutMs must be a positive number, got ${showValue(t)}`);
+  return NcclComm.init({ rank: o.rank, worldSize: o.worldSize, id: o.id, libraryPath: o.libraryPath, device });
 }

@@ -17,6 +17,7 @@ import { forward, mtpForward, runToEnd } from './longcat-flash.js';
 import { Arena, type Batch, type ExpertsFn, type Step, localExperts } from './step.js';
 import { ExpertParallelGroup } from '../parallel/expert-parallel.js';
 import { ShardedExperts } from '../parallel/placement.js';
+import type { CrossHostExperts } from '../parallel/cross-host.js';
 import {
   type Rank,
   type RankPart,
@@ -67,6 +68,10 @@ export interface ModelOptions {
   /** Rank r's dense weights, on rankDevices[r] (default: `weights` for every rank; needed for ranks
    *  on another device than `device`); their routed experts are the same ShardedExperts. */
   rankWeights?: readonly ModelWeights[];
+  /** Expert parallelism across hosts (lib/parallel/cross-host.ts): this host's part of the
+   *  exchange, built over the weights' own block of routed experts (one local rank; decode runs
+   *  eagerly). forward becomes a collective call; the model disposes it. */
+  crossHost?: (weights: ModelWeights) => CrossHostExperts;
 }
 
 export interface ForwardResult {
@@ -199,6 +204,8 @@ export class LongcatModel {
   private readonly padSlot: number;
   /** The ranks the routed experts are split across, when expert parallelism is on. */
   private readonly ep: ExpertParallelGroup | null;
+  /** This host's part of expert parallelism across hosts, when on. */
+  private readonly xh: CrossHostExperts | null;
   /** The captured decode steps, by their rows per rank. */
   private readonly decodeGraphs = new Map<string, DecodeGraph>();
   /** The captured speculative steps, by their sequences per rank. */
@@ -242,7 +249,13 @@ export class LongcatModel {
     this.maxContext = Math.min(opts.maxContext ?? dims.maxContext, dims.maxContext);
     const blocksPerSeq = Math.ceil(this.maxContext / this.blockSize);
     this.maxBlocks = blocksPerSeq;
-    this.useGraphs = opts.graphs ?? true;
+    if (opts.crossHost && ranks > 1)
+      throw new ArgumentError(
+        'E_ARGUMENT',
+        'LongcatModel: expert parallelism across hosts (nccl) runs one rank per host for now; ranks must be 1',
+      );
+    // across hosts the counts are read on the host between the exchange's groups: no captured decode
+    this.useGraphs = (opts.graphs ?? true) && !opts.crossHost;
     const numBlocks = opts.numBlocks ?? Math.min(4 * blocksPerSeq, 4096);
     this.padSlot = numBlocks * this.blockSize;
     const cacheDtype = opts.cacheDtype ?? 'bf16';
@@ -251,6 +264,7 @@ export class LongcatModel {
     this.main = native.defaultStream(this.device);
     this.fork = new Event(this.device);
     this.ep = ranks > 1 ? new ExpertParallelGroup(rankDevices, this.device) : null;
+    this.xh = opts.crossHost?.(weights) ?? null;
     try {
       for (const [r, device] of rankDevices.entries()) {
         const caches = this.allocateCaches(device, numBlocks, cacheDtype);
@@ -267,7 +281,7 @@ export class LongcatModel {
           moeStream: opts.overlapMoe === false ? main : new Stream(device),
           events: Array.from({ length: dims.layers }, () => [new Event(device), new Event(device)] as const),
           invFreq: tensor(dims.invFreq, [dims.invFreq.length], { device }),
-          experts: this.ep ? this.ep.expertsOf(r) : localExperts,
+          experts: this.ep ? this.ep.expertsOf(r) : (this.xh?.expertsFn ?? localExperts),
           joined: new Event(device),
           sequences: new Set(),
         });
@@ -275,6 +289,7 @@ export class LongcatModel {
     } catch (e) {
       this.disposeRanks();
       this.ep?.dispose();
+      this.xh?.dispose();
       throw e;
     }
     this.verifyWeights = opts.verifyWeights;
@@ -374,6 +389,11 @@ export class LongcatModel {
     return this.ep;
   }
 
+  /** This host's part of expert parallelism across hosts (nccl), when on. */
+  get crossHost(): CrossHostExperts | null {
+    return this.xh;
+  }
+
   /** A new empty sequence in this model's KV cache (under expert parallelism: in the KV pool of
    *  the least loaded rank, data-parallel.ts), or in rank `rank`'s. */
   newSequence(maxContext = this.maxContext, rank?: number): SequenceCache {
@@ -393,6 +413,11 @@ export class LongcatModel {
   forward(seqs: SequenceCache[], tokens: number[][], opts: ForwardOptions = {}): ForwardResult {
     if (this.disposed) throw new DisposedError('E_DISPOSED', 'LongcatModel.forward: the model was disposed');
     this.verifyWeights?.();
+    if (this.xh && Array.isArray(seqs) && Array.isArray(tokens) && seqs.length === 0 && tokens.length === 0) {
+      // across hosts a host with nothing to do still takes part in every layer's exchange
+      this.xh.idleStep(this.dims.layers);
+      return { logits: empty([0, this.dims.vocab], { device: this.device }), nFfn: [] };
+    }
     if (!Array.isArray(seqs) || !Array.isArray(tokens) || !tokens.every(t => Array.isArray(t)))
       throw new ArgumentError('E_ARGUMENT', 'forward: sequences must be an array and tokens an array of token-id arrays');
     if (seqs.length !== tokens.length || seqs.length === 0)
@@ -401,6 +426,7 @@ export class LongcatModel {
     const mode = opts.mode ?? (tokens.every(t => t.length === 1) ? 'decode' : 'prefill');
 
     this.synchronizeRanks(); // the previous step's work is done; this surfaces its errors
+    this.xh?.beginStep(); // E_NCCL once the communicator was aborted
     const pastLens = seqs.map(s => s.length);
     // Reserve cache slots for every sequence first (E_CONTEXT / E_OOM before any work); if
     // anything fails, the sequences are rolled back to their previous lengths.
@@ -757,10 +783,11 @@ export class LongcatModel {
       const routing = ranks.map(() => (collectRouting ? ([] as Tensor[]) : null));
       const passes = ranks.map((r, i) => forward(this.step(r, batches[i]!, routing[i]!), r.w));
       const outs =
-        passes.length === 1 && !this.ep
+        passes.length === 1 && !this.ep && !this.xh
           ? [runToEnd(passes[0]!)]
           : lockstep(passes, () => {
               this.ep?.allToAll();
+              this.xh?.exchange();
             });
       const results = outs.map((o, i) => ({ ...o, nFfn: routing[i] ?? [] }));
       for (const [i, o] of results.entries()) hooks.after?.(i, o);
@@ -1059,6 +1086,8 @@ export class LongcatModel {
     sampling: readonly SamplingParams[],
   ): Promise<SpeculativeStep> {
     if (this.disposed) throw new DisposedError('E_DISPOSED', 'LongcatModel.speculativeStep: the model was disposed');
+    if (this.xh)
+      throw new ArgumentError('E_ARGUMENT', 'LongcatModel.speculativeStep: not available across hosts (nccl) yet');
     if (!this.w.mtp) throw new ArgumentError('E_ARGUMENT', 'LongcatModel.speculativeStep: the model has no MTP head');
     const t0 = performance.now();
     let replayed = t0;
@@ -1247,5 +1276,6 @@ export class LongcatModel {
     for (const t of this.w.owned) t.dispose();
     for (const w of replicas) for (const t of w.owned) t.dispose();
     this.ep?.dispose();
+    this.xh?.dispose();
   }
 }

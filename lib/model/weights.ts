@@ -131,6 +131,9 @@ export interface LoadWeightsOptions {
   /** A replica of the dense weights on `device` (data-parallel attention, a rank on another
    *  device): each layer's routed experts are these, already loaded (not owned by the replica). */
   experts?: readonly MoeExpertSet[];
+  /** Expert parallelism across hosts (lib/parallel/cross-host.ts): only the routed experts
+   *  first .. first + count - 1 of each layer, on `device` (this host's block; its local ids 0 .. count - 1). */
+  expertRange?: { first: number; count: number };
 }
 
 const gb = (b: number) => `${(b / 2 ** 30).toFixed(2)} GiB`;
@@ -336,6 +339,7 @@ function buildWeights(
     const ranks = opts.expertDevices;
     let experts: MoeExpertSet;
     if (opts.experts) experts = opts.experts[l]!;
+    else if (opts.expertRange) experts = expertSet(opts.expertRange.first, opts.expertRange.count, device);
     else if (!ranks) experts = expertSet(0, dims.nRouted, device);
     else {
       const per = expertsPerRank(ranks.length, dims.nRouted);

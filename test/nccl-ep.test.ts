@@ -1,0 +1,197 @@
+// Expert parallelism across hosts through NCCL (lib/parallel/cross-host.ts, loadModel's nccl option),
+// against the stand-in library (test/native/nccl_standin.cc: NCCL's C symbols between threads of one
+// process over host memory), with each "host" a worker thread of this process running the built SDK
+// (test/children/nccl-host.mjs) on CPU tensors. Never run against NCCL itself or on a GPU.
+// "Equal" as issue 14 defines it: logits within an fp32 tolerance of the single-device run, greedy
+// tokens identical wherever the top-two gap exceeds it (the decode steps feed the single-device
+// run's greedy tokens).
+import { Worker } from 'node:worker_threads';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { initRandom } from '../lib/init-random.js';
+import { loadModel } from '../lib/generate.js';
+import { ncclUniqueId } from '../lib/parallel/nccl.js';
+import { toArray } from '../lib/tensor.js';
+import { buildStandin } from './nccl-standin.js';
+import { expectEqualLogits, prompts, runScript } from './ep-helpers.js';
+import { fixtureRoot } from './model-fixture.js';
+
+const root = fixtureRoot('longcat-nccl-ep-');
+let standin = '';
+let remove = () => {};
+beforeAll(() => {
+  ({ path: standin, remove } = buildStandin());
+});
+afterAll(() => remove());
+
+const four = [...prompts, [400, 3, 77, 12, 5, 6]];
+/** Each host's prompts (indices into `four`): different numbers of sequences, zero included. */
+const layouts: Record<number, number[][]> = {
+  2: [[0, 2], [1]],
+  4: [[1], [], [0, 2, 3], [2]],
+};
+const STEPS = 3;
+
+interface HostAnswer {
+  logits?: Float32Array[];
+  errors?: ({ code: string; message: string } | null)[];
+  lengths?: number[];
+  error?: { code: string; message: string };
+}
+
+/** Runs one worker per host of a world (a fresh unique id) and collects their answers in host order. */
+function hosts(dir: string, perHost: Record<string, unknown>[]): Promise<HostAnswer[]> {
+  const id = ncclUniqueId(standin);
+  const worldSize = perHost.length;
+  return Promise.all(
+    perHost.map(
+      (data, rank) =>
+        new Promise<HostAnswer>((resolve, reject) => {
+          const w = new Worker(new URL('./children/nccl-host.mjs', import.meta.url), {
+            workerData: { dir, rank, worldSize, id, libraryPath: standin, ...data },
+          });
+          w.once('message', m => {
+            resolve(m as HostAnswer);
+            void w.terminate();
+          });
+          w.once('error', reject);
+          w.once('exit', code => reject(new Error(`host ${rank} exited with ${code} before answering`)));
+        }),
+    ),
+  );
+}
+
+describe('expert parallelism across hosts (NCCL stand-in, worker threads as hosts, CPU)', () => {
+  const checkpoints: [string, 'tiny' | 'small', boolean, Record<string, unknown>][] = [
+    ['tiny bf16', 'tiny', false, {}],
+    ['tiny fp8', 'tiny', true, {}],
+    ['small bf16 (2 layers)', 'small', false, { num_layers: 2 }],
+  ];
+  for (const [name, preset, fp8, overrides] of checkpoints) {
+    describe(name, () => {
+      const dir = path.join(root, name.replace(/\W+/g, '-'));
+      let V = 0;
+      /** The single-device run of each prompt alone: its prefill and decode logits and greedy tokens. */
+      const alone: ReturnType<typeof runScript>[] = [];
+      beforeAll(async () => {
+        await initRandom({ preset, seed: 41, fp8, overrides, out: dir });
+        const single = await loadModel(dir, { backend: 'cpu', cacheDtype: 'f32', maxContext: 64 });
+        try {
+          V = single.engine.dims.vocab;
+          for (const p of four) alone.push(runScript(single, [p], STEPS));
+        } finally {
+          single.dispose();
+        }
+      }, 300_000);
+
+      it.each([2, 4])(
+        '%i hosts, each prefilling and decoding its own prompts (one with none): equal to the single-device run',
+        async W => {
+          const layout = layouts[W]!;
+          const answers = await hosts(
+            dir,
+            layout.map(mine => ({
+              plan: 'script',
+              prompts: mine.map(i => four[i]!),
+              tokens: Array.from({ length: STEPS }, (_, s) => mine.map(i => alone[i]!.chosen[s]![0]!)),
+            })),
+          );
+          for (const [h, a] of answers.entries()) {
+            expect(a.error, `host ${h}`).toBeUndefined();
+            const mine = layout[h]!;
+            expect(a.logits!.length).toBe(STEPS + 1);
+            if (mine.length === 0) {
+              for (const l of a.logits!) expect(l.length).toBe(0);
+              continue;
+            }
+            // prefill: every row of each of its prompts, in order
+            let at = 0;
+            for (const i of mine) {
+              const n = four[i]!.length * V;
+              expectEqualLogits(a.logits![0]!.subarray(at, at + n), alone[i]!.out[0]!, V, 1e-5);
+              at += n;
+            }
+            expect(at).toBe(a.logits![0]!.length);
+            for (let s = 1; s <= STEPS; s++)
+              for (const [b, i] of mine.entries())
+                expectEqualLogits(a.logits![s]!.subarray(b * V, (b + 1) * V), alone[i]!.out[s]!, V, 1e-5);
+          }
+        },
+        300_000,
+      );
+    });
+  }
+
+  describe('failures', () => {
+    const dir = path.join(root, 'tiny-failures');
+    beforeAll(() => initRandom({ preset: 'tiny', seed: 43, out: dir }), 300_000);
+
+    it('an aborted communicator fails the step with E_NCCL on every host (and every later step)', async () => {
+      const answers = await hosts(
+        dir,
+        [[0, 1], [2], []].map(mine => ({
+          plan: 'abort',
+          abortRank: 1,
+          prompts: mine.map(i => prompts[i]!),
+          tokens: [mine.map(() => 42)],
+        })),
+      );
+      for (const [h, a] of answers.entries()) {
+        expect(a.error, `host ${h}`).toBeUndefined();
+        expect(a.errors!.length).toBe(2);
+        for (const e of a.errors!) expect(e, `host ${h}`).toMatchObject({ code: 'E_NCCL' });
+        // the failed steps are rolled back: every sequence is as long as its prompt
+        expect(a.lengths).toEqual([[0, 1], [2], []][h]!.map(i => prompts[i]!.length));
+      }
+      expect(answers[1]!.errors![0]!.message).toMatch(/this host aborted the communicator/);
+      expect(answers[0]!.errors![0]!.message).toMatch(/host 0 of 3, step 2 layer 0: .*aborted/);
+    });
+
+    it('a host that does not take part: the others fail with E_NCCL after the bounded wait, and so does it when it comes', async () => {
+      const flags = new Int32Array(new SharedArrayBuffer(4));
+      const answers = await hosts(dir, [
+        { plan: 'late', flags, timeoutMs: 200, prompts: [prompts[0]] },
+        { plan: 'late', flags, prompts: [prompts[1]] },
+      ]);
+      for (const a of answers) expect(a.error).toBeUndefined();
+      expect(answers[0]!.errors![0]).toMatchObject({
+        code: 'E_NCCL',
+        message: expect.stringMatching(/host 0 of 2: no answer from the other hosts for 200 ms .*the communicator was aborted/),
+      });
+      expect(answers[1]!.errors![0]).toMatchObject({ code: 'E_NCCL', message: expect.stringMatching(/aborted/) });
+    });
+  });
+
+  describe('one host, in this thread', () => {
+    const dir = path.join(root, 'tiny-one-host');
+    beforeAll(() => initRandom({ preset: 'tiny', seed: 47, out: dir }), 300_000);
+
+    it('a world of one equals the single-device run; the typed errors of what it does not do', async () => {
+      const single = await loadModel(dir, { backend: 'cpu', cacheDtype: 'f32', maxContext: 64 });
+      let want: ReturnType<typeof runScript>;
+      try {
+        want = runScript(single, prompts, 2);
+      } finally {
+        single.dispose();
+      }
+      const nccl = { rank: 0, worldSize: 1, id: ncclUniqueId(standin), libraryPath: standin };
+      const m = await loadModel(dir, { backend: 'cpu', cacheDtype: 'f32', maxContext: 64, nccl });
+      try {
+        const V = m.engine.dims.vocab;
+        expect(m.engine.crossHost).not.toBeNull();
+        const got = runScript(m, prompts, 2, want.chosen);
+        for (const [i, g] of got.out.entries()) expectEqualLogits(g, want.out[i]!, V, 1e-5);
+        // an idle step: no logits, and the next step still equals
+        const idle = m.engine.forward([], []);
+        expect(idle.logits.shape).toEqual([0, V]);
+        expect((toArray(idle.logits) as Float32Array).length).toBe(0);
+        idle.logits.dispose();
+        await expect(m.engine.speculativeStep([], [], [], [])).rejects.toThrow(/not available across hosts/);
+      } finally {
+        m.dispose();
+      }
+      for (const bad of [{ ranks: 2 }, { nccl: 'yes' as never }, { nccl: { ...nccl, timeoutMs: -1 } }])
+        await expect(loadModel(dir, { backend: 'cpu', nccl, ...bad })).rejects.toMatchObject({ code: 'E_ARGUMENT' });
+    });
+  });
+});
