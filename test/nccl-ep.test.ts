@@ -34,6 +34,7 @@ const STEPS = 3;
 
 interface HostAnswer {
   logits?: Float32Array[];
+  experts?: number[];
   errors?: ({ code: string; message: string } | null)[];
   lengths?: number[];
   error?: { code: string; message: string };
@@ -62,22 +63,30 @@ function hosts(dir: string, perHost: Record<string, unknown>[]): Promise<HostAns
 }
 
 describe('expert parallelism across hosts (NCCL stand-in, worker threads as hosts, CPU)', () => {
+  // CPU only: on the emulated CUDA device a stand-in receive that blocks for another host holds the
+  // emulator's one lock (test/emu runs every stream's work under it), so the hosts deadlock; the
+  // exchange's CUDA path waits for an emulator with concurrent streams (issue 14 item 6).
   const checkpoints: [string, 'tiny' | 'small', boolean, Record<string, unknown>][] = [
     ['tiny bf16', 'tiny', false, {}],
     ['tiny fp8', 'tiny', true, {}],
     ['small bf16 (2 layers)', 'small', false, { num_layers: 2 }],
   ];
+  const backend = 'cpu';
   for (const [name, preset, fp8, overrides] of checkpoints) {
     describe(name, () => {
       const dir = path.join(root, name.replace(/\W+/g, '-'));
-      let V = 0;
+      let V = 0,
+        nRouted = 0,
+        layers = 0;
       /** The single-device run of each prompt alone: its prefill and decode logits and greedy tokens. */
       const alone: ReturnType<typeof runScript>[] = [];
       beforeAll(async () => {
         await initRandom({ preset, seed: 41, fp8, overrides, out: dir });
-        const single = await loadModel(dir, { backend: 'cpu', cacheDtype: 'f32', maxContext: 64 });
+        const single = await loadModel(dir, { backend, cacheDtype: 'f32', maxContext: 64 });
         try {
           V = single.engine.dims.vocab;
+          nRouted = single.engine.dims.nRouted;
+          layers = single.engine.dims.layers;
           for (const p of four) alone.push(runScript(single, [p], STEPS));
         } finally {
           single.dispose();
@@ -85,19 +94,21 @@ describe('expert parallelism across hosts (NCCL stand-in, worker threads as host
       }, 300_000);
 
       it.each([2, 4])(
-        '%i hosts, each prefilling and decoding its own prompts (one with none): equal to the single-device run',
+        '%i hosts, each holding its block of experts, prefilling and decoding its own prompts (one with none): equal to the single-device run',
         async W => {
           const layout = layouts[W]!;
           const answers = await hosts(
             dir,
             layout.map(mine => ({
               plan: 'script',
+              backend,
               prompts: mine.map(i => four[i]!),
               tokens: Array.from({ length: STEPS }, (_, s) => mine.map(i => alone[i]!.chosen[s]![0]!)),
             })),
           );
           for (const [h, a] of answers.entries()) {
             expect(a.error, `host ${h}`).toBeUndefined();
+            expect(a.experts).toEqual(new Array(layers).fill(nRouted / W));
             const mine = layout[h]!;
             expect(a.logits!.length).toBe(STEPS + 1);
             if (mine.length === 0) {
@@ -129,7 +140,7 @@ describe('expert parallelism across hosts (NCCL stand-in, worker threads as host
     it('an aborted communicator fails the step with E_NCCL on every host (and every later step)', async () => {
       const answers = await hosts(
         dir,
-        [[0, 1], [2], []].map(mine => ({
+        [[0, 1], [2], [], []].map(mine => ({
           plan: 'abort',
           abortRank: 1,
           prompts: mine.map(i => prompts[i]!),
@@ -141,10 +152,30 @@ describe('expert parallelism across hosts (NCCL stand-in, worker threads as host
         expect(a.errors!.length).toBe(2);
         for (const e of a.errors!) expect(e, `host ${h}`).toMatchObject({ code: 'E_NCCL' });
         // the failed steps are rolled back: every sequence is as long as its prompt
-        expect(a.lengths).toEqual([[0, 1], [2], []][h]!.map(i => prompts[i]!.length));
+        expect(a.lengths).toEqual([[0, 1], [2], [], []][h]!.map(i => prompts[i]!.length));
       }
       expect(answers[1]!.errors![0]!.message).toMatch(/this host aborted the communicator/);
-      expect(answers[0]!.errors![0]!.message).toMatch(/host 0 of 3, step 2 layer 0: .*aborted/);
+      expect(answers[0]!.errors![0]!.message).toMatch(/host 0 of 4, step 2 layer 0: .*aborted/);
+    });
+
+    it('hosts with different models (layer counts): every host fails its first step with E_NCCL', async () => {
+      const other = path.join(root, 'tiny-3-layers');
+      await initRandom({ preset: 'tiny', seed: 43, overrides: { num_layers: 3 }, out: other });
+      const answers = await hosts(dir, [
+        { plan: 'script', prompts: [prompts[0]], tokens: [] },
+        { plan: 'script', prompts: [prompts[1]], tokens: [], dir: other },
+      ]);
+      // The first host to read the other's header names the mismatch and aborts; the other sees
+      // either the mismatch too or the abort (whichever its receive meets first).
+      const mismatch = [
+        /host 1 is at step 1 layer 0 of 3, host 0 at step 1 layer 0 of 2/,
+        /host 0 is at step 1 layer 0 of 2, host 1 at step 1 layer 0 of 3/,
+      ];
+      for (const [h, a] of answers.entries()) {
+        expect(a.error, `host ${h}`).toMatchObject({ code: 'E_NCCL' });
+        expect(a.error!.message).toMatch(new RegExp(`${mismatch[h]!.source}|aborted`));
+      }
+      expect(answers.some((a, h) => mismatch[h]!.test(a.error!.message))).toBe(true);
     });
 
     it('a host that does not take part: the others fail with E_NCCL after the bounded wait, and so does it when it comes', async () => {

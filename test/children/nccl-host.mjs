@@ -1,9 +1,11 @@
 // A "host" of test/nccl-ep.test.ts, run as a worker thread: loads the checkpoint as host `rank` of
-// `worldSize` through the NCCL stand-in (loadModel's nccl option) and runs its part of a scripted
+// `worldSize` through the NCCL stand-in (loadModel's nccl option; backend 'cpu' unless workerData
+// says 'cuda': the emulated device, whose memory the stand-in can copy) and runs its part of a scripted
 // collective run, then answers the test with what it saw. Imports the built SDK (dist/).
 //   plan 'script': prefill its prompts (every row's logits), then decode steps with the given
 //                  tokens (teacher forcing); a host without prompts calls forward([], []) each time.
-//                  Answers { logits: Float32Array[] } (empty arrays for an idle host).
+//                  Answers { logits: Float32Array[] (empty arrays for an idle host), experts: the
+//                  routed experts this host holds per layer }.
 //   plan 'abort':  prefill as above; host `abortRank` then aborts the communicator; two decode
 //                  steps follow. Answers { errors: [{ code, message }] } (one per failed call).
 //   plan 'late':   host 0 prefills while host 1 holds back until host 0 has failed (flags[0]), then
@@ -12,13 +14,13 @@ import { parentPort, workerData } from 'node:worker_threads';
 
 const { loadModel } = await import('../../dist/generate.js');
 const { toArray } = await import('../../dist/tensor.js');
-const { dir, rank, worldSize, id, libraryPath, prompts, tokens, plan, abortRank, timeoutMs, flags } = workerData;
+const { dir, rank, worldSize, id, libraryPath, prompts, tokens, plan, abortRank, timeoutMs, flags, backend } = workerData;
 
 const errorOf = e => ({ code: e?.code ?? 'none', message: String(e?.message ?? e) });
 
 async function main() {
   const m = await loadModel(dir, {
-    backend: 'cpu',
+    backend: backend ?? 'cpu',
     cacheDtype: 'f32',
     maxContext: 64,
     nccl: { rank, worldSize, id, libraryPath, ...(timeoutMs ? { timeoutMs } : {}) },
@@ -44,7 +46,7 @@ async function main() {
     if (plan === 'script') {
       const logits = [step(prompts, { allLogits: true })];
       for (const t of tokens) logits.push(step(t.map(x => [x])));
-      return { logits, rowsOwned: seqs.map(s => e.rankOf(s).rank) };
+      return { logits, experts: e.w.layers.map(l => l.moe.experts.nRouted) };
     }
     if (plan === 'abort') {
       step(prompts, { allLogits: true });
