@@ -290,7 +290,13 @@ export async function loadCheckpointModel(dir: string, opts: LoadModelOptions = 
               new CrossHostExperts(
                 comm,
                 device,
-                { hidden: dims.hidden, topk: dims.topk, nRouted: dims.nRouted, nExperts: dims.nRouted + dims.nZero, layers: dims.layers },
+                {
+                  hidden: dims.hidden,
+                  topk: dims.topk,
+                  nRouted: dims.nRouted,
+                  nExperts: dims.nRouted + dims.nZero,
+                  layers: dims.layers,
+                },
                 l => w.layers[l]!.moe.experts,
                 typeof opts.nccl === 'object' ? opts.nccl.timeoutMs : undefined,
               )

@@ -1086,8 +1086,7 @@ export class LongcatModel {
     sampling: readonly SamplingParams[],
   ): Promise<SpeculativeStep> {
     if (this.disposed) throw new DisposedError('E_DISPOSED', 'LongcatModel.speculativeStep: the model was disposed');
-    if (this.xh)
-      throw new ArgumentError('E_ARGUMENT', 'LongcatModel.speculativeStep: not available across hosts (nccl) yet');
+    if (this.xh) throw new ArgumentError('E_ARGUMENT', 'LongcatModel.speculativeStep: not available across hosts (nccl) yet');
     if (!this.w.mtp) throw new ArgumentError('E_ARGUMENT', 'LongcatModel.speculativeStep: the model has no MTP head');
     const t0 = performance.now();
     let replayed = t0;

@@ -245,15 +245,27 @@ export class CrossHostExperts {
       y = f32([Math.max(N, 1), H]);
     const rows = (t: Tensor, first: number, n: number) => keep(t.narrow(first, n));
     this.comm.group(() => {
-      for (let d = 0; d < W; d++)
-        if (sent[d]! > 0) for (const t of [sx, sIdx, sW]) this.comm.send(rows(t, d * cap, sent[d]!), d);
-      for (let q = 0; q < W; q++)
-        if (got[q]! > 0) for (const t of [rx, rIdx, rW]) this.comm.recv(rows(t, at[q]!, got[q]!), q);
+      for (let d = 0; d < W; d++) if (sent[d]! > 0) for (const t of [sx, sIdx, sW]) this.comm.send(rows(t, d * cap, sent[d]!), d);
+      for (let q = 0; q < W; q++) if (got[q]! > 0) for (const t of [rx, rIdx, rW]) this.comm.recv(rows(t, at[q]!, got[q]!), q);
     }, s);
     if (N > 0) {
       const experts = call?.experts ?? this.localExperts(layer);
       // local ids 0..per-1 are this host's experts; id `per` marks another host's slot (weight 0)
-      native.moe(s, rows(y, 0, N), rows(rx, 0, N), rows(rIdx, 0, N), rows(rW, 0, N), per, experts, null, null, null, null, null, per + 1);
+      native.moe(
+        s,
+        rows(y, 0, N),
+        rows(rx, 0, N),
+        rows(rIdx, 0, N),
+        rows(rW, 0, N),
+        per,
+        experts,
+        null,
+        null,
+        null,
+        null,
+        null,
+        per + 1,
+      );
     }
 
     // return: each partial row to its home host
@@ -295,7 +307,10 @@ export class CrossHostExperts {
       if (performance.now() > deadline) {
         const why = `no answer from the other hosts for ${this.timeoutMs} ms while exchanging ${what} (step ${this.step} layer ${layer}): every host must call forward in the same order`;
         this.abort(why);
-        const e = new NcclError('E_NCCL', `cross-host expert parallelism: host ${this.host} of ${this.hosts}: ${why}; the communicator was aborted`);
+        const e = new NcclError(
+          'E_NCCL',
+          `cross-host expert parallelism: host ${this.host} of ${this.hosts}: ${why}; the communicator was aborted`,
+        );
         own.add(e);
         throw e;
       }
