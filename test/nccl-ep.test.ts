@@ -21,7 +21,7 @@ let standin = '';
 let remove = () => {};
 beforeAll(() => {
   ({ path: standin, remove } = buildStandin());
-});
+}, 120_000);
 afterAll(() => remove());
 
 const four = [...prompts, [400, 3, 77, 12, 5, 6]];
@@ -136,6 +136,37 @@ describe('expert parallelism across hosts (NCCL stand-in, worker threads as host
   describe('failures', () => {
     const dir = path.join(root, 'tiny-failures');
     beforeAll(() => initRandom({ preset: 'tiny', seed: 43, out: dir }), 300_000);
+
+    it("a host whose own part of a step fails (a bad token id) still takes part: the others' step, and every later one, equal the single-device run", async () => {
+      const single = await loadModel(dir, { backend: 'cpu', cacheDtype: 'f32', maxContext: 64 });
+      const alone: ReturnType<typeof runScript>[] = [];
+      try {
+        for (const p of prompts) alone.push(runScript(single, [p], 2));
+      } finally {
+        single.dispose();
+      }
+      const V = alone[0]!.out[0]!.length / prompts[0]!.length;
+      const layout = [[0, 2], [1]];
+      // host 0: prefill, d0, BAD, d1; host 1: prefill, d0, d1, idle -- host 1's d1 meets host 0's
+      // failed call, and host 0's d1 meets host 1's idle one
+      const answers = await hosts(
+        dir,
+        layout.map((mine, h) => ({
+          plan: 'script',
+          prompts: mine.map(i => prompts[i]!),
+          tokens: [0, 1].map(s => mine.map(i => alone[i]!.chosen[s]![0]!)),
+          before: h === 0 ? { 1: 'bad' } : { 2: 'idle' },
+        })),
+      );
+      expect(answers[0]!.error).toBeUndefined();
+      expect(answers[0]!.errors).toEqual([
+        { code: 'E_ARGUMENT', message: expect.stringMatching(/token id \d+ of sequence 0 is outside the vocabulary/) },
+      ]);
+      for (const [h, a] of answers.entries())
+        for (let s = 1; s <= 2; s++)
+          for (const [b, i] of layout[h]!.entries())
+            expectEqualLogits(a.logits![s]!.subarray(b * V, (b + 1) * V), alone[i]!.out[s]!, V, 1e-5);
+    });
 
     it('an aborted communicator fails the step with E_NCCL on every host (and every later step)', async () => {
       const answers = await hosts(

@@ -412,10 +412,22 @@ export class LongcatModel {
    */
   forward(seqs: SequenceCache[], tokens: number[][], opts: ForwardOptions = {}): ForwardResult {
     if (this.disposed) throw new DisposedError('E_DISPOSED', 'LongcatModel.forward: the model was disposed');
+    // Across hosts forward is a collective call: this host takes part in every layer's exchange,
+    // also with no sequences (forward([], [])) and when its own part fails (cross-host.ts).
+    const xh = this.xh;
+    if (xh) return xh.collective(this.dims.layers, () => this.forwardHere(seqs, tokens, opts, xh));
+    return this.forwardHere(seqs, tokens, opts, null);
+  }
+
+  private forwardHere(
+    seqs: SequenceCache[],
+    tokens: number[][],
+    opts: ForwardOptions,
+    xh: CrossHostExperts | null,
+  ): ForwardResult {
     this.verifyWeights?.();
-    if (this.xh && Array.isArray(seqs) && Array.isArray(tokens) && seqs.length === 0 && tokens.length === 0) {
-      // across hosts a host with nothing to do still takes part in every layer's exchange
-      this.xh.idleStep(this.dims.layers);
+    if (xh && Array.isArray(seqs) && Array.isArray(tokens) && seqs.length === 0 && tokens.length === 0) {
+      xh.finishIdle(this.dims.layers); // every layer's exchange with zero tokens of this host
       return { logits: empty([0, this.dims.vocab], { device: this.device }), nFfn: [] };
     }
     if (!Array.isArray(seqs) || !Array.isArray(tokens) || !tokens.every(t => Array.isArray(t)))
@@ -426,7 +438,6 @@ export class LongcatModel {
     const mode = opts.mode ?? (tokens.every(t => t.length === 1) ? 'decode' : 'prefill');
 
     this.synchronizeRanks(); // the previous step's work is done; this surfaces its errors
-    this.xh?.beginStep(); // E_NCCL once the communicator was aborted
     const pastLens = seqs.map(s => s.length);
     // Reserve cache slots for every sequence first (E_CONTEXT / E_OOM before any work); if
     // anything fails, the sequences are rolled back to their previous lengths.

@@ -32,7 +32,7 @@
 import { native } from '../native.js';
 import { type Tensor, empty, tensor, toArray } from '../tensor.js';
 import { Event, Stream } from '../device.js';
-import { ArgumentError, NcclError } from '../errors.js';
+import { ArgumentError, LongcatError, NcclError } from '../errors.js';
 import type { MoeExpertSet } from '../../types/ops-moe.js';
 import type { ExpertsFn } from '../model/step.js';
 import type { NcclComm } from './nccl.js';
@@ -104,18 +104,39 @@ export class CrossHostExperts {
     this.pending = { stream, out, u, idx, weights, experts, nExperts };
   };
 
-  /** Starts a collective step (every host's forward); E_NCCL once the communicator was aborted. */
-  beginStep() {
+  /**
+   * One collective step (every host's forward): `fn` runs this host's part, whose MoE layers call
+   * exchange(). Whatever `fn` leaves undone -- a host with no sequences, or one whose own part
+   * failed (a bad argument, a full KV pool) before or between its exchanges -- runs as exchanges
+   * with zero tokens of this host (finishIdle), so the other hosts' step completes (the tokens they
+   * send here are still served) and every host stays in step; `fn`'s error is then thrown. E_NCCL,
+   * without running `fn`, once the communicator was aborted.
+   */
+  collective<R>(layers: number, fn: () => R): R {
     if (this.failure) throw new NcclError('E_NCCL', `cross-host expert parallelism: ${this.failure}; load the model again`);
     this.step++;
     this.layer = 0;
     this.pending = null;
+    let r: R;
+    try {
+      r = fn();
+    } catch (e) {
+      try {
+        this.finishIdle(layers);
+      } catch {
+        // the step's own error is the one reported
+      }
+      throw e;
+    }
+    if (this.layer !== layers)
+      throw new LongcatError('E_INTERNAL', `cross-host step: ${this.layer} of ${layers} layers exchanged`);
+    return r;
   }
 
-  /** A step of a host with no sequences: `layers` exchanges with zero tokens. */
-  idleStep(layers: number) {
-    this.beginStep();
-    for (let l = 0; l < layers; l++) this.exchange();
+  /** The rest of this step's `layers` exchanges with zero tokens of this host. */
+  finishIdle(layers: number) {
+    this.pending = null;
+    while (this.layer < layers) this.exchange();
   }
 
   /** Gives the communicator up (every host's current or next exchange fails with E_NCCL). */

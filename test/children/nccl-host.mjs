@@ -4,8 +4,11 @@
 // collective run, then answers the test with what it saw. Imports the built SDK (dist/).
 //   plan 'script': prefill its prompts (every row's logits), then decode steps with the given
 //                  tokens (teacher forcing); a host without prompts calls forward([], []) each time.
+//                  `before[i]` inserts a call before decode step i (i = the number of steps: after
+//                  the last): 'idle' (forward([], [])) or 'bad'
+//                  (a token id outside the vocabulary: fails here, but the host still takes part).
 //                  Answers { logits: Float32Array[] (empty arrays for an idle host), experts: the
-//                  routed experts this host holds per layer }.
+//                  routed experts this host holds per layer, errors: those of the 'bad' calls }.
 //   plan 'abort':  prefill as above; host `abortRank` then aborts the communicator; two decode
 //                  steps follow. Answers { errors: [{ code, message }] } (one per failed call).
 //   plan 'late':   host 0 prefills while host 1 holds back until host 0 has failed (flags[0]), then
@@ -14,7 +17,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 
 const { loadModel } = await import('../../dist/generate.js');
 const { toArray } = await import('../../dist/tensor.js');
-const { dir, rank, worldSize, id, libraryPath, prompts, tokens, plan, abortRank, timeoutMs, flags, backend } = workerData;
+const { dir, rank, worldSize, id, libraryPath, prompts, tokens, plan, abortRank, timeoutMs, flags, backend, before } = workerData;
 
 const errorOf = e => ({ code: e?.code ?? 'none', message: String(e?.message ?? e) });
 
@@ -45,8 +48,13 @@ async function main() {
   try {
     if (plan === 'script') {
       const logits = [step(prompts, { allLogits: true })];
-      for (const t of tokens) logits.push(step(t.map(x => [x])));
-      return { logits, experts: e.w.layers.map(l => l.moe.experts.nRouted) };
+      for (const [i, t] of tokens.entries()) {
+        if (before?.[i] === 'idle') e.forward([], []).logits.dispose();
+        if (before?.[i] === 'bad') attempt([[e.dims.vocab], ...t.slice(1).map(x => [x])]);
+        logits.push(step(t.map(x => [x])));
+      }
+      if (before?.[tokens.length] === 'idle') e.forward([], []).logits.dispose(); // a call after the last step
+      return { logits, experts: e.w.layers.map(l => l.moe.experts.nRouted), errors };
     }
     if (plan === 'abort') {
       step(prompts, { allLogits: true });
