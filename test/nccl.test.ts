@@ -19,7 +19,7 @@ let standin = '';
 let remove = () => {};
 beforeAll(() => {
   ({ dir, path: standin, remove } = buildStandin());
-});
+}, 120_000); // a compile, on a machine that may be busy
 afterAll(() => remove());
 
 /** Runs fn with the given environment variables set (undefined: unset), then restores them. */
