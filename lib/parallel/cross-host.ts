@@ -18,11 +18,17 @@
 //   return    one NCCL group: each partial row goes back to its home host;
 //   combine   the home host adds the partials in host order 0, 1, .., then its zero experts
 //             (epCombine) -- deterministic, whatever order the hosts answered in.
-// Transfers of zero rows are not made (both sides know the count from the headers).
+// Transfers of zero rows are not made (both sides know the count from the headers). Counts go
+// first so that only the rows really routed cross the network (a fixed capacity would send the
+// worst case, every token to every host, each layer); the price is a host wait between the groups.
+// One rank per host for now: with several local ranks, each would need its own communicator and
+// one NCCL group over all of them per phase (NCCL's rule for a thread driving several ranks).
 //
 // The contract: forward (and a zero-sequence forward of a host with nothing to do) is a collective
 // call. Every host calls it in the same order, the same number of times; a host with no sequences
-// calls forward([], []), which takes part in every layer's exchange with zero tokens. Each wait for
+// calls forward([], []), which takes part in every layer's exchange with zero tokens, and a host
+// whose own part fails (before or between its exchanges) runs the rest of the step's exchanges
+// with zero tokens before it throws (collective()), so the others' step completes. Each wait for
 // the other hosts is bounded (timeoutMs): past it the communicator is aborted and the step fails
 // with E_NCCL. Any failure of an exchange (a peer's abort, an out-of-step header, a timeout) aborts
 // the communicator, so every host's step fails with E_NCCL rather than waiting on a dead peer; the
