@@ -6,9 +6,14 @@
 // over columns, partial rows added in rank order, then the zero-expert term. Not tuned: the
 // tile scan is serial in one thread, the copies are plain loads and stores.
 #include <algorithm>
+#ifdef LC_CUDA_EMU
+#include <chrono>
+#include <thread>
+#endif
 
 #include "include/common.cuh"
 #include "ep.h"
+#include "../native/cpu/ep.h"
 #include "../native/cpu/zero_experts.h"
 
 namespace lc::gpu {
@@ -20,6 +25,10 @@ void each_pointer(const EpSlots& s, F& f) {
   for (int64_t r = 0; r < kEpMaxRanks; ++r) f(s.count[r]), f(s.x[r]), f(s.idx[r]), f(s.w[r]);
 }
 template <class F>
+void each_pointer(const EpFlags& s, F& f) {
+  for (int64_t r = 0; r < kEpMaxRanks; ++r) f(s.f[r]);
+}
+template <class F>
 void each_pointer(const EpPartials& p, F& f) {
   for (int64_t r = 0; r < kEpMaxRanks; ++r) f(p.rows[r]);
 }
@@ -29,6 +38,35 @@ namespace {
 
 constexpr int kThreads = 256;
 
+// The flag protocol's memory operations at system scope (the peer may be another GPU); the
+// emulator's device memory is host memory, so the host's atomics are the same thing there.
+#ifdef LC_CUDA_EMU
+__device__ int32_t load_acquire(const int32_t* p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+__device__ void store_release(int32_t* p, int32_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+__device__ void fence_system() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+__device__ uint64_t now_ns() {
+  return static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count());
+}
+__device__ void backoff() { std::this_thread::yield(); }
+__device__ bool raise_abort(int32_t* abort, int32_t code) { return cpu::ep_raise(abort, code); }
+#else
+__device__ int32_t load_acquire(const int32_t* p) {
+  int32_t v;
+  asm volatile("ld.acquire.sys.global.b32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+__device__ void store_release(int32_t* p, int32_t v) { asm volatile("st.release.sys.global.b32 [%0], %1;" ::"l"(p), "r"(v) : "memory"); }
+__device__ void fence_system() { __threadfence_system(); }
+__device__ uint64_t now_ns() {
+  uint64_t t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+__device__ void backoff() { __nanosleep(100); }
+__device__ bool raise_abort(int32_t* abort, int32_t code) { return atomicCAS(abort, 0, code) == 0; }
+#endif
+
 __device__ bool chooses_rank(const int32_t* ix, int64_t k, int64_t n_routed, int64_t per_rank, int64_t d) {
   for (int64_t j = 0; j < k; ++j)
     if (ix[j] >= 0 && ix[j] < n_routed && ix[j] / per_rank == d) return true;
@@ -37,7 +75,8 @@ __device__ bool chooses_rank(const int32_t* ix, int64_t k, int64_t n_routed, int
 
 __global__ void ep_dispatch_kernel(int64_t t, int64_t k, int64_t h, const float* __restrict__ u, const int32_t* __restrict__ idx,
                                    const float* __restrict__ w, int64_t n_routed, int64_t per_rank, int64_t ranks,
-                                   int64_t capacity, EpSlots slots, int32_t* __restrict__ row_of, int32_t* abort, bool fail) {
+                                   int64_t capacity, EpSlots slots, int32_t* __restrict__ row_of, int32_t* abort, bool fail,
+                                   EpFlags ready) {
   // A failed step (the flag raised, or this dispatch told to fail) sends nothing: padding only.
   const bool dead = fail || (abort && *static_cast<volatile int32_t*>(abort) != 0);
   __shared__ int32_t s_flag[kThreads];
@@ -90,8 +129,55 @@ __global__ void ep_dispatch_kernel(int64_t t, int64_t k, int64_t h, const float*
   }
   if (tid == 0) {
     *slots.count[d] = static_cast<int32_t>(base);
-    if ((fail || base > capacity) && abort) *static_cast<volatile int32_t*>(abort) = 1;  // every writer writes 1
+    if ((fail || base > capacity) && abort) raise_abort(abort, cpu::kEpAbortFailed);
   }
+  __syncthreads();  // the block's payload, then (one thread, system scope) the flag
+  if (tid == 0 && ready.f[d]) {
+    fence_system();
+    store_release(ready.f[d], 1);
+  }
+}
+
+__global__ void ep_wait_kernel(int32_t* flags, int64_t n, EpPeers peers, int32_t rank, int32_t kind, int32_t* abort,
+                               int64_t timeout_ns, int64_t pad_rows, int64_t k, int64_t per_rank, int32_t* pad_idx, float* pad_w,
+                               int64_t pad_counts, int32_t* counts) {
+  __shared__ int32_t s_failed;
+  if (threadIdx.x == 0) {
+    // One thread spins (the flags usually are up already); the budget is wall time, so a
+    // dead peer costs timeout_ns at most, whatever the clock.
+    const uint64_t start = now_ns();
+    int32_t failed = 0;
+    for (int64_t i = 0; i < n && !failed; ++i)
+      while (load_acquire(flags + i) == 0) {
+        if (abort && load_acquire(abort) != 0) {
+          failed = 1;
+          break;
+        }
+        if (now_ns() - start >= static_cast<uint64_t>(timeout_ns)) {
+          if (abort) raise_abort(abort, cpu::ep_wait_failure(kind, rank, peers.rank[i]));
+          failed = 1;
+          break;
+        }
+        backoff();
+      }
+    if (!failed)
+      for (int64_t i = 0; i < n; ++i) flags[i] = 0;  // reused only after the round trip through combine
+    s_failed = failed;
+  }
+  __syncthreads();
+  if (!s_failed || !pad_idx) return;
+  for (int64_t j = threadIdx.x; j < pad_rows * k; j += blockDim.x) {
+    pad_idx[j] = static_cast<int32_t>(per_rank);
+    pad_w[j] = 0.0f;
+  }
+  for (int64_t j = threadIdx.x; j < pad_counts; j += blockDim.x) counts[j] = 0;
+}
+
+__global__ void ep_signal_kernel(EpFlags flags, int64_t n) {
+  const int64_t i = threadIdx.x;
+  if (i >= n || !flags.f[i]) return;
+  fence_system();
+  store_release(flags.f[i], 1);
 }
 
 __global__ void ep_combine_kernel(int64_t t, int64_t k, int64_t h, const float* __restrict__ u, const int32_t* __restrict__ idx,
@@ -123,10 +209,22 @@ __global__ void ep_combine_kernel(int64_t t, int64_t k, int64_t h, const float* 
 
 void ep_dispatch(int64_t t, int64_t k, int64_t h, const float* u, const int32_t* idx, const float* w, int64_t n_routed,
                  int64_t per_rank, int64_t ranks, int64_t capacity, const EpSlots& slots, int32_t* row_of, int32_t* abort,
-                 bool fail, void* stream) {
+                 bool fail, const EpFlags& ready, void* stream) {
   if (ranks <= 0) return;
   ep_dispatch_kernel<<<static_cast<unsigned>(ranks), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
-      t, k, h, u, idx, w, n_routed, per_rank, ranks, capacity, slots, row_of, abort, fail);
+      t, k, h, u, idx, w, n_routed, per_rank, ranks, capacity, slots, row_of, abort, fail, ready);
+}
+
+void ep_wait(int32_t* flags, int64_t n, const EpPeers& peers, int32_t rank, int32_t kind, int32_t* abort, int64_t timeout_ns,
+             int64_t pad_rows, int64_t k, int64_t per_rank, int32_t* pad_idx, float* pad_w, int64_t pad_counts,
+             int32_t* counts, void* stream) {
+  ep_wait_kernel<<<1, 128, 0, static_cast<cudaStream_t>(stream)>>>(flags, n, peers, rank, kind, abort, timeout_ns, pad_rows, k,
+                                                                    per_rank, pad_idx, pad_w, pad_counts, counts);
+}
+
+void ep_signal(const EpFlags& flags, int64_t n, void* stream) {
+  if (n <= 0) return;
+  ep_signal_kernel<<<1, 64, 0, static_cast<cudaStream_t>(stream)>>>(flags, n);
 }
 
 void ep_combine(int64_t t, int64_t k, int64_t h, const float* u, const int32_t* idx, const float* w, int64_t n_routed,

@@ -37,6 +37,9 @@ export interface EpOps {
    * dispatch that sends nothing -- a failed one on the CPU, or one that found the flag raised --
    * writes padding only (counts 0, rows as padding, rowOf -1), so the receivers' moe still reads
    * well-formed slots. `failForTest` (test hook): the dispatch fails as a rank's kernel would.
+   * `ready` (optional, one int32 [1] flag per destination, in its memory): after the slot was
+   * written (payload or padding) the dispatch raises ready[d] with release semantics (the flag
+   * protocol of native/cpu/ep.h; the receiver's epWait acquires it).
    */
   epDispatch(
     stream: S,
@@ -53,7 +56,33 @@ export interface EpOps {
     ws: readonly Tensor[],
     abort?: Tensor | null,
     failForTest?: boolean,
+    ready?: readonly Tensor[] | null,
   ): void;
+  /**
+   * A rank waits for its flags (int32 [n] in its own memory; peers[i]: the rank that raises
+   * flags[i]) with acquire loads, then lowers them. Bounded: it gives up when `abort` (int32 [1])
+   * is raised or after timeoutMs; a timeout raises `abort` with the reason (unless another came
+   * first): 1 << 30 | kind << 16 | rank << 8 | peer (kind 1: waiting for a home's dispatch, 2:
+   * a home waiting for a rank's partials). Failed, it pads the given receive rows (counts 0, idx
+   * expertsPerRank, w 0) so the rank's moe reads well-formed slots. Never throws at run time:
+   * the abort word is the report. CUDA: one block, one spinning thread (%globaltimer budget).
+   */
+  epWait(
+    stream: S,
+    flags: Tensor,
+    peers: readonly number[],
+    rank: number,
+    kind: 1 | 2,
+    abort: Tensor,
+    timeoutMs: number,
+    counts?: Tensor | null,
+    idx?: Tensor | null,
+    w?: Tensor | null,
+    expertsPerRank?: number,
+  ): void;
+  /** Raises each flag (int32 [1], on a device the stream's device reaches) with release semantics,
+   *  after the stream's earlier work (a rank's "partials ready" to the home ranks). */
+  epSignal(stream: Stream, flags: readonly Tensor[]): void;
   /**
    * The home rank's MoE output: out[t] = partials[d][rowOf[t, d]] added over the ranks t went to
    * in rank order 0, 1, .. (partials[d] f32 [capacity, H]: rank d's moe output over its slot for

@@ -9,23 +9,31 @@
 //             experts;
 //   combine   each home rank adds the partial rows back in rank order 0, 1, .., then the zero
 //             experts (epCombine) -- deterministic whatever order the ranks finish in.
-// Every rank has its own stream on its own device; the phases are joined by events (across
-// devices too: a CUDA stream may wait for another device's event). Ranks are CPU ranks, or CUDA
-// ranks each on a device of the group (several ranks may share one): rank d's receive slots,
-// experts and moe output live on its device, the home rank's inputs and output on its own, and the
-// home rank's kernels (split send / receive form of cuda/ep.cu) write into the receivers' slots and
-// read their partial rows through peer pointers (loadModel enables peer access between every pair).
-// The receive slots and the home ranks' row records are allocated once per slot depth (the most
-// tokens a home rank holds, rounded up to a power of two) and reused by every layer and step.
+// Every rank has its own stream on its own device. Ranks are CPU ranks, or CUDA ranks each on a
+// device of the group (several ranks may share one): rank d's receive slots, experts and moe output
+// live on its device, the home rank's inputs and output on its own, and the home rank's kernels
+// write into the receivers' slots and read their partial rows through peer pointers (loadModel
+// enables peer access between every pair). The receive slots and the home ranks' row records are
+// allocated once per slot depth (the most tokens a home rank holds, rounded up to a power of two)
+// and reused by every layer and step.
 //
-// A failed rank: the group's abort flag (int32 on the runner's device, reached by every rank) is
-// raised by a dispatch that fails (a slot overflow), and from then on the step's dispatches and
-// combines do nothing more (combine writes zeros). endStep(), at the end of each step, waits for
-// every rank, surfaces the first error (E_RANK_FAILED naming the rank) and lowers the flag, so the
-// next step starts clean. No rank ever waits on another's flag: each phase is ordered behind the
-// one before by stream events, every event is recorded before anything waits for it, and a rank
-// whose work failed still runs to the end of its queue -- so a failure, or an error thrown while
-// the step is being queued (an allocation that fails), cannot leave a rank waiting forever.
+// The phases of different ranks are ordered by flags, not by stream events (the protocol of
+// native/cpu/ep.h): a home's dispatch releases a ready flag in every rank after writing its slot,
+// each rank acquires the ready flags of every home (epWait, a bounded spin) before its expert
+// GEMM, then releases a "partials ready" flag in every home (epSignal), and each home acquires
+// those of every rank before its combine. On CPU ranks (a stream is a thread) and CUDA devices
+// the waits really spin, concurrently. The CUDA emulator runs a stream's queue only when the host
+// waits for it, so there (`ordered`) each wait is also queued behind its producers' events: the
+// flags are still written, acquired and lowered, and the waits still bounded. Only a layer's start
+// (every rank behind its homes' inputs) and its end (every home's MoE stream behind its rank, one
+// behind every rank: the capture's join) are events.
+//
+// A failed rank: the group's abort word (int32 on the runner's device, reached by every rank) is
+// raised by a dispatch that fails (a slot overflow) or by a wait that timed out (`timeoutMs`; the
+// word says who waited for whom), and from then on the step's dispatches and combines do nothing
+// more (combine writes zeros) and every wait gives up at once. endStep(), at the end of each step,
+// waits for every rank, surfaces the first error (E_RANK_FAILED naming the rank) and, after a
+// failed step, lowers the word and every flag, so the next step starts clean.
 import { native } from '../native.js';
 import { type Tensor, empty, tensor, toArray } from '../tensor.js';
 import type { MoeExpertSet } from '../../types/ops-moe.js';
@@ -38,11 +46,26 @@ import { ShardedExperts } from './placement.js';
  * A fault for tests to inject into the next MoE layer a group runs eagerly (not into a captured
  * graph's replays): 'oom' -- rank `rank` fails to allocate in its expert phase, after every
  * dispatch of the layer was queued; 'kernel' -- home rank `rank`'s dispatch kernel fails (the
- * epDispatch test hook: it raises the abort flag and sends nothing).
+ * epDispatch test hook: it raises the abort flag and sends nothing); 'dead' -- home rank `rank`
+ * never dispatches (no payload, no flag): the others' waits time out.
  */
 export interface InjectedFault {
   rank: number;
-  kind: 'oom' | 'kernel';
+  kind: 'oom' | 'kernel' | 'dead';
+}
+
+/** The default time budget of a rank's wait for a peer (a dead peer fails the step after this). */
+export const EP_TIMEOUT_MS = 60_000;
+
+/** The reason a wait left in the abort word (epWait), in words; null for another reason. */
+export function waitFailure(code: number): string | null {
+  if (!(code & (1 << 30))) return null;
+  const kind = (code >> 16) & 0xff,
+    rank = (code >> 8) & 0xff,
+    peer = code & 0xff;
+  return kind === 1
+    ? `rank ${rank} timed out waiting for rank ${peer}'s dispatch`
+    : `rank ${rank} timed out waiting for rank ${peer}'s expert outputs`;
 }
 
 /** One home rank's MoE inputs and output for a layer (its Step.experts' arguments). */
@@ -71,8 +94,18 @@ export class ExpertParallelGroup {
   private readonly dispatched: Event[];
   private readonly computed: Event[];
   private readonly combined: Event[];
-  /** int32 [1] on the home device: raised by a failed dispatch, lowered by endStep. */
+  /** int32 [1] on the home device: raised by a failed dispatch or wait, lowered by endStep. */
   private readonly abort: Tensor;
+  /** Per rank, on its device, int32 [ranks] each: ready[d][s], raised by the dispatch of the layer's
+   *  home s (its slot position); done[h][d], raised by rank d for home rank h. */
+  private readonly ready: Tensor[];
+  private readonly done: Tensor[];
+  /** The CUDA emulator: waits are also queued behind their producers' events (header). */
+  private readonly ordered: boolean;
+  /** A layer's queuing stopped half way: flags may be left raised (cleared by endStep). */
+  private unclean = false;
+  /** How long a rank waits for a peer before the step fails (ms). */
+  timeoutMs = EP_TIMEOUT_MS;
   private fault: InjectedFault | null = null;
   /** The layer's calls so far, until allToAll() queues them. */
   private pending: HomeCall[] = [];
@@ -94,6 +127,10 @@ export class ExpertParallelGroup {
     this.computed = events();
     this.combined = events();
     this.abort = tensor(Int32Array.of(0), [1], { dtype: 'int32', device: home });
+    const flags = () => devices.map(d => tensor(new Int32Array(this.ranks), [this.ranks], { dtype: 'int32', device: d }));
+    this.ready = flags();
+    this.done = flags();
+    this.ordered = native.buildInfo().cudaArchs === 'emulated' && devices.some(d => d !== 'cpu');
   }
 
   /** Test hook: the next MoE layer run eagerly fails on one rank (InjectedFault). */
@@ -182,11 +219,22 @@ export class ExpertParallelGroup {
     const used = (t: Tensor) => keep(t.narrow(0, A * cap));
     const rowOf = homes.map(h => keep(buf.rowOf[h.rank]!.narrow(0, h.u.shape[0]!)));
 
+    const homeRanks = homes.map(h => h.rank),
+      all = Array.from({ length: R }, (_, d) => d),
+      ordered = this.ordered;
     try {
+      this.unclean = true;
+      // The layer's start: each home's rank stream behind its MoE inputs; a rank without tokens
+      // behind every home's (it joins a capture there).
+      for (const h of homes) this.inputsReady[h.rank]!.record(h.stream);
+      for (let d = 0; d < R; d++) {
+        const mine = homeRanks.indexOf(d);
+        if (mine >= 0) this.streams[d]!.waitEvent(this.inputsReady[d]!);
+        else for (const h of homes) this.streams[d]!.waitEvent(this.inputsReady[h.rank]!);
+      }
       for (const [s, h] of homes.entries()) {
+        if (fault?.kind === 'dead' && fault.rank === h.rank) continue; // sends nothing, raises no flag
         const st = this.streams[h.rank]!;
-        this.inputsReady[h.rank]!.record(h.stream);
-        st.waitEvent(this.inputsReady[h.rank]!);
         native.epDispatch(
           st,
           h.u,
@@ -202,13 +250,27 @@ export class ExpertParallelGroup {
           buf.recv.map(r => rows(r.w, s)),
           this.abort,
           fault?.kind === 'kernel' && fault.rank === h.rank,
+          this.ready.map(f => keep(f.narrow(s, 1))),
         );
-        this.dispatched[h.rank]!.record(st);
+        if (ordered) this.dispatched[h.rank]!.record(st);
       }
       for (let d = 0; d < R; d++) {
         const st = this.streams[d]!,
           r = buf.recv[d]!;
-        for (const h of homes) st.waitEvent(this.dispatched[h.rank]!);
+        if (ordered) for (const h of homes) st.waitEvent(this.dispatched[h.rank]!);
+        native.epWait(
+          st,
+          keep(this.ready[d]!.narrow(0, A)),
+          homeRanks,
+          d,
+          1,
+          this.abort,
+          this.timeoutMs,
+          keep(r.count.narrow(0, A)),
+          used(r.idx),
+          used(r.w),
+          per,
+        );
         if (fault?.kind === 'oom' && fault.rank === d)
           throw new OutOfMemoryError(
             'E_OOM',
@@ -230,11 +292,16 @@ export class ExpertParallelGroup {
           null,
           per + 1,
         );
-        this.computed[d]!.record(st);
+        native.epSignal(
+          st,
+          homeRanks.map(hr => keep(this.done[hr]!.narrow(d, 1))),
+        );
+        if (ordered) this.computed[d]!.record(st);
       }
       for (const [s, h] of homes.entries()) {
         const st = this.streams[h.rank]!;
-        for (let d = 0; d < R; d++) st.waitEvent(this.computed[d]!);
+        if (ordered) for (let d = 0; d < R; d++) st.waitEvent(this.computed[d]!);
+        native.epWait(st, this.done[h.rank]!, all, h.rank, 2, this.abort, this.timeoutMs);
         native.epCombine(
           st,
           h.out,
@@ -248,17 +315,14 @@ export class ExpertParallelGroup {
           this.abort,
         );
       }
+      this.unclean = false;
     } finally {
-      // Every rank's stream, and the home ranks' MoE streams, continue behind everything queued
-      // for this layer (also when queuing stopped half way): a rank's buffers are read by other
-      // ranks' kernels, and a home's temporaries are freed into its device's pool, which fences a
-      // freed block on that device's streams only, so the block must not come back before the
-      // last reader on any device is done.
+      // The layer's end: each home's MoE stream continues behind its rank's stream (the home's
+      // temporaries are read by its own rank's kernels only), and the first home's behind every
+      // rank (the join a graph capture needs; those ranks are done before its combine anyway).
       for (let d = 0; d < R; d++) this.combined[d]!.record(this.streams[d]!);
-      for (let s = 0; s < R; s++) {
-        for (const h of homes) h.stream.waitEvent(this.combined[s]!);
-        for (let d = 0; d < R; d++) if (d !== s) this.streams[d]!.waitEvent(this.combined[s]!);
-      }
+      for (const h of homes) h.stream.waitEvent(this.combined[h.rank]!);
+      for (let d = 0; d < R; d++) if (!homeRanks.includes(d)) homes[0]!.stream.waitEvent(this.combined[d]!);
       for (const t of held) t.dispose(); // queued work keeps what it uses
     }
   }
@@ -276,8 +340,14 @@ export class ExpertParallelGroup {
         failed ??= { rank: r, cause: e };
       }
     }
-    const raised = (toArray(this.abort) as Int32Array)[0] !== 0;
-    if (raised) this.abort.copyFromBytes(Int32Array.of(0));
+    const code = (toArray(this.abort) as Int32Array)[0]!,
+      raised = code !== 0;
+    if (raised || failed || this.unclean) {
+      // Every rank is idle: lower the word and every flag a failed step may have left raised.
+      this.abort.copyFromBytes(Int32Array.of(0));
+      for (const f of [...this.ready, ...this.done]) f.copyFromBytes(new Int32Array(this.ranks));
+      this.unclean = false;
+    }
     if (failed) {
       const why = failed.cause instanceof Error ? failed.cause.message : String(failed.cause);
       throw new RankFailedError(
@@ -289,7 +359,9 @@ export class ExpertParallelGroup {
     if (raised)
       throw new RankFailedError(
         'E_RANK_FAILED',
-        'expert parallelism: a rank failed in this step (a dispatch overflowed its receive slots and raised the abort flag)',
+        `expert parallelism: ${
+          waitFailure(code) ?? 'a rank failed in this step (a dispatch overflowed its receive slots and raised the abort flag)'
+        }${waitFailure(code) ? ` (${this.timeoutMs} ms): the step failed` : ''}`,
       );
   }
 
@@ -304,5 +376,6 @@ export class ExpertParallelGroup {
     for (const b of this.buffers.values()) for (const t of [...b.recv.flatMap(r => Object.values(r)), ...b.rowOf]) t.dispose();
     this.buffers.clear();
     this.abort.dispose();
+    for (const f of [...this.ready, ...this.done]) f.dispose();
   }
 }

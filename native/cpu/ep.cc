@@ -1,7 +1,9 @@
 // Expert-parallel dispatch and combine between CPU ranks (see ep.h for the slot protocol).
 #include "ep.h"
 
+#include <chrono>
 #include <cstring>
+#include <thread>
 
 #include "threadpool.h"
 #include "zero_experts.h"
@@ -127,6 +129,34 @@ EpCombineCheck ep_combine(int64_t t, int64_t k, int64_t h, const float* u, const
     }
   });
   return r;
+}
+
+bool ep_raise(int32_t* abort, int32_t code) {
+  int32_t zero = 0;
+  return __atomic_compare_exchange_n(abort, &zero, code, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+}
+
+void ep_signal(int32_t* flag) { __atomic_store_n(flag, 1, __ATOMIC_RELEASE); }
+
+int64_t ep_wait(int32_t* flags, int64_t n, const int32_t* abort, int64_t timeout_ns) {
+  const auto until = std::chrono::steady_clock::now() + std::chrono::nanoseconds(timeout_ns);
+  for (int64_t i = 0; i < n; ++i)
+    for (int spins = 0; __atomic_load_n(flags + i, __ATOMIC_ACQUIRE) == 0; ++spins) {
+      if (abort && __atomic_load_n(abort, __ATOMIC_ACQUIRE) != 0) return i;
+      if (std::chrono::steady_clock::now() >= until) return i;
+      // The peer is a stream thread of this process: let it run (the cores are shared).
+      if (spins > 64) std::this_thread::yield();
+    }
+  for (int64_t i = 0; i < n; ++i) __atomic_store_n(flags + i, 0, __ATOMIC_RELAXED);  // reused only after combine
+  return -1;
+}
+
+void ep_pad_rows(int64_t n, int64_t k, int64_t per_rank, int32_t* idx, float* w, int64_t n_counts, int32_t* counts) {
+  for (int64_t j = 0; j < n * k; ++j) {
+    idx[j] = static_cast<int32_t>(per_rank);
+    w[j] = 0.0f;
+  }
+  for (int64_t j = 0; j < n_counts; ++j) counts[j] = 0;
 }
 
 }  // namespace lc::cpu
