@@ -11,6 +11,7 @@ import { ArgumentError, LongcatError } from '../lib/errors.js';
 import { initRandom } from '../lib/init-random.js';
 import { loadModel } from '../lib/generate.js';
 import { ShardedExperts, expertsPerRank, rankExperts } from '../lib/parallel/placement.js';
+import { waitFailure } from '../lib/parallel/expert-parallel.js';
 import { stepOrder } from '../lib/parallel/data-parallel.js';
 import type { MoeExpertSet } from '../types/ops-moe.js';
 import { expectEqualLogits, expectFailuresRecover, maxRelError, prompts, range, runScript } from './ep-helpers.js';
@@ -224,7 +225,11 @@ function randomRouting(T: number, k: number, pool: number[], r: () => number): I
 
 /**
  * The whole MoE of `sources` home ranks (problems[s]) through dispatch, the receivers' moe over
- * their own experts, and combine, each rank on its own stream joined by events (as the runner does).
+ * their own experts, and combine, ordered by the flag protocol (native/cpu/ep.h) as the runner
+ * does: the homes run on streams of their own, the ranks on theirs. On the CPU (a stream is a
+ * thread) every rank's wait is queued before any dispatch exists, so the ranks really spin until
+ * the homes' flags come; the emulator runs a stream only when the host waits for it, so there the
+ * waits are also queued behind their producers' events.
  */
 function expertParallelMoe(
   problems: Problem[],
@@ -236,7 +241,8 @@ function expertParallelMoe(
   const { H, k, nRouted, nExperts } = problems[0]!,
     per = sets.per,
     A = problems.length;
-  const streams = Array.from({ length: ranks }, () => new native.Stream(device));
+  const rankStreams = Array.from({ length: ranks }, () => new native.Stream(device)),
+    homeStreams = problems.map(() => new native.Stream(device));
   const held: Tensor[] = [];
   const keep = (t: Tensor) => {
     held.push(t);
@@ -248,31 +254,65 @@ function expertParallelMoe(
     idx: keep(poisoned([A * cap, k], 'int32', device)),
     w: keep(poisoned([A * cap, k], 'f32', device)),
     y: keep(poisoned([A * cap, H], 'f32', device)),
+    ready: keep(i32(new Array(A).fill(0), [A], device)),
   }));
+  const done = problems.map(() => keep(i32(new Array(ranks).fill(0), [ranks], device))),
+    abort = keep(i32([0], [1], device));
   const rows = (t: Tensor, s: number) => keep(t.narrow(s * cap, cap));
   const ins = problems.map(p => {
     const src = sourceTensors(p, device);
     for (const t of Object.values(src)) keep(t);
     return { ...src, out: keep(poisoned([p.T, H], 'f32', device)), rowOf: keep(poisoned([p.T, ranks], 'int32', device)) };
   });
-  const dispatched = streams.map(() => new native.Event(device)),
-    computed = streams.map(() => new native.Event(device));
+  const evented = device !== 'cpu';
+  const dispatched = homeStreams.map(() => new native.Event(device)),
+    computed = rankStreams.map(() => new native.Event(device));
+  const homes = range(0, A);
+  const rankPhase = () => {
+    for (let d = 0; d < ranks; d++) {
+      const st = rankStreams[d]!,
+        r = recv[d]!;
+      if (evented) for (const e of dispatched) st.waitEvent(e);
+      native.epWait(st, r.ready, homes, d, 1, abort, 60_000);
+      native.moe(st, r.y, r.x, r.idx, r.w, per, sets.sharded.shards[d]!, null, null, null, null, null, per + 1);
+      native.epSignal(
+        st,
+        done.map(f => keep(f.narrow(d, 1))),
+      );
+      if (evented) computed[d]!.record(st);
+    }
+  };
+  if (!evented) rankPhase();
   for (let s = 0; s < A; s++) {
     const slots = recv.map(r => ({ count: keep(r.count.narrow(s, 1)), x: rows(r.x, s), idx: rows(r.idx, s), w: rows(r.w, s) }));
-    dispatch(streams[s]!, ins[s]!, problems[s]!, per, ins[s]!.rowOf, slots);
-    dispatched[s]!.record(streams[s]!);
-  }
-  for (let d = 0; d < ranks; d++) {
-    for (let s = 0; s < A; s++) streams[d]!.waitEvent(dispatched[s]!);
-    const r = recv[d]!;
-    native.moe(streams[d], r.y, r.x, r.idx, r.w, per, sets.sharded.shards[d]!, null, null, null, null, null, per + 1);
-    computed[d]!.record(streams[d]!);
-  }
-  for (let s = 0; s < A; s++) {
-    for (let d = 0; d < ranks; d++) streams[s]!.waitEvent(computed[d]!);
     const src = ins[s]!;
+    native.epDispatch(
+      homeStreams[s]!,
+      src.u,
+      src.idx,
+      src.w,
+      nRouted,
+      nExperts,
+      per,
+      src.rowOf,
+      slots.map(x => x.count),
+      slots.map(x => x.x),
+      slots.map(x => x.idx),
+      slots.map(x => x.w),
+      abort,
+      false,
+      recv.map(r => keep(r.ready.narrow(s, 1))),
+    );
+    if (evented) dispatched[s]!.record(homeStreams[s]!);
+  }
+  if (evented) rankPhase();
+  for (let s = 0; s < A; s++) {
+    const st = homeStreams[s]!,
+      src = ins[s]!;
+    if (evented) for (const e of computed) st.waitEvent(e);
+    native.epWait(st, done[s]!, range(0, ranks), s, 2, abort, 60_000);
     native.epCombine(
-      streams[s],
+      st,
       src.out,
       src.u,
       src.idx,
@@ -281,12 +321,16 @@ function expertParallelMoe(
       nExperts,
       src.rowOf,
       recv.map(r => rows(r.y, s)),
+      abort,
     );
   }
-  for (const s of streams) s.synchronize();
+  for (const s of [...rankStreams, ...homeStreams]) s.synchronize();
   const outs = ins.map(x => toArray(x.out) as Float32Array);
+  // every flag was consumed (lowered by its owner), and nothing failed
+  expect(Array.from(toArray(abort))).toEqual([0]);
+  for (const f of [...recv.map(r => r.ready), ...done]) expect(Array.from(toArray(f)).every(v => v === 0)).toBe(true);
   for (const t of held) t.dispose();
-  for (const s of streams) s.dispose();
+  for (const s of [...rankStreams, ...homeStreams]) s.dispose();
   return outs;
 }
 
@@ -441,6 +485,116 @@ describe('epDispatch against the JS slot reference', () => {
     call(three.slice(0, 2), 4, bad);
     expect(() => native.synchronize('cpu')).toThrow(/idx\[0, 2\] = 12 is outside/);
     for (const t of [...Object.values(src), bad, wrong.x, ...slotTensors(three)]) t.dispose();
+  });
+});
+
+describe('the flag protocol (epDispatch ready flags, epWait, epSignal)', () => {
+  const H = 24,
+    k = 3,
+    nRouted = 8,
+    nZero = 4;
+
+  it.each(opDevices)("%s: a dispatch raises each destination's flag after its slot; epWait acquires and lowers them", dev => {
+    const ranks = 4,
+      T = 5,
+      per = 2,
+      p = problem(T, H, k, nRouted, nZero, range(0, 12), 41);
+    const src = sourceTensors(p, dev),
+      rowOf = poisoned([T, ranks], 'int32', dev),
+      abort = i32([0], [1], dev);
+    const slots = Array.from({ length: ranks }, () => poisonedSlot(T, H, k, dev));
+    const flags = Array.from({ length: ranks }, () => i32([0], [1], dev));
+    const s = new native.Stream(dev);
+    native.epDispatch(
+      s,
+      src.u,
+      src.idx,
+      src.w,
+      nRouted,
+      nRouted + nZero,
+      per,
+      rowOf,
+      slots.map(x => x.count),
+      slots.map(x => x.x),
+      slots.map(x => x.idx),
+      slots.map(x => x.w),
+      abort,
+      false,
+      flags,
+    );
+    s.synchronize();
+    expect(flags.map(f => toArray(f)[0])).toEqual([1, 1, 1, 1]);
+    for (const [d, f] of flags.entries()) native.epWait(s, f, [0], d, 1, abort, 60_000);
+    s.synchronize();
+    expect(flags.map(f => toArray(f)[0])).toEqual([0, 0, 0, 0]);
+    expect(Array.from(toArray(abort))).toEqual([0]);
+    for (let d = 0; d < ranks; d++) {
+      const ref = referenceSlot(p, per, d, T);
+      expect(toArray(slots[d]!.count)[0]).toBe(ref.count);
+      expect(Array.from(toArray(slots[d]!.x))).toEqual(Array.from(ref.x));
+      expect(Array.from(toArray(slots[d]!.idx))).toEqual(Array.from(ref.idx));
+    }
+    // epSignal raises flags on any reachable tensor, after the stream's earlier work
+    native.epSignal(s, flags.slice(1, 3));
+    s.synchronize();
+    expect(flags.map(f => toArray(f)[0])).toEqual([0, 1, 1, 0]);
+    s.dispose();
+    for (const t of [...Object.values(src), rowOf, abort, ...flags, ...slotTensors(slots)]) t.dispose();
+  });
+
+  it.each(opDevices)(
+    '%s: a wait for a peer that never sends gives up after its budget, says who waited for whom in the abort word and pads its rows; a raised word ends a wait at once',
+    dev => {
+      const rows = 6,
+        per = 2;
+      const flags = i32([1, 0, 0], [3], dev),
+        abort = i32([0], [1], dev),
+        counts = poisoned([3], 'int32', dev),
+        idx = poisoned([rows, k], 'int32', dev),
+        w = poisoned([rows, k], 'f32', dev);
+      const s = new native.Stream(dev);
+      // peers 2, 5 and 7 send to rank 3; 2 did, 5 never does
+      native.epWait(s, flags, [2, 5, 7], 3, 1, abort, 30, counts, idx, w, per);
+      s.synchronize();
+      const code = toArray(abort)[0]!;
+      expect(code).toBe((1 << 30) | (1 << 16) | (3 << 8) | 5);
+      expect(waitFailure(code)).toBe("rank 3 timed out waiting for rank 5's dispatch");
+      expect(Array.from(toArray(flags))).toEqual([1, 0, 0]); // not consumed: the group clears them
+      expect(Array.from(toArray(counts))).toEqual([0, 0, 0]);
+      expect(Array.from(toArray(idx))).toEqual(new Array(rows * k).fill(per));
+      expect(Array.from(toArray(w))).toEqual(new Array(rows * k).fill(0));
+      // the word raised: a wait with an hour's budget returns at once, and the first reason stays
+      const other = i32([0, 0], [2], dev);
+      native.epWait(s, other, [0, 1], 4, 2, abort, 3_600_000);
+      s.synchronize();
+      expect(toArray(abort)[0]).toBe(code);
+      // a combine wait's reason
+      abort.copyFromBytes(Int32Array.of(0));
+      native.epWait(s, other, [6, 1], 0, 2, abort, 20);
+      s.synchronize();
+      expect(waitFailure(toArray(abort)[0]!)).toBe("rank 0 timed out waiting for rank 6's expert outputs");
+      expect(waitFailure(1)).toBeNull();
+      s.dispose();
+      for (const t of [flags, abort, counts, idx, w, other]) t.dispose();
+    },
+  );
+
+  it('rejects malformed waits and signals with typed errors', () => {
+    const flags = i32([0, 0], [2]),
+      abort = i32([0], [1]),
+      s = new native.Stream('cpu');
+    expect(() => native.epWait(s, flags, [0], 0, 1, abort, 10)).toThrow(/1 peers for 2 flags/);
+    expect(() => native.epWait(s, flags, [0, 1], 0, 3 as 1, abort, 10)).toThrow(/kind must be 1 \(dispatch\) or 2/);
+    expect(() => native.epWait(s, flags, [0, 1], 0, 1, abort, 0)).toThrow(/timeoutMs must be in/);
+    expect(() => native.epWait(s, flags, [0, 1], 0, 1, null as unknown as Tensor, 10)).toThrow(/needs the abort flag/);
+    expect(() => native.epWait(s, flags, [0, 1], 0, 1, abort, 10, flags)).toThrow(/pad the receive rows together/);
+    expect(() => native.epWait(s, flags, [0, 300], 0, 1, abort, 10)).toThrow(ArgumentError);
+    expect(() => native.epSignal(null as unknown as InstanceType<typeof native.Stream>, [abort])).toThrow(/needs the stream/);
+    expect(() => native.epSignal(s, [flags])).toThrow(LongcatError); // a flag is int32 [1]
+    s.synchronize();
+    s.dispose();
+    flags.dispose();
+    abort.dispose();
   });
 });
 
