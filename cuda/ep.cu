@@ -1,10 +1,13 @@
-// Expert-parallel dispatch and combine on the GPU, split send / receive form (contract: ep.h,
+// Expert-parallel dispatch and combine on the GPU, single-kernel peer-pointer form (contract: ep.h,
 // native/cpu/ep.h). The slots and partials may be on other devices (peer pointers): a home rank's
-// dispatch writes straight into the receivers' memory, its combine reads their partial rows. Dispatch: one block per destination rank walks the tokens in tiles, a scan of
-// the tile's "goes to this rank" flags gives each token its row, then the block copies the rows
-// (u, local ids, weights) and pads the rest of the slot. Combine: one block per token, threads
-// over columns, partial rows added in rank order, then the zero-expert term. Not tuned: the
-// tile scan is serial in one thread, the copies are plain loads and stores.
+// dispatch writes straight into the receivers' memory, its combine reads their partial rows.
+// Dispatch: a block per destination rank (at most `blocks`, looping) walks the tokens in tiles, a
+// scan of the tile's "goes to this rank" flags gives each token its row, then the block copies the
+// rows (u, local ids, weights), pads the rest of the slot and releases the destination's flag;
+// block 0 then waits for this rank's own flags. Combine: block 0 releases this rank's "partials
+// ready" flags, every block waits for the home's, then tokens over blocks, threads over columns,
+// partial rows added in rank order, then the zero-expert term. Not tuned: the tile scan is serial
+// in one thread, the copies are plain loads and stores.
 #include <algorithm>
 #ifdef LC_CUDA_EMU
 #include <chrono>
@@ -27,6 +30,10 @@ void each_pointer(const EpSlots& s, F& f) {
 template <class F>
 void each_pointer(const EpFlags& s, F& f) {
   for (int64_t r = 0; r < kEpMaxRanks; ++r) f(s.f[r]);
+}
+template <class F>
+void each_pointer(const EpWait& s, F& f) {
+  f(s.flags), f(s.pad_idx), f(s.pad_w), f(s.counts), f(s.counter);
 }
 template <class F>
 void each_pointer(const EpPartials& p, F& f) {
@@ -73,24 +80,57 @@ __device__ bool chooses_rank(const int32_t* ix, int64_t k, int64_t n_routed, int
   return false;
 }
 
-__global__ void ep_dispatch_kernel(int64_t t, int64_t k, int64_t h, const float* __restrict__ u, const int32_t* __restrict__ idx,
-                                   const float* __restrict__ w, int64_t n_routed, int64_t per_rank, int64_t ranks,
-                                   int64_t capacity, EpSlots slots, int32_t* __restrict__ row_of, int32_t* abort, bool fail,
-                                   EpFlags ready) {
-  // A failed step (the flag raised, or this dispatch told to fail) sends nothing: padding only.
-  const bool dead = fail || (abort && *static_cast<volatile int32_t*>(abort) != 0);
+// One thread acquires wait.flags[0..n) in turn, giving up when the abort word is raised or the
+// budget (wall time: %globaltimer) is spent; a timeout raises the word with its reason. Whether
+// every flag was seen.
+__device__ bool acquire_flags(const EpWait& wait, int32_t* abort) {
+  const uint64_t start = now_ns();
+  for (int64_t i = 0; i < wait.n; ++i)
+    while (load_acquire(wait.flags + i) == 0) {
+      if (abort && load_acquire(abort) != 0) return false;
+      if (now_ns() - start >= static_cast<uint64_t>(wait.timeout_ns)) {
+        if (abort) raise_abort(abort, cpu::ep_wait_failure(wait.kind, wait.rank, wait.peer[i]));
+        return false;
+      }
+      backoff();
+    }
+  return true;
+}
+
+// The dispatch's wait (one block): flags lowered after (the next layer's senders come only after
+// the round trip through combine), or on failure the receive rows padded.
+__device__ void dispatch_wait(const EpWait& wait, int32_t* abort) {
+  __shared__ int32_t s_ok;
+  if (threadIdx.x == 0) {
+    s_ok = acquire_flags(wait, abort);
+    if (s_ok)
+      for (int64_t i = 0; i < wait.n; ++i) wait.flags[i] = 0;
+  }
+  __syncthreads();
+  if (s_ok || !wait.pad_idx) return;
+  for (int64_t j = threadIdx.x; j < wait.pad_rows * wait.k; j += blockDim.x) {
+    wait.pad_idx[j] = static_cast<int32_t>(wait.per_rank);
+    wait.pad_w[j] = 0.0f;
+  }
+  for (int64_t j = threadIdx.x; j < wait.pad_counts; j += blockDim.x) wait.counts[j] = 0;
+}
+
+// One destination's slot from this home: rows, row_of column, padding, count; then its flag.
+__device__ void send_to(int64_t d, int64_t t, int64_t k, int64_t h, const float* __restrict__ u, const int32_t* __restrict__ idx,
+                        const float* __restrict__ w, int64_t n_routed, int64_t per_rank, int64_t ranks, int64_t capacity,
+                        const EpSlots& slots, int32_t* __restrict__ row_of, int32_t* abort, bool fail, bool dead,
+                        const EpFlags& ready) {
   __shared__ int32_t s_flag[kThreads];
   __shared__ int32_t s_row[kThreads];
   __shared__ int32_t s_tok[kThreads];
   __shared__ int32_t s_n;
-  const int64_t d = blockIdx.x;
   const int tid = threadIdx.x;
   float* x = slots.x[d];
   int32_t* sidx = slots.idx[d];
   float* sw = slots.w[d];
   int64_t base = 0;
   if (dead)
-    for (int64_t i = threadIdx.x; i < t; i += kThreads) row_of[i * ranks + blockIdx.x] = -1;
+    for (int64_t i = tid; i < t; i += kThreads) row_of[i * ranks + d] = -1;
   for (int64_t tile = 0; tile < (dead ? 0 : t); tile += kThreads) {
     const int64_t i = tile + tid;
     s_flag[tid] = i < t && chooses_rank(idx + i * k, k, n_routed, per_rank, d);
@@ -138,70 +178,55 @@ __global__ void ep_dispatch_kernel(int64_t t, int64_t k, int64_t h, const float*
   }
 }
 
-__global__ void ep_wait_kernel(int32_t* flags, int64_t n, EpPeers peers, int32_t rank, int32_t kind, int32_t* abort,
-                               int64_t timeout_ns, int64_t pad_rows, int64_t k, int64_t per_rank, int32_t* pad_idx, float* pad_w,
-                               int64_t pad_counts, int32_t* counts) {
-  __shared__ int32_t s_failed;
-  if (threadIdx.x == 0) {
-    // One thread spins (the flags usually are up already); the budget is wall time, so a
-    // dead peer costs timeout_ns at most, whatever the clock.
-    const uint64_t start = now_ns();
-    int32_t failed = 0;
-    for (int64_t i = 0; i < n && !failed; ++i)
-      while (load_acquire(flags + i) == 0) {
-        if (abort && load_acquire(abort) != 0) {
-          failed = 1;
-          break;
-        }
-        if (now_ns() - start >= static_cast<uint64_t>(timeout_ns)) {
-          if (abort) raise_abort(abort, cpu::ep_wait_failure(kind, rank, peers.rank[i]));
-          failed = 1;
-          break;
-        }
-        backoff();
-      }
-    if (!failed)
-      for (int64_t i = 0; i < n; ++i) flags[i] = 0;  // reused only after the round trip through combine
-    s_failed = failed;
-  }
-  __syncthreads();
-  if (!s_failed || !pad_idx) return;
-  for (int64_t j = threadIdx.x; j < pad_rows * k; j += blockDim.x) {
-    pad_idx[j] = static_cast<int32_t>(per_rank);
-    pad_w[j] = 0.0f;
-  }
-  for (int64_t j = threadIdx.x; j < pad_counts; j += blockDim.x) counts[j] = 0;
-}
-
-__global__ void ep_signal_kernel(EpFlags flags, int64_t n) {
-  const int64_t i = threadIdx.x;
-  if (i >= n || !flags.f[i]) return;
-  fence_system();
-  store_release(flags.f[i], 1);
+__global__ void ep_dispatch_kernel(int64_t t, int64_t k, int64_t h, const float* __restrict__ u, const int32_t* __restrict__ idx,
+                                   const float* __restrict__ w, int64_t n_routed, int64_t per_rank, int64_t ranks,
+                                   int64_t capacity, EpSlots slots, int32_t* __restrict__ row_of, int32_t* abort, bool fail,
+                                   EpFlags ready, EpWait wait) {
+  // A failed step (the flag raised, or this dispatch told to fail) sends nothing: padding only.
+  const bool dead = fail || (abort && load_acquire(abort) != 0);
+  for (int64_t d = blockIdx.x; d < ranks; d += gridDim.x)
+    send_to(d, t, k, h, u, idx, w, n_routed, per_rank, ranks, capacity, slots, row_of, abort, fail, dead, ready);
+  if (wait.flags && blockIdx.x == 0) dispatch_wait(wait, abort);
 }
 
 __global__ void ep_combine_kernel(int64_t t, int64_t k, int64_t h, const float* __restrict__ u, const int32_t* __restrict__ idx,
                                   const float* __restrict__ w, int64_t n_routed, int64_t n_experts,
                                   const int32_t* __restrict__ row_of, int64_t ranks, int64_t capacity, EpPartials partials,
-                                  float* __restrict__ out, const int32_t* abort) {
-  if (abort && *static_cast<const volatile int32_t*>(abort) != 0) {  // the step failed: the partials may be garbage
+                                  float* __restrict__ out, int32_t* abort, EpFlags signal, int64_t n_signal, EpWait wait) {
+  // This rank's partials (the stream's earlier work) are ready: tell the homes.
+  if (blockIdx.x == 0 && threadIdx.x < n_signal && signal.f[threadIdx.x]) {
+    fence_system();
+    store_release(signal.f[threadIdx.x], 1);
+  }
+  __shared__ int32_t s_ok;
+  if (threadIdx.x == 0) s_ok = !wait.flags || acquire_flags(wait, abort);
+  __syncthreads();
+  if (s_ok && t > 0 && !(abort && load_acquire(abort) != 0)) {
+    for (int64_t i = blockIdx.x; i < t; i += gridDim.x) {
+      // The zero-expert weight in ascending (expert id, slot) order, as cpu::moe sums it.
+      float z;
+      const bool any = cpu::zero_expert_weight(idx + i * k, w + i * k, k, n_routed, n_experts, &z);
+      for (int64_t c = threadIdx.x; c < h; c += blockDim.x) {
+        float o = 0.0f;
+        for (int64_t d = 0; d < ranks; ++d) {
+          const int32_t row = row_of[i * ranks + d];
+          if (row >= 0 && row < capacity) o += partials.rows[d][static_cast<int64_t>(row) * h + c];
+        }
+        if (any) o = __fadd_rn(o, __fmul_rn(z, u[i * h + c]));  // no fma: the CPU twin rounds the product
+        out[i * h + c] = o;
+      }
+    }
+  } else {  // the step failed: the partials may be garbage
     for (int64_t i = blockIdx.x; i < t; i += gridDim.x)
       for (int64_t c = threadIdx.x; c < h; c += blockDim.x) out[i * h + c] = 0.0f;
-    return;
   }
-  for (int64_t i = blockIdx.x; i < t; i += gridDim.x) {
-    // The zero-expert weight in ascending (expert id, slot) order, as cpu::moe sums it.
-    float z;
-    const bool any = cpu::zero_expert_weight(idx + i * k, w + i * k, k, n_routed, n_experts, &z);
-    for (int64_t c = threadIdx.x; c < h; c += blockDim.x) {
-      float o = 0.0f;
-      for (int64_t d = 0; d < ranks; ++d) {
-        const int32_t row = row_of[i * ranks + d];
-        if (row >= 0 && row < capacity) o += partials.rows[d][static_cast<int64_t>(row) * h + c];
-      }
-      if (any) o = __fadd_rn(o, __fmul_rn(z, u[i * h + c]));  // no fma: the CPU twin rounds the product
-      out[i * h + c] = o;
-    }
+  if (!wait.flags) return;
+  // Every block has seen the flags (or given up): the last one out lowers them for the next layer.
+  __syncthreads();
+  if (threadIdx.x == 0 && atomicAdd(wait.counter, 1) == static_cast<int32_t>(gridDim.x) - 1) {
+    if (s_ok)
+      for (int64_t i = 0; i < wait.n; ++i) wait.flags[i] = 0;
+    *wait.counter = 0;
   }
 }
 
@@ -209,31 +234,22 @@ __global__ void ep_combine_kernel(int64_t t, int64_t k, int64_t h, const float* 
 
 void ep_dispatch(int64_t t, int64_t k, int64_t h, const float* u, const int32_t* idx, const float* w, int64_t n_routed,
                  int64_t per_rank, int64_t ranks, int64_t capacity, const EpSlots& slots, int32_t* row_of, int32_t* abort,
-                 bool fail, const EpFlags& ready, void* stream) {
-  if (ranks <= 0) return;
-  ep_dispatch_kernel<<<static_cast<unsigned>(ranks), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
-      t, k, h, u, idx, w, n_routed, per_rank, ranks, capacity, slots, row_of, abort, fail, ready);
-}
-
-void ep_wait(int32_t* flags, int64_t n, const EpPeers& peers, int32_t rank, int32_t kind, int32_t* abort, int64_t timeout_ns,
-             int64_t pad_rows, int64_t k, int64_t per_rank, int32_t* pad_idx, float* pad_w, int64_t pad_counts,
-             int32_t* counts, void* stream) {
-  ep_wait_kernel<<<1, 128, 0, static_cast<cudaStream_t>(stream)>>>(flags, n, peers, rank, kind, abort, timeout_ns, pad_rows, k,
-                                                                    per_rank, pad_idx, pad_w, pad_counts, counts);
-}
-
-void ep_signal(const EpFlags& flags, int64_t n, void* stream) {
-  if (n <= 0) return;
-  ep_signal_kernel<<<1, 64, 0, static_cast<cudaStream_t>(stream)>>>(flags, n);
+                 bool fail, const EpFlags& ready, const EpWait& wait, int64_t blocks, void* stream) {
+  const int64_t send = t >= 0 && slots.x[0] ? ranks : 0;  // no slots: a wait alone
+  const int64_t grid = std::max<int64_t>(1, std::min(send, blocks));
+  if (send == 0 && !wait.flags) return;
+  ep_dispatch_kernel<<<static_cast<unsigned>(grid), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+      t, k, h, u, idx, w, n_routed, per_rank, send, capacity, slots, row_of, abort, fail, ready, wait);
 }
 
 void ep_combine(int64_t t, int64_t k, int64_t h, const float* u, const int32_t* idx, const float* w, int64_t n_routed,
                 int64_t n_experts, const int32_t* row_of, int64_t ranks, int64_t capacity, const EpPartials& partials, float* out,
-                const int32_t* abort, void* stream) {
-  if (t <= 0 || h <= 0) return;
-  const int threads = static_cast<int>(std::min<int64_t>(256, (h + 31) / 32 * 32));
-  ep_combine_kernel<<<static_cast<unsigned>(std::min<int64_t>(t, 65535)), threads, 0, static_cast<cudaStream_t>(stream)>>>(
-      t, k, h, u, idx, w, n_routed, n_experts, row_of, ranks, capacity, partials, out, abort);
+                int32_t* abort, const EpFlags& signal, int64_t n_signal, const EpWait& wait, int64_t blocks, void* stream) {
+  if (t <= 0 && n_signal <= 0 && !wait.flags) return;
+  const int threads = static_cast<int>(std::min<int64_t>(256, std::max<int64_t>(kEpMaxRanks, (h + 31) / 32 * 32)));
+  const int64_t grid = std::max<int64_t>(1, std::min({t, blocks, int64_t{65535}}));
+  ep_combine_kernel<<<static_cast<unsigned>(grid), threads, 0, static_cast<cudaStream_t>(stream)>>>(
+      t, k, h, u, idx, w, n_routed, n_experts, row_of, ranks, capacity, partials, out, abort, signal, n_signal, wait);
 }
 
 }  // namespace lc::gpu

@@ -11,7 +11,8 @@ import { ArgumentError, LongcatError } from '../lib/errors.js';
 import { initRandom } from '../lib/init-random.js';
 import { loadModel } from '../lib/generate.js';
 import { ShardedExperts, expertsPerRank, rankExperts } from '../lib/parallel/placement.js';
-import { waitFailure } from '../lib/parallel/expert-parallel.js';
+import { ExpertParallelGroup, waitFailure } from '../lib/parallel/expert-parallel.js';
+import { Stream } from '../lib/device.js';
 import { stepOrder } from '../lib/parallel/data-parallel.js';
 import type { MoeExpertSet } from '../types/ops-moe.js';
 import { expectEqualLogits, expectFailuresRecover, maxRelError, prompts, range, runScript } from './ep-helpers.js';
@@ -224,114 +225,31 @@ function randomRouting(T: number, k: number, pool: number[], r: () => number): I
 }
 
 /**
- * The whole MoE of `sources` home ranks (problems[s]) through dispatch, the receivers' moe over
- * their own experts, and combine, ordered by the flag protocol (native/cpu/ep.h) as the runner
- * does: the homes run on streams of their own, the ranks on theirs. On the CPU (a stream is a
- * thread) every rank's wait is queued before any dispatch exists, so the ranks really spin until
- * the homes' flags come; the emulator runs a stream only when the host waits for it, so there the
- * waits are also queued behind their producers' events.
+ * The whole MoE of `sources` home ranks (problems[s] on rank s) through the runner's
+ * ExpertParallelGroup: dispatch, the receivers' moe over their own experts, and combine, ordered by
+ * the flag protocol (single-kernel form; on the emulator phase by phase, see expert-parallel.ts).
  */
 function expertParallelMoe(
   problems: Problem[],
   sets: ReturnType<typeof expertSets>,
   ranks: number,
-  cap: number,
   device = 'cpu',
 ): Float32Array[] {
-  const { H, k, nRouted, nExperts } = problems[0]!,
-    per = sets.per,
-    A = problems.length;
-  const rankStreams = Array.from({ length: ranks }, () => new native.Stream(device)),
-    homeStreams = problems.map(() => new native.Stream(device));
-  const held: Tensor[] = [];
-  const keep = (t: Tensor) => {
-    held.push(t);
-    return t;
-  };
-  const recv = Array.from({ length: ranks }, () => ({
-    count: keep(poisoned([A], 'int32', device)),
-    x: keep(poisoned([A * cap, H], 'f32', device)),
-    idx: keep(poisoned([A * cap, k], 'int32', device)),
-    w: keep(poisoned([A * cap, k], 'f32', device)),
-    y: keep(poisoned([A * cap, H], 'f32', device)),
-    ready: keep(i32(new Array(A).fill(0), [A], device)),
-  }));
-  const done = problems.map(() => keep(i32(new Array(ranks).fill(0), [ranks], device))),
-    abort = keep(i32([0], [1], device));
-  const rows = (t: Tensor, s: number) => keep(t.narrow(s * cap, cap));
-  const ins = problems.map(p => {
-    const src = sourceTensors(p, device);
-    for (const t of Object.values(src)) keep(t);
-    return { ...src, out: keep(poisoned([p.T, H], 'f32', device)), rowOf: keep(poisoned([p.T, ranks], 'int32', device)) };
-  });
-  const evented = device !== 'cpu';
-  const dispatched = homeStreams.map(() => new native.Event(device)),
-    computed = rankStreams.map(() => new native.Event(device));
-  const homes = range(0, A);
-  const rankPhase = () => {
-    for (let d = 0; d < ranks; d++) {
-      const st = rankStreams[d]!,
-        r = recv[d]!;
-      if (evented) for (const e of dispatched) st.waitEvent(e);
-      native.epWait(st, r.ready, homes, d, 1, abort, 60_000);
-      native.moe(st, r.y, r.x, r.idx, r.w, per, sets.sharded.shards[d]!, null, null, null, null, null, per + 1);
-      native.epSignal(
-        st,
-        done.map(f => keep(f.narrow(d, 1))),
-      );
-      if (evented) computed[d]!.record(st);
-    }
-  };
-  if (!evented) rankPhase();
-  for (let s = 0; s < A; s++) {
-    const slots = recv.map(r => ({ count: keep(r.count.narrow(s, 1)), x: rows(r.x, s), idx: rows(r.idx, s), w: rows(r.w, s) }));
-    const src = ins[s]!;
-    native.epDispatch(
-      homeStreams[s]!,
-      src.u,
-      src.idx,
-      src.w,
-      nRouted,
-      nExperts,
-      per,
-      src.rowOf,
-      slots.map(x => x.count),
-      slots.map(x => x.x),
-      slots.map(x => x.idx),
-      slots.map(x => x.w),
-      abort,
-      false,
-      recv.map(r => keep(r.ready.narrow(s, 1))),
-    );
-    if (evented) dispatched[s]!.record(homeStreams[s]!);
+  const { H, nExperts } = problems[0]!;
+  const group = new ExpertParallelGroup(new Array<string>(ranks).fill(device), device);
+  const streams = problems.map(() => new Stream(device));
+  const ins = problems.map(p => ({ ...sourceTensors(p, device), out: poisoned([p.T, H], 'f32', device) }));
+  try {
+    for (const [s, x] of ins.entries()) group.expertsOf(s)(streams[s]!, x.out, x.u, x.idx, x.w, sets.sharded, nExperts);
+    group.allToAll();
+    group.endStep();
+    for (const st of streams) st.synchronize();
+    return ins.map(x => toArray(x.out) as Float32Array);
+  } finally {
+    group.dispose();
+    for (const st of streams) st.dispose();
+    for (const x of ins) for (const t of Object.values(x)) t.dispose();
   }
-  if (evented) rankPhase();
-  for (let s = 0; s < A; s++) {
-    const st = homeStreams[s]!,
-      src = ins[s]!;
-    if (evented) for (const e of computed) st.waitEvent(e);
-    native.epWait(st, done[s]!, range(0, ranks), s, 2, abort, 60_000);
-    native.epCombine(
-      st,
-      src.out,
-      src.u,
-      src.idx,
-      src.w,
-      nRouted,
-      nExperts,
-      src.rowOf,
-      recv.map(r => rows(r.y, s)),
-      abort,
-    );
-  }
-  for (const s of [...rankStreams, ...homeStreams]) s.synchronize();
-  const outs = ins.map(x => toArray(x.out) as Float32Array);
-  // every flag was consumed (lowered by its owner), and nothing failed
-  expect(Array.from(toArray(abort))).toEqual([0]);
-  for (const f of [...recv.map(r => r.ready), ...done]) expect(Array.from(toArray(f)).every(v => v === 0)).toBe(true);
-  for (const t of held) t.dispose();
-  for (const s of [...rankStreams, ...homeStreams]) s.dispose();
-  return outs;
 }
 
 function problem(T: number, H: number, k: number, nRouted: number, nZero: number, pool: number[], seed: number): Problem {
@@ -524,7 +442,7 @@ describe('the flag protocol (epDispatch ready flags, epWait, epSignal)', () => {
     );
     s.synchronize();
     expect(flags.map(f => toArray(f)[0])).toEqual([1, 1, 1, 1]);
-    for (const [d, f] of flags.entries()) native.epWait(s, f, [0], d, 1, abort, 60_000);
+    for (const [d, f] of flags.entries()) native.epWait(s, { flags: f, peers: [0], rank: d, kind: 1, timeoutMs: 60_000 }, abort);
     s.synchronize();
     expect(flags.map(f => toArray(f)[0])).toEqual([0, 0, 0, 0]);
     expect(Array.from(toArray(abort))).toEqual([0]);
@@ -554,7 +472,11 @@ describe('the flag protocol (epDispatch ready flags, epWait, epSignal)', () => {
         w = poisoned([rows, k], 'f32', dev);
       const s = new native.Stream(dev);
       // peers 2, 5 and 7 send to rank 3; 2 did, 5 never does
-      native.epWait(s, flags, [2, 5, 7], 3, 1, abort, 30, counts, idx, w, per);
+      native.epWait(
+        s,
+        { flags, peers: [2, 5, 7], rank: 3, kind: 1, timeoutMs: 30, pad: { counts, idx, w, expertsPerRank: per } },
+        abort,
+      );
       s.synchronize();
       const code = toArray(abort)[0]!;
       expect(code).toBe((1 << 30) | (1 << 16) | (3 << 8) | 5);
@@ -565,12 +487,12 @@ describe('the flag protocol (epDispatch ready flags, epWait, epSignal)', () => {
       expect(Array.from(toArray(w))).toEqual(new Array(rows * k).fill(0));
       // the word raised: a wait with an hour's budget returns at once, and the first reason stays
       const other = i32([0, 0], [2], dev);
-      native.epWait(s, other, [0, 1], 4, 2, abort, 3_600_000);
+      native.epWait(s, { flags: other, peers: [0, 1], rank: 4, kind: 2, timeoutMs: 3_600_000 }, abort);
       s.synchronize();
       expect(toArray(abort)[0]).toBe(code);
       // a combine wait's reason
       abort.copyFromBytes(Int32Array.of(0));
-      native.epWait(s, other, [6, 1], 0, 2, abort, 20);
+      native.epWait(s, { flags: other, peers: [6, 1], rank: 0, kind: 2, timeoutMs: 20 }, abort);
       s.synchronize();
       expect(waitFailure(toArray(abort)[0]!)).toBe("rank 0 timed out waiting for rank 6's expert outputs");
       expect(waitFailure(1)).toBeNull();
@@ -583,12 +505,16 @@ describe('the flag protocol (epDispatch ready flags, epWait, epSignal)', () => {
     const flags = i32([0, 0], [2]),
       abort = i32([0], [1]),
       s = new native.Stream('cpu');
-    expect(() => native.epWait(s, flags, [0], 0, 1, abort, 10)).toThrow(/1 peers for 2 flags/);
-    expect(() => native.epWait(s, flags, [0, 1], 0, 3 as 1, abort, 10)).toThrow(/kind must be 1 \(dispatch\) or 2/);
-    expect(() => native.epWait(s, flags, [0, 1], 0, 1, abort, 0)).toThrow(/timeoutMs must be in/);
-    expect(() => native.epWait(s, flags, [0, 1], 0, 1, null as unknown as Tensor, 10)).toThrow(/needs the abort flag/);
-    expect(() => native.epWait(s, flags, [0, 1], 0, 1, abort, 10, flags)).toThrow(/pad the receive rows together/);
-    expect(() => native.epWait(s, flags, [0, 300], 0, 1, abort, 10)).toThrow(ArgumentError);
+    const spec = { flags, peers: [0, 1], rank: 0, kind: 1 as const, timeoutMs: 10 };
+    expect(() => native.epWait(s, { ...spec, peers: [0] }, abort)).toThrow(/1 peers for 2 flags/);
+    expect(() => native.epWait(s, { ...spec, kind: 3 as 1 }, abort)).toThrow(/kind must be 1 or 2/);
+    expect(() => native.epWait(s, { ...spec, timeoutMs: 0 }, abort)).toThrow(/timeoutMs must be in/);
+    expect(() => native.epWait(s, spec, null as unknown as Tensor)).toThrow(/needs the abort flag/);
+    expect(() => native.epWait(s, { ...spec, flags: undefined as unknown as Tensor }, abort)).toThrow(/'wait\.flags'/);
+    expect(() => native.epWait(s, { ...spec, pad: { counts: flags, idx: flags, w: flags, expertsPerRank: 1 } }, abort)).toThrow(
+      LongcatError,
+    ); // idx must be int32 [rows, k]
+    expect(() => native.epWait(s, { ...spec, peers: [0, 300] }, abort)).toThrow(ArgumentError);
     expect(() => native.epSignal(null as unknown as InstanceType<typeof native.Stream>, [abort])).toThrow(/needs the stream/);
     expect(() => native.epSignal(s, [flags])).toThrow(LongcatError); // a flag is int32 [1]
     s.synchronize();
@@ -618,8 +544,7 @@ describe('dispatch -> experts -> combine equals the single-device moe', () => {
     const sets = expertSets(ex, H, ranks, dev);
     const problems = sizes.slice(0, homes).map((T, s) => problem(T, H, k, nRouted, nZero, pool, 1000 + 17 * s + ranks));
     if (name.includes('all-zero-expert')) problems[0]!.idx.set([8, 9, 10, 11], 0); // token 0: zero experts only
-    const cap = Math.max(...sizes);
-    const got = expertParallelMoe(problems, sets, ranks, cap, dev);
+    const got = expertParallelMoe(problems, sets, ranks, dev);
     // fp32 sums of H = 40 / I = 24 products; the CUDA moe's GEMM tiles sum in another order than the CPU's
     const tol = dev === 'cpu' ? 2e-6 : 1e-5;
     for (const [s, p] of problems.entries()) {
@@ -640,8 +565,8 @@ describe('dispatch -> experts -> combine equals the single-device moe', () => {
   it.each(opDevices)('%s: is reproducible: the same inputs give bit-identical outputs', dev => {
     const sets = expertSets(ex, H, 4, dev);
     const problems = [7, 6, 7, 5].map((T, s) => problem(T, H, k, nRouted, nZero, range(0, 12), 500 + s));
-    const a = expertParallelMoe(problems, sets, 4, 7, dev),
-      b = expertParallelMoe(problems, sets, 4, 7, dev);
+    const a = expertParallelMoe(problems, sets, 4, dev),
+      b = expertParallelMoe(problems, sets, 4, dev);
     expect(b.map(x => Array.from(x))).toEqual(a.map(x => Array.from(x)));
     sets.dispose();
   });

@@ -18,13 +18,16 @@
 // and reused by every layer and step.
 //
 // The phases of different ranks are ordered by flags, not by stream events (the protocol of
-// native/cpu/ep.h): a home's dispatch releases a ready flag in every rank after writing its slot,
-// each rank acquires the ready flags of every home (epWait, a bounded spin) before its expert
-// GEMM, then releases a "partials ready" flag in every home (epSignal), and each home acquires
-// those of every rank before its combine. On CPU ranks (a stream is a thread) and CUDA devices
-// the waits really spin, concurrently. The CUDA emulator runs a stream's queue only when the host
-// waits for it, so there (`ordered`) each wait is also queued behind its producers' events: the
-// flags are still written, acquired and lowered, and the waits still bounded. Only a layer's start
+// native/cpu/ep.h), in the single-kernel form: a home's dispatch launch writes its tokens into
+// every rank's slot, releases that rank's ready flag, then acquires its own ready flags from every
+// home (a bounded spin); a rank without tokens only waits (epWait). After its expert GEMM a rank
+// releases a "partials ready" flag in every home (a home in its combine launch, which then
+// acquires those of every rank and sums; a rank without tokens with epSignal). On CPU ranks (a
+// stream is a thread) and CUDA devices the waits really spin, concurrently. The CUDA emulator runs
+// a stream's queue only when the host waits for it, so there (`ordered`) the same kernels run
+// phase by phase -- sends, then each rank's wait behind the senders' events, then signals, then
+// the homes' waits and sums behind those -- the flags still written, acquired and lowered, and
+// the waits still bounded. Only a layer's start
 // (every rank behind its homes' inputs) and its end (every home's MoE stream behind its rank, one
 // behind every rank: the capture's join) are events.
 //
@@ -37,6 +40,7 @@
 import { native } from '../native.js';
 import { type Tensor, empty, tensor, toArray } from '../tensor.js';
 import type { MoeExpertSet } from '../../types/ops-moe.js';
+import type { EpWaitSpec } from '../../types/ops-ep.js';
 import { Event, Stream } from '../device.js';
 import { ArgumentError, OutOfMemoryError, RankFailedError } from '../errors.js';
 import type { ExpertsFn } from '../model/step.js';
@@ -53,6 +57,9 @@ export interface InjectedFault {
   rank: number;
   kind: 'oom' | 'kernel' | 'dead';
 }
+
+/** The default block budget of an expert-parallel launch on CUDA. */
+export const EP_BLOCKS = 16;
 
 /** The default time budget of a rank's wait for a peer (a dead peer fails the step after this). */
 export const EP_TIMEOUT_MS = 60_000;
@@ -96,8 +103,9 @@ export class ExpertParallelGroup {
   private readonly combined: Event[];
   /** int32 [1] on the home device: raised by a failed dispatch or wait, lowered by endStep. */
   private readonly abort: Tensor;
-  /** Per rank, on its device, int32 [ranks] each: ready[d][s], raised by the dispatch of the layer's
-   *  home s (its slot position); done[h][d], raised by rank d for home rank h. */
+  /** Per rank, on its device: ready[d] int32 [ranks], ready[d][s] raised by the dispatch of the
+   *  layer's home s (its slot position); done[h] int32 [ranks + 1], done[h][d] raised by rank d for
+   *  home rank h, and the combine kernel's block counter last. */
   private readonly ready: Tensor[];
   private readonly done: Tensor[];
   /** The CUDA emulator: waits are also queued behind their producers' events (header). */
@@ -106,6 +114,8 @@ export class ExpertParallelGroup {
   private unclean = false;
   /** How long a rank waits for a peer before the step fails (ms). */
   timeoutMs = EP_TIMEOUT_MS;
+  /** The CUDA block budget of a dispatch or combine launch (the dense branch keeps the other SMs). */
+  blocks = EP_BLOCKS;
   private fault: InjectedFault | null = null;
   /** The layer's calls so far, until allToAll() queues them. */
   private pending: HomeCall[] = [];
@@ -127,9 +137,9 @@ export class ExpertParallelGroup {
     this.computed = events();
     this.combined = events();
     this.abort = tensor(Int32Array.of(0), [1], { dtype: 'int32', device: home });
-    const flags = () => devices.map(d => tensor(new Int32Array(this.ranks), [this.ranks], { dtype: 'int32', device: d }));
-    this.ready = flags();
-    this.done = flags();
+    const flags = (n: number) => devices.map(d => tensor(new Int32Array(n), [n], { dtype: 'int32', device: d }));
+    this.ready = flags(this.ranks);
+    this.done = flags(this.ranks + 1);
     this.ordered = native.buildInfo().cudaArchs === 'emulated' && devices.some(d => d !== 'cpu');
   }
 
@@ -232,9 +242,40 @@ export class ExpertParallelGroup {
         if (mine >= 0) this.streams[d]!.waitEvent(this.inputsReady[d]!);
         else for (const h of homes) this.streams[d]!.waitEvent(this.inputsReady[h.rank]!);
       }
-      for (const [s, h] of homes.entries()) {
-        if (fault?.kind === 'dead' && fault.rank === h.rank) continue; // sends nothing, raises no flag
-        const st = this.streams[h.rank]!;
+      const blocks = this.blocks;
+      // Rank d's wait for the ready flags of the layer's homes (its slots padded if it fails).
+      const recvWait = (d: number): EpWaitSpec => {
+        const r = buf.recv[d]!;
+        return {
+          flags: keep(this.ready[d]!.narrow(0, A)),
+          peers: homeRanks,
+          rank: d,
+          kind: 1,
+          timeoutMs: this.timeoutMs,
+          pad: { counts: keep(r.count.narrow(0, A)), idx: used(r.idx), w: used(r.w), expertsPerRank: per },
+        };
+      };
+      // Home rank h's wait for every rank's "partials ready" (done[h]: R flags and the block counter).
+      const doneWait = (h: number): EpWaitSpec => ({
+        flags: keep(this.done[h]!.narrow(0, R)),
+        peers: all,
+        rank: h,
+        kind: 2,
+        timeoutMs: this.timeoutMs,
+        counter: keep(this.done[h]!.narrow(R, 1)),
+      });
+      const doneFlags = (d: number) => homeRanks.map(hr => keep(this.done[hr]!.narrow(d, 1)));
+      // Dispatch: a home sends and (single-kernel form) waits for its own slots in the same launch;
+      // a rank without tokens only waits. Split (emulator): the sends first, then every wait.
+      for (let d = 0; d < R; d++) {
+        const s = homeRanks.indexOf(d),
+          st = this.streams[d]!;
+        const dead = fault?.kind === 'dead' && fault.rank === d; // sends nothing, raises no flag
+        if (s < 0 || dead) {
+          if (!ordered) native.epWait(st, recvWait(d), this.abort);
+          continue;
+        }
+        const h = homes[s]!;
         native.epDispatch(
           st,
           h.u,
@@ -249,28 +290,23 @@ export class ExpertParallelGroup {
           buf.recv.map(r => rows(r.idx, s)),
           buf.recv.map(r => rows(r.w, s)),
           this.abort,
-          fault?.kind === 'kernel' && fault.rank === h.rank,
+          fault?.kind === 'kernel' && fault.rank === d,
           this.ready.map(f => keep(f.narrow(s, 1))),
+          ordered ? null : recvWait(d),
+          blocks,
         );
-        if (ordered) this.dispatched[h.rank]!.record(st);
+        if (ordered) this.dispatched[d]!.record(st);
       }
+      // Experts: every rank's grouped GEMM over its slots; a rank without tokens then tells the
+      // homes its partials are ready (a home does so in its combine). All of it is queued before
+      // any home's combine waits, so a failure while queuing leaves nobody waiting for it.
       for (let d = 0; d < R; d++) {
         const st = this.streams[d]!,
           r = buf.recv[d]!;
-        if (ordered) for (const h of homes) st.waitEvent(this.dispatched[h.rank]!);
-        native.epWait(
-          st,
-          keep(this.ready[d]!.narrow(0, A)),
-          homeRanks,
-          d,
-          1,
-          this.abort,
-          this.timeoutMs,
-          keep(r.count.narrow(0, A)),
-          used(r.idx),
-          used(r.w),
-          per,
-        );
+        if (ordered) {
+          for (const h of homes) st.waitEvent(this.dispatched[h.rank]!);
+          native.epWait(st, recvWait(d), this.abort);
+        }
         if (fault?.kind === 'oom' && fault.rank === d)
           throw new OutOfMemoryError(
             'E_OOM',
@@ -292,16 +328,13 @@ export class ExpertParallelGroup {
           null,
           per + 1,
         );
-        native.epSignal(
-          st,
-          homeRanks.map(hr => keep(this.done[hr]!.narrow(d, 1))),
-        );
+        if (ordered || !homeRanks.includes(d)) native.epSignal(st, doneFlags(d));
         if (ordered) this.computed[d]!.record(st);
       }
+      // Combine: a home signals its own partials, waits for every rank's, sums in rank order.
       for (const [s, h] of homes.entries()) {
         const st = this.streams[h.rank]!;
         if (ordered) for (let d = 0; d < R; d++) st.waitEvent(this.computed[d]!);
-        native.epWait(st, this.done[h.rank]!, all, h.rank, 2, this.abort, this.timeoutMs);
         native.epCombine(
           st,
           h.out,
@@ -313,6 +346,9 @@ export class ExpertParallelGroup {
           rowOf[s]!,
           buf.recv.map(r => rows(r.y, s)),
           this.abort,
+          ordered ? null : doneFlags(h.rank),
+          doneWait(h.rank),
+          blocks,
         );
       }
       this.unclean = false;
@@ -345,7 +381,7 @@ export class ExpertParallelGroup {
     if (raised || failed || this.unclean) {
       // Every rank is idle: lower the word and every flag a failed step may have left raised.
       this.abort.copyFromBytes(Int32Array.of(0));
-      for (const f of [...this.ready, ...this.done]) f.copyFromBytes(new Int32Array(this.ranks));
+      for (const f of [...this.ready, ...this.done]) f.copyFromBytes(new Int32Array(f.shape[0]!));
       this.unclean = false;
     }
     if (failed) {
