@@ -562,6 +562,76 @@ describe('dispatch -> experts -> combine equals the single-device moe', () => {
     sets.dispose();
   });
 
+  // The emulator runs the group phase by phase; here the single-kernel launches themselves run
+  // there too: a home that is its own only peer sends, releases and acquires in one dispatch
+  // launch (one block: it sends before it waits), and signals, waits (every block) and sums in one
+  // combine launch.
+  it.each(opDevices)('%s: the single-kernel launches (a home that is its own only peer)', dev => {
+    const sets = expertSets(ex, H, 1, dev),
+      T = 6,
+      p = problem(T, H, k, nRouted, nZero, range(0, 12), 77);
+    const src = sourceTensors(p, dev),
+      slot = poisonedSlot(T, H, k, dev),
+      rowOf = poisoned([T, 1], 'int32', dev),
+      y = poisoned([T, H], 'f32', dev),
+      out = poisoned([T, H], 'f32', dev);
+    const abort = i32([0], [1], dev),
+      ready = i32([0], [1], dev),
+      done = i32([0, 0], [2], dev);
+    const flag = done.narrow(0, 1),
+      counter = done.narrow(1, 1);
+    const s = new native.Stream(dev);
+    native.epDispatch(
+      s,
+      src.u,
+      src.idx,
+      src.w,
+      nRouted,
+      nRouted + nZero,
+      nRouted,
+      rowOf,
+      [slot.count],
+      [slot.x],
+      [slot.idx],
+      [slot.w],
+      abort,
+      false,
+      [ready],
+      {
+        flags: ready,
+        peers: [0],
+        rank: 0,
+        kind: 1,
+        timeoutMs: 60_000,
+        pad: { ...slot, counts: slot.count, expertsPerRank: nRouted },
+      },
+      1,
+    );
+    native.moe(s, y, slot.x, slot.idx, slot.w, nRouted, sets.sharded.shards[0]!, null, null, null, null, null, nRouted + 1);
+    native.epCombine(
+      s,
+      out,
+      src.u,
+      src.idx,
+      src.w,
+      nRouted,
+      nRouted + nZero,
+      rowOf,
+      [y],
+      abort,
+      [flag],
+      { flags: flag, peers: [0], rank: 0, kind: 2, timeoutMs: 60_000, counter },
+      3,
+    );
+    s.synchronize();
+    expect(maxRelError(toArray(out), referenceMoe(p, ex))).toBeLessThan(dev === 'cpu' ? 2e-6 : 1e-5);
+    expect([...toArray(abort), ...toArray(ready), ...toArray(done)]).toEqual([0, 0, 0, 0]); // consumed, counter back to 0
+    s.dispose();
+    for (const t of [...Object.values(src), ...slotTensors([slot]), rowOf, y, out, abort, ready, done, flag, counter])
+      t.dispose();
+    sets.dispose();
+  });
+
   it.each(opDevices)('%s: is reproducible: the same inputs give bit-identical outputs', dev => {
     const sets = expertSets(ex, H, 4, dev);
     const problems = [7, 6, 7, 5].map((T, s) => problem(T, H, k, nRouted, nZero, range(0, 12), 500 + s));
