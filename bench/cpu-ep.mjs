@@ -1,9 +1,13 @@
 // Expert-parallel dispatch and combine on CPU ranks (native/cpu/ep.cc), at LongCat-Flash's width
-// (hidden 6144, top-12 over 512 FFN + 256 zero experts): per step, every home rank's epDispatch
-// then every home rank's epCombine, each timed alone (queued on one stream, then synchronized), at
-// 1, 128 and 512 tokens per rank. Payload GB/s = the u rows actually sent (once per token and
-// destination rank) x 4 bytes x hidden / time; on one NUMA node this is a memcpy between buffers of
-// the same memory, not an interconnect. Not a figure to compare with DeepEP / pplx on NVLink.
+// (hidden 6144, top-12 over 512 FFN + 256 zero experts), in the single-kernel flag form the runner
+// uses (lib/parallel/expert-parallel.ts): each rank on its own stream (a thread), the dispatch
+// phase = every rank's epDispatch (send, release the receivers' flags, then acquire its own), the
+// combine phase = every rank's epCombine (release its "partials ready" flags, acquire the others',
+// sum), each phase timed alone (queued on all rank streams, then all synchronized), at 1, 128 and
+// 4,096 tokens per rank. Payload GB/s = the u rows actually sent (once per token and destination
+// rank) x 4 bytes x hidden / time. These are CPU ranks on one machine (the development VM: 2 vCPUs
+// shared with other work), so a "transfer" is a memcpy between buffers of the same memory: not
+// NVLink, not a figure to compare with DeepEP / pplx. No FP8 payload exists yet (fp32 rows only).
 // Then a whole decode step (--step-preset, default the 'small' preset cut to 2 layers, random
 // weights): B sequences (--batch, default 8) on one device, and spread over the ranks with
 // data-parallel attention (each rank its sequences' attention and KV pages, the experts split),
@@ -12,7 +16,7 @@
 //   node bench/cpu-ep.mjs [--ranks 4] [--tokens 1,128,512] [--reps 5] [--batch 8] [--out f.json]
 import fs from 'node:fs';
 import { native } from '../dist/native.js';
-import { tensor, empty } from '../dist/tensor.js';
+import { tensor, empty, toArray } from '../dist/tensor.js';
 import os from 'node:os';
 import path from 'node:path';
 import { initRandom } from '../dist/init-random.js';
@@ -22,7 +26,7 @@ import { now, median, rng } from './common.mjs';
 const args = process.argv.slice(2);
 const opt = (name, dflt) => (args.includes(name) ? args[args.indexOf(name) + 1] : dflt);
 const ranks = Number(opt('--ranks', '4'));
-const tokenList = opt('--tokens', '1,128,512').split(',').map(Number);
+const tokenList = opt('--tokens', '1,128,4096').split(',').map(Number);
 const reps = Number(opt('--reps', '5'));
 const H = 6144,
   k = 12,
@@ -67,6 +71,11 @@ for (const T of tokenList) {
     y: tensor(new Float32Array(ranks * T * H).fill(0.25), [ranks * T, H]),
   }));
   const slot = (t, s) => t.narrow(s * T, T);
+  const streams = homes.map(() => new native.Stream('cpu'));
+  const abort = tensor(Int32Array.of(0), [1], { dtype: 'int32' });
+  const ready = homes.map(() => tensor(new Int32Array(ranks), [ranks], { dtype: 'int32' })),
+    done = homes.map(() => tensor(new Int32Array(ranks + 1), [ranks + 1], { dtype: 'int32' }));
+  const all = homes.map((_h, d) => d);
   const args = homes.map((_h, s) => ({
     counts: recv.map(x => x.count.narrow(s, 1)),
     xs: recv.map(x => slot(x.x, s)),
@@ -77,7 +86,7 @@ for (const T of tokenList) {
   const dispatch = () => {
     homes.forEach((h, s) => {
       native.epDispatch(
-        null,
+        streams[s],
         h.u,
         h.idx,
         h.w,
@@ -89,21 +98,41 @@ for (const T of tokenList) {
         args[s].xs,
         args[s].idxs,
         args[s].ws,
+        abort,
+        false,
+        ready.map(f => f.narrow(s, 1)),
+        { flags: ready[s], peers: all, rank: s, kind: 1, timeoutMs: 600_000 },
       );
     });
   };
   const combine = () =>
     homes.forEach((h, s) => {
-      native.epCombine(null, h.out, h.u, h.idx, h.w, nRouted, nExperts, h.rowOf, args[s].ys);
+      native.epCombine(
+        streams[s],
+        h.out,
+        h.u,
+        h.idx,
+        h.w,
+        nRouted,
+        nExperts,
+        h.rowOf,
+        args[s].ys,
+        abort,
+        done.map(f => f.narrow(s, 1)),
+        { flags: done[s].narrow(0, ranks), peers: all, rank: s, kind: 2, timeoutMs: 600_000, counter: done[s].narrow(ranks, 1) },
+      );
     });
+  const sync = () => {
+    for (const st of streams) st.synchronize();
+  };
   const time = fn => {
     fn();
-    native.synchronize('cpu');
+    sync();
     const v = [];
     for (let i = 0; i < reps; i++) {
       const t0 = now();
       fn();
-      native.synchronize('cpu');
+      sync();
       v.push(now() - t0);
     }
     return median(v);
@@ -112,6 +141,7 @@ for (const T of tokenList) {
     bytes = sent * H * 4;
   const d = time(dispatch),
     c = time(combine);
+  if (toArray(abort)[0] !== 0) throw new Error('a wait timed out: the figures are void');
   rows.push({
     tokensPerRank: T,
     ranks,
@@ -124,12 +154,17 @@ for (const T of tokenList) {
   for (const x of [
     ...homes.flatMap(h => [h.u, h.idx, h.w, h.out, h.rowOf]),
     ...recv.flatMap(x => [x.count, x.x, x.idx, x.w, x.y]),
+    abort,
+    ...ready,
+    ...done,
   ])
     x.dispose();
+  for (const st of streams) st.dispose();
 }
 console.log(
-  `expert-parallel dispatch / combine, ${ranks} CPU ranks, hidden ${H}, top-${k} of ${nRouted} + ${nExperts - nRouted} zero experts, ${native.threads()} threads`,
+  `expert-parallel dispatch / combine (flag protocol, single-kernel form), ${ranks} CPU ranks, hidden ${H}, top-${k} of ${nRouted} + ${nExperts - nRouted} zero experts, ${native.threads()} threads, fp32 payload`,
 );
+console.log('CPU ranks sharing one machine\'s cores and memory (a memcpy, not NVLink): not comparable with DeepEP / pplx figures');
 console.log('| tokens / rank | rows sent | dispatch µs | combine µs | dispatch GB/s | combine GB/s |');
 console.log('|---:|---:|---:|---:|---:|---:|');
 for (const x of rows)
