@@ -13,7 +13,7 @@
 // data-parallel attention (each rank its sequences' attention and KV pages, the experts split),
 // the median step of each and their ratio, measured in the same run. On CPU ranks of one machine
 // the ranks share its cores: the ratio is the cost (or gain) of the split, not a scaling figure.
-//   node bench/cpu-ep.mjs [--ranks 4] [--tokens 1,128,512] [--reps 5] [--batch 8] [--out f.json]
+//   node bench/cpu-ep.mjs [--ranks 4] [--tokens 1,128,4096] [--reps 5] [--batch 8] [--device cpu|cuda:N] [--out f.json]
 import fs from 'node:fs';
 import { native } from '../dist/native.js';
 import { tensor, empty, toArray } from '../dist/tensor.js';
@@ -28,6 +28,12 @@ const opt = (name, dflt) => (args.includes(name) ? args[args.indexOf(name) + 1] 
 const ranks = Number(opt('--ranks', '4'));
 const tokenList = opt('--tokens', '1,128,4096').split(',').map(Number);
 const reps = Number(opt('--reps', '5'));
+// --device cuda:0: the ranks as virtual ranks of one GPU (the GPU check's case: the fused kernels
+// spinning on each other on a card; their own cost and memory bandwidth, not NVLink).
+const device = opt('--device', 'cpu'),
+  onCpu = device === 'cpu',
+  blocks = 16,
+  timeoutMs = onCpu ? 600_000 : 10_000;
 const H = 6144,
   k = 12,
   nRouted = 512,
@@ -46,11 +52,11 @@ for (const T of tokenList) {
     }
     const u = new Float32Array(T * H).map(() => r.uniform(-0.5, 0.5));
     return {
-      u: tensor(u, [T, H]),
-      idx: tensor(idx, [T, k], { dtype: 'int32' }),
-      w: tensor(new Float32Array(T * k).fill(0.5), [T, k]),
-      out: empty([T, H]),
-      rowOf: empty([T, ranks], { dtype: 'int32' }),
+      u: tensor(u, [T, H], { device }),
+      idx: tensor(idx, [T, k], { dtype: 'int32', device }),
+      w: tensor(new Float32Array(T * k).fill(0.5), [T, k], { device }),
+      out: empty([T, H], { device }),
+      rowOf: empty([T, ranks], { dtype: 'int32', device }),
       sent: (() => {
         let n = 0;
         for (let t = 0; t < T; t++)
@@ -64,17 +70,17 @@ for (const T of tokenList) {
     };
   });
   const recv = Array.from({ length: ranks }, () => ({
-    count: empty([ranks], { dtype: 'int32' }),
-    x: empty([ranks * T, H]),
-    idx: empty([ranks * T, k], { dtype: 'int32' }),
-    w: empty([ranks * T, k]),
-    y: tensor(new Float32Array(ranks * T * H).fill(0.25), [ranks * T, H]),
+    count: empty([ranks], { dtype: 'int32', device }),
+    x: empty([ranks * T, H], { device }),
+    idx: empty([ranks * T, k], { dtype: 'int32', device }),
+    w: empty([ranks * T, k], { device }),
+    y: tensor(new Float32Array(ranks * T * H).fill(0.25), [ranks * T, H], { device }),
   }));
   const slot = (t, s) => t.narrow(s * T, T);
-  const streams = homes.map(() => new native.Stream('cpu'));
-  const abort = tensor(Int32Array.of(0), [1], { dtype: 'int32' });
-  const ready = homes.map(() => tensor(new Int32Array(ranks), [ranks], { dtype: 'int32' })),
-    done = homes.map(() => tensor(new Int32Array(ranks + 1), [ranks + 1], { dtype: 'int32' }));
+  const streams = homes.map(() => new native.Stream(device));
+  const abort = tensor(Int32Array.of(0), [1], { dtype: 'int32', device });
+  const ready = homes.map(() => tensor(new Int32Array(ranks), [ranks], { dtype: 'int32', device })),
+    done = homes.map(() => tensor(new Int32Array(ranks + 1), [ranks + 1], { dtype: 'int32', device }));
   const all = homes.map((_h, d) => d);
   const args = homes.map((_h, s) => ({
     counts: recv.map(x => x.count.narrow(s, 1)),
@@ -101,7 +107,8 @@ for (const T of tokenList) {
         abort,
         false,
         ready.map(f => f.narrow(s, 1)),
-        { flags: ready[s], peers: all, rank: s, kind: 1, timeoutMs: 600_000 },
+        { flags: ready[s], peers: all, rank: s, kind: 1, timeoutMs },
+        blocks,
       );
     });
   };
@@ -119,7 +126,8 @@ for (const T of tokenList) {
         args[s].ys,
         abort,
         done.map(f => f.narrow(s, 1)),
-        { flags: done[s].narrow(0, ranks), peers: all, rank: s, kind: 2, timeoutMs: 600_000, counter: done[s].narrow(ranks, 1) },
+        { flags: done[s].narrow(0, ranks), peers: all, rank: s, kind: 2, timeoutMs, counter: done[s].narrow(ranks, 1) },
+        blocks,
       );
     });
   const sync = () => {
@@ -162,9 +170,13 @@ for (const T of tokenList) {
   for (const st of streams) st.dispose();
 }
 console.log(
-  `expert-parallel dispatch / combine (flag protocol, single-kernel form), ${ranks} CPU ranks, hidden ${H}, top-${k} of ${nRouted} + ${nExperts - nRouted} zero experts, ${native.threads()} threads, fp32 payload`,
+  `expert-parallel dispatch / combine (flag protocol, single-kernel form), ${ranks} ${onCpu ? 'CPU ranks' : `virtual ranks of ${device}`}, hidden ${H}, top-${k} of ${nRouted} + ${nExperts - nRouted} zero experts, ${onCpu ? `${native.threads()} threads` : `${blocks} blocks per launch`}, fp32 payload`,
 );
-console.log('CPU ranks sharing one machine\'s cores and memory (a memcpy, not NVLink): not comparable with DeepEP / pplx figures');
+console.log(
+  onCpu
+    ? "CPU ranks sharing one machine's cores and memory (a memcpy, not NVLink): not comparable with DeepEP / pplx figures"
+    : "virtual ranks on one GPU: the kernels' own cost and memory bandwidth, not NVLink",
+);
 console.log('| tokens / rank | rows sent | dispatch µs | combine µs | dispatch GB/s | combine GB/s |');
 console.log('|---:|---:|---:|---:|---:|---:|');
 for (const x of rows)
@@ -173,6 +185,11 @@ for (const x of rows)
   );
 
 // ---- a whole decode step: one device vs data-parallel attention over the ranks ----------------
+if (!onCpu) {
+  const out = opt('--out', null);
+  if (out) fs.writeFileSync(out, JSON.stringify({ bench: 'cpu-ep', device, date: new Date().toISOString(), rows }, null, 2));
+  process.exit(0);
+}
 const B = Number(opt('--batch', '8')),
   preset = opt('--step-preset', 'small');
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'longcat-bench-ep-'));
