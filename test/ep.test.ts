@@ -44,7 +44,7 @@ const poisoned = (shape: number[], dtype: 'f32' | 'int32' = 'f32', device = 'cpu
     { dtype, device },
   );
 // The ops run on the CPU and, where the build has a usable CUDA device (a card, or the emulator of
-// test/emu), on cuda:0 (split send / receive kernels of cuda/ep.cu), against the same references.
+// test/emu), on cuda:0 (the flag-protocol kernels of cuda/ep.cu), against the same references.
 const opDevices = ['cpu', ...(native.cudaStatus().available ? ['cuda:0'] : [])];
 
 // ---- the protocol, in plain JS ----------------------------------------------------------------
@@ -766,7 +766,7 @@ describe('expert-parallel models equal the single-device run', () => {
     });
   }
 
-  it('a rank failing mid-step (injected out-of-memory, injected dispatch failure) fails the step with a typed error; every rank stays usable', async () => {
+  it('a rank failing mid-step (injected out-of-memory, dispatch failure, dead peer that never sends) fails the step with a typed error; every rank stays usable', async () => {
     const dir = path.join(root, 'tiny-bf16');
     const single = await loadModel(dir, { backend: 'cpu', cacheDtype: 'f32', maxContext: 64 });
     let want: ReturnType<typeof runScript>;
@@ -820,8 +820,9 @@ describe('expert-parallel models equal the single-device run', () => {
   });
 });
 
-// Virtual ranks on one CUDA device (a card, or the emulator of test/emu in CI): the split send /
-// receive kernels of cuda/ep.cu and the moe op per rank, against the single-device CUDA run.
+// Virtual ranks on one CUDA device (a card: the fused flag-protocol kernels spinning on each other;
+// the emulator of test/emu in CI: the same kernels phase by phase) and the moe op per rank, against
+// the single-device CUDA run.
 describe.runIf(native.cudaStatus().available)('expert-parallel models on one CUDA device equal its single-device run', () => {
   const checkpoints: [string, boolean][] = [
     ['tiny bf16', false],

@@ -1,5 +1,5 @@
 // The expert-parallel ops of the native addon (binding: native/ops/ep.cc; CPU kernels and the slot
-// protocol: native/cpu/ep.h; CUDA: cuda/ep.cu, split send / receive form; on CUDA the kernel runs
+// protocol: native/cpu/ep.h; CUDA: cuda/ep.cu, the single-kernel flag form; on CUDA the kernel runs
 // on the stream's device and each tensor may be on a device it reaches through peer access).
 import type { Tensor, Stream } from './native.js';
 import type { MoeTokenArgs } from './ops-moe.js';
