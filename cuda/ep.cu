@@ -15,6 +15,7 @@
 #endif
 
 #include "include/common.cuh"
+#include "include/small_util.cuh"
 #include "ep.h"
 #include "../native/cpu/ep.h"
 #include "../native/cpu/zero_experts.h"
@@ -25,7 +26,7 @@ namespace lc::gpu {
 // The addresses the slot tables carry, for the emulator's peer-access check of each launch.
 template <class F>
 void each_pointer(const EpSlots& s, F& f) {
-  for (int64_t r = 0; r < kEpMaxRanks; ++r) f(s.count[r]), f(s.x[r]), f(s.idx[r]), f(s.w[r]);
+  for (int64_t r = 0; r < kEpMaxRanks; ++r) f(s.count[r]), f(s.x[r]), f(s.idx[r]), f(s.w[r]), f(s.scale[r]);
 }
 template <class F>
 void each_pointer(const EpFlags& s, F& f) {
@@ -33,7 +34,7 @@ void each_pointer(const EpFlags& s, F& f) {
 }
 template <class F>
 void each_pointer(const EpWait& s, F& f) {
-  f(s.flags), f(s.pad_idx), f(s.pad_w), f(s.counts), f(s.counter);
+  f(s.flags), f(s.pad_idx), f(s.pad_w), f(s.counts), f(s.counter), f(s.dq), f(s.dscale), f(s.dx);
 }
 template <class F>
 void each_pointer(const EpPartials& p, F& f) {
@@ -107,7 +108,15 @@ __device__ void dispatch_wait(const EpWait& wait, int32_t* abort) {
       for (int64_t i = 0; i < wait.n; ++i) wait.flags[i] = 0;
   }
   __syncthreads();
-  if (s_ok || !wait.pad_idx) return;
+  if (s_ok) {
+    // An FP8 payload: the rows to f32, as cpu::dequantize_fp8_group (one f32 rounding).
+    for (int64_t j = threadIdx.x; wait.dq && j < wait.drows * wait.dh; j += blockDim.x) {
+      const int64_t r = j / wait.dh, c = j % wait.dh;
+      wait.dx[j] = __fmul_rn(fp8e4m3_to_f32(wait.dq[j]), wait.dscale[r * ((wait.dh + 127) / 128) + c / 128]);
+    }
+    return;
+  }
+  if (!wait.pad_idx) return;
   for (int64_t j = threadIdx.x; j < wait.pad_rows * wait.k; j += blockDim.x) {
     wait.pad_idx[j] = static_cast<int32_t>(wait.per_rank);
     wait.pad_w[j] = 0.0f;
@@ -125,7 +134,10 @@ __device__ void send_to(int64_t d, int64_t t, int64_t k, int64_t h, const float*
   __shared__ int32_t s_tok[kThreads];
   __shared__ int32_t s_n;
   const int tid = threadIdx.x;
-  float* x = slots.x[d];
+  float* x = static_cast<float*>(slots.x[d]);
+  uint8_t* q = static_cast<uint8_t*>(slots.x[d]);  // an FP8 payload's bytes
+  float* scale = slots.scale[d];
+  const int64_t groups = (h + 127) / 128;
   int32_t* sidx = slots.idx[d];
   float* sw = slots.w[d];
   int64_t base = 0;
@@ -146,9 +158,23 @@ __device__ void send_to(int64_t d, int64_t t, int64_t k, int64_t h, const float*
     __syncthreads();
     if (i < t) row_of[i * ranks + d] = s_row[tid];
     const int64_t n = s_n;
-    for (int64_t j = tid; j < n * h; j += kThreads) {
-      const int64_t r = j / h, c = j % h, row = base + r;
-      if (row < capacity) x[row * h + c] = u[static_cast<int64_t>(s_tok[r]) * h + c];
+    if (scale) {  // a warp per (row, 1 x 128 group), bit-exact with cpu::quantize_fp8_group
+      const int lane = tid % 32;
+      for (int64_t j = tid / 32; j < n * groups; j += kThreads / 32) {
+        const int64_t r = j / groups, g = j % groups, row = base + r;
+        if (row >= capacity) continue;  // uniform over the warp
+        const float* src = u + static_cast<int64_t>(s_tok[r]) * h + g * 128;
+        const int len = static_cast<int>(h - g * 128 < 128 ? h - g * 128 : 128);
+        float v[4];
+        for (int i = 0; i < 4; ++i) v[i] = lane + 32 * i < len ? src[lane + 32 * i] : 0.0f;
+        const float sc = util::warp_quantize_fp8_group(v, len, lane, q + row * h + g * 128);
+        if (lane == 0) scale[row * groups + g] = sc;
+      }
+    } else {
+      for (int64_t j = tid; j < n * h; j += kThreads) {
+        const int64_t r = j / h, c = j % h, row = base + r;
+        if (row < capacity) x[row * h + c] = u[static_cast<int64_t>(s_tok[r]) * h + c];
+      }
     }
     for (int64_t j = tid; j < n * k; j += kThreads) {
       const int64_t r = j / k, s = j % k, row = base + r, src = static_cast<int64_t>(s_tok[r]) * k + s;
@@ -162,7 +188,12 @@ __device__ void send_to(int64_t d, int64_t t, int64_t k, int64_t h, const float*
     __syncthreads();  // s_flag / s_tok are rewritten by the next tile
   }
   const int64_t used = base < capacity ? base : capacity, pad = capacity - used;
-  for (int64_t j = tid; j < pad * h; j += kThreads) x[used * h + j] = 0.0f;
+  if (scale) {
+    for (int64_t j = tid; j < pad * h; j += kThreads) q[used * h + j] = 0;
+    for (int64_t j = tid; j < pad * groups; j += kThreads) scale[used * groups + j] = 0.0f;
+  } else {
+    for (int64_t j = tid; j < pad * h; j += kThreads) x[used * h + j] = 0.0f;
+  }
   for (int64_t j = tid; j < pad * k; j += kThreads) {
     sidx[used * k + j] = static_cast<int32_t>(per_rank);
     sw[used * k + j] = 0.0f;

@@ -26,11 +26,13 @@ namespace lc::gpu {
 // The most ranks a launch addresses (the slot pointers travel as kernel parameters).
 constexpr int64_t kEpMaxRanks = 64;
 
+// x: f32 rows, or with an FP8 payload (scale non-null) e4m3 bytes (cpu::EpSlot).
 struct EpSlots {
   int32_t* count[kEpMaxRanks];
-  float* x[kEpMaxRanks];
+  void* x[kEpMaxRanks];
   int32_t* idx[kEpMaxRanks];
   float* w[kEpMaxRanks];
+  float* scale[kEpMaxRanks];
 };
 
 // Flag pointers (int32, any device the launch reaches); null entries are skipped.
@@ -56,6 +58,11 @@ struct EpWait {
   float* pad_w = nullptr;
   int32_t* counts = nullptr;
   int32_t* counter = nullptr;  // combine: blocks that finished (the last lowers the flags and this)
+  // An FP8 payload: once every flag is up, dx f32 [drows, dh] = dq e4m3 x dscale (cpu::ep_decode_fp8).
+  const uint8_t* dq = nullptr;
+  const float* dscale = nullptr;
+  float* dx = nullptr;
+  int64_t drows = 0, dh = 0;
 };
 
 // cpu::ep_dispatch (t > 0: this rank is a home), destinations spread over at most `blocks` blocks,

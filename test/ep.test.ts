@@ -13,6 +13,8 @@ import { loadModel } from '../lib/generate.js';
 import { ShardedExperts, expertsPerRank, rankExperts } from '../lib/parallel/placement.js';
 import { ExpertParallelGroup, waitFailure } from '../lib/parallel/expert-parallel.js';
 import { Stream } from '../lib/device.js';
+import { f32ToFp8e4m3, fp8e4m3ToF32 } from '../lib/numeric.js';
+import { fp8GroupScale } from '../lib/check/fp8-cache-ref.js';
 import { stepOrder } from '../lib/parallel/data-parallel.js';
 import type { MoeExpertSet } from '../types/ops-moe.js';
 import { expectEqualLogits, expectFailuresRecover, maxRelError, prompts, range, runScript } from './ep-helpers.js';
@@ -498,6 +500,86 @@ describe('the flag protocol (epDispatch ready flags, epWait, epSignal)', () => {
       expect(waitFailure(1)).toBeNull();
       s.dispose();
       for (const t of [flags, abort, counts, idx, w, other]) t.dispose();
+    },
+  );
+
+  it.each(opDevices)(
+    '%s: an FP8 payload (e4m3, one scale per 1 x 128) decodes to the e4m3 rounding of the f32 rows, within the fp8 tolerance of the f32 payload',
+    dev => {
+      const W = 200, // two groups, the last one 72 wide
+        G = 2,
+        ranks = 2,
+        per = 4,
+        T = 7,
+        p = problem(T, W, k, nRouted, nZero, range(0, 12), 61);
+      const src = sourceTensors(p, dev),
+        rowOf = poisoned([T, ranks], 'int32', dev),
+        abort = i32([0], [1], dev);
+      const slots = Array.from({ length: ranks }, () => {
+        const q = empty([T, W], { dtype: 'fp8_e4m3', device: dev });
+        q.copyFromBytes(new Uint8Array(T * W).fill(0x7f)); // NaN bytes
+        return {
+          ...poisonedSlot(T, W, k, dev),
+          q,
+          scales: poisoned([T, G], 'f32', dev),
+          ready: i32([0], [1], dev),
+        };
+      });
+      const s = new native.Stream(dev);
+      native.epDispatch(
+        s,
+        src.u,
+        src.idx,
+        src.w,
+        nRouted,
+        nRouted + nZero,
+        per,
+        rowOf,
+        slots.map(x => x.count),
+        slots.map(x => x.q),
+        slots.map(x => x.idx),
+        slots.map(x => x.w),
+        abort,
+        false,
+        slots.map(x => x.ready),
+        null,
+        undefined,
+        slots.map(x => x.scales),
+      );
+      for (const [d, x] of slots.entries())
+        native.epWait(
+          s,
+          { flags: x.ready, peers: [0], rank: d, kind: 1, timeoutMs: 60_000, decode: { q: x.q, scales: x.scales, x: x.x } },
+          abort,
+        );
+      s.synchronize();
+      expect(Array.from(toArray(abort))).toEqual([0]);
+      for (const [d, x] of slots.entries()) {
+        const ref = referenceSlot(p, per, d, T),
+          got = toArray(x.x) as Float32Array,
+          sc = toArray(x.scales) as Float32Array;
+        const want = new Float32Array(T * W);
+        for (let r = 0; r < ref.count; r++)
+          for (let g = 0; g < G; g++) {
+            const len = Math.min(128, W - g * 128),
+              sg = fp8GroupScale(ref.x, r * W + g * 128, len);
+            expect(sc[r * G + g]).toBe(sg);
+            for (let c = g * 128; c < g * 128 + len; c++) {
+              want[r * W + c] = Math.fround(fp8e4m3ToF32(f32ToFp8e4m3(Math.fround(ref.x[r * W + c]! / sg))) * sg);
+              // e4m3: 3 mantissa bits (half an ulp: 2^-4 of the value), subnormal steps of sg * 2^-9
+              expect(Math.abs(got[r * W + c]! - ref.x[r * W + c]!)).toBeLessThanOrEqual(
+                Math.abs(ref.x[r * W + c]!) * 2 ** -4 + sg * 2 ** -10,
+              );
+            }
+          }
+        expect(Array.from(sc.subarray(ref.count * G))).toEqual(new Array((T - ref.count) * G).fill(0)); // padding
+        expect(Array.from(got)).toEqual(Array.from(want)); // bit-exact, on the CPU and on CUDA
+        expect(toArray(x.count)[0]).toBe(ref.count);
+        expect(Array.from(toArray(x.idx))).toEqual(Array.from(ref.idx));
+      }
+      s.dispose();
+      for (const t of [...Object.values(src), rowOf, abort, ...slots.flatMap(x => [...slotTensors([x]), x.q, x.scales, x.ready])])
+        t.dispose();
     },
   );
 

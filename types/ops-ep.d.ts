@@ -24,6 +24,8 @@ export interface EpWaitSpec {
   timeoutMs: number;
   counter?: Tensor | null;
   pad?: { counts: Tensor; idx: Tensor; w: Tensor; expertsPerRank: number } | null;
+  /** An FP8 payload: once every flag is up, x f32 [rows, H] = q fp8_e4m3 [rows, H] x its 1 x 128 scales f32 [rows, ceil(H / 128)]. */
+  decode?: { q: Tensor; scales: Tensor; x: Tensor } | null;
 }
 
 /**
@@ -61,7 +63,11 @@ export interface EpOps {
    * written (payload or padding) the dispatch raises ready[d] with release semantics (the flag
    * protocol of native/cpu/ep.h; the receiver's wait acquires it). `wait` (optional): in the
    * same launch (the single-kernel form) this rank then waits for its own ready flags (kind 1).
-   * `blocks`: the launch's block budget on CUDA (default: one block per rank).
+   * `blocks`: the launch's block budget on CUDA (default: one block per rank). FP8 payload
+   * (DeepEP's low-latency format): xs[d] fp8_e4m3 [capacity, H] and xScales[d] f32 [capacity,
+   * ceil(H / 128)]: each sent row quantized per 1 x 128 group (quantizeFp8Act's rule, bit-exact
+   * between the CPU and CUDA), padding rows 0 with scale 0; the receiver decodes them to f32 with
+   * its wait's `decode` before its moe.
    */
   epDispatch(
     stream: S,
@@ -81,6 +87,7 @@ export interface EpOps {
     ready?: readonly Tensor[] | null,
     wait?: EpWaitSpec | null,
     blocks?: number,
+    xScales?: readonly Tensor[] | null,
   ): void;
   /**
    * A rank's wait alone (a rank without tokens, or the emulator's split form; epDispatch and

@@ -37,11 +37,16 @@
 namespace lc::cpu {
 
 // One destination rank's receive slot for this source rank.
+// With an FP8 payload (`scale` non-null) x holds e4m3 bytes [cap, h] instead of f32, and scale
+// f32 [cap, ceil(h / 128)] one scale per 1 x 128 group (quantize_fp8_group, SPEC 7.3: DeepEP's
+// low-latency format); padding rows are bytes 0 with scale 0. The receiver decodes the rows to f32
+// (ep_decode_fp8) before its expert GEMM.
 struct EpSlot {
   int32_t* count = nullptr;
-  float* x = nullptr;
+  void* x = nullptr;
   int32_t* idx = nullptr;
   float* w = nullptr;
+  float* scale = nullptr;
 };
 
 struct EpRouteCheck {
@@ -104,5 +109,9 @@ int64_t ep_wait(int32_t* flags, int64_t n, const int32_t* abort, int64_t timeout
 // (idx per_rank, w 0) and counts 0, so that its expert GEMM reads well-formed slots whatever a
 // late sender wrote.
 void ep_pad_rows(int64_t n, int64_t k, int64_t per_rank, int32_t* idx, float* w, int64_t n_counts, int32_t* counts);
+
+// out f32 [n, h] = the FP8 rows q [n, h] times their 1 x 128 group scales [n, ceil(h / 128)]
+// (dequantize_fp8_group: one f32 rounding).
+void ep_decode_fp8(int64_t n, int64_t h, const uint8_t* q, const float* scale, float* out);
 
 }  // namespace lc::cpu

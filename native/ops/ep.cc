@@ -1,12 +1,13 @@
 // The expert-parallel ops (kernels: cpu/ep.cc, cuda/ep.cu; slot and flag protocol in cpu/ep.h):
 //   epDispatch(stream, u, idx, weights, nRouted, nExperts, expertsPerRank, rowOf, counts[], xs[], idxs[], ws[], abort?,
-//              failForTest?, ready[]?, wait?, blocks?)
+//              failForTest?, ready[]?, wait?, blocks?, xScales[]?)   (xScales: the FP8 payload's)
 //   epCombine(stream, out, u, idx, weights, nRouted, nExperts, rowOf, partials[], abort?, signal[]?, wait?, blocks?)
 //   epWait(stream, wait, abort)            a rank's wait alone (a rank without tokens; the emulator's split form)
 //   epSignal(stream, flags[])              the combine's signal alone
 //   enablePeerAccess(devices[])            peer access between every pair of the CUDA devices of a group
 // wait: { flags: int32 [n] (this rank's), peers: number[n], rank, kind: 1 | 2, timeoutMs,
-//         counter?: int32 [1] (a CUDA combine's block count), pad?: { counts, idx, w, expertsPerRank } }
+//         counter?: int32 [1] (a CUDA combine's block count), pad?: { counts, idx, w, expertsPerRank },
+//         decode?: { q, scales, x } (an FP8 payload: the rows decoded to f32 once every flag is up) }
 // On the CPU every tensor is on the CPU and one queued function does what the CUDA kernel does.
 // On CUDA the kernel runs on the stream's device and each tensor may live on any CUDA device that
 // device reaches: its own, or one it enabled peer access to (the kernel then reads / writes that
@@ -87,6 +88,8 @@ struct WaitSpec {
   int64_t timeout_ns = 0;
   std::optional<Tensor> counter, counts, idx, w;
   int64_t rows = 0, k = 0, per_rank = 0;
+  std::optional<Tensor> dq, dscale, dx;  // decode: the FP8 rows, their scales, the f32 rows
+  int64_t drows = 0, dh = 0;
 };
 
 Napi::Value field(const OpArgs& a, const Napi::Object& o, const char* arg, const char* name) {
@@ -153,6 +156,16 @@ WaitSpec wait_spec(const OpArgs& a, size_t i, Device d, int32_t kind) {
     a.expect(*w.w, "wait.pad.w", {DType::F32}, d, {w.rows, w.k});
     a.expect(*w.counts, "wait.pad.counts", {DType::I32}, d, {-1});
   }
+  if (o.Has("decode") && !o.Get("decode").IsUndefined() && !o.Get("decode").IsNull()) {
+    if (!o.Get("decode").IsObject()) fail(Code::E_ARGUMENT, "%s: 'wait.decode' must be an object", op);
+    const Napi::Object p = o.Get("decode").As<Napi::Object>();
+    w.dq = field_tensor(a, p, "wait.decode", "q");
+    w.dscale = field_tensor(a, p, "wait.decode", "scales");
+    w.dx = field_tensor(a, p, "wait.decode", "x");
+    a.dims(*w.dq, "wait.decode.q", {DType::FP8_E4M3}, d, &w.drows, &w.dh);
+    a.expect(*w.dscale, "wait.decode.scales", {DType::F32}, d, {w.drows, (w.dh + 127) / 128});
+    a.expect(*w.dx, "wait.decode.x", {DType::F32}, d, {w.drows, w.dh});
+  }
   return w;
 }
 
@@ -160,7 +173,10 @@ WaitSpec wait_spec(const OpArgs& a, size_t i, Device d, int32_t kind) {
 // receive rows padded. Whether every flag was seen.
 bool run_wait(const WaitSpec& w, int32_t* abort) {
   const int64_t i = cpu::ep_wait(w.flags.ptr<int32_t>(), w.flags.numel(), abort, w.timeout_ns);
-  if (i < 0) return true;
+  if (i < 0) {
+    if (w.dq) cpu::ep_decode_fp8(w.drows, w.dh, w.dq->ptr<uint8_t>(), w.dscale->ptr<float>(), w.dx->ptr<float>());
+    return true;
+  }
   cpu::ep_raise(abort, cpu::ep_wait_failure(w.kind, w.rank, w.peers[i]));  // a no-op when another reason came first
   if (w.counts)
     cpu::ep_pad_rows(w.rows, w.k, w.per_rank, w.idx->ptr<int32_t>(), w.w->ptr<float>(), w.counts->numel(),
@@ -186,6 +202,11 @@ gpu::EpWait device_wait(const WaitSpec& w, Device d) {
   g.pad_counts = w.counts ? w.counts->numel() : 0;
   g.counts = opt_ptr<int32_t>(w.counts);
   g.counter = opt_ptr<int32_t>(w.counter);
+  g.dq = opt_ptr<uint8_t>(w.dq);
+  g.dscale = opt_ptr<float>(w.dscale);
+  g.dx = opt_ptr<float>(w.dx);
+  g.drows = w.drows;
+  g.dh = w.dh;
   return g;
 }
 gpu::EpFlags device_flags(const std::vector<int32_t*>& ptrs, Device d) {
@@ -226,15 +247,28 @@ void EpDispatch(const OpArgs& a) {
          xs.size(), idxs.size(), ws.size());
   if (xs[0].ndim() != 2) expect_ndim(op, "xs[0]", xs[0], 2);
   const int64_t capacity = xs[0].dim(0);
+  // The FP8 payload: xs e4m3 [capacity, H] and xScales f32 [capacity, ceil(H / 128)] per rank.
+  const bool fp8 = xs[0].dtype == DType::FP8_E4M3;
+  const std::vector<Tensor> scales = a.present(17) ? a.tensor_list(17, "xScales") : std::vector<Tensor>{};
+  if (fp8 != !scales.empty())
+    fail(Code::E_ARGUMENT, "%s: an FP8 payload needs xs of fp8_e4m3 and xScales (one per rank), an f32 one neither", op);
+  if (fp8 && scales.size() != counts.size())
+    fail(Code::E_ARGUMENT, "%s: xScales needs one tensor per rank; got %zu for %lld ranks", op, scales.size(), ll(ranks));
+  const int64_t groups = (h + 127) / 128;
   std::vector<cpu::EpSlot> slots(static_cast<size_t>(ranks));
   for (int64_t r = 0; r < ranks; ++r) {
     const std::string at = "[" + std::to_string(r) + "]";
     const std::string nc = "counts" + at, nx = "xs" + at, ni = "idxs" + at, nw = "ws" + at;
     a.expect(counts[r], nc.c_str(), {DType::I32}, reach(op, nc.c_str(), counts[r], d), {1});
-    a.expect(xs[r], nx.c_str(), {DType::F32}, reach(op, nx.c_str(), xs[r], d), {capacity, h});
+    a.expect(xs[r], nx.c_str(), {fp8 ? DType::FP8_E4M3 : DType::F32}, reach(op, nx.c_str(), xs[r], d), {capacity, h});
+    if (fp8) {
+      const std::string ns = "xScales" + at;
+      a.expect(scales[r], ns.c_str(), {DType::F32}, reach(op, ns.c_str(), scales[r], d), {capacity, groups});
+    }
     a.expect(idxs[r], ni.c_str(), {DType::I32}, reach(op, ni.c_str(), idxs[r], d), {capacity, k});
     a.expect(ws[r], nw.c_str(), {DType::F32}, reach(op, nw.c_str(), ws[r], d), {capacity, k});
-    slots[r] = cpu::EpSlot{counts[r].ptr<int32_t>(), xs[r].ptr<float>(), idxs[r].ptr<int32_t>(), ws[r].ptr<float>()};
+    slots[r] = cpu::EpSlot{counts[r].ptr<int32_t>(), xs[r].ptr<void>(), idxs[r].ptr<int32_t>(), ws[r].ptr<float>(),
+                           fp8 ? scales[r].ptr<float>() : nullptr};
   }
   const std::optional<Tensor> abort = abort_flag(a, 12, d);
   // Test hook: this dispatch fails as a rank's kernel would (raises the flag, sends nothing).
@@ -260,12 +294,13 @@ void EpDispatch(const OpArgs& a) {
     dev.x[r] = slots[r].x;
     dev.idx[r] = slots[r].idx;
     dev.w[r] = slots[r].w;
+    dev.scale[r] = slots[r].scale;
   }
 #endif
   a.launch(
       d,
       [=] {
-        hold(counts, xs, idxs, ws, ready);
+        hold(counts, xs, idxs, ws, ready, scales);
         // Whatever happens, the receivers' flags go up after the slots were written (payload or
         // padding), so a failed dispatch does not make its receivers wait out their budget, and
         // this rank's own wait runs: an error is thrown only after both.
@@ -291,7 +326,7 @@ void EpDispatch(const OpArgs& a) {
           fail(Code::E_ARGUMENT, "%s: capacity exceeded: %lld tokens go to rank %lld, its slot holds %lld rows", op, ll(r.needed),
                ll(r.full_rank), ll(capacity));
       },
-      LC_GPU(hold(counts, xs, idxs, ws, ready, wait);
+      LC_GPU(hold(counts, xs, idxs, ws, ready, wait, scales);
              gpu::ep_dispatch(t, k, h, u.ptr<float>(), idx.ptr<int32_t>(), w.ptr<float>(), n_routed, per_rank, ranks, capacity,
                               dev, row_of.ptr<int32_t>(), abort ? abort->ptr<int32_t>() : nullptr, fail_for_test, dev_ready,
                               dev_wait, blocks, stream)));
