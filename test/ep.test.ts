@@ -22,6 +22,10 @@ import { fixtureRoot } from './model-fixture.js';
 
 const root = fixtureRoot('longcat-ep-');
 
+/** Logits of a run whose MoE inputs crossed ranks as e4m3 (3 mantissa bits: each element within 2^-4 of
+ *  its value) against the f32 run, relative to max |logit|. */
+const FP8_PAYLOAD_TOL = 6e-2;
+
 /** Deterministic uniform numbers in [-1, 1) (mulberry32). */
 function rng(seed: number) {
   let a = seed >>> 0;
@@ -871,6 +875,27 @@ describe('expert-parallel models equal the single-device run', () => {
     }
   }, 120_000);
 
+  it('an FP8 dispatch payload (group.fp8Payload): 4 CPU ranks within the fp8 tolerance of the single-device run', async () => {
+    const dir = path.join(root, 'tiny-bf16');
+    const single = await loadModel(dir, { backend: 'cpu', cacheDtype: 'f32', maxContext: 64 });
+    let want: ReturnType<typeof runScript>;
+    try {
+      want = runScript(single, prompts, 2);
+    } finally {
+      single.dispose();
+    }
+    const m = await loadModel(dir, { backend: 'cpu', cacheDtype: 'f32', maxContext: 64, ranks: 4 });
+    try {
+      m.engine.expertParallel!.fp8Payload = true;
+      const got = runScript(m, prompts, 2, want.chosen);
+      const errs = got.out.map((g, i) => maxRelError(g, want.out[i]!)); // measured: 2.8e-2 .. 3.5e-2
+      for (const [i, g] of got.out.entries()) expectEqualLogits(g, want.out[i]!, m.engine.dims.vocab, FP8_PAYLOAD_TOL);
+      expect(Math.max(...errs)).toBeGreaterThan(1e-6); // the payload really was rounded to e4m3
+    } finally {
+      m.dispose();
+    }
+  }, 120_000);
+
   it('single sequences run alone equal the same sequences batched', async () => {
     const dir = path.join(root, 'tiny-bf16');
     const m = await loadModel(dir, { backend: 'cpu', cacheDtype: 'f32', maxContext: 64, ranks: 4 });
@@ -926,6 +951,19 @@ describe.runIf(native.cudaStatus().available)('expert-parallel models on one CUD
         },
         300_000,
       );
+      if (!fp8)
+        it('2 ranks with an FP8 dispatch payload: within the fp8 tolerance', async () => {
+          const m = await loadModel(single.dir, { backend: 'cuda', cacheDtype: 'f32', maxContext: 64, ranks: 2 });
+          try {
+            m.engine.expertParallel!.fp8Payload = true;
+            const got = runScript(m, prompts, 2, single.want.chosen);
+            for (const [i, g] of got.out.entries())
+              expectEqualLogits(g, single.want.out[i]!, m.engine.dims.vocab, FP8_PAYLOAD_TOL);
+            expect(Math.max(...got.out.map((g, i) => maxRelError(g, single.want.out[i]!)))).toBeGreaterThan(1e-6);
+          } finally {
+            m.dispose();
+          }
+        }, 300_000);
     });
   }
 });
