@@ -7,7 +7,8 @@
 // 4,096 tokens per rank. Payload GB/s = the u rows actually sent (once per token and destination
 // rank) x 4 bytes x hidden / time. These are CPU ranks on one machine (the development VM: 2 vCPUs
 // shared with other work), so a "transfer" is a memcpy between buffers of the same memory: not
-// NVLink, not a figure to compare with DeepEP / pplx. No FP8 payload exists yet (fp32 rows only).
+// NVLink, not a figure to compare with DeepEP / pplx. The dispatch is timed with the fp32 payload and
+// with the FP8 one (e4m3 + 1 x 128 scales, quantized by the sender, decoded by the receiver's wait).
 // Then a whole decode step (--step-preset, default the 'small' preset cut to 2 layers, random
 // weights): B sequences (--batch, default 8) on one device, and spread over the ranks with
 // data-parallel attention (each rank its sequences' attention and KV pages, the experts split),
@@ -75,6 +76,8 @@ for (const T of tokenList) {
     idx: empty([ranks * T, k], { dtype: 'int32', device }),
     w: empty([ranks * T, k], { device }),
     y: tensor(new Float32Array(ranks * T * H).fill(0.25), [ranks * T, H], { device }),
+    q: empty([ranks * T, H], { dtype: 'fp8_e4m3', device }),
+    scales: empty([ranks * T, H / 128], { device }),
   }));
   const slot = (t, s) => t.narrow(s * T, T);
   const streams = homes.map(() => new native.Stream(device));
@@ -88,8 +91,11 @@ for (const T of tokenList) {
     idxs: recv.map(x => slot(x.idx, s)),
     ws: recv.map(x => slot(x.w, s)),
     ys: recv.map(x => slot(x.y, s)),
+    qs: recv.map(x => slot(x.q, s)),
+    scs: recv.map(x => slot(x.scales, s)),
   }));
-  const dispatch = () => {
+  // fp8: e4m3 rows with one scale per 1 x 128 group, decoded to f32 by each rank's wait.
+  const dispatch = fp8 => {
     homes.forEach((h, s) => {
       native.epDispatch(
         streams[s],
@@ -101,14 +107,22 @@ for (const T of tokenList) {
         per,
         h.rowOf,
         args[s].counts,
-        args[s].xs,
+        fp8 ? args[s].qs : args[s].xs,
         args[s].idxs,
         args[s].ws,
         abort,
         false,
         ready.map(f => f.narrow(s, 1)),
-        { flags: ready[s], peers: all, rank: s, kind: 1, timeoutMs },
+        {
+          flags: ready[s],
+          peers: all,
+          rank: s,
+          kind: 1,
+          timeoutMs,
+          decode: fp8 ? { q: recv[s].q, scales: recv[s].scales, x: recv[s].x } : null,
+        },
         blocks,
+        fp8 ? args[s].scs : null,
       );
     });
   };
@@ -147,7 +161,8 @@ for (const T of tokenList) {
   };
   const sent = homes.reduce((a, h) => a + h.sent, 0),
     bytes = sent * H * 4;
-  const d = time(dispatch),
+  const d = time(() => dispatch(false)),
+    d8 = time(() => dispatch(true)),
     c = time(combine);
   if (toArray(abort)[0] !== 0) throw new Error('a wait timed out: the figures are void');
   rows.push({
@@ -155,13 +170,16 @@ for (const T of tokenList) {
     ranks,
     rowsSent: sent,
     dispatchUs: d * 1e3,
+    dispatchFp8Us: d8 * 1e3,
     combineUs: c * 1e3,
     dispatchGBps: bytes / d / 1e6,
+    // the e4m3 bytes and their scales that crossed
+    dispatchFp8GBps: (sent * (H + (4 * H) / 128)) / d8 / 1e6,
     combineGBps: bytes / c / 1e6,
   });
   for (const x of [
     ...homes.flatMap(h => [h.u, h.idx, h.w, h.out, h.rowOf]),
-    ...recv.flatMap(x => [x.count, x.x, x.idx, x.w, x.y]),
+    ...recv.flatMap(x => [x.count, x.x, x.idx, x.w, x.y, x.q, x.scales]),
     abort,
     ...ready,
     ...done,
@@ -170,18 +188,20 @@ for (const T of tokenList) {
   for (const st of streams) st.dispose();
 }
 console.log(
-  `expert-parallel dispatch / combine (flag protocol, single-kernel form), ${ranks} ${onCpu ? 'CPU ranks' : `virtual ranks of ${device}`}, hidden ${H}, top-${k} of ${nRouted} + ${nExperts - nRouted} zero experts, ${onCpu ? `${native.threads()} threads` : `${blocks} blocks per launch`}, fp32 payload`,
+  `expert-parallel dispatch / combine (flag protocol, single-kernel form), ${ranks} ${onCpu ? 'CPU ranks' : `virtual ranks of ${device}`}, hidden ${H}, top-${k} of ${nRouted} + ${nExperts - nRouted} zero experts, ${onCpu ? `${native.threads()} threads` : `${blocks} blocks per launch`}, fp32 and FP8 (e4m3, 1 x 128 scales) dispatch payloads`,
 );
 console.log(
   onCpu
     ? "CPU ranks sharing one machine's cores and memory (a memcpy, not NVLink): not comparable with DeepEP / pplx figures"
     : "virtual ranks on one GPU: the kernels' own cost and memory bandwidth, not NVLink",
 );
-console.log('| tokens / rank | rows sent | dispatch µs | combine µs | dispatch GB/s | combine GB/s |');
-console.log('|---:|---:|---:|---:|---:|---:|');
+console.log(
+  '| tokens / rank | rows sent | dispatch µs (f32) | dispatch µs (FP8) | combine µs | dispatch GB/s (f32) | dispatch GB/s (FP8 bytes) | combine GB/s |',
+);
+console.log('|---:|---:|---:|---:|---:|---:|---:|---:|');
 for (const x of rows)
   console.log(
-    `| ${x.tokensPerRank} | ${x.rowsSent} | ${x.dispatchUs.toFixed(0)} | ${x.combineUs.toFixed(0)} | ${x.dispatchGBps.toFixed(2)} | ${x.combineGBps.toFixed(2)} |`,
+    `| ${x.tokensPerRank} | ${x.rowsSent} | ${x.dispatchUs.toFixed(0)} | ${x.dispatchFp8Us.toFixed(0)} | ${x.combineUs.toFixed(0)} | ${x.dispatchGBps.toFixed(2)} | ${x.dispatchFp8GBps.toFixed(2)} | ${x.combineGBps.toFixed(2)} |`,
   );
 
 // ---- a whole decode step: one device vs data-parallel attention over the ranks ----------------
