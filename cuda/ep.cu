@@ -64,7 +64,9 @@ __device__ int32_t load_acquire(const int32_t* p) {
   asm volatile("ld.acquire.sys.global.b32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
   return v;
 }
-__device__ void store_release(int32_t* p, int32_t v) { asm volatile("st.release.sys.global.b32 [%0], %1;" ::"l"(p), "r"(v) : "memory"); }
+__device__ void store_release(int32_t* p, int32_t v) {
+  asm volatile("st.release.sys.global.b32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
 __device__ void fence_system() { __threadfence_system(); }
 __device__ uint64_t now_ns() {
   uint64_t t;

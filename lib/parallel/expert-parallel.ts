@@ -187,9 +187,7 @@ export class ExpertParallelGroup {
             idx: make([R * cap, k], dev, 'int32'),
             w: make([R * cap, k], dev),
             y: make([R * cap, H], dev),
-            ...(fp8
-              ? { q: make([R * cap, H], dev, 'fp8_e4m3'), scales: make([R * cap, Math.ceil(H / 128)], dev) }
-              : {}),
+            ...(fp8 ? { q: make([R * cap, H], dev, 'fp8_e4m3'), scales: make([R * cap, Math.ceil(H / 128)], dev) } : {}),
           })),
           rowOf: this.devices.map(dev => make([cap, R], dev, 'int32')),
         };

@@ -133,7 +133,10 @@ WaitSpec wait_spec(const OpArgs& a, size_t i, Device d, int32_t kind) {
   if (!(rank >= 0 && rank <= 255 && rank == static_cast<int32_t>(rank)))
     fail(Code::E_ARGUMENT, "%s: wait.rank %g is not a rank number in 0..255", op, rank);
   if (!((k == 1 || k == 2) && (kind == 0 || k == kind)))
-    fail(Code::E_ARGUMENT, "%s: wait.kind must be %s, got %g", op, kind == 1 ? "1 (dispatch)" : kind == 2 ? "2 (combine)" : "1 or 2",
+    fail(Code::E_ARGUMENT, "%s: wait.kind must be %s, got %g", op,
+         kind == 1   ? "1 (dispatch)"
+         : kind == 2 ? "2 (combine)"
+                     : "1 or 2",
          k);
   if (!(ms > 0 && ms <= 3.6e6)) fail(Code::E_ARGUMENT, "%s: wait.timeoutMs must be in (0, 3600000], got %g", op, ms);
   w.rank = static_cast<int32_t>(rank);
@@ -444,8 +447,8 @@ void EpCombine(const OpArgs& a) {
       },
       LC_GPU(hold(partials, signal, wait);
              gpu::ep_combine(t, k, h, u.ptr<float>(), idx.ptr<int32_t>(), w.ptr<float>(), n_routed, n_experts,
-                             row_of.ptr<int32_t>(), ranks, capacity, dev, out.ptr<float>(), abort ? abort->ptr<int32_t>() : nullptr,
-                             dev_signal, n_signal, dev_wait, blocks, stream)));
+                             row_of.ptr<int32_t>(), ranks, capacity, dev, out.ptr<float>(),
+                             abort ? abort->ptr<int32_t>() : nullptr, dev_signal, n_signal, dev_wait, blocks, stream)));
 }
 
 Napi::Value EnablePeerAccess(const Napi::CallbackInfo& info) {
