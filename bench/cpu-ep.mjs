@@ -1,18 +1,23 @@
 // Expert-parallel dispatch and combine on CPU ranks (native/cpu/ep.cc), at LongCat-Flash's width
-// (hidden 6144, top-12 over 512 FFN + 256 zero experts): per step, every home rank's epDispatch
-// then every home rank's epCombine, each timed alone (queued on one stream, then synchronized), at
-// 1, 128 and 512 tokens per rank. Payload GB/s = the u rows actually sent (once per token and
-// destination rank) x 4 bytes x hidden / time; on one NUMA node this is a memcpy between buffers of
-// the same memory, not an interconnect. Not a figure to compare with DeepEP / pplx on NVLink.
+// (hidden 6144, top-12 over 512 FFN + 256 zero experts), in the single-kernel flag form the runner
+// uses (lib/parallel/expert-parallel.ts): each rank on its own stream (a thread), the dispatch
+// phase = every rank's epDispatch (send, release the receivers' flags, then acquire its own), the
+// combine phase = every rank's epCombine (release its "partials ready" flags, acquire the others',
+// sum), each phase timed alone (queued on all rank streams, then all synchronized), at 1, 128 and
+// 4,096 tokens per rank. Payload GB/s = the u rows actually sent (once per token and destination
+// rank) x 4 bytes x hidden / time. These are CPU ranks on one machine (the development VM: 2 vCPUs
+// shared with other work), so a "transfer" is a memcpy between buffers of the same memory: not
+// NVLink, not a figure to compare with DeepEP / pplx. The dispatch is timed with the fp32 payload and
+// with the FP8 one (e4m3 + 1 x 128 scales, quantized by the sender, decoded by the receiver's wait).
 // Then a whole decode step (--step-preset, default the 'small' preset cut to 2 layers, random
 // weights): B sequences (--batch, default 8) on one device, and spread over the ranks with
 // data-parallel attention (each rank its sequences' attention and KV pages, the experts split),
 // the median step of each and their ratio, measured in the same run. On CPU ranks of one machine
 // the ranks share its cores: the ratio is the cost (or gain) of the split, not a scaling figure.
-//   node bench/cpu-ep.mjs [--ranks 4] [--tokens 1,128,512] [--reps 5] [--batch 8] [--out f.json]
+//   node bench/cpu-ep.mjs [--ranks 4] [--tokens 1,128,4096] [--reps 5] [--batch 8] [--device cpu|cuda:N] [--out f.json]
 import fs from 'node:fs';
 import { native } from '../dist/native.js';
-import { tensor, empty } from '../dist/tensor.js';
+import { tensor, empty, toArray } from '../dist/tensor.js';
 import os from 'node:os';
 import path from 'node:path';
 import { initRandom } from '../dist/init-random.js';
@@ -22,8 +27,14 @@ import { now, median, rng } from './common.mjs';
 const args = process.argv.slice(2);
 const opt = (name, dflt) => (args.includes(name) ? args[args.indexOf(name) + 1] : dflt);
 const ranks = Number(opt('--ranks', '4'));
-const tokenList = opt('--tokens', '1,128,512').split(',').map(Number);
+const tokenList = opt('--tokens', '1,128,4096').split(',').map(Number);
 const reps = Number(opt('--reps', '5'));
+// --device cuda:0: the ranks as virtual ranks of one GPU (the GPU check's case: the fused kernels
+// spinning on each other on a card; their own cost and memory bandwidth, not NVLink).
+const device = opt('--device', 'cpu'),
+  onCpu = device === 'cpu',
+  blocks = 16,
+  timeoutMs = onCpu ? 600_000 : 10_000;
 const H = 6144,
   k = 12,
   nRouted = 512,
@@ -42,11 +53,11 @@ for (const T of tokenList) {
     }
     const u = new Float32Array(T * H).map(() => r.uniform(-0.5, 0.5));
     return {
-      u: tensor(u, [T, H]),
-      idx: tensor(idx, [T, k], { dtype: 'int32' }),
-      w: tensor(new Float32Array(T * k).fill(0.5), [T, k]),
-      out: empty([T, H]),
-      rowOf: empty([T, ranks], { dtype: 'int32' }),
+      u: tensor(u, [T, H], { device }),
+      idx: tensor(idx, [T, k], { dtype: 'int32', device }),
+      w: tensor(new Float32Array(T * k).fill(0.5), [T, k], { device }),
+      out: empty([T, H], { device }),
+      rowOf: empty([T, ranks], { dtype: 'int32', device }),
       sent: (() => {
         let n = 0;
         for (let t = 0; t < T; t++)
@@ -60,24 +71,34 @@ for (const T of tokenList) {
     };
   });
   const recv = Array.from({ length: ranks }, () => ({
-    count: empty([ranks], { dtype: 'int32' }),
-    x: empty([ranks * T, H]),
-    idx: empty([ranks * T, k], { dtype: 'int32' }),
-    w: empty([ranks * T, k]),
-    y: tensor(new Float32Array(ranks * T * H).fill(0.25), [ranks * T, H]),
+    count: empty([ranks], { dtype: 'int32', device }),
+    x: empty([ranks * T, H], { device }),
+    idx: empty([ranks * T, k], { dtype: 'int32', device }),
+    w: empty([ranks * T, k], { device }),
+    y: tensor(new Float32Array(ranks * T * H).fill(0.25), [ranks * T, H], { device }),
+    q: empty([ranks * T, H], { dtype: 'fp8_e4m3', device }),
+    scales: empty([ranks * T, H / 128], { device }),
   }));
   const slot = (t, s) => t.narrow(s * T, T);
+  const streams = homes.map(() => new native.Stream(device));
+  const abort = tensor(Int32Array.of(0), [1], { dtype: 'int32', device });
+  const ready = homes.map(() => tensor(new Int32Array(ranks), [ranks], { dtype: 'int32', device })),
+    done = homes.map(() => tensor(new Int32Array(ranks + 1), [ranks + 1], { dtype: 'int32', device }));
+  const all = homes.map((_h, d) => d);
   const args = homes.map((_h, s) => ({
     counts: recv.map(x => x.count.narrow(s, 1)),
     xs: recv.map(x => slot(x.x, s)),
     idxs: recv.map(x => slot(x.idx, s)),
     ws: recv.map(x => slot(x.w, s)),
     ys: recv.map(x => slot(x.y, s)),
+    qs: recv.map(x => slot(x.q, s)),
+    scs: recv.map(x => slot(x.scales, s)),
   }));
-  const dispatch = () => {
+  // fp8: e4m3 rows with one scale per 1 x 128 group, decoded to f32 by each rank's wait.
+  const dispatch = fp8 => {
     homes.forEach((h, s) => {
       native.epDispatch(
-        null,
+        streams[s],
         h.u,
         h.idx,
         h.w,
@@ -86,58 +107,109 @@ for (const T of tokenList) {
         per,
         h.rowOf,
         args[s].counts,
-        args[s].xs,
+        fp8 ? args[s].qs : args[s].xs,
         args[s].idxs,
         args[s].ws,
+        abort,
+        false,
+        ready.map(f => f.narrow(s, 1)),
+        {
+          flags: ready[s],
+          peers: all,
+          rank: s,
+          kind: 1,
+          timeoutMs,
+          decode: fp8 ? { q: recv[s].q, scales: recv[s].scales, x: recv[s].x } : null,
+        },
+        blocks,
+        fp8 ? args[s].scs : null,
       );
     });
   };
   const combine = () =>
     homes.forEach((h, s) => {
-      native.epCombine(null, h.out, h.u, h.idx, h.w, nRouted, nExperts, h.rowOf, args[s].ys);
+      native.epCombine(
+        streams[s],
+        h.out,
+        h.u,
+        h.idx,
+        h.w,
+        nRouted,
+        nExperts,
+        h.rowOf,
+        args[s].ys,
+        abort,
+        done.map(f => f.narrow(s, 1)),
+        { flags: done[s].narrow(0, ranks), peers: all, rank: s, kind: 2, timeoutMs, counter: done[s].narrow(ranks, 1) },
+        blocks,
+      );
     });
+  const sync = () => {
+    for (const st of streams) st.synchronize();
+  };
   const time = fn => {
     fn();
-    native.synchronize('cpu');
+    sync();
     const v = [];
     for (let i = 0; i < reps; i++) {
       const t0 = now();
       fn();
-      native.synchronize('cpu');
+      sync();
       v.push(now() - t0);
     }
     return median(v);
   };
   const sent = homes.reduce((a, h) => a + h.sent, 0),
     bytes = sent * H * 4;
-  const d = time(dispatch),
+  const d = time(() => dispatch(false)),
+    d8 = time(() => dispatch(true)),
     c = time(combine);
+  if (toArray(abort)[0] !== 0) throw new Error('a wait timed out: the figures are void');
   rows.push({
     tokensPerRank: T,
     ranks,
     rowsSent: sent,
     dispatchUs: d * 1e3,
+    dispatchFp8Us: d8 * 1e3,
     combineUs: c * 1e3,
     dispatchGBps: bytes / d / 1e6,
+    // the e4m3 bytes and their scales that crossed
+    dispatchFp8GBps: (sent * (H + (4 * H) / 128)) / d8 / 1e6,
     combineGBps: bytes / c / 1e6,
   });
   for (const x of [
     ...homes.flatMap(h => [h.u, h.idx, h.w, h.out, h.rowOf]),
-    ...recv.flatMap(x => [x.count, x.x, x.idx, x.w, x.y]),
+    ...recv.flatMap(x => [x.count, x.x, x.idx, x.w, x.y, x.q, x.scales]),
+    abort,
+    ...ready,
+    ...done,
   ])
     x.dispose();
+  for (const st of streams) st.dispose();
 }
 console.log(
-  `expert-parallel dispatch / combine, ${ranks} CPU ranks, hidden ${H}, top-${k} of ${nRouted} + ${nExperts - nRouted} zero experts, ${native.threads()} threads`,
+  `expert-parallel dispatch / combine (flag protocol, single-kernel form), ${ranks} ${onCpu ? 'CPU ranks' : `virtual ranks of ${device}`}, hidden ${H}, top-${k} of ${nRouted} + ${nExperts - nRouted} zero experts, ${onCpu ? `${native.threads()} threads` : `${blocks} blocks per launch`}, fp32 and FP8 (e4m3, 1 x 128 scales) dispatch payloads`,
 );
-console.log('| tokens / rank | rows sent | dispatch µs | combine µs | dispatch GB/s | combine GB/s |');
-console.log('|---:|---:|---:|---:|---:|---:|');
+console.log(
+  onCpu
+    ? "CPU ranks sharing one machine's cores and memory (a memcpy, not NVLink): not comparable with DeepEP / pplx figures"
+    : "virtual ranks on one GPU: the kernels' own cost and memory bandwidth, not NVLink",
+);
+console.log(
+  '| tokens / rank | rows sent | dispatch µs (f32) | dispatch µs (FP8) | combine µs | dispatch GB/s (f32) | dispatch GB/s (FP8 bytes) | combine GB/s |',
+);
+console.log('|---:|---:|---:|---:|---:|---:|---:|---:|');
 for (const x of rows)
   console.log(
-    `| ${x.tokensPerRank} | ${x.rowsSent} | ${x.dispatchUs.toFixed(0)} | ${x.combineUs.toFixed(0)} | ${x.dispatchGBps.toFixed(2)} | ${x.combineGBps.toFixed(2)} |`,
+    `| ${x.tokensPerRank} | ${x.rowsSent} | ${x.dispatchUs.toFixed(0)} | ${x.dispatchFp8Us.toFixed(0)} | ${x.combineUs.toFixed(0)} | ${x.dispatchGBps.toFixed(2)} | ${x.dispatchFp8GBps.toFixed(2)} | ${x.combineGBps.toFixed(2)} |`,
   );
 
 // ---- a whole decode step: one device vs data-parallel attention over the ranks ----------------
+if (!onCpu) {
+  const out = opt('--out', null);
+  if (out) fs.writeFileSync(out, JSON.stringify({ bench: 'cpu-ep', device, date: new Date().toISOString(), rows }, null, 2));
+  process.exit(0);
+}
 const B = Number(opt('--batch', '8')),
   preset = opt('--step-preset', 'small');
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'longcat-bench-ep-'));

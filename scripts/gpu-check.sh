@@ -10,7 +10,7 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,dri
 echo "commit: $(git rev-parse --short HEAD 2>/dev/null || cat .device/commit 2>/dev/null || echo unknown)"
 status=0
 # Each stage in its own process with its own time limit (a first run of an untested kernel may
-# fault or hang; the next stage still runs): 8.5 minutes at most in all, about 5 expected.
+# fault or hang; the next stage still runs): 9.6 minutes at most in all, about 6 expected.
 step() {
   local limit=$1 title=$2
   shift 2
@@ -27,5 +27,6 @@ mkdir -p "$OUTDIR"
 step 150 "CUDA vs CPU: every op, then the whole model (scripts/gpu-check.mjs)" "$NODE" scripts/gpu-check.mjs
 step 120 "CUDA microbenchmarks (bench/gpu.mjs)" "$NODE" bench/gpu.mjs --only gemm,moe,mla --out "$OUTDIR/gpu.json"
 step 110 "end-to-end decode, LongCat-Flash width (bench/gpu-model.mjs)" "$NODE" bench/gpu-model.mjs --out "$OUTDIR/gpu-model.json"
+step 60 "expert parallelism: flag-protocol dispatch / combine, 4 virtual ranks spinning on each other (bench/cpu-ep.mjs --device cuda:0)" "$NODE" bench/cpu-ep.mjs --device cuda:0 --tokens 1,128,4096 --out "$OUTDIR/ep.json"
 step 45 "opt-in TMA + wgmma GEMM (bench/gpu.mjs --only wgmma)" "$NODE" bench/gpu.mjs --only wgmma --out "$OUTDIR/gpu-wgmma.json"
 exit $status

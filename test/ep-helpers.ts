@@ -5,6 +5,7 @@ import { expect } from 'vitest';
 import { OutOfMemoryError, RankFailedError } from '../lib/errors.js';
 import { type Tensor, toArray } from '../lib/tensor.js';
 import type { loadModel } from '../lib/generate.js';
+import { EP_TIMEOUT_MS } from '../lib/parallel/expert-parallel.js';
 
 export const range = (a: number, b: number) => Array.from({ length: b - a }, (_, i) => a + i);
 
@@ -86,8 +87,9 @@ export function runScript(m: Awaited<ReturnType<typeof loadModel>>, ps: number[]
 }
 
 /**
- * A rank failing mid-step (issue 14): for each injected fault, the batched prefill fails with a
- * typed error and rolls the sequences back; then the same model runs the script as if nothing had
+ * A rank failing mid-step (issue 14): for each injected fault (out of memory, a failed dispatch
+ * kernel, a dead peer that never sends), the batched prefill fails with a typed error and rolls
+ * the sequences back; then the same model runs the script as if nothing had
  * happened (every rank usable, the abort flag lowered), equal to the single-device run.
  */
 export function expectFailuresRecover(
@@ -99,18 +101,26 @@ export function expectFailuresRecover(
   const e = m.engine,
     group = e.expertParallel!;
   expect(group).not.toBeNull();
-  for (const kind of ['oom', 'kernel'] as const) {
+  for (const kind of ['oom', 'kernel', 'dead'] as const) {
     const seqs = prompts.map(() => e.newSequence());
     group.injectFault({ rank, kind });
+    // a dead peer costs the others their wait budget: a short one here (restored below)
+    if (kind === 'dead') group.timeoutMs = 200;
     let error: unknown = null;
     try {
       e.forward(seqs, prompts, { allLogits: true }).logits.dispose();
     } catch (err) {
       error = err;
     }
+    group.timeoutMs = EP_TIMEOUT_MS;
     if (kind === 'oom') {
       expect(error).toBeInstanceOf(OutOfMemoryError);
       expect((error as Error).message).toMatch(new RegExp(`rank ${rank} .*ran out of memory`));
+    } else if (kind === 'dead') {
+      expect(error).toBeInstanceOf(RankFailedError);
+      expect((error as Error).message).toMatch(
+        new RegExp(`rank \\d+ timed out waiting for rank ${rank}'s dispatch \\(200 ms\\): the step failed`),
+      );
     } else {
       expect(error).toBeInstanceOf(RankFailedError);
       expect((error as Error).message).toMatch(failedRank);

@@ -9,26 +9,38 @@
 //             experts;
 //   combine   each home rank adds the partial rows back in rank order 0, 1, .., then the zero
 //             experts (epCombine) -- deterministic whatever order the ranks finish in.
-// Every rank has its own stream on its own device; the phases are joined by events (across
-// devices too: a CUDA stream may wait for another device's event). Ranks are CPU ranks, or CUDA
-// ranks each on a device of the group (several ranks may share one): rank d's receive slots,
-// experts and moe output live on its device, the home rank's inputs and output on its own, and the
-// home rank's kernels (split send / receive form of cuda/ep.cu) write into the receivers' slots and
-// read their partial rows through peer pointers (loadModel enables peer access between every pair).
-// The receive slots and the home ranks' row records are allocated once per slot depth (the most
-// tokens a home rank holds, rounded up to a power of two) and reused by every layer and step.
+// Every rank has its own stream on its own device. Ranks are CPU ranks, or CUDA ranks each on a
+// device of the group (several ranks may share one): rank d's receive slots, experts and moe output
+// live on its device, the home rank's inputs and output on its own, and the home rank's kernels
+// write into the receivers' slots and read their partial rows through peer pointers (loadModel
+// enables peer access between every pair). The receive slots and the home ranks' row records are
+// allocated once per slot depth (the most tokens a home rank holds, rounded up to a power of two)
+// and reused by every layer and step.
 //
-// A failed rank: the group's abort flag (int32 on the runner's device, reached by every rank) is
-// raised by a dispatch that fails (a slot overflow), and from then on the step's dispatches and
-// combines do nothing more (combine writes zeros). endStep(), at the end of each step, waits for
-// every rank, surfaces the first error (E_RANK_FAILED naming the rank) and lowers the flag, so the
-// next step starts clean. No rank ever waits on another's flag: each phase is ordered behind the
-// one before by stream events, every event is recorded before anything waits for it, and a rank
-// whose work failed still runs to the end of its queue -- so a failure, or an error thrown while
-// the step is being queued (an allocation that fails), cannot leave a rank waiting forever.
+// The phases of different ranks are ordered by flags, not by stream events (the protocol of
+// native/cpu/ep.h), in the single-kernel form: a home's dispatch launch writes its tokens into
+// every rank's slot, releases that rank's ready flag, then acquires its own ready flags from every
+// home (a bounded spin); a rank without tokens only waits (epWait). After its expert GEMM a rank
+// releases a "partials ready" flag in every home (a home in its combine launch, which then
+// acquires those of every rank and sums; a rank without tokens with epSignal). On CPU ranks (a
+// stream is a thread) and CUDA devices the waits really spin, concurrently. The CUDA emulator runs
+// a stream's queue only when the host waits for it, so there (`ordered`) the same kernels run
+// phase by phase -- sends, then each rank's wait behind the senders' events, then signals, then
+// the homes' waits and sums behind those -- the flags still written, acquired and lowered, and
+// the waits still bounded. Only a layer's start
+// (every rank behind its homes' inputs) and its end (every home's MoE stream behind its rank, one
+// behind every rank: the capture's join) are events.
+//
+// A failed rank: the group's abort word (int32 on the runner's device, reached by every rank) is
+// raised by a dispatch that fails (a slot overflow) or by a wait that timed out (`timeoutMs`; the
+// word says who waited for whom), and from then on the step's dispatches and combines do nothing
+// more (combine writes zeros) and every wait gives up at once. endStep(), at the end of each step,
+// waits for every rank, surfaces the first error (E_RANK_FAILED naming the rank) and, after a
+// failed step, lowers the word and every flag, so the next step starts clean.
 import { native } from '../native.js';
 import { type Tensor, empty, tensor, toArray } from '../tensor.js';
 import type { MoeExpertSet } from '../../types/ops-moe.js';
+import type { EpWaitSpec } from '../../types/ops-ep.js';
 import { Event, Stream } from '../device.js';
 import { ArgumentError, OutOfMemoryError, RankFailedError } from '../errors.js';
 import type { ExpertsFn } from '../model/step.js';
@@ -38,11 +50,29 @@ import { ShardedExperts } from './placement.js';
  * A fault for tests to inject into the next MoE layer a group runs eagerly (not into a captured
  * graph's replays): 'oom' -- rank `rank` fails to allocate in its expert phase, after every
  * dispatch of the layer was queued; 'kernel' -- home rank `rank`'s dispatch kernel fails (the
- * epDispatch test hook: it raises the abort flag and sends nothing).
+ * epDispatch test hook: it raises the abort flag and sends nothing); 'dead' -- home rank `rank`
+ * never dispatches (no payload, no flag): the others' waits time out.
  */
 export interface InjectedFault {
   rank: number;
-  kind: 'oom' | 'kernel';
+  kind: 'oom' | 'kernel' | 'dead';
+}
+
+/** The default block budget of an expert-parallel launch on CUDA. */
+export const EP_BLOCKS = 16;
+
+/** The default time budget of a rank's wait for a peer (a dead peer fails the step after this). */
+export const EP_TIMEOUT_MS = 60_000;
+
+/** The reason a wait left in the abort word (epWait), in words; null for another reason. */
+export function waitFailure(code: number): string | null {
+  if (!(code & (1 << 30))) return null;
+  const kind = (code >> 16) & 0xff,
+    rank = (code >> 8) & 0xff,
+    peer = code & 0xff;
+  return kind === 1
+    ? `rank ${rank} timed out waiting for rank ${peer}'s dispatch`
+    : `rank ${rank} timed out waiting for rank ${peer}'s expert outputs`;
 }
 
 /** One home rank's MoE inputs and output for a layer (its Step.experts' arguments). */
@@ -60,7 +90,8 @@ interface HomeCall {
 /** The receive slots of every rank (rank d's on its device: one slot per home rank, `cap` rows
  *  deep) and each home rank's record of where its tokens went ([cap, ranks], on its device). */
 interface SlotBuffers {
-  recv: { count: Tensor; x: Tensor; idx: Tensor; w: Tensor; y: Tensor }[];
+  /** q / scales: the FP8 payload as sent (fp8Payload), decoded into x by the rank's wait. */
+  recv: { count: Tensor; x: Tensor; idx: Tensor; w: Tensor; y: Tensor; q?: Tensor; scales?: Tensor }[];
   rowOf: Tensor[];
 }
 
@@ -71,8 +102,24 @@ export class ExpertParallelGroup {
   private readonly dispatched: Event[];
   private readonly computed: Event[];
   private readonly combined: Event[];
-  /** int32 [1] on the home device: raised by a failed dispatch, lowered by endStep. */
+  /** int32 [1] on the home device: raised by a failed dispatch or wait, lowered by endStep. */
   private readonly abort: Tensor;
+  /** Per rank, on its device: ready[d] int32 [ranks], ready[d][s] raised by the dispatch of the
+   *  layer's home s (its slot position); done[h] int32 [ranks + 1], done[h][d] raised by rank d for
+   *  home rank h, and the combine kernel's block counter last. */
+  private readonly ready: Tensor[];
+  private readonly done: Tensor[];
+  /** The CUDA emulator: waits are also queued behind their producers' events (header). */
+  private readonly ordered: boolean;
+  /** A layer's queuing stopped half way: flags may be left raised (cleared by endStep). */
+  private unclean = false;
+  /** How long a rank waits for a peer before the step fails (ms). */
+  timeoutMs = EP_TIMEOUT_MS;
+  /** The CUDA block budget of a dispatch or combine launch (the dense branch keeps the other SMs). */
+  blocks = EP_BLOCKS;
+  /** Dispatch sends e4m3 rows with one scale per 1 x 128 group (about 3.9x fewer bytes than f32),
+   *  decoded to f32 by the receiver before its expert GEMM: the MoE input is rounded to FP8. */
+  fp8Payload = false;
   private fault: InjectedFault | null = null;
   /** The layer's calls so far, until allToAll() queues them. */
   private pending: HomeCall[] = [];
@@ -94,6 +141,10 @@ export class ExpertParallelGroup {
     this.computed = events();
     this.combined = events();
     this.abort = tensor(Int32Array.of(0), [1], { dtype: 'int32', device: home });
+    const flags = (n: number) => devices.map(d => tensor(new Int32Array(n), [n], { dtype: 'int32', device: d }));
+    this.ready = flags(this.ranks);
+    this.done = flags(this.ranks + 1);
+    this.ordered = native.buildInfo().cudaArchs === 'emulated' && devices.some(d => d !== 'cpu');
   }
 
   /** Test hook: the next MoE layer run eagerly fails on one rank (InjectedFault). */
@@ -117,13 +168,13 @@ export class ExpertParallelGroup {
   }
 
   /** The slot buffers for home ranks of up to `cap` tokens (allocated on first use). */
-  private slots(cap: number, H: number, k: number): SlotBuffers {
-    const key = `${cap}x${H}x${k}`;
+  private slots(cap: number, H: number, k: number, fp8: boolean): SlotBuffers {
+    const key = `${cap}x${H}x${k}${fp8 ? 'fp8' : ''}`;
     let b = this.buffers.get(key);
     if (!b) {
       const R = this.ranks;
       const made: Tensor[] = [];
-      const make = (shape: number[], device: string, dtype: 'f32' | 'int32' = 'f32') => {
+      const make = (shape: number[], device: string, dtype: 'f32' | 'int32' | 'fp8_e4m3' = 'f32') => {
         const t = empty(shape, { dtype, device });
         made.push(t);
         return t;
@@ -136,6 +187,7 @@ export class ExpertParallelGroup {
             idx: make([R * cap, k], dev, 'int32'),
             w: make([R * cap, k], dev),
             y: make([R * cap, H], dev),
+            ...(fp8 ? { q: make([R * cap, H], dev, 'fp8_e4m3'), scales: make([R * cap, Math.ceil(H / 128)], dev) } : {}),
           })),
           rowOf: this.devices.map(dev => make([cap, R], dev, 'int32')),
         };
@@ -168,7 +220,8 @@ export class ExpertParallelGroup {
     const A = homes.length,
       most = Math.max(...homes.map(h => h.u.shape[0]!)),
       cap = 2 ** Math.ceil(Math.log2(most));
-    const buf = this.slots(cap, H, k);
+    const fp8 = this.fp8Payload;
+    const buf = this.slots(cap, H, k, fp8);
     const fault = this.fault;
     this.fault = null;
     const held: Tensor[] = [];
@@ -182,11 +235,54 @@ export class ExpertParallelGroup {
     const used = (t: Tensor) => keep(t.narrow(0, A * cap));
     const rowOf = homes.map(h => keep(buf.rowOf[h.rank]!.narrow(0, h.u.shape[0]!)));
 
+    const homeRanks = homes.map(h => h.rank),
+      all = Array.from({ length: R }, (_, d) => d),
+      ordered = this.ordered;
     try {
-      for (const [s, h] of homes.entries()) {
-        const st = this.streams[h.rank]!;
-        this.inputsReady[h.rank]!.record(h.stream);
-        st.waitEvent(this.inputsReady[h.rank]!);
+      this.unclean = true;
+      // The layer's start: each home's rank stream behind its MoE inputs; a rank without tokens
+      // behind every home's (it joins a capture there).
+      for (const h of homes) this.inputsReady[h.rank]!.record(h.stream);
+      for (let d = 0; d < R; d++) {
+        const mine = homeRanks.indexOf(d);
+        if (mine >= 0) this.streams[d]!.waitEvent(this.inputsReady[d]!);
+        else for (const h of homes) this.streams[d]!.waitEvent(this.inputsReady[h.rank]!);
+      }
+      const blocks = this.blocks;
+      // Rank d's wait for the ready flags of the layer's homes (its slots padded if it fails).
+      const recvWait = (d: number): EpWaitSpec => {
+        const r = buf.recv[d]!;
+        return {
+          flags: keep(this.ready[d]!.narrow(0, A)),
+          peers: homeRanks,
+          rank: d,
+          kind: 1,
+          timeoutMs: this.timeoutMs,
+          pad: { counts: keep(r.count.narrow(0, A)), idx: used(r.idx), w: used(r.w), expertsPerRank: per },
+          decode: fp8 ? { q: used(r.q!), scales: used(r.scales!), x: used(r.x) } : null,
+        };
+      };
+      // Home rank h's wait for every rank's "partials ready" (done[h]: R flags and the block counter).
+      const doneWait = (h: number): EpWaitSpec => ({
+        flags: keep(this.done[h]!.narrow(0, R)),
+        peers: all,
+        rank: h,
+        kind: 2,
+        timeoutMs: this.timeoutMs,
+        counter: keep(this.done[h]!.narrow(R, 1)),
+      });
+      const doneFlags = (d: number) => homeRanks.map(hr => keep(this.done[hr]!.narrow(d, 1)));
+      // Dispatch: a home sends and (single-kernel form) waits for its own slots in the same launch;
+      // a rank without tokens only waits. Split (emulator): the sends first, then every wait.
+      for (let d = 0; d < R; d++) {
+        const s = homeRanks.indexOf(d),
+          st = this.streams[d]!;
+        const dead = fault?.kind === 'dead' && fault.rank === d; // sends nothing, raises no flag
+        if (s < 0 || dead) {
+          if (!ordered) native.epWait(st, recvWait(d), this.abort);
+          continue;
+        }
+        const h = homes[s]!;
         native.epDispatch(
           st,
           h.u,
@@ -197,18 +293,28 @@ export class ExpertParallelGroup {
           per,
           rowOf[s]!,
           buf.recv.map(r => keep(r.count.narrow(s, 1))),
-          buf.recv.map(r => rows(r.x, s)),
+          buf.recv.map(r => rows(fp8 ? r.q! : r.x, s)),
           buf.recv.map(r => rows(r.idx, s)),
           buf.recv.map(r => rows(r.w, s)),
           this.abort,
-          fault?.kind === 'kernel' && fault.rank === h.rank,
+          fault?.kind === 'kernel' && fault.rank === d,
+          this.ready.map(f => keep(f.narrow(s, 1))),
+          ordered ? null : recvWait(d),
+          blocks,
+          fp8 ? buf.recv.map(r => rows(r.scales!, s)) : null,
         );
-        this.dispatched[h.rank]!.record(st);
+        if (ordered) this.dispatched[d]!.record(st);
       }
+      // Experts: every rank's grouped GEMM over its slots; a rank without tokens then tells the
+      // homes its partials are ready (a home does so in its combine). All of it is queued before
+      // any home's combine waits, so a failure while queuing leaves nobody waiting for it.
       for (let d = 0; d < R; d++) {
         const st = this.streams[d]!,
           r = buf.recv[d]!;
-        for (const h of homes) st.waitEvent(this.dispatched[h.rank]!);
+        if (ordered) {
+          for (const h of homes) st.waitEvent(this.dispatched[h.rank]!);
+          native.epWait(st, recvWait(d), this.abort);
+        }
         if (fault?.kind === 'oom' && fault.rank === d)
           throw new OutOfMemoryError(
             'E_OOM',
@@ -230,11 +336,13 @@ export class ExpertParallelGroup {
           null,
           per + 1,
         );
-        this.computed[d]!.record(st);
+        if (ordered || !homeRanks.includes(d)) native.epSignal(st, doneFlags(d));
+        if (ordered) this.computed[d]!.record(st);
       }
+      // Combine: a home signals its own partials, waits for every rank's, sums in rank order.
       for (const [s, h] of homes.entries()) {
         const st = this.streams[h.rank]!;
-        for (let d = 0; d < R; d++) st.waitEvent(this.computed[d]!);
+        if (ordered) for (let d = 0; d < R; d++) st.waitEvent(this.computed[d]!);
         native.epCombine(
           st,
           h.out,
@@ -246,19 +354,19 @@ export class ExpertParallelGroup {
           rowOf[s]!,
           buf.recv.map(r => rows(r.y, s)),
           this.abort,
+          ordered ? null : doneFlags(h.rank),
+          doneWait(h.rank),
+          blocks,
         );
       }
+      this.unclean = false;
     } finally {
-      // Every rank's stream, and the home ranks' MoE streams, continue behind everything queued
-      // for this layer (also when queuing stopped half way): a rank's buffers are read by other
-      // ranks' kernels, and a home's temporaries are freed into its device's pool, which fences a
-      // freed block on that device's streams only, so the block must not come back before the
-      // last reader on any device is done.
+      // The layer's end: each home's MoE stream continues behind its rank's stream (the home's
+      // temporaries are read by its own rank's kernels only), and the first home's behind every
+      // rank (the join a graph capture needs; those ranks are done before its combine anyway).
       for (let d = 0; d < R; d++) this.combined[d]!.record(this.streams[d]!);
-      for (let s = 0; s < R; s++) {
-        for (const h of homes) h.stream.waitEvent(this.combined[s]!);
-        for (let d = 0; d < R; d++) if (d !== s) this.streams[d]!.waitEvent(this.combined[s]!);
-      }
+      for (const h of homes) h.stream.waitEvent(this.combined[h.rank]!);
+      for (let d = 0; d < R; d++) if (!homeRanks.includes(d)) homes[0]!.stream.waitEvent(this.combined[d]!);
       for (const t of held) t.dispose(); // queued work keeps what it uses
     }
   }
@@ -276,8 +384,14 @@ export class ExpertParallelGroup {
         failed ??= { rank: r, cause: e };
       }
     }
-    const raised = (toArray(this.abort) as Int32Array)[0] !== 0;
-    if (raised) this.abort.copyFromBytes(Int32Array.of(0));
+    const code = (toArray(this.abort) as Int32Array)[0]!,
+      raised = code !== 0;
+    if (raised || failed || this.unclean) {
+      // Every rank is idle: lower the word and every flag a failed step may have left raised.
+      this.abort.copyFromBytes(Int32Array.of(0));
+      for (const f of [...this.ready, ...this.done]) f.copyFromBytes(new Int32Array(f.shape[0]!));
+      this.unclean = false;
+    }
     if (failed) {
       const why = failed.cause instanceof Error ? failed.cause.message : String(failed.cause);
       throw new RankFailedError(
@@ -289,7 +403,9 @@ export class ExpertParallelGroup {
     if (raised)
       throw new RankFailedError(
         'E_RANK_FAILED',
-        'expert parallelism: a rank failed in this step (a dispatch overflowed its receive slots and raised the abort flag)',
+        `expert parallelism: ${
+          waitFailure(code) ?? 'a rank failed in this step (a dispatch overflowed its receive slots and raised the abort flag)'
+        }${waitFailure(code) ? ` (${this.timeoutMs} ms): the step failed` : ''}`,
       );
   }
 
@@ -301,8 +417,10 @@ export class ExpertParallelGroup {
   dispose() {
     this.synchronize();
     for (const s of this.streams) s.dispose();
-    for (const b of this.buffers.values()) for (const t of [...b.recv.flatMap(r => Object.values(r)), ...b.rowOf]) t.dispose();
+    for (const b of this.buffers.values())
+      for (const t of [...b.recv.flatMap(r => Object.values(r) as Tensor[]), ...b.rowOf]) t.dispose();
     this.buffers.clear();
     this.abort.dispose();
+    for (const f of [...this.ready, ...this.done]) f.dispose();
   }
 }

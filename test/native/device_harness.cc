@@ -172,7 +172,8 @@ void peer_access_case() {
   auto dispatch = [&] {
     cuda::set_device(0);
     gpu::ep_dispatch(t, k, h, static_cast<float*>(du->ptr), static_cast<int32_t*>(di->ptr), static_cast<float*>(dw->ptr), 4, per,
-                     ranks, cap, slots, static_cast<int32_t*>(drow->ptr), nullptr, false, s.cuda_handle());
+                     ranks, cap, slots, static_cast<int32_t*>(drow->ptr), nullptr, false, gpu::EpFlags{}, gpu::EpWait{}, 16,
+                     s.cuda_handle());
     cuda::check_launch("ep_dispatch");
   };
   try {
