@@ -664,7 +664,6 @@ struct Graph::Plan {
   }
 };
 
-
 namespace {
 // The distinct devices of a capture's streams, by index: every capture parks them in this one
 // order, so two threads capturing over overlapping device sets cannot wait for each other in a cycle.

@@ -36,25 +36,22 @@ inline void cpu_relax() {
 #endif
 }
 
-// How long a thread spins before it sleeps: a worker waiting for the region's next job, and the
-// master waiting for the workers' last chunks. Long enough to span the gap between two ops of a
-// step (a few microseconds of host work), short enough that a thread waiting on a stalled step
-// gives its core back.
+// How long a thread spins (pause loops) before it sleeps on a futex: a worker waiting for the
+// region's next job, and the master waiting for the workers' last chunks. Long enough to span the
+// gap between two ops of a step (a few microseconds of host work), short enough that a thread
+// waiting on a stalled step gives its core back. (Yielding the core inside the spin was tried: on
+// a loaded machine it hands the core to other processes and the step waits for a time slice.)
 constexpr auto kSpin = std::chrono::microseconds(50);
 
-// Waits for pred() for up to kSpin: a few microseconds of pause loops, then yielding the core
-// between checks (on a loaded machine the thread that has to make pred() true may need it); true
-// when pred() held.
+// Spins on pred() for up to kSpin; true when pred() held.
 template <typename P>
 bool spin_until(P&& pred) {
-  for (int i = 0; i < 256; ++i) {
-    if (pred()) return true;
-    cpu_relax();
-  }
   auto until = std::chrono::steady_clock::now() + kSpin;
   for (;;) {
-    if (pred()) return true;
-    sched_yield();
+    for (int i = 0; i < 64; ++i) {
+      if (pred()) return true;
+      cpu_relax();
+    }
     if (std::chrono::steady_clock::now() >= until) return pred();
   }
 }

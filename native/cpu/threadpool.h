@@ -109,7 +109,7 @@ class ThreadPool {
   std::atomic<uint64_t> ticket_{0};
   std::atomic<const std::function<void(int64_t)>*> region_fn_{nullptr};
   std::atomic<uint32_t> done_{0};
-  std::atomic<int> sleepers_{0};            // workers asleep on gen_
+  std::atomic<int> sleepers_{0};              // workers asleep on gen_
   std::atomic<bool> master_sleeping_{false};  // the master asleep on done_
   std::mutex region_error_m_;
   std::exception_ptr region_error_;
