@@ -638,7 +638,9 @@ struct Graph::Plan {
     uint64_t seq;
     std::function<void()> fn;
   };
-  std::vector<std::shared_ptr<Stream>> streams;
+  // No stream here: a queued replay holds the plan, and a stream's last owner must not be its own
+  // job (the stream's thread would join itself).
+  size_t parts = 0;
   std::vector<Step> steps;  // in capture order
 
   struct Failure {
@@ -736,13 +738,14 @@ std::unique_ptr<Graph> Capture::end(const std::vector<std::shared_ptr<Stream>>& 
     return g;
   }
   auto plan = std::make_shared<Graph::Plan>();
+  plan->parts = streams.size();
   for (size_t i = 0; i < streams.size(); ++i) {
     std::unique_ptr<std::vector<Stream::Captured>> work;
     {
       std::lock_guard<std::mutex> lk(streams[i]->m_);
       work = std::move(streams[i]->captured_);
     }
-    plan->streams.push_back(streams[i]);
+    g->parts_.push_back(streams[i]);
     for (auto& c : *work) plan->steps.push_back(Graph::Plan::Step{static_cast<int>(i), c.marker, c.seq, std::move(c.fn)});
   }
   // Capture order: an event's wait was captured after the record it waits for (wait_on takes the
@@ -792,10 +795,10 @@ void Graph::replay() {
   }
   auto plan = plan_;
   auto meeting = std::make_shared<Meeting>();
-  auto failures = std::make_shared<std::vector<Plan::Failure>>(plan->streams.size());
-  const size_t n = plan->streams.size();
+  auto failures = std::make_shared<std::vector<Plan::Failure>>(plan->parts);
+  const size_t n = plan->parts;
   for (size_t i = 0; i < n; ++i)
-    plan->streams[i]->enqueue([plan, meeting, failures, i, n] {
+    parts_[i]->enqueue([plan, meeting, failures, i, n] {
       if (meeting->arrived.fetch_add(1) + 1 == n) {
         try {
           plan->run(*failures);

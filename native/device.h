@@ -217,9 +217,10 @@ class Graph {
  private:
   friend struct Capture;
   Device device_;
-  struct Plan;                        // CPU: the streams and their work in capture order
-  std::shared_ptr<const Plan> plan_;  // CPU
-  void* exec_ = nullptr;              // CUDA
+  struct Plan;                                  // CPU: the streams' work in capture order
+  std::shared_ptr<const Plan> plan_;            // CPU (held by queued replays: it holds no stream)
+  std::vector<std::shared_ptr<Stream>> parts_;  // CPU: the streams, as the plan numbers them
+  void* exec_ = nullptr;                        // CUDA
   std::shared_ptr<Stream> origin_;
   std::vector<std::pair<Device, Pool::Parked>> parked_;  // CUDA: temporaries the graph's kernels address, per device
   std::vector<std::shared_ptr<Storage>> held_;           // CUDA: pinned host memory its copies address

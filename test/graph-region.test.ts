@@ -134,6 +134,22 @@ describe('a replayed CPU graph as one parallel region', () => {
     s1.dispose();
     s2.dispose();
   });
+
+  it('a graph whose stream was disposed, replayed and disposed at once: the queued replays never own the stream', () => {
+    native.setThreads(2);
+    for (let i = 0; i < 20; i++) {
+      const s = new Stream('cpu');
+      const x = full([3], 1);
+      const g = native.captureGraph([s], () => native.scale(s, x, x, 2));
+      s.dispose(); // the graph keeps the stream; its replay jobs must not be its last owners
+      g.replay();
+      g.replay();
+      g.dispose();
+      native.synchronize('cpu');
+      expect(Array.from(toArray(x))).toEqual([4, 4, 4]);
+      x.dispose();
+    }
+  });
 });
 
 // [preset, fp8]: the replayed decode step against the eager one, logits compared bit for bit
