@@ -21,7 +21,8 @@
 // path switched off (engine.useGraphs = false) when the engine has it, and the ScMoE overlap (one
 // decode step vs its branches timed alone: attention 0, dense branch, MoE branch, lm_head).
 //
-//   LONGCAT_ADDON=build-bench/Release/longcat.node node bench/model.mjs [--quick] [--presets small,medium,lite] [--out f.json]
+//   LONGCAT_ADDON=build-bench/Release/longcat.node node bench/model.mjs [--quick] [--presets small,medium,lite] [--threads N] [--out f.json]
+// (--threads: the pool's size for the whole run, the bandwidth probe's included; default: the cores)
 import { existsSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -45,6 +46,7 @@ const LITE_BENCH = {
   ffn_hidden_size: 1536,
   vocab_size: 8192,
 };
+if (args.includes('--threads')) native.setThreads(Number(arg('--threads', 0)));
 const PP = Number(arg('--pp', 512)),
   TG = Number(arg('--tg', 128));
 

@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <set>
 
+#include "cpu/threadpool.h"
 #include "cuda_api.h"
 
 namespace lc {
@@ -394,6 +395,30 @@ void Fence::wait() {
 
 // ---- streams ----------------------------------------------------------------------------
 
+namespace {
+std::atomic<uint64_t> g_capture_seq{0};  // orders captured work across streams
+
+// What a CPU stream keeps of a failed kernel: its code and message (false: an exception that is
+// none of ours or the standard library's, which is left to escape).
+bool describe_failure(Code* code, std::string* msg) {
+  try {
+    throw;
+  } catch (const Error& e) {
+    *msg = e.what();
+    *code = e.code;
+  } catch (const std::bad_alloc&) {
+    *msg = "out of host memory in a queued kernel";
+    *code = Code::E_OOM;
+  } catch (const std::exception& e) {
+    *msg = e.what();
+    *code = Code::E_INTERNAL;
+  } catch (...) {
+    return false;
+  }
+  return true;
+}
+}  // namespace
+
 Stream::Stream(Device d) : device_(d) {
   if (!d.is_cpu()) {
     cuda_ = cuda::stream_create(d.index);
@@ -431,11 +456,27 @@ Stream::~Stream() {
   thread_.join();
 }
 
+void Stream::push_captured(std::function<void()> fn, bool marker) {
+  captured_->push_back(Captured{std::move(fn), marker, g_capture_seq.fetch_add(1)});
+}
+
 void Stream::enqueue(std::function<void()> fn) {
   {
     std::lock_guard<std::mutex> lk(m_);
     if (captured_) {
-      captured_->push_back(std::move(fn));
+      push_captured(std::move(fn), false);
+      return;
+    }
+    queue_.push_back(std::move(fn));
+  }
+  cv_.notify_one();
+}
+
+void Stream::enqueue_marker(std::function<void()> fn) {
+  {
+    std::lock_guard<std::mutex> lk(m_);
+    if (captured_) {
+      push_captured(std::move(fn), true);
       return;
     }
     queue_.push_back(std::move(fn));
@@ -458,14 +499,8 @@ void Stream::run() {
     Code code = Code::E_INTERNAL;
     try {
       fn();
-    } catch (const Error& e) {
-      err = e.what();
-      code = e.code;
-    } catch (const std::bad_alloc&) {
-      err = "out of host memory in a queued kernel";
-      code = Code::E_OOM;
-    } catch (const std::exception& e) {
-      err = e.what();
+    } catch (...) {
+      if (!describe_failure(&code, &err)) throw;
     }
     fn = nullptr;  // drop captured tensors before reporting idle
     {
@@ -532,7 +567,7 @@ void Event::record(Stream& s) {
   }
   auto sig = std::make_shared<Signal>();
   last_ = sig;
-  s.enqueue([sig] {
+  s.enqueue_marker([sig] {
     std::lock_guard<std::mutex> lk(sig->m);
     sig->raised++;
     sig->when = std::chrono::steady_clock::now();
@@ -554,7 +589,7 @@ void Event::wait_on(Stream& s) {
   if (!last_) return;  // never recorded: nothing to wait for (CUDA semantics)
   auto sig = last_;
   auto runs = std::make_shared<uint64_t>(0);  // the n-th run of this wait pairs with the n-th raise
-  s.enqueue([sig, runs] {
+  s.enqueue_marker([sig, runs] {
     uint64_t n = ++*runs;
     std::unique_lock<std::mutex> lk(sig->m);
     sig->cv.wait(lk, [&] { return sig->raised >= n; });
@@ -595,6 +630,41 @@ double Event::elapsed_ms(Event& end) {
 }
 
 // ---- graphs -----------------------------------------------------------------------------
+
+struct Graph::Plan {
+  struct Step {
+    int part;  // index into streams
+    bool marker;
+    uint64_t seq;
+    std::function<void()> fn;
+  };
+  // No stream here: a queued replay holds the plan, and a stream's last owner must not be its own
+  // job (the stream's thread would join itself).
+  size_t parts = 0;
+  std::vector<Step> steps;  // in capture order
+
+  struct Failure {
+    Code code = Code::E_INTERNAL;
+    std::string message;  // empty: none
+  };
+  // Runs the step as one parallel region of the calling thread's pool; a failed kernel's error goes
+  // to its stream's entry of `failures`, and the kernels after it are skipped.
+  void run(std::vector<Failure>& failures) const {
+    cpu::ThreadPool::Region region(cpu::ThreadPool::current());
+    bool failed = false;
+    for (const Step& st : steps) {
+      if (failed && !st.marker) continue;
+      try {
+        st.fn();
+      } catch (...) {
+        Failure& f = failures[st.part];
+        if (!describe_failure(&f.code, &f.message)) throw;
+        if (f.message.empty()) f.message = "a queued kernel failed";
+        failed = true;
+      }
+    }
+  }
+};
 
 namespace {
 // The distinct devices of a capture's streams, by index: every capture parks them in this one
@@ -641,7 +711,7 @@ void Capture::begin(const std::vector<std::shared_ptr<Stream>>& streams) {
   for (const auto& s : streams) {
     s->synchronize();  // what was queued before the capture runs before it
     std::lock_guard<std::mutex> lk(s->m_);
-    s->captured_ = std::make_unique<std::vector<std::function<void()>>>();
+    s->captured_ = std::make_unique<std::vector<Stream::Captured>>();
   }
 }
 
@@ -667,10 +737,21 @@ std::unique_ptr<Graph> Capture::end(const std::vector<std::shared_ptr<Stream>>& 
     for (Device x : devs) g->parked_.emplace_back(x, device_pool(x).end_parking());
     return g;
   }
-  for (const auto& s : streams) {
-    std::lock_guard<std::mutex> lk(s->m_);
-    g->parts_.emplace_back(s, std::shared_ptr<std::vector<std::function<void()>>>(std::move(s->captured_)));
+  auto plan = std::make_shared<Graph::Plan>();
+  plan->parts = streams.size();
+  for (size_t i = 0; i < streams.size(); ++i) {
+    std::unique_ptr<std::vector<Stream::Captured>> work;
+    {
+      std::lock_guard<std::mutex> lk(streams[i]->m_);
+      work = std::move(streams[i]->captured_);
+    }
+    g->parts_.push_back(streams[i]);
+    for (auto& c : *work) plan->steps.push_back(Graph::Plan::Step{static_cast<int>(i), c.marker, c.seq, std::move(c.fn)});
   }
+  // Capture order: an event's wait was captured after the record it waits for (wait_on takes the
+  // signal of the latest record()), so this order runs every record before its waits.
+  std::stable_sort(plan->steps.begin(), plan->steps.end(), [](const auto& a, const auto& b) { return a.seq < b.seq; });
+  g->plan_ = std::move(plan);
   return g;
 }
 
@@ -696,17 +777,47 @@ void Capture::abort(const std::vector<std::shared_ptr<Stream>>& streams) noexcep
   }
 }
 
+namespace {
+// One replay's meeting point: each stream's job arrives; the last runs the plan; all leave with
+// their own stream's failure, if any.
+struct Meeting {
+  std::atomic<size_t> arrived{0};
+  std::mutex m;
+  std::condition_variable cv;
+  bool done = false;
+};
+}  // namespace
+
 void Graph::replay() {
   if (exec_) {
     cuda::graph_launch(device_.index, exec_, origin_->cuda_handle());
     return;
   }
-  for (auto& [stream, ops] : parts_) {
-    auto list = ops;
-    stream->enqueue([list] {
-      for (auto& f : *list) f();
+  auto plan = plan_;
+  auto meeting = std::make_shared<Meeting>();
+  auto failures = std::make_shared<std::vector<Plan::Failure>>(plan->parts);
+  const size_t n = plan->parts;
+  for (size_t i = 0; i < n; ++i)
+    parts_[i]->enqueue([plan, meeting, failures, i, n] {
+      if (meeting->arrived.fetch_add(1) + 1 == n) {
+        try {
+          plan->run(*failures);
+        } catch (...) {  // (an exception none of ours: let the others go before it escapes)
+          std::lock_guard<std::mutex> lk(meeting->m);
+          meeting->done = true;
+          meeting->cv.notify_all();
+          throw;
+        }
+        std::lock_guard<std::mutex> lk(meeting->m);
+        meeting->done = true;
+        meeting->cv.notify_all();
+      } else {
+        std::unique_lock<std::mutex> lk(meeting->m);
+        meeting->cv.wait(lk, [&] { return meeting->done; });
+      }
+      const Plan::Failure& f = (*failures)[i];
+      if (!f.message.empty()) throw Error(f.code, f.message);
     });
-  }
 }
 
 Graph::~Graph() {

@@ -137,6 +137,13 @@ class Stream {
   std::thread::id owner() const { return owner_; }
   void* cuda_handle() const { return cuda_; }
   void enqueue(std::function<void()> fn);  // CPU streams only
+  // Work captured from a CPU stream: a kernel, or an event's marker (a record raising a signal, a
+  // wait for one), which a replay runs even after a kernel failed so that signals stay paired.
+  struct Captured {
+    std::function<void()> fn;
+    bool marker = false;
+    uint64_t seq = 0;  // capture order across all streams (a valid order to run a graph's ops in)
+  };
   void synchronize();
   // Throws (and clears) the error kept from queued work, without waiting (CPU; CUDA: nothing kept).
   void raise_error();
@@ -157,9 +164,12 @@ class Stream {
   bool busy_ = false, stopping_ = false;
   std::string error_;
   Code error_code_ = Code::E_INTERNAL;
-  std::unique_ptr<std::vector<std::function<void()>>> captured_;  // non-null while capturing (CPU)
-  std::vector<std::shared_ptr<Storage>> held_;                    // hold_while_captured (CUDA)
+  void enqueue_marker(std::function<void()> fn);              // an event's record or wait (Event)
+  void push_captured(std::function<void()> fn, bool marker);  // under m_, while capturing
+  std::unique_ptr<std::vector<Captured>> captured_;           // non-null while capturing (CPU)
+  std::vector<std::shared_ptr<Storage>> held_;                // hold_while_captured (CUDA)
   friend struct Capture;
+  friend class Event;
 };
 
 // A marker in a stream. record() places it, wait_on() makes another stream wait for it.
@@ -190,9 +200,14 @@ class Event {
   std::shared_ptr<Signal> last_;  // of the latest record(); null before the first
 };
 
-// Work captured from streams, replayed as one queued job per stream (CPU) or one CUDA graph
-// launch. Captured work keeps its tensors alive, and the graph keeps its streams alive (a stream
-// disposed or collected by JS still takes the replays): a graph is a fixed memory plan whose
+// Work captured from streams, replayed as one CUDA graph launch, or on CPU as one parallel
+// region: each stream gets a job that meets the others', and the last to arrive runs every stream's
+// captured work in capture order (which respects every event record / wait between them) on the
+// thread pool as the region's master, while the other streams' threads sleep. So a step never has
+// more runnable threads than the pool has, and the pool's workers stay inside the step between
+// ops. A kernel that throws fails its own stream (its error kept there, as a queued kernel's is);
+// the kernels after it in the step are skipped, the events' markers still run.
+// Captured work keeps its tensors alive, and the graph keeps its streams alive (a stream disposed or collected by JS still takes the replays): a graph is a fixed memory plan whose
 // inputs are updated in place between replays.
 class Graph {
  public:
@@ -202,8 +217,10 @@ class Graph {
  private:
   friend struct Capture;
   Device device_;
-  std::vector<std::pair<std::shared_ptr<Stream>, std::shared_ptr<std::vector<std::function<void()>>>>> parts_;  // CPU
-  void* exec_ = nullptr;                                                                                        // CUDA
+  struct Plan;                                  // CPU: the streams' work in capture order
+  std::shared_ptr<const Plan> plan_;            // CPU (held by queued replays: it holds no stream)
+  std::vector<std::shared_ptr<Stream>> parts_;  // CPU: the streams, as the plan numbers them
+  void* exec_ = nullptr;                        // CUDA
   std::shared_ptr<Stream> origin_;
   std::vector<std::pair<Device, Pool::Parked>> parked_;  // CUDA: temporaries the graph's kernels address, per device
   std::vector<std::shared_ptr<Storage>> held_;           // CUDA: pinned host memory its copies address

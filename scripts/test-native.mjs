@@ -3,7 +3,8 @@
 // test/native/gemm_harness.cc (+ the fragment simulator; the same kernel objects as the
 // addon, its CUDA half where a GPU is present) and test/native/emu_harness.cc (the CUDA kernels'
 // sources under the CPU emulator of test/emu, against the CPU kernels), test/native/emu_race.cc (the
-// attention kernels under ThreadSanitizer on the emulator) and, in an emulator build,
+// attention kernels under ThreadSanitizer on the emulator), test/native/pool_race.cc (the thread
+// pool's parallel regions under ThreadSanitizer) and, in an emulator build,
 // test/native/device_harness.cc (pool and streams on the emulated device). No Node at run time.
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
@@ -31,6 +32,7 @@ run('cmake', [
   'longcat_emu_test',
   'longcat_emu_race_test',
   'longcat_simd_test',
+  'longcat_pool_race_test',
   ...(emulated ? ['longcat_device_test'] : []),
 ]);
 run(`${dir}/Release/longcat_simd_test`, []);
@@ -41,6 +43,10 @@ run(`${dir}/Release/longcat_emu_test`, []);
 // without ASLR (setarch -R) it also runs on kernels with more mmap randomization.
 const race = `${dir}/Release/longcat_emu_race_test`,
   tsan = { TSAN_OPTIONS: 'halt_on_error=1 exitcode=66' };
-if (process.platform === 'linux' && spawnSync('setarch', ['--version']).status === 0)
-  run('setarch', [machine(), '-R', race], tsan);
-else run(race, [], tsan);
+const underTsan = bin => {
+  if (process.platform === 'linux' && spawnSync('setarch', ['--version']).status === 0)
+    run('setarch', [machine(), '-R', bin], tsan);
+  else run(bin, [], tsan);
+};
+underTsan(race);
+underTsan(`${dir}/Release/longcat_pool_race_test`);

@@ -72,7 +72,7 @@ void gemm(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType
   constexpr int64_t MR = Tr::kMR, NR = 4;
   const int64_t N = w.n, K = w.k;
   const int64_t Kp = round_up(K, Tr::kStep), Tp = round_up(t, MR);
-  const int nthreads = ThreadPool::global().threads();
+  const int nthreads = ThreadPool::current().threads();
 
   // x is converted and padded once per call (by the calling thread's scratch, read by all).
   XE* xp = static_cast<XE*>(scratch(kScratchX, Tp * Kp * sizeof(XE)));

@@ -176,7 +176,7 @@ int64_t moe(int64_t t, int64_t k, int64_t h, const float* u, const int32_t* idx,
     // experts, many rows: prefill on a wide pool) experts in turn, linear parallelises inside.
     Sched sc = sched_override();
     if (sc == Sched::Auto) {
-      const int64_t nthreads = ThreadPool::global().threads();
+      const int64_t nthreads = ThreadPool::current().threads();
       sc = (nseg > 1 && ((r1 - r0) <= 4 * nseg || nseg >= 4 * nthreads)) ? Sched::Experts : Sched::Linear;
     }
     if (sc == Sched::Experts) {

@@ -1,10 +1,62 @@
 // The CPU thread pool every kernel uses through parallel_for: a fixed set of workers, work split by
-// ranges, safe to call from several stream threads at once.
+// ranges, safe to call from several stream threads at once; and its parallel-region mode (a
+// replayed graph's step run by one master with the workers kept inside, see threadpool.h).
 #include "threadpool.h"
 
+#include <linux/futex.h>
 #include <sched.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <climits>
 
 namespace lc::cpu {
+
+namespace {
+
+thread_local ThreadPool* t_current = nullptr;  // set by ThreadPool::Use
+thread_local ThreadPool* t_master = nullptr;   // the pool whose region this thread runs
+thread_local bool t_in_region_job = false;     // the master is running a region job's chunk
+
+void futex_wait(std::atomic<uint32_t>* word, uint32_t expected) {
+  static_assert(sizeof(std::atomic<uint32_t>) == sizeof(uint32_t), "futex word");
+  syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAIT_PRIVATE, expected, nullptr, nullptr, 0);
+}
+
+void futex_wake_all(std::atomic<uint32_t>* word) {
+  syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAKE_PRIVATE, INT_MAX, nullptr, nullptr, 0);
+}
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+// How long a thread spins (pause loops) before it sleeps on a futex: a worker waiting for the
+// region's next job, and the master waiting for the workers' last chunks. Long enough to span the
+// gap between two ops of a step (a few microseconds of host work), short enough that a thread
+// waiting on a stalled step gives its core back. (Yielding the core inside the spin was tried: on
+// a loaded machine it hands the core to other processes and the step waits for a time slice.)
+constexpr auto kSpin = std::chrono::microseconds(50);
+
+// Spins on pred() for up to kSpin; true when pred() held.
+template <typename P>
+bool spin_until(P&& pred) {
+  auto until = std::chrono::steady_clock::now() + kSpin;
+  for (;;) {
+    for (int i = 0; i < 64; ++i) {
+      if (pred()) return true;
+      cpu_relax();
+    }
+    if (std::chrono::steady_clock::now() >= until) return pred();
+  }
+}
+
+}  // namespace
 
 int default_thread_count() {
   cpu_set_t set;
@@ -23,9 +75,17 @@ ThreadPool& ThreadPool::global() {
   return *pool;
 }
 
+ThreadPool& ThreadPool::current() { return t_current ? *t_current : global(); }
+
 ThreadPool::ThreadPool() { start(default_thread_count()); }
 
+ThreadPool::ThreadPool(int n) { start(n); }
+
 ThreadPool::~ThreadPool() { stop(); }
+
+ThreadPool::Use::Use(ThreadPool& pool) : prev_(t_current) { t_current = &pool; }
+
+ThreadPool::Use::~Use() { t_current = prev_; }
 
 void ThreadPool::start(int n) {
   nthreads_ = n < 1 ? 1 : n;
@@ -55,7 +115,12 @@ void ThreadPool::work_on(Job& job) {
   for (;;) {
     int64_t c = job.next.fetch_add(1);
     if (c >= job.nchunks) return;
-    job.fn(c);
+    try {
+      job.fn(c);
+    } catch (...) {
+      std::lock_guard<std::mutex> lk(job.m);
+      if (!job.error) job.error = std::current_exception();
+    }
     if (job.done.fetch_add(1) + 1 == job.nchunks) {
       std::lock_guard<std::mutex> lk(job.m);
       job.cv.notify_all();
@@ -64,12 +129,18 @@ void ThreadPool::work_on(Job& job) {
 }
 
 void ThreadPool::worker() {
+  uint32_t seen = gen_.load();
   for (;;) {
+    if (in_region_.load(std::memory_order_acquire)) {
+      region_worker(seen);
+      continue;
+    }
     std::shared_ptr<Job> job;
     {
       std::unique_lock<std::mutex> lk(m_);
-      cv_.wait(lk, [this] { return stopping_ || !queue_.empty(); });
+      cv_.wait(lk, [this] { return stopping_ || !queue_.empty() || in_region_.load(); });
       if (stopping_) return;
+      if (queue_.empty()) continue;  // a region began
       job = queue_.front();
       // Leave the job queued while chunks remain so other idle workers can join in.
       if (job->next.load() >= job->nchunks - 1) queue_.pop_front();
@@ -79,7 +150,15 @@ void ThreadPool::worker() {
 }
 
 void ThreadPool::run(int64_t nchunks, const std::function<void(int64_t)>& fn) {
-  std::shared_lock<std::shared_mutex> resize(resize_m_);  // no resize while a job runs
+  if (nchunks <= 0) return;
+  if (t_master == this && nchunks <= kMaxRegionChunks) {
+    run_in_region(nchunks, fn);
+    return;
+  }
+  // (a region's master calling with too many chunks for the ticket takes the queue: its workers
+  // stay in the region, so it runs every chunk itself; it still holds resize_m_ shared)
+  std::shared_lock<std::shared_mutex> resize(resize_m_, std::defer_lock);
+  if (t_master != this) resize.lock();  // no resize while a job runs
   auto job = std::make_shared<Job>();
   job->fn = fn;
   job->nchunks = nchunks;
@@ -93,12 +172,103 @@ void ThreadPool::run(int64_t nchunks, const std::function<void(int64_t)>& fn) {
     std::unique_lock<std::mutex> lk(job->m);
     job->cv.wait(lk, [&] { return job->done.load() == job->nchunks; });
   }
-  std::lock_guard<std::mutex> lk(m_);
-  for (auto it = queue_.begin(); it != queue_.end(); ++it)
-    if (*it == job) {
-      queue_.erase(it);
-      break;
+  {
+    std::lock_guard<std::mutex> lk(m_);
+    for (auto it = queue_.begin(); it != queue_.end(); ++it)
+      if (*it == job) {
+        queue_.erase(it);
+        break;
+      }
+  }
+  if (job->error) std::rethrow_exception(job->error);
+}
+
+// ---- parallel region ----------------------------------------------------------------------------
+
+ThreadPool::Region::Region(ThreadPool& pool)
+    : pool_(pool), excl_(pool.region_excl_), resize_(pool.resize_m_), prev_master_(t_master) {
+  t_master = &pool;
+  {
+    std::lock_guard<std::mutex> lk(pool.m_);  // (the workers' idle wait reads in_region_ under m_)
+    pool.in_region_.store(true, std::memory_order_release);
+  }
+  pool.cv_.notify_all();
+}
+
+ThreadPool::Region::~Region() {
+  pool_.in_region_.store(false, std::memory_order_seq_cst);
+  pool_.gen_.fetch_add(1, std::memory_order_seq_cst);  // (no ticket of this generation: nothing to claim)
+  if (pool_.sleepers_.load(std::memory_order_seq_cst) > 0) futex_wake_all(&pool_.gen_);
+  t_master = prev_master_;
+}
+
+void ThreadPool::region_worker(uint32_t& seen) {
+  for (;;) {
+    uint32_t g = gen_.load(std::memory_order_acquire);
+    if (g != seen) {
+      seen = g;
+      if (!in_region_.load(std::memory_order_acquire)) return;
+      region_work(g);
+      continue;
     }
+    if (!in_region_.load(std::memory_order_acquire)) return;
+    if (spin_until([&] { return gen_.load(std::memory_order_acquire) != seen; })) continue;
+    sleepers_.fetch_add(1, std::memory_order_seq_cst);
+    if (gen_.load(std::memory_order_seq_cst) == seen && in_region_.load(std::memory_order_seq_cst)) futex_wait(&gen_, seen);
+    sleepers_.fetch_sub(1, std::memory_order_seq_cst);
+  }
+}
+
+void ThreadPool::region_work(uint32_t gen) {
+  const uint64_t tag = gen & 0xffffffu;
+  for (;;) {
+    uint64_t t = ticket_.load(std::memory_order_acquire);
+    if ((t >> 40) != tag) return;  // a later job (or none of this generation)
+    const uint64_t n = (t >> 20) & 0xfffffu, c = t & 0xfffffu;
+    if (c >= n) return;
+    if (!ticket_.compare_exchange_weak(t, t + 1, std::memory_order_acq_rel, std::memory_order_acquire)) continue;
+    // The job cannot finish before this chunk does, so its function is still the one published.
+    const std::function<void(int64_t)>* fn = region_fn_.load(std::memory_order_acquire);
+    try {
+      (*fn)(static_cast<int64_t>(c));
+    } catch (...) {
+      std::lock_guard<std::mutex> lk(region_error_m_);
+      if (!region_error_) region_error_ = std::current_exception();
+    }
+    if (done_.fetch_add(1, std::memory_order_seq_cst) + 1 == n && master_sleeping_.load(std::memory_order_seq_cst))
+      futex_wake_all(&done_);
+  }
+}
+
+void ThreadPool::run_in_region(int64_t nchunks, const std::function<void(int64_t)>& fn) {
+  if (t_in_region_job) {  // nested in one of the master's chunks: the job slot is taken, run them here
+    for (int64_t c = 0; c < nchunks; ++c) fn(c);
+    return;
+  }
+  struct InJob {
+    InJob() { t_in_region_job = true; }
+    ~InJob() { t_in_region_job = false; }
+  } in_job;
+  const uint32_t n = static_cast<uint32_t>(nchunks);
+  region_fn_.store(&fn, std::memory_order_relaxed);
+  done_.store(0, std::memory_order_relaxed);
+  const uint32_t g = gen_.load(std::memory_order_relaxed) + 1;
+  ticket_.store((static_cast<uint64_t>(g & 0xffffffu) << 40) | (static_cast<uint64_t>(n) << 20), std::memory_order_release);
+  gen_.store(g, std::memory_order_seq_cst);
+  if (sleepers_.load(std::memory_order_seq_cst) > 0) futex_wake_all(&gen_);
+  region_work(g);
+  // join: spin, then sleep until the last chunk's finisher wakes us
+  if (!spin_until([&] { return done_.load(std::memory_order_acquire) == n; })) {
+    master_sleeping_.store(true, std::memory_order_seq_cst);
+    for (uint32_t d; (d = done_.load(std::memory_order_seq_cst)) != n;) futex_wait(&done_, d);
+    master_sleeping_.store(false, std::memory_order_relaxed);
+  }
+  std::exception_ptr e;
+  {
+    std::lock_guard<std::mutex> lk(region_error_m_);
+    e.swap(region_error_);
+  }
+  if (e) std::rethrow_exception(e);
 }
 
 }  // namespace lc::cpu

@@ -1,11 +1,19 @@
 // The CPU thread pool every kernel shares. parallel_for may be called from several threads at
 // once (each CPU stream runs on its own worker), so two streams' kernels really overlap: their
 // chunks interleave in one queue and every caller works on its own job while it waits.
+//
+// A parallel region (ThreadPool::Region) is the other mode, for a replayed CPU graph: one thread
+// (the region's master) runs a whole step's ops one after the other, and its parallel_for calls
+// publish their chunks lock-free (an atomic ticket) to the workers, which stay inside the region
+// between ops (spinning briefly, then sleeping on a futex) and join on an atomic counter, instead
+// of a mutex + condition variable per job. The chunking is the same as outside a region (it
+// depends on threads() only), so a region computes bit for bit what op-by-op calls do.
 #pragma once
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <exception>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -18,13 +26,47 @@ namespace lc::cpu {
 class ThreadPool {
  public:
   static ThreadPool& global();
+  // The pool the calling thread's kernels use: the one a Use scope set on this thread, else global().
+  static ThreadPool& current();
+
+  // A pool of its own (n >= 1 threads: n - 1 workers plus the calling thread).
+  explicit ThreadPool(int n);
 
   int threads() const { return nthreads_; }
-  // n >= 1; n - 1 workers plus the calling thread. Waits for running jobs to finish.
+  // n >= 1; n - 1 workers plus the calling thread. Waits for running jobs and regions to finish.
   void set_threads(int n);
 
   // Runs fn(chunk) for chunk in [0, nchunks), spread over the pool; returns when all are done.
+  // An exception thrown by a chunk is rethrown here (the first one) once every chunk has finished.
   void run(int64_t nchunks, const std::function<void(int64_t)>& fn);
+
+  // While alive, the constructing thread is the pool's region master (see the file comment).
+  // Regions of one pool are exclusive: a second waits for the first to end.
+  class Region {
+   public:
+    explicit Region(ThreadPool& pool);
+    ~Region();
+    Region(const Region&) = delete;
+    Region& operator=(const Region&) = delete;
+
+   private:
+    ThreadPool& pool_;
+    std::unique_lock<std::mutex> excl_;
+    std::shared_lock<std::shared_mutex> resize_;
+    ThreadPool* prev_master_;
+  };
+
+  // Makes `pool` the calling thread's current() while alive.
+  class Use {
+   public:
+    explicit Use(ThreadPool& pool);
+    ~Use();
+    Use(const Use&) = delete;
+    Use& operator=(const Use&) = delete;
+
+   private:
+    ThreadPool* prev_;
+  };
 
   ~ThreadPool();
 
@@ -36,12 +78,17 @@ class ThreadPool {
     std::atomic<int64_t> done{0};
     std::mutex m;
     std::condition_variable cv;
+    std::exception_ptr error;  // the first chunk's exception (under m)
   };
   ThreadPool();
   void start(int n);
   void stop();
   void worker();
   static void work_on(Job& job);
+  // region mode
+  void run_in_region(int64_t nchunks, const std::function<void(int64_t)>& fn);
+  void region_worker(uint32_t& seen);
+  void region_work(uint32_t gen);
 
   int nthreads_ = 1;
   std::vector<std::thread> workers_;
@@ -49,17 +96,33 @@ class ThreadPool {
   std::mutex m_;
   std::condition_variable cv_;
   bool stopping_ = false;
-  std::shared_mutex resize_m_;  // shared by run(), exclusive for set_threads()
+  std::shared_mutex resize_m_;  // shared by run() and regions, exclusive for set_threads()
+
+  // The region's job slot. ticket_ packs (generation & 0xffffff) << 40 | nchunks << 20 | next chunk:
+  // a worker claims a chunk by a compare-exchange that also checks the job is the one it saw, so
+  // a late worker never runs a chunk of a finished job. gen_ (a futex word) is bumped per job and
+  // at the region's end; done_ (a futex word) counts finished chunks.
+  static constexpr int64_t kMaxRegionChunks = (int64_t{1} << 20) - 1;
+  std::mutex region_excl_;
+  std::atomic<bool> in_region_{false};
+  std::atomic<uint32_t> gen_{0};
+  std::atomic<uint64_t> ticket_{0};
+  std::atomic<const std::function<void(int64_t)>*> region_fn_{nullptr};
+  std::atomic<uint32_t> done_{0};
+  std::atomic<int> sleepers_{0};              // workers asleep on gen_
+  std::atomic<bool> master_sleeping_{false};  // the master asleep on done_
+  std::mutex region_error_m_;
+  std::exception_ptr region_error_;
 };
 
 int default_thread_count();
 
 // Splits [0, n) into contiguous ranges of at least `grain` items, at most a few per thread,
-// and calls fn(begin, end) for each.
+// and calls fn(begin, end) for each, on the calling thread's pool (ThreadPool::current()).
 template <typename F>
 void parallel_for(int64_t n, int64_t grain, F&& fn) {
   if (n <= 0) return;
-  ThreadPool& pool = ThreadPool::global();
+  ThreadPool& pool = ThreadPool::current();
   if (grain < 1) grain = 1;
   int64_t max_chunks = static_cast<int64_t>(pool.threads()) * 4;
   int64_t chunks = (n + grain - 1) / grain;

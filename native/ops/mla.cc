@@ -235,7 +235,7 @@ void MlaDecodeAbsorbed(const OpArgs& a) {
   if (cf == cpu::MlaCache::FP8 && d.is_cpu() && dl + dr > cpu::kMlaFp8DecodeRow)
     fail(Code::E_SHAPE, "mlaDecodeAbsorbed: the CPU decode over an fp8 cache takes rows of at most %lld values, got %lld + %lld",
          ll(cpu::kMlaFp8DecodeRow), ll(dl), ll(dr));
-  const int64_t units = 2 * static_cast<int64_t>(cpu::ThreadPool::global().threads());
+  const int64_t units = 2 * static_cast<int64_t>(cpu::ThreadPool::current().threads());
   Tensor ws = empty_tensor(d, DType::F32, {d.is_cpu() ? cpu::mla_decode_workspace_floats(md, B, units) : 1});
   const float sc = static_cast<float>(scale);
   a.launch(
