@@ -174,9 +174,12 @@ void expect_finite(const char* op, const char* name, double v) {
 
 // ---- dispatch and registration ------------------------------------------------------------------
 
-void launch(const char* op, Stream& s, std::function<void()> cpu, std::function<void(void*)> gpu) {
+void launch(const char* op, Stream& s, std::function<void()> cpu, std::function<void(void*)> gpu, bool cpu_spins) {
   if (s.device().is_cpu()) {
-    s.enqueue(std::move(cpu));
+    if (cpu_spins)
+      s.enqueue_spinning(std::move(cpu));
+    else
+      s.enqueue(std::move(cpu));
     return;
   }
   if (!gpu) fail(Code::E_DEVICE, "%s has no CUDA kernel in this build", op);
@@ -193,8 +196,8 @@ void OpArgs::routed_tokens(const Tensor& u, const Tensor& idx, const Tensor& w, 
   expect(w, "weights", {DType::F32}, d, {*t, *k});
 }
 
-void OpArgs::launch(Device d, std::function<void()> cpu, std::function<void(void*)> gpu) const {
-  ::lc::launch(op_, stream(0, d), std::move(cpu), std::move(gpu));
+void OpArgs::launch(Device d, std::function<void()> cpu, std::function<void(void*)> gpu, bool cpu_spins) const {
+  ::lc::launch(op_, stream(0, d), std::move(cpu), std::move(gpu), cpu_spins);
 }
 
 OpRegistrar::OpRegistrar(const char* name, OpFn fn) { op_table().push_back(RegisteredOp{name, fn, nullptr}); }

@@ -456,8 +456,20 @@ Stream::~Stream() {
   thread_.join();
 }
 
-void Stream::push_captured(std::function<void()> fn, bool marker) {
-  captured_->push_back(Captured{std::move(fn), marker, g_capture_seq.fetch_add(1)});
+void Stream::push_captured(std::function<void()> fn, bool marker, bool spins) {
+  captured_->push_back(Captured{std::move(fn), marker, spins, g_capture_seq.fetch_add(1)});
+}
+
+void Stream::enqueue_spinning(std::function<void()> fn) {
+  {
+    std::lock_guard<std::mutex> lk(m_);
+    if (captured_) {
+      push_captured(std::move(fn), false, true);
+      return;
+    }
+    queue_.push_back(std::move(fn));
+  }
+  cv_.notify_one();
 }
 
 void Stream::enqueue(std::function<void()> fn) {
@@ -642,6 +654,7 @@ struct Graph::Plan {
   // job (the stream's thread would join itself).
   size_t parts = 0;
   std::vector<Step> steps;  // in capture order
+  bool side_by_side = false;  // a step spins on another stream's kernel (Stream::enqueue_spinning)
 
   struct Failure {
     Code code = Code::E_INTERNAL;
@@ -652,16 +665,24 @@ struct Graph::Plan {
   void run(std::vector<Failure>& failures) const {
     cpu::ThreadPool::Region region(cpu::ThreadPool::current());
     bool failed = false;
-    for (const Step& st : steps) {
-      if (failed && !st.marker) continue;
-      try {
-        st.fn();
-      } catch (...) {
-        Failure& f = failures[st.part];
-        if (!describe_failure(&f.code, &f.message)) throw;
-        if (f.message.empty()) f.message = "a queued kernel failed";
-        failed = true;
-      }
+    for (const Step& st : steps)
+      if (!(failed && !st.marker)) failed |= run_step(st, failures[st.part]);
+  }
+  // Side by side: each stream's thread runs its own steps (the markers after a failure too, so the
+  // other streams' waits still meet their records).
+  void run_part(int part, Failure& failure) const {
+    bool failed = false;
+    for (const Step& st : steps)
+      if (st.part == part && !(failed && !st.marker)) failed |= run_step(st, failure);
+  }
+  static bool run_step(const Step& st, Failure& f) {
+    try {
+      st.fn();
+      return false;
+    } catch (...) {
+      if (!describe_failure(&f.code, &f.message)) throw;
+      if (f.message.empty()) f.message = "a queued kernel failed";
+      return true;
     }
   }
 };
@@ -746,7 +767,10 @@ std::unique_ptr<Graph> Capture::end(const std::vector<std::shared_ptr<Stream>>& 
       work = std::move(streams[i]->captured_);
     }
     g->parts_.push_back(streams[i]);
-    for (auto& c : *work) plan->steps.push_back(Graph::Plan::Step{static_cast<int>(i), c.marker, c.seq, std::move(c.fn)});
+    for (auto& c : *work) {
+      plan->side_by_side |= c.spins;
+      plan->steps.push_back(Graph::Plan::Step{static_cast<int>(i), c.marker, c.seq, std::move(c.fn)});
+    }
   }
   // Capture order: an event's wait was captured after the record it waits for (wait_on takes the
   // signal of the latest record()), so this order runs every record before its waits.
@@ -797,6 +821,15 @@ void Graph::replay() {
   auto meeting = std::make_shared<Meeting>();
   auto failures = std::make_shared<std::vector<Plan::Failure>>(plan->parts);
   const size_t n = plan->parts;
+  if (plan->side_by_side) {
+    for (size_t i = 0; i < n; ++i)
+      parts_[i]->enqueue([plan, failures, i] {
+        Plan::Failure& f = (*failures)[i];
+        plan->run_part(static_cast<int>(i), f);
+        if (!f.message.empty()) throw Error(f.code, f.message);
+      });
+    return;
+  }
   for (size_t i = 0; i < n; ++i)
     parts_[i]->enqueue([plan, meeting, failures, i, n] {
       if (meeting->arrived.fetch_add(1) + 1 == n) {

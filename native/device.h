@@ -137,11 +137,16 @@ class Stream {
   std::thread::id owner() const { return owner_; }
   void* cuda_handle() const { return cuda_; }
   void enqueue(std::function<void()> fn);  // CPU streams only
+  // CPU: `fn` spins on a flag another stream's kernel releases (expert-parallel waits). A graph
+  // captured over it replays its streams side by side, one thread each, not as one region: the
+  // region's single schedule could run the waiter before the kernel that releases it.
+  void enqueue_spinning(std::function<void()> fn);
   // Work captured from a CPU stream: a kernel, or an event's marker (a record raising a signal, a
   // wait for one), which a replay runs even after a kernel failed so that signals stay paired.
   struct Captured {
     std::function<void()> fn;
     bool marker = false;
+    bool spins = false;  // enqueue_spinning
     uint64_t seq = 0;  // capture order across all streams (a valid order to run a graph's ops in)
   };
   void synchronize();
@@ -165,7 +170,7 @@ class Stream {
   std::string error_;
   Code error_code_ = Code::E_INTERNAL;
   void enqueue_marker(std::function<void()> fn);              // an event's record or wait (Event)
-  void push_captured(std::function<void()> fn, bool marker);  // under m_, while capturing
+  void push_captured(std::function<void()> fn, bool marker, bool spins = false);  // under m_, while capturing
   std::unique_ptr<std::vector<Captured>> captured_;           // non-null while capturing (CPU)
   std::vector<std::shared_ptr<Storage>> held_;                // hold_while_captured (CUDA)
   friend struct Capture;
