@@ -67,11 +67,21 @@ function reference(x: Float64Array, w: Float64Array, t: number, n: number, k: nu
   return { y, s };
 }
 
-/** |got - y| <= gamma_(k+8) * S (+ the bf16 output rounding): the weights are exact, every path sums in fp32. */
-function check(got: ArrayLike<number>, want: { y: Float64Array; s: Float64Array }, k: number, yt: 'f32' | 'bf16', what: string) {
+/**
+ * |got - y| <= (gamma_(k+8) + rel) * S (+ the bf16 output rounding): the weights are exact and every
+ * path sums in fp32; rel: the operand rounding of the AVX512-BF16 GEMM at precision 'bf16'.
+ */
+function check(
+  got: ArrayLike<number>,
+  want: { y: Float64Array; s: Float64Array },
+  k: number,
+  yt: 'f32' | 'bf16',
+  what: string,
+  rel = 0,
+) {
   const gamma = ((k + 8) * U32) / (1 - (k + 8) * U32);
   for (let i = 0; i < want.y.length; i++) {
-    const e = gamma * want.s[i]!;
+    const e = (gamma + rel) * want.s[i]!;
     const tol = e + (yt === 'bf16' ? U16 * (Math.abs(want.y[i]!) + e) : 0) + 1e-30;
     const err = Math.abs(got[i]! - want.y[i]!);
     if (!(err <= tol)) expect.fail(`${what}: y[${i}] = ${got[i]} but expected ${want.y[i]} (tolerance ${tol})`);
@@ -243,6 +253,46 @@ describe('linear with int4 weights', () => {
       // the int8 path really ran where the CPU has it: its error is far above fp32 rounding
       if (cpuFeatures().avx512vnni) expect(worst).toBeGreaterThan(1e-4);
       else expect(worst).toBeLessThan(1e-5);
+    } finally {
+      setMatmulPrecision('highest');
+    }
+  });
+
+  it("precision 'bf16': the GEMM (t > 8) on AVX512-BF16 dequantizes each panel to bf16: within the rounding of x and w", () => {
+    setMatmulPrecision('bf16');
+    try {
+      const r = rng(4321);
+      for (const [n, k, g, scaleDtype, zeros] of [
+        [37, 300, 128, 'bf16', false],
+        [70, 2100, 32, 'f16', true], // several k blocks
+        [5, 129, 64, 'f16', false],
+      ] as const) {
+        const w = makeInt4(r, n, k, g, scaleDtype, zeros);
+        for (const t of [9, 40, 300]) {
+          const x = randomX(r, t, k);
+          const want = reference(x.ref, w.ref, t, n, k);
+          eachIsa(isa => {
+            const bf16 = isa === 'avx512' && cpuFeatures().avx512bf16;
+            const rel = bf16 ? (1 + U16) ** 2 - 1 : 0; // x and the dequantized weight rounded to bf16
+            for (const yt of ['f32', 'bf16'] as const) {
+              const y = full([t, n], NaN, { dtype: yt }); // poisoned
+              native.linear(null, y, x.x, w.w, w.scale);
+              const got = toArray(y);
+              y.dispose();
+              const what = `${isa} n=${n} k=${k} g=${g} t=${t} y ${yt}`;
+              check(got, want, k, yt, what, rel);
+              if (yt === 'bf16') continue;
+              // the bf16 GEMM really ran where the CPU has it: errors far above fp32 rounding
+              let worst = 0;
+              for (let i = 0; i < t * n; i++) worst = Math.max(worst, Math.abs(got[i]! - want.y[i]!) / want.s[i]!);
+              if (bf16) expect(worst, what).toBeGreaterThan(2 ** -14);
+              else expect(worst, what).toBeLessThan(2 ** -16);
+            }
+          });
+          x.x.dispose();
+        }
+        w.dispose();
+      }
     } finally {
       setMatmulPrecision('highest');
     }
