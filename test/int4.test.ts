@@ -449,9 +449,9 @@ describe('int4 packing and GPTQ', () => {
       G = 3;
     const gIdx = new Int32Array(K);
     const left = [32, 32, 8];
-    for (let c = 0, turn = 0; c < K; c++) {
+    for (let c = 0; c < K; c++) {
       let gi = [2, 0, 1, 0, 1, 0, 1, 2, 1][c % 9]!;
-      while (left[gi] === 0) gi = (gi + 1 + turn++) % G;
+      while (left[gi] === 0) gi = (gi + 1) % G;
       left[gi] = left[gi]! - 1;
       gIdx[c] = gi;
     }
