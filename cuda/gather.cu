@@ -35,8 +35,8 @@ void launch_gather(int64_t n, int64_t row_bytes, const void* src, int64_t rows, 
 }
 
 template <typename E>
-__global__ void gather_columns_kernel(int64_t rows, int64_t k, int64_t n, const E* __restrict__ src, const int32_t* __restrict__ idx,
-                                      E* __restrict__ out) {
+__global__ void gather_columns_kernel(int64_t rows, int64_t k, int64_t n, const E* __restrict__ src,
+                                      const int32_t* __restrict__ idx, E* __restrict__ out) {
   const int64_t total = rows * n;
   for (int64_t at = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; at < total;
        at += static_cast<int64_t>(gridDim.x) * blockDim.x) {

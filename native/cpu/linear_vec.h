@@ -471,8 +471,7 @@ void store_panel(uint16_t* p, typename V::F v) {
 // W[n0 + j, k0 .. k0 + klen) of an int4 weight decoded into p[j][kcp] (zero padded; k0 is a
 // multiple of 128, so each 32-column block lies in one group).
 template <class L, class WE>
-void pack_panel_int4(const WeightRef& w, int64_t n0, int64_t nlen, int64_t nrows, int64_t k0, int64_t klen, int64_t kcp,
-                     WE* p) {
+void pack_panel_int4(const WeightRef& w, int64_t n0, int64_t nlen, int64_t nrows, int64_t k0, int64_t klen, int64_t kcp, WE* p) {
   using V = typename L::V;
   constexpr int W = V::kLanes, NV = V::kU4Vectors;
   const int64_t rb = int4_row_bytes(w.k, w.group);
@@ -508,8 +507,7 @@ void bf16_to_f32_rows(const uint16_t* src, int64_t n, float* dst) {
 // W[n0 + j, k0 .. k0 + klen) of an f32 / bf16 / fp8 / int8 weight dequantized into p[j][kcp] (zero
 // padded; int8: the codes, the row scale joins the finished dot product).
 template <class L, class D, class WE>
-void pack_panel_dec(const WeightRef& w, int64_t n0, int64_t nlen, int64_t nrows, int64_t k0, int64_t klen, int64_t kcp,
-                    WE* p) {
+void pack_panel_dec(const WeightRef& w, int64_t n0, int64_t nlen, int64_t nrows, int64_t k0, int64_t klen, int64_t kcp, WE* p) {
   using V = typename L::V;
   using E = typename D::E;
   constexpr int W = V::kLanes;
