@@ -166,14 +166,16 @@ function prefillByFormat() {
   const formats = ['bf16', 'fp8_e4m3', 'int8', 'int4'];
   const rounds = 3;
   const rows = [];
-  for (const [what, n, k, t, streamed] of [
+  /** @type {[string, number, number, number, boolean][]} */
+  const shapes = [
     ['o_proj', 6144, 8192, 512, false],
     ['o_proj', 6144, 8192, 1024, false],
     ['q_a', 1536, 6144, 512, false],
     ['q_a', 1536, 6144, 1024, false],
     ['expert gate', 2048, 6144, 16, true],
     ['expert gate', 2048, 6144, 64, true],
-  ]) {
+  ];
+  for (const [what, n, k, t, streamed] of shapes) {
     const ms = Object.fromEntries(formats.map(d => [d, []]));
     for (let round = 0; round < rounds; round++)
       for (let i = 0; i < formats.length; i++) {
