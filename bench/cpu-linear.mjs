@@ -4,7 +4,12 @@
 //   2. GEMV (decode, t = 1 and 4) on >= 64 MiB bf16 / int8 / fp8 / int4 weights: GB/s of weight read and
 //      the fraction of (1) (target >= 80%);
 //   3. GEMM (prefill, t = 128 and 512, n = k = 2048) with bf16 weights: GFLOP/s against OpenBLAS
-//      cblas_sgemm on the same shapes in the same run (target >= 1.0x).
+//      cblas_sgemm on the same shapes in the same run (target >= 1.0x);
+//   4. prefill GEMMs per weight format at LongCat-Flash-Chat shapes (o_proj [6144, 8192], q_a
+//      [1536, 6144] at t = 512 and 1024; an expert's gate [2048, 6144] at 16 and 64 rows, the rows
+//      per expert of a 1,024 / 4,096-token prefill over 512 experts, weights streamed): tokens/s of
+//      fp8 / int8 / int4 as a ratio to bf16, formats interleaved in each of 3 rounds, median of the
+//      per-round ratios (target >= 0.9 at the default precision). --prefill runs only this part.
 // Kernels are timed natively (benchLinear: steady_clock, warm-up, median), rotating weight copies
 // so that a weight smaller than 4x the LLC is never timed from cache. Prints a table and writes
 // bench/out/cpu-linear.json.
@@ -86,10 +91,10 @@ function makeX(t, k) {
 const esize = { bf16: 2, int8: 1, fp8_e4m3: 1, int4: 0.5 + 2 / 128 };
 const llc = llcBytes();
 
-/** Times linear on `copies` weight copies (enough to cover 4x the LLC). */
-function timeLinear(dtype, t, n, k, warmup, iters) {
+/** Times linear on `copies` weight copies (default: enough to cover 4x the LLC). */
+function timeLinear(dtype, t, n, k, warmup, iters, copies = 0) {
   const bytes = n * k * esize[dtype];
-  const copies = Math.max(1, Math.ceil((4 * llc) / bytes));
+  copies ||= Math.max(1, Math.ceil((4 * llc) / bytes));
   const ws = Array.from({ length: copies }, () => makeWeight(dtype, n, k));
   const x = makeX(t, k),
     y = new native.Tensor('f32', [t, n]);
@@ -148,6 +153,75 @@ const conditions = {
   llcBytes: llc,
   loadavgBefore: os.loadavg(),
 };
+
+const prefillOnly = process.argv.includes('--prefill');
+
+function median(v) {
+  const s = [...v].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+}
+
+/** 4. Prefill GEMMs per weight format, ratios to bf16 within each round (formats interleaved). */
+function prefillByFormat() {
+  const formats = ['bf16', 'fp8_e4m3', 'int8', 'int4'];
+  const rounds = 3;
+  const rows = [];
+  /** @type {[string, number, number, number, boolean][]} */
+  const shapes = [
+    ['o_proj', 6144, 8192, 512, false],
+    ['o_proj', 6144, 8192, 1024, false],
+    ['q_a', 1536, 6144, 512, false],
+    ['q_a', 1536, 6144, 1024, false],
+    ['expert gate', 2048, 6144, 16, true],
+    ['expert gate', 2048, 6144, 64, true],
+  ];
+  for (const [what, n, k, t, streamed] of shapes) {
+    const ms = Object.fromEntries(formats.map(d => [d, []]));
+    for (let round = 0; round < rounds; round++)
+      for (let i = 0; i < formats.length; i++) {
+        const d = formats[(i + round) % formats.length]; // a different order each round
+        ms[d].push(timeLinear(d, t, n, k, 1, streamed ? 5 : 2, streamed ? 0 : 1).minMs);
+      }
+    for (const d of formats) {
+      const ratios = ms[d].map((v, r) => ms.bf16[r] / v);
+      const m = median(ms[d]);
+      rows.push({ what, n, k, t, weight: d, ms: m, tokensPerS: (t / m) * 1e3, ratioToBf16: median(ratios), ratios });
+    }
+  }
+  return rows;
+}
+function printPrefill(rows) {
+  console.log(
+    '\nGEMM (prefill) per weight format, default precision (bf16): x/y f32; tokens/s, ratio to bf16 (median of the per-round ratios)',
+  );
+  console.table(
+    rows.map(r => ({
+      linear: r.what,
+      shape: `${r.n}x${r.k}`,
+      t: r.t,
+      weight: r.weight,
+      ms: +r.ms.toFixed(2),
+      'tokens/s': +r.tokensPerS.toFixed(0),
+      'x bf16': +r.ratioToBf16.toFixed(3),
+      rounds: r.ratios.map(v => v.toFixed(2)).join(' '),
+    })),
+  );
+}
+function printLoad() {
+  console.log(
+    `load average before/after: ${conditions.loadavgBefore.map(v => v.toFixed(2)).join(' ')} / ${conditions.loadavgAfter.map(v => v.toFixed(2)).join(' ')}`,
+  );
+}
+if (prefillOnly) {
+  const prefill = prefillByFormat();
+  conditions.loadavgAfter = os.loadavg();
+  printPrefill(prefill);
+  printLoad();
+  const out = path.join(outDir, 'cpu-linear-prefill.json');
+  fs.writeFileSync(out, JSON.stringify({ conditions, prefill }, null, 2));
+  console.log(`wrote ${path.relative(root, out)}`);
+  process.exit(0);
+}
 
 const bwBytes = Math.max(1 << 30, 4 * llc);
 const bw = native.benchReadBandwidth(bwBytes, 7);
@@ -236,6 +310,7 @@ for (const t of [128, 512]) {
     ratio: gflops / blas.gflops,
   });
 }
+const prefill = prefillByFormat();
 conditions.loadavgAfter = os.loadavg();
 
 console.log('\nGEMV (decode): x f32 [t, k], y f32; weight bytes / median time');
@@ -261,15 +336,14 @@ console.table(
     'OpenBLAS core': g.openblasCore,
   })),
 );
-console.log(
-  `load average before/after: ${conditions.loadavgBefore.map(v => v.toFixed(2)).join(' ')} / ${conditions.loadavgAfter.map(v => v.toFixed(2)).join(' ')}`,
-);
+printPrefill(prefill);
+printLoad();
 
 const out = path.join(outDir, 'cpu-linear.json');
 fs.writeFileSync(
   out,
   JSON.stringify(
-    { conditions, readBandwidth: { gbps: bw.gbps, samples: bw.samples, bytes: bwBytes }, gemv, int4Error, gemm },
+    { conditions, readBandwidth: { gbps: bw.gbps, samples: bw.samples, bytes: bwBytes }, gemv, int4Error, gemm, prefill },
     null,
     2,
   ),

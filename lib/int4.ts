@@ -80,8 +80,8 @@ export interface GptqLayout {
 /**
  * Maps one GPTQ-packed linear [N out, K in] onto the int4 format: codes repacked per output row,
  * scales f16 [N, G] when every zero point is 8 (symmetric), else [N, G, 2] with the zero points.
- * g_idx (desc_act) is accepted when it is the identity grouping (g_idx[k] = k / g); an act-order
- * permutation is a typed error (it needs the activations permuted, which the kernels do not do).
+ * g_idx is accepted when it is the identity grouping (g_idx[k] = k / g); an act-order g_idx is
+ * first made one by gptqActOrder (which also gives the permutation for the activations).
  */
 export function gptqToInt4(
   name: string,
@@ -107,7 +107,7 @@ export function gptqToInt4(
       if (t.gIdx[c] !== Math.floor(c / g))
         bad(
           `g_idx reorders the input columns (desc_act / act-order, first at column ${c}: group ${t.gIdx[c]}, not ${Math.floor(c / g)}); ` +
-            'act-order GPTQ checkpoints are not supported: use one quantized with desc_act false (or static groups)',
+            'sort them with gptqActOrder first',
         );
   }
   const codes = new Uint8Array(n * k);
@@ -131,6 +131,72 @@ export function gptqToInt4(
       if (per === 2) scale[(j * G + gi) * per + 1] = (t.scaleDtype === 'bf16' ? f32ToBf16 : f32ToF16)(zero(gi, j)); // exact: 0..16
     }
   return { bytes: packInt4(codes, n, k, g), g, scale, zeros: per === 2 };
+}
+
+/**
+ * Act-order (desc_act) GPTQ: g_idx[c] names the group of input column c, and the groups are not runs
+ * of consecutive columns. Sorting the columns by group (perm = the stable argsort of g_idx) makes
+ * them runs: qweight's rows are permuted so that column c of the result is column perm[c] of the
+ * checkpoint, and g_idx becomes the plain grouping, which gptqToInt4 maps as usual. The linear is
+ * then y = W[:, perm] x[perm], exactly W x: the activations are gathered by `perm` before it
+ * (native gatherColumns; weights.ts's Linear.perm). Returns null when g_idx is already the plain
+ * grouping (nothing to permute). Typed errors: a g_idx of the wrong length, a group index outside
+ * [0, G), or groups whose sizes are not those of consecutive runs of group_size columns (G - 1 full
+ * groups and the rest in the last), which the int4 format cannot hold.
+ */
+export function gptqActOrder(
+  name: string,
+  t: GptqTensors,
+  n: number,
+  k: number,
+  layout: GptqLayout,
+): { tensors: GptqTensors; perm: Int32Array } | null {
+  const gIdx = t.gIdx;
+  if (!gIdx) return null;
+  const g = layout.groupSize === -1 ? Math.ceil(k / 32) * 32 : layout.groupSize;
+  const G = int4Groups(k, g);
+  const bad = (what: string) => {
+    throw new CheckpointError('E_CHECKPOINT', `${name}: ${what}`);
+  };
+  if (gIdx.length !== k) bad(`g_idx has ${gIdx.length} elements, expected ${k}`);
+  if (k % 8 !== 0 || n % 8 !== 0) bad(`GPTQ packing needs in / out features that are multiples of 8, got [${n}, ${k}]`);
+  if (t.qweight.length !== (k / 8) * n) bad(`qweight has ${t.qweight.length} elements, expected [${k / 8}, ${n}]`);
+  let plain = true;
+  const count = new Int32Array(G);
+  for (let c = 0; c < k; c++) {
+    const gi = gIdx[c]!;
+    if (!(gi >= 0 && gi < G)) bad(`g_idx[${c}] = ${gi} is not a group of ${G} (group_size ${layout.groupSize}, ${k} columns)`);
+    count[gi] = count[gi]! + 1;
+    plain &&= gi === Math.floor(c / g);
+  }
+  if (plain) return null;
+  for (let gi = 0; gi < G; gi++)
+    if (count[gi] !== Math.min(g, k - gi * g))
+      bad(
+        `act-order g_idx puts ${count[gi]} columns in group ${gi}, expected ${Math.min(g, k - gi * g)} ` +
+          `(groups of group_size ${g} columns): the int4 format cannot hold uneven groups`,
+      );
+  // the stable argsort of g_idx: a counting sort
+  const start = new Int32Array(G + 1);
+  for (let gi = 0; gi < G; gi++) start[gi + 1] = start[gi]! + count[gi]!;
+  const perm = new Int32Array(k);
+  for (let c = 0; c < k; c++) {
+    const gi = gIdx[c]!;
+    perm[start[gi]!] = c;
+    start[gi] = start[gi]! + 1;
+  }
+  // qweight [K / 8, N]: input row c's nibble sits in word (c >> 3, j) at bits 4 (c & 7)
+  const qweight = new Int32Array(t.qweight.length);
+  for (let c = 0; c < k; c++) {
+    const from = perm[c]!,
+      src = (from >> 3) * n,
+      dst = (c >> 3) * n,
+      sh = 4 * (from & 7),
+      dh = 4 * (c & 7);
+    for (let j = 0; j < n; j++) qweight[dst + j] = qweight[dst + j]! | (((t.qweight[src + j]! >>> sh) & 15) << dh);
+  }
+  const plainIdx = Int32Array.from({ length: k }, (_, c) => Math.floor(c / g));
+  return { tensors: { ...t, qweight, gIdx: plainIdx }, perm };
 }
 
 /**
@@ -162,11 +228,14 @@ const DEQUANTIZED = /\.(kv_b_proj|eh_proj)$/;
 /**
  * A GPTQ / AutoRound checkpoint seen in the int4 format: `<module>.weight` of a packed linear is
  * its int4 codes (int8 [out, G, g / 2]) and `<module>.weight_scale` its group scales (f16 / bf16
- * [out, G] or [out, G, 2] with zero points), made on first use; kv_b_proj and eh_proj come out
- * dequantized to f32 (the model multiplies them apart). Every other tensor as the checkpoint has it.
+ * [out, G] or [out, G, 2] with zero points), made on first use; an act-order linear also has
+ * `<module>.weight_perm` (int32 [in]: its columns sorted by group, gptqActOrder; the model gathers
+ * the activations by it). kv_b_proj and eh_proj come out dequantized to f32 in the checkpoint's
+ * column order (the model multiplies them apart). Act-order routed experts are a typed error (the
+ * grouped expert kernels take no permutation). Every other tensor as the checkpoint has it.
  */
 export class Int4Source implements TensorSource {
-  private made = new Map<string, { weight: Tensor; scale: Tensor | null }>();
+  private made = new Map<string, { weight: Tensor; scale: Tensor | null; perm: Tensor | null }>();
   private readonly layout: GptqLayout;
 
   constructor(private readonly ck: Checkpoint) {
@@ -183,7 +252,7 @@ export class Int4Source implements TensorSource {
 
   /** Every tensor this source made, to be freed with the model. */
   get created(): Tensor[] {
-    return [...this.made.values()].flatMap(l => (l.scale ? [l.weight, l.scale] : [l.weight]));
+    return [...this.made.values()].flatMap(l => [l.weight, ...(l.scale ? [l.scale] : []), ...(l.perm ? [l.perm] : [])]);
   }
 
   private packed(module: string): boolean {
@@ -195,7 +264,7 @@ export class Int4Source implements TensorSource {
   }
 
   /** The packed linear `module` in the int4 format (or as f32 for DEQUANTIZED modules), cached. */
-  private linear(module: string): { weight: Tensor; scale: Tensor | null } {
+  private linear(module: string): { weight: Tensor; scale: Tensor | null; perm: Tensor | null } {
     let l = this.made.get(module);
     if (l) return l;
     const bytes = (n: string) => {
@@ -207,19 +276,15 @@ export class Int4Source implements TensorSource {
     const k = 8 * k8;
     const scalesT = this.ck.get(`${module}.scales`);
     const scaleDtype = scalesT.dtype === 'bf16' ? 'bf16' : 'f16';
-    const m = gptqToInt4(
-      module,
-      {
-        qweight: new Int32Array(bytes(`${module}.qweight`)),
-        qzeros: this.ck.has(`${module}.qzeros`) ? new Int32Array(bytes(`${module}.qzeros`)) : null,
-        scales: new Uint16Array(bytes(`${module}.scales`)),
-        gIdx: this.ck.has(`${module}.g_idx`) ? new Int32Array(bytes(`${module}.g_idx`)) : null,
-        scaleDtype,
-      },
-      n,
-      k,
-      this.layout,
-    );
+    const stored: GptqTensors = {
+      qweight: new Int32Array(bytes(`${module}.qweight`)),
+      qzeros: this.ck.has(`${module}.qzeros`) ? new Int32Array(bytes(`${module}.qzeros`)) : null,
+      scales: new Uint16Array(bytes(`${module}.scales`)),
+      gIdx: this.ck.has(`${module}.g_idx`) ? new Int32Array(bytes(`${module}.g_idx`)) : null,
+      scaleDtype,
+    };
+    const act = gptqActOrder(module, stored, n, k, this.layout);
+    const m = gptqToInt4(module, act ? act.tensors : stored, n, k, this.layout);
     const G = int4Groups(k, m.g);
     if (DEQUANTIZED.test(module)) {
       const codes = unpackInt4(m.bytes, n, k, m.g),
@@ -231,13 +296,14 @@ export class Int4Source implements TensorSource {
           const at = (r * G + Math.floor(c / m.g)) * per;
           const s = f(m.scale[at]!),
             z = m.zeros ? f(m.scale[at + 1]!) : 8;
-          w[r * k + c] = Math.fround(codes[r * k + c]! * s - z * s);
+          w[r * k + (act ? act.perm[c]! : c)] = Math.fround(codes[r * k + c]! * s - z * s); // the checkpoint's column order
         }
-      l = { weight: new native.Tensor('f32', [n, k], 'cpu', w), scale: null };
+      l = { weight: new native.Tensor('f32', [n, k], 'cpu', w), scale: null, perm: null };
     } else {
       l = {
         weight: int4WeightTensor(m.bytes, n, k, m.g),
         scale: new native.Tensor(scaleDtype, m.zeros ? [n, G, 2] : [n, G], 'cpu', m.scale),
+        perm: act ? new native.Tensor('int32', [k], 'cpu', act.perm) : null,
       };
     }
     this.made.set(module, l);
@@ -246,17 +312,21 @@ export class Int4Source implements TensorSource {
 
   has(name: string): boolean {
     const w = this.module(name, '.weight'),
-      s = this.module(name, '.weight_scale');
+      s = this.module(name, '.weight_scale'),
+      p = this.module(name, '.weight_perm');
     if (w !== null && this.packed(w)) return true;
     if (s !== null && this.packed(s)) return !DEQUANTIZED.test(s);
+    if (p !== null && this.packed(p)) return !DEQUANTIZED.test(p) && this.linear(p).perm !== null;
     return this.ck.has(name);
   }
 
   get(name: string): Tensor {
     const w = this.module(name, '.weight'),
-      s = this.module(name, '.weight_scale');
+      s = this.module(name, '.weight_scale'),
+      p = this.module(name, '.weight_perm');
     if (w !== null && this.packed(w)) return this.linear(w).weight;
     if (s !== null && this.packed(s) && !DEQUANTIZED.test(s)) return this.linear(s).scale!;
+    if (p !== null && this.packed(p) && this.linear(p).perm) return this.linear(p).perm!;
     return this.ck.get(name);
   }
 
@@ -266,6 +336,17 @@ export class Int4Source implements TensorSource {
     const g = this.linear(`${p}.gate_proj`),
       u = this.linear(`${p}.up_proj`),
       d = this.linear(`${p}.down_proj`);
+    for (const [m, l] of [
+      ['gate_proj', g],
+      ['up_proj', u],
+      ['down_proj', d],
+    ] as const)
+      if (l.perm)
+        throw new CheckpointError(
+          'E_CHECKPOINT',
+          `${p}.${m}: an act-order (desc_act) g_idx on a routed expert is not supported (the grouped expert kernels ` +
+            'take no input permutation; act-order is supported on the dense linears): use a checkpoint quantized with desc_act false',
+        );
     return { gate: g.weight, up: u.weight, down: d.weight, gateScale: g.scale, upScale: u.scale, downScale: d.scale };
   }
 }

@@ -219,3 +219,88 @@ describe.skipIf(!cudaAvailable)('gatherRows on CUDA matches the CPU', () => {
     expect(Array.from(f32(out.toBytes()))).toEqual([2, 2, 2, 0, 0, 0, 0, 0, 0]);
   });
 });
+
+// gatherColumns: out[.., i] = src[.., idx[i]] along the last dimension (act-order GPTQ activations).
+describe('gatherColumns', () => {
+  /** src [...lead, k] of random bits, idx [n] in [0, k) (a permutation when n = k), out poisoned. */
+  function columnCase(
+    r: ReturnType<typeof rng>,
+    dtype: DType,
+    size: number,
+    lead: number[],
+    k: number,
+    n: number,
+    device = 'cpu',
+  ) {
+    const rows = lead.reduce((a, b) => a * b, 1);
+    const srcBytes = randomBytes(r, rows * k * size);
+    const order = Array.from({ length: n }, (_, i) => (n === k ? i : r.int(k)));
+    if (n === k)
+      for (let i = n - 1; i > 0; i--) {
+        const j = r.int(i + 1);
+        [order[i], order[j]] = [order[j]!, order[i]!];
+      }
+    const idxVals = Int32Array.from(order);
+    const want = new Uint8Array(rows * n * size);
+    for (let t = 0; t < rows; t++)
+      for (let i = 0; i < n; i++)
+        want.set(srcBytes.subarray((t * k + idxVals[i]!) * size, (t * k + idxVals[i]! + 1) * size), (t * n + i) * size);
+    return {
+      want,
+      src: new Tensor(dtype, [...lead, k], device, srcBytes),
+      idx: new Tensor('int32', [n], device, idxVals),
+      out: new Tensor(dtype, [...lead, n], device, new Uint8Array(rows * n * size).fill(POISON)),
+    };
+  }
+  const CASES: [number[], number, number][] = [
+    [[1], 1, 1],
+    [[7], 129, 129],
+    [[3, 5], 33, 70],
+    [[40], 4096, 4096],
+    [[0], 5, 5],
+  ];
+
+  it.each(backends)('every dtype and shape against a JS copy, bit-exact (%s)', device => {
+    const r = rng(31);
+    const s = new Stream(device);
+    for (const [dtype, size] of DTYPES)
+      for (const [lead, k, n] of CASES) {
+        const c = columnCase(r, dtype, size, lead, k, n, device);
+        native.gatherColumns(s, c.out, c.src, c.idx);
+        s.synchronize();
+        expectBytes(c.out.toBytes(), c.want, `${device} ${dtype} [${lead}, ${k}] -> ${n}`);
+        for (const t of [c.src, c.idx, c.out]) t.dispose();
+      }
+    s.dispose();
+  });
+
+  it('an out-of-range index is E_ARGUMENT at synchronize and nothing is written', () => {
+    const src = new Tensor('f32', [2, 4], 'cpu', new Float32Array(8).fill(1));
+    const out = new Tensor('f32', [2, 3], 'cpu', new Float32Array(6).fill(7));
+    native.gatherColumns(null, out, src, new Tensor('int32', [3], 'cpu', Int32Array.from([0, 4, 1])));
+    expectCode(() => native.synchronize('cpu'), 'E_ARGUMENT', /idx\[1\] = 4 is out of range for 'src' of 4 columns/);
+    expect(Array.from(f32(out.toBytes()))).toEqual([7, 7, 7, 7, 7, 7]);
+  });
+
+  it('rejects bad arguments with typed errors', () => {
+    const src = new Tensor('f32', [2, 4], 'cpu', new Float32Array(8));
+    const idx = new Tensor('int32', [3], 'cpu', Int32Array.from([0, 1, 2]));
+    expectCode(() => native.gatherColumns(null, new Tensor('f32', [2, 4]), src, idx), 'E_SHAPE', /expected \[2, 3\]/);
+    expectCode(() => native.gatherColumns(null, new Tensor('bf16', [2, 3]), src, idx), 'E_DTYPE', /'out' has dtype bf16/);
+    expectCode(() => native.gatherColumns(null, new Tensor('f32', [2, 3]), src, new Tensor('f32', [3])), 'E_DTYPE', /idx/);
+    expectCode(
+      () =>
+        native.gatherColumns(
+          null,
+          new Tensor('f32', [2, 3]),
+          src,
+          new Tensor('int32', [1, 3], 'cpu', Int32Array.from([0, 1, 2])),
+        ),
+      'E_SHAPE',
+      /one dimension/,
+    );
+    const whole = new Tensor('f32', [8, 4], 'cpu', new Float32Array(32));
+    const four = new Tensor('int32', [4], 'cpu', Int32Array.from([3, 2, 1, 0]));
+    expectCode(() => native.gatherColumns(null, whole.narrow(1, 2), whole.narrow(0, 2), four), 'E_ARGUMENT', /overlaps/);
+  });
+});

@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Tensor, cpuFeatures, full, native, tensor, toArray } from '../lib/index.js';
 import { setMatmulPrecision } from '../lib/device.js';
 import { f16ToF32, f32ToF16, roundHalfEven } from '../lib/numeric.js';
-import { gptqToInt4, int4Groups, int4ToGptq, int4WeightTensor, packInt4, unpackInt4 } from '../lib/int4.js';
+import { gptqActOrder, gptqToInt4, int4Groups, int4ToGptq, int4WeightTensor, packInt4, unpackInt4 } from '../lib/int4.js';
 import { eachIsa, isas, rng, expectCode } from './helpers.js';
 
 type Rng = ReturnType<typeof rng>;
@@ -67,11 +67,21 @@ function reference(x: Float64Array, w: Float64Array, t: number, n: number, k: nu
   return { y, s };
 }
 
-/** |got - y| <= gamma_(k+8) * S (+ the bf16 output rounding): the weights are exact, every path sums in fp32. */
-function check(got: ArrayLike<number>, want: { y: Float64Array; s: Float64Array }, k: number, yt: 'f32' | 'bf16', what: string) {
+/**
+ * |got - y| <= (gamma_(k+8) + rel) * S (+ the bf16 output rounding): the weights are exact and every
+ * path sums in fp32; rel: the operand rounding of the AVX512-BF16 GEMM at precision 'bf16'.
+ */
+function check(
+  got: ArrayLike<number>,
+  want: { y: Float64Array; s: Float64Array },
+  k: number,
+  yt: 'f32' | 'bf16',
+  what: string,
+  rel = 0,
+) {
   const gamma = ((k + 8) * U32) / (1 - (k + 8) * U32);
   for (let i = 0; i < want.y.length; i++) {
-    const e = gamma * want.s[i]!;
+    const e = (gamma + rel) * want.s[i]!;
     const tol = e + (yt === 'bf16' ? U16 * (Math.abs(want.y[i]!) + e) : 0) + 1e-30;
     const err = Math.abs(got[i]! - want.y[i]!);
     if (!(err <= tol)) expect.fail(`${what}: y[${i}] = ${got[i]} but expected ${want.y[i]} (tolerance ${tol})`);
@@ -248,6 +258,46 @@ describe('linear with int4 weights', () => {
     }
   });
 
+  it("precision 'bf16': the GEMM (t > 8) on AVX512-BF16 dequantizes each panel to bf16: within the rounding of x and w", () => {
+    setMatmulPrecision('bf16');
+    try {
+      const r = rng(4321);
+      for (const [n, k, g, scaleDtype, zeros] of [
+        [37, 300, 128, 'bf16', false],
+        [70, 2100, 32, 'f16', true], // several k blocks
+        [5, 129, 64, 'f16', false],
+      ] as const) {
+        const w = makeInt4(r, n, k, g, scaleDtype, zeros);
+        for (const t of [9, 40, 300]) {
+          const x = randomX(r, t, k);
+          const want = reference(x.ref, w.ref, t, n, k);
+          eachIsa(isa => {
+            const bf16 = isa === 'avx512' && cpuFeatures().avx512bf16;
+            const rel = bf16 ? (1 + U16) ** 2 - 1 : 0; // x and the dequantized weight rounded to bf16
+            for (const yt of ['f32', 'bf16'] as const) {
+              const y = full([t, n], NaN, { dtype: yt }); // poisoned
+              native.linear(null, y, x.x, w.w, w.scale);
+              const got = toArray(y);
+              y.dispose();
+              const what = `${isa} n=${n} k=${k} g=${g} t=${t} y ${yt}`;
+              check(got, want, k, yt, what, rel);
+              if (yt === 'bf16') continue;
+              // the bf16 GEMM really ran where the CPU has it: errors far above fp32 rounding
+              let worst = 0;
+              for (let i = 0; i < t * n; i++) worst = Math.max(worst, Math.abs(got[i]! - want.y[i]!) / want.s[i]!);
+              if (bf16) expect(worst, what).toBeGreaterThan(2 ** -14);
+              else expect(worst, what).toBeLessThan(2 ** -16);
+            }
+          });
+          x.x.dispose();
+        }
+        w.dispose();
+      }
+    } finally {
+      setMatmulPrecision('highest');
+    }
+  });
+
   it('rejects bad int4 arguments with typed errors', () => {
     const q = new Tensor('int8', [3, 2, 16], 'cpu', new Uint8Array(96));
     const s = tensor(new Float32Array(6), [3, 2], { dtype: 'bf16' });
@@ -390,7 +440,91 @@ describe('int4 packing and GPTQ', () => {
     for (const t of [w, s, x, y]) t.dispose();
   });
 
-  it('int4ToGptq writes the v1 packing (zero 8 stored as 7) that gptqToInt4 reads back; act-order g_idx is a typed error', () => {
+  it('maps a hand-packed act-order GPTQ linear (g_idx interleaving 3 groups) weight by weight, and the gathered x gives W x', () => {
+    // N = 8 outputs, K = 72 inputs, group 32 (3 groups: 32, 32, 8). Column c holds code (c + j) % 16
+    // for output j; g_idx interleaves the groups the way act-order does (c % 9 picks one of 3 lists).
+    const N = 8,
+      K = 72,
+      g = 32,
+      G = 3;
+    const gIdx = new Int32Array(K);
+    const left = [32, 32, 8];
+    for (let c = 0; c < K; c++) {
+      let gi = [2, 0, 1, 0, 1, 0, 1, 2, 1][c % 9]!;
+      while (left[gi] === 0) gi = (gi + 1) % G;
+      left[gi] = left[gi]! - 1;
+      gIdx[c] = gi;
+    }
+    expect(left).toEqual([0, 0, 0]);
+    const code = (j: number, c: number) => (c + j) % 16;
+    const qweight = new Int32Array((K / 8) * N);
+    for (let c = 0; c < K; c++)
+      for (let j = 0; j < N; j++) qweight[(c >> 3) * N + j] = qweight[(c >> 3) * N + j]! | (code(j, c) << (4 * (c & 7)));
+    // zero points (v1: stored zero - 1): group gi, output j: zero 5 + gi + (j % 3), stored 4 + gi + j % 3
+    const qzeros = new Int32Array(G * (N / 8));
+    for (let gi = 0; gi < G; gi++) for (let j = 0; j < N; j++) qzeros[gi] = qzeros[gi]! | ((4 + gi + (j % 3)) << (4 * j));
+    const scales = Uint16Array.from({ length: G * N }, (_, i) => f32ToF16(0.25 + i / 32)); // [G, N]
+    const layout = { bits: 4, groupSize: g, sym: false, zeroMinusOne: true } as const;
+    const act = gptqActOrder('layer', { qweight, qzeros, scales, gIdx }, N, K, layout)!;
+    // perm: the stable argsort of g_idx
+    const want = Array.from({ length: K }, (_, c) => c).sort((a, b) => gIdx[a]! - gIdx[b]! || a - b);
+    expect(Array.from(act.perm)).toEqual(want);
+    expect(Array.from(act.tensors.gIdx!)).toEqual(Array.from({ length: K }, (_, c) => Math.floor(c / g)));
+    const m = gptqToInt4('layer', act.tensors, N, K, layout);
+    expect(m.zeros).toBe(true);
+    // weight by weight: the int4 weight's column c is the checkpoint's column perm[c], with its group's scale and zero
+    const codes = unpackInt4(m.bytes, N, K, g);
+    const defined = new Float64Array(N * K); // W of the definition, the checkpoint's column order
+    for (let j = 0; j < N; j++)
+      for (let c = 0; c < K; c++) {
+        const from = act.perm[c]!,
+          gi = gIdx[from]!;
+        expect(Math.floor(c / g), `column ${c}'s group`).toBe(gi);
+        expect(codes[j * K + c], `code [${j}, ${c}]`).toBe(code(j, from));
+        expect(f16ToF32(m.scale[(j * G + gi) * 2]!), `scale [${j}, ${gi}]`).toBe(f16ToF32(scales[gi * N + j]!));
+        expect(f16ToF32(m.scale[(j * G + gi) * 2 + 1]!), `zero [${j}, ${gi}]`).toBe(5 + gi + (j % 3));
+        defined[j * K + from] = f16ToF32(scales[gi * N + j]!) * (code(j, from) - (5 + gi + (j % 3)));
+      }
+    // y = W x through the gathered activations, every ISA, GEMV and GEMM, against float64
+    const w = int4WeightTensor(m.bytes, N, K, g),
+      s = new Tensor('f16', [N, G, 2], 'cpu', m.scale),
+      perm = new Tensor('int32', [K], 'cpu', act.perm);
+    const r = rng(72);
+    for (const t of [1, 5, 20]) {
+      const x = randomX(r, t, K);
+      const ref = reference(x.ref, defined, t, N, K);
+      const xp = full([t, K], NaN);
+      native.gatherColumns(null, xp, x.x, perm);
+      eachIsa(isa => {
+        const y = full([t, N], NaN);
+        native.linear(null, y, xp, w, s);
+        check(toArray(y), ref, K, 'f32', `${isa} t=${t}`);
+        y.dispose();
+      });
+      for (const v of [x.x, xp]) v.dispose();
+    }
+    for (const v of [w, s, perm]) v.dispose();
+    // the plain grouping needs no permutation; uneven groups and groups out of range are typed errors
+    const plainIdx = Int32Array.from({ length: K }, (_, c) => Math.floor(c / g));
+    expect(gptqActOrder('layer', { qweight, qzeros, scales, gIdx: plainIdx }, N, K, layout)).toBeNull();
+    const uneven = Int32Array.from(gIdx);
+    uneven[uneven.indexOf(2)] = 0; // group 0 gets 33 columns
+    for (const [bad, msg] of [
+      [uneven, /puts 33 columns in group 0, expected 32/],
+      [Int32Array.from(gIdx, (v, c) => (c === 5 ? 3 : v)), /g_idx\[5\] = 3 is not a group of 3/],
+      [gIdx.subarray(0, 64), /g_idx has 64 elements, expected 72/],
+    ] as const) {
+      try {
+        gptqActOrder('layer', { qweight, qzeros, scales, gIdx: bad }, N, K, layout);
+        expect.fail(`accepted ${msg}`);
+      } catch (e) {
+        expect((e as { code?: string }).code).toBe('E_CHECKPOINT');
+        expect((e as Error).message).toMatch(msg);
+      }
+    }
+  });
+
+  it('int4ToGptq writes the v1 packing (zero 8 stored as 7) that gptqToInt4 reads back; act-order g_idx goes through gptqActOrder', () => {
     const r = rng(3);
     const [n, k, g] = [16, 96, 32];
     const codes = Uint8Array.from({ length: n * k }, () => r.int(16));
@@ -408,8 +542,11 @@ describe('int4 packing and GPTQ', () => {
     const perm = Int32Array.from(gp.gIdx);
     [perm[0], perm[40]] = [perm[40]!, perm[0]!];
     expect(() => gptqToInt4('t', { ...gp, gIdx: perm }, n, k, { bits: 4, groupSize: g, sym: true, zeroMinusOne: true })).toThrow(
-      /act-order/,
+      /act-order.*gptqActOrder/,
     );
+    // columns 0 and 40 traded groups: gptqActOrder moves column 40 into group 0's run and 0 into group 1's
+    const act = gptqActOrder('t', { ...gp, gIdx: perm }, n, k, { bits: 4, groupSize: g, sym: true, zeroMinusOne: true })!;
+    expect(Array.from(act.perm.subarray(0, 33))).toEqual([...Array.from({ length: 31 }, (_, i) => i + 1), 40, 0].slice(0, 33));
     try {
       gptqToInt4('t', gp, n, k, { bits: 4, groupSize: 48, sym: true, zeroMinusOne: true });
       expect.fail('group 48 accepted');

@@ -115,9 +115,19 @@ function check(
   }
 }
 
-/** Whether linear takes the AVX512-BF16 path (x rounded to bf16) for these arguments. */
-function usesBf16Dot(isa: string, wdtype: WDtype, t: number) {
-  return isa === 'avx512' && cpuFeatures().avx512bf16 && wdtype === 'bf16' && t > 8;
+/**
+ * The relative rounding (times sum |x w|) the AVX512-BF16 GEMM adds for these arguments at `precision`
+ * (0 where linear multiplies in fp32): an f32 x rounded to bf16 (2^-8), and a dequantized fp8 weight
+ * rounded to bf16 (another 2^-8; int8 codes are exact in bf16). Precision 'highest' rounds nothing
+ * (a bf16 x times a bf16 weight is exact there too); 'fp8' keeps fp8 weights at >= 17 rows in fp32.
+ */
+function bf16Rounding(isa: string, wdtype: WDtype, xdtype: FDtype, t: number, precision = 'bf16') {
+  if (isa !== 'avx512' || !cpuFeatures().avx512bf16 || t <= 8 || wdtype === 'f32') return 0;
+  if (wdtype === 'bf16') return precision !== 'highest' && xdtype === 'f32' ? U16 : 0;
+  if (precision === 'highest' || (precision === 'fp8' && wdtype === 'fp8_e4m3' && t >= 17)) return 0;
+  const rx = xdtype === 'f32' ? U16 : 0,
+    rw = wdtype === 'fp8_e4m3' ? U16 : 0;
+  return (1 + rx) * (1 + rw) - 1;
 }
 
 function runLinear(x: Tensor, w: Weight, t: number, n: number, yt: FDtype) {
@@ -143,7 +153,7 @@ describe('linear', () => {
           const x = makeX(r, xdtype, t, k);
           const want = reference(x.ref, w.ref, t, n, k);
           eachIsa(isa => {
-            const rel = usesBf16Dot(isa, wdtype, t) && xdtype === 'f32' ? U16 : 0;
+            const rel = bf16Rounding(isa, wdtype, xdtype, t);
             for (const yt of fdtypes) {
               check(runLinear(x.x, w, t, n, yt), want, k, rel, yt, `${isa} t=${t} k=${k} n=${n} y ${yt}`);
               checked++;
@@ -156,29 +166,40 @@ describe('linear', () => {
     expect(checked).toBe(5 * 4 * 6 * isas.length * 2);
   });
 
-  it('several k blocks, x chunks and thread counts (t=300, k=2100, n=70)', () => {
-    const r = rng(4242);
-    const [t, k, n] = [300, 2100, 70];
-    const threads = native.threads();
-    const x = makeX(r, 'f32', t, k);
-    try {
-      for (const wdtype of wdtypes) {
-        const w = makeWeight(r, wdtype, n, k);
-        const want = reference(x.ref, w.ref, t, n, k);
-        eachIsa(isa => {
-          for (const nt of [1, 3]) {
-            native.setThreads(nt);
-            const rel = usesBf16Dot(isa, wdtype, t) ? U16 : 0;
-            check(runLinear(x.x, w, t, n, 'f32'), want, k, rel, 'f32', `${wdtype} ${isa} threads=${nt}`);
-          }
-        });
-        w.dispose();
+  it.each(['bf16', 'highest'] as const)(
+    'several k blocks, x chunks and thread counts (t=300, k=2100, n=70), precision %s',
+    precision => {
+      const r = rng(4242);
+      const [t, k, n] = [300, 2100, 70];
+      const threads = native.threads();
+      const before = native.setMatmulPrecision(precision);
+      const x = makeX(r, 'f32', t, k);
+      try {
+        for (const wdtype of wdtypes) {
+          const w = makeWeight(r, wdtype, n, k);
+          const want = reference(x.ref, w.ref, t, n, k);
+          eachIsa(isa => {
+            for (const nt of [1, 3]) {
+              native.setThreads(nt);
+              const rel = bf16Rounding(isa, wdtype, 'f32', t, precision);
+              const got = runLinear(x.x, w, t, n, 'f32');
+              check(got, want, k, rel, 'f32', `${wdtype} ${isa} threads=${nt}`);
+              // the bf16 GEMM really ran where the bound allows it: errors far above fp32 rounding
+              let worst = 0;
+              for (let i = 0; i < t * n; i++) worst = Math.max(worst, Math.abs(got[i]! - want.y[i]!) / want.s[i]!);
+              if (rel > 0) expect(worst, `${wdtype} ${isa}`).toBeGreaterThan(2 ** -14);
+              else expect(worst, `${wdtype} ${isa}`).toBeLessThan(2 ** -16);
+            }
+          });
+          w.dispose();
+        }
+      } finally {
+        native.setThreads(threads);
+        native.setMatmulPrecision(before);
+        x.x.dispose();
       }
-    } finally {
-      native.setThreads(threads);
-      x.x.dispose();
-    }
-  });
+    },
+  );
 
   it('GEMV over several k chunks and row groups (t = 1, 2, 4; k = 4200, n = 300)', () => {
     const r = rng(909);
@@ -224,7 +245,7 @@ describe('linear', () => {
             const quantized = wdtype === 'fp8_e4m3' && t >= 17;
             const want = reference(quantized ? xq : x.ref, w.ref, t, n, k);
             eachIsa(isa => {
-              const rel = (usesBf16Dot(isa, wdtype, t) && xdtype === 'f32' ? U16 : 0) + (quantized ? 2 * U32 : 0);
+              const rel = bf16Rounding(isa, wdtype, xdtype, t, 'fp8') + (quantized ? 2 * U32 : 0);
               check(runLinear(x.x, w, t, n, 'f32'), want, k, rel, 'f32', `fp8 precision ${wdtype} x ${xdtype} ${isa} t=${t}`);
             });
             w.dispose();

@@ -214,12 +214,13 @@ describe('quantizeCheckpoint', { timeout: workLimitMs(120) }, () => {
     expect([...out.tensors.values()].filter(t => t.dtype === 'I8').length).toBe(r.quantized);
   });
 
-  it('asymmetric GPTQ (v1 and gptq_v2 zeros) and act-order g_idx: the same weights give the same logits; a permuting g_idx is a typed error', async () => {
+  it('asymmetric GPTQ (v1 and gptq_v2 zeros) and desc_act with the plain g_idx: the same weights give the same logits', async () => {
     const dir = await quantizedOf('tiny', 'int4');
     using ref = await loadModel(dir, { backend: 'cpu', maxContext: 64 });
     const want = ref.forward(PROMPT);
     // Every even output column: codes q - 1 and zero 7 (the symmetric codes are 1..15), the same weights.
-    const variant = async (name: string, v2: boolean, permute = false, src = dir) => {
+    const variant = async (name: string, v2: boolean) => {
+      const src = dir;
       const d = path.join(root, `gptq-${name}`);
       mkdirSync(d);
       for (const f of readdirSync(src)) copyFileSync(path.join(src, f), path.join(d, f));
@@ -235,15 +236,10 @@ describe('quantizeCheckpoint', { timeout: workLimitMs(120) }, () => {
           } else if (t.name.endsWith('.qzeros')) {
             // nibble j of a word: output 8 w + j; even outputs zero 7 (v1 stores 6), odd 8 (v1: 7)
             words.fill(v2 ? 0x87878787 | 0 : 0x76767676);
-          } else if (permute && t.name.endsWith('.g_idx') && t.shape[0]! > 128) {
-            const last = words.length - 1; // columns 0 and K - 1 trade groups
-            [words[0], words[last]] = [words[last]!, words[0]!];
-            permute = false; // one tensor is enough
           }
         }
         writeFileSync(file, buf);
       }
-      expect(permute, 'a g_idx over more than one group was permuted').toBe(false);
       const cfg = JSON.parse(readFileSync(path.join(d, 'config.json'), 'utf8'));
       cfg.quantization_config = {
         ...cfg.quantization_config,
@@ -258,9 +254,72 @@ describe('quantizeCheckpoint', { timeout: workLimitMs(120) }, () => {
       using m = await loadModel(await variant(v2 ? 'asym-v2' : 'asym-v1', v2), { backend: 'cpu', maxContext: 64 });
       expect(Array.from(m.forward(PROMPT)), v2 ? 'gptq_v2' : 'v1').toEqual(Array.from(want));
     }
-    // (tiny's linears have one group of 128 columns: small's have several)
-    const small = await variant('act-order', false, true, await quantizedOf('small', 'int4'));
-    await rejects(loadModel(small, { backend: 'cpu', maxContext: 64 }), 'E_CHECKPOINT', /act-order/);
+  });
+
+  /**
+   * An act-order (desc_act) copy of `src` (small: several groups of 128 per linear): in every dense
+   * linear of more than one group (and the routed experts' gate_proj too when `experts`), group gi is
+   * renamed G - 1 - gi -- g_idx[c] = G - 1 - c / 128 (not the plain c / 128: column runs in
+   * descending group order), with the scales' and qzeros' rows moved along, so the weights are the
+   * same. `edit` may change g_idx further. Returns the directory and how many linears it changed.
+   */
+  async function actOrderVariant(name: string, src: string, experts: boolean, edit?: (g: Int32Array) => void) {
+    const d = path.join(root, `gptq-${name}`);
+    mkdirSync(d);
+    for (const f of readdirSync(src)) copyFileSync(path.join(src, f), path.join(d, f));
+    let changed = 0;
+    for (const f of readdirSync(d).filter(f => f.endsWith('.safetensors'))) {
+      const file = path.join(d, f);
+      const h = await readSafetensorsHeader(file);
+      const buf = readFileSync(file);
+      for (const t of h.tensors.values()) {
+        if (!t.name.endsWith('.g_idx')) continue;
+        const m = t.name.slice(0, -'.g_idx'.length);
+        const k = t.shape[0]!,
+          G = Math.ceil(k / 128);
+        if (G < 2 || (/\.experts\./.test(m) && !(experts && m.endsWith('gate_proj')))) continue;
+        const at = (n: string) => h.tensors.get(`${m}.${n}`)!;
+        const gIdx = new Int32Array(buf.buffer, buf.byteOffset + t.offset, k);
+        for (let c = 0; c < k; c++) gIdx[c] = G - 1 - Math.floor(c / 128);
+        edit?.(gIdx);
+        for (const part of ['scales', 'qzeros']) {
+          const p = at(part),
+            row = p.nbytes / G;
+          const old = Buffer.from(buf.subarray(p.offset, p.offset + p.nbytes));
+          for (let gi = 0; gi < G; gi++) old.copy(buf, p.offset + (G - 1 - gi) * row, gi * row, (gi + 1) * row);
+        }
+        changed++;
+      }
+      writeFileSync(file, buf);
+    }
+    return { dir: d, changed };
+  }
+
+  it('act-order g_idx (desc_act): the same weights in act-order form give the plain logits (CPU and the CUDA device); uneven groups and act-order experts are typed errors', async () => {
+    const plain = await quantizedOf('small', 'int4');
+    // fp32 products: the permuted sums differ from the plain ones only in their order
+    const was = setMatmulPrecision('highest');
+    onTestFinished(() => void setMatmulPrecision(was));
+    using ref = await loadModel(plain, { backend: 'cpu', maxContext: 64 });
+    const want = ref.forward(PROMPT);
+    const tol = 1e-5 * maxAbs(want);
+    const act = await actOrderVariant('act-order', plain, false);
+    expect(act.changed).toBeGreaterThanOrEqual(10); // q_a, kv_a, q_b, o_proj, gate / up / down of every layer
+    {
+      using m = await loadModel(act.dir, { backend: 'cpu', maxContext: 64 });
+      expect(maxDiff(m.forward(PROMPT), want)).toBeLessThan(tol);
+    }
+    if (cudaAvailable) {
+      using gpu = await loadModel(act.dir, { backend: 'cuda', maxContext: 64 });
+      expect(maxDiff(gpu.forward(PROMPT), want)).toBeLessThan(tol);
+    }
+    // a group of 129 columns and one of 127
+    const uneven = await actOrderVariant('act-order-uneven', plain, false, g => {
+      g[0] = g[g.length - 1]!;
+    });
+    await rejects(loadModel(uneven.dir, { backend: 'cpu', maxContext: 64 }), 'E_CHECKPOINT', /puts 129 columns in group/);
+    const experts = await actOrderVariant('act-order-experts', plain, true);
+    await rejects(loadModel(experts.dir, { backend: 'cpu', maxContext: 64 }), 'E_CHECKPOINT', /act-order.*routed expert/);
   });
 
   it('GPTQ variants without kernels are typed errors: bits, group size, packing format, group size not the files', async () => {

@@ -12,4 +12,11 @@ export interface GatherOps {
    * synchronize / toBytes, nothing written); on CUDA a kernel cannot raise, so its row is zeroed.
    */
   gatherRows(stream: S, out: Tensor, src: Tensor, idx: Tensor): void;
+  /**
+   * out[.., i] = src[.., idx[i]]: columns of the last dimension of src, bit-exact for every dtype
+   * (e.g. the activations of an act-order GPTQ linear, lib/int4.ts). src [.., k]; idx int32 [n];
+   * out src.shape with n last, src's dtype, not overlapping src. An index outside [0, k) fails with
+   * E_ARGUMENT on the CPU (nothing written); on CUDA its column is zeroed.
+   */
+  gatherColumns(stream: S, out: Tensor, src: Tensor, idx: Tensor): void;
 }

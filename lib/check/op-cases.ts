@@ -382,6 +382,39 @@ for (const [R, C, dt, n] of [
     },
   });
 }
+// gatherColumns: the act-order GPTQ activations (a permutation of the columns, lib/int4.ts), bit-exact;
+// every element size, a permutation at LongCat's hidden size, and a table that repeats columns.
+for (const [rows, k, dt, n, perm] of [
+  [17, 6144, 'f32', 6144, true],
+  [3, 129, 'bf16', 129, true],
+  [40, 7, 'int32', 300, false],
+] as const) {
+  add({
+    name: `gatherColumns rows=${rows} k=${k} ${dt} n=${n}`,
+    shapes: { rows, k, n },
+    dtypes: { src: dt },
+    bytes: 2 * rows * n * 4,
+    make(device, r) {
+      const src =
+        dt === 'int32'
+          ? int32(
+              Array.from({ length: rows * k }, () => r.int(1 << 30)),
+              [rows, k],
+              device,
+            )
+          : tensor(uniform(r, rows * k), [rows, k], { dtype: dt, device });
+      const order = Array.from({ length: n }, (_, i) => (perm ? i : r.int(k)));
+      if (perm)
+        for (let i = n - 1; i > 0; i--) {
+          const j = r.int(i + 1);
+          [order[i], order[j]] = [order[j]!, order[i]!];
+        }
+      const idx = int32(order, [n], device);
+      const out = empty([rows, n], { dtype: dt, device });
+      return { outs: [out], run: s => native.gatherColumns(s, out, src, idx) };
+    },
+  });
+}
 // ngramEmbed (LongCat-Flash-Lite): E projected N-gram rows added to the base embedding, averaged;
 // a decode step (T = 1) and a prefill chunk at the release's E = 12, D = 256, and odd sizes.
 for (const [T, H, E, D, dt] of [

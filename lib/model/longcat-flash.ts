@@ -47,7 +47,7 @@ export function* forward(c: Step, w: ModelWeights): Pass<{ logits: Tensor; hidde
   }
   const rows = hl.shape[0]!;
   const logits = empty([rows, d.vocab], { device: c.device });
-  linear(s, logits, hl, w.lmHead);
+  linear(s, a, logits, hl, w.lmHead);
   a.dispose();
   return { logits, hidden };
 }
@@ -74,8 +74,8 @@ export function mtpForward(c: Step, w: ModelWeights, hPrev: Tensor): Tensor {
   native.rmsnorm(s, hn, hPrev, m.hnorm, d.eps);
   const z = a.f32([T, H]),
     zh = a.f32([T, H]);
-  linear(s, z, e, m.ehEmbed);
-  linear(s, zh, hn, m.ehHidden);
+  linear(s, a, z, e, m.ehEmbed);
+  linear(s, a, zh, hn, m.ehHidden);
   native.add(s, z, z, zh);
   const n0 = a.f32([T, H]);
   native.rmsnorm(s, n0, z, m.inputNorm, d.eps);
@@ -92,7 +92,7 @@ export function mtpForward(c: Step, w: ModelWeights, hPrev: Tensor): Tensor {
   const hf = a.f32([rows, H]);
   native.rmsnorm(s, hf, zl, m.norm, d.eps);
   const logits = empty([rows, d.vocab], { device: c.device });
-  linear(s, logits, hf, w.lmHead);
+  linear(s, a, logits, hf, w.lmHead);
   a.dispose();
   return logits;
 }
@@ -139,16 +139,16 @@ export function mla(c: Step, a: Arena, w: MlaWeights, x: Tensor, cache: Tensor):
     T = b.T,
     nh = d.heads;
   const cq = a.f32([T, d.qLora]);
-  linear(s, cq, x, w.qA);
+  linear(s, a, cq, x, w.qA);
   native.rmsnorm(s, cq, cq, w.qNorm, d.latentEps);
   const q = a.f32([T, nh, d.nope + d.rope]);
-  linear(s, q.view([T, nh * (d.nope + d.rope)]), cq, w.qB);
+  linear(s, a, q.view([T, nh * (d.nope + d.rope)]), cq, w.qB);
   native.rope(s, q, b.positions, d.nope, c.invFreq, d.ropeAttentionFactor);
   const ckv = a.f32([T, d.kvLora]);
-  linear(s, ckv, x, w.kvLatent);
+  linear(s, a, ckv, x, w.kvLatent);
   native.rmsnorm(s, ckv, ckv, w.kvNorm, d.latentEps);
   const kpe = a.f32([T, 1, d.rope]);
-  linear(s, kpe.view([T, d.rope]), x, w.kvRope);
+  linear(s, a, kpe.view([T, d.rope]), x, w.kvRope);
   native.rope(s, kpe, b.positions, 0, c.invFreq, d.ropeAttentionFactor);
   native.mlaCacheWrite(s, cache, ckv, kpe.view([T, d.rope]), b.slots);
 
@@ -177,11 +177,11 @@ export function mla(c: Step, a: Arena, w: MlaWeights, x: Tensor, cache: Tensor):
         g.length,
       );
     const kvb = a.f32([S, nh, d.nope + d.v]);
-    linear(s, kvb.view([S, nh * (d.nope + d.v)]), ckvAll, w.kvBLinear);
+    linear(s, a, kvb.view([S, nh * (d.nope + d.v)]), ckvAll, w.kvBLinear);
     native.mlaPrefill(s, o, q, kvb, kpeAll, b.qStart!, b.kvStart!, d.softmaxScale);
   }
   const out = a.f32([T, d.hidden]);
-  linear(s, out, o.view([T, nh * d.v]), w.o);
+  linear(s, a, out, o.view([T, nh * d.v]), w.o);
   return out;
 }
 
@@ -192,11 +192,11 @@ export function mlp(c: Step, a: Arena, w: MlpWeights, x: Tensor): Tensor {
     T = x.shape[0]!;
   const gate = a.f32([T, d.ffn]),
     up = a.f32([T, d.ffn]);
-  linear(s, gate, x, w.gate);
-  linear(s, up, x, w.up);
+  linear(s, a, gate, x, w.gate);
+  linear(s, a, up, x, w.up);
   native.siluMul(s, gate, gate, up);
   const out = a.f32([T, d.hidden]);
-  linear(s, out, gate, w.down);
+  linear(s, a, out, gate, w.down);
   return out;
 }
 
@@ -221,6 +221,12 @@ export function* moe(c: Step, a: Arena, w: MoeWeights, u: Tensor): Pass<Tensor> 
   return out;
 }
 
-function linear(s: Stream, y: Tensor, x: Tensor, w: Linear) {
+/** y = x W^T; an act-order weight (w.perm) multiplies the activations gathered by its permutation. */
+function linear(s: Stream, a: Arena, y: Tensor, x: Tensor, w: Linear) {
+  if (w.perm) {
+    const xp = a.f32(x.shape);
+    native.gatherColumns(s, xp, x, w.perm);
+    x = xp;
+  }
   native.linear(s, y, x, w.weight, w.scale);
 }

@@ -16,6 +16,9 @@ import { scaleNameOf } from '../checkpoint.js';
 export interface Linear {
   weight: Tensor;
   scale: Tensor | null;
+  /** Act-order GPTQ (lib/int4.ts gptqActOrder): int32 [k], the weight's columns are the inputs
+   *  x[perm]; the activations are gathered by it before the product. */
+  perm?: Tensor | null;
 }
 
 export interface MlaWeights {
@@ -191,7 +194,8 @@ function buildWeights(
   const get = (name: string) => place(src.get(name), name);
   const linear = (name: string): Linear => {
     const scale = scaleNameOf(name, n => src.has(n));
-    return { weight: get(`${name}.weight`), scale: scale ? get(scale) : null };
+    const perm = src.has(`${name}.weight_perm`) ? get(`${name}.weight_perm`) : null;
+    return { weight: get(`${name}.weight`), scale: scale ? get(scale) : null, ...(perm ? { perm } : {}) };
   };
   // int8 weights carry one scale per row ([n] f32), FP8 weights one per 128x128 block.
   const rowScaled = (l: Linear) => l.weight.dtype === 'int8';
@@ -217,13 +221,13 @@ function buildWeights(
   // Row views of one weight; FP8 block scales split with it when the cut is on a block edge, int8 row scales always.
   const splitRows = (l: Linear, at: number): [Linear, Linear] => {
     const n = l.weight.shape[0]!;
-    if (l.scale && !rowScaled(l) && at % 128 !== 0) l = { weight: dequantized(l, 'f32'), scale: null }; // only reduced-size models
+    if (l.scale && !rowScaled(l) && at % 128 !== 0) l = { weight: dequantized(l, 'f32'), scale: null, perm: l.perm }; // only reduced-size models
     const rows = (t: Tensor, a: number, len: number) => own(t.narrow(a, len));
     const sb = rowScaled(l) ? at : at / 128,
       sn = l.scale ? l.scale.shape[0]! : 0;
     return [
-      { weight: rows(l.weight, 0, at), scale: l.scale ? rows(l.scale, 0, sb) : null },
-      { weight: rows(l.weight, at, n - at), scale: l.scale ? rows(l.scale, sb, sn - sb) : null },
+      { weight: rows(l.weight, 0, at), scale: l.scale ? rows(l.scale, 0, sb) : null, perm: l.perm }, // both halves read the same x
+      { weight: rows(l.weight, at, n - at), scale: l.scale ? rows(l.scale, sb, sn - sb) : null, perm: l.perm },
     ];
   };
 

@@ -103,7 +103,9 @@ void set_matmul_precision(MatmulPrecision p) { g_precision.store(p); }
 MatmulPrecision matmul_precision() { return g_precision.load(); }
 bool bf16_activations() { return matmul_precision() != MatmulPrecision::Highest; }
 
-static void linear_dispatch(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType yt);
+// bf16_dequant: GEMMs may dequantize fp8 / int8 / int4 weights to bf16 (precision other than
+// 'highest', except for the e4m3 activations of precision 'fp8', whose products stay exact).
+static void linear_dispatch(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType yt, bool bf16_dequant);
 
 // Precision 'fp8' on the CPU: activations go through the e4m3 1x128 quantization the GPU applies
 // (quantize, then dequantize exactly), and the products are taken in fp32 from there.
@@ -116,16 +118,16 @@ static void linear_fp8_activations(int64_t t, const void* x, DType xt, const Wei
   quantize_fp8_act(t, k, xf.data(), q.data(), scale.data());
   for (int64_t r = 0; r < t; ++r)
     for (int64_t c = 0; c < k; ++c) xf[r * k + c] = fp8e4m3_to_f32(q[r * k + c]) * scale[r * groups + c / 128];
-  linear_dispatch(t, xf.data(), DType::F32, w, y, yt);
+  linear_dispatch(t, xf.data(), DType::F32, w, y, yt, false);
 }
 
 void linear(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType yt) {
   if (t >= kFp8ActivationMinRows && w.k > 0 && w.dtype == DType::FP8_E4M3 && matmul_precision() == MatmulPrecision::FP8)
     return linear_fp8_activations(t, x, xt, w, y, yt);
-  linear_dispatch(t, x, xt, w, y, yt);
+  linear_dispatch(t, x, xt, w, y, yt, bf16_activations());
 }
 
-static void linear_dispatch(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType yt) {
+static void linear_dispatch(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType yt, bool bf16_dequant) {
   if (t <= 0 || w.n <= 0) return;
   if (w.k <= 0) {  // an empty sum
     for (int64_t i = 0; i < t * w.n; ++i) store_y(y, yt, i, 0.0f);
@@ -134,7 +136,7 @@ static void linear_dispatch(int64_t t, const void* x, DType xt, const WeightRef&
   switch (isa()) {
     case Isa::Avx512:
       linear_avx512(t, x, xt, w, y, yt, features().avx512_bf16 && (xt == DType::BF16 || bf16_activations()),
-                    features().avx512_vnni && bf16_activations());
+                    features().avx512_bf16 && bf16_dequant, features().avx512_vnni && bf16_activations());
       return;
     case Isa::Avx2: linear_avx2(t, x, xt, w, y, yt); return;
     case Isa::Scalar: break;

@@ -48,23 +48,29 @@ constexpr int64_t kInt4MaxGroup = 4096;
 //
 // Paths (picked at run time from isa() and features()):
 //   t <= 8  GEMV: every weight byte is read once for all t rows; bandwidth bound.
-//   t >  8  GEMM: cache-blocked, register-blocked, multithreaded. With AVX512-BF16 and a bf16
-//           weight, x is rounded to bf16 and products are summed by vdpbf16ps in fp32 (relative
-//           error about 2^-9 of sum|x w| from rounding x; exact when x is already bf16). Every other
-//           path multiplies in fp32 with fp32 accumulation.
+//   t >  8  GEMM: cache-blocked, register-blocked, multithreaded; each weight panel is decoded
+//           once per call. With AVX512-BF16 and a bf16 weight, x is rounded to bf16 and products
+//           are summed by vdpbf16ps in fp32 (relative error about 2^-9 of sum|x w| from rounding x;
+//           exact when x is already bf16). At precision other than 'highest' an fp8 / int8 / int4
+//           weight takes the same path, its panels dequantized to bf16 (fp8, int4: value rounded to
+//           nearest even, a rounding like x's, as the CUDA tensor-core tiles do; int8: the exact
+//           codes, the row scale applied to the sums). Every other path multiplies in fp32 with
+//           fp32 accumulation.
 // fp8 codes 0x7f / 0xff (NaN) give NaN like the scalar reference.
 void linear(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType yt);
 
 // How GEMMs (more rows than a decode GEMV) may treat activations, process-wide:
-//   BF16 (default): round f32 activations to bf16 where the hardware multiplies bf16 (AVX512-BF16
-//        with bf16 weights, CUDA tensor cores); what bf16 engines do, twice the FLOP rate.
+//   BF16 (default): round f32 activations, and dequantized fp8 / int4 weights, to bf16 where the
+//        hardware multiplies bf16 (AVX512-BF16 GEMMs, CUDA tensor cores); what bf16 engines do,
+//        twice the FLOP rate.
 //   Highest: every product in fp32, e.g. for tests against a float64 reference.
 //   (BF16 and FP8 also let an int4 GEMV (t <= 8, groups a multiple of 128) on AVX512-VNNI quantize
 //   x to int8 per row and 128 columns (scale max|x| / 127) and sum code x int8 products exactly in
 //   int32: error at most 1/254 of each 128-column block's max |x| times the weights' magnitudes.)
 //   FP8: like BF16, and an fp8 weight times t >= kFp8ActivationMinRows rows quantizes the
 //        activations to e4m3 in 1x128 groups first (the DeepSeek-V3 inference recipe; the CUDA
-//        e4m3 tensor-core GEMM). The CPU quantizes and dequantizes, then multiplies in fp32.
+//        e4m3 tensor-core GEMM). The CPU quantizes and dequantizes, then multiplies in fp32
+//        (the fp32 GEMM: those products stay exact).
 enum class MatmulPrecision { Highest, BF16, FP8 };
 void set_matmul_precision(MatmulPrecision p);
 MatmulPrecision matmul_precision();

@@ -32,8 +32,9 @@ struct Avx512Linear {
 };
 
 // ---------------------------------------------------------------------------------------------
-// GEMM, AVX512-BF16 path (bf16 weights): x rounded to bf16 (nearest even) when packed, the panel
-// is a zero-padded copy of W. vdpbf16ps multiplies bf16 pairs exactly and adds them into fp32
+// GEMM, AVX512-BF16 path: x rounded to bf16 (nearest even) when packed; the panel is a zero-padded
+// copy of a bf16 W, or (precision other than 'highest') an fp8 / int8 / int4 W dequantized to bf16
+// once per panel and k block (int8: the codes, exact in bf16, the row scale applied to the result). vdpbf16ps multiplies bf16 pairs exactly and adds them into fp32
 // lanes, so one instruction does 32 multiply-adds: twice the fp32 FMA rate, half the bytes.
 
 LC_BEGIN_TARGET(LC_ISA_AVX512BF16)
@@ -66,6 +67,10 @@ struct GemmBF16 {
 
   static void pack_panel(const WeightRef& w, int64_t n0, int64_t nlen, int64_t nrows, int64_t k0, int64_t klen, int64_t kcp,
                          uint16_t* p) {
+    if (w.dtype != DType::BF16) {  // fp8 / int8 / int4: dequantized (int8: the exact codes) and rounded to bf16
+      pack_panel_any<Avx512Linear>(w, n0, nlen, nrows, k0, klen, kcp, p);
+      return;
+    }
     for (int64_t j = 0; j < nrows; ++j) {
       uint16_t* dst = p + j * kcp;
       int64_t copied = 0;
@@ -221,8 +226,10 @@ LC_END_TARGET  // avx512vnni
 
 }  // namespace
 
-void linear_avx512(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType yt, bool bf16_dot, bool int8_act) {
-  if (t > kGemvMaxRows && bf16_dot && w.dtype == DType::BF16) {
+void linear_avx512(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType yt, bool bf16_dot, bool bf16_dequant,
+                   bool int8_act) {
+  const bool quantized = w.dtype == DType::FP8_E4M3 || w.dtype == DType::I8 || w.dtype == DType::I4;
+  if (t > kGemvMaxRows && bf16_dot && (w.dtype == DType::BF16 || (bf16_dequant && quantized))) {
     gemm<GemmBF16>(t, x, xt, w, y, yt);
     return;
   }

@@ -60,7 +60,9 @@ inline int64_t ceil_div(int64_t v, int64_t m) { return (v + m - 1) / m; }
 //   micro(x, ldx, p, ldp, kc, c, ldc, accumulate)      c[m][j] (+)= sum_k x[m][k] p[j][k], m < kMR, j < 4
 //
 // Blocking, outermost first:
-//   job = (one panel of NC output rows) x (one chunk of MC x rows), spread over the pool;
+//   job = (one panel of NC output rows) x (one chunk of MC x rows), spread over the pool; MC is all
+//   of x unless that leaves fewer than two jobs per thread, so each weight panel is decoded once per
+//   call (not once per x chunk: a quantized weight's decode is then a small share of the call);
 //   k blocks of KC: the W panel NC x KC (~128 KiB) is packed once and stays in L2 while
 //   every MR-row strip of x (MR x KC, ~12 KiB) sweeps across it from L1;
 //   the microkernel keeps MR x 4 accumulators in registers over the whole k block and reduces
@@ -82,8 +84,9 @@ void gemm(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType
   const int64_t kblocks = ceil_div(K, Tr::kKC);
   const int64_t KB = round_up(ceil_div(K, kblocks), 128);
 
-  // Jobs: NC output rows x MC x rows. Shrink the tiles until every thread has a couple of jobs.
-  int64_t NC = 64, MC = MR * (256 / MR);
+  // Jobs: NC output rows x MC x rows. Shrink the tiles until every thread has a couple of jobs:
+  // first the panels (down to 16 rows), then the x chunks.
+  int64_t NC = 64, MC = round_up(t, MR);
   while (NC > 16 && ceil_div(N, NC) * ceil_div(t, MC) < 2 * nthreads) NC /= 2;
   while (MC > MR && ceil_div(N, NC) * ceil_div(t, MC) < 2 * nthreads) MC = round_up(MC / 2, MR);
   const int64_t npanels = ceil_div(N, NC), mchunks = ceil_div(t, MC);
@@ -114,7 +117,10 @@ void gemm(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType
 // Per-ISA entry points; each handles both the GEMV and the GEMM path.
 void linear_avx2(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType yt);
 // int8_act: int4 GEMVs may quantize x to int8 (AVX512-VNNI; see linear.h's MatmulPrecision).
-void linear_avx512(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType yt, bool bf16_dot, bool int8_act);
+// bf16_dot: the AVX512-BF16 GEMM for bf16 weights (x rounded to bf16); bf16_dequant: also for fp8,
+// int8 and int4 weights, their panels dequantized to bf16 (see linear.h's MatmulPrecision).
+void linear_avx512(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType yt, bool bf16_dot, bool bf16_dequant,
+                   bool int8_act);
 double read_sum_avx2(const void* p, int64_t bytes);
 double read_sum_avx512(const void* p, int64_t bytes);
 

@@ -458,17 +458,26 @@ void gemv_int4(int64_t t, const float* x, const WeightRef& w, void* y, DType yt)
   }
 }
 
+// A packed panel element: f32, or bf16 bits (rounded to nearest even) for the AVX512-BF16 GEMM.
+template <class V>
+void store_panel(float* p, typename V::F v) {
+  V::store(p, v);
+}
+template <class V>
+void store_panel(uint16_t* p, typename V::F v) {
+  V::store_bf16(p, v);
+}
+
 // W[n0 + j, k0 .. k0 + klen) of an int4 weight decoded into p[j][kcp] (zero padded; k0 is a
 // multiple of 128, so each 32-column block lies in one group).
-template <class L>
-void pack_panel_int4(const WeightRef& w, int64_t n0, int64_t nlen, int64_t nrows, int64_t k0, int64_t klen, int64_t kcp,
-                     float* p) {
+template <class L, class WE>
+void pack_panel_int4(const WeightRef& w, int64_t n0, int64_t nlen, int64_t nrows, int64_t k0, int64_t klen, int64_t kcp, WE* p) {
   using V = typename L::V;
   constexpr int W = V::kLanes, NV = V::kU4Vectors;
   const int64_t rb = int4_row_bytes(w.k, w.group);
   for (int64_t j = 0; j < nrows; ++j) {
-    float* dst = p + j * kcp;
-    std::memset(dst, 0, kcp * sizeof(float));
+    WE* dst = p + j * kcp;
+    std::memset(dst, 0, kcp * sizeof(WE));
     if (j >= nlen) continue;
     const uint8_t* src = static_cast<const uint8_t*>(w.data) + (n0 + j) * rb;
     for (int64_t c = 0; c < klen; c += 32) {
@@ -476,9 +485,9 @@ void pack_panel_int4(const WeightRef& w, int64_t n0, int64_t nlen, int64_t nrows
       int4_group_params(w, n0 + j, (k0 + c) / w.group, &s, &z);
       const typename V::F sv = V::set1(s), mv = V::set1(-z * s);
       const typename V::U4 u = V::load_u4(src + (k0 + c) / 2);
-      alignas(64) float blk[32];
-      for (int v = 0; v < NV; ++v) V::store(blk + v * W, V::fmadd(V::u4_codes(u, v), sv, mv));
-      std::memcpy(dst + c, blk, (klen - c < 32 ? klen - c : 32) * sizeof(float));
+      alignas(64) WE blk[32];
+      for (int v = 0; v < NV; ++v) store_panel<V>(blk + v * W, V::fmadd(V::u4_codes(u, v), sv, mv));
+      std::memcpy(dst + c, blk, (klen - c < 32 ? klen - c : 32) * sizeof(WE));
     }
   }
 }
@@ -495,16 +504,17 @@ void bf16_to_f32_rows(const uint16_t* src, int64_t n, float* dst) {
 // to f32. kMR x rows times 4 weight rows of accumulators, kMR x vectors and one weight vector in
 // registers: 3 x 4 + 3 + 1 = 16 (AVX2), 6 x 4 + 6 + 1 = 31 of 32 (AVX-512).
 
-template <class L, class D>
-void pack_panel_f32(const WeightRef& w, int64_t n0, int64_t nlen, int64_t nrows, int64_t k0, int64_t klen, int64_t kcp,
-                    float* p) {
+// W[n0 + j, k0 .. k0 + klen) of an f32 / bf16 / fp8 / int8 weight dequantized into p[j][kcp] (zero
+// padded; int8: the codes, the row scale joins the finished dot product).
+template <class L, class D, class WE>
+void pack_panel_dec(const WeightRef& w, int64_t n0, int64_t nlen, int64_t nrows, int64_t k0, int64_t klen, int64_t kcp, WE* p) {
   using V = typename L::V;
   using E = typename D::E;
   constexpr int W = V::kLanes;
   for (int64_t j = 0; j < nrows; ++j) {
-    float* dst = p + j * kcp;
+    WE* dst = p + j * kcp;
     if (j >= nlen) {
-      std::memset(dst, 0, kcp * sizeof(float));
+      std::memset(dst, 0, kcp * sizeof(WE));
       continue;
     }
     const E* src = static_cast<const E*>(w.data) + (n0 + j) * w.k + k0;
@@ -512,13 +522,32 @@ void pack_panel_f32(const WeightRef& w, int64_t n0, int64_t nlen, int64_t nrows,
     for (; c < klen; c += W) {  // kcp is a multiple of W: whole vectors fit
       auto v = c + W <= klen ? D::load(src + c) : D::load_n(src + c, klen - c);
       if constexpr (D::kScaleMul != 0) v = V::mul(v, V::set1(fp8_block_scale(w, n0 + j, (k0 + c) / 128) * D::kScaleMul));
-      V::store(dst + c, v);
+      store_panel<V>(dst + c, v);
     }
-    if (c < kcp) std::memset(dst + c, 0, (kcp - c) * sizeof(float));
+    if (c < kcp) std::memset(dst + c, 0, (kcp - c) * sizeof(WE));
     if constexpr (D::kNanCodes)
       if (V::has_nan_code(src, klen))
         for (c = 0; c < klen; ++c)
-          if ((src[c] & 0x7f) == 0x7f) dst[c] = NAN;
+          if ((src[c] & 0x7f) == 0x7f) {
+            if constexpr (std::is_same_v<WE, float>)
+              dst[c] = NAN;
+            else
+              dst[c] = 0x7fc0;  // bf16 NaN
+          }
+  }
+}
+
+// A GEMM weight panel in any stored format, as f32 or bf16 bits (WE).
+template <class L, class WE>
+void pack_panel_any(const WeightRef& w, int64_t n0, int64_t nlen, int64_t nrows, int64_t k0, int64_t klen, int64_t kcp, WE* p) {
+  using V = typename L::V;
+  switch (w.dtype) {
+    case DType::F32: pack_panel_dec<L, DecF32<V>>(w, n0, nlen, nrows, k0, klen, kcp, p); break;
+    case DType::BF16: pack_panel_dec<L, DecBF16<V>>(w, n0, nlen, nrows, k0, klen, kcp, p); break;
+    case DType::FP8_E4M3: pack_panel_dec<L, DecFP8<V>>(w, n0, nlen, nrows, k0, klen, kcp, p); break;
+    case DType::I8: pack_panel_dec<L, DecI8<V>>(w, n0, nlen, nrows, k0, klen, kcp, p); break;
+    case DType::I4: pack_panel_int4<L>(w, n0, nlen, nrows, k0, klen, kcp, p); break;
+    default: break;
   }
 }
 
@@ -543,14 +572,7 @@ struct GemmF32 {
 
   static void pack_panel(const WeightRef& w, int64_t n0, int64_t nlen, int64_t nrows, int64_t k0, int64_t klen, int64_t kcp,
                          float* p) {
-    switch (w.dtype) {
-      case DType::F32: pack_panel_f32<L, DecF32<V>>(w, n0, nlen, nrows, k0, klen, kcp, p); break;
-      case DType::BF16: pack_panel_f32<L, DecBF16<V>>(w, n0, nlen, nrows, k0, klen, kcp, p); break;
-      case DType::FP8_E4M3: pack_panel_f32<L, DecFP8<V>>(w, n0, nlen, nrows, k0, klen, kcp, p); break;
-      case DType::I8: pack_panel_f32<L, DecI8<V>>(w, n0, nlen, nrows, k0, klen, kcp, p); break;
-      case DType::I4: pack_panel_int4<L>(w, n0, nlen, nrows, k0, klen, kcp, p); break;
-      default: break;
-    }
+    pack_panel_any<L>(w, n0, nlen, nrows, k0, klen, kcp, p);
   }
 
   static void micro(const float* x, int64_t ldx, const float* p, int64_t ldp, int64_t kc, float* c, int64_t ldc,
