@@ -17,7 +17,8 @@
 //                with explicitly rounded fp32 mul/add (no FMA contraction), like the CPU.
 // GEMM paths (host choice from shapes and the matmul precision): "skinny" (decode, at most 16 slots
 // per routed expert on average: tiles of <= 16 rows; gemv.cuh: x rows staged in shared memory, each
-// weight row streamed once per tile, 16-byte loads, fp32 FMA; the device-built tile list plays the role
+// weight row streamed once per tile, 16-byte loads (int4: 32 codes each, decoded to the CPU's exact
+// weights; tiles of 9-16 rows in two halves), fp32 FMA; the device-built tile list plays the role
 // of DeepGEMM's "masked" layout: a fixed launch that graph capture can replay, each expert's real
 // row count read on the device), and 64-row tiles for prefill: tile_gemm.cuh on tensor cores (bf16,
 // or e4m3 with fp8 activations when `fp8`), or fp32 CUDA-core tiles at precision 'highest'
@@ -253,7 +254,7 @@ __device__ __forceinline__ void skinny_tile(const GemmArgs& a, int m, int64_t r0
                                             const gemv::WarpRows<kGateUp ? 2 : 1>& rows, const TileX& x, float* xs) {
   constexpr int kM = kGateUp ? 2 : 1, kPasses = !kGateUp && kT > 8 ? 2 : 1, kU = kGateUp && kT <= 4 ? 2 : 1;
   constexpr int kF = kSkinnyFeatures<kGateUp> / kPasses, kR = kM * kF;
-  static_assert(gemv::smem_floats<kT, kU>() <= gemv::smem_floats<kSkinnyRows, 1>(), "skinny_kernel's xs");
+  static_assert(gemv::smem_floats<kT, kU, gemv::Fmt<D>::kElems>() <= gemv::smem_floats<kSkinnyRows, 1>(), "skinny_kernel's xs");
   const int lane = threadIdx.x & 31;
 #pragma unroll 1
   for (int p = 0; p < kPasses; ++p) {
@@ -264,6 +265,7 @@ __device__ __forceinline__ void skinny_tile(const GemmArgs& a, int m, int64_t r0
     for (int mm = 0; mm < kM; ++mm) {
       pr.data[mm] += skip * rows.row_bytes;
       if (D == DType::I8) pr.scale[mm] += skip;  // fp8: the warp's rows share one scale row
+      if (D == DType::I4) pr.gscale[mm] += skip * rows.gstride;
     }
     float acc[kR][kT];
     gemv::dot_rows<kT, kR, kU, kM, kT == 1, D>(m, static_cast<int>(K), pr, x, xs, acc);
@@ -286,15 +288,29 @@ __device__ __forceinline__ void skinny_tile(const GemmArgs& a, int m, int64_t r0
   }
 }
 
+// int4 units hold 32 weights, so a chunk of x is twice as wide as fp8's and shared memory holds
+// at most 8 tile rows: a tile of 9-16 rows runs as two halves of <= 8 rows (the second reads the
+// weights again, mostly from L2; decode rarely gives an expert 9+ rows).
 template <bool kGateUp, DType D>
 __device__ __forceinline__ void skinny_dispatch(const GemmArgs& a, int m, int64_t r0, int64_t n0, int64_t N, int64_t K,
                                                 const gemv::WarpRows<kGateUp ? 2 : 1>& rows, const TileX& x, float* xs) {
-  if (m == 1)
-    skinny_tile<kGateUp, 1, D>(a, m, r0, n0, N, K, rows, x, xs);
-  else if (m <= 4)
-    skinny_tile<kGateUp, 4, D>(a, m, r0, n0, N, K, rows, x, xs);
-  else
-    skinny_tile<kGateUp, kSkinnyRows, D>(a, m, r0, n0, N, K, rows, x, xs);
+  if constexpr (D == DType::I4) {
+    if (m == 1)
+      skinny_tile<kGateUp, 1, D>(a, m, r0, n0, N, K, rows, x, xs);
+    else if (m <= 4)
+      skinny_tile<kGateUp, 4, D>(a, m, r0, n0, N, K, rows, x, xs);
+    else {
+      skinny_tile<kGateUp, 8, D>(a, m < 8 ? m : 8, r0, n0, N, K, rows, x, xs);
+      if (m > 8) skinny_tile<kGateUp, 8, D>(a, m - 8, r0 + 8, n0, N, K, rows, TileX{x.rows + 8}, xs);
+    }
+  } else {
+    if (m == 1)
+      skinny_tile<kGateUp, 1, D>(a, m, r0, n0, N, K, rows, x, xs);
+    else if (m <= 4)
+      skinny_tile<kGateUp, 4, D>(a, m, r0, n0, N, K, rows, x, xs);
+    else
+      skinny_tile<kGateUp, kSkinnyRows, D>(a, m, r0, n0, N, K, rows, x, xs);
+  }
 }
 
 // Two blocks per SM (128 registers) where e4m3 converts in hardware (sm_89+); before that the
@@ -324,23 +340,32 @@ __global__ void __launch_bounds__(gemv::kThreads, kSkinnyMinBlocks) skinny_kerne
   }
   const WView w0 = view(a.table[(kGateUp ? 0 : 2) * a.nr + e], K);
   const WView w1 = view(a.table[a.nr + e], K);                                                      // up (gate/up only)
-  const bool vec = a.xvec && w0.units16() && (!kGateUp || (w1.units16() && w1.dtype == w0.dtype));  // uniform
+  const bool i4 = w0.dtype == DType::I4;
+  const bool same = !kGateUp || (w1.units16() && w1.dtype == w0.dtype &&
+                                 (!i4 || (w1.group == w0.group && w1.group_scale_f16 == w0.group_scale_f16 &&
+                                          w1.group_zero == w0.group_zero)));
+  const bool vec = a.xvec && w0.units16() && same;  // uniform
   if (vec) {
     gemv::WarpRows<kM> rows;
     const int64_t es = w0.dtype == DType::F32 ? 4 : w0.dtype == DType::BF16 ? 2 : 1;
     rows.valid = static_cast<int>(n0 < N ? (N - n0 < kF ? N - n0 : kF) : 0);
-    rows.row_bytes = static_cast<int>(K * es);
+    rows.row_bytes = static_cast<int>(i4 ? w0.int4_groups() * w0.group / 2 : K * es);
+    rows.gstride = static_cast<int>(i4 ? w0.int4_groups() * (w0.group_zero ? 2 : 1) : 0);
+    rows.group = static_cast<int>(w0.group);
+    rows.f16 = w0.group_scale_f16, rows.zero = w0.group_zero;
 #pragma unroll
     for (int mm = 0; mm < kM; ++mm) {
       const WView& w = mm == 0 ? w0 : w1;
       rows.data[mm] = static_cast<const uint8_t*>(w.data) + n0 * rows.row_bytes;
       rows.scale[mm] = w.dtype == DType::FP8_E4M3 ? w.scale + (n0 / 128) * w.kb : w.dtype == DType::I8 ? w.scale + n0 : nullptr;
+      rows.gscale[mm] = i4 ? w.group_scale + n0 * rows.gstride : nullptr;
     }
     const TileX x{xrow};  // published by dot_rows' first barrier
     switch (w0.dtype) {
       case DType::F32: skinny_dispatch<kGateUp, DType::F32>(a, m, r0, n0, N, K, rows, x, xs); break;
       case DType::BF16: skinny_dispatch<kGateUp, DType::BF16>(a, m, r0, n0, N, K, rows, x, xs); break;
       case DType::FP8_E4M3: skinny_dispatch<kGateUp, DType::FP8_E4M3>(a, m, r0, n0, N, K, rows, x, xs); break;
+      case DType::I4: skinny_dispatch<kGateUp, DType::I4>(a, m, r0, n0, N, K, rows, x, xs); break;
       default: skinny_dispatch<kGateUp, DType::I8>(a, m, r0, n0, N, K, rows, x, xs); break;
     }
     return;
