@@ -186,6 +186,9 @@ export class Int4Source implements TensorSource {
     return [...this.made.values()].flatMap(l => (l.scale ? [l.weight, l.scale] : [l.weight]));
   }
 
+  /** The checkpoint tensors the made ones replace (the model never reads them). */
+  readonly replaced = new Set<string>();
+
   private packed(module: string): boolean {
     return this.ck.has(`${module}.qweight`);
   }
@@ -202,6 +205,8 @@ export class Int4Source implements TensorSource {
       const b = this.ck.get(n).toBytes();
       return b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength);
     };
+    for (const p of ['qweight', 'qzeros', 'scales', 'g_idx'])
+      if (this.ck.has(`${module}.${p}`)) this.replaced.add(`${module}.${p}`);
     const qw = this.ck.get(`${module}.qweight`);
     const [k8, n] = qw.shape as [number, number];
     const k = 8 * k8;
