@@ -407,6 +407,31 @@ describe('int4 packing and GPTQ', () => {
     for (const t of [w, s, x, y]) t.dispose();
   });
 
+  it('repackGptqInt4 (the native repacking of qweight) equals packInt4 of the codes: odd k, padding, every group size; bad shapes are typed errors', () => {
+    const r = rng(9);
+    for (const [n, k, g] of [
+      [24, 296, 128], // k = 8 * 37: padding in the last group
+      [8, 64, 32],
+      [40, 1000, 4096], // one group per row (GPTQ's -1)
+      [16, 520, 96],
+    ] as const) {
+      const codes = Uint8Array.from({ length: n * k }, () => r.int(16));
+      const G = int4Groups(k, g);
+      const gp = int4ToGptq(packInt4(codes, n, k, g), new Uint16Array(n * G).fill(f32ToF16(0.5)), n, k, g);
+      const q = new Tensor('int8', [n, G, g / 2], 'cpu', new Uint8Array((n * G * g) / 2).fill(0x5a)), // poisoned
+        qw = new Tensor('int32', [k / 8, n], 'cpu', gp.qweight);
+      native.repackGptqInt4(null, q, qw);
+      expect(q.toBytes(), `n=${n} k=${k} g=${g}`).toEqual(packInt4(codes, n, k, g));
+      q.dispose();
+      qw.dispose();
+    }
+    const qw = new Tensor('int32', [5, 8]);
+    expectCode(() => native.repackGptqInt4(null, new Tensor('int8', [8, 3, 16]), qw), 'E_SHAPE', /'q'/); // k = 40: 2 groups of 32
+    expectCode(() => native.repackGptqInt4(null, new Tensor('int8', [8, 1, 12]), qw), 'E_SHAPE', /group/);
+    expectCode(() => native.repackGptqInt4(null, new Tensor('int8', [8, 2, 16]), new Tensor('f32', [5, 8])), 'E_DTYPE', /qweight/);
+    qw.dispose();
+  });
+
   it('int4ToGptq writes the v1 packing (zero 8 stored as 7) that gptqToInt4 reads back; act-order g_idx is a typed error', () => {
     const r = rng(3);
     const [n, k, g] = [16, 96, 32];
