@@ -18,7 +18,7 @@
 // GEMM paths (host choice from shapes and the matmul precision): "skinny" (decode, at most 16 slots
 // per routed expert on average: tiles of <= 16 rows; gemv.cuh: x rows staged in shared memory, each
 // weight row streamed once per tile, 16-byte loads (int4: 32 codes each, decoded to the CPU's exact
-// weights; tiles of 9-16 rows in two halves), fp32 FMA; the device-built tile list plays the role
+// weights; gate/up for one-row tiles, down in passes of <= 4 rows), fp32 FMA; the device-built tile list plays the role
 // of DeepGEMM's "masked" layout: a fixed launch that graph capture can replay, each expert's real
 // row count read on the device), and 64-row tiles for prefill: tile_gemm.cuh on tensor cores (bf16,
 // or e4m3 with fp8 activations when `fp8`), or fp32 CUDA-core tiles at precision 'highest'
@@ -252,7 +252,10 @@ __device__ __forceinline__ void skinny_store(const GemmArgs& a, int64_t r0, int 
 template <bool kGateUp, int kT, DType D>
 __device__ __forceinline__ void skinny_tile(const GemmArgs& a, int m, int64_t r0, int64_t n0, int64_t N, int64_t K,
                                             const gemv::WarpRows<kGateUp ? 2 : 1>& rows, const TileX& x, float* xs) {
-  constexpr int kM = kGateUp ? 2 : 1, kPasses = !kGateUp && kT > 8 ? 2 : 1, kU = kGateUp && kT <= 4 ? 2 : 1;
+  // int4 (a scale and -z s per row and unit) within 128 registers: one unit per row and lane, and
+  // down's 8-row body in two passes of 2 features
+  constexpr bool kI4 = D == DType::I4;
+  constexpr int kM = kGateUp ? 2 : 1, kPasses = !kGateUp && kT > (kI4 ? 4 : 8) ? 2 : 1, kU = kGateUp && kT <= 4 && !kI4 ? 2 : 1;
   constexpr int kF = kSkinnyFeatures<kGateUp> / kPasses, kR = kM * kF;
   static_assert(gemv::smem_floats<kT, kU, gemv::Fmt<D>::kElems>() <= gemv::smem_floats<kSkinnyRows, 1>(), "skinny_kernel's xs");
   const int lane = threadIdx.x & 31;
@@ -288,21 +291,20 @@ __device__ __forceinline__ void skinny_tile(const GemmArgs& a, int m, int64_t r0
   }
 }
 
-// int4 units hold 32 weights, so a chunk of x is twice as wide as fp8's and shared memory holds
-// at most 8 tile rows: a tile of 9-16 rows runs as two halves of <= 8 rows (the second reads the
-// weights again, mostly from L2; decode rarely gives an expert 9+ rows).
+// int4 within 128 registers (the scale and -z s per row and unit, the decode): gate/up one tile
+// row (m == 1; more rows take the element-wise path, see skinny_kernel), down 1 row or passes of
+// <= 4 rows (each pass after the first reads the weights again, mostly from L2; decode rarely gives
+// an expert 5+ rows).
 template <bool kGateUp, DType D>
 __device__ __forceinline__ void skinny_dispatch(const GemmArgs& a, int m, int64_t r0, int64_t n0, int64_t N, int64_t K,
                                                 const gemv::WarpRows<kGateUp ? 2 : 1>& rows, const TileX& x, float* xs) {
   if constexpr (D == DType::I4) {
-    if (m == 1)
+    if (m == 1 || kGateUp)
       skinny_tile<kGateUp, 1, D>(a, m, r0, n0, N, K, rows, x, xs);
-    else if (m <= 4)
-      skinny_tile<kGateUp, 4, D>(a, m, r0, n0, N, K, rows, x, xs);
-    else {
-      skinny_tile<kGateUp, 8, D>(a, m < 8 ? m : 8, r0, n0, N, K, rows, x, xs);
-      if (m > 8) skinny_tile<kGateUp, 8, D>(a, m - 8, r0 + 8, n0, N, K, rows, TileX{x.rows + 8}, xs);
-    }
+    else
+#pragma unroll 1
+      for (int i0 = 0; i0 < m; i0 += 4)  // uniform over the block
+        skinny_tile<kGateUp, 4, D>(a, m - i0 < 4 ? m - i0 : 4, r0 + i0, n0, N, K, rows, TileX{x.rows + i0}, xs);
   } else {
     if (m == 1)
       skinny_tile<kGateUp, 1, D>(a, m, r0, n0, N, K, rows, x, xs);
@@ -344,7 +346,9 @@ __global__ void __launch_bounds__(gemv::kThreads, kSkinnyMinBlocks) skinny_kerne
   const bool same = !kGateUp || (w1.units16() && w1.dtype == w0.dtype &&
                                  (!i4 || (w1.group == w0.group && w1.group_scale_f16 == w0.group_scale_f16 &&
                                           w1.group_zero == w0.group_zero)));
-  const bool vec = a.xvec && w0.units16() && same;  // uniform
+  // int4 gate/up streams one tile row at a time (m == 1, decode's common case); more rows take the
+  // element-wise path below (a wider int4 gate/up body spilled at 128 registers)
+  const bool vec = a.xvec && w0.units16() && same && !(kGateUp && i4 && m > 1);  // uniform
   if (vec) {
     gemv::WarpRows<kM> rows;
     const int64_t es = w0.dtype == DType::F32 ? 4 : w0.dtype == DType::BF16 ? 2 : 1;

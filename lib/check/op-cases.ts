@@ -1592,8 +1592,8 @@ for (const [T, H, I, nr, nz, k, wdt, distinct, precision = 'highest'] of [
   [3, 72, 48, 5, 2, 4, 'int4-g32z', true],
   [5, 129, 67, 6, 3, 4, 'int4', false],
   [100, 200, 96, 3, 1, 2, 'int4', true, 'bf16'],
-  // int4 decode on gemv.cuh (32 codes per 16-byte load): one row, K past one 2,048-column chunk with
-  // padding codes in the last unit, tiles of 9-16 rows (two halves of <= 8)
+  // int4 decode on gemv.cuh (32 codes per 16-byte load): one-row tiles, K past one 1,024-column chunk
+  // with padding codes in the last unit, tiles of 2-16 rows (down in passes of <= 4 rows)
   [1, 580, 292, 8, 2, 4, 'int4', true],
   [6, 2120, 136, 4, 0, 2, 'int4', true],
   [12, 264, 200, 3, 1, 4, 'int4-g32z', false],
