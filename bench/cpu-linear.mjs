@@ -304,7 +304,14 @@ function int4Bandwidth() {
     const after = native.benchReadBandwidth(bwBytes, 5).gbps,
       probe = Math.max(before, after);
     for (const r of runs)
-      rows.push({ threads: th, ...r, weightsPerS: (n * k) / (r.medianMs / 1e3), probeBefore: before, probeAfter: after, fraction: r.gbps / probe });
+      rows.push({
+        threads: th,
+        ...r,
+        weightsPerS: (n * k) / (r.medianMs / 1e3),
+        probeBefore: before,
+        probeAfter: after,
+        fraction: r.gbps / probe,
+      });
   }
   native.setThreads(startThreads);
   conditions.loadavgAfter = os.loadavg();

@@ -341,11 +341,11 @@ __global__ void __launch_bounds__(gemv::kThreads, kSkinnyMinBlocks) skinny_kerne
     xrow[i] = i < m ? (kGateUp ? a.u + static_cast<int64_t>(a.sorted[r0 + i] / a.k) * a.h : a.act + (r0 + i) * a.inter) : nullptr;
   }
   const WView w0 = view(a.table[(kGateUp ? 0 : 2) * a.nr + e], K);
-  const WView w1 = view(a.table[a.nr + e], K);                                                      // up (gate/up only)
+  const WView w1 = view(a.table[a.nr + e], K);  // up (gate/up only)
   const bool i4 = w0.dtype == DType::I4;
-  const bool same = !kGateUp || (w1.units16() && w1.dtype == w0.dtype &&
-                                 (!i4 || (w1.group == w0.group && w1.group_scale_f16 == w0.group_scale_f16 &&
-                                          w1.group_zero == w0.group_zero)));
+  const bool same =
+      !kGateUp || (w1.units16() && w1.dtype == w0.dtype &&
+                   (!i4 || (w1.group == w0.group && w1.group_scale_f16 == w0.group_scale_f16 && w1.group_zero == w0.group_zero)));
   // int4 gate/up streams one tile row at a time (m == 1, decode's common case); more rows take the
   // element-wise path below (a wider int4 gate/up body spilled at 128 registers)
   const bool vec = a.xvec && w0.units16() && same && !(kGateUp && i4 && m > 1);  // uniform

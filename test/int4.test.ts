@@ -247,7 +247,8 @@ describe('linear with int4 weights', () => {
               for (let e = 0; e < t * n; e++) {
                 const d = Math.abs(o[e]! - int8Outs[0]![e]!),
                   tol = (k / 128 + 16) * 2 * U32 * 4 * want.s[e]! + 1e-30;
-                if (!(d <= tol)) expect.fail(`int8 activations, ISA parity n=${n} k=${k} t=${t}: y[${e}] differs by ${d} > ${tol}`);
+                if (!(d <= tol))
+                  expect.fail(`int8 activations, ISA parity n=${n} k=${k} t=${t}: y[${e}] differs by ${d} > ${tol}`);
                 parity++;
               }
             x.x.dispose();
@@ -428,7 +429,11 @@ describe('int4 packing and GPTQ', () => {
     const qw = new Tensor('int32', [5, 8]);
     expectCode(() => native.repackGptqInt4(null, new Tensor('int8', [8, 3, 16]), qw), 'E_SHAPE', /'q'/); // k = 40: 2 groups of 32
     expectCode(() => native.repackGptqInt4(null, new Tensor('int8', [8, 1, 12]), qw), 'E_SHAPE', /group/);
-    expectCode(() => native.repackGptqInt4(null, new Tensor('int8', [8, 2, 16]), new Tensor('f32', [5, 8])), 'E_DTYPE', /qweight/);
+    expectCode(
+      () => native.repackGptqInt4(null, new Tensor('int8', [8, 2, 16]), new Tensor('f32', [5, 8])),
+      'E_DTYPE',
+      /qweight/,
+    );
     qw.dispose();
   });
 

@@ -106,7 +106,6 @@ struct GemmBF16 {
 
 LC_END_TARGET  // avx512bf16
 
-
 }  // namespace
 
 void linear_avx512(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType yt, bool bf16_dot, bool int8_act) {

@@ -123,7 +123,8 @@ void RepackGptqInt4(const OpArgs& a) {
          shape_str(q.shape).c_str(), ll(cpu::kInt4MaxGroup));
   a.expect(q, "q", {DType::I8}, d, {n, cpu::int4_groups(k, g), half});
   if (!d.is_cpu()) fail(Code::E_DEVICE, "repackGptqInt4: CPU tensors only (checkpoints are repacked where they are mapped)");
-  a.launch(d, [=] { cpu::repack_gptq_int4(n, k, g, qw.ptr<int32_t>(), q.ptr<uint8_t>()); }, [](void*) {});
+  a.launch(
+      d, [=] { cpu::repack_gptq_int4(n, k, g, qw.ptr<int32_t>(), q.ptr<uint8_t>()); }, [](void*) {});
 }
 
 }  // namespace
