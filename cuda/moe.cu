@@ -249,13 +249,23 @@ __device__ __forceinline__ void skinny_store(const GemmArgs& a, int64_t r0, int 
 // over K of 2 features (the weights are still read once). Gate/up: 2 weight rows per lane (gate
 // and up of one feature), 2 units per row up to 4 tile rows. One tile row: the next chunk's loads
 // are prefetched too (8 loads in flight per lane).
+// ptxas (13.0) spilled the int4 4-row down body on sm_89 in one pass and on sm_90a in two. The
+// emulator runs the split (its int4-only part: the scale rows' offset); the one-pass body is the
+// same code with kPasses = 1 (emulated while it was the only one: the op cases passed on both).
+#if (defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 890) || defined(LC_CUDA_EMU)
+constexpr bool kInt4DownSplit = true;
+#else
+constexpr bool kInt4DownSplit = false;
+#endif
+
 template <bool kGateUp, int kT, DType D>
 __device__ __forceinline__ void skinny_tile(const GemmArgs& a, int m, int64_t r0, int64_t n0, int64_t N, int64_t K,
                                             const gemv::WarpRows<kGateUp ? 2 : 1>& rows, const TileX& x, float* xs) {
   // int4 (a scale and -z s per row and unit) within 128 registers: one unit per row and lane, and
-  // down's 8-row body in two passes of 2 features
+  // on sm_89 down's 4-row body in two passes of 2 features (kInt4DownSplit)
   constexpr bool kI4 = D == DType::I4;
-  constexpr int kM = kGateUp ? 2 : 1, kPasses = !kGateUp && kT > (kI4 ? 4 : 8) ? 2 : 1, kU = kGateUp && kT <= 4 && !kI4 ? 2 : 1;
+  constexpr int kM = kGateUp ? 2 : 1, kPasses = !kGateUp && (kT > 8 || (kI4 && kT > 1 && kInt4DownSplit)) ? 2 : 1,
+                kU = kGateUp && kT <= 4 && !kI4 ? 2 : 1;
   constexpr int kF = kSkinnyFeatures<kGateUp> / kPasses, kR = kM * kF;
   static_assert(gemv::smem_floats<kT, kU, gemv::Fmt<D>::kElems>() <= gemv::smem_floats<kSkinnyRows, 1>(), "skinny_kernel's xs");
   const int lane = threadIdx.x & 31;
