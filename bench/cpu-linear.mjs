@@ -13,6 +13,12 @@
 // Kernels are timed natively (benchLinear: steady_clock, warm-up, median), rotating weight copies
 // so that a weight smaller than 4x the LLC is never timed from cache. Prints a table and writes
 // bench/out/cpu-linear.json.
+//
+// --int4: only the int4 GEMV's share of the read bandwidth (issue 19's >= 90% target), with 1 and
+// 2 pool threads, on every ISA the CPU has, int8 activations (precision 'bf16', linear_i8act.h) and
+// fp32 ('highest'): t = 1 on 32768x4096 weights, the read probe with the same threads measured
+// before and after each thread count (the fraction is of the higher one). Writes
+// bench/out/cpu-int4-gemv.json.
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -224,6 +230,10 @@ if (prefillOnly) {
 }
 
 const bwBytes = Math.max(1 << 30, 4 * llc);
+if (process.argv.includes('--int4')) {
+  int4Bandwidth();
+  process.exit(0);
+}
 const bw = native.benchReadBandwidth(bwBytes, 7);
 console.log(
   `read bandwidth: ${bw.gbps.toFixed(1)} GB/s (median of 7 passes over ${(bwBytes / 2 ** 20).toFixed(0)} MiB, ${threads} threads)`,
@@ -338,6 +348,66 @@ console.table(
 );
 printPrefill(prefill);
 printLoad();
+
+function int4Bandwidth() {
+  const [n, k] = [32768, 4096];
+  const isas = ['avx2', 'avx512'].filter(i => {
+    const was = native.cpuFeatures().isa;
+    const got = native.setIsa(i);
+    native.setIsa(was);
+    return got === i;
+  });
+  const startIsa = native.cpuFeatures().isa,
+    startThreads = native.threads(),
+    rows = [];
+  for (const th of [1, 2]) {
+    native.setThreads(th);
+    const before = native.benchReadBandwidth(bwBytes, 5).gbps;
+    const runs = [];
+    for (const isa of isas) {
+      native.setIsa(isa);
+      for (const precision of ['bf16', 'highest']) {
+        const was = native.setMatmulPrecision(precision);
+        const r = timeLinear('int4', 1, n, k, 3, 21);
+        native.setMatmulPrecision(was);
+        const int8 = precision === 'bf16' && (isa === 'avx2' || f.avx512vnni);
+        runs.push({ isa, activations: int8 ? 'int8' : 'f32', medianMs: r.medianMs, gbps: r.bytes / r.medianMs / 1e6 });
+      }
+    }
+    native.setIsa(startIsa);
+    const after = native.benchReadBandwidth(bwBytes, 5).gbps,
+      probe = Math.max(before, after);
+    for (const r of runs)
+      rows.push({
+        threads: th,
+        ...r,
+        weightsPerS: (n * k) / (r.medianMs / 1e3),
+        probeBefore: before,
+        probeAfter: after,
+        fraction: r.gbps / probe,
+      });
+  }
+  native.setThreads(startThreads);
+  conditions.loadavgAfter = os.loadavg();
+  console.log(`int4 GEMV t = 1, ${n}x${k} (groups of 128, bf16 scales: ${esize.int4} B per weight), x f32`);
+  console.table(
+    rows.map(r => ({
+      threads: r.threads,
+      isa: r.isa,
+      x: r.activations,
+      'GB/s': +r.gbps.toFixed(1),
+      'Gweights/s': +(r.weightsPerS / 1e9).toFixed(2),
+      'probe before/after GB/s': `${r.probeBefore.toFixed(1)} / ${r.probeAfter.toFixed(1)}`,
+      '% of probe': +(100 * r.fraction).toFixed(0),
+    })),
+  );
+  console.log(
+    `load average before/after: ${conditions.loadavgBefore.map(v => v.toFixed(2)).join(' ')} / ${conditions.loadavgAfter.map(v => v.toFixed(2)).join(' ')}`,
+  );
+  const out = path.join(outDir, 'cpu-int4-gemv.json');
+  fs.writeFileSync(out, JSON.stringify({ conditions, shape: [n, k], rows }, null, 2));
+  console.log(`wrote ${path.relative(root, out)}`);
+}
 
 const out = path.join(outDir, 'cpu-linear.json');
 fs.writeFileSync(

@@ -9,7 +9,7 @@
 //   * fp32 tiles (t > 16, precision 'highest'): 64x64 CUDA-core tiles, every product in fp32 like the
 //     CPU's reference mode.
 //   * int4 weights (lc::cpu::linear.h's format): linear_int4_skinny for t <= 16 (16-byte loads of
-//     32 codes per lane); t > 16 the bf16 tensor-core tiles, the codes dequantized to bf16 in the
+//     32 codes per lane; moe.cu's decode experts stream int4 through gemv.cuh instead); t > 16 the bf16 tensor-core tiles, the codes dequantized to bf16 in the
 //     register hop (tile_gemm.cuh), or the fp32 tiles at precision 'highest'.
 #include "include/common.cuh"
 #include "kernels.h"

@@ -17,7 +17,8 @@
 //                with explicitly rounded fp32 mul/add (no FMA contraction), like the CPU.
 // GEMM paths (host choice from shapes and the matmul precision): "skinny" (decode, at most 16 slots
 // per routed expert on average: tiles of <= 16 rows; gemv.cuh: x rows staged in shared memory, each
-// weight row streamed once per tile, 16-byte loads, fp32 FMA; the device-built tile list plays the role
+// weight row streamed once per tile, 16-byte loads (int4: 32 codes each, decoded to the CPU's exact
+// weights; gate/up for one-row tiles, down in passes of <= 4 rows), fp32 FMA; the device-built tile list plays the role
 // of DeepGEMM's "masked" layout: a fixed launch that graph capture can replay, each expert's real
 // row count read on the device), and 64-row tiles for prefill: tile_gemm.cuh on tensor cores (bf16,
 // or e4m3 with fp8 activations when `fp8`), or fp32 CUDA-core tiles at precision 'highest'
@@ -248,12 +249,25 @@ __device__ __forceinline__ void skinny_store(const GemmArgs& a, int64_t r0, int 
 // over K of 2 features (the weights are still read once). Gate/up: 2 weight rows per lane (gate
 // and up of one feature), 2 units per row up to 4 tile rows. One tile row: the next chunk's loads
 // are prefetched too (8 loads in flight per lane).
+// ptxas (13.0) spilled the int4 4-row down body on sm_89 in one pass and on sm_90a in two. The
+// emulator runs the split (its int4-only part: the scale rows' offset); the one-pass body is the
+// same code with kPasses = 1 (emulated while it was the only one: the op cases passed on both).
+#if (defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 890) || defined(LC_CUDA_EMU)
+constexpr bool kInt4DownSplit = true;
+#else
+constexpr bool kInt4DownSplit = false;
+#endif
+
 template <bool kGateUp, int kT, DType D>
 __device__ __forceinline__ void skinny_tile(const GemmArgs& a, int m, int64_t r0, int64_t n0, int64_t N, int64_t K,
                                             const gemv::WarpRows<kGateUp ? 2 : 1>& rows, const TileX& x, float* xs) {
-  constexpr int kM = kGateUp ? 2 : 1, kPasses = !kGateUp && kT > 8 ? 2 : 1, kU = kGateUp && kT <= 4 ? 2 : 1;
+  // int4 (a scale and -z s per row and unit) within 128 registers: one unit per row and lane, and
+  // on sm_89 down's 4-row body in two passes of 2 features (kInt4DownSplit)
+  constexpr bool kI4 = D == DType::I4;
+  constexpr int kM = kGateUp ? 2 : 1, kPasses = !kGateUp && (kT > 8 || (kI4 && kT > 1 && kInt4DownSplit)) ? 2 : 1,
+                kU = kGateUp && kT <= 4 && !kI4 ? 2 : 1;
   constexpr int kF = kSkinnyFeatures<kGateUp> / kPasses, kR = kM * kF;
-  static_assert(gemv::smem_floats<kT, kU>() <= gemv::smem_floats<kSkinnyRows, 1>(), "skinny_kernel's xs");
+  static_assert(gemv::smem_floats<kT, kU, gemv::Fmt<D>::kElems>() <= gemv::smem_floats<kSkinnyRows, 1>(), "skinny_kernel's xs");
   const int lane = threadIdx.x & 31;
 #pragma unroll 1
   for (int p = 0; p < kPasses; ++p) {
@@ -264,6 +278,7 @@ __device__ __forceinline__ void skinny_tile(const GemmArgs& a, int m, int64_t r0
     for (int mm = 0; mm < kM; ++mm) {
       pr.data[mm] += skip * rows.row_bytes;
       if (D == DType::I8) pr.scale[mm] += skip;  // fp8: the warp's rows share one scale row
+      if (D == DType::I4) pr.gscale[mm] += skip * rows.gstride;
     }
     float acc[kR][kT];
     gemv::dot_rows<kT, kR, kU, kM, kT == 1, D>(m, static_cast<int>(K), pr, x, xs, acc);
@@ -286,15 +301,28 @@ __device__ __forceinline__ void skinny_tile(const GemmArgs& a, int m, int64_t r0
   }
 }
 
+// int4 within 128 registers (the scale and -z s per row and unit, the decode): gate/up one tile
+// row (m == 1; more rows take the element-wise path, see skinny_kernel), down 1 row or passes of
+// <= 4 rows (each pass after the first reads the weights again, mostly from L2; decode rarely gives
+// an expert 5+ rows).
 template <bool kGateUp, DType D>
 __device__ __forceinline__ void skinny_dispatch(const GemmArgs& a, int m, int64_t r0, int64_t n0, int64_t N, int64_t K,
                                                 const gemv::WarpRows<kGateUp ? 2 : 1>& rows, const TileX& x, float* xs) {
-  if (m == 1)
-    skinny_tile<kGateUp, 1, D>(a, m, r0, n0, N, K, rows, x, xs);
-  else if (m <= 4)
-    skinny_tile<kGateUp, 4, D>(a, m, r0, n0, N, K, rows, x, xs);
-  else
-    skinny_tile<kGateUp, kSkinnyRows, D>(a, m, r0, n0, N, K, rows, x, xs);
+  if constexpr (D == DType::I4) {
+    if (m == 1 || kGateUp)
+      skinny_tile<kGateUp, 1, D>(a, m, r0, n0, N, K, rows, x, xs);
+    else
+#pragma unroll 1
+      for (int i0 = 0; i0 < m; i0 += 4)  // uniform over the block
+        skinny_tile<kGateUp, 4, D>(a, m - i0 < 4 ? m - i0 : 4, r0 + i0, n0, N, K, rows, TileX{x.rows + i0}, xs);
+  } else {
+    if (m == 1)
+      skinny_tile<kGateUp, 1, D>(a, m, r0, n0, N, K, rows, x, xs);
+    else if (m <= 4)
+      skinny_tile<kGateUp, 4, D>(a, m, r0, n0, N, K, rows, x, xs);
+    else
+      skinny_tile<kGateUp, kSkinnyRows, D>(a, m, r0, n0, N, K, rows, x, xs);
+  }
 }
 
 // Two blocks per SM (128 registers) where e4m3 converts in hardware (sm_89+); before that the
@@ -323,24 +351,35 @@ __global__ void __launch_bounds__(gemv::kThreads, kSkinnyMinBlocks) skinny_kerne
     xrow[i] = i < m ? (kGateUp ? a.u + static_cast<int64_t>(a.sorted[r0 + i] / a.k) * a.h : a.act + (r0 + i) * a.inter) : nullptr;
   }
   const WView w0 = view(a.table[(kGateUp ? 0 : 2) * a.nr + e], K);
-  const WView w1 = view(a.table[a.nr + e], K);                                                      // up (gate/up only)
-  const bool vec = a.xvec && w0.units16() && (!kGateUp || (w1.units16() && w1.dtype == w0.dtype));  // uniform
+  const WView w1 = view(a.table[a.nr + e], K);  // up (gate/up only)
+  const bool i4 = w0.dtype == DType::I4;
+  const bool same =
+      !kGateUp || (w1.units16() && w1.dtype == w0.dtype &&
+                   (!i4 || (w1.group == w0.group && w1.group_scale_f16 == w0.group_scale_f16 && w1.group_zero == w0.group_zero)));
+  // int4 gate/up streams one tile row at a time (m == 1, decode's common case); more rows take the
+  // element-wise path below (a wider int4 gate/up body spilled at 128 registers)
+  const bool vec = a.xvec && w0.units16() && same && !(kGateUp && i4 && m > 1);  // uniform
   if (vec) {
     gemv::WarpRows<kM> rows;
     const int64_t es = w0.dtype == DType::F32 ? 4 : w0.dtype == DType::BF16 ? 2 : 1;
     rows.valid = static_cast<int>(n0 < N ? (N - n0 < kF ? N - n0 : kF) : 0);
-    rows.row_bytes = static_cast<int>(K * es);
+    rows.row_bytes = static_cast<int>(i4 ? w0.int4_groups() * w0.group / 2 : K * es);
+    rows.gstride = static_cast<int>(i4 ? w0.int4_groups() * (w0.group_zero ? 2 : 1) : 0);
+    rows.group = static_cast<int>(w0.group);
+    rows.f16 = w0.group_scale_f16, rows.zero = w0.group_zero;
 #pragma unroll
     for (int mm = 0; mm < kM; ++mm) {
       const WView& w = mm == 0 ? w0 : w1;
       rows.data[mm] = static_cast<const uint8_t*>(w.data) + n0 * rows.row_bytes;
       rows.scale[mm] = w.dtype == DType::FP8_E4M3 ? w.scale + (n0 / 128) * w.kb : w.dtype == DType::I8 ? w.scale + n0 : nullptr;
+      rows.gscale[mm] = i4 ? w.group_scale + n0 * rows.gstride : nullptr;
     }
     const TileX x{xrow};  // published by dot_rows' first barrier
     switch (w0.dtype) {
       case DType::F32: skinny_dispatch<kGateUp, DType::F32>(a, m, r0, n0, N, K, rows, x, xs); break;
       case DType::BF16: skinny_dispatch<kGateUp, DType::BF16>(a, m, r0, n0, N, K, rows, x, xs); break;
       case DType::FP8_E4M3: skinny_dispatch<kGateUp, DType::FP8_E4M3>(a, m, r0, n0, N, K, rows, x, xs); break;
+      case DType::I4: skinny_dispatch<kGateUp, DType::I4>(a, m, r0, n0, N, K, rows, x, xs); break;
       default: skinny_dispatch<kGateUp, DType::I8>(a, m, r0, n0, N, K, rows, x, xs); break;
     }
     return;

@@ -148,6 +148,7 @@ function describeMemory(m: ModelMemory): string {
   const parts = Object.entries(m.uploaded).map(([d, b]) => `${formatBytes(b)} uploaded to ${d}`);
   parts.push(`${formatBytes(m.hostMapped)} mapped in host memory`);
   if (m.ngramTables) parts[parts.length - 1] += ` (of which ${formatBytes(m.ngramTables)} N-gram tables, never uploaded)`;
+  if (m.hostMade) parts.push(`${formatBytes(m.hostMade)} made at load (quantized or repacked)`);
   return parts.join(', ');
 }
 

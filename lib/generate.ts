@@ -5,7 +5,7 @@ import { synchronizeAsync } from './device.js';
 import { AbortError, ArgumentError, DisposedError, NumericError, showValue } from './errors.js';
 import { loadTokenizer, type Tokenizer } from './tokenizer.js';
 import { parseToolCalls, renderChatPrompt, type ChatMessage, type ToolCall, type ToolDefinition } from './chat.js';
-import { loadCheckpointModel, modelMemory, type LoadModelOptions, type ModelMemory } from './model/load.js';
+import { loadCheckpointModel, modelMemory, type LoadModelOptions, type MadeWeights, type ModelMemory } from './model/load.js';
 import type { LongcatModel, SamplingParams } from './model/model.js';
 import type { Checkpoint } from './checkpoint.js';
 import type { SequenceCache } from './kv-cache.js';
@@ -705,6 +705,8 @@ export class Model {
     readonly prefillChunk = 512,
     /** Whether sessions share the KV pages of identical prompt prefixes (loadModel's `prefixCache`). */
     readonly prefixCache = true,
+    /** The weights made at load that a CPU model reads (for `memory`). */
+    private readonly made: MadeWeights | null = null,
   ) {
     if (!Number.isInteger(prefillChunk) || prefillChunk < 1)
       throw new ArgumentError('E_ARGUMENT', `loadModel: prefillChunk must be an integer >= 1, got ${String(prefillChunk)}`);
@@ -743,7 +745,7 @@ export class Model {
    *  (of which the N-gram tables, which are never uploaded), and the KV caches' bytes per device. */
   get memory(): ModelMemory {
     const e = this.engine;
-    return modelMemory(this.checkpoint, e.device, e.uploaded, e.w.mtp !== null, e.kvCacheBytes);
+    return modelMemory(this.checkpoint, e.device, e.uploaded, e.w.mtp !== null, e.kvCacheBytes, this.made);
   }
 
   createSession(): Session {
@@ -802,9 +804,9 @@ export async function loadModel(dir: string, opts: LoadModelOptions = {}): Promi
   const chunk = opts.prefillChunk;
   if (chunk !== undefined && (!Number.isInteger(chunk) || chunk < 1))
     throw new ArgumentError('E_ARGUMENT', `loadModel: prefillChunk must be an integer >= 1, got ${String(chunk)}`);
-  const { checkpoint, model } = await loadCheckpointModel(dir, opts);
+  const { checkpoint, model, made } = await loadCheckpointModel(dir, opts);
   try {
-    return new Model(model, checkpoint, await loadTokenizer(dir), opts.prefillChunk, opts.prefixCache);
+    return new Model(model, checkpoint, await loadTokenizer(dir), opts.prefillChunk, opts.prefixCache, made);
   } catch (e) {
     model.dispose();
     checkpoint.close();

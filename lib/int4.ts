@@ -77,6 +77,19 @@ export interface GptqLayout {
   zeroMinusOne: boolean;
 }
 
+/** GPTQ's qweight [k / 8, n] as the int4 format's packed codes [n, G, g / 2] (native: the hot loop at real sizes). */
+function repackGptqCodes(qweight: Int32Array, n: number, k: number, g: number): Uint8Array {
+  const qw = new native.Tensor('int32', [k / 8, n], 'cpu', qweight),
+    q = new native.Tensor('int8', [n, int4Groups(k, g), g / 2], 'cpu');
+  try {
+    native.repackGptqInt4(null, q, qw);
+    return q.toBytes(); // waits for the op (which also read qw)
+  } finally {
+    qw.dispose();
+    q.dispose();
+  }
+}
+
 /**
  * Maps one GPTQ-packed linear [N out, K in] onto the int4 format: codes repacked per output row,
  * scales f16 [N, G] when every zero point is 8 (symmetric), else [N, G, 2] with the zero points.
@@ -110,12 +123,6 @@ export function gptqToInt4(
             'sort them with gptqActOrder first',
         );
   }
-  const codes = new Uint8Array(n * k);
-  for (let i = 0; i < k / 8; i++)
-    for (let j = 0; j < n; j++) {
-      const word = t.qweight[i * n + j]!;
-      for (let b = 0; b < 8; b++) codes[j * k + 8 * i + b] = (word >>> (4 * b)) & 15;
-    }
   const zero = (gi: number, j: number) => {
     if (!t.qzeros) return 8;
     const z = (t.qzeros[gi * (n / 8) + (j >> 3)]! >>> (4 * (j & 7))) & 15;
@@ -130,7 +137,7 @@ export function gptqToInt4(
       scale[(j * G + gi) * per] = t.scales[gi * n + j]!;
       if (per === 2) scale[(j * G + gi) * per + 1] = (t.scaleDtype === 'bf16' ? f32ToBf16 : f32ToF16)(zero(gi, j)); // exact: 0..16
     }
-  return { bytes: packInt4(codes, n, k, g), g, scale, zeros: per === 2 };
+  return { bytes: repackGptqCodes(t.qweight, n, k, g), g, scale, zeros: per === 2 };
 }
 
 /**
@@ -255,6 +262,9 @@ export class Int4Source implements TensorSource {
     return [...this.made.values()].flatMap(l => [l.weight, ...(l.scale ? [l.scale] : []), ...(l.perm ? [l.perm] : [])]);
   }
 
+  /** The checkpoint tensors the made ones replace (the model never reads them). */
+  readonly replaced = new Set<string>();
+
   private packed(module: string): boolean {
     return this.ck.has(`${module}.qweight`);
   }
@@ -271,6 +281,8 @@ export class Int4Source implements TensorSource {
       const b = this.ck.get(n).toBytes();
       return b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength);
     };
+    for (const p of ['qweight', 'qzeros', 'scales', 'g_idx'])
+      if (this.ck.has(`${module}.${p}`)) this.replaced.add(`${module}.${p}`);
     const qw = this.ck.get(`${module}.qweight`);
     const [k8, n] = qw.shape as [number, number];
     const k = 8 * k8;

@@ -163,11 +163,16 @@ export class QuantizingSource implements TensorSource {
     return [...this.made.values()].flatMap(l => [l.weight, l.scale]);
   }
 
+  /** The checkpoint tensors the made ones replace (the model never reads them; packed experts'
+   *  stacked tensors are views and stay counted as mapped). */
+  readonly replaced = new Set<string>();
+
   /** The quantized `weightName` (the tensor `weight()` gives, quantized on first use). */
-  private quantized(weightName: string, weight = () => this.ck.get(weightName)): QuantizedLinear {
+  private quantized(weightName: string, weight?: () => Tensor): QuantizedLinear {
     let l = this.made.get(weightName);
     if (!l) {
-      l = quantizeWeight(weight(), this.format);
+      if (!weight) this.replaced.add(weightName);
+      l = quantizeWeight(weight ? weight() : this.ck.get(weightName), this.format);
       synchronize('cpu'); // the model's streams (or a copy to a GPU) read it next
       this.made.set(weightName, l);
     }

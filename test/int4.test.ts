@@ -6,11 +6,13 @@ import { Tensor, cpuFeatures, full, native, tensor, toArray } from '../lib/index
 import { setMatmulPrecision } from '../lib/device.js';
 import { f16ToF32, f32ToF16, roundHalfEven } from '../lib/numeric.js';
 import { gptqActOrder, gptqToInt4, int4Groups, int4ToGptq, int4WeightTensor, packInt4, unpackInt4 } from '../lib/int4.js';
-import { eachIsa, isas, rng, expectCode } from './helpers.js';
+import { eachIsa, isas, rng, expectCode, type Isa } from './helpers.js';
 
 type Rng = ReturnType<typeof rng>;
 const U32 = 2 ** -24;
 const U16 = 2 ** -8;
+/** The ISAs whose int4 GEMV takes int8 activations at precision 'bf16' (linear_i8act.h). */
+const int8Isa = (isa: Isa) => isa === 'avx2' || (isa === 'avx512' && cpuFeatures().avx512vnni);
 
 interface Int4Weight {
   w: Tensor;
@@ -207,11 +209,12 @@ describe('linear with int4 weights', () => {
     for (const t of [u, idx, wts]) t.dispose();
   });
 
-  it("precision 'bf16': the GEMV may take int8 activations (AVX512-VNNI, groups of 128k): within their rounding bound", () => {
+  it("precision 'bf16': the GEMV may take int8 activations (AVX2, AVX512-VNNI, groups of 128k): within their rounding bound, ISAs alike", () => {
     setMatmulPrecision('bf16');
     try {
       const r = rng(77);
-      let worst = 0;
+      const worst: Partial<Record<Isa, number>> = {};
+      let parity = 0;
       for (const [n, k, g] of [
         [37, 300, 128],
         [64, 1024, 256],
@@ -222,11 +225,13 @@ describe('linear with int4 weights', () => {
           for (const t of [1, 3, 8]) {
             const x = randomX(r, t, k);
             const want = reference(x.ref, w.ref, t, n, k);
+            const int8Outs: Float32Array[] = [];
             eachIsa(isa => {
               const y = full([t, n], NaN);
               native.linear(null, y, x.x, w.w, w.scale);
-              const got = toArray(y);
+              const got = toArray(y) as Float32Array;
               y.dispose();
+              if (g % 128 === 0 && int8Isa(isa)) int8Outs.push(got);
               // x rounded to int8 per 128 columns: |dx| <= max|x of the block| / 254 per element
               for (let i = 0; i < t; i++)
                 for (let j = 0; j < n; j++) {
@@ -243,16 +248,29 @@ describe('linear with int4 weights', () => {
                   const tol = e * (1 + 1e-5) + (k + 8) * U32 * 4 * want.s[i * n + j]! + 1e-30;
                   const err = Math.abs(got[i * n + j]! - want.y[i * n + j]!);
                   if (!(err <= tol)) expect.fail(`${isa} n=${n} k=${k} g=${g} t=${t}: y[${i}, ${j}] off by ${err} > ${tol}`);
-                  worst = Math.max(worst, err / want.s[i * n + j]!);
+                  if (g % 128 === 0) worst[isa] = Math.max(worst[isa] ?? 0, err / want.s[i * n + j]!);
                 }
             });
+            // the same int8 x and exact int32 sums on every ISA: only the fp32 sums of the
+            // per-chunk terms differ (vector width), within fp32 rounding of sum |x w|
+            for (const o of int8Outs.slice(1))
+              for (let e = 0; e < t * n; e++) {
+                const d = Math.abs(o[e]! - int8Outs[0]![e]!),
+                  tol = (k / 128 + 16) * 2 * U32 * 4 * want.s[e]! + 1e-30;
+                if (!(d <= tol))
+                  expect.fail(`int8 activations, ISA parity n=${n} k=${k} t=${t}: y[${e}] differs by ${d} > ${tol}`);
+                parity++;
+              }
             x.x.dispose();
           }
           w.dispose();
         }
-      // the int8 path really ran where the CPU has it: its error is far above fp32 rounding
-      if (cpuFeatures().avx512vnni) expect(worst).toBeGreaterThan(1e-4);
-      else expect(worst).toBeLessThan(1e-5);
+      // the int8 path really ran where the ISA has it: its error is far above fp32 rounding
+      for (const isa of isas) {
+        if (int8Isa(isa)) expect(worst[isa], isa).toBeGreaterThan(1e-4);
+        else expect(worst[isa], isa).toBeLessThan(1e-5);
+      }
+      if (isas.filter(int8Isa).length > 1) expect(parity).toBeGreaterThan(0);
     } finally {
       setMatmulPrecision('highest');
     }
@@ -522,6 +540,35 @@ describe('int4 packing and GPTQ', () => {
         expect((e as Error).message).toMatch(msg);
       }
     }
+  });
+
+  it('repackGptqInt4 (the native repacking of qweight) equals packInt4 of the codes: odd k, padding, every group size; bad shapes are typed errors', () => {
+    const r = rng(9);
+    for (const [n, k, g] of [
+      [24, 296, 128], // k = 8 * 37: padding in the last group
+      [8, 64, 32],
+      [40, 1000, 4096], // one group per row (GPTQ's -1)
+      [16, 520, 96],
+    ] as const) {
+      const codes = Uint8Array.from({ length: n * k }, () => r.int(16));
+      const G = int4Groups(k, g);
+      const gp = int4ToGptq(packInt4(codes, n, k, g), new Uint16Array(n * G).fill(f32ToF16(0.5)), n, k, g);
+      const q = new Tensor('int8', [n, G, g / 2], 'cpu', new Uint8Array((n * G * g) / 2).fill(0x5a)), // poisoned
+        qw = new Tensor('int32', [k / 8, n], 'cpu', gp.qweight);
+      native.repackGptqInt4(null, q, qw);
+      expect(q.toBytes(), `n=${n} k=${k} g=${g}`).toEqual(packInt4(codes, n, k, g));
+      q.dispose();
+      qw.dispose();
+    }
+    const qw = new Tensor('int32', [5, 8]);
+    expectCode(() => native.repackGptqInt4(null, new Tensor('int8', [8, 3, 16]), qw), 'E_SHAPE', /'q'/); // k = 40: 2 groups of 32
+    expectCode(() => native.repackGptqInt4(null, new Tensor('int8', [8, 1, 12]), qw), 'E_SHAPE', /group/);
+    expectCode(
+      () => native.repackGptqInt4(null, new Tensor('int8', [8, 2, 16]), new Tensor('f32', [5, 8])),
+      'E_DTYPE',
+      /qweight/,
+    );
+    qw.dispose();
   });
 
   it('int4ToGptq writes the v1 packing (zero 8 stored as 7) that gptqToInt4 reads back; act-order g_idx goes through gptqActOrder', () => {

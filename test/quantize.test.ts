@@ -153,6 +153,16 @@ describe('quantizeCheckpoint', { timeout: workLimitMs(120) }, () => {
         using atLoad = await loadModel(await baseOf(preset), { backend: 'cpu', maxContext: 64, quantize: to });
         using files = await loadModel(await quantizedOf(preset, to), { backend: 'cpu', maxContext: 64 });
         expect(Array.from(atLoad.forward(PROMPT))).toEqual(Array.from(files.forward(PROMPT)));
+        // memory: the same weights either way, mapped from the written files (int4: GPTQ tensors
+        // repacked at load, made) or quantized at load (made; the BF16 linears they replace not counted)
+        const a = atLoad.memory,
+          f = files.memory;
+        expect(a.hostMade).toBeGreaterThan(0);
+        expect(a.hostMapped + a.hostMade, preset).toBe(f.hostMapped + f.hostMade);
+        expect(f.hostMade > 0, preset).toBe(to === 'int4');
+        using base = await loadModel(await baseOf(preset), { backend: 'cpu', maxContext: 64 });
+        expect(base.memory.hostMade).toBe(0);
+        expect(a.hostMapped + a.hostMade).toBeLessThan(base.memory.hostMapped);
       }
     });
 

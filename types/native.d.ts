@@ -207,6 +207,7 @@ export interface LinearOps {
    * scale f16 [n, ceil(k / g)], w f32|bf16 [n, k]. CPU tensors only.
    */
   quantizeInt4(stream: S, q: Tensor, scale: Tensor, w: Tensor): void;
+  repackGptqInt4(stream: S, q: Tensor, qweight: Tensor): void;
   /** Benchmark: median read bandwidth (GB/s) of `bytes` of memory summed by every pool thread. Synchronous. */
   benchReadBandwidth(bytes: number, passes: number): { gbps: number; samples: number[]; checksum: number };
   /**

@@ -21,6 +21,14 @@ __device__ __forceinline__ float f16_bits_to_f32(uint16_t h) {
   return __uint_as_float(sign | ((exp + 112u) << 23) | (man << 13));
 }
 
+// An int4 group's scale s and -z * s (lc::cpu::linear.h's format) from its stored bf16 / f16 bits
+// p[0] (and the zero point p[1] when `zero`, else 8): the weight is fma(q, s, mzs), exact.
+__device__ __forceinline__ void int4_group_params(const uint16_t* p, bool f16, bool zero, float& s, float& mzs) {
+  s = f16 ? f16_bits_to_f32(p[0]) : bf16_bits_to_f32(p[0]);
+  const float z = zero ? (f16 ? f16_bits_to_f32(p[1]) : bf16_bits_to_f32(p[1])) : 8.f;
+  mzs = -z * s;
+}
+
 // Round to nearest even, overflow to infinity, NaN -> sign | 0x7e00 (lc::cpu::f32_to_f16).
 __device__ __forceinline__ uint16_t f32_to_f16_bits(float f) {
   const uint32_t u = __float_as_uint(f);

@@ -100,16 +100,15 @@ __device__ __forceinline__ uint4 load8_weight_bf16(Row w, DType t, int64_t c, in
     if (c >= K) return make_uint4(0, 0, 0, 0);
     const int group = w.int4 & 0xffff;
     const bool f16 = (w.int4 >> 16) & 1, zero = (w.int4 >> 17) & 1;
-    const uint16_t* g = reinterpret_cast<const uint16_t*>(w.scale) + (c / group) * (zero ? 2 : 1);
-    const float s = f16 ? util::f16_bits_to_f32(g[0]) : bf16_bits_to_f32(g[0]);
-    const float z = zero ? (f16 ? util::f16_bits_to_f32(g[1]) : bf16_bits_to_f32(g[1])) : 8.f;
+    float s, mzs;
+    util::int4_group_params(reinterpret_cast<const uint16_t*>(w.scale) + (c / group) * (zero ? 2 : 1), f16, zero, s, mzs);
     const uint8_t* r = static_cast<const uint8_t*>(w.p) + (c >> 5) * 16 + (c & 15);
     const int shift = (c & 31) < 16 ? 0 : 4;
     const uint2 b = *reinterpret_cast<const uint2*>(r);  // 8 | rows of 16-byte blocks: aligned
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
       const uint32_t byte = ((j < 4 ? b.x : b.y) >> (8 * (j & 3))) & 0xffu;
-      v[j] = c + j < K ? fmaf(static_cast<float>((byte >> shift) & 15u), s, -z * s) : 0.f;
+      v[j] = c + j < K ? fmaf(static_cast<float>((byte >> shift) & 15u), s, mzs) : 0.f;
     }
   } else {  // I8
     const int8_t* r = static_cast<const int8_t*>(w.p) + c;

@@ -19,10 +19,7 @@ struct WView {
   __device__ __forceinline__ int64_t int4_groups() const { return (k + group - 1) / group; }
   // The scale s and -z * s of row r's group gi.
   __device__ __forceinline__ void int4_params(int64_t r, int64_t gi, float& s, float& mzs) const {
-    const uint16_t* p = group_scale + (r * int4_groups() + gi) * (group_zero ? 2 : 1);
-    s = group_scale_f16 ? util::f16_bits_to_f32(p[0]) : bf16_bits_to_f32(p[0]);
-    const float z = group_zero ? (group_scale_f16 ? util::f16_bits_to_f32(p[1]) : bf16_bits_to_f32(p[1])) : 8.f;
-    mzs = -z * s;
+    util::int4_group_params(group_scale + (r * int4_groups() + gi) * (group_zero ? 2 : 1), group_scale_f16, group_zero, s, mzs);
   }
 
   __device__ __forceinline__ float at(int64_t r, int64_t c) const {
@@ -40,13 +37,15 @@ struct WView {
       default: return 0.f;
     }
   }
-  // Whether gemv.cuh may stream it in 16-byte units (int4 never: linear.cu has its own GEMV): f32, bf16, fp8 or int8, rows a whole number of
-  // units (k % (16 / element size) == 0), 16-byte aligned data, and k < 2^26 (32-bit offsets
-  // within a warp's rows).
+  // Whether gemv.cuh may stream it in 16-byte units: f32, bf16, fp8 or int8 rows a whole number
+  // of units (k % (16 / element size) == 0), int4 (rows always whole units) with k % 4 == 0 (the
+  // activation rows gemv.cuh reads 4 columns at a time); 16-byte aligned data, and k < 2^26
+  // (32-bit offsets within a warp's rows). (linear.cu's dense int4 GEMV is its own kernel.)
   __host__ __device__ bool units16() const {
     const int64_t per16 = dtype == DType::F32                              ? 4
                           : dtype == DType::BF16                           ? 8
                           : dtype == DType::FP8_E4M3 || dtype == DType::I8 ? 16
+                          : dtype == DType::I4                             ? 4
                                                                            : 0;
     return per16 > 0 && k % per16 == 0 && k < (int64_t{1} << 26) && (reinterpret_cast<uintptr_t>(data) & 15) == 0;
   }

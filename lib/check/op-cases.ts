@@ -131,7 +131,7 @@ export function randomWeight(r: Rng, dtype: WeightKind, n: number, k: number, am
       G = int4Groups(k, g),
       per = zeros ? 2 : 1,
       scaleDtype = zeros ? 'f16' : 'bf16';
-    const codes = Uint8Array.from(r.array(n * k), v => Math.min(15, Math.floor(v * 16)));
+    const codes = Uint8Array.from(r.array(n * k, 0, 1), v => Math.min(15, Math.floor(v * 16)));
     const stored = new Float32Array(n * G * per);
     const drawn = positive(r, n * G, scaleLo, scaleHi);
     for (let i = 0; i < n * G; i++) {
@@ -1625,9 +1625,18 @@ for (const [T, H, I, nr, nz, k, wdt, distinct, precision = 'highest'] of [
   [3, 72, 48, 5, 2, 4, 'int4-g32z', true],
   [5, 129, 67, 6, 3, 4, 'int4', false],
   [100, 200, 96, 3, 1, 2, 'int4', true, 'bf16'],
+  // int4 decode on gemv.cuh (32 codes per 16-byte load): one-row tiles, K past one 1,024-column chunk
+  // with padding codes in the last unit, tiles of 2-16 rows (down in passes of <= 4 rows)
+  [1, 580, 292, 8, 2, 4, 'int4', true],
+  [6, 2120, 136, 4, 0, 2, 'int4', true],
+  [12, 264, 200, 3, 1, 4, 'int4-g32z', false],
   [60, 250, 130, 3, 2, 3, 'fp8_e4m3', true, 'bf16'],
   [9, 256, 128, 16, 0, 6, 'fp8_e4m3', true],
   [1, 1024, 512, 16, 8, 12, 'bf16', true],
+  // GPU timing of the int4 decode experts (over the emulator's size limit), with a bf16 peer
+  [1, 4096, 1024, 16, 0, 8, 'int4', true],
+  [8, 4096, 1024, 16, 0, 8, 'int4', true],
+  [1, 4096, 1024, 16, 0, 8, 'bf16', true],
   [8, 1024, 512, 16, 8, 12, 'bf16', true],
   [256, 1024, 512, 16, 8, 12, 'bf16', true],
   [256, 1024, 512, 16, 8, 12, 'bf16', true, 'bf16'],

@@ -118,6 +118,16 @@ export interface ModelMemory {
   ngramTables: number;
   /** Bytes of the latent KV caches on each device (under expert parallelism every rank's pool, on its device). */
   kvCache: Record<string, number>;
+  /** Bytes of weights made at load in host memory that the CPU model reads (loadModel's `quantize`,
+   *  GPTQ / AutoRound linears repacked into the int4 format); the checkpoint tensors they replace are
+   *  not in hostMapped. 0 on a GPU (the made tensors are uploaded, counted in `uploaded`, and freed). */
+  hostMade: number;
+}
+
+/** Weights a CPU model holds made at load: their bytes and the checkpoint tensors they replace. */
+export interface MadeWeights {
+  replaced: ReadonlySet<string>;
+  bytes: number;
 }
 
 const isMtp = (name: string) => name.startsWith('model.mtp.');
@@ -136,20 +146,30 @@ export function modelMemory(
   uploaded: Record<string, number>,
   mtpLoaded: boolean,
   kvCache: Record<string, number> = {},
+  made: MadeWeights | null = null,
 ): ModelMemory {
+  const cpu = device === 'cpu';
   let loaded = 0,
     ngramTables = 0;
   for (const t of checkpoint.tensors.values()) {
-    if (!mtpLoaded && isMtp(t.name)) continue;
+    if ((!mtpLoaded && isMtp(t.name)) || (cpu && made?.replaced.has(t.name))) continue;
     loaded += t.nbytes;
     if (isNgramTable(t.name)) ngramTables += t.nbytes;
   }
-  return { uploaded: { ...uploaded }, hostMapped: device === 'cpu' ? loaded : ngramTables, ngramTables, kvCache: { ...kvCache } };
+  return {
+    uploaded: { ...uploaded },
+    hostMapped: cpu ? loaded : ngramTables,
+    ngramTables,
+    kvCache: { ...kvCache },
+    hostMade: cpu ? (made?.bytes ?? 0) : 0,
+  };
 }
 
 export interface LoadedModel {
   checkpoint: Checkpoint;
   model: LongcatModel;
+  /** On the CPU, the weights made at load (null without a quantizer or on a GPU). */
+  made: MadeWeights | null;
 }
 
 /** Every option of loadModel checked before any file is read, with a typed error naming it. */
@@ -263,6 +283,10 @@ export async function loadCheckpointModel(dir: string, opts: LoadModelOptions = 
       throw e;
     }
     // On the CPU the model reads the quantized tensors themselves; a GPU has its own copies.
+    const made: MadeWeights | null =
+      quantizer && device === 'cpu'
+        ? { replaced: quantizer.replaced, bytes: quantizer.created.reduce((a, t) => a + t.nbytes, 0) }
+        : null;
     if (quantizer && device === 'cpu') weights.owned.push(...quantizer.created);
     else for (const t of quantizer?.created ?? []) t.dispose();
     if (opts.onProgress && weights.ngram) {
@@ -302,7 +326,7 @@ export async function loadCheckpointModel(dir: string, opts: LoadModelOptions = 
               )
           : undefined,
       });
-      return { checkpoint, model };
+      return { checkpoint, model, made };
     } catch (e) {
       for (const w of replicas.values()) for (const t of w.owned) t.dispose();
       throw e;

@@ -138,7 +138,7 @@ static void linear_dispatch(int64_t t, const void* x, DType xt, const WeightRef&
       linear_avx512(t, x, xt, w, y, yt, features().avx512_bf16 && (xt == DType::BF16 || bf16_activations()),
                     features().avx512_bf16 && bf16_dequant, features().avx512_vnni && bf16_activations());
       return;
-    case Isa::Avx2: linear_avx2(t, x, xt, w, y, yt); return;
+    case Isa::Avx2: linear_avx2(t, x, xt, w, y, yt, bf16_activations()); return;
     case Isa::Scalar: break;
   }
   const float* xf = static_cast<const float*>(x);

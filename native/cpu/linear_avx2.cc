@@ -7,6 +7,7 @@
 
 LC_BEGIN_TARGET(LC_ISA_AVX2)
 #include "linear_vec.h"
+#include "linear_i8act.h"
 
 namespace lc::cpu::linear_detail {
 namespace {
@@ -32,7 +33,11 @@ struct Avx2Linear {
 
 }  // namespace
 
-void linear_avx2(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType yt) {
+void linear_avx2(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType yt, bool int8_act) {
+  if (t <= kGemvMaxRows && int8_act && int4_int8_act_shape(w)) {
+    gemv_int4_i8<simd::Avx2, 2, 1>(t, x, xt, w, y, yt);  // 16 registers: 2 rows per pass up to t = 2
+    return;
+  }
   linear_vec<Avx2Linear>(t, x, xt, w, y, yt);
 }
 

@@ -45,6 +45,9 @@ inline int64_t gemv_grain_rows(const WeightRef& w) {
   return g < 1 ? 1 : g;
 }
 
+// The weights linear_i8act.h's GEMV takes: int4 with groups a multiple of its 128-column chunks.
+inline bool int4_int8_act_shape(const WeightRef& w) { return w.dtype == DType::I4 && w.group % 128 == 0; }
+
 inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 inline int64_t ceil_div(int64_t v, int64_t m) { return (v + m - 1) / m; }
 
@@ -115,10 +118,11 @@ void gemm(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType
 }
 
 // Per-ISA entry points; each handles both the GEMV and the GEMM path.
-void linear_avx2(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType yt);
-// int8_act: int4 GEMVs may quantize x to int8 (AVX512-VNNI; see linear.h's MatmulPrecision).
+// int8_act: int4 GEMVs may quantize x to int8 (linear_i8act.h: AVX2, AVX512-VNNI; see linear.h's
+// MatmulPrecision) where int4_int8_act_shape holds.
 // bf16_dot: the AVX512-BF16 GEMM for bf16 weights (x rounded to bf16); bf16_dequant: also for fp8,
 // int8 and int4 weights, their panels dequantized to bf16 (see linear.h's MatmulPrecision).
+void linear_avx2(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType yt, bool int8_act);
 void linear_avx512(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType yt, bool bf16_dot, bool bf16_dequant,
                    bool int8_act);
 double read_sum_avx2(const void* p, int64_t bytes);

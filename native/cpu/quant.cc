@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "features.h"
+#include "linear.h"
 #include "numeric.h"
 #include "simd.h"
 #include "threadpool.h"
@@ -352,6 +353,25 @@ void dequantize_fp8_blocks(int64_t N, int64_t K, const uint8_t* q, const float* 
         encode(is, buf, nc, static_cast<char*>(w) + (r * K + c0) * es, wt, 1.0f);
       }
     }
+  });
+}
+
+void repack_gptq_int4(int64_t N, int64_t K, int64_t g, const int32_t* qweight, uint8_t* q) {
+  const int64_t rb = int4_row_bytes(K, g);
+  // Each task takes a band of rows and walks qweight's rows in order (contiguous in r).
+  parallel_for(N, 1 + (64 * 1024) / (rb > 0 ? rb : 1), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) std::memset(q + r * rb, 0x88, static_cast<size_t>(rb));
+    for (int64_t i = 0; i < K / 8; ++i)
+      for (int64_t r = r0; r < r1; ++r) {
+        const uint32_t word = static_cast<uint32_t>(qweight[i * N + r]);
+        uint8_t* qr = q + r * rb;
+        for (int b = 0; b < 8; ++b) {
+          const int64_t c = 8 * i + b;
+          const uint8_t code = static_cast<uint8_t>((word >> (4 * b)) & 15u);
+          uint8_t& v = qr[c / 32 * 16 + c % 16];
+          v = c % 32 < 16 ? static_cast<uint8_t>((v & 0xf0) | code) : static_cast<uint8_t>((v & 0x0f) | (code << 4));
+        }
+      }
   });
 }
 

@@ -35,4 +35,9 @@ void quantize_fp8_blocks(int64_t N, int64_t K, const void* w, DType wt, uint8_t*
 // SPEC 7.2: w[r, c] = float32(q[r, c]) * scale_inv[r / 128, c / 128], stored as f32 or bf16 (RNE).
 void dequantize_fp8_blocks(int64_t N, int64_t K, const uint8_t* q, const float* scale_inv, void* w, DType wt);
 
+// GPTQ's packed int4 codes onto the int4 format's codes (linear.h), groups of g columns:
+// qweight int32 [K / 8, N] holds code (r, c) in bits 4 (c % 8) .. + 3 of word [c / 8, r]
+// (K % 8 == 0); q [N, int4_row_bytes(K, g)] gets the same codes, padding columns 8.
+void repack_gptq_int4(int64_t N, int64_t K, int64_t g, const int32_t* qweight, uint8_t* q);
+
 }  // namespace lc::cpu

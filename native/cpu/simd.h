@@ -23,6 +23,9 @@
 #define LC_TARGET_AVX2 __attribute__((target(LC_ISA_AVX2)))
 #define LC_TARGET_AVX512 __attribute__((target(LC_ISA_AVX512)))
 #define LC_TARGET_AVX512BF16 __attribute__((target(LC_ISA_AVX512BF16)))
+// AVX-512 plus vpdpbusd (features().avx512_vnni).
+#define LC_ISA_AVX512VNNI LC_ISA_AVX512, "avx512vnni"
+#define LC_TARGET_AVX512VNNI __attribute__((target(LC_ISA_AVX512VNNI)))
 
 // A region of code compiled for an ISA (templates included): LC_BEGIN_TARGET(LC_ISA_AVX2) ... LC_END_TARGET.
 #define LC_PRAGMA_STR_(x) _Pragma(#x)
@@ -304,6 +307,17 @@ struct Avx2 {
     _mm256_storeu_si256(reinterpret_cast<I*>(l), a);
     return l[0] + l[1] + l[2] + l[3];
   }
+
+  // int8-activation dot products (linear_i8act.h): the low / high nibble of every byte, and
+  // acc + the sums of 4 adjacent u8 x s8 products per 32-bit lane. vpmaddubsw sums pairs into int16
+  // (saturating; exact while |u| <= 15 and |s| <= 127: 2 * 15 * 127 < 2^15), vpmaddwd the pairs of
+  // those into int32.
+  LC_TARGET_AVX2 static I nib_lo(I v) { return _mm256_and_si256(v, _mm256_set1_epi8(0x0f)); }
+  LC_TARGET_AVX2 static I nib_hi(I v) { return _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(0x0f)); }
+  LC_TARGET_AVX2 static I dot_u8s8(I acc, I u, I s) {
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+  }
+  LC_TARGET_AVX2 static F ifloat(I a) { return _mm256_cvtepi32_ps(a); }
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -496,6 +510,17 @@ struct Avx512 {
 
   LC_TARGET_AVX512 static I iadd64(I a, I b) { return _mm512_add_epi64(a, b); }
   LC_TARGET_AVX512 static uint64_t ireduce_add64(I a) { return static_cast<uint64_t>(_mm512_reduce_add_epi64(a)); }
+
+  // int8-activation dot products: see Avx2 (dot_u8s8 only with VNNI: Avx512Vnni).
+  LC_TARGET_AVX512 static I nib_lo(I v) { return _mm512_and_si512(v, _mm512_set1_epi8(0x0f)); }
+  LC_TARGET_AVX512 static I nib_hi(I v) { return _mm512_and_si512(_mm512_srli_epi16(v, 4), _mm512_set1_epi8(0x0f)); }
+  LC_TARGET_AVX512 static F ifloat(I a) { return _mm512_cvtepi32_ps(a); }
+};
+
+// AVX-512 with VNNI: vpdpbusd sums the 4 u8 x s8 products of each 32-bit lane into it in one
+// instruction (exact in int32).
+struct Avx512Vnni : Avx512 {
+  LC_TARGET_AVX512VNNI static I dot_u8s8(I acc, I u, I s) { return _mm512_dpbusd_epi32(acc, u, s); }
 };
 
 }  // namespace lc::cpu::simd

@@ -5,6 +5,7 @@
 //   dequantizeFp8Blocks(stream, w f32|bf16 [N, K], q fp8 [N, K], scaleInv f32 [ceil(N/128), ceil(K/128)])
 //   quantizeInt8Rows(stream, q int8 [N, K], scale f32 [N], w f32|bf16 [N, K]): per-row int8 weights for linear
 //   quantizeInt4(stream, q int8 [N, G, g / 2], scale f16 [N, G], w f32|bf16 [N, K]): symmetric int4 groups (CPU)
+//   repackGptqInt4(stream, q int8 [N, G, g / 2], qweight int32 [K / 8, N]): GPTQ's packed codes in the int4 format (CPU)
 #include "../binding.h"
 #include "../cpu/linear.h"
 #include "../cpu/quant.h"
@@ -109,6 +110,23 @@ void QuantizeInt4(const OpArgs& a) {
       d, [=] { cpu::quantize_int4_groups(n, k, g, w.data(), w.dtype, q.ptr<uint8_t>(), scale.ptr<uint16_t>()); }, [](void*) {});
 }
 
+void RepackGptqInt4(const OpArgs& a) {
+  Tensor q = a.tensor(1, "q"), qw = a.tensor(2, "qweight");
+  const Device d = qw.device();
+  int64_t k8, n, qn, G, half;
+  a.dims(qw, "qweight", {DType::I32}, d, &k8, &n);
+  a.dims(q, "q", {DType::I8}, d, &qn, &G, &half);
+  const int64_t g = 2 * half, k = 8 * k8;
+  if (g < 32 || g > cpu::kInt4MaxGroup || g % 32 != 0 || k < 1)
+    fail(Code::E_SHAPE,
+         "repackGptqInt4: 'q' has shape %s: [n, groups, group / 2] with a group of 32..%lld columns, a multiple of 32",
+         shape_str(q.shape).c_str(), ll(cpu::kInt4MaxGroup));
+  a.expect(q, "q", {DType::I8}, d, {n, cpu::int4_groups(k, g), half});
+  if (!d.is_cpu()) fail(Code::E_DEVICE, "repackGptqInt4: CPU tensors only (checkpoints are repacked where they are mapped)");
+  a.launch(
+      d, [=] { cpu::repack_gptq_int4(n, k, g, qw.ptr<int32_t>(), q.ptr<uint8_t>()); }, [](void*) {});
+}
+
 }  // namespace
 
 LC_REGISTER_OP("convert", Convert);
@@ -117,5 +135,6 @@ LC_REGISTER_OP("quantizeFp8Blocks", QuantizeFp8Blocks);
 LC_REGISTER_OP("dequantizeFp8Blocks", DequantizeFp8Blocks);
 LC_REGISTER_OP("quantizeInt8Rows", QuantizeInt8Rows);
 LC_REGISTER_OP("quantizeInt4", QuantizeInt4);
+LC_REGISTER_OP("repackGptqInt4", RepackGptqInt4);
 
 }  // namespace lc
