@@ -653,7 +653,7 @@ struct Graph::Plan {
   // No stream here: a queued replay holds the plan, and a stream's last owner must not be its own
   // job (the stream's thread would join itself).
   size_t parts = 0;
-  std::vector<Step> steps;  // in capture order
+  std::vector<Step> steps;    // in capture order
   bool side_by_side = false;  // a step spins on another stream's kernel (Stream::enqueue_spinning)
 
   struct Failure {

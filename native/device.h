@@ -147,7 +147,7 @@ class Stream {
     std::function<void()> fn;
     bool marker = false;
     bool spins = false;  // enqueue_spinning
-    uint64_t seq = 0;  // capture order across all streams (a valid order to run a graph's ops in)
+    uint64_t seq = 0;    // capture order across all streams (a valid order to run a graph's ops in)
   };
   void synchronize();
   // Throws (and clears) the error kept from queued work, without waiting (CPU; CUDA: nothing kept).
@@ -169,10 +169,10 @@ class Stream {
   bool busy_ = false, stopping_ = false;
   std::string error_;
   Code error_code_ = Code::E_INTERNAL;
-  void enqueue_marker(std::function<void()> fn);              // an event's record or wait (Event)
+  void enqueue_marker(std::function<void()> fn);                                  // an event's record or wait (Event)
   void push_captured(std::function<void()> fn, bool marker, bool spins = false);  // under m_, while capturing
-  std::unique_ptr<std::vector<Captured>> captured_;           // non-null while capturing (CPU)
-  std::vector<std::shared_ptr<Storage>> held_;                // hold_while_captured (CUDA)
+  std::unique_ptr<std::vector<Captured>> captured_;                               // non-null while capturing (CPU)
+  std::vector<std::shared_ptr<Storage>> held_;                                    // hold_while_captured (CUDA)
   friend struct Capture;
   friend class Event;
 };

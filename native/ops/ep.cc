@@ -332,7 +332,8 @@ void EpDispatch(const OpArgs& a) {
       LC_GPU(hold(counts, xs, idxs, ws, ready, wait, scales);
              gpu::ep_dispatch(t, k, h, u.ptr<float>(), idx.ptr<int32_t>(), w.ptr<float>(), n_routed, per_rank, ranks, capacity,
                               dev, row_of.ptr<int32_t>(), abort ? abort->ptr<int32_t>() : nullptr, fail_for_test, dev_ready,
-                              dev_wait, blocks, stream)), wait.has_value());
+                              dev_wait, blocks, stream)),
+      wait.has_value());
 }
 
 void EpWait(const OpArgs& a) {
@@ -349,7 +350,8 @@ void EpWait(const OpArgs& a) {
   a.launch(
       d, [=] { run_wait(wait, abort->ptr<int32_t>()); },
       LC_GPU(hold(wait.flags); gpu::ep_dispatch(0, 0, 0, nullptr, nullptr, nullptr, 0, 1, 0, 0, gpu::EpSlots{}, nullptr,
-                                                abort->ptr<int32_t>(), false, gpu::EpFlags{}, dev, 1, stream)), true);
+                                                abort->ptr<int32_t>(), false, gpu::EpFlags{}, dev, 1, stream)),
+      true);
 }
 
 void EpSignal(const OpArgs& a) {
@@ -448,7 +450,8 @@ void EpCombine(const OpArgs& a) {
       LC_GPU(hold(partials, signal, wait);
              gpu::ep_combine(t, k, h, u.ptr<float>(), idx.ptr<int32_t>(), w.ptr<float>(), n_routed, n_experts,
                              row_of.ptr<int32_t>(), ranks, capacity, dev, out.ptr<float>(),
-                             abort ? abort->ptr<int32_t>() : nullptr, dev_signal, n_signal, dev_wait, blocks, stream)), wait.has_value());
+                             abort ? abort->ptr<int32_t>() : nullptr, dev_signal, n_signal, dev_wait, blocks, stream)),
+      wait.has_value());
 }
 
 Napi::Value EnablePeerAccess(const Napi::CallbackInfo& info) {
