@@ -456,39 +456,15 @@ Stream::~Stream() {
   thread_.join();
 }
 
-void Stream::push_captured(std::function<void()> fn, bool marker, bool spins) {
-  captured_->push_back(Captured{std::move(fn), marker, spins, g_capture_seq.fetch_add(1)});
-}
+void Stream::enqueue(std::function<void()> fn) { queue_or_capture(std::move(fn), false, false); }
+void Stream::enqueue_spinning(std::function<void()> fn) { queue_or_capture(std::move(fn), false, true); }
+void Stream::enqueue_marker(std::function<void()> fn) { queue_or_capture(std::move(fn), true, false); }
 
-void Stream::enqueue_spinning(std::function<void()> fn) {
+void Stream::queue_or_capture(std::function<void()> fn, bool marker, bool spins) {
   {
     std::lock_guard<std::mutex> lk(m_);
     if (captured_) {
-      push_captured(std::move(fn), false, true);
-      return;
-    }
-    queue_.push_back(std::move(fn));
-  }
-  cv_.notify_one();
-}
-
-void Stream::enqueue(std::function<void()> fn) {
-  {
-    std::lock_guard<std::mutex> lk(m_);
-    if (captured_) {
-      push_captured(std::move(fn), false);
-      return;
-    }
-    queue_.push_back(std::move(fn));
-  }
-  cv_.notify_one();
-}
-
-void Stream::enqueue_marker(std::function<void()> fn) {
-  {
-    std::lock_guard<std::mutex> lk(m_);
-    if (captured_) {
-      push_captured(std::move(fn), true);
+      captured_->push_back(Captured{std::move(fn), marker, spins, g_capture_seq.fetch_add(1)});
       return;
     }
     queue_.push_back(std::move(fn));

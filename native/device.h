@@ -169,10 +169,10 @@ class Stream {
   bool busy_ = false, stopping_ = false;
   std::string error_;
   Code error_code_ = Code::E_INTERNAL;
-  void enqueue_marker(std::function<void()> fn);                                  // an event's record or wait (Event)
-  void push_captured(std::function<void()> fn, bool marker, bool spins = false);  // under m_, while capturing
-  std::unique_ptr<std::vector<Captured>> captured_;                               // non-null while capturing (CPU)
-  std::vector<std::shared_ptr<Storage>> held_;                                    // hold_while_captured (CUDA)
+  void enqueue_marker(std::function<void()> fn);                             // an event's record or wait (Event)
+  void queue_or_capture(std::function<void()> fn, bool marker, bool spins);  // captured while capturing (CPU)
+  std::unique_ptr<std::vector<Captured>> captured_;                          // non-null while capturing (CPU)
+  std::vector<std::shared_ptr<Storage>> held_;                               // hold_while_captured (CUDA)
   friend struct Capture;
   friend class Event;
 };

@@ -42,6 +42,7 @@ import { ArgumentError, LongcatError, NcclError } from '../errors.js';
 import type { MoeExpertSet } from '../../types/ops-moe.js';
 import type { ExpertsFn } from '../model/step.js';
 import type { NcclComm } from './nccl.js';
+import type { HomeCall } from './expert-parallel.js';
 
 /** The sizes of the exchange: the model's. */
 export interface CrossHostDims {
@@ -54,16 +55,8 @@ export interface CrossHostDims {
   layers: number;
 }
 
-/** One layer's MoE call of this host (its Step.experts' arguments). */
-interface HomeCall {
-  stream: Stream;
-  out: Tensor;
-  u: Tensor;
-  idx: Tensor;
-  weights: Tensor;
-  experts: MoeExpertSet;
-  nExperts: number;
-}
+/** One layer's MoE call of this host (its Step.experts' arguments; one host is one rank). */
+type HostCall = Omit<HomeCall, 'rank'>;
 
 /** Errors that already say where they happened (thrown on as they are). */
 const own = new WeakSet<Error>();
@@ -82,7 +75,7 @@ export class CrossHostExperts {
   private readonly joined: Event;
   private step = 0;
   private layer = 0;
-  private pending: HomeCall | null = null;
+  private pending: HostCall | null = null;
   private failure: string | null = null;
   private readonly nap = new Int32Array(new SharedArrayBuffer(4));
 
@@ -185,7 +178,7 @@ export class CrossHostExperts {
     }
   }
 
-  private exchangeLayer(call: HomeCall | null, layer: number, keep: <X extends Tensor>(t: X) => X) {
+  private exchangeLayer(call: HostCall | null, layer: number, keep: <X extends Tensor>(t: X) => X) {
     const W = this.hosts,
       H = this.dims.hidden,
       k = this.dims.topk,

@@ -76,7 +76,7 @@ export function waitFailure(code: number): string | null {
 }
 
 /** One home rank's MoE inputs and output for a layer (its Step.experts' arguments). */
-interface HomeCall {
+export interface HomeCall {
   rank: number;
   stream: Stream;
   out: Tensor;
