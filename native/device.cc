@@ -472,20 +472,39 @@ void Stream::queue_or_capture(std::function<void()> fn, bool marker, bool spins)
   cv_.notify_one();
 }
 
+void Stream::set_pool(std::shared_ptr<cpu::ThreadPool> pool) {
+  if (!device_.is_cpu()) fail(Code::E_DEVICE, "a thread pool is for CPU streams, not %s", device_.str().c_str());
+  std::lock_guard<std::mutex> lk(m_);
+  pool_ = std::move(pool);
+}
+
+std::shared_ptr<cpu::ThreadPool> Stream::pool() {
+  std::lock_guard<std::mutex> lk(m_);
+  return pool_;
+}
+
 void Stream::run() {
+  // The pool whose CPUs this thread is on (empty: unbound); weak, so a pool set aside can go.
+  std::weak_ptr<cpu::ThreadPool> bound;
   for (;;) {
     std::function<void()> fn;
+    std::shared_ptr<cpu::ThreadPool> pool;
     {
       std::unique_lock<std::mutex> lk(m_);
       cv_.wait(lk, [this] { return stopping_ || !queue_.empty(); });
       if (queue_.empty()) return;  // stopping and drained
       fn = std::move(queue_.front());
       queue_.pop_front();
+      pool = pool_;
       busy_ = true;
+    }
+    if (bound.owner_before(pool) || pool.owner_before(bound)) {  // this thread calls the pool: it runs where its workers do
+      if (pool ? pool->bind_calling_thread() : cpu::set_thread_affinity({})) bound = pool;
     }
     std::string err;
     Code code = Code::E_INTERNAL;
     try {
+      cpu::ThreadPool::Use use(pool ? *pool : cpu::ThreadPool::current());
       fn();
     } catch (...) {
       if (!describe_failure(&code, &err)) throw;

@@ -18,6 +18,9 @@
 #include "common.h"
 
 namespace lc {
+namespace cpu {
+class ThreadPool;
+}
 
 struct Device {
   enum Kind { CPU = 0, CUDA = 1 } kind = CPU;
@@ -137,6 +140,11 @@ class Stream {
   std::thread::id owner() const { return owner_; }
   void* cuda_handle() const { return cuda_; }
   void enqueue(std::function<void()> fn);  // CPU streams only
+  // CPU: the pool this stream's kernels run on (a CPU rank's own, see native/cpu/threadpool.h);
+  // null (the default): the global one. The stream's thread moves to the pool's CPUs with it. Jobs
+  // queued before the call may run on either.
+  void set_pool(std::shared_ptr<cpu::ThreadPool> pool);
+  std::shared_ptr<cpu::ThreadPool> pool();
   // CPU: `fn` spins on a flag another stream's kernel releases (expert-parallel waits). A graph
   // captured over it replays its streams side by side, one thread each, not as one region: the
   // region's single schedule could run the waiter before the kernel that releases it.
@@ -166,6 +174,7 @@ class Stream {
   std::mutex m_;
   std::condition_variable cv_, idle_cv_;
   std::deque<std::function<void()>> queue_;
+  std::shared_ptr<cpu::ThreadPool> pool_;  // set_pool (under m_)
   bool busy_ = false, stopping_ = false;
   std::string error_;
   Code error_code_ = Code::E_INTERNAL;

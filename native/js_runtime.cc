@@ -2,6 +2,9 @@
 // CUDA status, the kernel thread pool, the CPU ISA cap, memory pool statistics (the pinned pool's
 // too), device synchronize.
 #include "binding.h"
+
+#include <algorithm>
+
 #include "cpu/features.h"
 #include "cpu/threadpool.h"
 #include "cuda_api.h"
@@ -109,6 +112,74 @@ static Napi::Value Threads(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), cpu::ThreadPool::global().threads());
 }
 
+// A CPU rank's own thread pool: setStreamPool(streams, threads, cpus) makes one pool of `threads`
+// threads bound to `cpus` (an empty list: unbound) and runs every stream's kernels on it;
+// setStreamPool(streams, null) puts them back on the global pool. streamPool(stream): the pool's
+// {threads, cpus}, or null. allowedCpus(): the CPUs this process may run on.
+static std::vector<Stream*> cpu_streams_arg(const OpArgs& a, size_t i) {
+  if (!a.present(i) || !a.info()[i].IsArray()) fail(Code::E_ARGUMENT, "%s: 'streams' must be an array of Streams", a.op());
+  Napi::Array arr = a.info()[i].As<Napi::Array>();
+  std::vector<Stream*> out;
+  for (uint32_t j = 0; j < arr.Length(); ++j) {
+    Napi::Value v = arr.Get(j);
+    if (!StreamWrap::IsStream(a.env(), v)) fail(Code::E_ARGUMENT, "%s: streams[%u] is not a Stream", a.op(), j);
+    Stream& s = StreamWrap::Unwrap(v.As<Napi::Object>())->get();
+    if (!s.device().is_cpu()) fail(Code::E_DEVICE, "%s: streams[%u] is on %s, not the CPU", a.op(), j, s.device().str().c_str());
+    out.push_back(&s);
+  }
+  return out;
+}
+
+static Napi::Value SetStreamPool(const Napi::CallbackInfo& info) {
+  OpArgs a(info, "setStreamPool");
+  std::vector<Stream*> streams = cpu_streams_arg(a, 0);
+  std::shared_ptr<cpu::ThreadPool> pool;
+  if (a.present(1)) {
+    int64_t n = a.integer(1, "threads");
+    if (n < 1 || n > 1024)
+      fail(Code::E_ARGUMENT, "setStreamPool: thread count must be in 1..1024, got %lld", static_cast<long long>(n));
+    std::vector<int> cpus;
+    if (a.present(2)) {
+      if (!info[2].IsArray()) fail(Code::E_ARGUMENT, "setStreamPool: 'cpus' must be an array of CPU numbers");
+      const std::vector<int> allowed = cpu::allowed_cpus();
+      Napi::Array arr = info[2].As<Napi::Array>();
+      for (uint32_t j = 0; j < arr.Length(); ++j) {
+        Napi::Value v = arr.Get(j);
+        double c = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : -1;
+        if (std::find(allowed.begin(), allowed.end(), c) == allowed.end())
+          fail(Code::E_ARGUMENT, "setStreamPool: cpus[%u] is not a CPU this process may run on (%zu allowed, CPU %d up)", j,
+               allowed.size(), allowed.empty() ? 0 : allowed.front());
+        cpus.push_back(static_cast<int>(c));
+      }
+    }
+    pool = std::make_shared<cpu::ThreadPool>(static_cast<int>(n), std::move(cpus));
+  }
+  for (Stream* s : streams) s->set_pool(pool);
+  return info.Env().Undefined();
+}
+
+static Napi::Value StreamPool(const Napi::CallbackInfo& info) {
+  OpArgs a(info, "streamPool");
+  if (!a.present(0) || !StreamWrap::IsStream(info.Env(), info[0])) fail(Code::E_ARGUMENT, "streamPool: expected a Stream");
+  Stream& s = StreamWrap::Unwrap(info[0].As<Napi::Object>())->get();
+  if (!s.device().is_cpu()) return info.Env().Null();
+  std::shared_ptr<cpu::ThreadPool> pool = s.pool();
+  if (!pool) return info.Env().Null();
+  Napi::Object o = Napi::Object::New(info.Env());
+  o.Set("threads", pool->threads());
+  Napi::Array cpus = Napi::Array::New(info.Env(), pool->cpus().size());
+  for (uint32_t j = 0; j < pool->cpus().size(); ++j) cpus.Set(j, pool->cpus()[j]);
+  o.Set("cpus", cpus);
+  return o;
+}
+
+static Napi::Value AllowedCpus(const Napi::CallbackInfo& info) {
+  const std::vector<int> cpus = cpu::allowed_cpus();
+  Napi::Array arr = Napi::Array::New(info.Env(), cpus.size());
+  for (uint32_t j = 0; j < cpus.size(); ++j) arr.Set(j, cpus[j]);
+  return arr;
+}
+
 static Napi::Value SetIsa(const Napi::CallbackInfo& info) {
   OpArgs a(info, "setIsa");
   cpu::Isa i;
@@ -149,6 +220,9 @@ LC_REGISTER_OP("devices", Devices);
 LC_REGISTER_OP("cudaStatus", CudaStatus);
 LC_REGISTER_OP("setThreads", SetThreads);
 LC_REGISTER_OP("threads", Threads);
+LC_REGISTER_OP("setStreamPool", SetStreamPool);
+LC_REGISTER_OP("streamPool", StreamPool);
+LC_REGISTER_OP("allowedCpus", AllowedCpus);
 LC_REGISTER_OP("setIsa", SetIsa);
 LC_REGISTER_OP("memoryStats", MemoryStats);
 LC_REGISTER_OP("pinnedMemoryStats", PinnedMemoryStats);

@@ -88,15 +88,24 @@ const sourceTensors = (p: Problem, device = 'cpu') => ({
   w: f32(p.w, [p.T, p.k], device),
 });
 
-/** epDispatch of a source into one slot per rank, `per` routed experts a rank (under the abort flag `abort`, if given). */
+/** epDispatch of a source into one slot per rank, `per` routed experts a rank; `more`: its optional
+ *  arguments (the abort flag, the test failure, the ready flags, the wait, the block budget, the
+ *  FP8 payload's scales -- then slots' `x` are the e4m3 rows). */
 function dispatch(
   stream: InstanceType<typeof native.Stream> | null,
   src: { u: Tensor; idx: Tensor; w: Tensor },
-  p: Problem,
+  p: { nRouted: number; nExperts: number },
   per: number,
   rowOf: Tensor,
   slots: Slot[],
-  abort?: Tensor,
+  more: {
+    abort?: Tensor;
+    failForTest?: boolean;
+    ready?: Tensor[];
+    wait?: Parameters<typeof native.epWait>[1];
+    blocks?: number;
+    xScales?: Tensor[];
+  } = {},
 ) {
   native.epDispatch(
     stream,
@@ -111,7 +120,12 @@ function dispatch(
     slots.map(x => x.x),
     slots.map(x => x.idx),
     slots.map(x => x.w),
-    abort,
+    more.abort ?? null,
+    more.failForTest ?? false,
+    more.ready ?? null,
+    more.wait ?? null,
+    more.blocks,
+    more.xScales ?? null,
   );
 }
 
@@ -359,7 +373,7 @@ describe('epDispatch against the JS slot reference', () => {
         rowOf = poisoned([T, ranks], 'int32', device),
         abort = i32([0], [1], device);
       const slotsOf = (cap: number) => Array.from({ length: ranks }, () => poisonedSlot(cap, H, k, device));
-      const send = (slots: Slot[]) => dispatch(s, src, p, per, rowOf, slots, abort);
+      const send = (slots: Slot[]) => dispatch(s, src, p, per, rowOf, slots, { abort });
       const s = new native.Stream(device);
       const shallow = slotsOf(5),
         deep = slotsOf(T);
@@ -429,23 +443,7 @@ describe('the flag protocol (epDispatch ready flags, epWait, epSignal)', () => {
     const slots = Array.from({ length: ranks }, () => poisonedSlot(T, H, k, dev));
     const flags = Array.from({ length: ranks }, () => i32([0], [1], dev));
     const s = new native.Stream(dev);
-    native.epDispatch(
-      s,
-      src.u,
-      src.idx,
-      src.w,
-      nRouted,
-      nRouted + nZero,
-      per,
-      rowOf,
-      slots.map(x => x.count),
-      slots.map(x => x.x),
-      slots.map(x => x.idx),
-      slots.map(x => x.w),
-      abort,
-      false,
-      flags,
-    );
+    dispatch(s, src, p, per, rowOf, slots, { abort, ready: flags });
     s.synchronize();
     expect(flags.map(f => toArray(f)[0])).toEqual([1, 1, 1, 1]);
     for (const [d, f] of flags.entries()) native.epWait(s, { flags: f, peers: [0], rank: d, kind: 1, timeoutMs: 60_000 }, abort);
@@ -530,26 +528,8 @@ describe('the flag protocol (epDispatch ready flags, epWait, epSignal)', () => {
         };
       });
       const s = new native.Stream(dev);
-      native.epDispatch(
-        s,
-        src.u,
-        src.idx,
-        src.w,
-        nRouted,
-        nRouted + nZero,
-        per,
-        rowOf,
-        slots.map(x => x.count),
-        slots.map(x => x.q),
-        slots.map(x => x.idx),
-        slots.map(x => x.w),
-        abort,
-        false,
-        slots.map(x => x.ready),
-        null,
-        undefined,
-        slots.map(x => x.scales),
-      );
+      const sent = slots.map(x => ({ ...x, x: x.q })); // the e4m3 rows go out
+      dispatch(s, src, p, per, rowOf, sent, { abort, ready: slots.map(x => x.ready), xScales: slots.map(x => x.scales) });
       for (const [d, x] of slots.entries())
         native.epWait(
           s,
@@ -667,23 +647,10 @@ describe('dispatch -> experts -> combine equals the single-device moe', () => {
     const flag = done.narrow(0, 1),
       counter = done.narrow(1, 1);
     const s = new native.Stream(dev);
-    native.epDispatch(
-      s,
-      src.u,
-      src.idx,
-      src.w,
-      nRouted,
-      nRouted + nZero,
-      nRouted,
-      rowOf,
-      [slot.count],
-      [slot.x],
-      [slot.idx],
-      [slot.w],
+    dispatch(s, src, { nRouted, nExperts: nRouted + nZero }, nRouted, rowOf, [slot], {
       abort,
-      false,
-      [ready],
-      {
+      ready: [ready],
+      wait: {
         flags: ready,
         peers: [0],
         rank: 0,
@@ -691,8 +658,8 @@ describe('dispatch -> experts -> combine equals the single-device moe', () => {
         timeoutMs: 60_000,
         pad: { ...slot, counts: slot.count, expertsPerRank: nRouted },
       },
-      1,
-    );
+      blocks: 1,
+    });
     native.moe(s, y, slot.x, slot.idx, slot.w, nRouted, sets.sharded.shards[0]!, null, null, null, null, null, nRouted + 1);
     native.epCombine(
       s,
@@ -875,7 +842,7 @@ describe('expert-parallel models equal the single-device run', () => {
     }
   }, 120_000);
 
-  it('an FP8 dispatch payload (group.fp8Payload): 4 CPU ranks within the fp8 tolerance of the single-device run', async () => {
+  it('an FP8 dispatch payload (loadModel expertParallel.fp8Payload): 4 CPU ranks within the fp8 tolerance of the single-device run', async () => {
     const dir = path.join(root, 'tiny-bf16');
     const single = await loadModel(dir, { backend: 'cpu', cacheDtype: 'f32', maxContext: 64 });
     let want: ReturnType<typeof runScript>;
@@ -884,9 +851,14 @@ describe('expert-parallel models equal the single-device run', () => {
     } finally {
       single.dispose();
     }
-    const m = await loadModel(dir, { backend: 'cpu', cacheDtype: 'f32', maxContext: 64, ranks: 4 });
+    const m = await loadModel(dir, {
+      backend: 'cpu',
+      cacheDtype: 'f32',
+      maxContext: 64,
+      ranks: 4,
+      expertParallel: { fp8Payload: true },
+    });
     try {
-      m.engine.expertParallel!.fp8Payload = true;
       const got = runScript(m, prompts, 2, want.chosen);
       const errs = got.out.map((g, i) => maxRelError(g, want.out[i]!)); // measured: 2.8e-2 .. 3.5e-2
       for (const [i, g] of got.out.entries()) expectEqualLogits(g, want.out[i]!, m.engine.dims.vocab, FP8_PAYLOAD_TOL);

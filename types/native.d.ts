@@ -128,6 +128,13 @@ export interface CoreApi {
   cudaStatus(): CudaStatus;
   setThreads(n: number): void;
   threads(): number;
+  /** Runs the CPU streams' kernels on one new pool of `threads` threads bound to `cpus` (empty or
+   *  absent: unbound); threads null: back on the global pool. A CPU rank's own pool. */
+  setStreamPool(streams: readonly Stream[], threads: number | null, cpus?: readonly number[]): void;
+  /** The pool a CPU stream's kernels run on when it is not the global one. */
+  streamPool(stream: Stream): { threads: number; cpus: number[] } | null;
+  /** The CPUs this process may run on (its affinity mask), ascending. */
+  allowedCpus(): number[];
   /** Caps the CPU kernels' ISA (for tests); returns the ISA now in effect. */
   setIsa(isa: 'scalar' | 'avx2' | 'avx512'): string;
   memoryStats(device?: string): MemoryStats;

@@ -11,6 +11,8 @@ import { LongcatModel } from './model.js';
 import { expertsPerRank, rankExperts } from '../parallel/placement.js';
 import { NcclComm, type NcclInitOptions } from '../parallel/nccl.js';
 import { CrossHostExperts } from '../parallel/cross-host.js';
+import { type ExpertParallelOptions, checkExpertParallelOptions } from '../parallel/expert-parallel.js';
+import { type RankPool, checkRankThreads, numaNodes, planRankPools } from '../parallel/numa.js';
 import { type CacheDtype, latentCacheRow } from '../kv-cache.js';
 
 export type Backend = 'auto' | 'cpu' | 'cuda';
@@ -42,6 +44,20 @@ export interface LoadModelOptions {
    *  it (lib/parallel/data-parallel.ts) and their KV pages (a pool of cacheBlocks per rank). N must
    *  divide n_routed_experts and be a multiple of the group size. */
   ranks?: number;
+  /** CPU ranks (backend 'cpu', ranks > 1): threads of each rank's own pool (default: `threads`,
+   *  else the cores this process may use, split evenly). On a machine with several NUMA nodes rank
+   *  r's pool is bound to node r mod nodes (its slice of that node's CPUs; lib/parallel/numa.ts;
+   *  LONGCAT_SYSFS_ROOT overrides /sys for the topology); on one node the ranks just split the
+   *  thread count. model.memory.cpuRanks reports the plan. */
+  rankThreads?: number;
+  /** The expert-parallel protocol's settings (ranks > 1): fp8Payload (dispatch sends e4m3 rows
+   *  with 1 x 128 scales, default false), timeoutMs (a rank's wait for a peer before the step
+   *  fails with E_RANK_FAILED, default 60000), blocks (the CUDA block budget of a dispatch or
+   *  combine launch, default 16). */
+  expertParallel?: ExpertParallelOptions;
+  /** Run the shortcut MoE branch on its own stream, overlapping the dense branch (default true);
+   *  false serialises it, to measure what the overlap buys. */
+  overlapMoe?: boolean;
   /** The CUDA device group (backend 'cuda'): device indices, or 'all' for every device present.
    *  Peer access is enabled between every pair (E_DEVICE naming both when two cannot reach each
    *  other). Not with deviceIndex. */
@@ -118,6 +134,11 @@ export interface ModelMemory {
   ngramTables: number;
   /** Bytes of the latent KV caches on each device (under expert parallelism every rank's pool, on its device). */
   kvCache: Record<string, number>;
+  /** CPU ranks: each rank's own thread pool (threads, NUMA node or null on one node, the CPUs its
+   *  threads are bound to, empty: unbound). A rank's KV pages are first written by its own kernels,
+   *  so with bound pools they are allocated on its node (first touch); its experts are pages of the
+   *  mapped shards, which stay where the page cache put them. Absent without CPU ranks. */
+  cpuRanks?: RankPool[];
   /** Bytes of weights made at load in host memory that the CPU model reads (loadModel's `quantize`,
    *  GPTQ / AutoRound linears repacked into the int4 format); the checkpoint tensors they replace are
    *  not in hostMapped. 0 on a GPU (the made tensors are uploaded, counted in `uploaded`, and freed). */
@@ -147,6 +168,7 @@ export function modelMemory(
   mtpLoaded: boolean,
   kvCache: Record<string, number> = {},
   made: MadeWeights | null = null,
+  cpuRanks: readonly RankPool[] | null = null,
 ): ModelMemory {
   const cpu = device === 'cpu';
   let loaded = 0,
@@ -162,6 +184,7 @@ export function modelMemory(
     ngramTables,
     kvCache: { ...kvCache },
     hostMade: cpu ? (made?.bytes ?? 0) : 0,
+    ...(cpuRanks ? { cpuRanks: cpuRanks.map(p => ({ ...p, cpus: [...p.cpus] })) } : {}),
   };
 }
 
@@ -184,7 +207,9 @@ function checkLoadOptions(opts: LoadModelOptions): void {
   int('maxContext', 1);
   int('cacheBlocks', 1);
   int('deviceIndex', 0);
-  for (const flag of ['mtp', 'prefixCache'] as const)
+  checkRankThreads(opts.rankThreads);
+  if (opts.expertParallel !== undefined) checkExpertParallelOptions(opts.expertParallel);
+  for (const flag of ['mtp', 'prefixCache', 'overlapMoe'] as const)
     if (opts[flag] !== undefined && typeof opts[flag] !== 'boolean')
       throw new ArgumentError('E_ARGUMENT', `loadModel: ${flag} must be true or false, got ${showValue(opts[flag])}`);
   if (opts.quantize !== undefined) checkQuantizeFormat(opts.quantize, 'loadModel: quantize');
@@ -228,6 +253,22 @@ export async function loadCheckpointModel(dir: string, opts: LoadModelOptions = 
       `loadModel: ranks: ${ranks} is not a multiple of the ${group.length} devices of the group (each device holds as many ranks)`,
     );
   const rankDevices = Array.from({ length: ranks }, (_, r) => (group ? group[r % group.length]! : device));
+  if (ranks === 1 && (opts.expertParallel !== undefined || opts.rankThreads !== undefined))
+    throw new ArgumentError(
+      'E_ARGUMENT',
+      `loadModel: ${opts.expertParallel !== undefined ? 'expertParallel' : 'rankThreads'} needs expert parallelism (ranks > 1), got ranks 1`,
+    );
+  if (opts.rankThreads !== undefined && device !== 'cpu')
+    throw new ArgumentError('E_ARGUMENT', `loadModel: rankThreads is for CPU ranks (backend 'cpu'), got device ${device}`);
+  const rankPools =
+    device === 'cpu' && ranks > 1
+      ? planRankPools(ranks, {
+          nodes: numaNodes(),
+          allowed: native.allowedCpus(),
+          threads: opts.threads,
+          rankThreads: opts.rankThreads,
+        })
+      : undefined;
   if (group && group.length > 1) native.enablePeerAccess(group); // a typed error before any weight is read
   if (opts.threads !== undefined) setThreads(opts.threads);
   const comm = opts.nccl ? await joinHosts(opts, ranks, device) : null;
@@ -305,6 +346,9 @@ export async function loadCheckpointModel(dir: string, opts: LoadModelOptions = 
         numBlocks: opts.cacheBlocks,
         cacheDtype: opts.cacheDtype,
         ranks,
+        rankPools,
+        expertParallel: opts.expertParallel,
+        overlapMoe: opts.overlapMoe,
         // On the CPU the weights are the mapped shards themselves (a GPU has its own copy).
         verifyWeights: device === 'cpu' ? () => checkpoint.verify() : undefined,
         rankDevices,

@@ -125,8 +125,11 @@ export function* decoderLayer(c: Step, l: number, w: LayerWeights, h: Tensor): P
   native.rmsnorm(s, v, h, w.postAttnNorm[1], d.eps, attn1, h);
   const mlp1 = mlp(c, a, w.mlp[1], v);
   native.add(s, h, h, mlp1);
+  const marks = c.marks?.[l];
+  marks?.dense.record(s);
   s.waitEvent(moeReady);
   native.add(s, h, h, shortcut);
+  marks?.layer.record(s);
   a.dispose();
 }
 

@@ -15,7 +15,8 @@ import type { Graph } from '../../types/native.js';
 import type { ModelWeights } from './weights.js';
 import { forward, mtpForward, runToEnd } from './longcat-flash.js';
 import { Arena, type Batch, type ExpertsFn, type Step, localExperts } from './step.js';
-import { ExpertParallelGroup } from '../parallel/expert-parallel.js';
+import { ExpertParallelGroup, type ExpertParallelOptions } from '../parallel/expert-parallel.js';
+import type { RankPool } from '../parallel/numa.js';
 import { ShardedExperts } from '../parallel/placement.js';
 import type { CrossHostExperts } from '../parallel/cross-host.js';
 import {
@@ -68,6 +69,12 @@ export interface ModelOptions {
   /** Rank r's dense weights, on rankDevices[r] (default: `weights` for every rank; needed for ranks
    *  on another device than `device`); their routed experts are the same ShardedExperts. */
   rankWeights?: readonly ModelWeights[];
+  /** CPU ranks (ranks > 1 on the CPU): each rank's own thread pool (lib/parallel/numa.ts
+   *  planRankPools), one per rank; its streams' kernels run there. Default: every rank on the
+   *  global pool. */
+  rankPools?: readonly RankPool[];
+  /** The expert-parallel protocol's settings (ranks > 1). */
+  expertParallel?: ExpertParallelOptions;
   /** Expert parallelism across hosts (lib/parallel/cross-host.ts): this host's part of the
    *  exchange, built over the weights' own block of routed experts (one local rank; decode runs
    *  eagerly). forward becomes a collective call; the model disposes it. */
@@ -204,6 +211,8 @@ export class LongcatModel {
   private readonly padSlot: number;
   /** The ranks the routed experts are split across, when expert parallelism is on. */
   private readonly ep: ExpertParallelGroup | null;
+  /** CPU ranks' own thread pools (rankPools), when given. */
+  readonly rankPools: readonly RankPool[] | null;
   /** This host's part of expert parallelism across hosts, when on. */
   private readonly xh: CrossHostExperts | null;
   /** The captured decode steps, by their rows per rank. */
@@ -263,12 +272,25 @@ export class LongcatModel {
     // (sampling, reading logits) are ordered after the forward pass.
     this.main = native.defaultStream(this.device);
     this.fork = new Event(this.device);
+    const pools = opts.rankPools;
+    if (pools && (ranks < 2 || pools.length !== ranks || rankDevices.some(d => d !== 'cpu')))
+      throw new ArgumentError(
+        'E_ARGUMENT',
+        `LongcatModel: rankPools is one pool per CPU rank: ${pools.length} pools for ${ranks} rank(s) on ${[...new Set(rankDevices)].join(', ')}`,
+      );
     this.ep = ranks > 1 ? new ExpertParallelGroup(rankDevices, this.device) : null;
+    if (opts.expertParallel) {
+      if (!this.ep) throw new ArgumentError('E_ARGUMENT', `LongcatModel: expertParallel needs ranks > 1, got ranks ${ranks}`);
+      this.ep.configure(opts.expertParallel);
+    }
+    this.rankPools = pools ?? null;
     this.xh = opts.crossHost?.(weights) ?? null;
     try {
       for (const [r, device] of rankDevices.entries()) {
         const caches = this.allocateCaches(device, numBlocks, cacheDtype);
-        const main = r === 0 ? this.main : new Stream(device);
+        // (with pools of their own every rank's main stream is its own, rank 0's too: the default
+        // stream stays on the global pool for the work around the step)
+        const main = r === 0 && !pools ? this.main : new Stream(device);
         this.ranks.push({
           index: r,
           device,
@@ -280,11 +302,15 @@ export class LongcatModel {
           // streams run, so a temporary of one branch is never reused under the other's kernels).
           moeStream: opts.overlapMoe === false ? main : new Stream(device),
           events: Array.from({ length: dims.layers }, () => [new Event(device), new Event(device)] as const),
+          marks: null,
           invFreq: tensor(dims.invFreq, [dims.invFreq.length], { device }),
           experts: this.ep ? this.ep.expertsOf(r) : (this.xh?.expertsFn ?? localExperts),
           joined: new Event(device),
           sequences: new Set(),
         });
+        const rank = this.ranks[r]!,
+          pool = pools?.[r];
+        if (pool) native.setStreamPool([...new Set([rank.main, rank.moeStream, this.ep!.streams[r]!])], pool.threads, pool.cpus);
       }
     } catch (e) {
       this.disposeRanks();
@@ -761,7 +787,43 @@ export class LongcatModel {
       invFreq: r.invFreq,
       experts: r.experts,
       routing,
+      marks: r.marks,
     };
+  }
+
+  /**
+   * Benchmarks: from now on every step records, per rank and layer, when its dense branch and the
+   * layer end (CPU event timestamps); layerProfile() reads the last step's. Call it before the first
+   * decode step (a graph captured earlier records nothing). The overlap figure of issue 14: with
+   * overlapMoe the layer's time from u ready (the branches' fork) to its end (the join), against
+   * its branches' times run one after the other (overlapMoe false: the MoE branch from the fork to
+   * its output, the dense branch from there to its end).
+   */
+  profileLayers() {
+    if (this.decodeGraphs.size || this.specGraphs.size)
+      throw new ArgumentError('E_ARGUMENT', 'profileLayers: call it before the first step (graphs are already captured)');
+    for (const r of this.ranks)
+      r.marks ??= Array.from({ length: this.dims.layers }, () => ({ dense: new Event(r.device), layer: new Event(r.device) }));
+  }
+
+  /** The last step's per layer times (ms) of each rank that ran it: fork -> MoE output, fork ->
+   *  dense branch end, fork -> layer end (profileLayers). */
+  layerProfile(): { rank: number; moe: number; dense: number; layer: number }[][] {
+    this.synchronizeRanks();
+    this.main.synchronize();
+    return this.ranks
+      .filter(r => r.marks)
+      .map(r =>
+        r.marks!.map((m, l) => {
+          const fork = r.events[l]![0];
+          return {
+            rank: r.index,
+            moe: fork.elapsedMs(r.events[l]![1]),
+            dense: fork.elapsedMs(m.dense),
+            layer: fork.elapsedMs(m.layer),
+          };
+        }),
+      );
   }
 
   /** Every rank's previous work done (surfacing its errors) before a step is set up. With ranks on

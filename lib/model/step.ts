@@ -82,6 +82,8 @@ export interface Step {
   readonly moeStream: Stream;
   /** Per layer: [u is ready on main, the MoE output is ready on moeStream]. */
   readonly moeEvents: readonly (readonly [Event, Event])[];
+  /** Per layer, when profiling: recorded on main after the dense branch and at the layer's end. */
+  readonly marks?: readonly { readonly dense: Event; readonly layer: Event }[] | null;
   /** The latent KV cache of each attention sub-layer, layer l's at 2 l and 2 l + 1. */
   readonly caches: readonly Tensor[];
   /** RoPE inverse frequencies, f32 [rope / 2]. */

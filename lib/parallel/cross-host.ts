@@ -43,6 +43,7 @@ import type { MoeExpertSet } from '../../types/ops-moe.js';
 import type { ExpertsFn } from '../model/step.js';
 import type { NcclComm } from './nccl.js';
 import type { HomeCall } from './expert-parallel.js';
+import { receivedExperts } from './placement.js';
 
 /** The sizes of the exchange: the model's. */
 export interface CrossHostDims {
@@ -270,22 +271,7 @@ export class CrossHostExperts {
     }, s);
     if (N > 0) {
       const experts = call?.experts ?? this.localExperts(layer);
-      // local ids 0..per-1 are this host's experts; id `per` marks another host's slot (weight 0)
-      native.moe(
-        s,
-        rows(y, 0, N),
-        rows(rx, 0, N),
-        rows(rIdx, 0, N),
-        rows(rW, 0, N),
-        per,
-        experts,
-        null,
-        null,
-        null,
-        null,
-        null,
-        per + 1,
-      );
+      receivedExperts(s, rows(y, 0, N), rows(rx, 0, N), rows(rIdx, 0, N), rows(rW, 0, N), per, experts);
     }
 
     // return: each partial row to its home host

@@ -20,6 +20,12 @@ import type { ExpertsFn } from '../model/step.js';
 import type { Pass } from '../model/longcat-flash.js';
 
 /** One rank of the runner: where its part of every step runs and what it owns. */
+/** A layer's profiling events on the main stream (Step.marks). */
+export interface LayerMarks {
+  dense: Event;
+  layer: Event;
+}
+
 export interface Rank {
   readonly index: number;
   readonly device: string;
@@ -32,6 +38,8 @@ export interface Rank {
   readonly main: Stream;
   readonly moeStream: Stream;
   readonly events: readonly (readonly [Event, Event])[];
+  /** Per layer, recorded on `main` when profiling (LongcatModel.profileLayers): the dense branch's end, the layer's end. */
+  marks: readonly LayerMarks[] | null;
   readonly invFreq: Tensor;
   /** Its Step.experts (LongcatModel.wrapExperts may wrap it). */
   experts: ExpertsFn;

@@ -42,9 +42,9 @@ import { type Tensor, empty, tensor, toArray } from '../tensor.js';
 import type { MoeExpertSet } from '../../types/ops-moe.js';
 import type { EpWaitSpec } from '../../types/ops-ep.js';
 import { Event, Stream } from '../device.js';
-import { ArgumentError, OutOfMemoryError, RankFailedError } from '../errors.js';
+import { ArgumentError, OutOfMemoryError, RankFailedError, showValue } from '../errors.js';
 import type { ExpertsFn } from '../model/step.js';
-import { ShardedExperts } from './placement.js';
+import { ShardedExperts, receivedExperts } from './placement.js';
 
 /**
  * A fault for tests to inject into the next MoE layer a group runs eagerly (not into a captured
@@ -63,6 +63,42 @@ export const EP_BLOCKS = 16;
 
 /** The default time budget of a rank's wait for a peer (a dead peer fails the step after this). */
 export const EP_TIMEOUT_MS = 60_000;
+
+/** The expert-parallel protocol's settings (loadModel's `expertParallel`). */
+export interface ExpertParallelOptions {
+  /** Dispatch sends e4m3 rows with 1 x 128 scales instead of f32 (default false). */
+  fp8Payload?: boolean;
+  /** How long a rank waits for a peer before the step fails, ms (default EP_TIMEOUT_MS; at most an hour). */
+  timeoutMs?: number;
+  /** The CUDA block budget of a dispatch or combine launch (default EP_BLOCKS; the CPU ignores it). */
+  blocks?: number;
+}
+
+/** `opts` checked (a typed E_ARGUMENT naming the field, expected and got); `what` prefixes the message. */
+export function checkExpertParallelOptions(opts: unknown, what = 'loadModel: expertParallel'): ExpertParallelOptions {
+  if (typeof opts !== 'object' || opts === null || Array.isArray(opts))
+    throw new ArgumentError(
+      'E_ARGUMENT',
+      `${what} must be an object { fp8Payload?, timeoutMs?, blocks? }, got ${showValue(opts)}`,
+    );
+  const o = opts as Record<string, unknown>;
+  for (const key of Object.keys(o))
+    if (key !== 'fp8Payload' && key !== 'timeoutMs' && key !== 'blocks')
+      throw new ArgumentError('E_ARGUMENT', `${what}: unknown field '${key}' (expected fp8Payload, timeoutMs or blocks)`);
+  if (o.fp8Payload !== undefined && typeof o.fp8Payload !== 'boolean')
+    throw new ArgumentError('E_ARGUMENT', `${what}.fp8Payload must be true or false, got ${showValue(o.fp8Payload)}`);
+  if (o.timeoutMs !== undefined && !(typeof o.timeoutMs === 'number' && o.timeoutMs > 0 && o.timeoutMs <= 3_600_000))
+    throw new ArgumentError(
+      'E_ARGUMENT',
+      `${what}.timeoutMs must be a number of milliseconds in (0, 3600000], got ${showValue(o.timeoutMs)}`,
+    );
+  if (
+    o.blocks !== undefined &&
+    !(typeof o.blocks === 'number' && Number.isInteger(o.blocks) && o.blocks >= 1 && o.blocks <= 65535)
+  )
+    throw new ArgumentError('E_ARGUMENT', `${what}.blocks must be an integer in [1, 65535], got ${showValue(o.blocks)}`);
+  return o as ExpertParallelOptions;
+}
 
 /** The reason a wait left in the abort word (epWait), in words; null for another reason. */
 export function waitFailure(code: number): string | null {
@@ -145,6 +181,14 @@ export class ExpertParallelGroup {
     this.ready = flags(this.ranks);
     this.done = flags(this.ranks + 1);
     this.ordered = native.buildInfo().cudaArchs === 'emulated' && devices.some(d => d !== 'cpu');
+  }
+
+  /** Sets the protocol's settings given (checked: checkExpertParallelOptions). */
+  configure(opts: ExpertParallelOptions) {
+    const o = checkExpertParallelOptions(opts, 'expertParallel');
+    if (o.fp8Payload !== undefined) this.fp8Payload = o.fp8Payload;
+    if (o.timeoutMs !== undefined) this.timeoutMs = o.timeoutMs;
+    if (o.blocks !== undefined) this.blocks = o.blocks;
   }
 
   /** Test hook: the next MoE layer run eagerly fails on one rank (InjectedFault). */
@@ -320,22 +364,7 @@ export class ExpertParallelGroup {
             'E_OOM',
             `expert parallelism: rank ${d} (${this.devices[d]}) ran out of memory in its expert phase (injected by a test)`,
           );
-        // Local ids 0..per-1 are this rank's experts; id `per` marks another rank's slot (weight 0).
-        native.moe(
-          st,
-          used(r.y),
-          used(r.x),
-          used(r.idx),
-          used(r.w),
-          per,
-          experts.shards[d]!,
-          null,
-          null,
-          null,
-          null,
-          null,
-          per + 1,
-        );
+        receivedExperts(st, used(r.y), used(r.x), used(r.idx), used(r.w), per, experts.shards[d]!);
         if (ordered || !homeRanks.includes(d)) native.epSignal(st, doneFlags(d));
         if (ordered) this.computed[d]!.record(st);
       }

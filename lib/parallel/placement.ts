@@ -3,6 +3,9 @@
 // as its local experts 0 .. perRank - 1). Everything else (attention, dense FFNs, router,
 // embedding, lm_head) is replicated and does not appear here.
 import { ArgumentError } from '../errors.js';
+import { native } from '../native.js';
+import type { Tensor } from '../tensor.js';
+import type { Stream } from '../device.js';
 import type { MoeExpertSet } from '../../types/ops-moe.js';
 
 /** Checks a rank count against a layer's routed experts; returns the experts per rank. */
@@ -47,4 +50,22 @@ export class ShardedExperts implements MoeExpertSet {
   dispose() {
     for (const s of this.shards) s.dispose();
   }
+}
+
+/**
+ * The grouped expert GEMM of the rows a rank (or host) received, queued on `stream`: y = the moe op
+ * over x [n, H] with local expert ids idx / weights w [n, k] through its own `experts` (its
+ * perRank experts, ids 0 .. perRank - 1); id perRank marks a slot of another rank's expert (weight
+ * 0) and bounds the ids.
+ */
+export function receivedExperts(
+  stream: Stream,
+  y: Tensor,
+  x: Tensor,
+  idx: Tensor,
+  w: Tensor,
+  perRank: number,
+  experts: MoeExpertSet,
+) {
+  native.moe(stream, y, x, idx, w, perRank, experts, null, null, null, null, null, perRank + 1);
 }

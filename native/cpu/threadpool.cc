@@ -68,6 +68,24 @@ int default_thread_count() {
   return h ? static_cast<int>(h) : 1;
 }
 
+std::vector<int> allowed_cpus() {
+  std::vector<int> out;
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0)
+    for (int c = 0; c < CPU_SETSIZE; ++c)
+      if (CPU_ISSET(c, &set)) out.push_back(c);
+  return out;
+}
+
+bool set_thread_affinity(const std::vector<int>& cpus) {
+  const std::vector<int>& use = cpus.empty() ? allowed_cpus() : cpus;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  for (int c : use)
+    if (c >= 0 && c < CPU_SETSIZE) CPU_SET(c, &set);
+  return sched_setaffinity(0, sizeof(set), &set) == 0;  // (0: the calling thread)
+}
+
 ThreadPool& ThreadPool::global() {
   // Leaked on purpose: joining threads from a static destructor at process exit can deadlock
   // when Node tears down while a stream worker still holds a job.
@@ -79,7 +97,9 @@ ThreadPool& ThreadPool::current() { return t_current ? *t_current : global(); }
 
 ThreadPool::ThreadPool() { start(default_thread_count()); }
 
-ThreadPool::ThreadPool(int n) { start(n); }
+ThreadPool::ThreadPool(int n, std::vector<int> cpus) : cpus_(std::move(cpus)) { start(n); }
+
+bool ThreadPool::bind_calling_thread() const { return cpus_.empty() || set_thread_affinity(cpus_); }
 
 ThreadPool::~ThreadPool() { stop(); }
 
@@ -90,7 +110,11 @@ ThreadPool::Use::~Use() { t_current = prev_; }
 void ThreadPool::start(int n) {
   nthreads_ = n < 1 ? 1 : n;
   stopping_ = false;
-  for (int i = 1; i < nthreads_; ++i) workers_.emplace_back([this] { worker(); });
+  for (int i = 1; i < nthreads_; ++i)
+    workers_.emplace_back([this] {
+      bind_calling_thread();  // (a refused binding leaves the worker where it was: still correct)
+      worker();
+    });
 }
 
 void ThreadPool::stop() {

@@ -29,10 +29,15 @@ class ThreadPool {
   // The pool the calling thread's kernels use: the one a Use scope set on this thread, else global().
   static ThreadPool& current();
 
-  // A pool of its own (n >= 1 threads: n - 1 workers plus the calling thread).
-  explicit ThreadPool(int n);
+  // A pool of its own (n >= 1 threads: n - 1 workers plus the calling thread). With `cpus` (a
+  // CPU rank's share of the machine, e.g. one NUMA node's cores) its workers run only there, and
+  // so does every thread that calls bind_calling_thread(); empty: wherever the process may run.
+  explicit ThreadPool(int n, std::vector<int> cpus = {});
 
   int threads() const { return nthreads_; }
+  const std::vector<int>& cpus() const { return cpus_; }
+  // Restricts the calling thread to cpus() (nothing without cpus); false when the OS refused.
+  bool bind_calling_thread() const;
   // n >= 1; n - 1 workers plus the calling thread. Waits for running jobs and regions to finish.
   void set_threads(int n);
 
@@ -91,6 +96,7 @@ class ThreadPool {
   void region_work(uint32_t gen);
 
   int nthreads_ = 1;
+  std::vector<int> cpus_;  // the workers' affinity (empty: unbound)
   std::vector<std::thread> workers_;
   std::deque<std::shared_ptr<Job>> queue_;
   std::mutex m_;
@@ -116,6 +122,11 @@ class ThreadPool {
 };
 
 int default_thread_count();
+
+// The CPUs this process may run on (its affinity mask), ascending.
+std::vector<int> allowed_cpus();
+// Sets the calling thread's affinity to `cpus` (empty: every allowed CPU); false when the OS refused.
+bool set_thread_affinity(const std::vector<int>& cpus);
 
 // Splits [0, n) into contiguous ranges of at least `grain` items, at most a few per thread,
 // and calls fn(begin, end) for each, on the calling thread's pool (ThreadPool::current()).
