@@ -262,7 +262,7 @@ describe('loadModel on CPU ranks with pools of their own', () => {
     const cases: [Record<string, unknown>, RegExp][] = [
       [
         { ranks: 2, expertParallel: 'fast' },
-        /expertParallel must be an object \{ fp8Payload\?, timeoutMs\?, blocks\? \}, got 'fast'/,
+        /expertParallel must be an object \{ fp8Payload\?, timeoutMs\?, blocks\? \}, got "fast"/,
       ],
       [{ ranks: 2, expertParallel: { fp8Payload: 1 } }, /expertParallel\.fp8Payload must be true or false, got 1/],
       [
@@ -275,7 +275,7 @@ describe('loadModel on CPU ranks with pools of their own', () => {
       [{ expertParallel: { blocks: 4 } }, /expertParallel needs expert parallelism \(ranks > 1\), got ranks 1/],
       [{ ranks: 2, rankThreads: 0 }, /rankThreads must be an integer in \[1, 1024\], got 0/],
       [{ rankThreads: 2 }, /rankThreads needs expert parallelism \(ranks > 1\), got ranks 1/],
-      [{ ranks: 2, overlapMoe: 'no' }, /overlapMoe must be true or false, got 'no'/],
+      [{ ranks: 2, overlapMoe: 'no' }, /overlapMoe must be true or false, got "no"/],
     ];
     for (const [opts, msg] of cases)
       await expect(loadModel(nowhere, { backend: 'cpu', ...opts })).rejects.toMatchObject({
