@@ -6,7 +6,8 @@
 // fork to its output, then the dense branch to its end), from the steps' own CPU event timestamps
 // (LongcatModel.profileLayers), summed over the layers, mean over the ranks, median over the steps.
 // B sequences (--batch, default 4: one per rank at 4 ranks), greedy decode from short prompts,
-// replayed decode graphs; tokens/s = B / median step (logits read back each step).
+// replayed decode graphs; tokens/s = B / median step (logits read back each step). Each rank count
+// above 1 runs twice: the ranks on pools of their own, and all on the one global pool ("shared").
 // On a machine with fewer cores than ranks x threads this measures the ranks' overhead, not scaling.
 //   node bench/cpu-ranks.mjs [--ckpt bench/out/ckpt-small] [--ranks 1,2,4] [--batch 4] [--steps 12] [--out f.json]
 import fs from 'node:fs';
@@ -23,12 +24,15 @@ const rankList = opt('--ranks', '1,2,4').split(',').map(Number);
 const B = Number(opt('--batch', '4')),
   steps = Number(opt('--steps', '12'));
 
-/** One configuration: median step ms, and per step the layers' summed fork->moe / fork->dense / fork->end (mean over ranks). */
-async function run(ranks, overlapMoe) {
+/** One configuration: median step ms, and per step the layers' summed fork->moe / fork->dense / fork->end
+ *  (mean over ranks). `sharedPool`: every rank's streams put back on the one global pool (as before
+ *  the ranks had pools of their own), for comparison in the same run. */
+async function run(ranks, overlapMoe, sharedPool = false) {
   const m = await loadModel(ckpt, { backend: 'cpu', maxContext: 256, ranks, overlapMoe });
   const e = m.engine,
     V = e.dims.vocab;
   try {
+    if (sharedPool) native.setStreamPool(e.captureStreams, null); // (the runner's streams: a private getter)
     e.profileLayers();
     const seqs = Array.from({ length: B }, () => e.newSequence());
     const first = e.forward(
@@ -59,7 +63,7 @@ async function run(ranks, overlapMoe) {
       moe: median(prof.map(x => x.moe)),
       dense: median(prof.map(x => x.dense)),
       layer: median(prof.map(x => x.layer)),
-      pools: m.memory.cpuRanks ?? null,
+      pools: sharedPool ? null : (m.memory.cpuRanks ?? null),
     };
   } finally {
     m.dispose();
@@ -67,16 +71,24 @@ async function run(ranks, overlapMoe) {
 }
 
 const rows = [];
-for (const ranks of rankList) {
-  const on = await run(ranks, true),
-    off = await run(ranks, false);
+const configs = rankList.flatMap(r =>
+  r > 1
+    ? [
+        [r, false],
+        [r, true],
+      ]
+    : [[r, false]],
+);
+for (const [ranks, sharedPool] of configs) {
+  const on = await run(ranks, true, sharedPool),
+    off = await run(ranks, false, sharedPool);
   // serial run: fork -> MoE output is the MoE branch alone, MoE output -> dense end the dense branch alone
   const moeAlone = off.moe,
     denseAlone = off.dense - off.moe;
   const mx = Math.max(moeAlone, denseAlone);
   rows.push({
     ranks,
-    threads: on.pools ? on.pools.map(p => p.threads).join('+') : String(native.threads()),
+    threads: on.pools ? on.pools.map(p => p.threads).join('+') : `${native.threads()} shared`,
     tokPerS: (1000 * B) / on.stepMs,
     tokPerSSerial: (1000 * B) / off.stepMs,
     stepMs: on.stepMs,
