@@ -3,7 +3,8 @@
 // chunk counts in a region (each chunk writes its own cells, the master reads them after the join),
 // pauses long enough that the workers fall asleep between jobs, a chunk that throws (rethrown on
 // the master once every chunk finished, the region usable after it), a parallel_for nested in a
-// chunk, plain jobs from another thread while a region runs, and pools of their own (Use).
+// chunk, plain jobs from another thread while a region runs, and pools of their own (Use); two CPU
+// ranks' pools, each bound to a CPU (ThreadPool(n, cpus)), running regions at the same time.
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -16,7 +17,7 @@
 using lc::cpu::parallel_for;
 using lc::cpu::ThreadPool;
 
-static int failures = 0;
+static std::atomic<int> failures{0};  // (CHECK may fail on several threads)
 #define CHECK(c, ...)                        \
   do {                                       \
     if (!(c)) {                              \
@@ -96,8 +97,24 @@ int main() {
     pool.set_threads(threads + 1);
     region_jobs(pool, 200, false);
   }
+  // two CPU ranks: each its own pool bound to a CPU of this process, their regions concurrent
+  {
+    const std::vector<int> cpus = lc::cpu::allowed_cpus();
+    CHECK(!cpus.empty(), "allowed_cpus() lists this process's CPUs");
+    ThreadPool a(2, {cpus.front()}), b(3, {cpus.back()});
+    CHECK(a.cpus() == std::vector<int>{cpus.front()}, "a pool keeps its CPUs");
+    auto rank = [](ThreadPool& pool) {
+      CHECK(pool.bind_calling_thread(), "the rank's thread binds to its pool's CPU");
+      region_jobs(pool, 300, false);
+      region_jobs(pool, 16, true);
+    };
+    std::thread ra([&] { rank(a); }), rb([&] { rank(b); });
+    ra.join();
+    rb.join();
+    CHECK(lc::cpu::set_thread_affinity({}), "unbinding (every allowed CPU)");
+  }
   if (failures) {
-    std::fprintf(stderr, "pool_race: %d failure(s)\n", failures);
+    std::fprintf(stderr, "pool_race: %d failure(s)\n", failures.load());
     return 1;
   }
   std::printf("pool_race: ok\n");
