@@ -32,7 +32,7 @@ async function run(ranks, overlapMoe, sharedPool = false) {
   const e = m.engine,
     V = e.dims.vocab;
   try {
-    if (sharedPool) native.setStreamPool(e.captureStreams, null); // (the runner's streams: a private getter)
+    if (sharedPool) native.setStreamPool(e.captureStreams, null); // every stream of the step
     e.profileLayers();
     const seqs = Array.from({ length: B }, () => e.newSequence());
     const first = e.forward(

@@ -875,8 +875,9 @@ export class LongcatModel {
     }
   }
 
-  /** The streams a captured step records: every rank's two branches and the expert-parallel ranks'. */
-  private get captureStreams(): Stream[] {
+  /** The streams a captured step records: every rank's two branches and the expert-parallel ranks'
+   *  (public for benchmarks, e.g. bench/cpu-ranks.mjs puts them back on the global pool). */
+  get captureStreams(): Stream[] {
     const all = [this.main, ...this.ranks.flatMap(r => [r.main, r.moeStream]), ...(this.ep?.streams ?? [])];
     return all.filter((s, i) => all.indexOf(s) === i);
   }
