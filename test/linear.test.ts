@@ -201,6 +201,50 @@ describe('linear', () => {
     },
   );
 
+  it.each(['bf16', 'highest'] as const)(
+    'few-row GEMM (t = 9..33): weights read in place (whole 4-row groups, 32-column k blocks) or packed, partial x strips, precision %s',
+    precision => {
+      const r = rng(precision.length * 977);
+      const threads = native.threads();
+      const before = native.setMatmulPrecision(precision);
+      let checked = 0;
+      try {
+        // k = 1056: two k blocks (640 + 416 columns); n = 70 and 130: a last panel that is not whole 4-row groups
+        for (const k of [32, 512, 1056, 100])
+          for (const n of [4, 64, 70, 132]) {
+            for (const wdtype of ['f32', 'bf16'] as const) {
+              const w = makeWeight(r, wdtype, n, k);
+              for (const t of [9, 13, 16, 17, 32, 33]) {
+                const x = makeX(r, 'f32', t, k);
+                const want = reference(x.ref, w.ref, t, n, k);
+                eachIsa(isa => {
+                  for (const nt of [1, 3]) {
+                    native.setThreads(nt);
+                    const rel = bf16Rounding(isa, wdtype, 'f32', t, precision);
+                    check(
+                      runLinear(x.x, w, t, n, 'f32'),
+                      want,
+                      k,
+                      rel,
+                      'f32',
+                      `${wdtype} ${isa} t=${t} k=${k} n=${n} threads=${nt}`,
+                    );
+                    checked++;
+                  }
+                });
+                x.x.dispose();
+              }
+              w.dispose();
+            }
+          }
+      } finally {
+        native.setThreads(threads);
+        native.setMatmulPrecision(before);
+      }
+      expect(checked).toBe(4 * 4 * 2 * 6 * isas.length * 2);
+    },
+  );
+
   it('GEMV over several k chunks and row groups (t = 1, 2, 4; k = 4200, n = 300)', () => {
     const r = rng(909);
     const [k, n] = [4200, 300];

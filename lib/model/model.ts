@@ -1260,7 +1260,14 @@ export class LongcatModel {
       const tokens = outputs.narrow(0, T),
         accepted = outputs.narrow(T, B),
         next = outputs.narrow(3 * B, B);
-      return { ...x, B, outputs, draftsIn, params, tokens, accepted, next, nFfn: [] as Tensor[] };
+      // Row j of sequence b is verified row 2 b + j: the MTP head's lm_head runs on the row after
+      // each sequence's last accepted token only (picked by selectAccepted), B rows instead of 2 B.
+      const rowPairs = tensor(
+        Int32Array.from({ length: T }, (_, i) => i),
+        [B, 2],
+        { dtype: 'int32', device: p.rank.device },
+      );
+      return { ...x, B, outputs, draftsIn, params, tokens, accepted, next, rowPairs, nFfn: [] as Tensor[] };
     });
     const graph = native.captureGraph(this.captureStreams, () => {
       this.runRanks(
@@ -1290,11 +1297,13 @@ export class LongcatModel {
             );
             // The MTP head on the verified rows' pairs (hidden at L + j, the token after it), at the same
             // positions and slots: row 1's pair is void when the draft was rejected (its slot is dropped).
-            const mtpBatch: Batch = { ...x.batch, ids: x.tokens, ngramRows: undefined };
+            // Its layer runs on both rows (both latents are cached); the logits only for the row after the
+            // last accepted token, whose argmax is the next draft.
+            const lastRow = a.i32([B]);
+            native.selectAccepted(s, lastRow, x.rowPairs, x.accepted);
+            const mtpBatch: Batch = { ...x.batch, ids: x.tokens, ngramRows: undefined, lastRow };
             const draftLogits = mtpForward(this.step(r, mtpBatch, null), r.w, verify.hidden);
-            const candidates = a.i32([2 * B]);
-            native.sample(s, candidates, draftLogits, 0, 0, 1, 0, 0, 0); // the draft: the head's argmax
-            native.selectAccepted(s, x.next, a.keep(candidates.view([B, 2])), x.accepted);
+            native.sample(s, x.next, draftLogits, 0, 0, 1, 0, 0, 0); // the draft: the head's argmax
             for (const t of [verify.logits, verify.hidden, draftLogits]) a.keep(t);
             a.dispose();
           },
@@ -1311,7 +1320,7 @@ export class LongcatModel {
         ngram: x.ngram,
         outputs: x.outputs,
         nFfn: x.nFfn,
-        views: [x.draftsIn, x.params, x.tokens, x.accepted, x.next],
+        views: [x.draftsIn, x.params, x.tokens, x.accepted, x.next, x.rowPairs],
       })),
     };
   }

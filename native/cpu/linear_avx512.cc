@@ -85,15 +85,20 @@ struct GemmBF16 {
     }
   }
 
+  static bool in_place(const WeightRef& w, int64_t nlen, int64_t klen) {
+    return w.dtype == DType::BF16 && nlen % 4 == 0 && klen % kStep == 0;
+  }
+
+  template <int M>
   static void micro(const uint16_t* x, int64_t ldx, const uint16_t* p, int64_t ldp, int64_t kc, float* c, int64_t ldc,
                     bool accumulate) {
-    __m512 acc[kMR][4];
-    for (int m = 0; m < kMR; ++m)
+    __m512 acc[M][4];
+    for (int m = 0; m < M; ++m)
       for (int j = 0; j < 4; ++j) acc[m][j] = _mm512_setzero_ps();
     for (int64_t k = 0; k < kc; k += 32) {
       __m512bh w0 = (__m512bh)_mm512_loadu_si512(p + k), w1 = (__m512bh)_mm512_loadu_si512(p + ldp + k);
       __m512bh w2 = (__m512bh)_mm512_loadu_si512(p + 2 * ldp + k), w3 = (__m512bh)_mm512_loadu_si512(p + 3 * ldp + k);
-      for (int m = 0; m < kMR; ++m) {
+      for (int m = 0; m < M; ++m) {
         __m512bh xv = (__m512bh)_mm512_loadu_si512(x + m * ldx + k);
         acc[m][0] = _mm512_dpbf16_ps(acc[m][0], xv, w0);
         acc[m][1] = _mm512_dpbf16_ps(acc[m][1], xv, w1);
@@ -101,7 +106,7 @@ struct GemmBF16 {
         acc[m][3] = _mm512_dpbf16_ps(acc[m][3], xv, w3);
       }
     }
-    for (int m = 0; m < kMR; ++m) {
+    for (int m = 0; m < M; ++m) {
       __m128 s = V::hsum4(acc[m][0], acc[m][1], acc[m][2], acc[m][3]);
       if (accumulate) s = _mm_add_ps(s, _mm_loadu_ps(c + m * ldc));
       _mm_storeu_ps(c + m * ldc, s);

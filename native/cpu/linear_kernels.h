@@ -60,7 +60,12 @@ inline int64_t ceil_div(int64_t v, int64_t m) { return (v + m - 1) / m; }
 //   pack_x(x, xt, t, r0, r1, k, kp, xp)                rows [r0, r1) of x into xp[.][kp], zero padded
 //   pack_panel(w, n0, nlen, nrows, k0, klen, kcp, p)  W[n0 .. n0+nlen, k0 .. k0+klen) into p[nrows][kcp]
 //                                                     (dequantized), rows >= nlen and cols >= klen zero
-//   micro(x, ldx, p, ldp, kc, c, ldc, accumulate)      c[m][j] (+)= sum_k x[m][k] p[j][k], m < kMR, j < 4
+//   micro<M>(x, ldx, p, ldp, kc, c, ldc, accumulate)   c[m][j] (+)= sum_k x[m][k] p[j][k], m < M <= kMR, j < 4
+//   in_place(w, t, nlen, klen)                         true when the panel W[n0 .. n0+nlen, k0 .. k0+klen) can be read
+//                                                     where it is stored (stride w.k) instead of packed: a copy that
+//                                                     would be exactly the stored rows (nlen a multiple of 4, klen of
+//                                                     kStep), for few rows of x (t <= kInPlaceMaxRows), where the
+//                                                     copy costs about as much as the few strips that read it
 //
 // Blocking, outermost first:
 //   job = (one panel of NC output rows) x (one chunk of MC x rows), spread over the pool; MC is all
@@ -69,7 +74,31 @@ inline int64_t ceil_div(int64_t v, int64_t m) { return (v + m - 1) / m; }
 //   k blocks of KC: the W panel NC x KC (~128 KiB) is packed once and stays in L2 while
 //   every MR-row strip of x (MR x KC, ~12 KiB) sweeps across it from L1;
 //   the microkernel keeps MR x 4 accumulators in registers over the whole k block and reduces
-//   them horizontally once per block into the job's f32 C tile (MC x NC, per-thread scratch).
+//   them horizontally once per block into the job's f32 C tile (MC x NC, per-thread scratch); a
+//   last strip of fewer than MR rows runs a microkernel of just its rows (t = 16 with MR = 6: 6 + 6 + 4,
+//   not 18 rows).
+// Few rows (t <= kInPlaceMaxRows, a verify step's 2 rows per sequence) with an in-place panel: no
+// copy, and the loops swap: each 4-row group of W (4 x KB) is read once, from L1, by every strip of
+// x (all of x, Tp x KB, stays in L1 too).
+constexpr int64_t kInPlaceMaxRows = 32;
+
+// One MR-or-fewer-row strip: micro<M> for its m rows.
+template <class Tr, class XE, class WE>
+inline void micro_rows(int64_t m, const XE* x, int64_t ldx, const WE* p, int64_t ldp, int64_t kc, float* c, int64_t ldc,
+                       bool accumulate) {
+  static_assert(Tr::kMR <= 8, "micro_rows: strips of at most 8 rows");
+  switch (m) {
+    case 1: Tr::template micro<1>(x, ldx, p, ldp, kc, c, ldc, accumulate); return;
+    case 2: Tr::template micro<(Tr::kMR >= 2 ? 2 : 1)>(x, ldx, p, ldp, kc, c, ldc, accumulate); return;
+    case 3: Tr::template micro<(Tr::kMR >= 3 ? 3 : 1)>(x, ldx, p, ldp, kc, c, ldc, accumulate); return;
+    case 4: Tr::template micro<(Tr::kMR >= 4 ? 4 : 1)>(x, ldx, p, ldp, kc, c, ldc, accumulate); return;
+    case 5: Tr::template micro<(Tr::kMR >= 5 ? 5 : 1)>(x, ldx, p, ldp, kc, c, ldc, accumulate); return;
+    case 6: Tr::template micro<(Tr::kMR >= 6 ? 6 : 1)>(x, ldx, p, ldp, kc, c, ldc, accumulate); return;
+    case 7: Tr::template micro<(Tr::kMR >= 7 ? 7 : 1)>(x, ldx, p, ldp, kc, c, ldc, accumulate); return;
+    default: Tr::template micro<(Tr::kMR >= 8 ? 8 : 1)>(x, ldx, p, ldp, kc, c, ldc, accumulate); return;
+  }
+}
+
 template <class Tr>
 void gemm(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType yt) {
   using XE = typename Tr::XE;
@@ -102,10 +131,19 @@ void gemm(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType
       WE* panel = static_cast<WE*>(scratch(kScratchPanel, NC * KB * sizeof(WE)));
       for (int64_t k0 = 0; k0 < K; k0 += KB) {
         const int64_t klen = K - k0 < KB ? K - k0 : KB, kcp = round_up(klen, Tr::kStep);
-        Tr::pack_panel(w, n0, nlen, ncp, k0, klen, kcp, panel);
-        for (int64_t m = 0; m < mlenp; m += MR)
+        if (t <= kInPlaceMaxRows && Tr::in_place(w, nlen, klen)) {
+          const WE* wp = static_cast<const WE*>(w.data) + n0 * K + k0;
           for (int64_t j = 0; j < ncp; j += NR)
-            Tr::micro(xp + (m0 + m) * Kp + k0, Kp, panel + j * kcp, kcp, kcp, c + m * NC + j, NC, k0 > 0);
+            for (int64_t m = 0; m < mlen; m += MR)
+              micro_rows<Tr>(mlen - m < MR ? mlen - m : MR, xp + (m0 + m) * Kp + k0, Kp, wp + j * K, K, kcp, c + m * NC + j, NC,
+                             k0 > 0);
+          continue;
+        }
+        Tr::pack_panel(w, n0, nlen, ncp, k0, klen, kcp, panel);
+        for (int64_t m = 0; m < mlen; m += MR)
+          for (int64_t j = 0; j < ncp; j += NR)
+            micro_rows<Tr>(mlen - m < MR ? mlen - m : MR, xp + (m0 + m) * Kp + k0, Kp, panel + j * kcp, kcp, kcp, c + m * NC + j,
+                           NC, k0 > 0);
       }
       for (int64_t m = 0; m < mlen; ++m)
         for (int64_t j = 0; j < nlen; ++j) {

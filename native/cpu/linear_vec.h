@@ -574,20 +574,24 @@ struct GemmF32 {
                          float* p) {
     pack_panel_any<L>(w, n0, nlen, nrows, k0, klen, kcp, p);
   }
+  static bool in_place(const WeightRef& w, int64_t nlen, int64_t klen) {
+    return w.dtype == DType::F32 && nlen % 4 == 0 && klen % kStep == 0;
+  }
 
+  template <int M>
   static void micro(const float* x, int64_t ldx, const float* p, int64_t ldp, int64_t kc, float* c, int64_t ldc,
                     bool accumulate) {
-    typename V::F acc[kMR][4];
+    typename V::F acc[M][4];
     zero_vectors<V>(acc);
     for (int64_t k = 0; k < kc; k += V::kLanes) {
-      typename V::F xv[kMR];
-      for (int m = 0; m < kMR; ++m) xv[m] = V::load(x + m * ldx + k);
+      typename V::F xv[M];
+      for (int m = 0; m < M; ++m) xv[m] = V::load(x + m * ldx + k);
       for (int j = 0; j < 4; ++j) {
         const typename V::F wv = V::load(p + j * ldp + k);
-        for (int m = 0; m < kMR; ++m) acc[m][j] = V::fmadd(xv[m], wv, acc[m][j]);
+        for (int m = 0; m < M; ++m) acc[m][j] = V::fmadd(xv[m], wv, acc[m][j]);
       }
     }
-    for (int m = 0; m < kMR; ++m) {
+    for (int m = 0; m < M; ++m) {
       __m128 s = V::hsum4(acc[m][0], acc[m][1], acc[m][2], acc[m][3]);
       if (accumulate) s = _mm_add_ps(s, _mm_loadu_ps(c + m * ldc));
       _mm_storeu_ps(c + m * ldc, s);
