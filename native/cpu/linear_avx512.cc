@@ -92,6 +92,10 @@ struct GemmBF16 {
     }
   }
   static __mmask32 mask32(int64_t n) { return n >= 32 ? ~__mmask32{0} : n <= 0 ? 0 : (__mmask32{1} << n) - 1; }
+  // 32 bytes at p, those from n on zero (a masked load only for a row's last block)
+  static __m256i load32(const void* p, int64_t n) {
+    return n >= 32 ? _mm256_loadu_si256(static_cast<const __m256i*>(p)) : _mm256_maskz_loadu_epi8(mask32(n), p);
+  }
 
   static void pack_quantized(const WeightRef& w, int64_t n0, int64_t nlen, int64_t nrows, int64_t k0, int64_t klen, int64_t kcp,
                              uint16_t* p) {
@@ -115,7 +119,7 @@ struct GemmBF16 {
     } else if (w.dtype == DType::I8) {  // the exact codes; the row scale joins the finished sums
       pack_rows(nlen, nrows, klen, kcp, p, [&](int64_t j, int64_t c) {
         const int8_t* src = static_cast<const int8_t*>(w.data) + (n0 + j) * w.k + k0 + c;
-        const __m256i b = _mm256_maskz_loadu_epi8(mask32(klen - c), src);
+        const __m256i b = load32(src, klen - c);
         return bf16x32(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(b))),
                        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(b, 1))));
       });
@@ -126,7 +130,7 @@ struct GemmBF16 {
         const int64_t kb = (k0 + c) / 128;
         if (j != brow || kb != bcol) sv = _mm512_set1_ps(fp8_block_scale(w, n0 + j, kb) * 256.0f), brow = j, bcol = kb;
         const uint8_t* src = static_cast<const uint8_t*>(w.data) + (n0 + j) * w.k + k0 + c;
-        const __m256i b = _mm256_maskz_loadu_epi8(mask32(klen - c), src);
+        const __m256i b = load32(src, klen - c);
         const __m512i h = _mm512_and_si512(_mm512_slli_epi16(_mm512_cvtepi8_epi16(b), 7), _mm512_set1_epi16(static_cast<short>(0xbfff)));
         const __m512i v = bf16x32(_mm512_mul_ps(_mm512_cvtph_ps(_mm512_castsi512_si256(h)), sv),
                                   _mm512_mul_ps(_mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1)), sv));
