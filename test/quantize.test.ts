@@ -275,12 +275,7 @@ describe('quantizeCheckpoint', { timeout: workLimitMs(120) }, () => {
    * unless 'gate' renames gate_proj's alone). `edit` may change g_idx further. Returns the directory
    * and how many linears it changed.
    */
-  async function actOrderVariant(
-    name: string,
-    src: string,
-    experts: 'none' | 'all' | 'gate',
-    edit?: (g: Int32Array) => void,
-  ) {
+  async function actOrderVariant(name: string, src: string, experts: 'none' | 'all' | 'gate', edit?: (g: Int32Array) => void) {
     const d = path.join(root, `gptq-${name}`);
     mkdirSync(d);
     for (const f of readdirSync(src)) copyFileSync(path.join(src, f), path.join(d, f));

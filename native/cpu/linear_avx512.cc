@@ -111,8 +111,8 @@ struct GemmBF16 {
           int4_group_params(w, n0 + j, gi, &s, &z);
           sv = _mm512_set1_ps(s), mv = _mm512_set1_ps(-z * s), grow = j, gcol = gi;
         }
-        const __m512i e = _mm512_cvtepu8_epi32(
-            _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint8_t*>(w.data) + (n0 + j) * rb + (k0 + c) / 2)));
+        const __m512i e = _mm512_cvtepu8_epi32(_mm_loadu_si128(
+            reinterpret_cast<const __m128i*>(static_cast<const uint8_t*>(w.data) + (n0 + j) * rb + (k0 + c) / 2)));
         return bf16x32(_mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(e, _mm512_set1_epi32(15))), sv, mv),
                        _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(e, 4)), sv, mv));
       });
@@ -131,10 +131,12 @@ struct GemmBF16 {
         if (j != brow || kb != bcol) sv = _mm512_set1_ps(fp8_block_scale(w, n0 + j, kb) * 256.0f), brow = j, bcol = kb;
         const uint8_t* src = static_cast<const uint8_t*>(w.data) + (n0 + j) * w.k + k0 + c;
         const __m256i b = load32(src, klen - c);
-        const __m512i h = _mm512_and_si512(_mm512_slli_epi16(_mm512_cvtepi8_epi16(b), 7), _mm512_set1_epi16(static_cast<short>(0xbfff)));
+        const __m512i h =
+            _mm512_and_si512(_mm512_slli_epi16(_mm512_cvtepi8_epi16(b), 7), _mm512_set1_epi16(static_cast<short>(0xbfff)));
         const __m512i v = bf16x32(_mm512_mul_ps(_mm512_cvtph_ps(_mm512_castsi512_si256(h)), sv),
                                   _mm512_mul_ps(_mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1)), sv));
-        const __mmask32 nan = _mm256_cmpeq_epi8_mask(_mm256_or_si256(b, _mm256_set1_epi8(static_cast<char>(0x80))), _mm256_set1_epi8(-1));
+        const __mmask32 nan =
+            _mm256_cmpeq_epi8_mask(_mm256_or_si256(b, _mm256_set1_epi8(static_cast<char>(0x80))), _mm256_set1_epi8(-1));
         return _mm512_mask_mov_epi16(v, nan, _mm512_set1_epi16(0x7fc0));
       });
     }

@@ -462,7 +462,8 @@ void gemv_int4(int64_t t, const float* x, const WeightRef& w, void* y, DType yt)
 // multiple of 128, so each 32-column block lies in one group). (The AVX512-BF16 GEMM packs its
 // bf16 panels itself: linear_avx512.cc.)
 template <class L>
-void pack_panel_int4(const WeightRef& w, int64_t n0, int64_t nlen, int64_t nrows, int64_t k0, int64_t klen, int64_t kcp, float* p) {
+void pack_panel_int4(const WeightRef& w, int64_t n0, int64_t nlen, int64_t nrows, int64_t k0, int64_t klen, int64_t kcp,
+                     float* p) {
   using V = typename L::V;
   constexpr int W = V::kLanes, NV = V::kU4Vectors;
   const int64_t rb = int4_row_bytes(w.k, w.group);
@@ -498,7 +499,8 @@ void bf16_to_f32_rows(const uint16_t* src, int64_t n, float* dst) {
 // W[n0 + j, k0 .. k0 + klen) of an f32 / bf16 / fp8 / int8 weight dequantized into p[j][kcp] (zero
 // padded; int8: the codes, the row scale joins the finished dot product).
 template <class L, class D>
-void pack_panel_dec(const WeightRef& w, int64_t n0, int64_t nlen, int64_t nrows, int64_t k0, int64_t klen, int64_t kcp, float* p) {
+void pack_panel_dec(const WeightRef& w, int64_t n0, int64_t nlen, int64_t nrows, int64_t k0, int64_t klen, int64_t kcp,
+                    float* p) {
   using V = typename L::V;
   using E = typename D::E;
   constexpr int W = V::kLanes;
@@ -525,7 +527,8 @@ void pack_panel_dec(const WeightRef& w, int64_t n0, int64_t nlen, int64_t nrows,
 
 // A GEMM weight panel in any stored format, as f32.
 template <class L>
-void pack_panel_any(const WeightRef& w, int64_t n0, int64_t nlen, int64_t nrows, int64_t k0, int64_t klen, int64_t kcp, float* p) {
+void pack_panel_any(const WeightRef& w, int64_t n0, int64_t nlen, int64_t nrows, int64_t k0, int64_t klen, int64_t kcp,
+                    float* p) {
   using V = typename L::V;
   switch (w.dtype) {
     case DType::F32: pack_panel_dec<L, DecF32<V>>(w, n0, nlen, nrows, k0, klen, kcp, p); break;
