@@ -386,6 +386,7 @@ struct Avx512 {
     r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40)));
     return _mm512_cvtepi32_epi16(r);
   }
+  LC_TARGET_AVX512 static void store_bf16(uint16_t* p, F x) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), to_bf16(x)); }
   // f32 or bf16 bits, as f32.
   LC_TARGET_AVX512 static F widen_load(const float* p) { return load(p); }
   LC_TARGET_AVX512 static F widen_load(const uint16_t* p) { return load_bf16(p); }
