@@ -23,6 +23,11 @@
 //
 //   LONGCAT_ADDON=build-bench/Release/longcat.node node bench/model.mjs [--quick] [--presets small,medium,lite] [--threads N] [--out f.json]
 // (--threads: the pool's size for the whole run, the bandwidth probe's included; default: the cores)
+//
+// Prefill per weight format: `--formats bf16,fp8,int8,int4 [--pp 512,1024]` loads each preset's
+// checkpoint once per format (bf16 as stored, the others quantized at load: loadModel's `quantize`)
+// and times only the prefills, the formats interleaved repeat by repeat, reported as tokens/s and the
+// ratio to bf16 in the same run (issue 19's target: >= 0.9 at 512-1,024 tokens).
 import { existsSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -47,7 +52,8 @@ const LITE_BENCH = {
   vocab_size: 8192,
 };
 if (args.includes('--threads')) native.setThreads(Number(arg('--threads', 0)));
-const PP = Number(arg('--pp', 512)),
+const formats = arg('--formats', null)?.split(',') ?? null;
+const PP = Number(formats ? 512 : arg('--pp', 512)),
   TG = Number(arg('--tg', 128));
 
 const mean = v => v.reduce((a, b) => a + b, 0) / v.length;
@@ -387,6 +393,74 @@ function fmtPm(m, s, digits = 1) {
   return `${m.toFixed(digits)} ± ${s.toFixed(digits)}`;
 }
 
+/** --formats: prefill tokens/s per weight format and prompt length, interleaved, ratio to bf16. */
+async function benchFormats() {
+  const t00 = now();
+  const lengths = arg('--pp', '512').split(',').map(Number);
+  const reps = quick ? 2 : 5;
+  const results = [];
+  for (const preset of presets) {
+    const dir = path.join(here, 'out', `ckpt-${preset}`);
+    if (!existsSync(path.join(dir, 'model.safetensors.index.json')))
+      await initRandom({ preset, out: dir, seed: 1, overrides: preset === 'lite' ? LITE_BENCH : undefined });
+    const models = [];
+    for (const f of formats)
+      models.push(
+        await loadModel(dir, {
+          backend: 'cpu',
+          maxContext: Math.max(...lengths) + 64,
+          ...(f === 'bf16' ? {} : { quantize: f }),
+        }),
+      );
+    const rand = rng(7);
+    const vocab = models[0].engine.dims.vocab;
+    for (const m of models)
+      prefill(
+        m.engine,
+        Array.from({ length: 32 }, () => rand.int(vocab)),
+      ); // warm-up
+    for (const n of lengths) {
+      const ms = formats.map(() => []);
+      for (let r = 0; r < reps; r++) {
+        const toks = Array.from({ length: n }, () => rand.int(vocab));
+        for (const [i, m] of models.entries()) ms[i].push(prefill(m.engine, toks).ms);
+      }
+      const tps = ms.map(v => v.map(x => n / (x / 1e3)));
+      const b = Math.max(0, formats.indexOf('bf16'));
+      for (const [i, f] of formats.entries())
+        results.push({
+          preset,
+          tokens: n,
+          format: f,
+          tokensPerSecond: { mean: mean(tps[i]), sd: sd(tps[i]), median: n / (median(ms[i]) / 1e3) },
+          // medians: a repeat that stalls (page faults of the mmapped bf16 weights, a neighbour) moves them least
+          ratioToBf16: median(ms[b]) / median(ms[i]),
+        });
+    }
+    for (const m of models) m.dispose();
+  }
+  const res = {
+    bench: 'model --formats',
+    date: new Date().toISOString(),
+    threads: native.threads(),
+    isa: native.cpuFeatures().isa,
+    repeats: reps,
+    results,
+    seconds: (now() - t00) / 1000,
+  };
+  if (outPath) writeFileSync(outPath, `${JSON.stringify(res, null, 2)}\n`);
+  console.log(
+    `## prefill per weight format (quantized at load), CPU, ${res.threads} threads, isa ${res.isa}, ${reps} repeats interleaved`,
+  );
+  console.log('| model | tokens | format | t/s (median) | t/s (mean ± sd) | ratio to bf16 (medians) |');
+  console.log('| --- | ---: | --- | ---: | ---: | ---: |');
+  for (const r of results)
+    console.log(
+      `| ${r.preset} | ${r.tokens} | ${r.format} | ${r.tokensPerSecond.median.toFixed(1)} | ` +
+        `${fmtPm(r.tokensPerSecond.mean, r.tokensPerSecond.sd)} | ${r.ratioToBf16.toFixed(2)} |`,
+    );
+}
+
 async function main() {
   const t00 = now();
   const bwA = readBandwidth();
@@ -472,4 +546,5 @@ async function main() {
   }
 }
 
-await main();
+if (formats) await benchFormats();
+else await main();

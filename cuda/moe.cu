@@ -9,6 +9,8 @@
 //   4. place     one block per routed expert: a stable block-wide ballot scan over the slots gives
 //                each of the expert's slots its rank, so sorted = slots in (expert, slot) order
 //                whatever the scheduling (no atomics-order dependence)
+//   4b. permute  (act-order experts only) xp[slot] = u[slot / k] in the column order of the slot's
+//                expert (its perm); the GEMMs then read xp[slot] as if k were 1
 //   5. gate/up   GEMM over the tiles: x rows gathered on the fly (u[slot / k]), gate and up of the
 //                same output columns in one pass, SwiGLU epilogue -> act [rows, inter] f32
 //   6. down      GEMM over the same tiles: act -> y [rows, h] f32
@@ -48,11 +50,11 @@ static_assert(kTiled == tile::kBM, "the 64-row tile schedule feeds the tensor-co
 size_t align256(size_t b) { return (b + 255) & ~static_cast<size_t>(255); }
 
 struct Layout {
-  size_t ctrl, counts, offsets, pos, sorted, tiles, act, y, uq, us, aq, as, total;
+  size_t ctrl, counts, offsets, pos, sorted, tiles, act, y, uq, us, aq, as, xp, total;
   int64_t tile_cap;
 };
 
-Layout layout(int64_t t, int64_t k, int64_t h, int64_t inter, int64_t nr, bool fp8) {
+Layout layout(int64_t t, int64_t k, int64_t h, int64_t inter, int64_t nr, bool fp8, bool permuted) {
   const int64_t ns = t * k;
   Layout L;
   L.tile_cap = nr > 0 ? (ns + kSkinnyRows - 1) / kSkinnyRows + std::min(nr, ns) : 0;  // >= the tiled path's count too
@@ -71,7 +73,8 @@ Layout layout(int64_t t, int64_t k, int64_t h, int64_t inter, int64_t nr, bool f
   L.us = L.uq + align256(tq * static_cast<size_t>(h));
   L.aq = L.us + align256(sizeof(float) * tq * static_cast<size_t>((h + 127) / 128));
   L.as = L.aq + align256(rq * static_cast<size_t>(inter));
-  L.total = L.as + align256(sizeof(float) * rq * static_cast<size_t>((inter + 127) / 128));
+  L.xp = L.as + align256(sizeof(float) * rq * static_cast<size_t>((inter + 127) / 128));
+  L.total = L.xp + align256(sizeof(float) * (permuted ? rows : 0) * static_cast<size_t>(h));
   return L;
 }
 
@@ -198,6 +201,21 @@ __global__ void __launch_bounds__(kPlaceThreads)
     run += total;
     __syncthreads();  // wc is rewritten next round
   }
+}
+
+// Act-order experts: one block per slot s routed to expert e (< nr) writes xp[s] = u[s / k] gathered
+// by e's perm (or copied when e has none). Zero-expert and bad slots are skipped (never read).
+__global__ void permute_kernel(int64_t ns, int64_t k, int64_t h, int64_t nr, const int32_t* __restrict__ idx,
+                               const MoeWeight* __restrict__ table, const int32_t* ctrl, const float* __restrict__ u,
+                               float* __restrict__ xp) {
+  const int64_t s = blockIdx.x;
+  if (ctrl[0] != INT_MAX || s >= ns) return;
+  const int e = idx[s];
+  if (e < 0 || e >= nr) return;
+  const int32_t* perm = table[e].perm;
+  const float* src = u + (s / k) * h;
+  float* dst = xp + s * h;
+  for (int64_t c = threadIdx.x; c < h; c += blockDim.x) dst[c] = src[perm ? perm[c] : c];
 }
 
 // ---- expert GEMMs -------------------------------------------------------------------------------
@@ -591,19 +609,19 @@ void check_grid(int64_t blocks) {
 
 }  // namespace
 
-size_t moe_workspace_bytes(int64_t t, int64_t k, int64_t h, int64_t inter, int64_t n_routed, bool fp8) {
-  return layout(t, k, h, inter, n_routed, fp8).total;
+size_t moe_workspace_bytes(int64_t t, int64_t k, int64_t h, int64_t inter, int64_t n_routed, bool fp8, bool permuted) {
+  return layout(t, k, h, inter, n_routed, fp8, permuted).total;
 }
 
 void moe(int64_t t, int64_t k, int64_t h, int64_t inter, const float* u, const int32_t* idx, const float* w,
-         const MoeWeight* table, int64_t n_routed, int64_t n_experts, float* out, bool fp8, void* workspace,
+         const MoeWeight* table, int64_t n_routed, int64_t n_experts, float* out, bool fp8, bool permuted, void* workspace,
          size_t workspace_bytes, void* stream) {
   const int64_t ns = t * k, nr = n_routed;
   if (ns <= 0 || h <= 0) return;
   if (k > kMaxK)
     fail(Code::E_SHAPE, "moe (CUDA): k = %lld slots per token exceeds %lld", static_cast<long long>(k),
          static_cast<long long>(kMaxK));
-  const Layout L = layout(t, k, h, inter, nr, fp8);
+  const Layout L = layout(t, k, h, inter, nr, fp8, permuted);
   if (workspace_bytes < L.total) fail(Code::E_INTERNAL, "moe (CUDA): workspace too small");
   auto s = static_cast<cudaStream_t>(stream);
   char* ws = static_cast<char*>(workspace);
@@ -628,12 +646,21 @@ void moe(int64_t t, int64_t k, int64_t h, int64_t inter, const float* u, const i
     schedule_kernel<<<1, kScanThreads, 0, s>>>(nr, bm, counts, offsets, tiles, ctrl, L.tile_cap);
     check_grid(nr);
     place_kernel<<<static_cast<unsigned>(nr), kPlaceThreads, 0, s>>>(ns, idx, counts, offsets, ctrl, sorted, pos);
+    // act-order experts: gate/up read the permuted copy, one row per slot
+    const float* xu = u;
+    int64_t xk = k;
+    if (permuted) {
+      float* xp = reinterpret_cast<float*>(ws + L.xp);
+      check_grid(ns);
+      permute_kernel<<<static_cast<unsigned>(ns), 256, 0, s>>>(ns, k, h, nr, idx, table, ctrl, u, xp);
+      xu = xp, xk = 1;
+    }
     GemmArgs a;
-    a.k = k;
+    a.k = xk;
     a.h = h;
     a.inter = inter;
     a.nr = nr;
-    a.u = u;
+    a.u = xu;
     a.sorted = sorted;
     a.tiles = tiles;
     a.ctrl = ctrl;
@@ -645,7 +672,7 @@ void moe(int64_t t, int64_t k, int64_t h, int64_t inter, const float* u, const i
       const int64_t nb_gu = ceil_div(inter, kSkinnyWarps * kSkinnyFeatures<true>);
       const int64_t nb_d = ceil_div(h, kSkinnyWarps * kSkinnyFeatures<false>);
       check_grid(cap * std::max(nb_gu, nb_d));
-      a.xvec = h % 4 == 0 && reinterpret_cast<uintptr_t>(u) % 16 == 0;
+      a.xvec = h % 4 == 0 && reinterpret_cast<uintptr_t>(xu) % 16 == 0;
       skinny_kernel<true><<<static_cast<unsigned>(cap * nb_gu), kSkinnyWarps * 32, 0, s>>>(a, nb_gu);
       a.xvec = inter % 4 == 0;  // act rows: 256-aligned base, inter floats apart
       skinny_kernel<false><<<static_cast<unsigned>(cap * nb_d), kSkinnyWarps * 32, 0, s>>>(a, nb_d);
@@ -658,7 +685,7 @@ void moe(int64_t t, int64_t k, int64_t h, int64_t inter, const float* u, const i
     } else {
       MoeTileGemm<true> gu{};
       gu.nblk = ceil_div(inter, tile::kBN / 2);
-      gu.tiles = tiles, gu.ctrl = ctrl, gu.sorted = sorted, gu.slots = k;
+      gu.tiles = tiles, gu.ctrl = ctrl, gu.sorted = sorted, gu.slots = xk;
       gu.k = h, gu.kb = (h + 127) / 128, gu.nout = inter;
       gu.table = table, gu.nr = nr, gu.out = act;
       MoeTileGemm<false> dn{};
@@ -680,7 +707,7 @@ void moe(int64_t t, int64_t k, int64_t h, int64_t inter, const float* u, const i
         dn.a = aq, dn.a_scale = as, dn.a_dtype = DType::FP8_E4M3;
         tile::gemm_kernel<MoeTileGemm<false>, true><<<dn_blocks, tile::kThreads, 0, s>>>(dn);
       } else {
-        gu.a = u, gu.a_dtype = DType::F32;
+        gu.a = xu, gu.a_dtype = DType::F32;
         tile::gemm_kernel<MoeTileGemm<true>, false><<<gu_blocks, tile::kThreads, 0, s>>>(gu);
         dn.a = act, dn.a_dtype = DType::F32;
         tile::gemm_kernel<MoeTileGemm<false>, false><<<dn_blocks, tile::kThreads, 0, s>>>(dn);

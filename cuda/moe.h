@@ -20,10 +20,14 @@ struct MoeWeight {
   const uint16_t* group_scale = nullptr;
   int64_t group = 0;
   bool group_scale_f16 = false, group_zero = false;
+  // gate entries only: null, or the expert's act-order input permutation int32 [h] (cpu::MoeExperts::perm)
+  const int32_t* perm = nullptr;
 };
 
 // Bytes of device workspace moe() needs (256-byte aligned pointer expected, e.g. a pool block).
-size_t moe_workspace_bytes(int64_t t, int64_t k, int64_t h, int64_t inter, int64_t n_routed, bool fp8);
+// `permuted`: some gate entry of the table has a perm (a gathered copy of the routed rows is made;
+// fp8 must then be false).
+size_t moe_workspace_bytes(int64_t t, int64_t k, int64_t h, int64_t inter, int64_t n_routed, bool fp8, bool permuted);
 
 // cpu::moe on the GPU, entirely on the device (no host round trip): count slots per expert
 // (atomics), exclusive scan to offsets, stable placement of slots in (expert, slot) order,
@@ -41,7 +45,7 @@ size_t moe_workspace_bytes(int64_t t, int64_t k, int64_t h, int64_t inter, int64
 // untouched, like the CPU kernel; the CPU binding also raises E_ARGUMENT, the GPU cannot without a
 // synchronization). Throws E_SHAPE for k > 8192 (combine's shared-memory order list).
 void moe(int64_t t, int64_t k, int64_t h, int64_t inter, const float* u, const int32_t* idx, const float* w,
-         const MoeWeight* table, int64_t n_routed, int64_t n_experts, float* out, bool fp8, void* workspace,
+         const MoeWeight* table, int64_t n_routed, int64_t n_experts, float* out, bool fp8, bool permuted, void* workspace,
          size_t workspace_bytes, void* stream);
 
 }  // namespace lc::gpu

@@ -232,17 +232,30 @@ export function int4ToGptq(bytes: Uint8Array, scale: Uint16Array, n: number, k: 
 /** Modules kept as floats when they arrive packed: the model uses them apart (weights.ts). */
 const DEQUANTIZED = /\.(kv_b_proj|eh_proj)$/;
 
+/** A linear Int4Source made: the int4 weight and scales (or f32), and an act-order linear's column order. */
+interface Made {
+  weight: Tensor;
+  scale: Tensor | null;
+  /** `order` as a tensor (the model gathers the activations by it). */
+  perm: Tensor | null;
+  /** Act-order: column c of the weight is the checkpoint's column order[c] (gptqActOrder's perm). */
+  order: Int32Array | null;
+}
+
 /**
  * A GPTQ / AutoRound checkpoint seen in the int4 format: `<module>.weight` of a packed linear is
  * its int4 codes (int8 [out, G, g / 2]) and `<module>.weight_scale` its group scales (f16 / bf16
  * [out, G] or [out, G, 2] with zero points), made on first use; an act-order linear also has
  * `<module>.weight_perm` (int32 [in]: its columns sorted by group, gptqActOrder; the model gathers
  * the activations by it). kv_b_proj and eh_proj come out dequantized to f32 in the checkpoint's
- * column order (the model multiplies them apart). Act-order routed experts are a typed error (the
- * grouped expert kernels take no permutation). Every other tensor as the checkpoint has it.
+ * column order (the model multiplies them apart). Act-order routed experts (expertWeights): gate_proj
+ * and up_proj must share one permutation, which the grouped expert kernels apply where they gather
+ * the token rows (moeExperts' perm); down_proj's is absorbed at load: gate's and up's output rows are
+ * permuted by it (h[perm] = silu(gate[perm] x) * up[perm] x), exactly. Every other tensor as the
+ * checkpoint has it.
  */
 export class Int4Source implements TensorSource {
-  private made = new Map<string, { weight: Tensor; scale: Tensor | null; perm: Tensor | null }>();
+  private made = new Map<string, Made>();
   private readonly layout: GptqLayout;
 
   constructor(private readonly ck: Checkpoint) {
@@ -273,9 +286,14 @@ export class Int4Source implements TensorSource {
     return name.endsWith(suffix) ? name.slice(0, -suffix.length) : null;
   }
 
-  /** The packed linear `module` in the int4 format (or as f32 for DEQUANTIZED modules), cached. */
-  private linear(module: string): { weight: Tensor; scale: Tensor | null; perm: Tensor | null } {
-    let l = this.made.get(module);
+  /**
+   * The packed linear `module` in the int4 format (or as f32 for DEQUANTIZED modules), cached.
+   * `rows` (routed experts' gate / up under an act-order down_proj): output row r is the module's row
+   * rows[r].
+   */
+  private linear(module: string, rows?: Int32Array): Made {
+    const key = rows ? `${module}#rows` : module;
+    let l = this.made.get(key);
     if (l) return l;
     const bytes = (n: string) => {
       const b = this.ck.get(n).toBytes();
@@ -298,6 +316,19 @@ export class Int4Source implements TensorSource {
     const act = gptqActOrder(module, stored, n, k, this.layout);
     const m = gptqToInt4(module, act ? act.tensors : stored, n, k, this.layout);
     const G = int4Groups(k, m.g);
+    if (rows) {
+      const rb = (G * m.g) / 2,
+        rs = m.scale.length / n,
+        bytes = new Uint8Array(m.bytes.length),
+        scale = new Uint16Array(m.scale.length);
+      for (let r = 0; r < n; r++) {
+        const from = rows[r]!;
+        bytes.set(m.bytes.subarray(from * rb, (from + 1) * rb), r * rb);
+        scale.set(m.scale.subarray(from * rs, (from + 1) * rs), r * rs);
+      }
+      m.bytes = bytes;
+      m.scale = scale;
+    }
     if (DEQUANTIZED.test(module)) {
       const codes = unpackInt4(m.bytes, n, k, m.g),
         per = m.zeros ? 2 : 1,
@@ -310,15 +341,16 @@ export class Int4Source implements TensorSource {
             z = m.zeros ? f(m.scale[at + 1]!) : 8;
           w[r * k + (act ? act.perm[c]! : c)] = Math.fround(codes[r * k + c]! * s - z * s); // the checkpoint's column order
         }
-      l = { weight: new native.Tensor('f32', [n, k], 'cpu', w), scale: null, perm: null };
+      l = { weight: new native.Tensor('f32', [n, k], 'cpu', w), scale: null, perm: null, order: null };
     } else {
       l = {
         weight: int4WeightTensor(m.bytes, n, k, m.g),
         scale: new native.Tensor(scaleDtype, m.zeros ? [n, G, 2] : [n, G], 'cpu', m.scale),
         perm: act ? new native.Tensor('int32', [k], 'cpu', act.perm) : null,
+        order: act ? act.perm : null,
       };
     }
-    this.made.set(module, l);
+    this.made.set(key, l);
     return l;
   }
 
@@ -345,20 +377,25 @@ export class Int4Source implements TensorSource {
   expertWeights(layer: number, e: number) {
     const p = `model.layers.${layer}.mlp.experts.${e}`;
     if (!this.packed(`${p}.gate_proj`)) return this.ck.expertWeights(layer, e);
-    const g = this.linear(`${p}.gate_proj`),
-      u = this.linear(`${p}.up_proj`),
-      d = this.linear(`${p}.down_proj`);
-    for (const [m, l] of [
-      ['gate_proj', g],
-      ['up_proj', u],
-      ['down_proj', d],
-    ] as const)
-      if (l.perm)
-        throw new CheckpointError(
-          'E_CHECKPOINT',
-          `${p}.${m}: an act-order (desc_act) g_idx on a routed expert is not supported (the grouped expert kernels ` +
-            'take no input permutation; act-order is supported on the dense linears): use a checkpoint quantized with desc_act false',
-        );
-    return { gate: g.weight, up: u.weight, down: d.weight, gateScale: g.scale, upScale: u.scale, downScale: d.scale };
+    const d = this.linear(`${p}.down_proj`);
+    const g = this.linear(`${p}.gate_proj`, d.order ?? undefined),
+      u = this.linear(`${p}.up_proj`, d.order ?? undefined);
+    const gp = g.order,
+      up = u.order;
+    if ((gp === null) !== (up === null) || (gp && up && gp.some((v, i) => v !== up[i])))
+      throw new CheckpointError(
+        'E_CHECKPOINT',
+        `${p}: gate_proj and up_proj have different act-order (desc_act) column orders (g_idx); the grouped expert ` +
+          'kernels gather one order per expert for both (GPTQ gives them the same one: they share their input)',
+      );
+    return {
+      gate: g.weight,
+      up: u.weight,
+      down: d.weight,
+      gateScale: g.scale,
+      upScale: u.scale,
+      downScale: d.scale,
+      perm: g.perm,
+    };
   }
 }

@@ -454,6 +454,58 @@ describe('moe', () => {
     empty.dispose();
   });
 
+  it('act-order experts (moeExperts perm): gate / up read u[perm]; a bad perm list is a typed error', () => {
+    const r = rng(21);
+    for (const dtype of ['f32', 'bf16'] as const) {
+      // no zero experts: they would add the unpermuted u
+      const [t, h, inter, nRouted, k] = [19, 37, 23, 4, 3];
+      const call = randomCall(r, [t, h, inter, nRouted, 0, k], dtype);
+      const perm = r.shuffle(Array.from({ length: h }, (_, c) => c));
+      // the same order for every expert: moe(u) with the perm == moe(u[:, perm]) without it, bit for bit
+      const permuted = {
+        ...call,
+        u: Float32Array.from({ length: t * h }, (_, i) => call.u[Math.floor(i / h) * h + perm[i % h]!]!),
+      };
+      const want = runMoe(permuted);
+      const pt = tensor(Int32Array.from(perm), [h], { dtype: 'int32' });
+      const set = native.moeExperts(
+        ...expertLists(call.x),
+        call.x.gate.map(() => pt),
+      );
+      const { ut, it_, wt, out } = callTensors(call);
+      native.moe(null, out, ut, it_, wt, nRouted, set, null, null, null, null, null, nRouted);
+      expect(new Uint32Array((toArray(out) as Float32Array).buffer), dtype).toEqual(new Uint32Array(want.buffer));
+      // null entries: those experts read u as it is (an all-null list == no list)
+      const plain = native.moeExperts(
+        ...expertLists(call.x),
+        call.x.gate.map(() => null),
+      );
+      native.moe(null, out, ut, it_, wt, nRouted, plain, null, null, null, null, null, nRouted);
+      expect(new Uint32Array((toArray(out) as Float32Array).buffer)).toEqual(new Uint32Array(runMoe(call).buffer));
+      plain.dispose();
+      const lists = expertLists(call.x);
+      const bad = (p: (Tensor | null)[]) => () => native.moeExperts(...lists, p);
+      expectCode(bad([pt]), 'E_ARGUMENT', /'perm' has 1 entries, expected nRouted = 4/);
+      const outOfRange = tensor(
+        Int32Array.from(perm, v => (v === 5 ? h : v)),
+        [h],
+        { dtype: 'int32' },
+      );
+      expectCode(
+        bad([pt, outOfRange, null, pt]),
+        'E_ARGUMENT',
+        new RegExp(`perm\\[1\\]\\[${perm.indexOf(5)}\\] = ${h} is out of range`),
+      );
+      const short = tensor(new Int32Array(h - 1), [h - 1], { dtype: 'int32' });
+      expectCode(bad([short, pt, pt, pt]), 'E_SHAPE', /perm\[0\]/);
+      const floats = tensor(new Float32Array(h), [h]);
+      expectCode(bad([pt, pt, floats, pt]), 'E_DTYPE', /perm\[2\]/);
+      for (const z of [ut, it_, wt, out, pt, outOfRange, short, floats]) z.dispose();
+      set.dispose();
+      disposeExperts(call.x);
+    }
+  });
+
   it('accepts an empty batch (T = 0)', () => {
     const r = rng(18);
     const x = makeExperts(r, 2, 37, 23, 'f32');

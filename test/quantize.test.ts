@@ -268,12 +268,14 @@ describe('quantizeCheckpoint', { timeout: workLimitMs(120) }, () => {
 
   /**
    * An act-order (desc_act) copy of `src` (small: several groups of 128 per linear): in every dense
-   * linear of more than one group (and the routed experts' gate_proj too when `experts`), group gi is
-   * renamed G - 1 - gi -- g_idx[c] = G - 1 - c / 128 (not the plain c / 128: column runs in
-   * descending group order), with the scales' and qzeros' rows moved along, so the weights are the
-   * same. `edit` may change g_idx further. Returns the directory and how many linears it changed.
+   * linear of more than one group, group gi is renamed G - 1 - gi -- g_idx[c] = G - 1 - c / 128 (not
+   * the plain c / 128: column runs in descending group order), with the scales' and qzeros' rows
+   * moved along, so the weights are the same. `experts`: the routed experts too, expert e's group gi
+   * renamed (G - 1 - gi + e) % G (every expert its own order; gate_proj and up_proj the same one,
+   * unless 'gate' renames gate_proj's alone). `edit` may change g_idx further. Returns the directory
+   * and how many linears it changed.
    */
-  async function actOrderVariant(name: string, src: string, experts: boolean, edit?: (g: Int32Array) => void) {
+  async function actOrderVariant(name: string, src: string, experts: 'none' | 'all' | 'gate', edit?: (g: Int32Array) => void) {
     const d = path.join(root, `gptq-${name}`);
     mkdirSync(d);
     for (const f of readdirSync(src)) copyFileSync(path.join(src, f), path.join(d, f));
@@ -287,16 +289,19 @@ describe('quantizeCheckpoint', { timeout: workLimitMs(120) }, () => {
         const m = t.name.slice(0, -'.g_idx'.length);
         const k = t.shape[0]!,
           G = Math.ceil(k / 128);
-        if (G < 2 || (/\.experts\./.test(m) && !(experts && m.endsWith('gate_proj')))) continue;
+        const expert = /\.experts\.(\d+)\./.exec(m);
+        if (G < 2 || (expert && !(experts === 'all' || (experts === 'gate' && m.endsWith('gate_proj'))))) continue;
+        const shift = expert ? Number(expert[1]) : 0;
+        const ren = (gi: number) => (G - 1 - gi + shift) % G;
         const at = (n: string) => h.tensors.get(`${m}.${n}`)!;
         const gIdx = new Int32Array(buf.buffer, buf.byteOffset + t.offset, k);
-        for (let c = 0; c < k; c++) gIdx[c] = G - 1 - Math.floor(c / 128);
+        for (let c = 0; c < k; c++) gIdx[c] = ren(Math.floor(c / 128));
         edit?.(gIdx);
         for (const part of ['scales', 'qzeros']) {
           const p = at(part),
             row = p.nbytes / G;
           const old = Buffer.from(buf.subarray(p.offset, p.offset + p.nbytes));
-          for (let gi = 0; gi < G; gi++) old.copy(buf, p.offset + (G - 1 - gi) * row, gi * row, (gi + 1) * row);
+          for (let gi = 0; gi < G; gi++) old.copy(buf, p.offset + ren(gi) * row, gi * row, (gi + 1) * row);
         }
         changed++;
       }
@@ -305,7 +310,7 @@ describe('quantizeCheckpoint', { timeout: workLimitMs(120) }, () => {
     return { dir: d, changed };
   }
 
-  it('act-order g_idx (desc_act): the same weights in act-order form give the plain logits (CPU and the CUDA device); uneven groups and act-order experts are typed errors', async () => {
+  it('act-order g_idx (desc_act): the same weights in act-order form give the plain logits (CPU and the CUDA device), dense linears and routed experts; uneven groups and experts whose gate and up orders differ are typed errors', async () => {
     const plain = await quantizedOf('small', 'int4');
     // fp32 products: the permuted sums differ from the plain ones only in their order
     const was = setMatmulPrecision('highest');
@@ -313,23 +318,34 @@ describe('quantizeCheckpoint', { timeout: workLimitMs(120) }, () => {
     using ref = await loadModel(plain, { backend: 'cpu', maxContext: 64 });
     const want = ref.forward(PROMPT);
     const tol = 1e-5 * maxAbs(want);
-    const act = await actOrderVariant('act-order', plain, false);
+    const act = await actOrderVariant('act-order', plain, 'none');
     expect(act.changed).toBeGreaterThanOrEqual(10); // q_a, kv_a, q_b, o_proj, gate / up / down of every layer
-    {
-      using m = await loadModel(act.dir, { backend: 'cpu', maxContext: 64 });
-      expect(maxDiff(m.forward(PROMPT), want)).toBeLessThan(tol);
-    }
-    if (cudaAvailable) {
-      using gpu = await loadModel(act.dir, { backend: 'cuda', maxContext: 64 });
-      expect(maxDiff(gpu.forward(PROMPT), want)).toBeLessThan(tol);
+    // every routed expert too (its own order each; gate / up over hidden = 4 groups, down over 2)
+    const withExperts = await actOrderVariant('act-order-all', plain, 'all');
+    using ck = await openCheckpoint(plain);
+    const nExperts = ck.config.n_routed_experts * ck.config.num_layers;
+    expect(withExperts.changed).toBe(act.changed + 3 * nExperts);
+    for (const v of [act, withExperts]) {
+      {
+        using m = await loadModel(v.dir, { backend: 'cpu', maxContext: 64 });
+        expect(maxDiff(m.forward(PROMPT), want)).toBeLessThan(tol);
+      }
+      if (cudaAvailable) {
+        using gpu = await loadModel(v.dir, { backend: 'cuda', maxContext: 64 });
+        expect(maxDiff(gpu.forward(PROMPT), want)).toBeLessThan(tol);
+      }
     }
     // a group of 129 columns and one of 127
-    const uneven = await actOrderVariant('act-order-uneven', plain, false, g => {
+    const uneven = await actOrderVariant('act-order-uneven', plain, 'none', g => {
       g[0] = g[g.length - 1]!;
     });
     await rejects(loadModel(uneven.dir, { backend: 'cpu', maxContext: 64 }), 'E_CHECKPOINT', /puts 129 columns in group/);
-    const experts = await actOrderVariant('act-order-experts', plain, true);
-    await rejects(loadModel(experts.dir, { backend: 'cpu', maxContext: 64 }), 'E_CHECKPOINT', /act-order.*routed expert/);
+    const gateOnly = await actOrderVariant('act-order-gate', plain, 'gate');
+    await rejects(
+      loadModel(gateOnly.dir, { backend: 'cpu', maxContext: 64 }),
+      'E_CHECKPOINT',
+      /experts\.0: gate_proj and up_proj have different act-order/,
+    );
   });
 
   it('GPTQ variants without kernels are typed errors: bits, group size, packing format, group size not the files', async () => {

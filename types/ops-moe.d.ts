@@ -83,7 +83,9 @@ export interface MoeOps {
 
   /**
    * Checks and packs one layer's routed experts (same rules as moe's lists: gate[e], up[e] [I, H],
-   * down[e] [H, I], scale lists only for fp8 / int8 weights) for reuse across moe() calls.
+   * down[e] [H, I], scale lists only for fp8 / int8 / int4 weights) for reuse across moe() calls.
+   * perm (act-order GPTQ experts): per expert null or int32 [H] on the experts' device, values in
+   * [0, H): that expert's gate and up read the token's columns in this order (x[c] = u[t, perm[c]]).
    */
-  moeExperts(...lists: ExpertLists): MoeExpertSet;
+  moeExperts(...lists: [...ExpertLists, perm?: readonly (Tensor | null)[] | null]): MoeExpertSet;
 }

@@ -1496,6 +1496,8 @@ interface HostExpert {
   gate: HostWeight;
   up: HostWeight;
   down: HostWeight;
+  /** act-order: gate / up read u's columns in this order (moeExperts' perm) */
+  perm?: readonly number[] | null;
 }
 const silu = (z: number) => z / (1 + Math.exp(-z));
 
@@ -1546,7 +1548,9 @@ function moeBound(
       const n = slots.length,
         x = new Float32Array(n * H);
       slots.forEach((s, i) => {
-        x.set(uHost.subarray(Math.floor(s / k) * H, (Math.floor(s / k) + 1) * H), i * H);
+        const row = uHost.subarray(Math.floor(s / k) * H, (Math.floor(s / k) + 1) * H);
+        if (e.perm) for (let c = 0; c < H; c++) x[i * H + c] = row[e.perm[c]!]!;
+        else x.set(row, i * H);
       });
       const g = lin(x, n, e.gate, false),
         v = lin(x, n, e.up, false),
@@ -1610,11 +1614,12 @@ function moeBound(
   });
   return out;
 }
-// MoE with zero experts: [T, H, I, nRouted, nZero, k, weight dtype, distinct ids per token, precision].
+// MoE with zero experts: [T, H, I, nRouted, nZero, k, weight dtype, distinct ids per token, precision,
+// act-order: every odd expert's gate / up read u's columns in a random order (moeExperts' perm)].
 // Decode-sized batches take the CUDA-core skinny path (fp32 products) in every precision; prefill
 // takes fp32 tiles ('highest'), bf16 tensor cores ('bf16') or e4m3 tensor cores ('fp8': every
 // routed expert here gets >= 17 rows, so the CPU quantizes the same activations per expert).
-for (const [T, H, I, nr, nz, k, wdt, distinct, precision = 'highest'] of [
+for (const [T, H, I, nr, nz, k, wdt, distinct, precision = 'highest', permuted = false] of [
   [1, 64, 32, 8, 2, 3, 'bf16', true],
   [5, 129, 67, 6, 3, 4, 'f32', false],
   [3, 72, 48, 5, 2, 4, 'int8', true],
@@ -1625,6 +1630,11 @@ for (const [T, H, I, nr, nz, k, wdt, distinct, precision = 'highest'] of [
   [3, 72, 48, 5, 2, 4, 'int4-g32z', true],
   [5, 129, 67, 6, 3, 4, 'int4', false],
   [100, 200, 96, 3, 1, 2, 'int4', true, 'bf16'],
+  // act-order experts: the skinny, fp32-tile and tensor-core paths
+  [5, 129, 67, 6, 3, 4, 'int4', false, 'highest', true],
+  [3, 256, 48, 5, 2, 4, 'int4-g32z', true, 'highest', true],
+  [40, 136, 80, 4, 3, 5, 'bf16', false, 'highest', true],
+  [100, 200, 96, 3, 1, 2, 'int4', true, 'bf16', true],
   // int4 decode on gemv.cuh (32 codes per 16-byte load): one-row tiles, K past one 1,024-column chunk
   // with padding codes in the last unit, tiles of 2-16 rows (down in passes of <= 4 rows)
   [1, 580, 292, 8, 2, 4, 'int4', true],
@@ -1644,7 +1654,7 @@ for (const [T, H, I, nr, nz, k, wdt, distinct, precision = 'highest'] of [
   [256, 520, 392, 4, 2, 4, 'fp8_e4m3', true, 'fp8'],
   [64, 1024, 512, 0, 4, 2, 'bf16', true],
 ] as const) {
-  const name = `moe T=${T} H=${H} I=${I} routed=${nr} zero=${nz} k=${k} w=${wdt}${distinct ? '' : ' (repeated ids)'} ${precision}`;
+  const name = `moe T=${T} H=${H} I=${I} routed=${nr} zero=${nz} k=${k} w=${wdt}${distinct ? '' : ' (repeated ids)'} ${precision}${permuted ? ' act-order' : ''}`;
   // the routing is drawn here (its own stream of the case's seed), so that the work is known up front
   const E = nr + nz,
     pick = rng(seedOf(`${name} routing`)),
@@ -1665,10 +1675,11 @@ for (const [T, H, I, nr, nz, k, wdt, distinct, precision = 'highest'] of [
       const fp8 = wdt === 'fp8_e4m3';
       const amp = fp8 ? 2 : 0.1,
         [sLo, sHi] = fp8 ? [0.01, 0.06] : wdt === 'int8' ? [1e-4, 1.1e-3] : wdt.startsWith('int4') ? [1e-3, 1e-2] : [0, 0];
-      const experts = Array.from({ length: nr }, () => ({
+      const experts = Array.from({ length: nr }, (_, e) => ({
         gate: randomWeight(r, wdt, I, H, amp, sLo, sHi),
         up: randomWeight(r, wdt, I, H, amp, sLo, sHi),
         down: randomWeight(r, wdt, H, I, amp, sLo, sHi),
+        perm: permuted && e % 2 === 1 ? r.shuffle(Array.from({ length: H }, (_, c) => c)) : null,
       }));
       const uHost = uniform(r, T * H),
         wHost = positive(r, T * k, 0, 2);
@@ -1690,6 +1701,7 @@ for (const [T, H, I, nr, nz, k, wdt, distinct, precision = 'highest'] of [
           scales(0),
           scales(1),
           scales(2),
+          permuted ? experts.map(e => (e.perm ? int32(e.perm, [H], dev) : null)) : null,
         );
         const u = tensor(magnitude ? abs(uHost) : uHost, [T, H], { device: dev });
         return {

@@ -109,7 +109,16 @@ export interface TensorSource {
   expertWeights(
     layer: number,
     expert: number,
-  ): { gate: Tensor; up: Tensor; down: Tensor; gateScale?: Tensor | null; upScale?: Tensor | null; downScale?: Tensor | null };
+  ): {
+    gate: Tensor;
+    up: Tensor;
+    down: Tensor;
+    gateScale?: Tensor | null;
+    upScale?: Tensor | null;
+    downScale?: Tensor | null;
+    /** Act-order experts: gate and up read the token's columns in this order (int32 [hidden]). */
+    perm?: Tensor | null;
+  };
 }
 
 /** Progress of the weight upload to a GPU (one event per tensor copied). */
@@ -336,8 +345,19 @@ function buildWeights(
           : null;
       const list = (m: 'gate' | 'up' | 'down') =>
         experts.map((x, i) => place(x[m], expertName(first + i, `${m}_proj.weight`), to));
+      const perms = experts.some(x => x.perm)
+        ? experts.map((x, i) => (x.perm ? place(x.perm, expertName(first + i, 'gate_proj.weight_perm'), to) : null))
+        : null;
       return own(
-        native.moeExperts(list('gate'), list('up'), list('down'), scales('gateScale'), scales('upScale'), scales('downScale')),
+        native.moeExperts(
+          list('gate'),
+          list('up'),
+          list('down'),
+          scales('gateScale'),
+          scales('upScale'),
+          scales('downScale'),
+          perms,
+        ),
       );
     };
     const ranks = opts.expertDevices;

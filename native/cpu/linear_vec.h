@@ -458,26 +458,18 @@ void gemv_int4(int64_t t, const float* x, const WeightRef& w, void* y, DType yt)
   }
 }
 
-// A packed panel element: f32, or bf16 bits (rounded to nearest even) for the AVX512-BF16 GEMM.
-template <class V>
-void store_panel(float* p, typename V::F v) {
-  V::store(p, v);
-}
-template <class V>
-void store_panel(uint16_t* p, typename V::F v) {
-  V::store_bf16(p, v);
-}
-
 // W[n0 + j, k0 .. k0 + klen) of an int4 weight decoded into p[j][kcp] (zero padded; k0 is a
-// multiple of 128, so each 32-column block lies in one group).
-template <class L, class WE>
-void pack_panel_int4(const WeightRef& w, int64_t n0, int64_t nlen, int64_t nrows, int64_t k0, int64_t klen, int64_t kcp, WE* p) {
+// multiple of 128, so each 32-column block lies in one group). (The AVX512-BF16 GEMM packs its
+// bf16 panels itself: linear_avx512.cc.)
+template <class L>
+void pack_panel_int4(const WeightRef& w, int64_t n0, int64_t nlen, int64_t nrows, int64_t k0, int64_t klen, int64_t kcp,
+                     float* p) {
   using V = typename L::V;
   constexpr int W = V::kLanes, NV = V::kU4Vectors;
   const int64_t rb = int4_row_bytes(w.k, w.group);
   for (int64_t j = 0; j < nrows; ++j) {
-    WE* dst = p + j * kcp;
-    std::memset(dst, 0, kcp * sizeof(WE));
+    float* dst = p + j * kcp;
+    std::memset(dst, 0, kcp * sizeof(float));
     if (j >= nlen) continue;
     const uint8_t* src = static_cast<const uint8_t*>(w.data) + (n0 + j) * rb;
     for (int64_t c = 0; c < klen; c += 32) {
@@ -485,9 +477,9 @@ void pack_panel_int4(const WeightRef& w, int64_t n0, int64_t nlen, int64_t nrows
       int4_group_params(w, n0 + j, (k0 + c) / w.group, &s, &z);
       const typename V::F sv = V::set1(s), mv = V::set1(-z * s);
       const typename V::U4 u = V::load_u4(src + (k0 + c) / 2);
-      alignas(64) WE blk[32];
-      for (int v = 0; v < NV; ++v) store_panel<V>(blk + v * W, V::fmadd(V::u4_codes(u, v), sv, mv));
-      std::memcpy(dst + c, blk, (klen - c < 32 ? klen - c : 32) * sizeof(WE));
+      alignas(64) float blk[32];
+      for (int v = 0; v < NV; ++v) V::store(blk + v * W, V::fmadd(V::u4_codes(u, v), sv, mv));
+      std::memcpy(dst + c, blk, (klen - c < 32 ? klen - c : 32) * sizeof(float));
     }
   }
 }
@@ -506,15 +498,16 @@ void bf16_to_f32_rows(const uint16_t* src, int64_t n, float* dst) {
 
 // W[n0 + j, k0 .. k0 + klen) of an f32 / bf16 / fp8 / int8 weight dequantized into p[j][kcp] (zero
 // padded; int8: the codes, the row scale joins the finished dot product).
-template <class L, class D, class WE>
-void pack_panel_dec(const WeightRef& w, int64_t n0, int64_t nlen, int64_t nrows, int64_t k0, int64_t klen, int64_t kcp, WE* p) {
+template <class L, class D>
+void pack_panel_dec(const WeightRef& w, int64_t n0, int64_t nlen, int64_t nrows, int64_t k0, int64_t klen, int64_t kcp,
+                    float* p) {
   using V = typename L::V;
   using E = typename D::E;
   constexpr int W = V::kLanes;
   for (int64_t j = 0; j < nrows; ++j) {
-    WE* dst = p + j * kcp;
+    float* dst = p + j * kcp;
     if (j >= nlen) {
-      std::memset(dst, 0, kcp * sizeof(WE));
+      std::memset(dst, 0, kcp * sizeof(float));
       continue;
     }
     const E* src = static_cast<const E*>(w.data) + (n0 + j) * w.k + k0;
@@ -522,24 +515,20 @@ void pack_panel_dec(const WeightRef& w, int64_t n0, int64_t nlen, int64_t nrows,
     for (; c < klen; c += W) {  // kcp is a multiple of W: whole vectors fit
       auto v = c + W <= klen ? D::load(src + c) : D::load_n(src + c, klen - c);
       if constexpr (D::kScaleMul != 0) v = V::mul(v, V::set1(fp8_block_scale(w, n0 + j, (k0 + c) / 128) * D::kScaleMul));
-      store_panel<V>(dst + c, v);
+      V::store(dst + c, v);
     }
-    if (c < kcp) std::memset(dst + c, 0, (kcp - c) * sizeof(WE));
+    if (c < kcp) std::memset(dst + c, 0, (kcp - c) * sizeof(float));
     if constexpr (D::kNanCodes)
       if (V::has_nan_code(src, klen))
         for (c = 0; c < klen; ++c)
-          if ((src[c] & 0x7f) == 0x7f) {
-            if constexpr (std::is_same_v<WE, float>)
-              dst[c] = NAN;
-            else
-              dst[c] = 0x7fc0;  // bf16 NaN
-          }
+          if ((src[c] & 0x7f) == 0x7f) dst[c] = NAN;
   }
 }
 
-// A GEMM weight panel in any stored format, as f32 or bf16 bits (WE).
-template <class L, class WE>
-void pack_panel_any(const WeightRef& w, int64_t n0, int64_t nlen, int64_t nrows, int64_t k0, int64_t klen, int64_t kcp, WE* p) {
+// A GEMM weight panel in any stored format, as f32.
+template <class L>
+void pack_panel_any(const WeightRef& w, int64_t n0, int64_t nlen, int64_t nrows, int64_t k0, int64_t klen, int64_t kcp,
+                    float* p) {
   using V = typename L::V;
   switch (w.dtype) {
     case DType::F32: pack_panel_dec<L, DecF32<V>>(w, n0, nlen, nrows, k0, klen, kcp, p); break;

@@ -161,8 +161,14 @@ int64_t moe(int64_t t, int64_t k, int64_t h, const float* u, const int32_t* idx,
       float* x = xbuf + (b0 - r0) * h;
       float* g = gbuf + (b0 - r0) * inter;
       float* uu = ubuf + (b0 - r0) * inter;
-      for (int64_t r = 0; r < m; ++r)
-        std::memcpy(x + r * h, u + static_cast<int64_t>(sorted[b0 + r] / k) * h, sizeof(float) * static_cast<size_t>(h));
+      const int32_t* perm = ex.perm ? ex.perm[e] : nullptr;
+      for (int64_t r = 0; r < m; ++r) {
+        const float* src = u + static_cast<int64_t>(sorted[b0 + r] / k) * h;
+        if (perm)
+          for (int64_t c = 0; c < h; ++c) x[r * h + c] = src[perm[c]];
+        else
+          std::memcpy(x + r * h, src, sizeof(float) * static_cast<size_t>(h));
+      }
       linear(m, x, DType::F32, ex.gate[e], g, DType::F32);
       linear(m, x, DType::F32, ex.up[e], uu, DType::F32);
       silu_mul(m * inter, g, uu, g);                        // elementwise, so g may be the output

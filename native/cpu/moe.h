@@ -17,10 +17,14 @@ void router_topk(int64_t t, int64_t e, int64_t k, const float* logits, const flo
                  int32_t* idx, float* w, int32_t* nffn);
 
 // The routed experts: gate[e], up[e] are [inter, h], down[e] is [h, inter], e < n_routed.
+// perm (optional, act-order GPTQ experts): perm[e] null, or int32 [h] with values in [0, h): expert e's
+// gate and up read the token's columns in that order (x[c] = u[t, perm[e][c]]), i.e. their weights'
+// columns are sorted by quantization group (lib/int4.ts gptqActOrder).
 struct MoeExperts {
   const WeightRef* gate = nullptr;
   const WeightRef* up = nullptr;
   const WeightRef* down = nullptr;
+  const int32_t* const* perm = nullptr;
   int64_t n_routed = 0;
   int64_t inter = 0;
 };

@@ -387,7 +387,6 @@ struct Avx512 {
     return _mm512_cvtepi32_epi16(r);
   }
   LC_TARGET_AVX512 static void store_bf16(uint16_t* p, F x) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), to_bf16(x)); }
-  LC_TARGET_AVX512 static void store_bf16_n(uint16_t* p, F x, int64_t n) { _mm256_mask_storeu_epi16(p, mask16(n), to_bf16(x)); }
   // f32 or bf16 bits, as f32.
   LC_TARGET_AVX512 static F widen_load(const float* p) { return load(p); }
   LC_TARGET_AVX512 static F widen_load(const uint16_t* p) { return load_bf16(p); }

@@ -1,6 +1,6 @@
 // The MoE ops (kernels: cpu/moe.cc, cuda/moe.cu, cuda/moe_router.cu):
 //   routerTopk(stream, idx, weights, nFfn, logits, bias, nRouted, scale)
-//   moeExperts(gate[], up[], down[], gateScale[]?, upScale[]?, downScale[]?) -> MoeExpertSet
+//   moeExperts(gate[], up[], down[], gateScale[]?, upScale[]?, downScale[]?, perm[]?) -> MoeExpertSet
 //   moe(stream, out, u, idx, weights, nRouted, gate[] | MoeExpertSet, up[], down[], gateScale[]?, upScale[]?,
 //       downScale[]?, nExperts?)
 #include <cmath>
@@ -86,6 +86,7 @@ struct ExpertSet {
   int64_t n_routed = 0, h = 0, inter = 0;
   Device device;
   std::vector<cpu::WeightRef> gate, up, down;
+  std::vector<const int32_t*> perm;  // empty, or [n_routed]: act-order gate/up input permutations (null: none)
   std::vector<std::shared_ptr<Storage>> keep;
   std::shared_ptr<Storage> dev_table;  // CUDA: gpu::MoeWeight [3 * n_routed] (gate, up, down), uploaded once
 };
@@ -154,10 +155,53 @@ void expert_refs(const char* op, const char* name, const std::vector<const Tenso
   }
 }
 
-// Reads gate/up/down (+ scale) lists at info[i0 .. i0+5] into an ExpertSet. `h` < 0: take H from
-// gate[0]; else gate[0] must have H columns. `n_routed` < 0: any count (the gate list's length).
+// Reads the optional perm list (moeExperts' 7th argument): per expert null or int32 [h] on the set's
+// device, every value in [0, h) (checked here, on a host copy for a device tensor).
+void read_perms(const Napi::CallbackInfo& info, size_t i, const char* op, ExpertSet& set) {
+  if (i >= info.Length() || info[i].IsNull() || info[i].IsUndefined()) return;
+  if (!info[i].IsArray()) fail(Code::E_ARGUMENT, "%s: argument 'perm' must be an array of Tensors or nulls", op);
+  Napi::Array arr = info[i].As<Napi::Array>();
+  if (static_cast<int64_t>(arr.Length()) != set.n_routed)
+    fail(Code::E_ARGUMENT, "%s: 'perm' has %u entries, expected nRouted = %lld (one per routed expert)", op, arr.Length(),
+         ll(set.n_routed));
+  set.perm.assign(static_cast<size_t>(set.n_routed), nullptr);
+  std::vector<int32_t> host;
+  for (uint32_t e = 0; e < arr.Length(); ++e) {
+    Napi::Value v = arr.Get(e);
+    if (v.IsNull() || v.IsUndefined()) continue;
+    const std::string name = "perm[" + std::to_string(e) + "]";
+    if (!TensorWrap::IsTensor(info.Env(), v)) fail(Code::E_ARGUMENT, "%s: '%s' is not a Tensor or null", op, name.c_str());
+    const Tensor* p = nullptr;
+    try {
+      p = &TensorWrap::Unwrap(v.As<Napi::Object>())->get(name.c_str());
+    } catch (const Error&) {
+      fail(Code::E_DISPOSED, "%s: '%s': tensor was disposed", op, name.c_str());
+    }
+    if (p->dtype != DType::I32) expect_dtype(op, name.c_str(), *p, {DType::I32});
+    if (p->device() != set.device) expect_device(op, name.c_str(), *p, set.device);
+    if (p->ndim() != 1 || p->dim(0) != set.h) expect_shape(op, name.c_str(), *p, {set.h});
+    const int32_t* vals = p->ptr<int32_t>();
+#ifdef LONGCAT_WITH_CUDA
+    if (!set.device.is_cpu()) {
+      host.resize(static_cast<size_t>(set.h));
+      cuda::memcpy_d2h(set.device.index, host.data(), vals, sizeof(int32_t) * host.size());
+      vals = host.data();
+    }
+#endif
+    for (int64_t c = 0; c < set.h; ++c)
+      if (vals[c] < 0 || vals[c] >= set.h)
+        fail(Code::E_ARGUMENT, "%s: %s[%lld] = %d is out of range for H = %lld columns", op, name.c_str(), ll(c), vals[c],
+             ll(set.h));
+    set.perm[e] = p->ptr<int32_t>();
+    set.keep.push_back(p->storage);
+  }
+}
+
+// Reads gate/up/down (+ scale) lists at info[i0 .. i0+5] (and with `perms`, moeExperts' perm list at
+// i0+6) into an ExpertSet. `h` < 0: take H from gate[0]; else gate[0] must have H columns.
+// `n_routed` < 0: any count (the gate list's length).
 std::shared_ptr<ExpertSet> read_experts(const Napi::CallbackInfo& info, size_t i0, const char* op, int64_t n_routed, int64_t h,
-                                        Device d) {
+                                        Device d, bool perms = false) {
   auto present = [&](size_t i) { return i < info.Length() && !info[i].IsNull() && !info[i].IsUndefined(); };
   std::vector<const Tensor*> gate = list_arg(info, i0, op, "gate"), up = list_arg(info, i0 + 1, op, "up"),
                              down = list_arg(info, i0 + 2, op, "down");
@@ -203,6 +247,7 @@ std::shared_ptr<ExpertSet> read_experts(const Napi::CallbackInfo& info, size_t i
   expert_refs(op, "gate", gate, gs ? &*gs : nullptr, "gateScale", set->inter, h, d, set->gate, set->keep);
   expert_refs(op, "up", up, us ? &*us : nullptr, "upScale", set->inter, h, d, set->up, set->keep);
   expert_refs(op, "down", down, ds ? &*ds : nullptr, "downScale", h, set->inter, d, set->down, set->keep);
+  if (perms) read_perms(info, i0 + 6, op, *set);
 #ifdef LONGCAT_WITH_CUDA
   if (!set->device.is_cpu() && n_routed > 0) {  // the device-side pointer table the moe kernels read (synchronous copy)
     std::vector<gpu::MoeWeight> tab(3 * static_cast<size_t>(n_routed));
@@ -212,6 +257,7 @@ std::shared_ptr<ExpertSet> read_experts(const Napi::CallbackInfo& info, size_t i
         const cpu::WeightRef& r = *src[m];
         tab[m * n_routed + e] = gpu::MoeWeight{r.data, r.scale, r.dtype, r.group_scale, r.group, r.group_scale_f16, r.group_zero};
       }
+      if (!set->perm.empty()) tab[e].perm = set->perm[e];  // on the gate entry
     }
     const size_t bytes = sizeof(gpu::MoeWeight) * tab.size();
     set->dev_table = device_pool(set->device).alloc(bytes);
@@ -234,7 +280,7 @@ Napi::Value ExpertSetDispose(const Napi::CallbackInfo& info) {
 // moeExperts(gate[], up[], down[], gateScale[]?, upScale[]?, downScale[]?) -> MoeExpertSet
 static Napi::Value MoeExperts(const Napi::CallbackInfo& info) {
   const char* op = "moeExperts";
-  std::shared_ptr<ExpertSet> set = read_experts(info, 0, op, -1, -1, Device{});
+  std::shared_ptr<ExpertSet> set = read_experts(info, 0, op, -1, -1, Device{}, true);
   Napi::Env env = info.Env();
   Napi::Object obj = handle_object(env, new ExpertSetHandle{set}, kExpertSetTag);
   obj.DefineProperties({
@@ -292,8 +338,10 @@ static void Moe(const OpArgs& a) {
   for (int64_t e = 0; fp8 && e < n_routed; ++e)
     fp8 = set->gate[e].dtype == DType::FP8_E4M3 && set->up[e].dtype == DType::FP8_E4M3 && set->down[e].dtype == DType::FP8_E4M3;
   fp8 = fp8 && LC_IF_CUDA(gpu::kernel_image(d.index).fp8_mma(), false);
+  const bool permuted = !set->perm.empty();
+  fp8 = fp8 && !permuted;  // (act-order experts are int4)
   const size_t ws_bytes = d.is_cpu() ? cpu::moe_workspace_bytes(t, k, h, inter, n_routed)
-                                     : LC_IF_CUDA(gpu::moe_workspace_bytes(t, k, h, inter, n_routed, fp8), 0);
+                                     : LC_IF_CUDA(gpu::moe_workspace_bytes(t, k, h, inter, n_routed, fp8, permuted), 0);
   Tensor ws = empty_tensor(d, DType::I8, {static_cast<int64_t>(ws_bytes)});
   // The lambda owns every tensor it touches (out, u, idx, w, ws by value; weights and scales
   // through the expert set) until it has run.
@@ -304,6 +352,7 @@ static void Moe(const OpArgs& a) {
         ex.gate = set->gate.data();
         ex.up = set->up.data();
         ex.down = set->down.data();
+        ex.perm = permuted ? set->perm.data() : nullptr;
         ex.n_routed = n_routed;
         ex.inter = inter;
         int64_t bad = cpu::moe(t, k, h, u.ptr<float>(), idx.ptr<int32_t>(), w.ptr<float>(), ex, n_experts, out.ptr<float>(),
@@ -323,7 +372,7 @@ static void Moe(const OpArgs& a) {
       // a bad idx makes the call a no-op on the GPU (out untouched, no error: see cuda/moe.h)
       LC_GPU(const auto* table = set->dev_table ? static_cast<const gpu::MoeWeight*>(set->dev_table->ptr) : nullptr;
              gpu::moe(t, k, h, inter, u.ptr<float>(), idx.ptr<int32_t>(), w.ptr<float>(), table, n_routed, n_experts,
-                      out.ptr<float>(), fp8, ws.data(), ws_bytes, stream)));
+                      out.ptr<float>(), fp8, permuted, ws.data(), ws_bytes, stream)));
 }
 
 LC_REGISTER_OP("moeExperts", MoeExperts);

@@ -333,9 +333,10 @@ void moe_case(int64_t t, int64_t h, int64_t inter, int64_t nr, int64_t nz, int64
   std::vector<float> want(t * h), got = poison<float>(t * h);
   cpu::moe(t, k, h, u.data(), idx.data(), w.data(), ex, E, want.data(), cal, cws.size() - 64);
   const bool fp8 = p == MatmulPrecision::FP8 && dt == DType::FP8_E4M3;
-  std::vector<uint8_t> gws(gpu::moe_workspace_bytes(t, k, h, inter, nr, fp8) + 256);
+  std::vector<uint8_t> gws(gpu::moe_workspace_bytes(t, k, h, inter, nr, fp8, false) + 256);
   void* gal = reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(gws.data()) + 255) & ~uintptr_t{255});
-  gpu::moe(t, k, h, inter, u.data(), idx.data(), w.data(), table.data(), nr, E, got.data(), fp8, gal, gws.size() - 256, nullptr);
+  gpu::moe(t, k, h, inter, u.data(), idx.data(), w.data(), table.data(), nr, E, got.data(), fp8, false, gal, gws.size() - 256,
+           nullptr);
   expect_close(got, want, p == MatmulPrecision::FP8 ? 2e-2 : tol_of(p),
                "moe t=" + std::to_string(t) + " h=" + std::to_string(h) + " inter=" + std::to_string(inter) +
                    " routed=" + std::to_string(nr) + " k=" + std::to_string(k) + " w=" + dtype_name(dt) + " " + name_of(p));

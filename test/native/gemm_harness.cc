@@ -298,10 +298,10 @@ void moe_case(int64_t t, int64_t h, int64_t inter, int64_t nr, int64_t nz, int64
   const bool fp8 = prec == MatmulPrecision::FP8 && wdt == DType::FP8_E4M3 && gpu::kernel_image(0).fp8_mma();
   DeviceBuffer dtab(table.data(), table.size() * sizeof(gpu::MoeWeight)), du(u.data(), u.size() * 4),
       didx(idx.data(), idx.size() * 4), dw(wt.data(), wt.size() * 4), dout(out.size() * 4),
-      dws(gpu::moe_workspace_bytes(t, k, h, inter, nr, fp8));
+      dws(gpu::moe_workspace_bytes(t, k, h, inter, nr, fp8, false));
   cuda::memset_async(0, dout.p, 0xff, dout.bytes, nullptr);
   gpu::moe(t, k, h, inter, static_cast<const float*>(du.p), static_cast<const int32_t*>(didx.p), static_cast<const float*>(dw.p),
-           static_cast<const gpu::MoeWeight*>(dtab.p), nr, E, static_cast<float*>(dout.p), fp8, dws.p, dws.bytes, nullptr);
+           static_cast<const gpu::MoeWeight*>(dtab.p), nr, E, static_cast<float*>(dout.p), fp8, false, dws.p, dws.bytes, nullptr);
   cuda::check_launch(name);
   cuda::device_synchronize(0);
   const auto got = dout.get<float>(out.size());
