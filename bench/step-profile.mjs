@@ -6,13 +6,15 @@
 //
 // Printed per preset (read probe: benchReadBandwidth, all pool threads, before and after):
 //   step      the plain step (profiling off): forward() until its logits are read, median
-//   region    the profiled region per replay; the gap to the step is dispatch (JS, stream
-//             threads meeting) outside the region
+//   region    the profiled region per replay; the gap to the profiled step is the host's part
+//             (JS before the replay, the read-back) and the replay's start (replay() until the
+//             streams' threads have met and the region begins, also printed)
 //   nodes     sum of the node times; region - nodes = the loop between nodes
 //   per op    time per step, share of the step, weight MB and GB/s, the master's join wait, the
 //             jobs, and time on the master alone (nodes without a parallel job: the other threads idle)
 //   linear    per weight size: GB/s in the step vs the same weights in a lone GEMV loop
-//             (benchLinear over every layer's copy, so they come from memory as in the step)
+//             (benchLinear over every layer's copy; the copies of a small preset's weights, and
+//             the halves of a lone lm_head each thread rereads, partly stay in the caches)
 //
 //   node bench/step-profile.mjs [--presets small,medium] [--threads N] [--steps 64] [--json f.json]
 import { existsSync, writeFileSync } from 'node:fs';
@@ -143,6 +145,7 @@ async function profilePreset(preset) {
     stepMs,
     profiledStepMs: profMs,
     regionMs,
+    startMs: g.startNs / R / 1e6,
     nodesMs: perStep(nodesNs) / 1e6,
     nodesPerStep: g.nodes.length,
     weightMBPerStep: bytesPerStep / 1e6,
@@ -189,7 +192,10 @@ for (const r of results) {
       `${f(r.weightMBPerStep, 1)} MB weights/step = ${f(r.weightMBPerStep / r.stepMs, 1)} GB/s = ` +
       `${f(100 * r.fracRoofline, 0)}% of the ${f(bw, 1)} GB/s probe`,
   );
-  console.log(`dispatch outside the region ${f(r.stepMs - r.regionMs, 3)} ms; between nodes ${f(r.regionMs - r.nodesMs, 3)} ms`);
+  console.log(
+    `outside the region ${f(r.profiledStepMs - r.regionMs, 3)} ms (profiled step - region), of which replay() to the region's start ` +
+      `${f(r.startMs, 3)} ms; between nodes ${f(r.regionMs - r.nodesMs, 3)} ms`,
+  );
   console.log('| op | per step | ms | % region | weight MB | GB/s | join wait ms | jobs | master alone ms |');
   console.log('|---|---:|---:|---:|---:|---:|---:|---:|---:|');
   for (const o of r.ops)

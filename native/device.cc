@@ -681,15 +681,16 @@ struct Graph::Plan {
 
   // Runs the step as one parallel region of the calling thread's pool; a failed kernel's error goes
   // to its stream's entry of `failures`, and the kernels after it are skipped.
-  void run(std::vector<Failure>& failures) const {
-    if (cpu::profile::on()) return run_profiled(failures);
+  // `queued`: when replay() queued the step (the profile's wait from there to the region's start).
+  void run(std::vector<Failure>& failures, std::chrono::steady_clock::time_point queued) const {
+    if (cpu::profile::on()) return run_profiled(failures, queued);
     cpu::ThreadPool::Region region(cpu::ThreadPool::current());
     bool failed = false;
     for (const auto& [b, e] : phases) failed |= run_phase(b, e, failed, failures);
   }
   // run() with every phase timed (graph_profile); a fused phase's time, waits and bytes are shared
   // among its nodes by their row costs.
-  void run_profiled(std::vector<Failure>& failures) const {
+  void run_profiled(std::vector<Failure>& failures, std::chrono::steady_clock::time_point queued) const {
     using clock = std::chrono::steady_clock;
     auto ns = [](clock::duration d) { return std::chrono::duration_cast<std::chrono::nanoseconds>(d).count(); };
     std::vector<NodeProfile> nodes(steps.size());
@@ -729,6 +730,7 @@ struct Graph::Plan {
     }
     ++profile.replays;
     profile.ns += total;
+    profile.start_ns += ns(t0 - queued);
     for (size_t i = 0; i < steps.size(); ++i) {
       NodeProfile& p = profile.nodes[i];
       p.phase = nodes[i].phase;
@@ -777,7 +779,7 @@ struct Graph::Plan {
     cpu::ThreadPool& pool = cpu::ThreadPool::current();
     double total = 0;
     for (size_t i = b; i < e; ++i) total += cost(steps[i]);
-    const double target = 4.0 * pool.threads();
+    const double target = 4.0 * pool.threads();  // (parallel_for's most chunks per thread)
     for (size_t i = b; i < e; ++i) {
       const RowSplit& sp = *steps[i].split;
       const int64_t units = (sp.rows + sp.align - 1) / sp.align;
@@ -963,6 +965,7 @@ void Graph::replay() {
     for (const auto& w : g_profiled) known |= w.lock() == plan;
     if (!known) g_profiled.push_back(plan);
   }
+  const auto queued = std::chrono::steady_clock::now();
   auto meeting = std::make_shared<Meeting>();
   auto failures = std::make_shared<std::vector<Plan::Failure>>(plan->parts);
   const size_t n = plan->parts;
@@ -976,10 +979,10 @@ void Graph::replay() {
     return;
   }
   for (size_t i = 0; i < n; ++i)
-    parts_[i]->enqueue([plan, meeting, failures, i, n] {
+    parts_[i]->enqueue([plan, meeting, failures, i, n, queued] {
       if (meeting->arrived.fetch_add(1) + 1 == n) {
         try {
-          plan->run(*failures);
+          plan->run(*failures, queued);
         } catch (...) {  // (an exception none of ours: let the others go before it escapes)
           std::lock_guard<std::mutex> lk(meeting->m);
           meeting->done = true;

@@ -270,6 +270,7 @@ struct NodeProfile {
 };
 struct GraphProfile {
   int64_t replays = 0, ns = 0;  // region runs and their total time
+  int64_t start_ns = 0;         // summed over the replays: from replay() to the region's start (the streams' threads meeting)
   std::vector<NodeProfile> nodes;
 };
 std::vector<GraphProfile> graph_profile(bool on);

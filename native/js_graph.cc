@@ -73,6 +73,7 @@ static Napi::Value GraphProfileFn(const Napi::CallbackInfo& info) {
       Napi::Object o = Napi::Object::New(env);
       o.Set("replays", Napi::Number::New(env, static_cast<double>(p.replays)));
       o.Set("ns", Napi::Number::New(env, static_cast<double>(p.ns)));
+      o.Set("startNs", Napi::Number::New(env, static_cast<double>(p.start_ns)));
       Napi::Array nodes = Napi::Array::New(env, p.nodes.size());
       for (size_t i = 0; i < p.nodes.size(); ++i) {
         const NodeProfile& n = p.nodes[i];

@@ -58,6 +58,7 @@ export interface GraphProfileNode {
 export interface GraphProfile {
   replays: number;
   ns: number;
+  startNs: number; // from replay() to the region's start (the streams' threads meeting), summed over the replays
   nodes: GraphProfileNode[];
 }
 
