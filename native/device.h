@@ -129,7 +129,7 @@ std::shared_ptr<Storage> external_storage(Device d, void* ptr, size_t bytes, std
 // ranges), from any pool thread, with no parallel_for of its own that matters (nested ones run inline).
 struct RowSplit {
   int64_t rows = 0;
-  int64_t align = 1;  // range bounds are multiples of it (or `rows`)
+  int64_t align = 1;    // range bounds are multiples of it (or `rows`)
   double row_cost = 1;  // one row's cost (e.g. its weight bytes): the phase balances the threads by it
   std::function<void(int64_t, int64_t)> run;
   std::vector<std::pair<const void*, size_t>> reads, writes;  // the memory it reads / writes, as byte ranges
@@ -186,11 +186,11 @@ class Stream {
   bool busy_ = false, stopping_ = false;
   std::string error_;
   Code error_code_ = Code::E_INTERNAL;
-  void enqueue_marker(std::function<void()> fn);                             // an event's record or wait (Event)
+  void enqueue_marker(std::function<void()> fn);  // an event's record or wait (Event)
   void queue_or_capture(std::function<void()> fn, bool marker, bool spins, const char* op,
                         std::shared_ptr<const RowSplit> split = nullptr);  // captured while capturing (CPU)
-  std::unique_ptr<std::vector<Captured>> captured_;                          // non-null while capturing (CPU)
-  std::vector<std::shared_ptr<Storage>> held_;                               // hold_while_captured (CUDA)
+  std::unique_ptr<std::vector<Captured>> captured_;                        // non-null while capturing (CPU)
+  std::vector<std::shared_ptr<Storage>> held_;                             // hold_while_captured (CUDA)
   friend struct Capture;
   friend class Event;
 };

@@ -144,15 +144,40 @@ describe('a replayed CPU graph as one parallel region', () => {
     const r = rng(40 + threads);
     const k = 291,
       k2 = 200;
-    const codes = (n: number, kk: number) => Uint8Array.from({ length: n * kk }, () => (r.int(254) >= 0x7f ? r.int(0x7f) : r.int(254)));
+    const codes = (n: number, kk: number) =>
+      Uint8Array.from({ length: n * kk }, () => (r.int(254) >= 0x7f ? r.int(0x7f) : r.int(254)));
     // [weight, scale] of odd row counts in each format (fp8 over 128-row scale blocks, int4 groups of 32 / 128)
     const weights: [Tensor, Tensor | null][] = [
       [tensor(r.array(37 * k), [37, k]), null],
       [tensor(r.array(301 * k), [301, k], { dtype: 'bf16' }), null],
       [new Tensor('fp8_e4m3', [259, k], 'cpu', codes(259, k)), tensor(r.array(3 * 3, 0.01, 0.02), [3, 3])],
-      [new Tensor('int8', [131, k], 'cpu', Int8Array.from({ length: 131 * k }, () => r.int(255) - 127)), tensor(r.array(131, 0.001, 0.01), [131])],
-      [int4WeightTensor(Uint8Array.from({ length: 67 * 10 * 16 }, () => r.int(256)), 67, k, 32), tensor(r.array(67 * 10, 0.01, 0.02), [67, 10], { dtype: 'bf16' })],
-      [int4WeightTensor(Uint8Array.from({ length: 45 * 3 * 64 }, () => r.int(256)), 45, k, 128), tensor(r.array(45 * 3 * 2, 0.01, 0.02), [45, 3, 2], { dtype: 'bf16' })],
+      [
+        new Tensor(
+          'int8',
+          [131, k],
+          'cpu',
+          Int8Array.from({ length: 131 * k }, () => r.int(255) - 127),
+        ),
+        tensor(r.array(131, 0.001, 0.01), [131]),
+      ],
+      [
+        int4WeightTensor(
+          Uint8Array.from({ length: 67 * 10 * 16 }, () => r.int(256)),
+          67,
+          k,
+          32,
+        ),
+        tensor(r.array(67 * 10, 0.01, 0.02), [67, 10], { dtype: 'bf16' }),
+      ],
+      [
+        int4WeightTensor(
+          Uint8Array.from({ length: 45 * 3 * 64 }, () => r.int(256)),
+          45,
+          k,
+          128,
+        ),
+        tensor(r.array(45 * 3 * 2, 0.01, 0.02), [45, 3, 2], { dtype: 'bf16' }),
+      ],
     ];
     const x = tensor(r.array(k), [1, k]),
       x2 = tensor(r.array(k2), [1, k2]),
@@ -160,7 +185,9 @@ describe('a replayed CPU graph as one parallel region', () => {
       w3 = tensor(r.array(23 * 37), [23, 37]);
     const outs = (fill: number) => weights.map(([w]) => full([1, w.shape[0]!], fill));
     const run = (s: Stream | null, ys: Tensor[], y2: Tensor, y3: Tensor) => {
-      weights.forEach(([w, sc], i) => native.linear(s, ys[i]!, x, w, sc));
+      weights.forEach(([w, sc], i) => {
+        native.linear(s, ys[i]!, x, w, sc);
+      });
       native.linear(s, y2, x2, w2); // another input: joins the phase
       const flat = ys[1]!.view([ys[1]!.shape[1]!]),
         head = flat.narrow(0, 19),

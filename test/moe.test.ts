@@ -365,7 +365,7 @@ describe('moe', () => {
     });
   });
 
-  it('gives the same bits with every in-wave schedule (experts spread over threads, one by one, or one token\'s experts split by rows)', () => {
+  it("gives the same bits with every in-wave schedule (experts spread over threads, one by one, or one token's experts split by rows)", () => {
     const shapes: Shape[] = [
       [1, 129, 65, 8, 4, 6],
       [1, 37, 23, 8, 2, 5],

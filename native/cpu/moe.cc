@@ -204,9 +204,9 @@ int64_t moe(int64_t t, int64_t k, int64_t h, const float* u, const int32_t* idx,
     if (sc == Sched::Rows && !one_row_each) sc = Sched::Auto;
     if (sc == Sched::Auto) {
       const int64_t nthreads = ThreadPool::current().threads();
-      sc = one_row_each && nseg > 1 ? Sched::Rows
+      sc = one_row_each && nseg > 1                                        ? Sched::Rows
            : (nseg > 1 && ((r1 - r0) <= 4 * nseg || nseg >= 4 * nthreads)) ? Sched::Experts
-                                                                            : Sched::Linear;
+                                                                           : Sched::Linear;
     }
     if (sc == Sched::Rows) {
       // segment s = expert active[a_first + s], its one row at xbuf / gbuf / ubuf + s * width

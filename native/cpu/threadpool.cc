@@ -17,9 +17,9 @@ namespace lc::cpu {
 
 namespace {
 
-thread_local ThreadPool* t_current = nullptr;  // set by ThreadPool::Use
-thread_local ThreadPool* t_master = nullptr;   // the pool whose region this thread runs
-thread_local bool t_in_region_job = false;     // the master is running a region job's chunk
+thread_local ThreadPool* t_current = nullptr;       // set by ThreadPool::Use
+thread_local ThreadPool* t_master = nullptr;        // the pool whose region this thread runs
+thread_local bool t_in_region_job = false;          // the master is running a region job's chunk
 thread_local ThreadPool* t_region_chunk = nullptr;  // the pool whose region job's chunk this worker runs
 
 void futex_wait(std::atomic<uint32_t>* word, uint32_t expected) {
