@@ -84,7 +84,7 @@ async function profilePreset(preset) {
   const graphs = native.graphProfile(false);
   const plain2 = decode(engine, seq, steps, rand, d.vocab);
   seq.release();
-  const g = graphs.reduce((a, b) => (b.replays > a.replays ? b : a), { replays: 0, ns: 0, nodes: [] });
+  const g = graphs.reduce((a, b) => (b.replays > a.replays ? b : a), { replays: 0, ns: 0, startNs: 0, nodes: [] });
   if (!g.replays) throw new Error('no graph was replayed while profiling (is the engine capturing graphs?)');
   const R = g.replays;
 
