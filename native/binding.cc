@@ -174,12 +174,13 @@ void expect_finite(const char* op, const char* name, double v) {
 
 // ---- dispatch and registration ------------------------------------------------------------------
 
-void launch(const char* op, Stream& s, std::function<void()> cpu, std::function<void(void*)> gpu, bool cpu_spins) {
+void launch(const char* op, Stream& s, std::function<void()> cpu, std::function<void(void*)> gpu, bool cpu_spins,
+            std::shared_ptr<const RowSplit> split) {
   if (s.device().is_cpu()) {
     if (cpu_spins)
-      s.enqueue_spinning(std::move(cpu));
+      s.enqueue_spinning(std::move(cpu), op);
     else
-      s.enqueue(std::move(cpu));
+      s.enqueue(std::move(cpu), op, std::move(split));
     return;
   }
   if (!gpu) fail(Code::E_DEVICE, "%s has no CUDA kernel in this build", op);
@@ -196,8 +197,9 @@ void OpArgs::routed_tokens(const Tensor& u, const Tensor& idx, const Tensor& w, 
   expect(w, "weights", {DType::F32}, d, {*t, *k});
 }
 
-void OpArgs::launch(Device d, std::function<void()> cpu, std::function<void(void*)> gpu, bool cpu_spins) const {
-  ::lc::launch(op_, stream(0, d), std::move(cpu), std::move(gpu), cpu_spins);
+void OpArgs::launch(Device d, std::function<void()> cpu, std::function<void(void*)> gpu, bool cpu_spins,
+                    std::shared_ptr<const RowSplit> split) const {
+  ::lc::launch(op_, stream(0, d), std::move(cpu), std::move(gpu), cpu_spins, std::move(split));
 }
 
 OpRegistrar::OpRegistrar(const char* name, OpFn fn) { op_table().push_back(RegisteredOp{name, fn, nullptr}); }

@@ -215,7 +215,9 @@ class OpArgs {
   void routed_tokens(const Tensor& u, const Tensor& idx, const Tensor& w, int64_t* t, int64_t* h, int64_t* k) const;
   // launch() on the stream of argument 0 (d's default stream when null), which must be on d.
   // `cpu_spins`: the CPU work spins on a flag another stream's kernel releases (Stream::enqueue_spinning).
-  void launch(Device d, std::function<void()> cpu, std::function<void(void*)> gpu, bool cpu_spins = false) const;
+  // `split`: the CPU work in row ranges, which a graph replay may fuse with its neighbours (device.h).
+  void launch(Device d, std::function<void()> cpu, std::function<void(void*)> gpu, bool cpu_spins = false,
+              std::shared_ptr<const RowSplit> split = nullptr) const;
 
  private:
   const Napi::CallbackInfo& info_;
@@ -267,7 +269,8 @@ T* handle_in(Napi::Value v, const napi_type_tag& tag) {
 // Runs an op on the stream's device: on the CPU `cpu()` is queued on the stream's worker (capture
 // tensors by value: that keeps their memory alive until it has run); on CUDA `gpu(cudaStream)` is
 // called now and the launch checked. A null `gpu` means the op has no CUDA kernel in this build.
-void launch(const char* op, Stream& s, std::function<void()> cpu, std::function<void(void*)> gpu, bool cpu_spins = false);
+void launch(const char* op, Stream& s, std::function<void()> cpu, std::function<void(void*)> gpu, bool cpu_spins = false,
+            std::shared_ptr<const RowSplit> split = nullptr);
 
 // The CUDA half of launch(): LC_GPU(gpu::kernel(args..., stream)) is a lambda capturing by value
 // whose parameter `stream` is the cudaStream_t; statements may be chained with ';'. In a build

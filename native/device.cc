@@ -5,8 +5,10 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <set>
 
+#include "cpu/profile.h"
 #include "cpu/threadpool.h"
 #include "cuda_api.h"
 
@@ -456,15 +458,18 @@ Stream::~Stream() {
   thread_.join();
 }
 
-void Stream::enqueue(std::function<void()> fn) { queue_or_capture(std::move(fn), false, false); }
-void Stream::enqueue_spinning(std::function<void()> fn) { queue_or_capture(std::move(fn), false, true); }
-void Stream::enqueue_marker(std::function<void()> fn) { queue_or_capture(std::move(fn), true, false); }
+void Stream::enqueue(std::function<void()> fn, const char* op, std::shared_ptr<const RowSplit> split) {
+  queue_or_capture(std::move(fn), false, false, op, std::move(split));
+}
+void Stream::enqueue_spinning(std::function<void()> fn, const char* op) { queue_or_capture(std::move(fn), false, true, op); }
+void Stream::enqueue_marker(std::function<void()> fn) { queue_or_capture(std::move(fn), true, false, "event"); }
 
-void Stream::queue_or_capture(std::function<void()> fn, bool marker, bool spins) {
+void Stream::queue_or_capture(std::function<void()> fn, bool marker, bool spins, const char* op,
+                              std::shared_ptr<const RowSplit> split) {
   {
     std::lock_guard<std::mutex> lk(m_);
     if (captured_) {
-      captured_->push_back(Captured{std::move(fn), marker, spins, g_capture_seq.fetch_add(1)});
+      captured_->push_back(Captured{std::move(fn), marker, spins, g_capture_seq.fetch_add(1), op, std::move(split)});
       return;
     }
     queue_.push_back(std::move(fn));
@@ -644,25 +649,119 @@ struct Graph::Plan {
     bool marker;
     uint64_t seq;
     std::function<void()> fn;
+    const char* op;                         // null: unnamed
+    std::shared_ptr<const RowSplit> split;  // null: runs whole
   };
   // No stream here: a queued replay holds the plan, and a stream's last owner must not be its own
   // job (the stream's thread would join itself).
   size_t parts = 0;
   std::vector<Step> steps;    // in capture order
   bool side_by_side = false;  // a step spins on another stream's kernel (Stream::enqueue_spinning)
+  // The region's phases: steps [first, second) run as one parallel job (more than one step: row
+  // splits that touch none of each other's writes, fused by fuse()); every other step alone.
+  std::vector<std::pair<size_t, size_t>> phases;
 
   struct Failure {
     Code code = Code::E_INTERNAL;
     std::string message;  // empty: none
   };
+
+  // Groups consecutive steps with row splits whose writes no other member reads or writes.
+  void fuse(bool enabled) {
+    phases.clear();
+    auto overlap = [](const std::pair<const void*, size_t>& a, const std::pair<const void*, size_t>& b) {
+      const char *a0 = static_cast<const char*>(a.first), *b0 = static_cast<const char*>(b.first);
+      return a0 < b0 + b.second && b0 < a0 + a.second;
+    };
+    auto conflict = [&](const RowSplit& a, const RowSplit& b) {
+      for (const auto& w : a.writes) {
+        for (const auto& r : b.reads)
+          if (overlap(w, r)) return true;
+        for (const auto& r : b.writes)
+          if (overlap(w, r)) return true;
+      }
+      for (const auto& w : b.writes)
+        for (const auto& r : a.reads)
+          if (overlap(w, r)) return true;
+      return false;
+    };
+    for (size_t i = 0; i < steps.size();) {
+      size_t j = i + 1;
+      if (enabled && steps[i].split && !steps[i].marker)
+        for (; j < steps.size() && steps[j].split && !steps[j].marker; ++j) {
+          bool ok = true;
+          for (size_t m = i; m < j && ok; ++m) ok = !conflict(*steps[m].split, *steps[j].split);
+          if (!ok) break;
+        }
+      phases.emplace_back(i, j);
+      i = j;
+    }
+  }
+
   // Runs the step as one parallel region of the calling thread's pool; a failed kernel's error goes
   // to its stream's entry of `failures`, and the kernels after it are skipped.
-  void run(std::vector<Failure>& failures) const {
+  // `queued`: when replay() queued the step (the profile's wait from there to the region's start).
+  void run(std::vector<Failure>& failures, std::chrono::steady_clock::time_point queued) const {
+    if (cpu::profile::on()) return run_profiled(failures, queued);
     cpu::ThreadPool::Region region(cpu::ThreadPool::current());
     bool failed = false;
-    for (const Step& st : steps)
-      if (!(failed && !st.marker)) failed |= run_step(st, failures[st.part]);
+    for (const auto& [b, e] : phases) failed |= run_phase(b, e, failed, failures);
   }
+  // run() with every phase timed (graph_profile); a fused phase's time, waits and bytes are shared
+  // among its nodes by their row costs.
+  void run_profiled(std::vector<Failure>& failures, std::chrono::steady_clock::time_point queued) const {
+    using clock = std::chrono::steady_clock;
+    auto ns = [](clock::duration d) { return std::chrono::duration_cast<std::chrono::nanoseconds>(d).count(); };
+    std::vector<NodeProfile> nodes(steps.size());
+    const auto t0 = clock::now();
+    {
+      cpu::ThreadPool::Region region(cpu::ThreadPool::current());
+      bool failed = false;
+      for (const auto& [b, e] : phases) {
+        const cpu::profile::Snapshot sa = cpu::profile::snapshot();
+        const auto s0 = clock::now();
+        failed |= run_phase(b, e, failed, failures);
+        const auto s1 = clock::now();
+        const cpu::profile::Snapshot sb = cpu::profile::snapshot();
+        double total = 0;
+        for (size_t i = b; i < e; ++i) total += cost(steps[i]);
+        for (size_t i = b; i < e; ++i) {
+          const double f = e - b == 1 ? 1.0 : cost(steps[i]) / total;
+          auto share = [&](int64_t v) { return static_cast<int64_t>(static_cast<double>(v) * f); };
+          nodes[i] = NodeProfile{{},
+                                 steps[i].part,
+                                 static_cast<int>(e - b),
+                                 share(ns(s1 - s0)),
+                                 share(sb.wait_ns - sa.wait_ns),
+                                 i == b ? sb.jobs - sa.jobs : 0,
+                                 share(sb.weight_bytes - sa.weight_bytes)};
+        }
+      }
+    }
+    const int64_t total = ns(clock::now() - t0);
+    std::lock_guard<std::mutex> lk(profile_m);
+    if (profile.nodes.empty()) {
+      profile.nodes.resize(steps.size());
+      for (size_t i = 0; i < steps.size(); ++i) {
+        profile.nodes[i].op = steps[i].op ? steps[i].op : "?";
+        profile.nodes[i].stream = steps[i].part;
+      }
+    }
+    ++profile.replays;
+    profile.ns += total;
+    profile.start_ns += ns(t0 - queued);
+    for (size_t i = 0; i < steps.size(); ++i) {
+      NodeProfile& p = profile.nodes[i];
+      p.phase = nodes[i].phase;
+      p.ns += nodes[i].ns;
+      p.wait_ns += nodes[i].wait_ns;
+      p.jobs += nodes[i].jobs;
+      p.weight_bytes += nodes[i].weight_bytes;
+    }
+  }
+  mutable std::mutex profile_m;
+  mutable GraphProfile profile;  // what run_profiled gathered since the last graph_profile()
+
   // Side by side: each stream's thread runs its own steps (the markers after a failure too, so the
   // other streams' waits still meet their records).
   void run_part(int part, Failure& failure) const {
@@ -677,6 +776,49 @@ struct Graph::Plan {
     } catch (...) {
       if (!describe_failure(&f.code, &f.message)) throw;
       if (f.message.empty()) f.message = "a queued kernel failed";
+      return true;
+    }
+  }
+
+ private:
+  static double cost(const Step& st) { return st.split ? static_cast<double>(st.split->rows) * st.split->row_cost : 1.0; }
+
+  // Steps [b, e): one alone (after a failure only a marker), or a fused phase: every member's rows
+  // cut into ranges of about equal cost, ~4 per pool thread, run as one job. A failure there fails
+  // every member's stream.
+  bool run_phase(size_t b, size_t e, bool failed, std::vector<Failure>& failures) const {
+    if (e - b == 1) return failed && !steps[b].marker ? false : run_step(steps[b], failures[steps[b].part]);
+    if (failed) return false;
+    struct Range {
+      const RowSplit* split;
+      int64_t r0, r1;
+    };
+    thread_local std::vector<Range> ranges;
+    ranges.clear();
+    cpu::ThreadPool& pool = cpu::ThreadPool::current();
+    double total = 0;
+    for (size_t i = b; i < e; ++i) total += cost(steps[i]);
+    const double target = 4.0 * pool.threads();  // (parallel_for's most chunks per thread)
+    for (size_t i = b; i < e; ++i) {
+      const RowSplit& sp = *steps[i].split;
+      const int64_t units = (sp.rows + sp.align - 1) / sp.align;
+      int64_t n = static_cast<int64_t>(cost(steps[i]) / total * target + 0.5);
+      n = std::max<int64_t>(1, std::min(n, units));
+      for (int64_t c = 0; c < n; ++c) {
+        const int64_t r0 = std::min(sp.rows, units * c / n * sp.align), r1 = std::min(sp.rows, units * (c + 1) / n * sp.align);
+        if (r0 < r1) ranges.push_back(Range{&sp, r0, r1});
+      }
+    }
+    const std::vector<Range>& rs = ranges;  // (the job reads the master's vector)
+    try {
+      pool.run(static_cast<int64_t>(rs.size()), [&](int64_t c) { rs[c].split->run(rs[c].r0, rs[c].r1); });
+      return false;
+    } catch (...) {
+      Failure f;
+      if (!describe_failure(&f.code, &f.message)) throw;
+      if (f.message.empty()) f.message = "a queued kernel failed";
+      for (size_t i = b; i < e; ++i)
+        if (failures[steps[i].part].message.empty()) failures[steps[i].part] = f;
       return true;
     }
   }
@@ -764,12 +906,15 @@ std::unique_ptr<Graph> Capture::end(const std::vector<std::shared_ptr<Stream>>& 
     g->parts_.push_back(streams[i]);
     for (auto& c : *work) {
       plan->side_by_side |= c.spins;
-      plan->steps.push_back(Graph::Plan::Step{static_cast<int>(i), c.marker, c.seq, std::move(c.fn)});
+      plan->steps.push_back(Graph::Plan::Step{static_cast<int>(i), c.marker, c.seq, std::move(c.fn), c.op, std::move(c.split)});
     }
   }
   // Capture order: an event's wait was captured after the record it waits for (wait_on takes the
   // signal of the latest record()), so this order runs every record before its waits.
   std::stable_sort(plan->steps.begin(), plan->steps.end(), [](const auto& a, const auto& b) { return a.seq < b.seq; });
+  // LONGCAT_GRAPH_FUSE=0: every step alone (A/B of the fused phases, bench/step-profile.mjs)
+  const char* fuse = std::getenv("LONGCAT_GRAPH_FUSE");
+  plan->fuse(!(fuse && std::strcmp(fuse, "0") == 0));
   g->plan_ = std::move(plan);
   return g;
 }
@@ -807,12 +952,39 @@ struct Meeting {
 };
 }  // namespace
 
+namespace {
+// The plans replayed while profiling is on (graph_profile), as long as their graphs live.
+std::mutex g_profiled_m;
+std::vector<std::weak_ptr<const Graph::Plan>> g_profiled;
+}  // namespace
+
+std::vector<GraphProfile> graph_profile(bool on) {
+  std::vector<GraphProfile> out;
+  std::lock_guard<std::mutex> lk(g_profiled_m);
+  for (const auto& w : g_profiled)
+    if (auto plan = w.lock()) {
+      std::lock_guard<std::mutex> lk2(plan->profile_m);
+      if (plan->profile.replays) out.push_back(std::move(plan->profile));
+      plan->profile = GraphProfile{};
+    }
+  g_profiled.clear();
+  cpu::profile::g_on.store(on);
+  return out;
+}
+
 void Graph::replay() {
   if (exec_) {
     cuda::graph_launch(device_.index, exec_, origin_->cuda_handle());
     return;
   }
   auto plan = plan_;
+  if (cpu::profile::on() && !plan->side_by_side) {
+    std::lock_guard<std::mutex> lk(g_profiled_m);
+    bool known = false;
+    for (const auto& w : g_profiled) known |= w.lock() == plan;
+    if (!known) g_profiled.push_back(plan);
+  }
+  const auto queued = std::chrono::steady_clock::now();
   auto meeting = std::make_shared<Meeting>();
   auto failures = std::make_shared<std::vector<Plan::Failure>>(plan->parts);
   const size_t n = plan->parts;
@@ -826,10 +998,10 @@ void Graph::replay() {
     return;
   }
   for (size_t i = 0; i < n; ++i)
-    parts_[i]->enqueue([plan, meeting, failures, i, n] {
+    parts_[i]->enqueue([plan, meeting, failures, i, n, queued] {
       if (meeting->arrived.fetch_add(1) + 1 == n) {
         try {
-          plan->run(*failures);
+          plan->run(*failures, queued);
         } catch (...) {  // (an exception none of ours: let the others go before it escapes)
           std::lock_guard<std::mutex> lk(meeting->m);
           meeting->done = true;

@@ -125,6 +125,19 @@ class Pool {
 // Wraps memory the pool does not own; `release` runs when the last user is gone.
 std::shared_ptr<Storage> external_storage(Device d, void* ptr, size_t bytes, std::function<void()> release);
 
+// A CPU kernel that can also run in row ranges (Stream::enqueue's `split`), so that a graph replay
+// may run consecutive ones that touch none of each other's outputs as one parallel phase: their
+// rows split over the pool's threads together, one join for all (Graph::Plan). run(r0, r1) computes
+// rows [r0, r1) of the kernel's result exactly as the whole kernel does (bit for bit, whatever the
+// ranges), from any pool thread, with no parallel_for of its own that matters (nested ones run inline).
+struct RowSplit {
+  int64_t rows = 0;
+  int64_t align = 1;    // range bounds are multiples of it (or `rows`)
+  double row_cost = 1;  // one row's cost (e.g. its weight bytes): the phase balances the threads by it
+  std::function<void(int64_t, int64_t)> run;
+  std::vector<std::pair<const void*, size_t>> reads, writes;  // the memory it reads / writes, as byte ranges
+};
+
 // An ordered queue of work. On CPU it is a worker thread of its own, so two streams overlap;
 // on CUDA it is a cudaStream_t. Errors thrown by CPU work are kept and rethrown by synchronize().
 // A stream belongs to the thread that created it (a JS environment's thread): device_synchronize
@@ -139,7 +152,9 @@ class Stream {
   Device device() const { return device_; }
   std::thread::id owner() const { return owner_; }
   void* cuda_handle() const { return cuda_; }
-  void enqueue(std::function<void()> fn);  // CPU streams only
+  // CPU streams only. `op`: the op's name (a string literal), which a graph's profile shows;
+  // `split`: the kernel in row ranges, which a graph's replay may fuse with its neighbours.
+  void enqueue(std::function<void()> fn, const char* op = nullptr, std::shared_ptr<const RowSplit> split = nullptr);
   // CPU: the pool this stream's kernels run on (a CPU rank's own, see native/cpu/threadpool.h);
   // null (the default): the global one. The stream's thread moves to the pool's CPUs with it. Jobs
   // queued before the call may run on either.
@@ -148,7 +163,7 @@ class Stream {
   // CPU: `fn` spins on a flag another stream's kernel releases (expert-parallel waits). A graph
   // captured over it replays its streams side by side, one thread each, not as one region: the
   // region's single schedule could run the waiter before the kernel that releases it.
-  void enqueue_spinning(std::function<void()> fn);
+  void enqueue_spinning(std::function<void()> fn, const char* op = nullptr);
   // Work captured from a CPU stream: a kernel, or an event's marker (a record raising a signal, a
   // wait for one), which a replay runs even after a kernel failed so that signals stay paired.
   struct Captured {
@@ -156,6 +171,8 @@ class Stream {
     bool marker = false;
     bool spins = false;  // enqueue_spinning
     uint64_t seq = 0;    // capture order across all streams (a valid order to run a graph's ops in)
+    const char* op = nullptr;
+    std::shared_ptr<const RowSplit> split;
   };
   void synchronize();
   // Throws (and clears) the error kept from queued work, without waiting (CPU; CUDA: nothing kept).
@@ -178,10 +195,11 @@ class Stream {
   bool busy_ = false, stopping_ = false;
   std::string error_;
   Code error_code_ = Code::E_INTERNAL;
-  void enqueue_marker(std::function<void()> fn);                             // an event's record or wait (Event)
-  void queue_or_capture(std::function<void()> fn, bool marker, bool spins);  // captured while capturing (CPU)
-  std::unique_ptr<std::vector<Captured>> captured_;                          // non-null while capturing (CPU)
-  std::vector<std::shared_ptr<Storage>> held_;                               // hold_while_captured (CUDA)
+  void enqueue_marker(std::function<void()> fn);  // an event's record or wait (Event)
+  void queue_or_capture(std::function<void()> fn, bool marker, bool spins, const char* op,
+                        std::shared_ptr<const RowSplit> split = nullptr);  // captured while capturing (CPU)
+  std::unique_ptr<std::vector<Captured>> captured_;                        // non-null while capturing (CPU)
+  std::vector<std::shared_ptr<Storage>> held_;                             // hold_while_captured (CUDA)
   friend struct Capture;
   friend class Event;
 };
@@ -227,11 +245,11 @@ class Graph {
  public:
   ~Graph();
   void replay();
+  struct Plan;  // CPU: the streams' work in capture order (device.cc)
 
  private:
   friend struct Capture;
   Device device_;
-  struct Plan;                                  // CPU: the streams' work in capture order
   std::shared_ptr<const Plan> plan_;            // CPU (held by queued replays: it holds no stream)
   std::vector<std::shared_ptr<Stream>> parts_;  // CPU: the streams, as the plan numbers them
   void* exec_ = nullptr;                        // CUDA
@@ -248,6 +266,23 @@ struct Capture {
   static std::unique_ptr<Graph> end(const std::vector<std::shared_ptr<Stream>>& streams);
   static void abort(const std::vector<std::shared_ptr<Stream>>& streams) noexcept;
 };
+
+// The per-node profile of replayed CPU graphs (bench/step-profile.mjs): while switched on, each
+// region replay times every node (op) of its plan and reads the cpu::profile counters around it.
+// graph_profile(on) returns what was gathered since the last call (per graph replayed meanwhile,
+// the graphs still alive; call it with the streams synchronized) and switches profiling on / off.
+struct NodeProfile {
+  std::string op;  // the op's name; "event" for a record / wait
+  int stream = 0;  // index into the graph's streams
+  int phase = 1;   // nodes in its parallel phase (> 1: fused with its neighbours; their time shared by row cost)
+  int64_t ns = 0, wait_ns = 0, jobs = 0, weight_bytes = 0;
+};
+struct GraphProfile {
+  int64_t replays = 0, ns = 0;  // region runs and their total time
+  int64_t start_ns = 0;         // summed over the replays: from replay() to the region's start (the streams' threads meeting)
+  std::vector<NodeProfile> nodes;
+};
+std::vector<GraphProfile> graph_profile(bool on);
 
 // Peer access between CUDA devices (expert parallelism): enable_peer_access lets kernels on
 // `from` address memory of `to` (E_DEVICE naming both when they cannot reach each other; enabling

@@ -59,4 +59,40 @@ static Napi::Value CaptureGraph(const Napi::CallbackInfo& info) {
 }
 LC_REGISTER_OP("captureGraph", CaptureGraph);
 
+// graphProfile(on): the per-node profile gathered from the CPU graphs replayed since the last call
+// (Graph profiling, device.h), then profiling switched on or off.
+static Napi::Value GraphProfileFn(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    OpArgs a(info, "graphProfile");
+    const bool on = a.boolean(0, "on");
+    Napi::Env env = info.Env();
+    const std::vector<GraphProfile> profiles = graph_profile(on);
+    Napi::Array out = Napi::Array::New(env, profiles.size());
+    for (size_t g = 0; g < profiles.size(); ++g) {
+      const GraphProfile& p = profiles[g];
+      Napi::Object o = Napi::Object::New(env);
+      o.Set("replays", Napi::Number::New(env, static_cast<double>(p.replays)));
+      o.Set("ns", Napi::Number::New(env, static_cast<double>(p.ns)));
+      o.Set("startNs", Napi::Number::New(env, static_cast<double>(p.start_ns)));
+      Napi::Array nodes = Napi::Array::New(env, p.nodes.size());
+      for (size_t i = 0; i < p.nodes.size(); ++i) {
+        const NodeProfile& n = p.nodes[i];
+        Napi::Object no = Napi::Object::New(env);
+        no.Set("op", Napi::String::New(env, n.op));
+        no.Set("stream", Napi::Number::New(env, n.stream));
+        no.Set("phase", Napi::Number::New(env, n.phase));
+        no.Set("ns", Napi::Number::New(env, static_cast<double>(n.ns)));
+        no.Set("waitNs", Napi::Number::New(env, static_cast<double>(n.wait_ns)));
+        no.Set("jobs", Napi::Number::New(env, static_cast<double>(n.jobs)));
+        no.Set("weightBytes", Napi::Number::New(env, static_cast<double>(n.weight_bytes)));
+        nodes.Set(static_cast<uint32_t>(i), no);
+      }
+      o.Set("nodes", nodes);
+      out.Set(static_cast<uint32_t>(g), o);
+    }
+    return out;
+  });
+}
+LC_REGISTER_OP("graphProfile", GraphProfileFn);
+
 }  // namespace lc

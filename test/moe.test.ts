@@ -365,9 +365,11 @@ describe('moe', () => {
     });
   });
 
-  it('gives the same bits with either in-wave schedule (experts spread over threads, or one by one)', () => {
+  it("gives the same bits with every in-wave schedule (experts spread over threads, one by one, or one token's experts split by rows)", () => {
     const shapes: Shape[] = [
       [1, 129, 65, 8, 4, 6],
+      [1, 37, 23, 8, 2, 5],
+      [2, 301, 97, 16, 3, 4],
       [9, 37, 23, 8, 2, 3],
       [64, 37, 23, 5, 1, 4],
       [64, 37, 23, 16, 2, 6], // ~21 rows per expert, 16 experts: auto spreads them over a small pool
@@ -376,11 +378,16 @@ describe('moe', () => {
       const res: Float32Array[] = [];
       try {
         // The kernel reads LONGCAT_MOE_SCHED on every call; nothing is in flight while it changes.
-        for (const sched of ['experts', 'linear', 'auto']) {
+        // ('rows' applies to waves of one row per expert: a single token's; other waves take 'auto')
+        for (const sched of ['experts', 'linear', 'auto', 'rows']) {
           process.env.LONGCAT_MOE_SCHED = sched;
           res.push(runMoe(call));
         }
+        native.setThreads(3);
+        process.env.LONGCAT_MOE_SCHED = 'rows';
+        res.push(runMoe(call));
       } finally {
+        native.setThreads(originalThreads);
         delete process.env.LONGCAT_MOE_SCHED;
         disposeExperts(call.x);
       }
@@ -388,6 +395,8 @@ describe('moe', () => {
       expectMoe(res[0]!, refMoe(call), 'bf16', `${what} experts schedule`);
       expect(new Uint32Array(res[1]!.buffer), `${what}: linear vs experts`).toEqual(new Uint32Array(res[0]!.buffer));
       expect(new Uint32Array(res[2]!.buffer), `${what}: auto vs experts`).toEqual(new Uint32Array(res[0]!.buffer));
+      expect(new Uint32Array(res[3]!.buffer), `${what}: rows vs experts`).toEqual(new Uint32Array(res[0]!.buffer));
+      expect(new Uint32Array(res[4]!.buffer), `${what}: rows vs experts, 3 threads`).toEqual(new Uint32Array(res[0]!.buffer));
     });
   });
 

@@ -44,6 +44,24 @@ export declare class Event {
   elapsedMs(end: Event): number;
 }
 
+/** One node (op) of a replayed CPU graph, summed over the replays profiled. */
+export interface GraphProfileNode {
+  op: string; // the op's name; 'event' for a record / wait
+  stream: number; // index into the graph's streams
+  phase: number; // nodes in its parallel phase (> 1: fused with its neighbours, the phase's time shared by row cost)
+  ns: number; // wall time
+  waitNs: number; // the region master waiting at the node's joins for the other threads' last chunks
+  jobs: number; // parallel jobs (joins) the node ran in the region; 0: it ran on the master alone
+  weightBytes: number; // weight bytes its kernels streamed
+}
+/** A CPU graph's profile: its region replays, their total time, and per node. */
+export interface GraphProfile {
+  replays: number;
+  ns: number;
+  startNs: number; // from replay() to the region's start (the streams' threads meeting), summed over the replays
+  nodes: GraphProfileNode[];
+}
+
 /** Work captured from streams by captureGraph(), queued again by replay(). */
 export declare class Graph {
   private constructor();
@@ -174,6 +192,12 @@ export interface CoreApi {
    * update inputs in place between replays.
    */
   captureGraph(streams: readonly Stream[], fn: () => void): Graph;
+  /**
+   * The per-node profile of the CPU graphs replayed since the last call (each graph replayed
+   * meanwhile and still alive; synchronize first), then profiling switched on or off. Off costs
+   * nothing; on, each replay times every node (bench/step-profile.mjs).
+   */
+  graphProfile(on: boolean): GraphProfile[];
   setErrorFactory(make: (code: string, message: string) => Error): void;
 }
 

@@ -141,17 +141,18 @@ export function mla(c: Step, a: Arena, w: MlaWeights, x: Tensor, cache: Tensor):
     b = c.batch,
     T = b.T,
     nh = d.heads;
-  const cq = a.f32([T, d.qLora]);
+  // The three projections of x back to back: a CPU graph replay runs them as one parallel phase.
+  const cq = a.f32([T, d.qLora]),
+    ckv = a.f32([T, d.kvLora]),
+    kpe = a.f32([T, 1, d.rope]);
   linear(s, a, cq, x, w.qA);
+  linear(s, a, ckv, x, w.kvLatent);
+  linear(s, a, kpe.view([T, d.rope]), x, w.kvRope);
   native.rmsnorm(s, cq, cq, w.qNorm, d.latentEps);
   const q = a.f32([T, nh, d.nope + d.rope]);
   linear(s, a, q.view([T, nh * (d.nope + d.rope)]), cq, w.qB);
   native.rope(s, q, b.positions, d.nope, c.invFreq, d.ropeAttentionFactor);
-  const ckv = a.f32([T, d.kvLora]);
-  linear(s, a, ckv, x, w.kvLatent);
   native.rmsnorm(s, ckv, ckv, w.kvNorm, d.latentEps);
-  const kpe = a.f32([T, 1, d.rope]);
-  linear(s, a, kpe.view([T, d.rope]), x, w.kvRope);
   native.rope(s, kpe, b.positions, 0, c.invFreq, d.ropeAttentionFactor);
   native.mlaCacheWrite(s, cache, ckv, kpe.view([T, d.rope]), b.slots);
 

@@ -12,6 +12,7 @@
 #include "features.h"
 #include "linear_kernels.h"
 #include "numeric.h"
+#include "profile.h"
 #include "quant.h"
 #include "threadpool.h"
 
@@ -121,7 +122,38 @@ static void linear_fp8_activations(int64_t t, const void* x, DType xt, const Wei
   linear_dispatch(t, xf.data(), DType::F32, w, y, yt, false);
 }
 
+WeightRef weight_rows(const WeightRef& w, int64_t r0, int64_t r1) {
+  WeightRef r = w;
+  r.n = r1 - r0;
+  switch (w.dtype) {
+    case DType::I4:
+      r.data = static_cast<const uint8_t*>(w.data) + r0 * int4_row_bytes(w.k, w.group);
+      r.group_scale = w.group_scale + r0 * int4_groups(w.k, w.group) * (w.group_zero ? 2 : 1);
+      break;
+    case DType::I8:
+      r.data = static_cast<const int8_t*>(w.data) + r0 * w.k;
+      r.scale = w.scale + r0;
+      break;
+    case DType::FP8_E4M3:
+      r.data = static_cast<const uint8_t*>(w.data) + r0 * w.k;
+      r.scale = w.scale + (r0 / 128) * ((w.k + 127) / 128);
+      break;
+    default: r.data = static_cast<const char*>(w.data) + r0 * w.k * static_cast<int64_t>(dtype_size(w.dtype)); break;
+  }
+  return r;
+}
+
+int64_t weight_bytes(const WeightRef& w) {
+  switch (w.dtype) {
+    case DType::I4: return w.n * (int4_row_bytes(w.k, w.group) + int4_groups(w.k, w.group) * (w.group_zero ? 4 : 2));
+    case DType::I8: return w.n * (w.k + 4);
+    case DType::FP8_E4M3: return w.n * w.k + ((w.n + 127) / 128) * ((w.k + 127) / 128) * 4;
+    default: return w.n * w.k * static_cast<int64_t>(dtype_size(w.dtype));
+  }
+}
+
 void linear(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType yt) {
+  if (profile::on()) profile::add_weight_bytes(weight_bytes(w));
   if (t >= kFp8ActivationMinRows && w.k > 0 && w.dtype == DType::FP8_E4M3 && matmul_precision() == MatmulPrecision::FP8)
     return linear_fp8_activations(t, x, xt, w, y, yt);
   linear_dispatch(t, x, xt, w, y, yt, bf16_activations());

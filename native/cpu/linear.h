@@ -59,6 +59,14 @@ constexpr int64_t kInt4MaxGroup = 4096;
 // fp8 codes 0x7f / 0xff (NaN) give NaN like the scalar reference.
 void linear(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType yt);
 
+// Rows [r0, r1) of W as a weight of their own: linear(1, x, xt, weight_rows(w, r0, r1), y + r0, yt)
+// gives y's entries [r0, r1) of the whole call, bit for bit (each GEMV row is summed on its own).
+// r0 a multiple of weight_rows_align(w): 128 for fp8 (its block scales), else 1.
+WeightRef weight_rows(const WeightRef& w, int64_t r0, int64_t r1);
+inline int64_t weight_rows_align(const WeightRef& w) { return w.dtype == DType::FP8_E4M3 ? 128 : 1; }
+// The bytes of W (codes and scales) a call streams.
+int64_t weight_bytes(const WeightRef& w);
+
 // How GEMMs (more rows than a decode GEMV) may treat activations, process-wide:
 //   BF16 (default): round f32 activations, and dequantized fp8 / int4 weights, to bf16 where the
 //        hardware multiplies bf16 (AVX512-BF16 GEMMs, CUDA tensor cores); what bf16 engines do,

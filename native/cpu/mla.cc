@@ -18,6 +18,7 @@
 #include "linear.h"
 #include "numeric.h"
 #include "quant.h"
+#include "profile.h"
 #include "threadpool.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -943,6 +944,7 @@ void mla_cache_gather(const MlaDims& d, float* ckv, float* kpe, const void* cach
 }
 
 void mla_absorb_q(const MlaDims& d, int64_t t, float* q_lat, const float* q, const void* wkvb, bool w_bf16) {
+  profile::add_weight_bytes(d.nh * d.dn * d.dl * (w_bf16 ? 2 : 4));  // W_UK
   if (w_bf16)
     absorb_q_impl(d, t, q_lat, q, static_cast<const uint16_t*>(wkvb));
   else
@@ -950,6 +952,7 @@ void mla_absorb_q(const MlaDims& d, int64_t t, float* q_lat, const float* q, con
 }
 
 void mla_output(const MlaDims& d, int64_t t, float* o, const float* o_lat, const void* wkvb, bool w_bf16) {
+  profile::add_weight_bytes(d.nh * d.dv * d.dl * (w_bf16 ? 2 : 4));  // W_UV
   if (w_bf16)
     output_impl(d, t, o, o_lat, static_cast<const uint16_t*>(wkvb));
   else

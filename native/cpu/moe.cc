@@ -2,6 +2,7 @@
 // the routed experts, and the zero experts added last, in a fixed order.
 #include "moe.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -86,12 +87,30 @@ Layout layout(int64_t t, int64_t k, int64_t h, int64_t inter, int64_t n_routed) 
 
 // Scheduling of the expert GEMMs inside one wave. LONGCAT_MOE_SCHED=experts|linear overrides the
 // automatic choice; read on every call so bench/cpu-moe.mjs can interleave the schedules.
-enum class Sched { Auto, Experts, Linear };
+enum class Sched { Auto, Experts, Linear, Rows };
 Sched sched_override() {
   const char* v = std::getenv("LONGCAT_MOE_SCHED");
   if (v && std::strcmp(v, "experts") == 0) return Sched::Experts;
   if (v && std::strcmp(v, "linear") == 0) return Sched::Linear;
+  if (v && std::strcmp(v, "rows") == 0) return Sched::Rows;
   return Sched::Auto;
+}
+
+// GEMV rows of w per parallel chunk: ~64 KiB of weights, as linear's own split.
+int64_t rows_per_64k(const WeightRef& w) {
+  const int64_t row = w.n > 0 ? weight_bytes(w) / w.n : 1;
+  return std::max<int64_t>(1, 65536 / std::max<int64_t>(row, 1));
+}
+
+// Rows [b, e) of a virtual row space made of `nseg` equal blocks of `per` rows (block s: segment s),
+// as calls f(s, r0, r1) with rows local to the block.
+template <typename F>
+void for_block_rows(int64_t b, int64_t e, int64_t per, F&& f) {
+  while (b < e) {
+    const int64_t s = b / per, r0 = b - s * per, r1 = std::min(per, r0 + (e - b));
+    f(s, r0, r1);
+    b += r1 - r0;
+  }
 }
 
 }  // namespace
@@ -180,12 +199,45 @@ int64_t moe(int64_t t, int64_t k, int64_t h, const float* u, const int32_t* idx,
     // busy (4 per thread: a batched decode step's 8-32 rows per expert, where splitting each small
     // GEMM over the threads costs a pool round trip per linear, 3 per expert). Otherwise (few
     // experts, many rows: prefill on a wide pool) experts in turn, linear parallelises inside.
+    //
+    // A wave of one row per expert (a single token's experts: batch-1 decode) splits the rows of
+    // every expert's weights evenly over the threads instead, in two phases: gate and up of all
+    // experts, then down (each thread its share of every expert; whole experts per thread leave
+    // one idle when 5-6 experts meet 2 threads). Each output row is the same GEMV row either way.
     Sched sc = sched_override();
+    // (fp8 experts: their 128-row scale blocks do not split at any row)
+    const bool one_row_each = r1 - r0 == nseg && weight_rows_align(ex.gate[active[a_first]]) == 1;
+    if (sc == Sched::Rows && !one_row_each) sc = Sched::Auto;
     if (sc == Sched::Auto) {
       const int64_t nthreads = ThreadPool::current().threads();
-      sc = (nseg > 1 && ((r1 - r0) <= 4 * nseg || nseg >= 4 * nthreads)) ? Sched::Experts : Sched::Linear;
+      sc = one_row_each && nseg > 1                                        ? Sched::Rows
+           : (nseg > 1 && ((r1 - r0) <= 4 * nseg || nseg >= 4 * nthreads)) ? Sched::Experts
+                                                                           : Sched::Linear;
     }
-    if (sc == Sched::Experts) {
+    if (sc == Sched::Rows) {
+      // segment s = expert active[a_first + s], its one row at xbuf / gbuf / ubuf + s * width
+      for (int64_t s = 0; s < nseg; ++s)
+        std::memcpy(xbuf + s * h, u + static_cast<int64_t>(sorted[r0 + s] / k) * h, sizeof(float) * static_cast<size_t>(h));
+      parallel_for(nseg * 2 * inter, rows_per_64k(ex.gate[active[a_first]]), [&](int64_t b, int64_t e) {
+        for_block_rows(b, e, 2 * inter, [&](int64_t sg, int64_t q0, int64_t q1) {
+          const int64_t ex_id = active[a_first + sg];
+          const float* x = xbuf + sg * h;
+          if (q0 < inter)  // gate rows [q0, min(q1, inter))
+            linear(1, x, DType::F32, weight_rows(ex.gate[ex_id], q0, std::min(q1, inter)), gbuf + sg * inter + q0, DType::F32);
+          if (q1 > inter) {  // up rows
+            const int64_t u0 = std::max(q0, inter) - inter, u1 = q1 - inter;
+            linear(1, x, DType::F32, weight_rows(ex.up[ex_id], u0, u1), ubuf + sg * inter + u0, DType::F32);
+          }
+        });
+      });
+      for (int64_t sg = 0; sg < nseg; ++sg) silu_mul(inter, gbuf + sg * inter, ubuf + sg * inter, gbuf + sg * inter);
+      parallel_for(nseg * h, rows_per_64k(ex.down[active[a_first]]), [&](int64_t b, int64_t e) {
+        for_block_rows(b, e, h, [&](int64_t sg, int64_t q0, int64_t q1) {
+          const int64_t ex_id = active[a_first + sg];
+          linear(1, gbuf + sg * inter, DType::F32, weight_rows(ex.down[ex_id], q0, q1), xbuf + sg * h + q0, DType::F32);
+        });
+      });
+    } else if (sc == Sched::Experts) {
       parallel_for(nseg, 1, [&](int64_t s0, int64_t s1) {
         for (int64_t s = s0; s < s1; ++s) run_segment(a_first + s);
       });
@@ -195,7 +247,7 @@ int64_t moe(int64_t t, int64_t k, int64_t h, const float* u, const int32_t* idx,
 
     // Combine: columns split over threads, rows in permutation order, so each out[t, c] receives
     // its experts in ascending id order whatever the thread count.
-    parallel_for(h, 64, [&](int64_t c0, int64_t c1) {
+    parallel_for(h, std::max<int64_t>(64, 16384 / (r1 - r0)), [&](int64_t c0, int64_t c1) {
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t s = sorted[r];
         const float wt = w[s];

@@ -3,6 +3,8 @@
 // replayed graph's step run by one master with the workers kept inside, see threadpool.h).
 #include "threadpool.h"
 
+#include "profile.h"
+
 #include <linux/futex.h>
 #include <sched.h>
 #include <sys/syscall.h>
@@ -15,9 +17,10 @@ namespace lc::cpu {
 
 namespace {
 
-thread_local ThreadPool* t_current = nullptr;  // set by ThreadPool::Use
-thread_local ThreadPool* t_master = nullptr;   // the pool whose region this thread runs
-thread_local bool t_in_region_job = false;     // the master is running a region job's chunk
+thread_local ThreadPool* t_current = nullptr;       // set by ThreadPool::Use
+thread_local ThreadPool* t_master = nullptr;        // the pool whose region this thread runs
+thread_local bool t_in_region_job = false;          // the master is running a region job's chunk
+thread_local ThreadPool* t_region_chunk = nullptr;  // the pool whose region job's chunk this worker runs
 
 void futex_wait(std::atomic<uint32_t>* word, uint32_t expected) {
   static_assert(sizeof(std::atomic<uint32_t>) == sizeof(uint32_t), "futex word");
@@ -175,6 +178,10 @@ void ThreadPool::worker() {
 
 void ThreadPool::run(int64_t nchunks, const std::function<void(int64_t)>& fn) {
   if (nchunks <= 0) return;
+  if (t_region_chunk == this) {  // nested in a region chunk on a worker: the others are busy in the region
+    for (int64_t c = 0; c < nchunks; ++c) fn(c);
+    return;
+  }
   if (t_master == this && nchunks <= kMaxRegionChunks) {
     run_in_region(nchunks, fn);
     return;
@@ -253,9 +260,13 @@ void ThreadPool::region_work(uint32_t gen) {
     if (!ticket_.compare_exchange_weak(t, t + 1, std::memory_order_acq_rel, std::memory_order_acquire)) continue;
     // The job cannot finish before this chunk does, so its function is still the one published.
     const std::function<void(int64_t)>* fn = region_fn_.load(std::memory_order_acquire);
+    ThreadPool* const outer = t_region_chunk;
+    if (t_master != this) t_region_chunk = this;
     try {
       (*fn)(static_cast<int64_t>(c));
+      t_region_chunk = outer;
     } catch (...) {
+      t_region_chunk = outer;
       std::lock_guard<std::mutex> lk(region_error_m_);
       if (!region_error_) region_error_ = std::current_exception();
     }
@@ -281,11 +292,19 @@ void ThreadPool::run_in_region(int64_t nchunks, const std::function<void(int64_t
   gen_.store(g, std::memory_order_seq_cst);
   if (sleepers_.load(std::memory_order_seq_cst) > 0) futex_wake_all(&gen_);
   region_work(g);
+  const bool prof = profile::on();
+  const auto joined_at = prof ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point{};
   // join: spin, then sleep until the last chunk's finisher wakes us
   if (!spin_until([&] { return done_.load(std::memory_order_acquire) == n; })) {
     master_sleeping_.store(true, std::memory_order_seq_cst);
     for (uint32_t d; (d = done_.load(std::memory_order_seq_cst)) != n;) futex_wait(&done_, d);
     master_sleeping_.store(false, std::memory_order_relaxed);
+  }
+  if (prof) {
+    profile::g_jobs.fetch_add(1, std::memory_order_relaxed);
+    profile::g_wait_ns.fetch_add(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - joined_at).count(),
+        std::memory_order_relaxed);
   }
   std::exception_ptr e;
   {
