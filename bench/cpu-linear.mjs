@@ -14,6 +14,10 @@
 // so that a weight smaller than 4x the LLC is never timed from cache. Prints a table and writes
 // bench/out/cpu-linear.json.
 //
+// --gemv: only the GEMV table: bf16 / int8 / fp8 / int4 (int8 activations) / int4 'highest' at t = 1,
+// 2, 4 with 1 and 2 pool threads on every ISA the CPU has, each thread count between two read probes
+// with the same threads (--formats=, --t=, --threads=, --isa= pick subsets). Writes bench/out/cpu-gemv.json.
+//
 // --int4: only the int4 GEMV's share of the read bandwidth (issue 19's >= 90% target), with 1 and
 // 2 pool threads, on every ISA the CPU has, int8 activations (precision 'bf16', linear_i8act.h) and
 // fp32 ('highest'): t = 1 on 32768x4096 weights, the read probe with the same threads measured
@@ -234,6 +238,10 @@ if (process.argv.includes('--int4')) {
   int4Bandwidth();
   process.exit(0);
 }
+if (process.argv.includes('--gemv')) {
+  gemvTable();
+  process.exit(0);
+}
 const bw = native.benchReadBandwidth(bwBytes, 7);
 console.log(
   `read bandwidth: ${bw.gbps.toFixed(1)} GB/s (median of 7 passes over ${(bwBytes / 2 ** 20).toFixed(0)} MiB, ${threads} threads)`,
@@ -348,6 +356,97 @@ console.table(
 );
 printPrefill(prefill);
 printLoad();
+
+/** The value of `--name=a,b` as a list (or `def`). */
+function listArg(name, def) {
+  const a = process.argv.find(v => v.startsWith(`--${name}=`));
+  return a ? a.slice(name.length + 3).split(',') : def;
+}
+
+/** --gemv: the GEMV table only (every weight format, t, pool threads and ISA), each thread count
+ *  between two read probes with the same threads; the fraction is of the higher probe. */
+function gemvTable() {
+  const formats = listArg('formats', ['bf16', 'int8', 'fp8_e4m3', 'int4', 'int4:highest']);
+  const ts = listArg('t', ['1', '2', '4']).map(Number);
+  const ths = listArg('threads', ['1', '2']).map(Number);
+  const shapes = { bf16: [8192, 4096], int8: [16384, 4096], fp8_e4m3: [16384, 4096], int4: [32768, 4096] };
+  const isas = listArg('isa', ['avx512', 'avx2']).filter(i => {
+    const was = native.cpuFeatures().isa;
+    const got = native.setIsa(i);
+    native.setIsa(was);
+    return got === i;
+  });
+  const startIsa = native.cpuFeatures().isa,
+    startThreads = native.threads(),
+    rows = [];
+  // the weights are made once per format (copies over 4x the LLC) and reused by every run
+  const made = {};
+  for (const fm of formats) {
+    const dtype = fm.split(':')[0];
+    if (made[dtype]) continue;
+    const [n, k] = shapes[dtype];
+    const bytes = n * k * esize[dtype];
+    const copies = Math.max(2, Math.ceil((4 * llc) / bytes));
+    made[dtype] = { n, k, bytes, ws: Array.from({ length: copies }, () => makeWeight(dtype, n, k)) };
+  }
+  for (const th of ths) {
+    native.setThreads(th);
+    const before = native.benchReadBandwidth(bwBytes, 5).gbps;
+    const runs = [];
+    for (const isa of isas) {
+      native.setIsa(isa);
+      for (const fm of formats) {
+        const [dtype, precision = 'bf16'] = fm.split(':');
+        const m = made[dtype];
+        const was = native.setMatmulPrecision(precision);
+        for (const t of ts) {
+          const x = makeX(t, m.k),
+            y = new native.Tensor('f32', [t, m.n]);
+          const r = native.benchLinear(
+            y,
+            x,
+            m.ws.map(w => w.w),
+            m.ws[0].scale ? m.ws.map(w => w.scale) : null,
+            3,
+            21,
+          );
+          x.dispose();
+          y.dispose();
+          runs.push({ isa, weight: fm, t, shape: `${m.n}x${m.k}`, medianMs: r.medianMs, gbps: m.bytes / r.medianMs / 1e6 });
+        }
+        native.setMatmulPrecision(was);
+      }
+    }
+    native.setIsa(startIsa);
+    const after = native.benchReadBandwidth(bwBytes, 5).gbps,
+      probe = Math.max(before, after);
+    for (const r of runs) rows.push({ threads: th, ...r, probeBefore: before, probeAfter: after, fraction: r.gbps / probe });
+  }
+  native.setThreads(startThreads);
+  for (const m of Object.values(made))
+    for (const w of m.ws) {
+      w.w.dispose();
+      w.scale?.dispose();
+    }
+  conditions.loadavgAfter = os.loadavg();
+  console.log('GEMV (decode): x f32 [t, k], y f32; weight bytes (int4: with its bf16 scales) / median time');
+  console.table(
+    rows.map(r => ({
+      threads: r.threads,
+      isa: r.isa,
+      weight: r.weight,
+      t: r.t,
+      shape: r.shape,
+      'GB/s': +r.gbps.toFixed(1),
+      'probe before/after': `${r.probeBefore.toFixed(1)} / ${r.probeAfter.toFixed(1)}`,
+      '% of probe': +(100 * r.fraction).toFixed(0),
+    })),
+  );
+  printLoad();
+  const out = path.join(outDir, 'cpu-gemv.json');
+  fs.writeFileSync(out, JSON.stringify({ conditions, rows }, null, 2));
+  console.log(`wrote ${path.relative(root, out)}`);
+}
 
 function int4Bandwidth() {
   const [n, k] = [32768, 4096];

@@ -1,6 +1,5 @@
 // AVX2 + FMA + F16C linear layers: the drivers of linear_vec.h compiled for 8-lane vectors and 16
-// registers. The GEMV keeps the R-rows-per-pass shape for every t (AVX2 is the fallback path; the
-// AVX-512 GEMV's single-stream k-chunked shape for t <= 2 was tuned on the AVX-512 dev machine only).
+// registers.
 #include "linear_kernels.h"
 #include "simd.h"
 #include "threadpool.h"
@@ -18,13 +17,12 @@ struct Avx2Linear {
   template <int T>
   using GemvShape = GemvShapeOf<T <= 2   ? 4
                                 : T <= 4 ? 2
-                                         : 1,
-                                1, 0>;
+                                         : 1>;
   template <int T>
   using Fp8Shape = Fp8ShapeOf<T <= 2   ? 1
                               : T <= 4 ? 2
                                        : 1,
-                              T <= 2 ? 4 : 1, T <= 2 ? 16384 / (4 * T) : 0>;
+                              T <= 2 ? 4 : 1>;
   template <int T>
   static constexpr int kInt4Rows = T <= 2 ? 2 : 1;  // registers: see linear_vec.h's int4 GEMV
   static constexpr bool kFp8ReloadCodes = true;
@@ -35,7 +33,7 @@ struct Avx2Linear {
 
 void linear_avx2(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType yt, bool int8_act) {
   if (t <= kGemvMaxRows && int8_act && int4_int8_act_shape(w)) {
-    gemv_int4_i8<simd::Avx2, 2, 1>(t, x, xt, w, y, yt);  // 16 registers: 2 rows per pass up to t = 2
+    gemv_int4_i8<simd::Avx2>(t, x, xt, w, y, yt);
     return;
   }
   linear_vec<Avx2Linear>(t, x, xt, w, y, yt);

@@ -14,20 +14,13 @@ LC_END_TARGET
 namespace lc::cpu::linear_detail {
 namespace {
 
-// GEMV shapes: see linear_vec.h (T <= 2: one row stream, x chunks in L1, S accumulator sets;
-// T >= 3: R rows per pass sharing every x load).
+// GEMV shapes: see linear_vec.h (R rows per pass sharing every x load, over the whole k).
 struct Avx512Linear {
   using V = simd::Avx512;
   template <int T>
-  using GemvShape = GemvShapeOf<T <= 2   ? 1
-                                : T <= 4 ? 4
-                                         : 2,
-                                T <= 2 ? 4 : 1, T <= 2 ? 16384 / (4 * T) : 0>;
+  using GemvShape = GemvShapeOf<T <= 4 ? 4 : 2>;
   template <int T>
-  using Fp8Shape = Fp8ShapeOf<T <= 2   ? 1
-                              : T <= 4 ? 4
-                                       : 2,
-                              T <= 2 ? 4 : 1, T <= 2 ? 16384 / (4 * T) : 0>;
+  using Fp8Shape = Fp8ShapeOf<T <= 4 ? 4 : 2, 1>;
   template <int T>
   static constexpr int kInt4Rows = T <= 2 ? 4 : 2;  // registers: see linear_vec.h's int4 GEMV
   static constexpr bool kFp8ReloadCodes = false;
@@ -200,7 +193,7 @@ void linear_avx512(int64_t t, const void* x, DType xt, const WeightRef& w, void*
     return;
   }
   if (t <= kGemvMaxRows && int8_act && int4_int8_act_shape(w)) {
-    gemv_int4_i8<simd::Avx512Vnni, 4, 2>(t, x, xt, w, y, yt);  // 32 registers: 4 rows per pass up to t = 2
+    gemv_int4_i8<simd::Avx512Vnni>(t, x, xt, w, y, yt);
     return;
   }
   linear_vec<Avx512Linear>(t, x, xt, w, y, yt);

@@ -1,8 +1,8 @@
 // The linear-layer drivers written once for every vector ISA: GEMV (t <= 8) for f32, bf16, int8,
 // int4 and fp8 weights, and the fp32 GEMM's packing and microkernel, templated on a per-ISA config L:
 //   L::V                      the vector traits (simd::Avx2 or simd::Avx512, simd.h)
-//   L::GemvShape<T>::R, S, kChunk   rows per pass, accumulator sets along k, k per x chunk (0: all)
-//   L::Fp8Shape<T>::R, NA, kChunk   the fp8 GEMV's rows per pass, accumulator chains, k chunk
+//   L::GemvShape<T>::R        rows per pass
+//   L::Fp8Shape<T>::R, NA     the fp8 GEMV's rows per pass, accumulator chains
 //   L::kFp8ReloadCodes        reload a row's codes for the odd half (16 registers) instead of
 //                             keeping the even and odd f16 words of every row live
 //   L::kInt4Rows<T>           the int4 GEMV's rows per pass
@@ -23,17 +23,15 @@ namespace lc::cpu::linear_detail {
 namespace {  // internal linkage: nothing compiled for an ISA may be shared with other files
 
 // ---------------------------------------------------------------------------------------------
-// The shapes a config L gives per T: L::GemvShape<T> = GemvShapeOf<R, S, kChunk>,
-// L::Fp8Shape<T> = Fp8ShapeOf<R, NA, kChunk>.
-template <int R_, int S_, int64_t kChunk_>
+// The shapes a config L gives per T: L::GemvShape<T> = GemvShapeOf<R>,
+// L::Fp8Shape<T> = Fp8ShapeOf<R, NA>.
+template <int R_>
 struct GemvShapeOf {
-  static constexpr int R = R_, S = S_;
-  static constexpr int64_t kChunk = kChunk_;
+  static constexpr int R = R_;
 };
-template <int R_, int NA_, int64_t kChunk_>
+template <int R_, int NA_>
 struct Fp8ShapeOf {
   static constexpr int R = R_, NA = NA_;
-  static constexpr int64_t kChunk = kChunk_;
 };
 
 // Every vector of an accumulator array (any rank) set to zero.
@@ -85,30 +83,30 @@ using DecFP8 = Dec<V, uint8_t>;
 // ---------------------------------------------------------------------------------------------
 // GEMV (t <= 8) is bandwidth bound, so its shape is about how memory is read and how much work
 // each weight vector carries (L::GemvShape):
-//  * S > 1 / kChunk > 0 (AVX-512, T <= 2): one weight row at a time, front to back: a single
-//    sequential stream per thread (on the dev machine, Zen 5, four concurrent row streams per
-//    thread lost 25-40% of the bandwidth here). k is cut into chunks whose slice of x (T x KC f32,
-//    16 KiB) stays in L1 while a group of up to 256 rows streams past it; partial sums wait in a
-//    stack array. S accumulator sets along k keep T*S = 4..8 independent FMA chains.
-//  * otherwise R rows per pass share every x load (T*R + R registers), reading x over the full k.
+//  * R rows per pass share every x load (T*R + R registers), reading x over the full k. On the
+//    2-core AVX-512 VM (Zen 5) R = 4 row streams per thread reached 80-95% of the read probe at
+//    t = 1 and 2 where one row at a time with k cut into L1-sized x chunks reached 45-75% (the
+//    chunks turned each row into several short streams).
 //  * k runs in 128-column blocks: the fp8 scale block, the NaN-code check, and a software
-//    prefetch a fixed distance ahead on each row stream (continuing past the end of the chunk
-//    into the row the stream reads next, because hardware prefetchers stop at 4 KiB pages).
+//    prefetch a fixed distance ahead on each row stream (continuing past the end of the row
+//    into the row the stream reads next, because hardware prefetchers stop at 4 KiB pages). On
+//    that VM the hardware prefetchers alone reach a third to a half of the bandwidth (no
+//    software prefetch: 17-22 GB/s of 60); 2 KiB ahead measured best for bf16 / int8.
 
 constexpr int64_t kGemvGroupRows = 256;
-constexpr int64_t kPrefetchBytes = 1024;
+constexpr int64_t kPrefetchBytes = 2048;
 
 // part[t * ldp + i] += sum over k in [k0, k1) of x[t, k] * W[r + i, k], for t < T, i < R.
-template <class L, int T, int R, int S, class D>
-void gemv_rows(const float* x, const WeightRef& w, int64_t r, int64_t k0, int64_t k1, float* part, int64_t ldp) {
+template <class L, int T, int R, class D>
+void gemv_rows(const float* x, const WeightRef& w, int64_t r, float* part, int64_t ldp) {
   using V = typename L::V;
   using F = typename V::F;
   using E = typename D::E;
   constexpr int W = V::kLanes;
-  const int64_t K = w.k;
+  const int64_t K = w.k, k0 = 0, k1 = K;
   const E* wr[R];
   for (int i = 0; i < R; ++i) wr[i] = static_cast<const E*>(w.data) + (r + i) * K;
-  F acc[S][T][R];
+  F acc[T][R];
   zero_vectors<V>(acc);
 
   // n columns at k into a (n == W: a whole vector).
@@ -138,40 +136,26 @@ void gemv_rows(const float* x, const WeightRef& w, int64_t r, int64_t k0, int64_
       if constexpr (D::kScaleMul != 0) bs[i] = V::set1(fp8_block_scale(w, r + i, b0 / 128) * D::kScaleMul);
     }
     int64_t k = b0;
-    if constexpr (S == 1) {  // one chain: unrolled (AVX2 t = 4 ran 15% slower, AVX-512 t = 8 20-30%, without)
+    // unrolled (AVX2 t = 4 ran 15% slower, AVX-512 t = 8 20-30%, without)
 #pragma GCC unroll 4
-      for (; k + W <= bend; k += W) step(k, bs, acc[0], W);
-    } else {
-      for (; k + W * S <= bend; k += W * S)
-        for (int s = 0; s < S; ++s) step(k + W * s, bs, acc[s], W);
-      for (; k + W <= bend; k += W) step(k, bs, acc[0], W);
-    }
-    if (k < bend) step(k, bs, acc[0], bend - k);
+    for (; k + W <= bend; k += W) step(k, bs, acc, W);
+    if (k < bend) step(k, bs, acc, bend - k);
   }
   for (int t = 0; t < T; ++t)
-    for (int i = 0; i < R; ++i) {
-      for (int s = 1; s < S; ++s) acc[0][t][i] = V::add(acc[0][t][i], acc[s][t][i]);
-      part[t * ldp + i] += nan[i] ? NAN : V::reduce_add(acc[0][t][i]);
-    }
+    for (int i = 0; i < R; ++i) part[t * ldp + i] = nan[i] ? NAN : V::reduce_add(acc[t][i]);
 }
 
 // Rows [n0, n1) of y for all T rows of x.
 template <class L, int T, class D>
 void gemv_range(const float* x, const WeightRef& w, int64_t n0, int64_t n1, void* y, DType yt) {
   using G = typename L::template GemvShape<T>;
-  const int64_t K = w.k, N = w.n;
-  const int64_t kc = G::kChunk > 0 ? G::kChunk : K;
+  const int64_t N = w.n;
   float part[T][kGemvGroupRows];
   for (int64_t g0 = n0; g0 < n1; g0 += kGemvGroupRows) {
     const int64_t g1 = n1 - g0 < kGemvGroupRows ? n1 : g0 + kGemvGroupRows;
-    for (int t = 0; t < T; ++t)
-      for (int64_t r = g0; r < g1; ++r) part[t][r - g0] = 0;
-    for (int64_t k0 = 0; k0 < K; k0 += kc) {
-      const int64_t k1 = K - k0 < kc ? K : k0 + kc;
-      int64_t r = g0;
-      for (; r + G::R <= g1; r += G::R) gemv_rows<L, T, G::R, G::S, D>(x, w, r, k0, k1, &part[0][r - g0], kGemvGroupRows);
-      for (; r < g1; ++r) gemv_rows<L, T, 1, G::S, D>(x, w, r, k0, k1, &part[0][r - g0], kGemvGroupRows);
-    }
+    int64_t r = g0;
+    for (; r + G::R <= g1; r += G::R) gemv_rows<L, T, G::R, D>(x, w, r, &part[0][r - g0], kGemvGroupRows);
+    for (; r < g1; ++r) gemv_rows<L, T, 1, D>(x, w, r, &part[0][r - g0], kGemvGroupRows);
     for (int t = 0; t < T; ++t)
       for (int64_t r = g0; r < g1; ++r) {
         float v = part[t][r - g0];
@@ -215,16 +199,15 @@ void gemv(int64_t t, const float* x, const WeightRef& w, void* y, DType yt) {
 //    of the U, so x is stored in that order.
 //  * No per-vector scale: every output row of a 128-row block shares the block scales of a column
 //    block, so x is pre-multiplied by scale * 256 (per 128 columns) into a per-thread copy, once per
-//    128 output rows (and per k chunk). Products are then x * scale * 256 * (code / 256) rather
+//    128 output rows. Products are then x * scale * 256 * (code / 256) rather
 //    than x * (code * scale): the same value up to fp32 rounding.
 //  * NaN codes: running unsigned and signed byte maxima of the codes; a row chunk's maximum is
 //    0xff (unsigned) or 0x7f (signed) exactly when it holds 0xff or 0x7f. On a hit the rows of the
 //    pass are checked one by one and the hit rows give NaN.
-// Shapes (L::Fp8Shape) as in the generic GEMV: T <= 2 one row at a time with x chunks in L1 and
-// 4 accumulator chains per x row (8 measured slower on AVX-512); T >= 3 R rows per pass sharing
-// each x load, one chain per (x row, W row). Measured alternatives on AVX-512 for T = 4 (one row
-// with x chunks in L1, two rows) reach 18-21 G weights/s/core from L2 against 26 for four rows,
-// and half the bandwidth from DRAM.
+// Shapes (L::Fp8Shape): R rows per pass sharing each x load over the whole k, NA accumulator
+// chains per (x row, W row). On the 2-core AVX-512 VM, T = 1 and 2 read 50 and 42 GB/s with four
+// rows per pass (NA = 1) against 36 and 23 one row at a time (NA = 4, x in k chunks); AVX2 (16
+// registers) keeps one row at a time for T <= 2.
 
 // Software prefetch distance on each fp8 row stream. Measured on the dev machine (Zen 5, AVX-512,
 // 2 threads streaming from DRAM, T = 1): 0 B 23 GB/s, 512 B 29, 1 KiB 34, 1.5-2 KiB 37, 4 KiB 20
@@ -328,8 +311,7 @@ template <class L, int T>
 void gemv_fp8_range(const float* x, const WeightRef& w, int64_t n0, int64_t n1, void* y, DType yt) {
   using G = typename L::template Fp8Shape<T>;
   const int64_t K = w.k, N = w.n, kblocks = ceil_div(K, 128);
-  const int64_t kc = G::kChunk > 0 && G::kChunk < K ? G::kChunk : K;
-  const int64_t ldx = round_up(kc, 4 * L::V::kLanes);
+  const int64_t ldx = round_up(K, 4 * L::V::kLanes);
   float* xs = static_cast<float*>(scratch(kScratchPanel, T * ldx * sizeof(float)));
   float part[T][128];
   for (int64_t g0 = n0, g1; g0 < n1; g0 = g1) {
@@ -337,13 +319,10 @@ void gemv_fp8_range(const float* x, const WeightRef& w, int64_t n0, int64_t n1, 
     const float* srow = w.scale + (g0 / 128) * kblocks;
     for (int t = 0; t < T; ++t)
       for (int64_t r = g0; r < g1; ++r) part[t][r - g0] = 0;
-    for (int64_t k0 = 0; k0 < K; k0 += kc) {
-      const int64_t k1 = K - k0 < kc ? K : k0 + kc;
-      fp8_prep_x<L, T>(x, K, srow, k0, k1, xs, ldx);
-      int64_t r = g0;
-      for (; r + G::R <= g1; r += G::R) fp8_rows<L, T, G::R, G::NA>(xs, ldx, w, r, k0, k1, &part[0][r - g0], 128);
-      for (; r < g1; ++r) fp8_rows<L, T, 1, G::NA>(xs, ldx, w, r, k0, k1, &part[0][r - g0], 128);
-    }
+    fp8_prep_x<L, T>(x, K, srow, 0, K, xs, ldx);
+    int64_t r = g0;
+    for (; r + G::R <= g1; r += G::R) fp8_rows<L, T, G::R, G::NA>(xs, ldx, w, r, 0, K, &part[0][r - g0], 128);
+    for (; r < g1; ++r) fp8_rows<L, T, 1, G::NA>(xs, ldx, w, r, 0, K, &part[0][r - g0], 128);
     for (int t = 0; t < T; ++t)
       for (int64_t r = g0; r < g1; ++r) store_y(y, yt, t * N + r, part[t][r - g0]);
   }
@@ -375,7 +354,7 @@ void gemv_fp8(int64_t t, const float* x, const WeightRef& w, void* y, DType yt) 
 // then R rows share every x load (L::kInt4Rows<T>: T * R accumulators + R decoded vectors + R
 // scale pairs fit the register file). One software prefetch per row and 64-byte line.
 
-constexpr int64_t kInt4PrefetchBytes = 1024;
+constexpr int64_t kInt4PrefetchBytes = 2048;
 
 // part[t * ldp + i] = sum over k of x[t, k] * W[r + i, k] for t < T, i < R.
 template <class L, int T, int R>
@@ -397,8 +376,11 @@ void int4_rows(const float* xp, int64_t ldx, const WeightRef& w, int64_t r, floa
       mv[i] = V::set1(-z * s);
     }
     for (int64_t c = gi * g; c < (gi + 1) * g; c += 32) {
-      if (c % 128 == 0)
-        for (int i = 0; i < R; ++i) _mm_prefetch(reinterpret_cast<const char*>(wr[i] + c / 2 + kInt4PrefetchBytes), _MM_HINT_T0);
+      if (c % 128 == 0) {  // past the row's end into the row this stream reads next (row + R)
+        int64_t pf = c / 2 + kInt4PrefetchBytes;
+        if (pf >= rb) pf += (R - 1) * rb;
+        for (int i = 0; i < R; ++i) _mm_prefetch(reinterpret_cast<const char*>(wr[i] + pf), _MM_HINT_T0);
+      }
       typename V::U4 u[R];
       for (int i = 0; i < R; ++i) u[i] = V::load_u4(wr[i] + c / 2);
       for (int v = 0; v < NV; ++v) {

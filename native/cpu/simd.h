@@ -140,6 +140,9 @@ struct Avx2 {
   LC_TARGET_AVX2 static F load_bf16(const uint16_t* p) {
     return widen_bf16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
   }
+  LC_TARGET_AVX2 static F load_f16(const uint16_t* p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  }
   LC_TARGET_AVX2 static F load_bf16_n(const uint16_t* p, int64_t n) {
     alignas(16) uint16_t b[8] = {};
     std::memcpy(b, p, n * sizeof(uint16_t));
@@ -371,6 +374,9 @@ struct Avx512 {
   LC_TARGET_AVX512 static F widen_bf16(__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
   LC_TARGET_AVX512 static F load_bf16(const uint16_t* p) {
     return widen_bf16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
+  LC_TARGET_AVX512 static F load_f16(const uint16_t* p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
   }
   LC_TARGET_AVX512 static F load_bf16_n(const uint16_t* p, int64_t n) {
     return widen_bf16(_mm256_maskz_loadu_epi16(mask16(n), p));
