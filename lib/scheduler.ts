@@ -158,8 +158,7 @@ export class StepScheduler {
     const reqs = this.fit(all, 1);
     if (!reqs.length) return;
     const e = this.engine,
-      B = reqs.length,
-      V = e.dims.vocab;
+      B = reqs.length;
     this.count('decode', B);
     const { logits, nFfn } = e.forward(
       reqs.map(r => r.seq),

@@ -34,11 +34,15 @@ const requests: Request[] = [
   { prompt: 'third', o: { maxTokens: 25, temperature: 0.9, topK: 20, seed: 7 } },
   { prompt: 'the fourth one', o: { maxTokens: 20, speculative: true } },
   { prompt: 'fifth, sampled and speculative', o: { maxTokens: 18, temperature: 0.8, topP: 0.9, seed: 3, speculative: true } },
+  // greedy rows after a sampled one, with other settings: their own sampler calls in the batched step
+  { prompt: 'sixth, greedy after a sampled one', o: { maxTokens: 14, topK: 5 } },
+  { prompt: 'seventh, greedy with penalties and logprobs', o: { maxTokens: 10, repetitionPenalty: 1.3, logprobs: 2 } },
 ];
 
 async function alone(r: Request) {
   using s = model.createSession();
-  return (await s.generate(r.prompt, r.o)).tokens;
+  const g = await s.generate(r.prompt, r.o);
+  return { tokens: g.tokens, logprobs: g.logprobs };
 }
 
 describe('continuous batching', () => {
@@ -49,7 +53,8 @@ describe('continuous batching', () => {
     const sessions = requests.map(() => model.createSession());
     const got = await Promise.all(requests.map((r, i) => sessions[i]!.generate(r.prompt, r.o)));
     for (const s of sessions) s.dispose();
-    expect(got.map(g => g.tokens)).toEqual(want);
+    expect(got.map(g => ({ tokens: g.tokens, logprobs: g.logprobs }))).toEqual(want);
+    expect(got[6]!.logprobs).toHaveLength(10);
     const st = model.scheduler.stats;
     // the plain streams shared decode steps: fewer steps than rows, and batches of 3 at the start
     expect(st.decodeRows - before.decodeRows).toBeGreaterThan(st.decodeSteps - before.decodeSteps);
@@ -72,10 +77,10 @@ describe('continuous batching', () => {
     })();
     let seen = 0;
     const gA = a.generate(requests[0]!.prompt, requests[0]!.o);
-    const joined: Promise<number[]>[] = [];
+    const joined: ReturnType<typeof alone>[] = [];
     for await (const _ of gA) if (++seen === 3) joined.push(alone(requests[1]!));
     expect(await aborted).toBe('abort');
-    expect((await gA).tokens).toEqual(want);
+    expect((await gA).tokens).toEqual(want.tokens);
     expect(await joined[0]).toEqual(await alone(requests[1]!));
     a.dispose();
     c.dispose();
