@@ -53,8 +53,18 @@ describe('continuous batching', () => {
     const sessions = requests.map(() => model.createSession());
     const got = await Promise.all(requests.map((r, i) => sessions[i]!.generate(r.prompt, r.o)));
     for (const s of sessions) s.dispose();
-    expect(got.map(g => ({ tokens: g.tokens, logprobs: g.logprobs }))).toEqual(want);
+    expect(got.map(g => g.tokens)).toEqual(want.map(w => w.tokens));
+    // log-probabilities: the same tokens; values to f32 rounding (a batched step's logits differ
+    // from the same row alone in the last bits)
     expect(got[6]!.logprobs).toHaveLength(10);
+    got.forEach((g, i) => {
+      const w = want[i]!.logprobs;
+      expect(g.logprobs?.map(l => [l.token, l.top.map(t => t.token)])).toEqual(w?.map(l => [l.token, l.top.map(t => t.token)]));
+      g.logprobs?.forEach((l, j) => {
+        expect(l.logprob).toBeCloseTo(w![j]!.logprob, 4);
+        l.top.forEach((t, m) => expect(t.logprob).toBeCloseTo(w![j]!.top[m]!.logprob, 4));
+      });
+    });
     const st = model.scheduler.stats;
     // the plain streams shared decode steps: fewer steps than rows, and batches of 3 at the start
     expect(st.decodeRows - before.decodeRows).toBeGreaterThan(st.decodeSteps - before.decodeSteps);
