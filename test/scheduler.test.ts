@@ -47,7 +47,7 @@ async function alone(r: Request) {
 
 describe('continuous batching', () => {
   it('concurrent generations (greedy, sampled, speculative) each equal the same request run alone, in batched steps', async () => {
-    const want = [];
+    const want: Awaited<ReturnType<typeof alone>>[] = [];
     for (const r of requests) want.push(await alone(r));
     const before = { ...model.scheduler.stats };
     const sessions = requests.map(() => model.createSession());
@@ -62,7 +62,7 @@ describe('continuous batching', () => {
       expect(g.logprobs?.map(l => [l.token, l.top.map(t => t.token)])).toEqual(w?.map(l => [l.token, l.top.map(t => t.token)]));
       g.logprobs?.forEach((l, j) => {
         expect(l.logprob).toBeCloseTo(w![j]!.logprob, 4);
-        l.top.forEach((t, m) => expect(t.logprob).toBeCloseTo(w![j]!.top[m]!.logprob, 4));
+        for (const [m, t] of l.top.entries()) expect(t.logprob).toBeCloseTo(w![j]!.top[m]!.logprob, 4);
       });
     });
     const st = model.scheduler.stats;
