@@ -309,8 +309,10 @@ export class Session {
       out.push(next);
       if (lp) lps.push(lp);
       o.onToken?.(next, lp);
+      const before = textOut.length;
       textOut += decoder.push(next);
-      const hit = firstStop(textOut, stops);
+      // a stop string found now ends after `before` (none was in the text before it)
+      const hit = firstStop(textOut, stops, Math.max(0, before - hold));
       if (hit >= 0) {
         textOut = textOut.slice(0, hit);
         if (textOut.length > emitted) emit(textOut.slice(emitted));
@@ -675,10 +677,11 @@ function samplingOf(o: GenerateOptions, temperature: number): SamplingParams {
   return { temperature, topK: o.topK ?? 0, topP: o.topP ?? 1, minP: o.minP ?? 0, seed: o.seed ?? 0 };
 }
 
-function firstStop(text: string, stops: string[]): number {
+/** The first position at or after `from` where one of `stops` starts, or -1. */
+function firstStop(text: string, stops: string[], from: number): number {
   let best = -1;
   for (const s of stops) {
-    const i = text.indexOf(s);
+    const i = text.indexOf(s, from);
     if (i >= 0 && (best < 0 || i < best)) best = i;
   }
   return best;

@@ -3,7 +3,7 @@
 // log-probabilities (native.logprobs on the row as the model produced it), shared by the first
 // token of Session.generate and the batched decode steps of the StepScheduler.
 import { native } from './native.js';
-import { type Tensor, empty, tensor, toArrayAsync } from './tensor.js';
+import { type Tensor, empty, tensor, toArray } from './tensor.js';
 
 /** Penalties and bias as native.penalize takes them (repetition 1, presence 0, frequency 0: off). */
 export interface LogitAdjust {
@@ -72,16 +72,39 @@ export function prepareRow(row: Tensor, extras: SamplerExtras): Tensor | null {
 
 /** The log-probabilities of `chosen` (int32 [1]) and the k best tokens in the raw row [1, V]. */
 export async function tokenLogprob(raw: Tensor, chosen: Tensor, k: number): Promise<TokenLogprob> {
+  const q = queueLogprob(raw, chosen, k);
+  try {
+    await native.synchronizeAsync(raw.device);
+    return q.read();
+  } finally {
+    q.dispose();
+  }
+}
+
+/**
+ * Queues tokenLogprob's op on the device's stream; `read()` takes its result once that work is
+ * done (after the caller has awaited the device: many rows' ops then share one wait).
+ */
+export function queueLogprob(raw: Tensor, chosen: Tensor, k: number): { read(): TokenLogprob; dispose(): void } {
   const out = empty([1, 1 + k], { device: raw.device }),
     ids = empty([1, k], { dtype: 'int32', device: raw.device });
   try {
     native.logprobs(null, out, ids, raw, chosen, k);
-    const v = await toArrayAsync(out),
-      i = await toArrayAsync(ids),
-      c = await toArrayAsync(chosen);
-    return { token: c[0]!, logprob: v[0]!, top: Array.from(i, (token, j) => ({ token, logprob: v[1 + j]! })) };
-  } finally {
+  } catch (e) {
     out.dispose();
     ids.dispose();
+    throw e;
   }
+  return {
+    read() {
+      const v = toArray(out),
+        i = toArray(ids),
+        c = toArray(chosen);
+      return { token: c[0]!, logprob: v[0]!, top: Array.from(i, (token, j) => ({ token, logprob: v[1 + j]! })) };
+    },
+    dispose() {
+      out.dispose();
+      ids.dispose();
+    },
+  };
 }

@@ -8,10 +8,10 @@
 // and nothing else queues work on the model's streams meanwhile, so no engine call ever has to block
 // the JS thread waiting for another's.
 import { native } from './native.js';
-import { type Tensor, empty, toArray, toArrayAsync } from './tensor.js';
+import { type Tensor, empty, toArray } from './tensor.js';
 import type { LongcatModel, SamplingParams } from './model/model.js';
 import type { SequenceCache } from './kv-cache.js';
-import { type SamplerExtras, type TokenLogprob, prepareRow, tokenLogprob } from './sampling.js';
+import { type SamplerExtras, type TokenLogprob, prepareRow, queueLogprob } from './sampling.js';
 
 export interface DecodeResult {
   /** The sampled token after `token`, and its logit (a non-finite one means a broken row). */
@@ -158,8 +158,7 @@ export class StepScheduler {
     const reqs = this.fit(all, 1);
     if (!reqs.length) return;
     const e = this.engine,
-      B = reqs.length,
-      V = e.dims.vocab;
+      B = reqs.length;
     this.count('decode', B);
     const { logits, nFfn } = e.forward(
       reqs.map(r => r.seq),
@@ -167,47 +166,66 @@ export class StepScheduler {
       { collectRouting: true },
     );
     const ids = empty([B], { dtype: 'int32', device: e.device });
-    // per row with log-probabilities: the raw row and its sampled id (each sequence's own settings)
-    const wanted: { b: number; raw: Tensor; row: Tensor; id: Tensor; k: number }[] = [];
+    const held: Tensor[] = [ids, logits, ...nFfn]; // disposed at the end
+    const lps = new Map<number, ReturnType<typeof queueLogprob>>();
     try {
-      reqs.forEach((r, b) => {
-        const p = r.sampling,
-          row = logits.narrow(b, 1),
-          id = ids.narrow(b, 1);
-        const raw = r.extras ? prepareRow(row, r.extras) : null;
-        // the sampler's step: the position of the token it draws (plain decoding's, batched or not)
-        native.sample(null, id, row, p.temperature, p.topK, p.topP, p.minP, p.seed, r.seq.length);
-        if (raw) wanted.push({ b, raw, row, id, k: r.extras!.logprobs! });
-        else {
-          row.dispose();
-          id.dispose();
-        }
+      // Penalties and bias per row, in place (a copy of the raw row first when log-probabilities are asked).
+      const raws = reqs.map((r, b) => {
+        if (!r.extras) return null;
+        const row = logits.narrow(b, 1);
+        held.push(row);
+        const raw = prepareRow(row, r.extras);
+        if (raw && raw !== row) held.push(raw);
+        return raw;
       });
-      const next = await toArrayAsync(ids);
-      const logprobs = new Map<number, TokenLogprob>();
-      for (const w of wanted) logprobs.set(w.b, await tokenLogprob(w.raw, w.id, w.k));
-      const flat = logits.view([-1]);
-      const logitOf = (b: number) => {
-        const one = flat.narrow(b * V + next[b]!, 1);
-        const v = toArray(one)[0]!;
-        one.dispose();
-        return v;
-      };
+      // The draws: one sampler call per run of consecutive greedy rows with the same settings (a
+      // greedy row's token is the argmax of its row, whatever its row index, seed or step), one
+      // per row otherwise (the sampler's step is each sequence's own position, batched or not).
+      for (let b0 = 0; b0 < B; ) {
+        const p = reqs[b0]!.sampling;
+        let b1 = b0 + 1;
+        if (p.temperature === 0) while (b1 < B && sameGreedy(p, reqs[b1]!.sampling)) b1++;
+        const rows = logits.narrow(b0, b1 - b0),
+          id = ids.narrow(b0, b1 - b0);
+        held.push(rows, id);
+        native.sample(null, id, rows, p.temperature, p.topK, p.topP, p.minP, p.seed, reqs[b0]!.seq.length);
+        b0 = b1;
+      }
+      raws.forEach((raw, b) => {
+        if (!raw) return;
+        const id = ids.narrow(b, 1);
+        held.push(id);
+        lps.set(b, queueLogprob(raw, id, reqs[b]!.extras!.logprobs!));
+      });
+      // The sampled tokens' logits (a non-finite one means a broken row), queued before the one
+      // read-back: per block of up to G rows, picked[i, j] = logits[b0 + i, ids[b0 + j]], of which
+      // the diagonal is wanted (G x G values per block: no host round trip for the ids first).
+      const picked: Tensor[] = [];
+      for (let b0 = 0; b0 < B; b0 += G) {
+        const n = Math.min(G, B - b0),
+          out = empty([n, n], { device: e.device }),
+          rows = logits.narrow(b0, n),
+          id = ids.narrow(b0, n);
+        held.push(out, rows, id);
+        picked.push(out);
+        native.gatherColumns(null, out, rows, id);
+      }
+      await native.synchronizeAsync(e.device);
+      const next = toArray(ids);
+      const logit = new Float32Array(B);
+      picked.forEach((t, i) => {
+        const v = toArray(t),
+          n = Math.min(G, B - i * G);
+        for (let j = 0; j < n; j++) logit[i * G + j] = v[j * n + j]!;
+      });
       const ffn = perRow(nFfn, B);
       reqs.forEach((r, b) => {
-        const logprob = logprobs.get(b);
-        r.resolve({ next: next[b]!, logit: logitOf(b), ffnSum: ffn[b]!, ffnCount: nFfn.length, ...(logprob ? { logprob } : {}) });
+        const logprob = lps.get(b)?.read();
+        r.resolve({ next: next[b]!, logit: logit[b]!, ffnSum: ffn[b]!, ffnCount: nFfn.length, ...(logprob ? { logprob } : {}) });
       });
-      flat.dispose();
     } finally {
-      for (const w of wanted) {
-        if (w.raw !== w.row) w.raw.dispose();
-        w.row.dispose();
-        w.id.dispose();
-      }
-      ids.dispose();
-      logits.dispose();
-      for (const t of nFfn) t.dispose();
+      for (const q of lps.values()) q.dispose();
+      for (const t of held) t.dispose();
     }
   }
 
@@ -247,6 +265,14 @@ export class StepScheduler {
     }
     s.largestBatch = Math.max(s.largestBatch, rows);
   }
+}
+
+/** Rows per block of the sampled logits' gather (G x G values read per block). */
+const G = 64;
+
+/** Two greedy rows' settings draw the same way in one sampler call (the sampler checks the shared ones). */
+function sameGreedy(a: SamplingParams, b: SamplingParams): boolean {
+  return b.temperature === 0 && a.topK === b.topK && a.topP === b.topP && a.minP === b.minP && a.seed === b.seed;
 }
 
 /** Per row, the sum over layers of int32 [rows] counts. */

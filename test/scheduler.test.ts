@@ -34,22 +34,37 @@ const requests: Request[] = [
   { prompt: 'third', o: { maxTokens: 25, temperature: 0.9, topK: 20, seed: 7 } },
   { prompt: 'the fourth one', o: { maxTokens: 20, speculative: true } },
   { prompt: 'fifth, sampled and speculative', o: { maxTokens: 18, temperature: 0.8, topP: 0.9, seed: 3, speculative: true } },
+  // greedy rows after a sampled one, with other settings: their own sampler calls in the batched step
+  { prompt: 'sixth, greedy after a sampled one', o: { maxTokens: 14, topK: 5 } },
+  { prompt: 'seventh, greedy with penalties and logprobs', o: { maxTokens: 10, repetitionPenalty: 1.3, logprobs: 2 } },
 ];
 
 async function alone(r: Request) {
   using s = model.createSession();
-  return (await s.generate(r.prompt, r.o)).tokens;
+  const g = await s.generate(r.prompt, r.o);
+  return { tokens: g.tokens, logprobs: g.logprobs };
 }
 
 describe('continuous batching', () => {
   it('concurrent generations (greedy, sampled, speculative) each equal the same request run alone, in batched steps', async () => {
-    const want = [];
+    const want: Awaited<ReturnType<typeof alone>>[] = [];
     for (const r of requests) want.push(await alone(r));
     const before = { ...model.scheduler.stats };
     const sessions = requests.map(() => model.createSession());
     const got = await Promise.all(requests.map((r, i) => sessions[i]!.generate(r.prompt, r.o)));
     for (const s of sessions) s.dispose();
-    expect(got.map(g => g.tokens)).toEqual(want);
+    expect(got.map(g => g.tokens)).toEqual(want.map(w => w.tokens));
+    // log-probabilities: the same tokens; values to f32 rounding (a batched step's logits differ
+    // from the same row alone in the last bits)
+    expect(got[6]!.logprobs).toHaveLength(10);
+    got.forEach((g, i) => {
+      const w = want[i]!.logprobs;
+      expect(g.logprobs?.map(l => [l.token, l.top.map(t => t.token)])).toEqual(w?.map(l => [l.token, l.top.map(t => t.token)]));
+      g.logprobs?.forEach((l, j) => {
+        expect(l.logprob).toBeCloseTo(w![j]!.logprob, 4);
+        for (const [m, t] of l.top.entries()) expect(t.logprob).toBeCloseTo(w![j]!.top[m]!.logprob, 4);
+      });
+    });
     const st = model.scheduler.stats;
     // the plain streams shared decode steps: fewer steps than rows, and batches of 3 at the start
     expect(st.decodeRows - before.decodeRows).toBeGreaterThan(st.decodeSteps - before.decodeSteps);
@@ -72,10 +87,10 @@ describe('continuous batching', () => {
     })();
     let seen = 0;
     const gA = a.generate(requests[0]!.prompt, requests[0]!.o);
-    const joined: Promise<number[]>[] = [];
+    const joined: ReturnType<typeof alone>[] = [];
     for await (const _ of gA) if (++seen === 3) joined.push(alone(requests[1]!));
     expect(await aborted).toBe('abort');
-    expect((await gA).tokens).toEqual(want);
+    expect((await gA).tokens).toEqual(want.tokens);
     expect(await joined[0]).toEqual(await alone(requests[1]!));
     a.dispose();
     c.dispose();
