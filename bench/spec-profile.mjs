@@ -74,6 +74,7 @@ for (let i = 0; i < STEPS + 2; i++) {
     r.logits.dispose();
   });
   for (const q of seqs) q.truncate(q.length - 1);
+  /** @type {import('../dist/tensor.js').Tensor | undefined} */
   let hidden;
   run('verify', () => {
     const r = e.forward(
@@ -84,6 +85,8 @@ for (let i = 0; i < STEPS + 2; i++) {
     r.logits.dispose();
     hidden = r.hidden;
   });
+  const verified = hidden;
+  if (!verified) throw new Error('spec-profile: the verify forward returned no hidden rows');
   const L = seqs.map(s => s.length - 2);
   // the MTP head over the 2 verified rows per sequence (its own cache slots, those of the verified positions)
   run('mtp', () => {
@@ -91,11 +94,11 @@ for (let i = 0; i < STEPS + 2; i++) {
       seqs.flatMap(s => [s, s]),
       tok.flatMap(t => [[t], [t]]),
       L.flatMap(l => [l, l + 1]),
-      hidden,
+      verified,
     );
     lg.dispose();
   });
-  hidden.dispose();
+  verified.dispose();
   for (const q of seqs) q.truncate(q.length - 2);
 }
 
