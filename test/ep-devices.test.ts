@@ -19,7 +19,7 @@ import { ArgumentError, DeviceError } from '../lib/errors.js';
 import { initRandom } from '../lib/init-random.js';
 import { loadModel } from '../lib/generate.js';
 import { ShardedExperts } from '../lib/parallel/placement.js';
-import { expectEqualLogits, expectFailuresRecover, prompts, runScript } from './ep-helpers.js';
+import { expectEqualLogits, expectFailuresRecover, prompts, runScript, singleDeviceScript } from './ep-helpers.js';
 import { fixtureRoot } from './model-fixture.js';
 
 const cuda = native.cudaStatus();
@@ -106,12 +106,7 @@ describe.runIf(cuda.available && cuda.deviceCount >= 4)(
         beforeAll(async () => {
           dir = path.join(root, name.replace(/\W+/g, '-'));
           await initRandom({ preset: 'tiny', out: dir, seed: 29, fp8 });
-          const single = await loadModel(dir, { backend: 'cuda', cacheDtype: 'f32', maxContext: 64 });
-          try {
-            want = runScript(single, prompts, 2);
-          } finally {
-            single.dispose();
-          }
+          want = await singleDeviceScript(dir, 2, 'cuda');
         }, 300_000);
         it.each([
           [[0, 1], 2],

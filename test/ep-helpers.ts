@@ -4,7 +4,7 @@
 import { expect } from 'vitest';
 import { OutOfMemoryError, RankFailedError } from '../lib/errors.js';
 import { type Tensor, toArray } from '../lib/tensor.js';
-import type { loadModel } from '../lib/generate.js';
+import { loadModel } from '../lib/generate.js';
 import { EP_TIMEOUT_MS } from '../lib/parallel/expert-parallel.js';
 
 export const range = (a: number, b: number) => Array.from({ length: b - a }, (_, i) => a + i);
@@ -53,6 +53,16 @@ export const prompts = [
   [260, 1, 3],
   [11, 12, 13, 14, 15, 16, 17, 18, 19],
 ];
+
+/** runScript of the prompts on a fresh single-device model of `dir` (the run an expert-parallel one must equal). */
+export async function singleDeviceScript(dir: string, steps: number, backend: 'cpu' | 'cuda' = 'cpu') {
+  const single = await loadModel(dir, { backend, cacheDtype: 'f32', maxContext: 64 });
+  try {
+    return runScript(single, prompts, steps);
+  } finally {
+    single.dispose();
+  }
+}
 
 /** A batch of prompts (batched prefill, every row's logits), then greedy batched decode steps; all logits. */
 export function runScript(m: Awaited<ReturnType<typeof loadModel>>, ps: number[][], steps: number, next?: number[][]) {

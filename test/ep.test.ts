@@ -17,7 +17,15 @@ import { f32ToFp8e4m3, fp8e4m3ToF32 } from '../lib/numeric.js';
 import { fp8GroupScale } from '../lib/check/fp8-cache-ref.js';
 import { stepOrder } from '../lib/parallel/data-parallel.js';
 import type { MoeExpertSet } from '../types/ops-moe.js';
-import { expectEqualLogits, expectFailuresRecover, maxRelError, prompts, range, runScript } from './ep-helpers.js';
+import {
+  expectEqualLogits,
+  expectFailuresRecover,
+  maxRelError,
+  prompts,
+  range,
+  runScript,
+  singleDeviceScript,
+} from './ep-helpers.js';
 import { fixtureRoot } from './model-fixture.js';
 
 const root = fixtureRoot('longcat-ep-');
@@ -776,12 +784,7 @@ function singleDeviceRun(
   const run = { dir: path.join(root, name.replace(/\W+/g, '-')), want: null as unknown as ReturnType<typeof runScript> };
   beforeAll(async () => {
     await initRandom({ ...init, out: run.dir });
-    const single = await loadModel(run.dir, { backend, cacheDtype: 'f32', maxContext: 64 });
-    try {
-      run.want = runScript(single, prompts, steps);
-    } finally {
-      single.dispose();
-    }
+    run.want = await singleDeviceScript(run.dir, steps, backend);
   }, timeoutMs);
   return run;
 }
@@ -821,13 +824,7 @@ describe('expert-parallel models equal the single-device run', () => {
 
   it('a rank failing mid-step (injected out-of-memory, dispatch failure, dead peer that never sends) fails the step with a typed error; every rank stays usable', async () => {
     const dir = path.join(root, 'tiny-bf16');
-    const single = await loadModel(dir, { backend: 'cpu', cacheDtype: 'f32', maxContext: 64 });
-    let want: ReturnType<typeof runScript>;
-    try {
-      want = runScript(single, prompts, 2);
-    } finally {
-      single.dispose();
-    }
+    const want = await singleDeviceScript(dir, 2);
     const m = await loadModel(dir, { backend: 'cpu', cacheDtype: 'f32', maxContext: 64, ranks: 4 });
     try {
       expectFailuresRecover(
@@ -844,13 +841,7 @@ describe('expert-parallel models equal the single-device run', () => {
 
   it('an FP8 dispatch payload (loadModel expertParallel.fp8Payload): 4 CPU ranks within the fp8 tolerance of the single-device run', async () => {
     const dir = path.join(root, 'tiny-bf16');
-    const single = await loadModel(dir, { backend: 'cpu', cacheDtype: 'f32', maxContext: 64 });
-    let want: ReturnType<typeof runScript>;
-    try {
-      want = runScript(single, prompts, 2);
-    } finally {
-      single.dispose();
-    }
+    const want = await singleDeviceScript(dir, 2);
     const m = await loadModel(dir, {
       backend: 'cpu',
       cacheDtype: 'f32',

@@ -13,7 +13,7 @@ import { loadModel } from '../lib/generate.js';
 import { ncclUniqueId } from '../lib/parallel/nccl.js';
 import { toArray } from '../lib/tensor.js';
 import { buildStandin } from './nccl-standin.js';
-import { expectEqualLogits, prompts, runScript } from './ep-helpers.js';
+import { expectEqualLogits, prompts, runScript, singleDeviceScript } from './ep-helpers.js';
 import { fixtureRoot } from './model-fixture.js';
 
 const root = fixtureRoot('longcat-nccl-ep-');
@@ -229,13 +229,7 @@ describe('expert parallelism across hosts (NCCL stand-in, worker threads as host
     beforeAll(() => initRandom({ preset: 'tiny', seed: 47, out: dir }), 300_000);
 
     it('a world of one equals the single-device run; the typed errors of what it does not do', async () => {
-      const single = await loadModel(dir, { backend: 'cpu', cacheDtype: 'f32', maxContext: 64 });
-      let want: ReturnType<typeof runScript>;
-      try {
-        want = runScript(single, prompts, 2);
-      } finally {
-        single.dispose();
-      }
+      const want = await singleDeviceScript(dir, 2);
       const nccl = { rank: 0, worldSize: 1, id: ncclUniqueId(standin), libraryPath: standin };
       const m = await loadModel(dir, { backend: 'cpu', cacheDtype: 'f32', maxContext: 64, nccl });
       try {
