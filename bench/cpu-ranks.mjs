@@ -9,7 +9,10 @@
 // replayed decode graphs; tokens/s = B / median step (logits read back each step). Each rank count
 // above 1 runs twice: the ranks on pools of their own, and all on the one global pool ("shared").
 // On a machine with fewer cores than ranks x threads this measures the ranks' overhead, not scaling.
-//   node bench/cpu-ranks.mjs [--ckpt bench/out/ckpt-small] [--ranks 1,2,4] [--batch 4] [--steps 12] [--out f.json]
+// --placement mmap,copy: the ranks' own-pool runs once per expertPlacement (loadModel's option:
+// experts read from the mapped shards, or copied onto each rank's node by its pool), in the same run.
+//   node bench/cpu-ranks.mjs [--ckpt bench/out/ckpt-small] [--ranks 1,2,4] [--batch 4] [--steps 12]
+//        [--placement auto[,copy,mmap]] [--out f.json]
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -21,14 +24,15 @@ const args = process.argv.slice(2);
 const opt = (name, dflt) => (args.includes(name) ? args[args.indexOf(name) + 1] : dflt);
 const ckpt = opt('--ckpt', path.join(import.meta.dirname, 'out', 'ckpt-small'));
 const rankList = opt('--ranks', '1,2,4').split(',').map(Number);
+const placements = opt('--placement', 'auto').split(',');
 const B = Number(opt('--batch', '4')),
   steps = Number(opt('--steps', '12'));
 
 /** One configuration: median step ms, and per step the layers' summed fork->moe / fork->dense / fork->end
  *  (mean over ranks). `sharedPool`: every rank's streams put back on the one global pool (as before
  *  the ranks had pools of their own), for comparison in the same run. */
-async function run(ranks, overlapMoe, sharedPool = false) {
-  const m = await loadModel(ckpt, { backend: 'cpu', maxContext: 256, ranks, overlapMoe });
+async function run(ranks, overlapMoe, sharedPool = false, expertPlacement = undefined) {
+  const m = await loadModel(ckpt, { backend: 'cpu', maxContext: 256, ranks, overlapMoe, expertPlacement });
   const e = m.engine,
     V = e.dims.vocab;
   try {
@@ -64,6 +68,7 @@ async function run(ranks, overlapMoe, sharedPool = false) {
       dense: median(prof.map(x => x.dense)),
       layer: median(prof.map(x => x.layer)),
       pools: sharedPool ? null : (m.memory.cpuRanks ?? null),
+      placement: m.memory.expertPlacement?.map(p => p.how).join('+') ?? '-',
     };
   } finally {
     m.dispose();
@@ -72,16 +77,11 @@ async function run(ranks, overlapMoe, sharedPool = false) {
 
 const rows = [];
 const configs = rankList.flatMap(r =>
-  r > 1
-    ? [
-        [r, false],
-        [r, true],
-      ]
-    : [[r, false]],
+  r > 1 ? [...placements.map(p => [r, false, p === 'auto' ? undefined : p]), [r, true, undefined]] : [[r, false, undefined]],
 );
-for (const [ranks, sharedPool] of configs) {
-  const on = await run(ranks, true, sharedPool),
-    off = await run(ranks, false, sharedPool);
+for (const [ranks, sharedPool, placement] of configs) {
+  const on = await run(ranks, true, sharedPool, placement),
+    off = await run(ranks, false, sharedPool, placement);
   // serial run: fork -> MoE output is the MoE branch alone, MoE output -> dense end the dense branch alone
   const moeAlone = off.moe,
     denseAlone = off.dense - off.moe;
@@ -89,6 +89,7 @@ for (const [ranks, sharedPool] of configs) {
   rows.push({
     ranks,
     threads: on.pools ? on.pools.map(p => p.threads).join('+') : `${native.threads()} shared`,
+    placement: on.placement,
     tokPerS: (1000 * B) / on.stepMs,
     tokPerSSerial: (1000 * B) / off.stepMs,
     stepMs: on.stepMs,
@@ -107,12 +108,12 @@ console.log(
     `each rank on a pool of its own (threads per rank shown)`,
 );
 console.log(
-  '| ranks | threads | decode tok/s (overlap) | tok/s (overlapMoe false) | fork->join ms (sum over layers) | MoE branch alone | dense branch alone | join / max(branch) | serial / max(branch) |',
+  '| ranks | threads | experts | decode tok/s (overlap) | tok/s (overlapMoe false) | fork->join ms (sum over layers) | MoE branch alone | dense branch alone | join / max(branch) | serial / max(branch) |',
 );
-console.log('|---:|---|---:|---:|---:|---:|---:|---:|---:|');
+console.log('|---:|---|---|---:|---:|---:|---:|---:|---:|---:|');
 for (const x of rows)
   console.log(
-    `| ${x.ranks} | ${x.threads} | ${x.tokPerS.toFixed(1)} | ${x.tokPerSSerial.toFixed(1)} | ${x.regionMs.toFixed(2)} | ${x.moeAloneMs.toFixed(2)} | ${x.denseAloneMs.toFixed(2)} | ${x.overlap.toFixed(2)}x | ${x.serialOverMax.toFixed(2)}x |`,
+    `| ${x.ranks} | ${x.threads} | ${x.placement} | ${x.tokPerS.toFixed(1)} | ${x.tokPerSSerial.toFixed(1)} | ${x.regionMs.toFixed(2)} | ${x.moeAloneMs.toFixed(2)} | ${x.denseAloneMs.toFixed(2)} | ${x.overlap.toFixed(2)}x | ${x.serialOverMax.toFixed(2)}x |`,
   );
 const out = opt('--out', null);
 if (out)

@@ -748,7 +748,16 @@ export class Model {
    *  (of which the N-gram tables, which are never uploaded), and the KV caches' bytes per device. */
   get memory(): ModelMemory {
     const e = this.engine;
-    return modelMemory(this.checkpoint, e.device, e.uploaded, e.w.mtp !== null, e.kvCacheBytes, this.made, e.rankPools);
+    return modelMemory(
+      this.checkpoint,
+      e.device,
+      e.uploaded,
+      e.w.mtp !== null,
+      e.kvCacheBytes,
+      this.made,
+      e.rankPools,
+      e.expertPlacement,
+    );
   }
 
   createSession(): Session {

@@ -44,6 +44,7 @@ struct Storage {
   size_t bytes = 0;
   Pool* pool = nullptr;           // null for external memory (mmap'd weights)
   std::function<void()> release;  // external memory only
+  bool file_mapped = false;       // external memory of a file mapping (ops/mmap.cc): pages the page cache can refill
   // Page-locked host memory: an event after each asynchronous copy queued from or into it on a
   // CUDA stream (outside graph captures). Such a copy holds no reference (it is no queued CPU job),
   // so the release waits for them instead: the copy engine may still be reading or writing it.

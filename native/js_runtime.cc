@@ -114,6 +114,7 @@ static Napi::Value Threads(const Napi::CallbackInfo& info) {
 
 // A CPU rank's own thread pool: setStreamPool(streams, threads, cpus) makes one pool of `threads`
 // threads bound to `cpus` (an empty list: unbound) and runs every stream's kernels on it;
+// setStreamPool(streams, other) shares the pool of the CPU stream `other`;
 // setStreamPool(streams, null) puts them back on the global pool. streamPool(stream): the pool's
 // {threads, cpus}, or null. allowedCpus(): the CPUs this process may run on.
 static std::vector<Stream*> cpu_streams_arg(const OpArgs& a, size_t i) {
@@ -134,7 +135,12 @@ static Napi::Value SetStreamPool(const Napi::CallbackInfo& info) {
   OpArgs a(info, "setStreamPool");
   std::vector<Stream*> streams = cpu_streams_arg(a, 0);
   std::shared_ptr<cpu::ThreadPool> pool;
-  if (a.present(1)) {
+  if (a.present(1) && StreamWrap::IsStream(info.Env(), info[1])) {
+    // another CPU stream's pool, shared (e.g. the one that placed a rank's experts: lib/model/load.ts)
+    Stream& from = StreamWrap::Unwrap(info[1].As<Napi::Object>())->get();
+    if (!from.device().is_cpu()) fail(Code::E_DEVICE, "setStreamPool: the pool's stream is on %s, not the CPU", from.device().str().c_str());
+    pool = from.pool();
+  } else if (a.present(1)) {
     int64_t n = a.integer(1, "threads");
     if (n < 1 || n > 1024)
       fail(Code::E_ARGUMENT, "setStreamPool: thread count must be in 1..1024, got %lld", static_cast<long long>(n));

@@ -149,6 +149,8 @@ export interface CoreApi {
   /** Runs the CPU streams' kernels on one new pool of `threads` threads bound to `cpus` (empty or
    *  absent: unbound); threads null: back on the global pool. A CPU rank's own pool. */
   setStreamPool(streams: readonly Stream[], threads: number | null, cpus?: readonly number[]): void;
+  /** Runs the CPU streams' kernels on the pool of the CPU stream `from` (shared; its global pool when it has none). */
+  setStreamPool(streams: readonly Stream[], from: Stream): void;
   /** The pool a CPU stream's kernels run on when it is not the global one. */
   streamPool(stream: Stream): { threads: number; cpus: number[] } | null;
   /** The CPUs this process may run on (its affinity mask), ascending. */
@@ -263,6 +265,7 @@ import type { GatherOps } from './ops-gather.js';
 import type { EpOps } from './ops-ep.js';
 import type { NcclOps } from './ops-nccl.js';
 import type { NgramOps } from './ops-ngram.js';
+import type { PlacedOps } from './ops-placed.js';
 
 export interface Native
   extends CoreApi,
@@ -274,4 +277,5 @@ export interface Native
     GatherOps,
     EpOps,
     NgramOps,
-    NcclOps {}
+    NcclOps,
+    PlacedOps {}

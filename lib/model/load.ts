@@ -12,7 +12,17 @@ import { expertsPerRank, rankExperts } from '../parallel/placement.js';
 import { NcclComm, type NcclInitOptions } from '../parallel/nccl.js';
 import { CrossHostExperts } from '../parallel/cross-host.js';
 import { type ExpertParallelOptions, checkExpertParallelOptions } from '../parallel/expert-parallel.js';
-import { type RankPool, checkRankThreads, numaNodes, planRankPools } from '../parallel/numa.js';
+import {
+  type ExpertPlacement,
+  type RankPlacement,
+  type RankPool,
+  RankPlacer,
+  checkExpertPlacement,
+  checkRankThreads,
+  numaNodes,
+  planRankPools,
+  resolveExpertPlacement,
+} from '../parallel/numa.js';
 import { type CacheDtype, latentCacheRow } from '../kv-cache.js';
 
 export type Backend = 'auto' | 'cpu' | 'cuda';
@@ -50,6 +60,13 @@ export interface LoadModelOptions {
    *  LONGCAT_SYSFS_ROOT overrides /sys for the topology); on one node the ranks just split the
    *  thread count. model.memory.cpuRanks reports the plan. */
   rankThreads?: number;
+  /** CPU ranks (backend 'cpu', ranks > 1): where each rank's routed experts live. 'auto' (default):
+   *  'copy' when the ranks' pools span several NUMA nodes, else 'mmap'. 'copy': at load each rank's
+   *  experts are copied into memory first written by its own pool's threads (so on its node by first
+   *  touch; mbind(MPOL_BIND) to the node as well where the kernel allows it; MADV_HUGEPAGE) and the
+   *  shards' pages they came from are given back. 'mmap': read from the mapped shards in place.
+   *  model.memory.expertPlacement reports the outcome per rank. */
+  expertPlacement?: ExpertPlacement;
   /** The expert-parallel protocol's settings (ranks > 1): fp8Payload (dispatch sends e4m3 rows
    *  with 1 x 128 scales, default false), timeoutMs (a rank's wait for a peer before the step
    *  fails with E_RANK_FAILED, default 60000), blocks (the CUDA block budget of a dispatch or
@@ -139,6 +156,10 @@ export interface ModelMemory {
    *  so with bound pools they are allocated on its node (first touch); its experts are pages of the
    *  mapped shards, which stay where the page cache put them. Absent without CPU ranks. */
   cpuRanks?: RankPool[];
+  /** CPU ranks: where each rank's routed experts are (loadModel's expertPlacement): copied onto its
+   *  node ('copy' / 'mbind', `bytes` of them, no longer in hostMapped) or read from the shards
+   *  ('mmap'), with the reason when not 'mbind'. Absent without CPU ranks. */
+  expertPlacement?: RankPlacement[];
   /** Bytes of weights made at load in host memory that the CPU model reads (loadModel's `quantize`,
    *  GPTQ / AutoRound linears repacked into the int4 format); the checkpoint tensors they replace are
    *  not in hostMapped. 0 on a GPU (the made tensors are uploaded, counted in `uploaded`, and freed). */
@@ -169,6 +190,7 @@ export function modelMemory(
   kvCache: Record<string, number> = {},
   made: MadeWeights | null = null,
   cpuRanks: readonly RankPool[] | null = null,
+  expertPlacement: readonly RankPlacement[] | null = null,
 ): ModelMemory {
   const cpu = device === 'cpu';
   let loaded = 0,
@@ -178,13 +200,16 @@ export function modelMemory(
     loaded += t.nbytes;
     if (isNgramTable(t.name)) ngramTables += t.nbytes;
   }
+  // copied experts of checkpoint tensors (not of made ones) are no longer read from the shards
+  const placed = cpu && !made ? (expertPlacement ?? []).reduce((a, p) => a + p.bytes, 0) : 0;
   return {
     uploaded: { ...uploaded },
-    hostMapped: cpu ? loaded : ngramTables,
+    hostMapped: cpu ? loaded - placed : ngramTables,
     ngramTables,
     kvCache: { ...kvCache },
     hostMade: cpu ? (made?.bytes ?? 0) : 0,
     ...(cpuRanks ? { cpuRanks: cpuRanks.map(p => ({ ...p, cpus: [...p.cpus] })) } : {}),
+    ...(expertPlacement ? { expertPlacement: expertPlacement.map(p => ({ ...p })) } : {}),
   };
 }
 
@@ -208,6 +233,7 @@ function checkLoadOptions(opts: LoadModelOptions): void {
   int('cacheBlocks', 1);
   int('deviceIndex', 0);
   checkRankThreads(opts.rankThreads);
+  checkExpertPlacement(opts.expertPlacement);
   if (opts.expertParallel !== undefined) checkExpertParallelOptions(opts.expertParallel);
   for (const flag of ['mtp', 'prefixCache', 'overlapMoe'] as const)
     if (opts[flag] !== undefined && typeof opts[flag] !== 'boolean')
@@ -253,13 +279,12 @@ export async function loadCheckpointModel(dir: string, opts: LoadModelOptions = 
       `loadModel: ranks: ${ranks} is not a multiple of the ${group.length} devices of the group (each device holds as many ranks)`,
     );
   const rankDevices = Array.from({ length: ranks }, (_, r) => (group ? group[r % group.length]! : device));
-  if (ranks === 1 && (opts.expertParallel !== undefined || opts.rankThreads !== undefined))
-    throw new ArgumentError(
-      'E_ARGUMENT',
-      `loadModel: ${opts.expertParallel !== undefined ? 'expertParallel' : 'rankThreads'} needs expert parallelism (ranks > 1), got ranks 1`,
-    );
-  if (opts.rankThreads !== undefined && device !== 'cpu')
-    throw new ArgumentError('E_ARGUMENT', `loadModel: rankThreads is for CPU ranks (backend 'cpu'), got device ${device}`);
+  const epOnly = (['expertParallel', 'rankThreads', 'expertPlacement'] as const).find(k => opts[k] !== undefined);
+  if (ranks === 1 && epOnly)
+    throw new ArgumentError('E_ARGUMENT', `loadModel: ${epOnly} needs expert parallelism (ranks > 1), got ranks 1`);
+  for (const k of ['rankThreads', 'expertPlacement'] as const)
+    if (opts[k] !== undefined && device !== 'cpu')
+      throw new ArgumentError('E_ARGUMENT', `loadModel: ${k} is for CPU ranks (backend 'cpu'), got device ${device}`);
   const rankPools =
     device === 'cpu' && ranks > 1
       ? planRankPools(ranks, {
@@ -273,6 +298,7 @@ export async function loadCheckpointModel(dir: string, opts: LoadModelOptions = 
   if (opts.threads !== undefined) setThreads(opts.threads);
   const comm = opts.nccl ? await joinHosts(opts, ranks, device) : null;
   let checkpoint: Checkpoint;
+  let placer: RankPlacer | null = null;
   try {
     checkpoint = await openCheckpoint(dir, { onProgress: opts.onProgress, signal: opts.signal });
   } catch (e) {
@@ -292,9 +318,16 @@ export async function loadCheckpointModel(dir: string, opts: LoadModelOptions = 
       : checkpoint.quantization === 'int4'
         ? new Int4Source(checkpoint)
         : null;
+    // CPU ranks' experts copied onto their nodes (or left in the shards), by pools the ranks then keep
+    if (rankPools) {
+      const p = resolveExpertPlacement(opts.expertPlacement ?? 'auto', rankPools);
+      placer = new RankPlacer(rankPools, p.copy, p.reason);
+    }
+    const rankPlacer = placer;
     let weights: ModelWeights;
     try {
       weights = loadWeights(quantizer ?? checkpoint, dims, device, {
+        placeExperts: rankPlacer?.copy ? (rank, tensors) => rankPlacer.place(rank, tensors) : undefined,
         onProgress: opts.onProgress,
         totalBytes,
         mtp,
@@ -347,6 +380,8 @@ export async function loadCheckpointModel(dir: string, opts: LoadModelOptions = 
         cacheDtype: opts.cacheDtype,
         ranks,
         rankPools,
+        rankPoolStreams: placer?.copy ? placer.streams : undefined,
+        expertPlacement: placer?.report,
         expertParallel: opts.expertParallel,
         overlapMoe: opts.overlapMoe,
         // On the CPU the weights are the mapped shards themselves (a GPU has its own copy).
@@ -379,6 +414,8 @@ export async function loadCheckpointModel(dir: string, opts: LoadModelOptions = 
     checkpoint.close();
     comm?.abort();
     throw e;
+  } finally {
+    placer?.dispose(); // the ranks' streams share its pools
   }
 }
 

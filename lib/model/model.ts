@@ -16,7 +16,7 @@ import type { ModelWeights } from './weights.js';
 import { forward, mtpForward, runToEnd } from './longcat-flash.js';
 import { Arena, type Batch, type ExpertsFn, type Step, localExperts } from './step.js';
 import { ExpertParallelGroup, type ExpertParallelOptions } from '../parallel/expert-parallel.js';
-import type { RankPool } from '../parallel/numa.js';
+import type { RankPlacement, RankPool } from '../parallel/numa.js';
 import { ShardedExperts } from '../parallel/placement.js';
 import type { CrossHostExperts } from '../parallel/cross-host.js';
 import {
@@ -73,6 +73,11 @@ export interface ModelOptions {
    *  planRankPools), one per rank; its streams' kernels run there. Default: every rank on the
    *  global pool. */
   rankPools?: readonly RankPool[];
+  /** CPU ranks: per rank a CPU stream whose pool the rank's streams share instead of a new one of
+   *  rankPools' (the pool that placed its experts: lib/parallel/numa.ts RankPlacer). */
+  rankPoolStreams?: readonly Stream[];
+  /** CPU ranks: where each rank's routed experts were placed (model.memory.expertPlacement). */
+  expertPlacement?: readonly RankPlacement[];
   /** The expert-parallel protocol's settings (ranks > 1). */
   expertParallel?: ExpertParallelOptions;
   /** Expert parallelism across hosts (lib/parallel/cross-host.ts): this host's part of the
@@ -213,6 +218,8 @@ export class LongcatModel {
   private readonly ep: ExpertParallelGroup | null;
   /** CPU ranks' own thread pools (rankPools), when given. */
   readonly rankPools: readonly RankPool[] | null;
+  /** CPU ranks: where each rank's routed experts were placed, when reported. */
+  readonly expertPlacement: readonly RankPlacement[] | null;
   /** This host's part of expert parallelism across hosts, when on. */
   private readonly xh: CrossHostExperts | null;
   /** The captured decode steps, by their rows per rank. */
@@ -284,6 +291,7 @@ export class LongcatModel {
       this.ep.configure(opts.expertParallel);
     }
     this.rankPools = pools ?? null;
+    this.expertPlacement = opts.expertPlacement ?? null;
     this.xh = opts.crossHost?.(weights) ?? null;
     try {
       for (const [r, device] of rankDevices.entries()) {
@@ -310,7 +318,10 @@ export class LongcatModel {
         });
         const rank = this.ranks[r]!,
           pool = pools?.[r];
-        if (pool) native.setStreamPool([...new Set([rank.main, rank.moeStream, this.ep!.streams[r]!])], pool.threads, pool.cpus);
+        const streams = [...new Set([rank.main, rank.moeStream, this.ep!.streams[r]!])];
+        const from = opts.rankPoolStreams?.[r];
+        if (pool && from) native.setStreamPool(streams, from);
+        else if (pool) native.setStreamPool(streams, pool.threads, pool.cpus);
       }
     } catch (e) {
       this.disposeRanks();

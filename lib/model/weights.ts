@@ -146,6 +146,11 @@ export interface LoadWeightsOptions {
   /** Expert parallelism across hosts (lib/parallel/cross-host.ts): only the routed experts
    *  first .. first + count - 1 of each layer, on `device` (this host's block; its local ids 0 .. count - 1). */
   expertRange?: { first: number; count: number };
+  /** CPU ranks (with expertDevices): rank r's experts of a layer, all their tensors at once
+   *  (weights, scales, permutations), handed over once loaded and replaced by what it returns, in
+   *  the same order: copies placed on the rank's NUMA node (lib/parallel/numa.ts RankPlacer). The
+   *  copies are owned by the weights. */
+  placeExperts?: (rank: number, tensors: Tensor[], names: string[]) => Tensor[];
 }
 
 const gb = (b: number) => `${(b / 2 ** 30).toFixed(2)} GiB`;
@@ -328,8 +333,9 @@ function buildWeights(
   for (let l = 0; l < dims.layers; l++) {
     const p = `model.layers.${l}`;
     const expertName = (e: number, m: string) => `${p}.mlp.experts.${e}.${m}`;
-    // The routed experts first..first+count-1, read from the checkpoint and placed on `to` only.
-    const expertSet = (first: number, count: number, to: string) => {
+    // The routed experts first..first+count-1, read from the checkpoint and placed on `to` only
+    // (rank's: then through opts.placeExperts, when given).
+    const expertSet = (first: number, count: number, to: string, rank?: number) => {
       const experts = Array.from({ length: count }, (_, i) => src.expertWeights(l, first + i));
       const scales = (k: 'gateScale' | 'upScale' | 'downScale') =>
         experts[0]?.[k]
@@ -348,17 +354,36 @@ function buildWeights(
       const perms = experts.some(x => x.perm)
         ? experts.map((x, i) => (x.perm ? place(x.perm, expertName(first + i, 'gate_proj.weight_perm'), to) : null))
         : null;
-      return own(
-        native.moeExperts(
-          list('gate'),
-          list('up'),
-          list('down'),
-          scales('gateScale'),
-          scales('upScale'),
-          scales('downScale'),
-          perms,
-        ),
-      );
+      const gate = list('gate'),
+        up = list('up'),
+        down = list('down'),
+        gs = scales('gateScale'),
+        us = scales('upScale'),
+        ds = scales('downScale');
+      if (opts.placeExperts && rank !== undefined) {
+        // every tensor of the rank's block in one placement, then put back where it came from
+        const groups: [(Tensor | null)[] | null, string][] = [
+          [gate, 'gate_proj.weight'],
+          [up, 'up_proj.weight'],
+          [down, 'down_proj.weight'],
+          [gs, 'gate_proj.weight_scale_inv'],
+          [us, 'up_proj.weight_scale_inv'],
+          [ds, 'down_proj.weight_scale_inv'],
+          [perms, 'gate_proj.weight_perm'],
+        ];
+        const flat: Tensor[] = [],
+          names: string[] = [];
+        for (const [g, m] of groups)
+          for (const [i, t] of (g ?? []).entries())
+            if (t) {
+              flat.push(t);
+              names.push(expertName(first + i, m));
+            }
+        const placed = opts.placeExperts(rank, flat, names).map(own);
+        let k = 0;
+        for (const [g] of groups) for (const [i, t] of (g ?? []).entries()) if (t) g![i] = placed[k++]!;
+      }
+      return own(native.moeExperts(gate, up, down, gs, us, ds, perms));
     };
     const ranks = opts.expertDevices;
     let experts: MoeExpertSet;
@@ -369,7 +394,7 @@ function buildWeights(
       const per = expertsPerRank(ranks.length, dims.nRouted);
       // Owned per shard (already in `owned`), so the wrapper is not owned again.
       experts = new ShardedExperts(
-        ranks.map((to, r) => expertSet(rankExperts(r, per).first, per, to)),
+        ranks.map((to, r) => expertSet(rankExperts(r, per).first, per, to, r)),
         per,
       );
     }

@@ -8,9 +8,19 @@
 // stay unbound (the OS places them). The topology is read from sysfs
 // (/sys/devices/system/node/node*/cpulist); LONGCAT_SYSFS_ROOT names another root (tests give a
 // fake 2- or 4-node machine).
+//
+// A rank's KV pages reach its node by first touch (its own kernels write them first). Its routed
+// experts are pages of the mapped shards, in the page cache on whatever node read them; so where the
+// ranks span several nodes (expertPlacement 'auto', or 'copy' to force it) each rank's experts are
+// copied at load into memory placed on its node (RankPlacer: native placeTensors, the copy run by
+// the rank's own pool's threads, MADV_HUGEPAGE, mbind(MPOL_BIND) first when the kernel allows it),
+// and the shards' pages of those experts are given back so the bytes are not held twice.
 import fs from 'node:fs';
 import path from 'node:path';
 import { ArgumentError, showValue } from '../errors.js';
+import { native } from '../native.js';
+import { Stream } from '../device.js';
+import type { Tensor } from '../tensor.js';
 
 /** A NUMA node and its CPUs. */
 export interface CpuNode {
@@ -105,4 +115,103 @@ export function checkRankThreads(v: unknown): number | undefined {
   if (v !== undefined && (typeof v !== 'number' || !Number.isInteger(v) || v < 1 || v > 1024))
     throw new ArgumentError('E_ARGUMENT', `loadModel: rankThreads must be an integer in [1, 1024], got ${showValue(v)}`);
   return v as number | undefined;
+}
+
+/** loadModel's expertPlacement: where CPU ranks' routed experts live. 'auto' (default): 'copy'
+ *  when the ranks' pools span several NUMA nodes, else 'mmap'. 'copy': copied into memory placed on
+ *  each rank's node (first written by its pool's threads). 'mmap': read from the mapped shards. */
+export type ExpertPlacement = 'auto' | 'copy' | 'mmap';
+
+/** loadModel's expertPlacement, checked. */
+export function checkExpertPlacement(v: unknown): ExpertPlacement | undefined {
+  if (v !== undefined && v !== 'auto' && v !== 'copy' && v !== 'mmap')
+    throw new ArgumentError('E_ARGUMENT', `loadModel: expertPlacement must be 'auto', 'copy' or 'mmap', got ${showValue(v)}`);
+  return v;
+}
+
+/** Where a CPU rank's routed experts ended up (model.memory.expertPlacement). */
+export interface RankPlacement {
+  rank: number;
+  /** The node of the rank's pool (null: one node, unbound pool). */
+  node: number | null;
+  /** 'mbind': copied into memory bound to `node` (MPOL_BIND) and first written by the rank's pool;
+   *  'copy': copied, placed by first touch only; 'mmap': left in the mapped shards. */
+  how: 'copy' | 'mbind' | 'mmap';
+  /** Bytes of the rank's expert tensors copied (0 for 'mmap'). */
+  bytes: number;
+  /** Whether the copies' memory took MADV_HUGEPAGE (false for 'mmap'). */
+  hugepage: boolean;
+  /** Bytes of mapped shard pages given back after the copy (whole pages inside the copied tensors). */
+  released: number;
+  /** Why not 'mbind' (or why 'mmap'), when it is not. */
+  reason?: string;
+}
+
+/** The placement 'auto' resolves to for a plan, and why. */
+export function resolveExpertPlacement(mode: ExpertPlacement, pools: readonly RankPool[]): { copy: boolean; reason: string } {
+  const nodes = new Set(pools.map(p => p.node).filter(n => n !== null)).size;
+  if (mode === 'mmap') return { copy: false, reason: "expertPlacement 'mmap'" };
+  if (mode === 'copy') return { copy: true, reason: nodes > 1 ? '' : "expertPlacement 'copy' on one NUMA node (unbound pools)" };
+  return nodes > 1 ? { copy: true, reason: '' } : { copy: false, reason: 'one NUMA node: the shards are as near to every rank' };
+}
+
+/**
+ * Places CPU ranks' experts on their nodes at load (see the file comment): one CPU stream per rank on
+ * a pool of the rank's plan (its threads, its CPUs), which copies the rank's tensors (place); the
+ * model then runs the rank's streams on that same pool (LongcatModel's rankPoolStreams), so the
+ * threads that first wrote the experts are the ones that read them.
+ */
+export class RankPlacer {
+  /** Per rank: the stream whose pool copies its experts (none when not copying). */
+  readonly streams: Stream[] = [];
+  readonly report: RankPlacement[];
+  constructor(
+    pools: readonly RankPool[],
+    readonly copy: boolean,
+    reason: string,
+  ) {
+    this.report = pools.map(p => ({
+      rank: p.rank,
+      node: p.node,
+      how: 'mmap' as const,
+      bytes: 0,
+      hugepage: false,
+      released: 0,
+      ...(reason ? { reason } : {}),
+    }));
+    if (!copy) return;
+    try {
+      for (const p of pools) {
+        const s = new Stream('cpu');
+        this.streams.push(s);
+        native.setStreamPool([s], p.threads, p.cpus);
+      }
+    } catch (e) {
+      this.dispose();
+      throw e;
+    }
+  }
+
+  /** Rank `rank`'s tensors copied onto its node (mbind to it first where the pool has one); the
+   *  sources' mapped pages given back. */
+  place(rank: number, tensors: Tensor[]): Tensor[] {
+    const r = this.report[rank]!,
+      s = this.streams[rank];
+    if (!this.copy || !s) return tensors;
+    const out = native.placeTensors(s, tensors, r.node, true, true);
+    r.bytes += tensors.reduce((a, t) => a + t.nbytes, 0);
+    r.released += out.released;
+    r.hugepage = r.hugepage || out.hugepage;
+    // a rank is 'mbind' only when every one of its placements was bound
+    const how = out.bound ? 'mbind' : 'copy';
+    r.how = r.how === 'mmap' ? how : r.how === 'mbind' && how === 'mbind' ? 'mbind' : 'copy';
+    if (!out.bound && r.node !== null && out.bindError) r.reason = `${out.bindError}: placed by first touch only`;
+    return out.tensors;
+  }
+
+  /** The placement streams (their pools live on in the streams that share them). */
+  dispose() {
+    for (const s of this.streams) s.dispose();
+    this.streams.length = 0;
+  }
 }

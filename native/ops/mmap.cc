@@ -173,6 +173,7 @@ Napi::Value TensorFromMapping(const Napi::CallbackInfo& info) {
     if (nbytes) std::memcpy(t.data(), p, static_cast<size_t>(nbytes));
   } else {
     t.storage = external_storage(Device{}, p, static_cast<size_t>(nbytes), [file]() {});
+    t.storage->file_mapped = true;
   }
   return TensorWrap::Wrap(info.Env(), t);
 }
