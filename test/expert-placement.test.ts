@@ -46,7 +46,7 @@ describe("placeTensors: copies on a pool's node", () => {
         { dtype: 'int8' },
       ),
       tensor([], [0, 5]),
-      tensor(r.array(300_001), [300_001]), // past one 2 MiB chunk boundary of the destination
+      tensor(r.array(600_001), [600_001]), // past a 2 MiB chunk boundary of the destination
     ];
     const s = new Stream('cpu');
     native.setStreamPool([s], 2);

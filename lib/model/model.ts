@@ -318,10 +318,12 @@ export class LongcatModel {
         });
         const rank = this.ranks[r]!,
           pool = pools?.[r];
-        const streams = [...new Set([rank.main, rank.moeStream, this.ep!.streams[r]!])];
-        const from = opts.rankPoolStreams?.[r];
-        if (pool && from) native.setStreamPool(streams, from);
-        else if (pool) native.setStreamPool(streams, pool.threads, pool.cpus);
+        if (pool) {
+          const streams = [...new Set([rank.main, rank.moeStream, this.ep!.streams[r]!])];
+          const from = opts.rankPoolStreams?.[r]; // the pool that placed the rank's experts
+          if (from) native.setStreamPool(streams, from);
+          else native.setStreamPool(streams, pool.threads, pool.cpus);
+        }
       }
     } catch (e) {
       this.disposeRanks();
