@@ -138,7 +138,8 @@ static Napi::Value SetStreamPool(const Napi::CallbackInfo& info) {
   if (a.present(1) && StreamWrap::IsStream(info.Env(), info[1])) {
     // another CPU stream's pool, shared (e.g. the one that placed a rank's experts: lib/model/load.ts)
     Stream& from = StreamWrap::Unwrap(info[1].As<Napi::Object>())->get();
-    if (!from.device().is_cpu()) fail(Code::E_DEVICE, "setStreamPool: the pool's stream is on %s, not the CPU", from.device().str().c_str());
+    if (!from.device().is_cpu())
+      fail(Code::E_DEVICE, "setStreamPool: the pool's stream is on %s, not the CPU", from.device().str().c_str());
     pool = from.pool();
   } else if (a.present(1)) {
     int64_t n = a.integer(1, "threads");

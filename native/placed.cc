@@ -30,8 +30,7 @@ std::shared_ptr<PlacedMemory> PlacedMemory::allocate(size_t bytes, Options opts)
   const size_t size = (bytes + kHuge - 1) / kHuge * kHuge;
   // one extra huge page to align the start
   void* p = ::mmap(nullptr, size + kHuge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (p == MAP_FAILED)
-    fail(Code::E_OOM, "placed memory: mmap of %zu bytes failed (%s)", size + kHuge, errno_name(errno));
+  if (p == MAP_FAILED) fail(Code::E_OOM, "placed memory: mmap of %zu bytes failed (%s)", size + kHuge, errno_name(errno));
   m->map_ = p;
   m->map_bytes_ = size + kHuge;
   const uintptr_t base = reinterpret_cast<uintptr_t>(p);
@@ -68,8 +67,7 @@ void placed_copy(uint8_t* dst, size_t dst_bytes, const std::vector<PlacedRange>&
   const int64_t chunks = static_cast<int64_t>((dst_bytes + kHuge - 1) / kHuge);
   cpu::parallel_for(chunks, 1, [&](int64_t c0, int64_t c1) {
     const size_t lo = static_cast<size_t>(c0) * kHuge, hi = std::min(dst_bytes, static_cast<size_t>(c1) * kHuge);
-    auto it = std::upper_bound(sorted.begin(), sorted.end(), lo,
-                               [](size_t v, const PlacedRange& r) { return v < r.dst_offset; });
+    auto it = std::upper_bound(sorted.begin(), sorted.end(), lo, [](size_t v, const PlacedRange& r) { return v < r.dst_offset; });
     if (it != sorted.begin()) --it;
     size_t at = lo;  // the chunk's bytes below `at` are done (copied, or zeroed gaps)
     for (; it != sorted.end() && it->dst_offset < hi; ++it) {

@@ -16,8 +16,8 @@ namespace lc {
 class PlacedMemory {
  public:
   struct Options {
-    int node = -1;          // mbind(MPOL_BIND) to this node first (-1: first touch only)
-    bool hugepage = true;   // madvise(MADV_HUGEPAGE)
+    int node = -1;         // mbind(MPOL_BIND) to this node first (-1: first touch only)
+    bool hugepage = true;  // madvise(MADV_HUGEPAGE)
   };
   // `bytes` > 0; throws lc::Error(E_OOM) when the mapping fails. Nothing is touched yet.
   static std::shared_ptr<PlacedMemory> allocate(size_t bytes, Options opts);
@@ -27,8 +27,8 @@ class PlacedMemory {
 
   uint8_t* data() const { return data_; }
   size_t size() const { return size_; }
-  bool hugepage() const { return hugepage_; }        // MADV_HUGEPAGE accepted
-  bool bound() const { return bound_; }              // mbind accepted
+  bool hugepage() const { return hugepage_; }                    // MADV_HUGEPAGE accepted
+  bool bound() const { return bound_; }                          // mbind accepted
   const std::string& bind_error() const { return bind_error_; }  // why not, when a node was asked ("mbind: EPERM")
 
  private:

@@ -27,7 +27,8 @@ Napi::Value PlaceTensors(const Napi::CallbackInfo& info) {
   int node = -1;
   if (a.present(2)) {
     int64_t n = a.integer(2, "node");
-    if (n < 0 || n > 1023) fail(Code::E_ARGUMENT, "placeTensors: 'node' must be null or in 0..1023, got %lld", static_cast<long long>(n));
+    if (n < 0 || n > 1023)
+      fail(Code::E_ARGUMENT, "placeTensors: 'node' must be null or in 0..1023, got %lld", static_cast<long long>(n));
     node = static_cast<int>(n);
   }
   const bool hugepage = a.boolean(3, "hugepage"), release = a.boolean(4, "releaseSource");
