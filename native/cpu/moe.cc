@@ -112,7 +112,7 @@ struct GemvPiece {
 // front (its streams, and the GEMV's prefetch, run on across blocks); a thread that is done
 // steals ~32 KiB blocks from the back of the others' shares. Threads of the same share of the
 // machine do not stream equally fast (on the 2-core VM two equal shares ended 26-44 us apart per
-// phase, 10-15% of it): the stealing evens their ends out. Each output row is the same GEMV row
+// phase, 11-19% of it): the stealing evens their ends out. Each output row is the same GEMV row
 // as in a whole-matrix call (rows are summed on their own): bit for bit, whoever computes it.
 template <class P>
 void row_stream(int64_t npieces, int64_t per, P&& piece) {
