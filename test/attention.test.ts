@@ -552,6 +552,56 @@ describe('absorbed decode over the paged latent cache', () => {
       }
     }
   });
+
+  it('the absorbed projections at decode shapes: odd dims, f32 and bf16 kv_b_proj, 1 and 3 threads (bitwise the same)', () => {
+    // dl = 301: whole rows of 18 full and one partial 16-lane block per unit; 7 heads over 3 threads
+    const d: Dims = { nh: 7, dn: 19, dr: 5, dv: 13, dl: 301 };
+    const dk = d.dn + d.dr,
+      dkv = d.dn + d.dv;
+    const r = rng(29);
+    for (const bf16 of [false, true])
+      for (const T of [1, 3, 5]) {
+        const q = r.array(T * d.nh * dk),
+          oLat = r.array(T * d.nh * d.dl),
+          w = r.array(d.nh * dkv * d.dl);
+        const wv = rounded(w, bf16);
+        const wantQ = new Float64Array(T * d.nh * d.dl),
+          wantO = new Float64Array(T * d.nh * d.dv);
+        for (let t = 0; t < T; t++)
+          for (let h = 0; h < d.nh; h++) {
+            for (let c = 0; c < d.dl; c++)
+              for (let k = 0; k < d.dn; k++)
+                wantQ[(t * d.nh + h) * d.dl + c]! += wv[(h * dkv + k) * d.dl + c]! * q[(t * d.nh + h) * dk + k]!;
+            for (let k = 0; k < d.dv; k++)
+              for (let c = 0; c < d.dl; c++)
+                wantO[(t * d.nh + h) * d.dv + k]! += wv[(h * dkv + d.dn + k) * d.dl + c]! * oLat[(t * d.nh + h) * d.dl + c]!;
+          }
+        const wt = tensor(w, [d.nh * dkv, d.dl], { dtype: bf16 ? 'bf16' : 'f32' }),
+          qt = tensor(q, [T, d.nh, dk]),
+          ot = tensor(oLat, [T, d.nh, d.dl]);
+        const got: Array<[Float32Array, Float32Array]> = [];
+        try {
+          for (const n of [1, 3]) {
+            native.setThreads(n);
+            const ql = full([T, d.nh, d.dl], NaN),
+              o = full([T, d.nh, d.dv], NaN);
+            native.mlaAbsorbQ(null, ql, qt, wt, d.dn);
+            native.mlaOutput(null, o, ot, wt);
+            got.push([toArray(ql) as Float32Array, toArray(o) as Float32Array]);
+            ql.dispose();
+            o.dispose();
+          }
+        } finally {
+          native.setThreads(startThreads);
+          for (const x of [wt, qt, ot]) x.dispose();
+        }
+        const what = `T=${T} ${bf16 ? 'bf16' : 'f32'}`;
+        expectClose(got[0]![0], wantQ, 1e-5, 1e-5, `qLat ${what}`);
+        expectClose(got[0]![1], wantO, 1e-5, 1e-5, `o ${what}`);
+        expect(new Uint32Array(got[1]![0].buffer), `qLat ${what}: 3 threads`).toEqual(new Uint32Array(got[0]![0].buffer));
+        expect(new Uint32Array(got[1]![1].buffer), `o ${what}: 3 threads`).toEqual(new Uint32Array(got[0]![1].buffer));
+      }
+  });
 });
 
 describe('cache write and gather', () => {

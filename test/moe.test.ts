@@ -400,6 +400,31 @@ describe('moe', () => {
     });
   });
 
+  it("streams one token's experts as one row stream: wide odd experts (many blocks per thread's share) at 1, 2 and 3 threads", () => {
+    // h = 1031: bf16 rows of 2062 bytes, so each thread's share of the gate / up rows is ~10-30
+    // of row_stream's ~128 KiB blocks and crosses several experts' matrices at odd rows.
+    const r = rng(23);
+    for (const dtype of ['bf16', 'int8', 'f32'] as const) {
+      const call = randomCall(r, [1, 1031, 197, 7, 2, 6], dtype);
+      const res: Float32Array[] = [];
+      try {
+        process.env.LONGCAT_MOE_SCHED = 'rows';
+        for (const n of [1, 2, 3]) {
+          native.setThreads(n);
+          res.push(runMoe(call));
+        }
+      } finally {
+        native.setThreads(originalThreads);
+        delete process.env.LONGCAT_MOE_SCHED;
+        disposeExperts(call.x);
+      }
+      expect(call.idx.filter(e => e < call.nRouted).length, 'routed experts').toBeGreaterThan(2);
+      expectMoe(res[0]!, refMoe(call), dtype, `${dtype}, 1 thread`);
+      expect(new Uint32Array(res[1]!.buffer), `${dtype}: 2 threads`).toEqual(new Uint32Array(res[0]!.buffer));
+      expect(new Uint32Array(res[2]!.buffer), `${dtype}: 3 threads`).toEqual(new Uint32Array(res[0]!.buffer));
+    }
+  });
+
   it('takes a prepared MoeExpertSet with the same results, keeps its weights alive, and checks it', () => {
     const r = rng(19);
     for (const dtype of ['bf16', 'fp8_e4m3'] as const) {

@@ -826,23 +826,47 @@ void decode_impl(const MlaDims& d, int64_t batch, float* o_lat, const float* q_l
 // ---------------------------------------------------------------------------------------------
 // Weight absorption: q_lat = W_UK^T q_nope, o = W_UV o_lat.
 
-constexpr int64_t kColBlock = 128;  // latent columns per absorb_q work unit
+constexpr int64_t kColBlock = 128;  // latent columns per absorb_q work unit (prefill; decode: whole rows)
 constexpr int64_t kRowBlock = 32;   // W_UV rows per output work unit
+constexpr int64_t kOutGroup = 8;    // W_UV rows per scores call (a multiple of its 4-key blocks)
+
+// Both absorb ops are bandwidth bound at decode: every weight byte is read once per call. Their
+// units (contiguous in the weight) go out as one equal, contiguous share per thread, and the next
+// tile of rows (the next unit's first, at a unit's end) is prefetched before each tile: the hardware
+// prefetchers alone restart at every head's slice and leave the streams latency bound.
+inline void prefetch_rows(const void* p, int64_t n, int64_t stride, int64_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + i * stride + o, 0, 3);
+}
+// [0, n) as one chunk per thread
+template <typename F>
+void per_thread(int64_t n, F&& f) {
+  const int64_t nt = ThreadPool::current().threads();
+  parallel_for(n, (n + nt - 1) / nt, f);
+}
 
 template <typename WT>
 void absorb_q_impl(const MlaDims& d, int64_t t, float* q_lat, const float* q, const WT* w) {
   const Kernels<WT> K = pick<WT>();
   const int64_t nh = d.nh, dn = d.dn, dl = d.dl, dk = d.dn + d.dr, dkv = d.dn + d.dv;
-  const int64_t cblocks = (dl + kColBlock - 1) / kColBlock;
-  parallel_for(nh * cblocks, 1, [&](int64_t u0, int64_t u1) {
+  const int64_t cb = t <= kMaxQ ? dl : kColBlock;  // decode: a unit is one head's whole W_UK rows
+  const int64_t cblocks = (dl + cb - 1) / cb;
+  per_thread(nh * cblocks, [&](int64_t u0, int64_t u1) {
     const WT* rows[kTile];
+    const auto tile = [&](int64_t u, int64_t r0) { return w + ((u / cblocks) * dkv + r0) * dl + (u % cblocks) * cb; };
+    const auto width = [&](int64_t u) { return std::min(cb, dl - (u % cblocks) * cb); };
     for (int64_t u = u0; u < u1; ++u) {
-      const int64_t h = u / cblocks, c0 = (u % cblocks) * kColBlock, cw = std::min(kColBlock, dl - c0);
+      const int64_t h = u / cblocks, c0 = (u % cblocks) * cb, cw = width(u);
       for (int64_t i = 0; i < t; ++i) std::memset(q_lat + (i * nh + h) * dl + c0, 0, sizeof(float) * cw);
       // Each tile of W_UK rows is used by every token while it is in L1.
       for (int64_t r0 = 0; r0 < dn; r0 += kTile) {
         const int nt = static_cast<int>(std::min<int64_t>(kTile, dn - r0));
-        for (int j = 0; j < nt; ++j) rows[j] = w + (h * dkv + r0 + j) * dl + c0;
+        if (r0 + kTile < dn)
+          prefetch_rows(tile(u, r0 + kTile), std::min<int64_t>(kTile, dn - r0 - kTile), dl * sizeof(WT), cw * sizeof(WT));
+        else if (u + 1 < u1)
+          prefetch_rows(tile(u + 1, 0), std::min<int64_t>(kTile, dn), dl * sizeof(WT), width(u + 1) * sizeof(WT));
+        for (int j = 0; j < nt; ++j) rows[j] = tile(u, r0 + j);
         for (int64_t i0 = 0; i0 < t; i0 += kMaxQ) {
           const int gq = static_cast<int>(std::min<int64_t>(kMaxQ, t - i0));
           K.pv(gq, q_lat + (i0 * nh + h) * dl + c0, nh * dl, nullptr, q + (i0 * nh + h) * dk + r0, nh * dk, nt, rows, cw);
@@ -857,16 +881,25 @@ void output_impl(const MlaDims& d, int64_t t, float* o, const float* o_lat, cons
   const Kernels<WT> K = pick<WT>();
   const int64_t nh = d.nh, dn = d.dn, dv = d.dv, dl = d.dl, dkv = d.dn + d.dv;
   const int64_t rblocks = (dv + kRowBlock - 1) / kRowBlock;
-  parallel_for(nh * rblocks, 1, [&](int64_t u0, int64_t u1) {
-    const WT* rows[kRowBlock];
+  per_thread(nh * rblocks, [&](int64_t u0, int64_t u1) {
+    const WT* rows[kOutGroup];
+    // W_UV row r of unit u (head u / rblocks, rows from (u % rblocks) * kRowBlock)
+    const auto row = [&](int64_t u, int64_t r) { return w + ((u / rblocks) * dkv + dn + (u % rblocks) * kRowBlock + r) * dl; };
+    const auto len = [&](int64_t u) { return std::min(kRowBlock, dv - (u % rblocks) * kRowBlock); };
     for (int64_t u = u0; u < u1; ++u) {
-      const int64_t h = u / rblocks, r0 = (u % rblocks) * kRowBlock;
-      const int nt = static_cast<int>(std::min(kRowBlock, dv - r0));
-      for (int j = 0; j < nt; ++j) rows[j] = w + (h * dkv + dn + r0 + j) * dl;
-      for (int64_t i0 = 0; i0 < t; i0 += kMaxQ) {
-        const int gq = static_cast<int>(std::min<int64_t>(kMaxQ, t - i0));
-        K.scores(gq, o_lat + (i0 * nh + h) * dl, nh * dl, nullptr, 0, nt, rows, nullptr, dl, 0, 1.0f, o + (i0 * nh + h) * dv + r0,
-                 nh * dv);
+      const int64_t h = u / rblocks, r0 = (u % rblocks) * kRowBlock, n = len(u);
+      for (int64_t g = 0; g < n; g += kOutGroup) {
+        const int nt = static_cast<int>(std::min(kOutGroup, n - g));
+        if (g + kOutGroup < n)
+          prefetch_rows(row(u, g + kOutGroup), std::min(kOutGroup, n - g - kOutGroup), dl * sizeof(WT), dl * sizeof(WT));
+        else if (u + 1 < u1)
+          prefetch_rows(row(u + 1, 0), std::min(kOutGroup, len(u + 1)), dl * sizeof(WT), dl * sizeof(WT));
+        for (int j = 0; j < nt; ++j) rows[j] = row(u, g + j);
+        for (int64_t i0 = 0; i0 < t; i0 += kMaxQ) {
+          const int gq = static_cast<int>(std::min<int64_t>(kMaxQ, t - i0));
+          K.scores(gq, o_lat + (i0 * nh + h) * dl, nh * dl, nullptr, 0, nt, rows, nullptr, dl, 0, 1.0f,
+                   o + (i0 * nh + h) * dv + r0 + g, nh * dv);
+        }
       }
     }
   });

@@ -3,6 +3,7 @@
 #include "moe.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -96,21 +97,70 @@ Sched sched_override() {
   return Sched::Auto;
 }
 
-// GEMV rows of w per parallel chunk: ~64 KiB of weights, as linear's own split.
-int64_t rows_per_64k(const WeightRef& w) {
-  const int64_t row = w.n > 0 ? weight_bytes(w) / w.n : 1;
-  return std::max<int64_t>(1, 65536 / std::max<int64_t>(row, 1));
-}
+// One GEMV (t = 1) of a batch-1 token's expert phase: y = W x.
+struct GemvPiece {
+  WeightRef w;
+  const float* x;
+  float* y;
+};
 
-// Rows [b, e) of a virtual row space made of `nseg` equal blocks of `per` rows (block s: segment s),
-// as calls f(s, r0, r1) with rows local to the block.
-template <typename F>
-void for_block_rows(int64_t b, int64_t e, int64_t per, F&& f) {
-  while (b < e) {
-    const int64_t s = b / per, r0 = b - s * per, r1 = std::min(per, r0 + (e - b));
-    f(s, r0, r1);
-    b += r1 - r0;
+// The rows of `npieces` weights of `per` rows each (piece(p): the p-th weight with its x and y)
+// as ONE row stream: all of a token's experts' matrices are small (a few hundred KiB to a few MiB
+// each), so splitting each one over the threads, or handing out chunks of the stream, restarts
+// the memory streams and leaves threads idle at the joins. Instead every thread owns one
+// contiguous, equal share of the rows and runs the GEMV through it in blocks of ~128 KiB from the
+// front (its streams, and the GEMV's prefetch, run on across blocks); a thread that is done
+// steals ~32 KiB blocks from the back of the others' shares. Threads of the same share of the
+// machine do not stream equally fast (on the 2-core VM two equal shares ended 26-44 us apart per
+// phase, 11-19% of it): the stealing evens their ends out. Each output row is the same GEMV row
+// as in a whole-matrix call (rows are summed on their own): bit for bit, whoever computes it.
+template <class P>
+void row_stream(int64_t npieces, int64_t per, P&& piece) {
+  constexpr int64_t kPass = 4;  // GEMV rows per pass: blocks start on whole passes
+  constexpr int64_t kMaxShares = 64;
+  const int64_t total = npieces * per;
+  const int64_t ns = std::min<int64_t>(kMaxShares, ThreadPool::current().threads());
+  const int64_t row_bytes = std::max<int64_t>(1, weight_bytes(piece(0).w) / std::max<int64_t>(per, 1));
+  const auto block = [&](int64_t bytes) { return std::max<int64_t>(kPass, bytes / row_bytes / kPass * kPass); };
+  const int64_t own = block(128 << 10), steal = block(32 << 10);
+  const auto pack = [](int64_t lo, int64_t hi) { return static_cast<uint64_t>(lo) << 32 | static_cast<uint64_t>(hi); };
+  std::atomic<uint64_t> share[kMaxShares];  // rows [lo, hi) left: lo << 32 | hi
+  for (int64_t c = 0; c < ns; ++c) {
+    const auto edge = [&](int64_t t) { return t == ns ? total : (total * t / ns) / kPass * kPass; };
+    share[c].store(pack(edge(c), edge(c + 1)), std::memory_order_relaxed);
   }
+  const auto run = [&](int64_t b, int64_t e) {  // rows [b, e) of the stream, piece by piece
+    while (b < e) {
+      const int64_t p = b / per, q0 = b - p * per, q1 = std::min(per, q0 + (e - b));
+      const GemvPiece g = piece(p);
+      linear(1, g.x, DType::F32, weight_rows(g.w, q0, q1), g.y + q0, DType::F32);
+      b += q1 - q0;
+    }
+  };
+  parallel_for(ns, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c)
+      for (uint64_t v = share[c].load();;) {  // own share, from the front
+        const int64_t lo = static_cast<int64_t>(v >> 32), hi = static_cast<int64_t>(v & 0xffffffffu);
+        if (lo >= hi) break;
+        const int64_t to = std::min(hi, lo + own);
+        if (share[c].compare_exchange_weak(v, pack(to, hi))) {
+          run(lo, to);
+          v = share[c].load();
+        }
+      }
+    for (int64_t k = 1; k < ns; ++k) {  // then the others', from the back
+      std::atomic<uint64_t>& s = share[(c1 - 1 + k) % ns];
+      for (uint64_t v = s.load();;) {
+        const int64_t lo = static_cast<int64_t>(v >> 32), hi = static_cast<int64_t>(v & 0xffffffffu);
+        if (lo >= hi) break;
+        const int64_t from = std::max(lo, (hi - steal) / kPass * kPass);
+        if (s.compare_exchange_weak(v, pack(lo, from))) {
+          run(from, hi);
+          v = s.load();
+        }
+      }
+    }
+  });
 }
 
 }  // namespace
@@ -200,10 +250,10 @@ int64_t moe(int64_t t, int64_t k, int64_t h, const float* u, const int32_t* idx,
     // GEMM over the threads costs a pool round trip per linear, 3 per expert). Otherwise (few
     // experts, many rows: prefill on a wide pool) experts in turn, linear parallelises inside.
     //
-    // A wave of one row per expert (a single token's experts: batch-1 decode) splits the rows of
-    // every expert's weights evenly over the threads instead, in two phases: gate and up of all
-    // experts, then down (each thread its share of every expert; whole experts per thread leave
-    // one idle when 5-6 experts meet 2 threads). Each output row is the same GEMV row either way.
+    // A wave of one row per expert (a single token's experts: batch-1 decode) streams the rows of
+    // all the experts' weights as one row stream over the threads instead (row_stream), in two
+    // phases: gate and up of all experts, then down (whole experts per thread leave one idle when
+    // 5-6 experts meet 2 threads). Each output row is the same GEMV row either way.
     Sched sc = sched_override();
     // (fp8 experts: their 128-row scale blocks do not split at any row)
     const bool one_row_each = r1 - r0 == nseg && weight_rows_align(ex.gate[active[a_first]]) == 1;
@@ -218,25 +268,13 @@ int64_t moe(int64_t t, int64_t k, int64_t h, const float* u, const int32_t* idx,
       // segment s = expert active[a_first + s], its one row at xbuf / gbuf / ubuf + s * width
       for (int64_t s = 0; s < nseg; ++s)
         std::memcpy(xbuf + s * h, u + static_cast<int64_t>(sorted[r0 + s] / k) * h, sizeof(float) * static_cast<size_t>(h));
-      parallel_for(nseg * 2 * inter, rows_per_64k(ex.gate[active[a_first]]), [&](int64_t b, int64_t e) {
-        for_block_rows(b, e, 2 * inter, [&](int64_t sg, int64_t q0, int64_t q1) {
-          const int64_t ex_id = active[a_first + sg];
-          const float* x = xbuf + sg * h;
-          if (q0 < inter)  // gate rows [q0, min(q1, inter))
-            linear(1, x, DType::F32, weight_rows(ex.gate[ex_id], q0, std::min(q1, inter)), gbuf + sg * inter + q0, DType::F32);
-          if (q1 > inter) {  // up rows
-            const int64_t u0 = std::max(q0, inter) - inter, u1 = q1 - inter;
-            linear(1, x, DType::F32, weight_rows(ex.up[ex_id], u0, u1), ubuf + sg * inter + u0, DType::F32);
-          }
-        });
+      // gate and up of every expert: piece 2s the gate of segment s, 2s + 1 its up
+      row_stream(2 * nseg, inter, [&](int64_t p) {
+        const int64_t sg = p / 2, ex_id = active[a_first + sg];
+        return GemvPiece{p % 2 ? ex.up[ex_id] : ex.gate[ex_id], xbuf + sg * h, (p % 2 ? ubuf : gbuf) + sg * inter};
       });
       for (int64_t sg = 0; sg < nseg; ++sg) silu_mul(inter, gbuf + sg * inter, ubuf + sg * inter, gbuf + sg * inter);
-      parallel_for(nseg * h, rows_per_64k(ex.down[active[a_first]]), [&](int64_t b, int64_t e) {
-        for_block_rows(b, e, h, [&](int64_t sg, int64_t q0, int64_t q1) {
-          const int64_t ex_id = active[a_first + sg];
-          linear(1, gbuf + sg * inter, DType::F32, weight_rows(ex.down[ex_id], q0, q1), xbuf + sg * h + q0, DType::F32);
-        });
-      });
+      row_stream(nseg, h, [&](int64_t sg) { return GemvPiece{ex.down[active[a_first + sg]], gbuf + sg * inter, xbuf + sg * h}; });
     } else if (sc == Sched::Experts) {
       parallel_for(nseg, 1, [&](int64_t s0, int64_t s1) {
         for (int64_t s = s0; s < s1; ++s) run_segment(a_first + s);
