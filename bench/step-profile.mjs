@@ -82,7 +82,7 @@ async function profilePreset(preset) {
   if (batch > 1) {
     const first = engine.forward(
       seqs,
-      seqs.map((_, b) => Array.from({ length: 32 }, () => rand.int(d.vocab))),
+      seqs.map(() => Array.from({ length: 32 }, () => rand.int(d.vocab))),
     );
     first.logits.dispose();
   }
