@@ -1,5 +1,6 @@
-// Per-node profile of the replayed CPU decode step (batch 1), small and medium presets: where the
-// step's time goes against the weight-streaming roofline. native.graphProfile (device.h) times
+// Per-node profile of the replayed CPU decode step (batch 1, or --batch B sequences of a 32-token
+// prompt each decoded together: a serving step), small and medium presets: where the step's time
+// goes against the weight-streaming roofline. native.graphProfile (device.h) times
 // every node of the captured step inside its parallel region and reads the weight bytes each
 // node's kernels stream, the time the region's master waits at the node's joins for the other
 // threads' last chunks, and the jobs (joins) it ran.
@@ -12,11 +13,11 @@
 //   nodes     sum of the node times; region - nodes = the loop between nodes
 //   per op    time per step, share of the step, weight MB and GB/s, the master's join wait, the
 //             jobs, and time on the master alone (nodes without a parallel job: the other threads idle)
-//   linear    per weight size: GB/s in the step vs the same weights in a lone GEMV loop
-//             (benchLinear over every layer's copy; the copies of a small preset's weights, and
+//   linear    per weight size: GB/s in the step vs the same weights in a lone linear loop at the
+//             step's rows (benchLinear over every layer's copy; the copies of a small preset's weights, and
 //             the halves of a lone lm_head each thread rereads, partly stay in the caches)
 //
-//   node bench/step-profile.mjs [--presets small,medium] [--threads N] [--steps 64] [--json f.json]
+//   node bench/step-profile.mjs [--presets small,medium] [--threads N] [--steps 64] [--batch B] [--json f.json]
 import { existsSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -30,14 +31,18 @@ const args = process.argv.slice(2);
 const arg = (name, dflt) => (args.includes(name) ? args[args.indexOf(name) + 1] : dflt);
 const presets = arg('--presets', 'small,medium').split(',');
 const steps = Number(arg('--steps', 64));
+const batch = Number(arg('--batch', 1));
 const jsonPath = arg('--json', null);
 if (args.includes('--threads')) native.setThreads(Number(arg('--threads', 0)));
 
-function decode(engine, seq, n, rand, vocab) {
+function decode(engine, seqs, n, rand, vocab) {
   const ms = [];
   for (let i = 0; i < n; i++) {
     const t0 = now();
-    const { logits } = engine.forward([seq], [[rand.int(vocab)]]);
+    const { logits } = engine.forward(
+      seqs,
+      seqs.map(() => [rand.int(vocab)]),
+    );
     logits.toBytes();
     ms.push(now() - t0);
     logits.dispose();
@@ -45,12 +50,12 @@ function decode(engine, seq, n, rand, vocab) {
   return ms;
 }
 
-/** GB/s of a lone GEMV (t = 1) over `ws` in turn (every layer's copy of one linear). */
-function loneGemv(ws) {
+/** Weight GB/s of a lone linear of `t` rows over `ws` in turn (every layer's copy of one linear). */
+function loneGemv(ws, t) {
   const w0 = ws[0];
   const [n, k] = w0.weight.shape;
-  const x = new native.Tensor('f32', [1, k], 'cpu', new Float32Array(k).fill(0.01));
-  const y = new native.Tensor('f32', [1, n], 'cpu');
+  const x = new native.Tensor('f32', [t, k], 'cpu', new Float32Array(t * k).fill(0.01));
+  const y = new native.Tensor('f32', [t, n], 'cpu');
   const scales = w0.scale ? ws.map(w => w.scale) : null;
   const r = native.benchLinear(
     y,
@@ -68,22 +73,29 @@ function loneGemv(ws) {
 async function profilePreset(preset) {
   const dir = path.join(here, 'out', `ckpt-${preset}`);
   if (!existsSync(path.join(dir, 'model.safetensors.index.json'))) await initRandom({ preset, out: dir, seed: 1 });
-  const model = await loadModel(dir, { backend: 'cpu', maxContext: 1024 });
+  const model = await loadModel(dir, { backend: 'cpu', maxContext: 1024, ...(batch > 1 ? { cacheBlocks: 64 * batch } : {}) });
   const engine = model.engine,
     d = engine.dims,
     w = engine.w;
   const rand = rng(7);
-  const seq = engine.newSequence();
+  const seqs = Array.from({ length: batch }, () => engine.newSequence());
+  if (batch > 1) {
+    const first = engine.forward(
+      seqs,
+      seqs.map(() => Array.from({ length: 32 }, () => rand.int(d.vocab))),
+    );
+    first.logits.dispose();
+  }
   // warm-up: pages the weights in, captures the decode graph
-  decode(engine, seq, 8, rand, d.vocab);
+  decode(engine, seqs, 8, rand, d.vocab);
   native.synchronize('cpu');
-  const plain = decode(engine, seq, steps, rand, d.vocab);
+  const plain = decode(engine, seqs, steps, rand, d.vocab);
   native.graphProfile(true);
-  const profiled = decode(engine, seq, steps, rand, d.vocab);
+  const profiled = decode(engine, seqs, steps, rand, d.vocab);
   native.synchronize('cpu');
   const graphs = native.graphProfile(false);
-  const plain2 = decode(engine, seq, steps, rand, d.vocab);
-  seq.release();
+  const plain2 = decode(engine, seqs, steps, rand, d.vocab);
+  for (const q of seqs) q.release();
   const g = graphs.reduce((a, b) => (b.replays > a.replays ? b : a), { replays: 0, ns: 0, startNs: 0, nodes: [] });
   if (!g.replays) throw new Error('no graph was replayed while profiling (is the engine capturing graphs?)');
   const R = g.replays;
@@ -103,7 +115,7 @@ async function profilePreset(preset) {
   const lone = {};
   for (const [role, ws] of Object.entries(roles)) {
     if (ws.some(l => l.perm || !l.weight?.shape || l.weight.shape.length !== 2)) continue;
-    lone[role] = { bytes: ws[0].weight.nbytes, gbps: loneGemv(ws) };
+    lone[role] = { bytes: ws[0].weight.nbytes, gbps: loneGemv(ws, batch) };
   }
   model.dispose();
 
@@ -140,6 +152,7 @@ async function profilePreset(preset) {
   const bytesPerStep = perStep(bytes);
   return {
     preset,
+    batch,
     threads: native.threads(),
     steps,
     stepMs,
@@ -187,7 +200,7 @@ for (const r of results) {
   r.probeGbps = bw;
   r.fracRoofline = r.weightMBPerStep / 1e3 / (r.stepMs / 1e3) / bw;
   console.log(
-    `\n## ${r.preset}, ${r.threads} threads: step ${f(r.stepMs, 3)} ms (profiled ${f(r.profiledStepMs, 3)}), ` +
+    `\n## ${r.preset}, ${r.batch} row(s), ${r.threads} threads: step ${f(r.stepMs, 3)} ms (profiled ${f(r.profiledStepMs, 3)}), ` +
       `region ${f(r.regionMs, 3)} ms, nodes ${f(r.nodesMs, 3)} ms (${r.nodesPerStep} nodes); ` +
       `${f(r.weightMBPerStep, 1)} MB weights/step = ${f(r.weightMBPerStep / r.stepMs, 1)} GB/s = ` +
       `${f(100 * r.fracRoofline, 0)}% of the ${f(bw, 1)} GB/s probe`,
@@ -203,7 +216,7 @@ for (const r of results) {
       `| ${o.op} | ${o.perStep} | ${f(o.ms, 3)} | ${f(100 * o.share, 1)} | ${f(o.weightMB, 1)} | ${o.gbps ? f(o.gbps, 1) : '-'} | ` +
         `${f(o.waitMs, 3)} | ${f(o.jobs, 0)} | ${f(o.aloneMs, 3)} |`,
     );
-  console.log('\n| weights per call | per step | ms | GB/s in step | lone GEMV GB/s | join wait ms |');
+  console.log(`\n| weights per call | per step | ms | GB/s in step | lone ${batch}-row linear GB/s | join wait ms |`);
   console.log('|---|---:|---:|---:|---:|---:|');
   for (const l of r.linear)
     console.log(

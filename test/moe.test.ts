@@ -344,6 +344,7 @@ describe('moe', () => {
       [5, 129, 65, 8, 2, 6],
       [64, 129, 65, 8, 4, 6],
       [330, 37, 23, 5, 1, 6],
+      [64, 37, 23, 32, 16, 6], // 32 experts of 1-20 rows: one task each, the most rows first
     ];
     eachCall(14, shapes, call => {
       try {
@@ -373,6 +374,9 @@ describe('moe', () => {
       [9, 37, 23, 8, 2, 3],
       [64, 37, 23, 5, 1, 4],
       [64, 37, 23, 16, 2, 6], // ~21 rows per expert, 16 experts: auto spreads them over a small pool
+      // a 64-sequence decode step of the small preset's routing: 32 experts of 1-20 rows, one task
+      // each, the most rows first (tasks out of expert order)
+      [64, 37, 23, 32, 16, 6],
     ];
     eachCall(17, shapes, call => {
       const res: Float32Array[] = [];

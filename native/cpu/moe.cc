@@ -72,14 +72,15 @@ constexpr int64_t kMaxWaveRows = 1024;
 size_t align64(size_t b) { return (b + 63) & ~static_cast<size_t>(63); }
 
 struct Layout {
-  size_t off_offsets, off_active, off_sorted, off_f32, total;
+  size_t off_offsets, off_active, off_order, off_sorted, off_f32, total;
 };
 
 Layout layout(int64_t t, int64_t k, int64_t h, int64_t inter, int64_t n_routed) {
   Layout L;
   L.off_offsets = 0;
   L.off_active = align64(L.off_offsets + sizeof(int64_t) * static_cast<size_t>(n_routed + 1));
-  L.off_sorted = align64(L.off_active + sizeof(int32_t) * static_cast<size_t>(n_routed));
+  L.off_order = align64(L.off_active + sizeof(int32_t) * static_cast<size_t>(n_routed));
+  L.off_sorted = align64(L.off_order + sizeof(int32_t) * static_cast<size_t>(n_routed));
   L.off_f32 = align64(L.off_sorted + sizeof(int32_t) * static_cast<size_t>(t * k));
   const int64_t rows = n_routed > 0 ? moe_wave_rows(t, k) : 0;
   L.total = align64(L.off_f32 + sizeof(float) * static_cast<size_t>(rows * (h + 2 * inter)));
@@ -182,6 +183,7 @@ int64_t moe(int64_t t, int64_t k, int64_t h, const float* u, const int32_t* idx,
   char* ws = static_cast<char*>(workspace);
   int64_t* off = reinterpret_cast<int64_t*>(ws + L.off_offsets);
   int32_t* active = reinterpret_cast<int32_t*>(ws + L.off_active);
+  int32_t* order = reinterpret_cast<int32_t*>(ws + L.off_order);
   int32_t* sorted = reinterpret_cast<int32_t*>(ws + L.off_sorted);
   float* fbuf = reinterpret_cast<float*>(ws + L.off_f32);
 
@@ -276,9 +278,20 @@ int64_t moe(int64_t t, int64_t k, int64_t h, const float* u, const int32_t* idx,
       for (int64_t sg = 0; sg < nseg; ++sg) silu_mul(inter, gbuf + sg * inter, ubuf + sg * inter, gbuf + sg * inter);
       row_stream(nseg, h, [&](int64_t sg) { return GemvPiece{ex.down[active[a_first + sg]], gbuf + sg * inter, xbuf + sg * h}; });
     } else if (sc == Sched::Experts) {
-      parallel_for(nseg, 1, [&](int64_t s0, int64_t s1) {
-        for (int64_t s = s0; s < s1; ++s) run_segment(a_first + s);
+      // One task per expert, the experts with the most rows of the wave first (ties: ascending),
+      // so the threads' last tasks are the shortest: in contiguous chunks of 4 experts of 1-16
+      // rows each (a 64-sequence decode step) one thread waited 4-12% of the MoE's time at the
+      // join. Each expert's rows are computed as they are alone, so the order changes no result.
+      auto rows_of = [&](int64_t s) {
+        const int64_t e = active[a_first + s];
+        return std::min(off[e + 1], r1) - std::max(off[e], r0);
+      };
+      for (int64_t s = 0; s < nseg; ++s) order[s] = static_cast<int32_t>(s);
+      std::sort(order, order + nseg, [&](int32_t a, int32_t b) {
+        const int64_t ra = rows_of(a), rb = rows_of(b);
+        return ra != rb ? ra > rb : a < b;
       });
+      ThreadPool::current().run(nseg, [&](int64_t c) { run_segment(a_first + order[c]); });
     } else {
       for (int64_t s = 0; s < nseg; ++s) run_segment(a_first + s);
     }
