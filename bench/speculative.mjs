@@ -17,6 +17,15 @@
 //   3. the ideal speedup (1 + acceptance) x plain bytes / speculative bytes, and measured / ideal
 //      (PERF target >= 0.85); the host share of a speculative step (SpeculativeStep.hostMs: the JS
 //      before the replay and after the read-back, over the step's wall time).
+//   3b. a compute-aware ideal, measured in the same run: each step's time floor = max(bytes / the
+//      read probe, compute), compute = the step's linears each timed alone with warm weights
+//      (benchLinear, one copy: L1/L2/L3-resident, so the kernels' FLOP rate, not memory) at the rows
+//      it runs in that step: a plain step's non-expert linears + lm_head at B rows; a speculative
+//      step's at 2 B rows, the MTP layer's linears at 2 B, the MTP lm_head at B. The routed experts
+//      run 1-3 rows each (one MoE op, byte-bound: their bytes are in the byte term), attention, norms
+//      and the absorbed MLA's per-head products are left out (a floor). Ideal = (1 + acceptance) x
+//      plain floor / speculative floor. The byte ideal of item 3 is
+//      the issue's target; this one says how much of it the machine's FLOP rate allows.
 //   4. at 0% acceptance: the slowdown against plain decoding vs the cost of a step's parts timed
 //      alone: a verify forward of 2 rows per sequence (mode 'decode') and the MTP head over those 2
 //      rows (a captured graph on the CPU, eager elsewhere), vs a plain 1-row step; these and the
@@ -38,7 +47,7 @@ import { empty, tensor, toArray, toArrayAsync } from '../dist/tensor.js';
 import { loadModel } from '../dist/generate.js';
 import { draftAgreementPlan, initRandom } from '../dist/init-random.js';
 import { activeParams, parseConfig, requiredTensors } from '../dist/config.js';
-import { accounting, benchFlags, now, median, readBandwidth } from './common.mjs';
+import { accounting, benchFlags, now, median, randomF32, readBandwidth } from './common.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, '..');
@@ -370,6 +379,69 @@ async function routing(dir, plan) {
   return res;
 }
 
+// ---- the compute-aware floor: each linear timed alone at the rows it runs in a step ----------
+
+/** Median ms of `lin` over `t` rows with warm weights (one copy), y / x f32. */
+function hotMs(lin, t) {
+  const [n, k] = lin.weight.shape;
+  const x = new native.Tensor('f32', [t, k], 'cpu', randomF32(t * k, 7 + t, 0.5)),
+    y = new native.Tensor('f32', [t, n]);
+  try {
+    return native.benchLinear(y, x, [lin.weight], lin.scale ? [lin.scale] : null, 3, 15).medianMs;
+  } finally {
+    x.dispose();
+    y.dispose();
+  }
+}
+
+/** Time (ms) and FLOPs of a list of linears at t rows each; one timing per distinct weight shape/dtype. */
+function timeLinears(list, t, cache) {
+  let ms = 0,
+    flops = 0;
+  for (const lin of list) {
+    const [n, k] = lin.weight.shape;
+    const key = `${lin.weight.dtype} ${n}x${k} t${t}`;
+    if (!cache.has(key)) cache.set(key, hotMs(lin, t));
+    ms += cache.get(key);
+    flops += 2 * t * n * k;
+  }
+  return { ms, flops };
+}
+
+/**
+ * The compute part of a plain and a speculative step at batch B (CPU only): the non-expert linears
+ * of each timed alone at their rows (see item 3b).
+ */
+function computeFloor(model, B) {
+  const w = model.engine.w,
+    cache = new Map();
+  const lin = (weight, scale = null) => ({ weight, scale });
+  const mla = a => [a.qA, a.qB, a.kvLatent, a.kvRope, a.o];
+  const dense = w.layers.flatMap(L => [
+    ...L.attn.flatMap(mla),
+    ...L.mlp.flatMap(m => [m.gate, m.up, m.down]),
+    lin(L.moe.classifier),
+  ]);
+  const m = w.mtp;
+  const mtp = [m.ehEmbed, m.ehHidden, ...mla(m.attn), m.mlp.gate, m.mlp.up, m.mlp.down];
+  const sum = parts => ({ ms: parts.reduce((a, p) => a + p.ms, 0), flops: parts.reduce((a, p) => a + p.flops, 0) });
+  const plain = sum([timeLinears(dense, B, cache), timeLinears([w.lmHead], B, cache)]);
+  const spec = sum([
+    timeLinears(dense, 2 * B, cache),
+    timeLinears([w.lmHead], 2 * B, cache),
+    timeLinears(mtp, 2 * B, cache),
+    timeLinears([w.lmHead], B, cache),
+  ]);
+  return {
+    plainMs: plain.ms,
+    specMs: spec.ms,
+    plainFlops: plain.flops,
+    specFlops: spec.flops,
+    /** GFLOP/s of those linears at B (plain) and 2 B (verify + MTP) rows */
+    gflops: { plain: plain.flops / plain.ms / 1e6, spec: spec.flops / spec.ms / 1e6 },
+  };
+}
+
 // ---- LongCat-Flash-Chat proportions ----------------------------------------------------------
 
 /** Expected distinct experts among `rows` tokens each choosing f of n at random, independently. */
@@ -443,6 +515,8 @@ async function checkpoint(agreement) {
 
 async function benchCheckpoint(agreement) {
   const { dir, plan } = await checkpoint(agreement);
+  // bytes per step from the routing of an untimed pass (a model copy of its own)
+  const rt = await routing(dir, plan);
   const model = await loadModel(dir, loadOpts);
   const e = model.engine;
   const acc = accounting(model);
@@ -488,13 +562,12 @@ async function benchCheckpoint(agreement) {
         speedupMedianSteps: (perStep * median(plainStepMs)) / median(stepMs),
         identical,
         components: await components(e, ps, COMPONENT_STEPS),
+        computeFloor: device === 'cpu' ? computeFloor(model, B) : null,
       });
     }
   } finally {
     model.dispose();
   }
-  // bytes per step from the routing of an untimed pass
-  const rt = await routing(dir, plan);
   for (const b of batches) {
     const r = rt[b.batch];
     const plainBytes = acc.nonExpertBytes + r.plainDistinct * acc.expertBytes;
@@ -549,6 +622,24 @@ async function main() {
   const checkpoints = [];
   for (const a of AGREEMENTS) checkpoints.push(await benchCheckpoint(a));
   const bwB = device === 'cpu' ? readBandwidth() : null;
+  // the compute-aware ideal (item 3b): per step max(bytes / probe, compute), the probe's mean
+  if (bwA !== null)
+    for (const c of checkpoints)
+      for (const b of c.batches) {
+        const bw = ((bwA + bwB) / 2) * 1e6, // bytes per ms
+          f = b.computeFloor;
+        const plainFloor = Math.max(b.bytes.plainStep / bw, f.plainMs),
+          specFloor = Math.max(b.bytes.specStep / bw, f.specMs);
+        b.computeAware = {
+          plainFloorMs: plainFloor,
+          specFloorMs: specFloor,
+          plainBound: f.plainMs > b.bytes.plainStep / bw ? 'compute' : 'bytes',
+          specBound: f.specMs > b.bytes.specStep / bw ? 'compute' : 'bytes',
+          ideal: ((1 + b.spec.acceptanceRate) * plainFloor) / specFloor,
+        };
+        b.computeAware.measuredOverIdeal = b.speedup.mean / b.computeAware.ideal;
+        b.computeAware.medianStepsOverIdeal = b.speedupMedianSteps / b.computeAware.ideal;
+      }
   const real = flashChat();
   const res = {
     bench: 'speculative',
@@ -593,6 +684,28 @@ async function main() {
           `${f2(b.bytes.plainOverSpec)} | ${f2(b.ideal)}x | ${f2(b.measuredOverIdeal)} | ${f2(b.speedupMedianSteps)}x, ${f2(b.medianStepsOverIdeal)} | ` +
           `${(100 * b.spec.hostFraction).toFixed(1)}% | ${b.identical ? 'yes' : 'NO'} |`,
       );
+  if (bwA !== null) {
+    console.log('');
+    console.log(
+      'Compute-aware ideal (per step max(bytes / probe, the linears timed alone with warm weights at their rows); ' +
+        'ms of a step: bytes / probe vs compute; GFLOP/s of the non-expert linears at B / 2 B rows):',
+    );
+    console.log(
+      '| checkpoint | batch | plain: bytes / compute ms | spec: bytes / compute ms | linears GFLOP/s at B / 2B | byte ideal | compute-aware ideal | measured / byte ideal | measured / compute-aware ideal (median steps) |',
+    );
+    console.log('| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |');
+    const bw = ((bwA + bwB) / 2) * 1e6;
+    for (const c of checkpoints)
+      for (const b of c.batches) {
+        const f = b.computeFloor,
+          a = b.computeAware;
+        console.log(
+          `| ${c.name} | ${b.batch} | ${f2(b.bytes.plainStep / bw)} / ${f2(f.plainMs)} | ${f2(b.bytes.specStep / bw)} / ${f2(f.specMs)} | ` +
+            `${f1(f.gflops.plain)} / ${f1(f.gflops.spec)} | ${f2(b.ideal)}x | ${f2(a.ideal)}x | ${f2(b.measuredOverIdeal)} | ` +
+            `${f2(a.measuredOverIdeal)} (${f2(a.medianStepsOverIdeal)}) |`,
+        );
+      }
+  }
   console.log('');
   console.log('Distinct FFN experts per step (summed over layers) and what independent choices would give:');
   console.log(

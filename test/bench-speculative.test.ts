@@ -49,6 +49,14 @@ interface Batch {
   ideal: number;
   measuredOverIdeal: number;
   measuredSlowdown: number;
+  computeFloor: {
+    plainMs: number;
+    specMs: number;
+    plainFlops: number;
+    specFlops: number;
+    gflops: { plain: number; spec: number };
+  };
+  computeAware: { plainFloorMs: number; specFloorMs: number; ideal: number; measuredOverIdeal: number };
 }
 
 describe('bench/speculative.mjs', () => {
@@ -114,6 +122,20 @@ describe('bench/speculative.mjs', () => {
           expect(b.bytes.plainOverSpec).toBeCloseTo(b.bytes.plainStep / b.bytes.specStep, 12);
           expect(b.ideal).toBeCloseTo((1 + b.spec.acceptanceRate) * b.bytes.plainOverSpec, 12);
           expect(finite(b.bytes.ffnExpertsPerTokenPerLayer)).toBe(true);
+          // the compute-aware ideal (CPU): per step max(bytes / probe, the linears' warm time at their rows)
+          if (res.device !== 'cpu') {
+            expect(b.computeFloor).toBeNull();
+            continue;
+          }
+          const f = b.computeFloor,
+            a = b.computeAware;
+          expect(f.specFlops).toBeGreaterThan(f.plainFlops);
+          for (const x of [f.plainMs, f.specMs, f.gflops.plain, f.gflops.spec]) expect(x).toBeGreaterThan(0);
+          const bw = ((res.readGbps[0] + res.readGbps[1]) / 2) * 1e6;
+          expect(a.plainFloorMs).toBeCloseTo(Math.max(b.bytes.plainStep / bw, f.plainMs), 12);
+          expect(a.specFloorMs).toBeCloseTo(Math.max(b.bytes.specStep / bw, f.specMs), 12);
+          expect(a.ideal).toBeCloseTo(((1 + b.spec.acceptanceRate) * a.plainFloorMs) / a.specFloorMs, 12);
+          expect(a.measuredOverIdeal).toBeCloseTo(b.speedup.mean / a.ideal, 12);
         }
       }
       // Flash-Chat: 8 of 512 experts per token; 2 tokens choose 512 (1 - (504/512)^2) = 15.875 distinct.

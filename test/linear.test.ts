@@ -122,7 +122,8 @@ function check(
  * (a bf16 x times a bf16 weight is exact there too); 'fp8' keeps fp8 weights at >= 17 rows in fp32.
  */
 function bf16Rounding(isa: string, wdtype: WDtype, xdtype: FDtype, t: number, precision = 'bf16') {
-  if (isa !== 'avx512' || !cpuFeatures().avx512bf16 || t <= 8 || wdtype === 'f32') return 0;
+  // bf16 weights take the GEMM from 5 rows (linear_avx512.cc kBf16FewRowsMin), the others from 9
+  if (isa !== 'avx512' || !cpuFeatures().avx512bf16 || t < (wdtype === 'bf16' ? 5 : 9) || wdtype === 'f32') return 0;
   if (wdtype === 'bf16') return precision !== 'highest' && xdtype === 'f32' ? U16 : 0;
   if (precision === 'highest' || (precision === 'fp8' && wdtype === 'fp8_e4m3' && t >= 17)) return 0;
   const rx = xdtype === 'f32' ? U16 : 0,
@@ -202,7 +203,7 @@ describe('linear', () => {
   );
 
   it.each(['bf16', 'highest'] as const)(
-    'few-row GEMM (t = 9..33): weights read in place (whole 4-row groups, 32-column k blocks) or packed, partial x strips, precision %s',
+    'few-row GEMM (t = 5..33; bf16 weights from 5 rows): weights read in place (whole 4-row groups, 32-column k blocks, strips of even height, groups prefetched ahead) or packed, partial x strips, precision %s',
     precision => {
       const r = rng(precision.length * 977);
       const threads = native.threads();
@@ -214,21 +215,21 @@ describe('linear', () => {
           for (const n of [4, 64, 70, 132]) {
             for (const wdtype of ['f32', 'bf16'] as const) {
               const w = makeWeight(r, wdtype, n, k);
-              for (const t of [9, 13, 16, 17, 32, 33]) {
+              for (const t of [5, 6, 7, 8, 9, 13, 16, 17, 32, 33]) {
                 const x = makeX(r, 'f32', t, k);
                 const want = reference(x.ref, w.ref, t, n, k);
                 eachIsa(isa => {
                   for (const nt of [1, 3]) {
                     native.setThreads(nt);
                     const rel = bf16Rounding(isa, wdtype, 'f32', t, precision);
-                    check(
-                      runLinear(x.x, w, t, n, 'f32'),
-                      want,
-                      k,
-                      rel,
-                      'f32',
-                      `${wdtype} ${isa} t=${t} k=${k} n=${n} threads=${nt}`,
-                    );
+                    const what = `${wdtype} ${isa} t=${t} k=${k} n=${n} threads=${nt}`;
+                    const got = runLinear(x.x, w, t, n, 'f32');
+                    check(got, want, k, rel, 'f32', what);
+                    // which path ran: the bf16 GEMM's x rounding shows far above fp32 rounding
+                    let worst = 0;
+                    for (let i = 0; i < t * n; i++) worst = Math.max(worst, Math.abs(got[i]! - want.y[i]!) / want.s[i]!);
+                    if (rel > 0 && k >= 512) expect(worst, what).toBeGreaterThan(2 ** -14);
+                    if (rel === 0) expect(worst, what).toBeLessThan(2 ** -16);
                     checked++;
                   }
                 });
@@ -241,7 +242,7 @@ describe('linear', () => {
         native.setThreads(threads);
         native.setMatmulPrecision(before);
       }
-      expect(checked).toBe(4 * 4 * 2 * 6 * isas.length * 2);
+      expect(checked).toBe(4 * 4 * 2 * 10 * isas.length * 2);
     },
   );
 
@@ -326,7 +327,7 @@ describe('linear', () => {
     const want = reference(x.ref, w.ref, 6, 6, 40);
     const y = full([2, 3, 6], NaN);
     native.linear(null, y, x.x.view([2, 3, 40]), w.w);
-    check(toArray(y), want, 40, 0, 'f32', 'batched');
+    check(toArray(y), want, 40, bf16Rounding(cpuFeatures().isa, 'bf16', 'f32', 6), 'f32', 'batched');
     y.dispose();
     x.x.dispose();
     w.dispose();

@@ -1190,6 +1190,7 @@ export class LongcatModel {
     this.synchronizeRanks();
     const pastLens = seqs.map(s => s.length);
     const reserved: Int32Array[] = [];
+    let nFfn: Tensor[] | null = null;
     try {
       for (const seq of seqs) reserved.push(seq.reserve(2));
       // each part replays the graph of graphBucket(n) sequences; padding sequences repeat its first
@@ -1218,6 +1219,15 @@ export class LongcatModel {
       replayed = performance.now();
       g.graph.replay();
       for (const x of g.parts) x.ngram?.uploaded.record(x.rank.main);
+      // One part on the runner's device: the counts are views of the graph's outputs, taken while
+      // the replay runs (host work off the step's critical path); several parts are gathered after.
+      if (parts.length === 1 && g.parts[0]!.nFfn[0]?.device === this.device)
+        nFfn = this.assembleCounts(
+          parts,
+          [g.parts[0]!.nFfn],
+          seqs.map(() => 2),
+          true,
+        );
       // (the replay's nodes on other devices are launched from the runner's device: wait for it first)
       if (g.parts.some(x => x.rank.device !== this.device)) await native.synchronizeAsync(this.device);
       const outs = await Promise.all(g.parts.map(async x => (await toArrayAsync(x.outputs)) as Int32Array));
@@ -1242,15 +1252,18 @@ export class LongcatModel {
         tokens: committed,
         accepted,
         drafts: nextDrafts,
-        nFfn: this.assembleCounts(
-          parts,
-          g.parts.map(x => x.nFfn),
-          seqs.map(() => 2),
-          true,
-        ),
+        nFfn:
+          nFfn ??
+          this.assembleCounts(
+            parts,
+            g.parts.map(x => x.nFfn),
+            seqs.map(() => 2),
+            true,
+          ),
         hostMs: replayed - t0 + performance.now() - readBack,
       };
     } catch (e) {
+      for (const t of nFfn ?? []) t.dispose();
       this.abandonStep(seqs, pastLens, reserved.length);
       throw e;
     }

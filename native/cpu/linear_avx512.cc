@@ -185,10 +185,18 @@ LC_END_TARGET  // avx512bf16
 
 }  // namespace
 
+// bf16 weights at t = kBf16FewRowsMin .. kGemvMaxRows rows (batch 5-8 decode steps, the MTP head's
+// lm_head at batch 5-8, a verify of 3-4 sequences) also run the AVX512-BF16 GEMM (in place, no
+// panel copy): vdpbf16ps does 32 multiply-adds per instruction where the fp32-FMA GEMV does 16,
+// and at 5+ rows the GEMV is FMA-bound, not byte-bound. Quantized weights keep the GEMV there
+// (their panel decode would cost as much as the products at so few rows).
+constexpr int64_t kBf16FewRowsMin = 5;
+
 void linear_avx512(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType yt, bool bf16_dot, bool bf16_dequant,
                    bool int8_act) {
   const bool quantized = w.dtype == DType::FP8_E4M3 || w.dtype == DType::I8 || w.dtype == DType::I4;
-  if (t > kGemvMaxRows && bf16_dot && (w.dtype == DType::BF16 || (bf16_dequant && quantized))) {
+  const int64_t gemm_min = w.dtype == DType::BF16 ? kBf16FewRowsMin : kGemvMaxRows + 1;
+  if (t >= gemm_min && bf16_dot && (w.dtype == DType::BF16 || (bf16_dequant && quantized))) {
     gemm<GemmBF16>(t, x, xt, w, y, yt);
     return;
   }

@@ -52,7 +52,7 @@ inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 inline int64_t ceil_div(int64_t v, int64_t m) { return (v + m - 1) / m; }
 
 // ---------------------------------------------------------------------------------------------
-// GEMM driver (t > 8), shared by the ISA variants; Tr supplies the ISA-specific pieces:
+// GEMM driver (t > 8; bf16 weights from t = 5 on AVX512-BF16), shared by the ISA variants; Tr supplies the ISA-specific pieces:
 //   XE, WE       element types of the packed x and the packed weight panel (float or bf16 bits)
 //   kMR          x rows per microkernel call (the microkernel always computes 4 output columns)
 //   kStep        k elements per vector step: packed rows are zero-padded to a multiple of it
@@ -76,11 +76,12 @@ inline int64_t ceil_div(int64_t v, int64_t m) { return (v + m - 1) / m; }
 //   the microkernel keeps MR x 4 accumulators in registers over the whole k block and reduces
 //   them horizontally once per block into the job's f32 C tile (MC x NC, per-thread scratch); a
 //   last strip of fewer than MR rows runs a microkernel of just its rows (t = 16 with MR = 6: 6 + 6 + 4,
-//   not 18 rows).
+//   not 18 rows; in place, strips of even height: t = 8 as 4 + 4).
 // Few rows (t <= kInPlaceMaxRows, a verify step's 2 rows per sequence) with an in-place panel: no
 // copy, and the loops swap: each 4-row group of W (4 x KB) is read once, from L1, by every strip of
 // x (all of x, Tp x KB, stays in L1 too).
 constexpr int64_t kInPlaceMaxRows = 32;
+constexpr int64_t kPrefetchGroups = 2;  // in place: 4-row weight groups prefetched ahead
 
 // One MR-or-fewer-row strip: micro<M> for its m rows.
 template <class Tr, class XE, class WE>
@@ -132,11 +133,21 @@ void gemm(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType
       for (int64_t k0 = 0; k0 < K; k0 += KB) {
         const int64_t klen = K - k0 < KB ? K - k0 : KB, kcp = round_up(klen, Tr::kStep);
         if (t <= kInPlaceMaxRows && Tr::in_place(w, nlen, klen)) {
+          // strips of even height (t = 8: 4 + 4, not 6 + 2: fewer loads per product in the last strip)
           const WE* wp = static_cast<const WE*>(w.data) + n0 * K + k0;
-          for (int64_t j = 0; j < ncp; j += NR)
-            for (int64_t m = 0; m < mlen; m += MR)
-              micro_rows<Tr>(mlen - m < MR ? mlen - m : MR, xp + (m0 + m) * Kp + k0, Kp, wp + j * K, K, kcp, c + m * NC + j, NC,
+          const int64_t SR = ceil_div(mlen, ceil_div(mlen, MR));
+          for (int64_t j = 0; j < ncp; j += NR) {
+            // the 4-row group kPrefetchGroups ahead, requested now: from DRAM (a step's weights are
+            // mostly not cached) a group's first strip would otherwise wait for every line of it
+            if (j + kPrefetchGroups * NR < ncp)
+              for (int64_t r = 0; r < NR; ++r) {
+                const char* row = reinterpret_cast<const char*>(wp + (j + kPrefetchGroups * NR + r) * K);
+                for (int64_t b = 0; b < kcp * static_cast<int64_t>(sizeof(WE)); b += 64) __builtin_prefetch(row + b, 0, 3);
+              }
+            for (int64_t m = 0; m < mlen; m += SR)
+              micro_rows<Tr>(mlen - m < SR ? mlen - m : SR, xp + (m0 + m) * Kp + k0, Kp, wp + j * K, K, kcp, c + m * NC + j, NC,
                              k0 > 0);
+          }
           continue;
         }
         Tr::pack_panel(w, n0, nlen, ncp, k0, klen, kcp, panel);
