@@ -710,6 +710,8 @@ export class Model {
     readonly prefixCache = true,
     /** The weights made at load that a CPU model reads (for `memory`). */
     private readonly made: MadeWeights | null = null,
+    /** The bytes of dense weights a CPU model reads from hugepage-advised copies (for `memory`). */
+    private readonly hugePages = 0,
   ) {
     if (!Number.isInteger(prefillChunk) || prefillChunk < 1)
       throw new ArgumentError('E_ARGUMENT', `loadModel: prefillChunk must be an integer >= 1, got ${String(prefillChunk)}`);
@@ -748,7 +750,16 @@ export class Model {
    *  (of which the N-gram tables, which are never uploaded), and the KV caches' bytes per device. */
   get memory(): ModelMemory {
     const e = this.engine;
-    return modelMemory(this.checkpoint, e.device, e.uploaded, e.w.mtp !== null, e.kvCacheBytes, this.made, e.rankPools);
+    return modelMemory(
+      this.checkpoint,
+      e.device,
+      e.uploaded,
+      e.w.mtp !== null,
+      e.kvCacheBytes,
+      this.made,
+      e.rankPools,
+      this.hugePages,
+    );
   }
 
   createSession(): Session {
@@ -807,9 +818,9 @@ export async function loadModel(dir: string, opts: LoadModelOptions = {}): Promi
   const chunk = opts.prefillChunk;
   if (chunk !== undefined && (!Number.isInteger(chunk) || chunk < 1))
     throw new ArgumentError('E_ARGUMENT', `loadModel: prefillChunk must be an integer >= 1, got ${String(chunk)}`);
-  const { checkpoint, model, made } = await loadCheckpointModel(dir, opts);
+  const { checkpoint, model, made, hugePages } = await loadCheckpointModel(dir, opts);
   try {
-    return new Model(model, checkpoint, await loadTokenizer(dir), opts.prefillChunk, opts.prefixCache, made);
+    return new Model(model, checkpoint, await loadTokenizer(dir), opts.prefillChunk, opts.prefixCache, made, hugePages);
   } catch (e) {
     model.dispose();
     checkpoint.close();
