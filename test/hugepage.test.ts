@@ -7,7 +7,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { native } from '../lib/native.js';
-import { Tensor } from '../lib/tensor.js';
+import type { Tensor } from '../lib/tensor.js';
 import { initRandom } from '../lib/init-random.js';
 import { loadModel } from '../lib/generate.js';
 import { expectCode, rejects, rng } from './helpers.js';

@@ -463,13 +463,17 @@ export function copyDenseToHugePages(
     const t = (holder as Record<string, unknown>)[key];
     if (t) slots.push([holder as Record<string, unknown>, key, t as Tensor]);
   };
-  const linear = (l: Linear) => (add(l, 'weight'), add(l, 'scale'), add(l, 'perm'));
+  const linear = (l: Linear) => {
+    for (const k of ['weight', 'scale', 'perm'] as const) add(l, k);
+  };
   const mla = (a: MlaWeights) => {
     for (const k of ['qA', 'qB', 'kvLatent', 'kvRope', 'kvBLinear', 'o'] as const) linear(a[k]);
     for (const k of ['qNorm', 'kvNorm', 'kvB'] as const) add(a, k);
-    if (a.kvBScales) add(a.kvBScales, 'uk'), add(a.kvBScales, 'uv');
+    if (a.kvBScales) for (const k of ['uk', 'uv'] as const) add(a.kvBScales, k);
   };
-  const mlp = (m: MlpWeights) => (linear(m.gate), linear(m.up), linear(m.down));
+  const mlp = (m: MlpWeights) => {
+    for (const l of [m.gate, m.up, m.down]) linear(l);
+  };
   for (const L of w.layers) {
     for (const i of [0, 1] as const) {
       add(L.inputNorm, String(i));
