@@ -14,8 +14,6 @@ import { CrossHostExperts } from '../parallel/cross-host.js';
 import { type ExpertParallelOptions, checkExpertParallelOptions } from '../parallel/expert-parallel.js';
 import { type RankPool, checkRankThreads, numaNodes, planRankPools } from '../parallel/numa.js';
 import { type CacheDtype, latentCacheRow } from '../kv-cache.js';
-import { freemem } from 'node:os';
-import { readFileSync } from 'node:fs';
 
 export type Backend = 'auto' | 'cpu' | 'cuda';
 
@@ -74,7 +72,8 @@ export interface LoadModelOptions {
    *  shards into anonymous memory advised for transparent huge pages (weights.ts copyDenseToHugePages):
    *  their GEMVs then read 2 MiB pages instead of walking the page tables every 4 KiB. Costs those bytes
    *  of resident process memory (model.memory.hugePages; the mapped pages they replace are no longer
-   *  read). Default: on when THP is not 'never' and the bytes are at most half the available memory. */
+   *  read). Default false: opt-in until an end-to-end A/B on a quiet machine (bench/hugepages.mjs) shows
+   *  the step gain (bench/RESULTS.md: +13-16% on the dense GEMVs in isolation, mixed end to end). */
   hugePages?: boolean;
   /** Quantize the eligible linears of a BF16 / F16 / F32 checkpoint while loading, for a quick try
    *  without writing files (`longcat quantize` writes them): 'fp8' (e4m3, one scale per 128x128
@@ -209,17 +208,6 @@ export interface LoadedModel {
   made: MadeWeights | null;
   /** On the CPU, the bytes of dense weights copied into hugepage-advised memory (0: none). */
   hugePages: number;
-}
-
-/** Whether loadModel copies `bytes` of dense weights into hugepage-advised memory by default. */
-export function hugePagesByDefault(bytes: number): boolean {
-  let thp = '';
-  try {
-    thp = readFileSync('/sys/kernel/mm/transparent_hugepage/enabled', 'utf8');
-  } catch {
-    return false; // no THP (not Linux, or a kernel without it): the copy would buy nothing
-  }
-  return !thp.includes('[never]') && bytes <= freemem() / 2;
 }
 
 /** Every option of loadModel checked before any file is read, with a typed error naming it. */
@@ -359,10 +347,7 @@ export async function loadCheckpointModel(dir: string, opts: LoadModelOptions = 
         : null;
     if (quantizer && device === 'cpu') weights.owned.push(...quantizer.created);
     else for (const t of quantizer?.created ?? []) t.dispose();
-    const hugePages =
-      device === 'cpu' && opts.hugePages !== false
-        ? copyDenseToHugePages(weights, bytes => opts.hugePages === true || hugePagesByDefault(bytes)).bytes
-        : 0;
+    const hugePages = device === 'cpu' && opts.hugePages === true ? copyDenseToHugePages(weights).bytes : 0;
     if (opts.onProgress && weights.ngram) {
       const tables = [...checkpoint.tensors.values()].filter(t => isNgramTable(t.name));
       const hostBytes = tables.reduce((a, t) => a + t.nbytes, 0);

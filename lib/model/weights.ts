@@ -447,17 +447,13 @@ function converted(t: Tensor, dtype: 'f32'): Tensor {
  * for transparent huge pages (native hugePageCopy), and points `w` at the copies. The checkpoint's
  * mapped pages are page-cache pages mapped 4 KiB at a time, so a GEMV over them walks the page tables
  * every 4 KiB (MADV_HUGEPAGE does nothing for them); in 2 MiB pages the dense GEMVs of the medium
- * preset's step stream 10-15% faster (bench/RESULTS.md). Memory: the copies are the process's own
+ * preset stream 13-16% faster in isolation (bench/RESULTS.md). Memory: the copies are the process's own
  * (anonymous, resident, not evictable without swap); the mapped pages they replace are no longer
  * read, stay in the page cache only as long as the kernel keeps them, and are never written.
- * Weights made at load (quantized, converted norms) are freed once copied. `when(bytes)` decides
- * from the bytes to copy (nothing is copied when it says no). Returns the copied bytes (0: none) and
- * the bytes the kernel backs with huge pages.
+ * Weights made at load (quantized, converted norms) are freed once copied. Returns the copied bytes
+ * and the bytes the kernel backs with huge pages.
  */
-export function copyDenseToHugePages(
-  w: ModelWeights,
-  when: (bytes: number) => boolean = () => true,
-): { bytes: number; hugeBytes: number } {
+export function copyDenseToHugePages(w: ModelWeights): { bytes: number; hugeBytes: number } {
   const slots: [Record<string, unknown>, string, Tensor][] = [];
   const add = (holder: object, key: string) => {
     const t = (holder as Record<string, unknown>)[key];
@@ -495,7 +491,7 @@ export function copyDenseToHugePages(
   }
   const cpu = [...new Set(slots.map(s => s[2]))].filter(t => t.device === 'cpu');
   const bytes = cpu.reduce((a, t) => a + t.nbytes, 0);
-  if (!cpu.length || !when(bytes)) return { bytes: 0, hugeBytes: 0 };
+  if (!cpu.length) return { bytes: 0, hugeBytes: 0 };
   const r = native.hugePageCopy(cpu);
   const copyOf = new Map(cpu.map((t, i) => [t, r.tensors[i]!]));
   for (const [holder, key, t] of slots) {
