@@ -710,6 +710,8 @@ export class Model {
     readonly prefixCache = true,
     /** The weights made at load that a CPU model reads (for `memory`). */
     private readonly made: MadeWeights | null = null,
+    /** The bytes of dense weights a CPU model reads from hugepage-advised copies (for `memory`). */
+    private readonly hugePages = 0,
   ) {
     if (!Number.isInteger(prefillChunk) || prefillChunk < 1)
       throw new ArgumentError('E_ARGUMENT', `loadModel: prefillChunk must be an integer >= 1, got ${String(prefillChunk)}`);
@@ -757,6 +759,7 @@ export class Model {
       this.made,
       e.rankPools,
       e.expertPlacement,
+      this.hugePages,
     );
   }
 
@@ -816,9 +819,9 @@ export async function loadModel(dir: string, opts: LoadModelOptions = {}): Promi
   const chunk = opts.prefillChunk;
   if (chunk !== undefined && (!Number.isInteger(chunk) || chunk < 1))
     throw new ArgumentError('E_ARGUMENT', `loadModel: prefillChunk must be an integer >= 1, got ${String(chunk)}`);
-  const { checkpoint, model, made } = await loadCheckpointModel(dir, opts);
+  const { checkpoint, model, made, hugePages } = await loadCheckpointModel(dir, opts);
   try {
-    return new Model(model, checkpoint, await loadTokenizer(dir), opts.prefillChunk, opts.prefixCache, made);
+    return new Model(model, checkpoint, await loadTokenizer(dir), opts.prefillChunk, opts.prefixCache, made, hugePages);
   } catch (e) {
     model.dispose();
     checkpoint.close();

@@ -4,7 +4,7 @@ import { native } from '../native.js';
 import { ArgumentError, DeviceError, showValue } from '../errors.js';
 import { setThreads } from '../device.js';
 import { modelDims } from './dims.js';
-import { type ModelWeights, loadWeights, type UploadProgress } from './weights.js';
+import { type ModelWeights, copyDenseToHugePages, loadWeights, type UploadProgress } from './weights.js';
 import { type QuantizeFormat, QuantizingSource, checkQuantizeFormat } from '../quantize.js';
 import { Int4Source } from '../int4.js';
 import { LongcatModel } from './model.js';
@@ -84,6 +84,14 @@ export interface LoadModelOptions {
   prefillChunk?: number;
   /** Load the checkpoint's MTP head when it has one (default true): speculative decoding drafts with it. */
   mtp?: boolean;
+  /** CPU backend: copy the dense weights the decode step streams (attention, dense MLPs, norms,
+   *  router, lm_head, MTP layer; not the embeddings, N-gram tables or routed experts) from the mapped
+   *  shards into anonymous memory advised for transparent huge pages (weights.ts copyDenseToHugePages):
+   *  their GEMVs then read 2 MiB pages instead of walking the page tables every 4 KiB. Costs those bytes
+   *  of resident process memory (model.memory.hugePages; the mapped pages they replace are no longer
+   *  read). Default false: opt-in until an end-to-end A/B on a quiet machine (bench/hugepages.mjs) shows
+   *  the step gain (bench/RESULTS.md: +13-16% on the dense GEMVs in isolation, mixed end to end). */
+  hugePages?: boolean;
   /** Quantize the eligible linears of a BF16 / F16 / F32 checkpoint while loading, for a quick try
    *  without writing files (`longcat quantize` writes them): 'fp8' (e4m3, one scale per 128x128
    *  block: attention, dense MLP, expert and MTP linears) or 'int8' (symmetric per-row: the same
@@ -160,6 +168,9 @@ export interface ModelMemory {
    *  node ('copy' / 'mbind', `bytes` of them, no longer in hostMapped) or read from the shards
    *  ('mmap'), with the reason when not 'mbind'. Absent without CPU ranks. */
   expertPlacement?: RankPlacement[];
+  /** Of hostMapped and hostMade, the bytes the CPU model reads from its hugepage-advised copies
+   *  (loadModel's `hugePages`; 0 when off or on a GPU): resident anonymous memory of the process. */
+  hugePages: number;
   /** Bytes of weights made at load in host memory that the CPU model reads (loadModel's `quantize`,
    *  GPTQ / AutoRound linears repacked into the int4 format); the checkpoint tensors they replace are
    *  not in hostMapped. 0 on a GPU (the made tensors are uploaded, counted in `uploaded`, and freed). */
@@ -191,6 +202,7 @@ export function modelMemory(
   made: MadeWeights | null = null,
   cpuRanks: readonly RankPool[] | null = null,
   expertPlacement: readonly RankPlacement[] | null = null,
+  hugePages = 0,
 ): ModelMemory {
   const cpu = device === 'cpu';
   let loaded = 0,
@@ -208,6 +220,7 @@ export function modelMemory(
     ngramTables,
     kvCache: { ...kvCache },
     hostMade: cpu ? (made?.bytes ?? 0) : 0,
+    hugePages: cpu ? hugePages : 0,
     ...(cpuRanks ? { cpuRanks: cpuRanks.map(p => ({ ...p, cpus: [...p.cpus] })) } : {}),
     ...(expertPlacement ? { expertPlacement: expertPlacement.map(p => ({ ...p })) } : {}),
   };
@@ -218,6 +231,8 @@ export interface LoadedModel {
   model: LongcatModel;
   /** On the CPU, the weights made at load (null without a quantizer or on a GPU). */
   made: MadeWeights | null;
+  /** On the CPU, the bytes of dense weights copied into hugepage-advised memory (0: none). */
+  hugePages: number;
 }
 
 /** Every option of loadModel checked before any file is read, with a typed error naming it. */
@@ -239,6 +254,8 @@ function checkLoadOptions(opts: LoadModelOptions): void {
     if (opts[flag] !== undefined && typeof opts[flag] !== 'boolean')
       throw new ArgumentError('E_ARGUMENT', `loadModel: ${flag} must be true or false, got ${showValue(opts[flag])}`);
   if (opts.quantize !== undefined) checkQuantizeFormat(opts.quantize, 'loadModel: quantize');
+  if (opts.hugePages !== undefined && typeof opts.hugePages !== 'boolean')
+    throw new ArgumentError('E_ARGUMENT', `loadModel: hugePages must be a boolean, got ${showValue(opts.hugePages)}`);
   if (opts.cacheDtype !== undefined && opts.cacheDtype !== 'f32' && opts.cacheDtype !== 'bf16' && opts.cacheDtype !== 'fp8')
     throw new ArgumentError(
       'E_ARGUMENT',
@@ -363,6 +380,7 @@ export async function loadCheckpointModel(dir: string, opts: LoadModelOptions = 
         : null;
     if (quantizer && device === 'cpu') weights.owned.push(...quantizer.created);
     else for (const t of quantizer?.created ?? []) t.dispose();
+    const hugePages = device === 'cpu' && opts.hugePages === true ? copyDenseToHugePages(weights).bytes : 0;
     if (opts.onProgress && weights.ngram) {
       const tables = [...checkpoint.tensors.values()].filter(t => isNgramTable(t.name));
       const hostBytes = tables.reduce((a, t) => a + t.nbytes, 0);
@@ -405,7 +423,7 @@ export async function loadCheckpointModel(dir: string, opts: LoadModelOptions = 
               )
           : undefined,
       });
-      return { checkpoint, model, made };
+      return { checkpoint, model, made, hugePages };
     } catch (e) {
       for (const w of replicas.values()) for (const t of w.owned) t.dispose();
       throw e;
