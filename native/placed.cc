@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 
 #include "common.h"
@@ -55,6 +56,27 @@ std::shared_ptr<PlacedMemory> PlacedMemory::allocate(size_t bytes, Options opts)
 
 PlacedMemory::~PlacedMemory() {
   if (map_) ::munmap(map_, map_bytes_);
+}
+
+int64_t PlacedMemory::huge_bytes() const {
+  FILE* f = std::fopen("/proc/self/smaps", "r");
+  if (!f) return -1;
+  char line[512];
+  bool in = false;
+  int64_t kb = 0;
+  const uintptr_t lo = reinterpret_cast<uintptr_t>(map_), hi = lo + map_bytes_;
+  while (std::fgets(line, sizeof line, f)) {
+    unsigned long s, e;
+    if (std::sscanf(line, "%lx-%lx ", &s, &e) == 2) {
+      // a mapping's header line; madvise / THP may have split ours, so sum every mapping inside it
+      in = s >= lo && e <= hi;
+      continue;
+    }
+    long v;
+    if (in && std::sscanf(line, "AnonHugePages: %ld kB", &v) == 1) kb += v;
+  }
+  std::fclose(f);
+  return kb * 1024;
 }
 
 void placed_copy(uint8_t* dst, size_t dst_bytes, const std::vector<PlacedRange>& ranges) {

@@ -4,6 +4,9 @@
 // pages are first written by the threads of the calling thread's pool (placed_copy run as a job of
 // a CPU stream whose pool is a rank's): under the kernel's first-touch policy they land on the node
 // those threads are bound to. Generic: any tensors' bytes, any pool. Plain C++ (no N-API, no math).
+// Also the home of weights a CPU decode streams every step (loadModel's `hugePages`): a checkpoint's
+// mapped pages are page-cache pages mapped 4 KiB at a time (MADV_HUGEPAGE does nothing for them), so
+// a GEMV over them walks the page tables every 4 KiB; copied here they sit in 2 MiB pages.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -27,7 +30,10 @@ class PlacedMemory {
 
   uint8_t* data() const { return data_; }
   size_t size() const { return size_; }
-  bool hugepage() const { return hugepage_; }                    // MADV_HUGEPAGE accepted
+  bool hugepage() const { return hugepage_; }  // MADV_HUGEPAGE accepted
+  // The bytes of it the kernel backs with huge pages now (/proc/self/smaps' AnonHugePages of the
+  // mapping; 0 where THP is off or none could be had); -1 when smaps cannot be read.
+  int64_t huge_bytes() const;
   bool bound() const { return bound_; }                          // mbind accepted
   const std::string& bind_error() const { return bind_error_; }  // why not, when a node was asked ("mbind: EPERM")
 

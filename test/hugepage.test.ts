@@ -1,16 +1,17 @@
-// hugePageCopy (native/cpu/hugepage.h) and loadModel's `hugePages` (lib/model/weights.ts
-// copyDenseToHugePages): the copies hold the sources' bytes exactly, live on after the sources are
-// gone, and a model reading its dense weights from them decodes bit for bit what the model reading
+// loadModel's `hugePages` (lib/model/weights.ts copyDenseToHugePages, over native placeTensors with no
+// node, on a stream of the global pool): the copies hold the sources' bytes exactly, live on after the
+// sources are gone, and a model reading its dense weights from them decodes bit for bit what the model reading
 // the mapped shards does (the same kernels over the same bytes), at 1 and 3 pool threads.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { mkdtempSync, rmSync } from 'node:fs';
+import fs, { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { native } from '../lib/native.js';
+import { Stream } from '../lib/device.js';
 import type { Tensor } from '../lib/tensor.js';
 import { initRandom } from '../lib/init-random.js';
 import { loadModel } from '../lib/generate.js';
-import { expectCode, rejects, rng } from './helpers.js';
+import { rejects, rng } from './helpers.js';
 
 const root = mkdtempSync(path.join(tmpdir(), 'lc-hugepage-'));
 let savedThreads = 1;
@@ -24,7 +25,7 @@ afterAll(() => {
 
 const bytesOf = (t: Tensor) => Buffer.from(t.toBytes());
 
-describe('hugePageCopy', () => {
+describe("placeTensors on the global pool (the dense weights' copy)", () => {
   it.each([1, 3])('copies tensors of odd sizes and every dtype exactly, with %i pool threads', threads => {
     native.setThreads(threads);
     const r = rng(threads);
@@ -46,13 +47,15 @@ describe('hugePageCopy', () => {
       return new native.Tensor(dt as never, shape, 'cpu', b);
     });
     const want = src.map(bytesOf);
-    const h = native.hugePageCopy(src);
+    const s = new Stream('cpu');
+    const h = native.placeTensors(s, src, null, true, false);
+    s.dispose();
     expect(h.tensors.length).toBe(src.length);
     const total = want.reduce((a, b) => a + b.length, 0);
-    expect(h.bytes % (2 << 20)).toBe(0);
     expect(h.bytes).toBeGreaterThanOrEqual(total);
+    expect(h.hugepage).toBe(fs.existsSync('/sys/kernel/mm/transparent_hugepage/enabled'));
     expect(h.hugeBytes).toBeGreaterThanOrEqual(0);
-    expect(h.hugeBytes).toBeLessThanOrEqual(h.bytes);
+    expect(h.hugeBytes).toBeLessThanOrEqual(Math.ceil(h.bytes / (2 << 20)) * (2 << 20)); // whole 2 MiB pages
     for (const t of src) t.dispose(); // the copies are independent of their sources
     h.tensors.forEach((t, i) => {
       expect(t.dtype).toBe(specs[i]![0]);
@@ -64,15 +67,6 @@ describe('hugePageCopy', () => {
     h.tensors[0]!.copyFromBytes(new Uint16Array([0x7fc0]));
     expect(bytesOf(h.tensors[1]!).equals(want[1]!)).toBe(true);
     for (const t of h.tensors) t.dispose();
-  });
-
-  it('an empty list gives no mapping; bad arguments are typed errors', () => {
-    expect(native.hugePageCopy([])).toEqual({ tensors: [], bytes: 0, hugeBytes: 0 });
-    expectCode(() => native.hugePageCopy('x' as never), 'E_ARGUMENT');
-    expectCode(() => native.hugePageCopy([{}] as never), 'E_ARGUMENT');
-    const t = new native.Tensor('f32', [2], 'cpu', new Float32Array([1, 2]));
-    t.dispose();
-    expectCode(() => native.hugePageCopy([t]), 'E_DISPOSED');
   });
 });
 

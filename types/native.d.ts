@@ -241,13 +241,6 @@ export interface LinearOps {
    */
   quantizeInt4(stream: S, q: Tensor, scale: Tensor, w: Tensor): void;
   repackGptqInt4(stream: S, q: Tensor, qweight: Tensor): void;
-  /**
-   * Copies CPU tensors into one new anonymous mapping advised for transparent huge pages
-   * (native/cpu/hugepage.h: MADV_HUGEPAGE, 2 MiB aligned, 64-byte aligned pieces, filled by the pool's
-   * threads), synchronously. Returns the copies (same dtypes and shapes, in order), the mapping's size
-   * and the bytes of it backed by huge pages now (0 where THP is off). The mapping is freed with the last copy.
-   */
-  hugePageCopy(tensors: readonly Tensor[]): { tensors: Tensor[]; bytes: number; hugeBytes: number };
   /** Benchmark: median read bandwidth (GB/s) of `bytes` of memory summed by every pool thread. Synchronous. */
   benchReadBandwidth(bytes: number, passes: number): { gbps: number; samples: number[]; checksum: number };
   /**

@@ -10,6 +10,8 @@ export interface PlacedTensors {
   bytes: number;
   /** madvise(MADV_HUGEPAGE) accepted. */
   hugepage: boolean;
+  /** Of `bytes`, those the kernel backs with huge pages right after the copy (AnonHugePages; -1: unreadable). */
+  hugeBytes: number;
   /** mbind(MPOL_BIND) to `node` accepted. */
   bound: boolean;
   /** Why not, when a node was asked (e.g. 'mbind: EINVAL'); the copy is then placed by first touch only. */

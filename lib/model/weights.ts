@@ -3,6 +3,8 @@
 // the MLA scales folded in (SPEC 3.5), the router classifier and bias become f32, and an FP8
 // an FP8 kv_b_proj is kept exact for the absorbed attention (codes + block scales, or f32).
 import { native } from '../native.js';
+import { Stream, synchronize } from '../device.js';
+import type { PlacedTensors } from '../../types/ops-placed.js';
 import { type Tensor, empty, tensor, toArray } from '../tensor.js';
 import { CheckpointError, LongcatError, OutOfMemoryError } from '../errors.js';
 import type { ModelDims } from './dims.js';
@@ -469,7 +471,8 @@ function converted(t: Tensor, dtype: 'f32'): Tensor {
  * Copies the dense weights a CPU decode step streams (every attention and dense-MLP linear, the
  * norms, the router, the final norm, lm_head and the MTP layer; not the embeddings, of which a step
  * reads one row, nor the N-gram tables or the routed experts) into one anonymous mapping advised
- * for transparent huge pages (native hugePageCopy), and points `w` at the copies. The checkpoint's
+ * for transparent huge pages (native placeTensors, no node: the copy first-touched by the global
+ * pool's threads), and points `w` at the copies. The checkpoint's
  * mapped pages are page-cache pages mapped 4 KiB at a time, so a GEMV over them walks the page tables
  * every 4 KiB (MADV_HUGEPAGE does nothing for them); in 2 MiB pages the dense GEMVs of the medium
  * preset stream 13-16% faster in isolation (bench/RESULTS.md). Memory: the copies are the process's own
@@ -517,7 +520,14 @@ export function copyDenseToHugePages(w: ModelWeights): { bytes: number; hugeByte
   const cpu = [...new Set(slots.map(s => s[2]))].filter(t => t.device === 'cpu');
   const bytes = cpu.reduce((a, t) => a + t.nbytes, 0);
   if (!cpu.length) return { bytes: 0, hugeBytes: 0 };
-  const r = native.hugePageCopy(cpu);
+  synchronize(); // whatever made the sources (quantize at load) has finished
+  const s = new Stream('cpu');
+  let r: PlacedTensors;
+  try {
+    r = native.placeTensors(s, cpu, null, true, false);
+  } finally {
+    s.dispose();
+  }
   const copyOf = new Map(cpu.map((t, i) => [t, r.tensors[i]!]));
   for (const [holder, key, t] of slots) {
     const c = copyOf.get(t);

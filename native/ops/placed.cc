@@ -1,7 +1,7 @@
 // Tensors copied into memory placed on a CPU pool's NUMA node (native/placed.h), and the node query.
 //
-//   placeTensors(stream, tensors, node, hugepage, releaseSource) -> {tensors, bytes, hugepage, bound,
-//       bindError, released, releaseHow}
+//   placeTensors(stream, tensors, node, hugepage, releaseSource) -> {tensors, bytes, hugepage, hugeBytes,
+//       bound, bindError, released, releaseHow}
 // copies the CPU tensors into one new allocation (each at a 256-byte aligned offset), the copy run
 // as a job of the CPU `stream`, so on its pool's threads (first touch: their node); node >= 0 asks
 // mbind(MPOL_BIND) to it first (null: first touch only; a refusal is kept in bindError, not thrown);
@@ -69,6 +69,7 @@ Napi::Value PlaceTensors(const Napi::CallbackInfo& info) {
   out.Set("tensors", tensors);
   out.Set("bytes", static_cast<double>(total));
   out.Set("hugepage", mem && mem->hugepage());
+  out.Set("hugeBytes", mem ? static_cast<double>(mem->huge_bytes()) : 0.0);
   out.Set("bound", mem && mem->bound());
   if (mem && !mem->bind_error().empty())
     out.Set("bindError", mem->bind_error());
