@@ -93,6 +93,23 @@ const rounded = (a: Arr, bf16: boolean) => Float64Array.from(a as ArrayLike<numb
  * mlaPrefill on the CPU (current ISA) into a NaN-poisoned o [T, nh, dv]: q [T, nh, dn + dr],
  * kvb [S, nh, dn + dv], kpe [S, dr], sequences delimited by the prefix sums qStart / kvStart.
  */
+/** float64 absorbed projections: qLat[t, h] = W_uk[h]^T q_nope[t, h] and o[t, h] = W_uv[h] oLat[t, h],
+ *  kv_b's rows per head [dn uk rows, dv uv rows] (row stride dkv), q's rows of stride dq. */
+function absorbRef(d: Dims, T: number, q: Arr, dq: number, oLat: Arr, w: Arr, dkv: number) {
+  const wantQ = new Float64Array(T * d.nh * d.dl),
+    wantO = new Float64Array(T * d.nh * d.dv);
+  for (let t = 0; t < T; t++)
+    for (let h = 0; h < d.nh; h++) {
+      for (let c = 0; c < d.dl; c++)
+        for (let k = 0; k < d.dn; k++)
+          wantQ[(t * d.nh + h) * d.dl + c]! += w[(h * dkv + k) * d.dl + c]! * q[(t * d.nh + h) * dq + k]!;
+      for (let k = 0; k < d.dv; k++)
+        for (let c = 0; c < d.dl; c++)
+          wantO[(t * d.nh + h) * d.dv + k]! += w[(h * dkv + d.dn + k) * d.dl + c]! * oLat[(t * d.nh + h) * d.dl + c]!;
+    }
+  return { wantQ, wantO };
+}
+
 function prefill(d: Dims, q: Arr, kvb: Arr, kpe: Arr, qStart: number[], kvStart: number[], scale: number) {
   const T = qStart.at(-1)!,
     S = kvStart.at(-1)!;
@@ -529,17 +546,7 @@ describe('absorbed decode over the paged latent cache', () => {
       const q = r.array(T * d.nh * 24),
         oLat = r.array(T * d.nh * d.dl),
         w = r.array(d.nh * 28 * d.dl);
-      const wantQ = new Float64Array(T * d.nh * d.dl),
-        wantO = new Float64Array(T * d.nh * d.dv);
-      for (let t = 0; t < T; t++)
-        for (let h = 0; h < d.nh; h++) {
-          for (let c = 0; c < d.dl; c++)
-            for (let k = 0; k < d.dn; k++)
-              wantQ[(t * d.nh + h) * d.dl + c]! += w[(h * 28 + k) * d.dl + c]! * q[(t * d.nh + h) * 24 + k]!;
-          for (let k = 0; k < d.dv; k++)
-            for (let c = 0; c < d.dl; c++)
-              wantO[(t * d.nh + h) * d.dv + k]! += w[(h * 28 + d.dn + k) * d.dl + c]! * oLat[(t * d.nh + h) * d.dl + c]!;
-        }
+      const { wantQ, wantO } = absorbRef(d, T, q, 24, oLat, w, 28);
       for (const isa of isas) {
         native.setIsa(isa);
         const ql = full([T, d.nh, d.dl], NaN),
@@ -565,17 +572,7 @@ describe('absorbed decode over the paged latent cache', () => {
           oLat = r.array(T * d.nh * d.dl),
           w = r.array(d.nh * dkv * d.dl);
         const wv = rounded(w, bf16);
-        const wantQ = new Float64Array(T * d.nh * d.dl),
-          wantO = new Float64Array(T * d.nh * d.dv);
-        for (let t = 0; t < T; t++)
-          for (let h = 0; h < d.nh; h++) {
-            for (let c = 0; c < d.dl; c++)
-              for (let k = 0; k < d.dn; k++)
-                wantQ[(t * d.nh + h) * d.dl + c]! += wv[(h * dkv + k) * d.dl + c]! * q[(t * d.nh + h) * dk + k]!;
-            for (let k = 0; k < d.dv; k++)
-              for (let c = 0; c < d.dl; c++)
-                wantO[(t * d.nh + h) * d.dv + k]! += wv[(h * dkv + d.dn + k) * d.dl + c]! * oLat[(t * d.nh + h) * d.dl + c]!;
-          }
+        const { wantQ, wantO } = absorbRef(d, T, q, dk, oLat, wv, dkv);
         const wt = tensor(w, [d.nh * dkv, d.dl], { dtype: bf16 ? 'bf16' : 'f32' }),
           qt = tensor(q, [T, d.nh, dk]),
           ot = tensor(oLat, [T, d.nh, d.dl]);

@@ -4,7 +4,6 @@
 // eagerly and in captured graphs, and a model on 2 CPU ranks bound to the 2 nodes of a fake sysfs
 // root equal to the single-device run; loadModel's expertParallel and rankThreads options.
 import { describe, expect, it } from 'vitest';
-import fs from 'node:fs';
 import path from 'node:path';
 import { native } from '../lib/native.js';
 import { Event, Stream } from '../lib/device.js';
@@ -14,23 +13,12 @@ import { loadModel } from '../lib/generate.js';
 import { type CpuNode, numaNodes, parseCpuList, planRankPools } from '../lib/parallel/numa.js';
 import { EP_BLOCKS, EP_TIMEOUT_MS } from '../lib/parallel/expert-parallel.js';
 import { expectCode, rng } from './helpers.js';
-import { expectEqualLogits, prompts, range, runScript } from './ep-helpers.js';
+import { expectEqualLogits, fakeSysfs as fakeSysfsAt, loadWithSysfs, prompts, range, runScript } from './ep-helpers.js';
 import { fixtureRoot } from './model-fixture.js';
 
 const root = fixtureRoot('longcat-cpu-ranks-');
 
-/** A fake sysfs root whose node directories list `nodes` (a cpulist text each; '' = a node without CPUs). */
-function fakeSysfs(name: string, nodes: string[]): string {
-  const dir = path.join(root, name);
-  const base = path.join(dir, 'devices/system/node');
-  fs.mkdirSync(base, { recursive: true });
-  fs.writeFileSync(path.join(base, 'possible'), `0-${nodes.length - 1}\n`); // not a node directory
-  for (const [i, list] of nodes.entries()) {
-    fs.mkdirSync(path.join(base, `node${i}`));
-    fs.writeFileSync(path.join(base, `node${i}`, 'cpulist'), `${list}\n`);
-  }
-  return dir;
-}
+const fakeSysfs = (name: string, nodes: string[]) => fakeSysfsAt(path.join(root, name), nodes);
 
 const all = (n: number) => range(0, n);
 
@@ -198,15 +186,12 @@ describe('loadModel on CPU ranks with pools of their own', () => {
     }
     const allowed = native.allowedCpus();
     const [a, b] = [allowed[0]!, allowed[1] ?? allowed[0]!];
-    const saved = process.env.LONGCAT_SYSFS_ROOT;
-    process.env.LONGCAT_SYSFS_ROOT = fakeSysfs('topo-model', [`${a}`, `${b}`]);
-    let m: Awaited<ReturnType<typeof loadModel>>;
-    try {
-      m = await loadModel(dir, { backend: 'cpu', cacheDtype: 'f32', maxContext: 64, ranks: 2 });
-    } finally {
-      if (saved === undefined) delete process.env.LONGCAT_SYSFS_ROOT;
-      else process.env.LONGCAT_SYSFS_ROOT = saved;
-    }
+    const m = await loadWithSysfs(fakeSysfs('topo-model', [`${a}`, `${b}`]), dir, {
+      backend: 'cpu',
+      cacheDtype: 'f32',
+      maxContext: 64,
+      ranks: 2,
+    });
     try {
       expect(m.memory.cpuRanks).toEqual([
         { rank: 0, threads: 1, node: 0, cpus: [a] },

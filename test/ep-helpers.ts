@@ -2,6 +2,8 @@
 // (batched prefill, then greedy batched decode steps) and the comparison of its logits with the
 // single-device run ("equal" as issue 14 defines it).
 import { expect } from 'vitest';
+import fs from 'node:fs';
+import path from 'node:path';
 import { OutOfMemoryError, RankFailedError } from '../lib/errors.js';
 import { type Tensor, toArray } from '../lib/tensor.js';
 import { loadModel } from '../lib/generate.js';
@@ -139,5 +141,30 @@ export function expectFailuresRecover(
     for (const s of seqs) s.release();
     const got = runScript(m, prompts, want.chosen.length, want.chosen);
     for (const [i, g] of got.out.entries()) expectEqualLogits(g, want.out[i]!, e.dims.vocab, 1e-5);
+  }
+}
+
+/** A fake sysfs root at `dir` whose node directories list `nodes` (a cpulist text each; '' = a node
+ *  without CPUs), for lib/parallel/numa.ts through LONGCAT_SYSFS_ROOT. */
+export function fakeSysfs(dir: string, nodes: string[]): string {
+  const base = path.join(dir, 'devices/system/node');
+  fs.mkdirSync(base, { recursive: true });
+  fs.writeFileSync(path.join(base, 'possible'), `0-${nodes.length - 1}\n`); // not a node directory
+  for (const [i, list] of nodes.entries()) {
+    fs.mkdirSync(path.join(base, `node${i}`), { recursive: true });
+    fs.writeFileSync(path.join(base, `node${i}`, 'cpulist'), `${list}\n`);
+  }
+  return dir;
+}
+
+/** loadModel with LONGCAT_SYSFS_ROOT pointing at `sysfs` while it loads (restored after). */
+export async function loadWithSysfs(sysfs: string, dir: string, opts: Parameters<typeof loadModel>[1]) {
+  const saved = process.env.LONGCAT_SYSFS_ROOT;
+  process.env.LONGCAT_SYSFS_ROOT = sysfs;
+  try {
+    return await loadModel(dir, opts);
+  } finally {
+    if (saved === undefined) delete process.env.LONGCAT_SYSFS_ROOT;
+    else process.env.LONGCAT_SYSFS_ROOT = saved;
   }
 }

@@ -16,7 +16,7 @@ import { loadModel } from '../lib/generate.js';
 import { openCheckpoint } from '../lib/checkpoint.js';
 import { type CpuNode, RankPlacer, planRankPools, resolveExpertPlacement } from '../lib/parallel/numa.js';
 import { expectCode, rng } from './helpers.js';
-import { prompts, range } from './ep-helpers.js';
+import { fakeSysfs, loadWithSysfs, prompts, range } from './ep-helpers.js';
 import { fixtureRoot } from './model-fixture.js';
 
 const root = fixtureRoot('longcat-expert-placement-');
@@ -283,20 +283,8 @@ describe('models with placed experts', () => {
   it("a fake 2-node sysfs root: 'auto' copies each rank's experts with its node's pool", async () => {
     const dir = path.join(root, 'tiny');
     const allowed = native.allowedCpus();
-    const fake = path.join(root, 'sysfs-2');
-    for (const [i, cpu] of [allowed[0]!, allowed[1] ?? allowed[0]!].entries()) {
-      fs.mkdirSync(path.join(fake, `devices/system/node/node${i}`), { recursive: true });
-      fs.writeFileSync(path.join(fake, `devices/system/node/node${i}/cpulist`), `${cpu}\n`);
-    }
-    const saved = process.env.LONGCAT_SYSFS_ROOT;
-    process.env.LONGCAT_SYSFS_ROOT = fake;
-    let m: Awaited<ReturnType<typeof loadModel>>;
-    try {
-      m = await loadModel(dir, { backend: 'cpu', cacheDtype: 'f32', maxContext: 64, ranks: 2 });
-    } finally {
-      if (saved === undefined) delete process.env.LONGCAT_SYSFS_ROOT;
-      else process.env.LONGCAT_SYSFS_ROOT = saved;
-    }
+    const fake = fakeSysfs(path.join(root, 'sysfs-2'), [`${allowed[0]!}`, `${allowed[1] ?? allowed[0]!}`]);
+    const m = await loadWithSysfs(fake, dir, { backend: 'cpu', cacheDtype: 'f32', maxContext: 64, ranks: 2 });
     try {
       const [r0, r1] = m.memory.expertPlacement!;
       expect([r0!.node, r1!.node]).toEqual([0, 1]);

@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { initRandom } from '../lib/init-random.js';
 import { loadModel, type Model } from '../lib/generate.js';
 import { LongcatModel, graphBucket } from '../lib/model/model.js';
-import { toArray, type Tensor } from '../lib/tensor.js';
+import { toArray } from '../lib/tensor.js';
 import type { SequenceCache } from '../lib/kv-cache.js';
 import { expectLogitsClose, fixtureRoot, readLogits } from './model-fixture.js';
 import { backends, rng, workLimitMs } from './helpers.js';
