@@ -539,26 +539,35 @@ describe('absorbed decode over the paged latent cache', () => {
     );
   });
 
-  it('the absorbed projections equal their definitions (absorbQ, mlaOutput) for several token counts', () => {
-    const d: Dims = { nh: 3, dn: 16, dr: 8, dv: 12, dl: 150 };
-    const r = rng(11);
-    for (const T of [1, 2, 5, 9]) {
-      const q = r.array(T * d.nh * 24),
-        oLat = r.array(T * d.nh * d.dl),
-        w = r.array(d.nh * 28 * d.dl);
-      const { wantQ, wantO } = absorbRef(d, T, q, 24, oLat, w, 28);
-      for (const isa of isas) {
-        native.setIsa(isa);
-        const ql = full([T, d.nh, d.dl], NaN),
-          o = full([T, d.nh, d.dv], NaN),
-          wt = tensor(w, [d.nh * 28, d.dl]);
-        native.mlaAbsorbQ(null, ql, tensor(q, [T, d.nh, 24]), wt, d.dn);
-        native.mlaOutput(null, o, tensor(oLat, [T, d.nh, d.dl]), wt);
-        expectClose(toArray(ql), wantQ, 1e-5, 1e-5, `qLat T=${T} ${isa}`);
-        expectClose(toArray(o), wantO, 1e-5, 1e-5, `o T=${T} ${isa}`);
+  // dl 150: 64-column blocks only; dl 531: two 256-column blocks of a single token's row and a
+  // tail, 13 W_UK rows (groups of 4 and 1) and 11 W_UV rows per head, 5 heads (units of uneven length)
+  it.each([
+    [{ nh: 3, dn: 16, dr: 8, dv: 12, dl: 150 }, [1, 2, 5, 9]],
+    [{ nh: 5, dn: 13, dr: 8, dv: 11, dl: 531 }, [1, 2]],
+  ] as Array<[Dims, number[]]>)(
+    'the absorbed projections equal their definitions (absorbQ, mlaOutput): %o, token counts %o',
+    (d, Ts) => {
+      const r = rng(11);
+      for (const T of Ts) {
+        const dk = d.dn + d.dr,
+          dkv = d.dn + d.dv;
+        const q = r.array(T * d.nh * dk),
+          oLat = r.array(T * d.nh * d.dl),
+          w = r.array(d.nh * dkv * d.dl);
+        const { wantQ, wantO } = absorbRef(d, T, q, dk, oLat, w, dkv);
+        for (const isa of isas) {
+          native.setIsa(isa);
+          const ql = full([T, d.nh, d.dl], NaN),
+            o = full([T, d.nh, d.dv], NaN),
+            wt = tensor(w, [d.nh * dkv, d.dl]);
+          native.mlaAbsorbQ(null, ql, tensor(q, [T, d.nh, dk]), wt, d.dn);
+          native.mlaOutput(null, o, tensor(oLat, [T, d.nh, d.dl]), wt);
+          expectClose(toArray(ql), wantQ, 1e-5, 1e-5, `qLat T=${T} ${isa}`);
+          expectClose(toArray(o), wantO, 1e-5, 1e-5, `o T=${T} ${isa}`);
+        }
       }
-    }
-  });
+    },
+  );
 
   it('the absorbed projections at decode shapes: odd dims, f32 and bf16 kv_b_proj, 1 and 3 threads (bitwise the same)', () => {
     // dl = 301: whole rows of 18 full and one partial 16-lane block per unit; 7 heads over 3 threads

@@ -30,6 +30,14 @@ namespace lc::cpu {
 namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// Prefetches bytes [0, n) at p into L1.
+inline void prefetch_row(const void* p, int64_t n) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t o = 0; o < n; o += 64) __builtin_prefetch(c + o, 0, 3);
+  if (n > 0) __builtin_prefetch(c + n - 1, 0, 3);  // (a row that starts inside a line ends in one more)
+}
+
 constexpr int kMaxQ = 4;    // query / accumulator rows per micro-kernel call
 constexpr int kTile = 16;   // keys per tile (decode: one tile of cache rows stays in L1/L2 for all heads)
 constexpr int kPTile = 32;  // keys per tile in prefill
@@ -250,10 +258,29 @@ LC_TARGET_AVX512 inline void pv512_cols(float* acc, int64_t as, const float* cor
     }
 }
 
+// One accumulator row, 256 columns (16 vectors) at a time: each value row's slice is read as one
+// run of 512 (bf16) or 1,024 bytes (the absorbed query's W_UK rows at decode).
+template <typename VT>
+LC_TARGET_AVX512 inline void pv512_wide(float* acc, const float* corr, const float* p, int nt, const VT* const* v, int64_t c) {
+  constexpr int NC = 16;
+  __m512 a[NC];
+  for (int u = 0; u < NC; ++u) {
+    a[u] = _mm512_loadu_ps(acc + c + 16 * u);
+    if (corr) a[u] = _mm512_mul_ps(a[u], _mm512_set1_ps(corr[0]));
+  }
+  for (int j = 0; j < nt; ++j) {
+    const __m512 w = _mm512_set1_ps(p[j]);
+    for (int u = 0; u < NC; ++u) a[u] = _mm512_fmadd_ps(w, Avx512::widen_load(v[j] + c + 16 * u), a[u]);
+  }
+  for (int u = 0; u < NC; ++u) _mm512_storeu_ps(acc + c + 16 * u, a[u]);
+}
+
 template <int NQ, typename VT>
 LC_TARGET_AVX512 void pv512_n(float* acc, int64_t as, const float* corr, const float* p, int64_t ps, int nt, const VT* const* v,
                               int64_t dv) {
   int64_t c = 0;
+  if constexpr (NQ == 1)
+    for (; c + 256 <= dv; c += 256) pv512_wide(acc, corr, p, nt, v, c);
   for (; c + 64 <= dv; c += 64) pv512_cols<NQ, 4>(acc, as, corr, p, ps, nt, v, c, 0xffff);
   for (; c < dv; c += 16) {
     int64_t r = std::min<int64_t>(16, dv - c);
@@ -420,15 +447,24 @@ LC_TARGET_AVX512BF16 void decode_unit_bf16(const MlaDims& d, const float* qlb, c
     for (int64_t c = row; c < rp; ++c) qh[c] = 0;
   }
   const __mmask16 mlast = static_cast<__mmask16>(dl % 16 == 0 ? 0xffff : (1u << (dl % 16)) - 1);
+  const auto row_at = [&](int64_t s) {
+    return cache + (static_cast<int64_t>(bt[s / block_size]) * block_size + s % block_size) * row;
+  };
+  const int64_t row_bytes = row * static_cast<int64_t>(sizeof(uint16_t)), hblocks = (nh + 3) / 4;
+  // The cache rows are cold at decode (a whole step's weights streamed through the caches since this
+  // layer last ran): the first tile is prefetched here, every next one in slices while the scores
+  // of the current one are computed (row by row, the misses would stay a few lines deep).
+  const auto prefetch_tile = [&](int64_t t, int64_t j0, int64_t j1) {
+    for (int64_t j = j0; j < j1 && t + j < s1; ++j) prefetch_row(row_at(t + j), row_bytes);
+  };
+  prefetch_tile(s0, 0, kBfTile);
   for (int64_t t0 = s0; t0 < s1; t0 += kBfTile) {
     const int nt = static_cast<int>(std::min<int64_t>(kBfTile, s1 - t0)), np = (nt + 1) / 2;
-    for (int j = 0; j < nt; ++j) {
-      const int64_t s = t0 + j;
-      ka[j] = cache + (static_cast<int64_t>(bt[s / block_size]) * block_size + s % block_size) * row;
-    }
+    for (int j = 0; j < nt; ++j) ka[j] = row_at(t0 + j);
     // Scores, then the online softmax of every head; p rounded to bf16 pairs (zero beyond nt).
     for (int64_t h0 = 0; h0 < nh; h0 += 4) {
       const int hb = static_cast<int>(std::min<int64_t>(4, nh - h0));
+      prefetch_tile(t0 + kBfTile, h0 / 4 * kBfTile / hblocks, (h0 / 4 + 1) * kBfTile / hblocks);
       for (int j0 = 0; j0 < nt; j0 += 4)
         kScoresBf[hb - 1][std::min(4, nt - j0) - 1](qb + h0 * rp, rp, ka + j0, row, scale, sc + h0 * kBfTile + j0, kBfTile);
     }
@@ -761,11 +797,18 @@ void decode_impl(const MlaDims& d, int64_t batch, float* o_lat, const float* q_l
         }
       }
 #endif
+      const auto row_at = [&](int64_t s) {
+        return cache + (static_cast<int64_t>(bt[s / block_size]) * block_size + s % block_size) * stride;
+      };
+      const int64_t hblocks = (nh + kMaxQ - 1) / kMaxQ;
+      const auto prefetch_tile = [&](int64_t t, int64_t j0, int64_t j1) {  // as decode_unit_bf16
+        for (int64_t j = j0; j < j1 && t + j < s1; ++j) prefetch_row(row_at(t + j), stride * static_cast<int64_t>(sizeof(CT)));
+      };
+      if (s0 < s1) prefetch_tile(s0, 0, tile);
       for (int64_t t0 = s0; t0 < s1; t0 += tile) {
         const int nt = static_cast<int>(std::min<int64_t>(tile, s1 - t0));
         for (int j = 0; j < nt; ++j) {
-          const int64_t s = t0 + j;
-          const CT* src = cache + (static_cast<int64_t>(bt[s / block_size]) * block_size + s % block_size) * stride;
+          const CT* src = row_at(t0 + j);
           if constexpr (kFp8) {
             dequantize_fp8_row(d, src, deq + j * row);
             ka[j] = deq + j * row;
@@ -776,6 +819,7 @@ void decode_impl(const MlaDims& d, int64_t batch, float* o_lat, const float* q_l
         }
         for (int64_t h0 = 0; h0 < nh; h0 += kMaxQ) {
           const int gq = static_cast<int>(std::min<int64_t>(kMaxQ, nh - h0));
+          prefetch_tile(t0 + tile, h0 / kMaxQ * tile / hblocks, (h0 / kMaxQ + 1) * tile / hblocks);
           K.scores(gq, qlb + h0 * dl, dl, qpb + h0 * dk, dk, nt, ka, kb, dl, dr, scale, &sc[0][0], kTile);
           float corr[kMaxQ];
           bool rescale = false;
@@ -828,16 +872,51 @@ void decode_impl(const MlaDims& d, int64_t batch, float* o_lat, const float* q_l
 
 constexpr int64_t kColBlock = 128;  // latent columns per absorb_q work unit (prefill; decode: whole rows)
 constexpr int64_t kRowBlock = 32;   // W_UV rows per output work unit
-constexpr int64_t kOutGroup = 8;    // W_UV rows per scores call (a multiple of its 4-key blocks)
+constexpr int64_t kAbsorbRows = 4;  // weight rows per micro-kernel call (both ops; output: one 4-key block)
+constexpr int64_t kAbsorbAhead = 4096;  // software prefetch distance along a thread's row stream, in bytes
 
 // Both absorb ops are bandwidth bound at decode: every weight byte is read once per call. Their
-// units (contiguous in the weight) go out as one equal, contiguous share per thread, and the next
-// tile of rows (the next unit's first, at a unit's end) is prefetched before each tile: the hardware
-// prefetchers alone restart at every head's slice and leave the streams latency bound.
-inline void prefetch_rows(const void* p, int64_t n, int64_t stride, int64_t bytes) {
-  const char* c = static_cast<const char*>(p);
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + i * stride + o, 0, 3);
+// units (contiguous in the weight) go out as one equal, contiguous share per thread, which each
+// thread reads as one stream of weight rows: unit after unit, kAbsorbRows rows at a time, with a
+// software prefetch of the rows kAbsorbAhead bytes further along the stream (into the next units
+// at a unit's end) before each call. The hardware prefetchers alone restart at every head's slice
+// (the slices are 4 KiB pages or less apart from the other half of the head's rows), and a whole
+// tile prefetched in one burst stalls on the miss buffers instead of overlapping the math. On the
+// 2-core VM (bench/mla-probe.mjs: the medium preset's shapes, cold weights, one thread) the bursts
+// of 16 rows took 2.1-2.3x the time of a one-row linear of the same bytes for absorb_q and 1.3x for
+// output; this stream (4 KiB ahead; 2 and 8 KiB, and 8 or 16 rows per call, measured no better)
+// 1.4x and 1.15x. Each call's rows are summed as before (one fma chain per element in row order,
+// the same 4-key blocks): the results are bit for bit those of the tiles.
+//
+// Prefetcher: a cursor `ahead` rows along a thread's stream of weight rows, the units [u, u1) in
+// order: unit u has rows(u) rows, row r at base(u) + r * stride, bytes(u) of each read. next(n)
+// prefetches the next n rows and moves on (no division on the way: this runs per few rows).
+template <class Rows, class Base, class Bytes>
+struct Prefetcher {
+  int64_t u1, stride;
+  Rows rows;
+  Base base;
+  Bytes bytes;
+  int64_t u = 0, r = 0, n = 0, b = 0;
+  const char* p = nullptr;
+  void enter(int64_t uu) {
+    u = uu;
+    r = 0;
+    if (u < u1) n = rows(u), b = bytes(u), p = reinterpret_cast<const char*>(base(u));
+  }
+  void next(int64_t k) {
+    for (; k > 0 && u < u1; --k) {
+      prefetch_row(p, b);
+      p += stride;
+      if (++r == n) enter(u + 1);
+    }
+  }
+};
+template <class Rows, class Base, class Bytes>
+Prefetcher<Rows, Base, Bytes> prefetcher(int64_t u0, int64_t u1, int64_t stride, Rows rows, Base base, Bytes bytes) {
+  Prefetcher<Rows, Base, Bytes> pf{u1, stride, rows, base, bytes};
+  pf.enter(u0);
+  return pf;
 }
 // [0, n) as one chunk per thread
 template <typename F>
@@ -853,20 +932,24 @@ void absorb_q_impl(const MlaDims& d, int64_t t, float* q_lat, const float* q, co
   const int64_t cb = t <= kMaxQ ? dl : kColBlock;  // decode: a unit is one head's whole W_UK rows
   const int64_t cblocks = (dl + cb - 1) / cb;
   per_thread(nh * cblocks, [&](int64_t u0, int64_t u1) {
-    const WT* rows[kTile];
-    const auto tile = [&](int64_t u, int64_t r0) { return w + ((u / cblocks) * dkv + r0) * dl + (u % cblocks) * cb; };
+    // W_UK rows of unit u: head u / cblocks, columns from (u % cblocks) * cb
     const auto width = [&](int64_t u) { return std::min(cb, dl - (u % cblocks) * cb); };
+    const auto ubase = [&](int64_t u) { return w + (u / cblocks) * dkv * dl + (u % cblocks) * cb; };
+    auto pf = prefetcher(
+        u0, u1, dl * static_cast<int64_t>(sizeof(WT)), [&](int64_t) { return dn; }, ubase,
+        [&](int64_t u) { return width(u) * static_cast<int64_t>(sizeof(WT)); });
+    const int64_t ahead = std::max<int64_t>(kAbsorbRows, kAbsorbAhead / std::max<int64_t>(1, width(u0) * sizeof(WT)));
+    pf.next(ahead);  // the stream's first rows
+    const WT* rows[kAbsorbRows];
     for (int64_t u = u0; u < u1; ++u) {
       const int64_t h = u / cblocks, c0 = (u % cblocks) * cb, cw = width(u);
+      const WT* wu = ubase(u);
       for (int64_t i = 0; i < t; ++i) std::memset(q_lat + (i * nh + h) * dl + c0, 0, sizeof(float) * cw);
-      // Each tile of W_UK rows is used by every token while it is in L1.
-      for (int64_t r0 = 0; r0 < dn; r0 += kTile) {
-        const int nt = static_cast<int>(std::min<int64_t>(kTile, dn - r0));
-        if (r0 + kTile < dn)
-          prefetch_rows(tile(u, r0 + kTile), std::min<int64_t>(kTile, dn - r0 - kTile), dl * sizeof(WT), cw * sizeof(WT));
-        else if (u + 1 < u1)
-          prefetch_rows(tile(u + 1, 0), std::min<int64_t>(kTile, dn), dl * sizeof(WT), width(u + 1) * sizeof(WT));
-        for (int j = 0; j < nt; ++j) rows[j] = tile(u, r0 + j);
+      // Each group of W_UK rows is used by every token while it is in L1.
+      for (int64_t r0 = 0; r0 < dn; r0 += kAbsorbRows) {
+        const int nt = static_cast<int>(std::min<int64_t>(kAbsorbRows, dn - r0));
+        pf.next(nt);
+        for (int j = 0; j < nt; ++j) rows[j] = wu + (r0 + j) * dl;
         for (int64_t i0 = 0; i0 < t; i0 += kMaxQ) {
           const int gq = static_cast<int>(std::min<int64_t>(kMaxQ, t - i0));
           K.pv(gq, q_lat + (i0 * nh + h) * dl + c0, nh * dl, nullptr, q + (i0 * nh + h) * dk + r0, nh * dk, nt, rows, cw);
@@ -882,19 +965,21 @@ void output_impl(const MlaDims& d, int64_t t, float* o, const float* o_lat, cons
   const int64_t nh = d.nh, dn = d.dn, dv = d.dv, dl = d.dl, dkv = d.dn + d.dv;
   const int64_t rblocks = (dv + kRowBlock - 1) / kRowBlock;
   per_thread(nh * rblocks, [&](int64_t u0, int64_t u1) {
-    const WT* rows[kOutGroup];
-    // W_UV row r of unit u (head u / rblocks, rows from (u % rblocks) * kRowBlock)
-    const auto row = [&](int64_t u, int64_t r) { return w + ((u / rblocks) * dkv + dn + (u % rblocks) * kRowBlock + r) * dl; };
+    // W_UV rows of unit u: head u / rblocks, rows from (u % rblocks) * kRowBlock
     const auto len = [&](int64_t u) { return std::min(kRowBlock, dv - (u % rblocks) * kRowBlock); };
+    const auto ubase = [&](int64_t u) { return w + ((u / rblocks) * dkv + dn + (u % rblocks) * kRowBlock) * dl; };
+    auto pf = prefetcher(u0, u1, dl * static_cast<int64_t>(sizeof(WT)), len, ubase,
+                         [&](int64_t) { return dl * static_cast<int64_t>(sizeof(WT)); });
+    const int64_t ahead = std::max<int64_t>(kAbsorbRows, kAbsorbAhead / std::max<int64_t>(1, dl * sizeof(WT)));
+    pf.next(ahead);
+    const WT* rows[kAbsorbRows];
     for (int64_t u = u0; u < u1; ++u) {
       const int64_t h = u / rblocks, r0 = (u % rblocks) * kRowBlock, n = len(u);
-      for (int64_t g = 0; g < n; g += kOutGroup) {
-        const int nt = static_cast<int>(std::min(kOutGroup, n - g));
-        if (g + kOutGroup < n)
-          prefetch_rows(row(u, g + kOutGroup), std::min(kOutGroup, n - g - kOutGroup), dl * sizeof(WT), dl * sizeof(WT));
-        else if (u + 1 < u1)
-          prefetch_rows(row(u + 1, 0), std::min(kOutGroup, len(u + 1)), dl * sizeof(WT), dl * sizeof(WT));
-        for (int j = 0; j < nt; ++j) rows[j] = row(u, g + j);
+      const WT* wu = ubase(u);
+      for (int64_t g = 0; g < n; g += kAbsorbRows) {
+        const int nt = static_cast<int>(std::min(kAbsorbRows, n - g));
+        pf.next(nt);
+        for (int j = 0; j < nt; ++j) rows[j] = wu + (g + j) * dl;
         for (int64_t i0 = 0; i0 < t; i0 += kMaxQ) {
           const int gq = static_cast<int>(std::min<int64_t>(kMaxQ, t - i0));
           K.scores(gq, o_lat + (i0 * nh + h) * dl, nh * dl, nullptr, 0, nt, rows, nullptr, dl, 0, 1.0f,

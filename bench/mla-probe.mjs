@@ -1,0 +1,89 @@
+// The absorbed-MLA decode ops (batch 1) at one preset's shapes, per call, inside a replayed graph
+// (the region's per-node profile, native.graphProfile) over N layer copies of kv_b_proj and of the
+// latent cache (so both are cold, as in a decode step), next to their peer: a one-row linear of
+// the same bytes as W_UK (its GB/s in the same run is the rate absorbQ / mlaOutput should reach).
+//   node bench/mla-probe.mjs [--preset small|medium] [--threads 2] [--copies 48] [--reps 30]
+//                            [--ctx 64] [--hash: print the bits of the outputs, for an A/B of two builds]
+import { native } from '../dist/index.js';
+import { Stream } from '../dist/device.js';
+import { readBandwidth, randomBf16, randomF32 } from './common.mjs';
+
+const args = process.argv.slice(2);
+const arg = (n, d) => (args.includes(n) ? args[args.indexOf(n) + 1] : d);
+const preset = arg('--preset', 'medium');
+const copies = Number(arg('--copies', 48));
+const reps = Number(arg('--reps', 30));
+const ctx = Number(arg('--ctx', 64));
+native.setThreads(Number(arg('--threads', 2)));
+const P = {
+  small: { nh: 8, dn: 32, dr: 16, dv: 32, dl: 128 },
+  medium: { nh: 16, dn: 64, dr: 32, dv: 64, dl: 256 },
+}[preset];
+const { nh, dn, dr, dv, dl } = P;
+const rowsKvb = nh * (dn + dv);
+const T = (dt, shape, data) => new native.Tensor(dt, shape, 'cpu', data);
+const ws = [],
+  lw = [];
+for (let i = 0; i < copies; i++) {
+  ws.push(T('bf16', [rowsKvb, dl], randomBf16(rowsKvb * dl, 100 + i, 120)));
+  lw.push(T('bf16', [(nh * dn * dl) / 1024, 1024], randomBf16(nh * dn * dl, 900 + i, 120)));
+}
+const q = T('f32', [1, nh, dn + dr], randomF32(nh * (dn + dr), 1));
+const qLat = T('f32', [1, nh, dl]);
+const oLat = T('f32', [1, nh, dl], randomF32(nh * dl, 2));
+const o = T('f32', [1, nh, dv]);
+const xl = T('f32', [1, 1024], randomF32(1024, 3));
+const yl = T('f32', [1, (nh * dn * dl) / 1024]);
+const BS = 64,
+  nb = Math.ceil((ctx + 1) / BS) + 1;
+const caches = ws.map((_, i) => T('bf16', [nb, BS, dl + dr], randomBf16(nb * BS * (dl + dr), 5 + i, 120)));
+const bt = T(
+  'int32',
+  [1, nb],
+  new Int32Array(nb).map((_, i) => i),
+);
+const sl = T('int32', [1], new Int32Array([ctx]));
+const s = new Stream('cpu');
+const g = native.captureGraph([s], () => {
+  for (let i = 0; i < copies; i++) {
+    native.mlaAbsorbQ(s, qLat, q, ws[i], dn);
+    native.mlaDecodeAbsorbed(s, oLat, qLat, q, caches[i], bt, sl, 0.1);
+    native.mlaOutput(s, o, oLat, ws[i]);
+    native.linear(s, yl, xl, lw[i]);
+  }
+});
+const bw = readBandwidth();
+for (let i = 0; i < 5; i++) g.replay();
+s.synchronize();
+native.graphProfile(true);
+for (let i = 0; i < reps; i++) g.replay();
+s.synchronize();
+const [prof] = native.graphProfile(false);
+const by = {};
+for (const n of prof.nodes) {
+  const b = (by[n.op] ??= { ns: 0, bytes: 0, wait: 0, jobs: 0, n: 0 });
+  b.ns += n.ns;
+  b.bytes += n.weightBytes;
+  b.wait += n.waitNs;
+  b.jobs += n.jobs;
+  b.n++;
+}
+console.log(
+  `${preset} copies ${copies} ctx ${ctx} threads ${native.threads()} probe ${bw.toFixed(1)} GB/s; region ${(prof.ns / prof.replays / 1e6).toFixed(3)} ms`,
+);
+for (const [op, b] of Object.entries(by)) {
+  const us = b.ns / prof.replays / b.n / 1e3;
+  console.log(
+    `${op.padEnd(18)} ${us.toFixed(2).padStart(7)} us/call  ${b.bytes ? ((b.bytes / b.ns) | 0).toString().padStart(3) : '  -'} GB/s  wait ${(b.wait / prof.replays / b.n / 1e3).toFixed(2)} us  jobs/call ${(b.jobs / prof.replays / b.n).toFixed(2)}`,
+  );
+}
+if (args.includes('--hash')) {
+  // bits of the last copy's outputs (A/B of two builds: the kernels must agree bit for bit)
+  const h = t => {
+    const b = Buffer.from(t.toBytes());
+    let x = 2166136261;
+    for (let i = 0; i < b.length; i++) x = Math.imul(x ^ b[i], 16777619) >>> 0;
+    return x.toString(16);
+  };
+  console.log(`hash qLat ${h(qLat)} oLat ${h(oLat)} o ${h(o)}`);
+}
