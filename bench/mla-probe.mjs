@@ -61,7 +61,8 @@ s.synchronize();
 const [prof] = native.graphProfile(false);
 const by = {};
 for (const n of prof.nodes) {
-  const b = (by[n.op] ??= { ns: 0, bytes: 0, wait: 0, jobs: 0, n: 0 });
+  if (!by[n.op]) by[n.op] = { ns: 0, bytes: 0, wait: 0, jobs: 0, n: 0 };
+  const b = by[n.op];
   b.ns += n.ns;
   b.bytes += n.weightBytes;
   b.wait += n.waitNs;
