@@ -43,9 +43,13 @@ const bt = T(
   new Int32Array(nb).map((_, i) => i),
 );
 const sl = T('int32', [1], new Int32Array([ctx]));
+const ckv = T('f32', [1, dl], randomF32(dl, 6)),
+  kpe = T('f32', [1, dr], randomF32(dr, 7)),
+  slot = T('int32', [1], new Int32Array([ctx - 1]));
 const s = new Stream('cpu');
 const g = native.captureGraph([s], () => {
   for (let i = 0; i < copies; i++) {
+    native.mlaCacheWrite(s, caches[i], ckv, kpe, slot);
     native.mlaAbsorbQ(s, qLat, q, ws[i], dn);
     native.mlaDecodeAbsorbed(s, oLat, qLat, q, caches[i], bt, sl, 0.1);
     native.mlaOutput(s, o, oLat, ws[i]);
