@@ -870,9 +870,9 @@ void decode_impl(const MlaDims& d, int64_t batch, float* o_lat, const float* q_l
 // ---------------------------------------------------------------------------------------------
 // Weight absorption: q_lat = W_UK^T q_nope, o = W_UV o_lat.
 
-constexpr int64_t kColBlock = 128;  // latent columns per absorb_q work unit (prefill; decode: whole rows)
-constexpr int64_t kRowBlock = 32;   // W_UV rows per output work unit
-constexpr int64_t kAbsorbRows = 4;  // weight rows per micro-kernel call (both ops; output: one 4-key block)
+constexpr int64_t kColBlock = 128;      // latent columns per absorb_q work unit (prefill; decode: whole rows)
+constexpr int64_t kRowBlock = 32;       // W_UV rows per output work unit
+constexpr int64_t kAbsorbRows = 4;      // weight rows per micro-kernel call (both ops; output: one 4-key block)
 constexpr int64_t kAbsorbAhead = 4096;  // software prefetch distance along a thread's row stream, in bytes
 
 // Both absorb ops are bandwidth bound at decode: every weight byte is read once per call. Their
