@@ -125,6 +125,7 @@ export class StepScheduler {
       }
     } finally {
       this.running = false;
+      this.engine.forget();
     }
   }
 
@@ -210,7 +211,7 @@ export class StepScheduler {
         picked.push(out);
         native.gatherColumns(null, out, rows, id);
       }
-      await native.synchronizeAsync(e.device);
+      await e.synchronizeAsync(); // (checks the weights for the next round while this one runs)
       const next = toArray(ids);
       const logit = new Float32Array(B);
       picked.forEach((t, i) => {

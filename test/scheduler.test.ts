@@ -146,3 +146,136 @@ describe('token-level prompts', () => {
     await expect(b.generate({ tokens: 'x' } as never)).rejects.toMatchObject({ code: 'E_ARGUMENT' });
   });
 });
+
+describe("the scheduler's wait (LongcatModel.synchronizeAsync)", () => {
+  // the engine's private parts this exercises: its weights check and its rank's MoE stream
+  interface Inside {
+    verifyWeights: (() => void) | undefined;
+    ranks: { moeStream: { synchronize(): void } }[];
+  }
+  /** Until the scheduler's loop has gone idle (a generation resolves before its last round ends). */
+  const idle = async () => {
+    const sched = model.scheduler as unknown as { running: boolean };
+    while (sched.running) await new Promise(r => setImmediate(r));
+  };
+  const step = (seq: ReturnType<Model['engine']['newSequence']>, token: number) => {
+    const { logits } = model.engine.forward([seq], [[token]]);
+    const v = Array.from(logits.toBytes());
+    logits.dispose();
+    return v;
+  };
+
+  it('checks the weights for the next step while one runs; that step skips its own check and its wait, the one after does both', async () => {
+    const e = model.engine,
+      inside = e as unknown as Inside;
+    const check = inside.verifyWeights;
+    const moe = inside.ranks[0]!.moeStream;
+    let checks = 0,
+      waits = 0;
+    inside.verifyWeights = () => {
+      checks++;
+      check?.();
+    };
+    // (defined on the instance: the native class's method is not writable)
+    Object.defineProperty(moe, 'synchronize', {
+      configurable: true,
+      value: () => {
+        waits++;
+        Object.getPrototypeOf(moe).synchronize.call(moe);
+      },
+    });
+    const seq = e.newSequence(),
+      other = e.newSequence();
+    await idle();
+    try {
+      e.forward([seq], [[1, 2, 3]]).logits.dispose();
+      expect([checks, waits]).toEqual([1, 1]);
+      e.forward([seq], [[4]]).logits.dispose();
+      await e.synchronizeAsync(); // the check of the step to come, during this one
+      expect([checks, waits]).toEqual([3, 2]);
+      const skipped = step(seq, 5);
+      expect([checks, waits]).toEqual([3, 2]);
+      step(seq, 6); // nothing awaited since: a check and a wait of its own
+      expect([checks, waits]).toEqual([4, 3]);
+      // a step set up while the wait ran voids what the wait saw
+      e.forward([other], [[7, 8]]).logits.dispose();
+      const wait = e.synchronizeAsync();
+      e.forward([other], [[9]]).logits.dispose();
+      await wait;
+      const n = [checks, waits];
+      step(seq, 7);
+      expect([checks, waits]).toEqual([n[0]! + 1, n[1]! + 1]);
+      // forget(): the next step checks and waits itself
+      await e.synchronizeAsync();
+      e.forget();
+      const n2 = [checks, waits];
+      step(seq, 8);
+      expect([checks, waits]).toEqual([n2[0]! + 1, n2[1]! + 1]);
+      // the step that skipped both computed what a fresh sequence computes with both
+      const fresh = e.newSequence();
+      try {
+        e.forward([fresh], [[1, 2, 3]]).logits.dispose();
+        e.forward([fresh], [[4]]).logits.dispose();
+        expect(step(fresh, 5)).toEqual(skipped);
+      } finally {
+        fresh.release();
+      }
+    } finally {
+      inside.verifyWeights = check;
+      delete (moe as { synchronize?: unknown }).synchronize;
+      seq.release();
+      other.release();
+    }
+  });
+
+  it('a failed check during the wait does not reject it: the next step runs its own and raises it', async () => {
+    const e = model.engine,
+      inside = e as unknown as Inside;
+    const check = inside.verifyWeights;
+    let broken = false;
+    inside.verifyWeights = () => {
+      if (broken) throw new Error('the weights changed on disk');
+      check?.();
+    };
+    const seq = e.newSequence();
+    await idle();
+    try {
+      e.forward([seq], [[1, 2]]).logits.dispose();
+      broken = true;
+      await expect(e.synchronizeAsync()).resolves.toBeUndefined();
+      expect(() => e.forward([seq], [[3]])).toThrow('the weights changed on disk');
+      expect(seq.length).toBe(2); // the failed step reserved nothing
+      broken = false;
+      expect(step(seq, 3)).toHaveLength(e.dims.vocab * 4);
+    } finally {
+      inside.verifyWeights = check;
+      seq.release();
+    }
+  });
+
+  it('the scheduler forgets what its last wait saw when it goes idle', async () => {
+    const e = model.engine,
+      inside = e as unknown as Inside;
+    const check = inside.verifyWeights;
+    let checks = 0;
+    inside.verifyWeights = () => {
+      checks++;
+      check?.();
+    };
+    try {
+      using s = model.createSession();
+      await s.generate('an idle scheduler', { maxTokens: 3 });
+      await idle();
+      const seq = e.newSequence();
+      try {
+        const n = checks;
+        step(seq, 1); // after the scheduler went idle: checked by the step itself
+        expect(checks).toBe(n + 1);
+      } finally {
+        seq.release();
+      }
+    } finally {
+      inside.verifyWeights = check;
+    }
+  });
+});

@@ -232,6 +232,11 @@ export class LongcatModel {
   private readonly histories = new WeakMap<SequenceCache, TokenHistory>();
   private disposed = false;
   private readonly verifyWeights: (() => void) | undefined;
+  /** Steps set up so far (synchronizeRanks calls); what synchronizeAsync saw holds until the next. */
+  private epoch = 0;
+  /** The epoch in which synchronizeAsync saw every rank's work done / the weights' backing intact. */
+  private drainedIn = -1;
+  private verifiedIn = -1;
 
   constructor(dims: ModelDims, weights: ModelWeights, opts: ModelOptions) {
     const ranks = opts.ranks ?? opts.rankDevices?.length ?? 1;
@@ -464,7 +469,7 @@ export class LongcatModel {
     opts: ForwardOptions,
     xh: CrossHostExperts | null,
   ): ForwardResult {
-    this.verifyWeights?.();
+    if (this.verifiedIn !== this.epoch) this.verifyWeights?.();
     if (xh && Array.isArray(seqs) && Array.isArray(tokens) && seqs.length === 0 && tokens.length === 0) {
       xh.finishIdle(this.dims.layers); // every layer's exchange with zero tokens of this host
       return { logits: empty([0, this.dims.vocab], { device: this.device }), nFfn: [] };
@@ -843,12 +848,46 @@ export class LongcatModel {
    *  other devices also the runner's main stream: a replayed graph's nodes on those devices are
    *  launched from it, and their inputs are about to be rewritten. */
   private synchronizeRanks() {
+    const drained = this.drainedIn === this.epoch;
+    this.epoch++;
+    if (drained) return;
     for (const r of this.ranks) {
       r.moeStream.synchronize();
       if (r.main !== this.main) r.main.synchronize();
     }
     this.ep?.synchronize();
     if (this.ranks.some(r => r.device !== this.device)) this.main.synchronize();
+  }
+
+  /**
+   * Awaits the work queued so far on the model's device (surfacing its errors) without blocking
+   * the event loop, and meanwhile checks the weights' backing (verifyWeights) for the next step.
+   * When no other step was set up during the wait, the next step skips what this already did:
+   * its wait for the previous step (synchronizeRanks: a single rank on the runner's device, whose
+   * streams this wait covers) and, if the check passed, its own check of the weights. A failed
+   * check is not raised here: the next step runs its own and raises it. forget() drops both.
+   */
+  async synchronizeAsync(): Promise<void> {
+    const epoch = this.epoch;
+    const done = native.synchronizeAsync(this.device);
+    let verified = !this.verifyWeights;
+    try {
+      this.verifyWeights?.();
+      verified = true;
+    } catch {
+      // raised by the next step's own check
+    }
+    await done;
+    if (this.epoch !== epoch) return;
+    const [r] = this.ranks;
+    if (this.ranks.length === 1 && r!.device === this.device && !this.ep && !this.xh) this.drainedIn = epoch;
+    if (verified) this.verifiedIn = epoch;
+  }
+
+  /** Drops what synchronizeAsync saw (the scheduler calls it when it goes idle: the next step,
+   *  whenever it comes, checks the weights itself). */
+  forget() {
+    this.drainedIn = this.verifiedIn = -1;
   }
 
   /**
