@@ -50,7 +50,7 @@ import { toArray } from '../dist/tensor.js';
 import { loadModel } from '../dist/generate.js';
 import { graphBucket } from '../dist/model/model.js';
 import { initRandom } from '../dist/init-random.js';
-import { accounting, benchFlags, mean, now, pct, pcts, randomBf16, randomF32, randomText, readBandwidth } from './common.mjs';
+import { accounting, benchFlags, gemmRate, mean, now, pct, pcts, randomText, readBandwidth } from './common.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const args = process.argv.slice(2);
@@ -219,27 +219,6 @@ async function routingPass(dir, maxTokensOf) {
 // ---- compute ceiling: this machine's GEMM rate ------------------------------------------------
 
 /**
- * GFLOP/s of the engine's linear op (native.benchLinear: every pool thread, the current matmul
- * precision) on x f32 [t, hidden] times a bf16 weight [n, hidden]^T, n = 4 hidden, at t = 64 and
- * 256 rows (compute-bound shapes: 64+ FLOPs per weight byte); the faster, fastest of the calls.
- */
-function gemmRate(hidden) {
-  const n = 4 * hidden;
-  let best = 0;
-  const w = [new native.Tensor('bf16', [n, hidden], 'cpu', randomBf16(n * hidden, 3, 123))];
-  for (const t of [64, 256]) {
-    const x = new native.Tensor('f32', [t, hidden], 'cpu', randomF32(t * hidden, 4));
-    const y = new native.Tensor('f32', [t, n], 'cpu');
-    const r = native.benchLinear(y, x, w, null, 2, quick ? 5 : 15);
-    best = Math.max(best, (2 * t * n * hidden) / r.minMs / 1e6);
-    x.dispose();
-    y.dispose();
-  }
-  w[0].dispose();
-  return best;
-}
-
-/**
  * FLOPs of a decode step of B rows: the non-expert linears (the decode form: kv_b as W_UK / W_UV
  * has kv_b's MACs) and the lm_head per row, the routed FFN experts per (token, expert) pair
  * (zero experts compute nothing), and the absorbed attention, 4 kv_lora + 2 rope FLOPs per head
@@ -262,7 +241,7 @@ const model = await loadModel(dir, loadOpts);
 const acc = accounting(model);
 const inst = instrument(model);
 const gbpsBefore = readBandwidth();
-const gflopsBefore = gemmRate(model.engine.dims.hidden);
+const gflopsBefore = gemmRate(model.engine.dims.hidden, quick ? 5 : 15);
 const dims = model.engine.dims;
 const maxTokensOf = n => TOKENS + n;
 
@@ -407,7 +386,7 @@ prefix.laterTtftSpeedup = prefix.off.laterTtftMs / prefix.on.laterTtftMs;
 // The read bandwidth, before and after the timed runs: the higher (a ceiling never lowered by a slow sample).
 const gbpsAfter = readBandwidth();
 const gbps = Math.max(gbpsBefore, gbpsAfter);
-const gflopsAfter = gemmRate(dims.hidden);
+const gflopsAfter = gemmRate(dims.hidden, quick ? 5 : 15);
 const gflops = Math.max(gflopsBefore, gflopsAfter);
 
 // the ceiling, from the routing pass
