@@ -232,10 +232,9 @@ export class LongcatModel {
   private readonly histories = new WeakMap<SequenceCache, TokenHistory>();
   private disposed = false;
   private readonly verifyWeights: (() => void) | undefined;
-  /** Steps set up so far (synchronizeRanks calls); what synchronizeAsync saw holds until the next. */
+  /** Steps set up so far (synchronizeRanks calls): a check of the weights holds until the next. */
   private epoch = 0;
-  /** The epoch in which synchronizeAsync saw every rank's work done / the weights' backing intact. */
-  private drainedIn = -1;
+  /** The epoch in which synchronizeAsync checked the weights' backing (the next step skips its own check). */
   private verifiedIn = -1;
 
   constructor(dims: ModelDims, weights: ModelWeights, opts: ModelOptions) {
@@ -848,9 +847,7 @@ export class LongcatModel {
    *  other devices also the runner's main stream: a replayed graph's nodes on those devices are
    *  launched from it, and their inputs are about to be rewritten. */
   private synchronizeRanks() {
-    const drained = this.drainedIn === this.epoch;
     this.epoch++;
-    if (drained) return;
     for (const r of this.ranks) {
       r.moeStream.synchronize();
       if (r.main !== this.main) r.main.synchronize();
@@ -861,16 +858,16 @@ export class LongcatModel {
 
   /**
    * Awaits the work queued so far on the model's device (surfacing its errors) without blocking
-   * the event loop, and meanwhile checks the weights' backing (verifyWeights) for the next step.
-   * When no other step was set up during the wait, the next step skips what this already did:
-   * its wait for the previous step (synchronizeRanks: a single rank on the runner's device, whose
-   * streams this wait covers) and, if the check passed, its own check of the weights. A failed
-   * check is not raised here: the next step runs its own and raises it. forget() drops both.
+   * the event loop, and meanwhile checks the weights' backing (verifyWeights) for the next step:
+   * when it passes and no other step is set up before the wait ends, the next step skips its own
+   * check (a step's check then runs at most one step before it, while that step computes, instead
+   * of just before it). A failed check is not raised here: the next step runs its own and raises
+   * it. forget() drops the check (the scheduler calls it when it goes idle).
    */
   async synchronizeAsync(): Promise<void> {
     const epoch = this.epoch;
     const done = native.synchronizeAsync(this.device);
-    let verified = !this.verifyWeights;
+    let verified = false;
     try {
       this.verifyWeights?.();
       verified = true;
@@ -878,16 +875,12 @@ export class LongcatModel {
       // raised by the next step's own check
     }
     await done;
-    if (this.epoch !== epoch) return;
-    const [r] = this.ranks;
-    if (this.ranks.length === 1 && r!.device === this.device && !this.ep && !this.xh) this.drainedIn = epoch;
-    if (verified) this.verifiedIn = epoch;
+    if (verified && this.epoch === epoch) this.verifiedIn = epoch;
   }
 
-  /** Drops what synchronizeAsync saw (the scheduler calls it when it goes idle: the next step,
-   *  whenever it comes, checks the weights itself). */
+  /** Drops synchronizeAsync's check: the next step, whenever it comes, checks the weights itself. */
   forget() {
-    this.drainedIn = this.verifiedIn = -1;
+    this.verifiedIn = -1;
   }
 
   /**
