@@ -125,7 +125,6 @@ export class StepScheduler {
       }
     } finally {
       this.running = false;
-      this.engine.forget();
     }
   }
 
@@ -211,7 +210,7 @@ export class StepScheduler {
         picked.push(out);
         native.gatherColumns(null, out, rows, id);
       }
-      await e.synchronizeAsync(); // (checks the weights for the next round while this one runs)
+      await native.synchronizeAsync(e.device);
       const next = toArray(ids);
       const logit = new Float32Array(B);
       picked.forEach((t, i) => {

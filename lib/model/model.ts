@@ -232,10 +232,6 @@ export class LongcatModel {
   private readonly histories = new WeakMap<SequenceCache, TokenHistory>();
   private disposed = false;
   private readonly verifyWeights: (() => void) | undefined;
-  /** Steps set up so far (synchronizeRanks calls): a check of the weights holds until the next. */
-  private epoch = 0;
-  /** The epoch in which synchronizeAsync checked the weights' backing (the next step skips its own check). */
-  private verifiedIn = -1;
 
   constructor(dims: ModelDims, weights: ModelWeights, opts: ModelOptions) {
     const ranks = opts.ranks ?? opts.rankDevices?.length ?? 1;
@@ -468,7 +464,7 @@ export class LongcatModel {
     opts: ForwardOptions,
     xh: CrossHostExperts | null,
   ): ForwardResult {
-    if (this.verifiedIn !== this.epoch) this.verifyWeights?.();
+    this.verifyWeights?.();
     if (xh && Array.isArray(seqs) && Array.isArray(tokens) && seqs.length === 0 && tokens.length === 0) {
       xh.finishIdle(this.dims.layers); // every layer's exchange with zero tokens of this host
       return { logits: empty([0, this.dims.vocab], { device: this.device }), nFfn: [] };
@@ -847,40 +843,12 @@ export class LongcatModel {
    *  other devices also the runner's main stream: a replayed graph's nodes on those devices are
    *  launched from it, and their inputs are about to be rewritten. */
   private synchronizeRanks() {
-    this.epoch++;
     for (const r of this.ranks) {
       r.moeStream.synchronize();
       if (r.main !== this.main) r.main.synchronize();
     }
     this.ep?.synchronize();
     if (this.ranks.some(r => r.device !== this.device)) this.main.synchronize();
-  }
-
-  /**
-   * Awaits the work queued so far on the model's device (surfacing its errors) without blocking
-   * the event loop, and meanwhile checks the weights' backing (verifyWeights) for the next step:
-   * when it passes and no other step is set up before the wait ends, the next step skips its own
-   * check (a step's check then runs at most one step before it, while that step computes, instead
-   * of just before it). A failed check is not raised here: the next step runs its own and raises
-   * it. forget() drops the check (the scheduler calls it when it goes idle).
-   */
-  async synchronizeAsync(): Promise<void> {
-    const epoch = this.epoch;
-    const done = native.synchronizeAsync(this.device);
-    let verified = false;
-    try {
-      this.verifyWeights?.();
-      verified = true;
-    } catch {
-      // raised by the next step's own check
-    }
-    await done;
-    if (verified && this.epoch === epoch) this.verifiedIn = epoch;
-  }
-
-  /** Drops synchronizeAsync's check: the next step, whenever it comes, checks the weights itself. */
-  forget() {
-    this.verifiedIn = -1;
   }
 
   /**
