@@ -28,7 +28,11 @@
 //      wrapper around the engine's forward) are reported. KV-cache reads are not in the ceiling.
 //   1b. The batched step alone, per concurrency B: B sequences of PROMPT-token prompts decoded by
 //      scheduler rounds with nothing else running (no sessions' host work, no prefill between
-//      rounds), min and median round; the median's tokens/s against the same three ceilings.
+//      rounds), min and median round; the median's tokens/s against the same three ceilings. Where
+//      a round goes (medians): forward()'s host part (it returns with the step running), queueing
+//      the sampler and the gather, the awaited wait (native.synchronizeAsync), the read-backs and
+//      resolving; and the median round with a blocking native.synchronize in place of the awaited
+//      wait (what awaiting costs).
 //   2. Time to first token (from generate() to the first token being known; all streams start at
 //      once, so later ones wait for the earlier prompts) and inter-token latency (between successive
 //      tokens of a stream, pooled over the streams) percentiles p50 / p90 / p99 per concurrency; and
@@ -301,15 +305,62 @@ for (const l of levels) {
   first.logits.dispose();
   const greedy = { temperature: 0, topK: 0, topP: 1, minP: 0, seed: 0 };
   let next = seqs.map((_, b) => b % e.dims.vocab);
-  const ms = [];
-  for (let i = 0; i <= STEP_ROUNDS; i++) {
-    const t0 = now();
-    const r = await Promise.all(seqs.map((q, b) => model.scheduler.decode(q, next[b], greedy)));
-    if (i > 0) ms.push(now() - t0); // the first: a warm-up
-    next = r.map(x => (typeof x === 'object' ? x.next : 0));
+  // the round's parts: wrappers on the engine's forward and on the wait the scheduler awaits
+  const fwd = e.forward,
+    awaited = native.synchronizeAsync;
+  let fwdStart = 0,
+    fwdEnd = 0,
+    waitStart = 0,
+    waitEnd = 0;
+  e.forward = (...a) => {
+    fwdStart = now();
+    const r = fwd(...a);
+    fwdEnd = now();
+    return r;
+  };
+  const wait = blocking => async d => {
+    waitStart = now();
+    if (blocking) native.synchronize(d);
+    else await awaited(d);
+    waitEnd = now();
+  };
+  const rounds = async blocking => {
+    native.synchronizeAsync = wait(blocking);
+    const ms = [],
+      parts = { forwardMs: [], queueMs: [], waitMs: [], afterMs: [] };
+    try {
+      for (let i = 0; i <= STEP_ROUNDS; i++) {
+        const t0 = now();
+        const r = await Promise.all(seqs.map((q, b) => model.scheduler.decode(q, next[b], greedy)));
+        const t1 = now();
+        next = r.map(x => (typeof x === 'object' ? x.next : 0));
+        if (i === 0) continue; // a warm-up
+        ms.push(t1 - t0);
+        parts.forwardMs.push(fwdEnd - fwdStart);
+        parts.queueMs.push(waitStart - fwdEnd);
+        parts.waitMs.push(waitEnd - waitStart);
+        parts.afterMs.push(t1 - waitEnd);
+      }
+    } finally {
+      native.synchronizeAsync = awaited;
+    }
+    return { ms, parts };
+  };
+  let ms, parts, blockingMs;
+  try {
+    ({ ms, parts } = await rounds(false));
+    blockingMs = (await rounds(true)).ms;
+  } finally {
+    e.forward = fwd;
   }
   for (const q of seqs) q.release();
-  l.stepAlone = { rounds: ms.length, minMs: pct(ms, 0), medianMs: pct(ms, 50) };
+  l.stepAlone = {
+    rounds: ms.length,
+    minMs: pct(ms, 0),
+    medianMs: pct(ms, 50),
+    parts: Object.fromEntries(Object.entries(parts).map(([k, v]) => [k, pct(v, 50)])),
+    blockingWaitMedianMs: pct(blockingMs, 50),
+  };
 }
 
 // 2b: a long prompt arriving mid-run
@@ -487,12 +538,16 @@ for (const l of levels)
     `| ${l.concurrency} | ${f(l.tokensPerSecond)} | ${f(l.ceilingTokensPerSecond)} | ${f(l.ratio, 3)} | ${f(l.ceilingComputeTokensPerSecond)} (${l.compute.bound}) | ${f(l.ratioCompute, 3)} | ${f(l.ceilingPartsTokensPerSecond)} | ${f(l.ratioParts, 3)} | ${f(l.tokensPerSecondMedianStep)} | ${f(l.ratioMedianStep, 3)} / ${f(l.ratioComputeMedianStep, 3)} / ${f(l.ratioPartsMedianStep, 3)} | ${f(l.bytes.distinctExpertsPerStep)} | ${f(l.scheduler.meanBatch, 2)} | ${batchSizes(l)} | ${p3(l.ttftMs)} | ${p3(l.itlMs)} |`,
   );
 console.log('\nThe batched step alone (scheduler rounds of B sequences, nothing else running):');
-console.log('| streams | round ms min / median | tok/s (median) | ratio to byte / compute-aware / per-part ceiling |');
-console.log('|---|---|---|---|');
+console.log(
+  '| streams | round ms min / median | tok/s (median) | ratio to byte / compute-aware / per-part ceiling | median ms: forward host / queueing / awaited wait / read-backs | round ms, blocking wait (median) |',
+);
+console.log('|---|---|---|---|---|---|');
 for (const l of levels) {
-  const sa = l.stepAlone;
+  const sa = l.stepAlone,
+    p = sa.parts;
   console.log(
-    `| ${l.concurrency} | ${f(sa.minMs, 2)} / ${f(sa.medianMs, 2)} | ${f(sa.tokensPerSecond)} | ${f(sa.ratio, 3)} / ${f(sa.ratioCompute, 3)} / ${f(sa.ratioParts, 3)} |`,
+    `| ${l.concurrency} | ${f(sa.minMs, 2)} / ${f(sa.medianMs, 2)} | ${f(sa.tokensPerSecond)} | ${f(sa.ratio, 3)} / ${f(sa.ratioCompute, 3)} / ${f(sa.ratioParts, 3)} | ` +
+      `${f(p.forwardMs, 3)} / ${f(p.queueMs, 3)} / ${f(p.waitMs, 3)} / ${f(p.afterMs, 3)} | ${f(sa.blockingWaitMedianMs, 2)} |`,
   );
 }
 console.log(
