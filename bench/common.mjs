@@ -72,6 +72,28 @@ export function randomBf16(n, seed, exp) {
 export const randomF32 = (n, seed, scale = 0.05) => uniform(rng(seed), n, scale);
 
 /**
+ * GFLOP/s of the engine's linear op (native.benchLinear: every pool thread, the current matmul
+ * precision) on x f32 [t, hidden] times a bf16 weight [n, hidden]^T, n = 4 hidden, at t = 64 and
+ * 256 rows (compute-bound shapes: 64+ FLOPs per weight byte); the faster, fastest of `passes`
+ * calls. The compute side of a step's ceiling (bench/serve.mjs, bench/step-profile.mjs).
+ */
+export function gemmRate(hidden, passes = 15) {
+  const n = 4 * hidden;
+  let best = 0;
+  const w = [new native.Tensor('bf16', [n, hidden], 'cpu', randomBf16(n * hidden, 3, 123))];
+  for (const t of [64, 256]) {
+    const x = new native.Tensor('f32', [t, hidden], 'cpu', randomF32(t * hidden, 4));
+    const y = new native.Tensor('f32', [t, n], 'cpu');
+    const r = native.benchLinear(y, x, w, null, 2, passes);
+    best = Math.max(best, (2 * t * n * hidden) / r.minMs / 1e6);
+    x.dispose();
+    y.dispose();
+  }
+  w[0].dispose();
+  return best;
+}
+
+/**
  * Random tensors made on `device` (the GPU benches): one random chunk of `chunk` elements per
  * (dtype, scale) is uploaded once, then copied on the device into every tensor, so that tensors have
  * distinct addresses (no cache reuse across weights) without uploading gigabytes.

@@ -28,7 +28,11 @@
 //      wrapper around the engine's forward) are reported. KV-cache reads are not in the ceiling.
 //   1b. The batched step alone, per concurrency B: B sequences of PROMPT-token prompts decoded by
 //      scheduler rounds with nothing else running (no sessions' host work, no prefill between
-//      rounds), min and median round; the median's tokens/s against the same three ceilings.
+//      rounds), min and median round; the median's tokens/s against the same three ceilings. Where
+//      a round goes (medians): forward()'s host part (it returns with the step running), queueing
+//      the sampler and the gather, the awaited wait (native.synchronizeAsync), the read-backs and
+//      resolving; and the median round with a blocking native.synchronize in place of the awaited
+//      wait (what awaiting costs).
 //   2. Time to first token (from generate() to the first token being known; all streams start at
 //      once, so later ones wait for the earlier prompts) and inter-token latency (between successive
 //      tokens of a stream, pooled over the streams) percentiles p50 / p90 / p99 per concurrency; and
@@ -50,7 +54,7 @@ import { toArray } from '../dist/tensor.js';
 import { loadModel } from '../dist/generate.js';
 import { graphBucket } from '../dist/model/model.js';
 import { initRandom } from '../dist/init-random.js';
-import { accounting, benchFlags, mean, now, pct, pcts, randomBf16, randomF32, randomText, readBandwidth } from './common.mjs';
+import { accounting, benchFlags, gemmRate, mean, now, pct, pcts, randomText, readBandwidth } from './common.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const args = process.argv.slice(2);
@@ -219,27 +223,6 @@ async function routingPass(dir, maxTokensOf) {
 // ---- compute ceiling: this machine's GEMM rate ------------------------------------------------
 
 /**
- * GFLOP/s of the engine's linear op (native.benchLinear: every pool thread, the current matmul
- * precision) on x f32 [t, hidden] times a bf16 weight [n, hidden]^T, n = 4 hidden, at t = 64 and
- * 256 rows (compute-bound shapes: 64+ FLOPs per weight byte); the faster, fastest of the calls.
- */
-function gemmRate(hidden) {
-  const n = 4 * hidden;
-  let best = 0;
-  const w = [new native.Tensor('bf16', [n, hidden], 'cpu', randomBf16(n * hidden, 3, 123))];
-  for (const t of [64, 256]) {
-    const x = new native.Tensor('f32', [t, hidden], 'cpu', randomF32(t * hidden, 4));
-    const y = new native.Tensor('f32', [t, n], 'cpu');
-    const r = native.benchLinear(y, x, w, null, 2, quick ? 5 : 15);
-    best = Math.max(best, (2 * t * n * hidden) / r.minMs / 1e6);
-    x.dispose();
-    y.dispose();
-  }
-  w[0].dispose();
-  return best;
-}
-
-/**
  * FLOPs of a decode step of B rows: the non-expert linears (the decode form: kv_b as W_UK / W_UV
  * has kv_b's MACs) and the lm_head per row, the routed FFN experts per (token, expert) pair
  * (zero experts compute nothing), and the absorbed attention, 4 kv_lora + 2 rope FLOPs per head
@@ -262,7 +245,7 @@ const model = await loadModel(dir, loadOpts);
 const acc = accounting(model);
 const inst = instrument(model);
 const gbpsBefore = readBandwidth();
-const gflopsBefore = gemmRate(model.engine.dims.hidden);
+const gflopsBefore = gemmRate(model.engine.dims.hidden, quick ? 5 : 15);
 const dims = model.engine.dims;
 const maxTokensOf = n => TOKENS + n;
 
@@ -322,15 +305,62 @@ for (const l of levels) {
   first.logits.dispose();
   const greedy = { temperature: 0, topK: 0, topP: 1, minP: 0, seed: 0 };
   let next = seqs.map((_, b) => b % e.dims.vocab);
-  const ms = [];
-  for (let i = 0; i <= STEP_ROUNDS; i++) {
-    const t0 = now();
-    const r = await Promise.all(seqs.map((q, b) => model.scheduler.decode(q, next[b], greedy)));
-    if (i > 0) ms.push(now() - t0); // the first: a warm-up
-    next = r.map(x => (typeof x === 'object' ? x.next : 0));
+  // the round's parts: wrappers on the engine's forward and on the wait the scheduler awaits
+  const fwd = e.forward,
+    awaited = native.synchronizeAsync;
+  let fwdStart = 0,
+    fwdEnd = 0,
+    waitStart = 0,
+    waitEnd = 0;
+  e.forward = (...a) => {
+    fwdStart = now();
+    const r = fwd(...a);
+    fwdEnd = now();
+    return r;
+  };
+  const wait = blocking => async d => {
+    waitStart = now();
+    if (blocking) native.synchronize(d);
+    else await awaited(d);
+    waitEnd = now();
+  };
+  const rounds = async blocking => {
+    native.synchronizeAsync = wait(blocking);
+    const ms = [],
+      parts = { forwardMs: [], queueMs: [], waitMs: [], afterMs: [] };
+    try {
+      for (let i = 0; i <= STEP_ROUNDS; i++) {
+        const t0 = now();
+        const r = await Promise.all(seqs.map((q, b) => model.scheduler.decode(q, next[b], greedy)));
+        const t1 = now();
+        next = r.map(x => (typeof x === 'object' ? x.next : 0));
+        if (i === 0) continue; // a warm-up
+        ms.push(t1 - t0);
+        parts.forwardMs.push(fwdEnd - fwdStart);
+        parts.queueMs.push(waitStart - fwdEnd);
+        parts.waitMs.push(waitEnd - waitStart);
+        parts.afterMs.push(t1 - waitEnd);
+      }
+    } finally {
+      native.synchronizeAsync = awaited;
+    }
+    return { ms, parts };
+  };
+  let ms, parts, blockingMs;
+  try {
+    ({ ms, parts } = await rounds(false));
+    blockingMs = (await rounds(true)).ms;
+  } finally {
+    e.forward = fwd;
   }
   for (const q of seqs) q.release();
-  l.stepAlone = { rounds: ms.length, minMs: pct(ms, 0), medianMs: pct(ms, 50) };
+  l.stepAlone = {
+    rounds: ms.length,
+    minMs: pct(ms, 0),
+    medianMs: pct(ms, 50),
+    parts: Object.fromEntries(Object.entries(parts).map(([k, v]) => [k, pct(v, 50)])),
+    blockingWaitMedianMs: pct(blockingMs, 50),
+  };
 }
 
 // 2b: a long prompt arriving mid-run
@@ -407,7 +437,7 @@ prefix.laterTtftSpeedup = prefix.off.laterTtftMs / prefix.on.laterTtftMs;
 // The read bandwidth, before and after the timed runs: the higher (a ceiling never lowered by a slow sample).
 const gbpsAfter = readBandwidth();
 const gbps = Math.max(gbpsBefore, gbpsAfter);
-const gflopsAfter = gemmRate(dims.hidden);
+const gflopsAfter = gemmRate(dims.hidden, quick ? 5 : 15);
 const gflops = Math.max(gflopsBefore, gflopsAfter);
 
 // the ceiling, from the routing pass
@@ -508,12 +538,16 @@ for (const l of levels)
     `| ${l.concurrency} | ${f(l.tokensPerSecond)} | ${f(l.ceilingTokensPerSecond)} | ${f(l.ratio, 3)} | ${f(l.ceilingComputeTokensPerSecond)} (${l.compute.bound}) | ${f(l.ratioCompute, 3)} | ${f(l.ceilingPartsTokensPerSecond)} | ${f(l.ratioParts, 3)} | ${f(l.tokensPerSecondMedianStep)} | ${f(l.ratioMedianStep, 3)} / ${f(l.ratioComputeMedianStep, 3)} / ${f(l.ratioPartsMedianStep, 3)} | ${f(l.bytes.distinctExpertsPerStep)} | ${f(l.scheduler.meanBatch, 2)} | ${batchSizes(l)} | ${p3(l.ttftMs)} | ${p3(l.itlMs)} |`,
   );
 console.log('\nThe batched step alone (scheduler rounds of B sequences, nothing else running):');
-console.log('| streams | round ms min / median | tok/s (median) | ratio to byte / compute-aware / per-part ceiling |');
-console.log('|---|---|---|---|');
+console.log(
+  '| streams | round ms min / median | tok/s (median) | ratio to byte / compute-aware / per-part ceiling | median ms: forward host / queueing / awaited wait / read-backs | round ms, blocking wait (median) |',
+);
+console.log('|---|---|---|---|---|---|');
 for (const l of levels) {
-  const sa = l.stepAlone;
+  const sa = l.stepAlone,
+    p = sa.parts;
   console.log(
-    `| ${l.concurrency} | ${f(sa.minMs, 2)} / ${f(sa.medianMs, 2)} | ${f(sa.tokensPerSecond)} | ${f(sa.ratio, 3)} / ${f(sa.ratioCompute, 3)} / ${f(sa.ratioParts, 3)} |`,
+    `| ${l.concurrency} | ${f(sa.minMs, 2)} / ${f(sa.medianMs, 2)} | ${f(sa.tokensPerSecond)} | ${f(sa.ratio, 3)} / ${f(sa.ratioCompute, 3)} / ${f(sa.ratioParts, 3)} | ` +
+      `${f(p.forwardMs, 3)} / ${f(p.queueMs, 3)} / ${f(p.waitMs, 3)} / ${f(p.afterMs, 3)} | ${f(sa.blockingWaitMedianMs, 2)} |`,
   );
 }
 console.log(

@@ -16,13 +16,19 @@
 //   linear    per weight size: GB/s in the step vs the same weights in a lone linear loop at the
 //             step's rows (benchLinear over every layer's copy; the copies of a small preset's weights, and
 //             the halves of a lone lm_head each thread rereads, partly stay in the caches)
+//   floor     per op and weight size, the least time its weights allow: max(weight bytes / probe,
+//             FLOPs / GEMM rate) (gemmRate, measured in the run): a linear's FLOPs are 2 x rows x its
+//             weight's elements, the experts' 2 x expert params x the (row, FFN expert) pairs the
+//             profiled steps routed (forward's collectRouting), the absorbed attention's 4 kv_lora + 2
+//             rope FLOPs per head and attended key (its floor: FLOPs only); the other ops have none. The
+//             step's ceiling is the sum of the floors: what is neither bytes nor FLOPs is the rest.
 //
 //   node bench/step-profile.mjs [--presets small,medium] [--threads N] [--steps 64] [--batch B] [--json f.json]
 import { existsSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { native } from '../dist/index.js';
-import { median, now, readBandwidth, rng } from './common.mjs';
+import { accounting, gemmRate, median, now, readBandwidth, rng } from './common.mjs';
 import { loadModel } from '../dist/generate.js';
 import { initRandom } from '../dist/init-random.js';
 
@@ -35,17 +41,23 @@ const batch = Number(arg('--batch', 1));
 const jsonPath = arg('--json', null);
 if (args.includes('--threads')) native.setThreads(Number(arg('--threads', 0)));
 
-function decode(engine, seqs, n, rand, vocab) {
+/** `n` steps: their times (ms), and with `pairs` the (row, FFN expert) pairs they routed added to pairs.n. */
+function decode(engine, seqs, n, rand, vocab, pairs = null) {
   const ms = [];
   for (let i = 0; i < n; i++) {
     const t0 = now();
-    const { logits } = engine.forward(
+    const { logits, nFfn } = engine.forward(
       seqs,
       seqs.map(() => [rand.int(vocab)]),
+      { collectRouting: !!pairs },
     );
     logits.toBytes();
     ms.push(now() - t0);
     logits.dispose();
+    for (const t of nFfn) {
+      pairs.n += new Int32Array(t.toBytes().buffer).reduce((a, c) => a + c, 0);
+      t.dispose();
+    }
   }
   return ms;
 }
@@ -91,7 +103,9 @@ async function profilePreset(preset) {
   native.synchronize('cpu');
   const plain = decode(engine, seqs, steps, rand, d.vocab);
   native.graphProfile(true);
-  const profiled = decode(engine, seqs, steps, rand, d.vocab);
+  const pairs = { n: 0 };
+  const ctxMean = seqs[0].length + (steps + 1) / 2; // keys each row attends, mean over the profiled steps
+  const profiled = decode(engine, seqs, steps, rand, d.vocab, pairs);
   native.synchronize('cpu');
   const graphs = native.graphProfile(false);
   const plain2 = decode(engine, seqs, steps, rand, d.vocab);
@@ -112,6 +126,16 @@ async function profilePreset(preset) {
     router: w.layers.map(L => ({ weight: L.moe.classifier })),
     lmHead: [w.lmHead],
   };
+  // each linear weight's elements by its bytes (the FLOPs of a node that streams them)
+  const elements = new Map();
+  for (const l of Object.values(roles).flat())
+    if (l.weight?.shape)
+      elements.set(
+        l.weight.nbytes + (l.scale?.nbytes ?? 0),
+        l.weight.shape.reduce((a, x) => a * x, 1),
+      );
+  const acc = accounting(model);
+  const elementBytes = acc.weightDtype === 'bf16' ? 2 : acc.weightDtype === 'f32' ? 4 : 1;
   const lone = {};
   for (const [role, ws] of Object.entries(roles)) {
     if (ws.some(l => l.perm || !l.weight?.shape || l.weight.shape.length !== 2)) continue;
@@ -150,7 +174,28 @@ async function profilePreset(preset) {
     }
   }
   const bytesPerStep = perStep(bytes);
+  // FLOPs per step of a node: linear (2 x rows x elements), the experts (2 x params x pairs, split
+  // over the step's moe nodes by their weight bytes); the rest computes on activations only
+  const moeBytes = g.nodes.filter(n => n.op === 'moe').reduce((a, n) => a + n.weightBytes, 0);
+  const expertFlops = (2 * acc.expertParams * pairs.n) / R;
+  const flopsOf = n => {
+    if (n.op === 'moe') return moeBytes ? (expertFlops * n.weightBytes) / moeBytes : 0;
+    if (n.op === 'mlaDecodeAbsorbed') return d.heads * batch * ctxMean * (4 * d.kvLora + 2 * d.rope);
+    if (n.op !== 'linear') return 0;
+    const el = elements.get(Math.round(n.weightBytes / R));
+    return 2 * batch * (el ?? n.weightBytes / R / elementBytes);
+  };
+  for (const n of g.nodes) {
+    const o = byOp.get(n.op);
+    o.flops = (o.flops ?? 0) + flopsOf(n) * R;
+    if (n.op === 'linear' || n.op === 'moe') {
+      const l = linears.get(n.op === 'moe' ? 'moe (experts)' : `${n.op} ${(n.weightBytes / R / 1e3).toFixed(0)} kB`);
+      l.flops = (l.flops ?? 0) + flopsOf(n) * R;
+    }
+  }
   return {
+    gemmGflops: gemmRate(d.hidden),
+    pairsPerStep: pairs.n / steps,
     preset,
     batch,
     threads: native.threads(),
@@ -173,6 +218,7 @@ async function profilePreset(preset) {
         waitMs: perStep(o.waitNs) / 1e6,
         jobs: perStep(o.jobs),
         aloneMs: perStep(o.aloneNs) / 1e6,
+        gflop: perStep(o.flops) / 1e9,
       }))
       .sort((a, b) => b.ms - a.ms),
     linear: [...linears.values()]
@@ -184,6 +230,8 @@ async function profilePreset(preset) {
           ms: perStep(l.ns) / 1e6,
           gbps: l.bytes / l.ns,
           waitMs: perStep(l.waitNs) / 1e6,
+          weightMB: perStep(l.bytes) / 1e6,
+          gflop: perStep(l.flops) / 1e9,
           lone: role ? { role: role[0], gbps: role[1].gbps } : null,
         };
       })
@@ -198,6 +246,10 @@ for (const p of presets) results.push(await profilePreset(p));
 const bw = Math.max(bw0, readBandwidth());
 for (const r of results) {
   r.probeGbps = bw;
+  const gemm = r.gemmGflops;
+  // the least time of `mb` MB of weights and `gflop` GFLOP: max(bytes / probe, FLOPs / GEMM rate)
+  for (const x of [...r.ops, ...r.linear]) x.floorMs = Math.max(x.weightMB / bw, (1e3 * x.gflop) / gemm);
+  r.ceilingMs = r.ops.reduce((a, o) => a + o.floorMs, 0);
   r.fracRoofline = r.weightMBPerStep / 1e3 / (r.stepMs / 1e3) / bw;
   console.log(
     `\n## ${r.preset}, ${r.batch} row(s), ${r.threads} threads: step ${f(r.stepMs, 3)} ms (profiled ${f(r.profiledStepMs, 3)}), ` +
@@ -209,18 +261,28 @@ for (const r of results) {
     `outside the region ${f(r.profiledStepMs - r.regionMs, 3)} ms (profiled step - region), of which replay() to the region's start ` +
       `${f(r.startMs, 3)} ms; between nodes ${f(r.regionMs - r.nodesMs, 3)} ms`,
   );
-  console.log('| op | per step | ms | % region | weight MB | GB/s | join wait ms | jobs | master alone ms |');
-  console.log('|---|---:|---:|---:|---:|---:|---:|---:|---:|');
+  console.log(
+    `floor: GEMM rate ${f(gemm, 0)} GFLOP/s, ${f(r.pairsPerStep, 1)} (row, FFN expert) pairs per step; the ops' floors sum to ` +
+      `${f(r.ceilingMs, 3)} ms = ${f(r.ceilingMs / r.regionMs, 2)} of the region (the compute-aware ratio of the step's nodes)`,
+  );
+  const fl = x => (x.floorMs ? `${f(x.floorMs, 3)} | ${f(x.floorMs / x.ms, 2)}` : '- | -');
+  console.log(
+    '| op | per step | ms | % region | weight MB | GB/s | GFLOP | floor ms | floor / ms | join wait ms | jobs | master alone ms |',
+  );
+  console.log('|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
   for (const o of r.ops)
     console.log(
       `| ${o.op} | ${o.perStep} | ${f(o.ms, 3)} | ${f(100 * o.share, 1)} | ${f(o.weightMB, 1)} | ${o.gbps ? f(o.gbps, 1) : '-'} | ` +
-        `${f(o.waitMs, 3)} | ${f(o.jobs, 0)} | ${f(o.aloneMs, 3)} |`,
+        `${o.gflop ? f(o.gflop, 3) : '-'} | ${fl(o)} | ${f(o.waitMs, 3)} | ${f(o.jobs, 0)} | ${f(o.aloneMs, 3)} |`,
     );
-  console.log(`\n| weights per call | per step | ms | GB/s in step | lone ${batch}-row linear GB/s | join wait ms |`);
-  console.log('|---|---:|---:|---:|---:|---:|');
+  console.log(
+    `\n| weights per call | per step | ms | GB/s in step | lone ${batch}-row linear GB/s | GFLOP | floor ms | floor / ms | join wait ms |`,
+  );
+  console.log('|---|---:|---:|---:|---:|---:|---:|---:|---:|');
   for (const l of r.linear)
     console.log(
-      `| ${l.weights} | ${l.perStep} | ${f(l.ms, 3)} | ${f(l.gbps, 1)} | ${l.lone ? `${f(l.lone.gbps, 1)} (${l.lone.role})` : '-'} | ${f(l.waitMs, 3)} |`,
+      `| ${l.weights} | ${l.perStep} | ${f(l.ms, 3)} | ${f(l.gbps, 1)} | ${l.lone ? `${f(l.lone.gbps, 1)} (${l.lone.role})` : '-'} | ` +
+        `${f(l.gflop, 3)} | ${fl(l)} | ${f(l.waitMs, 3)} |`,
     );
 }
 if (jsonPath) writeFileSync(jsonPath, JSON.stringify(results, null, 2));

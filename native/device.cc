@@ -336,11 +336,6 @@ bool peer_access_enabled(Device from, Device to) {
   return g_peer_enabled.count({from.index, to.index}) > 0;
 }
 
-namespace {
-// The CPU streams the calling thread created. Only these: a stream is destroyed only on the thread
-// that created it (its JS environment's), which is the thread running this, so none of them can go
-// away meanwhile. Other environments' streams (worker threads) are theirs to wait for; one of them
-// may be capturing.
 std::vector<Stream*> this_thread_cpu_streams() {
   std::vector<Stream*> streams;
   std::lock_guard<std::mutex> lk(registry().m);
@@ -348,7 +343,6 @@ std::vector<Stream*> this_thread_cpu_streams() {
     if (s->owner() == std::this_thread::get_id()) streams.push_back(s);
   return streams;
 }
-}  // namespace
 
 void device_synchronize(Device d) {
   if (!d.is_cpu()) {

@@ -299,6 +299,11 @@ void device_synchronize(Device d);
 // Throws the first error kept by a CPU stream of the calling thread (as device_synchronize would), clearing
 // it, without waiting. Nothing on CUDA, whose waits report errors themselves.
 void device_raise_errors(Device d);
+// The CPU streams the calling thread created. Only these: a stream is destroyed only on the thread
+// that created it (its JS environment's), which is the thread running this, so none of them can go
+// away meanwhile. Other environments' streams (worker threads) are theirs to wait for; one of them
+// may be capturing.
+std::vector<Stream*> this_thread_cpu_streams();
 
 // The work queued on a stream or device when the fence is made, as something any thread can wait
 // for: made on the JS thread (events recorded on the streams), waited on another, so that the JS

@@ -46,6 +46,8 @@ interface Level {
     ratio: number;
     ratioCompute: number;
     ratioParts: number;
+    parts: Record<string, number>;
+    blockingWaitMedianMs: number;
   };
   ttftMs: { p50: number; p90: number; p99: number; n: number };
   itlMs: { p50: number; p90: number; p99: number; n: number };
@@ -117,6 +119,8 @@ describe('bench/serve.mjs', () => {
         expect(l.compute.ffnRowsPerStep).toBeLessThanOrEqual(l.concurrency * layers * res.accounting.topk);
         expect(l.stepAlone.rounds).toBeGreaterThan(0);
         expect(l.stepAlone.minMs).toBeLessThanOrEqual(l.stepAlone.medianMs);
+        for (const v of [...Object.values(l.stepAlone.parts), l.stepAlone.blockingWaitMedianMs]) expect(finite(v)).toBe(true);
+        expect(Object.keys(l.stepAlone.parts).sort()).toEqual(['afterMs', 'forwardMs', 'queueMs', 'waitMs']);
         expect(l.ttftMs.n).toBe(l.concurrency);
         pcts(l.ttftMs);
         pcts(l.itlMs);

@@ -121,6 +121,51 @@ describe('awaitable waits on CPU streams: failures and captures', () => {
     s.dispose();
   });
 
+  it("synchronizeAsync('cpu') is refused inside a capture too, and resolves with nothing queued", async () => {
+    const s = new Stream('cpu');
+    let err: unknown = null;
+    const g = native.captureGraph([s], () => {
+      try {
+        void synchronizeAsync('cpu');
+      } catch (e) {
+        err = e;
+      }
+    });
+    g.dispose();
+    expect((err as LongcatError).code).toBe('E_ARGUMENT');
+    await synchronizeAsync('cpu');
+    await synchronizeAsync('cpu'); // (idle streams: each reports at once)
+    s.dispose();
+  });
+
+  it("several synchronizeAsync('cpu') pending at once over several streams each resolve after all of their work", async () => {
+    // (the CPU wait: a job on each stream counts down, the last to run settles the promise)
+    const streams = [new Stream('cpu'), new Stream('cpu'), new Stream('cpu')];
+    const [t, k, n] = [31, 97, 29];
+    const r = rng(11);
+    const xv = r.array(t * k),
+      wv = r.array(n * k);
+    const want = linearRef(xv, wv, t, k, n);
+    const x = tensor(xv, [t, k]),
+      w = tensor(wv, [n, k]);
+    const ys = streams.map(() => empty([t, n]));
+    const waits: Promise<void>[] = [];
+    for (let i = 0; i < 5; i++) {
+      const ends = streams.map((s, j) => {
+        native.linear(s, ys[j]!, x, w);
+        const e = new Event('cpu');
+        e.record(s);
+        return e;
+      });
+      waits.push(synchronizeAsync('cpu').then(() => expect(ends.every(e => e.query())).toBe(true)));
+    }
+    streams[1]!.dispose(); // a stream disposed while waits are pending runs its queue first
+    await Promise.all(waits);
+    for (const y of ys) expectClose(toArray(y), want, 1e-4, 1e-5, 'y');
+    for (const v of [x, w, ...ys]) v.dispose();
+    for (const s of [streams[0]!, streams[2]!]) s.dispose();
+  });
+
   it('a kernel that fails on a CPU stream rejects the awaited wait with its typed error, once', async () => {
     const s = new Stream('cpu');
     const table = tensor([1, 2, 3, 4], [2, 2]),
