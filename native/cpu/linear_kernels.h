@@ -136,17 +136,24 @@ void gemm(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType
           // strips of even height (t = 8: 4 + 4, not 6 + 2: fewer loads per product in the last strip)
           const WE* wp = static_cast<const WE*>(w.data) + n0 * K + k0;
           const int64_t SR = ceil_div(mlen, ceil_div(mlen, MR));
+          const int64_t nstrips = ceil_div(mlen, SR);
+          const int64_t row_lines = ceil_div(kcp * static_cast<int64_t>(sizeof(WE)), 64), group_lines = NR * row_lines;
           for (int64_t j = 0; j < ncp; j += NR) {
-            // the 4-row group kPrefetchGroups ahead, requested now: from DRAM (a step's weights are
-            // mostly not cached) a group's first strip would otherwise wait for every line of it
-            if (j + kPrefetchGroups * NR < ncp)
-              for (int64_t r = 0; r < NR; ++r) {
-                const char* row = reinterpret_cast<const char*>(wp + (j + kPrefetchGroups * NR + r) * K);
-                for (int64_t b = 0; b < kcp * static_cast<int64_t>(sizeof(WE)); b += 64) __builtin_prefetch(row + b, 0, 3);
-              }
-            for (int64_t m = 0; m < mlen; m += SR)
+            // the 4-row group kPrefetchGroups ahead, requested in nstrips slices, one before each
+            // strip: from DRAM (a step's weights are mostly not cached) a group's first strip would
+            // otherwise wait for every line of it, and one burst of all its lines (64 at k = 512)
+            // stalls the strip behind it on the core's outstanding misses (1-thread, weights from
+            // DRAM: t = 8 and 16 rows 15-25% faster sliced than in one burst)
+            const bool ahead = j + kPrefetchGroups * NR < ncp;
+            const char* next = ahead ? reinterpret_cast<const char*>(wp + (j + kPrefetchGroups * NR) * K) : nullptr;
+            int64_t s = 0;
+            for (int64_t m = 0; m < mlen; m += SR, ++s) {
+              if (ahead)
+                for (int64_t l = s * group_lines / nstrips; l < (s + 1) * group_lines / nstrips; ++l)
+                  __builtin_prefetch(next + (l / row_lines) * K * static_cast<int64_t>(sizeof(WE)) + (l % row_lines) * 64, 0, 3);
               micro_rows<Tr>(mlen - m < SR ? mlen - m : SR, xp + (m0 + m) * Kp + k0, Kp, wp + j * K, K, kcp, c + m * NC + j, NC,
                              k0 > 0);
+            }
           }
           continue;
         }
