@@ -15,11 +15,9 @@ struct Avx2Linear {
   using V = simd::Avx2;
   // R output rows per pass so that T*R accumulators + R weights + 1 x fit in 16 registers.
   template <int T>
-  using GemvShape = GemvShapeOf<T == 1   ? 1
-                                : T <= 2 ? 4
+  using GemvShape = GemvShapeOf<T <= 2   ? 4
                                 : T <= 4 ? 2
-                                         : 1,
-                                T == 1 ? 4 : 1>;
+                                         : 1>;
   template <int T>
   using Fp8Shape = Fp8ShapeOf<T <= 2   ? 1
                               : T <= 4 ? 2

@@ -18,7 +18,7 @@ namespace {
 struct Avx512Linear {
   using V = simd::Avx512;
   template <int T>
-  using GemvShape = GemvShapeOf<T == 1 ? 1 : T <= 4 ? 4 : 2, T == 1 ? 2 : 1>;
+  using GemvShape = GemvShapeOf<T <= 4 ? 4 : 2>;
   template <int T>
   using Fp8Shape = Fp8ShapeOf<T <= 4 ? 4 : 2, 1>;
   template <int T>

@@ -1,7 +1,7 @@
 // The linear-layer drivers written once for every vector ISA: GEMV (t <= 8) for f32, bf16, int8,
 // int4 and fp8 weights, and the fp32 GEMM's packing and microkernel, templated on a per-ISA config L:
 //   L::V                      the vector traits (simd::Avx2 or simd::Avx512, simd.h)
-//   L::GemvShape<T>::R, NA    the GEMV's rows per pass, accumulator chains
+//   L::GemvShape<T>::R        rows per pass
 //   L::Fp8Shape<T>::R, NA     the fp8 GEMV's rows per pass, accumulator chains
 //   L::kFp8ReloadCodes        reload a row's codes for the odd half (16 registers) instead of
 //                             keeping the even and odd f16 words of every row live
@@ -23,11 +23,11 @@ namespace lc::cpu::linear_detail {
 namespace {  // internal linkage: nothing compiled for an ISA may be shared with other files
 
 // ---------------------------------------------------------------------------------------------
-// The shapes a config L gives per T: L::GemvShape<T> = GemvShapeOf<R, NA>,
+// The shapes a config L gives per T: L::GemvShape<T> = GemvShapeOf<R>,
 // L::Fp8Shape<T> = Fp8ShapeOf<R, NA>.
-template <int R_, int NA_ = 1>
+template <int R_>
 struct GemvShapeOf {
-  static constexpr int R = R_, NA = NA_;
+  static constexpr int R = R_;
 };
 template <int R_, int NA_>
 struct Fp8ShapeOf {
@@ -96,20 +96,17 @@ using DecFP8 = Dec<V, uint8_t>;
 constexpr int64_t kGemvGroupRows = 256;
 constexpr int64_t kPrefetchBytes = 2048;
 
-// part[t * ldp + i] = sum over k of x[t, k] * W[r + i, k], for t < T, i < R: NA accumulator chains
-// per (t, i), the vector at column k in chain (k / W) % NA (128-column blocks hold whole rounds of
-// NA vectors, so the order depends on NA and W only), the chains added in order at the end.
-template <class L, int T, int R, int NA, bool kSwPrefetch, class D>
+// part[t * ldp + i] += sum over k in [k0, k1) of x[t, k] * W[r + i, k], for t < T, i < R.
+template <class L, int T, int R, class D>
 void gemv_rows(const float* x, const WeightRef& w, int64_t r, float* part, int64_t ldp) {
   using V = typename L::V;
   using F = typename V::F;
   using E = typename D::E;
   constexpr int W = V::kLanes;
-  static_assert(128 % (NA * W) == 0, "a 128-column block holds whole rounds of the chains");
   const int64_t K = w.k, k0 = 0, k1 = K;
   const E* wr[R];
   for (int i = 0; i < R; ++i) wr[i] = static_cast<const E*>(w.data) + (r + i) * K;
-  F acc[NA][T][R];
+  F acc[T][R];
   zero_vectors<V>(acc);
 
   // n columns at k into a (n == W: a whole vector).
@@ -128,12 +125,10 @@ void gemv_rows(const float* x, const WeightRef& w, int64_t r, float* part, int64
   bool nan[R] = {};  // a NaN weight code makes the row's dot products NaN
   for (int64_t b0 = k0; b0 < k1; b0 += 128) {
     const int64_t bend = k1 - b0 < 128 ? k1 : b0 + 128;
-    if constexpr (kSwPrefetch) {
-      const int64_t p = b0 + kPrefetchBytes / static_cast<int64_t>(sizeof(E));
-      for (int i = 0; i < R; ++i) {
-        const char* pa = reinterpret_cast<const char*>(p < k1 ? wr[i] + p : wr[i] + R * K + k0 + (p - k1));
-        for (int64_t off = 0; off < 128 * static_cast<int64_t>(sizeof(E)); off += 64) _mm_prefetch(pa + off, _MM_HINT_T0);
-      }
+    const int64_t p = b0 + kPrefetchBytes / static_cast<int64_t>(sizeof(E));
+    for (int i = 0; i < R; ++i) {
+      const char* pa = reinterpret_cast<const char*>(p < k1 ? wr[i] + p : wr[i] + R * K + k0 + (p - k1));
+      for (int64_t off = 0; off < 128 * static_cast<int64_t>(sizeof(E)); off += 64) _mm_prefetch(pa + off, _MM_HINT_T0);
     }
     F bs[R];
     for (int i = 0; i < R; ++i) {
@@ -143,46 +138,24 @@ void gemv_rows(const float* x, const WeightRef& w, int64_t r, float* part, int64
     int64_t k = b0;
     // unrolled (AVX2 t = 4 ran 15% slower, AVX-512 t = 8 20-30%, without)
 #pragma GCC unroll 4
-    for (; k + NA * W <= bend; k += NA * W)
-#pragma GCC unroll 4
-      for (int c = 0; c < NA; ++c) step(k + c * W, bs, acc[c], W);
-#pragma GCC unroll 4
-    for (int c = 0; c < NA; ++c)  // the last block's tail: fewer than NA vectors
-      if (k < bend) {
-        step(k, bs, acc[c], bend - k < W ? bend - k : W);
-        k += W;
-      }
+    for (; k + W <= bend; k += W) step(k, bs, acc, W);
+    if (k < bend) step(k, bs, acc, bend - k);
   }
   for (int t = 0; t < T; ++t)
-    for (int i = 0; i < R; ++i) {
-      for (int c = 1; c < NA; ++c) acc[0][t][i] = V::add(acc[0][t][i], acc[c][t][i]);
-      part[t * ldp + i] = nan[i] ? NAN : V::reduce_add(acc[0][t][i]);
-    }
-}
-
-// The accumulator chains of weights of type E: G::NA is for 2-byte weights; 1-byte weights carry
-// half the bytes per vector and take twice the chains, f32 half (a chain's FMA latency per vector
-// bounds one row stream's rate).
-template <class G, class E>
-constexpr int gemv_chains() {
-  if (G::NA == 1) return 1;
-  const int na = G::NA * 2 / static_cast<int>(sizeof(E));
-  return na < 1 ? 1 : na;
+    for (int i = 0; i < R; ++i) part[t * ldp + i] = nan[i] ? NAN : V::reduce_add(acc[t][i]);
 }
 
 // Rows [n0, n1) of y for all T rows of x.
 template <class L, int T, class D>
 void gemv_range(const float* x, const WeightRef& w, int64_t n0, int64_t n1, void* y, DType yt) {
   using G = typename L::template GemvShape<T>;
-  constexpr int NA = gemv_chains<G, typename D::E>();
-  constexpr bool kPf = G::R > 1;  // one row stream (R = 1): the hardware prefetchers alone
   const int64_t N = w.n;
   float part[T][kGemvGroupRows];
   for (int64_t g0 = n0; g0 < n1; g0 += kGemvGroupRows) {
     const int64_t g1 = n1 - g0 < kGemvGroupRows ? n1 : g0 + kGemvGroupRows;
     int64_t r = g0;
-    for (; r + G::R <= g1; r += G::R) gemv_rows<L, T, G::R, NA, kPf, D>(x, w, r, &part[0][r - g0], kGemvGroupRows);
-    for (; r < g1; ++r) gemv_rows<L, T, 1, NA, kPf, D>(x, w, r, &part[0][r - g0], kGemvGroupRows);
+    for (; r + G::R <= g1; r += G::R) gemv_rows<L, T, G::R, D>(x, w, r, &part[0][r - g0], kGemvGroupRows);
+    for (; r < g1; ++r) gemv_rows<L, T, 1, D>(x, w, r, &part[0][r - g0], kGemvGroupRows);
     for (int t = 0; t < T; ++t)
       for (int64_t r = g0; r < g1; ++r) {
         float v = part[t][r - g0];
