@@ -10,9 +10,13 @@
 //
 // Build and run (AVX-512 machine; under the heavy lock):
 //   g++ -O3 -march=native -std=c++17 -pthread bench/native/gemv_stream.cc -o /tmp/gemv_stream
-//   /tmp/gemv_stream [--threads N] [--rounds N] [--huge] [--set N] [--only a,b,...]
+//   /tmp/gemv_stream [--threads N] [--rounds N] [--huge | --file F] [--set N] [--gap-us U]
+//                     [--only a,b,...]
 #include <immintrin.h>
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -126,6 +130,16 @@ void gemv_chunk(const float* x, const Mat& m, int64_t r0, int64_t r1, float* y) 
   for (; r < r1; ++r) rows_bf16<1, NA, P, Dist, Hint>(x, m, r, y);
 }
 
+// R = 8 row streams where a row is at most 2 KiB, else 4 (each pass's streams span 4 or more
+// 4 KiB pages). Chunks are cut at multiples of 8 rows (a multiple of 4 too).
+template <Pf P>
+void adaptive_chunk(const float* x, const Mat& m, int64_t r0, int64_t r1, float* y) {
+  if (m.k * 2 <= 2048)
+    gemv_chunk<8, 1, P, 2048, 0>(x, m, r0, r1, y);
+  else
+    gemv_chunk<4, 1, P, 2048, 0>(x, m, r0, r1, y);
+}
+
 // read_sum's loop (linear.h), with an optional software prefetch Dist bytes ahead.
 template <int64_t Dist>
 void probe_chunk(const float*, const Mat& m, int64_t r0, int64_t r1, float* y) {
@@ -235,6 +249,8 @@ int main(int argc, char** argv) {
   int threads = 2, rounds = 7;
   bool huge = false;
   int nset = 0;  // rotate through only the first nset matrices (cache-resident: the compute ceiling)
+  const char* file = nullptr;  // the matrices carved from this file's mapped pages (page cache, 4 KiB)
+  double gap_us = 0;           // the master alone between two GEMVs (a serial op of the step), workers spinning
   std::string only;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -242,9 +258,11 @@ int main(int argc, char** argv) {
     else if (a == "--rounds" && i + 1 < argc) rounds = atoi(argv[++i]);
     else if (a == "--huge") huge = true;
     else if (a == "--set" && i + 1 < argc) nset = atoi(argv[++i]);
+    else if (a == "--file" && i + 1 < argc) file = argv[++i];
+    else if (a == "--gap-us" && i + 1 < argc) gap_us = atof(argv[++i]);
     else if (a == "--only" && i + 1 < argc) only = "," + std::string(argv[++i]) + ",";
     else {
-      fprintf(stderr, "usage: %s [--threads N] [--rounds N] [--huge] [--set N] [--only a,b]\n", argv[0]);
+      fprintf(stderr, "usage: %s [--threads N] [--rounds N] [--huge] [--set N] [--file F] [--gap-us U] [--only a,b]\n", argv[0]);
       return 2;
     }
   }
@@ -259,8 +277,35 @@ int main(int argc, char** argv) {
   if (nset > 0) shapes.resize(nset);
   std::vector<Mat> mats;
   int64_t bytes = 0, kmax = 0;
+  const uint16_t* mapped = nullptr;
+  size_t mapped_bytes = 0;
+  if (file) {
+    const int fd = open(file, O_RDONLY);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0) {
+      perror(file);
+      return 1;
+    }
+    mapped_bytes = st.st_size;
+    void* p = mmap(nullptr, mapped_bytes, PROT_READ, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) {
+      perror("mmap");
+      return 1;
+    }
+    mapped = static_cast<const uint16_t*>(p);
+  }
   for (auto [n, k] : shapes) {
-    mats.push_back({n, k, alloc_bf16(n * k, huge)});
+    if (mapped) {  // 64-byte aligned, one after the other (bits as bf16: bandwidth does not care)
+      const int64_t off = (bytes + 63) / 64 * 64;
+      if (off + n * k * 2 > static_cast<int64_t>(mapped_bytes)) {
+        fprintf(stderr, "--file: too small\n");
+        return 1;
+      }
+      mats.push_back({n, k, const_cast<uint16_t*>(mapped + off / 2)});
+      bytes = off;
+    } else {
+      mats.push_back({n, k, alloc_bf16(n * k, huge)});
+    }
     bytes += n * k * 2;
     kmax = std::max(kmax, k);
   }
@@ -290,6 +335,9 @@ int main(int argc, char** argv) {
       {"line3k", gemv_chunk<4, 1, Pf::kLine, 3072, 0>, 4},
       {"stagger", gemv_chunk<4, 1, Pf::kStagger, 2048, 0>, 4},
       {"r8_line", gemv_chunk<8, 1, Pf::kLine, 2048, 0>, 8},
+      {"r8", gemv_chunk<8, 1, Pf::kBlock, 2048, 0>, 8},
+      {"r8x", adaptive_chunk<Pf::kBlock>, 8},
+      {"r8x_line", adaptive_chunk<Pf::kLine>, 8},
       {"r2_line", gemv_chunk<2, 1, Pf::kLine, 2048, 0>, 2},
       {"r2_line4k", gemv_chunk<2, 1, Pf::kLine, 4096, 0>, 2},
       {"r1_line4k", gemv_chunk<1, 1, Pf::kLine, 4096, 0>, 1},
@@ -317,21 +365,27 @@ int main(int argc, char** argv) {
   std::vector<std::vector<double>> shape_s(all.size(), std::vector<double>(kShapes));
   std::vector<double> shape_bytes(kShapes);
   for (size_t j = 0; j < mats.size(); ++j) shape_bytes[j == 112 ? 7 : j % 7] += mats[j].n * mats[j].k * 2.0;
-  auto pass = [&](const Variant& v) {
-    const auto t0 = std::chrono::steady_clock::now();
-    auto t = t0;
+  auto pass = [&](const Variant& v) {  // seconds in the GEMVs (the gaps not counted)
+    double total = 0;
     std::vector<double>& acc = shape_s[&v - all.data()];
     for (size_t j = 0; j < mats.size(); ++j) {
+      const auto t0 = std::chrono::steady_clock::now();
       pool.run(mats[j], v.fn, v.rows, x.data(), y.data());
       const auto t1 = std::chrono::steady_clock::now();
-      acc[j == 112 ? 7 : j % 7] += std::chrono::duration<double>(t1 - t).count();
-      t = t1;
+      const double d = std::chrono::duration<double>(t1 - t0).count();
+      acc[j == 112 ? 7 : j % 7] += d;
+      total += d;
+      if (gap_us > 0) {
+        const auto until = t1 + std::chrono::nanoseconds(static_cast<int64_t>(gap_us * 1e3));
+        while (std::chrono::steady_clock::now() < until) _mm_pause();
+      }
     }
-    return std::chrono::duration<double>(t - t0).count();
+    return total;
   };
+
   for (const Variant* v : vs) pass(*v);  // warm-up: page tables, code
   for (auto& a : shape_s) std::fill(a.begin(), a.end(), 0.0);
-  printf("threads %d, %zu matrices, %.1f MB, %s pages\n", threads, mats.size(), bytes / 1e6, huge ? "huge" : "4 KiB");
+  printf("threads %d, %zu matrices, %.1f MB, %s\n", threads, mats.size(), bytes / 1e6, file ? file : huge ? "anonymous, huge pages" : "anonymous, 4 KiB pages");
   std::vector<std::vector<double>> gbs(vs.size());
   for (int r = 0; r < rounds; ++r) {
     printf("round %d:", r);
