@@ -92,6 +92,17 @@ using DecFP8 = Dec<V, uint8_t>;
 //    into the row the stream reads next, because hardware prefetchers stop at 4 KiB pages). On
 //    that VM the hardware prefetchers alone reach a third to a half of the bandwidth (no
 //    software prefetch: 17-22 GB/s of 60); 2 KiB ahead measured best for bf16 / int8.
+//  * Session 10 (bench/native/gemv_stream.cc: t = 1 bf16 over medium's 113 dense matrices, 343 MB,
+//    variants alternated per round) found shapes that stream faster ALONE but not in the replayed
+//    step, so none is kept: R = 8 row streams where a row is <= 2 KiB (R = 4 above) read 1.08-1.11x
+//    this kernel at 2 threads and 1.19-1.25x at 1 (90-100% of the read probe), yet the medium step's
+//    linears ran 36.4-40.5 GB/s with it against 42.0-42.1 without (alternated; with one prefetch
+//    per 64 B, 1.10-1.15x alone: 28.8-30.5 vs 29.3-29.4 on a host throttled to 30 GB/s); one row at a time
+//    with 2 accumulator chains and no software prefetch (0.99-1.12x alone) ran 36.9-37.5 against
+//    38.5-43.2. Neutral alone (within +-3%): prefetch hints T1 / T2 / NTA, one prefetch per 64 B of
+//    the stream instead of a 128-column block's lines at once, distances 1-4 KiB. Warm (cache-served
+//    rows) this kernel reads 44-50 GB/s per thread, one accumulator chain per row only ~35: compute
+//    is not what holds the in-step rate (22 GB/s per thread) down.
 
 constexpr int64_t kGemvGroupRows = 256;
 constexpr int64_t kPrefetchBytes = 2048;
