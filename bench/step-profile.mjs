@@ -131,7 +131,7 @@ async function profilePreset(preset) {
   for (const l of Object.values(roles).flat())
     if (l.weight?.shape)
       elements.set(
-        l.weight.nbytes + (l.scale?.nbytes ?? 0),
+        l.weight.nbytes + (('scale' in l && l.scale?.nbytes) || 0),
         l.weight.shape.reduce((a, x) => a * x, 1),
       );
   const acc = accounting(model);
@@ -218,6 +218,7 @@ async function profilePreset(preset) {
         waitMs: perStep(o.waitNs) / 1e6,
         jobs: perStep(o.jobs),
         aloneMs: perStep(o.aloneNs) / 1e6,
+        floorMs: 0, // set once the probe is known
         gflop: perStep(o.flops) / 1e9,
       }))
       .sort((a, b) => b.ms - a.ms),
@@ -233,6 +234,7 @@ async function profilePreset(preset) {
           weightMB: perStep(l.bytes) / 1e6,
           gflop: perStep(l.flops) / 1e9,
           lone: role ? { role: role[0], gbps: role[1].gbps } : null,
+          floorMs: 0,
         };
       })
       .sort((a, b) => b.ms - a.ms),
