@@ -13,6 +13,7 @@ import { native } from '../lib/native.js';
 import { toArray } from '../lib/tensor.js';
 import type { SequenceCache } from '../lib/kv-cache.js';
 import { fixtureRoot } from './model-fixture.js';
+import { backends } from './helpers.js';
 
 const root = fixtureRoot('longcat-scheduler-');
 let model: Model;
@@ -155,17 +156,23 @@ describe('token-level prompts', () => {
 /** A session's sequence (private; the test reads its pages). */
 const seqOf = (s: object) => (s as { seq: SequenceCache }).seq;
 
-/** The latent rows of `seq`'s positions 0..length-1 in every cache of the model, as numbers. */
-function kvRows(seq: SequenceCache): number[][] {
+/** The latent rows of `seq`'s positions 0..length-1 in every cache of `m`, as numbers. */
+function kvRows(m: Model, seq: SequenceCache): number[][] {
   const slots = seq.slots();
-  return model.engine.kvCaches().map(c => {
+  return m.engine.kvCaches().map(c => {
     const all = toArray(c),
       width = c.shape[2]!;
     return Array.from(slots, slot => Array.from(all.subarray(slot * width, (slot + 1) * width))).flat();
   });
 }
 
-describe('pipelined decode rounds', () => {
+// On the CPU and on CUDA (the emulator in CI): the scheduler is the same, the device work is the backend's.
+describe.each(backends)('pipelined decode rounds on %s', device => {
+  let model: Model;
+  beforeAll(async () => {
+    model = await loadModel(path.join(root, 'tiny'), { backend: device === 'cpu' ? 'cpu' : 'cuda', maxContext: 1024 });
+  });
+  afterAll(() => model?.dispose());
   const base = { prompt: 'a pipelined stream', o: { maxTokens: 24 } };
   /** `r` on a fresh session, with pipelined rounds or not; `abortAt`: aborted as its n-th token
    *  arrives. Returns the result, and the sequence's length and KV rows right after it ended. */
@@ -182,7 +189,7 @@ describe('pipelined decode rounds', () => {
           if (++n === abortAt) ac.abort();
         },
       });
-      return { tokens: g.tokens, text: g.text, stopReason: g.stopReason, length: seqOf(s).length, kv: kvRows(seqOf(s)) };
+      return { tokens: g.tokens, text: g.text, stopReason: g.stopReason, length: seqOf(s).length, kv: kvRows(model, seqOf(s)) };
     } finally {
       s.dispose();
       model.scheduler.pipeline = true;
