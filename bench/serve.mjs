@@ -44,7 +44,10 @@
 //      false }): prompt tokens computed (GenerateResult.prefillTokens) and TTFT.
 // Wall-clock on a shared machine: compare the ratios of one run, not absolute figures across runs.
 //
-//   node bench/serve.mjs [--quick] [--tokens N] [--out f.json] [--ckpt-root DIR]
+//   4. Pipelined decode rounds (lib/scheduler.ts, on by default; --no-pipeline: off): decode rows
+//      launched ahead of the sessions' requests and those rolled back unused (scheduler.stats).
+//
+//   node bench/serve.mjs [--quick] [--tokens N] [--concurrency 1,4,..] [--no-pipeline] [--levels-only] [--out f.json] [--ckpt-root DIR]
 import { existsSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -63,7 +66,11 @@ const arg = (name, dflt) => (args.includes(name) ? args[args.indexOf(name) + 1] 
 /** @type {import('../dist/init-random.js').Preset} */
 const PRESET = quick ? 'tiny' : 'small';
 const TOKENS = Number(arg('--tokens', quick ? 6 : 48)); // full-batch decode steps wanted per concurrency
-const CONCURRENCY = quick ? [1, 4] : [1, 4, 16, 64];
+const CONCURRENCY = arg('--concurrency', quick ? '1,4' : '1,4,16,64')
+  .split(',')
+  .map(Number);
+const PIPELINE = !args.includes('--no-pipeline');
+const LEVELS_ONLY = args.includes('--levels-only'); // parts 1 and 1b only (no long prompt, no prefix cache)
 const PROMPT = quick ? 12 : 32; // tokens of each stream's own prompt
 const LONG_AT = quick ? 4 : 16; // concurrency of the long-prompt run
 const LONG_PROMPT = quick ? 200 : 2000;
@@ -242,6 +249,7 @@ const dir = path.join(ckptRoot, `ckpt-${PRESET}-serve`);
 if (!existsSync(path.join(dir, 'model.safetensors.index.json'))) await initRandom({ preset: PRESET, seed: SEED, out: dir });
 
 const model = await loadModel(dir, loadOpts);
+if ('pipeline' in model.scheduler) model.scheduler.pipeline = PIPELINE;
 const acc = accounting(model);
 const inst = instrument(model);
 const gbpsBefore = readBandwidth();
@@ -285,6 +293,8 @@ for (const n of CONCURRENCY) {
       decodeRows: s1.decodeRows - s0.decodeRows,
       meanBatch: (s1.decodeRows - s0.decodeRows) / (s1.decodeSteps - s0.decodeSteps),
       largestBatch: s1.largestBatch,
+      continuedRows: (s1.continuedRows ?? 0) - (s0.continuedRows ?? 0),
+      droppedRows: (s1.droppedRows ?? 0) - (s0.droppedRows ?? 0),
     },
     batchHistogram: hist,
     ttftMs: pcts(streams.map(s => s.times[0] - s.start)),
@@ -353,7 +363,10 @@ for (const l of levels) {
   } finally {
     e.forward = fwd;
   }
-  for (const q of seqs) q.release();
+  for (const q of seqs) {
+    model.scheduler.release?.(q); // a step launched ahead for it (pipelined rounds)
+    q.release();
+  }
   l.stepAlone = {
     rounds: ms.length,
     minMs: pct(ms, 0),
@@ -365,7 +378,7 @@ for (const l of levels) {
 
 // 2b: a long prompt arriving mid-run
 let longPrompt;
-{
+if (!LEVELS_ONLY) {
   const n = LONG_AT;
   const text2k = promptOf(model.tokenizer, 777, LONG_PROMPT);
   /** @type {any} */
@@ -410,7 +423,7 @@ model.dispose();
 
 // 3: prefix cache on / off
 const prefix = {};
-for (const on of [true, false]) {
+for (const on of LEVELS_ONLY ? [] : [true, false]) {
   const m = await loadModel(dir, { ...loadOpts, prefixCache: on });
   const system = promptOf(m.tokenizer, 4242, SYSTEM);
   // warm-up on another prompt (pages in, graphs)
@@ -431,8 +444,10 @@ for (const on of [true, false]) {
   };
   m.dispose();
 }
-prefix.prefillSaved = 1 - prefix.on.prefillTokens / prefix.off.prefillTokens;
-prefix.laterTtftSpeedup = prefix.off.laterTtftMs / prefix.on.laterTtftMs;
+if (!LEVELS_ONLY) {
+  prefix.prefillSaved = 1 - prefix.on.prefillTokens / prefix.off.prefillTokens;
+  prefix.laterTtftSpeedup = prefix.off.laterTtftMs / prefix.on.laterTtftMs;
+}
 
 // The read bandwidth, before and after the timed runs: the higher (a ceiling never lowered by a slow sample).
 const gbpsAfter = readBandwidth();
@@ -505,7 +520,7 @@ const res = {
     topk: dims.topk,
     weightDtype: acc.weightDtype,
   },
-  settings: { TOKENS, PROMPT, LONG_AT, LONG_PROMPT, PREFILL_CHUNK, SYSTEM, REQUESTS },
+  settings: { TOKENS, PROMPT, LONG_AT, LONG_PROMPT, PREFILL_CHUNK, SYSTEM, REQUESTS, PIPELINE, LEVELS_ONLY },
   levels,
   longPrompt,
   prefix,
@@ -537,6 +552,9 @@ for (const l of levels)
   console.log(
     `| ${l.concurrency} | ${f(l.tokensPerSecond)} | ${f(l.ceilingTokensPerSecond)} | ${f(l.ratio, 3)} | ${f(l.ceilingComputeTokensPerSecond)} (${l.compute.bound}) | ${f(l.ratioCompute, 3)} | ${f(l.ceilingPartsTokensPerSecond)} | ${f(l.ratioParts, 3)} | ${f(l.tokensPerSecondMedianStep)} | ${f(l.ratioMedianStep, 3)} / ${f(l.ratioComputeMedianStep, 3)} / ${f(l.ratioPartsMedianStep, 3)} | ${f(l.bytes.distinctExpertsPerStep)} | ${f(l.scheduler.meanBatch, 2)} | ${batchSizes(l)} | ${p3(l.ttftMs)} | ${p3(l.itlMs)} |`,
   );
+console.log(
+  `Pipelined rounds: ${PIPELINE ? 'on' : 'off'}; decode rows launched ahead / rolled back unused: ${levels.map(l => `${l.concurrency}: ${l.scheduler.continuedRows} / ${l.scheduler.droppedRows}`).join(', ')}`,
+);
 console.log('\nThe batched step alone (scheduler rounds of B sequences, nothing else running):');
 console.log(
   '| streams | round ms min / median | tok/s (median) | ratio to byte / compute-aware / per-part ceiling | median ms: forward host / queueing / awaited wait / read-backs | round ms, blocking wait (median) |',
@@ -550,10 +568,12 @@ for (const l of levels) {
       `${f(p.forwardMs, 3)} / ${f(p.queueMs, 3)} / ${f(p.waitMs, 3)} / ${f(p.afterMs, 3)} | ${f(sa.blockingWaitMedianMs, 2)} |`,
   );
 }
-console.log(
-  `Long prompt (${longPrompt.promptTokens} tokens, ${longPrompt.chunks} chunks of ${PREFILL_CHUNK}) arriving among ${LONG_AT} streams: its TTFT ${f(longPrompt.longTtftMs)} ms; running streams' ITL p50/p90/p99 during its prefill ${p3(longPrompt.itlDuringMs)} ms (max ${f(longPrompt.maxItlDuringMs)}), outside ${p3(longPrompt.itlOutsideMs)} ms`,
-);
-console.log(
-  `Prefix cache (${REQUESTS} requests one after another, ~${SYSTEM}-token shared system prompt): prompt tokens computed ${prefix.on.prefillTokens} on vs ${prefix.off.prefillTokens} off (${f(100 * prefix.prefillSaved)}% saved); TTFT first ${f(prefix.on.firstTtftMs)} / ${f(prefix.off.firstTtftMs)} ms, later requests mean ${f(prefix.on.laterTtftMs)} on vs ${f(prefix.off.laterTtftMs)} off (${f(prefix.laterTtftSpeedup, 2)}x)`,
-);
+if (!LEVELS_ONLY) {
+  console.log(
+    `Long prompt (${longPrompt.promptTokens} tokens, ${longPrompt.chunks} chunks of ${PREFILL_CHUNK}) arriving among ${LONG_AT} streams: its TTFT ${f(longPrompt.longTtftMs)} ms; running streams' ITL p50/p90/p99 during its prefill ${p3(longPrompt.itlDuringMs)} ms (max ${f(longPrompt.maxItlDuringMs)}), outside ${p3(longPrompt.itlOutsideMs)} ms`,
+  );
+  console.log(
+    `Prefix cache (${REQUESTS} requests one after another, ~${SYSTEM}-token shared system prompt): prompt tokens computed ${prefix.on.prefillTokens} on vs ${prefix.off.prefillTokens} off (${f(100 * prefix.prefillSaved)}% saved); TTFT first ${f(prefix.on.firstTtftMs)} / ${f(prefix.off.firstTtftMs)} ms, later requests mean ${f(prefix.on.laterTtftMs)} on vs ${f(prefix.off.laterTtftMs)} off (${f(prefix.laterTtftSpeedup, 2)}x)`,
+  );
+}
 if (outPath) writeFileSync(outPath, JSON.stringify(res, null, 2));

@@ -395,59 +395,67 @@ export class Session {
         // Speculation stops for good at the context limit or a full KV cache (the head's cache would lag).
         let speculating = speculative;
         const sampling = samplingOf(o, temperature);
-        for (let step = 1; ; step++) {
-          if (o.signal?.aborted) {
-            stopReason = 'abort';
-            break;
-          }
-          speculating &&= this.seq.canReserve(2);
-          const r = speculating ? await sched.speculate(this.seq, next, draft, sampling) : null;
-          this.owner.checkLive('Session.generate');
-          if (r === NO_ROOM) {
-            speculating = false; // the other sessions hold the blocks: go on one token at a time
-            continue;
-          }
-          if (r) {
-            // One verify + accept + draft step: 1 + accepted tokens.
-            const n = r.accepted;
-            spec.steps++;
-            spec.accepted += n;
-            ffnSum += r.ffnSum;
-            ffnCount += r.ffnCount;
-            this.cached.push(next, ...r.tokens.slice(0, n));
-            this.mtpValid = this.cached.length;
-            draft = r.draft;
-            let taken = 0;
-            for (const t of r.tokens) {
-              next = t;
-              taken++;
-              if (!take(t)) break;
-            }
-            if (stopReason === 'eos' || stopReason === 'stop' || out.length >= maxTokens) {
-              // Ended inside the committed tokens: the cache keeps what precedes the last one taken.
-              const keep = this.seq.truncate(this.cached.length - (r.tokens.length - taken));
-              this.cached.length = keep;
-              this.mtpValid = Math.min(this.mtpValid, keep);
+        // the tokens that end the generation when sampled (a pipelined round launches no step after them)
+        const ends = new Set<number>([...(ignoreEos ? [] : tokenizer.eosIds), ...stopTokenIds]);
+        try {
+          for (let step = 1; ; step++) {
+            if (o.signal?.aborted) {
+              stopReason = 'abort';
               break;
             }
-          } else {
-            // The context limit ends a generation like maxTokens does; so does a KV cache with no
-            // block left for the next token, which other sessions hold ('cache': the text so far is kept).
-            if (this.seq.length + 1 > this.seq.maxContext) break;
-            const d = this.seq.canReserve(1) ? await sched.decode(this.seq, next, sampling, extras) : NO_ROOM;
+            speculating &&= this.seq.canReserve(2);
+            const r = speculating ? await sched.speculate(this.seq, next, draft, sampling) : null;
             this.owner.checkLive('Session.generate');
-            if (d === NO_ROOM) {
-              stopReason = 'cache';
-              break;
+            if (r === NO_ROOM) {
+              speculating = false; // the other sessions hold the blocks: go on one token at a time
+              continue;
             }
-            this.cached.push(next);
-            ffnSum += d.ffnSum;
-            ffnCount += d.ffnCount;
-            checkFinite(d.next, d.logit, step, this.cached.length);
-            next = d.next;
-            if (!take(next, d.logprob)) break;
+            if (r) {
+              // One verify + accept + draft step: 1 + accepted tokens.
+              const n = r.accepted;
+              spec.steps++;
+              spec.accepted += n;
+              ffnSum += r.ffnSum;
+              ffnCount += r.ffnCount;
+              this.cached.push(next, ...r.tokens.slice(0, n));
+              this.mtpValid = this.cached.length;
+              draft = r.draft;
+              let taken = 0;
+              for (const t of r.tokens) {
+                next = t;
+                taken++;
+                if (!take(t)) break;
+              }
+              if (stopReason === 'eos' || stopReason === 'stop' || out.length >= maxTokens) {
+                // Ended inside the committed tokens: the cache keeps what precedes the last one taken.
+                const keep = this.seq.truncate(this.cached.length - (r.tokens.length - taken));
+                this.cached.length = keep;
+                this.mtpValid = Math.min(this.mtpValid, keep);
+                break;
+              }
+            } else {
+              // The context limit ends a generation like maxTokens does; so does a KV cache with no
+              // block left for the next token, which other sessions hold ('cache': the text so far is
+              // kept). (The scheduler may hold this sequence's next step launched already: this.cached,
+              // not this.seq.length, counts the tokens in the cache.)
+              if (this.cached.length + 1 > this.seq.maxContext) break;
+              const d = await sched.decode(this.seq, next, sampling, extras, { more: out.length + 1 < maxTokens, ends });
+              this.owner.checkLive('Session.generate');
+              if (d === NO_ROOM) {
+                stopReason = 'cache';
+                break;
+              }
+              this.cached.push(next);
+              ffnSum += d.ffnSum;
+              ffnCount += d.ffnCount;
+              checkFinite(d.next, d.logit, step, this.cached.length);
+              next = d.next;
+              if (!take(next, d.logprob)) break;
+            }
+            await yieldToEventLoop();
           }
-          await yieldToEventLoop();
+        } finally {
+          sched.release(this.seq); // a step launched ahead for this sequence is dropped
         }
       };
       await generation();

@@ -7,6 +7,17 @@
 // per round while it is prefilled. All device work of a round is awaited (the event loop stays free)
 // and nothing else queues work on the model's streams meanwhile, so no engine call ever has to block
 // the JS thread waiting for another's.
+//
+// Pipelined decode rounds (`pipeline`, default on): once a round's decode step is done and read
+// back, the step after it is launched for every sequence that will go on (its token is the one
+// just sampled, known on the host after the read-back) BEFORE the sessions get their tokens: their
+// host work (detokenizing, stop checks, streaming to clients) and the scheduling of the next round
+// overlap that step. When the session asks for its next step it claims the launched row (same
+// sequence, same token), whose sampling is queued then (penalties see the history with the token
+// just taken). A sequence that ends instead (EOS, a stop string or token, an abort, an error) has
+// its launched row dropped: SequenceCache.truncate rolls its KV position back, as for a rejected
+// speculative draft. A session says when a step's token is its last (`more`) and which tokens end
+// it (`ends`), so maxTokens and EOS ends launch nothing to drop.
 import { native } from './native.js';
 import { type Tensor, empty, toArray } from './tensor.js';
 import type { LongcatModel, SamplingParams } from './model/model.js';
@@ -41,11 +52,37 @@ interface Waiting<T> {
   resolve(r: T | typeof NO_ROOM): void;
   reject(e: unknown): void;
 }
+/** What a session will do after a decode step's token (a pipelined round launches the step after it
+ *  only when the session will ask for it). */
+export interface DecodeFollow {
+  /** False when the step's token is the generation's last whatever it is (maxTokens). */
+  more: boolean;
+  /** Token ids that end the generation when sampled (EOS unless ignoreEos, stop token ids). */
+  ends?: ReadonlySet<number>;
+}
 interface DecodeRequest extends Waiting<DecodeResult> {
   seq: SequenceCache;
   token: number;
   sampling: SamplingParams;
   extras: SamplerExtras | undefined;
+  follow: DecodeFollow;
+}
+/** A row of a launched decode step: `token` appended to `seq`. */
+interface Row {
+  seq: SequenceCache;
+  token: number;
+  /** The settings of the request it continues (an unclaimed row is sampled with them, unread). */
+  sampling: SamplingParams;
+  /** The request it answers: a fresh one from the launch on, a continuation's once claimed. */
+  req: DecodeRequest | null;
+  /** Rolled back: its sequence ended or did not ask for it. */
+  dropped: boolean;
+}
+/** A launched decode step whose results are not read yet. */
+interface Launched {
+  rows: Row[];
+  logits: Tensor;
+  nFfn: Tensor[];
 }
 interface SpeculateRequest extends Waiting<SpeculateResult> {
   seq: SequenceCache;
@@ -59,23 +96,53 @@ export class StepScheduler {
   private speculations: SpeculateRequest[] = [];
   private readonly jobs: (() => Promise<void>)[] = [];
   private running = false;
-  /** Rounds run and the sequences they batched (statistics; tests read them). */
-  readonly stats = { decodeSteps: 0, decodeRows: 0, speculativeSteps: 0, speculativeRows: 0, largestBatch: 0 };
+  /** The decode step launched ahead of the sessions' requests (pipelined rounds). */
+  private launched: Launched | null = null;
+  /** Pipelined decode rounds (see the top of this file); false: each round's step is launched
+   *  after the sessions asked for it and read back before the next (tests compare the two). */
+  pipeline = true;
+  /** Rounds run and the sequences they batched (statistics; tests read them): `continuedRows` of the
+   *  decode rows were launched ahead (pipelined), `droppedRows` of those were rolled back unused. */
+  readonly stats = {
+    decodeSteps: 0,
+    decodeRows: 0,
+    continuedRows: 0,
+    droppedRows: 0,
+    speculativeSteps: 0,
+    speculativeRows: 0,
+    largestBatch: 0,
+  };
 
   constructor(private readonly engine: LongcatModel) {}
 
   /** One plain decode step of `seq` on `token`, batched with every other waiting one; `extras`:
-   *  this sequence's penalties, bias and log-probabilities. */
+   *  this sequence's penalties, bias and log-probabilities; `follow`: whether the session asks for
+   *  the step after it. A session that asked must call release(seq) when its generation ends. */
   decode(
     seq: SequenceCache,
     token: number,
     sampling: SamplingParams,
     extras?: SamplerExtras,
+    follow: DecodeFollow = { more: true },
   ): Promise<DecodeResult | typeof NO_ROOM> {
     return new Promise((resolve, reject) => {
-      this.decodes.push({ seq, token, sampling, extras, resolve, reject });
+      this.decodes.push({ seq, token, sampling, extras, follow, resolve, reject });
       this.kick();
     });
+  }
+
+  /** `seq`'s generation asks for no more decode steps: a step launched ahead for it is dropped
+   *  (its KV position rolled back) now, so the sequence holds exactly the session's tokens. */
+  release(seq: SequenceCache) {
+    for (const row of this.launched?.rows ?? []) if (row.seq === seq && !row.req && !row.dropped) this.drop(row);
+  }
+
+  /** Rolls back a launched row's token (its step may still run: whatever it writes is past the
+   *  sequence's length, and any later user of a freed page is queued behind it). */
+  private drop(row: Row) {
+    row.dropped = true;
+    this.stats.droppedRows++;
+    if (!row.seq.isReleased) row.seq.truncate(row.seq.length - 1);
   }
 
   /** One speculative step (verify [pending, draft], accept, draft), batched with the other waiting ones. */
@@ -114,10 +181,11 @@ export class StepScheduler {
 
   private async loop() {
     try {
-      while (this.decodes.length || this.speculations.length || this.jobs.length) {
+      while (this.decodes.length || this.speculations.length || this.jobs.length || this.launched) {
+        if (this.launched) await this.answers(this.launched);
         const decodes = this.decodes.splice(0),
           speculations = this.speculations.splice(0);
-        if (decodes.length) await this.settle(decodes, () => this.runDecodes(decodes));
+        if (decodes.length || this.launched) await this.settle(decodes, () => this.runDecodes(decodes));
         if (speculations.length) await this.settle(speculations, () => this.runSpeculations(speculations));
         await this.jobs.shift()?.();
         // Let the sessions just answered take their tokens and ask again: they join the next round.
@@ -125,6 +193,16 @@ export class StepScheduler {
       }
     } finally {
       this.running = false;
+    }
+  }
+
+  /** Gives the sessions of a launched step's rows a few more turns of the event loop to ask for
+   *  them or end (normally they already have: a session asks in the turn after its token). */
+  private async answers(l: Launched) {
+    for (let hop = 0; hop < ANSWER_HOPS; hop++) {
+      const asked = new Set(this.decodes.map(d => d.seq));
+      if (l.rows.every(r => r.req || r.dropped || asked.has(r.seq))) return;
+      await new Promise<void>(r => setImmediate(r));
     }
   }
 
@@ -138,15 +216,19 @@ export class StepScheduler {
   }
 
   /** Splits off the requests whose sequences cannot all get `n` new slots from their KV pools (one
-   *  per rank under expert parallelism). */
-  private fit<R extends { seq: SequenceCache; resolve(r: typeof NO_ROOM): void }>(reqs: R[], n: number): R[] {
+   *  per rank under expert parallelism); `refuse` is called for each (default: resolve NO_ROOM). */
+  private fit<R extends { seq: SequenceCache }>(
+    reqs: R[],
+    n: number,
+    refuse: (r: R) => void = r => (r as unknown as Waiting<never>).resolve(NO_ROOM),
+  ): R[] {
     const free = new Map<unknown, number>();
     return reqs.filter(r => {
       const s = r.seq,
         left = free.get(s.allocator) ?? s.allocator.available,
         need = Math.max(0, Math.ceil((s.length + n) / s.blockSize) - s.numBlocks);
       if (s.length + n > s.maxContext || need > left) {
-        r.resolve(NO_ROOM);
+        refuse(r);
         return false;
       }
       free.set(s.allocator, left - need);
@@ -154,27 +236,81 @@ export class StepScheduler {
     });
   }
 
-  private async runDecodes(all: DecodeRequest[]) {
-    const reqs = this.fit(all, 1);
-    if (!reqs.length) return;
+  /**
+   * A decode round: the step launched ahead (if any) is claimed by its sessions' requests, sampled
+   * and read back; then the next step is launched -- continuations of the sequences that go on
+   * (pipelined) and the fresh requests -- and only then are the read tokens handed out. Unpipelined,
+   * the fresh requests' step is launched, sampled and read back in the same round.
+   */
+  private async runDecodes(fresh: DecodeRequest[]) {
+    let done: { row: Row; result: DecodeResult }[] = [];
+    const prev = this.launched;
+    this.launched = null;
+    if (prev) {
+      for (const row of prev.rows) {
+        if (row.req || row.dropped) continue;
+        const i = fresh.findIndex(r => r.seq === row.seq);
+        if (i >= 0 && fresh[i]!.token === row.token) row.req = fresh.splice(i, 1)[0]!;
+        else this.drop(row); // ended, or asked for something else (then a fresh row below)
+      }
+      done = await this.read(prev);
+    }
+    const rows: Row[] = [];
+    if (this.pipeline)
+      for (const { row, result } of done) {
+        const f = row.req!.follow;
+        if (f.more && !f.ends?.has(result.next) && Number.isFinite(result.logit))
+          rows.push({ seq: row.seq, token: result.next, sampling: row.req!.sampling, req: null, dropped: false });
+      }
+    for (const r of fresh) rows.push({ seq: r.seq, token: r.token, sampling: r.sampling, req: r, dropped: false });
+    const launch = this.fit(rows, 1, row => row.req?.resolve(NO_ROOM));
+    if (launch.length) {
+      try {
+        this.count('decode', launch.length);
+        this.stats.continuedRows += launch.filter(r => !r.req).length;
+        const { logits, nFfn } = this.engine.forward(
+          launch.map(r => r.seq),
+          launch.map(r => [r.token]),
+          { collectRouting: true },
+        );
+        this.launched = { rows: launch, logits, nFfn };
+      } catch (e) {
+        for (const r of launch) r.req?.reject(e); // (the engine rolled every row back)
+      }
+      if (!this.pipeline && this.launched) {
+        const now = this.launched;
+        this.launched = null;
+        done.push(...(await this.read(now)));
+      }
+    }
+    for (const { row, result } of done) row.req!.resolve(result);
+  }
+
+  /**
+   * Samples a launched step's rows (a claimed row with its request's penalties, bias and
+   * log-probabilities; an unclaimed one plainly, unread), reads back the claimed rows' results and
+   * disposes the step's outputs. A failure fails every claimed request (and returns none).
+   */
+  private async read(l: Launched): Promise<{ row: Row; result: DecodeResult }[]> {
     const e = this.engine,
-      B = reqs.length;
-    this.count('decode', B);
-    const { logits, nFfn } = e.forward(
-      reqs.map(r => r.seq),
-      reqs.map(r => [r.token]),
-      { collectRouting: true },
-    );
+      { rows, logits, nFfn } = l,
+      B = rows.length;
+    if (!rows.some(r => r.req)) {
+      for (const t of [logits, ...nFfn]) t.dispose(); // every row dropped: nothing to sample or read
+      return [];
+    }
     const ids = empty([B], { dtype: 'int32', device: e.device });
     const held: Tensor[] = [ids, logits, ...nFfn]; // disposed at the end
     const lps = new Map<number, ReturnType<typeof queueLogprob>>();
     try {
+      const extras = rows.map(r => r.req?.extras);
+      const sampling = rows.map(r => r.req?.sampling ?? r.sampling);
       // Penalties and bias per row, in place (a copy of the raw row first when log-probabilities are asked).
-      const raws = reqs.map((r, b) => {
-        if (!r.extras) return null;
+      const raws = extras.map((x, b) => {
+        if (!x) return null;
         const row = logits.narrow(b, 1);
         held.push(row);
-        const raw = prepareRow(row, r.extras);
+        const raw = prepareRow(row, x);
         if (raw && raw !== row) held.push(raw);
         return raw;
       });
@@ -182,20 +318,20 @@ export class StepScheduler {
       // greedy row's token is the argmax of its row, whatever its row index, seed or step), one
       // per row otherwise (the sampler's step is each sequence's own position, batched or not).
       for (let b0 = 0; b0 < B; ) {
-        const p = reqs[b0]!.sampling;
+        const p = sampling[b0]!;
         let b1 = b0 + 1;
-        if (p.temperature === 0) while (b1 < B && sameGreedy(p, reqs[b1]!.sampling)) b1++;
-        const rows = logits.narrow(b0, b1 - b0),
+        if (p.temperature === 0) while (b1 < B && sameGreedy(p, sampling[b1]!)) b1++;
+        const part = logits.narrow(b0, b1 - b0),
           id = ids.narrow(b0, b1 - b0);
-        held.push(rows, id);
-        native.sample(null, id, rows, p.temperature, p.topK, p.topP, p.minP, p.seed, reqs[b0]!.seq.length);
+        held.push(part, id);
+        native.sample(null, id, part, p.temperature, p.topK, p.topP, p.minP, p.seed, rows[b0]!.seq.length);
         b0 = b1;
       }
       raws.forEach((raw, b) => {
         if (!raw) return;
         const id = ids.narrow(b, 1);
         held.push(id);
-        lps.set(b, queueLogprob(raw, id, reqs[b]!.extras!.logprobs!));
+        lps.set(b, queueLogprob(raw, id, extras[b]!.logprobs!));
       });
       // The sampled tokens' logits (a non-finite one means a broken row), queued before the one
       // read-back: per block of up to G rows, picked[i, j] = logits[b0 + i, ids[b0 + j]], of which
@@ -204,11 +340,11 @@ export class StepScheduler {
       for (let b0 = 0; b0 < B; b0 += G) {
         const n = Math.min(G, B - b0),
           out = empty([n, n], { device: e.device }),
-          rows = logits.narrow(b0, n),
+          part = logits.narrow(b0, n),
           id = ids.narrow(b0, n);
-        held.push(out, rows, id);
+        held.push(out, part, id);
         picked.push(out);
-        native.gatherColumns(null, out, rows, id);
+        native.gatherColumns(null, out, part, id);
       }
       await native.synchronizeAsync(e.device);
       const next = toArray(ids);
@@ -219,10 +355,19 @@ export class StepScheduler {
         for (let j = 0; j < n; j++) logit[i * G + j] = v[j * n + j]!;
       });
       const ffn = perRow(nFfn, B);
-      reqs.forEach((r, b) => {
+      const out: { row: Row; result: DecodeResult }[] = [];
+      rows.forEach((row, b) => {
+        if (!row.req) return;
         const logprob = lps.get(b)?.read();
-        r.resolve({ next: next[b]!, logit: logit[b]!, ffnSum: ffn[b]!, ffnCount: nFfn.length, ...(logprob ? { logprob } : {}) });
+        out.push({
+          row,
+          result: { next: next[b]!, logit: logit[b]!, ffnSum: ffn[b]!, ffnCount: nFfn.length, ...(logprob ? { logprob } : {}) },
+        });
       });
+      return out;
+    } catch (err) {
+      for (const r of rows) r.req?.reject(err);
+      return [];
     } finally {
       for (const q of lps.values()) q.dispose();
       for (const t of held) t.dispose();
@@ -266,6 +411,10 @@ export class StepScheduler {
     s.largestBatch = Math.max(s.largestBatch, rows);
   }
 }
+
+/** Event-loop turns a pipelined round waits at most for the sessions of its launched rows to ask
+ *  for them or end, before dropping the rows (they normally answer in the first). */
+const ANSWER_HOPS = 4;
 
 /** Rows per block of the sampled logits' gather (G x G values read per block). */
 const G = 64;

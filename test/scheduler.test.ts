@@ -1,13 +1,19 @@
 // Continuous batching (lib/scheduler.ts): concurrent sessions' decode steps run as one batched
 // forward, and each generation equals the same request run alone -- greedy and sampled, plain and
 // speculative, sessions joining and leaving at different times -- and a long prompt is prefilled a
-// chunk per round while the other streams keep getting tokens.
+// chunk per round while the other streams keep getting tokens. Pipelined decode rounds (the next
+// step launched before the sessions take their tokens) give the tokens and KV pages of unpipelined
+// rounds, with sequences ending at different rounds (maxTokens, stop strings, stop token ids,
+// aborts mid-stream) and no page leaked.
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { initRandom } from '../lib/init-random.js';
 import { loadModel, type GenerateOptions, type Model } from '../lib/generate.js';
 import { native } from '../lib/native.js';
+import { toArray } from '../lib/tensor.js';
+import type { SequenceCache } from '../lib/kv-cache.js';
 import { fixtureRoot } from './model-fixture.js';
+import { backends, workLimitMs } from './helpers.js';
 
 const root = fixtureRoot('longcat-scheduler-');
 let model: Model;
@@ -145,4 +151,101 @@ describe('token-level prompts', () => {
     });
     await expect(b.generate({ tokens: 'x' } as never)).rejects.toMatchObject({ code: 'E_ARGUMENT' });
   });
+});
+
+/** A session's sequence (private; the test reads its pages). */
+const seqOf = (s: object) => (s as { seq: SequenceCache }).seq;
+
+/** The latent rows of `seq`'s positions 0..length-1 in every cache of `m`'s attention sub-layers
+ *  (not the MTP head's, which plain decoding never writes: its rows are the page's leftovers), as numbers. */
+function kvRows(m: Model, seq: SequenceCache): number[][] {
+  const slots = seq.slots();
+  return m.engine
+    .kvCaches()
+    .slice(0, 2 * m.engine.dims.layers)
+    .map(c => {
+      const all = toArray(c),
+        width = c.shape[2]!;
+      return Array.from(slots, slot => Array.from(all.subarray(slot * width, (slot + 1) * width))).flat();
+    });
+}
+
+// On the CPU and on CUDA (the emulator in CI): the scheduler is the same, the device work is the backend's.
+describe.each(backends)('pipelined decode rounds on %s', device => {
+  let model: Model;
+  beforeAll(async () => {
+    model = await loadModel(path.join(root, 'tiny'), { backend: device === 'cpu' ? 'cpu' : 'cuda', maxContext: 1024 });
+  });
+  afterAll(() => model?.dispose());
+  const base = { prompt: 'a pipelined stream', o: { maxTokens: 16 } };
+  /** `r` on a fresh session, with pipelined rounds or not; `abortAt`: aborted as its n-th token
+   *  arrives. Returns the result, and the sequence's length and KV rows right after it ended. */
+  async function run(r: Request, pipeline: boolean, abortAt?: number) {
+    model.scheduler.pipeline = pipeline;
+    const s = model.createSession();
+    try {
+      const ac = new AbortController();
+      let n = 0;
+      const g = await s.generate(r.prompt, {
+        ...r.o,
+        signal: ac.signal,
+        onToken: () => {
+          if (++n === abortAt) ac.abort();
+        },
+      });
+      return { tokens: g.tokens, text: g.text, stopReason: g.stopReason, length: seqOf(s).length, kv: kvRows(model, seqOf(s)) };
+    } finally {
+      s.dispose();
+      model.scheduler.pipeline = true;
+    }
+  }
+
+  it(
+    'sequences ending at different rounds (maxTokens, stop string, stop token id, abort) equal their unpipelined runs; no page leaked',
+    async () => {
+      const full = await run(base, false);
+      expect(full.tokens).toHaveLength(16);
+      // a stop string that occurs mid-answer, a stop token id that is sampled mid-answer
+      const stopAt = Math.floor(full.text.length / 2);
+      const stop = full.text.slice(stopAt, stopAt + 3);
+      const stopId = full.tokens[9]!;
+      const cases: { r: Request; abortAt?: number }[] = [
+        { r: { prompt: base.prompt, o: { maxTokens: 16 } } },
+        { r: { prompt: base.prompt, o: { maxTokens: 7 } } },
+        { r: { prompt: base.prompt, o: { maxTokens: 16, stop: [stop] } } },
+        { r: { prompt: base.prompt, o: { maxTokens: 16, stopTokenIds: [stopId] } } },
+        { r: { prompt: base.prompt, o: { maxTokens: 16 } }, abortAt: 5 },
+        { r: requests[1]!, abortAt: 3 },
+        { r: requests[6]! }, // penalties and log-probabilities: sampled when the session claims its row
+      ];
+      const want: Awaited<ReturnType<typeof run>>[] = [];
+      for (const c of cases) want.push(await run(c.r, false, c.abortAt));
+      expect(want[2]!.stopReason).toBe('stop');
+      expect(want[3]!.stopReason).toBe('stop');
+      expect(want[4]!.stopReason).toBe('abort');
+      // each alone, pipelined: the same tokens, lengths and KV rows
+      const before = { ...model.scheduler.stats };
+      for (const [i, c] of cases.entries()) {
+        const got = await run(c.r, true, c.abortAt);
+        expect(got, `case ${i}`).toEqual(want[i]);
+      }
+      const st = model.scheduler.stats;
+      expect(st.continuedRows - before.continuedRows).toBeGreaterThan(0);
+      // the stop string and the aborts ended with a step launched ahead (the maxTokens ends and the
+      // stop token id launch none)
+      expect(st.droppedRows - before.droppedRows).toBe(3);
+      // all at once, pipelined: the same
+      const gotAll = await Promise.all(cases.map(c => run(c.r, true, c.abortAt)));
+      gotAll.forEach((g, i) => {
+        expect(g.tokens, `case ${i}`).toEqual(want[i]!.tokens);
+        expect(g.stopReason).toBe(want[i]!.stopReason);
+        expect(g.length).toBe(want[i]!.length);
+        for (const [l, rows] of g.kv.entries()) expect(rows, `case ${i} cache ${l}`).toEqual(want[i]!.kv[l]);
+      });
+      expect(model.scheduler.stats.largestBatch).toBeGreaterThanOrEqual(cases.length);
+      await new Promise(r => setImmediate(r));
+      expect(model.engine.allocator.inUse).toBe(0);
+    },
+    workLimitMs(60), // (on the emulated CUDA device: ~40 s of CPU)
+  );
 });
