@@ -85,9 +85,10 @@ constexpr int64_t kInPlaceMaxRows = 32;
 // a 4-row group would wait for them if nothing asked ahead. The first strip's micro kernel requests
 // the group kPrefetchBytes ahead (at least the next one), 4 lines per k step, one per weight row,
 // interleaved with its products, so the stream and the products overlap and the requests never
-// come in a burst that fills the core's outstanding misses. (1 thread, weights from DRAM, 1 MB bf16:
-// t = 16 80 us, t = 8 66 us; prefetching 2 groups ahead in one slice per strip, as before: 100 and
-// 83 us, its address arithmetic costing more than the products on warm weights.)
+// come in a burst that fills the core's outstanding misses. (bench/native/fewrow_gemm.cc, 1 thread,
+// 1 MB bf16 from DRAM: t = 16 73 us, t = 8 61 us; with the group 2 ahead requested in slices
+// between the strips, as before: 90-97 and 71-74 us, and on warm weights 61-67 / 44 us against
+// 49 / 26: each slice's line addresses took two divisions.)
 constexpr int64_t kPrefetchBytes = 4096;
 inline int64_t prefetch_groups(int64_t row_bytes) {
   const int64_t g = (kPrefetchBytes + 4 * row_bytes - 1) / (4 * row_bytes);
@@ -96,8 +97,9 @@ inline int64_t prefetch_groups(int64_t row_bytes) {
 // The 4 rows (stride ldp elements) of the weight group at pf, elements k.. of each: one prefetch a
 // row per vector step (a line for 64-byte vectors; AVX2's 32-byte steps request each line twice,
 // the second a hit). Nothing when pf is null (panel copies, the later strips, the last groups).
-// always_inline: the callers are compiled for another ISA (LC_BEGIN_TARGET), so GCC would not inline
-// it, would find the out-of-line call free of side effects (prefetches only) and delete it.
+// always_inline: the callers are compiled for another ISA (LC_BEGIN_TARGET); without it GCC (12) did
+// not inline it and left no prefetch in the micro kernels at all (the call, having no side effects
+// but prefetches, was dropped).
 template <class WE>
 __attribute__((always_inline)) inline void prefetch_group(const WE* pf, int64_t ldp, int64_t k) {
   if (!pf) return;
