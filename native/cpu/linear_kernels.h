@@ -60,7 +60,7 @@ inline int64_t ceil_div(int64_t v, int64_t m) { return (v + m - 1) / m; }
 //   pack_x(x, xt, t, r0, r1, k, kp, xp)                rows [r0, r1) of x into xp[.][kp], zero padded
 //   pack_panel(w, n0, nlen, nrows, k0, klen, kcp, p)  W[n0 .. n0+nlen, k0 .. k0+klen) into p[nrows][kcp]
 //                                                     (dequantized), rows >= nlen and cols >= klen zero
-//   micro<M>(x, ldx, p, ldp, kc, c, ldc, accumulate)   c[m][j] (+)= sum_k x[m][k] p[j][k], m < M <= kMR, j < 4
+//   micro<M>(x, ldx, p, ldp, kc, c, ldc, accumulate, pf)   c[m][j] (+)= sum_k x[m][k] p[j][k], m < M <= kMR, j < 4
 //   in_place(w, t, nlen, klen)                         true when the panel W[n0 .. n0+nlen, k0 .. k0+klen) can be read
 //                                                     where it is stored (stride w.k) instead of packed: a copy that
 //                                                     would be exactly the stored rows (nlen a multiple of 4, klen of
@@ -81,22 +81,45 @@ inline int64_t ceil_div(int64_t v, int64_t m) { return (v + m - 1) / m; }
 // copy, and the loops swap: each 4-row group of W (4 x KB) is read once, from L1, by every strip of
 // x (all of x, Tp x KB, stays in L1 too).
 constexpr int64_t kInPlaceMaxRows = 32;
-constexpr int64_t kPrefetchGroups = 2;  // in place: 4-row weight groups prefetched ahead
+// In place, the weights mostly come from DRAM (a step's weights are not cached), and the strips of
+// a 4-row group would wait for them if nothing asked ahead. The first strip's micro kernel requests
+// the group kPrefetchBytes ahead (at least the next one), 4 lines per k step, one per weight row,
+// interleaved with its products, so the stream and the products overlap and the requests never
+// come in a burst that fills the core's outstanding misses. (bench/native/fewrow_gemm.cc, 1 thread,
+// 1 MB bf16 from DRAM: t = 16 73 us, t = 8 61 us; with the group 2 ahead requested in slices
+// between the strips, as before: 90-97 and 71-74 us, and on warm weights 61-67 / 44 us against
+// 49 / 26: each slice's line addresses took two divisions.)
+constexpr int64_t kPrefetchBytes = 4096;
+inline int64_t prefetch_groups(int64_t row_bytes) {
+  const int64_t g = (kPrefetchBytes + 4 * row_bytes - 1) / (4 * row_bytes);
+  return g < 1 ? 1 : g;
+}
+// The 4 rows (stride ldp elements) of the weight group at pf, elements k.. of each: one prefetch a
+// row per vector step (a line for 64-byte vectors; AVX2's 32-byte steps request each line twice,
+// the second a hit). Nothing when pf is null (panel copies, the later strips, the last groups).
+// always_inline: the callers are compiled for another ISA (LC_BEGIN_TARGET); without it GCC (12) did
+// not inline it and left no prefetch in the micro kernels at all (the call, having no side effects
+// but prefetches, was dropped).
+template <class WE>
+__attribute__((always_inline)) inline void prefetch_group(const WE* pf, int64_t ldp, int64_t k) {
+  if (!pf) return;
+  for (int j = 0; j < 4; ++j) __builtin_prefetch(pf + j * ldp + k, 0, 3);
+}
 
 // One MR-or-fewer-row strip: micro<M> for its m rows.
 template <class Tr, class XE, class WE>
 inline void micro_rows(int64_t m, const XE* x, int64_t ldx, const WE* p, int64_t ldp, int64_t kc, float* c, int64_t ldc,
-                       bool accumulate) {
+                       bool accumulate, const WE* pf) {
   static_assert(Tr::kMR <= 8, "micro_rows: strips of at most 8 rows");
   switch (m) {
-    case 1: Tr::template micro<1>(x, ldx, p, ldp, kc, c, ldc, accumulate); return;
-    case 2: Tr::template micro<(Tr::kMR >= 2 ? 2 : 1)>(x, ldx, p, ldp, kc, c, ldc, accumulate); return;
-    case 3: Tr::template micro<(Tr::kMR >= 3 ? 3 : 1)>(x, ldx, p, ldp, kc, c, ldc, accumulate); return;
-    case 4: Tr::template micro<(Tr::kMR >= 4 ? 4 : 1)>(x, ldx, p, ldp, kc, c, ldc, accumulate); return;
-    case 5: Tr::template micro<(Tr::kMR >= 5 ? 5 : 1)>(x, ldx, p, ldp, kc, c, ldc, accumulate); return;
-    case 6: Tr::template micro<(Tr::kMR >= 6 ? 6 : 1)>(x, ldx, p, ldp, kc, c, ldc, accumulate); return;
-    case 7: Tr::template micro<(Tr::kMR >= 7 ? 7 : 1)>(x, ldx, p, ldp, kc, c, ldc, accumulate); return;
-    default: Tr::template micro<(Tr::kMR >= 8 ? 8 : 1)>(x, ldx, p, ldp, kc, c, ldc, accumulate); return;
+    case 1: Tr::template micro<1>(x, ldx, p, ldp, kc, c, ldc, accumulate, pf); return;
+    case 2: Tr::template micro<(Tr::kMR >= 2 ? 2 : 1)>(x, ldx, p, ldp, kc, c, ldc, accumulate, pf); return;
+    case 3: Tr::template micro<(Tr::kMR >= 3 ? 3 : 1)>(x, ldx, p, ldp, kc, c, ldc, accumulate, pf); return;
+    case 4: Tr::template micro<(Tr::kMR >= 4 ? 4 : 1)>(x, ldx, p, ldp, kc, c, ldc, accumulate, pf); return;
+    case 5: Tr::template micro<(Tr::kMR >= 5 ? 5 : 1)>(x, ldx, p, ldp, kc, c, ldc, accumulate, pf); return;
+    case 6: Tr::template micro<(Tr::kMR >= 6 ? 6 : 1)>(x, ldx, p, ldp, kc, c, ldc, accumulate, pf); return;
+    case 7: Tr::template micro<(Tr::kMR >= 7 ? 7 : 1)>(x, ldx, p, ldp, kc, c, ldc, accumulate, pf); return;
+    default: Tr::template micro<(Tr::kMR >= 8 ? 8 : 1)>(x, ldx, p, ldp, kc, c, ldc, accumulate, pf); return;
   }
 }
 
@@ -136,24 +159,14 @@ void gemm(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType
           // strips of even height (t = 8: 4 + 4, not 6 + 2: fewer loads per product in the last strip)
           const WE* wp = static_cast<const WE*>(w.data) + n0 * K + k0;
           const int64_t SR = ceil_div(mlen, ceil_div(mlen, MR));
-          const int64_t nstrips = ceil_div(mlen, SR);
-          const int64_t row_lines = ceil_div(kcp * static_cast<int64_t>(sizeof(WE)), 64), group_lines = NR * row_lines;
+          // the group `ahead` groups on (past the panel's end: the next panel's, in W's next rows) is
+          // requested by the first strip (kPrefetchBytes)
+          const int64_t ahead = prefetch_groups(K * static_cast<int64_t>(sizeof(WE))) * NR;
           for (int64_t j = 0; j < ncp; j += NR) {
-            // the 4-row group kPrefetchGroups ahead, requested in nstrips slices, one before each
-            // strip: from DRAM (a step's weights are mostly not cached) a group's first strip would
-            // otherwise wait for every line of it, and one burst of all its lines (64 at k = 512)
-            // stalls the strip behind it on the core's outstanding misses (1-thread, weights from
-            // DRAM: t = 8 and 16 rows 15-25% faster sliced than in one burst)
-            const bool ahead = j + kPrefetchGroups * NR < ncp;
-            const char* next = ahead ? reinterpret_cast<const char*>(wp + (j + kPrefetchGroups * NR) * K) : nullptr;
-            int64_t s = 0;
-            for (int64_t m = 0; m < mlen; m += SR, ++s) {
-              if (ahead)
-                for (int64_t l = s * group_lines / nstrips; l < (s + 1) * group_lines / nstrips; ++l)
-                  __builtin_prefetch(next + (l / row_lines) * K * static_cast<int64_t>(sizeof(WE)) + (l % row_lines) * 64, 0, 3);
+            const WE* next = n0 + j + ahead + NR <= N ? wp + (j + ahead) * K : nullptr;
+            for (int64_t m = 0; m < mlen; m += SR)
               micro_rows<Tr>(mlen - m < SR ? mlen - m : SR, xp + (m0 + m) * Kp + k0, Kp, wp + j * K, K, kcp, c + m * NC + j, NC,
-                             k0 > 0);
-            }
+                             k0 > 0, m == 0 ? next : nullptr);
           }
           continue;
         }
@@ -161,7 +174,7 @@ void gemm(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType
         for (int64_t m = 0; m < mlen; m += MR)
           for (int64_t j = 0; j < ncp; j += NR)
             micro_rows<Tr>(mlen - m < MR ? mlen - m : MR, xp + (m0 + m) * Kp + k0, Kp, panel + j * kcp, kcp, kcp, c + m * NC + j,
-                           NC, k0 > 0);
+                           NC, k0 > 0, static_cast<const WE*>(nullptr));
       }
       for (int64_t m = 0; m < mlen; ++m)
         for (int64_t j = 0; j < nlen; ++j) {

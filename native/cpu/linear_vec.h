@@ -561,11 +561,12 @@ struct GemmF32 {
   }
 
   template <int M>
-  static void micro(const float* x, int64_t ldx, const float* p, int64_t ldp, int64_t kc, float* c, int64_t ldc,
-                    bool accumulate) {
+  static void micro(const float* x, int64_t ldx, const float* p, int64_t ldp, int64_t kc, float* c, int64_t ldc, bool accumulate,
+                    const float* pf) {
     typename V::F acc[M][4];
     zero_vectors<V>(acc);
     for (int64_t k = 0; k < kc; k += V::kLanes) {
+      prefetch_group(pf, ldp, k);
       typename V::F xv[M];
       for (int m = 0; m < M; ++m) xv[m] = V::load(x + m * ldx + k);
       for (int j = 0; j < 4; ++j) {
