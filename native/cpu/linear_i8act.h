@@ -21,8 +21,11 @@ namespace lc::cpu::linear_detail {
 namespace {  // internal linkage: compiled for the including file's ISA
 
 // Software prefetch distance on each weight row stream (2-core AVX-512 VM, 2 threads, t = 1: 1 KiB
-// 37 GB/s, 2 KiB 48, 4 KiB 49).
+// 37 GB/s, 2 KiB 48, 4 KiB 49), and at t = 1, where a thread streams fastest: 12 KiB (GEMV / read
+// probe, probe right before each GEMV, 2-core Zen 5 VM, AVX-512 / AVX2 at 1 and 2 threads: 4 KiB
+// 0.76-0.88, 8 KiB 0.77-0.89, 12 KiB 0.84-1.08, 16 KiB 0.77-1.00; 2, 4, 8 rows per pass 0.54-0.81).
 constexpr int64_t kInt4I8PrefetchBytes = 4096;
+constexpr int64_t kInt4I8PrefetchBytesT1 = 12288;
 
 // xq [T][chunks][128] (permuted as above), sx / xw [T][chunks] (xw: sx * the sum of the chunk's
 // codes, for the zero-point term).
@@ -66,7 +69,7 @@ void int4_chunk_params(const WeightRef& w, int64_t r, int64_t chunks, float* sc,
 
 // part[t * ldp + i] = y[t, r + i] for T x rows and R weight rows. fs: per-thread room for
 // (T + 2) * R * chunks floats.
-template <class V, int T, int R>
+template <class V, int T, int R, int64_t PF = kInt4I8PrefetchBytes>
 void int4_i8_rows(const int8_t* xq, const float* sx, const float* xw, int64_t chunks, const WeightRef& w, int64_t r, float* fs,
                   float* part, int64_t ldp) {
   using F = typename V::F;
@@ -112,7 +115,7 @@ void int4_i8_rows(const int8_t* xq, const float* sx, const float* xw, int64_t ch
   auto chunk = [&](int64_t ch, F(&ac)[T][R]) __attribute__((always_inline)) {
     // one prefetch per row and chunk (64 bytes), a fixed distance ahead on the row's stream; past
     // the row's end into the row this stream reads next (row + R), as rows are short (K / 2 bytes)
-    int64_t pf = ch * 64 + kInt4I8PrefetchBytes;
+    int64_t pf = ch * 64 + PF;
     if (pf >= rb) pf += (R - 1) * rb;
     I d[T][R];
     for (int t = 0; t < T; ++t)
@@ -145,7 +148,7 @@ void int4_i8_rows(const int8_t* xq, const float* sx, const float* xw, int64_t ch
     }
 }
 
-template <class V, int T, int R>
+template <class V, int T, int R, int64_t PF = kInt4I8PrefetchBytes>
 void gemv_int4_i8_t(const float* x, const WeightRef& w, void* y, DType yt) {
   const int64_t K = w.k, N = w.n, chunks = int4_groups(K, w.group) * w.group / 128;
   char* buf = static_cast<char*>(scratch(kScratchC, T * chunks * (128 + 2 * sizeof(float))));
@@ -164,7 +167,7 @@ void gemv_int4_i8_t(const float* x, const WeightRef& w, void* y, DType yt) {
     };
     int64_t r = n0;
     for (; r + R <= n1; r += R) {
-      int4_i8_rows<V, T, R>(xq, sx, xw, chunks, w, r, fs, &part[0][0], R);
+      int4_i8_rows<V, T, R, PF>(xq, sx, xw, chunks, w, r, fs, &part[0][0], R);
       store(r, R);
     }
     for (; r < n1; ++r) {
@@ -186,7 +189,7 @@ void gemv_int4_i8(int64_t t, const void* x, DType xt, const WeightRef& w, void* 
     xf = buf;
   }
   switch (t) {
-    case 1: gemv_int4_i8_t<V, 1, 1>(xf, w, y, yt); break;
+    case 1: gemv_int4_i8_t<V, 1, 1, kInt4I8PrefetchBytesT1>(xf, w, y, yt); break;
     case 2: gemv_int4_i8_t<V, 2, 1>(xf, w, y, yt); break;
     case 3: gemv_int4_i8_t<V, 3, 1>(xf, w, y, yt); break;
     case 4: gemv_int4_i8_t<V, 4, 1>(xf, w, y, yt); break;
