@@ -20,9 +20,10 @@
 //
 // --int4: only the int4 GEMV's share of the read bandwidth (issue 19's >= 90% target), with 1 and
 // 2 pool threads, on every ISA the CPU has, int8 activations (precision 'bf16', linear_i8act.h) and
-// fp32 ('highest'): t = 1 on 32768x4096 weights, the read probe with the same threads measured
-// before and after each thread count (the fraction is of the higher one). Writes
-// bench/out/cpu-int4-gemv.json.
+// fp32 ('highest'): t = 1 on 32768x4096 weights (2 copies rotated), in rounds (--rounds=7): each
+// GEMV measurement right after a read probe with the same threads, the ratio GEMV / probe taken
+// per round (median and min reported), so a host swing moves both sides of each ratio
+// (--isa=, --precision=, --threads= pick subsets). Writes bench/out/cpu-int4-gemv.json.
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -450,61 +451,92 @@ function gemvTable() {
 
 function int4Bandwidth() {
   const [n, k] = [32768, 4096];
-  const isas = ['avx2', 'avx512'].filter(i => {
+  const isas = listArg('isa', ['avx512', 'avx2']).filter(i => {
     const was = native.cpuFeatures().isa;
     const got = native.setIsa(i);
     native.setIsa(was);
     return got === i;
   });
+  const precisions = listArg('precision', ['bf16', 'highest']);
+  const ths = listArg('threads', ['1', '2']).map(Number);
+  const rounds = Number(listArg('rounds', ['7'])[0]);
   const startIsa = native.cpuFeatures().isa,
     startThreads = native.threads(),
     rows = [];
-  for (const th of [1, 2]) {
+  // the weights are made once (copies over 4x the LLC, at least 2) and rotated by every GEMV call
+  const bytes = n * k * esize.int4;
+  const ws = Array.from({ length: Math.max(2, Math.ceil((4 * llc) / bytes)) }, () => makeWeight('int4', n, k));
+  const x = makeX(1, k),
+    y = new native.Tensor('f32', [1, n]);
+  const configs = isas.flatMap(isa => precisions.map(precision => ({ isa, precision })));
+  for (const th of ths) {
     native.setThreads(th);
-    const before = native.benchReadBandwidth(bwBytes, 5).gbps;
-    const runs = [];
-    for (const isa of isas) {
-      native.setIsa(isa);
-      for (const precision of ['bf16', 'highest']) {
+    const got = configs.map(() => ({ probe: [], gbps: [] }));
+    for (let round = 0; round < rounds; round++)
+      for (let j = 0; j < configs.length; j++) {
+        const c = (j + round) % configs.length; // a different order each round
+        const { isa, precision } = configs[c];
+        // the probe (same threads) right before each GEMV measurement, so a host swing moves both
+        const probe = native.benchReadBandwidth(bwBytes, 3).gbps;
+        native.setIsa(isa);
         const was = native.setMatmulPrecision(precision);
-        const r = timeLinear('int4', 1, n, k, 3, 21);
+        const r = native.benchLinear(
+          y,
+          x,
+          ws.map(w => w.w),
+          ws.map(w => w.scale),
+          2,
+          precision === 'highest' ? 5 : 9,
+        );
         native.setMatmulPrecision(was);
-        const int8 = precision === 'bf16' && (isa === 'avx2' || f.avx512vnni);
-        runs.push({ isa, activations: int8 ? 'int8' : 'f32', medianMs: r.medianMs, gbps: r.bytes / r.medianMs / 1e6 });
+        native.setIsa(startIsa);
+        got[c].probe.push(probe);
+        got[c].gbps.push(bytes / r.medianMs / 1e6);
       }
-    }
-    native.setIsa(startIsa);
-    const after = native.benchReadBandwidth(bwBytes, 5).gbps,
-      probe = Math.max(before, after);
-    for (const r of runs)
+    configs.forEach(({ isa, precision }, c) => {
+      const { probe, gbps } = got[c];
+      const ratios = gbps.map((g, i) => g / probe[i]);
+      const int8 = precision !== 'highest' && (isa === 'avx2' || f.avx512vnni);
       rows.push({
         threads: th,
-        ...r,
-        weightsPerS: (n * k) / (r.medianMs / 1e3),
-        probeBefore: before,
-        probeAfter: after,
-        fraction: r.gbps / probe,
+        isa,
+        activations: int8 ? 'int8' : 'f32',
+        gbps: median(gbps),
+        probe: median(probe),
+        ratio: median(ratios),
+        minRatio: Math.min(...ratios),
+        maxRatio: Math.max(...ratios),
+        rounds: { gbps, probe, ratios },
       });
+    });
   }
   native.setThreads(startThreads);
+  for (const w of ws) {
+    w.w.dispose();
+    w.scale.dispose();
+  }
+  x.dispose();
+  y.dispose();
   conditions.loadavgAfter = os.loadavg();
-  console.log(`int4 GEMV t = 1, ${n}x${k} (groups of 128, bf16 scales: ${esize.int4} B per weight), x f32`);
+  console.log(
+    `int4 GEMV t = 1, ${n}x${k} (groups of 128, bf16 scales: ${esize.int4} B per weight), x f32; ${rounds} rounds, ` +
+      'each a read probe (same threads) then the GEMV; ratio = GEMV / probe per round',
+  );
   console.table(
     rows.map(r => ({
       threads: r.threads,
       isa: r.isa,
       x: r.activations,
-      'GB/s': +r.gbps.toFixed(1),
-      'Gweights/s': +(r.weightsPerS / 1e9).toFixed(2),
-      'probe before/after GB/s': `${r.probeBefore.toFixed(1)} / ${r.probeAfter.toFixed(1)}`,
-      '% of probe': +(100 * r.fraction).toFixed(0),
+      'GB/s (median)': +r.gbps.toFixed(1),
+      'probe GB/s (median)': +r.probe.toFixed(1),
+      'ratio median': +r.ratio.toFixed(3),
+      'ratio min': +r.minRatio.toFixed(3),
+      'ratio max': +r.maxRatio.toFixed(3),
     })),
   );
-  console.log(
-    `load average before/after: ${conditions.loadavgBefore.map(v => v.toFixed(2)).join(' ')} / ${conditions.loadavgAfter.map(v => v.toFixed(2)).join(' ')}`,
-  );
+  printLoad();
   const out = path.join(outDir, 'cpu-int4-gemv.json');
-  fs.writeFileSync(out, JSON.stringify({ conditions, shape: [n, k], rows }, null, 2));
+  fs.writeFileSync(out, JSON.stringify({ conditions, shape: [n, k], rounds, rows }, null, 2));
   console.log(`wrote ${path.relative(root, out)}`);
 }
 

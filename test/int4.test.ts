@@ -218,6 +218,7 @@ describe('linear with int4 weights', () => {
       for (const [n, k, g] of [
         [37, 300, 128],
         [64, 1024, 256],
+        [203, 640, 128], // several row passes per thread and a rows % 8 tail, an odd chunk count
         [5, 129, 32], // groups of 32: the fp32 GEMV
       ] as const)
         for (const zeros of [false, true]) {
