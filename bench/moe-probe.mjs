@@ -3,22 +3,32 @@
 // layer copies of the routed experts (so the weights come from DRAM, as in a decode step), next to
 // its peer: a one-row linear of about the same bytes as one call's experts (its GB/s in the same
 // run is the rate the expert phase should reach), and the read probe. Each copy's token routes
-// to `--ffn` distinct random FFN experts + the rest zero experts (the presets' k = 8).
+// to `--ffn` distinct random FFN experts + the rest zero experts (k: the preset's moe_topk).
 //   node bench/moe-probe.mjs [--preset small|medium] [--threads 2] [--copies 8] [--reps 20]
 //                            [--ffn 6] [--hash: print the bits of the outputs, for an A/B of two builds]
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { Stream } from '../dist/device.js';
+import { loadModel } from '../dist/generate.js';
 import { native } from '../dist/index.js';
 import { randomBf16, randomF32, readBandwidth, rng } from './common.mjs';
 
 const args = process.argv.slice(2);
 const arg = (n, d) => (args.includes(n) ? args[args.indexOf(n) + 1] : d);
 const preset = arg('--preset', 'medium');
-const copies = Number(arg("--copies", 8));
+const fromModel = args.includes('--model');
+const model = fromModel
+  ? await loadModel(path.join(path.dirname(fileURLToPath(import.meta.url)), 'out', `ckpt-${preset}`), {
+      backend: 'cpu',
+      maxContext: 64,
+    })
+  : null;
+const copies = model ? model.engine.w.layers.length : Number(arg('--copies', 8));
 const reps = Number(arg('--reps', 20));
 const nffn = Number(arg('--ffn', 6));
 native.setThreads(Number(arg('--threads', 2)));
 const P = {
-  small: { h: 512, inter: 256, nr: 16, nz: 8, k: 8 },
+  small: { h: 512, inter: 256, nr: 32, nz: 16, k: 6 },
   medium: { h: 1024, inter: 512, nr: 48, nz: 24, k: 8 },
 }[preset];
 const { h, inter, nr, nz, k } = P;
@@ -31,15 +41,18 @@ const sets = [],
 const rand = rng(11);
 const peerRows = Math.round((3 * nffn * inter * h) / 1024);
 for (let c = 0; c < copies; c++) {
-  const gate = [],
-    up = [],
-    down = [];
-  for (let e = 0; e < nr; e++) {
-    gate.push(T('bf16', [inter, h], gu));
-    up.push(T('bf16', [inter, h], gu));
-    down.push(T('bf16', [h, inter], dn));
+  if (model) sets.push(model.engine.w.layers[c].moe.experts);
+  else {
+    const gate = [],
+      up = [],
+      down = [];
+    for (let e = 0; e < nr; e++) {
+      gate.push(T('bf16', [inter, h], gu));
+      up.push(T('bf16', [inter, h], gu));
+      down.push(T('bf16', [h, inter], dn));
+    }
+    sets.push(native.moeExperts(gate, up, down));
   }
-  sets.push(native.moeExperts(gate, up, down));
   peers.push(T('bf16', [peerRows, 1024], randomBf16(peerRows * 1024, 900 + c, 120)));
   const pick = new Set();
   while (pick.size < nffn) pick.add(rand.int(nr));
@@ -77,7 +90,7 @@ for (const n of prof.nodes) {
   b.n++;
 }
 console.log(
-  `${preset} copies ${copies} ffn experts ${nffn} threads ${native.threads()} probe ${bw.toFixed(1)} GB/s; region ${(prof.ns / prof.replays / 1e6).toFixed(3)} ms`,
+  `${preset}${model ? ' (model)' : ''} copies ${copies} ffn experts ${nffn} threads ${native.threads()} probe ${bw.toFixed(1)} GB/s; region ${(prof.ns / prof.replays / 1e6).toFixed(3)} ms`,
 );
 for (const [op, b] of Object.entries(by)) {
   const us = b.ns / prof.replays / b.n / 1e3;
