@@ -23,7 +23,10 @@
 //             rope FLOPs per head and attended key (its floor: FLOPs only); the other ops have none. The
 //             step's ceiling is the sum of the floors: what is neither bytes nor FLOPs is the rest.
 //
-//   node bench/step-profile.mjs [--presets small,medium] [--threads N] [--steps 64] [--batch B] [--json f.json]
+// --warmup W: decode steps before the measured ones (default 8). The experts are read from the mapped
+// shards, and an expert no step has picked yet takes page faults on its first read (one per 64 KiB:
+// ~85 per medium step over the first hundred steps, ~2 after 100): W = 300 measures the steady state.
+//   node bench/step-profile.mjs [--presets small,medium] [--threads N] [--steps 64] [--warmup 8] [--batch B] [--json f.json]
 import { existsSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -37,6 +40,7 @@ const args = process.argv.slice(2);
 const arg = (name, dflt) => (args.includes(name) ? args[args.indexOf(name) + 1] : dflt);
 const presets = arg('--presets', 'small,medium').split(',');
 const steps = Number(arg('--steps', 64));
+const warmup = Number(arg('--warmup', 8));
 const batch = Number(arg('--batch', 1));
 const jsonPath = arg('--json', null);
 if (args.includes('--threads')) native.setThreads(Number(arg('--threads', 0)));
@@ -99,7 +103,7 @@ async function profilePreset(preset) {
     first.logits.dispose();
   }
   // warm-up: pages the weights in, captures the decode graph
-  decode(engine, seqs, 8, rand, d.vocab);
+  decode(engine, seqs, warmup, rand, d.vocab);
   native.synchronize('cpu');
   const plain = decode(engine, seqs, steps, rand, d.vocab);
   native.graphProfile(true);

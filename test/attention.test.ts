@@ -484,6 +484,36 @@ describe('absorbed decode over the paged latent cache', () => {
     native.setThreads(startThreads);
   });
 
+  it('splits the heads of one short sequence over the threads: bitwise the one-thread result, f32 and bf16 caches', () => {
+    // 13 heads (head groups of 4 + 9 at 2 threads, 4 + 4 + 5 at 3 and 4); 23 and 100 rows: one key
+    // split at every thread count, so each head's result is that of a single unit over all its rows.
+    const d: Dims = { nh: 13, dn: 24, dr: 8, dv: 20, dl: 37 };
+    for (const lens of [[23], [100]]) {
+      const sc = scenario(4242 + lens[0]!, d, lens, 16);
+      const wt = tensor(sc.w, [d.nh * (d.dn + d.dv), d.dl]);
+      for (const dt of ['f32', 'bf16'] as const) {
+        const cache = buildCache(sc, dt),
+          want = decodeRef(sc, dt === 'bf16', false);
+        for (const isa of isas) {
+          native.setIsa(isa);
+          native.setThreads(1);
+          const one = runDecode(sc, cache, wt);
+          if (dt === 'bf16' && bf16DecodePath(isa)) checkBf16Decode(sc, one, false, `bf16 cache, ${lens}, ${isa}`);
+          else expectClose(one.o, want.o, 2e-4, 2e-4, `o (${dt} cache, ${lens}, ${isa})`);
+          for (const n of [2, 3, 4]) {
+            native.setThreads(n);
+            const got = runDecode(sc, cache, wt);
+            expect(Array.from(got.oLat), `oLat (${dt}, ${lens}, ${n} threads, ${isa})`).toEqual(Array.from(one.oLat));
+          }
+        }
+        cache.dispose();
+      }
+      wt.dispose();
+    }
+    native.setIsa(startIsa);
+    native.setThreads(startThreads);
+  });
+
   it('stays finite and correct with scores around 1e3', () => {
     const d = small;
     const sc = scenario(7, d, [50, 130], 16, { qAmp: 8, kvAmp: 8 });

@@ -72,7 +72,8 @@ int64_t mla_decode_workspace_floats(const MlaDims& d, int64_t batch, int64_t uni
 //   o_lat[b, h] = softmax_s(score) @ ckv
 // q_lat [B, nh, dl], q [B, nh, dn + dr] (only its rope part is read), block_table [B, max_blocks],
 // seq_lens [B]. Long sequences are split over threads (split-K) and merged in a second pass using
-// `workspace` (mla_decode_workspace_floats(d, B, units) floats). A sequence of length 0 gives zeros.
+// `workspace` (mla_decode_workspace_floats(d, B, units) floats); with fewer sequences than threads,
+// the heads are split over the threads first (no merge). A sequence of length 0 gives zeros.
 // An FP8 cache is dequantized on load, a tile of rows at a time, to f32 (as mla_cache_gather), which
 // the fp32 path then reads; dl + dr must be at most kMlaFp8DecodeRow (checked by the binding).
 constexpr int64_t kMlaFp8DecodeRow = 16384;
