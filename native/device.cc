@@ -793,11 +793,14 @@ struct Graph::Plan {
     ranges.clear();
     cpu::ThreadPool& pool = cpu::ThreadPool::current();
     if (pool.stealing()) {
-      // items of ~kStealCost each, in step order, split by cpu::steal_for
-      constexpr double kStealCost = 128 * 1024;
+      // items in step order, split by cpu::steal_for: ~128 KiB of weights each (every item is a
+      // kernel call of its own), less for a small phase (at least 16 items per thread)
+      double total = 0;
+      for (size_t i = b; i < e; ++i) total += cost(steps[i]);
+      const double item = std::min(128.0 * 1024, total / (16.0 * pool.threads()));
       for (size_t i = b; i < e; ++i) {
         const RowSplit& sp = *steps[i].split;
-        int64_t rows = static_cast<int64_t>(kStealCost / std::max(sp.row_cost, 1e-9));
+        int64_t rows = static_cast<int64_t>(item / std::max(sp.row_cost, 1e-9));
         rows = std::max<int64_t>(sp.align, rows / sp.align * sp.align);
         for (int64_t r0 = 0; r0 < sp.rows; r0 += rows) ranges.push_back(Range{&sp, r0, std::min(sp.rows, r0 + rows)});
       }
@@ -816,7 +819,7 @@ struct Graph::Plan {
     }
     double total = 0;
     for (size_t i = b; i < e; ++i) total += cost(steps[i]);
-    const double target = static_cast<double>(pool.chunks_per_thread()) * pool.threads();  // (parallel_for's most)
+    const double target = 4.0 * pool.threads();  // (parallel_for's most chunks per thread)
     for (size_t i = b; i < e; ++i) {
       const RowSplit& sp = *steps[i].split;
       const int64_t units = (sp.rows + sp.align - 1) / sp.align;

@@ -107,7 +107,6 @@ using DecFP8 = Dec<V, uint8_t>;
 
 constexpr int64_t kGemvGroupRows = 256;
 constexpr int64_t kPrefetchBytes = 2048;
-constexpr int64_t kGemvStealBytes = 32 * 1024;  // a steal_for item: ~32 KiB of weights
 
 // part[t * ldp + i] += sum over k in [k0, k1) of x[t, k] * W[r + i, k], for t < T, i < R.
 template <class L, int T, int R, class D>
@@ -184,17 +183,16 @@ void gemv_t(const float* x, const WeightRef& w, void* y, DType yt) {
   constexpr int R = L::template GemvShape<T>::R;
   const int64_t n = w.n, passes = ceil_div(n, R);
   ThreadPool& pool = ThreadPool::current();
-  if (pool.stealing()) {
-    const int64_t item = std::max<int64_t>(1, kGemvStealBytes / std::max<int64_t>(1, R * w.k * static_cast<int64_t>(sizeof(typename D::E))));
+  if (pool.stealing()) {  // (linear_kernels.h: steal_items)
+    const int64_t item = steal_items(passes, R * w.k * static_cast<int64_t>(sizeof(typename D::E)), pool.threads());
     steal_for(ceil_div(passes, item), [&](int64_t i) {
       const int64_t r0 = i * item * R, r1 = std::min(n, (i + 1) * item * R);
       gemv_range<L, T, D>(x, w, r0, r1, y, yt);
     });
     return;
   }
-  int64_t grain = gemv_grain_rows(w) / R;
-  grain = std::max<int64_t>({grain, 1, ceil_div(passes, int64_t{pool.threads()} * pool.chunks_per_thread())});
-  parallel_for(passes, grain,
+  const int64_t grain = gemv_grain_rows(w) / R;
+  parallel_for(passes, grain < 1 ? 1 : grain,
                [&](int64_t g0, int64_t g1) { gemv_range<L, T, D>(x, w, g0 * R, g1 * R < n ? g1 * R : n, y, yt); });
 }
 

@@ -46,12 +46,12 @@ inline void cpu_relax() {
 // gap between two ops of a step (a few microseconds of host work), short enough that a thread
 // waiting on a stalled step gives its core back. (Yielding the core inside the spin was tried: on
 // a loaded machine it hands the core to other processes and the step waits for a time slice.)
-constexpr int64_t kSpinUs = 50;
+constexpr auto kSpin = std::chrono::microseconds(50);
 
-// Spins on pred() for up to spin_us; true when pred() held.
+// Spins on pred() for up to kSpin; true when pred() held.
 template <typename P>
-bool spin_until(P&& pred, int64_t spin_us = kSpinUs) {
-  auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(spin_us);
+bool spin_until(P&& pred) {
+  auto until = std::chrono::steady_clock::now() + kSpin;
   for (;;) {
     for (int i = 0; i < 64; ++i) {
       if (pred()) return true;
@@ -100,7 +100,6 @@ ThreadPool& ThreadPool::global() {
 
 ThreadPool& ThreadPool::current() { return t_current ? *t_current : global(); }
 
-int ThreadPool::chunks_per_thread() const { return t_master == this ? region_chunks_ : 4; }
 bool ThreadPool::stealing() const { return t_master == this ? region_steal_ : true; }
 bool ThreadPool::runs_inline() const { return t_region_chunk == this || (t_master == this && t_in_region_job); }
 
@@ -226,10 +225,6 @@ ThreadPool::Region::Region(ThreadPool& pool)
     : pool_(pool), excl_(pool.region_excl_), resize_(pool.resize_m_), prev_master_(t_master) {
   t_master = &pool;
   {
-    const char* c = std::getenv("LONGCAT_REGION_CHUNKS");
-    pool.region_chunks_ = c && std::atoi(c) > 0 ? std::atoi(c) : 4;
-    const char* s = std::getenv("LONGCAT_REGION_SPIN_US");
-    pool.region_spin_us_ = s && std::atoi(s) > 0 ? std::atoi(s) : kSpinUs;
     const char* st = std::getenv("LONGCAT_STEAL");
     pool.region_steal_ = !(st && std::strcmp(st, "0") == 0);
   }
@@ -257,7 +252,7 @@ void ThreadPool::region_worker(uint32_t& seen) {
       continue;
     }
     if (!in_region_.load(std::memory_order_acquire)) return;
-    if (spin_until([&] { return gen_.load(std::memory_order_acquire) != seen; }, region_spin_us_)) continue;
+    if (spin_until([&] { return gen_.load(std::memory_order_acquire) != seen; })) continue;
     sleepers_.fetch_add(1, std::memory_order_seq_cst);
     if (gen_.load(std::memory_order_seq_cst) == seen && in_region_.load(std::memory_order_seq_cst)) futex_wait(&gen_, seen);
     sleepers_.fetch_sub(1, std::memory_order_seq_cst);

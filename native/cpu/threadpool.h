@@ -35,10 +35,9 @@ class ThreadPool {
   explicit ThreadPool(int n, std::vector<int> cpus = {});
 
   int threads() const { return nthreads_; }
-  // The most chunks per thread a GEMV is cut into: 4, or in a region of this pool (the calling
-  // thread its master) the region's own count (EXPERIMENT: $LONGCAT_REGION_CHUNKS).
-  int chunks_per_thread() const;
-  // EXPERIMENT ($LONGCAT_STEAL, read at a region's start): streams split by steal_for.
+  // Whether GEMVs and a replayed graph's fused phases are split by steal_for (below): yes, except
+  // in a region begun with $LONGCAT_STEAL=0 (the old ~4 dynamic chunks per thread; an A/B switch
+  // for bench/step-bisect.mjs, read when a region begins).
   bool stealing() const;
   // Whether run() called here would run its chunks inline, one after the other (nested in a chunk).
   bool runs_inline() const;
@@ -124,9 +123,7 @@ class ThreadPool {
   std::atomic<uint32_t> done_{0};
   std::atomic<int> sleepers_{0};              // workers asleep on gen_
   std::atomic<bool> master_sleeping_{false};  // the master asleep on done_
-  int region_chunks_ = 4;
   bool region_steal_ = true;
-  int64_t region_spin_us_ = 50;
   std::mutex region_error_m_;
   std::exception_ptr region_error_;
 };
