@@ -86,7 +86,13 @@ function captureVariant(keep) {
   return g;
 }
 const base = v => v.split('@')[0];
-const envOf = v => Object.fromEntries((v.split('@')[1] ?? '').split('+').filter(Boolean).map(kv => kv.split('=')));
+const envOf = v =>
+  Object.fromEntries(
+    (v.split('@')[1] ?? '')
+      .split('+')
+      .filter(Boolean)
+      .map(kv => kv.split('=')),
+  );
 const graphs = {};
 for (const v of variants) graphs[base(v)] ??= captureVariant(VARIANTS[base(v)]);
 native.synchronize('cpu');
@@ -137,7 +143,9 @@ for (let r = 0; r < rounds; r++) {
   }
 }
 console.log(`\n## ${preset}, ${native.threads()} threads, ${rounds} rounds x ${replays} replays`);
-console.log('| variant | region ms | dense MB | dense GB/s | dense / probe | largest linear / probe | dense busy / (ms x threads) | largest busy | dense GB/s per busy thread | region weight GB/s | probe GB/s |');
+console.log(
+  '| variant | region ms | dense MB | dense GB/s | dense / probe | largest linear / probe | dense busy / (ms x threads) | largest busy | dense GB/s per busy thread | region weight GB/s | probe GB/s |',
+);
 console.log('|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
 for (const v of variants) {
   const xs = res[v];

@@ -177,7 +177,12 @@ void gemv_range(const float* x, const WeightRef& w, int64_t n0, int64_t n1, void
   }
 }
 
-// Rows are handed out in whole passes of R, so that no chunk ends in single-row passes.
+// Rows are handed out in whole passes of R, so that no chunk ends in single-row passes. Split by
+// steal_for (threadpool.h): each thread streams one contiguous share of the weight and steals at the
+// tail. (The old split, ~4 chunks per thread taken in turn, restarted each thread's row streams
+// cold at every chunk and left a chunk's worth of tail: in the medium step the linears' threads
+// were inside chunks 92% of the linears' time, 96-97% with steal_for; $LONGCAT_STEAL=0 in a region
+// gives the old split back, bench/step-bisect.mjs.)
 template <class L, int T, class D>
 void gemv_t(const float* x, const WeightRef& w, void* y, DType yt) {
   constexpr int R = L::template GemvShape<T>::R;

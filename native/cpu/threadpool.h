@@ -8,6 +8,7 @@
 // between ops (spinning briefly, then sleeping on a futex) and join on an atomic counter, instead
 // of a mutex + condition variable per job. The chunking is the same as outside a region (it
 // depends on threads() only), so a region computes bit for bit what op-by-op calls do.
+// steal_for (below) is the split for weight streams (GEMVs, a replayed step's fused linears).
 #pragma once
 #include <atomic>
 #include <condition_variable>
