@@ -231,8 +231,8 @@ describe('a replayed CPU graph as one parallel region', () => {
     for (const t of [x, x2, w2, w3, y2e, y3e, y2r, y3r, ...ye, ...yr, ...weights.flat()]) t?.dispose();
   });
 
-  // GEMVs and fused phases are split by steal_for (each thread one contiguous share, stealing at
-  // the tail); LONGCAT_STEAL=0 at a region's start gives the old chunked split: the same bits.
+  // LONGCAT_STEAL=1 at a region's start splits GEMVs and fused phases by steal_for (each thread one
+  // contiguous share, stealing at the tail) instead of the chunked split: the same bits.
   it.each([2, 3, 5])(
     'a replayed step of big one-row linears gives the same bits with and without steal_for, %i pool threads',
     threads => {

@@ -177,12 +177,10 @@ void gemv_range(const float* x, const WeightRef& w, int64_t n0, int64_t n1, void
   }
 }
 
-// Rows are handed out in whole passes of R, so that no chunk ends in single-row passes. Split by
-// steal_for (threadpool.h): each thread streams one contiguous share of the weight and steals at the
-// tail. (The old split, ~4 chunks per thread taken in turn, restarted each thread's row streams
-// cold at every chunk and left a chunk's worth of tail: in the medium step the linears' threads
-// were inside chunks 92% of the linears' time, 96-97% with steal_for; $LONGCAT_STEAL=0 in a region
-// gives the old split back, bench/step-bisect.mjs.)
+// Rows are handed out in whole passes of R, so that no chunk ends in single-row passes. In a region
+// begun with $LONGCAT_STEAL=1 split by steal_for (threadpool.h): each thread streams one contiguous
+// share and steals at the tail (medium step: threads inside chunks 96-97% of the linears' time vs
+// 92% with ~4 chunks per thread; opt-in because small's step ran slower, bench/RESULTS.md).
 template <class L, int T, class D>
 void gemv_t(const float* x, const WeightRef& w, void* y, DType yt) {
   constexpr int R = L::template GemvShape<T>::R;

@@ -100,7 +100,7 @@ ThreadPool& ThreadPool::global() {
 
 ThreadPool& ThreadPool::current() { return t_current ? *t_current : global(); }
 
-bool ThreadPool::stealing() const { return t_master == this ? region_steal_ : true; }
+bool ThreadPool::stealing() const { return t_master == this && region_steal_; }
 bool ThreadPool::runs_inline() const { return t_region_chunk == this || (t_master == this && t_in_region_job); }
 
 ThreadPool::ThreadPool() { start(default_thread_count()); }
@@ -226,7 +226,7 @@ ThreadPool::Region::Region(ThreadPool& pool)
   t_master = &pool;
   {
     const char* st = std::getenv("LONGCAT_STEAL");
-    pool.region_steal_ = !(st && std::strcmp(st, "0") == 0);
+    pool.region_steal_ = st && std::strcmp(st, "1") == 0;
   }
   {
     std::lock_guard<std::mutex> lk(pool.m_);  // (the workers' idle wait reads in_region_ under m_)

@@ -36,9 +36,9 @@ class ThreadPool {
   explicit ThreadPool(int n, std::vector<int> cpus = {});
 
   int threads() const { return nthreads_; }
-  // Whether GEMVs and a replayed graph's fused phases are split by steal_for (below): yes, except
-  // in a region begun with $LONGCAT_STEAL=0 (the old ~4 dynamic chunks per thread; an A/B switch
-  // for bench/step-bisect.mjs, read when a region begins).
+  // Whether GEMVs and a replayed graph's fused phases are split by steal_for (below): only in a
+  // region begun with $LONGCAT_STEAL=1 (opt-in: medium's step ~3% faster, small's 8-19% slower,
+  // bench/RESULTS.md; read when a region begins). Otherwise ~4 dynamic chunks per thread.
   bool stealing() const;
   // Whether run() called here would run its chunks inline, one after the other (nested in a chunk).
   bool runs_inline() const;
