@@ -250,8 +250,8 @@ describe('a replayed CPU graph as one parallel region', () => {
         native.linear(s, z, ys[1]!, w4); // reads a member's output: alone
       });
       const run = (steal: boolean) => {
-        if (steal) delete process.env.LONGCAT_STEAL;
-        else process.env.LONGCAT_STEAL = '0';
+        if (steal) process.env.LONGCAT_STEAL = '1';
+        else delete process.env.LONGCAT_STEAL;
         for (const y of [...ys, z]) y.copyFromBytes(new Float32Array(y.shape[1]!).fill(Number.NaN));
         graph.replay();
         s.synchronize();
