@@ -277,6 +277,7 @@ struct NodeProfile {
   int stream = 0;  // index into the graph's streams
   int phase = 1;   // nodes in its parallel phase (> 1: fused with its neighbours; their time shared by row cost)
   int64_t ns = 0, wait_ns = 0, jobs = 0, weight_bytes = 0;
+  int64_t busy_ns = 0;  // thread time inside the node's parallel chunks, summed over the pool's threads
 };
 struct GraphProfile {
   int64_t replays = 0, ns = 0;  // region runs and their total time

@@ -85,6 +85,7 @@ static Napi::Value GraphProfileFn(const Napi::CallbackInfo& info) {
         no.Set("waitNs", Napi::Number::New(env, static_cast<double>(n.wait_ns)));
         no.Set("jobs", Napi::Number::New(env, static_cast<double>(n.jobs)));
         no.Set("weightBytes", Napi::Number::New(env, static_cast<double>(n.weight_bytes)));
+        no.Set("busyNs", Napi::Number::New(env, static_cast<double>(n.busy_ns)));
         nodes.Set(static_cast<uint32_t>(i), no);
       }
       o.Set("nodes", nodes);

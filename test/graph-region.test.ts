@@ -231,6 +231,48 @@ describe('a replayed CPU graph as one parallel region', () => {
     for (const t of [x, x2, w2, w3, y2e, y3e, y2r, y3r, ...ye, ...yr, ...weights.flat()]) t?.dispose();
   });
 
+  // LONGCAT_STEAL=1 at a region's start splits GEMVs and fused phases by steal_for (each thread one
+  // contiguous share, stealing at the tail) instead of the chunked split: the same bits.
+  it.each([2, 3, 5])(
+    'a replayed step of big one-row linears gives the same bits with and without steal_for, %i pool threads',
+    threads => {
+      native.setThreads(threads);
+      const r = rng(70 + threads);
+      const k = 333;
+      const x = tensor(r.array(k), [1, k]);
+      const ws = [1999, 517, 1031].map(n => tensor(r.array(n * k), [n, k], { dtype: 'bf16' }));
+      const ys = ws.map(w => full([1, w.shape[0]!], Number.NaN));
+      const w4 = tensor(r.array(1999 * 517), [1999, 517], { dtype: 'bf16' });
+      const z = full([1, 1999], Number.NaN);
+      const s = new Stream('cpu');
+      const graph = native.captureGraph([s], () => {
+        for (const [i, w] of ws.entries()) native.linear(s, ys[i]!, x, w); // one fused phase
+        native.linear(s, z, ys[1]!, w4); // reads a member's output: alone
+      });
+      const run = (steal: boolean) => {
+        if (steal) process.env.LONGCAT_STEAL = '1';
+        else delete process.env.LONGCAT_STEAL;
+        for (const y of [...ys, z]) y.copyFromBytes(new Float32Array(y.shape[1]!).fill(Number.NaN));
+        graph.replay();
+        s.synchronize();
+        return [...ys, z].map(y => Buffer.from(y.toBytes()));
+      };
+      try {
+        const old = run(false);
+        for (let rep = 0; rep < 3; rep++) {
+          const now = run(true);
+          for (const [i, b] of now.entries()) expect(b.equals(old[i]!), `output ${i}, replay ${rep}`).toBe(true);
+        }
+        expect(old.every(b => !new Float32Array(b.buffer, b.byteOffset, b.length / 4).some(Number.isNaN))).toBe(true);
+      } finally {
+        delete process.env.LONGCAT_STEAL;
+      }
+      graph.dispose();
+      for (const u of [x, ...ws, ...ys, w4, z]) u.dispose();
+      s.dispose();
+    },
+  );
+
   it('a graph whose stream was disposed, replayed and disposed at once: the queued replays never own the stream', () => {
     native.setThreads(2);
     for (let i = 0; i < 20; i++) {

@@ -53,6 +53,7 @@ export interface GraphProfileNode {
   waitNs: number; // the region master waiting at the node's joins for the other threads' last chunks
   jobs: number; // parallel jobs (joins) the node ran in the region; 0: it ran on the master alone
   weightBytes: number; // weight bytes its kernels streamed
+  busyNs: number; // thread time inside its parallel chunks, summed over the pool's threads
 }
 /** A CPU graph's profile: its region replays, their total time, and per node. */
 export interface GraphProfile {

@@ -48,6 +48,15 @@ inline int64_t gemv_grain_rows(const WeightRef& w) {
 // The weights linear_i8act.h's GEMV takes: int4 with groups a multiple of its 128-column chunks.
 inline bool int4_int8_act_shape(const WeightRef& w) { return w.dtype == DType::I4 && w.group % 128 == 0; }
 
+// The item of a GEMV split by steal_for (threadpool.h), in units of unit_bytes of weights (a pass
+// of rows): ~32 KiB, less for a small weight (at least 16 items per thread), at least one unit.
+inline int64_t steal_items(int64_t units, int64_t unit_bytes, int threads) {
+  const int64_t ub = unit_bytes > 0 ? unit_bytes : 1;
+  int64_t bytes = units * ub / (16 * static_cast<int64_t>(threads > 0 ? threads : 1));
+  if (bytes > 32 * 1024) bytes = 32 * 1024;
+  return bytes / ub > 0 ? bytes / ub : 1;
+}
+
 inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 inline int64_t ceil_div(int64_t v, int64_t m) { return (v + m - 1) / m; }
 

@@ -9,7 +9,8 @@
 namespace lc::cpu::profile {
 
 inline std::atomic<bool> g_on{false};
-inline std::atomic<int64_t> g_weight_bytes{0}, g_wait_ns{0}, g_jobs{0};
+// busy_ns: thread time inside region jobs' chunks, summed over the threads (master and workers).
+inline std::atomic<int64_t> g_weight_bytes{0}, g_wait_ns{0}, g_jobs{0}, g_busy_ns{0};
 
 inline bool on() { return g_on.load(std::memory_order_relaxed); }
 inline void add_weight_bytes(int64_t b) {
@@ -17,11 +18,11 @@ inline void add_weight_bytes(int64_t b) {
 }
 
 struct Snapshot {
-  int64_t weight_bytes, wait_ns, jobs;
+  int64_t weight_bytes, wait_ns, jobs, busy_ns;
 };
 inline Snapshot snapshot() {
   return {g_weight_bytes.load(std::memory_order_relaxed), g_wait_ns.load(std::memory_order_relaxed),
-          g_jobs.load(std::memory_order_relaxed)};
+          g_jobs.load(std::memory_order_relaxed), g_busy_ns.load(std::memory_order_relaxed)};
 }
 
 }  // namespace lc::cpu::profile

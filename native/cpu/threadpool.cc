@@ -12,6 +12,8 @@
 
 #include <chrono>
 #include <climits>
+#include <cstdlib>
+#include <cstring>
 
 namespace lc::cpu {
 
@@ -97,6 +99,9 @@ ThreadPool& ThreadPool::global() {
 }
 
 ThreadPool& ThreadPool::current() { return t_current ? *t_current : global(); }
+
+bool ThreadPool::stealing() const { return t_master == this && region_steal_; }
+bool ThreadPool::runs_inline() const { return t_region_chunk == this || (t_master == this && t_in_region_job); }
 
 ThreadPool::ThreadPool() { start(default_thread_count()); }
 
@@ -220,6 +225,10 @@ ThreadPool::Region::Region(ThreadPool& pool)
     : pool_(pool), excl_(pool.region_excl_), resize_(pool.resize_m_), prev_master_(t_master) {
   t_master = &pool;
   {
+    const char* st = std::getenv("LONGCAT_STEAL");
+    pool.region_steal_ = st && std::strcmp(st, "1") == 0;
+  }
+  {
     std::lock_guard<std::mutex> lk(pool.m_);  // (the workers' idle wait reads in_region_ under m_)
     pool.in_region_.store(true, std::memory_order_release);
   }
@@ -263,7 +272,15 @@ void ThreadPool::region_work(uint32_t gen) {
     ThreadPool* const outer = t_region_chunk;
     if (t_master != this) t_region_chunk = this;
     try {
-      (*fn)(static_cast<int64_t>(c));
+      if (profile::on()) {
+        const auto t0 = std::chrono::steady_clock::now();
+        (*fn)(static_cast<int64_t>(c));
+        profile::g_busy_ns.fetch_add(
+            std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count(),
+            std::memory_order_relaxed);
+      } else {
+        (*fn)(static_cast<int64_t>(c));
+      }
       t_region_chunk = outer;
     } catch (...) {
       t_region_chunk = outer;

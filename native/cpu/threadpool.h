@@ -8,6 +8,7 @@
 // between ops (spinning briefly, then sleeping on a futex) and join on an atomic counter, instead
 // of a mutex + condition variable per job. The chunking is the same as outside a region (it
 // depends on threads() only), so a region computes bit for bit what op-by-op calls do.
+// steal_for (below) is the split for weight streams (GEMVs, a replayed step's fused linears).
 #pragma once
 #include <atomic>
 #include <condition_variable>
@@ -35,6 +36,12 @@ class ThreadPool {
   explicit ThreadPool(int n, std::vector<int> cpus = {});
 
   int threads() const { return nthreads_; }
+  // Whether GEMVs and a replayed graph's fused phases are split by steal_for (below): only in a
+  // region begun with $LONGCAT_STEAL=1 (opt-in: medium's step ~3% faster, small's 8-19% slower,
+  // bench/RESULTS.md; read when a region begins). Otherwise ~4 dynamic chunks per thread.
+  bool stealing() const;
+  // Whether run() called here would run its chunks inline, one after the other (nested in a chunk).
+  bool runs_inline() const;
   const std::vector<int>& cpus() const { return cpus_; }
   // Restricts the calling thread to cpus() (nothing without cpus); false when the OS refused.
   bool bind_calling_thread() const;
@@ -117,6 +124,7 @@ class ThreadPool {
   std::atomic<uint32_t> done_{0};
   std::atomic<int> sleepers_{0};              // workers asleep on gen_
   std::atomic<bool> master_sleeping_{false};  // the master asleep on done_
+  bool region_steal_ = true;
   std::mutex region_error_m_;
   std::exception_ptr region_error_;
 };
@@ -145,6 +153,62 @@ void parallel_for(int64_t n, int64_t grain, F&& fn) {
   pool.run(chunks, [&](int64_t c) {
     int64_t b = n * c / chunks, e = n * (c + 1) / chunks;
     if (b < e) fn(b, e);
+  });
+}
+
+// Runs fn(i) for every i in [0, n), each exactly once, spread over the calling thread's pool: a
+// split for streaming work (a weight stream read front to back, where each range's start is cold
+// for the prefetchers). Each thread p of P takes its own contiguous share [n p / P, n (p + 1) / P)
+// one item at a time, in order; a thread whose share is done steals the back half of the largest
+// share left and goes on through it in order. So every thread reads one long stream (two or three
+// after steals) instead of ~4 interleaved chunks, and the threads still finish within an item of
+// each other. Nested in a chunk (runs_inline()): i in order on the calling thread.
+template <typename F>
+void steal_for(int64_t n, F&& fn) {
+  if (n <= 0) return;
+  ThreadPool& pool = ThreadPool::current();
+  const int P = pool.threads();
+  if (P == 1 || n == 1 || pool.runs_inline()) {
+    for (int64_t i = 0; i < n; ++i) fn(i);
+    return;
+  }
+  // per share: front (next item) in the low 32 bits, back (one past its last item) in the high 32
+  struct alignas(64) Share {
+    std::atomic<uint64_t> fb;
+  };
+  static_assert(sizeof(Share) == 64, "one share per cache line");
+  constexpr int kMaxShares = 64;
+  const int S = P < kMaxShares ? P : kMaxShares;
+  Share shares[kMaxShares];
+  auto pack = [](uint64_t f, uint64_t b) { return b << 32 | f; };
+  for (int p = 0; p < S; ++p)
+    shares[p].fb.store(pack(static_cast<uint64_t>(n * p / S), static_cast<uint64_t>(n * (p + 1) / S)), std::memory_order_relaxed);
+  pool.run(S, [&](int64_t p) {
+    Share* own = &shares[p];
+    for (;;) {
+      // own share, front to back
+      for (uint64_t v = own->fb.load(std::memory_order_acquire);;) {
+        const uint64_t f = v & 0xffffffffu, b = v >> 32;
+        if (f >= b) break;
+        if (own->fb.compare_exchange_weak(v, pack(f + 1, b), std::memory_order_acq_rel, std::memory_order_acquire))
+          fn(static_cast<int64_t>(f)), v = own->fb.load(std::memory_order_acquire);
+      }
+      // steal the back half of the largest share left
+      int victim = -1;
+      uint64_t most = 0;
+      for (int q = 0; q < S; ++q) {
+        const uint64_t v = shares[q].fb.load(std::memory_order_acquire), f = v & 0xffffffffu, b = v >> 32;
+        if (b > f && b - f > most) most = b - f, victim = q;
+      }
+      if (victim < 0) return;
+      uint64_t v = shares[victim].fb.load(std::memory_order_acquire);
+      const uint64_t f = v & 0xffffffffu, b = v >> 32;
+      if (f >= b) continue;
+      const uint64_t mid = f + (b - f) / 2;  // the victim keeps [f, mid) (mid == f: the last item goes)
+      if (!shares[victim].fb.compare_exchange_strong(v, pack(f, mid), std::memory_order_acq_rel, std::memory_order_acquire))
+        continue;
+      own->fb.store(pack(mid, b), std::memory_order_release);  // (only its owner moves a share's front)
+    }
   });
 }
 
