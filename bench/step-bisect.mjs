@@ -72,6 +72,7 @@ function captureVariant(keep) {
       saved[op] = native[op];
       native[op] = () => {};
     }
+  // @ts-expect-error decodeGraphs is private: the variant's capture replaces the cached step graph
   const graphs = engine.decodeGraphs;
   const before = new Map(graphs);
   graphs.clear();
@@ -104,7 +105,7 @@ function replayProfiled(graph) {
     native.synchronize('cpu');
   }
   const prof = native.graphProfile(false);
-  const p = prof.reduce((a, b) => (b.replays > a.replays ? b : a), { replays: 0, nodes: [] });
+  const p = prof.reduce((a, b) => (b.replays > a.replays ? b : a), { replays: 0, ns: 0, startNs: 0, nodes: [] });
   let lNs = 0,
     lBytes = 0,
     bytes = 0,
