@@ -127,3 +127,46 @@ export function deviceRandom(device, stream, chunk) {
     },
   };
 }
+
+/**
+ * A captured CPU graph replayed `warmups` times, then `reps` times profiled: the profile and its nodes
+ * summed per op, per call (µs, weight MB, GB/s when it streams weights, join wait µs, jobs).
+ */
+export function profileByOp(graph, stream, warmups, reps) {
+  for (let i = 0; i < warmups; i++) graph.replay();
+  stream.synchronize();
+  native.graphProfile(true);
+  for (let i = 0; i < reps; i++) graph.replay();
+  stream.synchronize();
+  const [prof] = native.graphProfile(false);
+  const sums = {};
+  for (const n of prof.nodes) {
+    sums[n.op] ??= { ns: 0, bytes: 0, wait: 0, jobs: 0, n: 0 };
+    const b = sums[n.op];
+    b.ns += n.ns;
+    b.bytes += n.weightBytes;
+    b.wait += n.waitNs;
+    b.jobs += n.jobs;
+    b.n++;
+  }
+  const byOp = Object.entries(sums).map(([op, b]) => {
+    const calls = prof.replays * b.n;
+    return {
+      op,
+      us: b.ns / calls / 1e3,
+      mb: b.bytes / calls / 1e6,
+      gbps: b.bytes ? b.bytes / b.ns : null,
+      waitUs: b.wait / calls / 1e3,
+      jobs: b.jobs / calls,
+    };
+  });
+  return { regionMs: prof.ns / prof.replays / 1e6, byOp };
+}
+
+/** An FNV-1a hash of a tensor's bytes (A/B of two builds: kernels that must agree bit for bit). */
+export function bitsHash(t) {
+  const b = Buffer.from(t.toBytes());
+  let x = 2166136261;
+  for (let i = 0; i < b.length; i++) x = Math.imul(x ^ b[i], 16777619) >>> 0;
+  return x.toString(16);
+}

@@ -6,7 +6,7 @@
 //                            [--ctx 64] [--hash: print the bits of the outputs, for an A/B of two builds]
 import { native } from '../dist/index.js';
 import { Stream } from '../dist/device.js';
-import { readBandwidth, randomBf16, randomF32 } from './common.mjs';
+import { bitsHash, profileByOp, readBandwidth, randomBf16, randomF32 } from './common.mjs';
 
 const args = process.argv.slice(2);
 const arg = (n, d) => (args.includes(n) ? args[args.indexOf(n) + 1] : d);
@@ -57,38 +57,13 @@ const g = native.captureGraph([s], () => {
   }
 });
 const bw = readBandwidth();
-for (let i = 0; i < 5; i++) g.replay();
-s.synchronize();
-native.graphProfile(true);
-for (let i = 0; i < reps; i++) g.replay();
-s.synchronize();
-const [prof] = native.graphProfile(false);
-const by = {};
-for (const n of prof.nodes) {
-  if (!by[n.op]) by[n.op] = { ns: 0, bytes: 0, wait: 0, jobs: 0, n: 0 };
-  const b = by[n.op];
-  b.ns += n.ns;
-  b.bytes += n.weightBytes;
-  b.wait += n.waitNs;
-  b.jobs += n.jobs;
-  b.n++;
-}
+const { regionMs, byOp } = profileByOp(g, s, 5, reps);
 console.log(
-  `${preset} copies ${copies} ctx ${ctx} threads ${native.threads()} probe ${bw.toFixed(1)} GB/s; region ${(prof.ns / prof.replays / 1e6).toFixed(3)} ms`,
+  `${preset} copies ${copies} ctx ${ctx} threads ${native.threads()} probe ${bw.toFixed(1)} GB/s; region ${regionMs.toFixed(3)} ms`,
 );
-for (const [op, b] of Object.entries(by)) {
-  const us = b.ns / prof.replays / b.n / 1e3;
+for (const b of byOp)
   console.log(
-    `${op.padEnd(18)} ${us.toFixed(2).padStart(7)} us/call  ${b.bytes ? ((b.bytes / b.ns) | 0).toString().padStart(3) : '  -'} GB/s  wait ${(b.wait / prof.replays / b.n / 1e3).toFixed(2)} us  jobs/call ${(b.jobs / prof.replays / b.n).toFixed(2)}`,
+    `${b.op.padEnd(18)} ${b.us.toFixed(2).padStart(7)} us/call  ${b.gbps ? (b.gbps | 0).toString().padStart(3) : '  -'} GB/s  wait ${b.waitUs.toFixed(2)} us  jobs/call ${b.jobs.toFixed(2)}`,
   );
-}
-if (args.includes('--hash')) {
-  // bits of the last copy's outputs (A/B of two builds: the kernels must agree bit for bit)
-  const h = t => {
-    const b = Buffer.from(t.toBytes());
-    let x = 2166136261;
-    for (let i = 0; i < b.length; i++) x = Math.imul(x ^ b[i], 16777619) >>> 0;
-    return x.toString(16);
-  };
-  console.log(`hash qLat ${h(qLat)} oLat ${h(oLat)} o ${h(o)}`);
-}
+// bits of the last copy's outputs (A/B of two builds: the kernels must agree bit for bit)
+if (args.includes('--hash')) console.log(`hash qLat ${bitsHash(qLat)} oLat ${bitsHash(oLat)} o ${bitsHash(o)}`);

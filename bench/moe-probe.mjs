@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { Stream } from '../dist/device.js';
 import { loadModel } from '../dist/generate.js';
 import { native } from '../dist/index.js';
-import { randomBf16, randomF32, readBandwidth, rng } from './common.mjs';
+import { bitsHash, profileByOp, randomBf16, randomF32, readBandwidth, rng } from './common.mjs';
 
 const args = process.argv.slice(2);
 const arg = (n, d) => (args.includes(n) ? args[args.indexOf(n) + 1] : d);
@@ -73,38 +73,12 @@ const g = native.captureGraph([s], () => {
   }
 });
 const bw = readBandwidth();
-for (let i = 0; i < 3; i++) g.replay();
-s.synchronize();
-native.graphProfile(true);
-for (let i = 0; i < reps; i++) g.replay();
-s.synchronize();
-const [prof] = native.graphProfile(false);
-const by = {};
-for (const n of prof.nodes) {
-  if (!by[n.op]) by[n.op] = { ns: 0, bytes: 0, wait: 0, jobs: 0, n: 0 };
-  const b = by[n.op];
-  b.ns += n.ns;
-  b.bytes += n.weightBytes;
-  b.wait += n.waitNs;
-  b.jobs += n.jobs;
-  b.n++;
-}
+const { regionMs, byOp } = profileByOp(g, s, 3, reps);
 console.log(
-  `${preset}${model ? ' (model)' : ''} copies ${copies} ffn experts ${nffn} threads ${native.threads()} probe ${bw.toFixed(1)} GB/s; region ${(prof.ns / prof.replays / 1e6).toFixed(3)} ms`,
+  `${preset}${model ? ' (model)' : ''} copies ${copies} ffn experts ${nffn} threads ${native.threads()} probe ${bw.toFixed(1)} GB/s; region ${regionMs.toFixed(3)} ms`,
 );
-for (const [op, b] of Object.entries(by)) {
-  const us = b.ns / prof.replays / b.n / 1e3;
-  const gbps = b.bytes / b.ns;
+for (const o of byOp)
   console.log(
-    `${op.padEnd(8)} ${us.toFixed(2).padStart(8)} us/call  ${(b.bytes / prof.replays / b.n / 1e6).toFixed(2)} MB  ${gbps.toFixed(1)} GB/s = ${(gbps / bw).toFixed(2)} of probe  wait ${(b.wait / prof.replays / b.n / 1e3).toFixed(2)} us  jobs/call ${(b.jobs / prof.replays / b.n).toFixed(2)}`,
+    `${o.op.padEnd(8)} ${o.us.toFixed(2).padStart(8)} us/call  ${o.mb.toFixed(2)} MB  ${(o.gbps ?? 0).toFixed(1)} GB/s = ${((o.gbps ?? 0) / bw).toFixed(2)} of probe  wait ${o.waitUs.toFixed(2)} us  jobs/call ${o.jobs.toFixed(2)}`,
   );
-}
-if (args.includes('--hash')) {
-  const hash = t => {
-    const b = Buffer.from(t.toBytes());
-    let x = 2166136261;
-    for (let i = 0; i < b.length; i++) x = Math.imul(x ^ b[i], 16777619) >>> 0;
-    return x.toString(16);
-  };
-  console.log(`hash out ${outs.map(hash).join(' ')}`);
-}
+if (args.includes('--hash')) console.log(`hash out ${outs.map(bitsHash).join(' ')}`);

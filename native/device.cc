@@ -792,11 +792,12 @@ struct Graph::Plan {
     thread_local std::vector<Range> ranges;
     ranges.clear();
     cpu::ThreadPool& pool = cpu::ThreadPool::current();
-    if (pool.stealing()) {
+    const bool steal = pool.stealing();
+    double total = 0;
+    for (size_t i = b; i < e; ++i) total += cost(steps[i]);
+    if (steal) {
       // items in step order, split by cpu::steal_for: 64-128 KiB of weights each (every item is a
       // kernel call of its own: at ~13 KiB, small's fused q_a / kv_a phase ran 8% slower)
-      double total = 0;
-      for (size_t i = b; i < e; ++i) total += cost(steps[i]);
       const double item = std::max(64.0 * 1024, std::min(128.0 * 1024, total / (16.0 * pool.threads())));
       for (size_t i = b; i < e; ++i) {
         const RowSplit& sp = *steps[i].split;
@@ -804,35 +805,26 @@ struct Graph::Plan {
         rows = std::max<int64_t>(sp.align, rows / sp.align * sp.align);
         for (int64_t r0 = 0; r0 < sp.rows; r0 += rows) ranges.push_back(Range{&sp, r0, std::min(sp.rows, r0 + rows)});
       }
-      const std::vector<Range>& rs = ranges;
-      try {
-        cpu::steal_for(static_cast<int64_t>(rs.size()), [&](int64_t c) { rs[c].split->run(rs[c].r0, rs[c].r1); });
-        return false;
-      } catch (...) {
-        Failure f;
-        if (!describe_failure(&f.code, &f.message)) throw;
-        if (f.message.empty()) f.message = "a queued kernel failed";
-        for (size_t i = b; i < e; ++i)
-          if (failures[steps[i].part].message.empty()) failures[steps[i].part] = f;
-        return true;
-      }
-    }
-    double total = 0;
-    for (size_t i = b; i < e; ++i) total += cost(steps[i]);
-    const double target = 4.0 * pool.threads();  // (parallel_for's most chunks per thread)
-    for (size_t i = b; i < e; ++i) {
-      const RowSplit& sp = *steps[i].split;
-      const int64_t units = (sp.rows + sp.align - 1) / sp.align;
-      int64_t n = static_cast<int64_t>(cost(steps[i]) / total * target + 0.5);
-      n = std::max<int64_t>(1, std::min(n, units));
-      for (int64_t c = 0; c < n; ++c) {
-        const int64_t r0 = std::min(sp.rows, units * c / n * sp.align), r1 = std::min(sp.rows, units * (c + 1) / n * sp.align);
-        if (r0 < r1) ranges.push_back(Range{&sp, r0, r1});
+    } else {
+      const double target = 4.0 * pool.threads();  // (parallel_for's most chunks per thread)
+      for (size_t i = b; i < e; ++i) {
+        const RowSplit& sp = *steps[i].split;
+        const int64_t units = (sp.rows + sp.align - 1) / sp.align;
+        int64_t n = static_cast<int64_t>(cost(steps[i]) / total * target + 0.5);
+        n = std::max<int64_t>(1, std::min(n, units));
+        for (int64_t c = 0; c < n; ++c) {
+          const int64_t r0 = std::min(sp.rows, units * c / n * sp.align), r1 = std::min(sp.rows, units * (c + 1) / n * sp.align);
+          if (r0 < r1) ranges.push_back(Range{&sp, r0, r1});
+        }
       }
     }
     const std::vector<Range>& rs = ranges;  // (the job reads the master's vector)
+    const auto range = [&](int64_t c) { rs[c].split->run(rs[c].r0, rs[c].r1); };
     try {
-      pool.run(static_cast<int64_t>(rs.size()), [&](int64_t c) { rs[c].split->run(rs[c].r0, rs[c].r1); });
+      if (steal)
+        cpu::steal_for(static_cast<int64_t>(rs.size()), range);
+      else
+        pool.run(static_cast<int64_t>(rs.size()), range);
       return false;
     } catch (...) {
       Failure f;
