@@ -1233,7 +1233,85 @@ function attentionBound(sides: Sides, mode: GemmMode, K: number, L: number, sMax
   return c * vMax + FLOOR;
 }
 
-// Decode: [nh, dl, dr, blockSize, seqLens]; block tables are a shuffled partition of the cache.
+/**
+ * An absorbed decode case: [nh, dl, dr, blockSize, seqLens] over a latent cache of `cdt` ('fp8':
+ * native/cpu/mla.h's layout built by the host reference, the bound over its dequantized values),
+ * the block tables a shuffled partition of the cache.
+ */
+function addAbsorbedDecode(
+  nh: number,
+  dl: number,
+  dr: number,
+  bs: number,
+  lens: readonly number[],
+  cdt: 'f32' | 'bf16' | 'fp8',
+  precision: 'highest' | 'bf16',
+) {
+  const toks = lens.reduce((a, b) => a + b, 0),
+    row = dl + dr;
+  const lensName = lens.length > 4 && lens.every(l => l === lens[0]) ? `${lens.length}x${lens[0]}` : lens.join(',');
+  add({
+    name: `mlaDecodeAbsorbed B=${lens.length} nh=${nh} dl=${dl} dr=${dr} bs=${bs} lens=${lensName} cache=${cdt} ${precision}`,
+    shapes: { nh, dl, dr, blockSize: bs, seqLens: lens },
+    dtypes: { cache: cdt === 'fp8' ? 'fp8_e4m3' : cdt },
+    precision,
+    bytes: toks * (cdt === 'fp8' ? fp8RowBytes(dl, dr) : row * ELEMENT_BYTES[cdt]),
+    flops: 2 * toks * nh * (dl + dr + dl),
+    make(device, r) {
+      const B = lens.length,
+        dn = 7,
+        scale = 1 / Math.sqrt(192);
+      const mb = Math.max(1, ...lens.map(l => Math.ceil(l / bs))) + 1;
+      const nb = B * mb + 3;
+      const perm = r.shuffle(Array.from({ length: nb }, (_, i) => i));
+      let cache: Tensor, values: Float32Array;
+      if (cdt === 'fp8') ({ cache, values } = fp8Cache(r, nb, bs, dl, dr, device));
+      else {
+        values = uniform(r, nb * bs * row);
+        cache = tensor(values, [nb, bs, row], { dtype: cdt, device });
+      }
+      const bt = int32(
+        Array.from({ length: B * mb }, (_, i) => perm[i]!),
+        [B, mb],
+        device,
+      );
+      const sl = int32(lens, [B], device);
+      const qlHost = uniform(r, B * nh * dl, 0.3),
+        qHost = uniform(r, B * nh * (dn + dr), 0.3);
+      const ql = tensor(qlHost, [B, nh, dl], { device });
+      const q = tensor(qHost, [B, nh, dn + dr], { device });
+      const ol = empty([B, nh, dl], { device });
+      return {
+        outs: [ol],
+        inputs: { seqLens: sl, cache },
+        run: s => native.mlaDecodeAbsorbed(s, ol, ql, q, cache, bt, sl, scale),
+        bound(sides) {
+          const out = new Float64Array(B * nh * dl);
+          const mode: GemmMode = precision === 'bf16' ? 'bf16' : 'highest';
+          for (let b = 0; b < B; b++) {
+            if (lens[b] === 0) continue; // no keys: both sides write the same (exact) result
+            const kMax = new Float64Array(row); // per column, max |cache| over the sequence's tokens
+            for (let j = 0; j < lens[b]!; j++) {
+              const base = (perm[b * mb + Math.floor(j / bs)]! * bs + (j % bs)) * row;
+              for (let c = 0; c < row; c++) kMax[c] = Math.max(kMax[c]!, Math.abs(values[base + c]!));
+            }
+            for (let h = 0; h < nh; h++) {
+              let sMax = 0;
+              for (let c = 0; c < dl; c++) sMax += Math.abs(qlHost[(b * nh + h) * dl + c]!) * kMax[c]!;
+              for (let c = 0; c < dr; c++) sMax += Math.abs(qHost[(b * nh + h) * (dn + dr) + dn + c]!) * kMax[dl + c]!;
+              sMax *= scale;
+              for (let c = 0; c < dl; c++)
+                out[(b * nh + h) * dl + c] = attentionBound(sides, mode, row, lens[b]!, sMax, kMax[c]!);
+            }
+          }
+          return [out];
+        },
+      };
+    },
+  });
+}
+// Decode over f32 / bf16 caches; bf16 at precision 'bf16': the tensor-core decode for dl 512 / dr 64
+// (q and p in bf16).
 for (const [nh, dl, dr, bs, lens] of [
   [3, 37, 5, 4, [13]],
   [17, 64, 16, 16, [0, 1, 200]],
@@ -1242,77 +1320,19 @@ for (const [nh, dl, dr, bs, lens] of [
   [64, 512, 64, 64, Array<number>(32).fill(1024)],
   [128, 512, 64, 64, [3000]],
 ] as const) {
-  // bf16 cache at precision 'bf16': the tensor-core decode for dl 512 / dr 64 (q and p in bf16)
   for (const [cdt, precision] of [
     ['f32', 'highest'],
     ['bf16', 'highest'],
     ['bf16', 'bf16'],
   ] as const) {
     if (cdt === 'f32' && nh >= 64 && lens.length > 4) continue;
-    const toks = lens.reduce((a: number, b: number) => a + b, 0);
-    const lensName = lens.length > 4 && lens.every(l => l === lens[0]) ? `${lens.length}x${lens[0]}` : lens.join(',');
-    add({
-      name: `mlaDecodeAbsorbed B=${lens.length} nh=${nh} dl=${dl} dr=${dr} bs=${bs} lens=${lensName} cache=${cdt} ${precision}`,
-      shapes: { nh, dl, dr, blockSize: bs, seqLens: lens },
-      dtypes: { cache: cdt },
-      precision,
-      bytes: toks * (dl + dr) * ELEMENT_BYTES[cdt],
-      flops: 2 * toks * nh * (dl + dr + dl),
-      make(device, r) {
-        const B = lens.length,
-          dn = 7,
-          row = dl + dr,
-          scale = 1 / Math.sqrt(192);
-        const mb = Math.max(1, ...lens.map(l => Math.ceil(l / bs))) + 1;
-        const nb = B * mb + 3;
-        const perm = r.shuffle(Array.from({ length: nb }, (_, i) => i));
-        const cacheHost = uniform(r, nb * bs * row);
-        const cache = tensor(cacheHost, [nb, bs, row], { dtype: cdt, device });
-        const bt = int32(
-          Array.from({ length: B * mb }, (_, i) => perm[i]!),
-          [B, mb],
-          device,
-        );
-        const sl = int32(lens, [B], device);
-        const qlHost = uniform(r, B * nh * dl, 0.3),
-          qHost = uniform(r, B * nh * (dn + dr), 0.3);
-        const ql = tensor(qlHost, [B, nh, dl], { device });
-        const q = tensor(qHost, [B, nh, dn + dr], { device });
-        const ol = empty([B, nh, dl], { device });
-        return {
-          outs: [ol],
-          inputs: { seqLens: sl, cache },
-          run: s => native.mlaDecodeAbsorbed(s, ol, ql, q, cache, bt, sl, scale),
-          bound(sides) {
-            const out = new Float64Array(B * nh * dl);
-            const mode: GemmMode = precision === 'bf16' ? 'bf16' : 'highest';
-            for (let b = 0; b < B; b++) {
-              if (lens[b] === 0) continue; // no keys: both sides write the same (exact) result
-              const kMax = new Float64Array(row); // per column, max |cache| over the sequence's tokens
-              for (let j = 0; j < lens[b]!; j++) {
-                const base = (perm[b * mb + Math.floor(j / bs)]! * bs + (j % bs)) * row;
-                for (let c = 0; c < row; c++) kMax[c] = Math.max(kMax[c]!, Math.abs(cacheHost[base + c]!));
-              }
-              for (let h = 0; h < nh; h++) {
-                let sMax = 0;
-                for (let c = 0; c < dl; c++) sMax += Math.abs(qlHost[(b * nh + h) * dl + c]!) * kMax[c]!;
-                for (let c = 0; c < dr; c++) sMax += Math.abs(qHost[(b * nh + h) * (dn + dr) + dn + c]!) * kMax[dl + c]!;
-                sMax *= scale;
-                for (let c = 0; c < dl; c++)
-                  out[(b * nh + h) * dl + c] = attentionBound(sides, mode, row, lens[b]!, sMax, kMax[c]!);
-              }
-            }
-            return [out];
-          },
-        };
-      },
-    });
+    addAbsorbedDecode(nh, dl, dr, bs, lens, cdt, precision);
   }
 }
-// Decode over the fp8 latent cache (native/cpu/mla.h's layout, built by the host reference): CUDA
-// cores ('highest'; 16-byte loads at 512 + 64, scalar loads at the odd widths), and at 'bf16' the
-// tensor-core decode for 512 + 64 (the dequantized rows rounded to bf16 in shared memory, which the
-// bf16 operand rounding of the error model covers); the real Flash-Chat sizes among them.
+// Decode over the fp8 latent cache: CUDA cores ('highest'; 16-byte loads at 512 + 64, scalar loads
+// at the odd widths), and at 'bf16' the tensor-core decode for 512 + 64 (the dequantized rows rounded
+// to bf16 in shared memory, which the bf16 operand rounding of the error model covers); the real
+// Flash-Chat sizes among them.
 for (const [nh, dl, dr, bs, lens] of [
   [3, 128, 6, 5, [20, 9]],
   [7, 256, 8, 7, [1, 64, 65]],
@@ -1321,66 +1341,7 @@ for (const [nh, dl, dr, bs, lens] of [
   [128, 512, 64, 64, [3000]],
   [128, 512, 64, 64, Array<number>(32).fill(1024)],
 ] as const) {
-  for (const precision of ['highest', 'bf16'] as const) {
-    const toks = lens.reduce((a: number, b: number) => a + b, 0);
-    const lensName = lens.length > 4 && lens.every(l => l === lens[0]) ? `${lens.length}x${lens[0]}` : lens.join(',');
-    const rb = fp8RowBytes(dl, dr),
-      row = dl + dr;
-    add({
-      name: `mlaDecodeAbsorbed B=${lens.length} nh=${nh} dl=${dl} dr=${dr} bs=${bs} lens=${lensName} cache=fp8 ${precision}`,
-      shapes: { nh, dl, dr, blockSize: bs, seqLens: lens },
-      dtypes: { cache: 'fp8_e4m3' },
-      precision,
-      bytes: toks * rb,
-      flops: 2 * toks * nh * (dl + dr + dl),
-      make(device, r) {
-        const B = lens.length,
-          dn = 7,
-          scale = 1 / Math.sqrt(192);
-        const mb = Math.max(1, ...lens.map(l => Math.ceil(l / bs))) + 1;
-        const nb = B * mb + 3;
-        const perm = r.shuffle(Array.from({ length: nb }, (_, i) => i));
-        const { cache, values } = fp8Cache(r, nb, bs, dl, dr, device);
-        const bt = int32(
-          Array.from({ length: B * mb }, (_, i) => perm[i]!),
-          [B, mb],
-          device,
-        );
-        const sl = int32(lens, [B], device);
-        const qlHost = uniform(r, B * nh * dl, 0.3),
-          qHost = uniform(r, B * nh * (dn + dr), 0.3);
-        const ql = tensor(qlHost, [B, nh, dl], { device });
-        const q = tensor(qHost, [B, nh, dn + dr], { device });
-        const ol = empty([B, nh, dl], { device });
-        return {
-          outs: [ol],
-          inputs: { seqLens: sl, cache },
-          run: s => native.mlaDecodeAbsorbed(s, ol, ql, q, cache, bt, sl, scale),
-          bound(sides) {
-            const out = new Float64Array(B * nh * dl);
-            const mode: GemmMode = precision === 'bf16' ? 'bf16' : 'highest';
-            for (let b = 0; b < B; b++) {
-              if (lens[b] === 0) continue;
-              const kMax = new Float64Array(row); // per column, max |dequantized cache| over the sequence
-              for (let j = 0; j < lens[b]!; j++) {
-                const base = (perm[b * mb + Math.floor(j / bs)]! * bs + (j % bs)) * row;
-                for (let c = 0; c < row; c++) kMax[c] = Math.max(kMax[c]!, Math.abs(values[base + c]!));
-              }
-              for (let h = 0; h < nh; h++) {
-                let sMax = 0;
-                for (let c = 0; c < dl; c++) sMax += Math.abs(qlHost[(b * nh + h) * dl + c]!) * kMax[c]!;
-                for (let c = 0; c < dr; c++) sMax += Math.abs(qHost[(b * nh + h) * (dn + dr) + dn + c]!) * kMax[dl + c]!;
-                sMax *= scale;
-                for (let c = 0; c < dl; c++)
-                  out[(b * nh + h) * dl + c] = attentionBound(sides, mode, row, lens[b]!, sMax, kMax[c]!);
-              }
-            }
-            return [out];
-          },
-        };
-      },
-    });
-  }
+  for (const precision of ['highest', 'bf16'] as const) addAbsorbedDecode(nh, dl, dr, bs, lens, 'fp8', precision);
 }
 // Prefill (expanded form): [nh, dn, dr, dv, [[qLen, kvLen], ...]] with a gap row between sequences.
 for (const [nh, dn, dr, dv, seqs] of [
