@@ -274,10 +274,17 @@ function decodeRef(sc: Scenario, cacheBf16: boolean, wBf16: boolean) {
   return { o, oLat };
 }
 
+/** An fp8 latent cache poisoned with 0xff bytes (NaN in e4m3, as a scale and in bf16). */
+const poisonedFp8 = (nb: number, bs: number, rb: number) =>
+  new native.Tensor('fp8_e4m3', [nb, bs, rb], 'cpu', new Uint8Array(nb * bs * rb).fill(0xff));
+
 /** Writes every sequence into a poisoned cache (one mlaCacheWrite for all tokens). */
-function buildCache(sc: Scenario, dtype: 'f32' | 'bf16'): Tensor {
+function buildCache(sc: Scenario, dtype: 'f32' | 'bf16' | 'fp8'): Tensor {
   const { d } = sc;
-  const cache = full([sc.numBlocks, sc.blockSize, d.dl + d.dr], NaN, { dtype });
+  const cache =
+    dtype === 'fp8'
+      ? poisonedFp8(sc.numBlocks, sc.blockSize, fp8RowBytes(d.dl, d.dr))
+      : full([sc.numBlocks, sc.blockSize, d.dl + d.dr], NaN, { dtype });
   const total = sc.lens.reduce((a, b) => a + b, 0);
   const ckv = new Float32Array(total * d.dl),
     kpe = new Float32Array(total * d.dr),
@@ -773,29 +780,6 @@ describe('bad arguments', () => {
 
 // ---- The fp8 latent cache (native/cpu/mla.h: FlashMLA's layout, 656 bytes per token at 512 + 64) ----------
 
-/** A cache of `dtype` poisoned with 0xff bytes (NaN in e4m3, as a scale and in bf16). */
-const poisonedFp8 = (nb: number, bs: number, rb: number) =>
-  new native.Tensor('fp8_e4m3', [nb, bs, rb], 'cpu', new Uint8Array(nb * bs * rb).fill(0xff));
-
-/** Writes every sequence of `sc` into a poisoned fp8 cache with mlaCacheWrite (one call, all tokens). */
-function buildFp8Cache(sc: Scenario): Tensor {
-  const { d } = sc;
-  const cache = poisonedFp8(sc.numBlocks, sc.blockSize, fp8RowBytes(d.dl, d.dr));
-  const total = sc.lens.reduce((a, b) => a + b, 0);
-  const ckv = new Float32Array(total * d.dl),
-    kpe = new Float32Array(total * d.dr),
-    slots: number[] = [];
-  let t = 0;
-  sc.lens.forEach((len, b) => {
-    ckv.set(sc.ckv[b]!, t * d.dl);
-    kpe.set(sc.kpe[b]!, t * d.dr);
-    for (let s = 0; s < len; s++) slots.push(sc.tables[b]![Math.floor(s / sc.blockSize)]! * sc.blockSize + (s % sc.blockSize));
-    t += len;
-  });
-  native.mlaCacheWrite(null, cache, tensor(ckv, [total, d.dl]), tensor(kpe, [total, d.dr]), i32(slots));
-  return cache;
-}
-
 /** The scenario with every sequence's latent / rope replaced by what the fp8 layout stores (host reference). */
 function fp8Rounded(sc: Scenario): Scenario {
   const { d } = sc,
@@ -843,7 +827,7 @@ describe('fp8 latent cache', () => {
       });
       for (const isa of isas) {
         native.setIsa(isa);
-        const cache = buildFp8Cache(sc);
+        const cache = buildCache(sc, 'fp8');
         const got = cache.toBytes();
         let bad = -1;
         for (let i = 0; i < want.length && bad < 0; i++) if (got[i] !== want[i]) bad = i;
@@ -865,7 +849,7 @@ describe('fp8 latent cache', () => {
     const sc: Scenario = { ...scenario(1, d, [T], 8), ckv: [ckv], kpe: [kpe] };
     for (const isa of isas) {
       native.setIsa(isa);
-      const cache = buildFp8Cache(sc);
+      const cache = buildCache(sc, 'fp8');
       const c = full([T, d.dl], NaN),
         k = full([T, d.dr], NaN);
       native.mlaCacheGather(null, c, k, cache, i32(sc.tables[0]!), 0, T);
@@ -892,7 +876,7 @@ describe('fp8 latent cache', () => {
     const ref = fp8Rounded(sc);
     for (const isa of isas) {
       native.setIsa(isa);
-      const cache = buildFp8Cache(sc);
+      const cache = buildCache(sc, 'fp8');
       for (const [start, length] of [
         [0, 37],
         [3, 20],
@@ -919,7 +903,7 @@ describe('fp8 latent cache', () => {
         const sc = scenario(lens.length * 13 + d.dl, d, lens, bs);
         // what the cache holds, exactly (the write is checked bit for bit above): the reference runs on it
         const want = decodeRef(fp8Rounded(sc), false, wType === 'bf16');
-        const cache = buildFp8Cache(sc);
+        const cache = buildCache(sc, 'fp8');
         const wt = tensor(sc.w, [d.nh * (d.dn + d.dv), d.dl], { dtype: wType });
         // fp32 arithmetic on the dequantized values at any precision (no bf16 path for fp8 on the CPU)
         const atol = 2e-5 * Math.sqrt(d.dl),
@@ -946,7 +930,7 @@ describe('fp8 latent cache', () => {
     const d: Dims = { nh: 3, dn: 16, dr: 8, dv: 12, dl: 128 };
     const sc = scenario(98, d, [777, 5, 300], 16);
     const want = decodeRef(fp8Rounded(sc), false, false);
-    const cache = buildFp8Cache(sc);
+    const cache = buildCache(sc, 'fp8');
     const wt = tensor(sc.w, [d.nh * (d.dn + d.dv), d.dl]);
     for (const n of [1, 3, 8]) {
       native.setThreads(n);
@@ -966,7 +950,7 @@ describe('fp8 latent cache', () => {
       fresh = 6;
     const sc = scenario(81, d, [S], 16);
     const ref = fp8Rounded(sc);
-    const cache = buildFp8Cache(sc);
+    const cache = buildCache(sc, 'fp8');
     const ckvAll = full([S, d.dl], NaN),
       kpeAll = full([S, d.dr], NaN);
     native.mlaCacheGather(null, ckvAll, kpeAll, cache, i32(sc.tables[0]!), 0, S);
