@@ -12,7 +12,7 @@ import path from 'node:path';
 import readline from 'node:readline';
 import OpenAI from 'openai';
 import { createServer, type LongcatServer } from '../lib/server.js';
-import { loadModel, type GenerateOptions, type GenerateResult, type Model } from '../lib/generate.js';
+import { loadModel, type GenerateOptions, type GenerateResult, type Model, type Session } from '../lib/generate.js';
 import { parseToolCalls, type ChatMessage } from '../lib/chat.js';
 import { graphBucket } from '../lib/model/model.js';
 import { checkpointFixture, cpuModelFixture } from './model-fixture.js';
@@ -667,11 +667,13 @@ describe('errors', () => {
   });
 });
 
+type GenerateFn = (prompt: string | ChatMessage[], opts: GenerateOptions) => unknown;
+
 /**
- * The model with each generation held before it starts until `gate(signal)` resolves (the test
- * controls when a request's slot is given back, without timing).
+ * The model with each session's generate replaced by `wrap(realGenerate)` (everything else passes
+ * through). The stand-in returns a Generation look-alike: awaitable and async-iterable.
  */
-function gated(model: Model, gate: (signal: AbortSignal) => Promise<void>): Model {
+function withGenerate(model: Model, wrap: (generate: Session['generate']) => GenerateFn): Model {
   const bind = (target: object, key: string | symbol) => {
     const v = Reflect.get(target, key);
     return typeof v === 'function' ? v.bind(target) : v;
@@ -681,66 +683,50 @@ function gated(model: Model, gate: (signal: AbortSignal) => Promise<void>): Mode
       if (key !== 'createSession') return bind(target, key);
       return () => {
         const session = target.createSession();
-        return new Proxy(session, {
-          get(s, k) {
-            if (k !== 'generate') return bind(s, k);
-            return (prompt: string | ChatMessage[], opts: GenerateOptions) => {
-              const open = gate(opts.signal!);
-              // (boxed: a promise would adopt the Generation, which is thenable, as its result)
-              const real = open.then(() => ({ g: s.generate(prompt, opts) }));
-              return {
-                // biome-ignore lint/suspicious/noThenProperty: stands in for a Generation, which is awaitable
-                then: (ok: (r: unknown) => unknown, err: (e: unknown) => unknown) => real.then(({ g }) => g).then(ok, err),
-                async *[Symbol.asyncIterator]() {
-                  yield* (await real).g;
-                },
-              };
-            };
-          },
-        });
+        const generate = wrap(session.generate.bind(session));
+        return new Proxy(session, { get: (s, k) => (k === 'generate' ? generate : bind(s, k)) });
       };
     },
   });
 }
 
 /**
+ * The model with each generation held before it starts until `gate(signal)` resolves (the test
+ * controls when a request's slot is given back, without timing).
+ */
+const gated = (model: Model, gate: (signal: AbortSignal) => Promise<void>): Model =>
+  withGenerate(model, generate => (prompt, opts) => {
+    const open = gate(opts.signal!);
+    // (boxed: a promise would adopt the Generation, which is thenable, as its result)
+    const real = open.then(() => ({ g: generate(prompt, opts) }));
+    return {
+      // biome-ignore lint/suspicious/noThenProperty: stands in for a Generation, which is awaitable
+      then: (ok: (r: unknown) => unknown, err: (e: unknown) => unknown) => real.then(({ g }) => g).then(ok, err),
+      async *[Symbol.asyncIterator]() {
+        yield* (await real).g;
+      },
+    };
+  });
+
+/**
  * The model with each generation's text replaced by `text()` (the real generation runs, on the real
  * prompt, so sessions, slots and rendering are exercised; its result and stream carry the scripted
  * text, streamed in pieces of 4 characters, stopReason 'eos'). Records each chat's messages and tools.
  */
-function scripted(model: Model, text: () => string, seen: { messages: ChatMessage[]; tools?: unknown }[]): Model {
-  const bind = (target: object, key: string | symbol) => {
-    const v = Reflect.get(target, key);
-    return typeof v === 'function' ? v.bind(target) : v;
-  };
-  return new Proxy(model, {
-    get(target, key) {
-      if (key !== 'createSession') return bind(target, key);
-      return () => {
-        const session = target.createSession();
-        return new Proxy(session, {
-          get(s, k) {
-            if (k !== 'generate') return bind(s, k);
-            return (prompt: string | ChatMessage[], opts: GenerateOptions) => {
-              if (typeof prompt !== 'string') seen.push({ messages: prompt, tools: opts.tools });
-              const t = text();
-              const real = s.generate(prompt, { ...opts, maxTokens: 1 });
-              const result = real.then(r => ({ ...r, text: t, stopReason: 'eos' as const }));
-              return {
-                // biome-ignore lint/suspicious/noThenProperty: stands in for a Generation, which is awaitable
-                then: (ok: (r: unknown) => unknown, err: (e: unknown) => unknown) => result.then(ok, err),
-                async *[Symbol.asyncIterator]() {
-                  await result;
-                  for (let i = 0; i < t.length; i += 4) yield t.slice(i, i + 4);
-                },
-              };
-            };
-          },
-        });
-      };
-    },
+const scripted = (model: Model, text: () => string, seen: { messages: ChatMessage[]; tools?: unknown }[]): Model =>
+  withGenerate(model, generate => (prompt, opts) => {
+    if (typeof prompt !== 'string') seen.push({ messages: prompt, tools: opts.tools });
+    const t = text();
+    const result = generate(prompt, { ...opts, maxTokens: 1 }).then(r => ({ ...r, text: t, stopReason: 'eos' as const }));
+    return {
+      // biome-ignore lint/suspicious/noThenProperty: stands in for a Generation, which is awaitable
+      then: (ok: (r: unknown) => unknown, err: (e: unknown) => unknown) => result.then(ok, err),
+      async *[Symbol.asyncIterator]() {
+        await result;
+        for (let i = 0; i < t.length; i += 4) yield t.slice(i, i + 4);
+      },
+    };
   });
-}
 
 /** A promise with its resolver. */
 function deferred<T = void>() {
