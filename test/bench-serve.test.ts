@@ -2,17 +2,15 @@
 // to a temporary directory) whose JSON holds every figure, finite. No timing value is checked; only
 // what the run determines exactly: the batch sizes stay within the concurrency, distinct experts per
 // step within what the layers hold, the prompt tokens computed with and without the prefix cache.
-import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { workLimitMs } from './helpers.js';
+import { finite, runQuickBench, workLimitMs } from './helpers.js';
 
 const dir = mkdtempSync(path.join(os.tmpdir(), 'longcat-bench-serve-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-const finite = (x: unknown) => typeof x === 'number' && Number.isFinite(x);
 const pcts = (p: { p50: number; p90: number; p99: number; n: number }) => {
   for (const x of [p.p50, p.p90, p.p99]) expect(finite(x)).toBe(true);
   expect(p.p50).toBeLessThanOrEqual(p.p90);
@@ -57,16 +55,7 @@ describe('bench/serve.mjs', () => {
   it(
     '--quick runs 1 and 4 streams, a long prompt mid-run and the prefix cache on / off, and writes every figure',
     () => {
-      const out = path.join(dir, 'serve.json');
-      const r = spawnSync(process.execPath, ['bench/serve.mjs', '--quick', '--ckpt-root', dir, '--out', out], {
-        encoding: 'utf8',
-        env: process.env,
-        timeout: workLimitMs(20),
-      });
-      expect(r.stderr).toBe('');
-      expect(r.status).toBe(0);
-      expect(r.stdout).toContain('Prefix cache');
-      const res = JSON.parse(readFileSync(out, 'utf8'));
+      const res = runQuickBench('serve.mjs', dir, 'Prefix cache');
       expect(res.bench).toBe('serve');
       expect(res.loadavg.start).toHaveLength(3);
       expect(finite(res.readGBps)).toBe(true);

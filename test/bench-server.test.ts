@@ -3,18 +3,16 @@
 // holds every figure, finite. No timing value is checked; only what the run determines exactly: every
 // stream generated its max_tokens (ignore_eos), the scheduler's rows, the graphs captured, the
 // prompt tokens taken from the prefix cache with it on and off.
-import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { graphBucket } from '../lib/model/model.js';
-import { workLimitMs } from './helpers.js';
+import { finite, runQuickBench, workLimitMs } from './helpers.js';
 
 const dir = mkdtempSync(path.join(os.tmpdir(), 'longcat-bench-server-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-const finite = (x: unknown) => typeof x === 'number' && Number.isFinite(x);
 type Pcts = { p50: number; p90: number; p99: number; n: number };
 const pcts = (p: Pcts, n: number) => {
   for (const x of [p.p50, p.p90, p.p99]) expect(finite(x)).toBe(true);
@@ -48,16 +46,7 @@ describe('bench/server.mjs', () => {
   it(
     '--quick streams 1 and 4 clients over HTTP and runs the prefix cache on / off, writing every figure',
     () => {
-      const out = path.join(dir, 'server.json');
-      const r = spawnSync(process.execPath, ['bench/server.mjs', '--quick', '--ckpt-root', dir, '--out', out], {
-        encoding: 'utf8',
-        env: process.env,
-        timeout: workLimitMs(20),
-      });
-      expect(r.stderr).toBe('');
-      expect(r.status).toBe(0);
-      expect(r.stdout).toContain('Prefix cache');
-      const res = JSON.parse(readFileSync(out, 'utf8'));
+      const res = runQuickBench('server.mjs', dir, 'Prefix cache');
       expect(res.bench).toBe('server');
       const levels = res.levels as Level[];
       expect(levels.map(l => l.concurrency)).toEqual([1, 4]);

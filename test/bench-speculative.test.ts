@@ -3,21 +3,18 @@
 // value is checked; only what the run determines exactly (the greedy tokens, the acceptance of the
 // 0% checkpoint, bytes and expert counts, the Flash-Chat arithmetic). On a build whose CUDA device
 // is the CPU emulator of test/emu, the run uses it (--device cuda:0), as the GPU scripts' smoke runs do.
-import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { native } from '../lib/native.js';
-import { workLimitMs } from './helpers.js';
+import { finite, runQuickBench, workLimitMs } from './helpers.js';
 
 const emulated = native.buildInfo().cudaArchs === 'emulated';
 // The emulator runs a step in about a second under load: fewer tokens and one repeat there.
 const device = emulated ? ['--device', 'cuda:0', '--tokens', '3', '--repeats', '1'] : [];
 const dir = mkdtempSync(path.join(os.tmpdir(), 'longcat-bench-spec-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
-
-const finite = (x: unknown) => typeof x === 'number' && Number.isFinite(x);
 
 interface Batch {
   batch: number;
@@ -63,16 +60,7 @@ describe('bench/speculative.mjs', () => {
   it(
     `--quick runs both checkpoints at batch 1 and 8 and writes every figure${emulated ? ' (emulated cuda:0)' : ''}`,
     () => {
-      const out = path.join(dir, 'speculative.json');
-      const r = spawnSync(process.execPath, ['bench/speculative.mjs', '--quick', '--ckpt-root', dir, '--out', out, ...device], {
-        encoding: 'utf8',
-        env: process.env,
-        timeout: workLimitMs(20),
-      });
-      expect(r.stderr).toBe('');
-      expect(r.status).toBe(0);
-      expect(r.stdout).toContain('LongCat-Flash-Chat proportions');
-      const res = JSON.parse(readFileSync(out, 'utf8'));
+      const res = runQuickBench('speculative.mjs', dir, 'LongCat-Flash-Chat proportions', device);
       expect(res.bench).toBe('speculative');
       expect(res.loadavg.start).toHaveLength(3);
       expect(res.checkpoints.map((c: { draftAgreement: number }) => c.draftAgreement)).toEqual([0.9, 0]);

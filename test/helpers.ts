@@ -1,4 +1,7 @@
 // Shared test utilities: the seeded RNG (lib/check/rng.ts), closeness checks, the backends to test.
+import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
 import { expect } from 'vitest';
 import { native } from '../lib/native.js';
 import { ConfigError, LongcatError } from '../lib/errors.js';
@@ -39,6 +42,27 @@ export const HANG_LIMIT_MS = 300_000;
  * machine oversubscribed many times over still passes. A hang detector, never a performance assert.
  */
 export const workLimitMs = (cpuSeconds: number) => HANG_LIMIT_MS * Math.max(1, Math.ceil(cpuSeconds / 10));
+
+/** A finite number (a benchmark JSON's figure). */
+export const finite = (x: unknown) => typeof x === 'number' && Number.isFinite(x);
+
+/**
+ * Runs `node bench/<script> --quick --ckpt-root <dir>` (20 s of CPU work on an idle machine) and checks
+ * that it exited 0 with nothing on stderr and printed `marker`; returns the JSON it wrote (`--out`).
+ */
+// biome-ignore lint/suspicious/noExplicitAny: the benchmark's JSON, typed by each test's own interfaces
+export function runQuickBench(script: string, dir: string, marker: string, extra: string[] = []): any {
+  const out = path.join(dir, `${path.basename(script, '.mjs')}.json`);
+  const r = spawnSync(process.execPath, [`bench/${script}`, '--quick', '--ckpt-root', dir, '--out', out, ...extra], {
+    encoding: 'utf8',
+    env: process.env,
+    timeout: workLimitMs(20),
+  });
+  expect(r.stderr).toBe('');
+  expect(r.status).toBe(0);
+  expect(r.stdout).toContain(marker);
+  return JSON.parse(readFileSync(out, 'utf8'));
+}
 
 export type Isa = 'scalar' | 'avx2' | 'avx512';
 const startIsa = native.cpuFeatures().isa;
