@@ -11,6 +11,7 @@ import path from 'node:path';
 import { cudaAvailable } from './helpers.js';
 import { duration, progressBar } from '../lib/progress.js';
 import { doctorCases } from '../lib/doctor.js';
+import type { BenchResult, BenchRow } from '../lib/bench.js';
 
 const cli = path.resolve(__dirname, '../dist/cli.js');
 // Generous limits for a loaded machine; nothing here measures time.
@@ -99,28 +100,8 @@ describe('longcat doctor', { timeout: 900_000 }, () => {
   });
 });
 
-interface Row {
-  test: string;
-  n_prompt: number;
-  n_gen: number;
-  avg_ts: number;
-  stddev_ts: number;
-  samples_ts: number[];
-  avg_ns: number;
-  stddev_ns: number;
-  samples_ns: number[];
-  weight_bytes_per_token: number | null;
-  ffn_experts_per_token: number;
-  bandwidth_gbps: number;
-  bandwidth_samples_gbps: number[];
-  roofline_ts: number | null;
-  roofline_fraction: number | null;
-  model: string;
-  model_size: number;
-  model_n_params: number;
-  backend: string;
-  repetitions: number;
-}
+/** A row of `-o json`: the test's fields and the run's (lib/bench.ts benchJson). */
+type Row = BenchRow & Omit<BenchResult, 'rows'>;
 
 const mean = (v: number[]) => v.reduce((a, b) => a + b, 0) / v.length;
 const sd = (v: number[]) => Math.sqrt(v.reduce((a, b) => a + (b - mean(v)) ** 2, 0) / (v.length - 1));
