@@ -199,8 +199,8 @@ void gemm(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType
       Tr::pack_panel(w, n0, nlen, ncp, k0, klen, kcp, panel);
       for (int64_t m = 0; m < mlen; m += MR)
         for (int64_t j = 0; j < ncp; j += NR)
-          micro_rows<Tr>(mlen - m < MR ? mlen - m : MR, xp + (m0 + m) * Kp + k0, Kp, panel + j * kcp, kcp, kcp, c + m * NC + j, NC,
-                         k0 > 0, static_cast<const WE*>(nullptr));
+          micro_rows<Tr>(mlen - m < MR ? mlen - m : MR, xp + (m0 + m) * Kp + k0, Kp, panel + j * kcp, kcp, kcp, c + m * NC + j,
+                         NC, k0 > 0, static_cast<const WE*>(nullptr));
     }
     for (int64_t m = 0; m < mlen; ++m)
       for (int64_t j = 0; j < nlen; ++j) {
