@@ -160,7 +160,8 @@ void gemm(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType
   // Few rows read in place on several threads: all of x per job, panels of ~kFewRowItemBytes of
   // weights, split by steal_for (each thread streams one contiguous share of W's rows, and the
   // first strip's prefetch runs on across its panels; ~4 dynamic chunks per thread restarted the
-  // stream at every chunk: 3-15% slower on cold weights at 2 threads, bench/RESULTS.md wt12-fewrow).
+  // stream at every chunk: 3-15% slower on cold weights at 2 threads in one round of
+  // bench/native/fewrow_gemm.cc, within noise in the other; bench/RESULTS.md wt12-fewrow).
   // A split never changes a result: each output is summed over the same k blocks, strip by strip.
   const bool stream = t <= kInPlaceMaxRows && nthreads > 1 && Tr::in_place(w, NR, K);
   if (stream) {
