@@ -246,6 +246,44 @@ describe('linear', () => {
     },
   );
 
+  it('few-row GEMM on several threads (steal_for over ~32 KiB panels): odd shapes, the same bits at 1, 2 and 3 threads', () => {
+    const r = rng(1213);
+    const threads = native.threads();
+    let checked = 0;
+    try {
+      // k = 544 and 96: whole 32-column blocks (read in place; panels of 28 / 64 rows at 2+ threads);
+      // k = 99: packed. n = 27 and 203: a last panel that is not whole 4-row groups.
+      for (const k of [96, 99, 544])
+        for (const n of [27, 203])
+          for (const wdtype of ['f32', 'bf16'] as const) {
+            const w = makeWeight(r, wdtype, n, k);
+            for (const t of [5, 13, 27]) {
+              const x = makeX(r, 'f32', t, k);
+              const want = reference(x.ref, w.ref, t, n, k);
+              eachIsa(isa => {
+                let first: Float32Array | null = null;
+                for (const nt of [1, 2, 3]) {
+                  native.setThreads(nt);
+                  const what = `${wdtype} ${isa} t=${t} k=${k} n=${n} threads=${nt}`;
+                  const got = runLinear(x.x, w, t, n, 'f32') as Float32Array;
+                  check(got, want, k, bf16Rounding(isa, wdtype, 'f32', t), 'f32', what);
+                  if (first === null) first = got;
+                  else
+                    for (let i = 0; i < t * n; i++)
+                      if (!Object.is(got[i], first[i])) expect.fail(`${what}: y[${i}] = ${got[i]}, at 1 thread ${first[i]}`);
+                  checked++;
+                }
+              });
+              x.x.dispose();
+            }
+            w.dispose();
+          }
+    } finally {
+      native.setThreads(threads);
+    }
+    expect(checked).toBe(3 * 2 * 2 * 3 * isas.length * 3);
+  });
+
   it('GEMV over several k chunks and row groups (t = 1, 2, 4; k = 4200, n = 300)', () => {
     const r = rng(909);
     const [k, n] = [4200, 300];

@@ -1,18 +1,26 @@
 // The few-row in-place GEMM (native/cpu/linear_kernels.h, bf16 weights, t = 5..32 rows: a batch-8
 // verify step's 16 rows, a plain batch-8 step's 8) alone, through lc::cpu::linear, at the small
-// preset's dense shapes: each shape and row count timed with warm weights (the same matrix every
-// call: the kernel's FLOP rate) and with cold ones (a different copy each call, out of 512 MB: the
-// weights come from DRAM, as in a decode step). cold - warm is what the weight stream adds to the
-// products; the read probe (read_sum over the same 512 MB) gives the stream alone.
+// preset's dense shapes and at 1 / 4 MB: each shape, row count and thread count timed with warm
+// weights (the same matrix every call: the kernel's FLOP rate) and with cold ones (a different copy
+// each call, out of 512 MB: the weights come from DRAM, as in a decode step). cold - warm is what
+// the weight stream adds to the products; the read probe (read_sum over the same 512 MB) gives the
+// stream alone. The thread counts alternate shape by shape and round by round.
+//
+// Calls run inside a parallel region of the pool (ThreadPool::Region), as a replayed decode step's
+// do: the workers spin between calls instead of sleeping on the pool's condition variable (a wake
+// from there costs tens of microseconds on a VM, more than a 1 MB linear).
 //
 // Build and run (after `npx cmake-js compile --out build`; under the heavy lock):
 //   g++ -O2 -std=c++17 -Inative bench/native/fewrow_gemm.cc build/CMakeFiles/longcat_cpu.dir/native/cpu/*.o -lpthread
 //     -o /tmp/fewrow_gemm
-//   /tmp/fewrow_gemm [threads]
+//   /tmp/fewrow_gemm [threads...] [--no-region] [--rows 8,16] [--rounds 3]   (threads default: 1 2)
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
 #include <vector>
 
 #include "cpu/linear.h"
@@ -23,17 +31,41 @@ using namespace lc;
 static double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 
 int main(int argc, char** argv) {
-  const int threads = argc > 1 ? std::atoi(argv[1]) : 1;
-  cpu::ThreadPool::global().set_threads(threads);
+  std::vector<int> threads, rows = {8, 16};
+  bool region = true;
+  int rounds = 3;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--no-region") == 0) {
+      region = false;
+    } else if (std::strcmp(argv[i], "--rounds") == 0 && i + 1 < argc) {
+      rounds = std::atoi(argv[++i]);
+    } else if (std::strcmp(argv[i], "--rows") == 0 && i + 1 < argc) {
+      rows.clear();
+      for (const char* p = argv[++i]; *p;) {
+        rows.push_back(std::atoi(p));
+        while (*p && *p != ',') ++p;
+        if (*p) ++p;
+      }
+    } else {
+      threads.push_back(std::atoi(argv[i]));
+    }
+  }
+  if (threads.empty()) threads = {1, 2};
   cpu::set_matmul_precision(cpu::MatmulPrecision::BF16);
   struct Shape {
+    const char* name;
     int64_t n, k;
-  } shapes[] = {{1024, 512}, {512, 1024}, {4096, 512}};  // MLP gate/up, MLP down, lm_head
+  } shapes[] = {
+      {"q_a", 256, 512},       {"kv_a", 144, 512},      {"q_b", 384, 256},         {"o_proj", 512, 256},
+      {"mlp up", 1024, 512},   {"mlp down", 512, 1024}, {"lm_head 4MB", 4096, 512}, {"4MB", 2048, 1024},
+  };
   const int64_t pool = int64_t{512} << 20;
   std::vector<uint16_t> big(pool / 2);
   for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<uint16_t>(0x3c00 + (i * 2654435761u >> 20) % 512);
+  std::printf("%s; median of 300 warm / 600 cold calls per round\n",
+              region ? "inside a parallel region (as a replayed step)" : "outside a region (condition-variable wakes)");
   for (const Shape& sh : shapes)
-    for (int t : {8, 16}) {
+    for (int t : rows) {
       std::vector<float> x(t * sh.k, 0.01f), y(t * sh.n);
       const int64_t wb = sh.n * sh.k * 2, copies = pool / wb;
       auto run = [&](int64_t c) {
@@ -44,32 +76,49 @@ int main(int argc, char** argv) {
         w.k = sh.k;
         cpu::linear(t, x.data(), DType::F32, w, y.data(), DType::F32);
       };
-      for (int rep = 0; rep < 3; ++rep) {
-        std::vector<double> warm, cold;
-        for (int r = 0; r < 300; ++r) {
-          const double t0 = now();
-          run(0);
-          warm.push_back(now() - t0);
+      for (int rep = 0; rep < rounds; ++rep) {
+        std::string line;
+        char buf[256];
+        std::snprintf(buf, sizeof buf, "%-12s n %5ld k %5ld t %2d |", sh.name, static_cast<long>(sh.n), static_cast<long>(sh.k), t);
+        line += buf;
+        for (size_t ti = 0; ti < threads.size(); ++ti) {
+          const int th = threads[(ti + rep) % threads.size()];
+          cpu::ThreadPool::global().set_threads(th);
+          std::vector<double> warm, cold;
+          {
+            std::unique_ptr<cpu::ThreadPool::Region> reg;
+            if (region) reg = std::make_unique<cpu::ThreadPool::Region>(cpu::ThreadPool::global());
+            for (int r = 0; r < 300; ++r) {
+              const double t0 = now();
+              run(0);
+              warm.push_back(now() - t0);
+            }
+            for (int r = 0; r < 600; ++r) {
+              const double t0 = now();
+              run(1 + (r * 7919) % (copies - 1));
+              cold.push_back(now() - t0);
+            }
+          }
+          std::sort(warm.begin(), warm.end());
+          std::sort(cold.begin(), cold.end());
+          const double fl = 2.0 * t * sh.n * sh.k, w50 = warm[warm.size() / 2], c50 = cold[cold.size() / 2];
+          std::snprintf(buf, sizeof buf, " %dT warm %6.1f us (%4.0f GF/s) cold %6.1f us (%5.1f GB/s) |", th, w50 * 1e6,
+                        fl / w50 / 1e9, c50 * 1e6, wb / c50 / 1e9);
+          line += buf;
         }
-        for (int r = 0; r < 600; ++r) {
-          const double t0 = now();
-          run(1 + (r * 7919) % (copies - 1));
-          cold.push_back(now() - t0);
-        }
-        std::sort(warm.begin(), warm.end());
-        std::sort(cold.begin(), cold.end());
-        const double fl = 2.0 * t * sh.n * sh.k, w50 = warm[warm.size() / 2], c50 = cold[cold.size() / 2];
-        std::printf("n %5ld k %5ld t %2d  warm %7.1f us (%4.0f GFLOP/s)  cold %7.1f us (%4.0f GFLOP/s, %5.1f GB/s)\n",
-                    static_cast<long>(sh.n), static_cast<long>(sh.k), t, w50 * 1e6, fl / w50 / 1e9, c50 * 1e6, fl / c50 / 1e9,
-                    wb / c50 / 1e9);
+        std::printf("%s\n", line.c_str());
+        std::fflush(stdout);
       }
     }
-  std::vector<double> rb;
-  for (int r = 0; r < 5; ++r) {
-    const double t0 = now();
-    cpu::read_sum(big.data(), pool);
-    rb.push_back(pool / (now() - t0) / 1e9);
+  for (int th : threads) {
+    cpu::ThreadPool::global().set_threads(th);
+    std::vector<double> rb;
+    for (int r = 0; r < 5; ++r) {
+      const double t0 = now();
+      cpu::read_sum(big.data(), pool);
+      rb.push_back(pool / (now() - t0) / 1e9);
+    }
+    std::sort(rb.begin(), rb.end());
+    std::printf("read probe, %d thread(s): %.1f GB/s\n", th, rb[2]);
   }
-  std::sort(rb.begin(), rb.end());
-  std::printf("read probe, %d thread(s): %.1f GB/s\n", threads, rb[2]);
 }

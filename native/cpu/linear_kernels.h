@@ -90,6 +90,10 @@ inline int64_t ceil_div(int64_t v, int64_t m) { return (v + m - 1) / m; }
 // copy, and the loops swap: each 4-row group of W (4 x KB) is read once, from L1, by every strip of
 // x (all of x, Tp x KB, stays in L1 too).
 constexpr int64_t kInPlaceMaxRows = 32;
+// The weight bytes of one steal_for item of the in-place few-row GEMM on several threads (panels of
+// 16..64 rows): ~1-2 us of products at 16 rows, so the claims cost nothing and the threads end within
+// an item of each other.
+constexpr int64_t kFewRowItemBytes = 32 * 1024;
 // In place, the weights mostly come from DRAM (a step's weights are not cached), and the strips of
 // a 4-row group would wait for them if nothing asked ahead. The first strip's micro kernel requests
 // the group kPrefetchBytes ahead (at least the next one), 4 lines per k step, one per weight row,
@@ -98,6 +102,7 @@ constexpr int64_t kInPlaceMaxRows = 32;
 // 1 MB bf16 from DRAM: t = 16 73 us, t = 8 61 us; with the group 2 ahead requested in slices
 // between the strips, as before: 90-97 and 71-74 us, and on warm weights 61-67 / 44 us against
 // 49 / 26: each slice's line addresses took two divisions.)
+// (8 KB ahead was tried with the split below: no better, bench/RESULTS.md wt12-fewrow.)
 constexpr int64_t kPrefetchBytes = 4096;
 inline int64_t prefetch_groups(int64_t row_bytes) {
   const int64_t g = (kPrefetchBytes + 4 * row_bytes - 1) / (4 * row_bytes);
@@ -141,58 +146,76 @@ void gemm(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType
   const int64_t Kp = round_up(K, Tr::kStep), Tp = round_up(t, MR);
   const int nthreads = ThreadPool::current().threads();
 
-  // x is converted and padded once per call (by the calling thread's scratch, read by all).
+  // x is converted and padded once per call (by the calling thread's scratch, read by all); a few
+  // rows (up to ~32K elements) by the calling thread alone, not as a job of the pool of its own.
   XE* xp = static_cast<XE*>(scratch(kScratchX, Tp * Kp * sizeof(XE)));
-  parallel_for(Tp, 1 + 16384 / Kp, [&](int64_t r0, int64_t r1) { Tr::pack_x(x, xt, t, r0, r1, K, Kp, xp); });
+  parallel_for(Tp, 1 + 32768 / Kp, [&](int64_t r0, int64_t r1) { Tr::pack_x(x, xt, t, r0, r1, K, Kp, xp); });
 
   // Even k blocks, each a multiple of 128 and at most about kKC.
   const int64_t kblocks = ceil_div(K, Tr::kKC);
   const int64_t KB = round_up(ceil_div(K, kblocks), 128);
 
-  // Jobs: NC output rows x MC x rows. Shrink the tiles until every thread has a couple of jobs:
-  // first the panels (down to 16 rows), then the x chunks.
+  // Jobs: NC output rows x MC x rows.
   int64_t NC = 64, MC = round_up(t, MR);
-  while (NC > 16 && ceil_div(N, NC) * ceil_div(t, MC) < 2 * nthreads) NC /= 2;
-  while (MC > MR && ceil_div(N, NC) * ceil_div(t, MC) < 2 * nthreads) MC = round_up(MC / 2, MR);
+  // Few rows read in place on several threads: all of x per job, panels of ~kFewRowItemBytes of
+  // weights, split by steal_for (each thread streams one contiguous share of W's rows, and the
+  // first strip's prefetch runs on across its panels; ~4 dynamic chunks per thread restarted the
+  // stream at every chunk: 3-15% slower on cold weights at 2 threads in one round of
+  // bench/native/fewrow_gemm.cc, within noise in the other; bench/RESULTS.md wt12-fewrow).
+  // A split never changes a result: each output is summed over the same k blocks, strip by strip.
+  const bool stream = t <= kInPlaceMaxRows && nthreads > 1 && Tr::in_place(w, NR, K);
+  if (stream) {
+    NC = kFewRowItemBytes / (K * static_cast<int64_t>(sizeof(WE))) / NR * NR;
+    NC = NC < 16 ? 16 : NC > 64 ? 64 : NC;
+  } else {
+    // Shrink the tiles until every thread has a couple of jobs: first the panels (down to 16
+    // rows), then the x chunks.
+    while (NC > 16 && ceil_div(N, NC) * ceil_div(t, MC) < 2 * nthreads) NC /= 2;
+    while (MC > MR && ceil_div(N, NC) * ceil_div(t, MC) < 2 * nthreads) MC = round_up(MC / 2, MR);
+  }
   const int64_t npanels = ceil_div(N, NC), mchunks = ceil_div(t, MC);
 
-  parallel_for(npanels * mchunks, 1, [&](int64_t j0, int64_t j1) {
-    for (int64_t job = j0; job < j1; ++job) {
-      const int64_t n0 = (job / mchunks) * NC, nlen = N - n0 < NC ? N - n0 : NC, ncp = round_up(nlen, NR);
-      const int64_t m0 = (job % mchunks) * MC, mlen = t - m0 < MC ? t - m0 : MC, mlenp = round_up(mlen, MR);
-      float* c = static_cast<float*>(scratch(kScratchC, mlenp * NC * sizeof(float)));
-      WE* panel = static_cast<WE*>(scratch(kScratchPanel, NC * KB * sizeof(WE)));
-      for (int64_t k0 = 0; k0 < K; k0 += KB) {
-        const int64_t klen = K - k0 < KB ? K - k0 : KB, kcp = round_up(klen, Tr::kStep);
-        if (t <= kInPlaceMaxRows && Tr::in_place(w, nlen, klen)) {
-          // strips of even height (t = 8: 4 + 4, not 6 + 2: fewer loads per product in the last strip)
-          const WE* wp = static_cast<const WE*>(w.data) + n0 * K + k0;
-          const int64_t SR = ceil_div(mlen, ceil_div(mlen, MR));
-          // the group `ahead` groups on (past the panel's end: the next panel's, in W's next rows) is
-          // requested by the first strip (kPrefetchBytes)
-          const int64_t ahead = prefetch_groups(K * static_cast<int64_t>(sizeof(WE))) * NR;
-          for (int64_t j = 0; j < ncp; j += NR) {
-            const WE* next = n0 + j + ahead + NR <= N ? wp + (j + ahead) * K : nullptr;
-            for (int64_t m = 0; m < mlen; m += SR)
-              micro_rows<Tr>(mlen - m < SR ? mlen - m : SR, xp + (m0 + m) * Kp + k0, Kp, wp + j * K, K, kcp, c + m * NC + j, NC,
-                             k0 > 0, m == 0 ? next : nullptr);
-          }
-          continue;
+  const auto run_job = [&](int64_t job) {
+    const int64_t n0 = (job / mchunks) * NC, nlen = N - n0 < NC ? N - n0 : NC, ncp = round_up(nlen, NR);
+    const int64_t m0 = (job % mchunks) * MC, mlen = t - m0 < MC ? t - m0 : MC, mlenp = round_up(mlen, MR);
+    float* c = static_cast<float*>(scratch(kScratchC, mlenp * NC * sizeof(float)));
+    WE* panel = static_cast<WE*>(scratch(kScratchPanel, NC * KB * sizeof(WE)));
+    for (int64_t k0 = 0; k0 < K; k0 += KB) {
+      const int64_t klen = K - k0 < KB ? K - k0 : KB, kcp = round_up(klen, Tr::kStep);
+      if (t <= kInPlaceMaxRows && Tr::in_place(w, nlen, klen)) {
+        // strips of even height (t = 8: 4 + 4, not 6 + 2: fewer loads per product in the last strip)
+        const WE* wp = static_cast<const WE*>(w.data) + n0 * K + k0;
+        const int64_t SR = ceil_div(mlen, ceil_div(mlen, MR));
+        // the group `ahead` groups on (past the panel's end: the next panel's, in W's next rows) is
+        // requested by the first strip (kPrefetchBytes)
+        const int64_t ahead = prefetch_groups(K * static_cast<int64_t>(sizeof(WE))) * NR;
+        for (int64_t j = 0; j < ncp; j += NR) {
+          const WE* next = n0 + j + ahead + NR <= N ? wp + (j + ahead) * K : nullptr;
+          for (int64_t m = 0; m < mlen; m += SR)
+            micro_rows<Tr>(mlen - m < SR ? mlen - m : SR, xp + (m0 + m) * Kp + k0, Kp, wp + j * K, K, kcp, c + m * NC + j, NC,
+                           k0 > 0, m == 0 ? next : nullptr);
         }
-        Tr::pack_panel(w, n0, nlen, ncp, k0, klen, kcp, panel);
-        for (int64_t m = 0; m < mlen; m += MR)
-          for (int64_t j = 0; j < ncp; j += NR)
-            micro_rows<Tr>(mlen - m < MR ? mlen - m : MR, xp + (m0 + m) * Kp + k0, Kp, panel + j * kcp, kcp, kcp, c + m * NC + j,
-                           NC, k0 > 0, static_cast<const WE*>(nullptr));
+        continue;
       }
-      for (int64_t m = 0; m < mlen; ++m)
-        for (int64_t j = 0; j < nlen; ++j) {
-          float v = c[m * NC + j];
-          if (w.dtype == DType::I8) v *= w.scale[n0 + j];
-          store_y(y, yt, (m0 + m) * N + n0 + j, v);
-        }
+      Tr::pack_panel(w, n0, nlen, ncp, k0, klen, kcp, panel);
+      for (int64_t m = 0; m < mlen; m += MR)
+        for (int64_t j = 0; j < ncp; j += NR)
+          micro_rows<Tr>(mlen - m < MR ? mlen - m : MR, xp + (m0 + m) * Kp + k0, Kp, panel + j * kcp, kcp, kcp, c + m * NC + j,
+                         NC, k0 > 0, static_cast<const WE*>(nullptr));
     }
-  });
+    for (int64_t m = 0; m < mlen; ++m)
+      for (int64_t j = 0; j < nlen; ++j) {
+        float v = c[m * NC + j];
+        if (w.dtype == DType::I8) v *= w.scale[n0 + j];
+        store_y(y, yt, (m0 + m) * N + n0 + j, v);
+      }
+  };
+  if (stream)
+    steal_for(npanels, run_job);
+  else
+    parallel_for(npanels * mchunks, 1, [&](int64_t j0, int64_t j1) {
+      for (int64_t j = j0; j < j1; ++j) run_job(j);
+    });
 }
 
 // Per-ISA entry points; each handles both the GEMV and the GEMM path.
