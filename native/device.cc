@@ -697,9 +697,61 @@ struct Graph::Plan {
   // `queued`: when replay() queued the step (the profile's wait from there to the region's start).
   void run(std::vector<Failure>& failures, std::chrono::steady_clock::time_point queued) const {
     if (cpu::profile::on()) return run_profiled(failures, queued);
-    cpu::ThreadPool::Region region(cpu::ThreadPool::current());
+    cpu::ThreadPool& pool = cpu::ThreadPool::current();
+    cpu::ThreadPool::Region region(pool);
+    const std::shared_ptr<const Lookahead> ahead = lookahead(pool);
     bool failed = false;
-    for (const auto& [b, e] : phases) failed |= run_phase(b, e, failed, failures);
+    for (size_t k = 0; k < phases.size(); ++k) {
+      if (ahead) pool.set_lookahead(&ahead->spans[k]);
+      failed |= run_phase(phases[k].first, phases[k].second, failed, failures);
+    }
+  }
+
+  // Per phase, the first weight rows each thread will likely stream in the next phase that streams
+  // weights (the first range phase_ranges gives it: job chunk p, or the start of steal_for's share
+  // p), which the pool's threads prefetch when they run out of chunks (cpu::ThreadPool::
+  // set_lookahead), so the next node does not start its streams cold. A lone linear's kernel splits
+  // its rows itself, about as phase_ranges does: the spans cover the 8 rows from the range start's
+  // pass of 4. Rebuilt when the pool's size or split changes. LONGCAT_LOOKAHEAD=0: off (A/B).
+  struct Lookahead {
+    int threads = 0;
+    bool steal = false;
+    std::vector<std::vector<cpu::ThreadPool::Span>> spans;  // per phase
+  };
+  mutable std::mutex ahead_m;
+  mutable std::shared_ptr<const Lookahead> ahead_built;
+  std::shared_ptr<const Lookahead> lookahead(const cpu::ThreadPool& pool) const {
+    const char* env = std::getenv("LONGCAT_LOOKAHEAD");
+    if (env && std::strcmp(env, "0") == 0) return nullptr;
+    const int P = pool.threads();
+    const bool steal = pool.stealing();
+    std::lock_guard<std::mutex> lk(ahead_m);
+    if (ahead_built && ahead_built->threads == P && ahead_built->steal == steal) return ahead_built;
+    auto la = std::make_shared<Lookahead>();
+    la->threads = P;
+    la->steal = steal;
+    la->spans.resize(phases.size());
+    constexpr int64_t kRows = 8, kRowBytes = 2048;
+    std::vector<Range> rs;
+    for (size_t k = 0; k + 1 < phases.size(); ++k) {
+      size_t j = k + 1;
+      while (j < phases.size() && !(steps[phases[j].first].split && steps[phases[j].first].split->weights)) ++j;
+      if (j == phases.size()) break;
+      phase_ranges(phases[j].first, phases[j].second, P, steal, rs);
+      for (int p = 0; p < P && !rs.empty(); ++p) {
+        const Range& r = rs[steal ? rs.size() * p / P : std::min<size_t>(p, rs.size() - 1)];
+        const RowSplit& sp = *r.split;
+        if (!sp.weights || sp.weight_row_bytes <= 0) continue;
+        const int64_t r0 = r.r0 - r.r0 % 4, r1 = std::min(sp.rows, r0 + kRows), rb = sp.weight_row_bytes;
+        const char* w = static_cast<const char*>(sp.weights);
+        if (rb <= kRowBytes)
+          la->spans[k].push_back({w + r0 * rb, static_cast<size_t>((r1 - r0) * rb), p});
+        else
+          for (int64_t row = r0; row < r1; ++row) la->spans[k].push_back({w + row * rb, static_cast<size_t>(kRowBytes), p});
+      }
+    }
+    ahead_built = la;
+    return la;
   }
   // run() with every phase timed (graph_profile); a fused phase's time, waits and bytes are shared
   // among its nodes by their row costs.
@@ -709,9 +761,13 @@ struct Graph::Plan {
     std::vector<NodeProfile> nodes(steps.size());
     const auto t0 = clock::now();
     {
-      cpu::ThreadPool::Region region(cpu::ThreadPool::current());
+      cpu::ThreadPool& pool = cpu::ThreadPool::current();
+      cpu::ThreadPool::Region region(pool);
+      const std::shared_ptr<const Lookahead> ahead = lookahead(pool);
       bool failed = false;
-      for (const auto& [b, e] : phases) {
+      for (size_t k = 0; k < phases.size(); ++k) {
+        const auto [b, e] = phases[k];
+        if (ahead) pool.set_lookahead(&ahead->spans[k]);
         const cpu::profile::Snapshot sa = cpu::profile::snapshot();
         const auto s0 = clock::now();
         failed |= run_phase(b, e, failed, failures);
@@ -779,45 +835,50 @@ struct Graph::Plan {
  private:
   static double cost(const Step& st) { return st.split ? static_cast<double>(st.split->rows) * st.split->row_cost : 1.0; }
 
-  // Steps [b, e): one alone (after a failure only a marker), or a fused phase: every member's rows
-  // cut into ranges of about equal cost, ~4 per pool thread, run as one job. A failure there fails
-  // every member's stream.
-  bool run_phase(size_t b, size_t e, bool failed, std::vector<Failure>& failures) const {
-    if (e - b == 1) return failed && !steps[b].marker ? false : run_step(steps[b], failures[steps[b].part]);
-    if (failed) return false;
-    struct Range {
-      const RowSplit* split;
-      int64_t r0, r1;
-    };
-    thread_local std::vector<Range> ranges;
-    ranges.clear();
-    cpu::ThreadPool& pool = cpu::ThreadPool::current();
-    const bool steal = pool.stealing();
+  struct Range {
+    const RowSplit* split;
+    int64_t r0, r1;
+  };
+  // The row ranges of steps [b, e) with row splits, run as one job over `threads` threads: cut by
+  // cost, ~4 per thread (the default split), or (steal: cpu::steal_for) items in step order of
+  // 64-128 KiB of weights each (every item is a kernel call of its own: at ~13 KiB, small's fused
+  // q_a / kv_a phase ran 8% slower).
+  void phase_ranges(size_t b, size_t e, int threads, bool steal, std::vector<Range>& out) const {
+    out.clear();
     double total = 0;
     for (size_t i = b; i < e; ++i) total += cost(steps[i]);
     if (steal) {
-      // items in step order, split by cpu::steal_for: 64-128 KiB of weights each (every item is a
-      // kernel call of its own: at ~13 KiB, small's fused q_a / kv_a phase ran 8% slower)
-      const double item = std::max(64.0 * 1024, std::min(128.0 * 1024, total / (16.0 * pool.threads())));
+      const double item = std::max(64.0 * 1024, std::min(128.0 * 1024, total / (16.0 * threads)));
       for (size_t i = b; i < e; ++i) {
         const RowSplit& sp = *steps[i].split;
         int64_t rows = static_cast<int64_t>(item / std::max(sp.row_cost, 1e-9));
         rows = std::max<int64_t>(sp.align, rows / sp.align * sp.align);
-        for (int64_t r0 = 0; r0 < sp.rows; r0 += rows) ranges.push_back(Range{&sp, r0, std::min(sp.rows, r0 + rows)});
+        for (int64_t r0 = 0; r0 < sp.rows; r0 += rows) out.push_back(Range{&sp, r0, std::min(sp.rows, r0 + rows)});
       }
-    } else {
-      const double target = 4.0 * pool.threads();  // (parallel_for's most chunks per thread)
-      for (size_t i = b; i < e; ++i) {
-        const RowSplit& sp = *steps[i].split;
-        const int64_t units = (sp.rows + sp.align - 1) / sp.align;
-        int64_t n = static_cast<int64_t>(cost(steps[i]) / total * target + 0.5);
-        n = std::max<int64_t>(1, std::min(n, units));
-        for (int64_t c = 0; c < n; ++c) {
-          const int64_t r0 = std::min(sp.rows, units * c / n * sp.align), r1 = std::min(sp.rows, units * (c + 1) / n * sp.align);
-          if (r0 < r1) ranges.push_back(Range{&sp, r0, r1});
-        }
+      return;
+    }
+    const double target = 4.0 * threads;  // (parallel_for's most chunks per thread)
+    for (size_t i = b; i < e; ++i) {
+      const RowSplit& sp = *steps[i].split;
+      const int64_t units = (sp.rows + sp.align - 1) / sp.align;
+      int64_t n = static_cast<int64_t>(cost(steps[i]) / total * target + 0.5);
+      n = std::max<int64_t>(1, std::min(n, units));
+      for (int64_t c = 0; c < n; ++c) {
+        const int64_t r0 = std::min(sp.rows, units * c / n * sp.align), r1 = std::min(sp.rows, units * (c + 1) / n * sp.align);
+        if (r0 < r1) out.push_back(Range{&sp, r0, r1});
       }
     }
+  }
+
+  // Steps [b, e): one alone (after a failure only a marker), or a fused phase: every member's rows
+  // cut into ranges (phase_ranges), run as one job. A failure there fails every member's stream.
+  bool run_phase(size_t b, size_t e, bool failed, std::vector<Failure>& failures) const {
+    if (e - b == 1) return failed && !steps[b].marker ? false : run_step(steps[b], failures[steps[b].part]);
+    if (failed) return false;
+    thread_local std::vector<Range> ranges;
+    cpu::ThreadPool& pool = cpu::ThreadPool::current();
+    const bool steal = pool.stealing();
+    phase_ranges(b, e, pool.threads(), steal, ranges);
     const std::vector<Range>& rs = ranges;  // (the job reads the master's vector)
     const auto range = [&](int64_t c) { rs[c].split->run(rs[c].r0, rs[c].r1); };
     try {

@@ -137,6 +137,10 @@ struct RowSplit {
   double row_cost = 1;  // one row's cost (e.g. its weight bytes): the phase balances the threads by it
   std::function<void(int64_t, int64_t)> run;
   std::vector<std::pair<const void*, size_t>> reads, writes;  // the memory it reads / writes, as byte ranges
+  // The weight rows it streams (row r at weights + r * weight_row_bytes; null: none), which a
+  // replay prefetches ahead of the node (cpu::ThreadPool::set_lookahead).
+  const void* weights = nullptr;
+  int64_t weight_row_bytes = 0;
 };
 
 // An ordered queue of work. On CPU it is a worker thread of its own, so two streams overlap;

@@ -273,6 +273,58 @@ describe('a replayed CPU graph as one parallel region', () => {
     },
   );
 
+  // Each phase's threads prefetch the next weight-streaming phase's first rows when they run out of
+  // chunks (the lookahead; LONGCAT_LOOKAHEAD=0: off): a hint only, so the same bits, with and
+  // without steal_for, for lone linears and a fused phase, rows shorter and longer than 2 KiB.
+  it.each([2, 3, 5])('a replayed step gives the same bits with and without the lookahead, %i pool threads', threads => {
+    native.setThreads(threads);
+    const r = rng(90 + threads);
+    const k = 1501;
+    const x = tensor(r.array(k), [1, k]),
+      gain = tensor(r.array(k), [k]),
+      xn = full([1, k], Number.NaN);
+    const ws = [1037, 9, 515].map(n => tensor(r.array(n * k), [n, k], { dtype: 'bf16' }));
+    const ys = ws.map(w => full([1, w.shape[0]!], Number.NaN));
+    const w2 = tensor(r.array(733 * 515), [733, 515], { dtype: 'bf16' }),
+      z = full([1, 733], Number.NaN);
+    const w3 = tensor(r.array(211 * 733), [211, 733]),
+      u = full([1, 211], Number.NaN);
+    const s = new Stream('cpu');
+    const graph = native.captureGraph([s], () => {
+      native.rmsnorm(s, xn, x, gain, 1e-6); // a phase without weights before the first linears
+      for (const [i, w] of ws.entries()) native.linear(s, ys[i]!, xn, w); // one fused phase
+      native.linear(s, z, ys[2]!, w2); // alone (reads a member's output)
+      native.linear(s, u, z, w3); // alone, f32 rows
+    });
+    const outs = [xn, ...ys, z, u];
+    const run = (ahead: boolean, steal: boolean) => {
+      if (ahead) delete process.env.LONGCAT_LOOKAHEAD;
+      else process.env.LONGCAT_LOOKAHEAD = '0';
+      if (steal) process.env.LONGCAT_STEAL = '1';
+      else delete process.env.LONGCAT_STEAL;
+      for (const y of outs) y.copyFromBytes(new Float32Array(y.shape[1]!).fill(Number.NaN));
+      graph.replay();
+      s.synchronize();
+      return outs.map(y => Buffer.from(y.toBytes()));
+    };
+    try {
+      const off = run(false, false);
+      expect(off.every(b => !new Float32Array(b.buffer, b.byteOffset, b.length / 4).some(Number.isNaN))).toBe(true);
+      for (const steal of [false, true])
+        for (const ahead of [true, false]) {
+          const now = run(ahead, steal);
+          for (const [i, b] of now.entries())
+            expect(b.equals(off[i]!), `output ${i}, lookahead ${ahead}, steal ${steal}`).toBe(true);
+        }
+    } finally {
+      delete process.env.LONGCAT_LOOKAHEAD;
+      delete process.env.LONGCAT_STEAL;
+    }
+    graph.dispose();
+    for (const t of [x, gain, xn, ...ws, ...ys, w2, z, w3, u]) t.dispose();
+    s.dispose();
+  });
+
   it('a graph whose stream was disposed, replayed and disposed at once: the queued replays never own the stream', () => {
     native.setThreads(2);
     for (let i = 0; i < 20; i++) {

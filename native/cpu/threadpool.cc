@@ -23,6 +23,7 @@ thread_local ThreadPool* t_current = nullptr;       // set by ThreadPool::Use
 thread_local ThreadPool* t_master = nullptr;        // the pool whose region this thread runs
 thread_local bool t_in_region_job = false;          // the master is running a region job's chunk
 thread_local ThreadPool* t_region_chunk = nullptr;  // the pool whose region job's chunk this worker runs
+thread_local int t_worker_index = 0;                // a pool worker's index, 1..threads() - 1 (0: not a worker)
 
 void futex_wait(std::atomic<uint32_t>* word, uint32_t expected) {
   static_assert(sizeof(std::atomic<uint32_t>) == sizeof(uint32_t), "futex word");
@@ -119,7 +120,8 @@ void ThreadPool::start(int n) {
   nthreads_ = n < 1 ? 1 : n;
   stopping_ = false;
   for (int i = 1; i < nthreads_; ++i)
-    workers_.emplace_back([this] {
+    workers_.emplace_back([this, i] {
+      t_worker_index = i;
       bind_calling_thread();  // (a refused binding leaves the worker where it was: still correct)
       worker();
     });
@@ -236,6 +238,7 @@ ThreadPool::Region::Region(ThreadPool& pool)
 }
 
 ThreadPool::Region::~Region() {
+  pool_.lookahead_.store(nullptr, std::memory_order_relaxed);
   pool_.in_region_.store(false, std::memory_order_seq_cst);
   pool_.gen_.fetch_add(1, std::memory_order_seq_cst);  // (no ticket of this generation: nothing to claim)
   if (pool_.sleepers_.load(std::memory_order_seq_cst) > 0) futex_wake_all(&pool_.gen_);
@@ -265,7 +268,15 @@ void ThreadPool::region_work(uint32_t gen) {
     uint64_t t = ticket_.load(std::memory_order_acquire);
     if ((t >> 40) != tag) return;  // a later job (or none of this generation)
     const uint64_t n = (t >> 20) & 0xfffffu, c = t & 0xfffffu;
-    if (c >= n) return;
+    if (c >= n) {
+      // nothing left to claim: the wait at the join reads ahead, until the job is joined (the
+      // master) or the next one is published (a worker)
+      if (t_master == this)
+        prefetch_lookahead([&] { return done_.load(std::memory_order_relaxed) == n; });
+      else
+        prefetch_lookahead([&] { return gen_.load(std::memory_order_relaxed) != gen; });
+      return;
+    }
     if (!ticket_.compare_exchange_weak(t, t + 1, std::memory_order_acq_rel, std::memory_order_acquire)) continue;
     // The job cannot finish before this chunk does, so its function is still the one published.
     const std::function<void(int64_t)>* fn = region_fn_.load(std::memory_order_acquire);
@@ -289,6 +300,21 @@ void ThreadPool::region_work(uint32_t gen) {
     }
     if (done_.fetch_add(1, std::memory_order_seq_cst) + 1 == n && master_sleeping_.load(std::memory_order_seq_cst))
       futex_wake_all(&done_);
+  }
+}
+
+template <typename Stop>
+void ThreadPool::prefetch_lookahead(Stop&& stop) const {
+  const std::vector<Span>* spans = lookahead_.load(std::memory_order_acquire);
+  if (!spans) return;
+  const size_t P = static_cast<size_t>(nthreads_), me = t_master == this ? 0 : static_cast<size_t>(t_worker_index);
+  for (const Span& s : *spans) {
+    if (static_cast<size_t>(s.thread) % P != me) continue;
+    const char* p = static_cast<const char*>(s.p);
+    for (size_t off = 0; off < s.bytes; off += 64) {
+      if (off % 512 == 0 && stop()) return;  // (a prefetch waits for a free fill buffer: check every 8 lines)
+      __builtin_prefetch(p + off, 0, 2);
+    }
   }
 }
 

@@ -48,6 +48,18 @@ class ThreadPool {
   // n >= 1; n - 1 workers plus the calling thread. Waits for running jobs and regions to finish.
   void set_threads(int n);
 
+  // A region's lookahead: memory the step reads next (a replayed step's next weight rows). When a
+  // thread of the region finds no chunk left in a job (it would wait at the join), it prefetches
+  // the spans whose `thread` % threads() is its index (the master 0, workers 1..) into its L2. Set
+  // by the region's master between jobs; the spans must stay alive until the next set or the
+  // region's end (which clears it). Only a hint: nothing computed depends on it.
+  struct Span {
+    const void* p;
+    size_t bytes;
+    int thread;
+  };
+  void set_lookahead(const std::vector<Span>* spans) { lookahead_.store(spans, std::memory_order_release); }
+
   // Runs fn(chunk) for chunk in [0, nchunks), spread over the pool; returns when all are done.
   // An exception thrown by a chunk is rethrown here (the first one) once every chunk has finished.
   void run(int64_t nchunks, const std::function<void(int64_t)>& fn);
@@ -101,6 +113,8 @@ class ThreadPool {
   void run_in_region(int64_t nchunks, const std::function<void(int64_t)>& fn);
   void region_worker(uint32_t& seen);
   void region_work(uint32_t gen);
+  template <typename Stop>
+  void prefetch_lookahead(Stop&& stop) const;
 
   int nthreads_ = 1;
   std::vector<int> cpus_;  // the workers' affinity (empty: unbound)
@@ -125,6 +139,7 @@ class ThreadPool {
   std::atomic<int> sleepers_{0};              // workers asleep on gen_
   std::atomic<bool> master_sleeping_{false};  // the master asleep on done_
   bool region_steal_ = true;
+  std::atomic<const std::vector<Span>*> lookahead_{nullptr};
   std::mutex region_error_m_;
   std::exception_ptr region_error_;
 };

@@ -86,6 +86,8 @@ static std::shared_ptr<const RowSplit> linear_rows(const Tensor& x, const Tensor
   };
   s->reads = {{x.data(), static_cast<size_t>(x.nbytes())}};
   s->writes = {{y.data(), static_cast<size_t>(y.nbytes())}};
+  s->weights = wr.data;
+  s->weight_row_bytes = wr.dtype == DType::I4 ? cpu::int4_row_bytes(wr.k, wr.group) : wr.k * dtype_size(wr.dtype);
   return s;
 }
 
