@@ -483,7 +483,8 @@ function int4Bandwidth() {
         // a fresh 1 GiB buffer, then the GEMV's own weight copies (codes and scales, the same pages)
         // (both with the machine's widest loads)
         const probe = native.benchReadBandwidth(bwBytes, 3).gbps;
-        const own = native.benchReadTensors(weightTensors, 3).gbps;
+        // (an older addon, e.g. a base build for an A/B, has no benchReadTensors: NaN)
+        const own = native.benchReadTensors ? native.benchReadTensors(weightTensors, 3).gbps : Number.NaN;
         native.setIsa(isa);
         const was = native.setMatmulPrecision(precision);
         const r = native.benchLinear(

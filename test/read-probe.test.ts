@@ -2,10 +2,16 @@
 // exactly the given tensors' bytes -- odd sizes, odd offsets, the lines split over the pool threads
 // across tensor boundaries -- on every ISA path, checked by its checksum against the sum computed
 // here; benchReadBandwidth's fresh buffer likewise; typed errors for bad arguments. No timing is
-// asserted beyond a positive rate.
+// asserted beyond a positive rate. decodeWeightTensors (what the benches' weight probe reads) against
+// weightAccounting, for a model as stored and one quantized to int4 at load.
 import { afterAll, describe, expect, it } from 'vitest';
+import path from 'node:path';
 import { native } from '../lib/index.js';
+import { decodeWeightTensors, weightAccounting } from '../lib/bench.js';
+import { initRandom } from '../lib/init-random.js';
+import { loadModel } from '../lib/generate.js';
 import { cudaAvailable, eachIsa, expectCode, rng } from './helpers.js';
+import { fixtureRoot } from './model-fixture.js';
 
 const M64 = (1n << 64n) - 1n;
 
@@ -87,5 +93,39 @@ describe('benchReadBandwidth', () => {
     });
     expectCode(() => native.benchReadBandwidth(1 << 19, 1), 'E_ARGUMENT', /bytes >= 1 MiB/);
     expectCode(() => native.benchReadBandwidth(1 << 20, 0), 'E_ARGUMENT', /passes >= 1/);
+  });
+});
+
+describe('decodeWeightTensors', () => {
+  const root = fixtureRoot('longcat-read-probe-');
+  it("every weight of weightAccounting's decode bytes, every routed expert; int4 at load: the made experts", async () => {
+    const dir = path.join(root, 'tiny');
+    await initRandom({ preset: 'tiny', seed: 5, out: dir });
+    for (const quantize of [undefined, 'int4'] as const) {
+      const model = await loadModel(dir, { backend: 'cpu', maxContext: 64, ...(quantize ? { quantize } : {}) });
+      try {
+        const d = model.engine.dims;
+        const acc = weightAccounting(model);
+        const ts = decodeWeightTensors(model);
+        const bytes = ts.reduce((a, t) => a + t.nbytes, 0);
+        expect(bytes, quantize).toBe(acc.denseBytes + acc.headBytes + d.layers * d.nRouted * acc.expertBytes);
+        const experts = model.engine.w.layers.flatMap(L => L.moe.expertTensors);
+        expect(experts).toHaveLength(d.layers * d.nRouted);
+        for (const e of experts) expect(e).toHaveLength(quantize ? 6 : 3); // gate, up, down (+ their scales)
+        expect(experts[0]![0]!.dtype).toBe(quantize ? 'int8' : 'bf16');
+        const p = native.benchReadTensors(ts, 1);
+        expect(p.bytes).toBe(bytes);
+        // one expert as stored (bf16 [n, k] x 3), or in the int4 format: per row and group of 128,
+        // 64 bytes of codes and a 2-byte scale
+        const x = model.checkpoint.expertWeights(0, 0);
+        const want = [x.gate, x.up, x.down].reduce((a, t) => {
+          const [n, k] = t.shape as [number, number];
+          return a + (quantize ? n * Math.ceil(k / 128) * (64 + 2) : t.nbytes);
+        }, 0);
+        expect(acc.expertBytes, quantize).toBe(want);
+      } finally {
+        model.dispose();
+      }
+    }
   });
 });

@@ -623,21 +623,26 @@ void linear_vec(int64_t t, const void* x, DType xt, const WeightRef& w, void* y,
   }
 }
 
-// read_sum (linear.h): one piece of a span's lines, four vector accumulators.
+// read_sum (linear.h): one piece of a span's lines, four vector accumulators, the loads in address
+// order (the form of the 1 GiB probe before it read spans: a load order 0, 2, 1, 3 within the 4
+// vectors, which the pointer form compiled to, read ~15% slower on one thread of the Zen 5 VM).
 template <class V>
 uint64_t read_sum_lines(const ReadSpan* spans, int64_t n) {
   using I = typename V::I;
-  constexpr int64_t kW = sizeof(I);  // bytes per vector load (64 divides by it)
+  constexpr int64_t kPerLine = 64 / static_cast<int64_t>(sizeof(I));
   return read_sum_split(spans, n, [](const uint8_t* p, int64_t lines) {
+    const I* base = reinterpret_cast<const I*>(p);
+    auto ld = [&](int64_t j) { return V::load_bytes(reinterpret_cast<const uint8_t*>(base + j)); };
     I s0 = V::izero(), s1 = s0, s2 = s0, s3 = s0;
-    const uint8_t* const pe = p + lines * 64;
-    for (; p + 4 * kW <= pe; p += 4 * kW) {
-      s0 = V::iadd64(s0, V::load_bytes(p));
-      s1 = V::iadd64(s1, V::load_bytes(p + kW));
-      s2 = V::iadd64(s2, V::load_bytes(p + 2 * kW));
-      s3 = V::iadd64(s3, V::load_bytes(p + 3 * kW));
+    const int64_t end = lines * kPerLine;
+    int64_t i = 0;
+    for (; i + 4 <= end; i += 4) {
+      s0 = V::iadd64(s0, ld(i));
+      s1 = V::iadd64(s1, ld(i + 1));
+      s2 = V::iadd64(s2, ld(i + 2));
+      s3 = V::iadd64(s3, ld(i + 3));
     }
-    for (; p < pe; p += kW) s0 = V::iadd64(s0, V::load_bytes(p));
+    for (; i < end; ++i) s0 = V::iadd64(s0, ld(i));
     return V::ireduce_add64(V::iadd64(V::iadd64(s0, s1), V::iadd64(s2, s3)));
   });
 }
