@@ -99,8 +99,8 @@ void int4_chunk_params(const WeightRef& w, int64_t r, int64_t chunks, float* sc,
 // (T + 2) * R * chunks floats. Inlined into the row loop (a call per 2 KiB row, as GCC chose once
 // the vectorized int4_quantize_x grew the caller, cost ~15% of the warm 1-thread rate).
 template <class V, int T, int R>
-__attribute__((always_inline)) inline void int4_i8_rows(const int8_t* xq, const float* sx, const float* xw, int64_t chunks, const WeightRef& w, int64_t r, float* fs,
-                  float* part, int64_t ldp) {
+__attribute__((always_inline)) inline void int4_i8_rows(const int8_t* xq, const float* sx, const float* xw, int64_t chunks,
+                                                        const WeightRef& w, int64_t r, float* fs, float* part, int64_t ldp) {
   using F = typename V::F;
   using I = typename V::I;
   constexpr int kB = sizeof(I), kP = 64 / kB;  // bytes per vector, vectors per 128 columns

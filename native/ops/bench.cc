@@ -79,7 +79,8 @@ static Napi::Value BenchReadTensors(const Napi::CallbackInfo& info) {
   std::vector<Tensor> ts = a.tensor_list(0, "tensors");
   int64_t passes = a.integer(1, "passes");
   if (ts.empty() || passes < 1)
-    fail(Code::E_ARGUMENT, "%s: need >= 1 tensor and passes >= 1, got %zu and %lld", op, ts.size(), static_cast<long long>(passes));
+    fail(Code::E_ARGUMENT, "%s: need >= 1 tensor and passes >= 1, got %zu and %lld", op, ts.size(),
+         static_cast<long long>(passes));
   std::vector<cpu::ReadSpan> spans;
   int64_t bytes = 0;
   for (size_t i = 0; i < ts.size(); ++i) {
