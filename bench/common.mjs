@@ -55,7 +55,7 @@ export function eventTimes(dev, stream, fn, iters) {
 
 // The weight accounting (bytes a decode step reads, FLOPs per prefill token) and the host read-bandwidth
 // probe live in lib/bench.ts, which `longcat bench` ships with.
-export { weightAccounting as accounting, readBandwidth } from '../dist/bench.js';
+export { weightAccounting as accounting, decodeWeightTensors, readBandwidth, readTensorsBandwidth } from '../dist/bench.js';
 
 /** bf16 bits with magnitude 2^(exp-127) .. 2^(exp-124) and random sign (finite, never zero). */
 export function randomBf16(n, seed, exp) {

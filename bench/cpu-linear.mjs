@@ -21,8 +21,10 @@
 // --int4: only the int4 GEMV's share of the read bandwidth (issue 19's >= 90% target), with 1 and
 // 2 pool threads, on every ISA the CPU has, int8 activations (precision 'bf16', linear_i8act.h) and
 // fp32 ('highest'): t = 1 on 32768x4096 weights (2 copies rotated), in rounds (--rounds=7): each
-// GEMV measurement right after a read probe with the same threads, the ratio GEMV / probe taken
-// per round (median and min reported), so a host swing moves both sides of each ratio
+// GEMV measurement right after two read probes with the same threads (benchReadBandwidth's fresh
+// 1 GiB buffer; benchReadTensors over the GEMV's own weight copies, codes and scales: exactly the
+// bytes and pages it streams), the ratios GEMV / probe taken per round (median, min and max
+// reported), so a host swing moves both sides of each ratio
 // (--isa=, --precision=, --threads= pick subsets). Writes bench/out/cpu-int4-gemv.json.
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -466,18 +468,23 @@ function int4Bandwidth() {
   // the weights are made once (copies over 4x the LLC, at least 2) and rotated by every GEMV call
   const bytes = n * k * esize.int4;
   const ws = Array.from({ length: Math.max(2, Math.ceil((4 * llc) / bytes)) }, () => makeWeight('int4', n, k));
+  const weightTensors = ws.flatMap(w => [w.w, w.scale]);
   const x = makeX(1, k),
     y = new native.Tensor('f32', [1, n]);
   const configs = isas.flatMap(isa => precisions.map(precision => ({ isa, precision })));
   for (const th of ths) {
     native.setThreads(th);
-    const got = configs.map(() => ({ probe: [], gbps: [] }));
+    const got = configs.map(() => ({ probe: [], own: [], gbps: [] }));
     for (let round = 0; round < rounds; round++)
       for (let j = 0; j < configs.length; j++) {
         const c = (j + round) % configs.length; // a different order each round
         const { isa, precision } = configs[c];
-        // the probe (same threads) right before each GEMV measurement, so a host swing moves both
+        // the probes (same threads) right before each GEMV measurement, so a host swing moves both:
+        // a fresh 1 GiB buffer, then the GEMV's own weight copies (codes and scales, the same pages)
+        // (both with the machine's widest loads)
         const probe = native.benchReadBandwidth(bwBytes, 3).gbps;
+        // (an older addon, e.g. a base build for an A/B, has no benchReadTensors: NaN)
+        const own = native.benchReadTensors ? native.benchReadTensors(weightTensors, 3).gbps : Number.NaN;
         native.setIsa(isa);
         const was = native.setMatmulPrecision(precision);
         const r = native.benchLinear(
@@ -491,11 +498,13 @@ function int4Bandwidth() {
         native.setMatmulPrecision(was);
         native.setIsa(startIsa);
         got[c].probe.push(probe);
+        got[c].own.push(own);
         got[c].gbps.push(bytes / r.medianMs / 1e6);
       }
     configs.forEach(({ isa, precision }, c) => {
-      const { probe, gbps } = got[c];
+      const { probe, own, gbps } = got[c];
       const ratios = gbps.map((g, i) => g / probe[i]);
+      const ownRatios = gbps.map((g, i) => g / own[i]);
       const int8 = precision !== 'highest' && (isa === 'avx2' || f.avx512vnni);
       rows.push({
         threads: th,
@@ -506,7 +515,11 @@ function int4Bandwidth() {
         ratio: median(ratios),
         minRatio: Math.min(...ratios),
         maxRatio: Math.max(...ratios),
-        rounds: { gbps, probe, ratios },
+        own: median(own),
+        ownRatio: median(ownRatios),
+        minOwnRatio: Math.min(...ownRatios),
+        maxOwnRatio: Math.max(...ownRatios),
+        rounds: { gbps, probe, own, ratios, ownRatios },
       });
     });
   }
@@ -520,18 +533,20 @@ function int4Bandwidth() {
   conditions.loadavgAfter = os.loadavg();
   console.log(
     `int4 GEMV t = 1, ${n}x${k} (groups of 128, bf16 scales: ${esize.int4} B per weight), x f32; ${rounds} rounds, ` +
-      'each a read probe (same threads) then the GEMV; ratio = GEMV / probe per round',
+      "each two read probes (same threads: a fresh 1 GiB buffer, then the GEMV's own weight copies) then the GEMV; " +
+      'ratio = GEMV / probe per round, median (min-max) over the rounds',
   );
+  const mm = (m, lo, hi) => `${m.toFixed(3)} (${lo.toFixed(2)}-${hi.toFixed(2)})`;
   console.table(
     rows.map(r => ({
       threads: r.threads,
       isa: r.isa,
       x: r.activations,
-      'GB/s (median)': +r.gbps.toFixed(1),
-      'probe GB/s (median)': +r.probe.toFixed(1),
-      'ratio median': +r.ratio.toFixed(3),
-      'ratio min': +r.minRatio.toFixed(3),
-      'ratio max': +r.maxRatio.toFixed(3),
+      'GB/s': +r.gbps.toFixed(1),
+      '1 GiB probe': +r.probe.toFixed(1),
+      'own-weights probe': +r.own.toFixed(1),
+      'ratio to 1 GiB': mm(r.ratio, r.minRatio, r.maxRatio),
+      'ratio to own weights': mm(r.ownRatio, r.minOwnRatio, r.maxOwnRatio),
     })),
   );
   printLoad();

@@ -24,15 +24,21 @@
 //   LONGCAT_ADDON=build-bench/Release/longcat.node node bench/model.mjs [--quick] [--presets small,medium,lite] [--threads N] [--out f.json]
 // (--threads: the pool's size for the whole run, the bandwidth probe's included; default: the cores)
 //
-// Prefill per weight format: `--formats bf16,fp8,int8,int4 [--pp 512,1024]` loads each preset's
+// Per weight format: `--formats bf16,fp8,int8,int4 [--pp 512,1024] [--tg N]` loads each preset's
 // checkpoint once per format (bf16 as stored, the others quantized at load: loadModel's `quantize`)
-// and times only the prefills, the formats interleaved repeat by repeat, reported as tokens/s and the
-// ratio to bf16 in the same run (issue 19's target: >= 0.9 at 512-1,024 tokens).
+// and times the prefills, the formats interleaved repeat by repeat, reported as tokens/s and the
+// ratio to bf16 in the same run (issue 19's target: >= 0.9 at 512-1,024 tokens); `--pp 0` skips them.
+// With --tg N also decode (issue 19's benchmark table): per repeat and format, a read probe
+// (benchReadBandwidth, 1 GiB, all pool threads) then N decode steps from an empty sequence; per
+// format its active bytes per token (as `decode` above, the quantized tensors' own bytes) and
+// tokens/s as a fraction of its roofline (probe / active bytes) taken per repeat, median (min-max);
+// the host share (forward() returns / step) and a probe over the format's own decode weights
+// (benchReadTensors over decodeWeightTensors, lib/bench.ts) once per format.
 import { existsSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { native } from '../dist/index.js';
-import { accounting, now, median, readBandwidth, rng } from './common.mjs';
+import { accounting, decodeWeightTensors, now, median, readBandwidth, readTensorsBandwidth, rng } from './common.mjs';
 import { loadModel } from '../dist/generate.js';
 import { PRESETS, initRandom } from '../dist/init-random.js';
 import { batchTables } from '../dist/kv-cache.js';
@@ -54,6 +60,7 @@ const LITE_BENCH = {
 if (args.includes('--threads')) native.setThreads(Number(arg('--threads', 0)));
 const formats = arg('--formats', null)?.split(',') ?? null;
 const PP = Number(formats ? 512 : arg('--pp', 512)),
+  formatTg = formats ? Number(arg('--tg', 0)) : 0,
   TG = Number(arg('--tg', 128));
 
 const mean = v => v.reduce((a, b) => a + b, 0) / v.length;
@@ -396,9 +403,13 @@ function fmtPm(m, s, digits = 1) {
 /** --formats: prefill tokens/s per weight format and prompt length, interleaved, ratio to bf16. */
 async function benchFormats() {
   const t00 = now();
-  const lengths = arg('--pp', '512').split(',').map(Number);
+  const lengths = arg('--pp', '512')
+    .split(',')
+    .map(Number)
+    .filter(n => n > 0);
   const reps = quick ? 2 : 5;
-  const results = [];
+  const results = [],
+    decodes = [];
   for (const preset of presets) {
     const dir = path.join(here, 'out', `ckpt-${preset}`);
     if (!existsSync(path.join(dir, 'model.safetensors.index.json')))
@@ -408,7 +419,7 @@ async function benchFormats() {
       models.push(
         await loadModel(dir, {
           backend: 'cpu',
-          maxContext: Math.max(...lengths) + 64,
+          maxContext: Math.max(32, ...lengths, formatTg) + 64,
           ...(f === 'bf16' ? {} : { quantize: f }),
         }),
       );
@@ -437,6 +448,7 @@ async function benchFormats() {
           ratioToBf16: median(ms[b]) / median(ms[i]),
         });
     }
+    if (formatTg) decodes.push(...decodeFormats(preset, models, rand, vocab, reps));
     for (const m of models) m.dispose();
   }
   const res = {
@@ -446,6 +458,7 @@ async function benchFormats() {
     isa: native.cpuFeatures().isa,
     repeats: reps,
     results,
+    decode: decodes,
     seconds: (now() - t00) / 1000,
   };
   if (outPath) writeFileSync(outPath, `${JSON.stringify(res, null, 2)}\n`);
@@ -459,6 +472,61 @@ async function benchFormats() {
       `| ${r.preset} | ${r.tokens} | ${r.format} | ${r.tokensPerSecond.median.toFixed(1)} | ` +
         `${fmtPm(r.tokensPerSecond.mean, r.tokensPerSecond.sd)} | ${r.ratioToBf16.toFixed(2)} |`,
     );
+  if (!decodes.length) return;
+  console.log(`\n## decode per weight format: tg${formatTg}, 1 GiB probe before each format's steps, ratios per repeat`);
+  console.log(
+    '| model | format | active MB/token | t/s (median) | 1 GiB probe GB/s | roofline t/s | fraction of roofline, median (min-max) | ' +
+      'own-weights probe GB/s | fraction of it | step ms | forward() returns (ms) | host share |',
+  );
+  console.log('| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |');
+  for (const r of decodes)
+    console.log(
+      `| ${r.preset} | ${r.format} | ${(r.activeBytesPerToken / 1e6).toFixed(1)} | ${r.tokensPerSecond.toFixed(1)} | ${r.probeGbps.toFixed(1)} | ` +
+        `${r.rooflineTokensPerSecond.toFixed(1)} | ${r.fracRoofline.toFixed(2)} (${r.fracMin.toFixed(2)}-${r.fracMax.toFixed(2)}) | ` +
+        `${r.ownProbeGbps.toFixed(1)} | ${r.fracOwnProbe.toFixed(2)} | ${r.stepMs.toFixed(3)} | ${r.issueMs.toFixed(3)} | ${(100 * r.hostFraction).toFixed(1)}% |`,
+    );
+}
+
+/** --formats --tg N: decode tokens/s per format against its roofline, formats interleaved per repeat. */
+function decodeFormats(preset, models, rand, vocab, reps) {
+  const accs = models.map(m => accounting(m));
+  const runs = models.map(() => []);
+  for (const m of models) decode(m.engine, 4, rand, vocab); // captures each decode graph
+  for (let r = 0; r < reps; r++)
+    for (let j = 0; j < models.length; j++) {
+      const i = (j + r) % models.length; // a different order each repeat
+      const probe = readBandwidth();
+      runs[i].push({ probe, ...decode(models[i].engine, formatTg, rand, vocab) });
+    }
+  return models.map((m, i) => {
+    const own = readTensorsBandwidth(decodeWeightTensors(m));
+    const rs = runs[i];
+    const active = rs.map(x => accs[i].nonExpertBytes + x.ffnPerToken * accs[i].expertBytes);
+    const tps = rs.map(x => formatTg / (x.ms / 1e3));
+    const fracs = rs.map((x, k) => (tps[k] * active[k]) / (x.probe * 1e9));
+    const activeBytes = mean(active),
+      probe = median(rs.map(x => x.probe));
+    const issue = mean(rs.flatMap(x => x.issue)),
+      step = mean(rs.flatMap(x => x.total));
+    return {
+      preset,
+      format: formats[i],
+      weightDtype: accs[i].weightDtype,
+      activeBytesPerToken: activeBytes,
+      tokensPerSecond: median(tps),
+      probeGbps: probe,
+      rooflineTokensPerSecond: (probe * 1e9) / activeBytes,
+      fracRoofline: median(fracs),
+      fracMin: Math.min(...fracs),
+      fracMax: Math.max(...fracs),
+      ownProbeGbps: own,
+      fracOwnProbe: (median(tps) * activeBytes) / (own * 1e9),
+      stepMs: step,
+      issueMs: issue,
+      hostFraction: issue / step,
+      repeats: rs.map((x, k) => ({ probe: x.probe, tokensPerSecond: tps[k], frac: fracs[k] })),
+    };
+  });
 }
 
 async function main() {

@@ -26,12 +26,16 @@
 // --warmup W: decode steps before the measured ones (default 8). The experts are read from the mapped
 // shards, and an expert no step has picked yet takes page faults on its first read (one per 64 KiB:
 // ~85 per medium step over the first hundred steps, ~2 after 100): W = 300 measures the steady state.
-//   node bench/step-profile.mjs [--presets small,medium] [--threads N] [--steps 64] [--warmup 8] [--batch B] [--json f.json]
+// --probe weights: also a read probe over the model's own decode-step weights (benchReadTensors over
+// decodeWeightTensors, lib/bench.ts: every layer's MLA, dense MLPs, router, norms, every routed expert,
+// lm_head; the mapped or made pages the step reads), before and after the profiled steps; printed as
+// the step's weight GB/s against it.
+//   node bench/step-profile.mjs [--presets small,medium] [--threads N] [--steps 64] [--warmup 8] [--batch B] [--probe weights] [--json f.json]
 import { existsSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { native } from '../dist/index.js';
-import { accounting, gemmRate, median, now, readBandwidth, rng } from './common.mjs';
+import { accounting, decodeWeightTensors, gemmRate, median, now, readBandwidth, readTensorsBandwidth, rng } from './common.mjs';
 import { loadModel } from '../dist/generate.js';
 import { initRandom } from '../dist/init-random.js';
 
@@ -43,6 +47,7 @@ const steps = Number(arg('--steps', 64));
 const warmup = Number(arg('--warmup', 8));
 const batch = Number(arg('--batch', 1));
 const jsonPath = arg('--json', null);
+const probeWeights = arg('--probe', null) === 'weights';
 if (args.includes('--threads')) native.setThreads(Number(arg('--threads', 0)));
 
 /** `n` steps: their times (ms), and with `pairs` the (row, FFN expert) pairs they routed added to pairs.n. */
@@ -105,6 +110,8 @@ async function profilePreset(preset) {
   // warm-up: pages the weights in, captures the decode graph
   decode(engine, seqs, warmup, rand, d.vocab);
   native.synchronize('cpu');
+  const own = probeWeights ? decodeWeightTensors(model) : null;
+  const ownGbps = own ? [readTensorsBandwidth(own)] : [];
   const plain = decode(engine, seqs, steps, rand, d.vocab);
   native.graphProfile(true);
   const pairs = { n: 0 };
@@ -113,6 +120,7 @@ async function profilePreset(preset) {
   native.synchronize('cpu');
   const graphs = native.graphProfile(false);
   const plain2 = decode(engine, seqs, steps, rand, d.vocab);
+  if (own) ownGbps.push(readTensorsBandwidth(own));
   for (const q of seqs) q.release();
   const g = graphs.reduce((a, b) => (b.replays > a.replays ? b : a), { replays: 0, ns: 0, startNs: 0, nodes: [] });
   if (!g.replays) throw new Error('no graph was replayed while profiling (is the engine capturing graphs?)');
@@ -198,6 +206,7 @@ async function profilePreset(preset) {
     }
   }
   return {
+    weightsProbe: own ? { gbps: Math.max(...ownGbps), samples: ownGbps, mb: own.reduce((a, t) => a + t.nbytes, 0) / 1e6 } : null,
     gemmGflops: gemmRate(d.hidden),
     pairsPerStep: pairs.n / steps,
     preset,
@@ -263,6 +272,11 @@ for (const r of results) {
       `${f(r.weightMBPerStep, 1)} MB weights/step = ${f(r.weightMBPerStep / r.stepMs, 1)} GB/s = ` +
       `${f(100 * r.fracRoofline, 0)}% of the ${f(bw, 1)} GB/s probe`,
   );
+  if (r.weightsProbe)
+    console.log(
+      `weights probe (the model's own ${f(r.weightsProbe.mb, 0)} MB of decode weights, the higher of before / after): ` +
+        `${f(r.weightsProbe.gbps, 1)} GB/s; the step's weight GB/s = ${f((100 * r.weightMBPerStep) / r.stepMs / r.weightsProbe.gbps, 0)}% of it`,
+    );
   console.log(
     `outside the region ${f(r.profiledStepMs - r.regionMs, 3)} ms (profiled step - region), of which replay() to the region's start ` +
       `${f(r.startMs, 3)} ms; between nodes ${f(r.regionMs - r.nodesMs, 3)} ms`,

@@ -74,7 +74,11 @@ export function weightAccounting(model: Model): WeightAccounting {
       [m.mlp.gate, m.mlp.up, m.mlp.down].reduce((s, l) => s + linBytes(l), 0)
     : 0;
   const x = model.checkpoint.expertWeights(0, 0);
-  const expertBytes = [x.gate, x.up, x.down, x.gateScale, x.upScale, x.downScale].reduce((a, t) => a + (t ? t.nbytes : 0), 0);
+  // one expert as the step reads it (quantized at load: the made tensors, not the checkpoint's)
+  const e0 = w.layers[0]?.moe.expertTensors[0];
+  const expertBytes = e0
+    ? e0.reduce((a, t) => a + t.nbytes, 0)
+    : [x.gate, x.up, x.down, x.gateScale, x.upScale, x.downScale].reduce((a, t) => a + (t ? t.nbytes : 0), 0);
   return {
     denseBytes,
     headBytes,
@@ -90,6 +94,31 @@ export function weightAccounting(model: Model): WeightAccounting {
     embedBytes: w.embed.nbytes,
   };
 }
+
+/**
+ * The CPU tensors a decode step may read (the bytes weightAccounting counts, every routed expert instead of one):
+ * each layer's MLA (absorbed form), dense MLPs, router and norms, every routed expert's weights and scales, the
+ * final norm and lm_head; not the embedding, the N-gram tables or the MTP head. For readTensorsBandwidth.
+ */
+export function decodeWeightTensors(model: Model): Tensor[] {
+  const w = model.engine.w;
+  const lin = (l: Linear) => (l.scale ? [l.weight, l.scale] : [l.weight]);
+  const out: Tensor[] = [];
+  for (const L of w.layers) {
+    for (const a of L.attn) {
+      for (const l of [a.qA, a.qB, a.kvLatent, a.kvRope, a.o]) out.push(...lin(l));
+      out.push(a.kvB, a.qNorm, a.kvNorm);
+      if (a.kvBScales) out.push(a.kvBScales.uk, a.kvBScales.uv);
+    }
+    for (const m of L.mlp) for (const l of [m.gate, m.up, m.down]) out.push(...lin(l));
+    out.push(L.moe.classifier, L.moe.bias, ...L.inputNorm, ...L.postAttnNorm, ...L.moe.expertTensors.flat());
+  }
+  out.push(w.norm, ...lin(w.lmHead));
+  return out.filter(t => t.device === 'cpu');
+}
+
+/** GB/s of every pool thread reading the tensors' own bytes (native/ops/bench.cc), median of `passes`. */
+export const readTensorsBandwidth = (tensors: Tensor[], passes = 3): number => native.benchReadTensors(tensors, passes).gbps;
 
 /** GB/s summing `bytes` of host memory with every pool thread (native/ops/bench.cc), median of `passes`. */
 export const readBandwidth = (bytes = 1 << 30, passes = 3): number => native.benchReadBandwidth(bytes, passes).gbps;

@@ -207,6 +207,16 @@ export interface CoreApi {
 type S = Stream | null | undefined;
 
 /** Norms and linear layers. */
+/** A read probe's result (benchReadBandwidth, benchReadTensors). */
+export interface ReadProbe {
+  /** Median GB/s of the timed passes. */
+  gbps: number;
+  samples: number[];
+  /** Bytes read per pass. */
+  bytes: number;
+  checksum: bigint;
+}
+
 export interface LinearOps {
   /** h = x (+ add); hOut = h; y = weight * h / rms(h). x, add, hOut f32; weight f32|bf16; y f32|bf16. */
   rmsnorm(stream: S, y: Tensor, x: Tensor, weight: Tensor, eps: number, add?: Tensor | null, hOut?: Tensor | null): void;
@@ -242,8 +252,18 @@ export interface LinearOps {
    */
   quantizeInt4(stream: S, q: Tensor, scale: Tensor, w: Tensor): void;
   repackGptqInt4(stream: S, q: Tensor, qweight: Tensor): void;
-  /** Benchmark: median read bandwidth (GB/s) of `bytes` of memory summed by every pool thread. Synchronous. */
-  benchReadBandwidth(bytes: number, passes: number): { gbps: number; samples: number[]; checksum: number };
+  /**
+   * Benchmark: median read bandwidth (GB/s) of a fresh buffer of `bytes` (rounded down to 4 KiB, first touched by
+   * the pool threads) summed by every pool thread, after one warm-up pass. Synchronous. `checksum`: one pass's sum
+   * of the bytes as little-endian 64-bit words, modulo 2^64.
+   */
+  benchReadBandwidth(bytes: number, passes: number): ReadProbe;
+  /**
+   * Benchmark: the same read over the given CPU tensors' own bytes (e.g. a kernel's weights, mapped checkpoint
+   * pages included), their 64-byte lines split over every pool thread as one sequence. `checksum`: one pass's sum
+   * of each tensor's bytes as little-endian 64-bit words from its start (its last word zero-padded), modulo 2^64.
+   */
+  benchReadTensors(tensors: Tensor[], passes: number): ReadProbe;
   /**
    * Benchmark: times `linear(y, x, weights[i], scales?.[i])` natively (steady clock), rotating through the
    * weight copies; `warmup` untimed calls, then `iters` timed ones. Synchronous; CPU tensors, x [t, k].

@@ -52,6 +52,10 @@ export interface MoeWeights {
   /** The routed experts, checked and packed once (a decode step then passes one handle, not 3 x 512 tensors);
    *  a ShardedExperts, one set per rank, under expert parallelism. */
   experts: MoeExpertSet;
+  /** Per routed expert the set packs (all ranks'), its tensors as a step reads them (gate, up, down,
+   *  their scales): for byte accounting and the benches' read probe; empty on a replica sharing
+   *  another's experts. */
+  expertTensors: Tensor[][];
 }
 
 export interface LayerWeights {
@@ -337,6 +341,7 @@ function buildWeights(
     const expertName = (e: number, m: string) => `${p}.mlp.experts.${e}.${m}`;
     // The routed experts first..first+count-1, read from the checkpoint and placed on `to` only
     // (rank's: then through opts.placeExperts, when given).
+    const expertTensors: Tensor[][] = [];
     const expertSet = (first: number, count: number, to: string, rank?: number) => {
       const experts = Array.from({ length: count }, (_, i) => src.expertWeights(l, first + i));
       const scales = (k: 'gateScale' | 'upScale' | 'downScale') =>
@@ -385,6 +390,7 @@ function buildWeights(
         let k = 0;
         for (const [g] of groups) for (const [i, t] of (g ?? []).entries()) if (t) g![i] = placed[k++]!;
       }
+      for (let i = 0; i < count; i++) expertTensors.push([gate, up, down, gs, us, ds].flatMap(g => (g ? [g[i]!] : [])));
       return own(native.moeExperts(gate, up, down, gs, us, ds, perms));
     };
     const ranks = opts.expertDevices;
@@ -409,6 +415,7 @@ function buildWeights(
         classifier: f32(get(`${p}.mlp.router.classifier.weight`)),
         bias: f32(get(`${p}.mlp.router.e_score_correction_bias`)),
         experts,
+        expertTensors,
       },
     });
   }

@@ -2,6 +2,7 @@
 // The vector paths live in linear_avx2.cc and linear_avx512.cc.
 #include "linear.h"
 
+#include <algorithm>
 #include <atomic>
 
 #include <cmath>
@@ -233,23 +234,31 @@ void quantize_int4_groups(int64_t n, int64_t k, int64_t g, const void* w, DType 
   });
 }
 
-double read_sum(const void* p, int64_t bytes) {
+uint64_t read_sum(const ReadSpan* spans, int64_t n) {
+  uint64_t total = 0;
+  for (int64_t i = 0; i < n; ++i) {  // the tails: the last bytes % 64 of each span, words zero-padded
+    const int64_t whole = spans[i].bytes / 64 * 64;
+    const uint8_t* p = static_cast<const uint8_t*>(spans[i].p);
+    for (int64_t o = whole; o < spans[i].bytes; o += 8) {
+      uint64_t word = 0;
+      std::memcpy(&word, p + o, static_cast<size_t>(std::min<int64_t>(8, spans[i].bytes - o)));
+      total += word;
+    }
+  }
   switch (isa()) {
-    case Isa::Avx512: return read_sum_avx512(p, bytes);
-    case Isa::Avx2: return read_sum_avx2(p, bytes);
+    case Isa::Avx512: return total + read_sum_lines_avx512(spans, n);
+    case Isa::Avx2: return total + read_sum_lines_avx2(spans, n);
     case Isa::Scalar: break;
   }
-  const int64_t n = bytes / 8;
-  const uint64_t* u = static_cast<const uint64_t*>(p);
-  std::atomic<uint64_t> total{0};
-  parallel_for(n, 1 << 16, [&](int64_t b, int64_t e) {
-    uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-    int64_t i = b;
-    for (; i + 4 <= e; i += 4) s0 += u[i], s1 += u[i + 1], s2 += u[i + 2], s3 += u[i + 3];
-    for (; i < e; ++i) s0 += u[i];
-    total += s0 + s1 + s2 + s3;
-  });
-  return static_cast<double>(total.load());
+  return total + linear_detail::read_sum_split(spans, n, [](const uint8_t* p, int64_t lines) {
+           uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+           for (int64_t w = 0; w < lines * 8; w += 4) {
+             uint64_t u[4];
+             std::memcpy(u, p + 8 * w, sizeof u);
+             s0 += u[0], s1 += u[1], s2 += u[2], s3 += u[3];
+           }
+           return s0 + s1 + s2 + s3;
+         });
 }
 
 }  // namespace lc::cpu

@@ -98,8 +98,15 @@ void quantize_int8_rows(int64_t n, int64_t k, const void* w, DType wt, int8_t* q
 // q: [n, int4_row_bytes(k, g)] (padding codes 8); scale: f16 [n, G].
 void quantize_int4_groups(int64_t n, int64_t k, int64_t g, const void* w, DType wt, uint8_t* q, uint16_t* scale);
 
-// Benchmark support (used by ops/bench.cc): sums `bytes` of memory with every pool thread and the
-// widest vector loads the ISA has; the result only exists so the reads cannot be optimised away.
-double read_sum(const void* p, int64_t bytes);
+// Benchmark support (ops/bench.cc: the read probes): reads every byte of the spans with every pool
+// thread and the widest vector loads the ISA has, the spans' 64-byte lines split evenly over the
+// threads as one sequence (span after span). Returns the sum of each span's bytes read as
+// little-endian 64-bit words from its start (its last word zero-padded), modulo 2^64: the result
+// exists so the reads cannot be optimised away, and lets a test check that every byte was read once.
+struct ReadSpan {
+  const void* p;
+  int64_t bytes;
+};
+uint64_t read_sum(const ReadSpan* spans, int64_t n);
 
 }  // namespace lc::cpu

@@ -39,7 +39,7 @@ void linear_avx2(int64_t t, const void* x, DType xt, const WeightRef& w, void* y
   linear_vec<Avx2Linear>(t, x, xt, w, y, yt);
 }
 
-double read_sum_avx2(const void* p, int64_t bytes) { return read_sum_vec<simd::Avx2>(p, bytes); }
+uint64_t read_sum_lines_avx2(const ReadSpan* spans, int64_t n) { return read_sum_lines<simd::Avx2>(spans, n); }
 
 }  // namespace lc::cpu::linear_detail
 

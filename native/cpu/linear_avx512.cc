@@ -208,7 +208,7 @@ void linear_avx512(int64_t t, const void* x, DType xt, const WeightRef& w, void*
   linear_vec<Avx512Linear>(t, x, xt, w, y, yt);
 }
 
-double read_sum_avx512(const void* p, int64_t bytes) { return read_sum_vec<simd::Avx512>(p, bytes); }
+uint64_t read_sum_lines_avx512(const ReadSpan* spans, int64_t n) { return read_sum_lines<simd::Avx512>(spans, n); }
 
 }  // namespace lc::cpu::linear_detail
 

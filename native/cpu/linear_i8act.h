@@ -1,6 +1,6 @@
 // The int4 GEMV with int8 activations (matmul precision other than 'highest', t <= kGemvMaxRows,
 // groups a multiple of 128; linear.h), written once over simd.h's traits and included after
-// linear_vec.h by each ISA's file inside a target region whose ISA has V::dot_u8s8: AVX2
+// linear_vec.h by each ISA's file inside a target region whose ISA has V::dot_u4s8: AVX2
 // (vpmaddubsw + vpmaddwd) and AVX512-VNNI (vpdpbusd). Internal linkage, like linear_vec.h.
 //
 // x is quantized per row and 128 columns to int8 (scale max|x| / 127, round half to even):
@@ -11,6 +11,7 @@
 // (<= 128 * 15 * 127: no overflow); per 128 columns:
 //   y += s * sx * (sum q x_q - z * sum x_q), the sums exact, so every ISA's integer sums agree.
 #pragma once
+#include <algorithm>
 #include <cmath>
 
 #include "linear_kernels.h"
@@ -25,21 +26,51 @@ namespace {  // internal linkage: compiled for the including file's ISA
 constexpr int64_t kInt4I8PrefetchBytes = 4096;
 
 // xq [T][chunks][128] (permuted as above), sx / xw [T][chunks] (xw: sx * the sum of the chunk's
-// codes, for the zero-point term).
-inline void int4_quantize_x(const float* x, int64_t T, int64_t K, int64_t chunks, int8_t* xq, float* sx, float* xw) {
+// codes, for the zero-point term). Whole chunks by vectors (16 codes at a time: x's columns
+// 32 (g % 4) + 16 (g >= 4) + [0, 16) go to codes 16 g + [0, 16)), the codes' floats rounded as the
+// scalar expressions (division, nearest even, clamp; NaN to -127) and then stored one by one; a
+// last chunk past K by the scalar loop.
+template <class V>
+void int4_quantize_x(const float* x, int64_t T, int64_t K, int64_t chunks, int8_t* xq, float* sx, float* xw) {
+  using F = typename V::F;
+  constexpr int W = V::kLanes;
+  static_assert(16 % W == 0, "16 codes per group of the permutation");
+  alignas(64) float v[128];
   for (int64_t t = 0; t < T; ++t)
     for (int64_t ch = 0; ch < chunks; ++ch) {
       const float* xr = x + t * K;
       const int64_t c0 = ch * 128, c1 = c0 + 128 < K ? c0 + 128 : K;
-      float amax = 0;
-      for (int64_t c = c0; c < c1; ++c) amax = std::fmax(amax, std::fabs(xr[c]));
-      const float s = amax / 127.0f;
+      float s;
+      if (c1 - c0 == 128) {
+        F am = V::zero();
+        for (int c = 0; c < 128; c += W) {
+          const F a = V::load(xr + c0 + c);
+          am = V::max(V::max(a, V::sub(V::zero(), a)), am);  // |x|; a NaN keeps am (2nd operand)
+        }
+        s = V::reduce_max(am) / 127.0f;
+        if (s > 0) {
+          const F sv = V::set1(s);
+          for (int g = 0; g < 8; ++g)
+            for (int j = 0; j < 16; j += W) {
+              const F q = V::round(V::div(V::load(xr + c0 + 32 * (g % 4) + (g >= 4 ? 16 : 0) + j), sv));
+              V::store(v + 16 * g + j, V::min(V::max(q, V::set1(-127.0f)), V::set1(127.0f)));  // NaN: -127
+            }
+        } else
+          std::fill(v, v + 128, 0.0f);
+      } else {
+        float amax = 0;
+        for (int64_t c = c0; c < c1; ++c) amax = std::fmax(amax, std::fabs(xr[c]));
+        s = amax / 127.0f;
+        for (int p = 0; p < 128; ++p) {
+          const int64_t c = c0 + 32 * ((p % 64) / 16) + (p % 16) + (p >= 64 ? 16 : 0);
+          const float q = c < K && s > 0 ? std::nearbyint(xr[c] / s) : 0.0f;
+          v[p] = std::fmin(127.0f, std::fmax(-127.0f, q));
+        }
+      }
       int8_t* q = xq + (t * chunks + ch) * 128;
       int32_t sum = 0;
       for (int p = 0; p < 128; ++p) {
-        const int64_t c = c0 + 32 * ((p % 64) / 16) + (p % 16) + (p >= 64 ? 16 : 0);
-        const float v = c < K && s > 0 ? std::nearbyint(xr[c] / s) : 0.0f;
-        q[p] = static_cast<int8_t>(std::fmin(127.0f, std::fmax(-127.0f, v)));
+        q[p] = static_cast<int8_t>(v[p]);
         sum += q[p];
       }
       sx[t * chunks + ch] = s;
@@ -65,10 +96,11 @@ void int4_chunk_params(const WeightRef& w, int64_t r, int64_t chunks, float* sc,
 }
 
 // part[t * ldp + i] = y[t, r + i] for T x rows and R weight rows. fs: per-thread room for
-// (T + 2) * R * chunks floats.
+// (T + 2) * R * chunks floats. Inlined into the row loop (a call per 2 KiB row, as GCC chose once
+// the vectorized int4_quantize_x grew the caller, cost ~15% of the warm 1-thread rate).
 template <class V, int T, int R>
-void int4_i8_rows(const int8_t* xq, const float* sx, const float* xw, int64_t chunks, const WeightRef& w, int64_t r, float* fs,
-                  float* part, int64_t ldp) {
+__attribute__((always_inline)) inline void int4_i8_rows(const int8_t* xq, const float* sx, const float* xw, int64_t chunks,
+                                                        const WeightRef& w, int64_t r, float* fs, float* part, int64_t ldp) {
   using F = typename V::F;
   using I = typename V::I;
   constexpr int kB = sizeof(I), kP = 64 / kB;  // bytes per vector, vectors per 128 columns
@@ -114,25 +146,27 @@ void int4_i8_rows(const int8_t* xq, const float* sx, const float* xw, int64_t ch
     // the row's end into the row this stream reads next (row + R), as rows are short (K / 2 bytes)
     int64_t pf = ch * 64 + kInt4I8PrefetchBytes;
     if (pf >= rb) pf += (R - 1) * rb;
-    I d[T][R];
-    for (int t = 0; t < T; ++t)
-      for (int i = 0; i < R; ++i) d[t][i] = V::izero();
-    for (int p = 0; p < kP; ++p) {
-      I lo[R], hi[R];
-      for (int i = 0; i < R; ++i) {
-        if (p == 0) _mm_prefetch(reinterpret_cast<const char*>(wr[i] + pf), _MM_HINT_T0);
+    // the chunk's codes: per row, the low and high nibbles of each of its kP vectors, met by x's
+    // vectors at the same places (one dot_u4s8 over the 2 kP pairs: exact, see simd.h)
+    I u[R][2 * kP];
+    for (int i = 0; i < R; ++i) {
+      _mm_prefetch(reinterpret_cast<const char*>(wr[i] + pf), _MM_HINT_T0);
+      for (int p = 0; p < kP; ++p) {
         const I v = V::load_bytes(wr[i] + ch * 64 + p * kB);
-        lo[i] = V::nib_lo(v);
-        hi[i] = V::nib_hi(v);
-      }
-      for (int t = 0; t < T; ++t) {
-        const uint8_t* q = reinterpret_cast<const uint8_t*>(xq + (t * chunks + ch) * 128) + p * kB;
-        const I xl = V::load_bytes(q), xh = V::load_bytes(q + 64);
-        for (int i = 0; i < R; ++i) d[t][i] = V::dot_u8s8(V::dot_u8s8(d[t][i], lo[i], xl), hi[i], xh);
+        u[i][2 * p] = V::nib_lo(v);
+        u[i][2 * p + 1] = V::nib_hi(v);
       }
     }
-    for (int t = 0; t < T; ++t)
-      for (int i = 0; i < R; ++i) ac[t][i] = V::fmadd(V::ifloat(d[t][i]), V::set1(fs[(t * R + i) * chunks + ch]), ac[t][i]);
+    for (int t = 0; t < T; ++t) {
+      const uint8_t* q = reinterpret_cast<const uint8_t*>(xq + (t * chunks + ch) * 128);
+      I xs[2 * kP];
+      for (int p = 0; p < kP; ++p) {
+        xs[2 * p] = V::load_bytes(q + p * kB);
+        xs[2 * p + 1] = V::load_bytes(q + 64 + p * kB);
+      }
+      for (int i = 0; i < R; ++i)
+        ac[t][i] = V::fmadd(V::ifloat(V::template dot_u4s8<2 * kP>(u[i], xs)), V::set1(fs[(t * R + i) * chunks + ch]), ac[t][i]);
+    }
   };
   int64_t ch = 0;
   for (; ch + NA <= chunks; ch += NA)
@@ -152,7 +186,7 @@ void gemv_int4_i8_t(const float* x, const WeightRef& w, void* y, DType yt) {
   int8_t* xq = reinterpret_cast<int8_t*>(buf);
   float* sx = reinterpret_cast<float*>(buf + T * chunks * 128);
   float* xw = sx + T * chunks;
-  int4_quantize_x(x, T, K, chunks, xq, sx, xw);
+  int4_quantize_x<V>(x, T, K, chunks, xq, sx, xw);
   const int64_t grain = gemv_grain_rows(w) / R;
   parallel_for(ceil_div(N, R), grain < 1 ? 1 : grain, [&](int64_t g0, int64_t g1) {
     const int64_t n0 = g0 * R, n1 = g1 * R < N ? g1 * R : N;

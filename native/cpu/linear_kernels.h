@@ -1,8 +1,11 @@
 // Internals shared by linear.cc and its per-ISA files (linear_avx2.cc, linear_avx512.cc, which
 // compile the drivers of linear_vec.h): scratch memory, scale lookup, output stores, the GEMM driver.
 #pragma once
+#include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "linear.h"
 #include "numeric.h"
@@ -226,7 +229,27 @@ void gemm(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType
 void linear_avx2(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType yt, bool int8_act);
 void linear_avx512(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType yt, bool bf16_dot, bool bf16_dequant,
                    bool int8_act);
-double read_sum_avx2(const void* p, int64_t bytes);
-double read_sum_avx512(const void* p, int64_t bytes);
+uint64_t read_sum_lines_avx2(const ReadSpan* spans, int64_t n);
+uint64_t read_sum_lines_avx512(const ReadSpan* spans, int64_t n);
+
+// read_sum's split (linear.h): the spans' whole 64-byte lines, numbered span after span, split over
+// the pool threads as one sequence; sum(p, lines) returns the sum of the 64-bit words of `lines`
+// lines from p (one piece of one span). Returns the sum of all pieces, modulo 2^64.
+template <class Sum>
+uint64_t read_sum_split(const ReadSpan* spans, int64_t n, Sum&& sum) {
+  std::vector<int64_t> first(n + 1, 0);  // first[i]: the lines before span i
+  for (int64_t i = 0; i < n; ++i) first[i + 1] = first[i] + spans[i].bytes / 64;
+  std::atomic<uint64_t> total{0};
+  parallel_for(first[n], 1 << 10, [&](int64_t b, int64_t e) {
+    uint64_t s = 0;
+    for (int64_t si = std::upper_bound(first.begin(), first.end(), b) - first.begin() - 1; b < e; ++si) {
+      const int64_t end = std::min(e, first[si + 1]);
+      s += sum(static_cast<const uint8_t*>(spans[si].p) + (b - first[si]) * 64, end - b);
+      b = end;
+    }
+    total += s;
+  });
+  return total.load();
+}
 
 }  // namespace lc::cpu::linear_detail

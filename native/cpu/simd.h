@@ -312,13 +312,18 @@ struct Avx2 {
   }
 
   // int8-activation dot products (linear_i8act.h): the low / high nibble of every byte, and
-  // acc + the sums of 4 adjacent u8 x s8 products per 32-bit lane. vpmaddubsw sums pairs into int16
-  // (saturating; exact while |u| <= 15 and |s| <= 127: 2 * 15 * 127 < 2^15), vpmaddwd the pairs of
-  // those into int32.
+  // dot_u4s8<N>: per 32-bit lane, the sum over the N vector pairs (u[k], s[k]) of their 4 adjacent
+  // u x s byte products, u unsigned 4-bit codes (<= 15), s int8 (|s| <= 127). vpmaddubsw sums pairs
+  // into int16 (saturating; exact: 2 * 15 * 127 = 3810), the N results added in int16 (exact for
+  // N <= 4: 4 * 3810 < 2^15), then one vpmaddwd of the pairs of those into int32.
   LC_TARGET_AVX2 static I nib_lo(I v) { return _mm256_and_si256(v, _mm256_set1_epi8(0x0f)); }
   LC_TARGET_AVX2 static I nib_hi(I v) { return _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(0x0f)); }
-  LC_TARGET_AVX2 static I dot_u8s8(I acc, I u, I s) {
-    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+  template <int N>
+  LC_TARGET_AVX2 static I dot_u4s8(const I* u, const I* s) {
+    static_assert(N >= 1 && N <= 4, "int16 sums of at most 4 vpmaddubsw results are exact");
+    I h = _mm256_maddubs_epi16(u[0], s[0]);
+    for (int k = 1; k < N; ++k) h = _mm256_add_epi16(h, _mm256_maddubs_epi16(u[k], s[k]));
+    return _mm256_madd_epi16(h, _mm256_set1_epi16(1));
   }
   LC_TARGET_AVX2 static F ifloat(I a) { return _mm256_cvtepi32_ps(a); }
 };
@@ -516,16 +521,21 @@ struct Avx512 {
   LC_TARGET_AVX512 static I iadd64(I a, I b) { return _mm512_add_epi64(a, b); }
   LC_TARGET_AVX512 static uint64_t ireduce_add64(I a) { return static_cast<uint64_t>(_mm512_reduce_add_epi64(a)); }
 
-  // int8-activation dot products: see Avx2 (dot_u8s8 only with VNNI: Avx512Vnni).
+  // int8-activation dot products: see Avx2 (dot_u4s8 only with VNNI: Avx512Vnni).
   LC_TARGET_AVX512 static I nib_lo(I v) { return _mm512_and_si512(v, _mm512_set1_epi8(0x0f)); }
   LC_TARGET_AVX512 static I nib_hi(I v) { return _mm512_and_si512(_mm512_srli_epi16(v, 4), _mm512_set1_epi8(0x0f)); }
   LC_TARGET_AVX512 static F ifloat(I a) { return _mm512_cvtepi32_ps(a); }
 };
 
 // AVX-512 with VNNI: vpdpbusd sums the 4 u8 x s8 products of each 32-bit lane into it in one
-// instruction (exact in int32).
+// instruction (exact in int32); dot_u4s8 as Avx2's.
 struct Avx512Vnni : Avx512 {
-  LC_TARGET_AVX512VNNI static I dot_u8s8(I acc, I u, I s) { return _mm512_dpbusd_epi32(acc, u, s); }
+  template <int N>
+  LC_TARGET_AVX512VNNI static I dot_u4s8(const I* u, const I* s) {
+    I acc = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u[0], s[0]);
+    for (int k = 1; k < N; ++k) acc = _mm512_dpbusd_epi32(acc, u[k], s[k]);
+    return acc;
+  }
 };
 
 }  // namespace lc::cpu::simd

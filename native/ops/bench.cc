@@ -1,11 +1,15 @@
 // Native timing for the CPU benchmarks (bench/cpu-linear.mjs). Both ops run synchronously on the
 // calling thread (plus the pool) and time with steady_clock, so no JS or stream overhead is timed.
-//   benchReadBandwidth(bytes, passes) -> { gbps, samples }            read bandwidth, all pool threads
+//   benchReadBandwidth(bytes, passes) -> { gbps, samples, bytes, checksum }   read bandwidth of a fresh
+//                                                                    buffer, all pool threads
+//   benchReadTensors(tensors[], passes) -> { gbps, samples, bytes, checksum }  the same read over the
+//                                                                    tensors' own bytes
 //   benchLinear(y, x, weights[], scales[] | null, warmup, iters) -> { medianMs, minMs, samples }
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 
 #include "../binding.h"
 #include "../cpu/linear.h"
@@ -29,6 +33,27 @@ static Napi::Array to_array(Napi::Env env, const std::vector<double>& v) {
   return a;
 }
 
+// A warm-up pass, then `passes` timed passes of cpu::read_sum over the spans:
+// { gbps (median), samples, bytes, checksum (one pass's sum, a BigInt) }.
+static Napi::Object read_probe(Napi::Env env, const std::vector<cpu::ReadSpan>& spans, int64_t passes) {
+  int64_t bytes = 0;
+  for (const cpu::ReadSpan& s : spans) bytes += s.bytes;
+  const uint64_t sum = cpu::read_sum(spans.data(), static_cast<int64_t>(spans.size()));
+  std::vector<double> gbps;
+  for (int64_t i = 0; i < passes; ++i) {
+    double t0 = now_s();
+    if (cpu::read_sum(spans.data(), static_cast<int64_t>(spans.size())) != sum)
+      fail(Code::E_INTERNAL, "read probe: the memory changed while it was read");
+    gbps.push_back(static_cast<double>(bytes) / (now_s() - t0) / 1e9);
+  }
+  Napi::Object r = Napi::Object::New(env);
+  r.Set("gbps", median(gbps));
+  r.Set("samples", to_array(env, gbps));
+  r.Set("bytes", static_cast<double>(bytes));
+  r.Set("checksum", Napi::BigInt::New(env, sum));
+  return r;
+}
+
 static Napi::Value BenchReadBandwidth(const Napi::CallbackInfo& info) {
   const char* op = "benchReadBandwidth";
   OpArgs a(info, op);
@@ -42,22 +67,33 @@ static Napi::Value BenchReadBandwidth(const Napi::CallbackInfo& info) {
   // First touch from the pool threads that will read it (page placement), with non-zero data.
   cpu::parallel_for(bytes / 4096, 64,
                     [&](int64_t b, int64_t e) { std::memset(static_cast<char*>(p) + b * 4096, 1, (e - b) * 4096); });
-  double sink = cpu::read_sum(p, bytes);  // warm-up pass
-  std::vector<double> gbps;
-  for (int64_t i = 0; i < passes; ++i) {
-    double t0 = now_s();
-    sink += cpu::read_sum(p, bytes);
-    gbps.push_back(static_cast<double>(bytes) / (now_s() - t0) / 1e9);
-  }
-  std::free(p);
-  Napi::Object r = Napi::Object::New(info.Env());
-  r.Set("gbps", median(gbps));
-  r.Set("samples", to_array(info.Env(), gbps));
-  r.Set("checksum", sink);
-  return r;
+  std::unique_ptr<void, decltype(&std::free)> owned(p, &std::free);
+  return read_probe(info.Env(), {{p, bytes}}, passes);
 }
 
 LC_REGISTER_OP("benchReadBandwidth", BenchReadBandwidth);
+
+static Napi::Value BenchReadTensors(const Napi::CallbackInfo& info) {
+  const char* op = "benchReadTensors";
+  OpArgs a(info, op);
+  std::vector<Tensor> ts = a.tensor_list(0, "tensors");
+  int64_t passes = a.integer(1, "passes");
+  if (ts.empty() || passes < 1)
+    fail(Code::E_ARGUMENT, "%s: need >= 1 tensor and passes >= 1, got %zu and %lld", op, ts.size(),
+         static_cast<long long>(passes));
+  std::vector<cpu::ReadSpan> spans;
+  int64_t bytes = 0;
+  for (size_t i = 0; i < ts.size(); ++i) {
+    if (!ts[i].device().is_cpu()) fail(Code::E_DEVICE, "%s: tensors[%zu] is not a CPU tensor", op, i);
+    spans.push_back({ts[i].data(), ts[i].nbytes()});
+    bytes += ts[i].nbytes();
+  }
+  if (bytes == 0) fail(Code::E_ARGUMENT, "%s: the tensors hold no bytes", op);
+  for (const Tensor& t : ts) device_synchronize(t.device());  // their producers (if any) have finished
+  return read_probe(info.Env(), spans, passes);
+}
+
+LC_REGISTER_OP("benchReadTensors", BenchReadTensors);
 
 static Napi::Value BenchLinear(const Napi::CallbackInfo& info) {
   const char* op = "benchLinear";

@@ -40,7 +40,7 @@ const classes = new Set(['Tensor', 'Stream', 'Event', 'Graph']);
 // setErrorFactory installs the SDK's error class: fuzzing it would only break the typed-error check.
 const opNames = Object.keys(native).filter(k => typeof native[k] === 'function' && !classes.has(k) && k !== 'setErrorFactory');
 // The benchmarks run as long as they are asked to: they get counts from a small pool.
-const boundedOps = new Set(['benchReadBandwidth', 'benchLinear']);
+const boundedOps = new Set(['benchReadBandwidth', 'benchReadTensors', 'benchLinear']);
 
 // ---- valid calls, recorded from the op-case table -------------------------------------------------
 
