@@ -108,7 +108,8 @@ async function profilePreset(preset) {
     populate,
     ...(batch > 1 ? { cacheBlocks: 64 * batch } : {}),
   });
-  const loadMs = now() - t0;
+  const loadMs = now() - t0,
+    populated = model.memory.populated ?? null;
   const engine = model.engine,
     d = engine.dims,
     w = engine.w;
@@ -229,7 +230,7 @@ async function profilePreset(preset) {
     threads: native.threads(),
     steps,
     loadMs,
-    populated: model.memory.populated ?? null,
+    populated,
     pageFaults,
     stepMs,
     profiledStepMs: profMs,

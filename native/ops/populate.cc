@@ -119,7 +119,8 @@ class PopulateWorker : public Napi::AsyncWorker {
 
 Napi::Value PopulateMapped(const Napi::CallbackInfo& info) {
   const char* op = "populateMapped";
-  if (info.Length() < 1 || !info[0].IsArray()) fail(Code::E_ARGUMENT, "%s: 'items' must be an array of Tensors and MoeExpertSets", op);
+  if (info.Length() < 1 || !info[0].IsArray())
+    fail(Code::E_ARGUMENT, "%s: 'items' must be an array of Tensors and MoeExpertSets", op);
   const Napi::Array items = info[0].As<Napi::Array>();
   double max_bytes = -1;  // none
   if (info.Length() > 1 && !info[1].IsUndefined() && !info[1].IsNull()) {
