@@ -25,23 +25,35 @@
 //
 // --warmup W: decode steps before the measured ones (default 8). The experts are read from the mapped
 // shards, and an expert no step has picked yet takes page faults on its first read (one per 64 KiB:
-// ~85 per medium step over the first hundred steps, ~2 after 100): W = 300 measures the steady state.
+// ~85 per medium step over the first hundred steps, ~2 after 100): W = 300 measures the steady state,
+// unless loadModel faulted them in (its `populate`, default on; --populate off turns it off). Printed
+// with the process's page faults per step (getrusage) over the warm-up and the measured plain steps.
 // --probe weights: also a read probe over the model's own decode-step weights (benchReadTensors over
 // decodeWeightTensors, lib/bench.ts: every layer's MLA, dense MLPs, router, norms, every routed expert,
 // lm_head; the mapped or made pages the step reads), before and after the profiled steps; printed as
 // the step's weight GB/s against it.
-//   node bench/step-profile.mjs [--presets small,medium] [--threads N] [--steps 64] [--warmup 8] [--batch B] [--probe weights] [--json f.json]
+// --dist DIR: the build to measure (default ../dist; another worktree's dist for an A/B on one machine).
+//   node bench/step-profile.mjs [--presets small,medium] [--threads N] [--steps 64] [--warmup 8] [--batch B]
+//     [--populate off] [--probe weights] [--dist DIR] [--json f.json]
 import { existsSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { native } from '../dist/index.js';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { accounting, decodeWeightTensors, gemmRate, median, now, readBandwidth, readTensorsBandwidth, rng } from './common.mjs';
-import { loadModel } from '../dist/generate.js';
-import { initRandom } from '../dist/init-random.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const args = process.argv.slice(2);
 const arg = (name, dflt) => (args.includes(name) ? args[args.indexOf(name) + 1] : dflt);
+const dist = path.resolve(here, arg('--dist', '../dist'));
+const load = f => import(pathToFileURL(path.join(dist, f)).href);
+const { native } = await load('index.js');
+const { loadModel } = await load('generate.js');
+const { initRandom } = await load('init-random.js');
+const populate = arg('--populate', 'on') !== 'off';
+/** The process's page faults so far (getrusage): major (read from the file) and minor. */
+const faults = () => {
+  const u = process.resourceUsage();
+  return { major: u.majorPageFault, minor: u.minorPageFault };
+};
 const presets = arg('--presets', 'small,medium').split(',');
 const steps = Number(arg('--steps', 64));
 const warmup = Number(arg('--warmup', 8));
@@ -94,7 +106,15 @@ function loneGemv(ws, t) {
 async function profilePreset(preset) {
   const dir = path.join(here, 'out', `ckpt-${preset}`);
   if (!existsSync(path.join(dir, 'model.safetensors.index.json'))) await initRandom({ preset, out: dir, seed: 1 });
-  const model = await loadModel(dir, { backend: 'cpu', maxContext: 1024, ...(batch > 1 ? { cacheBlocks: 64 * batch } : {}) });
+  const t0 = now();
+  const model = await loadModel(dir, {
+    backend: 'cpu',
+    maxContext: 1024,
+    populate,
+    ...(batch > 1 ? { cacheBlocks: 64 * batch } : {}),
+  });
+  const loadMs = now() - t0,
+    populated = model.memory.populated ?? null;
   const engine = model.engine,
     d = engine.dims,
     w = engine.w;
@@ -108,11 +128,17 @@ async function profilePreset(preset) {
     first.logits.dispose();
   }
   // warm-up: pages the weights in, captures the decode graph
+  const f0 = faults();
   decode(engine, seqs, warmup, rand, d.vocab);
   native.synchronize('cpu');
+  const f1 = faults();
   const own = probeWeights ? decodeWeightTensors(model) : null;
   const ownGbps = own ? [readTensorsBandwidth(own)] : [];
+  const f2 = faults(); // (the probe's faults counted in neither)
   const plain = decode(engine, seqs, steps, rand, d.vocab);
+  const f3 = faults();
+  const faultsPer = (a, b, n) => ({ major: (b.major - a.major) / Math.max(1, n), minor: (b.minor - a.minor) / Math.max(1, n) });
+  const pageFaults = { warmup: faultsPer(f0, f1, warmup), measured: faultsPer(f2, f3, steps) };
   native.graphProfile(true);
   const pairs = { n: 0 };
   const ctxMean = seqs[0].length + (steps + 1) / 2; // keys each row attends, mean over the profiled steps
@@ -213,6 +239,9 @@ async function profilePreset(preset) {
     batch,
     threads: native.threads(),
     steps,
+    loadMs,
+    populated,
+    pageFaults,
     stepMs,
     profiledStepMs: profMs,
     regionMs,
@@ -277,6 +306,12 @@ for (const r of results) {
       `weights probe (the model's own ${f(r.weightsProbe.mb, 0)} MB of decode weights, the higher of before / after): ` +
         `${f(r.weightsProbe.gbps, 1)} GB/s; the step's weight GB/s = ${f((100 * r.weightMBPerStep) / r.stepMs / r.weightsProbe.gbps, 0)}% of it`,
     );
+  const pf = r.pageFaults;
+  console.log(
+    `load ${f(r.loadMs, 0)} ms (populate ${r.populated ? (r.populated.skipped ?? `${f(r.populated.bytes / 2 ** 20, 0)} MiB`) : 'off or absent'}); ` +
+      `page faults per step, major / minor: warm-up (${warmup} steps) ${f(pf.warmup.major, 1)} / ${f(pf.warmup.minor, 1)}, ` +
+      `measured ${f(pf.measured.major, 1)} / ${f(pf.measured.minor, 1)}`,
+  );
   console.log(
     `outside the region ${f(r.profiledStepMs - r.regionMs, 3)} ms (profiled step - region), of which replay() to the region's start ` +
       `${f(r.startMs, 3)} ms; between nodes ${f(r.regionMs - r.nodesMs, 3)} ms`,

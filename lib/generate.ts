@@ -7,6 +7,7 @@ import { loadTokenizer, type Tokenizer } from './tokenizer.js';
 import { parseToolCalls, renderChatPrompt, type ChatMessage, type ToolCall, type ToolDefinition } from './chat.js';
 import { loadCheckpointModel, modelMemory, type LoadModelOptions, type MadeWeights, type ModelMemory } from './model/load.js';
 import type { LongcatModel, SamplingParams } from './model/model.js';
+import type { WeightsPopulated } from './model/weights.js';
 import type { Checkpoint } from './checkpoint.js';
 import type { SequenceCache } from './kv-cache.js';
 import { NO_ROOM, StepScheduler } from './scheduler.js';
@@ -720,6 +721,8 @@ export class Model {
     private readonly made: MadeWeights | null = null,
     /** The bytes of dense weights a CPU model reads from hugepage-advised copies (for `memory`). */
     private readonly hugePages = 0,
+    /** What loadModel's `populate` faulted in (for `memory`). */
+    private readonly populated: WeightsPopulated | null = null,
   ) {
     if (!Number.isInteger(prefillChunk) || prefillChunk < 1)
       throw new ArgumentError('E_ARGUMENT', `loadModel: prefillChunk must be an integer >= 1, got ${String(prefillChunk)}`);
@@ -768,6 +771,7 @@ export class Model {
       e.rankPools,
       e.expertPlacement,
       this.hugePages,
+      this.populated,
     );
   }
 
@@ -827,9 +831,18 @@ export async function loadModel(dir: string, opts: LoadModelOptions = {}): Promi
   const chunk = opts.prefillChunk;
   if (chunk !== undefined && (!Number.isInteger(chunk) || chunk < 1))
     throw new ArgumentError('E_ARGUMENT', `loadModel: prefillChunk must be an integer >= 1, got ${String(chunk)}`);
-  const { checkpoint, model, made, hugePages } = await loadCheckpointModel(dir, opts);
+  const { checkpoint, model, made, hugePages, populated } = await loadCheckpointModel(dir, opts);
   try {
-    return new Model(model, checkpoint, await loadTokenizer(dir), opts.prefillChunk, opts.prefixCache, made, hugePages);
+    return new Model(
+      model,
+      checkpoint,
+      await loadTokenizer(dir),
+      opts.prefillChunk,
+      opts.prefixCache,
+      made,
+      hugePages,
+      populated,
+    );
   } catch (e) {
     model.dispose();
     checkpoint.close();

@@ -137,6 +137,8 @@ const std::shared_ptr<Stream>& default_stream(Napi::Env env, Device d);
 // LongcatError when either throws. `keep` (e.g. the Stream object) stays referenced until then.
 // (js_async.cc)
 Napi::Value await_fence(Napi::Env env, std::unique_ptr<Fence> fence, std::function<void()> then, Napi::Value keep);
+// The LongcatError for a code and message, as a value (to reject a promise with; js_async.cc).
+Napi::Value error_value(Napi::Env env, Code code, const std::string& msg);
 
 // The device named by info[i] ('cpu', 'cuda:N'); the CPU when it is null or undefined.
 Device device_arg(const Napi::CallbackInfo& info, size_t i);

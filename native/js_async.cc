@@ -10,9 +10,6 @@
 
 namespace lc {
 
-namespace {
-
-// The LongcatError for a code and message, as a value (to reject a promise with).
 Napi::Value error_value(Napi::Env env, Code code, const std::string& msg) {
   try {
     throw Error(code, msg);
@@ -24,6 +21,8 @@ Napi::Value error_value(Napi::Env env, Code code, const std::string& msg) {
     }
   }
 }
+
+namespace {
 
 class FenceWorker : public Napi::AsyncWorker {
  public:

@@ -108,12 +108,51 @@ std::string MappedFile::changed() const {
   return std::string();
 }
 
+namespace {
+// [p, p + n) rounded out to whole pages, as madvise needs.
+struct Pages {
+  char* start;
+  size_t length;
+};
+Pages whole_pages(const void* p, size_t n) {
+  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t b = reinterpret_cast<uintptr_t>(p) / page * page, e = reinterpret_cast<uintptr_t>(p) + n;
+  return {reinterpret_cast<char*>(b), static_cast<size_t>((e - b + page - 1) / page * page)};
+}
+}  // namespace
+
+// (the values of Linux's uapi, for headers older than 5.14)
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22
+#endif
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
+int populate_pages(void* p, size_t n, bool write) {
+  if (!p || n == 0) return 0;
+  const Pages r = whole_pages(p, n);
+  if (::madvise(r.start, r.length, write ? MADV_POPULATE_WRITE : MADV_POPULATE_READ) == 0) return 0;
+  const int err = errno;
+  if (err != EINVAL && err != ENOSYS) return err;
+  // An older kernel: read-ahead, then one touch per page (within [p, p + n): the rounded-out ends
+  // may belong to someone else's memory).
+  if (!write) ::madvise(r.start, r.length, MADV_WILLNEED);
+  const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  volatile uint8_t* b = static_cast<uint8_t*>(p);
+  const size_t first = static_cast<size_t>(r.start + page - static_cast<char*>(p)) % page;  // p's next page start
+  auto touch = [&](size_t i) {
+    uint8_t v = b[i];
+    if (write) b[i] = v;
+  };
+  touch(0);
+  for (size_t i = first; i < n; i += page) touch(i);
+  return 0;
+}
+
 void MappedFile::advise(size_t offset, size_t length, Advice a) const {
   if (!base_ || offset >= size_) return;
   if (length > size_ - offset) length = size_ - offset;
-  size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
-  size_t start = offset / page * page;
-  size_t end = offset + length;
   int adv = MADV_NORMAL;
   switch (a) {
     case Advice::Normal: adv = MADV_NORMAL; break;
@@ -125,7 +164,8 @@ void MappedFile::advise(size_t offset, size_t length, Advice a) const {
   // MADV_DONTNEED on a private mapping drops private (written) copies too; that is what a caller
   // asking for it wants only when it never wrote, so it is limited to shared mappings.
   if (a == Advice::DontNeed && !shared_) return;
-  ::madvise(static_cast<char*>(base_) + start, end - start, adv);
+  const Pages r = whole_pages(static_cast<char*>(base_) + offset, length);
+  ::madvise(r.start, r.length, adv);
 }
 
 }  // namespace lc

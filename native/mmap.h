@@ -57,4 +57,14 @@ class MappedFile {
 // "ENOENT", "EACCES", ... for an errno value ("E<number>" when unknown).
 const char* errno_name(int err);
 
+// Faults every page of [p, p + n) in now (the range rounded out to whole pages), so that the first
+// kernel to read (or write) them takes no page fault: MADV_POPULATE_READ / MADV_POPULATE_WRITE
+// (Linux >= 5.14), or where the kernel lacks them (EINVAL, ENOSYS) MADV_WILLNEED and a touch of one
+// byte per page (a read; for `write` the byte written back with its own value, so contents never
+// change). A read populate of a private file mapping maps the page-cache pages without copying
+// them. Returns 0, or the errno of a failure: ENOMEM (out of memory), EFAULT / EIO (a mapped file's
+// page cannot be read, e.g. the file was truncated: the touch fallback would SIGBUS there instead).
+// Blocks for as long as faulting takes (seconds for gigabytes): never call it on the JS thread.
+int populate_pages(void* p, size_t n, bool write);
+
 }  // namespace lc

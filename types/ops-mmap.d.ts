@@ -1,5 +1,7 @@
-// Memory-mapped checkpoint files (native/ops/mmap.cc). Wired into `Native` in types/native.d.ts.
-import type { DType, Tensor } from './native.js';
+// Memory-mapped checkpoint files (native/ops/mmap.cc) and faulting memory in ahead of use
+// (native/ops/populate.cc). Wired into `Native` in types/native.d.ts.
+import type { DType, Stream, Tensor } from './native.js';
+import type { MoeExpertSet } from './ops-moe.js';
 
 export type MmapAdvice = 'normal' | 'random' | 'sequential' | 'willneed' | 'dontneed';
 
@@ -51,4 +53,22 @@ export interface MmapOps {
    * E_ARGUMENT / E_DTYPE for bad arguments.
    */
   tensorFromMapping(mapping: MappedFile, byteOffset: number, dtype: DType, shape: readonly number[]): Tensor;
+  /**
+   * Writes zeros over a CPU tensor with its pages faulted in first (MADV_POPULATE_WRITE, else a
+   * touch per page), as a job of `stream` (null: the default stream), spread over the stream's
+   * pool: returns at once, later ops of the stream run after it, and the pages are first touched by
+   * the threads of that pool. Errors (at the stream's synchronize): E_OOM when the memory cannot be
+   * had; E_DEVICE for a GPU tensor (now).
+   */
+  populateZeros(stream: Stream | null, tensor: Tensor): void;
+  /**
+   * Faults in, for reading, the pages of the file mappings (mapFile) that these tensors and expert
+   * sets read (MADV_POPULATE_READ, else MADV_WILLNEED and a touch per page), on a libuv worker
+   * spread over the global pool, so that the first steps take no page faults on them. Memory that
+   * is not a mapping (copies, tensors made at load) is skipped. `bytes`: the mapped pages' bytes
+   * (whole pages, shared pages once); none is faulted in (`populated` false) when they exceed
+   * `maxBytes`. Rejects with E_CHECKPOINT when a page cannot be read (the file was truncated),
+   * E_OOM when memory runs out. Nothing is copied and no page is written.
+   */
+  populateMapped(items: readonly (Tensor | MoeExpertSet)[], maxBytes?: number): Promise<{ bytes: number; populated: boolean }>;
 }

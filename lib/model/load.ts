@@ -4,7 +4,15 @@ import { native } from '../native.js';
 import { ArgumentError, DeviceError, showValue } from '../errors.js';
 import { setThreads } from '../device.js';
 import { modelDims } from './dims.js';
-import { type ModelWeights, copyDenseToHugePages, loadWeights, type UploadProgress } from './weights.js';
+import {
+  type ModelWeights,
+  type WeightsPopulated,
+  copyDenseToHugePages,
+  loadWeights,
+  memAvailable,
+  populateMappedWeights,
+  type UploadProgress,
+} from './weights.js';
 import { type QuantizeFormat, QuantizingSource, checkQuantizeFormat } from '../quantize.js';
 import { Int4Source } from '../int4.js';
 import { LongcatModel } from './model.js';
@@ -92,6 +100,12 @@ export interface LoadModelOptions {
    *  read). Default false: opt-in until an end-to-end A/B on a quiet machine (bench/hugepages.mjs) shows
    *  the step gain (bench/RESULTS.md: +13-16% on the dense GEMVs in isolation, mixed end to end). */
   hugePages?: boolean;
+  /** CPU backend: fault in, at load and off the JS thread, the mapped pages the decode step reads
+   *  (the dense weights and every layer's routed experts; not the embeddings or N-gram tables), as
+   *  llama.cpp's mmap prefetch does: otherwise an expert no step has read yet page-faults on its
+   *  first read, for the first hundred-odd steps. Default true; skipped (model.memory.populated says
+   *  why) when those bytes exceed MemAvailable (/proc/meminfo). loadModel resolves once they are in. */
+  populate?: boolean;
   /** Quantize the eligible linears of a BF16 / F16 / F32 checkpoint while loading, for a quick try
    *  without writing files (`longcat quantize` writes them): 'fp8' (e4m3, one scale per 128x128
    *  block: attention, dense MLP, expert and MTP linears) or 'int8' (symmetric per-row: the same
@@ -171,6 +185,9 @@ export interface ModelMemory {
   /** Of hostMapped and hostMade, the bytes the CPU model reads from its hugepage-advised copies
    *  (loadModel's `hugePages`; 0 when off or on a GPU): resident anonymous memory of the process. */
   hugePages: number;
+  /** CPU: what loadModel's `populate` faulted in at load (bytes of mapped pages, or 0 and why not);
+   *  null on a GPU or when turned off. */
+  populated: WeightsPopulated | null;
   /** Bytes of weights made at load in host memory that the CPU model reads (loadModel's `quantize`,
    *  GPTQ / AutoRound linears repacked into the int4 format); the checkpoint tensors they replace are
    *  not in hostMapped. 0 on a GPU (the made tensors are uploaded, counted in `uploaded`, and freed). */
@@ -203,6 +220,7 @@ export function modelMemory(
   cpuRanks: readonly RankPool[] | null = null,
   expertPlacement: readonly RankPlacement[] | null = null,
   hugePages = 0,
+  populated: WeightsPopulated | null = null,
 ): ModelMemory {
   const cpu = device === 'cpu';
   let loaded = 0,
@@ -221,6 +239,7 @@ export function modelMemory(
     kvCache: { ...kvCache },
     hostMade: cpu ? (made?.bytes ?? 0) : 0,
     hugePages: cpu ? hugePages : 0,
+    populated: cpu && populated ? { ...populated } : null,
     ...(cpuRanks ? { cpuRanks: cpuRanks.map(p => ({ ...p, cpus: [...p.cpus] })) } : {}),
     ...(expertPlacement ? { expertPlacement: expertPlacement.map(p => ({ ...p })) } : {}),
   };
@@ -233,6 +252,8 @@ export interface LoadedModel {
   made: MadeWeights | null;
   /** On the CPU, the bytes of dense weights copied into hugepage-advised memory (0: none). */
   hugePages: number;
+  /** On the CPU, what `populate` faulted in (null: off, or on a GPU). */
+  populated: WeightsPopulated | null;
 }
 
 /** Every option of loadModel checked before any file is read, with a typed error naming it. */
@@ -250,7 +271,7 @@ function checkLoadOptions(opts: LoadModelOptions): void {
   checkRankThreads(opts.rankThreads);
   checkExpertPlacement(opts.expertPlacement);
   if (opts.expertParallel !== undefined) checkExpertParallelOptions(opts.expertParallel);
-  for (const flag of ['mtp', 'prefixCache', 'overlapMoe'] as const)
+  for (const flag of ['mtp', 'prefixCache', 'overlapMoe', 'populate'] as const)
     if (opts[flag] !== undefined && typeof opts[flag] !== 'boolean')
       throw new ArgumentError('E_ARGUMENT', `loadModel: ${flag} must be true or false, got ${showValue(opts[flag])}`);
   if (opts.quantize !== undefined) checkQuantizeFormat(opts.quantize, 'loadModel: quantize');
@@ -390,8 +411,9 @@ export async function loadCheckpointModel(dir: string, opts: LoadModelOptions = 
         opts.onProgress({ phase: 'host', tensor: t.name, bytes, totalBytes: hostBytes });
       }
     }
+    let model: LongcatModel;
     try {
-      const model = new LongcatModel(dims, weights, {
+      model = new LongcatModel(dims, weights, {
         device,
         maxContext: opts.maxContext ?? Math.min(dims.maxContext, 8192),
         numBlocks: opts.cacheBlocks,
@@ -423,9 +445,17 @@ export async function loadCheckpointModel(dir: string, opts: LoadModelOptions = 
               )
           : undefined,
       });
-      return { checkpoint, model, made, hugePages };
     } catch (e) {
       for (const w of replicas.values()) for (const t of w.owned) t.dispose();
+      throw e;
+    }
+    // the KV caches zeroed and the mapped weights faulted in, both off the JS thread
+    try {
+      const populate = device === 'cpu' && opts.populate !== false ? populateMappedWeights(weights, memAvailable()) : null;
+      const [, populated] = await Promise.all([model.ready(), populate]);
+      return { checkpoint, model, made, hugePages, populated };
+    } catch (e) {
+      model.dispose();
       throw e;
     }
   } catch (e) {

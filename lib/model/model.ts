@@ -196,26 +196,6 @@ interface DecodeGraph {
   parts: (GraphInputs & { out: Required<ForwardResult> })[];
 }
 
-/**
- * Writes zeros over a host cache once, at allocation: its memory comes lazily populated from the
- * OS, and a decode step's cache writes would otherwise take the page faults of first touch, a few
- * per step (one 4 KiB page holds 3-7 rows of a layer's cache) at tens of microseconds each on a VM
- * (bench/step-profile.mjs: mlaCacheWrite 6-7 us per call in the medium step against 0.8 us on
- * touched rows). The cache is then resident from the start, as llama.cpp's cleared KV buffers are.
- */
-function prefault(cache: Tensor) {
-  const blocks = cache.shape[0]!,
-    blockBytes = cache.nbytes / Math.max(1, blocks),
-    per = Math.max(1, Math.floor((4 << 20) / Math.max(1, blockBytes)));
-  const zeros = new Uint8Array(Math.min(per, blocks) * blockBytes);
-  for (let b = 0; b < blocks; b += per) {
-    const n = Math.min(per, blocks - b),
-      v = cache.narrow(b, n);
-    v.copyFromBytes(n === per ? zeros : zeros.subarray(0, n * blockBytes));
-    v.dispose();
-  }
-}
-
 export class LongcatModel {
   readonly dims: ModelDims;
   readonly device: string;
@@ -344,6 +324,14 @@ export class LongcatModel {
           if (from) native.setStreamPool(streams, from);
           else native.setStreamPool(streams, pool.threads, pool.cpus);
         }
+        // A host cache's memory comes lazily populated from the OS: a decode step's cache writes would
+        // otherwise take the page faults of first touch, a few per step (one 4 KiB page holds 3-7 rows
+        // of a layer's cache) at tens of microseconds each on a VM (bench/step-profile.mjs:
+        // mlaCacheWrite 6-7 us per call in the medium step against 0.8 us on touched rows). So it is
+        // faulted in and zeroed now, as llama.cpp clears its KV buffers, but as a job of the rank's main
+        // stream (its pool's threads touch it first; every step of the rank runs after it), not on
+        // the JS thread: seconds for the real model's caches. ready() awaits it.
+        if (device === 'cpu') for (const c of caches) native.populateZeros(rank.main, c);
       }
     } catch (e) {
       this.disposeRanks();
@@ -355,6 +343,16 @@ export class LongcatModel {
     this.ngramPowers = dims.ngram ? ngramPowers(dims.ngram) : null;
   }
 
+  /**
+   * Resolves once every CPU rank's KV caches are faulted in and zeroed (the constructor queues that
+   * on the ranks' main streams; steps run after it anyway, this only waits without blocking the
+   * JS thread); rejects with its LongcatError (E_OOM when the memory cannot be had). loadModel
+   * awaits it.
+   */
+  async ready(): Promise<void> {
+    await Promise.all(this.ranks.filter(r => r.device === 'cpu').map(r => r.main.synchronizeAsync()));
+  }
+
   /** A rank's latent caches on `device` (E_OOM naming the smaller formats when they do not fit). */
   private allocateCaches(device: string, numBlocks: number, cacheDtype: CacheDtype): Tensor[] {
     const dims = this.dims,
@@ -364,7 +362,6 @@ export class LongcatModel {
     try {
       for (let i = 0; i < this.cacheCount; i++) {
         caches.push(empty([cacheBlocks, this.blockSize, row.width], { dtype: row.dtype, device }));
-        if (device === 'cpu') prefault(caches[i]!);
       }
       return caches;
     } catch (e) {

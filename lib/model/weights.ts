@@ -2,6 +2,7 @@
 // the CPU, uploaded once for CUDA). Only small tensors are transformed at load: norm weights get
 // the MLA scales folded in (SPEC 3.5), the router classifier and bias become f32, and an FP8
 // an FP8 kv_b_proj is kept exact for the absorbed attention (codes + block scales, or f32).
+import fs from 'node:fs';
 import { native } from '../native.js';
 import { Stream, synchronize } from '../device.js';
 import type { PlacedTensors } from '../../types/ops-placed.js';
@@ -474,21 +475,8 @@ function converted(t: Tensor, dtype: 'f32'): Tensor {
   return r;
 }
 
-/**
- * Copies the dense weights a CPU decode step streams (every attention and dense-MLP linear, the
- * norms, the router, the final norm, lm_head and the MTP layer; not the embeddings, of which a step
- * reads one row, nor the N-gram tables or the routed experts) into one anonymous mapping advised
- * for transparent huge pages (native placeTensors, no node: the copy first-touched by the global
- * pool's threads), and points `w` at the copies. The checkpoint's
- * mapped pages are page-cache pages mapped 4 KiB at a time, so a GEMV over them walks the page tables
- * every 4 KiB (MADV_HUGEPAGE does nothing for them); in 2 MiB pages the dense GEMVs of the medium
- * preset stream 13-16% faster in isolation (bench/RESULTS.md). Memory: the copies are the process's own
- * (anonymous, resident, not evictable without swap); the mapped pages they replace are no longer
- * read, stay in the page cache only as long as the kernel keeps them, and are never written.
- * Weights made at load (quantized, converted norms) are freed once copied. Returns the copied bytes
- * and the bytes the kernel backs with huge pages.
- */
-export function copyDenseToHugePages(w: ModelWeights): { bytes: number; hugeBytes: number } {
+/** Where each dense weight a decode step streams sits in `w` (holder, key, tensor): see copyDenseToHugePages. */
+function denseSlots(w: ModelWeights): [Record<string, unknown>, string, Tensor][] {
   const slots: [Record<string, unknown>, string, Tensor][] = [];
   const add = (holder: object, key: string) => {
     const t = (holder as Record<string, unknown>)[key];
@@ -524,6 +512,25 @@ export function copyDenseToHugePages(w: ModelWeights): { bytes: number; hugeByte
     mla(w.mtp.attn);
     mlp(w.mtp.mlp);
   }
+  return slots;
+}
+
+/**
+ * Copies the dense weights a CPU decode step streams (every attention and dense-MLP linear, the
+ * norms, the router, the final norm, lm_head and the MTP layer; not the embeddings, of which a step
+ * reads one row, nor the N-gram tables or the routed experts) into one anonymous mapping advised
+ * for transparent huge pages (native placeTensors, no node: the copy first-touched by the global
+ * pool's threads), and points `w` at the copies. The checkpoint's
+ * mapped pages are page-cache pages mapped 4 KiB at a time, so a GEMV over them walks the page tables
+ * every 4 KiB (MADV_HUGEPAGE does nothing for them); in 2 MiB pages the dense GEMVs of the medium
+ * preset stream 13-16% faster in isolation (bench/RESULTS.md). Memory: the copies are the process's own
+ * (anonymous, resident, not evictable without swap); the mapped pages they replace are no longer
+ * read, stay in the page cache only as long as the kernel keeps them, and are never written.
+ * Weights made at load (quantized, converted norms) are freed once copied. Returns the copied bytes
+ * and the bytes the kernel backs with huge pages.
+ */
+export function copyDenseToHugePages(w: ModelWeights): { bytes: number; hugeBytes: number } {
+  const slots = denseSlots(w);
   const cpu = [...new Set(slots.map(s => s[2]))].filter(t => t.device === 'cpu');
   const bytes = cpu.reduce((a, t) => a + t.nbytes, 0);
   if (!cpu.length) return { bytes: 0, hugeBytes: 0 };
@@ -547,4 +554,43 @@ export function copyDenseToHugePages(w: ModelWeights): { bytes: number; hugeByte
   for (const t of made) t.dispose();
   w.owned.push(...r.tensors);
   return { bytes, hugeBytes: r.hugeBytes };
+}
+
+/** What loadModel's `populate` faulted in: the bytes, or 0 and why not. */
+export interface WeightsPopulated {
+  /** Bytes of mapped pages faulted in at load (whole pages; 0 when skipped). */
+  bytes: number;
+  /** Why nothing was faulted in (one line), or null. */
+  skipped: string | null;
+}
+
+/** The bytes this system can still give (/proc/meminfo MemAvailable), or null where it says nothing. */
+export function memAvailable(meminfo = '/proc/meminfo'): number | null {
+  try {
+    const m = /^MemAvailable:\s+(\d+) kB/m.exec(fs.readFileSync(meminfo, 'utf8'));
+    return m ? Number(m[1]) * 1024 : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Faults in, off the JS thread, the mapped pages a CPU decode step reads (the dense weights of
+ * denseSlots and every layer's routed experts; not the embeddings or N-gram tables, of which a step
+ * reads a few rows), as llama.cpp's mmap prefetch does, so that the first steps take no page faults
+ * on experts no step has read yet (native populateMapped: MADV_POPULATE_READ, else MADV_WILLNEED and
+ * a touch per page). Weights that are copies (hugePages, expertPlacement 'copy', quantized at load)
+ * are not mappings and are skipped. Skipped as a whole, with the reason, when the mapped bytes
+ * exceed `available` (MemAvailable): faulting them in would only evict each other.
+ */
+export async function populateMappedWeights(w: ModelWeights, available: number | null): Promise<WeightsPopulated> {
+  const experts = w.layers.flatMap(L => (L.moe.experts instanceof ShardedExperts ? L.moe.experts.shards : [L.moe.experts]));
+  const items = [...denseSlots(w).map(s => s[2]), ...experts];
+  if (available === null) return { bytes: 0, skipped: 'MemAvailable unknown (no /proc/meminfo)' };
+  const r = await native.populateMapped(items, available);
+  if (r.populated || r.bytes === 0) return { bytes: r.bytes, skipped: null };
+  return {
+    bytes: 0,
+    skipped: `the mapped weights (${(r.bytes / 2 ** 30).toFixed(2)} GiB) exceed MemAvailable (${(available / 2 ** 30).toFixed(2)} GiB)`,
+  };
 }

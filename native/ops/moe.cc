@@ -293,6 +293,15 @@ static Napi::Value MoeExperts(const Napi::CallbackInfo& info) {
   return obj;
 }
 
+// The storages a MoeExpertSet holds (ops/populate.cc faults the mapped ones in); false when `v` is
+// not one (a disposed set holds none).
+bool expert_set_storages(Napi::Value v, std::vector<std::shared_ptr<Storage>>* out) {
+  const ExpertSetHandle* h = expert_set_of(v);
+  if (!h) return false;
+  if (h->set) out->insert(out->end(), h->set->keep.begin(), h->set->keep.end());
+  return true;
+}
+
 static void Moe(const OpArgs& a) {
   Tensor out = a.tensor(1, "out"), u = a.tensor(2, "u"), idx = a.tensor(3, "idx"), w = a.tensor(4, "weights");
   const int64_t n_routed = a.integer(5, "nRouted");

@@ -1,0 +1,171 @@
+// Faulting memory in before the first step reads it, off the JS thread (issue 19):
+//   populateZeros(stream, tensor)  a CPU tensor's pages faulted in for writing and its bytes set to
+//       zero, as a job of the stream: in parallel over the stream's pool, so that its pages are first
+//       touched by the threads that use them (a CPU rank's pool: its NUMA node), and ordered before
+//       every later op of the stream. The KV caches at model construction.
+//   populateMapped(items, maxBytes?) -> Promise<{ bytes, populated }>  the file-mapped pages (mapFile)
+//       that the tensors and MoeExpertSets of `items` read faulted in for reading, on a libuv worker
+//       (spread over the global pool); `bytes`: those pages' bytes (whole pages, shared ones once).
+//       Memory that is not a file mapping (copies, made tensors) is skipped; nothing at all
+//       (populated false) when `bytes` exceeds maxBytes. The weights at load.
+// The faulting itself is mmap.h's populate_pages (MADV_POPULATE_*, else a touch per page).
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "../binding.h"
+#include "../cpu/threadpool.h"
+#include "../mmap.h"
+
+namespace lc {
+
+bool expert_set_storages(Napi::Value v, std::vector<std::shared_ptr<Storage>>* out);  // ops/moe.cc
+
+namespace {
+
+constexpr size_t kChunk = size_t{2} << 20;  // a job's unit of work: 2 MiB (also a huge page)
+
+// [bytes of memory, of which `done` so far) in kChunk pieces over the calling thread's pool.
+template <typename F>
+void over_chunks(size_t bytes, F&& fn) {
+  const int64_t n = static_cast<int64_t>((bytes + kChunk - 1) / kChunk);
+  cpu::parallel_for(n, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const size_t b = static_cast<size_t>(c) * kChunk;
+      fn(b, std::min(kChunk, bytes - b));
+    }
+  });
+}
+
+[[noreturn]] void populate_failed(const char* op, int err, size_t bytes, Code otherwise) {
+  fail(err == ENOMEM ? Code::E_OOM : otherwise, "%s: faulting in %zu bytes failed: %s (%s)", op, bytes, std::strerror(err),
+       errno_name(err));
+}
+
+void PopulateZeros(const OpArgs& a) {
+  const Tensor t = a.tensor(1, "tensor");
+  if (!t.device().is_cpu())
+    fail(Code::E_DEVICE, "populateZeros: 'tensor' is on %s; only host memory is faulted in", t.device().str().c_str());
+  const size_t bytes = static_cast<size_t>(t.nbytes());
+  a.launch(
+      t.device(),
+      [=] {
+        uint8_t* p = static_cast<uint8_t*>(t.data());
+        // Faulted in first, then zeroed (the memory may be recycled, not fresh from the OS): a 2 MiB
+        // piece at a time, so that the zeroing finds it in cache.
+        over_chunks(bytes, [&](size_t b, size_t n) {
+          if (int err = populate_pages(p + b, n, true)) populate_failed("populateZeros", err, bytes, Code::E_INTERNAL);
+          std::memset(p + b, 0, n);
+        });
+      },
+      nullptr);
+}
+
+// One contiguous run of mapped pages.
+struct Span {
+  uintptr_t begin, end;
+};
+
+class PopulateWorker : public Napi::AsyncWorker {
+ public:
+  PopulateWorker(Napi::Env env, std::vector<std::shared_ptr<Storage>> keep, std::vector<Span> spans, size_t bytes, bool run)
+      : Napi::AsyncWorker(env, "longcat:populateMapped"),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        keep_(std::move(keep)),
+        spans_(std::move(spans)),
+        bytes_(bytes),
+        run_(run) {}
+  Napi::Promise promise() { return deferred_.Promise(); }
+
+  void Execute() override {
+    if (!run_) return;
+    try {
+      for (const Span& s : spans_)
+        over_chunks(s.end - s.begin, [&](size_t b, size_t n) {
+          if (int err = populate_pages(reinterpret_cast<void*>(s.begin + b), n, false))
+            populate_failed("populateMapped", err, s.end - s.begin, Code::E_CHECKPOINT);
+        });
+    } catch (const Error& e) {
+      code_ = e.code, message_ = e.what(), failed_ = true;
+    } catch (const std::exception& e) {
+      code_ = Code::E_INTERNAL, message_ = e.what(), failed_ = true;
+    }
+  }
+  void OnOK() override {
+    Napi::Env env = Env();
+    Napi::HandleScope scope(env);
+    keep_.clear();
+    if (failed_)
+      deferred_.Reject(error_value(env, code_, message_));
+    else {
+      Napi::Object r = Napi::Object::New(env);
+      r.Set("bytes", static_cast<double>(bytes_));
+      r.Set("populated", run_);
+      deferred_.Resolve(r);
+    }
+  }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  std::vector<std::shared_ptr<Storage>> keep_;  // the mappings stay mapped while they are faulted in
+  std::vector<Span> spans_;
+  size_t bytes_;
+  bool run_;
+  bool failed_ = false;
+  Code code_ = Code::E_INTERNAL;
+  std::string message_;
+};
+
+Napi::Value PopulateMapped(const Napi::CallbackInfo& info) {
+  const char* op = "populateMapped";
+  if (info.Length() < 1 || !info[0].IsArray())
+    fail(Code::E_ARGUMENT, "%s: 'items' must be an array of Tensors and MoeExpertSets", op);
+  const Napi::Array items = info[0].As<Napi::Array>();
+  double max_bytes = -1;  // none
+  if (info.Length() > 1 && !info[1].IsUndefined() && !info[1].IsNull()) {
+    max_bytes = info[1].IsNumber() ? info[1].As<Napi::Number>().DoubleValue() : -1;
+    if (!(max_bytes >= 0)) fail(Code::E_ARGUMENT, "%s: 'maxBytes' must be a non-negative number", op);
+  }
+  std::vector<std::shared_ptr<Storage>> storages;
+  for (uint32_t i = 0; i < items.Length(); ++i) {
+    const Napi::Value v = items.Get(i);
+    if (TensorWrap::IsTensor(info.Env(), v)) {
+      storages.push_back(TensorWrap::Unwrap(v.As<Napi::Object>())->get(op).storage);
+    } else if (!expert_set_storages(v, &storages)) {
+      fail(Code::E_ARGUMENT, "%s: items[%u] is neither a Tensor nor a MoeExpertSet", op, i);
+    }
+  }
+  // the mapped storages' pages, sorted and merged (tensors packed back to back share pages)
+  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  std::vector<Span> spans;
+  std::vector<std::shared_ptr<Storage>> keep;
+  for (const auto& s : storages) {
+    if (!s || !s->file_mapped || !s->ptr || s->bytes == 0) continue;
+    const uintptr_t p = reinterpret_cast<uintptr_t>(s->ptr);
+    spans.push_back({p / page * page, (p + s->bytes + page - 1) / page * page});
+    keep.push_back(s);
+  }
+  std::sort(spans.begin(), spans.end(), [](const Span& x, const Span& y) { return x.begin < y.begin; });
+  std::vector<Span> merged;
+  size_t bytes = 0;
+  for (const Span& s : spans) {
+    if (!merged.empty() && s.begin <= merged.back().end)
+      merged.back().end = std::max(merged.back().end, s.end);
+    else
+      merged.push_back(s);
+  }
+  for (const Span& s : merged) bytes += s.end - s.begin;
+  const bool run = max_bytes < 0 || static_cast<double>(bytes) <= max_bytes;
+  auto* w = new PopulateWorker(info.Env(), std::move(keep), std::move(merged), bytes, run);  // deletes itself when done
+  Napi::Promise p = w->promise();
+  w->Queue();
+  return p;
+}
+
+}  // namespace
+
+LC_REGISTER_OP("populateZeros", PopulateZeros);
+LC_REGISTER_OP("populateMapped", PopulateMapped);
+
+}  // namespace lc
