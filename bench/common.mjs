@@ -2,6 +2,8 @@
 // the weight bytes a decode step reads (accounting; both from lib/bench.ts), and deterministic random inputs, drawn from
 // the seeded RNG the tests and the op-case table use (lib/check/rng.ts and lib/check/op-cases.ts, compiled
 // into dist/check/ by npm run build:ts), so every run times the same data.
+import path from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { native } from '../dist/native.js';
 import { Event } from '../dist/device.js';
 import { tensor, empty, numel } from '../dist/tensor.js';
@@ -34,6 +36,17 @@ export function randomText(seed, words) {
 }
 
 /** The flags every CPU benchmark takes: --quick (smaller sizes) and --out FILE (the JSON results). */
+/**
+ * An import() from the build a bench measures: `--dist DIR` (another worktree's dist/, for an A/B of
+ * two builds in one lock hold) or this checkout's dist/; `.dir` names it. (This module's own helpers stay
+ * on dist/.)
+ */
+export function distImporter(args = process.argv.slice(2)) {
+  const rel = args.includes('--dist') ? args[args.indexOf('--dist') + 1] : '../dist';
+  const dir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), rel);
+  return Object.assign(f => import(pathToFileURL(path.join(dir, f)).href), { dir });
+}
+
 export function benchFlags(args = process.argv.slice(2)) {
   return { quick: args.includes('--quick'), outPath: args.includes('--out') ? args[args.indexOf('--out') + 1] : null };
 }

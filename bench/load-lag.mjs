@@ -6,14 +6,13 @@
 // compare the cases of one lock hold, alternated, not separate runs.
 //   node bench/load-lag.mjs [--preset medium] [--cache-gb 4] [--repeats 2] [--threads 2] [--populate off] [--dist DIR]
 import path from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
-import { median, now } from './common.mjs';
+import { fileURLToPath } from 'node:url';
+import { distImporter, median, now } from './common.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const args = process.argv.slice(2);
 const arg = (name, dflt) => (args.includes(name) ? args[args.indexOf(name) + 1] : dflt);
-const dist = path.resolve(here, arg('--dist', '../dist'));
-const load = f => import(pathToFileURL(path.join(dist, f)).href);
+const load = distImporter(args);
 const { native } = await load('index.js');
 const { loadModel } = await load('generate.js');
 const preset = arg('--preset', 'medium');
@@ -73,7 +72,7 @@ const p = rows[0].populated;
 console.log(
   `${preset}, ${native.threads()} threads, KV cache ${f(rows[0].kvGiB, 2)} GiB, weights populate ${
     p ? (p.skipped ?? `${f(p.bytes / 2 ** 20)} MiB`) : 'off or absent'
-  } (${dist}):`,
+  } (${load.dir}):`,
 );
 console.log(
   `  load ${rows.map(x => f(x.loadMs)).join(' / ')} ms (median ${f(median(rows.map(x => x.loadMs)))}); JS thread held ` +

@@ -37,14 +37,23 @@
 //     [--populate off] [--probe weights] [--dist DIR] [--json f.json]
 import { existsSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
-import { accounting, decodeWeightTensors, gemmRate, median, now, readBandwidth, readTensorsBandwidth, rng } from './common.mjs';
+import { fileURLToPath } from 'node:url';
+import {
+  accounting,
+  decodeWeightTensors,
+  distImporter,
+  gemmRate,
+  median,
+  now,
+  readBandwidth,
+  readTensorsBandwidth,
+  rng,
+} from './common.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const args = process.argv.slice(2);
 const arg = (name, dflt) => (args.includes(name) ? args[args.indexOf(name) + 1] : dflt);
-const dist = path.resolve(here, arg('--dist', '../dist'));
-const load = f => import(pathToFileURL(path.join(dist, f)).href);
+const load = distImporter(args);
 const { native } = await load('index.js');
 const { loadModel } = await load('generate.js');
 const { initRandom } = await load('init-random.js');
@@ -134,6 +143,7 @@ async function profilePreset(preset) {
   const f1 = faults();
   const own = probeWeights ? decodeWeightTensors(model) : null;
   const ownGbps = own ? [readTensorsBandwidth(own)] : [];
+  const ownMB = own ? own.reduce((a, t) => a + t.nbytes, 0) / 1e6 : 0; // (read now: the model is disposed below)
   const f2 = faults(); // (the probe's faults counted in neither)
   const plain = decode(engine, seqs, steps, rand, d.vocab);
   const f3 = faults();
@@ -232,7 +242,7 @@ async function profilePreset(preset) {
     }
   }
   return {
-    weightsProbe: own ? { gbps: Math.max(...ownGbps), samples: ownGbps, mb: own.reduce((a, t) => a + t.nbytes, 0) / 1e6 } : null,
+    weightsProbe: own ? { gbps: Math.max(...ownGbps), samples: ownGbps, mb: ownMB } : null,
     gemmGflops: gemmRate(d.hidden),
     pairsPerStep: pairs.n / steps,
     preset,

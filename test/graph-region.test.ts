@@ -3,9 +3,7 @@
 // kept inside the step. Its results are those of the same ops queued one by one (the eager step),
 // bit for bit, whatever the pool size; a kernel that throws inside the region fails its own stream
 // with its typed error, never hangs or aborts, and the streams and the graph stay usable.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { beforeAll, describe, expect, it } from 'vitest';
 import path from 'node:path';
 import { native } from '../lib/native.js';
 import { Event, Stream } from '../lib/device.js';
@@ -13,17 +11,9 @@ import { Tensor, empty, full, tensor, toArray } from '../lib/tensor.js';
 import { int4WeightTensor } from '../lib/int4.js';
 import { initRandom } from '../lib/init-random.js';
 import { loadModel } from '../lib/generate.js';
-import { expectCode, rng } from './helpers.js';
+import { expectCode, rng, scratchDir } from './helpers.js';
 
-const root = mkdtempSync(path.join(tmpdir(), 'lc-graph-region-'));
-let savedThreads = 1;
-beforeAll(() => {
-  savedThreads = native.threads();
-});
-afterAll(() => {
-  native.setThreads(savedThreads);
-  rmSync(root, { recursive: true, force: true });
-});
+const root = scratchDir('lc-graph-region-');
 
 describe('a replayed CPU graph as one parallel region', () => {
   it.each([1, 2, 3, 5])('two streams joined by events give the eager bits with %i pool threads', threads => {

@@ -1,8 +1,9 @@
 // Shared test utilities: the seeded RNG (lib/check/rng.ts), closeness checks, the backends to test.
 import { spawnSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { expect } from 'vitest';
+import { afterAll, beforeAll, expect } from 'vitest';
 import { native } from '../lib/native.js';
 import { ConfigError, LongcatError } from '../lib/errors.js';
 import { parseConfig } from '../lib/config.js';
@@ -42,6 +43,23 @@ export const HANG_LIMIT_MS = 300_000;
  * machine oversubscribed many times over still passes. A hang detector, never a performance assert.
  */
 export const workLimitMs = (cpuSeconds: number) => HANG_LIMIT_MS * Math.max(1, Math.ceil(cpuSeconds / 10));
+
+/**
+ * A temporary directory for a test file's checkpoints, removed after its tests; the pool's thread
+ * count (which the file's tests change with native.setThreads) is restored then too.
+ */
+export function scratchDir(prefix: string): string {
+  const root = mkdtempSync(path.join(tmpdir(), prefix));
+  let savedThreads = 1;
+  beforeAll(() => {
+    savedThreads = native.threads();
+  });
+  afterAll(() => {
+    native.setThreads(savedThreads);
+    rmSync(root, { recursive: true, force: true });
+  });
+  return root;
+}
 
 /** A finite number (a benchmark JSON's figure). */
 export const finite = (x: unknown) => typeof x === 'number' && Number.isFinite(x);

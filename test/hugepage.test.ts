@@ -2,26 +2,17 @@
 // node, on a stream of the global pool): the copies hold the sources' bytes exactly, live on after the
 // sources are gone, and a model reading its dense weights from them decodes bit for bit what the model reading
 // the mapped shards does (the same kernels over the same bytes), at 1 and 3 pool threads.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import fs, { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { beforeAll, describe, expect, it } from 'vitest';
+import fs from 'node:fs';
 import path from 'node:path';
 import { native } from '../lib/native.js';
 import { Stream } from '../lib/device.js';
 import type { Tensor } from '../lib/tensor.js';
 import { initRandom } from '../lib/init-random.js';
 import { loadModel } from '../lib/generate.js';
-import { rejects, rng } from './helpers.js';
+import { rejects, rng, scratchDir } from './helpers.js';
 
-const root = mkdtempSync(path.join(tmpdir(), 'lc-hugepage-'));
-let savedThreads = 1;
-beforeAll(() => {
-  savedThreads = native.threads();
-});
-afterAll(() => {
-  native.setThreads(savedThreads);
-  rmSync(root, { recursive: true, force: true });
-});
+const root = scratchDir('lc-hugepage-');
 
 const bytesOf = (t: Tensor) => Buffer.from(t.toBytes());
 

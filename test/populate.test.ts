@@ -5,9 +5,9 @@
 // and says when it would exceed its limit. Neither blocks the JS thread: a stream held back by a
 // wait that only a timer callback releases still completes (the callback ran while the work was
 // pending). loadModel zeroes the caches and faults the weights in before it resolves.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import fs, { mkdtempSync, rmSync } from 'node:fs';
-import os, { tmpdir } from 'node:os';
+import { beforeAll, describe, expect, it } from 'vitest';
+import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { native } from '../lib/native.js';
 import { Stream } from '../lib/device.js';
@@ -18,17 +18,9 @@ import { openCheckpoint } from '../lib/checkpoint.js';
 import { modelDims } from '../lib/model/dims.js';
 import { loadWeights } from '../lib/model/weights.js';
 import { LongcatModel } from '../lib/model/model.js';
-import { expectCode, rejects, rng } from './helpers.js';
+import { expectCode, rejects, rng, scratchDir } from './helpers.js';
 
-const root = mkdtempSync(path.join(tmpdir(), 'lc-populate-'));
-let savedThreads = 1;
-beforeAll(() => {
-  savedThreads = native.threads();
-});
-afterAll(() => {
-  native.setThreads(savedThreads);
-  rmSync(root, { recursive: true, force: true });
-});
+const root = scratchDir('lc-populate-');
 
 const PAGE = 4096;
 /** n bytes, none 0: random in the first MiB, then its repeats. */
