@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -148,6 +149,25 @@ int populate_pages(void* p, size_t n, bool write) {
   touch(0);
   for (size_t i = first; i < n; i += page) touch(i);
   return 0;
+}
+
+std::vector<PageSpan> merged_pages(std::vector<std::pair<const void*, size_t>> ranges) {
+  std::vector<PageSpan> spans;
+  for (const auto& [p, n] : ranges) {
+    if (!p || n == 0) continue;
+    const Pages r = whole_pages(p, n);
+    const uintptr_t b = reinterpret_cast<uintptr_t>(r.start);
+    spans.push_back({b, b + r.length});
+  }
+  std::sort(spans.begin(), spans.end(), [](const PageSpan& x, const PageSpan& y) { return x.begin < y.begin; });
+  std::vector<PageSpan> merged;
+  for (const PageSpan& s : spans) {
+    if (!merged.empty() && s.begin <= merged.back().end)
+      merged.back().end = std::max(merged.back().end, s.end);
+    else
+      merged.push_back(s);
+  }
+  return merged;
 }
 
 void MappedFile::advise(size_t offset, size_t length, Advice a) const {

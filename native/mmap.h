@@ -14,6 +14,8 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace lc {
 
@@ -66,5 +68,13 @@ const char* errno_name(int err);
 // page cannot be read, e.g. the file was truncated: the touch fallback would SIGBUS there instead).
 // Blocks for as long as faulting takes (seconds for gigabytes): never call it on the JS thread.
 int populate_pages(void* p, size_t n, bool write);
+
+// A run of whole pages, [begin, end).
+struct PageSpan {
+  uintptr_t begin, end;
+};
+// The whole pages under the ranges {pointer, bytes}, sorted, those that touch or share a page merged
+// into one span (tensors packed back to back in a shard share pages); empty ranges are dropped.
+std::vector<PageSpan> merged_pages(std::vector<std::pair<const void*, size_t>> ranges);
 
 }  // namespace lc

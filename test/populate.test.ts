@@ -53,6 +53,26 @@ function gate(stream: Stream) {
   };
 }
 
+/**
+ * Queues work on `stream` behind a gate that only a setImmediate callback releases, then awaits
+ * `wait`: checks that the callback ran first (the JS thread stayed free while the work was queued and
+ * waited for) and that it, not the gate's own timeout, released the stream. Returns what `queue` did.
+ */
+async function heldUntilImmediate<T>(stream: Stream, queue: () => T, wait: (v: T) => Promise<unknown>): Promise<T> {
+  const g = gate(stream);
+  const v = queue(); // queued behind the gate: returns at once
+  const order: string[] = [];
+  setImmediate(() => {
+    order.push('timer');
+    g.release();
+  });
+  await wait(v);
+  order.push('done');
+  expect(order).toEqual(['timer', 'done']);
+  expect(g.timedOut()).toBe(false); // released by the timer, not by the wait's own timeout
+  return v;
+}
+
 describe('populateZeros', () => {
   it.each([1, 3])('zeroes exactly the tensor, over 2 MiB pieces and odd sizes, with %i pool threads', threads => {
     native.setThreads(threads);
@@ -84,17 +104,11 @@ describe('populateZeros', () => {
     const n = (64 << 20) + 3;
     const t = new native.Tensor('int8', [n], 'cpu', poisoned(n, 7));
     const s = new Stream('cpu');
-    const g = gate(s);
-    native.populateZeros(s, t); // queued behind the gate: returns at once
-    const order: string[] = [];
-    setImmediate(() => {
-      order.push('timer');
-      g.release();
-    });
-    await s.synchronizeAsync();
-    order.push('populated');
-    expect(order).toEqual(['timer', 'populated']);
-    expect(g.timedOut()).toBe(false); // released by the timer, not by the wait's own timeout
+    await heldUntilImmediate(
+      s,
+      () => native.populateZeros(s, t),
+      () => s.synchronizeAsync(),
+    );
     expect(allZero(t.toBytes())).toBe(true);
     s.dispose();
     t.dispose();
@@ -192,17 +206,11 @@ describe('at load', () => {
     const dims = modelDims(ck.config);
     const w = loadWeights(ck, dims, 'cpu', { mtp: false });
     const main = native.defaultStream('cpu');
-    const g = gate(main);
-    const order: string[] = [];
-    const model = new LongcatModel(dims, w, { device: 'cpu', maxContext: 64, numBlocks: 2048 });
-    setImmediate(() => {
-      order.push('timer');
-      g.release();
-    });
-    await model.ready();
-    order.push('ready');
-    expect(order).toEqual(['timer', 'ready']);
-    expect(g.timedOut()).toBe(false);
+    const model = await heldUntilImmediate(
+      main,
+      () => new LongcatModel(dims, w, { device: 'cpu', maxContext: 64, numBlocks: 2048 }),
+      m => m.ready(),
+    );
     const caches = model.kvCaches(0);
     expect(caches.reduce((a, c) => a + c.nbytes, 0)).toBeGreaterThan(16 << 20);
     for (const c of caches) expect(allZero(c.toBytes())).toBe(true);

@@ -9,7 +9,6 @@
 //       Memory that is not a file mapping (copies, made tensors) is skipped; nothing at all
 //       (populated false) when `bytes` exceeds maxBytes. The weights at load.
 // The faulting itself is mmap.h's populate_pages (MADV_POPULATE_*, else a touch per page).
-#include <unistd.h>
 
 #include <algorithm>
 #include <cstring>
@@ -62,14 +61,9 @@ void PopulateZeros(const OpArgs& a) {
       nullptr);
 }
 
-// One contiguous run of mapped pages.
-struct Span {
-  uintptr_t begin, end;
-};
-
 class PopulateWorker : public Napi::AsyncWorker {
  public:
-  PopulateWorker(Napi::Env env, std::vector<std::shared_ptr<Storage>> keep, std::vector<Span> spans, size_t bytes, bool run)
+  PopulateWorker(Napi::Env env, std::vector<std::shared_ptr<Storage>> keep, std::vector<PageSpan> spans, size_t bytes, bool run)
       : Napi::AsyncWorker(env, "longcat:populateMapped"),
         deferred_(Napi::Promise::Deferred::New(env)),
         keep_(std::move(keep)),
@@ -81,7 +75,7 @@ class PopulateWorker : public Napi::AsyncWorker {
   void Execute() override {
     if (!run_) return;
     try {
-      for (const Span& s : spans_)
+      for (const PageSpan& s : spans_)
         over_chunks(s.end - s.begin, [&](size_t b, size_t n) {
           if (int err = populate_pages(reinterpret_cast<void*>(s.begin + b), n, false))
             populate_failed("populateMapped", err, s.end - s.begin, Code::E_CHECKPOINT);
@@ -109,7 +103,7 @@ class PopulateWorker : public Napi::AsyncWorker {
  private:
   Napi::Promise::Deferred deferred_;
   std::vector<std::shared_ptr<Storage>> keep_;  // the mappings stay mapped while they are faulted in
-  std::vector<Span> spans_;
+  std::vector<PageSpan> spans_;
   size_t bytes_;
   bool run_;
   bool failed_ = false;
@@ -136,26 +130,17 @@ Napi::Value PopulateMapped(const Napi::CallbackInfo& info) {
       fail(Code::E_ARGUMENT, "%s: items[%u] is neither a Tensor nor a MoeExpertSet", op, i);
     }
   }
-  // the mapped storages' pages, sorted and merged (tensors packed back to back share pages)
-  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
-  std::vector<Span> spans;
+  // the mapped storages' pages, merged (tensors packed back to back share pages)
+  std::vector<std::pair<const void*, size_t>> ranges;
   std::vector<std::shared_ptr<Storage>> keep;
   for (const auto& s : storages) {
     if (!s || !s->file_mapped || !s->ptr || s->bytes == 0) continue;
-    const uintptr_t p = reinterpret_cast<uintptr_t>(s->ptr);
-    spans.push_back({p / page * page, (p + s->bytes + page - 1) / page * page});
+    ranges.push_back({s->ptr, static_cast<size_t>(s->bytes)});
     keep.push_back(s);
   }
-  std::sort(spans.begin(), spans.end(), [](const Span& x, const Span& y) { return x.begin < y.begin; });
-  std::vector<Span> merged;
+  std::vector<PageSpan> merged = merged_pages(std::move(ranges));
   size_t bytes = 0;
-  for (const Span& s : spans) {
-    if (!merged.empty() && s.begin <= merged.back().end)
-      merged.back().end = std::max(merged.back().end, s.end);
-    else
-      merged.push_back(s);
-  }
-  for (const Span& s : merged) bytes += s.end - s.begin;
+  for (const PageSpan& s : merged) bytes += s.end - s.begin;
   const bool run = max_bytes < 0 || static_cast<double>(bytes) <= max_bytes;
   auto* w = new PopulateWorker(info.Env(), std::move(keep), std::move(merged), bytes, run);  // deletes itself when done
   Napi::Promise p = w->promise();
