@@ -93,6 +93,18 @@ export const uniform = (r: Rng, n: number, scale = 1): Float32Array => r.array(n
 export const positive = (r: Rng, n: number, lo: number, hi: number): Float32Array => r.array(n, lo, hi);
 const int32 = (vals: ArrayLike<number>, shape: readonly number[], device: string) =>
   tensor(vals, shape, { dtype: 'int32', device });
+/** An int32 tensor of `shape` holding random indices below `max`. */
+const randomIds = (r: Rng, max: number, shape: readonly number[], device: string) =>
+  int32(
+    Array.from({ length: shape.reduce((a, b) => a * b, 1) }, () => r.int(max)),
+    shape,
+    device,
+  );
+/** A [rows, cols] table of `dt`: random 30-bit integers for int32, uniform values otherwise. */
+const randomTable = (r: Rng, rows: number, cols: number, dt: DType, device: string) =>
+  dt === 'int32'
+    ? randomIds(r, 1 << 30, [rows, cols], device)
+    : tensor(uniform(r, rows * cols), [rows, cols], { dtype: dt, device });
 const abs = (v: ArrayLike<number>) => Float32Array.from(v, Math.abs);
 const blocks = (n: number) => Math.ceil(n / 128);
 const ELEMENT_BYTES: Record<WeightKind, number> = {
@@ -340,11 +352,7 @@ for (const [V, H, dt] of [
     bytes: 7 * H * 8,
     make(device, r) {
       const table = tensor(uniform(r, V * H), [V, H], { dtype: dt, device });
-      const ids = int32(
-        Array.from({ length: 7 }, () => r.int(V)),
-        [7],
-        device,
-      );
+      const ids = randomIds(r, V, [7], device);
       const y = empty([7, H], { device });
       return { outs: [y], run: s => native.embedding(s, y, table, ids) };
     },
@@ -364,19 +372,8 @@ for (const [R, C, dt, n] of [
     dtypes: { src: dt },
     bytes: 2 * n * C * 4,
     make(device, r) {
-      const src =
-        dt === 'int32'
-          ? int32(
-              Array.from({ length: R * C }, () => r.int(1 << 30)),
-              [R, C],
-              device,
-            )
-          : tensor(uniform(r, R * C), [R, C], { dtype: dt, device });
-      const idx = int32(
-        Array.from({ length: n }, () => r.int(R)),
-        [n],
-        device,
-      );
+      const src = randomTable(r, R, C, dt, device);
+      const idx = randomIds(r, R, [n], device);
       const out = empty([n, C], { dtype: dt, device });
       return { outs: [out], run: s => native.gatherRows(s, out, src, idx) };
     },
@@ -395,14 +392,7 @@ for (const [rows, k, dt, n, perm] of [
     dtypes: { src: dt },
     bytes: 2 * rows * n * 4,
     make(device, r) {
-      const src =
-        dt === 'int32'
-          ? int32(
-              Array.from({ length: rows * k }, () => r.int(1 << 30)),
-              [rows, k],
-              device,
-            )
-          : tensor(uniform(r, rows * k), [rows, k], { dtype: dt, device });
+      const src = randomTable(r, rows, k, dt, device);
       const order = Array.from({ length: n }, (_, i) => (perm ? i : r.int(k)));
       if (perm)
         for (let i = n - 1; i > 0; i--) {
@@ -764,11 +754,7 @@ for (const [R, V, k] of [
     bytes: 4 * R * V,
     make(device, r) {
       const x = tensor(uniform(r, R * V, 10), [R, V], { device }),
-        chosen = int32(
-          Array.from({ length: R }, () => r.int(V)),
-          [R],
-          device,
-        ),
+        chosen = randomIds(r, V, [R], device),
         out = empty([R, 1 + k], { device }),
         ids = empty([R, k], { dtype: 'int32', device });
       return { outs: [out, ids], run: s => native.logprobs(s, out, ids, x, chosen, k), bound: () => [2e-6, 0] };
@@ -985,11 +971,7 @@ add({
   make(device, r) {
     const B = 7,
       R = 4;
-    const cand = int32(
-      Array.from({ length: B * R }, () => r.int(131072)),
-      [B, R],
-      device,
-    );
+    const cand = randomIds(r, 131072, [B, R], device);
     const acc = int32([0, 1, 2, 3, -1, 4, 2 ** 31 - 1], [B], device); // the last three are clamped
     const out = empty([B], { dtype: 'int32', device });
     return { outs: [out], run: s => native.selectAccepted(s, out, cand, acc) };
@@ -1008,11 +990,7 @@ for (const [hd, off, rd, nh] of [
       make(device, r) {
         const xs = uniform(r, t * nh * hd);
         const x = tensor(xs, [t, nh, hd], { device });
-        const pos = int32(
-          Array.from({ length: t }, () => r.int(100000)),
-          [t],
-          device,
-        );
+        const pos = randomIds(r, 100000, [t], device);
         const inv = tensor(
           Array.from({ length: rd / 2 }, (_, i) => 10000 ** ((-2 * i) / rd)),
           [rd / 2],
