@@ -620,28 +620,8 @@ export function createServer(model: Model | Promise<Model>, options: ServerOptio
   app.get('/metrics', async (_req, reply) =>
     reply.type('text/plain; version=0.0.4; charset=utf-8').send(metrics.text(loaded, slots)),
   );
-  app.get('/v1/models', async () => {
-    ready();
-    return { object: 'list', data: [modelCard()] };
-  });
-  app.get('/v1/models/:id', async req => {
-    ready();
-    const { id } = req.params as { id: string };
-    if (id !== modelName())
-      throw new ApiError(
-        404,
-        `the model '${id}' does not exist (this server serves '${modelName()}')`,
-        'invalid_request_error',
-        'model',
-        'model_not_found',
-      );
-    return modelCard();
-  });
-
-  const complete = (kind: 'chat' | 'text') => async (req: FastifyRequest, reply: FastifyReply) => {
-    const m = ready();
-    const job = parseJob(kind, req.body, m, defaults);
-    const name = (req.body as Body).model as string;
+  /** A request for another model than this server's: OpenAI's 404 model_not_found. */
+  const checkModelName = (name: string) => {
     if (name !== modelName())
       throw new ApiError(
         404,
@@ -650,6 +630,23 @@ export function createServer(model: Model | Promise<Model>, options: ServerOptio
         'model',
         'model_not_found',
       );
+  };
+  app.get('/v1/models', async () => {
+    ready();
+    return { object: 'list', data: [modelCard()] };
+  });
+  app.get('/v1/models/:id', async req => {
+    ready();
+    const { id } = req.params as { id: string };
+    checkModelName(id);
+    return modelCard();
+  });
+
+  const complete = (kind: 'chat' | 'text') => async (req: FastifyRequest, reply: FastifyReply) => {
+    const m = ready();
+    const job = parseJob(kind, req.body, m, defaults);
+    const name = (req.body as Body).model as string;
+    checkModelName(name);
     return serve(m, job, reply);
   };
 

@@ -190,6 +190,15 @@ interface GraphInputs {
   ngram: NgramStaging | null;
 }
 
+/** The `before` hook of a captured step's runRanks: rank i's N-gram rows are uploaded by the graph
+ *  itself, from the staging buffer the host fills before each replay. */
+const uploadNgramRows =
+  (ranks: readonly Rank[], inputs: readonly GraphInputs[]) =>
+  (i: number): void => {
+    const x = inputs[i]!;
+    if (x.ngram) native.copy(ranks[i]!.main, x.batch.ngramRows!, x.ngram.staging);
+  };
+
 /** A captured decode step: per rank part, its inputs and outputs. */
 interface DecodeGraph {
   graph: Graph;
@@ -933,12 +942,7 @@ export class LongcatModel {
           ranks,
           inputs.map(x => x.batch),
           true,
-          {
-            before: i => {
-              const x = inputs[i]!; // the step's N-gram rows, uploaded by the graph
-              if (x.ngram) native.copy(ranks[i]!.main, x.batch.ngramRows!, x.ngram.staging);
-            },
-          },
+          { before: uploadNgramRows(ranks, inputs) },
         );
       });
       g = { graph, parts: inputs.map((x, i) => ({ ...x, out: outs[i]! })) };
@@ -1320,10 +1324,7 @@ export class LongcatModel {
         gparts.map(x => x.batch),
         true,
         {
-          before: i => {
-            const x = gparts[i]!; // the step's N-gram rows, uploaded by the graph
-            if (x.ngram) native.copy(ranks[i]!.main, x.batch.ngramRows!, x.ngram.staging);
-          },
+          before: uploadNgramRows(ranks, gparts),
           after: (i, verify) => {
             const x = gparts[i]!,
               r = ranks[i]!,
