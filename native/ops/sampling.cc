@@ -20,13 +20,21 @@
 
 namespace lc {
 
+// The logits' last dimension indexes token ids, which are int32 everywhere.
+static void expect_vocabulary(const char* op, const Tensor& logits) {
+  const int64_t V = logits.dim(-1);
+  if (V < 1 || V > INT32_MAX)
+    fail(Code::E_SHAPE, "%s: 'logits' has shape %s, expected a vocabulary (last dimension) in [1, 2^31)", op,
+         shape_str(logits.shape).c_str());
+}
+
 static void Sample(const OpArgs& a) {
   Tensor ids = a.tensor(1, "ids"), x = a.tensor(2, "logits");
   const Device d = x.device();
   a.expect(ids, "ids", {DType::I32}, d);
   a.expect(x, "logits", {DType::F32}, d);
   expect_rows(a.op(), "logits", x);
-  if (x.dim(-1) > INT32_MAX) fail(Code::E_SHAPE, "sample: vocabulary %lld does not fit int32", static_cast<long long>(x.dim(-1)));
+  expect_vocabulary(a.op(), x);
   expect_row_shape(a.op(), "ids", ids, x);
   const double temp = a.number(3, "temperature");
   const int64_t top_k = a.integer(4, "topK");
@@ -65,9 +73,7 @@ static void SampleSpeculative(const OpArgs& a) {
   int64_t rows, V, B, k;
   a.dims(x, "logits", {DType::F32}, d, &rows, &V);
   a.dims(drafts, "drafts", {DType::I32}, d, &B, &k);
-  if (V < 1 || V > INT32_MAX)
-    fail(Code::E_SHAPE, "sampleSpeculative: 'logits' has shape %s, expected a vocabulary (last dimension) in [1, 2^31)",
-         shape_str(x.shape).c_str());
+  expect_vocabulary(a.op(), x);
   if (rows != B * (k + 1))
     fail(Code::E_SHAPE,
          "sampleSpeculative: 'logits' has %lld rows, expected B * (k + 1) = %lld for 'drafts' of shape %s (B = %lld sequences, "
@@ -129,9 +135,7 @@ static void Penalize(const OpArgs& a) {
   const Device d = x.device();
   int64_t R, V, H, nb;
   a.dims(x, "logits", {DType::F32}, d, &R, &V);
-  if (V < 1 || V > INT32_MAX)
-    fail(Code::E_SHAPE, "penalize: 'logits' has shape %s, expected a vocabulary (last dimension) in [1, 2^31)",
-         shape_str(x.shape).c_str());
+  expect_vocabulary(a.op(), x);
   a.expect(history, "history", {DType::I32}, d, {R, -1});
   H = history.dim(1);
   a.expect(prompt_lengths, "promptLengths", {DType::I32}, d, {R});
@@ -166,9 +170,7 @@ static void Logprobs(const OpArgs& a) {
   const Device d = x.device();
   int64_t R, V;
   a.dims(x, "logits", {DType::F32}, d, &R, &V);
-  if (V < 1 || V > INT32_MAX)
-    fail(Code::E_SHAPE, "logprobs: 'logits' has shape %s, expected a vocabulary (last dimension) in [1, 2^31)",
-         shape_str(x.shape).c_str());
+  expect_vocabulary(a.op(), x);
   if (k < 0 || k > cpu::kMaxTopLogprobs || k > V)
     fail(Code::E_ARGUMENT, "logprobs: k must be an integer in [0, min(%lld, V = %lld)], got %lld", ll(cpu::kMaxTopLogprobs),
          ll(V), ll(k));
