@@ -143,15 +143,16 @@ export function deviceRandom(device, stream, chunk) {
 
 /**
  * A captured CPU graph replayed `warmups` times, then `reps` times profiled: the profile and its nodes
- * summed per op, per call (µs, weight MB, GB/s when it streams weights, join wait µs, jobs).
+ * summed per op, per call (µs, weight MB, GB/s when it streams weights, join wait µs, jobs). nat: the
+ * addon that ran the graph (another build's, under --dist).
  */
-export function profileByOp(graph, stream, warmups, reps) {
+export function profileByOp(graph, stream, warmups, reps, nat = native) {
   for (let i = 0; i < warmups; i++) graph.replay();
   stream.synchronize();
-  native.graphProfile(true);
+  nat.graphProfile(true);
   for (let i = 0; i < reps; i++) graph.replay();
   stream.synchronize();
-  const [prof] = native.graphProfile(false);
+  const [prof] = nat.graphProfile(false);
   const sums = {};
   for (const n of prof.nodes) {
     sums[n.op] ??= { ns: 0, bytes: 0, wait: 0, jobs: 0, n: 0 };

@@ -1,15 +1,19 @@
-// The absorbed-MLA decode ops (batch 1) at one preset's shapes, per call, inside a replayed graph
+// The absorbed-MLA decode ops (batch B sequences of one query each) at one preset's shapes, per call, inside a replayed graph
 // (the region's per-node profile, native.graphProfile) over N layer copies of kv_b_proj and of the
 // latent cache (so both are cold, as in a decode step), next to their peer: a one-row linear of
 // the same bytes as W_UK (its GB/s in the same run is the rate absorbQ / mlaOutput should reach).
 //   node bench/mla-probe.mjs [--preset small|medium] [--threads 2] [--copies 48] [--reps 30]
-//                            [--ctx 64] [--hash: print the bits of the outputs, for an A/B of two builds]
-import { native } from '../dist/index.js';
-import { Stream } from '../dist/device.js';
-import { bitsHash, profileByOp, readBandwidth, randomBf16, randomF32 } from './common.mjs';
+//                            [--ctx 64] [--batch 1] [--dist DIR: the build to measure]
+//                            [--hash: print the bits of the outputs, for an A/B of two builds]
+// With --batch B, sequence b attends ctx + b keys (lengths differ, as in a serving step).
+import { bitsHash, distImporter, profileByOp, readBandwidth, randomBf16, randomF32 } from './common.mjs';
 
 const args = process.argv.slice(2);
 const arg = (n, d) => (args.includes(n) ? args[args.indexOf(n) + 1] : d);
+const load = distImporter(args);
+const { native } = await load('index.js');
+const { Stream } = await load('device.js');
+const B = Number(arg('--batch', 1));
 const preset = arg('--preset', 'medium');
 const copies = Number(arg('--copies', 48));
 const reps = Number(arg('--reps', 30));
@@ -28,24 +32,32 @@ for (let i = 0; i < copies; i++) {
   ws.push(T('bf16', [rowsKvb, dl], randomBf16(rowsKvb * dl, 100 + i, 120)));
   lw.push(T('bf16', [(nh * dn * dl) / 1024, 1024], randomBf16(nh * dn * dl, 900 + i, 120)));
 }
-const q = T('f32', [1, nh, dn + dr], randomF32(nh * (dn + dr), 1));
-const qLat = T('f32', [1, nh, dl]);
-const oLat = T('f32', [1, nh, dl], randomF32(nh * dl, 2));
-const o = T('f32', [1, nh, dv]);
+const q = T('f32', [B, nh, dn + dr], randomF32(B * nh * (dn + dr), 1));
+const qLat = T('f32', [B, nh, dl]);
+const oLat = T('f32', [B, nh, dl], randomF32(B * nh * dl, 2));
+const o = T('f32', [B, nh, dv]);
 const xl = T('f32', [1, 1024], randomF32(1024, 3));
 const yl = T('f32', [1, (nh * dn * dl) / 1024]);
 const BS = 64,
-  nb = Math.ceil((ctx + 1) / BS) + 1;
-const caches = ws.map((_, i) => T('bf16', [nb, BS, dl + dr], randomBf16(nb * BS * (dl + dr), 5 + i, 120)));
+  nb = Math.ceil((ctx + B) / BS) + 1;
+const caches = ws.map((_, i) => T('bf16', [B * nb, BS, dl + dr], randomBf16(B * nb * BS * (dl + dr), 5 + i, 120)));
 const bt = T(
   'int32',
-  [1, nb],
-  new Int32Array(nb).map((_, i) => i),
+  [B, nb],
+  new Int32Array(B * nb).map((_, i) => i),
 );
-const sl = T('int32', [1], new Int32Array([ctx]));
-const ckv = T('f32', [1, dl], randomF32(dl, 6)),
-  kpe = T('f32', [1, dr], randomF32(dr, 7)),
-  slot = T('int32', [1], new Int32Array([ctx - 1]));
+const sl = T(
+  'int32',
+  [B],
+  new Int32Array(B).map((_, b) => ctx + b),
+);
+const ckv = T('f32', [B, dl], randomF32(B * dl, 6)),
+  kpe = T('f32', [B, dr], randomF32(B * dr, 7)),
+  slot = T(
+    'int32',
+    [B],
+    new Int32Array(B).map((_, b) => b * nb * BS + ctx + b - 1),
+  );
 const s = new Stream('cpu');
 const g = native.captureGraph([s], () => {
   for (let i = 0; i < copies; i++) {
@@ -57,9 +69,9 @@ const g = native.captureGraph([s], () => {
   }
 });
 const bw = readBandwidth();
-const { regionMs, byOp } = profileByOp(g, s, 5, reps);
+const { regionMs, byOp } = profileByOp(g, s, 5, reps, native);
 console.log(
-  `${preset} copies ${copies} ctx ${ctx} threads ${native.threads()} probe ${bw.toFixed(1)} GB/s; region ${regionMs.toFixed(3)} ms`,
+  `${preset} copies ${copies} batch ${B} ctx ${ctx} threads ${native.threads()} probe ${bw.toFixed(1)} GB/s; region ${regionMs.toFixed(3)} ms`,
 );
 for (const b of byOp)
   console.log(

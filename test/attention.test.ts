@@ -581,6 +581,8 @@ describe('absorbed decode over the paged latent cache', () => {
   it.each([
     [{ nh: 3, dn: 16, dr: 8, dv: 12, dl: 150 }, [1, 2, 5, 9]],
     [{ nh: 5, dn: 13, dr: 8, dv: 11, dl: 531 }, [1, 2]],
+    // more than 4 tokens: W_UK rows 32 at a time (absorb_q's multi-token groups), 37 = 32 + 5
+    [{ nh: 3, dn: 37, dr: 8, dv: 12, dl: 150 }, [6, 17]],
   ] as Array<[Dims, number[]]>)(
     'the absorbed projections equal their definitions (absorbQ, mlaOutput): %o, token counts %o',
     (d, Ts) => {
@@ -613,7 +615,7 @@ describe('absorbed decode over the paged latent cache', () => {
       dkv = d.dn + d.dv;
     const r = rng(29);
     for (const bf16 of [false, true])
-      for (const T of [1, 3, 5]) {
+      for (const T of [1, 3, 5, 18]) {
         const q = r.array(T * d.nh * dk),
           oLat = r.array(T * d.nh * d.dl),
           w = r.array(d.nh * dkv * d.dl);

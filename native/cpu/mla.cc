@@ -889,10 +889,11 @@ void decode_impl(const MlaDims& d, int64_t batch, float* o_lat, const float* q_l
 // ---------------------------------------------------------------------------------------------
 // Weight absorption: q_lat = W_UK^T q_nope, o = W_UV o_lat.
 
-constexpr int64_t kColBlock = 128;      // latent columns per absorb_q work unit (prefill; decode: whole rows)
-constexpr int64_t kRowBlock = 32;       // W_UV rows per output work unit
-constexpr int64_t kAbsorbRows = 4;      // weight rows per micro-kernel call (both ops; output: one 4-key block)
-constexpr int64_t kAbsorbAhead = 4096;  // software prefetch distance along a thread's row stream, in bytes
+constexpr int64_t kColBlock = 128;        // latent columns per absorb_q work unit (prefill; decode: whole rows)
+constexpr int64_t kRowBlock = 32;         // W_UV rows per output work unit
+constexpr int64_t kAbsorbRows = 4;        // weight rows per micro-kernel call (both ops; output: one 4-key block)
+constexpr int64_t kAbsorbRowsMulti = 32;  // absorb_q with more than kMaxQ tokens: W_UK rows per call
+constexpr int64_t kAbsorbAhead = 4096;    // software prefetch distance along a thread's row stream, in bytes
 
 // Both absorb ops are bandwidth bound at decode: every weight byte is read once per call. Their
 // units (contiguous in the weight) go out as one equal, contiguous share per thread, which each
@@ -959,14 +960,19 @@ void absorb_q_impl(const MlaDims& d, int64_t t, float* q_lat, const float* q, co
         [&](int64_t u) { return width(u) * static_cast<int64_t>(sizeof(WT)); });
     const int64_t ahead = std::max<int64_t>(kAbsorbRows, kAbsorbAhead / std::max<int64_t>(1, width(u0) * sizeof(WT)));
     pf.next(ahead);  // the stream's first rows
-    const WT* rows[kAbsorbRows];
+    // A call sums `group` rows into its tokens' accumulators, kept in registers over the call: at
+    // decode 4 rows (the stream's step); with more tokens up to kAbsorbRowsMulti, whose kColBlock
+    // columns stay in L1 for every token group (a small GEMM, instead of reloading the
+    // accumulators every 4 rows). Each element's sum is one fma chain in row order either way:
+    // the same bits.
+    const int64_t group = t > kMaxQ ? kAbsorbRowsMulti : kAbsorbRows;
+    const WT* rows[kAbsorbRowsMulti];
     for (int64_t u = u0; u < u1; ++u) {
       const int64_t h = u / cblocks, c0 = (u % cblocks) * cb, cw = width(u);
       const WT* wu = ubase(u);
       for (int64_t i = 0; i < t; ++i) std::memset(q_lat + (i * nh + h) * dl + c0, 0, sizeof(float) * cw);
-      // Each group of W_UK rows is used by every token while it is in L1.
-      for (int64_t r0 = 0; r0 < dn; r0 += kAbsorbRows) {
-        const int nt = static_cast<int>(std::min<int64_t>(kAbsorbRows, dn - r0));
+      for (int64_t r0 = 0; r0 < dn; r0 += group) {
+        const int nt = static_cast<int>(std::min<int64_t>(group, dn - r0));
         pf.next(nt);
         for (int j = 0; j < nt; ++j) rows[j] = wu + (r0 + j) * dl;
         for (int64_t i0 = 0; i0 < t; i0 += kMaxQ) {
