@@ -52,11 +52,15 @@ struct PlacedRange {
   const void* src;
   size_t dst_offset;
   size_t bytes;
+  bool file_mapped = false;  // src is a file mapping's (a checkpoint shard's): faulted in before it is read
 };
 
 // Copies every range into dst[0, dst_bytes) in 2 MiB chunks of the destination spread over the
 // calling thread's pool (cpu::parallel_for), so each destination page is first written by one of
-// that pool's threads. Ranges must lie inside dst_bytes and not overlap.
+// that pool's threads. Ranges must lie inside dst_bytes and not overlap. A file-mapped source piece
+// is faulted in first (populate_pages): a page the file no longer has (truncated since it was
+// mapped) throws lc::Error(E_CHECKPOINT) instead of the SIGBUS the memcpy would take (E_OOM when
+// memory runs out; on kernels without MADV_POPULATE_READ the touch fallback still faults).
 void placed_copy(uint8_t* dst, size_t dst_bytes, const std::vector<PlacedRange>& ranges);
 
 // The NUMA node of each page of [addr, addr + bytes) (the first max_pages pages): move_pages(2)

@@ -7,7 +7,7 @@ import { modelDims } from './dims.js';
 import {
   type ModelWeights,
   type WeightsPopulated,
-  copyDenseToHugePages,
+  copyToHugePages,
   loadWeights,
   memAvailable,
   populateMappedWeights,
@@ -401,7 +401,6 @@ export async function loadCheckpointModel(dir: string, opts: LoadModelOptions = 
         : null;
     if (quantizer && device === 'cpu') weights.owned.push(...quantizer.created);
     else for (const t of quantizer?.created ?? []) t.dispose();
-    const hugePages = device === 'cpu' && opts.hugePages === true ? copyDenseToHugePages(weights).bytes : 0;
     if (opts.onProgress && weights.ngram) {
       const tables = [...checkpoint.tensors.values()].filter(t => isNgramTable(t.name));
       const hostBytes = tables.reduce((a, t) => a + t.nbytes, 0);
@@ -410,6 +409,16 @@ export async function loadCheckpointModel(dir: string, opts: LoadModelOptions = 
         bytes += t.nbytes;
         opts.onProgress({ phase: 'host', tensor: t.name, bytes, totalBytes: hostBytes });
       }
+    }
+    // one device: the routed experts too (CPU ranks' are expertPlacement's); a copy that fails
+    // (a truncated shard: E_CHECKPOINT) leaves the weights as they were, which are freed below
+    let hugePages = 0;
+    try {
+      if (device === 'cpu' && opts.hugePages === true)
+        hugePages = (await copyToHugePages(weights, { experts: ranks === 1 })).bytes;
+    } catch (e) {
+      for (const w of replicas.values()) for (const t of w.owned) t.dispose();
+      throw e;
     }
     let model: LongcatModel;
     try {
