@@ -126,7 +126,7 @@ std::vector<int> page_nodes(const void* addr, size_t bytes, size_t max_pages, st
   return status;
 }
 
-size_t release_mapped_pages(const void* addr, size_t bytes, std::string* how) {
+size_t release_mapped_pages(const void* addr, size_t bytes, bool evict, std::string* how) {
   const size_t page = page_size();
   const uintptr_t b = (reinterpret_cast<uintptr_t>(addr) + page - 1) / page * page;
   const uintptr_t e = (reinterpret_cast<uintptr_t>(addr) + bytes) / page * page;
@@ -135,7 +135,7 @@ size_t release_mapped_pages(const void* addr, size_t bytes, std::string* how) {
     return 0;
   }
   void* p = reinterpret_cast<void*>(b);
-  if (::madvise(p, e - b, MADV_PAGEOUT) == 0) {
+  if (evict && ::madvise(p, e - b, MADV_PAGEOUT) == 0) {
     if (how) *how = "pageout";
     return e - b;
   }

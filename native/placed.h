@@ -69,9 +69,11 @@ void placed_copy(uint8_t* dst, size_t dst_bytes, const std::vector<PlacedRange>&
 std::vector<int> page_nodes(const void* addr, size_t bytes, size_t max_pages, std::string* error);
 
 // Gives back the pages wholly inside [addr, addr + bytes) of a file mapping whose contents were
-// copied elsewhere: MADV_PAGEOUT (Linux 5.4+: the page cache pages too, when no one else maps them),
-// else MADV_DONTNEED (this mapping only). The range must not be read for its private writes again.
-// Returns the bytes given back (0 when refused or no whole page), *how: "pageout" / "dontneed" / the error.
-size_t release_mapped_pages(const void* addr, size_t bytes, std::string* how);
+// copied elsewhere: with `evict` MADV_PAGEOUT (Linux 5.4+: the page cache pages too, when no one else
+// maps them: a NUMA placement's copies free the node's memory), else (or refused) MADV_DONTNEED (this
+// mapping only: the clean pages stay in the page cache, reclaimable, for the next load to find).
+// The range must not be read for its private writes again. Returns the bytes given back (0 when
+// refused or no whole page), *how: "pageout" / "dontneed" / the error.
+size_t release_mapped_pages(const void* addr, size_t bytes, bool evict, std::string* how);
 
 }  // namespace lc

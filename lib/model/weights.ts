@@ -552,9 +552,10 @@ export interface HugePagesCopy {
  * places), repacked over the copies. The checkpoint's mapped pages are page-cache pages mapped
  * 4 KiB at a time, so a GEMV over them walks the page tables every 4 KiB (MADV_HUGEPAGE does nothing
  * for them); the copy sits in 2 MiB pages. Memory: the copies are the process's own (anonymous,
- * resident, not evictable without swap); the shards' pages they came from are given back
- * (MADV_PAGEOUT, else MADV_DONTNEED: never written, they are refilled from the file if anything
- * reads them again), so the process does not hold the bytes twice. Weights made at load (quantized,
+ * resident, not evictable without swap); the shards' pages they came from are unmapped
+ * (MADV_DONTNEED: never written, they are refilled from the file if anything reads them again), so
+ * the process does not hold the bytes twice; the page cache keeps them, clean and reclaimable, for
+ * the next load. Weights made at load (quantized,
  * converted norms) are freed once copied. A shard truncated since it was mapped rejects with
  * E_CHECKPOINT (the copy faults each source page in first) and leaves `w` as it was.
  */

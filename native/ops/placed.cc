@@ -5,11 +5,12 @@
 // copies the CPU tensors into one new allocation (each at a 256-byte aligned offset), the copy run
 // as a job of the CPU `stream`, so on its pool's threads (first touch: their node); node >= 0 asks
 // mbind(MPOL_BIND) to it first (null: first touch only; a refusal is kept in bindError, not thrown);
-// releaseSource gives back the source pages of tensors over a file mapping (release_mapped_pages):
-// their bytes in `released`. The new tensors are views of the allocation, freed with the last one.
+// releaseSource gives back the source pages of tensors over a file mapping (release_mapped_pages,
+// evicted from the page cache where no one else maps them): their bytes in `released`. The new tensors are views of the allocation, freed with the last one.
 //
 //   placeTensorsAsync(tensors, hugepage, releaseSource) -> Promise<the same>: no node, the copy run
-// on a libuv worker over the global pool (off the JS thread; loadModel's hugePages on one device).
+// on a libuv worker over the global pool (off the JS thread; loadModel's hugePages on one device);
+// releaseSource unmaps the sources' pages only (MADV_DONTNEED): the page cache keeps them for the next load.
 // A source page the file no longer has rejects with E_CHECKPOINT (placed_copy), nothing given back.
 //
 //   pageNodes(tensor, maxPages) -> {nodes, error}: the NUMA node of each of the tensor's first
@@ -47,7 +48,7 @@ Placement layout(const OpArgs& a, int arg) {
 
 // On the thread whose pool copies: the copy, then the sources' mapped pages given back (releaseSource)
 // and the huge pages counted. A failed copy (E_CHECKPOINT, E_OOM) throws before anything is given back.
-void copy_and_release(Placement& p, bool release) {
+void copy_and_release(Placement& p, bool release, bool evict) {
   if (!p.mem) return;
   placed_copy(p.mem->data(), p.mem->size(), p.ranges);
   p.huge_bytes = p.mem->huge_bytes();
@@ -55,7 +56,7 @@ void copy_and_release(Placement& p, bool release) {
   for (size_t i = 0; i < p.src.size(); ++i)
     if (p.ranges[i].file_mapped && p.ranges[i].bytes) {
       std::string h;
-      p.released += static_cast<double>(release_mapped_pages(p.src[i].data(), p.ranges[i].bytes, &h));
+      p.released += static_cast<double>(release_mapped_pages(p.src[i].data(), p.ranges[i].bytes, evict, &h));
       if (p.release_how.empty() || h.rfind("madvise", 0) == 0) p.release_how = h;  // an error wins
     }
 }
@@ -106,7 +107,7 @@ Napi::Value PlaceTensors(const Napi::CallbackInfo& info) {
   if (p->total > 0) {
     p->mem = PlacedMemory::allocate(p->total, {node, hugepage});
     // the stream's worker runs the copy under its pool (and is bound to its CPUs, like the pool's workers)
-    s.enqueue([p, release] { copy_and_release(*p, release); }, "placed_copy");
+    s.enqueue([p, release] { copy_and_release(*p, release, true); }, "placed_copy");
     s.synchronize();
   }
   return placed_result(info.Env(), *p);
@@ -124,7 +125,7 @@ class PlaceWorker : public Napi::AsyncWorker {
 
   void Execute() override {
     try {
-      copy_and_release(p_, release_);
+      copy_and_release(p_, release_, false);  // the page cache kept for the next load
     } catch (const Error& e) {
       code_ = e.code, message_ = e.what(), failed_ = true;
     } catch (const std::exception& e) {
