@@ -82,7 +82,7 @@ describe('placeTensorsAsync (off the JS thread)', () => {
     const want = [mapped, made].map(bytesOf);
     const out = await native.placeTensorsAsync([mapped, made], true, true);
     expect(out.tensors.map(t => [t.dtype, t.shape])).toEqual([mapped, made].map(t => [t.dtype, t.shape]));
-    out.tensors.forEach((t, i) => expect(bytesOf(t).equals(want[i]!), `tensor ${i}`).toBe(true));
+    for (const [i, t] of out.tensors.entries()) expect(bytesOf(t).equals(want[i]!), `tensor ${i}`).toBe(true);
     // the mapped tensor's whole pages (the made one is no mapping)
     expect(out.released).toBe(mapped.nbytes);
     expect(out.releaseHow).toBe('dontneed'); // unmapped only: the page cache keeps them
@@ -91,7 +91,7 @@ describe('placeTensorsAsync (off the JS thread)', () => {
     expect(bytesOf(mapped).equals(want[0]!)).toBe(true);
     for (const t of [mapped, made]) t.dispose();
     m.close();
-    out.tensors.forEach((t, i) => expect(bytesOf(t).equals(want[i]!)).toBe(true));
+    for (const [i, t] of out.tensors.entries()) expect(bytesOf(t).equals(want[i]!)).toBe(true);
     for (const t of out.tensors) t.dispose();
     expect((await native.placeTensorsAsync([], true, false)).tensors).toEqual([]);
   });
