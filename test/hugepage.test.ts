@@ -186,6 +186,21 @@ describe("loadModel's hugePages", () => {
     300_000,
   );
 
+  it("CPU ranks: the dense weights are copied, the experts stay expertPlacement's", async () => {
+    native.setThreads(2);
+    using mapped = await loadModel(tinyDir, { backend: 'cpu', maxContext: 64, ranks: 2, expertPlacement: 'mmap' });
+    using huge = await loadModel(tinyDir, { backend: 'cpu', maxContext: 64, ranks: 2, expertPlacement: 'mmap', hugePages: true });
+    const w = huge.engine.w;
+    const experts = w.layers.reduce((a, L) => a + L.moe.expertTensors.flat().reduce((b, t) => b + t.nbytes, 0), 0);
+    expect(huge.memory.hugePages).toBeGreaterThan(w.lmHead.weight.nbytes);
+    expect(huge.memory.hugePages).toBeLessThan(huge.memory.hostMapped - experts);
+    expect(huge.memory.expertPlacement!.map(p => p.how)).toEqual(['mmap', 'mmap']);
+    expect(huge.memory.populated!.bytes).toBeGreaterThanOrEqual(experts); // the experts are still mapped
+    const a = logits(mapped),
+      b = logits(huge);
+    for (const [i, x] of a.entries()) expect(b[i]!.equals(x), `step ${i}`).toBe(true);
+  }, 300_000);
+
   it('a bad value is E_ARGUMENT', async () => {
     await rejects(loadModel(dir, { backend: 'cpu', hugePages: 'yes' as never }), 'E_ARGUMENT', 'hugePages');
     await rejects(loadModel(dir, { backend: 'cpu', hugePages: 1 as never }), 'E_ARGUMENT', 'hugePages');

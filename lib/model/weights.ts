@@ -534,12 +534,8 @@ function denseSlots(w: ModelWeights): [Record<string, unknown>, string, Tensor][
 export interface HugePagesCopy {
   /** Bytes of weights copied (dense and, when asked, the routed experts). */
   bytes: number;
-  /** Of them, the routed experts'. */
-  expertBytes: number;
   /** Bytes of the copy the kernel backs with huge pages right after it (AnonHugePages; -1: unreadable). */
   hugeBytes: number;
-  /** Bytes of the shards' mapped pages given back once copied (whole pages inside each source). */
-  released: number;
 }
 
 /**
@@ -564,12 +560,11 @@ export async function copyToHugePages(w: ModelWeights, opts: { experts: boolean 
   const layers = opts.experts ? w.layers.filter(L => L.moe.expertLists) : [];
   const expertSources = layers.flatMap(L => L.moe.expertLists!.flatMap(list => (list ?? []).filter(t => t !== null)));
   const cpu = [...new Set([...slots.map(s => s[2]), ...expertSources])].filter(t => t.device === 'cpu');
-  if (!cpu.length) return { bytes: 0, expertBytes: 0, hugeBytes: 0, released: 0 };
-  const expertSet = new Set(expertSources);
+  if (!cpu.length) return { bytes: 0, hugeBytes: 0 };
   const bytes = cpu.reduce((a, t) => a + t.nbytes, 0);
-  const expertBytes = cpu.filter(t => expertSet.has(t)).reduce((a, t) => a + t.nbytes, 0);
   await native.synchronizeAsync('cpu'); // whatever made the sources (quantize at load) has finished
   const r = await native.placeTensorsAsync(cpu, true, true);
+  w.owned.push(...r.tensors); // the copies are this object's from here
   const copyOf = new Map(cpu.map((t, i) => [t, r.tensors[i]!]));
   const copied = <T extends Tensor | null>(t: T): T => (t ? ((copyOf.get(t) ?? t) as T) : t);
   for (const [holder, key, t] of slots) holder[key] = copied(t);
@@ -584,7 +579,7 @@ export async function copyToHugePages(w: ModelWeights, opts: { experts: boolean 
     L.moe.expertLists = lists;
     L.moe.expertTensors = L.moe.expertTensors.map(ts => ts.map(copied));
   }
-  // what this object made and now holds twice: freed; the copies are its own from here
+  // what this object made and now holds twice: freed
   const owned = new Set<unknown>(w.owned);
   const made = cpu.filter(t => owned.has(t));
   const drop = (o: unknown) => copyOf.has(o as Tensor) || oldSets.has(o);
@@ -592,8 +587,7 @@ export async function copyToHugePages(w: ModelWeights, opts: { experts: boolean 
   w.owned.splice(0, w.owned.length, ...w.owned.filter(o => !drop(o)));
   for (const t of made) t.dispose();
   for (const o of dropped) if (oldSets.has(o)) (o as MoeExpertSet).dispose();
-  w.owned.push(...r.tensors);
-  return { bytes, expertBytes, hugeBytes: r.hugeBytes, released: r.released };
+  return { bytes, hugeBytes: r.hugeBytes };
 }
 
 /** What loadModel's `populate` faulted in: the bytes, or 0 and why not. */
