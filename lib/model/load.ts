@@ -97,7 +97,7 @@ export interface LoadModelOptions {
    *  the dense weights (attention, dense MLPs, norms, router, lm_head, MTP layer; not the embeddings or
    *  N-gram tables) and, on one device (not CPU ranks: expertPlacement places theirs), every layer's
    *  routed experts. The GEMVs then read 2 MiB pages instead of walking the page tables every 4 KiB
-   *  (bench/RESULTS.md session 13: the medium step 1.08x faster). Costs those bytes of resident,
+   *  (bench/RESULTS.md session 13: the medium step 1.04-1.06x faster). Costs those bytes of resident,
    *  unevictable process memory (model.memory.hugePages; the shards' pages are unmapped once copied,
    *  kept in the page cache) and the copy's time at load. Default false: opt-in, for weights that fit
    *  well inside MemAvailable. */
