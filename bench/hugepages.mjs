@@ -1,5 +1,5 @@
-// A/B of loadModel's `hugePages` (dense weights copied into hugepage-advised anonymous memory, lib/model/weights.ts
-// copyDenseToHugePages) on the replayed CPU decode step at batch 1: the same checkpoint loaded with
+// A/B of loadModel's `hugePages` (the dense weights and the routed experts copied into hugepage-advised anonymous
+// memory, lib/model/weights.ts copyToHugePages) on the replayed CPU decode step at batch 1: the same checkpoint loaded with
 // hugePages false (the GEMVs read the mapped shards) and true (the copies), one model per child process
 // (two engines in one process disturb each other's steps), the two alternating for --rounds rounds so
 // drift of the shared machine hits both alike; median step as a fraction of the weight-streaming roofline
@@ -88,6 +88,7 @@ for (const preset of presets) {
     hugeBacked: h[0].hugeBacked,
     mapped: median(m.map(x => x.stepMs)),
     huge: median(h.map(x => x.stepMs)),
+    rounds: m.map((x, i) => `${x.stepMs.toFixed(2)} / ${h[i].stepMs.toFixed(2)}`).join(', '),
   });
 }
 const bw = Math.max(bw0, readBandwidth());
@@ -105,3 +106,4 @@ for (const r of rows) {
       `${r.huge.toFixed(3)} | ${pct(r.mapped)}% | ${pct(r.huge)}% | ${(r.mapped / r.huge).toFixed(2)}x |`,
   );
 }
+for (const r of rows) console.log(`${r.preset}: step ms per round, mapped / huge: ${r.rounds}`);

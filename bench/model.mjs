@@ -22,7 +22,8 @@
 // decode step vs its branches timed alone: attention 0, dense branch, MoE branch, lm_head).
 //
 //   LONGCAT_ADDON=build-bench/Release/longcat.node node bench/model.mjs [--quick] [--presets small,medium,lite] [--threads N] [--out f.json]
-// (--threads: the pool's size for the whole run, the bandwidth probe's included; default: the cores)
+// (--threads: the pool's size for the whole run, the bandwidth probe's included; default: the cores;
+// --huge on: loadModel's hugePages, the weights a decode step streams copied into THP-advised memory)
 //
 // Per weight format: `--formats bf16,fp8,int8,int4 [--pp 512,1024] [--tg N]` loads each preset's
 // checkpoint once per format (bf16 as stored, the others quantized at load: loadModel's `quantize`)
@@ -271,7 +272,11 @@ async function benchPreset(preset, bw0) {
     await initRandom({ preset, out: dir, seed: 1, overrides: preset === 'lite' ? LITE_BENCH : undefined });
     genSeconds = (now() - t0) / 1000;
   }
-  const model = await loadModel(dir, { backend: 'cpu', maxContext: Math.max(1024, PP + TG + 64) });
+  const model = await loadModel(dir, {
+    backend: 'cpu',
+    maxContext: Math.max(1024, PP + TG + 64),
+    ...(args.includes('--huge') ? { hugePages: arg('--huge', 'off') === 'on' } : {}),
+  });
   const engine = model.engine,
     d = engine.dims;
   const acc = accounting(model);

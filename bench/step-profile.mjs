@@ -32,10 +32,13 @@
 // decodeWeightTensors, lib/bench.ts: every layer's MLA, dense MLPs, router, norms, every routed expert,
 // lm_head; the mapped or made pages the step reads), before and after the profiled steps; printed as
 // the step's weight GB/s against it.
+// --huge on: loadModel's hugePages (the dense weights and the routed experts copied into anonymous
+// memory advised for transparent huge pages); printed with the copy's bytes and the process's
+// AnonHugePages / Rss (/proc/self/smaps_rollup) after the load.
 // --dist DIR: the build to measure (default ../dist; another worktree's dist for an A/B on one machine).
 //   node bench/step-profile.mjs [--presets small,medium] [--threads N] [--steps 64] [--warmup 8] [--batch B]
-//     [--populate off] [--probe weights] [--dist DIR] [--json f.json]
-import { existsSync, writeFileSync } from 'node:fs';
+//     [--populate off] [--huge on] [--probe weights] [--dist DIR] [--json f.json]
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
@@ -58,6 +61,17 @@ const { native } = await load('index.js');
 const { loadModel } = await load('generate.js');
 const { initRandom } = await load('init-random.js');
 const populate = arg('--populate', 'on') !== 'off';
+const huge = arg('--huge', 'off') === 'on';
+/** The process's resident and transparent-huge-page bytes (/proc/self/smaps_rollup), or null. */
+const rollup = () => {
+  try {
+    const t = readFileSync('/proc/self/smaps_rollup', 'utf8');
+    const kb = k => Number((new RegExp(`^${k}:\\s+(\\d+) kB`, 'm').exec(t) ?? [0, 0])[1]) * 1024;
+    return { rss: kb('Rss'), anonHuge: kb('AnonHugePages'), anon: kb('Anonymous') };
+  } catch {
+    return null;
+  }
+};
 /** The process's page faults so far (getrusage): major (read from the file) and minor. */
 const faults = () => {
   const u = process.resourceUsage();
@@ -120,10 +134,12 @@ async function profilePreset(preset) {
     backend: 'cpu',
     maxContext: 1024,
     populate,
+    ...(huge ? { hugePages: true } : {}),
     ...(batch > 1 ? { cacheBlocks: 64 * batch } : {}),
   });
   const loadMs = now() - t0,
-    populated = model.memory.populated ?? null;
+    populated = model.memory.populated ?? null,
+    memory = { hugePages: model.memory.hugePages ?? 0, ...rollup() };
   const engine = model.engine,
     d = engine.dims,
     w = engine.w;
@@ -251,6 +267,7 @@ async function profilePreset(preset) {
     steps,
     loadMs,
     populated,
+    memory,
     pageFaults,
     stepMs,
     profiledStepMs: profMs,
@@ -322,6 +339,11 @@ for (const r of results) {
       `page faults per step, major / minor: warm-up (${warmup} steps) ${f(pf.warmup.major, 1)} / ${f(pf.warmup.minor, 1)}, ` +
       `measured ${f(pf.measured.major, 1)} / ${f(pf.measured.minor, 1)}`,
   );
+  if (r.memory.rss !== undefined)
+    console.log(
+      `memory after load: hugePages copy ${f(r.memory.hugePages / 1e6, 0)} MB; process Rss ${f(r.memory.rss / 1e6, 0)} MB, ` +
+        `anonymous ${f(r.memory.anon / 1e6, 0)} MB, AnonHugePages ${f(r.memory.anonHuge / 1e6, 0)} MB`,
+    );
   console.log(
     `outside the region ${f(r.profiledStepMs - r.regionMs, 3)} ms (profiled step - region), of which replay() to the region's start ` +
       `${f(r.startMs, 3)} ms; between nodes ${f(r.regionMs - r.nodesMs, 3)} ms`,

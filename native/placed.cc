@@ -96,7 +96,12 @@ void placed_copy(uint8_t* dst, size_t dst_bytes, const std::vector<PlacedRange>&
       const size_t b = std::max(lo, it->dst_offset), e = std::min(hi, it->dst_offset + it->bytes);
       if (b >= e) continue;
       if (b > at) std::memset(dst + at, 0, b - at);  // alignment gaps: touched here too
-      std::memcpy(dst + b, static_cast<const uint8_t*>(it->src) + (b - it->dst_offset), e - b);
+      const uint8_t* from = static_cast<const uint8_t*>(it->src) + (b - it->dst_offset);
+      if (it->file_mapped)
+        if (int err = populate_pages(const_cast<uint8_t*>(from), e - b, false))
+          fail(err == ENOMEM ? Code::E_OOM : Code::E_CHECKPOINT,
+               "placed_copy: reading %zu bytes of a mapped file failed: %s (%s)", e - b, std::strerror(err), errno_name(err));
+      std::memcpy(dst + b, from, e - b);
       at = e;
     }
     if (at < hi) std::memset(dst + at, 0, hi - at);
@@ -121,7 +126,7 @@ std::vector<int> page_nodes(const void* addr, size_t bytes, size_t max_pages, st
   return status;
 }
 
-size_t release_mapped_pages(const void* addr, size_t bytes, std::string* how) {
+size_t release_mapped_pages(const void* addr, size_t bytes, bool evict, std::string* how) {
   const size_t page = page_size();
   const uintptr_t b = (reinterpret_cast<uintptr_t>(addr) + page - 1) / page * page;
   const uintptr_t e = (reinterpret_cast<uintptr_t>(addr) + bytes) / page * page;
@@ -130,7 +135,7 @@ size_t release_mapped_pages(const void* addr, size_t bytes, std::string* how) {
     return 0;
   }
   void* p = reinterpret_cast<void*>(b);
-  if (::madvise(p, e - b, MADV_PAGEOUT) == 0) {
+  if (evict && ::madvise(p, e - b, MADV_PAGEOUT) == 0) {
     if (how) *how = "pageout";
     return e - b;
   }

@@ -52,11 +52,15 @@ struct PlacedRange {
   const void* src;
   size_t dst_offset;
   size_t bytes;
+  bool file_mapped = false;  // src is a file mapping's (a checkpoint shard's): faulted in before it is read
 };
 
 // Copies every range into dst[0, dst_bytes) in 2 MiB chunks of the destination spread over the
 // calling thread's pool (cpu::parallel_for), so each destination page is first written by one of
-// that pool's threads. Ranges must lie inside dst_bytes and not overlap.
+// that pool's threads. Ranges must lie inside dst_bytes and not overlap. A file-mapped source piece
+// is faulted in first (populate_pages): a page the file no longer has (truncated since it was
+// mapped) throws lc::Error(E_CHECKPOINT) instead of the SIGBUS the memcpy would take (E_OOM when
+// memory runs out; on kernels without MADV_POPULATE_READ the touch fallback still faults).
 void placed_copy(uint8_t* dst, size_t dst_bytes, const std::vector<PlacedRange>& ranges);
 
 // The NUMA node of each page of [addr, addr + bytes) (the first max_pages pages): move_pages(2)
@@ -65,9 +69,11 @@ void placed_copy(uint8_t* dst, size_t dst_bytes, const std::vector<PlacedRange>&
 std::vector<int> page_nodes(const void* addr, size_t bytes, size_t max_pages, std::string* error);
 
 // Gives back the pages wholly inside [addr, addr + bytes) of a file mapping whose contents were
-// copied elsewhere: MADV_PAGEOUT (Linux 5.4+: the page cache pages too, when no one else maps them),
-// else MADV_DONTNEED (this mapping only). The range must not be read for its private writes again.
-// Returns the bytes given back (0 when refused or no whole page), *how: "pageout" / "dontneed" / the error.
-size_t release_mapped_pages(const void* addr, size_t bytes, std::string* how);
+// copied elsewhere: with `evict` MADV_PAGEOUT (Linux 5.4+: the page cache pages too, when no one else
+// maps them: a NUMA placement's copies free the node's memory), else (or refused) MADV_DONTNEED (this
+// mapping only: the clean pages stay in the page cache, reclaimable, for the next load to find).
+// The range must not be read for its private writes again. Returns the bytes given back (0 when
+// refused or no whole page), *how: "pageout" / "dontneed" / the error.
+size_t release_mapped_pages(const void* addr, size_t bytes, bool evict, std::string* how);
 
 }  // namespace lc

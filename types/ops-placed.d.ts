@@ -39,6 +39,15 @@ export interface PlacedOps {
     hugepage: boolean,
     releaseSource: boolean,
   ): PlacedTensors;
+  /**
+   * placeTensors with no node, off the JS thread: the copy runs on a libuv worker over the global pool
+   * (loadModel's hugePages). releaseSource only unmaps the sources' pages (MADV_DONTNEED, releaseHow
+   * 'dontneed'): the page cache keeps them, reclaimable, for the next load. A source page over a file
+   * mapping that the file no longer has (truncated since it was mapped) rejects with E_CHECKPOINT,
+   * where reading it would SIGBUS; then nothing is given back. Errors: E_DEVICE (a tensor not on the
+   * CPU), E_OOM.
+   */
+  placeTensorsAsync(tensors: readonly Tensor[], hugepage: boolean, releaseSource: boolean): Promise<PlacedTensors>;
   /** The NUMA node of each of a CPU tensor's first maxPages pages (move_pages(2) query; < 0: -errno for
    *  that page, e.g. -14 EFAULT when not present), or nodes [] and the error when the call failed (e.g. 'move_pages: EPERM'). */
   pageNodes(tensor: Tensor, maxPages: number): { nodes: number[]; error: string | null };

@@ -7,7 +7,7 @@ import { modelDims } from './dims.js';
 import {
   type ModelWeights,
   type WeightsPopulated,
-  copyDenseToHugePages,
+  copyToHugePages,
   loadWeights,
   memAvailable,
   populateMappedWeights,
@@ -92,13 +92,15 @@ export interface LoadModelOptions {
   prefillChunk?: number;
   /** Load the checkpoint's MTP head when it has one (default true): speculative decoding drafts with it. */
   mtp?: boolean;
-  /** CPU backend: copy the dense weights the decode step streams (attention, dense MLPs, norms,
-   *  router, lm_head, MTP layer; not the embeddings, N-gram tables or routed experts) from the mapped
-   *  shards into anonymous memory advised for transparent huge pages (weights.ts copyDenseToHugePages):
-   *  their GEMVs then read 2 MiB pages instead of walking the page tables every 4 KiB. Costs those bytes
-   *  of resident process memory (model.memory.hugePages; the mapped pages they replace are no longer
-   *  read). Default false: opt-in until an end-to-end A/B on a quiet machine (bench/hugepages.mjs) shows
-   *  the step gain (bench/RESULTS.md: +13-16% on the dense GEMVs in isolation, mixed end to end). */
+  /** CPU backend: copy the weights the decode step streams from the mapped shards into anonymous
+   *  memory advised for transparent huge pages, at load on a libuv worker (weights.ts copyToHugePages):
+   *  the dense weights (attention, dense MLPs, norms, router, lm_head, MTP layer; not the embeddings or
+   *  N-gram tables) and, on one device (not CPU ranks: expertPlacement places theirs), every layer's
+   *  routed experts. The GEMVs then read 2 MiB pages instead of walking the page tables every 4 KiB
+   *  (bench/RESULTS.md session 13: the medium step 1.04-1.06x faster). Costs those bytes of resident,
+   *  unevictable process memory (model.memory.hugePages; the shards' pages are unmapped once copied,
+   *  kept in the page cache) and the copy's time at load. Default false: opt-in, for weights that fit
+   *  well inside MemAvailable. */
   hugePages?: boolean;
   /** CPU backend: fault in, at load and off the JS thread, the mapped pages the decode step reads
    *  (the dense weights and every layer's routed experts; not the embeddings or N-gram tables), as
@@ -182,8 +184,9 @@ export interface ModelMemory {
    *  node ('copy' / 'mbind', `bytes` of them, no longer in hostMapped) or read from the shards
    *  ('mmap'), with the reason when not 'mbind'. Absent without CPU ranks. */
   expertPlacement?: RankPlacement[];
-  /** Of hostMapped and hostMade, the bytes the CPU model reads from its hugepage-advised copies
-   *  (loadModel's `hugePages`; 0 when off or on a GPU): resident anonymous memory of the process. */
+  /** The bytes the CPU model reads from its hugepage-advised copies (loadModel's `hugePages`: dense
+   *  weights and, on one device, the routed experts, some of them made at load; 0 when off or on a
+   *  GPU): resident anonymous memory of the process. */
   hugePages: number;
   /** CPU: what loadModel's `populate` faulted in at load (bytes of mapped pages, or 0 and why not);
    *  null on a GPU or when turned off. */
@@ -250,7 +253,7 @@ export interface LoadedModel {
   model: LongcatModel;
   /** On the CPU, the weights made at load (null without a quantizer or on a GPU). */
   made: MadeWeights | null;
-  /** On the CPU, the bytes of dense weights copied into hugepage-advised memory (0: none). */
+  /** On the CPU, the bytes of weights copied into hugepage-advised memory (0: none). */
   hugePages: number;
   /** On the CPU, what `populate` faulted in (null: off, or on a GPU). */
   populated: WeightsPopulated | null;
@@ -401,7 +404,6 @@ export async function loadCheckpointModel(dir: string, opts: LoadModelOptions = 
         : null;
     if (quantizer && device === 'cpu') weights.owned.push(...quantizer.created);
     else for (const t of quantizer?.created ?? []) t.dispose();
-    const hugePages = device === 'cpu' && opts.hugePages === true ? copyDenseToHugePages(weights).bytes : 0;
     if (opts.onProgress && weights.ngram) {
       const tables = [...checkpoint.tensors.values()].filter(t => isNgramTable(t.name));
       const hostBytes = tables.reduce((a, t) => a + t.nbytes, 0);
@@ -410,6 +412,16 @@ export async function loadCheckpointModel(dir: string, opts: LoadModelOptions = 
         bytes += t.nbytes;
         opts.onProgress({ phase: 'host', tensor: t.name, bytes, totalBytes: hostBytes });
       }
+    }
+    // one device: the routed experts too (CPU ranks' are expertPlacement's); a copy that fails
+    // (a truncated shard: E_CHECKPOINT) leaves the weights as they were, which are freed below
+    let hugePages = 0;
+    try {
+      if (device === 'cpu' && opts.hugePages === true)
+        hugePages = (await copyToHugePages(weights, { experts: ranks === 1 })).bytes;
+    } catch (e) {
+      for (const w of replicas.values()) for (const t of w.owned) t.dispose();
+      throw e;
     }
     let model: LongcatModel;
     try {

@@ -4,8 +4,6 @@
 // an FP8 kv_b_proj is kept exact for the absorbed attention (codes + block scales, or f32).
 import fs from 'node:fs';
 import { native } from '../native.js';
-import { Stream, synchronize } from '../device.js';
-import type { PlacedTensors } from '../../types/ops-placed.js';
 import { type Tensor, empty, tensor, toArray } from '../tensor.js';
 import { CheckpointError, LongcatError, OutOfMemoryError } from '../errors.js';
 import type { ModelDims } from './dims.js';
@@ -57,7 +55,21 @@ export interface MoeWeights {
    *  their scales): for byte accounting and the benches' read probe; empty on a replica sharing
    *  another's experts. */
   expertTensors: Tensor[][];
+  /** The lists `experts` was packed from (moeExperts' arguments), so that a copy can repack it
+   *  (copyToHugePages); absent for CPU ranks' shards and for a replica sharing another's experts. */
+  expertLists?: ExpertLists;
 }
+
+/** One layer's routed experts as lists, in native.moeExperts' order (a list null when absent). */
+export type ExpertLists = [
+  gate: Tensor[],
+  up: Tensor[],
+  down: Tensor[],
+  gateScale: Tensor[] | null,
+  upScale: Tensor[] | null,
+  downScale: Tensor[] | null,
+  perm: (Tensor | null)[] | null,
+];
 
 export interface LayerWeights {
   inputNorm: [Tensor, Tensor];
@@ -343,6 +355,7 @@ function buildWeights(
     // The routed experts first..first+count-1, read from the checkpoint and placed on `to` only
     // (rank's: then through opts.placeExperts, when given).
     const expertTensors: Tensor[][] = [];
+    let expertLists: ExpertLists | undefined;
     const expertSet = (first: number, count: number, to: string, rank?: number) => {
       const experts = Array.from({ length: count }, (_, i) => src.expertWeights(l, first + i));
       const scales = (k: 'gateScale' | 'upScale' | 'downScale') =>
@@ -392,6 +405,7 @@ function buildWeights(
         for (const [g] of groups) for (const [i, t] of (g ?? []).entries()) if (t) g![i] = placed[k++]!;
       }
       for (let i = 0; i < count; i++) expertTensors.push([gate, up, down, gs, us, ds].flatMap(g => (g ? [g[i]!] : [])));
+      if (rank === undefined) expertLists = [gate, up, down, gs, us, ds, perms];
       return own(native.moeExperts(gate, up, down, gs, us, ds, perms));
     };
     const ranks = opts.expertDevices;
@@ -417,6 +431,7 @@ function buildWeights(
         bias: f32(get(`${p}.mlp.router.e_score_correction_bias`)),
         experts,
         expertTensors,
+        ...(expertLists ? { expertLists } : {}),
       },
     });
   }
@@ -475,7 +490,7 @@ function converted(t: Tensor, dtype: 'f32'): Tensor {
   return r;
 }
 
-/** Where each dense weight a decode step streams sits in `w` (holder, key, tensor): see copyDenseToHugePages. */
+/** Where each dense weight a decode step streams sits in `w` (holder, key, tensor): see copyToHugePages. */
 function denseSlots(w: ModelWeights): [Record<string, unknown>, string, Tensor][] {
   const slots: [Record<string, unknown>, string, Tensor][] = [];
   const add = (holder: object, key: string) => {
@@ -515,44 +530,63 @@ function denseSlots(w: ModelWeights): [Record<string, unknown>, string, Tensor][
   return slots;
 }
 
+/** What copyToHugePages copied. */
+export interface HugePagesCopy {
+  /** Bytes of weights copied (dense and, when asked, the routed experts). */
+  bytes: number;
+  /** Bytes of the copy the kernel backs with huge pages right after it (AnonHugePages; -1: unreadable). */
+  hugeBytes: number;
+}
+
 /**
- * Copies the dense weights a CPU decode step streams (every attention and dense-MLP linear, the
- * norms, the router, the final norm, lm_head and the MTP layer; not the embeddings, of which a step
- * reads one row, nor the N-gram tables or the routed experts) into one anonymous mapping advised
- * for transparent huge pages (native placeTensors, no node: the copy first-touched by the global
- * pool's threads), and points `w` at the copies. The checkpoint's
- * mapped pages are page-cache pages mapped 4 KiB at a time, so a GEMV over them walks the page tables
- * every 4 KiB (MADV_HUGEPAGE does nothing for them); in 2 MiB pages the dense GEMVs of the medium
- * preset stream 13-16% faster in isolation (bench/RESULTS.md). Memory: the copies are the process's own
- * (anonymous, resident, not evictable without swap); the mapped pages they replace are no longer
- * read, stay in the page cache only as long as the kernel keeps them, and are never written.
- * Weights made at load (quantized, converted norms) are freed once copied. Returns the copied bytes
- * and the bytes the kernel backs with huge pages.
+ * Copies the weights a CPU decode step streams into one anonymous mapping advised for transparent
+ * huge pages (native placeTensorsAsync: the copy on a libuv worker over the global pool, off the JS
+ * thread), and points `w` at the copies: the dense weights (every attention and dense-MLP linear,
+ * the norms, the router, the final norm, lm_head and the MTP layer; not the embeddings, of which a
+ * step reads one row, nor the N-gram tables) and, with `experts`, every layer's routed experts
+ * whose set was packed from lists (one device: not CPU ranks' shards, which expertPlacement
+ * places), repacked over the copies. The checkpoint's mapped pages are page-cache pages mapped
+ * 4 KiB at a time, so a GEMV over them walks the page tables every 4 KiB (MADV_HUGEPAGE does nothing
+ * for them); the copy sits in 2 MiB pages. Memory: the copies are the process's own (anonymous,
+ * resident, not evictable without swap); the shards' pages they came from are unmapped
+ * (MADV_DONTNEED: never written, they are refilled from the file if anything reads them again), so
+ * the process does not hold the bytes twice; the page cache keeps them, clean and reclaimable, for
+ * the next load. Weights made at load (quantized,
+ * converted norms) are freed once copied. A shard truncated since it was mapped rejects with
+ * E_CHECKPOINT (the copy faults each source page in first) and leaves `w` as it was.
  */
-export function copyDenseToHugePages(w: ModelWeights): { bytes: number; hugeBytes: number } {
+export async function copyToHugePages(w: ModelWeights, opts: { experts: boolean }): Promise<HugePagesCopy> {
   const slots = denseSlots(w);
-  const cpu = [...new Set(slots.map(s => s[2]))].filter(t => t.device === 'cpu');
-  const bytes = cpu.reduce((a, t) => a + t.nbytes, 0);
+  const layers = opts.experts ? w.layers.filter(L => L.moe.expertLists) : [];
+  const expertSources = layers.flatMap(L => L.moe.expertLists!.flatMap(list => (list ?? []).filter(t => t !== null)));
+  const cpu = [...new Set([...slots.map(s => s[2]), ...expertSources])].filter(t => t.device === 'cpu');
   if (!cpu.length) return { bytes: 0, hugeBytes: 0 };
-  synchronize(); // whatever made the sources (quantize at load) has finished
-  const s = new Stream('cpu');
-  let r: PlacedTensors;
-  try {
-    r = native.placeTensors(s, cpu, null, true, false);
-  } finally {
-    s.dispose();
-  }
+  const bytes = cpu.reduce((a, t) => a + t.nbytes, 0);
+  await native.synchronizeAsync('cpu'); // whatever made the sources (quantize at load) has finished
+  const r = await native.placeTensorsAsync(cpu, true, true);
+  w.owned.push(...r.tensors); // the copies are this object's from here
   const copyOf = new Map(cpu.map((t, i) => [t, r.tensors[i]!]));
-  for (const [holder, key, t] of slots) {
-    const c = copyOf.get(t);
-    if (c) holder[key] = c;
+  const copied = <T extends Tensor | null>(t: T): T => (t ? ((copyOf.get(t) ?? t) as T) : t);
+  for (const [holder, key, t] of slots) holder[key] = copied(t);
+  // the experts repacked over the copies; the old sets (and what made tensors they hold) let go
+  const oldSets = new Set<unknown>();
+  for (const L of layers) {
+    const lists = L.moe.expertLists!.map(list => (list ? list.map(copied) : null)) as ExpertLists;
+    const set = native.moeExperts(...lists);
+    oldSets.add(L.moe.experts);
+    w.owned.push(set);
+    L.moe.experts = set;
+    L.moe.expertLists = lists;
+    L.moe.expertTensors = L.moe.expertTensors.map(ts => ts.map(copied));
   }
-  // what this object made and now holds twice: freed; the copies are its own from here
+  // what this object made and now holds twice: freed
   const owned = new Set<unknown>(w.owned);
   const made = cpu.filter(t => owned.has(t));
-  w.owned.splice(0, w.owned.length, ...w.owned.filter(o => !copyOf.has(o as Tensor)));
+  const drop = (o: unknown) => copyOf.has(o as Tensor) || oldSets.has(o);
+  const dropped = w.owned.filter(drop);
+  w.owned.splice(0, w.owned.length, ...w.owned.filter(o => !drop(o)));
   for (const t of made) t.dispose();
-  w.owned.push(...r.tensors);
+  for (const o of dropped) if (oldSets.has(o)) (o as MoeExpertSet).dispose();
   return { bytes, hugeBytes: r.hugeBytes };
 }
 
