@@ -108,10 +108,11 @@ constexpr int64_t kFewRowItemBytes = 32 * 1024;
 // (8 KB ahead was tried with the split below: no better, bench/RESULTS.md wt12-fewrow.)
 // Those requests (into L1) alone left the stream and the products barely overlapped: a cold
 // 16-row call took about its warm time plus the stream's (bench/native/fewrow_gemm.cc, 2 threads:
-// 1 MB 97-108 us cold against 54-70 warm and 20-30 of stream). The core's L1 misses in flight are
+// 1 MB 95-108 us cold against 53-70 warm and ~30 of stream). The core's L1 misses in flight are
 // too few to cover DRAM's latency at the bandwidth wanted, so the last strip also requests the
 // group kFarPrefetchBytes ahead into L2 (hint T1), whose miss queue is deeper; the L1 requests then
-// hit L2. Cold 1 MB: 60-82 us, 4 MB 217-240 against 320-391 (bench/RESULTS.md wt13-fewrow).
+// hit L2. Cold, 16 rows: 1 MB 70-71 us, 4 MB 226-243 against 364-387 (8 rows: 126-130 against
+// 285-289; bench/RESULTS.md wt13-fewrow).
 constexpr int64_t kPrefetchBytes = 4096;
 constexpr int64_t kFarPrefetchBytes = 16384;
 // Groups of 4 weight rows of row_bytes each that span `bytes` (at least one).
@@ -119,9 +120,10 @@ inline int64_t prefetch_groups(int64_t row_bytes, int64_t bytes) {
   const int64_t g = (bytes + 4 * row_bytes - 1) / (4 * row_bytes);
   return g < 1 ? 1 : g;
 }
-// The 4 rows (stride ldp elements) of the weight group at pf, elements k.. of each, into L1 (pf) and
-// into L2 (pf2, prefetch_group_l2): one prefetch a row per vector step (a line for 64-byte vectors; AVX2's 32-byte steps request each line twice,
-// the second a hit). Nothing when pf is null (panel copies, the later strips, the last groups).
+// The 4 rows (stride ldp elements) of the weight group at pf, elements k.. of each, into L1 (pf; into
+// L2: pf2, prefetch_group_l2): one prefetch a row per vector step (a line for 64-byte vectors; AVX2's
+// 32-byte steps request each line twice, the second a hit). Nothing when the pointer is null (panel
+// copies, the middle strips, the last groups).
 // always_inline: the callers are compiled for another ISA (LC_BEGIN_TARGET); without it GCC (12) did
 // not inline it and left no prefetch in the micro kernels at all (the call, having no side effects
 // but prefetches, was dropped).
@@ -206,7 +208,8 @@ void gemm(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType
         // requested into L1 by the first strip (kPrefetchBytes), the group `far` on into L2 by the
         // last (kFarPrefetchBytes; the same strip when there is one)
         const int64_t row_bytes = K * static_cast<int64_t>(sizeof(WE));
-        const int64_t ahead = prefetch_groups(row_bytes, kPrefetchBytes) * NR, far = prefetch_groups(row_bytes, kFarPrefetchBytes) * NR;
+        const int64_t ahead = prefetch_groups(row_bytes, kPrefetchBytes) * NR,
+                      far = prefetch_groups(row_bytes, kFarPrefetchBytes) * NR;
         const int64_t last = (ceil_div(mlen, SR) - 1) * SR;
         for (int64_t j = 0; j < ncp; j += NR) {
           const WE* next = n0 + j + ahead + NR <= N ? wp + (j + ahead) * K : nullptr;

@@ -148,7 +148,8 @@ void gemv_rows(const float* x, const WeightRef& w, int64_t r, float* part, int64
       const int64_t p = b0 + bytes / static_cast<int64_t>(sizeof(E));
       for (int i = 0; i < R; ++i) {
         const char* pa = reinterpret_cast<const char*>(p < k1 ? wr[i] + p : wr[i] + R * K + k0 + (p - k1));
-        for (int64_t off = 0; off < 128 * static_cast<int64_t>(sizeof(E)); off += 64) _mm_prefetch(pa + off, decltype(hint)::value);
+        for (int64_t off = 0; off < 128 * static_cast<int64_t>(sizeof(E)); off += 64)
+          _mm_prefetch(pa + off, decltype(hint)::value);
       }
     };
     request(kPrefetchBytes, std::integral_constant<_mm_hint, _MM_HINT_T0>{});
