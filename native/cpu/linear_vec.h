@@ -319,11 +319,15 @@ void fp8_rows(const float* xs, int64_t ldx, const WeightRef& w, int64_t r, int64
 
   int64_t k = k0;
   for (; k < k1; k += 128) {
-    const int64_t p = k + kFp8PrefetchBytes;
+    // each row's 128 codes kFp8PrefetchBytes ahead into L1 and kGemvFarPrefetchBytes into L2
+    const int64_t p = k + kFp8PrefetchBytes, p2 = k + kGemvFarPrefetchBytes;
     for (int i = 0; i < R; ++i) {
       const char* pa = reinterpret_cast<const char*>(p < k1 ? wr[i] + p : wr[i] + R * K + k0 + (p - k1));
+      const char* pb = reinterpret_cast<const char*>(p2 < k1 ? wr[i] + p2 : wr[i] + R * K + k0 + (p2 - k1));
       _mm_prefetch(pa, _MM_HINT_T0);
       _mm_prefetch(pa + 64, _MM_HINT_T0);
+      _mm_prefetch(pb, _MM_HINT_T1);
+      _mm_prefetch(pb + 64, _MM_HINT_T1);
     }
     if (k + 128 > k1) break;
     for (int u = 0; u < 128 / U; ++u) unit(k + U * u, u, U);
@@ -413,10 +417,14 @@ void int4_rows(const float* xp, int64_t ldx, const WeightRef& w, int64_t r, floa
       mv[i] = V::set1(-z * s);
     }
     for (int64_t c = gi * g; c < (gi + 1) * g; c += 32) {
-      if (c % 128 == 0) {  // past the row's end into the row this stream reads next (row + R)
-        int64_t pf = c / 2 + kInt4PrefetchBytes;
+      if (c % 128 == 0) {  // past the row's end into the rows this stream reads next (row + R, ...)
+        int64_t pf = c / 2 + kInt4PrefetchBytes, pf2 = c / 2 + kGemvFarPrefetchBytes;  // into L1, L2
         if (pf >= rb) pf += (R - 1) * rb;
-        for (int i = 0; i < R; ++i) _mm_prefetch(reinterpret_cast<const char*>(wr[i] + pf), _MM_HINT_T0);
+        if (pf2 >= rb) pf2 += (R - 1) * rb;
+        for (int i = 0; i < R; ++i) {
+          _mm_prefetch(reinterpret_cast<const char*>(wr[i] + pf), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(wr[i] + pf2), _MM_HINT_T1);
+        }
       }
       typename V::U4 u[R];
       for (int i = 0; i < R; ++i) u[i] = V::load_u4(wr[i] + c / 2);
