@@ -109,8 +109,8 @@ constexpr int64_t kGemvGroupRows = 256;
 constexpr int64_t kPrefetchBytes = 2048;
 // Session 13 (bench/native/fewrow_gemm.cc, 2 threads, 2-8 rows, cold weights): the same lines also
 // requested 8 KiB ahead into L2 (hint T1; the L1 requests then hit L2, and L2's miss queue is
-// deeper than L1's) read 1.4-1.7x faster (1 MB, 2 rows: 72-79 -> 47 us; 4 MB 262-300 -> 178-185);
-// 16 KiB was no better. (Session 10 had tried other hints and distances for the one request.)
+// deeper than L1's) read 1.5-2.4x faster (1 MB, 2 rows: 63-72 -> 40-42 us; 4 MB 251-320 -> 135-144);
+// 16 KiB was no better (bench/RESULTS.md wt13-fewrow). (Session 10 had tried other hints and distances for the one request.)
 constexpr int64_t kGemvFarPrefetchBytes = 8192;
 
 // part[t * ldp + i] += sum over k in [k0, k1) of x[t, k] * W[r + i, k], for t < T, i < R.
