@@ -246,18 +246,20 @@ describe('linear', () => {
     },
   );
 
-  it('few-row GEMM on several threads (steal_for over ~32 KiB panels): odd shapes, the same bits at 1, 2 and 3 threads', () => {
+  it('few rows on several threads (the GEMM split by steal_for over ~32 KiB panels, the GEMV; their weight groups requested ahead into L1 and L2): odd shapes, the same bits at 1, 2 and 3 threads', () => {
     const r = rng(1213);
     const threads = native.threads();
     let checked = 0;
     try {
       // k = 544 and 96: whole 32-column blocks (read in place; panels of 28 / 64 rows at 2+ threads);
-      // k = 99: packed. n = 27 and 203: a last panel that is not whole 4-row groups.
+      // k = 99: packed. n = 27 and 203: a last panel that is not whole 4-row groups. t = 3: the GEMV.
+      // At k = 544 and n = 203 the groups 16 KiB ahead (L2) lie inside W for most of it, and past
+      // its end for the last.
       for (const k of [96, 99, 544])
         for (const n of [27, 203])
           for (const wdtype of ['f32', 'bf16'] as const) {
             const w = makeWeight(r, wdtype, n, k);
-            for (const t of [5, 13, 27]) {
+            for (const t of [3, 5, 7, 9, 13, 16, 27]) {
               const x = makeX(r, 'f32', t, k);
               const want = reference(x.ref, w.ref, t, n, k);
               eachIsa(isa => {
@@ -281,7 +283,7 @@ describe('linear', () => {
     } finally {
       native.setThreads(threads);
     }
-    expect(checked).toBe(3 * 2 * 2 * 3 * isas.length * 3);
+    expect(checked).toBe(3 * 2 * 2 * 7 * isas.length * 3);
   });
 
   it('GEMV over several k chunks and row groups (t = 1, 2, 4; k = 4200, n = 300)', () => {

@@ -115,7 +115,8 @@ int main(int argc, char** argv) {
     std::vector<double> rb;
     for (int r = 0; r < 5; ++r) {
       const double t0 = now();
-      cpu::read_sum(big.data(), pool);
+      const cpu::ReadSpan span{big.data(), pool};
+      cpu::read_sum(&span, 1);
       rb.push_back(pool / (now() - t0) / 1e9);
     }
     std::sort(rb.begin(), rb.end());

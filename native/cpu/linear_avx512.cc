@@ -158,12 +158,13 @@ struct GemmBF16 {
 
   template <int M>
   static void micro(const uint16_t* x, int64_t ldx, const uint16_t* p, int64_t ldp, int64_t kc, float* c, int64_t ldc,
-                    bool accumulate, const uint16_t* pf) {
+                    bool accumulate, const uint16_t* pf, const uint16_t* pf2) {
     __m512 acc[M][4];
     for (int m = 0; m < M; ++m)
       for (int j = 0; j < 4; ++j) acc[m][j] = _mm512_setzero_ps();
     for (int64_t k = 0; k < kc; k += 32) {
       prefetch_group(pf, ldp, k);
+      prefetch_group_l2(pf2, ldp, k);
       __m512bh w0 = (__m512bh)_mm512_loadu_si512(p + k), w1 = (__m512bh)_mm512_loadu_si512(p + ldp + k);
       __m512bh w2 = (__m512bh)_mm512_loadu_si512(p + 2 * ldp + k), w3 = (__m512bh)_mm512_loadu_si512(p + 3 * ldp + k);
       for (int m = 0; m < M; ++m) {

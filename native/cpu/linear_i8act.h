@@ -24,6 +24,8 @@ namespace {  // internal linkage: compiled for the including file's ISA
 // Software prefetch distance on each weight row stream (2-core AVX-512 VM, 2 threads, t = 1: 1 KiB
 // 37 GB/s, 2 KiB 48, 4 KiB 49).
 constexpr int64_t kInt4I8PrefetchBytes = 4096;
+// and 4x that ahead into L2 (as the other few-row streams: linear_vec.h's kGemvFarPrefetchBytes)
+constexpr int64_t kInt4I8FarPrefetchBytes = 16384;
 
 // xq [T][chunks][128] (permuted as above), sx / xw [T][chunks] (xw: sx * the sum of the chunk's
 // codes, for the zero-point term). Whole chunks by vectors (16 codes at a time: x's columns
@@ -144,13 +146,15 @@ __attribute__((always_inline)) inline void int4_i8_rows(const int8_t* xq, const 
   auto chunk = [&](int64_t ch, F(&ac)[T][R]) __attribute__((always_inline)) {
     // one prefetch per row and chunk (64 bytes), a fixed distance ahead on the row's stream; past
     // the row's end into the row this stream reads next (row + R), as rows are short (K / 2 bytes)
-    int64_t pf = ch * 64 + kInt4I8PrefetchBytes;
+    int64_t pf = ch * 64 + kInt4I8PrefetchBytes, pf2 = ch * 64 + kInt4I8FarPrefetchBytes;
     if (pf >= rb) pf += (R - 1) * rb;
+    if (pf2 >= rb) pf2 += (R - 1) * rb;
     // the chunk's codes: per row, the low and high nibbles of each of its kP vectors, met by x's
     // vectors at the same places (one dot_u4s8 over the 2 kP pairs: exact, see simd.h)
     I u[R][2 * kP];
     for (int i = 0; i < R; ++i) {
       _mm_prefetch(reinterpret_cast<const char*>(wr[i] + pf), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(wr[i] + pf2), _MM_HINT_T1);
       for (int p = 0; p < kP; ++p) {
         const I v = V::load_bytes(wr[i] + ch * 64 + p * kB);
         u[i][2 * p] = V::nib_lo(v);

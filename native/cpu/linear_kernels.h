@@ -106,14 +106,24 @@ constexpr int64_t kFewRowItemBytes = 32 * 1024;
 // between the strips, as before: 90-97 and 71-74 us, and on warm weights 61-67 / 44 us against
 // 49 / 26: each slice's line addresses took two divisions.)
 // (8 KB ahead was tried with the split below: no better, bench/RESULTS.md wt12-fewrow.)
+// Those requests (into L1) alone left the stream and the products barely overlapped: a cold
+// 16-row call took about its warm time plus the stream's (bench/native/fewrow_gemm.cc, 2 threads:
+// 1 MB 95-108 us cold against 53-70 warm and ~30 of stream). The core's L1 misses in flight are
+// too few to cover DRAM's latency at the bandwidth wanted, so the last strip also requests the
+// group kFarPrefetchBytes ahead into L2 (hint T1), whose miss queue is deeper; the L1 requests then
+// hit L2. Cold, 16 rows: 1 MB 70-71 us, 4 MB 226-243 against 364-387 (8 rows: 126-130 against
+// 285-289; bench/RESULTS.md wt13-fewrow).
 constexpr int64_t kPrefetchBytes = 4096;
-inline int64_t prefetch_groups(int64_t row_bytes) {
-  const int64_t g = (kPrefetchBytes + 4 * row_bytes - 1) / (4 * row_bytes);
+constexpr int64_t kFarPrefetchBytes = 16384;
+// Groups of 4 weight rows of row_bytes each that span `bytes` (at least one).
+inline int64_t prefetch_groups(int64_t row_bytes, int64_t bytes) {
+  const int64_t g = (bytes + 4 * row_bytes - 1) / (4 * row_bytes);
   return g < 1 ? 1 : g;
 }
-// The 4 rows (stride ldp elements) of the weight group at pf, elements k.. of each: one prefetch a
-// row per vector step (a line for 64-byte vectors; AVX2's 32-byte steps request each line twice,
-// the second a hit). Nothing when pf is null (panel copies, the later strips, the last groups).
+// The 4 rows (stride ldp elements) of the weight group at pf, elements k.. of each, into L1 (pf; into
+// L2: pf2, prefetch_group_l2): one prefetch a row per vector step (a line for 64-byte vectors; AVX2's
+// 32-byte steps request each line twice, the second a hit). Nothing when the pointer is null (panel
+// copies, the middle strips, the last groups).
 // always_inline: the callers are compiled for another ISA (LC_BEGIN_TARGET); without it GCC (12) did
 // not inline it and left no prefetch in the micro kernels at all (the call, having no side effects
 // but prefetches, was dropped).
@@ -122,21 +132,26 @@ __attribute__((always_inline)) inline void prefetch_group(const WE* pf, int64_t 
   if (!pf) return;
   for (int j = 0; j < 4; ++j) __builtin_prefetch(pf + j * ldp + k, 0, 3);
 }
+template <class WE>
+__attribute__((always_inline)) inline void prefetch_group_l2(const WE* pf2, int64_t ldp, int64_t k) {
+  if (!pf2) return;
+  for (int j = 0; j < 4; ++j) __builtin_prefetch(pf2 + j * ldp + k, 0, 2);
+}
 
-// One MR-or-fewer-row strip: micro<M> for its m rows.
+// One MR-or-fewer-row strip: micro<M> for its m rows (pf, pf2: the groups it requests into L1 / L2).
 template <class Tr, class XE, class WE>
 inline void micro_rows(int64_t m, const XE* x, int64_t ldx, const WE* p, int64_t ldp, int64_t kc, float* c, int64_t ldc,
-                       bool accumulate, const WE* pf) {
+                       bool accumulate, const WE* pf, const WE* pf2) {
   static_assert(Tr::kMR <= 8, "micro_rows: strips of at most 8 rows");
   switch (m) {
-    case 1: Tr::template micro<1>(x, ldx, p, ldp, kc, c, ldc, accumulate, pf); return;
-    case 2: Tr::template micro<(Tr::kMR >= 2 ? 2 : 1)>(x, ldx, p, ldp, kc, c, ldc, accumulate, pf); return;
-    case 3: Tr::template micro<(Tr::kMR >= 3 ? 3 : 1)>(x, ldx, p, ldp, kc, c, ldc, accumulate, pf); return;
-    case 4: Tr::template micro<(Tr::kMR >= 4 ? 4 : 1)>(x, ldx, p, ldp, kc, c, ldc, accumulate, pf); return;
-    case 5: Tr::template micro<(Tr::kMR >= 5 ? 5 : 1)>(x, ldx, p, ldp, kc, c, ldc, accumulate, pf); return;
-    case 6: Tr::template micro<(Tr::kMR >= 6 ? 6 : 1)>(x, ldx, p, ldp, kc, c, ldc, accumulate, pf); return;
-    case 7: Tr::template micro<(Tr::kMR >= 7 ? 7 : 1)>(x, ldx, p, ldp, kc, c, ldc, accumulate, pf); return;
-    default: Tr::template micro<(Tr::kMR >= 8 ? 8 : 1)>(x, ldx, p, ldp, kc, c, ldc, accumulate, pf); return;
+    case 1: Tr::template micro<1>(x, ldx, p, ldp, kc, c, ldc, accumulate, pf, pf2); return;
+    case 2: Tr::template micro<(Tr::kMR >= 2 ? 2 : 1)>(x, ldx, p, ldp, kc, c, ldc, accumulate, pf, pf2); return;
+    case 3: Tr::template micro<(Tr::kMR >= 3 ? 3 : 1)>(x, ldx, p, ldp, kc, c, ldc, accumulate, pf, pf2); return;
+    case 4: Tr::template micro<(Tr::kMR >= 4 ? 4 : 1)>(x, ldx, p, ldp, kc, c, ldc, accumulate, pf, pf2); return;
+    case 5: Tr::template micro<(Tr::kMR >= 5 ? 5 : 1)>(x, ldx, p, ldp, kc, c, ldc, accumulate, pf, pf2); return;
+    case 6: Tr::template micro<(Tr::kMR >= 6 ? 6 : 1)>(x, ldx, p, ldp, kc, c, ldc, accumulate, pf, pf2); return;
+    case 7: Tr::template micro<(Tr::kMR >= 7 ? 7 : 1)>(x, ldx, p, ldp, kc, c, ldc, accumulate, pf, pf2); return;
+    default: Tr::template micro<(Tr::kMR >= 8 ? 8 : 1)>(x, ldx, p, ldp, kc, c, ldc, accumulate, pf, pf2); return;
   }
 }
 
@@ -190,13 +205,18 @@ void gemm(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType
         const WE* wp = static_cast<const WE*>(w.data) + n0 * K + k0;
         const int64_t SR = ceil_div(mlen, ceil_div(mlen, MR));
         // the group `ahead` groups on (past the panel's end: the next panel's, in W's next rows) is
-        // requested by the first strip (kPrefetchBytes)
-        const int64_t ahead = prefetch_groups(K * static_cast<int64_t>(sizeof(WE))) * NR;
+        // requested into L1 by the first strip (kPrefetchBytes), the group `far` on into L2 by the
+        // last (kFarPrefetchBytes; the same strip when there is one)
+        const int64_t row_bytes = K * static_cast<int64_t>(sizeof(WE));
+        const int64_t ahead = prefetch_groups(row_bytes, kPrefetchBytes) * NR,
+                      far = prefetch_groups(row_bytes, kFarPrefetchBytes) * NR;
+        const int64_t last = (ceil_div(mlen, SR) - 1) * SR;
         for (int64_t j = 0; j < ncp; j += NR) {
           const WE* next = n0 + j + ahead + NR <= N ? wp + (j + ahead) * K : nullptr;
+          const WE* far_next = n0 + j + far + NR <= N ? wp + (j + far) * K : nullptr;
           for (int64_t m = 0; m < mlen; m += SR)
             micro_rows<Tr>(mlen - m < SR ? mlen - m : SR, xp + (m0 + m) * Kp + k0, Kp, wp + j * K, K, kcp, c + m * NC + j, NC,
-                           k0 > 0, m == 0 ? next : nullptr);
+                           k0 > 0, m == 0 ? next : nullptr, m == last ? far_next : nullptr);
         }
         continue;
       }
@@ -204,7 +224,7 @@ void gemm(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType
       for (int64_t m = 0; m < mlen; m += MR)
         for (int64_t j = 0; j < ncp; j += NR)
           micro_rows<Tr>(mlen - m < MR ? mlen - m : MR, xp + (m0 + m) * Kp + k0, Kp, panel + j * kcp, kcp, kcp, c + m * NC + j,
-                         NC, k0 > 0, static_cast<const WE*>(nullptr));
+                         NC, k0 > 0, static_cast<const WE*>(nullptr), static_cast<const WE*>(nullptr));
     }
     for (int64_t m = 0; m < mlen; ++m)
       for (int64_t j = 0; j < nlen; ++j) {

@@ -107,6 +107,11 @@ using DecFP8 = Dec<V, uint8_t>;
 
 constexpr int64_t kGemvGroupRows = 256;
 constexpr int64_t kPrefetchBytes = 2048;
+// Session 13 (bench/native/fewrow_gemm.cc, 2 threads, 2-8 rows, cold weights): the same lines also
+// requested 8 KiB ahead into L2 (hint T1; the L1 requests then hit L2, and L2's miss queue is
+// deeper than L1's) read 1.5-2.4x faster (1 MB, 2 rows: 63-72 -> 40-42 us; 4 MB 251-320 -> 135-144);
+// 16 KiB was no better (bench/RESULTS.md wt13-fewrow). (Session 10 had tried other hints and distances for the one request.)
+constexpr int64_t kGemvFarPrefetchBytes = 8192;
 
 // part[t * ldp + i] += sum over k in [k0, k1) of x[t, k] * W[r + i, k], for t < T, i < R.
 template <class L, int T, int R, class D>
@@ -137,11 +142,18 @@ void gemv_rows(const float* x, const WeightRef& w, int64_t r, float* part, int64
   bool nan[R] = {};  // a NaN weight code makes the row's dot products NaN
   for (int64_t b0 = k0; b0 < k1; b0 += 128) {
     const int64_t bend = k1 - b0 < 128 ? k1 : b0 + 128;
-    const int64_t p = b0 + kPrefetchBytes / static_cast<int64_t>(sizeof(E));
-    for (int i = 0; i < R; ++i) {
-      const char* pa = reinterpret_cast<const char*>(p < k1 ? wr[i] + p : wr[i] + R * K + k0 + (p - k1));
-      for (int64_t off = 0; off < 128 * static_cast<int64_t>(sizeof(E)); off += 64) _mm_prefetch(pa + off, _MM_HINT_T0);
-    }
+    // each row's block `bytes` ahead (past the row's end: on in the rows the streams read next),
+    // into L1 (kPrefetchBytes) and into L2 (kGemvFarPrefetchBytes)
+    const auto request = [&](int64_t bytes, auto hint) __attribute__((always_inline)) {
+      const int64_t p = b0 + bytes / static_cast<int64_t>(sizeof(E));
+      for (int i = 0; i < R; ++i) {
+        const char* pa = reinterpret_cast<const char*>(p < k1 ? wr[i] + p : wr[i] + R * K + k0 + (p - k1));
+        for (int64_t off = 0; off < 128 * static_cast<int64_t>(sizeof(E)); off += 64)
+          _mm_prefetch(pa + off, decltype(hint)::value);
+      }
+    };
+    request(kPrefetchBytes, std::integral_constant<_mm_hint, _MM_HINT_T0>{});
+    request(kGemvFarPrefetchBytes, std::integral_constant<_mm_hint, _MM_HINT_T1>{});
     F bs[R];
     for (int i = 0; i < R; ++i) {
       if constexpr (D::kNanCodes) nan[i] |= V::has_nan_code(wr[i] + b0, bend - b0);
@@ -307,11 +319,15 @@ void fp8_rows(const float* xs, int64_t ldx, const WeightRef& w, int64_t r, int64
 
   int64_t k = k0;
   for (; k < k1; k += 128) {
-    const int64_t p = k + kFp8PrefetchBytes;
+    // each row's 128 codes kFp8PrefetchBytes ahead into L1 and kGemvFarPrefetchBytes into L2
+    const int64_t p = k + kFp8PrefetchBytes, p2 = k + kGemvFarPrefetchBytes;
     for (int i = 0; i < R; ++i) {
       const char* pa = reinterpret_cast<const char*>(p < k1 ? wr[i] + p : wr[i] + R * K + k0 + (p - k1));
+      const char* pb = reinterpret_cast<const char*>(p2 < k1 ? wr[i] + p2 : wr[i] + R * K + k0 + (p2 - k1));
       _mm_prefetch(pa, _MM_HINT_T0);
       _mm_prefetch(pa + 64, _MM_HINT_T0);
+      _mm_prefetch(pb, _MM_HINT_T1);
+      _mm_prefetch(pb + 64, _MM_HINT_T1);
     }
     if (k + 128 > k1) break;
     for (int u = 0; u < 128 / U; ++u) unit(k + U * u, u, U);
@@ -401,10 +417,14 @@ void int4_rows(const float* xp, int64_t ldx, const WeightRef& w, int64_t r, floa
       mv[i] = V::set1(-z * s);
     }
     for (int64_t c = gi * g; c < (gi + 1) * g; c += 32) {
-      if (c % 128 == 0) {  // past the row's end into the row this stream reads next (row + R)
-        int64_t pf = c / 2 + kInt4PrefetchBytes;
+      if (c % 128 == 0) {  // past the row's end into the rows this stream reads next (row + R, ...)
+        int64_t pf = c / 2 + kInt4PrefetchBytes, pf2 = c / 2 + kGemvFarPrefetchBytes;  // into L1, L2
         if (pf >= rb) pf += (R - 1) * rb;
-        for (int i = 0; i < R; ++i) _mm_prefetch(reinterpret_cast<const char*>(wr[i] + pf), _MM_HINT_T0);
+        if (pf2 >= rb) pf2 += (R - 1) * rb;
+        for (int i = 0; i < R; ++i) {
+          _mm_prefetch(reinterpret_cast<const char*>(wr[i] + pf), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(wr[i] + pf2), _MM_HINT_T1);
+        }
       }
       typename V::U4 u[R];
       for (int i = 0; i < R; ++i) u[i] = V::load_u4(wr[i] + c / 2);
@@ -576,11 +596,12 @@ struct GemmF32 {
 
   template <int M>
   static void micro(const float* x, int64_t ldx, const float* p, int64_t ldp, int64_t kc, float* c, int64_t ldc, bool accumulate,
-                    const float* pf) {
+                    const float* pf, const float* pf2) {
     typename V::F acc[M][4];
     zero_vectors<V>(acc);
     for (int64_t k = 0; k < kc; k += V::kLanes) {
       prefetch_group(pf, ldp, k);
+      prefetch_group_l2(pf2, ldp, k);
       typename V::F xv[M];
       for (int m = 0; m < M; ++m) xv[m] = V::load(x + m * ldx + k);
       for (int j = 0; j < 4; ++j) {
