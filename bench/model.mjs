@@ -22,6 +22,7 @@
 // decode step vs its branches timed alone: attention 0, dense branch, MoE branch, lm_head).
 //
 //   LONGCAT_ADDON=build-bench/Release/longcat.node node bench/model.mjs [--quick] [--presets small,medium,lite] [--threads N] [--out f.json]
+//     [--dist DIR] (the build to measure, probes included; default ../dist)
 // (--threads: the pool's size for the whole run, the bandwidth probe's included; default: the cores)
 //
 // Per weight format: `--formats bf16,fp8,int8,int4 [--pp 512,1024] [--tg N]` loads each preset's
@@ -37,14 +38,22 @@
 import { existsSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { native } from '../dist/index.js';
-import { accounting, decodeWeightTensors, now, median, readBandwidth, readTensorsBandwidth, rng } from './common.mjs';
-import { loadModel } from '../dist/generate.js';
-import { PRESETS, initRandom } from '../dist/init-random.js';
-import { batchTables } from '../dist/kv-cache.js';
+import { distImporter, now, median, rng } from './common.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const args = process.argv.slice(2);
+// the build measured, its probes included (--dist: another worktree's dist for an A/B on one machine)
+const load = distImporter(args);
+const { native } = await load('index.js');
+const {
+  weightAccounting: accounting,
+  decodeWeightTensors,
+  readBandwidth,
+  readTensorsBandwidth,
+} = await load('bench.js');
+const { loadModel } = await load('generate.js');
+const { PRESETS, initRandom } = await load('init-random.js');
+const { batchTables } = await load('kv-cache.js');
 const quick = args.includes('--quick');
 const arg = (name, dflt) => (args.includes(name) ? args[args.indexOf(name) + 1] : dflt);
 const outPath = arg('--out', null);

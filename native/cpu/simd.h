@@ -148,6 +148,11 @@ struct Avx2 {
     std::memcpy(b, p, n * sizeof(uint16_t));
     return load_bf16(b);
   }
+  LC_TARGET_AVX2 static F load_f16_n(const uint16_t* p, int64_t n) {
+    alignas(16) uint16_t b[8] = {};
+    std::memcpy(b, p, n * sizeof(uint16_t));
+    return load_f16(b);
+  }
   // f32 -> bf16 bits, round to nearest even, NaN kept quiet (numeric.h's f32_to_bf16).
   LC_TARGET_AVX2 static __m128i to_bf16(F x) {
     const __m256i u = _mm256_castps_si256(x);
@@ -312,18 +317,19 @@ struct Avx2 {
   }
 
   // int8-activation dot products (linear_i8act.h): the low / high nibble of every byte, and
-  // dot_u4s8<N>: per 32-bit lane, the sum over the N vector pairs (u[k], s[k]) of their 4 adjacent
-  // u x s byte products, u unsigned 4-bit codes (<= 15), s int8 (|s| <= 127). vpmaddubsw sums pairs
-  // into int16 (saturating; exact: 2 * 15 * 127 = 3810), the N results added in int16 (exact for
-  // N <= 4: 4 * 3810 < 2^15), then one vpmaddwd of the pairs of those into int32.
+  // dot_u4s8<N>(u, s, acc): acc plus, per 32-bit lane, the sum over the N vector pairs (u[k], s[k])
+  // of their 4 adjacent u x s byte products, u unsigned 4-bit codes (<= 15), s int8 (|s| <= 127).
+  // vpmaddubsw sums pairs into int16 (saturating; exact: 2 * 15 * 127 = 3810), the N results added
+  // in int16 (exact for N <= 4: 4 * 3810 < 2^15), then one vpmaddwd of the pairs of those into
+  // int32, added to acc.
   LC_TARGET_AVX2 static I nib_lo(I v) { return _mm256_and_si256(v, _mm256_set1_epi8(0x0f)); }
   LC_TARGET_AVX2 static I nib_hi(I v) { return _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(0x0f)); }
   template <int N>
-  LC_TARGET_AVX2 static I dot_u4s8(const I* u, const I* s) {
+  LC_TARGET_AVX2 static I dot_u4s8(const I* u, const I* s, I acc) {
     static_assert(N >= 1 && N <= 4, "int16 sums of at most 4 vpmaddubsw results are exact");
     I h = _mm256_maddubs_epi16(u[0], s[0]);
     for (int k = 1; k < N; ++k) h = _mm256_add_epi16(h, _mm256_maddubs_epi16(u[k], s[k]));
-    return _mm256_madd_epi16(h, _mm256_set1_epi16(1));
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(h, _mm256_set1_epi16(1)));
   }
   LC_TARGET_AVX2 static F ifloat(I a) { return _mm256_cvtepi32_ps(a); }
 };
@@ -386,6 +392,7 @@ struct Avx512 {
   LC_TARGET_AVX512 static F load_bf16_n(const uint16_t* p, int64_t n) {
     return widen_bf16(_mm256_maskz_loadu_epi16(mask16(n), p));
   }
+  LC_TARGET_AVX512 static F load_f16_n(const uint16_t* p, int64_t n) { return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask16(n), p)); }
   // f32 -> bf16 bits, round to nearest even, NaN kept quiet (numeric.h's f32_to_bf16).
   LC_TARGET_AVX512 static __m256i to_bf16(F x) {
     const __m512i u = _mm512_castps_si512(x);
@@ -531,9 +538,8 @@ struct Avx512 {
 // instruction (exact in int32); dot_u4s8 as Avx2's.
 struct Avx512Vnni : Avx512 {
   template <int N>
-  LC_TARGET_AVX512VNNI static I dot_u4s8(const I* u, const I* s) {
-    I acc = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u[0], s[0]);
-    for (int k = 1; k < N; ++k) acc = _mm512_dpbusd_epi32(acc, u[k], s[k]);
+  LC_TARGET_AVX512VNNI static I dot_u4s8(const I* u, const I* s, I acc) {
+    for (int k = 0; k < N; ++k) acc = _mm512_dpbusd_epi32(acc, u[k], s[k]);
     return acc;
   }
 };
