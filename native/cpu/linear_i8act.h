@@ -112,9 +112,9 @@ __attribute__((always_inline)) inline void int4_i8_row_sums(const typename V::F*
 // call per 2 KiB row, as GCC chose once the vectorized int4_quantize_x grew the caller, cost ~15%
 // of the warm 1-thread rate).
 template <class V, int T, int R>
-__attribute__((always_inline)) inline void int4_i8_rows(const int8_t* xq, const typename V::I* xz, const float* sx, const float* sxr,
-                                                        const float* xw, int64_t chunks, const WeightRef& w, int64_t r, float* fs,
-                                                        float* part, int64_t ldp) {
+__attribute__((always_inline)) inline void int4_i8_rows(const int8_t* xq, const typename V::I* xz, const float* sx,
+                                                        const float* sxr, const float* xw, int64_t chunks, const WeightRef& w,
+                                                        int64_t r, float* fs, float* part, int64_t ldp) {
   using F = typename V::F;
   using I = typename V::I;
   constexpr int kB = sizeof(I), kP = 64 / kB;  // bytes per vector, vectors per 128 columns
@@ -174,8 +174,8 @@ __attribute__((always_inline)) inline void int4_i8_rows(const int8_t* xq, const 
           xs[2 * p] = V::load_bytes(q + p * kB);
           xs[2 * p + 1] = V::load_bytes(q + 64 + p * kB);
         }
-        ac[t][i] = V::fmadd(V::ifloat(V::template dot_u4s8<2 * kP>(u, xs, xz[t * chunks + ch])), V::set1(fs[t * rc + i * chunks + ch]),
-                            ac[t][i]);
+        ac[t][i] = V::fmadd(V::ifloat(V::template dot_u4s8<2 * kP>(u, xs, xz[t * chunks + ch])),
+                            V::set1(fs[t * rc + i * chunks + ch]), ac[t][i]);
       }
     }
   };

@@ -392,7 +392,9 @@ struct Avx512 {
   LC_TARGET_AVX512 static F load_bf16_n(const uint16_t* p, int64_t n) {
     return widen_bf16(_mm256_maskz_loadu_epi16(mask16(n), p));
   }
-  LC_TARGET_AVX512 static F load_f16_n(const uint16_t* p, int64_t n) { return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask16(n), p)); }
+  LC_TARGET_AVX512 static F load_f16_n(const uint16_t* p, int64_t n) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask16(n), p));
+  }
   // f32 -> bf16 bits, round to nearest even, NaN kept quiet (numeric.h's f32_to_bf16).
   LC_TARGET_AVX512 static __m256i to_bf16(F x) {
     const __m512i u = _mm512_castps_si512(x);
