@@ -8,10 +8,13 @@
 // columns (4 blocks of the format); their low nibbles meet x's columns 32b + j (b < 4, j < 16) and
 // the high nibbles 32b + 16 + j, so x is stored in that order (64 low, then 64 high) and any vector
 // width reads both halves at the same offset. Code x int8 products are summed exactly in int32
-// (<= 128 * 15 * 127: no overflow), starting from -8 x the codes of x (in the same lanes), so the
-// symmetric format's zero point 8 is inside the exact sum; per 128 columns:
-//   y += s * sx * sum (q - 8) x_q  [- s * (z - 8) * sx * sum x_q, only with stored zero points z],
-// the sums exact, so every ISA's integer sums agree.
+// (<= 128 * 15 * 127: no overflow); per 128 columns, for zero point z (8 unless stored):
+//   y += s * sx * sum q x_q - s * z * sx * sum x_q,
+// the sums exact, so every ISA's integer sums agree. Where rows are short (four per pass), the
+// sums start from -8 x the codes of x (in the same lanes): the symmetric format's zero point is
+// inside the exact sum, and only a stored one leaves a term, (z - 8) for z. Long rows keep the
+// term per row (one vector multiply-add per 16 chunks, against a seed load per chunk: ~8% of the
+// warm AVX-512 rate at K = 4096).
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -107,11 +110,11 @@ __attribute__((always_inline)) inline void int4_i8_row_sums(const typename V::F*
 
 // part[t * ldp + i] = y[t, r + i] for T x rows and R weight rows (side by side: R * chunks scales
 // and R * K / 2 code bytes in a row). fs: per-thread room for T * R * chunks floats; sxr: sx with
-// each t's chunks repeated R times ([T][R * chunks]; sx itself when R = 1). Each row is summed the
-// same way whatever R is (NA depends on T only; int4_i8_row_sums). Inlined into the row loop (a
-// call per 2 KiB row, as GCC chose once the vectorized int4_quantize_x grew the caller, cost ~15%
-// of the warm 1-thread rate).
-template <class V, int T, int R>
+// each t's chunks repeated R times ([T][R * chunks]; sx itself when R = 1). Seed: the sums start
+// at xz (the zero point 8 folded in). Each row is summed the same way whatever R is (NA depends on
+// T only; int4_i8_row_sums). Inlined into the row loop (a call per 2 KiB row, as GCC chose once the
+// vectorized int4_quantize_x grew the caller, cost ~15% of the warm 1-thread rate).
+template <class V, int T, int R, bool Seed>
 __attribute__((always_inline)) inline void int4_i8_rows(const int8_t* xq, const typename V::I* xz, const float* sx,
                                                         const float* sxr, const float* xw, int64_t chunks, const WeightRef& w,
                                                         int64_t r, float* fs, float* part, int64_t ldp) {
@@ -122,19 +125,43 @@ __attribute__((always_inline)) inline void int4_i8_rows(const int8_t* xq, const 
   const int64_t rb = chunks * 64, rc = R * chunks;
   const uint8_t* w0 = static_cast<const uint8_t*>(w.data) + r * rb;
   // fs[t][i * chunks + ch] = s(r + i, ch) * sx[t][ch]: one broadcast per row and chunk below
+  // and corr[t][i] = the zero-point term (sum over ch of s * (z - z0) * xw, z0 = 8 when seeded)
   float corr[T][R] = {};
+  constexpr float z0 = Seed ? 8.0f : 0.0f;
   if (w.group == 128 && !w.group_zero) {  // the common layout: the R rows' scales side by side, by vectors
+    static_assert(Seed || R == 1, "unseeded sums: one row per pass (the zero-point term by vectors over its chunks)");
     const uint16_t* p = w.group_scale + r * chunks;
-    for (int64_t j = 0; j < rc; j += W) {
-      const int64_t n = rc - j;
-      if (n >= W) {
-        const F sv = w.group_scale_f16 ? V::load_f16(p + j) : V::load_bf16(p + j);
-        for (int t = 0; t < T; ++t) V::store(fs + t * rc + j, V::mul(sv, V::load(sxr + t * rc + j)));
-      } else {
-        const F sv = w.group_scale_f16 ? V::load_f16_n(p + j, n) : V::load_bf16_n(p + j, n);
-        for (int t = 0; t < T; ++t) V::store_n(fs + t * rc + j, V::mul(sv, V::load_n(sxr + t * rc + j, n)), n);
+    F cv[T];
+    float ct[T] = {};
+    for (int t = 0; t < T; ++t) cv[t] = V::zero();
+    int64_t j = 0;
+    for (; j + W <= rc; j += W) {
+      const F sv = w.group_scale_f16 ? V::load_f16(p + j) : V::load_bf16(p + j);
+      for (int t = 0; t < T; ++t) {
+        V::store(fs + t * rc + j, V::mul(sv, V::load(sxr + t * rc + j)));
+        if (!Seed) cv[t] = V::fmadd(sv, V::load(xw + t * chunks + j), cv[t]);
       }
     }
+    if (j < rc) {
+      if constexpr (V::kMaskedTails) {
+        const int64_t n = rc - j;
+        const F sv = w.group_scale_f16 ? V::load_f16_n(p + j, n) : V::load_bf16_n(p + j, n);
+        for (int t = 0; t < T; ++t) {
+          V::store_n(fs + t * rc + j, V::mul(sv, V::load_n(sxr + t * rc + j, n)), n);
+          if (!Seed) cv[t] = V::fmadd(sv, V::load_n(xw + t * chunks + j, n), cv[t]);
+        }
+      } else {
+        for (; j < rc; ++j) {
+          const float sj = w.group_scale_f16 ? _cvtsh_ss(p[j]) : bf16_to_f32(p[j]);
+          for (int t = 0; t < T; ++t) {
+            fs[t * rc + j] = sj * sxr[t * rc + j];
+            if (!Seed) ct[t] += sj * xw[t * chunks + j];
+          }
+        }
+      }
+    }
+    if (!Seed)
+      for (int t = 0; t < T; ++t) corr[t][0] = 8.0f * (V::reduce_add(cv[t]) + ct[t]);
   } else {
     const int64_t per_group = w.group / 128;
     for (int i = 0; i < R; ++i)
@@ -143,7 +170,7 @@ __attribute__((always_inline)) inline void int4_i8_rows(const int8_t* xq, const 
         int4_group_params(w, r + i, ch / per_group, &s, &z);
         for (int t = 0; t < T; ++t) {
           fs[t * rc + i * chunks + ch] = s * sx[t * chunks + ch];
-          corr[t][i] += s * (z - 8.0f) * xw[t * chunks + ch];
+          corr[t][i] += s * (z - z0) * xw[t * chunks + ch];
         }
       }
   }
@@ -174,7 +201,7 @@ __attribute__((always_inline)) inline void int4_i8_rows(const int8_t* xq, const 
           xs[2 * p] = V::load_bytes(q + p * kB);
           xs[2 * p + 1] = V::load_bytes(q + 64 + p * kB);
         }
-        ac[t][i] = V::fmadd(V::ifloat(V::template dot_u4s8<2 * kP>(u, xs, xz[t * chunks + ch])),
+        ac[t][i] = V::fmadd(V::ifloat(V::template dot_u4s8<2 * kP>(u, xs, Seed ? xz[t * chunks + ch] : V::izero())),
                             V::set1(fs[t * rc + i * chunks + ch]), ac[t][i]);
       }
     }
@@ -224,11 +251,11 @@ void gemv_int4_i8_t(const float* x, const WeightRef& w, void* y, DType yt) {
     };
     int64_t r = n0;
     for (; r + R <= n1; r += R) {
-      int4_i8_rows<V, T, R>(xq, xz, sx, sxr, xw, chunks, w, r, fs, &part[0][0], R);
+      int4_i8_rows<V, T, R, (R > 1)>(xq, xz, sx, sxr, xw, chunks, w, r, fs, &part[0][0], R);
       store(r, R);
     }
     for (; r < n1; ++r) {
-      int4_i8_rows<V, T, 1>(xq, xz, sx, sx, xw, chunks, w, r, fs, &part[0][0], R);
+      int4_i8_rows<V, T, 1, (R > 1)>(xq, xz, sx, sx, xw, chunks, w, r, fs, &part[0][0], R);
       store(r, 1);
     }
   });

@@ -81,6 +81,7 @@ struct Avx2 {
   using F = __m256;
   using I = __m256i;
   static constexpr int kLanes = 8;
+  static constexpr bool kMaskedTails = false;  // the _n loads / stores go through memory or maskmov: slower than scalar
 
   LC_TARGET_AVX2 static F zero() { return _mm256_setzero_ps(); }
   LC_TARGET_AVX2 static F set1(float v) { return _mm256_set1_ps(v); }
@@ -340,6 +341,7 @@ struct Avx512 {
   using F = __m512;
   using I = __m512i;
   static constexpr int kLanes = 16;
+  static constexpr bool kMaskedTails = true;  // the _n loads / stores are single masked instructions
 
   LC_TARGET_AVX512 static __mmask16 mask16(int64_t n) {
     return n >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << n) - 1u);
