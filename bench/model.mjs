@@ -45,12 +45,7 @@ const args = process.argv.slice(2);
 // the build measured, its probes included (--dist: another worktree's dist for an A/B on one machine)
 const load = distImporter(args);
 const { native } = await load('index.js');
-const {
-  weightAccounting: accounting,
-  decodeWeightTensors,
-  readBandwidth,
-  readTensorsBandwidth,
-} = await load('bench.js');
+const { weightAccounting: accounting, decodeWeightTensors, readBandwidth, readTensorsBandwidth } = await load('bench.js');
 const { loadModel } = await load('generate.js');
 const { PRESETS, initRandom } = await load('init-random.js');
 const { batchTables } = await load('kv-cache.js');
@@ -308,7 +303,7 @@ async function benchPreset(preset, bw0) {
   const pp = [];
   for (let r = 0; r < reps; r++) pp.push(prefill(engine, toks(PP)));
   // The eager comparison below toggles the engine's graph flag (graphs is a construction-time option).
-  // @ts-expect-error useGraphs is private
+  // (useGraphs is private: the engine is untyped here, loaded by --dist)
   const hasGraphs = typeof engine.useGraphs === 'boolean';
   const tg = [];
   let last = null;
@@ -322,7 +317,7 @@ async function benchPreset(preset, bw0) {
   /** @type {{ steps: number, tokensPerSecond: number, issueMsPerStep: number, stepMs: number, hostFraction?: number } | null} */
   let eager = null;
   if (hasGraphs) {
-    // @ts-expect-error private flag: the eager run decodes on this same loaded engine, not a second copy
+    // private flag: the eager run decodes on this same loaded engine, not a second copy
     engine.useGraphs = false;
     try {
       const n = quick ? 16 : 32;
@@ -337,7 +332,7 @@ async function benchPreset(preset, bw0) {
       };
       eager.hostFraction = eager.issueMsPerStep / eager.stepMs;
     } finally {
-      // @ts-expect-error restores the private flag cleared above
+      // restores the private flag cleared above
       engine.useGraphs = true;
     }
   }
