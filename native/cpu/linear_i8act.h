@@ -35,8 +35,8 @@ constexpr int64_t kInt4I8PrefetchBytes = 4096;
 constexpr int64_t kInt4I8ShortRowBytes = 1024;
 
 // xq [T][chunks][128] (permuted as above), sx / xw [T][chunks] (xw: sx * the sum of the chunk's
-// codes, for stored zero points), xz [T][chunks] (-8 x the chunk's codes in dot_u4s8's lanes: the
-// sums' starting values). Whole chunks by vectors (16 codes at a time: x's columns
+// codes, for the zero-point term), xz [T][chunks] (-8 x the chunk's codes in dot_u4s8's lanes: the
+// short rows' sums' starting values). Whole chunks by vectors (16 codes at a time: x's columns
 // 32 (g % 4) + 16 (g >= 4) + [0, 16) go to codes 16 g + [0, 16)), the codes' floats rounded as the
 // scalar expressions (division, nearest even, clamp; NaN to -127) and then stored one by one; a
 // last chunk past K by the scalar loop.
