@@ -22,6 +22,7 @@
 // decode step vs its branches timed alone: attention 0, dense branch, MoE branch, lm_head).
 //
 //   LONGCAT_ADDON=build-bench/Release/longcat.node node bench/model.mjs [--quick] [--presets small,medium,lite] [--threads N] [--out f.json]
+//     [--dist DIR] (the build to measure, probes included; default ../dist)
 // (--threads: the pool's size for the whole run, the bandwidth probe's included; default: the cores;
 // --huge on: loadModel's hugePages, the weights a decode step streams copied into THP-advised memory)
 //
@@ -38,14 +39,17 @@
 import { existsSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { native } from '../dist/index.js';
-import { accounting, decodeWeightTensors, now, median, readBandwidth, readTensorsBandwidth, rng } from './common.mjs';
-import { loadModel } from '../dist/generate.js';
-import { PRESETS, initRandom } from '../dist/init-random.js';
-import { batchTables } from '../dist/kv-cache.js';
+import { distImporter, median, now, rng } from './common.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const args = process.argv.slice(2);
+// the build measured, its probes included (--dist: another worktree's dist for an A/B on one machine)
+const load = distImporter(args);
+const { native } = await load('index.js');
+const { weightAccounting: accounting, decodeWeightTensors, readBandwidth, readTensorsBandwidth } = await load('bench.js');
+const { loadModel } = await load('generate.js');
+const { PRESETS, initRandom } = await load('init-random.js');
+const { batchTables } = await load('kv-cache.js');
 const quick = args.includes('--quick');
 const arg = (name, dflt) => (args.includes(name) ? args[args.indexOf(name) + 1] : dflt);
 const outPath = arg('--out', null);
@@ -304,7 +308,7 @@ async function benchPreset(preset, bw0) {
   const pp = [];
   for (let r = 0; r < reps; r++) pp.push(prefill(engine, toks(PP)));
   // The eager comparison below toggles the engine's graph flag (graphs is a construction-time option).
-  // @ts-expect-error useGraphs is private
+  // (useGraphs is private: the engine is untyped here, loaded by --dist)
   const hasGraphs = typeof engine.useGraphs === 'boolean';
   const tg = [];
   let last = null;
@@ -318,7 +322,7 @@ async function benchPreset(preset, bw0) {
   /** @type {{ steps: number, tokensPerSecond: number, issueMsPerStep: number, stepMs: number, hostFraction?: number } | null} */
   let eager = null;
   if (hasGraphs) {
-    // @ts-expect-error private flag: the eager run decodes on this same loaded engine, not a second copy
+    // private flag: the eager run decodes on this same loaded engine, not a second copy
     engine.useGraphs = false;
     try {
       const n = quick ? 16 : 32;
@@ -333,7 +337,7 @@ async function benchPreset(preset, bw0) {
       };
       eager.hostFraction = eager.issueMsPerStep / eager.stepMs;
     } finally {
-      // @ts-expect-error restores the private flag cleared above
+      // restores the private flag cleared above
       engine.useGraphs = true;
     }
   }

@@ -35,9 +35,10 @@
 // --huge on: loadModel's hugePages (the dense weights and the routed experts copied into anonymous
 // memory advised for transparent huge pages); printed with the copy's bytes and the process's
 // AnonHugePages / Rss (/proc/self/smaps_rollup) after the load.
+// --quantize fp8|int8|int4: the linears quantized at load (loadModel's `quantize`; default: the checkpoint's bf16).
 // --dist DIR: the build to measure (default ../dist; another worktree's dist for an A/B on one machine).
 //   node bench/step-profile.mjs [--presets small,medium] [--threads N] [--steps 64] [--warmup 8] [--batch B]
-//     [--populate off] [--huge on] [--probe weights] [--dist DIR] [--json f.json]
+//     [--quantize F] [--populate off] [--huge on] [--probe weights] [--dist DIR] [--json f.json]
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -83,6 +84,7 @@ const warmup = Number(arg('--warmup', 8));
 const batch = Number(arg('--batch', 1));
 const jsonPath = arg('--json', null);
 const probeWeights = arg('--probe', null) === 'weights';
+const quantize = arg('--quantize', null);
 if (args.includes('--threads')) native.setThreads(Number(arg('--threads', 0)));
 
 /** `n` steps: their times (ms), and with `pairs` the (row, FFN expert) pairs they routed added to pairs.n. */
@@ -106,10 +108,13 @@ function decode(engine, seqs, n, rand, vocab, pairs = null) {
   return ms;
 }
 
+/** A linear weight's [out, in]: an int4 weight is int8 codes [n, groups, group / 2] (whole groups assumed). */
+const weightDims = w => (w.shape.length === 3 ? [w.shape[0], w.shape[1] * w.shape[2] * 2] : w.shape);
+
 /** Weight GB/s of a lone linear of `t` rows over `ws` in turn (every layer's copy of one linear). */
 function loneGemv(ws, t) {
   const w0 = ws[0];
-  const [n, k] = w0.weight.shape;
+  const [n, k] = weightDims(w0.weight);
   const x = new native.Tensor('f32', [t, k], 'cpu', new Float32Array(t * k).fill(0.01));
   const y = new native.Tensor('f32', [t, n], 'cpu');
   const scales = w0.scale ? ws.map(w => w.scale) : null;
@@ -123,7 +128,7 @@ function loneGemv(ws, t) {
   );
   x.dispose();
   y.dispose();
-  return w0.weight.nbytes / r.medianMs / 1e6;
+  return (w0.weight.nbytes + (w0.scale?.nbytes ?? 0)) / r.medianMs / 1e6;
 }
 
 async function profilePreset(preset) {
@@ -135,6 +140,7 @@ async function profilePreset(preset) {
     maxContext: 1024,
     populate,
     ...(huge ? { hugePages: true } : {}),
+    ...(quantize ? { quantize } : {}),
     ...(batch > 1 ? { cacheBlocks: 64 * batch } : {}),
   });
   const loadMs = now() - t0,
@@ -196,14 +202,14 @@ async function profilePreset(preset) {
     if (l.weight?.shape)
       elements.set(
         l.weight.nbytes + (('scale' in l && l.scale?.nbytes) || 0),
-        l.weight.shape.reduce((a, x) => a * x, 1),
+        weightDims(l.weight).reduce((a, x) => a * x, 1),
       );
   const acc = accounting(model);
   const elementBytes = acc.weightDtype === 'bf16' ? 2 : acc.weightDtype === 'f32' ? 4 : 1;
   const lone = {};
   for (const [role, ws] of Object.entries(roles)) {
-    if (ws.some(l => l.perm || !l.weight?.shape || l.weight.shape.length !== 2)) continue;
-    lone[role] = { bytes: ws[0].weight.nbytes, gbps: loneGemv(ws, batch) };
+    if (ws.some(l => l.perm || !l.weight?.shape || l.weight.shape.length < 2)) continue;
+    lone[role] = { bytes: ws[0].weight.nbytes + (ws[0].scale?.nbytes ?? 0), gbps: loneGemv(ws, batch) };
   }
   model.dispose();
 
@@ -323,7 +329,7 @@ for (const r of results) {
   r.ceilingMs = r.ops.reduce((a, o) => a + o.floorMs, 0);
   r.fracRoofline = r.weightMBPerStep / 1e3 / (r.stepMs / 1e3) / bw;
   console.log(
-    `\n## ${r.preset}, ${r.batch} row(s), ${r.threads} threads: step ${f(r.stepMs, 3)} ms (profiled ${f(r.profiledStepMs, 3)}), ` +
+    `\n## ${r.preset}${quantize ? ` (${quantize})` : ''}, ${r.batch} row(s), ${r.threads} threads: step ${f(r.stepMs, 3)} ms (profiled ${f(r.profiledStepMs, 3)}), ` +
       `region ${f(r.regionMs, 3)} ms, nodes ${f(r.nodesMs, 3)} ms (${r.nodesPerStep} nodes); ` +
       `${f(r.weightMBPerStep, 1)} MB weights/step = ${f(r.weightMBPerStep / r.stepMs, 1)} GB/s = ` +
       `${f(100 * r.fracRoofline, 0)}% of the ${f(bw, 1)} GB/s probe`,

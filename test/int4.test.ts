@@ -277,6 +277,129 @@ describe('linear with int4 weights', () => {
     }
   });
 
+  it("precision 'bf16', int8 activations: a row's bits do not depend on the rows it is computed with (rows per pass, threads, sub-ranges, the experts' row stream)", () => {
+    // t = 1 takes four short rows (K <= 2048) per pass, else one: every row must come out as in any
+    // other split (linear.h weight_rows: the experts' row stream cuts matrices at any row)
+    setMatmulPrecision('bf16');
+    const threads = native.threads();
+    try {
+      const r = rng(31);
+      for (const [n, k, g, zeros, sd] of [
+        [203, 640, 128, false, 'f16'], // short rows: 4 per pass, a 3-row tail
+        [37, 300, 128, true, 'bf16'], // zero points, a part chunk
+        [22, 2304, 128, false, 'bf16'], // long rows (1152 bytes): 1 per pass
+        [19, 1024, 256, false, 'f16'], // groups of 2 chunks
+      ] as const) {
+        const w = makeInt4(r, n, k, g, sd, zeros);
+        const codes = w.w.toBytes(),
+          scales = w.scale.toBytes();
+        const rb = codes.length / n,
+          sb = scales.length / n;
+        for (const t of [1, 2]) {
+          const x = randomX(r, t, k);
+          const want = reference(x.ref, w.ref, t, n, k);
+          eachIsa(isa => {
+            if (!int8Isa(isa)) return;
+            const run = (weight: Tensor, scale: Tensor, rows: number) => {
+              const y = full([t, rows], NaN); // poisoned
+              native.linear(null, y, x.x, weight, scale);
+              const o = toArray(y) as Float32Array;
+              y.dispose();
+              return o;
+            };
+            native.setThreads(1);
+            const one = run(w.w, w.scale, n);
+            for (let i = 0; i < t * n; i++)
+              if (!(Math.abs(one[i]! - want.y[i]!) <= 0.02 * want.s[i]! + 1e-30))
+                expect.fail(`${isa} n=${n} k=${k} t=${t}: y[${i}] = ${one[i]}, expected ${want.y[i]}`);
+            for (const th of [2, 3]) {
+              native.setThreads(th);
+              expect(new Uint32Array(run(w.w, w.scale, n).buffer), `${isa} n=${n} k=${k} t=${t}: ${th} threads`).toEqual(
+                new Uint32Array(one.buffer),
+              );
+            }
+            native.setThreads(1);
+            for (const [r0, r1] of [
+              [1, n],
+              [3, Math.min(n, 14)],
+              [n - 2, n],
+            ] as [number, number][]) {
+              const sub = int4WeightTensor(codes.slice(r0 * rb, r1 * rb), r1 - r0, k, g);
+              const subScale = new Tensor(
+                sd,
+                zeros ? [r1 - r0, int4Groups(k, g), 2] : [r1 - r0, int4Groups(k, g)],
+                'cpu',
+                scales.slice(r0 * sb, r1 * sb),
+              );
+              const got = run(sub, subScale, r1 - r0);
+              for (let i = 0; i < t; i++)
+                expect(
+                  new Uint32Array(got.buffer, i * (r1 - r0) * 4, r1 - r0),
+                  `${isa} n=${n} k=${k} t=${t}: rows ${r0}..${r1}`,
+                ).toEqual(new Uint32Array(one.buffer, (i * n + r0) * 4, r1 - r0));
+              sub.dispose();
+              subScale.dispose();
+            }
+          });
+          x.x.dispose();
+        }
+        w.dispose();
+      }
+      // the experts' row stream (one token, odd sizes: each thread's share starts at odd rows) and
+      // one task per expert give the same bits at 1-3 threads
+      const [H, I, nr, k] = [300, 67, 6, 4];
+      const experts = Array.from({ length: nr }, () => ({
+        gate: makeInt4(r, I, H, 128, 'f16', false),
+        up: makeInt4(r, I, H, 128, 'f16', false),
+        down: makeInt4(r, H, I, 128, 'bf16', false),
+      }));
+      const u = tensor(r.array(H), [1, H]);
+      const idx = tensor([0, 2, 3, 5], [1, k], { dtype: 'int32' });
+      const wts = tensor(r.array(k, 0, 1), [1, k]);
+      eachIsa(isa => {
+        if (!int8Isa(isa)) return;
+        const outs: Float32Array[] = [];
+        try {
+          for (const [sched, th] of [
+            ['experts', 1],
+            ['rows', 1],
+            ['rows', 2],
+            ['rows', 3],
+          ] as const) {
+            process.env.LONGCAT_MOE_SCHED = sched;
+            native.setThreads(th);
+            const set = native.moeExperts(
+              experts.map(e => e.gate.w),
+              experts.map(e => e.up.w),
+              experts.map(e => e.down.w),
+              experts.map(e => e.gate.scale),
+              experts.map(e => e.up.scale),
+              experts.map(e => e.down.scale),
+            );
+            const out = full([1, H], NaN);
+            native.moe(null, out, u, idx, wts, nr, set, null, null, null, null, null, nr);
+            outs.push(toArray(out) as Float32Array);
+            out.dispose();
+            set.dispose();
+          }
+        } finally {
+          delete process.env.LONGCAT_MOE_SCHED;
+        }
+        expect(
+          outs[0]!.some(v => v !== 0 && Number.isFinite(v)),
+          isa,
+        ).toBe(true);
+        for (const o of outs.slice(1))
+          expect(new Uint32Array(o.buffer), `${isa} experts`).toEqual(new Uint32Array(outs[0]!.buffer));
+      });
+      for (const e of experts) for (const w of [e.gate, e.up, e.down]) w.dispose();
+      for (const t of [u, idx, wts]) t.dispose();
+    } finally {
+      native.setThreads(threads);
+      setMatmulPrecision('highest');
+    }
+  });
+
   it("precision 'bf16': the GEMM (t > 8) on AVX512-BF16 dequantizes each panel to bf16: within the rounding of x and w", () => {
     setMatmulPrecision('bf16');
     try {

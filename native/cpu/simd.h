@@ -81,6 +81,7 @@ struct Avx2 {
   using F = __m256;
   using I = __m256i;
   static constexpr int kLanes = 8;
+  static constexpr bool kMaskedTails = false;  // the _n loads / stores go through memory or maskmov: slower than scalar
 
   LC_TARGET_AVX2 static F zero() { return _mm256_setzero_ps(); }
   LC_TARGET_AVX2 static F set1(float v) { return _mm256_set1_ps(v); }
@@ -147,6 +148,11 @@ struct Avx2 {
     alignas(16) uint16_t b[8] = {};
     std::memcpy(b, p, n * sizeof(uint16_t));
     return load_bf16(b);
+  }
+  LC_TARGET_AVX2 static F load_f16_n(const uint16_t* p, int64_t n) {
+    alignas(16) uint16_t b[8] = {};
+    std::memcpy(b, p, n * sizeof(uint16_t));
+    return load_f16(b);
   }
   // f32 -> bf16 bits, round to nearest even, NaN kept quiet (numeric.h's f32_to_bf16).
   LC_TARGET_AVX2 static __m128i to_bf16(F x) {
@@ -312,18 +318,19 @@ struct Avx2 {
   }
 
   // int8-activation dot products (linear_i8act.h): the low / high nibble of every byte, and
-  // dot_u4s8<N>: per 32-bit lane, the sum over the N vector pairs (u[k], s[k]) of their 4 adjacent
-  // u x s byte products, u unsigned 4-bit codes (<= 15), s int8 (|s| <= 127). vpmaddubsw sums pairs
-  // into int16 (saturating; exact: 2 * 15 * 127 = 3810), the N results added in int16 (exact for
-  // N <= 4: 4 * 3810 < 2^15), then one vpmaddwd of the pairs of those into int32.
+  // dot_u4s8<N>(u, s, acc): acc plus, per 32-bit lane, the sum over the N vector pairs (u[k], s[k])
+  // of their 4 adjacent u x s byte products, u unsigned 4-bit codes (<= 15), s int8 (|s| <= 127).
+  // vpmaddubsw sums pairs into int16 (saturating; exact: 2 * 15 * 127 = 3810), the N results added
+  // in int16 (exact for N <= 4: 4 * 3810 < 2^15), then one vpmaddwd of the pairs of those into
+  // int32, added to acc.
   LC_TARGET_AVX2 static I nib_lo(I v) { return _mm256_and_si256(v, _mm256_set1_epi8(0x0f)); }
   LC_TARGET_AVX2 static I nib_hi(I v) { return _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(0x0f)); }
   template <int N>
-  LC_TARGET_AVX2 static I dot_u4s8(const I* u, const I* s) {
+  LC_TARGET_AVX2 static I dot_u4s8(const I* u, const I* s, I acc) {
     static_assert(N >= 1 && N <= 4, "int16 sums of at most 4 vpmaddubsw results are exact");
     I h = _mm256_maddubs_epi16(u[0], s[0]);
     for (int k = 1; k < N; ++k) h = _mm256_add_epi16(h, _mm256_maddubs_epi16(u[k], s[k]));
-    return _mm256_madd_epi16(h, _mm256_set1_epi16(1));
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(h, _mm256_set1_epi16(1)));
   }
   LC_TARGET_AVX2 static F ifloat(I a) { return _mm256_cvtepi32_ps(a); }
 };
@@ -334,6 +341,7 @@ struct Avx512 {
   using F = __m512;
   using I = __m512i;
   static constexpr int kLanes = 16;
+  static constexpr bool kMaskedTails = true;  // the _n loads / stores are single masked instructions
 
   LC_TARGET_AVX512 static __mmask16 mask16(int64_t n) {
     return n >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << n) - 1u);
@@ -385,6 +393,9 @@ struct Avx512 {
   }
   LC_TARGET_AVX512 static F load_bf16_n(const uint16_t* p, int64_t n) {
     return widen_bf16(_mm256_maskz_loadu_epi16(mask16(n), p));
+  }
+  LC_TARGET_AVX512 static F load_f16_n(const uint16_t* p, int64_t n) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask16(n), p));
   }
   // f32 -> bf16 bits, round to nearest even, NaN kept quiet (numeric.h's f32_to_bf16).
   LC_TARGET_AVX512 static __m256i to_bf16(F x) {
@@ -531,9 +542,8 @@ struct Avx512 {
 // instruction (exact in int32); dot_u4s8 as Avx2's.
 struct Avx512Vnni : Avx512 {
   template <int N>
-  LC_TARGET_AVX512VNNI static I dot_u4s8(const I* u, const I* s) {
-    I acc = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u[0], s[0]);
-    for (int k = 1; k < N; ++k) acc = _mm512_dpbusd_epi32(acc, u[k], s[k]);
+  LC_TARGET_AVX512VNNI static I dot_u4s8(const I* u, const I* s, I acc) {
+    for (int k = 0; k < N; ++k) acc = _mm512_dpbusd_epi32(acc, u[k], s[k]);
     return acc;
   }
 };
