@@ -42,17 +42,7 @@
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import {
-  accounting,
-  decodeWeightTensors,
-  distImporter,
-  gemmRate,
-  median,
-  now,
-  readBandwidth,
-  readTensorsBandwidth,
-  rng,
-} from './common.mjs';
+import { distImporter, gemmRate, median, now, rng } from './common.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const args = process.argv.slice(2);
@@ -61,6 +51,8 @@ const load = distImporter(args);
 const { native } = await load('index.js');
 const { loadModel } = await load('generate.js');
 const { initRandom } = await load('init-random.js');
+// the probes and the weight accounting from the measured build too: its tensors are its own classes
+const { weightAccounting: accounting, decodeWeightTensors, readBandwidth, readTensorsBandwidth } = await load('bench.js');
 const populate = arg('--populate', 'on') !== 'off';
 const huge = arg('--huge', 'off') === 'on';
 /** The process's resident and transparent-huge-page bytes (/proc/self/smaps_rollup), or null. */
