@@ -29,10 +29,10 @@
 //   1b. The batched step alone, per concurrency B: B sequences of PROMPT-token prompts decoded by
 //      scheduler rounds with nothing else running (no sessions' host work, no prefill between
 //      rounds), min and median round; the median's tokens/s against the same three ceilings. Where
-//      a round goes (medians): forward()'s host part (it returns with the step running), queueing
-//      the sampler and the gather, the awaited wait (native.synchronizeAsync), the read-backs and
-//      resolving; and the median round with a blocking native.synchronize in place of the awaited
-//      wait (what awaiting costs).
+//      a round goes (medians of per-round sums): forward()'s host part (it returns with the step
+//      running), the awaited wait (native.synchronizeAsync), and the rest (queueing the sampler and
+//      the gather, the read-backs, resolving); and the median round with a blocking
+//      native.synchronize in place of the awaited wait (what awaiting costs).
 //   2. Time to first token (from generate() to the first token being known; all streams start at
 //      once, so later ones wait for the earlier prompts) and inter-token latency (between successive
 //      tokens of a stream, pooled over the streams) percentiles p50 / p90 / p99 per concurrency; and
@@ -315,41 +315,41 @@ for (const l of levels) {
   first.logits.dispose();
   const greedy = { temperature: 0, topK: 0, topP: 1, minP: 0, seed: 0 };
   let next = seqs.map((_, b) => b % e.dims.vocab);
-  // the round's parts: wrappers on the engine's forward and on the wait the scheduler awaits
+  // the round's parts: wrappers on the engine's forward and on the wait the scheduler awaits, summed
+  // over the round (with pipelined rounds a round waits for the step launched in the round before,
+  // then launches the next one: the calls do not come in the order forward, wait)
   const fwd = e.forward,
     awaited = native.synchronizeAsync;
-  let fwdStart = 0,
-    fwdEnd = 0,
-    waitStart = 0,
-    waitEnd = 0;
+  let forwardMs = 0,
+    waitMs = 0;
   e.forward = (...a) => {
-    fwdStart = now();
+    const t = now();
     const r = fwd(...a);
-    fwdEnd = now();
+    forwardMs += now() - t;
     return r;
   };
   const wait = blocking => async d => {
-    waitStart = now();
+    const t = now();
     if (blocking) native.synchronize(d);
     else await awaited(d);
-    waitEnd = now();
+    waitMs += now() - t;
   };
   const rounds = async blocking => {
     native.synchronizeAsync = wait(blocking);
     const ms = [],
-      parts = { forwardMs: [], queueMs: [], waitMs: [], afterMs: [] };
+      parts = { forwardMs: [], waitMs: [], otherMs: [] };
     try {
       for (let i = 0; i <= STEP_ROUNDS; i++) {
+        forwardMs = waitMs = 0;
         const t0 = now();
         const r = await Promise.all(seqs.map((q, b) => model.scheduler.decode(q, next[b], greedy)));
         const t1 = now();
         next = r.map(x => (typeof x === 'object' ? x.next : 0));
         if (i === 0) continue; // a warm-up
         ms.push(t1 - t0);
-        parts.forwardMs.push(fwdEnd - fwdStart);
-        parts.queueMs.push(waitStart - fwdEnd);
-        parts.waitMs.push(waitEnd - waitStart);
-        parts.afterMs.push(t1 - waitEnd);
+        parts.forwardMs.push(forwardMs);
+        parts.waitMs.push(waitMs);
+        parts.otherMs.push(t1 - t0 - forwardMs - waitMs);
       }
     } finally {
       native.synchronizeAsync = awaited;
@@ -557,7 +557,7 @@ console.log(
 );
 console.log('\nThe batched step alone (scheduler rounds of B sequences, nothing else running):');
 console.log(
-  '| streams | round ms min / median | tok/s (median) | ratio to byte / compute-aware / per-part ceiling | median ms: forward host / queueing / awaited wait / read-backs | round ms, blocking wait (median) |',
+  '| streams | round ms min / median | tok/s (median) | ratio to byte / compute-aware / per-part ceiling | median ms: forward host / awaited wait / the rest (sampler, read-backs, resolving) | round ms, blocking wait (median) |',
 );
 console.log('|---|---|---|---|---|---|');
 for (const l of levels) {
@@ -565,7 +565,7 @@ for (const l of levels) {
     p = sa.parts;
   console.log(
     `| ${l.concurrency} | ${f(sa.minMs, 2)} / ${f(sa.medianMs, 2)} | ${f(sa.tokensPerSecond)} | ${f(sa.ratio, 3)} / ${f(sa.ratioCompute, 3)} / ${f(sa.ratioParts, 3)} | ` +
-      `${f(p.forwardMs, 3)} / ${f(p.queueMs, 3)} / ${f(p.waitMs, 3)} / ${f(p.afterMs, 3)} | ${f(sa.blockingWaitMedianMs, 2)} |`,
+      `${f(p.forwardMs, 3)} / ${f(p.waitMs, 3)} / ${f(p.otherMs, 3)} | ${f(sa.blockingWaitMedianMs, 2)} |`,
   );
 }
 if (!LEVELS_ONLY) {
