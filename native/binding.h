@@ -140,6 +140,31 @@ Napi::Value await_fence(Napi::Env env, std::unique_ptr<Fence> fence, std::functi
 // The LongcatError for a code and message, as a value (to reject a promise with; js_async.cc).
 Napi::Value error_value(Napi::Env env, Code code, const std::string& msg);
 
+// A job on a libuv worker that settles a promise: run() off the JS thread, then on the JS thread the
+// promise resolves with value() or rejects with the LongcatError of what either threw (an lc::Error
+// keeps its code, anything else is E_INTERNAL). Allocated with new; deletes itself when done.
+class PromiseWorker : public Napi::AsyncWorker {
+ public:
+  Napi::Promise queue() {
+    Napi::Promise p = deferred_.Promise();
+    Queue();
+    return p;
+  }
+
+ protected:
+  PromiseWorker(Napi::Env env, const char* name) : Napi::AsyncWorker(env, name), deferred_(Napi::Promise::Deferred::New(env)) {}
+  virtual void run() = 0;                        // on the worker
+  virtual Napi::Value value(Napi::Env env) = 0;  // on the JS thread, after run() returned
+
+ private:
+  void Execute() final;
+  void OnOK() final;
+  Napi::Promise::Deferred deferred_;
+  bool failed_ = false;
+  Code code_ = Code::E_INTERNAL;
+  std::string message_;
+};
+
 // The device named by info[i] ('cpu', 'cuda:N'); the CPU when it is null or undefined.
 Device device_arg(const Napi::CallbackInfo& info, size_t i);
 

@@ -22,57 +22,53 @@ Napi::Value error_value(Napi::Env env, Code code, const std::string& msg) {
   }
 }
 
+void PromiseWorker::Execute() {
+  try {
+    run();
+  } catch (const Error& e) {
+    failed_ = true, code_ = e.code, message_ = e.what();
+  } catch (const std::exception& e) {
+    failed_ = true, code_ = Code::E_INTERNAL, message_ = e.what();
+  } catch (...) {
+    failed_ = true, code_ = Code::E_INTERNAL, message_ = "unknown native exception on a worker thread";
+  }
+}
+
+void PromiseWorker::OnOK() {
+  Napi::Env env = Env();
+  Napi::HandleScope scope(env);
+  if (failed_) {
+    deferred_.Reject(error_value(env, code_, message_));
+    return;
+  }
+  try {
+    deferred_.Resolve(value(env));
+  } catch (const Error& e) {
+    deferred_.Reject(error_value(env, e.code, e.what()));
+  } catch (const std::exception& e) {
+    deferred_.Reject(error_value(env, Code::E_INTERNAL, e.what()));
+  }
+}
+
 namespace {
 
-class FenceWorker : public Napi::AsyncWorker {
+class FenceWorker : public PromiseWorker {
  public:
   FenceWorker(Napi::Env env, std::unique_ptr<Fence> fence, std::function<void()> then, Napi::Value keep)
-      : Napi::AsyncWorker(env, "longcat:synchronizeAsync"),
-        deferred_(Napi::Promise::Deferred::New(env)),
-        fence_(std::move(fence)),
-        then_(std::move(then)) {
+      : PromiseWorker(env, "longcat:synchronizeAsync"), fence_(std::move(fence)), then_(std::move(then)) {
     if (keep.IsObject()) keep_ = Napi::Persistent(keep.As<Napi::Object>());
-  }
-  Napi::Promise promise() { return deferred_.Promise(); }
-
-  void Execute() override {
-    try {
-      fence_->wait();
-    } catch (const Error& e) {
-      failed_ = true, code_ = e.code, message_ = e.what();
-    } catch (const std::exception& e) {
-      failed_ = true, code_ = Code::E_INTERNAL, message_ = e.what();
-    } catch (...) {
-      failed_ = true, code_ = Code::E_INTERNAL, message_ = "unknown native exception while waiting";
-    }
-  }
-
-  void OnOK() override {
-    Napi::Env env = Env();
-    Napi::HandleScope scope(env);
-    fence_.reset();  // its events are destroyed on the JS thread, like every other event
-    if (failed_) {
-      deferred_.Reject(error_value(env, code_, message_));
-      return;
-    }
-    try {
-      if (then_) then_();
-      deferred_.Resolve(env.Undefined());
-    } catch (const Error& e) {
-      deferred_.Reject(error_value(env, e.code, e.what()));
-    } catch (const std::exception& e) {
-      deferred_.Reject(error_value(env, Code::E_INTERNAL, e.what()));
-    }
   }
 
  private:
-  Napi::Promise::Deferred deferred_;
+  void run() override { fence_->wait(); }
+  Napi::Value value(Napi::Env env) override {
+    fence_.reset();  // its events are destroyed on the JS thread, like every other event
+    if (then_) then_();
+    return env.Undefined();
+  }
   std::unique_ptr<Fence> fence_;
   std::function<void()> then_;
   Napi::ObjectReference keep_;
-  bool failed_ = false;
-  Code code_ = Code::E_INTERNAL;
-  std::string message_;
 };
 
 // synchronizeAsync('cpu') the short way: a job queued on each of the calling thread's CPU streams
@@ -149,10 +145,7 @@ Napi::Value await_cpu_streams(Napi::Env env, Device d) {
 }  // namespace
 
 Napi::Value await_fence(Napi::Env env, std::unique_ptr<Fence> fence, std::function<void()> then, Napi::Value keep) {
-  auto* w = new FenceWorker(env, std::move(fence), std::move(then), keep);  // deletes itself when done
-  Napi::Promise p = w->promise();
-  w->Queue();
-  return p;
+  return (new FenceWorker(env, std::move(fence), std::move(then), keep))->queue();
 }
 
 // synchronizeAsync(device?): the awaitable native.synchronize(device): resolves once the work

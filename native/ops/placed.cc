@@ -114,47 +114,20 @@ Napi::Value PlaceTensors(const Napi::CallbackInfo& info) {
 }
 
 // placeTensorsAsync: the copy on a libuv worker, over the global pool (as populateMapped faults in).
-class PlaceWorker : public Napi::AsyncWorker {
+class PlaceWorker : public PromiseWorker {
  public:
   PlaceWorker(Napi::Env env, Placement p, bool release)
-      : Napi::AsyncWorker(env, "longcat:placeTensorsAsync"),
-        deferred_(Napi::Promise::Deferred::New(env)),
-        p_(std::move(p)),
-        release_(release) {}
-  Napi::Promise promise() { return deferred_.Promise(); }
-
-  void Execute() override {
-    try {
-      copy_and_release(p_, release_, false);  // the page cache kept for the next load
-    } catch (const Error& e) {
-      code_ = e.code, message_ = e.what(), failed_ = true;
-    } catch (const std::exception& e) {
-      code_ = Code::E_INTERNAL, message_ = e.what(), failed_ = true;
-    }
-  }
-  void OnOK() override {
-    Napi::Env env = Env();
-    Napi::HandleScope scope(env);
-    if (failed_) {
-      p_ = Placement();  // the allocation freed now, the sources let go
-      deferred_.Reject(error_value(env, code_, message_));
-      return;
-    }
-    try {
-      deferred_.Resolve(placed_result(env, p_));
-    } catch (const Error& e) {
-      deferred_.Reject(error_value(env, e.code, e.what()));
-    }
-    p_ = Placement();
-  }
+      : PromiseWorker(env, "longcat:placeTensorsAsync"), p_(std::move(p)), release_(release) {}
 
  private:
-  Napi::Promise::Deferred deferred_;
+  void run() override { copy_and_release(p_, release_, false); }  // the page cache kept for the next load
+  Napi::Value value(Napi::Env env) override {
+    Napi::Value r = placed_result(env, p_);
+    p_ = Placement();
+    return r;
+  }
   Placement p_;  // its sources' storages stay alive (and mapped) until the copy is done
   bool release_;
-  bool failed_ = false;
-  Code code_ = Code::E_INTERNAL;
-  std::string message_;
 };
 
 Napi::Value PlaceTensorsAsync(const Napi::CallbackInfo& info) {
@@ -162,10 +135,7 @@ Napi::Value PlaceTensorsAsync(const Napi::CallbackInfo& info) {
   Placement p = layout(a, 0);
   const bool hugepage = a.boolean(1, "hugepage"), release = a.boolean(2, "releaseSource");
   if (p.total > 0) p.mem = PlacedMemory::allocate(p.total, {-1, hugepage});
-  auto* w = new PlaceWorker(info.Env(), std::move(p), release);  // deletes itself when done
-  Napi::Promise promise = w->promise();
-  w->Queue();
-  return promise;
+  return (new PlaceWorker(info.Env(), std::move(p), release))->queue();
 }
 
 Napi::Value PageNodes(const Napi::CallbackInfo& info) {

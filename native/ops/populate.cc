@@ -61,54 +61,36 @@ void PopulateZeros(const OpArgs& a) {
       nullptr);
 }
 
-class PopulateWorker : public Napi::AsyncWorker {
+class PopulateWorker : public PromiseWorker {
  public:
-  PopulateWorker(Napi::Env env, std::vector<std::shared_ptr<Storage>> keep, std::vector<PageSpan> spans, size_t bytes, bool run)
-      : Napi::AsyncWorker(env, "longcat:populateMapped"),
-        deferred_(Napi::Promise::Deferred::New(env)),
+  PopulateWorker(Napi::Env env, std::vector<std::shared_ptr<Storage>> keep, std::vector<PageSpan> spans, size_t bytes,
+                 bool populate)
+      : PromiseWorker(env, "longcat:populateMapped"),
         keep_(std::move(keep)),
         spans_(std::move(spans)),
         bytes_(bytes),
-        run_(run) {}
-  Napi::Promise promise() { return deferred_.Promise(); }
-
-  void Execute() override {
-    if (!run_) return;
-    try {
-      for (const PageSpan& s : spans_)
-        over_chunks(s.end - s.begin, [&](size_t b, size_t n) {
-          if (int err = populate_pages(reinterpret_cast<void*>(s.begin + b), n, false))
-            populate_failed("populateMapped", err, s.end - s.begin, Code::E_CHECKPOINT);
-        });
-    } catch (const Error& e) {
-      code_ = e.code, message_ = e.what(), failed_ = true;
-    } catch (const std::exception& e) {
-      code_ = Code::E_INTERNAL, message_ = e.what(), failed_ = true;
-    }
-  }
-  void OnOK() override {
-    Napi::Env env = Env();
-    Napi::HandleScope scope(env);
-    keep_.clear();
-    if (failed_)
-      deferred_.Reject(error_value(env, code_, message_));
-    else {
-      Napi::Object r = Napi::Object::New(env);
-      r.Set("bytes", static_cast<double>(bytes_));
-      r.Set("populated", run_);
-      deferred_.Resolve(r);
-    }
-  }
+        populate_(populate) {}
 
  private:
-  Napi::Promise::Deferred deferred_;
+  void run() override {
+    if (!populate_) return;
+    for (const PageSpan& s : spans_)
+      over_chunks(s.end - s.begin, [&](size_t b, size_t n) {
+        if (int err = populate_pages(reinterpret_cast<void*>(s.begin + b), n, false))
+          populate_failed("populateMapped", err, s.end - s.begin, Code::E_CHECKPOINT);
+      });
+  }
+  Napi::Value value(Napi::Env env) override {
+    keep_.clear();
+    Napi::Object r = Napi::Object::New(env);
+    r.Set("bytes", static_cast<double>(bytes_));
+    r.Set("populated", populate_);
+    return r;
+  }
   std::vector<std::shared_ptr<Storage>> keep_;  // the mappings stay mapped while they are faulted in
   std::vector<PageSpan> spans_;
   size_t bytes_;
-  bool run_;
-  bool failed_ = false;
-  Code code_ = Code::E_INTERNAL;
-  std::string message_;
+  bool populate_;
 };
 
 Napi::Value PopulateMapped(const Napi::CallbackInfo& info) {
@@ -142,10 +124,7 @@ Napi::Value PopulateMapped(const Napi::CallbackInfo& info) {
   size_t bytes = 0;
   for (const PageSpan& s : merged) bytes += s.end - s.begin;
   const bool run = max_bytes < 0 || static_cast<double>(bytes) <= max_bytes;
-  auto* w = new PopulateWorker(info.Env(), std::move(keep), std::move(merged), bytes, run);  // deletes itself when done
-  Napi::Promise p = w->promise();
-  w->Queue();
-  return p;
+  return (new PopulateWorker(info.Env(), std::move(keep), std::move(merged), bytes, run))->queue();
 }
 
 }  // namespace
