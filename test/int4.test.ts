@@ -51,6 +51,17 @@ function makeInt4(r: Rng, n: number, k: number, g: number, scaleDtype: 'bf16' | 
   };
 }
 
+/** A MoeExpertSet of int4 experts (their packed codes and scales). */
+const int4ExpertSet = (experts: readonly { gate: Int4Weight; up: Int4Weight; down: Int4Weight }[]) =>
+  native.moeExperts(
+    experts.map(e => e.gate.w),
+    experts.map(e => e.up.w),
+    experts.map(e => e.down.w),
+    experts.map(e => e.gate.scale),
+    experts.map(e => e.up.scale),
+    experts.map(e => e.down.scale),
+  );
+
 function reference(x: Float64Array, w: Float64Array, t: number, n: number, k: number) {
   const y = new Float64Array(t * n),
     s = new Float64Array(t * n);
@@ -185,16 +196,7 @@ describe('linear with int4 weights', () => {
       ),
     );
     eachIsa(isa => {
-      const got = run(
-        native.moeExperts(
-          experts.map(e => e.gate.w),
-          experts.map(e => e.up.w),
-          experts.map(e => e.down.w),
-          experts.map(e => e.gate.scale),
-          experts.map(e => e.up.scale),
-          experts.map(e => e.down.scale),
-        ),
-      );
+      const got = run(int4ExpertSet(experts));
       // the same weights, so the same sums up to fp32 rounding (relative to the output's scale)
       let err = 0,
         mag = 0;
@@ -368,14 +370,7 @@ describe('linear with int4 weights', () => {
           ] as const) {
             process.env.LONGCAT_MOE_SCHED = sched;
             native.setThreads(th);
-            const set = native.moeExperts(
-              experts.map(e => e.gate.w),
-              experts.map(e => e.up.w),
-              experts.map(e => e.down.w),
-              experts.map(e => e.gate.scale),
-              experts.map(e => e.up.scale),
-              experts.map(e => e.down.scale),
-            );
+            const set = int4ExpertSet(experts);
             const out = full([1, H], NaN);
             native.moe(null, out, u, idx, wts, nr, set, null, null, null, null, null, nr);
             outs.push(toArray(out) as Float32Array);
