@@ -5,7 +5,9 @@
 // and joined at a spin barrier, as a replayed graph runs them. Weights in 4 KiB pages
 // (MADV_NOHUGEPAGE, as the mapped shards) unless --huge. The kernel variants (the row kernel of
 // native/cpu/linear_vec.h and changes to its prefetch, rows per pass and accumulators) and the read
-// probe (linear.cc's read_sum loop) run over the same buffers, alternated round by round, so the
+// probe (linear.cc's read_sum loop) run over the same buffers (`cur`: main's kernel before
+// wt13-gemv, the block's lines 2 KiB ahead into L1 and 8 KiB into L2; `near512_far8k`: main's t = 1
+// bf16 kernel since), alternated round by round, so the
 // host's bandwidth swings hit every variant alike. Prints GB/s per variant and round and the median.
 //
 // Build and run (AVX-512 machine; under the heavy lock):
@@ -44,7 +46,9 @@ struct Mat {
 // (kLine), or none.
 enum class Pf { kNone, kBlock, kLine, kStagger };
 
-template <int R, int NA, Pf P, int64_t Dist, int Hint>
+// Far, FarHint: a second request of the same lines Far bytes ahead (linear_vec.h's
+// kGemvFarPrefetchBytes, hint T1 = 1 there; Far = 0: none); with P == kNone only the far one.
+template <int R, int NA, Pf P, int64_t Dist, int Hint, int64_t Far = 0, int FarHint = 1>
 void rows_bf16(const float* x, const Mat& m, int64_t r, float* y) {
   const int64_t K = m.k;
   const uint16_t* wr[R];
@@ -58,14 +62,23 @@ void rows_bf16(const float* x, const Mat& m, int64_t r, float* y) {
     if constexpr (Hint == 2) _mm_prefetch(p, _MM_HINT_T2);
     if constexpr (Hint == 3) _mm_prefetch(p, _MM_HINT_NTA);
   };
-  auto pa = [&](int i, int64_t b0) {  // the stream's address Dist bytes ahead of column b0
-    const int64_t p = b0 + Dist / 2;
+  auto pfar = [&](const char* p) {
+    if constexpr (FarHint == 0) _mm_prefetch(p, _MM_HINT_T0);
+    if constexpr (FarHint == 1) _mm_prefetch(p, _MM_HINT_T1);
+    if constexpr (FarHint == 2) _mm_prefetch(p, _MM_HINT_T2);
+    if constexpr (FarHint == 3) _mm_prefetch(p, _MM_HINT_NTA);
+  };
+  auto pa = [&](int i, int64_t b0, int64_t d = Dist) {  // the stream's address d bytes ahead of column b0
+    const int64_t p = b0 + d / 2;
     return reinterpret_cast<const char*>(p < K ? wr[i] + p : wr[i] + R * K + (p - K));
   };
   for (int64_t b0 = 0; b0 < K; b0 += 128) {
     if constexpr (P == Pf::kBlock)
       for (int i = 0; i < R; ++i)
         for (int off = 0; off < 256; off += 64) pf(pa(i, b0) + off);
+    if constexpr (Far > 0)
+      for (int i = 0; i < R; ++i)
+        for (int off = 0; off < 256; off += 64) pfar(pa(i, b0, Far) + off);
     const int64_t bend = std::min(K, b0 + 128);
     int u = 0;
 #pragma GCC unroll 8
@@ -123,11 +136,11 @@ void row1_chunk(const float* x, const Mat& m, int64_t r0, int64_t r1, float* y) 
   for (int64_t r = r0; r < r1; ++r) row1<NA, Dist, Blk>(x, m, r, y);
 }
 
-template <int R, int NA, Pf P, int64_t Dist, int Hint>
+template <int R, int NA, Pf P, int64_t Dist, int Hint, int64_t Far = 0, int FarHint = 1>
 void gemv_chunk(const float* x, const Mat& m, int64_t r0, int64_t r1, float* y) {
   int64_t r = r0;
-  for (; r + R <= r1; r += R) rows_bf16<R, NA, P, Dist, Hint>(x, m, r, y);
-  for (; r < r1; ++r) rows_bf16<1, NA, P, Dist, Hint>(x, m, r, y);
+  for (; r + R <= r1; r += R) rows_bf16<R, NA, P, Dist, Hint, Far, FarHint>(x, m, r, y);
+  for (; r < r1; ++r) rows_bf16<1, NA, P, Dist, Hint, Far, FarHint>(x, m, r, y);
 }
 
 // R = 8 row streams where a row is at most 2 KiB, else 4 (each pass's streams span 4 or more
@@ -315,7 +328,44 @@ int main(int argc, char** argv) {
   const std::vector<Variant> all = {
       {"probe", probe_chunk<0>, 1},
       {"probe_pf2k", probe_chunk<2048>, 1},
-      {"cur", gemv_chunk<4, 1, Pf::kBlock, 2048, 0>, 4},
+      // main since session 13: the block's lines 2 KiB ahead into L1 and 8 KiB ahead into L2
+      {"cur", gemv_chunk<4, 1, Pf::kBlock, 2048, 0, 8192, 1>, 4},
+      {"nofar", gemv_chunk<4, 1, Pf::kBlock, 2048, 0>, 4},
+      {"far4k", gemv_chunk<4, 1, Pf::kBlock, 2048, 0, 4096, 1>, 4},
+      {"far6k", gemv_chunk<4, 1, Pf::kBlock, 2048, 0, 6144, 1>, 4},
+      {"far12k", gemv_chunk<4, 1, Pf::kBlock, 2048, 0, 12288, 1>, 4},
+      {"far16k", gemv_chunk<4, 1, Pf::kBlock, 2048, 0, 16384, 1>, 4},
+      {"far24k", gemv_chunk<4, 1, Pf::kBlock, 2048, 0, 24576, 1>, 4},
+      {"far32k", gemv_chunk<4, 1, Pf::kBlock, 2048, 0, 32768, 1>, 4},
+      {"far8k_t2", gemv_chunk<4, 1, Pf::kBlock, 2048, 0, 8192, 2>, 4},
+      {"far8k_t0", gemv_chunk<4, 1, Pf::kBlock, 2048, 0, 8192, 0>, 4},
+      {"faronly8k", gemv_chunk<4, 1, Pf::kNone, 2048, 0, 8192, 1>, 4},
+      {"faronly4k", gemv_chunk<4, 1, Pf::kNone, 2048, 0, 4096, 1>, 4},
+      {"near1k_far8k", gemv_chunk<4, 1, Pf::kBlock, 1024, 0, 8192, 1>, 4},
+      {"near4k_far16k", gemv_chunk<4, 1, Pf::kBlock, 4096, 0, 16384, 1>, 4},
+      {"r2_far8k", gemv_chunk<2, 1, Pf::kBlock, 2048, 0, 8192, 1>, 2},
+      {"r2_far16k", gemv_chunk<2, 1, Pf::kBlock, 2048, 0, 16384, 1>, 2},
+      {"r8_far8k", gemv_chunk<8, 1, Pf::kBlock, 2048, 0, 8192, 1>, 8},
+      {"r8_far16k", gemv_chunk<8, 1, Pf::kBlock, 2048, 0, 16384, 1>, 8},
+      {"r1a4_far8k", gemv_chunk<1, 4, Pf::kBlock, 2048, 0, 8192, 1>, 1},
+      {"faronly2k", gemv_chunk<4, 1, Pf::kNone, 2048, 0, 2048, 1>, 4},
+      {"faronly3k", gemv_chunk<4, 1, Pf::kNone, 2048, 0, 3072, 1>, 4},
+      {"faronly6k", gemv_chunk<4, 1, Pf::kNone, 2048, 0, 6144, 1>, 4},
+      {"faronly16k", gemv_chunk<4, 1, Pf::kNone, 2048, 0, 16384, 1>, 4},
+      {"faronly4k_t2", gemv_chunk<4, 1, Pf::kNone, 2048, 0, 4096, 2>, 4},
+      {"near512_far8k", gemv_chunk<4, 1, Pf::kBlock, 512, 0, 8192, 1>, 4},
+      {"near1k_far4k", gemv_chunk<4, 1, Pf::kBlock, 1024, 0, 4096, 1>, 4},
+      {"r1a4_faronly4k", gemv_chunk<1, 4, Pf::kNone, 2048, 0, 4096, 1>, 1},
+      {"r1a4_faronly8k", gemv_chunk<1, 4, Pf::kNone, 2048, 0, 8192, 1>, 1},
+      {"r1a4_far16k", gemv_chunk<1, 4, Pf::kBlock, 2048, 0, 16384, 1>, 1},
+      {"r2_faronly4k", gemv_chunk<2, 1, Pf::kNone, 2048, 0, 4096, 1>, 2},
+      {"near256_far8k", gemv_chunk<4, 1, Pf::kBlock, 256, 0, 8192, 1>, 4},
+      {"near768_far8k", gemv_chunk<4, 1, Pf::kBlock, 768, 0, 8192, 1>, 4},
+      {"near512_far6k", gemv_chunk<4, 1, Pf::kBlock, 512, 0, 6144, 1>, 4},
+      {"near512_far12k", gemv_chunk<4, 1, Pf::kBlock, 512, 0, 12288, 1>, 4},
+      {"near512_far16k", gemv_chunk<4, 1, Pf::kBlock, 512, 0, 16384, 1>, 4},
+      {"near512_far8k_t2", gemv_chunk<4, 1, Pf::kBlock, 512, 0, 8192, 2>, 4},
+      {"r2_near512_far8k", gemv_chunk<2, 1, Pf::kBlock, 512, 0, 8192, 1>, 2},
       {"nopf", gemv_chunk<4, 1, Pf::kNone, 2048, 0>, 4},
       {"t1", gemv_chunk<4, 1, Pf::kBlock, 2048, 1>, 4},
       {"t2", gemv_chunk<4, 1, Pf::kBlock, 2048, 2>, 4},

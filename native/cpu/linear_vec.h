@@ -112,6 +112,13 @@ constexpr int64_t kPrefetchBytes = 2048;
 // deeper than L1's) read 1.5-2.4x faster (1 MB, 2 rows: 63-72 -> 40-42 us; 4 MB 251-320 -> 135-144);
 // 16 KiB was no better (bench/RESULTS.md wt13-fewrow). (Session 10 had tried other hints and distances for the one request.)
 constexpr int64_t kGemvFarPrefetchBytes = 8192;
+// t = 1 bf16 (the batch-1 decode step): the L1 request only 512 B ahead, the L2 one 8 KiB ahead
+// doing the covering. bench/native/gemv_stream.cc over medium's dense matrices, alternated per
+// round (bench/RESULTS.md wt13-gemv): 2 KiB + 8 KiB read 82-89% of the read probe at 2 threads,
+// 76-82% at 1; 256-768 B + 8 KiB 99-102% and 95-101% (the 2-4 MB gate / up / o 1.15-1.25x); with
+// no L1 request 97-99% and 89-95%. In the replayed medium step (step-bisect, 8 alternated pairs)
+// the dense linears went from 0.69-0.85 to 0.74-0.93 of the probe, region 1.04-1.32x faster.
+constexpr int64_t kGemvOneRowPrefetchBytes = 512;
 
 // part[t * ldp + i] += sum over k in [k0, k1) of x[t, k] * W[r + i, k], for t < T, i < R.
 template <class L, int T, int R, class D>
@@ -143,7 +150,7 @@ void gemv_rows(const float* x, const WeightRef& w, int64_t r, float* part, int64
   for (int64_t b0 = k0; b0 < k1; b0 += 128) {
     const int64_t bend = k1 - b0 < 128 ? k1 : b0 + 128;
     // each row's block `bytes` ahead (past the row's end: on in the rows the streams read next),
-    // into L1 (kPrefetchBytes) and into L2 (kGemvFarPrefetchBytes)
+    // into L1 (kPrefetchBytes; kGemvOneRowPrefetchBytes at t = 1 bf16) and into L2 (kGemvFarPrefetchBytes)
     const auto request = [&](int64_t bytes, auto hint) __attribute__((always_inline)) {
       const int64_t p = b0 + bytes / static_cast<int64_t>(sizeof(E));
       for (int i = 0; i < R; ++i) {
@@ -152,7 +159,8 @@ void gemv_rows(const float* x, const WeightRef& w, int64_t r, float* part, int64
           _mm_prefetch(pa + off, decltype(hint)::value);
       }
     };
-    request(kPrefetchBytes, std::integral_constant<_mm_hint, _MM_HINT_T0>{});
+    constexpr int64_t near = T == 1 && std::is_same_v<E, uint16_t> ? kGemvOneRowPrefetchBytes : kPrefetchBytes;
+    request(near, std::integral_constant<_mm_hint, _MM_HINT_T0>{});
     request(kGemvFarPrefetchBytes, std::integral_constant<_mm_hint, _MM_HINT_T1>{});
     F bs[R];
     for (int i = 0; i < R; ++i) {
