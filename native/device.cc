@@ -490,7 +490,7 @@ void Stream::run() {
     std::shared_ptr<cpu::ThreadPool> pool;
     {
       std::unique_lock<std::mutex> lk(m_);
-      cv_.wait(lk, [this] { return stopping_ || !queue_.empty(); });
+      cv_.wait(lk, [this] { return stopping_ || (!queue_.empty() && !on_hold_); });
       if (queue_.empty()) return;  // stopping and drained
       fn = std::move(queue_.front());
       queue_.pop_front();
@@ -528,12 +528,37 @@ void Stream::synchronize() {
     return;
   }
   std::unique_lock<std::mutex> lk(m_);
-  idle_cv_.wait(lk, [this] { return queue_.empty() && !busy_; });
+  idle_cv_.wait(lk, [this] { return queue_.empty() && !busy_ && !on_hold_; });
   if (!error_.empty()) {
     std::string e;
     e.swap(error_);
     throw Error(error_code_, e);
   }
+}
+
+bool Stream::try_hold() {
+  if (!device_.is_cpu()) return false;
+  std::lock_guard<std::mutex> lk(m_);
+  if (captured_ || on_hold_ || busy_ || stopping_ || !queue_.empty()) return false;
+  on_hold_ = true;
+  return true;
+}
+
+void Stream::release_hold(Code code, const std::string& error) {
+  bool queued;
+  {
+    std::lock_guard<std::mutex> lk(m_);
+    on_hold_ = false;
+    if (!error.empty() && error_.empty()) {
+      error_ = error;
+      error_code_ = code;
+    }
+    queued = !queue_.empty();
+  }
+  if (queued)
+    cv_.notify_one();  // work queued meanwhile runs now
+  else
+    idle_cv_.notify_all();
 }
 
 void Stream::hold_while_captured(std::shared_ptr<Storage> s) {
@@ -1046,6 +1071,11 @@ std::vector<GraphProfile> graph_profile(bool on) {
   return out;
 }
 
+static bool hold_off() {
+  const char* e = std::getenv("LONGCAT_REPLAY_HOLD");
+  return e && std::strcmp(e, "0") == 0;
+}
+
 void Graph::replay() {
   if (exec_) {
     cuda::graph_launch(device_.index, exec_, origin_->cuda_handle());
@@ -1071,10 +1101,30 @@ void Graph::replay() {
       });
     return;
   }
-  for (size_t i = 0; i < n; ++i)
-    parts_[i]->enqueue([plan, meeting, failures, i, n, queued] {
+  // The streams other than the first with nothing queued or running are held (Stream::try_hold)
+  // instead of given a job: they have no earlier work for the plan to wait for, and their threads
+  // need not wake to meet the others and wake again to leave (on the 2-vCPU VM each wake is a
+  // scheduler round trip on the step's critical path). The plan's runner releases them.
+  std::vector<std::shared_ptr<Stream>> held(n);
+  size_t nheld = 0;
+  if (!hold_off())
+    for (size_t i = 1; i < n; ++i)
+      if (parts_[i]->try_hold()) held[i] = parts_[i], ++nheld;
+  meeting->arrived.store(nheld);
+  for (size_t i = 0; i < n; ++i) {
+    if (held[i]) continue;
+    parts_[i]->enqueue([plan, meeting, failures, held, i, n, queued] {
       if (meeting->arrived.fetch_add(1) + 1 == n) {
+        struct Release {  // the held streams go on, with their failures, however the plan ends
+          const std::vector<std::shared_ptr<Stream>>& held;
+          const std::vector<Plan::Failure>& failures;
+          ~Release() {
+            for (size_t j = 0; j < held.size(); ++j)
+              if (held[j]) held[j]->release_hold(failures[j].code, failures[j].message);
+          }
+        };
         try {
+          Release release{held, *failures};
           plan->run(*failures, queued);
         } catch (...) {  // (an exception none of ours: let the others go before it escapes)
           std::lock_guard<std::mutex> lk(meeting->m);
@@ -1092,6 +1142,7 @@ void Graph::replay() {
       const Plan::Failure& f = (*failures)[i];
       if (!f.message.empty()) throw Error(f.code, f.message);
     });
+  }
 }
 
 Graph::~Graph() {

@@ -180,6 +180,12 @@ class Stream {
     std::shared_ptr<const RowSplit> split;
   };
   void synchronize();
+  // CPU: a replay's hold on an idle stream (Graph::replay). try_hold() succeeds only when nothing is
+  // queued or running here and no capture is on; until release_hold(), the stream counts as busy
+  // (synchronize() waits) and work queued on it waits, while its thread sleeps on. release_hold()
+  // keeps `error` (empty: none) as the stream's error, as a failed job's.
+  bool try_hold();
+  void release_hold(Code code, const std::string& error);
   // Throws (and clears) the error kept from queued work, without waiting (CPU; CUDA: nothing kept).
   void raise_error();
   bool capturing() const { return captured_ != nullptr; }
@@ -197,7 +203,7 @@ class Stream {
   std::condition_variable cv_, idle_cv_;
   std::deque<std::function<void()>> queue_;
   std::shared_ptr<cpu::ThreadPool> pool_;  // set_pool (under m_)
-  bool busy_ = false, stopping_ = false;
+  bool busy_ = false, stopping_ = false, on_hold_ = false;
   std::string error_;
   Code error_code_ = Code::E_INTERNAL;
   void enqueue_marker(std::function<void()> fn);  // an event's record or wait (Event)
