@@ -4,8 +4,10 @@
 // its peer: a one-row linear of about the same bytes as one call's experts (its GB/s in the same
 // run is the rate the expert phase should reach), and the read probe. Each copy's token routes
 // to `--ffn` distinct random FFN experts + the rest zero experts (k: the preset's moe_topk).
+// --peer-k K: the peer's row length (default 1024 columns; the experts' rows are h and inter long:
+// small 512 and 256, where the GEMV streams slower per byte than at 1024).
 //   node bench/moe-probe.mjs [--preset small|medium] [--threads 2] [--copies 8] [--reps 20]
-//                            [--ffn 6] [--hash: print the bits of the outputs, for an A/B of two builds]
+//                            [--ffn 6] [--peer-k 1024] [--hash: print the bits of the outputs, for an A/B of two builds]
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Stream } from '../dist/device.js';
@@ -39,7 +41,8 @@ const sets = [],
   peers = [],
   idxs = [];
 const rand = rng(11);
-const peerRows = Math.round((3 * nffn * inter * h) / 1024);
+const peerK = Number(arg('--peer-k', 1024));
+const peerRows = Math.round((3 * nffn * inter * h) / peerK);
 for (let c = 0; c < copies; c++) {
   if (model) sets.push(model.engine.w.layers[c].moe.experts);
   else {
@@ -53,7 +56,7 @@ for (let c = 0; c < copies; c++) {
     }
     sets.push(native.moeExperts(gate, up, down));
   }
-  peers.push(T('bf16', [peerRows, 1024], randomBf16(peerRows * 1024, 900 + c, 120)));
+  peers.push(T('bf16', [peerRows, peerK], randomBf16(peerRows * peerK, 900 + c, 120)));
   const pick = new Set();
   while (pick.size < nffn) pick.add(rand.int(nr));
   const idx = [...pick];
@@ -63,7 +66,7 @@ for (let c = 0; c < copies; c++) {
 const u = T('f32', [1, h], randomF32(h, 3));
 const w = T('f32', [1, k], randomF32(k, 4));
 const outs = sets.map(() => T('f32', [1, h]));
-const xl = T('f32', [1, 1024], randomF32(1024, 5));
+const xl = T('f32', [1, peerK], randomF32(peerK, 5));
 const yl = T('f32', [1, peerRows]);
 const s = new Stream('cpu');
 const g = native.captureGraph([s], () => {

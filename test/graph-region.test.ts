@@ -334,47 +334,50 @@ describe('a replayed CPU graph as one parallel region', () => {
   // A stream with nothing queued when the graph is replayed is held by the replay instead of given a
   // job (device.cc Graph::replay): work queued on it meanwhile still runs after the replay, and
   // synchronize() waits for the replay; a stream with work queued takes a job and is waited for.
-  it.each([1, 2, 3])('work queued on a replayed graph’s streams runs after the replay, idle or busy (%i pool threads)', threads => {
-    native.setThreads(threads);
-    const r = rng(70 + threads);
-    const [k, n] = [1536, 1024];
-    const x = tensor(r.array(k), [1, k]),
-      w = tensor(r.array(n * k), [n, k]),
-      w2 = tensor(r.array(n * n), [n, n]);
-    const s1 = new Stream('cpu'),
-      s2 = new Stream('cpu');
-    const [e1, e2] = [new Event('cpu'), new Event('cpu')];
-    const y = empty([1, n]),
-      z = empty([1, n]),
-      ze = empty([1, n]);
-    native.linear(null, y, x, w);
-    native.linear(null, ze, y, w2);
-    native.scale(null, ze, ze, 2);
-    native.synchronize('cpu');
-    const graph = native.captureGraph([s1, s2], () => {
-      native.linear(s1, y, x, w);
-      e1.record(s1);
-      s2.waitEvent(e1);
-      native.linear(s2, z, y, w2);
-    });
-    for (const busy of [false, true, false]) {
-      z.copyFromBytes(new Float32Array(n).fill(Number.NaN));
-      const before = full([1, n], 0);
-      if (busy) for (let i = 0; i < 8; i++) native.linear(s2, before, x, w); // s2 has work queued: it takes a job
-      graph.replay();
-      native.scale(s2, z, z, 2); // queued on s2 during the replay: runs after it
-      e2.record(s2);
-      s1.waitEvent(e2);
-      s1.synchronize(); // (waits for s2's record through the event)
-      expect(Buffer.from(z.toBytes()).equals(Buffer.from(ze.toBytes())), `busy ${busy}`).toBe(true);
-      s2.synchronize();
-      before.dispose();
-    }
-    graph.dispose();
-    for (const t of [x, w, w2, y, z, ze]) t.dispose();
-    s1.dispose();
-    s2.dispose();
-  });
+  it.each([1, 2, 3])(
+    'work queued on a replayed graph’s streams runs after the replay, idle or busy (%i pool threads)',
+    threads => {
+      native.setThreads(threads);
+      const r = rng(70 + threads);
+      const [k, n] = [1536, 1024];
+      const x = tensor(r.array(k), [1, k]),
+        w = tensor(r.array(n * k), [n, k]),
+        w2 = tensor(r.array(n * n), [n, n]);
+      const s1 = new Stream('cpu'),
+        s2 = new Stream('cpu');
+      const [e1, e2] = [new Event('cpu'), new Event('cpu')];
+      const y = empty([1, n]),
+        z = empty([1, n]),
+        ze = empty([1, n]);
+      native.linear(null, y, x, w);
+      native.linear(null, ze, y, w2);
+      native.scale(null, ze, ze, 2);
+      native.synchronize('cpu');
+      const graph = native.captureGraph([s1, s2], () => {
+        native.linear(s1, y, x, w);
+        e1.record(s1);
+        s2.waitEvent(e1);
+        native.linear(s2, z, y, w2);
+      });
+      for (const busy of [false, true, false]) {
+        z.copyFromBytes(new Float32Array(n).fill(Number.NaN));
+        const before = full([1, n], 0);
+        if (busy) for (let i = 0; i < 8; i++) native.linear(s2, before, x, w); // s2 has work queued: it takes a job
+        graph.replay();
+        native.scale(s2, z, z, 2); // queued on s2 during the replay: runs after it
+        e2.record(s2);
+        s1.waitEvent(e2);
+        s1.synchronize(); // (waits for s2's record through the event)
+        expect(Buffer.from(z.toBytes()).equals(Buffer.from(ze.toBytes())), `busy ${busy}`).toBe(true);
+        s2.synchronize();
+        before.dispose();
+      }
+      graph.dispose();
+      for (const t of [x, w, w2, y, z, ze]) t.dispose();
+      s1.dispose();
+      s2.dispose();
+    },
+  );
 });
 
 // [preset, fp8]: the replayed decode step against the eager one, logits compared bit for bit
