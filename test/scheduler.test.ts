@@ -4,7 +4,8 @@
 // chunk per round while the other streams keep getting tokens. Pipelined decode rounds (the next
 // step launched before the sessions take their tokens) give the tokens and KV pages of unpipelined
 // rounds, with sequences ending at different rounds (maxTokens, stop strings, stop token ids,
-// aborts mid-stream) and no page leaked.
+// aborts mid-stream) and no page leaked; so do chained rounds (the step after launched on the
+// tokens the step before sampled on the device, CPU).
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { initRandom } from '../lib/init-random.js';
@@ -180,8 +181,9 @@ describe.each(backends)('pipelined decode rounds on %s', device => {
   const base = { prompt: 'a pipelined stream', o: { maxTokens: 16 } };
   /** `r` on a fresh session, with pipelined rounds or not; `abortAt`: aborted as its n-th token
    *  arrives. Returns the result, and the sequence's length and KV rows right after it ended. */
-  async function run(r: Request, pipeline: boolean, abortAt?: number) {
+  async function run(r: Request, pipeline: boolean, abortAt?: number, chain = true) {
     model.scheduler.pipeline = pipeline;
+    model.scheduler.chain = chain;
     const s = model.createSession();
     try {
       const ac = new AbortController();
@@ -197,6 +199,7 @@ describe.each(backends)('pipelined decode rounds on %s', device => {
     } finally {
       s.dispose();
       model.scheduler.pipeline = true;
+      model.scheduler.chain = true;
     }
   }
 
@@ -223,25 +226,34 @@ describe.each(backends)('pipelined decode rounds on %s', device => {
       expect(want[2]!.stopReason).toBe('stop');
       expect(want[3]!.stopReason).toBe('stop');
       expect(want[4]!.stopReason).toBe('abort');
-      // each alone, pipelined: the same tokens, lengths and KV rows
-      const before = { ...model.scheduler.stats };
-      for (const [i, c] of cases.entries()) {
-        const got = await run(c.r, true, c.abortAt);
-        expect(got, `case ${i}`).toEqual(want[i]);
+      // Pipelined, then chained (on the CPU: the next step launched on the device-sampled tokens,
+      // ends known a step late; CUDA has no queued decode step: pipelined only)
+      const chains = model.engine.canQueueDecode;
+      expect(chains).toBe(device === 'cpu');
+      for (const chain of [false, true]) {
+        // each alone: the same tokens, lengths and KV rows
+        const before = { ...model.scheduler.stats };
+        for (const [i, c] of cases.entries()) {
+          const got = await run(c.r, true, c.abortAt, chain);
+          expect(got, `case ${i}, chain ${chain}`).toEqual(want[i]);
+        }
+        const st = model.scheduler.stats;
+        expect(st.continuedRows - before.continuedRows).toBeGreaterThan(0);
+        expect(st.chainedRows - before.chainedRows > 0).toBe(chain && chains);
+        // Pipelined, the stop string and the aborts ended with a step launched ahead (the maxTokens
+        // ends and the stop token id launch none); chained, the stop string and the aborts with two
+        // (the step running and the one queued behind it), the stop token id with one (the one
+        // queued behind it); the penalties' case is not chained (sampled when claimed)
+        expect(st.droppedRows - before.droppedRows, `chain ${chain}`).toBe(chain && chains ? 7 : 3);
+        // all at once: the same
+        const gotAll = await Promise.all(cases.map(c => run(c.r, true, c.abortAt, chain)));
+        gotAll.forEach((g, i) => {
+          expect(g.tokens, `case ${i}`).toEqual(want[i]!.tokens);
+          expect(g.stopReason).toBe(want[i]!.stopReason);
+          expect(g.length).toBe(want[i]!.length);
+          for (const [l, rows] of g.kv.entries()) expect(rows, `case ${i} cache ${l}`).toEqual(want[i]!.kv[l]);
+        });
       }
-      const st = model.scheduler.stats;
-      expect(st.continuedRows - before.continuedRows).toBeGreaterThan(0);
-      // the stop string and the aborts ended with a step launched ahead (the maxTokens ends and the
-      // stop token id launch none)
-      expect(st.droppedRows - before.droppedRows).toBe(3);
-      // all at once, pipelined: the same
-      const gotAll = await Promise.all(cases.map(c => run(c.r, true, c.abortAt)));
-      gotAll.forEach((g, i) => {
-        expect(g.tokens, `case ${i}`).toEqual(want[i]!.tokens);
-        expect(g.stopReason).toBe(want[i]!.stopReason);
-        expect(g.length).toBe(want[i]!.length);
-        for (const [l, rows] of g.kv.entries()) expect(rows, `case ${i} cache ${l}`).toEqual(want[i]!.kv[l]);
-      });
       expect(model.scheduler.stats.largestBatch).toBeGreaterThanOrEqual(cases.length);
       await new Promise(r => setImmediate(r));
       expect(model.engine.allocator.inUse).toBe(0);
