@@ -11,7 +11,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { initRandom } from '../lib/init-random.js';
 import { loadModel, type GenerateOptions, type Model } from '../lib/generate.js';
 import { native } from '../lib/native.js';
-import { toArray } from '../lib/tensor.js';
+import { empty, tensor, toArray } from '../lib/tensor.js';
+import type { ExpertsFn } from '../lib/model/step.js';
 import type { SequenceCache } from '../lib/kv-cache.js';
 import { fixtureRoot } from './model-fixture.js';
 import { backends, workLimitMs } from './helpers.js';
@@ -260,4 +261,57 @@ describe.each(backends)('pipelined decode rounds on %s', device => {
     },
     workLimitMs(60), // (on the emulated CUDA device: ~40 s of CPU)
   );
+});
+
+describe('chained decode rounds: a step that fails', () => {
+  it('fails the generations whose steps it carried with its typed error, leaks no page, and the model decodes on', async () => {
+    const m = await loadModel(path.join(root, 'tiny'), { backend: 'cpu', maxContext: 1024 });
+    expect(m.engine.canQueueDecode).toBe(true);
+    // every step (captured once) also runs an embedding whose id the test turns bad mid-stream
+    const table = tensor([1, 2, 3, 4], [2, 2]),
+      id = tensor([0], [1], { dtype: 'int32' }),
+      sink = empty([1, 2]);
+    m.engine.wrapExperts(
+      (inner: ExpertsFn): ExpertsFn =>
+        (stream, ...rest) => {
+          inner(stream, ...rest);
+          native.embedding(stream, sink, table, id);
+        },
+    );
+    try {
+      const o = { maxTokens: 24, ignoreEos: true };
+      const want = await (async () => {
+        using s = m.createSession();
+        return (await s.generate('a stream that fails', o)).tokens;
+      })();
+      const sessions = [m.createSession(), m.createSession()];
+      let n = 0;
+      const got = await Promise.all(
+        sessions.map((s, i) =>
+          s
+            .generate(`a stream that fails, ${i}`, {
+              ...o,
+              onToken: () => {
+                if (i === 0 && ++n === 6) id.copyFromBytes(Int32Array.of(9)); // the steps queued from now on fail
+              },
+            })
+            .then(
+              () => null,
+              (e: unknown) => e,
+            ),
+        ),
+      );
+      for (const e of got) expect(e).toMatchObject({ code: 'E_ARGUMENT' });
+      expect(m.scheduler.stats.chainedRows).toBeGreaterThan(0);
+      for (const s of sessions) s.dispose();
+      await new Promise(r => setImmediate(r));
+      expect(m.engine.allocator.inUse).toBe(0);
+      id.copyFromBytes(Int32Array.of(0));
+      using s = m.createSession();
+      expect((await s.generate('a stream that fails', o)).tokens).toEqual(want);
+    } finally {
+      m.dispose();
+      for (const t of [table, id, sink]) t.dispose();
+    }
+  });
 });
