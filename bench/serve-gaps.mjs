@@ -1,15 +1,19 @@
 // Where a serving round goes (issue 17): B sessions generating at once (as bench/serve.mjs part 1)
 // against the same B sequences decoded by bare scheduler rounds ("alone", serve.mjs part 1b), per
 // full-batch decode step on the CPU stream's own clock (events recorded around each step's forward
-// and before the round's wait): the replayed step, the sampler after it, and the stream's idle gap
-// until the next step starts (the JS wake, the host work of the round, the stream thread's wake);
+// and before the round's wait): the step (from the stream reaching forward()'s call to the replay's
+// end: unchained, forward()'s host part with the stream idle, then the region; chained, the inputs'
+// copies and the region), between steps (the end of one to the stream reaching the next forward():
+// the sampler, the read-back, and unchained the JS wake and the round's host work), the sampler, and
+// unchained the stream's idle gap from the round's wait to the next forward();
 // on the JS thread: forward()'s host part, and the event loop's busy time per step
-// (performance.eventLoopUtilization). Medians over the full-batch steps. Not in run.mjs.
+// (performance.eventLoopUtilization). Medians over the full-batch steps. Each run twice, chained
+// rounds off and on (lib/scheduler.ts `chain`; a build without it runs the same rounds twice: the
+// pairs' noise), alternated, and the per-pair ratio of the rounds. Not in run.mjs.
 //   node bench/serve-gaps.mjs [--concurrency 1,4] [--tokens 200] [--repeats 2] [--modes serve,alone] [--dist DIR]
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { fileURLToPath } from 'node:url';
-import { distImporter } from './common.mjs';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 
 const args = process.argv.slice(2);
 const arg = (name, dflt) => (args.includes(name) ? args[args.indexOf(name) + 1] : dflt);
@@ -17,7 +21,9 @@ const CONCURRENCY = arg('--concurrency', '1,4').split(',').map(Number);
 const TOKENS = Number(arg('--tokens', 200));
 const REPEATS = Number(arg('--repeats', 2));
 const here = path.dirname(fileURLToPath(import.meta.url));
-const dist = distImporter(args);
+// (not common.mjs's distImporter: that module loads this checkout's dist/ and its addon too)
+const distDir = path.resolve(here, arg('--dist', '../dist'));
+const dist = Object.assign(f => import(pathToFileURL(path.join(distDir, f)).href), { dir: distDir });
 const { native, Event } = await dist('index.js');
 const { loadModel } = await dist('generate.js');
 const dir = path.join(here, 'out', 'ckpt-small-serve'); // written by bench/serve.mjs
@@ -76,6 +82,7 @@ function trace(B) {
     // drop the first and last steps (ramp, release)
     const use = steps.slice(2, -2);
     const region = [],
+      between = [],
       after = [],
       gap = [],
       fwdMs = [];
@@ -84,6 +91,7 @@ function trace(B) {
       const a = use[i],
         b = use[i + 1];
       region.push(a.s0.elapsedMs(a.s1));
+      between.push(a.s1.elapsedMs(b.s0));
       fwdMs.push(a.fwdMs);
       // the wait that follows a's step: the first wait event after a.s1 on the stream's clock
       while (k < waits.length && a.s1.elapsedMs(waits[k]) < 0) k++;
@@ -98,6 +106,7 @@ function trace(B) {
       steps: steps.length,
       roundMs: round,
       stepMs: med(region),
+      betweenMs: med(between),
       samplerMs: med(after),
       gapMs: med(gap),
       forwardHostMs: med(fwdMs),
@@ -135,9 +144,15 @@ async function aloneRun(B) {
     n = 0;
   try {
     for (let i = 0; i < TOKENS; i++) {
-      const r = await Promise.all(seqs.map((q, b) => model.scheduler.decode(q, next[b], greedy, undefined, { more: true, left: TOKENS - i })));
+      const r = await Promise.all(
+        seqs.map((q, b) => model.scheduler.decode(q, next[b], greedy, undefined, { more: true, left: TOKENS - i })),
+      );
       next = r.map(x => (typeof x === 'object' ? x.next : 0));
-      for (const x of r) if (typeof x === 'object') (ffn += x.ffnSum / x.ffnCount), n++;
+      for (const x of r)
+        if (typeof x === 'object') {
+          ffn += x.ffnSum / x.ffnCount;
+          n++;
+        }
     }
     return { ...stop(), ffnPerToken: ffn / n };
   } finally {
@@ -149,15 +164,18 @@ async function aloneRun(B) {
 }
 
 const f = (x, d = 3) => (Number.isFinite(x) ? x.toFixed(d) : String(x));
-const modes = [
-  ['serve', serveRun],
-  ['alone', aloneRun],
-].filter(([m]) => arg('--modes', 'serve,alone').split(',').includes(m));
+/** @type {[string, (B: number) => Promise<any>][]} */
+const modes = /** @type {any} */ (
+  [
+    ['serve', serveRun],
+    ['alone', aloneRun],
+  ].filter(([m]) => arg('--modes', 'serve,alone').split(',').includes(m))
+);
 console.log(`serve-gaps: ${dist.dir}, ${TOKENS} tokens, repeats ${REPEATS}, chained rounds off / on alternated`);
 console.log(
-  '| streams | mode | chained | round ms | step ms | sampler ms | stream idle gap ms | forward host ms | JS busy ms/step | ELU | FFN experts / token / layer |',
+  '| streams | mode | chained | round ms | step ms | between steps ms | sampler ms | stream idle gap ms | forward host ms | JS busy ms/step | ELU | FFN experts / token / layer |',
 );
-console.log('|---|---|---|---|---|---|---|---|---|---|---|');
+console.log('|---|---|---|---|---|---|---|---|---|---|---|---|');
 const pairs = [];
 for (const B of CONCURRENCY) {
   await serveRun(B); // warm-up: graphs, pages
@@ -169,7 +187,7 @@ for (const B of CONCURRENCY) {
         const x = await run(B);
         round[chain] = x.roundMs;
         console.log(
-          `| ${B} | ${mode} | ${chain ? 'on' : 'off'} | ${f(x.roundMs)} | ${f(x.stepMs)} | ${f(x.samplerMs)} | ${f(x.gapMs)} | ${f(x.forwardHostMs)} | ${f(x.jsBusyPerStepMs)} | ${f(x.elu, 2)} | ${f(x.ffnPerToken, 2)} |`,
+          `| ${B} | ${mode} | ${chain ? 'on' : 'off'} | ${f(x.roundMs)} | ${f(x.stepMs)} | ${f(x.betweenMs)} | ${f(x.samplerMs)} | ${f(x.gapMs)} | ${f(x.forwardHostMs)} | ${f(x.jsBusyPerStepMs)} | ${f(x.elu, 2)} | ${f(x.ffnPerToken, 2)} |`,
         );
       }
       pairs.push({ B, mode, ratio: round[false] / round[true] });

@@ -382,7 +382,7 @@ export class StepScheduler {
     const from = rows.find(r => r.parent)?.parent ?? null;
     const src = from ? this.launched.find(l => l.rows.includes(from))!.sampled!.ids : null;
     const queued = this.launched.length > 0 && this.pipeline && this.chain && e.canQueueDecode;
-    rows.forEach((r, i) => (r.index = i));
+    for (const [i, r] of rows.entries()) r.index = i;
     let l: Launched;
     try {
       this.count('decode', rows.length);

@@ -159,7 +159,7 @@ void settle_read(Napi::Env env, Napi::Function, CpuReadSettle* c, std::nullptr_t
 using CpuReadFn = Napi::TypedThreadSafeFunction<CpuReadSettle, std::nullptr_t, settle_read>;
 
 struct CpuRead {
-  std::vector<Tensor> tensors;           // kept alive until the job ran
+  std::vector<Tensor> tensors;            // kept alive until the job ran
   std::vector<std::vector<uint8_t>> out;  // written by the stream's thread before the call
   std::mutex m;
   bool finalized = false;
@@ -195,7 +195,8 @@ static Napi::Value ReadAsync(const Napi::CallbackInfo& info) {
   OpArgs a(info, "readAsync");
   std::vector<Tensor> ts = a.tensor_list(1, "tensors");
   for (const Tensor& t : ts)
-    if (!t.device().is_cpu()) fail(Code::E_DEVICE, "readAsync: a tensor is on %s; it reads CPU tensors", t.device().str().c_str());
+    if (!t.device().is_cpu())
+      fail(Code::E_DEVICE, "readAsync: a tensor is on %s; it reads CPU tensors", t.device().str().c_str());
   Stream& s = a.stream(0, Device{});
   if (s.capturing()) fail(Code::E_ARGUMENT, "readAsync: the stream is being captured into a graph");
   auto r = std::make_shared<CpuRead>();

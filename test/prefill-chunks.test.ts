@@ -213,7 +213,7 @@ describe('readAsync: a CPU stream read back in stream order', () => {
     s.dispose();
   });
 
-  it("rejects with the typed error of a kernel that failed before it, and is refused inside a capture", async () => {
+  it('rejects with the typed error of a kernel that failed before it, and is refused inside a capture', async () => {
     const s = new Stream('cpu');
     const table = tensor([1, 2, 3, 4], [2, 2]),
       ids = tensor([0, 9], [2], { dtype: 'int32' }),
