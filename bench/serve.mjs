@@ -30,7 +30,7 @@
 //      scheduler rounds with nothing else running (no sessions' host work, no prefill between
 //      rounds), min and median round; the median's tokens/s against the same three ceilings. Where
 //      a round goes (medians of per-round sums): forward()'s host part (it returns with the step
-//      running), the awaited wait (native.synchronizeAsync), and the rest (queueing the sampler and
+//      running), the awaited wait (native.synchronizeAsync; chained rounds: the event loop's idle time in the round), and the rest (queueing the sampler and
 //      the gather, the read-backs, resolving); and the median round with a blocking
 //      native.synchronize in place of the awaited wait (what awaiting costs).
 //   2. Time to first token (from generate() to the first token being known; all streams start at
@@ -44,10 +44,12 @@
 //      false }): prompt tokens computed (GenerateResult.prefillTokens) and TTFT.
 // Wall-clock on a shared machine: compare the ratios of one run, not absolute figures across runs.
 //
-//   4. Pipelined decode rounds (lib/scheduler.ts, on by default; --no-pipeline: off): decode rows
-//      launched ahead of the sessions' requests and those rolled back unused (scheduler.stats).
+//   4. Pipelined decode rounds (lib/scheduler.ts, on by default; --no-pipeline: off) and chained
+//      rounds (on by default where the engine queues decode steps; --no-chain: pipelined only):
+//      decode rows launched ahead of the sessions' requests, those launched on device-sampled
+//      tokens, and those rolled back unused (scheduler.stats).
 //
-//   node bench/serve.mjs [--quick] [--tokens N] [--concurrency 1,4,..] [--no-pipeline] [--levels-only] [--out f.json] [--ckpt-root DIR]
+//   node bench/serve.mjs [--quick] [--tokens N] [--concurrency 1,4,..] [--no-pipeline] [--no-chain] [--levels-only] [--out f.json] [--ckpt-root DIR]
 import { existsSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -70,6 +72,7 @@ const CONCURRENCY = arg('--concurrency', quick ? '1,4' : '1,4,16,64')
   .split(',')
   .map(Number);
 const PIPELINE = !args.includes('--no-pipeline');
+const CHAIN = !args.includes('--no-chain');
 const LEVELS_ONLY = args.includes('--levels-only'); // parts 1 and 1b only (no long prompt, no prefix cache)
 const PROMPT = quick ? 12 : 32; // tokens of each stream's own prompt
 const LONG_AT = quick ? 4 : 16; // concurrency of the long-prompt run
@@ -250,6 +253,7 @@ if (!existsSync(path.join(dir, 'model.safetensors.index.json'))) await initRando
 
 const model = await loadModel(dir, loadOpts);
 if ('pipeline' in model.scheduler) model.scheduler.pipeline = PIPELINE;
+if ('chain' in model.scheduler) model.scheduler.chain = CHAIN;
 const acc = accounting(model);
 const inst = instrument(model);
 const gbpsBefore = readBandwidth();
@@ -294,6 +298,7 @@ for (const n of CONCURRENCY) {
       meanBatch: (s1.decodeRows - s0.decodeRows) / (s1.decodeSteps - s0.decodeSteps),
       largestBatch: s1.largestBatch,
       continuedRows: (s1.continuedRows ?? 0) - (s0.continuedRows ?? 0),
+      chainedRows: (s1.chainedRows ?? 0) - (s0.chainedRows ?? 0),
       droppedRows: (s1.droppedRows ?? 0) - (s0.droppedRows ?? 0),
     },
     batchHistogram: hist,
@@ -341,9 +346,17 @@ for (const l of levels) {
     try {
       for (let i = 0; i <= STEP_ROUNDS; i++) {
         forwardMs = waitMs = 0;
-        const t0 = now();
-        const r = await Promise.all(seqs.map((q, b) => model.scheduler.decode(q, next[b], greedy)));
+        const t0 = now(),
+          elu = performance.eventLoopUtilization();
+        const r = await Promise.all(
+          seqs.map((q, b) =>
+            model.scheduler.decode(q, next[b], greedy, undefined, { more: true, left: Number.POSITIVE_INFINITY }),
+          ),
+        );
         const t1 = now();
+        // chained rounds await a read-back queued at the launch (native.readAsync), not the wrapped
+        // wait: their awaited time is the event loop's idle time in the round
+        if (!blocking) waitMs = Math.max(waitMs, performance.eventLoopUtilization(elu).idle);
         next = r.map(x => (typeof x === 'object' ? x.next : 0));
         if (i === 0) continue; // a warm-up
         ms.push(t1 - t0);
@@ -520,7 +533,7 @@ const res = {
     topk: dims.topk,
     weightDtype: acc.weightDtype,
   },
-  settings: { TOKENS, PROMPT, LONG_AT, LONG_PROMPT, PREFILL_CHUNK, SYSTEM, REQUESTS, PIPELINE, LEVELS_ONLY },
+  settings: { TOKENS, PROMPT, LONG_AT, LONG_PROMPT, PREFILL_CHUNK, SYSTEM, REQUESTS, PIPELINE, CHAIN, LEVELS_ONLY },
   levels,
   longPrompt,
   prefix,
@@ -553,7 +566,7 @@ for (const l of levels)
     `| ${l.concurrency} | ${f(l.tokensPerSecond)} | ${f(l.ceilingTokensPerSecond)} | ${f(l.ratio, 3)} | ${f(l.ceilingComputeTokensPerSecond)} (${l.compute.bound}) | ${f(l.ratioCompute, 3)} | ${f(l.ceilingPartsTokensPerSecond)} | ${f(l.ratioParts, 3)} | ${f(l.tokensPerSecondMedianStep)} | ${f(l.ratioMedianStep, 3)} / ${f(l.ratioComputeMedianStep, 3)} / ${f(l.ratioPartsMedianStep, 3)} | ${f(l.bytes.distinctExpertsPerStep)} | ${f(l.scheduler.meanBatch, 2)} | ${batchSizes(l)} | ${p3(l.ttftMs)} | ${p3(l.itlMs)} |`,
   );
 console.log(
-  `Pipelined rounds: ${PIPELINE ? 'on' : 'off'}; decode rows launched ahead / rolled back unused: ${levels.map(l => `${l.concurrency}: ${l.scheduler.continuedRows} / ${l.scheduler.droppedRows}`).join(', ')}`,
+  `Pipelined rounds: ${PIPELINE ? 'on' : 'off'}, chained: ${CHAIN ? 'on' : 'off'}; decode rows launched ahead / of them chained / rolled back unused: ${levels.map(l => `${l.concurrency}: ${l.scheduler.continuedRows} / ${l.scheduler.chainedRows} / ${l.scheduler.droppedRows}`).join(', ')}`,
 );
 console.log('\nThe batched step alone (scheduler rounds of B sequences, nothing else running):');
 console.log(

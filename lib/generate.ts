@@ -440,7 +440,11 @@ export class Session {
               // kept). (The scheduler may hold this sequence's next step launched already: this.cached,
               // not this.seq.length, counts the tokens in the cache.)
               if (this.cached.length + 1 > this.seq.maxContext) break;
-              const d = await sched.decode(this.seq, next, sampling, extras, { more: out.length + 1 < maxTokens, ends });
+              const d = await sched.decode(this.seq, next, sampling, extras, {
+                more: out.length + 1 < maxTokens,
+                left: maxTokens - out.length - 1,
+                ends,
+              });
               this.owner.checkLive('Session.generate');
               if (d === NO_ROOM) {
                 stopReason = 'cache';

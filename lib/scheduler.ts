@@ -18,6 +18,17 @@
 // its launched row dropped: SequenceCache.truncate rolls its KV position back, as for a rejected
 // speculative draft. A session says when a step's token is its last (`more`) and which tokens end
 // it (`ends`), so maxTokens and EOS ends launch nothing to drop.
+//
+// Chained rounds (pipelined, where the engine can queue a decode step behind the one before:
+// `LongcatModel.canQueueDecode`, and no row has penalties, bias or log-probabilities): a step is
+// sampled as soon as it is launched, its tokens read back in stream order (native.readAsync), and
+// the step after it is launched right away, its rows taking the tokens the step before sampled on
+// the device. Two steps are outstanding: while one round's results go to the sessions, the next
+// step runs and the one after it is queued behind it, so the device never waits for the JS thread
+// between steps. A token that ends a sequence is known one step late: its row in the step queued
+// behind is dropped like any other (at most one more for EOS / stop token ids, two for a stop
+// string or an abort); `left` bounds what maxTokens allows. The tokens are those of the unchained
+// rounds: the same sampler calls on the same logits.
 import { native } from './native.js';
 import { type Tensor, empty, toArray } from './tensor.js';
 import type { LongcatModel, SamplingParams } from './model/model.js';
@@ -59,6 +70,9 @@ export interface DecodeFollow {
   more: boolean;
   /** Token ids that end the generation when sampled (EOS unless ignoreEos, stop token ids). */
   ends?: ReadonlySet<number>;
+  /** How many more tokens the generation may take after this step's (maxTokens); default: 1 when
+   *  `more`. Chained rounds launch a step ahead only within it. */
+  left?: number;
 }
 interface DecodeRequest extends Waiting<DecodeResult> {
   seq: SequenceCache;
@@ -70,19 +84,32 @@ interface DecodeRequest extends Waiting<DecodeResult> {
 /** A row of a launched decode step: `token` appended to `seq`. */
 interface Row {
   seq: SequenceCache;
+  /** -1 until known on the host, for a chained row (its parent's sampled token). */
   token: number;
   /** The settings of the request it continues (an unclaimed row is sampled with them, unread). */
   sampling: SamplingParams;
+  extras: SamplerExtras | undefined;
   /** The request it answers: a fresh one from the launch on, a continuation's once claimed. */
   req: DecodeRequest | null;
   /** Rolled back: its sequence ended or did not ask for it. */
   dropped: boolean;
+  /** Tokens the generation may take after this row's, as far as known at its launch. */
+  left: number;
+  /** Chained rounds: the row of the step before whose device-sampled token this row takes, and the
+   *  row of the step after that takes this row's. */
+  parent: Row | null;
+  child: Row | null;
+  /** Its row in its step. */
+  index: number;
 }
 /** A launched decode step whose results are not read yet. */
 interface Launched {
   rows: Row[];
   logits: Tensor;
   nFfn: Tensor[];
+  /** Chained rounds: sampled at launch; its tokens (on the device, which the step after reads) and
+   *  the read-back queued behind them: ids, the picked logits' blocks, the FFN counts [layers * B]. */
+  sampled: { ids: Tensor; read: Promise<Uint8Array[]> } | null;
 }
 interface SpeculateRequest extends Waiting<SpeculateResult> {
   seq: SequenceCache;
@@ -96,17 +123,23 @@ export class StepScheduler {
   private speculations: SpeculateRequest[] = [];
   private readonly jobs: (() => Promise<void>)[] = [];
   private running = false;
-  /** The decode step launched ahead of the sessions' requests (pipelined rounds). */
-  private launched: Launched | null = null;
+  /** The decode steps launched ahead of the sessions' requests, oldest first (pipelined rounds: at
+   *  most one; chained: two). */
+  private launched: Launched[] = [];
   /** Pipelined decode rounds (see the top of this file); false: each round's step is launched
    *  after the sessions asked for it and read back before the next (tests compare the two). */
   pipeline = true;
+  /** Chained rounds where the engine supports them (see the top of this file); false: pipelined
+   *  rounds only (tests compare the two). */
+  chain = true;
   /** Rounds run and the sequences they batched (statistics; tests read them): `continuedRows` of the
-   *  decode rows were launched ahead (pipelined), `droppedRows` of those were rolled back unused. */
+   *  decode rows were launched ahead (pipelined), `chainedRows` of those on device-sampled tokens
+   *  (chained), `droppedRows` of those were rolled back unused. */
   readonly stats = {
     decodeSteps: 0,
     decodeRows: 0,
     continuedRows: 0,
+    chainedRows: 0,
     droppedRows: 0,
     speculativeSteps: 0,
     speculativeRows: 0,
@@ -134,15 +167,18 @@ export class StepScheduler {
   /** `seq`'s generation asks for no more decode steps: a step launched ahead for it is dropped
    *  (its KV position rolled back) now, so the sequence holds exactly the session's tokens. */
   release(seq: SequenceCache) {
-    for (const row of this.launched?.rows ?? []) if (row.seq === seq && !row.req && !row.dropped) this.drop(row);
+    for (const l of this.launched) for (const row of l.rows) if (row.seq === seq && !row.req && !row.dropped) this.drop(row);
   }
 
   /** Rolls back a launched row's token (its step may still run: whatever it writes is past the
-   *  sequence's length, and any later user of a freed page is queued behind it). */
+   *  sequence's length, and any later user of a freed page is queued behind it), and the row
+   *  chained behind it (it would take this row's token). */
   private drop(row: Row) {
-    row.dropped = true;
-    this.stats.droppedRows++;
-    if (!row.seq.isReleased) row.seq.truncate(row.seq.length - 1);
+    for (let r: Row | null = row; r && !r.dropped; r = r.child) {
+      r.dropped = true;
+      this.stats.droppedRows++;
+      if (!r.seq.isReleased) r.seq.truncate(r.seq.length - 1);
+    }
   }
 
   /** One speculative step (verify [pending, draft], accept, draft), batched with the other waiting ones. */
@@ -181,11 +217,11 @@ export class StepScheduler {
 
   private async loop() {
     try {
-      while (this.decodes.length || this.speculations.length || this.jobs.length || this.launched) {
-        if (this.launched) await this.answers(this.launched);
+      while (this.decodes.length || this.speculations.length || this.jobs.length || this.launched.length) {
+        if (this.launched.length) await this.answers(this.launched[0]!);
         const decodes = this.decodes.splice(0),
           speculations = this.speculations.splice(0);
-        if (decodes.length || this.launched) await this.settle(decodes, () => this.runDecodes(decodes));
+        if (decodes.length || this.launched.length) await this.settle(decodes, () => this.runDecodes(decodes));
         if (speculations.length) await this.settle(speculations, () => this.runSpeculations(speculations));
         await this.jobs.shift()?.();
         // Let the sessions just answered take their tokens and ask again: they join the next round.
@@ -237,55 +273,220 @@ export class StepScheduler {
   }
 
   /**
-   * A decode round: the step launched ahead (if any) is claimed by its sessions' requests, sampled
-   * and read back; then the next step is launched -- continuations of the sequences that go on
-   * (pipelined) and the fresh requests -- and only then are the read tokens handed out. Unpipelined,
-   * the fresh requests' step is launched, sampled and read back in the same round.
+   * A decode round: the oldest step launched ahead (if any) is claimed by its sessions' requests,
+   * sampled and read back; then the next step is launched -- continuations of the sequences that go
+   * on (pipelined; chained: of the rows of the step still running, on its device-sampled tokens) and
+   * the fresh requests -- and only then are the read tokens handed out. Unpipelined, the fresh
+   * requests' step is launched, sampled and read back in the same round.
    */
   private async runDecodes(fresh: DecodeRequest[]) {
     let done: { row: Row; result: DecodeResult }[] = [];
-    const prev = this.launched;
-    this.launched = null;
+    const prev = this.launched.shift();
     if (prev) {
       for (const row of prev.rows) {
         if (row.req || row.dropped) continue;
         const i = fresh.findIndex(r => r.seq === row.seq);
-        if (i >= 0 && fresh[i]!.token === row.token) row.req = fresh.splice(i, 1)[0]!;
-        else this.drop(row); // ended, or asked for something else (then a fresh row below)
+        if (i >= 0 && fresh[i]!.token === row.token) {
+          row.req = fresh.splice(i, 1)[0]!;
+          row.left = Math.min(row.left, leftOf(row.req.follow));
+        } else this.drop(row); // ended, or asked for something else (then a fresh row below)
       }
-      done = await this.read(prev);
+      try {
+        done = prev.sampled ? await this.readSampled(prev) : await this.read(prev);
+      } catch (err) {
+        // the steps queued behind took its tokens: they fail with it
+        for (const l of this.launched.splice(0)) this.fail(l, err);
+        throw err;
+      }
+      // the rows chained behind the read ones take their tokens, or are dropped with their sequence's end
+      for (const { row, result } of done) {
+        const c = row.child;
+        if (!c || c.dropped) continue;
+        if (ends(row, result)) this.drop(c);
+        else c.token = result.next;
+      }
     }
     const rows: Row[] = [];
-    if (this.pipeline)
-      for (const { row, result } of done) {
-        const f = row.req!.follow;
-        if (f.more && !f.ends?.has(result.next) && Number.isFinite(result.logit))
-          rows.push({ seq: row.seq, token: result.next, sampling: row.req!.sampling, req: null, dropped: false });
-      }
-    for (const r of fresh) rows.push({ seq: r.seq, token: r.token, sampling: r.sampling, req: r, dropped: false });
-    const launch = this.fit(rows, 1, row => row.req?.resolve(NO_ROOM));
-    if (launch.length) {
-      try {
-        this.count('decode', launch.length);
-        this.stats.continuedRows += launch.filter(r => !r.req).length;
-        const { logits, nFfn } = this.engine.forward(
-          launch.map(r => r.seq),
-          launch.map(r => [r.token]),
-          { collectRouting: true },
-        );
-        this.launched = { rows: launch, logits, nFfn };
-      } catch (e) {
-        for (const r of launch) r.req?.reject(e); // (the engine rolled every row back)
-      }
-      if (!this.pipeline && this.launched) {
-        const now = this.launched;
-        this.launched = null;
-        done.push(...(await this.read(now)));
-      }
+    const running = this.launched.at(-1);
+    if (this.pipeline && running) {
+      // (a step not sampled at launch has no device tokens: its sequences go on once it is read)
+      if (running.sampled) for (const r of running.rows) if (!r.dropped && r.left >= 1) rows.push(this.chained(r));
+    } else if (this.pipeline)
+      for (const { row, result } of done)
+        if (row.left >= 1 && !ends(row, result))
+          rows.push({
+            seq: row.seq,
+            token: result.next,
+            sampling: row.req!.sampling,
+            extras: row.req!.extras,
+            req: null,
+            dropped: false,
+            left: row.left - 1,
+            parent: null,
+            child: null,
+            index: 0,
+          });
+    for (const r of fresh)
+      rows.push({
+        seq: r.seq,
+        token: r.token,
+        sampling: r.sampling,
+        extras: r.extras,
+        req: r,
+        dropped: false,
+        left: leftOf(r.follow),
+        parent: null,
+        child: null,
+        index: 0,
+      });
+    const first = this.launch(rows);
+    if (first?.sampled && this.launched.length === 1) {
+      // nothing ran ahead of it: the step after it goes in behind it at once
+      const next = first.rows.filter(r => !r.dropped && r.left >= 1).map(r => this.chained(r));
+      this.launch(next);
+    }
+    if (!this.pipeline && first) {
+      this.launched.pop();
+      done.push(...(await this.read(first)));
     }
     for (const { row, result } of done) row.req!.resolve(result);
   }
 
+  /** The row that takes `r`'s device-sampled token in the step after r's. */
+  private chained(r: Row): Row {
+    const c: Row = {
+      seq: r.seq,
+      token: -1,
+      sampling: r.req?.sampling ?? r.sampling,
+      extras: r.req ? r.req.extras : r.extras,
+      req: null,
+      dropped: false,
+      left: r.left - 1,
+      parent: r,
+      child: null,
+      index: 0,
+    };
+    r.child = c;
+    return c;
+  }
+
+  /** Launches a decode step of `rows` (those that fit the KV cache): chained rows take their
+   *  parents' device tokens; sampled at launch where chained rounds apply. */
+  private launch(all: Row[]): Launched | null {
+    const rows = this.fit(all, 1, row => {
+      row.req?.resolve(NO_ROOM);
+      if (row.parent) row.parent.child = null;
+    });
+    if (!rows.length) return null;
+    const e = this.engine;
+    const from = rows.find(r => r.parent)?.parent ?? null;
+    const src = from ? this.launched.find(l => l.rows.includes(from))!.sampled!.ids : null;
+    const queued = this.launched.length > 0 && this.pipeline && this.chain && e.canQueueDecode;
+    for (const [i, r] of rows.entries()) r.index = i;
+    let l: Launched;
+    try {
+      this.count('decode', rows.length);
+      this.stats.continuedRows += rows.filter(r => !r.req).length;
+      this.stats.chainedRows += rows.filter(r => r.parent).length;
+      const { logits, nFfn } = e.forward(
+        rows.map(r => r.seq),
+        rows.map(r => [r.parent ? 0 : r.token]),
+        {
+          collectRouting: true,
+          ...(queued ? { queued: { ids: src, rows: rows.map(r => (r.parent ? r.parent.index : -1)) } } : {}),
+        },
+      );
+      l = { rows, logits, nFfn, sampled: null };
+    } catch (err) {
+      for (const r of rows) {
+        r.req?.reject(err); // (the engine rolled every row back)
+        if (r.parent) r.parent.child = null;
+      }
+      return null;
+    }
+    if (this.pipeline && this.chain && e.canQueueDecode && rows.every(r => !r.extras))
+      try {
+        this.sample(l);
+      } catch (err) {
+        this.fail(l, err, true);
+        return null;
+      }
+    this.launched.push(l);
+    return l;
+  }
+
+  /** Queues the draws of a step launched in a chained round (no row has extras), the sampled
+   *  tokens' logits and a copy of its FFN counts (the step after it overwrites the graph's), and
+   *  their read-back behind them. */
+  private sample(l: Launched) {
+    const { rows, logits, nFfn } = l,
+      B = rows.length,
+      device = this.engine.device;
+    const ids = empty([B], { dtype: 'int32', device });
+    const held: Tensor[] = [];
+    try {
+      draw(ids, logits, rows, held);
+      const picked = pick(ids, logits, held);
+      const counts = empty([Math.max(1, nFfn.length * B)], { dtype: 'int32', device });
+      held.push(counts);
+      nFfn.forEach((t, i) => {
+        const part = counts.narrow(i * B, B);
+        held.push(part);
+        native.copy(null, part, t);
+      });
+      const read = native.readAsync(null, [ids, ...picked, counts]);
+      read.catch(() => {}); // (awaited by the round that reads the step; unread when every row was dropped)
+      l.sampled = { ids, read };
+    } catch (err) {
+      ids.dispose();
+      throw err;
+    } finally {
+      for (const t of held) t.dispose();
+    }
+  }
+
+  /** A step sampled at launch: its read-back, as read() gives it; throws its failure. */
+  private async readSampled(l: Launched): Promise<{ row: Row; result: DecodeResult }[]> {
+    const { rows } = l,
+      B = rows.length;
+    try {
+      if (!rows.some(r => r.req)) return []; // every row dropped: nothing to wait for
+      const bytes = await l.sampled!.read;
+      const next = int32(bytes[0]!),
+        counts = int32(bytes.at(-1)!);
+      const logit = diagonal(bytes.slice(1, -1), B);
+      const layers = l.nFfn.length;
+      const out: { row: Row; result: DecodeResult }[] = [];
+      rows.forEach((row, b) => {
+        if (!row.req) return;
+        let ffn = 0;
+        for (let i = 0; i < layers; i++) ffn += counts[i * B + b]!;
+        out.push({ row, result: { next: next[b]!, logit: logit[b]!, ffnSum: ffn, ffnCount: layers } });
+      });
+      return out;
+    } catch (err) {
+      for (const r of rows) r.req?.reject(err);
+      throw err;
+    } finally {
+      this.dispose(l);
+    }
+  }
+
+  /** A launched step that fails (its own failure, or that of the step whose tokens it took): its
+   *  requests are rejected, its unclaimed rows rolled back. `fresh`: it was never launched as far as
+   *  the rounds go (rolled back whole). */
+  private fail(l: Launched, err: unknown, fresh = false) {
+    for (const r of l.rows) {
+      r.req?.reject(err);
+      if (r.parent) r.parent.child = null;
+      if (!r.dropped && (fresh || !r.req)) this.drop(r);
+    }
+    this.dispose(l);
+  }
+
+  private dispose(l: Launched) {
+    for (const t of [l.logits, ...l.nFfn, ...(l.sampled ? [l.sampled.ids] : [])]) t.dispose();
+  }
   /**
    * Samples a launched step's rows (a claimed row with its request's penalties, bias and
    * log-probabilities; an unclaimed one plainly, unread), reads back the claimed rows' results and
@@ -304,7 +505,6 @@ export class StepScheduler {
     const lps = new Map<number, ReturnType<typeof queueLogprob>>();
     try {
       const extras = rows.map(r => r.req?.extras);
-      const sampling = rows.map(r => r.req?.sampling ?? r.sampling);
       // Penalties and bias per row, in place (a copy of the raw row first when log-probabilities are asked).
       const raws = extras.map((x, b) => {
         if (!x) return null;
@@ -314,46 +514,20 @@ export class StepScheduler {
         if (raw && raw !== row) held.push(raw);
         return raw;
       });
-      // The draws: one sampler call per run of consecutive greedy rows with the same settings (a
-      // greedy row's token is the argmax of its row, whatever its row index, seed or step), one
-      // per row otherwise (the sampler's step is each sequence's own position, batched or not).
-      for (let b0 = 0; b0 < B; ) {
-        const p = sampling[b0]!;
-        let b1 = b0 + 1;
-        if (p.temperature === 0) while (b1 < B && sameGreedy(p, sampling[b1]!)) b1++;
-        const part = logits.narrow(b0, b1 - b0),
-          id = ids.narrow(b0, b1 - b0);
-        held.push(part, id);
-        native.sample(null, id, part, p.temperature, p.topK, p.topP, p.minP, p.seed, rows[b0]!.seq.length);
-        b0 = b1;
-      }
+      draw(ids, logits, rows, held);
       raws.forEach((raw, b) => {
         if (!raw) return;
         const id = ids.narrow(b, 1);
         held.push(id);
         lps.set(b, queueLogprob(raw, id, extras[b]!.logprobs!));
       });
-      // The sampled tokens' logits (a non-finite one means a broken row), queued before the one
-      // read-back: per block of up to G rows, picked[i, j] = logits[b0 + i, ids[b0 + j]], of which
-      // the diagonal is wanted (G x G values per block: no host round trip for the ids first).
-      const picked: Tensor[] = [];
-      for (let b0 = 0; b0 < B; b0 += G) {
-        const n = Math.min(G, B - b0),
-          out = empty([n, n], { device: e.device }),
-          part = logits.narrow(b0, n),
-          id = ids.narrow(b0, n);
-        held.push(out, part, id);
-        picked.push(out);
-        native.gatherColumns(null, out, part, id);
-      }
+      const picked = pick(ids, logits, held);
       await native.synchronizeAsync(e.device);
       const next = toArray(ids);
-      const logit = new Float32Array(B);
-      picked.forEach((t, i) => {
-        const v = toArray(t),
-          n = Math.min(G, B - i * G);
-        for (let j = 0; j < n; j++) logit[i * G + j] = v[j * n + j]!;
-      });
+      const logit = diagonal(
+        picked.map(t => t.toBytes()),
+        B,
+      );
       const ffn = perRow(nFfn, B);
       const out: { row: Row; result: DecodeResult }[] = [];
       rows.forEach((row, b) => {
@@ -418,6 +592,66 @@ const ANSWER_HOPS = 4;
 
 /** Rows per block of the sampled logits' gather (G x G values read per block). */
 const G = 64;
+
+/** The draws of a step's rows into `ids`: one sampler call per run of consecutive greedy rows with
+ *  the same settings (a greedy row's token is the argmax of its row, whatever its row index, seed or
+ *  step), one per row otherwise (the sampler's step is each sequence's own position, batched or
+ *  not). A claimed row draws with its request's settings. */
+function draw(ids: Tensor, logits: Tensor, rows: Row[], held: Tensor[]) {
+  const B = rows.length,
+    sampling = rows.map(r => r.req?.sampling ?? r.sampling);
+  for (let b0 = 0; b0 < B; ) {
+    const p = sampling[b0]!;
+    let b1 = b0 + 1;
+    if (p.temperature === 0) while (b1 < B && sameGreedy(p, sampling[b1]!)) b1++;
+    const part = logits.narrow(b0, b1 - b0),
+      id = ids.narrow(b0, b1 - b0);
+    held.push(part, id);
+    native.sample(null, id, part, p.temperature, p.topK, p.topP, p.minP, p.seed, rows[b0]!.seq.length);
+    b0 = b1;
+  }
+}
+
+/** The sampled tokens' logits (a non-finite one means a broken row), queued before the step's one
+ *  read-back: per block of up to G rows, picked[i, j] = logits[b0 + i, ids[b0 + j]], of which the
+ *  diagonal is wanted (G x G values per block: no host round trip for the ids first). */
+function pick(ids: Tensor, logits: Tensor, held: Tensor[]): Tensor[] {
+  const B = ids.shape[0]!,
+    picked: Tensor[] = [];
+  for (let b0 = 0; b0 < B; b0 += G) {
+    const n = Math.min(G, B - b0),
+      out = empty([n, n], { device: logits.device }),
+      part = logits.narrow(b0, n),
+      id = ids.narrow(b0, n);
+    held.push(out, part, id);
+    picked.push(out);
+    native.gatherColumns(null, out, part, id);
+  }
+  return picked;
+}
+
+/** The picked blocks' diagonals (pick), read back as bytes: each row's sampled logit. */
+function diagonal(blocks: Uint8Array[], B: number): Float32Array {
+  const logit = new Float32Array(B);
+  blocks.forEach((bytes, i) => {
+    const v = new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4),
+      n = Math.min(G, B - i * G);
+    for (let j = 0; j < n; j++) logit[i * G + j] = v[j * n + j]!;
+  });
+  return logit;
+}
+
+const int32 = (bytes: Uint8Array) => new Int32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
+
+/** How many more tokens a request's generation may take after its step's token. */
+const leftOf = (f: DecodeFollow) => (f.more ? (f.left ?? 1) : 0);
+
+/** Whether a read row's sequence takes no token after it: its token ends it, it is broken (a
+ *  non-finite logit), or its request asks for no more. */
+function ends(row: Row, result: DecodeResult): boolean {
+  const f = row.req!.follow;
+  return leftOf(f) < 1 || !!f.ends?.has(result.next) || !Number.isFinite(result.logit);
+}
 
 /** Two greedy rows' settings draw the same way in one sampler call (the sampler checks the shared ones). */
 function sameGreedy(a: SamplingParams, b: SamplingParams): boolean {

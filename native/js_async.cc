@@ -1,8 +1,9 @@
 // Awaitable waits, settling a promise on the JS thread, so that JS awaits the device instead of
 // blocking its event loop (native.synchronizeAsync(device), Stream.synchronizeAsync()): a Fence
 // (device.h) waited for on a libuv worker thread, or on the CPU device, the streams reporting
-// their own arrival (await_cpu_streams).
+// their own arrival (await_cpu_streams); and readAsync, a CPU stream's read-back in stream order.
 #include <atomic>
+#include <cstring>
 #include <memory>
 #include <mutex>
 
@@ -142,7 +143,91 @@ Napi::Value await_cpu_streams(Napi::Env env, Device d) {
   return p;
 }
 
+// readAsync(stream, tensors) on the CPU: a job queued on the stream copies the tensors' bytes out
+// when the stream gets there and hands them to the JS thread (one wake, as await_cpu_streams), so
+// the caller reads one step's results while the work queued behind them (the next step) runs.
+struct CpuRead;
+struct CpuReadSettle {
+  CpuReadSettle(Napi::Env env, Device d, std::shared_ptr<CpuRead> r)
+      : deferred(Napi::Promise::Deferred::New(env)), device(d), read(std::move(r)) {}
+  Napi::Promise::Deferred deferred;
+  Device device;
+  std::shared_ptr<CpuRead> read;
+};
+
+void settle_read(Napi::Env env, Napi::Function, CpuReadSettle* c, std::nullptr_t*);
+using CpuReadFn = Napi::TypedThreadSafeFunction<CpuReadSettle, std::nullptr_t, settle_read>;
+
+struct CpuRead {
+  std::vector<Tensor> tensors;            // kept alive until the job ran
+  std::vector<std::vector<uint8_t>> out;  // written by the stream's thread before the call
+  std::mutex m;
+  bool finalized = false;
+  CpuReadFn fn;
+};
+
+// On the JS thread: the streams' errors (a failed step's bytes are not results), then the bytes.
+void settle_read(Napi::Env env, Napi::Function, CpuReadSettle* c, std::nullptr_t*) {
+  if (env == nullptr) return;
+  Napi::HandleScope scope(env);
+  try {
+    device_raise_errors(c->device);
+    Napi::Array arr = Napi::Array::New(env, c->read->out.size());
+    for (size_t i = 0; i < c->read->out.size(); ++i) {
+      const std::vector<uint8_t>& b = c->read->out[i];
+      Napi::ArrayBuffer buf = Napi::ArrayBuffer::New(env, b.size());
+      if (!b.empty()) std::memcpy(buf.Data(), b.data(), b.size());
+      arr.Set(static_cast<uint32_t>(i), Napi::Uint8Array::New(env, b.size(), buf, 0));
+    }
+    c->deferred.Resolve(arr);
+  } catch (const Error& e) {
+    c->deferred.Reject(error_value(env, e.code, e.what()));
+  } catch (const std::exception& e) {
+    c->deferred.Reject(error_value(env, Code::E_INTERNAL, e.what()));
+  }
+}
+
 }  // namespace
+
+// readAsync(stream, tensors): resolves with each tensor's bytes as they are once the work queued on
+// `stream` before the call ran (CPU tensors on a CPU stream); later work is not waited for.
+static Napi::Value ReadAsync(const Napi::CallbackInfo& info) {
+  OpArgs a(info, "readAsync");
+  std::vector<Tensor> ts = a.tensor_list(1, "tensors");
+  for (const Tensor& t : ts)
+    if (!t.device().is_cpu())
+      fail(Code::E_DEVICE, "readAsync: a tensor is on %s; it reads CPU tensors", t.device().str().c_str());
+  Stream& s = a.stream(0, Device{});
+  if (s.capturing()) fail(Code::E_ARGUMENT, "readAsync: the stream is being captured into a graph");
+  auto r = std::make_shared<CpuRead>();
+  r->tensors = std::move(ts);
+  r->out.resize(r->tensors.size());
+  auto* c = new CpuReadSettle(info.Env(), Device{}, r);
+  Napi::Promise p = c->deferred.Promise();
+  r->fn = CpuReadFn::New(info.Env(), "longcat:readAsync", 0, 1, c, [](Napi::Env, void*, CpuReadSettle* ctx) {
+    {
+      std::lock_guard<std::mutex> lk(ctx->read->m);
+      ctx->read->finalized = true;
+    }
+    delete ctx;
+  });
+  s.enqueue(
+      [r] {
+        for (size_t i = 0; i < r->tensors.size(); ++i) {
+          const Tensor& t = r->tensors[i];
+          const auto* src = static_cast<const uint8_t*>(t.data());
+          r->out[i].assign(src, src + t.nbytes());
+        }
+        r->tensors.clear();
+        std::lock_guard<std::mutex> lk(r->m);
+        if (r->finalized) return;
+        r->fn.NonBlockingCall();
+        r->fn.Release();
+      },
+      "readAsync");
+  return p;
+}
+LC_REGISTER_OP("readAsync", ReadAsync);
 
 Napi::Value await_fence(Napi::Env env, std::unique_ptr<Fence> fence, std::function<void()> then, Napi::Value keep) {
   return (new FenceWorker(env, std::move(fence), std::move(then), keep))->queue();

@@ -1,5 +1,6 @@
 // Responsiveness (issue 13, item 9): waits that JS awaits instead of blocking on
-// (native.synchronizeAsync, Stream.synchronizeAsync, toArrayAsync), and prefills run in chunks that
+// (native.synchronizeAsync, Stream.synchronizeAsync, toArrayAsync, and native.readAsync: a CPU
+// stream's read-back in stream order), and prefills run in chunks that
 // generate awaits one by one: the same logits and tokens as one step, other JS work running between
 // chunks, an abort stopping the prefill at a chunk boundary. On the CPU and, where a CUDA device
 // exists (a GPU, or the emulator of `npm run test:emu`, whose streams run only when waited for),
@@ -182,6 +183,56 @@ describe('awaitable waits on CPU streams: failures and captures', () => {
     await s.synchronizeAsync(); // reported once: the stream is usable again
     native.embedding(s, y, table, ids);
     await expect(synchronizeAsync('cpu')).rejects.toMatchObject({ code: 'E_ARGUMENT' });
+    for (const v of [table, ids, y]) v.dispose();
+    s.dispose();
+  });
+});
+
+describe('readAsync: a CPU stream read back in stream order', () => {
+  it('gives the bytes as they are when the stream gets there, not after the work queued behind', async () => {
+    const s = new Stream('cpu');
+    const [t, k, n] = [13, 41, 11];
+    const r = rng(5);
+    const xv = r.array(t * k),
+      wv = r.array(n * k);
+    const want = linearRef(xv, wv, t, k, n);
+    const x = tensor(xv, [t, k]),
+      w = tensor(wv, [n, k]),
+      y = empty([t, n]),
+      ids = tensor([3, 1, 4], [3], { dtype: 'int32' }),
+      later = tensor(new Float32Array(t * n).fill(Number.NaN), [t, n]);
+    native.linear(s, y, x, w);
+    const p = native.readAsync(s, [y, ids]);
+    native.copy(s, y, later); // queued behind the read: not in what it gives
+    const [yBytes, idBytes] = await p;
+    expectClose(new Float32Array(yBytes!.buffer, yBytes!.byteOffset, t * n), want, 1e-4, 1e-5, 'y');
+    expect(Array.from(new Int32Array(idBytes!.buffer, idBytes!.byteOffset, 3))).toEqual([3, 1, 4]);
+    s.synchronize();
+    expect(Number.isNaN(toArray(y)[0]!)).toBe(true);
+    for (const v of [x, w, y, ids, later]) v.dispose();
+    s.dispose();
+  });
+
+  it('rejects with the typed error of a kernel that failed before it, and is refused inside a capture', async () => {
+    const s = new Stream('cpu');
+    const table = tensor([1, 2, 3, 4], [2, 2]),
+      ids = tensor([0, 9], [2], { dtype: 'int32' }),
+      y = empty([2, 2]);
+    native.embedding(s, y, table, ids);
+    await expect(native.readAsync(s, [y])).rejects.toMatchObject({ code: 'E_ARGUMENT' });
+    const ok = await native.readAsync(s, [table]); // reported once: the stream reads again
+    expect(Array.from(new Float32Array(ok[0]!.buffer, ok[0]!.byteOffset, 4))).toEqual([1, 2, 3, 4]);
+    let err: unknown = null;
+    const g = native.captureGraph([s], () => {
+      try {
+        void native.readAsync(s, [y]);
+      } catch (e) {
+        err = e;
+      }
+    });
+    g.dispose();
+    expect((err as LongcatError).code).toBe('E_ARGUMENT');
+    expect(() => native.readAsync(s, [y, 'no' as never])).toThrow(LongcatError);
     for (const v of [table, ids, y]) v.dispose();
     s.dispose();
   });

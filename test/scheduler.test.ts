@@ -4,13 +4,15 @@
 // chunk per round while the other streams keep getting tokens. Pipelined decode rounds (the next
 // step launched before the sessions take their tokens) give the tokens and KV pages of unpipelined
 // rounds, with sequences ending at different rounds (maxTokens, stop strings, stop token ids,
-// aborts mid-stream) and no page leaked.
+// aborts mid-stream) and no page leaked; so do chained rounds (the step after launched on the
+// tokens the step before sampled on the device, CPU).
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { initRandom } from '../lib/init-random.js';
 import { loadModel, type GenerateOptions, type Model } from '../lib/generate.js';
 import { native } from '../lib/native.js';
-import { toArray } from '../lib/tensor.js';
+import { empty, tensor, toArray } from '../lib/tensor.js';
+import type { ExpertsFn } from '../lib/model/step.js';
 import type { SequenceCache } from '../lib/kv-cache.js';
 import { fixtureRoot } from './model-fixture.js';
 import { backends, workLimitMs } from './helpers.js';
@@ -180,8 +182,9 @@ describe.each(backends)('pipelined decode rounds on %s', device => {
   const base = { prompt: 'a pipelined stream', o: { maxTokens: 16 } };
   /** `r` on a fresh session, with pipelined rounds or not; `abortAt`: aborted as its n-th token
    *  arrives. Returns the result, and the sequence's length and KV rows right after it ended. */
-  async function run(r: Request, pipeline: boolean, abortAt?: number) {
+  async function run(r: Request, pipeline: boolean, abortAt?: number, chain = true) {
     model.scheduler.pipeline = pipeline;
+    model.scheduler.chain = chain;
     const s = model.createSession();
     try {
       const ac = new AbortController();
@@ -197,6 +200,7 @@ describe.each(backends)('pipelined decode rounds on %s', device => {
     } finally {
       s.dispose();
       model.scheduler.pipeline = true;
+      model.scheduler.chain = true;
     }
   }
 
@@ -223,29 +227,91 @@ describe.each(backends)('pipelined decode rounds on %s', device => {
       expect(want[2]!.stopReason).toBe('stop');
       expect(want[3]!.stopReason).toBe('stop');
       expect(want[4]!.stopReason).toBe('abort');
-      // each alone, pipelined: the same tokens, lengths and KV rows
-      const before = { ...model.scheduler.stats };
-      for (const [i, c] of cases.entries()) {
-        const got = await run(c.r, true, c.abortAt);
-        expect(got, `case ${i}`).toEqual(want[i]);
+      // Pipelined, then chained (on the CPU: the next step launched on the device-sampled tokens,
+      // ends known a step late; CUDA has no queued decode step: pipelined only)
+      const chains = model.engine.canQueueDecode;
+      expect(chains).toBe(device === 'cpu');
+      for (const chain of [false, true]) {
+        // each alone: the same tokens, lengths and KV rows
+        const before = { ...model.scheduler.stats };
+        for (const [i, c] of cases.entries()) {
+          const got = await run(c.r, true, c.abortAt, chain);
+          expect(got, `case ${i}, chain ${chain}`).toEqual(want[i]);
+        }
+        const st = model.scheduler.stats;
+        expect(st.continuedRows - before.continuedRows).toBeGreaterThan(0);
+        expect(st.chainedRows - before.chainedRows > 0).toBe(chain && chains);
+        // Pipelined, the stop string and the aborts ended with a step launched ahead (the maxTokens
+        // ends and the stop token id launch none); chained, the stop string and the aborts with two
+        // (the step running and the one queued behind it), the stop token id with one (the one
+        // queued behind it); the penalties' case is not chained (sampled when claimed)
+        expect(st.droppedRows - before.droppedRows, `chain ${chain}`).toBe(chain && chains ? 7 : 3);
+        // all at once: the same
+        const gotAll = await Promise.all(cases.map(c => run(c.r, true, c.abortAt, chain)));
+        gotAll.forEach((g, i) => {
+          expect(g.tokens, `case ${i}`).toEqual(want[i]!.tokens);
+          expect(g.stopReason).toBe(want[i]!.stopReason);
+          expect(g.length).toBe(want[i]!.length);
+          for (const [l, rows] of g.kv.entries()) expect(rows, `case ${i} cache ${l}`).toEqual(want[i]!.kv[l]);
+        });
       }
-      const st = model.scheduler.stats;
-      expect(st.continuedRows - before.continuedRows).toBeGreaterThan(0);
-      // the stop string and the aborts ended with a step launched ahead (the maxTokens ends and the
-      // stop token id launch none)
-      expect(st.droppedRows - before.droppedRows).toBe(3);
-      // all at once, pipelined: the same
-      const gotAll = await Promise.all(cases.map(c => run(c.r, true, c.abortAt)));
-      gotAll.forEach((g, i) => {
-        expect(g.tokens, `case ${i}`).toEqual(want[i]!.tokens);
-        expect(g.stopReason).toBe(want[i]!.stopReason);
-        expect(g.length).toBe(want[i]!.length);
-        for (const [l, rows] of g.kv.entries()) expect(rows, `case ${i} cache ${l}`).toEqual(want[i]!.kv[l]);
-      });
       expect(model.scheduler.stats.largestBatch).toBeGreaterThanOrEqual(cases.length);
       await new Promise(r => setImmediate(r));
       expect(model.engine.allocator.inUse).toBe(0);
     },
     workLimitMs(60), // (on the emulated CUDA device: ~40 s of CPU)
   );
+});
+
+describe('chained decode rounds: a step that fails', () => {
+  it('fails the generations whose steps it carried with its typed error, leaks no page, and the model decodes on', async () => {
+    const m = await loadModel(path.join(root, 'tiny'), { backend: 'cpu', maxContext: 1024 });
+    expect(m.engine.canQueueDecode).toBe(true);
+    // every step (captured once) also runs an embedding whose id the test turns bad mid-stream
+    const table = tensor([1, 2, 3, 4], [2, 2]),
+      id = tensor([0], [1], { dtype: 'int32' }),
+      sink = empty([1, 2]);
+    m.engine.wrapExperts(
+      (inner: ExpertsFn): ExpertsFn =>
+        (stream, ...rest) => {
+          inner(stream, ...rest);
+          native.embedding(stream, sink, table, id);
+        },
+    );
+    try {
+      const o = { maxTokens: 24, ignoreEos: true };
+      const want = await (async () => {
+        using s = m.createSession();
+        return (await s.generate('a stream that fails', o)).tokens;
+      })();
+      const sessions = [m.createSession(), m.createSession()];
+      let n = 0;
+      const got = await Promise.all(
+        sessions.map((s, i) =>
+          s
+            .generate(`a stream that fails, ${i}`, {
+              ...o,
+              onToken: () => {
+                if (i === 0 && ++n === 6) id.copyFromBytes(Int32Array.of(9)); // the steps queued from now on fail
+              },
+            })
+            .then(
+              () => null,
+              (e: unknown) => e,
+            ),
+        ),
+      );
+      for (const e of got) expect(e).toMatchObject({ code: 'E_ARGUMENT' });
+      expect(m.scheduler.stats.chainedRows).toBeGreaterThan(0);
+      for (const s of sessions) s.dispose();
+      await new Promise(r => setImmediate(r));
+      expect(m.engine.allocator.inUse).toBe(0);
+      id.copyFromBytes(Int32Array.of(0));
+      using s = m.createSession();
+      expect((await s.generate('a stream that fails', o)).tokens).toEqual(want);
+    } finally {
+      m.dispose();
+      for (const t of [table, id, sink]) t.dispose();
+    }
+  });
 });

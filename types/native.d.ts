@@ -185,6 +185,9 @@ export interface CoreApi {
   /** The awaitable synchronize(device): waits off the JS thread for the work queued on the device's
    *  streams so far (CUDA: the whole device); rejects with the first error a stream kept. */
   synchronizeAsync(device?: string): Promise<void>;
+  /** Each CPU tensor's bytes as they are once the work queued on the CPU `stream` so far ran (work
+   *  queued after the call is not waited for); rejects with the first error a CPU stream kept. */
+  readAsync(stream: S, tensors: readonly Tensor[]): Promise<Uint8Array[]>;
   /** The device's default stream (what ops use when given null). dispose() on it only synchronizes. */
   defaultStream(device?: string): Stream;
   Graph: typeof Graph;

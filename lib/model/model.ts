@@ -106,6 +106,18 @@ export interface ForwardOptions {
   hidden?: boolean;
   /** Decode op by op instead of replaying the captured step (tests compare the two). */
   eager?: boolean;
+  /** A decode step queued behind the device work before it, without waiting for that work (the
+   *  scheduler's chained rounds; only where `canQueueDecode`): its inputs are uploaded in stream
+   *  order, and row b's token is, where `queued.rows[b] >= 0`, the int32 at that row of
+   *  `queued.ids` when the step runs (a token the step before sampled on the device, not read back
+   *  yet), else tokens[b][0]. Errors of the work before surface when it is read. */
+  queued?: QueuedTokens;
+}
+
+/** ForwardOptions.queued: which rows take their token from a device tensor. */
+export interface QueuedTokens {
+  ids: Tensor | null;
+  rows: readonly number[];
 }
 
 /** How a sequence samples (GenerateOptions' fields; temperature 0 = greedy). */
@@ -503,8 +515,8 @@ export class LongcatModel {
       throw new ArgumentError('E_ARGUMENT', `forward: ${seqs.length} sequences but ${tokens.length} token lists`);
     this.checkTokens('forward', tokens);
     const mode = opts.mode ?? (tokens.every(t => t.length === 1) ? 'decode' : 'prefill');
-
-    this.synchronizeRanks(); // the previous step's work is done; this surfaces its errors
+    if (opts.queued) this.checkQueued(opts, mode, tokens.length);
+    else this.synchronizeRanks(); // the previous step's work is done; this surfaces its errors
     const pastLens = seqs.map(s => s.length);
     // Reserve cache slots for every sequence first (E_CONTEXT / E_OOM before any work); if
     // anything fails, the sequences are rolled back to their previous lengths.
@@ -523,6 +535,28 @@ export class LongcatModel {
       this.abandonStep(seqs, pastLens, slotLists.length);
       throw e;
     }
+  }
+
+  /** Whether forward() takes `queued` decode steps: one CPU rank, replayed steps, no N-gram embedding
+   *  (its rows are hashed from the tokens on the host), no expert parallelism. */
+  get canQueueDecode(): boolean {
+    return (
+      this.device === 'cpu' &&
+      this.useGraphs &&
+      !this.ngramPowers &&
+      !this.ep &&
+      !this.xh &&
+      this.ranks.length === 1 &&
+      this.ranks[0]!.device === this.device
+    );
+  }
+
+  private checkQueued(opts: ForwardOptions, mode: 'prefill' | 'decode', B: number) {
+    const q = opts.queued!;
+    if (!this.canQueueDecode || mode !== 'decode' || opts.eager)
+      throw new ArgumentError('E_ARGUMENT', 'forward: a queued step is a replayed CPU decode step of one rank (canQueueDecode)');
+    if (q.rows.length !== B || q.rows.some(r => !Number.isInteger(r) || r >= (q.ids?.shape[0] ?? 0)))
+      throw new ArgumentError('E_ARGUMENT', `forward: queued.rows must give each of the ${B} rows a row of queued.ids or -1`);
   }
 
   /** Every sequence's new tokens: at least one, each an id of the vocabulary (typed errors naming it). */
@@ -568,6 +602,7 @@ export class LongcatModel {
         outs = this.replayDecode(
           parts,
           parts.map(p => this.decodeRows(sub(p, seqs), sub(p, tokens), sub(p, pastLens), sub(p, slotLists))),
+          opts.queued,
         );
       else {
         const batches = parts.map(p => {
@@ -929,7 +964,7 @@ export class LongcatModel {
    * those inputs and replays (DESIGN rule 5: no per-op crossing into native code on the hot path).
    * Returns the graph's own outputs, per part: all graphBucket(T) rows (the first T are the step's).
    */
-  private replayDecode(parts: RankPart[], rows: DecodeRows[]): Required<ForwardResult>[] {
+  private replayDecode(parts: RankPart[], rows: DecodeRows[], queued?: QueuedTokens): Required<ForwardResult>[] {
     const Tp = rows.map(r => graphBucket(r.ids.length));
     const key = parts.map((p, i) => `${p.rank.index}:${Tp[i]}`).join(',');
     let g = this.decodeGraphs.get(key);
@@ -948,7 +983,11 @@ export class LongcatModel {
       g = { graph, parts: inputs.map((x, i) => ({ ...x, out: outs[i]! })) };
       this.decodeGraphs.set(key, g);
     }
-    for (const [i, x] of g.parts.entries()) this.writeDecodeInputs(x, this.padRows(rows[i]!, Tp[i]!, 1));
+    for (const [i, x] of g.parts.entries()) {
+      const padded = this.padRows(rows[i]!, Tp[i]!, 1);
+      if (queued) this.queueDecodeInputs(x, padded, queued);
+      else this.writeDecodeInputs(x, padded);
+    }
     g.graph.replay();
     for (const x of g.parts) x.ngram?.uploaded.record(x.rank.main);
     return g.parts.map(x => x.out);
@@ -1031,15 +1070,48 @@ export class LongcatModel {
   }
 
   private writeDecodeInputs(g: GraphInputs, host: DecodeRows) {
+    if (host.ngramIds) this.stageNgramRows(g.rank, g.batch, g.ngram, host.ngramIds);
+    g.inputs.copyFromBytes(this.packDecodeInputs(g, host));
+  }
+
+  /** The graph's int32 inputs in their one buffer's layout (decodeInputs). */
+  private packDecodeInputs(g: GraphInputs, host: DecodeRows): Int32Array {
     const T = host.ids.length,
       buf = g.host;
-    if (host.ngramIds) this.stageNgramRows(g.rank, g.batch, g.ngram, host.ngramIds);
     buf.set(host.ids, 0);
     buf.set(host.positions, T);
     buf.set(host.slots, 2 * T);
     buf.set(host.seqLens, 3 * T);
     buf.set(host.blockTable, 4 * T);
-    g.inputs.copyFromBytes(buf);
+    return buf;
+  }
+
+  /**
+   * writeDecodeInputs for a queued step (ForwardOptions.queued): the inputs are copied in on the
+   * main stream from a tensor of their own (the step before may still be reading the graph's), then
+   * the device-sampled tokens into their rows; a padding row repeats row 0 (padRows), its token too.
+   */
+  private queueDecodeInputs(g: GraphInputs, host: DecodeRows, q: QueuedTokens) {
+    const staged = new native.Tensor('int32', [g.host.length], 'cpu', this.packDecodeInputs(g, host));
+    native.copy(this.main, g.inputs, staged);
+    staged.dispose();
+    if (!q.ids) return;
+    const src = q.ids,
+      Tp = host.ids.length,
+      from = (r: number) => q.rows[r < q.rows.length ? r : 0]!; // padding rows: row 0's source
+    for (let r0 = 0; r0 < Tp; ) {
+      const s0 = from(r0);
+      let r1 = r0 + 1;
+      if (s0 >= 0) while (r1 < Tp && from(r1) === s0 + (r1 - r0)) r1++; // a run of consecutive source rows
+      if (s0 >= 0) {
+        const dst = g.batch.ids.narrow(r0, r1 - r0),
+          part = src.narrow(s0, r1 - r0);
+        native.copy(this.main, dst, part);
+        dst.dispose();
+        part.dispose();
+      }
+      r0 = r1;
+    }
   }
 
   /**
