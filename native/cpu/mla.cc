@@ -958,7 +958,7 @@ void decode_impl(const MlaDims& d, int64_t batch, float* o_lat, const float* q_l
         return cache + (static_cast<int64_t>(bt[s / block_size]) * block_size + s % block_size) * stride;
       };
       const int64_t hblocks = (hhi - hlo + kMaxQ - 1) / kMaxQ;
-      const auto prefetch_tile = [&](int64_t t, int64_t j0, int64_t j1) {  // as decode_unit_bf16
+      const auto prefetch_tile = [&](int64_t t, int64_t j0, int64_t j1) {  // the next tile into L1, in slices
         for (int64_t j = j0; j < j1 && t + j < s1; ++j) prefetch_row(row_at(t + j), stride * static_cast<int64_t>(sizeof(CT)));
       };
       if (s0 < s1) prefetch_tile(s0, 0, tile);
