@@ -398,6 +398,8 @@ describe('absorbed decode over the paged latent cache', () => {
     ['one long sequence (split-K)', small, [1000], 16],
     ['odd block size, many short sequences', { nh: 5, dn: 7, dr: 6, dv: 9, dl: 37 }, [3, 1, 40, 16, 17, 2, 65], 7],
     ['real latent widths', { nh: 6, dn: 128, dr: 64, dv: 128, dl: 512 }, [33, 1, 70], 16],
+    // bf16 path: heads in passes of 16 (16 + 4 here), an odd row (dl + dr = 39), a tile split over blocks
+    ['20 heads, odd row, partial tiles', { nh: 20, dn: 9, dr: 6, dv: 7, dl: 33 }, [5, 70, 33], 24],
   ];
   for (const [name, d, lens, bs] of cases)
     for (const cacheType of ['f32', 'bf16'] as const)

@@ -31,11 +31,28 @@ namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-// Prefetches bytes [0, n) at p into L1.
+// Prefetches bytes [0, n) at p into L1. An asm statement, not __builtin_prefetch: GCC deletes a loop
+// whose body is only __builtin_prefetch calls (they have no side effects to it), so the decode's
+// tile prefetch loops were never emitted.
+inline void prefetch_line(const char* p) {
+#if defined(__x86_64__) || defined(_M_X64)
+  asm volatile("prefetcht0 %0" : : "m"(*p));
+#else
+  __builtin_prefetch(p, 0, 3);
+#endif
+}
+// The same into L2 only.
+inline void prefetch_line_l2(const char* p) {
+#if defined(__x86_64__) || defined(_M_X64)
+  asm volatile("prefetcht1 %0" : : "m"(*p));
+#else
+  __builtin_prefetch(p, 0, 2);
+#endif
+}
 inline void prefetch_row(const void* p, int64_t n) {
   const char* c = static_cast<const char*>(p);
-  for (int64_t o = 0; o < n; o += 64) __builtin_prefetch(c + o, 0, 3);
-  if (n > 0) __builtin_prefetch(c + n - 1, 0, 3);  // (a row that starts inside a line ends in one more)
+  for (int64_t o = 0; o < n; o += 64) prefetch_line(c + o);
+  if (n > 0) prefetch_line(c + n - 1);  // (a row that starts inside a line ends in one more)
 }
 
 constexpr int kMaxQ = 4;    // query / accumulator rows per micro-kernel call
@@ -327,52 +344,138 @@ LC_TARGET_AVX512 float softmax_avx512(float* s, int n, float& m, float& l) {
 
 // ---------------------------------------------------------------------------------------------
 // AVX512-BF16 absorbed decode over a bf16 cache (decode_unit_bf16). For one tile of cache rows,
-// every head of the sequence reads the same rows, so the tile is two small GEMMs:
-//   S[heads, rows] = Q[heads, dl + dr] x K[rows, dl + dr]^T     (vdpbf16ps, dot-product form)
+// every head of the sequence reads the same rows (MQA in absorbed form), so the tile is two small GEMMs:
+//   S^T[rows, heads] = K[rows, dl + dr] x Q^T[dl + dr, heads]  (vdpbf16ps, heads in the lanes: each
+//                      key's value pair is broadcast against the pairs of 8 heads' queries, packed once
+//                      per unit; no horizontal sums, and the softmax over keys is lane-wise)
 //   acc[heads, dl] = corr * acc + P[heads, rows] x V[rows, dl]  (vdpbf16ps, V packed in row pairs)
+// The lanes are 256-bit (8 heads): 512-bit vdpbf16ps issues at half the rate here (double-pumped), so
+// the FLOP rate is the same and 8 heads (the small preset) fill a vector.
 // Numerics: q (q_lat ++ q_pe) and p = exp(s - m) are rounded to bf16 (round to nearest even),
 // every product is exact and sums are fp32; the running max m, the sum l (of the unrounded fp32 p)
 // and the rescale stay fp32, like FlashMLA on GPUs. Relative error per term is about 2^-9 on each
-// of the score and p, against 2^-24 in the fp32 path.
+// of the score and p, against 2^-24 in the fp32 path. Each head is one lane of the same instructions,
+// so its result does not depend on which heads share its vectors.
 
-constexpr int kBfTile = 32;             // cache rows per tile
-constexpr int kBfPairs = kBfTile / 2;   // row pairs per tile
-constexpr int64_t kBfMaxQ = 64 * 1024;  // bf16 query elements (heads x padded row) kept on the stack
-constexpr int64_t kBfMaxDl = 1024;      // latent width limit of the packed value tile
-constexpr int64_t kBfMaxHeads = 256;
+constexpr int kBfTile = 32;                             // cache rows per tile
+constexpr int kBfPairs = kBfTile / 2;                   // row pairs per tile
+constexpr int kBfLanes = 8;                             // heads per 256-bit vector
+constexpr int kBfChunk = 16;                            // heads per pass over a split's rows (two vectors)
+constexpr int64_t kBfMaxRow = 2048;                     // cache row (dl + dr) limit of the packed query
+constexpr int64_t kBfMaxDl = 1024;                      // latent width limit of the packed value tile
+constexpr int64_t kBfAhead = 2;                         // tiles between the one computed and the one requested into L2
+alignas(64) const uint16_t kBfZeroRow[kBfMaxRow] = {};  // the rows of a tile beyond its last key
 
-// s[h * ss + j] = (q_h . k_j) * scale for HB heads (bf16 rows, stride rp, zero-padded to rp) and JB keys.
-template <int HB, int JB>
-LC_TARGET_AVX512BF16 void scores_bf(const uint16_t* q, int64_t rp, const uint16_t* const* k, int64_t n, float scale, float* s,
-                                    int64_t ss) {
-  __m512 acc[HB][JB];
-  for (int h = 0; h < HB; ++h)
-    for (int j = 0; j < JB; ++j) acc[h][j] = _mm512_setzero_ps();
-  int64_t c = 0;
-  for (; c + 32 <= n; c += 32) {
-    __m512bh qv[HB];
-    for (int h = 0; h < HB; ++h) qv[h] = (__m512bh)_mm512_loadu_si512(q + h * rp + c);
+// s[j][v * 8 + i] = (k_j . q_(v * 8 + i)) * scale for JB keys and HV vectors of 8 heads (a head per
+// lane pair). qz: the queries as bf16 pairs, qz[g][v][2 i + e] = pair 2 g + e of head v * 8 + i (zero
+// past the row); each key's 4 values 4 g .. 4 g + 3 are broadcast as one 64-bit pair of pairs, so a
+// head's lanes 2 i and 2 i + 1 sum the even and the odd pairs, added at the end. (A 256-bit form
+// with one pair per broadcast issues twice the broadcasts and dp instructions: 1.15x slower.)
+// k[j]: bf16 rows of `row` values.
+template <int HV, int JB>
+LC_TARGET_AVX512BF16 void scores_z(const uint32_t* qz, int64_t row, const uint16_t* const* k, float scale, float* s) {
+  static_assert((JB * HV) % 2 == 0, "score vectors are stored in pairs");
+  __m512 acc[JB][HV];
+  for (int j = 0; j < JB; ++j)
+    for (int v = 0; v < HV; ++v) acc[j][v] = _mm512_setzero_ps();
+  const int64_t ng = row / 4;
+  for (int64_t g = 0; g < ng; ++g) {
+    __m512bh qv[HV];
+    for (int v = 0; v < HV; ++v) qv[v] = (__m512bh)_mm512_load_si512(qz + (g * HV + v) * 16);
     for (int j = 0; j < JB; ++j) {
-      const __m512bh kv = (__m512bh)_mm512_loadu_si512(k[j] + c);
-      for (int h = 0; h < HB; ++h) acc[h][j] = _mm512_dpbf16_ps(acc[h][j], qv[h], kv);
+      int64_t quad;
+      std::memcpy(&quad, k[j] + 4 * g, sizeof(quad));
+      const __m512bh kv = (__m512bh)_mm512_set1_epi64(quad);
+      for (int v = 0; v < HV; ++v) acc[j][v] = _mm512_dpbf16_ps(acc[j][v], kv, qv[v]);
     }
   }
-  if (c < n) {
-    const __mmask32 m = static_cast<__mmask32>((1ull << (n - c)) - 1);
-    __m512bh qv[HB];
-    for (int h = 0; h < HB; ++h) qv[h] = (__m512bh)_mm512_loadu_si512(q + h * rp + c);
+  if (row % 4 != 0) {  // the last 1-3 values alone (the next ones may be another row's, or past the cache)
+    const __mmask8 m = static_cast<__mmask8>((1u << (row % 4)) - 1);
+    __m512bh qv[HV];
+    for (int v = 0; v < HV; ++v) qv[v] = (__m512bh)_mm512_load_si512(qz + (ng * HV + v) * 16);
     for (int j = 0; j < JB; ++j) {
-      const __m512bh kv = (__m512bh)_mm512_maskz_loadu_epi16(m, k[j] + c);
-      for (int h = 0; h < HB; ++h) acc[h][j] = _mm512_dpbf16_ps(acc[h][j], qv[h], kv);
+      const __m512bh kv = (__m512bh)_mm512_broadcastq_epi64(_mm_maskz_loadu_epi16(m, k[j] + 4 * ng));
+      for (int v = 0; v < HV; ++v) acc[j][v] = _mm512_dpbf16_ps(acc[j][v], kv, qv[v]);
     }
   }
-  if constexpr (JB == 4) {
-    const __m128 vs = _mm_set1_ps(scale);
-    for (int h = 0; h < HB; ++h)
-      _mm_storeu_ps(s + h * ss, _mm_mul_ps(Avx512::hsum4(acc[h][0], acc[h][1], acc[h][2], acc[h][3]), vs));
-  } else {
-    for (int h = 0; h < HB; ++h)
-      for (int j = 0; j < JB; ++j) s[h * ss + j] = _mm512_reduce_add_ps(acc[h][j]) * scale;
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  const __m512 vs = _mm512_set1_ps(scale);
+  const __m512* a = &acc[0][0];
+  for (int f = 0; f < JB * HV; f += 2) {
+    const __m512 sum = _mm512_add_ps(_mm512_permutex2var_ps(a[f], even, a[f + 1]), _mm512_permutex2var_ps(a[f], odd, a[f + 1]));
+    _mm512_store_ps(s + f * 8, _mm512_mul_ps(sum, vs));
+  }
+}
+
+// The online softmax of one tile, 8 heads a vector: s[j][v * 8 + i] (j < kBfTile, keys nt and up are
+// ignored) is overwritten with p = exp(s - m_new) (zero beyond nt), m / l (per lane) updated, corr =
+// the factor the heads' accumulators take. Per lane as softmax_avx512: a NaN score makes m NaN, and
+// while every key so far is masked (m_new = -inf) p is zero and m, l, corr stay -inf, 0, 1.
+template <int HV>
+LC_TARGET_AVX512BF16 void softmax_t(float* s, int nt, float* m, float* l, float* corr) {
+  const __m256 ninf = _mm256_set1_ps(kNegInf), zero = _mm256_setzero_ps();
+  for (int v = 0; v < HV; ++v) {
+    __m256 vmax = ninf;
+    __mmask8 nan = 0;
+    for (int j = 0; j < nt; ++j) {
+      const __m256 x = _mm256_load_ps(s + (j * HV + v) * 8);
+      vmax = _mm256_max_ps(vmax, x);
+      nan |= _mm256_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+    }
+    const __m256 mo = _mm256_loadu_ps(m + v * 8), lo = _mm256_loadu_ps(l + v * 8);
+    __m256 mx = _mm256_max_ps(vmax, mo);  // a NaN m stays (the second operand)
+    mx = _mm256_mask_blend_ps(nan, mx, _mm256_set1_ps(std::numeric_limits<float>::quiet_NaN()));
+    const __mmask8 dead = _mm256_cmp_ps_mask(mx, ninf, _CMP_EQ_OQ);
+    __m256 cr = Avx2::exp(_mm256_sub_ps(mo, mx));
+    cr = _mm256_mask_blend_ps(_mm256_cmp_ps_mask(mo, ninf, _CMP_EQ_OQ), cr, zero);
+    cr = _mm256_mask_blend_ps(dead, cr, _mm256_set1_ps(1.0f));
+    __m256 sum = zero;
+    for (int j = 0; j < kBfTile; ++j) {
+      float* sj = s + (j * HV + v) * 8;
+      __m256 e = zero;
+      if (j < nt) {
+        e = _mm256_maskz_mov_ps(static_cast<__mmask8>(~dead), Avx2::exp(_mm256_sub_ps(_mm256_load_ps(sj), mx)));
+        sum = _mm256_add_ps(sum, e);
+      }
+      _mm256_store_ps(sj, e);
+    }
+    _mm256_storeu_ps(l + v * 8, _mm256_mask_blend_ps(dead, _mm256_fmadd_ps(lo, cr, sum), lo));
+    _mm256_storeu_ps(m + v * 8, _mm256_mask_blend_ps(dead, mx, mo));
+    _mm256_storeu_ps(corr + v * 8, cr);
+  }
+}
+
+// p[h][jp] = bf16 pair (s[2jp][h], s[2jp + 1][h]) for the HV * 8 heads of a tile's probabilities
+// s[kBfTile][HV * 8]: 8 x 8 transposes of keys x heads.
+template <int HV>
+LC_TARGET_AVX512BF16 void pack_p(const float* s, uint32_t* p) {
+  for (int v = 0; v < HV; ++v) {
+    __m256 t[kBfTile / 8][8];  // [key block][head]: 8 keys
+    for (int b = 0; b < kBfTile / 8; ++b) {
+      __m256 r[8], u[8];
+      for (int i = 0; i < 8; ++i) r[i] = _mm256_load_ps(s + ((8 * b + i) * HV + v) * 8);
+      for (int i = 0; i < 8; i += 2) {
+        u[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        u[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+      }
+      for (int i = 0; i < 8; i += 4)
+        for (int k = 0; k < 2; ++k) {
+          r[i + k] = _mm256_shuffle_ps(u[i + k], u[i + k + 2], _MM_SHUFFLE(1, 0, 1, 0));
+          r[i + k + 2] = _mm256_shuffle_ps(u[i + k], u[i + k + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        }
+      // r[0] = heads 0,4 of keys 0-3 / 4-7 halves ... : lanes 0-3 from keys 0-3, 4-7 from keys 4-7
+      for (int i = 0; i < 4; ++i) {
+        const int h0 = i == 0 ? 0 : i == 1 ? 2 : i == 2 ? 1 : 3;  // r[0], r[1], r[2], r[3]: heads 0, 2, 1, 3 (+4)
+        t[b][h0] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x20);
+        t[b][h0 + 4] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x31);
+      }
+    }
+    for (int h = 0; h < 8; ++h) {
+      const __m512 lo = _mm512_insertf32x8(_mm512_castps256_ps512(t[0][h]), t[1][h], 1);
+      const __m512 hi = _mm512_insertf32x8(_mm512_castps256_ps512(t[2][h]), t[3][h], 1);
+      _mm512_store_si512(p + (v * 8 + h) * kBfPairs, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+    }
   }
 }
 
@@ -406,12 +509,9 @@ LC_TARGET_AVX512BF16 void pv_bf(float* acc, int64_t as, const float* corr, const
     }
 }
 
-using ScoresBfFn = void (*)(const uint16_t*, int64_t, const uint16_t* const*, int64_t, float, float*, int64_t);
 using PvBfFn = void (*)(float*, int64_t, const float*, const uint32_t*, int64_t, int, const uint16_t*, int64_t, __mmask16);
 #define LC_BF_ROW(F, H) \
   { F<H, 1>, F<H, 2>, F<H, 3>, F<H, 4> }
-const ScoresBfFn kScoresBf[4][4] = {LC_BF_ROW(scores_bf, 1), LC_BF_ROW(scores_bf, 2), LC_BF_ROW(scores_bf, 3),
-                                    LC_BF_ROW(scores_bf, 4)};
 const PvBfFn kPvBf[4][4] = {LC_BF_ROW(pv_bf, 1), LC_BF_ROW(pv_bf, 2), LC_BF_ROW(pv_bf, 3), LC_BF_ROW(pv_bf, 4)};
 #undef LC_BF_ROW
 
@@ -423,86 +523,125 @@ LC_TARGET_AVX512BF16 inline void to_bf16(uint16_t* dst, const float* src, int64_
   }
 }
 
-bool decode_bf16_fits(const MlaDims& d) {
-  const int64_t rp = (d.dl + d.dr + 31) / 32 * 32;
-  return d.dl <= kBfMaxDl && d.nh <= kBfMaxHeads && d.nh * rp <= kBfMaxQ;
-}
+bool decode_bf16_fits(const MlaDims& d) { return d.dl <= kBfMaxDl && d.dl + d.dr <= kBfMaxRow; }
 
-// One split [s0, s1) of one sequence for heads [hlo, hhi): folds its cache rows into those heads'
-// rows of acc [nh, dl] and ml [nh, 2]. qlb: q_lat [nh, dl]; qpb: q_pe of head 0, heads qps apart.
-// Every head is computed on its own (the kernels' 4-head blocks only share the loads of k and v),
-// so a head's result does not depend on the range it is computed in.
-LC_TARGET_AVX512BF16 void decode_unit_bf16(const MlaDims& d, const float* qlb, const float* qpb, int64_t qps,
-                                           const uint16_t* cache, const int32_t* bt, int64_t block_size, int64_t s0, int64_t s1,
-                                           int64_t hlo, int64_t hhi, float scale, float* acc, float* ml) {
-  qlb += hlo * d.dl;
-  qpb += hlo * qps;
-  acc += hlo * d.dl;
-  ml += 2 * hlo;
-  const int64_t nh = hhi - hlo, dl = d.dl, dr = d.dr, row = dl + dr, rp = (row + 31) / 32 * 32, ncb = (dl + 15) / 16;
-  alignas(64) uint16_t qb[kBfMaxQ];
+// One split [s0, s1) of one sequence for heads [hlo, hlo + HV * 8) (at most; nh of them are real):
+// folds its cache rows into those heads' rows of acc [nh, dl] and ml [nh, 2]. qlb: q_lat of the
+// first head, dl apart; qpb: q_pe of the first head, qps apart.
+template <int HV>
+LC_TARGET_AVX512BF16 void decode_chunk_bf16(const MlaDims& d, int64_t nh, const float* qlb, const float* qpb, int64_t qps,
+                                            const uint16_t* cache, const int32_t* bt, int64_t block_size, int64_t s0, int64_t s1,
+                                            float scale, float* acc, float* ml) {
+  constexpr int JB = 16 / HV;  // keys per scores_z call: 16 accumulators
+  const int64_t dl = d.dl, dr = d.dr, row = dl + dr, ncb = (dl + 15) / 16;
+  alignas(64) uint32_t qz[(kBfMaxRow / 4 + 1) * 2 * kBfChunk];
+  alignas(64) uint16_t qrow[kBfMaxRow + 32];
   alignas(64) uint16_t vp[kBfMaxDl / 16 * kBfPairs * 32];
-  alignas(64) float sc[kBfMaxHeads * kBfTile];
-  alignas(64) uint32_t pb[kBfMaxHeads * kBfPairs];
-  float corr[kBfMaxHeads];
+  alignas(64) float st[kBfTile * kBfChunk];
+  alignas(64) uint32_t pb[kBfChunk * kBfPairs];
+  float m[kBfChunk], l[kBfChunk], corr[kBfChunk];
   const uint16_t* ka[kBfTile];
+  // q^T in bf16 pairs, scores_z's layout; the lanes past the real heads are zero.
+  std::memset(qz, 0, sizeof(uint32_t) * (row + 3) / 4 * HV * 16);
   for (int64_t h = 0; h < nh; ++h) {
-    uint16_t* qh = qb + h * rp;
-    to_bf16(qh, qlb + h * dl, dl);
-    to_bf16(qh + dl, qpb + h * qps, dr);
-    for (int64_t c = row; c < rp; ++c) qh[c] = 0;
+    to_bf16(qrow, qlb + h * dl, dl);
+    to_bf16(qrow + dl, qpb + h * qps, dr);
+    qrow[row] = qrow[row + 1] = qrow[row + 2] = 0;
+    for (int64_t g = 0; g < (row + 3) / 4; ++g)
+      for (int e = 0; e < 2; ++e)
+        std::memcpy(qz + (g * HV + h / 8) * 16 + 2 * (h % 8) + e, qrow + 4 * g + 2 * e, sizeof(uint32_t));
+  }
+  for (int i = 0; i < kBfChunk; ++i) {
+    m[i] = kNegInf;
+    l[i] = 0.0f;
   }
   const __mmask16 mlast = static_cast<__mmask16>(dl % 16 == 0 ? 0xffff : (1u << (dl % 16)) - 1);
-  const auto row_at = [&](int64_t s) {
-    return cache + (static_cast<int64_t>(bt[s / block_size]) * block_size + s % block_size) * row;
+  // rows [t, t + n) of the sequence (one division, not one a row)
+  const auto rows_at = [&](int64_t t, int n, const uint16_t** out) {
+    int64_t b = t / block_size, o = t % block_size;
+    for (int j = 0; j < n; ++j) {
+      out[j] = cache + (static_cast<int64_t>(bt[b]) * block_size + o) * row;
+      if (++o == block_size) {
+        o = 0;
+        ++b;
+      }
+    }
   };
-  const int64_t row_bytes = row * static_cast<int64_t>(sizeof(uint16_t)), hblocks = (nh + 3) / 4;
   // The cache rows are cold at decode (a whole step's weights streamed through the caches since this
-  // layer last ran): the first tile is prefetched here, every next one in slices while the scores
-  // of the current one are computed (row by row, the misses would stay a few lines deep).
-  const auto prefetch_tile = [&](int64_t t, int64_t j0, int64_t j1) {
-    for (int64_t j = j0; j < j1 && t + j < s1; ++j) prefetch_row(row_at(t + j), row_bytes);
+  // layer last ran; the hardware prefetchers do not follow the paged rows far enough): the rows
+  // kBfAhead tiles ahead of the one computed are requested into L2, a slice before each pv call,
+  // each line once (consecutive rows of a block share lines).
+  const uint16_t* pf[kBfTile];
+  int npf = 0;
+  uintptr_t pf_last = 0;  // the last line requested
+  const auto prefetch_slice = [&](int j0, int j1) {
+    for (int j = j0; j < std::min(j1, npf); ++j) {
+      const uintptr_t e = reinterpret_cast<uintptr_t>(pf[j] + row);
+      uintptr_t a = reinterpret_cast<uintptr_t>(pf[j]) & ~uintptr_t{63};
+      if (a == pf_last) a += 64;
+      for (; a < e; a += 64) prefetch_line_l2(reinterpret_cast<const char*>(a));
+      pf_last = a - 64;
+    }
   };
-  prefetch_tile(s0, 0, kBfTile);
+  const auto prefetch_tile_rows = [&](int64_t t) {  // the prefetch slices' rows: tile t
+    npf = static_cast<int>(std::max<int64_t>(0, std::min<int64_t>(kBfTile, s1 - t)));
+    rows_at(t, npf, pf);
+  };
+  for (int64_t k = 0; k < kBfAhead; ++k) {
+    prefetch_tile_rows(s0 + k * kBfTile);
+    prefetch_slice(0, kBfTile);
+  }
   for (int64_t t0 = s0; t0 < s1; t0 += kBfTile) {
-    const int nt = static_cast<int>(std::min<int64_t>(kBfTile, s1 - t0)), np = (nt + 1) / 2;
-    for (int j = 0; j < nt; ++j) ka[j] = row_at(t0 + j);
-    // Scores, then the online softmax of every head; p rounded to bf16 pairs (zero beyond nt).
-    for (int64_t h0 = 0; h0 < nh; h0 += 4) {
-      const int hb = static_cast<int>(std::min<int64_t>(4, nh - h0));
-      prefetch_tile(t0 + kBfTile, h0 / 4 * kBfTile / hblocks, (h0 / 4 + 1) * kBfTile / hblocks);
-      for (int j0 = 0; j0 < nt; j0 += 4)
-        kScoresBf[hb - 1][std::min(4, nt - j0) - 1](qb + h0 * rp, rp, ka + j0, row, scale, sc + h0 * kBfTile + j0, kBfTile);
+    const int nt = static_cast<int>(std::min<int64_t>(kBfTile, s1 - t0)), npt = (nt + 1) / 2;
+    rows_at(t0, nt, ka);
+    for (int j = nt; j < kBfTile; ++j) ka[j] = kBfZeroRow;
+    prefetch_tile_rows(t0 + kBfAhead * kBfTile);
+    for (int j0 = 0; j0 < kBfTile; j0 += JB) {
+      if (j0 < nt) scores_z<HV, JB>(qz, row, ka + j0, scale, st + j0 * HV * 8);
     }
-    const __mmask32 mt = static_cast<__mmask32>(nt >= 32 ? 0xffffffffu : (1u << nt) - 1);
-    for (int64_t h = 0; h < nh; ++h) {
-      float* s = sc + h * kBfTile;
-      corr[h] = softmax_avx512(s, nt, ml[2 * h], ml[2 * h + 1]);
-      const __m512 lo = _mm512_maskz_loadu_ps(static_cast<__mmask16>(mt), s);
-      const __m512 hi = _mm512_maskz_loadu_ps(static_cast<__mmask16>(mt >> 16), s + 16);
-      _mm512_store_si512(pb + h * kBfPairs, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
-    }
+    softmax_t<HV>(st, nt, m, l, corr);
+    pack_p<HV>(st, pb);
     // Values: 16-column groups of row pairs interleaved (a missing odd row reads as zero).
     for (int64_t cb = 0; cb < ncb; ++cb) {
       const int64_t c = cb * 16;
-      const __mmask16 m = cb == ncb - 1 ? mlast : static_cast<__mmask16>(0xffff);
+      const __mmask16 mk = cb == ncb - 1 ? mlast : static_cast<__mmask16>(0xffff);
       uint16_t* dst = vp + cb * kBfPairs * 32;
-      for (int jp = 0; jp < np; ++jp) {
-        const __m256i lo = _mm256_maskz_loadu_epi16(m, ka[2 * jp] + c);
-        const __m256i hi = 2 * jp + 1 < nt ? _mm256_maskz_loadu_epi16(m, ka[2 * jp + 1] + c) : _mm256_setzero_si256();
+      for (int jp = 0; jp < npt; ++jp) {
+        const __m256i lo = _mm256_maskz_loadu_epi16(mk, ka[2 * jp] + c);
+        const __m256i hi = _mm256_maskz_loadu_epi16(mk, ka[2 * jp + 1] + c);
         _mm512_store_si512(dst + jp * 32,
                            _mm512_or_si512(_mm512_cvtepu16_epi32(lo), _mm512_slli_epi32(_mm512_cvtepu16_epi32(hi), 16)));
       }
     }
+    const int64_t npv = (nh + 3) / 4 * ((ncb + 3) / 4);
+    int64_t ipv = 0;
     for (int64_t h0 = 0; h0 < nh; h0 += 4) {
       const int hb = static_cast<int>(std::min<int64_t>(4, nh - h0));
       for (int64_t cb0 = 0; cb0 < ncb; cb0 += 4) {
         const int cbn = static_cast<int>(std::min<int64_t>(4, ncb - cb0));
-        kPvBf[hb - 1][cbn - 1](acc + h0 * dl + cb0 * 16, dl, corr + h0, pb + h0 * kBfPairs, kBfPairs, np,
+        prefetch_slice(static_cast<int>(ipv * kBfTile / npv), static_cast<int>((ipv + 1) * kBfTile / npv));
+        ++ipv;
+        kPvBf[hb - 1][cbn - 1](acc + h0 * dl + cb0 * 16, dl, corr + h0, pb + h0 * kBfPairs, kBfPairs, npt,
                                vp + cb0 * kBfPairs * 32, kBfPairs * 32,
                                cb0 + cbn == ncb ? mlast : static_cast<__mmask16>(0xffff));
       }
     }
+  }
+  for (int64_t h = 0; h < nh; ++h) {
+    ml[2 * h] = m[h];
+    ml[2 * h + 1] = l[h];
+  }
+}
+
+// One split [s0, s1) of one sequence for heads [hlo, hhi): folds its cache rows into those heads'
+// rows of acc [nh, dl] and ml [nh, 2], kBfChunk heads at a time. qlb: q_lat [nh, dl]; qpb: q_pe of
+// head 0, heads qps apart.
+void decode_unit_bf16(const MlaDims& d, const float* qlb, const float* qpb, int64_t qps, const uint16_t* cache, const int32_t* bt,
+                      int64_t block_size, int64_t s0, int64_t s1, int64_t hlo, int64_t hhi, float scale, float* acc, float* ml) {
+  for (int64_t h0 = hlo; h0 < hhi; h0 += kBfChunk) {
+    const int64_t n = std::min<int64_t>(kBfChunk, hhi - h0);
+    (n > kBfLanes ? decode_chunk_bf16<2> : decode_chunk_bf16<1>)(d, n, qlb + h0 * d.dl, qpb + h0 * qps, qps, cache, bt,
+                                                                 block_size, s0, s1, scale, acc + h0 * d.dl, ml + 2 * h0);
   }
 }
 
@@ -819,7 +958,7 @@ void decode_impl(const MlaDims& d, int64_t batch, float* o_lat, const float* q_l
         return cache + (static_cast<int64_t>(bt[s / block_size]) * block_size + s % block_size) * stride;
       };
       const int64_t hblocks = (hhi - hlo + kMaxQ - 1) / kMaxQ;
-      const auto prefetch_tile = [&](int64_t t, int64_t j0, int64_t j1) {  // as decode_unit_bf16
+      const auto prefetch_tile = [&](int64_t t, int64_t j0, int64_t j1) {  // the next tile into L1, in slices
         for (int64_t j = j0; j < j1 && t + j < s1; ++j) prefetch_row(row_at(t + j), stride * static_cast<int64_t>(sizeof(CT)));
       };
       if (s0 < s1) prefetch_tile(s0, 0, tile);
