@@ -112,13 +112,31 @@ constexpr int64_t kPrefetchBytes = 2048;
 // deeper than L1's) read 1.5-2.4x faster (1 MB, 2 rows: 63-72 -> 40-42 us; 4 MB 251-320 -> 135-144);
 // 16 KiB was no better (bench/RESULTS.md wt13-fewrow). (Session 10 had tried other hints and distances for the one request.)
 constexpr int64_t kGemvFarPrefetchBytes = 8192;
-// t = 1 bf16 (the batch-1 decode step): the L1 request only 512 B ahead, the L2 one 8 KiB ahead
-// doing the covering. bench/native/gemv_stream.cc over medium's dense matrices, alternated per
-// round (bench/RESULTS.md wt13-gemv): 2 KiB + 8 KiB read 82-89% of the read probe at 2 threads,
-// 76-82% at 1; 256-768 B + 8 KiB 99-102% and 95-101% (the 2-4 MB gate / up / o 1.15-1.25x); with
-// no L1 request 97-99% and 89-95%. In the replayed medium step (step-bisect, 8 alternated pairs)
-// the dense linears went from 0.69-0.85 to 0.74-0.93 of the probe, region 1.04-1.32x faster.
-constexpr int64_t kGemvOneRowPrefetchBytes = 512;
+// The L1 request's distance (gemv_near_prefetch_bytes): at t = 1 bf16 (the batch-1 decode step)
+// only 512 B ahead, the L2 one 8 KiB ahead doing the covering. bench/native/gemv_stream.cc over
+// medium's dense matrices, alternated per round (bench/RESULTS.md wt13-gemv): 2 KiB + 8 KiB read
+// 82-89% of the read probe at 2 threads, 76-82% at 1; 256-768 B + 8 KiB 99-102% and 95-101% (the
+// 2-4 MB gate / up / o 1.15-1.25x); with no L1 request 97-99% and 89-95%. In the replayed medium
+// step (step-bisect, 8 alternated pairs) the dense linears went from 0.69-0.85 to 0.74-0.93 of the
+// probe, region 1.04-1.32x faster. Session 14 (bench/RESULTS.md wt14-prefetch; in-step A/Bs, the
+// harness's figures are optimistic): int8 at t = 1 the same 512 B (2 KiB before: medium step's
+// dense linears 1.02-1.06x of their former fraction of the probe, region 1.03-1.04x); bf16 at t = 2
+// the same (dense linears 1.08x, faster in 7 of 8 rounds), at t = 3-4 no L1 request at all (t = 4:
+// 1.03x, 7 of 8; 512 B there was neutral). 256 B at t = 1 bf16 read faster alone but not in the
+// step; fp8's distance (kFp8PrefetchBytes) moved nothing in the harness (its decode is the limit).
+// (The AVX2 build takes the same distances: no AVX2-only host to measure them on.)
+constexpr int64_t kGemvNearPrefetchBytes = 512;
+
+// The L1 request's distance in gemv_rows for T x rows of weights E (0: none, the L2 request only).
+template <int T, class E>
+constexpr int64_t gemv_near_prefetch_bytes() {
+  if constexpr (std::is_same_v<E, uint16_t>)
+    return T <= 2 ? kGemvNearPrefetchBytes : T <= 4 ? 0 : kPrefetchBytes;
+  else if constexpr (std::is_same_v<E, int8_t>)
+    return T == 1 ? kGemvNearPrefetchBytes : kPrefetchBytes;
+  else
+    return kPrefetchBytes;
+}
 
 // The software prefetch of the GEMVs' row streams (gemv_rows, fp8_rows, int4_rows): for each of
 // an R-row pass's rows, the `bytes` at byte `at` of the row, or, where `at` is past the row's end
@@ -164,10 +182,9 @@ void gemv_rows(const float* x, const WeightRef& w, int64_t r, float* part, int64
   bool nan[R] = {};  // a NaN weight code makes the row's dot products NaN
   for (int64_t b0 = k0; b0 < k1; b0 += 128) {
     const int64_t bend = k1 - b0 < 128 ? k1 : b0 + 128;
-    // each row's block into L1 (kPrefetchBytes ahead; kGemvOneRowPrefetchBytes at t = 1 bf16) and
-    // into L2 (kGemvFarPrefetchBytes)
-    constexpr int64_t es = sizeof(E), near = T == 1 && std::is_same_v<E, uint16_t> ? kGemvOneRowPrefetchBytes : kPrefetchBytes;
-    prefetch_rows_ahead<3>(wr, K * es, b0 * es + near, 128 * es);
+    // each row's block into L1 (gemv_near_prefetch_bytes ahead) and into L2 (kGemvFarPrefetchBytes)
+    constexpr int64_t es = sizeof(E), near = gemv_near_prefetch_bytes<T, E>();
+    if constexpr (near > 0) prefetch_rows_ahead<3>(wr, K * es, b0 * es + near, 128 * es);
     prefetch_rows_ahead<2>(wr, K * es, b0 * es + kGemvFarPrefetchBytes, 128 * es);
     F bs[R];
     for (int i = 0; i < R; ++i) {
