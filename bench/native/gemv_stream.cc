@@ -9,11 +9,17 @@
 // wt13-gemv, the block's lines 2 KiB ahead into L1 and 8 KiB into L2; `near512_far8k`: main's t = 1
 // bf16 kernel since), alternated round by round, so the
 // host's bandwidth swings hit every variant alike. Prints GB/s per variant and round and the median.
+// rows_gen (session 14): linear_vec.h's GEMV loop as main compiles it (the generic unroll-4 loop per
+// 128-column block) for bf16 / int8 / fp8 weights and T = 1-4 x rows, named <fmt>t<T>_n<near>_f<far>
+// (the L1 and L2 request distances); the 1-byte formats read the first n k bytes of each matrix and
+// are compared with probe1 (the probe over those bytes). --preset small: small's matrices (rows of
+// 512 B - 2 KiB in bf16, 36 MB: partly cache-resident, the probe reads 32-74 GB/s). --ref V: the
+// variant the last ratio column divides by (default cur).
 //
 // Build and run (AVX-512 machine; under the heavy lock):
 //   g++ -O3 -march=native -std=c++17 -pthread bench/native/gemv_stream.cc -o /tmp/gemv_stream
 //   /tmp/gemv_stream [--threads N] [--rounds N] [--huge | --file F] [--set N] [--gap-us U]
-//                     [--only a,b,...]
+//                     [--only a,b,...] [--ref V] [--preset medium|small]
 #include <immintrin.h>
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -149,8 +155,10 @@ constexpr int64_t kEsize = F == kBf16 ? 2 : 1;
 
 // Fb: a whole 128-column block as a loop of constant trip count (unrolled whole), the generic
 // loop only for a row's last, partial block (main's gemv_rows: the generic loop for every block).
-template <Fmt F, int T, int R, int64_t Near, int64_t Far, int Fb = 0>
-void rows_gen(const float* x, const Mat& m, int64_t r, float* y) {
+// Clamp: no request past the chunk's last row (r1: the rows after it are another chunk's, maybe
+// another thread's).
+template <Fmt F, int T, int R, int64_t Near, int64_t Far, int Fb = 0, bool Clamp = false>
+void rows_gen(const float* x, const Mat& m, int64_t r, float* y, int64_t r1 = 0) {
   constexpr int64_t es = kEsize<F>;
   const int64_t K = m.k, rowb = K * es;
   const char* wr[R];
@@ -159,8 +167,10 @@ void rows_gen(const float* x, const Mat& m, int64_t r, float* y) {
   for (auto& a : acc)
     for (auto& v : a) v = _mm512_setzero_ps();
   __m512i maxu = _mm512_setzero_si512(), maxs = maxu;
+  const char* end = reinterpret_cast<const char*>(m.w) + r1 * rowb;
   auto request = [&](int64_t at, auto loc) __attribute__((always_inline)) {
     const int64_t a = at < rowb ? at : at + (R - 1) * rowb;
+    if (Clamp && wr[0] + a >= end) return;  // (row 0's request is the nearest)
     for (int i = 0; i < R; ++i)
       for (int64_t off = 0; off < 128 * es; off += 64) __builtin_prefetch(wr[i] + a + off, 0, decltype(loc)::value);
   };
@@ -226,11 +236,11 @@ void rows_gen(const float* x, const Mat& m, int64_t r, float* y) {
   }
 }
 
-template <Fmt F, int T, int R, int64_t Near, int64_t Far, int Fb = 0>
+template <Fmt F, int T, int R, int64_t Near, int64_t Far, int Fb = 0, bool Clamp = false>
 void gen_chunk(const float* x, const Mat& m, int64_t r0, int64_t r1, float* y) {
   int64_t r = r0;
-  for (; r + R <= r1; r += R) rows_gen<F, T, R, Near, Far, Fb>(x, m, r, y);
-  for (; r < r1; ++r) rows_gen<F, T, 1, Near, Far, Fb>(x, m, r, y);
+  for (; r + R <= r1; r += R) rows_gen<F, T, R, Near, Far, Fb, Clamp>(x, m, r, y, r1);
+  for (; r < r1; ++r) rows_gen<F, T, 1, Near, Far, Fb, Clamp>(x, m, r, y, r1);
 }
 
 template <int R, int NA, Pf P, int64_t Dist, int Hint, int64_t Far = 0, int FarHint = 1>
@@ -435,6 +445,7 @@ int main(int argc, char** argv) {
 #define GEN(F, name, T, R, Near, Far) {name, gen_chunk<F, T, R, Near, Far>, R, static_cast<int>(kEsize<F>)}
 #define GENFB4(F, name, T, R, Near, Far) {name, gen_chunk<F, T, R, Near, Far, 4>, R, static_cast<int>(kEsize<F>)}
 #define GENFB1(F, name, T, R, Near, Far) {name, gen_chunk<F, T, R, Near, Far, 1>, R, static_cast<int>(kEsize<F>)}
+#define GENCL(F, name, T, R, Near, Far) {name, gen_chunk<F, T, R, Near, Far, 0, true>, R, static_cast<int>(kEsize<F>)}
 #define GENFB(F, name, T, R, Near, Far) {name, gen_chunk<F, T, R, Near, Far, 8>, R, static_cast<int>(kEsize<F>)}
   const std::vector<Variant> all = {
       {"probe", probe_chunk<0>, 1},
@@ -518,6 +529,9 @@ int main(int argc, char** argv) {
       // linear_vec.h's kernels per format and x rows (rows_gen): <fmt>t<T>_n<near>_f<far>; main
       // (306fe8d): bf16 t = 1 n512_f8192, bf16 t >= 2 and int8 n2048_f8192, fp8 n1536_f8192
       {"probe1", probe_chunk<0, 1>, 1, 1},
+      GENCL(kBf16, "bf16t1_n512_f8192_cl", 1, 4, 512, 8192),
+      GENCL(kBf16, "bf16t1_n512_f16384_cl", 1, 4, 512, 16384),
+      GENCL(kI8, "i8t1_n512_f8192_cl", 1, 4, 512, 8192),
       GENFB4(kBf16, "bf16t1_n2048_f8192_fb4", 1, 4, 2048, 8192),
       GENFB1(kBf16, "bf16t1_n2048_f8192_fb1", 1, 4, 2048, 8192),
       GENFB4(kBf16, "bf16t1_n512_f8192_fb4", 1, 4, 512, 8192),

@@ -122,7 +122,7 @@ constexpr int64_t kGemvFarPrefetchBytes = 8192;
 // harness's figures are optimistic): int8 at t = 1 the same 512 B (2 KiB before: medium step's
 // dense linears 1.02-1.06x of their former fraction of the probe, region 1.03-1.04x); bf16 at t = 2
 // the same (dense linears 1.08x, faster in 7 of 8 rounds), at t = 3-4 no L1 request at all (t = 4:
-// 1.03x, 7 of 8; 512 B there was neutral). 256 B at t = 1 bf16 read faster alone but not in the
+// 1.03x, 7 of 8; 512 B there was neutral; t = 3: step 1.03x, 7 of 8). 256 B at t = 1 bf16 read faster alone but not in the
 // step; fp8's distance (kFp8PrefetchBytes) moved nothing in the harness (its decode is the limit).
 // (The AVX2 build takes the same distances: no AVX2-only host to measure them on.)
 constexpr int64_t kGemvNearPrefetchBytes = 512;
