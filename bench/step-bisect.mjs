@@ -10,7 +10,7 @@
 // GB/s, median over rounds.
 //
 //   node bench/step-bisect.mjs [--preset medium] [--threads 2] [--rounds 5] [--replays 16]
-//        [--variants full,linear,...]
+//        [--variants full,linear,...] [--quantize fp8|int8|int4]
 // A variant may carry environment settings for its replays: full@LONGCAT_REGION_CHUNKS=1+X=Y.
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -53,7 +53,8 @@ const VARIANTS = {
 const variants = arg('--variants', Object.keys(VARIANTS).join(',')).split(',');
 
 const dir = path.join(here, 'out', `ckpt-${preset}`);
-const model = await loadModel(dir, { backend: 'cpu', maxContext: 1024 });
+const quantize = arg('--quantize', null); // fp8 | int8 | int4: the linears quantized at load (as step-profile's)
+const model = await loadModel(dir, { backend: 'cpu', maxContext: 1024, ...(quantize ? { quantize } : {}) });
 const engine = model.engine;
 const rand = rng(7);
 const seq = engine.newSequence();

@@ -9,11 +9,17 @@
 // wt13-gemv, the block's lines 2 KiB ahead into L1 and 8 KiB into L2; `near512_far8k`: main's t = 1
 // bf16 kernel since), alternated round by round, so the
 // host's bandwidth swings hit every variant alike. Prints GB/s per variant and round and the median.
+// rows_gen (session 14): linear_vec.h's GEMV loop as main compiles it (the generic unroll-4 loop per
+// 128-column block) for bf16 / int8 / fp8 weights and T = 1-4 x rows, named <fmt>t<T>_n<near>_f<far>
+// (the L1 and L2 request distances); the 1-byte formats read the first n k bytes of each matrix and
+// are compared with probe1 (the probe over those bytes). --preset small: small's matrices (rows of
+// 512 B - 2 KiB in bf16, 36 MB: partly cache-resident, the probe reads 32-74 GB/s). --ref V: the
+// variant the last ratio column divides by (default cur).
 //
 // Build and run (AVX-512 machine; under the heavy lock):
 //   g++ -O3 -march=native -std=c++17 -pthread bench/native/gemv_stream.cc -o /tmp/gemv_stream
 //   /tmp/gemv_stream [--threads N] [--rounds N] [--huge | --file F] [--set N] [--gap-us U]
-//                     [--only a,b,...]
+//                     [--only a,b,...] [--ref V] [--preset medium|small]
 #include <immintrin.h>
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -136,6 +142,107 @@ void row1_chunk(const float* x, const Mat& m, int64_t r0, int64_t r1, float* y) 
   for (int64_t r = r0; r < r1; ++r) row1<NA, Dist, Blk>(x, m, r, y);
 }
 
+// linear_vec.h's GEMV kernels for T x rows and each weight format, with its prefetch (per
+// 128-column block, every row's block Near bytes ahead into L1 (Near = 0: none) and Far bytes
+// ahead into L2, past the row's end on in the same row of the next pass: prefetch_rows_ahead):
+//   kBf16  gemv_rows<T, R, DecBF16>: 2 bytes a weight, 4 lines a block
+//   kI8    gemv_rows<T, R, DecI8>: 1 byte a weight (int8 -> f32), 2 lines a block
+//   kFp8   fp8_rows<T, R, NA = 1>: 64 codes per load, the bit-move decode to f16 and vcvtph2ps, the
+//          NaN-code byte maxima (x taken in plain order: the bandwidth does not care)
+enum Fmt { kBf16, kI8, kFp8 };
+template <Fmt F>
+constexpr int64_t kEsize = F == kBf16 ? 2 : 1;
+
+// Fb: a whole 128-column block as a loop of constant trip count (unrolled whole), the generic
+// loop only for a row's last, partial block (main's gemv_rows: the generic loop for every block).
+// Clamp: no request past the chunk's last row (r1: the rows after it are another chunk's, maybe
+// another thread's).
+template <Fmt F, int T, int R, int64_t Near, int64_t Far, int Fb = 0, bool Clamp = false>
+void rows_gen(const float* x, const Mat& m, int64_t r, float* y, int64_t r1 = 0) {
+  constexpr int64_t es = kEsize<F>;
+  const int64_t K = m.k, rowb = K * es;
+  const char* wr[R];
+  for (int i = 0; i < R; ++i) wr[i] = reinterpret_cast<const char*>(m.w) + (r + i) * rowb;
+  __m512 acc[T][R];
+  for (auto& a : acc)
+    for (auto& v : a) v = _mm512_setzero_ps();
+  __m512i maxu = _mm512_setzero_si512(), maxs = maxu;
+  const char* end = reinterpret_cast<const char*>(m.w) + r1 * rowb;
+  auto request = [&](int64_t at, auto loc) __attribute__((always_inline)) {
+    const int64_t a = at < rowb ? at : at + (R - 1) * rowb;
+    if (Clamp && wr[0] + a >= end) return;  // (row 0's request is the nearest)
+    for (int i = 0; i < R; ++i)
+      for (int64_t off = 0; off < 128 * es; off += 64) __builtin_prefetch(wr[i] + a + off, 0, decltype(loc)::value);
+  };
+  for (int64_t b0 = 0; b0 < K; b0 += 128) {
+    if constexpr (Near > 0) request(b0 * es + Near, std::integral_constant<int, 3>{});
+    if constexpr (Far > 0) request(b0 * es + Far, std::integral_constant<int, 2>{});
+    const int64_t bend = std::min(K, b0 + 128);
+    if constexpr (F == kFp8) {
+      for (int64_t k = b0; k + 64 <= bend; k += 64) {
+        __m512i h[2][R];
+        for (int i = 0; i < R; ++i) {
+          const __m512i v = _mm512_loadu_si512(wr[i] + k);
+          maxu = _mm512_max_epu8(maxu, v);
+          maxs = _mm512_max_epi8(maxs, v);
+          h[0][i] = _mm512_and_si512(_mm512_srai_epi16(_mm512_slli_epi16(v, 8), 1), _mm512_set1_epi16(static_cast<short>(0xbf80)));
+          h[1][i] = _mm512_and_si512(_mm512_srai_epi16(v, 1), _mm512_set1_epi16(static_cast<short>(0xbf80)));
+        }
+        for (int q = 0; q < 4; ++q) {
+          __m512 wv[R];
+          for (int i = 0; i < R; ++i)
+            wv[i] = _mm512_cvtph_ps(q % 2 ? _mm512_extracti64x4_epi64(h[q / 2][i], 1) : _mm512_castsi512_si256(h[q / 2][i]));
+          for (int t = 0; t < T; ++t) {
+            const __m512 xv = _mm512_loadu_ps(x + t * K + k + 16 * q);
+            for (int i = 0; i < R; ++i) acc[t][i] = _mm512_fmadd_ps(xv, wv[i], acc[t][i]);
+          }
+        }
+      }
+    } else {
+      auto step = [&](int64_t k) __attribute__((always_inline)) {
+        __m512 wv[R];
+        for (int i = 0; i < R; ++i) {
+          if constexpr (F == kBf16)
+            wv[i] = _mm512_castsi512_ps(_mm512_slli_epi32(
+                _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr[i] + 2 * k))), 16));
+          else
+            wv[i] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wr[i] + k))));
+        }
+        for (int t = 0; t < T; ++t) {
+          const __m512 xv = _mm512_loadu_ps(x + t * K + k);
+          for (int i = 0; i < R; ++i) acc[t][i] = _mm512_fmadd_ps(xv, wv[i], acc[t][i]);
+        }
+      };
+      if (Fb == 8 && bend - b0 == 128) {
+#pragma GCC unroll 8
+        for (int u = 0; u < 8; ++u) step(b0 + 16 * u);
+      } else if (Fb == 4 && bend - b0 == 128) {
+#pragma GCC unroll 4
+        for (int u = 0; u < 8; ++u) step(b0 + 16 * u);
+      } else if (Fb == 1 && bend - b0 == 128) {
+#pragma GCC unroll 1
+        for (int u = 0; u < 8; ++u) step(b0 + 16 * u);
+      } else {
+#pragma GCC unroll 4
+        for (int64_t k = b0; k + 16 <= bend; k += 16) step(k);
+      }
+    }
+  }
+  const bool nan = _mm512_cmpeq_epi8_mask(maxu, _mm512_set1_epi8(-1)) == 1 && _mm512_cmpeq_epi8_mask(maxs, _mm512_set1_epi8(0x7f)) == 1;
+  for (int i = 0; i < R; ++i) {
+    float s = nan ? 1.0f : 0.0f;
+    for (int t = 0; t < T; ++t) s += _mm512_reduce_add_ps(acc[t][i]);
+    y[r + i] = s;
+  }
+}
+
+template <Fmt F, int T, int R, int64_t Near, int64_t Far, int Fb = 0, bool Clamp = false>
+void gen_chunk(const float* x, const Mat& m, int64_t r0, int64_t r1, float* y) {
+  int64_t r = r0;
+  for (; r + R <= r1; r += R) rows_gen<F, T, R, Near, Far, Fb, Clamp>(x, m, r, y, r1);
+  for (; r < r1; ++r) rows_gen<F, T, 1, Near, Far, Fb, Clamp>(x, m, r, y, r1);
+}
+
 template <int R, int NA, Pf P, int64_t Dist, int Hint, int64_t Far = 0, int FarHint = 1>
 void gemv_chunk(const float* x, const Mat& m, int64_t r0, int64_t r1, float* y) {
   int64_t r = r0;
@@ -153,11 +260,12 @@ void adaptive_chunk(const float* x, const Mat& m, int64_t r0, int64_t r1, float*
     gemv_chunk<4, 1, P, 2048, 0>(x, m, r0, r1, y);
 }
 
-// read_sum's loop (linear.h), with an optional software prefetch Dist bytes ahead.
-template <int64_t Dist>
+// read_sum's loop (linear.h), with an optional software prefetch Dist bytes ahead, over the
+// matrix's bytes at Es bytes a weight.
+template <int64_t Dist, int64_t Es = 2>
 void probe_chunk(const float*, const Mat& m, int64_t r0, int64_t r1, float* y) {
-  const __m512i* p = reinterpret_cast<const __m512i*>(m.w + r0 * m.k);
-  const int64_t lines = (r1 - r0) * m.k * 2 / 64;
+  const __m512i* p = reinterpret_cast<const __m512i*>(reinterpret_cast<const char*>(m.w) + r0 * m.k * Es);
+  const int64_t lines = (r1 - r0) * m.k * Es / 64;
   __m512i s0 = _mm512_setzero_si512(), s1 = s0, s2 = s0, s3 = s0;
   int64_t i = 0;
   for (; i + 4 <= lines; i += 4) {
@@ -179,7 +287,8 @@ using Chunk = void (*)(const float*, const Mat&, int64_t, int64_t, float*);
 struct Variant {
   const char* name;
   Chunk fn;
-  int rows;  // rows per pass (chunks are cut at multiples)
+  int rows;        // rows per pass (chunks are cut at multiples)
+  int esize = 2;   // bytes per weight (the matrices' first n k esize bytes are read)
 };
 
 // ---- the pool --------------------------------------------------------------------------------
@@ -223,13 +332,13 @@ struct Pool {
     }
   }
   // One GEMV: chunking as parallel_for(ceil(n / unit), grain) with grain = 64 KiB of rows / unit.
-  void run(const Mat& m, Chunk f, int rows, const float* xv, float* yv) {
+  void run(const Mat& m, Chunk f, int rows, int esize, const float* xv, float* yv) {
     mat = &m;
     fn = f;
     unit = rows;
     x = xv;
     y = yv;
-    const int64_t n = (m.n + rows - 1) / rows, grain = std::max<int64_t>(1, 65536 / (m.k * 2) / rows);
+    const int64_t n = (m.n + rows - 1) / rows, grain = std::max<int64_t>(1, 65536 / (m.k * esize) / rows);
     chunks = std::min<int64_t>((n + grain - 1) / grain, 4 * threads);
     ticket = 0;
     done = 0;
@@ -264,7 +373,7 @@ int main(int argc, char** argv) {
   int nset = 0;  // rotate through only the first nset matrices (cache-resident: the compute ceiling)
   const char* file = nullptr;  // the matrices carved from this file's mapped pages (page cache, 4 KiB)
   double gap_us = 0;           // the master alone between two GEMVs (a serial op of the step), workers spinning
-  std::string only;
+  std::string only, ref = "cur", preset = "medium";
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--threads" && i + 1 < argc) threads = atoi(argv[++i]);
@@ -274,19 +383,25 @@ int main(int argc, char** argv) {
     else if (a == "--file" && i + 1 < argc) file = argv[++i];
     else if (a == "--gap-us" && i + 1 < argc) gap_us = atof(argv[++i]);
     else if (a == "--only" && i + 1 < argc) only = "," + std::string(argv[++i]) + ",";
+    else if (a == "--ref" && i + 1 < argc) ref = argv[++i];
+    else if (a == "--preset" && i + 1 < argc) preset = argv[++i];
     else {
-      fprintf(stderr, "usage: %s [--threads N] [--rounds N] [--huge] [--set N] [--file F] [--gap-us U] [--only a,b]\n", argv[0]);
+      fprintf(stderr, "usage: %s [--threads N] [--rounds N] [--huge] [--set N] [--file F] [--gap-us U] [--only a,b] [--ref v] [--preset medium|small]\n", argv[0]);
       return 2;
     }
   }
 
-  // medium: hidden 1024, ffn 2048, q_lora 384, kv_lora 256 + rope 32, 16 heads x (64 + 32) q, 16 x 64 v.
+  // medium: hidden 1024, ffn 2048, q_lora 384, kv_lora 256 + rope 32, 16 heads x (64 + 32) q, 16 x 64 v;
+  // small: hidden 512, ffn 1024, q_lora 256, kv_lora 128 + rope 16, 8 heads x (32 + 16) q, 8 x 32 v
+  // (rows of 512 B - 2 KiB in bf16).
   std::vector<std::pair<int64_t, int64_t>> shapes;
-  for (int l = 0; l < 16; ++l)
-    for (auto s : std::vector<std::pair<int64_t, int64_t>>{
-             {384, 1024}, {288, 1024}, {1536, 384}, {1024, 1024}, {2048, 1024}, {2048, 1024}, {1024, 2048}})
+  const bool small = preset == "small";
+  for (int l = 0; l < (small ? 8 : 16); ++l)
+    for (auto s : small ? std::vector<std::pair<int64_t, int64_t>>{{256, 512}, {144, 512}, {384, 256}, {512, 256}, {1024, 512}, {1024, 512}, {512, 1024}}
+                        : std::vector<std::pair<int64_t, int64_t>>{
+                              {384, 1024}, {288, 1024}, {1536, 384}, {1024, 1024}, {2048, 1024}, {2048, 1024}, {1024, 2048}})
       shapes.push_back(s);
-  shapes.push_back({32768, 1024});
+  shapes.push_back(small ? std::pair<int64_t, int64_t>{4096, 512} : std::pair<int64_t, int64_t>{32768, 1024});
   if (nset > 0) shapes.resize(nset);
   std::vector<Mat> mats;
   int64_t bytes = 0, kmax = 0;
@@ -322,9 +437,16 @@ int main(int argc, char** argv) {
     bytes += n * k * 2;
     kmax = std::max(kmax, k);
   }
-  std::vector<float> x(kmax), y(32768);
-  for (int64_t i = 0; i < kmax; ++i) x[i] = 0.001f * static_cast<float>(i % 97) - 0.05f;
+  std::vector<float> x(8 * kmax), y(32768);  // up to 8 x rows (x row t at t k)
+  for (int64_t i = 0; i < 8 * kmax; ++i) x[i] = 0.001f * static_cast<float>(i % 97) - 0.05f;
+  int64_t weights = 0;  // elements; a variant reads weights x its esize bytes
+  for (const Mat& m : mats) weights += m.n * m.k;
 
+#define GEN(F, name, T, R, Near, Far) {name, gen_chunk<F, T, R, Near, Far>, R, static_cast<int>(kEsize<F>)}
+#define GENFB4(F, name, T, R, Near, Far) {name, gen_chunk<F, T, R, Near, Far, 4>, R, static_cast<int>(kEsize<F>)}
+#define GENFB1(F, name, T, R, Near, Far) {name, gen_chunk<F, T, R, Near, Far, 1>, R, static_cast<int>(kEsize<F>)}
+#define GENCL(F, name, T, R, Near, Far) {name, gen_chunk<F, T, R, Near, Far, 0, true>, R, static_cast<int>(kEsize<F>)}
+#define GENFB(F, name, T, R, Near, Far) {name, gen_chunk<F, T, R, Near, Far, 8>, R, static_cast<int>(kEsize<F>)}
   const std::vector<Variant> all = {
       {"probe", probe_chunk<0>, 1},
       {"probe_pf2k", probe_chunk<2048>, 1},
@@ -404,6 +526,224 @@ int main(int argc, char** argv) {
       {"s4", row1_chunk<4, 0>, 1},
       {"s4_2k", row1_chunk<4, 2048>, 1},
       {"s4_4k", row1_chunk<4, 4096>, 1},
+      // linear_vec.h's kernels per format and x rows (rows_gen): <fmt>t<T>_n<near>_f<far>; main
+      // (306fe8d): bf16 t = 1 n512_f8192, bf16 t >= 2 and int8 n2048_f8192, fp8 n1536_f8192
+      {"probe1", probe_chunk<0, 1>, 1, 1},
+      GENCL(kBf16, "bf16t1_n512_f8192_cl", 1, 4, 512, 8192),
+      GENCL(kBf16, "bf16t1_n512_f16384_cl", 1, 4, 512, 16384),
+      GENCL(kI8, "i8t1_n512_f8192_cl", 1, 4, 512, 8192),
+      GENFB4(kBf16, "bf16t1_n2048_f8192_fb4", 1, 4, 2048, 8192),
+      GENFB1(kBf16, "bf16t1_n2048_f8192_fb1", 1, 4, 2048, 8192),
+      GENFB4(kBf16, "bf16t1_n512_f8192_fb4", 1, 4, 512, 8192),
+      GENFB1(kBf16, "bf16t1_n512_f8192_fb1", 1, 4, 512, 8192),
+      GENFB4(kBf16, "bf16t1_n256_f8192_fb4", 1, 4, 256, 8192),
+      GENFB1(kBf16, "bf16t1_n256_f8192_fb1", 1, 4, 256, 8192),
+      GENFB4(kBf16, "bf16t1_n0_f8192_fb4", 1, 4, 0, 8192),
+      GENFB1(kBf16, "bf16t1_n0_f8192_fb1", 1, 4, 0, 8192),
+      GENFB4(kBf16, "bf16t2_n2048_f8192_fb4", 2, 4, 2048, 8192),
+      GENFB1(kBf16, "bf16t2_n2048_f8192_fb1", 2, 4, 2048, 8192),
+      GENFB4(kBf16, "bf16t2_n512_f8192_fb4", 2, 4, 512, 8192),
+      GENFB1(kBf16, "bf16t2_n512_f8192_fb1", 2, 4, 512, 8192),
+      GENFB4(kBf16, "bf16t2_n256_f8192_fb4", 2, 4, 256, 8192),
+      GENFB1(kBf16, "bf16t2_n256_f8192_fb1", 2, 4, 256, 8192),
+      GENFB4(kBf16, "bf16t2_n0_f8192_fb4", 2, 4, 0, 8192),
+      GENFB1(kBf16, "bf16t2_n0_f8192_fb1", 2, 4, 0, 8192),
+      GENFB4(kBf16, "bf16t3_n2048_f8192_fb4", 3, 4, 2048, 8192),
+      GENFB1(kBf16, "bf16t3_n2048_f8192_fb1", 3, 4, 2048, 8192),
+      GENFB4(kBf16, "bf16t3_n512_f8192_fb4", 3, 4, 512, 8192),
+      GENFB1(kBf16, "bf16t3_n512_f8192_fb1", 3, 4, 512, 8192),
+      GENFB4(kBf16, "bf16t3_n256_f8192_fb4", 3, 4, 256, 8192),
+      GENFB1(kBf16, "bf16t3_n256_f8192_fb1", 3, 4, 256, 8192),
+      GENFB4(kBf16, "bf16t3_n0_f8192_fb4", 3, 4, 0, 8192),
+      GENFB1(kBf16, "bf16t3_n0_f8192_fb1", 3, 4, 0, 8192),
+      GENFB4(kBf16, "bf16t4_n2048_f8192_fb4", 4, 4, 2048, 8192),
+      GENFB1(kBf16, "bf16t4_n2048_f8192_fb1", 4, 4, 2048, 8192),
+      GENFB4(kBf16, "bf16t4_n512_f8192_fb4", 4, 4, 512, 8192),
+      GENFB1(kBf16, "bf16t4_n512_f8192_fb1", 4, 4, 512, 8192),
+      GENFB4(kBf16, "bf16t4_n256_f8192_fb4", 4, 4, 256, 8192),
+      GENFB1(kBf16, "bf16t4_n256_f8192_fb1", 4, 4, 256, 8192),
+      GENFB4(kBf16, "bf16t4_n0_f8192_fb4", 4, 4, 0, 8192),
+      GENFB1(kBf16, "bf16t4_n0_f8192_fb1", 4, 4, 0, 8192),
+      GENFB4(kI8, "i8t1_n2048_f8192_fb4", 1, 4, 2048, 8192),
+      GENFB1(kI8, "i8t1_n2048_f8192_fb1", 1, 4, 2048, 8192),
+      GENFB4(kI8, "i8t1_n512_f8192_fb4", 1, 4, 512, 8192),
+      GENFB1(kI8, "i8t1_n512_f8192_fb1", 1, 4, 512, 8192),
+      GENFB4(kI8, "i8t1_n256_f8192_fb4", 1, 4, 256, 8192),
+      GENFB1(kI8, "i8t1_n256_f8192_fb1", 1, 4, 256, 8192),
+      GENFB4(kI8, "i8t1_n0_f8192_fb4", 1, 4, 0, 8192),
+      GENFB1(kI8, "i8t1_n0_f8192_fb1", 1, 4, 0, 8192),
+      GENFB4(kI8, "i8t2_n2048_f8192_fb4", 2, 4, 2048, 8192),
+      GENFB1(kI8, "i8t2_n2048_f8192_fb1", 2, 4, 2048, 8192),
+      GENFB4(kI8, "i8t2_n512_f8192_fb4", 2, 4, 512, 8192),
+      GENFB1(kI8, "i8t2_n512_f8192_fb1", 2, 4, 512, 8192),
+      GENFB4(kI8, "i8t2_n256_f8192_fb4", 2, 4, 256, 8192),
+      GENFB1(kI8, "i8t2_n256_f8192_fb1", 2, 4, 256, 8192),
+      GENFB4(kI8, "i8t2_n0_f8192_fb4", 2, 4, 0, 8192),
+      GENFB1(kI8, "i8t2_n0_f8192_fb1", 2, 4, 0, 8192),
+      GENFB4(kI8, "i8t3_n2048_f8192_fb4", 3, 4, 2048, 8192),
+      GENFB1(kI8, "i8t3_n2048_f8192_fb1", 3, 4, 2048, 8192),
+      GENFB4(kI8, "i8t3_n512_f8192_fb4", 3, 4, 512, 8192),
+      GENFB1(kI8, "i8t3_n512_f8192_fb1", 3, 4, 512, 8192),
+      GENFB4(kI8, "i8t3_n256_f8192_fb4", 3, 4, 256, 8192),
+      GENFB1(kI8, "i8t3_n256_f8192_fb1", 3, 4, 256, 8192),
+      GENFB4(kI8, "i8t3_n0_f8192_fb4", 3, 4, 0, 8192),
+      GENFB1(kI8, "i8t3_n0_f8192_fb1", 3, 4, 0, 8192),
+      GENFB4(kI8, "i8t4_n2048_f8192_fb4", 4, 4, 2048, 8192),
+      GENFB1(kI8, "i8t4_n2048_f8192_fb1", 4, 4, 2048, 8192),
+      GENFB4(kI8, "i8t4_n512_f8192_fb4", 4, 4, 512, 8192),
+      GENFB1(kI8, "i8t4_n512_f8192_fb1", 4, 4, 512, 8192),
+      GENFB4(kI8, "i8t4_n256_f8192_fb4", 4, 4, 256, 8192),
+      GENFB1(kI8, "i8t4_n256_f8192_fb1", 4, 4, 256, 8192),
+      GENFB4(kI8, "i8t4_n0_f8192_fb4", 4, 4, 0, 8192),
+      GENFB1(kI8, "i8t4_n0_f8192_fb1", 4, 4, 0, 8192),
+      GENFB(kBf16, "bf16t1_n2048_f8192_fb", 1, 4, 2048, 8192),
+      GENFB(kBf16, "bf16t1_n1024_f8192_fb", 1, 4, 1024, 8192),
+      GENFB(kBf16, "bf16t1_n512_f8192_fb", 1, 4, 512, 8192),
+      GENFB(kBf16, "bf16t1_n256_f8192_fb", 1, 4, 256, 8192),
+      GENFB(kBf16, "bf16t1_n0_f8192_fb", 1, 4, 0, 8192),
+      GENFB(kBf16, "bf16t2_n2048_f8192_fb", 2, 4, 2048, 8192),
+      GENFB(kBf16, "bf16t2_n1024_f8192_fb", 2, 4, 1024, 8192),
+      GENFB(kBf16, "bf16t2_n512_f8192_fb", 2, 4, 512, 8192),
+      GENFB(kBf16, "bf16t2_n256_f8192_fb", 2, 4, 256, 8192),
+      GENFB(kBf16, "bf16t2_n0_f8192_fb", 2, 4, 0, 8192),
+      GENFB(kBf16, "bf16t3_n2048_f8192_fb", 3, 4, 2048, 8192),
+      GENFB(kBf16, "bf16t3_n1024_f8192_fb", 3, 4, 1024, 8192),
+      GENFB(kBf16, "bf16t3_n512_f8192_fb", 3, 4, 512, 8192),
+      GENFB(kBf16, "bf16t3_n256_f8192_fb", 3, 4, 256, 8192),
+      GENFB(kBf16, "bf16t3_n0_f8192_fb", 3, 4, 0, 8192),
+      GENFB(kBf16, "bf16t4_n2048_f8192_fb", 4, 4, 2048, 8192),
+      GENFB(kBf16, "bf16t4_n1024_f8192_fb", 4, 4, 1024, 8192),
+      GENFB(kBf16, "bf16t4_n512_f8192_fb", 4, 4, 512, 8192),
+      GENFB(kBf16, "bf16t4_n256_f8192_fb", 4, 4, 256, 8192),
+      GENFB(kBf16, "bf16t4_n0_f8192_fb", 4, 4, 0, 8192),
+      GENFB(kI8, "i8t1_n2048_f8192_fb", 1, 4, 2048, 8192),
+      GENFB(kI8, "i8t1_n1024_f8192_fb", 1, 4, 1024, 8192),
+      GENFB(kI8, "i8t1_n512_f8192_fb", 1, 4, 512, 8192),
+      GENFB(kI8, "i8t1_n256_f8192_fb", 1, 4, 256, 8192),
+      GENFB(kI8, "i8t1_n0_f8192_fb", 1, 4, 0, 8192),
+      GENFB(kI8, "i8t2_n2048_f8192_fb", 2, 4, 2048, 8192),
+      GENFB(kI8, "i8t2_n1024_f8192_fb", 2, 4, 1024, 8192),
+      GENFB(kI8, "i8t2_n512_f8192_fb", 2, 4, 512, 8192),
+      GENFB(kI8, "i8t2_n256_f8192_fb", 2, 4, 256, 8192),
+      GENFB(kI8, "i8t2_n0_f8192_fb", 2, 4, 0, 8192),
+      GENFB(kI8, "i8t3_n2048_f8192_fb", 3, 4, 2048, 8192),
+      GENFB(kI8, "i8t3_n1024_f8192_fb", 3, 4, 1024, 8192),
+      GENFB(kI8, "i8t3_n512_f8192_fb", 3, 4, 512, 8192),
+      GENFB(kI8, "i8t3_n256_f8192_fb", 3, 4, 256, 8192),
+      GENFB(kI8, "i8t3_n0_f8192_fb", 3, 4, 0, 8192),
+      GENFB(kI8, "i8t4_n2048_f8192_fb", 4, 4, 2048, 8192),
+      GENFB(kI8, "i8t4_n1024_f8192_fb", 4, 4, 1024, 8192),
+      GENFB(kI8, "i8t4_n512_f8192_fb", 4, 4, 512, 8192),
+      GENFB(kI8, "i8t4_n256_f8192_fb", 4, 4, 256, 8192),
+      GENFB(kI8, "i8t4_n0_f8192_fb", 4, 4, 0, 8192),
+      GEN(kBf16, "bf16t1_n2048_f8192", 1, 4, 2048, 8192),
+      GEN(kBf16, "bf16t1_n1024_f8192", 1, 4, 1024, 8192),
+      GEN(kBf16, "bf16t1_n512_f8192", 1, 4, 512, 8192),
+      GEN(kBf16, "bf16t1_n256_f8192", 1, 4, 256, 8192),
+      GEN(kBf16, "bf16t1_n0_f8192", 1, 4, 0, 8192),
+      GEN(kBf16, "bf16t1_n512_f4096", 1, 4, 512, 4096),
+      GEN(kBf16, "bf16t1_n512_f12288", 1, 4, 512, 12288),
+      GEN(kBf16, "bf16t1_n512_f16384", 1, 4, 512, 16384),
+      GEN(kBf16, "bf16t1_n2048_f16384", 1, 4, 2048, 16384),
+      GEN(kBf16, "bf16t2_n2048_f8192", 2, 4, 2048, 8192),
+      GEN(kBf16, "bf16t2_n1024_f8192", 2, 4, 1024, 8192),
+      GEN(kBf16, "bf16t2_n512_f8192", 2, 4, 512, 8192),
+      GEN(kBf16, "bf16t2_n256_f8192", 2, 4, 256, 8192),
+      GEN(kBf16, "bf16t2_n0_f8192", 2, 4, 0, 8192),
+      GEN(kBf16, "bf16t2_n512_f4096", 2, 4, 512, 4096),
+      GEN(kBf16, "bf16t2_n512_f12288", 2, 4, 512, 12288),
+      GEN(kBf16, "bf16t2_n512_f16384", 2, 4, 512, 16384),
+      GEN(kBf16, "bf16t2_n2048_f16384", 2, 4, 2048, 16384),
+      GEN(kBf16, "bf16t3_n2048_f8192", 3, 4, 2048, 8192),
+      GEN(kBf16, "bf16t3_n1024_f8192", 3, 4, 1024, 8192),
+      GEN(kBf16, "bf16t3_n512_f8192", 3, 4, 512, 8192),
+      GEN(kBf16, "bf16t3_n256_f8192", 3, 4, 256, 8192),
+      GEN(kBf16, "bf16t3_n0_f8192", 3, 4, 0, 8192),
+      GEN(kBf16, "bf16t3_n512_f4096", 3, 4, 512, 4096),
+      GEN(kBf16, "bf16t3_n512_f12288", 3, 4, 512, 12288),
+      GEN(kBf16, "bf16t3_n512_f16384", 3, 4, 512, 16384),
+      GEN(kBf16, "bf16t3_n2048_f16384", 3, 4, 2048, 16384),
+      GEN(kBf16, "bf16t4_n2048_f8192", 4, 4, 2048, 8192),
+      GEN(kBf16, "bf16t4_n1024_f8192", 4, 4, 1024, 8192),
+      GEN(kBf16, "bf16t4_n512_f8192", 4, 4, 512, 8192),
+      GEN(kBf16, "bf16t4_n256_f8192", 4, 4, 256, 8192),
+      GEN(kBf16, "bf16t4_n0_f8192", 4, 4, 0, 8192),
+      GEN(kBf16, "bf16t4_n512_f4096", 4, 4, 512, 4096),
+      GEN(kBf16, "bf16t4_n512_f12288", 4, 4, 512, 12288),
+      GEN(kBf16, "bf16t4_n512_f16384", 4, 4, 512, 16384),
+      GEN(kBf16, "bf16t4_n2048_f16384", 4, 4, 2048, 16384),
+      GEN(kI8, "i8t1_n2048_f8192", 1, 4, 2048, 8192),
+      GEN(kI8, "i8t1_n1024_f8192", 1, 4, 1024, 8192),
+      GEN(kI8, "i8t1_n512_f8192", 1, 4, 512, 8192),
+      GEN(kI8, "i8t1_n256_f8192", 1, 4, 256, 8192),
+      GEN(kI8, "i8t1_n0_f8192", 1, 4, 0, 8192),
+      GEN(kI8, "i8t1_n512_f4096", 1, 4, 512, 4096),
+      GEN(kI8, "i8t1_n512_f12288", 1, 4, 512, 12288),
+      GEN(kI8, "i8t1_n512_f16384", 1, 4, 512, 16384),
+      GEN(kI8, "i8t1_n2048_f16384", 1, 4, 2048, 16384),
+      GEN(kI8, "i8t2_n2048_f8192", 2, 4, 2048, 8192),
+      GEN(kI8, "i8t2_n1024_f8192", 2, 4, 1024, 8192),
+      GEN(kI8, "i8t2_n512_f8192", 2, 4, 512, 8192),
+      GEN(kI8, "i8t2_n256_f8192", 2, 4, 256, 8192),
+      GEN(kI8, "i8t2_n0_f8192", 2, 4, 0, 8192),
+      GEN(kI8, "i8t2_n512_f4096", 2, 4, 512, 4096),
+      GEN(kI8, "i8t2_n512_f12288", 2, 4, 512, 12288),
+      GEN(kI8, "i8t2_n512_f16384", 2, 4, 512, 16384),
+      GEN(kI8, "i8t2_n2048_f16384", 2, 4, 2048, 16384),
+      GEN(kI8, "i8t3_n2048_f8192", 3, 4, 2048, 8192),
+      GEN(kI8, "i8t3_n1024_f8192", 3, 4, 1024, 8192),
+      GEN(kI8, "i8t3_n512_f8192", 3, 4, 512, 8192),
+      GEN(kI8, "i8t3_n256_f8192", 3, 4, 256, 8192),
+      GEN(kI8, "i8t3_n0_f8192", 3, 4, 0, 8192),
+      GEN(kI8, "i8t3_n512_f4096", 3, 4, 512, 4096),
+      GEN(kI8, "i8t3_n512_f12288", 3, 4, 512, 12288),
+      GEN(kI8, "i8t3_n512_f16384", 3, 4, 512, 16384),
+      GEN(kI8, "i8t3_n2048_f16384", 3, 4, 2048, 16384),
+      GEN(kI8, "i8t4_n2048_f8192", 4, 4, 2048, 8192),
+      GEN(kI8, "i8t4_n1024_f8192", 4, 4, 1024, 8192),
+      GEN(kI8, "i8t4_n512_f8192", 4, 4, 512, 8192),
+      GEN(kI8, "i8t4_n256_f8192", 4, 4, 256, 8192),
+      GEN(kI8, "i8t4_n0_f8192", 4, 4, 0, 8192),
+      GEN(kI8, "i8t4_n512_f4096", 4, 4, 512, 4096),
+      GEN(kI8, "i8t4_n512_f12288", 4, 4, 512, 12288),
+      GEN(kI8, "i8t4_n512_f16384", 4, 4, 512, 16384),
+      GEN(kI8, "i8t4_n2048_f16384", 4, 4, 2048, 16384),
+      GEN(kFp8, "fp8t1_n1536_f8192", 1, 4, 1536, 8192),
+      GEN(kFp8, "fp8t1_n1024_f8192", 1, 4, 1024, 8192),
+      GEN(kFp8, "fp8t1_n512_f8192", 1, 4, 512, 8192),
+      GEN(kFp8, "fp8t1_n256_f8192", 1, 4, 256, 8192),
+      GEN(kFp8, "fp8t1_n0_f8192", 1, 4, 0, 8192),
+      GEN(kFp8, "fp8t1_n512_f4096", 1, 4, 512, 4096),
+      GEN(kFp8, "fp8t1_n512_f12288", 1, 4, 512, 12288),
+      GEN(kFp8, "fp8t1_n512_f16384", 1, 4, 512, 16384),
+      GEN(kFp8, "fp8t1_n1536_f16384", 1, 4, 1536, 16384),
+      GEN(kFp8, "fp8t2_n1536_f8192", 2, 4, 1536, 8192),
+      GEN(kFp8, "fp8t2_n1024_f8192", 2, 4, 1024, 8192),
+      GEN(kFp8, "fp8t2_n512_f8192", 2, 4, 512, 8192),
+      GEN(kFp8, "fp8t2_n256_f8192", 2, 4, 256, 8192),
+      GEN(kFp8, "fp8t2_n0_f8192", 2, 4, 0, 8192),
+      GEN(kFp8, "fp8t2_n512_f4096", 2, 4, 512, 4096),
+      GEN(kFp8, "fp8t2_n512_f12288", 2, 4, 512, 12288),
+      GEN(kFp8, "fp8t2_n512_f16384", 2, 4, 512, 16384),
+      GEN(kFp8, "fp8t2_n1536_f16384", 2, 4, 1536, 16384),
+      GEN(kFp8, "fp8t3_n1536_f8192", 3, 4, 1536, 8192),
+      GEN(kFp8, "fp8t3_n1024_f8192", 3, 4, 1024, 8192),
+      GEN(kFp8, "fp8t3_n512_f8192", 3, 4, 512, 8192),
+      GEN(kFp8, "fp8t3_n256_f8192", 3, 4, 256, 8192),
+      GEN(kFp8, "fp8t3_n0_f8192", 3, 4, 0, 8192),
+      GEN(kFp8, "fp8t3_n512_f4096", 3, 4, 512, 4096),
+      GEN(kFp8, "fp8t3_n512_f12288", 3, 4, 512, 12288),
+      GEN(kFp8, "fp8t3_n512_f16384", 3, 4, 512, 16384),
+      GEN(kFp8, "fp8t3_n1536_f16384", 3, 4, 1536, 16384),
+      GEN(kFp8, "fp8t4_n1536_f8192", 4, 4, 1536, 8192),
+      GEN(kFp8, "fp8t4_n1024_f8192", 4, 4, 1024, 8192),
+      GEN(kFp8, "fp8t4_n512_f8192", 4, 4, 512, 8192),
+      GEN(kFp8, "fp8t4_n256_f8192", 4, 4, 256, 8192),
+      GEN(kFp8, "fp8t4_n0_f8192", 4, 4, 0, 8192),
+      GEN(kFp8, "fp8t4_n512_f4096", 4, 4, 512, 4096),
+      GEN(kFp8, "fp8t4_n512_f12288", 4, 4, 512, 12288),
+      GEN(kFp8, "fp8t4_n512_f16384", 4, 4, 512, 16384),
+      GEN(kFp8, "fp8t4_n1536_f16384", 4, 4, 1536, 16384),
   };
   std::vector<const Variant*> vs;
   for (const Variant& v : all)
@@ -414,16 +754,17 @@ int main(int argc, char** argv) {
   constexpr int kShapes = 8;
   std::vector<std::vector<double>> shape_s(all.size(), std::vector<double>(kShapes));
   std::vector<double> shape_bytes(kShapes);
-  for (size_t j = 0; j < mats.size(); ++j) shape_bytes[j == 112 ? 7 : j % 7] += mats[j].n * mats[j].k * 2.0;
+  const size_t last = mats.size() - 1;  // lm_head
+  for (size_t j = 0; j < mats.size(); ++j) shape_bytes[j == last ? 7 : j % 7] += mats[j].n * mats[j].k;
   auto pass = [&](const Variant& v) {  // seconds in the GEMVs (the gaps not counted)
     double total = 0;
     std::vector<double>& acc = shape_s[&v - all.data()];
     for (size_t j = 0; j < mats.size(); ++j) {
       const auto t0 = std::chrono::steady_clock::now();
-      pool.run(mats[j], v.fn, v.rows, x.data(), y.data());
+      pool.run(mats[j], v.fn, v.rows, v.esize, x.data(), y.data());
       const auto t1 = std::chrono::steady_clock::now();
       const double d = std::chrono::duration<double>(t1 - t0).count();
-      acc[j == 112 ? 7 : j % 7] += d;
+      acc[j == last ? 7 : j % 7] += d;
       total += d;
       if (gap_us > 0) {
         const auto until = t1 + std::chrono::nanoseconds(static_cast<int64_t>(gap_us * 1e3));
@@ -441,8 +782,9 @@ int main(int argc, char** argv) {
     printf("round %d:", r);
     for (size_t i = 0; i < vs.size(); ++i) {
       const double s = pass(*vs[i]);
-      gbs[i].push_back(bytes / s / 1e9);
-      printf(" %s %.1f", vs[i]->name, bytes / s / 1e9);
+      const double b = nset > 0 || file ? bytes * vs[i]->esize / 2.0 : static_cast<double>(weights * vs[i]->esize);
+      gbs[i].push_back(b / s / 1e9);
+      printf(" %s %.1f", vs[i]->name, b / s / 1e9);
     }
     printf("\n");
     fflush(stdout);
@@ -454,18 +796,19 @@ int main(int argc, char** argv) {
       if (std::string(vs[i]->name) == name) return static_cast<int>(i);
     return -1;
   };
-  const int ip = find("probe"), ic = find("cur");
+  const int ip2 = find("probe"), ip1 = find("probe1"), ic = find(ref.c_str());
   auto med_ratio = [&](size_t i, int j) {
     std::vector<double> q;
     for (int r = 0; r < rounds; ++r) q.push_back(gbs[i][r] / gbs[j][r]);
     std::sort(q.begin(), q.end());
     return q[q.size() / 2];
   };
-  printf("median GB/s, median per-round ratio to the probe and to cur:\n");
+  printf("median GB/s, median per-round ratio to the probe (of the same bytes per weight) and to %s:\n", ref.c_str());
   for (size_t i = 0; i < vs.size(); ++i) {
     std::vector<double> g = gbs[i];
     std::sort(g.begin(), g.end());
     printf("  %-12s %6.1f", vs[i]->name, g[g.size() / 2]);
+    const int ip = vs[i]->esize == 1 ? ip1 : ip2;
     if (ip >= 0) printf("  %5.1f%%", 100 * med_ratio(i, ip));
     if (ic >= 0) printf("  %5.3f", med_ratio(i, ic));
     printf("\n");
@@ -473,7 +816,7 @@ int main(int argc, char** argv) {
   printf("GB/s per shape over all rounds (q_a, kv_a, q_b, o, gate, up, down, lm_head):\n");
   for (const Variant* v : vs) {
     printf("  %-12s", v->name);
-    for (int c = 0; c < kShapes; ++c) printf(" %6.1f", shape_bytes[c] * rounds / shape_s[v - all.data()][c] / 1e9);
+    for (int c = 0; c < kShapes; ++c) printf(" %6.1f", shape_bytes[c] * v->esize * rounds / shape_s[v - all.data()][c] / 1e9);
     printf("\n");
   }
   return 0;

@@ -112,13 +112,46 @@ constexpr int64_t kPrefetchBytes = 2048;
 // deeper than L1's) read 1.5-2.4x faster (1 MB, 2 rows: 63-72 -> 40-42 us; 4 MB 251-320 -> 135-144);
 // 16 KiB was no better (bench/RESULTS.md wt13-fewrow). (Session 10 had tried other hints and distances for the one request.)
 constexpr int64_t kGemvFarPrefetchBytes = 8192;
-// t = 1 bf16 (the batch-1 decode step): the L1 request only 512 B ahead, the L2 one 8 KiB ahead
-// doing the covering. bench/native/gemv_stream.cc over medium's dense matrices, alternated per
-// round (bench/RESULTS.md wt13-gemv): 2 KiB + 8 KiB read 82-89% of the read probe at 2 threads,
-// 76-82% at 1; 256-768 B + 8 KiB 99-102% and 95-101% (the 2-4 MB gate / up / o 1.15-1.25x); with
-// no L1 request 97-99% and 89-95%. In the replayed medium step (step-bisect, 8 alternated pairs)
-// the dense linears went from 0.69-0.85 to 0.74-0.93 of the probe, region 1.04-1.32x faster.
-constexpr int64_t kGemvOneRowPrefetchBytes = 512;
+// The L1 request's distance (gemv_near_prefetch_bytes): at t = 1 bf16 (the batch-1 decode step)
+// only 512 B ahead, the L2 one 8 KiB ahead doing the covering. bench/native/gemv_stream.cc over
+// medium's dense matrices, alternated per round (bench/RESULTS.md wt13-gemv): 2 KiB + 8 KiB read
+// 82-89% of the read probe at 2 threads, 76-82% at 1; 256-768 B + 8 KiB 99-102% and 95-101% (the
+// 2-4 MB gate / up / o 1.15-1.25x); with no L1 request 97-99% and 89-95%. In the replayed medium
+// step (step-bisect, 8 alternated pairs) the dense linears went from 0.69-0.85 to 0.74-0.93 of the
+// probe, region 1.04-1.32x faster. Session 14 (bench/RESULTS.md wt14-prefetch; in-step A/Bs, the
+// harness's figures are optimistic): int8 at t = 1 the same 512 B (2 KiB before: medium step's
+// dense linears 1.02-1.06x of their former fraction of the probe, region 1.03-1.04x); bf16 at t = 2
+// the same (dense linears 1.08x, faster in 7 of 8 rounds), at t = 3-4 no L1 request at all (t = 4:
+// 1.03x, 7 of 8; 512 B there was neutral; t = 3: step 1.03x, 7 of 8). 256 B at t = 1 bf16 read faster alone but not in the
+// step; fp8's distance (kFp8PrefetchBytes) moved nothing in the harness (its decode is the limit).
+// (The AVX2 build takes the same distances: no AVX2-only host to measure them on.)
+constexpr int64_t kGemvNearPrefetchBytes = 512;
+
+// The L1 request's distance in gemv_rows for T x rows of weights E (0: none, the L2 request only).
+template <int T, class E>
+constexpr int64_t gemv_near_prefetch_bytes() {
+  if constexpr (std::is_same_v<E, uint16_t>)
+    return T <= 2 ? kGemvNearPrefetchBytes : T <= 4 ? 0 : kPrefetchBytes;
+  else if constexpr (std::is_same_v<E, int8_t>)
+    return T == 1 ? kGemvNearPrefetchBytes : kPrefetchBytes;
+  else
+    return kPrefetchBytes;
+}
+
+// The software prefetch of the GEMVs' row streams (gemv_rows, fp8_rows, int4_rows): for each of
+// an R-row pass's rows, the `bytes` at byte `at` of the row, or, where `at` is past the row's end
+// (row_bytes), that far on past it in the same row of the next pass (R rows on: the rows the
+// stream reads next; the hardware prefetchers stop at 4 KiB pages). kLocality: 3 = into L1
+// (prefetcht0), 2 = into L2 (prefetcht1).
+// always_inline: see prefetch_group (linear_kernels.h); not inlined, GCC may drop the prefetches.
+template <int kLocality, int R, class E>
+__attribute__((always_inline)) inline void prefetch_rows_ahead(const E* const (&rows)[R], int64_t row_bytes, int64_t at,
+                                                               int64_t bytes) {
+  const int64_t at_row = at < row_bytes ? at : at + (R - 1) * row_bytes;  // from the start of row i
+  for (int i = 0; i < R; ++i)
+    for (int64_t off = 0; off < bytes; off += 64)
+      __builtin_prefetch(reinterpret_cast<const char*>(rows[i]) + at_row + off, 0, kLocality);
+}
 
 // part[t * ldp + i] += sum over k in [k0, k1) of x[t, k] * W[r + i, k], for t < T, i < R.
 template <class L, int T, int R, class D>
@@ -149,19 +182,10 @@ void gemv_rows(const float* x, const WeightRef& w, int64_t r, float* part, int64
   bool nan[R] = {};  // a NaN weight code makes the row's dot products NaN
   for (int64_t b0 = k0; b0 < k1; b0 += 128) {
     const int64_t bend = k1 - b0 < 128 ? k1 : b0 + 128;
-    // each row's block `bytes` ahead (past the row's end: on in the rows the streams read next),
-    // into L1 (kPrefetchBytes; kGemvOneRowPrefetchBytes at t = 1 bf16) and into L2 (kGemvFarPrefetchBytes)
-    const auto request = [&](int64_t bytes, auto hint) __attribute__((always_inline)) {
-      const int64_t p = b0 + bytes / static_cast<int64_t>(sizeof(E));
-      for (int i = 0; i < R; ++i) {
-        const char* pa = reinterpret_cast<const char*>(p < k1 ? wr[i] + p : wr[i] + R * K + k0 + (p - k1));
-        for (int64_t off = 0; off < 128 * static_cast<int64_t>(sizeof(E)); off += 64)
-          _mm_prefetch(pa + off, decltype(hint)::value);
-      }
-    };
-    constexpr int64_t near = T == 1 && std::is_same_v<E, uint16_t> ? kGemvOneRowPrefetchBytes : kPrefetchBytes;
-    request(near, std::integral_constant<_mm_hint, _MM_HINT_T0>{});
-    request(kGemvFarPrefetchBytes, std::integral_constant<_mm_hint, _MM_HINT_T1>{});
+    // each row's block into L1 (gemv_near_prefetch_bytes ahead) and into L2 (kGemvFarPrefetchBytes)
+    constexpr int64_t es = sizeof(E), near = gemv_near_prefetch_bytes<T, E>();
+    if constexpr (near > 0) prefetch_rows_ahead<3>(wr, K * es, b0 * es + near, 128 * es);
+    prefetch_rows_ahead<2>(wr, K * es, b0 * es + kGemvFarPrefetchBytes, 128 * es);
     F bs[R];
     for (int i = 0; i < R; ++i) {
       if constexpr (D::kNanCodes) nan[i] |= V::has_nan_code(wr[i] + b0, bend - b0);
@@ -280,10 +304,10 @@ void fp8_prep_x(const float* x, int64_t K, const float* srow, int64_t k0, int64_
     }
 }
 
-// part[t * ldp + i] += sum over k in [k0, k1) of xs[t, k - k0] * code(W[r + i, k]) for t < T,
-// i < R (NaN for a row with a NaN code).
+// part[t * ldp + i] += sum over k of xs[t, k] * code(W[r + i, k]) for t < T, i < R (NaN for a row
+// with a NaN code).
 template <class L, int T, int R, int NA>
-void fp8_rows(const float* xs, int64_t ldx, const WeightRef& w, int64_t r, int64_t k0, int64_t k1, float* part, int64_t ldp) {
+void fp8_rows(const float* xs, int64_t ldx, const WeightRef& w, int64_t r, float* part, int64_t ldp) {
   using V = typename L::V;
   using F = typename V::F;
   using I = typename V::I;
@@ -299,7 +323,7 @@ void fp8_rows(const float* xs, int64_t ldx, const WeightRef& w, int64_t r, int64
   // The n <= U codes at k of every row (n == U: a whole vector); u (the unit's index in its
   // 128-column block) picks the accumulator chains when NA > 4.
   auto unit = [&](int64_t k, int u, int64_t n) __attribute__((always_inline)) {
-    const float* xk = xs + (k - k0);
+    const float* xk = xs + k;
     auto codes = [&](int i) __attribute__((always_inline)) {
       return n == U ? V::load_bytes(wr[i] + k) : V::load_bytes_n(wr[i] + k, n);
     };
@@ -325,29 +349,22 @@ void fp8_rows(const float* xs, int64_t ldx, const WeightRef& w, int64_t r, int64
     }
   };
 
-  int64_t k = k0;
-  for (; k < k1; k += 128) {
+  int64_t k = 0;
+  for (; k < K; k += 128) {
     // each row's 128 codes kFp8PrefetchBytes ahead into L1 and kGemvFarPrefetchBytes into L2
-    const int64_t p = k + kFp8PrefetchBytes, p2 = k + kGemvFarPrefetchBytes;
-    for (int i = 0; i < R; ++i) {
-      const char* pa = reinterpret_cast<const char*>(p < k1 ? wr[i] + p : wr[i] + R * K + k0 + (p - k1));
-      const char* pb = reinterpret_cast<const char*>(p2 < k1 ? wr[i] + p2 : wr[i] + R * K + k0 + (p2 - k1));
-      _mm_prefetch(pa, _MM_HINT_T0);
-      _mm_prefetch(pa + 64, _MM_HINT_T0);
-      _mm_prefetch(pb, _MM_HINT_T1);
-      _mm_prefetch(pb + 64, _MM_HINT_T1);
-    }
-    if (k + 128 > k1) break;
+    prefetch_rows_ahead<3>(wr, K, k + kFp8PrefetchBytes, 128);
+    prefetch_rows_ahead<2>(wr, K, k + kGemvFarPrefetchBytes, 128);
+    if (k + 128 > K) break;
     for (int u = 0; u < 128 / U; ++u) unit(k + U * u, u, U);
   }
-  for (int u = 0; k + U * u < k1; ++u) {  // the last 1..127 columns
-    const int64_t left = k1 - k - U * u;
+  for (int u = 0; k + U * u < K; ++u) {  // the last 1..127 columns
+    const int64_t left = K - k - U * u;
     unit(k + U * u, u, left < U ? left : U);
   }
 
   bool nan[R] = {};
   if (V::any_byte_eq(maxu, -1) || V::any_byte_eq(maxs, 0x7f))
-    for (int i = 0; i < R; ++i) nan[i] = V::has_nan_code(wr[i] + k0, k1 - k0);
+    for (int i = 0; i < R; ++i) nan[i] = V::has_nan_code(wr[i], K);
   for (int t = 0; t < T; ++t)
     for (int i = 0; i < R; ++i) {
       for (int a = 1; a < NA; ++a) acc[0][t][i] = V::add(acc[0][t][i], acc[a][t][i]);
@@ -370,8 +387,8 @@ void gemv_fp8_range(const float* x, const WeightRef& w, int64_t n0, int64_t n1, 
       for (int64_t r = g0; r < g1; ++r) part[t][r - g0] = 0;
     fp8_prep_x<L, T>(x, K, srow, 0, K, xs, ldx);
     int64_t r = g0;
-    for (; r + G::R <= g1; r += G::R) fp8_rows<L, T, G::R, G::NA>(xs, ldx, w, r, 0, K, &part[0][r - g0], 128);
-    for (; r < g1; ++r) fp8_rows<L, T, 1, G::NA>(xs, ldx, w, r, 0, K, &part[0][r - g0], 128);
+    for (; r + G::R <= g1; r += G::R) fp8_rows<L, T, G::R, G::NA>(xs, ldx, w, r, &part[0][r - g0], 128);
+    for (; r < g1; ++r) fp8_rows<L, T, 1, G::NA>(xs, ldx, w, r, &part[0][r - g0], 128);
     for (int t = 0; t < T; ++t)
       for (int64_t r = g0; r < g1; ++r) store_y(y, yt, t * N + r, part[t][r - g0]);
   }
@@ -425,14 +442,9 @@ void int4_rows(const float* xp, int64_t ldx, const WeightRef& w, int64_t r, floa
       mv[i] = V::set1(-z * s);
     }
     for (int64_t c = gi * g; c < (gi + 1) * g; c += 32) {
-      if (c % 128 == 0) {  // past the row's end into the rows this stream reads next (row + R, ...)
-        int64_t pf = c / 2 + kInt4PrefetchBytes, pf2 = c / 2 + kGemvFarPrefetchBytes;  // into L1, L2
-        if (pf >= rb) pf += (R - 1) * rb;
-        if (pf2 >= rb) pf2 += (R - 1) * rb;
-        for (int i = 0; i < R; ++i) {
-          _mm_prefetch(reinterpret_cast<const char*>(wr[i] + pf), _MM_HINT_T0);
-          _mm_prefetch(reinterpret_cast<const char*>(wr[i] + pf2), _MM_HINT_T1);
-        }
+      if (c % 128 == 0) {  // each row's line of 128 codes into L1 and into L2
+        prefetch_rows_ahead<3>(wr, rb, c / 2 + kInt4PrefetchBytes, 64);
+        prefetch_rows_ahead<2>(wr, rb, c / 2 + kGemvFarPrefetchBytes, 64);
       }
       typename V::U4 u[R];
       for (int i = 0; i < R; ++i) u[i] = V::load_u4(wr[i] + c / 2);
