@@ -266,14 +266,14 @@ __attribute__((always_inline)) inline __m512 dp_pair(__m512 acc, __m512bh xv, co
     a##g##i##0 = dp_pair(a##g##i##0, xv, b + off); \
   else                                             \
     a##g##i##1 = dp_pair(a##g##i##1, xv, b + off);
-#define LC_LANES_GROUP(g)                                                                    \
-  if constexpr (G > g) {                                                                     \
-    const char* b = base##g + 4 * p;                                                         \
+#define LC_LANES_GROUP(g)                                                                  \
+  if constexpr (G > g) {                                                                   \
+    const char* b = base##g + 4 * p;                                                       \
     LC_LANES_DP(g, 0, 0) LC_LANES_DP(g, 1, o1) LC_LANES_DP(g, 2, o2) LC_LANES_DP(g, 3, o3) \
   }
 #define LC_LANES_STORE1(g, i) _mm512_store_ps(out + (4 * g + i) * kLanesRows, _mm512_add_ps(a##g##i##0, a##g##i##1));
-#define LC_LANES_STORE(g)                                                                        \
-  if constexpr (G > g) {                                                                         \
+#define LC_LANES_STORE(g)                                                                   \
+  if constexpr (G > g) {                                                                    \
     LC_LANES_STORE1(g, 0) LC_LANES_STORE1(g, 1) LC_LANES_STORE1(g, 2) LC_LANES_STORE1(g, 3) \
   }
 
@@ -284,7 +284,8 @@ __attribute__((always_inline)) inline __m512 dp_pair(__m512 acc, __m512bh xv, co
 // rows: the block's rows; next: the next_rows weight rows after them (requested ahead).
 template <int G>
 __attribute__((always_inline)) inline void lanes_block(const uint32_t* xq, const uint16_t* w, int64_t k, int64_t o1, int64_t o2,
-                                                       int64_t o3, int64_t rows, float* out, const uint16_t* next, int64_t next_rows) {
+                                                       int64_t o3, int64_t rows, float* out, const uint16_t* next,
+                                                       int64_t next_rows) {
   static_assert(G >= 1 && G <= kLanesGroups && kLanesGroups == 3 && kLanesChains == 2, "lanes_block: 1 to 3 groups of 4 outputs");
   const __m512 z = _mm512_setzero_ps();
   __m512 a000 = z, a001 = z, a010 = z, a011 = z, a020 = z, a021 = z, a030 = z, a031 = z;
