@@ -197,7 +197,7 @@ struct GemmBF16 {
 // each xq load. bench/native/fewrow_gemm.cc, 16 rows, 1 thread, warm: 189-214 GFLOP/s against the
 // hsum4 GEMM's 138-188; 2 threads, weights from DRAM: 1.3-1.5x faster (bench/RESULTS.md wt14-verify).
 // 24 outputs x 1 chain ran k = 1024 at half that rate (24 rows 2 KiB apart share two L1 sets);
-// 8 x 2, 16 x 1, 4 x 2 and 8 x 1 ran 5-10% below 12 x 2.
+// 8 x 2, 16 x 1, 4 x 2 and 8 x 1 ran 5-20% below 12 x 2.
 // Each output is summed in one fixed order (its two chains over k, then their sum) whatever the
 // split over threads: the same bits at any thread count.
 constexpr int64_t kLanesRows = 16;       // x rows per vector: one per fp32 lane
