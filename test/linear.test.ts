@@ -286,6 +286,46 @@ describe('linear', () => {
     expect(checked).toBe(3 * 2 * 2 * 7 * isas.length * 3);
   });
 
+  it('9-16 rows times bf16 weights with k a multiple of 32 (x rows in the lanes, no horizontal sums): x and y f32 / bf16, odd n, the same bits at 1, 2 and 3 threads', () => {
+    const r = rng(1601);
+    const threads = native.threads();
+    let checked = 0;
+    try {
+      // n: register blocks of 12 outputs, items of several blocks split over the threads, a last
+      // block of 4-8 rows and a last group of 1-3 rows; k = 2048: x packed larger than L1
+      for (const k of [32, 96, 544, 2048])
+        for (const n of [1, 3, 6, 13, 40, 203])
+          for (const xdtype of fdtypes) {
+            const w = makeWeight(r, 'bf16', n, k);
+            for (const t of [9, 12, 16]) {
+              const x = makeX(r, xdtype, t, k);
+              const want = reference(x.ref, w.ref, t, n, k);
+              eachIsa(isa => {
+                for (const yt of fdtypes) {
+                  let first: ArrayLike<number> | null = null;
+                  for (const nt of [1, 2, 3]) {
+                    native.setThreads(nt);
+                    const what = `${isa} x ${xdtype} y ${yt} t=${t} k=${k} n=${n} threads=${nt}`;
+                    const got = runLinear(x.x, w, t, n, yt);
+                    check(got, want, k, bf16Rounding(isa, 'bf16', xdtype, t), yt, what);
+                    if (first === null) first = got;
+                    else
+                      for (let i = 0; i < t * n; i++)
+                        if (!Object.is(got[i], first[i])) expect.fail(`${what}: y[${i}] = ${got[i]}, at 1 thread ${first[i]}`);
+                    checked++;
+                  }
+                }
+              });
+              x.x.dispose();
+            }
+            w.dispose();
+          }
+    } finally {
+      native.setThreads(threads);
+    }
+    expect(checked).toBe(4 * 6 * 2 * 3 * isas.length * 2 * 3);
+  });
+
   it('GEMV over several k chunks and row groups (t = 1, 2, 4; k = 4200, n = 300)', () => {
     const r = rng(909);
     const [k, n] = [4200, 300];

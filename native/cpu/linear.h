@@ -55,7 +55,9 @@ constexpr int64_t kInt4MaxGroup = 4096;
 //           weight takes the same path, its panels dequantized to bf16 (fp8, int4: value rounded to
 //           nearest even, a rounding like x's, as the CUDA tensor-core tiles do; int8: the exact
 //           codes, the row scale applied to the sums). Every other path multiplies in fp32 with
-//           fp32 accumulation.
+//           fp32 accumulation. (bf16 weights at 9-16 rows with k a multiple of 32: the same
+//           products with x's rows in the vector lanes, summed in another fixed order; a row's
+//           result there is not bit for bit the one it gets at other row counts.)
 // fp8 codes 0x7f / 0xff (NaN) give NaN like the scalar reference.
 void linear(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType yt);
 

@@ -1,6 +1,8 @@
 // AVX-512 linear layers: the drivers of linear_vec.h compiled for 16-lane vectors and 32
 // registers, plus the GEMM for bf16 weights on CPUs with AVX512-BF16 (vdpbf16ps). linear.cc calls
 // in only after checking isa().
+#include <cstring>
+
 #include "linear_kernels.h"
 #include "simd.h"
 #include "threadpool.h"
@@ -183,6 +185,197 @@ struct GemmBF16 {
   }
 };
 
+// ---------------------------------------------------------------------------------------------
+// 9-16 rows of x times bf16 weights read in place, "lanes = rows" (a batch-8 verify step's 16 rows).
+// The GEMM above puts k in the lanes: every output ends as 16 lane sums, reduced by hsum4 per 4
+// outputs and k block (~15-20% of its FP instructions at k = 512). Here the 16 lanes are x's 16 rows:
+// x is packed as [k / 2][16 rows][2 bf16] (xq, 16 * k * 2 bytes, once per call), and each output n's
+// accumulators take vdpbf16ps(acc, xq[p], broadcast(W[n][2p], W[n][2p + 1])): the same 32
+// multiply-adds per instruction, no horizontal sums, W still read where it is stored (4 bytes of a
+// row per instruction, an embedded broadcast). A register block is kLanesGroups x 4 outputs with
+// kLanesChains accumulators each (pairs p, p + 2, ...: 24 chains cover vdpbf16ps's latency) sharing
+// each xq load. bench/native/fewrow_gemm.cc, 16 rows, 1 thread, warm: 189-214 GFLOP/s against the
+// hsum4 GEMM's 138-188; 2 threads, weights from DRAM: 1.3-1.5x faster (bench/RESULTS.md wt14-verify).
+// 24 outputs x 1 chain ran k = 1024 at half that rate (24 rows 2 KiB apart share two L1 sets);
+// 8 x 2, 16 x 1, 4 x 2 and 8 x 1 ran 5-20% below 12 x 2.
+// Each output is summed in one fixed order (its two chains over k, then their sum) whatever the
+// split over threads: the same bits at any thread count.
+constexpr int64_t kLanesRows = 16;       // x rows per vector: one per fp32 lane
+constexpr int kLanesGroups = 3;          // groups of 4 outputs per register block
+constexpr int kLanesChains = 2;          // accumulators per output: 3 x 4 x 2 = 24 + xq of 32 registers
+constexpr int64_t kLanesItemBlocks = 8;  // register blocks per item of the split, at most
+// Each weight row's line kLanesL1Lines lines ahead is requested into L1 (2 or 8: the same; none:
+// 5-10% slower from DRAM), and the next register block's rows into L2 over the current block
+// (without: 1.3-1.6x slower from DRAM, as without the GEMM's far requests).
+constexpr int64_t kLanesL1Lines = 4;
+
+// 16 x 16 32-bit elements: out[j][m] = r[m][j].
+__attribute__((always_inline)) inline void transpose16(const __m512i* r, __m512i* out) {
+  __m512i t[16], u[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {  // u[4i + c], 128-bit lane L: rows 4i .. 4i + 3 of column 4L + c
+    u[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+    u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+    u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+    u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+  }
+  for (int c = 0; c < 4; ++c) {
+    const __m512i s0 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x44), s1 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xee);
+    const __m512i s2 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x44), s3 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xee);
+    out[c] = _mm512_shuffle_i32x4(s0, s2, 0x88);
+    out[4 + c] = _mm512_shuffle_i32x4(s0, s2, 0xdd);
+    out[8 + c] = _mm512_shuffle_i32x4(s1, s3, 0x88);
+    out[12 + c] = _mm512_shuffle_i32x4(s1, s3, 0xdd);
+  }
+}
+
+// xq[p * 16 + m] = x[m][2p] | x[m][2p + 1] << 16 as bf16 (f32 x rounded to nearest even), zero for
+// rows m >= t; k a multiple of 32.
+inline void lanes_pack_x(const void* x, DType xt, int64_t t, int64_t k, uint32_t* xq) {
+  for (int64_t c = 0; c < k; c += 32) {
+    __m512i r[16], out[16];
+    for (int64_t m = 0; m < kLanesRows; ++m) {
+      if (m >= t)
+        r[m] = _mm512_setzero_si512();
+      else if (xt == DType::BF16)
+        r[m] = _mm512_loadu_si512(static_cast<const uint16_t*>(x) + m * k + c);
+      else {
+        const float* src = static_cast<const float*>(x) + m * k + c;
+        r[m] = GemmBF16::bf16x32(_mm512_loadu_ps(src), _mm512_loadu_ps(src + 16));
+      }
+    }
+    transpose16(r, out);
+    for (int j = 0; j < 16; ++j) _mm512_store_si512(xq + (c / 2 + j) * kLanesRows, out[j]);
+  }
+}
+
+// acc + x pairs . the bf16 pair at p broadcast to all 16 lanes, as one instruction with an embedded
+// broadcast (with the intrinsics GCC (12) emitted a separate vpbroadcastd and, for 12+ weight rows,
+// spilled the rows' addresses; here they are base + {0, 1, 2, 3} row strides in 3 index registers).
+__attribute__((always_inline)) inline __m512 dp_pair(__m512 acc, __m512bh xv, const char* p) {
+  asm("vdpbf16ps %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(xv), "m"(*reinterpret_cast<const int32_t*>(p)));
+  return acc;
+}
+
+// Group g's 4 outputs (rows base_g, + o1, + o2, + o3 bytes) take pair p into chain p % 2.
+#define LC_LANES_DP(g, i, off)                     \
+  if (p % 2 == 0)                                  \
+    a##g##i##0 = dp_pair(a##g##i##0, xv, b + off); \
+  else                                             \
+    a##g##i##1 = dp_pair(a##g##i##1, xv, b + off);
+#define LC_LANES_GROUP(g)                                                                  \
+  if constexpr (G > g) {                                                                   \
+    const char* b = base##g + 4 * p;                                                       \
+    LC_LANES_DP(g, 0, 0) LC_LANES_DP(g, 1, o1) LC_LANES_DP(g, 2, o2) LC_LANES_DP(g, 3, o3) \
+  }
+#define LC_LANES_STORE1(g, i) _mm512_store_ps(out + (4 * g + i) * kLanesRows, _mm512_add_ps(a##g##i##0, a##g##i##1));
+#define LC_LANES_STORE(g)                                                                   \
+  if constexpr (G > g) {                                                                    \
+    LC_LANES_STORE1(g, 0) LC_LANES_STORE1(g, 1) LC_LANES_STORE1(g, 2) LC_LANES_STORE1(g, 3) \
+  }
+
+// out[r][m] = sum_k x[m][k] W[r][k] for 4G outputs: G groups of 4 weight rows, group g's rows at
+// w + 4 g ld and + o1, o2, o3 bytes (ld, 2 ld, 3 ld; the last row repeated where W ends inside a
+// group), k a multiple of 32; kLanesChains = 2 chains per output (even and odd pairs, added at the
+// end). The accumulators are named variables: as an array, GCC stored every update to the stack.
+// rows: the block's rows; next: the next_rows weight rows after them (requested ahead).
+template <int G>
+__attribute__((always_inline)) inline void lanes_block(const uint32_t* xq, const uint16_t* w, int64_t k, int64_t o1, int64_t o2,
+                                                       int64_t o3, int64_t rows, float* out, const uint16_t* next,
+                                                       int64_t next_rows) {
+  static_assert(G >= 1 && G <= kLanesGroups && kLanesGroups == 3 && kLanesChains == 2, "lanes_block: 1 to 3 groups of 4 outputs");
+  const __m512 z = _mm512_setzero_ps();
+  __m512 a000 = z, a001 = z, a010 = z, a011 = z, a020 = z, a021 = z, a030 = z, a031 = z;
+  __m512 a100 = z, a101 = z, a110 = z, a111 = z, a120 = z, a121 = z, a130 = z, a131 = z;
+  __m512 a200 = z, a201 = z, a210 = z, a211 = z, a220 = z, a221 = z, a230 = z, a231 = z;
+  const int64_t lines = k / 32, ld = k * 2;
+  const char* base0 = reinterpret_cast<const char*>(w);
+  const char *base1 = base0 + 4 * ld, *base2 = base0 + 8 * ld;
+  for (int64_t q = 0; q < lines; ++q) {
+    // each row's line kLanesL1Lines on into L1 (the next rows' first lines over the last ones), and
+    // the next rows' line q into L2
+    const int64_t l1 = q + kLanesL1Lines;
+    const uint16_t* pf1 = l1 < lines ? w + l1 * 32 : next ? next + (l1 - lines) * 32 : nullptr;
+    const int64_t pf1_rows = l1 < lines ? rows : next_rows;
+    for (int r = 0; r < 4 * G; ++r)
+      if (r < pf1_rows) __builtin_prefetch(pf1 + r * k, 0, 3);
+    for (int r = 0; r < 4 * G; ++r)
+      if (r < next_rows) __builtin_prefetch(next + r * k + q * 32, 0, 2);
+    const uint32_t* xb = xq + q * 16 * kLanesRows;
+#pragma GCC unroll 16
+    for (int p = 0; p < 16; ++p) {
+      const __m512bh xv = (__m512bh)_mm512_load_si512(xb + p * kLanesRows);
+      LC_LANES_GROUP(0)
+      LC_LANES_GROUP(1)
+      LC_LANES_GROUP(2)
+    }
+    base0 += 64, base1 += 64, base2 += 64;
+  }
+  LC_LANES_STORE(0)
+  LC_LANES_STORE(1)
+  LC_LANES_STORE(2)
+}
+#undef LC_LANES_DP
+#undef LC_LANES_GROUP
+#undef LC_LANES_STORE1
+#undef LC_LANES_STORE
+
+// y[t, n] for 9 <= t <= 16, bf16 W with k a multiple of 32 (lanes_gemm_shape).
+bool lanes_gemm_shape(int64_t t, const WeightRef& w) {
+  return t > kGemvMaxRows && t <= kLanesRows && w.dtype == DType::BF16 && w.k % 32 == 0;
+}
+
+void lanes_gemm(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType yt) {
+  // The split (steal_for) takes items of whole register blocks of B outputs, ~kFewRowItemBytes of
+  // weights (as the GEMM's panels; a small weight is one item, run by the calling thread alone: a
+  // region job costs more than its products), at most kLanesItemBlocks blocks.
+  constexpr int64_t B = 4 * kLanesGroups;
+  const int64_t N = w.n, K = w.k;
+  const int64_t fit = kFewRowItemBytes / (B * K * 2), IB = B * (fit < 1 ? 1 : fit > kLanesItemBlocks ? kLanesItemBlocks : fit);
+  uint32_t* xq = static_cast<uint32_t*>(scratch(kScratchX, K / 2 * kLanesRows * sizeof(uint32_t)));
+  lanes_pack_x(x, xt, t, K, xq);
+  const uint16_t* W = static_cast<const uint16_t*>(w.data);
+  const auto run = [&](int64_t b) {
+    const int64_t n0 = b * IB, nb = N - n0 < IB ? N - n0 : IB;
+    alignas(64) float out[4 * kLanesGroups * kLanesItemBlocks * kLanesRows];
+    // the item in pieces of 4G rows (the last item of a weight whose n is not a multiple of B), and
+    // a last group of 1-3 rows (n not a multiple of 4) with its last row repeated
+    const int64_t ld = K * 2;
+    for (int64_t r0 = 0; r0 < nb;) {
+      const int64_t left = nb - r0, g = left >= B ? kLanesGroups : left >= 4 ? left / 4 : 1, piece = left >= 4 ? 4 * g : left;
+      const int64_t after = N - (n0 + r0 + piece), next_rows = after < B ? after : B;
+      const uint16_t* wp = W + (n0 + r0) * K;
+      const uint16_t* next = next_rows > 0 ? wp + piece * K : nullptr;
+      const int64_t o1 = (piece > 1 ? 1 : 0) * ld, o2 = (piece > 2 ? 2 : piece - 1) * ld, o3 = (piece > 3 ? 3 : piece - 1) * ld;
+      float* o = out + r0 * kLanesRows;
+      switch (g) {
+        case 3: lanes_block<3>(xq, wp, K, o1, o2, o3, piece, o, next, next_rows); break;
+        case 2: lanes_block<2>(xq, wp, K, o1, o2, o3, piece, o, next, next_rows); break;
+        default: lanes_block<1>(xq, wp, K, o1, o2, o3, piece, o, next, next_rows); break;
+      }
+      r0 += piece;
+    }
+    if (yt == DType::F32) {  // 16 outputs of every row at a time: out's 16 x 16 blocks transposed
+      for (int64_t j0 = 0; j0 < nb; j0 += 16) {
+        __m512i blk[16], rows_out[16];
+        for (int64_t i = 0; i < 16; ++i)
+          blk[i] = j0 + i < nb ? _mm512_load_si512(out + (j0 + i) * kLanesRows) : _mm512_setzero_si512();
+        transpose16(blk, rows_out);
+        const __mmask16 mask = nb - j0 >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << (nb - j0)) - 1u);
+        for (int64_t m = 0; m < t; ++m)
+          _mm512_mask_storeu_ps(static_cast<float*>(y) + m * N + n0 + j0, mask, _mm512_castsi512_ps(rows_out[m]));
+      }
+    } else {  // bf16: rounded as store_y rounds (denormals kept, unlike vcvtneps2bf16)
+      for (int64_t m = 0; m < t; ++m)
+        for (int64_t r = 0; r < nb; ++r) store_y(y, yt, m * N + n0 + r, out[r * kLanesRows + m]);
+    }
+  };
+  steal_for(ceil_div(N, IB), run);
+}
+
 LC_END_TARGET  // avx512bf16
 
 }  // namespace
@@ -199,6 +392,10 @@ void linear_avx512(int64_t t, const void* x, DType xt, const WeightRef& w, void*
   const bool quantized = w.dtype == DType::FP8_E4M3 || w.dtype == DType::I8 || w.dtype == DType::I4;
   const int64_t gemm_min = w.dtype == DType::BF16 ? kBf16FewRowsMin : kGemvMaxRows + 1;
   if (t >= gemm_min && bf16_dot && (w.dtype == DType::BF16 || (bf16_dequant && quantized))) {
+    if (lanes_gemm_shape(t, w)) {
+      lanes_gemm(t, x, xt, w, y, yt);
+      return;
+    }
     gemm<GemmBF16>(t, x, xt, w, y, yt);
     return;
   }
