@@ -76,7 +76,9 @@ class FenceWorker : public PromiseWorker {
 // counts down, and the stream thread that runs the last one hands the settling to the JS thread
 // (a thread-safe function call), so the JS thread is woken once, by the last stream to get there.
 // (A Fence waited for on a libuv worker wakes that worker first and the JS thread after it: ~0.13
-// ms more per scheduler round on the 2-vCPU VM, bench/RESULTS.md, session 10.)
+// ms more per scheduler round on the 2-vCPU VM, bench/RESULTS.md, session 10.) readAsync is the
+// same with one stream whose job first copies the tensors' bytes out: the caller reads one step's
+// results while the work queued behind them (the next step) runs.
 struct CpuCountdown;
 struct CpuSettle {
   CpuSettle(Napi::Env env, Device d, std::shared_ptr<CpuCountdown> cd)
@@ -86,19 +88,7 @@ struct CpuSettle {
   std::shared_ptr<CpuCountdown> countdown;
 };
 
-// On the JS thread: the streams' errors, then the promise (like FenceWorker::OnOK).
-void settle_cpu(Napi::Env env, Napi::Function, CpuSettle* c, std::nullptr_t*) {
-  if (env == nullptr) return;  // the environment was torn down first: nothing to settle
-  Napi::HandleScope scope(env);
-  try {
-    device_raise_errors(c->device);
-    c->deferred.Resolve(env.Undefined());
-  } catch (const Error& e) {
-    c->deferred.Reject(error_value(env, e.code, e.what()));
-  } catch (const std::exception& e) {
-    c->deferred.Reject(error_value(env, Code::E_INTERNAL, e.what()));
-  }
-}
+void settle_cpu(Napi::Env env, Napi::Function, CpuSettle* c, std::nullptr_t*);
 using CpuSettleFn = Napi::TypedThreadSafeFunction<CpuSettle, std::nullptr_t, settle_cpu>;
 
 // Shared by the streams' jobs: the last one calls fn, unless the function was finalized first
@@ -106,16 +96,43 @@ using CpuSettleFn = Napi::TypedThreadSafeFunction<CpuSettle, std::nullptr_t, set
 struct CpuCountdown {
   explicit CpuCountdown(int64_t n) : left(n) {}
   std::atomic<int64_t> left;
+  bool read = false;                      // readAsync: resolve with `out`
+  std::vector<Tensor> tensors;            // readAsync: kept alive until the job copied them
+  std::vector<std::vector<uint8_t>> out;  // their bytes, written by the stream's thread before the call
   std::mutex m;
   bool finalized = false;
   CpuSettleFn fn;
 };
 
-Napi::Value await_cpu_streams(Napi::Env env, Device d) {
-  const std::vector<Stream*> streams = this_thread_cpu_streams();
-  for (Stream* s : streams)
-    if (s->capturing()) fail(Code::E_ARGUMENT, "synchronizeAsync(%s): a stream is being captured into a graph", d.str().c_str());
-  auto cd = std::make_shared<CpuCountdown>(static_cast<int64_t>(streams.size()));
+// On the JS thread: the streams' errors (a failed step's bytes are not results), then the promise
+// (like FenceWorker::OnOK), with readAsync's bytes.
+void settle_cpu(Napi::Env env, Napi::Function, CpuSettle* c, std::nullptr_t*) {
+  if (env == nullptr) return;  // the environment was torn down first: nothing to settle
+  Napi::HandleScope scope(env);
+  try {
+    device_raise_errors(c->device);
+    if (!c->countdown->read) {
+      c->deferred.Resolve(env.Undefined());
+      return;
+    }
+    const std::vector<std::vector<uint8_t>>& out = c->countdown->out;
+    Napi::Array arr = Napi::Array::New(env, out.size());
+    for (size_t i = 0; i < out.size(); ++i) {
+      Napi::ArrayBuffer buf = Napi::ArrayBuffer::New(env, out[i].size());
+      if (!out[i].empty()) std::memcpy(buf.Data(), out[i].data(), out[i].size());
+      arr.Set(static_cast<uint32_t>(i), Napi::Uint8Array::New(env, out[i].size(), buf, 0));
+    }
+    c->deferred.Resolve(arr);
+  } catch (const Error& e) {
+    c->deferred.Reject(error_value(env, e.code, e.what()));
+  } catch (const std::exception& e) {
+    c->deferred.Reject(error_value(env, Code::E_INTERNAL, e.what()));
+  }
+}
+
+// A promise settled once each of `streams` ran the work queued on it so far (`cd` counts them).
+Napi::Value settle_after_streams(Napi::Env env, Device d, const std::vector<Stream*>& streams, std::shared_ptr<CpuCountdown> cd,
+                                 const char* name) {
   auto* c = new CpuSettle(env, d, cd);
   Napi::Promise p = c->deferred.Promise();
   if (streams.empty()) {
@@ -123,7 +140,7 @@ Napi::Value await_cpu_streams(Napi::Env env, Device d) {
     delete c;
     return p;
   }
-  cd->fn = CpuSettleFn::New(env, "longcat:synchronizeAsync", 0, 1, c, [](Napi::Env, void*, CpuSettle* ctx) {
+  cd->fn = CpuSettleFn::New(env, std::string("longcat:") + name, 0, 1, c, [](Napi::Env, void*, CpuSettle* ctx) {
     {
       std::lock_guard<std::mutex> lk(ctx->countdown->m);
       ctx->countdown->finalized = true;
@@ -133,58 +150,27 @@ Napi::Value await_cpu_streams(Napi::Env env, Device d) {
   for (Stream* s : streams)
     s->enqueue(
         [cd] {
+          for (size_t i = 0; i < cd->tensors.size(); ++i) {
+            const auto* src = static_cast<const uint8_t*>(cd->tensors[i].data());
+            cd->out[i].assign(src, src + cd->tensors[i].nbytes());
+          }
+          cd->tensors.clear();
           if (cd->left.fetch_sub(1) != 1) return;
           std::lock_guard<std::mutex> lk(cd->m);
           if (cd->finalized) return;
           cd->fn.NonBlockingCall();
           cd->fn.Release();
         },
-        "synchronizeAsync");
+        name);
   return p;
 }
 
-// readAsync(stream, tensors) on the CPU: a job queued on the stream copies the tensors' bytes out
-// when the stream gets there and hands them to the JS thread (one wake, as await_cpu_streams), so
-// the caller reads one step's results while the work queued behind them (the next step) runs.
-struct CpuRead;
-struct CpuReadSettle {
-  CpuReadSettle(Napi::Env env, Device d, std::shared_ptr<CpuRead> r)
-      : deferred(Napi::Promise::Deferred::New(env)), device(d), read(std::move(r)) {}
-  Napi::Promise::Deferred deferred;
-  Device device;
-  std::shared_ptr<CpuRead> read;
-};
-
-void settle_read(Napi::Env env, Napi::Function, CpuReadSettle* c, std::nullptr_t*);
-using CpuReadFn = Napi::TypedThreadSafeFunction<CpuReadSettle, std::nullptr_t, settle_read>;
-
-struct CpuRead {
-  std::vector<Tensor> tensors;            // kept alive until the job ran
-  std::vector<std::vector<uint8_t>> out;  // written by the stream's thread before the call
-  std::mutex m;
-  bool finalized = false;
-  CpuReadFn fn;
-};
-
-// On the JS thread: the streams' errors (a failed step's bytes are not results), then the bytes.
-void settle_read(Napi::Env env, Napi::Function, CpuReadSettle* c, std::nullptr_t*) {
-  if (env == nullptr) return;
-  Napi::HandleScope scope(env);
-  try {
-    device_raise_errors(c->device);
-    Napi::Array arr = Napi::Array::New(env, c->read->out.size());
-    for (size_t i = 0; i < c->read->out.size(); ++i) {
-      const std::vector<uint8_t>& b = c->read->out[i];
-      Napi::ArrayBuffer buf = Napi::ArrayBuffer::New(env, b.size());
-      if (!b.empty()) std::memcpy(buf.Data(), b.data(), b.size());
-      arr.Set(static_cast<uint32_t>(i), Napi::Uint8Array::New(env, b.size(), buf, 0));
-    }
-    c->deferred.Resolve(arr);
-  } catch (const Error& e) {
-    c->deferred.Reject(error_value(env, e.code, e.what()));
-  } catch (const std::exception& e) {
-    c->deferred.Reject(error_value(env, Code::E_INTERNAL, e.what()));
-  }
+Napi::Value await_cpu_streams(Napi::Env env, Device d) {
+  const std::vector<Stream*> streams = this_thread_cpu_streams();
+  for (Stream* s : streams)
+    if (s->capturing()) fail(Code::E_ARGUMENT, "synchronizeAsync(%s): a stream is being captured into a graph", d.str().c_str());
+  return settle_after_streams(env, d, streams, std::make_shared<CpuCountdown>(static_cast<int64_t>(streams.size())),
+                              "synchronizeAsync");
 }
 
 }  // namespace
@@ -199,33 +185,11 @@ static Napi::Value ReadAsync(const Napi::CallbackInfo& info) {
       fail(Code::E_DEVICE, "readAsync: a tensor is on %s; it reads CPU tensors", t.device().str().c_str());
   Stream& s = a.stream(0, Device{});
   if (s.capturing()) fail(Code::E_ARGUMENT, "readAsync: the stream is being captured into a graph");
-  auto r = std::make_shared<CpuRead>();
-  r->tensors = std::move(ts);
-  r->out.resize(r->tensors.size());
-  auto* c = new CpuReadSettle(info.Env(), Device{}, r);
-  Napi::Promise p = c->deferred.Promise();
-  r->fn = CpuReadFn::New(info.Env(), "longcat:readAsync", 0, 1, c, [](Napi::Env, void*, CpuReadSettle* ctx) {
-    {
-      std::lock_guard<std::mutex> lk(ctx->read->m);
-      ctx->read->finalized = true;
-    }
-    delete ctx;
-  });
-  s.enqueue(
-      [r] {
-        for (size_t i = 0; i < r->tensors.size(); ++i) {
-          const Tensor& t = r->tensors[i];
-          const auto* src = static_cast<const uint8_t*>(t.data());
-          r->out[i].assign(src, src + t.nbytes());
-        }
-        r->tensors.clear();
-        std::lock_guard<std::mutex> lk(r->m);
-        if (r->finalized) return;
-        r->fn.NonBlockingCall();
-        r->fn.Release();
-      },
-      "readAsync");
-  return p;
+  auto cd = std::make_shared<CpuCountdown>(1);
+  cd->read = true;
+  cd->out.resize(ts.size());
+  cd->tensors = std::move(ts);
+  return settle_after_streams(info.Env(), Device{}, {&s}, std::move(cd), "readAsync");
 }
 LC_REGISTER_OP("readAsync", ReadAsync);
 
