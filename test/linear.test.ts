@@ -131,6 +131,22 @@ function bf16Rounding(isa: string, wdtype: WDtype, xdtype: FDtype, t: number, pr
   return (1 + rx) * (1 + rw) - 1;
 }
 
+/** Runs `run` at 1, 2 and 3 threads (the caller restores the count): every result bit for bit the
+ *  first. Returns the runs made. */
+function sameAtThreads(what: string, run: (what: string) => ArrayLike<number>): number {
+  let first: ArrayLike<number> | null = null;
+  for (const nt of [1, 2, 3]) {
+    native.setThreads(nt);
+    const w = `${what} threads=${nt}`;
+    const got = run(w);
+    if (first === null) first = got;
+    else
+      for (let i = 0; i < got.length; i++)
+        if (!Object.is(got[i], first[i])) expect.fail(`${w}: y[${i}] = ${got[i]}, at 1 thread ${first[i]}`);
+  }
+  return 3;
+}
+
 function runLinear(x: Tensor, w: Weight, t: number, n: number, yt: FDtype) {
   const y = full([t, n], NaN, { dtype: yt }); // poisoned: every element must be written
   native.linear(null, y, x, w.w, w.scale);
@@ -263,18 +279,11 @@ describe('linear', () => {
               const x = makeX(r, 'f32', t, k);
               const want = reference(x.ref, w.ref, t, n, k);
               eachIsa(isa => {
-                let first: Float32Array | null = null;
-                for (const nt of [1, 2, 3]) {
-                  native.setThreads(nt);
-                  const what = `${wdtype} ${isa} t=${t} k=${k} n=${n} threads=${nt}`;
-                  const got = runLinear(x.x, w, t, n, 'f32') as Float32Array;
+                checked += sameAtThreads(`${wdtype} ${isa} t=${t} k=${k} n=${n}`, what => {
+                  const got = runLinear(x.x, w, t, n, 'f32');
                   check(got, want, k, bf16Rounding(isa, wdtype, 'f32', t), 'f32', what);
-                  if (first === null) first = got;
-                  else
-                    for (let i = 0; i < t * n; i++)
-                      if (!Object.is(got[i], first[i])) expect.fail(`${what}: y[${i}] = ${got[i]}, at 1 thread ${first[i]}`);
-                  checked++;
-                }
+                  return got;
+                });
               });
               x.x.dispose();
             }
@@ -301,20 +310,12 @@ describe('linear', () => {
               const x = makeX(r, xdtype, t, k);
               const want = reference(x.ref, w.ref, t, n, k);
               eachIsa(isa => {
-                for (const yt of fdtypes) {
-                  let first: ArrayLike<number> | null = null;
-                  for (const nt of [1, 2, 3]) {
-                    native.setThreads(nt);
-                    const what = `${isa} x ${xdtype} y ${yt} t=${t} k=${k} n=${n} threads=${nt}`;
+                for (const yt of fdtypes)
+                  checked += sameAtThreads(`${isa} x ${xdtype} y ${yt} t=${t} k=${k} n=${n}`, what => {
                     const got = runLinear(x.x, w, t, n, yt);
                     check(got, want, k, bf16Rounding(isa, 'bf16', xdtype, t), yt, what);
-                    if (first === null) first = got;
-                    else
-                      for (let i = 0; i < t * n; i++)
-                        if (!Object.is(got[i], first[i])) expect.fail(`${what}: y[${i}] = ${got[i]}, at 1 thread ${first[i]}`);
-                    checked++;
-                  }
-                }
+                    return got;
+                  });
               });
               x.x.dispose();
             }
