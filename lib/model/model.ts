@@ -984,7 +984,8 @@ export class LongcatModel {
    */
   private replayDecode(parts: RankPart[], rows: DecodeRows[], queued?: QueuedTokens): Required<ForwardResult>[] {
     const Tp = rows.map(r => graphBucket(r.ids.length));
-    const key = parts.length === 1 ? `${parts[0]!.rank.index}:${Tp[0]}` : parts.map((p, i) => `${p.rank.index}:${Tp[i]}`).join(',');
+    const key =
+      parts.length === 1 ? `${parts[0]!.rank.index}:${Tp[0]}` : parts.map((p, i) => `${p.rank.index}:${Tp[i]}`).join(',');
     let g = this.decodeGraphs.get(key);
     if (!g) {
       const ranks = parts.map(p => p.rank);
