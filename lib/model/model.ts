@@ -511,18 +511,20 @@ export class LongcatModel {
     }
     if (!Array.isArray(seqs) || !Array.isArray(tokens) || !tokens.every(t => Array.isArray(t)))
       throw new ArgumentError('E_ARGUMENT', 'forward: sequences must be an array and tokens an array of token-id arrays');
-    if (seqs.length !== tokens.length || seqs.length === 0)
-      throw new ArgumentError('E_ARGUMENT', `forward: ${seqs.length} sequences but ${tokens.length} token lists`);
-    this.checkTokens('forward', tokens);
-    const mode = opts.mode ?? (tokens.every(t => t.length === 1) ? 'decode' : 'prefill');
-    if (opts.queued) this.checkQueued(opts, mode, tokens.length);
+    const B = seqs.length;
+    if (B !== tokens.length || B === 0)
+      throw new ArgumentError('E_ARGUMENT', `forward: ${B} sequences but ${tokens.length} token lists`);
+    const oneEach = this.checkTokens('forward', tokens);
+    const mode = opts.mode ?? (oneEach ? 'decode' : 'prefill');
+    if (opts.queued) this.checkQueued(opts, mode, B);
     else this.synchronizeRanks(); // the previous step's work is done; this surfaces its errors
-    const pastLens = seqs.map(s => s.length);
+    const pastLens = new Array<number>(B);
+    for (let b = 0; b < B; b++) pastLens[b] = seqs[b]!.length;
     // Reserve cache slots for every sequence first (E_CONTEXT / E_OOM before any work); if
     // anything fails, the sequences are rolled back to their previous lengths.
     const slotLists: Int32Array[] = [];
     try {
-      for (const [b, seq] of seqs.entries()) slotLists.push(seq.reserve(tokens[b]!.length));
+      for (let b = 0; b < B; b++) slotLists.push(seqs[b]!.reserve(tokens[b]!.length));
       const result = this.forwardReserved(seqs, tokens, pastLens, slotLists, mode, opts);
       try {
         this.ep?.endStep(); // E_RANK_FAILED when a rank failed in this step: its results are void
@@ -559,15 +561,22 @@ export class LongcatModel {
       throw new ArgumentError('E_ARGUMENT', `forward: queued.rows must give each of the ${B} rows a row of queued.ids or -1`);
   }
 
-  /** Every sequence's new tokens: at least one, each an id of the vocabulary (typed errors naming it). */
-  private checkTokens(what: string, tokens: readonly (readonly number[])[]) {
+  /** Every sequence's new tokens: at least one, each an id of the vocabulary (typed errors naming it).
+   *  Returns whether every sequence has exactly one (a decode step's shape). */
+  private checkTokens(what: string, tokens: readonly (readonly number[])[]): boolean {
     const V = this.dims.vocab;
-    for (const [b, list] of tokens.entries()) {
+    let oneEach = true;
+    for (let b = 0; b < tokens.length; b++) {
+      const list = tokens[b]!;
       if (list.length === 0) throw new ArgumentError('E_ARGUMENT', `${what}: sequence ${b} has no new tokens`);
-      for (const id of list)
+      oneEach &&= list.length === 1;
+      for (let i = 0; i < list.length; i++) {
+        const id = list[i]!;
         if (!Number.isInteger(id) || id < 0 || id >= V)
           throw new ArgumentError('E_ARGUMENT', `${what}: token id ${id} of sequence ${b} is outside the vocabulary [0, ${V})`);
+      }
     }
+    return oneEach;
   }
 
   /** A step that failed: every rank idle and the abort flag lowered (so the next step starts clean),
@@ -592,7 +601,8 @@ export class LongcatModel {
     opts: ForwardOptions,
   ): ForwardResult {
     const parts = byRank(this.ranks, seqs, 'forward');
-    const sub = <X>(p: RankPart, xs: readonly X[]) => p.seqs.map(b => xs[b]!);
+    // (a part holding every sequence holds them in order: byRank; then its lists are the step's own)
+    const sub = <X>(p: RankPart, xs: X[]) => (p.seqs.length === xs.length ? xs : p.seqs.map(b => xs[b]!));
     const counts = tokens.map(t => t.length);
     const graphed = mode === 'decode' && this.useGraphs && !opts.eager;
     let outs: Required<ForwardResult>[];
@@ -649,16 +659,22 @@ export class LongcatModel {
 
   /** The host side of a step's rows: ids, positions and cache slots per token, each sequence's last row. */
   private hostRows(tokens: number[][], pastLens: number[], slotLists: Int32Array[]) {
-    const T = tokens.reduce((a, t) => a + t.length, 0);
-    const ids = Int32Array.from(tokens.flat());
+    // (plain loops, no flat() or from(): this runs on every decode step's critical path)
+    let T = 0;
+    for (let b = 0; b < tokens.length; b++) T += tokens[b]!.length;
+    const ids = new Int32Array(T);
     const positions = new Int32Array(T);
     const slots = new Int32Array(T);
     const lastRow = new Int32Array(tokens.length);
     let r = 0;
     for (let b = 0; b < tokens.length; b++) {
-      for (let i = 0; i < tokens[b]!.length; i++, r++) {
-        positions[r] = pastLens[b]! + i;
-        slots[r] = slotLists[b]![i]!;
+      const list = tokens[b]!,
+        slotList = slotLists[b]!,
+        past = pastLens[b]!;
+      for (let i = 0; i < list.length; i++, r++) {
+        ids[r] = list[i]!;
+        positions[r] = past + i;
+        slots[r] = slotList[i]!;
       }
       lastRow[b] = r - 1;
     }
@@ -731,10 +747,12 @@ export class LongcatModel {
    */
   private assemble(parts: RankPart[], outs: Tensor[], rows: number[], graphed: boolean): Tensor {
     const first = outs[0]!;
-    const n = rows.reduce((x, y) => x + y, 0),
-      width = first.shape[1]!;
-    // (a graph's outputs have its bucket's rows: the first of each part's are the step's)
-    if (parts.length === 1 && first.device === this.device) return graphed ? first.narrow(0, n) : first;
+    let n = 0;
+    for (const k of rows) n += k;
+    // (a graph's outputs have its bucket's rows: the first of each part's are the step's; a part's
+    // outputs are on its rank's device: no crossing into native code to ask the tensor)
+    if (parts.length === 1 && parts[0]!.rank.device === this.device) return graphed ? first.narrow(0, n) : first;
+    const width = first.shape[1]!;
     const partRows = partRowCounts(parts, rows);
     const a = new Arena(this.device);
     const cat = a.f32([n, width]);
@@ -966,7 +984,8 @@ export class LongcatModel {
    */
   private replayDecode(parts: RankPart[], rows: DecodeRows[], queued?: QueuedTokens): Required<ForwardResult>[] {
     const Tp = rows.map(r => graphBucket(r.ids.length));
-    const key = parts.map((p, i) => `${p.rank.index}:${Tp[i]}`).join(',');
+    const key =
+      parts.length === 1 ? `${parts[0]!.rank.index}:${Tp[0]}` : parts.map((p, i) => `${p.rank.index}:${Tp[i]}`).join(',');
     let g = this.decodeGraphs.get(key);
     if (!g) {
       const ranks = parts.map(p => p.rank);
