@@ -349,8 +349,9 @@ LC_TARGET_AVX512 float softmax_avx512(float* s, int n, float& m, float& l) {
 //                      key's value pair is broadcast against the pairs of 8 heads' queries, packed once
 //                      per unit; no horizontal sums, and the softmax over keys is lane-wise)
 //   acc[heads, dl] = corr * acc + P[heads, rows] x V[rows, dl]  (vdpbf16ps, V packed in row pairs)
-// The lanes are 256-bit (8 heads): 512-bit vdpbf16ps issues at half the rate here (double-pumped), so
-// the FLOP rate is the same and 8 heads (the small preset) fill a vector.
+// 8 heads a vector: the scores take two lanes a head in 512-bit vectors (even and odd value pairs,
+// summed at the end), the softmax one lane a head in 256-bit vectors; 8 heads (the small preset) fill
+// them.
 // Numerics: q (q_lat ++ q_pe) and p = exp(s - m) are rounded to bf16 (round to nearest even),
 // every product is exact and sums are fp32; the running max m, the sum l (of the unrounded fp32 p)
 // and the rescale stay fp32, like FlashMLA on GPUs. Relative error per term is about 2^-9 on each
