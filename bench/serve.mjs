@@ -106,7 +106,7 @@ function promptOf(tokenizer, seed, n) {
 // ---- instrumentation ------------------------------------------------------------------------
 
 /** Records every decode step's batch size (the scheduler's forward with collectRouting) and, per
- *  session, the time each of its tokens became known. */
+ *  session, the time each of its tokens became known; `onToken` (if set) is called after each. */
 function instrument(model) {
   const e = model.engine;
   const batches = [];
@@ -126,12 +126,14 @@ function instrument(model) {
     p.then(
       r => {
         if (r && typeof r === 'object') list.push(now());
+        inst.onToken?.();
       },
       () => {},
     );
     return p;
   };
-  return { batches, tokenTimes };
+  const inst = { batches, tokenTimes, onToken: null };
+  return inst;
 }
 
 /** The session's sequence (its KV cache; a private field, read for the measurement only), the key of the token times.
@@ -398,17 +400,22 @@ if (!LEVELS_ONLY) {
   let window = null;
   const { streams, side } = await runStreams(model, inst, n, TOKENS * 2 + n, 5000, sessions => {
     const watched = sessions.map(seqOf);
-    return (async () => {
-      // wait until every stream has a third of its tokens
-      while (!watched.every(q => (inst.tokenTimes.get(q)?.length ?? 0) > (TOKENS * 2 + n) / 3))
-        await new Promise(r => setTimeout(r, 2));
-      const long = model.createSession();
-      const from = now();
-      const r = await long.generate(text2k, { ...GEN, maxTokens: 1 });
-      window = { from, to: from + r.timeToFirstTokenMs };
-      long.dispose();
-      return r;
-    })();
+    // The long prompt arrives at the token that gives every stream a third of its tokens (from the
+    // token hook, not a timer: a timer's turn can come after the streams ended on a fast model, and
+    // then nothing overlaps the prefill); its chunks then interleave with the streams' last steps.
+    return new Promise((resolve, reject) => {
+      inst.onToken = () => {
+        if (!watched.every(q => (inst.tokenTimes.get(q)?.length ?? 0) > (TOKENS * 2 + n) / 3)) return;
+        inst.onToken = null;
+        const long = model.createSession();
+        const from = now();
+        long.generate(text2k, { ...GEN, maxTokens: 1 }).then(r => {
+          window = { from, to: from + r.timeToFirstTokenMs };
+          long.dispose();
+          resolve(r);
+        }, reject);
+      };
+    });
   });
   // intervals of the running streams while every one decodes: overlapping the long prefill or not
   const all = fullWindow(streams);
