@@ -31,28 +31,26 @@ namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-// Prefetches bytes [0, n) at p into L1. An asm statement, not __builtin_prefetch: GCC deletes a loop
-// whose body is only __builtin_prefetch calls (they have no side effects to it), so the decode's
-// tile prefetch loops were never emitted.
+// Requests the line at p into L1 (kLevel 1: prefetcht0) or L2 only (kLevel 2: prefetcht1). An asm
+// statement, not __builtin_prefetch: GCC deletes a loop whose body is only __builtin_prefetch calls
+// (they have no side effects to it), so the decode's tile prefetch loops were never emitted.
+template <int kLevel>
 inline void prefetch_line(const char* p) {
+  static_assert(kLevel == 1 || kLevel == 2, "prefetch_line: L1 or L2");
 #if defined(__x86_64__) || defined(_M_X64)
-  asm volatile("prefetcht0 %0" : : "m"(*p));
+  if constexpr (kLevel == 1)
+    asm volatile("prefetcht0 %0" : : "m"(*p));
+  else
+    asm volatile("prefetcht1 %0" : : "m"(*p));
 #else
-  __builtin_prefetch(p, 0, 3);
+  __builtin_prefetch(p, 0, kLevel == 1 ? 3 : 2);
 #endif
 }
-// The same into L2 only.
-inline void prefetch_line_l2(const char* p) {
-#if defined(__x86_64__) || defined(_M_X64)
-  asm volatile("prefetcht1 %0" : : "m"(*p));
-#else
-  __builtin_prefetch(p, 0, 2);
-#endif
-}
+// Prefetches bytes [0, n) at p into L1.
 inline void prefetch_row(const void* p, int64_t n) {
   const char* c = static_cast<const char*>(p);
-  for (int64_t o = 0; o < n; o += 64) prefetch_line(c + o);
-  if (n > 0) prefetch_line(c + n - 1);  // (a row that starts inside a line ends in one more)
+  for (int64_t o = 0; o < n; o += 64) prefetch_line<1>(c + o);
+  if (n > 0) prefetch_line<1>(c + n - 1);  // (a row that starts inside a line ends in one more)
 }
 
 constexpr int kMaxQ = 4;    // query / accumulator rows per micro-kernel call
@@ -580,7 +578,7 @@ LC_TARGET_AVX512BF16 void decode_chunk_bf16(const MlaDims& d, int64_t nh, const 
       const uintptr_t e = reinterpret_cast<uintptr_t>(pf[j] + row);
       uintptr_t a = reinterpret_cast<uintptr_t>(pf[j]) & ~uintptr_t{63};
       if (a == pf_last) a += 64;
-      for (; a < e; a += 64) prefetch_line_l2(reinterpret_cast<const char*>(a));
+      for (; a < e; a += 64) prefetch_line<2>(reinterpret_cast<const char*>(a));
       pf_last = a - 64;
     }
   };
