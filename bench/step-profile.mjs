@@ -32,13 +32,17 @@
 // decodeWeightTensors, lib/bench.ts: every layer's MLA, dense MLPs, router, norms, every routed expert,
 // lm_head; the mapped or made pages the step reads), before and after the profiled steps; printed as
 // the step's weight GB/s against it.
+// --rounds R: after the profile, R rounds of (the 1 GiB read probe, then --steps plain steps): each
+// round's step weight GB/s over its own probe, printed with the median. The host's read bandwidth
+// moves 1.5x within minutes, so a step and a probe taken seconds apart judge the step better than the
+// run's one probe (the higher of before / after every preset).
 // --huge on: loadModel's hugePages (the dense weights and the routed experts copied into anonymous
 // memory advised for transparent huge pages); printed with the copy's bytes and the process's
 // AnonHugePages / Rss (/proc/self/smaps_rollup) after the load.
 // --quantize fp8|int8|int4: the linears quantized at load (loadModel's `quantize`; default: the checkpoint's bf16).
 // --dist DIR: the build to measure (default ../dist; another worktree's dist for an A/B on one machine).
 //   node bench/step-profile.mjs [--presets small,medium] [--threads N] [--steps 64] [--warmup 8] [--batch B]
-//     [--quantize F] [--populate off] [--huge on] [--probe weights] [--dist DIR] [--json f.json]
+//     [--quantize F] [--populate off] [--huge on] [--probe weights] [--rounds R] [--dist DIR] [--json f.json]
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -77,6 +81,7 @@ const batch = Number(arg('--batch', 1));
 const jsonPath = arg('--json', null);
 const probeWeights = arg('--probe', null) === 'weights';
 const quantize = arg('--quantize', null);
+const rounds = Number(arg('--rounds', 0));
 if (args.includes('--threads')) native.setThreads(Number(arg('--threads', 0)));
 
 /** `n` steps: their times (ms), and with `pairs` the (row, FFN expert) pairs they routed added to pairs.n. */
@@ -171,6 +176,8 @@ async function profilePreset(preset) {
   const graphs = native.graphProfile(false);
   const plain2 = decode(engine, seqs, steps, rand, d.vocab);
   if (own) ownGbps.push(readTensorsBandwidth(own));
+  const paired = [];
+  for (let i = 0; i < rounds; i++) paired.push({ probeGbps: readBandwidth(), stepMs: median(decode(engine, seqs, steps, rand, d.vocab)) });
   for (const q of seqs) q.release();
   const g = graphs.reduce((a, b) => (b.replays > a.replays ? b : a), { replays: 0, ns: 0, startNs: 0, nodes: [] });
   if (!g.replays) throw new Error('no graph was replayed while profiling (is the engine capturing graphs?)');
@@ -259,6 +266,7 @@ async function profilePreset(preset) {
     weightsProbe: own ? { gbps: Math.max(...ownGbps), samples: ownGbps, mb: ownMB } : null,
     gemmGflops: gemmRate(d.hidden),
     pairsPerStep: pairs.n / steps,
+    rounds: paired.map(r => ({ ...r, frac: bytesPerStep / 1e6 / r.stepMs / r.probeGbps })),
     preset,
     batch,
     threads: native.threads(),
@@ -331,6 +339,13 @@ for (const r of results) {
       `weights probe (the model's own ${f(r.weightsProbe.mb, 0)} MB of decode weights, the higher of before / after): ` +
         `${f(r.weightsProbe.gbps, 1)} GB/s; the step's weight GB/s = ${f((100 * r.weightMBPerStep) / r.stepMs / r.weightsProbe.gbps, 0)}% of it`,
     );
+  if (r.rounds.length) {
+    const fr = r.rounds.map(x => x.frac);
+    console.log(
+      `rounds (probe, then ${steps} steps; step weight GB/s over its round's probe): median ${f(100 * median(fr), 0)}%, ` +
+        r.rounds.map(x => `${f(100 * x.frac, 0)}% (${f(x.stepMs, 3)} ms, ${f(x.probeGbps, 1)} GB/s)`).join(', '),
+    );
+  }
   const pf = r.pageFaults;
   console.log(
     `load ${f(r.loadMs, 0)} ms (populate ${r.populated ? (r.populated.skipped ?? `${f(r.populated.bytes / 2 ** 20, 0)} MiB`) : 'off or absent'}); ` +
