@@ -144,20 +144,6 @@ WeightRef weight_rows(const WeightRef& w, int64_t r0, int64_t r1) {
   return r;
 }
 
-void linear_row_range(int64_t t, const void* x, DType xt, const WeightRef& w, int64_t r0, int64_t r1, void* y, DType yt) {
-  const WeightRef part = weight_rows(w, r0, r1);
-  const int64_t ys = static_cast<int64_t>(dtype_size(yt)), n = r1 - r0;
-  if (t == 1) {
-    linear(1, x, xt, part, static_cast<char*>(y) + r0 * ys, yt);
-    return;
-  }
-  // (the kernels' own scratch slots are X, Panel and C: this one outlives the call)
-  char* tmp = static_cast<char*>(scratch(kScratchRange, static_cast<size_t>(t * n * ys)));
-  linear(t, x, xt, part, tmp, yt);
-  for (int64_t m = 0; m < t; ++m)
-    std::memcpy(static_cast<char*>(y) + (m * w.n + r0) * ys, tmp + m * n * ys, static_cast<size_t>(n * ys));
-}
-
 int64_t weight_bytes(const WeightRef& w) {
   switch (w.dtype) {
     case DType::I4: return w.n * (int4_row_bytes(w.k, w.group) + int4_groups(w.k, w.group) * (w.group_zero ? 4 : 2));

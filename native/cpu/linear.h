@@ -65,13 +65,6 @@ void linear(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DTy
 // gives y's entries [r0, r1) of the whole call, bit for bit (each GEMV row is summed on its own).
 // r0 a multiple of weight_rows_align(w): 128 for fp8 (its block scales), else 1.
 WeightRef weight_rows(const WeightRef& w, int64_t r0, int64_t r1);
-// Up to this many rows of x every path (every ISA, weight format and precision) is a GEMV: each
-// output (m, r) is summed on its own, the same bits whatever rows of W the call holds.
-constexpr int64_t kRowRangeMaxRows = 4;
-// y's columns [r0, r1) of linear(t, x, xt, w, y, yt) for t <= kRowRangeMaxRows, bit for bit those
-// of the whole call (y: [t, w.n]; a graph replay's fused phases run a decode step's linears in such
-// ranges). t > 1: computed into per-thread scratch, then copied into y's t rows.
-void linear_row_range(int64_t t, const void* x, DType xt, const WeightRef& w, int64_t r0, int64_t r1, void* y, DType yt);
 inline int64_t weight_rows_align(const WeightRef& w) { return w.dtype == DType::FP8_E4M3 ? 128 : 1; }
 // The bytes of W (codes and scales) a call streams.
 int64_t weight_bytes(const WeightRef& w);

@@ -386,7 +386,6 @@ LC_END_TARGET  // avx512bf16
 // and at 5+ rows the GEMV is FMA-bound, not byte-bound. Quantized weights keep the GEMV there
 // (their panel decode would cost as much as the products at so few rows).
 constexpr int64_t kBf16FewRowsMin = 5;
-static_assert(kRowRangeMaxRows < kBf16FewRowsMin, "linear_row_range: GEMV rows only");
 
 void linear_avx512(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType yt, bool bf16_dot, bool bf16_dequant,
                    bool int8_act) {

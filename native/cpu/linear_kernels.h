@@ -15,12 +15,11 @@ namespace lc::cpu::linear_detail {
 
 // T <= kGemvMaxRows uses the GEMV path (weights streamed once for all rows).
 constexpr int64_t kGemvMaxRows = 8;
-static_assert(kRowRangeMaxRows <= kGemvMaxRows, "linear_row_range: GEMV rows only");
 
 // Per-thread scratch memory, 64-byte aligned. A slot grows to the largest size asked for and is
 // then reused, so steady-state calls allocate nothing. A slot's memory is valid until the same
 // thread asks for that slot again.
-enum ScratchSlot { kScratchX = 0, kScratchPanel = 1, kScratchC = 2, kScratchRange = 3, kScratchSlots = 4 };
+enum ScratchSlot { kScratchX = 0, kScratchPanel = 1, kScratchC = 2, kScratchSlots = 3 };
 void* scratch(ScratchSlot slot, size_t bytes);
 
 // The fp8 block scale for weight row r at 128-column block kb (see WeightRef).

@@ -72,18 +72,17 @@ cpu::WeightRef weight_ref(const char* op, const Tensor& w, const std::optional<T
   return r;
 }
 
-// A decode linear (a GEMV of t <= cpu::kRowRangeMaxRows rows: batch 1-4 decode steps) in ranges of
-// output columns, for a graph replay's fused phases.
-static std::shared_ptr<const RowSplit> linear_rows(int64_t t, const Tensor& x, const Tensor& w,
-                                                   const std::optional<Tensor>& scale, const cpu::WeightRef& wr,
-                                                   const Tensor& y) {
+// A one-row linear (a decode GEMV) in ranges of output columns, for a graph replay's fused phases.
+static std::shared_ptr<const RowSplit> linear_rows(const Tensor& x, const Tensor& w, const std::optional<Tensor>& scale,
+                                                   const cpu::WeightRef& wr, const Tensor& y) {
   auto s = std::make_shared<RowSplit>();
   s->rows = wr.n;
   s->align = cpu::weight_rows_align(wr);
   s->row_cost = wr.n > 0 ? static_cast<double>(cpu::weight_bytes(wr)) / static_cast<double>(wr.n) : 1.0;
+  const int64_t ysize = dtype_size(y.dtype);
   s->run = [=](int64_t r0, int64_t r1) {
     hold(w, scale);
-    cpu::linear_row_range(t, x.data(), x.dtype, wr, r0, r1, y.data(), y.dtype);
+    cpu::linear(1, x.data(), x.dtype, cpu::weight_rows(wr, r0, r1), static_cast<char*>(y.data()) + r0 * ysize, y.dtype);
   };
   s->reads = {{x.data(), static_cast<size_t>(x.nbytes())}};
   s->writes = {{y.data(), static_cast<size_t>(y.nbytes())}};
@@ -122,8 +121,7 @@ static void Linear(const OpArgs& a) {
       },
       LC_GPU(if (ws) gpu::linear_fp8(t, x.data(), x.dtype, wr, y.data(), y.dtype, ws->data(), stream);
              else gpu::linear(t, x.data(), x.dtype, wr, y.data(), y.dtype, stream)),
-      false,
-      d.is_cpu() && t >= 1 && t <= cpu::kRowRangeMaxRows && !overlaps(x, y) ? linear_rows(t, x, w, scale, wr, y) : nullptr);
+      false, d.is_cpu() && t == 1 && !overlaps(x, y) ? linear_rows(x, w, scale, wr, y) : nullptr);
 }
 
 LC_REGISTER_OP("linear", Linear);
