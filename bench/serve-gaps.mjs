@@ -102,11 +102,14 @@ function trace(B) {
       }
     }
     const round = use.length > 1 ? use[0].s0.elapsedMs(use[use.length - 1].s0) / (use.length - 1) : Number.NaN;
+    const mean = v => v.reduce((a, x) => a + x, 0) / Math.max(1, v.length);
     return {
       steps: steps.length,
       roundMs: round,
       stepMs: med(region),
+      stepMeanMs: mean(region),
       betweenMs: med(between),
+      betweenMeanMs: mean(between),
       samplerMs: med(after),
       gapMs: med(gap),
       forwardHostMs: med(fwdMs),
@@ -173,7 +176,7 @@ const modes = /** @type {any} */ (
 );
 console.log(`serve-gaps: ${dist.dir}, ${TOKENS} tokens, repeats ${REPEATS}, chained rounds off / on alternated`);
 console.log(
-  '| streams | mode | chained | round ms | step ms | between steps ms | sampler ms | stream idle gap ms | forward host ms | JS busy ms/step | ELU | FFN experts / token / layer |',
+  '| streams | mode | chained | round ms | step ms (median / mean) | between steps ms (median / mean) | sampler ms | stream idle gap ms | forward host ms | JS busy ms/step | ELU | FFN experts / token / layer |',
 );
 console.log('|---|---|---|---|---|---|---|---|---|---|---|---|');
 const pairs = [];
@@ -187,7 +190,7 @@ for (const B of CONCURRENCY) {
         const x = await run(B);
         round[chain] = x.roundMs;
         console.log(
-          `| ${B} | ${mode} | ${chain ? 'on' : 'off'} | ${f(x.roundMs)} | ${f(x.stepMs)} | ${f(x.betweenMs)} | ${f(x.samplerMs)} | ${f(x.gapMs)} | ${f(x.forwardHostMs)} | ${f(x.jsBusyPerStepMs)} | ${f(x.elu, 2)} | ${f(x.ffnPerToken, 2)} |`,
+          `| ${B} | ${mode} | ${chain ? 'on' : 'off'} | ${f(x.roundMs)} | ${f(x.stepMs)} / ${f(x.stepMeanMs)} | ${f(x.betweenMs)} / ${f(x.betweenMeanMs)} | ${f(x.samplerMs)} | ${f(x.gapMs)} | ${f(x.forwardHostMs)} | ${f(x.jsBusyPerStepMs)} | ${f(x.elu, 2)} | ${f(x.ffnPerToken, 2)} |`,
         );
       }
       pairs.push({ B, mode, ratio: round[false] / round[true] });
