@@ -7,7 +7,8 @@
 // the step (forward() until its logits are read), the region, replay() to the region's start, the
 // step outside the region (host part), and the experts', linears' and MLA ops' time; the step's weight
 // GB/s over the read probe (the higher of before / after).
-//   node bench/step-ab.mjs [--preset small] [--threads 2] [--steps 400] [--variants A=x,A=y] [--dist DIR]
+// --quantize fp8|int8|int4: the checkpoint's weights quantized at load (loadModel's `quantize`).
+//   node bench/step-ab.mjs [--preset small] [--threads 2] [--steps 400] [--variants A=x,A=y] [--quantize F] [--dist DIR]
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -26,7 +27,8 @@ const variants = arg('--variants', 'LONGCAT_REPLAY_HOLD=0,LONGCAT_REPLAY_HOLD=1'
 native.setThreads(Number(arg('--threads', 2)));
 const dir = path.join(path.dirname(fileURLToPath(import.meta.url)), 'out', `ckpt-${preset}`);
 if (!existsSync(path.join(dir, 'model.safetensors.index.json'))) await initRandom({ preset, out: dir, seed: 1 });
-const model = await loadModel(dir, { backend: 'cpu', maxContext: 1024 });
+const quantize = arg('--quantize', null);
+const model = await loadModel(dir, { backend: 'cpu', maxContext: 1024, ...(quantize ? { quantize } : {}) });
 const e = model.engine,
   V = e.dims.vocab,
   rand = rng(7);

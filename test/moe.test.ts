@@ -429,6 +429,36 @@ describe('moe', () => {
     }
   });
 
+  it('streams fp8 experts as one row stream when h and the expert width are whole 128-row scale blocks (the same bits as whole experts per thread, at 1, 2 and 3 threads)', () => {
+    // h = 384, inter = 256: each expert's gate / up / down split between 128-row blocks only;
+    // inter = 200 cannot split: the automatic schedule takes whole experts.
+    const r = rng(29);
+    for (const [h, inter] of [
+      [384, 256],
+      [256, 200],
+    ] as const) {
+      const call = randomCall(r, [1, h, inter, 9, 2, 6], 'fp8_e4m3');
+      const res: Record<string, Float32Array> = {};
+      try {
+        for (const sched of ['experts', 'rows', 'auto'])
+          for (const n of [1, 2, 3]) {
+            process.env.LONGCAT_MOE_SCHED = sched;
+            native.setThreads(n);
+            res[`${sched} ${n}`] = runMoe(call);
+          }
+      } finally {
+        native.setThreads(originalThreads);
+        delete process.env.LONGCAT_MOE_SCHED;
+        disposeExperts(call.x);
+      }
+      expect(call.idx.filter(e => e < call.nRouted).length, 'routed experts').toBeGreaterThan(2);
+      const want = res['experts 1']!;
+      expectMoe(want, refMoe(call), 'fp8_e4m3', `h ${h}, inter ${inter}`);
+      for (const [key, got] of Object.entries(res))
+        expect(new Uint32Array(got.buffer), `h ${h}, inter ${inter}: ${key}`).toEqual(new Uint32Array(want.buffer));
+    }
+  });
+
   it('takes a prepared MoeExpertSet with the same results, keeps its weights alive, and checks it', () => {
     const r = rng(19);
     for (const dtype of ['bf16', 'fp8_e4m3'] as const) {

@@ -25,8 +25,7 @@ struct Avx2Linear {
                               T <= 2 ? 4 : 1>;
   template <int T>
   static constexpr int kInt4Rows = T <= 2 ? 2 : 1;  // registers: see linear_vec.h's int4 GEMV
-  static constexpr bool kFp8ReloadCodes = true;
-  static constexpr int64_t kGemmMR = 3;  // 3 x 4 accumulators + 3 x + 1 weight = 16 registers
+  static constexpr int64_t kGemmMR = 3;             // 3 x 4 accumulators + 3 x + 1 weight = 16 registers
 };
 
 }  // namespace

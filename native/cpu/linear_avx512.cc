@@ -25,8 +25,7 @@ struct Avx512Linear {
   using Fp8Shape = Fp8ShapeOf<T <= 4 ? 4 : 2, 1>;
   template <int T>
   static constexpr int kInt4Rows = T <= 2 ? 4 : 2;  // registers: see linear_vec.h's int4 GEMV
-  static constexpr bool kFp8ReloadCodes = false;
-  static constexpr int64_t kGemmMR = 6;  // 6 x 4 accumulators + 6 x + 1 weight = 31 of 32 registers
+  static constexpr int64_t kGemmMR = 6;             // 6 x 4 accumulators + 6 x + 1 weight = 31 of 32 registers
 };
 
 // ---------------------------------------------------------------------------------------------

@@ -3,8 +3,6 @@
 //   L::V                      the vector traits (simd::Avx2 or simd::Avx512, simd.h)
 //   L::GemvShape<T>::R        rows per pass
 //   L::Fp8Shape<T>::R, NA     the fp8 GEMV's rows per pass, accumulator chains
-//   L::kFp8ReloadCodes        reload a row's codes for the odd half (16 registers) instead of
-//                             keeping the even and odd f16 words of every row live
 //   L::kInt4Rows<T>           the int4 GEMV's rows per pass
 //   L::kGemmMR                x rows per GEMM microkernel call
 // Only for inclusion by linear_avx2.cc and linear_avx512.cc, inside LC_BEGIN_TARGET(...) and after
@@ -260,16 +258,21 @@ void gemv(int64_t t, const float* x, const WeightRef& w, void* y, DType yt) {
 // ---------------------------------------------------------------------------------------------
 // fp8 GEMV. Decoding is the cost here (one byte per weight), so the inner loop is cut to the bit
 // move and the FMAs:
-//  * U = 4 * V::kLanes codes per vector load. Seen as 16-bit words (code 2j in the low byte of
-//    word j, 2j + 1 in the high byte), the f16 bits sign << 15 | (code & 0x7f) << 7 of the odd
-//    codes are (word >>arith 1) & 0xbf80 and of the even codes ((word << 8) >>arith 1) & 0xbf80:
-//    a few integer ops for U codes, then four vcvtph2ps. With W = kLanes the converted vectors
-//    hold the codes [0, 2, .., 2W - 2], [2W, .., 4W - 2], [1, .., 2W - 1], [2W + 1, .., 4W - 1]
-//    of the U, so x is stored in that order.
+//  * U = 4 * V::kLanes codes per vector load. Seen as 32-bit lanes (codes 4j .. 4j + 3 in lane j),
+//    byte q of every lane decodes to the f32 bits sign << 31 | (code & 0x7f) << 20 by a shift up
+//    to the lane's top byte, an arithmetic shift right by 4 and a mask (V::fp8_lane_byte): the
+//    code's value * 2^-120, exact, subnormals included. Vector q holds codes [q, 4 + q, ..,
+//    4W - 4 + q] of the U, so x is stored in that order.
+//    Session 15 (2-core Zen 5 VM, one thread, 256 KiB of codes warm in L2, 4 rows x 512 columns):
+//    this decode streams 23-26 GB/s, the former bit move to f16 words + vcvtph2ps (two converts and
+//    an extract per 32 codes) 18-20: the GEMV's compute rate, not the memory, bounded the short
+//    rows of the small preset (bench/RESULTS.md wt15-fmt). (int8's widen + convert: 28-29.)
 //  * No per-vector scale: every output row of a 128-row block shares the block scales of a column
-//    block, so x is pre-multiplied by scale * 256 (per 128 columns) into a per-thread copy, once per
-//    128 output rows. Products are then x * scale * 256 * (code / 256) rather
-//    than x * (code * scale): the same value up to fp32 rounding.
+//    block, so x is pre-multiplied by scale * 2^56 (per 128 columns) into a per-thread copy, once
+//    per 128 output rows, and each row's sum is multiplied by 2^64 (2^56 * 2^-120 * 2^64 = 1).
+//    Products are then x * scale * value up to fp32 rounding (the powers of two are exact):
+//    x * scale * 2^56 stays finite below |x * scale| = 2^72, the products normal above
+//    |x * scale * w| = 2^-62.
 //  * NaN codes: running unsigned and signed byte maxima of the codes; a row chunk's maximum is
 //    0xff (unsigned) or 0x7f (signed) exactly when it holds 0xff or 0x7f. On a hit the rows of the
 //    pass are checked one by one and the hit rows give NaN.
@@ -282,25 +285,24 @@ void gemv(int64_t t, const float* x, const WeightRef& w, void* y, DType yt) {
 // 2 threads streaming from DRAM, T = 1): 0 B 23 GB/s, 512 B 29, 1 KiB 34, 1.5-2 KiB 37, 4 KiB 20
 // (too many lines in flight).
 constexpr int64_t kFp8PrefetchBytes = 1536;
+// The powers of two of the decode (see above): x * scale * kFp8XScale, the sums * kFp8SumScale.
+constexpr float kFp8XScale = 0x1p56f, kFp8SumScale = 0x1p64f;  // 2^(120 - 64), 2^64
 
-// xs[t * ldx + j] for t < T, j < round_up(k1 - k0, U): x[t, k0 ..k1) times scale * 256 of its
-// column block (srow: the block row of weight_scale_inv), in the fp8 decode order, zero padded.
+// xs[t * ldx + j] for t < T, j < round_up(k1 - k0, U): x[t, k0 ..k1) times scale * kFp8XScale
+// of its column block (srow: the block row of weight_scale_inv), in the fp8 decode
+// order, zero padded. Once per 128 output rows: scalar.
 template <class L, int T>
 void fp8_prep_x(const float* x, int64_t K, const float* srow, int64_t k0, int64_t k1, float* xs, int64_t ldx) {
-  using V = typename L::V;
-  using F = typename V::F;
-  constexpr int W = V::kLanes, U = 4 * W;
+  constexpr int W = L::V::kLanes, U = 4 * W;
   for (int t = 0; t < T; ++t)
     for (int64_t k = k0; k < k1; k += U) {
-      const float* src = x + t * K + k;
-      F v[4];
-      for (int q = 0; q < 4; ++q) {
-        const int64_t left = k1 - k - W * q;
-        v[q] = left >= W ? V::load(src + W * q) : V::load_n(src + W * q, left > 0 ? left : 0);
-      }
-      const F s = V::set1(srow[k / 128] * DecFP8<V>::kScaleMul);
+      const float s = srow[k / 128] * kFp8XScale;
       float* dst = xs + t * ldx + (k - k0);
-      for (int q = 0; q < 4; ++q) V::store(dst + q * W, V::mul(V::pick_lanes(v[q % 2 * 2], v[q % 2 * 2 + 1], q >= 2), s));
+      for (int q = 0; q < 4; ++q)
+        for (int j = 0; j < W; ++j) {
+          const int64_t c = k + 4 * j + q;
+          dst[q * W + j] = c < k1 ? x[t * K + c] * s : 0.0f;
+        }
     }
 }
 
@@ -324,26 +326,18 @@ void fp8_rows(const float* xs, int64_t ldx, const WeightRef& w, int64_t r, float
   // 128-column block) picks the accumulator chains when NA > 4.
   auto unit = [&](int64_t k, int u, int64_t n) __attribute__((always_inline)) {
     const float* xk = xs + k;
-    auto codes = [&](int i) __attribute__((always_inline)) {
-      return n == U ? V::load_bytes(wr[i] + k) : V::load_bytes_n(wr[i] + k, n);
-    };
-    I h[2][R];  // even-code and odd-code f16 words of each row
+    I v[R];
     for (int i = 0; i < R; ++i) {
-      const I v = codes(i);
-      maxu = V::max_epu8(maxu, v);
-      maxs = V::max_epi8(maxs, v);
-      h[0][i] = V::fp8_f16(v, false);
-      if constexpr (!L::kFp8ReloadCodes) h[1][i] = V::fp8_f16(v, true);
+      v[i] = n == U ? V::load_bytes(wr[i] + k) : V::load_bytes_n(wr[i] + k, n);
+      maxu = V::max_epu8(maxu, v[i]);
+      maxs = V::max_epi8(maxs, v[i]);
     }
-    for (int s = 0; s < 4; ++s) {
-      if constexpr (L::kFp8ReloadCodes)
-        if (s == 2)
-          for (int i = 0; i < R; ++i) h[1][i] = V::fp8_f16(codes(i), true);
+    for (int q = 0; q < 4; ++q) {
       F wv[R];
-      for (int i = 0; i < R; ++i) wv[i] = V::f16_half(h[s / 2][i], s % 2 == 1);
-      const int a = (u * 4 + s) % NA;
+      for (int i = 0; i < R; ++i) wv[i] = V::fp8_lane_byte(v[i], q);
+      const int a = (u * 4 + q) % NA;
       for (int t = 0; t < T; ++t) {
-        const F xv = V::load(xk + t * ldx + W * s);
+        const F xv = V::load(xk + t * ldx + W * q);
         for (int i = 0; i < R; ++i) acc[a][t][i] = V::fmadd(xv, wv[i], acc[a][t][i]);
       }
     }
@@ -368,7 +362,7 @@ void fp8_rows(const float* xs, int64_t ldx, const WeightRef& w, int64_t r, float
   for (int t = 0; t < T; ++t)
     for (int i = 0; i < R; ++i) {
       for (int a = 1; a < NA; ++a) acc[0][t][i] = V::add(acc[0][t][i], acc[a][t][i]);
-      part[t * ldp + i] += nan[i] ? NAN : V::reduce_add(acc[0][t][i]);
+      part[t * ldp + i] += nan[i] ? NAN : V::reduce_add(acc[0][t][i]) * kFp8SumScale;
     }
 }
 

@@ -115,19 +115,21 @@ struct GemvPiece {
 // machine do not stream equally fast (on the 2-core VM two equal shares ended 26-44 us apart per
 // phase, 11-19% of it): the stealing evens their ends out. Each output row is the same GEMV row
 // as in a whole-matrix call (rows are summed on their own): bit for bit, whoever computes it.
+// Blocks start on whole GEMV passes (4 rows) and on the weight's row alignment (fp8: its 128-row
+// scale blocks; per, the rows of a piece, must then be a multiple of it).
 template <class P>
 void row_stream(int64_t npieces, int64_t per, P&& piece) {
-  constexpr int64_t kPass = 4;  // GEMV rows per pass: blocks start on whole passes
   constexpr int64_t kMaxShares = 64;
+  const int64_t pass = std::max<int64_t>(4, weight_rows_align(piece(0).w));
   const int64_t total = npieces * per;
   const int64_t ns = std::min<int64_t>(kMaxShares, ThreadPool::current().threads());
   const int64_t row_bytes = std::max<int64_t>(1, weight_bytes(piece(0).w) / std::max<int64_t>(per, 1));
-  const auto block = [&](int64_t bytes) { return std::max<int64_t>(kPass, bytes / row_bytes / kPass * kPass); };
+  const auto block = [&](int64_t bytes) { return std::max<int64_t>(pass, bytes / row_bytes / pass * pass); };
   const int64_t own = block(128 << 10), steal = block(32 << 10);
   const auto pack = [](int64_t lo, int64_t hi) { return static_cast<uint64_t>(lo) << 32 | static_cast<uint64_t>(hi); };
   std::atomic<uint64_t> share[kMaxShares];  // rows [lo, hi) left: lo << 32 | hi
   for (int64_t c = 0; c < ns; ++c) {
-    const auto edge = [&](int64_t t) { return t == ns ? total : (total * t / ns) / kPass * kPass; };
+    const auto edge = [&](int64_t t) { return t == ns ? total : (total * t / ns) / pass * pass; };
     share[c].store(pack(edge(c), edge(c + 1)), std::memory_order_relaxed);
   }
   const auto run = [&](int64_t b, int64_t e) {  // rows [b, e) of the stream, piece by piece
@@ -154,7 +156,7 @@ void row_stream(int64_t npieces, int64_t per, P&& piece) {
       for (uint64_t v = s.load();;) {
         const int64_t lo = static_cast<int64_t>(v >> 32), hi = static_cast<int64_t>(v & 0xffffffffu);
         if (lo >= hi) break;
-        const int64_t from = std::max(lo, (hi - steal) / kPass * kPass);
+        const int64_t from = std::max(lo, (hi - steal) / pass * pass);
         if (s.compare_exchange_weak(v, pack(lo, from))) {
           run(from, hi);
           v = s.load();
@@ -257,8 +259,10 @@ int64_t moe(int64_t t, int64_t k, int64_t h, const float* u, const int32_t* idx,
     // phases: gate and up of all experts, then down (whole experts per thread leave one idle when
     // 5-6 experts meet 2 threads). Each output row is the same GEMV row either way.
     Sched sc = sched_override();
-    // (fp8 experts: their 128-row scale blocks do not split at any row)
-    const bool one_row_each = r1 - r0 == nseg && weight_rows_align(ex.gate[active[a_first]]) == 1;
+    // (fp8 experts: their 128-row scale blocks split only between blocks, so inter and h must be
+    // whole blocks)
+    const int64_t align = weight_rows_align(ex.gate[active[a_first]]);
+    const bool one_row_each = r1 - r0 == nseg && inter % align == 0 && h % align == 0;
     if (sc == Sched::Rows && !one_row_each) sc = Sched::Auto;
     if (sc == Sched::Auto) {
       const int64_t nthreads = ThreadPool::current().threads();

@@ -262,20 +262,13 @@ struct Avx2 {
   LC_TARGET_AVX2 static bool any_byte_eq(I a, int8_t b) {
     return _mm256_movemask_epi8(_mm256_cmpeq_epi8(a, _mm256_set1_epi8(b))) != 0;
   }
-  // The f16 bits of the even (low, odd false) or odd (high) byte of every 16-bit word as fp8
-  // codes: sign << 15 | (code & 0x7f) << 7.
-  LC_TARGET_AVX2 static I fp8_f16(I v, bool odd) {
-    return _mm256_and_si256(_mm256_srai_epi16(odd ? v : _mm256_slli_epi16(v, 8), 1),
-                            _mm256_set1_epi16(static_cast<short>(0xbf80)));
-  }
-  // f16 words [0, kLanes) (hi false) or [kLanes, 2 kLanes) of h, widened.
-  LC_TARGET_AVX2 static F f16_half(I h, bool hi) {
-    return _mm256_cvtph_ps(hi ? _mm256_extracti128_si256(h, 1) : _mm256_castsi256_si128(h));
-  }
-  // Even (odd false) or odd lanes of the concatenation lo:hi, in order.
-  LC_TARGET_AVX2 static F pick_lanes(F lo, F hi, bool odd) {
-    const __m256 s = odd ? _mm256_shuffle_ps(lo, hi, 0xdd) : _mm256_shuffle_ps(lo, hi, 0x88);
-    return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(s), 0xd8));
+  // Byte `byte` of every 32-bit lane of v as an fp8 e4m3 code decoded to f32 bits sign << 31 |
+  // (code & 0x7f) << 20: exactly the code's value * 2^-120, subnormals included (as f32
+  // subnormals). Shifted up to the lane's top byte, then arithmetically right by 4 (the sign fills
+  // bits 27..30, cleared by the mask). NaN codes are not decoded as NaN: callers check them apart.
+  LC_TARGET_AVX2 static F fp8_lane_byte(I v, int byte) {
+    const I top = byte == 3 ? v : _mm256_slli_epi32(v, 24 - 8 * byte);
+    return _mm256_castsi256_ps(_mm256_and_si256(_mm256_srai_epi32(top, 4), _mm256_set1_epi32(static_cast<int>(0x87f00000u))));
   }
 
   // Whether the n fp8 codes at p hold a NaN code ((b | 0x80) == 0xff).
@@ -482,21 +475,11 @@ struct Avx512 {
   LC_TARGET_AVX512 static I max_epi8(I a, I b) { return _mm512_max_epi8(a, b); }
   // Whether any byte of a equals b.
   LC_TARGET_AVX512 static bool any_byte_eq(I a, int8_t b) { return _mm512_cmpeq_epi8_mask(a, _mm512_set1_epi8(b)) != 0; }
-  // The f16 bits of the even (low, odd false) or odd (high) byte of every 16-bit word as fp8
-  // codes: sign << 15 | (code & 0x7f) << 7.
-  LC_TARGET_AVX512 static I fp8_f16(I v, bool odd) {
-    return _mm512_and_si512(_mm512_srai_epi16(odd ? v : _mm512_slli_epi16(v, 8), 1),
-                            _mm512_set1_epi16(static_cast<short>(0xbf80)));
-  }
-  // f16 words [0, kLanes) (hi false) or [kLanes, 2 kLanes) of h, widened.
-  LC_TARGET_AVX512 static F f16_half(I h, bool hi) {
-    return _mm512_cvtph_ps(hi ? _mm512_extracti64x4_epi64(h, 1) : _mm512_castsi512_si256(h));
-  }
-  // Even (odd false) or odd lanes of the concatenation lo:hi, in order.
-  LC_TARGET_AVX512 static F pick_lanes(F lo, F hi, bool odd) {
-    const __m512i idx = odd ? _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31)
-                            : _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    return _mm512_permutex2var_ps(lo, idx, hi);
+  // Byte `byte` of every 32-bit lane of v as an fp8 e4m3 code decoded to f32 bits (see
+  // Avx2::fp8_lane_byte): the code's value * 2^-120.
+  LC_TARGET_AVX512 static F fp8_lane_byte(I v, int byte) {
+    const I top = byte == 3 ? v : _mm512_slli_epi32(v, 24 - 8 * byte);
+    return _mm512_castsi512_ps(_mm512_and_si512(_mm512_srai_epi32(top, 4), _mm512_set1_epi32(static_cast<int>(0x87f00000u))));
   }
 
   // Lanes of 16 fp8 codes holding a NaN code: (b | 0x80) == 0xff.
