@@ -26,6 +26,10 @@
 //      and the absorbed MLA's per-head products are left out (a floor). Ideal = (1 + acceptance) x
 //      plain floor / speculative floor. The byte ideal of item 3 is
 //      the issue's target; this one says how much of it the machine's FLOP rate allows.
+//      Per op too: each linear's floor max(its bytes / probe, its FLOPs / the GEMM rate (gemmRate:
+//      64-256 rows, warm)), the step's other bytes (experts, norms) at the probe, summed: a 16-row verify's linears can be FLOP-bound while its
+//      experts are byte-bound, which the whole-step max does not see (the per-op ideal; bench/RESULTS.md
+//      wt15-spec8).
 //   4. at 0% acceptance: the slowdown against plain decoding vs the cost of a step's parts timed
 //      alone: a verify forward of 2 rows per sequence (mode 'decode') and the MTP head over those 2
 //      rows (a captured graph on the CPU, eager elsewhere), vs a plain 1-row step; these and the
@@ -47,7 +51,7 @@ import { empty, tensor, toArray, toArrayAsync } from '../dist/tensor.js';
 import { loadModel } from '../dist/generate.js';
 import { draftAgreementPlan, initRandom } from '../dist/init-random.js';
 import { activeParams, parseConfig, requiredTensors } from '../dist/config.js';
-import { accounting, benchFlags, now, median, randomF32, readBandwidth } from './common.mjs';
+import { accounting, benchFlags, gemmRate, now, median, randomF32, readBandwidth } from './common.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, '..');
@@ -394,18 +398,21 @@ function hotMs(lin, t) {
   }
 }
 
-/** Time (ms) and FLOPs of a list of linears at t rows each; one timing per distinct weight shape/dtype. */
+/** Time (ms) and FLOPs of a list of linears at t rows each; one timing per distinct weight shape/dtype;
+ *  items: each linear's weight bytes and FLOPs (for the per-op floor). */
 function timeLinears(list, t, cache) {
   let ms = 0,
     flops = 0;
+  const items = [];
   for (const lin of list) {
     const [n, k] = lin.weight.shape;
     const key = `${lin.weight.dtype} ${n}x${k} t${t}`;
     if (!cache.has(key)) cache.set(key, hotMs(lin, t));
     ms += cache.get(key);
     flops += 2 * t * n * k;
+    items.push({ bytes: lin.weight.nbytes + (lin.scale?.nbytes ?? 0), flops: 2 * t * n * k });
   }
-  return { ms, flops };
+  return { ms, flops, items };
 }
 
 /**
@@ -424,7 +431,11 @@ function computeFloor(model, B) {
   ]);
   const m = w.mtp;
   const mtp = [m.ehEmbed, m.ehHidden, ...mla(m.attn), m.mlp.gate, m.mlp.up, m.mlp.down];
-  const sum = parts => ({ ms: parts.reduce((a, p) => a + p.ms, 0), flops: parts.reduce((a, p) => a + p.flops, 0) });
+  const sum = parts => ({
+    ms: parts.reduce((a, p) => a + p.ms, 0),
+    flops: parts.reduce((a, p) => a + p.flops, 0),
+    items: parts.flatMap(p => p.items),
+  });
   const plain = sum([timeLinears(dense, B, cache), timeLinears([w.lmHead], B, cache)]);
   const spec = sum([
     timeLinears(dense, 2 * B, cache),
@@ -439,7 +450,16 @@ function computeFloor(model, B) {
     specFlops: spec.flops,
     /** GFLOP/s of those linears at B (plain) and 2 B (verify + MTP) rows */
     gflops: { plain: plain.flops / plain.ms / 1e6, spec: spec.flops / spec.ms / 1e6 },
+    /** each linear's weight bytes and FLOPs (main() turns them into the per-op floors, then drops them) */
+    linears: { plain: plain.items, spec: spec.items },
   };
+}
+
+/** A step's per-op floor (ms): each linear max(its bytes / bw, its FLOPs / the GEMM rate), the step's
+ *  other bytes (experts, norms) at bw; bw in bytes per ms, rate in FLOPs per ms. */
+function perOpFloorMs(items, stepBytes, bw, rate) {
+  const linearBytes = items.reduce((a, x) => a + x.bytes, 0);
+  return Math.max(0, stepBytes - linearBytes) / bw + items.reduce((a, x) => a + Math.max(x.bytes / bw, x.flops / rate), 0);
 }
 
 // ---- LongCat-Flash-Chat proportions ----------------------------------------------------------
@@ -622,6 +642,7 @@ async function main() {
   const checkpoints = [];
   for (const a of AGREEMENTS) checkpoints.push(await benchCheckpoint(a));
   const bwB = device === 'cpu' ? readBandwidth() : null;
+  const gemmGflops = device === 'cpu' ? gemmRate(checkpoints[0].dims.hidden) : null;
   // the compute-aware ideal (item 3b): per step max(bytes / probe, compute), the probe's mean
   if (bwA !== null)
     for (const c of checkpoints)
@@ -639,7 +660,18 @@ async function main() {
         };
         b.computeAware.measuredOverIdeal = b.speedup.mean / b.computeAware.ideal;
         b.computeAware.medianStepsOverIdeal = b.speedupMedianSteps / b.computeAware.ideal;
+        // per op: a step whose linears are FLOP-bound at its rows (a 16-row verify on a host of few
+        // FLOPs per byte) and whose experts are byte-bound is slower than either whole-step term says
+        const perOp = {
+          plainFloorMs: perOpFloorMs(f.linears.plain, b.bytes.plainStep, bw, gemmGflops * 1e6),
+          specFloorMs: perOpFloorMs(f.linears.spec, b.bytes.specStep, bw, gemmGflops * 1e6),
+        };
+        perOp.ideal = ((1 + b.spec.acceptanceRate) * perOp.plainFloorMs) / perOp.specFloorMs;
+        perOp.measuredOverIdeal = b.speedup.mean / perOp.ideal;
+        perOp.medianStepsOverIdeal = b.speedupMedianSteps / perOp.ideal;
+        b.computeAware.perOp = perOp;
       }
+  for (const c of checkpoints) for (const b of c.batches) if (b.computeFloor) delete b.computeFloor.linears;
   const real = flashChat();
   const res = {
     bench: 'speculative',
@@ -651,6 +683,7 @@ async function main() {
     cpus: os.cpus().length,
     loadavg: { start: loadStart, end: os.loadavg() },
     readGbps: bwA === null ? null : [bwA, bwB],
+    gemmGflops,
     preset: PRESET,
     promptTokens: PROMPT,
     tokensPerSequence: N,
@@ -688,12 +721,13 @@ async function main() {
     console.log('');
     console.log(
       'Compute-aware ideal (per step max(bytes / probe, the linears timed alone with warm weights at their rows); ' +
-        'ms of a step: bytes / probe vs compute; GFLOP/s of the non-expert linears at B / 2 B rows):',
+        'ms of a step: bytes / probe vs compute; GFLOP/s of the non-expert linears at B / 2 B rows; per op: each linear ' +
+        `max(bytes / probe, FLOPs / the GEMM rate ${gemmGflops.toFixed(0)} GFLOP/s), the other bytes at the probe):`,
     );
     console.log(
-      '| checkpoint | batch | plain: bytes / compute ms | spec: bytes / compute ms | linears GFLOP/s at B / 2B | byte ideal | compute-aware ideal | measured / byte ideal | measured / compute-aware ideal (median steps) |',
+      '| checkpoint | batch | plain: bytes / compute ms | spec: bytes / compute ms | linears GFLOP/s at B / 2B | byte ideal | compute-aware ideal | measured / byte ideal | measured / compute-aware ideal (median steps) | per-op floors plain / spec ms | per-op ideal | measured / per-op ideal (median steps) |',
     );
-    console.log('| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |');
+    console.log('| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |');
     const bw = ((bwA + bwB) / 2) * 1e6;
     for (const c of checkpoints)
       for (const b of c.batches) {
@@ -702,7 +736,8 @@ async function main() {
         console.log(
           `| ${c.name} | ${b.batch} | ${f2(b.bytes.plainStep / bw)} / ${f2(f.plainMs)} | ${f2(b.bytes.specStep / bw)} / ${f2(f.specMs)} | ` +
             `${f1(f.gflops.plain)} / ${f1(f.gflops.spec)} | ${f2(b.ideal)}x | ${f2(a.ideal)}x | ${f2(b.measuredOverIdeal)} | ` +
-            `${f2(a.measuredOverIdeal)} (${f2(a.medianStepsOverIdeal)}) |`,
+            `${f2(a.measuredOverIdeal)} (${f2(a.medianStepsOverIdeal)}) | ${f2(a.perOp.plainFloorMs)} / ${f2(a.perOp.specFloorMs)} | ` +
+            `${f2(a.perOp.ideal)}x | ${f2(a.perOp.measuredOverIdeal)} (${f2(a.perOp.medianStepsOverIdeal)}) |`,
         );
       }
   }

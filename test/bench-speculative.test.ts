@@ -53,7 +53,13 @@ interface Batch {
     specFlops: number;
     gflops: { plain: number; spec: number };
   };
-  computeAware: { plainFloorMs: number; specFloorMs: number; ideal: number; measuredOverIdeal: number };
+  computeAware: {
+    plainFloorMs: number;
+    specFloorMs: number;
+    ideal: number;
+    measuredOverIdeal: number;
+    perOp: { plainFloorMs: number; specFloorMs: number; ideal: number; measuredOverIdeal: number; medianStepsOverIdeal: number };
+  };
 }
 
 describe('bench/speculative.mjs', () => {
@@ -124,6 +130,15 @@ describe('bench/speculative.mjs', () => {
           expect(a.specFloorMs).toBeCloseTo(Math.max(b.bytes.specStep / bw, f.specMs), 12);
           expect(a.ideal).toBeCloseTo(((1 + b.spec.acceptanceRate) * a.plainFloorMs) / a.specFloorMs, 12);
           expect(a.measuredOverIdeal).toBeCloseTo(b.speedup.mean / a.ideal, 12);
+          // per op: every linear at least its bytes / probe (and its FLOPs / the GEMM rate), so at least the step's bytes / probe
+          const p = a.perOp;
+          expect(res.gemmGflops).toBeGreaterThan(0);
+          expect(p.plainFloorMs).toBeGreaterThanOrEqual((b.bytes.plainStep / bw) * (1 - 1e-12));
+          expect(p.specFloorMs).toBeGreaterThanOrEqual((b.bytes.specStep / bw) * (1 - 1e-12));
+          expect(p.ideal).toBeCloseTo(((1 + b.spec.acceptanceRate) * p.plainFloorMs) / p.specFloorMs, 12);
+          expect(p.measuredOverIdeal).toBeCloseTo(b.speedup.mean / p.ideal, 12);
+          expect(finite(p.medianStepsOverIdeal)).toBe(true);
+          expect(f).not.toHaveProperty('linears'); // dropped before the JSON
         }
       }
       // Flash-Chat: 8 of 512 experts per token; 2 tokens choose 512 (1 - (504/512)^2) = 15.875 distinct.

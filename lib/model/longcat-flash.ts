@@ -80,15 +80,21 @@ export function mtpForward(c: Step, w: ModelWeights, hPrev: Tensor): Tensor {
   const n0 = a.f32([T, H]);
   native.rmsnorm(s, n0, z, m.inputNorm, d.eps);
   const attn = mla(c, a, m.attn, n0, c.caches[2 * d.layers]!);
-  const n1 = a.f32([T, H]);
-  native.rmsnorm(s, n1, z, m.postAttnNorm, d.eps, attn, z); // z += attn; n1 = norm(z)
-  native.add(s, z, z, mlp(c, a, m.mlp, n1));
-  let zl = z;
+  // From here on every op is row by row: only the rows whose logits are wanted go on (the attention
+  // above wrote every row's latent to the cache). A speculative step's draft: B rows, not 2 B.
+  let zl = z,
+    al = attn;
   if (c.batch.lastRow) {
-    zl = a.f32([c.batch.lastRow.shape[0]!, H]);
+    const n = c.batch.lastRow.shape[0]!;
+    zl = a.f32([n, H]);
+    al = a.f32([n, H]);
     native.gatherRows(s, zl, z, c.batch.lastRow);
+    native.gatherRows(s, al, attn, c.batch.lastRow);
   }
   const rows = zl.shape[0]!;
+  const n1 = a.f32([rows, H]);
+  native.rmsnorm(s, n1, zl, m.postAttnNorm, d.eps, al, zl); // zl += al; n1 = norm(zl)
+  native.add(s, zl, zl, mlp(c, a, m.mlp, n1));
   const hf = a.f32([rows, H]);
   native.rmsnorm(s, hf, zl, m.norm, d.eps);
   const logits = empty([rows, d.vocab], { device: c.device });
