@@ -60,7 +60,7 @@ export interface ModelOptions {
    *  weights' routed experts must be split to match (loadWeights' expertDevices). */
   ranks?: number;
   /** Called before each forward pass; throws when the weights' backing can no longer be trusted
-   *  (loadModel passes the checkpoint's verify() while the weights are memory-mapped shards). */
+   *  (loadModel passes the checkpoint's verifyMappings() while the weights are memory-mapped shards). */
   verifyWeights?: () => void;
   /** Rank r's device (default: every rank on `device`: CPU ranks, or virtual ranks of one CUDA
    *  device). CUDA ranks on other devices need peer access to and from `device` and each other
