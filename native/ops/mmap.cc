@@ -86,8 +86,7 @@ Napi::Value Advise(const Napi::CallbackInfo& info) {
 }
 
 [[noreturn]] void fail_changed(const MappedFile& file, const std::string& what) {
-  fail(Code::E_CHECKPOINT, "'%s' changed on disk since it was mapped (%s); reload the model", file.path().c_str(),
-       what.c_str());
+  fail(Code::E_CHECKPOINT, "'%s' changed on disk since it was mapped (%s); reload the model", file.path().c_str(), what.c_str());
 }
 
 // verify(): the mapped file and its path (MappedFile::changed).
