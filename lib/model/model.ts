@@ -253,6 +253,8 @@ export class LongcatModel {
   private readonly histories = new WeakMap<SequenceCache, TokenHistory>();
   private disposed = false;
   private readonly verifyWeights: (() => void) | undefined;
+  /** The graph replayDecode() replayed last (forwardHere() prewakes it). */
+  private lastDecodeGraph: Graph | null = null;
 
   constructor(dims: ModelDims, weights: ModelWeights, opts: ModelOptions) {
     const ranks = opts.ranks ?? opts.rankDevices?.length ?? 1;
@@ -504,6 +506,9 @@ export class LongcatModel {
     opts: ForwardOptions,
     xh: CrossHostExperts | null,
   ): ForwardResult {
+    // The last decode step's stream thread is woken now, so that its wake (tens of microseconds on
+    // a VM) overlaps this call's host work instead of following the replay (Graph.prewake()).
+    this.lastDecodeGraph?.prewake();
     this.verifyWeights?.();
     if (xh && Array.isArray(seqs) && Array.isArray(tokens) && seqs.length === 0 && tokens.length === 0) {
       xh.finishIdle(this.dims.layers); // every layer's exchange with zero tokens of this host
@@ -1008,6 +1013,7 @@ export class LongcatModel {
       else this.writeDecodeInputs(x, padded);
     }
     g.graph.replay();
+    this.lastDecodeGraph = g.graph;
     for (const x of g.parts) x.ngram?.uploaded.record(x.rank.main);
     return g.parts.map(x => x.out);
   }
@@ -1482,6 +1488,7 @@ export class LongcatModel {
       }
     }
     this.decodeGraphs.clear();
+    this.lastDecodeGraph = null;
     for (const g of this.specGraphs.values()) {
       g.graph.dispose();
       for (const x of g.parts) {
