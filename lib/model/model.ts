@@ -253,8 +253,8 @@ export class LongcatModel {
   private readonly histories = new WeakMap<SequenceCache, TokenHistory>();
   private disposed = false;
   private readonly verifyWeights: (() => void) | undefined;
-  /** The graph replayDecode() replayed last (forwardHere() prewakes it). */
-  private lastDecodeGraph: Graph | null = null;
+  /** The decode or speculative step graph replayed last (the next step prewakes it). */
+  private lastStepGraph: Graph | null = null;
 
   constructor(dims: ModelDims, weights: ModelWeights, opts: ModelOptions) {
     const ranks = opts.ranks ?? opts.rankDevices?.length ?? 1;
@@ -508,7 +508,7 @@ export class LongcatModel {
   ): ForwardResult {
     // The last decode step's stream thread is woken now, so that its wake (tens of microseconds on
     // a VM) overlaps this call's host work instead of following the replay (Graph.prewake()).
-    this.lastDecodeGraph?.prewake();
+    this.lastStepGraph?.prewake();
     this.verifyWeights?.();
     if (xh && Array.isArray(seqs) && Array.isArray(tokens) && seqs.length === 0 && tokens.length === 0) {
       xh.finishIdle(this.dims.layers); // every layer's exchange with zero tokens of this host
@@ -1013,7 +1013,7 @@ export class LongcatModel {
       else this.writeDecodeInputs(x, padded);
     }
     g.graph.replay();
-    this.lastDecodeGraph = g.graph;
+    this.lastStepGraph = g.graph;
     for (const x of g.parts) x.ngram?.uploaded.record(x.rank.main);
     return g.parts.map(x => x.out);
   }
@@ -1306,6 +1306,7 @@ export class LongcatModel {
     const tokens = pending.map((p, b) => [p, drafts[b]!]);
     this.checkTokens('speculativeStep', tokens);
     const parts = byRank(this.ranks, seqs, 'speculativeStep');
+    this.lastStepGraph?.prewake(); // (as in forwardHere)
     this.verifyWeights?.();
     this.synchronizeRanks();
     const pastLens = seqs.map(s => s.length);
@@ -1338,6 +1339,7 @@ export class LongcatModel {
       });
       replayed = performance.now();
       g.graph.replay();
+      this.lastStepGraph = g.graph;
       for (const x of g.parts) x.ngram?.uploaded.record(x.rank.main);
       // One part on the runner's device: the counts are views of the graph's outputs, taken while
       // the replay runs (host work off the step's critical path); several parts are gathered after.
@@ -1488,7 +1490,7 @@ export class LongcatModel {
       }
     }
     this.decodeGraphs.clear();
-    this.lastDecodeGraph = null;
+    this.lastStepGraph = null;
     for (const g of this.specGraphs.values()) {
       g.graph.dispose();
       for (const x of g.parts) {
