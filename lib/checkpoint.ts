@@ -18,7 +18,7 @@ import {
 import { type SafetensorsDType, type SafetensorsHeader, readSafetensorsHeader } from './safetensors.js';
 import { checkContained, readRegularText } from './files.js';
 import type { DType, Tensor } from '../types/native.js';
-import type { MappedFile, MmapAdvice } from '../types/ops-mmap.js';
+import type { MappedFile, MappingSet, MmapAdvice } from '../types/ops-mmap.js';
 import { AUXILIARY_FILE } from './config-ngram.js';
 
 export interface GenerationConfig {
@@ -107,10 +107,19 @@ export interface Checkpoint {
   expertWeights(layer: number, e: number): ExpertWeights;
   /**
    * Throws CheckpointError (E_CHECKPOINT) naming the shard when one changed on disk since it was
-   * mapped (replaced, truncated, written in place): tensors over it would fault or read the new
-   * bytes. One stat() per shard. E_DISPOSED after close().
+   * mapped (replaced, truncated, written in place, deleted): tensors over it would fault or read
+   * the new bytes. One stat() and one fstat() per shard. E_DISPOSED after close().
    */
   verify(): void;
+  /**
+   * The check before each CPU forward pass: verify() without the path lookups, in one native call
+   * (native MappingSet: on a local filesystem one read() of inotify events for all shards, else
+   * one fstat() per shard). Sees a shard truncated, extended, written in place, deleted or renamed
+   * over; misses a shard replaced while the mapped file keeps another name (a hard link: the
+   * mapping is unharmed) and, on a local filesystem, a write through another process's shared
+   * mapping of the file.
+   */
+  verifyMappings(): void;
   /** Disposes every tensor handed out and drops the mappings. Idempotent. */
   close(): void;
   [Symbol.dispose](): void;
@@ -405,6 +414,8 @@ class CheckpointImpl implements Checkpoint {
   /** Views made for packed experts (owned here, unlike cached tensors they are not in `cache`). */
   private views: Tensor[] = [];
   private closed = false;
+  /** The mappings as verifyMappings() checks them. */
+  private readonly mappingSet: MappingSet;
 
   constructor(
     readonly dir: string,
@@ -419,7 +430,9 @@ class CheckpointImpl implements Checkpoint {
     readonly totalBytes: number,
     readonly files: readonly string[],
     private mappings: Map<string, MappedFile>,
-  ) {}
+  ) {
+    this.mappingSet = native.mappingSet([...mappings.values()]);
+  }
 
   get fp8(): boolean {
     return this.quantization === 'fp8';
@@ -499,6 +512,11 @@ class CheckpointImpl implements Checkpoint {
     for (const m of this.mappings.values()) m.verify();
   }
 
+  verifyMappings(): void {
+    this.alive('verifyMappings()');
+    this.mappingSet.verify();
+  }
+
   close(): void {
     if (this.closed) return;
     this.closed = true;
@@ -506,6 +524,7 @@ class CheckpointImpl implements Checkpoint {
     this.views = [];
     for (const t of this.cache.values()) t.dispose();
     for (const m of this.mappings.values()) m.close();
+    this.mappingSet.close();
     this.cache.clear();
     this.experts.clear();
     this.mappings.clear();

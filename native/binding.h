@@ -113,6 +113,7 @@ class GraphWrap : public Napi::ObjectWrap<GraphWrap> {
 
  private:
   Napi::Value Replay(const Napi::CallbackInfo&);
+  Napi::Value Prewake(const Napi::CallbackInfo&);
   Napi::Value Dispose(const Napi::CallbackInfo&);
   std::unique_ptr<Graph> g_;
 };

@@ -180,6 +180,9 @@ class Stream {
     std::shared_ptr<const RowSplit> split;
   };
   void synchronize();
+  // CPU: wakes the idle thread to spin (up to 200 us) for work about to be queued, so that its
+  // wake overlaps the caller's host work instead of following the enqueue (Graph::prewake).
+  void prewake();
   // CPU: a replay's hold on an idle stream (Graph::replay). try_hold() succeeds only when nothing is
   // queued or running here and no capture is on; until release_hold(), the stream counts as busy
   // (synchronize() waits) and work queued on it waits, while its thread sleeps on. release_hold()
@@ -203,7 +206,8 @@ class Stream {
   std::condition_variable cv_, idle_cv_;
   std::deque<std::function<void()>> queue_;
   std::shared_ptr<cpu::ThreadPool> pool_;  // set_pool (under m_)
-  bool busy_ = false, stopping_ = false, on_hold_ = false;
+  bool busy_ = false, stopping_ = false, on_hold_ = false, prewake_ = false;
+  std::atomic<uint64_t> enqueued_{0};  // jobs queued so far (a prewoken thread spins until it moves)
   std::string error_;
   Code error_code_ = Code::E_INTERNAL;
   void enqueue_marker(std::function<void()> fn);  // an event's record or wait (Event)
@@ -256,6 +260,8 @@ class Graph {
  public:
   ~Graph();
   void replay();
+  // CPU: Stream::prewake() of the stream that runs the plan; not with LONGCAT_STREAM_PREWAKE=0.
+  void prewake();
   struct Plan;  // CPU: the streams' work in capture order (device.cc)
 
  private:

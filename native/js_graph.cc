@@ -7,7 +7,8 @@ namespace lc {
 
 Napi::Function GraphWrap::Init(Napi::Env env) {
   return DefineClass(env, "Graph",
-                     {InstanceMethod<&GraphWrap::Replay>("replay"), InstanceMethod<&GraphWrap::Dispose>("dispose")});
+                     {InstanceMethod<&GraphWrap::Replay>("replay"), InstanceMethod<&GraphWrap::Prewake>("prewake"),
+                      InstanceMethod<&GraphWrap::Dispose>("dispose")});
 }
 
 GraphWrap::GraphWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<GraphWrap>(info) {
@@ -20,6 +21,11 @@ Napi::Value GraphWrap::Replay(const Napi::CallbackInfo& info) {
     g_->replay();
     return info.Env().Undefined();
   });
+}
+
+Napi::Value GraphWrap::Prewake(const Napi::CallbackInfo& info) {
+  if (g_) g_->prewake();
+  return info.Env().Undefined();
 }
 
 Napi::Value GraphWrap::Dispose(const Napi::CallbackInfo& info) {

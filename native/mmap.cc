@@ -2,13 +2,18 @@
 #include "mmap.h"
 
 #include <fcntl.h>
+#include <sys/inotify.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <unordered_map>
 
 #include "common.h"
 
@@ -38,6 +43,107 @@ namespace {
 [[noreturn]] void sys_fail(const std::string& path, const char* what, int err) {
   fail(Code::E_CHECKPOINT, "cannot %s '%s': %s (%s)", what, path.c_str(), std::strerror(err), errno_name(err));
 }
+}  // namespace
+
+namespace {
+
+// Filesystems whose every change to a file's data, size, times or names goes through this kernel's
+// VFS and so raises inotify events (ext2/3/4, xfs, btrfs, tmpfs, f2fs, zfs). A network or FUSE
+// filesystem can change a file from elsewhere without an event: files there get no watch.
+bool local_filesystem(int fd) {
+  struct statfs fs;
+  if (::fstatfs(fd, &fs) != 0) return false;
+  switch (static_cast<unsigned long>(fs.f_type)) {
+    case 0xEF53UL:      // ext2 / ext3 / ext4
+    case 0x58465342UL:  // xfs
+    case 0x9123683EUL:  // btrfs
+    case 0x01021994UL:  // tmpfs
+    case 0xF2F52010UL:  // f2fs
+    case 0x2FC12FC1UL:  // zfs
+      return true;
+    default: return false;
+  }
+}
+
+// The process's one inotify instance (instances are few per user: 128 by default) and its watches,
+// each counted by the mappings that share it (two mappings of one file get the same watch). An
+// event marks its watch for good: the files under it are fstat()ed by every check after that.
+// IN_MODIFY: written or truncated; IN_ATTRIB: times set, or the link count changed (a rename over
+// the file, an unlink). An event queue overflow marks every watch.
+class ChangeWatch {
+ public:
+  static ChangeWatch& get() {
+    static ChangeWatch* w = new ChangeWatch();  // never destroyed: mappings may outlive static destructors
+    return *w;
+  }
+
+  // A watch on the file open as `fd`, or -1 (no inotify, no /proc, the watch limit reached).
+  int add(int fd) {
+    std::lock_guard<std::mutex> lock(m_);
+    if (fd_ < 0) return -1;
+    // The descriptor's /proc link names the mapped file itself, whatever happened to its path since.
+    const std::string link = "/proc/self/fd/" + std::to_string(fd);
+    const int wd = ::inotify_add_watch(fd_, link.c_str(), IN_MODIFY | IN_ATTRIB);
+    if (wd < 0) return -1;
+    watches_[wd].refs++;
+    return wd;
+  }
+
+  void remove(int wd) {
+    std::lock_guard<std::mutex> lock(m_);
+    auto it = watches_.find(wd);
+    if (it == watches_.end() || --it->second.refs > 0) return;
+    if (it->second.marked) marked_--;
+    watches_.erase(it);
+    ::inotify_rm_watch(fd_, wd);
+  }
+
+  // Reads the pending events (one read() when there are none); true when any watch is marked.
+  bool drain() {
+    std::lock_guard<std::mutex> lock(m_);
+    alignas(struct inotify_event) char buf[4096];
+    for (;;) {
+      const ssize_t n = ::read(fd_, buf, sizeof buf);
+      if (n <= 0) break;  // EAGAIN: none left
+      for (ssize_t i = 0; i < n;) {
+        const auto* ev = reinterpret_cast<const struct inotify_event*>(buf + i);
+        if (ev->mask & IN_Q_OVERFLOW) overflowed_ = true;
+        auto it = watches_.find(ev->wd);
+        if (it != watches_.end() && !it->second.marked) {  // (IN_IGNORED too: the watch is gone)
+          it->second.marked = true;
+          marked_++;
+        }
+        i += static_cast<ssize_t>(sizeof(struct inotify_event) + ev->len);
+      }
+    }
+    return overflowed_ || marked_ > 0;
+  }
+
+  bool marked(int wd) {
+    std::lock_guard<std::mutex> lock(m_);
+    if (overflowed_) return true;
+    auto it = watches_.find(wd);
+    return it == watches_.end() || it->second.marked;
+  }
+
+ private:
+  ChangeWatch() { fd_ = ::inotify_init1(IN_NONBLOCK | IN_CLOEXEC); }
+  struct Watch {
+    int refs = 0;
+    bool marked = false;
+  };
+  std::mutex m_;
+  int fd_ = -1;
+  bool overflowed_ = false;
+  size_t marked_ = 0;  // watches marked
+  std::unordered_map<int, Watch> watches_;
+};
+
+bool watch_mappings() {
+  const char* v = std::getenv("LONGCAT_WATCH_MAPPINGS");
+  return !(v && std::strcmp(v, "0") == 0);
+}
+
 }  // namespace
 
 std::shared_ptr<MappedFile> MappedFile::open(const std::string& path, Options opts) {
@@ -89,19 +195,53 @@ std::shared_ptr<MappedFile> MappedFile::open(const std::string& path, Options op
     }
     m->base_ = p;
   }
-  ::close(fd);  // the mapping keeps its own reference to the file
+  m->fd_ = fd;  // kept for changed(): an fstat() finds the mapped file without a path lookup
+  if (watch_mappings() && local_filesystem(fd)) {
+    m->watch_ = ChangeWatch::get().add(fd);
+    // A change between the fstat() above and the watch raised no event for it: such a file goes
+    // without a watch (fstat()ed by every check, which then reports the change).
+    if (m->watch_ >= 0 && !m->changed(false).empty()) {
+      ChangeWatch::get().remove(m->watch_);
+      m->watch_ = -1;
+    }
+  }
   return m;
 }
 
 MappedFile::~MappedFile() {
   if (base_) ::munmap(base_, size_);
+  if (watch_ >= 0) ChangeWatch::get().remove(watch_);
+  if (fd_ >= 0) ::close(fd_);
 }
 
-std::string MappedFile::changed() const {
+MappedFileSet::MappedFileSet(std::vector<std::shared_ptr<MappedFile>> files) : files_(std::move(files)) {
+  for (const auto& f : files_) (f->watched() ? watched_ : unwatched_).push_back(f.get());
+}
+
+std::pair<const MappedFile*, std::string> MappedFileSet::first_changed() const {
+  auto check = [](const MappedFile* f) -> std::pair<const MappedFile*, std::string> {
+    std::string what = f->changed(false);
+    return {what.empty() ? nullptr : f, what};
+  };
+  for (const MappedFile* f : unwatched_)
+    if (auto c = check(f); c.first) return c;
+  if (watched_.empty() || !ChangeWatch::get().drain()) return {nullptr, std::string()};
+  // Some watch saw an event (rare): the files whose watch did.
+  for (const MappedFile* f : watched_)
+    if (ChangeWatch::get().marked(f->watch()))
+      if (auto c = check(f); c.first) return c;
+  return {nullptr, std::string()};
+}
+
+std::string MappedFile::changed(bool by_path) const {
   struct stat st;
-  if (::stat(path_.c_str(), &st) != 0) return std::string("it can no longer be read: ") + errno_name(errno);
-  if (static_cast<uint64_t>(st.st_dev) != dev_ || static_cast<uint64_t>(st.st_ino) != ino_)
-    return "it was replaced by another file";
+  if (by_path) {
+    if (::stat(path_.c_str(), &st) != 0) return std::string("it can no longer be read: ") + errno_name(errno);
+    if (static_cast<uint64_t>(st.st_dev) != dev_ || static_cast<uint64_t>(st.st_ino) != ino_)
+      return "it was replaced by another file";
+  }
+  if (::fstat(fd_, &st) != 0) return std::string("it can no longer be read: ") + errno_name(errno);
+  if (st.st_nlink == 0) return "it was deleted or replaced by another file";
   if (static_cast<size_t>(st.st_size) != size_)
     return "size " + std::to_string(size_) + " -> " + std::to_string(static_cast<long long>(st.st_size)) + " bytes";
   if (static_cast<int64_t>(st.st_mtim.tv_sec) != mtime_sec_ || static_cast<int64_t>(st.st_mtim.tv_nsec) != mtime_nsec_)

@@ -39,11 +39,17 @@ class MappedFile {
   bool writable() const { return !shared_; }
   // Page-rounded madvise over [offset, offset + length) clipped to the file; advisory, never fails.
   void advise(size_t offset, size_t length, Advice a) const;
-  // What changed in the file at path() since it was mapped (device and inode: replaced; size:
-  // truncated or extended; mtime: written in place), e.g. "size 4096 -> 100"; empty when nothing
-  // did. A truncated mapping faults (SIGBUS) where it lost its pages and an overwritten one shows
-  // the new bytes, so callers check this before using the mapping (one stat() call).
-  std::string changed() const;
+  // What changed in the file since it was mapped, e.g. "size 4096 -> 100"; empty when nothing did.
+  // A truncated mapping faults (SIGBUS) where it lost its pages and an overwritten one shows the new
+  // bytes, so callers check this before using the mapping. The mapped file itself is checked
+  // through the descriptor kept open for it (one fstat(): size: truncated or extended; mtime:
+  // written in place; no name left: deleted, or replaced by a rename over it). `by_path` also
+  // stat()s path() (a path lookup) for a file replaced while the mapped one keeps another name (a
+  // hard link). A replaced file cannot corrupt the mapping, which holds the old one.
+  std::string changed(bool by_path) const;
+  // Whether an inotify watch stands in for changed(false) (MappedFileSet).
+  bool watched() const { return watch_ >= 0; }
+  int watch() const { return watch_; }
 
  private:
   MappedFile() = default;
@@ -51,9 +57,30 @@ class MappedFile {
   void* base_ = nullptr;
   size_t size_ = 0;
   bool shared_ = false;
+  int fd_ = -1;     // the mapped file, open for changed()'s fstat()
+  int watch_ = -1;  // its inotify watch (MappedFileSet), or -1
   // The file's identity and state when it was mapped (see changed()).
   uint64_t dev_ = 0, ino_ = 0;
   int64_t mtime_sec_ = 0, mtime_nsec_ = 0;
+};
+
+// Mapped files checked together before every step: changed(false) of each, in one call. Each
+// syscall costs microseconds on a VM (more with the caches cold after a step streamed the
+// weights), so a file on a local filesystem is watched (inotify: one instance for the process, a
+// watch per file) and fstat()ed only once an event was seen for it: one read() of the pending
+// events stands for all of them. Files without a watch (network and other filesystems, inotify
+// unavailable, LONGCAT_WATCH_MAPPINGS=0) are fstat()ed every time. What a watch does not see, the
+// fstat() would have: a write through another process's shared mapping of the file (it sets the
+// mtime without an event).
+class MappedFileSet {
+ public:
+  explicit MappedFileSet(std::vector<std::shared_ptr<MappedFile>> files);
+  // The first file that changed and what did (changed()), or {nullptr, ""}.
+  std::pair<const MappedFile*, std::string> first_changed() const;
+
+ private:
+  std::vector<std::shared_ptr<MappedFile>> files_;
+  std::vector<const MappedFile*> watched_, unwatched_;
 };
 
 // "ENOENT", "EACCES", ... for an errno value ("E<number>" when unknown).

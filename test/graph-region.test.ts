@@ -331,6 +331,37 @@ describe('a replayed CPU graph as one parallel region', () => {
     }
   });
 
+  // Graph.prewake() wakes the runner stream's idle thread to spin for the replay about to come
+  // (forward() calls it before its host work): a hint that never changes what runs or when it may.
+  it.each([1, 2])('a prewoken stream runs the replay, eager work and its own disposal as usual (%i pool threads)', threads => {
+    native.setThreads(threads);
+    const s = new Stream('cpu');
+    const x = full([5], 1);
+    const g = native.captureGraph([s], () => native.scale(s, x, x, 3));
+    for (let i = 0; i < 4; i++) {
+      g.prewake();
+      g.prewake(); // twice: still one spin
+      g.replay(); // (queued during the spin, or after it ended)
+      s.synchronize();
+    }
+    expect(Array.from(toArray(x))).toEqual([81, 81, 81, 81, 81]);
+    native.scale(s, x, x, 2); // busy: the prewake is a no-op
+    g.prewake();
+    native.scale(s, x, x, 0.5); // eager work after a prewake
+    s.synchronize();
+    expect(Array.from(toArray(x))).toEqual([81, 81, 81, 81, 81]);
+    g.prewake();
+    g.dispose();
+    g.prewake(); // disposed: nothing
+    x.dispose();
+    const s2 = new Stream('cpu');
+    const g2 = native.captureGraph([s2], () => {});
+    g2.prewake();
+    g2.dispose();
+    s2.dispose(); // (the graph gone: the stream's thread stops whether or not it still spins)
+    s.dispose();
+  });
+
   // A stream with nothing queued when the graph is replayed is held by the replay instead of given a
   // job (device.cc Graph::replay): work queued on it meanwhile still runs after the replay, and
   // synchronize() waits for the replay; a stream with work queued takes a job and is waited for.

@@ -4,7 +4,9 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execFileSync } from 'node:child_process';
 import {
+  chmodSync,
   cpSync,
+  linkSync,
   mkdirSync,
   mkdtempSync,
   readFileSync,
@@ -46,35 +48,83 @@ function copyTiny(name: string): string {
 }
 
 describe('a shard changed on disk while mapped (item 5)', () => {
-  it('Checkpoint.verify() names a truncated, an overwritten and a replaced shard', async () => {
-    for (const change of ['truncate', 'overwrite', 'replace'] as const) {
-      const dir = copyTiny(`changed-${change}`);
-      const ck = await openCheckpoint(dir);
+  /** openCheckpoint with LONGCAT_WATCH_MAPPINGS set to `watch` ('0': the per-step check fstat()s every shard). */
+  async function openWatched(dir: string, watch: string) {
+    const was = process.env.LONGCAT_WATCH_MAPPINGS;
+    process.env.LONGCAT_WATCH_MAPPINGS = watch;
+    try {
+      return await openCheckpoint(dir);
+    } finally {
+      if (was === undefined) delete process.env.LONGCAT_WATCH_MAPPINGS;
+      else process.env.LONGCAT_WATCH_MAPPINGS = was;
+    }
+  }
+
+  it.each(['1', '0'])(
+    'Checkpoint.verify() names a truncated, an overwritten and a replaced shard (LONGCAT_WATCH_MAPPINGS=%s)',
+    async watch => {
+      for (const change of ['truncate', 'overwrite', 'replace'] as const) {
+        const dir = copyTiny(`changed-${change}-${watch}`);
+        const ck = await openWatched(dir, watch);
+        try {
+          ck.verify(); // unchanged: passes
+          ck.verifyMappings();
+          const shard = path.join(dir, SHARDS[1]!);
+          const size = statSync(shard).size;
+          if (change === 'truncate') truncateSync(shard, size - 64);
+          if (change === 'overwrite') {
+            // Same size, new bytes, then an mtime set far from the mapping's (no clock granularity involved).
+            const bytes = readFileSync(shard);
+            bytes.fill(0x7f, size - 64);
+            writeFileSync(shard, bytes);
+            utimesSync(shard, 1_000_000, 1_000_000);
+          }
+          if (change === 'replace') {
+            writeFileSync(`${shard}.new`, readFileSync(shard));
+            renameSync(`${shard}.new`, shard);
+          }
+          const what = { truncate: /size \d+ -> \d+/, overwrite: /modified/, replace: /replaced/ }[change];
+          expectCode(() => ck.verify(), 'E_CHECKPOINT', new RegExp(`${SHARDS[1]}.*changed on disk`));
+          expectCode(() => ck.verify(), 'E_CHECKPOINT', what);
+          // The per-step check (the mapped files' descriptors, no path lookup) sees each of them too.
+          expectCode(() => ck.verifyMappings(), 'E_CHECKPOINT', new RegExp(`${SHARDS[1]}.*changed on disk`));
+          expectCode(() => ck.verifyMappings(), 'E_CHECKPOINT', what);
+        } finally {
+          ck.close();
+        }
+        expectCode(() => ck.verify(), 'E_DISPOSED');
+        expectCode(() => ck.verifyMappings(), 'E_DISPOSED');
+      }
+    },
+  );
+
+  it.each(['1', '0'])(
+    'verifyMappings() sees a deleted shard; a shard replaced while the mapped file keeps a name only verify() (LONGCAT_WATCH_MAPPINGS=%s)',
+    async watch => {
+      const dir = copyTiny(`changed-names-${watch}`);
+      const ck = await openWatched(dir, watch);
       try {
-        ck.verify(); // unchanged: passes
-        const shard = path.join(dir, SHARDS[1]!);
-        const size = statSync(shard).size;
-        if (change === 'truncate') truncateSync(shard, size - 64);
-        if (change === 'overwrite') {
-          // Same size, new bytes, then an mtime set far from the mapping's (no clock granularity involved).
-          const bytes = readFileSync(shard);
-          bytes.fill(0x7f, size - 64);
-          writeFileSync(shard, bytes);
-          utimesSync(shard, 1_000_000, 1_000_000);
-        }
-        if (change === 'replace') {
-          writeFileSync(`${shard}.new`, readFileSync(shard));
-          renameSync(`${shard}.new`, shard);
-        }
-        const what = { truncate: /size \d+ -> \d+/, overwrite: /modified/, replace: /replaced/ }[change];
-        expectCode(() => ck.verify(), 'E_CHECKPOINT', new RegExp(`${SHARDS[1]}.*changed on disk`));
-        expectCode(() => ck.verify(), 'E_CHECKPOINT', what);
+        const shard = path.join(dir, SHARDS[0]!);
+        // An event that changes nothing checked (the mode): still unchanged.
+        chmodSync(shard, 0o400);
+        ck.verifyMappings();
+        ck.verify();
+        // Replaced, the old file still linked elsewhere: the mapping is unharmed, only the path tells.
+        linkSync(shard, `${shard}.old`);
+        writeFileSync(`${shard}.new`, readFileSync(shard));
+        renameSync(`${shard}.new`, shard);
+        ck.verifyMappings();
+        expectCode(() => ck.verify(), 'E_CHECKPOINT', /replaced/);
+        // Its last name gone: deleted.
+        unlinkSync(`${shard}.old`);
+        expectCode(() => ck.verifyMappings(), 'E_CHECKPOINT', new RegExp(`${SHARDS[0]}.*changed on disk.*deleted`));
+        // The mapping still holds the deleted file: its tensors still read.
+        expect(ck.get('model.embed_tokens.weight').toBytes().length).toBeGreaterThan(0);
       } finally {
         ck.close();
       }
-      expectCode(() => ck.verify(), 'E_DISPOSED');
-    }
-  });
+    },
+  );
 
   // (hugePages: the weights a step streams are copies, but the embeddings are still read from the shards)
   it.each([false, true])(

@@ -67,6 +67,13 @@ export interface GraphProfile {
 export declare class Graph {
   private constructor();
   replay(): void;
+  /**
+   * CPU: wakes the idle thread of the stream that runs the graph's step, to spin up to 200 us for
+   * the work about to be queued (a replay), so that its wake overlaps the caller's host work rather
+   * than following replay(). Nothing when that stream has work or is held, on CUDA, after dispose(),
+   * or with LONGCAT_STREAM_PREWAKE=0. A hint: never required.
+   */
+  prewake(): void;
   dispose(): void;
 }
 

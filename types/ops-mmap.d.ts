@@ -27,12 +27,32 @@ export interface MappedFile {
   /** madvise over [offset, offset + length) (page-rounded, clipped to the file). Advisory. */
   advise(advice: MmapAdvice, offset?: number, length?: number): void;
   /**
-   * Throws E_CHECKPOINT when the file changed on disk since it was mapped: replaced (device or
-   * inode), truncated or extended (size), or written in place (mtime). One stat() call. A change
-   * between this check and a read of the mapping still goes unseen (SIGBUS after truncation).
-   * E_DISPOSED after close().
+   * Throws E_CHECKPOINT when the file changed on disk since it was mapped: replaced (the path's
+   * device or inode), truncated or extended (size), written in place (mtime), or deleted. A stat()
+   * of the path and an fstat() of the mapped file (its descriptor stays open while it is mapped).
+   * A change between this check and a read of the mapping still goes unseen (SIGBUS after
+   * truncation). E_DISPOSED after close().
    */
   verify(): void;
+}
+
+/**
+ * Mapped files checked together: verify() of each without its path lookup. The set holds the
+ * mappings until close().
+ */
+export interface MappingSet {
+  /**
+   * E_CHECKPOINT naming the first file that was truncated, extended, written in place, or lost its
+   * last name (deleted, or replaced by a rename over it) since it was mapped; E_DISPOSED after
+   * close(). A file on a local filesystem (ext4, xfs, btrfs, tmpfs, f2fs, zfs) is watched (inotify)
+   * and fstat()ed only after an event for it, so the whole set costs one read() of the pending
+   * events; others (network filesystems, or LONGCAT_WATCH_MAPPINGS=0) one fstat() each. Unseen: a
+   * file replaced while the mapped one keeps another name (a hard link; the mapping is unharmed),
+   * and under a watch a write through another process's shared mapping of the file.
+   */
+  verify(): void;
+  /** Drops the set's references to the mappings. Idempotent. */
+  close(): void;
 }
 
 export interface MapFileOptions {
@@ -46,6 +66,8 @@ export interface MmapOps {
   /** Maps `path` read-only. Errors: E_CHECKPOINT naming the path and errno (ENOENT, EACCES, EISDIR...),
    *  or saying it is not a regular file (a FIFO or device is refused without blocking). */
   mapFile(path: string, options?: MapFileOptions): MappedFile;
+  /** Mappings checked together before every step (MappingSet). E_DISPOSED when one was closed. */
+  mappingSet(mappings: readonly MappedFile[]): MappingSet;
   /**
    * A CPU tensor over bytes [byteOffset, byteOffset + nbytes) of the mapping, without copying
    * (unless byteOffset is not a multiple of the element size: then an aligned native copy).

@@ -437,7 +437,7 @@ export async function loadCheckpointModel(dir: string, opts: LoadModelOptions = 
         expertParallel: opts.expertParallel,
         overlapMoe: opts.overlapMoe,
         // On the CPU the weights are the mapped shards themselves (a GPU has its own copy).
-        verifyWeights: device === 'cpu' ? () => checkpoint.verify() : undefined,
+        verifyWeights: device === 'cpu' ? () => checkpoint.verifyMappings() : undefined,
         rankDevices,
         rankWeights: rankDevices.map(d => replicas.get(d)!),
         crossHost: comm

@@ -60,7 +60,7 @@ export interface ModelOptions {
    *  weights' routed experts must be split to match (loadWeights' expertDevices). */
   ranks?: number;
   /** Called before each forward pass; throws when the weights' backing can no longer be trusted
-   *  (loadModel passes the checkpoint's verify() while the weights are memory-mapped shards). */
+   *  (loadModel passes the checkpoint's verifyMappings() while the weights are memory-mapped shards). */
   verifyWeights?: () => void;
   /** Rank r's device (default: every rank on `device`: CPU ranks, or virtual ranks of one CUDA
    *  device). CUDA ranks on other devices need peer access to and from `device` and each other
@@ -253,6 +253,8 @@ export class LongcatModel {
   private readonly histories = new WeakMap<SequenceCache, TokenHistory>();
   private disposed = false;
   private readonly verifyWeights: (() => void) | undefined;
+  /** The decode or speculative step graph replayed last (the next step prewakes it). */
+  private lastStepGraph: Graph | null = null;
 
   constructor(dims: ModelDims, weights: ModelWeights, opts: ModelOptions) {
     const ranks = opts.ranks ?? opts.rankDevices?.length ?? 1;
@@ -504,6 +506,9 @@ export class LongcatModel {
     opts: ForwardOptions,
     xh: CrossHostExperts | null,
   ): ForwardResult {
+    // The last decode step's stream thread is woken now, so that its wake (tens of microseconds on
+    // a VM) overlaps this call's host work instead of following the replay (Graph.prewake()).
+    this.lastStepGraph?.prewake();
     this.verifyWeights?.();
     if (xh && Array.isArray(seqs) && Array.isArray(tokens) && seqs.length === 0 && tokens.length === 0) {
       xh.finishIdle(this.dims.layers); // every layer's exchange with zero tokens of this host
@@ -1008,6 +1013,7 @@ export class LongcatModel {
       else this.writeDecodeInputs(x, padded);
     }
     g.graph.replay();
+    this.lastStepGraph = g.graph;
     for (const x of g.parts) x.ngram?.uploaded.record(x.rank.main);
     return g.parts.map(x => x.out);
   }
@@ -1300,6 +1306,7 @@ export class LongcatModel {
     const tokens = pending.map((p, b) => [p, drafts[b]!]);
     this.checkTokens('speculativeStep', tokens);
     const parts = byRank(this.ranks, seqs, 'speculativeStep');
+    this.lastStepGraph?.prewake(); // (as in forwardHere)
     this.verifyWeights?.();
     this.synchronizeRanks();
     const pastLens = seqs.map(s => s.length);
@@ -1332,6 +1339,7 @@ export class LongcatModel {
       });
       replayed = performance.now();
       g.graph.replay();
+      this.lastStepGraph = g.graph;
       for (const x of g.parts) x.ngram?.uploaded.record(x.rank.main);
       // One part on the runner's device: the counts are views of the graph's outputs, taken while
       // the replay runs (host work off the step's critical path); several parts are gathered after.
@@ -1482,6 +1490,7 @@ export class LongcatModel {
       }
     }
     this.decodeGraphs.clear();
+    this.lastStepGraph = null;
     for (const g of this.specGraphs.values()) {
       g.graph.dispose();
       for (const x of g.parts) {

@@ -34,14 +34,6 @@ void futex_wake_all(std::atomic<uint32_t>* word) {
   syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAKE_PRIVATE, INT_MAX, nullptr, nullptr, 0);
 }
 
-inline void cpu_relax() {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__)
-  asm volatile("yield");
-#endif
-}
-
 // How long a thread spins (pause loops) before it sleeps on a futex: a worker waiting for the
 // region's next job, and the master waiting for the workers' last chunks. Long enough to span the
 // gap between two ops of a step (a few microseconds of host work), short enough that a thread

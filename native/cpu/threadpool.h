@@ -144,6 +144,15 @@ class ThreadPool {
   std::exception_ptr region_error_;
 };
 
+// One pause of a spin-wait loop (the core's hint that this thread only waits).
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
 int default_thread_count();
 
 // The CPUs this process may run on (its affinity mask), ascending.

@@ -1,5 +1,6 @@
 // Memory-mapped checkpoint files.
 //   mapFile(path, { populate?, advice? }) -> MappedFile { path, byteLength, closed, close(), advise(), verify() }
+//   mappingSet(mappings) -> MappingSet { verify(), close() } (the mapped files checked together)
 //   tensorFromMapping(mapping, byteOffset, dtype, shape) -> Tensor (CPU, shares the mapped pages)
 // Tensor bytes never pass through the JS heap. A tensor keeps the mapping alive through its
 // storage's release function (a shared_ptr to the MappedFile), so close() only drops the
@@ -84,17 +85,65 @@ Napi::Value Advise(const Napi::CallbackInfo& info) {
   });
 }
 
-// verify(): E_CHECKPOINT when the file changed on disk since it was mapped (MappedFile::changed).
+[[noreturn]] void fail_changed(const MappedFile& file, const std::string& what) {
+  fail(Code::E_CHECKPOINT, "'%s' changed on disk since it was mapped (%s); reload the model", file.path().c_str(), what.c_str());
+}
+
+// verify(): the mapped file and its path (MappedFile::changed).
 Napi::Value Verify(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
-    const char* op = "MappedFile.verify";
-    MappedFile& file = *open_file_of(info.This(), op);
-    std::string what = file.changed();
-    if (!what.empty())
-      fail(Code::E_CHECKPOINT, "'%s' changed on disk since it was mapped (%s); reload the model", file.path().c_str(),
-           what.c_str());
+    const MappedFile& file = *open_file_of(info.This(), "MappedFile.verify");
+    const std::string what = file.changed(true);
+    if (!what.empty()) fail_changed(file, what);
     return info.Env().Undefined();
   });
+}
+
+// mappingSet(mappings) -> MappingSet { verify(), close() }: the check before every CPU forward
+// pass, the mapped files only (no path lookups), all in one call (MappedFileSet). The set holds its
+// files' mappings until close().
+struct SetHandle {
+  std::unique_ptr<MappedFileSet> set;  // reset by close()
+};
+const napi_type_tag kSetTag = {0x6c6f6e6763617466ULL, 0x6d6d617073657431ULL};
+
+SetHandle* set_of(Napi::Value v, const char* op) {
+  SetHandle* h = handle_in<SetHandle>(v, kSetTag);
+  if (!h) fail(Code::E_ARGUMENT, "%s: 'this' must be a MappingSet from mappingSet()", op);
+  return h;
+}
+
+Napi::Value SetVerify(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    const char* op = "MappingSet.verify";
+    SetHandle* h = set_of(info.This(), op);
+    if (!h->set) fail(Code::E_DISPOSED, "%s: the set was closed", op);
+    const auto [file, what] = h->set->first_changed();
+    if (file) fail_changed(*file, what);
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value SetClose(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    set_of(info.This(), "MappingSet.close")->set.reset();
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value MappingSet(const Napi::CallbackInfo& info) {
+  const char* op = "mappingSet";
+  if (info.Length() < 1 || !info[0].IsArray()) fail(Code::E_ARGUMENT, "%s: 'mappings' must be an array of MappedFile", op);
+  Napi::Array list = info[0].As<Napi::Array>();
+  std::vector<std::shared_ptr<MappedFile>> files;
+  for (uint32_t i = 0; i < list.Length(); ++i) files.push_back(open_file_of(list.Get(i), op));
+  Napi::Env env = info.Env();
+  Napi::Object obj = handle_object(env, new SetHandle{std::make_unique<MappedFileSet>(std::move(files))}, kSetTag);
+  obj.DefineProperties({
+      Napi::PropertyDescriptor::Function(env, obj, "verify", SetVerify, napi_default),
+      Napi::PropertyDescriptor::Function(env, obj, "close", SetClose, napi_default),
+  });
+  return obj;
 }
 
 Napi::Value MapFile(const Napi::CallbackInfo& info) {
@@ -182,5 +231,6 @@ Napi::Value TensorFromMapping(const Napi::CallbackInfo& info) {
 
 LC_REGISTER_OP("mapFile", MapFile);
 LC_REGISTER_OP("tensorFromMapping", TensorFromMapping);
+LC_REGISTER_OP("mappingSet", MappingSet);
 
 }  // namespace lc
