@@ -131,7 +131,7 @@ constexpr int64_t kGemvNearPrefetchBytes = 512;
 template <int T, class E>
 constexpr int64_t gemv_near_prefetch_bytes() {
   if constexpr (std::is_same_v<E, uint16_t>)
-    return T == 2 ? kGemvNearPrefetchBytes : T <= 4 ? 0 : kPrefetchBytes;
+    return T <= 2 ? kGemvNearPrefetchBytes : T <= 4 ? 0 : kPrefetchBytes;
   else if constexpr (std::is_same_v<E, int8_t>)
     return T == 1 ? kGemvNearPrefetchBytes : kPrefetchBytes;
   else
@@ -201,98 +201,6 @@ void gemv_rows(const float* x, const WeightRef& w, int64_t r, float* part, int64
     for (int i = 0; i < R; ++i) part[t * ldp + i] = nan[i] ? NAN : V::reduce_add(acc[t][i]);
 }
 
-// out[i] = the sum of a[i]'s lanes, i < R, by one transposed reduction per 4 rows (V::hsum4)
-// instead of R reduce_adds. Each row's sum is the same tree over its own lanes whatever rows share
-// the hsum4, so a row gets the same bits in a pass of R or alone.
-template <class V, int R>
-__attribute__((always_inline)) inline void store_row_sums(const typename V::F (&a)[R], float* out) {
-  for (int i0 = 0; i0 < R; i0 += 4) {
-    auto row = [&](int i) { return a[i0 + i < R ? i0 + i : R - 1]; };
-    const __m128 s = V::hsum4(row(0), row(1), row(2), row(3));
-    if (i0 + 4 <= R) {
-      _mm_storeu_ps(out + i0, s);
-    } else {
-      alignas(16) float v[4];
-      _mm_store_ps(v, s);
-      for (int i = 0; i0 + i < R; ++i) out[i0 + i] = v[i];
-    }
-  }
-}
-
-// The bf16 GEMV (session 15, bench/RESULTS.md wt15-short). Its rows are short in the small models
-// (512 B - 2 KiB), where gemv_rows' decode was the limit: widening 16 bf16 weights is a lane-crossing
-// vpmovzxwd (one shuffle-port op per 16 weights and row), and with it the kernel read at most ~50
-// GB/s per thread from cache, so cold streams ran at 1 / (1 / 50 + 1 / probe) (small's matrices
-// alone: 0.58-0.62 of the probe at 1 and 2 threads). Here each 64-byte load of 2 * kLanes weights
-// becomes f32 in its own lanes (V::load_bf16_pairs: the even weights by a shift, the odd ones by a
-// mask), and x comes in the matching order (bf16_gemv_x: per 2 * kLanes columns the even, then the
-// odd), so a lane sums the products of its two columns. bench/native/gemv_stream.cc, small's dense
-// matrices (eo4a1_h_n0_f8192 vs sh1r4_n512_f8192): 1.25-1.34x, 0.78-0.81 of the probe; medium 1.04x.
-// Rows [r, r + R), x in that order with rows ldx apart; the partial sums like gemv_rows.
-template <class L, int T, int R>
-void gemv_rows_bf16(const float* xp, int64_t ldx, const WeightRef& w, int64_t r, float* part, int64_t ldp) {
-  using V = typename L::V;
-  using F = typename V::F;
-  constexpr int W = V::kLanes, U = 2 * W;
-  const int64_t K = w.k;
-  const uint16_t* wr[R];
-  for (int i = 0; i < R; ++i) wr[i] = static_cast<const uint16_t*>(w.data) + (r + i) * K;
-  F acc[T][R];
-  zero_vectors<V>(acc);
-  // U columns at k (n < U: the row's last n)
-  auto unit = [&](int64_t k, int64_t n) __attribute__((always_inline)) {
-    F we[R], wo[R];
-    for (int i = 0; i < R; ++i) {
-      if (n == U)
-        V::load_bf16_pairs(wr[i] + k, we[i], wo[i]);
-      else
-        V::load_bf16_pairs_n(wr[i] + k, n, we[i], wo[i]);
-    }
-    for (int t = 0; t < T; ++t) {
-      const F xe = V::load(xp + t * ldx + k), xo = V::load(xp + t * ldx + k + W);
-      for (int i = 0; i < R; ++i) acc[t][i] = V::fmadd(xo, wo[i], V::fmadd(xe, we[i], acc[t][i]));
-    }
-  };
-  for (int64_t b0 = 0; b0 < K; b0 += 128) {
-    const int64_t bend = K - b0 < 128 ? K : b0 + 128;
-    constexpr int64_t near = gemv_near_prefetch_bytes<T, uint16_t>();
-    if constexpr (near > 0) prefetch_rows_ahead<3>(wr, K * 2, b0 * 2 + near, 256);
-    prefetch_rows_ahead<2>(wr, K * 2, b0 * 2 + kGemvFarPrefetchBytes, 256);
-    int64_t k = b0;
-#pragma GCC unroll 4
-    for (; k + U <= bend; k += U) unit(k, U);
-    if (k < bend) unit(k, bend - k);
-  }
-  for (int t = 0; t < T; ++t) store_row_sums<V, R>(acc[t], part + t * ldp);
-}
-
-// x [t, K] in gemv_rows_bf16's order into xp [t, ldx] (ldx = K rounded up to 2 * kLanes; zero
-// from K on).
-template <class V>
-void bf16_gemv_x(const float* x, int64_t t, int64_t K, float* xp, int64_t ldx) {
-  using F = typename V::F;
-  constexpr int W = V::kLanes, U = 2 * W;
-  for (int64_t i = 0; i < t; ++i) {
-    const float* src = x + i * K;
-    float* dst = xp + i * ldx;
-    int64_t k = 0;
-    for (; k + U <= K; k += U) {
-      F e, o;
-      V::deinterleave(V::load(src + k), V::load(src + k + W), e, o);
-      V::store(dst + k, e);
-      V::store(dst + k + W, o);
-    }
-    if (k < ldx) {
-      alignas(64) float tail[U] = {};
-      std::memcpy(tail, src + k, (K - k) * sizeof(float));
-      F e, o;
-      V::deinterleave(V::load(tail), V::load(tail + W), e, o);
-      V::store(dst + k, e);
-      V::store(dst + k + W, o);
-    }
-  }
-}
-
 // Rows [n0, n1) of y for all T rows of x.
 template <class L, int T, class D>
 void gemv_range(const float* x, const WeightRef& w, int64_t n0, int64_t n1, void* y, DType yt) {
@@ -302,14 +210,8 @@ void gemv_range(const float* x, const WeightRef& w, int64_t n0, int64_t n1, void
   for (int64_t g0 = n0; g0 < n1; g0 += kGemvGroupRows) {
     const int64_t g1 = n1 - g0 < kGemvGroupRows ? n1 : g0 + kGemvGroupRows;
     int64_t r = g0;
-    if constexpr (std::is_same_v<typename D::E, uint16_t>) {  // x in gemv_rows_bf16's order, ldx apart
-      const int64_t ldx = round_up(w.k, 2 * L::V::kLanes);
-      for (; r + G::R <= g1; r += G::R) gemv_rows_bf16<L, T, G::R>(x, ldx, w, r, &part[0][r - g0], kGemvGroupRows);
-      for (; r < g1; ++r) gemv_rows_bf16<L, T, 1>(x, ldx, w, r, &part[0][r - g0], kGemvGroupRows);
-    } else {
-      for (; r + G::R <= g1; r += G::R) gemv_rows<L, T, G::R, D>(x, w, r, &part[0][r - g0], kGemvGroupRows);
-      for (; r < g1; ++r) gemv_rows<L, T, 1, D>(x, w, r, &part[0][r - g0], kGemvGroupRows);
-    }
+    for (; r + G::R <= g1; r += G::R) gemv_rows<L, T, G::R, D>(x, w, r, &part[0][r - g0], kGemvGroupRows);
+    for (; r < g1; ++r) gemv_rows<L, T, 1, D>(x, w, r, &part[0][r - g0], kGemvGroupRows);
     for (int t = 0; t < T; ++t)
       for (int64_t r = g0; r < g1; ++r) {
         float v = part[t][r - g0];
@@ -327,12 +229,6 @@ template <class L, int T, class D>
 void gemv_t(const float* x, const WeightRef& w, void* y, DType yt) {
   constexpr int R = L::template GemvShape<T>::R;
   const int64_t n = w.n, passes = ceil_div(n, R);
-  if constexpr (std::is_same_v<typename D::E, uint16_t>) {  // (int4 uses the slot with other weights only)
-    const int64_t ldx = round_up(w.k, 2 * L::V::kLanes);
-    float* xp = static_cast<float*>(scratch(kScratchC, T * ldx * sizeof(float)));
-    bf16_gemv_x<typename L::V>(x, T, w.k, xp, ldx);
-    x = xp;
-  }
   ThreadPool& pool = ThreadPool::current();
   if (pool.stealing()) {  // (linear_kernels.h: steal_items)
     const int64_t item = steal_items(passes, R * w.k * static_cast<int64_t>(sizeof(typename D::E)), pool.threads());

@@ -154,24 +154,6 @@ struct Avx2 {
     std::memcpy(b, p, n * sizeof(uint16_t));
     return load_f16(b);
   }
-  // 2 * kLanes bf16 weights at p as f32 in their own 32-bit lanes, no lane-crossing widen: the even
-  // ones (low halves: bits << 16) and the odd ones (high halves: bits & 0xffff0000), exact. _n: the
-  // first n (the rest zero).
-  LC_TARGET_AVX2 static void load_bf16_pairs(const uint16_t* p, F& even, F& odd) {
-    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-    even = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
-    odd = _mm256_castsi256_ps(_mm256_and_si256(v, _mm256_set1_epi32(static_cast<int>(0xffff0000u))));
-  }
-  LC_TARGET_AVX2 static void load_bf16_pairs_n(const uint16_t* p, int64_t n, F& even, F& odd) {
-    alignas(32) uint16_t b[16] = {};
-    std::memcpy(b, p, n * sizeof(uint16_t));
-    load_bf16_pairs(b, even, odd);
-  }
-  // The even and the odd lanes of the 2 * kLanes floats a, b (a first).
-  LC_TARGET_AVX2 static void deinterleave(F a, F b, F& even, F& odd) {
-    even = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0))), _MM_SHUFFLE(3, 1, 2, 0)));
-    odd = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1))), _MM_SHUFFLE(3, 1, 2, 0)));
-  }
   // f32 -> bf16 bits, round to nearest even, NaN kept quiet (numeric.h's f32_to_bf16).
   LC_TARGET_AVX2 static __m128i to_bf16(F x) {
     const __m256i u = _mm256_castps_si256(x);
@@ -414,21 +396,6 @@ struct Avx512 {
   }
   LC_TARGET_AVX512 static F load_f16_n(const uint16_t* p, int64_t n) {
     return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask16(n), p));
-  }
-  // See Avx2::load_bf16_pairs.
-  LC_TARGET_AVX512 static void load_bf16_pairs(const uint16_t* p, F& even, F& odd) { bf16_pairs(_mm512_loadu_si512(p), even, odd); }
-  LC_TARGET_AVX512 static void load_bf16_pairs_n(const uint16_t* p, int64_t n, F& even, F& odd) {
-    bf16_pairs(_mm512_maskz_loadu_epi16(n >= 32 ? ~__mmask32{0} : (__mmask32{1} << n) - 1, p), even, odd);
-  }
-  LC_TARGET_AVX512 static void bf16_pairs(__m512i v, F& even, F& odd) {
-    even = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
-    odd = _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32(static_cast<int>(0xffff0000u))));
-  }
-  // The even and the odd lanes of the 2 * kLanes floats a, b (a first).
-  LC_TARGET_AVX512 static void deinterleave(F a, F b, F& even, F& odd) {
-    const __m512i i = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    even = _mm512_permutex2var_ps(a, i, b);
-    odd = _mm512_permutex2var_ps(a, _mm512_add_epi32(i, _mm512_set1_epi32(1)), b);
   }
   // f32 -> bf16 bits, round to nearest even, NaN kept quiet (numeric.h's f32_to_bf16).
   LC_TARGET_AVX512 static __m256i to_bf16(F x) {
