@@ -15,6 +15,14 @@
 // are compared with probe1 (the probe over those bytes). --preset small: small's matrices (rows of
 // 512 B - 2 KiB in bf16, 36 MB: partly cache-resident, the probe reads 32-74 GB/s). --ref V: the
 // variant the last ratio column divides by (default cur).
+// Session 15 (short rows, bench/RESULTS.md wt15-short): sh<T>r<R>[_c][_h][_a<NA>]_n<near>_f<far>
+// (rows_short: main's bf16 kernel, _c the pass's R rows requested as one contiguous stream, _h one
+// transposed reduction per 4 rows, _a NA accumulator chains) and eo<R>a<NA>[_c][_h]_n_f / eoi...
+// (rows_eo: the bf16 weights decoded in their own lanes, even by a shift and odd by a mask, x in
+// matching order; eoi: each 64 bytes as two 32-byte loads). $GEMV_LAYERS=L: L layers of the preset
+// (small x 64 = 290 MB: cold, as the 1 GiB probe); $GEMV_MISALIGN=B: each matrix B bytes past its
+// page start (safetensors tensors start where the header ends: bench/out/ckpt-small's second shard
+// at 32 bytes past a line).
 //
 // Build and run (AVX-512 machine; under the heavy lock):
 //   g++ -O3 -march=native -std=c++17 -pthread bench/native/gemv_stream.cc -o /tmp/gemv_stream
@@ -236,6 +244,150 @@ void rows_gen(const float* x, const Mat& m, int64_t r, float* y, int64_t r1 = 0)
   }
 }
 
+// Session 15 (short rows): linear_vec.h's bf16 GEMV (the generic unroll-4 loop per 128-column
+// block) with Cont: the pass's R rows (contiguous: R * K * 2 bytes) requested as ONE stream, per
+// block the pass's next R * 256 bytes Near / Far ahead of the pass's progress through its bytes
+// (instead of each row's block ahead in its own row); Hs: the R rows' sums by one transposed
+// reduction per 4 rows (simd.h's hsum4) instead of R reduce_adds.
+inline __m128 hsum4_512(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
+  const __m512 t0 = _mm512_add_ps(_mm512_unpacklo_ps(a0, a1), _mm512_unpackhi_ps(a0, a1));
+  const __m512 t1 = _mm512_add_ps(_mm512_unpacklo_ps(a2, a3), _mm512_unpackhi_ps(a2, a3));
+  const __m512 u = _mm512_add_ps(_mm512_shuffle_ps(t0, t1, _MM_SHUFFLE(1, 0, 1, 0)), _mm512_shuffle_ps(t0, t1, _MM_SHUFFLE(3, 2, 3, 2)));
+  const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(u), _mm512_extractf32x8_ps(u, 1));
+  return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+template <int T, int R, int64_t Near, int64_t Far, bool Cont, bool Hs, int NA = 1>
+void rows_short(const float* x, const Mat& m, int64_t r, float* y) {
+  const int64_t K = m.k, rowb = K * 2;
+  const char* wr[R];
+  for (int i = 0; i < R; ++i) wr[i] = reinterpret_cast<const char*>(m.w) + (r + i) * rowb;
+  __m512 acc[NA][T][R];
+  for (auto& b : acc)
+    for (auto& a : b)
+      for (auto& v : a) v = _mm512_setzero_ps();
+  auto request = [&](int64_t b0, int64_t dist, auto loc) __attribute__((always_inline)) {
+    if constexpr (Cont) {
+      const char* p = wr[0] + b0 * 2 * R + dist;
+      for (int64_t off = 0; off < 256 * R; off += 64) __builtin_prefetch(p + off, 0, decltype(loc)::value);
+    } else {
+      const int64_t at = b0 * 2 + dist, a = at < rowb ? at : at + (R - 1) * rowb;
+      for (int i = 0; i < R; ++i)
+        for (int64_t off = 0; off < 256; off += 64) __builtin_prefetch(wr[i] + a + off, 0, decltype(loc)::value);
+    }
+  };
+  int u = 0;
+  for (int64_t b0 = 0; b0 < K; b0 += 128) {
+    if constexpr (Near > 0) request(b0, Near, std::integral_constant<int, 3>{});
+    if constexpr (Far > 0) request(b0, Far, std::integral_constant<int, 2>{});
+    const int64_t bend = std::min(K, b0 + 128);
+    auto step = [&](int64_t k, int a) __attribute__((always_inline)) {
+      __m512 wv[R];
+      for (int i = 0; i < R; ++i)
+        wv[i] = _mm512_castsi512_ps(_mm512_slli_epi32(
+            _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr[i] + 2 * k))), 16));
+      for (int t = 0; t < T; ++t) {
+        const __m512 xv = _mm512_loadu_ps(x + t * K + k);
+        for (int i = 0; i < R; ++i) acc[a][t][i] = _mm512_fmadd_ps(xv, wv[i], acc[a][t][i]);
+      }
+    };
+    if constexpr (NA == 1) {
+#pragma GCC unroll 4
+      for (int64_t k = b0; k + 16 <= bend; k += 16) step(k, 0);
+    } else {
+#pragma GCC unroll 4
+      for (int64_t k = b0; k + 16 <= bend; k += 16, ++u) step(k, u % NA);
+    }
+  }
+  for (int a = 1; a < NA; ++a)
+    for (int t = 0; t < T; ++t)
+      for (int i = 0; i < R; ++i) acc[0][t][i] = _mm512_add_ps(acc[0][t][i], acc[a][t][i]);
+  if constexpr (Hs && R % 4 == 0) {
+    __m128 s[R / 4];
+    for (int j = 0; j < R / 4; ++j) s[j] = _mm_setzero_ps();
+    for (int t = 0; t < T; ++t)
+      for (int j = 0; j < R / 4; ++j)
+        s[j] = _mm_add_ps(s[j], hsum4_512(acc[0][t][4 * j], acc[0][t][4 * j + 1], acc[0][t][4 * j + 2], acc[0][t][4 * j + 3]));
+    for (int j = 0; j < R / 4; ++j) _mm_storeu_ps(y + r + 4 * j, s[j]);
+  } else {
+    for (int i = 0; i < R; ++i) {
+      float s = 0;
+      for (int t = 0; t < T; ++t) s += _mm512_reduce_add_ps(acc[0][t][i]);
+      y[r + i] = s;
+    }
+  }
+}
+
+template <int T, int R, int64_t Near, int64_t Far, bool Cont, bool Hs, int NA = 1>
+void short_chunk(const float* x, const Mat& m, int64_t r0, int64_t r1, float* y) {
+  int64_t r = r0;
+  for (; r + R <= r1; r += R) rows_short<T, R, Near, Far, Cont, Hs, NA>(x, m, r, y);
+  for (; r < r1; ++r) rows_short<T, 1, Near, Far, false, false, NA>(x, m, r, y);
+}
+
+// Session 15: the bf16 weights decoded in their lanes (a 64-byte load of 32 weights: the even ones
+// (w << 16) and the odd ones (w & 0xffff0000) as f32, no lane-crossing vpmovzxwd), x taken in
+// matching even / odd order (xeo: per 32 columns the 16 even x then the 16 odd, prepared once per
+// call in the kernel; here once per run). R rows per pass, NA accumulator chains per row; the
+// prefetch as rows_short's (Cont: the pass as one stream).
+std::vector<float> g_xeo;
+template <int R, int NA, int64_t Near, int64_t Far, bool Cont, bool Hs, bool Ins = false>
+void rows_eo(const float*, const Mat& m, int64_t r, float* y) {
+  const int64_t K = m.k, rowb = K * 2;
+  const float* x = g_xeo.data();
+  const char* wr[R];
+  for (int i = 0; i < R; ++i) wr[i] = reinterpret_cast<const char*>(m.w) + (r + i) * rowb;
+  __m512 acc[NA][R];
+  for (auto& a : acc)
+    for (auto& v : a) v = _mm512_setzero_ps();
+  auto request = [&](int64_t b0, int64_t dist, auto loc) __attribute__((always_inline)) {
+    if constexpr (Cont) {
+      const char* p = wr[0] + b0 * 2 * R + dist;
+      for (int64_t off = 0; off < 256 * R; off += 64) __builtin_prefetch(p + off, 0, decltype(loc)::value);
+    } else {
+      const int64_t at = b0 * 2 + dist, a = at < rowb ? at : at + (R - 1) * rowb;
+      for (int i = 0; i < R; ++i)
+        for (int64_t off = 0; off < 256; off += 64) __builtin_prefetch(wr[i] + a + off, 0, decltype(loc)::value);
+    }
+  };
+  const __m512i hi = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
+  for (int64_t b0 = 0; b0 < K; b0 += 128) {
+    if constexpr (Near > 0) request(b0, Near, std::integral_constant<int, 3>{});
+    if constexpr (Far > 0) request(b0, Far, std::integral_constant<int, 2>{});
+    const int64_t bend = std::min(K, b0 + 128);
+    int u = 0;
+#pragma GCC unroll 4
+    for (int64_t k = b0; k + 32 <= bend; k += 32, ++u) {
+      __m512 we[R], wo[R];
+      for (int i = 0; i < R; ++i) {
+        const __m512i v = Ins ? _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr[i] + 2 * k))),
+                                                   _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr[i] + 2 * k + 32)), 1)
+                              : _mm512_loadu_si512(wr[i] + 2 * k);
+        we[i] = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+        wo[i] = _mm512_castsi512_ps(_mm512_and_si512(v, hi));
+      }
+      const __m512 xe = _mm512_loadu_ps(x + k), xo = _mm512_loadu_ps(x + k + 16);
+      for (int i = 0; i < R; ++i) {
+        acc[(2 * u) % NA][i] = _mm512_fmadd_ps(xe, we[i], acc[(2 * u) % NA][i]);
+        acc[(2 * u + 1) % NA][i] = _mm512_fmadd_ps(xo, wo[i], acc[(2 * u + 1) % NA][i]);
+      }
+    }
+  }
+  for (int a = 1; a < NA; ++a)
+    for (int i = 0; i < R; ++i) acc[0][i] = _mm512_add_ps(acc[0][i], acc[a][i]);
+  if constexpr (Hs && R % 4 == 0) {
+    for (int j = 0; j < R / 4; ++j)
+      _mm_storeu_ps(y + r + 4 * j, hsum4_512(acc[0][4 * j], acc[0][4 * j + 1], acc[0][4 * j + 2], acc[0][4 * j + 3]));
+  } else {
+    for (int i = 0; i < R; ++i) y[r + i] = _mm512_reduce_add_ps(acc[0][i]);
+  }
+}
+template <int R, int NA, int64_t Near, int64_t Far, bool Cont, bool Hs, bool Ins = false>
+void eo_chunk(const float* x, const Mat& m, int64_t r0, int64_t r1, float* y) {
+  int64_t r = r0;
+  for (; r + R <= r1; r += R) rows_eo<R, NA, Near, Far, Cont, Hs, Ins>(x, m, r, y);
+  for (; r < r1; ++r) rows_eo<1, NA, Near, Far, false, false, Ins>(x, m, r, y);
+}
+
 template <Fmt F, int T, int R, int64_t Near, int64_t Far, int Fb = 0, bool Clamp = false>
 void gen_chunk(const float* x, const Mat& m, int64_t r0, int64_t r1, float* y) {
   int64_t r = r0;
@@ -349,14 +501,16 @@ struct Pool {
 };
 
 uint16_t* alloc_bf16(int64_t count, bool huge) {
-  const size_t bytes = (count * 2 + 4095) / 4096 * 4096;
+  const size_t bytes = (count * 2 + 4096 + 4095) / 4096 * 4096;
   void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) {
     perror("mmap");
     exit(1);
   }
   madvise(p, bytes, huge ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
-  uint16_t* w = static_cast<uint16_t*>(p);
+  // $GEMV_MISALIGN=B: the matrix starts B bytes into its pages (a safetensors shard's tensors
+  // start wherever its header ends: e.g. 32 bytes past a line)
+  uint16_t* w = static_cast<uint16_t*>(p) + (getenv("GEMV_MISALIGN") ? atoi(getenv("GEMV_MISALIGN")) / 2 : 0);
   uint32_t s = 12345u + static_cast<uint32_t>(count);
   for (int64_t i = 0; i < count; ++i) {
     s = s * 1664525u + 1013904223u;
@@ -396,7 +550,8 @@ int main(int argc, char** argv) {
   // (rows of 512 B - 2 KiB in bf16).
   std::vector<std::pair<int64_t, int64_t>> shapes;
   const bool small = preset == "small";
-  for (int l = 0; l < (small ? 8 : 16); ++l)
+  const int nlayers = getenv("GEMV_LAYERS") ? atoi(getenv("GEMV_LAYERS")) : small ? 8 : 16;  // (session 15: small x 64 = cold)
+  for (int l = 0; l < nlayers; ++l)
     for (auto s : small ? std::vector<std::pair<int64_t, int64_t>>{{256, 512}, {144, 512}, {384, 256}, {512, 256}, {1024, 512}, {1024, 512}, {512, 1024}}
                         : std::vector<std::pair<int64_t, int64_t>>{
                               {384, 1024}, {288, 1024}, {1536, 384}, {1024, 1024}, {2048, 1024}, {2048, 1024}, {1024, 2048}})
@@ -439,6 +594,8 @@ int main(int argc, char** argv) {
   }
   std::vector<float> x(8 * kmax), y(32768);  // up to 8 x rows (x row t at t k)
   for (int64_t i = 0; i < 8 * kmax; ++i) x[i] = 0.001f * static_cast<float>(i % 97) - 0.05f;
+  g_xeo.resize(kmax + 32);  // (rows_eo: x in even / odd order per 32 columns; values do not matter here)
+  for (int64_t i = 0; i < kmax; ++i) g_xeo[i] = x[(i / 32) * 32 + (i % 32 < 16 ? 2 * (i % 16) : 2 * (i % 16) + 1)];
   int64_t weights = 0;  // elements; a variant reads weights x its esize bytes
   for (const Mat& m : mats) weights += m.n * m.k;
 
@@ -448,6 +605,45 @@ int main(int argc, char** argv) {
 #define GENCL(F, name, T, R, Near, Far) {name, gen_chunk<F, T, R, Near, Far, 0, true>, R, static_cast<int>(kEsize<F>)}
 #define GENFB(F, name, T, R, Near, Far) {name, gen_chunk<F, T, R, Near, Far, 8>, R, static_cast<int>(kEsize<F>)}
   const std::vector<Variant> all = {
+      // session 15: short rows (rows_short): sh<T>r<R>[_c: one stream][_h: hsum4][_a<NA>]_n<near>_f<far>
+      {"sh1r4_n512_f8192", short_chunk<1, 4, 512, 8192, false, false>, 4},
+      // eo<R>a<NA>[_c][_h]_n<near>_f<far>: rows_eo
+      {"eo4a1_n512_f8192", eo_chunk<4, 1, 512, 8192, false, false>, 4},
+      {"eo4a1_h_n512_f8192", eo_chunk<4, 1, 512, 8192, false, true>, 4},
+      {"eo4a2_h_n512_f8192", eo_chunk<4, 2, 512, 8192, false, true>, 4},
+      {"eo4a1_ch_n512_f8192", eo_chunk<4, 1, 512, 8192, true, true>, 4},
+      {"eo4a1_h_n0_f8192", eo_chunk<4, 1, 0, 8192, false, true>, 4},
+      {"eo8a1_h_n512_f8192", eo_chunk<8, 1, 512, 8192, false, true>, 8},
+      {"eo4a1_n0_f8192", eo_chunk<4, 1, 0, 8192, false, false>, 4},
+      {"eoi4a1_h_n512_f8192", eo_chunk<4, 1, 512, 8192, false, true, true>, 4},
+      {"eoi4a1_h_n0_f8192", eo_chunk<4, 1, 0, 8192, false, true, true>, 4},
+      {"eo4a1_h_n0_f4096", eo_chunk<4, 1, 0, 4096, false, true>, 4},
+      {"eo4a1_h_n0_f12288", eo_chunk<4, 1, 0, 12288, false, true>, 4},
+      {"eo4a1_h_n0_f16384", eo_chunk<4, 1, 0, 16384, false, true>, 4},
+      {"eo4a1_ch_n0_f8192", eo_chunk<4, 1, 0, 8192, true, true>, 4},
+      {"eo8a1_h_n0_f8192", eo_chunk<8, 1, 0, 8192, false, true>, 8},
+      {"eo4a2_h_n0_f8192", eo_chunk<4, 2, 0, 8192, false, true>, 4},
+      {"eo4a1_h_n256_f8192", eo_chunk<4, 1, 256, 8192, false, true>, 4},
+      {"eo4a1_h_n0_f0", eo_chunk<4, 1, 0, 0, false, true>, 4},
+      {"eo1a4_n0_f0", eo_chunk<1, 4, 0, 0, false, false>, 1},
+      {"eo1a4_n512_f8192", eo_chunk<1, 4, 512, 8192, false, false>, 1},
+      {"eo1a8_n0_f8192", eo_chunk<1, 8, 0, 8192, false, false>, 1},
+      {"eo2a4_n512_f8192", eo_chunk<2, 4, 512, 8192, false, false>, 2},
+      {"sh1r4_h_n512_f8192", short_chunk<1, 4, 512, 8192, false, true>, 4},
+      {"sh1r4_c_n512_f8192", short_chunk<1, 4, 512, 8192, true, false>, 4},
+      {"sh1r4_ch_n512_f8192", short_chunk<1, 4, 512, 8192, true, true>, 4},
+      {"sh1r4_c_n2048_f8192", short_chunk<1, 4, 2048, 8192, true, false>, 4},
+      {"sh1r4_c_n1024_f16384", short_chunk<1, 4, 1024, 16384, true, false>, 4},
+      {"sh1r4_c_n0_f8192", short_chunk<1, 4, 0, 8192, true, false>, 4},
+      {"sh1r8_n512_f8192", short_chunk<1, 8, 512, 8192, false, false>, 8},
+      {"sh1r8_h_n512_f8192", short_chunk<1, 8, 512, 8192, false, true>, 8},
+      {"sh1r8_ch_n512_f8192", short_chunk<1, 8, 512, 8192, true, true>, 8},
+      {"sh1r8_ch_n1024_f8192", short_chunk<1, 8, 1024, 8192, true, true>, 8},
+      {"sh1r4_a2_n512_f8192", short_chunk<1, 4, 512, 8192, false, false, 2>, 4},
+      {"sh1r4_cha2_n512_f8192", short_chunk<1, 4, 512, 8192, true, true, 2>, 4},
+      {"sh2r4_n512_f8192", short_chunk<2, 4, 512, 8192, false, false>, 4},
+      {"sh2r4_ch_n512_f8192", short_chunk<2, 4, 512, 8192, true, true>, 4},
+      {"sh2r8_ch_n512_f8192", short_chunk<2, 8, 512, 8192, true, true>, 8},
       {"probe", probe_chunk<0>, 1},
       {"probe_pf2k", probe_chunk<2048>, 1},
       // main since session 13: the block's lines 2 KiB ahead into L1 and 8 KiB ahead into L2
