@@ -555,13 +555,18 @@ constexpr int64_t kAbTokens = 32;  // tokens per packed activation block
 // into vp (pv_bf's layout, vectors kAbPairs * 32 apart; a missing odd element zero).
 template <class Pack>
 LC_TARGET_AVX512BF16 void absorb_bf16(int64_t t, int64_t nl, int64_t kd, const float* x, int64_t xs, float* y, int64_t ys,
-                                      Pack&& pack) {
+                                      Pack&& pack, const char* next, int64_t next_bytes) {
   alignas(64) uint16_t vp[kAbLanes / 16 * kAbPairs * 32];
   alignas(64) uint16_t xb[kAbTokens * 2 * kAbPairs];
   static constexpr float kOnes[kMaxQ] = {1.0f, 1.0f, 1.0f, 1.0f};  // pv_bf's corr: accumulate as is
   for (int64_t i = 0; i < t; ++i) std::memset(y + i * ys, 0, sizeof(float) * nl);
   const int64_t nlv = (nl + 15) / 16;
   const __mmask16 mlast = static_cast<__mmask16>(nl % 16 == 0 ? 0xffff : (1u << (nl % 16)) - 1);
+  // The next head's weight block is requested into L2 over this head's products, a slice after
+  // each packing (the weights are cold in a step: from DRAM at 5 GB/s a thread without it).
+  const int64_t blocks = (t + kAbTokens - 1) / kAbTokens * ((kd + 2 * kAbPairs - 1) / (2 * kAbPairs)) *
+                         ((nlv + kAbLanes / 16 - 1) / (kAbLanes / 16));
+  int64_t block = 0, requested = 0;
   for (int64_t t0 = 0; t0 < t; t0 += kAbTokens) {
     const int64_t tn = std::min(kAbTokens, t - t0);
     for (int64_t k0 = 0; k0 < kd; k0 += 2 * kAbPairs) {
@@ -574,6 +579,9 @@ LC_TARGET_AVX512BF16 void absorb_bf16(int64_t t, int64_t nl, int64_t kd, const f
       for (int64_t v0 = 0; v0 < nlv; v0 += kAbLanes / 16) {
         const int nv = static_cast<int>(std::min(kAbLanes / 16, nlv - v0));
         pack(v0 * 16, nv, k0, kn, vp);
+        if (next)
+          for (const int64_t upto = next_bytes * ++block / blocks; requested < upto; requested += 64)
+            prefetch_line<2>(next + requested);
         const __mmask16 ml = v0 + nv == nlv ? mlast : static_cast<__mmask16>(0xffff);
         for (int64_t i0 = 0; i0 < tn; i0 += kMaxQ) {
           const int hb = static_cast<int>(std::min<int64_t>(kMaxQ, tn - i0));
@@ -588,7 +596,9 @@ LC_TARGET_AVX512BF16 void absorb_bf16(int64_t t, int64_t nl, int64_t kd, const f
 // absorb_q of heads [h0, h1): W_UK[h] = dn rows of dl at wkvb + h (dn + dv) dl.
 LC_TARGET_AVX512BF16 void absorb_q_bf16(const MlaDims& d, int64_t t, int64_t h0, int64_t h1, float* q_lat, const float* q,
                                         const uint16_t* w) {
-  const int64_t nh = d.nh, dn = d.dn, dl = d.dl, dk = d.dn + d.dr, dkv = d.dn + d.dv;
+  const int64_t nh = d.nh, dn = d.dn, dl = d.dl, dk = d.dn + d.dr, dkv = d.dn + d.dv, bytes = dn * dl * 2;
+  const auto block = [&](int64_t h) { return reinterpret_cast<const char*>(w + h * dkv * dl); };
+  for (int64_t o = 0; h0 < h1 && o < bytes; o += 64) prefetch_line<2>(block(h0) + o);  // the first head's: at once
   for (int64_t h = h0; h < h1; ++h) {
     const uint16_t* wk = w + h * dkv * dl;
     absorb_bf16(t, dl, dn, q + h * dk, nh * dk, q_lat + h * dl, nh * dl,
@@ -601,14 +611,17 @@ LC_TARGET_AVX512BF16 void absorb_q_bf16(const MlaDims& d, int64_t t, int64_t h0,
                       _mm512_store_si512(vp + (u * kAbPairs + jp) * 32, interleave_rows(a, a + dl, m, 2 * jp + 1 < kn ? m : 0));
                     }
                   }
-                });
+                },
+                h + 1 < h1 ? block(h + 1) : nullptr, bytes);
   }
 }
 
 // output of heads [h0, h1): W_UV[h] = dv rows of dl at wkvb + (h (dn + dv) + dn) dl.
 LC_TARGET_AVX512BF16 void output_bf16(const MlaDims& d, int64_t t, int64_t h0, int64_t h1, float* o, const float* o_lat,
                                       const uint16_t* w) {
-  const int64_t nh = d.nh, dv = d.dv, dl = d.dl, dkv = d.dn + d.dv;
+  const int64_t nh = d.nh, dv = d.dv, dl = d.dl, dkv = d.dn + d.dv, bytes = dv * dl * 2;
+  const auto block = [&](int64_t h) { return reinterpret_cast<const char*>(w + (h * dkv + d.dn) * dl); };
+  for (int64_t o = 0; h0 < h1 && o < bytes; o += 64) prefetch_line<2>(block(h0) + o);  // the first head's: at once
   for (int64_t h = h0; h < h1; ++h) {
     const uint16_t* wv = w + (h * dkv + d.dn) * dl;
     absorb_bf16(t, dv, dl, o_lat + h * dl, nh * dl, o + h * dv, nh * dv,
@@ -626,7 +639,8 @@ LC_TARGET_AVX512BF16 void output_bf16(const MlaDims& d, int64_t t, int64_t h0, i
                       simd::Avx512::transpose16(rows, cols);
                       for (int64_t j = 0; j < 16 && jb + j < np; ++j) _mm512_store_si512(vp + (u * kAbPairs + jb + j) * 32, cols[j]);
                     }
-                });
+                },
+                h + 1 < h1 ? block(h + 1) : nullptr, bytes);
   }
 }
 LC_END_TARGET
