@@ -436,7 +436,13 @@ describe('absorbed decode over the paged latent cache', () => {
             if (bf16AbsorbPath(isa, lens.length, wType === 'bf16', startPrecision)) {
               const wantAct = decodeRef(sc, cacheType === 'bf16', true, true);
               expectClose(got.oLat, wantAct.oLat, atol, rtol, `oLat (${isa}, q_nope in bf16)`);
-              expectClose(got.o, outputOfRounded(d, lens.length, got.oLat, rounded(sc.w, true)), atol, rtol, `o (${isa}, oLat in bf16)`);
+              expectClose(
+                got.o,
+                outputOfRounded(d, lens.length, got.oLat, rounded(sc.w, true)),
+                atol,
+                rtol,
+                `o (${isa}, oLat in bf16)`,
+              );
               continue;
             }
             expectClose(got.oLat, want.oLat, atol, rtol, `oLat (${isa})`);
@@ -683,7 +689,9 @@ describe('absorbed decode over the paged latent cache', () => {
           for (const threads of [1, 2, 3]) {
             native.setThreads(threads);
             const [ql, o] = run(n);
-            expect(Array.from(ql!), `qLat, ${n} tokens, ${threads} threads`).toEqual(Array.from(all[0]!.slice(0, n * d.nh * d.dl)));
+            expect(Array.from(ql!), `qLat, ${n} tokens, ${threads} threads`).toEqual(
+              Array.from(all[0]!.slice(0, n * d.nh * d.dl)),
+            );
             expect(Array.from(o!), `o, ${n} tokens, ${threads} threads`).toEqual(Array.from(all[1]!.slice(0, n * d.nh * d.dv)));
           }
       }
@@ -707,8 +715,10 @@ describe('absorbed decode over the paged latent cache', () => {
           oLat = r.array(T * d.nh * d.dl),
           w = r.array(d.nh * dkv * d.dl);
         const wv = rounded(w, bf16);
-        const act = bf16AbsorbPath(native.cpuFeatures().isa, T, bf16, startPrecision);  // (the test's ISA: the CPU's own)
-        const { wantQ, wantO } = act ? absorbRef(d, T, rounded(q, true), dk, rounded(oLat, true), wv, dkv) : absorbRef(d, T, q, dk, oLat, wv, dkv);
+        const act = bf16AbsorbPath(native.cpuFeatures().isa, T, bf16, startPrecision); // (the test's ISA: the CPU's own)
+        const { wantQ, wantO } = act
+          ? absorbRef(d, T, rounded(q, true), dk, rounded(oLat, true), wv, dkv)
+          : absorbRef(d, T, q, dk, oLat, wv, dkv);
         const wt = tensor(w, [d.nh * dkv, d.dl], { dtype: bf16 ? 'bf16' : 'f32' }),
           qt = tensor(q, [T, d.nh, dk]),
           ot = tensor(oLat, [T, d.nh, d.dl]);

@@ -601,18 +601,19 @@ LC_TARGET_AVX512BF16 void absorb_q_bf16(const MlaDims& d, int64_t t, int64_t h0,
   for (int64_t o = 0; h0 < h1 && o < bytes; o += 64) prefetch_line<2>(block(h0) + o);  // the first head's: at once
   for (int64_t h = h0; h < h1; ++h) {
     const uint16_t* wk = w + h * dkv * dl;
-    absorb_bf16(t, dl, dn, q + h * dk, nh * dk, q_lat + h * dl, nh * dl,
-                [&](int64_t c0, int nv, int64_t r0, int64_t kn, uint16_t* vp) {
-                  for (int u = 0; u < nv; ++u) {
-                    const int64_t c = c0 + 16 * u;
-                    const __mmask16 m = static_cast<__mmask16>(dl - c >= 16 ? 0xffff : (1u << (dl - c)) - 1);
-                    for (int64_t jp = 0; 2 * jp < kn; ++jp) {
-                      const uint16_t* a = wk + (r0 + 2 * jp) * dl + c;
-                      _mm512_store_si512(vp + (u * kAbPairs + jp) * 32, interleave_rows(a, a + dl, m, 2 * jp + 1 < kn ? m : 0));
-                    }
-                  }
-                },
-                h + 1 < h1 ? block(h + 1) : nullptr, bytes);
+    absorb_bf16(
+        t, dl, dn, q + h * dk, nh * dk, q_lat + h * dl, nh * dl,
+        [&](int64_t c0, int nv, int64_t r0, int64_t kn, uint16_t* vp) {
+          for (int u = 0; u < nv; ++u) {
+            const int64_t c = c0 + 16 * u;
+            const __mmask16 m = static_cast<__mmask16>(dl - c >= 16 ? 0xffff : (1u << (dl - c)) - 1);
+            for (int64_t jp = 0; 2 * jp < kn; ++jp) {
+              const uint16_t* a = wk + (r0 + 2 * jp) * dl + c;
+              _mm512_store_si512(vp + (u * kAbPairs + jp) * 32, interleave_rows(a, a + dl, m, 2 * jp + 1 < kn ? m : 0));
+            }
+          }
+        },
+        h + 1 < h1 ? block(h + 1) : nullptr, bytes);
   }
 }
 
@@ -624,23 +625,24 @@ LC_TARGET_AVX512BF16 void output_bf16(const MlaDims& d, int64_t t, int64_t h0, i
   for (int64_t o = 0; h0 < h1 && o < bytes; o += 64) prefetch_line<2>(block(h0) + o);  // the first head's: at once
   for (int64_t h = h0; h < h1; ++h) {
     const uint16_t* wv = w + (h * dkv + d.dn) * dl;
-    absorb_bf16(t, dv, dl, o_lat + h * dl, nh * dl, o + h * dv, nh * dv,
-                [&](int64_t r0, int nv, int64_t c0, int64_t kn, uint16_t* vp) {
-                  const int64_t np = (kn + 1) / 2;
-                  for (int u = 0; u < nv; ++u)
-                    for (int64_t jb = 0; jb < np; jb += 16) {  // 16 rows x 16 pairs, transposed
-                      const int64_t c = c0 + 2 * jb, left = c0 + kn - c;
-                      const __mmask32 m = left >= 32 ? ~__mmask32{0} : (__mmask32{1} << left) - 1;
-                      __m512i rows[16], cols[16];
-                      for (int64_t l = 0; l < 16; ++l) {
-                        const int64_t r = r0 + 16 * u + l;
-                        rows[l] = r < dv ? _mm512_maskz_loadu_epi16(m, wv + r * dl + c) : _mm512_setzero_si512();
-                      }
-                      simd::Avx512::transpose16(rows, cols);
-                      for (int64_t j = 0; j < 16 && jb + j < np; ++j) _mm512_store_si512(vp + (u * kAbPairs + jb + j) * 32, cols[j]);
-                    }
-                },
-                h + 1 < h1 ? block(h + 1) : nullptr, bytes);
+    absorb_bf16(
+        t, dv, dl, o_lat + h * dl, nh * dl, o + h * dv, nh * dv,
+        [&](int64_t r0, int nv, int64_t c0, int64_t kn, uint16_t* vp) {
+          const int64_t np = (kn + 1) / 2;
+          for (int u = 0; u < nv; ++u)
+            for (int64_t jb = 0; jb < np; jb += 16) {  // 16 rows x 16 pairs, transposed
+              const int64_t c = c0 + 2 * jb, left = c0 + kn - c;
+              const __mmask32 m = left >= 32 ? ~__mmask32{0} : (__mmask32{1} << left) - 1;
+              __m512i rows[16], cols[16];
+              for (int64_t l = 0; l < 16; ++l) {
+                const int64_t r = r0 + 16 * u + l;
+                rows[l] = r < dv ? _mm512_maskz_loadu_epi16(m, wv + r * dl + c) : _mm512_setzero_si512();
+              }
+              simd::Avx512::transpose16(rows, cols);
+              for (int64_t j = 0; j < 16 && jb + j < np; ++j) _mm512_store_si512(vp + (u * kAbPairs + jb + j) * 32, cols[j]);
+            }
+        },
+        h + 1 < h1 ? block(h + 1) : nullptr, bytes);
   }
 }
 LC_END_TARGET
