@@ -562,10 +562,12 @@ LC_TARGET_AVX512BF16 void absorb_bf16(int64_t t, int64_t nl, int64_t kd, const f
   for (int64_t i = 0; i < t; ++i) std::memset(y + i * ys, 0, sizeof(float) * nl);
   const int64_t nlv = (nl + 15) / 16;
   const __mmask16 mlast = static_cast<__mmask16>(nl % 16 == 0 ? 0xffff : (1u << (nl % 16)) - 1);
-  // The next head's weight block is requested into L2 over this head's products, a slice after
-  // each packing (the weights are cold in a step: from DRAM at 5 GB/s a thread without it).
+  // The next head's weight block is requested into L2 over this head's products, a slice before
+  // each pv_bf call (the weights are cold in a step). bench/native/mla_decode.cc, small preset, 16
+  // tokens, 1 thread, cold: a slice after each packing (bursts of 64-128 lines) left absorb_q /
+  // output at 15-17 us against 8-10 warm; slices per call 11-13.
   const int64_t blocks = (t + kAbTokens - 1) / kAbTokens * ((kd + 2 * kAbPairs - 1) / (2 * kAbPairs)) *
-                         ((nlv + kAbLanes / 16 - 1) / (kAbLanes / 16));
+                         ((nlv + kAbLanes / 16 - 1) / (kAbLanes / 16)) * ((std::min(t, kAbTokens) + kMaxQ - 1) / kMaxQ);
   int64_t block = 0, requested = 0;
   for (int64_t t0 = 0; t0 < t; t0 += kAbTokens) {
     const int64_t tn = std::min(kAbTokens, t - t0);
@@ -579,11 +581,11 @@ LC_TARGET_AVX512BF16 void absorb_bf16(int64_t t, int64_t nl, int64_t kd, const f
       for (int64_t v0 = 0; v0 < nlv; v0 += kAbLanes / 16) {
         const int nv = static_cast<int>(std::min(kAbLanes / 16, nlv - v0));
         pack(v0 * 16, nv, k0, kn, vp);
-        if (next)
-          for (const int64_t upto = next_bytes * ++block / blocks; requested < upto; requested += 64)
-            prefetch_line<2>(next + requested);
         const __mmask16 ml = v0 + nv == nlv ? mlast : static_cast<__mmask16>(0xffff);
         for (int64_t i0 = 0; i0 < tn; i0 += kMaxQ) {
+          if (next)
+            for (const int64_t upto = std::min(next_bytes, next_bytes * ++block / blocks); requested < upto; requested += 64)
+              prefetch_line<2>(next + requested);
           const int hb = static_cast<int>(std::min<int64_t>(kMaxQ, tn - i0));
           kPvBf[hb - 1][nv - 1](y + (t0 + i0) * ys + v0 * 16, ys, kOnes, reinterpret_cast<const uint32_t*>(xb) + i0 * kAbPairs,
                                 kAbPairs, static_cast<int>(np), vp, kAbPairs * 32, ml);
