@@ -177,7 +177,8 @@ async function profilePreset(preset) {
   const plain2 = decode(engine, seqs, steps, rand, d.vocab);
   if (own) ownGbps.push(readTensorsBandwidth(own));
   const paired = [];
-  for (let i = 0; i < rounds; i++) paired.push({ probeGbps: readBandwidth(), stepMs: median(decode(engine, seqs, steps, rand, d.vocab)) });
+  for (let i = 0; i < rounds; i++)
+    paired.push({ probeGbps: readBandwidth(), stepMs: median(decode(engine, seqs, steps, rand, d.vocab)) });
   for (const q of seqs) q.release();
   const g = graphs.reduce((a, b) => (b.replays > a.replays ? b : a), { replays: 0, ns: 0, startNs: 0, nodes: [] });
   if (!g.replays) throw new Error('no graph was replayed while profiling (is the engine capturing graphs?)');

@@ -6,6 +6,8 @@ import { decodeFp8Row, encodeFp8Row, fp8GroupScale, fp8RowBytes, FP8_GROUP } fro
 
 const startIsa = native.cpuFeatures().isa;
 const startThreads = native.threads();
+const startPrecision = native.setMatmulPrecision('bf16');
+native.setMatmulPrecision(startPrecision);
 afterAll(() => {
   native.setIsa(startIsa);
   native.setThreads(startThreads);
@@ -256,16 +258,19 @@ function scenario(
 }
 
 /** Expanded attention (SPEC 3.5) of each sequence's last token over its whole history, float64. */
-function decodeRef(sc: Scenario, cacheBf16: boolean, wBf16: boolean) {
+function decodeRef(sc: Scenario, cacheBf16: boolean, wBf16: boolean, qNopeBf16 = false) {
   const { d } = sc;
   const w = rounded(sc.w, wBf16);
+  const dk = d.dn + d.dr;
+  // absorbQ's vdpbf16ps path rounds q_nope to bf16: the same attention of the rounded query
+  const q = qNopeBf16 ? Float64Array.from(sc.q, (v, i) => (i % dk < d.dn ? roundBf16(v) : v)) : sc.q;
   const o = new Float64Array(sc.lens.length * d.nh * d.dv);
   const oLat = new Float64Array(sc.lens.length * d.nh * d.dl);
   sc.lens.forEach((len, b) => {
     const ckv = rounded(sc.ckv[b]!, cacheBf16),
       kpe = rounded(sc.kpe[b]!, cacheBf16);
     const kvb = expandKvb(d, ckv, len, w);
-    const r = attendOne(d, sc.q, b * d.nh * (d.dn + d.dr), kvb, kpe, 0, len, sc.scale);
+    const r = attendOne(d, q, b * d.nh * dk, kvb, kpe, 0, len, sc.scale);
     o.set(r.o, b * d.nh * d.dv);
     for (let h = 0; h < d.nh; h++)
       for (let j = 0; j < len; j++)
@@ -390,6 +395,15 @@ function checkBf16Decode(sc: Scenario, got: { o: Arr; oLat: Arr; qLat: Arr }, wB
 }
 /** Whether decode over a bf16 cache at ISA `isa` takes the vdpbf16ps path (precision 'bf16'). */
 const bf16DecodePath = (isa: string) => isa === 'avx512' && native.cpuFeatures().avx512bf16;
+/** Whether mlaAbsorbQ / mlaOutput at T tokens take the vdpbf16ps path (bf16 kv_b_proj, more than 4
+ *  tokens, AVX512-BF16, precision other than 'highest'), which rounds q_nope / oLat to bf16. */
+const bf16AbsorbPath = (isa: string, T: number, wBf16: boolean, precision: string) =>
+  wBf16 && T > 4 && isa === 'avx512' && native.cpuFeatures().avx512bf16 && precision !== 'highest';
+/** float64 o = W_uv oLat of the kernel's own oLat [T, nh, dl], rounded to bf16 first (bf16AbsorbPath). */
+function outputOfRounded(d: Dims, T: number, oLat: Arr, w: Arr) {
+  const zeros = new Float64Array(T * d.nh * d.dn);
+  return absorbRef(d, T, zeros, d.dn, rounded(oLat, true), w, d.dn + d.dv).wantO;
+}
 
 describe('absorbed decode over the paged latent cache', () => {
   const small: Dims = { nh: 3, dn: 16, dr: 8, dv: 12, dl: 20 };
@@ -417,6 +431,18 @@ describe('absorbed decode over the paged latent cache', () => {
             const got = runDecode(sc, cache, wt);
             if (cacheType === 'bf16' && bf16DecodePath(isa)) {
               checkBf16Decode(sc, got, wType === 'bf16', isa);
+              continue;
+            }
+            if (bf16AbsorbPath(isa, lens.length, wType === 'bf16', startPrecision)) {
+              const wantAct = decodeRef(sc, cacheType === 'bf16', true, true);
+              expectClose(got.oLat, wantAct.oLat, atol, rtol, `oLat (${isa}, q_nope in bf16)`);
+              expectClose(
+                got.o,
+                outputOfRounded(d, lens.length, got.oLat, rounded(sc.w, true)),
+                atol,
+                rtol,
+                `o (${isa}, oLat in bf16)`,
+              );
               continue;
             }
             expectClose(got.oLat, want.oLat, atol, rtol, `oLat (${isa})`);
@@ -585,30 +611,97 @@ describe('absorbed decode over the paged latent cache', () => {
     [{ nh: 5, dn: 13, dr: 8, dv: 11, dl: 531 }, [1, 2]],
     // more than 4 tokens: W_UK rows 32 at a time (absorb_q's multi-token groups), 37 = 32 + 5
     [{ nh: 3, dn: 37, dr: 8, dv: 12, dl: 150 }, [6, 17]],
+    [{ nh: 5, dn: 13, dr: 8, dv: 11, dl: 531 }, [5, 9]],
+    // the bf16 path's blocks: dn 131 = two 128-element chunks of W_UK rows (the last pair half
+    // empty), dv 70 = two blocks of output lanes (64 + 6), 33 tokens = two token blocks (32 + 1)
+    [{ nh: 3, dn: 131, dr: 4, dv: 70, dl: 45 }, [5, 13, 16, 33]],
   ] as Array<[Dims, number[]]>)(
-    'the absorbed projections equal their definitions (absorbQ, mlaOutput): %o, token counts %o',
+    'the absorbed projections equal their definitions (absorbQ, mlaOutput): %o, token counts %o, f32 and bf16 kv_b_proj, every ISA and precision',
     (d, Ts) => {
       const r = rng(11);
-      for (const T of Ts) {
-        const dk = d.dn + d.dr,
-          dkv = d.dn + d.dv;
-        const q = r.array(T * d.nh * dk),
-          oLat = r.array(T * d.nh * d.dl),
-          w = r.array(d.nh * dkv * d.dl);
-        const { wantQ, wantO } = absorbRef(d, T, q, dk, oLat, w, dkv);
-        for (const isa of isas) {
-          native.setIsa(isa);
-          const ql = full([T, d.nh, d.dl], NaN),
-            o = full([T, d.nh, d.dv], NaN),
-            wt = tensor(w, [d.nh * dkv, d.dl]);
-          native.mlaAbsorbQ(null, ql, tensor(q, [T, d.nh, dk]), wt, d.dn);
-          native.mlaOutput(null, o, tensor(oLat, [T, d.nh, d.dl]), wt);
-          expectClose(toArray(ql), wantQ, 1e-5, 1e-5, `qLat T=${T} ${isa}`);
-          expectClose(toArray(o), wantO, 1e-5, 1e-5, `o T=${T} ${isa}`);
+      const before = native.setMatmulPrecision('bf16');
+      try {
+        for (const T of Ts) {
+          const dk = d.dn + d.dr,
+            dkv = d.dn + d.dv;
+          const q = r.array(T * d.nh * dk),
+            oLat = r.array(T * d.nh * d.dl),
+            w = r.array(d.nh * dkv * d.dl);
+          for (const wType of ['f32', 'bf16'] as const) {
+            const wv = rounded(w, wType === 'bf16');
+            const exact = absorbRef(d, T, q, dk, oLat, wv, dkv);
+            // the vdpbf16ps path: q_nope and oLat rounded to bf16, exact products, fp32 sums
+            const act = absorbRef(d, T, rounded(q, true), dk, rounded(oLat, true), wv, dkv);
+            const wt = tensor(w, [d.nh * dkv, d.dl], { dtype: wType });
+            for (const precision of ['bf16', 'highest'] as const) {
+              native.setMatmulPrecision(precision);
+              for (const isa of isas) {
+                native.setIsa(isa);
+                const ql = full([T, d.nh, d.dl], NaN),
+                  o = full([T, d.nh, d.dv], NaN);
+                native.mlaAbsorbQ(null, ql, tensor(q, [T, d.nh, dk]), wt, d.dn);
+                native.mlaOutput(null, o, tensor(oLat, [T, d.nh, d.dl]), wt);
+                const { wantQ, wantO } = bf16AbsorbPath(isa, T, wType === 'bf16', precision) ? act : exact;
+                const what = `T=${T} ${wType} ${precision} ${isa}`;
+                expectClose(toArray(ql), wantQ, 1e-5, 1e-5, `qLat ${what}`);
+                expectClose(toArray(o), wantO, 1e-5, 1e-5, `o ${what}`);
+                ql.dispose();
+                o.dispose();
+              }
+            }
+            wt.dispose();
+          }
         }
+      } finally {
+        native.setMatmulPrecision(before);
+        native.setIsa(startIsa);
       }
     },
   );
+
+  it('the bf16 absorbed projections: a token gets the same bits at any token count from 5 and any thread count', () => {
+    const d: Dims = { nh: 7, dn: 19, dr: 5, dv: 13, dl: 301 };
+    const dk = d.dn + d.dr,
+      dkv = d.dn + d.dv,
+      T = 40;
+    const r = rng(31);
+    const q = r.array(T * d.nh * dk),
+      oLat = r.array(T * d.nh * d.dl);
+    const wt = tensor(r.array(d.nh * dkv * d.dl), [d.nh * dkv, d.dl], { dtype: 'bf16' });
+    const before = native.setMatmulPrecision('bf16');
+    const run = (n: number) => {
+      const ql = full([n, d.nh, d.dl], NaN),
+        o = full([n, d.nh, d.dv], NaN);
+      native.mlaAbsorbQ(null, ql, tensor(q.slice(0, n * d.nh * dk), [n, d.nh, dk]), wt, d.dn);
+      native.mlaOutput(null, o, tensor(oLat.slice(0, n * d.nh * d.dl), [n, d.nh, d.dl]), wt);
+      const got = [new Uint32Array((toArray(ql) as Float32Array).buffer), new Uint32Array((toArray(o) as Float32Array).buffer)];
+      ql.dispose();
+      o.dispose();
+      return got;
+    };
+    try {
+      for (const isa of isas) {
+        native.setIsa(isa);
+        if (!bf16AbsorbPath(isa, T, true, 'bf16')) continue;
+        native.setThreads(1);
+        const all = run(T);
+        for (const n of [5, 9, 13, 16, 17, 33])
+          for (const threads of [1, 2, 3]) {
+            native.setThreads(threads);
+            const [ql, o] = run(n);
+            expect(Array.from(ql!), `qLat, ${n} tokens, ${threads} threads`).toEqual(
+              Array.from(all[0]!.slice(0, n * d.nh * d.dl)),
+            );
+            expect(Array.from(o!), `o, ${n} tokens, ${threads} threads`).toEqual(Array.from(all[1]!.slice(0, n * d.nh * d.dv)));
+          }
+      }
+    } finally {
+      native.setThreads(startThreads);
+      native.setMatmulPrecision(before);
+      native.setIsa(startIsa);
+      wt.dispose();
+    }
+  });
 
   it('the absorbed projections at decode shapes: odd dims, f32 and bf16 kv_b_proj, 1 and 3 threads (bitwise the same)', () => {
     // dl = 301: whole rows of 18 full and one partial 16-lane block per unit; 7 heads over 3 threads
@@ -622,7 +715,10 @@ describe('absorbed decode over the paged latent cache', () => {
           oLat = r.array(T * d.nh * d.dl),
           w = r.array(d.nh * dkv * d.dl);
         const wv = rounded(w, bf16);
-        const { wantQ, wantO } = absorbRef(d, T, q, dk, oLat, wv, dkv);
+        const act = bf16AbsorbPath(native.cpuFeatures().isa, T, bf16, startPrecision); // (the test's ISA: the CPU's own)
+        const { wantQ, wantO } = act
+          ? absorbRef(d, T, rounded(q, true), dk, rounded(oLat, true), wv, dkv)
+          : absorbRef(d, T, q, dk, oLat, wv, dkv);
         const wt = tensor(w, [d.nh * dkv, d.dl], { dtype: bf16 ? 'bf16' : 'f32' }),
           qt = tensor(q, [T, d.nh, dk]),
           ot = tensor(oLat, [T, d.nh, d.dl]);
@@ -919,6 +1015,13 @@ describe('fp8 latent cache', () => {
             for (const isa of isas) {
               native.setIsa(isa);
               const got = runDecode(sc, cache, wt);
+              if (bf16AbsorbPath(isa, lens.length, wType === 'bf16', precision)) {
+                const wantAct = decodeRef(fp8Rounded(sc), false, true, true);
+                expectClose(got.oLat, wantAct.oLat, atol, rtol, `oLat (${isa}, ${precision}, q_nope in bf16)`);
+                const wantO = outputOfRounded(d, lens.length, got.oLat, rounded(sc.w, true));
+                expectClose(got.o, wantO, atol, rtol, `o (${isa}, ${precision}, oLat in bf16)`);
+                continue;
+              }
               expectClose(got.oLat, want.oLat, atol, rtol, `oLat (${isa}, ${precision})`);
               expectClose(got.o, want.o, atol, rtol, `o (${isa}, ${precision})`);
             }

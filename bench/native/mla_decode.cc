@@ -5,7 +5,9 @@
 // admissions), blocks of 64 rows handed out round robin over the sequences (as a block allocator
 // serving B growing sequences does). Warm: the same cache every call (the kernels' compute rate);
 // cold: one of `copies` caches in turn (32 MB or more in all: the rows come from L3 / DRAM, as in a
-// decode step). Microseconds per call, the least of `rounds` medians of `reps` calls.
+// decode step). absorb_q / output likewise: warm = one kv_b_proj every call, cold = one of 32 MB of
+// copies in turn (a step's weights come from DRAM). Microseconds per call, the least of `rounds`
+// medians of `reps` calls.
 //
 // Calls run inside a parallel region of the pool (ThreadPool::Region), as a replayed decode step's
 // do.
@@ -83,7 +85,7 @@ int main(int argc, char** argv) {
   };
   std::printf(
       "preset %s cache %s ctx %d (+b)\n| B | threads | decode warm us | decode cold us | absorb_q us | output us "
-      "|\n|---|---|---|---|---|---|\n",
+      "| absorb_q cold us | output cold us |\n|---|---|---|---|---|---|---|---|\n",
       preset.c_str(), cache_name.c_str(), ctx);
   for (int B : batches) {
     const int64_t maxb = (ctx + B + bs - 1) / bs, nblocks = B * maxb;
@@ -105,7 +107,9 @@ int main(int argc, char** argv) {
       for (int64_t k = 0; k < maxb; ++k) bt[b * maxb + k] = static_cast<int32_t>(k * B + b);  // round robin
     }
     std::vector<float> q(B * d.nh * dk), q_lat(B * d.nh * d.dl), o_lat(B * d.nh * d.dl), o(B * d.nh * d.dv);
-    std::vector<uint16_t> wkvb(d.nh * (d.dn + d.dv) * d.dl);
+    const int64_t wn = d.nh * (d.dn + d.dv) * d.dl;
+    const int wcopies = static_cast<int>(std::max<int64_t>(2, (32ll << 20) / (2 * wn)));
+    std::vector<uint16_t> wkvb(wn * wcopies);
     fill(q);
     fill(q_lat);
     for (auto& w : wkvb) w = cpu::f32_to_bf16(uni(rng) * 0.1f);
@@ -113,11 +117,11 @@ int main(int argc, char** argv) {
       cpu::ThreadPool::global().set_threads(th);
       const int64_t units = 2 * th;
       std::vector<float> ws(cpu::mla_decode_workspace_floats(d, B, units));
-      double best[4] = {1e30, 1e30, 1e30, 1e30};
+      double best[6] = {1e30, 1e30, 1e30, 1e30, 1e30, 1e30};
       cpu::ThreadPool::Region reg(cpu::ThreadPool::global());
       int next = 0;
       for (int r = 0; r < rounds; ++r) {
-        for (int kind = 0; kind < 4; ++kind) {
+        for (int kind = 0; kind < 6; ++kind) {
           std::vector<double> t;
           for (int i = 0; i < reps + 2; ++i) {
             const double t0 = now();
@@ -125,10 +129,12 @@ int main(int argc, char** argv) {
               const void* c = caches[kind == 0 ? 0 : 1 + next++ % (copies - 1)].data();
               cpu::mla_decode_absorbed(d, B, o_lat.data(), q_lat.data(), q.data(), c, cf, bs, bt.data(), maxb, lens.data(),
                                        0.125f, ws.data(), units);
-            } else if (kind == 2) {
-              cpu::mla_absorb_q(d, B, q_lat.data(), q.data(), wkvb.data(), true);
             } else {
-              cpu::mla_output(d, B, o.data(), o_lat.data(), wkvb.data(), true);
+              const uint16_t* w = wkvb.data() + (kind < 4 ? 0 : (1 + next++ % (wcopies - 1)) * wn);
+              if (kind % 2 == 0)
+                cpu::mla_absorb_q(d, B, q_lat.data(), q.data(), w, true);
+              else
+                cpu::mla_output(d, B, o.data(), o_lat.data(), w, true);
             }
             if (i >= 2) t.push_back(now() - t0);
           }
@@ -136,7 +142,8 @@ int main(int argc, char** argv) {
           best[kind] = std::min(best[kind], t[t.size() / 2] * 1e6);
         }
       }
-      std::printf("| %d | %d | %.2f | %.2f | %.2f | %.2f |\n", B, th, best[0], best[1], best[2], best[3]);
+      std::printf("| %d | %d | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f |\n", B, th, best[0], best[1], best[2], best[3], best[4],
+                  best[5]);
       std::fflush(stdout);
     }
   }

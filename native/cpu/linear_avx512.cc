@@ -208,29 +208,6 @@ constexpr int64_t kLanesItemBlocks = 8;  // register blocks per item of the spli
 // (without: 1.3-1.6x slower from DRAM, as without the GEMM's far requests).
 constexpr int64_t kLanesL1Lines = 4;
 
-// 16 x 16 32-bit elements: out[j][m] = r[m][j].
-__attribute__((always_inline)) inline void transpose16(const __m512i* r, __m512i* out) {
-  __m512i t[16], u[16];
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
-  }
-  for (int i = 0; i < 4; ++i) {  // u[4i + c], 128-bit lane L: rows 4i .. 4i + 3 of column 4L + c
-    u[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
-    u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
-    u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
-    u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
-  }
-  for (int c = 0; c < 4; ++c) {
-    const __m512i s0 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x44), s1 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xee);
-    const __m512i s2 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x44), s3 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xee);
-    out[c] = _mm512_shuffle_i32x4(s0, s2, 0x88);
-    out[4 + c] = _mm512_shuffle_i32x4(s0, s2, 0xdd);
-    out[8 + c] = _mm512_shuffle_i32x4(s1, s3, 0x88);
-    out[12 + c] = _mm512_shuffle_i32x4(s1, s3, 0xdd);
-  }
-}
-
 // xq[p * 16 + m] = x[m][2p] | x[m][2p + 1] << 16 as bf16 (f32 x rounded to nearest even), zero for
 // rows m >= t; k a multiple of 32.
 inline void lanes_pack_x(const void* x, DType xt, int64_t t, int64_t k, uint32_t* xq) {
@@ -246,7 +223,7 @@ inline void lanes_pack_x(const void* x, DType xt, int64_t t, int64_t k, uint32_t
         r[m] = GemmBF16::bf16x32(_mm512_loadu_ps(src), _mm512_loadu_ps(src + 16));
       }
     }
-    transpose16(r, out);
+    simd::Avx512::transpose16(r, out);
     for (int j = 0; j < 16; ++j) _mm512_store_si512(xq + (c / 2 + j) * kLanesRows, out[j]);
   }
 }
@@ -362,7 +339,7 @@ void lanes_gemm(int64_t t, const void* x, DType xt, const WeightRef& w, void* y,
         __m512i blk[16], rows_out[16];
         for (int64_t i = 0; i < 16; ++i)
           blk[i] = j0 + i < nb ? _mm512_load_si512(out + (j0 + i) * kLanesRows) : _mm512_setzero_si512();
-        transpose16(blk, rows_out);
+        simd::Avx512::transpose16(blk, rows_out);
         const __mmask16 mask = nb - j0 >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << (nb - j0)) - 1u);
         for (int64_t m = 0; m < t; ++m)
           _mm512_mask_storeu_ps(static_cast<float*>(y) + m * N + n0 + j0, mask, _mm512_castsi512_ps(rows_out[m]));

@@ -522,6 +522,133 @@ LC_TARGET_AVX512BF16 inline void to_bf16(uint16_t* dst, const float* src, int64_
   }
 }
 
+// 16 columns of bf16 rows a and b as pairs (a_c, b_c), pv_bf's value layout; the columns outside
+// ma (of a) and mb (of b) read as zero (mb = 0: no row b).
+LC_TARGET_AVX512BF16 inline __m512i interleave_rows(const uint16_t* a, const uint16_t* b, __mmask16 ma, __mmask16 mb) {
+  const __m256i lo = _mm256_maskz_loadu_epi16(ma, a), hi = _mm256_maskz_loadu_epi16(mb, b);
+  return _mm512_or_si512(_mm512_cvtepu16_epi32(lo), _mm512_slli_epi32(_mm512_cvtepu16_epi32(hi), 16));
+}
+
+// ---------------------------------------------------------------------------------------------
+// AVX512-BF16 weight absorption at more than kMaxQ tokens (a verify step's rows, several streams
+// decoding together): per head one small GEMM on vdpbf16ps in pv_bf's form, the weight's outputs in
+// the lanes and each token's bf16 pairs broadcast:
+//   absorb_q: q_lat[t, c] = sum_jp (q[t, 2jp], q[t, 2jp+1]) . (W_UK[2jp][c], W_UK[2jp+1][c])
+//   output:   o[t, r]     = sum_jp (o_lat[t, 2jp], o_lat[t, 2jp+1]) . (W_UV[r][2jp], W_UV[r][2jp+1])
+// The head's weight is repacked into pv_bf's pair layout (absorb_q: two rows interleaved; output:
+// W_UV's pairs transposed, 16 x 16 at a time), kAbLanes lanes x kAbPairs pairs at a time, once per
+// kAbTokens tokens; the tokens' pairs are rounded to bf16 once per chunk. The fp32 micro-kernels
+// (K.pv / K.scores, 4 tokens per call) reloaded each 4-token block of the outputs from memory and
+// ran the dot form's horizontal sums (output) at these sizes.
+// Numerics: the activations are rounded to bf16 (nearest even; the weights are bf16 already), each
+// product is exact, the sums fp32 in a fixed order (pairs in order within a chunk, chunks in order,
+// one chain per output): a token's result does not depend on the other tokens, their count (above
+// kMaxQ) or the threads, but differs in the last bits from its fp32 result at 1-4 tokens.
+// (A pragma region, not only the attributes: the packing lambdas are functions of their own.)
+LC_BEGIN_TARGET(LC_ISA_AVX512BF16)
+constexpr int64_t kAbLanes = 64;   // weight outputs per packed block (pv_bf's 4 vectors)
+constexpr int64_t kAbPairs = 64;   // reduction pairs per packed block
+constexpr int64_t kAbTokens = 32;  // tokens per packed activation block
+
+// y[i][l] = sum_k x[i][k] Wk(l, k) for t tokens (rows xs / ys apart), nl outputs, kd reduction
+// elements. pack(l0, nv, k0, kn, vp): outputs [l0, l0 + 16 nv) x elements [k0, k0 + kn) of the weight
+// into vp (pv_bf's layout, vectors kAbPairs * 32 apart; a missing odd element zero).
+template <class Pack>
+LC_TARGET_AVX512BF16 void absorb_bf16(int64_t t, int64_t nl, int64_t kd, const float* x, int64_t xs, float* y, int64_t ys,
+                                      Pack&& pack, const char* next, int64_t next_bytes) {
+  alignas(64) uint16_t vp[kAbLanes / 16 * kAbPairs * 32];
+  alignas(64) uint16_t xb[kAbTokens * 2 * kAbPairs];
+  static constexpr float kOnes[kMaxQ] = {1.0f, 1.0f, 1.0f, 1.0f};  // pv_bf's corr: accumulate as is
+  for (int64_t i = 0; i < t; ++i) std::memset(y + i * ys, 0, sizeof(float) * nl);
+  const int64_t nlv = (nl + 15) / 16;
+  const __mmask16 mlast = static_cast<__mmask16>(nl % 16 == 0 ? 0xffff : (1u << (nl % 16)) - 1);
+  // The next head's weight block is requested into L2 over this head's products, a slice before
+  // each pv_bf call (the weights are cold in a step). bench/native/mla_decode.cc, small preset, 16
+  // tokens, 1 thread, cold: a slice after each packing (bursts of 64-128 lines) left absorb_q /
+  // output at 15-17 us against 8-10 warm; slices per call 11-13.
+  const int64_t blocks = (t + kAbTokens - 1) / kAbTokens * ((kd + 2 * kAbPairs - 1) / (2 * kAbPairs)) *
+                         ((nlv + kAbLanes / 16 - 1) / (kAbLanes / 16)) * ((std::min(t, kAbTokens) + kMaxQ - 1) / kMaxQ);
+  int64_t block = 0, requested = 0;
+  for (int64_t t0 = 0; t0 < t; t0 += kAbTokens) {
+    const int64_t tn = std::min(kAbTokens, t - t0);
+    for (int64_t k0 = 0; k0 < kd; k0 += 2 * kAbPairs) {
+      const int64_t kn = std::min(2 * kAbPairs, kd - k0), np = (kn + 1) / 2;
+      for (int64_t i = 0; i < tn; ++i) {
+        uint16_t* xr = xb + i * 2 * kAbPairs;
+        to_bf16(xr, x + (t0 + i) * xs + k0, kn);
+        if (kn % 2) xr[kn] = 0;
+      }
+      for (int64_t v0 = 0; v0 < nlv; v0 += kAbLanes / 16) {
+        const int nv = static_cast<int>(std::min(kAbLanes / 16, nlv - v0));
+        pack(v0 * 16, nv, k0, kn, vp);
+        const __mmask16 ml = v0 + nv == nlv ? mlast : static_cast<__mmask16>(0xffff);
+        for (int64_t i0 = 0; i0 < tn; i0 += kMaxQ) {
+          if (next)
+            for (const int64_t upto = std::min(next_bytes, next_bytes * ++block / blocks); requested < upto; requested += 64)
+              prefetch_line<2>(next + requested);
+          const int hb = static_cast<int>(std::min<int64_t>(kMaxQ, tn - i0));
+          kPvBf[hb - 1][nv - 1](y + (t0 + i0) * ys + v0 * 16, ys, kOnes, reinterpret_cast<const uint32_t*>(xb) + i0 * kAbPairs,
+                                kAbPairs, static_cast<int>(np), vp, kAbPairs * 32, ml);
+        }
+      }
+    }
+  }
+}
+
+// absorb_q of heads [h0, h1): W_UK[h] = dn rows of dl at wkvb + h (dn + dv) dl.
+LC_TARGET_AVX512BF16 void absorb_q_bf16(const MlaDims& d, int64_t t, int64_t h0, int64_t h1, float* q_lat, const float* q,
+                                        const uint16_t* w) {
+  const int64_t nh = d.nh, dn = d.dn, dl = d.dl, dk = d.dn + d.dr, dkv = d.dn + d.dv, bytes = dn * dl * 2;
+  const auto block = [&](int64_t h) { return reinterpret_cast<const char*>(w + h * dkv * dl); };
+  for (int64_t o = 0; h0 < h1 && o < bytes; o += 64) prefetch_line<2>(block(h0) + o);  // the first head's: at once
+  for (int64_t h = h0; h < h1; ++h) {
+    const uint16_t* wk = w + h * dkv * dl;
+    absorb_bf16(
+        t, dl, dn, q + h * dk, nh * dk, q_lat + h * dl, nh * dl,
+        [&](int64_t c0, int nv, int64_t r0, int64_t kn, uint16_t* vp) {
+          for (int u = 0; u < nv; ++u) {
+            const int64_t c = c0 + 16 * u;
+            const __mmask16 m = static_cast<__mmask16>(dl - c >= 16 ? 0xffff : (1u << (dl - c)) - 1);
+            for (int64_t jp = 0; 2 * jp < kn; ++jp) {
+              const uint16_t* a = wk + (r0 + 2 * jp) * dl + c;
+              _mm512_store_si512(vp + (u * kAbPairs + jp) * 32, interleave_rows(a, a + dl, m, 2 * jp + 1 < kn ? m : 0));
+            }
+          }
+        },
+        h + 1 < h1 ? block(h + 1) : nullptr, bytes);
+  }
+}
+
+// output of heads [h0, h1): W_UV[h] = dv rows of dl at wkvb + (h (dn + dv) + dn) dl.
+LC_TARGET_AVX512BF16 void output_bf16(const MlaDims& d, int64_t t, int64_t h0, int64_t h1, float* o, const float* o_lat,
+                                      const uint16_t* w) {
+  const int64_t nh = d.nh, dv = d.dv, dl = d.dl, dkv = d.dn + d.dv, bytes = dv * dl * 2;
+  const auto block = [&](int64_t h) { return reinterpret_cast<const char*>(w + (h * dkv + d.dn) * dl); };
+  for (int64_t o = 0; h0 < h1 && o < bytes; o += 64) prefetch_line<2>(block(h0) + o);  // the first head's: at once
+  for (int64_t h = h0; h < h1; ++h) {
+    const uint16_t* wv = w + (h * dkv + d.dn) * dl;
+    absorb_bf16(
+        t, dv, dl, o_lat + h * dl, nh * dl, o + h * dv, nh * dv,
+        [&](int64_t r0, int nv, int64_t c0, int64_t kn, uint16_t* vp) {
+          const int64_t np = (kn + 1) / 2;
+          for (int u = 0; u < nv; ++u)
+            for (int64_t jb = 0; jb < np; jb += 16) {  // 16 rows x 16 pairs, transposed
+              const int64_t c = c0 + 2 * jb, left = c0 + kn - c;
+              const __mmask32 m = left >= 32 ? ~__mmask32{0} : (__mmask32{1} << left) - 1;
+              __m512i rows[16], cols[16];
+              for (int64_t l = 0; l < 16; ++l) {
+                const int64_t r = r0 + 16 * u + l;
+                rows[l] = r < dv ? _mm512_maskz_loadu_epi16(m, wv + r * dl + c) : _mm512_setzero_si512();
+              }
+              simd::Avx512::transpose16(rows, cols);
+              for (int64_t j = 0; j < 16 && jb + j < np; ++j) _mm512_store_si512(vp + (u * kAbPairs + jb + j) * 32, cols[j]);
+            }
+        },
+        h + 1 < h1 ? block(h + 1) : nullptr, bytes);
+  }
+}
+LC_END_TARGET
+
 bool decode_bf16_fits(const MlaDims& d) { return d.dl <= kBfMaxDl && d.dl + d.dr <= kBfMaxRow; }
 
 // One split [s0, s1) of one sequence for heads [hlo, hlo + HV * 8) (at most; nh of them are real):
@@ -606,10 +733,7 @@ LC_TARGET_AVX512BF16 void decode_chunk_bf16(const MlaDims& d, int64_t nh, const 
       const __mmask16 mk = cb == ncb - 1 ? mlast : static_cast<__mmask16>(0xffff);
       uint16_t* dst = vp + cb * kBfPairs * 32;
       for (int jp = 0; jp < npt; ++jp) {
-        const __m256i lo = _mm256_maskz_loadu_epi16(mk, ka[2 * jp] + c);
-        const __m256i hi = _mm256_maskz_loadu_epi16(mk, ka[2 * jp + 1] + c);
-        _mm512_store_si512(dst + jp * 32,
-                           _mm512_or_si512(_mm512_cvtepu16_epi32(lo), _mm512_slli_epi32(_mm512_cvtepu16_epi32(hi), 16)));
+        _mm512_store_si512(dst + jp * 32, interleave_rows(ka[2 * jp] + c, ka[2 * jp + 1] + c, mk, mk));
       }
     }
     const int64_t npv = (nh + 3) / 4 * ((ncb + 3) / 4);
@@ -1083,8 +1207,26 @@ void per_thread(int64_t n, F&& f) {
   parallel_for(n, (n + nt - 1) / nt, f);
 }
 
+// bf16 weights at more than kMaxQ tokens on AVX512-BF16, unless bf16 activations are off
+// ('highest'): absorb_q_bf16 / output_bf16, whole heads per thread.
+template <typename WT>
+bool absorb_bf16_path(int64_t t) {
+#ifdef LC_ATTN_X86
+  return std::is_same_v<WT, uint16_t> && t > kMaxQ && isa() == Isa::Avx512 && features().avx512_bf16 && bf16_activations();
+#else
+  return false;
+#endif
+}
+
 template <typename WT>
 void absorb_q_impl(const MlaDims& d, int64_t t, float* q_lat, const float* q, const WT* w) {
+#ifdef LC_ATTN_X86
+  if constexpr (std::is_same_v<WT, uint16_t>)
+    if (absorb_bf16_path<WT>(t)) {
+      per_thread(d.nh, [&](int64_t h0, int64_t h1) { absorb_q_bf16(d, t, h0, h1, q_lat, q, w); });
+      return;
+    }
+#endif
   const Kernels<WT> K = pick<WT>();
   const int64_t nh = d.nh, dn = d.dn, dl = d.dl, dk = d.dn + d.dr, dkv = d.dn + d.dv;
   const int64_t cb = t <= kMaxQ ? dl : kColBlock;  // decode: a unit is one head's whole W_UK rows
@@ -1124,6 +1266,13 @@ void absorb_q_impl(const MlaDims& d, int64_t t, float* q_lat, const float* q, co
 
 template <typename WT>
 void output_impl(const MlaDims& d, int64_t t, float* o, const float* o_lat, const WT* w) {
+#ifdef LC_ATTN_X86
+  if constexpr (std::is_same_v<WT, uint16_t>)
+    if (absorb_bf16_path<WT>(t)) {
+      per_thread(d.nh, [&](int64_t h0, int64_t h1) { output_bf16(d, t, h0, h1, o, o_lat, w); });
+      return;
+    }
+#endif
   const Kernels<WT> K = pick<WT>();
   const int64_t nh = d.nh, dn = d.dn, dv = d.dv, dl = d.dl, dkv = d.dn + d.dv;
   const int64_t rblocks = (dv + kRowBlock - 1) / kRowBlock;

@@ -58,6 +58,11 @@ void mla_cache_gather(const MlaDims& d, float* ckv, float* kpe, const void* cach
 
 // q_lat[t, h, :] = W_UK[h]^T q_nope[t, h], W_UK[h] = rows h*(dn+dv) .. h*(dn+dv)+dn of
 // wkvb [nh*(dn+dv), dl].
+// Both absorb ops: fp32 products and sums, except for a bf16 wkvb at more than 4 tokens on a CPU
+// with AVX512-BF16 and matmul precision other than 'highest' (linear.h): there q_nope / o_lat are
+// rounded to bf16 (nearest even) and the exact products summed by vdpbf16ps in fp32 (relative
+// error about 2^-9 of sum |x w|), as the bf16 GEMMs of linear.h do. A token's result there does not
+// depend on the other tokens or the thread count, but is not bit for bit the one it gets at 1-4 tokens.
 void mla_absorb_q(const MlaDims& d, int64_t t, float* q_lat, const float* q, const void* wkvb, bool w_bf16);
 
 // o[t, h, :] = W_UV[h] o_lat[t, h], W_UV[h] = rows h*(dn+dv)+dn .. +dv of wkvb.

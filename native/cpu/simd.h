@@ -406,6 +406,29 @@ struct Avx512 {
   LC_TARGET_AVX512 static F widen_load(const float* p) { return load(p); }
   LC_TARGET_AVX512 static F widen_load(const uint16_t* p) { return load_bf16(p); }
 
+  // 16 x 16 32-bit elements: out[j][m] = r[m][j] (linear_avx512.cc's lanes GEMM, mla.cc's W_UV packing).
+  LC_TARGET_AVX512 __attribute__((always_inline)) static inline void transpose16(const I* r, I* out) {
+    I t[16], u[16];
+    for (int i = 0; i < 8; ++i) {
+      t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+      t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; ++i) {  // u[4i + c], 128-bit lane L: rows 4i .. 4i + 3 of column 4L + c
+      u[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+      u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+      u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+      u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+    }
+    for (int c = 0; c < 4; ++c) {
+      const I s0 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x44), s1 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xee);
+      const I s2 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x44), s3 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xee);
+      out[c] = _mm512_shuffle_i32x4(s0, s2, 0x88);
+      out[4 + c] = _mm512_shuffle_i32x4(s0, s2, 0xdd);
+      out[8 + c] = _mm512_shuffle_i32x4(s1, s3, 0x88);
+      out[12 + c] = _mm512_shuffle_i32x4(s1, s3, 0xdd);
+    }
+  }
+
   // int4 codes (cpu/linear.h's format): see Avx2::load_u4.
   static constexpr int kU4Vectors = 32 / kLanes;
   struct U4 {
