@@ -360,6 +360,7 @@ constexpr int kBfTile = 32;                             // cache rows per tile
 constexpr int kBfPairs = kBfTile / 2;                   // row pairs per tile
 constexpr int kBfLanes = 8;                             // heads per 256-bit vector
 constexpr int kBfChunk = 16;                            // heads per pass over a split's rows (two vectors)
+constexpr int kBfGroupChunk = 32;                       // the same where the heads are several rows' (four vectors)
 constexpr int64_t kBfMaxRow = 2048;                     // cache row (dl + dr) limit of the packed query
 constexpr int64_t kBfMaxDl = 1024;                      // latent width limit of the packed value tile
 constexpr int64_t kBfAhead = 2;                         // tiles between the one computed and the one requested into L2
@@ -413,17 +414,17 @@ LC_TARGET_AVX512BF16 void scores_z(const uint32_t* qz, int64_t row, const uint16
 // the heads' accumulators take. Per lane as softmax_avx512: a NaN score makes m NaN, and while every
 // key so far is masked (m_new = -inf) p is zero and m, l, corr stay -inf, 0, 1; a lane with no key in
 // the tile keeps m and l, corr 1, so that its accumulator is the one of a pass that skipped the tile.
-template <int HV>
-LC_TARGET_AVX512BF16 void softmax_t(float* s, const int32_t* ntl, float* m, float* l, float* corr) {
+// kMasked false: every lane has the same nt keys (ntl unread; the masks fold away).
+template <int HV, bool kMasked>
+LC_TARGET_AVX512BF16 void softmax_t(float* s, int nt, const int32_t* ntl, float* m, float* l, float* corr) {
   const __m256 ninf = _mm256_set1_ps(kNegInf), zero = _mm256_setzero_ps();
   for (int v = 0; v < HV; ++v) {
-    const __m256i lim = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ntl + v * 8));
-    const __mmask8 none = _mm256_cmple_epi32_mask(lim, _mm256_setzero_si256());
+    const __m256i lim = kMasked ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ntl + v * 8)) : _mm256_set1_epi32(nt);
+    const __mmask8 none = kMasked ? _mm256_cmple_epi32_mask(lim, _mm256_setzero_si256()) : 0;
     __m256 vmax = ninf;
     __mmask8 nan = 0;
-    for (int j = 0; j < kBfTile; ++j) {
-      const __mmask8 in = _mm256_cmpgt_epi32_mask(lim, _mm256_set1_epi32(j));
-      if (in == 0) break;  // (lanes' counts are at most kBfTile: no later key is in either)
+    for (int j = 0; j < nt; ++j) {
+      const __mmask8 in = kMasked ? _mm256_cmpgt_epi32_mask(lim, _mm256_set1_epi32(j)) : static_cast<__mmask8>(0xff);
       const __m256 x = _mm256_mask_mov_ps(ninf, in, _mm256_load_ps(s + (j * HV + v) * 8));
       vmax = _mm256_max_ps(vmax, x);
       nan |= _mm256_mask_cmp_ps_mask(in, x, x, _CMP_UNORD_Q);
@@ -438,7 +439,8 @@ LC_TARGET_AVX512BF16 void softmax_t(float* s, const int32_t* ntl, float* m, floa
     __m256 sum = zero;
     for (int j = 0; j < kBfTile; ++j) {
       float* sj = s + (j * HV + v) * 8;
-      const __mmask8 in = _mm256_cmpgt_epi32_mask(lim, _mm256_set1_epi32(j)) & static_cast<__mmask8>(~dead);
+      const __mmask8 in = (kMasked ? _mm256_cmpgt_epi32_mask(lim, _mm256_set1_epi32(j)) : static_cast<__mmask8>(j < nt ? 0xff : 0)) &
+                          static_cast<__mmask8>(~dead);
       __m256 e = zero;
       if (in != 0) {
         e = _mm256_maskz_mov_ps(in, Avx2::exp(_mm256_sub_ps(_mm256_load_ps(sj), mx)));
@@ -541,13 +543,14 @@ LC_TARGET_AVX512BF16 void decode_chunk_bf16(const MlaDims& d, int64_t nh, const 
                                             const int64_t* end, float scale, float* acc, float* ml) {
   constexpr int JB = 16 / HV;  // keys per scores_z call: 16 accumulators
   const int64_t dl = d.dl, dr = d.dr, row = dl + dr, ncb = (dl + 15) / 16;
-  alignas(64) uint32_t qz[(kBfMaxRow / 4 + 1) * 2 * kBfChunk];
+  alignas(64) uint32_t qz[(kBfMaxRow / 4 + 1) * 2 * kBfLanes * HV];
   alignas(64) uint16_t qrow[kBfMaxRow + 32];
   alignas(64) uint16_t vp[kBfMaxDl / 16 * kBfPairs * 32];
-  alignas(64) float st[kBfTile * kBfChunk];
-  alignas(64) uint32_t pb[kBfChunk * kBfPairs];
-  float m[kBfChunk], l[kBfChunk], corr[kBfChunk];
-  int32_t ntl[kBfChunk];  // per head: its keys in the tile
+  constexpr int kLanes = kBfLanes * HV;
+  alignas(64) float st[kBfTile * kLanes];
+  alignas(64) uint32_t pb[kLanes * kBfPairs];
+  float m[kLanes], l[kLanes], corr[kLanes];
+  int32_t ntl[kLanes];  // per head: its keys in the tile
   const uint16_t* ka[kBfTile];
   // q^T in bf16 pairs, scores_z's layout; the lanes past the real heads are zero.
   std::memset(qz, 0, sizeof(uint32_t) * (row + 3) / 4 * HV * 16);
@@ -559,7 +562,7 @@ LC_TARGET_AVX512BF16 void decode_chunk_bf16(const MlaDims& d, int64_t nh, const 
       for (int e = 0; e < 2; ++e)
         std::memcpy(qz + (g * HV + h / 8) * 16 + 2 * (h % 8) + e, qrow + 4 * g + 2 * e, sizeof(uint32_t));
   }
-  for (int i = 0; i < kBfChunk; ++i) {
+  for (int i = 0; i < kLanes; ++i) {
     m[i] = kNegInf;
     l[i] = 0.0f;
   }
@@ -607,9 +610,15 @@ LC_TARGET_AVX512BF16 void decode_chunk_bf16(const MlaDims& d, int64_t nh, const 
     for (int j0 = 0; j0 < kBfTile; j0 += JB) {
       if (j0 < nt) scores_z<HV, JB>(qz, row, ka + j0, scale, st + j0 * HV * 8);
     }
-    for (int i = 0; i < kBfChunk; ++i)
+    bool masked = false;  // whether some head's keys end inside the tile
+    for (int i = 0; i < kLanes; ++i) {
       ntl[i] = i < nh ? static_cast<int32_t>(std::clamp<int64_t>(end[i] - t0, 0, nt)) : 0;
-    softmax_t<HV>(st, ntl, m, l, corr);
+      masked |= i < nh && ntl[i] != nt;
+    }
+    if (masked)
+      softmax_t<HV, true>(st, nt, ntl, m, l, corr);
+    else
+      softmax_t<HV, false>(st, nt, ntl, m, l, corr);
     pack_p<HV>(st, pb);
     // Values: 16-column groups of row pairs interleaved (a missing odd row reads as zero).
     for (int64_t cb = 0; cb < ncb; ++cb) {
@@ -645,16 +654,18 @@ LC_TARGET_AVX512BF16 void decode_chunk_bf16(const MlaDims& d, int64_t nh, const 
 
 // One split [s0, s1) of a group of rows of one sequence for its heads [hlo, hhi) (head h of row r is
 // head r * nh + h of the group): folds the cache rows into those heads' rows of acc [rows * nh, dl]
-// and ml [rows * nh, 2], kBfChunk heads at a time; row r attends [s0, min(s1, lens[r])). qlb: q_lat
-// [rows * nh, dl]; qpb: q_pe of head 0, heads qps apart.
+// and ml [rows * nh, 2], kBfChunk heads at a time (kBfGroupChunk where [hlo, hhi) spans several rows:
+// one pass over the keys for the medium preset's 2 x 16 heads of a verify step); row r attends
+// [s0, min(s1, lens[r])). qlb: q_lat [rows * nh, dl]; qpb: q_pe of head 0, heads qps apart.
 void decode_unit_bf16(const MlaDims& d, const float* qlb, const float* qpb, int64_t qps, const uint16_t* cache, const int32_t* bt,
                       int64_t block_size, int64_t s0, int64_t s1, const int32_t* lens, int64_t hlo, int64_t hhi, float scale,
                       float* acc, float* ml) {
-  for (int64_t h0 = hlo; h0 < hhi; h0 += kBfChunk) {
-    const int64_t n = std::min<int64_t>(kBfChunk, hhi - h0);
-    int64_t end[kBfChunk], last = s0;
+  const int64_t width = hlo / d.nh == (hhi - 1) / d.nh ? kBfChunk : kBfGroupChunk;
+  for (int64_t h0 = hlo; h0 < hhi; h0 += width) {
+    const int64_t n = std::min<int64_t>(width, hhi - h0);
+    int64_t end[kBfGroupChunk], last = s0;
     for (int64_t i = 0; i < n; ++i) last = std::max(last, end[i] = std::max(s0, std::min<int64_t>(s1, lens[(h0 + i) / d.nh])));
-    (n > kBfLanes ? decode_chunk_bf16<2> : decode_chunk_bf16<1>)(d, n, qlb + h0 * d.dl, qpb + h0 * qps, qps, cache, bt,
+    (n > 2 * kBfLanes ? decode_chunk_bf16<4> : n > kBfLanes ? decode_chunk_bf16<2> : decode_chunk_bf16<1>)(d, n, qlb + h0 * d.dl, qpb + h0 * qps, qps, cache, bt,
                                                                  block_size, s0, last, end, scale, acc + h0 * d.dl, ml + 2 * h0);
   }
 }
