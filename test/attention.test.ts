@@ -1043,7 +1043,9 @@ function verifyScenario(seed: number, d: Dims, seqs: [number, number][], blockSi
 function permuteRows(sc: Scenario, perm: number[]): Scenario {
   const dk = sc.d.nh * (sc.d.dn + sc.d.dr);
   const q = new Float32Array(perm.length * dk);
-  perm.forEach((p, i) => q.set(sc.q.subarray(p * dk, (p + 1) * dk), i * dk));
+  perm.forEach((p, i) => {
+    q.set(sc.q.subarray(p * dk, (p + 1) * dk), i * dk);
+  });
   const pick = <T>(a: T[]) => perm.map(p => a[p]!);
   return { ...sc, lens: pick(sc.lens), tables: pick(sc.tables), ckv: pick(sc.ckv), kpe: pick(sc.kpe), q };
 }

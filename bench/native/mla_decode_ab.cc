@@ -71,8 +71,9 @@ int main(int argc, char** argv) {
   std::mt19937 rng(7);
   std::uniform_real_distribution<float> uni(-1.0f, 1.0f);
   if (rows > 0)
-    printf("verify layout: B sequences of ctx + (29 s) %% 200 keys, %d rows each (row r: len - %d + r), the block table repeated\n",
-           rows, rows - 1);
+    printf(
+        "verify layout: B sequences of ctx + (29 s) %% 200 keys, %d rows each (row r: len - %d + r), the block table repeated\n",
+        rows, rows - 1);
   printf("preset %s ctx %d (+b): us per call, median of %d reps, per-round new/base\n", preset.c_str(), ctx, reps);
   printf(
       "| B | thr | warm base | warm new | new/base warm (min-max) | GFLOP/s base/new | cold base | cold new | new/base cold | "

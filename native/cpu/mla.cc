@@ -439,8 +439,9 @@ LC_TARGET_AVX512BF16 void softmax_t(float* s, int nt, const int32_t* ntl, float*
     __m256 sum = zero;
     for (int j = 0; j < kBfTile; ++j) {
       float* sj = s + (j * HV + v) * 8;
-      const __mmask8 in = (kMasked ? _mm256_cmpgt_epi32_mask(lim, _mm256_set1_epi32(j)) : static_cast<__mmask8>(j < nt ? 0xff : 0)) &
-                          static_cast<__mmask8>(~dead);
+      const __mmask8 in =
+          (kMasked ? _mm256_cmpgt_epi32_mask(lim, _mm256_set1_epi32(j)) : static_cast<__mmask8>(j < nt ? 0xff : 0)) &
+          static_cast<__mmask8>(~dead);
       __m256 e = zero;
       if (in != 0) {
         e = _mm256_maskz_mov_ps(in, Avx2::exp(_mm256_sub_ps(_mm256_load_ps(sj), mx)));
@@ -665,8 +666,10 @@ void decode_unit_bf16(const MlaDims& d, const float* qlb, const float* qpb, int6
     const int64_t n = std::min<int64_t>(width, hhi - h0);
     int64_t end[kBfGroupChunk], last = s0;
     for (int64_t i = 0; i < n; ++i) last = std::max(last, end[i] = std::max(s0, std::min<int64_t>(s1, lens[(h0 + i) / d.nh])));
-    (n > 2 * kBfLanes ? decode_chunk_bf16<4> : n > kBfLanes ? decode_chunk_bf16<2> : decode_chunk_bf16<1>)(d, n, qlb + h0 * d.dl, qpb + h0 * qps, qps, cache, bt,
-                                                                 block_size, s0, last, end, scale, acc + h0 * d.dl, ml + 2 * h0);
+    (n > 2 * kBfLanes ? decode_chunk_bf16<4>
+     : n > kBfLanes   ? decode_chunk_bf16<2>
+                      : decode_chunk_bf16<1>)(d, n, qlb + h0 * d.dl, qpb + h0 * qps, qps, cache, bt, block_size, s0, last, end,
+                                            scale, acc + h0 * d.dl, ml + 2 * h0);
   }
 }
 
@@ -868,7 +871,7 @@ void prefill_impl(const MlaDims& d, int64_t batch, float* o, const float* q, con
 // ---------------------------------------------------------------------------------------------
 // Absorbed decode over the paged latent cache.
 
-constexpr int64_t kMinSplit = 64;  // fewest tokens worth a split of their own
+constexpr int64_t kMinSplit = 64;     // fewest tokens worth a split of their own
 constexpr int64_t kMaxGroupRows = 8;  // most rows of one sequence that share a pass over its keys
 
 // The rows of a decode batch come in groups: consecutive rows whose keys are a prefix of the next
