@@ -1110,3 +1110,221 @@ describe('fp8 latent cache', () => {
     );
   });
 });
+
+// ---- Several rows of one sequence (a verify step) ------------------------------------------------------
+
+/**
+ * The rows of a speculative verify step: sequence i (length seqs[i][0]) brings seqs[i][1] rows, row r
+ * with the keys 0 .. len - rows + r (the table of its sequence, the latents a prefix of the
+ * sequence's), each with its own query: consecutive rows of one sequence, as batchTables lays them out.
+ */
+function verifyScenario(seed: number, d: Dims, seqs: [number, number][], blockSize: number): Scenario {
+  const base = scenario(
+    seed,
+    d,
+    seqs.map(([len]) => len),
+    blockSize,
+  );
+  const r = rng(seed + 1);
+  const lens: number[] = [],
+    tables: number[][] = [],
+    ckv: Float32Array[] = [],
+    kpe: Float32Array[] = [];
+  seqs.forEach(([len, rows], i) => {
+    for (let k = 0; k < rows; k++) {
+      const n = len - rows + 1 + k;
+      lens.push(n);
+      tables.push(base.tables[i]!);
+      ckv.push(base.ckv[i]!.slice(0, n * d.dl));
+      kpe.push(base.kpe[i]!.slice(0, n * d.dr));
+    }
+  });
+  return { ...base, lens, tables, ckv, kpe, q: r.array(lens.length * d.nh * (d.dn + d.dr), -1, 1) };
+}
+
+/** The scenario with its rows in the order `perm` (row i of the result = row perm[i]). */
+function permuteRows(sc: Scenario, perm: number[]): Scenario {
+  const dk = sc.d.nh * (sc.d.dn + sc.d.dr);
+  const q = new Float32Array(perm.length * dk);
+  perm.forEach((p, i) => {
+    q.set(sc.q.subarray(p * dk, (p + 1) * dk), i * dk);
+  });
+  const pick = <T>(a: T[]) => perm.map(p => a[p]!);
+  return { ...sc, lens: pick(sc.lens), tables: pick(sc.tables), ckv: pick(sc.ckv), kpe: pick(sc.kpe), q };
+}
+
+describe('absorbed decode: several rows of one sequence share the pass over its keys', () => {
+  // [name, dims, [sequence length, rows], block size]. At one thread no row is split: each row's
+  // result is then bitwise the one it gets alone.
+  const cases: [string, Dims, [number, number][], number][] = [
+    [
+      'odd dims and block size, 1-3 rows, a 1-key sequence and a 1-key row',
+      { nh: 5, dn: 7, dr: 6, dv: 9, dl: 37 },
+      [
+        [1, 1],
+        [40, 2],
+        [17, 3],
+        [2, 2],
+        [70, 2],
+      ],
+      7,
+    ],
+    [
+      'the small preset: 8 heads, 2 rows a sequence',
+      { nh: 8, dn: 16, dr: 16, dv: 16, dl: 128 },
+      [
+        [100, 2],
+        [33, 2],
+        [130, 3],
+        [64, 2],
+      ],
+      16,
+    ],
+    [
+      '3 heads (the rows share 8-lane vectors)',
+      { nh: 3, dn: 9, dr: 6, dv: 7, dl: 33 },
+      [
+        [50, 3],
+        [31, 2],
+        [1, 1],
+        [40, 11], // more rows than one group takes (8)
+      ],
+      24,
+    ],
+    [
+      '20 heads (passes of 16 heads straddle rows), odd row, partial tiles',
+      { nh: 20, dn: 9, dr: 6, dv: 7, dl: 33 },
+      [
+        [70, 2],
+        [33, 3],
+      ],
+      5,
+    ],
+    [
+      'fp8-able widths (dl 128)',
+      { nh: 6, dn: 16, dr: 8, dv: 12, dl: 128 },
+      [
+        [45, 2],
+        [3, 3],
+        [90, 2],
+      ],
+      16,
+    ],
+  ];
+  for (const [name, d, seqs, bs] of cases)
+    for (const cacheType of ['f32', 'bf16', 'fp8'] as const) {
+      if (cacheType === 'fp8' && d.dl % FP8_GROUP !== 0) continue;
+      it(`equals the float64 reference and, bitwise, each row alone and the rows interleaved: ${name}, ${cacheType} cache, every ISA and 1-3 threads`, () => {
+        const sc = verifyScenario(seqs.length * 31 + d.dl + d.nh, d, seqs, bs);
+        const B = sc.lens.length;
+        const ref = cacheType === 'fp8' ? fp8Rounded(sc) : sc;
+        const want = decodeRef(ref, cacheType === 'bf16', false);
+        const cache = buildCache(sc, cacheType);
+        const wt = tensor(sc.w, [d.nh * (d.dn + d.dv), d.dl]);
+        const atol = 2e-5 * Math.sqrt(d.dl),
+          rtol = 2e-4;
+        // an order with no two rows of one sequence next to each other: every row its own pass
+        const perm = Array.from({ length: B }, (_, i) => i).sort((a, b) => (a % 2) - (b % 2) || a - b);
+        const interleaved = permuteRows(sc, perm);
+        const rowsAlone = (rows: number[]) => rows.map(b => permuteRows(sc, [b]));
+        try {
+          for (const isa of isas) {
+            native.setIsa(isa);
+            native.setThreads(1);
+            const got = runDecode(sc, cache, wt);
+            if (cacheType === 'bf16' && bf16DecodePath(isa)) checkBf16Decode(ref, got, false, `${isa}`);
+            else {
+              expectClose(got.oLat, want.oLat, atol, rtol, `oLat (${isa})`);
+              expectClose(got.o, want.o, atol, rtol, `o (${isa})`);
+            }
+            const nhl = d.nh * d.dl;
+            const alone = rowsAlone(Array.from({ length: B }, (_, i) => i)).map(s => runDecode(s, cache, wt).oLat);
+            const other = runDecode(interleaved, cache, wt).oLat;
+            for (let b = 0; b < B; b++) {
+              const mine = Array.from(got.oLat.slice(b * nhl, (b + 1) * nhl));
+              expect(mine, `row ${b} vs alone (${isa})`).toEqual(Array.from(alone[b]!));
+              const at = perm.indexOf(b);
+              expect(mine, `row ${b} vs interleaved (${isa})`).toEqual(Array.from(other.slice(at * nhl, (at + 1) * nhl)));
+            }
+            // (more threads may split the longer rows' keys: then a merge, and other roundings)
+            for (const n of [2, 3]) {
+              native.setThreads(n);
+              const more = runDecode(sc, cache, wt);
+              if (cacheType === 'bf16' && bf16DecodePath(isa)) checkBf16Decode(ref, more, false, `${isa}, ${n} threads`);
+              else expectClose(more.o, want.o, atol, rtol, `o (${isa}, ${n} threads)`);
+            }
+          }
+        } finally {
+          native.setIsa(startIsa);
+          native.setThreads(startThreads);
+        }
+        cache.dispose();
+        wt.dispose();
+      });
+    }
+
+  it('splits the heads of the rows of one sequence over the threads: bitwise the one-thread result', () => {
+    // 13 heads x 2 or 3 rows: head groups of whole 4-head blocks that straddle the rows; no key split
+    const d: Dims = { nh: 13, dn: 24, dr: 8, dv: 20, dl: 37 };
+    try {
+      for (const seqs of [[[23, 2]], [[100, 3]]] as [number, number][][]) {
+        const sc = verifyScenario(4343 + seqs[0]![0], d, seqs, 16);
+        const wt = tensor(sc.w, [d.nh * (d.dn + d.dv), d.dl]);
+        for (const dt of ['f32', 'bf16'] as const) {
+          const cache = buildCache(sc, dt);
+          for (const isa of isas) {
+            native.setIsa(isa);
+            native.setThreads(1);
+            const one = runDecode(sc, cache, wt);
+            for (const n of [2, 3, 4]) {
+              native.setThreads(n);
+              const got = runDecode(sc, cache, wt);
+              expect(Array.from(got.qLat), `qLat (${dt}, ${seqs}, ${n} threads, ${isa})`).toEqual(Array.from(one.qLat));
+              expect(Array.from(got.oLat), `oLat (${dt}, ${seqs}, ${n} threads, ${isa})`).toEqual(Array.from(one.oLat));
+            }
+          }
+          cache.dispose();
+        }
+        wt.dispose();
+      }
+    } finally {
+      native.setIsa(startIsa);
+      native.setThreads(startThreads);
+    }
+  });
+
+  it('splits the keys of long rows over the threads and merges exactly (f32, bf16, fp8 caches)', () => {
+    const d: Dims = { nh: 3, dn: 16, dr: 8, dv: 12, dl: 128 };
+    const sc = verifyScenario(
+      77,
+      d,
+      [
+        [777, 2],
+        [5, 1],
+        [300, 3],
+      ],
+      16,
+    );
+    const wt = tensor(sc.w, [d.nh * (d.dn + d.dv), d.dl]);
+    try {
+      for (const cacheType of ['f32', 'bf16', 'fp8'] as const) {
+        const ref = cacheType === 'fp8' ? fp8Rounded(sc) : sc;
+        const want = decodeRef(ref, cacheType === 'bf16', false);
+        const cache = buildCache(sc, cacheType);
+        for (const n of [1, 3, 8]) {
+          native.setThreads(n);
+          for (const isa of isas) {
+            native.setIsa(isa);
+            const got = runDecode(sc, cache, wt);
+            if (cacheType === 'bf16' && bf16DecodePath(isa)) checkBf16Decode(ref, got, false, `${n} threads`);
+            else expectClose(got.o, want.o, 2e-4, 2e-4, `o (${cacheType}, ${n} threads, ${isa})`);
+          }
+        }
+        cache.dispose();
+      }
+    } finally {
+      native.setIsa(startIsa);
+      native.setThreads(startThreads);
+    }
+  });
+});

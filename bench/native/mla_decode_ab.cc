@@ -12,6 +12,7 @@
 //   g++ -O2 -std=c++17 -Inative bench/native/mla_decode_ab.cc /tmp/new_mla.o /tmp/base_mla.o \
 //     $(ls $BASE/*.o | grep -v /mla.cc.o) -lpthread -o /tmp/mla_ab
 //   /tmp/mla_ab [--preset small|medium|flash] [--batch 16,64] [--ctx 500] [--threads 1,2] [--rounds 7] [--reps 10]
+//     [--rows R]  (a verify step's layout: --batch sequences of R rows each, see the first line printed)
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -41,7 +42,7 @@ static std::vector<int> ints(const char* s) {
 int main(int argc, char** argv) {
   std::string preset = "small";
   std::vector<int> batches = {16, 64}, threads = {1};
-  int ctx = 500, rounds = 7, reps = 10;
+  int ctx = 500, rounds = 7, reps = 10, rows = 0;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
     if (a == "--preset")
@@ -56,6 +57,8 @@ int main(int argc, char** argv) {
       rounds = std::atoi(argv[i + 1]);
     else if (a == "--reps")
       reps = std::atoi(argv[i + 1]);
+    else if (a == "--rows")
+      rows = std::atoi(argv[i + 1]);
   }
   cpu::MlaDims d;
   if (preset == "medium")
@@ -67,12 +70,17 @@ int main(int argc, char** argv) {
   const int64_t row_bytes = 2 * (d.dl + d.dr), bs = 64, dk = d.dn + d.dr;
   std::mt19937 rng(7);
   std::uniform_real_distribution<float> uni(-1.0f, 1.0f);
+  if (rows > 0)
+    printf(
+        "verify layout: B sequences of ctx + (29 s) %% 200 keys, %d rows each (row r: len - %d + r), the block table repeated\n",
+        rows, rows - 1);
   printf("preset %s ctx %d (+b): us per call, median of %d reps, per-round new/base\n", preset.c_str(), ctx, reps);
   printf(
       "| B | thr | warm base | warm new | new/base warm (min-max) | GFLOP/s base/new | cold base | cold new | new/base cold | "
       "max|diff| |\n|---|---|---|---|---|---|---|---|---|---|\n");
-  for (int B : batches) {
-    const int64_t maxb = (ctx + B + bs - 1) / bs, nblocks = B * maxb, cache_bytes = nblocks * bs * row_bytes;
+  for (int NS : batches) {
+    const int B = rows > 0 ? NS * rows : NS;  // rows of the call
+    const int64_t maxb = (ctx + (rows > 0 ? 200 : B) + bs - 1) / bs, nblocks = NS * maxb, cache_bytes = nblocks * bs * row_bytes;
     const int copies = static_cast<int>(std::max<int64_t>(2, (64ll << 20) / cache_bytes));
     std::vector<std::vector<uint8_t>> caches(copies, std::vector<uint8_t>(cache_bytes));
     {
@@ -87,9 +95,10 @@ int main(int argc, char** argv) {
     std::vector<int32_t> bt(B * maxb), lens(B);
     int64_t keys = 0;
     for (int b = 0; b < B; ++b) {
-      lens[b] = ctx + b;
+      const int s = rows > 0 ? b / rows : b;  // the row's sequence
+      lens[b] = rows > 0 ? ctx + (29 * s) % 200 - (rows - 1) + b % rows : ctx + b;
       keys += lens[b];
-      for (int64_t k = 0; k < maxb; ++k) bt[b * maxb + k] = static_cast<int32_t>(k * B + b);
+      for (int64_t k = 0; k < maxb; ++k) bt[b * maxb + k] = static_cast<int32_t>(k * NS + s);
     }
     const double flop = double(d.nh) * keys * (4 * d.dl + 2 * d.dr);
     std::vector<float> q(B * d.nh * dk), q_lat(B * d.nh * d.dl), o1(B * d.nh * d.dl), o2(B * d.nh * d.dl);

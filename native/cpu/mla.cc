@@ -360,6 +360,7 @@ constexpr int kBfTile = 32;                             // cache rows per tile
 constexpr int kBfPairs = kBfTile / 2;                   // row pairs per tile
 constexpr int kBfLanes = 8;                             // heads per 256-bit vector
 constexpr int kBfChunk = 16;                            // heads per pass over a split's rows (two vectors)
+constexpr int kBfGroupChunk = 32;                       // the same where the heads are several rows' (four vectors)
 constexpr int64_t kBfMaxRow = 2048;                     // cache row (dl + dr) limit of the packed query
 constexpr int64_t kBfMaxDl = 1024;                      // latent width limit of the packed value tile
 constexpr int64_t kBfAhead = 2;                         // tiles between the one computed and the one requested into L2
@@ -407,34 +408,43 @@ LC_TARGET_AVX512BF16 void scores_z(const uint32_t* qz, int64_t row, const uint16
   }
 }
 
-// The online softmax of one tile, 8 heads a vector: s[j][v * 8 + i] (j < kBfTile, keys nt and up are
-// ignored) is overwritten with p = exp(s - m_new) (zero beyond nt), m / l (per lane) updated, corr =
-// the factor the heads' accumulators take. Per lane as softmax_avx512: a NaN score makes m NaN, and
-// while every key so far is masked (m_new = -inf) p is zero and m, l, corr stay -inf, 0, 1.
-template <int HV>
-LC_TARGET_AVX512BF16 void softmax_t(float* s, int nt, float* m, float* l, float* corr) {
+// The online softmax of one tile, 8 heads a vector: s[j][v * 8 + i] (j < kBfTile) is overwritten
+// with p = exp(s - m_new) for the keys j < ntl[v * 8 + i] of lane i (zero for the others: keys past
+// the tile's end, or past the lane's own sequence row), m / l (per lane) updated, corr = the factor
+// the heads' accumulators take. Per lane as softmax_avx512: a NaN score makes m NaN, and while every
+// key so far is masked (m_new = -inf) p is zero and m, l, corr stay -inf, 0, 1; a lane with no key in
+// the tile keeps m and l, corr 1, so that its accumulator is the one of a pass that skipped the tile.
+// kMasked false: every lane has the same nt keys (ntl unread; the masks fold away).
+template <int HV, bool kMasked>
+LC_TARGET_AVX512BF16 void softmax_t(float* s, int nt, const int32_t* ntl, float* m, float* l, float* corr) {
   const __m256 ninf = _mm256_set1_ps(kNegInf), zero = _mm256_setzero_ps();
   for (int v = 0; v < HV; ++v) {
+    const __m256i lim = kMasked ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ntl + v * 8)) : _mm256_set1_epi32(nt);
+    const __mmask8 none = kMasked ? _mm256_cmple_epi32_mask(lim, _mm256_setzero_si256()) : 0;
     __m256 vmax = ninf;
     __mmask8 nan = 0;
     for (int j = 0; j < nt; ++j) {
-      const __m256 x = _mm256_load_ps(s + (j * HV + v) * 8);
+      const __mmask8 in = kMasked ? _mm256_cmpgt_epi32_mask(lim, _mm256_set1_epi32(j)) : static_cast<__mmask8>(0xff);
+      const __m256 x = _mm256_mask_mov_ps(ninf, in, _mm256_load_ps(s + (j * HV + v) * 8));
       vmax = _mm256_max_ps(vmax, x);
-      nan |= _mm256_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+      nan |= _mm256_mask_cmp_ps_mask(in, x, x, _CMP_UNORD_Q);
     }
     const __m256 mo = _mm256_loadu_ps(m + v * 8), lo = _mm256_loadu_ps(l + v * 8);
     __m256 mx = _mm256_max_ps(vmax, mo);  // a NaN m stays (the second operand)
     mx = _mm256_mask_blend_ps(nan, mx, _mm256_set1_ps(std::numeric_limits<float>::quiet_NaN()));
-    const __mmask8 dead = _mm256_cmp_ps_mask(mx, ninf, _CMP_EQ_OQ);
+    const __mmask8 dead = _mm256_cmp_ps_mask(mx, ninf, _CMP_EQ_OQ) | none;
     __m256 cr = Avx2::exp(_mm256_sub_ps(mo, mx));
     cr = _mm256_mask_blend_ps(_mm256_cmp_ps_mask(mo, ninf, _CMP_EQ_OQ), cr, zero);
     cr = _mm256_mask_blend_ps(dead, cr, _mm256_set1_ps(1.0f));
     __m256 sum = zero;
     for (int j = 0; j < kBfTile; ++j) {
       float* sj = s + (j * HV + v) * 8;
+      const __mmask8 in =
+          (kMasked ? _mm256_cmpgt_epi32_mask(lim, _mm256_set1_epi32(j)) : static_cast<__mmask8>(j < nt ? 0xff : 0)) &
+          static_cast<__mmask8>(~dead);
       __m256 e = zero;
-      if (j < nt) {
-        e = _mm256_maskz_mov_ps(static_cast<__mmask8>(~dead), Avx2::exp(_mm256_sub_ps(_mm256_load_ps(sj), mx)));
+      if (in != 0) {
+        e = _mm256_maskz_mov_ps(in, Avx2::exp(_mm256_sub_ps(_mm256_load_ps(sj), mx)));
         sum = _mm256_add_ps(sum, e);
       }
       _mm256_store_ps(sj, e);
@@ -651,21 +661,24 @@ LC_END_TARGET
 
 bool decode_bf16_fits(const MlaDims& d) { return d.dl <= kBfMaxDl && d.dl + d.dr <= kBfMaxRow; }
 
-// One split [s0, s1) of one sequence for heads [hlo, hlo + HV * 8) (at most; nh of them are real):
-// folds its cache rows into those heads' rows of acc [nh, dl] and ml [nh, 2]. qlb: q_lat of the
-// first head, dl apart; qpb: q_pe of the first head, qps apart.
+// One split [s0, s1) of one sequence for nh <= HV * 8 heads: folds its cache rows into those heads'
+// rows of acc [nh, dl] and ml [nh, 2]. Head i attends the rows [s0, end[i]) (end[i] <= s1: the heads
+// of several rows of one sequence, a verify step's, share the pass, each row its own causal end).
+// qlb: q_lat of the first head, dl apart; qpb: q_pe of the first head, qps apart.
 template <int HV>
 LC_TARGET_AVX512BF16 void decode_chunk_bf16(const MlaDims& d, int64_t nh, const float* qlb, const float* qpb, int64_t qps,
                                             const uint16_t* cache, const int32_t* bt, int64_t block_size, int64_t s0, int64_t s1,
-                                            float scale, float* acc, float* ml) {
+                                            const int64_t* end, float scale, float* acc, float* ml) {
   constexpr int JB = 16 / HV;  // keys per scores_z call: 16 accumulators
   const int64_t dl = d.dl, dr = d.dr, row = dl + dr, ncb = (dl + 15) / 16;
-  alignas(64) uint32_t qz[(kBfMaxRow / 4 + 1) * 2 * kBfChunk];
+  alignas(64) uint32_t qz[(kBfMaxRow / 4 + 1) * 2 * kBfLanes * HV];
   alignas(64) uint16_t qrow[kBfMaxRow + 32];
   alignas(64) uint16_t vp[kBfMaxDl / 16 * kBfPairs * 32];
-  alignas(64) float st[kBfTile * kBfChunk];
-  alignas(64) uint32_t pb[kBfChunk * kBfPairs];
-  float m[kBfChunk], l[kBfChunk], corr[kBfChunk];
+  constexpr int kLanes = kBfLanes * HV;
+  alignas(64) float st[kBfTile * kLanes];
+  alignas(64) uint32_t pb[kLanes * kBfPairs];
+  float m[kLanes], l[kLanes], corr[kLanes];
+  int32_t ntl[kLanes];  // per head: its keys in the tile
   const uint16_t* ka[kBfTile];
   // q^T in bf16 pairs, scores_z's layout; the lanes past the real heads are zero.
   std::memset(qz, 0, sizeof(uint32_t) * (row + 3) / 4 * HV * 16);
@@ -677,7 +690,7 @@ LC_TARGET_AVX512BF16 void decode_chunk_bf16(const MlaDims& d, int64_t nh, const 
       for (int e = 0; e < 2; ++e)
         std::memcpy(qz + (g * HV + h / 8) * 16 + 2 * (h % 8) + e, qrow + 4 * g + 2 * e, sizeof(uint32_t));
   }
-  for (int i = 0; i < kBfChunk; ++i) {
+  for (int i = 0; i < kLanes; ++i) {
     m[i] = kNegInf;
     l[i] = 0.0f;
   }
@@ -725,7 +738,15 @@ LC_TARGET_AVX512BF16 void decode_chunk_bf16(const MlaDims& d, int64_t nh, const 
     for (int j0 = 0; j0 < kBfTile; j0 += JB) {
       if (j0 < nt) scores_z<HV, JB>(qz, row, ka + j0, scale, st + j0 * HV * 8);
     }
-    softmax_t<HV>(st, nt, m, l, corr);
+    bool masked = false;  // whether some head's keys end inside the tile
+    for (int i = 0; i < kLanes; ++i) {
+      ntl[i] = i < nh ? static_cast<int32_t>(std::clamp<int64_t>(end[i] - t0, 0, nt)) : 0;
+      masked |= i < nh && ntl[i] != nt;
+    }
+    if (masked)
+      softmax_t<HV, true>(st, nt, ntl, m, l, corr);
+    else
+      softmax_t<HV, false>(st, nt, ntl, m, l, corr);
     pack_p<HV>(st, pb);
     // Values: 16-column groups of row pairs interleaved (a missing odd row reads as zero).
     for (int64_t cb = 0; cb < ncb; ++cb) {
@@ -756,15 +777,23 @@ LC_TARGET_AVX512BF16 void decode_chunk_bf16(const MlaDims& d, int64_t nh, const 
   }
 }
 
-// One split [s0, s1) of one sequence for heads [hlo, hhi): folds its cache rows into those heads'
-// rows of acc [nh, dl] and ml [nh, 2], kBfChunk heads at a time. qlb: q_lat [nh, dl]; qpb: q_pe of
-// head 0, heads qps apart.
+// One split [s0, s1) of a group of rows of one sequence for its heads [hlo, hhi) (head h of row r is
+// head r * nh + h of the group): folds the cache rows into those heads' rows of acc [rows * nh, dl]
+// and ml [rows * nh, 2], kBfChunk heads at a time (kBfGroupChunk where [hlo, hhi) spans several rows:
+// one pass over the keys for the medium preset's 2 x 16 heads of a verify step); row r attends
+// [s0, min(s1, lens[r])). qlb: q_lat [rows * nh, dl]; qpb: q_pe of head 0, heads qps apart.
 void decode_unit_bf16(const MlaDims& d, const float* qlb, const float* qpb, int64_t qps, const uint16_t* cache, const int32_t* bt,
-                      int64_t block_size, int64_t s0, int64_t s1, int64_t hlo, int64_t hhi, float scale, float* acc, float* ml) {
-  for (int64_t h0 = hlo; h0 < hhi; h0 += kBfChunk) {
-    const int64_t n = std::min<int64_t>(kBfChunk, hhi - h0);
-    (n > kBfLanes ? decode_chunk_bf16<2> : decode_chunk_bf16<1>)(d, n, qlb + h0 * d.dl, qpb + h0 * qps, qps, cache, bt,
-                                                                 block_size, s0, s1, scale, acc + h0 * d.dl, ml + 2 * h0);
+                      int64_t block_size, int64_t s0, int64_t s1, const int32_t* lens, int64_t hlo, int64_t hhi, float scale,
+                      float* acc, float* ml) {
+  const int64_t width = hlo / d.nh == (hhi - 1) / d.nh ? kBfChunk : kBfGroupChunk;
+  for (int64_t h0 = hlo; h0 < hhi; h0 += width) {
+    const int64_t n = std::min<int64_t>(width, hhi - h0);
+    int64_t end[kBfGroupChunk], last = s0;
+    for (int64_t i = 0; i < n; ++i) last = std::max(last, end[i] = std::max(s0, std::min<int64_t>(s1, lens[(h0 + i) / d.nh])));
+    (n > 2 * kBfLanes ? decode_chunk_bf16<4>
+     : n > kBfLanes   ? decode_chunk_bf16<2>
+                      : decode_chunk_bf16<1>)(d, n, qlb + h0 * d.dl, qpb + h0 * qps, qps, cache, bt, block_size, s0, last, end,
+                                            scale, acc + h0 * d.dl, ml + 2 * h0);
   }
 }
 
@@ -966,23 +995,51 @@ void prefill_impl(const MlaDims& d, int64_t batch, float* o, const float* q, con
 // ---------------------------------------------------------------------------------------------
 // Absorbed decode over the paged latent cache.
 
-constexpr int64_t kMinSplit = 64;  // fewest tokens worth a split of their own
+constexpr int64_t kMinSplit = 64;     // fewest tokens worth a split of their own
+constexpr int64_t kMaxGroupRows = 8;  // most rows of one sequence that share a pass over its keys
 
+// The rows of a decode batch come in groups: consecutive rows whose keys are a prefix of the next
+// row's (same blocks, length not shorter; a verify step's rows of one sequence: the same table, one
+// key more each) share each pass over the group's cache rows, as the heads of one query with
+// rows * nh heads (head r * nh + h: head h of row r). Every row of a group has the group's splits
+// (those of its longest row); the partial results of split k of a group are contiguous, so that
+// row r's split k sits at slot base[r] + k * rows.
 struct DecodeLayout {
-  int32_t* unit_prefix;  // [B + 1]
-  int32_t* slot_prefix;  // [B + 1] partial-accumulator slots (sequences with more than one split)
-  float* ml;             // [max_units, nh, 2] running max and sum per unit and head
+  int32_t* group_first;  // [G + 1] first row of each group (the last entry: the batch)
+  int32_t* group_units;  // [G + 1] prefix of the groups' split counts
+  int32_t* unit_base;    // [B] ml slot of the row's split 0 (split k: + k * rows of its group)
+  int32_t* slot_base;    // [B] partial-accumulator slot of the row's split 0 (groups with more than one split)
+  int32_t* row_splits;   // [B] the row's (its group's) split count
+  int32_t* row_stride;   // [B] rows of the row's group
+  float* ml;             // [batch + units, nh, 2] running max and sum per (row, split) and head
   float* acc;            // [2 * units, nh, dl] partial accumulators
 };
 
+int64_t decode_layout_ints(int64_t batch) { return (6 * (batch + 1) + 15) / 16 * 16; }
+
 DecodeLayout decode_layout(const MlaDims& d, int64_t batch, int64_t units, float* ws) {
   DecodeLayout L;
-  const int64_t ints = (2 * (batch + 1) + 15) / 16 * 16;
-  L.unit_prefix = reinterpret_cast<int32_t*>(ws);
-  L.slot_prefix = L.unit_prefix + (batch + 1);
-  L.ml = ws + ints;
+  L.group_first = reinterpret_cast<int32_t*>(ws);
+  L.group_units = L.group_first + (batch + 1);
+  L.unit_base = L.group_units + (batch + 1);
+  L.slot_base = L.unit_base + batch;
+  L.row_splits = L.slot_base + batch;
+  L.row_stride = L.row_splits + batch;
+  L.ml = ws + decode_layout_ints(batch);
   L.acc = L.ml + (batch + units) * d.nh * 2;
   return L;
+}
+
+// Whether row b + 1 attends every key of row b (same cache rows: block ids equal over row b's length,
+// not shorter): then the two share a pass. Row b's entries are in range (checked by the binding).
+bool extends_row(const int32_t* block_table, int64_t max_blocks, const int32_t* seq_lens, int64_t block_size, int64_t b) {
+  const int64_t len = seq_lens[b];
+  if (len <= 0 || seq_lens[b + 1] < len) return false;
+  const int32_t* t0 = block_table + b * max_blocks;
+  const int32_t* t1 = t0 + max_blocks;
+  for (int64_t i = 0; i < (len + block_size - 1) / block_size; ++i)
+    if (t0[i] != t1[i]) return false;
+  return true;
 }
 
 // One cache row of the fp8 layout (mla.h) dequantized to f32: the latent (e4m3 * group scale), then
@@ -1022,57 +1079,81 @@ void decode_impl(const MlaDims& d, int64_t batch, float* o_lat, const float* q_l
       std::is_same_v<CT, uint16_t> && isa() == Isa::Avx512 && features().avx512_bf16 && bf16_activations() && decode_bf16_fits(d);
 #endif
   DecodeLayout L = decode_layout(d, batch, units, ws);
-  // Schedule: every sequence gets ceil(len / chunk) splits of (nearly) equal length, about
-  // `key_units` in all, and with fewer sequences than threads the heads are split into G groups of
-  // whole 4-head blocks too (a group reads all of its split's rows for its heads only). A work unit
-  // is one (split, head group). Key splits cost a merge and, per split, the query's conversion and
-  // a partial last tile: with one thread there are none, and with fewer sequences than threads only
-  // as many as the head groups leave threads without work. (Batch 1 at 2 threads split its keys
-  // only, 2 splits of 33-64 rows: 17.4 us per call in the medium step against 14.3 at 1 thread.)
-  // A head's result depends on the key splits only, not on G.
-  const int64_t nthreads = ThreadPool::current().threads();
-  const int64_t G = batch < nthreads ? std::min<int64_t>({nthreads, std::max<int64_t>(1, nh / 4), units}) : 1;
-  const auto head_lo = [&](int64_t g) { return g == G ? nh : nh * g / G / 4 * 4; };
-  const int64_t key_units = nthreads == 1 ? 1 : batch < nthreads ? std::max<int64_t>(1, units / (2 * G)) : units;
-  int64_t total = 0;
-  for (int64_t b = 0; b < batch; ++b) total += seq_lens[b];
-  const int64_t chunk = std::max<int64_t>(kMinSplit, (total + key_units - 1) / key_units);
-  L.unit_prefix[0] = L.slot_prefix[0] = 0;
+  // Groups (DecodeLayout): consecutive rows of one sequence, at most kMaxGroupRows.
+  int64_t ngroups = 0;
   for (int64_t b = 0; b < batch; ++b) {
-    const int64_t splits = std::max<int64_t>(1, (seq_lens[b] + chunk - 1) / chunk);
-    L.unit_prefix[b + 1] = static_cast<int32_t>(L.unit_prefix[b] + splits);
-    L.slot_prefix[b + 1] = static_cast<int32_t>(L.slot_prefix[b] + (splits > 1 ? splits : 0));
+    if (b == 0 || b - L.group_first[ngroups - 1] >= kMaxGroupRows ||
+        !extends_row(block_table, max_blocks, seq_lens, block_size, b - 1))
+      L.group_first[ngroups++] = static_cast<int32_t>(b);
   }
-  const int64_t nunits = L.unit_prefix[batch] * G;
+  L.group_first[ngroups] = static_cast<int32_t>(batch);
+  // Schedule: every group gets ceil(len / chunk) splits of (nearly) equal length (len: its longest
+  // row's), about `key_units` in all (a group's rows count once each), and with fewer groups than
+  // threads the heads are split into G groups of whole 4-head blocks too (a group reads all of its
+  // split's rows for its heads only). A work unit is one (split, head group). Key splits cost a merge
+  // and, per split, the query's conversion and a partial last tile: with one thread there are none,
+  // and with fewer sequences than threads only as many as the head groups leave threads without
+  // work. (Batch 1 at 2 threads split its keys only, 2 splits of 33-64 rows: 17.4 us per call in the
+  // medium step against 14.3 at 1 thread.) A head's result depends on the key splits only, not on G
+  // nor on the other rows of its group.
+  const int64_t nthreads = ThreadPool::current().threads();
+  const int64_t G = ngroups < nthreads ? std::min<int64_t>({nthreads, std::max<int64_t>(1, nh / 4), units}) : 1;
+  const auto head_lo = [&](int64_t g, int64_t gh) { return g == G ? gh : gh * g / G / 4 * 4; };  // gh: the group's heads
+  const int64_t key_units = nthreads == 1 ? 1 : ngroups < nthreads ? std::max<int64_t>(1, units / (2 * G)) : units;
+  const auto group_len = [&](int64_t g) { return static_cast<int64_t>(seq_lens[L.group_first[g + 1] - 1]); };
+  int64_t total = 0;  // (the workspace bound needs every row counted: batch + key_units ml slots at most)
+  for (int64_t g = 0; g < ngroups; ++g) total += group_len(g) * (L.group_first[g + 1] - L.group_first[g]);
+  const int64_t chunk = std::max<int64_t>(kMinSplit, (total + key_units - 1) / key_units);
+  L.group_units[0] = 0;
+  for (int64_t g = 0, ub = 0, sb = 0; g < ngroups; ++g) {
+    const int64_t splits = std::max<int64_t>(1, (group_len(g) + chunk - 1) / chunk);
+    const int64_t b0 = L.group_first[g], rows = L.group_first[g + 1] - b0;
+    for (int64_t r = 0; r < rows; ++r) {
+      L.unit_base[b0 + r] = static_cast<int32_t>(ub + r);
+      L.slot_base[b0 + r] = static_cast<int32_t>(sb + r);
+      L.row_splits[b0 + r] = static_cast<int32_t>(splits);
+      L.row_stride[b0 + r] = static_cast<int32_t>(rows);
+    }
+    ub += splits * rows;
+    sb += splits > 1 ? splits * rows : 0;
+    L.group_units[g + 1] = static_cast<int32_t>(L.group_units[g] + splits);
+  }
+  const int64_t nunits = L.group_units[ngroups] * G;
 
   parallel_for(nunits, 1, [&](int64_t u0, int64_t u1) {
-    int64_t b = 0;
-    while (L.unit_prefix[b + 1] <= u0 / G) ++b;
+    int64_t g = 0;
+    while (L.group_units[g + 1] <= u0 / G) ++g;
     const KT* ka[kTile];
     const KT* kb[kTile];
     float sc[kMaxQ][kTile];
     std::conditional_t<kFp8, float[kMlaFp8DecodeRow], char> deq;  // fp8: the tile's rows as f32
     for (int64_t u = u0; u < u1; ++u) {
-      const int64_t ku = u / G, hlo = head_lo(u % G), hhi = head_lo(u % G + 1);  // split ku, heads [hlo, hhi)
-      while (L.unit_prefix[b + 1] <= ku) ++b;
-      const int64_t splits = L.unit_prefix[b + 1] - L.unit_prefix[b], k = ku - L.unit_prefix[b];
-      const int64_t len = seq_lens[b], per = (len + splits - 1) / splits;
+      const int64_t ku = u / G;
+      while (L.group_units[g + 1] <= ku) ++g;
+      const int64_t b = L.group_first[g], rows = L.group_first[g + 1] - b, gh = rows * nh;
+      const int64_t hlo = head_lo(u % G, gh), hhi = head_lo(u % G + 1, gh);  // split ku, the group's heads [hlo, hhi)
+      const int64_t splits = L.row_splits[b], k = ku - L.group_units[g];
+      const int64_t len = group_len(g), per = (len + splits - 1) / splits;
       const int64_t s0 = std::min(len, k * per);
       int64_t s1 = std::min(len, s0 + per);
-      float* acc = splits > 1 ? L.acc + (L.slot_prefix[b] + k) * nh * dl : o_lat + b * nh * dl;
-      float* ml = L.ml + ku * nh * 2;
+      // the group's rows' results for split k: [rows * nh, dl] and [rows * nh, 2]
+      float* acc = splits > 1 ? L.acc + (L.slot_base[b] + k * rows) * nh * dl : o_lat + b * nh * dl;
+      float* ml = L.ml + (L.unit_base[b] + k * rows) * nh * 2;
       std::memset(acc + hlo * dl, 0, sizeof(float) * (hhi - hlo) * dl);
       for (int64_t h = hlo; h < hhi; ++h) {
         ml[2 * h] = kNegInf;
         ml[2 * h + 1] = 0.0f;
       }
-      const int32_t* bt = block_table + b * max_blocks;
+      const int32_t* bt = block_table + (b + rows - 1) * max_blocks;  // the longest row's table holds every key
       const float* qlb = q_lat + b * nh * dl;
       const float* qpb = q + b * nh * dk + d.dn;
+      // the key end of each row in this split (rows [hlo / nh, (hhi - 1) / nh]); the pass ends at the last
+      const auto row_end = [&](int64_t r) { return std::clamp<int64_t>(seq_lens[b + r], s0, s1); };
+      s1 = row_end((hhi - 1) / nh);
 #ifdef LC_ATTN_X86
       if constexpr (std::is_same_v<CT, uint16_t>) {
         if (use_bf16) {
-          decode_unit_bf16(d, qlb, qpb, dk, cache, bt, block_size, s0, s1, hlo, hhi, scale, acc, ml);
+          decode_unit_bf16(d, qlb, qpb, dk, cache, bt, block_size, s0, s1, seq_lens + b, hlo, hhi, scale, acc, ml);
           s1 = s0;  // done: skip the generic tile loop
         }
       }
@@ -1080,7 +1161,10 @@ void decode_impl(const MlaDims& d, int64_t batch, float* o_lat, const float* q_l
       const auto row_at = [&](int64_t s) {
         return cache + (static_cast<int64_t>(bt[s / block_size]) * block_size + s % block_size) * stride;
       };
-      const int64_t hblocks = (hhi - hlo + kMaxQ - 1) / kMaxQ;
+      // head blocks of at most kMaxQ heads of one row each
+      const auto block_end = [&](int64_t h0) { return std::min({h0 + kMaxQ, hhi, (h0 / nh + 1) * nh}); };
+      int64_t hblocks = 0;
+      for (int64_t h0 = hlo; h0 < hhi; h0 = block_end(h0)) ++hblocks;
       const auto prefetch_tile = [&](int64_t t, int64_t j0, int64_t j1) {  // the next tile into L1, in slices
         for (int64_t j = j0; j < j1 && t + j < s1; ++j) prefetch_row(row_at(t + j), stride * static_cast<int64_t>(sizeof(CT)));
       };
@@ -1097,19 +1181,21 @@ void decode_impl(const MlaDims& d, int64_t batch, float* o_lat, const float* q_l
           }
           kb[j] = ka[j] + dl;
         }
-        for (int64_t h0 = hlo; h0 < hhi; h0 += kMaxQ) {
-          const int gq = static_cast<int>(std::min<int64_t>(kMaxQ, hhi - h0));
-          const int64_t hb = (h0 - hlo) / kMaxQ;
+        int64_t hb = 0;
+        for (int64_t h0 = hlo; h0 < hhi; h0 = block_end(h0), ++hb) {
+          const int gq = static_cast<int>(block_end(h0) - h0);
           prefetch_tile(t0 + tile, hb * tile / hblocks, (hb + 1) * tile / hblocks);
-          K.scores(gq, qlb + h0 * dl, dl, qpb + h0 * dk, dk, nt, ka, kb, dl, dr, scale, &sc[0][0], kTile);
+          const int nr = static_cast<int>(std::min<int64_t>(nt, row_end(h0 / nh) - t0));  // this row's keys in the tile
+          if (nr <= 0) continue;
+          K.scores(gq, qlb + h0 * dl, dl, qpb + h0 * dk, dk, nr, ka, kb, dl, dr, scale, &sc[0][0], kTile);
           float corr[kMaxQ];
           bool rescale = false;
           for (int i = 0; i < gq; ++i) {
             float* mh = ml + 2 * (h0 + i);
-            corr[i] = K.softmax(sc[i], nt, mh[0], mh[1]);
+            corr[i] = K.softmax(sc[i], nr, mh[0], mh[1]);
             rescale |= corr[i] != 1.0f;
           }
-          K.pv(gq, acc + h0 * dl, dl, rescale ? corr : nullptr, &sc[0][0], kTile, nt, ka, dl);
+          K.pv(gq, acc + h0 * dl, dl, rescale ? corr : nullptr, &sc[0][0], kTile, nr, ka, dl);
         }
       }
       if (splits == 1) {
@@ -1127,19 +1213,20 @@ void decode_impl(const MlaDims& d, int64_t batch, float* o_lat, const float* q_l
   parallel_for(batch * nh, std::max<int64_t>(1, 4096 / std::max<int64_t>(dl, 1)), [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
       const int64_t b = p / nh, h = p % nh;
-      const int64_t su = L.unit_prefix[b], splits = L.unit_prefix[b + 1] - su;
+      const int64_t splits = L.row_splits[b], stride = L.row_stride[b];
       if (splits <= 1) continue;
+      const auto ml_at = [&](int64_t k) { return L.ml + ((L.unit_base[b] + k * stride) * nh + h) * 2; };
       float mx = kNegInf;
-      for (int64_t k = 0; k < splits; ++k) mx = std::max(mx, L.ml[((su + k) * nh + h) * 2]);
+      for (int64_t k = 0; k < splits; ++k) mx = std::max(mx, ml_at(k)[0]);
       float* out = o_lat + (b * nh + h) * dl;
       std::memset(out, 0, sizeof(float) * dl);
       float lsum = 0.0f;
       for (int64_t k = 0; k < splits; ++k) {
-        const float mk = L.ml[((su + k) * nh + h) * 2], lk = L.ml[((su + k) * nh + h) * 2 + 1];
+        const float mk = ml_at(k)[0], lk = ml_at(k)[1];
         if (mk == kNegInf) continue;  // empty split
         const float w = std::exp(mk - mx);
         lsum += w * lk;
-        const float* a = L.acc + ((L.slot_prefix[b] + k) * nh + h) * dl;
+        const float* a = L.acc + ((L.slot_base[b] + k * stride) * nh + h) * dl;
         for (int64_t c = 0; c < dl; ++c) out[c] += w * a[c];
       }
       const float inv = lsum > 0 ? 1.0f / lsum : 0.0f;
@@ -1391,8 +1478,7 @@ void mla_output(const MlaDims& d, int64_t t, float* o, const float* o_lat, const
 
 int64_t mla_decode_workspace_floats(const MlaDims& d, int64_t batch, int64_t units) {
   units = std::max<int64_t>(units, 1);
-  const int64_t ints = (2 * (batch + 1) + 15) / 16 * 16;
-  return ints + (batch + units) * d.nh * 2 + 2 * units * d.nh * d.dl;
+  return decode_layout_ints(batch) + (batch + units) * d.nh * 2 + 2 * units * d.nh * d.dl;
 }
 
 void mla_decode_absorbed(const MlaDims& d, int64_t batch, float* o_lat, const float* q_lat, const float* q, const void* cache,

@@ -79,6 +79,13 @@ int64_t mla_decode_workspace_floats(const MlaDims& d, int64_t batch, int64_t uni
 // seq_lens [B]. Long sequences are split over threads (split-K) and merged in a second pass using
 // `workspace` (mla_decode_workspace_floats(d, B, units) floats); with fewer sequences than threads,
 // the heads are split over the threads first (no merge). A sequence of length 0 gives zeros.
+// Rows of one sequence (a verify step's: consecutive rows whose block-table entries agree over the
+// earlier row's length, each at least as long as the one before) share each pass over the keys: a
+// row's heads are then heads of one wider query, and the keys past a row's own length are masked for
+// it. Its result is bitwise the one it gets alone when its key splits are the same (always at one
+// thread, and where no row is split); the rows of a group take their longest row's splits. Masked
+// keys (written cache rows of the longer row) enter the shorter row as p = 0 exactly, which a
+// non-finite latent in them would turn into NaN (0 x inf) on the bf16 path.
 // An FP8 cache is dequantized on load, a tile of rows at a time, to f32 (as mla_cache_gather), which
 // the fp32 path then reads; dl + dr must be at most kMlaFp8DecodeRow (checked by the binding).
 constexpr int64_t kMlaFp8DecodeRow = 16384;
