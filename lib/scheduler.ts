@@ -465,6 +465,10 @@ export class StepScheduler {
       });
       return out;
     } catch (err) {
+      // The step queued behind this one took its tokens and fails too, after this failure was taken
+      // off the stream: its own is taken (and dropped) before anyone hears of this one, so no stale
+      // failure is left on the stream for the model's next caller.
+      await native.synchronizeAsync(this.engine.device).catch(() => {});
       for (const r of rows) r.req?.reject(err);
       throw err;
     } finally {
