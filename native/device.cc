@@ -770,8 +770,7 @@ struct Graph::Plan {
   mutable std::mutex ahead_m;
   mutable std::shared_ptr<const Lookahead> ahead_built;
   std::shared_ptr<const Lookahead> lookahead(const cpu::ThreadPool& pool) const {
-    const char* env = std::getenv("LONGCAT_LOOKAHEAD");
-    if (env && std::strcmp(env, "0") == 0) return nullptr;
+    if (env_is("LONGCAT_LOOKAHEAD", "0")) return nullptr;
     const int P = pool.threads();
     const bool steal = pool.stealing();
     std::lock_guard<std::mutex> lk(ahead_m);
@@ -1036,8 +1035,7 @@ std::unique_ptr<Graph> Capture::end(const std::vector<std::shared_ptr<Stream>>& 
   // signal of the latest record()), so this order runs every record before its waits.
   std::stable_sort(plan->steps.begin(), plan->steps.end(), [](const auto& a, const auto& b) { return a.seq < b.seq; });
   // LONGCAT_GRAPH_FUSE=0: every step alone (A/B of the fused phases, bench/step-profile.mjs)
-  const char* fuse = std::getenv("LONGCAT_GRAPH_FUSE");
-  plan->fuse(!(fuse && std::strcmp(fuse, "0") == 0));
+  plan->fuse(!env_is("LONGCAT_GRAPH_FUSE", "0"));
   g->plan_ = std::move(plan);
   return g;
 }
@@ -1095,11 +1093,6 @@ std::vector<GraphProfile> graph_profile(bool on) {
   return out;
 }
 
-static bool hold_off() {
-  const char* e = std::getenv("LONGCAT_REPLAY_HOLD");
-  return e && std::strcmp(e, "0") == 0;
-}
-
 void Graph::replay() {
   if (exec_) {
     cuda::graph_launch(device_.index, exec_, origin_->cuda_handle());
@@ -1131,7 +1124,7 @@ void Graph::replay() {
   // scheduler round trip on the step's critical path). The plan's runner releases them.
   std::vector<std::shared_ptr<Stream>> held(n);
   size_t nheld = 0;
-  if (!hold_off())
+  if (!env_is("LONGCAT_REPLAY_HOLD", "0"))
     for (size_t i = 1; i < n; ++i)
       if (parts_[i]->try_hold()) held[i] = parts_[i], ++nheld;
   meeting->arrived.store(nheld);
@@ -1171,8 +1164,7 @@ void Graph::replay() {
 
 void Graph::prewake() {
   // (the step's other streams are held by replay(), not run: their threads stay asleep)
-  const char* e = std::getenv("LONGCAT_STREAM_PREWAKE");
-  if (e && std::strcmp(e, "0") == 0) return;
+  if (env_is("LONGCAT_STREAM_PREWAKE", "0")) return;
   if (!exec_ && plan_ && !plan_->side_by_side && !parts_.empty()) parts_[0]->prewake();
 }
 

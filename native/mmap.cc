@@ -139,10 +139,7 @@ class ChangeWatch {
   std::unordered_map<int, Watch> watches_;
 };
 
-bool watch_mappings() {
-  const char* v = std::getenv("LONGCAT_WATCH_MAPPINGS");
-  return !(v && std::strcmp(v, "0") == 0);
-}
+bool watch_mappings() { return !env_is("LONGCAT_WATCH_MAPPINGS", "0"); }
 
 }  // namespace
 

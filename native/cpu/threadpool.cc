@@ -3,6 +3,7 @@
 // replayed graph's step run by one master with the workers kept inside, see threadpool.h).
 #include "threadpool.h"
 
+#include "../common.h"
 #include "profile.h"
 
 #include <linux/futex.h>
@@ -218,10 +219,7 @@ void ThreadPool::run(int64_t nchunks, const std::function<void(int64_t)>& fn) {
 ThreadPool::Region::Region(ThreadPool& pool)
     : pool_(pool), excl_(pool.region_excl_), resize_(pool.resize_m_), prev_master_(t_master) {
   t_master = &pool;
-  {
-    const char* st = std::getenv("LONGCAT_STEAL");
-    pool.region_steal_ = st && std::strcmp(st, "1") == 0;
-  }
+  pool.region_steal_ = env_is("LONGCAT_STEAL", "1");
   {
     std::lock_guard<std::mutex> lk(pool.m_);  // (the workers' idle wait reads in_region_ under m_)
     pool.in_region_.store(true, std::memory_order_release);
