@@ -352,6 +352,13 @@ void device_synchronize(Device d) {
   for (Stream* s : this_thread_cpu_streams()) s->synchronize();
 }
 
+bool take_cpu_stream_error(std::thread::id owner, Code* code, std::string* message) {
+  std::lock_guard<std::mutex> lk(registry().m);  // (a stream leaves the registry before it stops)
+  for (Stream* s : registry().cpu_streams)
+    if (s->owner() == owner && s->take_error(code, message)) return true;
+  return false;
+}
+
 void device_raise_errors(Device d) {
   if (!d.is_cpu()) return;
   const std::vector<Stream*> streams = this_thread_cpu_streams();
@@ -568,15 +575,17 @@ bool Stream::try_hold() {
   return true;
 }
 
+void Stream::keep_error(Code code, const std::string& message) {
+  std::lock_guard<std::mutex> lk(m_);
+  if (!message.empty() && error_.empty()) error_ = message, error_code_ = code;
+}
+
 void Stream::release_hold(Code code, const std::string& error) {
+  keep_error(code, error);
   bool queued;
   {
     std::lock_guard<std::mutex> lk(m_);
     on_hold_ = false;
-    if (!error.empty() && error_.empty()) {
-      error_ = error;
-      error_code_ = code;
-    }
     queued = !queue_.empty();
   }
   if (queued)
@@ -590,12 +599,19 @@ void Stream::hold_while_captured(std::shared_ptr<Storage> s) {
   held_.push_back(std::move(s));
 }
 
-void Stream::raise_error() {
+bool Stream::take_error(Code* code, std::string* message) {
   std::lock_guard<std::mutex> lk(m_);
-  if (error_.empty()) return;
-  std::string e;
-  e.swap(error_);
-  throw Error(error_code_, e);
+  if (error_.empty()) return false;
+  *code = error_code_;
+  message->clear();
+  message->swap(error_);
+  return true;
+}
+
+void Stream::raise_error() {
+  Code code;
+  std::string message;
+  if (take_error(&code, &message)) throw Error(code, message);
 }
 
 // ---- events -----------------------------------------------------------------------------
@@ -1128,20 +1144,32 @@ void Graph::replay() {
     for (size_t i = 1; i < n; ++i)
       if (parts_[i]->try_hold()) held[i] = parts_[i], ++nheld;
   meeting->arrived.store(nheld);
+  // Every part's failure is kept on its stream before the parts go on (not thrown by its own job
+  // after the meeting), so work queued behind the step on any stream, a read (readAsync) among it,
+  // finds the step's failures already there.
+  // (Raw pointers: a part's stream lives while its job waits for the meeting; a shared_ptr in its own
+  // job could be the last one, and a stream is not destroyed on its own thread.)
+  auto running = std::make_shared<std::vector<Stream*>>(n, nullptr);
+  for (size_t i = 0; i < n; ++i)
+    if (!held[i]) (*running)[i] = parts_[i].get();
   for (size_t i = 0; i < n; ++i) {
     if (held[i]) continue;
-    parts_[i]->enqueue([plan, meeting, failures, held, i, n, queued] {
+    parts_[i]->enqueue([plan, meeting, failures, held, running, n, queued] {
       if (meeting->arrived.fetch_add(1) + 1 == n) {
-        struct Release {  // the held streams go on, with their failures, however the plan ends
+        struct Release {  // the held streams go on, and every part keeps its failure, however the plan ends
           const std::vector<std::shared_ptr<Stream>>& held;
+          const std::vector<Stream*>& running;
           const std::vector<Plan::Failure>& failures;
           ~Release() {
             for (size_t j = 0; j < held.size(); ++j)
-              if (held[j]) held[j]->release_hold(failures[j].code, failures[j].message);
+              if (held[j])
+                held[j]->release_hold(failures[j].code, failures[j].message);
+              else
+                running[j]->keep_error(failures[j].code, failures[j].message);
           }
         };
         try {
-          Release release{held, *failures};
+          Release release{held, *running, *failures};
           plan->run(*failures, queued);
         } catch (...) {  // (an exception none of ours: let the others go before it escapes)
           std::lock_guard<std::mutex> lk(meeting->m);
@@ -1156,8 +1184,6 @@ void Graph::replay() {
         std::unique_lock<std::mutex> lk(meeting->m);
         meeting->cv.wait(lk, [&] { return meeting->done; });
       }
-      const Plan::Failure& f = (*failures)[i];
-      if (!f.message.empty()) throw Error(f.code, f.message);
     });
   }
 }

@@ -191,6 +191,10 @@ class Stream {
   void release_hold(Code code, const std::string& error);
   // Throws (and clears) the error kept from queued work, without waiting (CPU; CUDA: nothing kept).
   void raise_error();
+  // The same, returned: false when none is kept. Any thread (a read's job takes it in stream order).
+  bool take_error(Code* code, std::string* message);
+  // Keeps `message` as the stream's error, as a failed job's would be (unless one is kept already).
+  void keep_error(Code code, const std::string& message);
   bool capturing() const { return captured_ != nullptr; }
   // CUDA: memory a copy captured from this stream addresses outside the device pools (pinned host
   // memory); the graph the capture ends in keeps it until it is destroyed.
@@ -321,6 +325,9 @@ void device_raise_errors(Device d);
 // away meanwhile. Other environments' streams (worker threads) are theirs to wait for; one of them
 // may be capturing.
 std::vector<Stream*> this_thread_cpu_streams();
+// The first error kept by a CPU stream that thread `owner` created, taken (cleared); false when none.
+// From any thread: a stream's job takes the errors of the work before it, in its own order.
+bool take_cpu_stream_error(std::thread::id owner, Code* code, std::string* message);
 
 // The work queued on a stream or device when the fence is made, as something any thread can wait
 // for: made on the JS thread (events recorded on the streams), waited on another, so that the JS

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <thread>
 
 #include "binding.h"
 
@@ -96,21 +97,24 @@ using CpuSettleFn = Napi::TypedThreadSafeFunction<CpuSettle, std::nullptr_t, set
 struct CpuCountdown {
   explicit CpuCountdown(int64_t n) : left(n) {}
   std::atomic<int64_t> left;
-  bool read = false;                      // readAsync: resolve with `out`
-  std::vector<Tensor> tensors;            // readAsync: kept alive until the job copied them
-  std::vector<std::vector<uint8_t>> out;  // their bytes, written by the stream's thread before the call
+  bool read = false;                                   // readAsync: resolve with `out`
+  std::vector<Tensor> tensors;                         // readAsync: kept alive until the job copied them
+  std::vector<std::vector<uint8_t>> out;               // their bytes, written by the stream's thread before the call
+  std::thread::id owner = std::this_thread::get_id();  // whose streams a read takes errors from
   std::mutex m;
   bool finalized = false;
+  Code code = Code::E_INTERNAL;  // the first error the jobs took (under m)
+  std::string error;
   CpuSettleFn fn;
 };
 
-// On the JS thread: the streams' errors (a failed step's bytes are not results), then the promise
-// (like FenceWorker::OnOK), with readAsync's bytes.
+// On the JS thread: the error the streams' jobs took (a failed step's bytes are not results), then
+// the promise (like FenceWorker::OnOK), with readAsync's bytes.
 void settle_cpu(Napi::Env env, Napi::Function, CpuSettle* c, std::nullptr_t*) {
   if (env == nullptr) return;  // the environment was torn down first: nothing to settle
   Napi::HandleScope scope(env);
   try {
-    device_raise_errors(c->device);
+    if (!c->countdown->error.empty()) throw Error(c->countdown->code, c->countdown->error);
     if (!c->countdown->read) {
       c->deferred.Resolve(env.Undefined());
       return;
@@ -147,14 +151,23 @@ Napi::Value settle_after_streams(Napi::Env env, Device d, const std::vector<Stre
     }
     delete ctx;
   });
+  // Each job takes the errors in its stream's order, when the stream gets there (not when the JS
+  // thread settles: by then the work queued behind may have failed too, and that failure is the next
+  // wait's). A read takes its own stream's, else one another stream of the thread kept (a step's part
+  // that failed on its stream, Graph::replay): its bytes depend on that step. A wait takes its own.
   for (Stream* s : streams)
     s->enqueue(
-        [cd] {
+        [cd, s] {
           for (size_t i = 0; i < cd->tensors.size(); ++i) {
             const auto* src = static_cast<const uint8_t*>(cd->tensors[i].data());
             cd->out[i].assign(src, src + cd->tensors[i].nbytes());
           }
           cd->tensors.clear();
+          {
+            std::lock_guard<std::mutex> lk(cd->m);  // (the first error only: the others stay for their next wait)
+            if (cd->error.empty() && !s->take_error(&cd->code, &cd->error) && cd->read)
+              take_cpu_stream_error(cd->owner, &cd->code, &cd->error);
+          }
           if (cd->left.fetch_sub(1) != 1) return;
           std::lock_guard<std::mutex> lk(cd->m);
           if (cd->finalized) return;

@@ -236,6 +236,32 @@ describe('readAsync: a CPU stream read back in stream order', () => {
     for (const v of [table, ids, y]) v.dispose();
     s.dispose();
   });
+
+  // Each read takes the failure of the work before it when the stream gets there: a second failure
+  // queued behind the first read is the second read's, even when both reads settle after both ran.
+  it('gives each of two reads the failure queued before it, in stream order', async () => {
+    const s = new Stream('cpu');
+    const table = tensor([1, 2, 3, 4], [2, 2]),
+      bad = tensor([0, 9], [2], { dtype: 'int32' }),
+      alsoBad = tensor([-1], [1], { dtype: 'int32' }),
+      y = empty([2, 2]),
+      y1 = empty([1, 2]);
+    native.embedding(s, y, table, bad);
+    const first = native.readAsync(s, [y]);
+    native.embedding(s, y1, table, alsoBad);
+    const second = native.readAsync(s, [y1]);
+    const third = native.readAsync(s, [table]);
+    const ran = new Event('cpu');
+    ran.record(s);
+    ran.synchronize(); // all five ran before any read settles on this thread (an event takes no error)
+    await expect(first).rejects.toMatchObject({ code: 'E_ARGUMENT', message: expect.stringMatching(/9/) });
+    await expect(second).rejects.toMatchObject({ code: 'E_ARGUMENT', message: expect.stringMatching(/-1/) });
+    const ok = await third;
+    expect(Array.from(new Float32Array(ok[0]!.buffer, ok[0]!.byteOffset, 4))).toEqual([1, 2, 3, 4]);
+    s.synchronize(); // nothing left behind on the stream
+    for (const v of [table, bad, alsoBad, y, y1]) v.dispose();
+    s.dispose();
+  });
 });
 
 describe.each(devices)('chunked prefill on %s', device => {
