@@ -1294,22 +1294,17 @@ void per_thread(int64_t n, F&& f) {
   parallel_for(n, (n + nt - 1) / nt, f);
 }
 
-// bf16 weights at more than kMaxQ tokens on AVX512-BF16, unless bf16 activations are off
-// ('highest'): absorb_q_bf16 / output_bf16, whole heads per thread.
-template <typename WT>
-bool absorb_bf16_path(int64_t t) {
+// bf16 weights (the callers' `if constexpr`) at more than kMaxQ tokens on AVX512-BF16, unless bf16
+// activations are off ('highest'): absorb_q_bf16 / output_bf16, whole heads per thread.
 #ifdef LC_ATTN_X86
-  return std::is_same_v<WT, uint16_t> && t > kMaxQ && isa() == Isa::Avx512 && features().avx512_bf16 && bf16_activations();
-#else
-  return false;
+bool absorb_bf16_path(int64_t t) { return t > kMaxQ && isa() == Isa::Avx512 && features().avx512_bf16 && bf16_activations(); }
 #endif
-}
 
 template <typename WT>
 void absorb_q_impl(const MlaDims& d, int64_t t, float* q_lat, const float* q, const WT* w) {
 #ifdef LC_ATTN_X86
   if constexpr (std::is_same_v<WT, uint16_t>)
-    if (absorb_bf16_path<WT>(t)) {
+    if (absorb_bf16_path(t)) {
       per_thread(d.nh, [&](int64_t h0, int64_t h1) { absorb_q_bf16(d, t, h0, h1, q_lat, q, w); });
       return;
     }
@@ -1355,7 +1350,7 @@ template <typename WT>
 void output_impl(const MlaDims& d, int64_t t, float* o, const float* o_lat, const WT* w) {
 #ifdef LC_ATTN_X86
   if constexpr (std::is_same_v<WT, uint16_t>)
-    if (absorb_bf16_path<WT>(t)) {
+    if (absorb_bf16_path(t)) {
       per_thread(d.nh, [&](int64_t h0, int64_t h1) { output_bf16(d, t, h0, h1, o, o_lat, w); });
       return;
     }
