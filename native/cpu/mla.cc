@@ -1306,7 +1306,8 @@ struct StreamPrefetch {
 };
 template <class Rows, class Base, class Bytes>
 StreamPrefetch<Rows, Base, Bytes> stream_prefetch(int64_t u0, int64_t u1, int64_t stride, Rows rows, Base base, Bytes bytes) {
-  StreamPrefetch<Rows, Base, Bytes> s{prefetcher<1>(u0, u1, stride, rows, base, bytes), prefetcher<2>(u0, u1, stride, rows, base, bytes)};
+  StreamPrefetch<Rows, Base, Bytes> s{prefetcher<1>(u0, u1, stride, rows, base, bytes),
+                                      prefetcher<2>(u0, u1, stride, rows, base, bytes)};
   const auto rows_in = [&](int64_t ahead) { return std::max<int64_t>(kAbsorbRows, ahead / std::max<int64_t>(1, s.near.b)); };
   s.far.next(rows_in(kAbsorbFar));
   s.near.next(rows_in(kAbsorbAhead));
