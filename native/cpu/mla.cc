@@ -46,11 +46,12 @@ inline void prefetch_line(const char* p) {
   __builtin_prefetch(p, 0, kLevel == 1 ? 3 : 2);
 #endif
 }
-// Prefetches bytes [0, n) at p into L1.
+// Prefetches bytes [0, n) at p into L1 (kLevel 1) or L2 (kLevel 2).
+template <int kLevel = 1>
 inline void prefetch_row(const void* p, int64_t n) {
   const char* c = static_cast<const char*>(p);
-  for (int64_t o = 0; o < n; o += 64) prefetch_line<1>(c + o);
-  if (n > 0) prefetch_line<1>(c + n - 1);  // (a row that starts inside a line ends in one more)
+  for (int64_t o = 0; o < n; o += 64) prefetch_line<kLevel>(c + o);
+  if (n > 0) prefetch_line<kLevel>(c + n - 1);  // (a row that starts inside a line ends in one more)
 }
 
 constexpr int kMaxQ = 4;    // query / accumulator rows per micro-kernel call
@@ -1242,7 +1243,8 @@ constexpr int64_t kColBlock = 128;        // latent columns per absorb_q work un
 constexpr int64_t kRowBlock = 32;         // W_UV rows per output work unit
 constexpr int64_t kAbsorbRows = 4;        // weight rows per micro-kernel call (both ops; output: one 4-key block)
 constexpr int64_t kAbsorbRowsMulti = 32;  // absorb_q with more than kMaxQ tokens: W_UK rows per call
-constexpr int64_t kAbsorbAhead = 4096;    // software prefetch distance along a thread's row stream, in bytes
+constexpr int64_t kAbsorbAhead = 4096;    // software prefetch distance along a thread's row stream, in bytes (L1)
+constexpr int64_t kAbsorbFar = 16384;     // the same, the request into L2
 
 // Both absorb ops are bandwidth bound at decode: every weight byte is read once per call. Their
 // units (contiguous in the weight) go out as one equal, contiguous share per thread, which each
@@ -1254,13 +1256,16 @@ constexpr int64_t kAbsorbAhead = 4096;    // software prefetch distance along a 
 // 2-core VM (bench/mla-probe.mjs: the medium preset's shapes, cold weights, one thread) the bursts
 // of 16 rows took 2.1-2.3x the time of a one-row linear of the same bytes for absorb_q and 1.3x for
 // output; this stream (4 KiB ahead; 2 and 8 KiB, and 8 or 16 rows per call, measured no better)
-// 1.4x and 1.15x. Each call's rows are summed as before (one fma chain per element in row order,
-// the same 4-key blocks): the results are bit for bit those of the tiles.
+// 1.4x and 1.15x. The rows are also requested kAbsorbFar bytes ahead into L2 (as the GEMV's row
+// streams are, linear_vec.h): in the replayed batch-1 medium step the two ops took ~1.08 ms per step
+// with the L1 request alone, ~0.69 ms with both (8 and 32 KiB as 16; the L1 distance beside it,
+// 1-8 KiB, no different). Each call's rows are summed as before (one fma chain per element in row
+// order, the same 4-key blocks): the results are bit for bit those of the tiles.
 //
 // Prefetcher: a cursor `ahead` rows along a thread's stream of weight rows, the units [u, u1) in
 // order: unit u has rows(u) rows, row r at base(u) + r * stride, bytes(u) of each read. next(n)
 // prefetches the next n rows and moves on (no division on the way: this runs per few rows).
-template <class Rows, class Base, class Bytes>
+template <int kLevel, class Rows, class Base, class Bytes>
 struct Prefetcher {
   int64_t u1, stride;
   Rows rows;
@@ -1275,17 +1280,38 @@ struct Prefetcher {
   }
   void next(int64_t k) {
     for (; k > 0 && u < u1; --k) {
-      prefetch_row(p, b);
+      prefetch_row<kLevel>(p, b);
       p += stride;
       if (++r == n) enter(u + 1);
     }
   }
 };
-template <class Rows, class Base, class Bytes>
-Prefetcher<Rows, Base, Bytes> prefetcher(int64_t u0, int64_t u1, int64_t stride, Rows rows, Base base, Bytes bytes) {
-  Prefetcher<Rows, Base, Bytes> pf{u1, stride, rows, base, bytes};
+template <int kLevel = 1, class Rows, class Base, class Bytes>
+Prefetcher<kLevel, Rows, Base, Bytes> prefetcher(int64_t u0, int64_t u1, int64_t stride, Rows rows, Base base, Bytes bytes) {
+  Prefetcher<kLevel, Rows, Base, Bytes> pf{u1, stride, rows, base, bytes};
   pf.enter(u0);
   return pf;
+}
+// A thread's two requests along its row stream: each row into L1 kAbsorbAhead bytes ahead, and
+// into L2 kAbsorbFar bytes ahead (L2's miss queue is deeper; the L1 requests then hit L2). Made
+// with the stream's first rows requested; next(n) as Prefetcher's, both cursors.
+template <class Rows, class Base, class Bytes>
+struct StreamPrefetch {
+  Prefetcher<1, Rows, Base, Bytes> near;
+  Prefetcher<2, Rows, Base, Bytes> far;
+  void next(int64_t k) {
+    far.next(k);
+    near.next(k);
+  }
+};
+template <class Rows, class Base, class Bytes>
+StreamPrefetch<Rows, Base, Bytes> stream_prefetch(int64_t u0, int64_t u1, int64_t stride, Rows rows, Base base, Bytes bytes) {
+  StreamPrefetch<Rows, Base, Bytes> s{prefetcher<1>(u0, u1, stride, rows, base, bytes),
+                                      prefetcher<2>(u0, u1, stride, rows, base, bytes)};
+  const auto rows_in = [&](int64_t ahead) { return std::max<int64_t>(kAbsorbRows, ahead / std::max<int64_t>(1, s.near.b)); };
+  s.far.next(rows_in(kAbsorbFar));
+  s.near.next(rows_in(kAbsorbAhead));
+  return s;
 }
 // [0, n) as one chunk per thread
 template <typename F>
@@ -1317,11 +1343,9 @@ void absorb_q_impl(const MlaDims& d, int64_t t, float* q_lat, const float* q, co
     // W_UK rows of unit u: head u / cblocks, columns from (u % cblocks) * cb
     const auto width = [&](int64_t u) { return std::min(cb, dl - (u % cblocks) * cb); };
     const auto ubase = [&](int64_t u) { return w + (u / cblocks) * dkv * dl + (u % cblocks) * cb; };
-    auto pf = prefetcher(
+    auto pf = stream_prefetch(
         u0, u1, dl * static_cast<int64_t>(sizeof(WT)), [&](int64_t) { return dn; }, ubase,
         [&](int64_t u) { return width(u) * static_cast<int64_t>(sizeof(WT)); });
-    const int64_t ahead = std::max<int64_t>(kAbsorbRows, kAbsorbAhead / std::max<int64_t>(1, width(u0) * sizeof(WT)));
-    pf.next(ahead);  // the stream's first rows
     // A call sums `group` rows into its tokens' accumulators, kept in registers over the call: at
     // decode 4 rows (the stream's step); with more tokens up to kAbsorbRowsMulti, whose kColBlock
     // columns stay in L1 for every token group (a small GEMM, instead of reloading the
@@ -1362,10 +1386,8 @@ void output_impl(const MlaDims& d, int64_t t, float* o, const float* o_lat, cons
     // W_UV rows of unit u: head u / rblocks, rows from (u % rblocks) * kRowBlock
     const auto len = [&](int64_t u) { return std::min(kRowBlock, dv - (u % rblocks) * kRowBlock); };
     const auto ubase = [&](int64_t u) { return w + ((u / rblocks) * dkv + dn + (u % rblocks) * kRowBlock) * dl; };
-    auto pf = prefetcher(u0, u1, dl * static_cast<int64_t>(sizeof(WT)), len, ubase,
-                         [&](int64_t) { return dl * static_cast<int64_t>(sizeof(WT)); });
-    const int64_t ahead = std::max<int64_t>(kAbsorbRows, kAbsorbAhead / std::max<int64_t>(1, dl * sizeof(WT)));
-    pf.next(ahead);
+    auto pf = stream_prefetch(u0, u1, dl * static_cast<int64_t>(sizeof(WT)), len, ubase,
+                              [&](int64_t) { return dl * static_cast<int64_t>(sizeof(WT)); });
     const WT* rows[kAbsorbRows];
     for (int64_t u = u0; u < u1; ++u) {
       const int64_t h = u / rblocks, r0 = (u % rblocks) * kRowBlock, n = len(u);
