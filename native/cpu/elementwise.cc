@@ -250,6 +250,8 @@ void scale_groups(int64_t rows, int64_t cols, const float* x, const float* scale
   });
 }
 
+int32_t argmax_row(const float* x, int64_t V) { return by_isa(isa(), argmax_avx512, argmax_avx2, argmax_row_scalar)(x, V); }
+
 void argmax(int64_t rows, int64_t V, const float* x, int32_t* idx) {
   const Isa is = isa();
   parallel_for(rows, std::max<int64_t>(1, kGrain / std::max<int64_t>(V, 1)), [&](int64_t b, int64_t e) {
