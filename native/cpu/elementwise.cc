@@ -225,7 +225,8 @@ int64_t embedding(int64_t T, int64_t H, const void* table, DType tt, int64_t V, 
 
 void silu_mul(int64_t n, const float* gate, const float* up, float* y) {
   const Isa is = isa();
-  parallel_for(n, kGrain,
+  // a quarter grain: exp-bound, 8 x 1024 values take ~4 us on one thread
+  parallel_for(n, kGrain / 4,
                [&](int64_t b, int64_t e) { by_isa(is, silu_mul_avx512, silu_mul_avx2, silu_mul_scalar)(b, e, gate, up, y); });
 }
 
