@@ -76,9 +76,8 @@ export function mtpForward(c: Step, w: ModelWeights, hPrev: Tensor): Tensor {
     zh = a.f32([T, H]);
   linear(s, a, z, e, m.ehEmbed);
   linear(s, a, zh, hn, m.ehHidden);
-  native.add(s, z, z, zh);
   const n0 = a.f32([T, H]);
-  native.rmsnorm(s, n0, z, m.inputNorm, d.eps);
+  native.rmsnorm(s, n0, z, m.inputNorm, d.eps, zh, z); // z += zh; n0 = norm(z)
   // Every row's latent goes to the MTP cache, but past the latents every op is row by row: only the
   // rows whose logits are wanted go on. A speculative step's draft: B rows, not 2 B -- in decode from
   // the attention's queries on (they read the cache, not each other), in prefill after the attention.
