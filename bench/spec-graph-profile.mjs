@@ -160,7 +160,12 @@ for (const g of graphs) {
   for (const [k, v] of lin) sums.set(k, v);
   for (const [k, v] of draftOps) if (!k.startsWith('linear')) sums.set(k, v);
   if (draftOps.size) {
-    const all = [...draftOps.values()].reduce((a, b) => ({ ns: a.ns + b.ns, bytes: a.bytes + b.bytes, wait: a.wait + b.wait, n: a.n + b.n }));
+    const all = [...draftOps.values()].reduce((a, b) => ({
+      ns: a.ns + b.ns,
+      bytes: a.bytes + b.bytes,
+      wait: a.wait + b.wait,
+      n: a.n + b.n,
+    }));
     sums.set('MTP head (draft)', all);
   }
   for (const [op, b] of [...sums.entries()].sort((x, y) => y[1].ns - x[1].ns))

@@ -170,7 +170,9 @@ describe('sample', () => {
         Float32Array.from({ length: V }, () => Math.round(r.normal() * 2)), // many ties
       ];
       const x = new Float32Array(rows.length * V);
-      rows.forEach((row, i) => x.set(row, i * V));
+      rows.forEach((row, i) => {
+        x.set(row, i * V);
+      });
       expect(Array.from(sample(x, rows.length, V, { ...P0, temperature: 0 }, 1, 0)), `V ${V}`).toEqual(rows.map(scalar));
     }
   });
