@@ -636,7 +636,7 @@ struct GemmF32 {
 
 // GEMV for t <= kGemvMaxRows, else the fp32 GEMM; an f32 weight at up to 2 kGemvMaxRows rows (a
 // batch-8 verify's MoE router) runs the GEMV twice instead, the second pass over W warm in L2: the
-// GEMM's setup cost that 16-row call 2.6x the 8-row GEMV's time in the step (bench/RESULTS.md,
+// GEMM took that 16-row call ~2x the 8-row GEMV's time in the step (bench/RESULTS.md,
 // wt16-spec), and each row's result is then its result at <= 8 rows.
 template <class L>
 void linear_vec(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType yt) {
