@@ -118,6 +118,18 @@ const summary = [];
 const graphs = perVariant.flatMap((m, v) => [...m.entries()].map(([k, g]) => ({ ...g, label: `${VARIANTS[v] ?? ''} ${k}` })));
 for (const g of graphs) {
   const sums = new Map();
+  const draftFrom = g.nodes.findIndex(n => n.op === 'sampleSpeculative'); // the MTP head's nodes follow
+  const draftOps = new Map(); // the MTP head's nodes by op (also counted in their op's line)
+  g.nodes.forEach((n, i) => {
+    if (draftFrom < 0 || i <= draftFrom) return;
+    const key = `${n.op} (draft)`;
+    const b = draftOps.get(key) ?? { ns: 0, bytes: 0, wait: 0, n: 0 };
+    b.ns += n.ns;
+    b.bytes += n.weightBytes;
+    b.wait += n.waitNs;
+    b.n++;
+    draftOps.set(key, b);
+  });
   for (const n of g.nodes) {
     const b = sums.get(n.op) ?? { ns: 0, bytes: 0, wait: 0, n: 0 };
     b.ns += n.ns;
@@ -135,7 +147,6 @@ for (const g of graphs) {
   );
   // the linears by weight size (per node: its bytes per replay)
   const lin = new Map();
-  const draftFrom = g.nodes.findIndex(n => n.op === 'sampleSpeculative'); // the MTP head's nodes follow
   g.nodes.forEach((n, i) => {
     if (n.op !== 'linear') return;
     const key = `linear ${(n.weightBytes / R / 1e6).toFixed(3)} MB${draftFrom >= 0 && i > draftFrom ? ' (draft)' : ''}`;
@@ -147,6 +158,16 @@ for (const g of graphs) {
     lin.set(key, b);
   });
   for (const [k, v] of lin) sums.set(k, v);
+  for (const [k, v] of draftOps) if (!k.startsWith('linear')) sums.set(k, v);
+  if (draftOps.size) {
+    const all = [...draftOps.values()].reduce((a, b) => ({
+      ns: a.ns + b.ns,
+      bytes: a.bytes + b.bytes,
+      wait: a.wait + b.wait,
+      n: a.n + b.n,
+    }));
+    sums.set('MTP head (draft)', all);
+  }
   for (const [op, b] of [...sums.entries()].sort((x, y) => y[1].ns - x[1].ns))
     console.log(
       `  ${op.padEnd(20)} ${(b.ns / R / 1e3).toFixed(1).padStart(8)} us  x${String(b.n).padStart(3)}  ${(b.bytes / R / 1e6).toFixed(2).padStart(7)} MB  ${b.bytes ? (b.bytes / b.ns).toFixed(1).padStart(5) : '    -'} GB/s  join wait ${(b.wait / R / 1e3).toFixed(1)} us`,

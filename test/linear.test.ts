@@ -295,6 +295,31 @@ describe('linear', () => {
     expect(checked).toBe(3 * 2 * 2 * 7 * isas.length * 3);
   });
 
+  it('f32 weights at 9-16 rows (the GEMV in two passes): each row the same bits as at 1-8 rows, x and y f32 / bf16', () => {
+    const r = rng(1602);
+    for (const [k, n] of [
+      [512, 48],
+      [99, 13],
+    ] as const) {
+      const w = makeWeight(r, 'f32', n, k);
+      for (const xt of fdtypes)
+        for (const yt of fdtypes)
+          for (const t of [9, 12, 16]) {
+            const x = makeX(r, xt, t, k);
+            const want = reference(x.ref, w.ref, t, n, k);
+            eachIsa(isa => {
+              const got = runLinear(x.x, w, t, n, yt);
+              check(got, want, k, bf16Rounding(isa, 'f32', xt, t), yt, `${isa} t=${t} k=${k} n=${n} x ${xt} y ${yt}`);
+              const head = runLinear(x.x.narrow(0, 8), w, 8, n, yt),
+                tail = runLinear(x.x.narrow(8, t - 8), w, t - 8, n, yt);
+              expect(Array.from(got), `${isa} t=${t} x ${xt} y ${yt}`).toEqual([...head, ...tail]);
+            });
+            x.x.dispose();
+          }
+      w.dispose();
+    }
+  });
+
   it('9-16 rows times bf16 weights with k a multiple of 32 (x rows in the lanes, no horizontal sums): x and y f32 / bf16, odd n, the same bits at 1, 2 and 3 threads', () => {
     const r = rng(1601);
     const threads = native.threads();

@@ -149,6 +149,34 @@ describe('sample', () => {
     }
   });
 
+  it('greedy edge rows equal the scalar rule (first strict maximum, NaN never wins, else 0) at SIMD widths and tails', () => {
+    const scalar = (x: Float32Array) => {
+      let best = -Infinity,
+        idx = 0;
+      x.forEach((v, j) => {
+        if (v > best) [best, idx] = [v, j];
+      });
+      return idx;
+    };
+    const r = rng(13);
+    const special = [NaN, -Infinity, Infinity, 0, -0, 1, 1];
+    for (const V of [1, 2, 7, 8, 15, 16, 17, 31, 33, 100, 4099]) {
+      const rows: Float32Array[] = [
+        new Float32Array(V).fill(NaN),
+        new Float32Array(V).fill(-Infinity),
+        Float32Array.from({ length: V }, (_, j) => (j % 2 ? -Infinity : NaN)),
+        Float32Array.from({ length: V }, (_, j) => (j % 3 ? 0 : -0)),
+        Float32Array.from({ length: V }, () => special[r.int(special.length)]!),
+        Float32Array.from({ length: V }, () => Math.round(r.normal() * 2)), // many ties
+      ];
+      const x = new Float32Array(rows.length * V);
+      rows.forEach((row, i) => {
+        x.set(row, i * V);
+      });
+      expect(Array.from(sample(x, rows.length, V, { ...P0, temperature: 0 }, 1, 0)), `V ${V}`).toEqual(rows.map(scalar));
+    }
+  });
+
   it('edge rows: all -inf, +inf, NaN logits, V = 1', () => {
     const p = { ...P0, temperature: 1 };
     expect(Array.from(sample(new Float32Array([-Infinity, -Infinity, -Infinity]), 1, 3, p, 1, 1))).toEqual([0]);

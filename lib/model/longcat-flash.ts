@@ -76,20 +76,24 @@ export function mtpForward(c: Step, w: ModelWeights, hPrev: Tensor): Tensor {
     zh = a.f32([T, H]);
   linear(s, a, z, e, m.ehEmbed);
   linear(s, a, zh, hn, m.ehHidden);
-  native.add(s, z, z, zh);
   const n0 = a.f32([T, H]);
-  native.rmsnorm(s, n0, z, m.inputNorm, d.eps);
-  const attn = mla(c, a, m.attn, n0, c.caches[2 * d.layers]!);
-  // From here on every op is row by row: only the rows whose logits are wanted go on (the attention
-  // above wrote every row's latent to the cache). A speculative step's draft: B rows, not 2 B.
+  native.rmsnorm(s, n0, z, m.inputNorm, d.eps, zh, z); // z += zh; n0 = norm(z)
+  // Every row's latent goes to the MTP cache, but past the latents every op is row by row: only the
+  // rows whose logits are wanted go on. A speculative step's draft: B rows, not 2 B -- in decode from
+  // the attention's queries on (they read the cache, not each other), in prefill after the attention.
+  const lastRow = c.batch.lastRow;
+  const queries = lastRow && c.batch.mode === 'decode' ? queryRows(c, a, lastRow) : undefined;
+  const attn = mla(c, a, m.attn, n0, c.caches[2 * d.layers]!, queries);
   let zl = z,
     al = attn;
-  if (c.batch.lastRow) {
-    const n = c.batch.lastRow.shape[0]!;
+  if (lastRow) {
+    const n = lastRow.shape[0]!;
     zl = a.f32([n, H]);
-    al = a.f32([n, H]);
-    native.gatherRows(s, zl, z, c.batch.lastRow);
-    native.gatherRows(s, al, attn, c.batch.lastRow);
+    native.gatherRows(s, zl, z, lastRow);
+    if (!queries) {
+      al = a.f32([n, H]);
+      native.gatherRows(s, al, attn, lastRow);
+    }
   }
   const rows = zl.shape[0]!;
   const n1 = a.f32([rows, H]);
@@ -139,36 +143,80 @@ export function* decoderLayer(c: Step, l: number, w: LayerWeights, h: Tensor): P
   a.dispose();
 }
 
+/** The decode rows whose attention outputs are wanted (the rest only write their latents): their
+ *  indices into the batch, and the batch's positions, block tables and key counts at those rows. */
+export interface QueryRows {
+  idx: Tensor; // [n]
+  positions: Tensor; // [n]
+  blockTable: Tensor; // [n, maxBlocks]
+  seqLens: Tensor; // [n]
+}
+
+/** The batch's decode metadata at rows `idx`, gathered on the main stream. */
+function queryRows(c: Step, a: Arena, idx: Tensor): QueryRows {
+  const b = c.batch,
+    s = c.main,
+    n = idx.shape[0]!;
+  const q = {
+    idx,
+    positions: a.i32([n]),
+    blockTable: a.i32([n, b.blockTable!.shape[1]!]),
+    seqLens: a.i32([n]),
+  };
+  native.gatherRows(s, q.positions, b.positions, idx);
+  native.gatherRows(s, q.blockTable, b.blockTable!, idx);
+  native.gatherRows(s, q.seqLens, b.seqLens!, idx);
+  return q;
+}
+
 /** Multi-head latent attention (SPEC 3.5; decode: the absorbed form, SPEC 5.2). Writes the batch's
- *  latents into `cache`; returns o_proj's output [T, hidden]. */
-export function mla(c: Step, a: Arena, w: MlaWeights, x: Tensor, cache: Tensor): Tensor {
+ *  latents into `cache`; returns o_proj's output [T, hidden], or in decode with `rows` only those
+ *  rows' outputs [n, hidden] (the queries, attention and o_proj run on them alone). */
+export function mla(c: Step, a: Arena, w: MlaWeights, x: Tensor, cache: Tensor, rows?: QueryRows): Tensor {
   const d = c.dims,
     s = c.main,
     b = c.batch,
     T = b.T,
     nh = d.heads;
-  // The three projections of x back to back: a CPU graph replay runs them as one parallel phase.
-  const cq = a.f32([T, d.qLora]),
+  let xq = x,
+    Tq = T;
+  if (rows) {
+    Tq = rows.idx.shape[0]!;
+    xq = a.f32([Tq, d.hidden]);
+    native.gatherRows(s, xq, x, rows.idx);
+  }
+  const positions = rows?.positions ?? b.positions;
+  // The three projections back to back: a CPU graph replay runs them as one parallel phase.
+  const cq = a.f32([Tq, d.qLora]),
     ckv = a.f32([T, d.kvLora]),
     kpe = a.f32([T, 1, d.rope]);
-  linear(s, a, cq, x, w.qA);
+  linear(s, a, cq, xq, w.qA);
   linear(s, a, ckv, x, w.kvLatent);
   linear(s, a, kpe.view([T, d.rope]), x, w.kvRope);
   native.rmsnorm(s, cq, cq, w.qNorm, d.latentEps);
-  const q = a.f32([T, nh, d.nope + d.rope]);
-  linear(s, a, q.view([T, nh * (d.nope + d.rope)]), cq, w.qB);
-  native.rope(s, q, b.positions, d.nope, c.invFreq, d.ropeAttentionFactor);
+  const q = a.f32([Tq, nh, d.nope + d.rope]);
+  linear(s, a, q.view([Tq, nh * (d.nope + d.rope)]), cq, w.qB);
+  native.rope(s, q, positions, d.nope, c.invFreq, d.ropeAttentionFactor);
   native.rmsnorm(s, ckv, ckv, w.kvNorm, d.latentEps);
   native.rope(s, kpe, b.positions, 0, c.invFreq, d.ropeAttentionFactor);
   native.mlaCacheWrite(s, cache, ckv, kpe.view([T, d.rope]), b.slots);
 
-  const o = a.f32([T, nh, d.v]);
+  const o = a.f32([Tq, nh, d.v]);
   if (b.mode === 'decode') {
-    const qLat = a.f32([T, nh, d.kvLora]);
+    const qLat = a.f32([Tq, nh, d.kvLora]);
     native.mlaAbsorbQ(s, qLat, q, w.kvB, d.nope);
     if (w.kvBScales) native.scaleGroups(s, qLat, qLat, w.kvBScales.uk, 128); // W_UK = codes x block scale
-    const oLat = a.f32([T, nh, d.kvLora]);
-    native.mlaDecodeAbsorbed(s, oLat, qLat, q, cache, b.blockTable!, b.seqLens!, d.softmaxScale);
+    const oLat = a.f32([Tq, nh, d.kvLora]);
+    native.mlaDecodeAbsorbed(
+      s,
+      oLat,
+      qLat,
+      q,
+      cache,
+      rows?.blockTable ?? b.blockTable!,
+      rows?.seqLens ?? b.seqLens!,
+      d.softmaxScale,
+    );
     if (w.kvBScales) native.scaleGroups(s, oLat, oLat, w.kvBScales.uv, 128); // W_UV's scales, folded into o_lat
     native.mlaOutput(s, o, oLat, w.kvB);
   } else {
@@ -190,8 +238,8 @@ export function mla(c: Step, a: Arena, w: MlaWeights, x: Tensor, cache: Tensor):
     linear(s, a, kvb.view([S, nh * (d.nope + d.v)]), ckvAll, w.kvBLinear);
     native.mlaPrefill(s, o, q, kvb, kpeAll, b.qStart!, b.kvStart!, d.softmaxScale);
   }
-  const out = a.f32([T, d.hidden]);
-  linear(s, a, out, o.view([T, nh * d.v]), w.o);
+  const out = a.f32([Tq, d.hidden]);
+  linear(s, a, out, o.view([Tq, nh * d.v]), w.o);
   return out;
 }
 

@@ -27,6 +27,9 @@ void scale_groups(int64_t rows, int64_t cols, const float* x, const float* scale
 
 // idx[r] = argmax_j x[r, j]; ties -> lowest index; NaN never wins; a row of only -inf/NaN -> 0.
 void argmax(int64_t rows, int64_t V, const float* x, int32_t* idx);
+// The same rule on one row, on the calling thread (the samplers' greedy rows). Comparisons only:
+// the same index on every ISA.
+int32_t argmax_row(const float* x, int64_t V);
 
 // y[r, :] = softmax(x[r, :]) (or log_softmax when `log`), max-subtracted. y may alias x.
 void softmax(int64_t rows, int64_t V, const float* x, float* y, bool log);

@@ -634,10 +634,19 @@ struct GemmF32 {
 // ---------------------------------------------------------------------------------------------
 // Entry points.
 
-// GEMV for t <= kGemvMaxRows, else the fp32 GEMM.
+// GEMV for t <= kGemvMaxRows, else the fp32 GEMM; an f32 weight at up to 2 kGemvMaxRows rows (a
+// batch-8 verify's MoE router) runs the GEMV twice instead, the second pass over W warm in L2: the
+// GEMM took that 16-row call ~2x the 8-row GEMV's time in the step (bench/RESULTS.md,
+// wt16-spec), and each row's result is then its result at <= 8 rows.
 template <class L>
 void linear_vec(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType yt) {
   using V = typename L::V;
+  if (t > kGemvMaxRows && t <= 2 * kGemvMaxRows && w.dtype == DType::F32) {
+    linear_vec<L>(kGemvMaxRows, x, xt, w, y, yt);
+    linear_vec<L>(t - kGemvMaxRows, static_cast<const char*>(x) + kGemvMaxRows * w.k * dtype_size(xt), xt, w,
+                  static_cast<char*>(y) + kGemvMaxRows * w.n * dtype_size(yt), yt);
+    return;
+  }
   if (t > kGemvMaxRows) {
     gemm<GemmF32<L>>(t, x, xt, w, y, yt);
     return;

@@ -157,7 +157,9 @@ static void rmsnorm_t(int64_t rows, int64_t dim, const float* x, const float* ad
                       void* y) {
   constexpr bool WB = sizeof(WT) == 2, YB = sizeof(YT) == 2;
   const Isa is = isa();
-  parallel_for(rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(dim, 1)), [&](int64_t b, int64_t e) {
+  // ~4k values a chunk: a batch-8 verify's 16 rows of 512 on both threads (each row's result is
+  // the same in any split).
+  parallel_for(rows, std::max<int64_t>(1, 4096 / std::max<int64_t>(dim, 1)), [&](int64_t b, int64_t e) {
     if (is == Isa::Avx512)
       rmsnorm_rows_avx512<WB, YB>(b, e, dim, x, add, h_out, w, eps, y);
     else if (is == Isa::Avx2)

@@ -12,7 +12,8 @@
 // sample and sample_speculative alike). u comes from a counter-based RNG (sampling.h:
 // splitmix64 of seed, step, row), so a row's token is a pure function of its logits, the
 // parameters, seed, step and row index: reproducible across runs, thread counts and ISAs (the
-// sampler uses no ISA-specific arithmetic). Weights are exp(z - zmax) in f32, sums in f64.
+// sampler uses no ISA-specific arithmetic; greedy rows take elementwise.h's SIMD argmax_row, which
+// only compares). Weights are exp(z - zmax) in f32, sums in f64.
 // Cost: top-k uses a bounded heap (O(V log k)) for k <= 4096, nth_element otherwise; top-p
 // finds the nucleus boundary by a mass-guided quickselect (expected O(V)), never a full sort.
 // sample_speculative (the rule in sampling.h) runs a sequence's rows in order on one thread,
@@ -25,6 +26,7 @@
 #include <vector>
 
 #include "../common.h"
+#include "elementwise.h"
 #include "threadpool.h"
 
 namespace lc::cpu {
@@ -37,17 +39,6 @@ struct Cand {
 };
 // Strict "comes before": larger weight first, then lower token id.
 inline bool better(const Cand& a, const Cand& b) { return a.w > b.w || (a.w == b.w && a.i < b.i); }
-
-int32_t argmax_row(const float* x, int64_t V) {
-  float best = -std::numeric_limits<float>::infinity();
-  int32_t idx = 0;
-  for (int64_t j = 0; j < V; ++j)
-    if (x[j] > best) {
-      best = x[j];
-      idx = static_cast<int32_t>(j);
-    }
-  return idx;
-}
 
 // Steps 0-4: the survivors of row l in c[0, n), (weight, id) in the order the draw walks them;
 // returns n >= 1. A greedy row, and a row whose largest z is -inf or +inf, has one survivor: the
