@@ -266,13 +266,13 @@ __attribute__((always_inline)) inline void prefetch_row(const char* base, int64_
     else                                                                                                            \
       a##r##_1 = dp_pair<r % 3, 4 * P>(a##r##_1, xv, r / 3 == 0 ? b0 : r / 3 == 1 ? b1 : r / 3 == 2 ? b2 : b3, ld); \
   }
-#define LC_LANES_PAIR(P)                                                                                                   \
-  {                                                                                                                        \
-    const __m512bh xv = (__m512bh)_mm512_load_si512(xb + P * kLanesRows);                                                  \
-    LC_LANES_PF1(P)                                                                                                        \
-    LC_LANES_PF2(P - 4) LC_LANES_ROW(0, P) LC_LANES_ROW(1, P) LC_LANES_ROW(2, P) LC_LANES_ROW(3, P) LC_LANES_ROW(4, P)     \
-        LC_LANES_ROW(5, P) LC_LANES_ROW(6, P) LC_LANES_ROW(7, P) LC_LANES_ROW(8, P) LC_LANES_ROW(9, P) LC_LANES_ROW(10, P) \
-            LC_LANES_ROW(11, P)                                                                                            \
+#define LC_LANES_PAIR(P)                                                                                                    \
+  {                                                                                                                         \
+    const __m512bh xv = (__m512bh)_mm512_load_si512(xb + P * kLanesRows);                                                   \
+    LC_LANES_PF1(P)                                                                                                         \
+    LC_LANES_PF2(P - 4)                                                                                                     \
+    LC_LANES_ROW(0, P) LC_LANES_ROW(1, P) LC_LANES_ROW(2, P) LC_LANES_ROW(3, P) LC_LANES_ROW(4, P) LC_LANES_ROW(5, P)       \
+        LC_LANES_ROW(6, P) LC_LANES_ROW(7, P) LC_LANES_ROW(8, P) LC_LANES_ROW(9, P) LC_LANES_ROW(10, P) LC_LANES_ROW(11, P) \
   }
 #define LC_LANES_PF1(r)                  \
   if constexpr ((r) >= 0 && (r) < 4 * G) \
@@ -305,15 +305,92 @@ __attribute__((always_inline)) inline void lanes_block(const uint32_t* xq, const
   const uint32_t* xb = xq;
   for (const uint32_t* const xe = xq + k / 2 * kLanesRows; xb != xe; xb += 16 * kLanesRows) {
     LC_LANES_PAIR(0)
-    LC_LANES_PAIR(1) LC_LANES_PAIR(2) LC_LANES_PAIR(3) LC_LANES_PAIR(4) LC_LANES_PAIR(5) LC_LANES_PAIR(6) LC_LANES_PAIR(7)
-        LC_LANES_PAIR(8) LC_LANES_PAIR(9) LC_LANES_PAIR(10) LC_LANES_PAIR(11) LC_LANES_PAIR(12) LC_LANES_PAIR(13)
-            LC_LANES_PAIR(14) LC_LANES_PAIR(15) b0 += 64,
+    LC_LANES_PAIR(1)
+    LC_LANES_PAIR(2) LC_LANES_PAIR(3) LC_LANES_PAIR(4) LC_LANES_PAIR(5) LC_LANES_PAIR(6) LC_LANES_PAIR(7) LC_LANES_PAIR(8)
+        LC_LANES_PAIR(9) LC_LANES_PAIR(10) LC_LANES_PAIR(11) LC_LANES_PAIR(12) LC_LANES_PAIR(13) LC_LANES_PAIR(14)
+            LC_LANES_PAIR(15) b0 += 64,
         b1 += 64, b2 += 64, b3 += 64, pn += 64 * 4 * G;
+  }
+  LC_LANES_STORE(0)
+  LC_LANES_STORE(1)
+  LC_LANES_STORE(2) LC_LANES_STORE(3) LC_LANES_STORE(4) LC_LANES_STORE(5) LC_LANES_STORE(6) LC_LANES_STORE(7) LC_LANES_STORE(8)
+      LC_LANES_STORE(9) LC_LANES_STORE(10) LC_LANES_STORE(11)
+}
+
+// Rows 4 KiB apart (k a multiple of 2048: LongCat's k = 6144 too) put lanes_block's 12 lines at one
+// k offset into one L1 set of 8 ways: the broadcasts miss L1 (1 thread: 147-181 GFLOP/s against
+// 210-231 at k = 2560). Here group g of 4 rows starts at line g * kLanesSkew and wraps around (the
+// groups' lines 21 sets apart), each group with its own x load per pair: each output still sums
+// its pairs in one fixed order (its chains rotated by its group's start), at any thread count.
+constexpr int64_t kLanesSkew = 21;
+inline bool lanes_skewed(int64_t k) { return (k * 2) % 4096 == 0; }
+
+// Group g's row i at rg (+ ld, 2 ld, 3 ld: 3 ld as the index ld3)
+#define LC_SKEW_DP(g, i, r, P)                                                               \
+  if constexpr (g < G) {                                                                     \
+    if constexpr (P % 2 == 0)                                                                \
+      a##r##_0 = dp_pair<(i == 3 ? 1 : i), 4 * P>(a##r##_0, x##g, gp##g, i == 3 ? ld3 : ld); \
+    else                                                                                     \
+      a##r##_1 = dp_pair<(i == 3 ? 1 : i), 4 * P>(a##r##_1, x##g, gp##g, i == 3 ? ld3 : ld); \
+  }
+#define LC_SKEW_PF1(r)                                              \
+  if constexpr ((r) < 4 * G) {                                      \
+    const char* gp = (r) / 4 == 0 ? gp0 : (r) / 4 == 1 ? gp1 : gp2; \
+    if constexpr ((r) % 4 == 3)                                     \
+      prefetch_row<1, 64 * kLanesL1Lines, 0>(gp, ld3);              \
+    else                                                            \
+      prefetch_row<(r) % 4, 64 * kLanesL1Lines, 0>(gp, ld);         \
+  }
+#define LC_SKEW_PAIR(P)                                                                                                     \
+  {                                                                                                                         \
+    const __m512bh x0 = (__m512bh)_mm512_load_si512(x0p + P * kLanesRows);                                                  \
+    __m512bh x1, x2;                                                                                                        \
+    if constexpr (G > 1) x1 = (__m512bh)_mm512_load_si512(x1p + P * kLanesRows);                                            \
+    if constexpr (G > 2) x2 = (__m512bh)_mm512_load_si512(x2p + P * kLanesRows);                                            \
+    LC_SKEW_PF1(P)                                                                                                          \
+    LC_LANES_PF2(P - 4)                                                                                                     \
+    LC_SKEW_DP(0, 0, 0, P)                                                                                                  \
+    LC_SKEW_DP(0, 1, 1, P) LC_SKEW_DP(0, 2, 2, P) LC_SKEW_DP(0, 3, 3, P) LC_SKEW_DP(1, 0, 4, P) LC_SKEW_DP(1, 1, 5, P)      \
+        LC_SKEW_DP(1, 2, 6, P) LC_SKEW_DP(1, 3, 7, P) LC_SKEW_DP(2, 0, 8, P) LC_SKEW_DP(2, 1, 9, P) LC_SKEW_DP(2, 2, 10, P) \
+            LC_SKEW_DP(2, 3, 11, P)                                                                                         \
+  }
+// Group g's row and x pointers one line on, back to line 0 at the row's end.
+#define LC_SKEW_STEP(g)                                       \
+  if constexpr (g < G) {                                      \
+    gp##g += 64, x##g##p += 16 * kLanesRows;                  \
+    if (++l##g == lines) gp##g -= ld, x##g##p = xq, l##g = 0; \
+  }
+
+// lanes_block for lanes_skewed(k) (k >= 2048, so 2 kLanesSkew < k / 32 lines).
+template <int G>
+__attribute__((always_inline)) inline void lanes_block_skewed(const uint32_t* xq, const uint16_t* w, int64_t k, float* out,
+                                                              const uint16_t* next) {
+  static_assert(G >= 1 && G <= kLanesGroups && kLanesGroups == 3 && kLanesChains == 2, "lanes_block: 1 to 3 groups of 4 outputs");
+  const __m512 z = _mm512_setzero_ps();
+  __m512 a0_0 = z, a0_1 = z, a1_0 = z, a1_1 = z, a2_0 = z, a2_1 = z, a3_0 = z, a3_1 = z, a4_0 = z, a4_1 = z, a5_0 = z, a5_1 = z;
+  __m512 a6_0 = z, a6_1 = z, a7_0 = z, a7_1 = z, a8_0 = z, a8_1 = z, a9_0 = z, a9_1 = z, a10_0 = z, a10_1 = z, a11_0 = z,
+         a11_1 = z;
+  const int64_t ld = k * 2, ld3 = 3 * ld, lines = k / 32;
+  int64_t l0 = 0, l1 = kLanesSkew, l2 = 2 * kLanesSkew;
+  const char* gp0 = reinterpret_cast<const char*>(w);
+  const char* gp1 = gp0 + 4 * ld + l1 * 64;
+  const char* gp2 = gp0 + 8 * ld + l2 * 64;
+  const uint32_t *x0p = xq, *x1p = xq + l1 * 16 * kLanesRows, *x2p = xq + l2 * 16 * kLanesRows;
+  const char* pn = reinterpret_cast<const char*>(next);
+  for (int64_t q = 0; q < lines; ++q) {
+    LC_SKEW_PAIR(0)
+    LC_SKEW_PAIR(1) LC_SKEW_PAIR(2) LC_SKEW_PAIR(3) LC_SKEW_PAIR(4) LC_SKEW_PAIR(5) LC_SKEW_PAIR(6) LC_SKEW_PAIR(7)
+        LC_SKEW_PAIR(8) LC_SKEW_PAIR(9) LC_SKEW_PAIR(10) LC_SKEW_PAIR(11) LC_SKEW_PAIR(12) LC_SKEW_PAIR(13) LC_SKEW_PAIR(14)
+            LC_SKEW_PAIR(15) LC_SKEW_STEP(0) LC_SKEW_STEP(1) LC_SKEW_STEP(2) pn += 64 * 4 * G;
   }
   LC_LANES_STORE(0)
   LC_LANES_STORE(1) LC_LANES_STORE(2) LC_LANES_STORE(3) LC_LANES_STORE(4) LC_LANES_STORE(5) LC_LANES_STORE(6) LC_LANES_STORE(7)
       LC_LANES_STORE(8) LC_LANES_STORE(9) LC_LANES_STORE(10) LC_LANES_STORE(11)
 }
+#undef LC_SKEW_DP
+#undef LC_SKEW_PF1
+#undef LC_SKEW_PAIR
+#undef LC_SKEW_STEP
 #undef LC_LANES_ROW
 #undef LC_LANES_PAIR
 #undef LC_LANES_PF1
@@ -335,6 +412,7 @@ void lanes_gemm(int64_t t, const void* x, DType xt, const WeightRef& w, void* y,
   uint32_t* xq = static_cast<uint32_t*>(scratch(kScratchX, K / 2 * kLanesRows * sizeof(uint32_t)));
   lanes_pack_x(x, xt, t, K, xq);
   const uint16_t* W = static_cast<const uint16_t*>(w.data);
+  const bool skewed = lanes_skewed(K);
   const auto run = [&](int64_t b) {
     const int64_t n0 = b * IB, nb = N - n0 < IB ? N - n0 : IB;
     alignas(64) float out[4 * kLanesGroups * kLanesItemBlocks * kLanesRows];
@@ -353,10 +431,13 @@ void lanes_gemm(int64_t t, const void* x, DType xt, const WeightRef& w, void* y,
         asm volatile("" ::: "memory");  // (lanes_block's products read the copy through asm)
         lanes_block<1>(xq, tail, K, o, tail);
       } else {
-        switch (g) {
+        switch (g + (skewed ? 3 : 0)) {
           case 3: lanes_block<3>(xq, wp, K, o, next); break;
           case 2: lanes_block<2>(xq, wp, K, o, next); break;
-          default: lanes_block<1>(xq, wp, K, o, next); break;
+          case 1: lanes_block<1>(xq, wp, K, o, next); break;
+          case 6: lanes_block_skewed<3>(xq, wp, K, o, next); break;
+          case 5: lanes_block_skewed<2>(xq, wp, K, o, next); break;
+          default: lanes_block_skewed<1>(xq, wp, K, o, next); break;
         }
       }
       r0 += piece;
