@@ -196,12 +196,12 @@ struct GemmBF16 {
 // each xq load. bench/native/fewrow_gemm.cc, 16 rows, 1 thread, warm: 189-214 GFLOP/s against the
 // hsum4 GEMM's 138-188; 2 threads, weights from DRAM: 1.3-1.5x faster (bench/RESULTS.md wt14-verify).
 // With the rows' addresses spelled out (dp_pair, session 16): 220-224 at k = 512 / 1024 (the
-// instruction's ceiling: 233), 2 threads 380-422. Rows 4 KiB apart (k a multiple of 2048, LongCat's
-// k = 6144 too) share one L1 set per k offset: 147-181 there (k = 2560: 210-231).
+// instruction's ceiling: 233), 2 threads 380-422; rows 4 KiB apart skewed (lanes_block_skewed).
 // 24 outputs x 1 chain ran k = 1024 at half that rate (24 rows 2 KiB apart share two L1 sets);
 // 8 x 2, 16 x 1, 4 x 2 and 8 x 1 ran 5-20% below 12 x 2.
-// Each output is summed in one fixed order (its two chains over k, then their sum) whatever the
-// split over threads: the same bits at any thread count.
+// Each output is summed in one fixed order (its two chains over k -- for skewed rows from its
+// group's start line around --, then their sum) whatever the split over threads: the same bits at
+// any thread count.
 constexpr int64_t kLanesRows = 16;       // x rows per vector: one per fp32 lane
 constexpr int kLanesGroups = 3;          // groups of 4 outputs per register block
 constexpr int kLanesChains = 2;          // accumulators per output: 3 x 4 x 2 = 24 + xq of 32 registers
@@ -266,13 +266,23 @@ __attribute__((always_inline)) inline void prefetch_row(const char* base, int64_
     else                                                                                                            \
       a##r##_1 = dp_pair<r % 3, 4 * P>(a##r##_1, xv, r / 3 == 0 ? b0 : r / 3 == 1 ? b1 : r / 3 == 2 ? b2 : b3, ld); \
   }
-#define LC_LANES_PAIR(P)                                                                                                    \
-  {                                                                                                                         \
-    const __m512bh xv = (__m512bh)_mm512_load_si512(xb + P * kLanesRows);                                                   \
-    LC_LANES_PF1(P)                                                                                                         \
-    LC_LANES_PF2(P - 4)                                                                                                     \
-    LC_LANES_ROW(0, P) LC_LANES_ROW(1, P) LC_LANES_ROW(2, P) LC_LANES_ROW(3, P) LC_LANES_ROW(4, P) LC_LANES_ROW(5, P)       \
-        LC_LANES_ROW(6, P) LC_LANES_ROW(7, P) LC_LANES_ROW(8, P) LC_LANES_ROW(9, P) LC_LANES_ROW(10, P) LC_LANES_ROW(11, P) \
+#define LC_LANES_PAIR(P)                                                  \
+  {                                                                       \
+    const __m512bh xv = (__m512bh)_mm512_load_si512(xb + P * kLanesRows); \
+    LC_LANES_PF1(P);                                                      \
+    LC_LANES_PF2(P - 4);                                                  \
+    LC_LANES_ROW(0, P);                                                   \
+    LC_LANES_ROW(1, P);                                                   \
+    LC_LANES_ROW(2, P);                                                   \
+    LC_LANES_ROW(3, P);                                                   \
+    LC_LANES_ROW(4, P);                                                   \
+    LC_LANES_ROW(5, P);                                                   \
+    LC_LANES_ROW(6, P);                                                   \
+    LC_LANES_ROW(7, P);                                                   \
+    LC_LANES_ROW(8, P);                                                   \
+    LC_LANES_ROW(9, P);                                                   \
+    LC_LANES_ROW(10, P);                                                  \
+    LC_LANES_ROW(11, P);                                                  \
   }
 #define LC_LANES_PF1(r)                  \
   if constexpr ((r) >= 0 && (r) < 4 * G) \
@@ -304,17 +314,36 @@ __attribute__((always_inline)) inline void lanes_block(const uint32_t* xq, const
   const char* pn = reinterpret_cast<const char*>(next);
   const uint32_t* xb = xq;
   for (const uint32_t* const xe = xq + k / 2 * kLanesRows; xb != xe; xb += 16 * kLanesRows) {
-    LC_LANES_PAIR(0)
-    LC_LANES_PAIR(1)
-    LC_LANES_PAIR(2) LC_LANES_PAIR(3) LC_LANES_PAIR(4) LC_LANES_PAIR(5) LC_LANES_PAIR(6) LC_LANES_PAIR(7) LC_LANES_PAIR(8)
-        LC_LANES_PAIR(9) LC_LANES_PAIR(10) LC_LANES_PAIR(11) LC_LANES_PAIR(12) LC_LANES_PAIR(13) LC_LANES_PAIR(14)
-            LC_LANES_PAIR(15) b0 += 64,
-        b1 += 64, b2 += 64, b3 += 64, pn += 64 * 4 * G;
+    LC_LANES_PAIR(0);
+    LC_LANES_PAIR(1);
+    LC_LANES_PAIR(2);
+    LC_LANES_PAIR(3);
+    LC_LANES_PAIR(4);
+    LC_LANES_PAIR(5);
+    LC_LANES_PAIR(6);
+    LC_LANES_PAIR(7);
+    LC_LANES_PAIR(8);
+    LC_LANES_PAIR(9);
+    LC_LANES_PAIR(10);
+    LC_LANES_PAIR(11);
+    LC_LANES_PAIR(12);
+    LC_LANES_PAIR(13);
+    LC_LANES_PAIR(14);
+    LC_LANES_PAIR(15);
+    b0 += 64, b1 += 64, b2 += 64, b3 += 64, pn += 64 * 4 * G;
   }
-  LC_LANES_STORE(0)
-  LC_LANES_STORE(1)
-  LC_LANES_STORE(2) LC_LANES_STORE(3) LC_LANES_STORE(4) LC_LANES_STORE(5) LC_LANES_STORE(6) LC_LANES_STORE(7) LC_LANES_STORE(8)
-      LC_LANES_STORE(9) LC_LANES_STORE(10) LC_LANES_STORE(11)
+  LC_LANES_STORE(0);
+  LC_LANES_STORE(1);
+  LC_LANES_STORE(2);
+  LC_LANES_STORE(3);
+  LC_LANES_STORE(4);
+  LC_LANES_STORE(5);
+  LC_LANES_STORE(6);
+  LC_LANES_STORE(7);
+  LC_LANES_STORE(8);
+  LC_LANES_STORE(9);
+  LC_LANES_STORE(10);
+  LC_LANES_STORE(11);
 }
 
 // Rows 4 KiB apart (k a multiple of 2048: LongCat's k = 6144 too) put lanes_block's 12 lines at one
@@ -341,18 +370,26 @@ inline bool lanes_skewed(int64_t k) { return (k * 2) % 4096 == 0; }
     else                                                            \
       prefetch_row<(r) % 4, 64 * kLanesL1Lines, 0>(gp, ld);         \
   }
-#define LC_SKEW_PAIR(P)                                                                                                     \
-  {                                                                                                                         \
-    const __m512bh x0 = (__m512bh)_mm512_load_si512(x0p + P * kLanesRows);                                                  \
-    __m512bh x1, x2;                                                                                                        \
-    if constexpr (G > 1) x1 = (__m512bh)_mm512_load_si512(x1p + P * kLanesRows);                                            \
-    if constexpr (G > 2) x2 = (__m512bh)_mm512_load_si512(x2p + P * kLanesRows);                                            \
-    LC_SKEW_PF1(P)                                                                                                          \
-    LC_LANES_PF2(P - 4)                                                                                                     \
-    LC_SKEW_DP(0, 0, 0, P)                                                                                                  \
-    LC_SKEW_DP(0, 1, 1, P) LC_SKEW_DP(0, 2, 2, P) LC_SKEW_DP(0, 3, 3, P) LC_SKEW_DP(1, 0, 4, P) LC_SKEW_DP(1, 1, 5, P)      \
-        LC_SKEW_DP(1, 2, 6, P) LC_SKEW_DP(1, 3, 7, P) LC_SKEW_DP(2, 0, 8, P) LC_SKEW_DP(2, 1, 9, P) LC_SKEW_DP(2, 2, 10, P) \
-            LC_SKEW_DP(2, 3, 11, P)                                                                                         \
+#define LC_SKEW_PAIR(P)                                                          \
+  {                                                                              \
+    const __m512bh x0 = (__m512bh)_mm512_load_si512(x0p + P * kLanesRows);       \
+    __m512bh x1, x2;                                                             \
+    if constexpr (G > 1) x1 = (__m512bh)_mm512_load_si512(x1p + P * kLanesRows); \
+    if constexpr (G > 2) x2 = (__m512bh)_mm512_load_si512(x2p + P * kLanesRows); \
+    LC_SKEW_PF1(P);                                                              \
+    LC_LANES_PF2(P - 4);                                                         \
+    LC_SKEW_DP(0, 0, 0, P);                                                      \
+    LC_SKEW_DP(0, 1, 1, P);                                                      \
+    LC_SKEW_DP(0, 2, 2, P);                                                      \
+    LC_SKEW_DP(0, 3, 3, P);                                                      \
+    LC_SKEW_DP(1, 0, 4, P);                                                      \
+    LC_SKEW_DP(1, 1, 5, P);                                                      \
+    LC_SKEW_DP(1, 2, 6, P);                                                      \
+    LC_SKEW_DP(1, 3, 7, P);                                                      \
+    LC_SKEW_DP(2, 0, 8, P);                                                      \
+    LC_SKEW_DP(2, 1, 9, P);                                                      \
+    LC_SKEW_DP(2, 2, 10, P);                                                     \
+    LC_SKEW_DP(2, 3, 11, P);                                                     \
   }
 // Group g's row and x pointers one line on, back to line 0 at the row's end.
 #define LC_SKEW_STEP(g)                                       \
@@ -378,14 +415,39 @@ __attribute__((always_inline)) inline void lanes_block_skewed(const uint32_t* xq
   const uint32_t *x0p = xq, *x1p = xq + l1 * 16 * kLanesRows, *x2p = xq + l2 * 16 * kLanesRows;
   const char* pn = reinterpret_cast<const char*>(next);
   for (int64_t q = 0; q < lines; ++q) {
-    LC_SKEW_PAIR(0)
-    LC_SKEW_PAIR(1) LC_SKEW_PAIR(2) LC_SKEW_PAIR(3) LC_SKEW_PAIR(4) LC_SKEW_PAIR(5) LC_SKEW_PAIR(6) LC_SKEW_PAIR(7)
-        LC_SKEW_PAIR(8) LC_SKEW_PAIR(9) LC_SKEW_PAIR(10) LC_SKEW_PAIR(11) LC_SKEW_PAIR(12) LC_SKEW_PAIR(13) LC_SKEW_PAIR(14)
-            LC_SKEW_PAIR(15) LC_SKEW_STEP(0) LC_SKEW_STEP(1) LC_SKEW_STEP(2) pn += 64 * 4 * G;
+    LC_SKEW_PAIR(0);
+    LC_SKEW_PAIR(1);
+    LC_SKEW_PAIR(2);
+    LC_SKEW_PAIR(3);
+    LC_SKEW_PAIR(4);
+    LC_SKEW_PAIR(5);
+    LC_SKEW_PAIR(6);
+    LC_SKEW_PAIR(7);
+    LC_SKEW_PAIR(8);
+    LC_SKEW_PAIR(9);
+    LC_SKEW_PAIR(10);
+    LC_SKEW_PAIR(11);
+    LC_SKEW_PAIR(12);
+    LC_SKEW_PAIR(13);
+    LC_SKEW_PAIR(14);
+    LC_SKEW_PAIR(15);
+    LC_SKEW_STEP(0);
+    LC_SKEW_STEP(1);
+    LC_SKEW_STEP(2);
+    pn += 64 * 4 * G;
   }
-  LC_LANES_STORE(0)
-  LC_LANES_STORE(1) LC_LANES_STORE(2) LC_LANES_STORE(3) LC_LANES_STORE(4) LC_LANES_STORE(5) LC_LANES_STORE(6) LC_LANES_STORE(7)
-      LC_LANES_STORE(8) LC_LANES_STORE(9) LC_LANES_STORE(10) LC_LANES_STORE(11)
+  LC_LANES_STORE(0);
+  LC_LANES_STORE(1);
+  LC_LANES_STORE(2);
+  LC_LANES_STORE(3);
+  LC_LANES_STORE(4);
+  LC_LANES_STORE(5);
+  LC_LANES_STORE(6);
+  LC_LANES_STORE(7);
+  LC_LANES_STORE(8);
+  LC_LANES_STORE(9);
+  LC_LANES_STORE(10);
+  LC_LANES_STORE(11);
 }
 #undef LC_SKEW_DP
 #undef LC_SKEW_PF1
