@@ -13,7 +13,9 @@
 // Build and run (after `npx cmake-js compile --out build`; under the heavy lock):
 //   g++ -O2 -std=c++17 -Inative bench/native/fewrow_gemm.cc build/CMakeFiles/longcat_cpu.dir/native/cpu/*.o -lpthread
 //     -o /tmp/fewrow_gemm
-//   /tmp/fewrow_gemm [threads...] [--no-region] [--rows 8,16] [--rounds 3]   (threads default: 1 2)
+//   /tmp/fewrow_gemm [threads...] [--no-region] [--rows 8,16] [--rounds 3] [--shapes up,down] [--nk N K] [--profile]   (threads default: 1 2;
+//     --shapes: only the shapes whose name contains one of the words; --profile: the threads' busy time
+//     in the region's chunks and the master's join wait per warm call)
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -24,6 +26,7 @@
 #include <vector>
 
 #include "cpu/linear.h"
+#include "cpu/profile.h"
 #include "cpu/threadpool.h"
 
 using namespace lc;
@@ -32,6 +35,12 @@ static double now() { return std::chrono::duration<double>(std::chrono::steady_c
 
 int main(int argc, char** argv) {
   std::vector<int> threads, rows = {8, 16};
+  struct NK {
+    const char* name;
+    int64_t n, k;
+  };
+  std::vector<NK> extra;  // --nk N K: one more shape (repeatable)
+  std::string only;       // --shapes a,b: only the shapes whose name contains one of these
   bool region = true;
   int rounds = 3;
   for (int i = 1; i < argc; ++i) {
@@ -39,6 +48,13 @@ int main(int argc, char** argv) {
       region = false;
     } else if (std::strcmp(argv[i], "--rounds") == 0 && i + 1 < argc) {
       rounds = std::atoi(argv[++i]);
+    } else if (std::strcmp(argv[i], "--profile") == 0) {
+      cpu::profile::g_on.store(true);
+    } else if (std::strcmp(argv[i], "--nk") == 0 && i + 2 < argc) {
+      extra.push_back({"n x k", std::atoll(argv[i + 1]), std::atoll(argv[i + 2])});
+      i += 2;
+    } else if (std::strcmp(argv[i], "--shapes") == 0 && i + 1 < argc) {
+      only = std::string(",") + argv[++i] + ",";
     } else if (std::strcmp(argv[i], "--rows") == 0 && i + 1 < argc) {
       rows.clear();
       for (const char* p = argv[++i]; *p;) {
@@ -55,17 +71,27 @@ int main(int argc, char** argv) {
   struct Shape {
     const char* name;
     int64_t n, k;
-  } shapes[] = {
-      {"q_a", 256, 512},       {"kv_a", 144, 512},      {"q_b", 384, 256},         {"o_proj", 512, 256},
-      {"mlp up", 1024, 512},   {"mlp down", 512, 1024}, {"lm_head 4MB", 4096, 512}, {"4MB", 2048, 1024},
   };
+  std::vector<Shape> shapes = {
+      {"q_a", 256, 512},          {"kv_a", 144, 512},    {"q_b", 384, 256},
+      {"o_proj", 512, 256},       {"mlp up", 1024, 512}, {"mlp down", 512, 1024},
+      {"lm_head 4MB", 4096, 512}, {"4MB", 2048, 1024},   {"longcat 24MB", 6144, 2048},
+  };
+  for (const NK& e : extra) shapes.push_back({e.name, e.n, e.k});
   const int64_t pool = int64_t{512} << 20;
   std::vector<uint16_t> big(pool / 2);
   for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<uint16_t>(0x3c00 + (i * 2654435761u >> 20) % 512);
   std::printf("%s; median of 300 warm / 600 cold calls per round\n",
               region ? "inside a parallel region (as a replayed step)" : "outside a region (condition-variable wakes)");
+  const auto wanted = [&](const Shape& sh) {
+    if (only.empty()) return true;
+    for (size_t b = 0, e; (e = only.find(',', b + 1)) != std::string::npos; b = e)
+      if (e > b + 1 && std::string(sh.name).find(only.substr(b + 1, e - b - 1)) != std::string::npos) return true;
+    return false;
+  };
   for (const Shape& sh : shapes)
     for (int t : rows) {
+      if (!wanted(sh)) continue;
       std::vector<float> x(t * sh.k, 0.01f), y(t * sh.n);
       const int64_t wb = sh.n * sh.k * 2, copies = pool / wb;
       auto run = [&](int64_t c) {
@@ -79,7 +105,8 @@ int main(int argc, char** argv) {
       for (int rep = 0; rep < rounds; ++rep) {
         std::string line;
         char buf[256];
-        std::snprintf(buf, sizeof buf, "%-12s n %5ld k %5ld t %2d |", sh.name, static_cast<long>(sh.n), static_cast<long>(sh.k), t);
+        std::snprintf(buf, sizeof buf, "%-12s n %5ld k %5ld t %2d |", sh.name, static_cast<long>(sh.n), static_cast<long>(sh.k),
+                      t);
         line += buf;
         for (size_t ti = 0; ti < threads.size(); ++ti) {
           const int th = threads[(ti + rep) % threads.size()];
@@ -88,11 +115,16 @@ int main(int argc, char** argv) {
           {
             std::unique_ptr<cpu::ThreadPool::Region> reg;
             if (region) reg = std::make_unique<cpu::ThreadPool::Region>(cpu::ThreadPool::global());
+            const cpu::profile::Snapshot p0 = cpu::profile::snapshot();
             for (int r = 0; r < 300; ++r) {
               const double t0 = now();
               run(0);
               warm.push_back(now() - t0);
             }
+            const cpu::profile::Snapshot p1 = cpu::profile::snapshot();
+            if (cpu::profile::on())
+              std::printf("   [%dT warm: busy %.1f us / call / thread, join wait %.1f us / call, jobs %.2f / call]\n", th,
+                          (p1.busy_ns - p0.busy_ns) / 300e3 / th, (p1.wait_ns - p0.wait_ns) / 300e3, (p1.jobs - p0.jobs) / 300.0);
             for (int r = 0; r < 600; ++r) {
               const double t0 = now();
               run(1 + (r * 7919) % (copies - 1));

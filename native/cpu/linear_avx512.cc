@@ -195,17 +195,21 @@ struct GemmBF16 {
 // kLanesChains accumulators each (pairs p, p + 2, ...: 24 chains cover vdpbf16ps's latency) sharing
 // each xq load. bench/native/fewrow_gemm.cc, 16 rows, 1 thread, warm: 189-214 GFLOP/s against the
 // hsum4 GEMM's 138-188; 2 threads, weights from DRAM: 1.3-1.5x faster (bench/RESULTS.md wt14-verify).
+// With the rows' addresses spelled out (dp_pair, session 16): 220-224 at k = 512 / 1024 (the
+// instruction's ceiling: 233), 2 threads 380-422; rows 4 KiB apart skewed (lanes_block_skewed).
 // 24 outputs x 1 chain ran k = 1024 at half that rate (24 rows 2 KiB apart share two L1 sets);
 // 8 x 2, 16 x 1, 4 x 2 and 8 x 1 ran 5-20% below 12 x 2.
-// Each output is summed in one fixed order (its two chains over k, then their sum) whatever the
-// split over threads: the same bits at any thread count.
+// Each output is summed in one fixed order (its two chains over k -- for skewed rows from its
+// group's start line around --, then their sum) whatever the split over threads: the same bits at
+// any thread count.
 constexpr int64_t kLanesRows = 16;       // x rows per vector: one per fp32 lane
 constexpr int kLanesGroups = 3;          // groups of 4 outputs per register block
 constexpr int kLanesChains = 2;          // accumulators per output: 3 x 4 x 2 = 24 + xq of 32 registers
 constexpr int64_t kLanesItemBlocks = 8;  // register blocks per item of the split, at most
-// Each weight row's line kLanesL1Lines lines ahead is requested into L1 (2 or 8: the same; none:
-// 5-10% slower from DRAM), and the next register block's rows into L2 over the current block
-// (without: 1.3-1.6x slower from DRAM, as without the GEMM's far requests).
+// Each weight row's line kLanesL1Lines lines ahead is requested into L1 (2 or 8: the same, 8 0-10%
+// slower in session 16; none: 5-10% slower from DRAM), and the next register block's rows into L2
+// over the current block (without: 1.3-1.6x slower from DRAM, as without the GEMM's far requests;
+// two blocks ahead: 2-8% slower).
 constexpr int64_t kLanesL1Lines = 4;
 
 // xq[p * 16 + m] = x[m][2p] | x[m][2p + 1] << 16 as bf16 (f32 x rounded to nearest even), zero for
@@ -228,75 +232,231 @@ inline void lanes_pack_x(const void* x, DType xt, int64_t t, int64_t k, uint32_t
   }
 }
 
-// acc + x pairs . the bf16 pair at p broadcast to all 16 lanes, as one instruction with an embedded
-// broadcast (with the intrinsics GCC (12) emitted a separate vpbroadcastd and, for 12+ weight rows,
-// spilled the rows' addresses; here they are base + {0, 1, 2, 3} row strides in 3 index registers).
-__attribute__((always_inline)) inline __m512 dp_pair(__m512 acc, __m512bh xv, const char* p) {
-  asm("vdpbf16ps %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(xv), "m"(*reinterpret_cast<const int32_t*>(p)));
+// acc + x pairs . the bf16 pair at base + D (+ ld or 2 ld: Form 1, 2) broadcast to all 16 lanes, as
+// one instruction with an embedded broadcast. The address is spelled out (base, index, scale,
+// displacement) so a block's 12 weight rows take 4 base registers and one stride: with the rows'
+// addresses left to GCC (12) it kept 6 of them in xmm registers and on the stack and moved them back
+// before their products (11 vmovq, ~60 movs per 192 products); the intrinsic emitted a separate
+// vpbroadcastd. volatile: the weights are read here, not through an operand GCC knows of, so no
+// product may move above the stores of lanes_gemm's tail copy.
+template <int Form, int D>
+__attribute__((always_inline)) inline __m512 dp_pair(__m512 acc, __m512bh xv, const char* base, int64_t ld) {
+  if constexpr (Form == 0)
+    asm volatile("vdpbf16ps %c3(%2)%{1to16%}, %1, %0" : "+v"(acc) : "v"(xv), "r"(base), "i"(D));
+  else if constexpr (Form == 1)
+    asm volatile("vdpbf16ps %c4(%2,%3,1)%{1to16%}, %1, %0" : "+v"(acc) : "v"(xv), "r"(base), "r"(ld), "i"(D));
+  else
+    asm volatile("vdpbf16ps %c4(%2,%3,2)%{1to16%}, %1, %0" : "+v"(acc) : "v"(xv), "r"(base), "r"(ld), "i"(D));
   return acc;
 }
+// The line at base + D (+ ld, 2 ld) into L1 (Hint 0) or L2 (1), addressed as dp_pair's.
+template <int Form, int D, int Hint>
+__attribute__((always_inline)) inline void prefetch_row(const char* base, int64_t ld) {
+  if constexpr (Form == 0)
+    __builtin_prefetch(base + D, 0, Hint == 0 ? 3 : 2);
+  else
+    __builtin_prefetch(base + Form * ld + D, 0, Hint == 0 ? 3 : 2);
+}
 
-// Group g's 4 outputs (rows base_g, + o1, + o2, + o3 bytes) take pair p into chain p % 2.
-#define LC_LANES_DP(g, i, off)                     \
-  if (p % 2 == 0)                                  \
-    a##g##i##0 = dp_pair(a##g##i##0, xv, b + off); \
-  else                                             \
-    a##g##i##1 = dp_pair(a##g##i##1, xv, b + off);
-#define LC_LANES_GROUP(g)                                                                  \
-  if constexpr (G > g) {                                                                   \
-    const char* b = base##g + 4 * p;                                                       \
-    LC_LANES_DP(g, 0, 0) LC_LANES_DP(g, 1, o1) LC_LANES_DP(g, 2, o2) LC_LANES_DP(g, 3, o3) \
+// Weight row r of a block (r < 12) is base[r / 3] + (r % 3) ld: base[i] = w + 3 i ld.
+#define LC_LANES_ROW(r, P)                                                                                          \
+  if constexpr (r < 4 * G) {                                                                                        \
+    if constexpr (P % 2 == 0)                                                                                       \
+      a##r##_0 = dp_pair<r % 3, 4 * P>(a##r##_0, xv, r / 3 == 0 ? b0 : r / 3 == 1 ? b1 : r / 3 == 2 ? b2 : b3, ld); \
+    else                                                                                                            \
+      a##r##_1 = dp_pair<r % 3, 4 * P>(a##r##_1, xv, r / 3 == 0 ? b0 : r / 3 == 1 ? b1 : r / 3 == 2 ? b2 : b3, ld); \
   }
-#define LC_LANES_STORE1(g, i) _mm512_store_ps(out + (4 * g + i) * kLanesRows, _mm512_add_ps(a##g##i##0, a##g##i##1));
-#define LC_LANES_STORE(g)                                                                   \
-  if constexpr (G > g) {                                                                    \
-    LC_LANES_STORE1(g, 0) LC_LANES_STORE1(g, 1) LC_LANES_STORE1(g, 2) LC_LANES_STORE1(g, 3) \
+#define LC_LANES_PAIR(P)                                                  \
+  {                                                                       \
+    const __m512bh xv = (__m512bh)_mm512_load_si512(xb + P * kLanesRows); \
+    LC_LANES_PF1(P);                                                      \
+    LC_LANES_PF2(P - 4);                                                  \
+    LC_LANES_ROW(0, P);                                                   \
+    LC_LANES_ROW(1, P);                                                   \
+    LC_LANES_ROW(2, P);                                                   \
+    LC_LANES_ROW(3, P);                                                   \
+    LC_LANES_ROW(4, P);                                                   \
+    LC_LANES_ROW(5, P);                                                   \
+    LC_LANES_ROW(6, P);                                                   \
+    LC_LANES_ROW(7, P);                                                   \
+    LC_LANES_ROW(8, P);                                                   \
+    LC_LANES_ROW(9, P);                                                   \
+    LC_LANES_ROW(10, P);                                                  \
+    LC_LANES_ROW(11, P);                                                  \
   }
+#define LC_LANES_PF1(r)                  \
+  if constexpr ((r) >= 0 && (r) < 4 * G) \
+    prefetch_row<(r) % 3, 64 * kLanesL1Lines, 0>((r) / 3 == 0 ? b0 : (r) / 3 == 1 ? b1 : (r) / 3 == 2 ? b2 : b3, ld);
+#define LC_LANES_PF2(r) \
+  if constexpr ((r) >= 0 && (r) < 4 * G) __builtin_prefetch(pn + 64 * (r), 0, 2);
+#define LC_LANES_STORE(r) \
+  if constexpr (r < 4 * G) _mm512_store_ps(out + r * kLanesRows, _mm512_add_ps(a##r##_0, a##r##_1));
 
-// out[r][m] = sum_k x[m][k] W[r][k] for 4G outputs: G groups of 4 weight rows, group g's rows at
-// w + 4 g ld and + o1, o2, o3 bytes (ld, 2 ld, 3 ld; the last row repeated where W ends inside a
-// group), k a multiple of 32; kLanesChains = 2 chains per output (even and odd pairs, added at the
-// end). The accumulators are named variables: as an array, GCC stored every update to the stack.
-// rows: the block's rows; next: the next_rows weight rows after them (requested ahead).
+// out[r][m] = sum_k x[m][k] W[r][k] for the 4G weight rows r at w + r k, k a multiple of 32;
+// kLanesChains = 2 chains per output (even and odd pairs, added at the end). The accumulators are
+// named variables: as an array, GCC stored every update to the stack.
+// Requests: each row's line kLanesL1Lines on into L1 (past a row's end: the next row's first lines,
+// already here, or for the last row the next block's), and the 4G lines of `next` (the next block's
+// rows, contiguous in W; the current block's own when there is none) on per line of k into L2, so
+// the whole next block is requested over this one. One request per pair (row r's at pair r, the L2
+// one 4 pairs later), not a burst of 24 per line: 2 threads, from DRAM, 0-4% faster.
 template <int G>
-__attribute__((always_inline)) inline void lanes_block(const uint32_t* xq, const uint16_t* w, int64_t k, int64_t o1, int64_t o2,
-                                                       int64_t o3, int64_t rows, float* out, const uint16_t* next,
-                                                       int64_t next_rows) {
+__attribute__((always_inline)) inline void lanes_block(const uint32_t* xq, const uint16_t* w, int64_t k, float* out,
+                                                       const uint16_t* next) {
   static_assert(G >= 1 && G <= kLanesGroups && kLanesGroups == 3 && kLanesChains == 2, "lanes_block: 1 to 3 groups of 4 outputs");
   const __m512 z = _mm512_setzero_ps();
-  __m512 a000 = z, a001 = z, a010 = z, a011 = z, a020 = z, a021 = z, a030 = z, a031 = z;
-  __m512 a100 = z, a101 = z, a110 = z, a111 = z, a120 = z, a121 = z, a130 = z, a131 = z;
-  __m512 a200 = z, a201 = z, a210 = z, a211 = z, a220 = z, a221 = z, a230 = z, a231 = z;
-  const int64_t lines = k / 32, ld = k * 2;
-  const char* base0 = reinterpret_cast<const char*>(w);
-  const char *base1 = base0 + 4 * ld, *base2 = base0 + 8 * ld;
-  for (int64_t q = 0; q < lines; ++q) {
-    // each row's line kLanesL1Lines on into L1 (the next rows' first lines over the last ones), and
-    // the next rows' line q into L2
-    const int64_t l1 = q + kLanesL1Lines;
-    const uint16_t* pf1 = l1 < lines ? w + l1 * 32 : next ? next + (l1 - lines) * 32 : nullptr;
-    const int64_t pf1_rows = l1 < lines ? rows : next_rows;
-    for (int r = 0; r < 4 * G; ++r)
-      if (r < pf1_rows) __builtin_prefetch(pf1 + r * k, 0, 3);
-    for (int r = 0; r < 4 * G; ++r)
-      if (r < next_rows) __builtin_prefetch(next + r * k + q * 32, 0, 2);
-    const uint32_t* xb = xq + q * 16 * kLanesRows;
-#pragma GCC unroll 16
-    for (int p = 0; p < 16; ++p) {
-      const __m512bh xv = (__m512bh)_mm512_load_si512(xb + p * kLanesRows);
-      LC_LANES_GROUP(0)
-      LC_LANES_GROUP(1)
-      LC_LANES_GROUP(2)
-    }
-    base0 += 64, base1 += 64, base2 += 64;
+  __m512 a0_0 = z, a0_1 = z, a1_0 = z, a1_1 = z, a2_0 = z, a2_1 = z, a3_0 = z, a3_1 = z, a4_0 = z, a4_1 = z, a5_0 = z, a5_1 = z;
+  __m512 a6_0 = z, a6_1 = z, a7_0 = z, a7_1 = z, a8_0 = z, a8_1 = z, a9_0 = z, a9_1 = z, a10_0 = z, a10_1 = z, a11_0 = z,
+         a11_1 = z;
+  const int64_t ld = k * 2;
+  const char* b0 = reinterpret_cast<const char*>(w);
+  const char *b1 = b0 + 3 * ld, *b2 = b0 + 6 * ld, *b3 = b0 + 9 * ld;
+  const char* pn = reinterpret_cast<const char*>(next);
+  const uint32_t* xb = xq;
+  for (const uint32_t* const xe = xq + k / 2 * kLanesRows; xb != xe; xb += 16 * kLanesRows) {
+    LC_LANES_PAIR(0);
+    LC_LANES_PAIR(1);
+    LC_LANES_PAIR(2);
+    LC_LANES_PAIR(3);
+    LC_LANES_PAIR(4);
+    LC_LANES_PAIR(5);
+    LC_LANES_PAIR(6);
+    LC_LANES_PAIR(7);
+    LC_LANES_PAIR(8);
+    LC_LANES_PAIR(9);
+    LC_LANES_PAIR(10);
+    LC_LANES_PAIR(11);
+    LC_LANES_PAIR(12);
+    LC_LANES_PAIR(13);
+    LC_LANES_PAIR(14);
+    LC_LANES_PAIR(15);
+    b0 += 64, b1 += 64, b2 += 64, b3 += 64, pn += 64 * 4 * G;
   }
-  LC_LANES_STORE(0)
-  LC_LANES_STORE(1)
-  LC_LANES_STORE(2)
+  LC_LANES_STORE(0);
+  LC_LANES_STORE(1);
+  LC_LANES_STORE(2);
+  LC_LANES_STORE(3);
+  LC_LANES_STORE(4);
+  LC_LANES_STORE(5);
+  LC_LANES_STORE(6);
+  LC_LANES_STORE(7);
+  LC_LANES_STORE(8);
+  LC_LANES_STORE(9);
+  LC_LANES_STORE(10);
+  LC_LANES_STORE(11);
 }
-#undef LC_LANES_DP
-#undef LC_LANES_GROUP
-#undef LC_LANES_STORE1
+
+// Rows 4 KiB apart (k a multiple of 2048: LongCat's k = 6144 too) put lanes_block's 12 lines at one
+// k offset into one L1 set of 8 ways: the broadcasts miss L1 (1 thread: 147-181 GFLOP/s against
+// 210-231 at k = 2560). Here group g of 4 rows starts at line g * kLanesSkew and wraps around (the
+// groups' lines 21 sets apart), each group with its own x load per pair: each output still sums
+// its pairs in one fixed order (its chains rotated by its group's start), at any thread count.
+constexpr int64_t kLanesSkew = 21;
+inline bool lanes_skewed(int64_t k) { return (k * 2) % 4096 == 0; }
+
+// Group g's row i at rg (+ ld, 2 ld, 3 ld: 3 ld as the index ld3)
+#define LC_SKEW_DP(g, i, r, P)                                                               \
+  if constexpr (g < G) {                                                                     \
+    if constexpr (P % 2 == 0)                                                                \
+      a##r##_0 = dp_pair<(i == 3 ? 1 : i), 4 * P>(a##r##_0, x##g, gp##g, i == 3 ? ld3 : ld); \
+    else                                                                                     \
+      a##r##_1 = dp_pair<(i == 3 ? 1 : i), 4 * P>(a##r##_1, x##g, gp##g, i == 3 ? ld3 : ld); \
+  }
+#define LC_SKEW_PF1(r)                                              \
+  if constexpr ((r) < 4 * G) {                                      \
+    const char* gp = (r) / 4 == 0 ? gp0 : (r) / 4 == 1 ? gp1 : gp2; \
+    if constexpr ((r) % 4 == 3)                                     \
+      prefetch_row<1, 64 * kLanesL1Lines, 0>(gp, ld3);              \
+    else                                                            \
+      prefetch_row<(r) % 4, 64 * kLanesL1Lines, 0>(gp, ld);         \
+  }
+#define LC_SKEW_PAIR(P)                                                          \
+  {                                                                              \
+    const __m512bh x0 = (__m512bh)_mm512_load_si512(x0p + P * kLanesRows);       \
+    __m512bh x1, x2;                                                             \
+    if constexpr (G > 1) x1 = (__m512bh)_mm512_load_si512(x1p + P * kLanesRows); \
+    if constexpr (G > 2) x2 = (__m512bh)_mm512_load_si512(x2p + P * kLanesRows); \
+    LC_SKEW_PF1(P);                                                              \
+    LC_LANES_PF2(P - 4);                                                         \
+    LC_SKEW_DP(0, 0, 0, P);                                                      \
+    LC_SKEW_DP(0, 1, 1, P);                                                      \
+    LC_SKEW_DP(0, 2, 2, P);                                                      \
+    LC_SKEW_DP(0, 3, 3, P);                                                      \
+    LC_SKEW_DP(1, 0, 4, P);                                                      \
+    LC_SKEW_DP(1, 1, 5, P);                                                      \
+    LC_SKEW_DP(1, 2, 6, P);                                                      \
+    LC_SKEW_DP(1, 3, 7, P);                                                      \
+    LC_SKEW_DP(2, 0, 8, P);                                                      \
+    LC_SKEW_DP(2, 1, 9, P);                                                      \
+    LC_SKEW_DP(2, 2, 10, P);                                                     \
+    LC_SKEW_DP(2, 3, 11, P);                                                     \
+  }
+// Group g's row and x pointers one line on, back to line 0 at the row's end.
+#define LC_SKEW_STEP(g)                                       \
+  if constexpr (g < G) {                                      \
+    gp##g += 64, x##g##p += 16 * kLanesRows;                  \
+    if (++l##g == lines) gp##g -= ld, x##g##p = xq, l##g = 0; \
+  }
+
+// lanes_block for lanes_skewed(k) (k >= 2048, so 2 kLanesSkew < k / 32 lines).
+template <int G>
+__attribute__((always_inline)) inline void lanes_block_skewed(const uint32_t* xq, const uint16_t* w, int64_t k, float* out,
+                                                              const uint16_t* next) {
+  static_assert(G >= 1 && G <= kLanesGroups && kLanesGroups == 3 && kLanesChains == 2, "lanes_block: 1 to 3 groups of 4 outputs");
+  const __m512 z = _mm512_setzero_ps();
+  __m512 a0_0 = z, a0_1 = z, a1_0 = z, a1_1 = z, a2_0 = z, a2_1 = z, a3_0 = z, a3_1 = z, a4_0 = z, a4_1 = z, a5_0 = z, a5_1 = z;
+  __m512 a6_0 = z, a6_1 = z, a7_0 = z, a7_1 = z, a8_0 = z, a8_1 = z, a9_0 = z, a9_1 = z, a10_0 = z, a10_1 = z, a11_0 = z,
+         a11_1 = z;
+  const int64_t ld = k * 2, ld3 = 3 * ld, lines = k / 32;
+  int64_t l0 = 0, l1 = kLanesSkew, l2 = 2 * kLanesSkew;
+  const char* gp0 = reinterpret_cast<const char*>(w);
+  const char* gp1 = gp0 + 4 * ld + l1 * 64;
+  const char* gp2 = gp0 + 8 * ld + l2 * 64;
+  const uint32_t *x0p = xq, *x1p = xq + l1 * 16 * kLanesRows, *x2p = xq + l2 * 16 * kLanesRows;
+  const char* pn = reinterpret_cast<const char*>(next);
+  for (int64_t q = 0; q < lines; ++q) {
+    LC_SKEW_PAIR(0);
+    LC_SKEW_PAIR(1);
+    LC_SKEW_PAIR(2);
+    LC_SKEW_PAIR(3);
+    LC_SKEW_PAIR(4);
+    LC_SKEW_PAIR(5);
+    LC_SKEW_PAIR(6);
+    LC_SKEW_PAIR(7);
+    LC_SKEW_PAIR(8);
+    LC_SKEW_PAIR(9);
+    LC_SKEW_PAIR(10);
+    LC_SKEW_PAIR(11);
+    LC_SKEW_PAIR(12);
+    LC_SKEW_PAIR(13);
+    LC_SKEW_PAIR(14);
+    LC_SKEW_PAIR(15);
+    LC_SKEW_STEP(0);
+    LC_SKEW_STEP(1);
+    LC_SKEW_STEP(2);
+    pn += 64 * 4 * G;
+  }
+  LC_LANES_STORE(0);
+  LC_LANES_STORE(1);
+  LC_LANES_STORE(2);
+  LC_LANES_STORE(3);
+  LC_LANES_STORE(4);
+  LC_LANES_STORE(5);
+  LC_LANES_STORE(6);
+  LC_LANES_STORE(7);
+  LC_LANES_STORE(8);
+  LC_LANES_STORE(9);
+  LC_LANES_STORE(10);
+  LC_LANES_STORE(11);
+}
+#undef LC_SKEW_DP
+#undef LC_SKEW_PF1
+#undef LC_SKEW_PAIR
+#undef LC_SKEW_STEP
+#undef LC_LANES_ROW
+#undef LC_LANES_PAIR
+#undef LC_LANES_PF1
+#undef LC_LANES_PF2
 #undef LC_LANES_STORE
 
 // y[t, n] for 9 <= t <= 16, bf16 W with k a multiple of 32 (lanes_gemm_shape).
@@ -314,23 +474,33 @@ void lanes_gemm(int64_t t, const void* x, DType xt, const WeightRef& w, void* y,
   uint32_t* xq = static_cast<uint32_t*>(scratch(kScratchX, K / 2 * kLanesRows * sizeof(uint32_t)));
   lanes_pack_x(x, xt, t, K, xq);
   const uint16_t* W = static_cast<const uint16_t*>(w.data);
+  const bool skewed = lanes_skewed(K);
   const auto run = [&](int64_t b) {
     const int64_t n0 = b * IB, nb = N - n0 < IB ? N - n0 : IB;
     alignas(64) float out[4 * kLanesGroups * kLanesItemBlocks * kLanesRows];
     // the item in pieces of 4G rows (the last item of a weight whose n is not a multiple of B), and
-    // a last group of 1-3 rows (n not a multiple of 4) with its last row repeated
-    const int64_t ld = K * 2;
+    // a last 1-3 rows (n not a multiple of 4) copied into 4 zero-padded rows (this thread's scratch)
     for (int64_t r0 = 0; r0 < nb;) {
       const int64_t left = nb - r0, g = left >= B ? kLanesGroups : left >= 4 ? left / 4 : 1, piece = left >= 4 ? 4 * g : left;
-      const int64_t after = N - (n0 + r0 + piece), next_rows = after < B ? after : B;
       const uint16_t* wp = W + (n0 + r0) * K;
-      const uint16_t* next = next_rows > 0 ? wp + piece * K : nullptr;
-      const int64_t o1 = (piece > 1 ? 1 : 0) * ld, o2 = (piece > 2 ? 2 : piece - 1) * ld, o3 = (piece > 3 ? 3 : piece - 1) * ld;
+      // the next block's rows: W's next `piece` rows (past W's end: the block's own, already here)
+      const uint16_t* next = N - (n0 + r0 + piece) >= piece ? wp + piece * K : wp;
       float* o = out + r0 * kLanesRows;
-      switch (g) {
-        case 3: lanes_block<3>(xq, wp, K, o1, o2, o3, piece, o, next, next_rows); break;
-        case 2: lanes_block<2>(xq, wp, K, o1, o2, o3, piece, o, next, next_rows); break;
-        default: lanes_block<1>(xq, wp, K, o1, o2, o3, piece, o, next, next_rows); break;
+      if (piece < 4) {
+        uint16_t* tail = static_cast<uint16_t*>(scratch(kScratchPanel, 4 * K * sizeof(uint16_t)));
+        std::memcpy(tail, wp, piece * K * sizeof(uint16_t));
+        std::memset(tail + piece * K, 0, (4 - piece) * K * sizeof(uint16_t));
+        asm volatile("" ::: "memory");  // (lanes_block's products read the copy through asm)
+        lanes_block<1>(xq, tail, K, o, tail);
+      } else {
+        switch (g + (skewed ? 3 : 0)) {
+          case 3: lanes_block<3>(xq, wp, K, o, next); break;
+          case 2: lanes_block<2>(xq, wp, K, o, next); break;
+          case 1: lanes_block<1>(xq, wp, K, o, next); break;
+          case 6: lanes_block_skewed<3>(xq, wp, K, o, next); break;
+          case 5: lanes_block_skewed<2>(xq, wp, K, o, next); break;
+          default: lanes_block_skewed<1>(xq, wp, K, o, next); break;
+        }
       }
       r0 += piece;
     }
