@@ -322,7 +322,6 @@ void int8_quantize_x(const float* x, int64_t T, int64_t K, int64_t chunks, int8_
   using F = typename V::F;
   using I = typename V::I;
   constexpr int W = V::kLanes, kB = sizeof(I), kP = 128 / kB;
-  alignas(64) float v[128];
   for (int64_t t = 0; t < T; ++t)
     for (int64_t ch = 0; ch < chunks; ++ch) {
       const float* xr = x + t * K + ch * 128;
@@ -344,14 +343,14 @@ void int8_quantize_x(const float* x, int64_t T, int64_t K, int64_t chunks, int8_
           finite = finite && std::isfinite(xr[c]);
         }
       const float s = finite ? amax / 127.0f : NAN;
+      int8_t* q = xq + (t * chunks + ch) * 128;
       if (s > 0 && n == 128) {
         const F sv = V::set1(s);
         for (int c = 0; c < 128; c += W)
-          V::store(v + c, V::min(V::max(V::round(V::div(V::load(xr + c), sv)), V::set1(-127.0f)), V::set1(127.0f)));
+          V::store_i8(q + c, V::min(V::max(V::round(V::div(V::load(xr + c), sv)), V::set1(-127.0f)), V::set1(127.0f)));
       } else
-        for (int c = 0; c < 128; ++c) v[c] = c < n && s > 0 ? std::fmin(127.0f, std::fmax(-127.0f, std::nearbyint(xr[c] / s))) : 0.0f;
-      int8_t* q = xq + (t * chunks + ch) * 128;
-      for (int c = 0; c < 128; ++c) q[c] = static_cast<int8_t>(v[c]);
+        for (int c = 0; c < 128; ++c)
+          q[c] = static_cast<int8_t>(c < n && s > 0 ? std::fmin(127.0f, std::fmax(-127.0f, std::nearbyint(xr[c] / s))) : 0.0f);
       I xs[kP];
       for (int p = 0; p < kP; ++p) xs[p] = V::load_bytes(reinterpret_cast<const uint8_t*>(q) + p * kB);
       xz[t * chunks + ch] = V::template s8s8_seed<kP>(xs);

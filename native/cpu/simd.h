@@ -340,6 +340,12 @@ struct Avx2 {
   }
   template <int N>
   LC_TARGET_AVX2 static I s8s8_seed(const I*) { return izero(); }
+  // The 8 lanes of a (whole numbers in [-128, 127]) as int8 at p.
+  LC_TARGET_AVX2 static void store_i8(int8_t* p, F a) {
+    const I i = _mm256_cvtps_epi32(a);
+    const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(p), _mm_packs_epi16(w, w));
+  }
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -556,6 +562,10 @@ struct Avx512 {
   LC_TARGET_AVX512 static I nib_lo(I v) { return _mm512_and_si512(v, _mm512_set1_epi8(0x0f)); }
   LC_TARGET_AVX512 static I nib_hi(I v) { return _mm512_and_si512(_mm512_srli_epi16(v, 4), _mm512_set1_epi8(0x0f)); }
   LC_TARGET_AVX512 static F ifloat(I a) { return _mm512_cvtepi32_ps(a); }
+  // The 16 lanes of a (whole numbers in [-128, 127]) as int8 at p.
+  LC_TARGET_AVX512 static void store_i8(int8_t* p, F a) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(a)));
+  }
 };
 
 // AVX-512 with VNNI: vpdpbusd sums the 4 u8 x s8 products of each 32-bit lane into it in one
