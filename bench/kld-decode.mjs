@@ -78,6 +78,11 @@ const summary = k => {
   const sd = Math.sqrt(k.reduce((a, b) => a + (b - mean) ** 2, 0) / (k.length - 1));
   return `mean ${mean.toExponential(3)} (se ${(sd / Math.sqrt(k.length)).toExponential(1)}), median ${s[Math.floor(s.length / 2)].toExponential(3)}, 99% ${s[Math.floor(s.length * 0.99)].toExponential(3)}, max ${s[s.length - 1].toExponential(3)}`;
 };
-console.log(`${preset}, ${quantize} at load, ${N} decode steps (teacher-forced random tokens, contexts 1..${len}), ${native.threads()} threads`);
-variants.forEach((v, j) => console.log(`base -> ${quantize} [${v}]: KLD ${summary(stats[j].kld)}; top-1 ${(stats[j].top1 / N).toFixed(3)}`));
-if (variants.length === 2) console.log(`[${variants[0]}] -> [${variants[1]}]: KLD ${summary(pair.kld)}; top-1 ${(pair.top1 / N).toFixed(3)}`);
+console.log(
+  `${preset}, ${quantize} at load, ${N} decode steps (teacher-forced random tokens, contexts 1..${len}), ${native.threads()} threads`,
+);
+variants.forEach((v, j) => {
+  console.log(`base -> ${quantize} [${v}]: KLD ${summary(stats[j].kld)}; top-1 ${(stats[j].top1 / N).toFixed(3)}`);
+});
+if (variants.length === 2)
+  console.log(`[${variants[0]}] -> [${variants[1]}]: KLD ${summary(pair.kld)}; top-1 ${(pair.top1 / N).toFixed(3)}`);

@@ -151,7 +151,7 @@ function int8ActBound(x: Float64Array, w: Float64Array, t: number, n: number, k:
           amax = Math.max(amax, Math.abs(x[i * k + c]!));
           wsum += Math.abs(w[j * k + c]!);
         }
-        e[i * n + j] += (amax / 254) * wsum;
+        e[i * n + j]! += (amax / 254) * wsum;
       }
   return e;
 }
@@ -409,7 +409,8 @@ describe('linear', () => {
               for (let e = 0; e < t * n; e++) {
                 const d = Math.abs(o[e]! - outs[0]![e]!),
                   tol = (k / 128 + 16) * 2 * U32 * 4 * want.s[e]! + 1e-30;
-                if (!(d <= tol)) expect.fail(`int8 activations, ISA parity n=${n} k=${k} t=${t}: y[${e}] differs by ${d} > ${tol}`);
+                if (!(d <= tol))
+                  expect.fail(`int8 activations, ISA parity n=${n} k=${k} t=${t}: y[${e}] differs by ${d} > ${tol}`);
               }
           }
           x.x.dispose();
@@ -463,7 +464,9 @@ describe('linear', () => {
               for (let i = 0; i < t; i++)
                 for (let j = r0; j < r1; j++)
                   if (!Object.is(got[i * (r1 - r0) + j - r0], one[i * n + j]))
-                    expect.fail(`${isa} n=${n} k=${k} t=${t} rows ${r0}..${r1}: y[${i}, ${j}] = ${got[i * (r1 - r0) + j - r0]}, whole ${one[i * n + j]}`);
+                    expect.fail(
+                      `${isa} n=${n} k=${k} t=${t} rows ${r0}..${r1}: y[${i}, ${j}] = ${got[i * (r1 - r0) + j - r0]}, whole ${one[i * n + j]}`,
+                    );
               sub.w.dispose();
               sub.scale!.dispose();
             }

@@ -361,8 +361,8 @@ void int8_quantize_x(const float* x, int64_t T, int64_t K, int64_t chunks, int8_
 // part[t * ldp + i] = y[t, r + i] for T x rows and R weight rows. Each row is summed the same way
 // whatever R is (NA depends on T only; int4_i8_row_sums): weight_rows' contract.
 template <class V, int T, int R>
-__attribute__((always_inline)) inline void int8_i8_rows(const int8_t* xq, const typename V::I* xz, const float* sx, int64_t chunks,
-                                                        const WeightRef& w, int64_t r, float* part, int64_t ldp) {
+__attribute__((always_inline)) inline void int8_i8_rows(const int8_t* xq, const typename V::I* xz, const float* sx,
+                                                        int64_t chunks, const WeightRef& w, int64_t r, float* part, int64_t ldp) {
   using F = typename V::F;
   using I = typename V::I;
   constexpr int kB = sizeof(I), kP = 128 / kB;
@@ -393,7 +393,8 @@ __attribute__((always_inline)) inline void int8_i8_rows(const int8_t* xq, const 
       const uint8_t* q = reinterpret_cast<const uint8_t*>(xq + (t * chunks + ch) * 128);
       I xs[kP];
       for (int j = 0; j < kP; ++j) xs[j] = V::load_bytes(q + j * kB);
-      ac[t][i] = V::fmadd(V::ifloat(V::template dot_s8s8<kP>(wv, xs, xz[t * chunks + ch])), V::set1(sx[t * chunks + ch]), ac[t][i]);
+      ac[t][i] =
+          V::fmadd(V::ifloat(V::template dot_s8s8<kP>(wv, xs, xz[t * chunks + ch])), V::set1(sx[t * chunks + ch]), ac[t][i]);
     }
   };
   int64_t ch = 0;

@@ -334,12 +334,15 @@ struct Avx2 {
   template <int N>
   LC_TARGET_AVX2 static I dot_s8s8(const I* w, const I* x, I acc) {
     for (int k = 0; k < N; ++k)
-      acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w[k], w[k]), _mm256_sign_epi8(x[k], w[k])),
-                                                    _mm256_set1_epi16(1)));
+      acc = _mm256_add_epi32(acc,
+                             _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w[k], w[k]), _mm256_sign_epi8(x[k], w[k])),
+                                               _mm256_set1_epi16(1)));
     return acc;
   }
   template <int N>
-  LC_TARGET_AVX2 static I s8s8_seed(const I*) { return izero(); }
+  LC_TARGET_AVX2 static I s8s8_seed(const I*) {
+    return izero();
+  }
   // The 8 lanes of a (whole numbers in [-128, 127]) as int8 at p.
   LC_TARGET_AVX2 static void store_i8(int8_t* p, F a) {
     const I i = _mm256_cvtps_epi32(a);
@@ -582,7 +585,8 @@ struct Avx512Vnni : Avx512 {
   // 255 * 127).
   template <int N>
   LC_TARGET_AVX512VNNI static I dot_s8s8(const I* w, const I* x, I acc) {
-    for (int k = 0; k < N; ++k) acc = _mm512_dpbusd_epi32(acc, _mm512_xor_si512(w[k], _mm512_set1_epi8(static_cast<char>(0x80))), x[k]);
+    for (int k = 0; k < N; ++k)
+      acc = _mm512_dpbusd_epi32(acc, _mm512_xor_si512(w[k], _mm512_set1_epi8(static_cast<char>(0x80))), x[k]);
     return acc;
   }
   template <int N>
