@@ -47,7 +47,9 @@ export type MatmulPrecision = 'bf16' | 'highest' | 'fp8';
  * 'bf16' (default) lets them round activations to bf16 (AVX512-BF16, CUDA tensor cores: twice the
  * FLOP rate or more); 'highest' keeps every product in fp32; 'fp8' is 'bf16' plus e4m3 activations
  * (1x128 groups) for fp8 weights at 17 rows or more: the e4m3 tensor cores on sm_89+ (the CPU
- * emulates the quantization). Returns the previous setting.
+ * emulates the quantization). On the CPU (AVX2, AVX512-VNNI) 'bf16' and 'fp8' also let the int8 and
+ * int4 weights' decode GEMVs (up to 8 rows) round activations to int8 per 128 columns (native/cpu/linear.h).
+ * Returns the previous setting.
  */
 export function setMatmulPrecision(p: MatmulPrecision): MatmulPrecision {
   return native.setMatmulPrecision(p);

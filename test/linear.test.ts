@@ -105,10 +105,11 @@ function check(
   rel: number,
   yt: FDtype,
   what: string,
+  extra?: Float64Array,
 ) {
   const gamma = ((k + 8) * U32) / (1 - (k + 8) * U32);
   for (let i = 0; i < want.y.length; i++) {
-    const e = (gamma + rel) * want.s[i]!;
+    const e = (gamma + rel) * want.s[i]! + (extra ? extra[i]! * (1 + 1e-5) : 0);
     const tol = e + (yt === 'bf16' ? U16 * (Math.abs(want.y[i]!) + e) : 0) + 1e-30;
     const err = Math.abs(got[i]! - want.y[i]!);
     if (!(err <= tol)) expect.fail(`${what}: y[${i}] = ${got[i]} but expected ${want.y[i]} (tolerance ${tol})`);
@@ -129,6 +130,30 @@ function bf16Rounding(isa: string, wdtype: WDtype, xdtype: FDtype, t: number, pr
   const rx = xdtype === 'f32' ? U16 : 0,
     rw = wdtype === 'fp8_e4m3' ? U16 : 0;
   return (1 + rx) * (1 + rw) - 1;
+}
+
+/** The ISAs whose int8 GEMV takes int8 activations at precision other than 'highest' (linear_i8act.h). */
+const int8ActIsa = (isa: string) => isa === 'avx2' || (isa === 'avx512' && cpuFeatures().avx512vnni);
+/** Whether linear rounds x to int8 for an int8 weight here (t <= 8, see int8ActIsa). */
+const int8Act = (isa: string, wdtype: WDtype, t: number, precision = 'bf16') =>
+  wdtype === 'int8' && t <= 8 && precision !== 'highest' && int8ActIsa(isa);
+
+/** The error x rounded to int8 per row and 128 columns adds to y = x W^T: |dx| <= max|x of the
+ *  block| / 254 per element, so sum over blocks of that times sum |w| of the block, per output. */
+function int8ActBound(x: Float64Array, w: Float64Array, t: number, n: number, k: number): Float64Array {
+  const e = new Float64Array(t * n);
+  for (let i = 0; i < t; i++)
+    for (let j = 0; j < n; j++)
+      for (let c0 = 0; c0 < k; c0 += 128) {
+        let amax = 0,
+          wsum = 0;
+        for (let c = c0; c < Math.min(k, c0 + 128); c++) {
+          amax = Math.max(amax, Math.abs(x[i * k + c]!));
+          wsum += Math.abs(w[j * k + c]!);
+        }
+        e[i * n + j]! += (amax / 254) * wsum;
+      }
+  return e;
 }
 
 /** Runs `run` at 1, 2 and 3 threads (the caller restores the count): every result bit for bit the
@@ -171,8 +196,9 @@ describe('linear', () => {
           const want = reference(x.ref, w.ref, t, n, k);
           eachIsa(isa => {
             const rel = bf16Rounding(isa, wdtype, xdtype, t);
+            const extra = int8Act(isa, wdtype, t) ? int8ActBound(x.ref, w.ref, t, n, k) : undefined;
             for (const yt of fdtypes) {
-              check(runLinear(x.x, w, t, n, yt), want, k, rel, yt, `${isa} t=${t} k=${k} n=${n} y ${yt}`);
+              check(runLinear(x.x, w, t, n, yt), want, k, rel, yt, `${isa} t=${t} k=${k} n=${n} y ${yt}`, extra);
               checked++;
             }
           });
@@ -361,11 +387,138 @@ describe('linear', () => {
         const x = makeX(r, 'bf16', t, k);
         const want = reference(x.ref, w.ref, t, n, k);
         eachIsa(isa => {
-          check(runLinear(x.x, w, t, n, 'f32'), want, k, 0, 'f32', `${wdtype} ${isa} t=${t}`);
+          const extra = int8Act(isa, wdtype, t) ? int8ActBound(x.ref, w.ref, t, n, k) : undefined;
+          check(runLinear(x.x, w, t, n, 'f32'), want, k, 0, 'f32', `${wdtype} ${isa} t=${t}`, extra);
         });
         x.x.dispose();
       }
       w.dispose();
+    }
+  });
+
+  it("int8 weights, t <= 8: precision 'bf16' rounds x to int8 per 128 columns (AVX2, AVX512-VNNI; within that bound, ISAs alike, the path really taken), 'highest' keeps fp32; codes -128..127, ragged k", () => {
+    const r = rng(5150);
+    const before = native.setMatmulPrecision('bf16');
+    try {
+      const worst: Record<string, Record<string, number>> = { bf16: {}, highest: {} };
+      for (const [n, k] of [
+        [37, 300], // a part chunk (44 columns)
+        [203, 640], // 4 rows per pass at t = 1, a 3-row tail
+        [22, 2304], // long rows: 1 per pass
+        [5, 100], // one part chunk only
+        [9, 129], // one column past a chunk
+      ] as const) {
+        const s = Float32Array.from({ length: n }, () => r.uniform(0.5, 2) / 127);
+        const q = Int8Array.from({ length: n * k }, () => r.int(256) - 128); // -128 too (checkpoints may hold it)
+        const ref = new Float64Array(n * k);
+        for (let i = 0; i < n; i++) for (let j = 0; j < k; j++) ref[i * k + j] = q[i * k + j]! * s[i]!;
+        const w: Weight = { w: new Tensor('int8', [n, k], 'cpu', q), scale: new Tensor('f32', [n], 'cpu', s), ref, dispose() {} };
+        for (const t of [1, 2, 3, 4, 8]) {
+          const x = makeX(r, 'f32', t, k);
+          const want = reference(x.ref, w.ref, t, n, k);
+          const bound = int8ActBound(x.ref, w.ref, t, n, k);
+          for (const precision of ['bf16', 'highest'] as const) {
+            native.setMatmulPrecision(precision);
+            const outs: ArrayLike<number>[] = [];
+            eachIsa(isa => {
+              const on = int8Act(isa, 'int8', t, precision);
+              const got = runLinear(x.x, w, t, n, 'f32');
+              check(got, want, k, 0, 'f32', `${precision} ${isa} n=${n} k=${k} t=${t}`, on ? bound : undefined);
+              if (on) outs.push(got);
+              for (let i = 0; i < t * n; i++)
+                worst[precision]![isa] = Math.max(worst[precision]![isa] ?? 0, Math.abs(got[i]! - want.y[i]!) / want.s[i]!);
+            });
+            // the same int8 x and exact int32 sums on every ISA: only the fp32 sums of the
+            // per-chunk terms differ (vector width), within fp32 rounding of sum |x w|
+            for (const o of outs.slice(1))
+              for (let e = 0; e < t * n; e++) {
+                const d = Math.abs(o[e]! - outs[0]![e]!),
+                  tol = (k / 128 + 16) * 2 * U32 * 4 * want.s[e]! + 1e-30;
+                if (!(d <= tol))
+                  expect.fail(`int8 activations, ISA parity n=${n} k=${k} t=${t}: y[${e}] differs by ${d} > ${tol}`);
+              }
+          }
+          x.x.dispose();
+        }
+        w.w.dispose();
+        w.scale!.dispose();
+      }
+      // the int8 path really ran where the ISA has it (its error far above fp32 rounding), and not at 'highest'
+      for (const isa of isas) {
+        if (int8ActIsa(isa)) expect(worst.bf16![isa], isa).toBeGreaterThan(1e-4);
+        else expect(worst.bf16![isa], isa).toBeLessThan(2 ** -16);
+        expect(worst.highest![isa], isa).toBeLessThan(2 ** -16);
+      }
+    } finally {
+      native.setMatmulPrecision(before);
+    }
+  });
+
+  it("int8 weights, int8 activations: a row's bits do not depend on the rows it is computed with (rows per pass, threads, sub-ranges); a NaN or an infinity in x gives NaN rows", () => {
+    const before = native.setMatmulPrecision('bf16');
+    const threads = native.threads();
+    try {
+      const r = rng(6161);
+      for (const [n, k] of [
+        [203, 640],
+        [37, 300],
+        [22, 2304],
+      ] as const) {
+        const w = makeWeight(r, 'int8', n, k);
+        const q = new Int8Array(w.w.toBytes().buffer),
+          s = toArray(w.scale!) as Float32Array;
+        for (const t of [1, 2, 5]) {
+          const x = makeX(r, 'f32', t, k);
+          eachIsa(isa => {
+            if (!int8ActIsa(isa)) return;
+            sameAtThreads(`${isa} n=${n} k=${k} t=${t}`, () => runLinear(x.x, w, t, n, 'f32'));
+            native.setThreads(1);
+            const one = runLinear(x.x, w, t, n, 'f32');
+            for (const [r0, r1] of [
+              [1, n],
+              [3, Math.min(n, 14)],
+              [n - 2, n],
+            ] as [number, number][]) {
+              const sub: Weight = {
+                w: new Tensor('int8', [r1 - r0, k], 'cpu', q.slice(r0 * k, r1 * k)),
+                scale: new Tensor('f32', [r1 - r0], 'cpu', s.slice(r0, r1)),
+                ref: new Float64Array(0),
+                dispose() {},
+              };
+              const got = runLinear(x.x, sub, t, r1 - r0, 'f32');
+              for (let i = 0; i < t; i++)
+                for (let j = r0; j < r1; j++)
+                  if (!Object.is(got[i * (r1 - r0) + j - r0], one[i * n + j]))
+                    expect.fail(
+                      `${isa} n=${n} k=${k} t=${t} rows ${r0}..${r1}: y[${i}, ${j}] = ${got[i * (r1 - r0) + j - r0]}, whole ${one[i * n + j]}`,
+                    );
+              sub.w.dispose();
+              sub.scale!.dispose();
+            }
+          });
+          x.x.dispose();
+        }
+        // non-finite x: the row of x with it gives NaN everywhere, the others are untouched
+        for (const bad of [NaN, Infinity, -Infinity]) {
+          const t = 3;
+          const xv = r.array(t * k);
+          xv[1 * k + Math.min(k - 1, 200)] = bad;
+          const x = tensor(xv, [t, k]);
+          eachIsa(isa => {
+            if (!int8ActIsa(isa)) return;
+            const got = runLinear(x, w, t, n, 'f32');
+            for (let j = 0; j < n; j++) {
+              expect(Number.isNaN(got[1 * n + j]!), `${isa} ${bad} y[1, ${j}]`).toBe(true);
+              expect(Number.isFinite(got[j]!) && Number.isFinite(got[2 * n + j]!), `${isa} ${bad} rows 0, 2`).toBe(true);
+            }
+          });
+          x.dispose();
+        }
+        w.dispose();
+      }
+    } finally {
+      native.setThreads(threads);
+      native.setMatmulPrecision(before);
     }
   });
 

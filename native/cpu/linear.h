@@ -76,10 +76,13 @@ int64_t weight_bytes(const WeightRef& w);
 //        hardware multiplies bf16 (AVX512-BF16 GEMMs, CUDA tensor cores); what bf16 engines do,
 //        twice the FLOP rate.
 //   Highest: every product in fp32, e.g. for tests against a float64 reference.
-//   (BF16 and FP8 also let an int4 GEMV (t <= 8, groups a multiple of 128) on AVX2 or AVX512-VNNI
-//   (linear_i8act.h; AVX-512 without VNNI keeps fp32) quantize x to int8 per row and 128 columns
-//   (scale max|x| / 127) and sum code x int8 products exactly in int32: error at most 1/254 of each
-//   128-column block's max |x| times the weights' magnitudes.)
+//   (BF16 and FP8 also let an int4 GEMV (t <= 8, groups a multiple of 128) and an int8 GEMV (t <= 8)
+//   on AVX2 or AVX512-VNNI (linear_i8act.h; AVX-512 without VNNI keeps fp32) quantize x to int8 per
+//   row and 128 columns (scale max|x| / 127) and sum code x int8 products exactly in int32: error
+//   at most 1/254 of each 128-column block's max |x| times the weights' magnitudes (int8 weights:
+//   decode KLD against bf16 small 2.4e-3 -> 3.7e-3, medium 4.6e-3 -> 7.1e-3, bench/RESULTS.md
+//   wt16-int8). An int8 GEMV's x block holding a NaN or an infinity gives NaN. The CUDA decode
+//   GEMVs keep fp32 activations at every precision: there CPU and CUDA agree within this bound.)
 //   FP8: like BF16, and an fp8 weight times t >= kFp8ActivationMinRows rows quantizes the
 //        activations to e4m3 in 1x128 groups first (the DeepSeek-V3 inference recipe; the CUDA
 //        e4m3 tensor-core GEMM). The CPU quantizes and dequantizes, then multiplies in fp32

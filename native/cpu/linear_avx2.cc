@@ -35,6 +35,10 @@ void linear_avx2(int64_t t, const void* x, DType xt, const WeightRef& w, void* y
     gemv_int4_i8<simd::Avx2>(t, x, xt, w, y, yt);
     return;
   }
+  if (t <= kGemvMaxRows && int8_act && w.dtype == DType::I8) {
+    gemv_int8_i8<simd::Avx2>(t, x, xt, w, y, yt);
+    return;
+  }
   linear_vec<Avx2Linear>(t, x, xt, w, y, yt);
 }
 

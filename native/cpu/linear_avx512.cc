@@ -549,6 +549,10 @@ void linear_avx512(int64_t t, const void* x, DType xt, const WeightRef& w, void*
     gemv_int4_i8<simd::Avx512Vnni>(t, x, xt, w, y, yt);
     return;
   }
+  if (t <= kGemvMaxRows && int8_act && w.dtype == DType::I8) {
+    gemv_int8_i8<simd::Avx512Vnni>(t, x, xt, w, y, yt);
+    return;
+  }
   linear_vec<Avx512Linear>(t, x, xt, w, y, yt);
 }
 

@@ -298,5 +298,178 @@ void gemv_int4_i8(int64_t t, const void* x, DType xt, const WeightRef& w, void* 
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// The int8 GEMV with int8 activations (int8 weights with row scales, t <= kGemvMaxRows, matmul
+// precision other than 'highest'; AVX2 and AVX512-VNNI): x quantized per row and 128 columns as
+// above (scale max|x| / 127, round half to even; here in column order), every chunk's code x code
+// sum exact in int32 (V::dot_s8s8), then y = w.scale[r] * sum over chunks of sx * sum. The fp32
+// GEMV widened and converted every weight (vpmovsxbd + vcvtdq2ps + FMA: ~29 G weights/s per thread
+// on the Zen 5 VM, below one thread's DRAM share); here 64 weights take a vpdpbusd (and an xor).
+// A block of x holding a NaN or an infinity gets the scale NaN: the rows' sums come out NaN (the
+// fp32 products would give NaN or an infinity), never a finite value.
+
+// Prefetch distances on the weight stream (address order, as the int4 GEMV above).
+constexpr int64_t kInt8I8PrefetchBytes = 4096;
+constexpr int64_t kInt8I8FarPrefetchBytes = 16384;
+// Weight rows per pass at t = 1 where rows are at most this long: R independent sums in flight
+// and the rows' ends (the horizontal sums) four at a time.
+constexpr int64_t kInt8I8ShortRowBytes = 2048;
+
+// xq [T][chunks][128] (columns in order, zero past K), xz [T][chunks] (V::s8s8_seed of the chunk's
+// codes), sx [T][chunks] (NaN for a block with a NaN or an infinity).
+template <class V>
+void int8_quantize_x(const float* x, int64_t T, int64_t K, int64_t chunks, int8_t* xq, typename V::I* xz, float* sx) {
+  using F = typename V::F;
+  using I = typename V::I;
+  constexpr int W = V::kLanes, kB = sizeof(I), kP = 128 / kB;
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t ch = 0; ch < chunks; ++ch) {
+      const float* xr = x + t * K + ch * 128;
+      const int64_t n = K - ch * 128 < 128 ? K - ch * 128 : 128;
+      float amax = 0;
+      bool finite = true;
+      if (n == 128) {
+        F am = V::zero(), fin = V::zero();
+        for (int c = 0; c < 128; c += W) {
+          const F a = V::load(xr + c);
+          am = V::max(V::max(a, V::sub(V::zero(), a)), am);
+          fin = V::add(fin, V::sub(a, a));  // 0, or NaN from a NaN or an infinity
+        }
+        amax = V::reduce_max(am);
+        finite = V::reduce_add(fin) == 0.0f;
+      } else
+        for (int64_t c = 0; c < n; ++c) {
+          amax = std::fmax(amax, std::fabs(xr[c]));
+          finite = finite && std::isfinite(xr[c]);
+        }
+      const float s = finite ? amax / 127.0f : NAN;
+      int8_t* q = xq + (t * chunks + ch) * 128;
+      if (s > 0 && n == 128) {
+        const F sv = V::set1(s);
+        for (int c = 0; c < 128; c += W)
+          V::store_i8(q + c, V::min(V::max(V::round(V::div(V::load(xr + c), sv)), V::set1(-127.0f)), V::set1(127.0f)));
+      } else
+        for (int c = 0; c < 128; ++c)
+          q[c] = static_cast<int8_t>(c < n && s > 0 ? std::fmin(127.0f, std::fmax(-127.0f, std::nearbyint(xr[c] / s))) : 0.0f);
+      I xs[kP];
+      for (int p = 0; p < kP; ++p) xs[p] = V::load_bytes(reinterpret_cast<const uint8_t*>(q) + p * kB);
+      xz[t * chunks + ch] = V::template s8s8_seed<kP>(xs);
+      sx[t * chunks + ch] = s;
+    }
+}
+
+// part[t * ldp + i] = y[t, r + i] for T x rows and R weight rows. Each row is summed the same way
+// whatever R is (NA depends on T only; int4_i8_row_sums): weight_rows' contract.
+template <class V, int T, int R>
+__attribute__((always_inline)) inline void int8_i8_rows(const int8_t* xq, const typename V::I* xz, const float* sx,
+                                                        int64_t chunks, const WeightRef& w, int64_t r, float* part, int64_t ldp) {
+  using F = typename V::F;
+  using I = typename V::I;
+  constexpr int kB = sizeof(I), kP = 128 / kB;
+  const int64_t K = w.k, whole = K / 128;
+  const uint8_t* w0 = static_cast<const uint8_t*>(w.data) + r * K;
+  constexpr int NA = T <= 2 ? 2 : 1;  // accumulator sets (the convert + multiply-add chain per chunk)
+  F acc[NA][T][R];
+  for (int a = 0; a < NA; ++a)
+    for (int t = 0; t < T; ++t)
+      for (int i = 0; i < R; ++i) acc[a][t][i] = V::zero();
+  auto chunk = [&](int i, int64_t ch, F(&ac)[T][R]) __attribute__((always_inline)) {
+    // the R rows' lines in address order, a fixed distance ahead (see int4_i8_rows)
+    const uint8_t* pf = w0 + (ch * R + i) * 128;
+    _mm_prefetch(reinterpret_cast<const char*>(pf + kInt8I8PrefetchBytes), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(pf + kInt8I8PrefetchBytes + 64), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(pf + kInt8I8FarPrefetchBytes), _MM_HINT_T1);
+    _mm_prefetch(reinterpret_cast<const char*>(pf + kInt8I8FarPrefetchBytes + 64), _MM_HINT_T1);
+    const uint8_t* p = w0 + i * K + ch * 128;
+    I wv[kP];
+    if (ch < whole)
+      for (int j = 0; j < kP; ++j) wv[j] = V::load_bytes(p + j * kB);
+    else  // the row's last part chunk: only its own bytes (x's codes past K are zero)
+      for (int j = 0; j < kP; ++j) {
+        const int64_t m = K - ch * 128 - j * kB;
+        wv[j] = m >= kB ? V::load_bytes(p + j * kB) : m > 0 ? V::load_bytes_n(p + j * kB, m) : V::izero();
+      }
+    for (int t = 0; t < T; ++t) {
+      const uint8_t* q = reinterpret_cast<const uint8_t*>(xq + (t * chunks + ch) * 128);
+      I xs[kP];
+      for (int j = 0; j < kP; ++j) xs[j] = V::load_bytes(q + j * kB);
+      ac[t][i] =
+          V::fmadd(V::ifloat(V::template dot_s8s8<kP>(wv, xs, xz[t * chunks + ch])), V::set1(sx[t * chunks + ch]), ac[t][i]);
+    }
+  };
+  int64_t ch = 0;
+  for (; ch + NA <= chunks; ch += NA)
+    for (int a = 0; a < NA; ++a)
+      for (int i = 0; i < R; ++i) chunk(i, ch + a, acc[a]);
+  for (; ch < chunks; ++ch)
+    for (int i = 0; i < R; ++i) chunk(i, ch, acc[0]);
+  for (int t = 0; t < T; ++t) {
+    F a[R];
+    float sums[R];
+    for (int i = 0; i < R; ++i) {
+      a[i] = acc[0][t][i];
+      for (int k = 1; k < NA; ++k) a[i] = V::add(a[i], acc[k][t][i]);
+    }
+    int4_i8_row_sums<V, R>(a, sums);
+    for (int i = 0; i < R; ++i) part[t * ldp + i] = sums[i] * w.scale[r + i];
+  }
+}
+
+template <class V, int T, int R>
+void gemv_int8_i8_t(const float* x, const WeightRef& w, void* y, DType yt) {
+  using I = typename V::I;
+  const int64_t K = w.k, N = w.n, chunks = ceil_div(K, 128);
+  // xq, then xz (vector-aligned: 128-byte chunks), sx
+  char* buf = static_cast<char*>(scratch(kScratchC, T * chunks * (128 + sizeof(I) + sizeof(float))));
+  int8_t* xq = reinterpret_cast<int8_t*>(buf);
+  I* xz = reinterpret_cast<I*>(buf + T * chunks * 128);
+  float* sx = reinterpret_cast<float*>(xz + T * chunks);
+  int8_quantize_x<V>(x, T, K, chunks, xq, xz, sx);
+  const int64_t grain = gemv_grain_rows(w) / R;
+  parallel_for(ceil_div(N, R), grain < 1 ? 1 : grain, [&](int64_t g0, int64_t g1) {
+    const int64_t n0 = g0 * R, n1 = g1 * R < N ? g1 * R : N;
+    float part[T][R];
+    auto store = [&](int64_t r0, int rows) {
+      for (int t = 0; t < T; ++t)
+        for (int i = 0; i < rows; ++i) store_y(y, yt, t * N + r0 + i, part[t][i]);
+    };
+    int64_t r = n0;
+    for (; r + R <= n1; r += R) {
+      int8_i8_rows<V, T, R>(xq, xz, sx, chunks, w, r, &part[0][0], R);
+      store(r, R);
+    }
+    for (; r < n1; ++r) {
+      int8_i8_rows<V, T, 1>(xq, xz, sx, chunks, w, r, &part[0][0], R);
+      store(r, 1);
+    }
+  });
+}
+
+// The entry: t <= kGemvMaxRows rows of x (f32 or bf16); four short rows per pass at t = 1.
+template <class V>
+void gemv_int8_i8(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType yt) {
+  const float* xf = static_cast<const float*>(x);
+  if (xt == DType::BF16) {
+    float* buf = static_cast<float*>(scratch(kScratchX, t * w.k * sizeof(float)));
+    bf16_to_f32_rows<V>(static_cast<const uint16_t*>(x), t * w.k, buf);
+    xf = buf;
+  }
+  switch (t) {
+    case 1:
+      if (w.k <= kInt8I8ShortRowBytes)
+        gemv_int8_i8_t<V, 1, 4>(xf, w, y, yt);
+      else
+        gemv_int8_i8_t<V, 1, 1>(xf, w, y, yt);
+      break;
+    case 2: gemv_int8_i8_t<V, 2, 1>(xf, w, y, yt); break;
+    case 3: gemv_int8_i8_t<V, 3, 1>(xf, w, y, yt); break;
+    case 4: gemv_int8_i8_t<V, 4, 1>(xf, w, y, yt); break;
+    case 5: gemv_int8_i8_t<V, 5, 1>(xf, w, y, yt); break;
+    case 6: gemv_int8_i8_t<V, 6, 1>(xf, w, y, yt); break;
+    case 7: gemv_int8_i8_t<V, 7, 1>(xf, w, y, yt); break;
+    case 8: gemv_int8_i8_t<V, 8, 1>(xf, w, y, yt); break;
+  }
+}
+
 }  // namespace
 }  // namespace lc::cpu::linear_detail

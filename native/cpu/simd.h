@@ -326,6 +326,29 @@ struct Avx2 {
     return _mm256_add_epi32(acc, _mm256_madd_epi16(h, _mm256_set1_epi16(1)));
   }
   LC_TARGET_AVX2 static F ifloat(I a) { return _mm256_cvtepi32_ps(a); }
+  // dot_s8s8<N>(w, x, acc): acc plus, per 32-bit lane, the sum over the N vector pairs (w[k], x[k])
+  // of their 4 adjacent int8 x int8 products, x in [-127, 127] (w any int8), exact in int32 for the
+  // int8 GEMV (linear_i8act.h: acc starts at s8s8_seed(x), here 0). vpmaddubsw takes |w| as
+  // unsigned (|-128| = 128 as a byte) and x with w's sign (vpsignb): each int16 pair sum is at most
+  // 2 * 128 * 127 = 32512, no saturation; vpmaddwd widens every result on its own (two would not fit).
+  template <int N>
+  LC_TARGET_AVX2 static I dot_s8s8(const I* w, const I* x, I acc) {
+    for (int k = 0; k < N; ++k)
+      acc = _mm256_add_epi32(acc,
+                             _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w[k], w[k]), _mm256_sign_epi8(x[k], w[k])),
+                                               _mm256_set1_epi16(1)));
+    return acc;
+  }
+  template <int N>
+  LC_TARGET_AVX2 static I s8s8_seed(const I*) {
+    return izero();
+  }
+  // The 8 lanes of a (whole numbers in [-128, 127]) as int8 at p.
+  LC_TARGET_AVX2 static void store_i8(int8_t* p, F a) {
+    const I i = _mm256_cvtps_epi32(a);
+    const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(p), _mm_packs_epi16(w, w));
+  }
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -542,6 +565,10 @@ struct Avx512 {
   LC_TARGET_AVX512 static I nib_lo(I v) { return _mm512_and_si512(v, _mm512_set1_epi8(0x0f)); }
   LC_TARGET_AVX512 static I nib_hi(I v) { return _mm512_and_si512(_mm512_srli_epi16(v, 4), _mm512_set1_epi8(0x0f)); }
   LC_TARGET_AVX512 static F ifloat(I a) { return _mm512_cvtepi32_ps(a); }
+  // The 16 lanes of a (whole numbers in [-128, 127]) as int8 at p.
+  LC_TARGET_AVX512 static void store_i8(int8_t* p, F a) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(a)));
+  }
 };
 
 // AVX-512 with VNNI: vpdpbusd sums the 4 u8 x s8 products of each 32-bit lane into it in one
@@ -551,6 +578,22 @@ struct Avx512Vnni : Avx512 {
   LC_TARGET_AVX512VNNI static I dot_u4s8(const I* u, const I* s, I acc) {
     for (int k = 0; k < N; ++k) acc = _mm512_dpbusd_epi32(acc, u[k], s[k]);
     return acc;
+  }
+  // dot_s8s8 as Avx2's, but vpdpbusd wants one unsigned operand: w ^ 0x80 is w + 128 as a byte, so
+  // the sums come out 128 x (the lane's x codes) too high, and s8s8_seed(x) (per lane, -128 x the sum
+  // of x's codes in it over the N vectors) is where they start. Exact in int32 (|lane| <= N * 4 *
+  // 255 * 127).
+  template <int N>
+  LC_TARGET_AVX512VNNI static I dot_s8s8(const I* w, const I* x, I acc) {
+    for (int k = 0; k < N; ++k)
+      acc = _mm512_dpbusd_epi32(acc, _mm512_xor_si512(w[k], _mm512_set1_epi8(static_cast<char>(0x80))), x[k]);
+    return acc;
+  }
+  template <int N>
+  LC_TARGET_AVX512VNNI static I s8s8_seed(const I* x) {
+    I a = _mm512_setzero_si512();
+    for (int k = 0; k < N; ++k) a = _mm512_dpbusd_epi32(a, _mm512_set1_epi8(static_cast<char>(0x80)), x[k]);
+    return _mm512_sub_epi32(_mm512_setzero_si512(), a);
   }
 };
 
