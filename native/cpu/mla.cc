@@ -53,11 +53,7 @@ inline void prefetch_row(const void* p, int64_t n) {
   if (n > 0) prefetch_line<1>(c + n - 1);  // (a row that starts inside a line ends in one more)
 }
 
-constexpr int kMaxQ = 4;  // query / accumulator rows per micro-kernel call
-// Up to this many tokens (decode steps) mlaAbsorbQ requests each head's W_UV into L2 for mlaOutput,
-// which follows the decode: both read the same kv_b_proj, cold in a step; the small preset's
-// 8 KiB per head took mlaOutput ~2x its warm time cold (bench/native/mla_decode.cc, wt15-absorb).
-constexpr int64_t kAbsorbUvAhead = 64;
+constexpr int kMaxQ = 4;    // query / accumulator rows per micro-kernel call
 constexpr int kTile = 16;   // keys per tile (decode: one tile of cache rows stays in L1/L2 for all heads)
 constexpr int kPTile = 32;  // keys per tile in prefill
 
@@ -609,13 +605,10 @@ LC_TARGET_AVX512BF16 void absorb_bf16(int64_t t, int64_t nl, int64_t kd, const f
   }
 }
 
-// absorb_q of heads [h0, h1): W_UK[h] = dn rows of dl at wkvb + h (dn + dv) dl. Over each head's
-// products the rows after its W_UK are requested into L2: its W_UV (kAbsorbUvAhead: what mlaOutput
-// reads after the decode), then the next head's W_UK, which follow it in wkvb.
+// absorb_q of heads [h0, h1): W_UK[h] = dn rows of dl at wkvb + h (dn + dv) dl.
 LC_TARGET_AVX512BF16 void absorb_q_bf16(const MlaDims& d, int64_t t, int64_t h0, int64_t h1, float* q_lat, const float* q,
                                         const uint16_t* w) {
   const int64_t nh = d.nh, dn = d.dn, dl = d.dl, dk = d.dn + d.dr, dkv = d.dn + d.dv, bytes = dn * dl * 2;
-  const int64_t uv_bytes = t <= kAbsorbUvAhead ? d.dv * dl * 2 : 0;
   const auto block = [&](int64_t h) { return reinterpret_cast<const char*>(w + h * dkv * dl); };
   for (int64_t o = 0; h0 < h1 && o < bytes; o += 64) prefetch_line<2>(block(h0) + o);  // the first head's: at once
   for (int64_t h = h0; h < h1; ++h) {
@@ -632,8 +625,7 @@ LC_TARGET_AVX512BF16 void absorb_q_bf16(const MlaDims& d, int64_t t, int64_t h0,
             }
           }
         },
-        uv_bytes > 0 || h + 1 < h1 ? block(h) + bytes + (uv_bytes > 0 ? 0 : d.dv * dl * 2) : nullptr,
-        uv_bytes + (h + 1 < h1 ? bytes : 0));
+        h + 1 < h1 ? block(h + 1) : nullptr, bytes);
   }
 }
 
@@ -1402,8 +1394,11 @@ void absorb_q_impl(const MlaDims& d, int64_t t, float* q_lat, const float* q, co
     // accumulators every 4 rows). Each element's sum is one fma chain in row order either way:
     // the same bits.
     const int64_t group = t > kMaxQ ? kAbsorbRowsMulti : kAbsorbRows;
-    // decode (a unit is a head): the head's W_UV requested into L2 along its W_UK rows, as absorb_q_bf16
-    const int64_t uv_bytes = cblocks == 1 && t <= kAbsorbUvAhead ? d.dv * dl * static_cast<int64_t>(sizeof(WT)) : 0;
+    // Decode at 1-4 tokens (a unit is a head): the head's W_UV, which mlaOutput reads after the
+    // decode, is requested into L2 along its W_UK rows (kv_b_proj is cold in a step: small preset,
+    // 4 rows, mlaOutput 31-33 -> 25 us per step; at 5-16 tokens on the bf16 path the same requests
+    // slowed mlaAbsorbQ more than they sped mlaOutput up).
+    const int64_t uv_bytes = t <= kMaxQ ? d.dv * dl * static_cast<int64_t>(sizeof(WT)) : 0;
     const WT* rows[kAbsorbRowsMulti];
     for (int64_t u = u0; u < u1; ++u) {
       const int64_t h = u / cblocks, c0 = (u % cblocks) * cb, cw = width(u);
