@@ -928,7 +928,24 @@ LC_TARGET_AVX2 float softmax_avx2(float* s, int n, float& m, float& l) {
   m = mx;
   return corr;
 }
+
+// f32 [n] -> bf16 bits at dst, 16 at a time: numeric.h's f32_to_bf16 bit for bit (Avx512::to_bf16).
+LC_TARGET_AVX512 void bf16_row_avx512(uint16_t* dst, const float* src, int64_t n) {
+  for (int64_t c = 0; c < n; c += 16) {
+    const __mmask16 m = Avx512::mask16(n - c);
+    _mm256_mask_storeu_epi16(dst + c, m, Avx512::to_bf16(_mm512_maskz_loadu_ps(m, src + c)));
+  }
+}
 #endif  // LC_ATTN_X86
+
+// f32 [n] -> bf16 bits (f32_to_bf16) at dst: the cache write's rows (a scalar loop took ~2.5 us of
+// the 16-row step's 8 calls, on the region's master alone).
+void bf16_row(uint16_t* dst, const float* src, int64_t n) {
+#ifdef LC_ATTN_X86
+  if (isa() == Isa::Avx512) return bf16_row_avx512(dst, src, n);
+#endif
+  for (int64_t c = 0; c < n; ++c) dst[c] = f32_to_bf16(src[c]);
+}
 
 template <typename T>
 struct Kernels {
@@ -1486,8 +1503,8 @@ void mla_cache_write(const MlaDims& d, int64_t t, void* cache, MlaCache cf, int6
         }
       } else if (cf == MlaCache::BF16) {
         uint16_t* dst = static_cast<uint16_t*>(cache) + s * row;
-        for (int64_t c = 0; c < dl; ++c) dst[c] = f32_to_bf16(ckv[r * dl + c]);
-        for (int64_t c = 0; c < dr; ++c) dst[dl + c] = f32_to_bf16(kpe[r * dr + c]);
+        bf16_row(dst, ckv + r * dl, dl);
+        bf16_row(dst + dl, kpe + r * dr, dr);
       } else {
         float* dst = static_cast<float*>(cache) + s * row;
         std::memcpy(dst, ckv + r * dl, sizeof(float) * dl);
