@@ -9,6 +9,7 @@
 #include "mla.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -1151,12 +1152,9 @@ void decode_impl(const MlaDims& d, int64_t batch, float* o_lat, const float* q_l
   for (int64_t g = 0; g < ngroups; ++g) total += group_len(g) * (L.group_first[g + 1] - L.group_first[g]);
   const int64_t chunk = std::max<int64_t>(kMinSplit, (total + key_units - 1) / key_units);
   L.group_units[0] = 0;
-  int64_t unit_min = std::numeric_limits<int64_t>::max(), unit_max = 0;  // keys x rows of a split
   for (int64_t g = 0, ub = 0, sb = 0; g < ngroups; ++g) {
     const int64_t splits = std::max<int64_t>(1, (group_len(g) + chunk - 1) / chunk);
     const int64_t b0 = L.group_first[g], rows = L.group_first[g + 1] - b0;
-    unit_min = std::min(unit_min, group_len(g) / splits * rows);
-    unit_max = std::max(unit_max, (group_len(g) + splits - 1) / splits * rows);
     for (int64_t r = 0; r < rows; ++r) {
       L.unit_base[b0 + r] = static_cast<int32_t>(ub + r);
       L.slot_base[b0 + r] = static_cast<int32_t>(sb + r);
@@ -1192,21 +1190,30 @@ void decode_impl(const MlaDims& d, int64_t batch, float* o_lat, const float* q_l
     w.bt = block_table + (w.b + w.rows - 1) * max_blocks;
     return w;
   };
-  // Units of about equal work (within 1/4: a serving step's sequences, which grow together) go out
-  // as one contiguous chunk per thread, so that only a thread's first unit starts on cold rows (the
-  // later ones on the rows the unit before requested: NextKeys); otherwise ~4 chunks per thread,
-  // which even out unequal units.
-  const int64_t grain = 4 * unit_max <= 5 * unit_min ? (nunits + nthreads - 1) / nthreads : 1;
-  parallel_for(nunits, grain, [&](int64_t u0, int64_t u1) {
-    int64_t g = 0;
-    while (L.group_units[g + 1] <= u0 / G) ++g;
+  // The units go out by steal_for: each thread takes a contiguous share in order (evened out by
+  // steals), so that the unit after u is most often its own next one, whose first tiles it requests
+  // over u's last (NextKeys; not across the shares' edges). requested: this thread's unit before u
+  // was u - 1 of this call (tracked per thread; a call's id tells calls apart).
+  static std::atomic<uint64_t> calls{0};
+  const uint64_t call = calls.fetch_add(1, std::memory_order_relaxed) + 1;
+  const auto share_start = [&](int64_t u) {  // whether u starts a thread's share (steal_for's edges)
+    for (int64_t p = 1; p < nthreads; ++p)
+      if (u == nunits * p / nthreads) return true;
+    return false;
+  };
+  steal_for(nunits, [&](int64_t u) {
+    thread_local uint64_t last_call = 0;
+    thread_local int64_t last_unit = -1;
+    const bool after_own = last_call == call && last_unit == u - 1;
+    last_call = call;
+    last_unit = u;
     const KT* ka[kTile];
     const KT* kb[kTile];
     float sc[kMaxQ][kTile];
     std::conditional_t<kFp8, float[kMlaFp8DecodeRow], char> deq;  // fp8: the tile's rows as f32
-    for (int64_t u = u0; u < u1; ++u) {
+    {
+      const int64_t g = 0;
       const Unit w = unit_at(u, g);
-      g = w.g;
       const int64_t b = w.b, rows = w.rows, hlo = w.hlo, hhi = w.hhi, splits = w.splits, k = w.k, s0 = w.s0;
       int64_t s1 = w.s1;
       // the group's rows' results for split k: [rows * nh, dl] and [rows * nh, 2]
@@ -1226,11 +1233,12 @@ void decode_impl(const MlaDims& d, int64_t batch, float* o_lat, const float* q_l
       if constexpr (std::is_same_v<CT, uint16_t>) {
         if (use_bf16) {
           NextKeys next;
-          if (u + 1 < u1) {
-            const Unit n = unit_at(u + 1, g);
+          if (u + 1 < nunits && !share_start(u + 1)) {
+            const Unit n = unit_at(u + 1, w.g);
             next = NextKeys{n.bt, n.s0, n.s1};
           }
-          decode_unit_bf16(d, qlb, qpb, dk, cache, bt, block_size, s0, s1, seq_lens + b, hlo, hhi, scale, acc, ml, next, u > u0);
+          decode_unit_bf16(d, qlb, qpb, dk, cache, bt, block_size, s0, s1, seq_lens + b, hlo, hhi, scale, acc, ml, next,
+                           after_own);
           s1 = s0;  // done: skip the generic tile loop
         }
       }
