@@ -1168,15 +1168,16 @@ void decode_impl(const MlaDims& d, int64_t batch, float* o_lat, const float* q_l
   const int64_t nunits = L.group_units[ngroups] * G;
 
   // Work unit u: split k of group g for the group's heads [hlo, hhi), keys [s0, s1) (s1: the end
-  // of the pass, its last row's). g: the group of a unit before u or u's (walked forward).
+  // of the pass, its last row's).
   struct Unit {
     int64_t g, b, rows, hlo, hhi, splits, k, s0, s1;
     const int32_t* bt;  // the longest row's table holds every key
   };
-  const auto unit_at = [&](int64_t u, int64_t g) {
+  const auto unit_at = [&](int64_t u) {
     Unit w;
     const int64_t ku = u / G;
-    while (L.group_units[g + 1] <= ku) ++g;
+    // the group whose splits hold ku: group_units[g] <= ku < group_units[g + 1]
+    const int64_t g = std::upper_bound(L.group_units + 1, L.group_units + ngroups + 1, ku) - (L.group_units + 1);
     w.g = g;
     w.b = L.group_first[g];
     w.rows = L.group_first[g + 1] - w.b;
@@ -1212,8 +1213,7 @@ void decode_impl(const MlaDims& d, int64_t batch, float* o_lat, const float* q_l
     float sc[kMaxQ][kTile];
     std::conditional_t<kFp8, float[kMlaFp8DecodeRow], char> deq;  // fp8: the tile's rows as f32
     {
-      const int64_t g = 0;
-      const Unit w = unit_at(u, g);
+      const Unit w = unit_at(u);
       const int64_t b = w.b, rows = w.rows, hlo = w.hlo, hhi = w.hhi, splits = w.splits, k = w.k, s0 = w.s0;
       int64_t s1 = w.s1;
       // the group's rows' results for split k: [rows * nh, dl] and [rows * nh, 2]
@@ -1234,7 +1234,7 @@ void decode_impl(const MlaDims& d, int64_t batch, float* o_lat, const float* q_l
         if (use_bf16) {
           NextKeys next;
           if (u + 1 < nunits && !share_start(u + 1)) {
-            const Unit n = unit_at(u + 1, w.g);
+            const Unit n = unit_at(u + 1);
             next = NextKeys{n.bt, n.s0, n.s1};
           }
           decode_unit_bf16(d, qlb, qpb, dk, cache, bt, block_size, s0, s1, seq_lens + b, hlo, hhi, scale, acc, ml, next,
