@@ -779,6 +779,46 @@ describe('cache write and gather', () => {
     }
   });
 
+  it('a bf16 cache write rounds every value as f32ToBf16 (ties to even, NaN, infinities, subnormals), on every ISA', () => {
+    // dl 45 / dr 7: whole and partial 16-value vectors of the AVX-512 write, rows not 16-aligned
+    const dl = 45,
+      dr = 7,
+      t = 6;
+    const r = rng(33);
+    const bits = new Uint32Array(t * (dl + dr));
+    for (let i = 0; i < bits.length; i++) {
+      const u = r.uint32();
+      // every fourth value a tie (low half 0x8000, odd and even), then specials
+      bits[i] = i % 4 === 1 ? (u & 0xffff0000) | 0x8000 : u;
+    }
+    const special = [
+      0x7fc00000, 0xffc00001, 0x7f800001, 0x7f800000, 0xff800000, 0x7f7fffff, 0x00000001, 0x80008000, 0x3f808000, 0x3f818000,
+    ];
+    special.forEach((v, i) => {
+      bits[i * 5] = v >>> 0;
+    });
+    const vals = new Float32Array(bits.buffer);
+    const ckv = new Float32Array(t * dl),
+      kpe = new Float32Array(t * dr);
+    for (let i = 0; i < t; i++) {
+      ckv.set(vals.subarray(i * (dl + dr), i * (dl + dr) + dl), i * dl);
+      kpe.set(vals.subarray(i * (dl + dr) + dl, (i + 1) * (dl + dr)), i * dr);
+    }
+    const slots = [5, 0, 9, 2, 11, 7];
+    for (const isa of isas) {
+      native.setIsa(isa);
+      const cache = full([3, 4, dl + dr], 0, { dtype: 'bf16' });
+      native.mlaCacheWrite(null, cache, tensor(ckv, [t, dl]), tensor(kpe, [t, dr]), i32(slots));
+      const raw = toArray(cache);
+      for (let i = 0; i < t; i++)
+        for (let c = 0; c < dl + dr; c++) {
+          const v = c < dl ? ckv[i * dl + c]! : kpe[i * dr + c - dl]!;
+          expect(raw[slots[i]! * (dl + dr) + c], `${isa} row ${i} col ${c}`).toBe(roundBf16(v));
+        }
+    }
+    native.setIsa(startIsa);
+  });
+
   it('feeds mlaPrefill with a cached prefix: gather + new tokens equal the one-shot prefill', () => {
     const d: Dims = { nh: 3, dn: 16, dr: 8, dv: 12, dl: 20 };
     const r = rng(8);

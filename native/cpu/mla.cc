@@ -9,6 +9,7 @@
 #include "mla.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -662,14 +663,26 @@ LC_END_TARGET
 
 bool decode_bf16_fits(const MlaDims& d) { return d.dl <= kBfMaxDl && d.dl + d.dr <= kBfMaxRow; }
 
+// The cache rows a thread reads after the current pass (its next work unit's): the decode's L2
+// requests run on into them over the current pass's last tiles, so that a unit does not start on
+// cold rows (at 2-16 sequences of 30-300 keys a unit is 1-10 tiles, and its first two tiles were
+// requested only when it began). bt null: none.
+struct NextKeys {
+  const int32_t* bt = nullptr;
+  int64_t s0 = 0, s1 = 0;
+};
+
 // One split [s0, s1) of one sequence for nh <= HV * 8 heads: folds its cache rows into those heads'
 // rows of acc [nh, dl] and ml [nh, 2]. Head i attends the rows [s0, end[i]) (end[i] <= s1: the heads
 // of several rows of one sequence, a verify step's, share the pass, each row its own causal end).
-// qlb: q_lat of the first head, dl apart; qpb: q_pe of the first head, qps apart.
+// qlb: q_lat of the first head, dl apart; qpb: q_pe of the first head, qps apart. next: the rows
+// read after this pass (requested into L2 once this pass's own are); requested: whether the pass
+// before it requested this pass's first tiles already.
 template <int HV>
 LC_TARGET_AVX512BF16 void decode_chunk_bf16(const MlaDims& d, int64_t nh, const float* qlb, const float* qpb, int64_t qps,
                                             const uint16_t* cache, const int32_t* bt, int64_t block_size, int64_t s0, int64_t s1,
-                                            const int64_t* end, float scale, float* acc, float* ml) {
+                                            const int64_t* end, float scale, float* acc, float* ml, const NextKeys& next,
+                                            bool requested) {
   constexpr int JB = 16 / HV;  // keys per scores_z call: 16 accumulators
   const int64_t dl = d.dl, dr = d.dr, row = dl + dr, ncb = (dl + 15) / 16;
   alignas(64) uint32_t qz[(kBfMaxRow / 4 + 1) * 2 * kBfLanes * HV];
@@ -681,26 +694,27 @@ LC_TARGET_AVX512BF16 void decode_chunk_bf16(const MlaDims& d, int64_t nh, const 
   float m[kLanes], l[kLanes], corr[kLanes];
   int32_t ntl[kLanes];  // per head: its keys in the tile
   const uint16_t* ka[kBfTile];
-  // q^T in bf16 pairs, scores_z's layout; the lanes past the real heads are zero.
-  std::memset(qz, 0, sizeof(uint32_t) * (row + 3) / 4 * HV * 16);
+  // q^T in bf16 pairs, scores_z's layout (head h's pairs 2g, 2g + 1 are the 64-bit quad g of its
+  // row); the lanes past the real heads are zero.
+  const int64_t ng = (row + 3) / 4;
+  if (nh < HV * kBfLanes) std::memset(qz, 0, sizeof(uint32_t) * ng * HV * 16);
   for (int64_t h = 0; h < nh; ++h) {
     to_bf16(qrow, qlb + h * dl, dl);
     to_bf16(qrow + dl, qpb + h * qps, dr);
     qrow[row] = qrow[row + 1] = qrow[row + 2] = 0;
-    for (int64_t g = 0; g < (row + 3) / 4; ++g)
-      for (int e = 0; e < 2; ++e)
-        std::memcpy(qz + (g * HV + h / 8) * 16 + 2 * (h % 8) + e, qrow + 4 * g + 2 * e, sizeof(uint32_t));
+    uint64_t* dst = reinterpret_cast<uint64_t*>(qz) + (h / 8) * 8 + h % 8;
+    for (int64_t g = 0; g < ng; ++g) std::memcpy(dst + g * HV * 8, qrow + 4 * g, sizeof(uint64_t));
   }
   for (int i = 0; i < kLanes; ++i) {
     m[i] = kNegInf;
     l[i] = 0.0f;
   }
   const __mmask16 mlast = static_cast<__mmask16>(dl % 16 == 0 ? 0xffff : (1u << (dl % 16)) - 1);
-  // rows [t, t + n) of the sequence (one division, not one a row)
-  const auto rows_at = [&](int64_t t, int n, const uint16_t** out) {
+  // rows [t, t + n) of the sequence of table tb (one division, not one a row)
+  const auto rows_at = [&](const int32_t* tb, int64_t t, int n, const uint16_t** out) {
     int64_t b = t / block_size, o = t % block_size;
     for (int j = 0; j < n; ++j) {
-      out[j] = cache + (static_cast<int64_t>(bt[b]) * block_size + o) * row;
+      out[j] = cache + (static_cast<int64_t>(tb[b]) * block_size + o) * row;
       if (++o == block_size) {
         o = 0;
         ++b;
@@ -723,19 +737,24 @@ LC_TARGET_AVX512BF16 void decode_chunk_bf16(const MlaDims& d, int64_t nh, const 
       pf_last = a - 64;
     }
   };
-  const auto prefetch_tile_rows = [&](int64_t t) {  // the prefetch slices' rows: tile t
-    npf = static_cast<int>(std::max<int64_t>(0, std::min<int64_t>(kBfTile, s1 - t)));
-    rows_at(t, npf, pf);
+  // the prefetch slices' rows: tile k of the stream of this pass's tiles, then next's
+  const int64_t ntiles = (s1 - s0 + kBfTile - 1) / kBfTile;
+  const auto prefetch_tile_rows = [&](int64_t k) {
+    const bool own = k < ntiles;
+    const int64_t t = own ? s0 + k * kBfTile : next.s0 + (k - ntiles) * kBfTile;
+    npf = own || next.bt ? static_cast<int>(std::clamp<int64_t>((own ? s1 : next.s1) - t, 0, kBfTile)) : 0;
+    rows_at(own ? bt : next.bt, t, npf, pf);
   };
   for (int64_t k = 0; k < kBfAhead; ++k) {
-    prefetch_tile_rows(s0 + k * kBfTile);
+    if (requested && k < ntiles) continue;
+    prefetch_tile_rows(k);
     prefetch_slice(0, kBfTile);
   }
   for (int64_t t0 = s0; t0 < s1; t0 += kBfTile) {
     const int nt = static_cast<int>(std::min<int64_t>(kBfTile, s1 - t0)), npt = (nt + 1) / 2;
-    rows_at(t0, nt, ka);
+    rows_at(bt, t0, nt, ka);
     for (int j = nt; j < kBfTile; ++j) ka[j] = kBfZeroRow;
-    prefetch_tile_rows(t0 + kBfAhead * kBfTile);
+    prefetch_tile_rows((t0 - s0) / kBfTile + kBfAhead);
     for (int j0 = 0; j0 < kBfTile; j0 += JB) {
       if (j0 < nt) scores_z<HV, JB>(qz, row, ka + j0, scale, st + j0 * HV * 8);
     }
@@ -783,18 +802,29 @@ LC_TARGET_AVX512BF16 void decode_chunk_bf16(const MlaDims& d, int64_t nh, const 
 // and ml [rows * nh, 2], kBfChunk heads at a time (kBfGroupChunk where [hlo, hhi) spans several rows:
 // one pass over the keys for the medium preset's 2 x 16 heads of a verify step); row r attends
 // [s0, min(s1, lens[r])). qlb: q_lat [rows * nh, dl]; qpb: q_pe of head 0, heads qps apart.
+// next / requested: decode_chunk_bf16's, for the unit (its passes request each other's first tiles).
 void decode_unit_bf16(const MlaDims& d, const float* qlb, const float* qpb, int64_t qps, const uint16_t* cache, const int32_t* bt,
                       int64_t block_size, int64_t s0, int64_t s1, const int32_t* lens, int64_t hlo, int64_t hhi, float scale,
-                      float* acc, float* ml) {
+                      float* acc, float* ml, const NextKeys& next, bool requested) {
   const int64_t width = hlo / d.nh == (hhi - 1) / d.nh ? kBfChunk : kBfGroupChunk;
+  const auto pass_end = [&](int64_t h0, int64_t* end) {  // the keys' end per head of the pass from h0, and the pass's
+    int64_t last = s0;
+    for (int64_t i = 0; i < std::min<int64_t>(width, hhi - h0); ++i) {
+      const int64_t e = std::max(s0, std::min<int64_t>(s1, lens[(h0 + i) / d.nh]));
+      if (end) end[i] = e;
+      last = std::max(last, e);
+    }
+    return last;
+  };
   for (int64_t h0 = hlo; h0 < hhi; h0 += width) {
     const int64_t n = std::min<int64_t>(width, hhi - h0);
-    int64_t end[kBfGroupChunk], last = s0;
-    for (int64_t i = 0; i < n; ++i) last = std::max(last, end[i] = std::max(s0, std::min<int64_t>(s1, lens[(h0 + i) / d.nh])));
+    int64_t end[kBfGroupChunk];
+    const int64_t last = pass_end(h0, end);
+    const NextKeys after = h0 + width < hhi ? NextKeys{bt, s0, pass_end(h0 + width, nullptr)} : next;
     (n > 2 * kBfLanes ? decode_chunk_bf16<4>
      : n > kBfLanes   ? decode_chunk_bf16<2>
                       : decode_chunk_bf16<1>)(d, n, qlb + h0 * d.dl, qpb + h0 * qps, qps, cache, bt, block_size, s0, last, end,
-                                            scale, acc + h0 * d.dl, ml + 2 * h0);
+                                            scale, acc + h0 * d.dl, ml + 2 * h0, after, requested || h0 > hlo);
   }
 }
 
@@ -900,7 +930,24 @@ LC_TARGET_AVX2 float softmax_avx2(float* s, int n, float& m, float& l) {
   m = mx;
   return corr;
 }
+
+// f32 [n] -> bf16 bits at dst, 16 at a time: numeric.h's f32_to_bf16 bit for bit (Avx512::to_bf16).
+LC_TARGET_AVX512 void bf16_row_avx512(uint16_t* dst, const float* src, int64_t n) {
+  for (int64_t c = 0; c < n; c += 16) {
+    const __mmask16 m = Avx512::mask16(n - c);
+    _mm256_mask_storeu_epi16(dst + c, m, Avx512::to_bf16(_mm512_maskz_loadu_ps(m, src + c)));
+  }
+}
 #endif  // LC_ATTN_X86
+
+// f32 [n] -> bf16 bits (f32_to_bf16) at dst: the cache write's rows (a scalar loop took ~2.5 us of
+// the 16-row step's 8 calls, on the region's master alone).
+void bf16_row(uint16_t* dst, const float* src, int64_t n) {
+#ifdef LC_ATTN_X86
+  if (isa() == Isa::Avx512) return bf16_row_avx512(dst, src, n);
+#endif
+  for (int64_t c = 0; c < n; ++c) dst[c] = f32_to_bf16(src[c]);
+}
 
 template <typename T>
 struct Kernels {
@@ -1121,22 +1168,55 @@ void decode_impl(const MlaDims& d, int64_t batch, float* o_lat, const float* q_l
   }
   const int64_t nunits = L.group_units[ngroups] * G;
 
-  parallel_for(nunits, 1, [&](int64_t u0, int64_t u1) {
-    int64_t g = 0;
-    while (L.group_units[g + 1] <= u0 / G) ++g;
+  // Work unit u: split k of group g for the group's heads [hlo, hhi), keys [s0, s1) (s1: the end
+  // of the pass, its last row's).
+  struct Unit {
+    int64_t g, b, rows, hlo, hhi, splits, k, s0, s1;
+    const int32_t* bt;  // the longest row's table holds every key
+  };
+  const auto unit_at = [&](int64_t u) {
+    Unit w;
+    const int64_t ku = u / G;
+    // the group whose splits hold ku: group_units[g] <= ku < group_units[g + 1]
+    const int64_t g = std::upper_bound(L.group_units + 1, L.group_units + ngroups + 1, ku) - (L.group_units + 1);
+    w.g = g;
+    w.b = L.group_first[g];
+    w.rows = L.group_first[g + 1] - w.b;
+    w.hlo = head_lo(u % G, w.rows * nh);
+    w.hhi = head_lo(u % G + 1, w.rows * nh);
+    w.splits = L.row_splits[w.b];
+    w.k = ku - L.group_units[g];
+    const int64_t len = group_len(g), per = (len + w.splits - 1) / w.splits;
+    w.s0 = std::min(len, w.k * per);
+    w.s1 = std::clamp<int64_t>(seq_lens[w.b + (w.hhi - 1) / nh], w.s0, std::min(len, w.s0 + per));
+    w.bt = block_table + (w.b + w.rows - 1) * max_blocks;
+    return w;
+  };
+  // The units go out by steal_for: each thread takes a contiguous share in order (evened out by
+  // steals), so that the unit after u is most often its own next one, whose first tiles it requests
+  // over u's last (NextKeys; not across the shares' edges). requested: this thread's unit before u
+  // was u - 1 of this call (tracked per thread; a call's id tells calls apart).
+  static std::atomic<uint64_t> calls{0};
+  const uint64_t call = calls.fetch_add(1, std::memory_order_relaxed) + 1;
+  const auto share_start = [&](int64_t u) {  // whether u starts a thread's share (steal_for's edges)
+    for (int64_t p = 1; p < nthreads; ++p)
+      if (u == nunits * p / nthreads) return true;
+    return false;
+  };
+  steal_for(nunits, [&](int64_t u) {
+    thread_local uint64_t last_call = 0;
+    thread_local int64_t last_unit = -1;
+    const bool after_own = last_call == call && last_unit == u - 1;
+    last_call = call;
+    last_unit = u;
     const KT* ka[kTile];
     const KT* kb[kTile];
     float sc[kMaxQ][kTile];
     std::conditional_t<kFp8, float[kMlaFp8DecodeRow], char> deq;  // fp8: the tile's rows as f32
-    for (int64_t u = u0; u < u1; ++u) {
-      const int64_t ku = u / G;
-      while (L.group_units[g + 1] <= ku) ++g;
-      const int64_t b = L.group_first[g], rows = L.group_first[g + 1] - b, gh = rows * nh;
-      const int64_t hlo = head_lo(u % G, gh), hhi = head_lo(u % G + 1, gh);  // split ku, the group's heads [hlo, hhi)
-      const int64_t splits = L.row_splits[b], k = ku - L.group_units[g];
-      const int64_t len = group_len(g), per = (len + splits - 1) / splits;
-      const int64_t s0 = std::min(len, k * per);
-      int64_t s1 = std::min(len, s0 + per);
+    {
+      const Unit w = unit_at(u);
+      const int64_t b = w.b, rows = w.rows, hlo = w.hlo, hhi = w.hhi, splits = w.splits, k = w.k, s0 = w.s0;
+      int64_t s1 = w.s1;
       // the group's rows' results for split k: [rows * nh, dl] and [rows * nh, 2]
       float* acc = splits > 1 ? L.acc + (L.slot_base[b] + k * rows) * nh * dl : o_lat + b * nh * dl;
       float* ml = L.ml + (L.unit_base[b] + k * rows) * nh * 2;
@@ -1145,16 +1225,21 @@ void decode_impl(const MlaDims& d, int64_t batch, float* o_lat, const float* q_l
         ml[2 * h] = kNegInf;
         ml[2 * h + 1] = 0.0f;
       }
-      const int32_t* bt = block_table + (b + rows - 1) * max_blocks;  // the longest row's table holds every key
+      const int32_t* bt = w.bt;
       const float* qlb = q_lat + b * nh * dl;
       const float* qpb = q + b * nh * dk + d.dn;
       // the key end of each row in this split (rows [hlo / nh, (hhi - 1) / nh]); the pass ends at the last
       const auto row_end = [&](int64_t r) { return std::clamp<int64_t>(seq_lens[b + r], s0, s1); };
-      s1 = row_end((hhi - 1) / nh);
 #ifdef LC_ATTN_X86
       if constexpr (std::is_same_v<CT, uint16_t>) {
         if (use_bf16) {
-          decode_unit_bf16(d, qlb, qpb, dk, cache, bt, block_size, s0, s1, seq_lens + b, hlo, hhi, scale, acc, ml);
+          NextKeys next;
+          if (u + 1 < nunits && !share_start(u + 1)) {
+            const Unit n = unit_at(u + 1);
+            next = NextKeys{n.bt, n.s0, n.s1};
+          }
+          decode_unit_bf16(d, qlb, qpb, dk, cache, bt, block_size, s0, s1, seq_lens + b, hlo, hhi, scale, acc, ml, next,
+                           after_own);
           s1 = s0;  // done: skip the generic tile loop
         }
       }
@@ -1211,6 +1296,7 @@ void decode_impl(const MlaDims& d, int64_t batch, float* o_lat, const float* q_l
   });
 
   // Merge the splits of long sequences: o = sum_k e^(m_k - M) acc_k / sum_k e^(m_k - M) l_k.
+  if (L.group_units[ngroups] == ngroups) return;  // no group has more than one split
   parallel_for(batch * nh, std::max<int64_t>(1, 4096 / std::max<int64_t>(dl, 1)), [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
       const int64_t b = p / nh, h = p % nh;
@@ -1352,14 +1438,22 @@ void absorb_q_impl(const MlaDims& d, int64_t t, float* q_lat, const float* q, co
     // accumulators every 4 rows). Each element's sum is one fma chain in row order either way:
     // the same bits.
     const int64_t group = t > kMaxQ ? kAbsorbRowsMulti : kAbsorbRows;
+    // Decode at 1-4 tokens (a unit is a head): the head's W_UV, which mlaOutput reads after the
+    // decode, is requested into L2 along its W_UK rows (kv_b_proj is cold in a step: small preset,
+    // 4 rows, mlaOutput 31-33 -> 25 us per step; at 5-16 tokens on the bf16 path the same requests
+    // slowed mlaAbsorbQ more than they sped mlaOutput up).
+    const int64_t uv_bytes = t <= kMaxQ ? d.dv * dl * static_cast<int64_t>(sizeof(WT)) : 0;
     const WT* rows[kAbsorbRowsMulti];
     for (int64_t u = u0; u < u1; ++u) {
       const int64_t h = u / cblocks, c0 = (u % cblocks) * cb, cw = width(u);
       const WT* wu = ubase(u);
+      const char* uv = reinterpret_cast<const char*>(wu + dn * dl);
+      int64_t uv_done = 0;
       for (int64_t i = 0; i < t; ++i) std::memset(q_lat + (i * nh + h) * dl + c0, 0, sizeof(float) * cw);
       for (int64_t r0 = 0; r0 < dn; r0 += group) {
         const int nt = static_cast<int>(std::min<int64_t>(group, dn - r0));
         pf.next(nt);
+        for (const int64_t upto = uv_bytes * (r0 + nt) / dn; uv_done < upto; uv_done += 64) prefetch_line<2>(uv + uv_done);
         for (int j = 0; j < nt; ++j) rows[j] = wu + (r0 + j) * dl;
         for (int64_t i0 = 0; i0 < t; i0 += kMaxQ) {
           const int gq = static_cast<int>(std::min<int64_t>(kMaxQ, t - i0));
@@ -1434,8 +1528,8 @@ void mla_cache_write(const MlaDims& d, int64_t t, void* cache, MlaCache cf, int6
         }
       } else if (cf == MlaCache::BF16) {
         uint16_t* dst = static_cast<uint16_t*>(cache) + s * row;
-        for (int64_t c = 0; c < dl; ++c) dst[c] = f32_to_bf16(ckv[r * dl + c]);
-        for (int64_t c = 0; c < dr; ++c) dst[dl + c] = f32_to_bf16(kpe[r * dr + c]);
+        bf16_row(dst, ckv + r * dl, dl);
+        bf16_row(dst + dl, kpe + r * dr, dr);
       } else {
         float* dst = static_cast<float*>(cache) + s * row;
         std::memcpy(dst, ckv + r * dl, sizeof(float) * dl);
