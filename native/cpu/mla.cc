@@ -1325,12 +1325,13 @@ void decode_impl(const MlaDims& d, int64_t batch, float* o_lat, const float* q_l
 // ---------------------------------------------------------------------------------------------
 // Weight absorption: q_lat = W_UK^T q_nope, o = W_UV o_lat.
 
-constexpr int64_t kColBlock = 128;        // latent columns per absorb_q work unit (prefill; decode: whole rows)
-constexpr int64_t kRowBlock = 32;         // W_UV rows per output work unit
-constexpr int64_t kAbsorbRows = 4;        // weight rows per micro-kernel call (both ops; output: one 4-key block)
-constexpr int64_t kAbsorbRowsMulti = 32;  // absorb_q with more than kMaxQ tokens: W_UK rows per call
-constexpr int64_t kAbsorbAhead = 4096;    // software prefetch distance along a thread's row stream, in bytes (L1)
-constexpr int64_t kAbsorbFar = 16384;     // the same, the request into L2
+constexpr int64_t kColBlock = 128;           // latent columns per absorb_q work unit (prefill; decode: whole rows)
+constexpr int64_t kRowBlock = 32;            // W_UV rows per output work unit
+constexpr int64_t kUvWarmBytes = 512 << 10;  // a thread's W_UV requested by mlaAbsorbQ: half an L2 (1 MiB on Zen 4)
+constexpr int64_t kAbsorbRows = 4;           // weight rows per micro-kernel call (both ops; output: one 4-key block)
+constexpr int64_t kAbsorbRowsMulti = 32;     // absorb_q with more than kMaxQ tokens: W_UK rows per call
+constexpr int64_t kAbsorbAhead = 4096;       // software prefetch distance along a thread's row stream, in bytes (L1)
+constexpr int64_t kAbsorbFar = 16384;        // the same, the request into L2
 
 // Both absorb ops are bandwidth bound at decode: every weight byte is read once per call. Their
 // units (contiguous in the weight) go out as one equal, contiguous share per thread, which each
@@ -1442,7 +1443,11 @@ void absorb_q_impl(const MlaDims& d, int64_t t, float* q_lat, const float* q, co
     // decode, is requested into L2 along its W_UK rows (kv_b_proj is cold in a step: small preset,
     // 4 rows, mlaOutput 31-33 -> 25 us per step; at 5-16 tokens on the bf16 path the same requests
     // slowed mlaAbsorbQ more than they sped mlaOutput up).
-    const int64_t uv_bytes = t <= kMaxQ ? d.dv * dl * static_cast<int64_t>(sizeof(WT)) : 0;
+    // Only while the thread's share of W_UV stays in L2 until mlaOutput (kUvWarmBytes): at LongCat's
+    // dimensions (64 heads x 128 x 512 bf16, 4 MiB a thread at 2 threads) the lines would be evicted
+    // before mlaOutput reads them, and W_UV would be read from DRAM twice.
+    const int64_t uv_head = d.dv * dl * static_cast<int64_t>(sizeof(WT));
+    const int64_t uv_bytes = t <= kMaxQ && (u1 - u0) * uv_head <= kUvWarmBytes ? uv_head : 0;
     const WT* rows[kAbsorbRowsMulti];
     for (int64_t u = u0; u < u1; ++u) {
       const int64_t h = u / cblocks, c0 = (u % cblocks) * cb, cw = width(u);
