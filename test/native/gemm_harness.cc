@@ -152,16 +152,26 @@ void linear_case(int64_t t, int64_t n, int64_t k, DType wdt, MatmulPrecision pre
   cpu::set_matmul_precision(prec);
   const bool fp8_act = prec == MatmulPrecision::FP8 && wdt == DType::FP8_E4M3 && t >= cpu::kFp8ActivationMinRows;
   const std::vector<double> xe = fp8_act ? fp8_activations(x, t, k) : std::vector<double>(x.begin(), x.end());
-  // float64 reference and S = sum |x w| per output: every path's error is a small multiple of S
-  std::vector<double> ref(static_cast<size_t>(t * n)), S(ref.size());
+  // An int8 GEMV (t <= 8) outside 'highest' may round x to int8 per 128 columns (linear.h; AVX2 /
+  // AVX512-VNNI): up to 1/254 of the block's max |x| per product, bounded by Q = sum amax |w| / 254.
+  const bool i8_act = wdt == DType::I8 && prec != MatmulPrecision::Highest && t <= 8;
+  std::vector<double> amax(static_cast<size_t>(t * ((k + 127) / 128)), 0.0);
+  for (int64_t i = 0; i < t; ++i)
+    for (int64_t c = 0; c < k; ++c) {
+      double& a = amax[i * ((k + 127) / 128) + c / 128];
+      a = std::max(a, std::fabs(xe[i * k + c]));
+    }
+  // float64 reference and S = sum |x w| per output: every path's error is a small multiple of S (+ Q)
+  std::vector<double> ref(static_cast<size_t>(t * n)), S(ref.size()), Q(ref.size(), 0.0);
   for (int64_t i = 0; i < t; ++i)
     for (int64_t j = 0; j < n; ++j) {
-      double acc = 0, abs = 0;
+      double acc = 0, abs = 0, q = 0;
       for (int64_t c = 0; c < k; ++c) {
         const double p = xe[i * k + c] * w.ref[j * k + c];
         acc += p, abs += std::fabs(p);
+        if (i8_act) q += amax[i * ((k + 127) / 128) + c / 128] * std::fabs(w.ref[j * k + c]) / 254 * (1 + 1e-6);
       }
-      ref[i * n + j] = acc, S[i * n + j] = abs;
+      ref[i * n + j] = acc, S[i * n + j] = abs, Q[i * n + j] = q;
     }
   const double gamma = (k + 16) * std::ldexp(1.0, -24);
   // bf16 rounding of x (CPU AVX512-BF16, GPU tensor cores) and of dequantized weights (GPU): 2^-7
@@ -174,7 +184,7 @@ void linear_case(int64_t t, int64_t n, int64_t k, DType wdt, MatmulPrecision pre
     double worst = 0, worst_tol = 0;
     bool ok = true;
     for (size_t i = 0; i < y.size(); ++i) {
-      const double tol = rel * S[i] + 1e-30, err = std::fabs(y[i] - ref[i]);
+      const double tol = rel * S[i] + Q[i] + 1e-30, err = std::fabs(y[i] - ref[i]);
       if (!(err <= tol)) {  // NaN-safe
         ok = false;
         worst = std::isnan(err) ? INFINITY : std::max(worst, err), worst_tol = tol;
