@@ -138,6 +138,9 @@ const std::shared_ptr<Stream>& default_stream(Napi::Env env, Device d);
 // LongcatError when either throws. `keep` (e.g. the Stream object) stays referenced until then.
 // (js_async.cc)
 Napi::Value await_fence(Napi::Env env, std::unique_ptr<Fence> fence, std::function<void()> then, Napi::Value keep);
+// Stream.synchronizeAsync() on a CPU stream: a job queued on it takes the error of the work before it
+// in stream order and settles the promise (as synchronizeAsync('cpu'); js_async.cc).
+Napi::Value await_cpu_stream(Napi::Env env, Stream& s);
 // The LongcatError for a code and message, as a value (to reject a promise with; js_async.cc).
 Napi::Value error_value(Napi::Env env, Code code, const std::string& msg);
 

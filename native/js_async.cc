@@ -188,6 +188,11 @@ Napi::Value await_cpu_streams(Napi::Env env, Device d) {
 
 }  // namespace
 
+Napi::Value await_cpu_stream(Napi::Env env, Stream& s) {
+  if (s.capturing()) fail(Code::E_ARGUMENT, "synchronizeAsync() on a stream that is being captured into a graph");
+  return settle_after_streams(env, s.device(), {&s}, std::make_shared<CpuCountdown>(1), "synchronizeAsync");
+}
+
 // readAsync(stream, tensors): resolves with each tensor's bytes as they are once the work queued on
 // `stream` before the call ran (CPU tensors on a CPU stream); later work is not waited for.
 static Napi::Value ReadAsync(const Napi::CallbackInfo& info) {

@@ -51,15 +51,9 @@ Napi::Value StreamWrap::Synchronize(const Napi::CallbackInfo& info) {
 // The awaitable synchronize(): resolves once the work queued so far ran, rejects with its error.
 Napi::Value StreamWrap::SynchronizeAsync(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
-    std::unique_ptr<Fence> fence = Fence::of_stream(get());
-    // The wrapper outlives the wait (`keep`), its stream may not: a disposed stream reported its
-    // errors when it was disposed.
-    return await_fence(
-        info.Env(), std::move(fence),
-        [this] {
-          if (s_) s_->raise_error();
-        },
-        info.This());
+    if (get().device().is_cpu()) return await_cpu_stream(info.Env(), get());
+    // CUDA: the fence's wait reports the stream's errors itself; the wrapper outlives it (`keep`).
+    return await_fence(info.Env(), Fence::of_stream(get()), nullptr, info.This());
   });
 }
 Napi::Value StreamWrap::WaitEvent(const Napi::CallbackInfo& info) {

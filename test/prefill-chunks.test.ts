@@ -186,6 +186,29 @@ describe('awaitable waits on CPU streams: failures and captures', () => {
     for (const v of [table, ids, y]) v.dispose();
     s.dispose();
   });
+
+  it("each awaited wait of a CPU stream takes the failure queued before it, not a later one's", async () => {
+    const s = new Stream('cpu');
+    const table = tensor([1, 2, 3, 4], [2, 2]),
+      bad = tensor([0, 9], [2], { dtype: 'int32' }),
+      alsoBad = tensor([-1], [1], { dtype: 'int32' }),
+      y = empty([2, 2]),
+      y1 = empty([1, 2]);
+    const clean = s.synchronizeAsync(); // nothing failed before it
+    native.embedding(s, y, table, bad);
+    const first = s.synchronizeAsync();
+    native.embedding(s, y1, table, alsoBad);
+    const second = s.synchronizeAsync();
+    const ran = new Event('cpu');
+    ran.record(s);
+    ran.synchronize(); // every wait's job ran before any of them settles on this thread
+    await expect(clean).resolves.toBeUndefined();
+    await expect(first).rejects.toMatchObject({ code: 'E_ARGUMENT', message: expect.stringMatching(/= 9 /) });
+    await expect(second).rejects.toMatchObject({ code: 'E_ARGUMENT', message: expect.stringMatching(/= -1 /) });
+    s.synchronize(); // nothing left behind on the stream
+    for (const v of [table, bad, alsoBad, y, y1]) v.dispose();
+    s.dispose();
+  });
 });
 
 describe('readAsync: a CPU stream read back in stream order', () => {

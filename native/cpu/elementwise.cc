@@ -208,7 +208,7 @@ LC_TARGET_AVX2 void softmax_row_avx2(const float* x, float* y, int64_t V, bool l
 int64_t embedding(int64_t T, int64_t H, const void* table, DType tt, int64_t V, const int32_t* ids, float* y) {
   for (int64_t t = 0; t < T; ++t)
     if (ids[t] < 0 || ids[t] >= V) return t;
-  const int64_t row_bytes = H * (tt == DType::BF16 ? 2 : 4);
+  const int64_t row_bytes = H * dtype_size(tt);
   // ~4k values a chunk (a verify's 16 rows on both threads); every row's lines are requested before
   // the first is read: the rows are scattered and cold, so their misses overlap.
   parallel_for(T, std::max<int64_t>(1, 4096 / std::max<int64_t>(H, 1)), [&](int64_t b, int64_t e) {
