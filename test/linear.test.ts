@@ -123,8 +123,8 @@ function check(
  * (a bf16 x times a bf16 weight is exact there too); 'fp8' keeps fp8 weights at >= 17 rows in fp32.
  */
 function bf16Rounding(isa: string, wdtype: WDtype, xdtype: FDtype, t: number, precision = 'bf16') {
-  // bf16 weights take the GEMM from 5 rows (linear_avx512.cc kBf16FewRowsMin), the others from 9
-  if (isa !== 'avx512' || !cpuFeatures().avx512bf16 || t < (wdtype === 'bf16' ? 5 : 9) || wdtype === 'f32') return 0;
+  // bf16 weights take vdpbf16ps from 2 rows (linear_avx512.cc kFewRowsMin), the others from 9
+  if (isa !== 'avx512' || !cpuFeatures().avx512bf16 || t < (wdtype === 'bf16' ? 2 : 9) || wdtype === 'f32') return 0;
   if (wdtype === 'bf16') return precision !== 'highest' && xdtype === 'f32' ? U16 : 0;
   if (precision === 'highest' || (precision === 'fp8' && wdtype === 'fp8_e4m3' && t >= 17)) return 0;
   const rx = xdtype === 'f32' ? U16 : 0,
@@ -320,6 +320,66 @@ describe('linear', () => {
     }
     expect(checked).toBe(3 * 2 * 2 * 7 * isas.length * 3);
   });
+
+  it.each(['bf16', 'highest'] as const)(
+    "bf16 weights at 2-8 rows (vdpbf16ps, each weight line loaded once for every x row): odd shapes, x and y f32 / bf16, the same bits at 1, 2 and 3 threads and in any row's company, precision %s",
+    precision => {
+      const r = rng(precision.length * 1702);
+      const threads = native.threads();
+      const before = native.setMatmulPrecision(precision);
+      let checked = 0;
+      try {
+        // k: one partial vector, 1-2 vectors and a partial one, several 128-column blocks with a
+        // partial last vector (1000), whole blocks (544); n: passes of 3-4 rows and a last 1-3 rows,
+        // several 256-row groups (600)
+        for (const k of [7, 33, 100, 544, 1000])
+          for (const n of [1, 5, 13, 203, 600])
+            for (const xdtype of fdtypes) {
+              const w = makeWeight(r, 'bf16', n, k);
+              for (const t of [2, 3, 4, 5, 6, 7, 8]) {
+                const x = makeX(r, xdtype, t, k);
+                const want = reference(x.ref, w.ref, t, n, k);
+                eachIsa(isa => {
+                  const rel = bf16Rounding(isa, 'bf16', xdtype, t, precision);
+                  for (const yt of fdtypes) {
+                    const what = `${isa} x ${xdtype} y ${yt} t=${t} k=${k} n=${n}`;
+                    let got: ArrayLike<number> = [];
+                    checked += sameAtThreads(what, wh => {
+                      got = runLinear(x.x, w, t, n, yt);
+                      check(got, want, k, rel, yt, wh);
+                      return got;
+                    });
+                    if (yt === 'bf16') continue;
+                    // which path ran: x's bf16 rounding shows far above fp32 rounding ('highest': never)
+                    let worst = 0;
+                    for (let i = 0; i < t * n; i++) worst = Math.max(worst, Math.abs(got[i]! - want.y[i]!) / want.s[i]!);
+                    if (rel > 0 && k >= 544 && t * n >= 26) expect(worst, what).toBeGreaterThan(2 ** -14);
+                    if (rel === 0 && xdtype === 'f32') expect(worst, what).toBeLessThan(2 ** -16);
+                    // a row's bits do not depend on the other rows of the call (AVX512-BF16: each
+                    // output is its x row's and weight row's alone; the GEMVs: rows summed on their own),
+                    // where 2 rows run the same path (AVX512-BF16 from 5 rows: x in 8 KiB, else the GEMM)
+                    const dot = isa === 'avx512' && cpuFeatures().avx512bf16 && (xdtype === 'bf16' || precision !== 'highest');
+                    if (dot && t > 4 && t * k * 2 > 8192) continue;
+                    const head = runLinear(x.x.narrow(0, 2), w, 2, n, yt),
+                      tail = runLinear(x.x.narrow(t - 2, 2), w, 2, n, yt);
+                    for (let i = 0; i < 2 * n; i++) {
+                      if (!Object.is(got[i], head[i])) expect.fail(`${what}: y[${i}] = ${got[i]}, in rows 0-1 alone ${head[i]}`);
+                      const j = (t - 2) * n + i;
+                      if (!Object.is(got[j], tail[i])) expect.fail(`${what}: y[${j}] = ${got[j]}, in its 2 rows alone ${tail[i]}`);
+                    }
+                  }
+                });
+                x.x.dispose();
+              }
+              w.dispose();
+            }
+      } finally {
+        native.setThreads(threads);
+        native.setMatmulPrecision(before);
+      }
+      expect(checked).toBe(5 * 5 * 2 * 7 * isas.length * 2 * 3);
+    },
+  );
 
   it('f32 weights at 9-16 rows (the GEMV in two passes): each row the same bits as at 1-8 rows, x and y f32 / bf16', () => {
     const r = rng(1602);

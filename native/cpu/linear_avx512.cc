@@ -522,22 +522,134 @@ void lanes_gemm(int64_t t, const void* x, DType xt, const WeightRef& w, void* y,
   steal_for(ceil_div(N, IB), run);
 }
 
+// ---------------------------------------------------------------------------------------------
+// 2-8 rows of x times bf16 weights read in place (a decode step of 2-8 sequences; the experts' 2-8
+// rows each at 4-16 streams). The fp32-FMA GEMV spent 2 widenings + 2t FMAs per 32 weights of a row
+// (at 4 rows FMA-bound: 1 thread warm 25 GB/s, this kernel 47), and the in-place GEMM (5-8 rows,
+// before) read each weight vector once per strip of <= 6 rows and summed every k block horizontally.
+// Here x is rounded to bf16 once per call as the GEMM does (precision 'highest' with f32 x never
+// comes here; bf16 x times bf16 weights is exact either way) into [t][ldx] (zero-padded past k),
+// and each weight vector (32 columns of a row, one line) is loaded once and taken by t vdpbf16ps, one
+// accumulator per (x row, weight row) over the whole k: R weight rows per pass (t R + R + 1
+// registers), each row stream requested ahead as gemv_rows does (into L2 kGemvFarPrefetchBytes on,
+// at 2 rows also into L1 512 B on; on past a row's end into the rows the stream reads next), the
+// passes split over the threads as the GEMV's (gemv_split). The accumulators are summed at the end by
+// hsum4 (the same tree for every vector it takes), so an output's bits depend only on its x row and
+// weight row: not on t, the pass, or the thread count. (The GEMM with one k block, k <= 1024, sums
+// in the same order.) In the replayed steps (bench/RESULTS.md wt17-fewrow) medium's dense linears
+// at 8 rows took 0.85-0.87x the GEMM's time (the 4 MB ones, k = 1024 and 2048: 0.84-0.89x), while
+// alone (every call from DRAM, copies rotated) the GEMM read k = 1024 / 2048 at 8 rows 1.0-1.5x faster.
+constexpr int64_t kFewRowsMin = 2, kFewRowsMax = kGemvMaxRows;
+template <int T>
+constexpr int kFewRowsR = T <= 6 ? 4 : 3;  // 8 x 3 + 3 + 1 = 28, 6 x 4 + 4 + 1 = 29 of 32 registers
+
+// The L1 request's distance (0: none, the L2 request only): the GEMV's at 2 rows and at 3-4 rows
+// (gemv_near_prefetch_bytes), none at 5-8 either (512 B / 2 KiB there: within noise alone).
+template <int T>
+constexpr int64_t fewrow_near_prefetch_bytes() {
+  return gemv_near_prefetch_bytes<T <= 2 ? T : 4, uint16_t>();
+}
+
+// out[t * ldo + i] = sum_k x[t][k] W[r + i][k], t < T, i < R.
+template <int T, int R>
+void fewrow_rows(const uint16_t* xq, int64_t ldx, const WeightRef& w, int64_t r, float* out, int64_t ldo) {
+  const int64_t K = w.k, row_bytes = K * 2;
+  const uint16_t* wr[R];
+  for (int i = 0; i < R; ++i) wr[i] = static_cast<const uint16_t*>(w.data) + (r + i) * K;
+  __m512 acc[T][R];
+  for (int t = 0; t < T; ++t)
+    for (int i = 0; i < R; ++i) acc[t][i] = _mm512_setzero_ps();
+  const auto step = [&](int64_t k, __mmask32 m, bool whole) __attribute__((always_inline)) {
+    __m512bh wv[R];
+    for (int i = 0; i < R; ++i)
+      wv[i] = (__m512bh)(whole ? _mm512_loadu_si512(wr[i] + k) : _mm512_maskz_loadu_epi16(m, wr[i] + k));
+    for (int t = 0; t < T; ++t) {
+      const __m512bh xv = (__m512bh)_mm512_load_si512(xq + t * ldx + k);
+      for (int i = 0; i < R; ++i) acc[t][i] = _mm512_dpbf16_ps(acc[t][i], xv, wv[i]);
+    }
+  };
+  constexpr int64_t near = fewrow_near_prefetch_bytes<T>();
+  for (int64_t b0 = 0; b0 < K; b0 += 128) {
+    if constexpr (near > 0) prefetch_rows_ahead<3>(wr, row_bytes, b0 * 2 + near, 256);
+    prefetch_rows_ahead<2>(wr, row_bytes, b0 * 2 + kGemvFarPrefetchBytes, 256);
+    const int64_t bend = K - b0 < 128 ? K : b0 + 128;
+    int64_t k = b0;
+#pragma GCC unroll 4
+    for (; k + 32 <= bend; k += 32) step(k, 0, true);
+    if (k < bend) step(k, GemmBF16::mask32(bend - k), false);
+  }
+  const __m512 z = _mm512_setzero_ps();
+  if constexpr (R == 1) {  // x rows in the hsum4 slots
+    for (int t0 = 0; t0 < T; t0 += 4) {
+      alignas(16) float s[4];
+      _mm_store_ps(s, simd::Avx512::hsum4(acc[t0][0], t0 + 1 < T ? acc[t0 + 1][0] : z, t0 + 2 < T ? acc[t0 + 2][0] : z,
+                                          t0 + 3 < T ? acc[t0 + 3][0] : z));
+      for (int j = 0; j < 4 && t0 + j < T; ++j) out[(t0 + j) * ldo] = s[j];
+    }
+  } else {  // weight rows in the slots
+    static_assert(R <= 4, "fewrow_rows: one hsum4 per x row");
+    for (int t = 0; t < T; ++t) {
+      alignas(16) float s[4];
+      // (acc[t][R > 2 ? 2 : 0]: in bounds for every R, used only where R > 2)
+      _mm_store_ps(s, simd::Avx512::hsum4(acc[t][0], acc[t][1], R > 2 ? acc[t][R > 2 ? 2 : 0] : z, R > 3 ? acc[t][R > 3 ? 3 : 0] : z));
+      for (int i = 0; i < R; ++i) out[t * ldo + i] = s[i];
+    }
+  }
+}
+
+template <int T>
+void fewrow_t(const uint16_t* xq, int64_t ldx, const WeightRef& w, void* y, DType yt) {
+  constexpr int R = kFewRowsR<T>;
+  const int64_t N = w.n;
+  gemv_split<R>(w, 2, [&](int64_t n0, int64_t n1) {
+    float part[T][kGemvGroupRows];
+    for (int64_t g0 = n0; g0 < n1; g0 += kGemvGroupRows) {
+      const int64_t g1 = n1 - g0 < kGemvGroupRows ? n1 : g0 + kGemvGroupRows;
+      int64_t r = g0;
+      for (; r + R <= g1; r += R) fewrow_rows<T, R>(xq, ldx, w, r, &part[0][r - g0], kGemvGroupRows);
+      for (; r < g1; ++r) fewrow_rows<T, 1>(xq, ldx, w, r, &part[0][r - g0], kGemvGroupRows);
+      for (int t = 0; t < T; ++t) {
+        if (yt == DType::F32)
+          std::memcpy(static_cast<float*>(y) + t * N + g0, part[t], (g1 - g0) * sizeof(float));
+        else
+          for (int64_t j = g0; j < g1; ++j) store_y(y, yt, t * N + j, part[t][j - g0]);
+      }
+    }
+  });
+}
+
+void fewrow_bf16(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType yt) {
+  // x's rows one line more than whole vectors apart: rows 4 KiB apart (k = 2048) would put all of
+  // x's lines at one k offset into one L1 set with the weight rows'
+  const int64_t K = w.k, ldx = round_up(K, 32) + 32;
+  uint16_t* xq = static_cast<uint16_t*>(scratch(kScratchX, t * ldx * sizeof(uint16_t)));
+  GemmBF16::pack_x(x, xt, t, 0, t, K, ldx, xq);
+  switch (t) {
+    case 2: fewrow_t<2>(xq, ldx, w, y, yt); break;
+    case 3: fewrow_t<3>(xq, ldx, w, y, yt); break;
+    case 4: fewrow_t<4>(xq, ldx, w, y, yt); break;
+    case 5: fewrow_t<5>(xq, ldx, w, y, yt); break;
+    case 6: fewrow_t<6>(xq, ldx, w, y, yt); break;
+    case 7: fewrow_t<7>(xq, ldx, w, y, yt); break;
+    default: fewrow_t<8>(xq, ldx, w, y, yt); break;
+  }
+}
+
 LC_END_TARGET  // avx512bf16
 
 }  // namespace
 
-// bf16 weights at t = kBf16FewRowsMin .. kGemvMaxRows rows (batch 5-8 decode steps, the MTP head's
-// lm_head at batch 5-8, a verify of 3-4 sequences) also run the AVX512-BF16 GEMM (in place, no
-// panel copy): vdpbf16ps does 32 multiply-adds per instruction where the fp32-FMA GEMV does 16,
-// and at 5+ rows the GEMV is FMA-bound, not byte-bound. Quantized weights keep the GEMV there
-// (their panel decode would cost as much as the products at so few rows).
-constexpr int64_t kBf16FewRowsMin = 5;
-
+// bf16 weights at 2-8 rows (AVX512-BF16, x bf16 or rounded to it): fewrow_bf16; from 9 rows the
+// lanes GEMM or the GEMM. Quantized weights keep the GEMVs up to 8 rows (their panel decode would cost
+// as much as the products at so few rows).
 void linear_avx512(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType yt, bool bf16_dot, bool bf16_dequant,
                    bool int8_act) {
   const bool quantized = w.dtype == DType::FP8_E4M3 || w.dtype == DType::I8 || w.dtype == DType::I4;
-  const int64_t gemm_min = w.dtype == DType::BF16 ? kBf16FewRowsMin : kGemvMaxRows + 1;
-  if (t >= gemm_min && bf16_dot && (w.dtype == DType::BF16 || (bf16_dequant && quantized))) {
+  if (w.dtype == DType::BF16 && bf16_dot && t >= kFewRowsMin && t <= kFewRowsMax) {
+    fewrow_bf16(t, x, xt, w, y, yt);
+    return;
+  }
+  if (t > kGemvMaxRows && bf16_dot && (w.dtype == DType::BF16 || (bf16_dequant && quantized))) {
     if (lanes_gemm_shape(t, w)) {
       lanes_gemm(t, x, xt, w, y, yt);
       return;

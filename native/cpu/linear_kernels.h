@@ -64,7 +64,7 @@ inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 inline int64_t ceil_div(int64_t v, int64_t m) { return (v + m - 1) / m; }
 
 // ---------------------------------------------------------------------------------------------
-// GEMM driver (t > 8; bf16 weights from t = 5 on AVX512-BF16), shared by the ISA variants; Tr supplies the ISA-specific pieces:
+// GEMM driver (t > 8), shared by the ISA variants; Tr supplies the ISA-specific pieces:
 //   XE, WE       element types of the packed x and the packed weight panel (float or bf16 bits)
 //   kMR          x rows per microkernel call (the microkernel always computes 4 output columns)
 //   kStep        k elements per vector step: packed rows are zero-padded to a multiple of it

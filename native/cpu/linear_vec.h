@@ -223,22 +223,24 @@ void gemv_range(const float* x, const WeightRef& w, int64_t n0, int64_t n1, void
 // begun with $LONGCAT_STEAL=1 split by steal_for (threadpool.h): each thread streams one contiguous
 // share and steals at the tail (medium step: threads inside chunks 96-97% of the linears' time vs
 // 92% with ~4 chunks per thread; opt-in because small's step ran slower, bench/RESULTS.md).
-template <class L, int T, class D>
-void gemv_t(const float* x, const WeightRef& w, void* y, DType yt) {
-  constexpr int R = L::template GemvShape<T>::R;
+// range(r0, r1) over W's rows in whole passes of R rows (rows of elem_bytes per element).
+template <int R, class Range>
+void gemv_split(const WeightRef& w, int64_t elem_bytes, Range&& range) {
   const int64_t n = w.n, passes = ceil_div(n, R);
   ThreadPool& pool = ThreadPool::current();
   if (pool.stealing()) {  // (linear_kernels.h: steal_items)
-    const int64_t item = steal_items(passes, R * w.k * static_cast<int64_t>(sizeof(typename D::E)), pool.threads());
-    steal_for(ceil_div(passes, item), [&](int64_t i) {
-      const int64_t r0 = i * item * R, r1 = std::min(n, (i + 1) * item * R);
-      gemv_range<L, T, D>(x, w, r0, r1, y, yt);
-    });
+    const int64_t item = steal_items(passes, R * w.k * elem_bytes, pool.threads());
+    steal_for(ceil_div(passes, item), [&](int64_t i) { range(i * item * R, std::min(n, (i + 1) * item * R)); });
     return;
   }
   const int64_t grain = gemv_grain_rows(w) / R;
-  parallel_for(passes, grain < 1 ? 1 : grain,
-               [&](int64_t g0, int64_t g1) { gemv_range<L, T, D>(x, w, g0 * R, g1 * R < n ? g1 * R : n, y, yt); });
+  parallel_for(passes, grain < 1 ? 1 : grain, [&](int64_t g0, int64_t g1) { range(g0 * R, g1 * R < n ? g1 * R : n); });
+}
+
+template <class L, int T, class D>
+void gemv_t(const float* x, const WeightRef& w, void* y, DType yt) {
+  gemv_split<L::template GemvShape<T>::R>(w, sizeof(typename D::E),
+                                          [&](int64_t r0, int64_t r1) { gemv_range<L, T, D>(x, w, r0, r1, y, yt); });
 }
 
 template <class L, class D>

@@ -174,8 +174,9 @@ void linear_case(int64_t t, int64_t n, int64_t k, DType wdt, MatmulPrecision pre
       ref[i * n + j] = acc, S[i * n + j] = abs, Q[i * n + j] = q;
     }
   const double gamma = (k + 16) * std::ldexp(1.0, -24);
-  // bf16 rounding of x (CPU AVX512-BF16, GPU tensor cores) and of dequantized weights (GPU): 2^-7
-  const bool rounded = prec != MatmulPrecision::Highest && t > 8;
+  // bf16 rounding of x (CPU AVX512-BF16: bf16 weights from 2 rows, the rest from 9; GPU tensor
+  // cores) and of dequantized weights (GPU): 2^-7
+  const bool rounded = prec != MatmulPrecision::Highest && (t > 8 || (wdt == DType::BF16 && t >= 2));
   const double rel = gamma + (rounded ? std::ldexp(1.0, -7) : 0.0);
   char name[160];
   std::snprintf(name, sizeof name, "linear t=%lld n=%lld k=%lld w=%s %s%s", static_cast<long long>(t), static_cast<long long>(n),
