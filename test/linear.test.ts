@@ -245,7 +245,7 @@ describe('linear', () => {
   );
 
   it.each(['bf16', 'highest'] as const)(
-    'few-row GEMM (t = 5..33; bf16 weights from 5 rows): weights read in place (whole 4-row groups, 32-column k blocks, strips of even height, groups prefetched ahead) or packed, partial x strips, precision %s',
+    'few-row GEMM (t = 5..33; bf16 weights at 5-8 rows: the few-row vdpbf16ps kernel): weights read in place (whole 4-row groups, 32-column k blocks, strips of even height, groups prefetched ahead) or packed, partial x strips, precision %s',
     precision => {
       const r = rng(precision.length * 977);
       const threads = native.threads();
@@ -294,7 +294,8 @@ describe('linear', () => {
     let checked = 0;
     try {
       // k = 544 and 96: whole 32-column blocks (read in place; panels of 28 / 64 rows at 2+ threads);
-      // k = 99: packed. n = 27 and 203: a last panel that is not whole 4-row groups. t = 3: the GEMV.
+      // k = 99: packed. n = 27 and 203: a last panel that is not whole 4-row groups. t = 3: the GEMV
+      // (bf16 weights at 3-7 rows on AVX512-BF16: the few-row kernel).
       // At k = 544 and n = 203 the groups 16 KiB ahead (L2) lie inside W for most of it, and past
       // its end for the last.
       for (const k of [96, 99, 544])
@@ -365,7 +366,8 @@ describe('linear', () => {
                     for (let i = 0; i < 2 * n; i++) {
                       if (!Object.is(got[i], head[i])) expect.fail(`${what}: y[${i}] = ${got[i]}, in rows 0-1 alone ${head[i]}`);
                       const j = (t - 2) * n + i;
-                      if (!Object.is(got[j], tail[i])) expect.fail(`${what}: y[${j}] = ${got[j]}, in its 2 rows alone ${tail[i]}`);
+                      if (!Object.is(got[j], tail[i]))
+                        expect.fail(`${what}: y[${j}] = ${got[j]}, in its 2 rows alone ${tail[i]}`);
                     }
                   }
                 });

@@ -547,7 +547,7 @@ constexpr int kFewRowsR = T <= 6 ? 4 : 3;  // 8 x 3 + 3 + 1 = 28, 6 x 4 + 4 + 1 
 // (gemv_near_prefetch_bytes), none at 5-8 either (512 B / 2 KiB there: within noise alone).
 template <int T>
 constexpr int64_t fewrow_near_prefetch_bytes() {
-  return gemv_near_prefetch_bytes<T <= 2 ? T : 4, uint16_t>();
+  return gemv_near_prefetch_bytes<(T <= 2 ? T : 4), uint16_t>();
 }
 
 // out[t * ldo + i] = sum_k x[t][k] W[r + i][k], t < T, i < R.
@@ -591,7 +591,8 @@ void fewrow_rows(const uint16_t* xq, int64_t ldx, const WeightRef& w, int64_t r,
     for (int t = 0; t < T; ++t) {
       alignas(16) float s[4];
       // (acc[t][R > 2 ? 2 : 0]: in bounds for every R, used only where R > 2)
-      _mm_store_ps(s, simd::Avx512::hsum4(acc[t][0], acc[t][1], R > 2 ? acc[t][R > 2 ? 2 : 0] : z, R > 3 ? acc[t][R > 3 ? 3 : 0] : z));
+      _mm_store_ps(
+          s, simd::Avx512::hsum4(acc[t][0], acc[t][1], R > 2 ? acc[t][R > 2 ? 2 : 0] : z, R > 3 ? acc[t][R > 3 ? 3 : 0] : z));
       for (int i = 0; i < R; ++i) out[t * ldo + i] = s[i];
     }
   }
