@@ -704,11 +704,14 @@ class GrowingText {
   /** The text from offset `cut` on. */
   private tail = '';
   private cut = 0;
+  /** The piece appended last (the end of the tail): sliced on its own, it is returned as it is. */
+  private last = '';
   get length(): number {
     return this.cut + this.tail.length;
   }
   append(piece: string) {
     this.tail += piece;
+    this.last = piece;
   }
   /** The first of `stops` starting at or after `from` (not before the kept text's end), or -1. */
   firstStop(stops: string[], from: number): number {
@@ -717,11 +720,14 @@ class GrowingText {
   }
   /** [from, to), not before the kept text's end. */
   slice(from: number, to = this.length): string {
+    const end = this.length;
+    if (to === end && from === end - this.last.length) return this.last; // (no stop string: every emit)
     return this.tail.slice(from - this.cut, to - this.cut);
   }
   /** Cuts the text at `length` (not before the kept text's end). */
   truncate(length: number) {
     this.tail = this.tail.slice(0, length - this.cut);
+    this.last = '';
   }
   /** Nothing before `offset` is read again: moved out of the tail once that is worth a copy of it. */
   keepBefore(offset: number) {
