@@ -28,8 +28,8 @@
 //      wrapper around the engine's forward) are reported. KV-cache reads are not in the ceiling.
 //   1b. The batched step alone, per concurrency B: B sequences decoded by scheduler rounds with
 //      nothing else running (no sessions' host work, no prefill between rounds), min and median
-//      round; the median's tokens/s against the same three ceilings and the served median step's
-//      tokens/s over it. Its prompts are as long as make its rows attend as many keys as the served
+//      round; the median's tokens/s against the same three ceilings, and the served tokens/s over
+//      the step alone's: median step over median round, full-batch window (a mean) over the mean round. Its prompts are as long as make its rows attend as many keys as the served
 //      full-batch steps' rows did (both printed): shorter rows do less attention work. Where
 //      a round goes (medians of per-round sums): forward()'s host part (it returns with the step
 //      running), the awaited wait (native.synchronizeAsync; chained rounds: the event loop's idle time in the round), and the rest (queueing the sampler and
@@ -51,17 +51,24 @@
 //      decode rows launched ahead of the sessions' requests, those launched on device-sampled
 //      tokens, and those rolled back unused (scheduler.stats).
 //
-//   node bench/serve.mjs [--quick] [--tokens N] [--concurrency 1,4,..] [--no-pipeline] [--no-chain] [--levels-only] [--out f.json] [--ckpt-root DIR]
+// --dist DIR: the build to measure (default ../dist; another worktree's dist for an A/B with this
+// script; the GEMM probe runs on this script's own build).
+//
+//   node bench/serve.mjs [--quick] [--tokens N] [--concurrency 1,4,..] [--no-pipeline] [--no-chain] [--levels-only] [--out f.json] [--ckpt-root DIR] [--dist DIR]
 import { existsSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { native } from '../dist/index.js';
-import { toArray } from '../dist/tensor.js';
-import { loadModel } from '../dist/generate.js';
-import { graphBucket } from '../dist/model/model.js';
-import { initRandom } from '../dist/init-random.js';
-import { accounting, benchFlags, gemmRate, mean, now, pct, pcts, randomText, readBandwidth } from './common.mjs';
+import { benchFlags, distImporter, gemmRate, mean, now, pct, pcts, randomText } from './common.mjs';
+
+const load = distImporter();
+const { native } = await load('index.js');
+const { toArray } = await load('tensor.js');
+const { loadModel } = await load('generate.js');
+const { graphBucket } = await load('model/model.js');
+const { initRandom } = await load('init-random.js');
+// the weight accounting and the read probe from the measured build too (its tensors are its own classes)
+const { weightAccounting: accounting, readBandwidth } = await load('bench.js');
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const args = process.argv.slice(2);
@@ -402,6 +409,7 @@ for (const l of levels) {
     rounds: ms.length,
     minMs: pct(ms, 0),
     medianMs: pct(ms, 50),
+    meanMs: mean(ms),
     parts: Object.fromEntries(Object.entries(parts).map(([k, v]) => [k, pct(v, 50)])),
     blockingWaitMedianMs: pct(blockingMs, 50),
     promptTokens: aloneLen,
@@ -532,6 +540,7 @@ for (const l of levels) {
   // the step alone (1b), its median round against the three ceilings
   const sa = l.stepAlone;
   sa.tokensPerSecond = (l.concurrency * 1e3) / sa.medianMs;
+  sa.tokensPerSecondMean = (l.concurrency * 1e3) / sa.meanMs; // all its rounds' time: the served window's kind of figure
   sa.ratio = sa.tokensPerSecond / ceiling;
   sa.ratioCompute = sa.tokensPerSecond / l.ceilingComputeTokensPerSecond;
   sa.ratioParts = sa.tokensPerSecond / l.ceilingPartsTokensPerSecond;
@@ -595,14 +604,16 @@ console.log(
 );
 console.log('\nThe batched step alone (scheduler rounds of B sequences, nothing else running):');
 console.log(
-  '| streams | round ms min / median | tok/s (median) | served tok/s (median step) / this | ratio to byte / compute-aware / per-part ceiling | median ms: forward host / awaited wait / the rest (sampler, read-backs, resolving) | round ms, blocking wait (median) | keys attended per row: served full batch / this (prompt) |',
+  '| streams | round ms min / median / mean | tok/s (median / mean) | served tok/s over it: median step / median, full batch / mean | ratio to byte / compute-aware / per-part ceiling | median ms: forward host / awaited wait / the rest (sampler, read-backs, resolving) | round ms, blocking wait (median) | keys attended per row: served full batch / this (prompt) |',
 );
 console.log('|---|---|---|---|---|---|---|---|');
+// (a median against a median, a mean against a mean: the served window's spikes count against the
+// served figure only if the step alone's count against it too)
 for (const l of levels) {
   const sa = l.stepAlone,
     p = sa.parts;
   console.log(
-    `| ${l.concurrency} | ${f(sa.minMs, 2)} / ${f(sa.medianMs, 2)} | ${f(sa.tokensPerSecond)} | ${f(l.tokensPerSecondMedianStep / sa.tokensPerSecond, 3)} | ${f(sa.ratio, 3)} / ${f(sa.ratioCompute, 3)} / ${f(sa.ratioParts, 3)} | ` +
+    `| ${l.concurrency} | ${f(sa.minMs, 2)} / ${f(sa.medianMs, 2)} / ${f(sa.meanMs, 2)} | ${f(sa.tokensPerSecond)} / ${f(sa.tokensPerSecondMean)} | ${f(l.tokensPerSecondMedianStep / sa.tokensPerSecond, 3)}, ${f(l.tokensPerSecond / sa.tokensPerSecondMean, 3)} | ${f(sa.ratio, 3)} / ${f(sa.ratioCompute, 3)} / ${f(sa.ratioParts, 3)} | ` +
       `${f(p.forwardMs, 3)} / ${f(p.waitMs, 3)} / ${f(p.otherMs, 3)} | ${f(sa.blockingWaitMedianMs, 2)} | ${f(l.fullBatchCtx, 1)} / ${f(sa.ctx, 1)} (${sa.promptTokens}) |`,
   );
 }
