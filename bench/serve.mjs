@@ -26,9 +26,11 @@
 //      compute-bound while the experts stream bytes); the sum is the per-part ceiling.
 //      The batch sizes the scheduler ran (model.scheduler.stats, and their distribution, from a
 //      wrapper around the engine's forward) are reported. KV-cache reads are not in the ceiling.
-//   1b. The batched step alone, per concurrency B: B sequences of PROMPT-token prompts decoded by
-//      scheduler rounds with nothing else running (no sessions' host work, no prefill between
-//      rounds), min and median round; the median's tokens/s against the same three ceilings. Where
+//   1b. The batched step alone, per concurrency B: B sequences decoded by scheduler rounds with
+//      nothing else running (no sessions' host work, no prefill between rounds), min and median
+//      round; the median's tokens/s against the same three ceilings, and the served tokens/s over
+//      the step alone's: median step over median round, full-batch window (a mean) over the mean round. Its prompts are as long as make its rows attend as many keys as the served
+//      full-batch steps' rows did (both printed): shorter rows do less attention work. Where
 //      a round goes (medians of per-round sums): forward()'s host part (it returns with the step
 //      running), the awaited wait (native.synchronizeAsync; chained rounds: the event loop's idle time in the round), and the rest (queueing the sampler and
 //      the gather, the read-backs, resolving); and the median round with a blocking
@@ -49,17 +51,24 @@
 //      decode rows launched ahead of the sessions' requests, those launched on device-sampled
 //      tokens, and those rolled back unused (scheduler.stats).
 //
-//   node bench/serve.mjs [--quick] [--tokens N] [--concurrency 1,4,..] [--no-pipeline] [--no-chain] [--levels-only] [--out f.json] [--ckpt-root DIR]
+// --dist DIR: the build to measure (default ../dist; another worktree's dist for an A/B with this
+// script; the GEMM probe runs on this script's own build).
+//
+//   node bench/serve.mjs [--quick] [--tokens N] [--concurrency 1,4,..] [--no-pipeline] [--no-chain] [--levels-only] [--out f.json] [--ckpt-root DIR] [--dist DIR]
 import { existsSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { native } from '../dist/index.js';
-import { toArray } from '../dist/tensor.js';
-import { loadModel } from '../dist/generate.js';
-import { graphBucket } from '../dist/model/model.js';
-import { initRandom } from '../dist/init-random.js';
-import { accounting, benchFlags, gemmRate, mean, now, pct, pcts, randomText, readBandwidth } from './common.mjs';
+import { benchFlags, distImporter, gemmRate, mean, now, pct, pcts, randomText } from './common.mjs';
+
+const load = distImporter();
+const { native } = await load('index.js');
+const { toArray } = await load('tensor.js');
+const { loadModel } = await load('generate.js');
+const { graphBucket } = await load('model/model.js');
+const { initRandom } = await load('init-random.js');
+// the weight accounting and the read probe from the measured build too (its tensors are its own classes)
+const { weightAccounting: accounting, readBandwidth } = await load('bench.js');
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const args = process.argv.slice(2);
@@ -109,10 +118,14 @@ function promptOf(tokenizer, seed, n) {
  *  session, the time each of its tokens became known; `onToken` (if set) is called after each. */
 function instrument(model) {
   const e = model.engine;
-  const batches = [];
+  const batches = [],
+    ctxs = []; // per decode step: the mean keys its rows attend (each row's cached tokens and its own)
   const fwd = e.forward.bind(e);
   e.forward = (seqs, tokens, opts) => {
-    if (opts?.collectRouting) batches.push(seqs.length);
+    if (opts?.collectRouting) {
+      batches.push(seqs.length);
+      ctxs.push(seqs.reduce((a, q) => a + q.length + 1, 0) / seqs.length);
+    }
     return fwd(seqs, tokens, opts);
   };
   const tokenTimes = new Map(); // SequenceCache -> ms of each token (the first: when its prefill's sample was read)
@@ -132,7 +145,7 @@ function instrument(model) {
     );
     return p;
   };
-  const inst = { batches, tokenTimes, onToken: null };
+  const inst = { batches, ctxs, tokenTimes, onToken: null };
   return inst;
 }
 
@@ -273,6 +286,7 @@ for (const n of CONCURRENCY) {
   const { streams } = await runStreams(model, inst, n, maxTokensOf(n), 1000 * n);
   const s1 = model.scheduler.stats;
   const batches = inst.batches.slice(b0);
+  const fullCtx = inst.ctxs.slice(b0).filter((_, i) => batches[i] === n); // the full-batch steps' contexts
   const hist = {};
   for (const b of batches) hist[b] = (hist[b] ?? 0) + 1;
   const w = fullWindow(streams);
@@ -304,6 +318,7 @@ for (const n of CONCURRENCY) {
       droppedRows: (s1.droppedRows ?? 0) - (s0.droppedRows ?? 0),
     },
     batchHistogram: hist,
+    fullBatchCtx: mean(fullCtx),
     ttftMs: pcts(streams.map(s => s.times[0] - s.start)),
     itlMs: pcts(itls(streams)),
     ttftReportedMs: pcts(streams.map(s => s.result.timeToFirstTokenMs)),
@@ -317,7 +332,11 @@ for (const l of levels) {
   const e = model.engine,
     B = l.concurrency;
   const seqs = Array.from({ length: B }, () => e.newSequence());
-  const prompts = seqs.map((_, b) => Array.from({ length: PROMPT }, (_, i) => (b * 37 + i * 11) % e.dims.vocab));
+  // Prompts long enough that its timed rounds attend as many keys as the served full-batch steps
+  // did (l.fullBatchCtx; their rows are PROMPT + up to maxTokens tokens long): a step at a shorter
+  // context does less attention work, and the served / alone comparison would charge that to serving.
+  const aloneLen = Math.max(PROMPT, Math.round(l.fullBatchCtx - 1 - (STEP_ROUNDS + 3) / 2));
+  const prompts = seqs.map((_, b) => Array.from({ length: aloneLen }, (_, i) => (b * 37 + i * 11) % e.dims.vocab));
   const first = e.forward(seqs, prompts);
   first.logits.dispose();
   const greedy = { temperature: 0, topK: 0, topP: 1, minP: 0, seed: 0 };
@@ -329,7 +348,9 @@ for (const l of levels) {
     awaited = native.synchronizeAsync;
   let forwardMs = 0,
     waitMs = 0;
+  const ctxs = [];
   e.forward = (...a) => {
+    ctxs.push(a[0].reduce((s, q) => s + q.length + 1, 0) / a[0].length);
     const t = now();
     const r = fwd(...a);
     forwardMs += now() - t;
@@ -348,6 +369,7 @@ for (const l of levels) {
     try {
       for (let i = 0; i <= STEP_ROUNDS; i++) {
         forwardMs = waitMs = 0;
+        if (i === 1 && !blocking) ctxs.length = 0; // the timed rounds' steps
         const t0 = now(),
           elu = performance.eventLoopUtilization();
         const r = await Promise.all(
@@ -371,9 +393,10 @@ for (const l of levels) {
     }
     return { ms, parts };
   };
-  let ms, parts, blockingMs;
+  let ms, parts, blockingMs, ctx;
   try {
     ({ ms, parts } = await rounds(false));
+    ctx = mean(ctxs);
     blockingMs = (await rounds(true)).ms;
   } finally {
     e.forward = fwd;
@@ -386,8 +409,11 @@ for (const l of levels) {
     rounds: ms.length,
     minMs: pct(ms, 0),
     medianMs: pct(ms, 50),
+    meanMs: mean(ms),
     parts: Object.fromEntries(Object.entries(parts).map(([k, v]) => [k, pct(v, 50)])),
     blockingWaitMedianMs: pct(blockingMs, 50),
+    promptTokens: aloneLen,
+    ctx,
   };
 }
 
@@ -514,6 +540,7 @@ for (const l of levels) {
   // the step alone (1b), its median round against the three ceilings
   const sa = l.stepAlone;
   sa.tokensPerSecond = (l.concurrency * 1e3) / sa.medianMs;
+  sa.tokensPerSecondMean = (l.concurrency * 1e3) / sa.meanMs; // all its rounds' time: the served window's kind of figure
   sa.ratio = sa.tokensPerSecond / ceiling;
   sa.ratioCompute = sa.tokensPerSecond / l.ceilingComputeTokensPerSecond;
   sa.ratioParts = sa.tokensPerSecond / l.ceilingPartsTokensPerSecond;
@@ -577,15 +604,17 @@ console.log(
 );
 console.log('\nThe batched step alone (scheduler rounds of B sequences, nothing else running):');
 console.log(
-  '| streams | round ms min / median | tok/s (median) | ratio to byte / compute-aware / per-part ceiling | median ms: forward host / awaited wait / the rest (sampler, read-backs, resolving) | round ms, blocking wait (median) |',
+  '| streams | round ms min / median / mean | tok/s (median / mean) | served tok/s over it: median step / median, full batch / mean | ratio to byte / compute-aware / per-part ceiling | median ms: forward host / awaited wait / the rest (sampler, read-backs, resolving) | round ms, blocking wait (median) | keys attended per row: served full batch / this (prompt) |',
 );
-console.log('|---|---|---|---|---|---|');
+console.log('|---|---|---|---|---|---|---|---|');
+// (a median against a median, a mean against a mean: the served window's spikes count against the
+// served figure only if the step alone's count against it too)
 for (const l of levels) {
   const sa = l.stepAlone,
     p = sa.parts;
   console.log(
-    `| ${l.concurrency} | ${f(sa.minMs, 2)} / ${f(sa.medianMs, 2)} | ${f(sa.tokensPerSecond)} | ${f(sa.ratio, 3)} / ${f(sa.ratioCompute, 3)} / ${f(sa.ratioParts, 3)} | ` +
-      `${f(p.forwardMs, 3)} / ${f(p.waitMs, 3)} / ${f(p.otherMs, 3)} | ${f(sa.blockingWaitMedianMs, 2)} |`,
+    `| ${l.concurrency} | ${f(sa.minMs, 2)} / ${f(sa.medianMs, 2)} / ${f(sa.meanMs, 2)} | ${f(sa.tokensPerSecond)} / ${f(sa.tokensPerSecondMean)} | ${f(l.tokensPerSecondMedianStep / sa.tokensPerSecond, 3)}, ${f(l.tokensPerSecond / sa.tokensPerSecondMean, 3)} | ${f(sa.ratio, 3)} / ${f(sa.ratioCompute, 3)} / ${f(sa.ratioParts, 3)} | ` +
+      `${f(p.forwardMs, 3)} / ${f(p.waitMs, 3)} / ${f(p.otherMs, 3)} | ${f(sa.blockingWaitMedianMs, 2)} | ${f(l.fullBatchCtx, 1)} / ${f(sa.ctx, 1)} (${sa.promptTokens}) |`,
   );
 }
 if (!LEVELS_ONLY) {

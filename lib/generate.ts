@@ -283,8 +283,8 @@ export class Session {
     const sampled = empty([1], { dtype: 'int32', device: engine.device });
     const decoder = tokenizer.decoder();
     const out: number[] = [];
-    let textOut = '',
-      emitted = 0,
+    const textOut = new GrowingText();
+    let emitted = 0,
       stopReason = 'length' as StopReason;
     let ffnSum = 0,
       ffnCount = 0,
@@ -311,11 +311,11 @@ export class Session {
       if (lp) lps.push(lp);
       o.onToken?.(next, lp);
       const before = textOut.length;
-      textOut += decoder.push(next);
+      textOut.append(decoder.push(next));
       // a stop string found now ends after `before` (none was in the text before it)
-      const hit = firstStop(textOut, stops, Math.max(0, before - hold));
+      const hit = textOut.firstStop(stops, Math.max(0, before - hold));
       if (hit >= 0) {
-        textOut = textOut.slice(0, hit);
+        textOut.truncate(hit);
         if (textOut.length > emitted) emit(textOut.slice(emitted));
         emitted = textOut.length;
         stopReason = 'stop';
@@ -326,6 +326,7 @@ export class Session {
         emit(textOut.slice(emitted, safe));
         emitted = safe;
       }
+      textOut.keepBefore(emitted - hold); // the next stop search starts at or after it
       return out.length < maxTokens;
     };
     /** Samples the token after the last row of `logits` (disposed), checking that it is finite. */
@@ -465,7 +466,7 @@ export class Session {
       };
       await generation();
       if (stopReason !== 'stop') {
-        textOut += decoder.flush();
+        textOut.append(decoder.flush());
         if (textOut.length > emitted) emit(textOut.slice(emitted));
       }
       if (this.owner.prefixCache) this.seq.publish(this.cached, this.mtpValid); // and the answer's, for the next turn of a copy of this chat
@@ -476,7 +477,7 @@ export class Session {
     const prefillTokens = Math.min(this.cached.length - common, prefillTotal); // (fewer when aborted in the prefill)
     const decodeSteps = Math.max(0, out.length - 1 + (stopReason === 'eos' ? 1 : 0));
     return {
-      text: textOut,
+      text: textOut.toString(),
       tokens: out,
       stopReason,
       promptTokens: ids.length,
@@ -497,7 +498,7 @@ export class Session {
           }
         : {}),
       ...(logprobs !== undefined ? { logprobs: lps } : {}),
-      ...(o.tools?.length ? { toolCalls: parseToolCalls(textOut).toolCalls } : {}),
+      ...(o.tools?.length ? { toolCalls: parseToolCalls(textOut.toString()).toolCalls } : {}),
     };
   }
 
@@ -691,6 +692,58 @@ function samplingOf(o: GenerateOptions, temperature: number): SamplingParams {
 }
 
 /** The first position at or after `from` where one of `stops` starts, or -1. */
+/**
+ * A generation's text as it grows: the pieces that no stop search or emit reads any more (kept,
+ * joined at the end), then the tail. One string grown by += and sliced every token is flattened
+ * (copied whole) by every slice: quadratic in the text's length, per stream of a served batch, on
+ * the JS thread that shares the cores with the step (and garbage for the collector). Offsets are
+ * the whole text's.
+ */
+class GrowingText {
+  private readonly kept: string[] = [];
+  /** The text from offset `cut` on. */
+  private tail = '';
+  private cut = 0;
+  /** The piece appended last (the end of the tail): sliced on its own, it is returned as it is. */
+  private last = '';
+  get length(): number {
+    return this.cut + this.tail.length;
+  }
+  append(piece: string) {
+    this.tail += piece;
+    this.last = piece;
+  }
+  /** The first of `stops` starting at or after `from` (not before the kept text's end), or -1. */
+  firstStop(stops: string[], from: number): number {
+    const i = firstStop(this.tail, stops, from - this.cut);
+    return i < 0 ? -1 : this.cut + i;
+  }
+  /** [from, to), not before the kept text's end. */
+  slice(from: number, to = this.length): string {
+    const end = this.length;
+    if (to === end && from === end - this.last.length) return this.last; // (no stop string: every emit)
+    return this.tail.slice(from - this.cut, to - this.cut);
+  }
+  /** Cuts the text at `length` (not before the kept text's end). */
+  truncate(length: number) {
+    this.tail = this.tail.slice(0, length - this.cut);
+    this.last = '';
+  }
+  /** Nothing before `offset` is read again: moved out of the tail once that is worth a copy of it. */
+  keepBefore(offset: number) {
+    const n = offset - this.cut;
+    if (n < KEEP_CHARS) return;
+    this.kept.push(this.tail.slice(0, n));
+    this.tail = this.tail.slice(n);
+    this.cut = offset;
+  }
+  toString(): string {
+    return this.kept.length ? this.kept.join('') + this.tail : this.tail;
+  }
+}
+/** The tail's length past the last read offset before GrowingText moves that text out. */
+const KEEP_CHARS = 256;
+
 function firstStop(text: string, stops: string[], from: number): number {
   let best = -1;
   for (const s of stops) {

@@ -283,13 +283,26 @@ export class StepScheduler {
     let done: { row: Row; result: DecodeResult }[] = [];
     const prev = this.launched.shift();
     if (prev) {
+      // each sequence's request of this round, by sequence (one Map lookup per row, not a search of
+      // the requests: at 64 streams that was 64 x 64 comparisons and splices per round)
+      const asked = new Map<SequenceCache, DecodeRequest>();
+      for (const r of fresh) if (!asked.has(r.seq)) asked.set(r.seq, r);
+      const claimed = new Set<DecodeRequest>();
       for (const row of prev.rows) {
         if (row.req || row.dropped) continue;
-        const i = fresh.findIndex(r => r.seq === row.seq);
-        if (i >= 0 && fresh[i]!.token === row.token) {
-          row.req = fresh.splice(i, 1)[0]!;
-          row.left = Math.min(row.left, leftOf(row.req.follow));
+        const req = asked.get(row.seq);
+        if (req && req.token === row.token) {
+          row.req = req;
+          claimed.add(req);
+          asked.delete(row.seq);
+          row.left = Math.min(row.left, leftOf(req.follow));
         } else this.drop(row); // ended, or asked for something else (then a fresh row below)
+      }
+      if (claimed.size) {
+        // out of `fresh` in place, as the caller's list (a failed round rejects what is left in it)
+        let k = 0;
+        for (const r of fresh) if (!claimed.has(r)) fresh[k++] = r;
+        fresh.length = k;
       }
       try {
         done = prev.sampled ? await this.readSampled(prev) : await this.read(prev);

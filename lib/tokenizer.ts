@@ -77,6 +77,9 @@ async function readJsonFile(file: string, optional: boolean): Promise<unknown> {
   }
 }
 
+/** Most single-token texts a tokenizer keeps memoized per skipSpecial setting (a few MB at most). */
+const SINGLE_TOKEN_MEMO = 1 << 16;
+
 /** Builds a tokenizer from parsed tokenizer.json / tokenizer_config.json / generation_config.json. */
 export function createTokenizer(
   tokenizerJson: unknown,
@@ -182,6 +185,20 @@ export function createTokenizer(
     if (ids.length === 0) return '';
     return tok.decode(ids as number[], { skip_special_tokens: opts.skipSpecial ?? false });
   };
+  // One token's text, memoized (per skipSpecial; decoding is a function of the ids alone): a stream
+  // decoder decodes each new token once more alone when it becomes its window's prefix, one of its
+  // two decodes per token -- per generated token of every stream of a served batch, on the JS thread
+  // that shares the cores with the step. Cleared when full (a bound on its memory).
+  const single = [new Map<number, string>(), new Map<number, string>()] as const;
+  const decodeOne = (id: number, skipSpecial: boolean): string => {
+    const memo = single[skipSpecial ? 1 : 0];
+    const known = memo.get(id);
+    if (known !== undefined) return known;
+    if (memo.size >= SINGLE_TOKEN_MEMO) memo.clear();
+    const text: string = tok.decode([id], { skip_special_tokens: skipSpecial });
+    memo.set(id, text);
+    return text;
+  };
 
   return {
     encode(text: string, opts: EncodeOptions = {}): number[] {
@@ -200,6 +217,14 @@ export function createTokenizer(
       let ids: number[] = [];
       let prefix = 0; // start of the window
       let read = 0; // tokens already turned into emitted text
+      const skipSpecial = opts.skipSpecial ?? false;
+      /** The text of ids[from, to) (ids checked when pushed). */
+      const text = (from: number, to: number): string =>
+        to - from === 1
+          ? decodeOne(ids[from]!, skipSpecial)
+          : to > from
+            ? tok.decode(ids.slice(from, to), { skip_special_tokens: skipSpecial })
+            : '';
       return {
         push(next: number | readonly number[]): string {
           const all = typeof next === 'number' ? [next] : [...next];
@@ -211,8 +236,8 @@ export function createTokenizer(
           const add = all.filter(id => id < vocabSize);
           if (add.length === 0) return '';
           ids.push(...add);
-          const prefixText = decode(ids.slice(prefix, read), opts);
-          const newText = decode(ids.slice(prefix), opts);
+          const prefixText = text(prefix, read);
+          const newText = text(prefix, ids.length);
           if (newText.length > prefixText.length && !newText.endsWith('\uFFFD') && newText.startsWith(prefixText)) {
             const out = newText.slice(prefixText.length);
             prefix = read;

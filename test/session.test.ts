@@ -50,6 +50,37 @@ describe('stop strings', () => {
     }
   });
 
+  it('cut a long text at a late first occurrence, streamed and returned alike (the text kept in pieces past its tail)', async () => {
+    using s = tiny.model.createSession();
+    // sampled (seeded: the same tokens every run), so the text does not settle into a short cycle
+    const opts = { maxTokens: 400, ignoreEos: true, temperature: 1, seed: 3 };
+    const free = await s.generate(prompt, opts);
+    expect(free.text.length, 'a text well past the tail that GrowingText keeps whole').toBeGreaterThan(600);
+    // the shortest substring starting at each offset past 700 that does not occur before it
+    let stopAt = '';
+    for (let at = 500; at < free.text.length - 8 && !stopAt; at++)
+      for (let n = 3; n <= 8; n++) {
+        const cand = free.text.slice(at, at + n);
+        if (free.text.indexOf(cand) === at) {
+          stopAt = cand;
+          break;
+        }
+      }
+    expect(stopAt, 'a late first occurrence').not.toBe('');
+    const longNever = `\u0000${'x'.repeat(40)}`; // holds 40 characters back from streaming
+    for (const stop of [[stopAt], [longNever, stopAt], [longNever]]) {
+      using t = tiny.model.createSession();
+      const { streamed, result } = await collect(t.generate(prompt, { ...opts, stop }));
+      const cut = stop.includes(stopAt) ? free.text.indexOf(stopAt) : free.text.length;
+      expect(result.text, JSON.stringify(stop)).toBe(free.text.slice(0, cut));
+      expect(result.stopReason).toBe(stop.includes(stopAt) ? 'stop' : free.stopReason);
+      expect(streamed).toBe(result.text);
+    }
+    using u = tiny.model.createSession();
+    const streamedFree = await collect(u.generate(prompt, opts));
+    expect(streamedFree.streamed).toBe(free.text);
+  });
+
   it('empty stop strings are ignored; a stop never produced changes nothing', async () => {
     using a = tiny.model.createSession();
     using b = tiny.model.createSession();
