@@ -346,8 +346,8 @@ describe('linear', () => {
     }
   });
 
-  const lanesRows = [9, 12, 16, 17, 23, 31, 33, 47, 64, 65];
-  it('9-64 rows times bf16 weights with k a multiple of 32 (x rows in the lanes, no horizontal sums; past 16 rows in chunks of 16): x and y f32 / bf16, odd n, the same bits at 1, 2 and 3 threads', () => {
+  const lanesRows = [9, 12, 16, 17, 23, 31, 33, 47, 64, 65, 130];
+  it('9-1024 rows times bf16 weights with k a multiple of 32 (x rows in the lanes, no horizontal sums; past 16 rows in chunks of 16): x and y f32 / bf16, odd n, the same bits at 1, 2 and 3 threads', () => {
     const r = rng(1601);
     const threads = native.threads();
     let checked = 0;
@@ -358,7 +358,7 @@ describe('linear', () => {
         for (const n of [1, 3, 6, 13, 40, 203])
           for (const xdtype of fdtypes) {
             const w = makeWeight(r, 'bf16', n, k);
-            // 17-64: 2-4 chunks of 16 rows, the last partly zero; 65: the hsum GEMM past the lanes
+            // 17+: chunks of 16 rows, the last partly zero; 65 and 130: more chunks than an item's 4 at once
             for (const t of lanesRows) {
               const x = makeX(r, xdtype, t, k);
               const want = reference(x.ref, w.ref, t, n, k);

@@ -186,7 +186,7 @@ struct GemmBF16 {
 };
 
 // ---------------------------------------------------------------------------------------------
-// 9-64 rows of x times bf16 weights read in place, "lanes = rows" (a batch-8 verify step's 16 rows;
+// 9-1024 rows of x times bf16 weights read in place, "lanes = rows" (a batch-8 verify step's 16 rows;
 // past 16 rows in chunks of 16: lanes_gemm).
 // The GEMM above puts k in the lanes: every output ends as 16 lane sums, reduced by hsum4 per 4
 // outputs and k block (~15-20% of its FP instructions at k = 512). Here the 16 lanes are x's 16 rows:
@@ -470,9 +470,12 @@ __attribute__((always_inline)) inline void lanes_block_skewed(const uint32_t* xq
 // bench/native/fewrow_gemm.cc against the hsum GEMM (2 threads, 1-24 MB; bench/RESULTS.md wt17-lanes):
 // 32-64 rows 1.17-1.35x faster warm, 1.2-1.5x from DRAM; the zero rows of a last chunk cost as
 // much as real ones, so 17-24 rows ran 0.63-0.99x, 25 0.91-1.01x, 28 1.01-1.15x: a split by blocks
-// takes 17-27 rows to the GEMM.
-constexpr int64_t kLanesMaxChunks = 4;
-constexpr int64_t kLanesMaxRows = kLanesRows * kLanesMaxChunks;
+// takes 17-27 rows to the GEMM. Prefill-sized x runs in groups of kLanesMaxChunks chunks (each
+// item's weights reread from L2 per group): 96-256 rows 1.1-1.4x faster than the GEMM, 512-1024
+// rows 1.02-1.25x (less at k = 2048-6144, where a group's xq outgrows L2); past kLanesMaxRows (not
+// measured) the GEMM and its k blocks.
+constexpr int64_t kLanesMaxChunks = 4;  // chunks whose outputs an item holds at once (24 KiB of stack)
+constexpr int64_t kLanesMaxRows = 1024;
 constexpr int64_t kLanesBlockSplitMinChunkedRows = 28;
 
 // Small weights (up to kLanesRowSplitBytes) on several threads are split by x's 16-row chunks
@@ -584,7 +587,11 @@ void lanes_gemm(int64_t t, const void* x, DType xt, const WeightRef& w, void* y,
   }
   uint32_t* xq = static_cast<uint32_t*>(scratch(kScratchX, chunks * chunk_words * sizeof(uint32_t)));
   for (int64_t c = 0; c < chunks; ++c) pack(c, xq + c * chunk_words);
-  steal_for(ceil_div(N, IB), [&](int64_t b) { rows_of(b * IB, N - b * IB < IB ? N - b * IB : IB, 0, chunks, xq); });
+  steal_for(ceil_div(N, IB), [&](int64_t b) {
+    for (int64_t c0 = 0; c0 < chunks; c0 += kLanesMaxChunks)
+      rows_of(b * IB, N - b * IB < IB ? N - b * IB : IB, c0, chunks - c0 < kLanesMaxChunks ? chunks : c0 + kLanesMaxChunks,
+              xq + c0 * chunk_words);
+  });
 }
 
 LC_END_TARGET  // avx512bf16
