@@ -507,9 +507,10 @@ thread_local uint64_t tl_lanes_call = 0;
 thread_local int64_t tl_lanes_chunk = -1;
 
 void lanes_gemm(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType yt) {
-  // The split (steal_for) takes items of whole register blocks of B outputs, ~kFewRowItemBytes of
-  // weights (as the GEMM's panels; a small weight is one item, run by the calling thread alone: a
-  // region job costs more than its products), at most kLanesItemBlocks blocks.
+  // The split by blocks (steal_for) takes items of whole register blocks of B outputs,
+  // ~kFewRowItemBytes of weights (as the GEMM's panels; a small weight not split by chunks is one
+  // item, run by the calling thread alone: a region job costs more than its products), at most
+  // kLanesItemBlocks blocks; the split by chunks (lanes_small) runs them IB outputs at a time.
   constexpr int64_t B = 4 * kLanesGroups, OutFloats = B * kLanesItemBlocks * kLanesRows;
   const int64_t N = w.n, K = w.k, chunks = ceil_div(t, kLanesRows), chunk_words = K / 2 * kLanesRows;
   const int64_t fit = kFewRowItemBytes / (B * K * 2), IB = B * (fit < 1 ? 1 : fit > kLanesItemBlocks ? kLanesItemBlocks : fit);
