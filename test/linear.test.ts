@@ -408,7 +408,8 @@ describe('linear', () => {
     }
   });
 
-  it('9-16 rows times bf16 weights with k a multiple of 32 (x rows in the lanes, no horizontal sums): x and y f32 / bf16, odd n, the same bits at 1, 2 and 3 threads', () => {
+  const lanesRows = [9, 12, 16, 17, 23, 31, 33, 47, 64, 65, 130];
+  it('9-1024 rows times bf16 weights with k a multiple of 32 (x rows in the lanes, no horizontal sums; past 16 rows in chunks of 16): x and y f32 / bf16, odd n, the same bits at 1, 2 and 3 threads', () => {
     const r = rng(1601);
     const threads = native.threads();
     let checked = 0;
@@ -419,7 +420,8 @@ describe('linear', () => {
         for (const n of [1, 3, 6, 13, 40, 203])
           for (const xdtype of fdtypes) {
             const w = makeWeight(r, 'bf16', n, k);
-            for (const t of [9, 12, 16]) {
+            // 17+: chunks of 16 rows, the last partly zero; 65 and 130: more chunks than an item's 4 at once
+            for (const t of lanesRows) {
               const x = makeX(r, xdtype, t, k);
               const want = reference(x.ref, w.ref, t, n, k);
               eachIsa(isa => {
@@ -437,7 +439,7 @@ describe('linear', () => {
     } finally {
       native.setThreads(threads);
     }
-    expect(checked).toBe(4 * 6 * 2 * 3 * isas.length * 2 * 3);
+    expect(checked).toBe(4 * 6 * 2 * lanesRows.length * isas.length * 2 * 3);
   });
 
   it('GEMV over several k chunks and row groups (t = 1, 2, 4; k = 4200, n = 300)', () => {

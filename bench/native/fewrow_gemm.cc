@@ -13,9 +13,10 @@
 // Build and run (after `npx cmake-js compile --out build`; under the heavy lock):
 //   g++ -O2 -std=c++17 -Inative bench/native/fewrow_gemm.cc build/CMakeFiles/longcat_cpu.dir/native/cpu/*.o -lpthread
 //     -o /tmp/fewrow_gemm
-//   /tmp/fewrow_gemm [threads...] [--no-region] [--rows 8,16] [--rounds 3] [--shapes up,down] [--nk N K] [--profile]   (threads default: 1 2;
+//   /tmp/fewrow_gemm [threads...] [--no-region] [--ab VAR=VALUE] [--calls WARM COLD] [--rows 8,16] [--rounds 3] [--shapes up,down] [--nk N K] [--profile]   (threads default: 1 2;
 //     --shapes: only the shapes whose name contains one of the words; --profile: the threads' busy time
-//     in the region's chunks and the master's join wait per warm call)
+//     in the region's chunks and the master's join wait per warm call; --ab VAR=VALUE: each measurement also
+//     with the environment variable set, alternated, printed as old / new: a kernel's switch for its old path)
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -41,13 +42,20 @@ int main(int argc, char** argv) {
   };
   std::vector<NK> extra;  // --nk N K: one more shape (repeatable)
   std::string only;       // --shapes a,b: only the shapes whose name contains one of these
-  bool region = true;
-  int rounds = 3;
+  bool region = true, ab = false;
+  std::string ab_var, ab_value;  // --ab VAR=VALUE: the "old" variant of an A/B
+  int rounds = 3, nwarm = 300, ncold = 600;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--no-region") == 0) {
       region = false;
     } else if (std::strcmp(argv[i], "--rounds") == 0 && i + 1 < argc) {
       rounds = std::atoi(argv[++i]);
+    } else if (std::strcmp(argv[i], "--ab") == 0 && i + 1 < argc) {
+      ab = true, ab_var = argv[++i];
+      ab_value = ab_var.substr(ab_var.find('=') + 1), ab_var = ab_var.substr(0, ab_var.find('='));
+    } else if (std::strcmp(argv[i], "--calls") == 0 && i + 2 < argc) {
+      nwarm = std::atoi(argv[i + 1]), ncold = std::atoi(argv[i + 2]);
+      i += 2;
     } else if (std::strcmp(argv[i], "--profile") == 0) {
       cpu::profile::g_on.store(true);
     } else if (std::strcmp(argv[i], "--nk") == 0 && i + 2 < argc) {
@@ -81,8 +89,8 @@ int main(int argc, char** argv) {
   const int64_t pool = int64_t{512} << 20;
   std::vector<uint16_t> big(pool / 2);
   for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<uint16_t>(0x3c00 + (i * 2654435761u >> 20) % 512);
-  std::printf("%s; median of 300 warm / 600 cold calls per round\n",
-              region ? "inside a parallel region (as a replayed step)" : "outside a region (condition-variable wakes)");
+  std::printf("%s; median of %d warm / %d cold calls per round\n",
+              region ? "inside a parallel region (as a replayed step)" : "outside a region (condition-variable wakes)", nwarm, ncold);
   const auto wanted = [&](const Shape& sh) {
     if (only.empty()) return true;
     for (size_t b = 0, e; (e = only.find(',', b + 1)) != std::string::npos; b = e)
@@ -111,32 +119,50 @@ int main(int argc, char** argv) {
         for (size_t ti = 0; ti < threads.size(); ++ti) {
           const int th = threads[(ti + rep) % threads.size()];
           cpu::ThreadPool::global().set_threads(th);
-          std::vector<double> warm, cold;
-          {
-            std::unique_ptr<cpu::ThreadPool::Region> reg;
-            if (region) reg = std::make_unique<cpu::ThreadPool::Region>(cpu::ThreadPool::global());
-            const cpu::profile::Snapshot p0 = cpu::profile::snapshot();
-            for (int r = 0; r < 300; ++r) {
-              const double t0 = now();
-              run(0);
-              warm.push_back(now() - t0);
+          // --ab VAR=VALUE: this build's path (VAR unset) and the old one (VAR=VALUE), order alternating by round
+          double w50s[2], c50s[2];
+          const int variants = ab ? 2 : 1;
+          for (int vi = 0; vi < variants; ++vi) {
+            const int v = ab ? (vi + rep) % 2 : 0;
+            if (v == 1)
+              setenv(ab_var.c_str(), ab_value.c_str(), 1);
+            else if (ab)
+              unsetenv(ab_var.c_str());
+            std::vector<double> warm, cold;
+            {
+              std::unique_ptr<cpu::ThreadPool::Region> reg;
+              if (region) reg = std::make_unique<cpu::ThreadPool::Region>(cpu::ThreadPool::global());
+              const cpu::profile::Snapshot p0 = cpu::profile::snapshot();
+              for (int r = 0; r < nwarm; ++r) {
+                const double t0 = now();
+                run(0);
+                warm.push_back(now() - t0);
+              }
+              const cpu::profile::Snapshot p1 = cpu::profile::snapshot();
+              if (cpu::profile::on())
+                std::printf("   [%dT warm: busy %.1f us / call / thread, join wait %.1f us / call, jobs %.2f / call]\n", th,
+                            (p1.busy_ns - p0.busy_ns) / nwarm / 1e3 / th, (p1.wait_ns - p0.wait_ns) / nwarm / 1e3,
+                            (p1.jobs - p0.jobs) / static_cast<double>(nwarm));
+              for (int r = 0; r < ncold; ++r) {
+                const double t0 = now();
+                run(1 + (r * 7919) % (copies - 1));
+                cold.push_back(now() - t0);
+              }
             }
-            const cpu::profile::Snapshot p1 = cpu::profile::snapshot();
-            if (cpu::profile::on())
-              std::printf("   [%dT warm: busy %.1f us / call / thread, join wait %.1f us / call, jobs %.2f / call]\n", th,
-                          (p1.busy_ns - p0.busy_ns) / 300e3 / th, (p1.wait_ns - p0.wait_ns) / 300e3, (p1.jobs - p0.jobs) / 300.0);
-            for (int r = 0; r < 600; ++r) {
-              const double t0 = now();
-              run(1 + (r * 7919) % (copies - 1));
-              cold.push_back(now() - t0);
-            }
+            std::sort(warm.begin(), warm.end());
+            std::sort(cold.begin(), cold.end());
+            w50s[v] = warm[warm.size() / 2], c50s[v] = cold[cold.size() / 2];
           }
-          std::sort(warm.begin(), warm.end());
-          std::sort(cold.begin(), cold.end());
-          const double fl = 2.0 * t * sh.n * sh.k, w50 = warm[warm.size() / 2], c50 = cold[cold.size() / 2];
+          if (ab) unsetenv(ab_var.c_str());
+          const double fl = 2.0 * t * sh.n * sh.k, w50 = w50s[0], c50 = c50s[0];
           std::snprintf(buf, sizeof buf, " %dT warm %6.1f us (%4.0f GF/s) cold %6.1f us (%5.1f GB/s) |", th, w50 * 1e6,
                         fl / w50 / 1e9, c50 * 1e6, wb / c50 / 1e9);
           line += buf;
+          if (ab) {
+            std::snprintf(buf, sizeof buf, " old warm %6.1f (x%.2f) cold %6.1f (x%.2f) |", w50s[1] * 1e6, w50s[1] / w50,
+                          c50s[1] * 1e6, c50s[1] / c50);
+            line += buf;
+          }
         }
         std::printf("%s\n", line.c_str());
         std::fflush(stdout);

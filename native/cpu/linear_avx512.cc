@@ -1,6 +1,7 @@
 // AVX-512 linear layers: the drivers of linear_vec.h compiled for 16-lane vectors and 32
 // registers, plus the GEMM for bf16 weights on CPUs with AVX512-BF16 (vdpbf16ps). linear.cc calls
 // in only after checking isa().
+#include <atomic>
 #include <cstring>
 
 #include "linear_kernels.h"
@@ -185,7 +186,8 @@ struct GemmBF16 {
 };
 
 // ---------------------------------------------------------------------------------------------
-// 9-16 rows of x times bf16 weights read in place, "lanes = rows" (a batch-8 verify step's 16 rows).
+// 9-1024 rows of x times bf16 weights read in place, "lanes = rows" (a batch-8 verify step's 16 rows;
+// past 16 rows in chunks of 16: lanes_gemm).
 // The GEMM above puts k in the lanes: every output ends as 16 lane sums, reduced by hsum4 per 4
 // outputs and k block (~15-20% of its FP instructions at k = 512). Here the 16 lanes are x's 16 rows:
 // x is packed as [k / 2][16 rows][2 bf16] (xq, 16 * k * 2 bytes, once per call), and each output n's
@@ -459,67 +461,138 @@ __attribute__((always_inline)) inline void lanes_block_skewed(const uint32_t* xq
 #undef LC_LANES_PF2
 #undef LC_LANES_STORE
 
-// y[t, n] for 9 <= t <= 16, bf16 W with k a multiple of 32 (lanes_gemm_shape).
-bool lanes_gemm_shape(int64_t t, const WeightRef& w) {
-  return t > kGemvMaxRows && t <= kLanesRows && w.dtype == DType::BF16 && w.k % 32 == 0;
+// y[t, n] for 9 <= t <= kLanesMaxRows, bf16 W with k a multiple of 32 (lanes_gemm_shape). Past 16
+// rows x is packed as ceil(t / 16) chunks of 16 rows (the last zero-padded), and each register block
+// of weights runs every chunk before the next block: the block's rows come from DRAM once, for the
+// first chunk, and from L1 / L2 for the others (a 12-row block is 12 kB at k = 512, 48 at 2048),
+// while each chunk's xq streams from L2. Each output's sum is the one lanes_block makes for its
+// chunk: the same bits at any thread count and whatever the other chunks hold.
+// bench/native/fewrow_gemm.cc against the hsum GEMM (2 threads, 1-24 MB; bench/RESULTS.md wt17-lanes):
+// 32-64 rows 1.17-1.35x faster warm, 1.2-1.5x from DRAM; the zero rows of a last chunk cost as
+// much as real ones, so 17-24 rows ran 0.63-0.99x, 25 0.91-1.01x, 28 1.01-1.15x: a split by blocks
+// takes 17-27 rows to the GEMM. Prefill-sized x runs in groups of kLanesMaxChunks chunks (each
+// item's weights reread from L2 per group): 96-256 rows 1.1-1.4x faster than the GEMM, 512-1024
+// rows 1.02-1.25x (less at k = 2048-6144, where a group's xq outgrows L2); past kLanesMaxRows (not
+// measured) the GEMM and its k blocks.
+constexpr int64_t kLanesMaxChunks = 4;  // chunks whose outputs an item holds at once (24 KiB of stack)
+constexpr int64_t kLanesMaxRows = 1024;
+constexpr int64_t kLanesBlockSplitMinChunkedRows = 28;
+
+// Small weights (up to kLanesRowSplitBytes) on several threads are split by x's 16-row chunks
+// instead (items of one chunk and all outputs, or with fewer chunks than a multiple of the threads
+// one of `threads` column ranges of it): each thread packs the chunks it runs into its own scratch,
+// so the packing is spread over the threads and every thread has whole chunks' worth of products
+// (a split by blocks leaves a 16-262 kB weight a few uneven items after the calling thread packed
+// all of x alone: 2 threads, 131-262 kB at 16-64 rows 1.4-2.8x slower). The weights are read by
+// every thread: small ones only. Each output's sum is the same lanes_block makes either way. Such
+// weights take 17-27 rows here too, at any thread count (the bits must not depend on it): q_a
+// 256 x 512, 2 threads 1.3-1.9x faster than the GEMM, 1 thread 0.71-1.0x.
+// A weight whose products are fewer than kLanesRowSplitMinMacs multiply-adds (16 x 512 at 64 rows)
+// stays one item of the calling thread: there a pool round trip and each thread's packing cost more
+// than the products (2 threads: 16 x 512 at 16 / 32 rows 1.7x / 1.1x slower split by chunks, at
+// 64 rows 1.25-1.75x faster).
+constexpr int64_t kLanesRowSplitBytes = 512 * 1024, kLanesRowSplitMinMacs = int64_t{1} << 19;
+bool lanes_small(int64_t t, const WeightRef& w) {
+  return w.n * w.k * 2 <= kLanesRowSplitBytes && w.n * w.k * t >= kLanesRowSplitMinMacs;
 }
 
+bool lanes_gemm_shape(int64_t t, const WeightRef& w) {
+  if (t <= kGemvMaxRows || t > kLanesMaxRows || w.dtype != DType::BF16 || w.k % 32 != 0) return false;
+  return t <= kLanesRows || t >= kLanesBlockSplitMinChunkedRows || lanes_small(t, w);
+}
+
+// The chunk a thread's scratch holds for the lanes_gemm call with that number (row split).
+std::atomic<uint64_t> g_lanes_calls{0};
+thread_local uint64_t tl_lanes_call = 0;
+thread_local int64_t tl_lanes_chunk = -1;
+
 void lanes_gemm(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType yt) {
-  // The split (steal_for) takes items of whole register blocks of B outputs, ~kFewRowItemBytes of
-  // weights (as the GEMM's panels; a small weight is one item, run by the calling thread alone: a
-  // region job costs more than its products), at most kLanesItemBlocks blocks.
-  constexpr int64_t B = 4 * kLanesGroups;
-  const int64_t N = w.n, K = w.k;
+  // The split by blocks (steal_for) takes items of whole register blocks of B outputs,
+  // ~kFewRowItemBytes of weights (as the GEMM's panels; a small weight not split by chunks is one
+  // item, run by the calling thread alone: a region job costs more than its products), at most
+  // kLanesItemBlocks blocks; the split by chunks (lanes_small) runs them IB outputs at a time.
+  constexpr int64_t B = 4 * kLanesGroups, OutFloats = B * kLanesItemBlocks * kLanesRows;
+  const int64_t N = w.n, K = w.k, chunks = ceil_div(t, kLanesRows), chunk_words = K / 2 * kLanesRows;
   const int64_t fit = kFewRowItemBytes / (B * K * 2), IB = B * (fit < 1 ? 1 : fit > kLanesItemBlocks ? kLanesItemBlocks : fit);
-  uint32_t* xq = static_cast<uint32_t*>(scratch(kScratchX, K / 2 * kLanesRows * sizeof(uint32_t)));
-  lanes_pack_x(x, xt, t, K, xq);
+  const int64_t x_row_bytes = K * (xt == DType::BF16 ? 2 : 4);
+  const auto pack = [&](int64_t c, uint32_t* xc) {
+    const int64_t rows = t - c * kLanesRows < kLanesRows ? t - c * kLanesRows : kLanesRows;
+    lanes_pack_x(static_cast<const char*>(x) + c * kLanesRows * x_row_bytes, xt, rows, K, xc);
+  };
   const uint16_t* W = static_cast<const uint16_t*>(w.data);
   const bool skewed = lanes_skewed(K);
-  const auto run = [&](int64_t b) {
-    const int64_t n0 = b * IB, nb = N - n0 < IB ? N - n0 : IB;
-    alignas(64) float out[4 * kLanesGroups * kLanesItemBlocks * kLanesRows];
+  const auto block = [&](int64_t g, const uint32_t* xc, const uint16_t* wp, float* o, const uint16_t* next) {
+    switch (g + (skewed ? 3 : 0)) {
+      case 3: lanes_block<3>(xc, wp, K, o, next); break;
+      case 2: lanes_block<2>(xc, wp, K, o, next); break;
+      case 1: lanes_block<1>(xc, wp, K, o, next); break;
+      case 6: lanes_block_skewed<3>(xc, wp, K, o, next); break;
+      case 5: lanes_block_skewed<2>(xc, wp, K, o, next); break;
+      default: lanes_block_skewed<1>(xc, wp, K, o, next); break;
+    }
+  };
+  // outputs n0 .. n0 + nb - 1 (nb <= IB) of chunks c0 .. c1 - 1, chunk c packed at xb + (c - c0) chunk_words
+  const auto rows_of = [&](int64_t n0, int64_t nb, int64_t c0, int64_t c1, const uint32_t* xb) {
+    alignas(64) float out[kLanesMaxChunks * OutFloats];
     // the item in pieces of 4G rows (the last item of a weight whose n is not a multiple of B), and
     // a last 1-3 rows (n not a multiple of 4) copied into 4 zero-padded rows (this thread's scratch)
     for (int64_t r0 = 0; r0 < nb;) {
       const int64_t left = nb - r0, g = left >= B ? kLanesGroups : left >= 4 ? left / 4 : 1, piece = left >= 4 ? 4 * g : left;
       const uint16_t* wp = W + (n0 + r0) * K;
-      // the next block's rows: W's next `piece` rows (past W's end: the block's own, already here)
+      // the next block's rows: W's next `piece` rows (past W's end: the block's own, already here),
+      // requested into L2 over the first chunk
       const uint16_t* next = N - (n0 + r0 + piece) >= piece ? wp + piece * K : wp;
-      float* o = out + r0 * kLanesRows;
       if (piece < 4) {
         uint16_t* tail = static_cast<uint16_t*>(scratch(kScratchPanel, 4 * K * sizeof(uint16_t)));
         std::memcpy(tail, wp, piece * K * sizeof(uint16_t));
         std::memset(tail + piece * K, 0, (4 - piece) * K * sizeof(uint16_t));
         asm volatile("" ::: "memory");  // (lanes_block's products read the copy through asm)
-        lanes_block<1>(xq, tail, K, o, tail);
-      } else {
-        switch (g + (skewed ? 3 : 0)) {
-          case 3: lanes_block<3>(xq, wp, K, o, next); break;
-          case 2: lanes_block<2>(xq, wp, K, o, next); break;
-          case 1: lanes_block<1>(xq, wp, K, o, next); break;
-          case 6: lanes_block_skewed<3>(xq, wp, K, o, next); break;
-          case 5: lanes_block_skewed<2>(xq, wp, K, o, next); break;
-          default: lanes_block_skewed<1>(xq, wp, K, o, next); break;
-        }
+        wp = next = tail;
       }
+      for (int64_t c = c0; c < c1; ++c)
+        block(piece < 4 ? 1 : g, xb + (c - c0) * chunk_words, wp, out + (c - c0) * OutFloats + r0 * kLanesRows,
+              c == c0 ? next : wp);
       r0 += piece;
     }
-    if (yt == DType::F32) {  // 16 outputs of every row at a time: out's 16 x 16 blocks transposed
-      for (int64_t j0 = 0; j0 < nb; j0 += 16) {
-        __m512i blk[16], rows_out[16];
-        for (int64_t i = 0; i < 16; ++i)
-          blk[i] = j0 + i < nb ? _mm512_load_si512(out + (j0 + i) * kLanesRows) : _mm512_setzero_si512();
-        simd::Avx512::transpose16(blk, rows_out);
-        const __mmask16 mask = nb - j0 >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << (nb - j0)) - 1u);
-        for (int64_t m = 0; m < t; ++m)
-          _mm512_mask_storeu_ps(static_cast<float*>(y) + m * N + n0 + j0, mask, _mm512_castsi512_ps(rows_out[m]));
+    for (int64_t c = c0; c < c1; ++c) {
+      const float* oc = out + (c - c0) * OutFloats;
+      const int64_t m0 = c * kLanesRows, rows = t - m0 < kLanesRows ? t - m0 : kLanesRows;
+      if (yt == DType::F32) {  // 16 outputs of every row at a time: out's 16 x 16 blocks transposed
+        for (int64_t j0 = 0; j0 < nb; j0 += 16) {
+          __m512i blk[16], rows_out[16];
+          for (int64_t i = 0; i < 16; ++i)
+            blk[i] = j0 + i < nb ? _mm512_load_si512(oc + (j0 + i) * kLanesRows) : _mm512_setzero_si512();
+          simd::Avx512::transpose16(blk, rows_out);
+          const __mmask16 mask = nb - j0 >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << (nb - j0)) - 1u);
+          for (int64_t m = 0; m < rows; ++m)
+            _mm512_mask_storeu_ps(static_cast<float*>(y) + (m0 + m) * N + n0 + j0, mask, _mm512_castsi512_ps(rows_out[m]));
+        }
+      } else {  // bf16: rounded as store_y rounds (denormals kept, unlike vcvtneps2bf16)
+        for (int64_t m = 0; m < rows; ++m)
+          for (int64_t r = 0; r < nb; ++r) store_y(y, yt, (m0 + m) * N + n0 + r, oc[r * kLanesRows + m]);
       }
-    } else {  // bf16: rounded as store_y rounds (denormals kept, unlike vcvtneps2bf16)
-      for (int64_t m = 0; m < t; ++m)
-        for (int64_t r = 0; r < nb; ++r) store_y(y, yt, m * N + n0 + r, out[r * kLanesRows + m]);
     }
   };
-  steal_for(ceil_div(N, IB), run);
+  const int P = ThreadPool::current().threads();
+  if (P > 1 && lanes_small(t, w)) {
+    const uint64_t call = g_lanes_calls.fetch_add(1, std::memory_order_relaxed) + 1;
+    const int64_t nblocks = ceil_div(N, B), parts = chunks % P == 0 || nblocks < 2 ? 1 : (P < nblocks ? P : nblocks);
+    steal_for(chunks * parts, [&](int64_t item) {
+      const int64_t c = item / parts, part = item % parts;
+      const int64_t n0 = nblocks * part / parts * B, n1e = nblocks * (part + 1) / parts * B, n1 = n1e < N ? n1e : N;
+      uint32_t* xc = static_cast<uint32_t*>(scratch(kScratchX, chunk_words * sizeof(uint32_t)));
+      if (tl_lanes_call != call || tl_lanes_chunk != c) pack(c, xc), tl_lanes_call = call, tl_lanes_chunk = c;
+      for (int64_t n = n0; n < n1; n += IB) rows_of(n, n1 - n < IB ? n1 - n : IB, c, c + 1, xc);
+    });
+    return;
+  }
+  uint32_t* xq = static_cast<uint32_t*>(scratch(kScratchX, chunks * chunk_words * sizeof(uint32_t)));
+  for (int64_t c = 0; c < chunks; ++c) pack(c, xq + c * chunk_words);
+  steal_for(ceil_div(N, IB), [&](int64_t b) {
+    for (int64_t c0 = 0; c0 < chunks; c0 += kLanesMaxChunks)
+      rows_of(b * IB, N - b * IB < IB ? N - b * IB : IB, c0, chunks - c0 < kLanesMaxChunks ? chunks : c0 + kLanesMaxChunks,
+              xq + c0 * chunk_words);
+  });
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -348,6 +348,11 @@ int main() {
             if (p == MatmulPrecision::FP8 && wdt != DType::FP8_E4M3) continue;
             linear_case(t, n, k, wdt, p);
           }
+    // bf16 weights with k a multiple of 32 at 9-1024 rows: the lanes GEMM (x's 16-row chunks; small
+    // weights split by chunks, the others by register blocks; 17-27 rows of the large: the GEMM)
+    for (const auto& [n, k] : std::vector<std::pair<int64_t, int64_t>>{{203, 544}, {40, 2048}, {1001, 512}})
+      for (const int64_t t : {9, 17, 23, 33, 47, 64, 129})
+        for (const MatmulPrecision p : {MatmulPrecision::Highest, MatmulPrecision::BF16}) linear_case(t, n, k, DType::BF16, p);
     for (const auto& [t, k] : std::vector<std::pair<int64_t, int64_t>>{{1, 7}, {3, 1000}, {17, 7168}}) quant_case(t, k);
     moe_case(1, 64, 32, 8, 2, 3, DType::BF16, MatmulPrecision::Highest);    // decode: skinny tiles
     moe_case(5, 129, 67, 6, 3, 4, DType::FP8_E4M3, MatmulPrecision::BF16);  // decode, fp8 experts
