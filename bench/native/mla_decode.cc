@@ -16,7 +16,8 @@
 //   g++ -O2 -std=c++17 -Inative bench/native/mla_decode.cc build/CMakeFiles/longcat_cpu.dir/native/cpu/*.o -lpthread
 //     -o /tmp/mla_decode
 //   /tmp/mla_decode [--preset small|medium] [--batch 1,16,64] [--ctx 100] [--threads 1,2] [--cache bf16|f32|fp8]
-//                   [--rounds 5] [--reps 20]
+//                   [--rounds 5] [--reps 20] [--evict 1: 8 MiB written by the pool's threads before each call, so
+//                   that the activations and the caches' rows are out of L1 / L2 as between a step's nodes]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>

@@ -491,18 +491,13 @@ LC_TARGET_AVX512BF16 void pack_p(const float* s, uint32_t* p) {
 }
 
 // acc[h][c] = acc[h][c] * corr[h] + sum_jp p[h][jp] . vp[u][jp] for HB heads and CB vectors of 16
-// latent columns (the last one masked by mlast); corr null: acc[h][c] = the sum (acc not read).
-// p: bf16 pairs (p_2jp, p_2jp+1) as uint32; vp[u][jp]: 16 columns of rows 2jp and 2jp+1
-// interleaved, vs elements between consecutive u.
+// latent columns (the last one masked by mlast). p: bf16 pairs (p_2jp, p_2jp+1) as uint32;
+// vp[u][jp]: 16 columns of rows 2jp and 2jp+1 interleaved, vs elements between consecutive u.
 template <int HB, int CB>
 LC_TARGET_AVX512BF16 void pv_bf(float* acc, int64_t as, const float* corr, const uint32_t* p, int64_t ps, int np,
                                 const uint16_t* vp, int64_t vs, __mmask16 mlast) {
   __m512 a[HB][CB];
   for (int h = 0; h < HB; ++h) {
-    if (!corr) {
-      for (int u = 0; u < CB; ++u) a[h][u] = _mm512_setzero_ps();
-      continue;
-    }
     const __m512 cr = _mm512_set1_ps(corr[h]);
     for (int u = 0; u < CB; ++u)
       a[h][u] = _mm512_mul_ps(
@@ -575,13 +570,8 @@ LC_TARGET_AVX512BF16 void absorb_bf16(int64_t t, int64_t nl, int64_t kd, const f
                                       Pack&& pack, const char* next, int64_t next_bytes) {
   alignas(64) uint16_t vp[kAbLanes / 16 * kAbPairs * 32];
   alignas(64) uint16_t xb[kAbTokens * 2 * kAbPairs];
-  // pv_bf's corr: the first chunk of reduction pairs stores its sums (every output of the token
-  // block is written: no zeroing pass over y, no reload), the later ones accumulate onto them. The
-  // zeroing (a memset per token row and head) took a quarter of absorb_q at 64 tokens:
-  // bench/native/mla_decode.cc --evict 1, small preset, 2 threads, 20.3-21.7 -> 14.8-15.5 us.
-  static constexpr float kOnes[kMaxQ] = {1.0f, 1.0f, 1.0f, 1.0f};
-  if (kd == 0)  // (no chunk: the sums are empty)
-    for (int64_t i = 0; i < t; ++i) std::memset(y + i * ys, 0, sizeof(float) * nl);
+  static constexpr float kOnes[kMaxQ] = {1.0f, 1.0f, 1.0f, 1.0f};  // pv_bf's corr: accumulate as is
+  for (int64_t i = 0; i < t; ++i) std::memset(y + i * ys, 0, sizeof(float) * nl);
   const int64_t nlv = (nl + 15) / 16;
   const __mmask16 mlast = static_cast<__mmask16>(nl % 16 == 0 ? 0xffff : (1u << (nl % 16)) - 1);
   // The next head's weight block is requested into L2 over this head's products, a slice before
@@ -609,8 +599,7 @@ LC_TARGET_AVX512BF16 void absorb_bf16(int64_t t, int64_t nl, int64_t kd, const f
             for (const int64_t upto = std::min(next_bytes, next_bytes * ++block / blocks); requested < upto; requested += 64)
               prefetch_line<2>(next + requested);
           const int hb = static_cast<int>(std::min<int64_t>(kMaxQ, tn - i0));
-          kPvBf[hb - 1][nv - 1](y + (t0 + i0) * ys + v0 * 16, ys, k0 == 0 ? nullptr : kOnes,
-                                reinterpret_cast<const uint32_t*>(xb) + i0 * kAbPairs,
+          kPvBf[hb - 1][nv - 1](y + (t0 + i0) * ys + v0 * 16, ys, kOnes, reinterpret_cast<const uint32_t*>(xb) + i0 * kAbPairs,
                                 kAbPairs, static_cast<int>(np), vp, kAbPairs * 32, ml);
         }
       }
