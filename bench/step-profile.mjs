@@ -20,7 +20,8 @@
 //             FLOPs / GEMM rate) (gemmRate, measured in the run): a linear's FLOPs are 2 x rows x its
 //             weight's elements, the experts' 2 x expert params x the (row, FFN expert) pairs the
 //             profiled steps routed (forward's collectRouting), the absorbed attention's 4 kv_lora + 2
-//             rope FLOPs per head and attended key (its floor: FLOPs only); the other ops have none. The
+//             rope FLOPs per head and attended key (its floor: FLOPs only), the weight absorptions'
+//             (mlaAbsorbQ, mlaOutput) 2 x rows x heads x nope (v) x kv_lora; the other ops have none. The
 //             step's ceiling is the sum of the floors: what is neither bytes nor FLOPs is the rest.
 //
 // --warmup W: decode steps before the measured ones (default 8). The experts are read from the mapped
@@ -251,6 +252,9 @@ async function profilePreset(preset) {
   const flopsOf = n => {
     if (n.op === 'moe') return moeBytes ? (expertFlops * n.weightBytes) / moeBytes : 0;
     if (n.op === 'mlaDecodeAbsorbed') return d.heads * batch * ctxMean * (4 * d.kvLora + 2 * d.rope);
+    // the absorbed weights' per-head GEMMs: q_nope x W_UK [nope, kvLora], o_lat x W_UV^T [v, kvLora]
+    if (n.op === 'mlaAbsorbQ') return 2 * batch * d.heads * d.nope * d.kvLora;
+    if (n.op === 'mlaOutput') return 2 * batch * d.heads * d.v * d.kvLora;
     if (n.op !== 'linear') return 0;
     const el = elements.get(Math.round(n.weightBytes / R));
     return 2 * batch * (el ?? n.weightBytes / R / elementBytes);

@@ -614,7 +614,7 @@ describe('absorbed decode over the paged latent cache', () => {
     [{ nh: 5, dn: 13, dr: 8, dv: 11, dl: 531 }, [5, 9]],
     // the bf16 path's blocks: dn 131 = two 128-element chunks of W_UK rows (the last pair half
     // empty), dv 70 = two blocks of output lanes (64 + 6), 33 tokens = two token blocks (32 + 1)
-    [{ nh: 3, dn: 131, dr: 4, dv: 70, dl: 45 }, [5, 13, 16, 33]],
+    [{ nh: 3, dn: 131, dr: 4, dv: 70, dl: 45 }, [5, 13, 16, 33, 63]],
   ] as Array<[Dims, number[]]>)(
     'the absorbed projections equal their definitions (absorbQ, mlaOutput): %o, token counts %o, f32 and bf16 kv_b_proj, every ISA and precision',
     (d, Ts) => {
@@ -710,7 +710,7 @@ describe('absorbed decode over the paged latent cache', () => {
       dkv = d.dn + d.dv;
     const r = rng(29);
     for (const bf16 of [false, true])
-      for (const T of [1, 3, 5, 18]) {
+      for (const T of [1, 3, 5, 18, 63]) {
         const q = r.array(T * d.nh * dk),
           oLat = r.array(T * d.nh * d.dl),
           w = r.array(d.nh * dkv * d.dl);

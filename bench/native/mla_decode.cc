@@ -16,7 +16,8 @@
 //   g++ -O2 -std=c++17 -Inative bench/native/mla_decode.cc build/CMakeFiles/longcat_cpu.dir/native/cpu/*.o -lpthread
 //     -o /tmp/mla_decode
 //   /tmp/mla_decode [--preset small|medium] [--batch 1,16,64] [--ctx 100] [--threads 1,2] [--cache bf16|f32|fp8]
-//                   [--rounds 5] [--reps 20]
+//                   [--rounds 5] [--reps 20] [--evict 1: 8 MiB written by the pool's threads before each call, so
+//                   that the activations and the caches' rows are out of L1 / L2 as between a step's nodes]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -48,7 +49,7 @@ static std::vector<int> ints(const char* s) {
 int main(int argc, char** argv) {
   std::string preset = "small", cache_name = "bf16";
   std::vector<int> batches = {1, 16, 64}, threads = {1, 2};
-  int ctx = 100, rounds = 5, reps = 20;
+  int ctx = 100, rounds = 5, reps = 20, evict = 0;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
     if (a == "--preset")
@@ -65,6 +66,8 @@ int main(int argc, char** argv) {
       rounds = std::atoi(argv[i + 1]);
     else if (a == "--reps")
       reps = std::atoi(argv[i + 1]);
+    else if (a == "--evict")
+      evict = std::atoi(argv[i + 1]);
   }
   cpu::MlaDims d;
   if (preset == "medium")
@@ -87,6 +90,7 @@ int main(int argc, char** argv) {
       "preset %s cache %s ctx %d (+b)\n| B | threads | decode warm us | decode cold us | absorb_q us | output us "
       "| absorb_q cold us | output cold us |\n|---|---|---|---|---|---|---|---|\n",
       preset.c_str(), cache_name.c_str(), ctx);
+  std::vector<float> trash(evict ? (8 << 20) / sizeof(float) : 0);
   for (int B : batches) {
     const int64_t maxb = (ctx + B + bs - 1) / bs, nblocks = B * maxb;
     const int64_t cache_bytes = nblocks * bs * row_bytes;
@@ -124,6 +128,13 @@ int main(int argc, char** argv) {
         for (int kind = 0; kind < 6; ++kind) {
           std::vector<double> t;
           for (int i = 0; i < reps + 2; ++i) {
+            // --evict 1: the activations (q, q_lat, o_lat, o) and the caches evicted from L1 / L2 before
+            // each call, as between a decode step's nodes (untimed)
+            if (evict)  // every thread's L2: 8 MiB written in per-thread halves
+              cpu::parallel_for(static_cast<int64_t>(trash.size()), static_cast<int64_t>(trash.size()) / th,
+                                [&](int64_t k0, int64_t k1) {
+                                  for (int64_t k = k0; k < k1; k += 16) trash[k] += 1.0f;
+                                });
             const double t0 = now();
             if (kind < 2) {
               const void* c = caches[kind == 0 ? 0 : 1 + next++ % (copies - 1)].data();

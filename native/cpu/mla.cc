@@ -683,7 +683,12 @@ LC_TARGET_AVX512BF16 void decode_chunk_bf16(const MlaDims& d, int64_t nh, const 
                                             const uint16_t* cache, const int32_t* bt, int64_t block_size, int64_t s0, int64_t s1,
                                             const int64_t* end, float scale, float* acc, float* ml, const NextKeys& next,
                                             bool requested) {
-  constexpr int JB = 16 / HV;  // keys per scores_z call: 16 accumulators
+  // Keys per scores_z call: 8 accumulators at 8 and 16 heads, 16 at 32. With 16 keys for 8 heads
+  // (16 accumulators) the 16 row pointers do not fit the general registers and each broadcast
+  // waited on a vmovq from a vector register: bench/native/mla_decode.cc, 1 thread, warm, small
+  // preset (8 heads) 64 sequences 237-244 -> 208 us, medium (16 heads, 8 -> 4 keys) 709 -> 680 us
+  // (4 keys at 8 heads: 220 us). A key's sums are the same either way (bit for bit).
+  constexpr int JB = std::max(4, 8 / HV);
   const int64_t dl = d.dl, dr = d.dr, row = dl + dr, ncb = (dl + 15) / 16;
   alignas(64) uint32_t qz[(kBfMaxRow / 4 + 1) * 2 * kBfLanes * HV];
   alignas(64) uint16_t qrow[kBfMaxRow + 32];
