@@ -134,6 +134,59 @@ describe('continuous batching', () => {
     expect(during.filter(e => e === 'chunk').length).toBeGreaterThanOrEqual(5);
     expect(during.join(',').includes('chunk,chunk')).toBe(false);
   });
+
+  it('a prompt joining chained rounds is queued behind them: no prefill chunk waits for the device; the same tokens', async () => {
+    // (a prompt no earlier test ran: no prefix-cache hit shortens its prefill; its run alone comes after)
+    const long = Array.from({ length: 120 }, (_, i) => `term${i % 19}`).join(' ');
+    const runO = { maxTokens: 50, ignoreEos: true },
+      longO = { maxTokens: 8, prefillChunk: 8 };
+    // the engine's blocking wait for the device (LongcatModel.synchronizeRanks), counted inside prefill forwards
+    const engine = model.engine as unknown as {
+      forward: typeof model.engine.forward;
+      synchronizeRanks(): void;
+    };
+    const { forward, synchronizeRanks } = engine;
+    let inPrefill = false,
+      prefills = 0,
+      blocked = 0;
+    engine.forward = function (seqs, tokens, opts = {}) {
+      inPrefill = opts.mode === 'prefill';
+      if (inPrefill) prefills++;
+      try {
+        return forward.call(this, seqs, tokens, opts);
+      } finally {
+        inPrefill = false;
+      }
+    };
+    engine.synchronizeRanks = function () {
+      if (inPrefill) blocked++;
+      synchronizeRanks.call(this);
+    };
+    try {
+      using a = model.createSession();
+      using b = model.createSession();
+      const chainedBefore = model.scheduler.stats.chainedRows;
+      let seen = 0,
+        gB: Promise<{ tokens: number[] }> | null = null,
+        prefillsBefore = 0;
+      const gA = a.generate('the running stream', runO);
+      for await (const _ of gA) {
+        if (++seen === 3) {
+          prefillsBefore = prefills;
+          gB = b.generate(long, longO).then(r => r);
+        }
+      }
+      const [rA, rB] = [await gA, await gB!];
+      expect(model.scheduler.stats.chainedRows).toBeGreaterThan(chainedBefore);
+      expect(prefills - prefillsBefore).toBeGreaterThanOrEqual(5); // the long prompt's chunks, all while A streamed
+      expect(blocked).toBe(0);
+      const want = [await alone({ prompt: 'the running stream', o: runO }), await alone({ prompt: long, o: longO })];
+      expect([rA.tokens, rB.tokens]).toEqual(want.map(w => w.tokens));
+    } finally {
+      delete (engine as Partial<typeof engine>).forward;
+      delete (engine as Partial<typeof engine>).synchronizeRanks;
+    }
+  });
 });
 
 describe('token-level prompts', () => {
