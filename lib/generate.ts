@@ -329,10 +329,13 @@ export class Session {
       textOut.keepBefore(emitted - hold); // the next stop search starts at or after it
       return out.length < maxTokens;
     };
+    /** Queues the draw of the token after the last row of `logits` into `sampled`. */
+    const draw = (logits: Tensor) =>
+      native.sample(null, sampled, logits, temperature, o.topK ?? 0, o.topP ?? 1, o.minP ?? 0, o.seed ?? 0, this.cached.length);
     /** Samples the token after the last row of `logits` (disposed), checking that it is finite. */
     const sample = async (logits: Tensor, step: number): Promise<{ next: number; lp?: TokenLogprob }> => {
       const raw = extras ? prepareRow(logits, extras) : null;
-      native.sample(null, sampled, logits, temperature, o.topK ?? 0, o.topP ?? 1, o.minP ?? 0, o.seed ?? 0, this.cached.length);
+      draw(logits);
       const next = (await toArrayAsync(sampled))[0]!;
       const lp = raw ? await tokenLogprob(raw, sampled, logprobs!) : undefined;
       if (raw && raw !== logits) raw.dispose();
@@ -390,7 +393,7 @@ export class Session {
               }
               if (inOrder && !extras && !r.hidden && r.logits.dtype === 'f32') {
                 try {
-                  native.sample(null, sampled, r.logits, temperature, o.topK ?? 0, o.topP ?? 1, o.minP ?? 0, o.seed ?? 0, this.cached.length);
+                  draw(r.logits);
                   // queued right behind the chunk: the read takes its errors (one per stream: the wait too)
                   firstRead = native.readAsync(null, [sampled, r.logits]);
                   chunkDone = Promise.all([firstRead, synchronizeAsync(engine.device)]);
@@ -411,7 +414,12 @@ export class Session {
           if (firstRead) {
             const [id, logits] = await firstRead;
             next = new Int32Array(id!.buffer, id!.byteOffset, 1)[0]!;
-            checkFinite(next, new Float32Array(logits!.buffer, logits!.byteOffset, logits!.byteLength / 4)[next]!, 0, this.cached.length);
+            checkFinite(
+              next,
+              new Float32Array(logits!.buffer, logits!.byteOffset, logits!.byteLength / 4)[next]!,
+              0,
+              this.cached.length,
+            );
           }
           if (!last) o.onPrefillChunk?.({ done: prefillTotal - pending.length, total: prefillTotal });
         }
