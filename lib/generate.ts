@@ -329,10 +329,13 @@ export class Session {
       textOut.keepBefore(emitted - hold); // the next stop search starts at or after it
       return out.length < maxTokens;
     };
+    /** Queues the draw of the token after the last row of `logits` into `sampled`. */
+    const draw = (logits: Tensor) =>
+      native.sample(null, sampled, logits, temperature, o.topK ?? 0, o.topP ?? 1, o.minP ?? 0, o.seed ?? 0, this.cached.length);
     /** Samples the token after the last row of `logits` (disposed), checking that it is finite. */
     const sample = async (logits: Tensor, step: number): Promise<{ next: number; lp?: TokenLogprob }> => {
       const raw = extras ? prepareRow(logits, extras) : null;
-      native.sample(null, sampled, logits, temperature, o.topK ?? 0, o.topP ?? 1, o.minP ?? 0, o.seed ?? 0, this.cached.length);
+      draw(logits);
       const next = (await toArrayAsync(sampled))[0]!;
       const lp = raw ? await tokenLogprob(raw, sampled, logprobs!) : undefined;
       if (raw && raw !== logits) raw.dispose();
@@ -364,10 +367,16 @@ export class Session {
           const part = pending.slice(0, chunk),
             last = part.length === pending.length,
             start = this.cached.length;
-          // One chunk per scheduler round: other sessions' decode steps run between chunks.
-          await sched.exclusive(async () => {
+          // One chunk per scheduler round: other sessions' decode steps run between chunks. In
+          // order (the scheduler says when), the chunk is queued behind the decode steps still
+          // running instead of waiting for them, and is waited for after the scheduler's turn (the
+          // last chunk's first token too, where it needs no host work: no penalties, bias,
+          // log-probabilities or draft): the rounds after it go on, queued behind it.
+          let chunkDone = null as Promise<unknown> | null,
+            firstRead = null as Promise<Uint8Array[]> | null;
+          await sched.exclusive(async inOrder => {
             this.owner.checkLive('Session.generate');
-            const r = engine.forward([this.seq], [part], { mode: 'prefill', hidden: speculative });
+            const r = engine.forward([this.seq], [part], { mode: 'prefill', hidden: speculative, inOrder });
             this.cached.push(...part);
             pending = pending.slice(part.length);
             try {
@@ -375,7 +384,23 @@ export class Session {
                 r.logits.dispose();
                 // pairs of positions start.. whose next token is in the prompt: all of this chunk's
                 if (r.hidden) this.mtpPrefill([...part.slice(1), pending[0]!], start, r.hidden).dispose();
-                await synchronizeAsync(engine.device);
+                // queued now, right behind the chunk: it takes the chunk's errors, not a later step's
+                const done = synchronizeAsync(engine.device);
+                if (!inOrder) return await done;
+                done.catch(() => {}); // (awaited below)
+                chunkDone = done;
+                return;
+              }
+              if (inOrder && !extras && !r.hidden && r.logits.dtype === 'f32') {
+                try {
+                  draw(r.logits);
+                  // queued right behind the chunk: the read takes its errors (one per stream: the wait too)
+                  firstRead = native.readAsync(null, [sampled, r.logits]);
+                  chunkDone = Promise.all([firstRead, synchronizeAsync(engine.device)]);
+                  chunkDone.catch(() => {}); // (awaited below)
+                } finally {
+                  r.logits.dispose(); // (the queued read keeps it)
+                }
                 return;
               }
               ({ next, lp: firstLogprob } = await sample(r.logits, 0));
@@ -384,7 +409,18 @@ export class Session {
               r.hidden?.dispose();
             }
           });
+          if (chunkDone) await chunkDone;
           this.owner.checkLive('Session.generate');
+          if (firstRead) {
+            const [id, logits] = await firstRead;
+            next = new Int32Array(id!.buffer, id!.byteOffset, 1)[0]!;
+            checkFinite(
+              next,
+              new Float32Array(logits!.buffer, logits!.byteOffset, logits!.byteLength / 4)[next]!,
+              0,
+              this.cached.length,
+            );
+          }
           if (!last) o.onPrefillChunk?.({ done: prefillTotal - pending.length, total: prefillTotal });
         }
         o.onPrefillChunk?.({ done: prefillTotal, total: prefillTotal });

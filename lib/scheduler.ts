@@ -28,7 +28,10 @@
 // between steps. A token that ends a sequence is known one step late: its row in the step queued
 // behind is dropped like any other (at most one more for EOS / stop token ids, two for a stop
 // string or an abort); `left` bounds what maxTokens allows. The tokens are those of the unchained
-// rounds: the same sampler calls on the same logits.
+// rounds: the same sampler calls on the same logits. A prefill chunk joins the chain the same way
+// (exclusive's `inOrder`): it is queued behind the steps running, whose read-backs take their
+// errors before it runs, and the rounds after it go on, queued behind it, while its session waits
+// for it -- an arriving prompt neither blocks the JS thread nor drains the chained steps.
 import { native } from './native.js';
 import { type Tensor, empty, toArray } from './tensor.js';
 import type { LongcatModel, SamplingParams } from './model/model.js';
@@ -194,12 +197,15 @@ export class StepScheduler {
     });
   }
 
-  /** Runs `fn` (device work such as a prefill chunk) alone, in its turn; its promise settles with fn's. */
-  exclusive<T>(fn: () => Promise<T> | T): Promise<T> {
+  /** Runs `fn` (device work such as a prefill chunk) alone, in its turn; its promise settles with fn's.
+   *  `inOrder` (ForwardOptions.inOrder): fn's device work may be queued behind the decode steps
+   *  still running, without waiting for them -- every one of them has its read-back queued, which
+   *  takes its errors before fn's work runs (a step not sampled at launch has none: fn waits). */
+  exclusive<T>(fn: (inOrder: boolean) => Promise<T> | T): Promise<T> {
     return new Promise((resolve, reject) => {
       this.jobs.push(async () => {
         try {
-          resolve(await fn());
+          resolve(await fn(this.engine.canQueueDecode && this.launched.every(l => l.sampled)));
         } catch (e) {
           reject(e);
         }
@@ -394,7 +400,9 @@ export class StepScheduler {
     const e = this.engine;
     const from = rows.find(r => r.parent)?.parent ?? null;
     const src = from ? this.launched.find(l => l.rows.includes(from))!.sampled!.ids : null;
-    const queued = this.launched.length > 0 && this.pipeline && this.chain && e.canQueueDecode;
+    // queued also with no step running: a prefill chunk may be (exclusive's inOrder), and a
+    // forward() that waits for it would block the JS thread (every error before has its taker)
+    const queued = this.pipeline && this.chain && e.canQueueDecode;
     for (const [i, r] of rows.entries()) r.index = i;
     let l: Launched;
     try {

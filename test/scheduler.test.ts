@@ -134,6 +134,61 @@ describe('continuous batching', () => {
     expect(during.filter(e => e === 'chunk').length).toBeGreaterThanOrEqual(5);
     expect(during.join(',').includes('chunk,chunk')).toBe(false);
   });
+
+  it('a prompt joining chained rounds is queued behind them: no prefill chunk waits for the device; the same tokens', async () => {
+    // (a prompt no earlier test ran: no prefix-cache hit shortens its prefill; its run alone comes after)
+    const long = Array.from({ length: 40 }, (_, i) => `term${i % 19}`).join(' ');
+    const runO = { maxTokens: 60, ignoreEos: true },
+      longO = { maxTokens: 8, prefillChunk: 16 };
+    // the engine's blocking wait for the device (LongcatModel.synchronizeRanks), counted inside prefill forwards
+    const engine = model.engine as unknown as {
+      forward: typeof model.engine.forward;
+      synchronizeRanks(): void;
+    };
+    const { forward, synchronizeRanks } = engine;
+    let inPrefill = false,
+      prefills = 0,
+      blocked = 0;
+    engine.forward = function (seqs, tokens, opts = {}) {
+      inPrefill = opts.mode === 'prefill';
+      if (inPrefill) prefills++;
+      try {
+        return forward.call(this, seqs, tokens, opts);
+      } finally {
+        inPrefill = false;
+      }
+    };
+    engine.synchronizeRanks = function () {
+      if (inPrefill) blocked++;
+      synchronizeRanks.call(this);
+    };
+    try {
+      using a = model.createSession();
+      using b = model.createSession();
+      const chainedBefore = model.scheduler.stats.chainedRows;
+      let seen = 0,
+        gB: Promise<{ tokens: number[] }> | null = null,
+        prefillsBefore = 0,
+        blockedBefore = 0;
+      const gA = a.generate('the running stream', runO);
+      for await (const _ of gA) {
+        if (++seen === 3) {
+          prefillsBefore = prefills;
+          blockedBefore = blocked;
+          gB = b.generate(long, longO).then(r => r);
+        }
+      }
+      const [rA, rB] = [await gA, await gB!];
+      expect(model.scheduler.stats.chainedRows).toBeGreaterThan(chainedBefore);
+      expect(prefills - prefillsBefore).toBeGreaterThanOrEqual(5); // the long prompt's chunks, all while A streamed
+      expect(blocked - blockedBefore).toBe(0);
+      const want = [await alone({ prompt: 'the running stream', o: runO }), await alone({ prompt: long, o: longO })];
+      expect([rA.tokens, rB.tokens]).toEqual(want.map(w => w.tokens));
+    } finally {
+      delete (engine as Partial<typeof engine>).forward;
+      delete (engine as Partial<typeof engine>).synchronizeRanks;
+    }
+  });
 });
 
 describe('token-level prompts', () => {
@@ -264,6 +319,61 @@ describe.each(backends)('pipelined decode rounds on %s', device => {
 });
 
 describe('chained decode rounds: a step that fails', () => {
+  it('a prompt chunk queued behind the chained steps that fails fails its own generation only; the running stream goes on', async () => {
+    const m = await loadModel(path.join(root, 'tiny'), { backend: 'cpu', maxContext: 1024 });
+    expect(m.engine.canQueueDecode).toBe(true);
+    // the prefill chunks' expert calls (more than 4 rows: the decode steps here have 1) run an
+    // embedding of a bad id once `failing`; the decode steps' graphs are captured without it
+    const table = tensor([1, 2, 3, 4], [2, 2]),
+      bad = tensor([9], [1], { dtype: 'int32' }),
+      sink = empty([1, 2]);
+    let failing = false;
+    m.engine.wrapExperts(
+      (inner: ExpertsFn): ExpertsFn =>
+        (stream, out, u, ...rest) => {
+          inner(stream, out, u, ...rest);
+          if (failing && u.shape[0]! > 4) native.embedding(stream, sink, table, bad);
+        },
+    );
+    try {
+      const o = { maxTokens: 40, ignoreEos: true };
+      const want = await (async () => {
+        using s = m.createSession();
+        return (await s.generate('the running stream', o)).tokens;
+      })();
+      const long = Array.from({ length: 60 }, (_, i) => `part${i % 11}`).join(' ');
+      const a = m.createSession(),
+        b = m.createSession();
+      let n = 0,
+        gB: Promise<unknown> | null = null;
+      const rA = await a.generate('the running stream', {
+        ...o,
+        onToken: () => {
+          if (++n !== 4) return;
+          failing = true;
+          gB = b.generate(long, { maxTokens: 4, prefillChunk: 16 }).then(
+            () => null,
+            (e: unknown) => e,
+          );
+        },
+      });
+      expect(await gB).toMatchObject({ code: 'E_ARGUMENT' });
+      expect(rA.tokens).toEqual(want);
+      expect(m.scheduler.stats.chainedRows).toBeGreaterThan(0);
+      a.dispose();
+      b.dispose();
+      await new Promise(r => setImmediate(r));
+      expect(m.engine.allocator.inUse).toBe(0);
+      failing = false;
+      using s = m.createSession();
+      expect((await s.generate('the running stream', o)).tokens).toEqual(want);
+      expect((await s.generate(long, { maxTokens: 4, prefillChunk: 16 })).tokens).toHaveLength(4);
+    } finally {
+      m.dispose();
+      for (const t of [table, bad, sink]) t.dispose();
+    }
+  });
+
   it('fails the generations whose steps it carried with its typed error, leaks no page, and the model decodes on', async () => {
     const m = await loadModel(path.join(root, 'tiny'), { backend: 'cpu', maxContext: 1024 });
     expect(m.engine.canQueueDecode).toBe(true);

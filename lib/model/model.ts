@@ -112,6 +112,11 @@ export interface ForwardOptions {
    *  `queued.ids` when the step runs (a token the step before sampled on the device, not read back
    *  yet), else tokens[b][0]. Errors of the work before surface when it is read. */
   queued?: QueuedTokens;
+  /** Queued behind the device work before it without waiting for it, where `canQueueDecode` (else
+   *  it waits as without): the scheduler's prefill chunk behind its chained decode steps. The
+   *  caller answers for errors: those of the work before must be taken by waits queued before this
+   *  call (the chained steps' read-backs), this step's by the caller's next wait. */
+  inOrder?: boolean;
 }
 
 /** ForwardOptions.queued: which rows take their token from a device tensor. */
@@ -522,7 +527,7 @@ export class LongcatModel {
     const oneEach = this.checkTokens('forward', tokens);
     const mode = opts.mode ?? (oneEach ? 'decode' : 'prefill');
     if (opts.queued) this.checkQueued(opts, mode, B);
-    else this.synchronizeRanks(); // the previous step's work is done; this surfaces its errors
+    else if (!(opts.inOrder && this.canQueueDecode)) this.synchronizeRanks(); // the previous step's work is done; this surfaces its errors
     const pastLens = new Array<number>(B);
     for (let b = 0; b < B; b++) pastLens[b] = seqs[b]!.length;
     // Reserve cache slots for every sequence first (E_CONTEXT / E_OOM before any work); if
