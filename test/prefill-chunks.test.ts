@@ -105,6 +105,25 @@ describe.each(devices)('awaitable waits on %s', device => {
   });
 });
 
+/** Two embeddings that fail on the CPU (ids 9 and -1 of a 2-row table: y <- bad, y1 <- alsoBad). */
+function failingEmbeddings() {
+  const table = tensor([1, 2, 3, 4], [2, 2]),
+    bad = tensor([0, 9], [2], { dtype: 'int32' }),
+    alsoBad = tensor([-1], [1], { dtype: 'int32' }),
+    y = empty([2, 2]),
+    y1 = empty([1, 2]);
+  return {
+    table,
+    bad,
+    alsoBad,
+    y,
+    y1,
+    dispose: () => {
+      for (const v of [table, bad, alsoBad, y, y1]) v.dispose();
+    },
+  };
+}
+
 describe('awaitable waits on CPU streams: failures and captures', () => {
   it('inside a CPU graph capture the wait is refused with E_ARGUMENT (it would be captured, not run)', () => {
     const s = new Stream('cpu');
@@ -189,11 +208,7 @@ describe('awaitable waits on CPU streams: failures and captures', () => {
 
   it("each awaited wait of a CPU stream takes the failure queued before it, not a later one's", async () => {
     const s = new Stream('cpu');
-    const table = tensor([1, 2, 3, 4], [2, 2]),
-      bad = tensor([0, 9], [2], { dtype: 'int32' }),
-      alsoBad = tensor([-1], [1], { dtype: 'int32' }),
-      y = empty([2, 2]),
-      y1 = empty([1, 2]);
+    const { table, bad, alsoBad, y, y1, dispose } = failingEmbeddings();
     const clean = s.synchronizeAsync(); // nothing failed before it
     native.embedding(s, y, table, bad);
     const first = s.synchronizeAsync();
@@ -206,7 +221,7 @@ describe('awaitable waits on CPU streams: failures and captures', () => {
     await expect(first).rejects.toMatchObject({ code: 'E_ARGUMENT', message: expect.stringMatching(/= 9 /) });
     await expect(second).rejects.toMatchObject({ code: 'E_ARGUMENT', message: expect.stringMatching(/= -1 /) });
     s.synchronize(); // nothing left behind on the stream
-    for (const v of [table, bad, alsoBad, y, y1]) v.dispose();
+    dispose();
     s.dispose();
   });
 });
@@ -264,11 +279,7 @@ describe('readAsync: a CPU stream read back in stream order', () => {
   // queued behind the first read is the second read's, even when both reads settle after both ran.
   it('gives each of two reads the failure queued before it, in stream order', async () => {
     const s = new Stream('cpu');
-    const table = tensor([1, 2, 3, 4], [2, 2]),
-      bad = tensor([0, 9], [2], { dtype: 'int32' }),
-      alsoBad = tensor([-1], [1], { dtype: 'int32' }),
-      y = empty([2, 2]),
-      y1 = empty([1, 2]);
+    const { table, bad, alsoBad, y, y1, dispose } = failingEmbeddings();
     native.embedding(s, y, table, bad);
     const first = native.readAsync(s, [y]);
     native.embedding(s, y1, table, alsoBad);
@@ -282,7 +293,7 @@ describe('readAsync: a CPU stream read back in stream order', () => {
     const ok = await third;
     expect(Array.from(new Float32Array(ok[0]!.buffer, ok[0]!.byteOffset, 4))).toEqual([1, 2, 3, 4]);
     s.synchronize(); // nothing left behind on the stream
-    for (const v of [table, bad, alsoBad, y, y1]) v.dispose();
+    dispose();
     s.dispose();
   });
 });
