@@ -437,25 +437,17 @@ export class StepScheduler {
   }
 
   /** Queues the draws of a step launched in a chained round (no row has extras), the sampled
-   *  tokens' logits and a copy of its FFN counts (the step after it overwrites the graph's), and
-   *  their read-back behind them. */
+   *  tokens' logits, and their read-back behind them with the step's FFN counts (read from the
+   *  step's own outputs: the step after it, which overwrites them, is queued behind this read). */
   private sample(l: Launched) {
     const { rows, logits, nFfn } = l,
-      B = rows.length,
       device = this.engine.device;
-    const ids = empty([B], { dtype: 'int32', device });
+    const ids = empty([rows.length], { dtype: 'int32', device });
     const held: Tensor[] = [];
     try {
       draw(ids, logits, rows, held);
       const picked = pick(ids, logits, held);
-      const counts = empty([Math.max(1, nFfn.length * B)], { dtype: 'int32', device });
-      held.push(counts);
-      nFfn.forEach((t, i) => {
-        const part = counts.narrow(i * B, B);
-        held.push(part);
-        native.copy(null, part, t);
-      });
-      const read = native.readAsync(null, [ids, ...picked, counts]);
+      const read = native.readAsync(null, [ids, ...picked, ...nFfn]);
       read.catch(() => {}); // (awaited by the round that reads the step; unread when every row was dropped)
       l.sampled = { ids, read };
     } catch (err) {
@@ -473,15 +465,16 @@ export class StepScheduler {
     try {
       if (!rows.some(r => r.req)) return []; // every row dropped: nothing to wait for
       const bytes = await l.sampled!.read;
+      const layers = l.nFfn.length,
+        blocks = bytes.length - 1 - layers; // [ids, ...picked blocks, ...per-layer FFN counts]
       const next = int32(bytes[0]!),
-        counts = int32(bytes.at(-1)!);
-      const logit = diagonal(bytes.slice(1, -1), B);
-      const layers = l.nFfn.length;
+        counts = bytes.slice(1 + blocks).map(int32);
+      const logit = diagonal(bytes.slice(1, 1 + blocks), B);
       const out: { row: Row; result: DecodeResult }[] = [];
       rows.forEach((row, b) => {
         if (!row.req) return;
         let ffn = 0;
-        for (let i = 0; i < layers; i++) ffn += counts[i * B + b]!;
+        for (let i = 0; i < layers; i++) ffn += counts[i]![b]!;
         out.push({ row, result: { next: next[b]!, logit: logit[b]!, ffnSum: ffn, ffnCount: layers } });
       });
       return out;
@@ -629,12 +622,19 @@ function draw(ids: Tensor, logits: Tensor, rows: Row[], held: Tensor[]) {
     const p = sampling[b0]!;
     let b1 = b0 + 1;
     if (p.temperature === 0) while (b1 < B && sameGreedy(p, sampling[b1]!)) b1++;
-    const part = logits.narrow(b0, b1 - b0),
-      id = ids.narrow(b0, b1 - b0);
-    held.push(part, id);
-    native.sample(null, id, part, p.temperature, p.topK, p.topP, p.minP, p.seed, rows[b0]!.seq.length);
+    const [part, id] = rowsOf(B, b0, b1, held, logits, ids);
+    native.sample(null, id!, part!, p.temperature, p.topK, p.topP, p.minP, p.seed, rows[b0]!.seq.length);
     b0 = b1;
   }
+}
+
+/** Rows [b0, b1) of each of `ts` (B rows each): the tensors themselves when that is all of them
+ *  (no handles made and disposed on every step), else views, added to `held`. */
+function rowsOf(B: number, b0: number, b1: number, held: Tensor[], ...ts: Tensor[]): Tensor[] {
+  if (b0 === 0 && b1 === B) return ts;
+  const parts = ts.map(t => t.narrow(b0, b1 - b0));
+  held.push(...parts);
+  return parts;
 }
 
 /** The sampled tokens' logits (a non-finite one means a broken row), queued before the step's one
@@ -646,11 +646,10 @@ function pick(ids: Tensor, logits: Tensor, held: Tensor[]): Tensor[] {
   for (let b0 = 0; b0 < B; b0 += G) {
     const n = Math.min(G, B - b0),
       out = empty([n, n], { device: logits.device }),
-      part = logits.narrow(b0, n),
-      id = ids.narrow(b0, n);
-    held.push(out, part, id);
+      [part, id] = rowsOf(B, b0, b0 + n, held, logits, ids);
+    held.push(out);
     picked.push(out);
-    native.gatherColumns(null, out, part, id);
+    native.gatherColumns(null, out, part!, id!);
   }
   return picked;
 }

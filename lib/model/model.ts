@@ -1133,7 +1133,9 @@ export class LongcatModel {
       const s0 = from(r0);
       let r1 = r0 + 1;
       if (s0 >= 0) while (r1 < Tp && from(r1) === s0 + (r1 - r0)) r1++; // a run of consecutive source rows
-      if (s0 >= 0) {
+      if (s0 >= 0 && r0 === 0 && r1 === Tp && s0 === 0 && src.shape[0] === Tp)
+        native.copy(this.main, g.batch.ids, src); // every row from the same row of ids: no views
+      else if (s0 >= 0) {
         const dst = g.batch.ids.narrow(r0, r1 - r0),
           part = src.narrow(s0, r1 - r0);
         native.copy(this.main, dst, part);
