@@ -7,12 +7,16 @@
 // the sampler, the read-back, and unchained the JS wake and the round's host work), the sampler, and
 // unchained the stream's idle gap from the round's wait to the next forward();
 // on the JS thread: forward()'s host part, and the event loop's busy time per step
-// (performance.eventLoopUtilization). Medians over the full-batch steps. Each run twice, chained
+// (performance.eventLoopUtilization). Medians over the full-batch steps, and the steps' p90 / p99 /
+// max and the GCs in the run (count / ms). Mode "block": the same B sequences stepped as
+// bench/step-profile.mjs times the step (forward(), then a blocking read of its logits: the JS
+// thread sleeps through the step; tokens picked on the host between steps), the reference for the
+// step itself with no host work beside it. Each run twice, chained
 // rounds off and on (lib/scheduler.ts `chain`; a build without it runs the same rounds twice: the
 // pairs' noise), alternated, and the per-pair ratio of the rounds. Not in run.mjs.
-//   node bench/serve-gaps.mjs [--concurrency 1,4] [--tokens 200] [--repeats 2] [--modes serve,alone] [--dist DIR]
+//   node bench/serve-gaps.mjs [--concurrency 1,4] [--tokens 200] [--repeats 2] [--modes serve,alone,block] [--dist DIR]
 import path from 'node:path';
-import { performance } from 'node:perf_hooks';
+import { PerformanceObserver, performance } from 'node:perf_hooks';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
 const args = process.argv.slice(2);
@@ -41,7 +45,14 @@ const stream = native.defaultStream('cpu');
 
 /** Records, per full-batch decode step of `B` rows: events before / after its forward and before the
  *  wait that reads it; forward's host ms; returns a stop() that gives the per-step medians. */
+const f = (x, d = 3) => (Number.isFinite(x) ? x.toFixed(d) : String(x));
+const gcs = [];
+new PerformanceObserver(l => {
+  for (const x of l.getEntries()) gcs.push({ start: x.startTime, ms: x.duration, kind: x.detail?.kind });
+}).observe({ entryTypes: ['gc'] });
+
 function trace(B) {
+  const gc0 = gcs.length;
   const steps = []; // { s0, s1, fwdMs }
   const waits = []; // events recorded before each awaited wait
   const fwd = e.forward,
@@ -103,7 +114,12 @@ function trace(B) {
     }
     const round = use.length > 1 ? use[0].s0.elapsedMs(use[use.length - 1].s0) / (use.length - 1) : Number.NaN;
     const mean = v => v.reduce((a, x) => a + x, 0) / Math.max(1, v.length);
+    const sorted = [...region].sort((a, b) => a - b);
+    const q = p => sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))];
+    const g = gcs.slice(gc0);
     return {
+      tail: `${f(q(0.9))} / ${f(q(0.99))} / ${f(sorted.at(-1))}`,
+      gc: `${g.length} / ${f(g.reduce((a, x) => a + x.ms, 0), 1)}`,
       steps: steps.length,
       roundMs: round,
       stepMs: med(region),
@@ -166,19 +182,49 @@ async function aloneRun(B) {
   }
 }
 
-const f = (x, d = 3) => (Number.isFinite(x) ? x.toFixed(d) : String(x));
+// the step as step-profile times it: forward(), then a blocking read of its logits (the JS thread
+// sleeps through the step); the tokens are the rows' greedy picks, read on the host
+async function blockRun(B) {
+  const seqs = Array.from({ length: B }, () => e.newSequence());
+  const first = e.forward(
+    seqs,
+    seqs.map((_, b) => Array.from({ length: PROMPT }, (_, i) => (b * 37 + i * 11) % e.dims.vocab)),
+  );
+  first.logits.dispose();
+  let next = seqs.map((_, b) => b);
+  const stop = trace(B);
+  try {
+    for (let i = 0; i < TOKENS; i++) {
+      const { logits, nFfn } = e.forward(seqs, next.map(t => [t]), { collectRouting: true });
+      const v = new Float32Array(logits.toBytes().buffer);
+      const V = e.dims.vocab;
+      next = next.map((_, b) => {
+        let best = 0;
+        for (let j = 1; j < V; j++) if (v[b * V + j] > v[b * V + best]) best = j;
+        return best;
+      });
+      logits.dispose();
+      for (const t of nFfn) t.dispose();
+    }
+    return { ...stop(), ffnPerToken: Number.NaN };
+  } finally {
+    for (const q of seqs) q.release();
+  }
+}
+
 /** @type {[string, (B: number) => Promise<any>][]} */
 const modes = /** @type {any} */ (
   [
     ['serve', serveRun],
     ['alone', aloneRun],
+    ['block', blockRun],
   ].filter(([m]) => arg('--modes', 'serve,alone').split(',').includes(m))
 );
 console.log(`serve-gaps: ${dist.dir}, ${TOKENS} tokens, repeats ${REPEATS}, chained rounds off / on alternated`);
 console.log(
-  '| streams | mode | chained | round ms | step ms (median / mean) | between steps ms (median / mean) | sampler ms | stream idle gap ms | forward host ms | JS busy ms/step | ELU | FFN experts / token / layer |',
+  '| streams | mode | chained | round ms | step ms (median / mean) | between steps ms (median / mean) | sampler ms | stream idle gap ms | forward host ms | JS busy ms/step | ELU | FFN experts / token / layer | step p90 / p99 / max | GCs / ms |',
 );
-console.log('|---|---|---|---|---|---|---|---|---|---|---|---|');
+console.log('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|');
 const pairs = [];
 for (const B of CONCURRENCY) {
   await serveRun(B); // warm-up: graphs, pages
@@ -190,7 +236,7 @@ for (const B of CONCURRENCY) {
         const x = await run(B);
         round[chain] = x.roundMs;
         console.log(
-          `| ${B} | ${mode} | ${chain ? 'on' : 'off'} | ${f(x.roundMs)} | ${f(x.stepMs)} / ${f(x.stepMeanMs)} | ${f(x.betweenMs)} / ${f(x.betweenMeanMs)} | ${f(x.samplerMs)} | ${f(x.gapMs)} | ${f(x.forwardHostMs)} | ${f(x.jsBusyPerStepMs)} | ${f(x.elu, 2)} | ${f(x.ffnPerToken, 2)} |`,
+          `| ${B} | ${mode} | ${chain ? 'on' : 'off'} | ${f(x.roundMs)} | ${f(x.stepMs)} / ${f(x.stepMeanMs)} | ${f(x.betweenMs)} / ${f(x.betweenMeanMs)} | ${f(x.samplerMs)} | ${f(x.gapMs)} | ${f(x.forwardHostMs)} | ${f(x.jsBusyPerStepMs)} | ${f(x.elu, 2)} | ${f(x.ffnPerToken, 2)} | ${x.tail} | ${x.gc} |`,
         );
       }
       pairs.push({ B, mode, ratio: round[false] / round[true] });
