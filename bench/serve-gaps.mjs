@@ -119,7 +119,10 @@ function trace(B) {
     const g = gcs.slice(gc0);
     return {
       tail: `${f(q(0.9))} / ${f(q(0.99))} / ${f(sorted.at(-1))}`,
-      gc: `${g.length} / ${f(g.reduce((a, x) => a + x.ms, 0), 1)}`,
+      gc: `${g.length} / ${f(
+        g.reduce((a, x) => a + x.ms, 0),
+        1,
+      )}`,
       steps: steps.length,
       roundMs: round,
       stepMs: med(region),
@@ -195,7 +198,11 @@ async function blockRun(B) {
   const stop = trace(B);
   try {
     for (let i = 0; i < TOKENS; i++) {
-      const { logits, nFfn } = e.forward(seqs, next.map(t => [t]), { collectRouting: true });
+      const { logits, nFfn } = e.forward(
+        seqs,
+        next.map(t => [t]),
+        { collectRouting: true },
+      );
       const v = new Float32Array(logits.toBytes().buffer);
       const V = e.dims.vocab;
       next = next.map((_, b) => {
