@@ -48,7 +48,7 @@ const stream = native.defaultStream('cpu');
 const f = (x, d = 3) => (Number.isFinite(x) ? x.toFixed(d) : String(x));
 const gcs = [];
 new PerformanceObserver(l => {
-  for (const x of l.getEntries()) gcs.push({ start: x.startTime, ms: x.duration, kind: x.detail?.kind });
+  for (const x of l.getEntries()) gcs.push({ start: x.startTime, ms: x.duration });
 }).observe({ entryTypes: ['gc'] });
 
 function trace(B) {
