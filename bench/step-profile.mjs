@@ -191,7 +191,6 @@ async function profilePreset(preset) {
     qB: w.layers.flatMap(L => L.attn.map(a => a.qB)),
     kvLatent: w.layers.flatMap(L => L.attn.map(a => a.kvLatent)),
     kvRope: w.layers.flatMap(L => L.attn.map(a => a.kvRope)),
-    qkvA: w.layers.flatMap(L => L.attn.flatMap(a => (a.qkvA ? [a.qkvA.linear] : []))),
     o: w.layers.flatMap(L => L.attn.map(a => a.o)),
     gate: w.layers.flatMap(L => L.mlp.map(m => m.gate)),
     down: w.layers.flatMap(L => L.mlp.map(m => m.down)),
@@ -210,7 +209,7 @@ async function profilePreset(preset) {
   const elementBytes = acc.weightDtype === 'bf16' ? 2 : acc.weightDtype === 'f32' ? 4 : 1;
   const lone = {};
   for (const [role, ws] of Object.entries(roles)) {
-    if (!ws.length || ws.some(l => l.perm || !l.weight?.shape || l.weight.shape.length < 2)) continue;
+    if (ws.some(l => l.perm || !l.weight?.shape || l.weight.shape.length < 2)) continue;
     lone[role] = { bytes: ws[0].weight.nbytes + (ws[0].scale?.nbytes ?? 0), gbps: loneGemv(ws, batch) };
   }
   model.dispose();

@@ -186,32 +186,13 @@ export function mla(c: Step, a: Arena, w: MlaWeights, x: Tensor, cache: Tensor, 
     native.gatherRows(s, xq, x, rows.idx);
   }
   const positions = rows?.positions ?? b.positions;
-  // q_a_proj and kv_a_proj_with_mqa on the same x: one product of their stacked rows, its columns
-  // then split (one row: views); otherwise the three back to back (a CPU graph replay runs them,
-  // one row each, as one parallel phase).
-  let cq: Tensor, ckv: Tensor, kpe: Tensor;
-  if (w.qkvA && !rows) {
-    const qkv = a.f32([T, d.qLora + d.kvLora + d.rope]);
-    linear(s, a, qkv, x, w.qkvA.linear);
-    // one row: each part's columns are contiguous, views of it
-    const flat = T === 1 ? a.keep(qkv.view([-1])) : null;
-    let at = 0;
-    [cq, ckv, kpe] = [d.qLora, d.kvLora, d.rope].map((n, i) => {
-      at += n;
-      if (flat) return a.keep(a.keep(flat.narrow(at - n, n)).view([1, n]));
-      const part = a.f32([T, n]);
-      native.gatherColumns(s, part, qkv, w.qkvA!.columns[i]!);
-      return part;
-    }) as [Tensor, Tensor, Tensor];
-    kpe = a.keep(kpe.view([T, 1, d.rope]));
-  } else {
-    cq = a.f32([Tq, d.qLora]);
-    ckv = a.f32([T, d.kvLora]);
+  // The three projections back to back: a CPU graph replay runs them as one parallel phase.
+  const cq = a.f32([Tq, d.qLora]),
+    ckv = a.f32([T, d.kvLora]),
     kpe = a.f32([T, 1, d.rope]);
-    linear(s, a, cq, xq, w.qA);
-    linear(s, a, ckv, x, w.kvLatent);
-    linear(s, a, kpe.view([T, d.rope]), x, w.kvRope);
-  }
+  linear(s, a, cq, xq, w.qA);
+  linear(s, a, ckv, x, w.kvLatent);
+  linear(s, a, kpe.view([T, d.rope]), x, w.kvRope);
   native.rmsnorm(s, cq, cq, w.qNorm, d.latentEps);
   const q = a.f32([Tq, nh, d.nope + d.rope]);
   linear(s, a, q.view([Tq, nh * (d.nope + d.rope)]), cq, w.qB);

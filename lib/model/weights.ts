@@ -28,12 +28,6 @@ export interface MlaWeights {
   qB: Linear;
   kvLatent: Linear; // kv_a_proj_with_mqa rows 0..kvLora-1: the latent c_kv
   kvRope: Linear; // the remaining rows: the rope key shared by all heads
-  /** q_a_proj and kv_a_proj_with_mqa stacked by rows, [qLora + kvLora + rope, hidden] (SGLang's and vLLM's
-   *  fused qkv_a_proj, SPEC 2.4): one product gives every token's cq, c_kv and k_rope, as columns
-   *  [0, qLora), [qLora, qLora + kvLora) and the rest of its output (`columns`: those indices, int32,
-   *  for gatherColumns); qA, kvLatent and kvRope are then row views of it. Null where stacking would
-   *  change the weights (stackedQkvA). */
-  qkvA: { linear: Linear; columns: [Tensor, Tensor, Tensor] } | null;
   kvNorm: Tensor; // kv_a_layernorm * mla_scale_kv (f32)
   /** kv_b_proj as plain floats for the absorbed form (W_UK / W_UV): the stored bf16 / f32 weight; for
    *  an FP8 kv_b with 128-wide heads its e4m3 codes as bf16 (exact) and the block scales in
@@ -201,13 +195,6 @@ function buildWeights(
     owned.push(t);
     return t;
   };
-  // Tensors this load made (uploaded copies) that nothing will read: freed now.
-  const disown = (...ts: (Tensor | null)[]) => {
-    for (const t of ts) {
-      const i = t ? owned.indexOf(t) : -1;
-      if (i >= 0) owned.splice(i, 1)[0]!.dispose();
-    }
-  };
   const totalBytes = opts.totalBytes ?? 0;
   let uploaded = 0;
   const uploadedTo: Record<string, number> = {};
@@ -268,12 +255,13 @@ function buildWeights(
   const splitRows = (l: Linear, at: number): [Linear, Linear] => {
     const n = l.weight.shape[0]!;
     if (l.scale && !rowScaled(l) && at % 128 !== 0) l = { weight: dequantized(l, 'f32'), scale: null, perm: l.perm }; // only reduced-size models
-    return [ownViews(rowViews(l, 0, at)), ownViews(rowViews(l, at, n - at))]; // both halves read the same x
-  };
-  const ownViews = (l: Linear): Linear => {
-    own(l.weight);
-    if (l.scale) own(l.scale);
-    return l;
+    const rows = (t: Tensor, a: number, len: number) => own(t.narrow(a, len));
+    const sb = rowScaled(l) ? at : at / 128,
+      sn = l.scale ? l.scale.shape[0]! : 0;
+    return [
+      { weight: rows(l.weight, 0, at), scale: l.scale ? rows(l.scale, 0, sb) : null, perm: l.perm }, // both halves read the same x
+      { weight: rows(l.weight, at, n - at), scale: l.scale ? rows(l.scale, sb, sn - sb) : null, perm: l.perm },
+    ];
   };
 
   // eh_proj's column halves [n, k/2] (with their FP8 scale columns when k/2 is on a block edge; an
@@ -321,50 +309,15 @@ function buildWeights(
     return { kvB: codes, kvBScales: { uk: rowsOf(h => h * stride), uv: rowsOf(h => h * stride + dims.nope) } };
   };
 
-  // q_a_proj and kv_a_proj_with_mqa read the same x: stacked by rows (their scales with them) into
-  // one weight, copied once at load. Exact only where both are stored alike: not act-order weights
-  // (each its own column order), and an FP8 weight's block scales only with qLora and kvLora on
-  // 128-row block edges.
-  let qkvColumns: [Tensor, Tensor, Tensor] | undefined;
-  const stackedQkvA = (q: Linear, kv: Linear): MlaWeights['qkvA'] => {
-    const same = (a: Tensor | null | undefined, b: Tensor | null | undefined) =>
-      !a || !b ? !a && !b : a.dtype === b.dtype && a.device === b.device && a.shape.slice(1).join() === b.shape.slice(1).join();
-    if (q.perm || kv.perm || !same(q.weight, kv.weight) || !same(q.scale, kv.scale)) return null;
-    if (q.scale && !rowScaled(q) && (dims.qLora % 128 !== 0 || dims.kvLora % 128 !== 0)) return null;
-    const stack = (a: Tensor, b: Tensor) => {
-      const out = own(empty([a.shape[0]! + b.shape[0]!, ...a.shape.slice(1)], { dtype: a.dtype, device: a.device }));
-      for (const [at, t] of [
-        [0, a],
-        [a.shape[0]!, b],
-      ] as const) {
-        const part = out.narrow(at, t.shape[0]!);
-        native.copy(null, part, t);
-        part.dispose();
-      }
-      return out;
-    };
-    const linear = { weight: stack(q.weight, kv.weight), scale: q.scale && kv.scale ? stack(q.scale, kv.scale) : null };
-    disown(q.weight, q.scale, kv.weight, kv.scale); // uploaded copies: the stack holds them now
-    const range = (first: number, n: number) =>
-      own(tensor(Int32Array.from({ length: n }, (_, i) => first + i), [n], { dtype: 'int32', device }));
-    qkvColumns ??= [
-      range(0, dims.qLora),
-      range(dims.qLora, dims.kvLora),
-      range(dims.qLora + dims.kvLora, dims.rope),
-    ];
-    return { linear, columns: qkvColumns };
-  };
   const mla = (p: string): MlaWeights => {
     const kvBLinear = linear(`${p}.kv_b_proj`);
-    const qA = linear(`${p}.q_a_proj`),
-      kvA = linear(`${p}.kv_a_proj_with_mqa`);
-    const qkvA = stackedQkvA(qA, kvA);
-    const [kvLatent, kvRope] = qkvA ? [] : splitRows(kvA, dims.kvLora);
+    const [kvLatent, kvRope] = splitRows(linear(`${p}.kv_a_proj_with_mqa`), dims.kvLora);
     return {
-      ...(qkvA ? mapLinears(qkvViews(qkvA.linear, dims.qLora, dims.kvLora), ownViews) : { qA, kvLatent: kvLatent!, kvRope: kvRope! }),
+      qA: linear(`${p}.q_a_proj`),
       qNorm: scaledNorm(`${p}.q_a_layernorm.weight`, dims.scaleQ),
       qB: linear(`${p}.q_b_proj`),
-      qkvA,
+      kvLatent,
+      kvRope,
       kvNorm: scaledNorm(`${p}.kv_a_layernorm.weight`, dims.scaleKV),
       // Exact in every case, so that decode (absorbed) and prefill (expanded, reading the fp8 weight)
       // see the same weights: dequantizing to bf16 would round them by 2^-9 and make the two forms
@@ -531,32 +484,6 @@ function ngramWeights(
   }
 }
 
-/** Rows [first, first + n) of a weight as views, its scale's rows with them (int8 / int4: one per
- *  row; FP8: one per 128-row block, so `first` on a block edge). */
-function rowViews(l: Linear, first: number, n: number): Linear {
-  const per = l.scale && l.weight.dtype === 'fp8_e4m3' ? 128 : 1;
-  return {
-    weight: l.weight.narrow(first, n),
-    scale: l.scale ? l.scale.narrow(first / per, Math.ceil((first + n) / per) - first / per) : null,
-    perm: l.perm,
-  };
-}
-
-type QkvViews = Pick<MlaWeights, 'qA' | 'kvLatent' | 'kvRope'>;
-/** qA, kvLatent and kvRope as row views of the stacked qkv_a weight (MlaWeights.qkvA). */
-function qkvViews(stacked: Linear, qLora: number, kvLora: number): QkvViews {
-  return {
-    qA: rowViews(stacked, 0, qLora),
-    kvLatent: rowViews(stacked, qLora, kvLora),
-    kvRope: rowViews(stacked, qLora + kvLora, stacked.weight.shape[0]! - qLora - kvLora),
-  };
-}
-const mapLinears = (v: QkvViews, f: (l: Linear) => Linear): QkvViews => ({
-  qA: f(v.qA),
-  kvLatent: f(v.kvLatent),
-  kvRope: f(v.kvRope),
-});
-
 function converted(t: Tensor, dtype: 'f32'): Tensor {
   const r = empty(t.shape, { dtype, device: t.device });
   native.convert(null, r, t);
@@ -574,10 +501,7 @@ function denseSlots(w: ModelWeights): [Record<string, unknown>, string, Tensor][
     for (const k of ['weight', 'scale', 'perm'] as const) add(l, k);
   };
   const mla = (a: MlaWeights) => {
-    // a stacked qkv_a: the stack, not its views (copyToHugePages makes them again over its copy)
-    if (a.qkvA) linear(a.qkvA.linear);
-    for (const k of a.qkvA ? (['qB', 'kvBLinear', 'o'] as const) : (['qA', 'qB', 'kvLatent', 'kvRope', 'kvBLinear', 'o'] as const))
-      linear(a[k]);
+    for (const k of ['qA', 'qB', 'kvLatent', 'kvRope', 'kvBLinear', 'o'] as const) linear(a[k]);
     for (const k of ['qNorm', 'kvNorm', 'kvB'] as const) add(a, k);
     if (a.kvBScales) for (const k of ['uk', 'uv'] as const) add(a.kvBScales, k);
   };
@@ -644,19 +568,6 @@ export async function copyToHugePages(w: ModelWeights, opts: { experts: boolean 
   const copyOf = new Map(cpu.map((t, i) => [t, r.tensors[i]!]));
   const copied = <T extends Tensor | null>(t: T): T => (t ? ((copyOf.get(t) ?? t) as T) : t);
   for (const [holder, key, t] of slots) holder[key] = copied(t);
-  // a stacked qkv_a's views made again over its copy; the old views let go (they hold the old stack)
-  const oldViews = new Set<unknown>();
-  for (const a of [...w.layers.flatMap(L => L.attn), ...(w.mtp ? [w.mtp.attn] : [])]) {
-    if (!a.qkvA) continue;
-    for (const l of [a.qA, a.kvLatent, a.kvRope]) for (const t of [l.weight, l.scale]) if (t) oldViews.add(t);
-    Object.assign(
-      a,
-      mapLinears(qkvViews(a.qkvA.linear, a.qA.weight.shape[0]!, a.kvLatent.weight.shape[0]!), l => {
-        w.owned.push(l.weight, ...(l.scale ? [l.scale] : []));
-        return l;
-      }),
-    );
-  }
   // the experts repacked over the copies; the old sets (and what made tensors they hold) let go
   const oldSets = new Set<unknown>();
   for (const L of layers) {
@@ -671,11 +582,11 @@ export async function copyToHugePages(w: ModelWeights, opts: { experts: boolean 
   // what this object made and now holds twice: freed
   const owned = new Set<unknown>(w.owned);
   const made = cpu.filter(t => owned.has(t));
-  const drop = (o: unknown) => copyOf.has(o as Tensor) || oldSets.has(o) || oldViews.has(o);
+  const drop = (o: unknown) => copyOf.has(o as Tensor) || oldSets.has(o);
   const dropped = w.owned.filter(drop);
   w.owned.splice(0, w.owned.length, ...w.owned.filter(o => !drop(o)));
   for (const t of made) t.dispose();
-  for (const o of dropped) if (oldSets.has(o) || oldViews.has(o)) (o as { dispose(): void }).dispose();
+  for (const o of dropped) if (oldSets.has(o)) (o as MoeExpertSet).dispose();
   return { bytes, hugeBytes: r.hugeBytes };
 }
 

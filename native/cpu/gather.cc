@@ -35,20 +35,8 @@ void gather_columns_t(int64_t rows, int64_t k, int64_t n, const E* src, const in
 }  // namespace
 
 int64_t gather_columns(int64_t rows, int64_t k, int64_t n, int64_t elem_bytes, const void* src, const int32_t* idx, void* out) {
-  bool run = true;  // idx is first, first + 1, ...: each row's columns are one span
-  for (int64_t i = 0; i < n; ++i) {
+  for (int64_t i = 0; i < n; ++i)
     if (idx[i] < 0 || idx[i] >= k) return i;
-    run = run && idx[i] == idx[0] + i;
-  }
-  if (run && n > 0) {  // (a stacked linear's output split into its parts: lib/model/longcat-flash.ts mla)
-    const char* s = static_cast<const char*>(src) + idx[0] * elem_bytes;
-    char* o = static_cast<char*>(out);
-    const int64_t span = n * elem_bytes, stride = k * elem_bytes;
-    parallel_for(rows, std::max<int64_t>(1, (64 << 10) / span), [&](int64_t b, int64_t e) {
-      for (int64_t r = b; r < e; ++r) std::memcpy(o + r * span, s + r * stride, static_cast<size_t>(span));
-    });
-    return -1;
-  }
   switch (elem_bytes) {
     case 1: gather_columns_t(rows, k, n, static_cast<const uint8_t*>(src), idx, static_cast<uint8_t*>(out)); break;
     case 2: gather_columns_t(rows, k, n, static_cast<const uint16_t*>(src), idx, static_cast<uint16_t*>(out)); break;
