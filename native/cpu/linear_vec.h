@@ -649,9 +649,10 @@ void gemv_f32_passes(int64_t t, const float* x, const WeightRef& w, void* y, DTy
   using D = DecF32<typename L::V>;
   const int64_t K = w.k, y_pass = kGemvMaxRows * w.n * static_cast<int64_t>(dtype_size(yt));
   // W's rows in units of 4 (whole GEMV passes for every T; a row's sum is its own at any split), a
-  // chunk's weight bytes ~gemv_grain_rows' over the x passes (each unit costs a GEMV per pass)
+  // chunk's weight bytes ~gemv_grain_rows' over twice the x passes (each unit costs a GEMV per
+  // pass; small's router at 16 rows: 6 chunks, not 3 that left one of 2 threads half idle)
   const int64_t units = ceil_div(w.n, 4), passes = ceil_div(t, kGemvMaxRows);
-  parallel_for(units, std::max<int64_t>(1, gemv_grain_rows(w) / 4 / passes), [&](int64_t u0, int64_t u1) {
+  parallel_for(units, std::max<int64_t>(1, gemv_grain_rows(w) / 4 / (2 * passes)), [&](int64_t u0, int64_t u1) {
     const int64_t r0 = u0 * 4, r1 = std::min(w.n, u1 * 4);
     for (int64_t m0 = 0, p = 0; m0 < t; m0 += kGemvMaxRows, ++p) {
       const float* xm = x + m0 * K;
