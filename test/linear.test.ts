@@ -411,7 +411,9 @@ describe('linear', () => {
                 expect(Array.from(got), `${what}: passes of 8`).toEqual(passes);
                 for (const m of [0, t - 1, t >> 1]) {
                   const row = x.x.narrow(m, 1);
-                  expect(Array.from(got.slice(m * n, (m + 1) * n)), `${what}: row ${m} alone`).toEqual(Array.from(runLinear(row, w, 1, n, yt)));
+                  expect(Array.from(got.slice(m * n, (m + 1) * n)), `${what}: row ${m} alone`).toEqual(
+                    Array.from(runLinear(row, w, 1, n, yt)),
+                  );
                   row.dispose();
                 }
                 sameAtThreads(what, () => runLinear(x.x, w, t, n, yt));
