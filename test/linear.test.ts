@@ -383,28 +383,48 @@ describe('linear', () => {
     },
   );
 
-  it('f32 weights at 9-16 rows (the GEMV in two passes): each row the same bits as at 1-8 rows, x and y f32 / bf16', () => {
+  it('f32 weights at 9-64 rows (the GEMV in passes of 8 rows): each row the same bits as at 1-8 rows and alone, x and y f32 / bf16, at 1, 2 and 3 threads; 65 rows (the GEMM) within the bound', () => {
     const r = rng(1602);
-    for (const [k, n] of [
-      [512, 48],
-      [99, 13],
-    ] as const) {
-      const w = makeWeight(r, 'f32', n, k);
-      for (const xt of fdtypes)
-        for (const yt of fdtypes)
-          for (const t of [9, 12, 16]) {
-            const x = makeX(r, xt, t, k);
-            const want = reference(x.ref, w.ref, t, n, k);
-            eachIsa(isa => {
-              const got = runLinear(x.x, w, t, n, yt);
-              check(got, want, k, bf16Rounding(isa, 'f32', xt, t), yt, `${isa} t=${t} k=${k} n=${n} x ${xt} y ${yt}`);
-              const head = runLinear(x.x.narrow(0, 8), w, 8, n, yt),
-                tail = runLinear(x.x.narrow(8, t - 8), w, t - 8, n, yt);
-              expect(Array.from(got), `${isa} t=${t} x ${xt} y ${yt}`).toEqual([...head, ...tail]);
-            });
-            x.x.dispose();
-          }
-      w.dispose();
+    const threads = native.threads();
+    try {
+      for (const [k, n] of [
+        [512, 48],
+        [99, 13],
+      ] as const) {
+        const w = makeWeight(r, 'f32', n, k);
+        for (const xt of fdtypes)
+          for (const yt of fdtypes)
+            for (const t of [9, 12, 16, 17, 23, 40, 57, 64, 65]) {
+              const x = makeX(r, xt, t, k);
+              const want = reference(x.ref, w.ref, t, n, k);
+              eachIsa(isa => {
+                const what = `${isa} t=${t} k=${k} n=${n} x ${xt} y ${yt}`;
+                const got = runLinear(x.x, w, t, n, yt);
+                check(got, want, k, bf16Rounding(isa, 'f32', xt, t), yt, what);
+                if (t > 64) return;
+                const passes: number[] = [];
+                for (let m0 = 0; m0 < t; m0 += 8) {
+                  const rows = x.x.narrow(m0, Math.min(8, t - m0));
+                  passes.push(...runLinear(rows, w, Math.min(8, t - m0), n, yt));
+                  rows.dispose();
+                }
+                expect(Array.from(got), `${what}: passes of 8`).toEqual(passes);
+                for (const m of [0, t - 1, t >> 1]) {
+                  const row = x.x.narrow(m, 1);
+                  expect(Array.from(got.slice(m * n, (m + 1) * n)), `${what}: row ${m} alone`).toEqual(
+                    Array.from(runLinear(row, w, 1, n, yt)),
+                  );
+                  row.dispose();
+                }
+                sameAtThreads(what, () => runLinear(x.x, w, t, n, yt));
+                native.setThreads(threads);
+              });
+              x.x.dispose();
+            }
+        w.dispose();
+      }
+    } finally {
+      native.setThreads(threads);
     }
   });
 

@@ -48,8 +48,8 @@ constexpr int64_t kInt4MaxGroup = 4096;
 //
 // Paths (picked at run time from isa() and features()):
 //   t <= 8  GEMV: every weight byte is read once for all t rows; bandwidth bound. (f32 weights
-//           at 9-16 rows on AVX2 / AVX-512: the GEMV twice, rows 0-7 then the rest, so a row's
-//           result is its result at <= 8 rows.) With AVX512-BF16, a bf16 weight at 2-8 rows and
+//           at 9-64 rows on AVX2 / AVX-512: the GEMV in passes of 8 rows, each thread's weight
+//           rows reread from its L2, so a row's result is its result at <= 8 rows, or alone.) With AVX512-BF16, a bf16 weight at 2-8 rows and
 //           x bf16 or precision other than 'highest': x rounded to bf16 as in the GEMM below, the
 //           products summed by vdpbf16ps (each output's bits its x row's and weight row's alone,
 //           whatever t or the thread count).

@@ -636,17 +636,53 @@ struct GemmF32 {
 // ---------------------------------------------------------------------------------------------
 // Entry points.
 
-// GEMV for t <= kGemvMaxRows, else the fp32 GEMM; an f32 weight at up to 2 kGemvMaxRows rows (a
-// batch-8 verify's MoE router) runs the GEMV twice instead, the second pass over W warm in L2: the
-// GEMM took that 16-row call ~2x the 8-row GEMV's time in the step (bench/RESULTS.md,
-// wt16-spec), and each row's result is then its result at <= 8 rows.
+// An f32 weight at kGemvMaxRows + 1 .. kF32PassMaxRows rows (a batched decode step's MoE router,
+// 48 x 512 in small): the GEMV in passes of kGemvMaxRows x rows within one split of W's rows, so
+// each thread reads its rows from DRAM in the first pass and from its L2 in the others, and each
+// row's result is its result at <= kGemvMaxRows rows (the router's top-k does not depend on the
+// batch's size). The fp32 GEMM took a 16-row call ~2x the 8-row GEMV's time in the step
+// (bench/RESULTS.md, wt16-spec; then two GEMV calls), and 64 rows 0.20 of the floor (wt18-qkv).
+constexpr int64_t kF32PassMaxRows = 64;
+
+template <class L>
+void gemv_f32_passes(int64_t t, const float* x, const WeightRef& w, void* y, DType yt) {
+  using D = DecF32<typename L::V>;
+  const int64_t K = w.k, y_pass = kGemvMaxRows * w.n * static_cast<int64_t>(dtype_size(yt));
+  // W's rows in units of 4 (whole GEMV passes for every T; a row's sum is its own at any split), a
+  // chunk's weight bytes ~gemv_grain_rows' over twice the x passes (each unit costs a GEMV per
+  // pass; small's router at 16 rows: 6 chunks, not 3 that left one of 2 threads half idle)
+  const int64_t units = ceil_div(w.n, 4), passes = ceil_div(t, kGemvMaxRows);
+  parallel_for(units, std::max<int64_t>(1, gemv_grain_rows(w) / 4 / (2 * passes)), [&](int64_t u0, int64_t u1) {
+    const int64_t r0 = u0 * 4, r1 = std::min(w.n, u1 * 4);
+    for (int64_t m0 = 0, p = 0; m0 < t; m0 += kGemvMaxRows, ++p) {
+      const float* xm = x + m0 * K;
+      void* ym = static_cast<char*>(y) + p * y_pass;
+      switch (t - m0 < kGemvMaxRows ? t - m0 : kGemvMaxRows) {
+        case 1: gemv_range<L, 1, D>(xm, w, r0, r1, ym, yt); break;
+        case 2: gemv_range<L, 2, D>(xm, w, r0, r1, ym, yt); break;
+        case 3: gemv_range<L, 3, D>(xm, w, r0, r1, ym, yt); break;
+        case 4: gemv_range<L, 4, D>(xm, w, r0, r1, ym, yt); break;
+        case 5: gemv_range<L, 5, D>(xm, w, r0, r1, ym, yt); break;
+        case 6: gemv_range<L, 6, D>(xm, w, r0, r1, ym, yt); break;
+        case 7: gemv_range<L, 7, D>(xm, w, r0, r1, ym, yt); break;
+        default: gemv_range<L, 8, D>(xm, w, r0, r1, ym, yt); break;
+      }
+    }
+  });
+}
+
+// GEMV for t <= kGemvMaxRows (an f32 weight: up to kF32PassMaxRows, gemv_f32_passes), else the fp32 GEMM.
 template <class L>
 void linear_vec(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType yt) {
   using V = typename L::V;
-  if (t > kGemvMaxRows && t <= 2 * kGemvMaxRows && w.dtype == DType::F32) {
-    linear_vec<L>(kGemvMaxRows, x, xt, w, y, yt);
-    linear_vec<L>(t - kGemvMaxRows, static_cast<const char*>(x) + kGemvMaxRows * w.k * dtype_size(xt), xt, w,
-                  static_cast<char*>(y) + kGemvMaxRows * w.n * dtype_size(yt), yt);
+  if (t > kGemvMaxRows && t <= kF32PassMaxRows && w.dtype == DType::F32) {
+    const float* xf = static_cast<const float*>(x);
+    if (xt == DType::BF16) {
+      float* buf = static_cast<float*>(scratch(kScratchX, t * w.k * sizeof(float)));
+      bf16_to_f32_rows<V>(static_cast<const uint16_t*>(x), t * w.k, buf);
+      xf = buf;
+    }
+    gemv_f32_passes<L>(t, xf, w, y, yt);
     return;
   }
   if (t > kGemvMaxRows) {
