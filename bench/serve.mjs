@@ -38,7 +38,7 @@
 //   2. Time to first token (from generate() to the first token being known; all streams start at
 //      once, so later ones wait for the earlier prompts) and inter-token latency (between successive
 //      tokens of a stream, pooled over the streams) percentiles p50 / p90 / p99 per concurrency; and
-//      at 16 streams (4 with --quick), the ITL of the running streams while a LONG prompt (2,000
+//      at 16 streams (4 with --quick; --long-at N), the ITL of the running streams while a LONG prompt (2,000
 //      tokens; prefilled in chunks of loadModel's prefillChunk, one chunk per scheduler round)
 //      arrives mid-run, against their ITL outside that prefill.
 //   3. Prefix-cache savings: REQUESTS requests, one after another, sharing a long system prompt
@@ -56,7 +56,7 @@
 // --dist DIR: the build to measure (default ../dist; another worktree's dist for an A/B with this
 // script; the GEMM probe runs on this script's own build).
 //
-//   node bench/serve.mjs [--quick] [--tokens N] [--concurrency 1,4,..] [--no-pipeline] [--no-chain] [--levels-only | --long-only] [--prefill-chunk-while-decoding N] [--out f.json] [--ckpt-root DIR] [--dist DIR]
+//   node bench/serve.mjs [--quick] [--tokens N] [--concurrency 1,4,..] [--no-pipeline] [--no-chain] [--levels-only | --long-only] [--long-at N] [--prefill-chunk-while-decoding N] [--out f.json] [--ckpt-root DIR] [--dist DIR]
 import { existsSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -91,7 +91,7 @@ const CHUNK_WHILE_DECODING = args.includes('--prefill-chunk-while-decoding')
   ? Number(arg('--prefill-chunk-while-decoding'))
   : undefined;
 const PROMPT = quick ? 12 : 32; // tokens of each stream's own prompt
-const LONG_AT = quick ? 4 : 16; // concurrency of the long-prompt run
+const LONG_AT = Number(arg('--long-at', quick ? 4 : 16)); // concurrency of the long-prompt run
 const LONG_PROMPT = quick ? 200 : 2000;
 const PREFILL_CHUNK = quick ? 64 : 512;
 const SYSTEM = quick ? 150 : 1500; // shared system prompt tokens
