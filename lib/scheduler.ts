@@ -6,9 +6,10 @@
 // asking again; a long prompt advances one chunk per round, so running streams keep getting a token
 // per round while it is prefilled. While sequences decode, the chunk is capped at
 // `prefillChunkWhileDecoding` tokens (loadModel's option): a 512-token chunk of the small preset
-// stalls every running stream ~200 ms on a 2-vCPU CPU; alone, a prompt runs in full `prefillChunk`s. All device work of a round is awaited (the event loop stays free)
-// and nothing else queues work on the model's streams meanwhile, so no engine call ever has to block
-// the JS thread waiting for another's.
+// stalls every running stream ~200 ms on a 2-vCPU CPU; alone, a prompt runs in full
+// `prefillChunk`s. All device work of a round is awaited (the event loop stays free) and nothing
+// else queues work on the model's streams meanwhile, so no engine call ever has to block the JS
+// thread waiting for another's.
 //
 // Pipelined decode rounds (`pipeline`, default on): once a round's decode step is done and read
 // back, the step after it is launched for every sequence that will go on (its token is the one
