@@ -38,7 +38,7 @@
 //   2. Time to first token (from generate() to the first token being known; all streams start at
 //      once, so later ones wait for the earlier prompts) and inter-token latency (between successive
 //      tokens of a stream, pooled over the streams) percentiles p50 / p90 / p99 per concurrency; and
-//      at 16 streams (4 with --quick), the ITL of the running streams while a LONG prompt (2,000
+//      at 16 streams (4 with --quick; --long-at N), the ITL of the running streams while a LONG prompt (2,000
 //      tokens; prefilled in chunks of loadModel's prefillChunk, one chunk per scheduler round)
 //      arrives mid-run, against their ITL outside that prefill.
 //   3. Prefix-cache savings: REQUESTS requests, one after another, sharing a long system prompt
@@ -46,6 +46,8 @@
 //      false }): prompt tokens computed (GenerateResult.prefillTokens) and TTFT.
 // Wall-clock on a shared machine: compare the ratios of one run, not absolute figures across runs.
 //
+//      --long-only: this run only (after a 3-token warm-up of its streams); the chunk sizes the
+//      long prompt ran in are printed (--prefill-chunk-while-decoding N: loadModel's cap on them).
 //   4. Pipelined decode rounds (lib/scheduler.ts, on by default; --no-pipeline: off) and chained
 //      rounds (on by default where the engine queues decode steps; --no-chain: pipelined only):
 //      decode rows launched ahead of the sessions' requests, those launched on device-sampled
@@ -54,7 +56,7 @@
 // --dist DIR: the build to measure (default ../dist; another worktree's dist for an A/B with this
 // script; the GEMM probe runs on this script's own build).
 //
-//   node bench/serve.mjs [--quick] [--tokens N] [--concurrency 1,4,..] [--no-pipeline] [--no-chain] [--levels-only] [--out f.json] [--ckpt-root DIR] [--dist DIR]
+//   node bench/serve.mjs [--quick] [--tokens N] [--concurrency 1,4,..] [--no-pipeline] [--no-chain] [--levels-only | --long-only] [--long-at N] [--prefill-chunk-while-decoding N] [--out f.json] [--ckpt-root DIR] [--dist DIR]
 import { existsSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -83,8 +85,13 @@ const CONCURRENCY = arg('--concurrency', quick ? '1,4' : '1,4,16,64')
 const PIPELINE = !args.includes('--no-pipeline');
 const CHAIN = !args.includes('--no-chain');
 const LEVELS_ONLY = args.includes('--levels-only'); // parts 1 and 1b only (no long prompt, no prefix cache)
+const LONG_ONLY = args.includes('--long-only'); // part 2b only (after a warm-up of its streams)
+// loadModel's prefillChunkWhileDecoding (a build without the option ignores it)
+const CHUNK_WHILE_DECODING = args.includes('--prefill-chunk-while-decoding')
+  ? Number(arg('--prefill-chunk-while-decoding'))
+  : undefined;
 const PROMPT = quick ? 12 : 32; // tokens of each stream's own prompt
-const LONG_AT = quick ? 4 : 16; // concurrency of the long-prompt run
+const LONG_AT = Number(arg('--long-at', quick ? 4 : 16)); // concurrency of the long-prompt run
 const LONG_PROMPT = quick ? 200 : 2000;
 const PREFILL_CHUNK = quick ? 64 : 512;
 const SYSTEM = quick ? 150 : 1500; // shared system prompt tokens
@@ -93,7 +100,13 @@ const ckptRoot = arg('--ckpt-root', path.join(here, 'out'));
 const SEED = 1;
 const MAX_CONTEXT = 4096;
 /** @type {import('../dist/model/load.js').LoadModelOptions} */
-const loadOpts = { backend: 'cpu', maxContext: MAX_CONTEXT, cacheBlocks: quick ? 256 : 1024, prefillChunk: PREFILL_CHUNK };
+const loadOpts = {
+  backend: 'cpu',
+  maxContext: MAX_CONTEXT,
+  cacheBlocks: quick ? 256 : 1024,
+  prefillChunk: PREFILL_CHUNK,
+  ...(CHUNK_WHILE_DECODING !== undefined ? { prefillChunkWhileDecoding: CHUNK_WHILE_DECODING } : {}),
+};
 const GEN = { temperature: 0, ignoreEos: true };
 
 // ---- prompts: seeded random words, cut to a token count ------------------------------------
@@ -119,13 +132,14 @@ function promptOf(tokenizer, seed, n) {
 function instrument(model) {
   const e = model.engine;
   const batches = [],
-    ctxs = []; // per decode step: the mean keys its rows attend (each row's cached tokens and its own)
+    ctxs = [], // per decode step: the mean keys its rows attend (each row's cached tokens and its own)
+    prefills = []; // per prefill forward: its tokens
   const fwd = e.forward.bind(e);
   e.forward = (seqs, tokens, opts) => {
     if (opts?.collectRouting) {
       batches.push(seqs.length);
       ctxs.push(seqs.reduce((a, q) => a + q.length + 1, 0) / seqs.length);
-    }
+    } else if (opts?.mode === 'prefill') prefills.push(tokens[0].length);
     return fwd(seqs, tokens, opts);
   };
   const tokenTimes = new Map(); // SequenceCache -> ms of each token (the first: when its prefill's sample was read)
@@ -145,7 +159,7 @@ function instrument(model) {
     );
     return p;
   };
-  const inst = { batches, ctxs, tokenTimes, onToken: null };
+  const inst = { batches, ctxs, prefills, tokenTimes, onToken: null };
   return inst;
 }
 
@@ -279,7 +293,7 @@ const maxTokensOf = n => TOKENS + n;
 // 1 + 2: concurrency levels
 /** @type {any[]} */
 const levels = [];
-for (const n of CONCURRENCY) {
+for (const n of LONG_ONLY ? [] : CONCURRENCY) {
   await runStreams(model, inst, n, 3, 1000 * n); // warm-up: pages the weights in, captures the ramp's graphs
   const s0 = { ...model.scheduler.stats };
   const b0 = inst.batches.length;
@@ -424,6 +438,9 @@ if (!LEVELS_ONLY) {
   const text2k = promptOf(model.tokenizer, 777, LONG_PROMPT);
   /** @type {any} */
   let window = null;
+  if (LONG_ONLY) await runStreams(model, inst, n, 3, 1000 * n); // warm-up (the levels' otherwise)
+  let p0 = 0,
+    p1 = 0; // its prefill forwards: inst.prefills[p0, p1) (the running streams' prompts are done before)
   const { streams, side } = await runStreams(model, inst, n, TOKENS * 2 + n, 5000, sessions => {
     const watched = sessions.map(seqOf);
     // The long prompt arrives at the token that gives every stream a third of its tokens (from the
@@ -434,9 +451,11 @@ if (!LEVELS_ONLY) {
         if (!watched.every(q => (inst.tokenTimes.get(q)?.length ?? 0) > (TOKENS * 2 + n) / 3)) return;
         inst.onToken = null;
         const long = model.createSession();
+        p0 = inst.prefills.length;
         const from = now();
         long.generate(text2k, { ...GEN, maxTokens: 1 }).then(r => {
           window = { from, to: from + r.timeToFirstTokenMs };
+          p1 = inst.prefills.length;
           long.dispose();
           resolve(r);
         }, reject);
@@ -457,7 +476,9 @@ if (!LEVELS_ONLY) {
     concurrency: n,
     promptTokens: side.promptTokens,
     prefillChunk: PREFILL_CHUNK,
-    chunks: Math.ceil(side.promptTokens / PREFILL_CHUNK),
+    prefillChunkWhileDecoding: CHUNK_WHILE_DECODING,
+    // the prefill forwards from its arrival to its first token (the running streams' prompts are long prefilled)
+    chunkTokens: inst.prefills.slice(p0, p1),
     longTtftMs: side.timeToFirstTokenMs,
     itlDuringMs: pcts(inside),
     itlOutsideMs: pcts(outside),
@@ -469,7 +490,7 @@ model.dispose();
 
 // 3: prefix cache on / off
 const prefix = {};
-for (const on of LEVELS_ONLY ? [] : [true, false]) {
+for (const on of LEVELS_ONLY || LONG_ONLY ? [] : [true, false]) {
   const m = await loadModel(dir, { ...loadOpts, prefixCache: on });
   const system = promptOf(m.tokenizer, 4242, SYSTEM);
   // warm-up on another prompt (pages in, graphs)
@@ -490,7 +511,7 @@ for (const on of LEVELS_ONLY ? [] : [true, false]) {
   };
   m.dispose();
 }
-if (!LEVELS_ONLY) {
+if (!LEVELS_ONLY && !LONG_ONLY) {
   prefix.prefillSaved = 1 - prefix.on.prefillTokens / prefix.off.prefillTokens;
   prefix.laterTtftSpeedup = prefix.off.laterTtftMs / prefix.on.laterTtftMs;
 }
@@ -502,7 +523,7 @@ const gflopsAfter = gemmRate(dims.hidden, quick ? 5 : 15);
 const gflops = Math.max(gflopsBefore, gflopsAfter);
 
 // the ceiling, from the routing pass
-const rt = await routingPass(dir, maxTokensOf);
+const rt = LONG_ONLY ? null : await routingPass(dir, maxTokensOf);
 for (const l of levels) {
   const r = rt.res[l.concurrency];
   const stepBytes = acc.nonExpertBytes + r.distinctPerStep * acc.expertBytes;
@@ -562,12 +583,25 @@ const res = {
     expertBytes: acc.expertBytes,
     nonExpertParams: acc.denseParams + acc.headParams,
     expertParams: acc.expertParams,
-    layers: rt.layers,
-    nRouted: rt.nRouted,
+    layers: rt?.layers,
+    nRouted: rt?.nRouted,
     topk: dims.topk,
     weightDtype: acc.weightDtype,
   },
-  settings: { TOKENS, PROMPT, LONG_AT, LONG_PROMPT, PREFILL_CHUNK, SYSTEM, REQUESTS, PIPELINE, CHAIN, LEVELS_ONLY },
+  settings: {
+    TOKENS,
+    PROMPT,
+    LONG_AT,
+    LONG_PROMPT,
+    PREFILL_CHUNK,
+    CHUNK_WHILE_DECODING,
+    SYSTEM,
+    REQUESTS,
+    PIPELINE,
+    CHAIN,
+    LEVELS_ONLY,
+    LONG_ONLY,
+  },
   levels,
   longPrompt,
   prefix,
@@ -581,46 +615,60 @@ const batchSizes = l => {
   const rampSteps = ramp.reduce((a, [, c]) => a + c, 0);
   return rampSteps ? `${l.concurrency}: ${full}, 1..${l.concurrency - 1}: ${rampSteps}` : `${l.concurrency}: ${full}`;
 };
+/** Chunk sizes as runs: 512 x 3, 464. */
+const chunkList = c => {
+  const runs = [];
+  for (const t of c) {
+    const last = runs.at(-1);
+    if (last && last[0] === t) last[1]++;
+    else runs.push([t, 1]);
+  }
+  return runs.map(([t, k]) => (k > 1 ? `${t} x ${k}` : `${t}`)).join(', ');
+};
 const p3 = p => `${f(p.p50)} / ${f(p.p90)} / ${f(p.p99)}`;
 console.log(
   `serve bench: ${PRESET} preset, CPU (${res.cpus} cpus), read ${f(gbps, 2)} GB/s (${f(gbpsBefore, 2)} before, ${f(gbpsAfter, 2)} after), GEMM ${f(gflops, 1)} GFLOP/s (${f(gflopsBefore, 1)} / ${f(gflopsAfter, 1)}), load ${loadStart.map(x => x.toFixed(2)).join(' ')} -> ${res.loadavg.end.map(x => x.toFixed(2)).join(' ')}`,
 );
-console.log(
-  `step bytes = ${f(acc.nonExpertBytes / 1e6, 2)} MB non-expert + distinct experts x ${f(acc.expertBytes / 1e6, 3)} MB (${rt.layers} layers x ${rt.nRouted} experts)`,
-);
-console.log(
-  `step FLOPs = streams x 2 x ${f((acc.denseParams + acc.headParams) / 1e6, 2)} M non-expert + (token, expert) pairs x 2 x ${f(acc.expertParams / 1e6, 3)} M + attention`,
-);
-console.log(
-  '| streams | tok/s (full batch) | byte ceiling tok/s | ratio | compute-aware ceiling tok/s (bound) | ratio | per-part ceiling tok/s | ratio | tok/s, median step | ratios, median step (byte / compute-aware / per-part) | distinct experts/step | mean batch | batch sizes run (size:steps) | TTFT ms p50/p90/p99 | ITL ms p50/p90/p99 |',
-);
-console.log('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|');
-for (const l of levels)
+if (!LONG_ONLY) {
   console.log(
-    `| ${l.concurrency} | ${f(l.tokensPerSecond)} | ${f(l.ceilingTokensPerSecond)} | ${f(l.ratio, 3)} | ${f(l.ceilingComputeTokensPerSecond)} (${l.compute.bound}) | ${f(l.ratioCompute, 3)} | ${f(l.ceilingPartsTokensPerSecond)} | ${f(l.ratioParts, 3)} | ${f(l.tokensPerSecondMedianStep)} | ${f(l.ratioMedianStep, 3)} / ${f(l.ratioComputeMedianStep, 3)} / ${f(l.ratioPartsMedianStep, 3)} | ${f(l.bytes.distinctExpertsPerStep)} | ${f(l.scheduler.meanBatch, 2)} | ${batchSizes(l)} | ${p3(l.ttftMs)} | ${p3(l.itlMs)} |`,
+    `step bytes = ${f(acc.nonExpertBytes / 1e6, 2)} MB non-expert + distinct experts x ${f(acc.expertBytes / 1e6, 3)} MB (${rt?.layers} layers x ${rt?.nRouted} experts)`,
   );
-console.log(
-  `Pipelined rounds: ${PIPELINE ? 'on' : 'off'}, chained: ${CHAIN ? 'on' : 'off'}; decode rows launched ahead / of them chained / rolled back unused: ${levels.map(l => `${l.concurrency}: ${l.scheduler.continuedRows} / ${l.scheduler.chainedRows} / ${l.scheduler.droppedRows}`).join(', ')}`,
-);
-console.log('\nThe batched step alone (scheduler rounds of B sequences, nothing else running):');
-console.log(
-  '| streams | round ms min / median / mean | tok/s (median / mean) | served tok/s over it: median step / median, full batch / mean | ratio to byte / compute-aware / per-part ceiling | median ms: forward host / awaited wait / the rest (sampler, read-backs, resolving) | round ms, blocking wait (median) | keys attended per row: served full batch / this (prompt) |',
-);
-console.log('|---|---|---|---|---|---|---|---|');
-// (a median against a median, a mean against a mean: the served window's spikes count against the
-// served figure only if the step alone's count against it too)
-for (const l of levels) {
-  const sa = l.stepAlone,
-    p = sa.parts;
   console.log(
-    `| ${l.concurrency} | ${f(sa.minMs, 2)} / ${f(sa.medianMs, 2)} / ${f(sa.meanMs, 2)} | ${f(sa.tokensPerSecond)} / ${f(sa.tokensPerSecondMean)} | ${f(l.tokensPerSecondMedianStep / sa.tokensPerSecond, 3)}, ${f(l.tokensPerSecond / sa.tokensPerSecondMean, 3)} | ${f(sa.ratio, 3)} / ${f(sa.ratioCompute, 3)} / ${f(sa.ratioParts, 3)} | ` +
-      `${f(p.forwardMs, 3)} / ${f(p.waitMs, 3)} / ${f(p.otherMs, 3)} | ${f(sa.blockingWaitMedianMs, 2)} | ${f(l.fullBatchCtx, 1)} / ${f(sa.ctx, 1)} (${sa.promptTokens}) |`,
+    `step FLOPs = streams x 2 x ${f((acc.denseParams + acc.headParams) / 1e6, 2)} M non-expert + (token, expert) pairs x 2 x ${f(acc.expertParams / 1e6, 3)} M + attention`,
   );
+  console.log(
+    '| streams | tok/s (full batch) | byte ceiling tok/s | ratio | compute-aware ceiling tok/s (bound) | ratio | per-part ceiling tok/s | ratio | tok/s, median step | ratios, median step (byte / compute-aware / per-part) | distinct experts/step | mean batch | batch sizes run (size:steps) | TTFT ms p50/p90/p99 | ITL ms p50/p90/p99 |',
+  );
+  console.log('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|');
+  for (const l of levels)
+    console.log(
+      `| ${l.concurrency} | ${f(l.tokensPerSecond)} | ${f(l.ceilingTokensPerSecond)} | ${f(l.ratio, 3)} | ${f(l.ceilingComputeTokensPerSecond)} (${l.compute.bound}) | ${f(l.ratioCompute, 3)} | ${f(l.ceilingPartsTokensPerSecond)} | ${f(l.ratioParts, 3)} | ${f(l.tokensPerSecondMedianStep)} | ${f(l.ratioMedianStep, 3)} / ${f(l.ratioComputeMedianStep, 3)} / ${f(l.ratioPartsMedianStep, 3)} | ${f(l.bytes.distinctExpertsPerStep)} | ${f(l.scheduler.meanBatch, 2)} | ${batchSizes(l)} | ${p3(l.ttftMs)} | ${p3(l.itlMs)} |`,
+    );
+  console.log(
+    `Pipelined rounds: ${PIPELINE ? 'on' : 'off'}, chained: ${CHAIN ? 'on' : 'off'}; decode rows launched ahead / of them chained / rolled back unused: ${levels.map(l => `${l.concurrency}: ${l.scheduler.continuedRows} / ${l.scheduler.chainedRows} / ${l.scheduler.droppedRows}`).join(', ')}`,
+  );
+  console.log('\nThe batched step alone (scheduler rounds of B sequences, nothing else running):');
+  console.log(
+    '| streams | round ms min / median / mean | tok/s (median / mean) | served tok/s over it: median step / median, full batch / mean | ratio to byte / compute-aware / per-part ceiling | median ms: forward host / awaited wait / the rest (sampler, read-backs, resolving) | round ms, blocking wait (median) | keys attended per row: served full batch / this (prompt) |',
+  );
+  console.log('|---|---|---|---|---|---|---|---|');
+  // (a median against a median, a mean against a mean: the served window's spikes count against the
+  // served figure only if the step alone's count against it too)
+  for (const l of levels) {
+    const sa = l.stepAlone,
+      p = sa.parts;
+    console.log(
+      `| ${l.concurrency} | ${f(sa.minMs, 2)} / ${f(sa.medianMs, 2)} / ${f(sa.meanMs, 2)} | ${f(sa.tokensPerSecond)} / ${f(sa.tokensPerSecondMean)} | ${f(l.tokensPerSecondMedianStep / sa.tokensPerSecond, 3)}, ${f(l.tokensPerSecond / sa.tokensPerSecondMean, 3)} | ${f(sa.ratio, 3)} / ${f(sa.ratioCompute, 3)} / ${f(sa.ratioParts, 3)} | ` +
+        `${f(p.forwardMs, 3)} / ${f(p.waitMs, 3)} / ${f(p.otherMs, 3)} | ${f(sa.blockingWaitMedianMs, 2)} | ${f(l.fullBatchCtx, 1)} / ${f(sa.ctx, 1)} (${sa.promptTokens}) |`,
+    );
+  }
 }
 if (!LEVELS_ONLY) {
   console.log(
-    `Long prompt (${longPrompt.promptTokens} tokens, ${longPrompt.chunks} chunks of ${PREFILL_CHUNK}) arriving among ${LONG_AT} streams: its TTFT ${f(longPrompt.longTtftMs)} ms; running streams' ITL p50/p90/p99 during its prefill ${p3(longPrompt.itlDuringMs)} ms (max ${f(longPrompt.maxItlDuringMs)}), outside ${p3(longPrompt.itlOutsideMs)} ms`,
+    `Long prompt (${longPrompt.promptTokens} tokens, ${longPrompt.chunkTokens.length} chunks: ${chunkList(longPrompt.chunkTokens)}) arriving among ${LONG_AT} streams: its TTFT ${f(longPrompt.longTtftMs)} ms; running streams' ITL p50/p90/p99 during its prefill ${p3(longPrompt.itlDuringMs)} ms (max ${f(longPrompt.maxItlDuringMs)}), outside ${p3(longPrompt.itlOutsideMs)} ms`,
   );
+}
+if (!LEVELS_ONLY && !LONG_ONLY) {
   console.log(
     `Prefix cache (${REQUESTS} requests one after another, ~${SYSTEM}-token shared system prompt): prompt tokens computed ${prefix.on.prefillTokens} on vs ${prefix.off.prefillTokens} off (${f(100 * prefix.prefillSaved)}% saved); TTFT first ${f(prefix.on.firstTtftMs)} / ${f(prefix.off.firstTtftMs)} ms, later requests mean ${f(prefix.on.laterTtftMs)} on vs ${f(prefix.off.laterTtftMs)} off (${f(prefix.laterTtftSpeedup, 2)}x)`,
   );

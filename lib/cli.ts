@@ -50,6 +50,7 @@ Ctrl+C stops an answer; at the prompt it quits.`,
   --speculative          MTP speculative decoding for every request
   --max-concurrent N, --max-queue N   admission limits
   --shutdown-timeout S   seconds to wait for in-flight requests on SIGTERM / Ctrl+C (a second one aborts them)
+  --prefill-chunk-while-decoding N   prompt tokens per prefill step while other requests decode (default 128)
   --backend auto|cpu|cuda, --threads N, --max-context N, --prefill-chunk N`,
   inspect: `inspect DIR [--json]   a checkpoint's config, tensors, bytes, active parameters per token, where weights live
   --json                 the same facts as JSON`,
@@ -194,6 +195,7 @@ const modelOptions = {
   threads: { type: 'string' },
   'max-context': { type: 'string' },
   'prefill-chunk': { type: 'string' },
+  'prefill-chunk-while-decoding': { type: 'string' },
 } as const;
 
 const samplingOptions = {
@@ -251,6 +253,7 @@ interface ModelArgs {
   threads?: string;
   'max-context'?: string;
   'prefill-chunk'?: string;
+  'prefill-chunk-while-decoding'?: string;
 }
 
 /** Checks the model options before anything is loaded. */
@@ -262,6 +265,7 @@ function modelArgs(v: ModelArgs) {
     threads: num(v.threads, 'threads', { integer: true, min: 1 }),
     maxContext: num(v['max-context'], 'max-context', { integer: true, min: 1 }),
     prefillChunk: num(v['prefill-chunk'], 'prefill-chunk', { integer: true, min: 1 }),
+    prefillChunkWhileDecoding: num(v['prefill-chunk-while-decoding'], 'prefill-chunk-while-decoding', { integer: true, min: 1 }),
   };
 }
 

@@ -76,7 +76,8 @@ export interface GenerateOptions {
   /**
    * Prompt tokens computed per forward step (default: loadModel's `prefillChunk`, 512). A long
    * prompt runs in chunks of this many tokens, the event loop free while each runs; an abort takes
-   * effect at the next chunk boundary.
+   * effect at the next chunk boundary. While other sequences decode, a chunk is at most loadModel's
+   * `prefillChunkWhileDecoding`.
    */
   prefillChunk?: number;
   /** Called after each prefill chunk has run: prompt tokens computed so far of `total`. */
@@ -364,18 +365,21 @@ export class Session {
             stopReason = 'abort';
             return;
           }
-          const part = pending.slice(0, chunk),
-            last = part.length === pending.length,
-            start = this.cached.length;
-          // One chunk per scheduler round: other sessions' decode steps run between chunks. In
-          // order (the scheduler says when), the chunk is queued behind the decode steps still
-          // running instead of waiting for them, and is waited for after the scheduler's turn (the
-          // last chunk's first token too, where it needs no host work: no penalties, bias,
+          // One chunk per scheduler round: other sessions' decode steps run between chunks, and
+          // while they run the scheduler caps the chunk (maxTokens: loadModel's
+          // prefillChunkWhileDecoding), since it stalls each of them for its own time. In order
+          // (the scheduler says when), the chunk is queued behind the decode steps still running
+          // instead of waiting for them, and is waited for after the scheduler's turn (the last
+          // chunk's first token too, where it needs no host work: no penalties, bias,
           // log-probabilities or draft): the rounds after it go on, queued behind it.
           let chunkDone = null as Promise<unknown> | null,
-            firstRead = null as Promise<Uint8Array[]> | null;
-          await sched.exclusive(async inOrder => {
+            firstRead = null as Promise<Uint8Array[]> | null,
+            last = false as boolean;
+          await sched.exclusive(async (inOrder, maxTokens) => {
             this.owner.checkLive('Session.generate');
+            const part = pending.slice(0, Math.min(chunk, maxTokens)),
+              start = this.cached.length;
+            last = part.length === pending.length;
             const r = engine.forward([this.seq], [part], { mode: 'prefill', hidden: speculative, inOrder });
             this.cached.push(...part);
             pending = pending.slice(part.length);
@@ -789,6 +793,14 @@ function firstStop(text: string, stops: string[], from: number): number {
   return best;
 }
 
+/** loadModel's default `prefillChunkWhileDecoding` (bench/RESULTS.md session 18, wt18-chunk). */
+export const DEFAULT_PREFILL_CHUNK_WHILE_DECODING = 128;
+
+function checkChunkWhileDecoding(n: number) {
+  if (!Number.isInteger(n) || n < 1)
+    throw new ArgumentError('E_ARGUMENT', `loadModel: prefillChunkWhileDecoding must be an integer >= 1, got ${String(n)}`);
+}
+
 export class Model {
   /** Sequences of live sessions: model.dispose() frees their blocks at once. */
   private readonly sequences = new Set<SequenceCache>();
@@ -808,6 +820,8 @@ export class Model {
     readonly tokenizer: Tokenizer,
     /** Prompt tokens per forward step of a prefill (generate's default `prefillChunk`). */
     readonly prefillChunk = 512,
+    /** The cap on a prefill chunk while other sequences decode (loadModel's `prefillChunkWhileDecoding`). */
+    prefillChunkWhileDecoding = DEFAULT_PREFILL_CHUNK_WHILE_DECODING,
     /** Whether sessions share the KV pages of identical prompt prefixes (loadModel's `prefixCache`). */
     readonly prefixCache = true,
     /** The weights made at load that a CPU model reads (for `memory`). */
@@ -819,7 +833,8 @@ export class Model {
   ) {
     if (!Number.isInteger(prefillChunk) || prefillChunk < 1)
       throw new ArgumentError('E_ARGUMENT', `loadModel: prefillChunk must be an integer >= 1, got ${String(prefillChunk)}`);
-    this.scheduler = new StepScheduler(engine);
+    checkChunkWhileDecoding(prefillChunkWhileDecoding);
+    this.scheduler = new StepScheduler(engine, prefillChunkWhileDecoding);
   }
 
   /** @internal A new sequence for `session`, released when the session is disposed, collected or the model disposed. */
@@ -924,6 +939,7 @@ export async function loadModel(dir: string, opts: LoadModelOptions = {}): Promi
   const chunk = opts.prefillChunk;
   if (chunk !== undefined && (!Number.isInteger(chunk) || chunk < 1))
     throw new ArgumentError('E_ARGUMENT', `loadModel: prefillChunk must be an integer >= 1, got ${String(chunk)}`);
+  if (opts.prefillChunkWhileDecoding !== undefined) checkChunkWhileDecoding(opts.prefillChunkWhileDecoding);
   const { checkpoint, model, made, hugePages, populated } = await loadCheckpointModel(dir, opts);
   try {
     return new Model(
@@ -931,6 +947,7 @@ export async function loadModel(dir: string, opts: LoadModelOptions = {}): Promi
       checkpoint,
       await loadTokenizer(dir),
       opts.prefillChunk,
+      opts.prefillChunkWhileDecoding,
       opts.prefixCache,
       made,
       hugePages,

@@ -4,9 +4,12 @@
 // speculativeStep, then one exclusive job (a prefill chunk of one prompt, FIFO), and repeats while
 // anything is queued. A new generation joins at the next round; a finished one leaves by not
 // asking again; a long prompt advances one chunk per round, so running streams keep getting a token
-// per round while it is prefilled. All device work of a round is awaited (the event loop stays free)
-// and nothing else queues work on the model's streams meanwhile, so no engine call ever has to block
-// the JS thread waiting for another's.
+// per round while it is prefilled. While sequences decode, the chunk is capped at
+// `prefillChunkWhileDecoding` tokens (loadModel's option): a 512-token chunk of the small preset
+// stalls every running stream ~200 ms on a 2-vCPU CPU; alone, a prompt runs in full
+// `prefillChunk`s. All device work of a round is awaited (the event loop stays free) and nothing
+// else queues work on the model's streams meanwhile, so no engine call ever has to block the JS
+// thread waiting for another's.
 //
 // Pipelined decode rounds (`pipeline`, default on): once a round's decode step is done and read
 // back, the step after it is launched for every sequence that will go on (its token is the one
@@ -126,6 +129,9 @@ export class StepScheduler {
   private speculations: SpeculateRequest[] = [];
   private readonly jobs: (() => Promise<void>)[] = [];
   private running = false;
+  /** Sequences decoding in the current round (its requests and the live rows launched ahead):
+   *  while any do, a prefill chunk is capped at prefillChunkWhileDecoding. */
+  private decodingRows = 0;
   /** The decode steps launched ahead of the sessions' requests, oldest first (pipelined rounds: at
    *  most one; chained: two). */
   private launched: Launched[] = [];
@@ -149,7 +155,12 @@ export class StepScheduler {
     largestBatch: 0,
   };
 
-  constructor(private readonly engine: LongcatModel) {}
+  constructor(
+    private readonly engine: LongcatModel,
+    /** Prompt tokens a prefill chunk may compute while other sequences are decoding (loadModel's
+     *  `prefillChunkWhileDecoding`): each chunk stalls every running stream for its own time. */
+    readonly prefillChunkWhileDecoding = Number.POSITIVE_INFINITY,
+  ) {}
 
   /** One plain decode step of `seq` on `token`, batched with every other waiting one; `extras`:
    *  this sequence's penalties, bias and log-probabilities; `follow`: whether the session asks for
@@ -200,12 +211,15 @@ export class StepScheduler {
   /** Runs `fn` (device work such as a prefill chunk) alone, in its turn; its promise settles with fn's.
    *  `inOrder` (ForwardOptions.inOrder): fn's device work may be queued behind the decode steps
    *  still running, without waiting for them -- every one of them has its read-back queued, which
-   *  takes its errors before fn's work runs (a step not sampled at launch has none: fn waits). */
-  exclusive<T>(fn: (inOrder: boolean) => Promise<T> | T): Promise<T> {
+   *  takes its errors before fn's work runs (a step not sampled at launch has none: fn waits).
+   *  `maxTokens`: the prompt tokens fn may compute in this turn -- `prefillChunkWhileDecoding`
+   *  while other sequences decode (this round ran or launched their steps), else unbounded. */
+  exclusive<T>(fn: (inOrder: boolean, maxTokens: number) => Promise<T> | T): Promise<T> {
     return new Promise((resolve, reject) => {
       this.jobs.push(async () => {
         try {
-          resolve(await fn(this.engine.canQueueDecode && this.launched.every(l => l.sampled)));
+          const inOrder = this.engine.canQueueDecode && this.launched.every(l => l.sampled);
+          resolve(await fn(inOrder, this.decodingRows > 0 ? this.prefillChunkWhileDecoding : Number.POSITIVE_INFINITY));
         } catch (e) {
           reject(e);
         }
@@ -229,6 +243,9 @@ export class StepScheduler {
           speculations = this.speculations.splice(0);
         if (decodes.length || this.launched.length) await this.settle(decodes, () => this.runDecodes(decodes));
         if (speculations.length) await this.settle(speculations, () => this.runSpeculations(speculations));
+        // the sequences decoding now: this round's, and the rows launched ahead that go on
+        this.decodingRows =
+          decodes.length + speculations.length + this.launched.reduce((n, l) => n + l.rows.filter(r => !r.dropped).length, 0);
         await this.jobs.shift()?.();
         // Let the sessions just answered take their tokens and ask again: they join the next round.
         await new Promise<void>(r => setImmediate(r));

@@ -116,7 +116,11 @@ describe('bench/serve.mjs', () => {
       }
       const lp = res.longPrompt;
       expect(lp.promptTokens).toBeGreaterThanOrEqual(res.settings.LONG_PROMPT);
-      expect(lp.chunks).toBe(Math.ceil(lp.promptTokens / res.settings.PREFILL_CHUNK));
+      // its prefill forwards: the whole prompt, in chunks of at most PREFILL_CHUNK (fewer tokens while the streams decode)
+      const chunks = lp.chunkTokens as number[];
+      expect(chunks.reduce((a, t) => a + t, 0)).toBe(lp.promptTokens);
+      expect(chunks.length).toBeGreaterThanOrEqual(Math.ceil(lp.promptTokens / res.settings.PREFILL_CHUNK));
+      for (const t of chunks) expect(t).toBeLessThanOrEqual(res.settings.PREFILL_CHUNK);
       pcts(lp.itlDuringMs);
       pcts(lp.itlOutsideMs);
       // without the cache every request computes its whole prompt; with it, the later ones reuse

@@ -42,6 +42,7 @@ describe('longcat CLI error paths', () => {
     [['--threads', '0'], /--threads must be an integer >= 1/],
     [['--max-context', '1e400'], /--max-context must be an integer >= 1/],
     [['--prefill-chunk', '0'], /--prefill-chunk must be an integer >= 1, got '0'/],
+    [['--prefill-chunk-while-decoding', '2.5'], /--prefill-chunk-while-decoding must be an integer >= 1, got '2.5'/],
     [['--backend', 'gpu'], /--backend must be auto, cpu or cuda, got 'gpu'/],
   ];
   it.each(bad)('generate %j: exits 2 naming the option, before touching the model', (args, message) => {

@@ -191,6 +191,84 @@ describe('continuous batching', () => {
   });
 });
 
+describe('prefill chunks capped while streams decode', () => {
+  it("a prompt's chunks are prefillChunkWhileDecoding tokens while another stream decodes, prefillChunk alone; the same tokens", async () => {
+    // every prefill computes its whole prompt (no prefix-cache hit between the runs)
+    const m = await loadModel(path.join(root, 'tiny'), {
+      backend: 'cpu',
+      maxContext: 1024,
+      prefixCache: false,
+      prefillChunk: 40,
+      prefillChunkWhileDecoding: 12,
+    });
+    // the tokens of each prefill forward (the scheduler's decode steps are not mode 'prefill')
+    const chunks: number[] = [];
+    const engine = m.engine as unknown as { forward: typeof m.engine.forward };
+    const { forward } = engine;
+    engine.forward = function (seqs, tokens, opts = {}) {
+      if (opts.mode === 'prefill') chunks.push(tokens[0]!.length);
+      return forward.call(this, seqs, tokens, opts);
+    };
+    const long = Array.from({ length: 60 }, (_, i) => `part${i % 23}`).join(' ');
+    const runO = { maxTokens: 80, ignoreEos: true },
+      longO = { maxTokens: 6, ignoreEos: true };
+    /** `total` tokens in chunks of `size`. */
+    const split = (total: number, size: number) =>
+      Array.from({ length: Math.ceil(total / size) }, (_, i) => Math.min(size, total - i * size));
+    try {
+      // alone: chunks of prefillChunk
+      let from = chunks.length;
+      const wantLong = await (async () => {
+        using s = m.createSession();
+        return await s.generate(long, longO);
+      })();
+      const P = wantLong.promptTokens;
+      expect(P).toBeGreaterThan(80);
+      expect(chunks.slice(from)).toEqual(split(P, 40));
+      const wantRun = await (async () => {
+        using s = m.createSession();
+        return await s.generate('the running stream', runO);
+      })();
+
+      // joining a decoding stream: every chunk capped, the running stream getting tokens throughout
+      using a = m.createSession();
+      using b = m.createSession();
+      let seen = 0,
+        atEnd = -1,
+        gB: Promise<{ tokens: number[] }> | null = null;
+      const gA = a.generate('the running stream', runO);
+      for await (const _ of gA)
+        if (++seen === 3) {
+          from = chunks.length;
+          gB = b.generate(long, longO).then(r => {
+            atEnd = seen;
+            return r;
+          });
+        }
+      const [rA, rB] = [await gA, await gB!];
+      expect(atEnd, 'the long prompt was done before the running stream ended').toBeGreaterThan(0);
+      expect(atEnd).toBeLessThan(runO.maxTokens);
+      expect(chunks.slice(from)).toEqual(split(P, 12));
+      expect(rA.tokens).toEqual(wantRun.tokens);
+      expect(rB.tokens).toEqual(wantLong.tokens);
+      a.dispose();
+      b.dispose();
+      expect(m.engine.allocator.inUse).toBe(0);
+    } finally {
+      delete (engine as Partial<typeof engine>).forward;
+      m.dispose();
+    }
+  });
+
+  it('loadModel checks prefillChunkWhileDecoding before loading', async () => {
+    for (const bad of [0, -1, 2.5, Number.NaN, Number.POSITIVE_INFINITY, '8' as unknown as number])
+      await expect(loadModel(path.join(root, 'tiny'), { backend: 'cpu', prefillChunkWhileDecoding: bad })).rejects.toMatchObject({
+        code: 'E_ARGUMENT',
+        message: expect.stringContaining('prefillChunkWhileDecoding'),
+      });
+  });
+});
+
 describe('token-level prompts', () => {
   it('generate({ tokens }) continues the ids as they are: == the text prompt that encodes to them', async () => {
     const text = 'the first stream';

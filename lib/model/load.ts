@@ -90,6 +90,10 @@ export interface LoadModelOptions {
   /** Prompt tokens per forward step of a prefill (default 512): generate awaits each chunk, so the
    *  event loop stays free and an abort takes effect between chunks. generate's `prefillChunk` overrides it. */
   prefillChunk?: number;
+  /** The most prompt tokens a prefill chunk computes while other sequences are decoding (default
+   *  128): each chunk stalls every running stream for its own time, so a long prompt arriving among
+   *  them runs in smaller chunks (its first token comes later); alone it runs in `prefillChunk`s. */
+  prefillChunkWhileDecoding?: number;
   /** Load the checkpoint's MTP head when it has one (default true): speculative decoding drafts with it. */
   mtp?: boolean;
   /** CPU backend: copy the weights the decode step streams from the mapped shards into anonymous
