@@ -619,8 +619,12 @@ void lanes_gemm(int64_t t, const void* x, DType xt, const WeightRef& w, void* y,
 // instruction's rate), at 14 (2 rows per pass: 31 registers) GCC spills the accumulators. The
 // experts of small's 64-row step (a third with 9-16 rows): moe 0.96x alone (bench/moe-fewrow.mjs).
 constexpr int64_t kFewRowsMin = 2, kFewRowsMax = 10;
+// Weight rows per pass: t R accumulators + R weights + 1 x of 32 registers (6 x 4 + 4 + 1 = 29,
+// 8 x 3 + 3 + 1 = 28, 10 x 2 + 2 + 1 = 23).
 template <int T>
-constexpr int kFewRowsR = T <= 6 ? 4 : T <= 8 ? 3 : 2;  // 6 x 4 + 4 + 1 = 29, 8 x 3 + 3 + 1 = 28, 10 x 2 + 2 + 1 = 23 of 32
+constexpr int kFewRowsR = T <= 6   ? 4
+                          : T <= 8 ? 3
+                                   : 2;
 
 // The L1 request's distance (0: none, the L2 request only): the GEMV's at 2 rows and at 3-4 rows
 // (gemv_near_prefetch_bytes), none at 5-8 either (512 B / 2 KiB there: within noise alone).
