@@ -323,7 +323,7 @@ describe('linear', () => {
   });
 
   it.each(['bf16', 'highest'] as const)(
-    "bf16 weights at 2-8 rows (vdpbf16ps, each weight line loaded once for every x row): odd shapes, x and y f32 / bf16, the same bits at 1, 2 and 3 threads and in any row's company, precision %s",
+    "bf16 weights at 2-10 rows (vdpbf16ps, each weight line loaded once for every x row): odd shapes, x and y f32 / bf16, the same bits at 1, 2 and 3 threads and in any row's company, precision %s",
     precision => {
       const r = rng(precision.length * 1702);
       const threads = native.threads();
@@ -337,7 +337,7 @@ describe('linear', () => {
           for (const n of [1, 5, 13, 203, 600])
             for (const xdtype of fdtypes) {
               const w = makeWeight(r, 'bf16', n, k);
-              for (const t of [2, 3, 4, 5, 6, 7, 8]) {
+              for (const t of [2, 3, 4, 5, 6, 7, 8, 9, 10]) {
                 const x = makeX(r, xdtype, t, k);
                 const want = reference(x.ref, w.ref, t, n, k);
                 eachIsa(isa => {
@@ -358,9 +358,9 @@ describe('linear', () => {
                     if (rel === 0 && xdtype === 'f32') expect(worst, what).toBeLessThan(2 ** -16);
                     // a row's bits do not depend on the other rows of the call (AVX512-BF16: each
                     // output is its x row's and weight row's alone; the GEMVs: rows summed on their own),
-                    // where 2 rows run the same path (AVX512-BF16 from 5 rows: x in 8 KiB, else the GEMM)
+                    // where 2 rows run the same path (past 8 rows only the few-row kernel does)
                     const dot = isa === 'avx512' && cpuFeatures().avx512bf16 && (xdtype === 'bf16' || precision !== 'highest');
-                    if (dot && t > 4 && t * k * 2 > 8192) continue;
+                    if (!dot && t > 8) continue;
                     const head = runLinear(x.x.narrow(0, 2), w, 2, n, yt),
                       tail = runLinear(x.x.narrow(t - 2, 2), w, 2, n, yt);
                     for (let i = 0; i < 2 * n; i++) {
@@ -379,7 +379,7 @@ describe('linear', () => {
         native.setThreads(threads);
         native.setMatmulPrecision(before);
       }
-      expect(checked).toBe(5 * 5 * 2 * 7 * isas.length * 2 * 3);
+      expect(checked).toBe(5 * 5 * 2 * 9 * isas.length * 2 * 3);
     },
   );
 
@@ -428,8 +428,8 @@ describe('linear', () => {
     }
   });
 
-  const lanesRows = [9, 12, 16, 17, 23, 31, 33, 47, 64, 65, 130];
-  it('9-1024 rows times bf16 weights with k a multiple of 32 (x rows in the lanes, no horizontal sums; past 16 rows in chunks of 16): x and y f32 / bf16, odd n, the same bits at 1, 2 and 3 threads', () => {
+  const lanesRows = [11, 12, 16, 17, 23, 31, 33, 47, 64, 65, 130];
+  it('11-1024 rows times bf16 weights with k a multiple of 32 (x rows in the lanes, no horizontal sums; past 16 rows in chunks of 16): x and y f32 / bf16, odd n, the same bits at 1, 2 and 3 threads', () => {
     const r = rng(1601);
     const threads = native.threads();
     let checked = 0;

@@ -49,10 +49,11 @@ constexpr int64_t kInt4MaxGroup = 4096;
 // Paths (picked at run time from isa() and features()):
 //   t <= 8  GEMV: every weight byte is read once for all t rows; bandwidth bound. (f32 weights
 //           at 9-64 rows on AVX2 / AVX-512: the GEMV in passes of 8 rows, each thread's weight
-//           rows reread from its L2, so a row's result is its result at <= 8 rows, or alone.) With AVX512-BF16, a bf16 weight at 2-8 rows and
+//           rows reread from its L2, so a row's result is its result at <= 8 rows, or alone.) With
+//           AVX512-BF16, a bf16 weight at 2-10 rows and
 //           x bf16 or precision other than 'highest': x rounded to bf16 as in the GEMM below, the
 //           products summed by vdpbf16ps (each output's bits its x row's and weight row's alone,
-//           whatever t or the thread count).
+//           whatever t or the thread count; 9-10 rows too, although the GEMM takes other formats there).
 //   t >  8  GEMM: cache-blocked, register-blocked, multithreaded; each weight panel is decoded
 //           once per call. With AVX512-BF16 and a bf16 weight, x is rounded to bf16 and products
 //           are summed by vdpbf16ps in fp32 (relative error about 2^-9 of sum|x w| from rounding x;
@@ -60,7 +61,7 @@ constexpr int64_t kInt4MaxGroup = 4096;
 //           weight takes the same path, its panels dequantized to bf16 (fp8, int4: value rounded to
 //           nearest even, a rounding like x's, as the CUDA tensor-core tiles do; int8: the exact
 //           codes, the row scale applied to the sums). Every other path multiplies in fp32 with
-//           fp32 accumulation. (bf16 weights at 9-16 rows with k a multiple of 32: the same
+//           fp32 accumulation. (bf16 weights at 11-16 rows with k a multiple of 32: the same
 //           products with x's rows in the vector lanes, summed in another fixed order; a row's
 //           result there is not bit for bit the one it gets at other row counts.)
 // fp8 codes 0x7f / 0xff (NaN) give NaN like the scalar reference.

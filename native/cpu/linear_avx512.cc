@@ -596,8 +596,8 @@ void lanes_gemm(int64_t t, const void* x, DType xt, const WeightRef& w, void* y,
 }
 
 // ---------------------------------------------------------------------------------------------
-// 2-8 rows of x times bf16 weights read in place (a decode step of 2-8 sequences; the experts' 2-8
-// rows each at 4-16 streams). The fp32-FMA GEMV spent 2 widenings + 2t FMAs per 32 weights of a row
+// 2-10 rows of x times bf16 weights read in place (a decode step of 2-10 sequences; the experts' 2-10
+// rows each at 4-64 streams). The fp32-FMA GEMV spent 2 widenings + 2t FMAs per 32 weights of a row
 // (at 4 rows FMA-bound: 1 thread warm 25 GB/s, this kernel 47), and the in-place GEMM (5-8 rows,
 // before) read each weight vector once per strip of <= 6 rows and summed every k block horizontally.
 // Here x is rounded to bf16 once per call as the GEMM does (precision 'highest' with f32 x never
@@ -612,9 +612,19 @@ void lanes_gemm(int64_t t, const void* x, DType xt, const WeightRef& w, void* y,
 // in the same order.) In the replayed steps (bench/RESULTS.md wt17-fewrow) medium's dense linears
 // at 8 rows took 0.85-0.87x the GEMM's time (the 4 MB ones, k = 1024 and 2048: 0.84-0.89x), while
 // alone (every call from DRAM, copies rotated) the GEMM read k = 1024 / 2048 at 8 rows 1.0-1.5x faster.
-constexpr int64_t kFewRowsMin = 2, kFewRowsMax = kGemvMaxRows;
+// 9-10 rows (session 18, bench/RESULTS.md wt18-moe): here instead of the lanes GEMM, which costs a
+// whole 16-row chunk's products at any row count. 2 threads, copies rotated through 128 MB, 256 x 512
+// to 2048 x 1024: 0.80-0.94x the lanes GEMM's time at 9 rows, 0.81-1.02x at 10; at 11 0.91-1.10x, at
+// 12-13 0.99-1.22x (slower for the 1-4 MB weights: this kernel's products run at well under the
+// instruction's rate), at 14 (2 rows per pass: 31 registers) GCC spills the accumulators. The
+// experts of small's 64-row step (a third with 9-16 rows): moe 0.96x alone (bench/moe-fewrow.mjs).
+constexpr int64_t kFewRowsMin = 2, kFewRowsMax = 10;
+// Weight rows per pass: t R accumulators + R weights + 1 x of 32 registers (6 x 4 + 4 + 1 = 29,
+// 8 x 3 + 3 + 1 = 28, 10 x 2 + 2 + 1 = 23).
 template <int T>
-constexpr int kFewRowsR = T <= 6 ? 4 : 3;  // 8 x 3 + 3 + 1 = 28, 6 x 4 + 4 + 1 = 29 of 32 registers
+constexpr int kFewRowsR = T <= 6   ? 4
+                          : T <= 8 ? 3
+                                   : 2;
 
 // The L1 request's distance (0: none, the L2 request only): the GEMV's at 2 rows and at 3-4 rows
 // (gemv_near_prefetch_bytes), none at 5-8 either (512 B / 2 KiB there: within noise alone).
@@ -705,7 +715,9 @@ void fewrow_bf16(int64_t t, const void* x, DType xt, const WeightRef& w, void* y
     case 5: fewrow_t<5>(xq, ldx, w, y, yt); break;
     case 6: fewrow_t<6>(xq, ldx, w, y, yt); break;
     case 7: fewrow_t<7>(xq, ldx, w, y, yt); break;
-    default: fewrow_t<8>(xq, ldx, w, y, yt); break;
+    case 8: fewrow_t<8>(xq, ldx, w, y, yt); break;
+    case 9: fewrow_t<9>(xq, ldx, w, y, yt); break;
+    default: fewrow_t<10>(xq, ldx, w, y, yt); break;
   }
 }
 
@@ -713,7 +725,7 @@ LC_END_TARGET  // avx512bf16
 
 }  // namespace
 
-// bf16 weights at 2-8 rows (AVX512-BF16, x bf16 or rounded to it): fewrow_bf16; from 9 rows the
+// bf16 weights at 2-10 rows (AVX512-BF16, x bf16 or rounded to it): fewrow_bf16; from 11 rows the
 // lanes GEMM or the GEMM. Quantized weights keep the GEMVs up to 8 rows (their panel decode would cost
 // as much as the products at so few rows).
 void linear_avx512(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType yt, bool bf16_dot, bool bf16_dequant,
