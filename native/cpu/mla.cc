@@ -253,20 +253,27 @@ template <int NQ, int NC, typename VT>
 LC_TARGET_AVX512 inline void pv512_cols(float* acc, int64_t as, const float* corr, const float* p, int64_t ps, int nt,
                                         const VT* const* v, int64_t c, __mmask16 m) {
   __m512 a[NQ][NC];
+#pragma GCC unroll 16
   for (int i = 0; i < NQ; ++i)
+#pragma GCC unroll 16
     for (int u = 0; u < NC; ++u) {
       a[i][u] = NC == 1 ? _mm512_maskz_loadu_ps(m, acc + i * as + c) : _mm512_loadu_ps(acc + i * as + c + 16 * u);
       if (corr) a[i][u] = _mm512_mul_ps(a[i][u], _mm512_set1_ps(corr[i]));
     }
   for (int j = 0; j < nt; ++j) {
     __m512 vv[NC];
+#pragma GCC unroll 16
     for (int u = 0; u < NC; ++u) vv[u] = NC == 1 ? ld16m(v[j] + c, m) : Avx512::widen_load(v[j] + c + 16 * u);
+#pragma GCC unroll 16
     for (int i = 0; i < NQ; ++i) {
       __m512 w = _mm512_set1_ps(p[i * ps + j]);
+#pragma GCC unroll 16
       for (int u = 0; u < NC; ++u) a[i][u] = _mm512_fmadd_ps(w, vv[u], a[i][u]);
     }
   }
+#pragma GCC unroll 16
   for (int i = 0; i < NQ; ++i)
+#pragma GCC unroll 16
     for (int u = 0; u < NC; ++u) {
       if (NC == 1)
         _mm512_mask_storeu_ps(acc + i * as + c, m, a[i][u]);
@@ -281,14 +288,17 @@ template <typename VT>
 LC_TARGET_AVX512 inline void pv512_wide(float* acc, const float* corr, const float* p, int nt, const VT* const* v, int64_t c) {
   constexpr int NC = 16;
   __m512 a[NC];
+#pragma GCC unroll 16
   for (int u = 0; u < NC; ++u) {
     a[u] = _mm512_loadu_ps(acc + c + 16 * u);
     if (corr) a[u] = _mm512_mul_ps(a[u], _mm512_set1_ps(corr[0]));
   }
   for (int j = 0; j < nt; ++j) {
     const __m512 w = _mm512_set1_ps(p[j]);
+#pragma GCC unroll 16
     for (int u = 0; u < NC; ++u) a[u] = _mm512_fmadd_ps(w, Avx512::widen_load(v[j] + c + 16 * u), a[u]);
   }
+#pragma GCC unroll 16
   for (int u = 0; u < NC; ++u) _mm512_storeu_ps(acc + c + 16 * u, a[u]);
 }
 
@@ -410,6 +420,14 @@ LC_TARGET_AVX512BF16 void scores_z(const uint32_t* qz, int64_t row, const uint16
   }
 }
 
+// The lanes of a head vector that take key j: below their limit lim (kMasked) or j < nt, and not dead.
+template <bool kMasked>
+LC_TARGET_AVX512BF16 inline __mmask8 keys_in(__m256i lim, int j, int nt, __mmask8 dead) {
+  return static_cast<__mmask8>(
+      (kMasked ? _mm256_cmpgt_epi32_mask(lim, _mm256_set1_epi32(j)) : static_cast<__mmask8>(j < nt ? 0xff : 0)) &
+      static_cast<__mmask8>(~dead));
+}
+
 // The online softmax of one tile, 8 heads a vector: s[j][v * 8 + i] (j < kBfTile) is overwritten
 // with p = exp(s - m_new) for the keys j < ntl[v * 8 + i] of lane i (zero for the others: keys past
 // the tile's end, or past the lane's own sequence row), m / l (per lane) updated, corr = the factor
@@ -439,17 +457,32 @@ LC_TARGET_AVX512BF16 void softmax_t(float* s, int nt, const int32_t* ntl, float*
     cr = _mm256_mask_blend_ps(_mm256_cmp_ps_mask(mo, ninf, _CMP_EQ_OQ), cr, zero);
     cr = _mm256_mask_blend_ps(dead, cr, _mm256_set1_ps(1.0f));
     __m256 sum = zero;
-    for (int j = 0; j < kBfTile; ++j) {
-      float* sj = s + (j * HV + v) * 8;
-      const __mmask8 in =
-          (kMasked ? _mm256_cmpgt_epi32_mask(lim, _mm256_set1_epi32(j)) : static_cast<__mmask8>(j < nt ? 0xff : 0)) &
-          static_cast<__mmask8>(~dead);
-      __m256 e = zero;
-      if (in != 0) {
-        e = _mm256_maskz_mov_ps(in, Avx2::exp(_mm256_sub_ps(_mm256_load_ps(sj), mx)));
-        sum = _mm256_add_ps(sum, e);
+    if constexpr (HV == 1) {
+      // One head vector: keys j and j + 1 are adjacent 8-lane rows of s, so their exponentials go
+      // as one 16-lane vector (half the exp instructions: the small preset's 8 heads); the sum
+      // still takes key j, then key j + 1 (the same bits as key by key).
+      const __m512 mx2 = _mm512_broadcast_f32x8(mx);
+      for (int j = 0; j < kBfTile; j += 2) {
+        float* sj = s + j * 8;
+        const __mmask16 in = static_cast<__mmask16>(keys_in<kMasked>(lim, j, nt, dead) | keys_in<kMasked>(lim, j + 1, nt, dead) << 8);
+        __m512 e = _mm512_setzero_ps();
+        if (in != 0) {
+          e = _mm512_maskz_mov_ps(in, Avx512::exp(_mm512_sub_ps(_mm512_load_ps(sj), mx2)));
+          sum = _mm256_add_ps(_mm256_add_ps(sum, _mm512_castps512_ps256(e)), _mm512_extractf32x8_ps(e, 1));
+        }
+        _mm512_store_ps(sj, e);
       }
-      _mm256_store_ps(sj, e);
+    } else {
+      for (int j = 0; j < kBfTile; ++j) {
+        float* sj = s + (j * HV + v) * 8;
+        const __mmask8 in = keys_in<kMasked>(lim, j, nt, dead);
+        __m256 e = zero;
+        if (in != 0) {
+          e = _mm256_maskz_mov_ps(in, Avx2::exp(_mm256_sub_ps(_mm256_load_ps(sj), mx)));
+          sum = _mm256_add_ps(sum, e);
+        }
+        _mm256_store_ps(sj, e);
+      }
     }
     _mm256_storeu_ps(l + v * 8, _mm256_mask_blend_ps(dead, _mm256_fmadd_ps(lo, cr, sum), lo));
     _mm256_storeu_ps(m + v * 8, _mm256_mask_blend_ps(dead, mx, mo));
