@@ -464,7 +464,8 @@ LC_TARGET_AVX512BF16 void softmax_t(float* s, int nt, const int32_t* ntl, float*
       const __m512 mx2 = _mm512_broadcast_f32x8(mx);
       for (int j = 0; j < kBfTile; j += 2) {
         float* sj = s + j * 8;
-        const __mmask16 in = static_cast<__mmask16>(keys_in<kMasked>(lim, j, nt, dead) | keys_in<kMasked>(lim, j + 1, nt, dead) << 8);
+        const __mmask16 in =
+            static_cast<__mmask16>(keys_in<kMasked>(lim, j, nt, dead) | keys_in<kMasked>(lim, j + 1, nt, dead) << 8);
         __m512 e = _mm512_setzero_ps();
         if (in != 0) {
           e = _mm512_maskz_mov_ps(in, Avx512::exp(_mm512_sub_ps(_mm512_load_ps(sj), mx2)));
@@ -594,8 +595,8 @@ LC_TARGET_AVX512BF16 inline __m512i interleave_rows(const uint16_t* a, const uin
 // kMaxQ) or the threads, but differs in the last bits from its fp32 result at 1-4 tokens.
 // (A pragma region, not only the attributes: the packing lambdas are functions of their own.)
 LC_BEGIN_TARGET(LC_ISA_AVX512BF16)
-constexpr int64_t kAbLanes = 64;   // weight outputs per packed block (pv_bf's 4 vectors)
-constexpr int64_t kAbPairs = 64;   // reduction pairs per packed block
+constexpr int64_t kAbLanes = 64;  // weight outputs per packed block (pv_bf's 4 vectors)
+constexpr int64_t kAbPairs = 64;  // reduction pairs per packed block
 // Tokens per packed activation block: a head's weight block is packed once per kAbTokens tokens, so
 // up to a 64-stream step once per call (at 32, twice: small preset, 64 tokens, 1 thread, warm,
 // absorb_q 38.1-38.3 -> 36.5-36.8 us with pv_bf's corr multiply dropped too).
