@@ -249,6 +249,7 @@ LC_TARGET_AVX512 void scores_avx512(int nq, const float* qa, int64_t qas, const 
 }
 
 // NC vectors of 16 columns at a time, every accumulator row kept in registers over the whole tile.
+// (The unroll pragmas here and in pv512_wide: without them GCC kept the accumulators on the stack, as in pv_bf.)
 template <int NQ, int NC, typename VT>
 LC_TARGET_AVX512 inline void pv512_cols(float* acc, int64_t as, const float* corr, const float* p, int64_t ps, int nt,
                                         const VT* const* v, int64_t c, __mmask16 m) {
