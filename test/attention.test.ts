@@ -613,8 +613,8 @@ describe('absorbed decode over the paged latent cache', () => {
     [{ nh: 3, dn: 37, dr: 8, dv: 12, dl: 150 }, [6, 17]],
     [{ nh: 5, dn: 13, dr: 8, dv: 11, dl: 531 }, [5, 9]],
     // the bf16 path's blocks: dn 131 = two 128-element chunks of W_UK rows (the last pair half
-    // empty), dv 70 = two blocks of output lanes (64 + 6), 33 tokens = two token blocks (32 + 1)
-    [{ nh: 3, dn: 131, dr: 4, dv: 70, dl: 45 }, [5, 13, 16, 33, 63]],
+    // empty), dv 70 = two blocks of output lanes (64 + 6), 65 tokens = two token blocks (64 + 1)
+    [{ nh: 3, dn: 131, dr: 4, dv: 70, dl: 45 }, [5, 13, 16, 33, 63, 65]],
   ] as Array<[Dims, number[]]>)(
     'the absorbed projections equal their definitions (absorbQ, mlaOutput): %o, token counts %o, f32 and bf16 kv_b_proj, every ISA and precision',
     (d, Ts) => {
@@ -663,7 +663,7 @@ describe('absorbed decode over the paged latent cache', () => {
     const d: Dims = { nh: 7, dn: 19, dr: 5, dv: 13, dl: 301 };
     const dk = d.dn + d.dr,
       dkv = d.dn + d.dv,
-      T = 40;
+      T = 70;
     const r = rng(31);
     const q = r.array(T * d.nh * dk),
       oLat = r.array(T * d.nh * d.dl);
@@ -685,7 +685,7 @@ describe('absorbed decode over the paged latent cache', () => {
         if (!bf16AbsorbPath(isa, T, true, 'bf16')) continue;
         native.setThreads(1);
         const all = run(T);
-        for (const n of [5, 9, 13, 16, 17, 33])
+        for (const n of [5, 9, 13, 16, 17, 33, 65])
           for (const threads of [1, 2, 3]) {
             native.setThreads(threads);
             const [ql, o] = run(n);

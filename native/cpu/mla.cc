@@ -249,24 +249,32 @@ LC_TARGET_AVX512 void scores_avx512(int nq, const float* qa, int64_t qas, const 
 }
 
 // NC vectors of 16 columns at a time, every accumulator row kept in registers over the whole tile.
+// (The unroll pragmas here and in pv512_wide: without them GCC kept the accumulators on the stack, as in pv_bf.)
 template <int NQ, int NC, typename VT>
 LC_TARGET_AVX512 inline void pv512_cols(float* acc, int64_t as, const float* corr, const float* p, int64_t ps, int nt,
                                         const VT* const* v, int64_t c, __mmask16 m) {
   __m512 a[NQ][NC];
+#pragma GCC unroll 16
   for (int i = 0; i < NQ; ++i)
+#pragma GCC unroll 16
     for (int u = 0; u < NC; ++u) {
       a[i][u] = NC == 1 ? _mm512_maskz_loadu_ps(m, acc + i * as + c) : _mm512_loadu_ps(acc + i * as + c + 16 * u);
       if (corr) a[i][u] = _mm512_mul_ps(a[i][u], _mm512_set1_ps(corr[i]));
     }
   for (int j = 0; j < nt; ++j) {
     __m512 vv[NC];
+#pragma GCC unroll 16
     for (int u = 0; u < NC; ++u) vv[u] = NC == 1 ? ld16m(v[j] + c, m) : Avx512::widen_load(v[j] + c + 16 * u);
+#pragma GCC unroll 16
     for (int i = 0; i < NQ; ++i) {
       __m512 w = _mm512_set1_ps(p[i * ps + j]);
+#pragma GCC unroll 16
       for (int u = 0; u < NC; ++u) a[i][u] = _mm512_fmadd_ps(w, vv[u], a[i][u]);
     }
   }
+#pragma GCC unroll 16
   for (int i = 0; i < NQ; ++i)
+#pragma GCC unroll 16
     for (int u = 0; u < NC; ++u) {
       if (NC == 1)
         _mm512_mask_storeu_ps(acc + i * as + c, m, a[i][u]);
@@ -281,14 +289,17 @@ template <typename VT>
 LC_TARGET_AVX512 inline void pv512_wide(float* acc, const float* corr, const float* p, int nt, const VT* const* v, int64_t c) {
   constexpr int NC = 16;
   __m512 a[NC];
+#pragma GCC unroll 16
   for (int u = 0; u < NC; ++u) {
     a[u] = _mm512_loadu_ps(acc + c + 16 * u);
     if (corr) a[u] = _mm512_mul_ps(a[u], _mm512_set1_ps(corr[0]));
   }
   for (int j = 0; j < nt; ++j) {
     const __m512 w = _mm512_set1_ps(p[j]);
+#pragma GCC unroll 16
     for (int u = 0; u < NC; ++u) a[u] = _mm512_fmadd_ps(w, Avx512::widen_load(v[j] + c + 16 * u), a[u]);
   }
+#pragma GCC unroll 16
   for (int u = 0; u < NC; ++u) _mm512_storeu_ps(acc + c + 16 * u, a[u]);
 }
 
@@ -410,6 +421,14 @@ LC_TARGET_AVX512BF16 void scores_z(const uint32_t* qz, int64_t row, const uint16
   }
 }
 
+// The lanes of a head vector that take key j: below their limit lim (kMasked) or j < nt, and not dead.
+template <bool kMasked>
+LC_TARGET_AVX512BF16 inline __mmask8 keys_in(__m256i lim, int j, int nt, __mmask8 dead) {
+  return static_cast<__mmask8>(
+      (kMasked ? _mm256_cmpgt_epi32_mask(lim, _mm256_set1_epi32(j)) : static_cast<__mmask8>(j < nt ? 0xff : 0)) &
+      static_cast<__mmask8>(~dead));
+}
+
 // The online softmax of one tile, 8 heads a vector: s[j][v * 8 + i] (j < kBfTile) is overwritten
 // with p = exp(s - m_new) for the keys j < ntl[v * 8 + i] of lane i (zero for the others: keys past
 // the tile's end, or past the lane's own sequence row), m / l (per lane) updated, corr = the factor
@@ -439,17 +458,33 @@ LC_TARGET_AVX512BF16 void softmax_t(float* s, int nt, const int32_t* ntl, float*
     cr = _mm256_mask_blend_ps(_mm256_cmp_ps_mask(mo, ninf, _CMP_EQ_OQ), cr, zero);
     cr = _mm256_mask_blend_ps(dead, cr, _mm256_set1_ps(1.0f));
     __m256 sum = zero;
-    for (int j = 0; j < kBfTile; ++j) {
-      float* sj = s + (j * HV + v) * 8;
-      const __mmask8 in =
-          (kMasked ? _mm256_cmpgt_epi32_mask(lim, _mm256_set1_epi32(j)) : static_cast<__mmask8>(j < nt ? 0xff : 0)) &
-          static_cast<__mmask8>(~dead);
-      __m256 e = zero;
-      if (in != 0) {
-        e = _mm256_maskz_mov_ps(in, Avx2::exp(_mm256_sub_ps(_mm256_load_ps(sj), mx)));
-        sum = _mm256_add_ps(sum, e);
+    if constexpr (HV == 1) {
+      // One head vector: keys j and j + 1 are adjacent 8-lane rows of s, so their exponentials go
+      // as one 16-lane vector (half the exp instructions: the small preset's 8 heads); the sum
+      // still takes key j, then key j + 1 (the same bits as key by key).
+      const __m512 mx2 = _mm512_broadcast_f32x8(mx);
+      for (int j = 0; j < kBfTile; j += 2) {
+        float* sj = s + j * 8;
+        const __mmask16 in =
+            static_cast<__mmask16>(keys_in<kMasked>(lim, j, nt, dead) | keys_in<kMasked>(lim, j + 1, nt, dead) << 8);
+        __m512 e = _mm512_setzero_ps();
+        if (in != 0) {
+          e = _mm512_maskz_mov_ps(in, Avx512::exp(_mm512_sub_ps(_mm512_load_ps(sj), mx2)));
+          sum = _mm256_add_ps(_mm256_add_ps(sum, _mm512_castps512_ps256(e)), _mm512_extractf32x8_ps(e, 1));
+        }
+        _mm512_store_ps(sj, e);
       }
-      _mm256_store_ps(sj, e);
+    } else {
+      for (int j = 0; j < kBfTile; ++j) {
+        float* sj = s + (j * HV + v) * 8;
+        const __mmask8 in = keys_in<kMasked>(lim, j, nt, dead);
+        __m256 e = zero;
+        if (in != 0) {
+          e = _mm256_maskz_mov_ps(in, Avx2::exp(_mm256_sub_ps(_mm256_load_ps(sj), mx)));
+          sum = _mm256_add_ps(sum, e);
+        }
+        _mm256_store_ps(sj, e);
+      }
     }
     _mm256_storeu_ps(l + v * 8, _mm256_mask_blend_ps(dead, _mm256_fmadd_ps(lo, cr, sum), lo));
     _mm256_storeu_ps(m + v * 8, _mm256_mask_blend_ps(dead, mx, mo));
@@ -491,33 +526,36 @@ LC_TARGET_AVX512BF16 void pack_p(const float* s, uint32_t* p) {
 }
 
 // acc[h][c] = acc[h][c] * corr[h] + sum_jp p[h][jp] . vp[u][jp] for HB heads and CB vectors of 16
-// latent columns (the last one masked by mlast). p: bf16 pairs (p_2jp, p_2jp+1) as uint32;
+// latent columns (the last one masked by mlast); corr null: acc taken as it is. p: bf16 pairs (p_2jp, p_2jp+1) as uint32;
 // vp[u][jp]: 16 columns of rows 2jp and 2jp+1 interleaved, vs elements between consecutive u.
 template <int HB, int CB>
 LC_TARGET_AVX512BF16 void pv_bf(float* acc, int64_t as, const float* corr, const uint32_t* p, int64_t ps, int np,
                                 const uint16_t* vp, int64_t vs, __mmask16 mlast) {
+  // (The unroll pragmas: unrolled before GCC's scalar replacement, a stays in registers; left to
+  // GCC, it kept a on the stack around the loop, 64 spills and reloads a call.)
   __m512 a[HB][CB];
-  for (int h = 0; h < HB; ++h) {
-    const __m512 cr = _mm512_set1_ps(corr[h]);
-    for (int u = 0; u < CB; ++u)
-      a[h][u] = _mm512_mul_ps(
-          u == CB - 1 ? _mm512_maskz_loadu_ps(mlast, acc + h * as + 16 * u) : _mm512_loadu_ps(acc + h * as + 16 * u), cr);
-  }
+#pragma GCC unroll 16
+  for (int h = 0; h < HB; ++h)
+#pragma GCC unroll 16
+    for (int u = 0; u < CB; ++u) {
+      a[h][u] = _mm512_maskz_loadu_ps(u == CB - 1 ? mlast : 0xffff, acc + h * as + 16 * u);
+      if (corr) a[h][u] = _mm512_mul_ps(a[h][u], _mm512_set1_ps(corr[h]));
+    }
   for (int jp = 0; jp < np; ++jp) {
     __m512bh vv[CB];
+#pragma GCC unroll 16
     for (int u = 0; u < CB; ++u) vv[u] = (__m512bh)_mm512_load_si512(vp + u * vs + jp * 32);
+#pragma GCC unroll 16
     for (int h = 0; h < HB; ++h) {
       const __m512bh pw = (__m512bh)_mm512_set1_epi32(static_cast<int>(p[h * ps + jp]));
+#pragma GCC unroll 16
       for (int u = 0; u < CB; ++u) a[h][u] = _mm512_dpbf16_ps(a[h][u], pw, vv[u]);
     }
   }
+#pragma GCC unroll 16
   for (int h = 0; h < HB; ++h)
-    for (int u = 0; u < CB; ++u) {
-      if (u == CB - 1)
-        _mm512_mask_storeu_ps(acc + h * as + 16 * u, mlast, a[h][u]);
-      else
-        _mm512_storeu_ps(acc + h * as + 16 * u, a[h][u]);
-    }
+#pragma GCC unroll 16
+    for (int u = 0; u < CB; ++u) _mm512_mask_storeu_ps(acc + h * as + 16 * u, u == CB - 1 ? mlast : 0xffff, a[h][u]);
 }
 
 using PvBfFn = void (*)(float*, int64_t, const float*, const uint32_t*, int64_t, int, const uint16_t*, int64_t, __mmask16);
@@ -558,9 +596,12 @@ LC_TARGET_AVX512BF16 inline __m512i interleave_rows(const uint16_t* a, const uin
 // kMaxQ) or the threads, but differs in the last bits from its fp32 result at 1-4 tokens.
 // (A pragma region, not only the attributes: the packing lambdas are functions of their own.)
 LC_BEGIN_TARGET(LC_ISA_AVX512BF16)
-constexpr int64_t kAbLanes = 64;   // weight outputs per packed block (pv_bf's 4 vectors)
-constexpr int64_t kAbPairs = 64;   // reduction pairs per packed block
-constexpr int64_t kAbTokens = 32;  // tokens per packed activation block
+constexpr int64_t kAbLanes = 64;  // weight outputs per packed block (pv_bf's 4 vectors)
+constexpr int64_t kAbPairs = 64;  // reduction pairs per packed block
+// Tokens per packed activation block: a head's weight block is packed once per kAbTokens tokens, so
+// up to a 64-stream step once per call (at 32, twice: small preset, 64 tokens, 1 thread, warm,
+// absorb_q 38.1-38.3 -> 36.5-36.8 us with pv_bf's corr multiply dropped too).
+constexpr int64_t kAbTokens = 64;
 
 // y[i][l] = sum_k x[i][k] Wk(l, k) for t tokens (rows xs / ys apart), nl outputs, kd reduction
 // elements. pack(l0, nv, k0, kn, vp): outputs [l0, l0 + 16 nv) x elements [k0, k0 + kn) of the weight
@@ -570,7 +611,6 @@ LC_TARGET_AVX512BF16 void absorb_bf16(int64_t t, int64_t nl, int64_t kd, const f
                                       Pack&& pack, const char* next, int64_t next_bytes) {
   alignas(64) uint16_t vp[kAbLanes / 16 * kAbPairs * 32];
   alignas(64) uint16_t xb[kAbTokens * 2 * kAbPairs];
-  static constexpr float kOnes[kMaxQ] = {1.0f, 1.0f, 1.0f, 1.0f};  // pv_bf's corr: accumulate as is
   for (int64_t i = 0; i < t; ++i) std::memset(y + i * ys, 0, sizeof(float) * nl);
   const int64_t nlv = (nl + 15) / 16;
   const __mmask16 mlast = static_cast<__mmask16>(nl % 16 == 0 ? 0xffff : (1u << (nl % 16)) - 1);
@@ -599,7 +639,7 @@ LC_TARGET_AVX512BF16 void absorb_bf16(int64_t t, int64_t nl, int64_t kd, const f
             for (const int64_t upto = std::min(next_bytes, next_bytes * ++block / blocks); requested < upto; requested += 64)
               prefetch_line<2>(next + requested);
           const int hb = static_cast<int>(std::min<int64_t>(kMaxQ, tn - i0));
-          kPvBf[hb - 1][nv - 1](y + (t0 + i0) * ys + v0 * 16, ys, kOnes, reinterpret_cast<const uint32_t*>(xb) + i0 * kAbPairs,
+          kPvBf[hb - 1][nv - 1](y + (t0 + i0) * ys + v0 * 16, ys, nullptr, reinterpret_cast<const uint32_t*>(xb) + i0 * kAbPairs,
                                 kAbPairs, static_cast<int>(np), vp, kAbPairs * 32, ml);
         }
       }
