@@ -645,12 +645,8 @@ void fewrow_bf16(int64_t t, const void* x, DType xt, const WeightRef& w, void* y
   uint16_t* xq = static_cast<uint16_t*>(scratch(kScratchX, t * ldx * sizeof(uint16_t)));
   GemmBF16::pack_x(x, xt, t, 0, t, K, ldx, xq);
   fewrow_bf16_isa::fewrow_dispatch(t, FewRowBf16{static_cast<const uint16_t*>(w.data), K}, w.n, ldx, y, yt,
-                  [&](int64_t, int64_t*) { return static_cast<const uint16_t*>(xq); });
+                                   [&](int64_t, int64_t*) { return static_cast<const uint16_t*>(xq); });
 }
-
-LC_END_TARGET  // avx512bf16
-
-LC_BEGIN_TARGET(LC_ISA_AVX512BF16, "avx512vbmi")
 
 // fp8 e4m3 (the bytes' low 7 bits) -> bf16 bits, exact (3 mantissa bits < 7, exponents 2^-9 .. 2^8),
 // subnormals included, 0x7f -> NaN; as two 128-byte tables (low byte, high byte) for vpermi2b.
@@ -668,6 +664,8 @@ struct Fp8Bf16Tables {
   }
 };
 
+LC_BEGIN_TARGET(LC_ISA_AVX512BF16_VBMI)
+
 // fp8 e4m3 with 128 x 128 block scales (AVX512-VBMI): 64 codes per load, decoded by two vpermi2b
 // (low and high bytes of the exact bf16 value, the sign or'ed into the high byte), the bytes joined
 // by vpunpck{l,h}bw: vector 0 holds the columns 0-7, 16-23, 32-39, 48-55 of the 64, vector 1 the
@@ -676,8 +674,11 @@ struct Fp8Bf16Tables {
 // once to bf16 (2^-9 relative), the codes exact, the products exact in fp32 lanes.
 struct FewRowFp8 {
   static constexpr int64_t kCols = 64, kVecs = 2, kElemBytes = 1, kScaleRows = 128;
+  // registers: 4 x 4 + 8 + 1 + 5, 6 x 3 + 6 + 1 + 5, 8 x 2 + 4 + 1 + 5 (the 5: tables and sign mask)
   template <int T>
-  static constexpr int kR = T <= 4 ? 4 : T <= 6 ? 3 : 2;  // 4 x 4 + 8 + 1 + 5, 6 x 3 + 6 + 1 + 5, 8 x 2 + 4 + 1 + 5
+  static constexpr int kR = T > 6   ? 2
+                            : T > 4 ? 3
+                                    : 4;
   const uint8_t* w;
   int64_t k;
   __m512i lo0, lo1, hi0, hi1, sign;
@@ -699,12 +700,11 @@ namespace fewrow_vbmi_isa {
 #include "linear_fewrow.h"
 }  // namespace fewrow_vbmi_isa
 
-
 // xs[r * ldx + ...] for r < t: x[r] times the block scales of srow (per 128 columns), rounded to
 // bf16 (nearest even), in FewRowFp8's column order, zero from k to the unit's end.
 void fewrow_fp8_prep_x(int64_t t, const void* x, DType xt, int64_t K, const float* srow, uint16_t* xs, int64_t ldx) {
-  const auto load16 = [&](int64_t i, int64_t n) __attribute__((always_inline)) {  // x[i .. i + n) as f32, zero past n
-    const __mmask16 m = n >= 16 ? __mmask16(0xffff) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1);
+  using V = simd::Avx512;
+  const auto load16 = [&](int64_t i, __mmask16 m) __attribute__((always_inline)) {  // x[i ..] as f32, zero off m
     if (xt == DType::BF16)
       return _mm512_castsi512_ps(
           _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(x) + i)), 16));
@@ -715,9 +715,8 @@ void fewrow_fp8_prep_x(int64_t t, const void* x, DType xt, int64_t K, const floa
       const __m512 s = _mm512_set1_ps(srow[c / 128]);
       __m512 v[4];
       for (int j = 0; j < 4; ++j) {  // (maskz: zero past k whatever the scale)
-        const int64_t n = K - c - 16 * j;
-        v[j] = _mm512_maskz_mul_ps(n >= 16 ? __mmask16(0xffff) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1),
-                                   load16(r * K + c + 16 * j, n), s);
+        const __mmask16 m = V::mask16(std::max<int64_t>(0, K - c - 16 * j));
+        v[j] = _mm512_maskz_mul_ps(m, load16(r * K + c + 16 * j, m), s);
       }
       const __m512i n0 = (__m512i)_mm512_cvtne2ps_pbh(v[1], v[0]), n1 = (__m512i)_mm512_cvtne2ps_pbh(v[3], v[2]);
       _mm512_store_si512(xs + r * ldx + c, _mm512_shuffle_i64x2(n0, n1, _MM_SHUFFLE(2, 0, 2, 0)));
@@ -729,17 +728,20 @@ void fewrow_fp8(int64_t t, const void* x, DType xt, const WeightRef& w, void* y,
   static const Fp8Bf16Tables tables;
   const int64_t K = w.k, ldx = fewrow_ldx(K, FewRowFp8::kCols), kblocks = ceil_div(K, 128);
   fewrow_vbmi_isa::fewrow_dispatch(t, FewRowFp8(static_cast<const uint8_t*>(w.data), K, tables), w.n, ldx, y, yt,
-                  [&](int64_t g0, int64_t* have) {
-                    uint16_t* xs = static_cast<uint16_t*>(scratch(kScratchPanel, t * ldx * sizeof(uint16_t)));
-                    if (*have != g0 / 128) {
-                      fewrow_fp8_prep_x(t, x, xt, K, w.scale + (g0 / 128) * kblocks, xs, ldx);
-                      *have = g0 / 128;
-                    }
-                    return static_cast<const uint16_t*>(xs);
-                  });
+                                   [&](int64_t g0, int64_t* have) {
+                                     uint16_t* xs = static_cast<uint16_t*>(scratch(kScratchPanel, t * ldx * sizeof(uint16_t)));
+                                     if (*have != g0 / 128) {
+                                       fewrow_fp8_prep_x(t, x, xt, K, w.scale + (g0 / 128) * kblocks, xs, ldx);
+                                       *have = g0 / 128;
+                                     }
+                                     return static_cast<const uint16_t*>(xs);
+                                   });
 }
 
-LC_END_TARGET  // avx512bf16 + vbmi
+// clang-format off
+LC_END_TARGET  // + vbmi
+LC_END_TARGET  // avx512bf16
+// clang-format on
 
 }  // namespace
 

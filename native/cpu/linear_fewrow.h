@@ -99,4 +99,3 @@ void fewrow_dispatch(int64_t t, const F& f, int64_t n, int64_t ldx, void* y, DTy
     default: fewrow_t<F, 8>(f, n, ldx, y, yt, x_block); break;
   }
 }
-

@@ -177,8 +177,8 @@ void linear_case(int64_t t, int64_t n, int64_t k, DType wdt, MatmulPrecision pre
   const double gamma = (k + 16) * std::ldexp(1.0, -24);
   // bf16 rounding of x (CPU AVX512-BF16: bf16 weights from 2 rows, fp8 weights from 2 rows with
   // VBMI (x times the block scale), the rest from 9; GPU tensor cores) and of dequantized weights (GPU): 2^-7
-  const bool fp8_few_rows = wdt == DType::FP8_E4M3 && cpu::isa() == cpu::Isa::Avx512 && cpu::features().avx512_bf16 &&
-                            cpu::features().avx512_vbmi;
+  const bool fp8_few_rows =
+      wdt == DType::FP8_E4M3 && cpu::isa() == cpu::Isa::Avx512 && cpu::features().avx512_bf16 && cpu::features().avx512_vbmi;
   const bool rounded = prec != MatmulPrecision::Highest && (t > 8 || ((wdt == DType::BF16 || fp8_few_rows) && t >= 2));
   const double rel = gamma + (rounded ? std::ldexp(1.0, -7) : 0.0);
   char name[160];
