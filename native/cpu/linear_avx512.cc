@@ -644,7 +644,7 @@ void fewrow_bf16(int64_t t, const void* x, DType xt, const WeightRef& w, void* y
   const int64_t K = w.k, ldx = fewrow_ldx(K, FewRowBf16::kCols);
   uint16_t* xq = static_cast<uint16_t*>(scratch(kScratchX, t * ldx * sizeof(uint16_t)));
   GemmBF16::pack_x(x, xt, t, 0, t, K, ldx, xq);
-  fewrow_bf16_isa::fewrow_dispatch(t, FewRowBf16{static_cast<const uint16_t*>(w.data), K}, w.n, ldx, y, yt,
+  fewrow_bf16_isa::fewrow_dispatch(t, FewRowBf16{static_cast<const uint16_t*>(w.data), K}, w, ldx, y, yt,
                                    [&](int64_t, int64_t*) { return static_cast<const uint16_t*>(xq); });
 }
 
@@ -727,7 +727,7 @@ void fewrow_fp8_prep_x(int64_t t, const void* x, DType xt, int64_t K, const floa
 void fewrow_fp8(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType yt) {
   static const Fp8Bf16Tables tables;
   const int64_t K = w.k, ldx = fewrow_ldx(K, FewRowFp8::kCols), kblocks = ceil_div(K, 128);
-  fewrow_vbmi_isa::fewrow_dispatch(t, FewRowFp8(static_cast<const uint8_t*>(w.data), K, tables), w.n, ldx, y, yt,
+  fewrow_vbmi_isa::fewrow_dispatch(t, FewRowFp8(static_cast<const uint8_t*>(w.data), K, tables), w, ldx, y, yt,
                                    [&](int64_t g0, int64_t* have) {
                                      uint16_t* xs = static_cast<uint16_t*>(scratch(kScratchPanel, t * ldx * sizeof(uint16_t)));
                                      if (*have != g0 / 128) {

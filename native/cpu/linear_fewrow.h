@@ -63,11 +63,10 @@ void fewrow_rows(const uint16_t* xq, int64_t ldx, const F& f, int64_t r, float* 
 // y = x W^T over row groups that never cross an F::kScaleRows block; x_block(g0, &have) gives x in
 // F's order for the block of row g0 (have: the block the thread's copy holds, -1 at first).
 template <class F, int T, class XBlock>
-void fewrow_t(const F& f, int64_t n, int64_t ldx, void* y, DType yt, XBlock&& x_block) {
+void fewrow_t(const F& f, const WeightRef& w, int64_t ldx, void* y, DType yt, XBlock&& x_block) {
   constexpr int R = F::template kR<T>;
-  WeightRef split{};
-  split.n = n, split.k = f.k;
-  gemv_split<R>(split, F::kElemBytes, [&](int64_t n0, int64_t n1) {
+  const int64_t n = w.n;
+  gemv_split<R>(w, F::kElemBytes, [&](int64_t n0, int64_t n1) {
     float part[T][kGemvGroupRows];
     int64_t have = -1;
     for (int64_t g0 = n0, g1; g0 < n1; g0 = g1) {
@@ -88,14 +87,14 @@ void fewrow_t(const F& f, int64_t n, int64_t ldx, void* y, DType yt, XBlock&& x_
 }
 
 template <class F, class XBlock>
-void fewrow_dispatch(int64_t t, const F& f, int64_t n, int64_t ldx, void* y, DType yt, XBlock&& x_block) {
+void fewrow_dispatch(int64_t t, const F& f, const WeightRef& w, int64_t ldx, void* y, DType yt, XBlock&& x_block) {
   switch (t) {
-    case 2: fewrow_t<F, 2>(f, n, ldx, y, yt, x_block); break;
-    case 3: fewrow_t<F, 3>(f, n, ldx, y, yt, x_block); break;
-    case 4: fewrow_t<F, 4>(f, n, ldx, y, yt, x_block); break;
-    case 5: fewrow_t<F, 5>(f, n, ldx, y, yt, x_block); break;
-    case 6: fewrow_t<F, 6>(f, n, ldx, y, yt, x_block); break;
-    case 7: fewrow_t<F, 7>(f, n, ldx, y, yt, x_block); break;
-    default: fewrow_t<F, 8>(f, n, ldx, y, yt, x_block); break;
+    case 2: fewrow_t<F, 2>(f, w, ldx, y, yt, x_block); break;
+    case 3: fewrow_t<F, 3>(f, w, ldx, y, yt, x_block); break;
+    case 4: fewrow_t<F, 4>(f, w, ldx, y, yt, x_block); break;
+    case 5: fewrow_t<F, 5>(f, w, ldx, y, yt, x_block); break;
+    case 6: fewrow_t<F, 6>(f, w, ldx, y, yt, x_block); break;
+    case 7: fewrow_t<F, 7>(f, w, ldx, y, yt, x_block); break;
+    default: fewrow_t<F, 8>(f, w, ldx, y, yt, x_block); break;
   }
 }
