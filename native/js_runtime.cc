@@ -53,6 +53,7 @@ static Napi::Value CpuFeatures(const Napi::CallbackInfo& info) {
   o.Set("avx512dq", f.avx512dq);
   o.Set("avx512bf16", f.avx512_bf16);
   o.Set("avx512vnni", f.avx512_vnni);
+  o.Set("avx512vbmi", f.avx512_vbmi);
   o.Set("avxvnni", f.avx_vnni);
   o.Set("isa", cpu::isa_name(cpu::isa()));
   return o;

@@ -123,6 +123,7 @@ function check(
  * (a bf16 x times a bf16 weight is exact there too); 'fp8' keeps fp8 weights at >= 17 rows in fp32.
  */
 function bf16Rounding(isa: string, wdtype: WDtype, xdtype: FDtype, t: number, precision = 'bf16') {
+  if (fp8FewRows(isa, wdtype, t, precision)) return (1 + U16) * (1 + U32) - 1; // bf16(x * scale), codes exact
   // bf16 weights take vdpbf16ps from 2 rows (linear_avx512.cc kFewRowsMin), the others from 9
   if (isa !== 'avx512' || !cpuFeatures().avx512bf16 || t < (wdtype === 'bf16' ? 2 : 9) || wdtype === 'f32') return 0;
   if (wdtype === 'bf16') return precision !== 'highest' && xdtype === 'f32' ? U16 : 0;
@@ -131,6 +132,17 @@ function bf16Rounding(isa: string, wdtype: WDtype, xdtype: FDtype, t: number, pr
     rw = wdtype === 'fp8_e4m3' ? U16 : 0;
   return (1 + rx) * (1 + rw) - 1;
 }
+
+/** Whether fp8 weights take the few-row vdpbf16ps kernel (linear_avx512.cc fewrow_fp8): 2-8 rows on
+ *  AVX512-BF16 + VBMI at precision other than 'highest'; x * block scale rounded to bf16 there. */
+const fp8FewRows = (isa: string, wdtype: WDtype, t: number, precision = 'bf16') =>
+  wdtype === 'fp8_e4m3' &&
+  t >= 2 &&
+  t <= 8 &&
+  precision !== 'highest' &&
+  isa === 'avx512' &&
+  cpuFeatures().avx512bf16 &&
+  cpuFeatures().avx512vbmi;
 
 /** The ISAs whose int8 GEMV takes int8 activations at precision other than 'highest' (linear_i8act.h). */
 const int8ActIsa = (isa: string) => isa === 'avx2' || (isa === 'avx512' && cpuFeatures().avx512vnni);
@@ -322,26 +334,31 @@ describe('linear', () => {
     expect(checked).toBe(3 * 2 * 2 * 7 * isas.length * 3);
   });
 
-  it.each(['bf16', 'highest'] as const)(
-    "bf16 weights at 2-10 rows (vdpbf16ps, each weight line loaded once for every x row): odd shapes, x and y f32 / bf16, the same bits at 1, 2 and 3 threads and in any row's company, precision %s",
-    precision => {
-      const r = rng(precision.length * 1702);
+  it.each([
+    ['bf16', 'bf16'],
+    ['bf16', 'highest'],
+    ['fp8_e4m3', 'bf16'],
+    ['fp8_e4m3', 'highest'],
+  ] as const)(
+    "%s weights at 2-10 rows (fp8: 2-8; vdpbf16ps, each weight line loaded once for every x row; fp8: codes decoded exactly to bf16, x times the block scale rounded to bf16): odd shapes, x and y f32 / bf16, the same bits at 1, 2 and 3 threads and in any row's company, precision %s",
+    (wdtype, precision) => {
+      const r = rng(precision.length * 1702 + wdtype.length);
       const threads = native.threads();
       const before = native.setMatmulPrecision(precision);
       let checked = 0;
       try {
         // k: one partial vector, 1-2 vectors and a partial one, several 128-column blocks with a
-        // partial last vector (1000), whole blocks (544); n: passes of 3-4 rows and a last 1-3 rows,
-        // several 256-row groups (600)
+        // partial last vector (1000), whole blocks (544); n: passes of 2-4 rows and a last 1-3 rows,
+        // several 256-row groups and (fp8) 128-row scale blocks (203, 600)
         for (const k of [7, 33, 100, 544, 1000])
           for (const n of [1, 5, 13, 203, 600])
             for (const xdtype of fdtypes) {
-              const w = makeWeight(r, 'bf16', n, k);
-              for (const t of [2, 3, 4, 5, 6, 7, 8, 9, 10]) {
+              const w = makeWeight(r, wdtype, n, k);
+              for (const t of wdtype === 'bf16' ? [2, 3, 4, 5, 6, 7, 8, 9, 10] : [2, 3, 4, 5, 6, 7, 8]) {
                 const x = makeX(r, xdtype, t, k);
                 const want = reference(x.ref, w.ref, t, n, k);
                 eachIsa(isa => {
-                  const rel = bf16Rounding(isa, 'bf16', xdtype, t, precision);
+                  const rel = bf16Rounding(isa, wdtype, xdtype, t, precision);
                   for (const yt of fdtypes) {
                     const what = `${isa} x ${xdtype} y ${yt} t=${t} k=${k} n=${n}`;
                     let got: ArrayLike<number> = [];
@@ -359,8 +376,14 @@ describe('linear', () => {
                     // a row's bits do not depend on the other rows of the call (AVX512-BF16: each
                     // output is its x row's and weight row's alone; the GEMVs: rows summed on their own),
                     // where 2 rows run the same path (past 8 rows only the few-row kernel does)
-                    const dot = isa === 'avx512' && cpuFeatures().avx512bf16 && (xdtype === 'bf16' || precision !== 'highest');
-                    if (!dot && t > 8) continue;
+                    const dot =
+                      wdtype === 'bf16' &&
+                      isa === 'avx512' &&
+                      cpuFeatures().avx512bf16 &&
+                      (xdtype === 'bf16' || precision !== 'highest');
+                    if (wdtype === 'bf16' && !dot && t > 8) continue;
+                    // (fp8 off the few-row kernel: the GEMV's accumulator chains per row vary with t)
+                    if (wdtype === 'fp8_e4m3' && !fp8FewRows(isa, wdtype, t, precision)) continue;
                     const head = runLinear(x.x.narrow(0, 2), w, 2, n, yt),
                       tail = runLinear(x.x.narrow(t - 2, 2), w, 2, n, yt);
                     for (let i = 0; i < 2 * n; i++) {
@@ -379,7 +402,7 @@ describe('linear', () => {
         native.setThreads(threads);
         native.setMatmulPrecision(before);
       }
-      expect(checked).toBe(5 * 5 * 2 * 9 * isas.length * 2 * 3);
+      expect(checked).toBe(5 * 5 * 2 * (wdtype === 'bf16' ? 9 : 7) * isas.length * 2 * 3);
     },
   );
 
@@ -694,7 +717,7 @@ describe('linear', () => {
     });
   });
 
-  it('fp8 GEMV: every non-NaN code (many subnormals), t = 1..8, ragged k, rows across scale blocks, NaN rows', () => {
+  it('fp8 weights at 1-8 rows (the GEMV; AVX512-BF16 + VBMI from 2 rows: the few-row kernel): every non-NaN code (many subnormals), ragged k, rows across scale blocks, NaN rows', () => {
     const r = rng(8088);
     const n = 300;
     const threads = native.threads();
@@ -757,7 +780,7 @@ describe('linear', () => {
                   expect(Number.isNaN(got[i * n + row]!), `${what}: y[${i}, ${row}] = ${got[i * n + row]} (NaN code)`).toBe(true);
                   got[i * n + row] = want.y[i * n + row]!;
                 }
-              check(got, want, k, 0, 'f32', what);
+              check(got, want, k, bf16Rounding(isa, 'fp8_e4m3', t % 2 ? 'f32' : 'bf16', t), 'f32', what);
             }
           });
           native.setThreads(threads);

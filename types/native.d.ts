@@ -101,6 +101,8 @@ export interface CpuFeatures {
   avx512dq: boolean;
   avx512bf16: boolean;
   avx512vnni: boolean;
+  /** vpermi2b: the fp8 weights' few-row kernel (AVX512-BF16 too) decodes e4m3 by byte tables. */
+  avx512vbmi: boolean;
   avxvnni: boolean;
   /** The ISA the kernels dispatch on now. */
   isa: 'scalar' | 'avx2' | 'avx512';

@@ -35,6 +35,7 @@ static Features detect() {
     f.avx512bw = zmm && (b & (1u << 30));
     f.avx512vl = zmm && (b & (1u << 31));
     f.avx512_vnni = zmm && (c & (1u << 11));
+    f.avx512_vbmi = zmm && (c & (1u << 1));
     __cpuid_count(7, 1, a, b, c, d);
     f.avx_vnni = ymm && (a & (1u << 4));
     f.avx512_bf16 = zmm && (a & (1u << 5));

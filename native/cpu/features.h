@@ -8,7 +8,7 @@ namespace lc::cpu {
 struct Features {
   bool avx2 = false, fma = false, f16c = false;
   bool avx512f = false, avx512bw = false, avx512vl = false, avx512dq = false;
-  bool avx512_bf16 = false, avx512_vnni = false, avx_vnni = false;
+  bool avx512_bf16 = false, avx512_vnni = false, avx_vnni = false, avx512_vbmi = false;
 };
 
 enum class Isa { Scalar = 0, Avx2 = 1, Avx512 = 2 };

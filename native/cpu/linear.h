@@ -53,7 +53,10 @@ constexpr int64_t kInt4MaxGroup = 4096;
 //           AVX512-BF16, a bf16 weight at 2-10 rows and
 //           x bf16 or precision other than 'highest': x rounded to bf16 as in the GEMM below, the
 //           products summed by vdpbf16ps (each output's bits its x row's and weight row's alone,
-//           whatever t or the thread count; 9-10 rows too, although the GEMM takes other formats there).
+//           whatever t or the thread count; 9-10 rows too, although the GEMM takes other formats
+//           there). The same for an fp8 weight at 2-8 rows (AVX512-BF16 + VBMI, precision other
+//           than 'highest'): its e4m3 codes exact in bf16, x times the block scale (per 128 columns
+//           of a 128-row block) rounded to bf16 instead of x.
 //   t >  8  GEMM: cache-blocked, register-blocked, multithreaded; each weight panel is decoded
 //           once per call. With AVX512-BF16 and a bf16 weight, x is rounded to bf16 and products
 //           are summed by vdpbf16ps in fp32 (relative error about 2^-9 of sum|x w| from rounding x;

@@ -2,8 +2,10 @@
 // registers, plus the GEMM for bf16 weights on CPUs with AVX512-BF16 (vdpbf16ps). linear.cc calls
 // in only after checking isa().
 #include <atomic>
+#include <cmath>
 #include <cstring>
 
+#include "features.h"
 #include "linear_kernels.h"
 #include "simd.h"
 #include "threadpool.h"
@@ -612,127 +614,160 @@ void lanes_gemm(int64_t t, const void* x, DType xt, const WeightRef& w, void* y,
 // in the same order.) In the replayed steps (bench/RESULTS.md wt17-fewrow) medium's dense linears
 // at 8 rows took 0.85-0.87x the GEMM's time (the 4 MB ones, k = 1024 and 2048: 0.84-0.89x), while
 // alone (every call from DRAM, copies rotated) the GEMM read k = 1024 / 2048 at 8 rows 1.0-1.5x faster.
-// 9-10 rows (session 18, bench/RESULTS.md wt18-moe): here instead of the lanes GEMM, which costs a
-// whole 16-row chunk's products at any row count. 2 threads, copies rotated through 128 MB, 256 x 512
-// to 2048 x 1024: 0.80-0.94x the lanes GEMM's time at 9 rows, 0.81-1.02x at 10; at 11 0.91-1.10x, at
-// 12-13 0.99-1.22x (slower for the 1-4 MB weights: this kernel's products run at well under the
-// instruction's rate), at 14 (2 rows per pass: 31 registers) GCC spills the accumulators. The
-// experts of small's 64-row step (a third with 9-16 rows): moe 0.96x alone (bench/moe-fewrow.mjs).
-constexpr int64_t kFewRowsMin = 2, kFewRowsMax = 10;
-// Weight rows per pass: t R accumulators + R weights + 1 x of 32 registers (6 x 4 + 4 + 1 = 29,
-// 8 x 3 + 3 + 1 = 28, 10 x 2 + 2 + 1 = 23).
-template <int T>
-constexpr int kFewRowsR = T <= 6   ? 4
-                          : T <= 8 ? 3
-                                   : 2;
+// 9-10 rows (session 18, bench/RESULTS.md wt18-moe): bf16 weights here instead of the lanes GEMM,
+// which costs a whole 16-row chunk's products at any row count. 2 threads, copies rotated through
+// 128 MB, 256 x 512 to 2048 x 1024: 0.80-0.94x the lanes GEMM's time at 9 rows, 0.81-1.02x at 10; at
+// 11 0.91-1.10x, at 12-13 0.99-1.22x (slower for the 1-4 MB weights: this kernel's products run at
+// well under the instruction's rate), at 14 (2 rows per pass: 31 registers) GCC spills the
+// accumulators. The experts of small's 64-row step (a third with 9-16 rows): moe 0.96x alone
+// (bench/moe-fewrow.mjs). fp8 weights stop at kGemvMaxRows (FewRowFp8::kMaxRows; 9-10 unmeasured).
+constexpr int64_t kFewRowsMin = 2;
 
-// The L1 request's distance (0: none, the L2 request only): the GEMV's at 2 rows and at 3-4 rows
-// (gemv_near_prefetch_bytes), none at 5-8 either (512 B / 2 KiB there: within noise alone).
-template <int T>
-constexpr int64_t fewrow_near_prefetch_bytes() {
-  return gemv_near_prefetch_bytes<(T <= 2 ? T : 4), uint16_t>();
-}
-
-// out[t * ldo + i] = sum_k x[t][k] W[r + i][k], t < T, i < R.
-template <int T, int R>
-void fewrow_rows(const uint16_t* xq, int64_t ldx, const WeightRef& w, int64_t r, float* out, int64_t ldo) {
-  const int64_t K = w.k, row_bytes = K * 2;
-  const uint16_t* wr[R];
-  for (int i = 0; i < R; ++i) wr[i] = static_cast<const uint16_t*>(w.data) + (r + i) * K;
-  __m512 acc[T][R];
-  for (int t = 0; t < T; ++t)
-    for (int i = 0; i < R; ++i) acc[t][i] = _mm512_setzero_ps();
-  const auto step = [&](int64_t k, __mmask32 m, bool whole) __attribute__((always_inline)) {
-    __m512bh wv[R];
-    for (int i = 0; i < R; ++i)
-      wv[i] = (__m512bh)(whole ? _mm512_loadu_si512(wr[i] + k) : _mm512_maskz_loadu_epi16(m, wr[i] + k));
-    for (int t = 0; t < T; ++t) {
-      const __m512bh xv = (__m512bh)_mm512_load_si512(xq + t * ldx + k);
-      for (int i = 0; i < R; ++i) acc[t][i] = _mm512_dpbf16_ps(acc[t][i], xv, wv[i]);
-    }
-  };
-  constexpr int64_t near = fewrow_near_prefetch_bytes<T>();
-  for (int64_t b0 = 0; b0 < K; b0 += 128) {
-    if constexpr (near > 0) prefetch_rows_ahead<3>(wr, row_bytes, b0 * 2 + near, 256);
-    prefetch_rows_ahead<2>(wr, row_bytes, b0 * 2 + kGemvFarPrefetchBytes, 256);
-    const int64_t bend = K - b0 < 128 ? K : b0 + 128;
-    int64_t k = b0;
-#pragma GCC unroll 4
-    for (; k + 32 <= bend; k += 32) step(k, 0, true);
-    if (k < bend) step(k, GemmBF16::mask32(bend - k), false);
+// The weight formats of fewrow_rows: kCols columns of a row per unit, decoded into kVecs vectors of
+// 32 bf16 (x stored in the same column order), kR<T> weight rows per pass (registers: T R
+// accumulators + kVecs R weights + 1 x + the format's constants <= 32), kScaleRows: the output rows
+// that share an x copy (x is rounded to bf16 once per call, fp8's x once per 128-row scale block).
+struct FewRowBf16 {
+  static constexpr int64_t kCols = 32, kVecs = 1, kElemBytes = 2, kScaleRows = int64_t{1} << 62, kMaxRows = 10;
+  // 6 x 4 + 4 + 1 = 29, 8 x 3 + 3 + 1 = 28, 10 x 2 + 2 + 1 = 23 of 32 registers
+  template <int T>
+  static constexpr int kR = T <= 6   ? 4
+                            : T <= 8 ? 3
+                                     : 2;
+  const uint16_t* w;
+  int64_t k;
+  void decode(int64_t r, int64_t c, int64_t n, __m512bh* v) const {
+    const uint16_t* p = w + r * k + c;
+    v[0] = (__m512bh)(n >= kCols ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi16(GemmBF16::mask32(n), p));
   }
-  const __m512 z = _mm512_setzero_ps();
-  if constexpr (R == 1) {  // x rows in the hsum4 slots
-    for (int t0 = 0; t0 < T; t0 += 4) {
-      alignas(16) float s[4];
-      _mm_store_ps(s, simd::Avx512::hsum4(acc[t0][0], t0 + 1 < T ? acc[t0 + 1][0] : z, t0 + 2 < T ? acc[t0 + 2][0] : z,
-                                          t0 + 3 < T ? acc[t0 + 3][0] : z));
-      for (int j = 0; j < 4 && t0 + j < T; ++j) out[(t0 + j) * ldo] = s[j];
-    }
-  } else {  // weight rows in the slots
-    static_assert(R <= 4, "fewrow_rows: one hsum4 per x row");
-    for (int t = 0; t < T; ++t) {
-      alignas(16) float s[4];
-      // (acc[t][R > 2 ? 2 : 0]: in bounds for every R, used only where R > 2)
-      _mm_store_ps(
-          s, simd::Avx512::hsum4(acc[t][0], acc[t][1], R > 2 ? acc[t][R > 2 ? 2 : 0] : z, R > 3 ? acc[t][R > 3 ? 3 : 0] : z));
-      for (int i = 0; i < R; ++i) out[t * ldo + i] = s[i];
-    }
-  }
-}
+};
 
-template <int T>
-void fewrow_t(const uint16_t* xq, int64_t ldx, const WeightRef& w, void* y, DType yt) {
-  constexpr int R = kFewRowsR<T>;
-  const int64_t N = w.n;
-  gemv_split<R>(w, 2, [&](int64_t n0, int64_t n1) {
-    float part[T][kGemvGroupRows];
-    for (int64_t g0 = n0; g0 < n1; g0 += kGemvGroupRows) {
-      const int64_t g1 = n1 - g0 < kGemvGroupRows ? n1 : g0 + kGemvGroupRows;
-      int64_t r = g0;
-      for (; r + R <= g1; r += R) fewrow_rows<T, R>(xq, ldx, w, r, &part[0][r - g0], kGemvGroupRows);
-      for (; r < g1; ++r) fewrow_rows<T, 1>(xq, ldx, w, r, &part[0][r - g0], kGemvGroupRows);
-      for (int t = 0; t < T; ++t) {
-        if (yt == DType::F32)
-          std::memcpy(static_cast<float*>(y) + t * N + g0, part[t], (g1 - g0) * sizeof(float));
-        else
-          for (int64_t j = g0; j < g1; ++j) store_y(y, yt, t * N + j, part[t][j - g0]);
-      }
-    }
-  });
-}
+namespace fewrow_bf16_isa {
+#include "linear_fewrow.h"
+}  // namespace fewrow_bf16_isa
+
+// x's rows one line more than whole units apart: rows 4 KiB apart (k = 2048) would put all of x's
+// lines at one k offset into one L1 set with the weight rows'
+int64_t fewrow_ldx(int64_t k, int64_t cols) { return round_up(k, cols) + 32; }
 
 void fewrow_bf16(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType yt) {
-  // x's rows one line more than whole vectors apart: rows 4 KiB apart (k = 2048) would put all of
-  // x's lines at one k offset into one L1 set with the weight rows'
-  const int64_t K = w.k, ldx = round_up(K, 32) + 32;
+  const int64_t K = w.k, ldx = fewrow_ldx(K, FewRowBf16::kCols);
   uint16_t* xq = static_cast<uint16_t*>(scratch(kScratchX, t * ldx * sizeof(uint16_t)));
   GemmBF16::pack_x(x, xt, t, 0, t, K, ldx, xq);
-  switch (t) {
-    case 2: fewrow_t<2>(xq, ldx, w, y, yt); break;
-    case 3: fewrow_t<3>(xq, ldx, w, y, yt); break;
-    case 4: fewrow_t<4>(xq, ldx, w, y, yt); break;
-    case 5: fewrow_t<5>(xq, ldx, w, y, yt); break;
-    case 6: fewrow_t<6>(xq, ldx, w, y, yt); break;
-    case 7: fewrow_t<7>(xq, ldx, w, y, yt); break;
-    case 8: fewrow_t<8>(xq, ldx, w, y, yt); break;
-    case 9: fewrow_t<9>(xq, ldx, w, y, yt); break;
-    default: fewrow_t<10>(xq, ldx, w, y, yt); break;
-  }
+  fewrow_bf16_isa::fewrow_dispatch(t, FewRowBf16{static_cast<const uint16_t*>(w.data), K}, w, ldx, y, yt,
+                                   [&](int64_t, int64_t*) { return static_cast<const uint16_t*>(xq); });
 }
 
+// fp8 e4m3 (the bytes' low 7 bits) -> bf16 bits, exact (3 mantissa bits < 7, exponents 2^-9 .. 2^8),
+// subnormals included, 0x7f -> NaN; as two 128-byte tables (low byte, high byte) for vpermi2b.
+struct Fp8Bf16Tables {
+  alignas(64) uint8_t lo[128], hi[128];
+  Fp8Bf16Tables() {
+    for (int c = 0; c < 128; ++c) {
+      const int e = c >> 3, m = c & 7;
+      const float v = e == 0 ? std::ldexp(static_cast<float>(m), -9) : std::ldexp(static_cast<float>(8 + m), e - 10);
+      uint32_t bits;
+      std::memcpy(&bits, &v, 4);
+      const uint16_t b = c == 0x7f ? 0x7fc0 : static_cast<uint16_t>(bits >> 16);
+      lo[c] = static_cast<uint8_t>(b & 0xff), hi[c] = static_cast<uint8_t>(b >> 8);
+    }
+  }
+};
+
+LC_BEGIN_TARGET(LC_ISA_AVX512BF16_VBMI)
+
+// fp8 e4m3 with 128 x 128 block scales (AVX512-VBMI): 64 codes per load, decoded by two vpermi2b
+// (low and high bytes of the exact bf16 value, the sign or'ed into the high byte), the bytes joined
+// by vpunpck{l,h}bw: vector 0 holds the columns 0-7, 16-23, 32-39, 48-55 of the 64, vector 1 the
+// others (fewrow_fp8_prep_x stores x in that order). The scale multiplies x (per 128 columns of a
+// 128-row block, as the fp8 GEMV's), so an output is sum over k of bf16(x s) * code: x s rounded
+// once to bf16 (2^-9 relative), the codes exact, the products exact in fp32 lanes.
+struct FewRowFp8 {
+  static constexpr int64_t kCols = 64, kVecs = 2, kElemBytes = 1, kScaleRows = 128, kMaxRows = kGemvMaxRows;
+  // registers: 4 x 4 + 8 + 1 + 5, 6 x 3 + 6 + 1 + 5, 8 x 2 + 4 + 1 + 5 (the 5: tables and sign mask)
+  template <int T>
+  static constexpr int kR = T > 6   ? 2
+                            : T > 4 ? 3
+                                    : 4;
+  const uint8_t* w;
+  int64_t k;
+  __m512i lo0, lo1, hi0, hi1, sign;
+  FewRowFp8(const uint8_t* w_, int64_t k_, const Fp8Bf16Tables& tb) : w(w_), k(k_) {
+    lo0 = _mm512_load_si512(tb.lo), lo1 = _mm512_load_si512(tb.lo + 64);
+    hi0 = _mm512_load_si512(tb.hi), hi1 = _mm512_load_si512(tb.hi + 64);
+    sign = _mm512_set1_epi8(static_cast<char>(0x80));
+  }
+  void decode(int64_t r, int64_t c, int64_t n, __m512bh* v) const {
+    const uint8_t* p = w + r * k + c;
+    const __m512i q = n >= kCols ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi8((uint64_t{1} << n) - 1, p);  // (n < 64)
+    const __m512i lo = _mm512_permutex2var_epi8(lo0, q, lo1);
+    const __m512i hi = _mm512_ternarylogic_epi32(_mm512_permutex2var_epi8(hi0, q, hi1), q, sign, 0xf8);  // hi | (q & 0x80)
+    v[0] = (__m512bh)_mm512_unpacklo_epi8(lo, hi), v[1] = (__m512bh)_mm512_unpackhi_epi8(lo, hi);
+  }
+};
+
+namespace fewrow_vbmi_isa {
+#include "linear_fewrow.h"
+}  // namespace fewrow_vbmi_isa
+
+// xs[r * ldx + ...] for r < t: x[r] times the block scales of srow (per 128 columns), rounded to
+// bf16 (nearest even), in FewRowFp8's column order, zero from k to the unit's end.
+void fewrow_fp8_prep_x(int64_t t, const void* x, DType xt, int64_t K, const float* srow, uint16_t* xs, int64_t ldx) {
+  using V = simd::Avx512;
+  const auto load16 = [&](int64_t i, __mmask16 m) __attribute__((always_inline)) {  // x[i ..] as f32, zero off m
+    if (xt == DType::BF16)
+      return _mm512_castsi512_ps(
+          _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(x) + i)), 16));
+    return _mm512_maskz_loadu_ps(m, static_cast<const float*>(x) + i);
+  };
+  for (int64_t r = 0; r < t; ++r)
+    for (int64_t c = 0; c < K; c += 64) {
+      const __m512 s = _mm512_set1_ps(srow[c / 128]);
+      __m512 v[4];
+      for (int j = 0; j < 4; ++j) {  // (maskz: zero past k whatever the scale)
+        const __mmask16 m = V::mask16(std::max<int64_t>(0, K - c - 16 * j));
+        v[j] = _mm512_maskz_mul_ps(m, load16(r * K + c + 16 * j, m), s);
+      }
+      const __m512i n0 = (__m512i)_mm512_cvtne2ps_pbh(v[1], v[0]), n1 = (__m512i)_mm512_cvtne2ps_pbh(v[3], v[2]);
+      _mm512_store_si512(xs + r * ldx + c, _mm512_shuffle_i64x2(n0, n1, _MM_SHUFFLE(2, 0, 2, 0)));
+      _mm512_store_si512(xs + r * ldx + c + 32, _mm512_shuffle_i64x2(n0, n1, _MM_SHUFFLE(3, 1, 3, 1)));
+    }
+}
+
+void fewrow_fp8(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType yt) {
+  static const Fp8Bf16Tables tables;
+  const int64_t K = w.k, ldx = fewrow_ldx(K, FewRowFp8::kCols), kblocks = ceil_div(K, 128);
+  fewrow_vbmi_isa::fewrow_dispatch(t, FewRowFp8(static_cast<const uint8_t*>(w.data), K, tables), w, ldx, y, yt,
+                                   [&](int64_t g0, int64_t* have) {
+                                     uint16_t* xs = static_cast<uint16_t*>(scratch(kScratchPanel, t * ldx * sizeof(uint16_t)));
+                                     if (*have != g0 / 128) {
+                                       fewrow_fp8_prep_x(t, x, xt, K, w.scale + (g0 / 128) * kblocks, xs, ldx);
+                                       *have = g0 / 128;
+                                     }
+                                     return static_cast<const uint16_t*>(xs);
+                                   });
+}
+
+// clang-format off
+LC_END_TARGET  // + vbmi
 LC_END_TARGET  // avx512bf16
+// clang-format on
 
 }  // namespace
 
-// bf16 weights at 2-10 rows (AVX512-BF16, x bf16 or rounded to it): fewrow_bf16; from 11 rows the
-// lanes GEMM or the GEMM. Quantized weights keep the GEMVs up to 8 rows (their panel decode would cost
+// bf16 weights at 2-10 rows (AVX512-BF16, x bf16 or rounded to it): fewrow_bf16; fp8 weights at 2-8
+// rows (AVX512-BF16 + VBMI, precision other than 'highest'): fewrow_fp8; from 11 (fp8: 9) rows the
+// lanes GEMM or the GEMM. int8 / int4 weights keep the GEMVs up to 8 rows (a panel decode would cost
 // as much as the products at so few rows).
 void linear_avx512(int64_t t, const void* x, DType xt, const WeightRef& w, void* y, DType yt, bool bf16_dot, bool bf16_dequant,
                    bool int8_act) {
   const bool quantized = w.dtype == DType::FP8_E4M3 || w.dtype == DType::I8 || w.dtype == DType::I4;
-  if (w.dtype == DType::BF16 && bf16_dot && t >= kFewRowsMin && t <= kFewRowsMax) {
+  if (w.dtype == DType::BF16 && bf16_dot && t >= kFewRowsMin && t <= FewRowBf16::kMaxRows) {
     fewrow_bf16(t, x, xt, w, y, yt);
+    return;
+  }
+  if (w.dtype == DType::FP8_E4M3 && bf16_dequant && features().avx512_vbmi && t >= kFewRowsMin && t <= FewRowFp8::kMaxRows) {
+    fewrow_fp8(t, x, xt, w, y, yt);
     return;
   }
   if (t > kGemvMaxRows && bf16_dot && (w.dtype == DType::BF16 || (bf16_dequant && quantized))) {

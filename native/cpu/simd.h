@@ -23,6 +23,8 @@
 #define LC_TARGET_AVX2 __attribute__((target(LC_ISA_AVX2)))
 #define LC_TARGET_AVX512 __attribute__((target(LC_ISA_AVX512)))
 #define LC_TARGET_AVX512BF16 __attribute__((target(LC_ISA_AVX512BF16)))
+// AVX512-BF16 plus vpermi2b (features().avx512_vbmi).
+#define LC_ISA_AVX512BF16_VBMI LC_ISA_AVX512BF16, "avx512vbmi"
 // AVX-512 plus vpdpbusd (features().avx512_vnni).
 #define LC_ISA_AVX512VNNI LC_ISA_AVX512, "avx512vnni"
 #define LC_TARGET_AVX512VNNI __attribute__((target(LC_ISA_AVX512VNNI)))
