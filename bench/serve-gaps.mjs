@@ -152,13 +152,19 @@ async function serveRun(B) {
   }
 }
 
-async function aloneRun(B) {
+// B sequences with PROMPT tokens each prefilled in one forward
+function prefilledSequences(B) {
   const seqs = Array.from({ length: B }, () => e.newSequence());
   const first = e.forward(
     seqs,
     seqs.map((_, b) => Array.from({ length: PROMPT }, (_, i) => (b * 37 + i * 11) % e.dims.vocab)),
   );
   first.logits.dispose();
+  return seqs;
+}
+
+async function aloneRun(B) {
+  const seqs = prefilledSequences(B);
   const greedy = { temperature: 0, topK: 0, topP: 1, minP: 0, seed: 0 };
   let next = seqs.map((_, b) => b);
   const stop = trace(B);
@@ -188,12 +194,7 @@ async function aloneRun(B) {
 // the step as step-profile times it: forward(), then a blocking read of its logits (the JS thread
 // sleeps through the step); the tokens are the rows' greedy picks, read on the host
 async function blockRun(B) {
-  const seqs = Array.from({ length: B }, () => e.newSequence());
-  const first = e.forward(
-    seqs,
-    seqs.map((_, b) => Array.from({ length: PROMPT }, (_, i) => (b * 37 + i * 11) % e.dims.vocab)),
-  );
-  first.logits.dispose();
+  const seqs = prefilledSequences(B);
   let next = seqs.map((_, b) => b);
   const stop = trace(B);
   try {
