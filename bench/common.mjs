@@ -107,6 +107,17 @@ export function gemmRate(hidden, passes = 15) {
 }
 
 /**
+ * GFLOP/s of the multiply-add instruction the engine's GEMM of bf16 weights runs on (vdpbf16ps with
+ * AVX512-BF16 outside 'highest' precision, else the ISA's fp32 FMA), every pool thread, registers
+ * only (native.benchDotPeak): a fixed anchor for compute ceilings, which our own GEMM rate is not.
+ * The best of `passes` passes; { gflops, instruction }.
+ */
+export function dotPeak(passes = 9) {
+  const r = native.benchDotPeak(1 << 16, passes);
+  return { gflops: r.gflops, instruction: r.instruction };
+}
+
+/**
  * Random tensors made on `device` (the GPU benches): one random chunk of `chunk` elements per
  * (dtype, scale) is uploaded once, then copied on the device into every tensor, so that tensors have
  * distinct addresses (no cache reuse across weights) without uploading gigabytes.

@@ -24,6 +24,10 @@
 //      And per part: the non-expert weights and the routed experts run one after the other, each
 //      taking at least its own max(bytes / bandwidth, FLOPs / GEMM rate) (the dense GEMMs are
 //      compute-bound while the experts stream bytes); the sum is the per-part ceiling.
+//      And the byte target's reach on this machine: the step's FLOPs at the peak rate of the GEMM's
+//      multiply-add instruction (dotPeak: vdpbf16ps, registers only, measured before and after)
+//      take at least peakMs, so no implementation can beat bytesMs / max(bytesMs, peakMs) of the
+//      byte ceiling here (KV reads, attention's softmax and every small op counted as free).
 //      The batch sizes the scheduler ran (model.scheduler.stats, and their distribution, from a
 //      wrapper around the engine's forward) are reported. KV-cache reads are not in the ceiling.
 //   1b. The batched step alone, per concurrency B: B sequences decoded by scheduler rounds with
@@ -61,7 +65,7 @@ import { existsSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { benchFlags, distImporter, gemmRate, mean, now, pct, pcts, randomText } from './common.mjs';
+import { benchFlags, distImporter, dotPeak, gemmRate, mean, now, pct, pcts, randomText } from './common.mjs';
 
 const load = distImporter();
 const { native } = await load('index.js');
@@ -287,6 +291,7 @@ const acc = accounting(model);
 const inst = instrument(model);
 const gbpsBefore = readBandwidth();
 const gflopsBefore = gemmRate(model.engine.dims.hidden, quick ? 5 : 15);
+const peakBefore = dotPeak();
 const dims = model.engine.dims;
 const maxTokensOf = n => TOKENS + n;
 
@@ -521,6 +526,8 @@ const gbpsAfter = readBandwidth();
 const gbps = Math.max(gbpsBefore, gbpsAfter);
 const gflopsAfter = gemmRate(dims.hidden, quick ? 5 : 15);
 const gflops = Math.max(gflopsBefore, gflopsAfter);
+const peakAfter = dotPeak();
+const peak = Math.max(peakBefore.gflops, peakAfter.gflops);
 
 // the ceiling, from the routing pass
 const rt = LONG_ONLY ? null : await routingPass(dir, maxTokensOf);
@@ -551,7 +558,10 @@ for (const l of levels) {
     bytesMs,
     flopsMs,
     bound: flopsMs > bytesMs ? 'compute' : 'bytes',
+    peakMs: flops / peak / 1e6,
   };
+  // the best ratio to the byte ceiling any step doing these FLOPs could reach on this machine
+  l.byteRatioReach = bytesMs / Math.max(bytesMs, l.compute.peakMs);
   l.ceilingComputeTokensPerSecond = (l.concurrency * 1e3) / Math.max(bytesMs, flopsMs);
   l.ratioCompute = l.tokensPerSecond / l.ceilingComputeTokensPerSecond;
   l.ratioComputeMedianStep = l.tokensPerSecondMedianStep / l.ceilingComputeTokensPerSecond;
@@ -578,6 +588,9 @@ const res = {
   readGBpsSamples: [gbpsBefore, gbpsAfter],
   gemmGflops: gflops,
   gemmGflopsSamples: [gflopsBefore, gflopsAfter],
+  peakGflops: peak,
+  peakGflopsSamples: [peakBefore.gflops, peakAfter.gflops],
+  peakInstruction: peakBefore.instruction,
   accounting: {
     nonExpertBytes: acc.nonExpertBytes,
     expertBytes: acc.expertBytes,
@@ -627,7 +640,7 @@ const chunkList = c => {
 };
 const p3 = p => `${f(p.p50)} / ${f(p.p90)} / ${f(p.p99)}`;
 console.log(
-  `serve bench: ${PRESET} preset, CPU (${res.cpus} cpus), read ${f(gbps, 2)} GB/s (${f(gbpsBefore, 2)} before, ${f(gbpsAfter, 2)} after), GEMM ${f(gflops, 1)} GFLOP/s (${f(gflopsBefore, 1)} / ${f(gflopsAfter, 1)}), load ${loadStart.map(x => x.toFixed(2)).join(' ')} -> ${res.loadavg.end.map(x => x.toFixed(2)).join(' ')}`,
+  `serve bench: ${PRESET} preset, CPU (${res.cpus} cpus), read ${f(gbps, 2)} GB/s (${f(gbpsBefore, 2)} before, ${f(gbpsAfter, 2)} after), GEMM ${f(gflops, 1)} GFLOP/s (${f(gflopsBefore, 1)} / ${f(gflopsAfter, 1)}) = ${f(gflops / peak, 2)} of the ${peakBefore.instruction} peak ${f(peak, 1)} (${f(peakBefore.gflops, 1)} / ${f(peakAfter.gflops, 1)}), load ${loadStart.map(x => x.toFixed(2)).join(' ')} -> ${res.loadavg.end.map(x => x.toFixed(2)).join(' ')}`,
 );
 if (!LONG_ONLY) {
   console.log(
@@ -644,6 +657,9 @@ if (!LONG_ONLY) {
     console.log(
       `| ${l.concurrency} | ${f(l.tokensPerSecond)} | ${f(l.ceilingTokensPerSecond)} | ${f(l.ratio, 3)} | ${f(l.ceilingComputeTokensPerSecond)} (${l.compute.bound}) | ${f(l.ratioCompute, 3)} | ${f(l.ceilingPartsTokensPerSecond)} | ${f(l.ratioParts, 3)} | ${f(l.tokensPerSecondMedianStep)} | ${f(l.ratioMedianStep, 3)} / ${f(l.ratioComputeMedianStep, 3)} / ${f(l.ratioPartsMedianStep, 3)} | ${f(l.bytes.distinctExpertsPerStep)} | ${f(l.scheduler.meanBatch, 2)} | ${batchSizes(l)} | ${p3(l.ttftMs)} | ${p3(l.itlMs)} |`,
     );
+  console.log(
+    `The byte target's reach here (the step's FLOPs at the ${peakBefore.instruction} peak, every other cost free: no step can beat this ratio to the byte ceiling): ${levels.map(l => `${l.concurrency}: ${f(l.byteRatioReach, 2)} (${f(l.compute.stepFlops / 1e9, 2)} GFLOP >= ${f(l.compute.peakMs, 2)} ms vs ${f(l.compute.bytesMs, 2)} ms of bytes)${l.byteRatioReach < 0.8 ? ': 0.8 out of reach' : ''}`).join(', ')}`,
+  );
   console.log(
     `Pipelined rounds: ${PIPELINE ? 'on' : 'off'}, chained: ${CHAIN ? 'on' : 'off'}; decode rows launched ahead / of them chained / rolled back unused: ${levels.map(l => `${l.concurrency}: ${l.scheduler.continuedRows} / ${l.scheduler.chainedRows} / ${l.scheduler.droppedRows}`).join(', ')}`,
   );

@@ -17,7 +17,8 @@
 //             step's rows (benchLinear over every layer's copy; the copies of a small preset's weights, and
 //             the halves of a lone lm_head each thread rereads, partly stay in the caches)
 //   floor     per op and weight size, the least time its weights allow: max(weight bytes / probe,
-//             FLOPs / GEMM rate) (gemmRate, measured in the run): a linear's FLOPs are 2 x rows x its
+//             FLOPs / GEMM rate) (gemmRate, measured in the run, also as a fraction of the peak of its
+//             multiply-add instruction, dotPeak): a linear's FLOPs are 2 x rows x its
 //             weight's elements, the experts' 2 x expert params x the (row, FFN expert) pairs the
 //             profiled steps routed (forward's collectRouting), the absorbed attention's 4 kv_lora + 2
 //             rope FLOPs per head and attended key (its floor: FLOPs only), the weight absorptions'
@@ -47,7 +48,7 @@
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { distImporter, gemmRate, median, now, rng } from './common.mjs';
+import { distImporter, dotPeak, gemmRate, median, now, rng } from './common.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const args = process.argv.slice(2);
@@ -270,6 +271,7 @@ async function profilePreset(preset) {
   return {
     weightsProbe: own ? { gbps: Math.max(...ownGbps), samples: ownGbps, mb: ownMB } : null,
     gemmGflops: gemmRate(d.hidden),
+    peak: dotPeak(),
     pairsPerStep: pairs.n / steps,
     rounds: paired.map(r => ({ ...r, frac: bytesPerStep / 1e6 / r.stepMs / r.probeGbps })),
     preset,
@@ -367,7 +369,7 @@ for (const r of results) {
       `${f(r.startMs, 3)} ms; between nodes ${f(r.regionMs - r.nodesMs, 3)} ms`,
   );
   console.log(
-    `floor: GEMM rate ${f(gemm, 0)} GFLOP/s, ${f(r.pairsPerStep, 1)} (row, FFN expert) pairs per step; the ops' floors sum to ` +
+    `floor: GEMM rate ${f(gemm, 0)} GFLOP/s (${f(gemm / r.peak.gflops, 2)} of the ${r.peak.instruction} peak, ${f(r.peak.gflops, 0)}), ${f(r.pairsPerStep, 1)} (row, FFN expert) pairs per step; the ops' floors sum to ` +
       `${f(r.ceilingMs, 3)} ms = ${f(r.ceilingMs / r.regionMs, 2)} of the region (the compute-aware ratio of the step's nodes)`,
   );
   const fl = x => (x.floorMs ? `${f(x.floorMs, 3)} | ${f(x.floorMs / x.ms, 2)}` : '- | -');

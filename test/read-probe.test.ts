@@ -1,7 +1,8 @@
 // The read probes of the benchmarks (native/ops/bench.cc over cpu::read_sum): benchReadTensors reads
 // exactly the given tensors' bytes -- odd sizes, odd offsets, the lines split over the pool threads
 // across tensor boundaries -- on every ISA path, checked by its checksum against the sum computed
-// here; benchReadBandwidth's fresh buffer likewise; typed errors for bad arguments. No timing is
+// here; benchReadBandwidth's fresh buffer likewise; benchDotPeak's instruction per ISA and precision
+// and the multiply-adds it ran (from its exact sums); typed errors for bad arguments. No timing is
 // asserted beyond a positive rate. decodeWeightTensors (what the benches' weight probe reads) against
 // weightAccounting, for a model as stored and one quantized to int4 at load.
 import { afterAll, describe, expect, it } from 'vitest';
@@ -93,6 +94,50 @@ describe('benchReadBandwidth', () => {
     });
     expectCode(() => native.benchReadBandwidth(1 << 19, 1), 'E_ARGUMENT', /bytes >= 1 MiB/);
     expectCode(() => native.benchReadBandwidth(1 << 20, 0), 'E_ARGUMENT', /passes >= 1/);
+  });
+});
+
+describe('benchDotPeak', () => {
+  // the instruction the GEMM of bf16 weights runs on at each ISA and precision
+  const instruction = (isa: string, precision: string) =>
+    isa === 'avx512' && native.cpuFeatures().avx512bf16 && precision !== 'highest'
+      ? 'vdpbf16ps zmm'
+      : isa === 'avx512'
+        ? 'vfmadd231ps zmm'
+        : isa === 'avx2'
+          ? 'vfmadd231ps ymm'
+          : 'scalar fp32 multiply-add';
+
+  it("runs the GEMM's instruction the FLOPs it counts (each multiply-add adds 2^-24), every ISA, precision, 1 and 2 threads", () => {
+    const precision0 = native.setMatmulPrecision('bf16');
+    try {
+      eachIsa(isa => {
+        for (const precision of ['bf16', 'highest'] as const) {
+          native.setMatmulPrecision(precision);
+          for (const th of [1, 2]) {
+            native.setThreads(th);
+            const p = native.benchDotPeak(1000, 2);
+            const at = `${isa} ${precision} ${th} threads`;
+            expect(p.instruction, at).toBe(instruction(isa, precision));
+            expect(p.threads, at).toBe(th);
+            expect(p.samples, at).toHaveLength(2);
+            expect(p.flops % (8 * th * 1000), at).toBe(0); // 8 chunks a thread of 1000 rounds
+            expect(p.macs, at).toBe(p.flops / 2);
+            expect(p.gflops, at).toBeGreaterThan(0);
+          }
+        }
+      });
+    } finally {
+      native.setMatmulPrecision(precision0);
+      native.setThreads(threads0);
+    }
+  });
+
+  it('typed errors: iters and passes out of range', () => {
+    expectCode(() => native.benchDotPeak(0, 1), 'E_ARGUMENT', /1 <= iters <= 2\^20/);
+    expectCode(() => native.benchDotPeak((1 << 20) + 1, 1), 'E_ARGUMENT', /got 1048577 and 1/);
+    expectCode(() => native.benchDotPeak(10, 0), 'E_ARGUMENT', /1 <= passes <= 100/);
+    expectCode(() => native.benchDotPeak(10, 101), 'E_ARGUMENT', /got 10 and 101/);
   });
 });
 

@@ -277,6 +277,16 @@ export interface LinearOps {
    */
   benchReadTensors(tensors: Tensor[], passes: number): ReadProbe;
   /**
+   * Benchmark: the peak rate of the multiply-add instruction the GEMM of bf16 weights runs on at the current ISA
+   * and precision ('vdpbf16ps zmm' with AVX512-BF16 outside 'highest', else the ISA's fp32 FMA), every pool
+   * thread, registers only: 8 chunks a thread of `iters` (1..2^20) rounds, the best GFLOP/s of `passes` (1..100)
+   * after a warm-up pass. Synchronous. `flops`: one pass's; `macs`: the multiply-adds the last pass's sums count.
+   */
+  benchDotPeak(
+    iters: number,
+    passes: number,
+  ): { gflops: number; samples: number[]; instruction: string; threads: number; flops: number; macs: number };
+  /**
    * Benchmark: times `linear(y, x, weights[i], scales?.[i])` natively (steady clock), rotating through the
    * weight copies; `warmup` untimed calls, then `iters` timed ones. Synchronous; CPU tensors, x [t, k].
    */

@@ -123,4 +123,15 @@ struct ReadSpan {
 };
 uint64_t read_sum(const ReadSpan* spans, int64_t n);
 
+// Benchmark support (ops/bench.cc: benchDotPeak, dot_peak.cc): the multiply-add instruction the GEMM
+// of bf16 weights runs on at the current ISA and precision (vdpbf16ps with AVX512-BF16 outside
+// 'highest', else the ISA's fp32 FMA), as a register-only loop: run(iters) executes iters rounds
+// of flops_per_round / (FLOPs per instruction) independent instructions on the calling thread.
+struct DotPeak {
+  const char* instruction;
+  int64_t flops_per_round;
+  float (*run)(int64_t iters);
+};
+DotPeak dot_peak();
+
 }  // namespace lc::cpu

@@ -5,7 +5,10 @@
 //   benchReadTensors(tensors[], passes) -> { gbps, samples, bytes, checksum }  the same read over the
 //                                                                    tensors' own bytes
 //   benchLinear(y, x, weights[], scales[] | null, warmup, iters) -> { medianMs, minMs, samples }
+//   benchDotPeak(iters, passes) -> { gflops, samples, instruction, threads, flops, macs }  the peak
+//                                                                    rate of the GEMM's multiply-add, all pool threads
 #include <algorithm>
+#include <cmath>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -142,5 +145,46 @@ static Napi::Value BenchLinear(const Napi::CallbackInfo& info) {
 }
 
 LC_REGISTER_OP("benchLinear", BenchLinear);
+
+// Every pool thread runs chunks of `iters` rounds of cpu::dot_peak's register-only loop, 8 chunks
+// a thread (so a thread that starts late costs a fraction of a pass, not a whole one); GFLOP/s
+// per pass over the wall time, the best of `passes` after one warm-up pass (the peak is a ceiling:
+// a slow sample is the machine's neighbours, not the instruction). `macs`: the multiply-adds the
+// last pass's results add up to (each adds 2^-24 exactly), which a test checks against the count.
+static Napi::Value BenchDotPeak(const Napi::CallbackInfo& info) {
+  const char* op = "benchDotPeak";
+  OpArgs a(info, op);
+  const int64_t iters = a.integer(0, "iters"), passes = a.integer(1, "passes");
+  if (iters < 1 || iters > (1 << 20) || passes < 1 || passes > 100)
+    fail(Code::E_ARGUMENT, "%s: need 1 <= iters <= 2^20 and 1 <= passes <= 100, got %lld and %lld", op,
+         static_cast<long long>(iters), static_cast<long long>(passes));
+  const cpu::DotPeak peak = cpu::dot_peak();
+  const int64_t threads = cpu::ThreadPool::current().threads(), chunks = 8 * threads;
+  std::vector<float> sums(chunks);
+  auto pass = [&] {
+    cpu::parallel_for(chunks, 1, [&](int64_t b, int64_t e) {
+      for (int64_t c = b; c < e; ++c) sums[c] = peak.run(iters);
+    });
+  };
+  pass();
+  std::vector<double> gflops;
+  for (int64_t i = 0; i < passes; ++i) {
+    const double t0 = now_s();
+    pass();
+    gflops.push_back(static_cast<double>(chunks) * iters * peak.flops_per_round / (now_s() - t0) / 1e9);
+  }
+  double macs = 0;
+  for (float v : sums) macs += std::ldexp(static_cast<double>(v), 24);
+  Napi::Object r = Napi::Object::New(info.Env());
+  r.Set("gflops", *std::max_element(gflops.begin(), gflops.end()));
+  r.Set("samples", to_array(info.Env(), gflops));
+  r.Set("instruction", peak.instruction);
+  r.Set("threads", static_cast<double>(threads));
+  r.Set("flops", static_cast<double>(chunks) * iters * peak.flops_per_round);
+  r.Set("macs", macs);
+  return r;
+}
+
+LC_REGISTER_OP("benchDotPeak", BenchDotPeak);
 
 }  // namespace lc
