@@ -13,51 +13,58 @@ namespace {
 
 constexpr int kChains = 16;
 
-// Each kernel runs `iters` rounds of kChains instructions and returns the accumulators' sum (so
-// the loop is not removed). The operands are 1 and 2^-24: the sums stay small and finite.
-LC_TARGET_AVX512BF16 float peak_vdpbf16ps(int64_t iters) {
+// N independent accumulators of Vec, `iters` rounds of acc = step(acc) each; returns the
+// accumulators' lane sum (so the loop is not removed). Inlined into each ISA's kernel.
+template <int N, class Vec, class Step, class Add, class Lanes>
+LC_SIMD_INLINE float chains(int64_t iters, Vec zero, Step step, Add add, Lanes lanes) {
+  Vec acc[N];
+  for (Vec& v : acc) v = zero;
+  for (int64_t i = 0; i < iters; ++i)
+    for (Vec& v : acc) v = step(v);
+  Vec s = zero;
+  for (const Vec& v : acc) s = add(s, v);
+  return lanes(s);
+}
+
+// The operands are 1 and 2^-24: every multiply-add adds 2^-24 exactly, the sums stay small. Each
+// kernel sits in its ISA's target region, so that its lambdas are compiled for it too.
+LC_BEGIN_TARGET(LC_ISA_AVX512BF16)
+float peak_vdpbf16ps(int64_t iters) {
   const __m512bh a = reinterpret_cast<__m512bh>(_mm512_set1_epi16(0x3f80));  // bf16 1.0
   const __m512bh b = reinterpret_cast<__m512bh>(_mm512_set1_epi16(0x3380));  // bf16 2^-24
-  __m512 acc[kChains];
-  for (__m512& v : acc) v = _mm512_setzero_ps();
-  for (int64_t i = 0; i < iters; ++i)
-    for (__m512& v : acc) v = _mm512_dpbf16_ps(v, a, b);
-  __m512 s = _mm512_setzero_ps();
-  for (const __m512& v : acc) s = _mm512_add_ps(s, v);
-  return _mm512_reduce_add_ps(s);
+  return chains<kChains>(
+      iters, _mm512_setzero_ps(), [&](__m512 v) { return _mm512_dpbf16_ps(v, a, b); },
+      [](__m512 x, __m512 y) { return _mm512_add_ps(x, y); }, [](__m512 v) { return _mm512_reduce_add_ps(v); });
 }
+LC_END_TARGET
 
-LC_TARGET_AVX512 float peak_fma512(int64_t iters) {
+LC_BEGIN_TARGET(LC_ISA_AVX512)
+float peak_fma512(int64_t iters) {
   const __m512 a = _mm512_set1_ps(1.0f), b = _mm512_set1_ps(0x1p-24f);
-  __m512 acc[kChains];
-  for (__m512& v : acc) v = _mm512_setzero_ps();
-  for (int64_t i = 0; i < iters; ++i)
-    for (__m512& v : acc) v = _mm512_fmadd_ps(a, b, v);
-  __m512 s = _mm512_setzero_ps();
-  for (const __m512& v : acc) s = _mm512_add_ps(s, v);
-  return _mm512_reduce_add_ps(s);
+  return chains<kChains>(
+      iters, _mm512_setzero_ps(), [&](__m512 v) { return _mm512_fmadd_ps(a, b, v); },
+      [](__m512 x, __m512 y) { return _mm512_add_ps(x, y); }, [](__m512 v) { return _mm512_reduce_add_ps(v); });
 }
+LC_END_TARGET
 
-LC_TARGET_AVX2 float peak_fma256(int64_t iters) {
+LC_BEGIN_TARGET(LC_ISA_AVX2)
+float peak_fma256(int64_t iters) {
   const __m256 a = _mm256_set1_ps(1.0f), b = _mm256_set1_ps(0x1p-24f);
-  __m256 acc[kChains / 2];  // 16 registers in all
-  for (__m256& v : acc) v = _mm256_setzero_ps();
-  for (int64_t i = 0; i < iters; ++i)
-    for (__m256& v : acc) v = _mm256_fmadd_ps(a, b, v);
-  __m256 s = _mm256_setzero_ps();
-  for (const __m256& v : acc) s = _mm256_add_ps(s, v);
-  float l[8];
-  _mm256_storeu_ps(l, s);
-  return l[0] + l[1] + l[2] + l[3] + l[4] + l[5] + l[6] + l[7];
+  return chains<kChains / 2>(  // 16 registers in all
+      iters, _mm256_setzero_ps(), [&](__m256 v) { return _mm256_fmadd_ps(a, b, v); },
+      [](__m256 x, __m256 y) { return _mm256_add_ps(x, y); },
+      [](__m256 v) {
+        float l[8];
+        _mm256_storeu_ps(l, v);
+        return l[0] + l[1] + l[2] + l[3] + l[4] + l[5] + l[6] + l[7];
+      });
 }
+LC_END_TARGET
 
 float peak_scalar(int64_t iters) {
-  float acc[kChains] = {};
-  for (int64_t i = 0; i < iters; ++i)
-    for (float& v : acc) v += 1.0f * 0x1p-24f;
-  float s = 0;
-  for (float v : acc) s += v;
-  return s;
+  return chains<kChains>(
+      iters, 0.0f, [](float v) { return v + 1.0f * 0x1p-24f; }, [](float x, float y) { return x + y; },
+      [](float v) { return v; });
 }
 
 }  // namespace
