@@ -38,7 +38,10 @@ const stream = native.defaultStream('cpu');
 const StreamClass = stream.constructor;
 
 let seed = 12345;
-const rand = () => ((seed = (seed * 1103515245 + 12345) >>> 0) >>> 8) % 4000;
+const rand = () => {
+  seed = (seed * 1103515245 + 12345) >>> 0;
+  return (seed >>> 8) % 4000;
+};
 const tokens = n => Array.from({ length: n }, () => 4 + rand());
 const med = v => [...v].sort((a, b) => a - b)[v.length >> 1];
 
@@ -65,10 +68,11 @@ for (const [name, fn] of Object.entries(native)) {
 function opSums(list) {
   const sums = new Map(),
     gaps = new Map();
-  const last = new Map();
+  const last = new Map(),
+    main = list[0]?.s; // the embedding's: the main stream
   for (const t of list) {
     const ms = t.e0.elapsedMs(t.e1);
-    const k = `${t.s === stream ? 'main' : 'moe '} ${t.key}`;
+    const k = `${t.s === main ? 'main' : 'moe '} ${t.key}`;
     const o = sums.get(k) ?? { ms: 0, n: 0 };
     o.ms += ms;
     o.n++;
@@ -77,7 +81,7 @@ function opSums(list) {
     if (prev) gaps.set(t.s, (gaps.get(t.s) ?? 0) + prev.elapsedMs(t.e0));
     last.set(t.s, t.e1);
   }
-  return { sums, gaps };
+  return { sums, gaps, main };
 }
 
 const seq = e.newSequence();
@@ -125,11 +129,11 @@ for (const P of [...PREFIXES].sort((a, b) => a - b)) {
       for (let i = 0; i < Math.max(3, REPEATS >> 1); i++) traced.push(run(true));
       traced.sort((a, b) => a.ms - b.ms);
       const mid = traced[traced.length >> 1];
-      const { sums, gaps } = opSums(mid.list);
+      const { sums, gaps, main } = opSums(mid.list);
       console.log(`  traced: chunk ${mid.ms.toFixed(2)} ms, host ${mid.host.toFixed(2)} ms, ops ${mid.list.length}`);
       for (const [k, v] of [...sums].sort((a, b) => b[1].ms - a[1].ms))
         if (v.ms >= 0.05) console.log(`    ${k.padEnd(48)} ${v.ms.toFixed(2).padStart(7)} ms  x${v.n}`);
-      for (const [s, g] of gaps) console.log(`    ${s === stream ? 'main' : 'moe '} between ops ${g.toFixed(2)} ms`);
+      for (const [s, g] of gaps) console.log(`    ${s === main ? 'main' : 'moe '} between ops ${g.toFixed(2)} ms`);
     }
   }
 }

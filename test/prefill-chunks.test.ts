@@ -340,8 +340,14 @@ describe.each(devices)('chunked prefill on %s', device => {
     const n = native as unknown as Record<string, (...a: unknown[]) => unknown>;
     const prefill = n.mlaPrefill!,
       absorbed = n.mlaDecodeAbsorbed!;
-    n.mlaPrefill = (...a) => (calls.expanded++, prefill(...a));
-    n.mlaDecodeAbsorbed = (...a) => (calls.absorbed++, absorbed(...a));
+    n.mlaPrefill = (...a) => {
+      calls.expanded++;
+      return prefill(...a);
+    };
+    n.mlaDecodeAbsorbed = (...a) => {
+      calls.absorbed++;
+      return absorbed(...a);
+    };
     const seq = model.engine.newSequence();
     const got = new Float32Array(100 * V);
     try {
