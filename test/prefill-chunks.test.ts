@@ -329,6 +329,50 @@ describe.each(devices)('chunked prefill on %s', device => {
     }
   });
 
+  it('attends in the absorbed form behind a cached prefix at least as long as the chunk (CPU), else expanded: the logits of one step', () => {
+    const ids = model.tokenizer.encode(prompt).slice(0, 100);
+    const whole = model.forward(ids);
+    const V = model.config.vocab_size;
+    // chunks of 30 (no prefix), 40 (behind 30), 30 (behind 70)
+    const parts = [ids.slice(0, 30), ids.slice(30, 70), ids.slice(70)];
+    const want = device === 'cpu' ? ['expanded', 'expanded', 'absorbed'] : ['expanded', 'expanded', 'expanded'];
+    const calls = { expanded: 0, absorbed: 0 };
+    const n = native as unknown as Record<string, (...a: unknown[]) => unknown>;
+    const prefill = n.mlaPrefill!,
+      absorbed = n.mlaDecodeAbsorbed!;
+    n.mlaPrefill = (...a) => {
+      calls.expanded++;
+      return prefill(...a);
+    };
+    n.mlaDecodeAbsorbed = (...a) => {
+      calls.absorbed++;
+      return absorbed(...a);
+    };
+    const seq = model.engine.newSequence();
+    const got = new Float32Array(100 * V);
+    try {
+      let at = 0;
+      parts.forEach((part, i) => {
+        calls.expanded = calls.absorbed = 0;
+        const { logits } = model.engine.forward([seq], [part], { allLogits: true, mode: 'prefill' });
+        got.set(toArray(logits) as Float32Array, at * V);
+        logits.dispose();
+        at += part.length;
+        const sublayers = 2 * model.config.num_layers;
+        expect(calls, `chunk ${i}'s attention`).toEqual(
+          want[i] === 'absorbed' ? { expanded: 0, absorbed: sublayers } : { expanded: sublayers, absorbed: 0 },
+        );
+      });
+    } finally {
+      n.mlaPrefill = prefill;
+      n.mlaDecodeAbsorbed = absorbed;
+      seq.release();
+    }
+    let scale = 0;
+    for (const v of whole) scale = Math.max(scale, Math.abs(v));
+    expectClose(got, whole, 2e-5 * scale, 0, 'logits, chunks of 30, 40, 30');
+  });
+
   it('generates the same greedy tokens, with onPrefillChunk called once per chunk', async () => {
     using a = model.createSession();
     const one = await a.generate(prompt, { maxTokens: 12, prefillChunk: 100_000 });

@@ -6,8 +6,9 @@
 // right after handing its tokens to Step.experts: a rendezvous where, under data-parallel
 // attention, the runner queues one all-to-all over every rank's tokens (lib/parallel) before any
 // rank goes on; on one device nothing happens there (runToEnd). Prefill runs the expanded MLA over each sequence's cached latents;
-// decode runs the absorbed MLA against the paged latent cache (one query row per new token, each
-// with its own length: a verify step's rows see the drafts before them). mtpForward is the MTP
+// decode (and a prefill chunk behind a cached prefix) runs the absorbed MLA against the paged latent
+// cache (one query row per new token, each with its own length: a verify step's rows see the drafts
+// before them). mtpForward is the MTP
 // draft head of SPEC 6, one dense layer over the main model's hidden states.
 import { native } from '../native.js';
 import { type Tensor, empty } from '../tensor.js';
@@ -202,7 +203,9 @@ export function mla(c: Step, a: Arena, w: MlaWeights, x: Tensor, cache: Tensor, 
   native.mlaCacheWrite(s, cache, ckv, kpe.view([T, d.rope]), b.slots);
 
   const o = a.f32([Tq, nh, d.v]);
-  if (b.mode === 'decode') {
+  // Absorbed where the runner gave each row its block table (decode, and prefill chunks behind a
+  // cached prefix: SPEC 5.2 is exact algebra, and it attends the prefix without re-expanding it).
+  if (b.blockTable) {
     const qLat = a.f32([Tq, nh, d.kvLora]);
     native.mlaAbsorbQ(s, qLat, q, w.kvB, d.nope);
     if (w.kvBScales) native.scaleGroups(s, qLat, qLat, w.kvBScales.uk, 128); // W_UK = codes x block scale

@@ -703,6 +703,28 @@ export class LongcatModel {
     return { ids: h.ids, positions: h.positions, slots: h.slots, blockTable: rt.table, seqLens: rt.seqLens, ngramIds };
   }
 
+  /**
+   * Whether a prefill's attention runs in the absorbed form (SPEC 5.2, the decode kernel, a row per
+   * token) instead of the expanded one: on the CPU, once the cached prefix holds at least as many
+   * tokens as the step adds. The expanded form re-expands every cached latent into per-head keys and
+   * values (kv_b_proj over the prefix) for each chunk; the absorbed form reads the latents as they
+   * are. Measured on the small preset (2-vCPU Zen 4, bench/chunk-profile.mjs, bench/RESULTS.md
+   * session 19): the two kernels cost the same per (query, key) pair there, so the re-expansion
+   * (~1.7 us per cached token per sub-layer) is what the absorbed form saves; with no prefix the
+   * expanded form is faster (the absorbed one's per-token absorptions, short rows). CUDA keeps the
+   * expanded form (not measured there).
+   */
+  private absorbedPrefill(rank: Rank, tokens: number[][], pastLens: number[]): boolean {
+    if (rank.device !== 'cpu') return false;
+    let past = 0,
+      added = 0;
+    for (let b = 0; b < tokens.length; b++) {
+      past += pastLens[b]!;
+      added += tokens[b]!.length;
+    }
+    return past >= added;
+  }
+
   /** A rank's Batch of an eager step, its tensors in `a` (on the rank's device). */
   private eagerBatch(
     a: Arena,
@@ -724,7 +746,7 @@ export class LongcatModel {
       if (rank.device === 'cpu') native.defaultStream('cpu').synchronize(); // a rank's own stream reads them
       batch.ngramRows = rank.device === 'cpu' ? rows : a.keep(rows.to(rank.device)); // to() waits for the gather
     }
-    if (mode === 'decode') {
+    if (mode === 'decode' || this.absorbedPrefill(rank, tokens, pastLens)) {
       const rt = batchTables(
         seqs,
         undefined,

@@ -40,10 +40,12 @@ export interface Batch {
   lastRow?: Tensor; // [B]: prefill rows whose logits are wanted (all rows when absent)
   positions: Tensor; // [T]
   slots: Tensor; // [T]: each token's row in the paged latent cache
-  // decode: one new token per sequence
-  blockTable?: Tensor; // [B, maxBlocks]
-  seqLens?: Tensor; // [B]
-  // prefill: sequence b has queries qStart[b]..qStart[b+1], keys kvStart[b]..kvStart[b+1]
+  // The absorbed attention (decode; a prefill chunk behind a cached prefix, absorbedPrefill in
+  // model.ts): each row's block table and key count (its position + 1).
+  blockTable?: Tensor; // [T, maxBlocks]
+  seqLens?: Tensor; // [T]
+  // The expanded attention (the other prefills): sequence b has queries qStart[b]..qStart[b+1], keys
+  // kvStart[b]..kvStart[b+1]
   qStart?: Tensor;
   kvStart?: Tensor;
   kvTotal?: number;
