@@ -5,11 +5,11 @@
 // the runner (model.ts) builds. The forward pass is a generator that yields once per MoE layer,
 // right after handing its tokens to Step.experts: a rendezvous where, under data-parallel
 // attention, the runner queues one all-to-all over every rank's tokens (lib/parallel) before any
-// rank goes on; on one device nothing happens there (runToEnd). Prefill runs the expanded MLA over each sequence's cached latents;
-// decode (and a prefill chunk behind a cached prefix) runs the absorbed MLA against the paged latent
-// cache (one query row per new token, each with its own length: a verify step's rows see the drafts
-// before them). mtpForward is the MTP
-// draft head of SPEC 6, one dense layer over the main model's hidden states.
+// rank goes on; on one device nothing happens there (runToEnd). Prefill runs the expanded MLA over
+// each sequence's cached latents; decode (and a prefill chunk behind a cached prefix) runs the
+// absorbed MLA against the paged latent cache (one query row per new token, each with its own
+// length: a verify step's rows see the drafts before them). mtpForward is the MTP draft head of
+// SPEC 6, one dense layer over the main model's hidden states.
 import { native } from '../native.js';
 import { type Tensor, empty } from '../tensor.js';
 import type { Stream } from '../device.js';
