@@ -1140,13 +1140,11 @@ export class LongcatModel {
 
   /**
    * writeDecodeInputs for a queued step (ForwardOptions.queued): the inputs are copied in on the
-   * main stream from a tensor of their own (the step before may still be reading the graph's), then
+   * main stream from a copy of their bytes (the step before may still be reading the graph's), then
    * the device-sampled tokens into their rows; a padding row repeats row 0 (padRows), its token too.
    */
   private queueDecodeInputs(g: GraphInputs, host: DecodeRows, q: QueuedTokens) {
-    const staged = new native.Tensor('int32', [g.host.length], 'cpu', this.packDecodeInputs(g, host));
-    native.copy(this.main, g.inputs, staged);
-    staged.dispose();
+    native.copyBytes(this.main, g.inputs, this.packDecodeInputs(g, host));
     if (!q.ids) return;
     const src = q.ids,
       Tp = host.ids.length,
