@@ -238,6 +238,12 @@ async function routingPass(dir, maxTokensOf) {
     }
     let ffnRows = 0; // (token, FFN expert) pairs of the step, summed over layers
     for (const t of r.nFfn) for (const c of toArray(t)) ffnRows += c;
+    if (r.ffnCounts) {
+      // the step's counts as one int32 [layers, Tp] (collectRouting 'stacked'): its rows, not the padding
+      const c = toArray(r.ffnCounts),
+        stride = r.ffnCounts.shape[1];
+      for (let l = 0; l < r.ffnCounts.shape[0]; l++) for (let b = 0; b < B; b++) ffnRows += c[l * stride + b];
+    }
     steps.push({ B, distinct, ffnRows, ctx });
     return r;
   };

@@ -112,7 +112,11 @@ interface Row {
 interface Launched {
   rows: Row[];
   logits: Tensor;
+  /** The step's FFN counts: per layer int32 [B] (`stride` 0), or one int32 [layers, stride] (a
+   *  replayed step's, ForwardResult.ffnCounts); `layers` of them. */
   nFfn: Tensor[];
+  stride: number;
+  layers: number;
   /** Chained rounds: sampled at launch; its tokens (on the device, which the step after reads) and
    *  the read-back queued behind them: ids, the picked logits' blocks, the FFN counts [layers * B]. */
   sampled: { ids: Tensor; read: Promise<Uint8Array[]> } | null;
@@ -426,15 +430,17 @@ export class StepScheduler {
       this.count('decode', rows.length);
       this.stats.continuedRows += rows.filter(r => !r.req).length;
       this.stats.chainedRows += rows.filter(r => r.parent).length;
-      const { logits, nFfn } = e.forward(
+      const { logits, nFfn, ffnCounts } = e.forward(
         rows.map(r => r.seq),
         rows.map(r => [r.parent ? 0 : r.token]),
         {
-          collectRouting: true,
+          collectRouting: 'stacked',
           ...(queued ? { queued: { ids: src, rows: rows.map(r => (r.parent ? r.parent.index : -1)) } } : {}),
         },
       );
-      l = { rows, logits, nFfn, sampled: null };
+      l = ffnCounts
+        ? { rows, logits, nFfn: [ffnCounts], stride: ffnCounts.shape[1]!, layers: ffnCounts.shape[0]!, sampled: null }
+        : { rows, logits, nFfn, stride: 0, layers: nFfn.length, sampled: null };
     } catch (err) {
       for (const r of rows) {
         r.req?.reject(err); // (the engine rolled every row back)
@@ -482,17 +488,14 @@ export class StepScheduler {
     try {
       if (!rows.some(r => r.req)) return []; // every row dropped: nothing to wait for
       const bytes = await l.sampled!.read;
-      const layers = l.nFfn.length,
-        blocks = bytes.length - 1 - layers; // [ids, ...picked blocks, ...per-layer FFN counts]
+      const blocks = bytes.length - 1 - l.nFfn.length; // [ids, ...picked blocks, ...FFN counts]
       const next = int32(bytes[0]!),
-        counts = bytes.slice(1 + blocks).map(int32);
+        ffn = sumRows(bytes.slice(1 + blocks).map(int32), B, l.stride);
       const logit = diagonal(bytes.slice(1, 1 + blocks), B);
       const out: { row: Row; result: DecodeResult }[] = [];
       rows.forEach((row, b) => {
         if (!row.req) return;
-        let ffn = 0;
-        for (let i = 0; i < layers; i++) ffn += counts[i]![b]!;
-        out.push({ row, result: { next: next[b]!, logit: logit[b]!, ffnSum: ffn, ffnCount: layers } });
+        out.push({ row, result: { next: next[b]!, logit: logit[b]!, ffnSum: ffn[b]!, ffnCount: l.layers } });
       });
       return out;
     } catch (err) {
@@ -563,14 +566,14 @@ export class StepScheduler {
         picked.map(t => t.toBytes()),
         B,
       );
-      const ffn = perRow(nFfn, B);
+      const ffn = sumRows(nFfn.map(toArray), B, l.stride);
       const out: { row: Row; result: DecodeResult }[] = [];
       rows.forEach((row, b) => {
         if (!row.req) return;
         const logprob = lps.get(b)?.read();
         out.push({
           row,
-          result: { next: next[b]!, logit: logit[b]!, ffnSum: ffn[b]!, ffnCount: nFfn.length, ...(logprob ? { logprob } : {}) },
+          result: { next: next[b]!, logit: logit[b]!, ffnSum: ffn[b]!, ffnCount: l.layers, ...(logprob ? { logprob } : {}) },
         });
       });
       return out;
@@ -594,7 +597,7 @@ export class StepScheduler {
       reqs.map(q => q.sampling),
     );
     // rows 2b, 2b + 1: sequence b's verified tokens; only the kept ones are counted
-    const ffn = perRow(r.nFfn, 2 * reqs.length);
+    const ffn = sumRows(r.nFfn.map(toArray), 2 * reqs.length, 0);
     for (const t of r.nFfn) t.dispose();
     reqs.forEach((q, b) => {
       const n = r.accepted[b]!;
@@ -699,12 +702,13 @@ function sameGreedy(a: SamplingParams, b: SamplingParams): boolean {
   return b.temperature === 0 && a.topK === b.topK && a.topP === b.topP && a.minP === b.minP && a.seed === b.seed;
 }
 
-/** Per row, the sum over layers of int32 [rows] counts. */
-function perRow(perLayer: Tensor[], rows: number): number[] {
+/** Per row, the FFN counts summed over layers: `counts` per layer int32 [>= rows] (`stride` 0), or
+ *  one int32 [layers, stride] (row b of layer l at l * stride + b). */
+function sumRows(counts: ArrayLike<number>[], rows: number, stride: number): number[] {
   const sum = new Array<number>(rows).fill(0);
-  for (const t of perLayer) {
-    const c = toArray(t);
-    for (let i = 0; i < rows; i++) sum[i]! += c[i]!;
+  for (const c of counts) {
+    const layers = stride ? c.length / stride : 1;
+    for (let l = 0; l < layers; l++) for (let i = 0; i < rows; i++) sum[i]! += c[l * stride + i]!;
   }
   return sum;
 }

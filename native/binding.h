@@ -122,9 +122,11 @@ class GraphWrap : public Napi::ObjectWrap<GraphWrap> {
 // constructors of the classes above, the SDK's error factory and the environment's default stream
 // of each device (so that workers neither order behind nor capture each other's work). Set up by
 // addon.cc as the environment's instance data, destroyed when the environment is torn down.
+struct CpuSettler;  // js_async.cc
 struct AddonData {
   Napi::FunctionReference tensor_ctor, stream_ctor, event_ctor, graph_ctor, make_error;
   std::map<std::pair<int, int>, std::shared_ptr<Stream>> default_streams;
+  std::shared_ptr<CpuSettler> cpu_settler;  // made on the first CPU wait or read (js_async.cc)
 };
 AddonData& addon_data(Napi::Env env);
 // The stream ops use when given null: one per device and environment, made on first use.

@@ -73,6 +73,8 @@ class FenceWorker : public PromiseWorker {
   Napi::ObjectReference keep_;
 };
 
+}  // namespace
+
 // synchronizeAsync('cpu') the short way: a job queued on each of the calling thread's CPU streams
 // counts down, and the stream thread that runs the last one hands the settling to the JS thread
 // (a thread-safe function call), so the JS thread is woken once, by the last stream to get there.
@@ -89,11 +91,22 @@ struct CpuSettle {
   std::shared_ptr<CpuCountdown> countdown;
 };
 
-void settle_cpu(Napi::Env env, Napi::Function, CpuSettle* c, std::nullptr_t*);
-using CpuSettleFn = Napi::TypedThreadSafeFunction<CpuSettle, std::nullptr_t, settle_cpu>;
+void settle_cpu(Napi::Env env, Napi::Function, CpuSettler* s, CpuSettle* c);
+using CpuSettleFn = Napi::TypedThreadSafeFunction<CpuSettler, CpuSettle, settle_cpu>;
 
-// Shared by the streams' jobs: the last one calls fn, unless the function was finalized first
-// (its environment torn down before the streams drained: Node then frees it whoever holds it).
+// One thread-safe function per environment settles every CPU wait and read (AddonData::cpu_settler):
+// creating and releasing one per wait cost the JS thread a handle's setup and close on every
+// scheduler round. It holds the event loop open only while a promise of it is unsettled (`pending`,
+// JS thread only), as a function per wait did.
+struct CpuSettler {
+  std::mutex m;
+  bool finalized = false;  // (under m) the environment was torn down: Node freed the function
+  CpuSettleFn fn;
+  int64_t pending = 0;
+};
+
+// Shared by the streams' jobs: the last one hands `settle` to the settler's function, unless that
+// was finalized first (its environment torn down before the streams drained).
 struct CpuCountdown {
   explicit CpuCountdown(int64_t n) : left(n) {}
   std::atomic<int64_t> left;
@@ -102,16 +115,35 @@ struct CpuCountdown {
   std::vector<std::vector<uint8_t>> out;               // their bytes, written by the stream's thread before the call
   std::thread::id owner = std::this_thread::get_id();  // whose streams a read takes errors from
   std::mutex m;
-  bool finalized = false;
   Code code = Code::E_INTERNAL;  // the first error the jobs took (under m)
   std::string error;
-  CpuSettleFn fn;
+  std::shared_ptr<CpuSettler> settler;
+  CpuSettle* settle = nullptr;  // handed to the settler's call, which deletes it
 };
+
+namespace {
+
+// The environment's settler, made on first use (its function does not hold the loop open by itself).
+std::shared_ptr<CpuSettler> cpu_settler(Napi::Env env) {
+  std::shared_ptr<CpuSettler>& s = addon_data(env).cpu_settler;
+  if (s) return s;
+  s = std::make_shared<CpuSettler>();
+  s->fn = CpuSettleFn::New(env, "longcat:settle", 0, 1, s.get(), [](Napi::Env, void*, CpuSettler* ctx) {
+    std::lock_guard<std::mutex> lk(ctx->m);
+    ctx->finalized = true;
+  });
+  s->fn.Unref(env);
+  return s;
+}
+
+}  // namespace
 
 // On the JS thread: the error the streams' jobs took (a failed step's bytes are not results), then
 // the promise (like FenceWorker::OnOK), with readAsync's bytes.
-void settle_cpu(Napi::Env env, Napi::Function, CpuSettle* c, std::nullptr_t*) {
+void settle_cpu(Napi::Env env, Napi::Function, CpuSettler* s, CpuSettle* c) {
+  std::unique_ptr<CpuSettle> own(c);
   if (env == nullptr) return;  // the environment was torn down first: nothing to settle
+  if (--s->pending == 0) s->fn.Unref(env);
   Napi::HandleScope scope(env);
   try {
     if (!c->countdown->error.empty()) throw Error(c->countdown->code, c->countdown->error);
@@ -134,23 +166,21 @@ void settle_cpu(Napi::Env env, Napi::Function, CpuSettle* c, std::nullptr_t*) {
   }
 }
 
+namespace {
+
 // A promise settled once each of `streams` ran the work queued on it so far (`cd` counts them).
 Napi::Value settle_after_streams(Napi::Env env, Device d, const std::vector<Stream*>& streams, std::shared_ptr<CpuCountdown> cd,
                                  const char* name) {
   auto* c = new CpuSettle(env, d, cd);
   Napi::Promise p = c->deferred.Promise();
+  std::shared_ptr<CpuSettler> settler = cpu_settler(env);
+  if (settler->pending++ == 0) settler->fn.Ref(env);
   if (streams.empty()) {
-    settle_cpu(env, Napi::Function(), c, nullptr);
-    delete c;
+    settle_cpu(env, Napi::Function(), settler.get(), c);
     return p;
   }
-  cd->fn = CpuSettleFn::New(env, std::string("longcat:") + name, 0, 1, c, [](Napi::Env, void*, CpuSettle* ctx) {
-    {
-      std::lock_guard<std::mutex> lk(ctx->countdown->m);
-      ctx->countdown->finalized = true;
-    }
-    delete ctx;
-  });
+  cd->settler = std::move(settler);
+  cd->settle = c;
   // Each job takes the errors in its stream's order, when the stream gets there (not when the JS
   // thread settles: by then the work queued behind may have failed too, and that failure is the next
   // wait's). A read takes its own stream's, else one another stream of the thread kept (a step's part
@@ -169,10 +199,10 @@ Napi::Value settle_after_streams(Napi::Env env, Device d, const std::vector<Stre
               take_cpu_stream_error(cd->owner, &cd->code, &cd->error);
           }
           if (cd->left.fetch_sub(1) != 1) return;
-          std::lock_guard<std::mutex> lk(cd->m);
-          if (cd->finalized) return;
-          cd->fn.NonBlockingCall();
-          cd->fn.Release();
+          CpuSettler& settler = *cd->settler;
+          std::lock_guard<std::mutex> lk(settler.m);
+          if (settler.finalized || settler.fn.NonBlockingCall(cd->settle) != napi_ok) delete cd->settle;
+          cd->settle = nullptr;
         },
         name);
   return p;

@@ -332,7 +332,27 @@ static void Copy(const OpArgs& a) {
   pending.push_back(std::move(done));
 }
 
+// copyBytes(stream, dst, bytes): dst <- `bytes` as they are at the call (a copy is taken), queued on
+// the CPU stream: work queued before it may still read dst (a queued step's inputs: one call where a
+// tensor made of the bytes, a copy of it and its disposal were three).
+static void CopyBytes(const OpArgs& a) {
+  const Tensor dst = a.tensor(1, "dst");
+  if (!dst.device().is_cpu())
+    fail(Code::E_DEVICE, "copyBytes: 'dst' is on %s; it writes CPU tensors", dst.device().str().c_str());
+  if (!a.present(2) || !a.info()[2].IsTypedArray()) fail(Code::E_ARGUMENT, "copyBytes: 'bytes' must be a typed array");
+  const auto ta = a.info()[2].As<Napi::TypedArray>();
+  const size_t n = ta.ByteLength();
+  if (n != static_cast<size_t>(dst.nbytes()))
+    fail(Code::E_SHAPE, "copyBytes: 'bytes' has %zu bytes but 'dst' %lld", n, static_cast<long long>(dst.nbytes()));
+  const auto* p = static_cast<const uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
+  auto bytes = std::make_shared<const std::vector<uint8_t>>(p, p + n);
+  Stream& s = a.stream(0, Device{});
+  launch(
+      "copyBytes", s, [dst, bytes, n] { std::memcpy(dst.data(), bytes->data(), n); }, nullptr);
+}
+
 LC_REGISTER_OP("pinnedTensor", PinnedTensor);
 LC_REGISTER_OP("copy", Copy);
+LC_REGISTER_OP("copyBytes", CopyBytes);
 
 }  // namespace lc

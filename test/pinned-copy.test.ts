@@ -137,6 +137,38 @@ describe('copy on the CPU', () => {
   });
 });
 
+describe('copyBytes on the CPU', () => {
+  it('writes the bytes as they were at the call, in stream order behind the work queued before it', () => {
+    using s = new Stream('cpu');
+    const dst = empty([5], { dtype: 'int32' }),
+      src = tensor([10, 11, 12, 13, 14], [5], { dtype: 'int32' });
+    const host = new Int32Array([1, 2, 3, 4, 5]);
+    native.copy(s, dst, src); // queued before: overwritten by the bytes
+    native.copyBytes(s, dst, host);
+    host.fill(-1); // after the call: not what is copied
+    s.synchronize();
+    expect([...toArray(dst)]).toEqual([1, 2, 3, 4, 5]);
+    // a view as the destination, a typed array view as the bytes
+    const whole = new Int32Array([0, 7, 8, 0]);
+    const part = dst.narrow(1, 2);
+    native.copyBytes(null, part, whole.subarray(1, 3));
+    native.synchronize('cpu');
+    expect([...toArray(dst)]).toEqual([1, 7, 8, 4, 5]);
+    for (const t of [part, dst, src]) t.dispose();
+  });
+
+  it('bad arguments are typed errors', () => {
+    const a = empty([2, 3]);
+    expectCode(() => native.copyBytes(null, a, new Float32Array(5)), 'E_SHAPE', /copyBytes: 'bytes' has 20 bytes but 'dst' 24/);
+    expectCode(() => native.copyBytes(null, a, [1, 2] as unknown as Float32Array), 'E_ARGUMENT', /typed array/);
+    expectCode(() => native.copyBytes(null, 'x' as unknown as Tensor, new Float32Array(6)), 'E_ARGUMENT', /dst/);
+    if (cudaAvailable)
+      expectCode(() => native.copyBytes(null, empty([6], { device: 'cuda:0' }), new Float32Array(6)), 'E_DEVICE');
+    a.dispose();
+    expectCode(() => native.copyBytes(null, a, new Float32Array(6)), 'E_DISPOSED');
+  });
+});
+
 describe.skipIf(!cudaAvailable)('copy between the CPU and cuda:0', () => {
   const dev = 'cuda:0';
 

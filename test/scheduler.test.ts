@@ -314,10 +314,17 @@ describe.each(backends)('pipelined decode rounds on %s', device => {
   afterAll(() => model?.dispose());
   const base = { prompt: 'a pipelined stream', o: { maxTokens: 16 } };
   /** `r` on a fresh session, with pipelined rounds or not; `abortAt`: aborted as its n-th token
-   *  arrives. Returns the result, and the sequence's length and KV rows right after it ended. */
-  async function run(r: Request, pipeline: boolean, abortAt?: number, chain = true) {
+   *  arrives. Returns the result, and the sequence's length and KV rows right after it ended.
+   *  `perLayer`: the steps' FFN counts as one tensor per layer (collectRouting true), not stacked. */
+  async function run(r: Request, pipeline: boolean, abortAt?: number, chain = true, perLayer = false) {
     model.scheduler.pipeline = pipeline;
     model.scheduler.chain = chain;
+    const e = model.engine,
+      forward = e.forward;
+    if (perLayer)
+      e.forward = function (seqs, tokens, opts = {}) {
+        return forward.call(this, seqs, tokens, opts.collectRouting ? { ...opts, collectRouting: true } : opts);
+      };
     const s = model.createSession();
     try {
       const ac = new AbortController();
@@ -329,8 +336,16 @@ describe.each(backends)('pipelined decode rounds on %s', device => {
           if (++n === abortAt) ac.abort();
         },
       });
-      return { tokens: g.tokens, text: g.text, stopReason: g.stopReason, length: seqOf(s).length, kv: kvRows(model, seqOf(s)) };
+      return {
+        tokens: g.tokens,
+        text: g.text,
+        stopReason: g.stopReason,
+        ffn: g.avgFfnExpertsPerToken,
+        length: seqOf(s).length,
+        kv: kvRows(model, seqOf(s)),
+      };
     } finally {
+      e.forward = forward;
       s.dispose();
       model.scheduler.pipeline = true;
       model.scheduler.chain = true;
@@ -356,7 +371,9 @@ describe.each(backends)('pipelined decode rounds on %s', device => {
         { r: requests[6]! }, // penalties and log-probabilities: sampled when the session claims its row
       ];
       const want: Awaited<ReturnType<typeof run>>[] = [];
-      for (const c of cases) want.push(await run(c.r, false, c.abortAt));
+      // (the reference's FFN counts per layer: the rounds below read them stacked where replayed)
+      for (const c of cases) want.push(await run(c.r, false, c.abortAt, true, true));
+      expect(want[0]!.ffn).toBeGreaterThan(0);
       expect(want[2]!.stopReason).toBe('stop');
       expect(want[3]!.stopReason).toBe('stop');
       expect(want[4]!.stopReason).toBe('abort');
@@ -384,6 +401,7 @@ describe.each(backends)('pipelined decode rounds on %s', device => {
         gotAll.forEach((g, i) => {
           expect(g.tokens, `case ${i}`).toEqual(want[i]!.tokens);
           expect(g.stopReason).toBe(want[i]!.stopReason);
+          expect(g.ffn).toBe(want[i]!.ffn);
           expect(g.length).toBe(want[i]!.length);
           for (const [l, rows] of g.kv.entries()) expect(rows, `case ${i} cache ${l}`).toEqual(want[i]!.kv[l]);
         });

@@ -189,6 +189,8 @@ export interface CoreApi {
    * before the replay and after the previous one.
    */
   copy(stream: S, dst: Tensor, src: Tensor): void;
+  /** dst <- `bytes` (a typed array of dst's byte size, copied at the call) queued on a CPU stream. */
+  copyBytes(stream: S, dst: Tensor, bytes: ArrayBufferView): void;
   trimPool(device?: string): void;
   synchronize(device?: string): void;
   /** The awaitable synchronize(device): waits off the JS thread for the work queued on the device's

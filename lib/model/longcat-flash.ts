@@ -261,6 +261,17 @@ export function mlp(c: Step, a: Arena, w: MlpWeights, x: Tensor): Tensor {
   return out;
 }
 
+/** Row l of an int32 [layers, T] tensor, as an int32 [T] view of its own. */
+function stackRow(stack: Tensor, l: number, T: number): Tensor {
+  if (l >= stack.shape[0]! || stack.shape[1] !== T) throw new Error(`routing stack [${stack.shape}]: no row ${l} of ${T} counts`);
+  const row = stack.narrow(l, 1);
+  try {
+    return row.view([T]);
+  } finally {
+    row.dispose();
+  }
+}
+
 /** The shortcut MoE (SPEC 4) on the MoE stream: router top-k over FFN and zero experts, then the
  *  experts -- and the rendezvous: the output is ready on the MoE stream once the pass resumes. */
 export function* moe(c: Step, a: Arena, w: MoeWeights, u: Tensor): Pass<Tensor> {
@@ -272,7 +283,10 @@ export function* moe(c: Step, a: Arena, w: MoeWeights, u: Tensor): Pass<Tensor> 
   native.linear(s, logits, u, w.classifier);
   const idx = a.i32([T, d.topk]),
     weights = a.f32([T, d.topk]);
-  const nFfn = empty([T], { dtype: 'int32', device: c.device });
+  const nFfn =
+    c.routing && c.routingStack
+      ? stackRow(c.routingStack, c.routing.length, T)
+      : empty([T], { dtype: 'int32', device: c.device });
   if (c.routing) c.routing.push(nFfn);
   else a.keep(nFfn);
   native.routerTopk(s, idx, weights, nFfn, logits, w.bias, d.nRouted, d.routedScale);

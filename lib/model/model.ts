@@ -89,8 +89,13 @@ export interface ModelOptions {
 export interface ForwardResult {
   /** f32 [rows, vocab]: every token's row (`allLogits`), else each sequence's last token. */
   logits: Tensor;
-  /** Per layer int32 [T] counts of FFN experts chosen, when `collectRouting` was asked. */
+  /** Per layer int32 [T] counts of FFN experts chosen, when `collectRouting` was asked (empty
+   *  where `ffnCounts` holds them). */
   nFfn: Tensor[];
+  /** collectRouting 'stacked', where the step is one replayed part on the runner's device: every
+   *  layer's counts in one tensor, int32 [layers, Tp] (Tp >= T, the captured step's rows: row b of
+   *  layer l at l * Tp + b) -- one handle per step instead of one per layer. */
+  ffnCounts?: Tensor;
   /** f32 [T, hidden]: the post-norm hidden states of every new token, when `hidden` was asked. */
   hidden?: Tensor;
 }
@@ -98,7 +103,9 @@ export interface ForwardResult {
 export interface ForwardOptions {
   /** Logits of every new token (prefill; decode always returns every row's). */
   allLogits?: boolean;
-  collectRouting?: boolean;
+  /** Per-token counts of the FFN experts chosen (ForwardResult.nFfn); 'stacked': as one tensor
+   *  (ForwardResult.ffnCounts) where the step allows it, else per layer. */
+  collectRouting?: boolean | 'stacked';
   /** 'decode': the absorbed attention, one query row per new token (several per sequence verify
    *  drafts); 'prefill': the expanded form. Default: decode when every sequence gets one token. */
   mode?: 'prefill' | 'decode';
@@ -217,9 +224,14 @@ const uploadNgramRows =
   };
 
 /** A captured decode step: per rank part, its inputs and outputs. */
+/** A pass's outputs (forward's, before they are assembled into the step's). */
+type PassOutputs = Required<Omit<ForwardResult, 'ffnCounts'>>;
+
 interface DecodeGraph {
   graph: Graph;
-  parts: (GraphInputs & { out: Required<ForwardResult> })[];
+  /** Per rank part, also its FFN counts as one tensor (int32 [layers, Tp]: the per-layer counts
+   *  of `out.nFfn` are views of its rows). */
+  parts: (GraphInputs & { out: PassOutputs; ffnStack: Tensor })[];
 }
 
 export class LongcatModel {
@@ -615,16 +627,19 @@ export class LongcatModel {
     const sub = <X>(p: RankPart, xs: X[]) => (p.seqs.length === xs.length ? xs : p.seqs.map(b => xs[b]!));
     const counts = tokens.map(t => t.length);
     const graphed = mode === 'decode' && this.useGraphs && !opts.eager;
-    let outs: Required<ForwardResult>[];
+    let outs: PassOutputs[];
+    let ffnStack: Tensor | null = null; // one replayed part's counts as one tensor
     const arenas: Arena[] = [];
     try {
-      if (graphed)
-        outs = this.replayDecode(
+      if (graphed) {
+        const replayed = this.replayDecode(
           parts,
           parts.map(p => this.decodeRows(sub(p, seqs), sub(p, tokens), sub(p, pastLens), sub(p, slotLists))),
           opts.queued,
         );
-      else {
+        outs = replayed.map(x => x.out);
+        if (replayed.length === 1 && replayed[0]!.ffnStack.device === this.device) ffnStack = replayed[0]!.ffnStack;
+      } else {
         const batches = parts.map(p => {
           const a = new Arena(p.rank.device);
           arenas.push(a);
@@ -656,6 +671,8 @@ export class LongcatModel {
         )
       : undefined;
     if (!opts.hidden && !graphed) for (const o of outs) o.hidden.dispose();
+    if (opts.collectRouting === 'stacked' && ffnStack)
+      return { logits, nFfn: [], ffnCounts: ffnStack.narrow(0, this.dims.layers), ...(hidden ? { hidden } : {}) };
     const nFfn = opts.collectRouting
       ? this.assembleCounts(
           parts,
@@ -901,7 +918,7 @@ export class LongcatModel {
   }
 
   /** The Step of a rank's batch: where the architecture's ops run. */
-  private step(r: Rank, b: Batch, routing: Tensor[] | null): Step {
+  private step(r: Rank, b: Batch, routing: Tensor[] | null, routingStack: Tensor | null = null): Step {
     return {
       dims: this.dims,
       device: r.device,
@@ -913,6 +930,7 @@ export class LongcatModel {
       invFreq: r.invFreq,
       experts: r.experts,
       routing,
+      routingStack,
       marks: r.marks,
     };
   }
@@ -973,14 +991,16 @@ export class LongcatModel {
     ranks: Rank[],
     batches: Batch[],
     collectRouting: boolean,
-    hooks: { before?(i: number): void; after?(i: number, out: Required<ForwardResult>): void } = {},
-  ): Required<ForwardResult>[] {
+    hooks: { before?(i: number): void; after?(i: number, out: PassOutputs): void } = {},
+    /** Per rank, where its per-layer counts are written (views of one tensor's rows), else fresh. */
+    routingStacks: (Tensor | null)[] = [],
+  ): PassOutputs[] {
     this.fork.record(this.main);
     for (const r of ranks) if (r.main !== this.main) r.main.waitEvent(this.fork);
     try {
       for (let i = 0; i < ranks.length; i++) hooks.before?.(i);
       const routing = ranks.map(() => (collectRouting ? ([] as Tensor[]) : null));
-      const passes = ranks.map((r, i) => forward(this.step(r, batches[i]!, routing[i]!), r.w));
+      const passes = ranks.map((r, i) => forward(this.step(r, batches[i]!, routing[i]!, routingStacks[i] ?? null), r.w));
       const outs =
         passes.length === 1 && !this.ep && !this.xh
           ? [runToEnd(passes[0]!)]
@@ -1014,7 +1034,7 @@ export class LongcatModel {
    * those inputs and replays (DESIGN rule 5: no per-op crossing into native code on the hot path).
    * Returns the graph's own outputs, per part: all graphBucket(T) rows (the first T are the step's).
    */
-  private replayDecode(parts: RankPart[], rows: DecodeRows[], queued?: QueuedTokens): Required<ForwardResult>[] {
+  private replayDecode(parts: RankPart[], rows: DecodeRows[], queued?: QueuedTokens): DecodeGraph['parts'] {
     const Tp = rows.map(r => graphBucket(r.ids.length));
     const key =
       parts.length === 1 ? `${parts[0]!.rank.index}:${Tp[0]}` : parts.map((p, i) => `${p.rank.index}:${Tp[i]}`).join(',');
@@ -1022,16 +1042,18 @@ export class LongcatModel {
     if (!g) {
       const ranks = parts.map(p => p.rank);
       const inputs = parts.map((p, i) => this.decodeInputs(p.rank, Tp[i]!, rows[i]!.ngramIds !== null));
-      let outs: Required<ForwardResult>[] = [];
+      let outs: PassOutputs[] = [];
+      const stacks = inputs.map((x, i) => empty([this.dims.layers, Tp[i]!], { dtype: 'int32', device: x.rank.device }));
       const graph = native.captureGraph(this.captureStreams, () => {
         outs = this.runRanks(
           ranks,
           inputs.map(x => x.batch),
           true,
           { before: uploadNgramRows(ranks, inputs) },
+          stacks,
         );
       });
-      g = { graph, parts: inputs.map((x, i) => ({ ...x, out: outs[i]! })) };
+      g = { graph, parts: inputs.map((x, i) => ({ ...x, out: outs[i]!, ffnStack: stacks[i]! })) };
       this.decodeGraphs.set(key, g);
     }
     for (const [i, x] of g.parts.entries()) {
@@ -1042,7 +1064,7 @@ export class LongcatModel {
     g.graph.replay();
     this.lastStepGraph = g.graph;
     for (const x of g.parts) x.ngram?.uploaded.record(x.rank.main);
-    return g.parts.map(x => x.out);
+    return g.parts;
   }
 
   /**
@@ -1140,13 +1162,11 @@ export class LongcatModel {
 
   /**
    * writeDecodeInputs for a queued step (ForwardOptions.queued): the inputs are copied in on the
-   * main stream from a tensor of their own (the step before may still be reading the graph's), then
+   * main stream from a copy of their bytes (the step before may still be reading the graph's), then
    * the device-sampled tokens into their rows; a padding row repeats row 0 (padRows), its token too.
    */
   private queueDecodeInputs(g: GraphInputs, host: DecodeRows, q: QueuedTokens) {
-    const staged = new native.Tensor('int32', [g.host.length], 'cpu', this.packDecodeInputs(g, host));
-    native.copy(this.main, g.inputs, staged);
-    staged.dispose();
+    native.copyBytes(this.main, g.inputs, this.packDecodeInputs(g, host));
     if (!q.ids) return;
     const src = q.ids,
       Tp = host.ids.length,
@@ -1515,7 +1535,7 @@ export class LongcatModel {
       g.graph.dispose();
       for (const x of g.parts) {
         disposeInputs(x);
-        for (const t of [x.out.logits, x.out.hidden, ...x.out.nFfn]) t.dispose();
+        for (const t of [x.out.logits, x.out.hidden, ...x.out.nFfn, x.ffnStack]) t.dispose();
       }
     }
     this.decodeGraphs.clear();

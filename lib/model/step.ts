@@ -93,4 +93,7 @@ export interface Step {
   readonly experts: ExpertsFn;
   /** When non-null, each layer appends its int32 [T] count of FFN experts chosen per token. */
   readonly routing: Tensor[] | null;
+  /** With `routing`, where the counts go: layer l's are row l of this int32 [layers, T] (a captured
+   *  step's: the step's counts as one tensor); null: a tensor of their own per layer. */
+  readonly routingStack?: Tensor | null;
 }
