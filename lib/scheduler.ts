@@ -424,8 +424,10 @@ export class StepScheduler {
     let l: Launched;
     try {
       this.count('decode', rows.length);
-      this.stats.continuedRows += rows.filter(r => !r.req).length;
-      this.stats.chainedRows += rows.filter(r => r.parent).length;
+      for (const r of rows) {
+        if (!r.req) this.stats.continuedRows++;
+        if (r.parent) this.stats.chainedRows++;
+      }
       const { logits, nFfn } = e.forward(
         rows.map(r => r.seq),
         rows.map(r => [r.parent ? 0 : r.token]),
@@ -484,16 +486,19 @@ export class StepScheduler {
       const bytes = await l.sampled!.read;
       const layers = l.nFfn.length,
         blocks = bytes.length - 1 - layers; // [ids, ...picked blocks, ...per-layer FFN counts]
-      const next = int32(bytes[0]!),
-        counts = bytes.slice(1 + blocks).map(int32);
+      const next = int32(bytes[0]!);
       const logit = diagonal(bytes.slice(1, 1 + blocks), B);
+      // (plain loops, layer by layer: this runs for every row of every step)
+      const ffn = new Int32Array(B);
+      for (let i = 0; i < layers; i++) {
+        const c = int32(bytes[1 + blocks + i]!);
+        for (let b = 0; b < B; b++) ffn[b]! += c[b]!;
+      }
       const out: { row: Row; result: DecodeResult }[] = [];
-      rows.forEach((row, b) => {
-        if (!row.req) return;
-        let ffn = 0;
-        for (let i = 0; i < layers; i++) ffn += counts[i]![b]!;
-        out.push({ row, result: { next: next[b]!, logit: logit[b]!, ffnSum: ffn, ffnCount: layers } });
-      });
+      for (let b = 0; b < B; b++) {
+        const row = rows[b]!;
+        if (row.req) out.push({ row, result: { next: next[b]!, logit: logit[b]!, ffnSum: ffn[b]!, ffnCount: layers } });
+      }
       return out;
     } catch (err) {
       // The step queued behind this one took its tokens and fails too, after this failure was taken
