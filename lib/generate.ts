@@ -475,6 +475,7 @@ export class Session {
                 this.mtpValid = Math.min(this.mtpValid, keep);
                 break;
               }
+              await yieldToEventLoop();
             } else {
               // The context limit ends a generation like maxTokens does; so does a KV cache with no
               // block left for the next token, which other sessions hold ('cache': the text so far is
@@ -494,11 +495,17 @@ export class Session {
               this.cached.push(next);
               ffnSum += d.ffnSum;
               ffnCount += d.ffnCount;
+              // (no turn of the event loop between steps: the scheduler's round has one, and a
+              // setImmediate per token of every stream was a large part of a 64-stream step's JS;
+              // so a reader that aborted on the last chunk is heard here, before the new token)
+              if (o.signal?.aborted) {
+                stopReason = 'abort';
+                break;
+              }
               checkFinite(d.next, d.logit, step, this.cached.length);
               next = d.next;
               if (!take(next, d.logprob)) break;
             }
-            await yieldToEventLoop();
           }
         } finally {
           sched.release(this.seq); // a step launched ahead for this sequence is dropped

@@ -359,6 +359,12 @@ export class SequenceCache {
     return Int32Array.from(this.blocks);
   }
 
+  /** Writes blockTable() into `out` at `at` (no table made: a batch's tables are packed every step). */
+  writeBlockTable(out: Int32Array, at: number): void {
+    const blocks = this.blocks;
+    for (let i = 0; i < blocks.length; i++) out[at + i] = blocks[i]!;
+  }
+
   /** Frees every block; the sequence becomes empty and unusable (idempotent). */
   release(): void {
     if (this.released) return;
@@ -420,22 +426,26 @@ export function batchTables(
   maxBlocks?: number,
   counts?: readonly number[],
 ): { table: Int32Array; maxBlocks: number; seqLens: Int32Array } {
-  const need = seqs.reduce((m, s) => Math.max(m, s.numBlocks), 0);
+  let need = 0;
+  for (let b = 0; b < seqs.length; b++) need = Math.max(need, seqs[b]!.numBlocks);
   const mb = maxBlocks ?? Math.max(1, need);
   checkCount('batchTables: maxBlocks', mb, 1);
   if (mb < need)
     throw new ArgumentError('E_ARGUMENT', `batchTables: maxBlocks ${mb} < ${need} blocks held by a sequence of the batch`);
   const n = (b: number) => counts?.[b] ?? 1;
-  const rows = seqs.reduce((a, _, b) => a + n(b), 0);
+  let rows = 0;
+  for (let b = 0; b < seqs.length; b++) rows += n(b);
   const table = new Int32Array(rows * mb);
   const seqLens = new Int32Array(rows);
+  // (plain loops, no table per sequence: this packs every decode step's rows)
   let r = 0;
-  seqs.forEach((s, b) => {
-    const bt = s.blockTable();
-    for (let i = 0; i < n(b); i++, r++) {
-      table.set(bt, r * mb);
-      seqLens[r] = s.length - n(b) + i + 1;
+  for (let b = 0; b < seqs.length; b++) {
+    const s = seqs[b]!,
+      k = n(b);
+    for (let i = 0; i < k; i++, r++) {
+      s.writeBlockTable(table, r * mb);
+      seqLens[r] = s.length - k + i + 1;
     }
-  });
+  }
   return { table, maxBlocks: mb, seqLens };
 }

@@ -428,8 +428,10 @@ export class StepScheduler {
     let l: Launched;
     try {
       this.count('decode', rows.length);
-      this.stats.continuedRows += rows.filter(r => !r.req).length;
-      this.stats.chainedRows += rows.filter(r => r.parent).length;
+      for (const r of rows) {
+        if (!r.req) this.stats.continuedRows++;
+        if (r.parent) this.stats.chainedRows++;
+      }
       const { logits, nFfn, ffnCounts } = e.forward(
         rows.map(r => r.seq),
         rows.map(r => [r.parent ? 0 : r.token]),
@@ -493,10 +495,10 @@ export class StepScheduler {
         ffn = sumRows(bytes.slice(1 + blocks).map(int32), B, l.stride);
       const logit = diagonal(bytes.slice(1, 1 + blocks), B);
       const out: { row: Row; result: DecodeResult }[] = [];
-      rows.forEach((row, b) => {
-        if (!row.req) return;
-        out.push({ row, result: { next: next[b]!, logit: logit[b]!, ffnSum: ffn[b]!, ffnCount: l.layers } });
-      });
+      for (let b = 0; b < B; b++) {
+        const row = rows[b]!;
+        if (row.req) out.push({ row, result: { next: next[b]!, logit: logit[b]!, ffnSum: ffn[b]!, ffnCount: l.layers } });
+      }
       return out;
     } catch (err) {
       // The step queued behind this one took its tokens and fails too, after this failure was taken

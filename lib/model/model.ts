@@ -579,7 +579,10 @@ export class LongcatModel {
     const q = opts.queued!;
     if (!this.canQueueDecode || mode !== 'decode' || opts.eager)
       throw new ArgumentError('E_ARGUMENT', 'forward: a queued step is a replayed CPU decode step of one rank (canQueueDecode)');
-    if (q.rows.length !== B || q.rows.some(r => !Number.isInteger(r) || r >= (q.ids?.shape[0] ?? 0)))
+    const n = q.ids?.shape[0] ?? 0;
+    let ok = q.rows.length === B;
+    for (let b = 0; ok && b < B; b++) ok = Number.isInteger(q.rows[b]) && q.rows[b]! < n;
+    if (!ok)
       throw new ArgumentError('E_ARGUMENT', `forward: queued.rows must give each of the ${B} rows a row of queued.ids or -1`);
   }
 
@@ -826,9 +829,13 @@ export class LongcatModel {
 
   /** assemble() for the per-layer int32 [T] counts of FFN experts (through the host when split). */
   private assembleCounts(parts: RankPart[], outs: Tensor[][], rows: number[], graphed: boolean): Tensor[] {
+    if (parts.length === 1 && outs[0]![0]?.device === this.device) {
+      // (one part in the step's order: no order built)
+      let n = 0;
+      for (const k of rows) n += k;
+      return graphed ? outs[0]!.map(t => t.narrow(0, n)) : outs[0]!;
+    }
     const order = stepOrder(parts, rows);
-    if (parts.length === 1 && outs[0]![0]?.device === this.device)
-      return graphed ? outs[0]!.map(t => t.narrow(0, order.length)) : outs[0]!;
     const partRows = partRowCounts(parts, rows);
     this.main.synchronize(); // every rank's part is done (a replay is launched from this stream)
     return outs[0]!.map((_, l) => {
