@@ -451,7 +451,7 @@ describe('linear', () => {
     }
   });
 
-  const lanesRows = [11, 12, 16, 17, 23, 31, 33, 47, 64, 65, 130];
+  const lanesRows = [11, 12, 16, 17, 23, 31, 33, 47, 64, 65, 130, 150];
   it('11-1024 rows times bf16 weights with k a multiple of 32 (x rows in the lanes, no horizontal sums; past 16 rows in chunks of 16): x and y f32 / bf16, odd n, the same bits at 1, 2 and 3 threads', () => {
     const r = rng(1601);
     const threads = native.threads();
@@ -463,7 +463,8 @@ describe('linear', () => {
         for (const n of [1, 3, 6, 13, 40, 203])
           for (const xdtype of fdtypes) {
             const w = makeWeight(r, 'bf16', n, k);
-            // 17+: chunks of 16 rows, the last partly zero; 65 and 130: more chunks than an item's 4 at once
+            // 17+: chunks of 16 rows, the last partly zero; 65, 130 and 150: more chunks than an item's 4 at once
+            // (150 at 2 threads: items of 4, 4 and 2 chunks)
             for (const t of lanesRows) {
               const x = makeX(r, xdtype, t, k);
               const want = reference(x.ref, w.ref, t, n, k);

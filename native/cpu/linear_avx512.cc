@@ -481,8 +481,10 @@ constexpr int64_t kLanesMaxRows = 1024;
 constexpr int64_t kLanesBlockSplitMinChunkedRows = 28;
 
 // Small weights (up to kLanesRowSplitBytes) on several threads are split by x's 16-row chunks
-// instead (items of one chunk and all outputs, or with fewer chunks than a multiple of the threads
-// one of `threads` column ranges of it): each thread packs the chunks it runs into its own scratch,
+// instead (items of all outputs and, when the chunks divide evenly over the threads, a thread's
+// share of them, up to kLanesMaxChunks: each register block of weights runs them all while it is in
+// L1 (q_a / q_b at 64 rows, 2 chunks per item against 1: 1.00-1.03x warm, 1.04-1.09x from DRAM); else
+// one chunk and one of `threads` column ranges): each thread packs the chunks it runs into its own scratch,
 // so the packing is spread over the threads and every thread has whole chunks' worth of products
 // (a split by blocks leaves a 16-262 kB weight a few uneven items after the calling thread packed
 // all of x alone: 2 threads, 131-262 kB at 16-64 rows 1.4-2.8x slower). The weights are read by
@@ -497,13 +499,27 @@ constexpr int64_t kLanesRowSplitBytes = 512 * 1024, kLanesRowSplitMinMacs = int6
 bool lanes_small(int64_t t, const WeightRef& w) {
   return w.n * w.k * 2 <= kLanesRowSplitBytes && w.n * w.k * t >= kLanesRowSplitMinMacs;
 }
+// Up to kLanesRowSplitMediumBytes the split by chunks also serves a serving step's rows (at most
+// kLanesMaxChunks chunks per thread: one item each when the chunks divide evenly), packed by the
+// threads in parallel instead of by the calling thread alone before the split by blocks; each
+// thread then streams the whole weight (from DRAM: twice the bytes of the split by blocks, at
+// 16-64 rows far below the read bandwidth). 2 threads, 1 MB (1024 x 512, 512 x 1024): 16 rows
+// 1.02-1.11x, 64 rows 1.03-1.13x faster alone; in small's 64-row step 0.94-0.95x the time, at 16 rows
+// unchanged within noise (bench/RESULTS.md wt19-linear). The 4 MB lm_head at 32-64 rows from DRAM ran
+// 0.93-0.98x, so larger weights keep the split by blocks.
+constexpr int64_t kLanesRowSplitMediumBytes = int64_t{2} << 20;
+bool lanes_row_split(int64_t t, const WeightRef& w, int threads) {
+  if (threads < 2) return false;
+  return lanes_small(t, w) ||
+         (w.n * w.k * 2 <= kLanesRowSplitMediumBytes && ceil_div(t, kLanesRows) <= kLanesMaxChunks * threads);
+}
 
 bool lanes_gemm_shape(int64_t t, const WeightRef& w) {
   if (t <= kGemvMaxRows || t > kLanesMaxRows || w.dtype != DType::BF16 || w.k % 32 != 0) return false;
   return t <= kLanesRows || t >= kLanesBlockSplitMinChunkedRows || lanes_small(t, w);
 }
 
-// The chunk a thread's scratch holds for the lanes_gemm call with that number (row split).
+// The chunks a thread's scratch holds (the first of its item's) for the lanes_gemm call with that number (row split).
 std::atomic<uint64_t> g_lanes_calls{0};
 thread_local uint64_t tl_lanes_call = 0;
 thread_local int64_t tl_lanes_chunk = -1;
@@ -576,15 +592,19 @@ void lanes_gemm(int64_t t, const void* x, DType xt, const WeightRef& w, void* y,
     }
   };
   const int P = ThreadPool::current().threads();
-  if (P > 1 && lanes_small(t, w)) {
+  if (lanes_row_split(t, w, P)) {
     const uint64_t call = g_lanes_calls.fetch_add(1, std::memory_order_relaxed) + 1;
     const int64_t nblocks = ceil_div(N, B), parts = chunks % P == 0 || nblocks < 2 ? 1 : (P < nblocks ? P : nblocks);
-    steal_for(chunks * parts, [&](int64_t item) {
-      const int64_t c = item / parts, part = item % parts;
+    const int64_t group = chunks % P == 0 ? std::min<int64_t>(kLanesMaxChunks, chunks / P) : 1;
+    steal_for(ceil_div(chunks, group) * parts, [&](int64_t item) {
+      const int64_t c0 = item / parts * group, c1 = std::min(chunks, c0 + group), part = item % parts;
       const int64_t n0 = nblocks * part / parts * B, n1e = nblocks * (part + 1) / parts * B, n1 = n1e < N ? n1e : N;
-      uint32_t* xc = static_cast<uint32_t*>(scratch(kScratchX, chunk_words * sizeof(uint32_t)));
-      if (tl_lanes_call != call || tl_lanes_chunk != c) pack(c, xc), tl_lanes_call = call, tl_lanes_chunk = c;
-      for (int64_t n = n0; n < n1; n += IB) rows_of(n, n1 - n < IB ? n1 - n : IB, c, c + 1, xc);
+      uint32_t* xc = static_cast<uint32_t*>(scratch(kScratchX, group * chunk_words * sizeof(uint32_t)));
+      if (tl_lanes_call != call || tl_lanes_chunk != c0) {
+        for (int64_t c = c0; c < c1; ++c) pack(c, xc + (c - c0) * chunk_words);
+        tl_lanes_call = call, tl_lanes_chunk = c0;
+      }
+      for (int64_t n = n0; n < n1; n += IB) rows_of(n, n1 - n < IB ? n1 - n : IB, c0, c1, xc);
     });
     return;
   }
