@@ -629,9 +629,15 @@ constexpr int64_t kFewRowsMin = 2;
 // that share an x copy (x is rounded to bf16 once per call, fp8's x once per 128-row scale block).
 struct FewRowBf16 {
   static constexpr int64_t kCols = 32, kVecs = 1, kElemBytes = 2, kScaleRows = int64_t{1} << 62, kMaxRows = 10;
-  // 6 x 4 + 4 + 1 = 29, 8 x 3 + 3 + 1 = 28, 10 x 2 + 2 + 1 = 23 of 32 registers
+  // 6 x 4 + 4 + 1 = 29, 8 x 3 + 3 + 1 = 28, 10 x 2 + 2 + 1 = 23 of 32 registers. At 2-4 rows (the
+  // experts of a 16-32-sequence step: memory-bound) one weight row per pass: a single stream of W
+  // read in order instead of 4 rows side by side; the T + 1 loads per T products cost nothing there.
+  // bench/moe-fewrow.mjs (bench/RESULTS.md wt19-moe), 2 threads, experts from DRAM, one row per
+  // pass against 4 at T <= 4: 16 tokens 0.95-0.97x, 64 tokens 0.98-0.99x; also at 5-8 rows: 16
+  // tokens no further gain, 64 tokens 1.04x (the 5-8-row experts are nearer their products' time).
   template <int T>
-  static constexpr int kR = T <= 6   ? 4
+  static constexpr int kR = T <= 4   ? 1
+                            : T <= 6 ? 4
                             : T <= 8 ? 3
                                      : 2;
   const uint16_t* w;
