@@ -348,9 +348,10 @@ describe('linear', () => {
       let checked = 0;
       try {
         // k: one partial vector, 1-2 vectors and a partial one, several 128-column blocks with a
-        // partial last vector (1000), whole blocks (544); n: passes of 2-4 rows and a last 1-3 rows,
-        // several 256-row groups and (fp8) 128-row scale blocks (203, 600)
-        for (const k of [7, 33, 100, 544, 1000])
+        // partial last vector (1000), whole blocks (544), rows past bf16's one-row-per-pass limit at
+        // 2-4 rows (1060: kOneRowMaxCols 1024); n: passes of 2-4 rows and a last 1-3 rows, several
+        // 256-row groups and (fp8) 128-row scale blocks (203, 600)
+        for (const k of [7, 33, 100, 544, 1000, 1060])
           for (const n of [1, 5, 13, 203, 600])
             for (const xdtype of fdtypes) {
               const w = makeWeight(r, wdtype, n, k);
@@ -402,7 +403,7 @@ describe('linear', () => {
         native.setThreads(threads);
         native.setMatmulPrecision(before);
       }
-      expect(checked).toBe(5 * 5 * 2 * (wdtype === 'bf16' ? 9 : 7) * isas.length * 2 * 3);
+      expect(checked).toBe(6 * 5 * 2 * (wdtype === 'bf16' ? 9 : 7) * isas.length * 2 * 3);
     },
   );
 

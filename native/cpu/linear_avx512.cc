@@ -654,6 +654,15 @@ struct FewRowBf16 {
   static constexpr int kR = T <= 6   ? 4
                             : T <= 8 ? 3
                                      : 2;
+  // At 2-4 rows of x and rows of W of at most 1024 columns (small's and medium's experts, small's
+  // dense linears: memory-bound there) one weight row per pass, a single stream of W read in order
+  // instead of kR<T> rows side by side (the T + 1 loads per T products cost nothing there).
+  // bench/RESULTS.md wt19-moe: bench/moe-fewrow.mjs (2 threads, experts from DRAM, alternated call
+  // by call) 16 tokens 0.95-0.97x, 64 tokens 0.98-0.99x; at 5-8 rows no further gain at 16 tokens
+  // and 1.04x at 64 (nearer their products' time). An 8192 x 4096 weight at 4 rows read 0.62x as
+  // fast one row per pass (cpu-linear --gemv), so long rows keep kR<T>.
+  static constexpr int kOneRowMaxRows = 4;
+  static constexpr int64_t kOneRowMaxCols = 1024;
   const uint16_t* w;
   int64_t k;
   void decode(int64_t r, int64_t c, int64_t n, __m512bh* v) const {
@@ -704,6 +713,8 @@ LC_BEGIN_TARGET(LC_ISA_AVX512BF16_VBMI)
 // once to bf16 (2^-9 relative), the codes exact, the products exact in fp32 lanes.
 struct FewRowFp8 {
   static constexpr int64_t kCols = 64, kVecs = 2, kElemBytes = 1, kScaleRows = 128, kMaxRows = kGemvMaxRows;
+  static constexpr int kOneRowMaxRows = 0;  // (FewRowBf16's; not measured for fp8)
+  static constexpr int64_t kOneRowMaxCols = 0;
   // registers: 4 x 4 + 8 + 1 + 5, 6 x 3 + 6 + 1 + 5, 8 x 2 + 4 + 1 + 5 (the 5: tables and sign mask)
   template <int T>
   static constexpr int kR = T > 6   ? 2

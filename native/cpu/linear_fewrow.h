@@ -65,6 +65,7 @@ void fewrow_rows(const uint16_t* xq, int64_t ldx, const F& f, int64_t r, float* 
 template <class F, int T, class XBlock>
 void fewrow_t(const F& f, const WeightRef& w, int64_t ldx, void* y, DType yt, XBlock&& x_block) {
   constexpr int R = F::template kR<T>;
+  const bool one_row = T <= F::kOneRowMaxRows && w.k <= F::kOneRowMaxCols;  // (F's comment)
   const int64_t n = w.n;
   gemv_split<R>(w, F::kElemBytes, [&](int64_t n0, int64_t n1) {
     float part[T][kGemvGroupRows];
@@ -74,7 +75,8 @@ void fewrow_t(const F& f, const WeightRef& w, int64_t ldx, void* y, DType yt, XB
       g1 = std::min(std::min(n1, g0 + kGemvGroupRows), block_end);
       const uint16_t* xq = x_block(g0, &have);
       int64_t r = g0;
-      for (; r + R <= g1; r += R) fewrow_rows<F, T, R>(xq, ldx, f, r, &part[0][r - g0], kGemvGroupRows);
+      if (!one_row)
+        for (; r + R <= g1; r += R) fewrow_rows<F, T, R>(xq, ldx, f, r, &part[0][r - g0], kGemvGroupRows);
       for (; r < g1; ++r) fewrow_rows<F, T, 1>(xq, ldx, f, r, &part[0][r - g0], kGemvGroupRows);
       for (int t = 0; t < T; ++t) {
         if (yt == DType::F32)
