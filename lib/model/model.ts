@@ -223,10 +223,10 @@ const uploadNgramRows =
     if (x.ngram) native.copy(ranks[i]!.main, x.batch.ngramRows!, x.ngram.staging);
   };
 
-/** A captured decode step: per rank part, its inputs and outputs. */
 /** A pass's outputs (forward's, before they are assembled into the step's). */
 type PassOutputs = Required<Omit<ForwardResult, 'ffnCounts'>>;
 
+/** A captured decode step: per rank part, its inputs and outputs. */
 interface DecodeGraph {
   graph: Graph;
   /** Per rank part, also its FFN counts as one tensor (int32 [layers, Tp]: the per-layer counts
